@@ -1,0 +1,105 @@
+"""context-manager: context windows that never overflow, memory that finds the right thing, safe tools.
+
+The public names below load lazily on first use, so ``import context_manager`` stays fast::
+
+    from context_manager import EnhancedContextManager, ContextManagerConfig, ContextManagerError
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # errors
+    "ContextManagerError": "context_manager.core.errors",
+    "ConfigurationError": "context_manager.core.errors",
+    "InvalidArgumentError": "context_manager.core.errors",
+    "InvalidRoleError": "context_manager.core.errors",
+    "InvalidPriorityError": "context_manager.core.errors",
+    "InvalidMessageError": "context_manager.core.errors",
+    "ToolCallPairingError": "context_manager.core.errors",
+    "InvalidMemoryError": "context_manager.core.errors",
+    "InvalidTaskError": "context_manager.core.errors",
+    "ContextBudgetError": "context_manager.core.errors",
+    "LifecycleError": "context_manager.core.errors",
+    "NotFoundError": "context_manager.core.errors",
+    "MemoryNotFoundError": "context_manager.core.errors",
+    "ToolNotFoundError": "context_manager.core.errors",
+    "TaskNotFoundError": "context_manager.core.errors",
+    "StorageError": "context_manager.core.errors",
+    "StorageLockedError": "context_manager.core.errors",
+    "StorageCorruptedError": "context_manager.core.errors",
+    "ToolError": "context_manager.core.errors",
+    "ToolRegistrationError": "context_manager.core.errors",
+    "ToolTimeoutError": "context_manager.core.errors",
+    "SummarizerError": "context_manager.core.errors",
+    "ConcurrencyError": "context_manager.core.errors",
+    "ControllerStoppedError": "context_manager.core.errors",
+    "DuplicateTaskError": "context_manager.core.errors",
+    "QueueFullError": "context_manager.core.errors",
+    "TaskTimeoutError": "context_manager.core.errors",
+    # configuration, messages, tokens
+    "ContextManagerConfig": "context_manager.core.config",
+    "Message": "context_manager.core.messages",
+    "Role": "context_manager.core.messages",
+    "Priority": "context_manager.core.messages",
+    "ToolCall": "context_manager.core.messages",
+    "TokenCounter": "context_manager.core.tokens",
+    "ExactTokenCounter": "context_manager.core.tokens",
+    "count_tokens": "context_manager.core.tokens",
+    "get_token_counter": "context_manager.core.tokens",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'context_manager' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.errors import (
+        ConcurrencyError,
+        ConfigurationError,
+        ContextBudgetError,
+        ContextManagerError,
+        ControllerStoppedError,
+        DuplicateTaskError,
+        InvalidArgumentError,
+        InvalidMemoryError,
+        InvalidMessageError,
+        InvalidPriorityError,
+        InvalidRoleError,
+        InvalidTaskError,
+        LifecycleError,
+        MemoryNotFoundError,
+        NotFoundError,
+        QueueFullError,
+        StorageCorruptedError,
+        StorageError,
+        StorageLockedError,
+        SummarizerError,
+        TaskNotFoundError,
+        TaskTimeoutError,
+        ToolCallPairingError,
+        ToolError,
+        ToolNotFoundError,
+        ToolRegistrationError,
+        ToolTimeoutError,
+    )
+    from context_manager.core.messages import Message, Priority, Role, ToolCall
+    from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter

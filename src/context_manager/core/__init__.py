@@ -1,0 +1,1 @@
+"""The real homes of the documented classes (``context_manager.core.<module>``)."""

@@ -1,0 +1,204 @@
+"""Configuration: :class:`ContextManagerConfig`, validated and overridable from the environment.
+
+Every option can be set by keyword, by assignment after construction (validated too) or by an
+environment variable named ``PYTHON_CONTEXT_MANAGER_<OPTION>``::
+
+    config = ContextManagerConfig(max_tokens=1000, compression_ratio=0.8)
+    config.cache_path = "/tmp/ctx"          # validated; "~" is expanded
+    # export PYTHON_CONTEXT_MANAGER_MAX_TOKENS=2000 overrides the default
+
+Constructing a config touches no file system; ``EnhancedContextManager.initialize()`` creates the
+directories.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from context_manager.core.errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "ContextManagerConfig", "SUPPORTED_ENCODINGS"]
+
+ENV_PREFIX = "PYTHON_CONTEXT_MANAGER_"
+"""Prefix of the environment variables that override configuration options."""
+
+SUPPORTED_ENCODINGS = ("o200k_base", "cl100k_base")
+"""Token encodings the default counter knows exactly, offline."""
+
+PACKAGE_LOGGER = "context_manager"
+
+
+class ContextManagerConfig(BaseSettings):
+    """All settings of a context manager, with their defaults.
+
+    Invalid values raise :class:`~context_manager.core.errors.ConfigurationError` (a ``ValueError``)
+    naming the option, the value given and what is allowed; a rejected assignment leaves the config
+    as it was.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        validate_assignment=True,
+        validate_default=True,
+        extra="forbid",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # Context settings
+    max_tokens: int = Field(2000, gt=0, description="Maximum tokens in the context window.")
+    compression_ratio: float = Field(
+        0.8,
+        gt=0.0,
+        lt=1.0,
+        description="When the window overflows it is compressed to max_tokens * compression_ratio.",
+    )
+    token_encoding: Literal["o200k_base", "cl100k_base"] = Field(
+        "o200k_base", description="Tokenizer encoding used to count tokens exactly."
+    )
+    token_model: str | None = Field(
+        None,
+        description="A model name (e.g. 'gpt-4o'); when set, its encoding is used instead of token_encoding.",
+    )
+
+    # Summarizer settings
+    summary_max_tokens: int = Field(
+        200, gt=0, description="Upper bound of the rolling summary message's size in tokens."
+    )
+    summarizer_timeout: float = Field(
+        10.0, gt=0.0, description="Seconds a custom (e.g. LLM) summarizer may take before the fallback."
+    )
+
+    # Memory settings
+    short_term_memory_size: int = Field(1000, gt=0, description="Short-term memory capacity (memories).")
+    medium_term_memory_size: int = Field(2000, gt=0, description="Medium-term memory capacity (memories).")
+    long_term_memory_size: int = Field(5000, gt=0, description="Long-term memory capacity (memories).")
+    long_term_importance_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="Memories at least this important are also written to long-term."
+    )
+    recency_half_life_days: float = Field(
+        30.0, gt=0.0, description="Half-life of the recency boost in memory ranking, in days."
+    )
+    fsync: bool = Field(
+        False,
+        description="fsync every acknowledged memory write (survives power loss); "
+        "the default flushes to the OS, which survives a process crash.",
+    )
+
+    # Storage settings
+    cache_path: Path = Field(Path("./cache"), description="Cache directory.")
+    storage_path: Path | None = Field(
+        None, description="Storage directory for memory; defaults to <cache_path>/storage."
+    )
+
+    # Feature switches
+    enable_compression: bool = Field(True, description="Compress the context when it overflows.")
+    enable_memory_index: bool = Field(True, description="Keep the full-text index of memories.")
+    enable_performance_monitor: bool = Field(True, description="Record operation timings.")
+
+    # Tool settings
+    max_tool_timeout: float = Field(30.0, gt=0.0, description="Maximum tool execution time in seconds.")
+    enable_tool_caching: bool = Field(True, description="Cache results of cacheable tools.")
+    max_concurrent_tool_calls: int = Field(
+        8, gt=0, description="How many tool calls of one model response run at once."
+    )
+
+    # Health check settings
+    health_check_interval: float = Field(
+        60.0, gt=0.0, description="Seconds between background health checks."
+    )
+    enable_health_checks: bool = Field(True, description="Run health checks in the background.")
+    enable_auto_recovery: bool = Field(True, description="Repair known faults found by health checks.")
+
+    # Debug
+    enable_debug: bool = Field(
+        False,
+        validation_alias=AliasChoices(
+            "enable_debug", "debug", f"{ENV_PREFIX}ENABLE_DEBUG", f"{ENV_PREFIX}DEBUG"
+        ),
+        description="Switch the package's loggers to DEBUG "
+        f"({ENV_PREFIX}DEBUG=1 or {ENV_PREFIX}ENABLE_DEBUG=1).",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise _configuration_error(error) from None
+        self._apply_debug()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in type(self).model_fields:
+            allowed = ", ".join(sorted(type(self).model_fields))
+            raise ConfigurationError(name, value, f"one of the options: {allowed}", detail="unknown option")
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as error:
+            raise _configuration_error(error) from None
+        if name == "enable_debug":
+            self._apply_debug()
+
+    @field_validator("cache_path", "storage_path", mode="before")
+    @classmethod
+    def _expand_path(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str | Path):
+            if str(value).strip() == "":
+                raise ValueError("a non-empty path")
+            path = Path(value).expanduser()
+            if path.exists() and not path.is_dir():
+                raise ValueError("a directory path (this path is an existing file)")
+            return path
+        raise ValueError("a str or pathlib.Path")
+
+    @property
+    def resolved_storage_path(self) -> Path:
+        """Where memory is stored: ``storage_path``, or ``<cache_path>/storage`` when unset."""
+        return self.storage_path if self.storage_path is not None else self.cache_path / "storage"
+
+    @property
+    def compression_target_tokens(self) -> int:
+        """The token count a compression aims for: ``int(max_tokens * compression_ratio)``."""
+        return max(1, int(self.max_tokens * self.compression_ratio))
+
+    def _apply_debug(self) -> None:
+        if self.enable_debug:
+            logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG)
+
+
+def _configuration_error(error: ValidationError) -> ConfigurationError:
+    """Turn pydantic's first error into a ConfigurationError naming option, value and what is allowed."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or "config"
+    got = first.get("input")
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        allowed = ", ".join(sorted(ContextManagerConfig.model_fields))
+        return ConfigurationError(field, got, f"one of the options: {allowed}", detail="unknown option")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return ConfigurationError(field, got, _describe_constraints(field) or message)
+
+
+def _describe_constraints(field: str) -> str | None:
+    """Describe a numeric option's bounds from its declaration, e.g. ``"a number > 0 and < 1"``."""
+    info = ContextManagerConfig.model_fields.get(field)
+    if info is None:
+        return None
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    bounds = [
+        f"{symbol} {getattr(item, name):g}"
+        for item in info.metadata
+        for name, symbol in symbols.items()
+        if getattr(item, name, None) is not None
+    ]
+    if not bounds:
+        return None
+    kind = "an integer" if info.annotation is int else "a number"
+    return f"{kind} " + " and ".join(bounds)

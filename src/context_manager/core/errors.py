@@ -1,0 +1,267 @@
+"""The exception tree of context-manager.
+
+Every exception the library raises on purpose derives from :class:`ContextManagerError`,
+and each subclass also derives from the builtin a caller would naturally catch, so
+``except ValueError`` keeps working for code that does not know this library::
+
+    ContextManagerError
+    ├── ConfigurationError            (ValueError)   invalid configuration value
+    ├── InvalidArgumentError          (ValueError)   a public call got a bad argument
+    │   ├── InvalidRoleError                          unknown message role
+    │   ├── InvalidPriorityError                      unknown priority
+    │   ├── InvalidMessageError                       bad content, metadata, tool calls ...
+    │   │   └── ToolCallPairingError                  tool result without its call (or vice versa)
+    │   ├── InvalidMemoryError                        bad importance, tags, tier, content ...
+    │   └── InvalidTaskError                          bad task id, priority, callable ...
+    ├── ContextBudgetError            (ValueError)   protected messages cannot fit the budget
+    ├── LifecycleError                (RuntimeError) used before initialize() or after cleanup()
+    ├── NotFoundError                 (KeyError)     an id that does not exist
+    │   ├── MemoryNotFoundError
+    │   ├── ToolNotFoundError
+    │   └── TaskNotFoundError
+    ├── StorageError                  (OSError)      storage could not be used
+    │   ├── StorageLockedError                        another process holds the store
+    │   └── StorageCorruptedError                     a store file is damaged (never overwritten)
+    ├── ToolError                                     a problem with a tool definition or registry
+    │   ├── ToolRegistrationError     (ValueError)   duplicate name, invalid name, not callable ...
+    │   └── ToolTimeoutError          (TimeoutError) a tool ran past its timeout
+    ├── SummarizerError                               a summarizer failed (the window falls back)
+    └── ConcurrencyError                              the concurrency controller refused a request
+        ├── ControllerStoppedError    (RuntimeError) submit to a stopped controller
+        ├── DuplicateTaskError        (ValueError)   a task id already in use
+        ├── QueueFullError                            the bounded queue is full
+        └── TaskTimeoutError          (TimeoutError) a task ran past its timeout
+
+Errors carry structured fields (``field``, ``got``, ``allowed``, ``path`` ...) besides the message,
+which always says what was wrong and what is allowed: ``"priority: got 'urgent'; allowed one of
+'low', 'normal', 'high', 'critical'"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConcurrencyError",
+    "ConfigurationError",
+    "ContextBudgetError",
+    "ContextManagerError",
+    "ControllerStoppedError",
+    "DuplicateTaskError",
+    "InvalidArgumentError",
+    "InvalidMemoryError",
+    "InvalidMessageError",
+    "InvalidPriorityError",
+    "InvalidRoleError",
+    "InvalidTaskError",
+    "LifecycleError",
+    "MemoryNotFoundError",
+    "NotFoundError",
+    "QueueFullError",
+    "StorageCorruptedError",
+    "StorageError",
+    "StorageLockedError",
+    "SummarizerError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "ToolCallPairingError",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolRegistrationError",
+    "ToolTimeoutError",
+    "describe_value",
+]
+
+_MAX_REPR = 80
+
+
+def describe_value(value: Any) -> str:
+    """Return a short, safe ``repr`` of a value for an error message (long values are cut)."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    if len(text) > _MAX_REPR:
+        text = f"{text[: _MAX_REPR - 20]}...<{len(text)} chars>"
+    return text
+
+
+class ContextManagerError(Exception):
+    """Base class of every error context-manager raises on purpose."""
+
+
+class _FieldError(ContextManagerError):
+    """An error about one named field: message ``"<field>: got <value>; allowed <allowed>"``."""
+
+    def __init__(self, field: str, got: Any, allowed: str, *, detail: str | None = None) -> None:
+        self.field = field
+        """The argument or option that was wrong."""
+        self.got = got
+        """The value that was given."""
+        self.allowed = allowed
+        """A description of the values that are accepted."""
+        message = f"{field}: got {describe_value(got)}; allowed {allowed}"
+        if detail:
+            message = f"{message} ({detail})"
+        super().__init__(message)
+
+
+class ConfigurationError(_FieldError, ValueError):
+    """A configuration option has an invalid value."""
+
+
+class InvalidArgumentError(_FieldError, ValueError):
+    """A public call received an invalid argument; nothing was changed."""
+
+
+class InvalidRoleError(InvalidArgumentError):
+    """A message role is not one of system, user, assistant, tool."""
+
+
+class InvalidPriorityError(InvalidArgumentError):
+    """A priority is not one of low, normal, high, critical."""
+
+
+class InvalidMessageError(InvalidArgumentError):
+    """A message's content, metadata, name or tool calls are invalid."""
+
+
+class ToolCallPairingError(InvalidMessageError):
+    """A tool result does not answer an earlier tool call (or a call id is reused)."""
+
+
+class InvalidMemoryError(InvalidArgumentError):
+    """A memory's content, importance, tags, tier or a search argument is invalid."""
+
+
+class InvalidTaskError(InvalidArgumentError):
+    """A task submission has an invalid id, priority, timeout or callable."""
+
+
+class ContextBudgetError(ContextManagerError, ValueError):
+    """Messages that may not be evicted (system, pinned, critical) cannot fit in the budget."""
+
+    def __init__(self, message: str, *, required_tokens: int, max_tokens: int) -> None:
+        self.required_tokens = required_tokens
+        """Tokens the protected messages would need."""
+        self.max_tokens = max_tokens
+        """The budget that could not hold them."""
+        super().__init__(message)
+
+
+class LifecycleError(ContextManagerError, RuntimeError):
+    """A component was used before ``initialize()``/``start()`` or after ``cleanup()``/``stop()``."""
+
+
+class NotFoundError(ContextManagerError, KeyError):
+    """An id that does not exist was asked for."""
+
+    def __init__(self, kind: str, identifier: str) -> None:
+        self.kind = kind
+        """What was looked up (``"memory"``, ``"tool"``, ``"task"``)."""
+        self.identifier = identifier
+        """The id that was not found."""
+        super().__init__(f"{kind} not found: {describe_value(identifier)}")
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0])
+
+
+class MemoryNotFoundError(NotFoundError):
+    """No memory has the given id (for this user)."""
+
+    def __init__(self, identifier: str) -> None:
+        super().__init__("memory", identifier)
+
+
+class ToolNotFoundError(NotFoundError):
+    """No tool is registered under the given name."""
+
+    def __init__(self, identifier: str) -> None:
+        super().__init__("tool", identifier)
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task has the given id."""
+
+    def __init__(self, identifier: str) -> None:
+        super().__init__("task", identifier)
+
+
+class StorageError(ContextManagerError, OSError):
+    """Storage could not be read or written."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        """The file or directory concerned, when there is one."""
+        super().__init__(message)
+
+    def __str__(self) -> str:  # OSError formats (errno, strerror); keep our message
+        return str(self.args[0])
+
+
+class StorageLockedError(StorageError):
+    """Another process holds the store at this path."""
+
+    def __init__(self, path: str | Path, holder: str) -> None:
+        self.holder = holder
+        """Who holds the lock (pid and host, as recorded in the lock file)."""
+        super().__init__(
+            f"storage at {path} is locked by {holder}; stop that process or use another storage_path",
+            path=path,
+        )
+
+
+class StorageCorruptedError(StorageError):
+    """A store file is damaged. It is never overwritten; the message says what to do."""
+
+
+class ToolError(ContextManagerError):
+    """A problem with a tool definition or the tool registry."""
+
+
+class ToolRegistrationError(_FieldError, ToolError, ValueError):
+    """A tool cannot be registered (duplicate or invalid name, not callable, bad option)."""
+
+
+class ToolTimeoutError(ToolError, TimeoutError):
+    """A tool ran longer than its timeout."""
+
+    def __init__(self, tool_name: str, timeout_seconds: float) -> None:
+        self.tool_name = tool_name
+        """The tool that timed out."""
+        self.timeout_seconds = timeout_seconds
+        """The timeout that was exceeded."""
+        super().__init__(f"tool {tool_name!r} timed out after {timeout_seconds:g} s")
+
+
+class SummarizerError(ContextManagerError):
+    """A summarizer failed or timed out; the window falls back to the extractive summarizer."""
+
+
+class ConcurrencyError(ContextManagerError):
+    """The concurrency controller refused a request."""
+
+
+class ControllerStoppedError(ConcurrencyError, RuntimeError):
+    """The controller is not running (not started, or stopped)."""
+
+
+class DuplicateTaskError(_FieldError, ConcurrencyError, ValueError):
+    """A task id is already in use."""
+
+
+class QueueFullError(ConcurrencyError):
+    """The controller's bounded queue is full."""
+
+
+class TaskTimeoutError(ConcurrencyError, TimeoutError):
+    """A task ran longer than its timeout."""
+
+    def __init__(self, task_id: str, timeout_seconds: float) -> None:
+        self.task_id = task_id
+        """The task that timed out."""
+        self.timeout_seconds = timeout_seconds
+        """The timeout that was exceeded."""
+        super().__init__(f"task {task_id!r} timed out after {timeout_seconds:g} s")

@@ -1,0 +1,296 @@
+"""Conversation value objects: :class:`Message`, :class:`ToolCall`, :class:`Role`, :class:`Priority`.
+
+Roles and priorities accept the user guide's strings (``"user"``, ``"high"``) or the enums.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
+
+__all__ = ["Message", "Priority", "Role", "ToolCall", "new_message_id"]
+
+
+class Role(StrEnum):
+    """Who speaks a message."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+    @classmethod
+    def parse(cls, value: Role | str) -> Role:
+        """Return the role for ``value`` (an enum or its string, any case).
+
+        Raises:
+            InvalidRoleError: ``value`` is not a known role.
+        """
+        if isinstance(value, Role):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        raise InvalidRoleError("role", value, "one of " + ", ".join(repr(r.value) for r in cls))
+
+
+class Priority(StrEnum):
+    """How much a message matters when the window must be compressed.
+
+    ``LOW`` messages are evicted before ``NORMAL`` ones, then ``HIGH``; ``CRITICAL`` are never evicted.
+    """
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """Numeric order: low=0, normal=1, high=2, critical=3."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def parse(cls, value: Priority | str) -> Priority:
+        """Return the priority for ``value`` (an enum or its string, any case).
+
+        Raises:
+            InvalidPriorityError: ``value`` is not a known priority.
+        """
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        raise InvalidPriorityError("priority", value, "one of " + ", ".join(repr(p.value) for p in cls))
+
+
+_PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+
+
+def new_message_id() -> str:
+    """Return a new unique message id."""
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> None:
+    """Reject values that cannot be stored and exported as JSON (cycles, NaN, non-str keys, objects)."""
+    if depth > 64:
+        raise InvalidMessageError(field_name, "<nested too deeply>", "JSON values nested at most 64 levels")
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMessageError(f"{field_name}{path}", value, "finite numbers (JSON has no NaN/inf)")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessageError(f"{field_name}{path}", key, "string keys")
+            _check_json(item, field_name, f"{path}.{key}", depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, field_name, f"{path}[{index}]", depth + 1)
+        return
+    raise InvalidMessageError(
+        f"{field_name}{path}", value, "JSON values: str, int, float, bool, None, list, dict"
+    )
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A model's request to run a tool, as carried by an assistant message."""
+
+    id: str
+    """The call id the tool result must quote in its ``tool_call_id``."""
+    name: str
+    """The tool to run."""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the tool (JSON values)."""
+
+    def arguments_json(self) -> str:
+        """The arguments as the compact JSON string providers put on the wire."""
+        return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+
+    @classmethod
+    def from_value(cls, value: ToolCall | dict[str, Any]) -> ToolCall:
+        """Build a call from a ``ToolCall``, an OpenAI ``tool_calls`` item or an Anthropic ``tool_use`` block.
+
+        Raises:
+            InvalidMessageError: the value has no id or name, or its arguments are not a JSON object.
+        """
+        if isinstance(value, ToolCall):
+            call = value
+        elif isinstance(value, dict):
+            call = cls._from_dict(value)
+        else:
+            raise InvalidMessageError(
+                "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"
+            )
+        if not isinstance(call.id, str) or not call.id:
+            raise InvalidMessageError("tool_calls[].id", call.id, "a non-empty string")
+        if not isinstance(call.name, str) or not call.name:
+            raise InvalidMessageError("tool_calls[].name", call.name, "a non-empty string")
+        if not isinstance(call.arguments, dict):
+            raise InvalidMessageError("tool_calls[].arguments", call.arguments, "a JSON object (dict)")
+        _check_json(call.arguments, "tool_calls[].arguments")
+        return call
+
+    @classmethod
+    def _from_dict(cls, value: dict[str, Any]) -> ToolCall:
+        if value.get("type") == "tool_use":  # Anthropic content block
+            return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=value.get("input") or {})
+        function = value.get("function")
+        if isinstance(function, dict):  # OpenAI Chat Completions tool call
+            raw = function.get("arguments", "{}")
+            if isinstance(raw, str):
+                try:
+                    arguments = json.loads(raw) if raw.strip() else {}
+                except json.JSONDecodeError as error:
+                    raise InvalidMessageError(
+                        "tool_calls[].function.arguments", raw, "a JSON object string", detail=str(error)
+                    ) from None
+            else:
+                arguments = raw
+            return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
+        return cls(
+            id=value.get("id", ""),
+            name=value.get("name", ""),
+            arguments=value.get("arguments", value.get("input")) or {},
+        )
+
+
+@dataclass(slots=True)
+class Message:
+    """One message of the conversation, with its exact token count cached."""
+
+    role: Role
+    """Who speaks: system, user, assistant or tool."""
+    content: str
+    """The text of the message (may be empty for an assistant message that only calls tools)."""
+    priority: Priority = Priority.NORMAL
+    """How much the message matters when the window is compressed."""
+    pinned: bool = False
+    """A pinned message is never evicted."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Free-form JSON metadata; kept with the message and with its memory after eviction."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """Tool calls made by an assistant message."""
+    tool_call_id: str | None = None
+    """For a tool message: the id of the call it answers."""
+    name: str | None = None
+    """Optional participant or tool name."""
+    id: str = field(default_factory=new_message_id)
+    """Unique id of the message."""
+    timestamp: float = field(default_factory=time.time)
+    """Creation time, seconds since the epoch."""
+    token_count: int = 0
+    """Tokens this message costs in the prompt, chat-format overhead included (set by the window)."""
+
+    @property
+    def is_protected(self) -> bool:
+        """True for messages compression never evicts: system, pinned or critical."""
+        return self.role is Role.SYSTEM or self.pinned or self.priority is Priority.CRITICAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (used for archives and memory)."""
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "content": self.content,
+            "priority": self.priority.value,
+            "pinned": self.pinned,
+            "metadata": self.metadata,
+            "tool_calls": [
+                {"id": call.id, "name": call.name, "arguments": call.arguments} for call in self.tool_calls
+            ],
+            "tool_call_id": self.tool_call_id,
+            "name": self.name,
+            "timestamp": self.timestamp,
+            "token_count": self.token_count,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        role: Role | str,
+        content: Any,
+        *,
+        priority: Priority | str = Priority.NORMAL,
+        pinned: bool = False,
+        metadata: dict[str, Any] | None = None,
+        tool_calls: list[ToolCall | dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+    ) -> Message:
+        """Validate every argument and build a message (token count not yet set).
+
+        Raises:
+            InvalidRoleError, InvalidPriorityError, InvalidMessageError: an argument is invalid.
+        """
+        parsed_role = Role.parse(role)
+        parsed_priority = Priority.parse(priority)
+        if not isinstance(content, str):
+            raise InvalidMessageError("content", content, "a str")
+        if "\x00" in content:
+            raise InvalidMessageError("content", content, "text without NUL characters")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidMessageError("content", content, "valid unicode text (no lone surrogates)") from None
+        if not isinstance(pinned, bool):
+            raise InvalidMessageError("pinned", pinned, "True or False")
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
+        _check_json(metadata, "metadata")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidMessageError("name", name, "None or a non-empty string")
+        calls: list[ToolCall] = []
+        if tool_calls:
+            if parsed_role is not Role.ASSISTANT:
+                raise InvalidMessageError(
+                    "tool_calls", tool_calls, "only on assistant messages", detail=f"role is {parsed_role}"
+                )
+            if not isinstance(tool_calls, list | tuple):
+                raise InvalidMessageError("tool_calls", tool_calls, "a list of tool calls")
+            calls = [ToolCall.from_value(call) for call in tool_calls]
+            ids = [call.id for call in calls]
+            if len(set(ids)) != len(ids):
+                raise InvalidMessageError("tool_calls", ids, "distinct call ids within one message")
+        if parsed_role is Role.TOOL:
+            if not isinstance(tool_call_id, str) or not tool_call_id:
+                raise InvalidMessageError(
+                    "tool_call_id",
+                    tool_call_id,
+                    "the id of an earlier assistant tool call (required for tool)",
+                )
+        elif tool_call_id is not None:
+            raise InvalidMessageError(
+                "tool_call_id", tool_call_id, "None unless role is 'tool'", detail=f"role is {parsed_role}"
+            )
+        if not content and not calls and parsed_role is not Role.TOOL:
+            raise InvalidMessageError("content", content, "non-empty text (or tool_calls on an assistant)")
+        return cls(
+            role=parsed_role,
+            content=content,
+            priority=parsed_priority,
+            pinned=pinned,
+            metadata=dict(metadata),
+            tool_calls=calls,
+            tool_call_id=tool_call_id,
+            name=name,
+        )

@@ -1,0 +1,219 @@
+"""Exact, offline token counting.
+
+The default :class:`ExactTokenCounter` gives the same counts as ``tiktoken`` for the OpenAI encodings
+``o200k_base`` (GPT-4o and later) and ``cl100k_base`` (GPT-4, GPT-3.5). It uses the encodings shipped
+inside the ``bpe-openai`` wheel, so it works on a fresh machine without network access.
+
+A message is counted with the chat-format rule OpenAI publishes: every message costs
+``TOKENS_PER_MESSAGE`` (3) plus its role and content, a ``name`` costs its text plus
+``TOKENS_PER_NAME`` (1), and a conversation is primed for the reply with ``REPLY_PRIMING_TOKENS`` (3).
+Tool calls cost their name and JSON arguments plus ``TOKENS_PER_TOOL_CALL`` (3) of framing each.
+
+Other providers plug in through the :class:`TokenCounter` protocol::
+
+    class MyCounter:
+        encoding_name = "my-model"
+        def count(self, text: str) -> int: ...
+        def count_message(self, message: Message) -> int: ...
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from context_manager.core.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from context_manager.core.messages import Message
+
+__all__ = [
+    "REPLY_PRIMING_TOKENS",
+    "TOKENS_PER_MESSAGE",
+    "TOKENS_PER_NAME",
+    "TOKENS_PER_TOOL_CALL",
+    "ExactTokenCounter",
+    "TokenCounter",
+    "count_tokens",
+    "encoding_for_model",
+    "get_token_counter",
+    "truncate_to_tokens",
+]
+
+TOKENS_PER_MESSAGE = 3
+"""Framing tokens every chat message costs (``<|start|>{role}\\n ... <|end|>``)."""
+TOKENS_PER_NAME = 1
+"""Extra token a message's ``name`` field costs besides its text."""
+REPLY_PRIMING_TOKENS = 3
+"""Tokens that prime the assistant's reply; counted once per conversation."""
+TOKENS_PER_TOOL_CALL = 3
+"""Framing tokens per tool call, besides its name and JSON arguments."""
+
+_TEXT_CACHE_SIZE = 8192
+
+_MODEL_PREFIX_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-oss", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+    ("gpt-35", "cl100k_base"),
+    ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada-002", "cl100k_base"),
+)
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """What the context window needs from a tokenizer."""
+
+    encoding_name: str
+    """A name for the encoding (shown in summaries and the CLI)."""
+
+    def count(self, text: str) -> int:
+        """Return the number of tokens of ``text``."""
+        ...
+
+    def count_message(self, message: Message) -> int:
+        """Return what ``message`` costs in a prompt, chat-format overhead included."""
+        ...
+
+
+def encoding_for_model(model: str) -> str:
+    """Return the encoding name of an OpenAI model (``"gpt-4o-mini"`` -> ``"o200k_base"``).
+
+    Raises:
+        ConfigurationError: the model is not known.
+    """
+    lowered = model.strip().lower()
+    for prefix, encoding in _MODEL_PREFIX_ENCODINGS:
+        if lowered.startswith(prefix):
+            return encoding
+    known = ", ".join(sorted({prefix + "*" for prefix, _ in _MODEL_PREFIX_ENCODINGS}))
+    raise ConfigurationError("token_model", model, f"a model name starting with one of: {known}")
+
+
+_backends: dict[str, Any] = {}
+_backends_lock = threading.Lock()
+
+
+def _backend(encoding_name: str) -> Any:
+    """Load (once) the Rust BPE tokenizer of bpe-openai for an encoding; imported lazily."""
+    backend = _backends.get(encoding_name)
+    if backend is None:
+        with _backends_lock:
+            backend = _backends.get(encoding_name)
+            if backend is None:
+                from bpe_openai import _bindings  # heavy-ish native module: load on first use
+
+                backend = _bindings.tokenizer_for_encoding(encoding_name)
+                _backends[encoding_name] = backend
+    return backend
+
+
+class ExactTokenCounter:
+    """Exact, offline token counter for ``o200k_base`` and ``cl100k_base``.
+
+    Counts of repeated texts are served from a small cache; a message is counted once by the window.
+
+    Example:
+        >>> counter = ExactTokenCounter("o200k_base")
+        >>> counter.count("Hello, world!")
+        4
+    """
+
+    def __init__(self, encoding_name: str = "o200k_base") -> None:
+        from context_manager.core.config import SUPPORTED_ENCODINGS
+
+        if encoding_name not in SUPPORTED_ENCODINGS:
+            raise ConfigurationError(
+                "token_encoding", encoding_name, "one of " + ", ".join(map(repr, SUPPORTED_ENCODINGS))
+            )
+        self.encoding_name = encoding_name
+        self._tokenizer = _backend(encoding_name)
+        self._count_raw = self._tokenizer.count
+        self._cache: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"ExactTokenCounter({self.encoding_name!r})"
+
+    def count(self, text: str) -> int:
+        """Return the number of tokens of ``text`` (special-token text counts as ordinary text)."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        result: int = self._count_raw(text)
+        if len(self._cache) >= _TEXT_CACHE_SIZE:
+            self._cache.clear()  # cheap amortised bound; hot texts come back at once
+        self._cache[text] = result
+        return result
+
+    def count_uncached(self, text: str) -> int:
+        """Count ``text`` without touching the cache (what benchmarks compare with the raw tokenizer)."""
+        result: int = self._count_raw(text)
+        return result
+
+    def encode(self, text: str) -> list[int]:
+        """Return the token ids of ``text`` (identical to tiktoken's ``encode_ordinary``)."""
+        ids: list[int] = self._tokenizer.encode(text)
+        return ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Return the text of ``token_ids``."""
+        text: str = self._tokenizer.decode(token_ids)
+        return text
+
+    def count_message(self, message: Message) -> int:
+        """Return what ``message`` costs in a prompt, with the chat-format overhead (module docstring)."""
+        count = self.count
+        total = TOKENS_PER_MESSAGE + count(message.role.value)
+        if message.content:
+            total += count(message.content)
+        if message.name:
+            total += count(message.name) + TOKENS_PER_NAME
+        for call in message.tool_calls:
+            total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
+        return total
+
+
+_counters: dict[str, ExactTokenCounter] = {}
+
+
+def get_token_counter(encoding_name: str = "o200k_base", *, model: str | None = None) -> ExactTokenCounter:
+    """Return the shared default counter for an encoding (or for ``model``'s encoding)."""
+    name = encoding_for_model(model) if model else encoding_name
+    counter = _counters.get(name)
+    if counter is None:
+        counter = _counters.setdefault(name, ExactTokenCounter(name))
+    return counter
+
+
+def count_tokens(text: str, encoding_name: str = "o200k_base") -> int:
+    """Count the tokens of ``text`` with the default counter of ``encoding_name``."""
+    return get_token_counter(encoding_name).count(text)
+
+
+def truncate_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end: bool = False) -> str:
+    """Return the longest prefix (or suffix, with ``from_end``) of ``text`` costing at most ``max_tokens``.
+
+    Works with any :class:`TokenCounter`: it searches on character offsets, so it needs only ``count``.
+    """
+    if max_tokens <= 0 or not text:
+        return ""
+    if counter.count(text) <= max_tokens:
+        return text
+    low, high = 0, len(text)  # invariant: a piece of length `low` fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        piece = text[len(text) - middle :] if from_end else text[:middle]
+        if counter.count(piece) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return text[len(text) - low :] if from_end else text[:low]

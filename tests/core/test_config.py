@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import ConfigurationError, ContextManagerError
+
+
+def test_defaults_match_the_user_guide() -> None:
+    config = ContextManagerConfig()
+    assert config.max_tokens == 2000
+    assert config.compression_ratio == 0.8
+    assert config.cache_path == Path("./cache")
+    assert config.short_term_memory_size == 1000
+    assert config.medium_term_memory_size == 2000
+    assert config.long_term_memory_size == 5000
+    assert config.enable_compression and config.enable_memory_index and config.enable_performance_monitor
+    assert config.max_tool_timeout == 30.0 and config.enable_tool_caching
+    assert config.health_check_interval == 60.0 and config.enable_auto_recovery
+    assert config.resolved_storage_path == Path("./cache") / "storage"
+
+
+def test_every_option_of_the_guide_is_accepted(tmp_path: Path) -> None:
+    config = ContextManagerConfig(
+        max_tokens=2000,
+        compression_ratio=0.8,
+        short_term_memory_size=1000,
+        medium_term_memory_size=2000,
+        long_term_memory_size=5000,
+        cache_path=str(tmp_path / "cache"),
+        storage_path=str(tmp_path / "storage"),
+        enable_compression=True,
+        enable_memory_index=True,
+        enable_performance_monitor=True,
+        max_tool_timeout=30.0,
+        enable_tool_caching=True,
+        health_check_interval=60.0,
+        enable_auto_recovery=True,
+    )
+    assert config.resolved_storage_path == tmp_path / "storage"
+
+
+def test_constructing_creates_no_directory(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    ContextManagerConfig(cache_path=root / "a", storage_path=root / "b")
+    assert list(root.iterdir()) == []
+
+
+def test_assignment_is_validated_and_takes_effect(tmp_path: Path) -> None:
+    config = ContextManagerConfig(max_tokens=1000)
+    config.cache_path = str(tmp_path)  # the quick start does this
+    assert config.cache_path == tmp_path
+    assert config.resolved_storage_path == tmp_path / "storage"
+    with pytest.raises(ConfigurationError, match=r"max_tokens: got 0; allowed an integer > 0"):
+        config.max_tokens = 0
+    assert config.max_tokens == 1000
+
+
+def test_paths_expand_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = ContextManagerConfig(cache_path="~/ctx")
+    assert config.cache_path == tmp_path / "ctx"
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"max_tokens": 0}, r"max_tokens: got 0; allowed an integer > 0"),
+        ({"compression_ratio": 1.5}, r"compression_ratio: got 1\.5; allowed a number > 0 and < 1"),
+        ({"compression_ratio": 0}, r"compression_ratio: got 0"),
+        ({"token_encoding": "p50k_base"}, r"token_encoding: got 'p50k_base'"),
+        ({"max_tool_timeout": -1}, r"max_tool_timeout: got -1"),
+        ({"unknown_option": 1}, r"unknown_option: got 1; allowed one of the options"),
+    ],
+)
+def test_invalid_values_raise_configuration_error(options: dict[str, object], pattern: str) -> None:
+    with pytest.raises(ConfigurationError, match=pattern) as caught:
+        ContextManagerConfig(**options)  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, ContextManagerError)
+
+
+def test_a_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    with pytest.raises(ConfigurationError, match="cache_path: .*existing file"):
+        ContextManagerConfig(cache_path=file)
+    config = ContextManagerConfig()
+    with pytest.raises(ConfigurationError, match="storage_path"):
+        config.storage_path = file
+    assert config.storage_path is None
+
+
+def test_environment_overrides_from_the_guide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MAX_TOKENS", "2000")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(tmp_path / "context_cache"))
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_COMPRESSION_RATIO", "0.7")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG", "1")
+    config = ContextManagerConfig()
+    assert config.max_tokens == 2000
+    assert config.cache_path == tmp_path / "context_cache"
+    assert config.compression_ratio == 0.7
+    assert config.enable_debug is True
+
+
+def test_bad_environment_value_names_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MAX_TOKENS", "lots")
+    with pytest.raises(ConfigurationError, match="max_tokens: got 'lots'"):
+        ContextManagerConfig()
+
+
+@pytest.mark.parametrize("variable", ["PYTHON_CONTEXT_MANAGER_DEBUG", "PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG"])
+def test_debug_variables_switch_the_package_logger(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    logger = logging.getLogger("context_manager")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setenv(variable, "1")
+    assert ContextManagerConfig().enable_debug is True
+    assert logger.level == logging.DEBUG
+
+
+def test_target_tokens() -> None:
+    assert ContextManagerConfig(max_tokens=1000, compression_ratio=0.8).compression_target_tokens == 800

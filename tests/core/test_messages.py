@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
+from context_manager.core.messages import Message, Priority, Role, ToolCall
+
+
+def test_strings_and_enums_are_accepted() -> None:
+    message = Message.create("USER", "hi", priority="High")
+    assert message.role is Role.USER and message.priority is Priority.HIGH
+    assert Message.create(Role.ASSISTANT, "ok", priority=Priority.LOW).priority.rank == 0
+    assert [p.rank for p in Priority] == [0, 1, 2, 3]
+
+
+def test_unknown_role_and_priority_name_the_allowed_values() -> None:
+    with pytest.raises(InvalidRoleError, match=r"role: got 'robot'; allowed one of 'system', 'user'"):
+        Message.create("robot", "hi")
+    with pytest.raises(InvalidPriorityError, match=r"priority: got 'urgent'; allowed one of 'low'"):
+        Message.create("user", "hi", priority="urgent")
+    assert issubclass(InvalidRoleError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"role": "user", "content": 42}, "content: got 42; allowed a str"),
+        ({"role": "user", "content": ""}, "content: got ''"),
+        ({"role": "user", "content": "a\x00b"}, "without NUL"),
+        ({"role": "user", "content": "\ud800"}, "lone surrogates"),
+        ({"role": "user", "content": "x", "metadata": {"n": math.nan}}, r"metadata\.n"),
+        ({"role": "user", "content": "x", "metadata": {1: "a"}}, "string keys"),
+        ({"role": "user", "content": "x", "metadata": {"o": object()}}, "JSON values"),
+        ({"role": "tool", "content": "x"}, "tool_call_id"),
+        ({"role": "user", "content": "x", "tool_call_id": "c1"}, "tool_call_id"),
+        ({"role": "user", "content": "x", "tool_calls": [{"id": "1", "name": "f"}]}, "only on assistant"),
+    ],
+)
+def test_invalid_messages_are_rejected(kwargs: dict[str, object], pattern: str) -> None:
+    with pytest.raises(InvalidMessageError, match=pattern):
+        Message.create(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tool_calls_from_provider_shapes() -> None:
+    openai_call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    anthropic_call = {"type": "tool_use", "id": "toolu_1", "name": "g", "input": {"b": 2}}
+    message = Message.create("assistant", "", tool_calls=[openai_call, anthropic_call])
+    assert message.tool_calls == [ToolCall("call_1", "f", {"a": 1}), ToolCall("toolu_1", "g", {"b": 2})]
+    with pytest.raises(InvalidMessageError, match="arguments"):
+        Message.create(
+            "assistant", "", tool_calls=[{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]
+        )
+    with pytest.raises(InvalidMessageError, match="distinct call ids"):
+        Message.create("assistant", "", tool_calls=[ToolCall("c", "f"), ToolCall("c", "g")])
+
+
+def test_protected_messages() -> None:
+    assert Message.create("system", "rules").is_protected
+    assert Message.create("user", "x", pinned=True).is_protected
+    assert Message.create("user", "x", priority="critical").is_protected
+    assert not Message.create("user", "x", priority="high").is_protected

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.errors import ConfigurationError
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.tokens import (
+    REPLY_PRIMING_TOKENS,
+    ExactTokenCounter,
+    count_tokens,
+    encoding_for_model,
+    get_token_counter,
+    truncate_to_tokens,
+)
+from tests.tiktoken_reference import tiktoken_encoding
+
+ENCODINGS = ["o200k_base", "cl100k_base"]
+
+FIXTURE_TEXTS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "def fibonacci(n: int) -> int:\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "SELECT id, name FROM users WHERE created_at > '2024-01-01' ORDER BY name;",
+    "日本語のテキストと中文文本，还有한국어 텍스트.",
+    "Emoji: 🎉👩‍👩‍👧‍👦🇫🇷 and flags 🏳️‍🌈",
+    "   leading spaces\n\n\n\ttabs\t\tand   runs      of     spaces   ",
+    "\n" * 50 + " " * 100,
+    "Numbers 1234567890 3.14159 -42 1e10",
+    "Ünïcödé çåſé and ligatures ﬁ ﬂ",
+    "<|endoftext|> special tokens are plain text here",
+    '{"json": [1, 2, {"nested": true}], "key": null}',
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cache = Path(tmp_path_factory.mktemp("tiktoken_cache"))
+    return {name: tiktoken_encoding(name, cache) for name in ENCODINGS}
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("text", FIXTURE_TEXTS)
+def test_ids_and_counts_equal_tiktoken(reference: dict[str, Any], encoding: str, text: str) -> None:
+    counter = ExactTokenCounter(encoding)
+    expected = reference[encoding].encode_ordinary(text)
+    assert counter.encode(text) == expected
+    assert counter.count(text) == len(expected)
+    assert counter.count_uncached(text) == len(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300))
+def test_counts_equal_tiktoken_on_random_text(reference: dict[str, Any], text: str) -> None:
+    for encoding in ENCODINGS:
+        assert ExactTokenCounter(encoding).count(text) == len(reference[encoding].encode_ordinary(text))
+
+
+def _cookbook_count(encoding: Any, messages: list[dict[str, str]]) -> int:
+    """OpenAI's published counting rule (openai-cookbook, How to count tokens with tiktoken)."""
+    tokens_per_message, tokens_per_name = 3, 1
+    total = 0
+    for message in messages:
+        total += tokens_per_message
+        for key, value in message.items():
+            total += len(encoding.encode(value))
+            if key == "name":
+                total += tokens_per_name
+    return total + 3  # every reply is primed with <|start|>assistant<|message|>
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_message_counts_follow_the_published_chat_rule(reference: dict[str, Any], encoding: str) -> None:
+    conversation = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+        {"role": "assistant", "content": "Things working well together will increase revenue."},
+        {"role": "user", "content": "日本語 and emoji 🎉"},
+    ]
+    counter = ExactTokenCounter(encoding)
+    messages = [Message.create(m["role"], m["content"], name=m.get("name")) for m in conversation]
+    ours = sum(counter.count_message(m) for m in messages) + REPLY_PRIMING_TOKENS
+    assert ours == _cookbook_count(reference[encoding], conversation)
+
+
+def test_tool_calls_count_name_and_json_arguments() -> None:
+    counter = get_token_counter("o200k_base")
+    plain = Message.create("assistant", "Let me check.")
+    call = ToolCall(id="call_1", name="get_weather", arguments={"city": "Paris", "unit": "celsius"})
+    with_call = Message.create("assistant", "Let me check.", tool_calls=[call])
+    extra = counter.count_message(with_call) - counter.count_message(plain)
+    assert extra == 3 + counter.count("get_weather") + counter.count('{"city":"Paris","unit":"celsius"}')
+    result = Message.create("tool", '{"temperature": 18}', tool_call_id="call_1")
+    assert counter.count_message(result) == 3 + counter.count("tool") + counter.count('{"temperature": 18}')
+
+
+def test_model_names_map_to_encodings() -> None:
+    assert encoding_for_model("gpt-4o-mini") == "o200k_base"
+    assert encoding_for_model("gpt-4-turbo") == "cl100k_base"
+    assert get_token_counter(model="gpt-3.5-turbo").encoding_name == "cl100k_base"
+    with pytest.raises(ConfigurationError, match="token_model: got 'llama-3'"):
+        encoding_for_model("llama-3")
+
+
+def test_unknown_encoding_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="token_encoding: got 'p50k_base'"):
+        ExactTokenCounter("p50k_base")
+
+
+def test_cache_returns_the_same_counts() -> None:
+    counter = ExactTokenCounter("o200k_base")
+    text = "repeated text " * 20
+    first = counter.count(text)
+    assert counter.count(text) == first == counter.count_uncached(text)
+    assert count_tokens(text) == first
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    text=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=400),
+    limit=st.integers(min_value=1, max_value=60),
+    from_end=st.booleans(),
+)
+def test_truncate_to_tokens_returns_the_longest_fitting_piece(text: str, limit: int, from_end: bool) -> None:
+    counter = get_token_counter()
+    piece = truncate_to_tokens(counter, text, limit, from_end=from_end)
+    assert counter.count(piece) <= limit
+    assert text.endswith(piece) if from_end else text.startswith(piece)
+    if piece != text:  # one more character would not fit
+        longer = text[len(text) - len(piece) - 1 :] if from_end else text[: len(piece) + 1]
+        assert counter.count(longer) > limit
