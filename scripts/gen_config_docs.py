@@ -35,7 +35,9 @@ def options_table() -> str:
         default = info.default
         default_text = "`<cache_path>/storage`" if name == "storage_path" else f"`{default!s}`"
         description = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{name}` | `{_type_name(info.annotation)}` | {default_text} | {env} | {description} |")
+        rows.append(
+            f"| `{name}` | `{_type_name(info.annotation)}` | {default_text} | {env} | {description} |"
+        )
     return "\n".join(rows)
 
 

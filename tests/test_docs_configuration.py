@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_configuration_doc_matches_the_config_model() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "gen_config_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
 
