@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     # errors
     "ContextManagerError": "context_manager.core.errors",
     "ConfigurationError": "context_manager.core.errors",
+    "MissingDependencyError": "context_manager.core.errors",
     "InvalidArgumentError": "context_manager.core.errors",
     "InvalidRoleError": "context_manager.core.errors",
     "InvalidPriorityError": "context_manager.core.errors",
@@ -52,6 +53,9 @@ _EXPORTS: dict[str, str] = {
     "ExactTokenCounter": "context_manager.core.tokens",
     "count_tokens": "context_manager.core.tokens",
     "get_token_counter": "context_manager.core.tokens",
+    # embeddings (the vector channel of memory search)
+    "Embedder": "context_manager.core.memory.embeddings",
+    "SentenceTransformerEmbedder": "context_manager.core.memory.embeddings",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -87,6 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         InvalidTaskError,
         LifecycleError,
         MemoryNotFoundError,
+        MissingDependencyError,
         NotFoundError,
         QueueFullError,
         StorageCorruptedError,
@@ -101,5 +106,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolRegistrationError,
         ToolTimeoutError,
     )
+    from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
     from context_manager.core.messages import Message, Priority, Role, ToolCall
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter

@@ -6,6 +6,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
 
     ContextManagerError
     ├── ConfigurationError            (ValueError)   invalid configuration value
+    │   └── MissingDependencyError    (ImportError)  an optional extra is not installed
     ├── InvalidArgumentError          (ValueError)   a public call got a bad argument
     │   ├── InvalidRoleError                          unknown message role
     │   ├── InvalidPriorityError                      unknown priority
@@ -57,6 +58,7 @@ __all__ = [
     "InvalidTaskError",
     "LifecycleError",
     "MemoryNotFoundError",
+    "MissingDependencyError",
     "NotFoundError",
     "QueueFullError",
     "StorageCorruptedError",
@@ -109,6 +111,21 @@ class _FieldError(ContextManagerError):
 
 class ConfigurationError(_FieldError, ValueError):
     """A configuration option has an invalid value."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """A feature needs an optional package that is not installed (message names the extra to install)."""
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        self.package = package
+        """The distribution that could not be imported."""
+        self.extra = extra
+        """The ``python-context-manager`` extra that installs it."""
+        super().__init__(
+            feature,
+            f"{package} not installed",
+            f"{package} installed: pip install 'python-context-manager[{extra}]'",
+        )
 
 
 class InvalidArgumentError(_FieldError, ValueError):

