@@ -1,0 +1,108 @@
+"""The tool result cache: :class:`ToolResultCache`, a bounded LRU of JSON texts with a TTL per entry.
+
+Keys are the tool name plus the canonical JSON of the validated arguments (sorted keys, compact
+separators), so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` share an entry. Only successful results are
+stored, as JSON text: every hit decodes a fresh copy, so a caller mutating a result cannot change what the
+next caller gets.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ToolResultCache", "canonical_arguments"]
+
+_MISSING: Any = object()
+
+
+def canonical_arguments(arguments: dict[str, Any]) -> str | None:
+    """Return the canonical JSON of ``arguments``; None when they are not JSON (such calls are not cached)."""
+    try:
+        return json.dumps(
+            arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+class ToolResultCache:
+    """A bounded least-recently-used cache of tool results with a time-to-live per entry.
+
+    Args:
+        max_entries: How many results are kept; the least recently used is dropped first.
+        clock: Returns the current time in seconds (monotonic); tests pass a controllable clock.
+    """
+
+    __slots__ = ("_clock", "_entries", "_lock", "hits", "max_entries", "misses")
+
+    def __init__(self, max_entries: int = 1024, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        """How many results are kept at most."""
+        self.hits = 0
+        """Lookups answered from the cache."""
+        self.misses = 0
+        """Lookups not answered (absent or expired)."""
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get(self, tool_name: str, arguments_key: str) -> Any:
+        key = (tool_name, arguments_key)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return _MISSING
+            expires_at, text = entry
+            if expires_at <= self._clock():
+                del self._entries[key]
+                self.misses += 1
+                return _MISSING
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return json.loads(text)
+
+    def lookup(self, tool_name: str, arguments_key: str) -> tuple[bool, Any]:
+        """Return ``(True, result)`` on a hit and ``(False, None)`` on a miss or an expired entry."""
+        value = self._get(tool_name, arguments_key)
+        if value is _MISSING:
+            return False, None
+        return True, value
+
+    def put(self, tool_name: str, arguments_key: str, result_json: str, ttl: float) -> None:
+        """Store a successful result (as its JSON text) for ``ttl`` seconds."""
+        key = (tool_name, arguments_key)
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl, result_json)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def invalidate(self, tool_name: str | None = None) -> int:
+        """Drop every entry (or every entry of ``tool_name``); return how many were dropped."""
+        with self._lock:
+            if tool_name is None:
+                count = len(self._entries)
+                self._entries.clear()
+                return count
+            doomed = [key for key in self._entries if key[0] == tool_name]
+            for key in doomed:
+                del self._entries[key]
+            return len(doomed)
+
+    def purge_expired(self) -> int:
+        """Drop the entries whose TTL has passed; return how many were dropped."""
+        now = self._clock()
+        with self._lock:
+            doomed = [key for key, (expires_at, _) in self._entries.items() if expires_at <= now]
+            for key in doomed:
+                del self._entries[key]
+            return len(doomed)

@@ -1,0 +1,370 @@
+"""Tool definitions: :func:`tool`, :class:`ToolDefinition`, :class:`ToolCategory`, :class:`ToolPermission`.
+
+``@tool(...)`` validates its options, analyses the function once (calling convention, argument model,
+JSON schema) and attaches the resulting :class:`ToolDefinition` as ``fn.__tool_definition__``. The function
+itself is returned unchanged and stays callable as before; decorating registers nothing (a
+:class:`~context_manager.core.tool_system.manager.ToolManager` does)::
+
+    @tool(name="word_count", category=ToolCategory.ANALYSIS, cacheable=True)
+    async def word_count(text: str) -> int:
+        '''Count the words of a text (Google-style ``Args:`` give parameter descriptions).'''
+        return len(text.split())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel
+
+from context_manager.core.errors import ToolRegistrationError
+from context_manager.core.tool_system.schema import CallingConvention, analyse_function
+
+__all__ = [
+    "TOOL_DEFINITION_ATTRIBUTE",
+    "TOOL_NAME_PATTERN",
+    "ToolCategory",
+    "ToolDefinition",
+    "ToolPermission",
+    "get_tool_definition",
+    "tool",
+]
+
+TOOL_DEFINITION_ATTRIBUTE = "__tool_definition__"
+"""The attribute ``@tool`` sets on a function to its :class:`ToolDefinition`."""
+TOOL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+"""Tool names every provider accepts (OpenAI's rule; Anthropic's is the same)."""
+DEFAULT_RATE_WINDOW = 60.0
+"""Seconds of the sliding rate-limit window when ``rate_window`` is not given."""
+DEFAULT_CACHE_TTL = 300.0
+"""Seconds a cached result stays valid when ``cache_ttl`` is not given."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ToolCategory(StrEnum):
+    """What kind of work a tool does; used to filter ``list_tools(category=...)``."""
+
+    GENERAL = "general"
+    ANALYSIS = "analysis"
+    DATA_PROCESSING = "data_processing"
+    TEXT = "text"
+    SEARCH = "search"
+    MEMORY = "memory"
+    COMPUTATION = "computation"
+    FILE_SYSTEM = "file_system"
+    NETWORK = "network"
+    SYSTEM = "system"
+    CUSTOM = "custom"
+
+
+class ToolPermission(StrEnum):
+    """How much trust running a tool needs, from least to most (ordered by :attr:`level`).
+
+    The manager's permission policy lets tools up to some level run freely (by default ``STANDARD``);
+    tools above it need an approval callback to allow each call.
+    """
+
+    PUBLIC = "public"
+    """Harmless, read-only work (counting words, formatting)."""
+    STANDARD = "standard"
+    """Ordinary tools; the default permission of a tool."""
+    RESTRICTED = "restricted"
+    """Tools with side effects or access to sensitive data; need approval under the default policy."""
+    DANGEROUS = "dangerous"
+    """Tools that can do irreversible damage (deleting data, running commands)."""
+
+    @property
+    def level(self) -> int:
+        """Numeric order: public=0, standard=1, restricted=2, dangerous=3."""
+        return _PERMISSION_LEVEL[self]
+
+
+_PERMISSION_LEVEL = {
+    ToolPermission.PUBLIC: 0,
+    ToolPermission.STANDARD: 1,
+    ToolPermission.RESTRICTED: 2,
+    ToolPermission.DANGEROUS: 3,
+}
+
+
+def _parse_enum(enum_type: type[StrEnum], value: Any, field_name: str) -> Any:
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_type(value.strip().lower())
+        except ValueError:
+            pass
+    allowed = "one of " + ", ".join(repr(member.value) for member in enum_type)
+    raise ToolRegistrationError(field_name, value, allowed)
+
+
+def _positive_number(value: Any, field_name: str, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        allowed = "a finite number > 0" + (" or None" if optional else "")
+        raise ToolRegistrationError(field_name, value, allowed)
+    return float(value)
+
+
+def _positive_int(value: Any, field_name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ToolRegistrationError(field_name, value, "an integer > 0 or None")
+    return value
+
+
+def _validate_name(name: Any) -> str:
+    if not isinstance(name, str) or not TOOL_NAME_PATTERN.match(name):
+        raise ToolRegistrationError(
+            "name", name, "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ToolDefinition:
+    """Everything the manager needs to expose, check and run one tool. Validated on construction.
+
+    Build one with :func:`tool` or ``ToolManager.register_function_tool``; ``dataclasses.replace`` makes a
+    validated copy with other options.
+
+    Raises:
+        ToolRegistrationError: an option is invalid (the message says which, what was given and what is
+            allowed).
+    """
+
+    name: str
+    """The name models call the tool by (``^[a-zA-Z0-9_-]{1,64}$``)."""
+    function: Callable[..., Any]
+    """The function that does the work (async, or sync and then run in a worker thread)."""
+    description: str = ""
+    """What the tool does, for the model; defaults to the docstring's description."""
+    category: ToolCategory = ToolCategory.GENERAL
+    """What kind of work the tool does."""
+    tags: tuple[str, ...] = ()
+    """Free-form labels for ``list_tools(tags=...)``."""
+    timeout: float | None = None
+    """Seconds the tool may run; None means ``config.max_tool_timeout``, which also caps this value."""
+    permission: ToolPermission = ToolPermission.STANDARD
+    """How much trust running the tool needs (see the manager's permission policy)."""
+    rate_limit: int | None = None
+    """At most this many calls per sliding ``rate_window``; None means unlimited."""
+    rate_window: float = DEFAULT_RATE_WINDOW
+    """Length in seconds of the sliding window ``rate_limit`` counts in."""
+    cacheable: bool = False
+    """Whether successful results may be cached (only for tools without side effects)."""
+    cache_ttl: float = DEFAULT_CACHE_TTL
+    """Seconds a cached result stays valid."""
+    max_output_tokens: int | None = None
+    """Longer results are cut, with a marker, in the context window (the ToolResult keeps all)."""
+    parameters_schema: dict[str, Any] = field(default_factory=dict)
+    """The JSON schema of the arguments; generated from the signature when not given."""
+    convention: CallingConvention = field(default="typed", init=False)
+    """How the function receives its arguments (derived from its signature)."""
+    is_async: bool = field(default=True, init=False)
+    """Whether the function is awaited on the loop (True) or run in a worker thread (False)."""
+    arguments_model: type[BaseModel] | None = field(default=None, init=False, repr=False)
+    """The pydantic model that validates typed arguments (None for the parameters-dict convention)."""
+    schema_declared: bool = field(default=False, init=False, repr=False)
+    """True when ``parameters_schema`` was given explicitly rather than generated."""
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__
+        _validate_name(self.name)
+        if not callable(self.function):
+            raise ToolRegistrationError("function", self.function, "a callable (function or method)")
+        if not isinstance(self.description, str):
+            raise ToolRegistrationError("description", self.description, "a str")
+        set_field(self, "category", _parse_enum(ToolCategory, self.category, "category"))
+        set_field(self, "permission", _parse_enum(ToolPermission, self.permission, "permission"))
+        tags = self.tags
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise ToolRegistrationError("tags", tags, "a list of non-empty strings")
+        tags = tuple(tags)
+        if not all(isinstance(tag, str) and tag for tag in tags):
+            raise ToolRegistrationError("tags", tags, "a list of non-empty strings")
+        set_field(self, "tags", tuple(dict.fromkeys(tags)))
+        set_field(self, "timeout", _positive_number(self.timeout, "timeout", optional=True))
+        set_field(self, "rate_limit", _positive_int(self.rate_limit, "rate_limit"))
+        set_field(self, "rate_window", _positive_number(self.rate_window, "rate_window", optional=False))
+        if not isinstance(self.cacheable, bool):
+            raise ToolRegistrationError("cacheable", self.cacheable, "True or False")
+        set_field(self, "cache_ttl", _positive_number(self.cache_ttl, "cache_ttl", optional=False))
+        set_field(self, "max_output_tokens", _positive_int(self.max_output_tokens, "max_output_tokens"))
+        declared = self.parameters_schema
+        if declared is None:
+            declared = {}
+        if not isinstance(declared, dict) or (declared and declared.get("type", "object") != "object"):
+            raise ToolRegistrationError(
+                "parameters_schema",
+                declared,
+                "a JSON schema dict describing an object ({'type': 'object', ...})",
+            )
+        analysis = analyse_function(self.function, self.name)
+        if not self.description and analysis.summary:
+            set_field(self, "description", analysis.summary)
+        set_field(self, "convention", analysis.convention)
+        set_field(self, "is_async", analysis.is_async)
+        set_field(self, "arguments_model", analysis.arguments_model)
+        set_field(self, "schema_declared", bool(declared))
+        if declared:
+            schema = dict(declared)
+            schema.setdefault("type", "object")
+            schema.setdefault("properties", {})
+            set_field(self, "parameters_schema", schema)
+        else:
+            set_field(self, "parameters_schema", analysis.parameters_schema)
+
+    def with_options(self, **options: Any) -> ToolDefinition:
+        """Return a validated copy with some options changed (``name``, ``description``, ``timeout`` ...).
+
+        Raises:
+            ToolRegistrationError: an option is unknown or invalid.
+        """
+        allowed = {f.name for f in dataclasses.fields(self) if f.init}
+        for key in options:
+            if key not in allowed:
+                raise ToolRegistrationError(
+                    "options", key, "one of " + ", ".join(sorted(allowed)), detail="unknown tool option"
+                )
+        if "parameters_schema" not in options and self.schema_declared:
+            options["parameters_schema"] = self.parameters_schema
+        elif "parameters_schema" not in options:
+            options["parameters_schema"] = {}
+        return dataclasses.replace(self, **options)
+
+    def options(self) -> dict[str, Any]:
+        """Return the user-settable options (everything but the function) as a dict."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "category": self.category.value,
+            "tags": list(self.tags),
+            "timeout": self.timeout,
+            "permission": self.permission.value,
+            "rate_limit": self.rate_limit,
+            "rate_window": self.rate_window,
+            "cacheable": self.cacheable,
+            "cache_ttl": self.cache_ttl,
+            "max_output_tokens": self.max_output_tokens,
+            "parameters_schema": self.parameters_schema,
+        }
+
+
+def get_tool_definition(function: Any) -> ToolDefinition | None:
+    """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None."""
+    definition = getattr(function, TOOL_DEFINITION_ATTRIBUTE, None)
+    return definition if isinstance(definition, ToolDefinition) else None
+
+
+@overload
+def tool(function: F, /) -> F: ...
+
+
+@overload
+def tool(
+    function: None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    category: ToolCategory | str = ToolCategory.GENERAL,
+    tags: Iterable[str] = (),
+    timeout: float | None = None,
+    permission: ToolPermission | str = ToolPermission.STANDARD,
+    rate_limit: int | None = None,
+    rate_window: float = DEFAULT_RATE_WINDOW,
+    cacheable: bool = False,
+    cache_ttl: float = DEFAULT_CACHE_TTL,
+    max_output_tokens: int | None = None,
+    parameters_schema: dict[str, Any] | None = None,
+) -> Callable[[F], F]: ...
+
+
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    category: ToolCategory | str = ToolCategory.GENERAL,
+    tags: Iterable[str] = (),
+    timeout: float | None = None,
+    permission: ToolPermission | str = ToolPermission.STANDARD,
+    rate_limit: int | None = None,
+    rate_window: float = DEFAULT_RATE_WINDOW,
+    cacheable: bool = False,
+    cache_ttl: float = DEFAULT_CACHE_TTL,
+    max_output_tokens: int | None = None,
+    parameters_schema: dict[str, Any] | None = None,
+) -> Any:
+    """Mark a function as a tool: attach a validated :class:`ToolDefinition`, return the function unchanged.
+
+    Usable bare (``@tool``) or with options (``@tool(name=..., timeout=...)``).
+
+    Args:
+        function: The function, when used bare.
+        name: The tool's name; defaults to the function's ``__name__``.
+        description: What the tool does; defaults to the docstring's description.
+        category: A :class:`ToolCategory` (or its string).
+        tags: Labels for ``list_tools(tags=...)``.
+        timeout: Seconds the tool may run, capped by ``config.max_tool_timeout`` (None: the cap).
+        permission: A :class:`ToolPermission` (default ``STANDARD``).
+        rate_limit: At most this many calls per sliding ``rate_window`` seconds (None: unlimited).
+        rate_window: Length of the rate-limit window in seconds.
+        cacheable: Cache successful results (pure tools only).
+        cache_ttl: Seconds a cached result stays valid.
+        max_output_tokens: Cut longer results, with a marker, when they enter the context window.
+        parameters_schema: An explicit JSON schema for the arguments (otherwise generated).
+
+    Raises:
+        ToolRegistrationError: an option is invalid or the function cannot be a tool.
+    """
+
+    def decorate(target: F) -> F:
+        if not callable(target):
+            raise ToolRegistrationError("function", target, "a callable (function or method)")
+        definition = ToolDefinition(
+            name=name if name is not None else getattr(target, "__name__", ""),
+            function=target,
+            description=description or "",
+            category=category,  # type: ignore[arg-type]  # parsed in __post_init__
+            tags=tuple(tags) if not isinstance(tags, str) else tags,  # type: ignore[arg-type]
+            timeout=timeout,
+            permission=permission,  # type: ignore[arg-type]
+            rate_limit=rate_limit,
+            rate_window=rate_window,
+            cacheable=cacheable,
+            cache_ttl=cache_ttl,
+            max_output_tokens=max_output_tokens,
+            parameters_schema=parameters_schema or {},
+        )
+        try:
+            setattr(target, TOOL_DEFINITION_ATTRIBUTE, definition)
+        except (AttributeError, TypeError):
+            raise ToolRegistrationError(
+                "function",
+                target,
+                "a function or object that accepts attributes; "
+                "register this callable with ToolManager.register_function_tool instead",
+            ) from None
+        return target
+
+    if function is not None:
+        return decorate(function)
+    return decorate

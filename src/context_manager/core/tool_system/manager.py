@@ -1,0 +1,754 @@
+"""The tool registry and executor: :class:`ToolManager`.
+
+Every call goes through the same steps, in this order, and comes back as a
+:class:`~context_manager.core.tool_system.results.ToolResult` - the manager never raises for tool-side
+problems:
+
+1. **lookup** - an unknown name gives ``error_type="unknown_tool"`` (the message lists the known tools);
+2. **permission** - the :class:`~context_manager.core.tool_system.permissions.PermissionPolicy` allows,
+   denies, or asks (see step 4) - ``permission_denied``;
+3. **validation** - typed tools through their pydantic model, parameters-dict tools against a declared
+   ``parameters_schema`` if any - ``invalid_arguments`` naming the field, the value and what is expected;
+4. **approval** - for calls the policy asks about, the approval callback must return ``True``;
+5. **cache** - a cacheable tool (with ``config.enable_tool_caching``) answers repeated arguments from the
+   cache without running and without counting against its rate limit (``cached=True``);
+6. **rate limit** - at most ``rate_limit`` calls per sliding ``rate_window`` per tool (and per
+   ``caller_key`` when one is given) - ``rate_limited`` with ``retry_after``;
+7. **run** - async tools are awaited on the loop, sync tools run in a worker thread
+   (``asyncio.to_thread``), under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` -
+   ``timeout``. An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps
+   running in its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
+8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
+   values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
+   (``dataclasses.asdict``) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
+   failed result with ``error_type="tool_error"``.
+
+The manager is meant for one event loop; it keeps no background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import (
+    InvalidArgumentError,
+    InvalidMessageError,
+    ToolNotFoundError,
+    ToolRegistrationError,
+)
+from context_manager.core.messages import ToolCall
+from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
+from context_manager.core.tool_system.definition import (
+    ToolCategory,
+    ToolDefinition,
+    ToolPermission,
+    get_tool_definition,
+)
+from context_manager.core.tool_system.permissions import (
+    ApprovalCallback,
+    PermissionDecision,
+    PermissionPolicy,
+)
+from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
+from context_manager.core.tool_system.results import ToolErrorType, ToolResult
+from context_manager.core.tool_system.schema import check_arguments_against_schema, describe_validation_error
+
+__all__ = ["ParsedToolCall", "SchemaFormat", "ToolManager"]
+
+logger = logging.getLogger(__name__)
+
+SchemaFormat = Literal["openai", "anthropic"]
+"""Provider formats :meth:`ToolManager.get_tool_schemas` can produce."""
+
+_perf_counter = time.perf_counter
+_SCHEMA_FORMATS = ("openai", "anthropic")
+_ARGUMENT_FIELDS = ("tool_calls[].arguments", "tool_calls[].function.arguments")
+_REGISTRATION_OPTIONS = frozenset(
+    {
+        "category",
+        "tags",
+        "timeout",
+        "permission",
+        "rate_limit",
+        "rate_window",
+        "cacheable",
+        "cache_ttl",
+        "max_output_tokens",
+        "parameters_schema",
+    }
+)
+
+
+class _ToolStats:
+    """Running counters of one tool."""
+
+    __slots__ = ("cache_hits", "calls", "errors", "failures", "last_called", "successes", "total_time")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.successes = 0
+        self.failures = 0
+        self.cache_hits = 0
+        self.total_time = 0.0
+        self.last_called: float | None = None
+        self.errors: dict[str, int] = {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "successes": self.successes,
+            "failures": self.failures,
+            "cache_hits": self.cache_hits,
+            "success_rate": self.successes / self.calls if self.calls else None,
+            "total_time": self.total_time,
+            "average_time": self.total_time / self.calls if self.calls else None,
+            "last_called": self.last_called,
+            "errors": dict(self.errors),
+        }
+
+
+@dataclasses.dataclass(slots=True)
+class ParsedToolCall:
+    """One provider tool call, normalised; ``failure`` is set when its arguments could not be parsed."""
+
+    call: ToolCall
+    """The call (with empty arguments when they could not be parsed)."""
+    failure: ToolResult | None = None
+    """An ``invalid_arguments`` result for a call whose arguments were not a JSON object, else None."""
+
+
+class _ResultEncoder(json.JSONEncoder):
+    """Compact JSON that also converts pydantic models and dataclasses, and refuses NaN."""
+
+    def __init__(self) -> None:
+        super().__init__(ensure_ascii=False, allow_nan=False)
+        self.converted = False
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, BaseModel):
+            self.converted = True
+            return o.model_dump(mode="json")
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            self.converted = True
+            return dataclasses.asdict(o)
+        raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def _encode_result(value: Any) -> tuple[Any, str]:
+    """Return the JSON-ready result and its JSON text, or raise TypeError/ValueError."""
+    if value is None or type(value) in (str, int, bool):
+        return value, json.dumps(value, ensure_ascii=False)
+    encoder = _ResultEncoder()
+    text = encoder.encode(value)
+    return (json.loads(text) if encoder.converted else value), text
+
+
+class ToolManager:
+    """Registers tools, describes them to models and runs them safely.
+
+    Args:
+        config: Supplies ``max_tool_timeout``, ``enable_tool_caching`` and ``max_concurrent_tool_calls``
+            (read at each call, so later assignments take effect). Defaults to ``ContextManagerConfig()``.
+        permission_policy: Which permission levels run freely. The default, ``PermissionPolicy()``, lets
+            ``PUBLIC`` and ``STANDARD`` tools run and asks the approval callback about ``RESTRICTED`` and
+            ``DANGEROUS`` ones. A :class:`ToolPermission` is accepted as shorthand for ``allow_up_to``.
+        approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
+            only ``True`` lets the call run. Without one, such calls are denied.
+        clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
+        cache_size: How many tool results the LRU cache keeps.
+
+    Example:
+        >>> manager = ToolManager()
+        >>> async def shout(text: str) -> str:
+        ...     return text.upper()
+        >>> manager.register_function_tool("shout", shout, "Upper-case a text").name
+        'shout'
+    """
+
+    def __init__(
+        self,
+        config: ContextManagerConfig | None = None,
+        *,
+        permission_policy: PermissionPolicy | ToolPermission | str = PermissionPolicy(),  # noqa: B008
+        approval_callback: ApprovalCallback | None = None,
+        clock: Callable[[], float] | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        if config is not None and not isinstance(config, ContextManagerConfig):
+            raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+        if approval_callback is not None and not callable(approval_callback):
+            raise InvalidArgumentError("approval_callback", approval_callback, "an async callable or None")
+        if clock is not None and not callable(clock):
+            raise InvalidArgumentError("clock", clock, "a callable returning monotonic seconds, or None")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size <= 0:
+            raise InvalidArgumentError("cache_size", cache_size, "an integer > 0")
+        self.config = config if config is not None else ContextManagerConfig()
+        """The configuration the manager reads its limits from."""
+        self.permission_policy = PermissionPolicy.coerce(permission_policy)
+        """The policy deciding which tools run freely (replace it to change the rules)."""
+        self.approval_callback = approval_callback
+        """Consulted for calls the policy asks about; None denies them."""
+        self._clock = clock if clock is not None else time.monotonic
+        self._tools: dict[str, ToolDefinition] = {}
+        self._stats: dict[str, _ToolStats] = {}
+        self._unknown_calls = 0
+        self._limiter = SlidingWindowRateLimiter(self._clock)
+        self._cache = ToolResultCache(cache_size, clock=self._clock)
+
+    # ------------------------------------------------------------------ registry
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def register_function_tool(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        description: str | None = None,
+        *,
+        replace: bool = False,
+        **options: Any,
+    ) -> ToolDefinition:
+        """Register ``function`` as the tool ``name``.
+
+        A function already decorated with ``@tool`` keeps its options, with ``name``, ``description`` and
+        ``options`` given here taking precedence. Registering the same function under the same name with
+        the same options again is a no-op.
+
+        Args:
+            name: The tool's name (``^[a-zA-Z0-9_-]{1,64}$``).
+            function: An async or sync callable (see the module docstring for calling conventions).
+            description: What the tool does; defaults to the decorator's or the docstring's.
+            replace: Replace a different tool registered under ``name`` instead of raising.
+            **options: Any ``@tool`` option: ``category``, ``tags``, ``timeout``, ``permission``,
+                ``rate_limit``, ``rate_window``, ``cacheable``, ``cache_ttl``, ``max_output_tokens``,
+                ``parameters_schema``.
+
+        Returns:
+            The registered definition.
+
+        Raises:
+            ToolRegistrationError: invalid name or option, not callable, or the name is taken; the registry
+                is unchanged.
+        """
+        for key in options:
+            if key not in _REGISTRATION_OPTIONS:
+                raise ToolRegistrationError(
+                    "options",
+                    key,
+                    "one of " + ", ".join(sorted(_REGISTRATION_OPTIONS)),
+                    detail="unknown option",
+                )
+        if not callable(function):
+            raise ToolRegistrationError("function", function, "a callable (function or method)")
+        if description is not None and not isinstance(description, str):
+            raise ToolRegistrationError("description", description, "a str or None")
+        base = get_tool_definition(function)
+        if base is not None:
+            changes: dict[str, Any] = dict(options)
+            if name != base.name:
+                changes["name"] = name
+            if description:
+                changes["description"] = description
+            definition = base.with_options(**changes) if changes else base
+        else:
+            definition = ToolDefinition(
+                name=name, function=function, description=description or "", **options
+            )
+        return self._add(definition, replace=replace)
+
+    def register_tool(
+        self, tool: ToolDefinition | Callable[..., Any], *, replace: bool = False
+    ) -> ToolDefinition:
+        """Register a :class:`ToolDefinition`, a ``@tool``-decorated function or a plain function.
+
+        A plain function is registered under its ``__name__`` with its docstring as description.
+
+        Raises:
+            ToolRegistrationError: invalid definition, or the name is taken (without ``replace=True``).
+        """
+        if isinstance(tool, ToolDefinition):
+            definition = tool
+        elif callable(tool):
+            found = get_tool_definition(tool)
+            definition = (
+                found
+                if found is not None
+                else ToolDefinition(name=getattr(tool, "__name__", ""), function=tool)
+            )
+        else:
+            raise ToolRegistrationError("tool", tool, "a ToolDefinition or a callable")
+        return self._add(definition, replace=replace)
+
+    def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
+        existing = self._tools.get(definition.name)
+        if existing is not None and not replace:
+            if existing.function is definition.function and existing.options() == definition.options():
+                return existing  # the same tool registered twice
+            raise ToolRegistrationError(
+                "name",
+                definition.name,
+                "a name not already registered",
+                detail="pass replace=True to replace the registered tool",
+            )
+        if existing is not None:
+            self._forget_state(definition.name)
+        self._tools[definition.name] = definition
+        self._stats[definition.name] = _ToolStats()
+        return definition
+
+    def _forget_state(self, name: str) -> None:
+        self._cache.invalidate(name)
+        self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
+
+    def unregister_tool(self, name: str) -> ToolDefinition:
+        """Remove the tool ``name`` (with its cached results, rate-limit state and statistics).
+
+        Returns:
+            The definition that was removed.
+
+        Raises:
+            ToolNotFoundError: no tool has this name.
+        """
+        definition = self._tools.pop(name, None)
+        if definition is None:
+            raise ToolNotFoundError(name)
+        self._stats.pop(name, None)
+        self._forget_state(name)
+        return definition
+
+    def get_tool(self, name: str) -> ToolDefinition:
+        """Return the definition of ``name``.
+
+        Raises:
+            ToolNotFoundError: no tool has this name.
+        """
+        definition = self._tools.get(name)
+        if definition is None:
+            raise ToolNotFoundError(name)
+        return definition
+
+    def list_tools(
+        self, category: ToolCategory | str | None = None, tags: Iterable[str] | None = None
+    ) -> list[ToolDefinition]:
+        """Return the registered tools in registration order, optionally filtered.
+
+        Args:
+            category: Keep tools of this category.
+            tags: Keep tools carrying every one of these tags.
+
+        Raises:
+            InvalidArgumentError: unknown category, or ``tags`` is not a collection of strings.
+        """
+        wanted_category: ToolCategory | None = None
+        if category is not None:
+            try:
+                wanted_category = ToolCategory(
+                    category.strip().lower() if isinstance(category, str) else category
+                )
+            except ValueError:
+                raise InvalidArgumentError(
+                    "category", category, "one of " + ", ".join(repr(c.value) for c in ToolCategory)
+                ) from None
+        wanted_tags: set[str] = set()
+        if tags is not None:
+            if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+                raise InvalidArgumentError("tags", tags, "a list of strings")
+            wanted_tags = set(tags)
+        return [
+            definition
+            for definition in self._tools.values()
+            if (wanted_category is None or definition.category is wanted_category)
+            and wanted_tags.issubset(definition.tags)
+        ]
+
+    def get_tool_schemas(
+        self, format: SchemaFormat = "openai", *, names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Describe the tools in a provider's request format.
+
+        ``"openai"`` gives Chat Completions ``tools`` entries
+        (``{"type": "function", "function": {"name", "description", "parameters"}}``); ``"anthropic"`` gives
+        Messages API ``tools`` entries (``{"name", "description", "input_schema"}``).
+
+        Args:
+            format: ``"openai"`` or ``"anthropic"``.
+            names: Only these tools (default: all, in registration order).
+
+        Raises:
+            InvalidArgumentError: unknown format.
+            ToolNotFoundError: a name in ``names`` is not registered.
+        """
+        if format not in _SCHEMA_FORMATS:
+            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+        definitions = list(self._tools.values()) if names is None else [self.get_tool(name) for name in names]
+        schemas: list[dict[str, Any]] = []
+        for definition in definitions:
+            parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
+            if format == "openai":
+                schemas.append(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": definition.name,
+                            "description": definition.description,
+                            "parameters": parameters,
+                        },
+                    }
+                )
+            else:
+                schemas.append(
+                    {
+                        "name": definition.name,
+                        "description": definition.description,
+                        "input_schema": parameters,
+                    }
+                )
+        return schemas
+
+    # ------------------------------------------------------------------ execution
+
+    async def execute(self, name: str, /, **kwargs: Any) -> ToolResult:
+        """Run the tool ``name`` with keyword arguments; never raises for tool-side problems.
+
+        ``name`` is positional-only, so a tool may have a parameter called ``name``.
+        """
+        return await self.call_tool(name, kwargs)
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None = None,
+        /,
+        *,
+        call_id: str | None = None,
+        caller_key: str | None = None,
+    ) -> ToolResult:
+        """Run the tool ``name`` with an arguments mapping (the steps are in the module docstring).
+
+        Args:
+            name: The tool to run.
+            arguments: Its arguments (None means none).
+            call_id: A provider tool call id, copied to the result.
+            caller_key: Rate-limit this caller separately (e.g. a user or session id); None shares the
+                tool's limit among all callers.
+
+        Returns:
+            A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
+        """
+        started = _perf_counter()
+        definition = self._tools.get(name)
+        if definition is None:
+            self._unknown_calls += 1
+            known = ", ".join(sorted(self._tools)) or "none registered"
+            return ToolResult(
+                success=False,
+                error=f"unknown tool {name!r}; available tools: {known}",
+                error_type=ToolErrorType.UNKNOWN_TOOL,
+                execution_time=_perf_counter() - started,
+                tool_name=str(name),
+                call_id=call_id,
+            )
+        if arguments is None:
+            arguments = {}
+        elif not isinstance(arguments, Mapping):
+            return self._fail(
+                definition,
+                ToolErrorType.INVALID_ARGUMENTS,
+                f"arguments: got {type(arguments).__name__}; expected a JSON object (dict)",
+                started,
+                call_id,
+            )
+
+        decision = self.permission_policy.decide(definition)
+        if decision is PermissionDecision.DENY:
+            return self._fail(
+                definition,
+                ToolErrorType.PERMISSION_DENIED,
+                f"tool {name!r} is denied by the permission policy",
+                started,
+                call_id,
+            )
+
+        model = definition.arguments_model
+        if model is not None:
+            try:
+                validated = model.__pydantic_validator__.validate_python(arguments)
+            except ValidationError as error:
+                message = describe_validation_error(error, name, model.model_fields)
+                return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+            call_arguments: dict[str, Any] = validated.__dict__
+        else:
+            call_arguments = dict(arguments)
+            if definition.schema_declared:
+                problems = check_arguments_against_schema(call_arguments, definition.parameters_schema)
+                if problems:
+                    message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
+                    return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+
+        if decision is PermissionDecision.ASK:
+            refusal = await self._ask_approval(definition, call_arguments)
+            if refusal is not None:
+                return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
+
+        cache_key: str | None = None
+        if definition.cacheable and self.config.enable_tool_caching:
+            cache_key = canonical_arguments(
+                validated.model_dump(mode="json") if model is not None else call_arguments
+            )
+            if cache_key is not None:
+                hit, value = self._cache.lookup(name, cache_key)
+                if hit:
+                    elapsed = _perf_counter() - started
+                    stats = self._stats[name]
+                    stats.calls += 1
+                    stats.successes += 1
+                    stats.cache_hits += 1
+                    stats.total_time += elapsed
+                    stats.last_called = time.time()
+                    return ToolResult(
+                        success=True,
+                        result=value,
+                        execution_time=elapsed,
+                        tool_name=name,
+                        cached=True,
+                        call_id=call_id,
+                    )
+
+        if definition.rate_limit is not None:
+            retry_after = self._limiter.try_acquire(
+                (name, caller_key), limit=definition.rate_limit, window=definition.rate_window
+            )
+            if retry_after is not None:
+                result = self._fail(
+                    definition,
+                    ToolErrorType.RATE_LIMITED,
+                    f"tool {name!r} allows {definition.rate_limit} calls per {definition.rate_window:g} s; "
+                    f"retry after {retry_after:.3g} s",
+                    started,
+                    call_id,
+                )
+                result.retry_after = retry_after
+                return result
+
+        timeout = self.config.max_tool_timeout
+        if definition.timeout is not None and definition.timeout < timeout:
+            timeout = definition.timeout
+        function = definition.function
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                if definition.is_async:
+                    if model is None:
+                        value = await function(call_arguments)
+                    else:
+                        value = await function(**call_arguments)
+                else:
+                    if model is None:
+                        value = await asyncio.to_thread(function, call_arguments)
+                    else:
+                        value = await asyncio.to_thread(function, **call_arguments)
+                    if inspect.isawaitable(value):  # a sync callable that returned a coroutine
+                        value = await value
+        except TimeoutError as error:
+            if scope.expired():
+                late = (
+                    "" if definition.is_async else " (its thread keeps running; a late result is discarded)"
+                )
+                return self._fail(
+                    definition,
+                    ToolErrorType.TIMEOUT,
+                    f"tool {name!r} timed out after {timeout:g} s{late}",
+                    started,
+                    call_id,
+                )
+            return self._tool_error(definition, error, started, call_id)
+        except Exception as error:
+            return self._tool_error(definition, error, started, call_id)
+
+        try:
+            value, text = _encode_result(value)
+        except (TypeError, ValueError) as error:
+            return self._fail(
+                definition,
+                ToolErrorType.TOOL_ERROR,
+                f"tool {name!r} returned a value that is not JSON-serialisable ({error}); "
+                "return str, int, float, bool, None, lists, dicts with str keys, "
+                "pydantic models or dataclasses",
+                started,
+                call_id,
+            )
+        if cache_key is not None:
+            self._cache.put(name, cache_key, text, definition.cache_ttl)
+        elapsed = _perf_counter() - started
+        stats = self._stats[name]
+        stats.calls += 1
+        stats.successes += 1
+        stats.total_time += elapsed
+        stats.last_called = time.time()
+        return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
+
+    async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
+        """Return None when the approval callback allows the call, else why it is denied."""
+        callback = self.approval_callback
+        needed = (
+            f"tool {definition.name!r} needs permission {definition.permission.value!r}, above the policy's "
+            f"{self.permission_policy.allow_up_to.value!r}"
+        )
+        if callback is None:
+            return f"{needed}, and no approval callback is set"
+        try:
+            outcome = callback(definition, dict(arguments))
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except Exception as error:
+            logger.warning("approval callback failed for tool %r: %s", definition.name, type(error).__name__)
+            return f"{needed}; the approval check failed ({type(error).__name__}), so the call was denied"
+        if outcome is True:
+            return None
+        return f"{needed}; the call was not approved"
+
+    def _tool_error(
+        self, definition: ToolDefinition, error: Exception, started: float, call_id: str | None
+    ) -> ToolResult:
+        logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=error)
+        text = str(error)
+        message = f"tool {definition.name!r} raised {type(error).__name__}" + (f": {text}" if text else "")
+        return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id)
+
+    def _fail(
+        self,
+        definition: ToolDefinition,
+        error_type: ToolErrorType,
+        message: str,
+        started: float,
+        call_id: str | None,
+    ) -> ToolResult:
+        elapsed = _perf_counter() - started
+        stats = self._stats.get(definition.name)
+        if stats is not None:
+            stats.calls += 1
+            stats.failures += 1
+            stats.total_time += elapsed
+            stats.last_called = time.time()
+            stats.errors[error_type.value] = stats.errors.get(error_type.value, 0) + 1
+        logger.debug("tool %r failed: %s", definition.name, error_type.value)
+        return ToolResult(
+            success=False,
+            error=message,
+            error_type=error_type,
+            execution_time=elapsed,
+            tool_name=definition.name,
+            call_id=call_id,
+        )
+
+    # ------------------------------------------------------------------ provider tool calls
+
+    @staticmethod
+    def parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
+        """Normalise tool calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ToolCall.
+
+        A call whose arguments are not a JSON object is kept, with empty arguments and an
+        ``invalid_arguments`` failure, so it still gets a paired result.
+
+        Raises:
+            InvalidMessageError: a call has no id or name, is not a dict/ToolCall, or ids repeat.
+        """
+        if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Sequence):
+            raise InvalidMessageError("calls", calls, "a list of tool calls (OpenAI, Anthropic or ToolCall)")
+        parsed: list[ParsedToolCall] = []
+        for raw in calls:
+            try:
+                parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
+            except InvalidMessageError as error:
+                if error.field not in _ARGUMENT_FIELDS or not isinstance(raw, Mapping):
+                    raise
+                shell = ToolCall.from_value(ToolCall(id=raw.get("id", ""), name=_raw_name(raw), arguments={}))
+                failure = ToolResult(
+                    success=False,
+                    error=f"invalid arguments for tool {shell.name!r}: {error}",
+                    error_type=ToolErrorType.INVALID_ARGUMENTS,
+                    tool_name=shell.name,
+                    call_id=shell.id,
+                )
+                parsed.append(ParsedToolCall(shell, failure))
+        ids = [item.call.id for item in parsed]
+        if len(set(ids)) != len(ids):
+            raise InvalidMessageError("calls", ids, "distinct call ids")
+        return parsed
+
+    async def execute_tool_calls(
+        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, caller_key: str | None = None
+    ) -> list[ToolResult]:
+        """Run a model's tool calls concurrently and return their results in call order.
+
+        At most ``config.max_concurrent_tool_calls`` run at once. Each call goes through every check of
+        :meth:`call_tool` (permissions cannot be bypassed this way); each result carries its ``call_id``.
+        To also append the paired tool messages to a context window, use
+        ``EnhancedContextManager.execute_tool_calls``.
+
+        Raises:
+            InvalidMessageError: a call has no id or name, or ids repeat (nothing runs).
+        """
+        return await self.run_parsed_calls(self.parse_tool_calls(calls), caller_key=caller_key)
+
+    async def run_parsed_calls(
+        self, parsed: Sequence[ParsedToolCall], *, caller_key: str | None = None
+    ) -> list[ToolResult]:
+        """Run calls from :meth:`parse_tool_calls` concurrently (bounded); results in call order."""
+        semaphore = asyncio.Semaphore(self.config.max_concurrent_tool_calls)
+
+        async def run(item: ParsedToolCall) -> ToolResult:
+            if item.failure is not None:
+                return item.failure
+            async with semaphore:
+                return await self.call_tool(
+                    item.call.name, item.call.arguments, call_id=item.call.id, caller_key=caller_key
+                )
+
+        return list(await asyncio.gather(*(run(item) for item in parsed)))
+
+    # ------------------------------------------------------------------ cache and statistics
+
+    def invalidate_cache(self, name: str | None = None) -> int:
+        """Drop cached results of every tool (or of ``name``); return how many were dropped."""
+        return self._cache.invalidate(name)
+
+    def purge_expired_cache(self) -> int:
+        """Drop cached results whose TTL has passed; return how many were dropped."""
+        return self._cache.purge_expired()
+
+    def get_tool_stats(self) -> dict[str, Any]:
+        """Return call statistics: totals, cache counters and one entry per registered tool.
+
+        Per tool: ``calls``, ``successes``, ``failures``, ``cache_hits``, ``success_rate``, ``total_time``,
+        ``average_time`` (seconds), ``last_called`` (epoch seconds) and ``errors`` (count per error_type).
+        """
+        tools = {name: stats.as_dict() for name, stats in self._stats.items()}
+        return {
+            "registered_tools": len(self._tools),
+            "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
+            "unknown_tool_calls": self._unknown_calls,
+            "cache": {"entries": len(self._cache), "hits": self._cache.hits, "misses": self._cache.misses},
+            "tools": tools,
+        }
+
+
+def _raw_name(raw: Mapping[str, Any]) -> str:
+    function = raw.get("function")
+    if isinstance(function, Mapping):
+        return str(function.get("name", ""))
+    return str(raw.get("name", ""))

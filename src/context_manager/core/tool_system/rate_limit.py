@@ -1,0 +1,80 @@
+"""Sliding-window rate limiting for tools: :class:`SlidingWindowRateLimiter`.
+
+A call is admitted when fewer than ``limit`` calls were admitted for its key during the last ``window``
+seconds. The check and the recording of a call are one synchronous step (no ``await`` in between) under a
+lock, so the limit is exact however many calls arrive at once: of 100 simultaneous calls to a tool
+limited to 10 per window, exactly 10 are admitted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+
+__all__ = ["SlidingWindowRateLimiter"]
+
+
+class SlidingWindowRateLimiter:
+    """Counts admitted calls per key over a sliding time window.
+
+    Args:
+        clock: Returns the current time in seconds (monotonic); tests pass a controllable clock.
+
+    Example:
+        >>> limiter = SlidingWindowRateLimiter(clock=lambda: 100.0)
+        >>> limiter.try_acquire("search", limit=1, window=60.0) is None
+        True
+        >>> limiter.try_acquire("search", limit=1, window=60.0)
+        60.0
+    """
+
+    __slots__ = ("_calls", "_clock", "_lock")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._calls: dict[Hashable, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def try_acquire(self, key: Hashable, *, limit: int, window: float) -> float | None:
+        """Admit and record one call for ``key``, or refuse it.
+
+        Returns:
+            None when the call is admitted; otherwise the seconds until the oldest admitted call leaves the
+            window (when a retry will be admitted), always > 0.
+        """
+        now = self._clock()
+        with self._lock:
+            calls = self._calls.get(key)
+            if calls is None:
+                calls = self._calls[key] = deque()
+            horizon = now - window
+            while calls and calls[0] <= horizon:
+                calls.popleft()
+            if len(calls) < limit:
+                calls.append(now)
+                return None
+            return max(calls[0] + window - now, 1e-6)
+
+    def release(self, key: Hashable) -> None:
+        """Forget the most recent admitted call of ``key`` (a call admitted but then not run)."""
+        with self._lock:
+            calls = self._calls.get(key)
+            if calls:
+                calls.pop()
+
+    def in_window(self, key: Hashable, *, window: float) -> int:
+        """Return how many calls of ``key`` were admitted during the last ``window`` seconds."""
+        horizon = self._clock() - window
+        with self._lock:
+            return sum(1 for stamp in self._calls.get(key, ()) if stamp > horizon)
+
+    def reset(self, match: Callable[[Hashable], bool] | None = None) -> None:
+        """Forget the calls of every key (or of the keys ``match`` accepts)."""
+        with self._lock:
+            if match is None:
+                self._calls.clear()
+            else:
+                for key in [key for key in self._calls if match(key)]:
+                    del self._calls[key]

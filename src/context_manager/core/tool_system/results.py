@@ -1,0 +1,91 @@
+"""The outcome of a tool call: :class:`ToolResult` and :class:`ToolErrorType`.
+
+A :class:`ToolResult` is returned for every call, successful or not; the tool manager never raises for
+tool-side problems (unknown tool, invalid arguments, permission denied, rate limited, timeout, an exception
+inside the tool). ``error`` is written so a model can act on it: it names the field, what was given and
+what is expected, or when to retry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["ToolErrorType", "ToolResult"]
+
+
+class ToolErrorType(StrEnum):
+    """Why a tool call failed. Members compare equal to their strings (``"timeout"``)."""
+
+    UNKNOWN_TOOL = "unknown_tool"
+    """No tool is registered under the requested name."""
+    INVALID_ARGUMENTS = "invalid_arguments"
+    """The arguments do not match the tool's parameters (the message names field, value and expectation)."""
+    PERMISSION_DENIED = "permission_denied"
+    """The permission policy (or the approval callback) refused the call."""
+    RATE_LIMITED = "rate_limited"
+    """The tool's rate limit is exhausted; ``retry_after`` says when a call will be admitted."""
+    TIMEOUT = "timeout"
+    """The tool ran past its effective timeout."""
+    TOOL_ERROR = "tool_error"
+    """The tool raised an exception, or returned a value that is not JSON-serialisable."""
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """The outcome of one tool call.
+
+    Example:
+        >>> result = ToolResult(success=True, result={"word_count": 6}, tool_name="text_analyzer")
+        >>> result.to_content()
+        '{"word_count": 6}'
+    """
+
+    success: bool
+    """True when the tool ran and returned a JSON-serialisable value."""
+    result: Any = None
+    """What the tool returned (JSON-ready data: pydantic models and dataclasses are converted to dicts);
+    None on failure."""
+    error: str | None = None
+    """On failure, a message a model can act on; None on success."""
+    error_type: ToolErrorType | None = None
+    """On failure, why it failed (compares equal to strings like ``"timeout"``); None on success."""
+    execution_time: float = 0.0
+    """Seconds the call took inside the manager (validation, waiting and the tool itself)."""
+    tool_name: str = ""
+    """The tool that was asked for."""
+    cached: bool = False
+    """True when the result came from the tool result cache and the tool did not run."""
+    call_id: str | None = None
+    """The provider's tool call id this result answers (for ``execute_tool_calls``), else None."""
+    retry_after: float | None = None
+    """For ``rate_limited`` failures, seconds until a call will be admitted; else None."""
+
+    def to_content(self) -> str:
+        """Return the text a tool result message carries in the context window.
+
+        A string result is used as is; any other result is compact JSON; a failure reads
+        ``"Error (<error_type>): <error>"``.
+        """
+        if not self.success:
+            kind = self.error_type.value if self.error_type is not None else "tool_error"
+            return f"Error ({kind}): {self.error}"
+        if isinstance(self.result, str):
+            return self.result
+        return json.dumps(self.result, ensure_ascii=False, allow_nan=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return every field as a JSON-ready dict (``error_type`` as its string)."""
+        return {
+            "success": self.success,
+            "result": self.result,
+            "error": self.error,
+            "error_type": None if self.error_type is None else self.error_type.value,
+            "execution_time": self.execution_time,
+            "tool_name": self.tool_name,
+            "cached": self.cached,
+            "call_id": self.call_id,
+            "retry_after": self.retry_after,
+        }

@@ -1,0 +1,298 @@
+"""Parameter schemas of tools: signature analysis, pydantic argument models, JSON schema, docstrings.
+
+Two calling conventions are recognised (see :func:`analyse_function`):
+
+* **parameters dict** - the user guide's ``async def f(parameters)``: exactly one parameter, named
+  ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``).
+  It receives the keyword arguments of the call as one dict. Its schema is an open object unless the tool
+  declares ``parameters_schema``, which is then checked with :func:`check_arguments_against_schema`.
+* **typed** - any other signature (``async def f(text: str, max_length: int = 100)``). A pydantic model is
+  built once, at registration, from the type hints; it validates every call (lax mode: ``"5"`` is accepted
+  for an ``int``; unknown arguments are refused) and gives the JSON schema, with parameter descriptions
+  taken from a Google-style ``Args:`` section of the docstring or from ``Annotated[..., Field(...)]``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from context_manager.core.errors import ToolRegistrationError, describe_value
+
+__all__ = [
+    "CallingConvention",
+    "FunctionAnalysis",
+    "analyse_function",
+    "check_arguments_against_schema",
+    "describe_validation_error",
+    "parse_docstring",
+]
+
+CallingConvention = Literal["parameters", "typed"]
+"""How a tool function receives its arguments: one ``parameters`` dict, or typed keyword arguments."""
+
+_OPEN_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": True}
+_MAPPING_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping, typing.Dict)  # noqa: UP006
+_SECTION_RE = re.compile(
+    r"^(Args|Arguments|Parameters|Params|Returns|Return|Yields|Raises|Example|Examples"
+    r"|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
+)
+_ARG_LINE_RE = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionAnalysis:
+    """What registration learns from a tool function's signature and docstring."""
+
+    convention: CallingConvention
+    """How the function receives its arguments."""
+    is_async: bool
+    """True when calling the function returns an awaitable (it runs on the event loop); sync functions
+    run in a worker thread."""
+    arguments_model: type[BaseModel] | None
+    """The pydantic model validating typed arguments (None for the parameters-dict convention)."""
+    parameters_schema: dict[str, Any]
+    """The JSON schema of the arguments object."""
+    summary: str
+    """The docstring's description (text before its first section), or an empty string."""
+
+
+def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its description and its ``Args:`` descriptions.
+
+    Example:
+        >>> parse_docstring('''Count words.
+        ...
+        ... Args:
+        ...     text: The text to count.
+        ...     limit (int): Stop after this many
+        ...         words.
+        ... ''')
+        ('Count words.', {'text': 'The text to count.', 'limit': 'Stop after this many words.'})
+    """
+    if not docstring:
+        return "", {}
+    lines = inspect.cleandoc(docstring).splitlines()
+    summary_lines: list[str] = []
+    arguments: dict[str, str] = {}
+    section: str | None = None
+    section_indent: int | None = None
+    current: str | None = None
+    for line in lines:
+        stripped = line.strip()
+        header = _SECTION_RE.match(stripped) if line == line.lstrip() else None
+        if header:
+            section = header.group(1)
+            section_indent = None
+            current = None
+            continue
+        if section is None:
+            summary_lines.append(line)
+            continue
+        if section not in ("Args", "Arguments", "Parameters", "Params") or not stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if section_indent is None:
+            section_indent = indent
+        match = _ARG_LINE_RE.match(stripped) if indent <= section_indent else None
+        if match:
+            current = match.group("name")
+            arguments[current] = match.group("text").strip()
+        elif current is not None:
+            arguments[current] = f"{arguments[current]} {stripped}".strip()
+    summary = "\n".join(summary_lines).strip()
+    return summary, arguments
+
+
+def _is_mapping_annotation(annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_mapping_annotation(typing.get_args(annotation)[0])
+    target = origin if origin is not None else annotation
+    return isinstance(target, type) and target in _MAPPING_ORIGINS
+
+
+def _is_async_callable(function: Any) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(function, "__call__", None)  # noqa: B004 - callable objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
+    target = function
+    if not (inspect.isfunction(function) or inspect.ismethod(function)):
+        target = getattr(function, "__call__", function)  # noqa: B004
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception as error:  # NameError for hints that only exist under TYPE_CHECKING, ...
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "type hints that resolve at registration time",
+            detail=f"tool {tool_name!r}: {type(error).__name__}: {error}",
+        ) from None
+
+
+def _clean_schema(schema: Any, *, in_properties: bool = False) -> Any:
+    """Drop pydantic's ``title`` keys (model tokens spent for nothing); keep property *names* untouched."""
+    if isinstance(schema, dict):
+        cleaned: dict[str, Any] = {}
+        for key, value in schema.items():
+            if key == "title" and not in_properties and isinstance(value, str):
+                continue
+            cleaned[key] = _clean_schema(value, in_properties=key in ("properties", "$defs", "definitions"))
+        return cleaned
+    if isinstance(schema, list):
+        return [_clean_schema(item) for item in schema]
+    return schema
+
+
+def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
+    """Analyse a tool function: calling convention, sync or async, argument model and JSON schema.
+
+    Raises:
+        ToolRegistrationError: the function has ``*args``/``**kwargs`` or positional-only parameters,
+            or type hints that cannot be resolved or turned into a schema.
+    """
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError) as error:
+        raise ToolRegistrationError(
+            "function", function, "a callable with an inspectable signature", detail=str(error)
+        ) from None
+    is_async = _is_async_callable(function)
+    summary, argument_docs = parse_docstring(inspect.getdoc(function))
+    parameters = list(signature.parameters.values())
+    hints = _resolve_hints(function, tool_name)
+
+    if (
+        len(parameters) == 1
+        and parameters[0].name == "parameters"
+        and parameters[0].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+        and _is_mapping_annotation(hints.get("parameters", inspect.Parameter.empty))
+    ):
+        return FunctionAnalysis("parameters", is_async, None, dict(_OPEN_OBJECT_SCHEMA), summary)
+
+    fields: dict[str, Any] = {}
+    for parameter in parameters:
+        if parameter.kind in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+            inspect.Parameter.POSITIONAL_ONLY,
+        ):
+            raise ToolRegistrationError(
+                f"function.{parameter.name}",
+                str(parameter),
+                "named parameters that can be passed by keyword (no *args, **kwargs or positional-only); "
+                "or the single `parameters` dict convention",
+                detail=f"tool {tool_name!r}",
+            )
+        annotation = hints.get(parameter.name, Any)
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        description = argument_docs.get(parameter.name)
+        fields[parameter.name] = (annotation, Field(default, description=description))
+    model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
+    try:
+        model = create_model(
+            f"{model_name or 'Tool'}Arguments",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+        schema = _clean_schema(model.model_json_schema())
+    except Exception as error:  # pydantic cannot build a schema for some annotation
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "parameters whose type hints pydantic can validate and describe in JSON schema",
+            detail=f"tool {tool_name!r}: {error}",
+        ) from None
+    schema.setdefault("properties", {})
+    schema.setdefault("type", "object")
+    typed_model: type[BaseModel] = model
+    return FunctionAnalysis("typed", is_async, typed_model, schema, summary)
+
+
+def describe_validation_error(
+    error: ValidationError, tool_name: str, allowed_fields: collections.abc.Iterable[str] = ()
+) -> str:
+    """Turn pydantic's errors into one message a model can act on: field, value given, what is expected."""
+    model_fields = list(allowed_fields)
+    parts: list[str] = []
+    for item in error.errors(include_url=False):
+        location = ".".join(str(part) for part in item.get("loc", ())) or "arguments"
+        kind = item.get("type", "")
+        if kind == "missing":
+            parts.append(f"{location}: missing; a value is required")
+        elif kind == "extra_forbidden":
+            allowed = f"; allowed {', '.join(model_fields)}" if model_fields else ""
+            parts.append(f"{location}: unexpected argument{allowed}")
+        else:
+            parts.append(
+                f"{location}: got {describe_value(item.get('input'))}; expected {item.get('msg', '')}"
+            )
+    return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def _matches_type(value: Any, expected: str) -> bool:
+    kinds = _JSON_TYPES.get(expected)
+    if kinds is None:
+        return True  # a type this light check does not know: accept
+    if isinstance(value, bool) and expected in ("integer", "number"):
+        return False
+    return isinstance(value, kinds)
+
+
+def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Check a parameters-dict tool's arguments against its declared schema (top level only).
+
+    This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
+    of each declared property, ``enum`` values and ``additionalProperties: false``. Nested schemas are not
+    checked; validate inside the tool if you need more.
+
+    Returns:
+        One message per problem, empty when the arguments pass.
+    """
+    problems: list[str] = []
+    properties = schema.get("properties") or {}
+    for name in schema.get("required") or ():
+        if name not in arguments:
+            problems.append(f"{name}: missing; a value is required")
+    if schema.get("additionalProperties") is False:
+        for name in arguments:
+            if name not in properties:
+                allowed = ", ".join(properties) or "no arguments"
+                problems.append(f"{name}: unexpected argument; allowed {allowed}")
+    for name, value in arguments.items():
+        declared = properties.get(name)
+        if not isinstance(declared, dict):
+            continue
+        expected = declared.get("type")
+        if expected is not None:
+            options = expected if isinstance(expected, list) else [expected]
+            if not any(_matches_type(value, option) for option in options):
+                problems.append(f"{name}: got {describe_value(value)}; expected {' or '.join(options)}")
+                continue
+        if "enum" in declared and value not in declared["enum"]:
+            allowed = ", ".join(describe_value(option) for option in declared["enum"])
+            problems.append(f"{name}: got {describe_value(value)}; expected one of {allowed}")
+    return problems
