@@ -1,0 +1,174 @@
+"""Export messages to provider formats and import the tool calls of a provider's response.
+
+* :func:`to_openai_messages`: OpenAI Chat Completions ``messages`` (``tool_calls`` with JSON string
+  arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
+* :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
+  joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
+  user message, consecutive messages of one role merged into one turn.
+* :func:`parse_tool_calls`: the tool calls of an OpenAI assistant message or an Anthropic response.
+
+Exports are deterministic and depend only on the messages before them, so appending messages only
+appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
+differs at most by blocks added to its last turn. Provider prompt caches keep hitting until the next
+compression.
+
+Example:
+    >>> to_openai_messages([Message.create("user", "Hi")])
+    [{'role': 'user', 'content': 'Hi'}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
+from context_manager.core.messages import Message, Role, ToolCall
+
+__all__ = [
+    "ANTHROPIC_CONTINUATION_TEXT",
+    "ProviderFormat",
+    "parse_tool_calls",
+    "to_anthropic_messages",
+    "to_openai_messages",
+    "to_provider_format",
+]
+
+ProviderFormat = Literal["openai", "anthropic"]
+"""The provider formats :func:`to_provider_format` knows."""
+
+ANTHROPIC_CONTINUATION_TEXT = "(continuing the conversation)"
+"""Text of the user turn inserted when an Anthropic export would otherwise start with the assistant."""
+
+
+def _openai_message(message: Message) -> dict[str, Any]:
+    role = message.role
+    if role is Role.TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    exported: dict[str, Any] = {"role": role.value}
+    if role is Role.ASSISTANT and message.tool_calls:
+        exported["content"] = message.content or None
+        exported["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json()},
+            }
+            for call in message.tool_calls
+        ]
+    else:
+        exported["content"] = message.content
+    if message.name:
+        exported["name"] = message.name
+    return exported
+
+
+def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    """Return OpenAI Chat Completions messages (new dicts; safe to mutate)."""
+    return [_openai_message(message) for message in messages]
+
+
+def _is_error_result(message: Message) -> bool:
+    flag = message.metadata.get("is_error")
+    return flag is True
+
+
+def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role is Role.TOOL:
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+        if message.content:
+            block["content"] = message.content
+        if _is_error_result(message):
+            block["is_error"] = True
+        return [block]
+    blocks: list[dict[str, Any]] = []
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)})
+    return blocks
+
+
+def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
+    """Return an Anthropic Messages request body part: ``{"system": str, "messages": [...]}``.
+
+    ``"system"`` is present only when there are system messages (joined by a blank line, in order).
+    Content is always a list of blocks, so merging a later message into the last turn only appends blocks.
+    """
+    system_parts: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role is Role.SYSTEM:
+            system_parts.append(message.content)
+            continue
+        role = "assistant" if message.role is Role.ASSISTANT else "user"
+        blocks = _anthropic_blocks(message)
+        if not blocks:
+            continue
+        if not turns and role == "assistant":
+            turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    body: dict[str, Any] = {}
+    if system_parts:
+        body["system"] = "\n\n".join(system_parts)
+    body["messages"] = turns
+    return body
+
+
+def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]:
+    """Export ``messages`` as ``"openai"`` (a list) or ``"anthropic"`` (a dict with system and messages).
+
+    Raises:
+        InvalidArgumentError: ``format`` is not one of the known formats.
+    """
+    if format == "openai":
+        return to_openai_messages(messages)
+    if format == "anthropic":
+        return to_anthropic_messages(messages)
+    raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+
+
+def parse_tool_calls(response: Any) -> list[ToolCall]:
+    """Return the tool calls of a provider response.
+
+    Accepts an OpenAI assistant message (dict with ``tool_calls``, or the SDK object), an Anthropic
+    response or message (dict or SDK object with ``content`` blocks), or a list of content blocks.
+
+    Raises:
+        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object.
+    """
+    if response is None:
+        return []
+    if hasattr(response, "model_dump") and callable(response.model_dump):
+        response = response.model_dump()
+    if isinstance(response, dict):
+        if response.get("tool_calls"):
+            return [ToolCall.from_value(_as_dict(item)) for item in response["tool_calls"]]
+        content = response.get("content")
+        if isinstance(content, list):
+            response = content
+        else:
+            return []
+    if isinstance(response, list | tuple):
+        calls: list[ToolCall] = []
+        for item in response:
+            block = _as_dict(item)
+            if block.get("type") == "tool_use":
+                calls.append(ToolCall.from_value(block))
+        return calls
+    raise InvalidMessageError(
+        "response", response, "an OpenAI assistant message or Anthropic content (dict, list or SDK object)"
+    )
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    if hasattr(item, "model_dump") and callable(item.model_dump):
+        dumped = item.model_dump()
+        if isinstance(dumped, dict):
+            return dumped
+    raise InvalidMessageError("tool_calls[]", item, "a dict or an SDK object with model_dump()")
