@@ -43,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "DuplicateTaskError": "context_manager.core.errors",
     "QueueFullError": "context_manager.core.errors",
     "TaskTimeoutError": "context_manager.core.errors",
+    "TaskCancelledError": "context_manager.core.errors",
+    "InvalidSettingError": "context_manager.core.errors",
+    "InvalidMetricError": "context_manager.core.errors",
+    "InvalidHealthCheckError": "context_manager.core.errors",
     # configuration, messages, tokens
     "ContextManagerConfig": "context_manager.core.config",
     "Message": "context_manager.core.messages",
@@ -56,6 +60,12 @@ _EXPORTS: dict[str, str] = {
     # embeddings (the vector channel of memory search)
     "Embedder": "context_manager.core.memory.embeddings",
     "SentenceTransformerEmbedder": "context_manager.core.memory.embeddings",
+    # operations: monitoring, concurrency
+    "PerformanceMonitor": "context_manager.core.performance_monitor",
+    "PerformanceMetrics": "context_manager.core.performance_monitor",
+    "PerformanceThresholds": "context_manager.core.performance_monitor",
+    "ConcurrencyController": "context_manager.core.async_operations",
+    "TaskStatus": "context_manager.core.async_operations",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -75,6 +85,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from context_manager.core.async_operations import ConcurrencyController, TaskStatus
     from context_manager.core.config import ContextManagerConfig
     from context_manager.core.errors import (
         ConcurrencyError,
@@ -84,10 +95,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ControllerStoppedError,
         DuplicateTaskError,
         InvalidArgumentError,
+        InvalidHealthCheckError,
         InvalidMemoryError,
         InvalidMessageError,
+        InvalidMetricError,
         InvalidPriorityError,
         InvalidRoleError,
+        InvalidSettingError,
         InvalidTaskError,
         LifecycleError,
         MemoryNotFoundError,
@@ -98,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         StorageError,
         StorageLockedError,
         SummarizerError,
+        TaskCancelledError,
         TaskNotFoundError,
         TaskTimeoutError,
         ToolCallPairingError,
@@ -108,4 +123,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
     from context_manager.core.messages import Message, Priority, Role, ToolCall
+    from context_manager.core.performance_monitor import (
+        PerformanceMetrics,
+        PerformanceMonitor,
+        PerformanceThresholds,
+    )
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter

@@ -13,7 +13,10 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   ├── InvalidMessageError                       bad content, metadata, tool calls ...
     │   │   └── ToolCallPairingError                  tool result without its call (or vice versa)
     │   ├── InvalidMemoryError                        bad importance, tags, tier, content ...
-    │   └── InvalidTaskError                          bad task id, priority, callable ...
+    │   ├── InvalidTaskError                          bad task id, priority, callable ...
+    │   ├── InvalidSettingError                       bad monitor/controller/checker setting
+    │   ├── InvalidMetricError                        bad operation name or duration
+    │   └── InvalidHealthCheckError                   bad or duplicate health check
     ├── ContextBudgetError            (ValueError)   protected messages cannot fit the budget
     ├── LifecycleError                (RuntimeError) used before initialize() or after cleanup()
     ├── NotFoundError                 (KeyError)     an id that does not exist
@@ -31,6 +34,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
         ├── ControllerStoppedError    (RuntimeError) submit to a stopped controller
         ├── DuplicateTaskError        (ValueError)   a task id already in use
         ├── QueueFullError                            the bounded queue is full
+        ├── TaskCancelledError                        the task was cancelled before it finished
         └── TaskTimeoutError          (TimeoutError) a task ran past its timeout
 
 Errors carry structured fields (``field``, ``got``, ``allowed``, ``path`` ...) besides the message,
@@ -51,10 +55,13 @@ __all__ = [
     "ControllerStoppedError",
     "DuplicateTaskError",
     "InvalidArgumentError",
+    "InvalidHealthCheckError",
     "InvalidMemoryError",
     "InvalidMessageError",
+    "InvalidMetricError",
     "InvalidPriorityError",
     "InvalidRoleError",
+    "InvalidSettingError",
     "InvalidTaskError",
     "LifecycleError",
     "MemoryNotFoundError",
@@ -65,6 +72,7 @@ __all__ = [
     "StorageError",
     "StorageLockedError",
     "SummarizerError",
+    "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "ToolCallPairingError",
@@ -154,6 +162,18 @@ class InvalidMemoryError(InvalidArgumentError):
 
 class InvalidTaskError(InvalidArgumentError):
     """A task submission has an invalid id, priority, timeout or callable."""
+
+
+class InvalidSettingError(InvalidArgumentError):
+    """A monitor, concurrency controller or health checker got an invalid setting (interval, limit ...)."""
+
+
+class InvalidMetricError(InvalidArgumentError):
+    """An operation was recorded with an invalid name or duration."""
+
+
+class InvalidHealthCheckError(InvalidArgumentError):
+    """A health check has an invalid or duplicate name or is not callable."""
 
 
 class ContextBudgetError(ContextManagerError, ValueError):
@@ -271,6 +291,15 @@ class DuplicateTaskError(_FieldError, ConcurrencyError, ValueError):
 
 class QueueFullError(ConcurrencyError):
     """The controller's bounded queue is full."""
+
+
+class TaskCancelledError(ConcurrencyError):
+    """The task was cancelled (``cancel_task`` or ``stop(drain=False)``) before it finished."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        """The task that was cancelled."""
+        super().__init__(f"task {task_id!r} was cancelled")
 
 
 class TaskTimeoutError(ConcurrencyError, TimeoutError):
