@@ -1,0 +1,346 @@
+"""``EnhancedContextManager``: the entry point that wires the parts together and owns their lifecycles.
+
+The message side lives here: :meth:`~EnhancedContextManager.add_message` validates and appends to a
+:class:`~context_manager.core.context_window.ContextWindow` (which compresses itself when full),
+:meth:`~EnhancedContextManager.get_context` exports provider-ready messages, and
+:meth:`~EnhancedContextManager.get_context_summary` / :attr:`~EnhancedContextManager.compression_history`
+report on it. Subsystems (memory, tools, monitoring) are started in one place,
+:meth:`~EnhancedContextManager._start_subsystems`, and stopped in reverse order in
+:meth:`~EnhancedContextManager._stop_subsystems`.
+
+Example:
+    >>> async with EnhancedContextManager(ContextManagerConfig(max_tokens=1000)) as manager:
+    ...     await manager.add_message("user", "Hello, world!")
+    ...     messages = manager.get_context(format="openai")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from context_manager.core.compression import Summarizer
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.context_window import ContextWindow, EvictionHook
+from context_manager.core.errors import InvalidArgumentError, LifecycleError, StorageError
+from context_manager.core.messages import Message
+from context_manager.core.provider_formats import to_provider_format
+from context_manager.core.tokens import TokenCounter, get_token_counter
+
+__all__ = ["EnhancedContextManager"]
+
+logger = logging.getLogger(__name__)
+
+_MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
+_DIRECTORY_MODE = 0o700
+
+_State = Literal["new", "ready", "closed"]
+
+
+class EnhancedContextManager:
+    """Manages a conversation's context window, and the memory, tools and monitoring around it.
+
+    Create it, ``await initialize()`` (or use ``async with``), use it, then ``await cleanup()``. Methods
+    called before ``initialize()`` or after ``cleanup()`` raise
+    :class:`~context_manager.core.errors.LifecycleError`. The configuration is read at ``initialize()``.
+    """
+
+    def __init__(
+        self,
+        config: ContextManagerConfig | None = None,
+        *,
+        token_counter: TokenCounter | None = None,
+        summarizer: Summarizer | None = None,
+    ) -> None:
+        """Create a manager (touches no file; ``initialize()`` does).
+
+        Args:
+            config: Settings; defaults from :class:`ContextManagerConfig` (and the environment) if omitted.
+            token_counter: Token counter; by default the exact counter for ``config.token_model`` or
+                ``config.token_encoding``.
+            summarizer: An async callable ``(messages, budget_tokens) -> str`` (e.g. an LLM) used when the
+                window compresses; on failure or after ``config.summarizer_timeout`` seconds the
+                extractive summarizer is used instead and the history says so.
+
+        Raises:
+            InvalidArgumentError: an argument has the wrong type.
+        """
+        if config is not None and not isinstance(config, ContextManagerConfig):
+            raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+        if summarizer is not None and not callable(summarizer):
+            raise InvalidArgumentError(
+                "summarizer", summarizer, "an async callable (messages, budget) -> str"
+            )
+        if token_counter is not None and not isinstance(token_counter, TokenCounter):
+            raise InvalidArgumentError(
+                "token_counter", token_counter, "a TokenCounter (count, count_message)"
+            )
+        self.config = config if config is not None else ContextManagerConfig()
+        """The settings (read at ``initialize()``)."""
+        self._token_counter = token_counter
+        self._summarizer = summarizer
+        self._state: _State = "new"
+        self._window: ContextWindow | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Create the cache and storage directories (mode 0o700) and start the subsystems.
+
+        Calling it again on an initialized manager does nothing.
+
+        Raises:
+            LifecycleError: the manager was already cleaned up.
+            StorageError: a directory cannot be created.
+            ConfigurationError: the configured tokenizer is unknown.
+        """
+        if self._state == "ready":
+            return
+        if self._state == "closed":
+            raise LifecycleError(
+                "initialize: this manager was cleaned up; create a new EnhancedContextManager"
+            )
+        config = self.config
+        for directory in (config.cache_path, config.resolved_storage_path):
+            _make_private_directory(directory)
+        counter = self._token_counter
+        if counter is None:
+            counter = get_token_counter(config.token_encoding, model=config.token_model)
+        self._window = ContextWindow(
+            config.max_tokens,
+            compression_ratio=config.compression_ratio,
+            counter=counter,
+            summarizer=self._summarizer,
+            summary_max_tokens=config.summary_max_tokens,
+            summarizer_timeout=config.summarizer_timeout,
+            enable_compression=config.enable_compression,
+        )
+        try:
+            await self._start_subsystems()
+        except BaseException:
+            await self._stop_subsystems()
+            self._window = None
+            raise
+        self._state = "ready"
+        logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
+
+    async def cleanup(self) -> None:
+        """Stop the subsystems and release resources. Safe to call more than once."""
+        if self._state == "closed":
+            return
+        was_ready = self._state == "ready"
+        self._state = "closed"
+        if was_ready:
+            await self._stop_subsystems()
+        logger.debug("context manager cleaned up")
+
+    async def _start_subsystems(self) -> None:
+        """Start what the manager owns, in dependency order (the window already exists).
+
+        Each subsystem (memory, tools, performance monitoring) starts here and stops in
+        :meth:`_stop_subsystems`, in reverse order. Memory connects the window's eviction hook here
+        (``self.context_window.set_eviction_hook(...)``) so evicted messages stay searchable.
+        """
+
+    async def _stop_subsystems(self) -> None:
+        """Stop what :meth:`_start_subsystems` started, in reverse order; tolerate partial starts."""
+
+    async def __aenter__(self) -> EnhancedContextManager:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.cleanup()
+
+    @property
+    def is_initialized(self) -> bool:
+        """True between ``initialize()`` and ``cleanup()``."""
+        return self._state == "ready"
+
+    def _require_ready(self, operation: str) -> ContextWindow:
+        window = self._window
+        if self._state == "ready" and window is not None:
+            return window
+        if self._state == "new":
+            raise LifecycleError(
+                f"{operation}: the context manager is not initialized; "
+                "call `await manager.initialize()` first or use `async with`"
+            )
+        raise LifecycleError(f"{operation}: the context manager was cleaned up; create a new one")
+
+    # -- messages -------------------------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> ContextWindow:
+        """The context window (messages, pins, eviction hook).
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        return self._require_ready("context_window")
+
+    async def add_message(self, role: str, content: str, **kwargs: Any) -> bool:
+        """Add a message to the context, compressing the window first if it would overflow.
+
+        Args:
+            role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"`` (or a :class:`Role`).
+            content: The text.
+            **kwargs: ``priority`` (``"low"``, ``"normal"``, ``"high"``, ``"critical"``), ``metadata``
+                (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
+                OpenAI/Anthropic dicts), ``tool_call_id`` (tool: the call answered), ``name``.
+
+        Returns:
+            ``True`` once the message is in the window.
+
+        Raises:
+            InvalidArgumentError: an unknown keyword (or a subclass for a bad role, priority, content,
+                metadata, tool calls: ``InvalidRoleError``, ``InvalidPriorityError``,
+                ``InvalidMessageError``, ``ToolCallPairingError``). Nothing is changed.
+            ContextBudgetError: the message cannot fit (protected messages too large, or compression
+                disabled and the window full). Nothing is changed.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        window = self._require_ready("add_message")
+        if kwargs and not _MESSAGE_OPTIONS.issuperset(kwargs):
+            unknown = sorted(set(kwargs) - _MESSAGE_OPTIONS)
+            raise InvalidArgumentError(
+                unknown[0], kwargs[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
+            )
+        message = Message.create(role, content, **kwargs)
+        await window.add(message)
+        return True
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The messages in the window, in order (a snapshot).
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        return self._require_ready("messages").messages
+
+    def pin_message(self, message_id: str) -> None:
+        """Pin a message so compression never evicts it.
+
+        Raises:
+            NotFoundError: no message in the window has this id.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("pin_message").pin(message_id)
+
+    def unpin_message(self, message_id: str) -> None:
+        """Let compression evict a pinned message again.
+
+        Raises:
+            NotFoundError: no message in the window has this id.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("unpin_message").unpin(message_id)
+
+    def set_eviction_hook(self, hook: EvictionHook | None) -> None:
+        """Receive the messages compression evicts (see :meth:`ContextWindow.set_eviction_hook`).
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("set_eviction_hook").set_eviction_hook(hook)
+
+    async def compress_context(self, target_tokens: int | None = None) -> dict[str, Any] | None:
+        """Compress the window now (to its target size by default); return the record or ``None``.
+
+        Raises:
+            InvalidArgumentError: ``target_tokens`` is not a positive integer.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        record = await self._require_ready("compress_context").compress(target_tokens)
+        return None if record is None else record.to_dict()
+
+    def get_context(
+        self, format: Literal["openai", "anthropic"] = "openai", budget: int | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Return provider-ready messages for the next model call, within ``budget`` tokens if given.
+
+        Args:
+            format: ``"openai"``: a list of Chat Completions messages. ``"anthropic"``: a dict with
+                ``"system"`` (when there are system messages) and ``"messages"``.
+            budget: At most this many tokens; the window is left unchanged (older units are left out of
+                this export, the newest messages cut to head + tail if needed).
+
+        Raises:
+            InvalidArgumentError: unknown format or a non-positive budget.
+            ContextBudgetError: protected messages alone exceed ``budget``.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        window = self._require_ready("get_context")
+        if format not in ("openai", "anthropic"):
+            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+        return to_provider_format(window.select(budget), format)
+
+    def get_context_summary(self) -> dict[str, Any]:
+        """Return figures about the context window.
+
+        Keys: ``message_count``, ``token_count``, ``max_tokens``, ``utilization`` (0..1),
+        ``compression_count``, ``target_tokens``, ``compression_ratio``, ``compression_enabled``,
+        ``pinned_count``, ``pending_tool_calls``, ``has_summary``, ``archived_evicted_count``,
+        ``token_encoding``.
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        window = self._require_ready("get_context_summary")
+        messages = window.messages
+        token_count = window.token_count
+        return {
+            "message_count": len(messages),
+            "token_count": token_count,
+            "max_tokens": window.max_tokens,
+            "utilization": token_count / window.max_tokens,
+            "compression_count": len(window.compression_history),
+            "target_tokens": window.target_tokens,
+            "compression_ratio": self.config.compression_ratio,
+            "compression_enabled": window.enable_compression,
+            "pinned_count": sum(1 for message in messages if message.pinned),
+            "pending_tool_calls": len(window.pending_tool_calls),
+            "has_summary": window.summary is not None,
+            "archived_evicted_count": len(window.evicted_messages),
+            "token_encoding": window.counter.encoding_name,
+        }
+
+    @property
+    def compression_history(self) -> list[dict[str, Any]]:
+        """One dict per compression, oldest first (readable at any time; empty before ``initialize()``).
+
+        Keys: ``tokens_before``, ``tokens_after``, ``messages_before``, ``messages_after``,
+        ``removed_count``, ``truncated_count``, ``summary_tokens``, ``duration_ms``, ``timestamp``,
+        ``strategy`` (``"extractive"``, ``"custom"``, ``"custom_failed_fallback_extractive"``),
+        ``target_tokens``, ``error``.
+        """
+        if self._window is None:
+            return []
+        return [record.to_dict() for record in self._window.compression_history]
+
+
+def _make_private_directory(path: Path) -> None:
+    """Create ``path`` and its missing parents with mode 0o700 (existing directories are left as they are)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    if current.exists() and not current.is_dir():
+        raise StorageError(f"cannot create directory {path}: {current} is a file", path=path)
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
+            directory.chmod(_DIRECTORY_MODE)  # mkdir's mode is filtered by the umask
+    except OSError as error:
+        raise StorageError(f"cannot create directory {path}: {error.strerror or error}", path=path) from error
