@@ -57,6 +57,15 @@ _EXPORTS: dict[str, str] = {
     "ExactTokenCounter": "context_manager.core.tokens",
     "count_tokens": "context_manager.core.tokens",
     "get_token_counter": "context_manager.core.tokens",
+    # context window, compression, provider formats, the manager
+    "EnhancedContextManager": "context_manager.core.enhanced_context_manager",
+    "ContextWindow": "context_manager.core.context_window",
+    "CompressionRecord": "context_manager.core.context_window",
+    "Summarizer": "context_manager.core.compression",
+    "ExtractiveSummarizer": "context_manager.core.compression",
+    "to_openai_messages": "context_manager.core.provider_formats",
+    "to_anthropic_messages": "context_manager.core.provider_formats",
+    "parse_tool_calls": "context_manager.core.provider_formats",
     # embeddings (the vector channel of memory search)
     "Embedder": "context_manager.core.memory.embeddings",
     "SentenceTransformerEmbedder": "context_manager.core.memory.embeddings",
@@ -86,7 +95,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from context_manager.core.async_operations import ConcurrencyController, TaskStatus
+    from context_manager.core.compression import ExtractiveSummarizer, Summarizer
     from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.context_window import CompressionRecord, ContextWindow
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
     from context_manager.core.errors import (
         ConcurrencyError,
         ConfigurationError,
@@ -127,5 +139,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PerformanceMetrics,
         PerformanceMonitor,
         PerformanceThresholds,
+    )
+    from context_manager.core.provider_formats import (
+        parse_tool_calls,
+        to_anthropic_messages,
+        to_openai_messages,
     )
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
