@@ -90,3 +90,9 @@ class ScriptedSummarizer:
     def release(self) -> None:
         """Let hanging calls continue."""
         self._released.set()
+
+
+# The deterministic embedder lives with the other embedders; it is re-exported here for tests.
+from context_manager.core.memory.embeddings import HashingEmbedder  # noqa: E402
+
+__all__ += ["HashingEmbedder"]

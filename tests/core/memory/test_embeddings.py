@@ -298,3 +298,10 @@ def test_minilm_top_k_finds_the_paraphrase_among_distractors(minilm: SentenceTra
     indices, scores = cosine_top_k(query, matrix, 2)
     assert indices[0] == 1
     assert scores[0] > scores[1]
+
+
+def test_hashing_embedder_is_offered_in_the_testing_module() -> None:
+    import context_manager.testing
+
+    assert context_manager.testing.HashingEmbedder is HashingEmbedder
+    assert "HashingEmbedder" in context_manager.testing.__all__
