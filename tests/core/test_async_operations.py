@@ -1,0 +1,429 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.async_operations import ConcurrencyController, TaskStatus
+from context_manager.core.errors import (
+    ControllerStoppedError,
+    DuplicateTaskError,
+    InvalidSettingError,
+    InvalidTaskError,
+    QueueFullError,
+    TaskCancelledError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+)
+
+
+async def add(a: int, b: int, *, scale: int = 1) -> int:
+    await asyncio.sleep(0)
+    return (a + b) * scale
+
+
+def _others() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+
+# ------------------------------------------------------------------------------------------- basics
+
+
+async def test_submit_and_wait_like_the_guide() -> None:
+    controller = ConcurrencyController(max_concurrent_tasks=10)
+    await controller.start()
+    task_ids = []
+    for i in range(5):
+        task_id = await controller.submit_task(f"task_{i}", add, i, 10, priority="normal")
+        task_ids.append(task_id)
+    results = [await controller.wait_for_task(task_id) for task_id in task_ids]
+    await controller.stop()
+    assert task_ids == [f"task_{i}" for i in range(5)]
+    assert results == [10, 11, 12, 13, 14]
+    stats = controller.get_stats()
+    assert (stats.completed, stats.failed, stats.running, stats.queued, stats.submitted) == (5, 0, 0, 0, 5)
+    assert _others() == []
+
+
+async def test_keyword_arguments_reach_the_function() -> None:
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("k", add, 1, 2, scale=10)
+        assert await controller.wait_for_task("k") == 30
+
+
+async def test_higher_priority_queued_tasks_start_first() -> None:
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def blocker() -> None:
+        started.append("blocker")
+        await release.wait()
+
+    async def job(name: str) -> str:
+        started.append(name)
+        return name
+
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        await controller.submit_task("blocker", blocker)
+        plan = [("a", "low"), ("b", "normal"), ("c", "high"), ("d", "critical"), ("e", "low"), ("f", "high")]
+        for name, priority in plan:
+            await controller.submit_task(name, job, name, priority=priority)
+        assert controller.get_stats().queued == 6
+        assert controller.get_task_status("d").status is TaskStatus.QUEUED
+        release.set()
+        for name, _ in plan:
+            assert await controller.wait_for_task(name) == name
+    assert started == ["blocker", "d", "c", "f", "b", "a", "e"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["low", "normal", "high", "critical"]), min_size=1, max_size=12))
+def test_start_order_is_priority_then_submission(priorities: list[str]) -> None:
+    rank = {"low": 0, "normal": 1, "high": 2, "critical": 3}
+
+    async def scenario() -> list[int]:
+        started: list[int] = []
+        release = asyncio.Event()
+
+        async def blocker() -> None:
+            await release.wait()
+
+        async def job(index: int) -> None:
+            started.append(index)
+
+        async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+            await controller.submit_task("blocker", blocker)
+            for index, priority in enumerate(priorities):
+                await controller.submit_task(str(index), job, index, priority=priority)
+            release.set()
+        return started
+
+    expected = sorted(range(len(priorities)), key=lambda index: (-rank[priorities[index]], index))
+    assert asyncio.run(scenario()) == expected
+
+
+async def test_never_more_than_the_limit_run_at_once() -> None:
+    limit, total = 3, 10
+    active = 0
+    peak = 0
+    gate = asyncio.Event()
+    limit_reached = asyncio.Event()
+
+    async def job() -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        if active == limit:
+            limit_reached.set()
+        await gate.wait()
+        active -= 1
+
+    async with ConcurrencyController(max_concurrent_tasks=limit) as controller:
+        for index in range(total):
+            await controller.submit_task(f"t{index}", job)
+        await limit_reached.wait()
+        stats = controller.get_stats()
+        assert (stats.running, stats.queued) == (limit, total - limit)
+        gate.set()
+        for index in range(total):
+            await controller.wait_for_task(f"t{index}")
+    assert peak == limit
+    stats = controller.get_stats()
+    assert stats.peak_running == limit and stats.completed == total
+    assert stats.mean_wait_seconds > 0.0
+
+
+async def test_sync_callables_run_in_threads_without_blocking_the_loop() -> None:
+    entered = threading.Event()
+    proceed = threading.Event()
+    loop_thread = threading.get_ident()
+
+    def blocking_job(value: int) -> tuple[int, int]:
+        entered.set()
+        proceed.wait(5)
+        return value * 2, threading.get_ident()
+
+    async with ConcurrencyController(max_concurrent_tasks=2) as controller:
+        await controller.submit_task("sync", blocking_job, 21)
+        await asyncio.to_thread(entered.wait, 5)  # the loop keeps running while the thread blocks
+        assert controller.get_task_status("sync").status is TaskStatus.RUNNING
+        proceed.set()
+        value, thread = await controller.wait_for_task("sync")
+    assert value == 42 and thread != loop_thread
+
+
+async def test_the_tasks_exception_is_raised_and_the_record_released() -> None:
+    async def broken() -> None:
+        raise ValueError("broken task")
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("x", broken)
+        with pytest.raises(ValueError, match="broken task"):
+            await controller.wait_for_task("x")
+        with pytest.raises(TaskNotFoundError, match="task not found: 'x'"):
+            await controller.wait_for_task("x")
+        assert controller.get_stats().failed == 1
+        # a released id can be used again
+        await controller.submit_task("x", add, 1, 1)
+        assert await controller.wait_for_task("x") == 2
+
+
+async def test_results_are_released_once_fetched() -> None:
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("r", add, 2, 3)
+        assert await controller.wait_for_task("r") == 5
+        with pytest.raises(TaskNotFoundError):
+            controller.get_task_status("r")
+        assert controller.get_stats().retained_results == 0
+
+
+async def test_unfetched_results_are_bounded() -> None:
+    controller = ConcurrencyController(max_concurrent_tasks=2, max_retained_results=3)
+    await controller.start()
+    for index in range(5):
+        await controller.submit_task(f"t{index}", add, index, 0)
+    await controller.stop(drain=True)
+    assert controller.get_stats().retained_results == 3
+    for dropped in ("t0", "t1"):
+        with pytest.raises(TaskNotFoundError):
+            await controller.wait_for_task(dropped)
+    assert [await controller.wait_for_task(f"t{index}") for index in (2, 3, 4)] == [2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- timeouts, cancelling
+
+
+async def test_task_timeout() -> None:
+    never = asyncio.Event()
+    async with ConcurrencyController(default_timeout=5.0) as controller:
+        await controller.submit_task("slow", never.wait, timeout=0.05)
+        with pytest.raises(TaskTimeoutError, match=r"task 'slow' timed out after 0.05 s") as caught:
+            await controller.wait_for_task("slow")
+        assert caught.value.task_id == "slow" and caught.value.timeout_seconds == 0.05
+        assert controller.get_stats().timed_out == 1
+
+
+async def test_default_timeout_applies() -> None:
+    never = asyncio.Event()
+    async with ConcurrencyController(default_timeout=0.05) as controller:
+        await controller.submit_task("slow", never.wait)
+        with pytest.raises(TaskTimeoutError):
+            await controller.wait_for_task("slow")
+
+
+async def test_a_timeout_error_raised_by_the_function_is_a_failure_not_a_timeout() -> None:
+    async def raises_timeout() -> None:
+        raise TimeoutError("upstream timed out")
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("t", raises_timeout, timeout=10.0)
+        with pytest.raises(TimeoutError, match="upstream") as caught:
+            await controller.wait_for_task("t")
+        assert not isinstance(caught.value, TaskTimeoutError)
+        stats = controller.get_stats()
+        assert (stats.failed, stats.timed_out) == (1, 0)
+
+
+async def test_a_wait_timeout_leaves_the_task_running() -> None:
+    release = asyncio.Event()
+
+    async def job() -> str:
+        await release.wait()
+        return "done"
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("j", job)
+        with pytest.raises(TaskTimeoutError):
+            await controller.wait_for_task("j", timeout=0.02)
+        assert controller.get_task_status("j").status is TaskStatus.RUNNING
+        release.set()
+        assert await controller.wait_for_task("j") == "done"
+
+
+async def test_cancel_a_queued_task() -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def job(name: str) -> None:
+        ran.append(name)
+        await release.wait()
+
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        await controller.submit_task("first", job, "first")
+        await controller.submit_task("queued", job, "queued")
+        assert await controller.cancel_task("queued") is True
+        info = controller.get_task_status("queued")
+        assert info.status is TaskStatus.CANCELLED and info.run_seconds is None
+        with pytest.raises(TaskCancelledError, match="task 'queued' was cancelled"):
+            await controller.wait_for_task("queued")
+        release.set()
+        await controller.wait_for_task("first")
+    assert ran == ["first"]
+    assert controller.get_stats().cancelled == 1
+
+
+async def test_cancel_a_running_task_wakes_its_waiters() -> None:
+    started = asyncio.Event()
+    cleaned_up = asyncio.Event()
+
+    async def job() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned_up.set()
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("run", job)
+        waiter = asyncio.create_task(controller.wait_for_task("run"))
+        await started.wait()
+        assert await controller.cancel_task("run") is True
+        assert cleaned_up.is_set()
+        with pytest.raises(TaskCancelledError):
+            await waiter
+        with pytest.raises(TaskNotFoundError):
+            await controller.cancel_task("missing")
+
+
+async def test_cancelling_a_finished_task_returns_false() -> None:
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("done", add, 1, 2)
+        await controller.stop(drain=True)
+        assert await controller.cancel_task("done") is False
+        assert await controller.wait_for_task("done") == 3
+
+
+# --------------------------------------------------------------------------------------------- stop
+
+
+async def test_stop_with_drain_finishes_queued_tasks() -> None:
+    controller = ConcurrencyController(max_concurrent_tasks=1)
+    await controller.start()
+    for index in range(4):
+        await controller.submit_task(f"t{index}", add, index, 1)
+    await controller.stop(drain=True)
+    stats = controller.get_stats()
+    assert (stats.completed, stats.running, stats.queued) == (4, 0, 0)
+    assert _others() == []
+    with pytest.raises(ControllerStoppedError, match="not running"):
+        await controller.submit_task("late", add, 1, 1)
+
+
+async def test_stop_without_drain_cancels_everything_and_leaves_nothing_pending() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    controller = ConcurrencyController(max_concurrent_tasks=2)
+    await controller.start()
+    for index in range(5):
+        await controller.submit_task(f"t{index}", forever)
+    waiter = asyncio.create_task(controller.wait_for_task("t4"))  # a queued task's waiter
+    await started.wait()
+    await controller.stop(drain=False)
+    with pytest.raises(TaskCancelledError):
+        await waiter
+    stats = controller.get_stats()
+    assert (stats.cancelled, stats.running, stats.queued) == (5, 0, 0)
+    assert _others() == []
+
+
+async def test_stop_drain_timeout_cancels_the_rest() -> None:
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("stuck", asyncio.Event().wait)
+        await controller.stop(drain=True, drain_timeout=0.02)
+        assert controller.get_task_status("stuck").status is TaskStatus.CANCELLED
+    assert _others() == []
+
+
+def test_no_task_is_destroyed_pending_in_debug_mode(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def forever() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        controller = ConcurrencyController(max_concurrent_tasks=3)
+        await controller.start()
+        for index in range(6):
+            await controller.submit_task(f"t{index}", forever)
+        await controller.submit_task("sync", sum, [1, 2, 3])
+        await started.wait()
+        await controller.stop(drain=False)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main(), debug=True)
+        gc.collect()
+    assert "Task was destroyed but it is pending" not in caplog.text
+    assert "never awaited" not in caplog.text
+
+
+async def test_async_with_drains_on_normal_exit() -> None:
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        for index in range(3):
+            await controller.submit_task(f"t{index}", add, index, index)
+    assert controller.get_stats().completed == 3
+    assert not controller.is_running
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_concurrent_tasks": 0}, "max_concurrent_tasks"),
+        ({"max_concurrent_tasks": 2.5}, "max_concurrent_tasks"),
+        ({"max_queue_size": -1}, "max_queue_size"),
+        ({"default_timeout": 0}, "default_timeout"),
+        ({"max_retained_results": 0}, "max_retained_results"),
+    ],
+)
+def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSettingError, match=rf"^{field}: got .*; allowed "):
+        ConcurrencyController(**kwargs)
+
+
+async def test_submit_before_start() -> None:
+    with pytest.raises(ControllerStoppedError, match="controller.start"):
+        await ConcurrencyController().submit_task("x", add, 1, 2)
+
+
+async def test_rejected_submissions_change_nothing(recwarn: pytest.WarningsRecorder) -> None:
+    release = asyncio.Event()
+    async with ConcurrencyController(max_concurrent_tasks=1, max_queue_size=1) as controller:
+        await controller.submit_task("held", release.wait)
+        before = controller.get_stats()
+        with pytest.raises(InvalidTaskError, match=r"priority: got 'urgent'; allowed one of 'low', 'normal'"):
+            await controller.submit_task("p", add, 1, 2, priority="urgent")
+        with pytest.raises(InvalidTaskError, match="task_id: got ''"):
+            await controller.submit_task("", add, 1, 2)
+        with pytest.raises(InvalidTaskError, match="fn: got 42; allowed a callable"):
+            await controller.submit_task("n", 42)  # type: ignore[arg-type]
+        coroutine = add(1, 2)
+        with pytest.raises(InvalidTaskError, match="pass the coroutine function"):
+            await controller.submit_task("c", coroutine)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTaskError, match="timeout: got -1"):
+            await controller.submit_task("t", add, 1, 2, timeout=-1)
+        with pytest.raises(DuplicateTaskError, match="task_id: got 'held'; allowed an id not in use"):
+            await controller.submit_task("held", add, 1, 2)
+        assert controller.get_stats() == before
+        await controller.submit_task("queued", add, 1, 2)
+        with pytest.raises(QueueFullError, match="max_queue_size=1"):
+            await controller.submit_task("overflow", add, 1, 2)
+        with pytest.raises(TaskNotFoundError):
+            await controller.wait_for_task("unknown")
+        with pytest.raises(InvalidTaskError, match="timeout"):
+            await controller.wait_for_task("held", timeout=0)
+        release.set()
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
