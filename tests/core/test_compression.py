@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from context_manager.core.compression import (
+    SUMMARY_METADATA_KEY,
+    TRUNCATED_METADATA_KEY,
+    ExtractiveSummarizer,
+    Summarizer,
+    group_into_units,
+    plan_compression,
+    truncate_message,
+    truncate_middle,
+)
+from context_manager.core.errors import ContextBudgetError
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+
+COUNTER = get_token_counter()
+
+
+def counted(role: str, content: str, **kwargs: object) -> Message:
+    message = Message.create(role, content, **kwargs)  # type: ignore[arg-type]
+    message.token_count = COUNTER.count_message(message)
+    return message
+
+
+def tool_unit(
+    call_id: str, name: str, result: str, *, arguments: dict[str, object] | None = None
+) -> list[Message]:
+    call = ToolCall(id=call_id, name=name, arguments=arguments or {"q": "x"})
+    return [counted("assistant", "", tool_calls=[call]), counted("tool", result, tool_call_id=call_id)]
+
+
+def total(messages: Sequence[Message]) -> int:
+    return sum(m.token_count for m in messages) + REPLY_PRIMING_TOKENS
+
+
+# -- units -------------------------------------------------------------------------------------------
+
+
+def test_tool_call_and_its_results_form_one_unit() -> None:
+    calls = [ToolCall(id="a", name="search"), ToolCall(id="b", name="fetch")]
+    messages = [
+        counted("user", "find it"),
+        counted("assistant", "", tool_calls=calls),
+        counted("tool", "result a", tool_call_id="a"),
+        counted("tool", "result b", tool_call_id="b"),
+        counted("assistant", "done"),
+    ]
+    units = group_into_units(messages)
+    assert [unit.indices for unit in units] == [[0], [1, 2, 3], [4]]
+    assert units[1].tokens == sum(m.token_count for m in messages[1:4])
+
+
+def test_unit_takes_highest_priority_and_protection_of_its_messages() -> None:
+    call = ToolCall(id="a", name="search")
+    messages = [
+        counted("assistant", "", tool_calls=[call], priority="low"),
+        counted("tool", "r", tool_call_id="a", priority="high", pinned=True),
+    ]
+    (unit,) = group_into_units(messages)
+    assert unit.rank == 2
+    assert unit.protected
+
+
+# -- planning ----------------------------------------------------------------------------------------
+
+
+def conversation(turns: int, words: int = 30) -> list[Message]:
+    messages = [counted("system", "You are a careful assistant.")]
+    for i in range(turns):
+        messages.append(counted("user", f"Question {i}: " + "alpha beta gamma " * words))
+        messages.append(counted("assistant", f"Answer {i}: " + "delta epsilon " * words))
+    return messages
+
+
+def test_plan_reaches_target_and_keeps_system_and_newest() -> None:
+    messages = conversation(20)
+    plan = plan_compression(messages, target_tokens=800, max_tokens=1000, counter=COUNTER)
+    assert plan.kept[0] is messages[0]
+    assert plan.kept[-1] is messages[-1]
+    assert messages[-2] in plan.kept  # the latest user message
+    assert plan.kept_tokens + plan.summary_budget <= 800
+    assert plan.kept_tokens == total(plan.kept)
+    assert plan.summary_index == 1
+    assert plan.evicted == [m for m in messages if m not in plan.kept]
+
+
+def test_plan_evicts_low_priority_before_older_normal() -> None:
+    messages = [
+        counted("user", "old normal " * 40),
+        counted("assistant", "old reply " * 40),
+        counted("user", "newer low " * 40, priority="low"),
+        counted("assistant", "newer high " * 40, priority="high"),
+        counted("user", "latest question"),
+    ]
+    budget = total(messages) - messages[2].token_count + 5
+    plan = plan_compression(
+        messages, target_tokens=budget, max_tokens=budget + 50, counter=COUNTER, summary_max_tokens=1
+    )
+    assert plan.evicted == [messages[2]]
+
+
+def test_plan_evicts_oldest_first_within_a_priority() -> None:
+    messages = conversation(6)
+    budget = total(messages) - messages[1].token_count - messages[2].token_count + 1
+    plan = plan_compression(
+        messages, target_tokens=budget, max_tokens=budget + 10, counter=COUNTER, summary_max_tokens=1
+    )
+    assert plan.evicted == messages[1:3]
+
+
+def test_plan_never_splits_a_tool_unit() -> None:
+    messages = [counted("user", "look things up " * 30), *tool_unit("c1", "search", "many results " * 60)]
+    messages += [counted("assistant", "summary " * 30), counted("user", "and now?")]
+    budget = total(messages) - 50
+    plan = plan_compression(
+        messages, target_tokens=budget, max_tokens=budget, counter=COUNTER, summary_max_tokens=1
+    )
+    evicted_ids = {m.id for m in plan.evicted}
+    assert (messages[1].id in evicted_ids) == (messages[2].id in evicted_ids)
+
+
+def test_protected_messages_that_cannot_fit_raise() -> None:
+    messages = [counted("system", "rules " * 300), counted("user", "hi")]
+    with pytest.raises(ContextBudgetError, match="max_tokens: got 100") as info:
+        plan_compression(messages, target_tokens=80, max_tokens=100, counter=COUNTER)
+    assert info.value.required_tokens > 100
+
+
+def test_protected_above_target_aims_for_max_tokens() -> None:
+    messages = [counted("system", "rules " * 150), *conversation(5)[1:]]
+    system_tokens = messages[0].token_count
+    plan = plan_compression(
+        messages, target_tokens=system_tokens - 10, max_tokens=system_tokens + 200, counter=COUNTER
+    )
+    assert plan.goal_tokens == system_tokens + 200
+    assert plan.kept_tokens + plan.summary_budget <= system_tokens + 200
+    assert messages[0] in plan.kept
+
+
+def test_huge_newest_message_is_cut_to_head_and_tail() -> None:
+    huge = counted("user", "start " + "filler " * 3000 + " finish")
+    messages = [*conversation(2), huge]
+    plan = plan_compression(messages, target_tokens=400, max_tokens=500, counter=COUNTER)
+    assert plan.truncated == [huge]
+    copy = plan.kept[-1]
+    assert copy.id == huge.id
+    assert copy.content.startswith("start")
+    assert copy.content.endswith("finish")
+    assert "tokens omitted" in copy.content
+    assert plan.kept_tokens + plan.summary_budget <= 400
+
+
+def test_previous_summary_is_folded_not_stacked() -> None:
+    summary = counted("system", "Summary of the earlier conversation (4 messages compressed):\n- old point")
+    summary.metadata[SUMMARY_METADATA_KEY] = 4
+    messages = [conversation(1)[0], summary, *conversation(10)[1:]]
+    plan = plan_compression(messages, target_tokens=600, max_tokens=800, counter=COUNTER)
+    assert plan.previous_summary is summary
+    assert summary not in plan.kept and summary not in plan.evicted
+    assert plan.summary_inputs[0] is summary
+
+
+# -- truncation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [40, 80, 300])
+def test_truncate_middle_respects_limit_and_reports_omitted(limit: int) -> None:
+    text = "".join(f"sentence number {i}. " for i in range(400))
+    result, omitted = truncate_middle(COUNTER, text, limit)
+    assert COUNTER.count(result) <= limit
+    assert f"[... {omitted} tokens omitted ...]" in result
+    assert result.startswith("sentence number 0.")
+    assert result.endswith("sentence number 399. ")
+    assert omitted >= COUNTER.count(text) - limit
+
+
+def test_truncate_middle_leaves_fitting_text_alone() -> None:
+    assert truncate_middle(COUNTER, "short text", 10) == ("short text", 0)
+
+
+def test_truncate_message_keeps_identity_and_records_counts() -> None:
+    message = counted("tool", "x " * 2000, tool_call_id="c1")
+    copy = truncate_message(message, 100, COUNTER)
+    assert copy is not None
+    assert copy.id == message.id and copy.tool_call_id == "c1"
+    assert copy.token_count == COUNTER.count_message(copy) <= 100
+    info = copy.metadata[TRUNCATED_METADATA_KEY]
+    assert info["original_tokens"] == message.token_count
+    assert info["omitted_tokens"] > 1800
+    assert message.content == "x " * 2000  # the original is untouched
+
+
+def test_truncate_message_returns_none_when_framing_cannot_fit() -> None:
+    assert truncate_message(counted("user", "word " * 100), 3, COUNTER) is None
+
+
+# -- extractive summarizer ---------------------------------------------------------------------------
+
+
+def test_extractive_summary_is_deterministic_and_within_budget() -> None:
+    messages = conversation(30)[1:]
+    summarizer = ExtractiveSummarizer(COUNTER)
+    first = summarizer.summarize(messages, 120)
+    assert first == summarizer.summarize(messages, 120)
+    assert 0 < COUNTER.count(first) <= 120
+
+
+def test_extractive_summary_keeps_latest_user_request() -> None:
+    messages = [
+        counted("user", "Tell me about the weather in Paris."),
+        counted("assistant", "It is sunny in Paris today with 24 degrees."),
+        counted("user", "Please book the 7:45 train to Lyon for Mrs. Dupont, seat 42A. " + "details " * 200),
+        counted("assistant", "I will look for trains."),
+    ]
+    summary = ExtractiveSummarizer(COUNTER).summarize(messages, 80)
+    assert "Latest user request: Please book the 7:45 train to Lyon" in summary
+    assert COUNTER.count(summary) <= 80
+
+
+def test_extractive_summary_names_tools_and_outcomes() -> None:
+    messages = [
+        counted("user", "What is 2+2 and the weather?"),
+        *tool_unit("c1", "calculator", "4"),
+        *tool_unit("c2", "weather", "Error: service unavailable"),
+    ]
+    summary = ExtractiveSummarizer(COUNTER).summarize(messages, 150)
+    assert "calculator (ok: 4)" in summary
+    assert "weather (error: Error: service unavailable)" in summary
+
+
+def test_extractive_summary_prefers_informative_sentences() -> None:
+    messages = [
+        counted(
+            "user", "ok thanks. The invoice INV-2291 for Acme Corp is due on March 3rd 2025 for 12,400 EUR."
+        ),
+        counted("assistant", "Sure, ok. Yes, that is fine. I see."),
+        counted("user", "Next question please."),
+    ]
+    summary = ExtractiveSummarizer(COUNTER).summarize(messages, 60)
+    assert "INV-2291" in summary
+
+
+def test_extractive_summary_folds_previous_summary() -> None:
+    previous = counted(
+        "system",
+        "Summary of the earlier conversation (7 messages compressed):\n"
+        "- user: The project codename is Bluebird.",
+    )
+    previous.metadata[SUMMARY_METADATA_KEY] = 7
+    messages = [previous, counted("user", "Short follow up about deployment timelines in 2026.")]
+    summary = ExtractiveSummarizer(COUNTER).summarize(messages, 100)
+    assert summary.startswith("Summary of the earlier conversation (8 messages compressed):")
+    assert "Bluebird" in summary
+    assert summary.count("Summary of the earlier conversation") == 1
+
+
+def test_extractive_summary_of_nothing_is_empty() -> None:
+    assert ExtractiveSummarizer(COUNTER).summarize([], 100) == ""
+    assert ExtractiveSummarizer(COUNTER).summarize(conversation(1), 0) == ""
+
+
+async def test_extractive_and_plain_functions_satisfy_the_protocol() -> None:
+    async def plain(messages: Sequence[Message], budget_tokens: int) -> str:
+        return f"{len(messages)} messages"
+
+    assert isinstance(ExtractiveSummarizer(COUNTER), Summarizer)
+    assert isinstance(plain, Summarizer)
+    assert await ExtractiveSummarizer(COUNTER)([counted("user", "A question about deployments?")], 50)
