@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import re
+import sys
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -127,19 +129,46 @@ def _is_async_callable(function: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _caller_namespace(max_frames: int = 12) -> dict[str, Any]:
+    """Locals of the frames that led here, innermost first wins (like pydantic's parent namespace).
+
+    Lets ``from __future__ import annotations`` hints name classes defined in the function that
+    defines the tool.
+    """
+    namespace: dict[str, Any] = {}
+    frame: types.FrameType | None = sys._getframe(2)
+    frames: list[types.FrameType] = []
+    while frame is not None and len(frames) < max_frames:
+        frames.append(frame)
+        frame = frame.f_back
+    for outer in reversed(frames):
+        namespace.update(outer.f_locals)
+    return namespace
+
+
 def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
     target = function
     if not (inspect.isfunction(function) or inspect.ismethod(function)):
         target = getattr(function, "__call__", function)  # noqa: B004
     try:
         return typing.get_type_hints(target, include_extras=True)
+    except NameError:
+        pass
+    except Exception as error:
+        raise _unresolved(function, tool_name, error) from None
+    try:  # a hint naming a class local to the caller (string annotations)
+        return typing.get_type_hints(target, localns=_caller_namespace(), include_extras=True)
     except Exception as error:  # NameError for hints that only exist under TYPE_CHECKING, ...
-        raise ToolRegistrationError(
-            "function",
-            function,
-            "type hints that resolve at registration time",
-            detail=f"tool {tool_name!r}: {type(error).__name__}: {error}",
-        ) from None
+        raise _unresolved(function, tool_name, error) from None
+
+
+def _unresolved(function: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
+    return ToolRegistrationError(
+        "function",
+        function,
+        "type hints that resolve at registration time",
+        detail=f"tool {tool_name!r}: {type(error).__name__}: {error}",
+    )
 
 
 def _clean_schema(schema: Any, *, in_properties: bool = False) -> Any:
@@ -199,7 +228,8 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         annotation = hints.get(parameter.name, Any)
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         description = argument_docs.get(parameter.name)
-        fields[parameter.name] = (annotation, Field(default, description=description))
+        field_info = Field(default) if description is None else Field(default, description=description)
+        fields[parameter.name] = (annotation, field_info)
     model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
     try:
         model = create_model(
@@ -236,9 +266,9 @@ def describe_validation_error(
             allowed = f"; allowed {', '.join(model_fields)}" if model_fields else ""
             parts.append(f"{location}: unexpected argument{allowed}")
         else:
-            parts.append(
-                f"{location}: got {describe_value(item.get('input'))}; expected {item.get('msg', '')}"
-            )
+            expected = str(item.get("msg", "a valid value"))
+            expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
+            parts.append(f"{location}: got {describe_value(item.get('input'))}; expected {expected}")
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
 
 

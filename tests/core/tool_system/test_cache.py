@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from typing import Any
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.tool_system import ToolManager, ToolResultCache
+
+from .conftest import ManualClock
+
+
+def make_manager(clock: ManualClock, **config: Any) -> tuple[ToolManager, list[dict[str, Any]]]:
+    calls: list[dict[str, Any]] = []
+
+    async def lookup(key: str, limit: int = 3) -> dict[str, Any]:
+        calls.append({"key": key, "limit": limit})
+        if key == "fail":
+            raise ValueError("no such key")
+        return {"key": key, "values": list(range(limit))}
+
+    manager = ToolManager(ContextManagerConfig(**config), clock=clock)
+    manager.register_function_tool("lookup", lookup, "Lookup", cacheable=True, cache_ttl=30.0)
+    return manager, calls
+
+
+async def test_hit_returns_cached_copy_without_running(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock)
+    first = await manager.execute("lookup", key="a", limit=2)
+    second = await manager.execute("lookup", limit="2", key="a")  # same validated arguments
+    assert first.success and not first.cached
+    assert second.success and second.cached
+    assert second.result == first.result
+    assert len(calls) == 1
+    second.result["values"].append(99)  # mutating a result does not change the cache
+    third = await manager.execute("lookup", key="a", limit=2)
+    assert third.result == {"key": "a", "values": [0, 1]}
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["lookup"]["cache_hits"] == 2
+    assert stats["cache"]["hits"] == 2
+
+
+async def test_different_arguments_miss(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    await manager.execute("lookup", key="b")
+    await manager.execute("lookup", key="a", limit=4)
+    assert len(calls) == 3
+
+
+async def test_ttl_expiry(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    clock.advance(29.9)
+    assert (await manager.execute("lookup", key="a")).cached
+    clock.advance(0.2)
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert len(calls) == 2
+
+
+async def test_failures_are_not_cached(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock)
+    first = await manager.execute("lookup", key="fail")
+    second = await manager.execute("lookup", key="fail")
+    assert first.error_type == second.error_type == "tool_error"
+    assert not second.cached
+    assert len(calls) == 2
+
+
+async def test_caching_disabled_by_config(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock, enable_tool_caching=False)
+    await manager.execute("lookup", key="a")
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert len(calls) == 2
+
+
+async def test_non_cacheable_tool_runs_every_time(clock: ManualClock) -> None:
+    count = 0
+
+    async def counter() -> int:
+        nonlocal count
+        count += 1
+        return count
+
+    manager = ToolManager(clock=clock)
+    manager.register_tool(counter)
+    assert [(await manager.execute("counter")).result for _ in range(3)] == [1, 2, 3]
+
+
+async def test_invalidate_and_purge(clock: ManualClock) -> None:
+    manager, calls = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    await manager.execute("lookup", key="b")
+    assert manager.invalidate_cache("other") == 0
+    assert manager.invalidate_cache("lookup") == 2
+    await manager.execute("lookup", key="a")
+    assert len(calls) == 3
+    assert manager.invalidate_cache() == 1
+    await manager.execute("lookup", key="c")
+    clock.advance(31.0)
+    assert manager.purge_expired_cache() == 1
+    assert manager.get_tool_stats()["cache"]["entries"] == 0
+
+
+async def test_cache_hits_do_not_count_against_rate_limit(clock: ManualClock) -> None:
+    async def pure(x: int) -> int:
+        return x
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("pure", pure, "", cacheable=True, rate_limit=1)
+    assert (await manager.execute("pure", x=1)).success
+    for _ in range(5):
+        assert (await manager.execute("pure", x=1)).cached
+    assert (await manager.execute("pure", x=2)).error_type == "rate_limited"
+
+
+def test_lru_bound(clock: ManualClock) -> None:
+    cache = ToolResultCache(max_entries=2, clock=clock)
+    cache.put("t", "1", "1", 60.0)
+    cache.put("t", "2", "2", 60.0)
+    assert cache.lookup("t", "1") == (True, 1)  # 1 is now the most recently used
+    cache.put("t", "3", "3", 60.0)
+    assert cache.lookup("t", "2") == (False, None)
+    assert cache.lookup("t", "1") == (True, 1)
+    assert cache.lookup("t", "3") == (True, 3)
+    assert len(cache) == 2
+
+
+async def test_unregister_drops_cached_results(clock: ManualClock) -> None:
+    manager, _ = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    manager.unregister_tool("lookup")
+    assert manager.get_tool_stats()["cache"]["entries"] == 0

@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from context_manager.core.errors import ContextManagerError, ToolRegistrationError
+from context_manager.core.tool_system import (
+    ToolCategory,
+    ToolDefinition,
+    ToolPermission,
+    get_tool_definition,
+    tool,
+)
+from context_manager.core.tool_system.schema import check_arguments_against_schema, parse_docstring
+
+
+def test_decorator_attaches_definition_and_leaves_function_callable() -> None:
+    @tool(name="doubler", description="Double a number", category=ToolCategory.ANALYSIS, tags=["math"])
+    def doubler(x: int) -> int:
+        return x * 2
+
+    assert doubler(21) == 42
+    definition = get_tool_definition(doubler)
+    assert definition is not None
+    assert definition is doubler.__tool_definition__  # type: ignore[attr-defined]
+    assert definition.name == "doubler"
+    assert definition.description == "Double a number"
+    assert definition.category is ToolCategory.ANALYSIS
+    assert definition.tags == ("math",)
+    assert definition.permission is ToolPermission.STANDARD
+    assert definition.is_async is False
+    assert definition.convention == "typed"
+
+
+async def test_bare_decorator_uses_function_name_and_docstring() -> None:
+    @tool
+    async def summarise(text: str) -> str:
+        """Summarise a text.
+
+        Args:
+            text: The text to summarise.
+        """
+        return text[:10]
+
+    definition = get_tool_definition(summarise)
+    assert definition is not None
+    assert definition.name == "summarise"
+    assert definition.description == "Summarise a text."
+    assert definition.is_async is True
+    assert definition.parameters_schema["properties"]["text"] == {
+        "type": "string",
+        "description": "The text to summarise.",
+    }
+    assert await summarise("hello") == "hello"
+
+
+def test_parameters_convention_detected() -> None:
+    async def plain(parameters):  # type: ignore[no-untyped-def]
+        return parameters
+
+    async def annotated(parameters: dict[str, Any]) -> dict[str, Any]:
+        return parameters
+
+    for function in (plain, annotated):
+        definition = ToolDefinition(name="t", function=function)
+        assert definition.convention == "parameters"
+        assert definition.arguments_model is None
+        assert definition.parameters_schema == {"type": "object", "properties": {}, "additionalProperties": True}
+
+
+def test_single_typed_parameter_not_named_parameters_is_typed() -> None:
+    async def lookup(data: dict[str, int]) -> int:
+        return len(data)
+
+    definition = ToolDefinition(name="lookup", function=lookup)
+    assert definition.convention == "typed"
+    assert definition.parameters_schema["required"] == ["data"]
+
+
+def test_schema_from_hints_docstring_and_annotated_fields() -> None:
+    class Point(BaseModel):
+        x: float
+        y: float
+
+    async def plot(
+        title: str,
+        points: list[Point],
+        style: Literal["line", "scatter"] = "line",
+        width: Annotated[int, Field(ge=1, description="Width in pixels.")] = 640,
+        note: str | None = None,
+    ) -> str:
+        """Plot points.
+
+        Args:
+            title: Title of the chart.
+            points (list[Point]): The points,
+                in drawing order.
+            style: How to draw.
+        """
+        return title
+
+    definition = ToolDefinition(name="plot", function=plot)
+    schema = definition.parameters_schema
+    assert definition.description == "Plot points."
+    assert schema["type"] == "object"
+    assert schema["required"] == ["title", "points"]
+    assert schema["additionalProperties"] is False
+    properties = schema["properties"]
+    assert properties["title"] == {"type": "string", "description": "Title of the chart."}
+    assert properties["points"]["description"] == "The points, in drawing order."
+    assert properties["style"] == {
+        "type": "string",
+        "enum": ["line", "scatter"],
+        "default": "line",
+        "description": "How to draw.",
+    }
+    assert properties["width"] == {"type": "integer", "minimum": 1, "default": 640, "description": "Width in pixels."}
+    assert "title" not in schema  # pydantic titles are dropped
+    assert "title" not in schema["$defs"]["Point"]
+    assert "title" not in schema["$defs"]["Point"]["properties"]["x"]
+
+
+def test_property_named_title_survives_title_stripping() -> None:
+    async def f(title: str) -> str:
+        return title
+
+    schema = ToolDefinition(name="f", function=f).parameters_schema
+    assert set(schema["properties"]) == {"title"}
+
+
+def test_parse_docstring_google_style() -> None:
+    summary, arguments = parse_docstring(
+        """Search the web.
+
+        Longer explanation.
+
+        Args:
+            query: What to look for.
+            limit (int): How many results
+                to return.
+
+        Returns:
+            A list.
+        """
+    )
+    assert summary == "Search the web.\n\nLonger explanation."
+    assert arguments == {"query": "What to look for.", "limit": "How many results to return."}
+    assert parse_docstring(None) == ("", {})
+
+
+def test_explicit_parameters_schema_wins() -> None:
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+
+    @tool(name="search", parameters_schema=schema)
+    async def search(parameters: dict[str, Any]) -> list[str]:
+        return [parameters["q"]]
+
+    definition = get_tool_definition(search)
+    assert definition is not None
+    assert definition.parameters_schema == schema
+    assert definition.schema_declared is True
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"name": "has space"}, "name"),
+        ({"name": "x" * 65}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "dot.name"}, "name"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"rate_limit": -5}, "rate_limit"),
+        ({"rate_limit": 0}, "rate_limit"),
+        ({"rate_limit": 2.5}, "rate_limit"),
+        ({"rate_window": -1.0}, "rate_window"),
+        ({"cache_ttl": 0}, "cache_ttl"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"category": "astrology"}, "category"),
+        ({"permission": "root"}, "permission"),
+        ({"tags": "text"}, "tags"),
+        ({"tags": ["", "x"]}, "tags"),
+        ({"cacheable": "yes"}, "cacheable"),
+        ({"parameters_schema": {"type": "array"}}, "parameters_schema"),
+    ],
+)
+def test_invalid_options_raise_registration_error(options: dict[str, Any], field: str) -> None:
+    async def f(parameters: dict[str, Any]) -> None:
+        return None
+
+    with pytest.raises(ToolRegistrationError, match=rf"^{field}: got .*; allowed") as info:
+        tool(**{"name": "ok", **options})(f)
+    assert info.value.field == field
+    assert isinstance(info.value, ContextManagerError)
+    assert isinstance(info.value, ValueError)
+    assert get_tool_definition(f) is None  # nothing attached
+
+
+def test_unsupported_signatures_rejected() -> None:
+    async def star_args(*values: int) -> int:
+        return sum(values)
+
+    async def star_kwargs(**values: int) -> int:
+        return sum(values.values())
+
+    for function in (star_args, star_kwargs):
+        with pytest.raises(ToolRegistrationError, match="no \\*args, \\*\\*kwargs"):
+            ToolDefinition(name="bad", function=function)
+
+
+def test_non_callable_rejected() -> None:
+    with pytest.raises(ToolRegistrationError, match="^function: got 42; allowed a callable"):
+        ToolDefinition(name="bad", function=42)  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="^function: got"):
+        tool(name="bad")(42)  # type: ignore[type-var]
+
+
+def test_unresolvable_hint_rejected() -> None:
+    namespace: dict[str, Any] = {}
+    exec("async def f(x: 'Missing') -> int:\n    return 1\n", namespace)
+    with pytest.raises(ToolRegistrationError, match="type hints that resolve"):
+        ToolDefinition(name="f", function=namespace["f"])
+
+
+def test_with_options_validates_and_keeps_function() -> None:
+    async def f(x: int) -> int:
+        return x
+
+    definition = ToolDefinition(name="f", function=f, timeout=5.0)
+    changed = definition.with_options(name="g", permission="restricted")
+    assert changed.name == "g"
+    assert changed.permission is ToolPermission.RESTRICTED
+    assert changed.function is f
+    assert changed.timeout == 5.0
+    assert definition.name == "f"
+    with pytest.raises(ToolRegistrationError, match="^options: got 'colour'"):
+        definition.with_options(colour="red")
+    with pytest.raises(ToolRegistrationError, match="^timeout"):
+        definition.with_options(timeout=-2)
+
+
+def test_permission_levels_are_ordered() -> None:
+    levels = [p.level for p in (ToolPermission.PUBLIC, ToolPermission.STANDARD, ToolPermission.RESTRICTED)]
+    assert levels == sorted(levels)
+    assert ToolPermission.DANGEROUS.level > ToolPermission.RESTRICTED.level
+
+
+def test_light_schema_check_for_parameters_tools() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "q": {"type": "string"},
+            "n": {"type": "integer"},
+            "mode": {"type": "string", "enum": ["a", "b"]},
+        },
+        "required": ["q"],
+        "additionalProperties": False,
+    }
+    assert check_arguments_against_schema({"q": "x", "n": 3, "mode": "a"}, schema) == []
+    problems = check_arguments_against_schema({"n": True, "mode": "c", "zzz": 1}, schema)
+    assert "q: missing; a value is required" in problems
+    assert "n: got True; expected integer" in problems
+    assert "mode: got 'c'; expected one of 'a', 'b'" in problems
+    assert "zzz: unexpected argument; allowed q, n, mode" in problems

@@ -1,0 +1,363 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
+from context_manager.core.tool_system import (
+    ToolCategory,
+    ToolDefinition,
+    ToolErrorType,
+    ToolManager,
+    ToolPermission,
+    ToolResult,
+    tool,
+)
+
+
+async def summarise(text: str, max_length: int = 100, suffix: str = "...") -> str:
+    """Shorten a text.
+
+    Args:
+        text: The text to shorten.
+        max_length: Longest result in characters.
+        suffix: Appended when the text was cut.
+    """
+    return text if len(text) <= max_length else text[:max_length] + suffix
+
+
+@pytest.fixture
+def manager() -> ToolManager:
+    tools = ToolManager()
+    tools.register_function_tool("summarise", summarise, "Shorten a text")
+    return tools
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_register_function_tool_with_options(manager: ToolManager) -> None:
+    definition = manager.get_tool("summarise")
+    assert definition.description == "Shorten a text"
+    assert "summarise" in manager and len(manager) == 1
+
+    async def search(query: str) -> list[str]:
+        return [query]
+
+    registered = manager.register_function_tool(
+        "search", search, "Search", category="search", tags=["web"], timeout=3.0, cacheable=True
+    )
+    assert registered.category is ToolCategory.SEARCH
+    assert registered.timeout == 3.0 and registered.cacheable
+
+
+def test_decorated_function_registered_under_its_own_name_is_not_a_duplicate() -> None:
+    @tool(name="text_analyzer", description="Analyze text", category=ToolCategory.ANALYSIS)
+    async def text_analyzer(parameters: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    manager = ToolManager()
+    definition = manager.register_function_tool("text_analyzer", text_analyzer, "Text analysis tool")
+    assert definition.description == "Text analysis tool"  # the registration's description wins
+    assert definition.category is ToolCategory.ANALYSIS  # decorator options are kept
+    # registering the very same tool again is a no-op, not a duplicate
+    again = manager.register_function_tool("text_analyzer", text_analyzer, "Text analysis tool")
+    assert again is definition
+    manager.register_tool(text_analyzer, replace=True)
+    assert manager.get_tool("text_analyzer").description == "Analyze text"
+
+
+def test_duplicate_name_raises_and_leaves_registry_unchanged(manager: ToolManager) -> None:
+    async def other(text: str) -> str:
+        return text
+
+    before = manager.get_tool("summarise")
+    with pytest.raises(ToolRegistrationError, match="^name: got 'summarise'; allowed a name not already"):
+        manager.register_function_tool("summarise", other, "Other")
+    assert manager.get_tool("summarise") is before
+    replaced = manager.register_function_tool("summarise", other, "Other", replace=True)
+    assert manager.get_tool("summarise") is replaced
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "options", "match"),
+    [
+        ("bad name", summarise, {}, "^name: got 'bad name'"),
+        ("n" * 65, summarise, {}, "^name: got"),
+        ("ok", "not callable", {}, "^function: got 'not callable'"),
+        ("ok", summarise, {"timeout": -1}, "^timeout: got -1"),
+        ("ok", summarise, {"rate_limit": -3}, "^rate_limit: got -3"),
+        ("ok", summarise, {"rate_window": 0}, "^rate_window: got 0"),
+        ("ok", summarise, {"colour": "red"}, "^options: got 'colour'"),
+    ],
+)
+def test_invalid_registrations_leave_registry_unchanged(
+    manager: ToolManager, name: str, function: Any, options: dict[str, Any], match: str
+) -> None:
+    before = manager.list_tools()
+    with pytest.raises(ToolRegistrationError, match=match):
+        manager.register_function_tool(name, function, "desc", **options)
+    assert manager.list_tools() == before
+
+
+def test_register_tool_accepts_definitions_and_plain_functions() -> None:
+    manager = ToolManager()
+
+    def plain_tool(x: int) -> int:
+        """Return x."""
+        return x
+
+    assert manager.register_tool(plain_tool).description == "Return x."
+    definition = ToolDefinition(name="defined", function=plain_tool)
+    assert manager.register_tool(definition) is definition
+    with pytest.raises(ToolRegistrationError, match="^name: got '<lambda>'"):
+        manager.register_tool(lambda: None)
+    with pytest.raises(ToolRegistrationError, match="^tool: got 5"):
+        manager.register_tool(5)  # type: ignore[arg-type]
+
+
+def test_unregister_and_lookup(manager: ToolManager) -> None:
+    removed = manager.unregister_tool("summarise")
+    assert removed.name == "summarise"
+    assert "summarise" not in manager
+    with pytest.raises(ToolNotFoundError, match="tool not found: 'summarise'"):
+        manager.unregister_tool("summarise")
+    with pytest.raises(ToolNotFoundError):
+        manager.get_tool("summarise")
+
+
+def test_list_tools_filters_by_category_and_tags() -> None:
+    manager = ToolManager()
+
+    async def a(parameters: dict[str, Any]) -> None:
+        return None
+
+    manager.register_function_tool("a", a, "", category=ToolCategory.ANALYSIS, tags=["text", "fast"])
+    manager.register_function_tool("b", a, "", category="analysis", tags=["text"])
+    manager.register_function_tool("c", a, "", category=ToolCategory.DATA_PROCESSING, tags=["fast"])
+    assert [t.name for t in manager.list_tools()] == ["a", "b", "c"]
+    assert [t.name for t in manager.list_tools(category=ToolCategory.ANALYSIS)] == ["a", "b"]
+    assert [t.name for t in manager.list_tools(category="DATA_PROCESSING")] == ["c"]
+    assert [t.name for t in manager.list_tools(tags=["fast"])] == ["a", "c"]
+    assert [t.name for t in manager.list_tools(category="analysis", tags=["fast", "text"])] == ["a"]
+    with pytest.raises(InvalidArgumentError, match="^category: got 'nope'"):
+        manager.list_tools(category="nope")
+    with pytest.raises(InvalidArgumentError, match="^tags: got 'fast'"):
+        manager.list_tools(tags="fast")
+
+
+def test_constructor_validates_arguments() -> None:
+    with pytest.raises(InvalidArgumentError, match="^config: got"):
+        ToolManager(config={"max_tokens": 5})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="^approval_callback"):
+        ToolManager(approval_callback=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="^cache_size"):
+        ToolManager(cache_size=0)
+    with pytest.raises(InvalidArgumentError, match="^allow_up_to: got 'everything'"):
+        ToolManager(permission_policy="everything")
+
+
+# ---------------------------------------------------------------- execution
+
+
+async def test_typed_tool_runs_with_validated_arguments(manager: ToolManager) -> None:
+    result = await manager.execute("summarise", text="abcdef", max_length="3")
+    assert result == ToolResult(
+        success=True, result="abc...", execution_time=result.execution_time, tool_name="summarise"
+    )
+    assert result.execution_time > 0
+    assert result.error is None and result.error_type is None and result.cached is False
+
+
+async def test_parameters_convention_receives_one_dict() -> None:
+    received: list[dict[str, Any]] = []
+
+    async def collect(parameters):  # type: ignore[no-untyped-def]
+        received.append(parameters)
+        return {"keys": sorted(parameters)}
+
+    manager = ToolManager()
+    manager.register_function_tool("collect", collect, "Collect")
+    result = await manager.execute("collect", a=1, b="two")
+    assert result.success and result.result == {"keys": ["a", "b"]}
+    assert received == [{"a": 1, "b": "two"}]
+
+
+async def test_tool_parameter_called_name_is_allowed() -> None:
+    async def greet(name: str) -> str:
+        return f"hi {name}"
+
+    manager = ToolManager()
+    manager.register_function_tool("greet", greet, "Greet")
+    assert (await manager.execute("greet", name="Ada")).result == "hi Ada"
+
+
+async def test_sync_tool_runs_in_a_worker_thread() -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def blocking(x: int) -> int:
+        seen.append(threading.get_ident())
+        return x + 1
+
+    manager = ToolManager()
+    manager.register_function_tool("blocking", blocking, "Blocking")
+    result = await manager.execute("blocking", x=1)
+    assert result.success and result.result == 2
+    assert seen and seen[0] != loop_thread
+
+
+async def test_unknown_tool(manager: ToolManager) -> None:
+    result = await manager.execute("text_summarizer", text="x")
+    assert not result.success
+    assert result.error_type == "unknown_tool"
+    assert result.error_type is ToolErrorType.UNKNOWN_TOOL
+    assert result.error == "unknown tool 'text_summarizer'; available tools: summarise"
+    assert result.tool_name == "text_summarizer"
+
+
+async def test_invalid_arguments_name_field_value_and_expectation(manager: ToolManager) -> None:
+    result = await manager.execute("summarise", text=12, max_length="many", colour="red")
+    assert not result.success and result.error_type == "invalid_arguments"
+    assert result.error is not None
+    assert "text: got 12; expected a valid string" in result.error
+    assert "max_length: got 'many'; expected a valid integer" in result.error
+    assert "colour: unexpected argument; allowed text, max_length, suffix" in result.error
+    missing = await manager.execute("summarise")
+    assert missing.error is not None and "text: missing; a value is required" in missing.error
+
+
+async def test_invalid_arguments_against_declared_schema() -> None:
+    ran: list[Any] = []
+
+    @tool(
+        name="lookup",
+        parameters_schema={
+            "type": "object",
+            "properties": {"key": {"type": "string"}},
+            "required": ["key"],
+            "additionalProperties": False,
+        },
+    )
+    async def lookup(parameters: dict[str, Any]) -> str:
+        ran.append(parameters)
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_tool(lookup)
+    result = await manager.execute("lookup", key=3)
+    assert result.error_type == "invalid_arguments"
+    assert result.error == "invalid arguments for tool 'lookup': key: got 3; expected string"
+    assert ran == []
+    assert (await manager.execute("lookup", key="k")).success
+
+
+async def test_non_mapping_arguments_are_invalid(manager: ToolManager) -> None:
+    result = await manager.call_tool("summarise", ["text"])  # type: ignore[arg-type]
+    assert result.error_type == "invalid_arguments"
+    assert result.error == "arguments: got list; expected a JSON object (dict)"
+
+
+async def test_exception_in_tool_is_a_tool_error() -> None:
+    async def broken(x: int) -> int:
+        raise RuntimeError("disk on fire")
+
+    def broken_sync(x: int) -> int:
+        raise KeyError("missing")
+
+    async def raises_timeout_itself() -> None:
+        raise TimeoutError("upstream timed out")
+
+    manager = ToolManager()
+    manager.register_function_tool("broken", broken, "")
+    manager.register_function_tool("broken_sync", broken_sync, "")
+    manager.register_function_tool("upstream", raises_timeout_itself, "")
+    result = await manager.execute("broken", x=1)
+    assert result.error_type == "tool_error"
+    assert result.error == "tool 'broken' raised RuntimeError: disk on fire"
+    assert (await manager.execute("broken_sync", x=1)).error == "tool 'broken_sync' raised KeyError: 'missing'"
+    upstream = await manager.execute("upstream")
+    assert upstream.error_type == "tool_error"  # a TimeoutError raised by the tool is not our timeout
+
+
+async def test_results_must_be_json_serialisable() -> None:
+    class Report(BaseModel):
+        words: int
+
+    @dataclasses.dataclass
+    class Stats:
+        lines: int
+
+    async def model_result() -> Report:
+        return Report(words=3)
+
+    async def dataclass_result() -> Stats:
+        return Stats(lines=2)
+
+    async def set_result() -> set[int]:
+        return {1, 2}
+
+    async def nan_result() -> float:
+        return float("nan")
+
+    manager = ToolManager()
+    for function in (model_result, dataclass_result, set_result, nan_result):
+        manager.register_tool(function)
+    assert (await manager.execute("model_result")).result == {"words": 3}
+    assert (await manager.execute("dataclass_result")).result == {"lines": 2}
+    for name in ("set_result", "nan_result"):
+        result = await manager.execute(name)
+        assert not result.success and result.error_type == "tool_error"
+        assert result.error is not None and "not JSON-serialisable" in result.error
+
+
+async def test_to_content_and_to_dict(manager: ToolManager) -> None:
+    ok = await manager.execute("summarise", text="hello")
+    assert ok.to_content() == "hello"
+    assert json.loads(json.dumps(ok.to_dict()))["tool_name"] == "summarise"
+    failed = await manager.execute("nope")
+    assert failed.to_content().startswith("Error (unknown_tool): unknown tool 'nope'")
+    assert failed.to_dict()["error_type"] == "unknown_tool"
+
+
+async def test_stats_count_successes_failures_and_error_types(manager: ToolManager) -> None:
+    await manager.execute("summarise", text="a")
+    await manager.execute("summarise", text=1)
+    await manager.execute("missing")
+    stats = manager.get_tool_stats()
+    assert stats["registered_tools"] == 1
+    assert stats["total_calls"] == 3
+    assert stats["unknown_tool_calls"] == 1
+    entry = stats["tools"]["summarise"]
+    assert entry["calls"] == 2 and entry["successes"] == 1 and entry["failures"] == 1
+    assert entry["errors"] == {"invalid_arguments": 1}
+    assert entry["success_rate"] == 0.5
+    assert entry["average_time"] > 0
+
+
+async def test_cancelling_the_caller_propagates() -> None:
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    manager = ToolManager()
+    manager.register_tool(forever)
+    task = asyncio.create_task(manager.execute("forever"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_permission_defaults_documented() -> None:
+    manager = ToolManager(config=ContextManagerConfig())
+    assert manager.permission_policy.allow_up_to is ToolPermission.STANDARD

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.tool_system import (
+    PermissionDecision,
+    PermissionPolicy,
+    ToolDefinition,
+    ToolManager,
+    ToolPermission,
+)
+
+ran: list[str] = []
+
+
+async def delete_file(path: str) -> str:
+    ran.append(path)
+    return f"deleted {path}"
+
+
+async def read_file(path: str) -> str:
+    return f"read {path}"
+
+
+def make_manager(**kwargs: Any) -> ToolManager:
+    ran.clear()
+    manager = ToolManager(**kwargs)
+    manager.register_function_tool("delete_file", delete_file, "Delete", permission=ToolPermission.RESTRICTED)
+    manager.register_function_tool("read_file", read_file, "Read", permission=ToolPermission.PUBLIC)
+    return manager
+
+
+async def test_default_policy_denies_restricted_without_callback() -> None:
+    manager = make_manager()
+    assert (await manager.execute("read_file", path="a")).success
+    result = await manager.execute("delete_file", path="a")
+    assert not result.success
+    assert result.error_type == "permission_denied"
+    assert result.error == (
+        "tool 'delete_file' needs permission 'restricted', above the policy's 'standard', "
+        "and no approval callback is set"
+    )
+    assert ran == []
+
+
+async def test_approval_callback_sees_validated_arguments_and_decides() -> None:
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    async def approve(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        asked.append((definition.name, arguments))
+        return arguments["path"].startswith("/tmp/")
+
+    manager = make_manager(approval_callback=approve)
+    allowed = await manager.execute("delete_file", path="/tmp/x")
+    denied = await manager.execute("delete_file", path="/etc/passwd")
+    assert allowed.success and allowed.result == "deleted /tmp/x"
+    assert denied.error_type == "permission_denied"
+    assert denied.error is not None and denied.error.endswith("the call was not approved")
+    assert asked == [("delete_file", {"path": "/tmp/x"}), ("delete_file", {"path": "/etc/passwd"})]
+    assert ran == ["/tmp/x"]
+    await manager.execute("read_file", path="a")
+    assert len(asked) == 2  # tools within the policy never ask
+
+
+async def test_only_true_approves_and_failing_callback_denies() -> None:
+    def truthy(definition: ToolDefinition, arguments: dict[str, Any]) -> Any:
+        return "yes"
+
+    manager = make_manager(approval_callback=truthy)
+    assert (await manager.execute("delete_file", path="a")).error_type == "permission_denied"
+
+    async def broken(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        raise RuntimeError("approval service down")
+
+    manager = make_manager(approval_callback=broken)
+    result = await manager.execute("delete_file", path="a")
+    assert result.error_type == "permission_denied"
+    assert "approval check failed (RuntimeError)" in (result.error or "")
+    assert ran == []
+
+
+async def test_invalid_arguments_are_refused_before_asking() -> None:
+    asked: list[Any] = []
+
+    async def approve(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        asked.append(arguments)
+        return True
+
+    manager = make_manager(approval_callback=approve)
+    assert (await manager.execute("delete_file")).error_type == "invalid_arguments"
+    assert asked == []
+
+
+async def test_policy_levels_allow_and_deny_lists() -> None:
+    manager = make_manager(permission_policy=ToolPermission.RESTRICTED)
+    assert (await manager.execute("delete_file", path="a")).success
+    manager.permission_policy = PermissionPolicy(allow_up_to="public", always_deny=frozenset({"read_file"}))
+    assert (await manager.execute("read_file", path="a")).error_type == "permission_denied"
+    manager.permission_policy = PermissionPolicy(
+        allow_up_to=ToolPermission.PUBLIC, always_allow=frozenset({"delete_file"})
+    )
+    assert (await manager.execute("delete_file", path="b")).success
+
+
+async def test_always_deny_cannot_be_approved() -> None:
+    async def approve(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        return True
+
+    manager = make_manager(
+        approval_callback=approve, permission_policy=PermissionPolicy(always_deny=frozenset({"delete_file"}))
+    )
+    result = await manager.execute("delete_file", path="a")
+    assert result.error == "tool 'delete_file' is denied by the permission policy"
+
+
+async def test_tool_calls_cannot_bypass_permissions() -> None:
+    manager = make_manager()
+    results = await manager.execute_tool_calls(
+        [
+            {"id": "c1", "type": "function", "function": {"name": "delete_file", "arguments": '{"path": "a"}'}},
+            {"type": "tool_use", "id": "c2", "name": "delete_file", "input": {"path": "b"}},
+        ]
+    )
+    assert [r.error_type for r in results] == ["permission_denied", "permission_denied"]
+    assert ran == []
+
+
+async def test_approval_may_wait_for_a_human() -> None:
+    decision: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    asked = asyncio.Event()
+
+    async def human(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        asked.set()
+        return await decision
+
+    manager = make_manager(approval_callback=human)
+    task = asyncio.create_task(manager.execute("delete_file", path="/tmp/y"))
+    await asked.wait()
+    assert ran == []
+    decision.set_result(True)
+    assert (await task).success
+    assert ran == ["/tmp/y"]
+
+
+def test_policy_decisions_and_validation() -> None:
+    definition = ToolDefinition(name="delete_file", function=delete_file, permission="dangerous")
+    assert PermissionPolicy().decide(definition) is PermissionDecision.ASK
+    assert PermissionPolicy(allow_up_to="dangerous").decide(definition) is PermissionDecision.ALLOW
+    with pytest.raises(InvalidArgumentError, match="^always_deny: got 'rm'"):
+        PermissionPolicy(always_deny="rm")  # type: ignore[arg-type]

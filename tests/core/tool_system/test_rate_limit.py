@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from context_manager.core.tool_system import SlidingWindowRateLimiter, ToolManager
+
+from .conftest import ManualClock
+
+
+def test_sliding_window_admits_limit_then_reports_retry_after(clock: ManualClock) -> None:
+    limiter = SlidingWindowRateLimiter(clock)
+    assert limiter.try_acquire("k", limit=2, window=10.0) is None
+    clock.advance(4.0)
+    assert limiter.try_acquire("k", limit=2, window=10.0) is None
+    assert limiter.try_acquire("k", limit=2, window=10.0) == pytest.approx(6.0)
+    clock.advance(6.0)  # the first call leaves the window
+    assert limiter.try_acquire("k", limit=2, window=10.0) is None
+    assert limiter.try_acquire("k", limit=2, window=10.0) == pytest.approx(4.0)
+    assert limiter.in_window("k", window=10.0) == 2
+    assert limiter.try_acquire("other", limit=2, window=10.0) is None  # keys are independent
+
+
+def test_release_refunds_the_last_call(clock: ManualClock) -> None:
+    limiter = SlidingWindowRateLimiter(clock)
+    assert limiter.try_acquire("k", limit=1, window=5.0) is None
+    limiter.release("k")
+    assert limiter.try_acquire("k", limit=1, window=5.0) is None
+
+
+async def test_rate_limited_tool_reports_retry_after(clock: ManualClock) -> None:
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=2, rate_window=60.0)
+    assert (await manager.execute("ping")).success
+    clock.advance(10.0)
+    assert (await manager.execute("ping")).success
+    refused = await manager.execute("ping")
+    assert not refused.success
+    assert refused.error_type == "rate_limited"
+    assert refused.retry_after == pytest.approx(50.0)
+    assert refused.error == "tool 'ping' allows 2 calls per 60 s; retry after 50 s"
+    clock.advance(50.0)
+    assert (await manager.execute("ping")).success
+    assert manager.get_tool_stats()["tools"]["ping"]["errors"] == {"rate_limited": 1}
+
+
+async def test_exact_under_concurrency(clock: ManualClock) -> None:
+    release = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def slow() -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return "done"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("slow", slow, "Slow", rate_limit=10, rate_window=1.0)
+    tasks = [asyncio.create_task(manager.execute("slow")) for _ in range(100)]
+    while peak < 10:
+        await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert sum(result.success for result in results) == 10
+    refused = [result for result in results if not result.success]
+    assert len(refused) == 90
+    assert all(result.error_type == "rate_limited" and result.retry_after == 1.0 for result in refused)
+    assert peak == 10
+
+
+async def test_per_caller_key_limits_are_separate(clock: ManualClock) -> None:
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1, rate_window=60.0)
+    assert (await manager.call_tool("ping", {}, caller_key="alice")).success
+    assert (await manager.call_tool("ping", {}, caller_key="bob")).success
+    assert (await manager.call_tool("ping", {}, caller_key="alice")).error_type == "rate_limited"
+    assert (await manager.call_tool("ping", {})).success  # the shared (no key) bucket is its own
+
+
+async def test_replacing_a_tool_resets_its_rate_limit(clock: ManualClock) -> None:
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1)
+    assert (await manager.execute("ping")).success
+    assert (await manager.execute("ping")).error_type == "rate_limited"
+    manager.register_function_tool("ping", ping, "Ping v2", rate_limit=1, replace=True)
+    assert (await manager.execute("ping")).success

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from openai.types.chat import ChatCompletionToolParam
+from pydantic import TypeAdapter
+
+from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError
+from context_manager.core.tool_system import ToolManager, tool
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return data
+
+
+async def get_weather(parameters: dict[str, Any]) -> str:
+    return "sunny"
+
+
+def test_openai_format_matches_documented_shape() -> None:
+    expected = load("openai_tools.json")
+    manager = ToolManager()
+    manager.register_function_tool(
+        "get_weather",
+        get_weather,
+        expected[0]["function"]["description"],
+        parameters_schema=expected[0]["function"]["parameters"],
+    )
+    schemas = manager.get_tool_schemas("openai")
+    assert schemas == expected
+    TypeAdapter(ChatCompletionToolParam).validate_python(schemas[0])  # the SDK's own request type
+
+
+def test_anthropic_format_matches_documented_shape() -> None:
+    expected = load("anthropic_tools.json")
+    manager = ToolManager()
+    manager.register_function_tool(
+        "get_weather",
+        get_weather,
+        expected[0]["description"],
+        parameters_schema=expected[0]["input_schema"],
+    )
+    assert manager.get_tool_schemas("anthropic") == expected
+
+
+def test_generated_schema_fits_both_documented_shapes() -> None:
+    @tool(name="get_weather")
+    async def weather(location: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> str:
+        """Get the current weather in a given location
+
+        Args:
+            location: The city and state, e.g. San Francisco, CA
+            unit: The unit of temperature, either 'celsius' or 'fahrenheit'
+        """
+        return "sunny"
+
+    manager = ToolManager()
+    manager.register_tool(weather)
+    documented = load("anthropic_tools.json")[0]
+    anthropic = manager.get_tool_schemas("anthropic")[0]
+    assert set(anthropic) == set(documented)
+    assert anthropic["name"] == documented["name"]
+    assert anthropic["description"] == documented["description"]
+    generated = anthropic["input_schema"]
+    # same as the documentation's schema plus what pydantic states exactly: the default and no extras
+    expected_schema = json.loads(json.dumps(documented["input_schema"]))
+    expected_schema["properties"]["unit"]["default"] = "celsius"
+    expected_schema["additionalProperties"] = False
+    assert generated == expected_schema
+    openai = manager.get_tool_schemas("openai")[0]
+    assert set(openai) == {"type", "function"} and openai["type"] == "function"
+    assert openai["function"] == {
+        "name": "get_weather",
+        "description": documented["description"],
+        "parameters": expected_schema,
+    }
+    TypeAdapter(ChatCompletionToolParam).validate_python(openai)
+
+
+def test_schemas_are_copies_and_selectable() -> None:
+    manager = ToolManager()
+    manager.register_function_tool("a", get_weather, "A")
+    manager.register_function_tool("b", get_weather, "B")
+    first = manager.get_tool_schemas("openai", names=["b"])
+    assert [s["function"]["name"] for s in first] == ["b"]
+    first[0]["function"]["parameters"]["properties"]["x"] = {}
+    assert manager.get_tool_schemas("openai", names=["b"])[0]["function"]["parameters"]["properties"] == {}
+    with pytest.raises(ToolNotFoundError):
+        manager.get_tool_schemas(names=["zzz"])
+    with pytest.raises(InvalidArgumentError, match="^format: got 'gemini'; allowed 'openai' or 'anthropic'"):
+        manager.get_tool_schemas("gemini")  # type: ignore[arg-type]

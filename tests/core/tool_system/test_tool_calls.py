@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import InvalidMessageError
+from context_manager.core.messages import ToolCall
+from context_manager.core.tool_system import ToolManager
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+def openai_call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def anthropic_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
+
+
+async def test_mixed_formats_results_in_call_order() -> None:
+    manager = ToolManager()
+    manager.register_tool(add)
+    results = await manager.execute_tool_calls(
+        [
+            openai_call("call_1", "add", {"a": 1, "b": 2}),
+            anthropic_call("toolu_2", "add", {"a": 10, "b": 20}),
+            ToolCall(id="call_3", name="add", arguments={"a": 100, "b": 200}),
+            openai_call("call_4", "missing", {}),
+        ]
+    )
+    assert [r.call_id for r in results] == ["call_1", "toolu_2", "call_3", "call_4"]
+    assert [r.result for r in results[:3]] == [3, 30, 300]
+    assert results[3].error_type == "unknown_tool"
+
+
+async def test_unparseable_arguments_give_invalid_arguments_result() -> None:
+    manager = ToolManager()
+    manager.register_tool(add)
+    results = await manager.execute_tool_calls(
+        [openai_call("c1", "add", "{not json"), openai_call("c2", "add", {"a": 1, "b": 1})]
+    )
+    assert results[0].error_type == "invalid_arguments" and results[0].call_id == "c1"
+    assert results[0].tool_name == "add"
+    assert results[1].result == 2
+
+
+async def test_malformed_batches_raise_before_running_anything() -> None:
+    ran: list[int] = []
+
+    async def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    manager = ToolManager()
+    manager.register_tool(record)
+    with pytest.raises(InvalidMessageError, match="^calls: got"):
+        await manager.execute_tool_calls([openai_call("same", "record", {"x": 1})] * 2)
+    with pytest.raises(InvalidMessageError, match=r"^tool_calls\[\]\.id"):
+        await manager.execute_tool_calls([openai_call("", "record", {"x": 1})])
+    with pytest.raises(InvalidMessageError, match="^calls: got"):
+        await manager.execute_tool_calls(openai_call("x", "record", {"x": 1}))  # type: ignore[arg-type]
+    assert ran == []
+
+
+async def test_concurrency_is_bounded_by_config() -> None:
+    running = 0
+    peak = 0
+
+    async def busy(n: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        running -= 1
+        return n
+
+    manager = ToolManager(ContextManagerConfig(max_concurrent_tool_calls=3))
+    manager.register_tool(busy)
+    results = await manager.execute_tool_calls([openai_call(f"c{i}", "busy", {"n": i}) for i in range(12)])
+    assert [r.result for r in results] == list(range(12))
+    assert peak == 3
