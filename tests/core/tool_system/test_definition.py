@@ -67,7 +67,8 @@ def test_parameters_convention_detected() -> None:
         definition = ToolDefinition(name="t", function=function)
         assert definition.convention == "parameters"
         assert definition.arguments_model is None
-        assert definition.parameters_schema == {"type": "object", "properties": {}, "additionalProperties": True}
+        open_object = {"type": "object", "properties": {}, "additionalProperties": True}
+        assert definition.parameters_schema == open_object
 
 
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:
@@ -116,7 +117,12 @@ def test_schema_from_hints_docstring_and_annotated_fields() -> None:
         "default": "line",
         "description": "How to draw.",
     }
-    assert properties["width"] == {"type": "integer", "minimum": 1, "default": 640, "description": "Width in pixels."}
+    assert properties["width"] == {
+        "type": "integer",
+        "minimum": 1,
+        "default": 640,
+        "description": "Width in pixels.",
+    }
     assert "title" not in schema  # pydantic titles are dropped
     assert "title" not in schema["$defs"]["Point"]
     assert "title" not in schema["$defs"]["Point"]["properties"]["x"]

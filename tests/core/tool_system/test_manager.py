@@ -282,7 +282,8 @@ async def test_exception_in_tool_is_a_tool_error() -> None:
     result = await manager.execute("broken", x=1)
     assert result.error_type == "tool_error"
     assert result.error == "tool 'broken' raised RuntimeError: disk on fire"
-    assert (await manager.execute("broken_sync", x=1)).error == "tool 'broken_sync' raised KeyError: 'missing'"
+    sync_result = await manager.execute("broken_sync", x=1)
+    assert sync_result.error == "tool 'broken_sync' raised KeyError: 'missing'"
     upstream = await manager.execute("upstream")
     assert upstream.error_type == "tool_error"  # a TimeoutError raised by the tool is not our timeout
 

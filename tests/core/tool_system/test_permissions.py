@@ -121,7 +121,11 @@ async def test_tool_calls_cannot_bypass_permissions() -> None:
     manager = make_manager()
     results = await manager.execute_tool_calls(
         [
-            {"id": "c1", "type": "function", "function": {"name": "delete_file", "arguments": '{"path": "a"}'}},
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "delete_file", "arguments": '{"path": "a"}'},
+            },
             {"type": "tool_use", "id": "c2", "name": "delete_file", "input": {"path": "b"}},
         ]
     )

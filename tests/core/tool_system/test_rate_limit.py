@@ -50,6 +50,7 @@ async def test_rate_limited_tool_reports_retry_after(clock: ManualClock) -> None
 
 async def test_exact_under_concurrency(clock: ManualClock) -> None:
     release = asyncio.Event()
+    ten_running = asyncio.Event()
     running = 0
     peak = 0
 
@@ -57,6 +58,8 @@ async def test_exact_under_concurrency(clock: ManualClock) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
+        if running == 10:
+            ten_running.set()
         await release.wait()
         running -= 1
         return "done"
@@ -64,8 +67,7 @@ async def test_exact_under_concurrency(clock: ManualClock) -> None:
     manager = ToolManager(clock=clock)
     manager.register_function_tool("slow", slow, "Slow", rate_limit=10, rate_window=1.0)
     tasks = [asyncio.create_task(manager.execute("slow")) for _ in range(100)]
-    while peak < 10:
-        await asyncio.sleep(0)
+    await ten_running.wait()
     release.set()
     results = await asyncio.gather(*tasks)
     assert sum(result.success for result in results) == 10
