@@ -209,7 +209,6 @@ def _person_facts(rng: random.Random, people: list[tuple[str, str, str, str]]) -
         day, month = rng.randint(1, 28), MONTHS[rng.randrange(12)]
         pet, pet_name = pets[index]
         verb_s = "" if pronoun == "they" else "s"
-        be = "are" if pronoun == "they" else "is"
         facts += [
             (
                 str(index),
@@ -221,49 +220,49 @@ def _person_facts(rng: random.Random, people: list[tuple[str, str, str, str]]) -
             (
                 str(index),
                 "city",
-                f"{name} signed a lease on a flat in {city}, so my {relation} {be} finally out of the suburbs.",
+                f"My {relation} {name} signed a lease on a flat in {city}, finally out of the suburbs.",
                 rng.choice([f"Which town is {who_q} based in now?", f"Where has {who_q} settled down?"]),
                 city,
             ),
             (
                 str(index),
                 "hobby",
-                f"{name} has gotten really into {hobbies[index]}; every weekend it's all {pronoun} talk{verb_s} about.",
+                f"My {relation} {name} has gotten really into {hobbies[index]}; every weekend it's all {pronoun} talk{verb_s} about.",
                 f"What pastime is {who_q2} obsessed with lately?",
                 hobbies[index],
             ),
             (
                 str(index),
                 "allergy",
-                f"Heads up for the dinner party: {name} can't eat {foods[index]}, {pronoun} break{verb_s} out in hives.",
+                f"Heads up for the dinner party: my {relation} {name} can't eat {foods[index]}, {pronoun} break{verb_s} out in hives.",
                 f"Which ingredient is {who_q} allergic to?",
                 foods[index],
             ),
             (
                 str(index),
                 "birthday",
-                f"{name} turns {rng.randint(25, 70)} on the {_ordinal(day)} of {month}, we should plan something.",
+                f"My {relation} {name} turns {rng.randint(25, 70)} on the {_ordinal(day)} of {month}, we should plan something.",
                 f"When is {who_q2}'s birthday?",
                 f"{month} {day}",
             ),
             (
                 str(index),
                 "wish",
-                f"{name} keeps dropping hints about wanting {wishes[index]}.",
+                f"My {relation} {name} keeps dropping hints about wanting {wishes[index]}.",
                 f"What present could I buy for {who_q}?",
                 wishes[index],
             ),
             (
                 str(index),
                 "car",
-                f"{name} traded in the old hatchback for {cars[index]}.",
+                f"My {relation} {name} traded in the old hatchback for {cars[index]}.",
                 f"What vehicle does {who_q2} drive now?",
                 cars[index],
             ),
             (
                 str(index),
                 "pet",
-                f"{name} brought home a {pet} from the shelter and named it {pet_name}.",
+                f"My {relation} {name} brought home a {pet} from the shelter and named it {pet_name}.",
                 f"What animal did {who_q} adopt, and what is it called?",
                 f"a {pet} named {pet_name}",
             ),
@@ -281,7 +280,7 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
             "Plot twist: we're relocating again, this time to {v}.",
         ],
         ["Denver", "Portland", "Minneapolis", "Lisbon", "Glasgow", "Montreal"],
-        "Which city do I call home at the moment?",
+        "Where do I live now?",
     ),
     (
         [
@@ -295,7 +294,7 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
     (
         ["My employer is {v}, they make industrial pumps.", "I accepted the offer from {v}, I start Monday."],
         ["Hartmann Pumps", "Brightline Robotics", "Northwind Foods", "Ostara Labs"],
-        "Which company pays my salary right now?",
+        "Who is my employer now?",
     ),
     (
         ["I drive {v} to work.", "Sold my old car and bought {v}."],
@@ -305,22 +304,22 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
     (
         ["I'm a member of {v}, the gym by the mall.", "Cancelled my old membership and signed up at {v}."],
         ["FitZone", "Iron Temple", "Pulse Athletics", "the YMCA"],
-        "Where do I go to work out these days?",
+        "Which gym am I a member of now?",
     ),
     (
         ["My phone is {v}, it's getting slow.", "Upgraded my phone, I'm on {v} now."],
         ["a Pixel 6", "an iPhone 15", "a Galaxy S24", "a Fairphone 5"],
-        "Which smartphone am I using now?",
+        "Which phone do I have now?",
     ),
     (
         ["I've been eating {v} for a while.", "New year, new me: I switched to {v}."],
         ["a vegetarian diet", "a pescatarian diet", "a low-carb diet", "a fully vegan diet"],
-        "What kind of eating plan do I follow at present?",
+        "What diet am I on these days?",
     ),
     (
         ["My commute is {v}, takes about forty minutes.", "I changed how I get to the office, it's {v} now."],
         ["by bus", "by bike", "on the tram", "on foot", "by train"],
-        "How do I travel to my workplace nowadays?",
+        "How do I commute to work now?",
     ),
     (
         [
@@ -329,52 +328,52 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
             "Training is going great, the Sunday run is {v} now.",
         ],
         ["8 km", "12 km", "16 km", "21 km", "25 km"],
-        "How far is my weekly long-distance jog currently?",
+        "How long is my Sunday long run now?",
     ),
     (
         ["My go-to coffee place is {v}.", "I've abandoned my old coffee spot, {v} is my new favourite."],
         ["Bean There", "the Roastery on 5th", "Café Mondo", "Little Owl Espresso"],
-        "Where do I usually grab my caffeine fix now?",
+        "Which coffee place is my favourite now?",
     ),
     (
         ["I'm learning {v} on Duolingo.", "I dropped that and started learning {v} instead."],
         ["Italian", "Japanese", "Portuguese", "Korean", "German"],
-        "Which foreign language am I studying at the moment?",
+        "Which language am I learning now?",
     ),
     (
         ["I'm reading {v} at the moment.", "Finished the last one, now I'm halfway through {v}."],
         ["Dune", "Middlemarch", "The Overstory", "Piranesi", "Anna Karenina", "Project Hail Mary"],
-        "What novel is currently on my nightstand?",
+        "What book am I reading now?",
     ),
     (
         ["My manager is {v}, very hands-off.", "We had a reorg, my new boss is {v}."],
         ["Gregory", "Annika", "Tom Whitfield", "Rosa Delgado"],
-        "Who do I report to at work now?",
+        "Who is my boss now?",
     ),
     (
         ["Our internet provider is {v}.", "We switched broadband to {v} because the old one kept dropping."],
         ["Comcast", "FiberNet", "Starlink", "Sonic"],
-        "Which company supplies our home broadband now?",
+        "Who is our internet provider now?",
     ),
     (
         ["My GP is Dr. {v}.", "I registered with a new family doctor, Dr. {v}."],
         ["Patel", "Hughes", "Moreau", "Lindqvist"],
-        "What's the name of my physician at the moment?",
+        "Who is my doctor now?",
     ),
     (
         ["Band practice is on {v} evenings.", "We moved band practice to {v} evenings."],
         ["Tuesday", "Thursday", "Wednesday", "Monday"],
-        "Which night of the week do I rehearse with the band now?",
+        "Which evening is band practice now?",
     ),
     (
         ["I usually go to bed around {v}.", "I've been trying a new sleep schedule, lights out at {v}."],
         ["midnight", "10:30 pm", "11 pm", "9:45 pm"],
-        "What time do I turn in for the night lately?",
+        "What time do I go to bed these days?",
     ),
     (
         ["We keep our savings with {v}.", "We moved all our savings over to {v}, better interest."],
         ["Chase", "Ally Bank", "a local credit union", "Marcus"],
-        "Which bank holds my savings today?",
+        "Which bank has our savings now?",
     ),
     (
         ["My yoga class is at {v}.", "I switched to the yoga sessions at {v}."],
@@ -384,12 +383,12 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
     (
         ["I'm playing {v} on the weekends.", "I got bored of that, now it's {v} every weekend."],
         ["Elden Ring", "Stardew Valley", "Baldur's Gate 3", "Zelda Tears of the Kingdom"],
-        "Which video game am I hooked on these days?",
+        "Which video game am I playing now?",
     ),
     (
         ["We have {v} at home.", "We adopted another one, so now we have {v}."],
         ["one cat", "two cats", "two cats and a dog", "three cats"],
-        "How many pets live with us currently?",
+        "How many pets do we have now?",
     ),
     (
         ["My laptop is {v}.", "Work gave me a new laptop, {v}."],
@@ -399,22 +398,22 @@ USER_UPDATES: list[tuple[list[str], list[str], str]] = [
     (
         ["I drink about {v} of coffee a day.", "I've cut back, it's {v} of coffee a day now."],
         ["four cups", "two cups", "one cup", "five cups"],
-        "How much coffee do I have daily these days?",
+        "How many cups of coffee do I drink a day now?",
     ),
     (
         ["Our rent is {v} a month.", "The landlord raised it, rent is {v} a month now."],
         ["$1,450", "$1,600", "$1,725", "$1,900"],
-        "How much do we pay for the apartment each month at present?",
+        "How much is our rent now?",
     ),
     (
         ["I volunteer at {v} on Saturdays.", "I switched my Saturday volunteering to {v}."],
         ["the food bank", "the animal shelter", "the library literacy programme", "the community garden"],
-        "Where do I give my time for free on weekends now?",
+        "Where do I volunteer on Saturdays now?",
     ),
     (
         ["My team at work uses {v} for everything.", "We migrated the whole codebase to {v} last sprint."],
         ["Java", "Go", "Kotlin", "Rust", "TypeScript"],
-        "What programming language does my team write now?",
+        "What programming language does my team use now?",
     ),
 ]
 
@@ -538,217 +537,217 @@ NEXT_TURN: list[tuple[str, str, str, str]] = [
     (
         "Can you recommend a book to get better at negotiation?",
         "Try 'Never Split the Difference' by Chris Voss; it's practical and full of stories from hostage talks.",
-        "Which title did you point me to for haggling skills?",
+        "Which book did you recommend for negotiation?",
         "Never Split the Difference",
     ),
     (
         "What stretch should I do for my lower back in the morning?",
         "Do the cat-cow: on all fours, slowly arch and round the spine ten times, then hold child's pose for 30 seconds.",
-        "What was the exercise you gave me for back stiffness when I wake up?",
+        "What stretch did you give me for my lower back?",
         "cat-cow + child's pose",
     ),
     (
         "My sourdough is always too dense, what hydration should I use?",
         "Go up to about 75 percent water to flour, and give the bulk ferment an extra hour somewhere warm.",
-        "How wet did you say my bread dough should be?",
+        "What hydration did you say my sourdough needs?",
         "75 percent",
     ),
     (
         "Any podcast suggestions for learning Spanish on my commute?",
         "Coffee Break Spanish is great for beginners, and Duolingo's narrative episodes are good once you improve.",
-        "Which audio show did you suggest for practising the language on the way to work?",
+        "Which podcast did you suggest for learning Spanish?",
         "Coffee Break Spanish",
     ),
     (
         "Help me pick a name for my bakery business.",
         "How about 'Rise & Crumb'? It's short, warm, and works well on a sign and an Instagram handle.",
-        "What shop name did you come up with for my pastry venture?",
+        "What name did you come up with for my bakery?",
         "Rise & Crumb",
     ),
     (
         "What should I get my wife for our tenth anniversary?",
         "Tin is the traditional material for ten years: a custom engraved tin map of where you met would be lovely.",
-        "What gift idea did you have for the decade-of-marriage celebration?",
+        "What did you suggest I get my wife for our anniversary?",
         "engraved tin map",
     ),
     (
         "How do I stop my basil plant from wilting?",
         "It probably needs more light and less water: move it to a south window and water only when the top inch is dry.",
-        "What did you tell me to do about the herb on the windowsill drooping?",
+        "What did you tell me to do about my wilting basil plant?",
         "more light, less water",
     ),
     (
         "What's a good way to fall asleep faster?",
         "Try the 4-7-8 pattern: inhale for 4 counts, hold for 7, exhale for 8, and keep screens out of the bedroom.",
-        "What breathing trick did you teach me for insomnia?",
+        "What did you suggest to help me fall asleep faster?",
         "4-7-8 breathing",
     ),
     (
         "I need a vegetarian main for a dinner party of eight.",
         "A big mushroom and chestnut wellington works: make it the day before and bake it just before guests arrive.",
-        "What meatless centrepiece dish did you propose for my guests?",
+        "What vegetarian main did you propose for the dinner party?",
         "mushroom and chestnut wellington",
     ),
     (
         "Which programming language should my nephew learn first?",
         "Python: readable syntax, huge community, and he can build games with Pygame within a week.",
-        "What did you advise as a starter coding language for the kid?",
+        "Which programming language did you advise for my nephew?",
         "Python",
     ),
     (
         "Can you suggest a weekend trip from Boston?",
         "Drive up to Portland, Maine: lobster rolls, the Old Port, and the lighthouse at Cape Elizabeth.",
-        "Where did you say we could go for a short getaway from Massachusetts?",
+        "Where did you suggest for a weekend trip from Boston?",
         "Portland, Maine",
     ),
     (
         "How should I clean the cast iron pan?",
         "Scrub it with coarse salt and a little hot water, dry it on the stove, then wipe on a thin film of oil.",
-        "What was your method for looking after my skillet?",
+        "How did you say I should clean the cast iron pan?",
         "salt scrub, dry on stove, oil",
     ),
     (
         "What board game would work for a family with young kids?",
         "Ticket to Ride: First Journey is simple enough for six-year-olds and still fun for adults.",
-        "Which tabletop game did you think would suit the little ones?",
+        "Which board game did you suggest for the kids?",
         "Ticket to Ride: First Journey",
     ),
     (
         "Recommend a movie for a rainy Sunday.",
         "Watch 'Paddington 2', it's cosy, funny, and somehow the most wholesome film ever made.",
-        "Which film did you pick for a wet weekend afternoon?",
+        "Which movie did you recommend for a rainy Sunday?",
         "Paddington 2",
     ),
     (
         "How can I keep my hands warm while cycling in winter?",
         "Get lobster-style gloves with a thin merino liner underneath, and add bar mitts if it drops below freezing.",
-        "What did you propose for cold fingers on the bike?",
+        "What did you suggest to keep my hands warm while cycling?",
         "lobster gloves + merino liners",
     ),
     (
         "What's a good first houseplant that's hard to kill?",
         "A snake plant: it tolerates low light and only needs water every two or three weeks.",
-        "Which low-maintenance greenery did you suggest I start with?",
+        "Which houseplant did you suggest for a beginner?",
         "snake plant",
     ),
     (
         "Can you suggest a budgeting method? I keep overspending.",
         "Use the 50/30/20 split: half for needs, thirty percent for wants, twenty for savings, tracked weekly.",
-        "What rule did you give me for managing my money?",
+        "What budgeting method did you give me?",
         "50/30/20",
     ),
     (
         "My toddler won't eat vegetables, any ideas?",
         "Blend spinach into pancakes or smoothies, and let her help wash and arrange food on the plate.",
-        "How did you say I could sneak greens into the picky eater's meals?",
+        "How did you say I could get my toddler to eat vegetables?",
         "spinach in pancakes/smoothies",
     ),
     (
         "What should I name my new golden retriever puppy?",
         "Maple would be adorable, or Rufus if you want something classic.",
-        "What did you propose calling the dog?",
+        "What names did you suggest for the puppy?",
         "Maple or Rufus",
     ),
     (
         "How do I ask my boss for a raise?",
         "Bring a one-page list of your results with numbers, name a specific figure, and ask in a scheduled one-to-one.",
-        "What was your advice on getting paid more at work?",
+        "What was your advice on asking my boss for a raise?",
         "results list, specific figure, scheduled 1:1",
     ),
     (
         "Which camera is good for a beginner photographer?",
         "A used Fujifilm X-T30 with the 18-55 kit lens is a great start, and it holds its value.",
-        "Which model did you recommend for someone new to taking pictures?",
+        "Which camera did you recommend for a beginner?",
         "Fujifilm X-T30",
     ),
     (
         "What can I cook with leftover rice?",
         "Make kimchi fried rice: day-old rice, chopped kimchi, a fried egg on top and a drizzle of sesame oil.",
-        "What dish did you suggest for the rice from yesterday?",
+        "What did you suggest I cook with the leftover rice?",
         "kimchi fried rice",
     ),
     (
         "How do I get rid of fruit flies in the kitchen?",
         "Put apple cider vinegar in a jar with a drop of dish soap and cover it with pierced cling film.",
-        "What trap did you describe for the little bugs near the bananas?",
+        "How did you say to get rid of the fruit flies?",
         "cider vinegar + soap trap",
     ),
     (
         "Suggest a warm-up before my 5k race.",
         "Jog easy for ten minutes, then do leg swings and four 20-second strides at race pace.",
-        "What routine did you give me before the running event?",
+        "What warm-up did you give me for the 5k race?",
         "10 min jog, leg swings, 4 strides",
     ),
     (
         "What's a good gift for a coworker who is leaving?",
         "A nice notebook and a card everyone signs is thoughtful without being awkward; add a local coffee voucher.",
-        "What did you suggest as a farewell present for my colleague?",
+        "What gift did you suggest for my coworker who is leaving?",
         "notebook, signed card, coffee voucher",
     ),
     (
         "Can you recommend a beginner guitar song?",
         "Start with 'Horse with No Name': just two chords and a steady strum pattern.",
-        "Which tune did you say was easy for learning to strum?",
+        "Which guitar song did you recommend for a beginner?",
         "Horse with No Name",
     ),
     (
         "What should I pack for a week of hiking in Scotland?",
         "Waterproof jacket and trousers, midge net, broken-in boots, and layers of merino; the weather flips hourly.",
-        "What gear did you list for the Highlands trek?",
+        "What did you tell me to pack for hiking in Scotland?",
         "waterproofs, midge net, boots, merino layers",
     ),
     (
         "How do I remove a red wine stain from the carpet?",
         "Blot, don't rub, then cover it with baking soda and a splash of hydrogen peroxide, and vacuum once dry.",
-        "What did you say to do about the spill on the rug?",
+        "How did you say to remove the red wine stain?",
         "blot, baking soda + peroxide",
     ),
     (
         "Any tips for a long-haul flight with a baby?",
         "Book the bulkhead bassinet seat, feed during take-off and landing for their ears, and bring two spare outfits.",
-        "What advice did you give for flying far with an infant?",
+        "What tips did you give for the long-haul flight with a baby?",
         "bulkhead bassinet, feed at take-off/landing",
     ),
     (
         "What's a simple way to start meditating?",
         "Sit for five minutes after brushing your teeth and count ten breaths at a time; the Medito app is free.",
-        "How did you suggest I begin a mindfulness habit?",
+        "How did you suggest I start meditating?",
         "5 minutes after brushing teeth, count breaths, Medito",
     ),
     (
         "What wine goes with grilled salmon?",
         "A dry Pinot Noir from Oregon or a crisp Sancerre both pair nicely.",
-        "Which bottle did you think would match the fish I'm barbecuing?",
+        "Which wine did you suggest with the grilled salmon?",
         "Pinot Noir or Sancerre",
     ),
     (
         "How should I prepare for a job interview at a startup?",
         "Use their product for a week, prepare three stories in STAR format, and ask about runway and team size.",
-        "What did you tell me to do to get ready for talking to that young company?",
+        "How did you tell me to prepare for the startup interview?",
         "use product, STAR stories, ask about runway",
     ),
     (
         "Suggest a name for our team's Slack channel about coffee.",
         "#bean-there-done-that is hard to beat.",
-        "What chat room title did you come up with for the caffeine lovers at work?",
+        "What name did you suggest for our coffee Slack channel?",
         "#bean-there-done-that",
     ),
     (
         "What can I do about my squeaky bedroom door?",
         "Lift the hinge pins and rub them with a bar of soap or a bit of WD-40, then tap them back in.",
-        "How did you propose fixing the noisy hinge?",
+        "How did you say to fix the squeaky door?",
         "soap or WD-40 on hinge pins",
     ),
     (
         "How do I keep cut flowers fresh longer?",
         "Trim the stems at an angle every two days, change the water, and keep them away from the fruit bowl.",
-        "What was your tip for making the bouquet last?",
+        "How did you say to keep cut flowers fresh?",
         "trim at an angle, change water, away from fruit",
     ),
     (
         "Can you help me pick a font for my CV?",
         "Source Sans or Inter at 10.5 points look clean and read well in applicant tracking systems.",
-        "Which typeface did you recommend for my résumé?",
+        "Which font did you recommend for my CV?",
         "Source Sans or Inter",
     ),
 ]
@@ -1229,9 +1228,7 @@ def generate_dataset(
             be = "are" if pronoun == "they" else "is"
             if attribute == "job":
                 old_job, old_org = spare_jobs.pop()
-                old = (
-                    f"{name} works as a {old_job} at {old_org} and honestly {pronoun} {be} a bit burned out."
-                )
+                old = f"My {relation} {name} works as a {old_job} at {old_org}, honestly {pronoun} {be} a bit burned out."
             else:
                 old = (
                     f"My {relation} {name} lives in {spare_cities.pop()} and loves the little harbour there."
