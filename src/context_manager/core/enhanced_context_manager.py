@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -25,9 +26,11 @@ from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook
 from context_manager.core.errors import InvalidArgumentError, LifecycleError, StorageError
-from context_manager.core.messages import Message
+from context_manager.core.messages import Message, ToolCall
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.tokens import TokenCounter, get_token_counter
+from context_manager.core.tool_system import ToolManager, ToolResult
+from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
 
 __all__ = ["EnhancedContextManager"]
 
@@ -83,6 +86,8 @@ class EnhancedContextManager:
         self._summarizer = summarizer
         self._state: _State = "new"
         self._window: ContextWindow | None = None
+        self.tool_manager = ToolManager(self.config)
+        """Registers and runs tools (``register_function_tool``, ``get_tool_schemas`` ...)."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -325,6 +330,62 @@ class EnhancedContextManager:
         if self._window is None:
             return []
         return [record.to_dict() for record in self._window.compression_history]
+
+    # -- tools ----------------------------------------------------------------------------------------
+
+    async def execute_tool(self, tool_name: str, /, **kwargs: Any) -> ToolResult:
+        """Run a registered tool with keyword arguments (see :class:`ToolManager` for the checks).
+
+        Never raises for tool-side problems: an unknown tool, invalid arguments, a denied permission, a
+        rate limit, a timeout or an exception in the tool give ``success=False`` with ``error`` and
+        ``error_type``.
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("execute_tool")
+        result = await self.tool_manager.execute(tool_name, **kwargs)
+        self._record_tool_result(result)
+        return result
+
+    async def execute_tool_calls(
+        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = ""
+    ) -> list[ToolResult]:
+        """Run a model's tool calls and append one paired tool result message per call to the window.
+
+        The assistant message carrying the calls is added first unless it is already in the window (added
+        with ``add_message("assistant", ..., tool_calls=...)``). Calls run concurrently, at most
+        ``config.max_concurrent_tool_calls`` at once; results come back in call order. A result longer
+        than its tool's ``max_output_tokens`` is cut with a marker in the window only.
+
+        Args:
+            calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
+            content: Text of the assistant message, when it has to be added.
+
+        Raises:
+            InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
+            ToolCallPairingError: the calls were already answered, or only part of them is pending.
+            ContextBudgetError: the assistant message cannot fit (nothing runs).
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        window = self._require_ready("execute_tool_calls")
+        results = await execute_tool_calls_in_window(self.tool_manager, window, calls, content=content)
+        for result in results:
+            self._record_tool_result(result)
+        return results
+
+    def _record_tool_result(self, result: ToolResult) -> None:
+        """Record a tool call in the performance monitor, when there is one."""
+        monitor = getattr(self, "performance_monitor", None)
+        if monitor is None:
+            return
+        known = result.tool_name in self.tool_manager
+        monitor.record_operation(
+            f"tool:{result.tool_name}" if known else "tool:unknown",
+            result.execution_time,
+            result.success,
+            error=None if result.error_type is None else result.error_type.value,
+        )
 
 
 def _make_private_directory(path: Path) -> None:

@@ -32,6 +32,7 @@ from context_manager.core.tool_system.permissions import (
 )
 from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
+from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
 
 __all__ = [
     "ApprovalCallback",
@@ -46,6 +47,7 @@ __all__ = [
     "ToolPermission",
     "ToolResult",
     "ToolResultCache",
+    "execute_tool_calls_in_window",
     "get_tool_definition",
     "tool",
 ]

@@ -1,0 +1,133 @@
+"""Run a model's tool calls and record them in a context window, correctly paired.
+
+:func:`execute_tool_calls_in_window` is what ``EnhancedContextManager.execute_tool_calls`` does:
+
+1. the calls are parsed (OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall``);
+   malformed batches (no id, repeated ids) raise before anything changes;
+2. the assistant message carrying the calls is put in the window unless it is already there (all the
+   calls pending), so a tool result never appears without its call;
+3. the calls run concurrently through the :class:`~context_manager.core.tool_system.manager.ToolManager`
+   (every check applies);
+4. one tool result message per call is appended, in call order. A result longer than the tool's
+   ``max_output_tokens`` is cut in the window with a visible marker; the returned ``ToolResult`` keeps
+   the full output (and ``on_truncated`` receives it, e.g. to store it in memory).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from context_manager.core.context_window import ContextWindow
+from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.tokens import truncate_to_tokens
+from context_manager.core.tool_system.manager import ToolManager
+from context_manager.core.tool_system.results import ToolResult
+
+__all__ = ["TRUNCATION_MARKER", "TruncationCallback", "execute_tool_calls_in_window"]
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_MARKER = "\n[tool output truncated: {shown} of {total} tokens shown]"
+"""Appended to a tool result cut to ``max_output_tokens`` in the window."""
+OMITTED_CONTENT = "[tool output omitted: it does not fit in the context budget]"
+"""Stands in for a tool result that cannot fit in the window even after compression."""
+
+TruncationCallback = Callable[[ToolCall, ToolResult, str], Awaitable[None] | None]
+"""Receives ``(call, result, full_text)`` for each result cut in the window (sync or async)."""
+
+
+def _window_text(window: ContextWindow, result: ToolResult, limit: int | None) -> tuple[str, int | None]:
+    """Return the text for the window and, when it was cut, the full text's token count."""
+    text = result.to_content()
+    if limit is None or not text:
+        return text, None
+    counter = window.counter
+    total = counter.count(text)
+    if total <= limit:
+        return text, None
+    marker_budget = counter.count(TRUNCATION_MARKER.format(shown=limit, total=total))
+    shown_budget = max(limit - marker_budget, 1)
+    head = truncate_to_tokens(counter, text, shown_budget)
+    shown = counter.count(head)
+    return head + TRUNCATION_MARKER.format(shown=shown, total=total), total
+
+
+async def execute_tool_calls_in_window(
+    manager: ToolManager,
+    window: ContextWindow,
+    calls: Sequence[ToolCall | Mapping[str, Any]],
+    *,
+    content: str = "",
+    caller_key: str | None = None,
+    on_truncated: TruncationCallback | None = None,
+) -> list[ToolResult]:
+    """Run ``calls`` and append one paired tool result message per call to ``window``.
+
+    Args:
+        manager: Runs the tools.
+        window: Receives the assistant message (if absent) and the tool result messages.
+        calls: The model's tool calls.
+        content: Text of the assistant message when it has to be added (what the model said with the calls).
+        caller_key: Rate-limit key of the caller (see ``ToolManager.call_tool``).
+        on_truncated: Receives each result that was cut in the window, with its full text.
+
+    Returns:
+        The results, in call order (full output, never cut).
+
+    Raises:
+        InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
+        ToolCallPairingError: some calls are already in the window and answered, or only part of them is
+            pending (nothing changes).
+        ContextBudgetError: the assistant message cannot fit in the window (nothing runs).
+    """
+    parsed = manager.parse_tool_calls(calls)
+    ids = [item.call.id for item in parsed]
+    pending = window.pending_tool_calls
+    if not all(call_id in pending for call_id in ids):
+        present = {call.id for message in window.messages for call in message.tool_calls}
+        clashing = [call_id for call_id in ids if call_id in present]
+        if clashing:
+            raise ToolCallPairingError(
+                "calls",
+                clashing,
+                "calls that are all unanswered in the window, or all new (answered calls cannot run again)",
+            )
+        assistant = Message.create("assistant", content, tool_calls=[item.call for item in parsed])
+        await window.add(assistant)
+
+    results = await manager.run_parsed_calls(parsed, caller_key=caller_key)
+
+    for item, result in zip(parsed, results, strict=True):
+        call = item.call
+        if call.id not in window.pending_tool_calls:
+            # compression evicted the whole unit (assistant message and earlier results) meanwhile;
+            # a result without its call must not enter the window.
+            logger.debug("tool call %s left the window before its result; result not appended", call.id)
+            continue
+        limit = manager.get_tool(call.name).max_output_tokens if call.name in manager else None
+        text, total = _window_text(window, result, limit)
+        metadata: dict[str, Any] = {
+            "tool_name": call.name,
+            "success": result.success,
+            "error_type": None if result.error_type is None else result.error_type.value,
+            "cached": result.cached,
+        }
+        if total is not None:
+            metadata["truncated"] = True
+            metadata["original_tokens"] = total
+        message = Message.create("tool", text, tool_call_id=call.id, metadata=metadata)
+        try:
+            await window.add(message)
+        except ContextBudgetError:
+            metadata["omitted"] = True
+            await window.add(Message.create("tool", OMITTED_CONTENT, tool_call_id=call.id, metadata=metadata))
+            total = total if total is not None else window.counter.count(result.to_content())
+        if total is not None and on_truncated is not None:
+            outcome = on_truncated(call, result, result.to_content())
+            if inspect.isawaitable(outcome):
+                await outcome
+    return results
