@@ -75,6 +75,10 @@ _EXPORTS: dict[str, str] = {
     "PerformanceThresholds": "context_manager.core.performance_monitor",
     "ConcurrencyController": "context_manager.core.async_operations",
     "TaskStatus": "context_manager.core.async_operations",
+    "HealthChecker": "context_manager.core.health_checker",
+    "HealthState": "context_manager.core.health_checker",
+    "HealthStatus": "context_manager.core.health_checker",
+    "DiagnosticReport": "context_manager.core.health_checker",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -133,6 +137,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolRegistrationError,
         ToolTimeoutError,
     )
+    from context_manager.core.health_checker import DiagnosticReport, HealthChecker, HealthState, HealthStatus
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
     from context_manager.core.messages import Message, Priority, Role, ToolCall
     from context_manager.core.performance_monitor import (
