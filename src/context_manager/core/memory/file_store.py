@@ -1,0 +1,224 @@
+"""Medium-term store: an append-only JSONL log under ``storage_path`` plus an in-memory FTS5 index.
+
+The log (``memories.jsonl``) records every change of the volatile tiers (short and medium) as one
+JSON object per line: ``{"op": "put", "m": {...}}``, ``{"op": "delete", "ids": [...]}``,
+``{"op": "touch", "u": [[id, last_accessed, access_count], ...]}``. A write is one ``write()`` of
+whole lines, flushed to the OS before the call returns (and fsynced when configured), so an
+acknowledged memory survives a crash of the process. Opening replays the log; a torn last line (a
+crash in the middle of a write, never acknowledged) is skipped with a warning and cut off. Any other
+damaged line raises :class:`~context_manager.core.errors.StorageCorruptedError` and the file is left
+untouched. Compaction rewrites the live records to a temporary file and renames it over the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from context_manager.core.errors import StorageCorruptedError, StorageError
+from context_manager.core.memory.in_memory_store import InMemoryStore
+from context_manager.core.memory.index import ColumnWeights
+from context_manager.core.memory.models import Memory, MemoryTier
+
+__all__ = ["FileStore", "JsonlLog", "LOG_FILE_NAME"]
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE_NAME = "memories.jsonl"
+"""Name of the log file under ``storage_path``."""
+
+FILE_MODE = 0o600
+"""Store files are readable and writable by their owner only."""
+
+
+class JsonlLog:
+    """The append-only journal of the volatile tiers.
+
+    Args:
+        path: The log file (created ``0o600`` when missing).
+        fsync: ``os.fsync`` after every append (survives power loss, slower).
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = path
+        """The log file."""
+        self.fsync = fsync
+        """Whether every append is fsynced."""
+        self.record_count = 0
+        """Lines in the log (live and dead), for the compaction policy."""
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def open(self) -> dict[str, Memory]:
+        """Open the log, replay it and return the live memories by id (tier as recorded)."""
+        live: dict[str, Memory] = {}
+        if self.path.exists():
+            live = self._replay()
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        except OSError as error:
+            raise StorageError(f"cannot open memory log {self.path}: {error}", path=self.path) from error
+        return live
+
+    def _replay(self) -> dict[str, Memory]:
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise StorageError(f"cannot read memory log {self.path}: {error}", path=self.path) from error
+        live: dict[str, Memory] = {}
+        lines = data.split(b"\n")
+        torn = lines.pop()  # text after the last newline: empty, or a write cut short by a crash
+        if torn.strip():
+            logger.warning(
+                "memory log %s ends with an incomplete record (%d bytes, a write interrupted by a crash); "
+                "skipping it",
+                self.path,
+                len(torn),
+            )
+            self._cut_torn_tail(len(data) - len(torn))
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                _apply(record, live)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise StorageCorruptedError(
+                    f"memory log {self.path} is damaged at line {number} ({error}); it was not modified. "
+                    "Restore it from a backup, or move it aside to start the short and medium tiers empty "
+                    "(the long-term database is not affected)",
+                    path=self.path,
+                ) from error
+            self.record_count += 1
+        return live
+
+    def _cut_torn_tail(self, size: int) -> None:
+        # The torn bytes were never acknowledged; cutting them keeps the next append on its own line.
+        try:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(size)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise StorageError(f"cannot repair memory log {self.path}: {error}", path=self.path) from error
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append records as whole lines in one write; flushed to the OS (fsynced if configured)."""
+        if not records:
+            return
+        payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        data = payload.encode("utf-8", "surrogatepass")
+        with self._lock:
+            if self._fd is None:
+                raise StorageError(f"memory log {self.path} is closed", path=self.path)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(self._fd)
+            except OSError as error:
+                raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
+            self.record_count += len(records)
+
+    def compact(self, live: Iterable[Memory]) -> tuple[int, int]:
+        """Rewrite the log with one ``put`` per live memory; return its size in bytes before and after.
+
+        The new log is written to a temporary file, fsynced and renamed over the old one, so a crash
+        at any moment leaves either the old or the new log, both complete.
+        """
+        temporary = self.path.with_name(self.path.name + ".compact")
+        with self._lock:
+            before = self.path.stat().st_size if self.path.exists() else 0
+            count = 0
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                chunk: list[str] = []
+                for memory in live:
+                    chunk.append(json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n")
+                    count += 1
+                    if len(chunk) >= 1000:
+                        os.write(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+                        chunk.clear()
+                if chunk:
+                    os.write(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+            _fsync_directory(self.path.parent)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            self.record_count = count
+            return before, self.path.stat().st_size
+
+    def size(self) -> int:
+        """Size of the log in bytes."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def close(self) -> None:
+        """Flush to disk and close the log."""
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+
+
+def _apply(record: dict[str, Any], live: dict[str, Memory]) -> None:
+    operation = record["op"]
+    if operation == "put":
+        memory = Memory.from_dict(record["m"])
+        if not isinstance(memory.content, str):
+            raise TypeError("content is not a string")
+        live[memory.id] = memory
+    elif operation == "delete":
+        for memory_id in record["ids"]:
+            live.pop(memory_id, None)
+    elif operation == "touch":
+        for memory_id, last_accessed, access_count in record["u"]:
+            touched = live.get(memory_id)
+            if touched is not None:
+                touched.last_accessed = float(last_accessed)
+                touched.access_count = int(access_count)
+    else:
+        raise ValueError(f"unknown operation {operation!r}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+class FileStore(InMemoryStore):
+    """The medium-term tier: memories journaled to a :class:`JsonlLog`, indexed in memory.
+
+    Args:
+        log: The journal shared with the short-term tier.
+        weights: BM25 column weights of the index.
+    """
+
+    def __init__(self, log: JsonlLog, *, weights: ColumnWeights | None = None) -> None:
+        super().__init__(MemoryTier.MEDIUM, journal=log, weights=weights)
+        self.log = log
+        """The journal this store writes to."""

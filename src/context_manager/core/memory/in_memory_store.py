@@ -1,0 +1,216 @@
+"""Short-term store: memories in process with an in-memory SQLite FTS5 index.
+
+The store itself keeps nothing on disk; when given a journal (the medium-term JSONL log) it writes a
+record of every change to it, which is how the short-term tier survives a crash and a restart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from context_manager.core.memory.index import ColumnWeights, create_fts_table, fts_row, search_fts
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.store import TurnKey
+
+__all__ = ["InMemoryStore", "Journal"]
+
+_TABLE = "memory_index"
+
+
+class Journal(Protocol):
+    """Where a volatile store records its changes (see :class:`~.file_store.JsonlLog`)."""
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write records durably (flushed to the OS, fsync if configured) before returning."""
+        ...
+
+
+class InMemoryStore:
+    """Memories held in a dict, indexed by an in-memory FTS5 table.
+
+    Args:
+        tier: The tier this store holds (``SHORT`` by default).
+        journal: Where to record changes so they survive a restart; ``None`` keeps nothing.
+        weights: BM25 column weights of the index.
+    """
+
+    def __init__(
+        self,
+        tier: MemoryTier = MemoryTier.SHORT,
+        *,
+        journal: Journal | None = None,
+        weights: ColumnWeights | None = None,
+    ) -> None:
+        self.tier = tier
+        """The tier this store holds."""
+        self._journal = journal
+        self._memories: dict[str, Memory] = {}
+        self._rowids: dict[str, int] = {}
+        self._ids_by_rowid: dict[int, str] = {}
+        self._next_rowid = 1
+        self._tags: dict[str, set[str]] = {}
+        self._turns: dict[TurnKey, str] = {}
+        self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def put(self, memories: Sequence[Memory], *, log: bool = True) -> None:
+        """Insert or replace memories (their ``tier`` is set to this store's), journaled when ``log``."""
+        if not memories:
+            return
+        for memory in memories:
+            memory.tier = self.tier
+        if log and self._journal is not None:
+            self._journal.append([{"op": "put", "m": memory.to_dict()} for memory in memories])
+        self.load(memories)
+
+    def load(self, memories: Sequence[Memory]) -> None:
+        """Index memories without journaling them (replay of the log, moves already recorded)."""
+        rows = []
+        for memory in memories:
+            memory.tier = self.tier
+            if memory.id in self._memories:
+                self._unindex(memory.id)
+            rowid = self._next_rowid
+            self._next_rowid += 1
+            self._memories[memory.id] = memory
+            self._rowids[memory.id] = rowid
+            self._ids_by_rowid[rowid] = memory.id
+            for tag in memory.tags:
+                self._tags.setdefault(tag, set()).add(memory.id)
+            key = _turn_key(memory)
+            if key is not None:
+                self._turns[key] = memory.id
+            rows.append((rowid, *fts_row(memory)))
+        self._connection.executemany(
+            f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def delete(self, ids: Sequence[str], *, log: bool = True) -> list[str]:
+        """Delete memories; journal the deletion when ``log`` (a move to another tier does not)."""
+        present = [memory_id for memory_id in ids if memory_id in self._memories]
+        if not present:
+            return []
+        if log and self._journal is not None:
+            self._journal.append([{"op": "delete", "ids": present}])
+        for memory_id in present:
+            self._unindex(memory_id)
+        return present
+
+    def touch(self, updates: Mapping[str, tuple[float, int]], *, log: bool = True) -> None:
+        """Record access times and counts (one journal record for the whole batch)."""
+        changed = []
+        for memory_id, (last_accessed, access_count) in updates.items():
+            memory = self._memories.get(memory_id)
+            if memory is not None:
+                memory.last_accessed = last_accessed
+                memory.access_count = access_count
+                changed.append([memory_id, last_accessed, access_count])
+        if changed and log and self._journal is not None:
+            self._journal.append([{"op": "touch", "u": changed}])
+
+    def _unindex(self, memory_id: str) -> None:
+        memory = self._memories.pop(memory_id)
+        rowid = self._rowids.pop(memory_id)
+        del self._ids_by_rowid[rowid]
+        self._connection.execute(f"DELETE FROM {_TABLE} WHERE rowid = ?", (rowid,))
+        for tag in memory.tags:
+            holders = self._tags.get(tag)
+            if holders is not None:
+                holders.discard(memory_id)
+                if not holders:
+                    del self._tags[tag]
+        key = _turn_key(memory)
+        if key is not None and self._turns.get(key) == memory_id:
+            del self._turns[key]
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """Return the memory with this id, or ``None``."""
+        return self._memories.get(memory_id)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
+        """Return the memories among ``ids`` held here, by id."""
+        found = {}
+        for memory_id in ids:
+            memory = self._memories.get(memory_id)
+            if memory is not None:
+                found[memory_id] = memory
+        return found
+
+    def search(self, match: str, limit: int) -> list[tuple[Memory, float]]:
+        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first."""
+        if not self._memories:
+            return []
+        return [
+            (self._memories[self._ids_by_rowid[rowid]], score)
+            for rowid, score in search_fts(self._connection, _TABLE, match, limit)
+        ]
+
+    def with_tags(self, tags: Sequence[str]) -> list[Memory]:
+        """Return the memories carrying any of ``tags``."""
+        ids: set[str] = set()
+        for tag in tags:
+            ids.update(self._tags.get(tag, ()))
+        return [self._memories[memory_id] for memory_id in ids]
+
+    def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """Return the memories that are the given conversation turns."""
+        found = []
+        for key in keys:
+            memory_id = self._turns.get(key)
+            if memory_id is not None:
+                found.append(self._memories[memory_id])
+        return found
+
+    def all(self) -> Iterator[Memory]:
+        """Iterate over every memory (a snapshot, safe to mutate the store meanwhile)."""
+        return iter(list(self._memories.values()))
+
+    def count(self) -> int:
+        """How many memories the store holds."""
+        return len(self._memories)
+
+    def __contains__(self, memory_id: object) -> bool:
+        return memory_id in self._memories
+
+    def optimize_index(self) -> None:
+        """Merge the FTS5 index segments (faster queries after many changes)."""
+        self._connection.execute(f"INSERT INTO {_TABLE}({_TABLE}) VALUES('optimize')")
+
+    def check_index(self) -> str:
+        """Run the FTS5 integrity check; return ``"ok"`` or the error text."""
+        try:
+            self._connection.execute(f"INSERT INTO {_TABLE}({_TABLE}, rank) VALUES('integrity-check', 1)")
+        except sqlite3.DatabaseError as error:
+            return str(error)
+        return "ok"
+
+    def rebuild_index(self, weights: ColumnWeights | None = None) -> None:
+        """Drop and rebuild the FTS5 index from the memories held."""
+        memories = list(self._memories.values())
+        self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
+        create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
+        self._memories.clear()
+        self._rowids.clear()
+        self._ids_by_rowid.clear()
+        self._tags.clear()
+        self._turns.clear()
+        self.load(memories)
+
+    def close(self) -> None:
+        """Release the in-memory index."""
+        self._connection.close()
+
+
+def _turn_key(memory: Memory) -> TurnKey | None:
+    session_id = memory.session_id
+    turn_index = memory.turn_index
+    if session_id is None or turn_index is None:
+        return None
+    return (memory.user_id, session_id, turn_index)

@@ -1,0 +1,220 @@
+"""The lexical and vector indexes shared by every memory store.
+
+One lexical engine for every tier: an SQLite FTS5 table (``porter unicode61`` stemming, BM25 with
+per-column weights) in an in-memory database for the volatile tiers and in the long-term file for
+the durable one, so scores compare across tiers. User text never reaches FTS5 as query syntax:
+:func:`query_tokens` keeps only word characters and :func:`build_match` quotes every token.
+
+The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
+(SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.memory.models import Memory
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
+__all__ = [
+    "FTS_COLUMNS",
+    "TOKENIZER",
+    "ColumnWeights",
+    "VectorIndex",
+    "build_match",
+    "create_fts_table",
+    "fts_row",
+    "owner_token",
+    "query_tokens",
+    "search_fts",
+]
+
+FTS_COLUMNS = ("content", "tags", "context", "date", "owner")
+"""Columns of every FTS5 table: the text, its tags, the previous turn, the session date, the owner."""
+
+TOKENIZER = "porter unicode61 remove_diacritics 2"
+"""FTS5 tokenizer: Unicode word splitting, diacritics folded, Porter stemming."""
+
+MAX_QUERY_TOKENS = 32
+"""Longer queries keep their first distinct tokens (bounds the cost of one search)."""
+
+CONTEXT_CHARS = 300
+"""How much of the previous turn is indexed with a turn (lower-weighted column)."""
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnWeights:
+    """BM25 weights of the FTS5 columns (the owner column always weighs 0)."""
+
+    content: float = 1.0
+    """Weight of the memory's own text."""
+    tags: float = 0.5
+    """Weight of its tags."""
+    context: float = 0.3
+    """Weight of the previous turn's text (conversation memories)."""
+    date: float = 0.3
+    """Weight of the session date."""
+
+    def rank_expression(self) -> str:
+        """The ``bm25(...)`` expression stored as the table's ``rank`` (what ``ORDER BY rank`` uses)."""
+        return f"bm25({self.content!r}, {self.tags!r}, {self.context!r}, {self.date!r}, 0.0)"
+
+
+def owner_token(user_id: str | None) -> str:
+    """Return the single FTS token that stands for an owner (``None`` is the default namespace)."""
+    if user_id is None:
+        return "ownerdefault"
+    digest = hashlib.blake2b(user_id.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return f"owner{digest}"
+
+
+def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
+    """Split free text into distinct lower-case word tokens (no FTS5 syntax can survive this)."""
+    seen: dict[str, None] = {}
+    for match in _WORD.finditer(text.lower()):
+        token = match.group(0)
+        if token not in seen:
+            seen[token] = None
+            if len(seen) >= limit:
+                break
+    return list(seen)
+
+
+def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None = None) -> str:
+    """Build a safe FTS5 MATCH expression: quoted tokens joined by OR, restricted to one owner.
+
+    Args:
+        tokens: Word tokens from :func:`query_tokens` (quotes are doubled anyway).
+        owner: An :func:`owner_token`, or ``None`` for every owner.
+        column: Restrict the tokens to one column (e.g. ``"tags"``).
+    """
+    quoted = " OR ".join('"' + token.replace('"', '""') + '"' for token in tokens)
+    if column is not None:
+        quoted = f"{column} : ({quoted})"
+    if owner is None:
+        return quoted
+    return f'owner : "{owner}" AND ({quoted})'
+
+
+def fts_row(memory: Memory) -> tuple[str, str, str, str, str]:
+    """The FTS5 column values indexed for a memory."""
+    return (
+        memory.content,
+        " ".join(memory.tags),
+        memory.context[:CONTEXT_CHARS],
+        memory.session_date or "",
+        owner_token(memory.user_id),
+    )
+
+
+def create_fts_table(connection: sqlite3.Connection, table: str, weights: ColumnWeights) -> None:
+    """Create the FTS5 table if missing and (re)apply the column weights to its ``rank``.
+
+    Column weights change ``ORDER BY rank`` only when stored this way, not as arguments to
+    ``bm25()`` in the query.
+    """
+    columns = ", ".join(FTS_COLUMNS)
+    connection.execute(
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5({columns}, tokenize='{TOKENIZER}')"
+    )
+    connection.execute(f"INSERT INTO {table}({table}, rank) VALUES('rank', ?)", (weights.rank_expression(),))
+
+
+def search_fts(connection: sqlite3.Connection, table: str, match: str, limit: int) -> list[tuple[int, float]]:
+    """Return ``(rowid, bm25)`` pairs, best first, with BM25 made positive (higher is better)."""
+    rows = connection.execute(
+        f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? ORDER BY rank LIMIT ?", (match, limit)
+    ).fetchall()
+    return [(int(rowid), -float(rank)) for rowid, rank in rows]
+
+
+class VectorIndex:
+    """Float32 vectors keyed by memory id, scored with numpy (rows are L2-normalised)."""
+
+    def __init__(self, dimension: int) -> None:
+        import numpy as np
+
+        self.dimension = dimension
+        """Length of every vector."""
+        self._matrix: Any = np.zeros((0, dimension), dtype=np.float32)
+        self._ids: list[str | None] = []
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, memory_id: object) -> bool:
+        return memory_id in self._rows
+
+    def add(self, ids: Sequence[str], vectors: numpy.ndarray) -> None:
+        """Add or replace the vectors of ``ids`` (``vectors`` has one row per id)."""
+        import numpy as np
+
+        for memory_id, vector in zip(ids, vectors, strict=True):
+            row = self._rows.get(memory_id)
+            if row is None:
+                if self._free:
+                    row = self._free.pop()
+                else:
+                    row = len(self._ids)
+                    self._ids.append(None)
+                    if row >= self._matrix.shape[0]:
+                        grown = np.zeros((max(16, 2 * self._matrix.shape[0]), self.dimension), np.float32)
+                        grown[: self._matrix.shape[0]] = self._matrix
+                        self._matrix = grown
+                self._ids[row] = memory_id
+                self._rows[memory_id] = row
+            self._matrix[row] = vector
+
+    def remove(self, ids: Iterable[str]) -> None:
+        """Forget the vectors of ``ids`` (unknown ids are ignored)."""
+        for memory_id in ids:
+            row = self._rows.pop(memory_id, None)
+            if row is not None:
+                self._ids[row] = None
+                self._matrix[row] = 0.0
+                self._free.append(row)
+
+    def get(self, memory_id: str) -> numpy.ndarray | None:
+        """The vector of one memory, or ``None``."""
+        row = self._rows.get(memory_id)
+        return None if row is None else self._matrix[row].copy()
+
+    def search(self, query: numpy.ndarray, limit: int) -> list[tuple[str, float]]:
+        """Return up to ``limit`` ``(id, cosine)`` pairs, most similar first."""
+        import numpy as np
+
+        used = len(self._ids)
+        if used == 0 or limit <= 0:
+            return []
+        scores = self._matrix[:used] @ query.astype(np.float32)
+        count = min(limit, used)
+        top = np.argpartition(-scores, count - 1)[:count] if count < used else np.arange(used)
+        top = top[np.argsort(-scores[top])]
+        found: list[tuple[str, float]] = []
+        for row in top.tolist():
+            memory_id = self._ids[row]
+            if memory_id is not None:
+                found.append((memory_id, float(scores[row])))
+        return found
+
+    def scores_for(self, query: numpy.ndarray, ids: Iterable[str]) -> dict[str, float]:
+        """Cosine similarity of ``query`` with each known id in ``ids``."""
+        import numpy as np
+
+        pairs = [(memory_id, row) for memory_id in ids if (row := self._rows.get(memory_id)) is not None]
+        if not pairs:
+            return {}
+        rows = np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
+        values = self._matrix[rows] @ query.astype(np.float32)
+        return {memory_id: float(value) for (memory_id, _), value in zip(pairs, values.tolist(), strict=True)}

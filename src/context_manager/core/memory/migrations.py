@@ -1,0 +1,102 @@
+"""Versioned schema of the long-term SQLite store: ordered, named migrations recorded in a table.
+
+Each migration is a function that takes a connection and changes the schema inside the transaction
+that also records its name in ``schema_migrations``. Opening a store applies, in order, every
+migration whose name is not recorded yet. Add a migration by appending to :data:`MIGRATIONS`; never
+edit or reorder one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from context_manager.core.memory.index import ColumnWeights, create_fts_table
+
+__all__ = ["MIGRATIONS", "apply_migrations", "applied_migrations"]
+
+FTS_TABLE = "memories_fts"
+
+
+def m001_memories(connection: sqlite3.Connection) -> None:
+    """Memories, their tags, turn lookup and the FTS5 index."""
+    connection.execute(
+        """
+        CREATE TABLE memories (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            content TEXT NOT NULL,
+            importance REAL NOT NULL,
+            tags TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_accessed REAL NOT NULL,
+            access_count INTEGER NOT NULL,
+            metadata TEXT NOT NULL,
+            user_id TEXT,
+            source TEXT NOT NULL,
+            superseded_by TEXT,
+            merged_from TEXT NOT NULL,
+            context TEXT NOT NULL,
+            session_id TEXT,
+            turn_index INTEGER
+        )
+        """
+    )
+    connection.execute(
+        "CREATE INDEX memories_turn ON memories(session_id, turn_index) WHERE session_id IS NOT NULL"
+    )
+    connection.execute("CREATE INDEX memories_user_created ON memories(user_id, created_at)")
+    connection.execute(
+        "CREATE TABLE memory_tags (tag TEXT NOT NULL, memory_rowid INTEGER NOT NULL, "
+        "PRIMARY KEY (tag, memory_rowid)) WITHOUT ROWID"
+    )
+    create_fts_table(connection, FTS_TABLE, ColumnWeights())
+
+
+def m002_vectors(connection: sqlite3.Connection) -> None:
+    """Embedding vectors (float32 blobs) of memories of any tier, by memory id and model."""
+    connection.execute(
+        "CREATE TABLE memory_vectors (id TEXT PRIMARY KEY, model TEXT NOT NULL, "
+        "dimension INTEGER NOT NULL, vector BLOB NOT NULL)"
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("0001_memories", m001_memories),
+    ("0002_vectors", m002_vectors),
+]
+"""Every migration in the order it is applied."""
+
+
+def applied_migrations(connection: sqlite3.Connection) -> list[str]:
+    """Names of the migrations recorded in the database, in order."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    return [name for (name,) in connection.execute("SELECT name FROM schema_migrations ORDER BY name")]
+
+
+def apply_migrations(connection: sqlite3.Connection) -> list[str]:
+    """Apply the missing migrations in order, each in its own transaction; return their names.
+
+    The connection must be in autocommit mode (``isolation_level=None``).
+    """
+    done = set(applied_migrations(connection))
+    applied = []
+    for version, (name, migrate) in enumerate(MIGRATIONS, start=1):
+        if name in done:
+            continue
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            migrate(connection)
+            connection.execute(
+                "INSERT INTO schema_migrations(name, applied_at) VALUES (?, ?)", (name, time.time())
+            )
+            connection.execute(f"PRAGMA user_version = {version}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied

@@ -1,0 +1,177 @@
+"""Value objects of the memory system: :class:`Memory` and :class:`MemoryTier`.
+
+A memory is a piece of text with an importance, tags and metadata, owned by one user (or the
+default namespace, ``user_id=None``). Times are seconds since the epoch (like :func:`time.time`).
+
+Memories that come from a conversation carry the metadata keys :data:`CONVERSATION_KEYS`
+(``session_id``, ``turn_index``, ``speaker``, ``session_date``); search uses them for neighbour
+context, speaker boosts and session-level scores.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["CONVERSATION_KEYS", "Memory", "MemoryTier", "new_memory_id"]
+
+CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
+"""Metadata keys that mark a memory as a turn of a conversation."""
+
+
+class MemoryTier(enum.StrEnum):
+    """Where a memory lives; tiers differ in speed and retention, every tier is durable.
+
+    * ``SHORT``: in process, the newest memories, fastest (persisted through the medium-term log).
+    * ``MEDIUM``: an append-only JSONL log under ``storage_path`` with an in-memory index.
+    * ``LONG``: a SQLite database under ``storage_path`` for important and consolidated memories.
+    """
+
+    SHORT = "short"
+    MEDIUM = "medium"
+    LONG = "long"
+
+    @classmethod
+    def parse(cls, value: MemoryTier | str) -> MemoryTier:
+        """Return the tier named by ``value`` (a tier or its name, any case); raise ``ValueError``."""
+        if isinstance(value, MemoryTier):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        raise ValueError(value)
+
+
+def new_memory_id() -> str:
+    """Return a fresh, unguessable memory id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Memory:
+    """One remembered piece of text.
+
+    Example:
+        >>> memory = Memory(id="m1", content="Paris is the capital of France", importance=0.8)
+        >>> memory.tier
+        <MemoryTier.SHORT: 'short'>
+    """
+
+    id: str
+    """Unique id (32 hex characters unless imported with another)."""
+    content: str
+    """The remembered text (never empty)."""
+    importance: float = 0.5
+    """How important the memory is, from 0 (trivial) to 1 (critical); drives placement and ranking."""
+    tags: list[str] = field(default_factory=list)
+    """Free-form labels, searchable with ``search_by_tags``."""
+    tier: MemoryTier = MemoryTier.SHORT
+    """The tier the memory lives in (a memory copied to long-term reports its fastest tier)."""
+    created_at: float = 0.0
+    """When the memory was added, in seconds since the epoch."""
+    last_accessed: float = 0.0
+    """When the memory was last returned by a search or get, in seconds since the epoch."""
+    access_count: int = 0
+    """How many times the memory was returned by a search (updated in batches)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """JSON-serialisable extra data; conversation turns carry ``session_id``, ``turn_index``,
+    ``speaker`` and ``session_date``; evicted context also ``role``, ``message_id``, ``timestamp``."""
+    user_id: str | None = None
+    """The owner; ``None`` is the default namespace. Searches never cross owners unless asked."""
+    source: str = "api"
+    """Where the memory came from: ``"api"``, ``"context"`` (evicted messages), ``"consolidation"``,
+    ``"import"``."""
+    superseded_by: str | None = None
+    """Id of the memory that consolidated this one; superseded memories are hidden from search."""
+    merged_from: list[str] = field(default_factory=list)
+    """Ids of the memories this one consolidates (provenance; lets a merge be undone)."""
+    context: str = ""
+    """Text of the previous turn of the same conversation (indexed at a low weight so a turn that
+    answers a question is found by the words of the question); empty for other memories."""
+    score: float | None = None
+    """Relevance score filled in on search results (higher is better); ``None`` elsewhere."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict of every field except ``score``."""
+        return {
+            "id": self.id,
+            "content": self.content,
+            "importance": self.importance,
+            "tags": list(self.tags),
+            "tier": self.tier.value,
+            "created_at": self.created_at,
+            "last_accessed": self.last_accessed,
+            "access_count": self.access_count,
+            "metadata": self.metadata,
+            "user_id": self.user_id,
+            "source": self.source,
+            "superseded_by": self.superseded_by,
+            "merged_from": list(self.merged_from),
+            "context": self.context,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Memory:
+        """Build a memory from :meth:`to_dict` output; raise ``KeyError``/``ValueError``/``TypeError``."""
+        return cls(
+            id=str(data["id"]),
+            content=data["content"],
+            importance=float(data.get("importance", 0.5)),
+            tags=list(data.get("tags") or []),
+            tier=MemoryTier.parse(data.get("tier", "short")),
+            created_at=float(data.get("created_at", 0.0)),
+            last_accessed=float(data.get("last_accessed", 0.0)),
+            access_count=int(data.get("access_count", 0)),
+            metadata=dict(data.get("metadata") or {}),
+            user_id=data.get("user_id"),
+            source=str(data.get("source", "api")),
+            superseded_by=data.get("superseded_by"),
+            merged_from=list(data.get("merged_from") or []),
+            context=str(data.get("context") or ""),
+        )
+
+    def copy(self, **changes: Any) -> Memory:
+        """Return a copy with ``changes`` applied (lists and metadata are copied, not shared)."""
+        base = {f.name: getattr(self, f.name) for f in fields(self)}
+        base["tags"] = list(self.tags)
+        base["metadata"] = dict(self.metadata)
+        base["merged_from"] = list(self.merged_from)
+        base.update(changes)
+        return replace(self, **base)
+
+    # --- conversation metadata, read by the stores and the ranking ---------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The conversation session this memory is a turn of, if any."""
+        value = self.metadata.get("session_id")
+        return None if value is None else str(value)
+
+    @property
+    def turn_index(self) -> int | None:
+        """The position of this turn within its session, if any."""
+        value = self.metadata.get("turn_index")
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def speaker(self) -> str | None:
+        """Who said this turn (a name, or a role such as ``"user"``), if known."""
+        value = self.metadata.get("speaker")
+        return None if value is None else str(value)
+
+    @property
+    def session_date(self) -> str | None:
+        """The date of the session as text (e.g. ``"2023-05-08"``), if known."""
+        value = self.metadata.get("session_date")
+        return None if value is None else str(value)

@@ -1,0 +1,452 @@
+"""Long-term store: SQLite under ``storage_path`` (WAL, FTS5 BM25, versioned schema).
+
+Every write is one transaction committed before the call returns; with WAL and
+``synchronous=NORMAL`` a committed write survives a crash of the process (``fsync=True`` switches to
+``synchronous=FULL``, which also survives power loss). Embedding vectors are kept as float32 blobs
+and scored with numpy by the manager. The methods block: the manager calls them off the event loop;
+a lock makes the one connection safe to use from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import StorageCorruptedError, StorageError
+from context_manager.core.memory.index import ColumnWeights, create_fts_table, fts_row
+from context_manager.core.memory.migrations import FTS_TABLE, apply_migrations
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.store import TurnKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
+__all__ = ["DATABASE_FILE_NAME", "SQLiteStore"]
+
+DATABASE_FILE_NAME = "memories.sqlite3"
+"""Name of the long-term database under ``storage_path``."""
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_COLUMNS = (
+    "id, content, importance, tags, created_at, last_accessed, access_count, metadata, user_id, source, "
+    "superseded_by, merged_from, context"
+)
+_SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
+
+
+class SQLiteStore:
+    """Memories in an SQLite database file with an FTS5 index.
+
+    Args:
+        path: The database file (created ``0o600`` when missing).
+        fsync: Use ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``.
+        weights: BM25 column weights of the index.
+    """
+
+    tier = MemoryTier.LONG
+
+    def __init__(self, path: Path, *, fsync: bool = False, weights: ColumnWeights | None = None) -> None:
+        self.path = path
+        """The database file."""
+        self._fsync = fsync
+        self._weights = weights or ColumnWeights()
+        self._lock = threading.RLock()
+        self._connection: sqlite3.Connection | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> list[str]:
+        """Open (creating if needed) and migrate the database; return the migrations applied."""
+        self._check_header()
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        with self._guard():
+            connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._connection = connection
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            connection.execute("PRAGMA busy_timeout=5000")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            applied = apply_migrations(connection)
+            create_fts_table(connection, FTS_TABLE, self._weights)  # applies the current column weights
+            return applied
+
+    def _check_header(self) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise StorageError(f"cannot read {self.path}: {error}", path=self.path) from error
+        if header and header != _SQLITE_HEADER:
+            raise self._corrupted("it is not an SQLite database")
+
+    def _corrupted(self, reason: str) -> StorageCorruptedError:
+        return StorageCorruptedError(
+            f"long-term memory database {self.path} is damaged ({reason}); it was not modified. "
+            f"Restore it from a backup, or move it (and its -wal/-shm files) aside to start the long-term "
+            f"tier empty; `sqlite3 {self.path.name} .recover` may salvage its rows",
+            path=self.path,
+        )
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as error:
+                raise StorageError(
+                    f"long-term memory database {self.path}: {error}", path=self.path
+                ) from error
+            except sqlite3.DatabaseError as error:
+                if type(error) is sqlite3.DatabaseError or "malformed" in str(error):
+                    raise self._corrupted(str(error)) from error
+                raise
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StorageError(f"long-term memory database {self.path} is closed", path=self.path)
+        return self._connection
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the database."""
+        with self._lock:
+            if self._connection is not None:
+                with suppress(sqlite3.DatabaseError):
+                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._connection.close()
+                self._connection = None
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def put(self, memories: Sequence[Memory]) -> None:
+        """Insert or replace memories in one committed transaction."""
+        if not memories:
+            return
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for memory in memories:
+                    memory.tier = MemoryTier.LONG
+                    self._write_one(db, memory)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _write_one(self, db: sqlite3.Connection, memory: Memory) -> None:
+        values = (
+            memory.id,
+            memory.content,
+            memory.importance,
+            json.dumps(memory.tags, ensure_ascii=False),
+            memory.created_at,
+            memory.last_accessed,
+            memory.access_count,
+            json.dumps(memory.metadata, ensure_ascii=False),
+            memory.user_id,
+            memory.source,
+            memory.superseded_by,
+            json.dumps(memory.merged_from),
+            memory.context,
+            memory.session_id,
+            memory.turn_index,
+        )
+        existing = db.execute("SELECT rowid FROM memories WHERE id = ?", (memory.id,)).fetchone()
+        if existing is None:
+            cursor = db.execute(
+                f"INSERT INTO memories({_COLUMNS}, session_id, turn_index) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            rowid = cursor.lastrowid
+        else:
+            rowid = existing[0]
+            db.execute(
+                "UPDATE memories SET id = ?, content = ?, importance = ?, tags = ?, created_at = ?, "
+                "last_accessed = ?, access_count = ?, metadata = ?, user_id = ?, source = ?, "
+                "superseded_by = ?, merged_from = ?, context = ?, session_id = ?, turn_index = ? "
+                "WHERE rowid = ?",
+                (*values, rowid),
+            )
+            db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", (rowid,))
+            db.execute("DELETE FROM memory_tags WHERE memory_rowid = ?", (rowid,))
+        db.execute(
+            f"INSERT INTO {FTS_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
+            (rowid, *fts_row(memory)),
+        )
+        if memory.tags:
+            db.executemany(
+                "INSERT OR IGNORE INTO memory_tags(tag, memory_rowid) VALUES (?, ?)",
+                [(tag, rowid) for tag in memory.tags],
+            )
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete memories (and their vectors) in one transaction; return the ids that were present."""
+        if not ids:
+            return []
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                present = []
+                for memory_id in ids:
+                    row = db.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()
+                    if row is None:
+                        continue
+                    present.append(memory_id)
+                    db.execute("DELETE FROM memories WHERE rowid = ?", row)
+                    db.execute(f"DELETE FROM {FTS_TABLE} WHERE rowid = ?", row)
+                    db.execute("DELETE FROM memory_tags WHERE memory_rowid = ?", row)
+                db.executemany("DELETE FROM memory_vectors WHERE id = ?", [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return present
+
+    def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record access times and counts in one transaction."""
+        if not updates:
+            return
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "UPDATE memories SET last_accessed = ?, access_count = ? WHERE id = ?",
+                    [(last, count, memory_id) for memory_id, (last, count) in updates.items()],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory | None:
+        """Return the memory with this id, or ``None``."""
+        with self._guard():
+            row = self._db.execute(f"{_SELECT} WHERE id = ?", (memory_id,)).fetchone()
+        return None if row is None else _memory(row)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
+        """Return the memories among ``ids`` held here, by id."""
+        found: dict[str, Memory] = {}
+        with self._guard():
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for row in self._db.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
+                    memory = _memory(row)
+                    found[memory.id] = memory
+        return found
+
+    def __contains__(self, memory_id: object) -> bool:
+        with self._guard():
+            return (
+                self._db.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is not None
+            )
+
+    def search(self, match: str, limit: int) -> list[tuple[Memory, float]]:
+        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first."""
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, r.score "
+                f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+                "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
+                (match, limit),
+            ).fetchall()
+        return [(_memory(row), -float(row[-1])) for row in rows]
+
+    def with_tags(self, tags: Sequence[str]) -> list[Memory]:
+        """Return the memories carrying any of ``tags``."""
+        if not tags:
+            return []
+        marks = ",".join("?" * len(tags))
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT DISTINCT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+                "FROM memory_tags AS t JOIN memories AS m ON m.rowid = t.memory_rowid "
+                f"WHERE t.tag IN ({marks})",
+                list(tags),
+            ).fetchall()
+        return [_memory(row) for row in rows]
+
+    def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """Return the memories that are the given conversation turns."""
+        found = []
+        with self._guard():
+            for user_id, session_id, turn_index in keys:
+                for row in self._db.execute(
+                    f"{_SELECT} WHERE session_id = ? AND turn_index = ?", (session_id, turn_index)
+                ):
+                    memory = _memory(row)
+                    if memory.user_id == user_id:
+                        found.append(memory)
+        return found
+
+    def all(self) -> Iterator[Memory]:
+        """Iterate over every memory, in chunks (the lock is not held between chunks)."""
+        last = 0
+        while True:
+            with self._guard():
+                rows = self._db.execute(
+                    f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT 1000", (last,)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _memory(row)
+            last = rows[-1][0]
+
+    def count(self) -> int:
+        """How many memories the store holds."""
+        with self._guard():
+            return int(self._db.execute("SELECT count(*) FROM memories").fetchone()[0])
+
+    def statistics(self) -> list[tuple[str | None, int, float, float, float]]:
+        """Per user: ``(user_id, count, oldest created_at, newest created_at, mean importance)``."""
+        with self._guard():
+            return [
+                (row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]))
+                for row in self._db.execute(
+                    "SELECT user_id, count(*), min(created_at), max(created_at), avg(importance) "
+                    "FROM memories GROUP BY user_id"
+                )
+            ]
+
+    # --- vectors ---------------------------------------------------------------------------------
+
+    def save_vectors(self, model: str, ids: Sequence[str], vectors: numpy.ndarray) -> None:
+        """Store float32 vectors of memories (any tier) for the embedding ``model``."""
+        import numpy as np
+
+        rows = [
+            (memory_id, model, int(vector.shape[0]), np.asarray(vector, dtype=np.float32).tobytes())
+            for memory_id, vector in zip(ids, vectors, strict=True)
+        ]
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR REPLACE INTO memory_vectors(id, model, dimension, vector) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load_vectors(self, model: str, dimension: int) -> tuple[list[str], numpy.ndarray]:
+        """Return the ids and the matrix of vectors stored for ``model``."""
+        import numpy as np
+
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT id, vector FROM memory_vectors WHERE model = ? AND dimension = ?", (model, dimension)
+            ).fetchall()
+        matrix = np.zeros((len(rows), dimension), dtype=np.float32)
+        for position, (_, blob) in enumerate(rows):
+            matrix[position] = np.frombuffer(blob, dtype=np.float32)
+        return [row[0] for row in rows], matrix
+
+    def delete_vectors(self, ids: Sequence[str]) -> None:
+        """Forget the vectors of ``ids``."""
+        if not ids:
+            return
+        with self._guard():
+            self._db.executemany("DELETE FROM memory_vectors WHERE id = ?", [(i,) for i in ids])
+
+    # --- maintenance -----------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Bytes on disk: the database and its WAL."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+    def optimize(self) -> None:
+        """Merge FTS5 segments, refresh planner statistics and checkpoint (truncate) the WAL."""
+        with self._guard():
+            db = self._db
+            db.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES('optimize')")
+            db.execute("PRAGMA optimize")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def check_integrity(self) -> dict[str, str]:
+        """Run ``PRAGMA integrity_check`` and the FTS5 integrity check; ``"ok"`` or the problems."""
+        result = {}
+        with self._lock:
+            db = self._db
+            try:
+                rows = db.execute("PRAGMA integrity_check").fetchall()
+                result["sqlite"] = "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:10])
+            except sqlite3.DatabaseError as error:
+                result["sqlite"] = str(error)
+            try:
+                db.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rank) VALUES('integrity-check', 1)")
+                result["fts"] = "ok"
+            except sqlite3.DatabaseError as error:
+                result["fts"] = str(error)
+        return result
+
+    def rebuild_index(self) -> int:
+        """Rebuild the FTS5 index and the tag table from the memories table; return the rows indexed."""
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
+                create_fts_table(db, FTS_TABLE, self._weights)
+                db.execute("DELETE FROM memory_tags")
+                count = 0
+                for row in db.execute(f"{_SELECT}").fetchall():
+                    memory = _memory(row)
+                    db.execute(
+                        f"INSERT INTO {FTS_TABLE}(rowid, content, tags, context, date, owner) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (row[0], *fts_row(memory)),
+                    )
+                    db.executemany(
+                        "INSERT OR IGNORE INTO memory_tags(tag, memory_rowid) VALUES (?, ?)",
+                        [(tag, row[0]) for tag in memory.tags],
+                    )
+                    count += 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return count
+
+
+def _memory(row: Sequence[Any]) -> Memory:
+    return Memory(
+        id=row[1],
+        content=row[2],
+        importance=row[3],
+        tags=json.loads(row[4]),
+        tier=MemoryTier.LONG,
+        created_at=row[5],
+        last_accessed=row[6],
+        access_count=row[7],
+        metadata=json.loads(row[8]),
+        user_id=row[9],
+        source=row[10],
+        superseded_by=row[11],
+        merged_from=json.loads(row[12]),
+        context=row[13],
+    )

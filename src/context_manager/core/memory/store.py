@@ -1,0 +1,73 @@
+"""The :class:`MemoryStore` protocol: what a tier's storage must do.
+
+Stores are synchronous and hold one tier each; :class:`~context_manager.core.memory.manager.MemoryManager`
+runs the blocking ones off the event loop, ranks their candidates together and moves memories between
+them. A store that outgrows one machine (PostgreSQL with pgvector, say) implements this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from context_manager.core.memory.models import Memory, MemoryTier
+
+__all__ = ["MemoryStore", "TurnKey"]
+
+TurnKey = tuple[str | None, str, int]
+"""Identifies a conversation turn: ``(user_id, session_id, turn_index)``."""
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """Storage of one memory tier with a BM25 full-text index.
+
+    Memories returned by a store must be treated as read-only by callers (copy before changing).
+    """
+
+    tier: MemoryTier
+    """The tier this store holds."""
+
+    def put(self, memories: Sequence[Memory]) -> None:
+        """Insert or replace memories (durably, for a durable store) before returning."""
+        ...
+
+    def get(self, memory_id: str) -> Memory | None:
+        """Return the memory with this id, or ``None``."""
+        ...
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
+        """Return the memories among ``ids`` that this store holds, by id."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> list[str]:
+        """Delete memories; return the ids that were present."""
+        ...
+
+    def search(self, match: str, limit: int) -> list[tuple[Memory, float]]:
+        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first (bm25 > 0)."""
+        ...
+
+    def with_tags(self, tags: Sequence[str]) -> list[Memory]:
+        """Return the memories carrying any of ``tags`` (exact tag match)."""
+        ...
+
+    def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """Return the memories that are the given conversation turns."""
+        ...
+
+    def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record ``id -> (last_accessed, access_count)`` for the ids this store holds."""
+        ...
+
+    def all(self) -> Iterator[Memory]:
+        """Iterate over every memory in the store."""
+        ...
+
+    def count(self) -> int:
+        """How many memories the store holds."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections."""
+        ...
