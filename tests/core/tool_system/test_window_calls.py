@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.errors import LifecycleError, ToolCallPairingError
+from context_manager.core.messages import Message, Role, ToolCall
+from context_manager.core.tool_system import ToolResult
+
+
+async def echo(n: int) -> str:
+    """Return n words."""
+    return " ".join(f"w{i}" for i in range(n))
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def fail(reason: str = "boom") -> None:
+    raise RuntimeError(reason)
+
+
+def register_tools(manager: EnhancedContextManager) -> None:
+    tools = manager.tool_manager
+    tools.register_function_tool("echo", echo, "Echo words", max_output_tokens=40)
+    tools.register_function_tool("echo_full", echo, "Echo words, uncut")
+    tools.register_function_tool("add", add, "Add")
+    tools.register_function_tool("fail", fail, "Fail")
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> Any:
+    context = EnhancedContextManager(ContextManagerConfig(max_tokens=2000, cache_path=tmp_path / "cache"))
+    await context.initialize()
+    register_tools(context)
+    yield context
+    await context.cleanup()
+
+
+def tool_messages(manager: EnhancedContextManager) -> list[Message]:
+    return [m for m in manager.messages if m.role is Role.TOOL]
+
+
+async def test_execute_tool_delegates_and_needs_initialize(tmp_path: Path) -> None:
+    context = EnhancedContextManager(ContextManagerConfig(cache_path=tmp_path))
+    register_tools(context)
+    with pytest.raises(LifecycleError, match="execute_tool"):
+        await context.execute_tool("add", a=1, b=2)
+    async with context:
+        result = await context.execute_tool("add", a=1, b=2)
+        assert result.success and result.result == 3
+        assert (await context.execute_tool("missing")).error_type == "unknown_tool"
+        assert context.tool_manager.get_tool_stats()["tools"]["add"]["calls"] == 1
+
+
+async def test_calls_get_an_assistant_message_and_paired_results(manager: EnhancedContextManager) -> None:
+    await manager.add_message("user", "Please add and echo")
+    results = await manager.execute_tool_calls(
+        [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+            },
+            {"type": "tool_use", "id": "toolu_b", "name": "fail", "input": {}},
+        ],
+        content="Let me compute that.",
+    )
+    assert [r.call_id for r in results] == ["call_a", "toolu_b"]
+    assistant = manager.messages[1]
+    assert assistant.role is Role.ASSISTANT and assistant.content == "Let me compute that."
+    assert [c.id for c in assistant.tool_calls] == ["call_a", "toolu_b"]
+    replies = tool_messages(manager)
+    assert [(m.tool_call_id, m.content) for m in replies] == [
+        ("call_a", "5"),
+        ("toolu_b", "Error (tool_error): tool 'fail' raised RuntimeError: boom"),
+    ]
+    assert replies[1].metadata["error_type"] == "tool_error"
+    assert manager.context_window.pending_tool_calls == frozenset()
+    openai = manager.get_context("openai")
+    assert [m["role"] for m in openai] == ["user", "assistant", "tool", "tool"]  # type: ignore[index]
+
+
+async def test_existing_assistant_message_is_reused(manager: EnhancedContextManager) -> None:
+    calls = [ToolCall(id="c1", name="add", arguments={"a": 1, "b": 1})]
+    await manager.add_message("assistant", "", tool_calls=calls)
+    results = await manager.execute_tool_calls(calls)
+    assert results[0].result == 2
+    assert [m.role for m in manager.messages] == [Role.ASSISTANT, Role.TOOL]
+
+
+async def test_answered_or_partial_calls_are_rejected_without_change(manager: EnhancedContextManager) -> None:
+    calls = [ToolCall(id="c1", name="add", arguments={"a": 1, "b": 1})]
+    await manager.execute_tool_calls(calls)
+    before = manager.messages
+    with pytest.raises(ToolCallPairingError, match=r"^calls: got \['c1'\]"):
+        await manager.execute_tool_calls(calls)
+    with pytest.raises(ToolCallPairingError):
+        second = ToolCall(id="c2", name="add", arguments={"a": 1, "b": 2})
+        await manager.execute_tool_calls([calls[0], second])
+    assert manager.messages == before
+
+
+async def test_long_results_are_cut_in_the_window_only(manager: EnhancedContextManager) -> None:
+    truncated = await manager.execute_tool_calls([ToolCall(id="c1", name="echo", arguments={"n": 200})])
+    full = truncated[0].result
+    assert isinstance(full, str) and len(full.split()) == 200
+    message = tool_messages(manager)[0]
+    counter = manager.context_window.counter
+    assert counter.count(message.content) <= 40
+    assert message.content.endswith("tokens shown]") and "of " in message.content
+    assert message.metadata["truncated"] is True
+    assert message.metadata["original_tokens"] == counter.count(full)
+    assert full.startswith(message.content.split("\n[")[0])
+    uncut = await manager.execute_tool_calls([ToolCall(id="c2", name="echo_full", arguments={"n": 200})])
+    assert tool_messages(manager)[1].content == uncut[0].result
+
+
+async def test_unparseable_arguments_still_get_a_paired_result(manager: EnhancedContextManager) -> None:
+    results = await manager.execute_tool_calls(
+        [{"id": "bad", "type": "function", "function": {"name": "add", "arguments": "{oops"}}]
+    )
+    assert results[0].error_type == "invalid_arguments"
+    message = tool_messages(manager)[0]
+    assert message.tool_call_id == "bad"
+    assert message.content.startswith("Error (invalid_arguments)")
+
+
+# ---------------------------------------------------------------- property: pairing and budget invariants
+
+_ids = itertools.count()
+
+call_strategy = st.tuples(
+    st.sampled_from(["openai", "anthropic", "toolcall", "openai_bad_json"]),
+    st.sampled_from(["echo", "echo_full", "add", "fail", "no_such_tool"]),
+    st.integers(min_value=0, max_value=400),
+    st.booleans(),
+)
+batch_strategy = st.tuples(
+    st.integers(min_value=0, max_value=60),  # words of a user message sent before the batch
+    st.lists(call_strategy, min_size=1, max_size=4),
+)
+
+
+def make_call(kind: str, name: str, size: int, valid: bool) -> tuple[str, Any]:
+    call_id = f"call_{next(_ids)}"
+    if name in ("echo", "echo_full"):
+        arguments: dict[str, Any] = {"n": size} if valid else {"n": "many"}
+    elif name == "add":
+        arguments = {"a": size, "b": 1} if valid else {"a": "x"}
+    else:
+        arguments = {}
+    if kind == "openai":
+        return call_id, {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+    if kind == "openai_bad_json":
+        return call_id, {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{nope"}}
+    if kind == "anthropic":
+        return call_id, {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
+    return call_id, ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def check_window(manager: EnhancedContextManager) -> None:
+    window = manager.context_window
+    assert window.token_count <= window.max_tokens
+    seen_calls: set[str] = set()
+    answered: Counter[str] = Counter()
+    for message in window.messages:
+        if message.role is Role.TOOL:
+            assert message.tool_call_id in seen_calls, "tool result without its call"
+            answered[message.tool_call_id] += 1  # type: ignore[index]
+        seen_calls.update(call.id for call in message.tool_calls)
+    assert all(count == 1 for count in answered.values()), "a call answered twice"
+    assert window.pending_tool_calls == frozenset(), "a call left without its result"
+    assert set(answered) == seen_calls
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(max_tokens=st.integers(min_value=250, max_value=1200), batches=st.lists(batch_strategy, max_size=5))
+def test_every_call_gets_exactly_one_paired_result(
+    max_tokens: int, batches: list[tuple[int, list[tuple[str, str, int, bool]]]]
+) -> None:
+    async def scenario(directory: str) -> None:
+        config = ContextManagerConfig(max_tokens=max_tokens, cache_path=directory)
+        async with EnhancedContextManager(config) as manager:
+            register_tools(manager)
+            for user_words, specs in batches:
+                if user_words:
+                    await manager.add_message("user", " ".join(["hello"] * user_words))
+                made = [make_call(*spec) for spec in specs]
+                results: list[ToolResult] = await manager.execute_tool_calls([call for _, call in made])
+                assert [r.call_id for r in results] == [call_id for call_id, _ in made]
+                check_window(manager)
+                in_window = {call.id for m in manager.messages for call in m.tool_calls}
+                batch_ids = {call_id for call_id, _ in made}
+                # a unit is kept or evicted whole
+                assert batch_ids <= in_window or not (batch_ids & in_window)
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(directory))
