@@ -213,7 +213,9 @@ def _min_truncated_tokens(message: Message, counter: TokenCounter) -> int:
     """The smallest size :func:`truncate_message` can bring ``message`` to (its framing plus a marker)."""
     if not message.content:
         return message.token_count
-    return min(message.token_count, _base_tokens(message, counter) + _MARKER_RESERVE)
+    content_tokens = counter.count(message.content)
+    marker = _MARKER_TEMPLATE.format(omitted=content_tokens).strip()
+    return min(message.token_count, message.token_count - content_tokens + counter.count(marker))
 
 
 # ---------------------------------------------------------------------------------------------------------

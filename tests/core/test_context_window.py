@@ -1,0 +1,507 @@
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.compression import (
+    SUMMARY_METADATA_KEY,
+    TRUNCATED_METADATA_KEY,
+    _min_truncated_tokens,
+    group_into_units,
+    is_summary,
+)
+from context_manager.core.context_window import CompressionRecord, ContextWindow
+from context_manager.core.errors import (
+    ContextBudgetError,
+    InvalidArgumentError,
+    NotFoundError,
+    ToolCallPairingError,
+)
+from context_manager.core.messages import Message, Role, ToolCall
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+from context_manager.testing import ScriptedSummarizer
+
+COUNTER = get_token_counter()
+
+
+def text_of(tokens: int, seed: int = 0) -> str:
+    """A text of about ``tokens`` tokens (" wordN" is one or two tokens)."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "river", "stone", "cloud"]
+    return " ".join(words[(seed + i) % len(words)] for i in range(max(tokens, 1)))
+
+
+def snapshot(window: ContextWindow) -> tuple[object, ...]:
+    return (
+        tuple((m.id, m.role, m.content, m.token_count, m.pinned) for m in window.messages),
+        window.token_count,
+        window.pending_tool_calls,
+        len(window.compression_history),
+        tuple(m.id for m in window.evicted_messages),
+    )
+
+
+def assert_invariants(window: ContextWindow) -> None:
+    messages = window.messages
+    # Invariant 1: the running total is exact and within the budget.
+    expected = sum(COUNTER.count_message(m) for m in messages) + (REPLY_PRIMING_TOKENS if messages else 0)
+    assert window.token_count == expected
+    assert all(m.token_count == COUNTER.count_message(m) for m in messages)
+    assert window.token_count <= window.max_tokens
+    # Invariant 2: every tool result follows its call; a call's unit is never split.
+    calls_seen: dict[str, Message] = {}
+    for message in messages:
+        for call in message.tool_calls:
+            calls_seen[call.id] = message
+        if message.role is Role.TOOL:
+            assert message.tool_call_id in calls_seen
+    assert sum(1 for m in messages if is_summary(m)) <= 1
+
+
+# -- basics ------------------------------------------------------------------------------------------
+
+
+async def test_running_total_counts_each_message_once_plus_priming() -> None:
+    window = ContextWindow(max_tokens=1000)
+    assert window.token_count == 0
+    first = Message.create("user", "Hello, world!")
+    await window.add(first)
+    assert first.token_count == COUNTER.count_message(first)
+    assert window.token_count == first.token_count + REPLY_PRIMING_TOKENS
+    second = Message.create("assistant", "Hi there!")
+    await window.add(second)
+    assert window.token_count == first.token_count + second.token_count + REPLY_PRIMING_TOKENS
+    assert window.messages == (first, second)
+    assert window.get(second.id) is second
+
+
+async def test_overflow_compresses_to_target_with_one_rolling_summary() -> None:
+    window = ContextWindow(max_tokens=400, compression_ratio=0.6)
+    await window.add(Message.create("system", "You are terse."))
+    records: list[CompressionRecord] = []
+    for i in range(60):
+        record = await window.add(
+            Message.create("user" if i % 2 == 0 else "assistant", f"Turn {i}: " + text_of(20, i))
+        )
+        if record is not None:
+            records.append(record)
+            assert record.tokens_after <= window.target_tokens
+            assert record.tokens_after == window.token_count
+        assert_invariants(window)
+    assert len(records) >= 3
+    assert records[0].strategy == "extractive"
+    assert records[0].removed_count > 0 and records[0].summary_tokens > 0
+    summaries = [m for m in window.messages if is_summary(m)]
+    assert len(summaries) == 1
+    assert window.messages[0].content == "You are terse."
+    assert window.messages[1] is summaries[0]
+    # The summary counts every message it replaced, across compressions.
+    assert summaries[0].metadata[SUMMARY_METADATA_KEY] == len(window.evicted_messages)
+
+
+async def test_hysteresis_makes_compression_rare() -> None:
+    window = ContextWindow(max_tokens=2000, compression_ratio=0.5)
+    for i in range(400):
+        await window.add(Message.create("user", text_of(20, i)))
+    assert 0 < len(window.compression_history) <= 400 * 23 // 900 + 1
+
+
+async def test_priority_low_is_evicted_before_older_normal() -> None:
+    window = ContextWindow(max_tokens=500, compression_ratio=0.8, summary_max_tokens=16)
+    normal = Message.create("user", "old normal " + text_of(150))
+    low = Message.create("assistant", "newer low " + text_of(150), priority="low")
+    high = Message.create("user", "newer high " + text_of(30), priority="high")
+    for message in (normal, low, high):
+        await window.add(message)
+    record = await window.add(Message.create("assistant", text_of(175)))
+    assert record is not None
+    assert [m.id for m in window.evicted_messages] == [low.id]
+    assert normal.id in {m.id for m in window.messages}
+
+
+async def test_system_pinned_and_critical_survive_compression() -> None:
+    window = ContextWindow(max_tokens=600)
+    system = Message.create("system", "Be precise.")
+    pinned = Message.create("user", "My account id is 77.", pinned=True)
+    critical = Message.create("assistant", "Never share the key.", priority="critical")
+    for message in (system, pinned, critical):
+        await window.add(message)
+    for i in range(100):
+        await window.add(Message.create("user", text_of(30, i)))
+    ids = {m.id for m in window.messages}
+    assert {system.id, pinned.id, critical.id} <= ids
+    assert window.compression_history
+
+
+async def test_pin_and_unpin_by_id() -> None:
+    window = ContextWindow(max_tokens=300)
+    message = Message.create("assistant", "remember this")
+    await window.add(message)
+    window.pin(message.id)
+    for i in range(40):
+        await window.add(Message.create("assistant", text_of(20, i)))
+    assert message.id in {m.id for m in window.messages}
+    window.unpin(message.id)
+    for i in range(40):
+        await window.add(Message.create("assistant", text_of(20, i)))
+    assert message.id not in {m.id for m in window.messages}
+    with pytest.raises(NotFoundError, match="message not found: 'nope'"):
+        window.pin("nope")
+
+
+async def test_oversized_message_is_kept_as_head_and_tail_and_full_text_archived() -> None:
+    window = ContextWindow(max_tokens=300)
+    huge = Message.create("user", "BEGIN " + text_of(3000) + " END")
+    record = await window.add(huge)
+    assert record is not None and record.truncated_count == 1
+    kept = window.get(huge.id)
+    assert kept.content.startswith("BEGIN") and kept.content.endswith("END")
+    omitted = kept.metadata[TRUNCATED_METADATA_KEY]["omitted_tokens"]
+    assert "[... " in kept.content and "tokens omitted ...]" in kept.content
+    assert omitted > 2500
+    assert window.token_count <= window.target_tokens
+    archived = {m.id: m for m in window.evicted_messages}
+    assert archived[huge.id].content == huge.content
+
+
+async def test_huge_tool_result_is_cut_and_pairing_kept() -> None:
+    window = ContextWindow(max_tokens=400)
+    await window.add(Message.create("user", "search please"))
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="search")]))
+    await window.add(Message.create("tool", text_of(5000), tool_call_id="c1"))
+    assert_invariants(window)
+    roles = [m.role for m in window.messages]
+    assert roles[-2:] == [Role.ASSISTANT, Role.TOOL]
+
+
+async def test_eviction_hook_receives_evicted_messages_sync_and_async() -> None:
+    received: list[list[Message]] = []
+    window = ContextWindow(max_tokens=200, eviction_hook=received.append)
+    added = []
+    for i in range(30):
+        message = Message.create("user", text_of(15, i))
+        added.append(message.id)
+        await window.add(message)
+    assert received and not window.evicted_messages
+    handed = [m.id for batch in received for m in batch]
+    assert set(handed) | {m.id for m in window.messages if not is_summary(m)} == set(added)
+    assert handed == [i for i in added if i in handed]  # conversation order
+
+    got: list[Message] = []
+    done = asyncio.Event()
+
+    async def async_hook(messages: list[Message]) -> None:
+        got.extend(messages)
+        done.set()
+
+    window.set_eviction_hook(async_hook)
+    for i in range(30):
+        await window.add(Message.create("assistant", text_of(15, i)))
+    assert done.is_set() and got
+
+
+async def test_failing_hook_falls_back_to_archive() -> None:
+    def broken(messages: list[Message]) -> None:
+        raise RuntimeError("store down")
+
+    window = ContextWindow(max_tokens=150, eviction_hook=broken)
+    for i in range(20):
+        await window.add(Message.create("user", text_of(15, i)))
+    assert window.evicted_messages
+    taken = window.take_evicted()
+    assert taken and not window.evicted_messages
+
+
+async def test_compression_disabled_rejects_add_and_changes_nothing() -> None:
+    window = ContextWindow(max_tokens=100, enable_compression=False)
+    await window.add(Message.create("user", text_of(40)))
+    before = snapshot(window)
+    with pytest.raises(ContextBudgetError, match="compression is disabled"):
+        await window.add(Message.create("assistant", text_of(80)))
+    assert snapshot(window) == before
+
+
+async def test_custom_summarizer_is_used_and_can_fold() -> None:
+    summarizer = ScriptedSummarizer(["first summary", "second summary"])
+    window = ContextWindow(max_tokens=200, summarizer=summarizer)
+    for i in range(40):
+        await window.add(Message.create("user", text_of(15, i)))
+    assert [r.strategy for r in window.compression_history][:2] == ["custom", "custom"]
+    assert summarizer.calls[1].messages[0].content == "first summary"
+    assert window.summary is not None
+
+
+async def test_failing_summarizer_falls_back_to_extractive() -> None:
+    summarizer = ScriptedSummarizer(fail_with=RuntimeError("LLM down"))
+    window = ContextWindow(max_tokens=200, summarizer=summarizer)
+    for i in range(20):
+        await window.add(Message.create("user", text_of(15, i)))
+    record = window.compression_history[0]
+    assert record.strategy == "custom_failed_fallback_extractive"
+    assert record.error == "RuntimeError: LLM down"
+    assert window.summary is not None and window.summary.content.startswith("Summary of the earlier")
+
+
+async def test_hanging_summarizer_times_out_and_adds_wait_their_turn() -> None:
+    summarizer = ScriptedSummarizer(hang=True)
+    window = ContextWindow(max_tokens=200, summarizer=summarizer, summarizer_timeout=0.05)
+    for i in range(9):
+        await window.add(Message.create("user", text_of(15, i)))
+    trigger = asyncio.ensure_future(window.add(Message.create("user", text_of(60))))
+    await summarizer.started.wait()
+    queued = asyncio.ensure_future(window.add(Message.create("assistant", "queued reply")))
+    record = await trigger
+    await queued
+    assert record is not None and record.strategy == "custom_failed_fallback_extractive"
+    assert record.error == "timeout after 0.05 s"
+    assert window.messages[-1].content == "queued reply"
+    assert_invariants(window)
+
+
+async def test_summarizer_returning_non_text_falls_back() -> None:
+    async def bad(messages: object, budget: int) -> object:
+        return 42
+
+    window = ContextWindow(max_tokens=200, summarizer=bad)  # type: ignore[arg-type]
+    for i in range(20):
+        await window.add(Message.create("user", text_of(15, i)))
+    assert window.compression_history[0].strategy == "custom_failed_fallback_extractive"
+
+
+async def test_overlong_custom_summary_is_cut_to_budget() -> None:
+    summarizer = ScriptedSummarizer(default=text_of(5000))
+    window = ContextWindow(max_tokens=300, summarizer=summarizer, summary_max_tokens=50)
+    for i in range(30):
+        await window.add(Message.create("user", text_of(15, i)))
+    assert window.summary is not None and window.summary.token_count <= 50
+    assert_invariants(window)
+
+
+async def test_explicit_compress_and_select_budget_view() -> None:
+    window = ContextWindow(max_tokens=5000)
+    await window.add(Message.create("system", "sys"))
+    for i in range(100):
+        await window.add(Message.create("user", text_of(30, i)))
+    before = snapshot(window)
+    view = window.select(500)
+    assert sum(m.token_count for m in view) + REPLY_PRIMING_TOKENS <= 500
+    assert view[0].content == "sys" and view[-1] is window.messages[-1]
+    assert snapshot(window) == before
+    assert window.select() == list(window.messages)
+    record = await window.compress(1000)
+    assert record is not None and window.token_count <= 1000
+    assert await window.compress(5000) is None
+
+
+# -- bad input: specific error, window unchanged -----------------------------------------------------
+
+
+async def test_orphan_tool_result_is_rejected() -> None:
+    window = ContextWindow(max_tokens=500)
+    await window.add(Message.create("user", "hi"))
+    before = snapshot(window)
+    with pytest.raises(
+        ToolCallPairingError, match="tool_call_id: got 'nope'; allowed the id of an unanswered"
+    ):
+        await window.add(Message.create("tool", "result", tool_call_id="nope"))
+    assert snapshot(window) == before
+
+
+async def test_second_result_for_one_call_and_reused_call_id_are_rejected() -> None:
+    window = ContextWindow(max_tokens=500)
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f")]))
+    assert window.pending_tool_calls == {"c1"}
+    await window.add(Message.create("tool", "ok", tool_call_id="c1"))
+    assert window.pending_tool_calls == frozenset()
+    before = snapshot(window)
+    with pytest.raises(ToolCallPairingError):
+        await window.add(Message.create("tool", "again", tool_call_id="c1"))
+    with pytest.raises(ToolCallPairingError, match="tool_calls\\[\\].id: got 'c1'"):
+        await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f")]))
+    assert snapshot(window) == before
+
+
+async def test_protected_message_that_cannot_fit_is_rejected() -> None:
+    window = ContextWindow(max_tokens=200)
+    await window.add(Message.create("user", "hello"))
+    before = snapshot(window)
+    for message in (
+        Message.create("system", text_of(400)),
+        Message.create("user", text_of(400), pinned=True),
+        Message.create("assistant", text_of(400), priority="critical"),
+    ):
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 200") as info:
+            await window.add(message)
+        assert info.value.required_tokens > 200 and info.value.max_tokens == 200
+        assert snapshot(window) == before
+
+
+async def test_non_message_and_duplicate_ids_are_rejected() -> None:
+    window = ContextWindow(max_tokens=200)
+    message = Message.create("user", "hello")
+    await window.add(message)
+    before = snapshot(window)
+    with pytest.raises(InvalidArgumentError, match="message: got 'hello'; allowed a Message"):
+        await window.add("hello")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="message.id"):
+        await window.add(message)
+    assert snapshot(window) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_tokens": 0}, "max_tokens: got 0"),
+        ({"max_tokens": True}, "max_tokens: got True"),
+        ({"compression_ratio": 1.5}, "compression_ratio: got 1.5; allowed a number > 0 and < 1"),
+        ({"summary_max_tokens": -1}, "summary_max_tokens"),
+        ({"summarizer_timeout": 0}, "summarizer_timeout"),
+        ({"summarizer": "llm"}, "summarizer: got 'llm'"),
+    ],
+)
+def test_invalid_constructor_arguments(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        ContextWindow(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_invalid_budget_for_select_and_compress() -> None:
+    window = ContextWindow(max_tokens=200)
+    with pytest.raises(InvalidArgumentError, match="budget: got 0"):
+        window.select(0)
+    with pytest.raises(InvalidArgumentError, match="target_tokens: got -5"):
+        await window.compress(-5)
+
+
+# -- property-based: invariants 1, 2, 3, 5 after every call -----------------------------------------
+
+
+@dataclass
+class Model:
+    """What the test knows must hold, independent of the implementation."""
+
+    added: list[str] = field(default_factory=list)
+    protected: set[str] = field(default_factory=set)
+    latest_user: str | None = None
+    full_text: dict[str, str] = field(default_factory=dict)
+
+
+rarely = st.sampled_from([False] * 7 + [True])
+operation = st.one_of(
+    st.tuples(
+        st.just("message"),
+        st.sampled_from(["user"] * 3 + ["assistant"] * 3 + ["system"]),
+        st.sampled_from(["low", "normal", "normal", "high"] * 2 + ["critical"]),
+        rarely,  # pinned
+        st.floats(min_value=0.0, max_value=1.0),  # size as a fraction of 3x the budget
+    ),
+    st.tuples(
+        st.just("tools"),
+        st.integers(min_value=1, max_value=3),  # calls
+        st.sampled_from(["low", "normal", "high"]),
+        rarely,
+        st.floats(min_value=0.0, max_value=1.0),
+    ),
+    st.tuples(st.just("orphan"), st.just(""), st.just("normal"), st.just(False), st.just(0.0)),
+)
+
+
+def size_for(fraction: float, budget: int) -> int:
+    # Mostly small messages, sometimes up to 3x the budget.
+    return max(1, int((fraction**3) * 3 * budget))
+
+
+async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, ...]], hook: bool) -> None:
+    archive: list[Message] = []
+    window = ContextWindow(
+        max_tokens=max_tokens, compression_ratio=ratio, eviction_hook=archive.extend if hook else None
+    )
+    model = Model()
+    call_counter = 0
+
+    async def attempt(message: Message) -> None:
+        before = snapshot(window)
+        history = len(window.compression_history)
+        try:
+            record = await window.add(message)
+        except ContextBudgetError as error:
+            event("rejected: protected messages cannot fit")
+            assert message.is_protected or error.required_tokens > max_tokens
+            assert snapshot(window) == before  # invariant 5
+            return
+        except ToolCallPairingError:
+            event("rejected: orphan tool result")
+            assert snapshot(window) == before
+            return
+        model.added.append(message.id)
+        model.full_text[message.id] = message.content
+        if message.is_protected:
+            model.protected.add(message.id)
+        if message.role is Role.USER:
+            model.latest_user = message.id
+        if record is not None:
+            event("compressed" + (" with truncation" if record.truncated_count else ""))
+            assert len(window.compression_history) == history + 1
+            check_compression_target(window, record)
+
+    for kind, a, priority, pinned, fraction in ops:
+        if kind == "message":
+            size = size_for(float(fraction), max_tokens)  # type: ignore[arg-type]
+            await attempt(Message.create(str(a), text_of(size), priority=str(priority), pinned=bool(pinned)))
+        elif kind == "tools":
+            calls = [ToolCall(id=f"call_{call_counter + i}", name=f"tool{i}") for i in range(int(a))]  # type: ignore[call-overload]
+            call_counter += len(calls)
+            await attempt(Message.create("assistant", "", tool_calls=calls, priority=str(priority)))
+            for call in calls:
+                size = size_for(float(fraction), max_tokens)  # type: ignore[arg-type]
+                await attempt(
+                    Message.create("tool", text_of(size, 3), tool_call_id=call.id, pinned=bool(pinned))
+                )
+        else:
+            await attempt(Message.create("tool", "stray", tool_call_id="missing-call"))
+        assert_invariants(window)
+        ids = {m.id for m in window.messages}
+        # Invariant 3: protected messages are never evicted.
+        assert model.protected <= ids
+        # The newest user message is always present.
+        if model.latest_user is not None:
+            assert model.latest_user in ids
+        # Nothing is lost: every added message is in the window or was handed to the hook/archive,
+        # and the full text of a truncated one is there.
+        handed = {m.id: m for m in (archive if hook else window.evicted_messages)}
+        assert set(model.added) <= ids | set(handed)
+        for message in window.messages:
+            if TRUNCATED_METADATA_KEY in message.metadata:
+                assert handed[message.id].content == model.full_text[message.id]
+
+
+def check_compression_target(window: ContextWindow, record: CompressionRecord) -> None:
+    if record.tokens_after <= window.target_tokens:
+        return
+    # Allowed only when what may not be evicted exceeds the target: protected messages, plus the
+    # latest user message and the newest unit cut to a marker.
+    messages = [m for m in window.messages if not is_summary(m)]
+    latest_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
+    units = group_into_units(messages)
+    unavoidable = REPLY_PRIMING_TOKENS
+    for unit in units:
+        if unit.protected:  # a unit with a pinned/critical/system message is kept whole
+            unavoidable += unit.tokens
+        elif unit is units[-1] or latest_user in unit.indices:
+            unavoidable += sum(_min_truncated_tokens(messages[i], COUNTER) for i in unit.indices)
+    assert unavoidable > window.target_tokens, (record, unavoidable)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=120, max_value=700),
+    ratio=st.floats(min_value=0.3, max_value=0.95),
+    ops=st.lists(operation, min_size=1, max_size=40),
+    hook=st.booleans(),
+)
+def test_invariants_hold_after_every_call(
+    max_tokens: int, ratio: float, ops: list[tuple[object, ...]], hook: bool
+) -> None:
+    asyncio.run(run_operations(max_tokens, ratio, ops, hook))
