@@ -66,6 +66,13 @@ _EXPORTS: dict[str, str] = {
     "to_openai_messages": "context_manager.core.provider_formats",
     "to_anthropic_messages": "context_manager.core.provider_formats",
     "parse_tool_calls": "context_manager.core.provider_formats",
+    # memory
+    "MemoryManager": "context_manager.core.memory.manager",
+    "ALL_USERS": "context_manager.core.memory.manager",
+    "Memory": "context_manager.core.memory.models",
+    "MemoryTier": "context_manager.core.memory.models",
+    "MemoryStore": "context_manager.core.memory.store",
+    "RankingWeights": "context_manager.core.memory.ranking",
     # embeddings (the vector channel of memory search)
     "Embedder": "context_manager.core.memory.embeddings",
     "SentenceTransformerEmbedder": "context_manager.core.memory.embeddings",
@@ -79,6 +86,15 @@ _EXPORTS: dict[str, str] = {
     "HealthState": "context_manager.core.health_checker",
     "HealthStatus": "context_manager.core.health_checker",
     "DiagnosticReport": "context_manager.core.health_checker",
+    # tools
+    "tool": "context_manager.core.tool_system",
+    "ToolCategory": "context_manager.core.tool_system",
+    "ToolPermission": "context_manager.core.tool_system",
+    "ToolDefinition": "context_manager.core.tool_system",
+    "ToolManager": "context_manager.core.tool_system",
+    "ToolResult": "context_manager.core.tool_system",
+    "ToolErrorType": "context_manager.core.tool_system",
+    "PermissionPolicy": "context_manager.core.tool_system",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -139,6 +155,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from context_manager.core.health_checker import DiagnosticReport, HealthChecker, HealthState, HealthStatus
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
+    from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+    from context_manager.core.memory.models import Memory, MemoryTier
+    from context_manager.core.memory.ranking import RankingWeights
+    from context_manager.core.memory.store import MemoryStore
     from context_manager.core.messages import Message, Priority, Role, ToolCall
     from context_manager.core.performance_monitor import (
         PerformanceMetrics,
@@ -151,3 +171,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_openai_messages,
     )
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
+    from context_manager.core.tool_system import (
+        PermissionPolicy,
+        ToolCategory,
+        ToolDefinition,
+        ToolErrorType,
+        ToolManager,
+        ToolPermission,
+        ToolResult,
+        tool,
+    )
