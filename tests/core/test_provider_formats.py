@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from context_manager.core.context_window import ContextWindow
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.provider_formats import (
+    ANTHROPIC_CONTINUATION_TEXT,
+    parse_tool_calls,
+    to_anthropic_messages,
+    to_openai_messages,
+    to_provider_format,
+)
+
+
+def tool_conversation() -> list[Message]:
+    return [
+        Message.create("system", "You are helpful."),
+        Message.create("user", "Weather in Paris and 2+2?", name="alice"),
+        Message.create(
+            "assistant",
+            "Let me check.",
+            tool_calls=[
+                ToolCall(id="call_1", name="weather", arguments={"city": "Paris", "unit": "°C"}),
+                ToolCall(id="call_2", name="calculator", arguments={"expression": "2+2"}),
+            ],
+        ),
+        Message.create("tool", "21 °C, sunny", tool_call_id="call_1"),
+        Message.create("tool", "boom", tool_call_id="call_2", metadata={"is_error": True}),
+        Message.create("assistant", "It is 21 °C; the calculator failed."),
+    ]
+
+
+def test_openai_export() -> None:
+    exported = to_openai_messages(tool_conversation())
+    assert exported[0] == {"role": "system", "content": "You are helpful."}
+    assert exported[1] == {"role": "user", "content": "Weather in Paris and 2+2?", "name": "alice"}
+    assert exported[2] == {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city":"Paris","unit":"°C"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": '{"expression":"2+2"}'},
+            },
+        ],
+    }
+    assert exported[3] == {"role": "tool", "tool_call_id": "call_1", "content": "21 °C, sunny"}
+    assert json.loads(exported[2]["tool_calls"][0]["function"]["arguments"]) == {
+        "city": "Paris",
+        "unit": "°C",
+    }
+
+
+def test_openai_assistant_with_only_tool_calls_has_null_content() -> None:
+    message = Message.create("assistant", "", tool_calls=[ToolCall(id="c", name="f")])
+    assert to_openai_messages([message])[0]["content"] is None
+
+
+def test_anthropic_export() -> None:
+    body = to_anthropic_messages(tool_conversation())
+    assert body["system"] == "You are helpful."
+    turns = body["messages"]
+    assert [turn["role"] for turn in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[1]["content"] == [
+        {"type": "text", "text": "Let me check."},
+        {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris", "unit": "°C"}},
+        {"type": "tool_use", "id": "call_2", "name": "calculator", "input": {"expression": "2+2"}},
+    ]
+    # Both tool results merged into one user turn.
+    assert turns[2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "21 °C, sunny"},
+        {"type": "tool_result", "tool_use_id": "call_2", "content": "boom", "is_error": True},
+    ]
+
+
+def test_anthropic_merges_consecutive_roles_and_joins_system() -> None:
+    messages = [
+        Message.create("system", "Rule one."),
+        Message.create("user", "first"),
+        Message.create("user", "second"),
+        Message.create("system", "Rule two."),
+        Message.create("assistant", "reply"),
+    ]
+    body = to_anthropic_messages(messages)
+    assert body["system"] == "Rule one.\n\nRule two."
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "reply"}]},
+    ]
+
+
+def test_anthropic_never_starts_with_assistant_and_omits_empty_system() -> None:
+    body = to_anthropic_messages([Message.create("assistant", "hello")])
+    assert "system" not in body
+    assert body["messages"][0] == {
+        "role": "user",
+        "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}],
+    }
+
+
+def test_unknown_format_is_rejected() -> None:
+    with pytest.raises(InvalidArgumentError, match="format: got 'gemini'; allowed 'openai' or 'anthropic'"):
+        to_provider_format([], "gemini")
+
+
+async def test_export_is_append_only_between_compressions() -> None:
+    """A provider prompt cache hits when the previous request is a prefix of the next one."""
+    window = ContextWindow(max_tokens=600)
+    await window.add(Message.create("system", "You are helpful."))
+    previous_openai = to_openai_messages(window.messages)
+    previous_anthropic = to_anthropic_messages(window.messages)
+    compressions = 0
+    checked = 0
+    for i in range(120):
+        if i % 5 == 3:
+            call = ToolCall(id=f"call_{i}", name="lookup", arguments={"i": i})
+            await window.add(Message.create("assistant", "", tool_calls=[call]))
+            await window.add(Message.create("tool", f"result {i}", tool_call_id=call.id))
+        else:
+            await window.add(Message.create("user" if i % 2 else "assistant", f"turn {i} " + "words " * 15))
+        openai = to_openai_messages(window.messages)
+        anthropic = to_anthropic_messages(window.messages)
+        if len(window.compression_history) == compressions:
+            old = json.dumps(previous_openai, ensure_ascii=False)
+            new = json.dumps(openai[: len(previous_openai)], ensure_ascii=False)
+            assert new == old  # byte-identical prefix
+            assert anthropic.get("system") == previous_anthropic.get("system")
+            old_turns = previous_anthropic["messages"]
+            new_turns = anthropic["messages"]
+            if old_turns:
+                assert json.dumps(new_turns[: len(old_turns) - 1]) == json.dumps(old_turns[:-1])
+                last_old = old_turns[-1]
+                last_new = new_turns[len(old_turns) - 1]
+                assert last_new["role"] == last_old["role"]
+                assert last_new["content"][: len(last_old["content"])] == last_old["content"]
+            checked += 1
+        compressions = len(window.compression_history)
+        previous_openai, previous_anthropic = openai, anthropic
+    assert compressions >= 2 and checked > 50
+
+
+def test_parse_tool_calls_from_openai_and_anthropic() -> None:
+    openai_message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+    }
+    assert parse_tool_calls(openai_message) == [ToolCall(id="c1", name="f", arguments={"x": 1})]
+    anthropic_response = {
+        "content": [
+            {"type": "text", "text": "calling"},
+            {"type": "tool_use", "id": "tu_1", "name": "g", "input": {"y": "z"}},
+        ]
+    }
+    assert parse_tool_calls(anthropic_response) == [ToolCall(id="tu_1", name="g", arguments={"y": "z"})]
+    assert parse_tool_calls(anthropic_response["content"]) == parse_tool_calls(anthropic_response)
+    assert parse_tool_calls({"role": "assistant", "content": "no tools"}) == []
+    assert parse_tool_calls(None) == []
+
+
+def test_parse_tool_calls_from_sdk_objects() -> None:
+    from openai.types.chat import ChatCompletionMessage
+
+    message = ChatCompletionMessage.model_validate(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "h", "arguments": "{}"}}],
+        }
+    )
+    assert parse_tool_calls(message) == [ToolCall(id="c9", name="h", arguments={})]
+
+
+def test_parse_tool_calls_rejects_bad_arguments() -> None:
+    bad = {
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]
+    }
+    with pytest.raises(InvalidMessageError, match="tool_calls\\[\\].function.arguments"):
+        parse_tool_calls(bad)
+    with pytest.raises(InvalidMessageError, match="response: got 42"):
+        parse_tool_calls(42)
