@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,8 @@ from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook
 from context_manager.core.errors import InvalidArgumentError, LifecycleError, StorageError
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import Memory
 from context_manager.core.messages import Message, ToolCall
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.tokens import TokenCounter, get_token_counter
@@ -88,6 +91,10 @@ class EnhancedContextManager:
         self._window: ContextWindow | None = None
         self.tool_manager = ToolManager(self.config)
         """Registers and runs tools (``register_function_tool``, ``get_tool_schemas`` ...)."""
+        self.memory_manager = MemoryManager(self.config)
+        """Three-tier memory on ``config.storage_path`` (``add_memory``, ``search_by_tags`` ...); messages
+        evicted by compression are written to it, so :meth:`search_memory` finds them."""
+        self._memory_session_id = uuid.uuid4().hex
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -148,9 +155,13 @@ class EnhancedContextManager:
         :meth:`_stop_subsystems`, in reverse order. Memory connects the window's eviction hook here
         (``self.context_window.set_eviction_hook(...)``) so evicted messages stay searchable.
         """
+        await self.memory_manager.initialize()
+        if self._window is not None:
+            self._window.set_eviction_hook(self._remember_evicted)
 
     async def _stop_subsystems(self) -> None:
         """Stop what :meth:`_start_subsystems` started, in reverse order; tolerate partial starts."""
+        await self.memory_manager.close()
 
     async def __aenter__(self) -> EnhancedContextManager:
         await self.initialize()
@@ -386,6 +397,22 @@ class EnhancedContextManager:
             result.success,
             error=None if result.error_type is None else result.error_type.value,
         )
+
+    # -- memory ---------------------------------------------------------------------------------------
+
+    async def _remember_evicted(self, messages: list[Message]) -> None:
+        """Eviction hook: write evicted messages to medium-term memory (invariant 4)."""
+        await self.memory_manager.remember_messages(messages, session_id=self._memory_session_id)
+
+    async def search_memory(self, query: str, limit: int = 10) -> list[Memory]:
+        """Search every memory tier (including evicted context) for ``query``; best first.
+
+        Raises:
+            InvalidMemoryError: ``query`` is not a string or ``limit`` is negative.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("search_memory")
+        return await self.memory_manager.search_memory(query, limit)
 
 
 def _make_private_directory(path: Path) -> None:

@@ -157,6 +157,7 @@ class MemoryManager:
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
         self._compacting = False
+        self._turn_counters: dict[tuple[str | None, str], int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -445,23 +446,28 @@ class MemoryManager:
         """Write messages (e.g. evicted by compression) to the medium-term tier, durably.
 
         Each becomes a memory with ``source="context"`` and metadata ``role``, ``message_id``,
-        ``timestamp``, ``session_id``, ``turn_index``, ``speaker`` (the message's name or role) and
-        ``session_date`` (from the message metadata when present). Empty messages are skipped.
+        ``timestamp``, ``session_id``, ``turn_index`` (taken from the message metadata, else counted per
+        session in timestamp order), ``speaker`` (the message's name or role) and ``session_date`` (from
+        the message metadata, else the message's date). Priority maps to importance (low 0.3, normal
+        0.5, high 0.7, critical 0.9). Empty messages are skipped.
         """
         items: list[tuple[Memory, MemoryTier | None]] = []
-        for message in messages:
+        session = session_id if session_id is not None else "default"
+        for message in sorted(messages, key=lambda m: m.timestamp):
             if not message.content.strip():
                 continue
             message_metadata = dict(message.metadata)
+            turn_key = (user_id, str(message_metadata.get("session_id", session)))
+            turn_index = self._turn_counters.get(turn_key, 0)
+            self._turn_counters[turn_key] = turn_index + 1
             metadata: dict[str, Any] = {
                 **message_metadata,
                 "role": message.role.value,
                 "message_id": message.id,
                 "timestamp": message.timestamp,
             }
-            metadata.setdefault("session_id", session_id if session_id is not None else "default")
-            if "turn_index" not in metadata and "turn_index" in message_metadata:
-                metadata["turn_index"] = message_metadata["turn_index"]
+            metadata.setdefault("session_id", session)
+            metadata.setdefault("turn_index", turn_index)
             metadata.setdefault("speaker", message.name or message.role.value)
             date = message_metadata.get("session_date", session_date)
             if date is None:
