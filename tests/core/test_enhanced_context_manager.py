@@ -1,0 +1,297 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.errors import (
+    ContextBudgetError,
+    InvalidArgumentError,
+    InvalidMessageError,
+    InvalidPriorityError,
+    InvalidRoleError,
+    LifecycleError,
+    StorageError,
+    ToolCallPairingError,
+)
+from context_manager.core.messages import ToolCall
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+from context_manager.testing import ScriptedSummarizer
+
+HISTORY_KEYS = {
+    "tokens_before",
+    "tokens_after",
+    "messages_before",
+    "messages_after",
+    "removed_count",
+    "summary_tokens",
+    "duration_ms",
+    "timestamp",
+    "strategy",
+}
+
+
+def make_config(tmp_path: Path, **overrides: object) -> ContextManagerConfig:
+    return ContextManagerConfig(cache_path=tmp_path / "cache", **overrides)  # type: ignore[arg-type]
+
+
+def state(manager: EnhancedContextManager) -> tuple[object, ...]:
+    return (
+        tuple((m.id, m.content, m.token_count) for m in manager.messages),
+        manager.get_context_summary()["token_count"],
+        len(manager.compression_history),
+    )
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------
+
+
+async def test_initialize_creates_private_directories(tmp_path: Path) -> None:
+    config = make_config(tmp_path, storage_path=tmp_path / "deep" / "store")
+    manager = EnhancedContextManager(config)
+    assert not config.cache_path.exists()  # constructing touches nothing
+    await manager.initialize()
+    try:
+        for directory in (config.cache_path, tmp_path / "deep", tmp_path / "deep" / "store"):
+            assert directory.is_dir()
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    finally:
+        await manager.cleanup()
+
+
+async def test_default_storage_path_is_under_cache(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config):
+        assert (config.cache_path / "storage").is_dir()
+
+
+async def test_cache_path_that_became_a_file_raises_storage_error(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.cache_path.write_text("not a directory")
+    manager = EnhancedContextManager(config)
+    with pytest.raises(StorageError, match="is a file"):
+        await manager.initialize()
+    assert not manager.is_initialized
+
+
+async def test_methods_before_initialize_and_after_cleanup_raise(tmp_path: Path) -> None:
+    manager = EnhancedContextManager(make_config(tmp_path))
+    with pytest.raises(LifecycleError, match="add_message: the context manager is not initialized"):
+        await manager.add_message("user", "hi")
+    with pytest.raises(LifecycleError, match="get_context_summary"):
+        manager.get_context_summary()
+    with pytest.raises(LifecycleError, match="get_context"):
+        manager.get_context()
+    assert manager.compression_history == []
+    await manager.initialize()
+    await manager.initialize()  # idempotent
+    assert await manager.add_message("user", "hi") is True
+    await manager.cleanup()
+    await manager.cleanup()  # idempotent
+    with pytest.raises(LifecycleError, match="cleaned up"):
+        await manager.add_message("user", "again")
+    with pytest.raises(LifecycleError, match="cleaned up"):
+        await manager.initialize()
+
+
+async def test_async_with(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert manager.is_initialized
+        await manager.add_message("user", "hi")
+    assert not manager.is_initialized
+
+
+def test_constructor_rejects_wrong_types() -> None:
+    with pytest.raises(InvalidArgumentError, match="config: got"):
+        EnhancedContextManager({"max_tokens": 10})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="summarizer: got 'llm'"):
+        EnhancedContextManager(summarizer="llm")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="token_counter"):
+        EnhancedContextManager(token_counter=object())  # type: ignore[arg-type]
+
+
+async def test_config_is_read_at_initialize(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    manager = EnhancedContextManager(config)
+    config.max_tokens = 321
+    async with manager:
+        assert manager.get_context_summary()["max_tokens"] == 321
+
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+async def test_add_message_and_summary(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=1000)) as manager:
+        await manager.add_message("system", "Be brief.")
+        await manager.add_message(
+            "user", "Important question", priority="high", metadata={"category": "technical"}
+        )
+        await manager.add_message("assistant", "Answer", pinned=True, name="bot")
+        summary = manager.get_context_summary()
+        counter = get_token_counter()
+        expected = sum(counter.count_message(m) for m in manager.messages) + REPLY_PRIMING_TOKENS
+        assert summary["message_count"] == 3
+        assert summary["token_count"] == expected
+        assert summary["max_tokens"] == 1000
+        assert summary["utilization"] == pytest.approx(expected / 1000)
+        assert summary["compression_count"] == 0
+        assert summary["pinned_count"] == 1
+        assert summary["token_encoding"] == "o200k_base"
+        message = manager.messages[1]
+        assert message.priority.value == "high" and message.metadata == {"category": "technical"}
+
+
+async def test_tool_round_trip(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "2+2?")
+        await manager.add_message(
+            "assistant",
+            "",
+            tool_calls=[
+                {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"e":"2+2"}'}}
+            ],
+        )
+        assert manager.get_context_summary()["pending_tool_calls"] == 1
+        await manager.add_message("tool", "4", tool_call_id="c1")
+        openai = manager.get_context("openai")
+        assert openai[1]["tool_calls"][0]["function"] == {"name": "calc", "arguments": '{"e":"2+2"}'}
+        assert openai[2] == {"role": "tool", "tool_call_id": "c1", "content": "4"}
+        anthropic = manager.get_context(format="anthropic")
+        assert anthropic["messages"][1]["content"][0]["type"] == "tool_use"
+        assert anthropic["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        (("robot", "hi"), {}, InvalidRoleError, "role: got 'robot'; allowed one of 'system', 'user'"),
+        (("user", "hi"), {"priority": "urgent"}, InvalidPriorityError, "priority: got 'urgent'"),
+        (("user", 42), {}, InvalidMessageError, "content: got 42; allowed a str"),
+        (("user", None), {}, InvalidMessageError, "content: got None"),
+        (
+            ("user", "hi"),
+            {"importance": 0.5},
+            InvalidArgumentError,
+            "importance: got 0.5; allowed one of metadata",
+        ),
+        (("tool", "res"), {"tool_call_id": "ghost"}, ToolCallPairingError, "tool_call_id: got 'ghost'"),
+        (("user", "hi"), {"metadata": {"x": float("nan")}}, InvalidMessageError, "metadata.x"),
+        (("user", "hi"), {"tool_calls": [ToolCall(id="c", name="f")]}, InvalidMessageError, "tool_calls"),
+    ],
+)
+async def test_bad_input_raises_and_changes_nothing(
+    tmp_path: Path, args: tuple[object, ...], kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "first")
+        before = state(manager)
+        with pytest.raises(error, match=match) as info:
+            await manager.add_message(*args, **kwargs)  # type: ignore[arg-type]
+        assert isinstance(info.value, ValueError)
+        assert state(manager) == before
+
+
+async def test_system_message_that_cannot_fit_is_rejected(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=100)) as manager:
+        await manager.add_message("user", "hello")
+        before = state(manager)
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 100"):
+            await manager.add_message("system", "rule " * 500)
+        with pytest.raises(ContextBudgetError):
+            await manager.add_message("user", "keep me " * 200, pinned=True)
+        assert state(manager) == before
+
+
+async def test_compression_disabled_rejects_when_full(tmp_path: Path) -> None:
+    config = make_config(tmp_path, max_tokens=100, enable_compression=False)
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "word " * 60)
+        before = state(manager)
+        with pytest.raises(ContextBudgetError, match="compression is disabled"):
+            await manager.add_message("assistant", "word " * 60)
+        assert state(manager) == before
+
+
+# -- compression -------------------------------------------------------------------------------------
+
+
+async def test_compression_history_records(tmp_path: Path) -> None:
+    async with EnhancedContextManager(
+        make_config(tmp_path, max_tokens=300, compression_ratio=0.5)
+    ) as manager:
+        for i in range(40):
+            await manager.add_message("user", f"Long message {i} " + "about things " * 5)
+            await manager.add_message("assistant", f"Long response {i} " + "with details " * 5)
+            assert manager.get_context_summary()["token_count"] <= 300
+        history = manager.compression_history
+        assert history and set(history[-1]) >= HISTORY_KEYS
+        latest = history[-1]
+        assert latest["strategy"] == "extractive"
+        assert latest["tokens_after"] <= 150 < latest["tokens_before"]
+        assert latest["messages_after"] < latest["messages_before"]
+        assert latest["removed_count"] > 0 and latest["summary_tokens"] > 0
+        assert latest["duration_ms"] >= 0
+        assert manager.get_context_summary()["compression_count"] == len(history)
+        assert manager.get_context_summary()["has_summary"]
+
+
+async def test_custom_summarizer_and_fallback_on_timeout(tmp_path: Path) -> None:
+    summarizer = ScriptedSummarizer(default="The user discussed invoices.")
+    config = make_config(tmp_path, max_tokens=200)
+    async with EnhancedContextManager(config, summarizer=summarizer) as manager:
+        for i in range(20):
+            await manager.add_message("user", f"invoice {i} " + "details " * 10)
+        assert manager.compression_history[0]["strategy"] == "custom"
+        assert manager.messages[0].content == "The user discussed invoices."
+        assert summarizer.calls[0].budget_tokens > 0
+
+    hanging = ScriptedSummarizer(hang=True)
+    config = make_config(tmp_path, max_tokens=200, summarizer_timeout=0.05)
+    async with EnhancedContextManager(config, summarizer=hanging) as manager:
+        for i in range(20):
+            await manager.add_message("user", f"invoice {i} " + "details " * 10)
+        record = manager.compression_history[0]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert record["error"] == "timeout after 0.05 s"
+        hanging.release()
+
+
+async def test_get_context_budget_leaves_window_unchanged(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=4000)) as manager:
+        await manager.add_message("system", "Rules.")
+        for i in range(60):
+            await manager.add_message("user" if i % 2 == 0 else "assistant", f"message {i} " + "text " * 20)
+        before = state(manager)
+        limited = manager.get_context("openai", budget=300)
+        counter = get_token_counter()
+        from context_manager.core.messages import Message
+
+        rebuilt = [
+            Message.create(m["role"], m["content"], tool_call_id=m.get("tool_call_id")) for m in limited
+        ]
+        assert sum(counter.count_message(m) for m in rebuilt) + REPLY_PRIMING_TOKENS <= 300
+        assert limited[0] == {"role": "system", "content": "Rules."}
+        assert limited[-1]["content"] == manager.messages[-1].content
+        assert state(manager) == before
+        with pytest.raises(InvalidArgumentError, match="format: got 'xml'"):
+            manager.get_context("xml")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="budget: got 0"):
+            manager.get_context(budget=0)
+
+
+async def test_pin_and_compress_context(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=2000)) as manager:
+        await manager.add_message("assistant", "keep this fact: 42")
+        kept_id = manager.messages[0].id
+        manager.pin_message(kept_id)
+        for i in range(30):
+            await manager.add_message("user", f"message {i} " + "text " * 20)
+        record = await manager.compress_context(300)
+        assert record is not None and record["tokens_after"] <= 300
+        assert kept_id in {m.id for m in manager.messages}
+        manager.unpin_message(kept_id)
+        assert not manager.context_window.get(kept_id).pinned
