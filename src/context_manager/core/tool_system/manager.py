@@ -144,11 +144,16 @@ class _ResultEncoder(json.JSONEncoder):
         raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 
+_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def _encode_result(value: Any) -> tuple[Any, str]:
     """Return the JSON-ready result and its JSON text, or raise TypeError/ValueError."""
-    if value is None or type(value) in (str, int, bool):
-        return value, json.dumps(value, ensure_ascii=False)
-    encoder = _ResultEncoder()
+    try:  # the common case: plain JSON values, with one shared encoder (no per-call setup)
+        return value, _PLAIN_ENCODER.encode(value)
+    except TypeError:
+        pass
+    encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
     return (json.loads(text) if encoder.converted else value), text
 
@@ -506,9 +511,9 @@ class ToolManager:
 
         cache_key: str | None = None
         if definition.cacheable and self.config.enable_tool_caching:
-            cache_key = canonical_arguments(
-                validated.model_dump(mode="json") if model is not None else call_arguments
-            )
+            cache_key = canonical_arguments(call_arguments)
+            if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
+                cache_key = canonical_arguments(validated.model_dump(mode="json"))
             if cache_key is not None:
                 hit, value = self._cache.lookup(name, cache_key)
                 if hit:
