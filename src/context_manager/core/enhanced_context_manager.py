@@ -26,7 +26,12 @@ from typing import Any, Literal
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook
-from context_manager.core.errors import InvalidArgumentError, LifecycleError, StorageError
+from context_manager.core.errors import (
+    ContextManagerError,
+    InvalidArgumentError,
+    LifecycleError,
+    StorageError,
+)
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.messages import Message, ToolCall
@@ -367,7 +372,8 @@ class EnhancedContextManager:
         The assistant message carrying the calls is added first unless it is already in the window (added
         with ``add_message("assistant", ..., tool_calls=...)``). Calls run concurrently, at most
         ``config.max_concurrent_tool_calls`` at once; results come back in call order. A result longer
-        than its tool's ``max_output_tokens`` is cut with a marker in the window only.
+        than its tool's ``max_output_tokens`` is cut with a marker in the window only; its full text goes
+        to medium-term memory (tags ``tool_output`` and the tool's name), so :meth:`search_memory` finds it.
 
         Args:
             calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
@@ -380,10 +386,28 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")
-        results = await execute_tool_calls_in_window(self.tool_manager, window, calls, content=content)
+        results = await execute_tool_calls_in_window(
+            self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
+        )
         for result in results:
             self._record_tool_result(result)
         return results
+
+    async def _remember_tool_output(self, call: ToolCall, result: ToolResult, full_text: str) -> None:
+        """Keep the full text of a tool output cut in the window in medium-term memory."""
+        try:
+            await self.memory_manager.add_memory(
+                full_text,
+                importance=0.3,
+                tags=["tool_output", call.name],
+                metadata={"tool_call_id": call.id, "tool_name": call.name, "success": result.success},
+                tier="medium",
+                source="tool",
+            )
+        except ContextManagerError as error:  # the results already exist; losing the copy is not fatal
+            logger.warning(
+                "could not store the full output of tool call %s: %s", call.id, type(error).__name__
+            )
 
     def _record_tool_result(self, result: ToolResult) -> None:
         """Record a tool call in the performance monitor, when there is one."""

@@ -25,6 +25,7 @@ from context_manager.core.tool_system.definition import (
     tool,
 )
 from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
+from context_manager.core.tool_system.memory_tools import MEMORY_TOOL_NAMES, register_memory_tools
 from context_manager.core.tool_system.permissions import (
     ApprovalCallback,
     PermissionDecision,
@@ -35,6 +36,7 @@ from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
 
 __all__ = [
+    "MEMORY_TOOL_NAMES",
     "ApprovalCallback",
     "ParsedToolCall",
     "PermissionDecision",
@@ -49,5 +51,6 @@ __all__ = [
     "ToolResultCache",
     "execute_tool_calls_in_window",
     "get_tool_definition",
+    "register_memory_tools",
     "tool",
 ]
