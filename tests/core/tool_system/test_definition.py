@@ -271,3 +271,25 @@ def test_light_schema_check_for_parameters_tools() -> None:
     assert "n: got True; expected integer" in problems
     assert "mode: got 'c'; expected one of 'a', 'b'" in problems
     assert "zzz: unexpected argument; allowed q, n, mode" in problems
+
+
+async def test_partials_and_callable_objects() -> None:
+    import functools
+
+    async def scale(value: float, factor: float) -> float:
+        return value * factor
+
+    doubled = ToolDefinition(name="double", function=functools.partial(scale, factor=2.0))
+    assert doubled.is_async
+    assert doubled.parameters_schema["required"] == ["value"]
+
+    class Counter:
+        """Count characters."""
+
+        async def __call__(self, text: str) -> int:
+            return len(text)
+
+    counter = ToolDefinition(name="count", function=Counter())
+    assert counter.is_async and counter.convention == "typed"
+    assert counter.parameters_schema["properties"] == {"text": {"type": "string"}}
+    assert counter.description == "Count characters."

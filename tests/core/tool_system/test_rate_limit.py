@@ -99,3 +99,28 @@ async def test_replacing_a_tool_resets_its_rate_limit(clock: ManualClock) -> Non
     assert (await manager.execute("ping")).error_type == "rate_limited"
     manager.register_function_tool("ping", ping, "Ping v2", rate_limit=1, replace=True)
     assert (await manager.execute("ping")).success
+
+
+def test_prune_forgets_keys_outside_their_window(clock: ManualClock) -> None:
+    limiter = SlidingWindowRateLimiter(clock)
+    for caller in ("a", "b", "c"):
+        limiter.try_acquire(("ping", caller), limit=5, window=10.0)
+    clock.advance(5.0)
+    limiter.try_acquire(("ping", "c"), limit=5, window=10.0)
+    clock.advance(6.0)
+    assert limiter.prune(lambda key: 10.0) == 2  # a and b: every call left the window
+    assert len(limiter) == 1
+    assert limiter.prune(lambda key: None) == 1  # keys of tools that no longer exist
+
+
+async def test_purge_expired_cache_also_prunes_rate_limit_state(clock: ManualClock) -> None:
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1, rate_window=10.0)
+    for caller in range(50):
+        await manager.call_tool("ping", {}, caller_key=f"user{caller}")
+    clock.advance(11.0)
+    manager.purge_expired_cache()
+    assert (await manager.call_tool("ping", {}, caller_key="user1")).success

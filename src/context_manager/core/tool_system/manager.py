@@ -23,6 +23,10 @@ problems:
    (``dataclasses.asdict``) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``.
 
+Sync tools share the event loop's default thread pool (``asyncio.to_thread``; a few threads on a small
+machine). A call waiting for a free thread is inside its timeout, and sync tools that time out keep their
+thread until they return, so give long blocking tools an async version or their own executor.
+
 The manager is meant for one event loop; it keeps no background task.
 """
 
@@ -34,7 +38,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -733,8 +737,17 @@ class ToolManager:
         return self._cache.invalidate(name)
 
     def purge_expired_cache(self) -> int:
-        """Drop cached results whose TTL has passed; return how many were dropped."""
+        """Drop cached results whose TTL has passed; return how many were dropped.
+
+        Also forgets rate-limit state that no longer counts (keys whose calls all left their window), so
+        many distinct ``caller_key`` values do not accumulate.
+        """
+        self._limiter.prune(self._rate_window_of)
         return self._cache.purge_expired()
+
+    def _rate_window_of(self, key: Hashable) -> float | None:
+        definition = self._tools.get(key[0]) if isinstance(key, tuple) else None
+        return None if definition is None else definition.rate_window
 
     def get_tool_stats(self) -> dict[str, Any]:
         """Return call statistics: totals, cache counters and one entry per registered tool.

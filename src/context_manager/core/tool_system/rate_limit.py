@@ -70,6 +70,26 @@ class SlidingWindowRateLimiter:
         with self._lock:
             return sum(1 for stamp in self._calls.get(key, ()) if stamp > horizon)
 
+    def prune(self, window_of: Callable[[Hashable], float | None]) -> int:
+        """Forget keys none of whose calls is still inside its window; return how many were forgotten.
+
+        Args:
+            window_of: The window of a key in seconds, or None for a key that no longer exists.
+        """
+        now = self._clock()
+        with self._lock:
+            doomed = []
+            for key, calls in self._calls.items():
+                window = window_of(key)
+                if window is None or not calls or calls[-1] <= now - window:
+                    doomed.append(key)
+            for key in doomed:
+                del self._calls[key]
+            return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
     def reset(self, match: Callable[[Hashable], bool] | None = None) -> None:
         """Forget the calls of every key (or of the keys ``match`` accepts)."""
         with self._lock:

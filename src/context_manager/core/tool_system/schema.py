@@ -15,6 +15,7 @@ Two calling conventions are recognised (see :func:`analyse_function`):
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import re
 import sys
@@ -148,8 +149,10 @@ def _caller_namespace(max_frames: int = 12) -> dict[str, Any]:
 
 def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
     target = function
-    if not (inspect.isfunction(function) or inspect.ismethod(function)):
-        target = getattr(function, "__call__", function)  # noqa: B004
+    while isinstance(target, functools.partial):  # hints live on the wrapped function
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(target, "__call__", target)  # noqa: B004
     try:
         return typing.get_type_hints(target, include_extras=True)
     except NameError:
