@@ -88,3 +88,16 @@ async def test_concurrency_is_bounded_by_config() -> None:
     results = await manager.execute_tool_calls([openai_call(f"c{i}", "busy", {"n": i}) for i in range(12)])
     assert [r.result for r in results] == list(range(12))
     assert peak == 3
+
+
+async def test_openai_sdk_tool_call_objects_are_accepted() -> None:
+    from openai.types.chat import ChatCompletionMessageToolCall
+    from openai.types.chat.chat_completion_message_tool_call import Function
+
+    manager = ToolManager()
+    manager.register_tool(add)
+    sdk_call = ChatCompletionMessageToolCall(
+        id="call_sdk", type="function", function=Function(name="add", arguments='{"a": 4, "b": 5}')
+    )
+    results = await manager.execute_tool_calls([sdk_call])  # type: ignore[list-item]
+    assert results[0].call_id == "call_sdk" and results[0].result == 9

@@ -88,6 +88,9 @@ async def test_calls_get_an_assistant_message_and_paired_results(manager: Enhanc
         ("toolu_b", "Error (tool_error): tool 'fail' raised RuntimeError: boom"),
     ]
     assert replies[1].metadata["error_type"] == "tool_error"
+    anthropic = manager.get_context("anthropic")
+    results_turn = anthropic["messages"][-1]["content"]  # type: ignore[call-overload]
+    assert [block.get("is_error", False) for block in results_turn] == [False, True]
     assert manager.context_window.pending_tool_calls == frozenset()
     openai = manager.get_context("openai")
     assert [m["role"] for m in openai] == ["user", "assistant", "tool", "tool"]  # type: ignore[index]

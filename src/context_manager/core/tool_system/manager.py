@@ -670,6 +670,8 @@ class ToolManager:
     def parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
         """Normalise tool calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ToolCall.
 
+        Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well.
+
         A call whose arguments are not a JSON object is kept, with empty arguments and an
         ``invalid_arguments`` failure, so it still gets a paired result.
 
@@ -680,6 +682,9 @@ class ToolManager:
             raise InvalidMessageError("calls", calls, "a list of tool calls (OpenAI, Anthropic or ToolCall)")
         parsed: list[ParsedToolCall] = []
         for raw in calls:
+            dump = getattr(raw, "model_dump", None)
+            if callable(dump) and not isinstance(raw, ToolCall):  # provider SDK objects (pydantic models)
+                raw = dump()
             try:
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:

@@ -115,6 +115,7 @@ async def execute_tool_calls_in_window(
             "success": result.success,
             "error_type": None if result.error_type is None else result.error_type.value,
             "cached": result.cached,
+            "is_error": not result.success,  # Anthropic export marks the tool_result block
         }
         if total is not None:
             metadata["truncated"] = True
