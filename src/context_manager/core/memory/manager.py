@@ -1495,10 +1495,8 @@ class MemoryManager:
 def _check_content(content: Any) -> None:
     if not isinstance(content, str) or not content.strip():
         raise InvalidMemoryError("content", content, "a non-empty string")
-    try:
-        content.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidMemoryError("content", content, "valid Unicode text (no lone surrogates)") from error
+    if not _encodable(content):
+        raise InvalidMemoryError("content", content, "valid Unicode text (no lone surrogates)")
 
 
 def _check_importance(value: Any, *, field: str = "importance") -> float:
@@ -1514,7 +1512,7 @@ def _check_tags(tags: Any) -> list[str]:
         raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
     result: dict[str, None] = {}
     for tag in tags:
-        if not isinstance(tag, str) or not tag.strip():
+        if not isinstance(tag, str) or not tag.strip() or not _encodable(tag):
             raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=f"bad tag {tag!r}")
         result[tag] = None
     return list(result)
@@ -1526,7 +1524,9 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
         raise InvalidMemoryError("metadata", metadata, "a dict with string keys and JSON values")
     try:
-        return dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
+        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        return dict(json.loads(text))
     except (TypeError, ValueError) as error:
         raise InvalidMemoryError(
             "metadata", metadata, "a dict with string keys and JSON values", detail=str(error)
@@ -1540,8 +1540,16 @@ def _json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
         return {key: str(value) for key, value in metadata.items()}
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_user(user_id: Any, *, allow_all: bool) -> None:
-    if user_id is None or (isinstance(user_id, str) and user_id):
+    if user_id is None or (isinstance(user_id, str) and user_id and _encodable(user_id)):
         return
     if allow_all and user_id is ALL_USERS:
         return

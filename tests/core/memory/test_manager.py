@@ -1,0 +1,426 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import (
+    InvalidMemoryError,
+    LifecycleError,
+    MemoryNotFoundError,
+    StorageLockedError,
+)
+from context_manager.core.memory.embeddings import HashingEmbedder
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from context_manager.core.memory.models import MemoryTier
+from context_manager.core.memory.ranking import RankingWeights
+
+from .conftest import FakeClock
+
+DAY = 86400.0
+
+
+async def snapshot(manager: MemoryManager) -> list[dict[str, Any]]:
+    """Every stored copy of every memory, for before/after comparisons."""
+    await manager.flush()
+    copies = await asyncio.to_thread(manager._all_copies)
+    return sorted((m.to_dict() for m in copies), key=lambda d: (d["id"], d["tier"]))
+
+
+async def test_add_returns_a_copy_and_search_finds_it(manager: MemoryManager) -> None:
+    added = await manager.add_memory("Python context managers use __enter__ and __exit__", tags=["python"])
+    added.content = "changed by the caller"
+    results = await manager.search_memory("context manager")
+    assert [m.id for m in results] == [added.id]
+    assert results[0].content.startswith("Python")
+    assert results[0].score is not None and results[0].score > 0
+    assert results[0].access_count == 1
+    fetched = await manager.get_memory(added.id)
+    assert fetched is not None and fetched.tier is MemoryTier.SHORT
+    assert await manager.get_memory("nope") is None
+
+
+async def test_important_memories_are_also_written_to_long_term(manager: MemoryManager) -> None:
+    important = await manager.add_memory("the launch code is 1234", importance=0.9)
+    casual = await manager.add_memory("it rained today", importance=0.2)
+    tiers = {(m["id"], m["tier"]) for m in await snapshot(manager)}
+    assert (important.id, "short") in tiers and (important.id, "long") in tiers
+    assert (casual.id, "short") in tiers and (casual.id, "long") not in tiers
+    # one result per memory even though it lives in two tiers
+    assert [m.id for m in await manager.search_memory("launch code")] == [important.id]
+
+
+async def test_explicit_tier(manager: MemoryManager) -> None:
+    for tier in ("short", "medium", MemoryTier.LONG):
+        memory = await manager.add_memory(f"note for the {tier} tier", tier=tier)
+        assert memory.tier is MemoryTier.parse(tier)
+    assert (await manager.get_memory_stats())["by_tier"] == {"short": 1, "medium": 1, "long": 1}
+
+
+async def test_overflow_moves_down_and_nothing_is_lost(manager: MemoryManager, clock: FakeClock) -> None:
+    ids = []
+    for i in range(120):
+        clock.advance(1)
+        memory = await manager.add_memory(f"memory {i} about topic{i % 7}", importance=0.1 + (i % 5) / 10)
+        ids.append(memory.id)
+    await manager.flush()
+    stats = await manager.get_memory_stats()
+    assert stats["total_memories"] == 120
+    assert stats["by_tier"]["short"] <= 20 and stats["by_tier"]["medium"] <= 30
+    assert stats["by_tier"]["long"] >= 70
+    found = await manager.search_memory("memory", limit=500)
+    assert {m.id for m in found} == set(ids)
+    # the least valuable went down first: what remains in short-term is at least as important on average
+    short = [m for m in await asyncio.to_thread(manager._all_copies) if m.tier is MemoryTier.SHORT]
+    long_term = [m for m in await asyncio.to_thread(manager._all_copies) if m.tier is MemoryTier.LONG]
+    assert sum(m.importance for m in short) / len(short) >= sum(m.importance for m in long_term) / len(
+        long_term
+    )
+
+
+async def test_frequently_accessed_memories_move_up(config: ContextManagerConfig, clock: FakeClock) -> None:
+    async with MemoryManager(config, clock=clock, promotion_access_count=3) as manager:
+        hot = await manager.add_memory("the wifi password is hunter2", tier="medium")
+        for _ in range(3):
+            assert [m.id for m in await manager.search_memory("wifi password")] == [hot.id]
+        await manager.flush()
+        moved = await manager.get_memory(hot.id)
+        assert moved is not None and moved.tier is MemoryTier.LONG and moved.access_count == 3
+
+
+async def test_every_tier_survives_a_restart(config: ContextManagerConfig, clock: FakeClock) -> None:
+    async with MemoryManager(config, clock=clock) as manager:
+        added = {
+            "short": await manager.add_memory("short tier sentinel alpha"),
+            "medium": await manager.add_memory("medium tier sentinel beta", tier="medium"),
+            "long": await manager.add_memory("long tier sentinel gamma", tier="long"),
+            "both": await manager.add_memory("important sentinel delta", importance=0.95),
+        }
+        await manager.search_memory("alpha")
+    async with MemoryManager(config, clock=clock) as reopened:
+        short = await reopened.get_memory(added["short"].id)
+        assert short is not None and short.tier is MemoryTier.SHORT and short.access_count == 1
+        for name, memory in added.items():
+            results = await reopened.search_memory(memory.content)
+            assert results and results[0].id == memory.id, name
+        assert (await reopened.get_memory_stats())["total_memories"] == 4
+
+
+async def test_files_are_private(manager: MemoryManager, storage: Path) -> None:
+    await manager.add_memory("secret", importance=0.9)
+    assert stat.S_IMODE(os.stat(storage).st_mode) == 0o700
+    for name in ("memories.jsonl", "memories.sqlite3", ".lock"):
+        assert stat.S_IMODE(os.stat(storage / name).st_mode) == 0o600, name
+
+
+async def test_second_manager_on_the_same_storage_is_refused(
+    manager: MemoryManager, config: ContextManagerConfig
+) -> None:
+    other = MemoryManager(config)
+    with pytest.raises(StorageLockedError, match=f"pid {os.getpid()}") as caught:
+        await other.initialize()
+    assert caught.value.holder.startswith(f"pid {os.getpid()} on host")
+
+
+async def test_second_process_gets_storage_locked_error(manager: MemoryManager, storage: Path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from context_manager.core.config import ContextManagerConfig\n"
+        "from context_manager.core.errors import StorageLockedError\n"
+        "from context_manager.core.memory.manager import MemoryManager\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        await MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})).initialize()\n"
+        "    except StorageLockedError as error:\n"
+        "        print('LOCKED', error.holder)\n"
+        "asyncio.run(main())\n"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.startswith(f"LOCKED pid {os.getpid()}"), result.stderr
+
+
+async def test_lifecycle_errors(config: ContextManagerConfig) -> None:
+    manager = MemoryManager(config)
+    with pytest.raises(LifecycleError, match="initialize"):
+        await manager.add_memory("too early")
+    await manager.initialize()
+    await manager.close()
+    await manager.close()
+    with pytest.raises(LifecycleError, match="closed"):
+        await manager.search_memory("too late")
+
+
+BAD_ADDS: list[tuple[dict[str, Any], str]] = [
+    ({"content": "x", "importance": 1.5}, "importance"),
+    ({"content": "x", "importance": -0.1}, "importance"),
+    ({"content": "x", "importance": float("nan")}, "importance"),
+    ({"content": "x", "importance": True}, "importance"),
+    ({"content": ""}, "content"),
+    ({"content": "   "}, "content"),
+    ({"content": 42}, "content"),
+    ({"content": None}, "content"),
+    ({"content": "x", "tags": [1, 2]}, "tags"),
+    ({"content": "x", "tags": "python"}, "tags"),
+    ({"content": "x", "tags": [""]}, "tags"),
+    ({"content": "x", "tier": "archive"}, "tier"),
+    ({"content": "x", "metadata": {"a": object()}}, "metadata"),
+    ({"content": "x", "metadata": {1: "a"}}, "metadata"),
+    ({"content": "x", "user_id": 7}, "user_id"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "field"), BAD_ADDS)
+async def test_bad_add_raises_and_changes_nothing(
+    manager: MemoryManager, arguments: dict[str, Any], field: str
+) -> None:
+    await manager.add_memory("existing memory", importance=0.9)
+    before = await snapshot(manager)
+    log_size = (manager.storage_path / "memories.jsonl").stat().st_size
+    with pytest.raises(InvalidMemoryError, match=f"^{field}: got .*; allowed") as caught:
+        await manager.add_memory(**arguments)
+    assert isinstance(caught.value, ValueError)
+    assert await snapshot(manager) == before
+    assert (manager.storage_path / "memories.jsonl").stat().st_size == log_size
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda m: m.search_memory("x", limit=-1), "limit"),
+        (lambda m: m.search_memory("x", limit=2.5), "limit"),
+        (lambda m: m.search_memory(None), "query"),
+        (lambda m: m.search_memory("x", tiers=["nowhere"]), "tier"),
+        (lambda m: m.search_memory("x", min_importance=2), "min_importance"),
+        (lambda m: m.search_memory("x", since="yesterday"), "since"),
+        (lambda m: m.search_by_tags([]), "tags"),
+        (lambda m: m.search_by_tags(["a"], match="some"), "match"),
+        (lambda m: m.search_by_tags(["a"], limit=-3), "limit"),
+        (lambda m: m.cleanup_old_memories(-1), "max_age_days"),
+        (lambda m: m.cleanup_old_memories(float("inf")), "max_age_days"),
+        (lambda m: m.consolidate_memories(1.5), "similarity_threshold"),
+        (lambda m: m.update_memory("x", importance=3), "importance"),
+        (lambda m: m.get_memory(""), "memory_id"),
+    ],
+)
+async def test_bad_arguments_raise_and_change_nothing(manager: MemoryManager, call: Any, field: str) -> None:
+    await manager.add_memory("existing memory", importance=0.9, tags=["a"])
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match=f"^{field}: got"):
+        await call(manager)
+    assert await snapshot(manager) == before
+
+
+async def test_update_and_delete(manager: MemoryManager) -> None:
+    memory = await manager.add_memory("draft text", importance=0.9, tags=["draft"])
+    updated = await manager.update_memory(memory.id, content="final text", tags=["final"])
+    assert updated.content == "final text" and updated.tags == ["final"]
+    copies = [m for m in await snapshot(manager) if m["id"] == memory.id]
+    assert len(copies) == 2 and all(c["content"] == "final text" for c in copies)
+    assert await manager.search_memory("draft") == []
+    moved = await manager.update_memory(memory.id, tier="medium")
+    assert moved.tier is MemoryTier.MEDIUM
+    assert [m["tier"] for m in await snapshot(manager) if m["id"] == memory.id] == ["medium"]
+    deleted = await manager.delete_memory(memory.id)
+    assert deleted.id == memory.id
+    assert await manager.get_memory(memory.id) is None
+    with pytest.raises(MemoryNotFoundError):
+        await manager.delete_memory(memory.id)
+    with pytest.raises(MemoryNotFoundError):
+        await manager.update_memory(memory.id, content="x")
+
+
+async def test_search_filters(manager: MemoryManager, clock: FakeClock) -> None:
+    old = await manager.add_memory("apple pie recipe", importance=0.2, tags=["food"])
+    clock.advance(10 * DAY)
+    new = await manager.add_memory("apple stock price", importance=0.8, tags=["finance"], tier="long")
+    assert {m.id for m in await manager.search_memory("apple")} == {old.id, new.id}
+    assert [m.id for m in await manager.search_memory("apple", tags=["food"])] == [old.id]
+    assert [m.id for m in await manager.search_memory("apple", tiers=["long"])] == [new.id]
+    assert [m.id for m in await manager.search_memory("apple", min_importance=0.5)] == [new.id]
+    assert [m.id for m in await manager.search_memory("apple", since=clock.now - DAY)] == [new.id]
+    assert [m.id for m in await manager.search_memory("apple", until=clock.now - DAY)] == [old.id]
+    assert await manager.search_memory("apple", limit=0) == []
+    assert await manager.search_memory("   ") == []
+
+
+async def test_search_by_tags_any_and_all(manager: MemoryManager) -> None:
+    a = await manager.add_memory("a", tags=["python", "important"], importance=0.9)
+    b = await manager.add_memory("b", tags=["python"], importance=0.4, tier="medium")
+    c = await manager.add_memory("c", tags=["important"], importance=0.6, tier="long")
+    assert [m.id for m in await manager.search_by_tags(["important"])] == [a.id, c.id]
+    assert [m.id for m in await manager.search_by_tags(["python", "important"])] == [a.id, c.id, b.id]
+    assert [m.id for m in await manager.search_by_tags(["python", "important"], match="all")] == [a.id]
+    assert len(await manager.search_by_tags(["python", "important"], limit=1)) == 1
+
+
+async def test_access_counts_are_batched_and_persisted(config: ContextManagerConfig) -> None:
+    async with MemoryManager(config) as manager:
+        memory = await manager.add_memory("counted memory", tier="long")
+        for expected in range(1, 4):
+            results = await manager.search_memory("counted")
+            assert results[0].access_count == expected
+        assert (await manager.get_memory_stats())["pending_access_updates"] == 1
+    async with MemoryManager(config) as reopened:
+        stored = await reopened.get_memory(memory.id)
+        assert stored is not None and stored.access_count == 3
+
+
+async def test_consolidation_merges_hides_and_can_be_undone(manager: MemoryManager) -> None:
+    a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4, tags=["home"])
+    b = await manager.add_memory(
+        "the user lives in Berlin Germany!", importance=0.7, tags=["city"], tier="long"
+    )
+    other = await manager.add_memory("The user likes green tea", importance=0.5)
+    await manager.search_memory("Berlin")
+    report = await manager.consolidate_memories(similarity_threshold=0.9)
+    assert report["consolidated_count"] == 2
+    assert len(report["merged_ids"]) == 1 and len(report["groups"]) == 1
+    merged_id = report["merged_ids"][0]
+    assert set(report["groups"][0]["merged_from"]) == {a.id, b.id}
+    merged = await manager.get_memory(merged_id)
+    assert merged is not None
+    assert merged.importance == 0.7 and set(merged.tags) == {"home", "city"}
+    assert merged.tier is MemoryTier.LONG and merged.access_count == 2 and merged.source == "consolidation"
+    assert [m.id for m in await manager.search_memory("Berlin")] == [merged_id]
+    original = await manager.get_memory(a.id)
+    assert original is not None and original.superseded_by == merged_id
+    assert (await manager.get_memory(other.id)) is not None
+
+    undone = await manager.undo_consolidation(merged_id)
+    assert set(undone["restored"]) == {a.id, b.id}
+    assert {m.id for m in await manager.search_memory("Berlin")} == {a.id, b.id}
+
+    again = await manager.consolidate_memories(similarity_threshold=0.9)
+    cleanup = await manager.cleanup_old_memories(max_age_days=365)
+    assert cleanup["superseded_removed"] == 2 and set(cleanup["removed_ids"]) == {a.id, b.id}
+    assert [m.id for m in await manager.search_memory("Berlin")] == again["merged_ids"]
+
+
+async def test_cleanup_reports_by_tier(manager: MemoryManager, clock: FakeClock) -> None:
+    old_short = await manager.add_memory("old short")
+    old_medium = await manager.add_memory("old medium", tier="medium")
+    old_long = await manager.add_memory("old long", tier="long")
+    old_important = await manager.add_memory("old but vital", importance=0.95, tier="long")
+    clock.advance(40 * DAY)
+    fresh = await manager.add_memory("fresh")
+    report = await manager.cleanup_old_memories(max_age_days=30, keep_importance=0.9)
+    assert report["by_tier"] == {"short": 1, "medium": 1, "long": 1}
+    assert report["removed_count"] == 3
+    assert set(report["removed_ids"]) == {old_short.id, old_medium.id, old_long.id}
+    assert await manager.get_memory(fresh.id) is not None
+    assert await manager.get_memory(old_important.id) is not None
+
+
+async def test_stats(manager: MemoryManager) -> None:
+    await manager.add_memory("one", importance=0.2)
+    await manager.add_memory("two", importance=0.8)
+    await manager.add_memory("three", importance=0.5, user_id="alice")
+    stats = await manager.get_memory_stats()
+    assert stats["total_memories"] == 2
+    assert stats["by_tier"] == {"short": 2, "medium": 0, "long": 1}
+    assert stats["mean_importance"] == pytest.approx(0.5)
+    assert stats["bytes_on_disk"]["total"] > 0
+    assert stats["oldest"] <= stats["newest"]
+    assert "by_user" not in stats
+    everyone = await manager.get_memory_stats(user_id=ALL_USERS)
+    assert everyone["by_user"] == {"default": 2, "alice": 1}
+    assert (await manager.get_memory_stats(user_id="alice"))["total_memories"] == 1
+
+
+async def test_export_import_round_trip(
+    manager: MemoryManager, tmp_path: Path, config: ContextManagerConfig
+) -> None:
+    for i in range(25):
+        await manager.add_memory(f"exported memory {i}", importance=i / 25, tags=[f"t{i % 3}"])
+    path = tmp_path / "export.jsonl"
+    assert await manager.export_memories(path) == 25
+    lines = path.read_text().splitlines()
+    assert len(lines) == 25 and json.loads(lines[0])["content"].startswith("exported")
+
+    other_config = config.model_copy(update={"storage_path": tmp_path / "other"})
+    async with MemoryManager(other_config) as other:
+        report = await other.import_memories(path)
+        assert report["imported"] == 25 and report["replaced"] == 0
+        assert sum(report["by_tier"].values()) == 25
+        assert len(await other.search_memory("exported", limit=100)) == 25
+        again = await other.import_memories(path)
+        assert again["replaced"] == 25
+        assert (await other.get_memory_stats())["total_memories"] == 25
+
+
+async def test_import_with_a_bad_line_imports_nothing(manager: MemoryManager, tmp_path: Path) -> None:
+    await manager.add_memory("keep me")
+    path = tmp_path / "bad.jsonl"
+    good = {"id": "g", "content": "good", "importance": 0.5}
+    path.write_text(
+        json.dumps(good) + "\n" + json.dumps({"id": "b", "content": "bad", "importance": 7}) + "\n"
+    )
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match="bad.jsonl:2"):
+        await manager.import_memories(path)
+    assert await snapshot(manager) == before
+
+
+async def test_maintenance(manager: MemoryManager) -> None:
+    for i in range(40):
+        memory = await manager.add_memory(f"maintenance {i}", importance=0.8)
+        await manager.update_memory(memory.id, content=f"maintenance edited {i}")
+    report = await manager.optimize()
+    assert report["log_bytes_after"] < report["log_bytes_before"]
+    assert set(report) >= {"database_bytes_before", "database_bytes_after", "duration_ms"}
+    integrity = await manager.check_integrity()
+    assert integrity["ok"] is True and integrity["sqlite"] == "ok" and integrity["fts"] == "ok"
+    counts = await manager.rebuild_index()
+    assert sum(counts.values()) >= 40
+    assert len(await manager.search_memory("edited", limit=100)) == 40
+
+
+async def test_conversation_turns_use_neighbours_and_speakers(manager: MemoryManager) -> None:
+    turns = [
+        ("Caroline", "What should I cook for the party on Saturday?"),
+        ("Melanie", "Lasagna, definitely. Everyone loves it."),
+        ("Caroline", "I went hiking yesterday."),
+        ("user", "My favourite colour is teal."),
+    ]
+    ids = []
+    for index, (speaker, text) in enumerate(turns):
+        memory = await manager.add_memory(
+            text,
+            metadata={
+                "session_id": "s1",
+                "turn_index": index,
+                "speaker": speaker,
+                "session_date": "2023-05-08",
+            },
+        )
+        ids.append(memory.id)
+    # the answer (turn 1) follows the turn that named the topic: it is found through neighbour context
+    results = await manager.search_memory("what to cook for the party", limit=3)
+    assert ids[1] in [m.id for m in results[:2]]
+    stored = await manager.get_memory(ids[1])
+    assert stored is not None and stored.context.startswith("What should I cook")
+    results = await manager.search_memory("what is my favourite colour")
+    assert results[0].id == ids[3]
+
+
+async def test_vector_channel_finds_what_words_miss(config: ContextManagerConfig) -> None:
+    embedder = HashingEmbedder(dimension=256)
+    async with MemoryManager(config, embedder=embedder) as manager:
+        target = await manager.add_memory("I moved to Berlin last spring")
+        await manager.add_memory("The weather is nice")
+        results = await manager.search_memory("movd berlinn")  # misspelt: no token in common
+        assert results and results[0].id == target.id
+    async with MemoryManager(config, embedder=embedder, ranking=RankingWeights(vector=0.0)) as lexical_only:
+        assert [m.id for m in await lexical_only.search_memory("movd berlinn")] == []
+    async with MemoryManager(config, embedder=embedder) as reopened:  # vectors persisted
+        assert (await reopened.get_memory_stats())["index"]["vectors"] == 2

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+
+from context_manager.core.memory.index import build_match, owner_token, query_tokens
+from context_manager.core.memory.ranking import (
+    Candidate,
+    RankingWeights,
+    fuse,
+    named_speakers,
+    parse_session_date,
+    recency_decay,
+)
+
+NOW = 1_700_000_000.0
+
+
+def test_recency_decay_halves_at_half_life() -> None:
+    assert recency_decay(0, 30) == 1.0
+    assert recency_decay(-5, 30) == 1.0
+    assert recency_decay(30 * 86400, 30) == pytest.approx(0.5)
+    assert recency_decay(60 * 86400, 30) == pytest.approx(0.25)
+
+
+def test_bm25_is_normalised_and_dominates() -> None:
+    strong = Candidate("a", bm25=8.0, timestamp=NOW)
+    weak = Candidate("b", bm25=2.0, timestamp=NOW)
+    ranked = fuse([weak, strong], RankingWeights(), now=NOW, half_life_days=30)
+    assert [c.id for c in ranked] == ["a", "b"]
+    # lexical part of a is exactly 1 (normalised), b is 0.25
+    assert ranked[0].score - ranked[1].score == pytest.approx(0.75)
+
+
+def test_importance_and_recency_break_ties() -> None:
+    old = Candidate("old", bm25=5.0, timestamp=NOW - 90 * 86400)
+    new = Candidate("new", bm25=5.0, timestamp=NOW)
+    assert fuse([old, new], RankingWeights(), now=NOW, half_life_days=30)[0].id == "new"
+    low = Candidate("low", bm25=5.0, importance=0.1, timestamp=NOW)
+    high = Candidate("high", bm25=5.0, importance=0.9, timestamp=NOW)
+    assert fuse([low, high], RankingWeights(), now=NOW, half_life_days=30)[0].id == "high"
+
+
+def test_neighbour_context_lets_the_next_turn_inherit() -> None:
+    session = (None, "s1")
+    question = Candidate("q", bm25=10.0, session=session, turn_index=3, timestamp=NOW)
+    answer = Candidate("a", bm25=0.0, session=session, turn_index=4, timestamp=NOW)
+    unrelated = Candidate("u", bm25=0.0, session=session, turn_index=9, timestamp=NOW)
+    weights = RankingWeights(session_score=False, recency=0, importance=0, access=0)
+    scores = {c.id: c.score for c in fuse([question, answer, unrelated], weights, now=NOW, half_life_days=30)}
+    assert scores["a"] == pytest.approx(0.7)
+    assert scores["u"] == 0.0
+    off = weights.with_changes(neighbour_context=False)
+    scores = {c.id: c.score for c in fuse([question, answer], off, now=NOW, half_life_days=30)}
+    assert scores["a"] == 0.0
+
+
+def test_speaker_boost_and_first_person() -> None:
+    assert "user" in named_speakers(["what", "did", "i", "say"])
+    assert "user" not in named_speakers(["what", "did", "caroline", "say"])
+    by_user = Candidate("u", bm25=5.0, speaker="user", timestamp=NOW)
+    by_bot = Candidate("b", bm25=5.0, speaker="assistant", timestamp=NOW)
+    ranked = fuse(
+        [by_bot, by_user], RankingWeights(), now=NOW, half_life_days=30, query_speakers=named_speakers(["my"])
+    )
+    assert ranked[0].id == "u"
+    caroline = Candidate("c", bm25=5.0, speaker="Caroline Smith", timestamp=NOW - 10)
+    ranked = fuse(
+        [by_bot, caroline],
+        RankingWeights(),
+        now=NOW,
+        half_life_days=30,
+        query_speakers=named_speakers(["caroline"]),
+    )
+    assert ranked[0].id == "c"
+
+
+def test_vector_channel_is_weighted_fusion() -> None:
+    lexical = Candidate("l", bm25=5.0, cosine=0.1, timestamp=NOW)
+    semantic = Candidate("s", bm25=4.0, cosine=0.9, timestamp=NOW)
+    assert fuse([lexical, semantic], RankingWeights(), now=NOW, half_life_days=30)[0].id == "s"
+    no_vector = RankingWeights(vector=0.0)
+    assert fuse([lexical, semantic], no_vector, now=NOW, half_life_days=30)[0].id == "l"
+
+
+def test_session_date_parsing() -> None:
+    assert parse_session_date("2023-05-08") == pytest.approx(1683504000.0)
+    assert parse_session_date("8 May 2023") is None
+    assert parse_session_date(None) is None
+
+
+def test_query_tokens_strip_syntax() -> None:
+    assert query_tokens('NEAR("a" b) AND c* -d:e ^f OR "g') == [
+        "near",
+        "a",
+        "b",
+        "and",
+        "c",
+        "d",
+        "e",
+        "f",
+        "or",
+        "g",
+    ]
+    assert query_tokens("!!! ()") == []
+    assert query_tokens("Über café") == ["über", "café"]
+    assert len(query_tokens(" ".join(f"w{i}" for i in range(100)))) == 32
+
+
+def test_build_match_quotes_everything() -> None:
+    match = build_match(["a", 'b"c'], owner_token("alice"))
+    assert match.startswith('owner : "owner')
+    assert '"b""c"' in match
+    assert build_match(["x"], None) == '"x"'
+    assert owner_token("alice") != owner_token("bob") != owner_token(None)
+
+
+def test_weights_are_frozen() -> None:
+    weights = RankingWeights()
+    with pytest.raises(AttributeError):
+        weights.bm25 = 2.0  # type: ignore[misc]
+    assert weights.effective_columns.context > 0
+    assert weights.with_changes(context_columns=False).effective_columns.context == 0

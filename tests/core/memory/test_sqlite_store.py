@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.errors import StorageCorruptedError
+from context_manager.core.memory.index import build_match, owner_token
+from context_manager.core.memory.migrations import MIGRATIONS, applied_migrations
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.sqlite_store import SQLiteStore
+
+
+def memory(identifier: str, content: str, **fields: object) -> Memory:
+    return Memory(id=identifier, content=content, created_at=1.0, last_accessed=1.0, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    opened = SQLiteStore(tmp_path / "memories.sqlite3")
+    opened.open()
+    yield opened  # type: ignore[misc]
+    opened.close()
+
+
+def test_migrations_are_recorded_in_order_and_applied_once(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    first = SQLiteStore(path)
+    assert first.open() == [name for name, _ in MIGRATIONS]
+    first.close()
+    second = SQLiteStore(path)
+    assert second.open() == []
+    second.close()
+    with sqlite3.connect(path) as connection:
+        assert applied_migrations(connection) == [name for name, _ in MIGRATIONS]
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_file_is_private(tmp_path: Path, store: SQLiteStore) -> None:
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+def test_put_search_update_delete(store: SQLiteStore) -> None:
+    store.put([memory("a", "the quick brown fox jumps", tags=["animal"]), memory("b", "a lazy dog sleeps")])
+    hits = store.search(build_match(["jumping"], owner_token(None)), 10)  # porter stemming
+    assert [(m.id, m.tier) for m, _ in hits] == [("a", MemoryTier.LONG)]
+    assert hits[0][1] > 0
+    store.put([memory("a", "a cat purrs", tags=["pet"])])  # replace
+    assert store.search(build_match(["fox"], None), 10) == []
+    assert [m.id for m in store.with_tags(["pet"])] == ["a"]
+    assert store.with_tags(["animal"]) == []
+    assert store.delete(["a", "missing"]) == ["a"]
+    assert store.get("a") is None
+    assert store.count() == 1
+
+
+def test_owner_token_isolates_users(store: SQLiteStore) -> None:
+    store.put([memory("a", "shared words", user_id="alice"), memory("b", "shared words", user_id="bob")])
+    assert [m.id for m, _ in store.search(build_match(["shared"], owner_token("alice")), 10)] == ["a"]
+    assert {m.id for m, _ in store.search(build_match(["shared"], None), 10)} == {"a", "b"}
+
+
+def test_find_turns(store: SQLiteStore) -> None:
+    store.put(
+        [
+            memory("t1", "hello", metadata={"session_id": "s", "turn_index": 1}),
+            memory("t2", "world", metadata={"session_id": "s", "turn_index": 2}, user_id="x"),
+        ]
+    )
+    assert [m.id for m in store.find_turns([(None, "s", 1), (None, "s", 2)])] == ["t1"]
+
+
+def test_rebuild_index_and_integrity(store: SQLiteStore) -> None:
+    store.put([memory(str(i), f"note number {i}") for i in range(20)])
+    assert store.rebuild_index() == 20
+    assert store.check_integrity() == {"sqlite": "ok", "fts": "ok"}
+    assert len(store.search(build_match(["note"], None), 100)) == 20
+
+
+def test_garbage_file_is_reported_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "memories.sqlite3"
+    path.write_bytes(b"this is not a database at all" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StorageCorruptedError, match="not modified") as caught:
+        SQLiteStore(path).open()
+    assert caught.value.path == path
+    assert path.read_bytes() == before
+
+
+def test_damaged_pages_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "memories.sqlite3"
+    store = SQLiteStore(path)
+    store.open()
+    store.put([memory(str(i), "words " * 200) for i in range(200)])
+    store.close()
+    data = bytearray(path.read_bytes())
+    for offset in range(4096 * 2, len(data), 4096):  # scribble over every page header but the first two
+        data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    reopened = SQLiteStore(path)
+    with pytest.raises(StorageCorruptedError, match=str(path)):
+        reopened.open()
+        reopened.count()
+        list(reopened.all())
+    reopened.close()
+    assert path.read_bytes() == before
