@@ -362,3 +362,35 @@ async def test_cancelling_the_caller_propagates() -> None:
 def test_permission_defaults_documented() -> None:
     manager = ToolManager(config=ContextManagerConfig())
     assert manager.permission_policy.allow_up_to is ToolPermission.STANDARD
+
+
+async def test_unregistering_while_a_call_runs_is_safe() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(x: int) -> int:
+        started.set()
+        await release.wait()
+        return x
+
+    manager = ToolManager()
+    manager.register_function_tool("slow", slow, "Slow", cacheable=True)
+    task = asyncio.create_task(manager.execute("slow", x=1))
+    await started.wait()
+    manager.unregister_tool("slow")
+    release.set()
+    result = await task
+    assert result.success and result.result == 1
+    assert manager.get_tool_stats()["cache"]["entries"] == 0  # no stale entry for a removed tool
+
+
+async def test_unknown_tool_error_lists_a_bounded_number_of_tools() -> None:
+    manager = ToolManager()
+
+    async def noop(parameters: dict[str, Any]) -> None:
+        return None
+
+    for index in range(40):
+        manager.register_function_tool(f"tool_{index:02d}", noop, "")
+    result = await manager.execute("nope")
+    assert result.error is not None and result.error.endswith("tool_29 and 10 more")

@@ -76,6 +76,7 @@ SchemaFormat = Literal["openai", "anthropic"]
 
 _perf_counter = time.perf_counter
 _SCHEMA_FORMATS = ("openai", "anthropic")
+_LISTED_TOOLS = 30  # an unknown-tool error names at most this many registered tools
 _ARGUMENT_FIELDS = ("tool_calls[].arguments", "tool_calls[].function.arguments")
 _REGISTRATION_OPTIONS = frozenset(
     {
@@ -462,7 +463,10 @@ class ToolManager:
         definition = self._tools.get(name)
         if definition is None:
             self._unknown_calls += 1
-            known = ", ".join(sorted(self._tools)) or "none registered"
+            names = sorted(self._tools)
+            known = ", ".join(names[:_LISTED_TOOLS]) or "none registered"
+            if len(names) > _LISTED_TOOLS:
+                known += f" and {len(names) - _LISTED_TOOLS} more"
             return ToolResult(
                 success=False,
                 error=f"unknown tool {name!r}; available tools: {known}",
@@ -522,12 +526,13 @@ class ToolManager:
                 hit, value = self._cache.lookup(name, cache_key)
                 if hit:
                     elapsed = _perf_counter() - started
-                    stats = self._stats[name]
-                    stats.calls += 1
-                    stats.successes += 1
-                    stats.cache_hits += 1
-                    stats.total_time += elapsed
-                    stats.last_called = time.time()
+                    stats = self._stats.get(name)
+                    if stats is not None:
+                        stats.calls += 1
+                        stats.successes += 1
+                        stats.cache_hits += 1
+                        stats.total_time += elapsed
+                        stats.last_called = time.time()
                     return ToolResult(
                         success=True,
                         result=value,
@@ -600,14 +605,15 @@ class ToolManager:
                 started,
                 call_id,
             )
-        if cache_key is not None:
+        if cache_key is not None and self._tools.get(name) is definition:  # not replaced meanwhile
             self._cache.put(name, cache_key, text, definition.cache_ttl)
         elapsed = _perf_counter() - started
-        stats = self._stats[name]
-        stats.calls += 1
-        stats.successes += 1
-        stats.total_time += elapsed
-        stats.last_called = time.time()
+        stats = self._stats.get(name)  # None when the tool was unregistered while it ran
+        if stats is not None:
+            stats.calls += 1
+            stats.successes += 1
+            stats.total_time += elapsed
+            stats.last_called = time.time()
         return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
 
     async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
