@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ContextBudgetError
-from context_manager.core.messages import Message, Role
+from context_manager.core.messages import Message, Priority, Role
 from context_manager.core.tokens import REPLY_PRIMING_TOKENS, TokenCounter, truncate_to_tokens
 
 __all__ = [
@@ -106,24 +106,32 @@ def group_into_units(messages: Sequence[Message]) -> list[MessageUnit]:
     """
     units: list[MessageUnit] = []
     unit_of_call: dict[str, MessageUnit] = {}
+    tool, system, critical = Role.TOOL, Role.SYSTEM, Priority.CRITICAL
+    rank_of = _RANK
     for index, message in enumerate(messages):
+        priority = message.priority
+        protected = message.pinned or priority is critical or message.role is system
         unit: MessageUnit | None = None
-        if message.role is Role.TOOL and message.tool_call_id is not None:
+        if message.role is tool and message.tool_call_id is not None:
             unit = unit_of_call.get(message.tool_call_id)
         if unit is None:
-            unit = MessageUnit(indices=[index])
+            unit = MessageUnit([index], message.token_count, rank_of[priority], protected)
             units.append(unit)
-            for call in message.tool_calls:
-                unit_of_call[call.id] = unit
-        else:
-            unit.indices.append(index)
+            if message.tool_calls:
+                for call in message.tool_calls:
+                    unit_of_call[call.id] = unit
+            continue
+        unit.indices.append(index)
         unit.tokens += message.token_count
-        rank = message.priority.rank
+        rank = rank_of[priority]
         if rank > unit.rank:
             unit.rank = rank
-        if message.is_protected:
+        if protected:
             unit.protected = True
     return units
+
+
+_RANK = {priority: priority.rank for priority in Priority}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -403,7 +411,8 @@ def _cut_largest(
 # Extractive summarizer
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
-_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_'\-]*|[^\x00-\x7f\s]")
+_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_~|/\\"
+_DIGITS = frozenset("0123456789")
 _STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have
@@ -443,7 +452,7 @@ class ExtractiveSummarizer:
         >>> text = summarizer.summarize(evicted_messages, budget_tokens=150)
     """
 
-    def __init__(self, counter: TokenCounter | None = None, *, scan_chars_per_token: int = 24) -> None:
+    def __init__(self, counter: TokenCounter | None = None, *, scan_chars_per_token: int = 12) -> None:
         """Create a summarizer.
 
         Args:
@@ -490,7 +499,8 @@ class ExtractiveSummarizer:
         request_line = ""
         latest_request = next((m for m in reversed(body) if m.role is Role.USER and m.content), None)
         if latest_request is not None:
-            request_text = " ".join(latest_request.content.split())
+            # Only the head can be kept; read a bounded prefix of a long request.
+            request_text = " ".join(latest_request.content[: max(lines_budget, 1) * 24].split())
             request_line = _REQUEST_PREFIX + request_text
         else:
             request_line = next((line for line in previous_lines if line.startswith(_REQUEST_PREFIX)), "")
@@ -531,30 +541,32 @@ class ExtractiveSummarizer:
         return text
 
     def _tools_line(self, body: Sequence[Message], previous_lines: list[str]) -> str:
-        results: dict[str, Message] = {
-            m.tool_call_id: m for m in body if m.role is Role.TOOL and m.tool_call_id is not None
-        }
-        entries: list[str] = []
+        calls: list[tuple[str, str]] = []  # (call id, tool name), in order
         for message in body:
-            for call in message.tool_calls:
-                result = results.get(call.id)
-                if result is None:
-                    outcome = "no result"
-                else:
-                    status = "error" if _is_error(result) else "ok"
-                    snippet = " ".join(result.content.split()[:8])
-                    outcome = f"{status}: {snippet}" if snippet else status
-                entries.append(f"{call.name} ({outcome})")
+            if message.tool_calls:
+                calls.extend((call.id, call.name) for call in message.tool_calls)
         earlier = next((line for line in previous_lines if line.startswith(_TOOLS_PREFIX)), "")
-        if not entries and not earlier:
+        if not calls and not earlier:
             return ""
-        dropped = max(0, len(entries) - _MAX_TOOL_ENTRIES)
-        shown = entries[-_MAX_TOOL_ENTRIES:]
+        shown_calls = calls[-_MAX_TOOL_ENTRIES:]
+        wanted = {call_id for call_id, _ in shown_calls}
+        results = {m.tool_call_id: m for m in body if m.role is Role.TOOL and m.tool_call_id in wanted}
+        entries: list[str] = []
+        for call_id, name in shown_calls:
+            result = results.get(call_id)
+            if result is None:
+                outcome = "no result"
+            else:
+                status = "error" if _is_error(result) else "ok"
+                snippet = " ".join(result.content[:120].split()[:8])
+                outcome = f"{status}: {snippet}" if snippet else status
+            entries.append(f"{name} ({outcome})")
+        dropped = len(calls) - len(shown_calls)
         if earlier:
-            shown.insert(0, "earlier: " + earlier[len(_TOOLS_PREFIX) :][:200])
+            entries.insert(0, "earlier: " + earlier[len(_TOOLS_PREFIX) :][:200])
         if dropped:
-            shown.insert(1 if earlier else 0, f"{dropped} more calls")
-        return _TOOLS_PREFIX + "; ".join(shown)
+            entries.insert(1 if earlier else 0, f"{dropped} more calls")
+        return _TOOLS_PREFIX + "; ".join(entries)
 
     def _choose_sentences(
         self,
@@ -585,7 +597,7 @@ class ExtractiveSummarizer:
                 sentence = " ".join(piece.split())
                 if len(sentence) < 12:
                     continue
-                words = frozenset(w.lower() for w in _WORD.findall(sentence)) - _STOPWORDS
+                words = _content_words(sentence)
                 if not words:
                     continue
                 candidates.append(_Sentence(position + offset, message.role.value, sentence[:400], words))
@@ -593,7 +605,7 @@ class ExtractiveSummarizer:
             sentence = line[2:] if line.startswith("- ") else line
             if len(sentence) < 12:
                 continue
-            words = frozenset(w.lower() for w in _WORD.findall(sentence)) - _STOPWORDS
+            words = _content_words(sentence)
             if words:
                 candidates.append(_Sentence(offset, "", sentence[:400], words, score=-0.5))
 
@@ -603,7 +615,7 @@ class ExtractiveSummarizer:
                 document_frequency[word] = document_frequency.get(word, 0) + 1
         for candidate in candidates:
             rarity = sum(1.0 / document_frequency[word] for word in candidate.words)
-            bonus = sum(1 for word in candidate.words if any(ch.isdigit() for ch in word)) * 0.5
+            bonus = sum(1 for word in candidate.words if not _DIGITS.isdisjoint(word)) * 0.5
             bonus += 0.5 if candidate.text.endswith("?") and candidate.speaker == "user" else 0.0
             candidate.score += (rarity + bonus) / math.sqrt(len(candidate.text) / 40 + 1)
 
@@ -626,6 +638,13 @@ class ExtractiveSummarizer:
             budget -= tokens
         chosen.sort(key=lambda c: c.position)
         return chosen
+
+
+def _content_words(sentence: str) -> frozenset[str]:
+    """Lower-cased words of ``sentence`` without punctuation and stop words (cheap: str.split)."""
+    words = {word.strip(_PUNCTUATION) for word in sentence.lower().split()}
+    words.discard("")
+    return frozenset(words - _STOPWORDS)
 
 
 def _is_error(message: Message) -> bool:
