@@ -35,6 +35,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.messages import Message, ToolCall
+from context_manager.core.performance_monitor import record_library_operation
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.tokens import TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
@@ -410,16 +411,17 @@ class EnhancedContextManager:
             )
 
     def _record_tool_result(self, result: ToolResult) -> None:
-        """Record a tool call in the performance monitor, when there is one."""
-        monitor = getattr(self, "performance_monitor", None)
-        if monitor is None:
-            return
-        known = result.tool_name in self.tool_manager
-        monitor.record_operation(
-            f"tool:{result.tool_name}" if known else "tool:unknown",
+        """Record a tool call as an ``execute_tool`` operation in the running monitors and our own.
+
+        Per-tool figures are in ``tool_manager.get_tool_stats()``; the error recorded is the
+        ``error_type`` only (never arguments or output).
+        """
+        record_library_operation(
+            "execute_tool",
             result.execution_time,
             result.success,
-            error=None if result.error_type is None else result.error_type.value,
+            own_monitor=getattr(self, "performance_monitor", None),
+            error=None if result.error_type is None else f"{result.error_type.value} ({result.tool_name})",
         )
 
     # -- memory ---------------------------------------------------------------------------------------

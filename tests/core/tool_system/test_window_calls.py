@@ -220,3 +220,19 @@ def test_every_call_gets_exactly_one_paired_result(
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(scenario(directory))
+
+
+async def test_tool_calls_are_recorded_by_running_monitors(manager: EnhancedContextManager) -> None:
+    from context_manager.core.performance_monitor import PerformanceMonitor
+
+    monitor = PerformanceMonitor(sample_interval=60.0)
+    await monitor.start_monitoring()
+    try:
+        await manager.execute_tool("add", a=1, b=2)
+        await manager.execute_tool("add", a="x", b=2)
+        await manager.execute_tool_calls([ToolCall(id="m1", name="add", arguments={"a": 1, "b": 1})])
+    finally:
+        await monitor.stop_monitoring()
+    stats = monitor.operation_stats()["execute_tool"]
+    assert (stats.count, stats.successes, stats.failures) == (3, 2, 1)
+    assert monitor.recent_errors()[-1]["message"] == "invalid_arguments (add)"
