@@ -240,6 +240,29 @@ class _FixedClock:
         return self.moment
 
 
+class DocumentCachingEmbedder:
+    """Wraps the real embedder; vectors of stored turns (batches of several texts) are computed once and
+    reused by later configurations, while every query (a batch of one) is embedded live, so query latency
+    stays real."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.dimension = inner.dimension
+        self.model_path = getattr(inner, "model_path", None)
+        self._cache: dict[str, Any] = {}
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        if len(texts) == 1:
+            return self.inner.embed(texts)
+        missing = list(dict.fromkeys(text for text in texts if text not in self._cache))
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing), strict=True):
+                self._cache[text] = vector
+        return np.stack([self._cache[text] for text in texts]).astype(np.float32)
+
+
 _EMBEDDERS: dict[str, Any] = {}
 
 
@@ -249,7 +272,7 @@ def get_embedder(kind: str) -> Any:
 
         embedder = SentenceTransformerEmbedder()
         embedder.embed(["warm up"])  # load the model outside the timed part
-        _EMBEDDERS[kind] = embedder
+        _EMBEDDERS[kind] = DocumentCachingEmbedder(embedder)
     return _EMBEDDERS[kind]
 
 
@@ -263,9 +286,8 @@ def session_timestamp(turn: Turn) -> float:
 async def run_manager(dataset: RetrievalDataset, setup: ManagerSetup, workdir: Path) -> RunResult:
     import datetime as dt
 
-    from context_manager.core.memory.manager import MemoryManager
-
     from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.manager import MemoryManager
     from context_manager.core.memory.ranking import RankingWeights
 
     storage = Path(tempfile.mkdtemp(prefix="retrieval-", dir=workdir))
@@ -283,14 +305,24 @@ async def run_manager(dataset: RetrievalDataset, setup: ManagerSetup, workdir: P
     key_of: dict[str, str] = {}
     try:
         started = time.perf_counter()
+        # One add_memories call per session (what an application archiving a finished session does);
+        # the manager embeds each batch in one call when an embedder is configured.
+        sessions: dict[str, list[Turn]] = defaultdict(list)
         for turn in dataset.turns:
-            clock.moment = session_timestamp(turn)
-            memory = await manager.add_memory(
-                turn.content,
-                importance=heuristic_importance(turn),
-                metadata=turn.metadata(),
+            sessions[turn.session_id].append(turn)
+        for turns in sessions.values():
+            clock.moment = session_timestamp(turns[0])
+            memories = await manager.add_memories(
+                [
+                    {
+                        "content": turn.content,
+                        "importance": heuristic_importance(turn),
+                        "metadata": turn.metadata(),
+                    }
+                    for turn in turns
+                ]
             )
-            key_of[memory.id] = turn.key
+            key_of.update((memory.id, turn.key) for memory, turn in zip(memories, turns, strict=True))
         load = time.perf_counter() - started
         clock.moment = dataset.now.replace(tzinfo=dt.UTC).timestamp()
 
@@ -319,14 +351,16 @@ def manager_setups(*, embeddings: bool, ablations: bool) -> list[ManagerSetup]:
     setups = [
         ManagerSetup("library: BM25 alone (porter, weighted columns)", dict(LEXICAL_ONLY)),
         ManagerSetup(
-            "  + recency + importance",
+            "  + recency + importance + access",
             {**LEXICAL_ONLY, "recency": None, "importance": None, "access": None},
         ),
         ManagerSetup("  + conversation features (default, no embedder)", {"vector": 0.0}),
     ]
     if embeddings:
         setups += [
-            ManagerSetup("  + MiniLM vector channel (hybrid)", {}, "minilm"),
+            ManagerSetup("  + MiniLM vector channel (hybrid, default)", {}, "minilm"),
+            ManagerSetup("  hybrid, vector weight 1.0", {"vector": 1.0}, "minilm"),
+            ManagerSetup("  hybrid, vector weight 2.0", {"vector": 2.0}, "minilm"),
             ManagerSetup(
                 "MiniLM vector channel alone",
                 {**LEXICAL_ONLY, "bm25": 0.0, "vector": 1.0},
@@ -335,14 +369,19 @@ def manager_setups(*, embeddings: bool, ablations: bool) -> list[ManagerSetup]:
             ),
         ]
     if ablations:
-        setups += [
-            ManagerSetup("  full lexical - neighbour context", {"vector": 0.0, "neighbour_context": False}),
-            ManagerSetup("  full lexical - speaker boost", {"vector": 0.0, "speaker_boost": False}),
-            ManagerSetup("  full lexical - session score", {"vector": 0.0, "session_score": False}),
-            ManagerSetup("  full lexical - context columns", {"vector": 0.0, "context_columns": False}),
-            ManagerSetup("  full lexical - recency", {"vector": 0.0, "recency": 0.0}),
-            ManagerSetup("  full lexical - importance", {"vector": 0.0, "importance": 0.0}),
-        ]
+        for label, changes in [
+            ("neighbour context", {"neighbour_context": False}),
+            ("speaker boost", {"speaker_boost": False}),
+            ("session score", {"session_score": False}),
+            ("context columns", {"context_columns": False}),
+            ("recency", {"recency": 0.0}),
+            ("importance", {"importance": 0.0}),
+        ]:
+            setups.append(ManagerSetup(f"  default lexical - {label}", {"vector": 0.0, **changes}))
+            if embeddings:
+                setups.append(
+                    ManagerSetup(f"  hybrid (vector 2.0) - {label}", {"vector": 2.0, **changes}, "minilm")
+                )
     return setups
 
 
