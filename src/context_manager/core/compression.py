@@ -287,13 +287,11 @@ def plan_compression(
     Raises:
         ContextBudgetError: protected messages (with the newest cut to a marker) exceed ``max_tokens``.
     """
+    key = SUMMARY_METADATA_KEY
+    body = [message for message in messages if key not in message.metadata]
     previous_summary: Message | None = None
-    body: list[Message] = []
-    for message in messages:
-        if is_summary(message):
-            previous_summary = message  # only one exists; a stray second one is folded as well
-        else:
-            body.append(message)
+    if len(body) != len(messages):  # a stray second summary would be folded as well
+        previous_summary = next(m for m in reversed(messages) if key in m.metadata)
     units = group_into_units(body)
     latest_user = next((i for i in range(len(body) - 1, -1, -1) if body[i].role is Role.USER), -1)
     newest_unit = units[-1] if units else None
@@ -479,14 +477,14 @@ class ExtractiveSummarizer:
         count = self.counter.count
         previous_lines: list[str] = []
         covered = 0
-        body: list[Message] = []
-        for message in messages:
-            if is_summary(message):
-                previous_lines.extend(message.content.splitlines()[1:])
-                value = message.metadata.get(SUMMARY_METADATA_KEY)
-                covered += value if isinstance(value, int) else 0
-            else:
-                body.append(message)
+        key = SUMMARY_METADATA_KEY
+        body = [message for message in messages if key not in message.metadata]
+        if len(body) != len(messages):
+            for message in messages:
+                if key in message.metadata:
+                    previous_lines.extend(message.content.splitlines()[1:])
+                    value = message.metadata[key]
+                    covered += value if isinstance(value, int) else 0
         covered += len(body)
         lines_budget = budget_tokens
 
@@ -541,10 +539,9 @@ class ExtractiveSummarizer:
         return text
 
     def _tools_line(self, body: Sequence[Message], previous_lines: list[str]) -> str:
-        calls: list[tuple[str, str]] = []  # (call id, tool name), in order
-        for message in body:
-            if message.tool_calls:
-                calls.extend((call.id, call.name) for call in message.tool_calls)
+        calls = [
+            (call.id, call.name) for message in body if message.tool_calls for call in message.tool_calls
+        ]
         earlier = next((line for line in previous_lines if line.startswith(_TOOLS_PREFIX)), "")
         if not calls and not earlier:
             return ""
