@@ -96,3 +96,117 @@ class ScriptedSummarizer:
 from context_manager.core.memory.embeddings import HashingEmbedder  # noqa: E402
 
 __all__ += ["HashingEmbedder"]
+
+
+# --- a scripted chat model for agent loops -----------------------------------------------------------
+
+import copy  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+ChatStep = dict[str, Any] | Callable[[list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]]
+"""One step of a :class:`ScriptedChatModel` script: an OpenAI assistant message (a dict with ``content``
+and optionally ``tool_calls``), or a function ``(messages, tools) -> assistant message`` computing it from
+the request (to answer with what a tool returned, say)."""
+
+
+@dataclass(slots=True)
+class ChatCall:
+    """One request a :class:`ScriptedChatModel` received."""
+
+    messages: list[dict[str, Any]]
+    """The Chat Completions messages it was sent (a deep copy)."""
+    tools: list[dict[str, Any]]
+    """The tool schemas it was offered (OpenAI format; empty when none)."""
+
+
+class ScriptedChatModel:
+    """A deterministic stand-in for a chat model: replies follow a script, every request is recorded.
+
+    It speaks the OpenAI Chat Completions message shapes, so an agent loop written against it runs
+    unchanged with a real client: :meth:`complete` takes the messages (as
+    ``EnhancedContextManager.get_context("openai")`` exports them) and the tool schemas, and returns an
+    assistant message dict (``{"role": "assistant", "content": ..., "tool_calls": [...]}``). Tool calls
+    without an ``id`` get a deterministic one (``call_<request>_<n>``).
+
+    Example:
+        >>> model = ScriptedChatModel([
+        ...     ScriptedChatModel.call_tool("lookup_order", {"order_id": 1042}),
+        ...     lambda messages, tools: ScriptedChatModel.reply("Status: " + messages[-1]["content"]),
+        ... ])
+        >>> first = await model.complete([{"role": "user", "content": "Where is order 1042?"}])
+        >>> first["tool_calls"][0]["function"]["name"]
+        'lookup_order'
+    """
+
+    def __init__(
+        self,
+        script: Iterable[ChatStep] = (),
+        *,
+        default: str = "I have nothing more to add.",
+        fail_with: BaseException | None = None,
+    ) -> None:
+        """Create a scripted model.
+
+        Args:
+            script: Replies of successive requests (dicts, or functions of the request).
+            default: The text of every reply once the script is used up.
+            fail_with: If set, every request raises this exception (after being recorded), to test how
+                your loop handles a provider outage.
+        """
+        self.script: tuple[ChatStep, ...] = tuple(script)
+        """Replies of successive requests."""
+        self.default = default
+        """The text of every reply once the script is used up."""
+        self.fail_with = fail_with
+        """If set, every request raises this exception (after being recorded)."""
+        self.calls: list[ChatCall] = []
+        """Every request received, in order."""
+
+    @property
+    def remaining(self) -> int:
+        """How many scripted replies have not been used yet."""
+        return max(0, len(self.script) - len(self.calls))
+
+    async def complete(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Record the request and return the next scripted assistant message (a fresh copy).
+
+        Raises:
+            Exception: ``fail_with``, when set.
+        """
+        recorded = ChatCall(copy.deepcopy(list(messages)), copy.deepcopy(list(tools or [])))
+        index = len(self.calls)
+        self.calls.append(recorded)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if index >= len(self.script):
+            return self.reply(self.default)
+        step = self.script[index]
+        reply = step(recorded.messages, recorded.tools) if callable(step) else copy.deepcopy(step)
+        for number, call in enumerate(reply.get("tool_calls") or []):
+            call.setdefault("id", f"call_{index}_{number}")
+        return reply
+
+    @staticmethod
+    def reply(content: str) -> dict[str, Any]:
+        """An assistant message with text only (a final answer)."""
+        return {"role": "assistant", "content": content}
+
+    @staticmethod
+    def call_tool(
+        name: str, arguments: dict[str, Any] | None = None, *, call_id: str | None = None, content: str = ""
+    ) -> dict[str, Any]:
+        """An assistant message calling one tool (OpenAI shape; the id is filled in when omitted)."""
+        call: dict[str, Any] = {
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments or {})},
+        }
+        if call_id is not None:
+            call["id"] = call_id
+        return {"role": "assistant", "content": content or None, "tool_calls": [call]}
+
+
+__all__ += ["ChatCall", "ChatStep", "ScriptedChatModel"]
