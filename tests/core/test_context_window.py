@@ -475,6 +475,19 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
         for message in window.messages:
             if TRUNCATED_METADATA_KEY in message.metadata:
                 assert handed[message.id].content == model.full_text[message.id]
+    # A budgeted view never exceeds its budget and never changes the window.
+    before = snapshot(window)
+    budget = max(max_tokens // 2, 10)
+    try:
+        view = window.select(budget)
+    except ContextBudgetError:
+        event("budget view: protected messages exceed the budget")
+    else:
+        assert sum(m.token_count for m in view) + (REPLY_PRIMING_TOKENS if view else 0) <= budget
+        assert all(
+            m.tool_call_id in {c.id for v in view for c in v.tool_calls} for m in view if m.tool_call_id
+        )
+    assert snapshot(window) == before
 
 
 def check_compression_target(window: ContextWindow, record: CompressionRecord) -> None:
