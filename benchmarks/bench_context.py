@@ -332,6 +332,21 @@ async def bench_compression(quick: bool) -> dict[str, Any]:
         strategy="last",
         include_system=True,
     )
+    # How often does the peer's plain "last" strategy cut between a tool call and its result?
+    budgets = range(budget - 1000, budget + 1000, 20)
+    orphaned_budgets = sum(
+        1
+        for b in budgets
+        if orphaned_tool_messages(
+            trim_messages(
+                lc_history,
+                max_tokens=b,
+                token_counter=count_message_cached,
+                strategy="last",
+                include_system=True,
+            )
+        )
+    )
     ours = statistics.median(ours_ms)
     peer = statistics.median(peer_ms)
     peer_cached = statistics.median(peer_cached_ms)
@@ -351,6 +366,8 @@ async def bench_compression(quick: bool) -> dict[str, Any]:
         "peer_kept_messages": len(trimmed),
         "peer_orphans_with_start_on_human": orphaned_tool_messages(trimmed),
         "peer_orphans_plain_last": orphaned_tool_messages(plain),
+        "peer_budgets_tried": len(budgets),
+        "peer_budgets_with_orphans_plain_last": orphaned_budgets,
         "peer_keeps_summary_of_dropped": False,
     }
 
@@ -422,6 +439,11 @@ def main() -> int:
         f"   peer orphaned tool messages: {c['peer_orphans_plain_last']} with strategy='last', "
         f"{c['peer_orphans_with_start_on_human']} with start_on='human'; "
         "the peer keeps no summary of what it drops"
+    )
+    print(
+        f"   over {c['peer_budgets_tried']} budgets from 7,000 to 9,000 tokens, strategy='last' left an "
+        f"orphaned tool result for {c['peer_budgets_with_orphans_plain_last']} "
+        "(ours: never, by construction and test)"
     )
     elapsed = time.perf_counter() - started
     print(f"\n(total {elapsed:.1f} s)")
