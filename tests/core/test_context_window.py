@@ -367,6 +367,15 @@ def test_invalid_constructor_arguments(kwargs: dict[str, object], match: str) ->
         ContextWindow(**kwargs)  # type: ignore[arg-type]
 
 
+async def test_budget_view_smaller_than_protected_messages_raises() -> None:
+    window = ContextWindow(max_tokens=1000)
+    await window.add(Message.create("system", text_of(200)))
+    await window.add(Message.create("user", "hi"))
+    with pytest.raises(ContextBudgetError, match="budget: got 100; allowed at least") as info:
+        window.select(100)
+    assert info.value.max_tokens == 100 and info.value.required_tokens > 200
+
+
 async def test_invalid_budget_for_select_and_compress() -> None:
     window = ContextWindow(max_tokens=200)
     with pytest.raises(InvalidArgumentError, match="budget: got 0"):

@@ -535,13 +535,21 @@ class ContextWindow:
             raise InvalidArgumentError("budget", budget, "a positive integer or None")
         if budget >= self.token_count:
             return list(self._messages)
-        plan = plan_compression(
-            self._messages,
-            target_tokens=budget,
-            max_tokens=budget,
-            counter=self._counter,
-            allow_summary=False,
-        )
+        try:
+            plan = plan_compression(
+                self._messages,
+                target_tokens=budget,
+                max_tokens=budget,
+                counter=self._counter,
+                allow_summary=False,
+            )
+        except ContextBudgetError as error:
+            raise ContextBudgetError(
+                f"budget: got {budget}; allowed at least {error.required_tokens}: system, pinned and "
+                "critical messages plus the newest messages cut to a marker do not fit",
+                required_tokens=error.required_tokens,
+                max_tokens=budget,
+            ) from None
         kept = plan.kept
         previous = plan.previous_summary
         if previous is not None and plan.kept_tokens + previous.token_count <= budget:
