@@ -1,0 +1,393 @@
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.errors import InvalidHealthCheckError, InvalidSettingError
+from context_manager.core.health_checker import (
+    CheckOutcome,
+    DiagnosticReport,
+    HealthChecker,
+    HealthState,
+    HealthStatus,
+    HealthThresholds,
+)
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.sqlite_store import SQLiteStore
+from context_manager.core.performance_monitor import PerformanceMonitor
+
+BUILTIN = ["storage", "database", "memory_pressure", "event_loop", "error_rate", "background_tasks"]
+
+
+class _Parts:
+    """Carries real parts (a SQLite store, a monitor) the way a context manager exposes them."""
+
+    def __init__(
+        self,
+        memory_manager: Any = None,
+        performance_monitor: PerformanceMonitor | None = None,
+        config: ContextManagerConfig | None = None,
+    ) -> None:
+        self.memory_manager = memory_manager
+        self.performance_monitor = performance_monitor
+        if config is not None:
+            self.config = config
+
+
+def _others() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+
+# ------------------------------------------------------------------------------------------- basics
+
+
+async def test_a_fresh_checker_is_healthy() -> None:
+    checker = HealthChecker(check_interval=5.0)
+    await checker.start()
+    status = await checker.perform_health_check()
+    await checker.stop()
+    assert isinstance(status, HealthStatus)
+    assert status.status is HealthState.HEALTHY and status.status.value == "healthy"
+    assert status.health_score == 1.0
+    assert list(status.checks) == BUILTIN
+    for result in status.checks.values():
+        assert result.duration_ms >= 0.0 and result.message and result.recommendation is None
+    assert checker.last_status is status
+    assert _others() == []
+
+
+async def test_custom_checks_decide_the_state_and_score() -> None:
+    checker = HealthChecker()
+    checker.register_check("cache_reachable", lambda: False)
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED  # not critical: degraded, not unhealthy
+    assert status.health_score == pytest.approx(7 / 8)  # the built-in database check is critical (x2)
+    assert [result.name for result in status.failing_checks] == ["cache_reachable"]
+
+    checker.register_check("cache_reachable", lambda: False, critical=True, replace=True)
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.UNHEALTHY
+    assert status.health_score == pytest.approx(7 / 9)
+
+
+async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
+    loop_thread = threading.get_ident()
+    seen_threads: list[int] = []
+    hang = asyncio.Event()
+
+    def sync_check() -> CheckOutcome:
+        seen_threads.append(threading.get_ident())
+        return CheckOutcome(HealthState.DEGRADED, "queue is long", {"length": 900}, "drain the queue")
+
+    async def failing_check() -> bool:
+        raise ConnectionError("upstream unreachable")
+
+    async def hanging_check() -> None:
+        await hang.wait()
+
+    checker = HealthChecker(check_timeout=0.05)
+    checker.register_check("queue", sync_check)
+    checker.register_check("upstream", failing_check)
+    checker.register_check("hangs", hanging_check)
+    checker.register_check("weird", lambda: 42)
+    checker.register_check("state", lambda: HealthState.HEALTHY)
+    status = await checker.perform_health_check()
+    queue = status.checks["queue"]
+    assert (queue.status, queue.message, queue.details, queue.recommendation) == (
+        HealthState.DEGRADED,
+        "queue is long",
+        {"length": 900},
+        "drain the queue",
+    )
+    assert seen_threads and seen_threads[0] != loop_thread
+    upstream = status.checks["upstream"]
+    assert upstream.status is HealthState.UNHEALTHY
+    assert upstream.message == "check raised ConnectionError: upstream unreachable"
+    assert status.checks["hangs"].message == "timed out after 0.05 s"
+    assert "expected CheckOutcome" in status.checks["weird"].message
+    assert status.checks["state"].status is HealthState.HEALTHY
+    assert status.status is HealthState.DEGRADED
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"check_interval": 0}, "check_interval"),
+        ({"check_interval": -1.0}, "check_interval"),
+        ({"check_timeout": float("nan")}, "check_timeout"),
+        ({"thresholds": {}}, "thresholds"),
+        ({"storage_path": 3}, "storage_path"),
+    ],
+)
+def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSettingError, match=rf"^{field}: got .*; allowed "):
+        HealthChecker(**kwargs)
+
+
+def test_invalid_registrations_change_nothing() -> None:
+    checker = HealthChecker()
+    with pytest.raises(InvalidHealthCheckError, match="name: got 'storage'; allowed a name not registered"):
+        checker.register_check("storage", lambda: True)
+    with pytest.raises(InvalidHealthCheckError, match="name: got ''"):
+        checker.register_check("", lambda: True)
+    with pytest.raises(InvalidHealthCheckError, match="fn: got 'x'; allowed a callable"):
+        checker.register_check("x", "x")  # type: ignore[arg-type]
+    with pytest.raises(InvalidHealthCheckError, match="name: got 'nope'; allowed one of"):
+        checker.unregister_check("nope")
+    assert checker.check_names == BUILTIN
+    checker.unregister_check("event_loop")
+    assert "event_loop" not in checker.check_names
+
+
+# ------------------------------------------------------------------------------ faults and recovery
+
+
+async def test_removed_storage_directory_degrades_and_auto_recovery_recreates_it(tmp_path: Path) -> None:
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", enable_performance_monitor=False)
+    manager = EnhancedContextManager(config=config)
+    await manager.initialize()
+    try:
+        checker = HealthChecker(context_manager=manager, enable_auto_recovery=False)
+        assert (await checker.perform_health_check()).status is HealthState.HEALTHY
+        storage = config.resolved_storage_path
+        shutil.rmtree(storage)  # the fault
+
+        status = await checker.perform_health_check()
+        assert status.status is HealthState.DEGRADED
+        result = status.checks["storage"]
+        assert result.status is HealthState.UNHEALTHY and f"{storage} is missing" in result.message
+        assert "recreate missing directories" in (result.recommendation or "")
+        assert status.recoveries == []
+
+        checker.enable_auto_recovery = True
+        status = await checker.perform_health_check()
+        assert status.status is HealthState.HEALTHY
+        assert storage.is_dir()
+        assert [(r.check, r.success) for r in status.recoveries] == [("storage", True)]
+        assert status.recoveries[0].action == f"recreated {storage}"
+        assert checker.recovery_history == status.recoveries
+    finally:
+        await manager.cleanup()
+
+
+async def test_auto_recovery_follows_the_context_manager_config(tmp_path: Path) -> None:
+    on = _Parts(config=ContextManagerConfig(cache_path=tmp_path, enable_auto_recovery=True))
+    off = _Parts(config=ContextManagerConfig(cache_path=tmp_path, enable_auto_recovery=False))
+    assert HealthChecker(context_manager=on).enable_auto_recovery is True
+    assert HealthChecker(context_manager=off).enable_auto_recovery is False
+    assert HealthChecker().enable_auto_recovery is False
+
+
+async def test_low_free_disk_space(tmp_path: Path) -> None:
+    free_mb = shutil.disk_usage(tmp_path).free / 1048576.0
+    checker = HealthChecker(storage_path=tmp_path, thresholds=HealthThresholds(min_free_disk_mb=free_mb * 2))
+    result = (await checker.perform_health_check()).checks["storage"]
+    assert result.status is HealthState.DEGRADED and "MB free" in result.message
+    checker = HealthChecker(storage_path=tmp_path, thresholds=HealthThresholds(min_free_disk_mb=free_mb * 20))
+    assert (await checker.perform_health_check()).checks["storage"].status is HealthState.UNHEALTHY
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    store = SQLiteStore(tmp_path / "memories.sqlite3")
+    store.open()
+    now = time.time()
+    store.put(
+        [
+            Memory(id=f"m{i}", content=f"python fact {i}", tier=MemoryTier.LONG, created_at=now)
+            for i in range(30)
+        ]
+    )
+    yield store
+    store.close()
+
+
+async def test_damaged_fts_index_degrades_and_auto_recovery_rebuilds_it(store: SQLiteStore) -> None:
+    checker = HealthChecker(context_manager=_Parts(memory_manager=store))
+    assert (await checker.perform_health_check()).status is HealthState.HEALTHY
+    with sqlite3.connect(store.path) as damage:  # the fault, from another connection
+        damage.execute("DELETE FROM memories_fts_data WHERE id > 1")
+
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED
+    database = status.checks["database"]
+    assert database.status is HealthState.DEGRADED and "full-text index damaged" in database.message
+    assert database.details["sqlite"] == "ok" and database.details["fts"] != "ok"
+
+    checker.enable_auto_recovery = True
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY
+    assert [(r.check, r.action, r.success) for r in status.recoveries] == [
+        ("database", "rebuilt the full-text index (30 rows)", True)
+    ]
+    assert len(store.search('"python"', 5)) == 5
+
+
+async def test_memory_pressure_thresholds() -> None:
+    checker = HealthChecker(thresholds=HealthThresholds(memory_percent_degraded=0.0))
+    result = (await checker.perform_health_check()).checks["memory_pressure"]
+    assert result.status is HealthState.DEGRADED and result.details["system_memory_percent"] > 0
+    checker = HealthChecker(thresholds=HealthThresholds(memory_percent_unhealthy=0.0))
+    assert (await checker.perform_health_check()).checks["memory_pressure"].status is HealthState.UNHEALTHY
+    checker = HealthChecker(thresholds=HealthThresholds(process_memory_limit_mb=1.0))
+    result = (await checker.perform_health_check()).checks["memory_pressure"]
+    assert result.status is HealthState.DEGRADED and "process uses" in result.message
+
+
+async def test_a_blocked_event_loop_is_detected() -> None:
+    checker = HealthChecker()
+    asyncio.get_running_loop().call_later(0.005, time.sleep, 0.25)  # the fault: block the loop
+    result = (await checker.perform_health_check()).checks["event_loop"]
+    assert result.status is HealthState.DEGRADED
+    assert result.details["lag_ms"] >= 100.0
+    assert "asyncio.to_thread" in (result.recommendation or "")
+
+
+async def test_error_rate_from_the_managers_and_running_monitors() -> None:
+    own = PerformanceMonitor(collect_library_operations=False)
+    checker = HealthChecker(context_manager=_Parts(performance_monitor=own))
+    for index in range(20):
+        own.record_operation("search_memory", 0.001, index % 10 != 0)  # 10 % failures
+    result = (await checker.perform_health_check()).checks["error_rate"]
+    assert result.status is HealthState.DEGRADED and result.details["error_rate"] == pytest.approx(0.1)
+
+    running = PerformanceMonitor(sample_interval=10.0)
+    async with running:
+        for _ in range(10):
+            running.record_operation("execute_tool", 0.001, False)
+        result = (await HealthChecker().perform_health_check()).checks["error_rate"]
+        assert result.status is HealthState.UNHEALTHY and result.details["error_rate"] == 1.0
+
+
+async def test_a_dead_background_task_is_restarted() -> None:
+    class Worker:
+        def __init__(self) -> None:
+            self.task: asyncio.Task[None] | None = None
+            self.starts = 0
+
+        async def start(self) -> None:
+            self.starts += 1
+            self.task = asyncio.create_task(self._run())
+
+        async def _run(self) -> None:
+            if self.starts == 1:
+                raise RuntimeError("worker crashed")
+            await asyncio.Event().wait()
+
+    worker = Worker()
+    await worker.start()
+    with pytest.raises(RuntimeError):
+        await worker.task  # type: ignore[misc]
+    checker = HealthChecker(enable_auto_recovery=False)
+    checker.watch_background_task(
+        "worker", lambda: worker.task is not None and not worker.task.done(), worker.start
+    )
+    status = await checker.perform_health_check()
+    assert status.checks["background_tasks"].status is HealthState.DEGRADED
+    assert status.checks["background_tasks"].details["dead"] == ["worker"]
+
+    checker.enable_auto_recovery = True
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY and worker.starts == 2
+    assert [(r.check, r.action) for r in status.recoveries] == [("background_tasks", "restarted worker")]
+    assert worker.task is not None
+    worker.task.cancel()
+    await asyncio.gather(worker.task, return_exceptions=True)
+
+
+async def test_a_failed_repair_is_recorded() -> None:
+    checker = HealthChecker(enable_auto_recovery=True)
+
+    def broken_restart() -> None:
+        raise OSError("cannot restart")
+
+    checker.watch_background_task("gone", lambda: False, broken_restart)
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED
+    assert status.recoveries[0].success is False
+    assert status.recoveries[0].action.startswith("repair failed: OSError: cannot restart")
+    report = await checker.generate_diagnostic_report()
+    assert any(error["source"] == "recovery:background_tasks" for error in report.recent_errors)
+
+
+# -------------------------------------------------------------------------------- periodic, report
+
+
+async def test_periodic_checks_run_in_the_background_and_stop_cleanly() -> None:
+    ran = asyncio.Event()
+
+    async def probe() -> bool:
+        ran.set()
+        return True
+
+    async with HealthChecker(check_interval=0.01) as checker:
+        checker.register_check("probe", probe)
+        assert checker.is_running
+        await ran.wait()
+    assert not checker.is_running
+    assert _others() == []
+
+
+def test_no_pending_task_after_stop_in_debug_mode(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        checker = HealthChecker(check_interval=0.005)
+        ran = asyncio.Event()
+
+        async def probe() -> bool:
+            ran.set()
+            return True
+
+        checker.register_check("probe", probe)
+        await checker.start()
+        await ran.wait()
+        await checker.stop()
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main(), debug=True)
+        gc.collect()
+    assert "Task was destroyed but it is pending" not in caplog.text
+
+
+async def test_diagnostic_report(tmp_path: Path) -> None:
+    monitor = PerformanceMonitor(collect_library_operations=False)
+    for _ in range(10):
+        monitor.record_operation("execute_tool", 0.001, False, error=TimeoutError("tool slow"))
+    checker = HealthChecker(context_manager=_Parts(performance_monitor=monitor), storage_path=tmp_path)
+    (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    report = await checker.generate_diagnostic_report()
+    assert isinstance(report, DiagnosticReport)
+    assert report.status is HealthState.DEGRADED
+    assert "Operations are failing: see the recent errors in the diagnostic report." in report.recommendations
+    assert any(
+        line.startswith("Error rate is 100.0%") for line in report.recommendations
+    )  # the monitor's rule
+    assert {"python", "platform", "pid", "process_memory_mb", "system_memory_percent"} <= set(report.system)
+    directory = report.storage["directories"][0]
+    assert directory["path"] == str(tmp_path) and directory["exists"] and directory["size_bytes"] >= 1000
+    assert directory["free_disk_mb"] > 0
+    sources = {error["source"] for error in report.recent_errors}
+    assert {"check:error_rate", "operation:execute_tool"} <= sources
+    data = report.to_dict()
+    assert data["status"] == "degraded" and data["checks"]["error_rate"]["status"] == "unhealthy"
+    json.dumps(data)  # JSON-friendly
+
+
+async def test_a_healthy_report_has_no_recommendations(tmp_path: Path) -> None:
+    report = await HealthChecker(check_interval=5.0, storage_path=tmp_path).generate_diagnostic_report()
+    assert report.status is HealthState.HEALTHY
+    assert report.recommendations == []
