@@ -1,0 +1,647 @@
+"""The ``context-manager`` command: count tokens, inspect and maintain memory, check health, run examples.
+
+::
+
+    context-manager tokens notes.txt --encoding cl100k_base
+    cat notes.txt | context-manager tokens -
+    context-manager --storage ./cache/storage memory add "Paris is the capital of France" --tag geo
+    context-manager memory search "capital of france" --limit 5
+    context-manager --json memory stats
+    context-manager memory export backup.jsonl          # and: memory import backup.jsonl
+    context-manager memory consolidate --threshold 0.85
+    context-manager memory cleanup --max-age-days 30
+    context-manager health
+    context-manager examples basic
+
+Global options come before the command: ``--storage PATH`` (the memory directory; by default the
+configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (machine-readable output on
+stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
+variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
+
+Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``); 2 bad usage (unknown option,
+bad argument); 3 ``health`` found the storage unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.manager import MemoryManager
+    from context_manager.core.memory.models import Memory
+
+__all__ = ["app", "main"]
+
+EXIT_ERROR = 1
+"""An operation failed (the reason is printed on stderr)."""
+EXIT_UNHEALTHY = 3
+"""``health`` found the storage unhealthy."""
+
+_T = TypeVar("_T")
+
+app = typer.Typer(
+    name="context-manager",
+    help="Context windows, memory and tools for LLM applications: command-line tools.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+memory_app = typer.Typer(
+    help="Add, search, export, import and maintain the memory store.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(memory_app, name="memory")
+
+
+class Encoding(StrEnum):
+    """Token encodings the exact counter knows offline."""
+
+    O200K_BASE = "o200k_base"
+    CL100K_BASE = "cl100k_base"
+
+
+class ExampleName(StrEnum):
+    """Example categories of ``examples/main_example.py``."""
+
+    ALL = "all"
+    BASIC = "basic"
+    ADVANCED = "advanced"
+    TOOLS = "tools"
+    PERFORMANCE = "performance"
+    AGENT = "agent"
+
+
+@dataclasses.dataclass(slots=True)
+class _Options:
+    """The global options, shared with every command through the click context."""
+
+    storage: Path | None
+    """``--storage``: the memory directory, or None for the configuration's."""
+    json_output: bool
+    """``--json``: print machine-readable JSON on stdout."""
+    debug: bool
+    """``--debug``: tracebacks and DEBUG logs."""
+    stdout: Console
+    """Where results go."""
+    stderr: Console
+    """Where errors and progress go."""
+
+
+class CommandError(Exception):
+    """A failure the CLI reports as one line on stderr (exit code 1)."""
+
+
+# --------------------------------------------------------------------------------------- plumbing
+
+
+def _options(ctx: typer.Context) -> _Options:
+    options = ctx.find_root().obj
+    if not isinstance(options, _Options):  # pragma: no cover - the callback always sets it
+        raise CommandError("internal error: global options missing")
+    return options
+
+
+def _fail(options: _Options, message: str, code: int = EXIT_ERROR) -> NoReturn:
+    options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]]) -> _T:
+    """Run an async command body under :func:`_guarded`."""
+    return _guarded(ctx, lambda options: asyncio.run(coroutine_function(options)))
+
+
+def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
+    """Run a command body; turn library and OS errors into one line on stderr (or a traceback)."""
+    from context_manager.core.errors import ContextManagerError
+
+    options = _options(ctx)
+    try:
+        return function(options)
+    except typer.Exit:
+        raise
+    except (ContextManagerError, CommandError, OSError, UnicodeDecodeError) as error:
+        if options.debug:
+            raise
+        _fail(options, _describe(error))
+    except KeyboardInterrupt:
+        _fail(options, "interrupted", 130)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    text = " ".join(text.split())  # one line, whatever the exception's message looks like
+    if isinstance(error, OSError) and not _is_library_error(error) and error.filename is not None:
+        reason = error.strerror or text
+        return f"{error.filename}: {reason}"
+    return text
+
+
+def _is_library_error(error: BaseException) -> bool:
+    from context_manager.core.errors import ContextManagerError
+
+    return isinstance(error, ContextManagerError)
+
+
+def _print_json(options: _Options, value: Any) -> None:
+    options.stdout.out(json.dumps(value, indent=2, ensure_ascii=False, default=str), highlight=False)
+
+
+def _config(options: _Options) -> ContextManagerConfig:
+    """The configuration: defaults, then environment variables, then ``--storage``."""
+    from context_manager.core.config import ContextManagerConfig
+
+    if options.storage is None:
+        return ContextManagerConfig()
+    return ContextManagerConfig(storage_path=options.storage)
+
+
+def _storage_path(options: _Options) -> Path:
+    return _config(options).resolved_storage_path
+
+
+def _require_existing_store(path: Path) -> None:
+    """Read-only commands must not create an empty store where the user mistyped a path."""
+    if not path.exists():
+        raise CommandError(
+            f"no memory store at {path} (the directory does not exist); "
+            "pass --storage PATH or set PYTHON_CONTEXT_MANAGER_STORAGE_PATH"
+        )
+    if not path.is_dir():
+        raise CommandError(f"storage path {path} is a file, not a directory")
+
+
+@contextlib.asynccontextmanager
+async def _open_memory(options: _Options, *, create: bool) -> Any:
+    """Open the memory store at the configured path (``create=False``: it must exist already)."""
+    from context_manager.core.memory.manager import MemoryManager
+
+    config = _config(options)
+    if not create:
+        _require_existing_store(config.resolved_storage_path)
+    manager: MemoryManager = MemoryManager(config)
+    await manager.initialize()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+def _memory_row(memory: Memory) -> dict[str, Any]:
+    data = memory.to_dict()
+    data["score"] = memory.score
+    return data
+
+
+# ----------------------------------------------------------------------------------- global options
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            "--storage",
+            help="Memory directory (default: the configuration's storage_path, <cache_path>/storage).",
+            envvar=None,
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and DEBUG logs.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Context windows, memory and tools for LLM applications: command-line tools."""
+    if version:
+        from context_manager import __version__
+
+        typer.echo(f"context-manager {__version__}")
+        raise typer.Exit()
+    stderr = Console(stderr=True)
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("context_manager").setLevel(logging.DEBUG)
+    ctx.obj = _Options(storage, json_output, debug, Console(), stderr)
+
+
+# ------------------------------------------------------------------------------------------ tokens
+
+
+@app.command()
+def tokens(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A text file, or - for standard input.", metavar="FILE|-")],
+    encoding: Annotated[
+        Encoding | None,
+        typer.Option(
+            "--encoding", "-e", help="Token encoding (default: the configuration's token_encoding)."
+        ),
+    ] = None,
+) -> None:
+    """Count the tokens of a text file (or standard input) exactly, offline."""
+
+    def body(options: _Options) -> None:
+        from context_manager.core.tokens import get_token_counter
+
+        name = encoding.value if encoding is not None else _config(options).token_encoding
+        if source == "-":
+            text = sys.stdin.read()
+            label = "<stdin>"
+        else:
+            path = Path(source)
+            if path.is_dir():
+                raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
+            text = path.read_text(encoding="utf-8")
+            label = str(path)
+        count = get_token_counter(name).count(text)
+        result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
+        if options.json_output:
+            _print_json(options, result)
+        else:
+            options.stdout.print(
+                f"{count} tokens ({name}) in {label}, {len(text)} characters", markup=False, highlight=False
+            )
+
+    _guarded(ctx, body)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+@memory_app.command("add")
+def memory_add(
+    ctx: typer.Context,
+    content: Annotated[str, typer.Argument(help="The text to remember.")],
+    importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    tier: Annotated[str | None, typer.Option(help="Put it in this tier only: short, medium or long.")] = None,
+) -> None:
+    """Store a memory durably and print its id."""
+
+    async def body(options: _Options) -> None:
+        async with _open_memory(options, create=True) as manager:
+            memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
+        if options.json_output:
+            _print_json(options, _memory_row(memory))
+        else:
+            options.stdout.print(f"added {memory.id} ({memory.tier.value} tier)", markup=False)
+
+    _run(ctx, body)
+
+
+@memory_app.command("search")
+def memory_search(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="What to look for (plain text).")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many results.")] = 10,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Only memories with this tag.")] = None,
+    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+) -> None:
+    """Search the memory store, best match first."""
+
+    async def body(options: _Options) -> None:
+        async with _open_memory(options, create=False) as manager:
+            found = await manager.search_memory(query, limit, tags=tag or None, user_id=user)
+        if options.json_output:
+            _print_json(options, [_memory_row(memory) for memory in found])
+            return
+        if not found:
+            options.stdout.print("no matching memories", markup=False)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{len(found)} result(s) for {query!r}", title_justify="left")
+        for column in ("score", "tier", "importance", "tags", "content", "id"):
+            table.add_column(column, overflow="fold")
+        for memory in found:
+            table.add_row(
+                f"{memory.score or 0.0:.3f}",
+                memory.tier.value,
+                f"{memory.importance:.2f}",
+                ", ".join(memory.tags),
+                memory.content if len(memory.content) <= 200 else memory.content[:197] + "...",
+                memory.id,
+            )
+        options.stdout.print(table)
+
+    _run(ctx, body)
+
+
+@memory_app.command("stats")
+def memory_stats(ctx: typer.Context) -> None:
+    """Counts per tier, capacity, size on disk and index status."""
+
+    async def body(options: _Options) -> None:
+        async with _open_memory(options, create=False) as manager:
+            stats = await manager.get_memory_stats()
+        if options.json_output:
+            _print_json(options, stats)
+            return
+        from rich.table import Table
+
+        table = Table(title=f"memory at {stats['storage_path']}", title_justify="left", show_header=False)
+        table.add_column("figure")
+        table.add_column("value")
+        table.add_row("memories", str(stats["total_memories"]))
+        for tier, count in stats["by_tier"].items():
+            table.add_row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
+        table.add_row("superseded", str(stats["superseded"]))
+        mean = stats["mean_importance"]
+        table.add_row("mean importance", "-" if mean is None else f"{mean:.2f}")
+        table.add_row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
+        table.add_row("index", f"{stats['index']['status']} ({stats['index']['engine']})")
+        if stats["over_capacity"]:
+            table.add_row("over capacity", ", ".join(stats["over_capacity"]))
+        options.stdout.print(table)
+
+    _run(ctx, body)
+
+
+@contextlib.contextmanager
+def _progress(options: _Options) -> Iterator[Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=options.stderr,
+        disable=options.json_output,
+        transient=False,
+    )
+    with progress:
+        yield progress
+
+
+@memory_app.command("export")
+def memory_export(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="The JSONL file to write (replaced atomically).")],
+) -> None:
+    """Write every memory (superseded ones too) to a JSON Lines file."""
+
+    async def body(options: _Options) -> None:
+        if path.is_dir():
+            raise CommandError(f"{path} is a directory; pass a file path such as {path / 'memories.jsonl'}")
+        if not path.parent.exists():
+            raise CommandError(f"cannot write {path}: directory {path.parent} does not exist")
+        async with _open_memory(options, create=False) as manager:
+            total = (await manager.get_memory_stats())["total_memories"]
+            with _progress(options) as progress:
+                task = progress.add_task("exporting", total=total or None)
+                count = await manager.export_memories(path)
+                progress.update(task, total=count, completed=count)
+        if options.json_output:
+            _print_json(options, {"exported": count, "path": str(path)})
+        else:
+            options.stdout.print(f"exported {count} memories to {path}", markup=False)
+
+    _run(ctx, body)
+
+
+@memory_app.command("import")
+def memory_import(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A JSONL file written by `memory export`.")],
+) -> None:
+    """Load memories from a JSON Lines export (all or nothing: one bad line imports nothing)."""
+
+    async def body(options: _Options) -> None:
+        from context_manager.core.errors import InvalidMemoryError
+        from context_manager.core.memory.models import Memory
+
+        if not path.is_file():
+            raise CommandError(
+                f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
+            )
+        lines = path.read_text(encoding="utf-8").splitlines()
+        with _progress(options) as progress:
+            checking = progress.add_task("checking", total=len(lines))
+            for number, line in enumerate(lines, start=1):  # fail fast, before opening the store
+                if line.strip():
+                    try:
+                        data = json.loads(line)
+                        if not isinstance(data, dict):
+                            raise TypeError("not a JSON object")
+                        Memory.from_dict(data)
+                    except (ValueError, KeyError, TypeError) as error:
+                        raise InvalidMemoryError(
+                            f"{path}:{number}",
+                            line[:80],
+                            "a memory as written by `memory export`",
+                            detail=str(error),
+                        ) from error
+                progress.advance(checking)
+            async with _open_memory(options, create=True) as manager:
+                importing = progress.add_task("importing", total=len(lines))
+                report = await manager.import_memories(path)
+                progress.update(importing, completed=len(lines))
+        if options.json_output:
+            _print_json(options, report)
+        else:
+            tiers = ", ".join(f"{tier} {count}" for tier, count in report["by_tier"].items())
+            options.stdout.print(
+                f"imported {report['imported']} memories ({report['replaced']} replaced; {tiers})",
+                markup=False,
+            )
+
+    _run(ctx, body)
+
+
+@memory_app.command("consolidate")
+def memory_consolidate(
+    ctx: typer.Context,
+    threshold: Annotated[
+        float, typer.Option(help="Word-set (Jaccard) similarity from which two memories merge, in (0, 1].")
+    ] = 0.85,
+    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+) -> None:
+    """Merge near-duplicate memories (originals are kept as superseded until cleanup)."""
+
+    async def body(options: _Options) -> None:
+        async with _open_memory(options, create=False) as manager:
+            result = await manager.consolidate_memories(threshold, user_id=user)
+        if options.json_output:
+            _print_json(options, result)
+            return
+        options.stdout.print(
+            f"merged {result['consolidated_count']} memories into {len(result['groups'])} "
+            f"(examined {result['examined']})",
+            markup=False,
+        )
+        for group in result["groups"]:
+            options.stdout.print(f"  {group['merged_id']}: {group['content'][:100]}", markup=False)
+
+    _run(ctx, body)
+
+
+@memory_app.command("cleanup")
+def memory_cleanup(
+    ctx: typer.Context,
+    max_age_days: Annotated[
+        float, typer.Option(help="Remove memories not created or used for this many days.")
+    ] = 30.0,
+    keep_importance: Annotated[
+        float | None, typer.Option(help="Keep memories at least this important, whatever their age.")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+) -> None:
+    """Delete old memories and superseded originals; print what was removed."""
+
+    async def body(options: _Options) -> None:
+        async with _open_memory(options, create=False) as manager:
+            result = await manager.cleanup_old_memories(
+                max_age_days, user_id=user, keep_importance=keep_importance
+            )
+        if options.json_output:
+            _print_json(options, result)
+            return
+        tiers = ", ".join(f"{tier} {count}" for tier, count in result["by_tier"].items())
+        options.stdout.print(
+            f"removed {result['removed_count']} memories "
+            f"({tiers}; superseded {result['superseded_removed']})",
+            markup=False,
+        )
+
+    _run(ctx, body)
+
+
+# ------------------------------------------------------------------------------------------ health
+
+
+@dataclasses.dataclass(slots=True)
+class _StoreUnderCheck:
+    """What the health checker needs of a context manager: a config and a memory manager."""
+
+    config: ContextManagerConfig
+    memory_manager: MemoryManager | None
+
+
+def _failed_open_check(error: Exception) -> Callable[[], Any]:
+    """A check reporting that the memory store could not be opened (damaged or locked)."""
+    from context_manager.core.health_checker import CheckOutcome, HealthState
+
+    def check() -> CheckOutcome:
+        return CheckOutcome(
+            HealthState.UNHEALTHY,
+            _describe(error),
+            recommendation="The memory store cannot be opened; follow the advice in the message above.",
+        )
+
+    return check
+
+
+@app.command()
+def health(ctx: typer.Context) -> None:
+    """Run the health checks on the storage path (exit code 3 when unhealthy)."""
+
+    async def body(options: _Options) -> int:
+        from context_manager.core.errors import StorageError
+        from context_manager.core.health_checker import HealthChecker, HealthState
+        from context_manager.core.memory.manager import MemoryManager
+
+        config = _config(options)
+        path = config.resolved_storage_path
+        if path.exists() and not path.is_dir():
+            raise CommandError(f"storage path {path} is a file, not a directory")
+        # the cache directory is not checked: only the storage the command was pointed at
+        config = config.model_copy(update={"cache_path": path})
+        memory = MemoryManager(config) if path.is_dir() else None
+        open_error: StorageError | None = None
+        if memory is not None:
+            try:
+                await memory.initialize()
+            except StorageError as error:  # damaged or locked: report it as a failing check
+                open_error, memory = error, None
+        try:
+            checker = HealthChecker(
+                context_manager=_StoreUnderCheck(config, memory), enable_auto_recovery=False
+            )
+            if open_error is not None:
+                checker.register_check("memory_store", _failed_open_check(open_error), critical=True)
+            report = await checker.generate_diagnostic_report()
+        finally:
+            if memory is not None:
+                await memory.close()
+        if options.json_output:
+            _print_json(options, report.to_dict())
+        else:
+            from rich.table import Table
+
+            colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
+            table = Table(
+                title=f"health of {path}: {report.status.value} (score {report.health_score:.2f})",
+                title_justify="left",
+            )
+            for column in ("check", "status", "message"):
+                table.add_column(column, overflow="fold")
+            for result in report.checks.values():
+                state = result.status.value
+                table.add_row(result.name, f"[{colour[state]}]{state}[/]", result.message)
+            options.stdout.print(table)
+            if memory is None and open_error is None:
+                options.stdout.print(f"no memory store at {path}: nothing to check there yet", markup=False)
+            for line in report.recommendations:
+                options.stdout.print(f"- {line}", markup=False, highlight=False)
+        return EXIT_UNHEALTHY if report.status is HealthState.UNHEALTHY else 0
+
+    code = _run(ctx, body)
+    if code:
+        raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------- examples
+
+
+def _examples_script() -> Path | None:
+    """``examples/main_example.py`` of a source checkout (the examples are not installed with the wheel)."""
+    candidate = Path(__file__).resolve().parents[2] / "examples" / "main_example.py"
+    return candidate if candidate.is_file() else None
+
+
+@app.command()
+def examples(
+    ctx: typer.Context,
+    name: Annotated[ExampleName, typer.Argument(help="Which examples to run.")] = ExampleName.ALL,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the details.")] = False,
+) -> None:
+    """Run the examples of a source checkout (offline, temporary storage)."""
+    options = _options(ctx)
+    script = _examples_script()
+    if script is None:
+        _fail(
+            options,
+            "the examples are not installed with the package; run them from a clone of the repository "
+            "(python examples/main_example.py all)",
+        )
+    command = [sys.executable, str(script), name.value, *(["--verbose"] if verbose else [])]
+    completed = subprocess.run(command, check=False)  # noqa: S603 - our own script, no shell
+    if completed.returncode:
+        raise typer.Exit(completed.returncode)
+
+
+def main() -> None:
+    """Entry point of the ``context-manager`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
