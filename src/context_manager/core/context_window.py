@@ -31,7 +31,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from context_manager.core.compression import (
@@ -122,7 +122,6 @@ class _Outcome:
     text: str
     strategy: str
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ContextWindow:
@@ -390,7 +389,7 @@ class ContextWindow:
             )
         message.token_count = tokens
         candidate = [*self._messages, message]
-        return await self._compress(candidate, self.target_tokens, message)
+        return await self._compress(candidate, self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
         """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if already below it.
@@ -406,11 +405,9 @@ class ContextWindow:
         async with self._lock:
             if self.token_count <= target_tokens:
                 return None
-            return await self._compress(list(self._messages), min(target_tokens, self._max_tokens), None)
+            return await self._compress(list(self._messages), min(target_tokens, self._max_tokens))
 
-    async def _compress(
-        self, candidate: list[Message], target: int, new_message: Message | None
-    ) -> CompressionRecord:
+    async def _compress(self, candidate: list[Message], target: int) -> CompressionRecord:
         started = time.perf_counter()
         tokens_before = sum(m.token_count for m in candidate) + REPLY_PRIMING_TOKENS
         plan = plan_compression(
@@ -428,8 +425,6 @@ class ContextWindow:
             total += summary.token_count
 
         # Commit: from here on nothing can fail.
-        if new_message is not None and new_message.token_count == 0:  # pragma: no cover - set by the caller
-            new_message.token_count = self._counter.count_message(new_message)
         self._messages = kept
         self._tokens = total
         self._rebuild_indexes()
