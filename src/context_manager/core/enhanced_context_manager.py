@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,10 +34,17 @@ from context_manager.core.errors import (
     LifecycleError,
     StorageError,
 )
+from context_manager.core.health_checker import HealthChecker
+from context_manager.core.memory.file_store import LOG_FILE_NAME
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
+from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
 from context_manager.core.messages import Message, ToolCall
-from context_manager.core.performance_monitor import record_library_operation
+from context_manager.core.performance_monitor import (
+    PerformanceMonitor,
+    monitored_operation,
+    record_library_operation,
+)
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.tokens import TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
@@ -101,6 +110,17 @@ class EnhancedContextManager:
         """Three-tier memory on ``config.storage_path`` (``add_memory``, ``search_by_tags`` ...); messages
         evicted by compression are written to it, so :meth:`search_memory` finds them."""
         self._memory_session_id = uuid.uuid4().hex
+        self.performance_monitor: PerformanceMonitor | None = (
+            PerformanceMonitor(collect_library_operations=False)
+            if self.config.enable_performance_monitor
+            else None
+        )
+        """This manager's own monitor (``config.enable_performance_monitor``): ``add_message``,
+        ``search_memory`` and ``execute_tool`` are recorded in it and in every running monitor; it samples
+        the process between ``initialize()`` and ``cleanup()``."""
+        self.health_checker: HealthChecker | None = None
+        """Health checks of this manager (created by ``initialize()``); they run every
+        ``config.health_check_interval`` seconds in the background when ``config.enable_health_checks``."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -164,10 +184,33 @@ class EnhancedContextManager:
         await self.memory_manager.initialize()
         if self._window is not None:
             self._window.set_eviction_hook(self._remember_evicted)
+        await self._start_operations()
 
     async def _stop_subsystems(self) -> None:
         """Stop what :meth:`_start_subsystems` started, in reverse order; tolerate partial starts."""
+        await self._stop_operations()
         await self.memory_manager.close()
+
+    async def _start_operations(self) -> None:
+        """Start the monitor's sampler and the health checker (periodic only when enabled)."""
+        monitor = self.performance_monitor
+        checker = HealthChecker(check_interval=self.config.health_check_interval, context_manager=self)
+        self.health_checker = checker
+        if monitor is not None:
+            await monitor.start_monitoring()
+            checker.watch_background_task(
+                "performance_monitor", lambda: monitor.sampler_alive, monitor.start_monitoring
+            )
+        if self.config.enable_health_checks:
+            await checker.start()
+            checker.watch_background_task("health_checks", lambda: checker.is_running, checker.start)
+
+    async def _stop_operations(self) -> None:
+        """Stop the background tasks :meth:`_start_operations` started (each cancelled and awaited)."""
+        if self.health_checker is not None:
+            await self.health_checker.stop()
+        if self.performance_monitor is not None:
+            await self.performance_monitor.stop_monitoring()
 
     async def __aenter__(self) -> EnhancedContextManager:
         await self.initialize()
@@ -208,6 +251,7 @@ class EnhancedContextManager:
         """
         return self._require_ready("context_window")
 
+    @monitored_operation("add_message")
     async def add_message(self, role: str, content: str, **kwargs: Any) -> bool:
         """Add a message to the context, compressing the window first if it would overflow.
 
@@ -430,6 +474,7 @@ class EnhancedContextManager:
         """Eviction hook: write evicted messages to medium-term memory (invariant 4)."""
         await self.memory_manager.remember_messages(messages, session_id=self._memory_session_id)
 
+    @monitored_operation("search_memory")
     async def search_memory(self, query: str, limit: int = 10) -> list[Memory]:
         """Search every memory tier (including evicted context) for ``query``; best first.
 
@@ -439,6 +484,124 @@ class EnhancedContextManager:
         """
         self._require_ready("search_memory")
         return await self.memory_manager.search_memory(query, limit)
+
+    # -- operations -----------------------------------------------------------------------------------
+
+    def get_system_status(self) -> dict[str, Any]:
+        """Return the state of every subsystem (a section only for the subsystems that exist).
+
+        Keys: ``state`` (``"new"``, ``"ready"``, ``"closed"``), ``timestamp``, and ``context`` (the context
+        summary), ``memory`` (``initialized``, ``storage_path``, ``bytes_on_disk``), ``tools``
+        (``tool_manager.get_tool_stats()``), ``monitor`` (the monitor's current metrics and advice) and
+        ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
+        number of repairs). For memory counts use ``await memory_manager.get_memory_stats()``.
+        """
+        status: dict[str, Any] = {"state": self._state, "timestamp": time.time()}
+        if self._window is not None:
+            status["context"] = self.get_context_summary()
+        memory = getattr(self, "memory_manager", None)
+        if memory is not None:
+            sizes = {}
+            for name, file_name in (("log", LOG_FILE_NAME), ("database", DATABASE_FILE_NAME)):
+                try:
+                    sizes[name] = (memory.storage_path / file_name).stat().st_size
+                except OSError:
+                    sizes[name] = 0
+            sizes["total"] = sum(sizes.values())
+            status["memory"] = {
+                "initialized": memory.is_initialized,
+                "storage_path": str(memory.storage_path),
+                "bytes_on_disk": sizes,
+            }
+        tools = getattr(self, "tool_manager", None)
+        if tools is not None:
+            status["tools"] = tools.get_tool_stats()
+        monitor = self.performance_monitor
+        if monitor is not None:
+            metrics = monitor.get_current_metrics()
+            status["monitor"] = {
+                "monitoring": monitor.is_monitoring,
+                "total_operations": metrics.total_operations,
+                "error_rate": metrics.error_rate,
+                "p95_latency_ms": metrics.p95_latency_ms,
+                "memory_usage_mb": metrics.memory_usage_mb,
+                "cpu_percent": metrics.cpu_percent,
+                "event_loop_lag_ms": metrics.event_loop_lag_ms,
+                "health_score": metrics.health_score,
+                "recommendations": monitor.recommendations(),
+            }
+        checker = self.health_checker
+        if checker is not None:
+            last = checker.last_status
+            status["health"] = {
+                "periodic": checker.is_running,
+                "check_interval": checker.check_interval,
+                "status": None if last is None else last.status.value,
+                "health_score": None if last is None else last.health_score,
+                "failing_checks": [] if last is None else [result.name for result in last.failing_checks],
+                "checked_at": None if last is None else last.timestamp,
+                "recoveries": len(checker.recovery_history),
+            }
+        return status
+
+    async def optimize_system(self, *, consolidate: bool = True) -> dict[str, Any]:
+        """Tidy storage and caches; return what was done with sizes before and after.
+
+        Memory: persist pending access updates, compact the medium-term log, merge the FTS5 index
+        segments, checkpoint the SQLite WAL (``memory_manager.optimize()``), then merge near-duplicate
+        memories (``consolidate_memories()``; reversible with ``undo_consolidation``). Tools: drop
+        expired cache entries and stale rate-limit state. Process: a garbage collection.
+
+        Args:
+            consolidate: Also merge near-duplicate memories.
+
+        Returns:
+            ``memory`` (``log_bytes_before``/``after``, ``database_bytes_before``/``after``,
+            ``memories_before``/``after`` (active ones), ``superseded_after``, ``consolidated_count``),
+            ``tools`` (``cache_entries_before``/
+            ``after``, ``expired_cache_entries``), ``process`` (``memory_mb_before``/``after``,
+            ``gc_collected``) and ``duration_ms``.
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("optimize_system")
+        started = time.perf_counter()
+        monitor = self.performance_monitor or PerformanceMonitor(collect_library_operations=False)
+        memory_before_mb = monitor.get_current_metrics().memory_usage_mb
+        result: dict[str, Any] = {}
+        memory = self.memory_manager
+        before = await memory.get_memory_stats()
+        memory_report = dict(await memory.optimize())
+        memory_report.pop("duration_ms", None)
+        consolidated = 0
+        if consolidate:
+            consolidated = int((await memory.consolidate_memories())["consolidated_count"])
+        after = await memory.get_memory_stats()
+        memory_report.update(  # active memories: superseded originals stay on disk until cleanup
+            memories_before=before["total_memories"] - before["superseded"],
+            memories_after=after["total_memories"] - after["superseded"],
+            superseded_after=after["superseded"],
+            consolidated_count=consolidated,
+        )
+        result["memory"] = memory_report
+        tools = self.tool_manager
+        entries_before = tools.get_tool_stats()["cache"]["entries"]
+        expired = tools.purge_expired_cache()
+        result["tools"] = {
+            "cache_entries_before": entries_before,
+            "cache_entries_after": tools.get_tool_stats()["cache"]["entries"],
+            "expired_cache_entries": expired,
+        }
+        collected = gc.collect()
+        monitor.sample_now()  # a fresh RSS reading after the work
+        result["process"] = {
+            "memory_mb_before": memory_before_mb,
+            "memory_mb_after": monitor.get_current_metrics().memory_usage_mb,
+            "gc_collected": collected,
+        }
+        result["duration_ms"] = (time.perf_counter() - started) * 1000.0
+        return result
 
 
 def _make_private_directory(path: Path) -> None:

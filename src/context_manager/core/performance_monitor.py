@@ -555,7 +555,11 @@ class PerformanceMonitor:
             await asyncio.sleep(interval)
             self._take_sample(lag_s=max(0.0, loop.time() - expected))
 
-    def _take_sample(self, lag_s: float) -> None:
+    def sample_now(self) -> SystemSample | None:
+        """Take a sample of RSS and CPU now (without a lag figure) and return it (None if psutil failed)."""
+        return self._samples[-1] if self._take_sample(lag_s=0.0) else None
+
+    def _take_sample(self, lag_s: float) -> bool:
         try:
             process = self._process
             if process is None:
@@ -569,10 +573,11 @@ class PerformanceMonitor:
         except Exception:  # psutil can fail (permissions, exotic platforms): keep sampling
             self._sampling_errors += 1
             logger.debug("performance monitor could not sample the process", exc_info=True)
-            return
+            return False
         self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0))
         if self._sample_event is not None:
             self._sample_event.set()
+        return True
 
     # ------------------------------------------------------------------------------------- recording
 

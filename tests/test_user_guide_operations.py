@@ -1,0 +1,376 @@
+"""The user guide's operations snippets, run as written (Performance Monitoring x2, Concurrent Operations,
+Health Checking, Memory Management's optimize_system, Troubleshooting), plus the manager's operations wiring.
+
+Names the guide leaves to the reader (``some_async_function``, ``arg1``, ``arg2``,
+``perform_custom_operation``) are small real functions defined here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.async_operations import ConcurrencyController
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.health_checker import HealthChecker, HealthState
+from context_manager.core.performance_monitor import PerformanceMonitor
+
+arg1, arg2 = 6, 7
+
+
+async def some_async_function(first: int, second: int) -> int:
+    await asyncio.sleep(0)
+    return first * second
+
+
+async def perform_custom_operation() -> int:
+    await asyncio.sleep(0)
+    return sum(index * index for index in range(10_000))
+
+
+@pytest.fixture
+async def context_manager(tmp_path: Path) -> AsyncIterator[EnhancedContextManager]:
+    config = ContextManagerConfig(max_tokens=1000, compression_ratio=0.8)
+    config.cache_path = tmp_path / "cache"
+    manager = EnhancedContextManager(config=config)
+    await manager.initialize()
+    try:
+        yield manager
+    finally:
+        await manager.cleanup()
+
+
+# ------------------------------------------------------------------------------------- guide snippets
+
+
+async def test_performance_monitoring(
+    context_manager: EnhancedContextManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Start monitoring
+    monitor = PerformanceMonitor(sample_interval=0.1)
+    await monitor.start_monitoring()
+
+    # Perform operations
+    await context_manager.add_message("user", "Test message")
+    await context_manager.search_memory("test")
+
+    # Get metrics
+    metrics = monitor.get_current_metrics()
+    print(f"Operations: {metrics.total_operations}")
+    print(f"Memory usage: {metrics.memory_usage_mb:.2f}MB")
+    print(f"Health score: {metrics.health_score:.2f}")
+
+    await monitor.stop_monitoring()
+
+    out = capsys.readouterr().out
+    assert "Operations: 2\n" in out
+    assert metrics.memory_usage_mb > 1.0
+    assert "Health score: 1.00" in out
+    assert set(monitor.operation_stats()) == {"add_message", "search_memory"}
+
+
+async def test_concurrent_operations(capsys: pytest.CaptureFixture[str]) -> None:
+    # Create concurrency controller
+    controller = ConcurrencyController(max_concurrent_tasks=10)
+    await controller.start()
+
+    # Submit multiple tasks
+    task_ids = []
+    for i in range(5):
+        task_id = await controller.submit_task(
+            f"task_{i}", some_async_function, arg1, arg2, priority="normal"
+        )
+        task_ids.append(task_id)
+
+    # Wait for results
+    results = []
+    for task_id in task_ids:
+        result = await controller.wait_for_task(task_id)
+        results.append(result)
+
+    await controller.stop()
+
+    assert results == [42] * 5
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
+async def test_health_checking(capsys: pytest.CaptureFixture[str]) -> None:
+    # Create health checker
+    health_checker = HealthChecker(check_interval=5.0)
+    await health_checker.start()
+
+    # Perform health check
+    health_status = await health_checker.perform_health_check()
+    print(f"System status: {health_status.status.value}")
+    print(f"Health score: {health_status.health_score:.2f}")
+
+    # Generate diagnostic report
+    report = await health_checker.generate_diagnostic_report()
+    print(f"Recommendations: {len(report.recommendations)}")
+
+    await health_checker.stop()
+
+    out = capsys.readouterr().out
+    assert "System status: healthy" in out
+    assert "Health score: 1.00" in out
+    assert "Recommendations: 0" in out
+
+
+async def test_memory_management_optimize_system(
+    context_manager: EnhancedContextManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index in range(3):
+        await context_manager.memory_manager.add_memory(
+            content="Python context managers use __enter__ and __exit__", importance=0.9, tags=[f"t{index}"]
+        )
+    # Optimize memory usage
+    await context_manager.optimize_system()
+
+    # Clear old memories
+    await context_manager.memory_manager.cleanup_old_memories(max_age_days=30)
+
+    # Consolidate similar memories
+    consolidation_result = await context_manager.memory_manager.consolidate_memories()
+    print(f"Consolidated {consolidation_result['consolidated_count']} memories")
+
+    assert "Consolidated 0 memories" in capsys.readouterr().out  # optimize_system already merged them
+    found = await context_manager.search_memory("enter exit")
+    assert len(found) == 1 and sorted(found[0].tags) == ["t0", "t1", "t2"]
+
+
+async def test_detailed_performance_monitoring(capsys: pytest.CaptureFixture[str]) -> None:
+    # Enable detailed monitoring
+    monitor = PerformanceMonitor(
+        sample_interval=0.05,  # Frequent sampling
+        enable_profiling=True,  # Enable profiling
+    )
+
+    await monitor.start_monitoring()
+
+    # Monitor specific operations
+    with monitor.operation_timer("custom_operation"):
+        await perform_custom_operation()
+
+    # Get performance summary
+    summary = monitor.get_performance_summary()
+    print(f"Health score: {summary['health_score']:.2f}")
+    print(f"Recommendations: {summary['recommendations']}")
+
+    await monitor.stop_monitoring()
+
+    out = capsys.readouterr().out
+    assert "Health score: 1.00" in out
+    assert "Recommendations: [" in out
+    assert summary["operations"]["custom_operation"]["count"] == 1
+    assert any(
+        "perform_custom_operation" in entry["function"] for entry in summary["profile"]["hottest_functions"]
+    )
+
+
+async def test_troubleshooting_memory_issues(
+    context_manager: EnhancedContextManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Monitor memory usage
+    import psutil
+
+    process = psutil.Process()
+    print(f"Memory usage: {process.memory_info().rss / 1024 / 1024:.2f}MB")
+
+    # Optimize memory
+    await context_manager.optimize_system()
+
+    assert capsys.readouterr().out.startswith("Memory usage: ")
+
+
+async def test_troubleshooting_performance_issues(capsys: pytest.CaptureFixture[str]) -> None:
+    # Enable performance monitoring
+    monitor = PerformanceMonitor()
+    await monitor.start_monitoring()
+
+    # Check performance metrics
+    metrics = monitor.get_current_metrics()
+    print(f"Health score: {metrics.health_score:.2f}")
+
+    # Get optimization recommendations
+    summary = monitor.get_performance_summary()
+    for recommendation in summary["recommendations"]:
+        print(f"Recommendation: {recommendation}")
+
+    await monitor.stop_monitoring()  # the guide leaves it running; we stop what we started
+    assert "Health score: 1.00" in capsys.readouterr().out
+
+
+def test_api_reference_performance_monitor() -> None:
+    async def main() -> dict[str, object]:
+        monitor = PerformanceMonitor(sample_interval=0.1)
+        await monitor.start_monitoring()
+
+        # Record operations
+        monitor.record_operation("operation_name", 0.1, True)
+
+        # Get metrics
+        metrics = monitor.get_current_metrics()
+        summary = monitor.get_performance_summary()
+
+        await monitor.stop_monitoring()
+        assert metrics.total_operations == 1
+        return summary
+
+    summary = asyncio.run(main())
+    assert summary["operations"]["operation_name"]["count"] == 1  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------- the manager's wiring
+
+
+async def test_the_managers_own_monitor_counts_its_operations(
+    context_manager: EnhancedContextManager,
+) -> None:
+    monitor = context_manager.performance_monitor
+    assert monitor is not None and monitor.sampler_alive
+    await context_manager.add_message("user", "hello")
+    await context_manager.search_memory("hello")
+    await context_manager.execute_tool("no_such_tool")
+    with pytest.raises(ValueError):
+        await context_manager.add_message("robot", "bad role")
+    stats = monitor.operation_stats()
+    assert (stats["add_message"].successes, stats["add_message"].failures) == (1, 1)
+    assert stats["search_memory"].count == 1
+    assert (stats["execute_tool"].count, stats["execute_tool"].failures) == (1, 1)
+
+
+async def test_monitoring_disabled(tmp_path: Path) -> None:
+    config = ContextManagerConfig(
+        cache_path=tmp_path, enable_performance_monitor=False, enable_health_checks=False
+    )
+    async with EnhancedContextManager(config=config) as manager:
+        assert manager.performance_monitor is None
+        await manager.add_message("user", "hello")
+        status = manager.get_system_status()
+        assert "monitor" not in status
+        assert status["health"]["periodic"] is False
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
+async def test_get_system_status_sections(context_manager: EnhancedContextManager) -> None:
+    await context_manager.add_message("user", "status please")
+    assert context_manager.health_checker is not None
+    await context_manager.health_checker.perform_health_check()
+    status = context_manager.get_system_status()
+    assert status["state"] == "ready"
+    assert set(status) >= {"context", "memory", "tools", "monitor", "health"}
+    assert status["context"]["message_count"] == 1
+    assert status["memory"]["initialized"] is True and status["memory"]["bytes_on_disk"]["total"] > 0
+    assert "registered_tools" in status["tools"]
+    assert status["monitor"]["total_operations"] == 1 and status["monitor"]["monitoring"] is True
+    assert status["health"] == {
+        "periodic": True,
+        "check_interval": 60.0,
+        "status": "healthy",
+        "health_score": 1.0,
+        "failing_checks": [],
+        "checked_at": status["health"]["checked_at"],
+        "recoveries": 0,
+    }
+
+
+async def test_optimize_system_reports_sizes_before_and_after(
+    context_manager: EnhancedContextManager,
+) -> None:
+    memory = context_manager.memory_manager
+    for index in range(40):
+        await memory.add_memory(f"note {index} about the deployment pipeline", importance=0.9)
+    await memory.add_memory("the deployment pipeline runs nightly", importance=0.8)
+    await memory.add_memory("the deployment pipeline runs nightly!", importance=0.8)
+    report = await context_manager.optimize_system()
+    assert set(report) == {"memory", "tools", "process", "duration_ms"}
+    memory_report = report["memory"]
+    assert memory_report["consolidated_count"] == 2
+    assert memory_report["memories_after"] == memory_report["memories_before"] - 1
+    for key in ("log_bytes_before", "log_bytes_after", "database_bytes_before", "database_bytes_after"):
+        assert memory_report[key] >= 0
+    assert report["tools"] == {
+        "cache_entries_before": 0,
+        "cache_entries_after": 0,
+        "expired_cache_entries": 0,
+    }
+    assert report["process"]["memory_mb_after"] > 1.0
+
+
+async def test_periodic_health_checks_and_cleanup_stop_every_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ContextManagerConfig(cache_path=tmp_path, health_check_interval=0.01, enable_auto_recovery=True)
+    manager = EnhancedContextManager(config=config)
+    await manager.initialize()
+    checker = manager.health_checker
+    assert checker is not None and checker.is_running
+    ran = asyncio.Event()
+
+    async def probe() -> bool:
+        ran.set()
+        return True
+
+    checker.register_check("probe", probe)
+    await ran.wait()  # a background run happened
+    await manager.cleanup()
+    assert not checker.is_running
+    assert manager.performance_monitor is not None and not manager.performance_monitor.sampler_alive
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
+def test_cleanup_leaves_no_pending_task_in_debug_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        config = ContextManagerConfig(cache_path=tmp_path, health_check_interval=0.01)
+        async with EnhancedContextManager(config=config) as manager:
+            await manager.add_message("user", "hi")
+            await manager.search_memory("hi")
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main(), debug=True)
+        gc.collect()
+    assert "Task was destroyed but it is pending" not in caplog.text
+
+
+async def test_storage_fault_is_repaired_through_the_manager(context_manager: EnhancedContextManager) -> None:
+    checker = context_manager.health_checker
+    assert checker is not None and checker.enable_auto_recovery  # config default
+    cache = Path(context_manager.config.cache_path)
+    extra = cache / "exports"
+    extra.mkdir()
+    shutil.rmtree(cache)  # removes the storage directory too (it is under cache_path)
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY
+    assert status.recoveries and status.recoveries[0].check == "storage"
+    assert context_manager.config.resolved_storage_path.is_dir()
+
+
+async def test_damaged_fts_index_through_the_manager(context_manager: EnhancedContextManager) -> None:
+    memory = context_manager.memory_manager
+    for index in range(20):
+        await memory.add_memory(f"kubernetes fact {index}", importance=0.9)
+    checker = context_manager.health_checker
+    assert checker is not None
+    checker.enable_auto_recovery = False
+    database = memory.storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as damage:  # the fault
+        damage.execute("DELETE FROM memories_fts_data WHERE id > 1")
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED
+    assert status.checks["database"].status is HealthState.DEGRADED
+
+    checker.enable_auto_recovery = True
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY
+    assert status.recoveries[0].check == "database" and status.recoveries[0].success
+    assert len(await context_manager.search_memory("kubernetes", limit=5)) == 5
