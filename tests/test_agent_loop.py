@@ -1,0 +1,174 @@
+"""The agent-loop example: scripted mode, and the real ``openai`` client against a local stand-in server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from context_manager.core.errors import SummarizerError
+from context_manager.testing import ChatCall, ScriptedChatModel
+from tests.chat_completions_server import running_server
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def agent_loop() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import agent_loop as module
+
+        yield module
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+@pytest.fixture
+def example_ctx(tmp_path: Path) -> Any:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from _common import ExampleContext
+        from rich.console import Console
+
+        yield ExampleContext(Console(width=200, record=True), False, tmp_path)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def _check_pairing(messages: list[dict[str, Any]]) -> None:
+    """Every tool message answers a call of an earlier assistant message in the same request, and back."""
+    open_calls: set[str] = set()
+    for message in messages:
+        if message["role"] == "assistant":
+            open_calls |= {call["id"] for call in message.get("tool_calls") or []}
+        if message["role"] == "tool":
+            assert message["tool_call_id"] in open_calls, message
+            open_calls.discard(message["tool_call_id"])
+    assert not open_calls, f"calls without results: {open_calls}"
+
+
+# --- ScriptedChatModel ---------------------------------------------------------------------------
+
+
+async def test_scripted_model_follows_its_script_and_records_requests() -> None:
+    model = ScriptedChatModel(
+        [
+            ScriptedChatModel.call_tool("lookup", {"key": 1}),
+            lambda messages, tools: ScriptedChatModel.reply(f"{len(messages)} messages, {len(tools)} tools"),
+        ],
+        default="done",
+    )
+    request = [{"role": "user", "content": "hi"}]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    first = await model.complete(request, tools)
+    assert first["tool_calls"][0]["id"] == "call_0_0"
+    assert json.loads(first["tool_calls"][0]["function"]["arguments"]) == {"key": 1}
+    request.append({"role": "assistant", "content": "x"})  # the recorded copy must not change
+    second = await model.complete(request, tools)
+    assert second == {"role": "assistant", "content": "2 messages, 1 tools"}
+    assert await model.complete(request) == {"role": "assistant", "content": "done"}
+    assert model.remaining == 0
+    assert [len(call.messages) for call in model.calls] == [1, 2, 2]
+    assert isinstance(model.calls[0], ChatCall) and model.calls[2].tools == []
+
+
+async def test_scripted_model_replies_are_fresh_copies_and_can_fail() -> None:
+    step = ScriptedChatModel.call_tool("lookup", call_id="fixed")
+    model = ScriptedChatModel([step, step])
+    first = await model.complete([])
+    first["tool_calls"].clear()
+    assert (await model.complete([]))["tool_calls"][0]["id"] == "fixed"
+    failing = ScriptedChatModel(fail_with=SummarizerError("503"))
+    with pytest.raises(SummarizerError, match="503"):
+        await failing.complete([{"role": "user", "content": "hi"}])
+    assert len(failing.calls) == 1
+
+
+# --- the loop, scripted ------------------------------------------------------------------------
+
+
+async def test_scripted_loop_packs_context_pairs_tools_and_recalls(
+    agent_loop: ModuleType, example_ctx: Any
+) -> None:
+    model = agent_loop.scripted_model()
+    reports = await agent_loop.run_agent(example_ctx, model, scripted=True)
+    assert len(reports) == len(agent_loop.USER_TURNS)
+    assert model.remaining == 0  # every scripted step was used: the loop made exactly the expected requests
+    assert "TRK-88231-PT" in reports[0].answer and "TRK-88231-PT" in reports[8].answer
+    assert reports[8].tool_calls[0][0] == "memory_search"
+    assert "after 6 pm" in reports[9].answer
+    assert any("after 6 pm" in memory for memory in reports[9].recalled)
+    for call in model.calls:
+        _check_pairing(call.messages)
+        assert call.messages[0]["role"] == "system"
+        assert {tool["function"]["name"] for tool in call.tools} >= {"lookup_order", "memory_search"}
+    budget = 700 - 150
+    assert max(max(report.request_tokens) for report in reports) <= budget
+
+
+def test_agent_loop_script_runs_offline_by_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["COLUMNS"] = "200"
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent_loop.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "recall worked" in completed.stdout
+    assert "tool lookup_order" in completed.stdout
+
+
+# --- the loop with the real openai client against a local Chat Completions server ------------------
+
+
+async def test_openai_adapter_against_local_server(agent_loop: ModuleType, example_ctx: Any) -> None:
+    with running_server() as server:
+        model = agent_loop.OpenAIChatModel("stub-model", base_url=server.base_url, api_key="test-key")
+        try:
+            reports = await agent_loop.run_agent(example_ctx, model, scripted=False)
+        finally:
+            await model.close()
+    turns = len(agent_loop.USER_TURNS)
+    assert len(server.requests) == 2 * turns  # a tool call, then the answer, for every turn
+    for index, request in enumerate(server.requests):
+        assert request.path == "/v1/chat/completions"
+        assert request.headers["authorization"] == "Bearer test-key"
+        assert request.body["model"] == "stub-model"
+        offered = {tool["function"]["name"] for tool in request.body["tools"]}
+        assert {"lookup_order", "shipping_quote", "memory_search", "memory_add"} <= offered
+        _check_pairing(request.body["messages"])
+        if index % 2 == 1:  # the answer request carries the result of the call made just before
+            last = request.body["messages"][-1]
+            assert last["role"] == "tool" and last["tool_call_id"] == f"call_stub_{index - 1}"
+            assert "TRK-88231-PT" in last["content"]
+    for report in reports:
+        assert report.tool_calls[0][0] == "lookup_order"
+        assert report.answer.startswith("Final answer based on:")
+
+
+def test_agent_loop_script_uses_openai_when_configured(tmp_path: Path) -> None:
+    with running_server() as server:
+        env = dict(os.environ, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="test-key", COLUMNS="200")
+        env.pop("OPENAI_MODEL", None)
+        completed = subprocess.run(
+            [sys.executable, str(EXAMPLES / "agent_loop.py")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "gpt-4o-mini" in completed.stdout
+    assert len(server.requests) == 20
+    assert all(request.body["model"] == "gpt-4o-mini" for request in server.requests)

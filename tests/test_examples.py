@@ -1,0 +1,111 @@
+"""The examples run as a newcomer runs them: ``python examples/main_example.py <category> [--verbose]``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MAIN = Path(__file__).resolve().parents[1] / "examples" / "main_example.py"
+
+KEY_LINES = {
+    "basic": [
+        "4 messages,",
+        "InvalidPriorityError: priority: got 'urgent'",
+        "the window still holds 1 message",
+        "after the restart: 3 memories",
+    ],
+    "advanced": [
+        "compressions; the window holds",
+        "the system message and the pinned instruction are still in the window",
+        "evicted message recalled from medium-term memory (source='context')",
+        "strategy='custom_failed_fallback_extractive'",
+        "consolidate_memories(): merged 2 memories into 1",
+        "import_memories() into a fresh store: 4 imported",
+    ],
+    "tools": [
+        "all six failure kinds: unknown_tool, invalid_arguments, permission_denied, rate_limited, "
+        "timeout, tool_error",
+        "second call cached=True; the tool ran 1 time",
+        "staging_orders -> ran; orders -> permission_denied",
+        "3 calls -> assistant message + 3 paired tool messages",
+    ],
+    "performance": [
+        "get_current_metrics()",
+        "health score",
+        "timeout delivered through wait_for_task: task 'too-slow' timed out after 0.1 s",
+        "(critical 'urgent' jumped the queue)",
+        "diagnostic report: status",
+        "compressions kept 2000 messages within 4,000 tokens",
+    ],
+    "agent": ["was compressed out of the window", "recall worked"],
+}
+VERBOSE_ONLY = {
+    "basic": "'storage_path':",
+    "advanced": "rolling summary:",
+    "tools": '"parameters": {',
+    "performance": "'samples':",
+    "agent": "request tokens per step:",
+}
+
+
+def run_example(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = dict(os.environ if env is None else env)
+    environment["COLUMNS"] = "250"  # rich wraps at the terminal width; keep key lines on one line
+    return subprocess.run(
+        [sys.executable, str(MAIN), *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+@pytest.mark.parametrize("category", sorted(KEY_LINES))
+def test_category_runs_and_shows_its_features(category: str, verbose: bool, tmp_path: Path) -> None:
+    completed = run_example(category, *(["--verbose"] if verbose else []))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    for line in KEY_LINES[category]:
+        assert line in completed.stdout, f"{line!r} missing from the {category} output"
+    assert "All examples passed" in completed.stdout
+    assert (VERBOSE_ONLY[category] in completed.stdout) is verbose
+    assert "Traceback" not in completed.stderr
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+
+
+def test_all_runs_every_category() -> None:
+    completed = run_example("all")
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    for lines in KEY_LINES.values():
+        assert lines[-1] in completed.stdout
+    summary = completed.stdout.strip().splitlines()[-1]
+    assert summary.startswith("All examples passed")
+    for category in KEY_LINES:
+        assert f"{category} " in summary
+
+
+def test_help_lists_the_categories() -> None:
+    completed = run_example("--help")
+    assert completed.returncode == 0
+    for category in ("all", *KEY_LINES):
+        assert category in completed.stdout
+    assert "basic_usage.py" in completed.stdout and "--verbose" in completed.stdout
+
+
+def test_unknown_category_is_a_usage_error() -> None:
+    completed = run_example("everything")
+    assert completed.returncode == 2
+    assert "invalid choice: 'everything'" in completed.stderr
+
+
+def test_a_failing_example_exits_non_zero() -> None:
+    # An invalid environment override makes every ContextManagerConfig() fail: the run must not pass.
+    env = dict(os.environ, PYTHON_CONTEXT_MANAGER_COMPRESSION_RATIO="1.5")
+    completed = run_example("basic", env=env)
+    assert completed.returncode == 1
+    assert "example crashed: ConfigurationError: compression_ratio: got '1.5'" in completed.stdout
+    assert "All examples passed" not in completed.stdout
