@@ -373,4 +373,6 @@ async def test_damaged_fts_index_through_the_manager(context_manager: EnhancedCo
     status = await checker.perform_health_check()
     assert status.status is HealthState.HEALTHY
     assert status.recoveries[0].check == "database" and status.recoveries[0].success
+    assert status.recoveries[0].action.startswith("rebuilt the full-text indexes (short: ")
+    assert "long: 20 rows" in status.recoveries[0].action
     assert len(await context_manager.search_memory("kubernetes", limit=5)) == 5

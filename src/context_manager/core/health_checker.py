@@ -677,7 +677,10 @@ class HealthChecker:
             report = await report
         details = dict(report) if isinstance(report, dict) else {"result": report}
         sqlite_state = str(details.get("sqlite", "ok"))
-        fts_state = str(details.get("fts", "ok"))
+        # every other entry ("fts", "short_index", "medium_index" ...) is a rebuildable full-text index
+        index_problems = {
+            key: str(value) for key, value in details.items() if key not in ("ok", "sqlite") and value != "ok"
+        }
         if sqlite_state != "ok":
             return CheckOutcome(
                 HealthState.UNHEALTHY,
@@ -688,7 +691,7 @@ class HealthChecker:
                     "(with its -wal/-shm files) to start the long-term tier empty."
                 ),
             )
-        if fts_state != "ok":
+        if index_problems:
             rebuild_index = getattr(memory_manager, "rebuild_index", None)
 
             async def rebuild() -> str:
@@ -696,13 +699,15 @@ class HealthChecker:
                 result = rebuild_index()
                 if inspect.isawaitable(result):
                     result = await result
-                return (
-                    f"rebuilt the full-text index ({result} rows)" if result is not None else "rebuilt index"
-                )
+                if isinstance(result, dict):
+                    counts = ", ".join(f"{tier}: {count}" for tier, count in result.items())
+                    return f"rebuilt the full-text indexes ({counts} rows)"
+                return f"rebuilt the full-text index ({result} rows)"
 
             return CheckOutcome(
                 HealthState.DEGRADED,
-                f"full-text index damaged: {fts_state}",
+                "full-text index damaged: "
+                + "; ".join(f"{key}: {value}" for key, value in index_problems.items()),
                 details,
                 recommendation="Rebuild the full-text index: await memory_manager.rebuild_index().",
                 repair=rebuild if rebuild_index is not None else None,
