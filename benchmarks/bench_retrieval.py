@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from retrieval_dataset import Question, RetrievalDataset, Turn, generate_dataset  # noqa: E402
+from retrieval_dataset import Question, RetrievalDataset, Turn, generate_dataset, validate_dataset  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -427,6 +427,7 @@ def print_table(results: list[RunResult], dataset: RetrievalDataset, baseline: R
 
 async def main_async(args: argparse.Namespace) -> int:
     dataset = generate_dataset(args.seed)
+    validate_dataset(dataset)
     print(
         f"dataset: seed {dataset.seed}, {len(dataset.turns)} turns, "
         f"{len({t.session_id for t in dataset.turns})} sessions, {len(dataset.questions)} questions; "

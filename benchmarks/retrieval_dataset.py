@@ -28,7 +28,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Question", "RetrievalDataset", "Turn", "generate_dataset"]
+__all__ = ["Question", "RetrievalDataset", "Turn", "generate_dataset", "validate_dataset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1165,24 +1165,73 @@ def _templated_exchange(rng: random.Random) -> tuple[str, str]:
     return user.format(**values), assistant.format(**values)
 
 
+# Openers and closers so the same request is not repeated word for word (people rephrase; so do models).
+USER_OPENERS = [
+    "", "", "", "Quick question: ", "Hey, ", "Random one: ", "Okay, another thing. ", "Sorry if I asked before, ",
+    "Before I forget, ", "So, ", "Hmm, ", "Can I ask something? ", "Morning! ", "Back again. ",
+]  # fmt: skip
+ASSISTANT_OPENERS = [
+    "", "", "", "Sure! ", "Good question. ", "Of course. ", "Happy to help. ", "Short answer: ", "Right, so: ",
+    "No worries. ",
+]  # fmt: skip
+ASSISTANT_CLOSERS = [
+    "", "", "", " Hope that helps.", " Want more detail?", " Let me know if you try it.",
+    " I can go deeper if you like.", " Does that answer it?",
+]  # fmt: skip
+WHEN = ["today", "yesterday", "this morning", "last night", "on Saturday", "after work", "over the weekend"]
+OUTINGS = [
+    "had lunch",
+    "grabbed coffee",
+    "went for a walk",
+    "had dinner",
+    "watched a film",
+    "did the shopping",
+]
+CHATTER_COMMENTS = [
+    "nothing special, just caught up", "it was nice to see them", "we talked about nothing in particular",
+    "it ran late", "the place was packed", "good to get out of the house", "we mostly complained about work",
+]  # fmt: skip
+SMALL_TALK_DETAILS = [
+    "the trains were late again", "I slept badly", "it's been raining all day", "my inbox is a mess",
+    "I finally cleaned the garage", "work is hectic this week", "I'm on my third coffee", "the heating broke",
+    "I went for a run before work", "the neighbours are renovating",
+]  # fmt: skip
+
+
+def _vary_exchange(rng: random.Random, user: str, assistant: str) -> list[tuple[str, str]]:
+    opener = rng.choice(USER_OPENERS)
+    if opener and user[:1].isupper() and not user.startswith("I "):
+        user = user[0].lower() + user[1:]
+    reply = rng.choice(ASSISTANT_OPENERS) + assistant + rng.choice(ASSISTANT_CLOSERS)
+    return [("user", opener + user), ("assistant", reply)]
+
+
+def _small_talk(rng: random.Random) -> list[tuple[str, str]]:
+    if rng.random() < 0.5:
+        user = rng.choice(SMALL_TALK_USER)
+    else:
+        user = f"{rng.choice(['Ugh,', 'Well,', 'Honestly,', 'Long story short,'])} {rng.choice(SMALL_TALK_DETAILS)}."
+    return [("user", user), ("assistant", rng.choice(SMALL_TALK_ASSISTANT))]
+
+
 def _filler_block(rng: random.Random, people: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
     roll = rng.random()
-    if roll < 0.3:
-        user, assistant = _templated_exchange(rng)
-        return [("user", user), ("assistant", assistant)]
-    if roll < 0.6:
-        user, assistant = rng.choice(FILLER_EXCHANGES)
-        block = [("user", user), ("assistant", assistant)]
+    if roll < 0.35:
+        return _vary_exchange(rng, *_templated_exchange(rng))
+    if roll < 0.65:
+        block = _vary_exchange(rng, *rng.choice(FILLER_EXCHANGES))
         if rng.random() < 0.3:
-            block += [("user", rng.choice(SMALL_TALK_USER)), ("assistant", rng.choice(SMALL_TALK_ASSISTANT))]
+            block += _small_talk(rng)
         return block
-    if roll < 0.8:
+    if roll < 0.82:
         relation, name, _, _ = rng.choice(people)
-        return [
-            ("user", rng.choice(PEOPLE_CHATTER).format(name=name, relation=relation)),
-            ("assistant", rng.choice(PEOPLE_CHATTER_REPLY).format(name=name)),
-        ]
-    return [("user", rng.choice(SMALL_TALK_USER)), ("assistant", rng.choice(SMALL_TALK_ASSISTANT))]
+        if rng.random() < 0.5:
+            who = rng.choice([name, f"my {relation}", f"my {relation} {name}"])
+            user = f"I {rng.choice(OUTINGS)} with {who} {rng.choice(WHEN)}, {rng.choice(CHATTER_COMMENTS)}."
+        else:
+            user = rng.choice(PEOPLE_CHATTER).format(name=name, relation=relation)
+        return [("user", user), ("assistant", rng.choice(PEOPLE_CHATTER_REPLY).format(name=name))]
+    return _small_talk(rng)
 
 
 # --------------------------------------------------------------------------- assembly
@@ -1324,7 +1373,8 @@ def generate_dataset(
     return RetrievalDataset(seed=seed, turns=turns, questions=questions, now=now)
 
 
-def _validate(dataset: RetrievalDataset) -> None:
+def validate_dataset(dataset: RetrievalDataset) -> None:
+    """Check the labels: unique keys, evidence exists, stale statements precede the newest, turns alternate."""
     keys = {turn.key for turn in dataset.turns}
     by_key = {turn.key: turn for turn in dataset.turns}
     assert len(keys) == len(dataset.turns), "turn keys are unique"
@@ -1343,7 +1393,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="questions to print per category")
     args = parser.parse_args()
     dataset = generate_dataset(args.seed)
-    _validate(dataset)
+    validate_dataset(dataset)
     sessions = len({turn.session_id for turn in dataset.turns})
     print(
         f"seed {dataset.seed}: {len(dataset.turns)} turns in {sessions} sessions, "
