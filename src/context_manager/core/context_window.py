@@ -365,10 +365,23 @@ class ContextWindow:
         if self._lock.locked():  # a compression is awaiting its summarizer: queue behind it
             async with self._lock:
                 return await self._add_locked(message)
-        tokens = self._validate(message)
-        if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
-            self._append(message, tokens)  # the hot path: O(1), no await before the mutation
-            return None
+        if type(message) is Message and not message.tool_calls and message.role is not Role.TOOL:
+            # The hot path, inlined: a plain message that fits. O(1), no await before the mutation.
+            by_id = self._by_id
+            if message.id in by_id:
+                raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
+            tokens = self._counter.count_message(message)
+            if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
+                message.token_count = tokens
+                self._messages.append(message)
+                by_id[message.id] = message
+                self._tokens += tokens
+                return None
+        else:
+            tokens = self._validate(message)
+            if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
+                self._append(message, tokens)
+                return None
         async with self._lock:
             return await self._add_locked(message, tokens)
 
