@@ -120,3 +120,19 @@ def test_weights_are_frozen() -> None:
         weights.bm25 = 2.0  # type: ignore[misc]
     assert weights.effective_columns.context > 0
     assert weights.with_changes(context_columns=False).effective_columns.context == 0
+
+
+def test_prune_common_terms() -> None:
+    from context_manager.core.memory.ranking import prune_common_terms
+
+    tokens = ["the", "zebra", "of"]
+    frequencies = {"the": 9000, "zebra": 3, "of": 8000}
+    assert prune_common_terms(tokens, tokens, frequencies, 10000, 0.1) == ["zebra"]
+    assert prune_common_terms(tokens, tokens, frequencies, 10000, 1.0) == tokens
+    # below the document floor nothing is dropped
+    assert prune_common_terms(tokens, tokens, frequencies, 10000, 0.1, min_documents=10000) == tokens
+    # every word common: the rarest one that matches stays
+    assert prune_common_terms(["the", "of"], ["the", "of"], frequencies, 10000, 0.1) == ["of"]
+    # a kept word that matches nothing does not count
+    assert prune_common_terms(["the", "qqq"], ["the", "qqq"], frequencies, 10000, 0.1) == ["qqq", "the"]
+    assert prune_common_terms(["qqq"], ["qqq"], {}, 10000, 0.1) == ["qqq"]

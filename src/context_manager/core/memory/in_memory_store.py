@@ -10,7 +10,14 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from context_manager.core.memory.index import ColumnWeights, create_fts_table, fts_row, search_fts
+from context_manager.core.memory.index import (
+    ColumnWeights,
+    create_fts_table,
+    create_vocabulary_table,
+    document_frequencies,
+    fts_row,
+    search_fts,
+)
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
 
@@ -54,6 +61,7 @@ class InMemoryStore:
         self._turns: dict[TurnKey, str] = {}
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
+        self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -152,6 +160,12 @@ class InMemoryStore:
             for rowid, score in search_fts(self._connection, _TABLE, match, limit)
         ]
 
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many memories contain each indexed (stemmed) term."""
+        if not self._memories:
+            return {}
+        return document_frequencies(self._connection, self._vocabulary, terms)
+
     def with_tags(self, tags: Sequence[str]) -> list[Memory]:
         """Return the memories carrying any of ``tags``."""
         ids: set[str] = set()
@@ -194,8 +208,10 @@ class InMemoryStore:
     def rebuild_index(self, weights: ColumnWeights | None = None) -> None:
         """Drop and rebuild the FTS5 index from the memories held."""
         memories = list(self._memories.values())
+        self._connection.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
         self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
+        self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
         self._memories.clear()
         self._rowids.clear()
         self._ids_by_rowid.clear()

@@ -129,6 +129,64 @@ def create_fts_table(connection: sqlite3.Connection, table: str, weights: Column
     connection.execute(f"INSERT INTO {table}({table}, rank) VALUES('rank', ?)", (weights.rank_expression(),))
 
 
+def create_vocabulary_table(connection: sqlite3.Connection, table: str, *, schema: str = "main") -> str:
+    """Create (in the temp schema) an ``fts5vocab`` row table over ``table``; return its name."""
+    name = f"{table}_vocabulary"
+    connection.execute(
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{name} USING fts5vocab({schema}, {table}, 'row')"
+    )
+    return name
+
+
+def document_frequencies(
+    connection: sqlite3.Connection, vocabulary: str, terms: Iterable[str]
+) -> dict[str, int]:
+    """How many documents contain each (stemmed) term."""
+    wanted = list(terms)
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = connection.execute(f"SELECT term, doc FROM temp.{vocabulary} WHERE term IN ({marks})", wanted)
+    return {str(term): int(doc) for term, doc in rows}
+
+
+class Stemmer:
+    """Maps query words to the terms FTS5 indexes (same tokenizer), with a bounded cache."""
+
+    def __init__(self, cache_size: int = 50_000) -> None:
+        self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._connection.execute(f"CREATE VIRTUAL TABLE scratch USING fts5(text, tokenize='{TOKENIZER}')")
+        self._connection.execute("CREATE VIRTUAL TABLE scratch_terms USING fts5vocab(scratch, 'instance')")
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
+
+    def stems(self, tokens: Sequence[str]) -> list[str]:
+        """The indexed term of each token (a token the tokenizer drops maps to itself)."""
+        missing = [token for token in dict.fromkeys(tokens) if token not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > self._cache_size:
+                self._cache.clear()
+            connection = self._connection
+            connection.execute("BEGIN")
+            connection.executemany(
+                "INSERT INTO scratch(rowid, text) VALUES (?, ?)", list(enumerate(missing, start=1))
+            )
+            found = dict(
+                connection.execute("SELECT doc, term FROM scratch_terms ORDER BY doc, offset").fetchall()[
+                    ::-1
+                ]
+            )
+            connection.execute("DELETE FROM scratch")
+            connection.execute("COMMIT")
+            for position, token in enumerate(missing, start=1):
+                self._cache[token] = str(found.get(position, token))
+        return [self._cache[token] for token in tokens]
+
+    def close(self) -> None:
+        """Release the scratch database."""
+        self._connection.close()
+
+
 def search_fts(connection: sqlite3.Connection, table: str, match: str, limit: int) -> list[tuple[int, float]]:
     """Return ``(rowid, bm25)`` pairs, best first, with BM25 made positive (higher is better)."""
     rows = connection.execute(

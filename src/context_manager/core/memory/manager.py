@@ -53,7 +53,7 @@ from context_manager.core.errors import (
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
-from context_manager.core.memory.index import VectorIndex, build_match, owner_token, query_tokens
+from context_manager.core.memory.index import Stemmer, VectorIndex, build_match, owner_token, query_tokens
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.ranking import (
     Candidate,
@@ -61,6 +61,7 @@ from context_manager.core.memory.ranking import (
     fuse,
     named_speakers,
     parse_session_date,
+    prune_common_terms,
     recency_decay,
 )
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME, SQLiteStore
@@ -154,6 +155,8 @@ class MemoryManager:
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._vectors: dict[str, VectorIndex] = {}
+        self._stemmer: Stemmer | None = None
+        self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
         self._compacting = False
@@ -217,10 +220,14 @@ class MemoryManager:
         medium = [memory for memory in live.values() if memory.tier is not MemoryTier.SHORT]
         self._short.load(short)
         self._medium.load(medium)
+        self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
         if short:
             self._long_copies = set(long_store.get_many([memory.id for memory in short]))
 
     def _close_stores(self) -> None:
+        if self._stemmer is not None:
+            self._stemmer.close()
+            self._stemmer = None
         for store in (self._short, self._medium):
             if store is not None:
                 store.close()
@@ -376,6 +383,7 @@ class MemoryManager:
         if not isinstance(source, str) or not source:
             raise InvalidMemoryError("source", source, "a non-empty string")
         now = self._clock()
+        self._owners.add(user_id)
         return Memory(
             id=new_memory_id(),
             content=content,
@@ -600,10 +608,36 @@ class MemoryManager:
         if limit == 0 or not tokens:
             return []
         weights = self.ranking
-        owner = None if user_id is ALL_USERS else owner_token(user_id)
-        match = build_match(tokens, owner)
+        # the owner clause costs a join with a long doclist: skip it while only this owner has memories
+        single_owner = user_id is not ALL_USERS and self._owners <= {user_id}
+        owner = None if user_id is ALL_USERS or single_owner else owner_token(user_id)
         filtered = bool(tag_filter or min_importance is not None or since_ts or until_ts)
         pool = max(weights.candidates, 2 * limit) * (4 if filtered else 1)
+        search_long = tier_filter is None or MemoryTier.LONG in tier_filter
+        stems = self._stems(tokens) if weights.common_term_ratio < 1.0 else list(tokens)
+        frequencies: dict[str, int] = {}
+        volatile_total = 0
+        for store in (short, medium):
+            volatile_total += store.count()
+            for term, count in store.document_frequencies(stems).items():
+                frequencies[term] = frequencies.get(term, 0) + count
+
+        def long_search() -> tuple[str, list[tuple[Memory, float]]]:
+            total = volatile_total
+            if weights.common_term_ratio < 1.0 and search_long:
+                total += long_store.count()
+                for term, count in long_store.document_frequencies(stems).items():
+                    frequencies[term] = frequencies.get(term, 0) + count
+            kept = prune_common_terms(
+                tokens,
+                stems,
+                frequencies,
+                total,
+                weights.common_term_ratio,
+                weights.common_term_min_documents,
+            )
+            expression = build_match(kept, owner)
+            return expression, (long_store.search(expression, pool) if search_long else [])
 
         def keep(memory: Memory) -> bool:
             if memory.superseded_by is not None:
@@ -621,20 +655,18 @@ class MemoryManager:
             return not (until_ts is not None and memory.created_at > until_ts)
 
         use_vectors = self.embedder is not None and weights.vector > 0 and bool(self._vectors)
-        long_future = None
-        if tier_filter is None or MemoryTier.LONG in tier_filter:
-            long_future = asyncio.ensure_future(asyncio.to_thread(long_store.search, match, pool))
-        try:
-            query_vector = (await self._embed([query]))[0] if use_vectors else None
-            found: dict[str, tuple[Memory, float]] = {}
-            for store in (short, medium):
-                if tier_filter is not None and store.tier not in tier_filter:
-                    continue
-                for memory, bm25 in store.search(match, pool):
-                    if keep(memory):
-                        found[memory.id] = (memory, bm25)
-        finally:
-            long_hits = await long_future if long_future is not None else []
+        if search_long:
+            match, long_hits = await asyncio.to_thread(long_search)
+        else:
+            match, long_hits = long_search()
+        query_vector = (await self._embed([query]))[0] if use_vectors else None
+        found: dict[str, tuple[Memory, float]] = {}
+        for store in (short, medium):
+            if tier_filter is not None and store.tier not in tier_filter:
+                continue
+            for memory, bm25 in store.search(match, pool):
+                if keep(memory):
+                    found[memory.id] = (memory, bm25)
         for memory, bm25 in long_hits:
             if not keep(memory):
                 continue
@@ -683,6 +715,11 @@ class MemoryManager:
         if len(self._pending_touches) >= _TOUCH_BATCH:
             self._spawn(self._flush_touches())
         return results
+
+    def _stems(self, tokens: Sequence[str]) -> list[str]:
+        if self._stemmer is None:
+            self._stemmer = Stemmer()
+        return self._stemmer.stems(tokens)
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)
@@ -1366,6 +1403,7 @@ class MemoryManager:
                     detail=str(error),
                 ) from error
             memories[memory.id] = memory
+        self._owners.update(memory.user_id for memory in memories.values())
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             existing = await self._get_many(list(memories))

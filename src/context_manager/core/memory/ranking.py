@@ -36,6 +36,8 @@ __all__ = [
     "deduplicate",
     "fuse",
     "named_speakers",
+    "parse_session_date",
+    "prune_common_terms",
     "recency_decay",
 ]
 
@@ -88,6 +90,13 @@ class RankingWeights:
     """Half-life of the recency decay; ``None`` takes ``config.recency_half_life_days``."""
     candidates: int = 50
     """How many BM25 (and vector) candidates each tier contributes before fusion."""
+    common_term_ratio: float = 0.1
+    """Query words found in more than this share of the memories (and in more than
+    ``common_term_min_documents``) are left out of the full-text query when rarer words remain: they
+    weigh almost nothing in BM25 yet dominate its cost (every matching memory must be scored).
+    ``1.0`` keeps every word."""
+    common_term_min_documents: int = 1000
+    """Words in fewer memories than this are always kept (they are cheap to score)."""
 
     def with_changes(self, **changes: Any) -> RankingWeights:
         """Return a copy with some weights changed."""
@@ -223,6 +232,30 @@ def fuse(
             score += weights.access * min(1.0, math.log1p(c.access_count) / access_scale)
         c.score = score
     return sorted(candidates, key=lambda c: (-c.score, -c.timestamp))
+
+
+def prune_common_terms(
+    tokens: Sequence[str],
+    stems: Sequence[str],
+    frequencies: dict[str, int],
+    total: int,
+    ratio: float,
+    min_documents: int = 0,
+) -> list[str]:
+    """Drop tokens whose stem is in more than ``ratio`` of ``total`` documents (and in more than
+    ``min_documents``); when no kept token matches anything, keep the rarest token that does."""
+    if ratio >= 1.0 or total <= 0 or not tokens:
+        return list(tokens)
+    limit = max(ratio * total, min_documents)
+    pairs = list(zip(tokens, stems, strict=True))
+    kept = [token for token, stem in pairs if frequencies.get(stem, 0) <= limit]
+    if any(frequencies.get(stem, 0) > 0 for token, stem in pairs if token in kept):
+        return kept
+    matching = [(token, stem) for token, stem in pairs if frequencies.get(stem, 0) > 0]
+    if not matching:
+        return list(tokens)
+    rarest = min(matching, key=lambda pair: frequencies[pair[1]])
+    return [*kept, rarest[0]]
 
 
 def deduplicate(ids_in_order: Iterable[str]) -> list[str]:

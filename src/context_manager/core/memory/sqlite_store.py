@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import StorageCorruptedError, StorageError
-from context_manager.core.memory.index import ColumnWeights, create_fts_table, fts_row
+from context_manager.core.memory.index import (
+    ColumnWeights,
+    create_fts_table,
+    create_vocabulary_table,
+    document_frequencies,
+    fts_row,
+)
 from context_manager.core.memory.migrations import FTS_TABLE, apply_migrations
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
@@ -58,6 +64,8 @@ class SQLiteStore:
         self._weights = weights or ColumnWeights()
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
+        self._count = 0
+        self._vocabulary = ""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -76,6 +84,8 @@ class SQLiteStore:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             applied = apply_migrations(connection)
             create_fts_table(connection, FTS_TABLE, self._weights)  # applies the current column weights
+            self._vocabulary = create_vocabulary_table(connection, FTS_TABLE)
+            self._count = int(connection.execute("SELECT count(*) FROM memories").fetchone()[0])
             return applied
 
     def _check_header(self) -> None:
@@ -135,16 +145,18 @@ class SQLiteStore:
         with self._guard():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
+            inserted = 0
             try:
                 for memory in memories:
                     memory.tier = MemoryTier.LONG
-                    self._write_one(db, memory)
+                    inserted += self._write_one(db, memory)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._count += inserted
 
-    def _write_one(self, db: sqlite3.Connection, memory: Memory) -> None:
+    def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
         values = (
             memory.id,
             memory.content,
@@ -190,6 +202,7 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO memory_tags(tag, memory_rowid) VALUES (?, ?)",
                 [(tag, rowid) for tag in memory.tags],
             )
+        return 1 if existing is None else 0
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete memories (and their vectors) in one transaction; return the ids that were present."""
@@ -213,6 +226,7 @@ class SQLiteStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._count -= len(present)
             return present
 
     def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
@@ -311,9 +325,18 @@ class SQLiteStore:
             last = rows[-1][0]
 
     def count(self) -> int:
-        """How many memories the store holds."""
+        """How many memories the store holds (kept up to date by this store's writes)."""
+        return self._count
+
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many memories contain each indexed (stemmed) term."""
         with self._guard():
-            return int(self._db.execute("SELECT count(*) FROM memories").fetchone()[0])
+            return document_frequencies(self._db, self._vocabulary, terms)
+
+    def owners(self) -> set[str | None]:
+        """Every user_id with a memory in the store."""
+        with self._guard():
+            return {row[0] for row in self._db.execute("SELECT DISTINCT user_id FROM memories")}
 
     def statistics(self) -> list[tuple[str | None, int, float, float, float]]:
         """Per user: ``(user_id, count, oldest created_at, newest created_at, mean importance)``."""
@@ -410,6 +433,7 @@ class SQLiteStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
                 db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
                 create_fts_table(db, FTS_TABLE, self._weights)
                 db.execute("DELETE FROM memory_tags")
@@ -430,6 +454,7 @@ class SQLiteStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._vocabulary = create_vocabulary_table(db, FTS_TABLE)
             return count
 
 
