@@ -242,8 +242,10 @@ def prune_common_terms(
     ratio: float,
     min_documents: int = 0,
 ) -> list[str]:
-    """Drop tokens whose stem is in more than ``ratio`` of ``total`` documents (and in more than
-    ``min_documents``); when no kept token matches anything, keep the rarest token that does."""
+    """Drop the tokens whose stem is in more than ``ratio`` of ``total`` documents (and ``min_documents``).
+
+    When no kept token matches anything, the rarest token that does is kept too.
+    """
     if ratio >= 1.0 or total <= 0 or not tokens:
         return list(tokens)
     limit = max(ratio * total, min_documents)
