@@ -324,13 +324,17 @@ def plan_compression(
         reserve = 0
 
     total = fixed + sum(unit.tokens for unit in keep_cuttable) + sum(unit.tokens for unit in evictable)
-    evicted_indices: set[int] = set()
-    evictable.sort(key=lambda unit: (unit.rank, unit.indices[0]))
-    for unit in evictable:
-        if total <= goal - reserve:
-            break
-        evicted_indices.update(unit.indices)
-        total -= unit.tokens
+    is_evicted = [False] * len(body)
+    any_evicted = False
+    if total > goal - reserve:
+        evictable.sort(key=lambda unit: (unit.rank, unit.indices[0]))
+        for unit in evictable:
+            if total <= goal - reserve:
+                break
+            for index in unit.indices:
+                is_evicted[index] = True
+            total -= unit.tokens
+            any_evicted = True
 
     replacements: dict[int, Message] = {}
     if total > goal - reserve:
@@ -341,20 +345,20 @@ def plan_compression(
                 reserve = 0
         total = _cut_largest(body, keep_cuttable, total - (goal - reserve), counter, replacements, total)
 
-    kept: list[Message] = []
-    evicted: list[Message] = []
-    summary_index = 0
-    leading_system = True
-    for index, message in enumerate(body):
-        if index in evicted_indices:
-            evicted.append(message)
-            leading_system = False
-            continue
-        if leading_system and message.role is Role.SYSTEM:
-            summary_index = len(kept) + 1
-        else:
-            leading_system = False
-        kept.append(replacements.get(index, message))
+    if any_evicted:
+        kept = [message for message, gone in zip(body, is_evicted, strict=True) if not gone]
+        evicted = [message for message, gone in zip(body, is_evicted, strict=True) if gone]
+    else:
+        kept, evicted = list(body), []
+    if replacements:
+        kept_positions = [index for index, gone in enumerate(is_evicted) if not gone]
+        for position, index in enumerate(kept_positions):
+            copy = replacements.get(index)
+            if copy is not None:
+                kept[position] = copy
+    summary_index = 0  # after the leading system messages
+    while summary_index < len(kept) and kept[summary_index].role is Role.SYSTEM:
+        summary_index += 1
     truncated = [body[index] for index in sorted(replacements)]
 
     summary_budget = 0
