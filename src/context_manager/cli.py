@@ -212,6 +212,14 @@ def _memory_row(memory: Memory) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- global options
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from context_manager import __version__
+
+        typer.echo(f"context-manager {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     ctx: typer.Context,
@@ -225,19 +233,17 @@ def _global_options(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and DEBUG logs.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     """Context windows, memory and tools for LLM applications: command-line tools."""
-    if version:
-        from context_manager import __version__
-
-        typer.echo(f"context-manager {__version__}")
-        raise typer.Exit()
     stderr = Console(stderr=True)
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
-    ctx.obj = _Options(storage, json_output, debug, Console(), stderr)
+    ctx.obj = _Options(storage, json_output, debug, Console(highlight=False), stderr)
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -275,7 +281,7 @@ def tokens(
             _print_json(options, result)
         else:
             options.stdout.print(
-                f"{count} tokens ({name}) in {label}, {len(text)} characters", markup=False, highlight=False
+                f"{count} tokens ({name}) in {label}, {len(text)} characters", markup=False, soft_wrap=True
             )
 
     _guarded(ctx, body)
@@ -301,7 +307,9 @@ def memory_add(
         if options.json_output:
             _print_json(options, _memory_row(memory))
         else:
-            options.stdout.print(f"added {memory.id} ({memory.tier.value} tier)", markup=False)
+            options.stdout.print(
+                f"added {memory.id} ({memory.tier.value} tier)", markup=False, soft_wrap=True
+            )
 
     _run(ctx, body)
 
@@ -323,7 +331,7 @@ def memory_search(
             _print_json(options, [_memory_row(memory) for memory in found])
             return
         if not found:
-            options.stdout.print("no matching memories", markup=False)
+            options.stdout.print("no matching memories", markup=False, soft_wrap=True)
             return
         from rich.table import Table
 
@@ -384,7 +392,7 @@ def _progress(options: _Options) -> Iterator[Any]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=options.stderr,
-        disable=options.json_output,
+        disable=options.json_output or not options.stderr.is_terminal,  # no bar in logs and pipes
         transient=False,
     )
     with progress:
@@ -412,7 +420,7 @@ def memory_export(
         if options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
         else:
-            options.stdout.print(f"exported {count} memories to {path}", markup=False)
+            options.stdout.print(f"exported {count} memories to {path}", markup=False, soft_wrap=True)
 
     _run(ctx, body)
 
@@ -461,6 +469,7 @@ def memory_import(
             options.stdout.print(
                 f"imported {report['imported']} memories ({report['replaced']} replaced; {tiers})",
                 markup=False,
+                soft_wrap=True,
             )
 
     _run(ctx, body)
@@ -486,9 +495,12 @@ def memory_consolidate(
             f"merged {result['consolidated_count']} memories into {len(result['groups'])} "
             f"(examined {result['examined']})",
             markup=False,
+            soft_wrap=True,
         )
         for group in result["groups"]:
-            options.stdout.print(f"  {group['merged_id']}: {group['content'][:100]}", markup=False)
+            options.stdout.print(
+                f"  {group['merged_id']}: {group['content'][:100]}", markup=False, soft_wrap=True
+            )
 
     _run(ctx, body)
 
@@ -519,6 +531,7 @@ def memory_cleanup(
             f"removed {result['removed_count']} memories "
             f"({tiers}; superseded {result['superseded_removed']})",
             markup=False,
+            soft_wrap=True,
         )
 
     _run(ctx, body)
@@ -598,9 +611,11 @@ def health(ctx: typer.Context) -> None:
                 table.add_row(result.name, f"[{colour[state]}]{state}[/]", result.message)
             options.stdout.print(table)
             if memory is None and open_error is None:
-                options.stdout.print(f"no memory store at {path}: nothing to check there yet", markup=False)
+                options.stdout.print(
+                    f"no memory store at {path}: nothing to check there yet", markup=False, soft_wrap=True
+                )
             for line in report.recommendations:
-                options.stdout.print(f"- {line}", markup=False, highlight=False)
+                options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
         return EXIT_UNHEALTHY if report.status is HealthState.UNHEALTHY else 0
 
     code = _run(ctx, body)

@@ -1,0 +1,363 @@
+"""The ``context-manager`` command, through typer's CliRunner and as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner, Result
+
+from context_manager.cli import app
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageCorruptedError
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.tokens import count_tokens
+
+runner = CliRunner()
+
+
+def cli(*arguments: str, input: str | None = None) -> Result:
+    return runner.invoke(app, list(arguments), input=input)
+
+
+def cli_json(*arguments: str) -> Any:
+    result = cli("--json", *arguments)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: Result, *fragments: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+
+
+def test_tokens_counts_a_file_exactly(tmp_path: Path) -> None:
+    text = "Context windows that never overflow. 数え方も正確です。\n"
+    source = tmp_path / "notes.txt"
+    source.write_text(text, encoding="utf-8")
+    result = cli("tokens", str(source))
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"{count_tokens(text)} tokens (o200k_base)")
+    data = cli_json("tokens", str(source), "--encoding", "cl100k_base")
+    assert data == {
+        "source": str(source),
+        "encoding": "cl100k_base",
+        "tokens": count_tokens(text, "cl100k_base"),
+        "characters": len(text),
+    }
+
+
+def test_tokens_reads_stdin_and_follows_the_configured_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_ENCODING", "cl100k_base")
+    result = cli("--json", "tokens", "-", input="hello world, twice: hello world")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["source"] == "<stdin>" and data["encoding"] == "cl100k_base"
+    assert data["tokens"] == count_tokens("hello world, twice: hello world", "cl100k_base")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200))
+def test_tokens_matches_the_library_for_any_text(text: str) -> None:
+    result = cli("--json", "tokens", "-", input=text)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["tokens"] == count_tokens(text)
+
+
+def test_tokens_bad_paths_and_arguments(tmp_path: Path) -> None:
+    assert_one_line_error(cli("tokens", str(tmp_path / "missing.txt")), "missing.txt", "No such file")
+    assert_one_line_error(cli("tokens", str(tmp_path)), "is a directory")
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    assert_one_line_error(cli("tokens", str(binary)), "utf-8")
+    bad_encoding = cli("tokens", "-", "--encoding", "gpt2", input="x")
+    assert bad_encoding.exit_code == 2 and "gpt2" in bad_encoding.stderr
+    assert cli("tokens").exit_code == 2
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+
+def test_memory_add_search_stats(store: Path) -> None:
+    added = cli_json(
+        "--storage",
+        str(store),
+        "memory",
+        "add",
+        "Paris is the capital of France",
+        "--importance",
+        "0.8",
+        "--tag",
+        "geo",
+        "--tag",
+        "europe",
+    )
+    assert added["importance"] == 0.8 and added["tags"] == ["geo", "europe"] and added["source"] == "cli"
+    cli_json("--storage", str(store), "memory", "add", "The Loire is the longest river in France")
+    results = cli_json("--storage", str(store), "memory", "search", "capital of france", "--limit", "1")
+    assert [memory["id"] for memory in results] == [added["id"]] and results[0]["score"] > 0
+    by_tag = cli_json("--storage", str(store), "memory", "search", "France", "--tag", "geo")
+    assert [memory["id"] for memory in by_tag] == [added["id"]]
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["total_memories"] == 2 and stats["storage_path"] == str(store)
+    table = cli("--storage", str(store), "memory", "search", "capital of france")
+    assert table.exit_code == 0 and "2 result(s)" in table.stdout and "Paris" in table.stdout
+    none = cli("--storage", str(store), "memory", "search", "zzzz")
+    assert none.exit_code == 0 and "no matching memories" in none.stdout
+
+
+def test_memory_uses_the_configured_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(tmp_path / "cache"))
+    cli_json("memory", "add", "stored under the cache path")
+    assert (tmp_path / "cache" / "storage").is_dir()
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", str(tmp_path / "elsewhere"))
+    assert_one_line_error(cli("memory", "stats"), "no memory store at", "elsewhere")
+    assert not (tmp_path / "elsewhere").exists(), "a read-only command must not create a store"
+
+
+def test_bad_configuration_from_the_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MAX_TOKENS", "lots")
+    assert_one_line_error(cli("memory", "stats"), "max_tokens: got 'lots'")
+
+
+def test_memory_bad_arguments_change_nothing(store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "first")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "add", "x", "--importance", "3"), "importance: got 3.0"
+    )
+    assert_one_line_error(cli("--storage", str(store), "memory", "add", "   "), "content")
+    assert_one_line_error(cli("--storage", str(store), "memory", "add", "x", "--tier", "attic"), "tier")
+    assert cli("--storage", str(store), "memory", "search", "x", "--limit", "-1").exit_code == 2
+    assert cli("--storage", str(store), "memory", "frobnicate").exit_code == 2
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
+
+
+def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for index in range(30):
+        cli_json(
+            "--storage",
+            str(store),
+            "memory",
+            "add",
+            f"fact number {index} about invoices",
+            "--importance",
+            str(round(index / 30, 2)),
+        )
+    export = tmp_path / "backup.jsonl"
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws progress bars on terminals only
+    result = cli("--storage", str(store), "memory", "export", str(export))
+    assert result.exit_code == 0 and "exported 30 memories" in result.stdout
+    assert "exporting" in result.stderr and "30/30" in result.stderr  # the progress bar goes to stderr
+    assert len(export.read_text().splitlines()) == 30
+    other = tmp_path / "other"
+    monkeypatch.delenv("TTY_COMPATIBLE")
+    report = cli_json("--storage", str(other), "memory", "import", str(export))
+    assert report["imported"] == 30 and report["replaced"] == 0
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    again = cli("--storage", str(other), "memory", "import", str(export))
+    assert again.exit_code == 0 and "30 replaced" in again.stdout
+    assert "checking" in again.stderr and "importing" in again.stderr
+    found = cli_json("--storage", str(other), "memory", "search", "fact number 7")
+    assert found[0]["content"] == "fact number 7 about invoices"
+
+
+def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    good = cli_json("--storage", str(store), "memory", "export", str(tmp_path / "good.jsonl"))
+    assert good["exported"] == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text((tmp_path / "good.jsonl").read_text() + '{"content": "no id"}\n')
+    target = tmp_path / "target"
+    assert_one_line_error(cli("--storage", str(target), "memory", "import", str(broken)), "broken.jsonl:2")
+    assert not target.exists(), "nothing is imported (the store is not even created)"
+    not_json = tmp_path / "notes.txt"
+    not_json.write_text("just some notes\n")
+    assert_one_line_error(cli("--storage", str(target), "memory", "import", str(not_json)), "notes.txt:1")
+    assert_one_line_error(cli("memory", "import", str(tmp_path / "absent.jsonl")), "no such file")
+    assert_one_line_error(cli("memory", "import", str(tmp_path)), "is a directory")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "export", str(tmp_path / "no" / "dir" / "x.jsonl")),
+        "does not exist",
+    )
+
+
+def test_memory_consolidate_and_cleanup(store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "the office wifi password changes every monday")
+    cli_json(
+        "--storage", str(store), "memory", "add", "the office wifi password changes every monday morning"
+    )
+    cli_json("--storage", str(store), "memory", "add", "lunch is at noon")
+    merged = cli_json("--storage", str(store), "memory", "consolidate", "--threshold", "0.8")
+    assert merged["consolidated_count"] == 2 and len(merged["groups"]) == 1
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "consolidate", "--threshold", "1.5"),
+        "similarity_threshold: got 1.5",
+    )
+    cleaned = cli_json("--storage", str(store), "memory", "cleanup", "--max-age-days", "30")
+    assert cleaned["removed_count"] == 2 and cleaned["superseded_removed"] == 2
+    text = cli(
+        "--storage", str(store), "memory", "cleanup", "--max-age-days", "0", "--keep-importance", "0.5"
+    )
+    assert text.exit_code == 0 and text.stdout.startswith("removed ")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "-1"), "max_age_days"
+    )
+
+
+# --- corrupted and locked stores ---------------------------------------------------------------------
+
+
+def _corrupt_database(store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "will be damaged", "--importance", "0.9")
+    database = next(store.glob("*.sqlite3"))
+    database.write_bytes(b"this is not an sqlite database" * 100)
+
+
+def test_corrupted_database_gives_one_clear_line(store: Path) -> None:
+    _corrupt_database(store)
+    before = {path.name: path.read_bytes() for path in store.iterdir() if path.is_file()}
+    for command in (["memory", "stats"], ["memory", "search", "damaged"], ["memory", "add", "x"]):
+        assert_one_line_error(cli("--storage", str(store), *command), "damaged", "not modified")
+    after = {
+        path.name: path.read_bytes() for path in store.iterdir() if path.is_file() and path.name in before
+    }
+    assert after == before, "a damaged store is never overwritten"
+    debug = cli("--debug", "--storage", str(store), "memory", "stats")
+    assert debug.exit_code == 1 and isinstance(debug.exception, StorageCorruptedError)
+
+
+def test_corrupted_log_gives_one_clear_line(store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "fine")
+    log = next(store.glob("*.jsonl"))
+    with log.open("a") as handle:
+        handle.write('{"half a record\n')
+    assert_one_line_error(cli("--storage", str(store), "memory", "search", "fine"), "damaged at line 2")
+
+
+def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Path) -> None:
+    cli_json("--storage", str(store), "memory", "add", "healthy data")
+    report = cli_json("--storage", str(store), "health")
+    assert report["checks"]["database"]["status"] == "healthy"
+    assert report["checks"]["storage"]["status"] == "healthy"
+    table = cli("--storage", str(store), "health")
+    assert table.exit_code == 0 and "database and full-text index intact" in table.stdout
+    missing = cli("--storage", str(tmp_path / "missing"), "health")
+    assert missing.exit_code in (0, 3) and "no memory store at" in missing.stdout
+    assert not (tmp_path / "missing").exists()
+    damaged = tmp_path / "damaged"
+    _corrupt_database(damaged)
+    result = cli("--json", "--storage", str(damaged), "health")
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert data["status"] == "unhealthy" and data["checks"]["memory_store"]["status"] == "unhealthy"
+    assert "damaged" in data["checks"]["memory_store"]["message"]
+
+
+def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_one_line_error(cli("--storage", str(a_file), "memory", "stats"), "storage_path", "existing file")
+    assert_one_line_error(cli("--storage", str(a_file), "health"), "storage_path")
+
+
+# --- examples, version, help ----------------------------------------------------------------------
+
+
+def test_examples_command_runs_a_category_and_rejects_unknown_names() -> None:
+    assert cli("examples", "nonsense").exit_code == 2
+    completed = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "examples", "basic"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "All examples passed" in completed.stdout
+
+
+def test_version_and_help() -> None:
+    version = cli("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("context-manager 0.")
+    help_text = cli("--help").stdout
+    for command in ("tokens", "memory", "health", "examples", "--storage", "--json", "--debug"):
+        assert command in help_text
+    memory_help = cli("memory", "--help").stdout
+    for command in ("add", "search", "stats", "export", "import", "consolidate", "cleanup"):
+        assert command in memory_help
+
+
+# --- as a real subprocess ----------------------------------------------------------------------------
+
+
+def run_cli(
+    *arguments: str, input: str | None = None, script: bool = False
+) -> subprocess.CompletedProcess[str]:
+    command = (
+        [str(Path(sys.executable).with_name("context-manager"))]
+        if script
+        else [sys.executable, "-m", "context_manager.cli"]
+    )
+    return subprocess.run(
+        [*command, *arguments],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+
+
+def test_installed_script_and_module_agree(store: Path) -> None:
+    assert Path(sys.executable).with_name("context-manager").exists(), "pip install -e . installs the script"
+    counted = run_cli("--json", "tokens", "-", input="count me exactly", script=True)
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)["tokens"] == count_tokens("count me exactly")
+    added = run_cli("--json", "--storage", str(store), "memory", "add", "subprocess memory")
+    assert added.returncode == 0, added.stderr
+    found = run_cli("--json", "--storage", str(store), "memory", "search", "subprocess", script=True)
+    assert json.loads(found.stdout)[0]["id"] == json.loads(added.stdout)["id"]
+
+
+def test_subprocess_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, store: Path) -> None:
+    missing = run_cli("tokens", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("error: ") and "nope.txt" in missing.stderr
+    usage = run_cli("memory", "search")
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    _corrupt_database(store)
+    damaged = run_cli("--storage", str(store), "memory", "stats")
+    assert damaged.returncode == 1 and damaged.stderr.count("\n") == 1 and "damaged" in damaged.stderr
+    debug = run_cli("--debug", "--storage", str(store), "memory", "stats")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "StorageCorruptedError" in debug.stderr
+
+
+def test_subprocess_reports_a_locked_store(store: Path) -> None:
+    async def hold_and_run() -> subprocess.CompletedProcess[str]:
+        async with MemoryManager(ContextManagerConfig(storage_path=store)):
+            return await asyncio.to_thread(run_cli, "--storage", str(store), "memory", "stats")
+
+    locked = asyncio.run(hold_and_run())
+    assert locked.returncode == 1, locked.stdout + locked.stderr
+    assert locked.stderr.count("\n") == 1 and "is locked by" in locked.stderr
+    assert run_cli("--storage", str(store), "memory", "stats").returncode == 0  # released on close
