@@ -527,3 +527,39 @@ def test_invariants_hold_after_every_call(
     max_tokens: int, ratio: float, ops: list[tuple[object, ...]], hook: bool
 ) -> None:
     asyncio.run(run_operations(max_tokens, ratio, ops, hook))
+
+
+async def test_concurrent_adds_during_slow_compressions_keep_invariants() -> None:
+    async def yielding_summarizer(messages: object, budget: int) -> str:
+        for _ in range(3):
+            await asyncio.sleep(0)  # let other adds run while the compression is in flight
+        return "summary so far"
+
+    window = ContextWindow(max_tokens=300, summarizer=yielding_summarizer)
+    messages = [Message.create("user" if i % 2 == 0 else "assistant", text_of(20, i)) for i in range(120)]
+    await asyncio.gather(*(window.add(message) for message in messages))
+    assert_invariants(window)
+    assert window.compression_history and all(r.strategy == "custom" for r in window.compression_history)
+    present = {m.id for m in window.messages} | {m.id for m in window.evicted_messages}
+    assert {m.id for m in messages} <= present
+    # Adds queued behind a compression keep their order.
+    order = [m.id for m in window.messages if not is_summary(m)]
+    assert order == [m.id for m in messages if m.id in set(order)]
+
+
+async def test_an_add_never_overtakes_adds_queued_behind_a_compression() -> None:
+    summarizer = ScriptedSummarizer(hang=True)
+    window = ContextWindow(max_tokens=200, summarizer=summarizer)
+    for i in range(9):
+        await window.add(Message.create("user", text_of(15, i)))
+    trigger = asyncio.ensure_future(window.add(Message.create("user", text_of(60))))
+    await summarizer.started.wait()
+    queued = [asyncio.ensure_future(window.add(Message.create("assistant", f"queued {i}"))) for i in range(3)]
+    await asyncio.sleep(0)
+    summarizer.release()
+    await trigger
+    late = Message.create("user", "late")
+    await window.add(late)
+    await asyncio.gather(*queued)
+    contents = [m.content for m in window.messages]
+    assert contents[-4:] == ["queued 0", "queued 1", "queued 2", "late"]

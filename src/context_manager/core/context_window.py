@@ -190,6 +190,7 @@ class ContextWindow:
         self._pending_calls: dict[str, str] = {}  # unanswered tool call id -> id of the assistant message
         self._call_ids: set[str] = set()  # every tool call id present in the window
         self._lock = asyncio.Lock()
+        self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
         self._archive: list[Message] = []
         self.compression_history: list[CompressionRecord] = []
@@ -362,9 +363,8 @@ class ContextWindow:
             ContextBudgetError: the message does not fit and compression is disabled, or protected
                 messages cannot fit in ``max_tokens``.
         """
-        if self._lock.locked():  # a compression is awaiting its summarizer: queue behind it
-            async with self._lock:
-                return await self._add_locked(message)
+        if self._lock.locked() or self._queued:  # a compression is in flight: queue behind it, in order
+            return await self._add_queued(message)
         if type(message) is Message and not message.tool_calls and message.role is not Role.TOOL:
             # The hot path, inlined: a plain message that fits. O(1), no await before the mutation.
             by_id = self._by_id
@@ -384,6 +384,19 @@ class ContextWindow:
                 return None
         async with self._lock:
             return await self._add_locked(message, tokens)
+
+    async def _add_queued(self, message: Message) -> CompressionRecord | None:
+        # Counted while waiting, so an add arriving after the lock is released (but before the waiters
+        # have run) does not overtake them through the lock-free hot path.
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            return await self._add_locked(message)
+        finally:
+            self._lock.release()
 
     async def _add_locked(self, message: Message, tokens: int | None = None) -> CompressionRecord | None:
         if tokens is None:
