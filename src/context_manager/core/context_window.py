@@ -302,6 +302,8 @@ class ContextWindow:
     def pin(self, message_id: str) -> None:
         """Pin a message so compression never evicts it.
 
+        Takes effect from the next compression (one already awaiting its summarizer keeps its plan).
+
         Raises:
             NotFoundError: no message in the window has this id.
         """
