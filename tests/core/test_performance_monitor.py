@@ -58,6 +58,25 @@ def test_percentiles_beyond_the_reservoir_are_a_close_uniform_sample() -> None:
     assert stats.p99_ms == pytest.approx(19_800, rel=0.02)
 
 
+def test_overall_percentiles_weight_each_operation_by_its_count() -> None:
+    monitor = PerformanceMonitor(reservoir_size=512)
+    fast = list(range(30_000))  # 0 .. 30 s spread, 30,000 operations
+    slow = list(range(30_000, 40_000))  # 30 .. 40 s, 10,000 operations
+    for values in (fast, slow):
+        random.Random(5).shuffle(values)
+    for value in fast:
+        monitor.record_operation("fast", value / 1000.0, True)
+    for value in slow:
+        monitor.record_operation("slow", value / 1000.0, True)
+    metrics = monitor.get_current_metrics()
+    assert metrics.total_operations == 40_000
+    assert metrics.avg_latency_ms == pytest.approx(19_999.5)
+    # the true quantiles of 0 .. 39,999 ms: 20,000 / 38,000 / 39,600
+    assert metrics.p50_latency_ms == pytest.approx(20_000, rel=0.06)
+    assert metrics.p95_latency_ms == pytest.approx(38_000, rel=0.02)
+    assert metrics.p99_latency_ms == pytest.approx(39_600, rel=0.01)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=300))
 def test_percentiles_are_ordered_and_within_range(durations: list[float]) -> None:

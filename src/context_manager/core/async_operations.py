@@ -26,6 +26,7 @@ All methods must be called from the event loop the controller was started in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import heapq
@@ -72,7 +73,10 @@ class TaskStatus(StrEnum):
     @property
     def finished(self) -> bool:
         """Whether the task has ended (completed, failed, cancelled or timed out)."""
-        return self not in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +147,25 @@ class _TaskRecord:
     cancel_requested: bool = False
 
 
+_coroutine_callables: dict[Any, bool] = {}
+_COROUTINE_CACHE_SIZE = 1024
+
+
 def _is_coroutine_callable(function: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
+    """Whether calling ``function`` returns a coroutine (cached: inspect is slow on the hot path)."""
+    try:
+        return _coroutine_callables[function]
+    except (KeyError, TypeError):  # not seen yet, or unhashable
+        pass
+    result = inspect.iscoroutinefunction(function)
+    if not result:
+        call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
+        result = call is not None and inspect.iscoroutinefunction(call)
+    with contextlib.suppress(TypeError):
+        if len(_coroutine_callables) >= _COROUTINE_CACHE_SIZE:
+            _coroutine_callables.clear()
+        _coroutine_callables[function] = result
+    return result
 
 
 def _check_timeout(name: str, value: float | None) -> float | None:
@@ -475,7 +493,7 @@ class ConcurrencyController:
         """
         wait_timeout = _check_timeout("timeout", timeout)
         record = self._record(task_id)
-        if not record.status.finished:
+        if record.status not in _FINISHED:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             record.waiters.append(waiter)
             try:

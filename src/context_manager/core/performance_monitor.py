@@ -240,7 +240,7 @@ class _LatencyReservoir:
         if len(self.values) < self.capacity:
             self.values.append(value)
         else:
-            slot = self._random.randrange(self.count)
+            slot = int(self._random.random() * self.count)  # uniform in [0, count); cheaper than randrange
             if slot >= self.capacity:
                 return
             self.values[slot] = value
@@ -463,7 +463,6 @@ class PerformanceMonitor:
 
         self._lock = threading.Lock()
         self._created = time.time()
-        self._all = _LatencyReservoir(reservoir_size, seed=0)
         self._operations: dict[str, _LatencyReservoir] = {}
         self._recent: deque[tuple[float, bool]] = deque(maxlen=history_size)
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
@@ -567,9 +566,8 @@ class PerformanceMonitor:
 
                 process = self._process = psutil.Process()
                 process.cpu_percent(None)  # the first call only primes the counter
-            with process.oneshot():
-                rss = process.memory_info().rss
-                cpu = process.cpu_percent(None)
+            rss = process.memory_info().rss  # two reads: cheaper than process.oneshot() for two figures
+            cpu = process.cpu_percent(None)
         except Exception:  # psutil can fail (permissions, exotic platforms): keep sampling
             self._sampling_errors += 1
             logger.debug("performance monitor could not sample the process", exc_info=True)
@@ -609,7 +607,6 @@ class PerformanceMonitor:
             if reservoir is None:
                 reservoir = self._operations[name] = _LatencyReservoir(self.reservoir_size, seed=len(name))
             reservoir.add(duration_s, success)
-            self._all.add(duration_s, success)
             self._recent.append((now, success))
             if not success:
                 self._recent_errors.append(
@@ -634,7 +631,6 @@ class PerformanceMonitor:
     def reset(self) -> None:
         """Forget every recorded operation, error, sample and profile (settings stay)."""
         with self._lock:
-            self._all = _LatencyReservoir(self.reservoir_size, seed=0)
             self._operations.clear()
             self._recent.clear()
             self._recent_errors.clear()
@@ -750,7 +746,7 @@ class PerformanceMonitor:
         now = time.time()
         sample = self._latest_sample()
         with self._lock:
-            overall = self._all.stats("all")
+            overall = _overall_stats(list(self._operations.values()))
         return PerformanceMetrics(
             total_operations=overall.count,
             successes=overall.successes,
@@ -906,6 +902,57 @@ class PerformanceMonitor:
             MissingDependencyError: ``prometheus_client`` is not installed.
         """
         return PrometheusCollector(self, namespace=namespace)
+
+
+def _overall_stats(reservoirs: list[_LatencyReservoir]) -> OperationStats:
+    """Figures over every operation, from the per-operation reservoirs (no second reservoir to feed).
+
+    Totals are exact. Percentiles are exact while every reservoir holds all its values; beyond, each
+    kept value stands for ``count / kept`` operations of its kind (a weighted quantile).
+    """
+    count = sum(reservoir.count for reservoir in reservoirs)
+    failures = sum(reservoir.failures for reservoir in reservoirs)
+    total = sum(reservoir.total for reservoir in reservoirs)
+    if all(reservoir.count == len(reservoir.values) for reservoir in reservoirs):
+        ordered = sorted(value for reservoir in reservoirs for value in reservoir.values)
+        p50, p95, p99 = (percentile(ordered, fraction) for fraction in (0.5, 0.95, 0.99))
+    else:
+        p50, p95, p99 = _weighted_quantiles(reservoirs, (0.5, 0.95, 0.99))
+    return OperationStats(
+        name="all",
+        count=count,
+        successes=count - failures,
+        failures=failures,
+        error_rate=failures / count if count else 0.0,
+        avg_ms=total / count * 1000.0 if count else 0.0,
+        min_ms=min((reservoir.min for reservoir in reservoirs), default=0.0) * 1000.0,
+        max_ms=max((reservoir.max for reservoir in reservoirs), default=0.0) * 1000.0,
+        p50_ms=p50 * 1000.0,
+        p95_ms=p95 * 1000.0,
+        p99_ms=p99 * 1000.0,
+    )
+
+
+def _weighted_quantiles(reservoirs: list[_LatencyReservoir], fractions: tuple[float, ...]) -> list[float]:
+    weighted = sorted(
+        (value, reservoir.count / len(reservoir.values))
+        for reservoir in reservoirs
+        if reservoir.values
+        for value in reservoir.values
+    )
+    total_weight = sum(weight for _, weight in weighted)
+    results = []
+    for fraction in fractions:
+        target = fraction * total_weight
+        cumulative = 0.0
+        chosen = weighted[-1][0]
+        for value, weight in weighted:
+            cumulative += weight
+            if cumulative >= target:
+                chosen = value
+                break
+        results.append(chosen)
+    return results
 
 
 def _describe_error(error: BaseException | str | None) -> str | None:
