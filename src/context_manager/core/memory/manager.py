@@ -28,19 +28,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import enum
-import fcntl
 import json
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import (
@@ -49,12 +46,18 @@ from context_manager.core.errors import (
     LifecycleError,
     MemoryNotFoundError,
     StorageError,
-    StorageLockedError,
 )
+from context_manager.core.memory.consolidation import near_duplicate_groups
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
 from context_manager.core.memory.index import Stemmer, VectorIndex, build_match, owner_token, query_tokens
-from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
+from context_manager.core.memory.locking import (
+    LOCK_FILE_NAME,
+    acquire_lock,
+    make_private_directory,
+    release_lock,
+)
+from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.ranking import (
     Candidate,
     RankingWeights,
@@ -66,6 +69,19 @@ from context_manager.core.memory.ranking import (
 )
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME, SQLiteStore
 from context_manager.core.memory.store import TurnKey
+from context_manager.core.memory.validation import (
+    check_content,
+    check_importance,
+    check_limit,
+    check_metadata,
+    check_path,
+    check_tags,
+    check_tier,
+    check_tiers,
+    check_time,
+    check_user,
+    json_safe,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -77,23 +93,10 @@ __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE_NAME = ".lock"
-"""Lock file under ``storage_path`` (records the holder's pid and host)."""
-
-_DIRECTORY_MODE = 0o700
 _TOUCH_BATCH = 256
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
 _IMPORT_BATCH = 2000
 
-
-class AllUsers(enum.Enum):
-    """Type of :data:`ALL_USERS`."""
-
-    ALL_USERS = "all users"
-
-
-ALL_USERS: Final = AllUsers.ALL_USERS
-"""Pass as ``user_id`` to search, count or clean up across every user explicitly."""
 
 UserScope = str | None | AllUsers
 Clock = Callable[[], float]
@@ -190,16 +193,16 @@ class MemoryManager:
         if self._state == "closed":
             raise LifecycleError("initialize: this MemoryManager was closed; create a new one")
         path = self.config.resolved_storage_path
-        await asyncio.to_thread(_make_private_directory, path)
+        await asyncio.to_thread(make_private_directory, path)
         self._path = path
-        self._lock_fd = await asyncio.to_thread(_acquire_lock, path / LOCK_FILE_NAME)
+        self._lock_fd = await asyncio.to_thread(acquire_lock, path / LOCK_FILE_NAME)
         try:
             await asyncio.to_thread(self._open_stores, path)
             if self.embedder is not None:
                 await self._load_vectors()
         except BaseException:
             self._close_stores()
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
             raise
         self._state = "ready"
@@ -251,7 +254,7 @@ class MemoryManager:
         finally:
             self._state = "closed"
             await asyncio.to_thread(self._close_stores)
-            _release_lock(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
             logger.debug("memory closed")
 
@@ -373,13 +376,13 @@ class MemoryManager:
         tier: Any,
         source: Any,
     ) -> Memory:
-        _check_content(content)
-        importance = _check_importance(importance)
-        tag_list = _check_tags(tags)
-        metadata_dict = _check_metadata(metadata)
-        _check_user(user_id, allow_all=False)
+        check_content(content)
+        importance = check_importance(importance)
+        tag_list = check_tags(tags)
+        metadata_dict = check_metadata(metadata)
+        check_user(user_id, allow_all=False)
         if tier is not None:
-            _check_tier(tier)
+            check_tier(tier)
         if not isinstance(source, str) or not source:
             raise InvalidMemoryError("source", source, "a non-empty string")
         now = self._clock()
@@ -487,7 +490,7 @@ class MemoryManager:
                 message.content,
                 importance,
                 None,
-                _json_safe(metadata),
+                json_safe(metadata),
                 user_id,
                 MemoryTier.MEDIUM,
                 "context",
@@ -595,14 +598,14 @@ class MemoryManager:
         """
         if not isinstance(query, str):
             raise InvalidMemoryError("query", query, "a string")
-        limit = _check_limit(limit)
-        tag_filter = set(_check_tags(tags)) if tags is not None else None
-        _check_user(user_id, allow_all=True)
-        tier_filter = _check_tiers(tiers)
+        limit = check_limit(limit)
+        tag_filter = set(check_tags(tags)) if tags is not None else None
+        check_user(user_id, allow_all=True)
+        tier_filter = check_tiers(tiers)
         if min_importance is not None:
-            min_importance = _check_importance(min_importance, field="min_importance")
-        since_ts = _check_time(since, "since")
-        until_ts = _check_time(until, "until")
+            min_importance = check_importance(min_importance, field="min_importance")
+        since_ts = check_time(since, "since")
+        until_ts = check_time(until, "until")
         short, medium, long_store = self._stores("search_memory")
         tokens = query_tokens(query)
         if limit == 0 or not tokens:
@@ -798,14 +801,14 @@ class MemoryManager:
         Raises:
             InvalidMemoryError: bad tags, match mode, limit, user or tiers.
         """
-        wanted = _check_tags(tags)
+        wanted = check_tags(tags)
         if tags is None or not wanted:
             raise InvalidMemoryError("tags", tags, "a non-empty list of strings")
         if match not in ("any", "all"):
             raise InvalidMemoryError("match", match, "'any' or 'all'")
-        limit = _check_limit(limit)
-        _check_user(user_id, allow_all=True)
-        tier_filter = _check_tiers(tiers)
+        limit = check_limit(limit)
+        check_user(user_id, allow_all=True)
+        tier_filter = check_tiers(tiers)
         short, medium, long_store = self._stores("search_by_tags")
         if limit == 0:
             return []
@@ -862,15 +865,15 @@ class MemoryManager:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
         changes: dict[str, Any] = {}
         if content is not None:
-            _check_content(content)
+            check_content(content)
             changes["content"] = content
         if importance is not None:
-            changes["importance"] = _check_importance(importance)
+            changes["importance"] = check_importance(importance)
         if tags is not None:
-            changes["tags"] = _check_tags(tags)
+            changes["tags"] = check_tags(tags)
         if metadata is not None:
-            changes["metadata"] = _check_metadata(metadata)
-        target = None if tier is None else _check_tier(tier)
+            changes["metadata"] = check_metadata(metadata)
+        target = None if tier is None else check_tier(tier)
         short, medium, long_store = self._stores("update_memory")
         async with self._write_lock:
             copies = await self._locate(memory_id)
@@ -1063,7 +1066,7 @@ class MemoryManager:
             or not (0 < semantic_threshold <= 1)
         ):
             raise InvalidMemoryError("semantic_threshold", semantic_threshold, "a number > 0 and <= 1")
-        _check_user(user_id, allow_all=True)
+        check_user(user_id, allow_all=True)
         self._stores("consolidate_memories")
         async with self._write_lock:
             await self._flush_touches_locked()
@@ -1072,7 +1075,7 @@ class MemoryManager:
                 for m in await asyncio.to_thread(self._all_memories)
                 if m.superseded_by is None and (user_id is ALL_USERS or m.user_id == user_id)
             ]
-            groups = _near_duplicate_groups(
+            groups = near_duplicate_groups(
                 memories,
                 float(similarity_threshold),
                 self._cosine_function() if self.embedder is not None else None,
@@ -1210,8 +1213,8 @@ class MemoryManager:
         ):
             raise InvalidMemoryError("max_age_days", max_age_days, "a finite number >= 0")
         if keep_importance is not None:
-            keep_importance = _check_importance(keep_importance, field="keep_importance")
-        _check_user(user_id, allow_all=True)
+            keep_importance = check_importance(keep_importance, field="keep_importance")
+        check_user(user_id, allow_all=True)
         self._stores("cleanup_old_memories")
         cutoff = self._clock() - float(max_age_days) * 86400.0
         async with self._write_lock:
@@ -1261,7 +1264,7 @@ class MemoryManager:
             (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``,
             ``vectors``), ``storage_path`` and, for :data:`ALL_USERS`, ``by_user``.
         """
-        _check_user(user_id, allow_all=True)
+        check_user(user_id, allow_all=True)
         short, medium, long_store = self._stores("get_memory_stats")
         copies = await asyncio.to_thread(self._all_copies)
         by_tier = {tier.value: 0 for tier in MemoryTier}
@@ -1326,8 +1329,8 @@ class MemoryManager:
 
         A memory held in two tiers is written once (its fastest tier). Returns how many were written.
         """
-        _check_user(user_id, allow_all=True)
-        target = _check_path(path)
+        check_user(user_id, allow_all=True)
+        target = check_path(path)
         self._stores("export_memories")
         async with self._write_lock:
             await self._flush_touches_locked()
@@ -1368,7 +1371,7 @@ class MemoryManager:
             InvalidMemoryError: a line is not a valid memory (its line number is in the message).
             StorageError: the file cannot be read.
         """
-        source = _check_path(path)
+        source = check_path(path)
         short, medium, long_store = self._stores("import_memories")
         try:
             lines = await asyncio.to_thread(source.read_text, encoding="utf-8")
@@ -1383,11 +1386,11 @@ class MemoryManager:
                 if not isinstance(data, dict):
                     raise TypeError("not a JSON object")
                 memory = Memory.from_dict(data)
-                _check_content(memory.content)
-                memory.importance = _check_importance(memory.importance)
-                memory.tags = _check_tags(memory.tags)
-                memory.metadata = _check_metadata(memory.metadata)
-                _check_user(memory.user_id, allow_all=False)
+                check_content(memory.content)
+                memory.importance = check_importance(memory.importance)
+                memory.tags = check_tags(memory.tags)
+                memory.metadata = check_metadata(memory.metadata)
+                check_user(memory.user_id, allow_all=False)
             except InvalidMemoryError as error:
                 raise InvalidMemoryError(
                     f"{source}:{number}",
@@ -1525,210 +1528,3 @@ class MemoryManager:
         self._stores("flush")
         await self._drain_background()
         await self._flush_touches()
-
-
-# --- validation ------------------------------------------------------------------------------------
-
-
-def _check_content(content: Any) -> None:
-    if not isinstance(content, str) or not content.strip():
-        raise InvalidMemoryError("content", content, "a non-empty string")
-    if not _encodable(content):
-        raise InvalidMemoryError("content", content, "valid Unicode text (no lone surrogates)")
-
-
-def _check_importance(value: Any, *, field: str = "importance") -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value <= 1.0):
-        raise InvalidMemoryError(field, value, "a number from 0 to 1")
-    return float(value)
-
-
-def _check_tags(tags: Any) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str | bytes) or not isinstance(tags, Sequence | set | frozenset):
-        raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
-    result: dict[str, None] = {}
-    for tag in tags:
-        if not isinstance(tag, str) or not tag.strip() or not _encodable(tag):
-            raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=f"bad tag {tag!r}")
-        result[tag] = None
-    return list(result)
-
-
-def _check_metadata(metadata: Any) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
-        raise InvalidMemoryError("metadata", metadata, "a dict with string keys and JSON values")
-    try:
-        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
-        text.encode("utf-8")
-        return dict(json.loads(text))
-    except (TypeError, ValueError) as error:
-        raise InvalidMemoryError(
-            "metadata", metadata, "a dict with string keys and JSON values", detail=str(error)
-        ) from error
-
-
-def _json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return dict(json.loads(json.dumps(metadata, allow_nan=False, default=str)))
-    except (TypeError, ValueError):
-        return {key: str(value) for key, value in metadata.items()}
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_user(user_id: Any, *, allow_all: bool) -> None:
-    if user_id is None or (isinstance(user_id, str) and user_id and _encodable(user_id)):
-        return
-    if allow_all and user_id is ALL_USERS:
-        return
-    allowed = "a non-empty string, None" + (" or ALL_USERS" if allow_all else "")
-    raise InvalidMemoryError("user_id", user_id, allowed)
-
-
-def _check_tier(tier: Any) -> MemoryTier:
-    try:
-        return MemoryTier.parse(tier)
-    except ValueError:
-        raise InvalidMemoryError("tier", tier, "one of 'short', 'medium', 'long'") from None
-
-
-def _check_tiers(tiers: Any) -> set[MemoryTier] | None:
-    if tiers is None:
-        return None
-    if isinstance(tiers, MemoryTier | str):
-        return {_check_tier(tiers)}
-    if not isinstance(tiers, Iterable):
-        raise InvalidMemoryError("tiers", tiers, "tiers among 'short', 'medium', 'long'")
-    return {_check_tier(tier) for tier in tiers}
-
-
-def _check_limit(limit: Any) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidMemoryError("limit", limit, "an integer >= 0")
-    return limit
-
-
-def _check_time(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
-    return float(value)
-
-
-def _check_path(path: Any) -> Path:
-    if not isinstance(path, str | Path) or not str(path).strip():
-        raise InvalidMemoryError("path", path, "a file path (str or pathlib.Path)")
-    return Path(path).expanduser()
-
-
-# --- near-duplicate detection ----------------------------------------------------------------------
-
-
-def _near_duplicate_groups(
-    memories: Sequence[Memory],
-    threshold: float,
-    cosine: Callable[[str, str], float | None] | None,
-    semantic_threshold: float,
-) -> list[list[Memory]]:
-    """Group near-duplicates per user: candidate pairs share one of their rarest words."""
-    unique: dict[str, Memory] = {}
-    for memory in memories:
-        unique.setdefault(memory.id, memory)
-    items = list(unique.values())
-    words = [frozenset(query_tokens(memory.content, limit=10_000)) for memory in items]
-    postings: dict[tuple[str | None, str], list[int]] = {}
-    for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
-        for word in word_set:
-            postings.setdefault((memory.user_id, word), []).append(position)
-    parent = list(range(len(items)))
-
-    def find(position: int) -> int:
-        while parent[position] != position:
-            parent[position] = parent[parent[position]]
-            position = parent[position]
-        return position
-
-    for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
-        if not word_set:
-            continue
-        rarest = sorted(word_set, key=lambda w: len(postings[(memory.user_id, w)]))[:3]
-        partners: set[int] = set()
-        for word in rarest:
-            partners.update(postings[(memory.user_id, word)][:200])
-        for other in partners:
-            if other <= position:
-                continue
-            other_words = words[other]
-            similarity = len(word_set & other_words) / len(word_set | other_words) if other_words else 0.0
-            similar = similarity >= threshold
-            if not similar and cosine is not None:
-                value = cosine(memory.id, items[other].id)
-                similar = value is not None and value >= semantic_threshold
-            if similar:
-                parent[find(other)] = find(position)
-    groups: dict[int, list[Memory]] = {}
-    for position, memory in enumerate(items):
-        groups.setdefault(find(position), []).append(memory)
-    return [group for group in groups.values() if len(group) > 1]
-
-
-# --- storage directory and lock --------------------------------------------------------------------
-
-
-def _make_private_directory(path: Path) -> None:
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    if current.exists() and not current.is_dir():
-        raise StorageError(f"cannot create directory {path}: {current} is a file", path=path)
-    try:
-        for directory in reversed(missing):
-            directory.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
-            directory.chmod(_DIRECTORY_MODE)
-    except OSError as error:
-        raise StorageError(f"cannot create directory {path}: {error.strerror or error}", path=path) from error
-
-
-def _acquire_lock(path: Path) -> int:
-    """Take the exclusive lock on ``path`` (released by the kernel if the process dies)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        finally:
-            os.close(fd)
-        raise StorageLockedError(path.parent, holder) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-    return fd
-
-
-def _release_lock(fd: int | None) -> None:
-    if fd is None:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["CONVERSATION_KEYS", "Memory", "MemoryTier", "new_memory_id"]
+__all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
 
 CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
 """Metadata keys that mark a memory as a turn of a conversation."""
@@ -44,6 +44,16 @@ class MemoryTier(enum.StrEnum):
             except ValueError:
                 pass
         raise ValueError(value)
+
+
+class AllUsers(enum.Enum):
+    """Type of :data:`ALL_USERS`."""
+
+    ALL_USERS = "all users"
+
+
+ALL_USERS: Final = AllUsers.ALL_USERS
+"""Pass as ``user_id`` to search, count or clean up across every user explicitly."""
 
 
 def new_memory_id() -> str:

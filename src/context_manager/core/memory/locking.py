@@ -1,0 +1,63 @@
+"""The storage directory (mode 0o700) and its lock file (one process per ``storage_path``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from context_manager.core.errors import StorageError, StorageLockedError
+
+LOCK_FILE_NAME = ".lock"
+"""Lock file under ``storage_path`` (records the holder's pid and host)."""
+
+_DIRECTORY_MODE = 0o700
+
+
+def make_private_directory(path: Path) -> None:
+    """Create ``path`` and missing parents with mode 0o700 (existing directories are left alone)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    if current.exists() and not current.is_dir():
+        raise StorageError(f"cannot create directory {path}: {current} is a file", path=path)
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
+            directory.chmod(_DIRECTORY_MODE)
+    except OSError as error:
+        raise StorageError(f"cannot create directory {path}: {error.strerror or error}", path=path) from error
+
+
+def acquire_lock(path: Path) -> int:
+    """Take the exclusive lock on ``path`` (released by the kernel if the process dies)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        finally:
+            os.close(fd)
+        raise StorageLockedError(path.parent, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    """Release and close a lock taken by :func:`acquire_lock` (``None`` does nothing)."""
+    if fd is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

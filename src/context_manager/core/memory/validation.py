@@ -1,0 +1,132 @@
+"""Argument checks of the memory API: each raises :class:`InvalidMemoryError` naming the field.
+
+They run before anything is changed, so a rejected call leaves every store as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from context_manager.core.errors import InvalidMemoryError
+from context_manager.core.memory.models import ALL_USERS, MemoryTier
+
+
+def check_content(content: Any) -> None:
+    """Content must be a non-empty string of valid Unicode."""
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidMemoryError("content", content, "a non-empty string")
+    if not encodable(content):
+        raise InvalidMemoryError("content", content, "valid Unicode text (no lone surrogates)")
+
+
+def check_importance(value: Any, *, field: str = "importance") -> float:
+    """A number from 0 to 1 (not a bool, not NaN); returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value <= 1.0):
+        raise InvalidMemoryError(field, value, "a number from 0 to 1")
+    return float(value)
+
+
+def check_tags(tags: Any) -> list[str]:
+    """A list (or set) of non-empty strings; ``None`` is no tags. Duplicates are dropped, order kept."""
+    if tags is None:
+        return []
+    if isinstance(tags, str | bytes) or not isinstance(tags, Sequence | set | frozenset):
+        raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
+    result: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip() or not encodable(tag):
+            raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=f"bad tag {tag!r}")
+        result[tag] = None
+    return list(result)
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """A dict with string keys and JSON values; returned as a deep copy."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+        raise InvalidMemoryError("metadata", metadata, "a dict with string keys and JSON values")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        return dict(json.loads(text))
+    except (TypeError, ValueError) as error:
+        raise InvalidMemoryError(
+            "metadata", metadata, "a dict with string keys and JSON values", detail=str(error)
+        ) from error
+
+
+def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata made JSON-serialisable (values that are not become strings)."""
+    try:
+        return dict(json.loads(json.dumps(metadata, allow_nan=False, default=str)))
+    except (TypeError, ValueError):
+        return {key: str(value) for key, value in metadata.items()}
+
+
+def encodable(text: str) -> bool:
+    """True if ``text`` encodes to UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_user(user_id: Any, *, allow_all: bool) -> None:
+    """A non-empty string or ``None`` (and :data:`ALL_USERS` where ``allow_all``)."""
+    if user_id is None or (isinstance(user_id, str) and user_id and encodable(user_id)):
+        return
+    if allow_all and user_id is ALL_USERS:
+        return
+    allowed = "a non-empty string, None" + (" or ALL_USERS" if allow_all else "")
+    raise InvalidMemoryError("user_id", user_id, allowed)
+
+
+def check_tier(tier: Any) -> MemoryTier:
+    """A tier or its name."""
+    try:
+        return MemoryTier.parse(tier)
+    except ValueError:
+        raise InvalidMemoryError("tier", tier, "one of 'short', 'medium', 'long'") from None
+
+
+def check_tiers(tiers: Any) -> set[MemoryTier] | None:
+    """``None`` (every tier), one tier, or an iterable of tiers."""
+    if tiers is None:
+        return None
+    if isinstance(tiers, MemoryTier | str):
+        return {check_tier(tiers)}
+    if not isinstance(tiers, Iterable):
+        raise InvalidMemoryError("tiers", tiers, "tiers among 'short', 'medium', 'long'")
+    return {check_tier(tier) for tier in tiers}
+
+
+def check_limit(limit: Any) -> int:
+    """An integer >= 0 (not a bool)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidMemoryError("limit", limit, "an integer >= 0")
+    return limit
+
+
+def check_time(value: Any, field: str) -> float | None:
+    """``None``, seconds since the epoch or a datetime; returned as epoch seconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
+    return float(value)
+
+
+def check_path(path: Any) -> Path:
+    """A non-empty str or Path (``~`` expanded)."""
+    if not isinstance(path, str | Path) or not str(path).strip():
+        raise InvalidMemoryError("path", path, "a file path (str or pathlib.Path)")
+    return Path(path).expanduser()
