@@ -5,6 +5,8 @@ import gc
 import logging
 import math
 import random
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -475,3 +477,22 @@ async def test_prometheus_collector_exposes_the_same_figures() -> None:
         assert value("context_manager_event_loop_lag_seconds") is not None
         text = generate_latest(registry).decode()
     assert "context_manager_cpu_percent" in text and "context_manager_operations_per_second" in text
+
+
+def test_prometheus_collector_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from context_manager.core.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "prometheus_client.core", None)
+    with pytest.raises(MissingDependencyError, match=r"python-context-manager\[prometheus\]"):
+        PerformanceMonitor().prometheus_collector()
+
+
+def test_importing_the_module_does_not_import_psutil_or_prometheus() -> None:
+    code = (
+        "import sys; import context_manager.core.performance_monitor, context_manager.core.health_checker, "
+        "context_manager.core.async_operations; "
+        "print([m for m in ('psutil', 'prometheus_client', 'cProfile') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
