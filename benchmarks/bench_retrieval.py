@@ -361,6 +361,13 @@ def manager_setups(*, embeddings: bool, ablations: bool) -> list[ManagerSetup]:
             ManagerSetup("  + MiniLM vector channel (hybrid, default)", {}, "minilm"),
             ManagerSetup("  hybrid, vector weight 1.0", {"vector": 1.0}, "minilm"),
             ManagerSetup("  hybrid, vector weight 2.0", {"vector": 2.0}, "minilm"),
+            ManagerSetup("  hybrid, vector weight 3.0", {"vector": 3.0}, "minilm"),
+            ManagerSetup(
+                "  hybrid, vector 2.0, recency weight 1.0",
+                {"vector": 2.0, "recency": 1.0},
+                "minilm",
+                "does a strong recency weight make the newest statement win?",
+            ),
             ManagerSetup(
                 "MiniLM vector channel alone",
                 {**LEXICAL_ONLY, "bm25": 0.0, "vector": 1.0},
@@ -457,6 +464,9 @@ async def main_async(args: argparse.Namespace) -> int:
         f"\ntotal {elapsed:.0f} s; stale>new = updated-fact questions where an older statement ranked "
         "above the newest (or the newest was missing from the top 10)"
     )
+    if args.markdown:
+        await asyncio.to_thread(Path(args.markdown).write_text, markdown_tables(results, dataset), "utf-8")
+        print(f"wrote {args.markdown}")
     if args.json:
         payload = {
             "dataset": {
@@ -477,6 +487,28 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+def markdown_tables(results: list[RunResult], dataset: RetrievalDataset) -> str:
+    """The overall and per-category tables in Markdown (what docs/benchmarks.md shows)."""
+    lines = [
+        "| configuration | R@1 | R@5 | R@10 | MRR | p50 ms | p95 ms | stale>new |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result.name.strip()} | {result.recall(1):.3f} | {result.recall(5):.3f} | "
+            f"{result.recall(10):.3f} | {result.mrr():.3f} | {result.percentile(0.5):.1f} | "
+            f"{result.percentile(0.95):.1f} | {result.stale_first}/{result.updated_total} |"
+        )
+    categories = sorted({q.category for q in dataset.questions})
+    lines += ["", "| configuration | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+    for result in results:
+        cells = [
+            f"{result.recall(5, [q for q in dataset.questions if q.category == c]):.3f}" for c in categories
+        ]
+        lines.append(f"| {result.name.strip()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
@@ -485,6 +517,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Retrieval quality of memory search on a long conversation.")
     parser.add_argument("--seed", type=int, default=7, help="dataset seed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the result tables as Markdown")
     parser.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM configurations")
     parser.add_argument("--no-ablations", action="store_true", help="skip the leave-one-out ablations")
     parser.add_argument("--raw-only", action="store_true", help="only the raw FTS5 baselines")
