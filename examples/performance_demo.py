@@ -96,6 +96,53 @@ async def monitor_figures(ctx: ExampleContext) -> None:
     ctx.detail(summary["system"])
 
 
+async def system_status(ctx: ExampleContext) -> None:
+    ctx.section("The manager's own monitor, get_system_status() and optimize_system()")
+    config = ContextManagerConfig(max_tokens=2000, cache_path=ctx.storage("status"))
+    topics = ["TLS certificates", "DNS records", "backups", "on-call rota", "disk quotas", "VPN access"]
+    async with EnhancedContextManager(config=config) as manager:
+        for index in range(60):
+            await manager.add_message(
+                "user", f"Turn {index}: a question about {topics[index % len(topics)]}."
+            )
+        await manager.memory_manager.add_memory("Certificates are renewed by the platform team")
+        await manager.memory_manager.add_memory("The certificates are renewed by the platform team")
+        await manager.search_memory("who renews certificates", limit=3)
+        await manager.execute_tool("no_such_tool")
+        status = manager.get_system_status()
+        report = await manager.optimize_system()
+    monitor = status.get("monitor")
+    expect(
+        monitor is not None and monitor["total_operations"] >= 62, "the manager records its own operations"
+    )
+    expect(status["tools"]["unknown_tool_calls"] == 1, "the failed tool call is counted")
+    ctx.console.print(
+        ctx.table(
+            "get_system_status()",
+            ["state", "messages", "tokens", "compressions", "operations", "error rate", "p95 ms", "health"],
+            [
+                [
+                    status["state"],
+                    status["context"]["message_count"],
+                    status["context"]["token_count"],
+                    status["context"]["compression_count"],
+                    monitor["total_operations"],
+                    f"{monitor['error_rate']:.1%}",
+                    f"{monitor['p95_latency_ms']:.3f}",
+                    f"{monitor['health_score']:.2f}",
+                ]
+            ],
+        )
+    )
+    expect(report["memory"]["consolidated_count"] == 2, "optimize_system merges the near-duplicate memories")
+    ctx.ok(
+        f"optimize_system(): merged {report['memory']['consolidated_count']} near-duplicate memories, "
+        f"log {report['memory']['log_bytes_before']} -> {report['memory']['log_bytes_after']} bytes, "
+        f"{report['duration_ms']:.0f} ms"
+    )
+    ctx.detail(report)
+
+
 async def concurrency(ctx: ExampleContext) -> None:
     ctx.section("ConcurrencyController: bounded, prioritised tasks with timeouts")
     started_order: list[str] = []
@@ -244,6 +291,7 @@ async def throughput(ctx: ExampleContext) -> None:
 async def run(ctx: ExampleContext) -> None:
     """Run every operations example."""
     await monitor_figures(ctx)
+    await system_status(ctx)
     await concurrency(ctx)
     await health(ctx)
     await throughput(ctx)

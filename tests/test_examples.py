@@ -36,6 +36,7 @@ KEY_LINES = {
     "performance": [
         "get_current_metrics()",
         "health score",
+        "optimize_system(): merged 2 near-duplicate memories",
         "timeout delivered through wait_for_task: task 'too-slow' timed out after 0.1 s",
         "(critical 'urgent' jumped the queue)",
         "diagnostic report: status",
