@@ -342,17 +342,48 @@ def test_cleanup_leaves_no_pending_task_in_debug_mode(
     assert "Task was destroyed but it is pending" not in caplog.text
 
 
-async def test_storage_fault_is_repaired_through_the_manager(context_manager: EnhancedContextManager) -> None:
+async def test_a_deleted_memory_log_is_rewritten_by_auto_recovery(
+    context_manager: EnhancedContextManager,
+) -> None:
     checker = context_manager.health_checker
-    assert checker is not None and checker.enable_auto_recovery  # config default
-    cache = Path(context_manager.config.cache_path)
-    extra = cache / "exports"
-    extra.mkdir()
-    shutil.rmtree(cache)  # removes the storage directory too (it is under cache_path)
+    assert checker is not None and checker.enable_auto_recovery  # the config's default
+    memory = context_manager.memory_manager
+    await memory.add_memory("the staging cluster runs in eu-west-1", importance=0.3)
+    log = memory.storage_path / "memories.jsonl"
+    log.unlink()  # the fault: the open log is deleted behind the manager's back
+
+    checker.enable_auto_recovery = False
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED
+    assert "memory files removed while open: memories.jsonl" in status.checks["storage"].message
+
+    checker.enable_auto_recovery = True
     status = await checker.perform_health_check()
     assert status.status is HealthState.HEALTHY
-    assert status.recoveries and status.recoveries[0].check == "storage"
+    assert status.recoveries[0].action == "rewrote the memory log from the live memories"
+    assert "eu-west-1" in log.read_text()
+
+
+async def test_a_removed_storage_directory_through_the_manager(
+    context_manager: EnhancedContextManager,
+) -> None:
+    checker = context_manager.health_checker
+    assert checker is not None
+    memory = context_manager.memory_manager
+    await memory.add_memory("short-lived note", importance=0.3)
+    cache = Path(context_manager.config.cache_path)
+    shutil.rmtree(cache)  # removes the storage directory too (it is under cache_path)
+
+    status = await checker.perform_health_check()
+    # directories and the log are restored; the open database file cannot be brought back from here
     assert context_manager.config.resolved_storage_path.is_dir()
+    assert "short-lived note" in (memory.storage_path / "memories.jsonl").read_text()
+    storage = status.checks["storage"]
+    assert status.status is HealthState.DEGRADED
+    assert storage.message == "memory files removed while open: memories.sqlite3"
+    assert "export_memories" in (storage.recommendation or "")
+    assert status.recoveries[0].success is False
+    assert status.recoveries[0].action.startswith(f"recreated {cache}")
 
 
 async def test_damaged_fts_index_through_the_manager(context_manager: EnhancedContextManager) -> None:

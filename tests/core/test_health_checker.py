@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import InvalidHealthCheckError, InvalidSettingError
 from context_manager.core.health_checker import (
     CheckOutcome,
@@ -158,31 +157,26 @@ def test_invalid_registrations_change_nothing() -> None:
 
 
 async def test_removed_storage_directory_degrades_and_auto_recovery_recreates_it(tmp_path: Path) -> None:
-    config = ContextManagerConfig(cache_path=tmp_path / "cache", enable_performance_monitor=False)
-    manager = EnhancedContextManager(config=config)
-    await manager.initialize()
-    try:
-        checker = HealthChecker(context_manager=manager, enable_auto_recovery=False)
-        assert (await checker.perform_health_check()).status is HealthState.HEALTHY
-        storage = config.resolved_storage_path
-        shutil.rmtree(storage)  # the fault
+    storage = tmp_path / "store"
+    storage.mkdir()
+    checker = HealthChecker(storage_path=storage, enable_auto_recovery=False)
+    assert (await checker.perform_health_check()).status is HealthState.HEALTHY
+    shutil.rmtree(storage)  # the fault
 
-        status = await checker.perform_health_check()
-        assert status.status is HealthState.DEGRADED
-        result = status.checks["storage"]
-        assert result.status is HealthState.UNHEALTHY and f"{storage} is missing" in result.message
-        assert "recreate missing directories" in (result.recommendation or "")
-        assert status.recoveries == []
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.DEGRADED
+    result = status.checks["storage"]
+    assert result.status is HealthState.UNHEALTHY and f"{storage} is missing" in result.message
+    assert "recreate missing directories" in (result.recommendation or "")
+    assert status.recoveries == []
 
-        checker.enable_auto_recovery = True
-        status = await checker.perform_health_check()
-        assert status.status is HealthState.HEALTHY
-        assert storage.is_dir()
-        assert [(r.check, r.success) for r in status.recoveries] == [("storage", True)]
-        assert status.recoveries[0].action == f"recreated {storage}"
-        assert checker.recovery_history == status.recoveries
-    finally:
-        await manager.cleanup()
+    checker.enable_auto_recovery = True
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY
+    assert storage.is_dir()
+    assert [(r.check, r.success) for r in status.recoveries] == [("storage", True)]
+    assert status.recoveries[0].action == f"recreated {storage}"
+    assert checker.recovery_history == status.recoveries
 
 
 async def test_auto_recovery_follows_the_context_manager_config(tmp_path: Path) -> None:

@@ -648,24 +648,55 @@ class HealthChecker:
                 problems.append(f"{path}: {free_mb:.0f} MB free (< {limits.min_free_disk_mb:.0f} MB)")
                 if worst is HealthState.HEALTHY:
                     worst = HealthState.DEGRADED
+        memory = self._memory_manager()
+        lost = self._lost_memory_files(memory)
+        if lost:
+            names = ", ".join(path.name for path in lost)
+            problems.append(f"memory files removed while open: {names}")
+            details["lost_memory_files"] = [str(path) for path in lost]
+            worst = HealthState.UNHEALTHY
         if worst is HealthState.HEALTHY:
             return CheckOutcome(worst, f"{len(directories)} directories writable", details)
+        log_lost = any(path.suffix == ".jsonl" for path in lost)
+        recommendation = (
+            "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
+            "permissions or free disk space under storage_path."
+        )
+        if any(path.suffix != ".jsonl" for path in lost):
+            recommendation += (
+                " The long-term database file was deleted while open: its rows live only in the open "
+                "file until the process ends. Export them now (memory_manager.export_memories), then "
+                "restart and import them."
+            )
 
-        def recreate() -> str:
+        async def recreate() -> str:
+            done = []
             for path in missing:
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return "recreated " + ", ".join(str(path) for path in missing)
+                await asyncio.to_thread(path.mkdir, mode=0o700, parents=True, exist_ok=True)
+                done.append(f"recreated {path}")
+            if log_lost and memory is not None and hasattr(memory, "optimize"):
+                await memory.optimize()  # compaction rewrites the log from the live memories and reopens it
+                done.append("rewrote the memory log from the live memories")
+            return "; ".join(done)
 
         return CheckOutcome(
             worst,
             "; ".join(problems),
             details,
-            recommendation=(
-                "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
-                "permissions or free disk space under storage_path."
-            ),
-            repair=recreate if missing else None,
+            recommendation=recommendation,
+            repair=recreate if missing or log_lost else None,
         )
+
+    @staticmethod
+    def _lost_memory_files(memory: Any) -> list[Path]:
+        """Files an open memory manager writes to that no longer exist (deleted behind its back)."""
+        if memory is None or not getattr(memory, "is_initialized", False):
+            return []
+        from context_manager.core.memory.file_store import LOG_FILE_NAME
+        from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+
+        root = Path(memory.storage_path)
+        return [root / name for name in (LOG_FILE_NAME, DATABASE_FILE_NAME) if not (root / name).exists()]
 
     async def _check_database(self) -> CheckOutcome:
         memory_manager = self._memory_manager()
