@@ -61,3 +61,23 @@ def test_protected_messages() -> None:
     assert Message.create("user", "x", pinned=True).is_protected
     assert Message.create("user", "x", priority="critical").is_protected
     assert not Message.create("user", "x", priority="high").is_protected
+
+
+def test_message_ids_are_unique_within_and_across_processes() -> None:
+    import os
+    import sys
+
+    from context_manager.core.messages import new_message_id
+
+    ids = {new_message_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    if hasattr(os, "fork"):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: ids must not repeat the parent's sequence
+            os.write(write_end, new_message_id().encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        child_id = os.read(read_end, 200).decode()
+        assert child_id not in ids and child_id != new_message_id()
+    assert sys.modules["context_manager.core.messages"] is not None

@@ -5,10 +5,11 @@ Roles and priorities accept the user guide's strings (``"user"``, ``"high"``) or
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -36,10 +37,9 @@ class Role(StrEnum):
         if isinstance(value, Role):
             return value
         if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
-            except ValueError:
-                pass
+            found = _ROLES_BY_TEXT.get(value) or _ROLES_BY_TEXT.get(value.strip().lower())
+            if found is not None:
+                return found
         raise InvalidRoleError("role", value, "one of " + ", ".join(repr(r.value) for r in cls))
 
 
@@ -69,19 +69,33 @@ class Priority(StrEnum):
         if isinstance(value, Priority):
             return value
         if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
-            except ValueError:
-                pass
+            found = _PRIORITIES_BY_TEXT.get(value) or _PRIORITIES_BY_TEXT.get(value.strip().lower())
+            if found is not None:
+                return found
         raise InvalidPriorityError("priority", value, "one of " + ", ".join(repr(p.value) for p in cls))
 
 
 _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+# Plain dict lookups: Enum(value) costs about a microsecond on the add_message hot path.
+_ROLES_BY_TEXT: dict[str, Role] = {role.value: role for role in Role}
+_PRIORITIES_BY_TEXT: dict[str, Priority] = {priority.value: priority for priority in Priority}
+
+
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+_id_prefix_pid = os.getpid()
 
 
 def new_message_id() -> str:
-    """Return a new unique message id."""
-    return f"msg_{uuid.uuid4().hex}"
+    """Return a new unique message id.
+
+    A random per-process prefix plus a counter: unique across processes and restarts, and about ten times
+    cheaper than ``uuid4`` on the ``add_message`` hot path. The prefix is renewed in a forked child.
+    """
+    global _ID_PREFIX, _id_prefix_pid, _id_counter
+    if os.getpid() != _id_prefix_pid:  # a forked child must not reuse the parent's ids
+        _ID_PREFIX, _id_prefix_pid, _id_counter = os.urandom(8).hex(), os.getpid(), itertools.count(1)
+    return f"msg_{_ID_PREFIX}{next(_id_counter):x}"
 
 
 def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> None:

@@ -139,6 +139,12 @@ class ExactTokenCounter:
         self._tokenizer = _backend(encoding_name)
         self._count_raw = self._tokenizer.count
         self._cache: dict[str, int] = {}
+        from context_manager.core.messages import Role
+
+        # Roles are few: count them once instead of on every message.
+        self._role_tokens: dict[Any, int] = {
+            role: TOKENS_PER_MESSAGE + self._count_raw(role.value) for role in Role
+        }
 
     def __repr__(self) -> str:
         return f"ExactTokenCounter({self.encoding_name!r})"
@@ -172,7 +178,7 @@ class ExactTokenCounter:
     def count_message(self, message: Message) -> int:
         """Return what ``message`` costs in a prompt, with the chat-format overhead (module docstring)."""
         count = self.count
-        total = TOKENS_PER_MESSAGE + count(message.role.value)
+        total = self._role_tokens[message.role]
         if message.content:
             total += count(message.content)
         if message.name:
