@@ -86,6 +86,15 @@ _EXPORTS: dict[str, str] = {
     "HealthState": "context_manager.core.health_checker",
     "HealthStatus": "context_manager.core.health_checker",
     "DiagnosticReport": "context_manager.core.health_checker",
+    # tools
+    "tool": "context_manager.core.tool_system",
+    "ToolCategory": "context_manager.core.tool_system",
+    "ToolPermission": "context_manager.core.tool_system",
+    "ToolDefinition": "context_manager.core.tool_system",
+    "ToolManager": "context_manager.core.tool_system",
+    "ToolResult": "context_manager.core.tool_system",
+    "ToolErrorType": "context_manager.core.tool_system",
+    "PermissionPolicy": "context_manager.core.tool_system",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -162,3 +171,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_openai_messages,
     )
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
+    from context_manager.core.tool_system import (
+        PermissionPolicy,
+        ToolCategory,
+        ToolDefinition,
+        ToolErrorType,
+        ToolManager,
+        ToolPermission,
+        ToolResult,
+        tool,
+    )
