@@ -407,3 +407,24 @@ async def test_damaged_fts_index_through_the_manager(context_manager: EnhancedCo
     assert status.recoveries[0].action.startswith("rebuilt the full-text indexes (short: ")
     assert "long: 20 rows" in status.recoveries[0].action
     assert len(await context_manager.search_memory("kubernetes", limit=5)) == 5
+
+
+async def test_a_killed_monitor_sampler_is_restarted(context_manager: EnhancedContextManager) -> None:
+    checker = context_manager.health_checker
+    monitor = context_manager.performance_monitor
+    assert checker is not None and monitor is not None and monitor.sampler_alive
+    sampler = next(task for task in asyncio.all_tasks() if task.get_name() == "PerformanceMonitor.sampler")
+    sampler.cancel()  # the fault: something cancels the sampler from outside
+    await asyncio.gather(sampler, return_exceptions=True)
+    assert not monitor.sampler_alive
+
+    checker.enable_auto_recovery = False
+    status = await checker.perform_health_check()
+    assert status.checks["background_tasks"].details["dead"] == ["performance_monitor"]
+    assert status.status is HealthState.DEGRADED
+
+    checker.enable_auto_recovery = True
+    status = await checker.perform_health_check()
+    assert status.status is HealthState.HEALTHY
+    assert status.recoveries[0].action == "restarted performance_monitor"
+    assert monitor.sampler_alive

@@ -197,10 +197,7 @@ class EnhancedContextManager:
         checker = HealthChecker(check_interval=self.config.health_check_interval, context_manager=self)
         self.health_checker = checker
         if monitor is not None:
-            await monitor.start_monitoring()
-            checker.watch_background_task(
-                "performance_monitor", lambda: monitor.sampler_alive, monitor.start_monitoring
-            )
+            await monitor.start_monitoring()  # the checker watches its sampler (and restarts it)
         if self.config.enable_health_checks:
             await checker.start()
             checker.watch_background_task("health_checks", lambda: checker.is_running, checker.start)

@@ -287,6 +287,13 @@ class HealthChecker:
         self._task: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self._register_builtin_checks()
+        own_monitor = getattr(context_manager, "performance_monitor", None)
+        if isinstance(own_monitor, PerformanceMonitor):  # its sampler should run while it is monitoring
+            self.watch_background_task(
+                "performance_monitor",
+                lambda: own_monitor.sampler_alive or not own_monitor.is_monitoring,
+                own_monitor.start_monitoring,
+            )
 
     # ------------------------------------------------------------------------------------ registry
 
