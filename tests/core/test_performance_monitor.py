@@ -496,3 +496,14 @@ def test_importing_the_module_does_not_import_psutil_or_prometheus() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
+    monitor = PerformanceMonitor(history_size=100)
+    start = time.perf_counter()
+    for _ in range(5000):
+        monitor.record_operation("fast", 0.0, True)
+    elapsed = time.perf_counter() - start
+    rate = monitor.get_current_metrics().operations_per_second
+    # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them
+    assert rate > 0.5 * 5000 / max(elapsed, 1e-3)

@@ -735,10 +735,14 @@ class PerformanceMonitor:
     def _operations_per_second(self, now: float) -> float:
         window_start = now - _RATE_WINDOW_S
         with self._lock:
+            buffer_full = len(self._recent) == self.history_size
             recent = [timestamp for timestamp, _ in self._recent if timestamp >= window_start]
         if not recent:
             return 0.0
-        elapsed = now - max(window_start, self._created)
+        if buffer_full and len(recent) == self.history_size:
+            elapsed = now - recent[0]  # the ring buffer spans less than the window: rate over its span
+        else:
+            elapsed = now - max(window_start, self._created)
         return len(recent) / elapsed if elapsed > 0 else 0.0
 
     def get_current_metrics(self) -> PerformanceMetrics:
