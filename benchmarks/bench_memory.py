@@ -121,7 +121,7 @@ class RawFts:
         self.connection.execute("CREATE VIRTUAL TABLE temp.raw_terms USING fts5vocab(main, raw, 'row')")
         self.stemmer = Stemmer()
 
-    def pruned_match(self, query: str, ratio: float, minimum: int, total: int) -> str:
+    def pruned_match(self, query: str, weights: RankingWeights, total: int) -> str:
         """The query without its very common words, as the manager builds it (same rule, same data)."""
         tokens = query_tokens(query)
         stems = self.stemmer.stems(tokens)
@@ -129,7 +129,16 @@ class RawFts:
         frequencies = dict(
             self.connection.execute(f"SELECT term, doc FROM temp.raw_terms WHERE term IN ({marks})", stems)
         )
-        return build_match(prune_common_terms(tokens, stems, frequencies, total, ratio, minimum), None)
+        kept = prune_common_terms(
+            tokens,
+            stems,
+            frequencies,
+            total,
+            weights.common_term_ratio,
+            weights.common_term_min_documents,
+            weights.common_term_max_documents,
+        )
+        return build_match(kept, None)
 
     def bulk(self, texts: list[str]) -> float:
         started = time.perf_counter()
@@ -175,10 +184,7 @@ async def measure_size(
         raw.query(match)  # warm the page cache like the manager's warm-up below
     raw_search = [raw.query(match) for match in raw_queries]
     weights = RankingWeights()
-    pruned_queries = [
-        raw.pruned_match(q, weights.common_term_ratio, weights.common_term_min_documents, size)
-        for q in queries
-    ]
+    pruned_queries = [raw.pruned_match(q, weights, size) for q in queries]
     raw_pruned = [raw.query(match) for match in pruned_queries]
     raw_insert = [raw.insert_one(text) for text in new_texts]
     raw.close()

@@ -136,3 +136,13 @@ def test_prune_common_terms() -> None:
     # a kept word that matches nothing does not count
     assert prune_common_terms(["the", "qqq"], ["the", "qqq"], frequencies, 10000, 0.1) == ["qqq", "the"]
     assert prune_common_terms(["qqq"], ["qqq"], {}, 10000, 0.1) == ["qqq"]
+
+
+def test_prune_caps_document_frequency() -> None:
+    from context_manager.core.memory.ranking import prune_common_terms
+
+    frequencies = {"common": 5000, "rare": 10}
+    tokens = ["common", "rare"]
+    # 5% of a million is far above the cap: the cap decides
+    assert prune_common_terms(tokens, tokens, frequencies, 1_000_000, 0.1, 1000, 2000) == ["rare"]
+    assert prune_common_terms(tokens, tokens, frequencies, 1_000_000, 0.1, 1000, None) == tokens

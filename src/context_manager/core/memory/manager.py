@@ -96,6 +96,7 @@ logger = logging.getLogger(__name__)
 _TOUCH_BATCH = 256
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
 _IMPORT_BATCH = 2000
+_INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop (no thread hop)
 
 
 UserScope = str | None | AllUsers
@@ -625,22 +626,24 @@ class MemoryManager:
             for term, count in store.document_frequencies(stems).items():
                 frequencies[term] = frequencies.get(term, 0) + count
 
-        def long_search() -> tuple[str, list[tuple[Memory, float]]]:
-            total = volatile_total
-            if weights.common_term_ratio < 1.0 and search_long:
-                total += long_store.count()
-                for term, count in long_store.document_frequencies(stems).items():
-                    frequencies[term] = frequencies.get(term, 0) + count
-            kept = prune_common_terms(
-                tokens,
-                stems,
-                frequencies,
-                total,
-                weights.common_term_ratio,
-                weights.common_term_min_documents,
-            )
-            expression = build_match(kept, owner)
-            return expression, (long_store.search(expression, pool) if search_long else [])
+        long_frequencies: dict[str, int] = {}
+        total = volatile_total
+        if weights.common_term_ratio < 1.0 and search_long:
+            # an index seek per word: bounded and fast, so it runs on the loop
+            total += long_store.count()
+            long_frequencies = long_store.document_frequencies(stems)
+            for term, count in long_frequencies.items():
+                frequencies[term] = frequencies.get(term, 0) + count
+        kept = prune_common_terms(
+            tokens,
+            stems,
+            frequencies,
+            total,
+            weights.common_term_ratio,
+            weights.common_term_min_documents,
+            weights.common_term_max_documents,
+        )
+        match = build_match(kept, owner)
 
         def keep(memory: Memory) -> bool:
             if memory.superseded_by is not None:
@@ -658,10 +661,15 @@ class MemoryManager:
             return not (until_ts is not None and memory.created_at > until_ts)
 
         use_vectors = self.embedder is not None and weights.vector > 0 and bool(self._vectors)
+        long_hits: list[tuple[Memory, float]] = []
         if search_long:
-            match, long_hits = await asyncio.to_thread(long_search)
-        else:
-            match, long_hits = long_search()
+            kept_stems = dict(zip(tokens, stems, strict=True))
+            postings = sum(long_frequencies.get(kept_stems[token], 0) for token in kept)
+            if long_frequencies and postings <= _INLINE_POSTINGS:
+                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
+                long_hits = long_store.search(match, pool)
+            else:
+                long_hits = await asyncio.to_thread(long_store.search, match, pool)
         query_vector = (await self._embed([query]))[0] if use_vectors else None
         found: dict[str, tuple[Memory, float]] = {}
         for store in (short, medium):

@@ -96,7 +96,10 @@ class RankingWeights:
     weigh almost nothing in BM25 yet dominate its cost (every matching memory must be scored).
     ``1.0`` keeps every word."""
     common_term_min_documents: int = 1000
-    """Words in fewer memories than this are always kept (they are cheap to score)."""
+    """Words in at most this many memories are always kept (they are cheap to score)."""
+    common_term_max_documents: int = 2000
+    """Words in more memories than this are left out too when rarer words remain, whatever the share;
+    it bounds the cost of a query as the store grows (such words weigh little in BM25 at that size)."""
 
     def with_changes(self, **changes: Any) -> RankingWeights:
         """Return a copy with some weights changed."""
@@ -241,14 +244,18 @@ def prune_common_terms(
     total: int,
     ratio: float,
     min_documents: int = 0,
+    max_documents: int | None = None,
 ) -> list[str]:
     """Drop the tokens whose stem is in more than ``ratio`` of ``total`` documents (and ``min_documents``).
 
-    When no kept token matches anything, the rarest token that does is kept too.
+    With ``max_documents``, tokens in more documents than that are dropped whatever their share. When no
+    kept token matches anything, the rarest token that does is kept too.
     """
     if ratio >= 1.0 or total <= 0 or not tokens:
         return list(tokens)
     limit = max(ratio * total, min_documents)
+    if max_documents is not None:
+        limit = min(limit, max_documents)
     pairs = list(zip(tokens, stems, strict=True))
     kept = [token for token, stem in pairs if frequencies.get(stem, 0) <= limit]
     if any(frequencies.get(stem, 0) > 0 for token, stem in pairs if token in kept):
