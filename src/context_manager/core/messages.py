@@ -268,9 +268,10 @@ class Message:
             raise InvalidMessageError("pinned", pinned, "True or False")
         if metadata is None:
             metadata = {}
-        if not isinstance(metadata, dict):
+        elif not isinstance(metadata, dict):
             raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
-        _check_json(metadata, "metadata")
+        elif metadata:
+            _check_json(metadata, "metadata")
         if name is not None and (not isinstance(name, str) or not name):
             raise InvalidMessageError("name", name, "None or a non-empty string")
         calls: list[ToolCall] = []
@@ -303,7 +304,7 @@ class Message:
             content=content,
             priority=parsed_priority,
             pinned=pinned,
-            metadata=dict(metadata),
+            metadata=dict(metadata) if metadata else {},
             tool_calls=calls,
             tool_call_id=tool_call_id,
             name=name,
