@@ -32,6 +32,7 @@ from context_manager.core.tool_system.permissions import (
     PermissionPolicy,
 )
 from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
+from context_manager.core.tool_system.registry import ToolRegistry
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
 
@@ -47,6 +48,7 @@ __all__ = [
     "ToolErrorType",
     "ToolManager",
     "ToolPermission",
+    "ToolRegistry",
     "ToolResult",
     "ToolResultCache",
     "execute_tool_calls_in_window",

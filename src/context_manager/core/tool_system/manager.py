@@ -1,4 +1,4 @@
-"""The tool registry and executor: :class:`ToolManager`.
+"""The tool executor: :class:`ToolManager`, a tool registry that also runs the tools.
 
 Every call goes through the same steps, in this order, and comes back as a
 :class:`~context_manager.core.tool_system.results.ToolResult` - the manager never raises for tool-side
@@ -38,32 +38,23 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import (
-    InvalidArgumentError,
-    InvalidMessageError,
-    ToolNotFoundError,
-    ToolRegistrationError,
-)
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import ToolCall
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
-from context_manager.core.tool_system.definition import (
-    ToolCategory,
-    ToolDefinition,
-    ToolPermission,
-    get_tool_definition,
-)
+from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
     ApprovalCallback,
     PermissionDecision,
     PermissionPolicy,
 )
 from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
+from context_manager.core.tool_system.registry import SchemaFormat, ToolRegistry
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 from context_manager.core.tool_system.schema import check_arguments_against_schema, describe_validation_error
 
@@ -71,27 +62,9 @@ __all__ = ["ParsedToolCall", "SchemaFormat", "ToolManager"]
 
 logger = logging.getLogger(__name__)
 
-SchemaFormat = Literal["openai", "anthropic"]
-"""Provider formats :meth:`ToolManager.get_tool_schemas` can produce."""
-
 _perf_counter = time.perf_counter
-_SCHEMA_FORMATS = ("openai", "anthropic")
 _LISTED_TOOLS = 30  # an unknown-tool error names at most this many registered tools
 _ARGUMENT_FIELDS = ("tool_calls[].arguments", "tool_calls[].function.arguments")
-_REGISTRATION_OPTIONS = frozenset(
-    {
-        "category",
-        "tags",
-        "timeout",
-        "permission",
-        "rate_limit",
-        "rate_window",
-        "cacheable",
-        "cache_ttl",
-        "max_output_tokens",
-        "parameters_schema",
-    }
-)
 
 
 class _ToolStats:
@@ -107,6 +80,20 @@ class _ToolStats:
         self.total_time = 0.0
         self.last_called: float | None = None
         self.errors: dict[str, int] = {}
+
+    def record(
+        self, elapsed: float, error_type: ToolErrorType | None = None, *, cached: bool = False
+    ) -> None:
+        """Count one finished call: a success when ``error_type`` is None, else a failure of that type."""
+        self.calls += 1
+        self.total_time += elapsed
+        self.last_called = time.time()
+        if error_type is None:
+            self.successes += 1
+            self.cache_hits += cached
+        else:
+            self.failures += 1
+            self.errors[error_type.value] = self.errors.get(error_type.value, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -163,8 +150,10 @@ def _encode_result(value: Any) -> tuple[Any, str]:
     return (json.loads(text) if encoder.converted else value), text
 
 
-class ToolManager:
+class ToolManager(ToolRegistry):
     """Registers tools, describes them to models and runs them safely.
+
+    Registration, listing and schemas come from :class:`ToolRegistry`; this class runs the calls.
 
     Args:
         config: Supplies ``max_tool_timeout``, ``enable_tool_caching`` and ``max_concurrent_tool_calls``
@@ -208,226 +197,20 @@ class ToolManager:
         """The policy deciding which tools run freely (replace it to change the rules)."""
         self.approval_callback = approval_callback
         """Consulted for calls the policy asks about; None denies them."""
+        super().__init__()
         self._clock = clock if clock is not None else time.monotonic
-        self._tools: dict[str, ToolDefinition] = {}
         self._stats: dict[str, _ToolStats] = {}
         self._unknown_calls = 0
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
 
-    # ------------------------------------------------------------------ registry
-
-    def __len__(self) -> int:
-        return len(self._tools)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
-
-    def register_function_tool(
-        self,
-        name: str,
-        function: Callable[..., Any],
-        description: str | None = None,
-        *,
-        replace: bool = False,
-        **options: Any,
-    ) -> ToolDefinition:
-        """Register ``function`` as the tool ``name``.
-
-        A function already decorated with ``@tool`` keeps its options, with ``name``, ``description`` and
-        ``options`` given here taking precedence. Registering the same function under the same name with
-        the same options again is a no-op.
-
-        Args:
-            name: The tool's name (``^[a-zA-Z0-9_-]{1,64}$``).
-            function: An async or sync callable (see the module docstring for calling conventions).
-            description: What the tool does; defaults to the decorator's or the docstring's.
-            replace: Replace a different tool registered under ``name`` instead of raising.
-            **options: Any ``@tool`` option: ``category``, ``tags``, ``timeout``, ``permission``,
-                ``rate_limit``, ``rate_window``, ``cacheable``, ``cache_ttl``, ``max_output_tokens``,
-                ``parameters_schema``.
-
-        Returns:
-            The registered definition.
-
-        Raises:
-            ToolRegistrationError: invalid name or option, not callable, or the name is taken; the registry
-                is unchanged.
-        """
-        for key in options:
-            if key not in _REGISTRATION_OPTIONS:
-                raise ToolRegistrationError(
-                    "options",
-                    key,
-                    "one of " + ", ".join(sorted(_REGISTRATION_OPTIONS)),
-                    detail="unknown option",
-                )
-        if not callable(function):
-            raise ToolRegistrationError("function", function, "a callable (function or method)")
-        if description is not None and not isinstance(description, str):
-            raise ToolRegistrationError("description", description, "a str or None")
-        base = get_tool_definition(function)
-        if base is not None:
-            changes: dict[str, Any] = dict(options)
-            if name != base.name:
-                changes["name"] = name
-            if description:
-                changes["description"] = description
-            definition = base.with_options(**changes) if changes else base
-        else:
-            definition = ToolDefinition(
-                name=name, function=function, description=description or "", **options
-            )
-        return self._add(definition, replace=replace)
-
-    def register_tool(
-        self, tool: ToolDefinition | Callable[..., Any], *, replace: bool = False
-    ) -> ToolDefinition:
-        """Register a :class:`ToolDefinition`, a ``@tool``-decorated function or a plain function.
-
-        A plain function is registered under its ``__name__`` with its docstring as description.
-
-        Raises:
-            ToolRegistrationError: invalid definition, or the name is taken (without ``replace=True``).
-        """
-        if isinstance(tool, ToolDefinition):
-            definition = tool
-        elif callable(tool):
-            found = get_tool_definition(tool)
-            definition = (
-                found
-                if found is not None
-                else ToolDefinition(name=getattr(tool, "__name__", ""), function=tool)
-            )
-        else:
-            raise ToolRegistrationError("tool", tool, "a ToolDefinition or a callable")
-        return self._add(definition, replace=replace)
-
-    def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
-        existing = self._tools.get(definition.name)
-        if existing is not None and not replace:
-            if existing.function is definition.function and existing.options() == definition.options():
-                return existing  # the same tool registered twice
-            raise ToolRegistrationError(
-                "name",
-                definition.name,
-                "a name not already registered",
-                detail="pass replace=True to replace the registered tool",
-            )
-        if existing is not None:
-            self._forget_state(definition.name)
-        self._tools[definition.name] = definition
+    def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
-        return definition
 
-    def _forget_state(self, name: str) -> None:
+    def _tool_removed(self, name: str) -> None:
+        self._stats.pop(name, None)
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
-
-    def unregister_tool(self, name: str) -> ToolDefinition:
-        """Remove the tool ``name`` (with its cached results, rate-limit state and statistics).
-
-        Returns:
-            The definition that was removed.
-
-        Raises:
-            ToolNotFoundError: no tool has this name.
-        """
-        definition = self._tools.pop(name, None)
-        if definition is None:
-            raise ToolNotFoundError(name)
-        self._stats.pop(name, None)
-        self._forget_state(name)
-        return definition
-
-    def get_tool(self, name: str) -> ToolDefinition:
-        """Return the definition of ``name``.
-
-        Raises:
-            ToolNotFoundError: no tool has this name.
-        """
-        definition = self._tools.get(name)
-        if definition is None:
-            raise ToolNotFoundError(name)
-        return definition
-
-    def list_tools(
-        self, category: ToolCategory | str | None = None, tags: Iterable[str] | None = None
-    ) -> list[ToolDefinition]:
-        """Return the registered tools in registration order, optionally filtered.
-
-        Args:
-            category: Keep tools of this category.
-            tags: Keep tools carrying every one of these tags.
-
-        Raises:
-            InvalidArgumentError: unknown category, or ``tags`` is not a collection of strings.
-        """
-        wanted_category: ToolCategory | None = None
-        if category is not None:
-            try:
-                wanted_category = ToolCategory(
-                    category.strip().lower() if isinstance(category, str) else category
-                )
-            except ValueError:
-                raise InvalidArgumentError(
-                    "category", category, "one of " + ", ".join(repr(c.value) for c in ToolCategory)
-                ) from None
-        wanted_tags: set[str] = set()
-        if tags is not None:
-            if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
-                raise InvalidArgumentError("tags", tags, "a list of strings")
-            wanted_tags = set(tags)
-        return [
-            definition
-            for definition in self._tools.values()
-            if (wanted_category is None or definition.category is wanted_category)
-            and wanted_tags.issubset(definition.tags)
-        ]
-
-    def get_tool_schemas(
-        self, format: SchemaFormat = "openai", *, names: Iterable[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Describe the tools in a provider's request format.
-
-        ``"openai"`` gives Chat Completions ``tools`` entries
-        (``{"type": "function", "function": {"name", "description", "parameters"}}``); ``"anthropic"`` gives
-        Messages API ``tools`` entries (``{"name", "description", "input_schema"}``).
-
-        Args:
-            format: ``"openai"`` or ``"anthropic"``.
-            names: Only these tools (default: all, in registration order).
-
-        Raises:
-            InvalidArgumentError: unknown format.
-            ToolNotFoundError: a name in ``names`` is not registered.
-        """
-        if format not in _SCHEMA_FORMATS:
-            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
-        definitions = list(self._tools.values()) if names is None else [self.get_tool(name) for name in names]
-        schemas: list[dict[str, Any]] = []
-        for definition in definitions:
-            parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
-            if format == "openai":
-                schemas.append(
-                    {
-                        "type": "function",
-                        "function": {
-                            "name": definition.name,
-                            "description": definition.description,
-                            "parameters": parameters,
-                        },
-                    }
-                )
-            else:
-                schemas.append(
-                    {
-                        "name": definition.name,
-                        "description": definition.description,
-                        "input_schema": parameters,
-                    }
-                )
-        return schemas
 
     # ------------------------------------------------------------------ execution
 
@@ -528,11 +311,7 @@ class ToolManager:
                     elapsed = _perf_counter() - started
                     stats = self._stats.get(name)
                     if stats is not None:
-                        stats.calls += 1
-                        stats.successes += 1
-                        stats.cache_hits += 1
-                        stats.total_time += elapsed
-                        stats.last_called = time.time()
+                        stats.record(elapsed, cached=True)
                     return ToolResult(
                         success=True,
                         result=value,
@@ -610,10 +389,7 @@ class ToolManager:
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
-            stats.calls += 1
-            stats.successes += 1
-            stats.total_time += elapsed
-            stats.last_called = time.time()
+            stats.record(elapsed)
         return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
 
     async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
@@ -655,11 +431,7 @@ class ToolManager:
         elapsed = _perf_counter() - started
         stats = self._stats.get(definition.name)
         if stats is not None:
-            stats.calls += 1
-            stats.failures += 1
-            stats.total_time += elapsed
-            stats.last_called = time.time()
-            stats.errors[error_type.value] = stats.errors.get(error_type.value, 0) + 1
+            stats.record(elapsed, error_type)
         logger.debug("tool %r failed: %s", definition.name, error_type.value)
         return ToolResult(
             success=False,

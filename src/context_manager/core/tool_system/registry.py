@@ -1,0 +1,278 @@
+"""The tool registry: :class:`ToolRegistry` registers tool definitions and describes them to providers.
+
+It is the I/O-free half of :class:`~context_manager.core.tool_system.manager.ToolManager`, which adds
+running the tools (validation, permissions, rate limits, cache, timeouts). Used alone, a registry validates
+and lists tools and produces their schemas in OpenAI or Anthropic format without running anything::
+
+    registry = ToolRegistry()
+    registry.register_tool(word_count)          # a @tool-decorated function
+    registry.get_tool_schemas("anthropic")      # [{"name": "word_count", "input_schema": ...}]
+
+Registration validates everything before changing anything: a rejected registration (a name taken without
+``replace=True``, a name a provider would reject, a non-callable, an invalid option) raises
+:class:`~context_manager.core.errors.ToolRegistrationError` and leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
+from context_manager.core.tool_system.definition import (
+    ToolCategory,
+    ToolDefinition,
+    get_tool_definition,
+)
+
+__all__ = ["SchemaFormat", "ToolRegistry"]
+
+SchemaFormat = Literal["openai", "anthropic"]
+"""Provider formats :meth:`ToolRegistry.get_tool_schemas` can produce."""
+
+_SCHEMA_FORMATS = ("openai", "anthropic")
+_REGISTRATION_OPTIONS = frozenset(
+    {
+        "category",
+        "tags",
+        "timeout",
+        "permission",
+        "rate_limit",
+        "rate_window",
+        "cacheable",
+        "cache_ttl",
+        "max_output_tokens",
+        "parameters_schema",
+    }
+)
+
+
+class ToolRegistry:
+    """Tool definitions by name, in registration order, with their provider schemas.
+
+    Example:
+        >>> registry = ToolRegistry()
+        >>> async def shout(text: str) -> str:
+        ...     return text.upper()
+        >>> registry.register_function_tool("shout", shout, "Upper-case a text").name
+        'shout'
+        >>> registry.get_tool_schemas("anthropic")[0]["input_schema"]["required"]
+        ['text']
+    """
+
+    def __init__(self) -> None:
+        self._tools: dict[str, ToolDefinition] = {}
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def register_function_tool(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        description: str | None = None,
+        *,
+        replace: bool = False,
+        **options: Any,
+    ) -> ToolDefinition:
+        """Register ``function`` as the tool ``name``.
+
+        A function already decorated with ``@tool`` keeps its options, with ``name``, ``description`` and
+        ``options`` given here taking precedence. Registering the same function under the same name with
+        the same options again is a no-op.
+
+        Args:
+            name: The tool's name (``^[a-zA-Z0-9_-]{1,64}$``).
+            function: An async or sync callable (see the module docstring for calling conventions).
+            description: What the tool does; defaults to the decorator's or the docstring's.
+            replace: Replace a different tool registered under ``name`` instead of raising.
+            **options: Any ``@tool`` option: ``category``, ``tags``, ``timeout``, ``permission``,
+                ``rate_limit``, ``rate_window``, ``cacheable``, ``cache_ttl``, ``max_output_tokens``,
+                ``parameters_schema``.
+
+        Returns:
+            The registered definition.
+
+        Raises:
+            ToolRegistrationError: invalid name or option, not callable, or the name is taken; the registry
+                is unchanged.
+        """
+        for key in options:
+            if key not in _REGISTRATION_OPTIONS:
+                raise ToolRegistrationError(
+                    "options",
+                    key,
+                    "one of " + ", ".join(sorted(_REGISTRATION_OPTIONS)),
+                    detail="unknown option",
+                )
+        if not callable(function):
+            raise ToolRegistrationError("function", function, "a callable (function or method)")
+        if description is not None and not isinstance(description, str):
+            raise ToolRegistrationError("description", description, "a str or None")
+        base = get_tool_definition(function)
+        if base is not None:
+            changes: dict[str, Any] = dict(options)
+            if name != base.name:
+                changes["name"] = name
+            if description:
+                changes["description"] = description
+            definition = base.with_options(**changes) if changes else base
+        else:
+            definition = ToolDefinition(
+                name=name, function=function, description=description or "", **options
+            )
+        return self._add(definition, replace=replace)
+
+    def register_tool(
+        self, tool: ToolDefinition | Callable[..., Any], *, replace: bool = False
+    ) -> ToolDefinition:
+        """Register a :class:`ToolDefinition`, a ``@tool``-decorated function or a plain function.
+
+        A plain function is registered under its ``__name__`` with its docstring as description.
+
+        Raises:
+            ToolRegistrationError: invalid definition, or the name is taken (without ``replace=True``).
+        """
+        if isinstance(tool, ToolDefinition):
+            definition = tool
+        elif callable(tool):
+            found = get_tool_definition(tool)
+            definition = (
+                found
+                if found is not None
+                else ToolDefinition(name=getattr(tool, "__name__", ""), function=tool)
+            )
+        else:
+            raise ToolRegistrationError("tool", tool, "a ToolDefinition or a callable")
+        return self._add(definition, replace=replace)
+
+    def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
+        existing = self._tools.get(definition.name)
+        if existing is not None and not replace:
+            if existing.function is definition.function and existing.options() == definition.options():
+                return existing  # the same tool registered twice
+            raise ToolRegistrationError(
+                "name",
+                definition.name,
+                "a name not already registered",
+                detail="pass replace=True to replace the registered tool",
+            )
+        if existing is not None:
+            self._tool_removed(definition.name)
+        self._tools[definition.name] = definition
+        self._tool_added(definition)
+        return definition
+
+    def _tool_added(self, definition: ToolDefinition) -> None:
+        """Hook called after ``definition`` entered the registry (subclasses set up per-tool state)."""
+
+    def _tool_removed(self, name: str) -> None:
+        """Hook called when ``name`` is unregistered or about to be replaced (subclasses drop its state)."""
+
+    def unregister_tool(self, name: str) -> ToolDefinition:
+        """Remove the tool ``name`` (with its cached results, rate-limit state and statistics).
+
+        Returns:
+            The definition that was removed.
+
+        Raises:
+            ToolNotFoundError: no tool has this name.
+        """
+        definition = self._tools.pop(name, None)
+        if definition is None:
+            raise ToolNotFoundError(name)
+        self._tool_removed(name)
+        return definition
+
+    def get_tool(self, name: str) -> ToolDefinition:
+        """Return the definition of ``name``.
+
+        Raises:
+            ToolNotFoundError: no tool has this name.
+        """
+        definition = self._tools.get(name)
+        if definition is None:
+            raise ToolNotFoundError(name)
+        return definition
+
+    def list_tools(
+        self, category: ToolCategory | str | None = None, tags: Iterable[str] | None = None
+    ) -> list[ToolDefinition]:
+        """Return the registered tools in registration order, optionally filtered.
+
+        Args:
+            category: Keep tools of this category.
+            tags: Keep tools carrying every one of these tags.
+
+        Raises:
+            InvalidArgumentError: unknown category, or ``tags`` is not a collection of strings.
+        """
+        wanted_category: ToolCategory | None = None
+        if category is not None:
+            try:
+                wanted_category = ToolCategory(
+                    category.strip().lower() if isinstance(category, str) else category
+                )
+            except ValueError:
+                raise InvalidArgumentError(
+                    "category", category, "one of " + ", ".join(repr(c.value) for c in ToolCategory)
+                ) from None
+        wanted_tags: set[str] = set()
+        if tags is not None:
+            if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+                raise InvalidArgumentError("tags", tags, "a list of strings")
+            wanted_tags = set(tags)
+        return [
+            definition
+            for definition in self._tools.values()
+            if (wanted_category is None or definition.category is wanted_category)
+            and wanted_tags.issubset(definition.tags)
+        ]
+
+    def get_tool_schemas(
+        self, format: SchemaFormat = "openai", *, names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Describe the tools in a provider's request format.
+
+        ``"openai"`` gives Chat Completions ``tools`` entries
+        (``{"type": "function", "function": {"name", "description", "parameters"}}``); ``"anthropic"`` gives
+        Messages API ``tools`` entries (``{"name", "description", "input_schema"}``).
+
+        Args:
+            format: ``"openai"`` or ``"anthropic"``.
+            names: Only these tools (default: all, in registration order).
+
+        Raises:
+            InvalidArgumentError: unknown format.
+            ToolNotFoundError: a name in ``names`` is not registered.
+        """
+        if format not in _SCHEMA_FORMATS:
+            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+        definitions = list(self._tools.values()) if names is None else [self.get_tool(name) for name in names]
+        schemas: list[dict[str, Any]] = []
+        for definition in definitions:
+            parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
+            if format == "openai":
+                schemas.append(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": definition.name,
+                            "description": definition.description,
+                            "parameters": parameters,
+                        },
+                    }
+                )
+            else:
+                schemas.append(
+                    {
+                        "name": definition.name,
+                        "description": definition.description,
+                        "input_schema": parameters,
+                    }
+                )
+        return schemas
