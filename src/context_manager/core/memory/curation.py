@@ -1,0 +1,195 @@
+"""Consolidation of near-duplicates (and its undo) and cleanup of old memories."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from context_manager.core.errors import (
+    InvalidMemoryError,
+    MemoryNotFoundError,
+)
+from context_manager.core.memory.consolidation import near_duplicate_groups
+from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier, new_memory_id
+from context_manager.core.memory.state import UserScope
+from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.validation import (
+    check_importance,
+    check_user,
+)
+
+__all__ = ["MemoryCuration"]
+
+
+class MemoryCuration(TierMovement):
+    """``consolidate_memories``, ``undo_consolidation`` and ``cleanup_old_memories``."""
+
+    async def consolidate_memories(
+        self,
+        similarity_threshold: float = 0.85,
+        *,
+        user_id: UserScope = None,
+        semantic_threshold: float = 0.95,
+    ) -> dict[str, Any]:
+        """Merge near-duplicate memories into one long-term memory each.
+
+        Two memories are near-duplicates when the Jaccard similarity of their word sets is at least
+        ``similarity_threshold`` (or, with an embedder, their cosine is at least ``semantic_threshold``).
+        The merged memory keeps the most important text, the highest importance, the union of tags,
+        the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
+        from search, kept until cleanup) so :meth:`undo_consolidation` can reverse a wrong merge.
+
+        Returns:
+            ``consolidated_count`` (originals merged), ``groups`` (one dict per merge: ``merged_id``,
+            ``merged_from``, ``content``), ``merged_ids`` (the new memories), ``examined``.
+        """
+        if (
+            isinstance(similarity_threshold, bool)
+            or not isinstance(similarity_threshold, int | float)
+            or not (0 < similarity_threshold <= 1)
+        ):
+            raise InvalidMemoryError("similarity_threshold", similarity_threshold, "a number > 0 and <= 1")
+        if (
+            isinstance(semantic_threshold, bool)
+            or not isinstance(semantic_threshold, int | float)
+            or not (0 < semantic_threshold <= 1)
+        ):
+            raise InvalidMemoryError("semantic_threshold", semantic_threshold, "a number > 0 and <= 1")
+        check_user(user_id, allow_all=True)
+        self._stores("consolidate_memories")
+        async with self._write_lock:
+            await self._flush_touches_locked()
+            memories = [
+                m
+                for m in await asyncio.to_thread(self._all_memories)
+                if m.superseded_by is None and (user_id is ALL_USERS or m.user_id == user_id)
+            ]
+            groups = near_duplicate_groups(
+                memories,
+                float(similarity_threshold),
+                self._cosine_function() if self.embedder is not None else None,
+                float(semantic_threshold),
+            )
+            now = self._clock()
+            report_groups: list[dict[str, Any]] = []
+            merged_memories: list[Memory] = []
+            superseded: list[Memory] = []
+            for group in groups:
+                primary = max(group, key=lambda m: (m.importance, m.created_at))
+                tags: dict[str, None] = {}
+                for member in group:
+                    tags.update(dict.fromkeys(member.tags))
+                merged = primary.copy(
+                    id=new_memory_id(),
+                    importance=max(m.importance for m in group),
+                    tags=list(tags),
+                    tier=MemoryTier.LONG,
+                    created_at=min(m.created_at for m in group),
+                    last_accessed=max(max(m.last_accessed for m in group), now),
+                    access_count=sum(m.access_count for m in group),
+                    source="consolidation",
+                    superseded_by=None,
+                    merged_from=[m.id for m in group],
+                )
+                merged_memories.append(merged)
+                superseded.extend(member.copy(superseded_by=merged.id) for member in group)
+                report_groups.append(
+                    {
+                        "merged_id": merged.id,
+                        "merged_from": list(merged.merged_from),
+                        "content": merged.content,
+                    }
+                )
+            if merged_memories:
+                await self._put_all(merged_memories, superseded)
+                if self.embedder is not None:
+                    await self._embed_and_store(merged_memories)
+        return {
+            "consolidated_count": len(superseded),
+            "groups": report_groups,
+            "merged_ids": [memory.id for memory in merged_memories],
+            "examined": len(memories),
+        }
+
+    async def undo_consolidation(self, merged_id: str) -> dict[str, Any]:
+        """Reverse a consolidation: delete the merged memory and make its originals visible again.
+
+        Returns:
+            ``restored`` (ids made visible again) and ``deleted`` (the merged id).
+
+        Raises:
+            MemoryNotFoundError: no memory has this id.
+            InvalidMemoryError: the memory is not the result of a consolidation.
+        """
+        merged = await self.get_memory(merged_id)
+        if merged is None:
+            raise MemoryNotFoundError(merged_id)
+        if not merged.merged_from:
+            raise InvalidMemoryError("merged_id", merged_id, "the id of a consolidated memory")
+        async with self._write_lock:
+            originals = await self._get_all_copies(merged.merged_from)
+            restored = [m.copy(superseded_by=None) for m in originals if m.superseded_by == merged_id]
+            await self._put_all([], restored)
+            for copy in await self._locate(merged_id):
+                await self._remove(merged_id, copy.tier)
+        return {"restored": sorted({m.id for m in restored}), "deleted": merged_id}
+
+    async def cleanup_old_memories(
+        self,
+        max_age_days: float = 30.0,
+        *,
+        user_id: UserScope = None,
+        keep_importance: float | None = None,
+        remove_superseded: bool = True,
+    ) -> dict[str, Any]:
+        """Delete memories not created or used for ``max_age_days`` days, and superseded originals.
+
+        Args:
+            max_age_days: Age (since creation or last access, whichever is later) beyond which a memory
+                is removed; 0 removes every memory not used right now.
+            user_id: Whose memories (``None``: the default namespace; :data:`ALL_USERS`: everyone's).
+            keep_importance: Memories at least this important are kept whatever their age.
+            remove_superseded: Also delete the originals that a consolidation superseded.
+
+        Returns:
+            ``removed_count``, ``by_tier`` (``short``/``medium``/``long`` counts), ``superseded_removed``,
+            ``removed_ids``, ``max_age_days``.
+        """
+        if (
+            isinstance(max_age_days, bool)
+            or not isinstance(max_age_days, int | float)
+            or not (math.isfinite(max_age_days) and max_age_days >= 0)
+        ):
+            raise InvalidMemoryError("max_age_days", max_age_days, "a finite number >= 0")
+        if keep_importance is not None:
+            keep_importance = check_importance(keep_importance, field="keep_importance")
+        check_user(user_id, allow_all=True)
+        self._stores("cleanup_old_memories")
+        cutoff = self._clock() - float(max_age_days) * 86400.0
+        async with self._write_lock:
+            await self._flush_touches_locked()
+            copies = await asyncio.to_thread(self._all_copies)
+            by_tier = {tier.value: 0 for tier in MemoryTier}
+            removed: dict[str, Memory] = {}
+            superseded_removed: set[str] = set()
+            for memory in copies:
+                if user_id is not ALL_USERS and memory.user_id != user_id:
+                    continue
+                is_superseded = remove_superseded and memory.superseded_by is not None
+                too_old = max(memory.created_at, memory.last_accessed) < cutoff and (
+                    keep_importance is None or memory.importance < keep_importance
+                )
+                if is_superseded or too_old:
+                    await self._remove(memory.id, memory.tier)
+                    by_tier[memory.tier.value] += 1
+                    removed[memory.id] = memory
+                    if is_superseded:
+                        superseded_removed.add(memory.id)
+        return {
+            "removed_count": len(removed),
+            "by_tier": by_tier,
+            "superseded_removed": len(superseded_removed),
+            "removed_ids": sorted(removed),
+            "max_age_days": float(max_age_days),
+        }

@@ -1,0 +1,180 @@
+"""The state every part of :class:`~context_manager.core.memory.manager.MemoryManager` shares.
+
+:class:`ManagerState` holds the settings, the three stores, the write lock, the pending access updates
+and the background tasks, and reads memories by id across tiers. The other parts of the manager build on
+it: :mod:`~context_manager.core.memory.tiers` (writes to a tier, movement between tiers, vectors, log
+compaction), :mod:`~context_manager.core.memory.writing` (add, update, delete),
+:mod:`~context_manager.core.memory.search`, :mod:`~context_manager.core.memory.curation` (consolidation,
+cleanup) and :mod:`~context_manager.core.memory.maintenance` (stats, export/import, index upkeep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import (
+    InvalidArgumentError,
+    InvalidMemoryError,
+    LifecycleError,
+)
+from context_manager.core.memory.file_store import FileStore, JsonlLog
+from context_manager.core.memory.in_memory_store import InMemoryStore
+from context_manager.core.memory.index import Stemmer, VectorIndex
+from context_manager.core.memory.models import AllUsers, Memory
+from context_manager.core.memory.ranking import RankingWeights
+from context_manager.core.memory.sqlite_store import SQLiteStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from context_manager.core.memory.embeddings import Embedder
+
+__all__ = ["Clock", "ManagerState", "UserScope"]
+
+logger = logging.getLogger(__name__)
+
+UserScope = str | None | AllUsers
+"""Whose memories a call covers: a user id, ``None`` (the default namespace) or ``ALL_USERS``."""
+Clock = Callable[[], float]
+"""Returns the current time in seconds since the epoch."""
+
+
+class ManagerState:
+    """Settings, stores, locks and background tasks of a memory manager (see ``MemoryManager``)."""
+
+    def __init__(
+        self,
+        config: ContextManagerConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        ranking: RankingWeights | None = None,
+        clock: Clock | None = None,
+        promotion_access_count: int = 5,
+    ) -> None:
+        if config is not None and not isinstance(config, ContextManagerConfig):
+            raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+        if ranking is not None and not isinstance(ranking, RankingWeights):
+            raise InvalidArgumentError("ranking", ranking, "a RankingWeights or None")
+        if embedder is not None and not (hasattr(embedder, "embed") and hasattr(embedder, "dimension")):
+            raise InvalidArgumentError("embedder", embedder, "an Embedder (dimension, embed(texts)) or None")
+        if clock is not None and not callable(clock):
+            raise InvalidArgumentError("clock", clock, "a callable returning seconds since the epoch")
+        if (
+            isinstance(promotion_access_count, bool)
+            or not isinstance(promotion_access_count, int)
+            or (promotion_access_count < 1)
+        ):
+            raise InvalidArgumentError("promotion_access_count", promotion_access_count, "an integer >= 1")
+        self.config = config if config is not None else ContextManagerConfig()
+        """The settings (read at ``initialize()``)."""
+        self.ranking = ranking if ranking is not None else RankingWeights()
+        """The ranking weights in force."""
+        self.embedder = embedder
+        """The embedder of the vector channel, or ``None``."""
+        self.promotion_access_count = promotion_access_count
+        """Search hits after which a memory moves up to the long-term tier."""
+        self._clock: Clock = clock if clock is not None else time.time
+        self._state: Literal["new", "ready", "closed"] = "new"
+        self._path: Path | None = None
+        self._lock_fd: int | None = None
+        self._log: JsonlLog | None = None
+        self._short: InMemoryStore | None = None
+        self._medium: FileStore | None = None
+        self._long: SQLiteStore | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending_touches: dict[str, tuple[float, int]] = {}
+        self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
+        self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
+        self._vectors: dict[str, VectorIndex] = {}
+        self._stemmer: Stemmer | None = None
+        self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
+        self._background: set[asyncio.Task[None]] = set()
+        self._over_capacity_warned = False
+        self._compacting = False
+        self._turn_counters: dict[tuple[str | None, str], int] = {}
+
+    @property
+    def storage_path(self) -> Path:
+        """The directory holding the log, the database and the lock file."""
+        return self._path if self._path is not None else self.config.resolved_storage_path
+
+    @property
+    def is_initialized(self) -> bool:
+        """True between ``initialize()`` and ``close()``."""
+        return self._state == "ready"
+
+    def _stores(self, operation: str) -> tuple[InMemoryStore, FileStore, SQLiteStore]:
+        if self._state == "ready" and self._short and self._medium and self._long:
+            return self._short, self._medium, self._long
+        if self._state == "new":
+            raise LifecycleError(
+                f"{operation}: the memory manager is not initialized; call `await initialize()` first"
+            )
+        raise LifecycleError(f"{operation}: the memory manager was closed; create a new one")
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("memory background task failed: %s", task.exception())
+
+    async def _drain_background(self) -> None:
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def get_memory(self, memory_id: str) -> Memory | None:
+        """Return the memory with this id (from its fastest tier), or ``None``.
+
+        Ids are unguessable, so lookups by id are not restricted to a user.
+        """
+        if not isinstance(memory_id, str) or not memory_id:
+            raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
+        found = await self._get_many([memory_id])
+        memory = found.get(memory_id)
+        return None if memory is None else memory.copy()
+
+    async def _get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
+        short, medium, long_store = self._stores("get_memory")
+        found = await asyncio.to_thread(long_store.get_many, list(ids))
+        found.update(medium.get_many(ids))
+        found.update(short.get_many(ids))
+        return found
+
+    async def _get_all_copies(self, ids: Sequence[str]) -> list[Memory]:
+        short, medium, long_store = self._stores("copies")
+        found = list((await asyncio.to_thread(long_store.get_many, list(ids))).values())
+        found += list(medium.get_many(ids).values()) + list(short.get_many(ids).values())
+        return found
+
+    async def _locate(self, memory_id: str) -> list[Memory]:
+        """Every stored copy of a memory, fastest tier first."""
+        short, medium, long_store = self._stores("locate")
+        copies = [m for m in (short.get(memory_id), medium.get(memory_id)) if m is not None]
+        in_long = await asyncio.to_thread(long_store.get, memory_id)
+        if in_long is not None:
+            copies.append(in_long)
+        return copies
+
+    def _all_memories(self) -> list[Memory]:
+        short, medium, long_store = self._short, self._medium, self._long
+        assert short is not None and medium is not None and long_store is not None
+        found: dict[str, Memory] = {}
+        for memory in long_store.all():
+            found[memory.id] = memory
+        for store in (medium, short):
+            for memory in store.all():
+                found[memory.id] = memory
+        return list(found.values())
+
+    def _all_copies(self) -> list[Memory]:
+        short, medium, long_store = self._short, self._medium, self._long
+        assert short is not None and medium is not None and long_store is not None
+        return list(short.all()) + list(medium.all()) + list(long_store.all())

@@ -1,0 +1,307 @@
+"""Adding, updating and deleting memories (``MemoryManager.add_memory`` and friends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import (
+    InvalidMemoryError,
+    MemoryNotFoundError,
+)
+from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
+from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.validation import (
+    check_content,
+    check_importance,
+    check_metadata,
+    check_tags,
+    check_tier,
+    check_user,
+    json_safe,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from context_manager.core.messages import Message
+
+__all__ = ["MemoryWriting"]
+
+
+class MemoryWriting(TierMovement):
+    """``add_memory``, ``add_memories``, ``remember_messages``, ``update_memory``, ``delete_memory``."""
+
+    async def add_memory(
+        self,
+        content: str,
+        importance: float = 0.5,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        tier: MemoryTier | str | None = None,
+        *,
+        source: str = "api",
+    ) -> Memory:
+        """Store a memory durably and return it.
+
+        Args:
+            content: The text to remember (non-empty).
+            importance: 0 (trivial) to 1 (critical); at ``config.long_term_importance_threshold`` or
+                above the memory is also written to the long-term tier at once.
+            tags: Labels for :meth:`search_by_tags`.
+            metadata: JSON-serialisable data; conversation turns pass ``session_id``, ``turn_index``,
+                ``speaker`` and ``session_date``, which search uses.
+            user_id: The owner (``None``: the default namespace).
+            tier: Put the memory in this tier only (``"short"``, ``"medium"``, ``"long"``).
+            source: Where it comes from (``"api"``, ``"context"`` ...).
+
+        Returns:
+            A copy of the stored memory (changing it changes nothing stored).
+
+        Raises:
+            InvalidMemoryError: a bad argument; nothing is stored.
+            StorageError: the write failed.
+            LifecycleError: before ``initialize()`` or after ``close()``.
+        """
+        memory = self._build_memory(content, importance, tags, metadata, user_id, tier, source)
+        explicit_tier = None if tier is None else MemoryTier.parse(tier)
+        memories = await self._add_many([(memory, explicit_tier)])
+        return memories[0].copy()
+
+    async def add_memories(self, items: Sequence[Mapping[str, Any]]) -> list[Memory]:
+        """Store several memories at once (one journal write, one transaction).
+
+        Args:
+            items: Dicts of :meth:`add_memory` keyword arguments (``content`` required).
+
+        Raises:
+            InvalidMemoryError: any item is bad; nothing is stored.
+        """
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+            raise InvalidMemoryError("items", items, "a list of dicts of add_memory arguments")
+        prepared: list[tuple[Memory, MemoryTier | None]] = []
+        allowed = {"content", "importance", "tags", "metadata", "user_id", "tier", "source"}
+        for item in items:
+            if not isinstance(item, Mapping) or "content" not in item or not set(item) <= allowed:
+                raise InvalidMemoryError(
+                    "items",
+                    item,
+                    "dicts with 'content' and optional " + ", ".join(sorted(allowed - {"content"})),
+                )
+            memory = self._build_memory(
+                item["content"],
+                item.get("importance", 0.5),
+                item.get("tags"),
+                item.get("metadata"),
+                item.get("user_id"),
+                item.get("tier"),
+                item.get("source", "api"),
+            )
+            tier = item.get("tier")
+            prepared.append((memory, None if tier is None else MemoryTier.parse(tier)))
+        memories = await self._add_many(prepared)
+        return [memory.copy() for memory in memories]
+
+    def _build_memory(
+        self,
+        content: Any,
+        importance: Any,
+        tags: Any,
+        metadata: Any,
+        user_id: Any,
+        tier: Any,
+        source: Any,
+    ) -> Memory:
+        check_content(content)
+        importance = check_importance(importance)
+        tag_list = check_tags(tags)
+        metadata_dict = check_metadata(metadata)
+        check_user(user_id, allow_all=False)
+        if tier is not None:
+            check_tier(tier)
+        if not isinstance(source, str) or not source:
+            raise InvalidMemoryError("source", source, "a non-empty string")
+        now = self._clock()
+        self._owners.add(user_id)
+        return Memory(
+            id=new_memory_id(),
+            content=content,
+            importance=importance,
+            tags=tag_list,
+            created_at=now,
+            last_accessed=now,
+            metadata=metadata_dict,
+            user_id=user_id,
+            source=source,
+        )
+
+    async def _add_many(self, items: Sequence[tuple[Memory, MemoryTier | None]]) -> list[Memory]:
+        short, medium, long_store = self._stores("add_memory")
+        threshold = self.config.long_term_importance_threshold
+        async with self._write_lock:
+            for memory, _ in items:
+                self._attach_context(memory)
+            to_short = [m for m, tier in items if tier in (None, MemoryTier.SHORT)]
+            to_medium = [m for m, tier in items if tier is MemoryTier.MEDIUM]
+            to_long = [m for m, tier in items if tier is MemoryTier.LONG]
+            copies = [m.copy() for m, tier in items if tier is None and m.importance >= threshold]
+            if to_long or copies:
+                await asyncio.to_thread(long_store.put, to_long + copies)
+                self._long_copies.update(copy.id for copy in copies)
+            # The journal write is one small buffered write() of whole lines: it stays on the loop.
+            if to_short:
+                short.put(to_short)
+            if to_medium:
+                medium.put(to_medium)
+            if self.embedder is not None:
+                await self._embed_and_store([m for m, _ in items])
+            overflowing = (
+                short.count() > self.config.short_term_memory_size
+                or medium.count() > self.config.medium_term_memory_size
+            )
+        if overflowing:
+            if short.count() > self.config.short_term_memory_size:
+                async with self._write_lock:
+                    self._move_short_overflow()
+            if medium.count() > self.config.medium_term_memory_size:
+                self._spawn(self._rebalance())
+        self._maybe_compact()
+        return [memory for memory, _ in items]
+
+    def _attach_context(self, memory: Memory) -> None:
+        """Index the previous turn of the same session with a conversation turn (low-weight column)."""
+        session_id, turn_index = memory.session_id, memory.turn_index
+        if session_id is None or turn_index is None:
+            return
+        key = (memory.user_id, session_id)
+        previous = self._last_turn.get(key)
+        if previous is not None and previous[0] == turn_index - 1 and not memory.context:
+            memory.context = previous[1]
+        if previous is None or turn_index >= previous[0]:
+            self._last_turn[key] = (turn_index, memory.content[:300])
+            if len(self._last_turn) > 10_000:
+                self._last_turn.pop(next(iter(self._last_turn)))
+
+    async def remember_messages(
+        self,
+        messages: Sequence[Message],
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        session_date: str | None = None,
+    ) -> list[Memory]:
+        """Write messages (e.g. evicted by compression) to the medium-term tier, durably.
+
+        Each becomes a memory with ``source="context"`` and metadata ``role``, ``message_id``,
+        ``timestamp``, ``session_id``, ``turn_index`` (taken from the message metadata, else counted per
+        session in timestamp order), ``speaker`` (the message's name or role) and ``session_date`` (from
+        the message metadata, else the message's date). Priority maps to importance (low 0.3, normal
+        0.5, high 0.7, critical 0.9). Empty messages are skipped.
+        """
+        items: list[tuple[Memory, MemoryTier | None]] = []
+        session = session_id if session_id is not None else "default"
+        for message in sorted(messages, key=lambda m: m.timestamp):
+            if not message.content.strip():
+                continue
+            message_metadata = dict(message.metadata)
+            turn_key = (user_id, str(message_metadata.get("session_id", session)))
+            turn_index = self._turn_counters.get(turn_key, 0)
+            self._turn_counters[turn_key] = turn_index + 1
+            metadata: dict[str, Any] = {
+                **message_metadata,
+                "role": message.role.value,
+                "message_id": message.id,
+                "timestamp": message.timestamp,
+            }
+            metadata.setdefault("session_id", session)
+            metadata.setdefault("turn_index", turn_index)
+            metadata.setdefault("speaker", message.name or message.role.value)
+            date = message_metadata.get("session_date", session_date)
+            if date is None:
+                date = datetime.fromtimestamp(message.timestamp).date().isoformat()
+            metadata["session_date"] = date
+            priority = getattr(message.priority, "value", "normal")
+            importance = {"low": 0.3, "normal": 0.5, "high": 0.7, "critical": 0.9}.get(priority, 0.5)
+            memory = self._build_memory(
+                message.content,
+                importance,
+                None,
+                json_safe(metadata),
+                user_id,
+                MemoryTier.MEDIUM,
+                "context",
+            )
+            memory.created_at = message.timestamp
+            items.append((memory, MemoryTier.MEDIUM))
+        if not items:
+            return []
+        return [memory.copy() for memory in await self._add_many(items)]
+
+    async def update_memory(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        importance: float | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tier: MemoryTier | str | None = None,
+    ) -> Memory:
+        """Change a memory in every tier that holds it (and move it when ``tier`` is given).
+
+        Raises:
+            MemoryNotFoundError: no memory has this id.
+            InvalidMemoryError: a bad argument; nothing is changed.
+        """
+        if not isinstance(memory_id, str) or not memory_id:
+            raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
+        changes: dict[str, Any] = {}
+        if content is not None:
+            check_content(content)
+            changes["content"] = content
+        if importance is not None:
+            changes["importance"] = check_importance(importance)
+        if tags is not None:
+            changes["tags"] = check_tags(tags)
+        if metadata is not None:
+            changes["metadata"] = check_metadata(metadata)
+        target = None if tier is None else check_tier(tier)
+        short, medium, long_store = self._stores("update_memory")
+        async with self._write_lock:
+            copies = await self._locate(memory_id)
+            if not copies:
+                raise MemoryNotFoundError(memory_id)
+            primary = copies[0].copy(**changes)
+            if target is None:
+                for copy in copies:
+                    updated = copy.copy(**changes)
+                    await self._put(updated, copy.tier)
+            else:
+                for copy in copies:
+                    if copy.tier is not target:
+                        await self._remove(copy.id, copy.tier, moving=True)
+                await self._put(primary, target)
+                self._long_copies.discard(memory_id)
+            if self.embedder is not None and content is not None:
+                await self._embed_and_store([primary])
+        result = await self.get_memory(memory_id)
+        assert result is not None
+        return result
+
+    async def delete_memory(self, memory_id: str) -> Memory:
+        """Delete a memory from every tier; return what was deleted.
+
+        Raises:
+            MemoryNotFoundError: no memory has this id.
+        """
+        if not isinstance(memory_id, str) or not memory_id:
+            raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
+        self._stores("delete_memory")
+        async with self._write_lock:
+            copies = await self._locate(memory_id)
+            if not copies:
+                raise MemoryNotFoundError(memory_id)
+            for copy in copies:
+                await self._remove(memory_id, copy.tier)
+        return copies[0].copy()
