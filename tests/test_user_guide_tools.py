@@ -154,6 +154,24 @@ else:
 """
 
 
+GUIDE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "USER_GUIDE.md"
+SNIPPETS = {
+    "Core Concepts > Tool System": CORE_CONCEPTS_TOOL_SYSTEM,
+    "Custom Tools > Creating Basic Tools": CREATING_BASIC_TOOLS,
+    "Custom Tools > Advanced Tool Features": ADVANCED_TOOL_FEATURES,
+    "Custom Tools > Tool Chaining": TOOL_CHAINING,
+    "API Reference > Tool System (registration)": API_TOOL_REGISTRATION,
+    "API Reference > Tool System (execution)": API_TOOL_EXECUTION,
+}
+
+
+@pytest.mark.skipif(not GUIDE.is_file(), reason="the shared user guide is not next to this checkout")
+@pytest.mark.parametrize("section", list(SNIPPETS))
+def test_snippets_are_verbatim_copies_of_the_guide(section: str) -> None:
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert "```python\n" + SNIPPETS[section].lstrip("\n") + "```" in guide, section
+
+
 async def run_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
     code = compile(source, "<user guide>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     outcome = eval(code, namespace)  # noqa: S307 - the guide's own code

@@ -129,3 +129,21 @@ async def test_unregister_drops_cached_results(clock: ManualClock) -> None:
     await manager.execute("lookup", key="a")
     manager.unregister_tool("lookup")
     assert manager.get_tool_stats()["cache"]["entries"] == 0
+
+
+async def test_manager_cache_is_a_bounded_lru(clock: ManualClock) -> None:
+    ran: list[int] = []
+
+    async def square(x: int) -> int:
+        ran.append(x)
+        return x * x
+
+    manager = ToolManager(clock=clock, cache_size=2)
+    manager.register_function_tool("square", square, "Square", cacheable=True)
+    for x in (1, 2, 1, 3):  # 1 is used again before 3 arrives, so 2 is the least recently used
+        await manager.execute("square", x=x)
+    assert manager.get_tool_stats()["cache"]["entries"] == 2
+    assert (await manager.execute("square", x=1)).cached
+    assert (await manager.execute("square", x=3)).cached
+    assert not (await manager.execute("square", x=2)).cached
+    assert ran == [1, 2, 3, 2]

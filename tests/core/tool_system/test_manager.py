@@ -21,6 +21,8 @@ from context_manager.core.tool_system import (
     tool,
 )
 
+from .conftest import ManualClock
+
 
 async def summarise(text: str, max_length: int = 100, suffix: str = "...") -> str:
     """Shorten a text.
@@ -394,3 +396,105 @@ async def test_unknown_tool_error_lists_a_bounded_number_of_tools() -> None:
         manager.register_function_tool(f"tool_{index:02d}", noop, "")
     result = await manager.execute("nope")
     assert result.error is not None and result.error.endswith("tool_29 and 10 more")
+
+
+# ---------------------------------------------------------------- every error type, never raised
+
+
+async def test_every_error_type_comes_back_as_a_failed_result(clock: ManualClock) -> None:
+    """One scenario per ToolErrorType; a new member without a scenario fails here."""
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async def broken() -> None:
+        raise RuntimeError("disk on fire")
+
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("summarise", summarise, "Shorten a text")
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.01)
+    manager.register_function_tool("broken", broken, "Broken")
+    manager.register_function_tool("wipe", ping, "Wipe", permission=ToolPermission.RESTRICTED)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1, rate_window=60.0)
+    assert (await manager.execute("ping")).success
+    clock.advance(15.0)
+
+    scenarios: dict[ToolErrorType, tuple[str, dict[str, Any], str]] = {
+        ToolErrorType.UNKNOWN_TOOL: ("nope", {}, "unknown tool 'nope'; available tools: broken, hangs, ping"),
+        ToolErrorType.INVALID_ARGUMENTS: ("summarise", {"text": 12}, "text: got 12; expected a valid string"),
+        ToolErrorType.PERMISSION_DENIED: ("wipe", {}, "needs permission 'restricted'"),
+        ToolErrorType.RATE_LIMITED: ("ping", {}, "allows 1 calls per 60 s; retry after 45 s"),
+        ToolErrorType.TIMEOUT: ("hangs", {}, "tool 'hangs' timed out after 0.01 s"),
+        ToolErrorType.TOOL_ERROR: ("broken", {}, "tool 'broken' raised RuntimeError: disk on fire"),
+    }
+    assert set(scenarios) == set(ToolErrorType)
+    for error_type, (name, arguments, message) in scenarios.items():
+        result = await manager.call_tool(name, arguments, call_id=f"call_{error_type.value}")
+        assert not result.success, error_type
+        assert result.error_type is error_type
+        assert result.error is not None and message in result.error
+        assert result.result is None and not result.cached
+        assert (result.tool_name, result.call_id) == (name, f"call_{error_type.value}")
+        assert result.to_content() == f"Error ({error_type.value}): {result.error}"
+        if error_type is ToolErrorType.RATE_LIMITED:
+            assert result.retry_after == 45.0
+        else:
+            assert result.retry_after is None
+    errors = {name: entry["errors"] for name, entry in manager.get_tool_stats()["tools"].items()}
+    assert errors == {
+        "summarise": {"invalid_arguments": 1},
+        "hangs": {"timeout": 1},
+        "broken": {"tool_error": 1},
+        "wipe": {"permission_denied": 1},
+        "ping": {"rate_limited": 1},
+    }
+
+
+async def test_rejected_replacement_keeps_the_tool_and_its_state(clock: ManualClock) -> None:
+    calls = 0
+
+    async def lookup(key: str) -> str:
+        nonlocal calls
+        calls += 1
+        return key
+
+    async def other(key: str) -> str:
+        return "other"
+
+    manager = ToolManager(clock=clock)
+    before = manager.register_function_tool("lookup", lookup, "Lookup", cacheable=True, rate_limit=1)
+    assert (await manager.execute("lookup", key="a")).success
+    for options in ({"timeout": -1.0}, {"rate_limit": -1}, {"colour": "red"}):
+        with pytest.raises(ToolRegistrationError):
+            manager.register_function_tool("lookup", other, "Other", replace=True, **options)
+    with pytest.raises(ToolRegistrationError, match="^function: got 3"):
+        manager.register_function_tool("lookup", 3, "Other", replace=True)  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="^name: got 'lookup'"):
+        manager.register_tool(ToolDefinition(name="lookup", function=other))
+    assert manager.list_tools() == [before]
+    assert (await manager.execute("lookup", key="a")).cached  # its cache entry survived
+    assert (await manager.execute("lookup", key="b")).error_type == "rate_limited"  # and its window
+    assert calls == 1
+    assert manager.get_tool_stats()["tools"]["lookup"]["calls"] == 3
+
+
+@pytest.mark.parametrize("convention", ["typed", "parameters"])
+async def test_sync_tools_never_block_the_event_loop(convention: str) -> None:
+    loop_ran = threading.Event()
+
+    def typed_waits(label: str) -> bool:
+        return loop_ran.wait(timeout=5.0)
+
+    def parameters_waits(parameters: dict[str, Any]) -> bool:
+        return loop_ran.wait(timeout=5.0)
+
+    manager = ToolManager()
+    manager.register_function_tool("waits", typed_waits if convention == "typed" else parameters_waits, "")
+    task = asyncio.create_task(manager.execute("waits", label="x"))
+    # run by the loop after the call started: if the tool held the loop, it would wait out its 5 s
+    asyncio.get_running_loop().call_soon(loop_ran.set)
+    result = await task
+    assert result.success and result.result is True

@@ -44,6 +44,27 @@ async def test_config_caps_the_tool_timeout() -> None:
     assert time.perf_counter() - started < 1.0
 
 
+async def test_config_caps_tools_without_their_own_timeout() -> None:
+    gate = threading.Event()
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    def blocks() -> None:
+        gate.wait(timeout=5.0)
+
+    manager = ToolManager(ContextManagerConfig(max_tool_timeout=0.05))
+    manager.register_function_tool("hangs", hangs, "Hangs")
+    manager.register_function_tool("blocks", blocks, "Blocks")
+    try:
+        for name in ("hangs", "blocks"):
+            result = await manager.execute(name)
+            assert result.error_type == "timeout"
+            assert f"tool {name!r} timed out after 0.05 s" in (result.error or "")
+    finally:
+        gate.set()
+
+
 async def test_sync_tool_timeout_discards_the_late_result() -> None:
     gate = threading.Event()
     finished = threading.Event()
@@ -54,7 +75,7 @@ async def test_sync_tool_timeout_discards_the_late_result() -> None:
         return "late"
 
     manager = ToolManager()
-    manager.register_function_tool("blocks", blocks, "Blocks", timeout=0.05)
+    manager.register_function_tool("blocks", blocks, "Blocks", timeout=0.05, cacheable=True)
     result = await manager.execute("blocks")
     assert result.error_type == "timeout"
     assert result.result is None
@@ -63,8 +84,9 @@ async def test_sync_tool_timeout_discards_the_late_result() -> None:
     gate.set()
     await asyncio.to_thread(finished.wait, 5.0)  # ... and finishes; its result goes nowhere
     assert finished.is_set()
-    stats = manager.get_tool_stats()["tools"]["blocks"]
-    assert stats["calls"] == 1 and stats["errors"] == {"timeout": 1}
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["blocks"]["calls"] == 1 and stats["tools"]["blocks"]["errors"] == {"timeout": 1}
+    assert stats["cache"]["entries"] == 0  # the late value was not cached either
 
 
 async def test_fast_tool_within_timeout_succeeds() -> None:

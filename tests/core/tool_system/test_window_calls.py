@@ -193,6 +193,25 @@ def check_window(manager: EnhancedContextManager) -> None:
     assert set(answered) == seen_calls
 
 
+def check_results_match_messages(manager: EnhancedContextManager, results: list[ToolResult]) -> None:
+    """Each call's one result message carries that call's outcome (whole, cut with a marker, or omitted)."""
+    by_call = {m.tool_call_id: m for m in manager.messages if m.role is Role.TOOL}
+    for result in results:
+        message = by_call[result.call_id]
+        assert message.metadata["success"] is result.success
+        assert message.metadata["error_type"] == (
+            None if result.error_type is None else result.error_type.value
+        )
+        full = result.to_content()
+        if message.metadata.get("omitted"):
+            assert message.content.startswith("[tool output omitted")
+        elif message.metadata.get("truncated"):
+            head, marker = message.content.rsplit("\n[tool output truncated: ", 1)
+            assert full.startswith(head) and marker.endswith(" tokens shown]")
+        else:
+            assert message.content == full
+
+
 @settings(
     max_examples=40,
     deadline=None,
@@ -217,6 +236,8 @@ def test_every_call_gets_exactly_one_paired_result(
                 batch_ids = {call_id for call_id, _ in made}
                 # a unit is kept or evicted whole
                 assert batch_ids <= in_window or not (batch_ids & in_window)
+                if batch_ids <= in_window:
+                    check_results_match_messages(manager, results)
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(scenario(directory))
