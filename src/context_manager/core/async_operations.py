@@ -52,12 +52,36 @@ from context_manager.core.errors import (
     TaskTimeoutError,
 )
 
-__all__ = ["ConcurrencyController", "ControllerStats", "TaskInfo", "TaskStatus"]
+__all__ = ["ConcurrencyController", "ControllerStats", "TaskInfo", "TaskStatus", "cancel_and_wait"]
 
 logger = logging.getLogger(__name__)
 
 _PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2, "critical": 3}
 _ALLOWED_PRIORITIES = "one of 'low', 'normal', 'high', 'critical'"
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "background task") -> None:
+    """Cancel ``task`` and wait until it has finished, so nothing is left pending.
+
+    The task's own ``CancelledError`` is swallowed; it propagates only when the caller itself is being
+    cancelled. An exception the task had already died of is logged at DEBUG (it was reported when it
+    happened) and not raised. ``None`` does nothing.
+
+    Args:
+        task: The task to stop.
+        owner: Who owns it, for the log line.
+    """
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
+        logger.debug("%s had failed before it was stopped", owner, exc_info=True)
 
 
 class TaskStatus(StrEnum):

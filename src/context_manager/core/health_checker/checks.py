@@ -1,0 +1,254 @@
+"""The built-in checks, as functions of what they look at (the checker passes its parts in).
+
+Each returns a :class:`CheckOutcome`; a fault auto-recovery can repair carries its ``repair``
+(see :mod:`.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from context_manager.core.health_checker.models import CheckOutcome, HealthState, HealthThresholds
+from context_manager.core.health_checker.recovery import (
+    rebuild_full_text_index,
+    recreate_storage,
+    restart_background_tasks,
+)
+from context_manager.core.performance_monitor import PerformanceMonitor
+
+__all__ = [
+    "WatchedTask",
+    "check_background_tasks",
+    "check_database",
+    "check_error_rate",
+    "check_event_loop",
+    "check_memory_pressure",
+    "check_storage",
+    "lost_memory_files",
+]
+
+
+@dataclass(slots=True)
+class WatchedTask:
+    """A background task the ``background_tasks`` check watches."""
+
+    is_alive: Callable[[], bool]
+    """Returns whether the task runs as it should."""
+    restart: Callable[[], Awaitable[Any] | Any] | None
+    """Starts it again (auto-recovery); ``None`` if it cannot be restarted."""
+
+    def alive(self) -> bool:
+        """``is_alive()``, with an exception counting as dead."""
+        try:
+            return bool(self.is_alive())
+        except Exception:
+            return False
+
+
+def check_storage(directories: list[Path], memory_manager: Any, limits: HealthThresholds) -> CheckOutcome:
+    """Directories exist and are writable (a real fsync'd probe file), free disk, memory files present."""
+    if not directories:
+        return CheckOutcome(HealthState.HEALTHY, "no storage configured", {"directories": []})
+    missing: list[Path] = []
+    problems: list[str] = []
+    details: dict[str, Any] = {}
+    worst = HealthState.HEALTHY
+    for path in directories:
+        info: dict[str, Any] = {"exists": path.is_dir()}
+        details[str(path)] = info
+        if not info["exists"]:
+            missing.append(path)
+            problems.append(f"{path} is missing")
+            worst = HealthState.UNHEALTHY
+            continue
+        probe = path / f".health-probe-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+                handle.flush()
+                os.fsync(handle.fileno())
+            probe.unlink()
+            info["writable"] = True
+        except OSError as error:
+            info["writable"] = False
+            problems.append(f"{path} is not writable ({error.strerror or error})")
+            worst = HealthState.UNHEALTHY
+            continue
+        free_mb = shutil.disk_usage(path).free / 1048576.0
+        info["free_disk_mb"] = round(free_mb, 1)
+        if free_mb < limits.min_free_disk_mb / 10:
+            problems.append(f"{path}: only {free_mb:.0f} MB free")
+            worst = HealthState.UNHEALTHY
+        elif free_mb < limits.min_free_disk_mb:
+            problems.append(f"{path}: {free_mb:.0f} MB free (< {limits.min_free_disk_mb:.0f} MB)")
+            if worst is HealthState.HEALTHY:
+                worst = HealthState.DEGRADED
+    lost = lost_memory_files(memory_manager)
+    if lost:
+        names = ", ".join(path.name for path in lost)
+        problems.append(f"memory files removed while open: {names}")
+        details["lost_memory_files"] = [str(path) for path in lost]
+        worst = HealthState.UNHEALTHY
+    if worst is HealthState.HEALTHY:
+        return CheckOutcome(worst, f"{len(directories)} directories writable", details)
+    log_lost = any(path.suffix == ".jsonl" for path in lost)
+    recommendation = (
+        "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
+        "permissions or free disk space under storage_path."
+    )
+    if any(path.suffix != ".jsonl" for path in lost):
+        recommendation += (
+            " The long-term database file was deleted while open: its rows live only in the open "
+            "file until the process ends. Export them now (memory_manager.export_memories), then "
+            "restart and import them."
+        )
+    return CheckOutcome(
+        worst,
+        "; ".join(problems),
+        details,
+        recommendation=recommendation,
+        repair=recreate_storage(missing, memory_manager, log_lost) if missing or log_lost else None,
+    )
+
+
+def lost_memory_files(memory_manager: Any) -> list[Path]:
+    """Files an open memory manager writes to that no longer exist (deleted behind its back)."""
+    if memory_manager is None or not getattr(memory_manager, "is_initialized", False):
+        return []
+    from context_manager.core.memory.file_store import LOG_FILE_NAME
+    from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+
+    root = Path(memory_manager.storage_path)
+    return [root / name for name in (LOG_FILE_NAME, DATABASE_FILE_NAME) if not (root / name).exists()]
+
+
+async def check_database(memory_manager: Any) -> CheckOutcome:
+    """``memory_manager.check_integrity()``: SQLite integrity (unhealthy) and full-text indexes (degraded)."""
+    check_integrity = getattr(memory_manager, "check_integrity", None)
+    if check_integrity is None:
+        return CheckOutcome(HealthState.HEALTHY, "no database to check", {"checked": False})
+    report = check_integrity()
+    if inspect.isawaitable(report):
+        report = await report
+    details = dict(report) if isinstance(report, dict) else {"result": report}
+    sqlite_state = str(details.get("sqlite", "ok"))
+    # every other entry ("fts", "short_index", "medium_index" ...) is a rebuildable full-text index
+    index_problems = {
+        key: str(value) for key, value in details.items() if key not in ("ok", "sqlite") and value != "ok"
+    }
+    if sqlite_state != "ok":
+        return CheckOutcome(
+            HealthState.UNHEALTHY,
+            f"database integrity check failed: {sqlite_state}",
+            details,
+            recommendation=(
+                "The long-term memory database is damaged: restore it from a backup, or move it aside "
+                "(with its -wal/-shm files) to start the long-term tier empty."
+            ),
+        )
+    if index_problems:
+        rebuild_index = getattr(memory_manager, "rebuild_index", None)
+        return CheckOutcome(
+            HealthState.DEGRADED,
+            "full-text index damaged: "
+            + "; ".join(f"{key}: {value}" for key, value in index_problems.items()),
+            details,
+            recommendation="Rebuild the full-text index: await memory_manager.rebuild_index().",
+            repair=rebuild_full_text_index(rebuild_index) if rebuild_index is not None else None,
+        )
+    return CheckOutcome(HealthState.HEALTHY, "database and full-text index intact", details)
+
+
+def check_memory_pressure(limits: HealthThresholds) -> CheckOutcome:
+    """System memory in use (psutil) and the process's RSS against the limits."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    rss_mb = psutil.Process().memory_info().rss / 1048576.0
+    details = {"system_memory_percent": memory.percent, "process_memory_mb": round(rss_mb, 1)}
+    recommendation = (
+        "Memory is short: run optimize_system(), lower short_term_memory_size or max_tokens, "
+        "or give the process more memory."
+    )
+    if memory.percent >= limits.memory_percent_unhealthy:
+        return CheckOutcome(
+            HealthState.UNHEALTHY, f"system memory {memory.percent:.0f}% used", details, recommendation
+        )
+    if memory.percent >= limits.memory_percent_degraded:
+        return CheckOutcome(
+            HealthState.DEGRADED, f"system memory {memory.percent:.0f}% used", details, recommendation
+        )
+    if limits.process_memory_limit_mb is not None and rss_mb > limits.process_memory_limit_mb:
+        return CheckOutcome(
+            HealthState.DEGRADED,
+            f"process uses {rss_mb:.0f} MB (> {limits.process_memory_limit_mb:.0f} MB)",
+            details,
+            recommendation,
+        )
+    return CheckOutcome(
+        HealthState.HEALTHY, f"system memory {memory.percent:.0f}% used, process {rss_mb:.0f} MB", details
+    )
+
+
+async def check_event_loop(limit_ms: float) -> CheckOutcome:
+    """How late a 20 ms timer fires (``details["lag_ms"]``); ten times the limit is unhealthy."""
+    loop = asyncio.get_running_loop()
+    probe_s = 0.02
+    started = loop.time()
+    await asyncio.sleep(probe_s)
+    lag_ms = max(0.0, (loop.time() - started - probe_s) * 1000.0)
+    details = {"lag_ms": round(lag_ms, 3), "limit_ms": limit_ms}
+    if lag_ms <= limit_ms:
+        return CheckOutcome(HealthState.HEALTHY, f"lag {lag_ms:.1f} ms", details)
+    return CheckOutcome(
+        HealthState.UNHEALTHY if lag_ms > 10 * limit_ms else HealthState.DEGRADED,
+        f"event loop blocked: a timer fired {lag_ms:.0f} ms late",
+        details,
+        recommendation="Something blocks the event loop: run blocking calls with asyncio.to_thread().",
+    )
+
+
+def check_error_rate(monitors: Iterable[PerformanceMonitor], limits: HealthThresholds) -> CheckOutcome:
+    """The worst recent error rate among monitors with at least ``min_operations`` recent operations."""
+    worst_rate, worst_count, judged = 0.0, 0, 0
+    for monitor in monitors:
+        rate, count = monitor.recent_error_rate()
+        if count < limits.min_operations:
+            continue
+        judged += 1
+        if rate >= worst_rate:
+            worst_rate, worst_count = rate, count
+    details = {"monitors": judged, "error_rate": worst_rate, "operations": worst_count}
+    if not judged:
+        return CheckOutcome(HealthState.HEALTHY, "not enough recorded operations to judge", details)
+    message = f"{worst_rate:.1%} of the last {worst_count} operations failed"
+    recommendation = "Operations are failing: see the recent errors in the diagnostic report."
+    if worst_rate >= limits.error_rate_unhealthy:
+        return CheckOutcome(HealthState.UNHEALTHY, message, details, recommendation)
+    if worst_rate >= limits.error_rate_degraded:
+        return CheckOutcome(HealthState.DEGRADED, message, details, recommendation)
+    return CheckOutcome(HealthState.HEALTHY, message, details)
+
+
+def check_background_tasks(watched: dict[str, WatchedTask]) -> CheckOutcome:
+    """Every watched task is alive; dead ones with a restart function can be restarted."""
+    dead = [name for name, task in watched.items() if not task.alive()]
+    details = {"watched": sorted(watched), "dead": dead}
+    if not dead:
+        return CheckOutcome(HealthState.HEALTHY, f"{len(watched)} background tasks alive", details)
+    restarts = {name: restart for name in dead if (restart := watched[name].restart) is not None}
+    return CheckOutcome(
+        HealthState.DEGRADED,
+        "background tasks not running: " + ", ".join(dead),
+        details,
+        recommendation="A background task died: enable_auto_recovery restarts it (see its logged error).",
+        repair=restart_background_tasks(restarts) if restarts else None,
+    )

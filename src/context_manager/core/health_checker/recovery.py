@@ -1,0 +1,77 @@
+"""Repairs auto-recovery runs for the faults the built-in checks know (each returns what it did)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from context_manager.core.health_checker.models import Repair
+
+__all__ = ["rebuild_full_text_index", "recreate_storage", "restart_background_tasks", "run_repair"]
+
+logger = logging.getLogger(__name__)
+
+
+def recreate_storage(missing: list[Path], memory_manager: Any, rewrite_log: bool) -> Repair:
+    """Recreate the ``missing`` directories and, if ``rewrite_log``, rewrite the memory log.
+
+    The log is rewritten by ``memory_manager.optimize()``: compaction writes it again from the live
+    memories and reopens it (the fix for a log file deleted while open).
+    """
+
+    async def recreate() -> str:
+        done = []
+        for path in missing:
+            await asyncio.to_thread(path.mkdir, mode=0o700, parents=True, exist_ok=True)
+            done.append(f"recreated {path}")
+        if rewrite_log and memory_manager is not None and hasattr(memory_manager, "optimize"):
+            await memory_manager.optimize()
+            done.append("rewrote the memory log from the live memories")
+        return "; ".join(done)
+
+    return recreate
+
+
+def rebuild_full_text_index(rebuild_index: Callable[[], Any]) -> Repair:
+    """Rebuild the full-text indexes with ``rebuild_index`` (sync or async; returns row counts)."""
+
+    async def rebuild() -> str:
+        result = rebuild_index()
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, dict):
+            counts = ", ".join(f"{tier}: {count}" for tier, count in result.items())
+            return f"rebuilt the full-text indexes ({counts} rows)"
+        return f"rebuilt the full-text index ({result} rows)"
+
+    return rebuild
+
+
+def restart_background_tasks(restarts: dict[str, Callable[[], Awaitable[Any] | Any]]) -> Repair:
+    """Call each dead task's restart function (sync or async), in order."""
+
+    async def restart() -> str:
+        for restart_task in restarts.values():
+            value = restart_task()
+            if inspect.isawaitable(value):
+                await value
+        return "restarted " + ", ".join(restarts)
+
+    return restart
+
+
+async def run_repair(check_name: str, repair: Repair) -> str:
+    """Run ``repair`` for the check ``check_name``; return what it did, or why it failed (never raises)."""
+    try:
+        value = repair()
+        if inspect.isawaitable(value):
+            value = await value
+        logger.info("auto-recovery for %s: %s", check_name, value)
+        return str(value)
+    except Exception as error:
+        logger.warning("auto-recovery for %s failed: %r", check_name, error)
+        return f"repair failed: {type(error).__name__}: {error}"

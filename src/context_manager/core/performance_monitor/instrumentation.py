@@ -1,0 +1,65 @@
+"""The :func:`monitored_operation` decorator: how the library's async operations reach the monitors."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from context_manager.core.performance_monitor.monitor import PerformanceMonitor
+from context_manager.core.performance_monitor.registry import record_library_operation, running_monitors
+
+__all__ = ["monitored_operation"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def monitored_operation(
+    name: str, *, succeeded: Callable[[Any], bool] | None = None
+) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Awaitable[_R]]]:
+    """Decorate an async method so each call is recorded by :func:`record_library_operation`.
+
+    The instance's ``performance_monitor`` attribute (when present and not ``None``) is passed as
+    ``own_monitor``. An exception counts as a failure and propagates. Without an own monitor and with
+    no monitor running, the call goes straight through (nothing is timed).
+
+    Args:
+        name: The operation's name in the monitors.
+        succeeded: Decides success from the return value (e.g. ``lambda result: result.success`` for a
+            tool result); without it, returning normally is a success.
+
+    Example::
+
+        class Service:
+            @monitored_operation("lookup")
+            async def lookup(self, key: str) -> str: ...
+    """
+
+    def decorate(function: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+        @functools.wraps(function)
+        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            own = getattr(args[0], "performance_monitor", None) if args else None
+            if own is not None and not isinstance(own, PerformanceMonitor):
+                own = None
+            if own is None and not running_monitors():
+                return await function(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                result = await function(*args, **kwargs)
+            except BaseException as error:
+                record_library_operation(
+                    name, time.perf_counter() - start, False, own_monitor=own, error=error
+                )
+                raise
+            success = True if succeeded is None else bool(succeeded(result))
+            error_text = None if success else f"{name} reported failure"
+            record_library_operation(
+                name, time.perf_counter() - start, success, own_monitor=own, error=error_text
+            )
+            return result
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,112 @@
+"""The monitor's value objects: thresholds, a metrics snapshot, per-operation figures, a system sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["OperationStats", "PerformanceMetrics", "PerformanceThresholds", "SystemSample"]
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceThresholds:
+    """The limits the health score and the recommendation rules compare the data with.
+
+    Example::
+
+        PerformanceMonitor(thresholds=PerformanceThresholds(slow_operation_ms=250.0))
+    """
+
+    error_rate: float = 0.05
+    """Recent error rate (failures / operations in the recent window) above which errors are reported."""
+    min_operations: int = 10
+    """The error-rate rule needs at least this many recent operations (avoids 1-of-2 alarms)."""
+    slow_operation_ms: float = 1000.0
+    """An operation whose p95 latency exceeds this is reported as slow."""
+    event_loop_lag_ms: float = 100.0
+    """Event-loop lag (how late a timer fires) above this means something blocks the loop."""
+    cpu_percent: float = 85.0
+    """Mean CPU use of the process (percent of one core) above this is reported."""
+    min_cpu_samples: int = 3
+    """The CPU rule needs at least this many samples."""
+    memory_growth_mb: float = 200.0
+    """Growth of resident memory over the sampled history above this is reported."""
+    memory_limit_mb: float | None = None
+    """Resident memory above this is reported; ``None`` disables the rule."""
+    hot_function_share: float = 0.5
+    """With profiling, a function taking more than this share of profiled time is reported."""
+
+
+@dataclass(slots=True)
+class PerformanceMetrics:
+    """A snapshot of the monitor's figures (``get_current_metrics()``)."""
+
+    total_operations: int
+    """Operations recorded since the monitor was created (or reset)."""
+    successes: int
+    """Operations that succeeded."""
+    failures: int
+    """Operations that failed."""
+    error_rate: float
+    """``failures / total_operations`` over the monitor's lifetime (0.0 without operations)."""
+    operations_per_second: float
+    """Throughput over the last 60 s (or since creation when younger)."""
+    avg_latency_ms: float
+    """Mean duration of all operations in milliseconds (exact)."""
+    p50_latency_ms: float
+    """Median duration in milliseconds (exact up to the reservoir size, then a uniform sample)."""
+    p95_latency_ms: float
+    """95th percentile duration in milliseconds."""
+    p99_latency_ms: float
+    """99th percentile duration in milliseconds."""
+    memory_usage_mb: float
+    """Resident memory (RSS) of the process at the latest sample, in MiB."""
+    cpu_percent: float
+    """CPU use of the process at the latest sample, in percent of one core."""
+    event_loop_lag_ms: float
+    """How late the sampler's last timer fired, in milliseconds (0.0 before the first sample)."""
+    health_score: float
+    """Health in [0, 1] computed by :meth:`PerformanceMonitor.health_score`."""
+    timestamp: float
+    """When the snapshot was taken (``time.time()``)."""
+
+
+@dataclass(slots=True)
+class OperationStats:
+    """Figures for one operation name (the per-operation part of the performance summary)."""
+
+    name: str
+    """The operation's name."""
+    count: int
+    """How many times it was recorded."""
+    successes: int
+    """How many of those succeeded."""
+    failures: int
+    """How many failed."""
+    error_rate: float
+    """``failures / count``."""
+    avg_ms: float
+    """Mean duration in milliseconds (exact)."""
+    min_ms: float
+    """Shortest duration in milliseconds (exact)."""
+    max_ms: float
+    """Longest duration in milliseconds (exact)."""
+    p50_ms: float
+    """Median duration in milliseconds."""
+    p95_ms: float
+    """95th percentile duration in milliseconds."""
+    p99_ms: float
+    """99th percentile duration in milliseconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSample:
+    """One sample taken by the background sampler."""
+
+    timestamp: float
+    """When it was taken (``time.time()``)."""
+    rss_mb: float
+    """Resident memory of the process in MiB."""
+    cpu_percent: float
+    """CPU use of the process since the previous sample, in percent of one core."""
+    event_loop_lag_ms: float
+    """How late the sampler's timer fired, in milliseconds."""

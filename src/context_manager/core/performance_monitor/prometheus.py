@@ -1,0 +1,75 @@
+"""Prometheus export of a monitor's figures (``pip install 'python-context-manager[prometheus]'``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from context_manager.core.performance_monitor.monitor import PerformanceMonitor
+
+__all__ = ["PrometheusCollector"]
+
+
+class PrometheusCollector:
+    """A ``prometheus_client`` collector for a :class:`PerformanceMonitor` (the same figures).
+
+    Register it with ``registry.register(collector)``. Metrics (prefix ``namespace``):
+    ``_operations_total{operation,outcome}``, ``_operation_latency_seconds{operation,quantile}``,
+    ``_error_rate``, ``_operations_per_second``, ``_memory_usage_bytes``, ``_cpu_percent``,
+    ``_event_loop_lag_seconds`` and ``_health_score``.
+
+    Args:
+        monitor: The monitor whose figures are exported.
+        namespace: Prefix of every metric name.
+
+    Raises:
+        MissingDependencyError: ``prometheus_client`` is not installed.
+    """
+
+    def __init__(self, monitor: PerformanceMonitor, namespace: str = "context_manager") -> None:
+        try:
+            import prometheus_client.core as families
+        except ImportError:
+            raise MissingDependencyError("prometheus_collector", "prometheus-client", "prometheus") from None
+        self.monitor = monitor
+        """The monitor whose figures are exported."""
+        self.namespace = namespace
+        """Prefix of every metric name."""
+        self._families: Any = families
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families (called by the Prometheus registry on each scrape)."""
+        families = self._families
+        prefix = self.namespace
+        metrics = self.monitor.get_current_metrics()
+        operations = families.CounterMetricFamily(
+            f"{prefix}_operations", "Operations recorded, by outcome.", labels=["operation", "outcome"]
+        )
+        latency = families.GaugeMetricFamily(
+            f"{prefix}_operation_latency_seconds",
+            "Operation latency quantiles.",
+            labels=["operation", "quantile"],
+        )
+        for name, stats in self.monitor.operation_stats().items():
+            operations.add_metric([name, "success"], stats.successes)
+            operations.add_metric([name, "failure"], stats.failures)
+            for quantile, value_ms in (("0.5", stats.p50_ms), ("0.95", stats.p95_ms), ("0.99", stats.p99_ms)):
+                latency.add_metric([name, quantile], value_ms / 1000.0)
+        yield operations
+        yield latency
+        for suffix, documentation, value in (
+            ("error_rate", "Failures / operations over the monitor's lifetime.", metrics.error_rate),
+            ("operations_per_second", "Throughput over the last minute.", metrics.operations_per_second),
+            ("memory_usage_bytes", "Resident memory of the process.", metrics.memory_usage_mb * 1048576.0),
+            ("cpu_percent", "CPU use of the process, percent of one core.", metrics.cpu_percent),
+            (
+                "event_loop_lag_seconds",
+                "How late the sampler's timer fired.",
+                metrics.event_loop_lag_ms / 1e3,
+            ),
+            ("health_score", "Health score in [0, 1].", metrics.health_score),
+        ):
+            yield families.GaugeMetricFamily(f"{prefix}_{suffix}", documentation, value=value)

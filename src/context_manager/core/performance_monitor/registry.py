@@ -1,0 +1,65 @@
+"""The process-wide registry of running monitors, and the fan-out of library operations to them.
+
+A monitor created with ``collect_library_operations=True`` joins the registry when it starts and leaves
+it when it stops; :func:`record_library_operation` records an operation in every registered monitor
+(plus a component's own monitor). The registry is an immutable tuple replaced under a lock, so the
+hot path reads it without locking.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from context_manager.core.performance_monitor.monitor import PerformanceMonitor
+
+__all__ = ["join", "leave", "record_library_operation", "running_monitors"]
+
+_registry_lock = threading.Lock()
+_running: tuple[PerformanceMonitor, ...] = ()
+
+
+def running_monitors() -> tuple[PerformanceMonitor, ...]:
+    """Return the running monitors that collect library operations (a snapshot)."""
+    return _running
+
+
+def join(monitor: PerformanceMonitor) -> None:
+    """Add ``monitor`` to the registry (no effect if it is there already)."""
+    global _running
+    with _registry_lock:
+        if monitor not in _running:
+            _running = (*_running, monitor)
+
+
+def leave(monitor: PerformanceMonitor) -> None:
+    """Remove ``monitor`` from the registry (no effect if it is not there)."""
+    global _running
+    with _registry_lock:
+        _running = tuple(running for running in _running if running is not monitor)
+
+
+def record_library_operation(
+    name: str,
+    duration_s: float,
+    success: bool,
+    *,
+    own_monitor: PerformanceMonitor | None = None,
+    error: BaseException | str | None = None,
+) -> None:
+    """Record one library operation in every running monitor and in ``own_monitor``.
+
+    Args:
+        name: The operation's name, e.g. ``"add_message"``.
+        duration_s: How long it took, in seconds.
+        success: Whether it succeeded.
+        own_monitor: A component's own monitor (e.g. ``context_manager.performance_monitor``); it is
+            recorded once even if it is also running and collecting library operations.
+        error: The exception (or its description) when the operation failed.
+    """
+    monitors = _running
+    for monitor in monitors:
+        monitor.record_operation(name, duration_s, success, error=error)
+    if own_monitor is not None and own_monitor not in monitors:
+        own_monitor.record_operation(name, duration_s, success, error=error)

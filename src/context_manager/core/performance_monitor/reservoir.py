@@ -1,0 +1,139 @@
+"""Bounded latency storage: a fixed-size uniform reservoir per operation, and percentiles over them."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from context_manager.core.performance_monitor.metrics import OperationStats
+
+__all__ = ["LatencyReservoir", "overall_stats", "percentile"]
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Return the ``fraction`` quantile of ascending values by linear interpolation (numpy's default).
+
+    Returns 0.0 for an empty list.
+    """
+    if not sorted_values:
+        return 0.0
+    position = (len(sorted_values) - 1) * fraction
+    lower = math.floor(position)
+    upper = min(lower + 1, len(sorted_values) - 1)
+    weight = position - lower
+    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * weight
+
+
+class LatencyReservoir:
+    """A uniform random sample of at most ``capacity`` values (Vitter's algorithm R) plus exact totals.
+
+    Up to ``capacity`` values the percentiles are exact; beyond, they are estimated from a uniform
+    sample of everything seen, in constant memory. Not thread-safe: the monitor holds its lock.
+    """
+
+    __slots__ = ("_random", "_sorted", "capacity", "count", "failures", "max", "min", "total", "values")
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self.capacity = capacity
+        self.values: list[float] = []
+        self.count = 0
+        self.failures = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+        self._random = random.Random(seed)
+        self._sorted: list[float] | None = None
+
+    def add(self, value: float, success: bool) -> None:
+        """Count one duration (seconds) and keep it in the sample with probability capacity / count."""
+        self.count += 1
+        if not success:
+            self.failures += 1
+        self.total += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        if len(self.values) < self.capacity:
+            self.values.append(value)
+        else:
+            slot = int(self._random.random() * self.count)  # uniform in [0, count); cheaper than randrange
+            if slot >= self.capacity:
+                return
+            self.values[slot] = value
+        self._sorted = None
+
+    def quantiles(self, *fractions: float) -> list[float]:
+        """Return the quantiles (seconds) of the kept values (sorted once until the next add)."""
+        if self._sorted is None:
+            self._sorted = sorted(self.values)
+        return [percentile(self._sorted, fraction) for fraction in fractions]
+
+    def stats(self, name: str) -> OperationStats:
+        """Return this operation's figures in milliseconds."""
+        p50, p95, p99 = self.quantiles(0.5, 0.95, 0.99)
+        count = self.count
+        return OperationStats(
+            name=name,
+            count=count,
+            successes=count - self.failures,
+            failures=self.failures,
+            error_rate=self.failures / count if count else 0.0,
+            avg_ms=self.total / count * 1000.0 if count else 0.0,
+            min_ms=self.min * 1000.0 if count else 0.0,
+            max_ms=self.max * 1000.0,
+            p50_ms=p50 * 1000.0,
+            p95_ms=p95 * 1000.0,
+            p99_ms=p99 * 1000.0,
+        )
+
+
+def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
+    """Figures over every operation, from the per-operation reservoirs (no second reservoir to feed).
+
+    Totals are exact. Percentiles are exact while every reservoir holds all its values; beyond, each
+    kept value stands for ``count / kept`` operations of its kind (a weighted quantile).
+    """
+    count = sum(reservoir.count for reservoir in reservoirs)
+    failures = sum(reservoir.failures for reservoir in reservoirs)
+    total = sum(reservoir.total for reservoir in reservoirs)
+    if all(reservoir.count == len(reservoir.values) for reservoir in reservoirs):
+        ordered = sorted(value for reservoir in reservoirs for value in reservoir.values)
+        p50, p95, p99 = (percentile(ordered, fraction) for fraction in (0.5, 0.95, 0.99))
+    else:
+        p50, p95, p99 = _weighted_quantiles(reservoirs, (0.5, 0.95, 0.99))
+    return OperationStats(
+        name="all",
+        count=count,
+        successes=count - failures,
+        failures=failures,
+        error_rate=failures / count if count else 0.0,
+        avg_ms=total / count * 1000.0 if count else 0.0,
+        min_ms=min((reservoir.min for reservoir in reservoirs), default=0.0) * 1000.0,
+        max_ms=max((reservoir.max for reservoir in reservoirs), default=0.0) * 1000.0,
+        p50_ms=p50 * 1000.0,
+        p95_ms=p95 * 1000.0,
+        p99_ms=p99 * 1000.0,
+    )
+
+
+def _weighted_quantiles(reservoirs: list[LatencyReservoir], fractions: tuple[float, ...]) -> list[float]:
+    weighted = sorted(
+        (value, reservoir.count / len(reservoir.values))
+        for reservoir in reservoirs
+        if reservoir.values
+        for value in reservoir.values
+    )
+    total_weight = sum(weight for _, weight in weighted)
+    results = []
+    for fraction in fractions:
+        target = fraction * total_weight
+        cumulative = 0.0
+        chosen = weighted[-1][0]
+        for value, weight in weighted:
+            cumulative += weight
+            if cumulative >= target:
+                chosen = value
+                break
+        results.append(chosen)
+    return results

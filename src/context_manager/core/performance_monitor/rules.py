@@ -1,0 +1,129 @@
+"""The health score and the recommendation rules: pure functions of the recorded data and the limits.
+
+:class:`PerformanceMonitor` gathers the data (recent error rate, per-operation figures, system samples,
+the hottest profiled function) and calls :func:`health_score` and :func:`recommendations`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from context_manager.core.performance_monitor.metrics import (
+    OperationStats,
+    PerformanceThresholds,
+    SystemSample,
+)
+
+__all__ = ["Evidence", "health_score", "recommendations"]
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the rules look at (a snapshot taken by the monitor)."""
+
+    recent_error_rate: float
+    """Failures / operations over the ring buffer of recent operations."""
+    recent_count: int
+    """Operations in that ring buffer."""
+    recent_errors: Sequence[dict[str, Any]]
+    """The latest failures (each with an ``operation`` key), oldest first."""
+    operation_stats: Iterable[OperationStats]
+    """Per-operation figures."""
+    samples: Sequence[SystemSample]
+    """The recent system samples, oldest first."""
+    hottest_function: dict[str, Any] | None = None
+    """With profiling, the function with the most own time (``function`` and ``share`` keys)."""
+
+
+def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
+    """Return health in [0, 1], the product of these factors (1.0 when nothing is wrong).
+
+    * ``1 - recent error rate``;
+    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``;
+    * the recent maximum event-loop lag over ``event_loop_lag_ms``: ``max(0.5, limit / lag)``;
+    * mean CPU over ``cpu_percent`` (with enough samples): 0.9;
+    * RSS over ``memory_limit_mb`` (when set): 0.8.
+    """
+    samples = evidence.samples
+    score = 1.0 - evidence.recent_error_rate
+    worst_p95 = max((stats.p95_ms for stats in evidence.operation_stats), default=0.0)
+    if worst_p95 > limits.slow_operation_ms:
+        score *= max(0.5, limits.slow_operation_ms / worst_p95)
+    max_lag = max((sample.event_loop_lag_ms for sample in samples), default=0.0)
+    if max_lag > limits.event_loop_lag_ms:
+        score *= max(0.5, limits.event_loop_lag_ms / max_lag) if max_lag > 0 else 0.5
+    if len(samples) >= limits.min_cpu_samples:
+        mean_cpu = sum(sample.cpu_percent for sample in samples) / len(samples)
+        if mean_cpu > limits.cpu_percent:
+            score *= 0.9
+    if limits.memory_limit_mb is not None and samples and samples[-1].rss_mb > limits.memory_limit_mb:
+        score *= 0.8
+    return min(1.0, max(0.0, score))
+
+
+def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[str]:
+    """Return advice derived from the data by these rules (an empty list when all is well).
+
+    1. *Errors*: the recent error rate exceeds ``error_rate`` over at least ``min_operations``.
+    2. *Slow operation*: an operation's p95 exceeds ``slow_operation_ms`` (one line each).
+    3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
+    4. *High CPU*: the mean CPU of at least ``min_cpu_samples`` samples exceeds ``cpu_percent``.
+    5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
+    6. *Memory limit*: the latest RSS exceeds ``memory_limit_mb``.
+    7. *Hot function* (profiling): one function takes more than ``hot_function_share`` of the
+       profiled own time.
+    """
+    advice: list[str] = []
+    error_rate, recent_count = evidence.recent_error_rate, evidence.recent_count
+    if recent_count >= limits.min_operations and error_rate > limits.error_rate:
+        failing: dict[str, int] = {}
+        for error in evidence.recent_errors:
+            failing[error["operation"]] = failing.get(error["operation"], 0) + 1
+        worst = max(failing.items(), key=lambda item: item[1], default=None)
+        where = f" (most recent failures: {worst[0]!r}, {worst[1]})" if worst else ""
+        advice.append(
+            f"Error rate is {error_rate:.1%} over the last {recent_count} operations{where}; "
+            "check get_performance_summary()['recent_errors'] and fix the failing operation."
+        )
+    for stats in sorted(evidence.operation_stats, key=lambda item: -item.p95_ms):
+        if stats.p95_ms > limits.slow_operation_ms:
+            advice.append(
+                f"Operation {stats.name!r} is slow: p95 {stats.p95_ms:.0f} ms > "
+                f"{limits.slow_operation_ms:.0f} ms; profile it (enable_profiling=True) or move "
+                "blocking work off the event loop."
+            )
+    samples = evidence.samples
+    max_lag = max((sample.event_loop_lag_ms for sample in samples), default=0.0)
+    if max_lag > limits.event_loop_lag_ms:
+        advice.append(
+            f"Event loop lag reached {max_lag:.0f} ms (> {limits.event_loop_lag_ms:.0f} ms): something "
+            "blocks the event loop; run blocking calls with asyncio.to_thread()."
+        )
+    if len(samples) >= limits.min_cpu_samples:
+        mean_cpu = sum(sample.cpu_percent for sample in samples) / len(samples)
+        if mean_cpu > limits.cpu_percent:
+            advice.append(
+                f"CPU use averages {mean_cpu:.0f}% of one core (> {limits.cpu_percent:.0f}%): lower "
+                "max_concurrent_tasks or batch work."
+            )
+    if samples:
+        growth = samples[-1].rss_mb - min(sample.rss_mb for sample in samples)
+        if growth > limits.memory_growth_mb:
+            advice.append(
+                f"Memory grew by {growth:.0f} MB over the sampled history (> "
+                f"{limits.memory_growth_mb:.0f} MB): run optimize_system() and cleanup_old_memories()."
+            )
+        if limits.memory_limit_mb is not None and samples[-1].rss_mb > limits.memory_limit_mb:
+            advice.append(
+                f"Memory use {samples[-1].rss_mb:.0f} MB exceeds the limit of "
+                f"{limits.memory_limit_mb:.0f} MB: reduce short_term_memory_size or max_tokens."
+            )
+    hottest = evidence.hottest_function
+    if hottest is not None and hottest["share"] > limits.hot_function_share:
+        advice.append(
+            f"{hottest['function']} takes {hottest['share']:.0%} of the profiled time in "
+            "timed operations: optimise it first."
+        )
+    return advice
