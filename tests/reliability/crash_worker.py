@@ -23,6 +23,7 @@ import random
 import resource
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -252,12 +253,13 @@ OPERATIONS = {
 }
 
 
-async def disk_full(storage: str, seed: int, limit_bytes: int) -> None:
+async def disk_full(storage: str, seed: int, limit_bytes: int, tiers: list[str | None]) -> None:
     """Write until the file-size limit makes writes fail, then lift it ("disk freed") and go on."""
     rng = random.Random(seed)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    async with EnhancedContextManager(context_config(storage)) as manager:
+    config = context_config(storage).model_copy(update={"medium_term_memory_size": 100_000})
+    async with EnhancedContextManager(config) as manager:
         memory = manager.memory_manager
         emit("READY")
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, hard))
@@ -270,7 +272,7 @@ async def disk_full(storage: str, seed: int, limit_bytes: int) -> None:
                 stored = await memory.add_memory(
                     sentence(rng, marker, 30),
                     importance=rng.random(),
-                    tier=rng.choice([None, "medium", "long"]),
+                    tier=rng.choice(tiers),
                 )
             except ContextManagerError as error:
                 failures += 1
@@ -289,17 +291,79 @@ async def disk_full(storage: str, seed: int, limit_bytes: int) -> None:
         for _ in range(5):
             marker = f"m{seed}x{number}"
             number += 1
+            stored = await memory.add_memory(sentence(rng, marker, 30), tier=rng.choice(tiers))
+            emit("ACK", stored.id, marker)
+    emit("DONE")
+
+
+def make_read_only(storage: Path, read_only: bool) -> None:
+    """Take write permission away from the directory and its files (or give it back)."""
+    for path in storage.iterdir():
+        path.chmod(0o400 if read_only else 0o600)
+    storage.chmod(0o500 if read_only else 0o700)
+
+
+async def read_only_storage(storage: str, seed: int) -> None:
+    """Run with the storage directory made read-only under an open manager, then reopen it."""
+    if os.geteuid() == 0:  # root ignores permissions: run as the storage directory's owner instead
+        with tempfile.TemporaryDirectory() as warm_up:  # import lazily loaded modules while we still can
+            async with EnhancedContextManager(context_config(str(Path(warm_up) / "s"))) as manager:
+                await manager.add_message("user", "warm up")
+                await manager.memory_manager.add_memory("warm up", tier="long")
+                await manager.memory_manager.optimize()
+                assert manager.health_checker is not None
+                await manager.health_checker.perform_health_check()
+        owner = await asyncio.to_thread(Path(storage).stat)
+        os.setgid(owner.st_gid)
+        os.setuid(owner.st_uid)
+    rng = random.Random(seed)
+    config = context_config(storage).model_copy(update={"enable_health_checks": False})
+    path = Path(storage)
+    async with EnhancedContextManager(config) as manager:
+        memory = manager.memory_manager
+        emit("READY")
+        for number in range(6):
+            marker = f"m{seed}x{number}"
             stored = await memory.add_memory(
-                sentence(rng, marker, 30), tier=rng.choice([None, "medium", "long"])
+                sentence(rng, marker, 8), tier=["short", "medium", "long"][number % 3]
             )
             emit("ACK", stored.id, marker)
+        make_read_only(path, True)
+        for step in ("add_memory", "optimize", "health"):
+            try:
+                if step == "add_memory":  # the files are open already: the write still lands
+                    stored = await memory.add_memory(sentence(rng, f"m{seed}x99", 8), tier="medium")
+                    emit("ACK", stored.id, f"m{seed}x99")
+                elif step == "optimize":
+                    await memory.optimize()
+                    emit("OK", step)
+                else:
+                    assert manager.health_checker is not None
+                    status = await manager.health_checker.perform_health_check()
+                    failing = ",".join(result.name for result in status.failing_checks) or "-"
+                    emit("HEALTH", status.status.value, failing)
+            except ContextManagerError as error:
+                emit("ERROR", type(error).__name__, step, str(error).replace("\n", " ")[:200])
+            except Exception as error:
+                emit("ESCAPED", type(error).__name__, step, str(error).replace("\n", " ")[:200])
+    try:
+        async with MemoryManager(memory_config(storage)):
+            emit("OK", "reopen_read_only")
+    except ContextManagerError as error:
+        emit("ERROR", type(error).__name__, "reopen", str(error).replace("\n", " ")[:200])
+    except Exception as error:
+        emit("ESCAPED", type(error).__name__, "reopen", str(error).replace("\n", " ")[:200])
+    make_read_only(path, False)
     emit("DONE")
 
 
 async def main() -> None:
     operation, storage, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if operation == "disk_full":
-        await disk_full(storage, seed, int(sys.argv[4]))
+    if operation == "read_only":
+        await read_only_storage(storage, seed)
+    elif operation == "disk_full":
+        tiers = [None if name == "default" else name for name in sys.argv[5].split(",")]
+        await disk_full(storage, seed, int(sys.argv[4]), tiers)
     else:
         await OPERATIONS[operation](storage, seed)
 

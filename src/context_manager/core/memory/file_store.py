@@ -12,6 +12,7 @@ untouched. Compaction rewrites the live records to a temporary file and renames 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -116,14 +117,18 @@ class JsonlLog:
         with self._lock:
             if self._fd is None:
                 raise StorageError(f"memory log {self.path} is closed", path=self.path)
+            start = None
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+                start = os.fstat(self._fd).st_size
+                _write_all(self._fd, data)
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as error:
+                if start is not None:
+                    # A write cut short (disk full) must not leave half a line: the next append would
+                    # glue onto it and damage the log for good.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, start)
                 raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
             self.record_count += len(records)
 
@@ -133,31 +138,42 @@ class JsonlLog:
         The new log is written to a temporary file, fsynced and renamed over the old one, so a crash
         at any moment leaves either the old or the new log, both complete.
         """
-        temporary = self.path.with_name(self.path.name + ".compact")
         with self._lock:
-            before = self.path.stat().st_size if self.path.exists() else 0
-            count = 0
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             try:
-                chunk: list[str] = []
-                for memory in live:
-                    chunk.append(json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n")
-                    count += 1
-                    if len(chunk) >= 1000:
-                        os.write(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
-                        chunk.clear()
-                if chunk:
-                    os.write(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-            _fsync_directory(self.path.parent)
-            if self._fd is not None:
-                os.close(self._fd)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-            self.record_count = count
-            return before, self.path.stat().st_size
+                return self._compact_locked(live)
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    self.path.with_name(self.path.name + ".compact").unlink(missing_ok=True)
+                raise StorageError(
+                    f"cannot compact memory log {self.path} (the log is unchanged): {error}", path=self.path
+                ) from error
+
+    def _compact_locked(self, live: Iterable[Memory]) -> tuple[int, int]:
+        temporary = self.path.with_name(self.path.name + ".compact")
+        before = self.path.stat().st_size if self.path.exists() else 0
+        count = 0
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            chunk: list[str] = []
+            for memory in live:
+                chunk.append(json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n")
+                count += 1
+                if len(chunk) >= 1000:
+                    _write_all(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+                    chunk.clear()
+            if chunk:
+                _write_all(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        _fsync_directory(self.path.parent)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self.record_count = count
+        return before, self.path.stat().st_size
 
     def size(self) -> int:
         """Size of the log in bytes."""
@@ -195,6 +211,14 @@ def _apply(record: dict[str, Any], live: dict[str, Memory]) -> None:
                 touched.access_count = int(access_count)
     else:
         raise ValueError(f"unknown operation {operation!r}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte (``os.write`` may write less, e.g. when the disk fills up)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -25,6 +25,8 @@ from context_manager.core.memory.index import (
     create_vocabulary_table,
     document_frequencies,
     fts_row,
+    weighted_search_parameters,
+    weighted_search_sql,
 )
 from context_manager.core.memory.migrations import FTS_TABLE, apply_migrations
 from context_manager.core.memory.models import Memory, MemoryTier
@@ -152,7 +154,7 @@ class SQLiteStore:
                     inserted += self._write_one(db, memory)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             self._count += inserted
 
@@ -224,7 +226,7 @@ class SQLiteStore:
                 db.executemany("DELETE FROM memory_vectors WHERE id = ?", [(i,) for i in ids])
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             self._count -= len(present)
             return present
@@ -243,7 +245,7 @@ class SQLiteStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     # --- reading ---------------------------------------------------------------------------------
@@ -280,6 +282,19 @@ class SQLiteStore:
                 f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
                 "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
                 (match, limit),
+            ).fetchall()
+        return [(_memory(row), -float(row[-1])) for row in rows]
+
+    def search_weighted(self, parts: Sequence[tuple[str, float]], limit: int) -> list[tuple[Memory, float]]:
+        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first."""
+        if not parts:
+            return []
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, r.score "
+                f"FROM ({weighted_search_sql(FTS_TABLE, len(parts))}) AS r "
+                "JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
+                weighted_search_parameters(parts, limit),
             ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
@@ -369,7 +384,7 @@ class SQLiteStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     def load_vectors(self, model: str, dimension: int) -> tuple[list[str], numpy.ndarray]:
@@ -452,7 +467,7 @@ class SQLiteStore:
                     count += 1
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             self._vocabulary = create_vocabulary_table(db, FTS_TABLE)
             return count
@@ -475,3 +490,13 @@ def _memory(row: Sequence[Any]) -> Memory:
         merged_from=json.loads(row[12]),
         context=row[13],
     )
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so.
+
+    After some errors (``SQLITE_FULL``, I/O errors) SQLite rolls back by itself; a second ``ROLLBACK``
+    would raise "no transaction is active" and hide the real error.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
