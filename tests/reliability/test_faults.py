@@ -298,9 +298,6 @@ async def test_failing_summarizer_falls_back_to_extractive(failure: str, storage
 # --- an event loop closed under a running controller --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: a controller whose event loop closed leaves its tasks RUNNING; waiters hang"
-)
 def test_event_loop_closed_under_a_running_controller() -> None:
     release = threading.Event()
     controller = ConcurrencyController(max_concurrent_tasks=2)
@@ -343,9 +340,6 @@ def test_event_loop_closed_under_a_running_controller() -> None:
         release.set()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: a controller whose event loop closed leaves its tasks RUNNING; waiters hang"
-)
 def test_controller_survives_asyncio_run_ending_under_it() -> None:
     controller = ConcurrencyController(max_concurrent_tasks=1)
 

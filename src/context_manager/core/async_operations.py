@@ -20,7 +20,9 @@ Semantics:
 * Every task the controller creates is stored and, on ``stop()``, finished (``drain=True``) or
   cancelled and awaited (``drain=False``): nothing is left pending.
 
-All methods must be called from the event loop the controller was started in.
+All methods must be called from the event loop the controller was started in. If that loop is closed
+with tasks unfinished, the next call (from a new loop) ends them as cancelled and stops the controller
+instead of leaving their waiters hanging.
 """
 
 from __future__ import annotations
@@ -256,6 +258,7 @@ class ConcurrencyController:
         self._running = 0
         self._peak_running = 0
         self._drained: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where start() ran; tasks live on it
         self._executor: ThreadPoolExecutor | None = None
         self._counts = dict.fromkeys(
             (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT), 0
@@ -275,8 +278,38 @@ class ConcurrencyController:
 
     async def start(self) -> None:
         """Start accepting tasks. Calling it again while running does nothing."""
+        self._abandon_if_loop_closed()
+        self._loop = asyncio.get_running_loop()
         self._accepting = True
         self._starting_new = True
+
+    def _abandon_if_loop_closed(self) -> None:
+        """End every unfinished task if the loop they ran on was closed under the controller.
+
+        Their runner tasks died with that loop and will never finish: without this, waiters on a new
+        loop would wait forever. They end as cancelled and the controller as stopped.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_closed():
+            return
+        self._loop = None
+        self._accepting = self._starting_new = False
+        self._queue.clear()
+        self._drained = None
+        abandoned = [record for record in self._tasks.values() if record.status not in _FINISHED]
+        for record in abandoned:
+            record.waiters.clear()  # futures of the closed loop: nobody can be woken through them
+            self._end(record, TaskStatus.CANCELLED, None, TaskCancelledError(record.task_id))
+        self._running = self._queued = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if abandoned:
+            logger.warning(
+                "the event loop of a ConcurrencyController was closed while %d tasks were unfinished; "
+                "they were cancelled and the controller stopped",
+                len(abandoned),
+            )
 
     async def stop(self, drain: bool = True, drain_timeout: float | None = None) -> None:
         """Stop accepting tasks and end the ones in flight.
@@ -289,6 +322,7 @@ class ConcurrencyController:
         Every task the controller created has finished when this returns; results not fetched
         yet can still be fetched with ``wait_for_task``.
         """
+        self._abandon_if_loop_closed()
         self._accepting = False
         if drain and (self._running or self._queued):
             loop = asyncio.get_running_loop()
@@ -354,10 +388,11 @@ class ConcurrencyController:
             DuplicateTaskError: ``task_id`` is in use.
             QueueFullError: All slots are busy and ``max_queue_size`` tasks already wait.
         """
+        self._abandon_if_loop_closed()
         if not self._accepting:
             raise ControllerStoppedError(
                 "submit_task: the controller is not running; allowed after await controller.start() "
-                "and before stop()"
+                "and before stop() (a controller whose event loop was closed is stopped)"
             )
         if type(task_id) is not str or not task_id:
             raise InvalidTaskError("task_id", task_id, "a non-empty string")
@@ -511,11 +546,12 @@ class ConcurrencyController:
                 or dropped after ``max_retained_results``).
             TaskTimeoutError: The task ran past its own timeout, or this wait's ``timeout`` expired
                 (then ``get_task_status`` still shows it queued or running).
-            TaskCancelledError: The task was cancelled.
+            TaskCancelledError: The task was cancelled (or the event loop it ran on was closed).
             InvalidTaskError: ``timeout`` is not ``None`` or a positive number.
             Exception: Whatever the task raised.
         """
         wait_timeout = _check_timeout("timeout", timeout)
+        self._abandon_if_loop_closed()
         record = self._record(task_id)
         if record.status not in _FINISHED:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -550,6 +586,7 @@ class ConcurrencyController:
         Raises:
             TaskNotFoundError: No such task.
         """
+        self._abandon_if_loop_closed()
         record = self._record(task_id)
         if record.status is TaskStatus.QUEUED:
             self._queued -= 1
