@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ KEY_LINES = {
     ],
     "agent": ["was compressed out of the window", "recall worked"],
 }
+EXAMPLE_TIME_LIMIT_S = 30.0  # issue 7: each example runs in under 30 seconds
 VERBOSE_ONLY = {
     "basic": "'storage_path':",
     "advanced": "rolling summary:",
@@ -65,28 +68,41 @@ def run_example(*arguments: str, env: dict[str, str] | None = None) -> subproces
     )
 
 
+def category_seconds(stdout: str) -> dict[str, float]:
+    """The per-category times of the final "All examples passed (basic 2.9 s, ...)" line."""
+    summary = stdout.strip().splitlines()[-1]
+    return {name: float(seconds) for name, seconds in re.findall(r"(\w+) (\d+(?:\.\d+)?) s", summary)}
+
+
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
 @pytest.mark.parametrize("category", sorted(KEY_LINES))
 def test_category_runs_and_shows_its_features(category: str, verbose: bool, tmp_path: Path) -> None:
+    started = time.perf_counter()
     completed = run_example(category, *(["--verbose"] if verbose else []))
+    elapsed = time.perf_counter() - started  # the whole process: interpreter start, imports, example
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert elapsed < EXAMPLE_TIME_LIMIT_S, f"{category} took {elapsed:.1f} s"
     for line in KEY_LINES[category]:
         assert line in completed.stdout, f"{line!r} missing from the {category} output"
     assert "All examples passed" in completed.stdout
     assert (VERBOSE_ONLY[category] in completed.stdout) is verbose
     assert "Traceback" not in completed.stderr
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+    assert category_seconds(completed.stdout)[category] < EXAMPLE_TIME_LIMIT_S
 
 
-def test_all_runs_every_category() -> None:
-    completed = run_example("all")
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_all_runs_every_category(verbose: bool) -> None:
+    completed = run_example("all", *(["--verbose"] if verbose else []))
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     for lines in KEY_LINES.values():
         assert lines[-1] in completed.stdout
     summary = completed.stdout.strip().splitlines()[-1]
     assert summary.startswith("All examples passed")
-    for category in KEY_LINES:
-        assert f"{category} " in summary
+    seconds = category_seconds(completed.stdout)
+    assert sorted(seconds) == sorted(KEY_LINES)
+    assert all(value < EXAMPLE_TIME_LIMIT_S for value in seconds.values()), seconds
+    assert all((VERBOSE_ONLY[category] in completed.stdout) is verbose for category in KEY_LINES)
 
 
 def test_help_lists_the_categories() -> None:
