@@ -361,3 +361,34 @@ def test_subprocess_reports_a_locked_store(store: Path) -> None:
     assert locked.returncode == 1, locked.stdout + locked.stderr
     assert locked.stderr.count("\n") == 1 and "is locked by" in locked.stderr
     assert run_cli("--storage", str(store), "memory", "stats").returncode == 0  # released on close
+
+
+def test_subprocess_bad_paths_arguments_and_a_damaged_log(tmp_path: Path, store: Path) -> None:
+    def assert_one_line(completed: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
+        assert completed.returncode == code, completed.stdout + completed.stderr
+        assert completed.stderr.count("\n") == 1 and completed.stderr.startswith("error: "), completed.stderr
+        assert completed.stdout == "" and "Traceback" not in completed.stderr
+        for fragment in fragments:
+            assert fragment in completed.stderr
+
+    nowhere = tmp_path / "nowhere"
+    assert_one_line(run_cli("--storage", str(nowhere), "memory", "search", "x"), "no memory store at")
+    assert not nowhere.exists(), "a read-only command must not create a store"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert_one_line(run_cli("--storage", str(a_file), "memory", "stats"), "storage_path", "existing file")
+
+    assert run_cli("--json", "--storage", str(store), "memory", "add", "kept").returncode == 0
+    assert_one_line(
+        run_cli("--storage", str(store), "memory", "add", "x", "--importance", "3"), "importance: got 3.0"
+    )
+    unknown = run_cli("--storage", str(store), "memory", "add", "x", "--colour", "red")
+    assert unknown.returncode == 2 and "No such option" in unknown.stderr
+    assert_one_line(
+        run_cli("--storage", str(store), "memory", "import", str(tmp_path / "none.jsonl")), "none.jsonl"
+    )
+
+    log = next(store.glob("*.jsonl"))
+    with log.open("a") as handle:
+        handle.write('{"half a record\n')
+    assert_one_line(run_cli("--storage", str(store), "memory", "stats"), "damaged at line", "not modified")
