@@ -358,9 +358,9 @@ def manager_setups(*, embeddings: bool, ablations: bool) -> list[ManagerSetup]:
     ]
     if embeddings:
         setups += [
-            ManagerSetup("  + MiniLM vector channel (hybrid, default)", {}, "minilm"),
+            ManagerSetup("  + MiniLM vector channel (hybrid, default vector weight 2.0)", {}, "minilm"),
+            ManagerSetup("  hybrid, vector weight 0.3 (the earlier default)", {"vector": 0.3}, "minilm"),
             ManagerSetup("  hybrid, vector weight 1.0", {"vector": 1.0}, "minilm"),
-            ManagerSetup("  hybrid, vector weight 2.0", {"vector": 2.0}, "minilm"),
             ManagerSetup("  hybrid, vector weight 3.0", {"vector": 3.0}, "minilm"),
             ManagerSetup(
                 "  hybrid, vector 2.0, recency weight 1.0",
@@ -386,9 +386,7 @@ def manager_setups(*, embeddings: bool, ablations: bool) -> list[ManagerSetup]:
         ]:
             setups.append(ManagerSetup(f"  default lexical - {label}", {"vector": 0.0, **changes}))
             if embeddings:
-                setups.append(
-                    ManagerSetup(f"  hybrid (vector 2.0) - {label}", {"vector": 2.0, **changes}, "minilm")
-                )
+                setups.append(ManagerSetup(f"  default hybrid - {label}", dict(changes), "minilm"))
     return setups
 
 

@@ -424,3 +424,18 @@ async def test_vector_channel_finds_what_words_miss(config: ContextManagerConfig
         assert [m.id for m in await lexical_only.search_memory("movd berlinn")] == []
     async with MemoryManager(config, embedder=embedder) as reopened:  # vectors persisted
         assert (await reopened.get_memory_stats())["index"]["vectors"] == 2
+
+
+async def test_scores_compare_across_tiers_of_different_sizes(manager: MemoryManager) -> None:
+    # a two-memory long-term tier: FTS5 alone would weigh its words at ~0 (each in half its rows)
+    exact = await manager.add_memory("axolotl facts stored for the long haul", tier="long")
+    await manager.add_memory("unrelated archive entry", tier="long")
+    # a larger short-term tier where "the" is rare, so FTS5 weighs it more there than any long-term word
+    await manager.add_memory("ocelot sighting near the river")
+    for number in range(6):
+        await manager.add_memory(f"short note {number} about weather")
+    results = await manager.search_memory("axolotl facts stored for the long haul", limit=3)
+    assert results[0].id == exact.id
+    assert results[0].score > 2 * results[1].score
+    only_long = await manager.search_memory("axolotl", tiers=["long"])
+    assert [m.id for m in only_long] == [exact.id]

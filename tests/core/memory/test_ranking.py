@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from context_manager.core.memory.index import build_match, owner_token, query_tokens
 from context_manager.core.memory.ranking import (
     Candidate,
     RankingWeights,
+    fts5_idf,
     fuse,
+    idf_corrections,
     named_speakers,
     parse_session_date,
     recency_decay,
+    uniform_correction,
 )
 
 NOW = 1_700_000_000.0
@@ -82,6 +87,16 @@ def test_vector_channel_is_weighted_fusion() -> None:
     assert fuse([lexical, semantic], no_vector, now=NOW, half_life_days=30)[0].id == "l"
 
 
+def test_default_vector_weight_lets_a_strong_semantic_match_beat_a_weak_lexical_one() -> None:
+    # normalised: the lexical candidate has BM25 1.0 and cosine 0.22; the semantic one BM25 0.4, cosine 1.0
+    lexical = Candidate("l", bm25=5.0, cosine=0.2, timestamp=NOW)
+    semantic = Candidate("s", bm25=2.0, cosine=0.9, timestamp=NOW)
+    assert RankingWeights().vector == 2.0
+    assert fuse([lexical, semantic], RankingWeights(), now=NOW, half_life_days=30)[0].id == "s"
+    old_default = RankingWeights(vector=0.3)  # under-used the vector channel
+    assert fuse([lexical, semantic], old_default, now=NOW, half_life_days=30)[0].id == "l"
+
+
 def test_session_date_parsing() -> None:
     assert parse_session_date("2023-05-08") == pytest.approx(1683504000.0)
     assert parse_session_date("8 May 2023") is None
@@ -146,3 +161,31 @@ def test_prune_caps_document_frequency() -> None:
     # 5% of a million is far above the cap: the cap decides
     assert prune_common_terms(tokens, tokens, frequencies, 1_000_000, 0.1, 1000, 2000) == ["rare"]
     assert prune_common_terms(tokens, tokens, frequencies, 1_000_000, 0.1, 1000, None) == tokens
+
+
+def test_fts5_idf_matches_sqlite_and_clamps() -> None:
+    assert fts5_idf(1000, 1) == pytest.approx(math.log(999.5 / 1.5))
+    assert fts5_idf(2, 1) == 1e-6  # a word in half of a tiny index weighs nothing in FTS5
+    assert fts5_idf(10, 9) == 1e-6
+
+
+def test_idf_corrections_score_every_tier_as_one_index() -> None:
+    # a tiny tier where "axolotl" is in 1 of 2 rows; overall it is in 1 of 1,002
+    corrections = idf_corrections(
+        ["axolotl", "the", "absent"], {"axolotl": 1, "the": 1}, 2, {"axolotl": 1, "the": 900}, 1002
+    )
+    assert set(corrections) == {"axolotl", "the"}  # a word absent from the tier needs none
+    assert corrections["axolotl"] * fts5_idf(2, 1) == pytest.approx(fts5_idf(1002, 1))
+    assert corrections["the"] * fts5_idf(2, 1) == pytest.approx(fts5_idf(1002, 900))
+    # one tier holding everything: no correction
+    assert idf_corrections(["a", "b"], {"a": 3, "b": 50}, 1000, {"a": 3, "b": 50}, 1000) == {
+        "a": pytest.approx(1.0),
+        "b": pytest.approx(1.0),
+    }
+
+
+def test_uniform_correction() -> None:
+    assert uniform_correction({}) == 1.0
+    assert uniform_correction({"a": 1.0, "b": 1.05}) == pytest.approx(1.025)
+    assert uniform_correction({"a": 1.0, "b": 2.0}) is None
+    assert uniform_correction({"a": 1.0, "b": 1.3}, tolerance=0.5) == pytest.approx(1.15)

@@ -108,3 +108,23 @@ def test_damaged_pages_are_reported(tmp_path: Path) -> None:
         list(reopened.all())
     reopened.close()
     assert path.read_bytes() == before
+
+
+def test_weighted_search_is_the_sum_of_per_word_bm25(store: SQLiteStore) -> None:
+    store.put(
+        [memory(str(i), f"note {i} " + ("apple " * (i % 3)) + ("pear " * (i % 5))) for i in range(40)]
+        + [memory("x", "apple pear plum", tags=["fruit"])]
+    )
+    owner = owner_token(None)
+    plain = {m.id: score for m, score in store.search(build_match(["apple", "pear"], owner), 100)}
+    parts = [(build_match(["apple"], owner), 1.0), (build_match(["pear"], owner), 1.0)]
+    summed = {m.id: score for m, score in store.search_weighted(parts, 100)}
+    assert summed.keys() == plain.keys() and len(plain) > 20
+    assert all(abs(summed[key] - plain[key]) < 1e-9 * max(1.0, plain[key]) for key in plain)
+    # a factor scales one word's share only: doubling "pear" lifts the rows that contain it
+    pear_only = {m.id: s for m, s in store.search(build_match(["pear"], owner), 100)}
+    doubled = {m.id: s for m, s in store.search_weighted([parts[0], (parts[1][0], 2.0)], 100)}
+    assert all(abs(doubled[key] - plain[key] - pear_only.get(key, 0.0)) < 1e-9 for key in plain)
+    ranked = store.search_weighted(parts, 3)
+    assert [score for _, score in ranked] == sorted((score for _, score in ranked), reverse=True)
+    assert store.search_weighted([], 10) == []

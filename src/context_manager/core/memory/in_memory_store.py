@@ -17,6 +17,7 @@ from context_manager.core.memory.index import (
     document_frequencies,
     fts_row,
     search_fts,
+    search_fts_weighted,
 )
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
@@ -158,6 +159,15 @@ class InMemoryStore:
         return [
             (self._memories[self._ids_by_rowid[rowid]], score)
             for rowid, score in search_fts(self._connection, _TABLE, match, limit)
+        ]
+
+    def search_weighted(self, parts: Sequence[tuple[str, float]], limit: int) -> list[tuple[Memory, float]]:
+        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first."""
+        if not self._memories:
+            return []
+        return [
+            (self._memories[self._ids_by_rowid[rowid]], score)
+            for rowid, score in search_fts_weighted(self._connection, _TABLE, parts, limit)
         ]
 
     def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:

@@ -34,6 +34,9 @@ __all__ = [
     "owner_token",
     "query_tokens",
     "search_fts",
+    "search_fts_weighted",
+    "weighted_search_parameters",
+    "weighted_search_sql",
 ]
 
 FTS_COLUMNS = ("content", "tags", "context", "date", "owner")
@@ -193,6 +196,34 @@ def search_fts(connection: sqlite3.Connection, table: str, match: str, limit: in
         f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? ORDER BY rank LIMIT ?", (match, limit)
     ).fetchall()
     return [(int(rowid), -float(rank)) for rowid, rank in rows]
+
+
+def search_fts_weighted(
+    connection: sqlite3.Connection, table: str, parts: Sequence[tuple[str, float]], limit: int
+) -> list[tuple[int, float]]:
+    """Like :func:`search_fts`, scoring each row by the sum of ``factor x bm25`` over ``(match, factor)``."""
+    if not parts:
+        return []
+    rows = connection.execute(
+        weighted_search_sql(table, len(parts)), weighted_search_parameters(parts, limit)
+    ).fetchall()
+    return [(int(rowid), -float(score)) for rowid, score in rows]
+
+
+def weighted_search_sql(table: str, parts: int) -> str:
+    """SQL ranking rows by a weighted sum of per-part BM25 scores (best first, as ``rowid, score``).
+
+    Parameters: ``factor, match`` for each part, then the limit. ``score`` is negative like FTS5's rank.
+    """
+    union = " UNION ALL ".join(
+        f"SELECT rowid, rank * ? AS score FROM {table} WHERE {table} MATCH ?" for _ in range(parts)
+    )
+    return f"SELECT rowid, sum(score) AS score FROM ({union}) GROUP BY rowid ORDER BY score LIMIT ?"
+
+
+def weighted_search_parameters(parts: Sequence[tuple[str, float]], limit: int) -> list[Any]:
+    """The parameters of :func:`weighted_search_sql` for ``(match, factor)`` parts."""
+    return [value for match, factor in parts for value in (factor, match)] + [limit]
 
 
 class VectorIndex:

@@ -34,11 +34,14 @@ __all__ = [
     "Candidate",
     "RankingWeights",
     "deduplicate",
+    "fts5_idf",
     "fuse",
+    "idf_corrections",
     "named_speakers",
     "parse_session_date",
     "prune_common_terms",
     "recency_decay",
+    "uniform_correction",
 ]
 
 FIRST_PERSON_WORDS = frozenset({"i", "me", "my", "mine", "myself"})
@@ -66,8 +69,9 @@ class RankingWeights:
     """Weight of the memory's importance."""
     access: float = 0.02
     """Weight of the access frequency ``log1p(count) / log1p(100)`` (capped at 1)."""
-    vector: float = 0.3
-    """Weight of the cosine similarity (only with an embedder)."""
+    vector: float = 2.0
+    """Weight of the normalised cosine similarity (only with an embedder). With MiniLM, 2.0 measured best
+    on the long-conversation benchmark (Recall@5 0.80 against 0.56 at 0.3, which under-used the channel)."""
     neighbour_context: bool = True
     """Let a turn score ``max(own, previous x neighbour_previous, next x neighbour_next)``."""
     neighbour_previous: float = 0.7
@@ -265,6 +269,55 @@ def prune_common_terms(
         return list(tokens)
     rarest = min(matching, key=lambda pair: frequencies[pair[1]])
     return [*kept, rarest[0]]
+
+
+def fts5_idf(total: int, documents: int) -> float:
+    """The IDF FTS5's ``bm25()`` gives a term in ``documents`` of ``total`` rows (1e-6 when not positive)."""
+    idf = math.log((total - documents + 0.5) / (documents + 0.5))
+    return idf if idf > 0.0 else 1e-6
+
+
+def idf_corrections(
+    stems: Iterable[str],
+    tier_frequencies: dict[str, int],
+    tier_total: int,
+    frequencies: dict[str, int],
+    total: int,
+) -> dict[str, float]:
+    """Per query term found in a tier: the IDF over every tier divided by the tier's own IDF.
+
+    Each tier has its own FTS5 index, whose ``bm25()`` weighs a term by the IDF of that index alone: in a
+    small tier a word found in half its rows weighs nothing (FTS5 clamps the IDF to 1e-6), however rare it
+    is overall. A term's BM25 contribution in a tier times its correction is the contribution it would
+    have if every memory sat in one index, so scores from different tiers compare.
+
+    Args:
+        stems: The query's (stemmed) terms.
+        tier_frequencies: Rows of the tier containing each term.
+        tier_total: Rows in the tier.
+        frequencies: Rows containing each term, summed over the tiers searched.
+        total: Rows in the tiers searched.
+    """
+    corrections: dict[str, float] = {}
+    for stem in stems:
+        documents = tier_frequencies.get(stem, 0)
+        if documents > 0:
+            overall = fts5_idf(total, max(frequencies.get(stem, 0), documents))
+            corrections[stem] = overall / fts5_idf(tier_total, documents)
+    return corrections
+
+
+def uniform_correction(corrections: dict[str, float], tolerance: float = 0.1) -> float | None:
+    """One factor for every term when the corrections agree within ``tolerance`` (relative), else ``None``.
+
+    Scaling a whole BM25 score by one factor is then accurate enough and needs no per-term query.
+    """
+    if not corrections:
+        return 1.0
+    low, high = min(corrections.values()), max(corrections.values())
+    if high <= low * (1.0 + tolerance):
+        return (low + high) / 2.0
+    return None
 
 
 def deduplicate(ids_in_order: Iterable[str]) -> list[str]:

@@ -18,12 +18,14 @@ from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
     Candidate,
     fuse,
+    idf_corrections,
     named_speakers,
     parse_session_date,
     prune_common_terms,
+    uniform_correction,
 )
 from context_manager.core.memory.state import UserScope
-from context_manager.core.memory.store import TurnKey
+from context_manager.core.memory.store import MemoryStore, TurnKey
 from context_manager.core.memory.tiers import TierMovement
 from context_manager.core.memory.validation import (
     check_importance,
@@ -97,22 +99,21 @@ class MemorySearch(TierMovement):
         filtered = bool(tag_filter or min_importance is not None or since_ts or until_ts)
         pool = max(weights.candidates, 2 * limit) * (4 if filtered else 1)
         search_long = tier_filter is None or MemoryTier.LONG in tier_filter
-        stems = self._stems(tokens) if weights.common_term_ratio < 1.0 else list(tokens)
+        stems = self._stems(tokens)
+        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop
+        tier_totals = {short.tier: short.count(), medium.tier: medium.count()}
+        tier_frequencies = {
+            short.tier: short.document_frequencies(stems),
+            medium.tier: medium.document_frequencies(stems),
+        }
+        if search_long:
+            tier_totals[MemoryTier.LONG] = long_store.count()
+            tier_frequencies[MemoryTier.LONG] = long_store.document_frequencies(stems)
         frequencies: dict[str, int] = {}
-        volatile_total = 0
-        for store in (short, medium):
-            volatile_total += store.count()
-            for term, count in store.document_frequencies(stems).items():
+        for tier_counts in tier_frequencies.values():
+            for term, count in tier_counts.items():
                 frequencies[term] = frequencies.get(term, 0) + count
-
-        long_frequencies: dict[str, int] = {}
-        total = volatile_total
-        if weights.common_term_ratio < 1.0 and search_long:
-            # an index seek per word: bounded and fast, so it runs on the loop
-            total += long_store.count()
-            long_frequencies = long_store.document_frequencies(stems)
-            for term, count in long_frequencies.items():
-                frequencies[term] = frequencies.get(term, 0) + count
+        total = sum(tier_totals.values())
         kept = prune_common_terms(
             tokens,
             stems,
@@ -122,7 +123,23 @@ class MemorySearch(TierMovement):
             weights.common_term_min_documents,
             weights.common_term_max_documents,
         )
+        stem_of = dict(zip(tokens, stems, strict=True))
         match = build_match(kept, owner)
+
+        def tier_search(store: MemoryStore) -> list[tuple[Memory, float]]:
+            """BM25 candidates of one tier, scored with the IDF of every tier searched (comparable)."""
+            corrections = idf_corrections(
+                [stem_of[token] for token in kept],
+                tier_frequencies[store.tier],
+                tier_totals[store.tier],
+                frequencies,
+                total,
+            )
+            factor = uniform_correction(corrections)
+            if factor is not None:
+                return [(memory, bm25 * factor) for memory, bm25 in store.search(match, pool)]
+            parts = [(build_match([token], owner), corrections.get(stem_of[token], 1.0)) for token in kept]
+            return store.search_weighted(parts, pool)
 
         def keep(memory: Memory) -> bool:
             if memory.superseded_by is not None:
@@ -142,19 +159,19 @@ class MemorySearch(TierMovement):
         use_vectors = self.embedder is not None and weights.vector > 0 and bool(self._vectors)
         long_hits: list[tuple[Memory, float]] = []
         if search_long:
-            kept_stems = dict(zip(tokens, stems, strict=True))
-            postings = sum(long_frequencies.get(kept_stems[token], 0) for token in kept)
+            long_frequencies = tier_frequencies[MemoryTier.LONG]
+            postings = sum(long_frequencies.get(stem_of[token], 0) for token in kept)
             if long_frequencies and postings <= _INLINE_POSTINGS:
                 # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
-                long_hits = long_store.search(match, pool)
+                long_hits = tier_search(long_store)
             else:
-                long_hits = await asyncio.to_thread(long_store.search, match, pool)
+                long_hits = await asyncio.to_thread(tier_search, long_store)
         query_vector = (await self._embed([query]))[0] if use_vectors else None
         found: dict[str, tuple[Memory, float]] = {}
         for store in (short, medium):
             if tier_filter is not None and store.tier not in tier_filter:
                 continue
-            for memory, bm25 in store.search(match, pool):
+            for memory, bm25 in tier_search(store):
                 if keep(memory):
                     found[memory.id] = (memory, bm25)
         for memory, bm25 in long_hits:

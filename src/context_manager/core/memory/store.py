@@ -48,6 +48,14 @@ class MemoryStore(Protocol):
         """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first (bm25 > 0)."""
         ...
 
+    def search_weighted(self, parts: Sequence[tuple[str, float]], limit: int) -> list[tuple[Memory, float]]:
+        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first."""
+        ...
+
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many memories contain each indexed (stemmed) term."""
+        ...
+
     def with_tags(self, tags: Sequence[str]) -> list[Memory]:
         """Return the memories carrying any of ``tags`` (exact tag match)."""
         ...
