@@ -82,7 +82,11 @@ async def test_disk_full_fails_cleanly_then_recovers_without_losing_writes(
     after_recovery = [line for line in lines[lines.index(next(iter(errors))) :] if line.startswith("ACK")]
     assert len(after_recovery) >= 5, "writes did not resume once the disk had room"
     # the store reopens with every acknowledged write (including those before and after the fault)
-    assert await verify(storage, ledger, {"medium_term_memory_size": 100_000}, f"disk full ({tiers})")
+    stored = await verify(storage, ledger, {"medium_term_memory_size": 100_000}, f"disk full ({tiers})")
+    print(
+        f"FAULT-FIGURES disk_full[{tiers}]: limit_bytes={limit} acknowledged={len(ledger.acked)} "
+        f"storage_errors={len(errors)} acknowledged_after_room_again={len(after_recovery)} stored={stored}"
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "setuid"), reason="POSIX permissions")
@@ -127,7 +131,7 @@ async def test_storage_directory_deleted_while_running_is_reported_and_repaired(
         storage_check = status.checks["storage"]
         assert storage_check.status is HealthState.UNHEALTHY
         assert status.status is not HealthState.HEALTHY
-        assert "removed while open" in storage_check.message
+        assert "removed while open" in storage_check.message, storage_check.message
         assert "export" in (storage_check.recommendation or "").lower()
         # auto-recovery recreated the directory and rewrote the log from the live memories
         assert await asyncio.to_thread((storage / LOG_FILE_NAME).exists)
@@ -138,6 +142,28 @@ async def test_storage_directory_deleted_while_running_is_reported_and_repaired(
     async with MemoryManager(memory_config(str(storage))) as memory_after:
         await memory_after.import_memories(storage.parent / "rescue.jsonl")
     assert await verify(storage, ledger, {}, "directory deleted")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="detection reads /proc/self/fd (Linux)")
+async def test_store_file_replaced_while_running_is_detected_and_the_log_rewritten(storage: Path) -> None:
+    ledger = Ledger()
+    async with EnhancedContextManager(config_for(storage, enable_auto_recovery=True)) as manager:
+        memory = manager.memory_manager
+        for number, tier in enumerate(["short", "medium", None, "medium"]):
+            stored = await memory.add_memory(f"m8x{number} before the swap", tier=tier)
+            ledger.acked[stored.id] = f"m8x{number}"
+        garbage = storage / "garbage.tmp"
+        garbage.write_bytes(b"not a memory log\n" * 50)
+        os.replace(garbage, storage / LOG_FILE_NAME)  # e.g. a restore or a sync tool swapping the file
+        stored = await memory.add_memory("m8x50 after the swap", tier="medium")  # lands in the old file
+        ledger.acked[stored.id] = "m8x50"
+        assert manager.health_checker is not None
+        status = await manager.health_checker.perform_health_check()
+        # found and repaired in this run: the log was rewritten from the live memories
+        repairs = [action.action for action in status.recoveries if action.check == "storage"]
+        assert any("rewrote the memory log" in action for action in repairs), status.recoveries
+        assert status.checks["storage"].status is HealthState.HEALTHY  # checked again after the repair
+    assert await verify(storage, ledger, {}, "log replaced while running")
 
 
 @pytest.mark.parametrize("file_name", [LOG_FILE_NAME, DATABASE_FILE_NAME])

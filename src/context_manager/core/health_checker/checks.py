@@ -7,6 +7,7 @@ Each returns a :class:`CheckOutcome`; a fault auto-recovery can repair carries i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
@@ -93,8 +94,12 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
                 worst = HealthState.DEGRADED
     lost = lost_memory_files(memory_manager)
     if lost:
-        names = ", ".join(path.name for path in lost)
-        problems.append(f"memory files removed while open: {names}")
+        for verb, group in (
+            ("removed", [path for path in lost if not path.exists()]),
+            ("replaced", [path for path in lost if path.exists()]),
+        ):
+            if group:
+                problems.append(f"memory files {verb} while open: {', '.join(path.name for path in group)}")
         details["lost_memory_files"] = [str(path) for path in lost]
         worst = HealthState.UNHEALTHY
     if worst is HealthState.HEALTHY:
@@ -106,7 +111,7 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
     )
     if any(path.suffix != ".jsonl" for path in lost):
         recommendation += (
-            " The long-term database file was deleted while open: its rows live only in the open "
+            " The long-term database file was deleted or replaced while open: its rows live only in the open "
             "file until the process ends. Export them now (memory_manager.export_memories), then "
             "restart and import them."
         )
@@ -120,14 +125,29 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
 
 
 def lost_memory_files(memory_manager: Any) -> list[Path]:
-    """Files an open memory manager writes to that no longer exist (deleted behind its back)."""
+    """Files an open memory manager writes to that were deleted or replaced behind its back.
+
+    Either way its writes go to a file that no longer has a name and is gone when the process ends.
+    A replaced file is found through ``/proc/self/fd`` (Linux): an open descriptor whose target reads
+    ``<path> (deleted)`` while ``<path>`` exists again.
+    """
     if memory_manager is None or not getattr(memory_manager, "is_initialized", False):
         return []
     from context_manager.core.memory.file_store import LOG_FILE_NAME
     from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
 
     root = Path(memory_manager.storage_path)
-    return [root / name for name in (LOG_FILE_NAME, DATABASE_FILE_NAME) if not (root / name).exists()]
+    paths = [root / name for name in (LOG_FILE_NAME, DATABASE_FILE_NAME)]
+    lost = [path for path in paths if not path.exists()]
+    open_targets: set[str] = set()
+    with contextlib.suppress(OSError), os.scandir("/proc/self/fd") as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+                open_targets.add(os.readlink(entry.path))
+    for path in paths:
+        if path not in lost and f"{os.path.realpath(path)} (deleted)" in open_targets:
+            lost.append(path)
+    return lost
 
 
 async def check_database(memory_manager: Any) -> CheckOutcome:
