@@ -8,8 +8,6 @@ Names the guide leaves to the reader (``some_async_function``, ``arg1``, ``arg2`
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -22,6 +20,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.health_checker import HealthChecker, HealthState
 from context_manager.core.performance_monitor import PerformanceMonitor
+from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 arg1, arg2 = 6, 7
 
@@ -335,11 +334,10 @@ def test_cleanup_leaves_no_pending_task_in_debug_mode(
         async with EnhancedContextManager(config=config) as manager:
             await manager.add_message("user", "hi")
             await manager.search_memory("hi")
+            assert manager.health_checker is not None and manager.health_checker.is_running
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
-    with caplog.at_level(logging.WARNING, logger="asyncio"):
-        asyncio.run(main(), debug=True)
-        gc.collect()
-    assert "Task was destroyed but it is pending" not in caplog.text
+    assert DESTROYED_PENDING not in run_leaving_leftovers(main, caplog)
 
 
 async def test_a_deleted_memory_log_is_rewritten_by_auto_recovery(

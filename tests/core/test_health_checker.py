@@ -1,9 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import logging
 import shutil
 import sqlite3
 import threading
@@ -26,6 +24,7 @@ from context_manager.core.health_checker import (
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.sqlite_store import SQLiteStore
 from context_manager.core.performance_monitor import PerformanceMonitor
+from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 BUILTIN = ["storage", "database", "memory_pressure", "event_loop", "error_rate", "background_tasks"]
 
@@ -350,11 +349,9 @@ def test_no_pending_task_after_stop_in_debug_mode(caplog: pytest.LogCaptureFixtu
         await checker.start()
         await ran.wait()
         await checker.stop()
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
-    with caplog.at_level(logging.WARNING, logger="asyncio"):
-        asyncio.run(main(), debug=True)
-        gc.collect()
-    assert "Task was destroyed but it is pending" not in caplog.text
+    assert DESTROYED_PENDING not in run_leaving_leftovers(main, caplog)
 
 
 async def test_diagnostic_report(tmp_path: Path) -> None:

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import math
 import random
 import subprocess
@@ -25,6 +23,7 @@ from context_manager.core.performance_monitor import (
     record_library_operation,
     running_monitors,
 )
+from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 # ------------------------------------------------------------------------------------------- numbers
 
@@ -258,12 +257,11 @@ def test_no_pending_task_after_stop_in_debug_mode(caplog: pytest.LogCaptureFixtu
         await monitor.start_monitoring()
         await monitor.wait_for_sample()
         await monitor.stop_monitoring()
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
-    with caplog.at_level(logging.ERROR, logger="asyncio"):
-        asyncio.run(main(), debug=True)
-        gc.collect()
-    assert "Task was destroyed but it is pending" not in caplog.text
-    assert "never awaited" not in caplog.text
+    log = run_leaving_leftovers(main, caplog)
+    assert DESTROYED_PENDING not in log
+    assert "never awaited" not in log
 
 
 # ----------------------------------------------------------------------------- library-operation fan-out

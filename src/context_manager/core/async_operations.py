@@ -249,6 +249,7 @@ class ConcurrencyController:
         """Finished, unfetched results kept."""
 
         self._accepting = False
+        self._was_started = False
         self._starting_new = False
         self._tasks: dict[str, _TaskRecord] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -280,6 +281,7 @@ class ConcurrencyController:
         """Start accepting tasks. Calling it again while running does nothing."""
         self._abandon_if_loop_closed()
         self._loop = asyncio.get_running_loop()
+        self._was_started = True
         self._accepting = True
         self._starting_new = True
 
@@ -390,9 +392,11 @@ class ConcurrencyController:
         """
         self._abandon_if_loop_closed()
         if not self._accepting:
+            state = "stopped" if self._was_started else "not started"
             raise ControllerStoppedError(
-                "submit_task: the controller is not running; allowed after await controller.start() "
-                "and before stop() (a controller whose event loop was closed is stopped)"
+                f"controller: got {state!r}; allowed 'running' (submit_task needs await "
+                "controller.start() first and no stop() since; a controller whose event loop was "
+                "closed is stopped)"
             )
         if type(task_id) is not str or not task_id:
             raise InvalidTaskError("task_id", task_id, "a non-empty string")
@@ -531,7 +535,10 @@ class ConcurrencyController:
     def _record(self, task_id: str) -> _TaskRecord:
         record = self._tasks.get(task_id) if isinstance(task_id, str) else None
         if record is None:
-            raise TaskNotFoundError(task_id)
+            raise TaskNotFoundError(
+                task_id,
+                allowed=f"the id of a task submitted and not yet fetched ({len(self._tasks)} held)",
+            )
         return record
 
     async def wait_for_task(self, task_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109

@@ -194,12 +194,15 @@ class LifecycleError(ContextManagerError, RuntimeError):
 class NotFoundError(ContextManagerError, KeyError):
     """An id that does not exist was asked for."""
 
-    def __init__(self, kind: str, identifier: str) -> None:
+    def __init__(self, kind: str, identifier: str, *, allowed: str | None = None) -> None:
         self.kind = kind
         """What was looked up (``"memory"``, ``"tool"``, ``"task"``)."""
         self.identifier = identifier
         """The id that was not found."""
-        super().__init__(f"{kind} not found: {describe_value(identifier)}")
+        self.allowed = allowed
+        """Which ids exist, when that helps (e.g. ``"one of 'a', 'b'"``)."""
+        message = f"{kind} not found: {describe_value(identifier)}"
+        super().__init__(f"{message}; allowed {allowed}" if allowed else message)
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0])
@@ -222,8 +225,8 @@ class ToolNotFoundError(NotFoundError):
 class TaskNotFoundError(NotFoundError):
     """No task has the given id."""
 
-    def __init__(self, identifier: str) -> None:
-        super().__init__("task", identifier)
+    def __init__(self, identifier: str, *, allowed: str | None = None) -> None:
+        super().__init__("task", identifier, allowed=allowed)
 
 
 class StorageError(ContextManagerError, OSError):
