@@ -1,8 +1,14 @@
-"""The user guide's operations snippets, run as written (Performance Monitoring x2, Concurrent Operations,
-Health Checking, Memory Management's optimize_system, Troubleshooting), plus the manager's operations wiring.
+"""The user guide's operations snippets, run as written, plus the manager's operations wiring.
 
-Names the guide leaves to the reader (``some_async_function``, ``arg1``, ``arg2``,
-``perform_custom_operation``) are small real functions defined here.
+Each snippet below is the guide's text verbatim (checked against USER_GUIDE.md when the shared spec is
+next to this checkout) and is executed as is, with top-level ``await``: Advanced Features > Performance
+Monitoring, Concurrent Operations and Health Checking; Performance Optimization > Memory Management
+(``optimize_system``) and Performance Monitoring; Troubleshooting > Memory Issues and Performance Issues;
+API Reference > PerformanceMonitor.
+
+Names the guide leaves to the reader (``context_manager``, ``some_async_function``, ``arg1``, ``arg2``,
+``perform_custom_operation``, and ``PerformanceMonitor`` imported earlier in the guide) are provided in
+the snippet's namespace: a real context manager and small real functions.
 """
 
 from __future__ import annotations
@@ -12,14 +18,15 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from context_manager.core.async_operations import ConcurrencyController
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.health_checker import HealthChecker, HealthState
+from context_manager.core.health_checker import HealthState
 from context_manager.core.performance_monitor import PerformanceMonitor
+from tests.guide_snippets import run_snippet, verbatim_test
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 arg1, arg2 = 6, 7
@@ -49,78 +56,201 @@ async def context_manager(tmp_path: Path) -> AsyncIterator[EnhancedContextManage
 
 # ------------------------------------------------------------------------------------- guide snippets
 
+PERFORMANCE_MONITORING = """
+from context_manager.core.performance_monitor import PerformanceMonitor
+
+# Start monitoring
+monitor = PerformanceMonitor(sample_interval=0.1)
+await monitor.start_monitoring()
+
+# Perform operations
+await context_manager.add_message("user", "Test message")
+await context_manager.search_memory("test")
+
+# Get metrics
+metrics = monitor.get_current_metrics()
+print(f"Operations: {metrics.total_operations}")
+print(f"Memory usage: {metrics.memory_usage_mb:.2f}MB")
+print(f"Health score: {metrics.health_score:.2f}")
+
+await monitor.stop_monitoring()
+"""
+
+CONCURRENT_OPERATIONS = """
+from context_manager.core.async_operations import ConcurrencyController
+
+# Create concurrency controller
+controller = ConcurrencyController(max_concurrent_tasks=10)
+await controller.start()
+
+# Submit multiple tasks
+task_ids = []
+for i in range(5):
+    task_id = await controller.submit_task(
+        f"task_{i}",
+        some_async_function,
+        arg1, arg2,
+        priority="normal"
+    )
+    task_ids.append(task_id)
+
+# Wait for results
+results = []
+for task_id in task_ids:
+    result = await controller.wait_for_task(task_id)
+    results.append(result)
+
+await controller.stop()
+"""
+
+HEALTH_CHECKING = """
+from context_manager.core.health_checker import HealthChecker
+
+# Create health checker
+health_checker = HealthChecker(check_interval=5.0)
+await health_checker.start()
+
+# Perform health check
+health_status = await health_checker.perform_health_check()
+print(f"System status: {health_status.status.value}")
+print(f"Health score: {health_status.health_score:.2f}")
+
+# Generate diagnostic report
+report = await health_checker.generate_diagnostic_report()
+print(f"Recommendations: {len(report.recommendations)}")
+
+await health_checker.stop()
+"""
+
+MEMORY_MANAGEMENT = """
+# Optimize memory usage
+await context_manager.optimize_system()
+
+# Clear old memories
+await context_manager.memory_manager.cleanup_old_memories(max_age_days=30)
+
+# Consolidate similar memories
+consolidation_result = await context_manager.memory_manager.consolidate_memories()
+print(f"Consolidated {consolidation_result['consolidated_count']} memories")
+"""
+
+DETAILED_PERFORMANCE_MONITORING = """
+# Enable detailed monitoring
+monitor = PerformanceMonitor(
+    sample_interval=0.05,  # Frequent sampling
+    enable_profiling=True  # Enable profiling
+)
+
+await monitor.start_monitoring()
+
+# Monitor specific operations
+with monitor.operation_timer("custom_operation"):
+    await perform_custom_operation()
+
+# Get performance summary
+summary = monitor.get_performance_summary()
+print(f"Health score: {summary['health_score']:.2f}")
+print(f"Recommendations: {summary['recommendations']}")
+"""
+
+TROUBLESHOOTING_MEMORY = """
+# Monitor memory usage
+import psutil
+process = psutil.Process()
+print(f"Memory usage: {process.memory_info().rss / 1024 / 1024:.2f}MB")
+
+# Optimize memory
+await context_manager.optimize_system()
+"""
+
+TROUBLESHOOTING_PERFORMANCE = """
+# Enable performance monitoring
+monitor = PerformanceMonitor()
+await monitor.start_monitoring()
+
+# Check performance metrics
+metrics = monitor.get_current_metrics()
+print(f"Health score: {metrics.health_score:.2f}")
+
+# Get optimization recommendations
+summary = monitor.get_performance_summary()
+for recommendation in summary['recommendations']:
+    print(f"Recommendation: {recommendation}")
+"""
+
+API_REFERENCE_PERFORMANCE_MONITOR = """
+monitor = PerformanceMonitor(sample_interval=0.1)
+await monitor.start_monitoring()
+
+# Record operations
+monitor.record_operation("operation_name", 0.1, True)
+
+# Get metrics
+metrics = monitor.get_current_metrics()
+summary = monitor.get_performance_summary()
+
+await monitor.stop_monitoring()
+"""
+
+SNIPPETS = {
+    "Advanced Features > Performance Monitoring": PERFORMANCE_MONITORING,
+    "Advanced Features > Concurrent Operations": CONCURRENT_OPERATIONS,
+    "Advanced Features > Health Checking": HEALTH_CHECKING,
+    "Performance Optimization > Memory Management": MEMORY_MANAGEMENT,
+    "Performance Optimization > Performance Monitoring": DETAILED_PERFORMANCE_MONITORING,
+    "Troubleshooting > Memory Issues": TROUBLESHOOTING_MEMORY,
+    "Troubleshooting > Performance Issues": TROUBLESHOOTING_PERFORMANCE,
+    "API Reference > PerformanceMonitor": API_REFERENCE_PERFORMANCE_MONITOR,
+}
+
+
+test_snippets_are_verbatim_copies_of_the_guide = verbatim_test(SNIPPETS)
+
+
+async def run_guide_snippet(source: str, **names: Any) -> dict[str, Any]:
+    """Run a snippet with the names the guide leaves to the reader, plus ``names``."""
+    namespace = {
+        "some_async_function": some_async_function,
+        "arg1": arg1,
+        "arg2": arg2,
+        "perform_custom_operation": perform_custom_operation,
+        "PerformanceMonitor": PerformanceMonitor,
+        **names,
+    }
+    return await run_snippet(source, namespace)
+
 
 async def test_performance_monitoring(
     context_manager: EnhancedContextManager, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Start monitoring
-    monitor = PerformanceMonitor(sample_interval=0.1)
-    await monitor.start_monitoring()
-
-    # Perform operations
-    await context_manager.add_message("user", "Test message")
-    await context_manager.search_memory("test")
-
-    # Get metrics
-    metrics = monitor.get_current_metrics()
-    print(f"Operations: {metrics.total_operations}")
-    print(f"Memory usage: {metrics.memory_usage_mb:.2f}MB")
-    print(f"Health score: {metrics.health_score:.2f}")
-
-    await monitor.stop_monitoring()
+    names = await run_guide_snippet(PERFORMANCE_MONITORING, context_manager=context_manager)
 
     out = capsys.readouterr().out
-    assert "Operations: 2\n" in out
-    assert metrics.memory_usage_mb > 1.0
+    assert "Operations: 2\n" in out  # add_message and search_memory reached the running monitor
+    assert names["metrics"].memory_usage_mb > 1.0
     assert "Health score: 1.00" in out
+    monitor = names["monitor"]
     assert set(monitor.operation_stats()) == {"add_message", "search_memory"}
+    assert not monitor.is_monitoring
 
 
-async def test_concurrent_operations(capsys: pytest.CaptureFixture[str]) -> None:
-    # Create concurrency controller
-    controller = ConcurrencyController(max_concurrent_tasks=10)
-    await controller.start()
+async def test_concurrent_operations() -> None:
+    names = await run_guide_snippet(CONCURRENT_OPERATIONS)
 
-    # Submit multiple tasks
-    task_ids = []
-    for i in range(5):
-        task_id = await controller.submit_task(
-            f"task_{i}", some_async_function, arg1, arg2, priority="normal"
-        )
-        task_ids.append(task_id)
-
-    # Wait for results
-    results = []
-    for task_id in task_ids:
-        result = await controller.wait_for_task(task_id)
-        results.append(result)
-
-    await controller.stop()
-
-    assert results == [42] * 5
+    assert names["results"] == [42] * 5
+    assert names["task_ids"] == [f"task_{i}" for i in range(5)]
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
 
 async def test_health_checking(capsys: pytest.CaptureFixture[str]) -> None:
-    # Create health checker
-    health_checker = HealthChecker(check_interval=5.0)
-    await health_checker.start()
-
-    # Perform health check
-    health_status = await health_checker.perform_health_check()
-    print(f"System status: {health_status.status.value}")
-    print(f"Health score: {health_status.health_score:.2f}")
-
-    # Generate diagnostic report
-    report = await health_checker.generate_diagnostic_report()
-    print(f"Recommendations: {len(report.recommendations)}")
-
-    await health_checker.stop()
+    names = await run_guide_snippet(HEALTH_CHECKING)
 
     out = capsys.readouterr().out
     assert "System status: healthy" in out
     assert "Health score: 1.00" in out
     assert "Recommendations: 0" in out
+    assert not names["health_checker"].is_running
+    assert names["report"].status is HealthState.HEALTHY
 
 
 async def test_memory_management_optimize_system(
@@ -130,15 +260,7 @@ async def test_memory_management_optimize_system(
         await context_manager.memory_manager.add_memory(
             content="Python context managers use __enter__ and __exit__", importance=0.9, tags=[f"t{index}"]
         )
-    # Optimize memory usage
-    await context_manager.optimize_system()
-
-    # Clear old memories
-    await context_manager.memory_manager.cleanup_old_memories(max_age_days=30)
-
-    # Consolidate similar memories
-    consolidation_result = await context_manager.memory_manager.consolidate_memories()
-    print(f"Consolidated {consolidation_result['consolidated_count']} memories")
+    await run_guide_snippet(MEMORY_MANAGEMENT, context_manager=context_manager)
 
     assert "Consolidated 0 memories" in capsys.readouterr().out  # optimize_system already merged them
     found = await context_manager.search_memory("enter exit")
@@ -146,28 +268,13 @@ async def test_memory_management_optimize_system(
 
 
 async def test_detailed_performance_monitoring(capsys: pytest.CaptureFixture[str]) -> None:
-    # Enable detailed monitoring
-    monitor = PerformanceMonitor(
-        sample_interval=0.05,  # Frequent sampling
-        enable_profiling=True,  # Enable profiling
-    )
-
-    await monitor.start_monitoring()
-
-    # Monitor specific operations
-    with monitor.operation_timer("custom_operation"):
-        await perform_custom_operation()
-
-    # Get performance summary
-    summary = monitor.get_performance_summary()
-    print(f"Health score: {summary['health_score']:.2f}")
-    print(f"Recommendations: {summary['recommendations']}")
-
-    await monitor.stop_monitoring()
+    names = await run_guide_snippet(DETAILED_PERFORMANCE_MONITORING)
+    await names["monitor"].stop_monitoring()  # the guide leaves it running; we stop what we started
 
     out = capsys.readouterr().out
     assert "Health score: 1.00" in out
     assert "Recommendations: [" in out
+    summary = names["summary"]
     assert summary["operations"]["custom_operation"]["count"] == 1
     assert any(
         "perform_custom_operation" in entry["function"] for entry in summary["profile"]["hottest_functions"]
@@ -177,54 +284,25 @@ async def test_detailed_performance_monitoring(capsys: pytest.CaptureFixture[str
 async def test_troubleshooting_memory_issues(
     context_manager: EnhancedContextManager, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Monitor memory usage
-    import psutil
+    await run_guide_snippet(TROUBLESHOOTING_MEMORY, context_manager=context_manager)
 
-    process = psutil.Process()
-    print(f"Memory usage: {process.memory_info().rss / 1024 / 1024:.2f}MB")
-
-    # Optimize memory
-    await context_manager.optimize_system()
-
-    assert capsys.readouterr().out.startswith("Memory usage: ")
+    out = capsys.readouterr().out
+    assert out.startswith("Memory usage: ") and float(out.split(": ")[1].removesuffix("MB\n")) > 1.0
 
 
 async def test_troubleshooting_performance_issues(capsys: pytest.CaptureFixture[str]) -> None:
-    # Enable performance monitoring
-    monitor = PerformanceMonitor()
-    await monitor.start_monitoring()
+    names = await run_guide_snippet(TROUBLESHOOTING_PERFORMANCE)
+    await names["monitor"].stop_monitoring()  # the guide leaves it running; we stop what we started
 
-    # Check performance metrics
-    metrics = monitor.get_current_metrics()
-    print(f"Health score: {metrics.health_score:.2f}")
-
-    # Get optimization recommendations
-    summary = monitor.get_performance_summary()
-    for recommendation in summary["recommendations"]:
-        print(f"Recommendation: {recommendation}")
-
-    await monitor.stop_monitoring()  # the guide leaves it running; we stop what we started
     assert "Health score: 1.00" in capsys.readouterr().out
+    assert names["summary"]["recommendations"] == []
 
 
-def test_api_reference_performance_monitor() -> None:
-    async def main() -> dict[str, object]:
-        monitor = PerformanceMonitor(sample_interval=0.1)
-        await monitor.start_monitoring()
+async def test_api_reference_performance_monitor() -> None:
+    names = await run_guide_snippet(API_REFERENCE_PERFORMANCE_MONITOR)
 
-        # Record operations
-        monitor.record_operation("operation_name", 0.1, True)
-
-        # Get metrics
-        metrics = monitor.get_current_metrics()
-        summary = monitor.get_performance_summary()
-
-        await monitor.stop_monitoring()
-        assert metrics.total_operations == 1
-        return summary
-
-    summary = asyncio.run(main())
-    assert summary["operations"]["operation_name"]["count"] == 1  # type: ignore[index]
+    assert names["metrics"].total_operations == 1
+    assert names["summary"]["operations"]["operation_name"]["count"] == 1
 
 
 # ------------------------------------------------------------------------------- the manager's wiring

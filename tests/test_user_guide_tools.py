@@ -9,8 +9,6 @@ with top-level ``await`` in a namespace holding what the guide's surrounding tex
 
 from __future__ import annotations
 
-import ast
-import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Dict  # noqa: UP035 - the guide's snippets use typing.Dict
@@ -20,6 +18,7 @@ import pytest
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.tool_system import ToolCategory, ToolDefinition, ToolPermission, ToolResult
+from tests.guide_snippets import run_snippet, verbatim_test
 
 CORE_CONCEPTS_TOOL_SYSTEM = """
 # Register a custom tool
@@ -154,7 +153,6 @@ else:
 """
 
 
-GUIDE = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "USER_GUIDE.md"
 SNIPPETS = {
     "Core Concepts > Tool System": CORE_CONCEPTS_TOOL_SYSTEM,
     "Custom Tools > Creating Basic Tools": CREATING_BASIC_TOOLS,
@@ -165,19 +163,7 @@ SNIPPETS = {
 }
 
 
-@pytest.mark.skipif(not GUIDE.is_file(), reason="the shared user guide is not next to this checkout")
-@pytest.mark.parametrize("section", list(SNIPPETS))
-def test_snippets_are_verbatim_copies_of_the_guide(section: str) -> None:
-    guide = GUIDE.read_text(encoding="utf-8")
-    assert "```python\n" + SNIPPETS[section].lstrip("\n") + "```" in guide, section
-
-
-async def run_snippet(source: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    code = compile(source, "<user guide>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    outcome = eval(code, namespace)  # noqa: S307 - the guide's own code
-    if inspect.isawaitable(outcome):
-        await outcome
-    return namespace
+test_snippets_are_verbatim_copies_of_the_guide = verbatim_test(SNIPPETS)
 
 
 @pytest.fixture
