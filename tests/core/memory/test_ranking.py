@@ -167,6 +167,7 @@ def test_fts5_idf_matches_sqlite_and_clamps() -> None:
     assert fts5_idf(1000, 1) == pytest.approx(math.log(999.5 / 1.5))
     assert fts5_idf(2, 1) == 1e-6  # a word in half of a tiny index weighs nothing in FTS5
     assert fts5_idf(10, 9) == 1e-6
+    assert fts5_idf(0, 5) == 1e-6  # a stale total (a write landed between two reads) does not raise
 
 
 def test_idf_corrections_score_every_tier_as_one_index() -> None:

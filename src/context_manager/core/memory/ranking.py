@@ -272,7 +272,11 @@ def prune_common_terms(
 
 
 def fts5_idf(total: int, documents: int) -> float:
-    """The IDF FTS5's ``bm25()`` gives a term in ``documents`` of ``total`` rows (1e-6 when not positive)."""
+    """The IDF FTS5's ``bm25()`` gives a term in ``documents`` of ``total`` rows (1e-6 when not positive).
+
+    ``total`` below ``documents`` (a count read just before a concurrent write) counts as ``documents``.
+    """
+    total = max(total, documents)
     idf = math.log((total - documents + 0.5) / (documents + 0.5))
     return idf if idf > 0.0 else 1e-6
 
