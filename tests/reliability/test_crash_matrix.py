@@ -32,13 +32,14 @@ from tests.reliability.conftest import scaled, start_worker
 from tests.reliability.crash_worker import memory_config
 
 OPERATIONS = {
-    # operation: (CI rounds, full rounds, memory config overrides the worker uses)
-    "add_memory": (4, 24, {}),
-    "consolidate_memories": (4, 24, {}),
-    "log_compaction": (4, 24, {"medium_term_memory_size": 5000}),
-    "cleanup_old_memories": (4, 24, {}),
-    "optimize_system": (4, 24, {}),
-    "compression_eviction": (4, 24, {}),
+    # operation: (CI rounds, full rounds, operations run before the kill, memory config of the worker)
+    "add_memory": (4, 24, (1, 4), {}),
+    "consolidate_memories": (4, 24, (1, 4), {}),
+    "log_compaction": (4, 24, (1, 4), {"medium_term_memory_size": 5000}),
+    "cleanup_old_memories": (4, 24, (1, 4), {}),
+    "optimize_system": (4, 24, (1, 4), {}),
+    # the window (400 tokens) compresses every few messages, and only once it is full
+    "compression_eviction": (4, 24, (8, 40), {}),
 }
 
 
@@ -83,7 +84,12 @@ class Ledger:
 
 
 def run_and_kill(
-    operation: str, storage: Path, seed: int, rng: random.Random, duration: list[float]
+    operation: str,
+    storage: Path,
+    seed: int,
+    rng: random.Random,
+    duration: list[float],
+    before: tuple[int, int],
 ) -> list[str]:
     """One round: start the worker, kill it inside the operation, return every line it printed."""
     process = start_worker(operation, str(storage), str(seed))
@@ -93,7 +99,7 @@ def run_and_kill(
         _, errors = process.communicate(timeout=30)
         pytest.fail(f"{operation} worker did not start: {first!r} {errors[-3000:]}")
     lines: list[str] = []
-    begins = rng.randint(1, 4)
+    begins = rng.randint(*before)
     began_at = 0.0
     while begins:
         line = process.stdout.readline()
@@ -181,14 +187,14 @@ async def verify(storage: Path, ledger: Ledger, overrides: dict[str, Any], label
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 async def test_acknowledged_writes_survive_sigkill(operation: str, storage: Path) -> None:
-    ci_rounds, full_rounds, overrides = OPERATIONS[operation]
+    ci_rounds, full_rounds, before, overrides = OPERATIONS[operation]
     rounds = scaled(ci_rounds, full_rounds)
     rng = random.Random(f"crash-{operation}")
     ledger = Ledger()
     duration = [0.05]
     stored = 0
     for round_number in range(rounds):
-        lines = await asyncio.to_thread(run_and_kill, operation, storage, round_number, rng, duration)
+        lines = await asyncio.to_thread(run_and_kill, operation, storage, round_number, rng, duration, before)
         ledger.read(lines)
         stored = await verify(storage, ledger, overrides, f"{operation} round {round_number}")
     assert ledger.acked or ledger.evicted, f"{operation}: the workers acknowledged nothing"
