@@ -15,12 +15,15 @@ from hypothesis import strategies as st
 
 from context_manager.core.errors import InvalidMetricError, InvalidSettingError
 from context_manager.core.performance_monitor import (
+    OperationStats,
     PerformanceMetrics,
     PerformanceMonitor,
     PerformanceThresholds,
+    SystemSample,
     monitored_operation,
     percentile,
     record_library_operation,
+    rules,
     running_monitors,
 )
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
@@ -505,3 +508,69 @@ def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
     rate = monitor.get_current_metrics().operations_per_second
     # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them
     assert rate > 0.5 * 5000 / max(elapsed, 1e-3)
+
+
+# ------------------------------------------------------------------------------ the rules, one by one
+
+
+def _evidence(**changes: Any) -> rules.Evidence:
+    """A quiet snapshot (every figure at a rule's limit, none over it) with ``changes`` applied."""
+    quiet = {
+        "recent_error_rate": 0.05,
+        "recent_count": 100,
+        "recent_errors": [{"operation": "op"}] * 5,
+        "operation_stats": [_stats("op", p95_ms=1000.0)],
+        "samples": [SystemSample(0.0, 100.0, 85.0, 100.0)] * 3,
+        "hottest_function": {"function": "work", "share": 0.5},
+    }
+    return rules.Evidence(**{**quiet, **changes})
+
+
+def _stats(name: str, p95_ms: float) -> OperationStats:
+    return OperationStats(name, 10, 10, 0, 0.0, p95_ms, p95_ms, p95_ms, p95_ms, p95_ms, p95_ms)
+
+
+LIMITS = PerformanceThresholds(memory_limit_mb=100.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "advice_start", "factor"),
+    [
+        ({"recent_error_rate": 0.2}, "Error rate is 20.0% over the last 100 operations", 0.8 / 0.95),
+        ({"operation_stats": [_stats("op", p95_ms=4000.0)]}, "Operation 'op' is slow: p95 4000 ms", 0.5),
+        ({"samples": [SystemSample(0.0, 100.0, 85.0, 400.0)] * 3}, "Event loop lag reached 400 ms", 0.5),
+        ({"samples": [SystemSample(0.0, 100.0, 90.0, 10.0)] * 3}, "CPU use averages 90% of one core", 0.9),
+        (
+            {"samples": [SystemSample(0.0, 50.0, 85.0, 100.0), SystemSample(1.0, 250.5, 85.0, 1.0)]},
+            "Memory grew by 200 MB over the sampled history (> 200 MB)",
+            None,  # growth itself does not lower the score; the limit rule below does
+        ),
+        (
+            {"samples": [SystemSample(0.0, 100.5, 85.0, 100.0)] * 3},
+            "Memory use 100 MB exceeds the limit",
+            0.8,
+        ),
+        (
+            {"hottest_function": {"function": "work", "share": 0.9}},
+            "work takes 90% of the profiled time",
+            1.0,
+        ),
+    ],
+)
+def test_each_rule_fires_just_above_its_limit_and_not_at_it(
+    changes: dict[str, Any], advice_start: str, factor: float | None
+) -> None:
+    quiet = _evidence()
+    assert rules.recommendations(LIMITS, quiet) == []
+    baseline = rules.health_score(LIMITS, quiet)
+    assert baseline == pytest.approx(0.95)  # only the 5 % recent error rate lowers it
+    fired = _evidence(**changes)
+    advice = rules.recommendations(LIMITS, fired)
+    assert [line for line in advice if line.startswith(advice_start)], advice
+    if factor is not None:
+        assert rules.health_score(LIMITS, fired) == pytest.approx(baseline * factor)
+
+
+def test_the_error_rule_needs_min_operations() -> None:
+    few = _evidence(recent_error_rate=0.5, recent_count=9)
+    assert rules.recommendations(LIMITS, few) == []
