@@ -85,7 +85,7 @@ async def test_disk_full_fails_cleanly_then_recovers_without_losing_writes(
     stored = await verify(storage, ledger, {"medium_term_memory_size": 100_000}, f"disk full ({tiers})")
     print(
         f"FAULT-FIGURES disk_full[{tiers}]: limit_bytes={limit} acknowledged={len(ledger.acked)} "
-        f"storage_errors={len(errors)} acknowledged_after_room_again={len(after_recovery)} stored={stored}"
+        f"storage_errors={len(errors)} acknowledged_after_first_error={len(after_recovery)} stored={stored}"
     )
 
 
