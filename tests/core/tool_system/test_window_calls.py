@@ -263,3 +263,30 @@ async def test_tool_calls_are_recorded_by_running_monitors(manager: EnhancedCont
     stats = monitor.operation_stats()["execute_tool"]
     assert (stats.count, stats.successes, stats.failures) == (3, 2, 1)
     assert monitor.recent_errors()[-1]["message"] == "invalid_arguments (add)"
+
+
+async def test_result_of_a_call_evicted_while_running_is_not_appended(tmp_path: Path) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(x: int) -> int:
+        started.set()
+        await release.wait()
+        return x
+
+    config = ContextManagerConfig(max_tokens=300, cache_path=tmp_path / "cache")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("slow", slow, "Slow")
+        task = asyncio.create_task(
+            context.execute_tool_calls([ToolCall(id="c1", name="slow", arguments={"x": 1})])
+        )
+        await started.wait()
+        assert context.context_window.pending_tool_calls == frozenset({"c1"})
+        for _ in range(10):  # the conversation moves on; compression evicts the waiting call
+            await context.add_message("user", " ".join(["hello"] * 60))
+        assert "c1" not in context.context_window.pending_tool_calls
+        release.set()
+        results = await task
+        assert results[0].success and results[0].result == 1  # the caller still gets it
+        assert tool_messages(context) == []  # but no result without its call enters the window
+        check_window(context)
