@@ -93,6 +93,9 @@ def test_duplicate_name_raises_and_leaves_registry_unchanged(manager: ToolManage
     [
         ("bad name", summarise, {}, "^name: got 'bad name'"),
         ("n" * 65, summarise, {}, "^name: got"),
+        ("", summarise, {}, "^name: got ''"),
+        ("web.search", summarise, {}, "^name: got 'web.search'"),
+        ("café", summarise, {}, "^name: got 'café'"),
         ("ok", "not callable", {}, "^function: got 'not callable'"),
         ("ok", summarise, {"timeout": -1}, "^timeout: got -1"),
         ("ok", summarise, {"rate_limit": -3}, "^rate_limit: got -3"),
@@ -107,6 +110,12 @@ def test_invalid_registrations_leave_registry_unchanged(
     with pytest.raises(ToolRegistrationError, match=match):
         manager.register_function_tool(name, function, "desc", **options)
     assert manager.list_tools() == before
+
+
+def test_longest_provider_name_is_accepted(manager: ToolManager) -> None:
+    name = "A-z_0" + "9" * 59
+    assert len(name) == 64
+    assert manager.register_function_tool(name, summarise, "desc").name == name
 
 
 def test_register_tool_accepts_definitions_and_plain_functions() -> None:
