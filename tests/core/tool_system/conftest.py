@@ -1,6 +1,9 @@
-"""Shared helpers for the tool system tests: a controllable clock."""
+"""Shared helpers for the tool system tests: a controllable clock and a tool the test releases."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -21,3 +24,16 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+def gated_tool() -> tuple[Callable[[int], Awaitable[int]], asyncio.Event, asyncio.Event]:
+    """Return ``(slow, started, release)``: ``slow(x)`` sets ``started``, waits for ``release``, returns x."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(x: int) -> int:
+        started.set()
+        await release.wait()
+        return x
+
+    return slow, started, release

@@ -21,7 +21,7 @@ from context_manager.core.tool_system import (
     tool,
 )
 
-from .conftest import ManualClock
+from .conftest import ManualClock, gated_tool
 
 
 async def summarise(text: str, max_length: int = 100, suffix: str = "...") -> str:
@@ -376,14 +376,7 @@ def test_permission_defaults_documented() -> None:
 
 
 async def test_unregistering_while_a_call_runs_is_safe() -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(x: int) -> int:
-        started.set()
-        await release.wait()
-        return x
-
+    slow, started, release = gated_tool()
     manager = ToolManager()
     manager.register_function_tool("slow", slow, "Slow", cacheable=True)
     task = asyncio.create_task(manager.execute("slow", x=1))

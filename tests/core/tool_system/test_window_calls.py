@@ -19,6 +19,8 @@ from context_manager.core.errors import LifecycleError, ToolCallPairingError
 from context_manager.core.messages import Message, Role, ToolCall
 from context_manager.core.tool_system import ToolResult
 
+from .conftest import gated_tool
+
 
 async def echo(n: int) -> str:
     """Return n words."""
@@ -266,14 +268,7 @@ async def test_tool_calls_are_recorded_by_running_monitors(manager: EnhancedCont
 
 
 async def test_result_of_a_call_evicted_while_running_is_not_appended(tmp_path: Path) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow(x: int) -> int:
-        started.set()
-        await release.wait()
-        return x
-
+    slow, started, release = gated_tool()
     config = ContextManagerConfig(max_tokens=300, cache_path=tmp_path / "cache")
     async with EnhancedContextManager(config) as context:
         context.tool_manager.register_function_tool("slow", slow, "Slow")
