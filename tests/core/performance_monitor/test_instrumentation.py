@@ -1,0 +1,69 @@
+"""Library operations reach running monitors (registry.py, instrumentation.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from context_manager.core.performance_monitor import (
+    PerformanceMonitor,
+    monitored_operation,
+    record_library_operation,
+    running_monitors,
+)
+
+# ----------------------------------------------------------------------------- library-operation fan-out
+
+
+class _Service:
+    def __init__(self, monitor: PerformanceMonitor | None) -> None:
+        self.performance_monitor = monitor
+
+    @monitored_operation("service_call")
+    async def call(self, fail: bool = False) -> str:
+        if fail:
+            raise RuntimeError("service down")
+        return "ok"
+
+    @monitored_operation("tool_like", succeeded=lambda result: result["success"])
+    async def tool_like(self, success: bool) -> dict[str, bool]:
+        return {"success": success}
+
+
+async def test_running_monitors_count_library_operations_stopped_ones_do_not() -> None:
+    running = PerformanceMonitor(sample_interval=10.0)
+    stopped = PerformanceMonitor(sample_interval=10.0)
+    private = PerformanceMonitor(sample_interval=10.0, collect_library_operations=False)
+    await running.start_monitoring()
+    await private.start_monitoring()
+    try:
+        assert running in running_monitors() and private not in running_monitors()
+        record_library_operation("add_message", 0.001, True)
+        assert running.get_current_metrics().total_operations == 1
+        assert stopped.get_current_metrics().total_operations == 0
+        assert private.get_current_metrics().total_operations == 0
+        # a component's own monitor is recorded once, even when it also runs in the registry
+        record_library_operation("search_memory", 0.001, True, own_monitor=running)
+        record_library_operation("search_memory", 0.001, True, own_monitor=private)
+        assert running.operation_stats()["search_memory"].count == 2
+        assert private.operation_stats()["search_memory"].count == 1
+    finally:
+        await running.stop_monitoring()
+        await private.stop_monitoring()
+    record_library_operation("add_message", 0.001, True)
+    assert running.get_current_metrics().total_operations == 3
+
+
+async def test_monitored_operation_decorator_uses_the_instance_monitor() -> None:
+    own = PerformanceMonitor(collect_library_operations=False)
+    service = _Service(own)
+    assert await service.call() == "ok"
+    with pytest.raises(RuntimeError, match="service down"):
+        await service.call(fail=True)
+    await service.tool_like(True)
+    await service.tool_like(False)
+    stats = own.operation_stats()
+    assert (stats["service_call"].successes, stats["service_call"].failures) == (1, 1)
+    assert (stats["tool_like"].successes, stats["tool_like"].failures) == (1, 1)
+    assert own.recent_errors()[0]["error_type"] == "RuntimeError"
+    # without any monitor the decorator just calls through
+    assert await _Service(None).call() == "ok"

@@ -1,0 +1,166 @@
+"""PerformanceMonitor: bad input, the timer, sampling, throughput, lazy imports."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from context_manager.core.errors import InvalidMetricError, InvalidSettingError
+from context_manager.core.performance_monitor import (
+    PerformanceMonitor,
+    running_monitors,
+)
+from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, math.nan, math.inf, True, "1"])
+def test_invalid_sample_interval(interval: Any) -> None:
+    with pytest.raises(InvalidSettingError, match=r"sample_interval: got .*; allowed a finite number"):
+        PerformanceMonitor(sample_interval=interval)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("history_size", 5), ("reservoir_size", 2.5)])
+def test_invalid_sizes(setting: str, value: Any) -> None:
+    with pytest.raises(InvalidSettingError, match=rf"{setting}: got .*; allowed an integer >= 10"):
+        PerformanceMonitor(**{setting: value})
+
+
+def test_invalid_thresholds_object() -> None:
+    with pytest.raises(InvalidSettingError, match="thresholds"):
+        PerformanceMonitor(thresholds={"error_rate": 0.1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "duration", "field"),
+    [
+        ("", 0.1, "name"),
+        (None, 0.1, "name"),
+        ("op", -0.1, "duration_s"),
+        ("op", math.nan, "duration_s"),
+        ("op", math.inf, "duration_s"),
+        ("op", "fast", "duration_s"),
+    ],
+)
+def test_invalid_record_leaves_the_monitor_unchanged(name: Any, duration: Any, field: str) -> None:
+    monitor = PerformanceMonitor()
+    monitor.record_operation("op", 0.5, True)
+    with pytest.raises(InvalidMetricError, match=rf"{field}: got .*; allowed"):
+        monitor.record_operation(name, duration, True)
+    assert monitor.get_current_metrics().total_operations == 1
+    with pytest.raises(InvalidMetricError, match="name"):
+        monitor.operation_timer("")
+
+
+# ---------------------------------------------------------------------------------------- the timer
+
+
+async def test_operation_timer_with_and_async_with() -> None:
+    monitor = PerformanceMonitor()
+    with monitor.operation_timer("sync_block") as timer:
+        time.sleep(0.002)  # noqa: ASYNC251 - a sync block being timed
+    async with monitor.operation_timer("async_block") as async_timer:
+        await asyncio.sleep(0)
+    stats = monitor.operation_stats()
+    assert stats["sync_block"].count == 1 and stats["sync_block"].successes == 1
+    assert stats["sync_block"].min_ms >= 2.0
+    assert timer.duration_s is not None and timer.duration_s >= 0.002
+    assert stats["async_block"].count == 1 and async_timer.duration_s is not None
+
+
+async def test_operation_timer_records_a_failure_and_propagates() -> None:
+    monitor = PerformanceMonitor()
+    with pytest.raises(KeyError, match="missing"), monitor.operation_timer("lookup"):
+        raise KeyError("missing")
+    with pytest.raises(ValueError, match="bad"):
+        async with monitor.operation_timer("parse"):
+            raise ValueError("bad")
+    metrics = monitor.get_current_metrics()
+    assert (metrics.total_operations, metrics.failures) == (2, 2)
+    errors = monitor.recent_errors()
+    assert [(e["operation"], e["error_type"]) for e in errors] == [
+        ("lookup", "KeyError"),
+        ("parse", "ValueError"),
+    ]
+    assert "bad" in errors[1]["message"]
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+async def test_sampler_records_memory_cpu_and_lag_and_stops_cleanly() -> None:
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    await monitor.start_monitoring()
+    assert monitor.is_monitoring and monitor.sampler_alive
+    await monitor.start_monitoring()  # idempotent: still one sampler
+    sample = await monitor.wait_for_sample()
+    assert sample.rss_mb > 1.0 and sample.cpu_percent >= 0.0 and sample.event_loop_lag_ms >= 0.0
+    metrics = monitor.get_current_metrics()
+    assert metrics.memory_usage_mb > 1.0
+    await monitor.stop_monitoring()
+    await monitor.stop_monitoring()  # idempotent
+    assert not monitor.is_monitoring
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+    with pytest.raises(RuntimeError, match="not running"):
+        await monitor.wait_for_sample()
+
+
+async def test_async_with_starts_and_stops() -> None:
+    async with PerformanceMonitor(sample_interval=0.01) as monitor:
+        assert monitor in running_monitors()
+        await monitor.wait_for_sample()
+    assert monitor not in running_monitors()
+    assert not monitor.sampler_alive
+
+
+async def test_event_loop_lag_is_measured_and_advised() -> None:
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    async with monitor:
+        await monitor.wait_for_sample()
+        time.sleep(0.15)  # noqa: ASYNC251 - a real fault: block the event loop
+        sample = await monitor.wait_for_sample()
+        assert sample.event_loop_lag_ms >= 100.0
+        advice = monitor.recommendations()
+        assert any("Event loop lag" in line and "asyncio.to_thread" in line for line in advice)
+        assert monitor.health_score() < 1.0
+
+
+def test_no_pending_task_after_stop_in_debug_mode(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        monitor = PerformanceMonitor(sample_interval=0.005)
+        await monitor.start_monitoring()
+        await monitor.wait_for_sample()
+        await monitor.stop_monitoring()
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+    log = run_leaving_leftovers(main, caplog)
+    assert DESTROYED_PENDING not in log
+    assert "never awaited" not in log
+
+
+def test_importing_the_module_does_not_import_psutil_or_prometheus() -> None:
+    code = (
+        "import sys; import context_manager.core.performance_monitor, context_manager.core.health_checker, "
+        "context_manager.core.async_operations; "
+        "print([m for m in ('psutil', 'prometheus_client', 'cProfile') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
+    monitor = PerformanceMonitor(history_size=100)
+    start = time.perf_counter()
+    for _ in range(5000):
+        monitor.record_operation("fast", 0.0, True)
+    elapsed = time.perf_counter() - start
+    rate = monitor.get_current_metrics().operations_per_second
+    # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them
+    assert rate > 0.5 * 5000 / max(elapsed, 1e-3)

@@ -1,0 +1,52 @@
+"""Prometheus export (core/performance_monitor/prometheus.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from context_manager.core.performance_monitor import (
+    PerformanceMonitor,
+)
+
+# --------------------------------------------------------------------------------------- prometheus
+
+
+async def test_prometheus_collector_exposes_the_same_figures() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    for _ in range(3):
+        monitor.record_operation("add_message", 0.002, True)
+    monitor.record_operation("add_message", 0.004, False)
+    registry = CollectorRegistry()
+    registry.register(monitor.prometheus_collector())
+    async with monitor:
+        await monitor.wait_for_sample()
+        value = registry.get_sample_value
+        assert (
+            value("context_manager_operations_total", {"operation": "add_message", "outcome": "success"}) == 3
+        )
+        assert (
+            value("context_manager_operations_total", {"operation": "add_message", "outcome": "failure"}) == 1
+        )
+        p50 = value(
+            "context_manager_operation_latency_seconds", {"operation": "add_message", "quantile": "0.5"}
+        )
+        assert p50 == pytest.approx(0.002)
+        assert value("context_manager_error_rate") == pytest.approx(0.25)
+        assert value("context_manager_health_score") == pytest.approx(monitor.health_score())
+        assert value("context_manager_memory_usage_bytes") > 1e6
+        assert value("context_manager_event_loop_lag_seconds") is not None
+        text = generate_latest(registry).decode()
+    assert "context_manager_cpu_percent" in text and "context_manager_operations_per_second" in text
+
+
+def test_prometheus_collector_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from context_manager.core.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "prometheus_client.core", None)
+    with pytest.raises(MissingDependencyError, match=r"python-context-manager\[prometheus\]"):
+        PerformanceMonitor().prometheus_collector()

@@ -1,0 +1,127 @@
+"""Latency reservoir and percentiles (core/performance_monitor/reservoir.py)."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.performance_monitor import (
+    PerformanceMetrics,
+    PerformanceMonitor,
+    percentile,
+)
+
+# ------------------------------------------------------------------------------------------- numbers
+
+
+def test_percentiles_of_a_known_distribution_are_exact_below_the_reservoir_size() -> None:
+    monitor = PerformanceMonitor(reservoir_size=2000)
+    values = list(range(1, 1001))  # 1 .. 1000 ms
+    random.Random(7).shuffle(values)
+    for value in values:
+        monitor.record_operation("op", value / 1000.0, True)
+    metrics = monitor.get_current_metrics()
+    # numpy's default linear interpolation: position (n - 1) * q
+    assert metrics.p50_latency_ms == pytest.approx(500.5)
+    assert metrics.p95_latency_ms == pytest.approx(950.05)
+    assert metrics.p99_latency_ms == pytest.approx(990.01)
+    assert metrics.avg_latency_ms == pytest.approx(500.5)
+    stats = monitor.operation_stats()["op"]
+    assert (stats.min_ms, stats.max_ms, stats.count) == (pytest.approx(1.0), pytest.approx(1000.0), 1000)
+
+
+def test_percentiles_beyond_the_reservoir_are_a_close_uniform_sample() -> None:
+    monitor = PerformanceMonitor(reservoir_size=512)
+    values = list(range(20_000))
+    random.Random(3).shuffle(values)
+    for value in values:
+        monitor.record_operation("op", value / 1000.0, True)
+    stats = monitor.operation_stats()["op"]
+    assert stats.count == 20_000
+    assert stats.avg_ms == pytest.approx(9999.5)  # exact: kept as running totals
+    assert stats.max_ms == pytest.approx(19_999.0)
+    assert stats.p50_ms == pytest.approx(10_000, rel=0.08)
+    assert stats.p95_ms == pytest.approx(19_000, rel=0.03)
+    assert stats.p99_ms == pytest.approx(19_800, rel=0.02)
+
+
+def test_overall_percentiles_weight_each_operation_by_its_count() -> None:
+    monitor = PerformanceMonitor(reservoir_size=512)
+    fast = list(range(30_000))  # 0 .. 30 s spread, 30,000 operations
+    slow = list(range(30_000, 40_000))  # 30 .. 40 s, 10,000 operations
+    for values in (fast, slow):
+        random.Random(5).shuffle(values)
+    for value in fast:
+        monitor.record_operation("fast", value / 1000.0, True)
+    for value in slow:
+        monitor.record_operation("slow", value / 1000.0, True)
+    metrics = monitor.get_current_metrics()
+    assert metrics.total_operations == 40_000
+    assert metrics.avg_latency_ms == pytest.approx(19_999.5)
+    # the true quantiles of 0 .. 39,999 ms: 20,000 / 38,000 / 39,600
+    assert metrics.p50_latency_ms == pytest.approx(20_000, rel=0.06)
+    assert metrics.p95_latency_ms == pytest.approx(38_000, rel=0.02)
+    assert metrics.p99_latency_ms == pytest.approx(39_600, rel=0.01)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=1, max_size=300))
+def test_percentiles_are_ordered_and_within_range(durations: list[float]) -> None:
+    monitor = PerformanceMonitor(reservoir_size=64, history_size=50)
+    for duration in durations:
+        monitor.record_operation("op", duration, True)
+    stats = monitor.operation_stats()["op"]
+    assert stats.min_ms - 1e-9 <= stats.p50_ms <= stats.p95_ms + 1e-9
+    assert stats.p95_ms <= stats.p99_ms + 1e-9 <= stats.max_ms + 2e-9
+    assert stats.count == len(durations)
+    # bounded memory whatever the input size
+    assert len(monitor._operations["op"].values) <= 64
+    assert len(monitor._recent) <= 50
+
+
+def test_percentile_helper_matches_linear_interpolation() -> None:
+    assert percentile([], 0.5) == 0.0
+    assert percentile([3.0], 0.99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
+
+
+def test_counts_error_rate_and_throughput() -> None:
+    monitor = PerformanceMonitor()
+    for index in range(10):
+        monitor.record_operation("op", 0.001, index % 5 != 0)
+    metrics = monitor.get_current_metrics()
+    assert isinstance(metrics, PerformanceMetrics)
+    assert (metrics.total_operations, metrics.successes, metrics.failures) == (10, 8, 2)
+    assert metrics.error_rate == pytest.approx(0.2)
+    assert metrics.operations_per_second > 0
+    assert metrics.memory_usage_mb > 1.0  # sampled on demand, even without start_monitoring()
+    assert 0.0 <= metrics.health_score <= 1.0
+
+
+def test_recording_from_many_threads_loses_nothing() -> None:
+    monitor = PerformanceMonitor()
+
+    def record() -> None:
+        for _ in range(2000):
+            monitor.record_operation("threaded", 0.0001, True)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert monitor.get_current_metrics().total_operations == 8000
+
+
+def test_reset_forgets_everything() -> None:
+    monitor = PerformanceMonitor()
+    monitor.record_operation("op", 0.01, False, error="boom")
+    monitor.reset()
+    assert monitor.get_current_metrics().total_operations == 0
+    assert monitor.recent_errors() == []
+    assert monitor.operation_stats() == {}

@@ -1,0 +1,203 @@
+"""Health score and recommendation rules: through a monitor on real data, then one by one."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from context_manager.core.performance_monitor import (
+    OperationStats,
+    PerformanceMonitor,
+    PerformanceThresholds,
+    SystemSample,
+    rules,
+)
+
+# ------------------------------------------------------------------------------- health and advice
+
+
+def test_a_healthy_monitor_scores_one_and_gives_no_advice() -> None:
+    monitor = PerformanceMonitor()
+    for _ in range(50):
+        monitor.record_operation("fast", 0.001, True)
+    assert monitor.health_score() == 1.0
+    assert monitor.recommendations() == []
+
+
+def test_rule_error_rate() -> None:
+    monitor = PerformanceMonitor()
+    for index in range(20):
+        monitor.record_operation("search_memory", 0.001, index % 4 != 0, error="index missing")
+    assert monitor.health_score() == pytest.approx(0.75)
+    advice = monitor.recommendations()
+    assert len(advice) == 1
+    assert "Error rate is 25.0% over the last 20 operations" in advice[0]
+    assert "'search_memory', 5" in advice[0]
+
+
+def test_rule_error_rate_needs_enough_operations() -> None:
+    monitor = PerformanceMonitor()
+    monitor.record_operation("op", 0.001, False)
+    monitor.record_operation("op", 0.001, True)
+    assert monitor.recommendations() == []
+
+
+def test_rule_slow_operation() -> None:
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(slow_operation_ms=100.0))
+    for _ in range(20):
+        monitor.record_operation("slow_search", 0.4, True)
+        monitor.record_operation("quick", 0.001, True)
+    advice = monitor.recommendations()
+    assert len(advice) == 1
+    assert advice[0].startswith("Operation 'slow_search' is slow: p95 400 ms > 100 ms")
+    assert monitor.health_score() == pytest.approx(0.5)  # factor max(0.5, 100 / 400)
+
+
+async def test_rule_high_cpu() -> None:
+    limits = PerformanceThresholds(cpu_percent=-1.0, min_cpu_samples=3)  # any real CPU use is "high"
+    async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
+        for _ in range(3):
+            await monitor.wait_for_sample()
+        assert any(line.startswith("CPU use averages") for line in monitor.recommendations())
+        assert monitor.health_score() == pytest.approx(0.9)
+
+
+async def test_rule_memory_growth() -> None:
+    limits = PerformanceThresholds(memory_growth_mb=20.0)
+    async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
+        await monitor.wait_for_sample()
+        assert not any("Memory grew" in line for line in monitor.recommendations())
+        ballast = b"x" * (64 * 1024 * 1024)  # a real 64 MiB allocation
+        await monitor.wait_for_sample()
+        advice = monitor.recommendations()
+        assert len(ballast) > 0
+        assert any(line.startswith("Memory grew by") and "optimize_system()" in line for line in advice)
+
+
+async def test_rule_memory_limit() -> None:
+    limits = PerformanceThresholds(memory_limit_mb=1.0)
+    monitor = PerformanceMonitor(thresholds=limits)
+    await monitor.start_monitoring()
+    try:
+        advice = monitor.recommendations()
+        assert any(line.startswith("Memory use") and "exceeds the limit of 1 MB" in line for line in advice)
+        assert monitor.health_score() == pytest.approx(0.8)
+    finally:
+        await monitor.stop_monitoring()
+
+
+def _busy_function() -> int:
+    total = 0
+    for index in range(300_000):
+        total += index * index
+    return total
+
+
+async def test_profiling_names_the_hottest_function_and_advises() -> None:
+    monitor = PerformanceMonitor(enable_profiling=True)
+    with monitor.operation_timer("crunch"):
+        _busy_function()
+    async with monitor.operation_timer("crunch"):
+        await asyncio.sleep(0)
+    summary = monitor.get_performance_summary()
+    hottest = summary["profile"]["hottest_functions"]
+    assert hottest[0]["function"].endswith("(_busy_function)")
+    assert hottest[0]["share"] > 0.5 and hottest[0]["calls"] == 1
+    assert any(
+        "_busy_function" in line and "optimise it first" in line for line in summary["recommendations"]
+    )
+
+
+def test_profiling_off_reports_no_functions() -> None:
+    monitor = PerformanceMonitor()
+    with monitor.operation_timer("crunch"):
+        _busy_function()
+    assert monitor.get_performance_summary()["profile"]["hottest_functions"] == []
+
+
+def test_performance_summary_shape() -> None:
+    monitor = PerformanceMonitor()
+    monitor.record_operation("a", 0.01, True)
+    monitor.record_operation("b", 0.02, False, error=ValueError("nope"))
+    summary = monitor.get_performance_summary()
+    assert set(summary) >= {
+        "health_score",
+        "recommendations",
+        "metrics",
+        "operations",
+        "system",
+        "recent_errors",
+    }
+    assert isinstance(summary["recommendations"], list)
+    assert summary["operations"]["b"]["failures"] == 1
+    assert summary["metrics"]["total_operations"] == 2
+    assert summary["system"]["memory_usage_mb"] > 1.0
+    assert summary["recent_errors"][0]["message"] == "ValueError: nope"
+
+
+# ------------------------------------------------------------------------------ the rules, one by one
+
+
+def _evidence(**changes: Any) -> rules.Evidence:
+    """A quiet snapshot (every figure at a rule's limit, none over it) with ``changes`` applied."""
+    quiet = {
+        "recent_error_rate": 0.05,
+        "recent_count": 100,
+        "recent_errors": [{"operation": "op"}] * 5,
+        "operation_stats": [_stats("op", p95_ms=1000.0)],
+        "samples": [SystemSample(0.0, 100.0, 85.0, 100.0)] * 3,
+        "hottest_function": {"function": "work", "share": 0.5},
+    }
+    return rules.Evidence(**{**quiet, **changes})
+
+
+def _stats(name: str, p95_ms: float) -> OperationStats:
+    return OperationStats(name, 10, 10, 0, 0.0, p95_ms, p95_ms, p95_ms, p95_ms, p95_ms, p95_ms)
+
+
+LIMITS = PerformanceThresholds(memory_limit_mb=100.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "advice_start", "factor"),
+    [
+        ({"recent_error_rate": 0.2}, "Error rate is 20.0% over the last 100 operations", 0.8 / 0.95),
+        ({"operation_stats": [_stats("op", p95_ms=4000.0)]}, "Operation 'op' is slow: p95 4000 ms", 0.5),
+        ({"samples": [SystemSample(0.0, 100.0, 85.0, 400.0)] * 3}, "Event loop lag reached 400 ms", 0.5),
+        ({"samples": [SystemSample(0.0, 100.0, 90.0, 10.0)] * 3}, "CPU use averages 90% of one core", 0.9),
+        (
+            {"samples": [SystemSample(0.0, 50.0, 85.0, 100.0), SystemSample(1.0, 250.5, 85.0, 1.0)]},
+            "Memory grew by 200 MB over the sampled history (> 200 MB)",
+            None,  # growth itself does not lower the score; the limit rule below does
+        ),
+        (
+            {"samples": [SystemSample(0.0, 100.5, 85.0, 100.0)] * 3},
+            "Memory use 100 MB exceeds the limit",
+            0.8,
+        ),
+        (
+            {"hottest_function": {"function": "work", "share": 0.9}},
+            "work takes 90% of the profiled time",
+            1.0,
+        ),
+    ],
+)
+def test_each_rule_fires_just_above_its_limit_and_not_at_it(
+    changes: dict[str, Any], advice_start: str, factor: float | None
+) -> None:
+    quiet = _evidence()
+    assert rules.recommendations(LIMITS, quiet) == []
+    baseline = rules.health_score(LIMITS, quiet)
+    assert baseline == pytest.approx(0.95)  # only the 5 % recent error rate lowers it
+    fired = _evidence(**changes)
+    advice = rules.recommendations(LIMITS, fired)
+    assert [line for line in advice if line.startswith(advice_start)], advice
+    if factor is not None:
+        assert rules.health_score(LIMITS, fired) == pytest.approx(baseline * factor)
+
+
+def test_the_error_rule_needs_min_operations() -> None:
+    few = _evidence(recent_error_rate=0.5, recent_count=9)
+    assert rules.recommendations(LIMITS, few) == []
