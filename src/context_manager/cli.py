@@ -136,7 +136,7 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
         return function(options)
     except typer.Exit:
         raise
-    except (ContextManagerError, CommandError, OSError, UnicodeDecodeError) as error:
+    except (ContextManagerError, CommandError, OSError, UnicodeError) as error:  # UnicodeError: bad paths too
         if options.debug:
             raise
         _fail(options, _describe(error))

@@ -151,6 +151,12 @@ class ContextManagerConfig(BaseSettings):
         if isinstance(value, str | Path):
             if str(value).strip() == "":
                 raise ValueError("a non-empty path")
+            if "\x00" in str(value):
+                raise ValueError("a path without NUL characters")
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a path of valid Unicode text (no lone surrogates)") from None
             path = Path(value).expanduser()
             if path.exists() and not path.is_dir():
                 raise ValueError("a directory path (this path is an existing file)")

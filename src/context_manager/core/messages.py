@@ -98,11 +98,31 @@ def new_message_id() -> str:
     return f"msg_{_ID_PREFIX}{next(_id_counter):x}"
 
 
+_MAX_INT_BITS = 13_000  # about 3,900 decimal digits, under Python's default int-to-str limit of 4,300
+
+
+def _encodable(text: str) -> bool:
+    """True if ``text`` encodes to UTF-8 (no lone surrogates), as files, SQLite and tokenizers need."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> None:
     """Reject values that cannot be stored and exported as JSON (cycles, NaN, non-str keys, objects)."""
     if depth > 64:
         raise InvalidMessageError(field_name, "<nested too deeply>", "JSON values nested at most 64 levels")
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise InvalidMessageError(f"{field_name}{path}", value, "valid Unicode text (no lone surrogates)")
+        return
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:  # json.dumps cannot write it (int-to-str digit limit)
+            raise InvalidMessageError(f"{field_name}{path}", value, "integers of at most 4,000 digits")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -110,8 +130,8 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidMessageError(f"{field_name}{path}", key, "string keys")
+            if not isinstance(key, str) or not _encodable(key):
+                raise InvalidMessageError(f"{field_name}{path}", key, "string keys of valid Unicode text")
             _check_json(item, field_name, f"{path}.{key}", depth + 1)
         return
     if isinstance(value, list | tuple):
@@ -153,10 +173,10 @@ class ToolCall:
             raise InvalidMessageError(
                 "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"
             )
-        if not isinstance(call.id, str) or not call.id:
-            raise InvalidMessageError("tool_calls[].id", call.id, "a non-empty string")
-        if not isinstance(call.name, str) or not call.name:
-            raise InvalidMessageError("tool_calls[].name", call.name, "a non-empty string")
+        if not isinstance(call.id, str) or not call.id or not _encodable(call.id):
+            raise InvalidMessageError("tool_calls[].id", call.id, "a non-empty string of valid Unicode")
+        if not isinstance(call.name, str) or not call.name or not _encodable(call.name):
+            raise InvalidMessageError("tool_calls[].name", call.name, "a non-empty string of valid Unicode")
         if not isinstance(call.arguments, dict):
             raise InvalidMessageError("tool_calls[].arguments", call.arguments, "a JSON object (dict)")
         _check_json(call.arguments, "tool_calls[].arguments")
@@ -172,9 +192,12 @@ class ToolCall:
             if isinstance(raw, str):
                 try:
                     arguments = json.loads(raw) if raw.strip() else {}
-                except json.JSONDecodeError as error:
+                except (ValueError, RecursionError) as error:  # bad JSON, huge numbers, JSON bombs
                     raise InvalidMessageError(
-                        "tool_calls[].function.arguments", raw, "a JSON object string", detail=str(error)
+                        "tool_calls[].function.arguments",
+                        raw,
+                        "a JSON object string",
+                        detail=type(error).__name__ if isinstance(error, RecursionError) else str(error),
                     ) from None
             else:
                 arguments = raw
@@ -272,7 +295,7 @@ class Message:
             raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
         elif metadata:
             _check_json(metadata, "metadata")
-        if name is not None and (not isinstance(name, str) or not name):
+        if name is not None and (not isinstance(name, str) or not name or not _encodable(name)):
             raise InvalidMessageError("name", name, "None or a non-empty string")
         calls: list[ToolCall] = []
         if tool_calls:
@@ -287,7 +310,7 @@ class Message:
             if len(set(ids)) != len(ids):
                 raise InvalidMessageError("tool_calls", ids, "distinct call ids within one message")
         if parsed_role is Role.TOOL:
-            if not isinstance(tool_call_id, str) or not tool_call_id:
+            if not isinstance(tool_call_id, str) or not tool_call_id or not _encodable(tool_call_id):
                 raise InvalidMessageError(
                     "tool_call_id",
                     tool_call_id,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from context_manager.core.errors import ConfigurationError
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from context_manager.core.messages import Message
@@ -201,8 +201,21 @@ def get_token_counter(encoding_name: str = "o200k_base", *, model: str | None = 
 
 
 def count_tokens(text: str, encoding_name: str = "o200k_base") -> int:
-    """Count the tokens of ``text`` with the default counter of ``encoding_name``."""
-    return get_token_counter(encoding_name).count(text)
+    """Count the tokens of ``text`` with the default counter of ``encoding_name``.
+
+    Raises:
+        InvalidArgumentError: ``text`` is not a str, or holds lone surrogates (not valid Unicode).
+        ConfigurationError: the encoding is unknown.
+    """
+    if not isinstance(text, str):
+        raise InvalidArgumentError("text", text, "a str")
+    if not isinstance(encoding_name, str):
+        raise ConfigurationError("encoding_name", encoding_name, "one of 'o200k_base', 'cl100k_base'")
+    counter = get_token_counter(encoding_name)
+    try:
+        return counter.count(text)
+    except UnicodeEncodeError:
+        raise InvalidArgumentError("text", text, "valid Unicode text (no lone surrogates)") from None
 
 
 def truncate_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end: bool = False) -> str:

@@ -178,7 +178,8 @@ class MemoryMaintenance(TierMovement):
                     "a memory as written by export_memories",
                     detail=str(error),
                 ) from error
-            except (ValueError, KeyError, TypeError) as error:
+            except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
+                # RecursionError: a JSON bomb nested deeper than the parser's stack
                 raise InvalidMemoryError(
                     f"{source}:{number}",
                     line[:80],

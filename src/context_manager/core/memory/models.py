@@ -11,6 +11,7 @@ context, speaker boosts and session-level scores.
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final
@@ -126,21 +127,34 @@ class Memory:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Memory:
-        """Build a memory from :meth:`to_dict` output; raise ``KeyError``/``ValueError``/``TypeError``."""
+        """Build a memory from :meth:`to_dict` output; raise ``KeyError``/``ValueError``/``TypeError``.
+
+        Field types are checked (an imported file is untrusted): a non-empty string id, finite times,
+        a non-negative integer access count, lists of strings for tags and ``merged_from``.
+        """
+        memory_id = data["id"]
+        if not isinstance(memory_id, str) or not memory_id:
+            raise TypeError(f"id: got {memory_id!r}; allowed a non-empty string")
+        superseded_by = data.get("superseded_by")
+        if superseded_by is not None and not isinstance(superseded_by, str):
+            raise TypeError(f"superseded_by: got {type(superseded_by).__name__}; allowed a string or null")
+        access_count = data.get("access_count", 0)
+        if isinstance(access_count, bool) or not isinstance(access_count, int) or access_count < 0:
+            raise ValueError("access_count: allowed an integer >= 0")
         return cls(
-            id=str(data["id"]),
+            id=memory_id,
             content=data["content"],
             importance=float(data.get("importance", 0.5)),
-            tags=list(data.get("tags") or []),
+            tags=_string_list(data.get("tags"), "tags"),
             tier=MemoryTier.parse(data.get("tier", "short")),
-            created_at=float(data.get("created_at", 0.0)),
-            last_accessed=float(data.get("last_accessed", 0.0)),
-            access_count=int(data.get("access_count", 0)),
+            created_at=_finite(data.get("created_at", 0.0), "created_at"),
+            last_accessed=_finite(data.get("last_accessed", 0.0), "last_accessed"),
+            access_count=access_count,
             metadata=dict(data.get("metadata") or {}),
             user_id=data.get("user_id"),
             source=str(data.get("source", "api")),
-            superseded_by=data.get("superseded_by"),
-            merged_from=list(data.get("merged_from") or []),
+            superseded_by=superseded_by,
+            merged_from=_string_list(data.get("merged_from"), "merged_from"),
             context=str(data.get("context") or ""),
         )
 
@@ -185,3 +199,25 @@ class Memory:
         """The date of the session as text (e.g. ``"2023-05-08"``), if known."""
         value = self.metadata.get("session_date")
         return None if value is None else str(value)
+
+
+def _finite(value: Any, field: str) -> float:
+    """A finite number (not a bool) as a float; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{field}: allowed a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{field}: allowed a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{field}: allowed a finite number")
+    return number
+
+
+def _string_list(value: Any, field: str) -> list[str]:
+    """``None`` (empty) or a list of strings; TypeError otherwise (a bare string is not a list)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"{field}: allowed a list of strings")
+    return list(value)

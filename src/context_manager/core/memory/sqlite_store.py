@@ -252,6 +252,8 @@ class SQLiteStore:
 
     def get(self, memory_id: str) -> Memory | None:
         """Return the memory with this id, or ``None``."""
+        if not _storable(memory_id):
+            return None
         with self._guard():
             row = self._db.execute(f"{_SELECT} WHERE id = ?", (memory_id,)).fetchone()
         return None if row is None else _memory(row)
@@ -259,6 +261,7 @@ class SQLiteStore:
     def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
         """Return the memories among ``ids`` held here, by id."""
         found: dict[str, Memory] = {}
+        ids = [memory_id for memory_id in ids if _storable(memory_id)]
         with self._guard():
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
@@ -500,3 +503,12 @@ def _rollback(db: sqlite3.Connection) -> None:
     """
     if db.in_transaction:
         db.execute("ROLLBACK")
+
+
+def _storable(memory_id: str) -> bool:
+    """False for an id SQLite cannot hold (lone surrogates): no stored memory can have it."""
+    try:
+        memory_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -55,6 +55,10 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")
         return dict(json.loads(text))
+    except RecursionError:  # nested deeper than the interpreter's stack: a JSON bomb
+        raise InvalidMemoryError(
+            "metadata", "<nested too deeply>", "a dict with string keys and JSON values", detail="too deep"
+        ) from None
     except (TypeError, ValueError) as error:
         raise InvalidMemoryError(
             "metadata", metadata, "a dict with string keys and JSON values", detail=str(error)
@@ -107,11 +111,15 @@ def check_tiers(tiers: Any) -> set[MemoryTier] | None:
     return {check_tier(tier) for tier in tiers}
 
 
+MAX_LIMIT = 2**31 - 1
+"""Larger limits mean "everything"; they are capped so SQLite (64-bit integers) can take them."""
+
+
 def check_limit(limit: Any) -> int:
-    """An integer >= 0 (not a bool)."""
+    """An integer >= 0 (not a bool); values above :data:`MAX_LIMIT` are capped to it."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise InvalidMemoryError("limit", limit, "an integer >= 0")
-    return limit
+    return min(limit, MAX_LIMIT)
 
 
 def check_time(value: Any, field: str) -> float | None:
@@ -126,7 +134,9 @@ def check_time(value: Any, field: str) -> float | None:
 
 
 def check_path(path: Any) -> Path:
-    """A non-empty str or Path (``~`` expanded)."""
+    """A non-empty str or Path (``~`` expanded) without NUL characters or lone surrogates."""
     if not isinstance(path, str | Path) or not str(path).strip():
         raise InvalidMemoryError("path", path, "a file path (str or pathlib.Path)")
+    if "\x00" in str(path) or not encodable(str(path)):
+        raise InvalidMemoryError("path", path, "a file path without NUL characters or lone surrogates")
     return Path(path).expanduser()

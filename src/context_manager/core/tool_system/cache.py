@@ -26,7 +26,7 @@ def canonical_arguments(arguments: dict[str, Any]) -> str | None:
         return json.dumps(
             arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested deeper than the encoder's stack
         return None
 
 

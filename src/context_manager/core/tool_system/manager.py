@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
@@ -243,7 +243,7 @@ class ToolManager(ToolRegistry):
             A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
         """
         started = _perf_counter()
-        definition = self._tools.get(name)
+        definition = self._tools.get(name) if isinstance(name, str) else None
         if definition is None:
             self._unknown_calls += 1
             names = sorted(self._tools)
@@ -252,10 +252,10 @@ class ToolManager(ToolRegistry):
                 known += f" and {len(names) - _LISTED_TOOLS} more"
             return ToolResult(
                 success=False,
-                error=f"unknown tool {name!r}; available tools: {known}",
+                error=f"unknown tool {describe_value(name)}; available tools: {known}",
                 error_type=ToolErrorType.UNKNOWN_TOOL,
                 execution_time=_perf_counter() - started,
-                tool_name=str(name),
+                tool_name=name if isinstance(name, str) else describe_value(name),
                 call_id=call_id,
             )
         if arguments is None:
@@ -374,7 +374,7 @@ class ToolManager(ToolRegistry):
 
         try:
             value, text = _encode_result(value)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             return self._fail(
                 definition,
                 ToolErrorType.TOOL_ERROR,
