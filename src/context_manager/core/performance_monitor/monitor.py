@@ -20,7 +20,7 @@ from context_manager.core.performance_monitor.metrics import (
     PerformanceThresholds,
     SystemSample,
 )
-from context_manager.core.performance_monitor.profiling import BlockProfiler
+from context_manager.core.performance_monitor.profiling import HOTTEST_FUNCTIONS_SHOWN, BlockProfiler
 from context_manager.core.performance_monitor.prometheus import PrometheusCollector
 from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats
 from context_manager.core.performance_monitor.timer import OperationTimer
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 _DEFAULT_RESERVOIR_SIZE = 1024
 _RATE_WINDOW_S = 60.0
 _MAX_RECENT_ERRORS = 50
-_PROFILE_TOP = 10
 
 
 class PerformanceMonitor:
@@ -251,7 +250,7 @@ class PerformanceMonitor:
 
     # ------------------------------------------------------------------------------------- profiling
 
-    def hottest_functions(self, limit: int = _PROFILE_TOP) -> list[dict[str, Any]]:
+    def hottest_functions(self, limit: int = HOTTEST_FUNCTIONS_SHOWN) -> list[dict[str, Any]]:
         """Return the functions that took the most own time inside timed blocks (needs profiling).
 
         Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import cProfile
 
-__all__ = ["BlockProfiler"]
+__all__ = ["HOTTEST_FUNCTIONS_SHOWN", "BlockProfiler"]
 
-_PROFILE_TOP = 10
+HOTTEST_FUNCTIONS_SHOWN = 10
+"""How many functions :meth:`BlockProfiler.hottest_functions` returns by default."""
 
 
 class BlockProfiler:
@@ -66,7 +67,7 @@ class BlockProfiler:
             if self._depth == 0:
                 self._profiler = None
 
-    def hottest_functions(self, limit: int = _PROFILE_TOP) -> list[dict[str, Any]]:
+    def hottest_functions(self, limit: int = HOTTEST_FUNCTIONS_SHOWN) -> list[dict[str, Any]]:
         """Return the functions that took the most own time inside profiled blocks.
 
         Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,
