@@ -360,6 +360,7 @@ async def test_diagnostic_report(tmp_path: Path) -> None:
         monitor.record_operation("execute_tool", 0.001, False, error=TimeoutError("tool slow"))
     checker = HealthChecker(context_manager=_Parts(performance_monitor=monitor), storage_path=tmp_path)
     (tmp_path / "data.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "memories.sqlite3").write_bytes(b"y" * 100)
     report = await checker.generate_diagnostic_report()
     assert isinstance(report, DiagnosticReport)
     assert report.status is HealthState.DEGRADED
@@ -368,6 +369,8 @@ async def test_diagnostic_report(tmp_path: Path) -> None:
         line.startswith("Error rate is 100.0%") for line in report.recommendations
     )  # the monitor's rule
     assert {"python", "platform", "pid", "process_memory_mb", "system_memory_percent"} <= set(report.system)
+    assert report.system["event_loop_lag_ms"] >= 0.0 and report.system["checker_uptime_s"] >= 0.0
+    assert report.storage["database_files"] == {str(tmp_path / "memories.sqlite3"): 100}
     directory = report.storage["directories"][0]
     assert directory["path"] == str(tmp_path) and directory["exists"] and directory["size_bytes"] >= 1000
     assert directory["free_disk_mb"] > 0
