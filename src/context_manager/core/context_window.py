@@ -294,7 +294,10 @@ class ContextWindow:
             if inspect.isawaitable(result):
                 await result
         except Exception as error:  # the hook's failure must not lose messages or break the add
-            logger.warning("eviction hook failed (%s); %d messages archived in process", error, len(evicted))
+            # the error's text may quote message content: only its type at WARNING (payloads at DEBUG only)
+            kind = type(error).__name__
+            logger.warning("eviction hook failed (%s); %d messages archived in process", kind, len(evicted))
+            logger.debug("eviction hook failure: %s", error)
             self._archive.extend(evicted)
 
     # -- pins -----------------------------------------------------------------------------------------
@@ -533,10 +536,13 @@ class ContextWindow:
                 raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
             return _Outcome(text, STRATEGY_CUSTOM)
         except TimeoutError:
-            error = f"timeout after {self._summarizer_timeout:g} s"
+            error = kind = f"timeout after {self._summarizer_timeout:g} s"
         except Exception as exception:  # any failure of user code falls back to the extractive summary
             error = f"{type(exception).__name__}: {exception}"[:300]
-        logger.warning("custom summarizer failed (%s); using the extractive summary", error)
+            kind = type(exception).__name__
+        # the error's text may quote the conversation: only its type at WARNING (payloads at DEBUG only)
+        logger.warning("custom summarizer failed (%s); using the extractive summary", kind)
+        logger.debug("custom summarizer failure: %s", error)
         return _Outcome(self._extractive.summarize(inputs, budget), STRATEGY_FALLBACK, error)
 
     # -- budgeted views -------------------------------------------------------------------------------

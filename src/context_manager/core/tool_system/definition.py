@@ -13,10 +13,11 @@ itself is returned unchanged and stays callable as before; decorating registers 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar, overload
@@ -27,6 +28,7 @@ from context_manager.core.errors import ToolRegistrationError
 from context_manager.core.tool_system.schema import CallingConvention, analyse_function
 
 __all__ = [
+    "REDACTED",
     "TOOL_DEFINITION_ATTRIBUTE",
     "TOOL_NAME_PATTERN",
     "ToolCategory",
@@ -44,6 +46,9 @@ DEFAULT_RATE_WINDOW = 60.0
 """Seconds of the sliding rate-limit window when ``rate_window`` is not given."""
 DEFAULT_CACHE_TTL = 300.0
 """Seconds a cached result stays valid when ``cache_ttl`` is not given."""
+REDACTED = "[REDACTED]"
+"""Stands in for the value of a ``sensitive_arguments`` argument in the history and in error messages."""
+_SHORTEST_SCRUBBED = 4  # shorter values are not searched for in texts (they would blank ordinary words)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -174,6 +179,10 @@ class ToolDefinition:
     """Longer results are cut, with a marker, in the context window (the ToolResult keeps all)."""
     parameters_schema: dict[str, Any] = field(default_factory=dict)
     """The JSON schema of the arguments; generated from the signature when not given."""
+    sensitive_arguments: tuple[str, ...] = ()
+    """Arguments holding secrets (API keys, passwords): the tool gets their values, but the context window
+    (hence memory and exports) shows ``[REDACTED]`` instead, and their values are cut out of error messages
+    and of the result text put in the window. The ``ToolResult`` returned to the caller keeps the result."""
     convention: CallingConvention = field(default="typed", init=False)
     """How the function receives its arguments (derived from its signature)."""
     is_async: bool = field(default=True, init=False)
@@ -206,6 +215,13 @@ class ToolDefinition:
             raise ToolRegistrationError("cacheable", self.cacheable, "True or False")
         set_field(self, "cache_ttl", _positive_number(self.cache_ttl, "cache_ttl", optional=False))
         set_field(self, "max_output_tokens", _positive_int(self.max_output_tokens, "max_output_tokens"))
+        sensitive = self.sensitive_arguments
+        if isinstance(sensitive, str) or not isinstance(sensitive, Iterable):
+            raise ToolRegistrationError("sensitive_arguments", sensitive, "a list of argument names")
+        sensitive = tuple(sensitive)
+        if not all(isinstance(name, str) and name for name in sensitive):
+            raise ToolRegistrationError("sensitive_arguments", sensitive, "a list of argument names")
+        set_field(self, "sensitive_arguments", tuple(dict.fromkeys(sensitive)))
         declared = self.parameters_schema
         if declared is None:
             declared = {}
@@ -263,7 +279,33 @@ class ToolDefinition:
             "cache_ttl": self.cache_ttl,
             "max_output_tokens": self.max_output_tokens,
             "parameters_schema": self.parameters_schema,
+            "sensitive_arguments": list(self.sensitive_arguments),
         }
+
+    def redact(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Return a copy of ``arguments`` with each sensitive argument's value replaced by ``[REDACTED]``."""
+        redacted = dict(arguments)
+        for name in self.sensitive_arguments:
+            if name in redacted:
+                redacted[name] = REDACTED
+        return redacted
+
+    def scrub(self, text: str, arguments: Mapping[str, Any]) -> str:
+        """Return ``text`` with the values of the sensitive arguments in ``arguments`` cut out.
+
+        Values shorter than 4 characters are left alone (cutting them would blank ordinary words).
+        """
+        for name in self.sensitive_arguments:
+            if name not in arguments:
+                continue
+            value = arguments[name]
+            forms = {value} if isinstance(value, str) else set()
+            with contextlib.suppress(ValueError, RecursionError):  # too big to print: cannot be in the text
+                forms |= {str(value), repr(value)}
+            for form in sorted(forms, key=len, reverse=True):
+                if len(form) >= _SHORTEST_SCRUBBED and form in text:
+                    text = text.replace(form, REDACTED)
+        return text
 
 
 def get_tool_definition(function: Any) -> ToolDefinition | None:
@@ -293,6 +335,7 @@ def tool(
     cache_ttl: float = DEFAULT_CACHE_TTL,
     max_output_tokens: int | None = None,
     parameters_schema: dict[str, Any] | None = None,
+    sensitive_arguments: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 
 
@@ -312,6 +355,7 @@ def tool(
     cache_ttl: float = DEFAULT_CACHE_TTL,
     max_output_tokens: int | None = None,
     parameters_schema: dict[str, Any] | None = None,
+    sensitive_arguments: Iterable[str] = (),
 ) -> Any:
     """Mark a function as a tool: attach a validated :class:`ToolDefinition`, return the function unchanged.
 
@@ -331,6 +375,8 @@ def tool(
         cache_ttl: Seconds a cached result stays valid.
         max_output_tokens: Cut longer results, with a marker, when they enter the context window.
         parameters_schema: An explicit JSON schema for the arguments (otherwise generated).
+        sensitive_arguments: Names of arguments holding secrets, redacted from the context window, memory
+            and error messages (see :attr:`ToolDefinition.sensitive_arguments`).
 
     Raises:
         ToolRegistrationError: an option is invalid or the function cannot be a tool.
@@ -353,6 +399,11 @@ def tool(
             cache_ttl=cache_ttl,
             max_output_tokens=max_output_tokens,
             parameters_schema=parameters_schema or {},
+            sensitive_arguments=(
+                tuple(sensitive_arguments)  # type: ignore[arg-type]  # a str is rejected in __post_init__
+                if not isinstance(sensitive_arguments, str)
+                else sensitive_arguments
+            ),
         )
         try:
             setattr(target, TOOL_DEFINITION_ATTRIBUTE, definition)

@@ -285,7 +285,9 @@ class ToolManager(ToolRegistry):
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
                 message = describe_validation_error(error, name, model.model_fields)
-                return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+                return self._fail(
+                    definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
+                )
             call_arguments: dict[str, Any] = validated.__dict__
         else:
             call_arguments = dict(arguments)
@@ -293,7 +295,9 @@ class ToolManager(ToolRegistry):
                 problems = check_arguments_against_schema(call_arguments, definition.parameters_schema)
                 if problems:
                     message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
-                    return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+                    return self._fail(
+                        definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
+                    )
 
         if decision is PermissionDecision.ASK:
             refusal = await self._ask_approval(definition, call_arguments)
@@ -368,9 +372,9 @@ class ToolManager(ToolRegistry):
                     started,
                     call_id,
                 )
-            return self._tool_error(definition, error, started, call_id)
+            return self._tool_error(definition, error, started, call_id, call_arguments)
         except Exception as error:
-            return self._tool_error(definition, error, started, call_id)
+            return self._tool_error(definition, error, started, call_id, call_arguments)
 
         try:
             value, text = _encode_result(value)
@@ -413,12 +417,17 @@ class ToolManager(ToolRegistry):
         return f"{needed}; the call was not approved"
 
     def _tool_error(
-        self, definition: ToolDefinition, error: Exception, started: float, call_id: str | None
+        self,
+        definition: ToolDefinition,
+        error: Exception,
+        started: float,
+        call_id: str | None,
+        arguments: Mapping[str, Any],
     ) -> ToolResult:
         logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=error)
         text = str(error)
         message = f"tool {definition.name!r} raised {type(error).__name__}" + (f": {text}" if text else "")
-        return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id)
+        return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)
 
     def _fail(
         self,
@@ -427,7 +436,11 @@ class ToolManager(ToolRegistry):
         message: str,
         started: float,
         call_id: str | None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> ToolResult:
+        """A failed result; given ``arguments``, sensitive argument values are cut out of ``message``."""
+        if arguments and definition.sensitive_arguments:
+            message = definition.scrub(message, arguments)
         elapsed = _perf_counter() - started
         stats = self._stats.get(definition.name)
         if stats is not None:

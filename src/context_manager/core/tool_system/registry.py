@@ -16,7 +16,7 @@ Registration validates everything before changing anything: a rejected registrat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
@@ -44,6 +44,7 @@ _REGISTRATION_OPTIONS = frozenset(
         "cache_ttl",
         "max_output_tokens",
         "parameters_schema",
+        "sensitive_arguments",
     }
 )
 
@@ -92,7 +93,7 @@ class ToolRegistry:
             replace: Replace a different tool registered under ``name`` instead of raising.
             **options: Any ``@tool`` option: ``category``, ``tags``, ``timeout``, ``permission``,
                 ``rate_limit``, ``rate_window``, ``cacheable``, ``cache_ttl``, ``max_output_tokens``,
-                ``parameters_schema``.
+                ``parameters_schema``, ``sensitive_arguments``.
 
         Returns:
             The registered definition.
@@ -198,6 +199,15 @@ class ToolRegistry:
         if definition is None:
             raise ToolNotFoundError(name)
         return definition
+
+    def redact_arguments(self, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Return a copy of ``arguments`` with the ``sensitive_arguments`` of tool ``name`` as ``[REDACTED]``.
+
+        ``execute_tool_calls`` does this for the assistant message it adds; call it yourself before
+        ``add_message("assistant", ..., tool_calls=...)`` when you add that message. Unknown tools: a copy.
+        """
+        definition = self._tools.get(name) if isinstance(name, str) else None
+        return dict(arguments) if definition is None else definition.redact(arguments)
 
     def list_tools(
         self, category: ToolCategory | str | None = None, tags: Iterable[str] | None = None

@@ -40,9 +40,18 @@ TruncationCallback = Callable[[ToolCall, ToolResult, str], Awaitable[None] | Non
 """Receives ``(call, result, full_text)`` for each result cut in the window (sync or async)."""
 
 
-def _window_text(window: ContextWindow, result: ToolResult, limit: int | None) -> tuple[str, int | None]:
-    """Return the text for the window and, when it was cut, the full text's token count."""
+def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
+    """The result's text, with the values of the tool's sensitive arguments cut out."""
     text = result.to_content()
+    if call.name in manager:
+        definition = manager.get_tool(call.name)
+        if definition.sensitive_arguments:
+            text = definition.scrub(text, call.arguments)
+    return text
+
+
+def _window_text(window: ContextWindow, text: str, limit: int | None) -> tuple[str, int | None]:
+    """Return the text for the window and, when it was cut, the full text's token count."""
     if limit is None or not text:
         return text, None
     counter = window.counter
@@ -96,7 +105,14 @@ async def execute_tool_calls_in_window(
                 clashing,
                 "calls that are all unanswered in the window, or all new (answered calls cannot run again)",
             )
-        assistant = Message.create("assistant", content, tool_calls=[item.call for item in parsed])
+        # the window (and so memory and exports) gets the calls with sensitive arguments redacted
+        shown: list[ToolCall | dict[str, Any]] = [
+            ToolCall(
+                item.call.id, item.call.name, manager.redact_arguments(item.call.name, item.call.arguments)
+            )
+            for item in parsed
+        ]
+        assistant = Message.create("assistant", content, tool_calls=shown)
         await window.add(assistant)
 
     results = await manager.run_parsed_calls(parsed, caller_key=caller_key)
@@ -109,7 +125,8 @@ async def execute_tool_calls_in_window(
             logger.debug("tool call %s left the window before its result; result not appended", call.id)
             continue
         limit = manager.get_tool(call.name).max_output_tokens if call.name in manager else None
-        text, total = _window_text(window, result, limit)
+        full_text = _full_text(manager, call, result)
+        text, total = _window_text(window, full_text, limit)
         metadata: dict[str, Any] = {
             "tool_name": call.name,
             "success": result.success,
@@ -126,9 +143,9 @@ async def execute_tool_calls_in_window(
         except ContextBudgetError:
             metadata["omitted"] = True
             await window.add(Message.create("tool", OMITTED_CONTENT, tool_call_id=call.id, metadata=metadata))
-            total = total if total is not None else window.counter.count(result.to_content())
+            total = total if total is not None else window.counter.count(full_text)
         if total is not None and on_truncated is not None:
-            outcome = on_truncated(call, result, result.to_content())
+            outcome = on_truncated(call, result, full_text)
             if inspect.isawaitable(outcome):
                 await outcome
     return results
