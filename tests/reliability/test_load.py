@@ -1,0 +1,58 @@
+"""Load and leaks, CI-sized: ``benchmarks/load_test.py --quick`` as a real subprocess.
+
+The full run (1,000,000 ``add_message`` calls through a 128k-token window, 100,000 memories with 8 writers
+and 8 readers, 100,000 tool calls) is ``python benchmarks/load_test.py``; this test runs the same code at
+CI size (``RELIABILITY_FULL=1`` runs the full size here too) and checks what the script checks:
+
+* throughput is measured and every operation completed;
+* RSS after the warm-up grows by at most 64 MB (the window, the in-process tiers, the tool cache, the rate
+  limiter and the monitors' ring buffers are all bounded);
+* the window never exceeds ``max_tokens``; the in-process memory tiers stay within their capacities;
+* every acknowledged memory write is found afterwards and the memory count adds up;
+* ``get_tool_stats()`` counts exactly the calls made;
+* event-loop lag is measured (reported, with a generous ceiling: the machine running CI is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.reliability.conftest import FULL_RUN
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_test.py"
+
+
+def test_load_run_holds_its_bounds(tmp_path: Path) -> None:
+    report = tmp_path / "load.json"
+    command = [sys.executable, str(SCRIPT), "--json", str(report)]
+    if not FULL_RUN:
+        command.append("--quick")
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=7200 if FULL_RUN else 600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    data = json.loads(report.read_text(encoding="utf-8"))
+    results = {item["name"]: item for item in data["results"]}
+    assert set(results) == {"messages", "memory", "tools"}
+    scale = data["scale"]
+    for item in results.values():
+        assert item["problems"] == []
+        assert item["throughput_per_s"] > 0 and item["operations"] > 0
+        assert item["rss_growth_mb"] <= 64.0
+        assert item["lag"]["lag_samples"] > 0
+        assert item["lag"]["lag_max_ms"] < 30_000, "the loop must never be held for this long"
+
+    messages = results["messages"]
+    assert messages["operations"] == scale["messages"]
+    assert messages["details"]["largest_window_tokens_seen"] <= messages["details"]["max_tokens"]
+    assert messages["details"]["compressions"] > 0, "the run must go through compressions"
+
+    memory = results["memory"]["details"]
+    assert memory["acknowledged_missing"] == 0 and memory["writes"] > 0 and memory["searches"] > 0
+    assert memory["total_memories"] == memory["preloaded"] + memory["writes"]
+
+    tools = results["tools"]
+    assert tools["operations"] >= scale["tool_calls"]
+    assert tools["details"]["stats_calls_by_tool"] == tools["details"]["calls_by_tool"]
+    assert tools["details"]["outcomes"]["rate_limited"] > 0, "the rate limiter must be exercised"
