@@ -270,6 +270,8 @@ def tokens(
             text = sys.stdin.read()
             label = "<stdin>"
         else:
+            if "\x00" in source:  # not from a shell, but from programs calling the CLI in-process
+                raise CommandError(f"{source!r} is not a file path (it holds a NUL character)")
             path = Path(source)
             if path.is_dir():
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")

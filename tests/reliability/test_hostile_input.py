@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,18 @@ def survive_sync(call: Callable[[], Any]) -> Any:
         return error
 
 
+FUZZED: Counter[str] = Counter()
+"""Inputs tried per entry point in this session (printed as a FUZZ-FIGURES line for the full run)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_fuzzed() -> Iterator[None]:
+    yield
+    total = sum(FUZZED.values())
+    parts = ", ".join(f"{name} {count}" for name, count in sorted(FUZZED.items()))
+    print(f"\nFUZZ-FIGURES {total} generated inputs ({parts})")
+
+
 @pytest.fixture
 def runner() -> Iterator[asyncio.Runner]:
     with asyncio.Runner() as loop_runner:
@@ -196,6 +209,7 @@ def test_add_message_and_search_memory_survive_anything(tmp_path: Path, runner: 
     )
     def attack(role: Any, content: Any, options: dict[str, Any], query: Any, limit: Any) -> None:
         nonlocal accepted
+        FUZZED["add_message+search_memory"] += 1
         outcome = runner.run(survive(manager.add_message(role, content, **options)))
         accepted += outcome is True
         summary = manager.get_context_summary()
@@ -247,6 +261,7 @@ def test_memory_entry_points_survive_anything(tmp_path: Path, runner: asyncio.Ru
         match: Any,
         target: Any,
     ) -> None:
+        FUZZED["memory API"] += 1
         added = runner.run(survive(memory.add_memory(content, importance, tags, metadata, user_id, tier)))
         if not isinstance(added, ContextManagerError):
             stored[added.id] = added.content
@@ -353,6 +368,7 @@ def test_tool_entry_points_survive_anything(tmp_path: Path, runner: asyncio.Runn
         calls=st.one_of(st.lists(CALL_SHAPES, max_size=4), ANYTHING),
     )
     def attack(name: Any, arguments: dict[str, Any], calls: Any) -> None:
+        FUZZED["execute_tool+execute_tool_calls"] += 1
         # execute_tool never raises for tool-side problems: the outcome is always a ToolResult
         result = runner.run(manager.execute_tool(name, **arguments))
         assert isinstance(result, ToolResult)
@@ -415,6 +431,7 @@ def test_import_memories_survives_hostile_files(tmp_path: Path, runner: asyncio.
     @FUZZ
     @given(lines=st.lists(st.one_of(MEMORY_FIELDS.map(_as_line), TEXT, ANYTHING.map(_as_line)), max_size=5))
     def attack(lines: list[str]) -> None:
+        FUZZED["import_memories"] += 1
         text = "\n".join(lines)
         try:
             source.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -664,9 +681,10 @@ def test_regressions_in_tools_config_and_tokens(tmp_path: Path, runner: asyncio.
         with pytest.raises(InvalidArgumentError):
             count_tokens(text)  # type: ignore[arg-type]
     # the CLI turns a path it cannot encode into one line on stderr, not a traceback
-    result = cli_runner.invoke(app, ["tokens", "notes\ud800.txt"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    for path in ("notes\ud800.txt", "notes\x00.txt"):
+        result = cli_runner.invoke(app, ["tokens", path])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 @pytest.mark.parametrize(
@@ -706,6 +724,7 @@ OPTIONS = sorted(ContextManagerConfig.model_fields)
     values=st.dictionaries(st.one_of(st.sampled_from(OPTIONS), TEXT), st.one_of(ANYTHING, TEXT), max_size=4)
 )
 def test_config_construction_survives_anything(values: dict[str, Any]) -> None:
+    FUZZED["ContextManagerConfig"] += 1
     config = survive_sync(lambda: ContextManagerConfig(**values))
     if isinstance(config, ContextManagerConfig):
         # an accepted path must be usable as a path (no NUL, encodable)
@@ -719,6 +738,7 @@ def test_config_construction_survives_anything(values: dict[str, Any]) -> None:
     text=st.one_of(TEXT, ANYTHING), encoding=st.one_of(st.sampled_from(["o200k_base", "cl100k_base"]), TEXT)
 )
 def test_count_tokens_survives_anything(text: Any, encoding: Any) -> None:
+    FUZZED["count_tokens"] += 1
     count = survive_sync(lambda: count_tokens(text, encoding))
     if not isinstance(count, ContextManagerError):
         assert isinstance(count, int) and count >= 0
@@ -741,6 +761,7 @@ cli_runner = CliRunner()
     number=st.one_of(st.sampled_from(["nan", "inf", "-1", "1e400", "9" * 5000, "0.5"]), TEXT),
 )
 def test_cli_survives_anything(tmp_path: Path, content: str, tag: str, user: str, number: str) -> None:
+    FUZZED["CLI"] += 1
     store = str(tmp_path / "cli-store")
     invocations = [
         ["--storage", store, "memory", "add", content, "--tag", tag, "--user", user, "--importance", number],

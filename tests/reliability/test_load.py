@@ -52,6 +52,12 @@ def test_load_run_holds_its_bounds(tmp_path: Path) -> None:
     assert memory["acknowledged_missing"] == 0 and memory["writes"] > 0 and memory["searches"] > 0
     assert memory["total_memories"] == memory["preloaded"] + memory["writes"]
 
+    for name, item in results.items():
+        print(
+            f"\nLOAD-FIGURES {name}: {item['operations']} ops, {item['throughput_per_s']}/s, "
+            f"RSS {item['rss_start_mb']} -> {item['rss_end_mb']} MB, lag p99 {item['lag']['lag_p99_ms']} ms"
+        )
+
     tools = results["tools"]
     assert tools["operations"] >= scale["tool_calls"]
     assert tools["details"]["stats_calls_by_tool"] == tools["details"]["calls_by_tool"]
