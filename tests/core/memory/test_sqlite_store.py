@@ -128,3 +128,37 @@ def test_weighted_search_is_the_sum_of_per_word_bm25(store: SQLiteStore) -> None
     ranked = store.search_weighted(parts, 3)
     assert [score for _, score in ranked] == sorted((score for _, score in ranked), reverse=True)
     assert store.search_weighted([], 10) == []
+
+
+def test_frequency_cache_reuses_counts_until_one_percent_of_rows_change() -> None:
+    from context_manager.core.memory.index import FrequencyCache
+
+    calls: list[list[str]] = []
+    truth = {"common": 600, "rare": 2}
+
+    def count(terms: list[str]) -> dict[str, int]:
+        calls.append(terms)
+        return {term: truth[term] for term in terms if term in truth}
+
+    cache = FrequencyCache(max_terms=3)
+    assert cache.lookup(["common", "rare", "absent"], 1000, count) == {"common": 600, "rare": 2}
+    assert cache.lookup(["common", "absent"], 1000, count) == {"common": 600}
+    assert calls == [["common", "rare", "absent"]]  # absent words are cached too
+    cache.changed(10)  # 1 % of 1,000 rows: still reused
+    truth["common"] = 610
+    assert cache.lookup(["common"], 1000, count) == {"common": 600}
+    cache.changed(1)  # past 1 %: recounted
+    assert cache.lookup(["common"], 1000, count) == {"common": 610}
+    cache.changed(1)  # a small index (under 100 rows) recounts after any write
+    assert cache.lookup(["rare"], 50, count) == {"rare": 2} and calls[-1] == ["rare"]
+    cache.lookup(["a", "b", "c"], 50, count)  # over max_terms: emptied, then filled again
+    assert cache.lookup(["rare"], 50, count) == {"rare": 2} and calls[-1] == ["rare"]
+
+
+def test_document_frequencies_follow_writes(store: SQLiteStore) -> None:
+    store.put([memory(str(i), "zebra crossing" if i % 2 else "plain text") for i in range(20)])
+    assert store.document_frequencies(["zebra", "plain", "nothing"]) == {"zebra": 10, "plain": 10}
+    store.put([memory("z", "zebra again")])
+    assert store.document_frequencies(["zebra"]) == {"zebra": 11}
+    store.delete(["1", "3"])
+    assert store.document_frequencies(["zebra"]) == {"zebra": 9}

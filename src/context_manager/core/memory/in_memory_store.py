@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from context_manager.core.memory.index import (
     ColumnWeights,
+    FrequencyCache,
     create_fts_table,
     create_vocabulary_table,
     document_frequencies,
@@ -63,6 +64,7 @@ class InMemoryStore:
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
         self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
+        self._frequencies = FrequencyCache()
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class InMemoryStore:
             f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
+        self._frequencies.changed(len(rows))
 
     def delete(self, ids: Sequence[str], *, log: bool = True) -> list[str]:
         """Delete memories; journal the deletion when ``log`` (a move to another tier does not)."""
@@ -108,6 +111,7 @@ class InMemoryStore:
             self._journal.append([{"op": "delete", "ids": present}])
         for memory_id in present:
             self._unindex(memory_id)
+        self._frequencies.changed(len(present))
         return present
 
     def touch(self, updates: Mapping[str, tuple[float, int]], *, log: bool = True) -> None:
@@ -174,7 +178,11 @@ class InMemoryStore:
         """How many memories contain each indexed (stemmed) term."""
         if not self._memories:
             return {}
-        return document_frequencies(self._connection, self._vocabulary, terms)
+        return self._frequencies.lookup(
+            terms,
+            len(self._memories),
+            lambda missing: document_frequencies(self._connection, self._vocabulary, missing),
+        )
 
     def with_tags(self, tags: Sequence[str]) -> list[Memory]:
         """Return the memories carrying any of ``tags``."""
@@ -222,6 +230,7 @@ class InMemoryStore:
         self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
         self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
+        self._frequencies.clear()
         self._memories.clear()
         self._rowids.clear()
         self._ids_by_rowid.clear()

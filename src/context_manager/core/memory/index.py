@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "FTS_COLUMNS",
     "TOKENIZER",
     "ColumnWeights",
+    "FrequencyCache",
     "VectorIndex",
     "build_match",
     "create_fts_table",
@@ -151,6 +152,47 @@ def document_frequencies(
     marks = ",".join("?" * len(wanted))
     rows = connection.execute(f"SELECT term, doc FROM temp.{vocabulary} WHERE term IN ({marks})", wanted)
     return {str(term): int(doc) for term, doc in rows}
+
+
+class FrequencyCache:
+    """Document frequencies of terms, reused until ``tolerance`` of the index's rows have changed.
+
+    Counting a term's documents (``fts5vocab``) walks the term's whole doclist, which for a common word costs
+    more than the query itself; common-word pruning and IDF need only approximate counts. A store reports
+    its writes with :meth:`changed`; a small index (under ``1 / tolerance`` rows) recounts after any write.
+    """
+
+    def __init__(self, *, tolerance: float = 0.01, max_terms: int = 50_000) -> None:
+        self.tolerance = tolerance
+        """Share of the rows that may change before every cached count is dropped."""
+        self.max_terms = max_terms
+        """Cached terms at most (the cache is emptied when full)."""
+        self._counts: dict[str, int] = {}
+        self._changes = 0
+
+    def changed(self, rows: int) -> None:
+        """Record that ``rows`` rows were written or deleted."""
+        self._changes += rows
+
+    def clear(self) -> None:
+        """Drop every cached count (after a rebuild)."""
+        self._counts.clear()
+        self._changes = 0
+
+    def lookup(
+        self, terms: Sequence[str], total: int, count: Callable[[list[str]], dict[str, int]]
+    ) -> dict[str, int]:
+        """The document frequency of each term present in the index; ``count`` computes missing ones."""
+        if self._changes > total * self.tolerance:
+            self.clear()
+        missing = [term for term in dict.fromkeys(terms) if term not in self._counts]
+        if missing:
+            if len(self._counts) + len(missing) > self.max_terms:
+                self._counts.clear()
+            found = count(missing)
+            for term in missing:
+                self._counts[term] = found.get(term, 0)
+        return {term: self._counts[term] for term in terms if self._counts.get(term, 0) > 0}
 
 
 class Stemmer:

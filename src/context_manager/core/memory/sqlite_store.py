@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from context_manager.core.errors import StorageCorruptedError, StorageError
 from context_manager.core.memory.index import (
     ColumnWeights,
+    FrequencyCache,
     create_fts_table,
     create_vocabulary_table,
     document_frequencies,
@@ -68,6 +69,7 @@ class SQLiteStore:
         self._connection: sqlite3.Connection | None = None
         self._count = 0
         self._vocabulary = ""
+        self._frequencies = FrequencyCache()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class SQLiteStore:
                 _rollback(db)
                 raise
             self._count += inserted
+            self._frequencies.changed(len(memories))
 
     def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
         values = (
@@ -229,6 +232,7 @@ class SQLiteStore:
                 _rollback(db)
                 raise
             self._count -= len(present)
+            self._frequencies.changed(len(present))
             return present
 
     def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
@@ -349,7 +353,9 @@ class SQLiteStore:
     def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
         """How many memories contain each indexed (stemmed) term."""
         with self._guard():
-            return document_frequencies(self._db, self._vocabulary, terms)
+            return self._frequencies.lookup(
+                terms, self._count, lambda missing: document_frequencies(self._db, self._vocabulary, missing)
+            )
 
     def owners(self) -> set[str | None]:
         """Every user_id with a memory in the store."""
@@ -451,6 +457,7 @@ class SQLiteStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._frequencies.clear()
                 db.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
                 db.execute(f"DROP TABLE IF EXISTS {FTS_TABLE}")
                 create_fts_table(db, FTS_TABLE, self._weights)
