@@ -15,11 +15,14 @@ CI size (``RELIABILITY_FULL=1`` runs the full size here too) and checks what the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from context_manager import ContextManagerConfig, MemoryManager
 from tests.reliability.conftest import FULL_RUN
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_test.py"
@@ -62,3 +65,36 @@ def test_load_run_holds_its_bounds(tmp_path: Path) -> None:
     assert tools["operations"] >= scale["tool_calls"]
     assert tools["details"]["stats_calls_by_tool"] == tools["details"]["calls_by_tool"]
     assert tools["details"]["outcomes"]["rate_limited"] > 0, "the rate limiter must be exercised"
+
+
+async def _time_short_term_overflow(directory: Path, count: int) -> float:
+    """Seconds for the write that pushes ``count`` short-term memories (half with a long-term copy) down."""
+    config = ContextManagerConfig(
+        cache_path=directory,
+        short_term_memory_size=count + 10,
+        medium_term_memory_size=10 * count,
+        long_term_memory_size=10 * count,
+    )
+    async with MemoryManager(config) as memory:
+        items = [{"content": f"memory {i} text", "importance": 0.9 if i % 2 else 0.1} for i in range(count)]
+        await memory.add_memories(items)
+        config.short_term_memory_size = 10  # the next write overflows the tier by `count`
+        started = time.perf_counter()
+        await memory.add_memory("one more")
+        return time.perf_counter() - started
+
+
+def test_moving_memories_down_a_tier_is_not_quadratic(tmp_path: Path) -> None:
+    """Found by the memory load: the short-term overflow rebuilt a set per victim (O(victims x copies)).
+
+    8x the memories must cost well under 12x the time (it was ~21x: 0.09 s -> 1.8 s here).
+    """
+
+    def best(count: int) -> float:
+        return min(
+            asyncio.run(_time_short_term_overflow(tmp_path / f"{count}-{attempt}", count))
+            for attempt in range(3)
+        )
+
+    small, large = best(1000), best(8000)
+    assert large < 12 * small + 0.05, (small, large)

@@ -94,7 +94,8 @@ class TierMovement(ManagerState):
         if with_copy:
             short.delete(with_copy)  # the long-term copy stays
             self._long_copies.difference_update(with_copy)
-        moving = [m for m in victims if m.id not in self._long_copies and m.id not in set(with_copy)]
+        dropped = set(with_copy)  # built once: a set per victim made this quadratic
+        moving = [m for m in victims if m.id not in self._long_copies and m.id not in dropped]
         if moving:
             short.delete([m.id for m in moving], log=False)  # the put below records the move
             medium.put(moving)
