@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_manager.core.async_operations import ConcurrencyController, TaskStatus
+from context_manager.core.async_operations import ConcurrencyController, TaskStatus, cancel_and_wait
 from context_manager.core.errors import (
     ControllerStoppedError,
     DuplicateTaskError,
@@ -461,3 +461,53 @@ async def test_rejected_submissions_change_nothing(recwarn: pytest.WarningsRecor
         release.set()
     gc.collect()
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+# ------------------------------------------------------------------------------------ cancel_and_wait
+
+
+async def test_cancel_and_wait_finishes_the_task_and_swallows_its_end() -> None:
+    entered = asyncio.Event()
+
+    async def forever() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def died() -> None:
+        raise RuntimeError("sampler crashed")
+
+    running = asyncio.create_task(forever())
+    dead = asyncio.create_task(died())
+    await entered.wait()
+    await asyncio.wait([dead])
+    await cancel_and_wait(running)
+    await cancel_and_wait(dead)  # its exception was reported when it happened: not raised again
+    await cancel_and_wait(None)
+    assert running.cancelled() and dead.done() and _others() == []
+
+
+async def test_cancel_and_wait_lets_the_callers_own_cancellation_through() -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # slow to finish: the owner is still waiting when it is cancelled
+            raise
+
+    async def owner(task: asyncio.Task[None]) -> None:
+        await cancel_and_wait(task)
+
+    task = asyncio.create_task(stubborn())
+    await entered.wait()
+    stopping = asyncio.create_task(owner(task))
+    await asyncio.sleep(0)  # let the owner start waiting (ordering, not timing)
+    stopping.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await asyncio.wait([task])
+    assert task.cancelled()
