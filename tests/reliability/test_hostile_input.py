@@ -617,6 +617,10 @@ REGRESSIONS: dict[str, tuple[Callable[[EnhancedContextManager], Awaitable[Any]],
         lambda m: m.memory_manager.add_memory("x", metadata={"deep": nested(1500)}),
         InvalidMemoryError,
     ),
+    "tag nested too deeply to print": (
+        lambda m: m.memory_manager.search_by_tags([nested(5000)]),
+        InvalidMemoryError,
+    ),
     "update_memory surrogate id": (
         lambda m: m.memory_manager.update_memory("\ud800", content="x"),
         MemoryNotFoundError,

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from context_manager.core.errors import InvalidMemoryError
+from context_manager.core.errors import InvalidMemoryError, describe_value
 from context_manager.core.memory.models import ALL_USERS, MemoryTier
 
 
@@ -40,7 +40,8 @@ def check_tags(tags: Any) -> list[str]:
     result: dict[str, None] = {}
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip() or not encodable(tag):
-            raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=f"bad tag {tag!r}")
+            detail = f"bad tag {describe_value(tag)}"  # describe_value: a tag may be too deep to repr
+            raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=detail)
         result[tag] = None
     return list(result)
 
