@@ -291,6 +291,26 @@ async def test_cancel_a_running_task_wakes_its_waiters() -> None:
             await controller.cancel_task("missing")
 
 
+async def test_cancel_right_after_submit_ends_the_task_and_stop_returns() -> None:
+    """A task cancelled before its runner took its first step used to stay RUNNING and hang stop()."""
+    ran = asyncio.Event()
+
+    async def work() -> None:
+        ran.set()
+
+    controller = ConcurrencyController(max_concurrent_tasks=2)
+    await controller.start()
+    await controller.submit_task("t", work)
+    assert await controller.cancel_task("t") is True  # no await between submit and cancel
+    assert controller.get_task_status("t").status is TaskStatus.CANCELLED
+    assert controller.get_stats().running == 0
+    assert not ran.is_set()
+    await controller.submit_task("unstarted", work)  # stop() cancelling a runner that never started
+    await controller.stop(drain=False)
+    assert controller.get_task_status("unstarted").status is TaskStatus.CANCELLED
+    assert controller.get_stats().running == 0
+
+
 async def test_cancelling_a_finished_task_returns_false() -> None:
     async with ConcurrencyController() as controller:
         await controller.submit_task("done", add, 1, 2)

@@ -343,13 +343,14 @@ class ConcurrencyController:
             if record.status is TaskStatus.QUEUED:
                 self._queued -= 1
                 self._end(record, TaskStatus.CANCELLED, None, TaskCancelledError(record.task_id))
-        runners = [record.runner for record in self._tasks.values() if record.runner is not None]
-        for record in self._tasks.values():
-            if record.runner is not None:
-                record.cancel_requested = True
-                record.runner.cancel()
-        if runners:
-            await asyncio.wait(runners)
+        running = [(record, record.runner) for record in self._tasks.values() if record.runner is not None]
+        for record, runner in running:
+            record.cancel_requested = True
+            runner.cancel()
+        if running:
+            await asyncio.wait([runner for _, runner in running])
+            for record, runner in running:
+                self._finish_if_never_started(record, runner)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -483,13 +484,24 @@ class ConcurrencyController:
         except Exception as exception:
             status, error = TaskStatus.FAILED, exception
         finally:
-            self._running -= 1
-            self._end(record, status, result, error)
-            if self._starting_new:
-                self._start_next()
-            drained = self._drained
-            if drained is not None and not self._running and not self._queued and not drained.done():
-                drained.set_result(None)
+            self._finish(record, status, result, error)
+
+    def _finish(
+        self, record: _TaskRecord, status: TaskStatus, result: Any, error: BaseException | None
+    ) -> None:
+        """End a running task: free its slot, start the next queued one, wake a draining ``stop()``."""
+        self._running -= 1
+        self._end(record, status, result, error)
+        if self._starting_new:
+            self._start_next()
+        drained = self._drained
+        if drained is not None and not self._running and not self._queued and not drained.done():
+            drained.set_result(None)
+
+    def _finish_if_never_started(self, record: _TaskRecord, runner: asyncio.Task[None]) -> None:
+        """End a task whose runner was cancelled before its first step (so ``_run`` never cleaned up)."""
+        if record.runner is runner:
+            self._finish(record, TaskStatus.CANCELLED, None, TaskCancelledError(record.task_id))
 
     async def _invoke(self, record: _TaskRecord) -> Any:
         if record.is_async:
@@ -605,6 +617,7 @@ class ConcurrencyController:
         record.cancel_requested = True
         runner.cancel()
         await asyncio.wait([runner])
+        self._finish_if_never_started(record, runner)
         return record.status in (TaskStatus.CANCELLED,)  # re-read: the runner changed it
 
     def get_task_status(self, task_id: str) -> TaskInfo:
