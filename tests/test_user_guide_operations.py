@@ -1,10 +1,10 @@
 """The user guide's operations snippets, run as written, plus the manager's operations wiring.
 
-Each snippet below is the guide's text verbatim (checked against USER_GUIDE.md when the shared spec is
-next to this checkout) and is executed as is, with top-level ``await``: Advanced Features > Performance
-Monitoring, Concurrent Operations and Health Checking; Performance Optimization > Memory Management
-(``optimize_system``) and Performance Monitoring; Troubleshooting > Memory Issues and Performance Issues;
-API Reference > PerformanceMonitor.
+Each snippet below is the guide's text verbatim (checked against USER_GUIDE.md: the shared spec when it is
+next to this checkout, else the pinned copy in tests/fixtures) and is executed as is, with top-level
+``await``: Advanced Features > Performance Monitoring, Concurrent Operations and Health Checking;
+Performance Optimization > Memory Management (``optimize_system``) and Performance Monitoring;
+Troubleshooting > Memory Issues and Performance Issues; API Reference > PerformanceMonitor.
 
 Names the guide leaves to the reader (``context_manager``, ``some_async_function``, ``arg1``, ``arg2``,
 ``perform_custom_operation``, and ``PerformanceMonitor`` imported earlier in the guide) are provided in
