@@ -21,7 +21,6 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -32,10 +31,10 @@ from context_manager.core.errors import (
     ContextManagerError,
     InvalidArgumentError,
     LifecycleError,
-    StorageError,
 )
 from context_manager.core.health_checker import HealthChecker
 from context_manager.core.memory.file_store import LOG_FILE_NAME
+from context_manager.core.memory.locking import make_private_directory
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
@@ -55,7 +54,6 @@ __all__ = ["EnhancedContextManager"]
 logger = logging.getLogger(__name__)
 
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
-_DIRECTORY_MODE = 0o700
 
 _State = Literal["new", "ready", "closed"]
 
@@ -142,7 +140,7 @@ class EnhancedContextManager:
             )
         config = self.config
         for directory in (config.cache_path, config.resolved_storage_path):
-            _make_private_directory(directory)
+            make_private_directory(directory)
         counter = self._token_counter
         if counter is None:
             counter = get_token_counter(config.token_encoding, model=config.token_model)
@@ -600,21 +598,3 @@ class EnhancedContextManager:
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
 
-
-def _make_private_directory(path: Path) -> None:
-    """Create ``path`` and its missing parents with mode 0o700 (existing directories are left as they are)."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    if current.exists() and not current.is_dir():
-        raise StorageError(f"cannot create directory {path}: {current} is a file", path=path)
-    try:
-        for directory in reversed(missing):
-            directory.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
-            directory.chmod(_DIRECTORY_MODE)  # mkdir's mode is filtered by the umask
-    except OSError as error:
-        raise StorageError(f"cannot create directory {path}: {error.strerror or error}", path=path) from error
