@@ -39,7 +39,7 @@ from context_manager.core.memory.validation import (
 __all__ = ["MemorySearch"]
 
 _TOUCH_BATCH = 256
-_INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop (no thread hop)
+_INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop when its lock is free
 
 
 class MemorySearch(TierMovement):
@@ -100,15 +100,23 @@ class MemorySearch(TierMovement):
         pool = max(weights.candidates, 2 * limit) * (4 if filtered else 1)
         search_long = tier_filter is None or MemoryTier.LONG in tier_filter
         stems = self._stems(tokens)
-        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop
+        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop; the
+        # long-term store's only while its lock is free (a writer thread may hold it for a long commit)
+        long_counts: dict[str, int] | None = None
+        if search_long:
+            with long_store.held_if_free() as free:
+                if free:
+                    long_counts = long_store.document_frequencies(stems)
+            if long_counts is None:
+                long_counts = await asyncio.to_thread(long_store.document_frequencies, stems)
         tier_totals = {short.tier: short.count(), medium.tier: medium.count()}
         tier_frequencies = {
             short.tier: short.document_frequencies(stems),
             medium.tier: medium.document_frequencies(stems),
         }
-        if search_long:
+        if long_counts is not None:
             tier_totals[MemoryTier.LONG] = long_store.count()
-            tier_frequencies[MemoryTier.LONG] = long_store.document_frequencies(stems)
+            tier_frequencies[MemoryTier.LONG] = long_counts
         frequencies: dict[str, int] = {}
         for tier_counts in tier_frequencies.values():
             for term, count in tier_counts.items():
@@ -161,11 +169,14 @@ class MemorySearch(TierMovement):
         if search_long:
             long_frequencies = tier_frequencies[MemoryTier.LONG]
             postings = sum(long_frequencies.get(stem_of[token], 0) for token in kept)
+            inline: list[tuple[Memory, float]] | None = None
             if long_frequencies and postings <= _INLINE_POSTINGS:
-                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
-                long_hits = tier_search(long_store)
-            else:
-                long_hits = await asyncio.to_thread(tier_search, long_store)
+                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread
+                # hop, but only while no writer thread holds the store (waiting would stall the loop)
+                with long_store.held_if_free() as free:
+                    if free:
+                        inline = tier_search(long_store)
+            long_hits = inline if inline is not None else await asyncio.to_thread(tier_search, long_store)
         query_vector = (await self._embed([query]))[0] if use_vectors else None
         found: dict[str, tuple[Memory, float]] = {}
         for store in (short, medium):

@@ -125,6 +125,21 @@ class SQLiteStore:
                     raise self._corrupted(str(error)) from error
                 raise
 
+    @contextmanager
+    def held_if_free(self) -> Iterator[bool]:
+        """Hold the store's lock if no other thread holds it now; yield whether it is held.
+
+        Never waits: the event loop uses it to run a short read inline only when that cannot block
+        (a writer thread holding the lock for a long transaction would otherwise stall the loop).
+        Do not ``await`` inside the block.
+        """
+        acquired = self._lock.acquire(blocking=False)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._lock.release()
+
     @property
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
