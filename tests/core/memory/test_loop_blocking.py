@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import tracemalloc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
-from context_manager.core.memory.models import MemoryTier
+from context_manager.core.memory.models import Memory, MemoryTier
 
 
 async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], Awaitable[Any]]) -> Any:
@@ -58,3 +63,95 @@ async def test_stats_do_not_wait_on_the_loop_for_a_writer(manager: MemoryManager
     await manager.add_memory("a durable fact", tier=MemoryTier.LONG)
     stats = await _while_store_is_held(manager, lambda: manager.get_memory_stats(user_id=ALL_USERS))
     assert stats["total_memories"] == 1
+
+
+def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, Any]:
+    """The figures as computed before the SQL aggregates: every copy loaded, fastest tier's copy counted."""
+    by_tier = {tier.value: 0 for tier in MemoryTier}
+    by_user: dict[str, int] = {}
+    seen: set[str] = set()
+    superseded = 0
+    created: list[float] = []
+    importance = 0.0
+    for memory in manager._all_copies():
+        if user_id is not ALL_USERS and memory.user_id != user_id:
+            continue
+        by_tier[memory.tier.value] += 1
+        if memory.id in seen:
+            continue
+        seen.add(memory.id)
+        owner = "default" if memory.user_id is None else memory.user_id
+        by_user[owner] = by_user.get(owner, 0) + 1
+        superseded += memory.superseded_by is not None
+        created.append(memory.created_at)
+        importance += memory.importance
+    return {
+        "total_memories": len(seen),
+        "by_tier": by_tier,
+        "superseded": superseded,
+        "oldest": min(created, default=None),
+        "newest": max(created, default=None),
+        "mean_importance": importance / len(seen) if seen else None,
+        "by_user": by_user,
+    }
+
+
+async def test_stats_from_sql_aggregates_equal_the_figures_of_every_copy(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    lines = []
+    for number in range(90):
+        memory = Memory(
+            id=f"imported-{number}",
+            content=f"imported fact {number}",
+            importance=(number % 10) / 10,
+            tier=(MemoryTier.SHORT, MemoryTier.MEDIUM, MemoryTier.LONG)[number % 3],
+            created_at=1_600_000_000.0 + 977 * number,
+            user_id=(None, "alice", "bob")[number % 4 % 3],
+            superseded_by="someone-else" if number % 7 == 0 else None,
+        )
+        lines.append(json.dumps(memory.to_dict()))
+    source = tmp_path / "import.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    await manager.import_memories(source)
+    for number in range(8):  # important: a short-term copy and a long-term copy of each
+        await manager.add_memory(f"important {number}", importance=0.95, user_id=("alice", None)[number % 2])
+    await manager.flush()
+    copies = manager._all_copies()
+    assert len(copies) > len({m.id for m in copies}), "some memories must be held in two tiers"
+    for user_id in (None, "alice", "bob", "nobody", ALL_USERS):
+        stats = await manager.get_memory_stats(user_id=user_id)
+        expected = _reference_stats(manager, user_id)
+        if user_id is not ALL_USERS:
+            del expected["by_user"]
+        got = {key: stats[key] for key in expected}
+        mean, wanted_mean = got.pop("mean_importance"), expected.pop("mean_importance")
+        assert got == expected, user_id
+        assert (mean is None) == (wanted_mean is None)
+        if mean is not None:
+            assert mean == pytest.approx(wanted_mean, rel=1e-12)
+
+
+async def test_stats_load_no_long_term_memory(manager: MemoryManager, tmp_path: Path) -> None:
+    """The long-term tier is counted in SQL: its rows are not loaded as memories (memory stays flat)."""
+    source = tmp_path / "import.jsonl"
+    lines = [
+        json.dumps(
+            Memory(
+                id=f"m{number}", content=f"durable fact {number} " + "x" * 200, tier=MemoryTier.LONG
+            ).to_dict()
+        )
+        for number in range(4000)
+    ]
+    source.write_text("\n".join(lines) + "\n")
+    await manager.import_memories(source)
+    await manager.get_memory_stats()  # warm-up (statement cache, imports)
+    tracemalloc.start()
+    try:
+        stats = await manager.get_memory_stats()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats["by_tier"]["long"] == 4000 and stats["total_memories"] == 4000
+    # loading the rows as memories costs well over a megabyte here (about 1 KB each)
+    assert peak < 400_000, f"get_memory_stats allocated {peak} bytes at its peak"

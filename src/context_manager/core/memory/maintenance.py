@@ -48,7 +48,6 @@ class MemoryMaintenance(TierMovement):
         """
         check_user(user_id, allow_all=True)
         short, medium, long_store = self._stores("get_memory_stats")
-        copies = await asyncio.to_thread(self._all_copies)
         by_tier = {tier.value: 0 for tier in MemoryTier}
         by_user: dict[str, int] = {}
         seen: set[str] = set()
@@ -56,7 +55,8 @@ class MemoryMaintenance(TierMovement):
         oldest: float | None = None
         newest: float | None = None
         importance_total = 0.0
-        for memory in copies:
+        # the in-process tiers are bounded: walked on the loop (a consistent snapshot, fastest tier first)
+        for memory in list(short.all()) + list(medium.all()):
             if user_id is not ALL_USERS and memory.user_id != user_id:
                 continue
             by_tier[memory.tier.value] += 1
@@ -70,6 +70,22 @@ class MemoryMaintenance(TierMovement):
             oldest = memory.created_at if oldest is None else min(oldest, memory.created_at)
             newest = memory.created_at if newest is None else max(newest, memory.created_at)
             importance_total += memory.importance
+        total = len(seen)
+        # the long-term tier: SQL aggregates, leaving out the memories already counted from a faster tier
+        for tally in await asyncio.to_thread(long_store.tally, list(seen)):
+            if user_id is not ALL_USERS and tally.user_id != user_id:
+                continue
+            by_tier[MemoryTier.LONG.value] += tally.copies
+            if tally.count == 0:
+                continue
+            total += tally.count
+            owner = "default" if tally.user_id is None else tally.user_id
+            by_user[owner] = by_user.get(owner, 0) + tally.count
+            superseded += tally.superseded
+            assert tally.oldest is not None and tally.newest is not None
+            oldest = tally.oldest if oldest is None else min(oldest, tally.oldest)
+            newest = tally.newest if newest is None else max(newest, tally.newest)
+            importance_total += tally.importance_total
         capacity = {
             "short": self.config.short_term_memory_size,
             "medium": self.config.medium_term_memory_size,
@@ -79,14 +95,14 @@ class MemoryMaintenance(TierMovement):
         log_bytes = self._log.size()
         database_bytes = long_store.size()
         stats: dict[str, Any] = {
-            "total_memories": len(seen),
+            "total_memories": total,
             "by_tier": by_tier,
             "capacity": capacity,
             "over_capacity": [tier for tier, count in by_tier.items() if count > capacity[tier]],
             "superseded": superseded,
             "oldest": oldest,
             "newest": newest,
-            "mean_importance": importance_total / len(seen) if seen else None,
+            "mean_importance": importance_total / total if total else None,
             "bytes_on_disk": {
                 "log": log_bytes,
                 "database": database_bytes,

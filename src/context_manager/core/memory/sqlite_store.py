@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ from context_manager.core.memory.store import TurnKey
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
-__all__ = ["DATABASE_FILE_NAME", "SQLiteStore"]
+__all__ = ["DATABASE_FILE_NAME", "SQLiteStore", "UserTally"]
 
 DATABASE_FILE_NAME = "memories.sqlite3"
 """Name of the long-term database under ``storage_path``."""
@@ -47,6 +48,26 @@ _COLUMNS = (
     "superseded_by, merged_from, context"
 )
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
+
+
+@dataclass(frozen=True)
+class UserTally:
+    """Aggregates of one user's long-term memories (see :meth:`SQLiteStore.tally`)."""
+
+    user_id: str | None
+    """Whose memories (``None``: the default namespace)."""
+    copies: int
+    """Rows of this user, skipped ones included."""
+    count: int
+    """Rows of this user not skipped."""
+    superseded: int
+    """Of ``count``, the superseded ones."""
+    oldest: float | None
+    """Smallest ``created_at`` of ``count`` (``None`` when it is 0)."""
+    newest: float | None
+    """Largest ``created_at`` of ``count`` (``None`` when it is 0)."""
+    importance_total: float
+    """Sum of the importance of ``count``."""
 
 
 class SQLiteStore:
@@ -377,16 +398,35 @@ class SQLiteStore:
         with self._guard():
             return {row[0] for row in self._db.execute("SELECT DISTINCT user_id FROM memories")}
 
-    def statistics(self) -> list[tuple[str | None, int, float, float, float]]:
-        """Per user: ``(user_id, count, oldest created_at, newest created_at, mean importance)``."""
+    def tally(self, skip: Sequence[str] = ()) -> list[UserTally]:
+        """Per user, SQL aggregates over the memories (no row is loaded into Python).
+
+        ``copies`` counts every row; the other figures leave out the rows whose id is in ``skip`` (memories
+        already counted from a faster tier's copy).
+        """
+        ids = json.dumps([memory_id for memory_id in skip if _storable(memory_id)])
         with self._guard():
-            return [
-                (row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]))
-                for row in self._db.execute(
-                    "SELECT user_id, count(*), min(created_at), max(created_at), avg(importance) "
-                    "FROM memories GROUP BY user_id"
-                )
-            ]
+            rows = self._db.execute(
+                "SELECT user_id, count(*), sum(NOT skipped), sum(NOT skipped AND superseded), "
+                "min(CASE WHEN skipped THEN NULL ELSE created_at END), "
+                "max(CASE WHEN skipped THEN NULL ELSE created_at END), "
+                "total(CASE WHEN skipped THEN NULL ELSE importance END) "
+                "FROM (SELECT user_id, created_at, importance, superseded_by IS NOT NULL AS superseded, "
+                "id IN (SELECT value FROM json_each(?)) AS skipped FROM memories) GROUP BY user_id",
+                (ids,),
+            ).fetchall()
+        return [
+            UserTally(
+                user_id=row[0],
+                copies=int(row[1]),
+                count=int(row[2] or 0),
+                superseded=int(row[3] or 0),
+                oldest=None if row[4] is None else float(row[4]),
+                newest=None if row[5] is None else float(row[5]),
+                importance_total=float(row[6]),
+            )
+            for row in rows
+        ]
 
     # --- vectors ---------------------------------------------------------------------------------
 
