@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import tracemalloc
@@ -12,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.messages import Message
 
 
 async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], Awaitable[Any]]) -> Any:
@@ -155,3 +158,38 @@ async def test_stats_load_no_long_term_memory(manager: MemoryManager, tmp_path: 
     assert stats["by_tier"]["long"] == 4000 and stats["total_memories"] == 4000
     # loading the rows as memories costs well over a megabyte here (about 1 KB each)
     assert peak < 400_000, f"get_memory_stats allocated {peak} bytes at its peak"
+
+
+async def test_remembering_a_large_eviction_yields_to_the_loop(storage: Path) -> None:
+    """What one compression evicts (hundreds of messages) is written in bounded steps, all searchable."""
+    config = ContextManagerConfig(
+        storage_path=storage,
+        short_term_memory_size=50,
+        medium_term_memory_size=400,
+        long_term_memory_size=5000,
+    )
+    manager = MemoryManager(config)
+    await manager.initialize()
+    try:
+        medium = manager._medium
+        assert medium is not None
+        messages = [
+            Message.create("user", f"evicted message {number} about topic{number}") for number in range(900)
+        ]
+        writing = asyncio.ensure_future(manager.remember_messages(messages, session_id="s"))
+        counts = [medium.count()]
+        while not writing.done():  # a ticker: records the tier's size every time the loop gets a turn
+            await asyncio.sleep(0)
+            counts.append(medium.count())
+        written = await writing
+        assert len(written) == 900
+        largest_step = max(abs(after - before) for before, after in itertools.pairwise(counts))
+        assert largest_step <= 128, f"{largest_step} memories indexed in one event-loop step"
+        await manager.flush()  # the overflow move to long-term, spawned in the background
+        for number in (0, 450, 899):
+            found = await manager.search_memory(f"topic{number}", limit=1)
+            assert found and found[0].content == f"evicted message {number} about topic{number}"
+        stats = await manager.get_memory_stats()
+        assert stats["total_memories"] == 900 and stats["by_tier"]["medium"] <= 400
+    finally:
+        await manager.close()

@@ -25,6 +25,7 @@ __all__ = ["TierMovement"]
 logger = logging.getLogger(__name__)
 
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
+_DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
 
 
 class TierMovement(ManagerState):
@@ -132,7 +133,11 @@ class TierMovement(ManagerState):
         copies = [memory.copy() for memory in memories]
         await asyncio.to_thread(long_store.put, copies)
         ids = [memory.id for memory in memories]
-        medium.delete([i for i in ids if i in medium])
+        in_medium = [i for i in ids if i in medium]
+        for start in range(0, len(in_medium), _DELETE_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # FTS deletes: a bounded chunk per event-loop step
+            medium.delete(in_medium[start : start + _DELETE_CHUNK])
         in_short = [i for i in ids if i in short]
         self._long_copies.update(in_short)  # short-term keeps its fast copy; long has the durable one
 

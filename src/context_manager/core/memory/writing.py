@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MemoryWriting"]
 
+_REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
+
 
 class MemoryWriting(TierMovement):
     """``add_memory``, ``add_memories``, ``remember_messages``, ``update_memory``, ``delete_memory``."""
@@ -197,13 +199,22 @@ class MemoryWriting(TierMovement):
         ``timestamp``, ``session_id``, ``turn_index`` (taken from the message metadata, else counted per
         session in timestamp order), ``speaker`` (the message's name or role) and ``session_date`` (from
         the message metadata, else the message's date). Priority maps to importance (low 0.3, normal
-        0.5, high 0.7, critical 0.9). Empty messages are skipped.
+        0.5, high 0.7, critical 0.9). Empty messages are skipped. Large batches are written in chunks,
+        one per event-loop step: every message is stored and searchable when the call returns (a crash
+        in the middle of the call may keep the first chunks only).
         """
         items: list[tuple[Memory, MemoryTier | None]] = []
+        written: list[Memory] = []
         session = session_id if session_id is not None else "default"
         for message in sorted(messages, key=lambda m: m.timestamp):
             if not message.content.strip():
                 continue
+            if len(items) >= _REMEMBER_CHUNK:
+                # a compression evicts hundreds of messages: written a chunk per loop step, so the
+                # indexing (FTS inserts, journal) never holds the event loop for long
+                written += [memory.copy() for memory in await self._add_many(items)]
+                items = []
+                await asyncio.sleep(0)
             message_metadata = dict(message.metadata)
             turn_key = (user_id, str(message_metadata.get("session_id", session)))
             turn_index = self._turn_counters.get(turn_key, 0)
@@ -234,9 +245,9 @@ class MemoryWriting(TierMovement):
             )
             memory.created_at = message.timestamp
             items.append((memory, MemoryTier.MEDIUM))
-        if not items:
-            return []
-        return [memory.copy() for memory in await self._add_many(items)]
+        if items:
+            written += [memory.copy() for memory in await self._add_many(items)]
+        return written
 
     async def update_memory(
         self,
