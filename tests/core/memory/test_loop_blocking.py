@@ -193,3 +193,35 @@ async def test_remembering_a_large_eviction_yields_to_the_loop(storage: Path) ->
         assert stats["total_memories"] == 900 and stats["by_tier"]["medium"] <= 400
     finally:
         await manager.close()
+
+
+async def test_short_term_overflow_moves_a_bounded_chunk_per_loop_step(storage: Path) -> None:
+    config = ContextManagerConfig(
+        storage_path=storage,
+        short_term_memory_size=300,
+        medium_term_memory_size=2000,
+        long_term_memory_size=5000,
+    )
+    manager = MemoryManager(config)
+    await manager.initialize()
+    try:
+        short = manager._short
+        assert short is not None
+        adding = asyncio.ensure_future(
+            manager.add_memories([{"content": f"note {number} on subject{number}"} for number in range(700)])
+        )
+        counts = [short.count()]
+        while not adding.done():  # a ticker: the short tier's size every time the loop gets a turn
+            await asyncio.sleep(0)
+            counts.append(short.count())
+        await adding
+        largest_move = max(before - after for before, after in itertools.pairwise(counts))
+        assert 0 < largest_move <= 64, f"{largest_move} memories moved down in one event-loop step"
+        assert short.count() <= 300
+        await manager.flush()
+        for number in (0, 350, 699):
+            found = await manager.search_memory(f"subject{number}", limit=1)
+            assert found and found[0].content == f"note {number} on subject{number}"
+        assert (await manager.get_memory_stats())["total_memories"] == 700
+    finally:
+        await manager.close()

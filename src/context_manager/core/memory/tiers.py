@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
 _DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
+_MOVE_CHUNK = 64  # short-term memories moved down to medium-term per event-loop step
 
 
 class TierMovement(ManagerState):
@@ -82,8 +83,12 @@ class TierMovement(ManagerState):
         access = min(1.0, math.log1p(memory.access_count) / math.log1p(100.0))
         return 0.5 * memory.importance + 0.3 * recency + 0.2 * access
 
-    def _move_short_overflow(self) -> None:
-        """Move the least valuable short-term memories down to medium-term (call with the write lock)."""
+    async def _move_short_overflow(self) -> None:
+        """Move the least valuable short-term memories down to medium-term (call with the write lock).
+
+        The move runs a bounded chunk per event-loop step (index deletes and inserts); each memory is in
+        exactly one of the two tiers at every step.
+        """
         short, medium, _ = self._stores("rebalance")
         capacity = self.config.short_term_memory_size
         if short.count() <= capacity:
@@ -91,15 +96,19 @@ class TierMovement(ManagerState):
         now = self._clock()
         excess = short.count() - int(capacity * _SHRINK_TO)
         victims = sorted(short.all(), key=lambda m: self._value(m, now))[:excess]
-        with_copy = [m.id for m in victims if m.id in self._long_copies]
-        if with_copy:
-            short.delete(with_copy)  # the long-term copy stays
-            self._long_copies.difference_update(with_copy)
-        dropped = set(with_copy)  # built once: a set per victim made this quadratic
-        moving = [m for m in victims if m.id not in self._long_copies and m.id not in dropped]
-        if moving:
-            short.delete([m.id for m in moving], log=False)  # the put below records the move
-            medium.put(moving)
+        for start in range(0, len(victims), _MOVE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            chunk = victims[start : start + _MOVE_CHUNK]
+            with_copy = [m.id for m in chunk if m.id in self._long_copies]
+            if with_copy:
+                short.delete(with_copy)  # the long-term copy stays
+                self._long_copies.difference_update(with_copy)
+            dropped = set(with_copy)  # built once: a set per victim made this quadratic
+            moving = [m for m in chunk if m.id not in self._long_copies and m.id not in dropped]
+            if moving:
+                short.delete([m.id for m in moving], log=False)  # the put below records the move
+                medium.put(moving)
 
     async def _rebalance(self) -> None:
         """Bring every tier back within its capacity (short -> medium -> long)."""
@@ -107,7 +116,7 @@ class TierMovement(ManagerState):
             return
         short, medium, long_store = self._stores("rebalance")
         async with self._write_lock:
-            self._move_short_overflow()
+            await self._move_short_overflow()
             capacity = self.config.medium_term_memory_size
             if medium.count() > capacity:
                 now = self._clock()

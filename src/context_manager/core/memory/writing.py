@@ -165,7 +165,7 @@ class MemoryWriting(TierMovement):
         if overflowing:
             if short.count() > self.config.short_term_memory_size:
                 async with self._write_lock:
-                    self._move_short_overflow()
+                    await self._move_short_overflow()
             if medium.count() > self.config.medium_term_memory_size:
                 self._spawn(self._rebalance())
         self._maybe_compact()
