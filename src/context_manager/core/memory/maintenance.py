@@ -187,15 +187,8 @@ class MemoryMaintenance(TierMovement):
                 memory.tags = check_tags(memory.tags)
                 memory.metadata = check_metadata(memory.metadata)
                 check_user(memory.user_id, allow_all=False)
-            except InvalidMemoryError as error:
-                raise InvalidMemoryError(
-                    f"{source}:{number}",
-                    line[:80],
-                    "a memory as written by export_memories",
-                    detail=str(error),
-                ) from error
             except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
-                # RecursionError: a JSON bomb nested deeper than the parser's stack
+                # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
                 raise InvalidMemoryError(
                     f"{source}:{number}",
                     line[:80],
