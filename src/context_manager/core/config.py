@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from context_manager.core.errors import ConfigurationError
+from context_manager.core.text import encodable
 
 __all__ = ["ENV_PREFIX", "ContextManagerConfig", "SUPPORTED_ENCODINGS"]
 
@@ -153,10 +154,8 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a non-empty path")
             if "\x00" in str(value):
                 raise ValueError("a path without NUL characters")
-            try:
-                str(value).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("a path of valid Unicode text (no lone surrogates)") from None
+            if not encodable(str(value)):
+                raise ValueError("a path of valid Unicode text (no lone surrogates)")
             path = Path(value).expanduser()
             if path.exists() and not path.is_dir():
                 raise ValueError("a directory path (this path is an existing file)")

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
+from context_manager.core.text import encodable
 
 __all__ = ["Message", "Priority", "Role", "ToolCall", "new_message_id"]
 
@@ -101,15 +102,6 @@ def new_message_id() -> str:
 _MAX_INT_BITS = 13_000  # about 3,900 decimal digits, under Python's default int-to-str limit of 4,300
 
 
-def _encodable(text: str) -> bool:
-    """True if ``text`` encodes to UTF-8 (no lone surrogates), as files, SQLite and tokenizers need."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> None:
     """Reject values that cannot be stored and exported as JSON (cycles, NaN, non-str keys, objects)."""
     if depth > 64:
@@ -117,7 +109,7 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, str):
-        if not _encodable(value):
+        if not encodable(value):
             raise InvalidMessageError(f"{field_name}{path}", value, "valid Unicode text (no lone surrogates)")
         return
     if isinstance(value, int):
@@ -130,7 +122,7 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or not _encodable(key):
+            if not isinstance(key, str) or not encodable(key):
                 raise InvalidMessageError(f"{field_name}{path}", key, "string keys of valid Unicode text")
             _check_json(item, field_name, f"{path}.{key}", depth + 1)
         return
@@ -173,9 +165,9 @@ class ToolCall:
             raise InvalidMessageError(
                 "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"
             )
-        if not isinstance(call.id, str) or not call.id or not _encodable(call.id):
+        if not isinstance(call.id, str) or not call.id or not encodable(call.id):
             raise InvalidMessageError("tool_calls[].id", call.id, "a non-empty string of valid Unicode")
-        if not isinstance(call.name, str) or not call.name or not _encodable(call.name):
+        if not isinstance(call.name, str) or not call.name or not encodable(call.name):
             raise InvalidMessageError("tool_calls[].name", call.name, "a non-empty string of valid Unicode")
         if not isinstance(call.arguments, dict):
             raise InvalidMessageError("tool_calls[].arguments", call.arguments, "a JSON object (dict)")
@@ -295,7 +287,7 @@ class Message:
             raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
         elif metadata:
             _check_json(metadata, "metadata")
-        if name is not None and (not isinstance(name, str) or not name or not _encodable(name)):
+        if name is not None and (not isinstance(name, str) or not name or not encodable(name)):
             raise InvalidMessageError("name", name, "None or a non-empty string")
         calls: list[ToolCall] = []
         if tool_calls:
@@ -310,7 +302,7 @@ class Message:
             if len(set(ids)) != len(ids):
                 raise InvalidMessageError("tool_calls", ids, "distinct call ids within one message")
         if parsed_role is Role.TOOL:
-            if not isinstance(tool_call_id, str) or not tool_call_id or not _encodable(tool_call_id):
+            if not isinstance(tool_call_id, str) or not tool_call_id or not encodable(tool_call_id):
                 raise InvalidMessageError(
                     "tool_call_id",
                     tool_call_id,

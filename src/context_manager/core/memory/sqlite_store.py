@@ -33,6 +33,7 @@ from context_manager.core.memory.index import (
 from context_manager.core.memory.migrations import FTS_TABLE, apply_migrations
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
+from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -292,7 +293,7 @@ class SQLiteStore:
 
     def get(self, memory_id: str) -> Memory | None:
         """Return the memory with this id, or ``None``."""
-        if not _storable(memory_id):
+        if not encodable(memory_id):
             return None
         with self._guard():
             row = self._db.execute(f"{_SELECT} WHERE id = ?", (memory_id,)).fetchone()
@@ -301,7 +302,7 @@ class SQLiteStore:
     def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
         """Return the memories among ``ids`` held here, by id."""
         found: dict[str, Memory] = {}
-        ids = [memory_id for memory_id in ids if _storable(memory_id)]
+        ids = [memory_id for memory_id in ids if encodable(memory_id)]
         with self._guard():
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
@@ -404,7 +405,7 @@ class SQLiteStore:
         ``copies`` counts every row; the other figures leave out the rows whose id is in ``skip`` (memories
         already counted from a faster tier's copy).
         """
-        ids = json.dumps([memory_id for memory_id in skip if _storable(memory_id)])
+        ids = json.dumps([memory_id for memory_id in skip if encodable(memory_id)])
         with self._guard():
             rows = self._db.execute(
                 "SELECT user_id, count(*), sum(NOT skipped), sum(NOT skipped AND superseded), "
@@ -567,10 +568,3 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
-def _storable(memory_id: str) -> bool:
-    """False for an id SQLite cannot hold (lone surrogates): no stored memory can have it."""
-    try:
-        memory_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -14,6 +14,7 @@ from typing import Any
 
 from context_manager.core.errors import InvalidMemoryError, describe_value
 from context_manager.core.memory.models import ALL_USERS, MemoryTier
+from context_manager.core.text import encodable
 
 
 def check_content(content: Any) -> None:
@@ -72,15 +73,6 @@ def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
         return dict(json.loads(json.dumps(metadata, allow_nan=False, default=str)))
     except (TypeError, ValueError):
         return {key: str(value) for key, value in metadata.items()}
-
-
-def encodable(text: str) -> bool:
-    """True if ``text`` encodes to UTF-8 (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_user(user_id: Any, *, allow_all: bool) -> None:
