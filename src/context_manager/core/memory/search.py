@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.index import Stemmer, build_match, owner_token, query_tokens
@@ -38,6 +38,10 @@ from context_manager.core.memory.validation import (
 
 __all__ = ["MemorySearch"]
 
+if TYPE_CHECKING:
+    from context_manager.core.memory.sqlite_store import SQLiteStore
+
+_T = TypeVar("_T")
 _TOUCH_BATCH = 256
 _INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop when its lock is free
 
@@ -103,12 +107,8 @@ class MemorySearch(TierMovement):
         # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop; the
         # long-term store's only while its lock is free (a writer thread may hold it for a long commit)
         long_counts: dict[str, int] | None = None
-        if search_long:
-            with long_store.held_if_free() as free:
-                if free:
-                    long_counts = long_store.document_frequencies(stems)
-            if long_counts is None:
-                long_counts = await asyncio.to_thread(long_store.document_frequencies, stems)
+        if search_long:  # an index seek per word: inline unless a writer holds the store
+            long_counts = await _read_long(long_store, long_store.document_frequencies, stems)
         tier_totals = {short.tier: short.count(), medium.tier: medium.count()}
         tier_frequencies = {
             short.tier: short.document_frequencies(stems),
@@ -169,14 +169,11 @@ class MemorySearch(TierMovement):
         if search_long:
             long_frequencies = tier_frequencies[MemoryTier.LONG]
             postings = sum(long_frequencies.get(stem_of[token], 0) for token in kept)
-            inline: list[tuple[Memory, float]] | None = None
             if long_frequencies and postings <= _INLINE_POSTINGS:
-                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread
-                # hop, but only while no writer thread holds the store (waiting would stall the loop)
-                with long_store.held_if_free() as free:
-                    if free:
-                        inline = tier_search(long_store)
-            long_hits = inline if inline is not None else await asyncio.to_thread(tier_search, long_store)
+                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
+                long_hits = await _read_long(long_store, tier_search, long_store)
+            else:
+                long_hits = await asyncio.to_thread(tier_search, long_store)
         query_vector = (await self._embed([query]))[0] if use_vectors else None
         found: dict[str, tuple[Memory, float]] = {}
         for store in (short, medium):
@@ -339,3 +336,14 @@ class MemorySearch(TierMovement):
         ]
         selected.sort(key=lambda m: (-m.importance, -m.created_at))
         return [memory.copy() for memory in selected[:limit]]
+
+
+async def _read_long(store: SQLiteStore, read: Callable[..., _T], *args: Any) -> _T:
+    """Run a short read of the long-term store on the loop when its lock is free, else in a thread.
+
+    The loop never waits on the lock: a writer thread holding it for a long transaction would stall it.
+    """
+    with store.held_if_free() as free:
+        if free:
+            return read(*args)
+    return await asyncio.to_thread(read, *args)
