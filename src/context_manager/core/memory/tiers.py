@@ -104,8 +104,8 @@ class TierMovement(ManagerState):
             if with_copy:
                 short.delete(with_copy)  # the long-term copy stays
                 self._long_copies.difference_update(with_copy)
-            dropped = set(with_copy)  # built once: a set per victim made this quadratic
-            moving = [m for m in chunk if m.id not in self._long_copies and m.id not in dropped]
+            dropped = set(with_copy)
+            moving = [m for m in chunk if m.id not in dropped]
             if moving:
                 short.delete([m.id for m in moving], log=False)  # the put below records the move
                 medium.put(moving)
