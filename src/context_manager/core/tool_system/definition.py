@@ -399,11 +399,7 @@ def tool(
             cache_ttl=cache_ttl,
             max_output_tokens=max_output_tokens,
             parameters_schema=parameters_schema or {},
-            sensitive_arguments=(
-                tuple(sensitive_arguments)  # type: ignore[arg-type]  # a str is rejected in __post_init__
-                if not isinstance(sensitive_arguments, str)
-                else sensitive_arguments
-            ),
+            sensitive_arguments=sensitive_arguments,  # type: ignore[arg-type]  # made a tuple in __post_init__
         )
         try:
             setattr(target, TOOL_DEFINITION_ATTRIBUTE, definition)
