@@ -453,7 +453,8 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
         if record is not None:
             event("compressed" + (" with truncation" if record.truncated_count else ""))
             assert len(window.compression_history) == history + 1
-            check_compression_target(window, record)
+            originals = {m.id: m for m in (archive if hook else window.evicted_messages)}
+            check_compression_target(window, record, originals)
 
     for kind, a, priority, pinned, fraction in ops:
         if kind == "message":
@@ -499,7 +500,9 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
     assert snapshot(window) == before
 
 
-def check_compression_target(window: ContextWindow, record: CompressionRecord) -> None:
+def check_compression_target(
+    window: ContextWindow, record: CompressionRecord, originals: dict[str, Message]
+) -> None:
     if record.tokens_after <= window.target_tokens:
         return
     # Allowed only when what may not be evicted exceeds the target: protected messages, plus the
@@ -512,7 +515,10 @@ def check_compression_target(window: ContextWindow, record: CompressionRecord) -
         if unit.protected:  # a unit with a pinned/critical/system message is kept whole
             unavoidable += unit.tokens
         elif unit is units[-1] or latest_user in unit.indices:
-            unavoidable += sum(_min_truncated_tokens(messages[i], COUNTER) for i in unit.indices)
+            # a message already cut is measured as the original it came from (its marker counts the
+            # original's omitted tokens, a longer number than a re-cut of the cut copy would show)
+            cut = [originals.get(messages[i].id, messages[i]) for i in unit.indices]
+            unavoidable += sum(_min_truncated_tokens(message, COUNTER) for message in cut)
     assert unavoidable > window.target_tokens, (record, unavoidable)
 
 
