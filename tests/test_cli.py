@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from context_manager.cli import app
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageCorruptedError
+from context_manager.core.errors import ConfigurationError, StorageCorruptedError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.tokens import count_tokens
 
@@ -89,7 +89,7 @@ def test_tokens_bad_paths_and_arguments(tmp_path: Path) -> None:
     assert_one_line_error(cli("tokens", str(tmp_path)), "is a directory")
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\xff\xfe\x00\x81")
-    assert_one_line_error(cli("tokens", str(binary)), "utf-8")
+    assert_one_line_error(cli("tokens", str(binary)), str(binary), "not UTF-8 text", "0xff at offset 0")
     bad_encoding = cli("tokens", "-", "--encoding", "gpt2", input="x")
     assert bad_encoding.exit_code == 2 and "gpt2" in bad_encoding.stderr
     assert cli("tokens").exit_code == 2
@@ -261,9 +261,22 @@ def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Pat
     assert report["checks"]["storage"]["status"] == "healthy"
     table = cli("--storage", str(store), "health")
     assert table.exit_code == 0 and "database and full-text index intact" in table.stdout
+    # a mistyped path must fail a liveness probe, and the command creates nothing there
     missing = cli("--storage", str(tmp_path / "missing"), "health")
-    assert missing.exit_code in (0, 3) and "no memory store at" in missing.stdout
+    assert missing.exit_code == 3, missing.stdout
+    assert "no memory store at" in missing.stdout
     assert not (tmp_path / "missing").exists()
+    as_json = json.loads(cli("--json", "--storage", str(tmp_path / "missing"), "health").stdout)
+    assert as_json["status"] == "unhealthy" and as_json["checks"]["memory_store"]["status"] == "unhealthy"
+    assert as_json["checks"]["memory_store"]["message"].endswith("(the directory does not exist)")
+    assert "storage" not in as_json["checks"]  # no "recreate the directory" advice for a typo
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    not_a_store = cli("--json", "--storage", str(empty), "health")
+    assert not_a_store.exit_code == 3
+    message = json.loads(not_a_store.stdout)["checks"]["memory_store"]["message"]
+    assert message.endswith("(the directory holds no memories.jsonl or memories.sqlite3)")
+    assert list(empty.iterdir()) == [], "health must not create a store in an unrelated directory"
     damaged = tmp_path / "damaged"
     _corrupt_database(damaged)
     result = cli("--json", "--storage", str(damaged), "health")
@@ -276,8 +289,13 @@ def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Pat
 def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert_one_line_error(cli("--storage", str(a_file), "memory", "stats"), "storage_path", "existing file")
-    assert_one_line_error(cli("--storage", str(a_file), "health"), "storage_path")
+    for command in (("memory", "stats"), ("memory", "add", "x"), ("health",)):
+        result = cli("--storage", str(a_file), *command)
+        assert_one_line_error(result, f"--storage {a_file} is a file")
+        assert "PosixPath" not in result.stderr
+    # the library's own message shows the path, not a Python repr
+    with pytest.raises(ConfigurationError, match=rf"^storage_path: got '{a_file}'; allowed a directory"):
+        ContextManagerConfig(storage_path=a_file)
 
 
 # --- examples, version, help ----------------------------------------------------------------------
@@ -376,7 +394,7 @@ def test_subprocess_bad_paths_arguments_and_a_damaged_log(tmp_path: Path, store:
     assert not nowhere.exists(), "a read-only command must not create a store"
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    assert_one_line(run_cli("--storage", str(a_file), "memory", "stats"), "storage_path", "existing file")
+    assert_one_line(run_cli("--storage", str(a_file), "memory", "stats"), f"--storage {a_file} is a file")
 
     assert run_cli("--json", "--storage", str(store), "memory", "add", "kept").returncode == 0
     assert_one_line(

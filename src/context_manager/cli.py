@@ -19,7 +19,7 @@ stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGE
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``); 2 bad usage (unknown option,
-bad argument); 3 ``health`` found the storage unhealthy.
+bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = ["app", "main"]
 EXIT_ERROR = 1
 """An operation failed (the reason is printed on stderr)."""
 EXIT_UNHEALTHY = 3
-"""``health`` found the storage unhealthy."""
+"""``health`` found the storage unhealthy (or no memory store at the path)."""
 
 _T = TypeVar("_T")
 
@@ -169,6 +169,8 @@ def _config(options: _Options) -> ContextManagerConfig:
 
     if options.storage is None:
         return ContextManagerConfig()
+    if options.storage.exists() and not options.storage.is_dir():
+        raise CommandError(f"--storage {options.storage} is a file; pass the memory directory")
     return ContextManagerConfig(storage_path=options.storage)
 
 
@@ -176,15 +178,32 @@ def _storage_path(options: _Options) -> Path:
     return _config(options).resolved_storage_path
 
 
+def _missing_store(path: Path) -> str | None:
+    """Why there is no memory store at ``path`` (``None`` when there is one).
+
+    A store is a directory holding the memory log or the long-term database (both are created when a
+    store is first opened); an empty or unrelated directory is not one.
+    """
+    from context_manager.core.memory.file_store import LOG_FILE_NAME
+    from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+
+    if not path.exists():
+        return f"no memory store at {path} (the directory does not exist)"
+    if not path.is_dir():
+        return f"no memory store at {path} (it is a file, not a directory)"
+    if not any((path / name).exists() for name in (LOG_FILE_NAME, DATABASE_FILE_NAME)):
+        return f"no memory store at {path} (the directory holds no {LOG_FILE_NAME} or {DATABASE_FILE_NAME})"
+    return None
+
+
+_STORE_ADVICE = "pass --storage PATH or set PYTHON_CONTEXT_MANAGER_STORAGE_PATH"
+
+
 def _require_existing_store(path: Path) -> None:
     """Read-only commands must not create an empty store where the user mistyped a path."""
-    if not path.exists():
-        raise CommandError(
-            f"no memory store at {path} (the directory does not exist); "
-            "pass --storage PATH or set PYTHON_CONTEXT_MANAGER_STORAGE_PATH"
-        )
-    if not path.is_dir():
-        raise CommandError(f"storage path {path} is a file, not a directory")
+    reason = _missing_store(path)
+    if reason is not None:
+        raise CommandError(f"{reason}; {_STORE_ADVICE}")
 
 
 @contextlib.asynccontextmanager
@@ -275,7 +294,13 @@ def tokens(
             path = Path(source)
             if path.is_dir():
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise CommandError(
+                    f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                    f"{error.start}); pass a text file"
+                ) from error
             label = str(path)
         count = get_token_counter(name).count(text)
         result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
@@ -550,23 +575,22 @@ class _StoreUnderCheck:
     memory_manager: MemoryManager | None
 
 
-def _failed_open_check(error: Exception) -> Callable[[], Any]:
-    """A check reporting that the memory store could not be opened (damaged or locked)."""
+def _failing_check(message: str, recommendation: str) -> Callable[[], Any]:
+    """A check that reports the memory store unusable (missing, damaged or locked)."""
     from context_manager.core.health_checker import CheckOutcome, HealthState
 
     def check() -> CheckOutcome:
-        return CheckOutcome(
-            HealthState.UNHEALTHY,
-            _describe(error),
-            recommendation="The memory store cannot be opened; follow the advice in the message above.",
-        )
+        return CheckOutcome(HealthState.UNHEALTHY, message, recommendation=recommendation)
 
     return check
 
 
 @app.command()
 def health(ctx: typer.Context) -> None:
-    """Run the health checks on the storage path (exit code 3 when unhealthy)."""
+    """Run the health checks on a memory store (exit code 3 when unhealthy or when there is none).
+
+    Read-only: a path with no store is reported (``memory_store`` check, unhealthy), never created.
+    """
 
     async def body(options: _Options) -> int:
         from context_manager.core.errors import StorageError
@@ -575,23 +599,26 @@ def health(ctx: typer.Context) -> None:
 
         config = _config(options)
         path = config.resolved_storage_path
-        if path.exists() and not path.is_dir():
-            raise CommandError(f"storage path {path} is a file, not a directory")
         # the cache directory is not checked: only the storage the command was pointed at
         config = config.model_copy(update={"cache_path": path})
-        memory = MemoryManager(config) if path.is_dir() else None
-        open_error: StorageError | None = None
-        if memory is not None:
+        problem = _missing_store(path)
+        advice = f"Check the path: {_STORE_ADVICE}."
+        memory: MemoryManager | None = None
+        if problem is None:
+            memory = MemoryManager(config)
             try:
                 await memory.initialize()
             except StorageError as error:  # damaged or locked: report it as a failing check
-                open_error, memory = error, None
+                problem, memory = _describe(error), None
+                advice = "The memory store cannot be opened; follow the advice in the message above."
         try:
             checker = HealthChecker(
                 context_manager=_StoreUnderCheck(config, memory), enable_auto_recovery=False
             )
-            if open_error is not None:
-                checker.register_check("memory_store", _failed_open_check(open_error), critical=True)
+            if not path.is_dir():  # nothing to probe; "recreate the directory" would be bad advice
+                checker.unregister_check("storage")
+            if problem is not None:
+                checker.register_check("memory_store", _failing_check(problem, advice), critical=True)
             report = await checker.generate_diagnostic_report()
         finally:
             if memory is not None:
@@ -612,10 +639,6 @@ def health(ctx: typer.Context) -> None:
                 state = result.status.value
                 table.add_row(result.name, f"[{colour[state]}]{state}[/]", result.message)
             options.stdout.print(table)
-            if memory is None and open_error is None:
-                options.stdout.print(
-                    f"no memory store at {path}: nothing to check there yet", markup=False, soft_wrap=True
-                )
             for line in report.recommendations:
                 options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
         return EXIT_UNHEALTHY if report.status is HealthState.UNHEALTHY else 0

@@ -44,7 +44,7 @@ which always says what was wrong and what is allowed: ``"priority: got 'urgent';
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 __all__ = [
@@ -87,9 +87,12 @@ _MAX_REPR = 80
 
 
 def describe_value(value: Any) -> str:
-    """Return a short, safe ``repr`` of a value for an error message (long values are cut)."""
+    """Return a short, safe ``repr`` of a value for an error message (long values are cut).
+
+    Paths are shown as the quoted path (``'/data/x'``), not as ``PosixPath('/data/x')``.
+    """
     try:
-        text = repr(value)
+        text = repr(str(value)) if isinstance(value, PurePath) else repr(value)
     except Exception:  # a hostile __repr__ must not hide the real error
         text = f"<{type(value).__name__}>"
     if len(text) > _MAX_REPR:
