@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from context_manager.core.errors import (
     InvalidRoleError,
     LifecycleError,
     StorageError,
+    StorageLockedError,
     ToolCallPairingError,
 )
 from context_manager.core.messages import ToolCall
@@ -95,6 +97,46 @@ async def test_methods_before_initialize_and_after_cleanup_raise(tmp_path: Path)
         await manager.add_message("user", "again")
     with pytest.raises(LifecycleError, match="cleaned up"):
         await manager.initialize()
+
+
+async def test_concurrent_initialize_calls_are_serialised(tmp_path: Path) -> None:
+    """Issue 18.3: two initialize() at once used to leave ``window: None`` and blame our own pid."""
+    manager = EnhancedContextManager(make_config(tmp_path))
+    try:
+        await asyncio.gather(manager.initialize(), manager.initialize(), manager.initialize())
+        assert manager.is_initialized
+        assert await manager.add_message("user", "hello after a racing start")
+        assert [m.content for m in manager.messages] == ["hello after a racing start"]
+        assert manager.memory_manager.is_initialized
+    finally:
+        await manager.cleanup()
+    # the storage lock was taken once and released once: a new manager opens the same storage
+    async with EnhancedContextManager(make_config(tmp_path)) as again:
+        assert again.is_initialized
+
+
+async def test_cleanup_during_initialize_waits_and_then_cleans_up(tmp_path: Path) -> None:
+    manager = EnhancedContextManager(make_config(tmp_path))
+    starting = asyncio.create_task(manager.initialize())
+    await asyncio.sleep(0)  # initialize() is under way (directories, memory opening in a thread)
+    await manager.cleanup()
+    await starting
+    assert not manager.is_initialized and not manager.memory_manager.is_initialized
+    with pytest.raises(LifecycleError, match="cleaned up"):
+        await manager.add_message("user", "too late")
+    async with EnhancedContextManager(make_config(tmp_path)) as again:  # nothing left locked
+        assert again.is_initialized
+
+
+async def test_second_manager_in_this_process_is_told_so(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as first:
+        second = EnhancedContextManager(make_config(tmp_path))
+        with pytest.raises(StorageLockedError, match="already open in this process") as caught:
+            await second.initialize()
+        assert caught.value.same_process
+        assert "stop that process" not in str(caught.value)
+        assert not second.is_initialized
+        assert await first.add_message("user", "the first one is unaffected")
 
 
 async def test_async_with(tmp_path: Path) -> None:

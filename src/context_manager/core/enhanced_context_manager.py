@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -101,6 +102,7 @@ class EnhancedContextManager:
         self._token_counter = token_counter
         self._summarizer = summarizer
         self._state: _State = "new"
+        self._lifecycle_lock = asyncio.Lock()  # initialize() and cleanup() run one at a time
         self._window: ContextWindow | None = None
         self.tool_manager = ToolManager(self.config)
         """Registers and runs tools (``register_function_tool``, ``get_tool_schemas`` ...)."""
@@ -125,13 +127,19 @@ class EnhancedContextManager:
     async def initialize(self) -> None:
         """Create the cache and storage directories (mode 0o700) and start the subsystems.
 
-        Calling it again on an initialized manager does nothing.
+        Calling it again on an initialized manager does nothing. Lifecycle calls are serialised: a
+        second ``initialize()`` (or a ``cleanup()``) made while one runs waits for it to finish.
 
         Raises:
             LifecycleError: the manager was already cleaned up.
             StorageError: a directory cannot be created.
+            StorageLockedError: another process, or another manager of this process, has the storage.
             ConfigurationError: the configured tokenizer is unknown.
         """
+        async with self._lifecycle_lock:
+            await self._initialize_locked()
+
+    async def _initialize_locked(self) -> None:
         if self._state == "ready":
             return
         if self._state == "closed":
@@ -163,14 +171,18 @@ class EnhancedContextManager:
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
 
     async def cleanup(self) -> None:
-        """Stop the subsystems and release resources. Safe to call more than once."""
-        if self._state == "closed":
-            return
-        was_ready = self._state == "ready"
-        self._state = "closed"
-        if was_ready:
-            await self._stop_subsystems()
-        logger.debug("context manager cleaned up")
+        """Stop the subsystems and release resources. Safe to call more than once.
+
+        Made while ``initialize()`` runs, it waits for it, then cleans up.
+        """
+        async with self._lifecycle_lock:
+            if self._state == "closed":
+                return
+            was_ready = self._state == "ready"
+            self._state = "closed"
+            if was_ready:
+                await self._stop_subsystems()
+            logger.debug("context manager cleaned up")
 
     async def _start_subsystems(self) -> None:
         """Start what the manager owns, in dependency order (the window already exists).

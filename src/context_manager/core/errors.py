@@ -245,15 +245,24 @@ class StorageError(ContextManagerError, OSError):
 
 
 class StorageLockedError(StorageError):
-    """Another process holds the store at this path."""
+    """Another process, or another manager in this process, holds the store at this path."""
 
-    def __init__(self, path: str | Path, holder: str) -> None:
+    def __init__(self, path: str | Path, holder: str, *, same_process: bool = False) -> None:
         self.holder = holder
         """Who holds the lock (pid and host, as recorded in the lock file)."""
-        super().__init__(
-            f"storage at {path} is locked by {holder}; stop that process or use another storage_path",
-            path=path,
-        )
+        self.same_process = same_process
+        """True when the holder is another manager of this very process."""
+        if same_process:
+            message = (
+                f"storage at {path} is already open in this process ({holder}) by another "
+                "MemoryManager or EnhancedContextManager; use that one, close it first, or give this "
+                "one another storage_path"
+            )
+        else:
+            message = (
+                f"storage at {path} is locked by {holder}; stop that process or use another storage_path"
+            )
+        super().__init__(message, path=path)
 
 
 class StorageCorruptedError(StorageError):

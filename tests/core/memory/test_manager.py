@@ -125,9 +125,26 @@ async def test_second_manager_on_the_same_storage_is_refused(
     manager: MemoryManager, config: ContextManagerConfig
 ) -> None:
     other = MemoryManager(config)
-    with pytest.raises(StorageLockedError, match=f"pid {os.getpid()}") as caught:
+    expected = f"already open in this process \\(pid {os.getpid()}"
+    with pytest.raises(StorageLockedError, match=expected) as caught:
         await other.initialize()
-    assert caught.value.holder.startswith(f"pid {os.getpid()} on host")
+    assert caught.value.holder.startswith(f"pid {os.getpid()} on host") and caught.value.same_process
+    assert "stop that process" not in str(caught.value)
+    # through a symlink to the same directory: the same store, the same answer
+    link = Path(str(config.resolved_storage_path) + "-link")
+    os.symlink(config.resolved_storage_path, link)
+    with pytest.raises(StorageLockedError, match="already open in this process"):
+        await MemoryManager(ContextManagerConfig(storage_path=link)).initialize()
+
+
+async def test_concurrent_initialize_and_close_are_serialised(config: ContextManagerConfig) -> None:
+    manager = MemoryManager(config)
+    await asyncio.gather(manager.initialize(), manager.initialize())
+    memory = await manager.add_memory("stored once the racing opens are done", importance=0.9)
+    assert (await manager.search_memory("racing opens"))[0].id == memory.id
+    await asyncio.gather(manager.close(), manager.close())
+    async with MemoryManager(config) as reopened:  # the lock was released
+        assert await reopened.get_memory(memory.id) is not None
 
 
 async def test_second_process_gets_storage_locked_error(manager: MemoryManager, storage: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 from pathlib import Path
 
 from context_manager.core.errors import StorageError, StorageLockedError
@@ -34,30 +35,51 @@ def make_private_directory(path: Path) -> None:
         raise StorageError(f"cannot create directory {path}: {error.strerror or error}", path=path) from error
 
 
+_held_here: dict[int, tuple[str, int]] = {}  # fd -> (real path of the lock file, pid that took it)
+_held_lock = threading.Lock()
+
+
 def acquire_lock(path: Path) -> int:
-    """Take the exclusive lock on ``path`` (released by the kernel if the process dies)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as error:
-        raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """Take the exclusive lock on ``path`` (released by the kernel if the process dies).
+
+    Raises:
+        StorageLockedError: another process holds it, or another manager of this process does (the
+            message says which: "stop that process" would be wrong advice for our own pid).
+        StorageError: the lock file cannot be opened.
+    """
+    real = os.path.realpath(path)
+    with _held_lock:
+        if any(held == (real, os.getpid()) for held in _held_here.values()):
+            raise StorageLockedError(path.parent, _holder_text(), same_process=True)
         try:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        finally:
-            os.close(fd)
-        raise StorageLockedError(path.parent, holder) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-    return fd
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise StorageLockedError(path.parent, holder, same_process=holder == _holder_text()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_holder_text()}\n".encode(), 0)
+        _held_here[fd] = (real, os.getpid())
+        return fd
+
+
+def _holder_text() -> str:
+    return f"pid {os.getpid()} on host {socket.gethostname()}"
 
 
 def release_lock(fd: int | None) -> None:
     """Release and close a lock taken by :func:`acquire_lock` (``None`` does nothing)."""
     if fd is None:
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with _held_lock:
+        _held_here.pop(fd, None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -68,14 +68,19 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
     async def initialize(self) -> None:
         """Open (creating if needed) the storage, replay the log and rebuild the volatile tiers.
 
-        Calling it again on an open manager does nothing.
+        Calling it again on an open manager does nothing; a call made while another runs waits for it.
 
         Raises:
-            StorageLockedError: another process holds ``storage_path``.
+            StorageLockedError: another process (or another manager of this process) holds
+                ``storage_path``.
             StorageCorruptedError: the log or the database is damaged (nothing is overwritten).
             StorageError: the directory cannot be created or a file cannot be opened.
             LifecycleError: the manager was closed.
         """
+        async with self._lifecycle_lock:
+            await self._initialize_locked()
+
+    async def _initialize_locked(self) -> None:
         if self._state == "ready":
             return
         if self._state == "closed":
@@ -130,8 +135,12 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
     async def close(self) -> None:
         """Finish background work, persist pending access updates, close files and release the lock.
 
-        Safe to call more than once.
+        Safe to call more than once; made while ``initialize()`` runs, it waits for it.
         """
+        async with self._lifecycle_lock:
+            await self._close_locked()
+
+    async def _close_locked(self) -> None:
         if self._state != "ready":
             self._state = "closed"
             return

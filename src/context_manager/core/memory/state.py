@@ -86,6 +86,7 @@ class ManagerState:
         self._medium: FileStore | None = None
         self._long: SQLiteStore | None = None
         self._write_lock = asyncio.Lock()
+        self._lifecycle_lock = asyncio.Lock()  # initialize() and close() run one at a time
         self._pending_touches: dict[str, tuple[float, int]] = {}
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
