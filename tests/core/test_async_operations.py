@@ -158,6 +158,45 @@ async def test_sync_callables_run_in_threads_without_blocking_the_loop() -> None
     assert value == 42 and thread != loop_thread
 
 
+async def test_a_hung_sync_task_does_not_starve_the_next_one() -> None:
+    """Issue 18.9: the pool had one thread per slot, so a timed-out sync task kept the only thread and
+    a trivial task started after it timed out waiting for a thread while stats said running=1."""
+    gate = threading.Event()
+
+    def hangs() -> None:
+        gate.wait(30)
+
+    def trivial() -> str:
+        return threading.current_thread().name
+
+    controller = ConcurrencyController(max_concurrent_tasks=1)
+    await controller.start()
+    try:
+        await controller.submit_task("hung", hangs, timeout=0.1)
+        with pytest.raises(TaskTimeoutError):
+            await controller.wait_for_task("hung")
+        assert controller.get_stats().abandoned_threads == 1
+        await controller.submit_task("trivial", trivial, timeout=5.0)
+        thread_name = await controller.wait_for_task("trivial")
+        assert thread_name.startswith("ConcurrencyController")  # its own pool, not the loop's default
+        stats = controller.get_stats()
+        assert (stats.completed, stats.timed_out, stats.running) == (1, 1, 0)
+        assert stats.abandoned_threads == 1 and not gate.is_set()
+    finally:
+        gate.set()
+        await controller.stop()
+    for _ in range(500):
+        if controller.get_stats().abandoned_threads == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert controller.get_stats().abandoned_threads == 0
+
+
+async def test_spare_threads_is_validated() -> None:
+    with pytest.raises(InvalidSettingError, match=r"^spare_threads: got -1; allowed an integer >= 0"):
+        ConcurrencyController(spare_threads=-1)
+
+
 async def test_the_tasks_exception_is_raised_and_the_record_released() -> None:
     async def broken() -> None:
         raise ValueError("broken task")

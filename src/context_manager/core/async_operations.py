@@ -10,9 +10,13 @@ Semantics:
 
 * At most ``max_concurrent_tasks`` run at once; the others wait in a priority queue
   (``critical`` > ``high`` > ``normal`` > ``low``, first come first served within a priority).
-* Coroutine functions run on the event loop; plain callables run in the controller's own thread pool
-  (one thread per concurrent slot), so they never block the loop. A thread cannot be interrupted: a
-  timed-out or cancelled sync task stops being waited for, but its thread finishes the call.
+* Coroutine functions run on the event loop; plain callables run in the controller's own threads
+  (:class:`~context_manager.core.threads.UserThreads`), never in the loop's default pool that storage
+  I/O uses, so they neither block the loop nor make storage wait. A thread cannot be interrupted: a
+  timed-out or cancelled sync task stops being waited for and frees its slot, but its thread finishes
+  the call (``get_stats().abandoned_threads`` counts those). The pool has a thread for every slot plus
+  ``spare_threads`` for such abandoned calls, so a task that starts gets a thread at once and its
+  timeout measures its own work, not a wait for a thread held by an earlier hung task.
 * ``wait_for_task`` returns the result or raises the task's exception (``TaskTimeoutError`` after its
   timeout, ``TaskCancelledError`` after ``cancel_task``/``stop(drain=False)``). The record is then
   released and the id can be reused; finished results nobody fetched are kept up to
@@ -29,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import heapq
 import inspect
 import logging
@@ -38,7 +40,6 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -53,6 +54,7 @@ from context_manager.core.errors import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
+from context_manager.core.threads import UserThreads
 
 __all__ = ["ConcurrencyController", "ControllerStats", "TaskInfo", "TaskStatus", "cancel_and_wait"]
 
@@ -151,6 +153,8 @@ class ControllerStats:
     """Mean time a started task waited in the queue."""
     mean_run_seconds: float
     """Mean running time of finished tasks that started."""
+    abandoned_threads: int = 0
+    """Sync tasks that timed out or were cancelled but still run in their thread (not interruptible)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -211,6 +215,9 @@ class ConcurrencyController:
             ``QueueFullError``.
         default_timeout: Timeout in seconds for tasks submitted without one (``None``: no timeout).
         max_retained_results: Finished, unfetched results kept (>= 1); the oldest are dropped beyond.
+        spare_threads: Threads beyond ``max_concurrent_tasks`` for sync tasks that timed out or were
+            cancelled and still run (>= 0); past that many such hung calls, a new sync task waits for a
+            thread inside its timeout.
 
     Raises:
         InvalidSettingError: A setting is out of range.
@@ -223,11 +230,13 @@ class ConcurrencyController:
         default_timeout: float | None = None,
         *,
         max_retained_results: int = 1000,
+        spare_threads: int = 64,
     ) -> None:
         for setting, value, minimum in (
             ("max_concurrent_tasks", max_concurrent_tasks, 1),
             ("max_queue_size", max_queue_size, 0),
             ("max_retained_results", max_retained_results, 1),
+            ("spare_threads", spare_threads, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise InvalidSettingError(setting, value, f"an integer >= {minimum}")
@@ -260,7 +269,9 @@ class ConcurrencyController:
         self._peak_running = 0
         self._drained: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where start() ran; tasks live on it
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads = UserThreads(
+            "ConcurrencyController", max_threads=max_concurrent_tasks + spare_threads
+        )
         self._counts = dict.fromkeys(
             (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT), 0
         )
@@ -303,9 +314,7 @@ class ConcurrencyController:
             record.waiters.clear()  # futures of the closed loop: nobody can be woken through them
             self._end(record, TaskStatus.CANCELLED, None, TaskCancelledError(record.task_id))
         self._running = self._queued = 0
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._threads.shutdown()
         if abandoned:
             logger.warning(
                 "the event loop of a ConcurrencyController was closed while %d tasks were unfinished; "
@@ -351,9 +360,7 @@ class ConcurrencyController:
             await asyncio.wait([runner for _, runner in running])
             for record, runner in running:
                 self._finish_if_never_started(record, runner)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._threads.shutdown()
 
     async def __aenter__(self) -> ConcurrencyController:
         await self.start()
@@ -506,14 +513,7 @@ class ConcurrencyController:
     async def _invoke(self, record: _TaskRecord) -> Any:
         if record.is_async:
             return await record.function(*record.args, **record.kwargs)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=self.max_concurrent_tasks, thread_name_prefix="ConcurrencyController"
-            )
-        call = functools.partial(
-            contextvars.copy_context().run, record.function, *record.args, **record.kwargs
-        )
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        result = await self._threads.run(record.function, *record.args, **record.kwargs)
         if inspect.isawaitable(result):  # a plain callable that returned a coroutine
             result = await result
         return result
@@ -651,6 +651,7 @@ class ConcurrencyController:
             peak_running=self._peak_running,
             mean_wait_seconds=self._total_wait / self._started if self._started else 0.0,
             mean_run_seconds=self._total_run / self._ran if self._ran else 0.0,
+            abandoned_threads=self._threads.abandoned,
         )
 
 

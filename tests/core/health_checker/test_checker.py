@@ -119,6 +119,29 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     assert status.status is HealthState.DEGRADED
 
 
+async def test_hung_sync_checks_keep_their_own_threads() -> None:
+    """Issue 18.9's thread-pool sharing, health side: a sync check that hangs past ``check_timeout``
+    keeps its thread; run on the loop's default pool (memory storage's), 40 of them left no thread for
+    storage I/O."""
+    gate = threading.Event()
+
+    def hangs() -> bool:
+        gate.wait(30)
+        return True
+
+    checker = HealthChecker(check_timeout=0.1)
+    for number in range(40):
+        checker.register_check(f"hangs_{number}", hangs)
+    try:
+        status = await checker.perform_health_check()
+        assert all(status.checks[f"hangs_{n}"].message == "timed out after 0.1 s" for n in range(40))
+        # the default pool is free: a storage-like blocking call completes while the checks still hang
+        assert await asyncio.wait_for(asyncio.to_thread(threading.current_thread), 5.0) is not None
+        assert not gate.is_set()
+    finally:
+        gate.set()
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.tool_system import ToolManager
 
 
@@ -97,3 +99,42 @@ async def test_fast_tool_within_timeout_succeeds() -> None:
     manager = ToolManager()
     manager.register_function_tool("quick", quick, "Quick", timeout=5.0)
     assert (await manager.execute("quick")).result == 1
+
+
+async def test_hung_sync_tools_never_make_memory_storage_wait(tmp_path: Path) -> None:
+    """Issue 18.9: 20 hung sync tools used to take every default-pool thread; a long-term add_memory
+    (SQLite in a worker thread) then waited for one. Tools now have threads of their own."""
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hangs() -> str:
+        entered.release()
+        gate.wait(timeout=30.0)
+        return "late"
+
+    config = ContextManagerConfig(cache_path=tmp_path, max_tool_timeout=0.2)
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("hangs", hangs, "Blocks until released")
+        try:
+            results = await asyncio.gather(*(manager.execute_tool("hangs") for _ in range(20)))
+            assert [result.error_type for result in results] == ["timeout"] * 20
+            # every one of the 20 calls got a thread of its own (none waited behind another)
+            assert all(entered.acquire(timeout=5.0) for _ in range(20))
+            threads = manager.tool_manager.get_tool_stats()["threads"]
+            assert threads == {"busy": 20, "abandoned": 20, "max": 64}
+            # the default pool is free for storage: these complete while the 20 tools still hang
+            stored = await asyncio.wait_for(
+                manager.memory_manager.add_memory("written while tools hang", importance=0.95), 5.0
+            )
+            stats = await asyncio.wait_for(manager.memory_manager.get_memory_stats(), 5.0)
+            assert stats["by_tier"]["long"] == 1  # the SQLite write and read ran in worker threads
+            found = await asyncio.wait_for(manager.search_memory("written while tools hang"), 5.0)
+            assert found and found[0].id == stored.id
+            assert not gate.is_set()
+        finally:
+            gate.set()
+    for _ in range(500):  # the released threads return within moments
+        if not manager.tool_manager.get_tool_stats()["threads"]["busy"]:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.tool_manager.get_tool_stats()["threads"] == {"busy": 0, "abandoned": 0, "max": 64}

@@ -39,6 +39,7 @@ from context_manager.core.health_checker.models import (
 from context_manager.core.health_checker.recovery import run_repair
 from context_manager.core.health_checker.report import storage_facts, system_facts
 from context_manager.core.performance_monitor import PerformanceMonitor, running_monitors
+from context_manager.core.threads import UserThreads
 
 __all__ = ["HealthChecker"]
 
@@ -110,6 +111,7 @@ class HealthChecker:
         self._last_lag_ms = 0.0
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
+        self._threads = UserThreads("context-manager-health-check", max_threads=16)
         self._started_at = time.time()
         self._register_builtin_checks()
         own_monitor = getattr(context_manager, "performance_monitor", None)
@@ -131,7 +133,9 @@ class HealthChecker:
             name: A unique, non-empty name.
             fn: A function or coroutine function without arguments returning a :class:`CheckOutcome`,
                 a bool (True healthy, False unhealthy), a :class:`HealthState` or None (healthy). An
-                exception makes the check unhealthy. Plain functions run in a worker thread.
+                exception makes the check unhealthy. Plain functions run in a worker thread of the
+                checker's own pool (a check that hangs past ``check_timeout`` keeps its thread, never
+                one the memory stores need).
             critical: If True, this check being unhealthy makes the whole system unhealthy.
             replace: Replace a check of the same name (e.g. a built-in one) instead of raising.
 
@@ -274,8 +278,8 @@ class HealthChecker:
             async with asyncio.timeout(self.check_timeout):
                 if _is_async(check.function):
                     value = await check.function()
-                else:
-                    value = await asyncio.to_thread(check.function)
+                else:  # the checker's own threads: a hung check never takes one storage I/O needs
+                    value = await self._threads.run(check.function)
                     if inspect.isawaitable(value):
                         value = await value
             outcome = as_outcome(value)

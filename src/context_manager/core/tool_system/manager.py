@@ -14,18 +14,20 @@ problems:
    cache without running and without counting against its rate limit (``cached=True``);
 6. **rate limit** - at most ``rate_limit`` calls per sliding ``rate_window`` per tool (and per
    ``caller_key`` when one is given) - ``rate_limited`` with ``retry_after``;
-7. **run** - async tools are awaited on the loop, sync tools run in a worker thread
-   (``asyncio.to_thread``), under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` -
-   ``timeout``. An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps
-   running in its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
+7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
+   own pool, under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` - ``timeout``.
+   An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
+   its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
    (``dataclasses.asdict``) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``.
 
-Sync tools share the event loop's default thread pool (``asyncio.to_thread``; a few threads on a small
-machine). A call waiting for a free thread is inside its timeout, and sync tools that time out keep their
-thread until they return, so give long blocking tools an async version or their own executor.
+Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
+``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
+tools never make storage I/O wait. A tool that timed out keeps its thread until it returns
+(``get_tool_stats()["threads"]["abandoned"]`` counts them); once ``max_threads`` calls hang, a new sync
+call waits for a thread inside its own timeout.
 
 The manager is meant for one event loop; it keeps no background task.
 """
@@ -46,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
+from context_manager.core.threads import UserThreads
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -165,6 +168,7 @@ class ToolManager(ToolRegistry):
             only ``True`` lets the call run. Without one, such calls are denied.
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
+        max_threads: The most threads sync tools run in at once (the manager's own pool).
 
     Example:
         >>> manager = ToolManager()
@@ -182,6 +186,7 @@ class ToolManager(ToolRegistry):
         approval_callback: ApprovalCallback | None = None,
         clock: Callable[[], float] | None = None,
         cache_size: int = 1024,
+        max_threads: int = 64,
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
@@ -191,6 +196,8 @@ class ToolManager(ToolRegistry):
             raise InvalidArgumentError("clock", clock, "a callable returning monotonic seconds, or None")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size <= 0:
             raise InvalidArgumentError("cache_size", cache_size, "an integer > 0")
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads <= 0:
+            raise InvalidArgumentError("max_threads", max_threads, "an integer > 0")
         self.config = config if config is not None else ContextManagerConfig()
         """The configuration the manager reads its limits from."""
         self.permission_policy = PermissionPolicy.coerce(permission_policy)
@@ -203,6 +210,7 @@ class ToolManager(ToolRegistry):
         self._unknown_calls = 0
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
+        self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
@@ -355,9 +363,9 @@ class ToolManager(ToolRegistry):
                         value = await function(**call_arguments)
                 else:
                     if model is None:
-                        value = await asyncio.to_thread(function, call_arguments)
+                        value = await self._threads.run(function, call_arguments)
                     else:
-                        value = await asyncio.to_thread(function, **call_arguments)
+                        value = await self._threads.run(function, **call_arguments)
                     if inspect.isawaitable(value):  # a sync callable that returned a coroutine
                         value = await value
         except TimeoutError as error:
@@ -550,6 +558,8 @@ class ToolManager(ToolRegistry):
 
         Per tool: ``calls``, ``successes``, ``failures``, ``cache_hits``, ``success_rate``, ``total_time``,
         ``average_time`` (seconds), ``last_called`` (epoch seconds) and ``errors`` (count per error_type).
+        ``threads``: the sync tools' pool: ``busy`` (running a call), ``abandoned`` (timed-out calls
+        still running in their thread) and ``max``.
         """
         tools = {name: stats.as_dict() for name, stats in self._stats.items()}
         return {
@@ -557,6 +567,11 @@ class ToolManager(ToolRegistry):
             "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
             "unknown_tool_calls": self._unknown_calls,
             "cache": {"entries": len(self._cache), "hits": self._cache.hits, "misses": self._cache.misses},
+            "threads": {
+                "busy": self._threads.busy,
+                "abandoned": self._threads.abandoned,
+                "max": self._threads.max_threads,
+            },
             "tools": tools,
         }
 
