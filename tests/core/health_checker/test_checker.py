@@ -244,6 +244,7 @@ async def test_damaged_fts_index_degrades_and_auto_recovery_rebuilds_it(store: S
     database = status.checks["database"]
     assert database.status is HealthState.DEGRADED and "full-text index damaged" in database.message
     assert database.details["sqlite"] == "ok" and database.details["fts"] != "ok"
+    assert "malformed" in database.details["fts"]  # found by the quick check's read of the index
 
     checker.enable_auto_recovery = True
     status = await checker.perform_health_check()
@@ -408,3 +409,18 @@ async def test_a_healthy_report_has_no_recommendations(tmp_path: Path) -> None:
     report = await HealthChecker(check_interval=5.0, storage_path=tmp_path).generate_diagnostic_report()
     assert report.status is HealthState.HEALTHY
     assert report.recommendations == []
+
+
+async def test_the_periodic_database_check_never_waits_for_writes(tmp_path: Path) -> None:
+    """Issue 18.10, through the health checker of a real manager: the database check completes while
+    the memory write lock is held (it used to queue behind it, and writes behind the check)."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    config = ContextManagerConfig(cache_path=tmp_path, enable_health_checks=False)
+    async with EnhancedContextManager(config) as manager:
+        await manager.memory_manager.add_memory("kept in the long-term tier", importance=0.9)
+        assert manager.health_checker is not None
+        async with manager.memory_manager._write_lock:
+            status = await asyncio.wait_for(manager.health_checker.perform_health_check(), 5.0)
+        database = status.checks["database"]
+        assert database.status is HealthState.HEALTHY and database.details["mode"] == "quick"

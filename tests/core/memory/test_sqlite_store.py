@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import concurrent.futures
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,7 +79,37 @@ def test_rebuild_index_and_integrity(store: SQLiteStore) -> None:
     store.put([memory(str(i), f"note number {i}") for i in range(20)])
     assert store.rebuild_index() == 20
     assert store.check_integrity() == {"sqlite": "ok", "fts": "ok"}
+    assert store.check_integrity(quick=True) == {"sqlite": "ok", "fts": "ok"}
     assert len(store.search(build_match(["note"], None), 100)) == 20
+
+
+def test_quick_check_uses_its_own_connection_and_finds_a_damaged_index(store: SQLiteStore) -> None:
+    """Issue 18.10: the quick check reads through a separate read-only connection, so it runs while
+    another thread holds the store's lock (a long write), and still finds missing index pages."""
+    store.put([memory(str(i), f"invoice number {i} for the payment run") for i in range(200)])
+    held, release = threading.Event(), threading.Event()
+
+    def writer_holding_the_lock() -> None:
+        with store.held_if_free() as acquired:
+            assert acquired
+            held.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=writer_holding_the_lock)
+    writer.start()
+    try:
+        assert held.wait(5)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            result = pool.submit(store.check_integrity, quick=True).result(timeout=5)
+        assert result == {"sqlite": "ok", "fts": "ok"}
+    finally:
+        release.set()
+        writer.join()
+    with sqlite3.connect(store.path) as damage:  # lose the index's segment pages, rows intact
+        damage.execute("DELETE FROM memories_fts_data WHERE id > 1")
+    quick = store.check_integrity(quick=True)
+    assert quick["sqlite"] == "ok" and "malformed" in quick["fts"]
+    assert store.check_integrity()["fts"] != "ok"  # the full check agrees
 
 
 def test_garbage_file_is_reported_and_left_untouched(tmp_path: Path) -> None:

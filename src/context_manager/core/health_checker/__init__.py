@@ -17,7 +17,7 @@ Built-in checks (each can be replaced with ``register_check(name, fn, replace=Tr
 name                what it looks at                                              repair (auto-recovery)
 =================== ============================================================ =========================
 ``storage``         cache/storage directories exist, are writable; free disk      recreate a missing dir
-``database``        ``memory_manager.check_integrity()``: SQLite and FTS index   ``rebuild_index()`` (FTS)
+``database``        ``check_integrity(quick=True)``: SQLite pages, FTS index      ``rebuild_index()`` (FTS)
 ``memory_pressure`` system memory in use, process RSS                            none
 ``event_loop``      how late a short timer fires (something blocks the loop)     none
 ``error_rate``      recent failures in the manager's and running monitors        none
@@ -25,7 +25,10 @@ name                what it looks at                                            
 =================== ============================================================ =========================
 
 ``storage`` needs a path (``storage_path=`` or the context manager's configuration) and ``database``
-a context manager with a memory manager; the others always run.
+a context manager with a memory manager; the others always run. ``database`` runs ``PRAGMA
+quick_check`` and a read of the whole full-text index on a separate read-only connection, without the
+memory write lock: a periodic check never makes writes wait. The full ``integrity_check`` is
+``await memory_manager.check_integrity()``.
 
 Overall state: any *critical* check unhealthy -> ``UNHEALTHY``; otherwise any check not healthy ->
 ``DEGRADED``; else ``HEALTHY``. Score: mean of check scores (healthy 1, degraded 0.5, unhealthy 0),
