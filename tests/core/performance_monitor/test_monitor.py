@@ -164,3 +164,25 @@ def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
     rate = monitor.get_current_metrics().operations_per_second
     # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them
     assert rate > 0.5 * 5000 / max(elapsed, 1e-3)
+
+
+# --------------------------------------------------------------------------------------- token usage
+
+
+def test_token_usage_is_summed_per_operation_and_reset() -> None:
+
+    monitor = PerformanceMonitor()
+    monitor.record_token_usage("summarize", 120, 30)
+    monitor.record_token_usage("summarize", 80, 20)
+    monitor.record_token_usage("classify", 5, 1)
+    assert monitor.token_usage() == {
+        "summarize": {"calls": 2, "input_tokens": 200, "output_tokens": 50, "total_tokens": 250},
+        "classify": {"calls": 1, "input_tokens": 5, "output_tokens": 1, "total_tokens": 6},
+    }
+    assert monitor.get_performance_summary()["token_usage"]["summarize"]["total_tokens"] == 250
+    for bad in ({"input_tokens": -1, "output_tokens": 0}, {"input_tokens": 1.5, "output_tokens": 0}):
+        with pytest.raises(InvalidMetricError, match="input_tokens: got"):
+            monitor.record_token_usage("summarize", bad["input_tokens"], bad["output_tokens"])  # type: ignore[arg-type]
+    assert monitor.token_usage()["summarize"]["calls"] == 2  # a rejected record changes nothing
+    monitor.reset()
+    assert monitor.token_usage() == {}

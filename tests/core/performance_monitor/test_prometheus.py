@@ -39,6 +39,10 @@ async def test_prometheus_collector_exposes_the_same_figures() -> None:
         assert value("context_manager_health_score") == pytest.approx(monitor.health_score())
         assert value("context_manager_memory_usage_bytes") > 1e6
         assert value("context_manager_event_loop_lag_seconds") is not None
+        assert value("context_manager_tokens_total", {"operation": "summarize", "direction": "input"}) is None
+        monitor.record_token_usage("summarize", 120, 30)
+        assert value("context_manager_tokens_total", {"operation": "summarize", "direction": "input"}) == 120
+        assert value("context_manager_tokens_total", {"operation": "summarize", "direction": "output"}) == 30
         text = generate_latest(registry).decode()
     assert "context_manager_cpu_percent" in text and "context_manager_operations_per_second" in text
 

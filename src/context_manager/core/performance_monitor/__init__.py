@@ -54,7 +54,11 @@ from context_manager.core.performance_monitor.metrics import (
 )
 from context_manager.core.performance_monitor.monitor import PerformanceMonitor
 from context_manager.core.performance_monitor.prometheus import PrometheusCollector
-from context_manager.core.performance_monitor.registry import record_library_operation, running_monitors
+from context_manager.core.performance_monitor.registry import (
+    record_library_operation,
+    record_library_tokens,
+    running_monitors,
+)
 from context_manager.core.performance_monitor.reservoir import percentile
 from context_manager.core.performance_monitor.timer import OperationTimer
 
@@ -69,5 +73,6 @@ __all__ = [
     "monitored_operation",
     "percentile",
     "record_library_operation",
+    "record_library_tokens",
     "running_monitors",
 ]

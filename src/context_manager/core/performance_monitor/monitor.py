@@ -94,6 +94,7 @@ class PerformanceMonitor:
         self._recent: deque[tuple[float, bool]] = deque(maxlen=history_size)
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
         self._samples: deque[SystemSample] = deque(maxlen=history_size)
+        self._tokens: dict[str, list[int]] = {}  # operation -> [calls, input tokens, output tokens]
         self._sampling_errors = 0
         self._sample_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -228,6 +229,44 @@ class PerformanceMonitor:
                     }
                 )
 
+    def record_token_usage(self, name: str, input_tokens: int, output_tokens: int) -> None:
+        """Record the tokens one model call cost (e.g. an LLM summary: operation ``"summarize"``).
+
+        Args:
+            name: The operation's name (a non-empty string).
+            input_tokens: Prompt tokens billed (an integer >= 0).
+            output_tokens: Completion tokens billed (an integer >= 0).
+
+        Raises:
+            InvalidMetricError: a bad name or count (nothing is recorded).
+        """
+        if type(name) is not str or not name:
+            raise InvalidMetricError("name", name, "a non-empty string")
+        for field, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidMetricError(field, value, "an integer >= 0")
+        with self._lock:
+            totals = self._tokens.setdefault(name, [0, 0, 0])
+            totals[0] += 1
+            totals[1] += input_tokens
+            totals[2] += output_tokens
+
+    def token_usage(self) -> dict[str, dict[str, int]]:
+        """Tokens recorded with :meth:`record_token_usage`, per operation.
+
+        Each value has ``calls``, ``input_tokens``, ``output_tokens`` and ``total_tokens``.
+        """
+        with self._lock:
+            return {
+                name: {
+                    "calls": calls,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens,
+                }
+                for name, (calls, input_tokens, output_tokens) in self._tokens.items()
+            }
+
     def operation_timer(self, name: str) -> OperationTimer:
         """Return a timer for a block: ``with monitor.operation_timer("x"):`` or ``async with``.
 
@@ -245,6 +284,7 @@ class PerformanceMonitor:
             self._recent.clear()
             self._recent_errors.clear()
             self._samples.clear()
+            self._tokens.clear()
             self._created = time.time()
         self.profiler.reset()
 
@@ -357,7 +397,8 @@ class PerformanceMonitor:
 
         Keys: ``health_score``, ``recommendations`` (list of str), ``metrics`` (the current metrics as a
         dict), ``operations`` (name -> per-operation stats dict), ``system`` (memory, CPU, lag, samples),
-        ``recent_errors`` and ``profile`` (``enabled``, ``hottest_functions``).
+        ``recent_errors``, ``token_usage`` (operation -> tokens, see :meth:`token_usage`) and ``profile``
+        (``enabled``, ``hottest_functions``).
         """
         metrics = self.get_current_metrics()
         samples = list(self._samples)
@@ -382,6 +423,7 @@ class PerformanceMonitor:
                 "uptime_s": time.time() - self._created,
             },
             "recent_errors": self.recent_errors(),
+            "token_usage": self.token_usage(),
             "profile": {
                 "enabled": self.enable_profiling,
                 "hottest_functions": self.hottest_functions() if self.enable_profiling else [],

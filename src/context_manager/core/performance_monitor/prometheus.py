@@ -18,7 +18,8 @@ class PrometheusCollector:
 
     Register it with ``registry.register(collector)``. Metrics (prefix ``namespace``):
     ``_operations_total{operation,outcome}``, ``_operation_latency_seconds{operation,quantile}``,
-    ``_error_rate``, ``_operations_per_second``, ``_memory_usage_bytes``, ``_cpu_percent``,
+    ``_tokens_total{operation,direction}`` (model tokens, e.g. of LLM summaries; direction ``input`` or
+    ``output``), ``_error_rate``, ``_operations_per_second``, ``_memory_usage_bytes``, ``_cpu_percent``,
     ``_event_loop_lag_seconds`` and ``_health_score``.
 
     Args:
@@ -60,6 +61,15 @@ class PrometheusCollector:
                 latency.add_metric([name, quantile], value_ms / 1000.0)
         yield operations
         yield latency
+        tokens = families.CounterMetricFamily(
+            f"{prefix}_tokens",
+            "Model tokens billed, by operation and direction.",
+            labels=["operation", "direction"],
+        )
+        for name, usage in self.monitor.token_usage().items():
+            tokens.add_metric([name, "input"], usage["input_tokens"])
+            tokens.add_metric([name, "output"], usage["output_tokens"])
+        yield tokens
         for suffix, documentation, value in (
             ("error_rate", "Failures / operations over the monitor's lifetime.", metrics.error_rate),
             ("operations_per_second", "Throughput over the last minute.", metrics.operations_per_second),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from context_manager.core.performance_monitor.monitor import PerformanceMonitor
 
-__all__ = ["join", "leave", "record_library_operation", "running_monitors"]
+__all__ = ["join", "leave", "record_library_operation", "record_library_tokens", "running_monitors"]
 
 _registry_lock = threading.Lock()
 _running: tuple[PerformanceMonitor, ...] = ()
@@ -63,3 +63,25 @@ def record_library_operation(
         monitor.record_operation(name, duration_s, success, error=error)
     if own_monitor is not None and own_monitor not in monitors:
         own_monitor.record_operation(name, duration_s, success, error=error)
+
+
+def record_library_tokens(
+    name: str,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    own_monitor: PerformanceMonitor | None = None,
+) -> None:
+    """Record the tokens one model call cost in every running monitor and in ``own_monitor``.
+
+    Args:
+        name: The operation's name, e.g. ``"summarize"``.
+        input_tokens: Prompt tokens billed.
+        output_tokens: Completion tokens billed.
+        own_monitor: A component's own monitor; recorded once even if it is also running.
+    """
+    monitors = _running
+    for monitor in monitors:
+        monitor.record_token_usage(name, input_tokens, output_tokens)
+    if own_monitor is not None and own_monitor not in monitors:
+        own_monitor.record_token_usage(name, input_tokens, output_tokens)
