@@ -1,20 +1,29 @@
-"""A local stand-in for an OpenAI-compatible Chat Completions endpoint (stdlib http.server in a thread).
+"""A local stand-in for OpenAI-compatible Chat Completions and the Anthropic Messages API (stdlib, a thread).
 
-It speaks enough of the protocol for the real ``openai`` client: ``POST /v1/chat/completions`` answers
-a request whose last message is from the user with a tool call (the first offered tool whose name is in
-``tool_arguments``), and any other request with a final text answer quoting the last tool result.
-Every request is recorded (path, headers, JSON body) so tests can check what the client sent.
+It speaks enough of both protocols for the real ``openai`` and ``anthropic`` clients:
+
+* ``POST /v1/chat/completions`` answers a request whose last message is from the user with a tool call
+  (the first offered tool whose name is in ``tool_arguments``), and any other request with a final text
+  answer quoting the last tool result (or ``reply_text`` when set);
+* ``POST /v1/messages`` answers with one text block (``reply_text``, or a fixed text).
+
+Faults are scripted per request: ``server.faults.append(Fault(status=429, headers={"retry-after": "1"}))``
+makes the next request fail that way; kinds are an HTTP status with the provider's error body, a malformed
+body, an empty answer (no choices / no content) and a hang (the reply comes after ``seconds``). Every
+request is recorded (path, headers, JSON body, whether a fault answered it) so tests can check what the
+client sent.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT_TOOL_ARGUMENTS: dict[str, dict[str, Any]] = {
     "lookup_order": {"order_id": 1042},
@@ -22,23 +31,48 @@ DEFAULT_TOOL_ARGUMENTS: dict[str, dict[str, Any]] = {
     "get_weather": {"city": "Lisbon"},
 }
 
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
+
+
+@dataclass
+class Fault:
+    """How the server answers one request instead of normally."""
+
+    kind: Literal["status", "malformed", "empty", "hang"] = "status"
+    status: int = 500
+    """For ``kind="status"``: the HTTP status."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (``retry-after`` ...)."""
+    seconds: float = 5.0
+    """For ``kind="hang"``: how long to wait before answering normally."""
+
 
 @dataclass
 class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    fault: Fault | None = None
 
 
 @dataclass
 class ChatCompletionsServer:
     base_url: str
+    """The OpenAI base URL (``http://127.0.0.1:PORT/v1``)."""
+    anthropic_base_url: str = ""
+    """The Anthropic base URL (``http://127.0.0.1:PORT``; the SDK appends ``/v1/messages``)."""
     requests: list[RecordedRequest] = field(default_factory=list)
     tool_arguments: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_TOOL_ARGUMENTS))
+    faults: deque[Fault] = field(default_factory=deque)
+    """Faults for the next requests, first in first out."""
+    reply_text: str | None = None
+    """The text of plain answers (both protocols) when set."""
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages") or []
-        number = len(self.requests)
+        number = len(self.requests) - 1  # this request is already recorded
         last = messages[-1] if messages else {"role": "user"}
         offered = [tool["function"]["name"] for tool in body.get("tools") or []]
         callable_tools = [name for name in offered if name in self.tool_arguments]
@@ -58,11 +92,12 @@ class ChatCompletionsServer:
             finish = "tool_calls"
         else:
             quoted = last.get("content") or ""
-            text = (
-                f"Final answer based on: {quoted[:80]}"
-                if last.get("role") == "tool"
-                else "Hello from the stub."
-            )
+            if self.reply_text is not None:
+                text = self.reply_text
+            elif last.get("role") == "tool":
+                text = f"Final answer based on: {quoted[:80]}"
+            else:
+                text = "Hello from the stub."
             message = {"role": "assistant", "content": text}
             finish = "stop"
         return {
@@ -71,8 +106,24 @@ class ChatCompletionsServer:
             "created": 1_700_000_000,
             "model": body.get("model", "stub-model"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            "usage": dict(USAGE),
         }
+
+    def anthropic_reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": f"msg_stub_{len(self.requests) - 1}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "stub-model"),
+            "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": dict(ANTHROPIC_USAGE),
+        }
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [request for request in self.requests if request.path.endswith("/chat/completions")]
 
 
 @contextmanager
@@ -84,32 +135,64 @@ def running_server() -> Iterator[ChatCompletionsServer]:
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            path = self.path.rstrip("/")
+            anthropic = path == "/v1/messages"
+            if path != "/v1/chat/completions" and not anthropic:
                 self._send(404, {"error": {"message": f"unknown path {self.path}", "type": "not_found"}})
                 return
-            reply = state.reply_to(body)
+            fault = state.faults.popleft() if state.faults else None
             headers = {name.lower(): value for name, value in self.headers.items()}
-            state.requests.append(RecordedRequest(self.path, headers, body))
-            self._send(200, reply)
+            state.requests.append(RecordedRequest(self.path, headers, body, fault))
+            if fault is not None and fault.kind == "hang":
+                if state.stopping.wait(fault.seconds):
+                    return
+                fault = None
+            if fault is None:
+                self._send(200, state.anthropic_reply_to(body) if anthropic else state.reply_to(body))
+            elif fault.kind == "status":
+                if anthropic:
+                    error = {"type": "error", "error": {"type": "api_error", "message": "scripted failure"}}
+                else:
+                    error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
+                self._send(fault.status, error, fault.headers)
+            elif fault.kind == "malformed":
+                self._send_bytes(200, b'{"id": "broken", "choices": [', fault.headers)
+            else:  # empty
+                reply = state.anthropic_reply_to(body) if anthropic else state.reply_to(body)
+                reply["content" if anthropic else "choices"] = []
+                self._send(200, reply, fault.headers)
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+        def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                pass
 
         def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
             return
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state = ChatCompletionsServer(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1")
-    thread = threading.Thread(target=server.serve_forever, name="chat-completions-stub", daemon=True)
+    port = server.server_address[1]
+    state = ChatCompletionsServer(
+        base_url=f"http://127.0.0.1:{port}/v1", anthropic_base_url=f"http://127.0.0.1:{port}"
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="chat-completions-stub", daemon=True
+    )
     thread.start()
     try:
         yield state
     finally:
+        state.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -41,6 +41,7 @@ REQUIRED_PAGES = [
     "operations",
     "benchmarks",
     "troubleshooting",
+    "integrations",
 ]
 
 

@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "ToolRegistrationError": "context_manager.core.errors",
     "ToolTimeoutError": "context_manager.core.errors",
     "SummarizerError": "context_manager.core.errors",
+    "SummarizerRequestError": "context_manager.core.errors",
+    "SummarizerUnavailableError": "context_manager.core.errors",
     "ConcurrencyError": "context_manager.core.errors",
     "ControllerStoppedError": "context_manager.core.errors",
     "DuplicateTaskError": "context_manager.core.errors",
@@ -63,6 +65,9 @@ _EXPORTS: dict[str, str] = {
     "CompressionRecord": "context_manager.core.context_window",
     "Summarizer": "context_manager.core.compression",
     "ExtractiveSummarizer": "context_manager.core.compression",
+    "OpenAISummarizer": "context_manager.core.summarizers.openai_chat",
+    "AnthropicSummarizer": "context_manager.core.summarizers.anthropic_messages",
+    "SummarizerGuard": "context_manager.core.summarizers.guard",
     "to_openai_messages": "context_manager.core.provider_formats",
     "to_anthropic_messages": "context_manager.core.provider_formats",
     "parse_tool_calls": "context_manager.core.provider_formats",
@@ -144,6 +149,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         StorageError,
         StorageLockedError,
         SummarizerError,
+        SummarizerRequestError,
+        SummarizerUnavailableError,
         TaskCancelledError,
         TaskNotFoundError,
         TaskTimeoutError,
@@ -170,6 +177,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         to_anthropic_messages,
         to_openai_messages,
     )
+    from context_manager.core.summarizers.anthropic_messages import AnthropicSummarizer
+    from context_manager.core.summarizers.guard import SummarizerGuard
+    from context_manager.core.summarizers.openai_chat import OpenAISummarizer
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
     from context_manager.core.tool_system import (
         PermissionPolicy,

@@ -74,6 +74,26 @@ class ContextManagerConfig(BaseSettings):
     summarizer_timeout: float = Field(
         10.0, gt=0.0, description="Seconds a custom (e.g. LLM) summarizer may take before the fallback."
     )
+    summarizer: str | None = Field(
+        None,
+        description="An LLM summarizer by name: 'openai:MODEL' (any OpenAI-compatible endpoint) or "
+        "'anthropic:MODEL'; None uses the extractive summary. A summarizer passed to "
+        "EnhancedContextManager takes precedence.",
+    )
+    summarizer_base_url: str | None = Field(
+        None,
+        description="Endpoint of the 'summarizer' (e.g. http://127.0.0.1:8000/v1 for a local "
+        "OpenAI-compatible server); None uses the SDK's default (OPENAI_BASE_URL / ANTHROPIC_BASE_URL).",
+    )
+    summarizer_failure_threshold: int = Field(
+        3, gt=0, description="Consecutive summarizer failures or timeouts that open its circuit breaker."
+    )
+    summarizer_cooldown: float = Field(
+        60.0,
+        gt=0.0,
+        description="Seconds the summarizer is not called once its circuit breaker opened (doubled after "
+        "a failed trial, at most 10x).",
+    )
 
     # Memory settings
     short_term_memory_size: int = Field(1000, gt=0, description="Short-term memory capacity (memories).")
@@ -161,6 +181,30 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a directory path (this path is an existing file)")
             return path
         raise ValueError("a str or pathlib.Path")
+
+    @field_validator("summarizer", mode="before")
+    @classmethod
+    def _check_summarizer(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from context_manager.core.summarizers.spec import parse_summarizer_spec
+
+        if not isinstance(value, str):
+            raise ValueError("'openai:MODEL' (any OpenAI-compatible endpoint) or 'anthropic:MODEL'")
+        try:
+            provider, model = parse_summarizer_spec(value)
+        except ConfigurationError as error:
+            raise ValueError(error.allowed) from None
+        return f"{provider}:{model}"
+
+    @field_validator("summarizer_base_url", mode="before")
+    @classmethod
+    def _check_base_url(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
+            raise ValueError("an http:// or https:// URL")
+        return value.strip()
 
     @property
     def resolved_storage_path(self) -> Path:

@@ -48,6 +48,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     NotFoundError,
     SummarizerError,
+    SummarizerUnavailableError,
     ToolCallPairingError,
 )
 from context_manager.core.messages import Message, Role
@@ -537,6 +538,10 @@ class ContextWindow:
             return _Outcome(text, STRATEGY_CUSTOM)
         except TimeoutError:
             error = kind = f"timeout after {self._summarizer_timeout:g} s"
+        except SummarizerUnavailableError as exception:  # circuit open: skipped on purpose, not a failure
+            error = f"{type(exception).__name__}: {exception}"[:300]
+            logger.debug("custom summarizer skipped: %s", error)
+            return _Outcome(self._extractive.summarize(inputs, budget), STRATEGY_FALLBACK, error)
         except Exception as exception:  # any failure of user code falls back to the extractive summary
             error = f"{type(exception).__name__}: {exception}"[:300]
             kind = type(exception).__name__

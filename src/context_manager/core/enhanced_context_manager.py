@@ -44,8 +44,11 @@ from context_manager.core.performance_monitor import (
     PerformanceMonitor,
     monitored_operation,
     record_library_operation,
+    record_library_tokens,
 )
 from context_manager.core.provider_formats import to_provider_format
+from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport
+from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.tokens import TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
 from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
@@ -80,9 +83,14 @@ class EnhancedContextManager:
             config: Settings; defaults from :class:`ContextManagerConfig` (and the environment) if omitted.
             token_counter: Token counter; by default the exact counter for ``config.token_model`` or
                 ``config.token_encoding``.
-            summarizer: An async callable ``(messages, budget_tokens) -> str`` (e.g. an LLM) used when the
-                window compresses; on failure or after ``config.summarizer_timeout`` seconds the
-                extractive summarizer is used instead and the history says so.
+            summarizer: An async callable ``(messages, budget_tokens) -> str`` used when the window
+                compresses, e.g. ``OpenAISummarizer("gpt-4o-mini")`` (default: the one
+                ``config.summarizer`` names, else the extractive summary). On failure or after
+                ``config.summarizer_timeout`` seconds the extractive summary is used instead and the
+                history says so; after ``config.summarizer_failure_threshold`` consecutive failures it is
+                not called for ``config.summarizer_cooldown`` seconds (a circuit breaker,
+                :class:`~context_manager.core.summarizers.guard.SummarizerGuard`; pass your own guard to
+                choose other settings).
 
         Raises:
             InvalidArgumentError: an argument has the wrong type.
@@ -101,6 +109,8 @@ class EnhancedContextManager:
         """The settings (read at ``initialize()``)."""
         self._token_counter = token_counter
         self._summarizer = summarizer
+        self._summarizer_guard: SummarizerGuard | None = None
+        self._owned_summarizer: LLMSummarizer | None = None  # built from config.summarizer: closed by cleanup
         self._state: _State = "new"
         self._lifecycle_lock = asyncio.Lock()  # initialize() and cleanup() run one at a time
         self._window: ContextWindow | None = None
@@ -134,7 +144,9 @@ class EnhancedContextManager:
             LifecycleError: the manager was already cleaned up.
             StorageError: a directory cannot be created.
             StorageLockedError: another process, or another manager of this process, has the storage.
-            ConfigurationError: the configured tokenizer is unknown.
+            ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
+                key that is not set.
+            MissingDependencyError: ``config.summarizer`` names a provider whose SDK is not installed.
         """
         async with self._lifecycle_lock:
             await self._initialize_locked()
@@ -152,11 +164,12 @@ class EnhancedContextManager:
         counter = self._token_counter
         if counter is None:
             counter = get_token_counter(config.token_encoding, model=config.token_model)
+        summarizer = self._guarded_summarizer(counter)
         self._window = ContextWindow(
             config.max_tokens,
             compression_ratio=config.compression_ratio,
             counter=counter,
-            summarizer=self._summarizer,
+            summarizer=summarizer,
             summary_max_tokens=config.summary_max_tokens,
             summarizer_timeout=config.summarizer_timeout,
             enable_compression=config.enable_compression,
@@ -165,6 +178,7 @@ class EnhancedContextManager:
             await self._start_subsystems()
         except BaseException:
             await self._stop_subsystems()
+            await self._close_owned_summarizer()
             self._window = None
             raise
         self._state = "ready"
@@ -182,7 +196,58 @@ class EnhancedContextManager:
             self._state = "closed"
             if was_ready:
                 await self._stop_subsystems()
+                await self._close_owned_summarizer()
             logger.debug("context manager cleaned up")
+
+    def _guarded_summarizer(self, counter: TokenCounter) -> SummarizerGuard | None:
+        """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker."""
+        config = self.config
+        summarizer = self._summarizer
+        if summarizer is None and config.summarizer is not None:
+            from context_manager.core.summarizers.spec import summarizer_from_spec
+
+            # a little under the window's timeout, so the adapter gives up (and says why) before it is cut
+            summarizer = summarizer_from_spec(
+                config.summarizer,
+                base_url=config.summarizer_base_url,
+                total_timeout=config.summarizer_timeout * 0.95,
+                counter=counter,
+            )
+            self._owned_summarizer = summarizer
+        if summarizer is None:
+            return None
+        if not isinstance(summarizer, SummarizerGuard):
+            summarizer = SummarizerGuard(
+                summarizer,
+                failure_threshold=config.summarizer_failure_threshold,
+                cooldown=config.summarizer_cooldown,
+                on_report=self._record_summary,
+            )
+        self._summarizer_guard = summarizer
+        return summarizer
+
+    async def _close_owned_summarizer(self) -> None:
+        owned, self._owned_summarizer = self._owned_summarizer, None
+        if owned is not None:
+            try:
+                await owned.aclose()
+            except Exception as error:  # closing an HTTP client must not fail cleanup
+                logger.warning("closing the summarizer's client failed (%s)", type(error).__name__)
+
+    def _record_summary(self, report: SummaryReport) -> None:
+        """Record a summarizer call as a ``summarize`` operation, and its token usage, in the monitors."""
+        monitor = getattr(self, "performance_monitor", None)
+        record_library_operation(
+            "summarize",
+            report.duration_s,
+            report.success,
+            own_monitor=monitor,
+            error=None if report.error is None else f"summarizer failed ({report.error})",
+        )
+        if report.usage is not None:
+            record_library_tokens(
+                "summarize", report.usage.input_tokens, report.usage.output_tokens, own_monitor=monitor
+            )
 
     async def _start_subsystems(self) -> None:
         """Start what the manager owns, in dependency order (the window already exists).
@@ -501,7 +566,9 @@ class EnhancedContextManager:
         summary), ``memory`` (``initialized``, ``storage_path``, ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``monitor`` (the monitor's current metrics and advice) and
         ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
-        number of repairs). For memory counts use ``await memory_manager.get_memory_stats()``.
+        number of repairs), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
+        ``state``, ``consecutive_failures``, ``retry_in``, ``trips`` ...; see ``SummarizerGuard.status``).
+        For memory counts use ``await memory_manager.get_memory_stats()``.
         """
         status: dict[str, Any] = {"state": self._state, "timestamp": time.time()}
         if self._window is not None:
@@ -537,6 +604,9 @@ class EnhancedContextManager:
                 "health_score": metrics.health_score,
                 "recommendations": monitor.recommendations(),
             }
+        guard = getattr(self, "_summarizer_guard", None)
+        if guard is not None:
+            status["summarizer"] = guard.status()
         checker = self.health_checker
         if checker is not None:
             last = checker.last_status

@@ -30,6 +30,8 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   ├── ToolRegistrationError     (ValueError)   duplicate name, invalid name, not callable ...
     │   └── ToolTimeoutError          (TimeoutError) a tool ran past its timeout
     ├── SummarizerError                               a summarizer failed (the window falls back)
+    │   ├── SummarizerRequestError                    an LLM request failed (status, attempts)
+    │   └── SummarizerUnavailableError                the circuit breaker is open: not called
     └── ConcurrencyError                              the concurrency controller refused a request
         ├── ControllerStoppedError    (RuntimeError) submit to a stopped controller
         ├── DuplicateTaskError        (ValueError)   a task id already in use
@@ -72,6 +74,8 @@ __all__ = [
     "StorageError",
     "StorageLockedError",
     "SummarizerError",
+    "SummarizerRequestError",
+    "SummarizerUnavailableError",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskTimeoutError",
@@ -290,6 +294,30 @@ class ToolTimeoutError(ToolError, TimeoutError):
 
 class SummarizerError(ContextManagerError):
     """A summarizer failed or timed out; the window falls back to the extractive summarizer."""
+
+
+class SummarizerRequestError(SummarizerError):
+    """An LLM summarizer's request failed (after its retries, when the failure was worth retrying)."""
+
+    def __init__(
+        self, message: str, *, provider: str, status_code: int | None = None, attempts: int = 1
+    ) -> None:
+        self.provider = provider
+        """``"openai"`` or ``"anthropic"``."""
+        self.status_code = status_code
+        """The HTTP status of the last attempt, or ``None`` (timeout, connection, malformed body)."""
+        self.attempts = attempts
+        """Requests sent, the first one included."""
+        super().__init__(message)
+
+
+class SummarizerUnavailableError(SummarizerError):
+    """A guarded summarizer was not called: its circuit breaker is open after repeated failures."""
+
+    def __init__(self, message: str, *, retry_in: float) -> None:
+        self.retry_in = retry_in
+        """Seconds until the guard lets a trial call through."""
+        super().__init__(message)
 
 
 class ConcurrencyError(ContextManagerError):

@@ -1,0 +1,124 @@
+"""A summarizer for the Anthropic Messages API (``pip install 'python-context-manager[anthropic]'``).
+
+The official ``anthropic`` SDK is imported when the summarizer is created, not before.
+
+Example:
+    >>> summarizer = AnthropicSummarizer("claude-haiku-4-5")      # ANTHROPIC_API_KEY from the environment
+    >>> manager = EnhancedContextManager(config, summarizer=summarizer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError, MissingDependencyError
+from context_manager.core.summarizers.llm import (
+    EmptyAnswer,
+    LLMSummarizer,
+    RequestFailure,
+    SummaryUsage,
+    classify_sdk_error,
+)
+from context_manager.core.summarizers.prompt import SummaryPrompt
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+__all__ = ["AnthropicSummarizer"]
+
+
+class AnthropicSummarizer(LLMSummarizer):
+    """Summaries from a Claude model (see :class:`LLMSummarizer` for retries and the prompt).
+
+    Args:
+        model: The model name, e.g. ``"claude-haiku-4-5"``.
+        client: An ``anthropic.AsyncAnthropic`` to use (its own retries are turned off for these requests;
+            it is not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
+        base_url: The endpoint (default: ``ANTHROPIC_BASE_URL`` or Anthropic's), e.g. a gateway.
+        api_key: The key (default: ``ANTHROPIC_API_KEY``).
+        extra_parameters: More request fields (``{"temperature": 0}``, ``{"metadata": {...}}``).
+        **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
+            ``total_timeout``, ``max_input_tokens``, ``instructions``, ``counter``, ``backoff``,
+            ``max_backoff``, ``max_retry_wait``).
+
+    Raises:
+        MissingDependencyError: the ``anthropic`` package is not installed.
+        ConfigurationError: no API key.
+        InvalidArgumentError: an argument is out of range.
+    """
+
+    provider: ClassVar[str] = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        client: AsyncAnthropic | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        extra_parameters: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, **options)
+        try:
+            import anthropic
+        except ImportError:
+            raise MissingDependencyError("AnthropicSummarizer", "anthropic", "anthropic") from None
+        if extra_parameters is not None and not isinstance(extra_parameters, Mapping):
+            raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+        self._sdk: Any = anthropic
+        owns_client = client is None
+        if client is None:
+            import os
+
+            if (
+                api_key is None
+                and not os.environ.get("ANTHROPIC_API_KEY")
+                and not os.environ.get("ANTHROPIC_AUTH_TOKEN")
+            ):
+                raise ConfigurationError(
+                    "summarizer",
+                    f"anthropic:{model}",
+                    "an API key: set ANTHROPIC_API_KEY or pass api_key=",
+                )
+            client = anthropic.AsyncAnthropic(
+                base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+            )
+        self.client: AsyncAnthropic = client.with_options(max_retries=0)
+        """The client requests go through (retries are ours, not the SDK's)."""
+        if owns_client:
+            self._client_to_close = client
+        self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
+        """More request fields sent with every request."""
+
+    async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
+        parameters: dict[str, Any] = {
+            **self.extra_parameters,
+            "model": self.model,
+            "system": prompt.instructions,
+            "messages": [{"role": "user", "content": prompt.transcript}],
+            "max_tokens": prompt.max_output_tokens,
+            "timeout": request_timeout,
+        }
+        response = await self.client.messages.create(**parameters)
+        usage = response.usage
+        summary_usage = SummaryUsage(
+            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+            model=response.model or self.model,
+            provider=self.provider,
+        )
+        blocks = response.content or []
+        text = "".join(
+            block.text
+            for block in blocks
+            if getattr(block, "type", None) == "text" and isinstance(block.text, str)
+        )
+        if not text.strip():
+            reason = getattr(response, "stop_reason", None)
+            raise EmptyAnswer(f"the response has no text (stop_reason {reason!r})", summary_usage)
+        return text, summary_usage
+
+    def _classify(self, error: Exception) -> RequestFailure:
+        return classify_sdk_error(error, self._sdk)

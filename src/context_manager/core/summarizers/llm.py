@@ -1,0 +1,377 @@
+"""What the LLM summarizers share: the prompt, retries with backoff, a deadline, token usage.
+
+:class:`LLMSummarizer` does everything but the HTTP request, which a provider subclass implements
+(:class:`~context_manager.core.summarizers.openai_chat.OpenAISummarizer`,
+:class:`~context_manager.core.summarizers.anthropic_messages.AnthropicSummarizer`). One call:
+
+1. builds the prompt from the evicted messages within ``max_input_tokens``
+   (:func:`~context_manager.core.summarizers.prompt.build_summary_prompt`);
+2. sends it with the summary's token budget as the output limit, each attempt bounded by ``timeout``;
+3. on a status worth retrying (408, 409, 429, 5xx), a timeout or a lost connection, waits and tries
+   again, at most ``max_retries`` times: the server's ``retry-after`` (or ``retry-after-ms``) when it sends
+   one, else exponential backoff with jitter. A wait longer than ``max_retry_wait`` or past the
+   ``total_timeout`` deadline gives up at once rather than sleep into the window's timeout;
+4. returns the text and the token usage the provider reported, or raises
+   :class:`~context_manager.core.errors.SummarizerRequestError` (status, attempts) - other statuses, a
+   malformed body, an empty answer are not retried.
+
+The window falls back to the extractive summary on any exception, and records why.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from context_manager.core.errors import InvalidArgumentError, SummarizerError, SummarizerRequestError
+from context_manager.core.messages import Message
+from context_manager.core.summarizers.prompt import DEFAULT_INSTRUCTIONS, SummaryPrompt, build_summary_prompt
+from context_manager.core.tokens import TokenCounter, get_token_counter
+
+__all__ = [
+    "EmptyAnswer",
+    "LLMSummarizer",
+    "RequestFailure",
+    "SummaryResponse",
+    "SummaryUsage",
+    "classify_sdk_error",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+"""Statuses retried besides every 5xx (Anthropic's 529 "overloaded" included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryUsage:
+    """Tokens one summary cost, as the provider reported them."""
+
+    input_tokens: int
+    """Prompt tokens billed (OpenAI ``prompt_tokens``, Anthropic ``input_tokens``)."""
+    output_tokens: int
+    """Completion tokens billed (OpenAI ``completion_tokens``, Anthropic ``output_tokens``)."""
+    model: str
+    """The model that answered (as the response named it, else as requested)."""
+    provider: str
+    """``"openai"`` or ``"anthropic"``."""
+
+    @property
+    def total_tokens(self) -> int:
+        """``input_tokens + output_tokens``."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryResponse:
+    """The outcome of :meth:`LLMSummarizer.complete`."""
+
+    text: str
+    """The summary (stripped, never empty)."""
+    usage: SummaryUsage
+    """Tokens it cost."""
+    attempts: int
+    """Requests sent (1 without retries)."""
+    prompt: SummaryPrompt
+    """What was sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailure:
+    """How a provider subclass classifies a failed request (see :meth:`LLMSummarizer._classify`)."""
+
+    description: str
+    """What went wrong, for the error message (no payload: it ends up in logs and history)."""
+    retryable: bool
+    """Whether another attempt may succeed."""
+    status_code: int | None = None
+    """The HTTP status, if there was a response."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
+
+
+class EmptyAnswer(Exception):
+    """Raised by a provider subclass when the model answered without a usable text (not retried)."""
+
+    def __init__(self, description: str, usage: SummaryUsage) -> None:
+        super().__init__(description)
+        self.usage = usage
+        """What the answer cost (billed although unusable)."""
+
+
+class LLMSummarizer(abc.ABC):
+    """A summarizer backed by a chat model; subclasses send the request (see the module docstring).
+
+    Args:
+        model: The model name sent with each request.
+        timeout: Seconds one request may take.
+        max_retries: Further attempts after a failure worth retrying (0: none).
+        total_timeout: Seconds one summary may take, retries and waits included (``None``: no bound
+            besides the window's ``summarizer_timeout``, which cancels the call).
+        max_input_tokens: Bound of the prompt (instructions plus transcript), counted with ``counter``.
+        instructions: The system prompt (``{words}`` is replaced by the word budget).
+        counter: Token counter for the prompt budget (default: the exact ``o200k_base`` counter).
+        backoff: First backoff wait in seconds (doubled per attempt, full jitter).
+        max_backoff: Upper bound of a backoff wait.
+        max_retry_wait: A ``retry-after`` longer than this gives up instead of waiting.
+
+    Raises:
+        InvalidArgumentError: an argument is out of range.
+    """
+
+    provider: ClassVar[str] = ""
+    """``"openai"`` or ``"anthropic"``; names the adapter in errors and usage records."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        total_timeout: float | None = None,
+        max_input_tokens: int = 8000,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        counter: TokenCounter | None = None,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_retry_wait: float = 30.0,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidArgumentError("model", model, "a non-empty model name")
+        for name, value in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
+            _check_seconds(name, value)
+        _check_seconds("max_retry_wait", max_retry_wait, allow_zero=True)
+        if total_timeout is not None:
+            _check_seconds("total_timeout", total_timeout)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidArgumentError("max_retries", max_retries, "an integer >= 0")
+        if (
+            isinstance(max_input_tokens, bool)
+            or not isinstance(max_input_tokens, int)
+            or max_input_tokens < 64
+        ):
+            raise InvalidArgumentError("max_input_tokens", max_input_tokens, "an integer >= 64")
+        if not isinstance(instructions, str) or not instructions.strip():
+            raise InvalidArgumentError("instructions", instructions, "a non-empty string")
+        if counter is None:
+            counter = get_token_counter()
+        needed = counter.count(instructions) + 64
+        if max_input_tokens < needed:
+            raise InvalidArgumentError(
+                "max_input_tokens", max_input_tokens, f"an integer >= {needed} (the instructions plus 64)"
+            )
+        self.model = model
+        """The model name sent with each request."""
+        self.timeout = float(timeout)
+        """Seconds one request may take."""
+        self.max_retries = max_retries
+        """Further attempts after a failure worth retrying."""
+        self.total_timeout = None if total_timeout is None else float(total_timeout)
+        """Seconds one summary may take, retries included (``None``: unbounded here)."""
+        self.max_input_tokens = max_input_tokens
+        """Bound of the prompt in tokens."""
+        self.instructions = instructions
+        """The system prompt template."""
+        self.counter: TokenCounter = counter
+        """Counts the prompt's tokens."""
+        self.backoff = float(backoff)
+        """First backoff wait in seconds."""
+        self.max_backoff = float(max_backoff)
+        """Upper bound of a backoff wait."""
+        self.max_retry_wait = float(max_retry_wait)
+        """A longer ``retry-after`` gives up instead of waiting."""
+        self.requests = 0
+        """Requests sent so far (retries included)."""
+        self.input_tokens = 0
+        """Prompt tokens billed so far, failed summaries included."""
+        self.output_tokens = 0
+        """Completion tokens billed so far, failed summaries included."""
+        self._clock: Callable[[], float] = time.monotonic
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._random = random.Random()
+        self._client_to_close: Any = None  # set by a subclass that creates its own SDK client
+
+    @property
+    def name(self) -> str:
+        """``provider:model``, as in the ``summarizer`` configuration option."""
+        return f"{self.provider}:{self.model}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r})"
+
+    async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
+        """Summarize ``messages`` within ``budget_tokens`` (the :class:`Summarizer` protocol)."""
+        return (await self.complete(messages, budget_tokens)).text
+
+    async def complete(self, messages: Sequence[Message], budget_tokens: int) -> SummaryResponse:
+        """Summarize ``messages`` and report what it cost.
+
+        Raises:
+            InvalidArgumentError: ``budget_tokens`` is not a positive integer.
+            SummarizerRequestError: every attempt failed, or a failure not worth retrying.
+            SummarizerError: the model answered with no text.
+        """
+        if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens <= 0:
+            raise InvalidArgumentError("budget_tokens", budget_tokens, "an integer > 0")
+        prompt = build_summary_prompt(
+            messages,
+            budget_tokens,
+            counter=self.counter,
+            max_input_tokens=self.max_input_tokens,
+            instructions=self.instructions,
+        )
+        deadline = None if self.total_timeout is None else self._clock() + self.total_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            request_timeout = self.timeout
+            if deadline is not None:
+                request_timeout = min(request_timeout, deadline - self._clock())
+                if request_timeout <= 0:
+                    raise SummarizerRequestError(
+                        f"{self.name}: no time left for attempt {attempt} "
+                        f"(total_timeout {self.total_timeout:g} s)",
+                        provider=self.provider,
+                        attempts=attempt - 1,
+                    )
+            self.requests += 1
+            try:
+                text, usage = await self._request(prompt, request_timeout)
+            except EmptyAnswer as empty:
+                self.input_tokens += empty.usage.input_tokens
+                self.output_tokens += empty.usage.output_tokens
+                raise SummarizerError(f"{self.name}: {empty}") from None
+            except Exception as error:
+                failure = self._classify(error)
+                wait = self._wait_before_retry(failure, attempt, deadline)
+                if wait is None:
+                    raise SummarizerRequestError(
+                        f"{self.name}: {failure.description}"
+                        + (f" (after {attempt} attempts)" if attempt > 1 else ""),
+                        provider=self.provider,
+                        status_code=failure.status_code,
+                        attempts=attempt,
+                    ) from error
+                logger.info(
+                    "%s: %s; retrying in %.2f s (attempt %d of %d)",
+                    self.name,
+                    failure.description,
+                    wait,
+                    attempt + 1,
+                    self.max_retries + 1,
+                )
+                await self._sleep(wait)
+                continue
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+            text = text.strip()
+            if not text:
+                raise SummarizerError(f"{self.name}: the model returned no text")
+            return SummaryResponse(text=text, usage=usage, attempts=attempt, prompt=prompt)
+
+    def _wait_before_retry(
+        self, failure: RequestFailure, attempt: int, deadline: float | None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if not failure.retryable or attempt > self.max_retries:
+            return None
+        if failure.retry_after is not None:
+            wait = failure.retry_after
+            if wait > self.max_retry_wait:
+                logger.info("%s: retry-after %.1f s exceeds max_retry_wait; giving up", self.name, wait)
+                return None
+        else:
+            wait = self._random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+        if deadline is not None and self._clock() + wait >= deadline:
+            return None
+        return wait
+
+    @abc.abstractmethod
+    async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
+        """Send one request; return the text and the usage.
+
+        Raise :class:`EmptyAnswer` when the model answered without text, anything else on failure.
+        """
+
+    @abc.abstractmethod
+    def _classify(self, error: Exception) -> RequestFailure:
+        """Say what a failed request's exception means and whether to retry it."""
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this summarizer created it (a client you passed in stays open)."""
+        client, self._client_to_close = self._client_to_close, None
+        if client is not None:
+            await client.close()
+
+    async def __aenter__(self) -> LLMSummarizer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
+    """Classify an exception of the ``openai`` or ``anthropic`` SDK (their error classes share a shape)."""
+    if isinstance(error, sdk.APIStatusError):
+        status = int(error.status_code)
+        retryable = status in RETRYABLE_STATUSES or status >= 500
+        headers = getattr(error.response, "headers", None) or {}
+        retry_after = parse_retry_after(headers) if retryable else None
+        return RequestFailure(
+            f"HTTP {status} ({type(error).__name__})", retryable, status_code=status, retry_after=retry_after
+        )
+    if isinstance(error, sdk.APITimeoutError):
+        return RequestFailure("the request timed out", retryable=True)
+    if isinstance(error, sdk.APIConnectionError):
+        return RequestFailure(
+            f"connection failed ({type(error.__cause__ or error).__name__})", retryable=True
+        )
+    if isinstance(error, sdk.APIResponseValidationError | ValueError | TypeError | AttributeError | KeyError):
+        # a body that is not JSON or not the expected shape (JSONDecodeError is a ValueError)
+        return RequestFailure(f"malformed response ({type(error).__name__})", retryable=False)
+    return RequestFailure(f"{type(error).__name__}", retryable=False)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a response asks the client to wait: ``retry-after-ms``, else ``retry-after`` (seconds or date).
+
+    Returns ``None`` when neither header is there or readable; negative values count as 0.
+    """
+    getter = headers.get
+    milliseconds = getter("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            value = float(milliseconds) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(value, 0.0)
+    raw = getter("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+    return max(value, 0.0) if math.isfinite(value) else None
+
+
+def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArgumentError(
+            name, value, "a finite number of seconds " + (">= 0" if allow_zero else "> 0")
+        )

@@ -1,0 +1,146 @@
+"""A summarizer for any OpenAI-compatible Chat Completions endpoint (``pip install '...[openai]'``).
+
+Works with OpenAI itself and with servers that speak the same protocol (vLLM, Ollama, llama.cpp's server,
+LM Studio, LiteLLM ...): point ``base_url`` at them. The official ``openai`` SDK is imported when the
+summarizer is created, not before.
+
+Example:
+    >>> summarizer = OpenAISummarizer("gpt-4o-mini")  # OPENAI_API_KEY from the environment
+    >>> local = OpenAISummarizer("llama3.1", base_url="http://127.0.0.1:11434/v1")
+    >>> manager = EnhancedContextManager(config, summarizer=summarizer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError, MissingDependencyError
+from context_manager.core.summarizers.llm import (
+    EmptyAnswer,
+    LLMSummarizer,
+    RequestFailure,
+    SummaryUsage,
+    classify_sdk_error,
+)
+from context_manager.core.summarizers.prompt import SummaryPrompt
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+__all__ = ["OpenAISummarizer"]
+
+LimitField = Literal["max_tokens", "max_completion_tokens"]
+
+
+class OpenAISummarizer(LLMSummarizer):
+    """Summaries from a Chat Completions model (see :class:`LLMSummarizer` for retries and the prompt).
+
+    Args:
+        model: The model name (``"gpt-4o-mini"``, or the name a local server knows).
+        client: An ``openai.AsyncOpenAI`` to use (its own retries are turned off for these requests; it is
+            not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
+        base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL`` or
+            OpenAI's).
+        api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when ``base_url`` is set and no key
+            is, since local servers rarely check one).
+        limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
+            OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
+            default the first for OpenAI's own endpoint, the second for any other ``base_url``.
+        extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``).
+        **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
+            ``total_timeout``, ``max_input_tokens``, ``instructions``, ``counter``, ``backoff``,
+            ``max_backoff``, ``max_retry_wait``).
+
+    Raises:
+        MissingDependencyError: the ``openai`` package is not installed.
+        ConfigurationError: no API key for OpenAI's own endpoint.
+        InvalidArgumentError: an argument is out of range.
+    """
+
+    provider: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        client: AsyncOpenAI | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        limit_field: LimitField | None = None,
+        extra_parameters: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, **options)
+        try:
+            import openai
+        except ImportError:
+            raise MissingDependencyError("OpenAISummarizer", "openai", "openai") from None
+        if limit_field not in (None, "max_tokens", "max_completion_tokens"):
+            raise InvalidArgumentError(
+                "limit_field", limit_field, "'max_tokens', 'max_completion_tokens' or None"
+            )
+        if extra_parameters is not None and not isinstance(extra_parameters, Mapping):
+            raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+        self._sdk: Any = openai
+        owns_client = client is None
+        if client is None:
+            import os
+
+            if api_key is None and base_url is not None and not os.environ.get("OPENAI_API_KEY"):
+                api_key = "unused"  # the SDK insists on a key; local servers do not check it
+            try:
+                client = openai.AsyncOpenAI(
+                    base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+                )
+            except openai.OpenAIError as error:
+                raise ConfigurationError(
+                    "summarizer",
+                    f"openai:{model}",
+                    "an API key: set OPENAI_API_KEY, pass api_key=, or set base_url for a local server",
+                    detail=str(error),
+                ) from None
+        self.client: AsyncOpenAI = client.with_options(max_retries=0)
+        """The client requests go through (retries are ours, not the SDK's)."""
+        if owns_client:
+            self._client_to_close = client
+        if limit_field is None:
+            host = urlsplit(str(self.client.base_url)).hostname or ""
+            limit_field = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        self.limit_field: LimitField = limit_field
+        """The request field carrying the output limit."""
+        self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
+        """More request fields sent with every request."""
+
+    async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
+        parameters: dict[str, Any] = {
+            **self.extra_parameters,
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": prompt.instructions},
+                {"role": "user", "content": prompt.transcript},
+            ],
+            self.limit_field: prompt.max_output_tokens,
+            "timeout": request_timeout,
+        }
+        response = await self.client.chat.completions.create(**parameters)
+        usage = response.usage
+        summary_usage = SummaryUsage(
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            model=response.model or self.model,
+            provider=self.provider,
+        )
+        choices = response.choices or []
+        if not choices:
+            raise EmptyAnswer("the response has no choices", summary_usage)
+        message = choices[0].message
+        content = getattr(message, "content", None) if message is not None else None
+        if not isinstance(content, str) or not content.strip():
+            reason = getattr(choices[0], "finish_reason", None)
+            raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r})", summary_usage)
+        return content, summary_usage
+
+    def _classify(self, error: Exception) -> RequestFailure:
+        return classify_sdk_error(error, self._sdk)

@@ -1,0 +1,156 @@
+"""The prompt an LLM summarizer sends: instructions plus a transcript of the evicted messages.
+
+:func:`build_summary_prompt` turns what a compression evicted (the previous rolling summary first, if any)
+into two texts, the instructions (a system prompt) and the transcript (one user message), within
+``max_input_tokens``. When everything does not fit it keeps the previous summary (cut to at most a quarter
+of the budget), then the newest messages, each cut to head + tail if it alone is too large, and notes how
+many older messages were left out. Pure and synchronous: no I/O, no provider SDK.
+
+Example:
+    >>> prompt = build_summary_prompt(evicted, budget_tokens=150, counter=get_token_counter())
+    >>> prompt.messages_included, prompt.input_tokens
+    (12, 830)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from context_manager.core.compression import SUMMARY_METADATA_KEY, truncate_middle
+from context_manager.core.messages import Message, Role
+from context_manager.core.tokens import TokenCounter
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "SummaryPrompt", "build_summary_prompt"]
+
+DEFAULT_INSTRUCTIONS = (
+    "You compress the earlier part of a conversation between a user and an AI assistant, so that the "
+    "assistant can carry on without the full text. Write one summary of at most {words} words. Keep what "
+    "the conversation will need later: facts the user stated about themselves and their preferences; "
+    "names, numbers, dates and identifiers; decisions taken; the user's open requests and questions; the "
+    "tools called and what they returned. Leave out greetings and filler. Write plain sentences without a "
+    "preamble. When a previous summary is given, fold it into the new one and keep its facts unless later "
+    "messages contradict them."
+)
+"""The default instructions (``{words}`` is replaced by the word budget)."""
+
+_WORDS_PER_TOKEN = 0.7  # English prose: about 0.75 words a token; a little under, so the summary fits
+_MESSAGE_SHARE = 2  # one message may take at most half of the transcript budget
+_PREVIOUS_SHARE = 4  # the previous summary at most a quarter
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPrompt:
+    """What to send to the model (computed by :func:`build_summary_prompt`)."""
+
+    instructions: str
+    """The system prompt: what to write and how long."""
+    transcript: str
+    """The user message: the previous summary and the evicted messages, oldest first."""
+    input_tokens: int
+    """Tokens of ``instructions`` plus ``transcript`` (with the window's counter)."""
+    messages_included: int
+    """Evicted messages in the transcript (the previous summary not counted)."""
+    messages_omitted: int
+    """Older evicted messages left out to stay within ``max_input_tokens``."""
+    max_output_tokens: int
+    """The output limit to request (the summary's token budget)."""
+
+
+def build_summary_prompt(
+    messages: Sequence[Message],
+    budget_tokens: int,
+    *,
+    counter: TokenCounter,
+    max_input_tokens: int = 8000,
+    instructions: str = DEFAULT_INSTRUCTIONS,
+) -> SummaryPrompt:
+    """Build the summary prompt for ``messages`` within ``max_input_tokens``.
+
+    Args:
+        messages: What the window evicted, oldest first; a previous rolling summary (its metadata holds
+            :data:`~context_manager.core.compression.SUMMARY_METADATA_KEY`) is folded in.
+        budget_tokens: Tokens the summary may use (asked of the model as a word count and an output limit).
+        counter: Counts tokens (the window's counter).
+        max_input_tokens: Upper bound of instructions plus transcript.
+        instructions: The system prompt; ``{words}`` in it is replaced by the word budget.
+
+    Returns:
+        The prompt; ``messages_omitted`` says how many of the oldest messages did not fit.
+    """
+    words = max(int(budget_tokens * _WORDS_PER_TOKEN), 5)
+    system = instructions.replace("{words}", str(words))
+    available = max_input_tokens - counter.count(system)
+    previous = [m for m in messages if SUMMARY_METADATA_KEY in m.metadata]
+    body = [m for m in messages if SUMMARY_METADATA_KEY not in m.metadata]
+
+    previous_section: list[str] = []
+    if previous:
+        text = "\n".join(m.content for m in previous).strip()
+        text, _ = truncate_middle(counter, text, max(available // _PREVIOUS_SHARE, 1))
+        if text:
+            previous_section.append("Previous summary:\n" + text)
+            available -= counter.count(previous_section[0]) + 2
+
+    header = "Conversation to summarise (oldest first):"
+    available -= counter.count(header) + counter.count(_omitted_line(len(body))) + 2
+    cap = max(available // _MESSAGE_SHARE, 1)
+    lines: list[str] = []  # newest first while filling
+    for message in reversed(body):
+        line = _transcript_line(message)
+        tokens = counter.count(line)
+        if tokens > cap:
+            line, _ = truncate_middle(counter, line, cap)
+            tokens = counter.count(line)
+        if not line or tokens + 1 > available:
+            break
+        lines.append(line)
+        available -= tokens + 1
+    while True:  # tokens can merge differently at the seams than counted line by line: check the whole
+        omitted = len(body) - len(lines)
+        transcript = "\n\n".join(previous_section + _conversation_section(header, lines, omitted))
+        input_tokens = counter.count(system) + counter.count(transcript)
+        if input_tokens <= max_input_tokens or not (lines or previous_section):
+            break
+        if lines:
+            lines.pop()  # the oldest included message
+        else:
+            previous_section = []
+    return SummaryPrompt(
+        instructions=system,
+        transcript=transcript,
+        input_tokens=input_tokens,
+        messages_included=len(lines),
+        messages_omitted=omitted,
+        max_output_tokens=budget_tokens,
+    )
+
+
+def _omitted_line(count: int) -> str:
+    return f"[{count} older messages left out]"
+
+
+def _conversation_section(header: str, newest_first: list[str], omitted: int) -> list[str]:
+    if not newest_first and not omitted:
+        return []
+    lines = [header]
+    if omitted:
+        lines.append(_omitted_line(omitted))
+    lines.extend(reversed(newest_first))
+    return ["\n".join(lines)]
+
+
+def _transcript_line(message: Message) -> str:
+    """One message as a transcript line: ``user: ...``, ``assistant called x({...})``, ``tool result ...``."""
+    content = " ".join(message.content.split())
+    if message.role is Role.TOOL:
+        label = f"tool result ({message.name})" if message.name else "tool result"
+        return f"{label}: {content}"
+    speaker = message.role.value if message.name is None else f"{message.role.value} ({message.name})"
+    if message.tool_calls:
+        calls = ", ".join(
+            f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" for call in message.tool_calls
+        )
+        return f"{speaker}: {content} [called {calls}]" if content else f"{speaker} called {calls}"
+    return f"{speaker}: {content}"

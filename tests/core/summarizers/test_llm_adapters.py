@@ -1,0 +1,337 @@
+"""LLM summarizer adapters: the official openai and anthropic SDKs against a local server speaking their wire
+formats (tests/chat_completions_server.py). Each scenario ends in a summary or a recorded fallback."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    SummarizerError,
+    SummarizerRequestError,
+)
+from context_manager.core.messages import Message
+from context_manager.core.summarizers import AnthropicSummarizer, LLMSummarizer, OpenAISummarizer
+from tests.chat_completions_server import ANTHROPIC_USAGE, USAGE, ChatCompletionsServer, Fault, running_server
+
+PROVIDERS = ["openai", "anthropic"]
+SUMMARY = "Ada lives in Lisbon; she asked about tram 28 and prefers morning deliveries."
+
+
+@pytest.fixture
+def server() -> Iterator[ChatCompletionsServer]:
+    with running_server() as state:
+        state.reply_text = SUMMARY
+        yield state
+
+
+def make_summarizer(provider: str, server: ChatCompletionsServer, **options: Any) -> LLMSummarizer:
+    options.setdefault("timeout", 2.0)
+    if provider == "openai":
+        return OpenAISummarizer("stub-model", base_url=server.base_url, **options)
+    return AnthropicSummarizer(
+        "stub-model", base_url=server.anthropic_base_url, api_key="test-key", **options
+    )
+
+
+def config_for(tmp_path: Path, **options: Any) -> ContextManagerConfig:
+    values: dict[str, Any] = {
+        "max_tokens": 300,
+        "cache_path": tmp_path / "cache",
+        "enable_health_checks": False,
+        "summarizer_timeout": 5.0,
+    }
+    values.update(options)
+    return ContextManagerConfig(**values)
+
+
+async def fill_until_compressed(manager: EnhancedContextManager, count: int = 1) -> list[dict[str, Any]]:
+    for number in range(200):
+        await manager.add_message(
+            "user" if number % 2 == 0 else "assistant",
+            f"turn {number}: the tram 28 leaves Martim Moniz every twelve minutes, said message {number}.",
+        )
+        if len(manager.compression_history) >= count:
+            return manager.compression_history
+    raise AssertionError("the window never compressed")
+
+
+def summary_text(manager: EnhancedContextManager) -> str:
+    summary = manager.context_window.summary
+    assert summary is not None
+    return summary.content
+
+
+# --- through EnhancedContextManager: every scenario ends in a summary or a recorded fallback ------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_success_writes_the_model_summary(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    summarizer = make_summarizer(provider, server)
+    config = config_for(tmp_path)
+    async with EnhancedContextManager(config, summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None
+        assert summary_text(manager) == SUMMARY
+        assert manager.get_context_summary()["token_count"] <= config.max_tokens
+        monitor = manager.performance_monitor
+        assert monitor is not None
+        usage = monitor.token_usage()["summarize"]
+        expected = USAGE if provider == "openai" else ANTHROPIC_USAGE
+        input_key = "prompt_tokens" if provider == "openai" else "input_tokens"
+        output_key = "completion_tokens" if provider == "openai" else "output_tokens"
+        assert usage == {
+            "calls": 1,
+            "input_tokens": expected[input_key],
+            "output_tokens": expected[output_key],
+            "total_tokens": expected[input_key] + expected[output_key],
+        }
+        assert monitor.operation_stats()["summarize"].successes == 1
+    [request] = server.requests
+    body = request.body
+    assert body["model"] == "stub-model"
+    transcript = body["messages"][-1]["content"]
+    assert "Conversation to summarise" in transcript and "turn 0: the tram 28" in transcript
+    if provider == "openai":
+        assert body["messages"][0]["role"] == "system" and "summary" in body["messages"][0]["content"]
+        assert body["max_tokens"] > 0  # a local base_url: the widely supported field
+    else:
+        assert "summary" in body["system"] and body["max_tokens"] > 0
+        credentials = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+        assert credentials.endswith("test-key") and "anthropic-version" in request.headers
+    assert summarizer.client.is_closed() is False  # a summarizer the caller passed in is not closed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_429_then_success_honours_retry_after(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.append(Fault(status=429, headers={"retry-after": "1"}))
+    summarizer = make_summarizer(provider, server, backoff=0.01)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom"
+        assert summary_text(manager) == SUMMARY
+    first, second = server.requests
+    assert first.fault is not None and second.fault is None
+    assert record["duration_ms"] >= 1000  # waited the server's retry-after, not the 10 ms backoff
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_persistent_500_falls_back_after_retries(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.extend(Fault(status=500) for _ in range(3))
+    summarizer = make_summarizer(provider, server, max_retries=2, backoff=0.01)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert "HTTP 500" in record["error"] and "after 3 attempts" in record["error"]
+        assert summary_text(manager).startswith("Summary of the earlier conversation")
+        monitor = manager.performance_monitor
+        assert monitor is not None and monitor.operation_stats()["summarize"].failures == 1
+        assert "summarize" not in monitor.token_usage()
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_timeout_falls_back(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.append(Fault(kind="hang", seconds=10))
+    summarizer = make_summarizer(provider, server, timeout=0.3, max_retries=0)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        started = time.perf_counter()
+        record = (await fill_until_compressed(manager))[-1]
+        assert time.perf_counter() - started < 4.0
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert "timed out" in record["error"]
+        assert manager.context_window.summary is not None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_malformed_body_falls_back_without_retrying(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.append(Fault(kind="malformed"))
+    summarizer = make_summarizer(provider, server, max_retries=3)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert "malformed response" in record["error"]
+        assert manager.context_window.summary is not None
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_empty_choice_falls_back(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.append(Fault(kind="empty"))
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert ("no choices" if provider == "openai" else "no text") in record["error"]
+        assert summary_text(manager).startswith("Summary of the earlier conversation")
+    assert len(server.requests) == 1
+    billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
+    assert summarizer.input_tokens == billed  # an unusable answer is still counted as spent
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_named_in_config_is_built_and_closed(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if provider == "anthropic":
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "env-key")
+        base_url = server.anthropic_base_url
+    else:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local server needs no key
+        base_url = server.base_url
+    config = config_for(tmp_path, summarizer=f"{provider}:stub-model", summarizer_base_url=base_url)
+    manager = EnhancedContextManager(config)
+    async with manager:
+        await fill_until_compressed(manager, count=2)
+        assert [r["strategy"] for r in manager.compression_history] == ["custom", "custom"]
+        assert summary_text(manager) == SUMMARY
+        assert manager.get_system_status()["summarizer"]["summarizer"] == f"{provider}:stub-model"
+        owned = manager._owned_summarizer
+        assert isinstance(owned, LLMSummarizer)
+    assert owned.client.is_closed()  # the manager built it, so cleanup closed it
+    second_transcript = server.requests[1].body["messages"][-1]["content"]
+    assert second_transcript.startswith("Previous summary:\n" + SUMMARY)  # the rolling summary is folded in
+
+
+# --- retries, deadlines and configuration ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_gives_up_on_a_retry_after_longer_than_allowed(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    server.faults.append(Fault(status=503, headers={"retry-after": "120"}))
+    summarizer = make_summarizer(provider, server, max_retry_wait=5.0)
+    started = time.perf_counter()
+    with pytest.raises(SummarizerRequestError, match="HTTP 503") as raised:
+        await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
+    assert time.perf_counter() - started < 2.0
+    assert raised.value.status_code == 503 and raised.value.attempts == 1
+    assert len(server.requests) == 1
+    await summarizer.aclose()
+
+
+async def test_summarizer_adapter_stops_retrying_at_its_total_timeout(server: ChatCompletionsServer) -> None:
+    server.faults.extend(Fault(status=429, headers={"retry-after": "1"}) for _ in range(5))
+    summarizer = make_summarizer("openai", server, max_retries=5, total_timeout=1.5)
+    started = time.perf_counter()
+    with pytest.raises(SummarizerRequestError, match="HTTP 429"):
+        await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
+    assert time.perf_counter() - started < 1.5
+    assert len(server.requests) == 2  # the third attempt would start after the deadline
+    await summarizer.aclose()
+
+
+async def test_summarizer_adapter_does_not_retry_a_client_error(server: ChatCompletionsServer) -> None:
+    server.faults.append(Fault(status=401))
+    summarizer = make_summarizer("openai", server, max_retries=3)
+    with pytest.raises(SummarizerRequestError, match="HTTP 401"):
+        await summarizer([Message.create("user", "hello there")], 50)
+    assert len(server.requests) == 1
+    await summarizer.aclose()
+
+
+async def test_summarizer_adapter_reads_retry_after_ms(server: ChatCompletionsServer) -> None:
+    server.faults.append(Fault(status=429, headers={"retry-after-ms": "300", "retry-after": "60"}))
+    summarizer = make_summarizer("openai", server, max_retry_wait=1.0)
+    started = time.perf_counter()
+    response = await summarizer.complete([Message.create("user", "hello there")], 50)
+    assert response.attempts == 2 and response.text == SUMMARY
+    assert 0.3 <= time.perf_counter() - started < 5.0
+    await summarizer.aclose()
+
+
+def test_summarizer_adapter_limit_field_defaults_by_endpoint(server: ChatCompletionsServer) -> None:
+    local = OpenAISummarizer("m", base_url=server.base_url)
+    hosted = OpenAISummarizer("m", api_key="sk-test")
+    assert local.limit_field == "max_tokens"
+    assert hosted.limit_field == "max_completion_tokens"
+    assert OpenAISummarizer(
+        "m", base_url=server.base_url, limit_field="max_completion_tokens"
+    ).limit_field == ("max_completion_tokens")
+
+
+def test_summarizer_adapter_bad_arguments_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        OpenAISummarizer("gpt-4o-mini")
+    with pytest.raises(ConfigurationError, match="ANTHROPIC_API_KEY"):
+        AnthropicSummarizer("claude-haiku-4-5")
+    with pytest.raises(InvalidArgumentError, match="max_retries: got -1"):
+        OpenAISummarizer("m", api_key="k", max_retries=-1)
+    with pytest.raises(InvalidArgumentError, match="model"):
+        OpenAISummarizer(" ", api_key="k")
+    with pytest.raises(InvalidArgumentError, match="limit_field"):
+        OpenAISummarizer("m", api_key="k", limit_field="max_output_tokens")  # type: ignore[arg-type]
+
+
+async def test_summarizer_adapter_rejects_a_bad_budget(server: ChatCompletionsServer) -> None:
+    summarizer = make_summarizer("openai", server)
+    with pytest.raises(InvalidArgumentError, match="budget_tokens"):
+        await summarizer([Message.create("user", "hi")], 0)
+    assert server.requests == []
+    await summarizer.aclose()
+
+
+def test_summarizer_adapter_config_spec_is_validated() -> None:
+    assert ContextManagerConfig(summarizer="OpenAI: llama3.1:8b").summarizer == "openai:llama3.1:8b"
+    for bad in ("gpt-4o", "mistral:large", "openai:", 42):
+        with pytest.raises(ConfigurationError, match="summarizer: got .*allowed 'openai:MODEL'"):
+            ContextManagerConfig(summarizer=bad)
+    with pytest.raises(ConfigurationError, match="summarizer_base_url"):
+        ContextManagerConfig(summarizer_base_url="127.0.0.1:8000/v1")
+
+
+async def test_summarizer_adapter_missing_sdk_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "anthropic", None)  # as if the extra were not installed
+    config = config_for(tmp_path, summarizer="anthropic:claude-haiku-4-5")
+    manager = EnhancedContextManager(config)
+    with pytest.raises(MissingDependencyError, match=r"python-context-manager\[anthropic\]"):
+        await manager.initialize()
+    assert not manager.is_initialized
+
+
+async def test_summarizer_adapter_without_a_key_fails_at_initialize(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    manager = EnhancedContextManager(config_for(tmp_path, summarizer="openai:gpt-4o-mini"))
+    with pytest.raises(ConfigurationError, match="summarizer: got 'openai:gpt-4o-mini'.*OPENAI_API_KEY"):
+        await manager.initialize()
+
+
+async def test_summarizer_adapter_empty_text_is_an_error_not_a_blank_summary(
+    server: ChatCompletionsServer,
+) -> None:
+    server.reply_text = "   "
+    summarizer = make_summarizer("openai", server)
+    with pytest.raises(SummarizerError, match="no text"):
+        await summarizer([Message.create("user", "hi there")], 40)
+    await summarizer.aclose()

@@ -1,0 +1,95 @@
+"""The summary prompt: what an LLM summarizer sends, within its input budget."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.compression import SUMMARY_METADATA_KEY
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.summarizers.llm import parse_retry_after
+from context_manager.core.summarizers.prompt import build_summary_prompt
+from context_manager.core.tokens import get_token_counter
+
+COUNTER = get_token_counter()
+
+
+def test_summarizer_adapter_prompt_holds_every_message_when_it_fits() -> None:
+    previous = Message.create("system", "Summary: Ada lives in Lisbon.", metadata={SUMMARY_METADATA_KEY: 4})
+    call = ToolCall(id="call_1", name="get_weather", arguments={"city": "Lisbon"})
+    messages = [
+        previous,
+        Message.create("user", "What's the weather?"),
+        Message.create("assistant", "", tool_calls=[call]),
+        Message.create("tool", "18 C and sunny", tool_call_id="call_1", name="get_weather"),
+        Message.create("assistant", "It is 18 C and sunny in Lisbon."),
+    ]
+    prompt = build_summary_prompt(messages, 100, counter=COUNTER)
+    assert prompt.transcript.startswith("Previous summary:\nSummary: Ada lives in Lisbon.")
+    assert prompt.messages_included == 4 and prompt.messages_omitted == 0
+    lines = prompt.transcript.splitlines()
+    assert lines[-4:] == [
+        "user: What's the weather?",
+        'assistant called get_weather({"city": "Lisbon"})',
+        "tool result (get_weather): 18 C and sunny",
+        "assistant: It is 18 C and sunny in Lisbon.",
+    ]
+    assert "70 words" in prompt.instructions and prompt.max_output_tokens == 100
+    assert prompt.input_tokens == COUNTER.count(prompt.instructions) + COUNTER.count(prompt.transcript)
+
+
+def test_summarizer_adapter_prompt_keeps_the_newest_messages_and_says_what_it_left_out() -> None:
+    messages = [Message.create("user", f"message number {n} " + "lorem ipsum " * 40) for n in range(60)]
+    prompt = build_summary_prompt(messages, 100, counter=COUNTER, max_input_tokens=1000)
+    assert prompt.input_tokens <= 1000
+    assert 0 < prompt.messages_included < 60
+    assert prompt.messages_omitted == 60 - prompt.messages_included
+    assert f"[{prompt.messages_omitted} older messages left out]" in prompt.transcript
+    assert "message number 59 " in prompt.transcript
+    assert "message number 0 " not in prompt.transcript
+
+
+def test_summarizer_adapter_prompt_cuts_one_huge_message() -> None:
+    huge = Message.create("user", "start " + "word " * 20_000 + " end")
+    prompt = build_summary_prompt([huge], 100, counter=COUNTER, max_input_tokens=2000)
+    assert prompt.input_tokens <= 2000
+    assert prompt.messages_included == 1
+    assert (
+        "tokens omitted" in prompt.transcript and "start" in prompt.transcript and "end" in prompt.transcript
+    )
+
+
+TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(TEXT.filter(str.strip).map(lambda text: text[:400]), min_size=0, max_size=25),
+    previous=st.one_of(st.none(), TEXT.map(lambda text: text[:2000])),
+    budget=st.integers(min_value=1, max_value=400),
+    max_input=st.integers(min_value=300, max_value=3000),
+)
+def test_summarizer_adapter_prompt_never_exceeds_its_input_budget(
+    texts: list[str], previous: str | None, budget: int, max_input: int
+) -> None:
+    messages = [Message.create("user" if i % 2 else "assistant", text) for i, text in enumerate(texts)]
+    if previous is not None:
+        messages.insert(0, Message.create("system", previous, metadata={SUMMARY_METADATA_KEY: 3}))
+    prompt = build_summary_prompt(messages, budget, counter=COUNTER, max_input_tokens=max_input)
+    assert prompt.input_tokens <= max_input
+    assert prompt.messages_included + prompt.messages_omitted == len(texts)
+    if prompt.messages_included:  # what is kept is the newest suffix
+        last = messages[-1]
+        assert " ".join(last.content.split())[:20] in prompt.transcript or "omitted" in prompt.transcript
+
+
+def test_summarizer_adapter_retry_after_parsing() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({"retry-after": "-3"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    later = parse_retry_after({"retry-after": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    assert later is not None and later > 1e9
