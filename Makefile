@@ -16,7 +16,7 @@ $(VENV)/.installed-runtime: pyproject.toml requirements.txt
 # torch==2.13.0 is pinned first so the embeddings extra takes the local CPU wheel.
 $(VENV)/.installed-dev: pyproject.toml requirements.txt requirements-dev.txt $(VENV)/.installed-runtime
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,embeddings]"
+	$(PY) -m pip install -q -e ".[dev,embeddings,postgres]"
 	touch $@
 
 examples: $(VENV)/.installed-runtime

@@ -22,7 +22,9 @@ def _type_name(annotation: object) -> str:
         text = " or ".join(repr(value) for value in get_args(annotation))
     else:
         text = getattr(annotation, "__name__", None) or str(annotation)
-    text = text.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+    for prefix in ("typing.", "pathlib.", "pydantic.types."):
+        text = text.replace(prefix, "")
+    text = text.replace("NoneType", "None")
     return text.replace(" | ", " or ")
 
 

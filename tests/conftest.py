@@ -59,3 +59,15 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     yield
+
+
+@pytest.fixture
+def postgres_dsn() -> Iterator[str]:
+    """A DSN on a real PostgreSQL server, in a schema of its own (dropped after the test)."""
+    from tests.postgres_support import create_schema, drop_schema
+
+    schema, dsn = create_schema()
+    try:
+        yield dsn
+    finally:
+        drop_schema(schema)

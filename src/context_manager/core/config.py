@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from context_manager.core.errors import ConfigurationError
@@ -116,6 +116,23 @@ class ContextManagerConfig(BaseSettings):
     storage_path: Path | None = Field(
         None, description="Storage directory for memory; defaults to <cache_path>/storage."
     )
+    memory_backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="Where memory and persisted conversations live: 'sqlite' (files under storage_path, "
+        "one process) or 'postgres' (a PostgreSQL database shared by many processes; needs postgres_dsn "
+        "and the 'postgres' extra).",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        None,
+        description="PostgreSQL connection string (e.g. 'postgresql://user:pass@host/db') for "
+        "memory_backend='postgres'; hidden in repr and logs.",
+    )
+    postgres_pool_size: int = Field(
+        10, gt=0, description="Most connections this process opens to PostgreSQL (the pool's maximum)."
+    )
+    postgres_connect_timeout: float = Field(
+        10.0, gt=0.0, description="Seconds to wait for a PostgreSQL connection before StorageError."
+    )
 
     # Feature switches
     enable_compression: bool = Field(True, description="Compress the context when it overflows.")
@@ -205,6 +222,18 @@ class ContextManagerConfig(BaseSettings):
         if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
             raise ValueError("an http:// or https:// URL")
         return value.strip()
+
+    @field_validator("postgres_dsn", mode="before")
+    @classmethod
+    def _check_dsn(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a PostgreSQL connection string ('postgresql://user:password@host:5432/db')")
+        if "\x00" in text:
+            raise ValueError("a connection string without NUL characters")
+        return text
 
     @property
     def resolved_storage_path(self) -> Path:

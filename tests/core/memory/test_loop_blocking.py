@@ -26,7 +26,8 @@ async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], A
     reach the store; it gives up after a few seconds (then the loop was blocked: it could not tell it).
     Returns the operation's result; fails when the loop could not run while the lock was held.
     """
-    store = manager._long
+    assert manager.backend is not None
+    store = manager.backend.long  # type: ignore[attr-defined]
     assert store is not None
     held = threading.Event()
     release = threading.Event()
@@ -53,7 +54,8 @@ async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], A
     return result
 
 
-async def test_small_search_does_not_wait_on_the_loop_for_a_writer(manager: MemoryManager) -> None:
+async def test_small_search_does_not_wait_on_the_loop_for_a_writer(sqlite_manager: MemoryManager) -> None:
+    manager = sqlite_manager
     for number in range(12):
         await manager.add_memory(f"kept fact {number} about the harbour lighthouse", tier=MemoryTier.LONG)
     await manager.add_memory("the lighthouse keeper prefers tea", tier=MemoryTier.LONG)
@@ -62,13 +64,14 @@ async def test_small_search_does_not_wait_on_the_loop_for_a_writer(manager: Memo
     assert [m.id for m in found] == [m.id for m in expected]
 
 
-async def test_stats_do_not_wait_on_the_loop_for_a_writer(manager: MemoryManager) -> None:
+async def test_stats_do_not_wait_on_the_loop_for_a_writer(sqlite_manager: MemoryManager) -> None:
+    manager = sqlite_manager
     await manager.add_memory("a durable fact", tier=MemoryTier.LONG)
     stats = await _while_store_is_held(manager, lambda: manager.get_memory_stats(user_id=ALL_USERS))
     assert stats["total_memories"] == 1
 
 
-def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, Any]:
+async def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, Any]:
     """The figures as computed before the SQL aggregates: every copy loaded, fastest tier's copy counted."""
     by_tier = {tier.value: 0 for tier in MemoryTier}
     by_user: dict[str, int] = {}
@@ -76,7 +79,7 @@ def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, Any]:
     superseded = 0
     created: list[float] = []
     importance = 0.0
-    for memory in manager._all_copies():
+    for memory in await manager.stored_copies():
         if user_id is not ALL_USERS and memory.user_id != user_id:
             continue
         by_tier[memory.tier.value] += 1
@@ -120,11 +123,11 @@ async def test_stats_from_sql_aggregates_equal_the_figures_of_every_copy(
     for number in range(8):  # important: a short-term copy and a long-term copy of each
         await manager.add_memory(f"important {number}", importance=0.95, user_id=("alice", None)[number % 2])
     await manager.flush()
-    copies = manager._all_copies()
+    copies = await manager.stored_copies()
     assert len(copies) > len({m.id for m in copies}), "some memories must be held in two tiers"
     for user_id in (None, "alice", "bob", "nobody", ALL_USERS):
         stats = await manager.get_memory_stats(user_id=user_id)
-        expected = _reference_stats(manager, user_id)
+        expected = await _reference_stats(manager, user_id)
         if user_id is not ALL_USERS:
             del expected["by_user"]
         got = {key: stats[key] for key in expected}
@@ -171,7 +174,7 @@ async def test_remembering_a_large_eviction_yields_to_the_loop(storage: Path) ->
     manager = MemoryManager(config)
     await manager.initialize()
     try:
-        medium = manager._medium
+        medium = manager.backend.medium  # type: ignore[union-attr]
         assert medium is not None
         messages = [
             Message.create("user", f"evicted message {number} about topic{number}") for number in range(900)
@@ -205,7 +208,7 @@ async def test_short_term_overflow_moves_a_bounded_chunk_per_loop_step(storage: 
     manager = MemoryManager(config)
     await manager.initialize()
     try:
-        short = manager._short
+        short = manager.backend.short  # type: ignore[union-attr]
         assert short is not None
         adding = asyncio.ensure_future(
             manager.add_memories([{"content": f"note {number} on subject{number}"} for number in range(700)])

@@ -75,8 +75,8 @@ def test_any_query_is_plain_text_and_never_raises(
     assert len({m.id for m in results}) == len(results)
     try:
         tags = loop.run_until_complete(manager.search_by_tags([query], limit=5))
-    except InvalidMemoryError:  # a tag must be non-empty, valid Unicode
-        assert not query.strip() or "\ud800" in query or any(0xD800 <= ord(c) <= 0xDFFF for c in query)
+    except InvalidMemoryError:  # a tag must be non-empty, valid Unicode, without NUL
+        assert not query.strip() or "\x00" in query or any(0xD800 <= ord(c) <= 0xDFFF for c in query)
     else:
         assert isinstance(tags, list)
 
@@ -151,12 +151,12 @@ def test_rejected_add_changes_nothing(importance: object, tags: object) -> None:
         with tempfile.TemporaryDirectory() as directory:
             async with MemoryManager(ContextManagerConfig(storage_path=Path(directory))) as manager:
                 await manager.add_memory("anchor", importance=0.9)
-                before = sorted(m.to_dict()["id"] + m.tier.value for m in manager._all_copies())
+                before = sorted(m.to_dict()["id"] + m.tier.value for m in await manager.stored_copies())
                 log_size = (Path(directory) / "memories.jsonl").stat().st_size
                 try:
                     await manager.add_memory("candidate", importance=importance, tags=tags)  # type: ignore[arg-type]
                 except InvalidMemoryError:
-                    after = sorted(m.to_dict()["id"] + m.tier.value for m in manager._all_copies())
+                    after = sorted(m.to_dict()["id"] + m.tier.value for m in await manager.stored_copies())
                     assert after == before
                     assert (Path(directory) / "memories.jsonl").stat().st_size == log_size
 

@@ -44,9 +44,9 @@ def snapshot_files(storage: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("damage", ["garbage", "scribbled pages", "truncated"])
 async def test_corrupted_database_is_reported_and_never_overwritten(
-    config: ContextManagerConfig, storage: Path, damage: str
+    sqlite_config: ContextManagerConfig, storage: Path, damage: str
 ) -> None:
-    ids = await fill(config)
+    ids = await fill(sqlite_config)
     database = storage / "memories.sqlite3"
     data = bytearray(database.read_bytes())
     if damage == "garbage":
@@ -59,7 +59,7 @@ async def test_corrupted_database_is_reported_and_never_overwritten(
     database.write_bytes(bytes(data))
     before = snapshot_files(storage)
 
-    manager = MemoryManager(config)
+    manager = MemoryManager(sqlite_config)
     with pytest.raises(StorageCorruptedError, match="it was not modified") as caught:
         await manager.initialize()
     assert caught.value.path == database
@@ -69,7 +69,7 @@ async def test_corrupted_database_is_reported_and_never_overwritten(
 
     # the lock was released: once the damaged file is moved aside, the volatile tiers open intact
     database.rename(storage / "damaged.sqlite3")
-    async with MemoryManager(config) as reopened:
+    async with MemoryManager(sqlite_config) as reopened:
         for tier in ("short", "medium"):
             found = await reopened.get_memory(ids[tier])
             assert found is not None and found.tier is MemoryTier(tier)
@@ -78,16 +78,16 @@ async def test_corrupted_database_is_reported_and_never_overwritten(
 
 
 async def test_corrupted_log_is_reported_and_never_overwritten(
-    config: ContextManagerConfig, storage: Path
+    sqlite_config: ContextManagerConfig, storage: Path
 ) -> None:
-    ids = await fill(config)
+    ids = await fill(sqlite_config)
     log = storage / "memories.jsonl"
     lines = log.read_bytes().split(b"\n")
     lines[0] = lines[0][: len(lines[0]) // 2]  # a damaged line in the middle of the log
     log.write_bytes(b"\n".join(lines))
     before = snapshot_files(storage)
 
-    manager = MemoryManager(config)
+    manager = MemoryManager(sqlite_config)
     with pytest.raises(StorageCorruptedError, match="line 1") as caught:
         await manager.initialize()
     assert caught.value.path == log
@@ -95,19 +95,19 @@ async def test_corrupted_log_is_reported_and_never_overwritten(
     assert log.read_bytes() == before["memories.jsonl"]  # the healthy database may be opened and closed
 
     log.rename(storage / "damaged.jsonl")
-    async with MemoryManager(config) as reopened:  # the long-term tier is unaffected
+    async with MemoryManager(sqlite_config) as reopened:  # the long-term tier is unaffected
         found = await reopened.get_memory(ids["long"])
         assert found is not None and found.tier is MemoryTier.LONG
     assert (storage / "damaged.jsonl").read_bytes() == before["memories.jsonl"]
 
 
 async def test_torn_last_log_line_is_skipped_with_a_warning(
-    config: ContextManagerConfig, storage: Path, caplog: pytest.LogCaptureFixture
+    sqlite_config: ContextManagerConfig, storage: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ids = await fill(config)
+    ids = await fill(sqlite_config)
     append_bytes(storage / "memories.jsonl", b'{"op": "put", "m": {"id": "torn", "content": "never acknow')
     with caplog.at_level(logging.WARNING, logger="context_manager.core.memory.file_store"):
-        async with MemoryManager(config) as reopened:
+        async with MemoryManager(sqlite_config) as reopened:
             for memory_id in ids.values():
                 assert await reopened.get_memory(memory_id) is not None
             assert await reopened.get_memory("torn") is None
@@ -115,18 +115,18 @@ async def test_torn_last_log_line_is_skipped_with_a_warning(
     assert "incomplete record" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="context_manager.core.memory.file_store"):
-        async with MemoryManager(config) as again:  # the next append started on its own line
+        async with MemoryManager(sqlite_config) as again:  # the next append started on its own line
             assert await again.get_memory(after.id) is not None
             assert (await again.check_integrity())["ok"]
     assert "incomplete record" not in caplog.text
 
 
 async def test_every_store_file_is_private(
-    config: ContextManagerConfig, storage: Path, tmp_path: Path
+    sqlite_config: ContextManagerConfig, storage: Path, tmp_path: Path
 ) -> None:
     previous = os.umask(0o002)  # a permissive umask must not leak into the store's modes
     try:
-        async with MemoryManager(config) as manager:
+        async with MemoryManager(sqlite_config) as manager:
             await manager.add_memory("private note", importance=0.95)
             await manager.add_memory("medium note", tier="medium")
             await manager.optimize()  # rewrites the log through a temporary file

@@ -11,7 +11,7 @@ from context_manager.core.errors import (
     MemoryNotFoundError,
 )
 from context_manager.core.memory.consolidation import near_duplicate_groups
-from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier, new_memory_id
+from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.tiers import TierMovement
 from context_manager.core.memory.validation import (
@@ -57,18 +57,18 @@ class MemoryCuration(TierMovement):
         ):
             raise InvalidMemoryError("semantic_threshold", semantic_threshold, "a number > 0 and <= 1")
         check_user(user_id, allow_all=True)
-        self._stores("consolidate_memories")
-        async with self._write_lock:
+        backend = self._require("consolidate_memories")
+        # one consolidation at a time across every process sharing the storage, reading inside the lock:
+        # a memory another process merged meanwhile is superseded and is not merged twice
+        async with self._write_lock, backend.exclusive("consolidate"):
             await self._flush_touches_locked()
-            memories = [
-                m
-                for m in await asyncio.to_thread(self._all_memories)
-                if m.superseded_by is None and (user_id is ALL_USERS or m.user_id == user_id)
-            ]
-            groups = near_duplicate_groups(
+            memories = [m for m in await backend.scan(user_id, every_copy=False) if m.superseded_by is None]
+            cosine = await self._cosine_function(memories) if self.embedder is not None else None
+            groups = await asyncio.to_thread(
+                near_duplicate_groups,
                 memories,
                 float(similarity_threshold),
-                self._cosine_function() if self.embedder is not None else None,
+                cosine,
                 float(semantic_threshold),
             )
             now = self._clock()
@@ -127,7 +127,8 @@ class MemoryCuration(TierMovement):
             raise MemoryNotFoundError(merged_id)
         if not merged.merged_from:
             raise InvalidMemoryError("merged_id", merged_id, "the id of a consolidated memory")
-        async with self._write_lock:
+        backend = self._require("undo_consolidation")
+        async with self._write_lock, backend.exclusive("consolidate"):
             originals = await self._get_all_copies(merged.merged_from)
             restored = [m.copy(superseded_by=None) for m in originals if m.superseded_by == merged_id]
             await self._put_all([], restored)
@@ -165,27 +166,35 @@ class MemoryCuration(TierMovement):
         if keep_importance is not None:
             keep_importance = check_importance(keep_importance, field="keep_importance")
         check_user(user_id, allow_all=True)
-        self._stores("cleanup_old_memories")
+        backend = self._require("cleanup_old_memories")
         cutoff = self._clock() - float(max_age_days) * 86400.0
         async with self._write_lock:
             await self._flush_touches_locked()
-            copies = await asyncio.to_thread(self._all_copies)
+            copies = await backend.scan(user_id, every_copy=True)
             by_tier = {tier.value: 0 for tier in MemoryTier}
-            removed: dict[str, Memory] = {}
-            superseded_removed: set[str] = set()
+            doomed: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
+            memories: dict[str, Memory] = {}
             for memory in copies:
-                if user_id is not ALL_USERS and memory.user_id != user_id:
-                    continue
                 is_superseded = remove_superseded and memory.superseded_by is not None
                 too_old = max(memory.created_at, memory.last_accessed) < cutoff and (
                     keep_importance is None or memory.importance < keep_importance
                 )
                 if is_superseded or too_old:
-                    await self._remove(memory.id, memory.tier)
-                    by_tier[memory.tier.value] += 1
-                    removed[memory.id] = memory
-                    if is_superseded:
-                        superseded_removed.add(memory.id)
+                    doomed[memory.tier].append(memory.id)
+                    memories[memory.id] = memory
+            removed: dict[str, Memory] = {}
+            for tier, ids in doomed.items():
+                # only what this call deleted counts (another process may have removed some meanwhile)
+                present = await backend.delete(tier, ids)
+                by_tier[tier.value] += len(present)
+                for memory_id in present:
+                    removed[memory_id] = memories[memory_id]
+                    self._pending_touches.pop(memory_id, None)
+            if removed and self.embedder is not None:
+                await backend.delete_vectors(sorted(removed))
+            superseded_removed = {
+                memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
+            }
         return {
             "removed_count": len(removed),
             "by_tier": by_tier,

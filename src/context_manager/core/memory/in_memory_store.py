@@ -21,7 +21,7 @@ from context_manager.core.memory.index import (
     search_fts_weighted,
 )
 from context_manager.core.memory.models import Memory, MemoryTier
-from context_manager.core.memory.store import TurnKey
+from context_manager.core.memory.store import CandidateFilter, TurnKey
 
 __all__ = ["InMemoryStore", "Journal"]
 
@@ -61,6 +61,8 @@ class InMemoryStore:
         self._next_rowid = 1
         self._tags: dict[str, set[str]] = {}
         self._turns: dict[TurnKey, str] = {}
+        self._last_turns: dict[tuple[str | None, str], int] = {}
+        self._superseded = 0
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
         self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
@@ -95,6 +97,10 @@ class InMemoryStore:
             key = _turn_key(memory)
             if key is not None:
                 self._turns[key] = memory.id
+                session = (key[0], key[1])
+                self._last_turns[session] = max(self._last_turns.get(session, key[2]), key[2])
+            if memory.superseded_by is not None:
+                self._superseded += 1
             rows.append((rowid, *fts_row(memory)))
         self._connection.executemany(
             f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
@@ -128,6 +134,8 @@ class InMemoryStore:
 
     def _unindex(self, memory_id: str) -> None:
         memory = self._memories.pop(memory_id)
+        if memory.superseded_by is not None:
+            self._superseded -= 1
         rowid = self._rowids.pop(memory_id)
         del self._ids_by_rowid[rowid]
         self._connection.execute(f"DELETE FROM {_TABLE} WHERE rowid = ?", (rowid,))
@@ -156,23 +164,46 @@ class InMemoryStore:
                 found[memory_id] = memory
         return found
 
-    def search(self, match: str, limit: int) -> list[tuple[Memory, float]]:
-        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first."""
-        if not self._memories:
-            return []
-        return [
-            (self._memories[self._ids_by_rowid[rowid]], score)
-            for rowid, score in search_fts(self._connection, _TABLE, match, limit)
-        ]
+    def search(
+        self, match: str, limit: int, *, filters: CandidateFilter | None = None
+    ) -> list[tuple[Memory, float]]:
+        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first.
 
-    def search_weighted(self, parts: Sequence[tuple[str, float]], limit: int) -> list[tuple[Memory, float]]:
-        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first."""
+        With ``filters`` (or superseded memories present) every match is scored and filtered before the
+        limit: the tier is bounded, and a filter applied after a fixed top-N would miss matches.
+        """
         if not self._memories:
             return []
-        return [
+        if filters is None and not self._superseded:
+            return [
+                (self._memories[self._ids_by_rowid[rowid]], score)
+                for rowid, score in search_fts(self._connection, _TABLE, match, limit)
+            ]
+        found = [
             (self._memories[self._ids_by_rowid[rowid]], score)
-            for rowid, score in search_fts_weighted(self._connection, _TABLE, parts, limit)
+            for rowid, score in search_fts(self._connection, _TABLE, match, len(self._memories))
         ]
+        return [pair for pair in found if _passes(pair[0], filters)][:limit]
+
+    def search_weighted(
+        self, parts: Sequence[tuple[str, float]], limit: int, *, filters: CandidateFilter | None = None
+    ) -> list[tuple[Memory, float]]:
+        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first.
+
+        ``filters`` apply as in :meth:`search`.
+        """
+        if not self._memories:
+            return []
+        unfiltered = filters is None and not self._superseded
+        found = [
+            (self._memories[self._ids_by_rowid[rowid]], score)
+            for rowid, score in search_fts_weighted(
+                self._connection, _TABLE, parts, limit if unfiltered else len(self._memories)
+            )
+        ]
+        if unfiltered:
+            return found
+        return [pair for pair in found if _passes(pair[0], filters)][:limit]
 
     def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
         """How many memories contain each indexed (stemmed) term."""
@@ -199,6 +230,10 @@ class InMemoryStore:
             if memory_id is not None:
                 found.append(self._memories[memory_id])
         return found
+
+    def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
+        """The highest turn index this store has held for a conversation session, or ``None``."""
+        return self._last_turns.get((user_id, session_id))
 
     def all(self) -> Iterator[Memory]:
         """Iterate over every memory (a snapshot, safe to mutate the store meanwhile)."""
@@ -236,11 +271,27 @@ class InMemoryStore:
         self._ids_by_rowid.clear()
         self._tags.clear()
         self._turns.clear()
+        self._last_turns.clear()
+        self._superseded = 0
         self.load(memories)
 
     def close(self) -> None:
         """Release the in-memory index."""
         self._connection.close()
+
+
+def _passes(memory: Memory, filters: CandidateFilter | None) -> bool:
+    if memory.superseded_by is not None:
+        return False
+    if filters is None:
+        return True
+    if filters.tags is not None and filters.tags.isdisjoint(memory.tags):
+        return False
+    if filters.min_importance is not None and memory.importance < filters.min_importance:
+        return False
+    if filters.since is not None and memory.created_at < filters.since:
+        return False
+    return not (filters.until is not None and memory.created_at > filters.until)
 
 
 def _turn_key(memory: Memory) -> TurnKey | None:

@@ -252,20 +252,23 @@ def search_fts_weighted(
     return [(int(rowid), -float(score)) for rowid, score in rows]
 
 
-def weighted_search_sql(table: str, parts: int) -> str:
+def weighted_search_sql(table: str, parts: int, *, limited: bool = True) -> str:
     """SQL ranking rows by a weighted sum of per-part BM25 scores (best first, as ``rowid, score``).
 
-    Parameters: ``factor, match`` for each part, then the limit. ``score`` is negative like FTS5's rank.
+    Parameters: ``factor, match`` for each part, then the limit (when ``limited``). ``score`` is negative
+    like FTS5's rank.
     """
     union = " UNION ALL ".join(
         f"SELECT rowid, rank * ? AS score FROM {table} WHERE {table} MATCH ?" for _ in range(parts)
     )
-    return f"SELECT rowid, sum(score) AS score FROM ({union}) GROUP BY rowid ORDER BY score LIMIT ?"
+    tail = " ORDER BY score LIMIT ?" if limited else ""
+    return f"SELECT rowid, sum(score) AS score FROM ({union}) GROUP BY rowid{tail}"
 
 
-def weighted_search_parameters(parts: Sequence[tuple[str, float]], limit: int) -> list[Any]:
-    """The parameters of :func:`weighted_search_sql` for ``(match, factor)`` parts."""
-    return [value for match, factor in parts for value in (factor, match)] + [limit]
+def weighted_search_parameters(parts: Sequence[tuple[str, float]], limit: int | None) -> list[Any]:
+    """The parameters of :func:`weighted_search_sql` for ``(match, factor)`` parts (no limit: unlimited)."""
+    values: list[Any] = [value for match, factor in parts for value in (factor, match)]
+    return values if limit is None else [*values, limit]
 
 
 class VectorIndex:

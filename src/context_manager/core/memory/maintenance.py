@@ -47,77 +47,37 @@ class MemoryMaintenance(TierMovement):
             ``vectors``), ``storage_path`` and, for :data:`ALL_USERS`, ``by_user``.
         """
         check_user(user_id, allow_all=True)
-        short, medium, long_store = self._stores("get_memory_stats")
-        by_tier = {tier.value: 0 for tier in MemoryTier}
-        by_user: dict[str, int] = {}
-        seen: set[str] = set()
-        superseded = 0
-        oldest: float | None = None
-        newest: float | None = None
-        importance_total = 0.0
-        # the in-process tiers are bounded: walked on the loop (a consistent snapshot, fastest tier first)
-        for memory in list(short.all()) + list(medium.all()):
-            if user_id is not ALL_USERS and memory.user_id != user_id:
-                continue
-            by_tier[memory.tier.value] += 1
-            if memory.id in seen:
-                continue
-            seen.add(memory.id)
-            owner = "default" if memory.user_id is None else memory.user_id
-            by_user[owner] = by_user.get(owner, 0) + 1
-            if memory.superseded_by is not None:
-                superseded += 1
-            oldest = memory.created_at if oldest is None else min(oldest, memory.created_at)
-            newest = memory.created_at if newest is None else max(newest, memory.created_at)
-            importance_total += memory.importance
-        total = len(seen)
-        # the long-term tier: SQL aggregates, leaving out the memories already counted from a faster tier
-        for tally in await asyncio.to_thread(long_store.tally, list(seen)):
-            if user_id is not ALL_USERS and tally.user_id != user_id:
-                continue
-            by_tier[MemoryTier.LONG.value] += tally.copies
-            if tally.count == 0:
-                continue
-            total += tally.count
-            owner = "default" if tally.user_id is None else tally.user_id
-            by_user[owner] = by_user.get(owner, 0) + tally.count
-            superseded += tally.superseded
-            assert tally.oldest is not None and tally.newest is not None
-            oldest = tally.oldest if oldest is None else min(oldest, tally.oldest)
-            newest = tally.newest if newest is None else max(newest, tally.newest)
-            importance_total += tally.importance_total
+        backend = self._require("get_memory_stats")
+        counted = await backend.stats(user_id)
+        by_tier = counted.by_tier
+        total = counted.total
         capacity = {
             "short": self.config.short_term_memory_size,
             "medium": self.config.medium_term_memory_size,
             "long": self.config.long_term_memory_size,
         }
-        assert self._log is not None
-        log_bytes = self._log.size()
-        database_bytes = long_store.size()
+        sizes = await backend.size()
         stats: dict[str, Any] = {
             "total_memories": total,
             "by_tier": by_tier,
             "capacity": capacity,
             "over_capacity": [tier for tier, count in by_tier.items() if count > capacity[tier]],
-            "superseded": superseded,
-            "oldest": oldest,
-            "newest": newest,
-            "mean_importance": importance_total / total if total else None,
-            "bytes_on_disk": {
-                "log": log_bytes,
-                "database": database_bytes,
-                "total": log_bytes + database_bytes,
-            },
+            "superseded": counted.superseded,
+            "oldest": counted.oldest,
+            "newest": counted.newest,
+            "mean_importance": counted.importance_total / total if total else None,
+            "bytes_on_disk": sizes,
             "pending_access_updates": len(self._pending_touches),
             "index": {
                 "status": "ok",
-                "engine": "sqlite-fts5 bm25",
-                "vectors": sum(len(index) for index in self._vectors.values()),
+                "engine": "sqlite-fts5 bm25" if backend.kind == "sqlite" else "postgresql tsvector",
+                "vectors": backend.vector_count(),
             },
-            "storage_path": str(self.storage_path),
+            "backend": backend.kind,
+            "storage_path": str(self.storage_path) if backend.kind == "sqlite" else backend.location,
         }
         if user_id is ALL_USERS:
-            stats["by_user"] = by_user
+            stats["by_user"] = counted.by_user
         return stats
 
     async def export_memories(self, path: str | Path, *, user_id: UserScope = None) -> int:
@@ -127,10 +87,10 @@ class MemoryMaintenance(TierMovement):
         """
         check_user(user_id, allow_all=True)
         target = check_path(path)
-        self._stores("export_memories")
+        backend = self._require("export_memories")
         async with self._write_lock:
             await self._flush_touches_locked()
-            copies = await asyncio.to_thread(self._all_copies)
+            copies = await backend.scan(user_id, every_copy=False)
 
         def write() -> int:
             seen: set[str] = set()
@@ -139,7 +99,7 @@ class MemoryMaintenance(TierMovement):
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 for memory in copies:
-                    if memory.id in seen or (user_id is not ALL_USERS and memory.user_id != user_id):
+                    if memory.id in seen:
                         continue
                     seen.add(memory.id)
                     handle.write(json.dumps(memory.to_dict(), ensure_ascii=False) + "\n")
@@ -168,7 +128,7 @@ class MemoryMaintenance(TierMovement):
             StorageError: the file cannot be read.
         """
         source = check_path(path)
-        short, medium, long_store = self._stores("import_memories")
+        backend = self._require("import_memories")
         try:
             lines = await asyncio.to_thread(source.read_text, encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
@@ -196,21 +156,21 @@ class MemoryMaintenance(TierMovement):
                     detail=str(error),
                 ) from error
             memories[memory.id] = memory
-        self._owners.update(memory.user_id for memory in memories.values())
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             existing = await self._get_many(list(memories))
             for memory_id in existing:
                 for copy in await self._locate(memory_id):
                     await self._remove(memory_id, copy.tier, moving=True)
-            placement = self._place_for_import(list(memories.values()))
-            long_items = placement[MemoryTier.LONG]
-            for start in range(0, len(long_items), _IMPORT_BATCH * 5):
-                await asyncio.to_thread(long_store.put, long_items[start : start + _IMPORT_BATCH * 5])
-            for store, tier in ((medium, MemoryTier.MEDIUM), (short, MemoryTier.SHORT)):
+            placement = await self._place_for_import(list(memories.values()))
+            for tier, batch in (
+                (MemoryTier.LONG, _IMPORT_BATCH * 5),
+                (MemoryTier.MEDIUM, _IMPORT_BATCH),
+                (MemoryTier.SHORT, _IMPORT_BATCH),
+            ):
                 items = placement[tier]
-                for start in range(0, len(items), _IMPORT_BATCH):
-                    store.put(items[start : start + _IMPORT_BATCH])
+                for start in range(0, len(items), batch):
+                    await backend.put(tier, items[start : start + batch])
             for tier, items in placement.items():
                 by_tier[tier.value] = len(items)
             if self.embedder is not None:
@@ -220,16 +180,16 @@ class MemoryMaintenance(TierMovement):
         self._maybe_compact()
         return {"imported": len(memories), "replaced": len(existing), "by_tier": by_tier}
 
-    def _place_for_import(self, memories: list[Memory]) -> dict[MemoryTier, list[Memory]]:
+    async def _place_for_import(self, memories: list[Memory]) -> dict[MemoryTier, list[Memory]]:
         """Put each memory in its recorded tier; overflow (least valuable first) flows down a tier."""
-        short, medium, _ = self._stores("import_memories")
+        backend = self._require("import_memories")
         now = self._clock()
         placement: dict[MemoryTier, list[Memory]] = {tier: [] for tier in MemoryTier}
         for memory in memories:
             placement[memory.tier].append(memory)
         room = {
-            MemoryTier.SHORT: self.config.short_term_memory_size - short.count(),
-            MemoryTier.MEDIUM: self.config.medium_term_memory_size - medium.count(),
+            MemoryTier.SHORT: self.config.short_term_memory_size - await backend.count(MemoryTier.SHORT),
+            MemoryTier.MEDIUM: self.config.medium_term_memory_size - await backend.count(MemoryTier.MEDIUM),
         }
         for tier, lower in ((MemoryTier.SHORT, MemoryTier.MEDIUM), (MemoryTier.MEDIUM, MemoryTier.LONG)):
             items = placement[tier]
@@ -246,23 +206,13 @@ class MemoryMaintenance(TierMovement):
         Returns:
             ``log_bytes_before``/``after``, ``database_bytes_before``/``after``, ``duration_ms``.
         """
-        short, medium, long_store = self._stores("optimize")
+        backend = self._require("optimize")
         started = time.perf_counter()
         async with self._write_lock:
             await self._flush_touches_locked()
-            database_before = long_store.size()
-            log_before, log_after = await self._compact_locked()
-            short.optimize_index()
-            medium.optimize_index()
-            await asyncio.to_thread(long_store.optimize)
-            database_after = long_store.size()
-        return {
-            "log_bytes_before": log_before,
-            "log_bytes_after": log_after,
-            "database_bytes_before": database_before,
-            "database_bytes_after": database_after,
-            "duration_ms": (time.perf_counter() - started) * 1000.0,
-        }
+            report = dict(await backend.optimize())
+        report["duration_ms"] = (time.perf_counter() - started) * 1000.0
+        return report
 
     async def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
         """Check the database and every FTS5 index.
@@ -279,35 +229,24 @@ class MemoryMaintenance(TierMovement):
             ``ok`` (bool), ``mode`` (``"full"`` or ``"quick"``), ``sqlite``, ``fts``, ``short_index``,
             ``medium_index`` (``"ok"`` or problems).
         """
-        short, medium, long_store = self._stores("check_integrity")
-        if quick:
-            result: dict[str, Any] = dict(
-                await asyncio.to_thread(long_store.check_integrity, quick=True)
-            )
-            # the in-process indexes are checked on the loop: no write can interleave with the check
-            result["short_index"] = short.check_index()
-            result["medium_index"] = medium.check_index()
+        backend = self._require("check_integrity")
+        if quick:  # writes go on meanwhile (a separate read-only connection)
+            result: dict[str, Any] = dict(await backend.check_integrity(quick=True))
         else:
             async with self._write_lock:
-                result = dict(await asyncio.to_thread(long_store.check_integrity))
-                result["short_index"] = short.check_index()
-                result["medium_index"] = medium.check_index()
+                result = dict(await backend.check_integrity())
         result["ok"] = all(value == "ok" for value in result.values())
         result["mode"] = "quick" if quick else "full"
         return result
 
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; return the rows indexed per tier."""
-        short, medium, long_store = self._stores("rebuild_index")
+        backend = self._require("rebuild_index")
         async with self._write_lock:
-            weights = self.ranking.effective_columns
-            short.rebuild_index(weights)
-            medium.rebuild_index(weights)
-            long_count = await asyncio.to_thread(long_store.rebuild_index)
-        return {"short": short.count(), "medium": medium.count(), "long": long_count}
+            return await backend.rebuild_index()
 
     async def flush(self) -> None:
         """Persist pending access-count updates and finish background moves now."""
-        self._stores("flush")
+        self._require("flush")
         await self._drain_background()
         await self._flush_touches()

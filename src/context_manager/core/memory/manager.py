@@ -19,6 +19,12 @@ Every acknowledged write is durable: the journal line is flushed to the OS (fsyn
 (``storage_path/.lock``, holding pid and host) stops a second process from opening the same storage:
 it gets :class:`~context_manager.core.errors.StorageLockedError`.
 
+Storage: ``config.memory_backend`` picks the backend (:mod:`~context_manager.core.memory.backend`):
+``"sqlite"`` (the default, files under ``storage_path``, one process) or ``"postgres"`` (one PostgreSQL
+database at ``config.postgres_dsn`` shared by many processes and hosts; every acknowledged write is
+committed on the server, and no lock file is used). The placement, movement and ranking rules above are
+the same on both.
+
 Example:
     >>> async with MemoryManager(ContextManagerConfig(storage_path="/tmp/mem")) as memory:
     ...     await memory.add_memory("Paris is the capital of France", importance=0.8, tags=["geo"])
@@ -27,25 +33,15 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from pathlib import Path
 from types import TracebackType
 
 from context_manager.core.errors import LifecycleError
+from context_manager.core.memory.backend import MemoryBackend
 from context_manager.core.memory.curation import MemoryCuration
-from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
-from context_manager.core.memory.in_memory_store import InMemoryStore
-from context_manager.core.memory.locking import (
-    LOCK_FILE_NAME,
-    acquire_lock,
-    make_private_directory,
-    release_lock,
-)
 from context_manager.core.memory.maintenance import MemoryMaintenance
-from context_manager.core.memory.models import ALL_USERS, AllUsers, MemoryTier
+from context_manager.core.memory.models import ALL_USERS, AllUsers
 from context_manager.core.memory.search import MemorySearch
-from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME, SQLiteStore
 from context_manager.core.memory.writing import MemoryWriting
 
 __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
@@ -74,7 +70,9 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             StorageLockedError: another process (or another manager of this process) holds
                 ``storage_path``.
             StorageCorruptedError: the log or the database is damaged (nothing is overwritten).
-            StorageError: the directory cannot be created or a file cannot be opened.
+            StorageError: the directory cannot be created, a file cannot be opened, or the PostgreSQL
+                server cannot be reached.
+            MissingDependencyError: ``memory_backend="postgres"`` without the ``postgres`` extra.
             LifecycleError: the manager was closed.
         """
         async with self._lifecycle_lock:
@@ -85,52 +83,33 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             return
         if self._state == "closed":
             raise LifecycleError("initialize: this MemoryManager was closed; create a new one")
-        path = self.config.resolved_storage_path
-        await asyncio.to_thread(make_private_directory, path)
-        self._path = path
-        self._lock_fd = await asyncio.to_thread(acquire_lock, path / LOCK_FILE_NAME)
+        backend = self._create_backend()
+        self._path = self.config.resolved_storage_path
         try:
-            await asyncio.to_thread(self._open_stores, path)
+            await backend.open()
+            self._backend = backend
             if self.embedder is not None:
+                self._state = "ready"  # the vector channel reads and writes through the backend
                 await self._load_vectors()
         except BaseException:
-            self._close_stores()
-            release_lock(self._lock_fd)
-            self._lock_fd = None
+            self._state = "new"
+            self._backend = None
+            await backend.close()
             raise
         self._state = "ready"
         await self._rebalance()
-        logger.debug("memory opened at %s", path)
+        logger.debug("memory opened (%s at %s)", backend.kind, backend.location)
 
-    def _open_stores(self, path: Path) -> None:
+    def _create_backend(self) -> MemoryBackend:
+        config = self.config
         weights = self.ranking.effective_columns
-        long_store = SQLiteStore(path / DATABASE_FILE_NAME, fsync=self.config.fsync, weights=weights)
-        self._long = long_store
-        long_store.open()
-        log = JsonlLog(path / LOG_FILE_NAME, fsync=self.config.fsync)
-        self._log = log
-        live = log.open()
-        self._short = InMemoryStore(MemoryTier.SHORT, journal=log, weights=weights)
-        self._medium = FileStore(log, weights=weights)
-        short = [memory for memory in live.values() if memory.tier is MemoryTier.SHORT]
-        medium = [memory for memory in live.values() if memory.tier is not MemoryTier.SHORT]
-        self._short.load(short)
-        self._medium.load(medium)
-        self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
-        if short:
-            self._long_copies = set(long_store.get_many([memory.id for memory in short]))
+        if config.memory_backend == "postgres":
+            from context_manager.core.memory.postgres import PostgresBackend
 
-    def _close_stores(self) -> None:
-        if self._stemmer is not None:
-            self._stemmer.close()
-            self._stemmer = None
-        for store in (self._short, self._medium):
-            if store is not None:
-                store.close()
-        if self._log is not None:
-            self._log.close()
-        if self._long is not None:
-            self._long.close()
+            return PostgresBackend.from_config(config, weights=weights)
+        from context_manager.core.memory.local_backend import LocalBackend
+
+        return LocalBackend(config.resolved_storage_path, fsync=config.fsync, weights=weights)
 
     async def close(self) -> None:
         """Finish background work, persist pending access updates, close files and release the lock.
@@ -150,9 +129,9 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
                 await self._flush_touches_locked()
         finally:
             self._state = "closed"
-            await asyncio.to_thread(self._close_stores)
-            release_lock(self._lock_fd)
-            self._lock_fd = None
+            backend, self._backend = self._backend, None
+            if backend is not None:
+                await backend.close()
             logger.debug("memory closed")
 
     async def __aenter__(self) -> MemoryManager:

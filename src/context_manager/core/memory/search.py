@@ -1,31 +1,24 @@
 """Ranked search (``MemoryManager.search_memory``) and tag search across the three tiers.
 
-Lexical candidates come from one FTS5 BM25 engine per tier (comparable scores), the vector channel adds
-its nearest neighbours, conversation neighbours join, and :func:`~context_manager.core.memory.ranking.fuse`
-orders them. Returned memories count as accessed; those updates are written in batches.
+The backend returns lexical candidates with BM25 scores comparable across tiers (filters applied in its
+candidate query), the vector channel adds its nearest neighbours, conversation neighbours join, and
+:func:`~context_manager.core.memory.ranking.fuse` orders them: the same ranking on every backend. Returned
+memories count as accessed; those updates are written in batches.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Literal
 
 from context_manager.core.errors import InvalidMemoryError
-from context_manager.core.memory.index import Stemmer, build_match, owner_token, query_tokens
+from context_manager.core.memory.backend import LexicalQuery
+from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
-from context_manager.core.memory.ranking import (
-    Candidate,
-    fuse,
-    idf_corrections,
-    named_speakers,
-    parse_session_date,
-    prune_common_terms,
-    uniform_correction,
-)
+from context_manager.core.memory.ranking import Candidate, fuse, named_speakers, parse_session_date
 from context_manager.core.memory.state import UserScope
-from context_manager.core.memory.store import MemoryStore, TurnKey
+from context_manager.core.memory.store import TurnKey
 from context_manager.core.memory.tiers import TierMovement
 from context_manager.core.memory.validation import (
     check_importance,
@@ -38,12 +31,7 @@ from context_manager.core.memory.validation import (
 
 __all__ = ["MemorySearch"]
 
-if TYPE_CHECKING:
-    from context_manager.core.memory.sqlite_store import SQLiteStore
-
-_T = TypeVar("_T")
 _TOUCH_BATCH = 256
-_INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop when its lock is free
 
 
 class MemorySearch(TierMovement):
@@ -92,117 +80,40 @@ class MemorySearch(TierMovement):
             min_importance = check_importance(min_importance, field="min_importance")
         since_ts = check_time(since, "since")
         until_ts = check_time(until, "until")
-        short, medium, long_store = self._stores("search_memory")
+        backend = self._require("search_memory")
         tokens = query_tokens(query)
         if limit == 0 or not tokens:
             return []
         weights = self.ranking
-        # the owner clause costs a join with a long doclist: skip it while only this owner has memories
-        single_owner = user_id is not ALL_USERS and self._owners <= {user_id}
-        owner = None if user_id is ALL_USERS or single_owner else owner_token(user_id)
-        filtered = bool(tag_filter or min_importance is not None or since_ts or until_ts)
-        pool = max(weights.candidates, 2 * limit) * (4 if filtered else 1)
-        search_long = tier_filter is None or MemoryTier.LONG in tier_filter
-        stems = self._stems(tokens)
-        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop; the
-        # long-term store's only while its lock is free (a writer thread may hold it for a long commit)
-        long_counts: dict[str, int] | None = None
-        if search_long:  # an index seek per word: inline unless a writer holds the store
-            long_counts = await _read_long(long_store, long_store.document_frequencies, stems)
-        tier_totals = {short.tier: short.count(), medium.tier: medium.count()}
-        tier_frequencies = {
-            short.tier: short.document_frequencies(stems),
-            medium.tier: medium.document_frequencies(stems),
-        }
-        if long_counts is not None:
-            tier_totals[MemoryTier.LONG] = long_store.count()
-            tier_frequencies[MemoryTier.LONG] = long_counts
-        frequencies: dict[str, int] = {}
-        for tier_counts in tier_frequencies.values():
-            for term, count in tier_counts.items():
-                frequencies[term] = frequencies.get(term, 0) + count
-        total = sum(tier_totals.values())
-        kept = prune_common_terms(
-            tokens,
-            stems,
-            frequencies,
-            total,
-            weights.common_term_ratio,
-            weights.common_term_min_documents,
-            weights.common_term_max_documents,
+        pool = max(weights.candidates, 2 * limit)
+        lexical = LexicalQuery(
+            tokens=tuple(tokens),
+            limit=pool,
+            scope=user_id,
+            tiers=None if tier_filter is None else frozenset(tier_filter),
+            tags=None if tag_filter is None else frozenset(tag_filter),
+            min_importance=min_importance,
+            since=since_ts,
+            until=until_ts,
+            common_term_ratio=weights.common_term_ratio,
+            common_term_min_documents=weights.common_term_min_documents,
+            common_term_max_documents=weights.common_term_max_documents,
         )
-        stem_of = dict(zip(tokens, stems, strict=True))
-        match = build_match(kept, owner)
-
-        def tier_search(store: MemoryStore) -> list[tuple[Memory, float]]:
-            """BM25 candidates of one tier, scored with the IDF of every tier searched (comparable)."""
-            corrections = idf_corrections(
-                [stem_of[token] for token in kept],
-                tier_frequencies[store.tier],
-                tier_totals[store.tier],
-                frequencies,
-                total,
-            )
-            factor = uniform_correction(corrections)
-            if factor is not None:
-                return [(memory, bm25 * factor) for memory, bm25 in store.search(match, pool)]
-            parts = [(build_match([token], owner), corrections.get(stem_of[token], 1.0)) for token in kept]
-            return store.search_weighted(parts, pool)
-
-        def keep(memory: Memory) -> bool:
-            if memory.superseded_by is not None:
-                return False
-            if user_id is not ALL_USERS and memory.user_id != user_id:
-                return False
-            if tier_filter is not None and memory.tier not in tier_filter:
-                return False
-            if tag_filter is not None and tag_filter.isdisjoint(memory.tags):
-                return False
-            if min_importance is not None and memory.importance < min_importance:
-                return False
-            if since_ts is not None and memory.created_at < since_ts:
-                return False
-            return not (until_ts is not None and memory.created_at > until_ts)
-
-        use_vectors = self.embedder is not None and weights.vector > 0 and bool(self._vectors)
-        long_hits: list[tuple[Memory, float]] = []
-        if search_long:
-            long_frequencies = tier_frequencies[MemoryTier.LONG]
-            postings = sum(long_frequencies.get(stem_of[token], 0) for token in kept)
-            if long_frequencies and postings <= _INLINE_POSTINGS:
-                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
-                long_hits = await _read_long(long_store, tier_search, long_store)
-            else:
-                long_hits = await asyncio.to_thread(tier_search, long_store)
-        query_vector = (await self._embed([query]))[0] if use_vectors else None
-        found: dict[str, tuple[Memory, float]] = {}
-        for store in (short, medium):
-            if tier_filter is not None and store.tier not in tier_filter:
-                continue
-            for memory, bm25 in tier_search(store):
-                if keep(memory):
-                    found[memory.id] = (memory, bm25)
-        for memory, bm25 in long_hits:
-            if not keep(memory):
-                continue
-            previous = found.get(memory.id)
-            if previous is None:
-                found[memory.id] = (memory, bm25)
-            elif bm25 > previous[1]:
-                found[memory.id] = (previous[0], bm25)  # keep the fastest tier's copy
+        use_vectors = self.embedder is not None and weights.vector > 0 and backend.vector_count() > 0
+        found: dict[str, tuple[Memory, float]] = {
+            memory.id: (memory, bm25) for memory, bm25 in await backend.search(lexical)
+        }
+        keep = lexical.accepts
 
         cosines: dict[str, float] = {}
-        if query_vector is not None:
-            indexes = self._vectors.values() if owner is None else [self._vectors.get(owner)]
+        if use_vectors:
+            query_vector = (await self._embed([query]))[0]
             extra: list[str] = []
-            for index in indexes:
-                if index is None:
-                    continue
-                for memory_id, cosine in index.search(query_vector, pool):
-                    cosines[memory_id] = cosine
-                    if memory_id not in found:
-                        extra.append(memory_id)
-                cosines.update(index.scores_for(query_vector, [i for i in found if i not in cosines]))
+            for memory_id, cosine in await backend.nearest(query_vector, user_id, pool):
+                cosines[memory_id] = cosine
+                if memory_id not in found:
+                    extra.append(memory_id)
+            cosines.update(await backend.similarities(query_vector, [i for i in found if i not in cosines]))
             if extra:
                 for memory in (await self._get_many(extra)).values():
                     if keep(memory):
@@ -230,11 +141,6 @@ class MemorySearch(TierMovement):
         if len(self._pending_touches) >= _TOUCH_BATCH:
             self._spawn(self._flush_touches())
         return results
-
-    def _stems(self, tokens: Sequence[str]) -> list[str]:
-        if self._stemmer is None:
-            self._stemmer = Stemmer()
-        return self._stemmer.stems(tokens)
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)
@@ -276,9 +182,7 @@ class MemorySearch(TierMovement):
                     wanted.append(key)
         if not wanted:
             return
-        short, medium, long_store = self._stores("search_memory")
-        neighbours = short.find_turns(wanted) + medium.find_turns(wanted)
-        neighbours += await asyncio.to_thread(long_store.find_turns, wanted)
+        neighbours = await self._require("search_memory").find_turns(wanted)
         for memory in neighbours:
             if memory.id not in found and keep(memory):
                 found[memory.id] = (memory, 0.0)
@@ -314,21 +218,16 @@ class MemorySearch(TierMovement):
         limit = check_limit(limit)
         check_user(user_id, allow_all=True)
         tier_filter = check_tiers(tiers)
-        short, medium, long_store = self._stores("search_by_tags")
+        backend = self._require("search_by_tags")
         if limit == 0:
             return []
-        found: dict[str, Memory] = {}
-        if tier_filter is None or MemoryTier.LONG in tier_filter:
-            for memory in await asyncio.to_thread(long_store.with_tags, wanted):
-                found[memory.id] = memory
-        for store in (medium, short):
-            if tier_filter is None or store.tier in tier_filter:
-                for memory in store.with_tags(wanted):
-                    found[memory.id] = memory
+        found = await backend.with_tags(
+            wanted, user_id, None if tier_filter is None else frozenset(tier_filter)
+        )
         required = set(wanted)
         selected = [
             memory
-            for memory in found.values()
+            for memory in found
             if memory.superseded_by is None
             and (user_id is ALL_USERS or memory.user_id == user_id)
             and (tier_filter is None or memory.tier in tier_filter)
@@ -336,14 +235,3 @@ class MemorySearch(TierMovement):
         ]
         selected.sort(key=lambda m: (-m.importance, -m.created_at))
         return [memory.copy() for memory in selected[:limit]]
-
-
-async def _read_long(store: SQLiteStore, read: Callable[..., _T], *args: Any) -> _T:
-    """Run a short read of the long-term store on the loop when its lock is free, else in a thread.
-
-    The loop never waits on the lock: a writer thread holding it for a long transaction would stall it.
-    """
-    with store.held_if_free() as free:
-        if free:
-            return read(*args)
-    return await asyncio.to_thread(read, *args)

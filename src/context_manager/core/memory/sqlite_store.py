@@ -33,7 +33,7 @@ from context_manager.core.memory.index import (
 )
 from context_manager.core.memory.migrations import FTS_TABLE, apply_migrations
 from context_manager.core.memory.models import Memory, MemoryTier
-from context_manager.core.memory.store import TurnKey
+from context_manager.core.memory.store import CandidateFilter, TurnKey
 from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +50,7 @@ _COLUMNS = (
     "superseded_by, merged_from, context"
 )
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
+_QUALIFIED = ", ".join("m." + column.strip() for column in _COLUMNS.split(","))
 
 
 @dataclass(frozen=True)
@@ -321,27 +322,59 @@ class SQLiteStore:
                 self._db.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is not None
             )
 
-    def search(self, match: str, limit: int) -> list[tuple[Memory, float]]:
-        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first."""
+    def search(
+        self, match: str, limit: int, *, filters: CandidateFilter | None = None
+    ) -> list[tuple[Memory, float]]:
+        """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first.
+
+        ``filters`` (superseded, importance, time and tag predicates) apply inside the query, before the
+        limit, so a filtered search finds matches however many unfiltered ones rank higher.
+        """
+        where, parameters = _filter_sql(filters)
         with self._guard():
-            rows = self._db.execute(
-                f"SELECT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, r.score "
-                f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-                "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
-                (match, limit),
-            ).fetchall()
+            if not where:
+                rows = self._db.execute(
+                    f"SELECT m.rowid, {_QUALIFIED}, r.score "
+                    f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
+                    "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
+                    (match, limit),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    f"SELECT m.rowid, {_QUALIFIED}, r.score "
+                    f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?) AS r "
+                    f"JOIN memories AS m ON m.rowid = r.rowid WHERE {where} ORDER BY r.score LIMIT ?",
+                    (match, *parameters, limit),
+                ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
-    def search_weighted(self, parts: Sequence[tuple[str, float]], limit: int) -> list[tuple[Memory, float]]:
-        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first."""
+    def search_weighted(
+        self, parts: Sequence[tuple[str, float]], limit: int, *, filters: CandidateFilter | None = None
+    ) -> list[tuple[Memory, float]]:
+        """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first.
+
+        ``filters`` apply as in :meth:`search`.
+        """
         if not parts:
             return []
+        where, parameters = _filter_sql(filters)
+        if not where:
+            inner, inner_parameters = (
+                weighted_search_sql(FTS_TABLE, len(parts)),
+                weighted_search_parameters(parts, limit),
+            )
+            tail: tuple[Any, ...] = ()
+            suffix = "ORDER BY r.score"
+        else:
+            inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
+            inner_parameters = weighted_search_parameters(parts, None)
+            tail = (*parameters, limit)
+            suffix = f"WHERE {where} ORDER BY r.score LIMIT ?"
         with self._guard():
             rows = self._db.execute(
-                f"SELECT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}, r.score "
-                f"FROM ({weighted_search_sql(FTS_TABLE, len(parts))}) AS r "
-                "JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
-                weighted_search_parameters(parts, limit),
+                f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
+                f"JOIN memories AS m ON m.rowid = r.rowid {suffix}",
+                (*inner_parameters, *tail),
             ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
@@ -352,7 +385,7 @@ class SQLiteStore:
         marks = ",".join("?" * len(tags))
         with self._guard():
             rows = self._db.execute(
-                f"SELECT DISTINCT m.rowid, {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+                f"SELECT DISTINCT m.rowid, {_QUALIFIED} "
                 "FROM memory_tags AS t JOIN memories AS m ON m.rowid = t.memory_rowid "
                 f"WHERE t.tag IN ({marks})",
                 list(tags),
@@ -371,6 +404,15 @@ class SQLiteStore:
                     if memory.user_id == user_id:
                         found.append(memory)
         return found
+
+    def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
+        """The highest turn index stored for a conversation session of a user, or ``None``."""
+        with self._guard():
+            row = self._db.execute(
+                "SELECT max(turn_index) FROM memories WHERE session_id = ? AND user_id IS ?",
+                (session_id, user_id),
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def all(self) -> Iterator[Memory]:
         """Iterate over every memory, in chunks (the lock is not held between chunks)."""
@@ -617,6 +659,31 @@ def _memory(row: Sequence[Any]) -> Memory:
     )
 
 
+def _filter_sql(filters: CandidateFilter | None) -> tuple[str, list[Any]]:
+    """The SQL predicates (on ``m``, the memories table) and parameters of a candidate filter."""
+    if filters is None:
+        return "", []
+    clauses = ["m.superseded_by IS NULL"]
+    parameters: list[Any] = []
+    if filters.min_importance is not None:
+        clauses.append("m.importance >= ?")
+        parameters.append(filters.min_importance)
+    if filters.since is not None:
+        clauses.append("m.created_at >= ?")
+        parameters.append(filters.since)
+    if filters.until is not None:
+        clauses.append("m.created_at <= ?")
+        parameters.append(filters.until)
+    if filters.tags:
+        tags = sorted(tag for tag in filters.tags if encodable(tag))
+        marks = ",".join("?" * len(tags)) or "NULL"
+        clauses.append(
+            f"EXISTS (SELECT 1 FROM memory_tags AS t WHERE t.memory_rowid = m.rowid AND t.tag IN ({marks}))"
+        )
+        parameters.extend(tags)
+    return " AND ".join(clauses), parameters
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """Roll back the open transaction, if SQLite has not already done so.
 
@@ -625,5 +692,3 @@ def _rollback(db: sqlite3.Connection) -> None:
     """
     if db.in_transaction:
         db.execute("ROLLBACK")
-
-

@@ -1,7 +1,8 @@
 """The state every part of :class:`~context_manager.core.memory.manager.MemoryManager` shares.
 
-:class:`ManagerState` holds the settings, the three stores, the write lock, the pending access updates
-and the background tasks, and reads memories by id across tiers. The other parts of the manager build on
+:class:`ManagerState` holds the settings, the storage backend (the three tiers, see
+:mod:`~context_manager.core.memory.backend`), the write lock, the pending access updates and the
+background tasks, and reads memories by id across tiers. The other parts of the manager build on
 it: :mod:`~context_manager.core.memory.tiers` (writes to a tier, movement between tiers, vectors, log
 compaction), :mod:`~context_manager.core.memory.writing` (add, update, delete),
 :mod:`~context_manager.core.memory.search`, :mod:`~context_manager.core.memory.curation` (consolidation,
@@ -23,12 +24,9 @@ from context_manager.core.errors import (
     InvalidMemoryError,
     LifecycleError,
 )
-from context_manager.core.memory.file_store import FileStore, JsonlLog
-from context_manager.core.memory.in_memory_store import InMemoryStore
-from context_manager.core.memory.index import Stemmer, VectorIndex
-from context_manager.core.memory.models import AllUsers, Memory
+from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
+from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory
 from context_manager.core.memory.ranking import RankingWeights
-from context_manager.core.memory.sqlite_store import SQLiteStore
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.embeddings import Embedder
@@ -80,19 +78,11 @@ class ManagerState:
         self._clock: Clock = clock if clock is not None else time.time
         self._state: Literal["new", "ready", "closed"] = "new"
         self._path: Path | None = None
-        self._lock_fd: int | None = None
-        self._log: JsonlLog | None = None
-        self._short: InMemoryStore | None = None
-        self._medium: FileStore | None = None
-        self._long: SQLiteStore | None = None
+        self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()
         self._lifecycle_lock = asyncio.Lock()  # initialize() and close() run one at a time
         self._pending_touches: dict[str, tuple[float, int]] = {}
-        self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
-        self._vectors: dict[str, VectorIndex] = {}
-        self._stemmer: Stemmer | None = None
-        self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
         self._compacting = False
@@ -108,9 +98,15 @@ class ManagerState:
         """True between ``initialize()`` and ``close()``."""
         return self._state == "ready"
 
-    def _stores(self, operation: str) -> tuple[InMemoryStore, FileStore, SQLiteStore]:
-        if self._state == "ready" and self._short and self._medium and self._long:
-            return self._short, self._medium, self._long
+    @property
+    def backend(self) -> MemoryBackend | None:
+        """The storage backend holding the tiers (``None`` before ``initialize()``)."""
+        return self._backend
+
+    def _require(self, operation: str) -> MemoryBackend:
+        backend = self._backend
+        if self._state == "ready" and backend is not None:
+            return backend
         if self._state == "new":
             raise LifecycleError(
                 f"{operation}: the memory manager is not initialized; call `await initialize()` first"
@@ -143,39 +139,30 @@ class ManagerState:
         return None if memory is None else memory.copy()
 
     async def _get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
-        short, medium, long_store = self._stores("get_memory")
-        found = await asyncio.to_thread(long_store.get_many, list(ids))
-        found.update(medium.get_many(ids))
-        found.update(short.get_many(ids))
+        """The fastest-tier copy of each memory among ``ids``."""
+        found: dict[str, Memory] = {}
+        for memory in await self._require("get_memory").copies(list(ids)):
+            previous = found.get(memory.id)
+            if previous is None or TIER_ORDER[memory.tier] < TIER_ORDER[previous.tier]:
+                found[memory.id] = memory
         return found
 
     async def _get_all_copies(self, ids: Sequence[str]) -> list[Memory]:
-        short, medium, long_store = self._stores("copies")
-        found = list((await asyncio.to_thread(long_store.get_many, list(ids))).values())
-        found += list(medium.get_many(ids).values()) + list(short.get_many(ids).values())
-        return found
+        return await self._require("copies").copies(list(ids))
 
     async def _locate(self, memory_id: str) -> list[Memory]:
         """Every stored copy of a memory, fastest tier first."""
-        short, medium, long_store = self._stores("locate")
-        copies = [m for m in (short.get(memory_id), medium.get(memory_id)) if m is not None]
-        in_long = await asyncio.to_thread(long_store.get, memory_id)
-        if in_long is not None:
-            copies.append(in_long)
-        return copies
+        copies = await self._require("locate").copies([memory_id])
+        return sorted(copies, key=lambda memory: TIER_ORDER[memory.tier])
 
-    def _all_memories(self) -> list[Memory]:
-        short, medium, long_store = self._short, self._medium, self._long
-        assert short is not None and medium is not None and long_store is not None
-        found: dict[str, Memory] = {}
-        for memory in long_store.all():
-            found[memory.id] = memory
-        for store in (medium, short):
-            for memory in store.all():
-                found[memory.id] = memory
-        return list(found.values())
+    async def stored_copies(self, *, user_id: UserScope = ALL_USERS) -> list[Memory]:
+        """Every stored copy of every memory of ``user_id`` (all users by default), each with its tier.
 
-    def _all_copies(self) -> list[Memory]:
-        short, medium, long_store = self._short, self._medium, self._long
-        assert short is not None and medium is not None and long_store is not None
-        return list(short.all()) + list(medium.all()) + list(long_store.all())
+        A memory with a long-term copy appears twice. Copies are returned, not the stored objects. Meant
+        for inspection, migration and tests; a whole scan of the storage.
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``close()``.
+        """
+        copies = await self._require("stored_copies").scan(user_id, every_copy=True)
+        return [memory.copy() for memory in copies]

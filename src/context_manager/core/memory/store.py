@@ -1,8 +1,10 @@
-"""The :class:`MemoryStore` protocol: what a tier's storage must do.
+"""The :class:`MemoryStore` protocol: what one tier's embedded storage must do.
 
-Stores are synchronous and hold one tier each; :class:`~context_manager.core.memory.manager.MemoryManager`
-runs the blocking ones off the event loop, ranks their candidates together and moves memories between
-them. A store that outgrows one machine (PostgreSQL with pgvector, say) implements this protocol.
+Embedded stores are synchronous and hold one tier each (:class:`~.in_memory_store.InMemoryStore`,
+:class:`~.file_store.FileStore`, :class:`~.sqlite_store.SQLiteStore`);
+:class:`~context_manager.core.memory.local_backend.LocalBackend` runs the blocking ones off the event loop,
+ranks their candidates together and moves memories between them. Storage shared by many processes
+(PostgreSQL) implements the tier-level :class:`~context_manager.core.memory.backend.MemoryBackend` instead.
 """
 
 from __future__ import annotations
@@ -12,10 +14,34 @@ from typing import Protocol, runtime_checkable
 
 from context_manager.core.memory.models import Memory, MemoryTier
 
-__all__ = ["MemoryStore", "TurnKey"]
+__all__ = ["CandidateFilter", "MemoryStore", "TurnKey"]
 
 TurnKey = tuple[str | None, str, int]
 """Identifies a conversation turn: ``(user_id, session_id, turn_index)``."""
+
+
+class CandidateFilter(Protocol):
+    """Predicates a search applies inside its candidate query (superseded memories are always left out)."""
+
+    @property
+    def tags(self) -> frozenset[str] | None:
+        """Only memories carrying at least one of these tags."""
+        ...
+
+    @property
+    def min_importance(self) -> float | None:
+        """Only memories at least this important."""
+        ...
+
+    @property
+    def since(self) -> float | None:
+        """Only memories created at or after this time."""
+        ...
+
+    @property
+    def until(self) -> float | None:
+        """Only memories created at or before this time."""
+        ...
 
 
 @runtime_checkable

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,13 +17,18 @@ from context_manager.core.errors import InvalidMemoryError, describe_value
 from context_manager.core.memory.models import ALL_USERS, MemoryTier
 from context_manager.core.text import encodable
 
+_NO_NUL = "text without NUL characters (PostgreSQL cannot store them)"
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # an escaped NUL, not an escaped backslash + "u0000"
+
 
 def check_content(content: Any) -> None:
-    """Content must be a non-empty string of valid Unicode."""
+    """Content must be a non-empty string of valid Unicode, without NUL characters."""
     if not isinstance(content, str) or not content.strip():
         raise InvalidMemoryError("content", content, "a non-empty string")
     if not encodable(content):
         raise InvalidMemoryError("content", content, "valid Unicode text (no lone surrogates)")
+    if "\x00" in content:
+        raise InvalidMemoryError("content", content, _NO_NUL)
 
 
 def check_importance(value: Any, *, field: str = "importance") -> float:
@@ -40,9 +46,9 @@ def check_tags(tags: Any) -> list[str]:
         raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
     result: dict[str, None] = {}
     for tag in tags:
-        if not isinstance(tag, str) or not tag.strip() or not encodable(tag):
+        if not isinstance(tag, str) or not tag.strip() or not encodable(tag) or "\x00" in tag:
             detail = f"bad tag {describe_value(tag)}"  # describe_value: a tag may be too deep to repr
-            raise InvalidMemoryError("tags", tags, "a list of non-empty strings", detail=detail)
+            raise InvalidMemoryError("tags", tags, "a list of non-empty strings without NUL", detail=detail)
         result[tag] = None
     return list(result)
 
@@ -56,7 +62,10 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     try:
         text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")
-        return dict(json.loads(text))
+        copied = dict(json.loads(text))
+        if "\\u0000" in text and _has_nul(copied):
+            raise ValueError(f"a string holds a NUL character; allowed {_NO_NUL}")
+        return copied
     except RecursionError:  # nested deeper than the interpreter's stack: a JSON bomb
         raise InvalidMemoryError(
             "metadata", "<nested too deeply>", "a dict with string keys and JSON values", detail="too deep"
@@ -67,17 +76,36 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
         ) from error
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a JSON value (already parsed, so bounded in depth) holds a NUL in a key or string."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata made JSON-serialisable (values that are not become strings)."""
+    """Metadata made storable: values that are not JSON become strings, NUL characters become U+FFFD."""
     try:
-        return dict(json.loads(json.dumps(metadata, allow_nan=False, default=str)))
+        text = json.dumps(metadata, allow_nan=False, default=str)
     except (TypeError, ValueError):
-        return {key: str(value) for key, value in metadata.items()}
+        text = json.dumps({key: str(value) for key, value in metadata.items()}, default=str)
+    return dict(json.loads(_JSON_NUL.sub(r"\1\\ufffd", text)))
 
 
 def check_user(user_id: Any, *, allow_all: bool) -> None:
     """A non-empty string or ``None`` (and :data:`ALL_USERS` where ``allow_all``)."""
-    if user_id is None or (isinstance(user_id, str) and user_id and encodable(user_id)):
+    if user_id is None or (
+        isinstance(user_id, str) and user_id and encodable(user_id) and "\x00" not in user_id
+    ):
         return
     if allow_all and user_id is ALL_USERS:
         return

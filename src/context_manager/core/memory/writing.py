@@ -22,6 +22,7 @@ from context_manager.core.memory.validation import (
     check_user,
     json_safe,
 )
+from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.messages import Message
@@ -122,10 +123,9 @@ class MemoryWriting(TierMovement):
         check_user(user_id, allow_all=False)
         if tier is not None:
             check_tier(tier)
-        if not isinstance(source, str) or not source:
-            raise InvalidMemoryError("source", source, "a non-empty string")
+        if not isinstance(source, str) or not source or "\x00" in source or not encodable(source):
+            raise InvalidMemoryError("source", source, "a non-empty string of text without NUL")
         now = self._clock()
-        self._owners.add(user_id)
         return Memory(
             id=new_memory_id(),
             content=content,
@@ -139,47 +139,45 @@ class MemoryWriting(TierMovement):
         )
 
     async def _add_many(self, items: Sequence[tuple[Memory, MemoryTier | None]]) -> list[Memory]:
-        short, medium, long_store = self._stores("add_memory")
+        backend = self._require("add_memory")
         threshold = self.config.long_term_importance_threshold
         async with self._write_lock:
             for memory, _ in items:
-                self._attach_context(memory)
+                await self._attach_context(memory)
             to_short = [m for m, tier in items if tier in (None, MemoryTier.SHORT)]
             to_medium = [m for m, tier in items if tier is MemoryTier.MEDIUM]
             to_long = [m for m, tier in items if tier is MemoryTier.LONG]
             copies = [m.copy() for m, tier in items if tier is None and m.importance >= threshold]
-            if to_long or copies:
-                await asyncio.to_thread(long_store.put, to_long + copies)
-                self._long_copies.update(copy.id for copy in copies)
-            # The journal write is one small buffered write() of whole lines: it stays on the loop.
-            if to_short:
-                short.put(to_short)
-            if to_medium:
-                medium.put(to_medium)
+            await backend.put(MemoryTier.SHORT, to_short)
+            await backend.put(MemoryTier.MEDIUM, to_medium)
+            # after the short-term copies: the backend notes which short-term memories have a long copy
+            await backend.put(MemoryTier.LONG, to_long + copies)
             if self.embedder is not None:
                 await self._embed_and_store([m for m, _ in items])
-            overflowing = (
-                short.count() > self.config.short_term_memory_size
-                or medium.count() > self.config.medium_term_memory_size
-            )
-        if overflowing:
-            if short.count() > self.config.short_term_memory_size:
-                async with self._write_lock:
-                    await self._move_short_overflow()
-            if medium.count() > self.config.medium_term_memory_size:
-                self._spawn(self._rebalance())
+            short_over = await backend.count(MemoryTier.SHORT) > self.config.short_term_memory_size
+            medium_over = await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size
+            if short_over:
+                await self._move_short_overflow()
+        if medium_over:
+            self._spawn(self._rebalance())
         self._maybe_compact()
         return [memory for memory, _ in items]
 
-    def _attach_context(self, memory: Memory) -> None:
+    async def _attach_context(self, memory: Memory) -> None:
         """Index the previous turn of the same session with a conversation turn (low-weight column)."""
         session_id, turn_index = memory.session_id, memory.turn_index
         if session_id is None or turn_index is None:
             return
         key = (memory.user_id, session_id)
         previous = self._last_turn.get(key)
-        if previous is not None and previous[0] == turn_index - 1 and not memory.context:
-            memory.context = previous[1]
+        if not memory.context:
+            if previous is not None and previous[0] == turn_index - 1:
+                memory.context = previous[1]
+            elif turn_index > 0:  # written by another process, or before a restart: ask the storage
+                backend = self._require("add_memory")
+                found = await backend.find_turns([(memory.user_id, session_id, turn_index - 1)])
+                if found:
+                    memory.context = found[0].content[:300]
         if previous is None or turn_index >= previous[0]:
             self._last_turn[key] = (turn_index, memory.content[:300])
             if len(self._last_turn) > 10_000:
@@ -217,7 +215,10 @@ class MemoryWriting(TierMovement):
                 await asyncio.sleep(0)
             message_metadata = dict(message.metadata)
             turn_key = (user_id, str(message_metadata.get("session_id", session)))
-            turn_index = self._turn_counters.get(turn_key, 0)
+            turn_index = self._turn_counters.get(turn_key)
+            if turn_index is None:  # continue the session's numbering across restarts and processes
+                last = await self._require("remember_messages").last_turn_index(*turn_key)
+                turn_index = 0 if last is None else last + 1
             self._turn_counters[turn_key] = turn_index + 1
             metadata: dict[str, Any] = {
                 **message_metadata,
@@ -278,7 +279,7 @@ class MemoryWriting(TierMovement):
         if metadata is not None:
             changes["metadata"] = check_metadata(metadata)
         target = None if tier is None else check_tier(tier)
-        short, medium, long_store = self._stores("update_memory")
+        self._require("update_memory")
         async with self._write_lock:
             copies = await self._locate(memory_id)
             if not copies:
@@ -293,7 +294,6 @@ class MemoryWriting(TierMovement):
                     if copy.tier is not target:
                         await self._remove(copy.id, copy.tier, moving=True)
                 await self._put(primary, target)
-                self._long_copies.discard(memory_id)
             if self.embedder is not None and content is not None:
                 await self._embed_and_store([primary])
         result = await self.get_memory(memory_id)
@@ -308,7 +308,7 @@ class MemoryWriting(TierMovement):
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
-        self._stores("delete_memory")
+        self._require("delete_memory")
         async with self._write_lock:
             copies = await self._locate(memory_id)
             if not copies:

@@ -1,0 +1,262 @@
+"""The :class:`MemoryBackend` protocol: where the memory tiers live.
+
+:class:`~context_manager.core.memory.manager.MemoryManager` decides *what* goes where (placement by
+importance, overflow moves, promotion, consolidation, ranking); a backend stores the three tiers and
+answers queries about them. Two backends implement the protocol and run the same test suites:
+
+* :class:`~context_manager.core.memory.local_backend.LocalBackend` (``memory_backend="sqlite"``, the
+  default): one process, files under ``storage_path``: the short-term tier in process (journaled),
+  the medium-term tier in an append-only JSONL log, the long-term tier in SQLite with FTS5.
+* :class:`~context_manager.core.memory.postgres.PostgresBackend` (``memory_backend="postgres"``): many
+  processes and hosts share one PostgreSQL database; every tier is a row set of one table (a tier is a
+  column), searched with ``tsvector`` and pgvector.
+
+Every method is a coroutine; a backend runs its blocking I/O off the event loop. A memory may have a
+copy in two tiers (a short-term memory with a long-term copy); methods that return memories say
+whether they return every copy or one per memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
+from context_manager.core.memory.store import TurnKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
+__all__ = ["TIER_ORDER", "BackendStats", "LexicalQuery", "MemoryBackend", "VectorHit", "in_scope"]
+
+UserScope = str | None | AllUsers
+
+TIER_ORDER: dict[MemoryTier, int] = {MemoryTier.SHORT: 0, MemoryTier.MEDIUM: 1, MemoryTier.LONG: 2}
+"""Fastest tier first: when a memory has two copies, the faster one is the one reported."""
+
+VectorHit = tuple[str, float]
+"""``(memory_id, cosine)``."""
+
+
+def in_scope(memory: Memory, scope: UserScope) -> bool:
+    """Whether ``memory`` belongs to the user scope (``ALL_USERS`` covers everyone)."""
+    return scope is ALL_USERS or memory.user_id == scope
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalQuery:
+    """A full-text query: the words of the user's text and the filters every candidate must pass.
+
+    The backend ranks candidates by BM25 (or its closest equivalent) over every tier searched, so scores
+    compare across tiers, and applies the filters in the candidate query itself (a filter applied after a
+    fixed top-N would miss matches).
+    """
+
+    tokens: tuple[str, ...]
+    """Distinct lower-case word tokens of the query (never query syntax)."""
+    limit: int
+    """How many candidates to return at most."""
+    scope: UserScope
+    """Whose memories: a user id, ``None`` (the default namespace) or ``ALL_USERS``."""
+    tiers: frozenset[MemoryTier] | None = None
+    """Only these tiers (``None``: every tier)."""
+    tags: frozenset[str] | None = None
+    """Only memories carrying at least one of these tags."""
+    min_importance: float | None = None
+    """Only memories at least this important."""
+    since: float | None = None
+    """Only memories created at or after this time (epoch seconds)."""
+    until: float | None = None
+    """Only memories created at or before this time."""
+    common_term_ratio: float = 0.1
+    """Words in more than this share of the memories are left out when rarer words remain."""
+    common_term_min_documents: int = 1000
+    """Words in at most this many memories are always kept."""
+    common_term_max_documents: int = 2000
+    """Words in more memories than this are left out when rarer words remain."""
+
+    @property
+    def filtered(self) -> bool:
+        """Whether a tag, importance or time filter narrows the candidates."""
+        return bool(
+            self.tags or self.min_importance is not None or self.since is not None or self.until is not None
+        )
+
+    def accepts(self, memory: Memory) -> bool:
+        """Whether ``memory`` passes every filter (superseded memories never do)."""
+        if memory.superseded_by is not None or not in_scope(memory, self.scope):
+            return False
+        if self.tiers is not None and memory.tier not in self.tiers:
+            return False
+        if self.tags is not None and self.tags.isdisjoint(memory.tags):
+            return False
+        if self.min_importance is not None and memory.importance < self.min_importance:
+            return False
+        if self.since is not None and memory.created_at < self.since:
+            return False
+        return not (self.until is not None and memory.created_at > self.until)
+
+
+@dataclass(slots=True)
+class BackendStats:
+    """Counts of one user scope (see :meth:`MemoryBackend.stats`)."""
+
+    total: int = 0
+    """Distinct memories."""
+    by_tier: dict[str, int] = field(default_factory=lambda: {tier.value: 0 for tier in MemoryTier})
+    """Stored copies per tier (a memory with a long-term copy counts in two tiers)."""
+    by_user: dict[str, int] = field(default_factory=dict)
+    """Distinct memories per owner (``"default"`` for the default namespace)."""
+    superseded: int = 0
+    """Of ``total``, the ones a consolidation superseded."""
+    oldest: float | None = None
+    """Smallest ``created_at``."""
+    newest: float | None = None
+    """Largest ``created_at``."""
+    importance_total: float = 0.0
+    """Sum of the importance of ``total``."""
+
+
+@runtime_checkable
+class MemoryBackend(Protocol):
+    """Storage of the three memory tiers (see the module docstring)."""
+
+    kind: str
+    """``"sqlite"`` or ``"postgres"``."""
+    shared: bool
+    """Whether other processes may use the same storage at the same time."""
+
+    @property
+    def location(self) -> str:
+        """Where the memories are (a directory, or a DSN with the password left out)."""
+        ...
+
+    async def open(self) -> None:
+        """Open (creating and migrating if needed) the storage."""
+        ...
+
+    async def close(self) -> None:
+        """Release files, connections and locks."""
+        ...
+
+    # -- tiers -----------------------------------------------------------------------------------
+
+    async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
+        """Insert or replace memories in ``tier`` (durably) before returning."""
+        ...
+
+    async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
+        """Move memories from ``source`` to ``target`` (never both lost and never left in neither)."""
+        ...
+
+    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
+        """Delete memories from ``tier``; return the ids that were there."""
+        ...
+
+    async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record ``id -> (last_accessed, access_count)`` in every tier holding the id."""
+        ...
+
+    async def copies(self, ids: Sequence[str]) -> list[Memory]:
+        """Every stored copy of the memories among ``ids`` (fastest tier first per id)."""
+        ...
+
+    async def count(self, tier: MemoryTier) -> int:
+        """How many memories ``tier`` holds (every user)."""
+        ...
+
+    async def members(self, tier: MemoryTier) -> list[Memory]:
+        """Every memory of ``tier`` (the bounded tiers: short and medium)."""
+        ...
+
+    async def long_copies(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that also have a long-term copy."""
+        ...
+
+    async def scan(self, scope: UserScope, *, every_copy: bool) -> list[Memory]:
+        """Every memory of the scope: one per memory (fastest tier) or every stored copy."""
+        ...
+
+    async def with_tags(
+        self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None
+    ) -> list[Memory]:
+        """Memories (one per memory, fastest tier) of the scope carrying any of ``tags``."""
+        ...
+
+    async def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """The memories that are the given conversation turns (one per memory)."""
+        ...
+
+    async def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
+        """The highest turn index stored for a conversation session, or ``None``."""
+        ...
+
+    async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
+        """Full-text candidates (one per memory, fastest tier), best first, with a positive BM25 score."""
+        ...
+
+    # -- vectors ---------------------------------------------------------------------------------
+
+    async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
+        """Prepare the vector channel for an embedding model; return the memories without a vector."""
+        ...
+
+    async def save_vectors(self, model: str, memories: Sequence[Memory], vectors: numpy.ndarray) -> None:
+        """Store one normalised vector per memory."""
+        ...
+
+    async def delete_vectors(self, ids: Sequence[str]) -> None:
+        """Forget the vectors of ``ids``."""
+        ...
+
+    async def nearest(self, vector: numpy.ndarray, scope: UserScope, limit: int) -> list[VectorHit]:
+        """The memories of the scope whose vectors are most similar to ``vector``, best first."""
+        ...
+
+    async def similarities(self, vector: numpy.ndarray, ids: Sequence[str]) -> dict[str, float]:
+        """Cosine similarity of ``vector`` with the stored vector of each id that has one."""
+        ...
+
+    async def vectors_of(self, ids: Sequence[str]) -> dict[str, numpy.ndarray]:
+        """The stored vectors of ``ids`` (for consolidation)."""
+        ...
+
+    def vector_count(self) -> int:
+        """How many vectors the channel holds (as last known)."""
+        ...
+
+    # -- coordination and upkeep -----------------------------------------------------------------
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold a lock named ``name`` across every process using this storage (consolidation ...)."""
+        ...
+
+    def needs_compaction(self) -> bool:
+        """Whether :meth:`compact` would reclaim much (an append-only log full of dead records)."""
+        ...
+
+    async def compact(self) -> tuple[int, int]:
+        """Rewrite append-only files with the live records; bytes before and after (0, 0 if none)."""
+        ...
+
+    async def stats(self, scope: UserScope) -> BackendStats:
+        """Counts of the scope, computed where the data is."""
+        ...
+
+    async def size(self) -> dict[str, int]:
+        """Bytes used, by part (``log``, ``database`` ...; ``total``)."""
+        ...
+
+    async def optimize(self) -> dict[str, Any]:
+        """Compact and tidy the storage; report sizes before and after."""
+        ...
+
+    async def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
+        """Check the storage (``quick``: a cheaper check that lets writes go on); ``"ok"`` or the problems."""
+        ...
+
+    async def rebuild_index(self) -> dict[str, int]:
+        """Rebuild the full-text indexes from the stored memories; rows indexed per tier."""
+        ...

@@ -1,0 +1,626 @@
+"""``LocalBackend``: the embedded default, three tiers in files under ``storage_path``, one process.
+
+* short-term: :class:`~.in_memory_store.InMemoryStore` in process, every change journaled to the log;
+* medium-term: :class:`~.file_store.FileStore`, the append-only JSONL log (``memories.jsonl``) with an
+  in-memory FTS5 index;
+* long-term: :class:`~.sqlite_store.SQLiteStore` (``memories.sqlite3``, WAL, FTS5, versioned schema).
+
+A lock file (``storage_path/.lock``) keeps a second manager (in this process or another) from opening
+the same storage: it gets :class:`~context_manager.core.errors.StorageLockedError`. Blocking SQLite work
+runs on the backend's own storage threads (never queued behind user code on the default executor); a
+short long-term read runs inline when the database's lock is free.
+
+Every tier has its own FTS5 index: scores are made comparable by scaling each tier's BM25 with the IDF of
+every tier searched (:func:`~context_manager.core.memory.ranking.idf_corrections`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.backend import (
+    TIER_ORDER,
+    BackendStats,
+    LexicalQuery,
+    UserScope,
+    VectorHit,
+    in_scope,
+)
+from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
+from context_manager.core.memory.in_memory_store import InMemoryStore
+from context_manager.core.memory.index import ColumnWeights, Stemmer, VectorIndex, build_match, owner_token
+from context_manager.core.memory.locking import (
+    LOCK_FILE_NAME,
+    acquire_lock,
+    make_private_directory,
+    release_lock,
+)
+from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
+from context_manager.core.memory.ranking import idf_corrections, prune_common_terms, uniform_correction
+from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME, SQLiteStore
+from context_manager.core.memory.store import MemoryStore, TurnKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
+__all__ = ["LocalBackend"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_MOVE_CHUNK = 64  # short-term memories moved down to medium-term per event-loop step
+_DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
+_INLINE_POSTINGS = 5000  # long-term queries scoring fewer postings run on the loop when its lock is free
+
+
+class LocalBackend:
+    """The three tiers in files under one directory (see the module docstring).
+
+    Args:
+        path: The storage directory (created with mode 0o700).
+        fsync: fsync every acknowledged write (survives power loss).
+        weights: BM25 column weights of the full-text indexes.
+    """
+
+    kind = "sqlite"
+    shared = False
+
+    def __init__(self, path: Path, *, fsync: bool = False, weights: ColumnWeights | None = None) -> None:
+        self.path = path
+        """The storage directory."""
+        self._fsync = fsync
+        self._weights = weights or ColumnWeights()
+        self._lock_fd: int | None = None
+        self._log: JsonlLog | None = None
+        self.short: InMemoryStore | None = None
+        """The short-term store (``None`` until opened)."""
+        self.medium: FileStore | None = None
+        """The medium-term store (``None`` until opened)."""
+        self.long: SQLiteStore | None = None
+        """The long-term store (``None`` until opened)."""
+        self._executor: ThreadPoolExecutor | None = None
+        self._stemmer: Stemmer | None = None
+        self._owners: set[str | None] = set()  # every user_id that ever had a memory here (superset)
+        self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
+        self._vectors: dict[str, VectorIndex] = {}
+        self._vector_model: str | None = None
+
+    @property
+    def location(self) -> str:
+        """The storage directory."""
+        return str(self.path)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the directory, take the lock, open the database, replay the log."""
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context-manager-storage")
+        try:
+            await self._run(make_private_directory, self.path)
+            self._lock_fd = await self._run(acquire_lock, self.path / LOCK_FILE_NAME)
+            await self._run(self._open_stores)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _open_stores(self) -> None:
+        long_store = SQLiteStore(self.path / DATABASE_FILE_NAME, fsync=self._fsync, weights=self._weights)
+        self.long = long_store
+        long_store.open()
+        log = JsonlLog(self.path / LOG_FILE_NAME, fsync=self._fsync)
+        self._log = log
+        live = log.open()
+        self.short = InMemoryStore(MemoryTier.SHORT, journal=log, weights=self._weights)
+        self.medium = FileStore(log, weights=self._weights)
+        short = [memory for memory in live.values() if memory.tier is MemoryTier.SHORT]
+        medium = [memory for memory in live.values() if memory.tier is not MemoryTier.SHORT]
+        self.short.load(short)
+        self.medium.load(medium)
+        self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
+        if short:
+            self._long_copies = set(long_store.get_many([memory.id for memory in short]))
+
+    async def close(self) -> None:
+        """Close the stores and the log, release the lock and the storage threads."""
+        if self._executor is not None:
+            with contextlib.suppress(Exception):
+                await self._run(self._close_stores)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        release_lock(self._lock_fd)
+        self._lock_fd = None
+
+    def _close_stores(self) -> None:
+        if self._stemmer is not None:
+            self._stemmer.close()
+            self._stemmer = None
+        for store in (self.short, self.medium):
+            if store is not None:
+                store.close()
+        if self._log is not None:
+            self._log.close()
+        if self.long is not None:
+            self.long.close()
+        self.short = self.medium = None
+        self.long = None
+        self._log = None
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking work on the storage threads."""
+        if self._executor is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, *args)
+        )
+
+    async def _read_long(self, read: Callable[..., _T], *args: Any) -> _T:
+        """Run a short read of the long-term store on the loop when its lock is free, else on a thread.
+
+        The loop never waits on the lock: a writer thread holding it for a long transaction would stall it.
+        """
+        with self._long_store.held_if_free() as free:
+            if free:
+                return read(*args)
+        return await self._run(read, *args)
+
+    @property
+    def _stores(self) -> tuple[InMemoryStore, FileStore, SQLiteStore]:
+        if self.short is None or self.medium is None or self.long is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        return self.short, self.medium, self.long
+
+    @property
+    def _long_store(self) -> SQLiteStore:
+        return self._stores[2]
+
+    def _volatile(self, tier: MemoryTier) -> InMemoryStore:
+        short, medium, _ = self._stores
+        return short if tier is MemoryTier.SHORT else medium
+
+    @property
+    def log(self) -> JsonlLog | None:
+        """The journal of the volatile tiers (``None`` until opened)."""
+        return self._log
+
+    # -- tiers -------------------------------------------------------------------------------------
+
+    async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
+        """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term)."""
+        if not memories:
+            return
+        self._owners.update(memory.user_id for memory in memories)
+        if tier is MemoryTier.LONG:
+            await self._run(self._long_store.put, list(memories))
+            short = self._stores[0]
+            self._long_copies.update(memory.id for memory in memories if memory.id in short)
+            return
+        store = self._volatile(tier)
+        if self._fsync:  # an fsync per journal write: off the loop
+            await self._run(store.put, list(memories))
+        else:  # one small buffered write() of whole lines: cheaper than a thread hop
+            store.put(memories)
+
+    async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
+        """Move memories down or up a tier, a bounded chunk per event-loop step.
+
+        Between volatile tiers the journal's ``put`` record is the move (a replay sees one tier); to
+        long-term the copy is committed before the volatile copy is dropped. A short-term memory moved
+        to long-term keeps its fast copy (the long-term one is the durable one).
+        """
+        if not memories or source is target:
+            return
+        ids = [memory.id for memory in memories]
+        if target is MemoryTier.LONG:
+            await self.put(MemoryTier.LONG, [memory.copy() for memory in memories])
+            if source is MemoryTier.MEDIUM:
+                medium = self._stores[1]
+                present = [i for i in ids if i in medium]
+                for start in range(0, len(present), _DELETE_CHUNK):
+                    if start:
+                        await asyncio.sleep(0)  # FTS deletes: a bounded chunk per event-loop step
+                    medium.delete(present[start : start + _DELETE_CHUNK])
+            return
+        if source is MemoryTier.LONG:
+            await self.put(target, memories)
+            await self.delete(MemoryTier.LONG, ids)
+            return
+        origin, destination = self._volatile(source), self._volatile(target)
+        for start in range(0, len(memories), _MOVE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            chunk = list(memories[start : start + _MOVE_CHUNK])
+            destination.put(chunk)  # the journal record of the move
+            origin.delete([memory.id for memory in chunk], log=False)
+            if source is MemoryTier.SHORT:
+                self._long_copies.difference_update(memory.id for memory in chunk)
+
+    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
+        """Delete memories from ``tier``; return the ids that were there."""
+        if not ids:
+            return []
+        if tier is MemoryTier.LONG:
+            present = await self._run(self._long_store.delete, list(ids))
+            self._long_copies.difference_update(ids)
+            return present
+        present = self._volatile(tier).delete(ids)
+        if tier is MemoryTier.SHORT:
+            self._long_copies.difference_update(ids)
+        return present
+
+    async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record access times and counts in every tier (one journal record, one transaction)."""
+        if not updates:
+            return
+        short, medium, long_store = self._stores
+        short.touch(updates)
+        medium.touch(updates)
+        await self._run(long_store.touch, dict(updates))
+
+    async def copies(self, ids: Sequence[str]) -> list[Memory]:
+        """Every stored copy of the memories among ``ids``, fastest tier first per id."""
+        short, medium, long_store = self._stores
+        wanted = list(ids)
+        in_long = await self._read_long(long_store.get_many, wanted) if wanted else {}
+        found: list[Memory] = []
+        for memory_id in wanted:
+            for store_copy in (short.get(memory_id), medium.get(memory_id), in_long.get(memory_id)):
+                if store_copy is not None:
+                    found.append(store_copy)
+        return found
+
+    async def count(self, tier: MemoryTier) -> int:
+        """How many memories ``tier`` holds."""
+        short, medium, long_store = self._stores
+        if tier is MemoryTier.LONG:
+            return long_store.count()
+        return (short if tier is MemoryTier.SHORT else medium).count()
+
+    async def members(self, tier: MemoryTier) -> list[Memory]:
+        """Every memory of ``tier``."""
+        if tier is MemoryTier.LONG:
+            return await self._run(lambda: list(self._long_store.all()))
+        return list(self._volatile(tier).all())
+
+    async def long_copies(self, ids: Sequence[str]) -> set[str]:
+        """The short-term ids among ``ids`` that also have a long-term copy."""
+        return {memory_id for memory_id in ids if memory_id in self._long_copies}
+
+    async def scan(self, scope: UserScope, *, every_copy: bool) -> list[Memory]:
+        """Every memory of the scope (one per memory, fastest tier; or every stored copy)."""
+        short, medium, long_store = self._stores
+        volatile = list(short.all()) + list(medium.all())
+        long_memories = await self._run(lambda: list(long_store.all()))
+        if every_copy:
+            return [m for m in volatile + long_memories if in_scope(m, scope)]
+        found: dict[str, Memory] = {}
+        for memory in long_memories:
+            found[memory.id] = memory
+        for memory in list(medium.all()) + list(short.all()):
+            found[memory.id] = memory
+        return [memory for memory in found.values() if in_scope(memory, scope)]
+
+    async def with_tags(
+        self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None
+    ) -> list[Memory]:
+        """Memories of the scope carrying any of ``tags`` (one per memory, fastest tier)."""
+        short, medium, long_store = self._stores
+        found: dict[str, Memory] = {}
+        if tiers is None or MemoryTier.LONG in tiers:
+            for memory in await self._run(long_store.with_tags, list(tags)):
+                found[memory.id] = memory
+        for store in (medium, short):
+            if tiers is None or store.tier in tiers:
+                for memory in store.with_tags(tags):
+                    found[memory.id] = memory
+        return [memory for memory in found.values() if in_scope(memory, scope)]
+
+    async def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """The memories that are the given conversation turns (one per memory, fastest tier)."""
+        short, medium, long_store = self._stores
+        found: dict[str, Memory] = {}
+        for memory in await self._read_long(long_store.find_turns, list(keys)):
+            found[memory.id] = memory
+        for memory in medium.find_turns(keys) + short.find_turns(keys):
+            found[memory.id] = memory
+        return list(found.values())
+
+    async def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
+        """The highest turn index stored for a conversation session, or ``None``."""
+        short, medium, long_store = self._stores
+        values = [short.last_turn_index(user_id, session_id), medium.last_turn_index(user_id, session_id)]
+        values.append(await self._read_long(long_store.last_turn_index, user_id, session_id))
+        present = [value for value in values if value is not None]
+        return max(present) if present else None
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def _stems(self, tokens: Sequence[str]) -> list[str]:
+        if self._stemmer is None:
+            self._stemmer = Stemmer()
+        return self._stemmer.stems(tokens)
+
+    async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
+        """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
+        short, medium, long_store = self._stores
+        tokens = list(query.tokens)
+        if not tokens or query.limit <= 0:
+            return []
+        tiers = query.tiers
+        search_long = tiers is None or MemoryTier.LONG in tiers
+        # the owner clause costs a join with a long doclist: skip it while only this owner has memories
+        scope = query.scope
+        single_owner = scope is not ALL_USERS and self._owners <= {scope}
+        owner = None if scope is ALL_USERS or single_owner else owner_token(scope)
+        stems = self._stems(tokens)
+        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop; the
+        # long-term store's only while its lock is free (a writer thread may hold it for a long commit)
+        volatile: list[MemoryStore] = [s for s in (short, medium) if tiers is None or s.tier in tiers]
+        tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
+        tier_frequencies: dict[MemoryTier, dict[str, int]] = {
+            store.tier: store.document_frequencies(stems) for store in volatile
+        }
+        if search_long:
+            tier_frequencies[MemoryTier.LONG] = await self._read_long(long_store.document_frequencies, stems)
+            tier_totals[MemoryTier.LONG] = long_store.count()
+        frequencies: dict[str, int] = {}
+        for tier_counts in tier_frequencies.values():
+            for term, count in tier_counts.items():
+                frequencies[term] = frequencies.get(term, 0) + count
+        total = sum(tier_totals.values())
+        kept = prune_common_terms(
+            tokens,
+            stems,
+            frequencies,
+            total,
+            query.common_term_ratio,
+            query.common_term_min_documents,
+            query.common_term_max_documents,
+        )
+        stem_of = dict(zip(tokens, stems, strict=True))
+        match = build_match(kept, owner)
+        filters = query if query.filtered else None
+
+        def tier_search(store: MemoryStore | SQLiteStore) -> list[tuple[Memory, float]]:
+            corrections = idf_corrections(
+                [stem_of[token] for token in kept],
+                tier_frequencies[store.tier],
+                tier_totals[store.tier],
+                frequencies,
+                total,
+            )
+            factor = uniform_correction(corrections)
+            if factor is not None:
+                return [
+                    (memory, bm25 * factor)
+                    for memory, bm25 in store.search(match, query.limit, filters=filters)  # type: ignore[call-arg]
+                ]
+            parts = [(build_match([token], owner), corrections.get(stem_of[token], 1.0)) for token in kept]
+            return store.search_weighted(parts, query.limit, filters=filters)  # type: ignore[call-arg]
+
+        long_hits: list[tuple[Memory, float]] = []
+        if search_long:
+            long_frequencies = tier_frequencies[MemoryTier.LONG]
+            postings = sum(long_frequencies.get(stem_of[token], 0) for token in kept)
+            if long_frequencies and postings <= _INLINE_POSTINGS:
+                # scoring a few thousand postings takes well under a millisecond: cheaper than a thread hop
+                long_hits = await self._read_long(tier_search, long_store)
+            elif long_frequencies:
+                long_hits = await self._run(tier_search, long_store)
+        found: dict[str, tuple[Memory, float]] = {}
+        for store in volatile:
+            for memory, bm25 in tier_search(store):
+                if query.accepts(memory):
+                    found[memory.id] = (memory, bm25)
+        for memory, bm25 in long_hits:
+            if not query.accepts(memory):
+                continue
+            previous = found.get(memory.id)
+            if previous is None:
+                found[memory.id] = (memory, bm25)
+            elif bm25 > previous[1]:
+                found[memory.id] = (previous[0], bm25)  # keep the fastest tier's copy
+        return sorted(found.values(), key=lambda pair: -pair[1])
+
+    # -- vectors -----------------------------------------------------------------------------------
+
+    async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
+        """Load the stored vectors of ``model`` into per-owner indexes; return memories without one."""
+        ids, matrix = await self._run(self._long_store.load_vectors, model, dimension)
+        self._vector_model = model
+        rows = dict(zip(ids, range(len(ids)), strict=True))
+        missing: list[Memory] = []
+        owners: dict[str, str] = {}
+        for memory in await self.scan(ALL_USERS, every_copy=False):
+            owners[memory.id] = owner_token(memory.user_id)
+            if memory.id not in rows:
+                missing.append(memory)
+        for memory_id, row in rows.items():
+            owner = owners.get(memory_id)
+            if owner is None:
+                continue
+            index = self._vectors.get(owner)
+            if index is None:
+                index = self._vectors[owner] = VectorIndex(dimension)
+            index.add([memory_id], matrix[row : row + 1])
+        return missing
+
+    async def save_vectors(self, model: str, memories: Sequence[Memory], vectors: numpy.ndarray) -> None:
+        """Keep vectors in the per-owner indexes and in the database."""
+        for memory, vector in zip(memories, vectors, strict=True):
+            owner = owner_token(memory.user_id)
+            index = self._vectors.get(owner)
+            if index is None:
+                index = self._vectors[owner] = VectorIndex(int(vectors.shape[1]))
+            index.add([memory.id], vector[None, :])
+        await self._run(self._long_store.save_vectors, model, [m.id for m in memories], vectors)
+
+    async def delete_vectors(self, ids: Sequence[str]) -> None:
+        """Forget the vectors of ``ids`` in the indexes and the database."""
+        if not ids:
+            return
+        for index in self._vectors.values():
+            index.remove(ids)
+        await self._run(self._long_store.delete_vectors, list(ids))
+
+    async def nearest(self, vector: numpy.ndarray, scope: UserScope, limit: int) -> list[VectorHit]:
+        """The most similar vectors of the scope's owners, best first."""
+        if scope is ALL_USERS:
+            indexes = list(self._vectors.values())
+        else:
+            index = self._vectors.get(owner_token(scope))
+            indexes = [] if index is None else [index]
+        hits = [hit for index in indexes for hit in index.search(vector, limit)]
+        hits.sort(key=lambda hit: -hit[1])
+        return hits[:limit]
+
+    async def similarities(self, vector: numpy.ndarray, ids: Sequence[str]) -> dict[str, float]:
+        """Cosine similarity with the stored vector of each id."""
+        scores: dict[str, float] = {}
+        for index in self._vectors.values():
+            scores.update(index.scores_for(vector, [i for i in ids if i not in scores]))
+        return scores
+
+    async def vectors_of(self, ids: Sequence[str]) -> dict[str, numpy.ndarray]:
+        """The stored vectors of ``ids``."""
+        found: dict[str, numpy.ndarray] = {}
+        for memory_id in ids:
+            for index in self._vectors.values():
+                vector = index.get(memory_id)
+                if vector is not None:
+                    found[memory_id] = vector
+                    break
+        return found
+
+    def vector_count(self) -> int:
+        """How many vectors the indexes hold."""
+        return sum(len(index) for index in self._vectors.values())
+
+    # -- coordination and upkeep -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One process owns the storage (the lock file): the manager's own write lock is enough."""
+        yield
+
+    async def stats(self, scope: UserScope) -> BackendStats:
+        """Counts of the scope: the volatile tiers walked in process, long-term by SQL aggregates."""
+        short, medium, long_store = self._stores
+        stats = BackendStats()
+        seen: set[str] = set()
+        # the in-process tiers are bounded: walked on the loop (a consistent snapshot, fastest tier first)
+        for memory in list(short.all()) + list(medium.all()):
+            if not in_scope(memory, scope):
+                continue
+            stats.by_tier[memory.tier.value] += 1
+            if memory.id in seen:
+                continue
+            seen.add(memory.id)
+            superseded = 1 if memory.superseded_by is not None else 0
+            _count_memory(
+                stats, memory.user_id, 1, superseded, memory.created_at, memory.created_at, memory.importance
+            )
+        # the long-term tier: SQL aggregates, leaving out the memories already counted from a faster tier
+        for tally in await self._run(long_store.tally, list(seen)):
+            if scope is not ALL_USERS and tally.user_id != scope:
+                continue
+            stats.by_tier[MemoryTier.LONG.value] += tally.copies
+            if tally.count == 0:
+                continue
+            assert tally.oldest is not None and tally.newest is not None
+            _count_memory(
+                stats,
+                tally.user_id,
+                tally.count,
+                tally.superseded,
+                tally.oldest,
+                tally.newest,
+                tally.importance_total,
+            )
+        return stats
+
+    async def size(self) -> dict[str, int]:
+        """Bytes on disk: the log, the database (with its WAL) and their total."""
+        log_bytes = self._log.size() if self._log is not None else 0
+        database_bytes = self._long_store.size()
+        return {"log": log_bytes, "database": database_bytes, "total": log_bytes + database_bytes}
+
+    def needs_compaction(self) -> bool:
+        """Whether the log holds many more records than live memories."""
+        log, short, medium = self._log, self.short, self.medium
+        if log is None or short is None or medium is None:
+            return False
+        return log.record_count > 2 * (short.count() + medium.count()) + 10_000
+
+    async def compact(self) -> tuple[int, int]:
+        """Rewrite the log with the live memories (call with the manager's write lock held)."""
+        short, medium, _ = self._stores
+        assert self._log is not None
+        live = [memory.copy() for memory in list(medium.all()) + list(short.all())]
+        return await self._run(self._log.compact, live)
+
+    async def optimize(self) -> dict[str, Any]:
+        """Compact the log, merge the FTS5 segments, checkpoint the WAL (call with the write lock)."""
+        short, medium, long_store = self._stores
+        database_before = long_store.size()
+        log_before, log_after = await self.compact()
+        short.optimize_index()
+        medium.optimize_index()
+        await self._run(long_store.optimize)
+        return {
+            "log_bytes_before": log_before,
+            "log_bytes_after": log_after,
+            "database_bytes_before": database_before,
+            "database_bytes_after": long_store.size(),
+        }
+
+    async def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
+        """Check the database and every FTS5 index: ``"ok"`` or the problems.
+
+        ``PRAGMA integrity_check``, or with ``quick`` ``quick_check`` on a separate read-only connection.
+        """
+        short, medium, long_store = self._stores
+        check = functools.partial(long_store.check_integrity, quick=quick)
+        result: dict[str, Any] = dict(await self._run(check))
+        # the in-process indexes are checked on the loop: no write can interleave with the check
+        result["short_index"] = short.check_index()
+        result["medium_index"] = medium.check_index()
+        return result
+
+    async def rebuild_index(self) -> dict[str, int]:
+        """Rebuild every FTS5 index from the stored memories; rows indexed per tier."""
+        short, medium, long_store = self._stores
+        short.rebuild_index(self._weights)
+        medium.rebuild_index(self._weights)
+        long_count = await self._run(long_store.rebuild_index)
+        return {"short": short.count(), "medium": medium.count(), "long": long_count}
+
+
+def _count_memory(
+    stats: BackendStats,
+    user_id: str | None,
+    count: int,
+    superseded: int,
+    oldest: float,
+    newest: float,
+    importance_total: float,
+) -> None:
+    stats.total += count
+    owner = "default" if user_id is None else user_id
+    stats.by_user[owner] = stats.by_user.get(owner, 0) + count
+    stats.superseded += superseded
+    stats.oldest = oldest if stats.oldest is None else min(stats.oldest, oldest)
+    stats.newest = newest if stats.newest is None else max(stats.newest, newest)
+    stats.importance_total += importance_total
+
+
+def fastest_first(copies: Sequence[Memory]) -> list[Memory]:
+    """Copies ordered fastest tier first (stable within a tier)."""
+    return sorted(copies, key=lambda memory: TIER_ORDER[memory.tier])

@@ -1,0 +1,724 @@
+"""``PostgresBackend``: the memory tiers in one PostgreSQL database shared by many processes and hosts.
+
+Every tier is a set of rows of ``cm_memories`` (``tier`` is a column); nothing acknowledged lives only in a
+process: a write returns after its transaction committed on the server. User isolation is a predicate on
+the indexed ``owner`` column of every query. Full-text search runs on the generated ``tsvector`` column
+(GIN index); user text becomes one ``plainto_tsquery`` per word, passed as a parameter, so it never reaches
+the server as query syntax. Each word's ``ts_rank`` is weighted by its inverse document frequency, read from
+the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that compares
+across tiers and feeds the same fusion as the SQLite backend. The vector channel uses pgvector (HNSW,
+cosine). Operations that must not run twice at once across processes (consolidation) hold a PostgreSQL
+advisory lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import ConfigurationError
+from context_manager.core.memory.backend import (
+    TIER_ORDER,
+    BackendStats,
+    LexicalQuery,
+    UserScope,
+    VectorHit,
+)
+from context_manager.core.memory.index import ColumnWeights
+from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
+from context_manager.core.memory.postgres.database import PostgresDatabase
+from context_manager.core.memory.postgres.schema import (
+    MIGRATIONS,
+    TEXT_SEARCH_CONFIG,
+    VECTOR_MIGRATIONS,
+    hnsw_index_statement,
+    tier_rank_sql,
+)
+from context_manager.core.memory.ranking import fts5_idf, prune_common_terms
+from context_manager.core.memory.store import TurnKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+
+__all__ = ["PostgresBackend"]
+
+logger = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "id, tier, user_id, content, importance, tags, created_at, last_accessed, access_count, metadata, "
+    "source, superseded_by, merged_from, context"
+)
+_STATISTICS_TTL = 60.0  # seconds the term statistics are reused before they are read again
+_ANALYZE_EVERY = 300.0  # seconds between the ANALYZEs this process may run when statistics are missing
+_RANK_NORMALIZATION = 1  # ts_rank divides by 1 + log(document length)
+_INSERT = (
+    "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
+    "last_accessed, access_count, metadata, source, superseded_by, merged_from, context, session_id, "
+    f"turn_index, session_date) VALUES ({', '.join(['%s'] * 19)}) "
+    "ON CONFLICT (id, tier) DO UPDATE SET owner = EXCLUDED.owner, user_id = EXCLUDED.user_id, "
+    "content = EXCLUDED.content, importance = EXCLUDED.importance, tags = EXCLUDED.tags, "
+    "tags_text = EXCLUDED.tags_text, "
+    "created_at = EXCLUDED.created_at, last_accessed = EXCLUDED.last_accessed, "
+    "access_count = EXCLUDED.access_count, metadata = EXCLUDED.metadata, source = EXCLUDED.source, "
+    "superseded_by = EXCLUDED.superseded_by, merged_from = EXCLUDED.merged_from, context = EXCLUDED.context, "
+    "session_id = EXCLUDED.session_id, turn_index = EXCLUDED.turn_index, session_date = EXCLUDED.session_date"
+)
+
+
+def owner_of(user_id: str | None) -> str:
+    """The ``owner`` column value of a user (``''``: the default namespace; user ids are never empty)."""
+    return "" if user_id is None else user_id
+
+
+class PostgresBackend:
+    """Memory tiers in PostgreSQL (see the module docstring).
+
+    Args:
+        database: The pool to use (shared with the persisted conversations).
+        weights: BM25 column weights (content, tags, previous turn, date) used as ``ts_rank`` weights.
+        owns_database: Close the database with the backend.
+    """
+
+    kind = "postgres"
+    shared = True
+
+    def __init__(
+        self, database: PostgresDatabase, *, weights: ColumnWeights | None = None, owns_database: bool = True
+    ) -> None:
+        self.database = database
+        """The connection pool."""
+        self._weights = weights or ColumnWeights()
+        self._owns_database = owns_database
+        self._lexemes: dict[str, tuple[str, ...]] = {}
+        self._term_frequencies: dict[str, float] = {}
+        self._rare_frequency = 0.0
+        self._rows_estimate = 0.0
+        self._statistics_read_at = -math.inf
+        self._analyzed_at = -math.inf
+        self._vector_model: str | None = None
+        self._vector_dimension = 0
+        self._vector_count = 0
+
+    @classmethod
+    def from_config(
+        cls, config: ContextManagerConfig, *, weights: ColumnWeights | None = None
+    ) -> PostgresBackend:
+        """A backend on ``config.postgres_dsn`` with its own pool.
+
+        Raises:
+            ConfigurationError: no DSN is configured.
+        """
+        if config.postgres_dsn is None:
+            raise ConfigurationError(
+                "postgres_dsn",
+                None,
+                "a PostgreSQL connection string when memory_backend='postgres' "
+                "(set postgres_dsn or PYTHON_CONTEXT_MANAGER_POSTGRES_DSN)",
+            )
+        database = PostgresDatabase(
+            config.postgres_dsn.get_secret_value(),
+            pool_size=config.postgres_pool_size,
+            connect_timeout=config.postgres_connect_timeout,
+        )
+        return cls(database, weights=weights)
+
+    @property
+    def location(self) -> str:
+        """The DSN without its password."""
+        return self.database.location
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool and apply the missing migrations (under an advisory lock)."""
+        await self.database.open()
+        try:
+            await self.database.migrate(MIGRATIONS)
+        except BaseException:
+            if self._owns_database:
+                await self.database.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the pool (when the backend owns it)."""
+        if self._owns_database:
+            await self.database.close()
+
+    async def _fetch(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = (), what: str = "query"
+    ) -> list[Any]:
+        async def run(connection: psycopg.AsyncConnection[Any]) -> list[Any]:
+            cursor = await connection.execute(sql, parameters)
+            return await cursor.fetchall()
+
+        return await self.database.run(run, what)
+
+    async def _memories(self, sql: str, parameters: Sequence[Any] = (), what: str = "read") -> list[Memory]:
+        return [_memory(row) for row in await self._fetch(sql, parameters, what)]
+
+    # -- tiers -------------------------------------------------------------------------------------
+
+    async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
+        """Insert or replace memories in ``tier`` in one committed transaction."""
+        if not memories:
+            return
+        for memory in memories:
+            memory.tier = tier
+        rows = [_row(memory) for memory in memories]
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction(), connection.cursor() as cursor:
+                await cursor.executemany(_INSERT, rows)
+
+        await self.database.run(write, "memory write")
+
+    async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
+        """Move memories between tiers in one transaction.
+
+        A short-term memory moved to long-term keeps its short-term copy.
+        """
+        if not memories or source is target:
+            return
+        ids = [memory.id for memory in memories]
+        copies = [memory.copy(tier=target) for memory in memories]
+        rows = [_row(memory) for memory in copies]
+        keep_source = source is MemoryTier.SHORT and target is MemoryTier.LONG
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction(), connection.cursor() as cursor:
+                await cursor.executemany(_INSERT, rows)
+                if not keep_source:
+                    await cursor.execute(
+                        "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s)", (source.value, ids)
+                    )
+
+        await self.database.run(write, "memory move")
+
+    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
+        """Delete memories from ``tier``; return the ids this call deleted."""
+        if not ids:
+            return []
+        rows = await self._fetch(
+            "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) RETURNING id",
+            (tier.value, list(ids)),
+            "memory delete",
+        )
+        return [row[0] for row in rows]
+
+    async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record access times and counts (never lowering what another process recorded)."""
+        if not updates:
+            return
+        ids = list(updates)
+        await self._fetch(
+            "UPDATE cm_memories AS m SET last_accessed = greatest(m.last_accessed, u.last_accessed), "
+            "access_count = greatest(m.access_count, u.access_count) "
+            "FROM unnest(%s::text[], %s::double precision[], %s::integer[]) "
+            "AS u(id, last_accessed, access_count) "
+            "WHERE m.id = u.id RETURNING 1",
+            (ids, [updates[i][0] for i in ids], [updates[i][1] for i in ids]),
+            "access update",
+        )
+
+    async def copies(self, ids: Sequence[str]) -> list[Memory]:
+        """Every stored copy of the memories among ``ids``, fastest tier first per id."""
+        if not ids:
+            return []
+        found = await self._memories(
+            f"SELECT {_COLUMNS} FROM cm_memories WHERE id = ANY(%s) ORDER BY id, {tier_rank_sql()}",
+            (list(ids),),
+        )
+        order = {memory_id: position for position, memory_id in enumerate(dict.fromkeys(ids))}
+        return sorted(found, key=lambda memory: (order.get(memory.id, 0), TIER_ORDER[memory.tier]))
+
+    async def count(self, tier: MemoryTier) -> int:
+        """How many memories ``tier`` holds (every user)."""
+        rows = await self._fetch("SELECT count(*) FROM cm_memories WHERE tier = %s", (tier.value,), "count")
+        return int(rows[0][0])
+
+    async def members(self, tier: MemoryTier) -> list[Memory]:
+        """Every memory of ``tier``."""
+        return await self._memories(f"SELECT {_COLUMNS} FROM cm_memories WHERE tier = %s", (tier.value,))
+
+    async def long_copies(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` with a long-term row."""
+        if not ids:
+            return set()
+        rows = await self._fetch(
+            "SELECT id FROM cm_memories WHERE tier = 'long' AND id = ANY(%s)", (list(ids),), "read"
+        )
+        return {row[0] for row in rows}
+
+    async def scan(self, scope: UserScope, *, every_copy: bool) -> list[Memory]:
+        """Every memory of the scope (one per memory, fastest tier; or every stored copy)."""
+        where, parameters = _scope_sql(scope)
+        if every_copy:
+            return await self._memories(f"SELECT {_COLUMNS} FROM cm_memories {where}", parameters, "scan")
+        return await self._memories(
+            f"SELECT DISTINCT ON (id) {_COLUMNS} FROM cm_memories {where} ORDER BY id, {tier_rank_sql()}",
+            parameters,
+            "scan",
+        )
+
+    async def with_tags(
+        self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None
+    ) -> list[Memory]:
+        """Memories of the scope carrying any of ``tags`` (one per memory, fastest tier)."""
+        where, parameters = _scope_sql(scope)
+        clauses = [where or "WHERE true", "AND tags && %s::text[]"]
+        parameters.append(list(tags))
+        if tiers is not None:
+            clauses.append("AND tier = ANY(%s)")
+            parameters.append([tier.value for tier in tiers])
+        return await self._memories(
+            f"SELECT DISTINCT ON (id) {_COLUMNS} FROM cm_memories {' '.join(clauses)} "
+            f"ORDER BY id, {tier_rank_sql()}",
+            parameters,
+            "tag search",
+        )
+
+    async def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
+        """The memories that are the given conversation turns (one per memory, fastest tier)."""
+        if not keys:
+            return []
+        return await self._memories(
+            f"SELECT DISTINCT ON (m.id) {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+            "FROM cm_memories AS m JOIN unnest(%s::text[], %s::text[], %s::bigint[]) "
+            "AS k(owner, session_id, turn_index) ON m.owner = k.owner AND m.session_id = k.session_id "
+            "AND m.turn_index = k.turn_index "
+            f"ORDER BY m.id, {tier_rank_sql('m.tier')}",
+            (
+                [owner_of(key[0]) for key in keys],
+                [key[1] for key in keys],
+                [key[2] for key in keys],
+            ),
+            "turn lookup",
+        )
+
+    async def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
+        """The highest turn index stored for a conversation session, or ``None``."""
+        rows = await self._fetch(
+            "SELECT max(turn_index) FROM cm_memories WHERE owner = %s AND session_id = %s",
+            (owner_of(user_id), session_id),
+            "turn lookup",
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    # -- search ------------------------------------------------------------------------------------
+
+    async def _term_statistics(self, tokens: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], float]:
+        """Each token's lexemes (the server's stemmer) and the estimated row count; statistics cached."""
+        missing = [token for token in tokens if token not in self._lexemes]
+        now = time.monotonic()
+        stale = now - self._statistics_read_at > _STATISTICS_TTL
+        if not missing and not stale:
+            return {token: self._lexemes[token] for token in tokens}, self._rows_estimate
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+            lexemes: list[Any] = []
+            if missing:
+                cursor = await connection.execute(
+                    f"SELECT t, tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, t)) "
+                    "FROM unnest(%s::text[]) AS t",
+                    (missing,),
+                )
+                lexemes = await cursor.fetchall()
+            statistics: list[Any] = []
+            rows: list[Any] = []
+            if stale:
+                cursor = await connection.execute(
+                    "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats "
+                    "WHERE schemaname = current_schema() AND tablename = 'cm_memories' AND attname = 'search'"
+                )
+                statistics = await cursor.fetchall()
+                cursor = await connection.execute(
+                    "SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'cm_memories'::regclass"
+                )
+                rows = await cursor.fetchall()
+            return lexemes, statistics, rows
+
+        lexemes, statistics, rows = await self.database.run(read, "term statistics")
+        for token, token_lexemes in lexemes:
+            if len(self._lexemes) > 50_000:
+                self._lexemes.clear()
+            self._lexemes[token] = tuple(token_lexemes or ())
+        if stale:
+            self._statistics_read_at = now
+            self._rows_estimate = float(rows[0][0]) if rows else 0.0
+            if statistics and statistics[0][0]:
+                elements, frequencies = statistics[0]
+                self._term_frequencies = dict(zip(elements, frequencies, strict=False))
+                # the last three numbers are the minimum and maximum frequency and the null share
+                self._rare_frequency = float(frequencies[-3]) / 2.0 if len(frequencies) > 3 else 0.0
+            else:
+                self._term_frequencies = {}
+                self._rare_frequency = 0.0
+                await self._maybe_analyze()
+        return {token: self._lexemes[token] for token in tokens}, self._rows_estimate
+
+    async def _maybe_analyze(self) -> None:
+        """Collect statistics for a table the server has not analysed yet (at most every few minutes)."""
+        now = time.monotonic()
+        if now - self._analyzed_at < _ANALYZE_EVERY:
+            return
+        self._analyzed_at = now
+        with contextlib.suppress(Exception):  # statistics are an optimisation: never fail a search on them
+            await self._execute("ANALYZE cm_memories")
+            self._statistics_read_at = -math.inf
+
+    async def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> None:
+        async def run(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute(sql, parameters)
+
+        await self.database.run(run, "statement")
+
+    def _document_frequency(self, lexemes: tuple[str, ...], rows: float) -> int:
+        if not lexemes:
+            return 0
+        frequency = max(self._term_frequencies.get(lexeme, self._rare_frequency) for lexeme in lexemes)
+        return max(1, round(frequency * rows))
+
+    async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
+        """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
+        tokens = list(query.tokens)
+        if not tokens or query.limit <= 0:
+            return []
+        lexemes, rows = await self._term_statistics(tokens)
+        tokens = [token for token in tokens if lexemes[token]]  # stop words index nothing
+        if not tokens:
+            return []
+        total = max(int(rows), 1)
+        frequencies = {token: self._document_frequency(lexemes[token], rows) for token in tokens}
+        kept = prune_common_terms(
+            tokens,
+            tokens,
+            frequencies,
+            total,
+            query.common_term_ratio,
+            query.common_term_min_documents,
+            query.common_term_max_documents,
+        )
+        weights = self._weights
+        rank_weights = f"'{{{weights.date}, {weights.context}, {weights.tags}, {weights.content}}}'::float4[]"
+        term = f"plainto_tsquery('{TEXT_SEARCH_CONFIG}'::regconfig, %s)"
+        score = " + ".join(
+            f"%s * ts_rank({rank_weights}, search, {term}, {_RANK_NORMALIZATION})" for _ in kept
+        )
+        matches = " || ".join(term for _ in kept)
+        parameters: list[Any] = []
+        for token in kept:
+            parameters += [fts5_idf(total, frequencies[token]), token]
+        clauses = [f"search @@ ({matches})", "superseded_by IS NULL"]
+        parameters += kept
+        if query.scope is not ALL_USERS:
+            clauses.append("owner = %s")
+            parameters.append(owner_of(query.scope))
+        if query.tiers is not None:
+            clauses.append("tier = ANY(%s)")
+            parameters.append([tier.value for tier in query.tiers])
+        if query.tags:
+            clauses.append("tags && %s::text[]")
+            parameters.append(sorted(query.tags))
+        if query.min_importance is not None:
+            clauses.append("importance >= %s")
+            parameters.append(query.min_importance)
+        if query.since is not None:
+            clauses.append("created_at >= %s")
+            parameters.append(query.since)
+        if query.until is not None:
+            clauses.append("created_at <= %s")
+            parameters.append(query.until)
+        parameters.append(2 * query.limit)  # a memory held in two tiers takes two rows
+        found = await self._fetch(
+            f"SELECT {_COLUMNS}, {score} AS score FROM cm_memories WHERE {' AND '.join(clauses)} "
+            "ORDER BY score DESC, id LIMIT %s",
+            parameters,
+            "search",
+        )
+        best: dict[str, tuple[Memory, float]] = {}
+        for row in found:
+            memory, value = _memory(row), float(row[-1])
+            previous = best.get(memory.id)
+            if previous is None or TIER_ORDER[memory.tier] < TIER_ORDER[previous[0].tier]:
+                best[memory.id] = (memory, max(value, previous[1]) if previous else value)
+        ranked = sorted(best.values(), key=lambda pair: (-pair[1], pair[0].id))
+        return [(memory, value) for memory, value in ranked[: query.limit] if value > 0]
+
+    # -- vectors -----------------------------------------------------------------------------------
+
+    async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
+        """Create the vector table and its HNSW index (pgvector); return the memories without a vector."""
+        await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
+        await self._execute(hnsw_index_statement(dimension))
+        self._vector_model, self._vector_dimension = model, dimension
+        missing = await self._memories(
+            f"SELECT DISTINCT ON (m.id) {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+            "FROM cm_memories AS m WHERE NOT EXISTS (SELECT 1 FROM cm_memory_vectors AS v "
+            "WHERE v.id = m.id AND v.model = %s AND v.dimension = %s) "
+            f"ORDER BY m.id, {tier_rank_sql('m.tier')}",
+            (model, dimension),
+            "vector scan",
+        )
+        await self._refresh_vector_count()
+        return missing
+
+    async def _refresh_vector_count(self) -> None:
+        rows = await self._fetch(
+            "SELECT count(*) FROM cm_memory_vectors WHERE model = %s AND dimension = %s",
+            (self._vector_model, self._vector_dimension),
+            "vector count",
+        )
+        self._vector_count = int(rows[0][0])
+
+    async def save_vectors(self, model: str, memories: Sequence[Memory], vectors: numpy.ndarray) -> None:
+        """Upsert one vector per memory."""
+        if not memories:
+            return
+        rows = [
+            (memory.id, owner_of(memory.user_id), model, int(vector.shape[0]), _vector_text(vector))
+            for memory, vector in zip(memories, vectors, strict=True)
+        ]
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction(), connection.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO cm_memory_vectors (id, owner, model, dimension, embedding) "
+                    "VALUES (%s, %s, %s, %s, %s::vector) ON CONFLICT (id) DO UPDATE SET "
+                    "owner = EXCLUDED.owner, model = EXCLUDED.model, dimension = EXCLUDED.dimension, "
+                    "embedding = EXCLUDED.embedding",
+                    rows,
+                )
+
+        await self.database.run(write, "vector write")
+        self._vector_count += len(rows)
+
+    async def delete_vectors(self, ids: Sequence[str]) -> None:
+        """Forget the vectors of ``ids``."""
+        if not ids or self._vector_model is None:
+            return
+        rows = await self._fetch(
+            "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1", (list(ids),), "vector delete"
+        )
+        self._vector_count = max(0, self._vector_count - len(rows))
+
+    async def nearest(self, vector: numpy.ndarray, scope: UserScope, limit: int) -> list[VectorHit]:
+        """The scope's most similar vectors (HNSW with iterative scans, so a filter keeps enough hits)."""
+        if self._vector_model is None or limit <= 0:
+            return []
+        dimension = self._vector_dimension
+        cast = f"embedding::vector({dimension})"
+        clauses = ["dimension = %s", "model = %s"]
+        parameters: list[Any] = [_vector_text(vector), dimension, self._vector_model]
+        if scope is not ALL_USERS:
+            clauses.append("owner = %s")
+            parameters.append(owner_of(scope))
+        parameters += [_vector_text(vector), limit]
+
+        async def run(connection: psycopg.AsyncConnection[Any]) -> list[Any]:
+            async with connection.transaction():
+                await connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                await connection.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, limit))}")
+                cursor = await connection.execute(
+                    f"SELECT id, 1 - ({cast} <=> %s::vector({dimension})) FROM cm_memory_vectors "  # noqa: S608
+                    f"WHERE {' AND '.join(clauses)} ORDER BY {cast} <=> %s::vector({dimension}) LIMIT %s",
+                    parameters,
+                )
+                return await cursor.fetchall()
+
+        rows = await self.database.run(run, "vector search")
+        hits = [(row[0], float(row[1])) for row in rows]
+        hits.sort(key=lambda hit: -hit[1])
+        return hits
+
+    async def similarities(self, vector: numpy.ndarray, ids: Sequence[str]) -> dict[str, float]:
+        """Cosine similarity with the stored vector of each id that has one."""
+        if not ids or self._vector_model is None:
+            return {}
+        dimension = self._vector_dimension
+        rows = await self._fetch(
+            f"SELECT id, 1 - (embedding::vector({dimension}) <=> %s::vector({dimension})) "
+            "FROM cm_memory_vectors WHERE id = ANY(%s) AND model = %s AND dimension = %s",
+            (_vector_text(vector), list(ids), self._vector_model, dimension),
+            "vector scores",
+        )
+        return {row[0]: float(row[1]) for row in rows}
+
+    async def vectors_of(self, ids: Sequence[str]) -> dict[str, numpy.ndarray]:
+        """The stored vectors of ``ids``."""
+        import numpy as np
+
+        if not ids or self._vector_model is None:
+            return {}
+        rows = await self._fetch(
+            "SELECT id, embedding::text FROM cm_memory_vectors WHERE id = ANY(%s) AND model = %s",
+            (list(ids), self._vector_model),
+            "vector read",
+        )
+        return {row[0]: np.asarray(json.loads(row[1]), dtype=np.float32) for row in rows}
+
+    def vector_count(self) -> int:
+        """Vectors of the current model, as last counted (this process's writes included)."""
+        return self._vector_count
+
+    # -- coordination and upkeep -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold a session advisory lock named ``name`` on a dedicated connection for the block."""
+        pool = self.database._pool  # noqa: SLF001 - the lock lives on one connection for the whole block
+        if pool is None:
+            raise ConfigurationError("memory_backend", "postgres", "an open PostgreSQL storage")
+        key = f"context_manager:{name}"
+        async with pool.connection() as connection:
+            await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # a lost connection released the lock already
+                    await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+    def needs_compaction(self) -> bool:
+        """PostgreSQL reclaims space itself (autovacuum)."""
+        return False
+
+    async def compact(self) -> tuple[int, int]:
+        """Nothing to rewrite."""
+        return (0, 0)
+
+    async def stats(self, scope: UserScope) -> BackendStats:
+        """Counts of the scope, by SQL aggregates on the server."""
+        where, parameters = _scope_sql(scope)
+        tiers = await self._fetch(
+            f"SELECT tier, count(*) FROM cm_memories {where} GROUP BY tier", parameters, "stats"
+        )
+        users = await self._fetch(
+            "SELECT user_id, count(*), count(*) FILTER (WHERE superseded_by IS NOT NULL), min(created_at), "
+            f"max(created_at), sum(importance) FROM (SELECT DISTINCT ON (id) * FROM cm_memories {where} "
+            f"ORDER BY id, {tier_rank_sql()}) AS distinct_memories GROUP BY user_id",
+            parameters,
+            "stats",
+        )
+        stats = BackendStats()
+        for tier, count in tiers:
+            stats.by_tier[tier] = int(count)
+        for user_id, count, superseded, oldest, newest, importance in users:
+            stats.total += int(count)
+            owner = "default" if user_id is None else user_id
+            stats.by_user[owner] = stats.by_user.get(owner, 0) + int(count)
+            stats.superseded += int(superseded)
+            stats.oldest = oldest if stats.oldest is None else min(stats.oldest, oldest)
+            stats.newest = newest if stats.newest is None else max(stats.newest, newest)
+            stats.importance_total += float(importance or 0.0)
+        return stats
+
+    async def size(self) -> dict[str, int]:
+        """Bytes the tables and their indexes use on the server."""
+        rows = await self._fetch(
+            "SELECT coalesce(pg_total_relation_size(to_regclass('cm_memories')), 0), "
+            "coalesce(pg_total_relation_size(to_regclass('cm_memory_vectors')), 0), "
+            "coalesce(pg_total_relation_size(to_regclass('cm_conversation_records')), 0)",
+            (),
+            "size",
+        )
+        memories, vectors, conversations = (int(value) for value in rows[0])
+        return {
+            "database": memories + vectors,
+            "conversations": conversations,
+            "total": memories + vectors + conversations,
+        }
+
+    async def optimize(self) -> dict[str, Any]:
+        """Refresh the planner statistics (the search's term frequencies come from them)."""
+        before = (await self.size())["database"]
+        await self._execute("ANALYZE cm_memories")
+        self._statistics_read_at = -math.inf
+        return {
+            "log_bytes_before": 0,
+            "log_bytes_after": 0,
+            "database_bytes_before": before,
+            "database_bytes_after": (await self.size())["database"],
+        }
+
+    async def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
+        """The server answers and the schema is in place; ``"ok"`` or the problem."""
+        try:
+            rows = await self._fetch("SELECT to_regclass('cm_memories') IS NOT NULL", (), "check")
+        except Exception as error:  # StorageError: the server is unreachable
+            return {"postgres": str(error)}
+        return {"postgres": "ok" if rows[0][0] else "the cm_memories table is missing"}
+
+    async def rebuild_index(self) -> dict[str, int]:
+        """Rebuild the table's indexes (the tsvector is generated from the rows) and count rows per tier."""
+        await self._execute("REINDEX TABLE cm_memories")
+        rows = await self._fetch("SELECT tier, count(*) FROM cm_memories GROUP BY tier", (), "count")
+        counts = {tier.value: 0 for tier in MemoryTier}
+        counts.update({tier: int(count) for tier, count in rows})
+        return counts
+
+
+def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:
+    if scope is ALL_USERS:
+        return "", []
+    return "WHERE owner = %s", [owner_of(scope)]
+
+
+def _row(memory: Memory) -> tuple[Any, ...]:
+    from psycopg.types.json import Jsonb
+
+    return (
+        memory.id,
+        memory.tier.value,
+        owner_of(memory.user_id),
+        memory.user_id,
+        memory.content,
+        memory.importance,
+        list(memory.tags),
+        " ".join(memory.tags),
+        memory.created_at,
+        memory.last_accessed,
+        memory.access_count,
+        Jsonb(memory.metadata),
+        memory.source,
+        memory.superseded_by,
+        list(memory.merged_from),
+        memory.context,
+        memory.session_id,
+        _int64(memory.turn_index),
+        memory.session_date,
+    )
+
+
+def _int64(value: int | None) -> int | None:
+    """``value`` when a bigint column can hold it (the metadata keeps any value), else ``None``."""
+    return value if value is not None and -(2**63) <= value < 2**63 else None
+
+
+def _memory(row: Sequence[Any]) -> Memory:
+    return Memory(
+        id=row[0],
+        tier=MemoryTier(row[1]),
+        user_id=row[2],
+        content=row[3],
+        importance=float(row[4]),
+        tags=list(row[5]),
+        created_at=float(row[6]),
+        last_accessed=float(row[7]),
+        access_count=int(row[8]),
+        metadata=dict(row[9]),
+        source=row[10],
+        superseded_by=row[11],
+        merged_from=list(row[12]),
+        context=row[13],
+    )
+
+
+def _vector_text(vector: numpy.ndarray) -> str:
+    return "[" + ",".join(repr(float(value)) for value in vector.tolist()) + "]"

@@ -1,0 +1,211 @@
+"""``PostgresDatabase``: the connection pool, bounded retries and migrations shared by every PostgreSQL part.
+
+One :class:`PostgresDatabase` per process and DSN is enough: memory and persisted conversations use the
+same pool. Connections are ``psycopg`` 3 async connections in autocommit mode (a statement that returns
+has committed; a multi-statement change runs in ``connection.transaction()``).
+
+A statement that fails because the connection was lost (server restarted, network cut, a failover) or
+because of a serialisation conflict is retried a bounded number of times with a growing pause, on a
+fresh connection; then :class:`~context_manager.core.errors.StorageError` is raised. Every write the
+library retries is idempotent (upserts by key, deletes, absolute updates, appends checked by version),
+so a retry after a commit whose acknowledgement was lost changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from context_manager.core.errors import MissingDependencyError, StorageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["PostgresDatabase", "redact_dsn"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+"""Seconds to wait before each retry of an operation that lost its connection (then StorageError)."""
+
+_MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (safe for messages and logs)."""
+    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", redacted, flags=re.IGNORECASE)
+
+
+def _import_psycopg() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        raise MissingDependencyError("memory_backend='postgres'", "psycopg", "postgres") from error
+    return psycopg, psycopg_pool
+
+
+class PostgresDatabase:
+    """A connection pool to one PostgreSQL database, with retries and ordered migrations.
+
+    Args:
+        dsn: Connection string (``postgresql://user:password@host:5432/db``, or ``key=value`` pairs);
+            ``options=-csearch_path=...`` picks the schema the tables live in.
+        pool_size: Most connections this process opens.
+        connect_timeout: Seconds to wait for a connection before giving up.
+    """
+
+    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        """The connection string (with its password: never log it; see :attr:`location`)."""
+        self.pool_size = pool_size
+        """Most connections of the pool."""
+        self.connect_timeout = connect_timeout
+        """Seconds to wait for a connection."""
+        self._pool: AsyncConnectionPool | None = None
+        self._psycopg: Any = None
+
+    @property
+    def location(self) -> str:
+        """The DSN without its password."""
+        return redact_dsn(self.dsn)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the pool is open."""
+        return self._pool is not None
+
+    async def open(self) -> None:
+        """Open the pool and check that the server answers (StorageError when it does not)."""
+        if self._pool is not None:
+            return
+        psycopg, psycopg_pool = _import_psycopg()
+        self._psycopg = psycopg
+        pool = psycopg_pool.AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.connect_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+            name="context-manager",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout)
+        except Exception as error:
+            await pool.close()
+            raise StorageError(
+                f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
+                "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
+            ) from None
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool (waits for connections in use to come back)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], what: str) -> _T:
+        """Run ``operation`` with a pooled connection, retrying on a lost connection (bounded).
+
+        ``operation`` must be idempotent: it may run again after a commit whose acknowledgement was lost.
+
+        Raises:
+            StorageError: the server could not be reached (after the retries) or refused the statement.
+        """
+        psycopg = self._psycopg
+        last: BaseException | None = None
+        for attempt in range(len(RETRY_DELAYS) + 1):
+            pool = self._pool
+            if pool is None:
+                raise StorageError(f"PostgreSQL storage at {self.location} is closed")
+            try:
+                async with pool.connection() as connection:
+                    return await operation(connection)
+            except (psycopg.OperationalError, psycopg.errors.TransactionRollback) as error:
+                last = error
+            except psycopg.Error as error:  # a statement the server refused: not worth retrying
+                raise StorageError(
+                    f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
+                ) from None
+            except Exception as error:  # PoolTimeout (no connection within connect_timeout), ...
+                if type(error).__name__ not in ("PoolTimeout", "TooManyRequests"):
+                    raise
+                last = error
+            if attempt < len(RETRY_DELAYS):
+                logger.warning(
+                    "PostgreSQL %s failed (%s); retrying in %.2f s",
+                    what,
+                    type(last).__name__,
+                    RETRY_DELAYS[attempt],
+                )
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                if self._pool is not None:
+                    await self._pool.check()  # drop the connections the server closed
+        raise StorageError(
+            f"PostgreSQL at {self.location}: {what} failed after {len(RETRY_DELAYS) + 1} attempts: "
+            f"{_describe(last)}"
+        )
+
+    async def migrate(self, migrations: list[tuple[str, list[str]]]) -> list[str]:
+        """Apply the missing migrations in order, under an advisory lock; return the names applied.
+
+        Two processes starting together: the second waits for the lock, then finds nothing left to do.
+        Each migration runs in its own transaction with the row that records it.
+        """
+
+        async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
+            await connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+            try:
+                await connection.execute(
+                    "CREATE TABLE IF NOT EXISTS cm_schema_migrations ("
+                    "name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cursor = await connection.execute("SELECT name FROM cm_schema_migrations")
+                done = {row[0] for row in await cursor.fetchall()}
+                applied = []
+                for name, statements in migrations:
+                    if name in done:
+                        continue
+                    async with connection.transaction():
+                        for statement in statements:
+                            await connection.execute(statement)
+                        await connection.execute(
+                            "INSERT INTO cm_schema_migrations(name) VALUES (%s)", (name,)
+                        )
+                    applied.append(name)
+                unknown = sorted(done - {name for name, _ in migrations})
+                if unknown:
+                    logger.warning(
+                        "the PostgreSQL schema has migrations this version does not know (%s): "
+                        "a newer version of context-manager migrated it",
+                        ", ".join(unknown),
+                    )
+                return applied
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+        applied = await self.run(apply, "migration")
+        if applied:
+            logger.info("PostgreSQL schema at %s migrated: %s", self.location, ", ".join(applied))
+        return applied
+
+    def stats(self) -> dict[str, int]:
+        """The pool's counters (size, available, waiting requests ...), for health reports."""
+        if self._pool is None:
+            return {}
+        return {key: int(value) for key, value in self._pool.get_stats().items()}
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,138 @@
+"""PostgreSQL-only behaviour: many processes on one memory, a server restart mid-write, sharing, health.
+
+The rest of the memory suite runs on both backends (``tests/core/memory/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from tests.postgres_support import restart_server
+
+WORKER = Path(__file__).with_name("postgres_worker.py")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def postgres_config(dsn: str, **options: object) -> ContextManagerConfig:
+    return ContextManagerConfig(memory_backend="postgres", postgres_dsn=dsn, **options)  # type: ignore[arg-type]
+
+
+def _run_worker(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(WORKER), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+async def test_four_processes_lose_nothing_leak_nothing_merge_nothing_twice(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    outputs = [tmp_path / f"worker{number}.json" for number in range(4)]
+    processes = [
+        asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            "write",
+            postgres_dsn,
+            str(number),
+            "8",
+            "12",
+            str(outputs[number]),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for number in range(4)
+    ]
+    started = await asyncio.gather(*processes)
+    results = await asyncio.gather(*(process.communicate() for process in started))
+    for process, (_, error) in zip(started, results, strict=True):
+        assert process.returncode == 0, error.decode()[-3000:]
+    verified = await asyncio.to_thread(_run_worker, "verify", postgres_dsn, *map(str, outputs))
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    report = json.loads(verified.stdout)
+    assert report["acknowledged"] == 4 * 8 * 12
+    assert report["missing_by_id"] == []
+    assert report["missing_by_search"] == []
+    assert report["leaks"] == []
+    assert report["merged_twice"] == {}
+    assert report["dangling_supersede"] == []
+    # every duplicate of the shared sentence, added by 4 processes, ends merged into one memory per user
+    assert set(report["live_duplicates"].values()) == {1}
+
+
+async def test_two_managers_share_one_memory(postgres_dsn: str) -> None:
+    async with (
+        MemoryManager(postgres_config(postgres_dsn)) as first,
+        MemoryManager(postgres_config(postgres_dsn)) as second,
+    ):
+        written = await first.add_memory("the lighthouse keeper prefers green tea", user_id="ana")
+        found = await second.search_memory("lighthouse keeper", user_id="ana")
+        assert [m.id for m in found] == [written.id]
+        assert await second.search_memory("lighthouse keeper", user_id="bo") == []
+        await second.delete_memory(written.id)
+        assert await first.get_memory(written.id) is None
+
+
+async def test_server_restart_mid_write_loses_no_acknowledged_write(postgres_dsn: str) -> None:
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    restarted = threading.Event()
+    warmed_up = asyncio.Event()
+    async with MemoryManager(postgres_config(postgres_dsn, postgres_pool_size=3)) as memory:
+
+        async def write_loop() -> None:
+            number = 0
+            while not restarted.is_set() or number < len(acknowledged) + 40:
+                number += 1
+                try:
+                    memory_written = await memory.add_memory(
+                        f"loop entry {number} tag{number}", importance=0.8
+                    )
+                except StorageError as error:  # refused after bounded retries: not acknowledged
+                    failures.append(str(error))
+                    continue
+                acknowledged.append(memory_written.id)
+                if len(acknowledged) >= 30:
+                    warmed_up.set()
+                if restarted.is_set() and len(acknowledged) > 400:
+                    return
+
+        writer = asyncio.create_task(write_loop())
+        await asyncio.wait_for(warmed_up.wait(), timeout=60)
+        await asyncio.to_thread(restart_server)
+        restarted.set()
+        await asyncio.wait_for(writer, timeout=120)
+        after_restart = await memory.add_memory("written once the pool recovered")
+        assert await memory.get_memory(after_restart.id) is not None
+    async with MemoryManager(postgres_config(postgres_dsn)) as fresh:
+        stored = {m.id for m in await fresh.stored_copies(user_id=ALL_USERS)}
+        assert set(acknowledged) <= stored
+        assert len(acknowledged) > 40
+
+
+async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Path) -> None:
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    config = postgres_config(postgres_dsn, cache_path=tmp_path / "cache", enable_health_checks=False)
+    async with EnhancedContextManager(config) as manager:
+        await manager.memory_manager.add_memory("health probe")
+        assert manager.health_checker is not None
+        status = await manager.health_checker.perform_health_check()
+        database = status.checks["database"]
+        assert database.status.value == "healthy", database.message
+        assert database.details.get("postgres") == "ok"

