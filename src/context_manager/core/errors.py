@@ -26,6 +26,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     ├── StorageError                  (OSError)      storage could not be used
     │   ├── StorageLockedError                        another process holds the store
     │   └── StorageCorruptedError                     a store file is damaged (never overwritten)
+    ├── ConversationConflictError     (RuntimeError) another writer changed a persisted conversation first
     ├── ToolError                                     a problem with a tool definition or registry
     │   ├── ToolRegistrationError     (ValueError)   duplicate name, invalid name, not callable ...
     │   └── ToolTimeoutError          (TimeoutError) a tool ran past its timeout
@@ -55,6 +56,7 @@ __all__ = [
     "ContextBudgetError",
     "ContextManagerError",
     "ControllerStoppedError",
+    "ConversationConflictError",
     "DuplicateTaskError",
     "InvalidArgumentError",
     "InvalidHealthCheckError",
@@ -271,6 +273,29 @@ class StorageLockedError(StorageError):
 
 class StorageCorruptedError(StorageError):
     """A store file is damaged. It is never overwritten; the message says what to do."""
+
+
+class ConversationConflictError(ContextManagerError, RuntimeError):
+    """A change to a persisted conversation was based on a version another writer has moved past.
+
+    Nothing of the rejected change was stored or applied; ``await manager.reload()`` loads the stored
+    conversation, after which the change can be made again.
+    """
+
+    def __init__(self, conversation_id: str, expected_version: int, current_version: int | None) -> None:
+        self.conversation_id = conversation_id
+        """The conversation."""
+        self.expected_version = expected_version
+        """The version the change was based on."""
+        self.current_version = current_version
+        """The stored version when the change was refused (``None`` if unknown)."""
+        now = "an unknown version" if current_version is None else f"version {current_version}"
+        super().__init__(
+            f"conversation {conversation_id!r} changed in storage: this manager has version "
+            f"{expected_version}, "
+            f"storage has {now} (another manager wrote to it); the change was not made. "
+            "Call `await manager.reload()` and make it again"
+        )
 
 
 class ToolError(ContextManagerError):

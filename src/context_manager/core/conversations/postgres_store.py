@@ -1,0 +1,229 @@
+"""``PostgresConversationStore``: persisted conversations in PostgreSQL, shared by many processes and hosts.
+
+``cm_conversations`` holds one row per conversation (its version, the latest snapshot, the indexing
+watermark); ``cm_conversation_records`` the records, keyed by ``(conversation_id, version)``. An append
+moves the conversation's version forward with a conditional ``UPDATE ... WHERE version = expected`` in the
+same transaction as its records: of two writers based on one version exactly one commits, the other gets
+:class:`~context_manager.core.errors.ConversationConflictError`. A retried append (the connection dropped
+after the commit) recognises its own records by writer and version and does not store them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.conversations.store import (
+    ConversationInfo,
+    ConversationRecord,
+    StoredConversation,
+)
+from context_manager.core.errors import ConversationConflictError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+
+__all__ = ["PostgresConversationStore"]
+
+
+class _Conflict(Exception):
+    def __init__(self, current: int | None) -> None:
+        self.current = current
+
+
+class PostgresConversationStore:
+    """Conversations in PostgreSQL (see the module docstring).
+
+    Args:
+        database: The pool (shared with the memory backend); its migrations create the tables.
+    """
+
+    kind = "postgres"
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+        """The connection pool."""
+
+    async def open(self) -> None:
+        """Nothing to do: the memory backend opened the pool and applied the migrations."""
+
+    async def close(self) -> None:
+        """Nothing to do: the memory backend closes the pool."""
+
+    async def load(self, conversation_id: str) -> StoredConversation:
+        """The latest snapshot and the records after it (one consistent read)."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> StoredConversation:
+            async with connection.transaction():
+                await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor = await connection.execute(
+                    "SELECT version, snapshot_version, snapshot, indexed_version FROM cm_conversations "
+                    "WHERE id = %s",
+                    (conversation_id,),
+                )
+                row = await cursor.fetchone()
+                if row is None:
+                    return StoredConversation(conversation_id=conversation_id, version=0)
+                version, snapshot_version, snapshot, indexed_version = row
+                cursor = await connection.execute(
+                    "SELECT version, kind, payload FROM cm_conversation_records "
+                    "WHERE conversation_id = %s AND version > %s ORDER BY version",
+                    (conversation_id, snapshot_version),
+                )
+                records = [
+                    (int(record_version), ConversationRecord(kind, payload))
+                    for record_version, kind, payload in await cursor.fetchall()
+                ]
+            return StoredConversation(
+                conversation_id=conversation_id,
+                version=int(version),
+                snapshot_version=int(snapshot_version),
+                snapshot=snapshot,
+                records=records,
+                indexed_version=int(indexed_version),
+            )
+
+        return await self.database.run(read, "conversation load")
+
+    async def append(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        records: Sequence[ConversationRecord],
+        *,
+        writer: str,
+    ) -> int:
+        """Store records after ``expected_version`` in one transaction; return the new version."""
+        from psycopg.types.json import Jsonb
+
+        new_version = expected_version + len(records)
+        now = time.time()
+        rows = [
+            (
+                conversation_id,
+                expected_version + offset,
+                record.kind,
+                writer,
+                Jsonb(dict(record.payload)),
+                now,
+            )
+            for offset, record in enumerate(records, start=1)
+        ]
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> int:
+            async with connection.transaction():
+                if expected_version == 0:
+                    cursor = await connection.execute(
+                        "INSERT INTO cm_conversations (id, version, created_at, updated_at) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING version",
+                        (conversation_id, new_version, now, now),
+                    )
+                else:
+                    cursor = await connection.execute(
+                        "UPDATE cm_conversations SET version = %s, updated_at = %s "
+                        "WHERE id = %s AND version = %s RETURNING version",
+                        (new_version, now, conversation_id, expected_version),
+                    )
+                if await cursor.fetchone() is None:
+                    raise _Conflict(
+                        await self._settled(connection, conversation_id, expected_version, writer, rows)
+                    )
+                async with connection.cursor() as insert:
+                    await insert.executemany(
+                        "INSERT INTO cm_conversation_records "
+                        "(conversation_id, version, kind, writer, payload, created_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)",
+                        rows,
+                    )
+            return new_version
+
+        try:
+            return await self.database.run(write, "conversation append")
+        except _Conflict as conflict:
+            if conflict.current == -1:  # our own append, committed before a lost acknowledgement
+                return new_version
+            raise ConversationConflictError(conversation_id, expected_version, conflict.current) from None
+
+    @staticmethod
+    async def _settled(
+        connection: psycopg.AsyncConnection[Any],
+        conversation_id: str,
+        expected_version: int,
+        writer: str,
+        rows: Sequence[tuple[Any, ...]],
+    ) -> int | None:
+        """The stored version, or -1 when the append already happened.
+
+        -1: the records after ``expected_version`` are exactly these ones, stored by this writer (an append
+        retried after its commit's acknowledgement was lost).
+        """
+        cursor = await connection.execute(
+            "SELECT kind, writer, payload FROM cm_conversation_records WHERE conversation_id = %s "
+            "AND version > %s AND version <= %s ORDER BY version",
+            (conversation_id, expected_version, expected_version + len(rows)),
+        )
+        stored = await cursor.fetchall()
+        wanted = [(row[2], writer, json.loads(json.dumps(row[4].obj))) for row in rows]
+        if len(stored) == len(rows) and [tuple(item) for item in stored] == wanted:
+            return -1
+        cursor = await connection.execute(
+            "SELECT version FROM cm_conversations WHERE id = %s", (conversation_id,)
+        )
+        current = await cursor.fetchone()
+        return None if current is None else int(current[0])
+
+    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
+        from psycopg.types.json import Jsonb
+
+        payload = Jsonb(json.loads(json.dumps(state)))
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute(
+                "UPDATE cm_conversations SET snapshot_version = %s, snapshot = %s "
+                "WHERE id = %s AND snapshot_version < %s AND version >= %s",
+                (version, payload, conversation_id, version, version),
+            )
+
+        await self.database.run(write, "conversation snapshot")
+
+    async def mark_indexed(self, conversation_id: str, version: int) -> None:
+        """Move the indexing watermark forward (never back)."""
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute(
+                "UPDATE cm_conversations SET indexed_version = greatest(indexed_version, %s) WHERE id = %s",
+                (version, conversation_id),
+            )
+
+        await self.database.run(write, "conversation watermark")
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        """Every conversation, most recently changed first."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
+            cursor = await connection.execute(
+                "SELECT id, version, created_at, updated_at FROM cm_conversations "
+                "ORDER BY updated_at DESC, id"
+            )
+            return [
+                ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3]))
+                for row in await cursor.fetchall()
+            ]
+
+        return await self.database.run(read, "conversation list")
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Delete a conversation and its records (cascade); whether it existed."""
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await connection.execute(
+                "DELETE FROM cm_conversations WHERE id = %s RETURNING 1", (conversation_id,)
+            )
+            return await cursor.fetchone() is not None
+
+        return await self.database.run(write, "conversation delete")

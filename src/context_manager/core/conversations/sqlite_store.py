@@ -1,0 +1,267 @@
+"""``SQLiteConversationStore``: persisted conversations in ``conversations.sqlite3`` under ``storage_path``.
+
+WAL mode, one transaction per append, committed before the call returns (``synchronous=NORMAL`` survives a
+crash of the process; ``fsync=True`` switches to ``FULL``, which also survives power loss). The versions
+of a conversation are a primary key, so two writers can never store the same version: the second gets
+:class:`~context_manager.core.errors.ConversationConflictError`. Blocking work runs on one thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from context_manager.core.conversations.store import (
+    ConversationInfo,
+    ConversationRecord,
+    StoredConversation,
+)
+from context_manager.core.errors import ConversationConflictError, StorageError
+
+__all__ = ["CONVERSATIONS_FILE_NAME", "SQLiteConversationStore"]
+
+CONVERSATIONS_FILE_NAME = "conversations.sqlite3"
+"""Name of the conversations database under ``storage_path``."""
+
+_T = TypeVar("_T")
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+    "snapshot_version INTEGER NOT NULL DEFAULT 0, snapshot TEXT, indexed_version INTEGER NOT NULL DEFAULT 0, "
+    "created_at REAL NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS conversation_records (conversation_id TEXT NOT NULL, "
+    "version INTEGER NOT NULL, "
+    "kind TEXT NOT NULL, writer TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL, "
+    "PRIMARY KEY (conversation_id, version)) WITHOUT ROWID",
+]
+
+
+class SQLiteConversationStore:
+    """Conversations in one SQLite file (see the module docstring).
+
+    Args:
+        path: The database file (created ``0o600`` when missing).
+        fsync: ``synchronous=FULL`` (survives power loss) instead of ``NORMAL``.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = path
+        """The database file."""
+        self._fsync = fsync
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def open(self) -> None:
+        """Open (creating if needed) the database."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="context-manager-conversations"
+            )
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        if self._connection is not None:
+            return
+        try:
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            connection.execute("PRAGMA busy_timeout=5000")
+            for statement in _SCHEMA:
+                connection.execute(statement)
+        except (OSError, sqlite3.Error) as error:
+            raise StorageError(
+                f"cannot open conversations database {self.path}: {error}", path=self.path
+            ) from error
+        self._connection = connection
+
+    async def close(self) -> None:
+        """Close the database and its thread."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        executor = self._executor
+        if executor is None:
+            raise StorageError(f"conversations database {self.path} is closed", path=self.path)
+        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(function, *args))
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StorageError(f"conversations database {self.path} is closed", path=self.path)
+        return self._connection
+
+    def _guarded(self, function: Callable[[], _T]) -> _T:
+        with self._lock:
+            try:
+                return function()
+            except sqlite3.Error as error:
+                if self._connection is not None and self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise StorageError(f"conversations database {self.path}: {error}", path=self.path) from error
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def load(self, conversation_id: str) -> StoredConversation:
+        """The latest snapshot and the records after it."""
+        return await self._run(self._guarded, functools.partial(self._load, conversation_id))
+
+    def _load(self, conversation_id: str) -> StoredConversation:
+        db = self._db
+        row = db.execute(
+            "SELECT version, snapshot_version, snapshot, indexed_version FROM conversations WHERE id = ?",
+            (conversation_id,),
+        ).fetchone()
+        if row is None:
+            return StoredConversation(conversation_id=conversation_id, version=0)
+        version, snapshot_version, snapshot, indexed_version = row
+        records = [
+            (record_version, ConversationRecord(kind, json.loads(payload)))
+            for record_version, kind, payload in db.execute(
+                "SELECT version, kind, payload FROM conversation_records "
+                "WHERE conversation_id = ? AND version > ? ORDER BY version",
+                (conversation_id, snapshot_version),
+            )
+        ]
+        return StoredConversation(
+            conversation_id=conversation_id,
+            version=int(version),
+            snapshot_version=int(snapshot_version),
+            snapshot=None if snapshot is None else json.loads(snapshot),
+            records=records,
+            indexed_version=int(indexed_version),
+        )
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        """Every conversation, most recently changed first."""
+
+        def read() -> list[ConversationInfo]:
+            rows = self._db.execute(
+                "SELECT id, version, created_at, updated_at FROM conversations ORDER BY updated_at DESC, id"
+            ).fetchall()
+            return [ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3])) for row in rows]
+
+        return await self._run(self._guarded, read)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        records: Sequence[ConversationRecord],
+        *,
+        writer: str,
+    ) -> int:
+        """Store records after ``expected_version`` in one transaction; return the new version."""
+        rows = [(record.kind, json.dumps(record.payload, ensure_ascii=False)) for record in records]
+        return await self._run(
+            self._guarded, functools.partial(self._append, conversation_id, expected_version, rows, writer)
+        )
+
+    def _append(self, conversation_id: str, expected: int, rows: list[tuple[str, str]], writer: str) -> int:
+        db = self._db
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = db.execute(
+                "SELECT version FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            stored = 0 if current is None else int(current[0])
+            if stored != expected:
+                db.execute("ROLLBACK")
+                raise ConversationConflictError(conversation_id, expected, stored)
+            new_version = expected + len(rows)
+            if current is None:
+                db.execute(
+                    "INSERT INTO conversations (id, version, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (conversation_id, new_version, now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE conversations SET version = ?, updated_at = ? WHERE id = ?",
+                    (new_version, now, conversation_id),
+                )
+            db.executemany(
+                "INSERT INTO conversation_records "
+                "(conversation_id, version, kind, writer, payload, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (conversation_id, expected + offset, kind, writer, payload, now)
+                    for offset, (kind, payload) in enumerate(rows, start=1)
+                ],
+            )
+            db.execute("COMMIT")
+        except ConversationConflictError:
+            raise
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return new_version
+
+    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` as the window at ``version`` (only if it is newer than the stored snapshot)."""
+        text = json.dumps(state, ensure_ascii=False)
+
+        def write() -> None:
+            self._db.execute(
+                "UPDATE conversations SET snapshot_version = ?, snapshot = ? "
+                "WHERE id = ? AND snapshot_version < ? AND version >= ?",
+                (version, text, conversation_id, version, version),
+            )
+
+        await self._run(self._guarded, write)
+
+    async def mark_indexed(self, conversation_id: str, version: int) -> None:
+        """Move the indexing watermark forward (never back)."""
+
+        def write() -> None:
+            self._db.execute(
+                "UPDATE conversations SET indexed_version = max(indexed_version, ?) WHERE id = ?",
+                (version, conversation_id),
+            )
+
+        await self._run(self._guarded, write)
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Delete a conversation and its records; whether it existed."""
+
+        def write() -> bool:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM conversation_records WHERE conversation_id = ?", (conversation_id,))
+                deleted = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return bool(deleted)
+
+        return await self._run(self._guarded, write)

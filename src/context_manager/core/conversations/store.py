@@ -1,0 +1,151 @@
+"""The :class:`ConversationStore` protocol: append-only records of a context window's changes.
+
+A persisted conversation is a numbered sequence of records (version 1, 2, ...), each one change of the
+window: a message added, a compression applied (what it kept, the summary, the history entry), a pin
+changed. The window is the fold of its records (:mod:`~context_manager.core.conversations.replay`), so
+resuming is replaying, from the latest snapshot when there is one.
+
+Optimistic concurrency: every append says which version it was based on; when another writer got there
+first the store refuses it with :class:`~context_manager.core.errors.ConversationConflictError` and
+stores nothing. Two stores implement the protocol: SQLite (a file under ``storage_path``) and
+PostgreSQL (shared by many processes and hosts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "ConversationInfo",
+    "ConversationRecord",
+    "ConversationStore",
+    "StoredConversation",
+    "check_conversation_id",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    """One change of a window."""
+
+    kind: str
+    """``"add"``, ``"compress"`` or ``"pin"``."""
+    payload: Mapping[str, Any]
+    """The change (JSON values)."""
+
+
+@dataclass(slots=True)
+class StoredConversation:
+    """What :meth:`ConversationStore.load` returns: the latest snapshot and the records after it."""
+
+    conversation_id: str
+    """The conversation."""
+    version: int
+    """The version of the newest record (0: the conversation does not exist yet)."""
+    snapshot_version: int = 0
+    """The version the snapshot was taken at (0: no snapshot)."""
+    snapshot: dict[str, Any] | None = None
+    """The window's state at ``snapshot_version``, or ``None``."""
+    records: list[tuple[int, ConversationRecord]] = field(default_factory=list)
+    """``(version, record)`` after the snapshot, oldest first."""
+    indexed_version: int = 0
+    """Compressions up to this version have had their evicted messages written to memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """A row of :meth:`ConversationStore.list`."""
+
+    conversation_id: str
+    """The conversation."""
+    version: int
+    """How many changes it has had."""
+    created_at: float
+    """When it was created (seconds since the epoch)."""
+    updated_at: float
+    """When it last changed."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a plain dict."""
+        return {
+            "conversation_id": self.conversation_id,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def check_conversation_id(value: Any) -> str:
+    """A conversation id: a non-empty string of at most 200 characters of valid text without NUL.
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    from context_manager.core.errors import InvalidArgumentError
+    from context_manager.core.text import encodable
+
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > 200
+        or "\x00" in value
+        or not encodable(value)
+    ):
+        raise InvalidArgumentError(
+            "conversation_id", value, "a non-empty string of at most 200 characters (no NUL)"
+        )
+    return value
+
+
+@runtime_checkable
+class ConversationStore(Protocol):
+    """Where persisted conversations live (see the module docstring)."""
+
+    kind: str
+    """``"sqlite"`` or ``"postgres"``."""
+
+    async def open(self) -> None:
+        """Open (creating and migrating if needed) the store."""
+        ...
+
+    async def close(self) -> None:
+        """Release files and connections."""
+        ...
+
+    async def load(self, conversation_id: str) -> StoredConversation:
+        """The latest snapshot and every record after it (version 0 when the conversation is new)."""
+        ...
+
+    async def append(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        records: Sequence[ConversationRecord],
+        *,
+        writer: str,
+    ) -> int:
+        """Store records as versions ``expected_version + 1 ...`` in one transaction; return the new version.
+
+        Raises:
+            ConversationConflictError: the stored version is not ``expected_version`` (nothing stored).
+            StorageError: the store could not be written.
+        """
+        ...
+
+    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` as the window at ``version`` (resuming starts there); drop older snapshots."""
+        ...
+
+    async def mark_indexed(self, conversation_id: str, version: int) -> None:
+        """Record that the evicted messages of compressions up to ``version`` are in memory."""
+        ...
+
+    async def list_conversations(self) -> list[ConversationInfo]:
+        """Every stored conversation, most recently changed first."""
+        ...
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Delete a conversation and its records; whether it existed."""
+        ...

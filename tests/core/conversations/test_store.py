@@ -1,0 +1,107 @@
+"""The conversation stores: append-only records with optimistic concurrency, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from context_manager.core.conversations.store import ConversationRecord
+from context_manager.core.errors import ContextManagerError, ConversationConflictError
+
+from .conftest import StoreFactory
+
+
+def records(*texts: str) -> list[ConversationRecord]:
+    return [ConversationRecord("add", {"message": {"text": text}}) for text in texts]
+
+
+async def test_append_then_load_returns_every_record_in_order(open_store: StoreFactory) -> None:
+    store = await open_store()
+    assert (await store.load("c1")).version == 0
+    assert await store.append("c1", 0, records("a", "b"), writer="w") == 2
+    assert await store.append("c1", 2, records("c"), writer="w") == 3
+    loaded = await store.load("c1")
+    assert loaded.version == 3
+    assert [version for version, _ in loaded.records] == [1, 2, 3]
+    assert [record.payload["message"]["text"] for _, record in loaded.records] == ["a", "b", "c"]
+    assert (await store.load("other")).records == []
+
+
+async def test_a_stale_writer_is_refused_and_stores_nothing(open_store: StoreFactory) -> None:
+    first, second = await open_store(), await open_store()  # two processes on one storage
+    await first.append("c1", 0, records("a"), writer="first")
+    await second.append("c1", 1, records("from second"), writer="second")
+    with pytest.raises(ConversationConflictError) as caught:
+        await first.append("c1", 1, records("from first"), writer="first")
+    error = caught.value
+    assert isinstance(error, ContextManagerError) and isinstance(error, RuntimeError)
+    assert (error.expected_version, error.current_version) == (1, 2)
+    assert "reload" in str(error)
+    loaded = await first.load("c1")
+    assert [record.payload["message"]["text"] for _, record in loaded.records] == ["a", "from second"]
+
+
+async def test_racing_writers_exactly_one_wins_each_version(open_store: StoreFactory) -> None:
+    stores = [await open_store() for _ in range(4)]
+    won: list[str] = []
+
+    async def writer(number: int) -> None:
+        store = stores[number]
+        for _ in range(30):
+            loaded = await store.load("race")
+            try:
+                await store.append("race", loaded.version, records(f"w{number}"), writer=f"w{number}")
+            except ConversationConflictError:
+                continue
+            won.append(f"w{number}")
+
+    await asyncio.gather(*(writer(number) for number in range(4)))
+    loaded = await stores[0].load("race")
+    stored = [record.payload["message"]["text"] for _, record in loaded.records]
+    assert loaded.version == len(stored) == len(won)  # every acknowledged append stored, once
+    assert sorted(stored) == sorted(won)
+    assert [version for version, _ in loaded.records] == list(range(1, len(stored) + 1))
+
+
+async def test_new_conversation_race_has_one_creator(open_store: StoreFactory) -> None:
+    first, second = await open_store(), await open_store()
+    outcomes = await asyncio.gather(
+        first.append("fresh", 0, records("one"), writer="one"),
+        second.append("fresh", 0, records("two"), writer="two"),
+        return_exceptions=True,
+    )
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["ConversationConflictError", "int"]
+    assert (await first.load("fresh")).version == 1
+
+
+async def test_snapshot_then_tail(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.append("c1", 0, records("a", "b", "c"), writer="w")
+    await store.save_snapshot("c1", 2, {"messages": ["a", "b"]})
+    loaded = await store.load("c1")
+    assert loaded.snapshot_version == 2 and loaded.snapshot == {"messages": ["a", "b"]}
+    assert [version for version, _ in loaded.records] == [3]
+    await store.save_snapshot("c1", 1, {"messages": ["older"]})  # never goes back
+    assert (await store.load("c1")).snapshot == {"messages": ["a", "b"]}
+
+
+async def test_indexing_watermark_only_moves_forward(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.append("c1", 0, records("a", "b"), writer="w")
+    await store.mark_indexed("c1", 2)
+    await store.mark_indexed("c1", 1)
+    assert (await store.load("c1")).indexed_version == 2
+
+
+async def test_list_and_delete(open_store: StoreFactory) -> None:
+    store = await open_store()
+    await store.append("older", 0, records("a"), writer="w")
+    await store.append("newer", 0, records("a", "b"), writer="w")
+    listed = await store.list_conversations()
+    assert [(info.conversation_id, info.version) for info in listed] == [("newer", 2), ("older", 1)]
+    assert listed[0].to_dict()["conversation_id"] == "newer"
+    assert await store.delete("older") is True
+    assert await store.delete("older") is False
+    assert [info.conversation_id for info in await store.list_conversations()] == ["newer"]
+    assert (await store.load("older")).version == 0
