@@ -566,7 +566,8 @@ class EnhancedContextManager:
         summary), ``memory`` (``initialized``, ``storage_path``, ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``monitor`` (the monitor's current metrics and advice) and
         ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
-        number of repairs), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
+        number of repairs; ``memory`` also has ``backend`` and, on PostgreSQL, ``location``, the DSN without
+        its password), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
         ``state``, ``consecutive_failures``, ``retry_in``, ``trips`` ...; see ``SummarizerGuard.status``).
         For memory counts use ``await memory_manager.get_memory_stats()``.
         """
@@ -582,11 +583,15 @@ class EnhancedContextManager:
                 except OSError:
                     sizes[name] = 0
             sizes["total"] = sum(sizes.values())
+            backend = memory.backend
             status["memory"] = {
                 "initialized": memory.is_initialized,
+                "backend": self.config.memory_backend,
                 "storage_path": str(memory.storage_path),
-                "bytes_on_disk": sizes,
+                "bytes_on_disk": sizes,  # the embedded files (0 with memory_backend="postgres")
             }
+            if backend is not None and backend.kind == "postgres":
+                status["memory"]["location"] = backend.location
         tools = getattr(self, "tool_manager", None)
         if tools is not None:
             status["tools"] = tools.get_tool_stats()

@@ -135,4 +135,12 @@ async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Pa
         status = await manager.health_checker.perform_health_check()
         database = status.checks["database"]
         assert database.status.value == "healthy", database.message
-        assert database.details.get("postgres") == "ok"
+        assert database.details.get("postgres") == "ok" and database.details["pool"]["pool_size"] >= 1
+        assert "***" in database.details["server"] or "@" not in database.details["server"]
+        assert status.checks["storage"].status.value == "healthy", status.checks["storage"].message
+        # the server goes away: the check says so, with what to do
+        await manager.memory_manager.backend.database.close()  # type: ignore[union-attr]
+        status = await manager.health_checker.perform_health_check()
+        database = status.checks["database"]
+        assert database.status.value == "unhealthy" and "PostgreSQL" in database.message
+        assert database.recommendation is not None and "postgres_dsn" in database.recommendation

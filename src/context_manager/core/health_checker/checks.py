@@ -133,6 +133,8 @@ def lost_memory_files(memory_manager: Any) -> list[Path]:
     """
     if memory_manager is None or not getattr(memory_manager, "is_initialized", False):
         return []
+    if getattr(getattr(memory_manager, "backend", None), "kind", "sqlite") != "sqlite":
+        return []  # the memory lives on a server, not in files
     from context_manager.core.memory.file_store import LOG_FILE_NAME
     from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
 
@@ -164,6 +166,8 @@ async def check_database(memory_manager: Any) -> CheckOutcome:
     if inspect.isawaitable(report):
         report = await report
     details = dict(report) if isinstance(report, dict) else {"result": report}
+    if "postgres" in details:
+        return _postgres_outcome(memory_manager, details)
     sqlite_state = str(details.get("sqlite", "ok"))
     # every other entry ("fts", "short_index", "medium_index" ...) is a rebuildable full-text index
     index_problems = {
@@ -192,6 +196,27 @@ async def check_database(memory_manager: Any) -> CheckOutcome:
             repair=rebuild_full_text_index(rebuild_index) if rebuild_index is not None else None,
         )
     return CheckOutcome(HealthState.HEALTHY, "database and full-text index intact", details)
+
+
+def _postgres_outcome(memory_manager: Any, details: dict[str, Any]) -> CheckOutcome:
+    """The PostgreSQL server answers and holds the schema; the pool's counters in the details."""
+    database = getattr(getattr(memory_manager, "backend", None), "database", None)
+    if database is not None:
+        details["server"] = database.location
+        details["pool"] = database.stats()
+    state = str(details["postgres"])
+    if state == "ok":
+        return CheckOutcome(HealthState.HEALTHY, "PostgreSQL server answers; schema in place", details)
+    return CheckOutcome(
+        HealthState.UNHEALTHY,
+        f"PostgreSQL memory storage not usable: {state}",
+        details,
+        recommendation=(
+            "Check that the PostgreSQL server runs and is reachable (postgres_dsn). The connection pool "
+            "reconnects by itself once it is back; until then memory calls fail with StorageError and the "
+            "context window keeps working."
+        ),
+    )
 
 
 def check_memory_pressure(limits: HealthThresholds) -> CheckOutcome:

@@ -1,0 +1,159 @@
+"""The window as a fold of its records: building records from changes and replaying them (pure functions).
+
+Record payloads (JSON):
+
+* ``add``: ``{"message": {...}}``: a message appended, with its token count;
+* ``compress``: ``{"kept": [ids], "new": [{...}], "evicted": [ids], "record": {...}}``: the window after a
+  compression, as the ids of the messages it kept in order; ``new`` holds the messages the compression
+  created (the summary, the head + tail copies of cut messages), ``record`` the ``compression_history``
+  entry, ``evicted`` the ids handed to memory;
+* ``pin``: ``{"id": ..., "pinned": true|false}``.
+
+Replaying gives messages equal field by field to the ones the writer held (ids, timestamps, token counts
+and metadata included), so the exported request is byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from context_manager.core.conversations.store import ConversationRecord, StoredConversation
+from context_manager.core.errors import StorageCorruptedError
+from context_manager.core.messages import Message, Priority, Role, ToolCall
+
+__all__ = [
+    "WindowState",
+    "add_record",
+    "compress_record",
+    "fold",
+    "message_from_dict",
+    "pin_record",
+    "snapshot_of",
+]
+
+
+def message_from_dict(data: Mapping[str, Any]) -> Message:
+    """The message :meth:`Message.to_dict` wrote (every field, the token count included)."""
+    return Message(
+        role=Role(data["role"]),
+        content=str(data["content"]),
+        priority=Priority(data.get("priority", "normal")),
+        pinned=bool(data.get("pinned", False)),
+        metadata=dict(data.get("metadata") or {}),
+        tool_calls=[
+            ToolCall(id=call["id"], name=call["name"], arguments=dict(call.get("arguments") or {}))
+            for call in data.get("tool_calls") or []
+        ],
+        tool_call_id=data.get("tool_call_id"),
+        name=data.get("name"),
+        id=str(data["id"]),
+        timestamp=float(data["timestamp"]),
+        token_count=int(data.get("token_count", 0)),
+    )
+
+
+def add_record(message: Message) -> ConversationRecord:
+    """The record of a message appended to the window."""
+    return ConversationRecord("add", {"message": message.to_dict()})
+
+
+def compress_record(
+    kept: Sequence[Message],
+    created: Iterable[Message],
+    evicted: Iterable[Message],
+    history_entry: Mapping[str, Any],
+) -> ConversationRecord:
+    """The record of a compression: the kept ids in order, the messages it created, what it evicted."""
+    return ConversationRecord(
+        "compress",
+        {
+            "kept": [message.id for message in kept],
+            "new": [message.to_dict() for message in created],
+            "evicted": [message.id for message in evicted],
+            "record": dict(history_entry),
+        },
+    )
+
+
+def pin_record(message_id: str, pinned: bool) -> ConversationRecord:
+    """The record of a pin or unpin."""
+    return ConversationRecord("pin", {"id": message_id, "pinned": pinned})
+
+
+@dataclass(slots=True)
+class WindowState:
+    """A window rebuilt from records."""
+
+    messages: list[Message] = field(default_factory=list)
+    """The window's messages, in order."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """``compression_history`` entries, oldest first."""
+    unindexed: list[Message] = field(default_factory=list)
+    """Messages evicted after the indexing watermark: they may be missing from memory."""
+    version: int = 0
+    """The version of the last record applied."""
+
+
+def snapshot_of(state: WindowState) -> dict[str, Any]:
+    """A JSON-ready copy of a state (for :meth:`ConversationStore.save_snapshot`)."""
+    return {
+        "messages": [message.to_dict() for message in state.messages],
+        "history": [dict(entry) for entry in state.history],
+        "unindexed": [message.to_dict() for message in state.unindexed],
+    }
+
+
+def fold(stored: StoredConversation) -> WindowState:
+    """Replay a stored conversation: its snapshot, then every record after it.
+
+    Raises:
+        StorageCorruptedError: a record does not fit the window it applies to (nothing is guessed).
+    """
+    state = WindowState(version=stored.snapshot_version)
+    known: dict[str, Message] = {}
+    if stored.snapshot is not None:
+        state.messages = [message_from_dict(data) for data in stored.snapshot.get("messages", [])]
+        state.history = [dict(entry) for entry in stored.snapshot.get("history", [])]
+        state.unindexed = [message_from_dict(data) for data in stored.snapshot.get("unindexed", [])]
+        known = {message.id: message for message in state.messages}
+    for version, record in stored.records:
+        try:
+            _apply(state, known, record, track_evicted=version > stored.indexed_version)
+        except (KeyError, TypeError, ValueError) as error:
+            raise StorageCorruptedError(
+                f"conversation {stored.conversation_id!r}: record {version} ({record.kind}) does not apply "
+                f"to the window before it ({type(error).__name__}: {error}); nothing was changed"
+            ) from error
+        state.version = version
+    return state
+
+
+def _apply(
+    state: WindowState, known: dict[str, Message], record: ConversationRecord, *, track_evicted: bool
+) -> None:
+    payload = record.payload
+    if record.kind == "add":
+        message = message_from_dict(payload["message"])
+        state.messages.append(message)
+        known[message.id] = message
+    elif record.kind == "compress":
+        for data in payload["new"]:
+            message = message_from_dict(data)
+            known[message.id] = message
+        kept_ids = list(payload["kept"])
+        kept = [known[message_id] for message_id in kept_ids]
+        if track_evicted:
+            present = {message.id: message for message in state.messages}
+            state.unindexed.extend(present[i] for i in payload["evicted"] if i in present)
+        state.messages = kept
+        state.history.append(dict(payload["record"]))
+        kept_set = set(kept_ids)
+        for message_id in [i for i in known if i not in kept_set]:  # never referenced again
+            del known[message_id]
+    elif record.kind == "pin":
+        target = known[payload["id"]]
+        target.pinned = bool(payload["pinned"])
+    else:
+        raise ValueError(f"unknown record kind {record.kind!r}")
