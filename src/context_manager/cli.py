@@ -12,6 +12,7 @@
     context-manager memory cleanup --max-age-days 30
     context-manager health
     context-manager examples basic
+    context-manager mcp serve --storage ./memory --user alice     # an MCP server over stdio (mcp extra)
 
 Global options come before the command: ``--storage PATH`` (the memory directory; by default the
 configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (machine-readable output on
@@ -67,6 +68,12 @@ memory_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(memory_app, name="memory")
+mcp_app = typer.Typer(
+    help="Serve the memory (and your tools) to MCP clients.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(mcp_app, name="mcp")
 
 
 class Encoding(StrEnum):
@@ -646,6 +653,91 @@ def health(ctx: typer.Context) -> None:
     code = _run(ctx, body)
     if code:
         raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------------------------- mcp
+
+
+def _config_overrides(settings: list[str]) -> dict[str, str]:
+    """``--set OPTION=VALUE`` pairs as a dict (validated by ContextManagerConfig)."""
+    overrides: dict[str, str] = {}
+    for item in settings:
+        name, separator, value = item.partition("=")
+        if not separator or not name.strip():
+            raise CommandError(f"--set {item!r}: expected OPTION=VALUE, e.g. --set fsync=true")
+        overrides[name.strip()] = value
+    return overrides
+
+
+@mcp_app.command("serve")
+def mcp_serve(
+    ctx: typer.Context,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            "--storage",
+            help="Memory directory (required here, or as the global --storage; created if missing).",
+        ),
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="The user every call is scoped to (default namespace if omitted)."),
+    ] = None,
+    http: Annotated[
+        int | None,
+        typer.Option(
+            "--http", min=1, max=65535, help="Serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio."
+        ),
+    ] = None,
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            "--tools",
+            help="Also offer your tools: module:attribute naming your tool manager, a list of @tool functions, "
+            "or a function returning one.",
+            metavar="MODULE:ATTRIBUTE",
+        ),
+    ] = None,
+    app_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--app-dir", help="Directory to import the --tools module from (default: the working one)."
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any configuration option, OPTION=VALUE (repeatable), e.g. --set fsync=true.",
+            metavar="OPTION=VALUE",
+        ),
+    ] = None,
+) -> None:
+    """Serve memory_add/search/delete/stats (and your tools) to MCP clients, over stdio by default.
+
+    MCP clients start stdio servers with a stripped environment and an arbitrary working directory:
+    give the storage as an absolute path and every option on the command line.
+    """
+
+    async def body(options: _Options) -> None:
+        from context_manager.core.config import ContextManagerConfig
+        from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
+
+        path = storage if storage is not None else options.storage
+        if path is None:
+            raise CommandError(
+                "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
+                "so the memory location must be explicit)"
+            )
+        overrides = _config_overrides(settings or [])
+        config = ContextManagerConfig(**{**overrides, "storage_path": path.expanduser().resolve()})
+        tool_manager = None
+        if tools is not None:
+            resolve_app_dir(app_dir)
+            tool_manager = load_tool_registry(tools, config)
+        await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
+
+    _run(ctx, body)
 
 
 # ---------------------------------------------------------------------------------------- examples

@@ -1,0 +1,515 @@
+"""An MCP server over the memory (and optionally your tools): ``context-manager mcp serve``.
+
+Any MCP client (Claude Desktop, Claude Code, Cursor, an agent framework) can then remember and recall
+through the same three-tier memory the library uses. Needs the ``mcp`` extra
+(``pip install 'python-context-manager[mcp]'``, the official SDK 2.x)::
+
+    context-manager mcp serve --storage /data/memory --user alice            # stdio
+    context-manager mcp serve --storage /data/memory --user alice --http 8765  # http://127.0.0.1:8765/mcp
+
+What the server offers:
+
+* tools ``memory_add`` (content, importance, tags), ``memory_search`` (query, limit), ``memory_delete``
+  (memory_id) and ``memory_stats``, each with an input and an output schema;
+* resources ``memory://stats`` and ``memory://recent`` (the newest memories, JSON);
+* optionally the application's own tools (``--tools module:registry``: a ``ToolManager``, a list of
+  ``@tool`` functions or a function returning either), run through the ``ToolManager`` so their schemas,
+  permission policy, rate limits (per server user) and timeouts stay in force.
+
+Every call is scoped to the server's user (``--user``; the default namespace without it): no tool takes a
+user id, a search never crosses users and a delete of another user's memory answers "not found". A bad
+argument or a failed call is an MCP error result (``isError``); it never ends the session. The server is
+configured explicitly (command-line options, ``--set OPTION=VALUE`` for any configuration option), because
+stdio clients start it with a stripped environment and an arbitrary working directory.
+
+In Python, :func:`create_mcp_server` returns the ``MCPServer`` to run or to mount yourself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import (
+    ConfigurationError,
+    ContextManagerError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    ToolRegistrationError,
+)
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import Memory
+from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission, get_tool_definition
+from context_manager.core.tool_system.manager import ToolManager
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+__all__ = [
+    "MEMORY_TOOL_NAMES",
+    "MemoryItem",
+    "create_mcp_server",
+    "load_tool_registry",
+    "run_mcp_server",
+]
+
+logger = logging.getLogger(__name__)
+
+MEMORY_TOOL_NAMES = ("memory_add", "memory_search", "memory_delete", "memory_stats")
+"""The memory tools every server offers (application tools may not use these names)."""
+STATS_URI = "memory://stats"
+"""Resource: the memory statistics of the server's user (JSON)."""
+RECENT_URI = "memory://recent"
+"""Resource: the server user's newest memories, newest first (JSON)."""
+DEFAULT_RECENT_LIMIT = 20
+SERVER_NAME = "context-manager"
+
+_INSTRUCTIONS = (
+    "Long-term memory for this user. Call memory_search before answering questions that may depend on "
+    "earlier conversations or the user's preferences; call memory_add to keep a durable fact (importance "
+    "0-1: 0.8+ for things that must not be forgotten). Memories persist across sessions."
+)
+
+
+class MemoryItem(BaseModel):
+    """One memory as the MCP tools return it."""
+
+    id: str = Field(description="The memory's id (pass it to memory_delete).")
+    content: str = Field(description="The remembered text.")
+    importance: float = Field(description="0 (trivial) to 1 (critical).")
+    tags: list[str] = Field(description="Labels.")
+    tier: str = Field(description="Where it is kept: short, medium or long.")
+    created_at: float = Field(description="When it was stored, seconds since the epoch.")
+    score: float | None = Field(None, description="Relevance of a search result (higher is better).")
+
+
+class SearchResults(BaseModel):
+    """What ``memory_search`` returns."""
+
+    results: list[MemoryItem] = Field(description="The best matches, best first.")
+
+
+class DeleteResult(BaseModel):
+    """What ``memory_delete`` returns."""
+
+    deleted: str = Field(description="The id of the deleted memory.")
+
+
+def _item(memory: Memory) -> MemoryItem:
+    return MemoryItem(
+        id=memory.id,
+        content=memory.content,
+        importance=memory.importance,
+        tags=list(memory.tags),
+        tier=memory.tier.value,
+        created_at=memory.created_at,
+        score=memory.score,
+    )
+
+
+class _MemoryHandle:
+    """The memory a server uses: given (and owned by the caller), or opened from the config on first use.
+
+    Opening is reference-counted, so several in-process sessions share one open store (a storage path can
+    be open once per process).
+    """
+
+    def __init__(self, config: ContextManagerConfig, memory: MemoryManager | None) -> None:
+        self.config = config
+        self._given = memory
+        self._opened: MemoryManager | None = None
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    def get(self) -> MemoryManager:
+        memory = self._given or self._opened
+        if memory is None or not memory.is_initialized:
+            from mcp.server.mcpserver.exceptions import ToolError
+
+            raise ToolError("the memory store is not open (the server is starting or stopping)")
+        return memory
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        if self._given is not None:
+            yield
+            return
+        async with self._lock:
+            if self._users == 0:
+                memory = MemoryManager(self.config)
+                await memory.initialize()
+                self._opened = memory
+            self._users += 1
+        try:
+            yield
+        finally:
+            async with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._opened is not None:
+                    memory, self._opened = self._opened, None
+                    await memory.close()
+
+
+def create_mcp_server(
+    config: ContextManagerConfig | None = None,
+    *,
+    user_id: str | None = None,
+    memory: MemoryManager | None = None,
+    tools: ToolManager | None = None,
+    recent_limit: int = DEFAULT_RECENT_LIMIT,
+    name: str = SERVER_NAME,
+) -> MCPServer[Any]:
+    """Build an MCP server over the memory of ``config`` (and ``tools``), scoped to ``user_id``.
+
+    Args:
+        config: Where the memory is (``storage_path``, and any other option); defaults from the
+            environment when omitted.
+        user_id: Whose memories every call reads and writes (``None``: the default namespace).
+        memory: An initialized ``MemoryManager`` to use (you open and close it); by default the server
+            opens one from ``config`` when a session starts and closes it when the last one ends.
+        tools: Application tools to offer besides the memory tools; calls go through this manager's
+            checks (permission policy, validation, rate limits keyed by ``user_id``, timeouts).
+        recent_limit: How many memories the ``memory://recent`` resource lists.
+        name: The server name announced to clients.
+
+    Returns:
+        An ``mcp.server.mcpserver.MCPServer``: ``await server.run_stdio_async()``, or
+        ``server.streamable_http_app()`` to mount, or ``mcp.client.Client(server)`` in tests.
+
+    Raises:
+        MissingDependencyError: the ``mcp`` extra is not installed.
+        InvalidArgumentError: a bad argument.
+        ToolRegistrationError: an application tool is named like a memory tool.
+    """
+    try:
+        from mcp.server.mcpserver import MCPServer
+    except ImportError:
+        raise MissingDependencyError("mcp server", "mcp", "mcp") from None
+    if config is None:
+        config = memory.config if memory is not None else ContextManagerConfig()
+    if not isinstance(config, ContextManagerConfig):
+        raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
+    if memory is not None and not isinstance(memory, MemoryManager):
+        raise InvalidArgumentError("memory", memory, "an initialized MemoryManager or None")
+    if tools is not None and not isinstance(tools, ToolManager):
+        raise InvalidArgumentError("tools", tools, "a ToolManager or None")
+    if isinstance(recent_limit, bool) or not isinstance(recent_limit, int) or not 1 <= recent_limit <= 1000:
+        raise InvalidArgumentError("recent_limit", recent_limit, "an integer from 1 to 1000")
+    handle = _MemoryHandle(config, memory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        async with handle.opened():
+            yield
+
+    application_tools = _application_tools(tools, user_id) if tools is not None else []
+    server: MCPServer[Any] = MCPServer(
+        name,
+        title="context-manager memory",
+        instructions=_INSTRUCTIONS,
+        version=_version(),
+        lifespan=lifespan,
+        log_level="WARNING",
+        tools=application_tools,
+    )
+    _add_memory_tools(server, handle, user_id)
+    _add_resources(server, handle, user_id, recent_limit)
+    return server
+
+
+# ------------------------------------------------------------------------------------------ memory tools
+
+
+def _tool_error(error: ContextManagerError) -> Exception:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    return ToolError(" ".join(str(error).split()))
+
+
+def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None) -> None:
+    from mcp_types import ToolAnnotations
+
+    async def memory_add(
+        content: Annotated[str, Field(min_length=1, description="The fact to remember, in plain words.")],
+        importance: Annotated[
+            float, Field(ge=0.0, le=1.0, description="0 (trivial) to 1 (critical); 0.7+ is kept long-term.")
+        ] = 0.5,
+        tags: Annotated[list[str] | None, Field(description="Labels to find it by.")] = None,
+    ) -> MemoryItem:
+        """Store a fact about the user or the work, durably, in long-term memory."""
+        try:
+            stored = await handle.get().add_memory(content, importance, tags, user_id=user_id, source="mcp")
+        except ContextManagerError as error:
+            raise _tool_error(error) from None
+        return _item(stored)
+
+    async def memory_search(
+        query: Annotated[str, Field(min_length=1, description="What to look for, in plain words.")],
+        limit: Annotated[int, Field(ge=1, le=50, description="At most this many results.")] = 5,
+    ) -> SearchResults:
+        """Find the memories most relevant to a query, best first."""
+        try:
+            found = await handle.get().search_memory(query, limit, user_id=user_id)
+        except ContextManagerError as error:
+            raise _tool_error(error) from None
+        return SearchResults(results=[_item(memory) for memory in found])
+
+    async def memory_delete(
+        memory_id: Annotated[
+            str, Field(min_length=1, description="The id memory_add or memory_search gave.")
+        ],
+    ) -> DeleteResult:
+        """Delete one memory by id."""
+        from mcp.server.mcpserver.exceptions import ToolError
+
+        memory = handle.get()
+        try:
+            existing = await memory.get_memory(memory_id)
+            if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
+                raise ToolError(f"memory_id: no memory with id {memory_id!r}")
+            deleted = await memory.delete_memory(memory_id)
+        except ContextManagerError as error:
+            raise _tool_error(error) from None
+        return DeleteResult(deleted=deleted.id)
+
+    async def memory_stats() -> dict[str, Any]:
+        """Counts per tier, capacity, size on disk and index status of this user's memory."""
+        try:
+            return _json_ready(await handle.get().get_memory_stats(user_id=user_id))
+        except ContextManagerError as error:
+            raise _tool_error(error) from None
+
+    server.add_tool(memory_add, annotations=ToolAnnotations(title="Remember", read_only_hint=False))
+    server.add_tool(
+        memory_search, annotations=ToolAnnotations(title="Recall", read_only_hint=True, open_world_hint=False)
+    )
+    server.add_tool(
+        memory_delete,
+        annotations=ToolAnnotations(
+            title="Forget", read_only_hint=False, destructive_hint=True, idempotent_hint=True
+        ),
+    )
+    server.add_tool(memory_stats, annotations=ToolAnnotations(title="Memory statistics", read_only_hint=True))
+
+
+def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None, limit: int) -> None:
+    async def stats() -> str:
+        """Memory statistics of this server's user (JSON)."""
+        return json.dumps(_json_ready(await handle.get().get_memory_stats(user_id=user_id)), indent=2)
+
+    async def recent() -> str:
+        """The newest memories of this server's user, newest first (JSON)."""
+        memories = await _recent_memories(handle.get(), user_id, limit)
+        return json.dumps([_item(memory).model_dump() for memory in memories], indent=2, ensure_ascii=False)
+
+    server.resource(STATS_URI, name="memory_stats", title="Memory statistics", mime_type="application/json")(
+        stats
+    )
+    server.resource(
+        RECENT_URI, name="recent_memories", title="Recent memories", mime_type="application/json"
+    )(recent)
+
+
+async def _recent_memories(memory: MemoryManager, user_id: str | None, limit: int) -> list[Memory]:
+    """The user's ``limit`` newest active memories, newest first.
+
+    Read through ``export_memories`` (the one public call that lists memories on every backend), so the cost
+    grows with the user's memories; fine for an occasional resource read.
+    """
+    with tempfile.TemporaryDirectory(prefix="cm-mcp-") as directory:
+        path = Path(directory) / "export.jsonl"
+        await memory.export_memories(path, user_id=user_id)
+
+        def newest() -> list[Memory]:
+            import heapq
+
+            memories: list[Memory] = []
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    item = Memory.from_dict(json.loads(line))
+                    if item.superseded_by is None:
+                        memories.append(item)
+            return heapq.nlargest(limit, memories, key=lambda item: item.created_at)
+
+        return await asyncio.to_thread(newest)
+
+
+def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(value, default=str))
+    return result
+
+
+# ------------------------------------------------------------------------------------ application tools
+
+
+def _application_tools(tools: ToolManager, user_id: str | None) -> list[Any]:
+    """MCP tools that run the application's tools through ``tools`` (its checks stay in force)."""
+    from mcp.server.mcpserver.tools import Tool
+    from mcp.server.mcpserver.utilities.func_metadata import func_metadata
+    from mcp_types import CallToolResult, TextContent, ToolAnnotations
+
+    async def _placeholder() -> None:  # pragma: no cover - never called; run() is overridden
+        return None
+
+    metadata = func_metadata(_placeholder, structured_output=False)
+
+    class ApplicationTool(Tool):
+        """An application tool: the arguments go to ``ToolManager.call_tool``, which validates them."""
+
+        async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+            result = await tools.call_tool(self.name, arguments, caller_key=user_id)
+            return CallToolResult(
+                content=[TextContent(type="text", text=result.to_content())], is_error=not result.success
+            )
+
+    exposed: list[Any] = []
+    for definition in tools.list_tools():
+        if definition.name in MEMORY_TOOL_NAMES:
+            raise ToolRegistrationError(
+                "name",
+                definition.name,
+                "a name other than the memory tools' (" + ", ".join(MEMORY_TOOL_NAMES) + ")",
+                detail="the MCP server offers those itself",
+            )
+        exposed.append(
+            ApplicationTool(
+                fn=_placeholder,
+                name=definition.name,
+                description=definition.description,
+                parameters=json.loads(json.dumps(definition.parameters_schema)),
+                fn_metadata=metadata,
+                is_async=True,
+                annotations=_annotations(definition, ToolAnnotations),
+            )
+        )
+    return exposed
+
+
+def _annotations(definition: ToolDefinition, annotation_type: Any) -> Any:
+    read_only = definition.category.value in ("search", "analysis", "memory") and definition.permission in (
+        ToolPermission.PUBLIC,
+        ToolPermission.STANDARD,
+    )
+    return annotation_type(
+        read_only_hint=read_only,
+        destructive_hint=definition.permission is ToolPermission.DANGEROUS,
+    )
+
+
+def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) -> ToolManager:
+    """Import the application's tools from ``"module:attribute"``.
+
+    The attribute may be a ``ToolManager`` (used as it is, with its policy and approval callback), a
+    sequence of ``@tool``-decorated functions or ``ToolDefinition`` objects (registered on a new
+    ``ToolManager(config)``), or a function without arguments returning either.
+
+    Raises:
+        ConfigurationError: a malformed spec, a module or attribute that cannot be imported, or an
+            attribute of another kind.
+    """
+    allowed = (
+        "'module:attribute' naming a ToolManager, a list of @tool functions, or a function returning one"
+    )
+    module_name, separator, attribute = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not separator or not module_name.strip() or not attribute.strip():
+        raise ConfigurationError("tools", spec, allowed)
+    try:
+        module = importlib.import_module(module_name.strip())
+    except ImportError as error:
+        raise ConfigurationError(
+            "tools", spec, allowed, detail=f"cannot import {module_name!r}: {error}"
+        ) from None
+    value: Any = module
+    for part in attribute.strip().split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise ConfigurationError(
+                "tools", spec, allowed, detail=f"{module_name} has no {attribute!r}"
+            ) from None
+    if callable(value) and not isinstance(value, ToolManager) and get_tool_definition(value) is None:
+        if inspect.iscoroutinefunction(value):
+            raise ConfigurationError(
+                "tools", spec, allowed, detail="the factory must be a plain (sync) function"
+            )
+        value = value()
+    if isinstance(value, ToolManager):
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        manager = ToolManager(config)
+        for item in value:
+            if isinstance(item, ToolDefinition):
+                manager.register_tool(item)
+                continue
+            if get_tool_definition(item) is None:
+                raise ConfigurationError("tools", spec, allowed, detail=f"{item!r} is not a @tool function")
+            manager.register_tool(item)
+        return manager
+    raise ConfigurationError("tools", spec, allowed, detail=f"got a {type(value).__name__}")
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+async def run_mcp_server(
+    config: ContextManagerConfig,
+    *,
+    user_id: str | None = None,
+    tools: ToolManager | None = None,
+    http_port: int | None = None,
+) -> None:
+    """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
+
+    The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
+    error instead of a dropped session. Returns when the client disconnects (stdio) or on interruption.
+
+    Raises:
+        StorageError: the memory store cannot be opened (locked by another process, damaged ...).
+        MissingDependencyError: the ``mcp`` extra is not installed.
+    """
+    memory = MemoryManager(config)
+    await memory.initialize()
+    try:
+        server = create_mcp_server(config, user_id=user_id, memory=memory, tools=tools)
+        where = f"http://127.0.0.1:{http_port}/mcp" if http_port is not None else "stdio"
+        print(  # stderr: stdout is the protocol channel on stdio
+            f"context-manager MCP server: memory at {memory.storage_path}, user "
+            f"{user_id if user_id is not None else '(default)'}, "
+            f"{len(tools) if tools is not None else 0} application tools, serving on {where}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if http_port is None:
+            await server.run_stdio_async()
+        else:
+            await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+    finally:
+        await memory.close()
+
+
+def _version() -> str:
+    from context_manager import __version__
+
+    return __version__
+
+
+def resolve_app_dir(app_dir: str | os.PathLike[str] | None) -> None:
+    """Put ``app_dir`` (default: the working directory) first on ``sys.path`` for ``--tools`` imports."""
+    directory = str(Path(app_dir).resolve()) if app_dir is not None else os.getcwd()
+    if directory not in sys.path:
+        sys.path.insert(0, directory)

@@ -1,0 +1,456 @@
+"""The MCP server (context_manager/mcp_server.py, ``context-manager mcp serve``).
+
+Over stdio the MCP SDK's own client starts the real command in a subprocess with a stripped environment
+(only the SDK's safe defaults plus the path to this checkout), as MCP clients do; the rest uses the SDK's
+in-process client, and one test the streamable HTTP transport on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+from typer.testing import CliRunner
+
+import context_manager
+from context_manager import ContextManagerConfig
+from context_manager.cli import app
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError, ToolRegistrationError
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.tool_system import ToolManager, ToolPermission, tool
+from context_manager.mcp_server import create_mcp_server, load_tool_registry
+
+SOURCE_ROOT = str(Path(context_manager.__file__).resolve().parents[1])
+MEMORY_TOOLS = {"memory_add", "memory_search", "memory_delete", "memory_stats"}
+
+
+def stdio_server(storage: Path, *extra: str) -> Client:
+    parameters = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage), *extra],
+        env={"PYTHONPATH": SOURCE_ROOT},  # merged over the SDK's stripped default environment
+    )
+    return Client(parameters, read_timeout_seconds=60)
+
+
+def text_of(result: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+# --- over stdio, the real command ------------------------------------------------------------------------
+
+
+async def test_mcp_stdio_lists_tools_and_finds_what_was_added(tmp_path: Path) -> None:
+    async with stdio_server(tmp_path / "memory", "--user", "alice") as client:
+        assert client.server_info is not None and client.server_info.name == "context-manager"
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(tools) == MEMORY_TOOLS
+        add_schema = tools["memory_add"].input_schema
+        assert add_schema["required"] == ["content"]
+        assert add_schema["properties"]["importance"]["maximum"] == 1.0
+        assert (
+            tools["memory_search"].annotations is not None
+            and tools["memory_search"].annotations.read_only_hint
+        )
+
+        added = await client.call_tool(
+            "memory_add",
+            {"content": "Alice's flat is on Rua Augusta 31", "importance": 0.8, "tags": ["home"]},
+        )
+        assert not added.is_error, text_of(added)
+        assert added.structured_content is not None
+        memory_id = added.structured_content["id"]
+        found = await client.call_tool(
+            "memory_search", {"query": "where does Alice live? Rua Augusta", "limit": 3}
+        )
+        assert not found.is_error
+        results = found.structured_content["results"]  # type: ignore[index]
+        assert results[0]["id"] == memory_id and results[0]["content"] == "Alice's flat is on Rua Augusta 31"
+        assert results[0]["tags"] == ["home"] and results[0]["score"] > 0
+
+        resources = {str(resource.uri) for resource in (await client.list_resources()).resources}
+        assert resources == {"memory://stats", "memory://recent"}
+        stats = json.loads((await client.read_resource("memory://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert stats["total_memories"] == 1
+
+
+async def test_mcp_stdio_bad_argument_is_an_error_result_and_the_session_continues(tmp_path: Path) -> None:
+    async with stdio_server(tmp_path / "memory") as client:
+        too_important = await client.call_tool("memory_add", {"content": "x", "importance": 5})
+        assert too_important.is_error and "importance" in text_of(too_important)
+        missing = await client.call_tool("memory_add", {"importance": 0.5})
+        assert missing.is_error and "content" in text_of(missing)
+        wrong_type = await client.call_tool("memory_search", {"query": "tea", "limit": "many"})
+        assert wrong_type.is_error and "limit" in text_of(wrong_type)
+        empty = await client.call_tool("memory_search", {"query": ""})
+        assert empty.is_error
+        unknown = await client.call_tool("memory_forget_everything", {})
+        assert unknown.is_error and "memory_forget_everything" in text_of(unknown)
+        bad_delete = await client.call_tool("memory_delete", {"memory_id": "no-such-id"})
+        assert bad_delete.is_error and "no memory with id 'no-such-id'" in text_of(bad_delete)
+        # the session is still up and works
+        added = await client.call_tool("memory_add", {"content": "Bob drinks green tea", "tags": ["drinks"]})
+        assert not added.is_error
+        found = await client.call_tool("memory_search", {"query": "green tea"})
+        assert [item["content"] for item in found.structured_content["results"]] == ["Bob drinks green tea"]  # type: ignore[index]
+
+
+async def test_mcp_stdio_a_server_for_bob_does_not_see_alices_memories(tmp_path: Path) -> None:
+    storage = tmp_path / "memory"
+    async with stdio_server(storage, "--user", "alice") as alice:
+        added = await alice.call_tool(
+            "memory_add", {"content": "Alice's locker code is 4417", "importance": 0.9}
+        )
+        alice_id = added.structured_content["id"]  # type: ignore[index]
+    async with stdio_server(storage, "--user", "bob") as bob:
+        found = await bob.call_tool("memory_search", {"query": "locker code 4417"})
+        assert found.structured_content == {"results": []}
+        stats = await bob.call_tool("memory_stats", {})
+        assert stats.structured_content["total_memories"] == 0  # type: ignore[index]
+        recent = json.loads((await bob.read_resource("memory://recent")).contents[0].text)  # type: ignore[union-attr]
+        assert recent == []
+        deleted = await bob.call_tool("memory_delete", {"memory_id": alice_id})
+        assert deleted.is_error and "no memory with id" in text_of(deleted)  # not "someone else's"
+    async with stdio_server(storage, "--user", "alice") as alice:
+        found = await alice.call_tool("memory_search", {"query": "locker code"})
+        assert [item["id"] for item in found.structured_content["results"]] == [alice_id]  # type: ignore[index]
+
+
+async def test_mcp_stdio_a_restarted_server_finds_what_was_stored(tmp_path: Path) -> None:
+    storage = tmp_path / "memory"
+    async with stdio_server(storage) as client:
+        ids = []
+        for text in ("The staging database is db-stg-02", "Deploys happen on Thursdays at 14:00 UTC"):
+            result = await client.call_tool("memory_add", {"content": text})
+            ids.append(result.structured_content["id"])  # type: ignore[index]
+    async with stdio_server(storage) as client:  # a new process on the same storage
+        found = await client.call_tool("memory_search", {"query": "when are deploys?"})
+        assert found.structured_content["results"][0]["id"] == ids[1]  # type: ignore[index]
+        recent = json.loads((await client.read_resource("memory://recent")).contents[0].text)  # type: ignore[union-attr]
+        assert [item["id"] for item in recent] == [ids[1], ids[0]]  # newest first
+        deleted = await client.call_tool("memory_delete", {"memory_id": ids[0]})
+        assert deleted.structured_content == {"deleted": ids[0]}
+    async with stdio_server(storage) as client:
+        stats = await client.call_tool("memory_stats", {})
+        assert stats.structured_content["total_memories"] == 1  # type: ignore[index]
+
+
+# --- streamable HTTP on 127.0.0.1 ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_mcp_http_serves_the_same_tools_on_loopback(tmp_path: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "context_manager.cli",
+        "mcp",
+        "serve",
+        "--storage",
+        str(tmp_path / "memory"),
+        "--user",
+        "carol",
+        "--http",
+        str(port),
+        env={"PYTHONPATH": SOURCE_ROOT, "PATH": "/usr/bin:/bin"},
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        banner = await asyncio.wait_for(process.stderr.readline(), timeout=60)
+        assert f"serving on http://127.0.0.1:{port}/mcp" in banner.decode()
+        for _ in range(100):  # the banner comes just before uvicorn binds the port
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        import httpx
+
+        async with httpx.AsyncClient() as raw:  # DNS rebinding: a page on another host reaching the port
+            refused = await raw.post(
+                f"http://127.0.0.1:{port}/mcp",
+                headers={"Host": "attacker.example", "Content-Type": "application/json"},
+                content=b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}',
+            )
+            assert refused.status_code in (400, 403, 421)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            assert set(tool.name for tool in (await client.list_tools()).tools) == MEMORY_TOOLS
+            await client.call_tool("memory_add", {"content": "Carol's badge number is 88"})
+            bad = await client.call_tool("memory_search", {"query": "badge", "limit": 0})
+            assert bad.is_error
+            found = await client.call_tool("memory_search", {"query": "badge number"})
+            assert found.structured_content["results"][0]["content"] == "Carol's badge number is 88"  # type: ignore[index]
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+# --- in process ------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def in_process(tmp_path: Path, **options: Any) -> AsyncIterator[Client]:
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    server = create_mcp_server(config, **options)
+    async with Client(server) as client:
+        yield client
+
+
+@tool(name="word_count", rate_limit=2, rate_window=60.0, timeout=5.0)
+async def word_count(text: str) -> int:
+    """Count the words of a text.
+
+    Args:
+        text: The text to count.
+    """
+    return len(text.split())
+
+
+@tool(name="slow_report", timeout=0.2)
+async def slow_report(topic: str) -> str:
+    """Write a report (slowly)."""
+    await asyncio.sleep(30)
+    return topic
+
+
+@tool(name="wipe_disk", permission=ToolPermission.DANGEROUS)
+async def wipe_disk(device: str) -> str:
+    """Erase a device."""
+    raise AssertionError("must never run without approval")
+
+
+async def test_mcp_application_tools_keep_their_schemas_limits_permissions_and_timeouts(
+    tmp_path: Path,
+) -> None:
+    tools = ToolManager()
+    for function in (word_count, slow_report, wipe_disk):
+        tools.register_tool(function)
+    async with in_process(tmp_path, user_id="alice", tools=tools) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        assert set(listed) == MEMORY_TOOLS | {"word_count", "slow_report", "wipe_disk"}
+        assert listed["word_count"].input_schema == tools.get_tool("word_count").parameters_schema
+        assert listed["word_count"].description.startswith("Count the words")
+        assert listed["wipe_disk"].annotations.destructive_hint  # type: ignore[union-attr]
+
+        ok = await client.call_tool("word_count", {"text": "one two three"})
+        assert not ok.is_error and text_of(ok) == "3"
+        invalid = await client.call_tool("word_count", {"text": 7})
+        assert invalid.is_error and text_of(invalid).startswith("Error (invalid_arguments)")
+        await client.call_tool("word_count", {"text": "four"})
+        limited = await client.call_tool("word_count", {"text": "five"})
+        assert limited.is_error and text_of(limited).startswith("Error (rate_limited)")
+        denied = await client.call_tool("wipe_disk", {"device": "/dev/sda"})
+        assert denied.is_error and text_of(denied).startswith("Error (permission_denied)")
+        timed_out = await client.call_tool("slow_report", {"topic": "q3"})
+        assert timed_out.is_error and text_of(timed_out).startswith("Error (timeout)")
+        still_fine = await client.call_tool("memory_add", {"content": "the session survived every failure"})
+        assert not still_fine.is_error
+    stats = tools.get_tool_stats()["tools"]
+    assert stats["word_count"]["calls"] == 4 and stats["wipe_disk"]["successes"] == 0
+
+
+async def test_mcp_rate_limits_are_per_server_user(tmp_path: Path) -> None:
+    tools = ToolManager()
+    tools.register_tool(word_count)
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    memory = MemoryManager(config)
+    async with memory:
+        for user in ("alice", "bob"):
+            server = create_mcp_server(config, user_id=user, memory=memory, tools=tools)
+            async with Client(server) as client:
+                results = [await client.call_tool("word_count", {"text": "a b"}) for _ in range(3)]
+                assert [result.is_error for result in results] == [False, False, True]
+
+
+async def test_mcp_delete_is_scoped_to_the_server_user(tmp_path: Path) -> None:
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    async with MemoryManager(config) as memory:
+        theirs = await memory.add_memory("Dana's passport expires in May", user_id="dana")
+        shared = await memory.add_memory("The office closes at 18:00")  # default namespace
+        server = create_mcp_server(config, user_id="erin", memory=memory)
+        async with Client(server) as client:
+            for memory_id in (theirs.id, shared.id):
+                result = await client.call_tool("memory_delete", {"memory_id": memory_id})
+                assert result.is_error and f"no memory with id {memory_id!r}" in text_of(result)
+            found = await client.call_tool("memory_search", {"query": "passport office"})
+            assert found.structured_content == {"results": []}
+        assert await memory.get_memory(theirs.id) is not None
+        assert await memory.get_memory(shared.id) is not None
+
+
+async def test_mcp_recent_resource_lists_the_newest_first_within_its_limit(tmp_path: Path) -> None:
+    async with in_process(tmp_path, user_id="frank", recent_limit=3) as client:
+        for number in range(5):
+            await client.call_tool("memory_add", {"content": f"fact number {number} about the garden"})
+            await asyncio.sleep(0.002)  # distinct creation times
+        recent = json.loads((await client.read_resource("memory://recent")).contents[0].text)  # type: ignore[union-attr]
+        assert [item["content"] for item in recent] == [
+            f"fact number {n} about the garden" for n in (4, 3, 2)
+        ]
+        stats = json.loads((await client.read_resource("memory://stats")).contents[0].text)  # type: ignore[union-attr]
+        assert stats["total_memories"] == 5
+
+
+async def test_mcp_two_sessions_share_one_open_store(tmp_path: Path) -> None:
+    server = create_mcp_server(ContextManagerConfig(storage_path=tmp_path / "memory"), user_id="gina")
+    async with Client(server) as first, Client(server) as second:
+        await first.call_tool("memory_add", {"content": "Gina's cat is called Miso"})
+        found = await second.call_tool("memory_search", {"query": "cat name"})
+        assert found.structured_content["results"][0]["content"] == "Gina's cat is called Miso"  # type: ignore[index]
+    async with Client(server) as third:  # the store was closed with the last session and opens again
+        found = await third.call_tool("memory_search", {"query": "Miso"})
+        assert len(found.structured_content["results"]) == 1  # type: ignore[index]
+
+
+def test_mcp_server_rejects_bad_arguments_clearly(tmp_path: Path) -> None:
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    with pytest.raises(InvalidArgumentError, match="user_id: got ''"):
+        create_mcp_server(config, user_id="")
+    with pytest.raises(InvalidArgumentError, match="recent_limit"):
+        create_mcp_server(config, recent_limit=0)
+    clash = ToolManager()
+
+    @tool(name="memory_add")
+    async def my_memory_add(content: str) -> str:
+        """Shadow the built-in."""
+        return content
+
+    clash.register_tool(my_memory_add)
+    with pytest.raises(ToolRegistrationError, match="name: got 'memory_add'"):
+        create_mcp_server(config, tools=clash)
+
+
+# --- loading the application's tools, and the command's errors --------------------------------------------
+
+
+def write_tools_module(directory: Path) -> None:
+    (directory / "shop_tools.py").write_text(
+        textwrap.dedent(
+            '''
+            from context_manager.core.tool_system import ToolManager, tool
+
+            @tool(name="order_status")
+            async def order_status(order_id: int) -> str:
+                """Look up an order."""
+                return f"order {order_id}: shipped"
+
+            TOOLS = [order_status]
+            registry = ToolManager()
+            registry.register_tool(order_status)
+
+            def make_registry():
+                return registry
+
+            not_tools = 42
+            '''
+        ),
+        encoding="utf-8",
+    )
+
+
+@pytest.mark.parametrize("attribute", ["registry", "TOOLS", "make_registry"])
+def test_mcp_load_tool_registry_accepts_a_manager_a_list_or_a_factory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attribute: str
+) -> None:
+    write_tools_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "shop_tools", raising=False)
+    manager = load_tool_registry(f"shop_tools:{attribute}")
+    assert [definition.name for definition in manager.list_tools()] == ["order_status"]
+
+
+def test_mcp_load_tool_registry_errors_name_the_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tools_module(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "shop_tools", raising=False)
+    for spec, fragment in (
+        ("shop_tools", "allowed 'module:attribute'"),
+        ("no_such_module_xyz:registry", "cannot import 'no_such_module_xyz'"),
+        ("shop_tools:missing", "has no 'missing'"),
+        ("shop_tools:not_tools", "got a int"),
+    ):
+        with pytest.raises(ConfigurationError, match=fragment):
+            load_tool_registry(spec)
+
+
+async def test_mcp_stdio_serves_application_tools_from_the_command_line(tmp_path: Path) -> None:
+    write_tools_module(tmp_path)
+    async with stdio_server(
+        tmp_path / "memory", "--tools", "shop_tools:TOOLS", "--app-dir", str(tmp_path), "--set", "fsync=true"
+    ) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert names == MEMORY_TOOLS | {"order_status"}
+        result = await client.call_tool("order_status", {"order_id": 1042})
+        assert not result.is_error and text_of(result) == "order 1042: shipped"
+
+
+def test_mcp_serve_without_storage_or_with_a_bad_option_fails_clearly(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["mcp", "serve"])
+    assert result.exit_code == 1 and "mcp serve needs --storage PATH" in result.stderr
+    result = runner.invoke(app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--set", "max_tokens"])
+    assert result.exit_code == 1 and "expected OPTION=VALUE" in result.stderr
+    result = runner.invoke(app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--set", "max_tokens=-5"])
+    assert result.exit_code == 1 and "max_tokens: got '-5'" in result.stderr
+    result = runner.invoke(
+        app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--tools", "nowhere:tools"]
+    )
+    assert result.exit_code == 1 and "tools: got 'nowhere:tools'" in result.stderr
+
+
+def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> None:
+    storage = tmp_path / "memory"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from context_manager import ContextManagerConfig, MemoryManager\n"
+            "async def main():\n"
+            f"    async with MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})):\n"
+            "        print('open', flush=True); sys.stdin.readline()\n"
+            "asyncio.run(main())\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT},
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        assert completed.returncode == 1
+        assert completed.stderr.startswith("error: ") and "lock" in completed.stderr
+        assert completed.stdout == ""  # nothing on the protocol channel
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
