@@ -35,11 +35,12 @@ SOURCE_ROOT = str(Path(context_manager.__file__).resolve().parents[1])
 MEMORY_TOOLS = {"memory_add", "memory_search", "memory_delete", "memory_stats"}
 
 
-def stdio_server(storage: Path, *extra: str) -> Client:
+def stdio_server(storage: Path | None, *extra: str, env: dict[str, str] | None = None) -> Client:
+    where = ["--storage", str(storage)] if storage is not None else []
     parameters = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage), *extra],
-        env={"PYTHONPATH": SOURCE_ROOT},  # merged over the SDK's stripped default environment
+        args=["-m", "context_manager.cli", "mcp", "serve", *where, *extra],
+        env={"PYTHONPATH": SOURCE_ROOT, **(env or {})},  # merged over the SDK's stripped default environment
     )
     return Client(parameters, read_timeout_seconds=60)
 
@@ -144,6 +145,29 @@ async def test_mcp_stdio_a_restarted_server_finds_what_was_stored(tmp_path: Path
     async with stdio_server(storage) as client:
         stats = await client.call_tool("memory_stats", {})
         assert stats.structured_content["total_memories"] == 1  # type: ignore[index]
+
+
+async def test_mcp_stdio_servers_share_one_postgresql_memory(postgres_dsn: str) -> None:
+    # the DSN (a secret) goes through the client's env block, not the command line
+    env = {"PYTHON_CONTEXT_MANAGER_POSTGRES_DSN": postgres_dsn}
+    postgres = ("--set", "memory_backend=postgres")
+    async with (
+        stdio_server(None, *postgres, "--user", "alice", env=env) as first,
+        stdio_server(None, *postgres, "--user", "alice", env=env) as second,
+        stdio_server(None, *postgres, "--user", "bob", env=env) as bob,
+    ):
+        added = await first.call_tool(
+            "memory_add", {"content": "Alice's standup moved to 09:30", "importance": 0.8}
+        )
+        assert not added.is_error, text_of(added)
+        found = await second.call_tool("memory_search", {"query": "when is the standup?"})
+        assert found.structured_content["results"][0]["id"] == added.structured_content["id"]  # type: ignore[index]
+        nothing = await bob.call_tool("memory_search", {"query": "standup"})
+        assert nothing.structured_content == {"results": []}
+        deleted = await second.call_tool("memory_delete", {"memory_id": added.structured_content["id"]})  # type: ignore[index]
+        assert not deleted.is_error
+        gone = await first.call_tool("memory_search", {"query": "standup"})
+        assert gone.structured_content == {"results": []}
 
 
 # --- streamable HTTP on 127.0.0.1 ------------------------------------------------------------------------
@@ -408,6 +432,7 @@ def test_mcp_serve_without_storage_or_with_a_bad_option_fails_clearly(tmp_path: 
     runner = CliRunner()
     result = runner.invoke(app, ["mcp", "serve"])
     assert result.exit_code == 1 and "mcp serve needs --storage PATH" in result.stderr
+    assert not (tmp_path / "cwd" / "cache").exists()  # nothing created in the working directory
     result = runner.invoke(app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--set", "max_tokens"])
     assert result.exit_code == 1 and "expected OPTION=VALUE" in result.stderr
     result = runner.invoke(app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--set", "max_tokens=-5"])

@@ -676,7 +676,8 @@ def mcp_serve(
         Path | None,
         typer.Option(
             "--storage",
-            help="Memory directory (required here, or as the global --storage; created if missing).",
+            help="Memory directory (required here or as the global --storage, unless memory_backend is "
+            "postgres; created if missing).",
         ),
     ] = None,
     user: Annotated[
@@ -693,8 +694,8 @@ def mcp_serve(
         str | None,
         typer.Option(
             "--tools",
-            help="Also offer your tools: module:attribute naming your tool manager, a list of @tool functions, "
-            "or a function returning one.",
+            help="Also offer your tools: module:attribute naming your tool manager, a list of @tool "
+            "functions, or a function returning one.",
             metavar="MODULE:ATTRIBUTE",
         ),
     ] = None,
@@ -724,13 +725,15 @@ def mcp_serve(
         from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
         path = storage if storage is not None else options.storage
-        if path is None:
+        values: dict[str, Any] = dict(_config_overrides(settings or []))
+        if path is not None:
+            values["storage_path"] = path.expanduser().resolve()
+        config = ContextManagerConfig(**values)
+        if path is None and config.memory_backend == "sqlite":
             raise CommandError(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
-                "so the memory location must be explicit)"
+                "so the memory location must be explicit), or --set memory_backend=postgres"
             )
-        overrides = _config_overrides(settings or [])
-        config = ContextManagerConfig(**{**overrides, "storage_path": path.expanduser().resolve()})
         tool_manager = None
         if tools is not None:
             resolve_app_dir(app_dir)

@@ -487,8 +487,9 @@ async def run_mcp_server(
     try:
         server = create_mcp_server(config, user_id=user_id, memory=memory, tools=tools)
         where = f"http://127.0.0.1:{http_port}/mcp" if http_port is not None else "stdio"
+        place = "on PostgreSQL" if config.memory_backend == "postgres" else f"at {memory.storage_path}"
         print(  # stderr: stdout is the protocol channel on stdio
-            f"context-manager MCP server: memory at {memory.storage_path}, user "
+            f"context-manager MCP server: memory {place}, user "
             f"{user_id if user_id is not None else '(default)'}, "
             f"{len(tools) if tools is not None else 0} application tools, serving on {where}",
             file=sys.stderr,
