@@ -282,9 +282,7 @@ async def disk_full(storage: str, seed: int, limit_bytes: int, tiers: list[str |
                 emit("ESCAPED", type(error).__name__, str(error).replace("\n", " ")[:200])
             else:
                 emit("ACK", stored.id, marker)
-        status = await manager.health_checker.perform_health_check() if manager.health_checker else None
-        if status is not None:
-            emit("HEALTH", status.status.value, ",".join(r.name for r in status.failing_checks) or "-")
+        await emit_health(manager)
         found = await memory.search_memory(rng.choice(WORDS))
         emit("SEARCH", len(found))
         resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the disk has room again
@@ -293,7 +291,16 @@ async def disk_full(storage: str, seed: int, limit_bytes: int, tiers: list[str |
             number += 1
             stored = await memory.add_memory(sentence(rng, marker, 30), tier=rng.choice(tiers))
             emit("ACK", stored.id, marker)
+        await emit_health(manager)
     emit("DONE")
+
+
+async def emit_health(manager: EnhancedContextManager) -> None:
+    """``HEALTH <state> <failing checks> <storage_writes state>``."""
+    assert manager.health_checker is not None
+    status = await manager.health_checker.perform_health_check()
+    failing = ",".join(result.name for result in status.failing_checks) or "-"
+    emit("HEALTH", status.status.value, failing, status.checks["storage_writes"].status.value)
 
 
 def make_read_only(storage: Path, read_only: bool) -> None:
@@ -338,10 +345,7 @@ async def read_only_storage(storage: str, seed: int) -> None:
                     await memory.optimize()
                     emit("OK", step)
                 else:
-                    assert manager.health_checker is not None
-                    status = await manager.health_checker.perform_health_check()
-                    failing = ",".join(result.name for result in status.failing_checks) or "-"
-                    emit("HEALTH", status.status.value, failing)
+                    await emit_health(manager)
             except ContextManagerError as error:
                 emit("ERROR", type(error).__name__, step, str(error).replace("\n", " ")[:200])
             except Exception as error:

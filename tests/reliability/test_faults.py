@@ -77,6 +77,12 @@ async def test_disk_full_fails_cleanly_then_recovers_without_losing_writes(
         # the error names the cause, not a follow-up failure (e.g. a ROLLBACK with no transaction)
         assert "too large" in message or "full" in message or "I/O" in message, line
     assert any(line.startswith("SEARCH") for line in lines)  # reads keep working while writes fail
+    # issue 15.2: health sees the failing writes (the 2-byte directory probe still passes), then recovers
+    during, after = [line.split() for line in lines if line.startswith("HEALTH")]
+    assert during[3] in (HealthState.DEGRADED.value, HealthState.UNHEALTHY.value), during
+    assert during[1] == during[3], during  # nothing else is wrong: storage_writes decides the status
+    assert "storage_writes" in during[2].split(",") and "storage" not in during[2].split(","), during
+    assert after[3] == HealthState.HEALTHY.value and "storage_writes" not in after[2].split(","), after
     ledger = Ledger()
     ledger.read(lines)
     after_recovery = [line for line in lines[lines.index(next(iter(errors))) :] if line.startswith("ACK")]
@@ -106,6 +112,8 @@ def test_read_only_storage_directory_gives_storage_errors_and_degraded_health() 
         health = next(line for line in lines if line.startswith("HEALTH"))
         assert health.split()[1] in (HealthState.DEGRADED.value, HealthState.UNHEALTHY.value), health
         assert "storage" in health.split()[2].split(","), health
+        # the failed compaction is a failed write: storage_writes is degraded (one failure so far)
+        assert health.split()[3] == HealthState.DEGRADED.value, health
         assert any(line.startswith("ERROR StorageError reopen") for line in lines), lines
         ledger = Ledger()
         ledger.read(lines)

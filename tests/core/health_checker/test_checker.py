@@ -26,7 +26,15 @@ from context_manager.core.memory.sqlite_store import SQLiteStore
 from context_manager.core.performance_monitor import PerformanceMonitor
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
-BUILTIN = ["storage", "database", "memory_pressure", "event_loop", "error_rate", "background_tasks"]
+BUILTIN = [
+    "storage",
+    "storage_writes",
+    "database",
+    "memory_pressure",
+    "event_loop",
+    "error_rate",
+    "background_tasks",
+]
 
 
 class _Parts:
@@ -71,13 +79,14 @@ async def test_custom_checks_decide_the_state_and_score() -> None:
     checker.register_check("cache_reachable", lambda: False)
     status = await checker.perform_health_check()
     assert status.status is HealthState.DEGRADED  # not critical: degraded, not unhealthy
-    assert status.health_score == pytest.approx(7 / 8)  # the built-in database check is critical (x2)
+    # the built-in database and storage_writes checks are critical (x2): weights 5 + 2 x 2, plus this one
+    assert status.health_score == pytest.approx(9 / 10)
     assert [result.name for result in status.failing_checks] == ["cache_reachable"]
 
     checker.register_check("cache_reachable", lambda: False, critical=True, replace=True)
     status = await checker.perform_health_check()
     assert status.status is HealthState.UNHEALTHY
-    assert status.health_score == pytest.approx(7 / 9)
+    assert status.health_score == pytest.approx(9 / 11)
 
 
 async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
@@ -424,3 +433,50 @@ async def test_the_periodic_database_check_never_waits_for_writes(tmp_path: Path
             status = await asyncio.wait_for(manager.health_checker.perform_health_check(), 5.0)
         database = status.checks["database"]
         assert database.status is HealthState.HEALTHY and database.details["mode"] == "quick"
+
+
+async def test_failing_memory_writes_make_health_degraded_then_unhealthy_and_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """Issue 15.2: health said "healthy" while writes failed. A real failure: the storage directory
+    is gone, so compaction (a new file next to the log) fails with StorageError."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+    from context_manager.core.errors import StorageError
+
+    config = ContextManagerConfig(
+        cache_path=tmp_path / "cache",
+        storage_path=tmp_path / "storage",
+        enable_health_checks=False,
+        enable_auto_recovery=False,
+    )
+    async with EnhancedContextManager(config) as manager:
+        checker = manager.health_checker
+        assert checker is not None
+        memory = manager.memory_manager
+        await memory.add_memory("written before the fault")
+        writes = (await checker.perform_health_check()).checks["storage_writes"]
+        assert writes.status is HealthState.HEALTHY and writes.message == "1 writes, none failed"
+        shutil.rmtree(config.resolved_storage_path)
+        verdicts = []
+        for _ in range(3):
+            with pytest.raises(StorageError):
+                await memory.optimize()
+            verdicts.append((await checker.perform_health_check()).checks["storage_writes"])
+        assert [result.status for result in verdicts] == [
+            HealthState.DEGRADED,
+            HealthState.DEGRADED,
+            HealthState.UNHEALTHY,
+        ]
+        assert verdicts[0].message.startswith("the latest memory write failed: StorageError: ")
+        assert verdicts[2].message.startswith("the last 3 memory writes failed: StorageError: ")
+        assert verdicts[2].details["consecutive_failures"] == 3 and verdicts[2].critical
+        assert verdicts[2].recommendation and "free disk space" in verdicts[2].recommendation
+        status = await checker.perform_health_check()
+        assert status.status is HealthState.UNHEALTHY  # a critical check
+        assert (await memory.get_memory_stats())["writes"]["failures"] == 3
+
+        config.resolved_storage_path.mkdir(mode=0o700)  # the fault is gone: the next write succeeds
+        await memory.optimize()
+        recovered = (await checker.perform_health_check()).checks["storage_writes"]
+        assert recovered.status is HealthState.HEALTHY
+        assert recovered.message.startswith("writes succeed again (2 succeeded, 3 failed; the last failure:")

@@ -17,6 +17,7 @@ Built-in checks (each can be replaced with ``register_check(name, fn, replace=Tr
 name                what it looks at                                              repair (auto-recovery)
 =================== ============================================================ =========================
 ``storage``         cache/storage directories exist, are writable; free disk      recreate a missing dir
+``storage_writes``  memory writes succeed (critical: 3 failures in a row)         none (recovers by itself)
 ``database``        ``check_integrity(quick=True)``: SQLite pages, FTS index      ``rebuild_index()`` (FTS)
 ``memory_pressure`` system memory in use, process RSS                            none
 ``event_loop``      how late a short timer fires (something blocks the loop)     none

@@ -24,6 +24,7 @@ from context_manager.core.health_checker.checks import (
     check_event_loop,
     check_memory_pressure,
     check_storage,
+    check_storage_writes,
 )
 from context_manager.core.health_checker.models import (
     CheckOutcome,
@@ -356,6 +357,7 @@ class HealthChecker:
 
     def _register_builtin_checks(self) -> None:
         self.register_check("storage", self._check_storage)
+        self.register_check("storage_writes", self._check_storage_writes, critical=True)
         self.register_check("database", self._check_database, critical=True)
         self.register_check("memory_pressure", self._check_memory_pressure)
         self.register_check("event_loop", self._check_event_loop)
@@ -391,6 +393,9 @@ class HealthChecker:
 
     def _check_storage(self) -> CheckOutcome:
         return check_storage(self._storage_directories(), self._memory_manager(), self.thresholds)
+
+    async def _check_storage_writes(self) -> CheckOutcome:
+        return check_storage_writes(self._memory_manager(), self.thresholds)
 
     async def _check_database(self) -> CheckOutcome:
         return await check_database(self._memory_manager())

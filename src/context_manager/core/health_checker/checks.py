@@ -33,6 +33,7 @@ __all__ = [
     "check_event_loop",
     "check_memory_pressure",
     "check_storage",
+    "check_storage_writes",
     "lost_memory_files",
 ]
 
@@ -121,6 +122,42 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
         details,
         recommendation=recommendation,
         repair=recreate_storage(missing, memory_manager, log_lost) if missing or log_lost else None,
+    )
+
+
+def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> CheckOutcome:
+    """Whether the memory manager's writes succeed (``memory_manager.write_health``).
+
+    The directory probe of :func:`check_storage` writes two bytes; a full disk, a file-size limit or a
+    read-only file shows only when real writes fail. The latest write failing is degraded,
+    ``limits.write_failures_unhealthy`` failing in a row unhealthy; the next write that succeeds makes
+    it healthy again.
+    """
+    snapshot = getattr(memory_manager, "write_health", None)
+    if snapshot is None or not hasattr(snapshot, "consecutive_failures"):
+        return CheckOutcome(HealthState.HEALTHY, "no memory writes to watch", {"watched": False})
+    details = snapshot.to_dict()
+    failing = snapshot.consecutive_failures
+    if failing == 0:
+        if snapshot.failures:
+            message = (
+                f"writes succeed again ({snapshot.writes} succeeded, {snapshot.failures} failed; "
+                f"the last failure: {snapshot.last_error})"
+            )
+        else:
+            message = f"{snapshot.writes} writes, none failed"
+        return CheckOutcome(HealthState.HEALTHY, message, details)
+    state = HealthState.UNHEALTHY if failing >= limits.write_failures_unhealthy else HealthState.DEGRADED
+    latest = "the latest memory write" if failing == 1 else f"the last {failing} memory writes"
+    return CheckOutcome(
+        state,
+        f"{latest} failed: {snapshot.last_error}",
+        details,
+        recommendation=(
+            "Memory writes fail (disk full, read-only files or directory, a failing device): free disk "
+            "space or fix permissions under storage_path. Nothing acknowledged is lost; writes resume by "
+            "themselves and this check is healthy again with the next write that succeeds."
+        ),
     )
 
 

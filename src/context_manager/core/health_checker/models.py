@@ -166,6 +166,8 @@ class HealthThresholds:
     """Recent error rate from which it is unhealthy."""
     min_operations: int = 10
     """The error-rate check judges only monitors with at least this many recent operations."""
+    write_failures_unhealthy: int = 3
+    """Memory writes failing in a row from which ``storage_writes`` is unhealthy (one is degraded)."""
 
 
 def as_outcome(value: Any) -> CheckOutcome:

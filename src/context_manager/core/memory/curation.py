@@ -18,6 +18,7 @@ from context_manager.core.memory.validation import (
     check_importance,
     check_user,
 )
+from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryCuration"]
 
@@ -25,6 +26,7 @@ __all__ = ["MemoryCuration"]
 class MemoryCuration(TierMovement):
     """``consolidate_memories``, ``undo_consolidation`` and ``cleanup_old_memories``."""
 
+    @records_write_outcome
     async def consolidate_memories(
         self,
         similarity_threshold: float = 0.85,
@@ -112,6 +114,7 @@ class MemoryCuration(TierMovement):
             "examined": len(memories),
         }
 
+    @records_write_outcome
     async def undo_consolidation(self, merged_id: str) -> dict[str, Any]:
         """Reverse a consolidation: delete the merged memory and make its originals visible again.
 
@@ -136,6 +139,7 @@ class MemoryCuration(TierMovement):
                 await self._remove(merged_id, copy.tier)
         return {"restored": sorted({m.id for m in restored}), "deleted": merged_id}
 
+    @records_write_outcome
     async def cleanup_old_memories(
         self,
         max_age_days: float = 30.0,

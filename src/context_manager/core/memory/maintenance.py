@@ -24,6 +24,7 @@ from context_manager.core.memory.validation import (
     check_tags,
     check_user,
 )
+from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryMaintenance"]
 
@@ -44,7 +45,9 @@ class MemoryMaintenance(TierMovement):
             ``total_memories``, ``by_tier``, ``capacity``, ``over_capacity`` (tiers), ``superseded``,
             ``oldest``/``newest`` (epoch seconds or ``None``), ``mean_importance``, ``bytes_on_disk``
             (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``,
-            ``vectors``), ``storage_path`` and, for :data:`ALL_USERS`, ``by_user``.
+            ``vectors``), ``writes`` (outcomes of writes since opening: ``writes``, ``failures``,
+            ``consecutive_failures``, ``last_error``, ``last_failure_at``, ``last_success_at``),
+            ``storage_path`` and, for :data:`ALL_USERS`, ``by_user``.
         """
         check_user(user_id, allow_all=True)
         backend = self._require("get_memory_stats")
@@ -74,6 +77,7 @@ class MemoryMaintenance(TierMovement):
                 "vectors": backend.vector_count(),
             },
             "backend": backend.kind,
+            "writes": self.write_health.to_dict(),
             "storage_path": str(self.storage_path) if backend.kind == "sqlite" else backend.location,
         }
         if user_id is ALL_USERS:
@@ -114,6 +118,7 @@ class MemoryMaintenance(TierMovement):
         except OSError as error:
             raise StorageError(f"cannot export memories to {target}: {error}", path=target) from error
 
+    @records_write_outcome
     async def import_memories(self, path: str | Path) -> dict[str, Any]:
         """Load memories written by :meth:`export_memories` (ids kept; existing ids are replaced).
 
@@ -200,6 +205,7 @@ class MemoryMaintenance(TierMovement):
                 placement[lower].extend(overflow)
         return placement
 
+    @records_write_outcome
     async def optimize(self) -> dict[str, Any]:
         """Persist access updates, compact the log, merge FTS5 segments, checkpoint the WAL.
 
@@ -239,12 +245,14 @@ class MemoryMaintenance(TierMovement):
         result["mode"] = "quick" if quick else "full"
         return result
 
+    @records_write_outcome
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; return the rows indexed per tier."""
         backend = self._require("rebuild_index")
         async with self._write_lock:
             return await backend.rebuild_index()
 
+    @records_write_outcome
     async def flush(self) -> None:
         """Persist pending access-count updates and finish background moves now."""
         self._require("flush")

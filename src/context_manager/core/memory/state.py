@@ -23,10 +23,12 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     InvalidMemoryError,
     LifecycleError,
+    StorageError,
 )
 from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
 from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory
 from context_manager.core.memory.ranking import RankingWeights
+from context_manager.core.memory.write_health import WriteHealth, WriteTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.embeddings import Embedder
@@ -81,6 +83,7 @@ class ManagerState:
         self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()
         self._lifecycle_lock = asyncio.Lock()  # initialize() and close() run one at a time
+        self._write_tracker = WriteTracker(self._clock)  # outcomes of writes, for health checks
         self._pending_touches: dict[str, tuple[float, int]] = {}
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -92,6 +95,15 @@ class ManagerState:
     def storage_path(self) -> Path:
         """The directory holding the log, the database and the lock file."""
         return self._path if self._path is not None else self.config.resolved_storage_path
+
+    @property
+    def write_health(self) -> WriteHealth:
+        """How writes have been going: failures (``StorageError``), consecutive ones, the last error.
+
+        The health checker's ``storage_writes`` check reads it: a full disk or a read-only directory
+        shows there even when the directory probe passes.
+        """
+        return self._write_tracker.snapshot()
 
     @property
     def is_initialized(self) -> bool:
@@ -121,7 +133,10 @@ class ManagerState:
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("memory background task failed: %s", task.exception())
+            error = task.exception()
+            if isinstance(error, StorageError):  # a background tier move or compaction is a write too
+                self._write_tracker.failed(error)
+            logger.error("memory background task failed: %s", error)
 
     async def _drain_background(self) -> None:
         while self._background:

@@ -22,6 +22,7 @@ from context_manager.core.memory.validation import (
     check_user,
     json_safe,
 )
+from context_manager.core.memory.write_health import records_write_outcome
 from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +139,7 @@ class MemoryWriting(TierMovement):
             source=source,
         )
 
+    @records_write_outcome
     async def _add_many(self, items: Sequence[tuple[Memory, MemoryTier | None]]) -> list[Memory]:
         backend = self._require("add_memory")
         threshold = self.config.long_term_importance_threshold
@@ -250,6 +252,7 @@ class MemoryWriting(TierMovement):
             written += [memory.copy() for memory in await self._add_many(items)]
         return written
 
+    @records_write_outcome
     async def update_memory(
         self,
         memory_id: str,
@@ -300,6 +303,7 @@ class MemoryWriting(TierMovement):
         assert result is not None
         return result
 
+    @records_write_outcome
     async def delete_memory(self, memory_id: str) -> Memory:
         """Delete a memory from every tier; return what was deleted.
 
