@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from context_manager.core.performance_monitor import (
@@ -67,3 +69,39 @@ async def test_monitored_operation_decorator_uses_the_instance_monitor() -> None
     assert own.recent_errors()[0]["error_type"] == "RuntimeError"
     # without any monitor the decorator just calls through
     assert await _Service(None).call() == "ok"
+
+
+class _Waiter:
+    def __init__(self, monitor: PerformanceMonitor) -> None:
+        self.performance_monitor = monitor
+        self.started = asyncio.Event()
+
+    @monitored_operation("slow_call")
+    async def slow(self) -> None:
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_cancelled_operations_are_not_counted_as_failures() -> None:
+    """Issue 18.11: a caller's timeout cancelling an operation counted as a failed operation."""
+    monitor = PerformanceMonitor(collect_library_operations=False)
+    waiter = _Waiter(monitor)
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(waiter.slow(), 0.01)
+    task = asyncio.create_task(waiter.slow())
+    await waiter.started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), monitor.operation_timer("timed_block"):
+            await asyncio.Event().wait()
+    metrics = monitor.get_current_metrics()
+    assert (metrics.total_operations, metrics.error_rate) == (0, 0.0)
+    assert monitor.recent_errors() == [] and monitor.recent_error_rate() == (0.0, 0)
+    # a real failure still counts
+    with pytest.raises(RuntimeError):
+        async with monitor.operation_timer("timed_block"):
+            raise RuntimeError("broken")
+    assert monitor.get_current_metrics().error_rate == 1.0

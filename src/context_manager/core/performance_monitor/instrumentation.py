@@ -22,8 +22,10 @@ def monitored_operation(
     """Decorate an async method so each call is recorded by :func:`record_library_operation`.
 
     The instance's ``performance_monitor`` attribute (when present and not ``None``) is passed as
-    ``own_monitor``. An exception counts as a failure and propagates. Without an own monitor and with
-    no monitor running, the call goes straight through (nothing is timed).
+    ``own_monitor``. An exception counts as a failure and propagates. A cancellation (the caller's
+    timeout, ``task.cancel()``) is not recorded: the caller gave up, the operation did not fail, and
+    counting it would raise the error rate the health checks judge. Without an own monitor and with no
+    monitor running, the call goes straight through (nothing is timed).
 
     Args:
         name: The operation's name in the monitors.
@@ -48,7 +50,7 @@ def monitored_operation(
             start = time.perf_counter()
             try:
                 result = await function(*args, **kwargs)
-            except BaseException as error:
+            except Exception as error:
                 record_library_operation(
                     name, time.perf_counter() - start, False, own_monitor=own, error=error
                 )

@@ -15,9 +15,10 @@ __all__ = ["OperationTimer"]
 class OperationTimer:
     """Times a block with ``with`` or ``async with``; records it in its monitor on exit.
 
-    An exception inside the block records a failure (with the exception) and propagates. After the
-    block, :attr:`duration_s` holds the measured time. With profiling enabled on the monitor, the
-    block's code is profiled.
+    An exception inside the block records a failure (with the exception) and propagates; a cancellation
+    (``asyncio.CancelledError``) or another ``BaseException`` such as ``KeyboardInterrupt`` records
+    nothing (the block did not fail, it was stopped). After the block, :attr:`duration_s` holds the
+    measured time. With profiling enabled on the monitor, the block's code is profiled.
     """
 
     __slots__ = ("_monitor", "_profiling", "_start", "duration_s", "name")
@@ -47,7 +48,8 @@ class OperationTimer:
         if self._profiling:
             self._monitor.profiler.exit()
             self._profiling = False
-        self._monitor.record_operation(self.name, self.duration_s, exc is None, error=exc)
+        if exc is None or isinstance(exc, Exception):
+            self._monitor.record_operation(self.name, self.duration_s, exc is None, error=exc)
 
     async def __aenter__(self) -> OperationTimer:
         return self.__enter__()
