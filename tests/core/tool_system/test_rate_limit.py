@@ -124,3 +124,37 @@ async def test_purge_expired_cache_also_prunes_rate_limit_state(clock: ManualClo
     clock.advance(11.0)
     manager.purge_expired_cache()
     assert (await manager.call_tool("ping", {}, caller_key="user1")).success
+
+
+async def test_rate_limit_state_stays_bounded_without_purging(clock: ManualClock) -> None:
+    """Issue 18.11: one entry per caller_key ever seen stayed until someone called
+    purge_expired_cache(); a service with a key per session grew without bound."""
+
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1, rate_window=10.0)
+    peak = 0
+    for caller in range(20_000):
+        result = await manager.call_tool("ping", {}, caller_key=f"session-{caller}")
+        assert result.success
+        clock.advance(0.01)  # 1,000 new sessions per 10 s window
+        peak = max(peak, manager.get_tool_stats()["rate_limit_keys"])
+    assert peak <= 2 * 1024, peak
+    # the limit still holds for keys inside their window
+    assert (await manager.call_tool("ping", {}, caller_key="session-19999")).error_type == "rate_limited"
+    clock.advance(10.0)
+    assert (await manager.call_tool("ping", {}, caller_key="session-19999")).success
+
+
+def test_the_limiter_forgets_expired_keys_by_itself(clock: ManualClock) -> None:
+    limiter = SlidingWindowRateLimiter(clock)
+    for number in range(5_000):
+        assert limiter.try_acquire(("tool", number), limit=1, window=1.0) is None
+        clock.advance(0.01)
+    assert len(limiter) <= 2 * 1024
+    assert limiter.try_acquire(("tool", 4_999), limit=1, window=1.0) is not None  # still counted
+    before = len(limiter)
+    removed = limiter.prune()  # defaults to each key's own window: the last second's keys stay
+    assert len(limiter) in (99, 100) and removed == before - len(limiter)

@@ -558,8 +558,9 @@ class ToolManager(ToolRegistry):
 
         Per tool: ``calls``, ``successes``, ``failures``, ``cache_hits``, ``success_rate``, ``total_time``,
         ``average_time`` (seconds), ``last_called`` (epoch seconds) and ``errors`` (count per error_type).
-        ``threads``: the sync tools' pool: ``busy`` (running a call), ``abandoned`` (timed-out calls
-        still running in their thread) and ``max``.
+        ``rate_limit_keys``: (tool, caller_key) pairs the rate limiter tracks (bounded: expired ones
+        are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
+        ``abandoned`` (timed-out calls still running in their thread) and ``max``.
         """
         tools = {name: stats.as_dict() for name, stats in self._stats.items()}
         return {
@@ -567,6 +568,7 @@ class ToolManager(ToolRegistry):
             "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
             "unknown_tool_calls": self._unknown_calls,
             "cache": {"entries": len(self._cache), "hits": self._cache.hits, "misses": self._cache.misses},
+            "rate_limit_keys": len(self._limiter),
             "threads": {
                 "busy": self._threads.busy,
                 "abandoned": self._threads.abandoned,

@@ -4,6 +4,12 @@ A call is admitted when fewer than ``limit`` calls were admitted for its key dur
 seconds. The check and the recording of a call are one synchronous step (no ``await`` in between) under a
 lock, so the limit is exact however many calls arrive at once: of 100 simultaneous calls to a tool
 limited to 10 per window, exactly 10 are admitted.
+
+State is kept per key only while it counts: each key remembers its window, and once the number of keys
+doubles since the last sweep (at least 1,024), keys none of whose calls is still inside its window are
+forgotten. With a fresh ``caller_key`` per user or session the limiter therefore holds about the keys
+active in the last window (at most twice that), not every key ever seen; each sweep costs O(keys) and
+happens after as many new keys, so admission stays O(1) amortised.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 
 __all__ = ["SlidingWindowRateLimiter"]
+
+_MIN_SWEEP_KEYS = 1024
 
 
 class SlidingWindowRateLimiter:
@@ -30,11 +38,13 @@ class SlidingWindowRateLimiter:
         60.0
     """
 
-    __slots__ = ("_calls", "_clock", "_lock")
+    __slots__ = ("_calls", "_clock", "_lock", "_sweep_at", "_windows")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._calls: dict[Hashable, deque[float]] = {}
+        self._windows: dict[Hashable, float] = {}  # the window each key was last checked against
+        self._sweep_at = _MIN_SWEEP_KEYS  # sweep expired keys when this many are held
         self._lock = threading.Lock()
 
     def try_acquire(self, key: Hashable, *, limit: int, window: float) -> float | None:
@@ -48,7 +58,10 @@ class SlidingWindowRateLimiter:
         with self._lock:
             calls = self._calls.get(key)
             if calls is None:
+                if len(self._calls) >= self._sweep_at:
+                    self._sweep(now)
                 calls = self._calls[key] = deque()
+            self._windows[key] = window
             horizon = now - window
             while calls and calls[0] <= horizon:
                 calls.popleft()
@@ -70,21 +83,34 @@ class SlidingWindowRateLimiter:
         with self._lock:
             return sum(1 for stamp in self._calls.get(key, ()) if stamp > horizon)
 
-    def prune(self, window_of: Callable[[Hashable], float | None]) -> int:
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose calls all left their window (under the lock); plan the next sweep."""
+        windows = self._windows
+        for key in [k for k, calls in self._calls.items() if not calls or calls[-1] <= now - windows[k]]:
+            del self._calls[key]
+            del windows[key]
+        self._sweep_at = max(_MIN_SWEEP_KEYS, 2 * len(self._calls))
+
+    def prune(self, window_of: Callable[[Hashable], float | None] | None = None) -> int:
         """Forget keys none of whose calls is still inside its window; return how many were forgotten.
 
+        The limiter also does this by itself as keys accumulate (see the module docstring).
+
         Args:
-            window_of: The window of a key in seconds, or None for a key that no longer exists.
+            window_of: The window of a key in seconds, or None for a key that no longer exists; by
+                default the window each key was last checked against.
         """
         now = self._clock()
         with self._lock:
             doomed = []
             for key, calls in self._calls.items():
-                window = window_of(key)
+                window = self._windows[key] if window_of is None else window_of(key)
                 if window is None or not calls or calls[-1] <= now - window:
                     doomed.append(key)
             for key in doomed:
                 del self._calls[key]
+                del self._windows[key]
+            self._sweep_at = max(_MIN_SWEEP_KEYS, 2 * len(self._calls))
             return len(doomed)
 
     def __len__(self) -> int:
@@ -95,6 +121,8 @@ class SlidingWindowRateLimiter:
         with self._lock:
             if match is None:
                 self._calls.clear()
+                self._windows.clear()
             else:
                 for key in [key for key in self._calls if match(key)]:
                     del self._calls[key]
+                    del self._windows[key]
