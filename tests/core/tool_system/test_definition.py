@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
 from pydantic import BaseModel, Field
@@ -9,6 +9,7 @@ from context_manager.core.errors import ContextManagerError, ToolRegistrationErr
 from context_manager.core.tool_system import (
     ToolCategory,
     ToolDefinition,
+    ToolManager,
     ToolPermission,
     get_tool_definition,
     tool,
@@ -69,6 +70,78 @@ def test_parameters_convention_detected() -> None:
         assert definition.arguments_model is None
         open_object = {"type": "object", "properties": {}, "additionalProperties": True}
         assert definition.parameters_schema == open_object
+
+
+class ParcelQuery(TypedDict):
+    city: str
+    weight_kg: float
+    express: NotRequired[bool]
+
+
+async def test_a_parameters_dict_tool_gets_the_schema_its_annotation_and_docstring_give() -> None:
+    """Issue 18.11: a tool whose only argument is named ``parameters`` got an empty schema whatever its
+    annotation or docstring said, so a model saw no argument at all."""
+
+    async def documented(parameters):  # type: ignore[no-untyped-def]
+        """Analyze a text.
+
+        Args:
+            text: The text to analyze.
+            top: How many frequent words to list.
+        """
+        return parameters
+
+    async def counts(parameters: dict[str, int]) -> dict[str, int]:
+        return parameters
+
+    async def quote(parameters: ParcelQuery) -> dict[str, Any]:
+        """Quote a parcel.
+
+        Args:
+            parameters: The parcel to ship.
+        """
+        return dict(parameters)
+
+    manager = ToolManager()
+    for function in (documented, counts, quote):
+        assert manager.register_function_tool(function.__name__, function, "").convention == "parameters"
+    schemas = {
+        schema["function"]["name"]: schema["function"]["parameters"]
+        for schema in manager.get_tool_schemas("openai")
+    }
+    assert schemas["documented"] == {
+        "type": "object",
+        "properties": {
+            "text": {"description": "The text to analyze."},
+            "top": {"description": "How many frequent words to list."},
+        },
+        "additionalProperties": True,
+    }
+    assert schemas["counts"] == {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": {"type": "integer"},
+    }
+    assert schemas["quote"] == {
+        "type": "object",
+        "description": "The parcel to ship.",
+        "properties": {
+            "city": {"type": "string"},
+            "weight_kg": {"type": "number"},
+            "express": {"type": "boolean"},
+        },
+        "required": ["city", "weight_kg"],
+    }
+    # the typed schemas are checked before the call; the function still gets the plain dict
+    assert (await manager.execute("quote", city="Porto", weight_kg=2)).result == {
+        "city": "Porto",
+        "weight_kg": 2,
+    }
+    missing = await manager.execute("quote", city="Porto")
+    assert missing.error == "invalid arguments for tool 'quote': weight_kg: missing; a value is required"
+    wrong = await manager.execute("counts", apples=3, pears="many")
+    assert wrong.error == "invalid arguments for tool 'counts': pears: got 'many'; expected integer"
+    assert (await manager.execute("documented", text="x", anything=1)).result == {"text": "x", "anything": 1}
 
 
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:

@@ -191,6 +191,9 @@ class ToolDefinition:
     """The pydantic model that validates typed arguments (None for the parameters-dict convention)."""
     schema_declared: bool = field(default=False, init=False, repr=False)
     """True when ``parameters_schema`` was given explicitly rather than generated."""
+    schema_checked: bool = field(default=False, init=False, repr=False)
+    """True when calls of a parameters-dict tool are checked against ``parameters_schema`` (declared, or
+    generated from a ``TypedDict`` or typed mapping annotation)."""
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__
@@ -238,6 +241,7 @@ class ToolDefinition:
         set_field(self, "is_async", analysis.is_async)
         set_field(self, "arguments_model", analysis.arguments_model)
         set_field(self, "schema_declared", bool(declared))
+        set_field(self, "schema_checked", bool(declared) or analysis.schema_checks_arguments)
         if declared:
             schema = dict(declared)
             schema.setdefault("type", "object")

@@ -299,7 +299,7 @@ class ToolManager(ToolRegistry):
             call_arguments: dict[str, Any] = validated.__dict__
         else:
             call_arguments = dict(arguments)
-            if definition.schema_declared:
+            if definition.schema_checked:
                 problems = check_arguments_against_schema(call_arguments, definition.parameters_schema)
                 if problems:
                     message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)

@@ -3,9 +3,13 @@
 Two calling conventions are recognised (see :func:`analyse_function`):
 
 * **parameters dict** - the user guide's ``async def f(parameters)``: exactly one parameter, named
-  ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``).
-  It receives the keyword arguments of the call as one dict. Its schema is an open object unless the tool
-  declares ``parameters_schema``, which is then checked with :func:`check_arguments_against_schema`.
+  ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``,
+  ``dict[str, int]``) or a ``TypedDict``. It receives the keyword arguments of the call as one dict. Its
+  schema, unless the tool declares ``parameters_schema``, says what is known: a ``TypedDict``'s keys and
+  types; a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys
+  documented in the docstring's ``Args:`` section (names other than ``parameters``), with their
+  descriptions; an open object only when nothing is known. Declared and typed schemas are checked with
+  :func:`check_arguments_against_schema` before the call.
 * **typed** - any other signature (``async def f(text: str, max_length: int = 100)``). A pydantic model is
   built once, at registration, from the type hints; it validates every call (lax mode: ``"5"`` is accepted
   for an ``int``; unknown arguments are refused) and gives the JSON schema, with parameter descriptions
@@ -24,7 +28,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 
@@ -62,6 +66,9 @@ class FunctionAnalysis:
     """The pydantic model validating typed arguments (None for the parameters-dict convention)."""
     parameters_schema: dict[str, Any]
     """The JSON schema of the arguments object."""
+    schema_checks_arguments: bool
+    """True when the schema carries types worth checking calls against (a parameters-dict tool
+    annotated with a ``TypedDict`` or a typed mapping)."""
     summary: str
     """The docstring's description (text before its first section), or an empty string."""
 
@@ -114,7 +121,7 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
 
 
 def _is_mapping_annotation(annotation: Any) -> bool:
-    if annotation is inspect.Parameter.empty or annotation is Any:
+    if annotation is inspect.Parameter.empty or annotation is Any or typing.is_typeddict(annotation):
         return True
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
@@ -212,7 +219,9 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         and parameters[0].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
         and _is_mapping_annotation(hints.get("parameters", inspect.Parameter.empty))
     ):
-        return FunctionAnalysis("parameters", is_async, None, dict(_OPEN_OBJECT_SCHEMA), summary)
+        annotation = hints.get("parameters", inspect.Parameter.empty)
+        schema, checked = _parameters_dict_schema(annotation, argument_docs, tool_name)
+        return FunctionAnalysis("parameters", is_async, None, schema, checked, summary)
 
     fields: dict[str, Any] = {}
     for parameter in parameters:
@@ -251,7 +260,98 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     schema.setdefault("properties", {})
     schema.setdefault("type", "object")
     typed_model: type[BaseModel] = model
-    return FunctionAnalysis("typed", is_async, typed_model, schema, summary)
+    return FunctionAnalysis("typed", is_async, typed_model, schema, False, summary)
+
+
+def _parameters_dict_schema(
+    annotation: Any, argument_docs: dict[str, str], tool_name: str
+) -> tuple[dict[str, Any], bool]:
+    """The schema of a parameters-dict tool: from a TypedDict, a mapping's value type or the docstring.
+
+    Returns the schema and whether it is typed (worth checking calls against).
+    """
+    inner = annotation
+    if typing.get_origin(inner) is typing.Annotated:
+        inner = typing.get_args(inner)[0]
+    description = argument_docs.get("parameters")
+    if typing.is_typeddict(inner):
+        schema = _typed_dict_schema(inner, tool_name)
+    else:
+        arguments = typing.get_args(inner)
+        value_type = arguments[1] if len(arguments) == 2 else Any
+        if value_type is not Any:
+            schema = {
+                "type": "object",
+                "properties": {},
+                "additionalProperties": _adapter_schema(value_type, tool_name),
+            }
+        else:
+            documented = {name: text for name, text in argument_docs.items() if name != "parameters"}
+            schema = dict(_OPEN_OBJECT_SCHEMA)
+            schema["properties"] = {name: {"description": text} for name, text in documented.items()}
+            if description:
+                schema["description"] = description
+            return schema, False
+    schema.setdefault("type", "object")
+    schema.setdefault("properties", {})
+    if description:
+        schema.setdefault("description", description)
+    return schema, True
+
+
+def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
+    """A TypedDict's JSON schema, built field by field (pydantic refuses ``typing.TypedDict`` before 3.12)."""
+    try:
+        extras = typing.get_type_hints(typed_dict, include_extras=True)
+        hints = typing.get_type_hints(typed_dict)
+    except Exception as error:
+        raise ToolRegistrationError(
+            "function.parameters",
+            typed_dict,
+            "a TypedDict whose type hints can be resolved",
+            detail=f"tool {tool_name!r}: {error}",
+        ) from None
+    # from the resolved hints: __required_keys__ misses NotRequired[...] written as a string annotation
+    total = bool(getattr(typed_dict, "__total__", True))
+    required = set()
+    for name, hint in extras.items():
+        marker = typing.get_origin(hint)
+        if marker is typing.Required or (total and marker is not typing.NotRequired):
+            required.add(name)
+    fields: dict[str, Any] = {
+        name: (hint, ... if name in required else None) for name, hint in hints.items()
+    }
+    try:
+        model = create_model(
+            f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+        )
+        schema: dict[str, Any] = _clean_schema(model.model_json_schema())
+    except Exception as error:
+        raise ToolRegistrationError(
+            "function.parameters",
+            typed_dict,
+            "a TypedDict whose fields pydantic can describe in JSON schema",
+            detail=f"tool {tool_name!r}: {error}",
+        ) from None
+    for name, field_schema in schema.get("properties", {}).items():
+        if name not in required and isinstance(field_schema, dict):
+            field_schema.pop("default", None)  # a key that may be left out, not a key that may be null
+    return schema
+
+
+def _adapter_schema(annotation: Any, tool_name: str) -> dict[str, Any]:
+    try:
+        schema = _clean_schema(TypeAdapter(annotation).json_schema())
+    except Exception as error:  # pydantic cannot describe the annotation
+        raise ToolRegistrationError(
+            "function.parameters",
+            annotation,
+            "a mapping or TypedDict type pydantic can describe in JSON schema",
+            detail=f"tool {tool_name!r}: {error}",
+        ) from None
+    if not isinstance(schema, dict):  # pragma: no cover - pydantic always returns an object here
+        return {}
+    return schema
 
 
 def describe_validation_error(
@@ -299,14 +399,16 @@ def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, 
     """Check a parameters-dict tool's arguments against its declared schema (top level only).
 
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
-    of each declared property, ``enum`` values and ``additionalProperties: false``. Nested schemas are not
-    checked; validate inside the tool if you need more.
+    of each declared property (and of the others, when ``additionalProperties`` is a schema), ``enum``
+    values and ``additionalProperties: false``. Nested schemas are not checked; validate inside the tool
+    if you need more.
 
     Returns:
         One message per problem, empty when the arguments pass.
     """
     problems: list[str] = []
     properties = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
     for name in schema.get("required") or ():
         if name not in arguments:
             problems.append(f"{name}: missing; a value is required")
@@ -316,7 +418,7 @@ def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, 
                 allowed = ", ".join(properties) or "no arguments"
                 problems.append(f"{name}: unexpected argument; allowed {allowed}")
     for name, value in arguments.items():
-        declared = properties.get(name)
+        declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
         expected = declared.get("type")
