@@ -120,6 +120,7 @@ def test_memory_add_search_stats(store: Path) -> None:
     assert [memory["id"] for memory in by_tag] == [added["id"]]
     stats = cli_json("--storage", str(store), "memory", "stats")
     assert stats["total_memories"] == 2 and stats["storage_path"] == str(store)
+    assert (stats["index"]["status"], stats["index"]["check"]) == ("ok", "quick")  # measured, not assumed
     table = cli("--storage", str(store), "memory", "search", "capital of france")
     assert table.exit_code == 0 and "2 result(s)" in table.stdout and "Paris" in table.stdout
     none = cli("--storage", str(store), "memory", "search", "zzzz")

@@ -392,6 +392,7 @@ def memory_stats(ctx: typer.Context) -> None:
 
     async def body(options: _Options) -> None:
         async with _open_memory(options, create=False) as manager:
+            await manager.check_integrity(quick=True)  # so the index status is measured, not assumed
             stats = await manager.get_memory_stats()
         if options.json_output:
             _print_json(options, stats)
@@ -408,7 +409,10 @@ def memory_stats(ctx: typer.Context) -> None:
         mean = stats["mean_importance"]
         table.add_row("mean importance", "-" if mean is None else f"{mean:.2f}")
         table.add_row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
-        table.add_row("index", f"{stats['index']['status']} ({stats['index']['engine']})")
+        index = stats["index"]
+        problems = "; ".join(f"{name}: {text}" for name, text in index["problems"].items())
+        shown = f"{index['status']} ({index['engine']})" + (f": {problems}" if problems else "")
+        table.add_row("index", shown)
         if stats["over_capacity"]:
             table.add_row("over capacity", ", ".join(stats["over_capacity"]))
         options.stdout.print(table)

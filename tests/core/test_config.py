@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,17 @@ def test_debug_variables_switch_the_package_logger(monkeypatch: pytest.MonkeyPat
 
 def test_target_tokens() -> None:
     assert ContextManagerConfig(max_tokens=1000, compression_ratio=0.8).compression_target_tokens == 800
+
+
+def test_enable_memory_index_false_warns_that_it_has_no_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18.11: the option was documented but never read; setting it to False silently did nothing."""
+    with pytest.warns(FutureWarning, match=r"enable_memory_index=False has no effect"):
+        config = ContextManagerConfig(enable_memory_index=False)
+    assert config.enable_memory_index is False  # accepted (old configurations keep working)
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_ENABLE_MEMORY_INDEX", "false")
+    with pytest.warns(FutureWarning, match="deprecated"):
+        ContextManagerConfig()
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_ENABLE_MEMORY_INDEX")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ContextManagerConfig(enable_memory_index=True).enable_memory_index is True

@@ -14,6 +14,7 @@ directories.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,7 +137,11 @@ class ContextManagerConfig(BaseSettings):
 
     # Feature switches
     enable_compression: bool = Field(True, description="Compress the context when it overflows.")
-    enable_memory_index: bool = Field(True, description="Keep the full-text index of memories.")
+    enable_memory_index: bool = Field(
+        True,
+        description="Deprecated, no effect: memory search runs on the full-text index, which is always kept. "
+        "Accepted for compatibility; False gives a FutureWarning.",
+    )
     enable_performance_monitor: bool = Field(True, description="Record operation timings.")
 
     # Tool settings
@@ -234,6 +239,18 @@ class ContextManagerConfig(BaseSettings):
         if "\x00" in text:
             raise ValueError("a connection string without NUL characters")
         return text
+
+    @field_validator("enable_memory_index")
+    @classmethod
+    def _memory_index_is_always_on(cls, value: bool) -> bool:
+        if value is False:
+            warnings.warn(
+                "enable_memory_index=False has no effect: memory search runs on the full-text index, "
+                "which is always kept; the option is deprecated and will be removed",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return value
 
     @property
     def resolved_storage_path(self) -> Path:

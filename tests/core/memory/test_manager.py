@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -485,3 +486,30 @@ async def test_the_quick_check_runs_while_a_write_holds_the_lock(sqlite_manager:
         "ok": True,
         "mode": "quick",
     }
+
+
+async def test_memory_stats_report_the_index_state_that_was_measured(
+    manager: MemoryManager, storage: Path
+) -> None:
+    """Issue 18.11: get_memory_stats() always said the index was "ok", damaged or not."""
+    for number in range(30):
+        await manager.add_memory(f"invoice {number} for the spring payment run", importance=0.9)
+    index = (await manager.get_memory_stats())["index"]
+    assert (index["status"], index["check"], index["checked_at"]) == ("unchecked", None, None)
+    await manager.check_integrity(quick=True)
+    index = (await manager.get_memory_stats())["index"]
+    assert (index["status"], index["check"], index["problems"]) == ("ok", "quick", {})
+    assert index["checked_at"] is not None
+
+    def damage() -> None:
+        with sqlite3.connect(storage / "memories.sqlite3") as connection:
+            connection.execute("DELETE FROM memories_fts_data WHERE id > 1")
+
+    await asyncio.to_thread(damage)
+    await manager.check_integrity(quick=True)
+    index = (await manager.get_memory_stats())["index"]
+    assert index["status"] == "damaged" and "malformed" in index["problems"]["fts"]
+    await manager.rebuild_index()
+    index = (await manager.get_memory_stats())["index"]
+    assert (index["status"], index["check"], index["problems"]) == ("ok", "rebuilt", {})
+    assert (await manager.check_integrity())["ok"] and len(await manager.search_memory("invoice")) == 10

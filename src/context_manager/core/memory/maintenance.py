@@ -44,8 +44,11 @@ class MemoryMaintenance(TierMovement):
         Returns:
             ``total_memories``, ``by_tier``, ``capacity``, ``over_capacity`` (tiers), ``superseded``,
             ``oldest``/``newest`` (epoch seconds or ``None``), ``mean_importance``, ``bytes_on_disk``
-            (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``,
-            ``vectors``), ``writes`` (outcomes of writes since opening: ``writes``, ``failures``,
+            (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``:
+            ``"ok"``, ``"damaged"`` or ``"unchecked"``, from the latest :meth:`check_integrity` (the
+            periodic health check runs one) or :meth:`rebuild_index`; ``checked_at``, ``check``
+            (``"quick"``, ``"full"`` or ``"rebuilt"``), ``problems``, ``engine``, ``vectors``),
+            ``writes`` (outcomes of writes since opening: ``writes``, ``failures``,
             ``consecutive_failures``, ``last_error``, ``last_failure_at``, ``last_success_at``),
             ``storage_path`` and, for :data:`ALL_USERS`, ``by_user``.
         """
@@ -72,7 +75,7 @@ class MemoryMaintenance(TierMovement):
             "bytes_on_disk": sizes,
             "pending_access_updates": len(self._pending_touches),
             "index": {
-                "status": "ok",
+                **self._index_status(),
                 "engine": "sqlite-fts5 bm25" if backend.kind == "sqlite" else "postgresql tsvector",
                 "vectors": backend.vector_count(),
             },
@@ -243,14 +246,25 @@ class MemoryMaintenance(TierMovement):
                 result = dict(await backend.check_integrity())
         result["ok"] = all(value == "ok" for value in result.values())
         result["mode"] = "quick" if quick else "full"
+        problems = {key: text for key, text in result.items() if key not in ("ok", "mode") and text != "ok"}
+        self._index_report = {"checked_at": self._clock(), "check": result["mode"], "problems": problems}
         return result
+
+    def _index_status(self) -> dict[str, Any]:
+        """What is known of the indexes: the latest integrity check or rebuild (none yet: unchecked)."""
+        report = self._index_report
+        if report is None:
+            return {"status": "unchecked", "checked_at": None, "check": None, "problems": {}}
+        return {"status": "damaged" if report["problems"] else "ok", **report}
 
     @records_write_outcome
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; return the rows indexed per tier."""
         backend = self._require("rebuild_index")
         async with self._write_lock:
-            return await backend.rebuild_index()
+            rebuilt = await backend.rebuild_index()
+            self._index_report = {"checked_at": self._clock(), "check": "rebuilt", "problems": {}}
+        return rebuilt
 
     @records_write_outcome
     async def flush(self) -> None:

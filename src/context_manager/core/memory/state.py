@@ -84,6 +84,7 @@ class ManagerState:
         self._write_lock = asyncio.Lock()
         self._lifecycle_lock = asyncio.Lock()  # initialize() and close() run one at a time
         self._write_tracker = WriteTracker(self._clock)  # outcomes of writes, for health checks
+        self._index_report: dict[str, Any] | None = None  # the last integrity check or index rebuild
         self._pending_touches: dict[str, tuple[float, int]] = {}
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
