@@ -372,8 +372,9 @@ async def test_optimize_system_reports_sizes_before_and_after(
     memory_report = report["memory"]
     assert memory_report["consolidated_count"] == 2
     assert memory_report["memories_after"] == memory_report["memories_before"] - 1
-    for key in ("log_bytes_before", "log_bytes_after", "database_bytes_before", "database_bytes_after"):
-        assert memory_report[key] >= 0
+    # 42 memories journaled and in the database: real sizes, and compaction does not grow the log
+    assert 0 < memory_report["log_bytes_after"] <= memory_report["log_bytes_before"]
+    assert memory_report["database_bytes_before"] > 0 and memory_report["database_bytes_after"] > 0
     assert report["tools"] == {
         "cache_entries_before": 0,
         "cache_entries_after": 0,

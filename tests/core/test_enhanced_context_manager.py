@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -265,10 +266,12 @@ async def test_compression_history_records(tmp_path: Path) -> None:
     async with EnhancedContextManager(
         make_config(tmp_path, max_tokens=300, compression_ratio=0.5)
     ) as manager:
+        started_at, started = time.time(), time.perf_counter()
         for i in range(40):
             await manager.add_message("user", f"Long message {i} " + "about things " * 5)
             await manager.add_message("assistant", f"Long response {i} " + "with details " * 5)
             assert manager.get_context_summary()["token_count"] <= 300
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
         history = manager.compression_history
         assert history and set(history[-1]) >= HISTORY_KEYS
         latest = history[-1]
@@ -276,7 +279,10 @@ async def test_compression_history_records(tmp_path: Path) -> None:
         assert latest["tokens_after"] <= 150 < latest["tokens_before"]
         assert latest["messages_after"] < latest["messages_before"]
         assert latest["removed_count"] > 0 and latest["summary_tokens"] > 0
-        assert latest["duration_ms"] >= 0
+        # milliseconds of real work, within the time the loop took (not seconds, not microseconds)
+        assert all(0.0 < record["duration_ms"] <= elapsed_ms for record in history)
+        assert sum(record["duration_ms"] for record in history) <= elapsed_ms
+        assert started_at <= latest["timestamp"] <= time.time()
         assert manager.get_context_summary()["compression_count"] == len(history)
         assert manager.get_context_summary()["has_summary"]
 

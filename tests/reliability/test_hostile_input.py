@@ -31,18 +31,21 @@ from typer.testing import CliRunner
 
 from context_manager import (
     ConfigurationError,
+    ContextBudgetError,
     ContextManagerConfig,
     ContextManagerError,
     EnhancedContextManager,
     InvalidArgumentError,
     InvalidMemoryError,
     InvalidMessageError,
+    Memory,
     MemoryManager,
     MemoryNotFoundError,
     ToolResult,
     count_tokens,
 )
 from context_manager.cli import app
+from context_manager.core.text import encodable
 from tests.reliability.conftest import scaled
 
 cli_runner = CliRunner()
@@ -137,6 +140,36 @@ def survive_sync(call: Callable[[], Any]) -> Any:
         return error
 
 
+def check_search_outcome(found: Any, limit: Any) -> None:
+    """A search refuses a bad query or limit, naming it, or returns ranked memories within the limit."""
+    if isinstance(found, ContextManagerError):
+        assert isinstance(found, InvalidMemoryError) and found.field in ("query", "limit"), found
+        return
+    assert isinstance(found, list) and all(isinstance(memory, Memory) for memory in found), found
+    assert all(memory.user_id is None for memory in found)  # the default namespace only
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        assert len(found) <= limit
+    scores = [memory.score or 0.0 for memory in found]
+    assert scores == sorted(scores, reverse=True)
+
+
+def check_batch_outcome(outcome: Any, calls: Any, *, budget_may_refuse: bool = False) -> None:
+    """A batch of tool calls is refused as a whole for malformed calls (or, in a window, a message that
+    cannot fit), or gives one paired result per call, in call order."""
+    if isinstance(outcome, ContextManagerError):
+        allowed: tuple[type[Exception], ...] = (InvalidMessageError,)
+        if budget_may_refuse:
+            allowed += (ContextBudgetError,)
+        assert isinstance(outcome, allowed), outcome
+        return
+    assert isinstance(outcome, list) and len(outcome) == len(calls), (outcome, calls)
+    ids = [result.call_id for result in outcome]
+    assert all(isinstance(call_id, str) and call_id for call_id in ids) and len(set(ids)) == len(ids)
+    for result in outcome:
+        assert isinstance(result, ToolResult)
+        assert result.success or (result.error and result.error_type is not None)
+
+
 FUZZED: Counter[str] = Counter()
 """Inputs tried per entry point in this session (printed as a FUZZ-FIGURES line for the full run)."""
 
@@ -215,7 +248,7 @@ def test_add_message_and_search_memory_survive_anything(tmp_path: Path, runner: 
         summary = manager.get_context_summary()
         assert summary["token_count"] <= config.max_tokens
         found = runner.run(survive(manager.search_memory(query, limit)))
-        assert isinstance(found, list | ContextManagerError)
+        check_search_outcome(found, limit)
         manager.get_context(format="openai")
         manager.get_context(format="anthropic")
 
@@ -374,9 +407,9 @@ def test_tool_entry_points_survive_anything(tmp_path: Path, runner: asyncio.Runn
         assert isinstance(result, ToolResult)
         assert result.success or (result.error and result.error_type is not None)
         outcome = runner.run(survive(manager.tool_manager.execute_tool_calls(calls)))
-        assert isinstance(outcome, list | ContextManagerError)
+        check_batch_outcome(outcome, calls)
         outcome = runner.run(survive(manager.execute_tool_calls(calls)))
-        assert isinstance(outcome, list | ContextManagerError)
+        check_batch_outcome(outcome, calls, budget_may_refuse=True)
         assert manager.get_context_summary()["token_count"] <= config.max_tokens
         json.dumps(manager.tool_manager.get_tool_stats())
 
@@ -744,8 +777,18 @@ def test_config_construction_survives_anything(values: dict[str, Any]) -> None:
 def test_count_tokens_survives_anything(text: Any, encoding: Any) -> None:
     FUZZED["count_tokens"] += 1
     count = survive_sync(lambda: count_tokens(text, encoding))
-    if not isinstance(count, ContextManagerError):
-        assert isinstance(count, int) and count >= 0
+    if isinstance(count, ContextManagerError):
+        # refused only for what cannot be counted, naming it: an unknown encoding; not a string or lone
+        # surrogates
+        if isinstance(count, ConfigurationError):
+            assert count.field == "token_encoding" and encoding not in ("o200k_base", "cl100k_base"), count
+        else:
+            assert isinstance(count, InvalidArgumentError) and count.field == "text", count
+            assert not (isinstance(text, str) and encodable(text)), count
+    else:
+        # every token covers at least one byte of UTF-8, and text has at least one token
+        assert isinstance(count, int) and not isinstance(count, bool)
+        assert (count >= 1) == (text != "") and count <= len(text.encode("utf-8"))
 
 
 # -- the CLI --------------------------------------------------------------------------------------------

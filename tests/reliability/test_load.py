@@ -10,7 +10,8 @@ CI size (``RELIABILITY_FULL=1`` runs the full size here too) and checks what the
 * the window never exceeds ``max_tokens``; the in-process memory tiers stay within their capacities;
 * every acknowledged memory write is found afterwards and the memory count adds up;
 * ``get_tool_stats()`` counts exactly the calls made;
-* event-loop lag is measured (reported, with a generous ceiling: the machine running CI is shared).
+* event-loop lag stays bounded: median lateness of a 5 ms timer <= 100 ms, worst <= 5 s (generous: the
+  machine running CI is shared; measured figures are in the assertion's comment).
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def test_load_run_holds_its_bounds(tmp_path: Path) -> None:
         assert item["throughput_per_s"] > 0 and item["operations"] > 0
         assert item["rss_growth_mb"] <= 64.0
         assert item["lag"]["lag_samples"] > 0
-        assert item["lag"]["lag_max_ms"] < 30_000, "the loop must never be held for this long"
+        # measured (2 CPUs, load average 5.5): p50 2-11 ms, max 17-574 ms. The bounds leave room for a
+        # shared machine and still catch the loop being held for seconds (as cutting megabyte tool
+        # outputs once did) or most of the time
+        assert item["lag"]["lag_p50_ms"] <= 100, f"{item['name']}: the loop is held most of the time"
+        assert item["lag"]["lag_max_ms"] <= 5_000, f"{item['name']}: the loop was held for seconds"
 
     messages = results["messages"]
     assert messages["operations"] == scale["messages"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import subprocess
 import sys
 import time
 from typing import Any
 
+import psutil
 import pytest
 
 from context_manager.core.errors import InvalidMetricError, InvalidSettingError
@@ -97,11 +99,15 @@ async def test_operation_timer_records_a_failure_and_propagates() -> None:
 
 async def test_sampler_records_memory_cpu_and_lag_and_stops_cleanly() -> None:
     monitor = PerformanceMonitor(sample_interval=0.01)
+    started = time.perf_counter()
     await monitor.start_monitoring()
     assert monitor.is_monitoring and monitor.sampler_alive
     await monitor.start_monitoring()  # idempotent: still one sampler
     sample = await monitor.wait_for_sample()
-    assert sample.rss_mb > 1.0 and sample.cpu_percent >= 0.0 and sample.event_loop_lag_ms >= 0.0
+    waited_ms = (time.perf_counter() - started) * 1000.0
+    assert sample.rss_mb == pytest.approx(psutil.Process().memory_info().rss / 1048576.0, rel=0.5)
+    assert 0.0 <= sample.cpu_percent <= 100.0 * (os.cpu_count() or 1)  # percent of one core, per core
+    assert 0.0 <= sample.event_loop_lag_ms <= waited_ms  # late by at most the time we waited
     metrics = monitor.get_current_metrics()
     assert metrics.memory_usage_mb > 1.0
     await monitor.stop_monitoring()
