@@ -7,13 +7,18 @@ non-zero when a feature stops working, instead of printing something wrong and e
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -60,8 +65,8 @@ class ExampleContext:
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         """Build a rich table from rows of values."""
         table = Table(title=title, title_justify="left", show_lines=False)
-        for column in columns:
-            table.add_column(column)
+        for column in columns:  # a narrow terminal folds the cells, never cuts a header to "strate…"
+            table.add_column(column, min_width=max(len(word) for word in column.split() or [""]))
         for row in rows:
             table.add_row(*(format_value(value) for value in row))
         return table
@@ -70,11 +75,51 @@ class ExampleContext:
         """Print a text in a panel."""
         self.console.print(Panel(text, title=title, expand=False))
 
+    @contextlib.contextmanager
+    def expected_logs(
+        self, why: str, logger_name: str = "context_manager"
+    ) -> Iterator[list[logging.LogRecord]]:
+        """Hold back the library's log lines while an example provokes a failure on purpose.
+
+        They would print as WARNINGs and read like real failures; instead, one line says what was logged
+        and why it is expected (every record with ``--verbose``). Yields the captured records.
+        """
+        records: list[logging.LogRecord] = []
+        handler = _ListHandler(records)
+        library = logging.getLogger(logger_name)
+        propagate = library.propagate
+        library.addHandler(handler)
+        library.propagate = False
+        try:
+            yield records
+        finally:
+            library.removeHandler(handler)
+            library.propagate = propagate
+        counts = Counter((record.levelname, record.getMessage()) for record in records)
+        if not counts:
+            return
+        total = sum(counts.values())
+        self.info(f"[dim]the library logged {total} line(s), expected here ({why}):[/dim]")
+        shown = counts.most_common() if self.verbose else counts.most_common(2)
+        for (level, message), count in shown:
+            repeat = f" [dim](x{count})[/dim]" if count > 1 else ""
+            self.info(f"  [dim]{level.lower()}: {escape(message)}[/dim]{repeat}")
+
     def storage(self, name: str) -> Path:
         """A fresh directory under the run's work directory."""
         path = self.workdir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:  # what would have been printed
+            self.records.append(record)
 
 
 def format_value(value: Any) -> str:
@@ -84,8 +129,25 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+PIPED_WIDTH = 120
+"""Columns used when the output is not a terminal (a pipe, a file, CI logs) and COLUMNS is unset."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console for the examples' output.
+
+    On a terminal, its width. Piped (``make examples | cat``, CI logs), rich would assume 80 columns:
+    tables would wrap and cut their headers, and every long line would be broken. Then: COLUMNS if set,
+    else a wide page, with text lines left unbroken (the reader's viewer wraps them).
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def example_context(verbose: bool = False, console: Console | None = None) -> Iterator[ExampleContext]:
     """Yield an :class:`ExampleContext` with a temporary work directory removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="context-manager-example-") as directory:
-        yield ExampleContext(console or Console(), verbose, Path(directory))
+        yield ExampleContext(console or make_console(), verbose, Path(directory))

@@ -56,7 +56,7 @@ USER_TURNS = [
     "And 4 kg to Coimbra?",
     "And 2 kg to Madrid?",
     "What was the tracking number of order 1042 again?",
-    "When do I like my deliveries?",
+    "What delivery times do I prefer?",
 ]
 
 
@@ -342,10 +342,14 @@ async def run_agent(
             )
         history = manager.compression_history
         summary = manager.get_context_summary()
+    request_budget = max_tokens - agent.reply_reserve
     ctx.ok(
         f"{len(USER_TURNS)} turns, {sum(len(r.tool_calls) for r in reports)} tool calls, "
-        f"{len(history)} compressions; largest request {max(max(r.request_tokens) for r in reports)} tokens "
-        f"(budget {max_tokens - agent.reply_reserve}); window now {summary['token_count']} tokens"
+        f"{len(history)} compressions; the window holds {summary['token_count']} of its {max_tokens} tokens"
+    )
+    ctx.ok(
+        f"every request fit its {request_budget}-token budget ({max_tokens} minus {agent.reply_reserve} kept "
+        f"for the reply): the largest used {max(max(r.request_tokens) for r in reports)}"
     )
     expect(all(report.answer for report in reports), "every turn ends with an answer")
     if scripted:
@@ -356,6 +360,10 @@ async def run_agent(
             "the evicted tracking number is recalled through memory_search",
         )
         expect("after 6 pm" in reports[9].answer, "the preference is recalled from memory into the request")
+        expect(
+            bool(reports[9].recalled) and "deliveries" in reports[9].recalled[0],
+            f"the top recalled memory should be about deliveries, got {reports[9].recalled[:1]}",
+        )
         ctx.ok(
             "recall worked: the evicted tracking number came back through memory_search, the delivery "
             "preference through the automatic recall note"

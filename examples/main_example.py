@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example modules live next to this file
 
-from _common import ExampleContext, ExampleFailure, example_context  # noqa: E402
-from rich.console import Console  # noqa: E402
+from _common import ExampleContext, ExampleFailure, example_context, make_console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
 
 CATEGORIES: dict[str, tuple[str, str]] = {
@@ -75,11 +74,11 @@ async def run_categories(names: list[str], ctx: ExampleContext) -> list[tuple[st
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
+        handlers=[RichHandler(console=make_console(stderr=True), show_time=False, show_path=False)],
     )
     names = list(CATEGORIES) if args.category == "all" else [args.category]
     try:

@@ -44,7 +44,7 @@ KEY_LINES = {
         "diagnostic report: status",
         "compressions kept 2000 messages within 4,000 tokens",
     ],
-    "agent": ["was compressed out of the window", "recall worked"],
+    "agent": ["was compressed out of the window", "every request fit its 550-token budget", "recall worked"],
 }
 EXAMPLE_TIME_LIMIT_S = 30.0  # issue 7: each example runs in under 30 seconds
 VERBOSE_ONLY = {
@@ -126,3 +126,34 @@ def test_a_failing_example_exits_non_zero() -> None:
     assert completed.returncode == 1
     assert "example crashed: ConfigurationError: compression_ratio: got '1.5'" in completed.stdout
     assert "All examples passed" not in completed.stdout
+
+
+def test_piped_output_reads_right() -> None:
+    """Issue 15.8, ``make examples | cat`` read by a newcomer: not on a terminal (and COLUMNS unset)
+    tables wrapped at 80 columns and cut headers ("strate…"); the deliberate summarizer failure printed
+    WARNING lines that read like real failures; the agent's "largest request 541 tokens (budget 550);
+    window now 594 tokens" read like an overflow; its recall showed a greeting as the top hit."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    completed = subprocess.run(
+        [sys.executable, str(MAIN), "all"], capture_output=True, text=True, env=environment, timeout=180
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    assert not [line for line in lines if "…" in line], "a table cut a header or a cell"
+    # long lines stay whole (a pipe is not an 80-column terminal)
+    assert any(line.startswith("┃ #") and "strategy" in line for line in lines), "compression table header"
+    assert (
+        "✓ the system message and the pinned instruction are still in the window; the Aurora fact is not"
+        in lines
+    )
+    # the deliberate failure is explained, not logged as if something were broken
+    assert "WARNING" not in completed.stderr and not [line for line in lines if "WARNING" in line]
+    assert any("expected here (the summarizer fails on purpose)" in line for line in lines)
+    # the agent's figures say what they compare
+    window = next(line for line in lines if "the window holds" in line and "of its 700 tokens" in line)
+    assert int(re.search(r"holds (\d+) of its 700", window).group(1)) <= 700  # type: ignore[union-attr]
+    budget = next(line for line in lines if "every request fit its 550-token budget" in line)
+    assert int(re.search(r"the largest used (\d+)", budget).group(1)) <= 550  # type: ignore[union-attr]
+    # the last question's top recalled memory is the delivery preference, not the greeting
+    question = lines.index("user: What delivery times do I prefer?")
+    assert "deliveries" in lines[question + 1] and "recalled:" in lines[question + 1], lines[question + 1]

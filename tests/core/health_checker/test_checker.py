@@ -462,7 +462,7 @@ async def test_failing_memory_writes_make_health_degraded_then_unhealthy_and_it_
         memory = manager.memory_manager
         await memory.add_memory("written before the fault")
         writes = (await checker.perform_health_check()).checks["storage_writes"]
-        assert writes.status is HealthState.HEALTHY and writes.message == "1 writes, none failed"
+        assert writes.status is HealthState.HEALTHY and writes.message == "1 write, none failed"
         shutil.rmtree(config.resolved_storage_path)
         verdicts = []
         for _ in range(3):

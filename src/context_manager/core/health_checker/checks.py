@@ -104,7 +104,8 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
         details["lost_memory_files"] = [str(path) for path in lost]
         worst = HealthState.UNHEALTHY
     if worst is HealthState.HEALTHY:
-        return CheckOutcome(worst, f"{len(directories)} directories writable", details)
+        writable = _count(len(directories), "directory", "directories")
+        return CheckOutcome(worst, f"{writable} writable", details)
     log_lost = any(path.suffix == ".jsonl" for path in lost)
     recommendation = (
         "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
@@ -145,7 +146,7 @@ def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> Check
                 f"the last failure: {snapshot.last_error})"
             )
         else:
-            message = f"{snapshot.writes} writes, none failed"
+            message = f"{_count(snapshot.writes, 'write')}, none failed"
         return CheckOutcome(HealthState.HEALTHY, message, details)
     state = HealthState.UNHEALTHY if failing >= limits.write_failures_unhealthy else HealthState.DEGRADED
     latest = "the latest memory write" if failing == 1 else f"the last {failing} memory writes"
@@ -159,6 +160,11 @@ def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> Check
             "themselves and this check is healthy again with the next write that succeeds."
         ),
     )
+
+
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    """``"1 write"``, ``"3 writes"``: a count a person reads without tripping."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def lost_memory_files(memory_manager: Any) -> list[Path]:
@@ -332,7 +338,7 @@ def check_background_tasks(watched: dict[str, WatchedTask]) -> CheckOutcome:
     dead = [name for name, task in watched.items() if not task.alive()]
     details = {"watched": sorted(watched), "dead": dead}
     if not dead:
-        return CheckOutcome(HealthState.HEALTHY, f"{len(watched)} background tasks alive", details)
+        return CheckOutcome(HealthState.HEALTHY, f"{_count(len(watched), 'background task')} alive", details)
     restarts = {name: restart for name in dead if (restart := watched[name].restart) is not None}
     return CheckOutcome(
         HealthState.DEGRADED,
