@@ -11,7 +11,12 @@ Everything is measured in one run, next to its baseline:
    then wait for each) against ``asyncio.Semaphore(10)`` + ``asyncio.gather`` (target <= 2x);
 3. CPU used by an idle monitor sampling every 0.1 s for a few seconds, against the same idle loop without
    a monitor (target < 1% of one core).
-Bounded to about 30 s on a small machine (``--quick``: a few seconds).
+4. The health check's database check at 50,000 long-term memories (``--quick``: 5,000): the full
+   ``check_integrity()`` (``PRAGMA integrity_check`` and FTS5's ``integrity-check`` under the write
+   lock) against the quick one the periodic check runs (``quick_check`` and an index read on a separate
+   read-only connection), and the latency of ``add_memory`` calls made while each runs (issue 18.10).
+Bounded to about 90 s on a small machine, most of it building the 50,000 memories (``--quick``: a few
+seconds).
 """
 
 from __future__ import annotations
@@ -210,6 +215,60 @@ def bench_idle_monitor(seconds: float, interval: float) -> dict[str, float]:
     return asyncio.run(main())
 
 
+def bench_integrity_check(memories: int, rounds: int) -> dict[str, Any]:
+    import tempfile
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.manager import MemoryManager
+
+    words = ["invoice", "payment", "order", "shipping", "delivery", "porto", "lisbon", "python", "tool"]
+
+    async def writes_during(memory: MemoryManager, quick: bool) -> tuple[float, list[float]]:
+        """Run one check; meanwhile add memories back to back; return its seconds and the writes' ms."""
+        started = time.perf_counter()
+        check = asyncio.ensure_future(memory.check_integrity(quick=quick))
+        latencies: list[float] = []
+        number = 0
+        while not check.done():
+            begin = time.perf_counter()
+            await memory.add_memory(f"written during the check {number}", importance=0.9)
+            latencies.append((time.perf_counter() - begin) * 1000.0)
+            number += 1
+        result = await check
+        assert result["ok"], result
+        return time.perf_counter() - started, latencies
+
+    async def main() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as directory:
+            config = ContextManagerConfig(cache_path=directory, long_term_memory_size=10 * memories)
+            async with MemoryManager(config) as memory:
+                for start in range(0, memories, 5000):
+                    batch = range(start, min(start + 5000, memories))
+                    texts = [" ".join(f"{words[(n + k) % 9]}{n % 997}" for k in range(12)) for n in batch]
+                    await memory.add_memories([{"content": text, "tier": "long"} for text in texts])
+                figures: dict[str, list[float]] = {name: [] for name in ("full_s", "quick_s")}
+                worst: dict[str, float] = {"full": 0.0, "quick": 0.0}
+                medians: dict[str, list[float]] = {"full": [], "quick": []}
+                for _ in range(rounds):  # interleaved: both see the same machine load
+                    for mode in ("full", "quick"):
+                        seconds, latencies = await writes_during(memory, quick=mode == "quick")
+                        figures[f"{mode}_s"].append(seconds)
+                        worst[mode] = max(worst[mode], max(latencies))
+                        medians[mode].append(statistics.median(latencies))
+        return {
+            "memories": memories,
+            "rounds": rounds,
+            "full_check_s": statistics.median(figures["full_s"]),
+            "quick_check_s": statistics.median(figures["quick_s"]),
+            "write_max_ms_during_full": worst["full"],
+            "write_max_ms_during_quick": worst["quick"],
+            "write_p50_ms_during_full": statistics.median(medians["full"]),
+            "write_p50_ms_during_quick": statistics.median(medians["quick"]),
+        }
+
+    return asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -267,12 +326,31 @@ def main() -> None:
         f"   (target < 1%: {'met' if idle['monitor_cpu_percent_of_one_core'] < 1.0 else 'MISSED'})"
     )
 
+    integrity = bench_integrity_check(memories=5_000 if quick else 50_000, rounds=2 if quick else 3)
+    print(
+        f"4. database check at {integrity['memories']:,} long-term memories (median of {integrity['rounds']})"
+    )
+    print(
+        f"   full check_integrity() (write lock)  {integrity['full_check_s'] * 1e3:8.0f} ms;"
+        f" add_memory meanwhile: max {integrity['write_max_ms_during_full']:.0f} ms"
+    )
+    print(
+        f"   quick check (read-only connection)   {integrity['quick_check_s'] * 1e3:8.0f} ms;"
+        f" add_memory meanwhile: max {integrity['write_max_ms_during_quick']:.0f} ms,"
+        f" p50 {integrity['write_p50_ms_during_quick']:.1f} ms"
+    )
+    print(
+        "   quick / full duration                "
+        f"{integrity['quick_check_s'] / integrity['full_check_s']:8.2f}x"
+    )
+
     if arguments.json is not None:
         payload = {
             "python": sys.version.split()[0],
             "recording": recording,
             "controller": controller,
             "idle_monitor": idle,
+            "integrity_check": integrity,
         }
         arguments.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {arguments.json}")

@@ -9,6 +9,11 @@
 3. Throughput of 1,000 concurrent calls: ``asyncio.gather`` of 1,000 ``execute`` calls and one
    ``execute_tool_calls`` batch of 1,000 provider calls (bounded by ``max_concurrent_tool_calls``),
    against ``asyncio.gather`` of 1,000 direct awaits.
+4. Sync tools: ``execute`` of a trivial sync tool (it runs in the tool manager's own threads) against
+   ``asyncio.to_thread`` of the same function (the event loop's default pool).
+5. Isolation: a long-term ``add_memory`` (SQLite in a worker thread) while 20 sync tools hang in
+   their threads, against the same write with no tool running (issue 18.9: it used to wait for a
+   thread of the shared pool; 2.8 s).
 
 Latencies are timed per call with ``perf_counter_ns`` (the timer's own cost is in both sides); the
 direct and managed loops alternate in rounds so drift on a shared machine hits both alike.
@@ -170,13 +175,103 @@ async def throughput(concurrent: int = 1000, repeats: int = 5) -> dict[str, Any]
     }
 
 
+def blocking_add(a: int, b: int) -> int:
+    return a + b
+
+
+async def sync_dispatch(iterations: int, rounds: int = 5) -> dict[str, Any]:
+    manager = ToolManager(ContextManagerConfig())
+    manager.register_function_tool("blocking_add", blocking_add, "Adds in a thread")
+    clock = time.perf_counter_ns
+
+    async def via_manager(count: int) -> list[int]:
+        samples = []
+        for n in range(count):
+            started = clock()
+            result = await manager.execute("blocking_add", a=n, b=1)
+            samples.append(clock() - started)
+            if not result.success:
+                raise RuntimeError(result.error)
+        return samples
+
+    async def via_to_thread(count: int) -> list[int]:
+        samples = []
+        for n in range(count):
+            started = clock()
+            await asyncio.to_thread(blocking_add, n, 1)
+            samples.append(clock() - started)
+        return samples
+
+    await via_manager(500)
+    await via_to_thread(500)
+    per_round = max(iterations // (4 * rounds), 1)  # a thread hop costs ~50-100 us: fewer calls
+    managed: list[int] = []
+    baseline: list[int] = []
+    for _ in range(rounds):
+        baseline += await via_to_thread(per_round)
+        managed += await via_manager(per_round)
+    managed_stats, baseline_stats = summary_us(managed), summary_us(baseline)
+    return {
+        "iterations": per_round * rounds,
+        "asyncio_to_thread": baseline_stats,
+        "execute_sync_tool": managed_stats,
+        "execute_vs_to_thread_p50": managed_stats["p50_us"] / baseline_stats["p50_us"],
+    }
+
+
+async def isolation(tmp: Path, hung: int = 20, writes: int = 20) -> dict[str, Any]:
+    import threading
+
+    from context_manager.core.memory.manager import MemoryManager
+
+    gate = threading.Event()
+
+    def hangs() -> None:
+        gate.wait(60)
+
+    async def write_times(memory: MemoryManager, label: str) -> list[float]:
+        times = []
+        for number in range(writes):
+            started = time.perf_counter()
+            await memory.add_memory(f"{label} write {number}", importance=0.9)  # long-term: a thread
+            times.append((time.perf_counter() - started) * 1000.0)
+        return times
+
+    config = ContextManagerConfig(cache_path=tmp, max_tool_timeout=0.05)
+    manager = ToolManager(config)
+    manager.register_function_tool("hangs", hangs, "Blocks its thread")
+    async with MemoryManager(config) as memory:
+        quiet = await write_times(memory, "quiet")
+        try:
+            results = await asyncio.gather(*(manager.execute("hangs") for _ in range(hung)))
+            assert all(result.error_type == "timeout" for result in results)
+            busy = await write_times(memory, "busy")
+            abandoned = manager.get_tool_stats()["threads"]["abandoned"]
+        finally:
+            gate.set()
+    return {
+        "hung_sync_tools": hung,
+        "abandoned_threads_during": abandoned,
+        "add_memory_quiet_p50_ms": statistics.median(quiet),
+        "add_memory_with_hung_tools_p50_ms": statistics.median(busy),
+        "add_memory_with_hung_tools_max_ms": max(busy),
+        "hung_vs_quiet_p50": statistics.median(busy) / statistics.median(quiet),
+    }
+
+
 async def main_async(iterations: int) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        isolated = await isolation(Path(directory))
     return {
         "benchmark": "tools",
         "python": platform.python_version(),
         "platform": platform.platform(),
         "dispatch": await dispatch_overhead(iterations),
         "throughput": await throughput(),
+        "sync_tools": await sync_dispatch(iterations),
+        "isolation": isolated,
     }
 
 
@@ -218,6 +313,20 @@ def main() -> None:
         f"  execute_tool_calls  {flow['execute_tool_calls_calls_per_s']:10.0f} calls/s  "
         f"({flow['execute_tool_calls_ms']:.1f} ms, {flow['execute_tool_calls_vs_direct']:.1f}x direct, "
         f"at most {flow['max_concurrent_tool_calls']} at once)"
+    )
+    sync = report["sync_tools"]
+    print(f"sync tool dispatch ({sync['iterations']} calls, a trivial function in a worker thread)")
+    for label, key in (("asyncio.to_thread", "asyncio_to_thread"), ("execute", "execute_sync_tool")):
+        stats = sync[key]
+        print(f"  {label:<18} p50 {stats['p50_us']:7.2f} us   p99 {stats['p99_us']:7.2f} us")
+    print(f"  execute / to_thread p50 = {sync['execute_vs_to_thread_p50']:.2f}x")
+    isolated = report["isolation"]
+    print(
+        f"long-term add_memory while {isolated['hung_sync_tools']} sync tools hang "
+        f"({isolated['abandoned_threads_during']} abandoned threads): p50 "
+        f"{isolated['add_memory_with_hung_tools_p50_ms']:.2f} ms (max "
+        f"{isolated['add_memory_with_hung_tools_max_ms']:.2f} ms) vs "
+        f"{isolated['add_memory_quiet_p50_ms']:.2f} ms with none = {isolated['hung_vs_quiet_p50']:.2f}x"
     )
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
