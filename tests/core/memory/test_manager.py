@@ -489,9 +489,11 @@ async def test_the_quick_check_runs_while_a_write_holds_the_lock(sqlite_manager:
 
 
 async def test_memory_stats_report_the_index_state_that_was_measured(
-    manager: MemoryManager, storage: Path
+    sqlite_manager: MemoryManager, storage: Path
 ) -> None:
-    """Issue 18.11: get_memory_stats() always said the index was "ok", damaged or not."""
+    """Issue 18.11: get_memory_stats() always said the index was "ok", damaged or not (the damage is
+    done to the SQLite file; PostgreSQL's own check is in test_postgres.py)."""
+    manager = sqlite_manager
     for number in range(30):
         await manager.add_memory(f"invoice {number} for the spring payment run", importance=0.9)
     index = (await manager.get_memory_stats())["index"]
@@ -513,3 +515,13 @@ async def test_memory_stats_report_the_index_state_that_was_measured(
     index = (await manager.get_memory_stats())["index"]
     assert (index["status"], index["check"], index["problems"]) == ("ok", "rebuilt", {})
     assert (await manager.check_integrity())["ok"] and len(await manager.search_memory("invoice")) == 10
+
+
+async def test_index_status_starts_unchecked_and_follows_the_checks(manager: MemoryManager) -> None:
+    await manager.add_memory("a fact about the harbour", importance=0.9)
+    assert (await manager.get_memory_stats())["index"]["status"] == "unchecked"
+    await manager.check_integrity(quick=True)
+    index = (await manager.get_memory_stats())["index"]
+    assert (index["status"], index["check"], index["problems"]) == ("ok", "quick", {})
+    await manager.check_integrity()
+    assert (await manager.get_memory_stats())["index"]["check"] == "full"
