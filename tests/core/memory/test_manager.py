@@ -525,3 +525,52 @@ async def test_index_status_starts_unchecked_and_follows_the_checks(manager: Mem
     assert (index["status"], index["check"], index["problems"]) == ("ok", "quick", {})
     await manager.check_integrity()
     assert (await manager.get_memory_stats())["index"]["check"] == "full"
+async def test_an_add_with_an_id_is_idempotent(manager: MemoryManager) -> None:
+    """Issue 15.3: a retried write (the first raised StorageError part-way) must not store the text twice."""
+    first = await manager.add_memory("the boiler was serviced on 3 May", importance=0.9, memory_id="boiler-1")
+    again = await manager.add_memory("the boiler was serviced on 3 May", importance=0.9, memory_id="boiler-1")
+    assert first.id == again.id == "boiler-1"
+    assert [m.id for m in await manager.search_memory("boiler serviced")] == ["boiler-1"]
+    copies = [m for m in await manager.stored_copies() if m.id == "boiler-1"]
+    assert sorted(m.tier.value for m in copies) == ["long", "short"]  # one memory (a short and a long copy)
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match="memory_id: got 'boiler-1'; allowed an id not used"):
+        await manager.add_memory("something else entirely", memory_id="boiler-1")
+    with pytest.raises(InvalidMemoryError, match="memory_id"):
+        await manager.add_memory("same text, other owner", memory_id="boiler-1", user_id="eve")
+    with pytest.raises(InvalidMemoryError, match="memory_id"):
+        await manager.add_memory("bad id", memory_id="")
+    assert await snapshot(manager) == before
+
+
+async def test_add_memories_with_ids_keeps_order_and_skips_what_is_stored(manager: MemoryManager) -> None:
+    await manager.add_memory("alpha note", memory_id="a")
+    written = await manager.add_memories(
+        [
+            {"content": "beta note", "memory_id": "b"},
+            {"content": "alpha note", "memory_id": "a"},
+            {"content": "gamma note"},
+        ]
+    )
+    assert [m.id for m in written[:2]] == ["b", "a"] and written[2].content == "gamma note"
+    assert (await manager.get_memory_stats())["total_memories"] == 3
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match="differ within one call"):
+        await manager.add_memories([{"content": "x", "memory_id": "z"}, {"content": "y", "memory_id": "z"}])
+    with pytest.raises(InvalidMemoryError, match="memory_id"):  # one bad item: nothing is stored
+        await manager.add_memories(
+            [{"content": "delta", "memory_id": "d"}, {"content": "not beta", "memory_id": "b"}]
+        )
+    assert await snapshot(manager) == before
+
+
+async def test_remembering_the_same_messages_twice_stores_them_once(manager: MemoryManager) -> None:
+    from context_manager.core.messages import Message
+
+    messages = [Message.create("user", f"evicted line {number} about kites") for number in range(5)]
+    first = await manager.remember_messages(messages, session_id="conv", id_namespace="conv")
+    second = await manager.remember_messages(messages, session_id="conv", id_namespace="conv")
+    assert [m.id for m in first] == [m.id for m in second]
+    assert (await manager.get_memory_stats())["total_memories"] == 5
+    found = await manager.search_memory("kites", limit=20)
+    assert len(found) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,14 @@ from context_manager.core.text import encodable
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.messages import Message
 
-__all__ = ["MemoryWriting"]
+__all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
+
+
+def message_memory_id(namespace: str, message_id: str) -> str:
+    """The id of the memory that holds a message of a persisted conversation (stable, 32 hex characters)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"context-manager:{namespace}:{message_id}").hex
 
 
 class MemoryWriting(TierMovement):
@@ -46,6 +52,7 @@ class MemoryWriting(TierMovement):
         tier: MemoryTier | str | None = None,
         *,
         source: str = "api",
+        memory_id: str | None = None,
     ) -> Memory:
         """Store a memory durably and return it.
 
@@ -59,33 +66,38 @@ class MemoryWriting(TierMovement):
             user_id: The owner (``None``: the default namespace).
             tier: Put the memory in this tier only (``"short"``, ``"medium"``, ``"long"``).
             source: Where it comes from (``"api"``, ``"context"`` ...).
+            memory_id: Your own id for the memory, which makes the add idempotent: retrying an add that
+                failed part-way (``StorageError``) with the same id stores one memory; an id already
+                holding the same content returns that memory unchanged. By default a fresh random id.
 
         Returns:
             A copy of the stored memory (changing it changes nothing stored).
 
         Raises:
-            InvalidMemoryError: a bad argument; nothing is stored.
+            InvalidMemoryError: a bad argument (or ``memory_id`` already holds other content); nothing
+                is stored.
             StorageError: the write failed.
             LifecycleError: before ``initialize()`` or after ``close()``.
         """
-        memory = self._build_memory(content, importance, tags, metadata, user_id, tier, source)
+        memory = self._build_memory(content, importance, tags, metadata, user_id, tier, source, memory_id)
         explicit_tier = None if tier is None else MemoryTier.parse(tier)
-        memories = await self._add_many([(memory, explicit_tier)])
+        memories = await self._add_many([(memory, explicit_tier)], explicit_ids=memory_id is not None)
         return memories[0].copy()
 
     async def add_memories(self, items: Sequence[Mapping[str, Any]]) -> list[Memory]:
         """Store several memories at once (one journal write, one transaction).
 
         Args:
-            items: Dicts of :meth:`add_memory` keyword arguments (``content`` required).
+            items: Dicts of :meth:`add_memory` keyword arguments (``content`` required; ``memory_id``
+                makes that item idempotent, as in :meth:`add_memory`).
 
         Raises:
-            InvalidMemoryError: any item is bad; nothing is stored.
+            InvalidMemoryError: any item is bad (or reuses an id for other content); nothing is stored.
         """
         if not isinstance(items, Sequence) or isinstance(items, str | bytes):
             raise InvalidMemoryError("items", items, "a list of dicts of add_memory arguments")
         prepared: list[tuple[Memory, MemoryTier | None]] = []
-        allowed = {"content", "importance", "tags", "metadata", "user_id", "tier", "source"}
+        allowed = {"content", "importance", "tags", "metadata", "user_id", "tier", "source", "memory_id"}
         for item in items:
             if not isinstance(item, Mapping) or "content" not in item or not set(item) <= allowed:
                 raise InvalidMemoryError(
@@ -101,10 +113,12 @@ class MemoryWriting(TierMovement):
                 item.get("user_id"),
                 item.get("tier"),
                 item.get("source", "api"),
+                item.get("memory_id"),
             )
             tier = item.get("tier")
             prepared.append((memory, None if tier is None else MemoryTier.parse(tier)))
-        memories = await self._add_many(prepared)
+        explicit = any(item.get("memory_id") is not None for item in items)
+        memories = await self._add_many(prepared, explicit_ids=explicit)
         return [memory.copy() for memory in memories]
 
     def _build_memory(
@@ -116,8 +130,19 @@ class MemoryWriting(TierMovement):
         user_id: Any,
         tier: Any,
         source: Any,
+        memory_id: Any = None,
     ) -> Memory:
         check_content(content)
+        if memory_id is not None and (
+            not isinstance(memory_id, str)
+            or not memory_id.strip()
+            or len(memory_id) > 200
+            or "\x00" in memory_id
+            or not encodable(memory_id)
+        ):
+            raise InvalidMemoryError(
+                "memory_id", memory_id, "None or a non-empty string of at most 200 characters"
+            )
         importance = check_importance(importance)
         tag_list = check_tags(tags)
         metadata_dict = check_metadata(metadata)
@@ -128,7 +153,7 @@ class MemoryWriting(TierMovement):
             raise InvalidMemoryError("source", source, "a non-empty string of text without NUL")
         now = self._clock()
         return Memory(
-            id=new_memory_id(),
+            id=new_memory_id() if memory_id is None else memory_id,
             content=content,
             importance=importance,
             tags=tag_list,
@@ -140,10 +165,19 @@ class MemoryWriting(TierMovement):
         )
 
     @records_write_outcome
-    async def _add_many(self, items: Sequence[tuple[Memory, MemoryTier | None]]) -> list[Memory]:
+    async def _add_many(
+        self, items: Sequence[tuple[Memory, MemoryTier | None]], *, explicit_ids: bool = False
+    ) -> list[Memory]:
+        """Store new memories; with ``explicit_ids`` an id already holding the same content is returned."""
         backend = self._require("add_memory")
         threshold = self.config.long_term_importance_threshold
+        order = [memory.id for memory, _ in items]
         async with self._write_lock:
+            existing: dict[str, Memory] = {}
+            if explicit_ids:
+                items, existing = await self._known_ids(items)
+                if not items:
+                    return [existing[memory_id] for memory_id in order]
             for memory, _ in items:
                 await self._attach_context(memory)
             to_short = [m for m, tier in items if tier in (None, MemoryTier.SHORT)]
@@ -163,7 +197,40 @@ class MemoryWriting(TierMovement):
         if medium_over:
             self._spawn(self._rebalance())
         self._maybe_compact()
-        return [memory for memory, _ in items]
+        written = {memory.id: memory for memory, _ in items}
+        return [written.get(memory_id) or existing[memory_id] for memory_id in order]
+
+    async def _known_ids(
+        self, items: Sequence[tuple[Memory, MemoryTier | None]]
+    ) -> tuple[list[tuple[Memory, MemoryTier | None]], dict[str, Memory]]:
+        """Split off the items whose id is already stored with the same content (an idempotent retry).
+
+        Raises:
+            InvalidMemoryError: an id is repeated in ``items`` or already holds other content.
+        """
+        ids = [memory.id for memory, _ in items]
+        if len(set(ids)) != len(ids):
+            repeated = next(i for i in ids if ids.count(i) > 1)
+            raise InvalidMemoryError("memory_id", repeated, "ids that differ within one call")
+        stored = await self._get_many(ids)
+        if not stored:
+            return list(items), {}
+        fresh: list[tuple[Memory, MemoryTier | None]] = []
+        existing: dict[str, Memory] = {}
+        for memory, tier in items:
+            found = stored.get(memory.id)
+            if found is None:
+                fresh.append((memory, tier))
+            elif found.content == memory.content and found.user_id == memory.user_id:
+                existing[found.id] = found
+            else:
+                raise InvalidMemoryError(
+                    "memory_id",
+                    memory.id,
+                    "an id not used by another memory (this id already holds different content or belongs "
+                    "to another user)",
+                )
+        return fresh, existing
 
     async def _attach_context(self, memory: Memory) -> None:
         """Index the previous turn of the same session with a conversation turn (low-weight column)."""
@@ -192,6 +259,7 @@ class MemoryWriting(TierMovement):
         user_id: str | None = None,
         session_id: str | None = None,
         session_date: str | None = None,
+        id_namespace: str | None = None,
     ) -> list[Memory]:
         """Write messages (e.g. evicted by compression) to the medium-term tier, durably.
 
@@ -202,17 +270,22 @@ class MemoryWriting(TierMovement):
         0.5, high 0.7, critical 0.9). Empty messages are skipped. Large batches are written in chunks,
         one per event-loop step: every message is stored and searchable when the call returns (a crash
         in the middle of the call may keep the first chunks only).
+
+        With ``id_namespace`` (a persisted conversation's id) each memory's id is derived from the namespace
+        and the message id, so writing the same messages again (after a crash, from another process) stores
+        each of them once.
         """
         items: list[tuple[Memory, MemoryTier | None]] = []
         written: list[Memory] = []
         session = session_id if session_id is not None else "default"
+        explicit = id_namespace is not None
         for message in sorted(messages, key=lambda m: m.timestamp):
             if not message.content.strip():
                 continue
             if len(items) >= _REMEMBER_CHUNK:
                 # a compression evicts hundreds of messages: written a chunk per loop step, so the
                 # indexing (FTS inserts, journal) never holds the event loop for long
-                written += [memory.copy() for memory in await self._add_many(items)]
+                written += [memory.copy() for memory in await self._add_many(items, explicit_ids=explicit)]
                 items = []
                 await asyncio.sleep(0)
             message_metadata = dict(message.metadata)
@@ -245,11 +318,12 @@ class MemoryWriting(TierMovement):
                 user_id,
                 MemoryTier.MEDIUM,
                 "context",
+                None if id_namespace is None else message_memory_id(id_namespace, message.id),
             )
             memory.created_at = message.timestamp
             items.append((memory, MemoryTier.MEDIUM))
         if items:
-            written += [memory.copy() for memory in await self._add_many(items)]
+            written += [memory.copy() for memory in await self._add_many(items, explicit_ids=explicit)]
         return written
 
     @records_write_outcome
