@@ -143,6 +143,11 @@ class ContextManagerConfig(BaseSettings):
         "Accepted for compatibility; False gives a FutureWarning.",
     )
     enable_performance_monitor: bool = Field(True, description="Record operation timings.")
+    enable_opentelemetry: bool = Field(
+        True,
+        description="Emit OpenTelemetry spans and metrics to the providers the application configured "
+        "(opentelemetry-api; nothing is recorded, at no cost, without an SDK).",
+    )
 
     # Tool settings
     max_tool_timeout: float = Field(30.0, gt=0.0, description="Maximum tool execution time in seconds.")

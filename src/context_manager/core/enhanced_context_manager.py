@@ -49,6 +49,13 @@ from context_manager.core.performance_monitor import (
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport
 from context_manager.core.summarizers.llm import LLMSummarizer
+from context_manager.core.telemetry import (
+    MemorySizeSampler,
+    Telemetry,
+    telemetry_for_current_providers,
+    traced_add,
+    traced_search,
+)
 from context_manager.core.tokens import TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
 from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
@@ -111,6 +118,8 @@ class EnhancedContextManager:
         self._summarizer = summarizer
         self._summarizer_guard: SummarizerGuard | None = None
         self._owned_summarizer: LLMSummarizer | None = None  # built from config.summarizer: closed by cleanup
+        self._telemetry: Telemetry | None = None  # OpenTelemetry, resolved at initialize()
+        self._memory_sampler: MemorySizeSampler | None = None
         self._state: _State = "new"
         self._lifecycle_lock = asyncio.Lock()  # initialize() and cleanup() run one at a time
         self._window: ContextWindow | None = None
@@ -164,6 +173,8 @@ class EnhancedContextManager:
         counter = self._token_counter
         if counter is None:
             counter = get_token_counter(config.token_encoding, model=config.token_model)
+        self._telemetry = telemetry_for_current_providers() if config.enable_opentelemetry else None
+        self.tool_manager.telemetry = self._telemetry
         summarizer = self._guarded_summarizer(counter)
         self._window = ContextWindow(
             config.max_tokens,
@@ -248,6 +259,14 @@ class EnhancedContextManager:
             record_library_tokens(
                 "summarize", report.usage.input_tokens, report.usage.output_tokens, own_monitor=monitor
             )
+        telemetry = self._telemetry
+        if telemetry is not None:
+            telemetry.record_operation("summarize", report.duration_s, report.error)
+            if report.usage is not None:
+                usage = report.usage
+                telemetry.record_token_usage(
+                    usage.provider, usage.model, usage.input_tokens, usage.output_tokens
+                )
 
     async def _start_subsystems(self) -> None:
         """Start what the manager owns, in dependency order (the window already exists).
@@ -276,9 +295,16 @@ class EnhancedContextManager:
         if self.config.enable_health_checks:
             await checker.start()
             checker.watch_background_task("health_checks", lambda: checker.is_running, checker.start)
+        if self._telemetry is not None and self._telemetry.metering:
+            sampler = MemorySizeSampler(self._telemetry, self.memory_manager, self.config.memory_backend)
+            self._memory_sampler = sampler
+            await sampler.start()
 
     async def _stop_operations(self) -> None:
         """Stop the background tasks :meth:`_start_operations` started (each cancelled and awaited)."""
+        sampler, self._memory_sampler = self._memory_sampler, None
+        if sampler is not None:
+            await sampler.stop()
         if self.health_checker is not None:
             await self.health_checker.stop()
         if self.performance_monitor is not None:
@@ -346,13 +372,10 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("add_message")
-        if kwargs and not _MESSAGE_OPTIONS.issuperset(kwargs):
-            unknown = sorted(set(kwargs) - _MESSAGE_OPTIONS)
-            raise InvalidArgumentError(
-                unknown[0], kwargs[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
-            )
-        message = Message.create(role, content, **kwargs)
-        await window.add(message)
+        if self._telemetry is None:
+            await window.add(_new_message(role, content, kwargs))
+        else:
+            await traced_add(self._telemetry, window, lambda: _new_message(role, content, kwargs))
         return True
 
     @property
@@ -398,7 +421,11 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         record = await self._require_ready("compress_context").compress(target_tokens)
-        return None if record is None else record.to_dict()
+        if record is None:
+            return None
+        if self._telemetry is not None:
+            self._telemetry.record_compression(record)
+        return record.to_dict()
 
     def get_context(
         self, format: Literal["openai", "anthropic"] = "openai", budget: int | None = None
@@ -555,7 +582,9 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("search_memory")
-        return await self.memory_manager.search_memory(query, limit)
+        if self._telemetry is None:
+            return await self.memory_manager.search_memory(query, limit)
+        return await traced_search(self._telemetry, self.memory_manager.search_memory(query, limit), limit)
 
     # -- operations -----------------------------------------------------------------------------------
 
@@ -685,3 +714,12 @@ class EnhancedContextManager:
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
 
+
+def _new_message(role: str, content: str, options: dict[str, Any]) -> Message:
+    """Validate ``add_message``'s keywords and build the message (nothing is changed on error)."""
+    if options and not _MESSAGE_OPTIONS.issuperset(options):
+        unknown = sorted(set(options) - _MESSAGE_OPTIONS)
+        raise InvalidArgumentError(
+            unknown[0], options[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
+        )
+    return Message.create(role, content, **options)

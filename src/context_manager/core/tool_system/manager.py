@@ -41,13 +41,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
+from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
 from context_manager.core.threads import UserThreads
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
@@ -211,6 +212,9 @@ class ToolManager(ToolRegistry):
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
+        self.telemetry: Telemetry | None | Literal["auto"] = "auto"
+        """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
+        :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
@@ -250,6 +254,24 @@ class ToolManager(ToolRegistry):
         Returns:
             A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
         """
+        telemetry = self.telemetry
+        if telemetry == "auto":
+            telemetry = self.telemetry = (
+                telemetry_for_current_providers() if self.config.enable_opentelemetry else None
+            )
+        if telemetry is None:
+            return await self._call_tool(name, arguments, call_id, caller_key)
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": str(name)}
+        if call_id is not None:
+            attributes["gen_ai.tool.call.id"] = call_id
+        with telemetry.span(f"execute_tool {name}", attributes) as span:
+            result = await self._call_tool(name, arguments, call_id, caller_key)
+            telemetry.record_tool_result(span, result)
+        return result
+
+    async def _call_tool(
+        self, name: str, arguments: Mapping[str, Any] | None, call_id: str | None, caller_key: str | None
+    ) -> ToolResult:
         started = _perf_counter()
         definition = self._tools.get(name) if isinstance(name, str) else None
         if definition is None:

@@ -1,0 +1,424 @@
+"""OpenTelemetry spans and metrics, through ``opentelemetry-api`` (``pip install '...[otel]'``).
+
+The library never configures OpenTelemetry: it reports to the tracer and meter providers your application
+sets up (the SDK with an exporter to a collector, say). Without an SDK, or without ``opentelemetry-api``
+installed, nothing is recorded and nothing costs: a manager looks at the global providers when it
+initializes and skips instrumentation if neither is configured (so configure the SDK before
+``initialize()``, or pass providers to :func:`configure_opentelemetry`). ``enable_opentelemetry=False``
+turns it off. The :class:`~context_manager.core.performance_monitor.PerformanceMonitor` is independent and
+keeps working either way.
+
+Spans (no message, query or tool payload is ever put in an attribute):
+
+* ``context_manager.add_message``: ``context_manager.message.role``, ``context_manager.message.tokens``,
+  ``context_manager.window.tokens`` (after), ``context_manager.window.max_tokens``,
+  ``context_manager.compressed``;
+* ``context_manager.compression`` (a child of the add that triggered it, timed from its record):
+  ``context_manager.compression.tokens_before``/``tokens_after``, ``.evicted``, ``.truncated``,
+  ``.summary_tokens``, ``.strategy`` and ``.fallback_reason`` when the custom summarizer was not used;
+* ``context_manager.search_memory``: ``context_manager.search.limit``, ``context_manager.search.hits``;
+* ``execute_tool {name}`` (the GenAI semantic conventions' tool span): ``gen_ai.operation.name``,
+  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
+  error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
+
+Metrics (meter ``context_manager``):
+
+* ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s) and
+  ``context_manager.operations`` (counter), by ``context_manager.operation`` (``add_message``,
+  ``compression``, ``search_memory``, ``execute_tool``, ``summarize``) and ``context_manager.outcome``;
+  ``context_manager.errors`` (counter) by operation and ``error.type``;
+* ``context_manager.window.utilization`` (gauge, 0..1) and ``context_manager.window.tokens`` (gauge);
+* ``context_manager.compression.evicted_messages`` (counter);
+* ``context_manager.memory.count`` (gauge, by ``context_manager.memory.tier``) and
+  ``context_manager.memory.storage.size`` (gauge, By), sampled every ``memory_sample_interval`` seconds;
+* ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``,
+  ``gen_ai.request.model``) for LLM summaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from context_manager.core.context_window import CompressionRecord, ContextWindow
+    from context_manager.core.memory.manager import MemoryManager
+    from context_manager.core.memory.models import Memory
+    from context_manager.core.messages import Message
+    from context_manager.core.tool_system.results import ToolResult
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "MemorySizeSampler",
+    "Telemetry",
+    "configure_opentelemetry",
+    "telemetry_for_current_providers",
+    "traced_add",
+    "traced_search",
+]
+
+logger = logging.getLogger(__name__)
+
+INSTRUMENTATION_NAME = "context_manager"
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+"""Bucket boundaries of ``context_manager.operation.duration``, in seconds."""
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+"""Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
+DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
+
+_providers: tuple[Any, Any] | None = None  # set by configure_opentelemetry
+_memory_sample_interval = DEFAULT_MEMORY_SAMPLE_INTERVAL
+_cache: weakref.WeakKeyDictionary[Any, Telemetry] = weakref.WeakKeyDictionary()
+
+
+def configure_opentelemetry(
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    memory_sample_interval: float = DEFAULT_MEMORY_SAMPLE_INTERVAL,
+) -> None:
+    """Report to these providers instead of the global ones (managers initialized from now on).
+
+    Args:
+        tracer_provider: An ``opentelemetry.trace.TracerProvider`` (``None``: the global one).
+        meter_provider: An ``opentelemetry.metrics.MeterProvider`` (``None``: the global one).
+        memory_sample_interval: Seconds between two samples of the memory size gauges.
+
+    Raises:
+        InvalidArgumentError: ``memory_sample_interval`` is not a positive number.
+    """
+    global _providers, _memory_sample_interval
+    valid = isinstance(memory_sample_interval, int | float) and not isinstance(memory_sample_interval, bool)
+    if not valid or not memory_sample_interval > 0:
+        raise InvalidArgumentError(
+            "memory_sample_interval", memory_sample_interval, "a number of seconds > 0"
+        )
+    _providers = (
+        None if tracer_provider is None and meter_provider is None else (tracer_provider, meter_provider)
+    )
+    _memory_sample_interval = float(memory_sample_interval)
+
+
+def telemetry_for_current_providers() -> Telemetry | None:
+    """A :class:`Telemetry` on the configured providers, or ``None`` when nothing would record.
+
+    ``None`` when ``opentelemetry-api`` is not installed, or when neither a tracer provider nor a meter
+    provider is configured (globally or through :func:`configure_opentelemetry`).
+    """
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.metrics import NoOpMeterProvider
+        from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
+    except ImportError:
+        return None
+    tracer_provider, meter_provider = _providers if _providers is not None else (None, None)
+    if tracer_provider is None:
+        tracer_provider = trace.get_tracer_provider()
+    if meter_provider is None:
+        meter_provider = metrics.get_meter_provider()
+    tracing = not isinstance(tracer_provider, ProxyTracerProvider | NoOpTracerProvider)
+    metering = not isinstance(meter_provider, NoOpMeterProvider) and type(meter_provider).__name__ != (
+        "_ProxyMeterProvider"  # the API's stand-in until an SDK provider is set
+    )
+    if not tracing and not metering:
+        return None
+    key = meter_provider if metering else tracer_provider
+    cached = _cache.get(key)
+    if cached is not None and cached.tracer_provider is tracer_provider and cached.tracing == tracing:
+        return cached
+    telemetry = Telemetry(tracer_provider if tracing else None, meter_provider if metering else None)
+    _cache[key] = telemetry
+    return telemetry
+
+
+def memory_sample_interval() -> float:
+    """Seconds between two samples of the memory size gauges (see :func:`configure_opentelemetry`)."""
+    return _memory_sample_interval
+
+
+class Telemetry:
+    """The tracer and the instruments of one pair of providers (see the module docstring).
+
+    Created by :func:`telemetry_for_current_providers`; the instruments are made once per meter provider.
+    """
+
+    def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
+        from context_manager import __version__
+
+        self.tracer_provider = tracer_provider
+        """The tracer provider spans go to (``None``: no spans)."""
+        self.meter_provider = meter_provider
+        """The meter provider metrics go to (``None``: no metrics)."""
+        self.tracing = tracer_provider is not None
+        """Whether spans are recorded."""
+        self.metering = meter_provider is not None
+        """Whether metrics are recorded."""
+        self._tracer: Any = None
+        if tracer_provider is not None:
+            self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        if meter_provider is None:
+            return
+        meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+        self._duration = meter.create_histogram(
+            "context_manager.operation.duration",
+            unit="s",
+            description="Duration of context-manager operations.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._operations = meter.create_counter(
+            "context_manager.operations", unit="{operation}", description="Operations, by outcome."
+        )
+        self._errors = meter.create_counter(
+            "context_manager.errors", unit="{error}", description="Failed operations, by error type."
+        )
+        self._utilization = meter.create_gauge(
+            "context_manager.window.utilization",
+            unit="1",
+            description="Context window tokens / max_tokens after the latest change.",
+        )
+        self._window_tokens = meter.create_gauge(
+            "context_manager.window.tokens", unit="{token}", description="Context window tokens."
+        )
+        self._evicted = meter.create_counter(
+            "context_manager.compression.evicted_messages",
+            unit="{message}",
+            description="Messages evicted from context windows (they go to memory).",
+        )
+        self._memory_count = meter.create_gauge(
+            "context_manager.memory.count", unit="{memory}", description="Memories per tier (all users)."
+        )
+        self._memory_bytes = meter.create_gauge(
+            "context_manager.memory.storage.size", unit="By", description="Bytes of the memory store on disk."
+        )
+        self._token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Tokens used by LLM calls (context-manager's summaries).",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+
+    # -- spans ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """A span (the current one inside the block); ``None`` is yielded when tracing is off.
+
+        An exception escaping the block is recorded on the span, which ends with an error status.
+        """
+        if self._tracer is None:
+            yield None
+            return
+        with self._tracer.start_as_current_span(name, attributes=attributes, record_exception=True) as span:
+            yield span
+
+    def compression_span(self, record: CompressionRecord) -> None:
+        """Record a finished compression as a span (child of the current one) timed from its record."""
+        if self._tracer is None:
+            return
+        end = time.time_ns()
+        start = end - int(record.duration_ms * 1e6)
+        attributes: dict[str, Any] = {
+            "context_manager.compression.tokens_before": record.tokens_before,
+            "context_manager.compression.tokens_after": record.tokens_after,
+            "context_manager.compression.evicted": record.removed_count,
+            "context_manager.compression.truncated": record.truncated_count,
+            "context_manager.compression.summary_tokens": record.summary_tokens,
+            "context_manager.compression.strategy": record.strategy,
+        }
+        if record.error is not None:
+            attributes["context_manager.compression.fallback_reason"] = record.error.split(":", 1)[0]
+        span = self._tracer.start_span("context_manager.compression", start_time=start, attributes=attributes)
+        span.end(end_time=end)
+
+    # -- metrics --------------------------------------------------------------------------------------
+
+    def record_operation(
+        self,
+        operation: str,
+        duration_s: float,
+        error_type: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Count one operation and its duration (and its error, if ``error_type`` is set)."""
+        if not self.metering:
+            return
+        labels = {"context_manager.operation": operation, **(attributes or {})}
+        self._duration.record(duration_s, labels)
+        outcome = "success" if error_type is None else "error"
+        self._operations.add(1, {**labels, "context_manager.outcome": outcome})
+        if error_type is not None:
+            self._errors.add(1, {**labels, "error.type": error_type})
+
+    def record_window(self, tokens: int, max_tokens: int) -> None:
+        """Set the window gauges after a change."""
+        if self.metering:
+            self._window_tokens.set(tokens)
+            self._utilization.set(tokens / max_tokens if max_tokens else 0.0)
+
+    def record_compression(self, record: CompressionRecord) -> None:
+        """A compression's span, duration and evicted messages."""
+        self.compression_span(record)
+        if self.metering:
+            self.record_operation("compression", record.duration_ms / 1000.0)
+            self._evicted.add(record.removed_count)
+
+    def record_tool_result(self, span: Any, result: ToolResult) -> None:
+        """Outcome of a tool call: span attributes and status, duration and counts."""
+        error_type = None if result.error_type is None else result.error_type.value
+        if span is not None:
+            span.set_attribute("context_manager.tool.outcome", error_type or "success")
+            span.set_attribute("context_manager.tool.cached", result.cached)
+            if error_type is not None:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
+        self.record_operation(
+            "execute_tool", result.execution_time, error_type, {"gen_ai.tool.name": result.tool_name}
+        )
+
+    def record_memory_sizes(
+        self, backend: str, by_tier: Mapping[str, int], bytes_on_disk: int | None
+    ) -> None:
+        """Set the memory gauges from a statistics sample."""
+        if not self.metering:
+            return
+        for tier, count in by_tier.items():
+            self._memory_count.set(
+                count, {"context_manager.memory.tier": tier, "context_manager.memory.backend": backend}
+            )
+        if bytes_on_disk is not None:
+            self._memory_bytes.set(bytes_on_disk, {"context_manager.memory.backend": backend})
+
+    def record_token_usage(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
+        """Tokens of one LLM summary (``gen_ai.client.token.usage``)."""
+        if not self.metering:
+            return
+        labels = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+            "context_manager.operation": "summarize",
+        }
+        self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
+        self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
+
+
+# ------------------------------------------------------------------------------------- instrumented calls
+
+
+async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callable[[], Message]) -> None:
+    """Build a message and add it to ``window`` inside an ``add_message`` span, with its metrics.
+
+    A message rejected while built (bad role, content ...) is a failed ``add_message`` too.
+    """
+    started = time.perf_counter()
+    with telemetry.span("context_manager.add_message") as span:
+        try:
+            message = build()
+            if span is not None:
+                span.set_attribute("context_manager.message.role", message.role.value)
+            record = await window.add(message)
+        except Exception as error:
+            telemetry.record_operation("add_message", time.perf_counter() - started, type(error).__name__)
+            if span is not None:
+                span.set_attribute("error.type", type(error).__name__)
+            raise
+        if record is not None:
+            telemetry.record_compression(record)
+        if span is not None:
+            span.set_attribute("context_manager.message.tokens", message.token_count)
+            span.set_attribute("context_manager.window.tokens", window.token_count)
+            span.set_attribute("context_manager.window.max_tokens", window.max_tokens)
+            span.set_attribute("context_manager.compressed", record is not None)
+    telemetry.record_operation("add_message", time.perf_counter() - started)
+    telemetry.record_window(window.token_count, window.max_tokens)
+
+
+async def traced_search(telemetry: Telemetry, search: Awaitable[list[Memory]], limit: Any) -> list[Memory]:
+    """Await a memory search inside a ``search_memory`` span, with its metrics."""
+    started = time.perf_counter()
+    attributes = {"context_manager.search.limit": limit} if isinstance(limit, int) else {}
+    with telemetry.span("context_manager.search_memory", attributes) as span:
+        try:
+            found = await search
+        except Exception as error:
+            telemetry.record_operation("search_memory", time.perf_counter() - started, type(error).__name__)
+            if span is not None:
+                span.set_attribute("error.type", type(error).__name__)
+            raise
+        if span is not None:
+            span.set_attribute("context_manager.search.hits", len(found))
+    telemetry.record_operation("search_memory", time.perf_counter() - started)
+    return found
+
+
+class MemorySizeSampler:
+    """Samples the memory statistics into the memory gauges: at start, every interval and at stop.
+
+    Owned by an ``EnhancedContextManager`` (started and stopped with it); a failed sample is logged at
+    DEBUG and skipped.
+    """
+
+    def __init__(self, telemetry: Telemetry, memory: MemoryManager, backend: str) -> None:
+        self.telemetry = telemetry
+        self.memory = memory
+        self.backend = backend
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Take a first sample and start the periodic one."""
+        await self.sample()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
+
+    async def stop(self) -> None:
+        """Cancel the periodic sample and take a last one (while the memory is still open)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.sample()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(_memory_sample_interval)
+            await self.sample()
+
+    async def sample(self) -> None:
+        """Read the statistics of every user and set the gauges."""
+        if not self.telemetry.metering or not self.memory.is_initialized:
+            return
+        from context_manager.core.memory.models import ALL_USERS
+
+        try:
+            stats = await self.memory.get_memory_stats(user_id=ALL_USERS)
+        except Exception as error:  # telemetry must never break the manager
+            logger.debug("memory telemetry sample failed: %s", type(error).__name__)
+            return
+        on_disk = stats.get("bytes_on_disk")
+        total = on_disk.get("total") if isinstance(on_disk, dict) else None
+        self.telemetry.record_memory_sizes(self.backend, stats.get("by_tier", {}), total)

@@ -1,0 +1,257 @@
+"""OpenTelemetry (core/telemetry.py): the SDK's in-memory span exporter and metric reader after a workload."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
+from context_manager.core.memory.manager import ALL_USERS
+from context_manager.core.summarizers import OpenAISummarizer
+from context_manager.core.telemetry import (
+    DURATION_BUCKETS,
+    configure_opentelemetry,
+    telemetry_for_current_providers,
+)
+from context_manager.core.tool_system import ToolManager, tool
+from tests.chat_completions_server import USAGE, running_server
+
+
+class Otel:
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def finished(self, name: str | None = None) -> list[ReadableSpan]:
+        spans = list(self.spans.get_finished_spans())
+        return spans if name is None else [span for span in spans if span.name == name]
+
+    def points(self, metric_name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        found: list[Any] = []
+        if data is None:
+            return found
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == metric_name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def point(self, metric_name: str, **attributes: Any) -> Any:
+        matching = [
+            point
+            for point in self.points(metric_name)
+            if all(point.attributes.get(key) == value for key, value in attributes.items())
+        ]
+        assert len(matching) == 1, (metric_name, attributes, [p.attributes for p in self.points(metric_name)])
+        return matching[0]
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    state = Otel()
+    configure_opentelemetry(
+        tracer_provider=state.tracer_provider,
+        meter_provider=state.meter_provider,
+        memory_sample_interval=0.05,
+    )
+    try:
+        yield state
+    finally:
+        configure_opentelemetry()
+        state.tracer_provider.shutdown()
+        state.meter_provider.shutdown()
+
+
+@tool(name="word_count")
+async def word_count(text: str) -> int:
+    """Count words."""
+    return len(text.split())
+
+
+def config_for(tmp_path: Path, **options: Any) -> ContextManagerConfig:
+    values: dict[str, Any] = {
+        "max_tokens": 300,
+        "cache_path": tmp_path / "cache",
+        "enable_health_checks": False,
+    }
+    values.update(options)
+    return ContextManagerConfig(**values)
+
+
+async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_tool(word_count)
+        for turn in range(30):
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+        with pytest.raises(InvalidRoleError):
+            await manager.add_message("narrator", "not a role")
+        hits = [len(await manager.search_memory("harbour lanterns", limit=limit)) for limit in (3, 5)]
+        ok = await manager.execute_tool("word_count", text="one two three")
+        missing = await manager.execute_tool("no_such_tool")
+        history = manager.compression_history
+        final = manager.get_context_summary()
+        stats = await manager.memory_manager.get_memory_stats(user_id=ALL_USERS)
+        monitor = manager.performance_monitor
+        assert monitor is not None
+        monitored = monitor.operation_stats()
+    assert ok.success and not missing.success and history
+
+    # spans
+    adds = otel.finished("context_manager.add_message")
+    assert len(adds) == 31
+    failed = [span for span in adds if span.status.status_code is StatusCode.ERROR]
+    assert len(failed) == 1 and failed[0].events[0].name == "exception"
+    assert failed[0].attributes["error.type"] == "InvalidRoleError"
+    good = [span for span in adds if span.status.status_code is not StatusCode.ERROR]
+    assert all(span.attributes["context_manager.message.role"] == "user" for span in good)
+    assert all(0 < span.attributes["context_manager.window.tokens"] <= 300 for span in good)
+    assert sum(span.attributes["context_manager.compressed"] for span in good) == len(history)
+
+    compressions = otel.finished("context_manager.compression")
+    assert len(compressions) == len(history)
+    add_ids = {span.context.span_id: span for span in good}
+    for span, record in zip(compressions, history, strict=True):
+        parent = add_ids[span.parent.span_id]  # a child of the add that triggered it
+        assert parent.attributes["context_manager.compressed"] is True
+        assert span.attributes["context_manager.compression.tokens_before"] == record["tokens_before"]
+        assert span.attributes["context_manager.compression.tokens_after"] == record["tokens_after"]
+        assert span.attributes["context_manager.compression.evicted"] == record["removed_count"]
+        assert span.attributes["context_manager.compression.strategy"] == "extractive"
+        assert parent.start_time <= span.start_time <= span.end_time <= parent.end_time
+
+    searches = otel.finished("context_manager.search_memory")
+    assert [span.attributes["context_manager.search.hits"] for span in searches] == hits
+    assert [span.attributes["context_manager.search.limit"] for span in searches] == [3, 5]
+
+    [tool_span] = otel.finished("execute_tool word_count")
+    assert tool_span.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool_span.attributes["gen_ai.tool.name"] == "word_count"
+    assert tool_span.attributes["context_manager.tool.outcome"] == "success"
+    [unknown_span] = otel.finished("execute_tool no_such_tool")
+    assert unknown_span.attributes["context_manager.tool.outcome"] == "unknown_tool"
+    assert unknown_span.status.status_code is StatusCode.ERROR
+    for span in otel.finished():  # no payload in any attribute
+        assert not any(
+            "harbour" in str(value) or "one two three" in str(value) for value in span.attributes.values()
+        )
+
+    # metrics
+    duration = otel.point(
+        "context_manager.operation.duration", **{"context_manager.operation": "add_message"}
+    )
+    assert duration.count == 31 and tuple(duration.explicit_bounds) == DURATION_BUCKETS
+    operations = "context_manager.operations"
+    assert (
+        otel.point(
+            operations, **{"context_manager.operation": "add_message", "context_manager.outcome": "success"}
+        ).value
+        == 30
+    )
+    assert (
+        otel.point(
+            operations, **{"context_manager.operation": "add_message", "context_manager.outcome": "error"}
+        ).value
+        == 1
+    )
+    assert (
+        otel.point(
+            operations, **{"context_manager.operation": "search_memory", "context_manager.outcome": "success"}
+        ).value
+        == 2
+    )
+    assert otel.point(operations, **{"context_manager.operation": "compression"}).value == len(history)
+    errors = "context_manager.errors"
+    assert (
+        otel.point(
+            errors, **{"context_manager.operation": "add_message", "error.type": "InvalidRoleError"}
+        ).value
+        == 1
+    )
+    assert (
+        otel.point(
+            errors, **{"context_manager.operation": "execute_tool", "error.type": "unknown_tool"}
+        ).value
+        == 1
+    )
+    evicted = otel.point("context_manager.compression.evicted_messages")
+    assert evicted.value == sum(record["removed_count"] for record in history)
+    assert otel.point("context_manager.window.utilization").value == pytest.approx(final["utilization"])
+    assert otel.point("context_manager.window.tokens").value == final["token_count"]
+    for tier, count in stats["by_tier"].items():  # sampled again when the manager closed
+        assert (
+            otel.point("context_manager.memory.count", **{"context_manager.memory.tier": tier}).value == count
+        )
+    assert otel.point("context_manager.memory.storage.size").value > 0
+
+    # the monitor keeps working alongside
+    assert monitored["add_message"].count == 31 and monitored["search_memory"].count == 2
+
+
+async def test_opentelemetry_records_summary_token_usage(otel: Otel, tmp_path: Path) -> None:
+    with running_server() as server:
+        summarizer = OpenAISummarizer("stub-model", base_url=server.base_url)
+        async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+            for turn in range(30):
+                await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            summaries = len(manager.compression_history)
+        await summarizer.aclose()
+    assert summaries >= 1
+    labels = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "stub-model"}
+    used_input = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "input"})
+    used_output = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "output"})
+    assert used_input.count == summaries and used_input.sum == USAGE["prompt_tokens"] * summaries
+    assert used_output.sum == USAGE["completion_tokens"] * summaries
+    summarize = otel.point("context_manager.operation.duration", **{"context_manager.operation": "summarize"})
+    assert summarize.count == summaries
+    for span in otel.finished("context_manager.compression"):
+        assert span.attributes["context_manager.compression.strategy"] == "custom"
+
+
+async def test_opentelemetry_tool_manager_spans_without_a_context_manager(otel: Otel) -> None:
+    tools = ToolManager()
+    tools.register_tool(word_count)
+    result = await tools.execute("word_count", text="a b")
+    bad = await tools.execute("word_count", text=3)
+    assert result.success and not bad.success
+    outcomes = [
+        span.attributes["context_manager.tool.outcome"] for span in otel.finished("execute_tool word_count")
+    ]
+    assert outcomes == ["success", "invalid_arguments"]
+
+
+async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:
+    async with EnhancedContextManager(config_for(tmp_path, enable_opentelemetry=False)) as manager:
+        await manager.add_message("user", "hello")
+        await manager.search_memory("hello")
+        await manager.execute_tool("no_such_tool")
+    assert otel.finished() == []
+    assert otel.points("context_manager.operations") == []
+
+
+async def test_opentelemetry_without_an_sdk_is_off(tmp_path: Path) -> None:
+    configure_opentelemetry()  # the global providers: none configured in this test process
+    assert telemetry_for_current_providers() is None
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        await manager.add_message("user", "hello")
+        assert manager.get_context_summary()["message_count"] == 1
+
+
+def test_opentelemetry_configure_rejects_a_bad_interval() -> None:
+    with pytest.raises(InvalidArgumentError, match="memory_sample_interval: got 0"):
+        configure_opentelemetry(memory_sample_interval=0)
