@@ -153,29 +153,25 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
 
     # metrics
     duration = otel.point(
-        "context_manager.operation.duration", **{"context_manager.operation": "add_message"}
+        "context_manager.operation.duration",
+        **{"context_manager.operation": "add_message", "context_manager.outcome": "success"},
     )
-    assert duration.count == 31 and tuple(duration.explicit_bounds) == DURATION_BUCKETS
-    operations = "context_manager.operations"
+    assert duration.count == 30 and tuple(duration.explicit_bounds) == DURATION_BUCKETS
+    durations = "context_manager.operation.duration"  # its count is the operation count
     assert (
         otel.point(
-            operations, **{"context_manager.operation": "add_message", "context_manager.outcome": "success"}
-        ).value
+            durations, **{"context_manager.operation": "add_message", "context_manager.outcome": "success"}
+        ).count
         == 30
     )
     assert (
         otel.point(
-            operations, **{"context_manager.operation": "add_message", "context_manager.outcome": "error"}
-        ).value
+            durations, **{"context_manager.operation": "add_message", "context_manager.outcome": "error"}
+        ).count
         == 1
     )
-    assert (
-        otel.point(
-            operations, **{"context_manager.operation": "search_memory", "context_manager.outcome": "success"}
-        ).value
-        == 2
-    )
-    assert otel.point(operations, **{"context_manager.operation": "compression"}).value == len(history)
+    assert otel.point(durations, **{"context_manager.operation": "search_memory"}).count == 2
+    assert otel.point(durations, **{"context_manager.operation": "compression"}).count == len(history)
     errors = "context_manager.errors"
     assert (
         otel.point(
@@ -241,7 +237,7 @@ async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_
         await manager.search_memory("hello")
         await manager.execute_tool("no_such_tool")
     assert otel.finished() == []
-    assert otel.points("context_manager.operations") == []
+    assert otel.points("context_manager.operation.duration") == []
 
 
 async def test_opentelemetry_without_an_sdk_is_off(tmp_path: Path) -> None:

@@ -23,9 +23,9 @@ Spans (no message, query or tool payload is ever put in an attribute):
 
 Metrics (meter ``context_manager``):
 
-* ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s) and
-  ``context_manager.operations`` (counter), by ``context_manager.operation`` (``add_message``,
-  ``compression``, ``search_memory``, ``execute_tool``, ``summarize``) and ``context_manager.outcome``;
+* ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s; its count is the number
+  of operations), by ``context_manager.operation`` (``add_message``, ``compression``, ``search_memory``,
+  ``execute_tool``, ``summarize``) and ``context_manager.outcome`` (``success``, ``error``);
   ``context_manager.errors`` (counter) by operation and ``error.type``;
 * ``context_manager.window.utilization`` (gauge, 0..1) and ``context_manager.window.tokens`` (gauge);
 * ``context_manager.compression.evicted_messages`` (counter);
@@ -188,9 +188,6 @@ class Telemetry:
             description="Duration of context-manager operations.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._operations = meter.create_counter(
-            "context_manager.operations", unit="{operation}", description="Operations, by outcome."
-        )
         self._errors = meter.create_counter(
             "context_manager.errors", unit="{error}", description="Failed operations, by error type."
         )
@@ -266,9 +263,9 @@ class Telemetry:
         if not self.metering:
             return
         labels = {"context_manager.operation": operation, **(attributes or {})}
-        self._duration.record(duration_s, labels)
         outcome = "success" if error_type is None else "error"
-        self._operations.add(1, {**labels, "context_manager.outcome": outcome})
+        # the histogram's count is the operation count (as in the OpenTelemetry HTTP conventions)
+        self._duration.record(duration_s, {**labels, "context_manager.outcome": outcome})
         if error_type is not None:
             self._errors.add(1, {**labels, "error.type": error_type})
 
@@ -289,8 +286,12 @@ class Telemetry:
         """Outcome of a tool call: span attributes and status, duration and counts."""
         error_type = None if result.error_type is None else result.error_type.value
         if span is not None:
-            span.set_attribute("context_manager.tool.outcome", error_type or "success")
-            span.set_attribute("context_manager.tool.cached", result.cached)
+            span.set_attributes(
+                {
+                    "context_manager.tool.outcome": error_type or "success",
+                    "context_manager.tool.cached": result.cached,
+                }
+            )
             if error_type is not None:
                 from opentelemetry.trace import Status, StatusCode
 
@@ -339,8 +340,6 @@ async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callabl
     with telemetry.span("context_manager.add_message") as span:
         try:
             message = build()
-            if span is not None:
-                span.set_attribute("context_manager.message.role", message.role.value)
             record = await window.add(message)
         except Exception as error:
             telemetry.record_operation("add_message", time.perf_counter() - started, type(error).__name__)
@@ -350,10 +349,15 @@ async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callabl
         if record is not None:
             telemetry.record_compression(record)
         if span is not None:
-            span.set_attribute("context_manager.message.tokens", message.token_count)
-            span.set_attribute("context_manager.window.tokens", window.token_count)
-            span.set_attribute("context_manager.window.max_tokens", window.max_tokens)
-            span.set_attribute("context_manager.compressed", record is not None)
+            span.set_attributes(
+                {
+                    "context_manager.message.role": message.role.value,
+                    "context_manager.message.tokens": message.token_count,
+                    "context_manager.window.tokens": window.token_count,
+                    "context_manager.window.max_tokens": window.max_tokens,
+                    "context_manager.compressed": record is not None,
+                }
+            )
     telemetry.record_operation("add_message", time.perf_counter() - started)
     telemetry.record_window(window.token_count, window.max_tokens)
 
