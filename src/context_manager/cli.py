@@ -10,6 +10,7 @@
     context-manager memory export backup.jsonl          # and: memory import backup.jsonl
     context-manager memory consolidate --threshold 0.85
     context-manager memory cleanup --max-age-days 30
+    context-manager memory migrate --from ./cache/storage --to postgresql://app@db/app
     context-manager health
     context-manager examples basic
     context-manager mcp serve --storage ./memory --user alice     # an MCP server over stdio (mcp extra)
@@ -20,7 +21,8 @@ stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGE
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``); 2 bad usage (unknown option,
-bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path.
+bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path; 4 ``memory
+migrate`` found the target different from the source (the counts and checksums are printed).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ EXIT_ERROR = 1
 """An operation failed (the reason is printed on stderr)."""
 EXIT_UNHEALTHY = 3
 """``health`` found the storage unhealthy (or no memory store at the path)."""
+EXIT_MISMATCH = 4
+"""``memory migrate`` found the target different from the source after copying (or verifying)."""
 
 _T = TypeVar("_T")
 
@@ -573,6 +577,154 @@ def memory_cleanup(
         )
 
     _run(ctx, body)
+
+
+class _ProgressLines:
+    """Progress of a long command as plain lines on stderr (logs and pipes: no bar).
+
+    The start, the first step and the end are printed, and in between at most one line a second.
+    """
+
+    def __init__(self, options: _Options, what: str) -> None:
+        self._options = options
+        self._what = what
+        self._printed_at = 0.0
+        self._printed: list[int] = []
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        first_step = len(self._printed) == 1 and done > self._printed[0]
+        if self._printed and not first_step and done < total and now - self._printed_at < 1.0:
+            return
+        if self._printed and self._printed[-1] == done:
+            return
+        self._printed_at = now
+        self._printed.append(done)
+        self._options.stderr.print(
+            f"{self._what} {done}/{total}", markup=False, highlight=False, soft_wrap=True
+        )
+
+
+@memory_app.command("migrate")
+def memory_migrate(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            metavar="PATH|DSN",
+            help="Where the memories are: a storage directory, or a postgresql:// (postgres://) DSN.",
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="PATH|DSN",
+            help="Where to copy them: a storage directory (created if needed) or a PostgreSQL DSN.",
+        ),
+    ],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Copies per committed batch.")] = 500,
+    no_vectors: Annotated[bool, typer.Option("--no-vectors", help="Do not copy embedding vectors.")] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Allow a target that already holds other memories (kept).")
+    ] = False,
+    verify_only: Annotated[
+        bool, typer.Option("--verify-only", help="Only compare the target with the source; write nothing.")
+    ] = False,
+) -> None:
+    """Copy every memory (every tier and copy, ids, times, access counts, vectors) between storages.
+
+    Both directions (a directory and PostgreSQL, or two of a kind). Verified by counts and checksums per
+    tier and user (exit code 4 on a difference); resumable: after an interruption run the same command
+    again, it copies only what is missing. Stop the applications using the source first.
+    """
+
+    async def body(options: _Options) -> int:
+        from context_manager.core.memory.transfer import migrate_storage, verify_storage
+
+        if verify_only:
+            report = await verify_storage(source, target, vectors=not no_vectors)
+        else:
+            lines = _ProgressLines(options, "copied")
+            with _progress(options) as progress:
+                task = progress.add_task("migrating", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    progress.update(task, total=total, completed=done)
+                    if progress.disable and not options.json_output:
+                        lines(done, total)
+
+                report = await migrate_storage(
+                    source,
+                    target,
+                    batch_size=batch_size,
+                    vectors=not no_vectors,
+                    merge=merge,
+                    progress=advance,
+                )
+        if options.json_output:
+            _print_json(options, report.to_dict())
+        else:
+            _print_migration(options, report, verify_only=verify_only)
+        if not report.ok:
+            options.stderr.print(
+                "error: the target differs from the source (see the rows marked DIFFERENT); "
+                "run the command again to finish an interrupted copy",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            return EXIT_MISMATCH
+        return 0
+
+    code = _run(ctx, body)
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> None:
+    from rich.table import Table
+
+    out = options.stdout
+    if not verify_only:
+        out.print(
+            f"copied {report.copied} of {report.total_copies} stored copies from {report.source} to "
+            f"{report.target} ({report.already_present} already there, {report.removed_stale} stale removed; "
+            f"vectors: {report.vectors_copied} copied, {report.vectors_already_present} already there) "
+            f"in {report.duration_s:.1f} s",
+            markup=False,
+            soft_wrap=True,
+        )
+    table = Table(title="verification (copies per tier and user)", title_justify="left")
+    for column in ("tier", "user", "source", "target"):
+        table.add_column(column, overflow="fold")
+    for column in ("source checksum", "target checksum", "status"):
+        table.add_column(column, no_wrap=True)
+    for group in report.groups:
+        table.add_row(
+            group.tier,
+            group.user,
+            str(group.source_count),
+            str(group.target_count),
+            group.source_checksum,
+            group.target_checksum,
+            "ok" if group.match else "[red]DIFFERENT[/]",
+        )
+    for check in report.vectors:
+        table.add_row(
+            "vectors",
+            f"{check.model} ({check.dimension})",
+            str(check.source_count),
+            str(check.target_count),
+            check.source_checksum,
+            check.target_checksum,
+            "ok" if check.match else "[red]DIFFERENT[/]",
+        )
+    out.print(table)
+    out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
 
 
 # ------------------------------------------------------------------------------------------ health

@@ -227,6 +227,14 @@ class MemoryBackend(Protocol):
         """How many vectors the channel holds (as last known)."""
         ...
 
+    async def vector_models(self) -> list[tuple[str, int]]:
+        """Every ``(model, dimension)`` with stored vectors (whichever model the channel uses)."""
+        ...
+
+    async def load_vectors(self, model: str, dimension: int) -> tuple[list[str], numpy.ndarray]:
+        """The ids and the matrix (float32, one row per id) of the vectors stored for ``model``."""
+        ...
+
     # -- coordination and upkeep -----------------------------------------------------------------
 
     def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:

@@ -503,6 +503,14 @@ class LocalBackend:
         """How many vectors the indexes hold."""
         return sum(len(index) for index in self._vectors.values())
 
+    async def vector_models(self) -> list[tuple[str, int]]:
+        """Every ``(model, dimension)`` with vectors in the database."""
+        return await self._run(self._long_store.vector_models)
+
+    async def load_vectors(self, model: str, dimension: int) -> tuple[list[str], numpy.ndarray]:
+        """The ids and the matrix of the vectors stored in the database for ``model``."""
+        return await self._run(self._long_store.load_vectors, model, dimension)
+
     # -- coordination and upkeep -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -510,6 +510,14 @@ class SQLiteStore:
             matrix[position] = np.frombuffer(blob, dtype=np.float32)
         return [row[0] for row in rows], matrix
 
+    def vector_models(self) -> list[tuple[str, int]]:
+        """Every ``(model, dimension)`` with stored vectors."""
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT model, dimension FROM memory_vectors GROUP BY model, dimension ORDER BY 1, 2"
+            ).fetchall()
+        return [(str(model), int(dimension)) for model, dimension in rows]
+
     def delete_vectors(self, ids: Sequence[str]) -> None:
         """Forget the vectors of ``ids``."""
         if not ids:

@@ -568,6 +568,35 @@ class PostgresBackend:
         """Vectors of the current model, as last counted (this process's writes included)."""
         return self._vector_count
 
+    async def vector_models(self) -> list[tuple[str, int]]:
+        """Every ``(model, dimension)`` with stored vectors (none before the vector table exists)."""
+        rows = await self._fetch("SELECT to_regclass('cm_memory_vectors') IS NOT NULL", (), "vector models")
+        if not rows[0][0]:
+            return []
+        rows = await self._fetch(
+            "SELECT model, dimension FROM cm_memory_vectors GROUP BY model, dimension ORDER BY 1, 2",
+            (),
+            "vector models",
+        )
+        return [(str(model), int(dimension)) for model, dimension in rows]
+
+    async def load_vectors(self, model: str, dimension: int) -> tuple[list[str], numpy.ndarray]:
+        """The ids and the matrix (float32) of the vectors stored for ``model``."""
+        import numpy as np
+
+        if not await self.vector_models():
+            return [], np.zeros((0, dimension), dtype=np.float32)
+        rows = await self._fetch(
+            "SELECT id, embedding::text FROM cm_memory_vectors WHERE model = %s AND dimension = %s "
+            "ORDER BY id",
+            (model, dimension),
+            "vector read",
+        )
+        matrix = np.zeros((len(rows), dimension), dtype=np.float32)
+        for position, (_, text) in enumerate(rows):
+            matrix[position] = np.asarray(json.loads(text), dtype=np.float32)
+        return [row[0] for row in rows], matrix
+
     # -- coordination and upkeep -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,510 @@
+"""Copy a whole memory storage to another backend, verified and resumable (``memory migrate``).
+
+A *location* is a storage directory (the embedded SQLite/JSONL backend) or a PostgreSQL DSN (a value
+starting with ``postgresql://`` or ``postgres://``). :func:`migrate_storage` copies every stored copy of
+every memory, tier by tier, as it is: a short-term memory with a long-term copy keeps both, and ids,
+times, access counts, ``superseded_by``/``merged_from``, metadata and context are unchanged. The
+vectors of every embedding model stored at the source are copied too (a manager opening the target with
+the same embedder finds them and embeds nothing again).
+
+Resuming: every write is an upsert keyed by ``(id, tier)``, and a run first reads what the target
+already holds, copying only the copies that are missing or differ. A run interrupted anywhere (even by
+``kill -9``) is finished by running the same command again: nothing is duplicated, nothing lost, and
+copies a previous run already wrote are not written twice. Copies the target holds for a source id in a
+tier where the source no longer has one (the source changed between runs) are removed.
+
+Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
+copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
+embedding model the number of vectors and a checksum of their float32 values. Any difference is
+reported; nothing is written during verification.
+
+The source is opened read-only in spirit: nothing is written to it (a storage directory is locked for the
+duration, like any manager would lock it). Stop the applications using a PostgreSQL source while it is
+copied, or the verification reports what they changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
+from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
+__all__ = [
+    "DSN_PREFIXES",
+    "GroupCheck",
+    "MigrationReport",
+    "VectorCheck",
+    "copy_digest",
+    "is_dsn",
+    "migrate_storage",
+    "open_storage",
+    "verify_storage",
+]
+
+logger = logging.getLogger(__name__)
+
+DSN_PREFIXES = ("postgresql://", "postgres://")
+"""A location starting with one of these is a PostgreSQL DSN; anything else is a storage directory."""
+
+Progress = Callable[[int, int], None]
+"""Called with ``(copies written or found in place so far, copies in all)`` after each batch."""
+
+
+def is_dsn(location: str) -> bool:
+    """Whether ``location`` names a PostgreSQL database (rather than a storage directory)."""
+    return location.strip().lower().startswith(DSN_PREFIXES)
+
+
+def _describe_location(location: str) -> str:
+    if is_dsn(location):
+        from context_manager.core.memory.postgres.database import redact_dsn
+
+        return redact_dsn(location)
+    return str(Path(location).expanduser())
+
+
+def _storage_exists(path: Path) -> bool:
+    from context_manager.core.memory.file_store import LOG_FILE_NAME
+    from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+
+    return path.is_dir() and any((path / name).exists() for name in (LOG_FILE_NAME, DATABASE_FILE_NAME))
+
+
+def open_storage(location: str, *, create: bool, fsync: bool = True, name: str = "location") -> MemoryBackend:
+    """A backend (not yet opened) for a storage directory or a PostgreSQL DSN.
+
+    Args:
+        location: A directory, or a ``postgresql://``/``postgres://`` DSN.
+        create: Allow a storage directory that holds no memory store yet (the target of a migration).
+        fsync: fsync the files of a storage directory on every write (survives power loss).
+        name: What to call the location in error messages (``"source"``, ``"target"``).
+
+    Raises:
+        InvalidArgumentError: an empty location, a file, or (``create=False``) a directory with no store.
+    """
+    from context_manager.core.memory.ranking import RankingWeights
+
+    if not isinstance(location, str) or not location.strip() or "\x00" in location:
+        raise InvalidArgumentError(
+            name, location, "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
+        )
+    weights = RankingWeights().effective_columns  # what a default MemoryManager indexes with
+    if is_dsn(location):
+        from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
+
+        return PostgresBackend(PostgresDatabase(location.strip(), pool_size=2), weights=weights)
+    from context_manager.core.memory.local_backend import LocalBackend
+
+    path = Path(location).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(
+            name, location, "a storage directory or a postgresql:// DSN (this is a file)"
+        )
+    if not create and not _storage_exists(path):
+        raise InvalidArgumentError(
+            name,
+            location,
+            "a memory storage directory (it holds memories.jsonl or memories.sqlite3) or a postgresql:// DSN",
+        )
+    return LocalBackend(path, fsync=fsync, weights=weights)
+
+
+def copy_digest(memory: Memory) -> str:
+    """SHA-256 of one stored copy (every field, its tier included; canonical JSON)."""
+    text = json.dumps(
+        memory.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _combine(digests: Sequence[str]) -> str:
+    """An order-independent checksum of a set of digests (16 hex digits)."""
+    combined = hashlib.sha256("".join(sorted(digests)).encode("ascii")).hexdigest()
+    return combined[:16]
+
+
+def _user_label(user_id: str | None) -> str:
+    return "default" if user_id is None else user_id
+
+
+@dataclass(slots=True)
+class GroupCheck:
+    """The comparison of one ``(tier, user)`` group of copies."""
+
+    tier: str
+    """``short``, ``medium`` or ``long``."""
+    user: str
+    """The owner (``"default"`` for the default namespace)."""
+    source_count: int
+    """Copies at the source."""
+    target_count: int
+    """Copies at the target."""
+    source_checksum: str
+    """Checksum of the source's copies (16 hex digits; ``"-"`` for none)."""
+    target_checksum: str
+    """Checksum of the target's copies."""
+
+    @property
+    def match(self) -> bool:
+        """Same number of copies and same checksum."""
+        return self.source_count == self.target_count and self.source_checksum == self.target_checksum
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (with ``match``)."""
+        return {
+            "tier": self.tier,
+            "user": self.user,
+            "source_count": self.source_count,
+            "target_count": self.target_count,
+            "source_checksum": self.source_checksum,
+            "target_checksum": self.target_checksum,
+            "match": self.match,
+        }
+
+
+@dataclass(slots=True)
+class VectorCheck:
+    """The comparison of the vectors of one embedding model."""
+
+    model: str
+    """The embedding model's key (embedder class, model name, dimension)."""
+    dimension: int
+    """Vector length."""
+    source_count: int
+    """Vectors at the source (of memories that exist)."""
+    target_count: int
+    """Vectors at the target."""
+    source_checksum: str
+    """Checksum of the source's vectors (ids and float32 values)."""
+    target_checksum: str
+    """Checksum of the target's vectors."""
+
+    @property
+    def match(self) -> bool:
+        """Same number of vectors and same checksum."""
+        return self.source_count == self.target_count and self.source_checksum == self.target_checksum
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (with ``match``)."""
+        return {
+            "model": self.model,
+            "dimension": self.dimension,
+            "source_count": self.source_count,
+            "target_count": self.target_count,
+            "source_checksum": self.source_checksum,
+            "target_checksum": self.target_checksum,
+            "match": self.match,
+        }
+
+
+@dataclass(slots=True)
+class MigrationReport:
+    """What :func:`migrate_storage` (or :func:`verify_storage`) did and found."""
+
+    source: str
+    """The source (a DSN without its password)."""
+    target: str
+    """The target (a DSN without its password)."""
+    total_copies: int = 0
+    """Stored copies at the source (a memory with two copies counts twice)."""
+    copied: int = 0
+    """Copies this run wrote to the target."""
+    already_present: int = 0
+    """Copies the target already held unchanged (written by an earlier, interrupted run)."""
+    removed_stale: int = 0
+    """Target copies of source memories in a tier the source no longer uses, removed."""
+    vectors_copied: int = 0
+    """Vectors this run wrote."""
+    vectors_already_present: int = 0
+    """Vectors the target already held unchanged."""
+    vectors_without_memory: int = 0
+    """Source vectors whose memory no longer exists (left behind)."""
+    groups: list[GroupCheck] = field(default_factory=list)
+    """The verification, per ``(tier, user)``."""
+    vectors: list[VectorCheck] = field(default_factory=list)
+    """The verification of the vectors, per embedding model."""
+    duration_s: float = 0.0
+    """Wall time of the run."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every group and every vector model matched."""
+        return all(group.match for group in self.groups) and all(check.match for check in self.vectors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the report (``ok`` included)."""
+        return {
+            "ok": self.ok,
+            "source": self.source,
+            "target": self.target,
+            "total_copies": self.total_copies,
+            "copied": self.copied,
+            "already_present": self.already_present,
+            "removed_stale": self.removed_stale,
+            "vectors_copied": self.vectors_copied,
+            "vectors_already_present": self.vectors_already_present,
+            "vectors_without_memory": self.vectors_without_memory,
+            "groups": [group.to_dict() for group in self.groups],
+            "vectors": [check.to_dict() for check in self.vectors],
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _check_locations(source: str, target: str) -> None:
+    same = source.strip() == target.strip()
+    if not same and not is_dsn(source) and not is_dsn(target):
+        same = Path(source).expanduser().resolve() == Path(target).expanduser().resolve()
+    if same:
+        raise InvalidArgumentError(
+            "target", target, "a storage other than the source (a different directory or database)"
+        )
+
+
+async def _open_pair(source: str, target: str, *, create_target: bool) -> tuple[MemoryBackend, MemoryBackend]:
+    _check_locations(source, target)
+    source_backend = open_storage(source, create=False, name="source")
+    target_backend = open_storage(target, create=create_target, name="target")
+    await source_backend.open()
+    try:
+        await target_backend.open()
+    except BaseException:
+        await source_backend.close()
+        raise
+    return source_backend, target_backend
+
+
+async def migrate_storage(
+    source: str,
+    target: str,
+    *,
+    batch_size: int = 500,
+    vectors: bool = True,
+    merge: bool = False,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """Copy every memory (every tier, every copy) and its vectors from ``source`` to ``target``, then verify.
+
+    Args:
+        source: A storage directory or a PostgreSQL DSN holding memories.
+        target: A storage directory (created if needed) or a PostgreSQL DSN (tables created if needed).
+        batch_size: Copies written per transaction (each batch is committed before the next).
+        vectors: Copy the stored vectors of every embedding model.
+        merge: Allow a target that holds memories the source does not have (they are kept, and the
+            verification covers the source's memories only). Without it such a target is refused.
+        progress: Called after each batch with ``(done, total)``.
+
+    Returns:
+        The report: counts, and the verification per ``(tier, user)`` and per embedding model.
+        ``report.ok`` is ``False`` when the target differs from the source.
+
+    Raises:
+        InvalidArgumentError: a bad location or batch size, source and target the same, or a target
+            holding other memories without ``merge``.
+        StorageLockedError: a storage directory is in use by another process.
+        StorageError: a storage cannot be opened or written.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError("batch_size", batch_size, "an integer >= 1")
+    started = time.perf_counter()
+    source_backend, target_backend = await _open_pair(source, target, create_target=True)
+    report = MigrationReport(_describe_location(source), _describe_location(target))
+    try:
+        source_copies = await source_backend.scan(ALL_USERS, every_copy=True)
+        target_copies = await target_backend.scan(ALL_USERS, every_copy=True)
+        source_ids = {memory.id for memory in source_copies}
+        foreign = {memory.id for memory in target_copies if memory.id not in source_ids}
+        if foreign and not merge:
+            raise InvalidArgumentError(
+                "target",
+                report.target,
+                "an empty storage, or one holding only memories of this source (an interrupted migration); "
+                "pass merge=True (--merge) to keep its other memories",
+                detail=f"it holds {len(foreign)} memories the source does not have",
+            )
+        report.total_copies = len(source_copies)
+        await _copy_memories(source_copies, target_copies, target_backend, batch_size, report, progress)
+        if vectors:
+            await _copy_vectors(source_backend, target_backend, source_copies, batch_size, report)
+        await _verify(source_backend, target_backend, report, vectors=vectors)
+    finally:
+        try:
+            await target_backend.close()
+        finally:
+            await source_backend.close()
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+async def verify_storage(source: str, target: str, *, vectors: bool = True) -> MigrationReport:
+    """Compare ``target`` with ``source`` (counts and checksums per tier and user); write nothing.
+
+    The target's memories that the source does not have are left out of the comparison.
+
+    Raises:
+        InvalidArgumentError: a bad location, or source and target the same.
+        StorageError: a storage cannot be opened.
+    """
+    started = time.perf_counter()
+    source_backend, target_backend = await _open_pair(source, target, create_target=False)
+    report = MigrationReport(_describe_location(source), _describe_location(target))
+    try:
+        report.total_copies = len(await source_backend.scan(ALL_USERS, every_copy=True))
+        await _verify(source_backend, target_backend, report, vectors=vectors)
+    finally:
+        try:
+            await target_backend.close()
+        finally:
+            await source_backend.close()
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+async def _copy_memories(
+    source_copies: list[Memory],
+    target_copies: list[Memory],
+    target: MemoryBackend,
+    batch_size: int,
+    report: MigrationReport,
+    progress: Progress | None,
+) -> None:
+    wanted = {(memory.id, memory.tier): memory for memory in source_copies}
+    source_ids = {memory.id for memory in source_copies}
+    present = {(memory.id, memory.tier): copy_digest(memory) for memory in target_copies}
+    stale: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
+    for memory in target_copies:
+        if memory.id in source_ids and (memory.id, memory.tier) not in wanted:
+            stale[memory.tier].append(memory.id)
+    for tier, ids in stale.items():
+        for start in range(0, len(ids), batch_size):
+            report.removed_stale += len(await target.delete(tier, ids[start : start + batch_size]))
+    # fastest tier first, as MemoryManager writes them (a backend notes which short-term memories
+    # have a long-term copy when the long-term copy is written)
+    missing: list[Memory] = []
+    for key, memory in sorted(wanted.items(), key=lambda item: (TIER_ORDER[item[0][1]], item[1].created_at)):
+        if present.get(key) == copy_digest(memory):
+            report.already_present += 1
+        else:
+            missing.append(memory)
+    done = report.already_present
+    if progress is not None:
+        progress(done, report.total_copies)
+    for tier in sorted(MemoryTier, key=lambda value: TIER_ORDER[value]):
+        batch_of_tier = [memory for memory in missing if memory.tier is tier]
+        for start in range(0, len(batch_of_tier), batch_size):
+            batch = [memory.copy() for memory in batch_of_tier[start : start + batch_size]]
+            await target.put(tier, batch)
+            report.copied += len(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, report.total_copies)
+
+
+def _vector_digest(memory_id: str, vector: numpy.ndarray) -> str:
+    import numpy as np
+
+    data = memory_id.encode("utf-8") + b"\x00" + np.asarray(vector, dtype="<f4").tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _copy_vectors(
+    source: MemoryBackend,
+    target: MemoryBackend,
+    source_copies: list[Memory],
+    batch_size: int,
+    report: MigrationReport,
+) -> None:
+    memories: dict[str, Memory] = {}
+    for memory in sorted(source_copies, key=lambda m: -TIER_ORDER[m.tier]):
+        memories[memory.id] = memory  # the fastest tier's copy wins: its owner is every copy's owner
+    for model, dimension in await source.vector_models():
+        ids, matrix = await source.load_vectors(model, dimension)
+        kept = [(memory_id, row) for row, memory_id in enumerate(ids) if memory_id in memories]
+        report.vectors_without_memory += len(ids) - len(kept)
+        if not kept:
+            continue
+        await target.open_vectors(model, dimension)
+        target_ids, target_matrix = await target.load_vectors(model, dimension)
+        present = {
+            memory_id: _vector_digest(memory_id, target_matrix[row])
+            for row, memory_id in enumerate(target_ids)
+        }
+        to_write = []
+        for memory_id, row in kept:
+            if present.get(memory_id) == _vector_digest(memory_id, matrix[row]):
+                report.vectors_already_present += 1
+            else:
+                to_write.append((memory_id, row))
+        for start in range(0, len(to_write), batch_size):
+            chunk = to_write[start : start + batch_size]
+            rows = [row for _, row in chunk]
+            await target.save_vectors(model, [memories[memory_id] for memory_id, _ in chunk], matrix[rows])
+            report.vectors_copied += len(chunk)
+
+
+def _group_digests(copies: list[Memory], ids: set[str] | None) -> dict[tuple[str, str], list[str]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for memory in copies:
+        if ids is not None and memory.id not in ids:
+            continue
+        groups.setdefault((memory.tier.value, _user_label(memory.user_id)), []).append(copy_digest(memory))
+    return groups
+
+
+async def _verify(
+    source: MemoryBackend, target: MemoryBackend, report: MigrationReport, *, vectors: bool
+) -> None:
+    source_copies = await source.scan(ALL_USERS, every_copy=True)
+    source_ids = {memory.id for memory in source_copies}
+    source_groups = _group_digests(source_copies, None)
+    target_groups = _group_digests(await target.scan(ALL_USERS, every_copy=True), source_ids)
+    order = {tier.value: TIER_ORDER[tier] for tier in MemoryTier}
+    keys = sorted(set(source_groups) | set(target_groups), key=lambda key: (order[key[0]], key[1]))
+    report.groups = [
+        GroupCheck(
+            tier=tier,
+            user=user,
+            source_count=len(source_groups.get((tier, user), [])),
+            target_count=len(target_groups.get((tier, user), [])),
+            source_checksum=_combine(source_groups[(tier, user)]) if (tier, user) in source_groups else "-",
+            target_checksum=_combine(target_groups[(tier, user)]) if (tier, user) in target_groups else "-",
+        )
+        for tier, user in keys
+    ]
+    if not vectors:
+        return
+    checks: list[VectorCheck] = []
+    target_models = set(await target.vector_models())
+    for model, dimension in await source.vector_models():
+        ids, matrix = await source.load_vectors(model, dimension)
+        source_digests = [_vector_digest(i, matrix[row]) for row, i in enumerate(ids) if i in source_ids]
+        target_digests: list[str] = []
+        if (model, dimension) in target_models:
+            target_ids, target_matrix = await target.load_vectors(model, dimension)
+            target_digests = [
+                _vector_digest(i, target_matrix[row]) for row, i in enumerate(target_ids) if i in source_ids
+            ]
+        if not source_digests and not target_digests:
+            continue
+        checks.append(
+            VectorCheck(
+                model=model,
+                dimension=dimension,
+                source_count=len(source_digests),
+                target_count=len(target_digests),
+                source_checksum=_combine(source_digests) if source_digests else "-",
+                target_checksum=_combine(target_digests) if target_digests else "-",
+            )
+        )
+    report.vectors = checks

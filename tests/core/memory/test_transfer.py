@@ -1,0 +1,351 @@
+"""``memory migrate``: every copy between a storage directory and PostgreSQL, verified and resumable.
+
+Real storages on both sides (files in ``tmp_path``, a real PostgreSQL server), the real command (typer's
+runner, and a real subprocess killed with SIGKILL in the middle of a copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from context_manager.cli import EXIT_MISMATCH, app
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import InvalidArgumentError, StorageError
+from context_manager.core.memory.embeddings import HashingEmbedder
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.transfer import migrate_storage, open_storage, verify_storage
+
+ROOT = Path(__file__).resolve().parents[3]
+runner = CliRunner()
+
+
+SMALL_TIERS = {"short_term_memory_size": 8, "medium_term_memory_size": 12}
+
+
+def sqlite_config(path: Path, **options: Any) -> ContextManagerConfig:
+    return ContextManagerConfig(storage_path=path, **{**SMALL_TIERS, **options})
+
+
+def pg_config(dsn: str, **options: Any) -> ContextManagerConfig:
+    return ContextManagerConfig(
+        memory_backend="postgres",
+        postgres_dsn=dsn,  # type: ignore[arg-type]
+        **{**SMALL_TIERS, **options},
+    )
+
+
+def roomy_config(location: str) -> ContextManagerConfig:
+    """Tiers large enough that nothing moves while a test fills them."""
+    roomy = {"short_term_memory_size": 100_000, "medium_term_memory_size": 100_000}
+    if location.startswith("postgresql://"):
+        return pg_config(location, **roomy)
+    return ContextManagerConfig(storage_path=Path(location), **roomy)
+
+
+class CountingEmbedder(HashingEmbedder):
+    """A hashing embedder that counts the texts it embedded (to see that vectors were not recomputed)."""
+
+    def __init__(self) -> None:
+        super().__init__(dimension=64)
+        self.embedded = 0
+
+    def embed(self, texts: list[str]) -> Any:
+        self.embedded += len(texts)
+        return super().embed(texts)
+
+
+async def populate(config: ContextManagerConfig, embedder: HashingEmbedder | None = None) -> None:
+    """Memories in every tier, with long-term copies, several users, access counts and a consolidation."""
+    async with MemoryManager(config, embedder=embedder) as memory:
+        for number in range(30):
+            await memory.add_memory(
+                f"note {number}: the {['red', 'green', 'blue'][number % 3]} kite flew over hill {number}",
+                importance=0.9 if number % 4 == 0 else 0.4,
+                tags=[f"tag{number % 3}"],
+                user_id=[None, "alice", "bob"][number % 3],
+                metadata={"n": number, "nested": {"x": [1, 2.5, "y"]}},
+            )
+        for turn in range(6):
+            await memory.add_memory(
+                f"turn {turn} of the trip to Lisbon",
+                metadata={
+                    "session_id": "s1",
+                    "turn_index": turn,
+                    "speaker": "user",
+                    "session_date": "2024-05-01",
+                },
+                user_id="alice",
+            )
+        await memory.add_memory("Paris is the capital of France", importance=0.5, user_id="carol")
+        await memory.add_memory("Paris is the capital of France.", importance=0.6, user_id="carol")
+        for _ in range(3):
+            await memory.search_memory("kite hill", user_id="alice")
+        await memory.flush()
+        result = await memory.consolidate_memories(0.8, user_id="carol")
+        assert result["consolidated_count"] == 2
+
+
+async def copies_of(location: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every stored copy at a location, read by the backend itself (a manager would rebalance the tiers)."""
+    backend = open_storage(str(location), create=False)
+    await backend.open()
+    try:
+        return {(m.id, m.tier.value): m.to_dict() for m in await backend.scan(ALL_USERS, every_copy=True)}
+    finally:
+        await backend.close()
+
+
+async def vectors_of(location: str) -> dict[str, tuple[int, dict[str, bytes]]]:
+    backend = open_storage(location, create=False)
+    await backend.open()
+    try:
+        found = {}
+        for model, dimension in await backend.vector_models():
+            ids, matrix = await backend.load_vectors(model, dimension)
+            found[model] = (dimension, {i: matrix[row].astype("<f4").tobytes() for row, i in enumerate(ids)})
+        return found
+    finally:
+        await backend.close()
+
+
+async def cli(*arguments: str) -> Any:
+    """The command through typer's runner, on a thread (the command runs its own event loop)."""
+    return await asyncio.to_thread(runner.invoke, app, list(arguments))
+
+
+async def test_sqlite_to_postgres_and_back_keeps_every_copy_and_vector(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    source = tmp_path / "source"
+    embedder = CountingEmbedder()
+    await populate(sqlite_config(source), embedder)
+    original = await copies_of(source)
+    tiers = {tier for _, tier in original}
+    assert tiers == {"short", "medium", "long"}
+    ids = [memory_id for memory_id, _ in original]
+    assert len(ids) > len(set(ids)), "some memory must have two copies (short + long)"
+    assert any(copy["superseded_by"] for copy in original.values())
+    assert any(copy["merged_from"] for copy in original.values())
+    assert any(copy["access_count"] > 0 for copy in original.values())
+    original_vectors = await vectors_of(str(source))
+    assert sum(len(v) for _, v in original_vectors.values()) == len(set(ids))
+
+    report = await migrate_storage(str(source), postgres_dsn, batch_size=7)
+    assert report.ok, report.to_dict()
+    assert report.copied == report.total_copies == len(original)
+    assert report.vectors_copied == len(set(ids))
+    assert {(g.tier, g.user) for g in report.groups} >= {
+        ("long", "alice"),
+        ("short", "bob"),
+        ("medium", "default"),
+    }
+    assert await copies_of(postgres_dsn) == original
+    assert await vectors_of(postgres_dsn) == original_vectors
+
+    back = tmp_path / "back"
+    report = await migrate_storage(postgres_dsn, str(back))
+    assert report.ok and report.copied == len(original)
+    assert await copies_of(back) == original
+    assert await vectors_of(str(back)) == original_vectors
+
+    # a manager on the copy with the same embedder finds every vector: nothing is embedded again
+    embedder.embedded = 0
+    async with MemoryManager(pg_config(postgres_dsn), embedder=embedder) as memory:
+        assert embedder.embedded == 0
+        found = await memory.search_memory("kite hill", user_id="alice", limit=3)
+        assert found and all(m.user_id == "alice" for m in found)
+        assert (await memory.get_memory_stats(user_id=ALL_USERS))["total_memories"] == len(set(ids))
+
+
+async def test_rerun_copies_nothing_and_a_changed_source_is_followed(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    first = await migrate_storage(str(source), postgres_dsn)
+    assert first.ok
+    again = await migrate_storage(str(source), postgres_dsn)
+    assert again.ok and again.copied == 0 and again.already_present == first.total_copies
+
+    async with MemoryManager(sqlite_config(source)) as memory:
+        short = [m for m in await memory.stored_copies() if m.tier is MemoryTier.SHORT]
+        moved = short[0]
+        await memory.update_memory(moved.id, tier="medium", content="moved and changed")
+    report = await migrate_storage(str(source), postgres_dsn)
+    assert report.ok, report.to_dict()
+    assert report.removed_stale >= 1 and report.copied >= 1
+    assert await copies_of(postgres_dsn) == await copies_of(source)
+
+
+async def test_verify_reports_a_difference_per_tier_and_user(tmp_path: Path, postgres_dsn: str) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    assert (await migrate_storage(str(source), postgres_dsn)).ok
+    async with MemoryManager(pg_config(postgres_dsn)) as memory:
+        bob_long = next(m for m in await memory.stored_copies(user_id="bob") if m.tier is MemoryTier.LONG)
+        await memory.update_memory(bob_long.id, importance=0.11)
+
+    report = await verify_storage(str(source), postgres_dsn)
+    assert not report.ok
+    different = {(g.tier, g.user) for g in report.groups if not g.match}
+    assert ("long", "bob") in different
+    assert all(g.source_count == g.target_count for g in report.groups)
+
+    result = await cli("memory", "migrate", "--from", str(source), "--to", postgres_dsn, "--verify-only")
+    assert result.exit_code == EXIT_MISMATCH, result.stdout + result.stderr
+    assert "DIFFERENT" in result.stdout
+    assert "differs from the source" in result.stderr
+    arguments = ["memory", "migrate", "--from", str(source), "--to", postgres_dsn]
+    data = json.loads((await cli("--json", *arguments, "--verify-only")).stdout)
+    assert data["ok"] is False
+    assert any(g["tier"] == "long" and g["user"] == "bob" and not g["match"] for g in data["groups"])
+
+    # migrating again repairs it
+    result = await cli("--json", "memory", "migrate", "--from", str(source), "--to", postgres_dsn)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["copied"] >= 1
+
+
+async def test_refusals_leave_both_sides_as_they_were(tmp_path: Path, postgres_dsn: str) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    before = await copies_of(source)
+
+    with pytest.raises(InvalidArgumentError, match="target: .*a storage other than the source"):
+        await migrate_storage(str(source), str(source) + "/")
+    with pytest.raises(InvalidArgumentError, match="source: .*memory storage directory"):
+        await migrate_storage(str(tmp_path / "nothing"), str(tmp_path / "elsewhere"))
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "elsewhere").exists()
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        await migrate_storage(str(source), postgres_dsn, batch_size=0)
+
+    other = tmp_path / "other"
+    async with MemoryManager(sqlite_config(other)) as memory:
+        stranger = await memory.add_memory("a memory of another storage")
+    with pytest.raises(InvalidArgumentError, match="holds 1 memories the source does not have"):
+        await migrate_storage(str(source), str(other))
+    assert [memory_id for memory_id, _ in await copies_of(other)] == [stranger.id]
+    report = await migrate_storage(str(source), str(other), merge=True)
+    assert report.ok
+    merged = await copies_of(other)
+    assert set(merged) == set(before) | {(stranger.id, stranger.tier.value)}
+    assert await copies_of(source) == before
+
+    result = await cli(
+        "memory", "migrate", "--from", str(source), "--to", "postgresql://cm:s3cret-word@127.0.0.1:1/none"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "s3cret-word" not in result.stderr and "cannot connect to PostgreSQL" in result.stderr
+    with pytest.raises(StorageError):
+        await migrate_storage("postgres://cm@127.0.0.1:1/none", str(tmp_path / "t"))
+
+
+# --- interrupted and resumed: a real process killed with SIGKILL in the middle ---------------------
+
+
+async def _fill(config: ContextManagerConfig, count: int) -> None:
+    async with MemoryManager(config) as memory:
+        for start in range(0, count, 500):
+            await memory.add_memories(
+                [
+                    {
+                        "content": f"bulk memory {n} about topic {n % 17}",
+                        "importance": 0.9 if n % 5 == 0 else 0.3,
+                        "user_id": f"user{n % 3}",
+                        "tier": None if n % 2 else ["short", "medium", "long"][n % 3],
+                    }
+                    for n in range(start, min(count, start + 500))
+                ]
+            )
+
+
+async def _count_copies(location: str) -> tuple[int, int]:
+    """(stored copies, distinct (id, tier) keys) at a location."""
+    backend = open_storage(location, create=False)
+    await backend.open()
+    try:
+        copies = await backend.scan(ALL_USERS, every_copy=True)
+    finally:
+        await backend.close()
+    return len(copies), len({(m.id, m.tier) for m in copies})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["sqlite-to-postgres", "postgres-to-sqlite"])
+async def test_kill_9_in_the_middle_then_run_again_finishes_the_copy(
+    tmp_path: Path, postgres_dsn: str, direction: str
+) -> None:
+    directory = str(tmp_path / "storage")
+    source, target = (
+        (directory, postgres_dsn) if direction == "sqlite-to-postgres" else (postgres_dsn, directory)
+    )
+    await _fill(roomy_config(source), 4000)
+    total, _ = await _count_copies(source)
+    assert total > 4000  # some memories have two copies
+
+    command = [
+        sys.executable,
+        "-m",
+        "context_manager.cli",
+        "memory",
+        "migrate",
+        "--from",
+        source,
+        "--to",
+        target,
+        "--batch-size",
+        "10",
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    pipes: dict[str, Any] = {"stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+    process = await asyncio.create_subprocess_exec(*command, env=environment, cwd=tmp_path, **pipes)
+    assert process.stderr is not None
+    async with asyncio.timeout(120):
+        while line := (await process.stderr.readline()).decode():
+            if line.startswith("copied ") and int(line.split()[1].split("/")[0]) > 0:
+                process.send_signal(signal.SIGKILL)
+                break
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL, "the copy must be interrupted in the middle"
+
+    written, distinct = await _count_copies(target)
+    assert 0 < written < total, (written, total)
+    assert written == distinct
+
+    rerun = await asyncio.create_subprocess_exec(
+        *command[:3], "--json", *command[3:], env=environment, cwd=tmp_path, **pipes
+    )
+    async with asyncio.timeout(300):
+        stdout, stderr = await rerun.communicate()
+    assert rerun.returncode == 0, stderr.decode()
+    report = json.loads(stdout)
+    assert report["ok"] is True
+    assert report["already_present"] >= written - 10  # the batch being written when killed may be redone
+    assert report["already_present"] + report["copied"] == total
+    assert report["copied"] < total
+    assert sum(group["target_count"] for group in report["groups"]) == total
+    assert await _count_copies(target) == (total, total)
+    assert await copies_of(target) == await copies_of(source)
+
+
+def test_is_dsn_and_copy_digest() -> None:
+    from context_manager.core.memory.transfer import copy_digest, is_dsn
+
+    assert is_dsn("postgresql://u@h/db") and is_dsn("postgres://h/db") and is_dsn(" POSTGRESQL://h/db")
+    assert not is_dsn("./storage") and not is_dsn("/var/lib/postgresql/data")
+    a = Memory(id="m1", content="x", metadata={"b": 1, "a": 2})
+    b = Memory(id="m1", content="x", metadata={"a": 2, "b": 1})
+    assert copy_digest(a) == copy_digest(b)
+    assert copy_digest(a) != copy_digest(a.copy(tier=MemoryTier.LONG))
+    assert copy_digest(a) != copy_digest(a.copy(access_count=1))
