@@ -13,6 +13,7 @@ from context_manager.core.tokens import (
     REPLY_PRIMING_TOKENS,
     ExactTokenCounter,
     count_tokens,
+    cut_to_tokens,
     encoding_for_model,
     get_token_counter,
     truncate_to_tokens,
@@ -134,3 +135,58 @@ def test_truncate_to_tokens_returns_the_longest_fitting_piece(text: str, limit: 
     if piece != text:  # one more character would not fit
         longer = text[len(text) - len(piece) - 1 :] if from_end else text[: len(piece) + 1]
         assert counter.count(longer) > limit
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=3000),
+    limit=st.integers(min_value=1, max_value=120),
+    from_end=st.booleans(),
+    generic=st.booleans(),
+)
+def test_cut_to_tokens_fits_and_is_nearly_the_longest_piece(
+    text: str, limit: int, from_end: bool, generic: bool
+) -> None:
+    exact = get_token_counter()
+
+    class CountOnly:  # any TokenCounter: cut_to_tokens falls back to a search on character offsets
+        encoding_name = "o200k_base"
+
+        def count(self, value: str) -> int:
+            return exact.count(value)
+
+        def count_message(self, message: Any) -> int:  # pragma: no cover - not used here
+            return exact.count_message(message)
+
+    counter: Any = CountOnly() if generic else exact
+    piece = cut_to_tokens(counter, text, limit, from_end=from_end)
+    assert exact.count(piece) <= limit
+    assert text.endswith(piece) if from_end else text.startswith(piece)
+    longest = truncate_to_tokens(exact, text, limit, from_end=from_end)
+    assert exact.count(longest) - exact.count(piece) <= 4  # "nearly": a split character at worst
+
+
+def test_cutting_a_megabyte_text_costs_about_the_piece_kept() -> None:
+    """Issue 18.8: cutting a large output binary-searched (and cached) the whole text."""
+    counter = ExactTokenCounter("o200k_base")
+    text = "".join(
+        f"row {i}: status ok, latency {i % 97} ms, region eu-west-{i % 3}\n" for i in range(25_000)
+    )
+    assert len(text) > 1_000_000
+    head = cut_to_tokens(counter, text, 500)
+    tail = cut_to_tokens(counter, text, 500, from_end=True)
+    assert 495 <= counter.count(head) <= 500 and 495 <= counter.count(tail) <= 500
+    assert text.startswith(head) and text.endswith(tail)
+    # nothing of the megabyte text was cached: the cache stays within its bound
+    assert counter.cache_chars <= 16_384 * 2
+
+
+def test_the_count_cache_is_bounded_in_bytes() -> None:
+    counter = ExactTokenCounter("o200k_base")
+    for i in range(400):  # 400 distinct texts of 16,000 characters: 6.4 M characters counted
+        text = f"{i} " + "x" * 16_000
+        counter.count(text)
+        assert counter.cache_chars <= 2_000_000
+    huge = "y " * 100_000
+    assert counter.count(huge) == counter.count_uncached(huge)
+    assert counter.cache_chars <= 2_000_000

@@ -36,6 +36,7 @@ __all__ = [
     "TokenCounter",
     "count_tokens",
     "encoding_for_model",
+    "cut_to_tokens",
     "get_token_counter",
     "truncate_to_tokens",
 ]
@@ -50,6 +51,8 @@ TOKENS_PER_TOOL_CALL = 3
 """Framing tokens per tool call, besides its name and JSON arguments."""
 
 _TEXT_CACHE_SIZE = 8192
+_TEXT_CACHE_CHARS = 2_000_000  # at most 8 MB of cached text (4 bytes a character at worst)
+_TEXT_CACHE_MAX_TEXT = 16_384  # longer texts are counted each time: caching them is what grows memory
 
 _MODEL_PREFIX_ENCODINGS: tuple[tuple[str, str], ...] = (
     ("gpt-4o", "o200k_base"),
@@ -120,7 +123,8 @@ def _backend(encoding_name: str) -> Any:
 class ExactTokenCounter:
     """Exact, offline token counter for ``o200k_base`` and ``cl100k_base``.
 
-    Counts of repeated texts are served from a small cache; a message is counted once by the window.
+    Counts of repeated texts are served from a small cache bounded in entries and in bytes (texts longer
+    than 16,384 characters are not cached); a message is counted once by the window.
 
     Example:
         >>> counter = ExactTokenCounter("o200k_base")
@@ -139,6 +143,7 @@ class ExactTokenCounter:
         self._tokenizer = _backend(encoding_name)
         self._count_raw = self._tokenizer.count
         self._cache: dict[str, int] = {}
+        self._cache_chars = 0
         from context_manager.core.messages import Role
 
         # Roles are few: count them once instead of on every message.
@@ -155,10 +160,67 @@ class ExactTokenCounter:
         if cached is not None:
             return cached
         result: int = self._count_raw(text)
-        if len(self._cache) >= _TEXT_CACHE_SIZE:
+        size = len(text)
+        if size > _TEXT_CACHE_MAX_TEXT:
+            return result
+        self._cache_chars += size
+        if len(self._cache) >= _TEXT_CACHE_SIZE or self._cache_chars > _TEXT_CACHE_CHARS:
             self._cache.clear()  # cheap amortised bound; hot texts come back at once
+            self._cache_chars = size
         self._cache[text] = result
         return result
+
+    @property
+    def cache_chars(self) -> int:
+        """Characters of text held by the count cache (at most 2,000,000: about 8 MB at worst)."""
+        return self._cache_chars
+
+    def fits(self, text: str, max_tokens: int) -> bool:
+        """True if ``text`` costs at most ``max_tokens`` tokens; stops counting once the limit is passed."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached <= max_tokens
+        return self._tokenizer.count_till_limit(text, max_tokens) is not None
+
+    def cut(self, text: str, max_tokens: int, *, from_end: bool = False) -> str:
+        """Return a prefix (or suffix) of ``text`` costing at most ``max_tokens`` tokens, cut at a token.
+
+        Encodes only a window of the text near the kept end (growing it when the text is denser than
+        expected), so the cost follows ``max_tokens``, not the length of ``text``. The piece is at most a
+        few tokens shorter than the longest one that fits (a character split across tokens is dropped).
+        """
+        if max_tokens <= 0 or not text:
+            return ""
+        span = max_tokens * 6 + 64
+        while True:
+            whole = span >= len(text)
+            window = text if whole else (text[len(text) - span :] if from_end else text[:span])
+            tokens = self._tokenizer.encode(window)
+            if len(tokens) <= max_tokens:
+                if whole:
+                    return text
+                span *= 4
+                continue
+            # The window's edge away from the kept end may tokenize differently from the full text: drop
+            # a few tokens there. (A window that ends mid-word changes only the tokens at that edge.)
+            keep = max_tokens if whole else min(max_tokens, len(tokens) - 4)
+            break
+        while keep > 0:
+            piece = tokens[len(tokens) - keep :] if from_end else tokens[:keep]
+            try:
+                cut: str = self._tokenizer.decode(piece)
+            except ValueError:  # the piece splits a character's UTF-8 bytes
+                keep -= 1
+                continue
+            if not (text.endswith(cut) if from_end else text.startswith(cut)):  # pragma: no cover
+                keep -= 1
+                continue
+            # Alone, the piece may tokenize differently at its cut edge: count it and shrink by the excess.
+            actual: int = self._count_raw(cut)
+            if actual <= max_tokens:
+                return cut
+            keep -= actual - max_tokens
+        return ""
 
     def count_uncached(self, text: str) -> int:
         """Count ``text`` without touching the cache (what benchmarks compare with the raw tokenizer)."""
@@ -218,10 +280,34 @@ def count_tokens(text: str, encoding_name: str = "o200k_base") -> int:
         raise InvalidArgumentError("text", text, "valid Unicode text (no lone surrogates)") from None
 
 
+def cut_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end: bool = False) -> str:
+    """Return a prefix (or suffix) of ``text`` within ``max_tokens`` tokens, in time following ``max_tokens``.
+
+    With the default counter the text is cut at a token boundary after encoding only a window near the
+    kept end (:meth:`ExactTokenCounter.cut`); another :class:`TokenCounter` gets a binary search over a
+    window of the text. Either way a megabyte text costs about as much as the piece kept. The piece may be
+    a few tokens shorter than the longest that fits; :func:`truncate_to_tokens` finds the longest.
+    """
+    if max_tokens <= 0 or not text:
+        return ""
+    cut = getattr(counter, "cut", None)
+    if cut is not None:
+        piece: str = cut(text, max_tokens, from_end=from_end)
+        return piece
+    span = max_tokens * 24 + 64  # a token rarely spans more than a few characters
+    while span < len(text):
+        window = text[len(text) - span :] if from_end else text[:span]
+        if counter.count(window) > max_tokens:
+            return truncate_to_tokens(counter, window, max_tokens, from_end=from_end)
+        span *= 4
+    return truncate_to_tokens(counter, text, max_tokens, from_end=from_end)
+
+
 def truncate_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end: bool = False) -> str:
     """Return the longest prefix (or suffix, with ``from_end``) of ``text`` costing at most ``max_tokens``.
 
     Works with any :class:`TokenCounter`: it searches on character offsets, so it needs only ``count``.
+    It counts the whole text and then pieces of it: for long texts use :func:`cut_to_tokens`.
     """
     if max_tokens <= 0 or not text:
         return ""
