@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -23,8 +24,7 @@ COUNTER = get_token_counter()
 
 def counted(role: str, content: str, **kwargs: object) -> Message:
     message = Message.create(role, content, **kwargs)  # type: ignore[arg-type]
-    message.token_count = COUNTER.count_message(message)
-    return message
+    return dataclasses.replace(message, token_count=COUNTER.count_message(message))
 
 
 def tool_unit(
@@ -271,3 +271,54 @@ async def test_extractive_and_plain_functions_satisfy_the_protocol() -> None:
     assert isinstance(ExtractiveSummarizer(COUNTER), Summarizer)
     assert isinstance(plain, Summarizer)
     assert await ExtractiveSummarizer(COUNTER)([counted("user", "A question about deployments?")], 50)
+
+
+# -- issue 18.11 / 14.1: every summary folded, cut messages re-cut from their head and tail ------------
+
+
+def test_every_summary_in_a_list_is_folded_none_dropped() -> None:
+    older = dataclasses.replace(
+        counted("system", "Summary of the earlier conversation (2 messages compressed):\n- first point"),
+        metadata={SUMMARY_METADATA_KEY: 2},
+    )
+    newer = dataclasses.replace(
+        counted("system", "Summary of the earlier conversation (3 messages compressed):\n- second point"),
+        metadata={SUMMARY_METADATA_KEY: 3},
+    )
+    messages = [older, newer, *conversation(10)[1:]]
+    plan = plan_compression(messages, target_tokens=600, max_tokens=800, counter=COUNTER)
+    assert plan.previous_summary is newer
+    assert older in plan.evicted  # it used to vanish: in neither kept nor evicted
+    assert older not in plan.kept and newer not in plan.kept
+    text = ExtractiveSummarizer(COUNTER).summarize(plan.summary_inputs, 150)
+    assert "first point" in text or "second point" in text
+
+
+def test_a_cut_message_is_cut_again_from_its_head_and_tail() -> None:
+    message = counted("user", "START " + "filler words here " * 400 + " FINISH")
+    first = truncate_message(message, 200, COUNTER)
+    assert first is not None and first is not message
+    second = truncate_message(first, 80, COUNTER)
+    assert second is not None and second.token_count <= 80
+    assert second.content.startswith("START") and second.content.endswith("FINISH")
+    assert second.content.count("tokens omitted") == 1  # one marker, never a marker cut in two
+    info = second.metadata[TRUNCATED_METADATA_KEY]
+    assert info["original_tokens"] == message.token_count
+    head = second.content[: info["head_chars"]]
+    tail = second.content[len(second.content) - info["tail_chars"] :]
+    assert message.content.startswith(head) and message.content.endswith(tail)
+    assert info["omitted_tokens"] == COUNTER.count(message.content) - COUNTER.count(head) - COUNTER.count(
+        tail
+    )
+
+
+def test_kept_messages_are_cut_in_proportion() -> None:
+    request = counted("user", "QUESTION " + "details of the request " * 60)
+    reply = counted("assistant", "ANSWER " + "parts of the reply " * 60)
+    messages = [counted("user", "hello"), request, reply]
+    plan = plan_compression(messages, target_tokens=150, max_tokens=200, counter=COUNTER)
+    assert {m.id for m in plan.truncated} == {request.id, reply.id}
+    kept = {m.id: m for m in plan.kept}
+    shares = [kept[m.id].token_count / m.token_count for m in (request, reply)]
+    assert abs(shares[0] - shares[1]) < 0.25  # neither is sacrificed for the other
+    assert kept[request.id].content.startswith("QUESTION") and kept[reply.id].content.startswith("ANSWER")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,14 +11,16 @@ from hypothesis import strategies as st
 from context_manager.core.compression import (
     SUMMARY_METADATA_KEY,
     TRUNCATED_METADATA_KEY,
-    _min_truncated_tokens,
     group_into_units,
     is_summary,
+    min_readable_tokens,
+    min_truncated_tokens,
 )
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.errors import (
     ContextBudgetError,
     InvalidArgumentError,
+    InvalidMessageError,
     NotFoundError,
     ToolCallPairingError,
 )
@@ -432,6 +435,7 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
 
     async def attempt(message: Message) -> None:
         before = snapshot(window)
+        own_before = request_own_tokens(window, model) if message.role is not Role.USER else None
         history = len(window.compression_history)
         try:
             record = await window.add(message)
@@ -450,10 +454,12 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
             model.protected.add(message.id)
         if message.role is Role.USER:
             model.latest_user = message.id
+        handed = archive if hook else list(window.evicted_messages)
+        check_newest_request_is_readable(window, model, handed, own_before)
         if record is not None:
             event("compressed" + (" with truncation" if record.truncated_count else ""))
             assert len(window.compression_history) == history + 1
-            originals = {m.id: m for m in (archive if hook else window.evicted_messages)}
+            originals = {m.id: m for m in handed}
             check_compression_target(window, record, originals)
 
     for kind, a, priority, pinned, fraction in ops:
@@ -478,6 +484,7 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
         # The newest user message is always present.
         if model.latest_user is not None:
             assert model.latest_user in ids
+
         # Nothing is lost: every added message is in the window or was handed to the hook/archive,
         # and the full text of a truncated one is there.
         handed = {m.id: m for m in (archive if hook else window.evicted_messages)}
@@ -500,25 +507,101 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
     assert snapshot(window) == before
 
 
+def split_cut(content: str) -> tuple[str, str]:
+    """Head and tail of a text cut by the window (around its "[... N tokens omitted ...]" marker)."""
+    head, _, rest = content.partition("\n[... ")
+    _, _, tail = rest.partition(" tokens omitted ...]\n")
+    return head, tail
+
+
+def request_own_tokens(window: ContextWindow, model: Model) -> int | None:
+    """Tokens of its own text the newest user message has in the window (head + tail when cut)."""
+    if model.latest_user is None:
+        return None
+    kept = window.get(model.latest_user)
+    if TRUNCATED_METADATA_KEY not in kept.metadata:
+        return COUNTER.count(kept.content)
+    head, tail = split_cut(kept.content)
+    return COUNTER.count(head) + COUNTER.count(tail)
+
+
+def check_newest_request_is_readable(
+    window: ContextWindow, model: Model, handed: list[Message], own_before: int | None
+) -> None:
+    """Issue 14.1: the newest user message keeps text from its start and its end; a compression that has
+    the room (what may not be evicted, with the request at a quarter of max_tokens, fits max_tokens)
+    leaves it at least min(its size, max_tokens // 4) tokens of its text, or what it had before."""
+    if model.latest_user is None:
+        return
+    kept = window.get(model.latest_user)
+    if TRUNCATED_METADATA_KEY not in kept.metadata:
+        assert kept.content == model.full_text[kept.id]
+        return
+    event("newest request cut")
+    original = next(m for m in handed if m.id == kept.id)
+    head, tail = split_cut(kept.content)
+    assert head and tail, f"the newest request lost its start or its end: {kept.content!r}"
+    assert original.content.startswith(head) and original.content.endswith(tail)
+    own = COUNTER.count(head) + COUNTER.count(tail)
+    wanted = min(COUNTER.count(original.content), window.max_tokens // 4)
+    if own_before is not None:
+        wanted = min(wanted, own_before)  # a cut made earlier without room cannot grow back
+    if (
+        unavoidable_tokens(window, {original.id: original}, request_as="readable")
+        - min_readable_tokens(original, COUNTER)
+        + request_floor(original, window.max_tokens)
+        <= window.max_tokens
+    ):
+        event("newest request cut with room for a quarter of max_tokens")
+        assert own >= wanted, (own, wanted, kept.content)
+
+
+def request_floor(request: Message, max_tokens: int) -> int:
+    """What the newest user request costs at least when cut: a quarter of max_tokens of its own text
+    (plus the two tokens of slack the window budgets for a cut)."""
+    content = COUNTER.count(request.content)
+    base = request.token_count - content
+    marker = COUNTER.count(f"\n[... {content} tokens omitted ...]\n")
+    quarter = max_tokens // 4
+    if content <= quarter + marker + 2:
+        return request.token_count
+    return max(base + marker + quarter + 2, min_readable_tokens(request, COUNTER))
+
+
+def unavoidable_tokens(window: ContextWindow, originals: dict[str, Message], *, request_as: str) -> int:
+    """What compression may not go below: protected units whole, plus the newest unit, units waiting for
+    tool results and the newest user message cut as far as the rules allow (``request_as="floor"``: the
+    user message keeping a quarter of max_tokens of its text; ``"readable"``: a short head and tail)."""
+    messages = [m for m in window.messages if not is_summary(m)]
+    latest_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
+    units = group_into_units(messages)
+    pending = window.pending_tool_calls
+    unavoidable = REPLY_PRIMING_TOKENS
+    for unit in units:
+        waiting = any(call.id in pending for i in unit.indices for call in messages[i].tool_calls)
+        if unit.protected:  # a unit with a pinned/critical/system message is kept whole
+            unavoidable += unit.tokens
+        elif unit is units[-1] or latest_user in unit.indices or waiting:
+            for i in unit.indices:
+                # a message already cut is measured as the original it came from (its marker counts the
+                # original's omitted tokens, a longer number than a re-cut of the cut copy would show)
+                original = originals.get(messages[i].id, messages[i])
+                if i != latest_user:
+                    unavoidable += min_truncated_tokens(original, COUNTER)
+                elif request_as == "floor":
+                    unavoidable += request_floor(original, window.max_tokens)
+                else:
+                    unavoidable += min_readable_tokens(original, COUNTER)
+    return unavoidable
+
+
 def check_compression_target(
     window: ContextWindow, record: CompressionRecord, originals: dict[str, Message]
 ) -> None:
     if record.tokens_after <= window.target_tokens:
         return
-    # Allowed only when what may not be evicted exceeds the target: protected messages, plus the
-    # latest user message and the newest unit cut to a marker.
-    messages = [m for m in window.messages if not is_summary(m)]
-    latest_user = max((i for i, m in enumerate(messages) if m.role is Role.USER), default=-1)
-    units = group_into_units(messages)
-    unavoidable = REPLY_PRIMING_TOKENS
-    for unit in units:
-        if unit.protected:  # a unit with a pinned/critical/system message is kept whole
-            unavoidable += unit.tokens
-        elif unit is units[-1] or latest_user in unit.indices:
-            # a message already cut is measured as the original it came from (its marker counts the
-            # original's omitted tokens, a longer number than a re-cut of the cut copy would show)
-            cut = [originals.get(messages[i].id, messages[i]) for i in unit.indices]
-            unavoidable += sum(_min_truncated_tokens(message, COUNTER) for message in cut)
+    # Allowed only when what may not be evicted exceeds the target.
+    unavoidable = unavoidable_tokens(window, originals, request_as="floor")
     assert unavoidable > window.target_tokens, (record, unavoidable)
 
 
@@ -569,3 +652,167 @@ async def test_an_add_never_overtakes_adds_queued_behind_a_compression() -> None
     await asyncio.gather(*queued)
     contents = [m.content for m in window.messages]
     assert contents[-4:] == ["queued 0", "queued 1", "queued 2", "late"]
+
+
+# -- issue 14.1: the newest request keeps its text ---------------------------------------------------
+
+
+async def test_newest_request_and_reply_are_cut_in_proportion_keeping_head_and_tail() -> None:
+    """Budget 300, ratio 0.7: a 122-token request and a 121-token reply used to leave the request a bare
+    marker while the reply stayed nearly whole, and the summary quoted an older request."""
+    window = ContextWindow(max_tokens=300, compression_ratio=0.7)
+    for i in range(19):
+        await window.add(Message.create("user" if i % 2 == 0 else "assistant", f"m{i} short note"))
+    request = Message.create("user", "REQUEST START " + text_of(115, 1) + " REQUEST END")
+    await window.add(request)
+    reply = Message.create("assistant", "REPLY START " + text_of(115, 2) + " REPLY END")
+    record = await window.add(reply)
+    assert record is not None and record.truncated_count == 2
+    assert window.token_count <= window.target_tokens
+    own = {}
+    for original, start, end in (
+        (request, "REQUEST START", "REQUEST END"),
+        (reply, "REPLY START", "REPLY END"),
+    ):
+        head, tail = split_cut(window.get(original.id).content)
+        assert head.startswith(start) and tail.endswith(end), window.get(original.id).content
+        own[original.id] = COUNTER.count(head) + COUNTER.count(tail)
+    assert own[request.id] >= min(COUNTER.count(request.content), window.max_tokens // 4)
+    assert own[reply.id] >= 2 * 8  # the reply keeps a real head and tail too
+    summary = window.summary
+    assert summary is not None
+    request_line = next(
+        line for line in summary.content.splitlines() if line.startswith("Latest user request")
+    )
+    assert request_line.startswith(
+        "Latest user request (shown cut below; full text in memory): REQUEST START"
+    )
+    assert_invariants(window)
+
+
+async def test_summary_names_the_real_latest_request_when_it_stays_whole() -> None:
+    window = ContextWindow(max_tokens=400, compression_ratio=0.5)
+    for i in range(12):
+        await window.add(
+            Message.create("user" if i % 2 == 0 else "assistant", f"older turn {i} " + text_of(20, i))
+        )
+    await window.add(Message.create("user", "What is the status of invoice 4471?"))
+    await window.add(Message.create("assistant", "Checking. " + text_of(120)))
+    summary = window.summary
+    assert summary is not None
+    assert "Latest user request: What is the status of invoice 4471?" in summary.content
+
+
+# -- issue 18: cancellation, hooks, reserved keys, immutable messages ------------------------------
+
+
+async def test_cancelled_add_still_hands_its_evicted_messages_over() -> None:
+    """Issue 18.1: cancelling an add while the hook stored its evicted messages used to lose them."""
+    received: list[Message] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_hook(messages: list[Message]) -> None:
+        started.set()
+        await release.wait()
+        received.extend(messages)
+
+    window = ContextWindow(max_tokens=200, eviction_hook=slow_hook)
+    added = []
+    for i in range(9):
+        message = Message.create("user", text_of(15, i))
+        added.append(message.id)
+        await window.add(message)
+    trigger = asyncio.ensure_future(window.add(Message.create("user", text_of(60))))
+    await started.wait()
+    trigger.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trigger
+    evicted = {m.id for m in window.evicted_messages}
+    assert evicted and evicted <= set(added)  # held in process while the hook works
+    assert set(added) <= evicted | {m.id for m in window.messages}
+    release.set()
+    await window.flush()
+    assert not window.evicted_messages
+    assert {m.id for m in received} == evicted
+
+
+async def test_eviction_hook_may_add_messages_to_the_window() -> None:
+    """Issue 18.11: a hook that called window.add deadlocked (the window's lock was held)."""
+    window = ContextWindow(max_tokens=200)
+    notes: list[str] = []
+
+    async def hook(messages: list[Message]) -> None:
+        note = Message.create("assistant", f"(archived {len(messages)} messages)", priority="low")
+        notes.append(note.id)
+        await window.add(note)
+
+    window.set_eviction_hook(hook)
+
+    async def conversation() -> None:
+        for i in range(30):
+            await window.add(Message.create("user", text_of(15, i)))
+
+    await asyncio.wait_for(conversation(), timeout=30)
+    assert notes and window.compression_history
+    assert_invariants(window)
+
+
+async def test_reserved_metadata_keys_are_rejected() -> None:
+    """Issue 18.11: a message carrying the summary key was taken for the summary (two: one dropped)."""
+    window = ContextWindow(max_tokens=500)
+    await window.add(Message.create("user", "hello"))
+    before = snapshot(window)
+    for key in (SUMMARY_METADATA_KEY, TRUNCATED_METADATA_KEY):
+        with pytest.raises(InvalidMessageError, match=f"metadata.{key}: got 3; allowed no value"):
+            await window.add(Message.create("user", "hello again", metadata={key: 3}))
+    assert snapshot(window) == before
+
+
+async def test_messages_are_immutable_so_the_token_total_stays_exact() -> None:
+    """Issue 18.11: `.messages` handed out live objects; changing one made the running total wrong."""
+    window = ContextWindow(max_tokens=500)
+    message = Message.create("user", "short")
+    await window.add(message)
+    await window.add(
+        Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f", arguments={"q": 1})])
+    )
+    total = window.token_count
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        window.messages[0].content = text_of(300)  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.pinned = True  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        window.messages[1].tool_calls.append(ToolCall(id="c2", name="g"))  # type: ignore[attr-defined]
+    assert window.token_count == total
+    assert_invariants(window)
+    window.pin(message.id)
+    assert window.get(message.id).pinned and not message.pinned  # pinning replaced the window's copy
+    assert window.pinned_count == 1
+
+
+async def test_a_pin_made_while_the_summarizer_runs_is_honoured() -> None:
+    summarizer = ScriptedSummarizer(hang=True)
+    window = ContextWindow(max_tokens=200, summarizer=summarizer, summarizer_timeout=5.0)
+    first = Message.create("user", "remember: " + text_of(12))
+    await window.add(first)
+    for i in range(8):
+        await window.add(Message.create("user", text_of(15, i)))
+    trigger = asyncio.ensure_future(window.add(Message.create("user", text_of(60))))
+    await summarizer.started.wait()
+    window.pin(first.id)  # the plan in flight evicts it: the window plans again
+    summarizer.release()
+    await trigger
+    assert window.get(first.id).pinned
+    assert_invariants(window)
+
+
+async def test_summary_cannot_be_pinned() -> None:
+    window = ContextWindow(max_tokens=150)
+    for i in range(20):
+        await window.add(Message.create("user", text_of(15, i)))
+    summary = window.summary
+    assert summary is not None
+    with pytest.raises(
+        InvalidArgumentError, match="message_id: got .*allowed the id of a conversation message"
+    ):
+        window.pin(summary.id)

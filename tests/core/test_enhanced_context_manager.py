@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import stat
 import time
 from pathlib import Path
@@ -343,3 +345,61 @@ async def test_pin_and_compress_context(tmp_path: Path) -> None:
         assert kept_id in {m.id for m in manager.messages}
         manager.unpin_message(kept_id)
         assert not manager.context_window.get(kept_id).pinned
+
+
+# -- evicted messages: handed over before the commit, written off the add_message path -----------------
+
+
+def message_ids_in(path: Path) -> set[str]:
+    return {json.loads(line)["metadata"].get("message_id") for line in path.read_text().splitlines()}
+
+
+async def exported_message_ids(config: ContextManagerConfig, path: Path) -> set[str]:
+    from context_manager.core.memory.manager import MemoryManager
+
+    async with MemoryManager(config) as memory:
+        await memory.export_memories(path)
+    return await asyncio.to_thread(message_ids_in, path)
+
+
+async def test_a_cancelled_add_message_loses_no_evicted_message(tmp_path: Path) -> None:
+    """Issue 18.1: cancelled while its evicted messages were written to memory, they were lost."""
+    config = make_config(tmp_path, max_tokens=6000, compression_ratio=0.3)
+    manager = EnhancedContextManager(config)
+    await manager.initialize()
+    added = []
+    while manager.get_context_summary()["token_count"] < 5900:  # the next add evicts over a hundred
+        role = "user" if len(added) % 2 == 0 else "assistant"
+        await manager.add_message(role, f"turn {len(added)} " + "words " * 30)
+        added.append(manager.messages[-1].id)
+    assert not manager.compression_history
+    task = asyncio.create_task(manager.add_message("user", "one more " * 120))
+    # step the loop one callback at a time until the compression has committed
+    while not manager.compression_history and not task.done():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    task.cancel()  # mid-write on the old code; a no-op once add_message has returned
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    evicted = [message_id for message_id in added if message_id not in {m.id for m in manager.messages}]
+    assert len(evicted) > 100
+    await manager.cleanup()
+    assert set(evicted) <= await exported_message_ids(config, tmp_path / "export.jsonl")
+
+
+async def test_evicted_messages_are_indexed_in_the_background(tmp_path: Path) -> None:
+    """Issue 14.2: add_message no longer waits for memory; search and flush wait for the writer."""
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=400)) as manager:
+        await manager.add_message("user", "The vault code is 7341, remember it.")
+        fact = manager.messages[-1].id
+        await manager.add_message("user", "Now, about something else.")
+        while not manager.compression_history:
+            await manager.add_message("assistant", "Noted. " + "filler words " * 20)
+        # the add that compressed returned before memory saw the evicted messages: they wait in the queue
+        queued = {m.id for m in manager.context_window.evicted_messages}
+        assert fact in queued
+        assert manager.get_context_summary()["archived_evicted_count"] == len(queued)
+        found = await manager.search_memory("vault code", limit=3)  # waits for the writer first
+        assert found and found[0].metadata["message_id"] == fact
+        await manager.add_message("user", "And the door code? " + "more words " * 60)
+        await manager.flush()
+        assert not manager.context_window.evicted_messages

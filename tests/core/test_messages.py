@@ -47,7 +47,7 @@ def test_tool_calls_from_provider_shapes() -> None:
     openai_call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
     anthropic_call = {"type": "tool_use", "id": "toolu_1", "name": "g", "input": {"b": 2}}
     message = Message.create("assistant", "", tool_calls=[openai_call, anthropic_call])
-    assert message.tool_calls == [ToolCall("call_1", "f", {"a": 1}), ToolCall("toolu_1", "g", {"b": 2})]
+    assert message.tool_calls == (ToolCall("call_1", "f", {"a": 1}), ToolCall("toolu_1", "g", {"b": 2}))
     with pytest.raises(InvalidMessageError, match="arguments"):
         Message.create(
             "assistant", "", tool_calls=[{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]

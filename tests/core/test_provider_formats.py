@@ -9,11 +9,13 @@ from context_manager.core.errors import InvalidArgumentError, InvalidMessageErro
 from context_manager.core.messages import Message, ToolCall
 from context_manager.core.provider_formats import (
     ANTHROPIC_CONTINUATION_TEXT,
+    paired_for_provider,
     parse_tool_calls,
     to_anthropic_messages,
     to_openai_messages,
     to_provider_format,
 )
+from tests.provider_rules import anthropic_violations, openai_violations
 
 
 def tool_conversation() -> list[Message]:
@@ -63,7 +65,8 @@ def test_openai_export() -> None:
 
 def test_openai_assistant_with_only_tool_calls_has_null_content() -> None:
     message = Message.create("assistant", "", tool_calls=[ToolCall(id="c", name="f")])
-    assert to_openai_messages([message])[0]["content"] is None
+    result = Message.create("tool", "done", tool_call_id="c")
+    assert to_openai_messages([message, result])[0]["content"] is None
 
 
 def test_anthropic_export() -> None:
@@ -189,3 +192,42 @@ def test_parse_tool_calls_rejects_bad_arguments() -> None:
         parse_tool_calls(bad)
     with pytest.raises(InvalidMessageError, match="response: got 42"):
         parse_tool_calls(42)
+
+
+# -- issue 18.2: exports follow the pairing rules whatever the message order -------------------------
+
+
+def test_results_move_next_to_their_call_and_pending_calls_are_left_out() -> None:
+    call = Message.create(
+        "assistant", "Checking both.", tool_calls=[ToolCall(id="a", name="f"), ToolCall(id="b", name="g")]
+    )
+    interleaved = [
+        Message.create("user", "Do two things."),
+        call,
+        Message.create("user", "Also this."),
+        Message.create("tool", "result a", tool_call_id="a"),
+    ]
+    openai = to_openai_messages(interleaved)
+    assert [m["role"] for m in openai] == ["user", "assistant", "tool", "user"]
+    assert [c["id"] for c in openai[1]["tool_calls"]] == ["a"]  # "b" has no result yet: left out
+    assert openai_violations(openai) == []
+    anthropic = to_anthropic_messages(interleaved)
+    assert anthropic_violations(anthropic) == []
+    assert [b["type"] for b in anthropic["messages"][2]["content"]] == ["tool_result", "text"]
+
+
+def test_an_assistant_message_of_pending_calls_only_and_orphan_results_are_left_out() -> None:
+    messages = [
+        Message.create("user", "Go."),
+        Message.create("assistant", "", tool_calls=[ToolCall(id="p", name="f")]),
+        Message.create("tool", "from nowhere", tool_call_id="missing"),
+    ]
+    assert to_openai_messages(messages) == [{"role": "user", "content": "Go."}]
+    assert to_anthropic_messages(messages)["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Go."}]}
+    ]
+
+
+def test_well_formed_messages_come_back_unchanged() -> None:
+    messages = tool_conversation()
+    assert paired_for_provider(messages) == messages

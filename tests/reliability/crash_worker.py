@@ -233,6 +233,7 @@ async def evict_loop(storage: str, seed: int) -> None:
             role = "user" if number % 2 else "assistant"
             emit("BEGIN")
             await manager.add_message(role, sentence(rng, marker, rng.randint(5, 60)))
+            await manager.flush()  # evicted messages are written in the background; flush acknowledges them
             emit("END")
             in_window = {message.id for message in manager.messages}
             new = [message for message in manager.messages if message.id not in markers]

@@ -668,6 +668,7 @@ def test_secret_tool_arguments_are_redacted_from_history_and_stats(
             for index in range(40):
                 await manager.add_message("user", f"later message {index} " + "words " * 10)
             assert manager.compression_history
+            await manager.flush()  # what compression evicted is written to memory in the background
             export = tmp_path / "export.jsonl"
             await manager.memory_manager.export_memories(export)
             stored = export.read_text(encoding="utf-8")

@@ -5,17 +5,31 @@ total, so adding a message is O(1). When an add would exceed ``max_tokens`` the 
 ``max_tokens * compression_ratio`` (the gap between the two is hysteresis: compressions are rare and the
 exported prefix stays byte-identical between them, so provider prompt caches keep hitting):
 
-* system, pinned and critical messages, the latest user message and the newest unit are kept;
+* system, pinned and critical messages, the latest user message, the newest unit and units waiting for
+  tool results are kept;
 * whole units (an assistant tool call with all its results, or one message) are evicted, lowest priority
   first and oldest first within a priority;
 * one rolling summary message replaces what was evicted (a later compression folds it in again);
-* a message larger than the budget on its own is kept as head + tail with a visible marker.
+* when the kept messages are still too large they are cut to head + marker + tail in proportion, the
+  newest user request keeping at least ``min(its size, max_tokens // 4)`` tokens of its own text.
 
-Evicted messages (and the full text of truncated ones) go to the eviction hook
-(:meth:`ContextWindow.set_eviction_hook`); until one is set they are kept in
-:attr:`ContextWindow.evicted_messages` so nothing is lost. After every public call the window holds
-at most ``max_tokens`` tokens, every tool result has its call, and a rejected call leaves everything as
-it was.
+The units are kept up to date as messages come and go (:class:`~context_manager.core.compression.UnitIndex`),
+so a compression costs about as much as what it evicts, not as much as the window holds.
+
+State changes have one commit point each, with no ``await`` inside: :meth:`ContextWindow._commit_append`
+(a message enters), :meth:`ContextWindow._commit_compression` (a compression's plan and summary) and
+:meth:`ContextWindow._commit_pin` (a pin changes). A compression puts what it evicts (and the full text of
+what it cuts) into the window's :class:`~context_manager.core.eviction.EvictedQueue` in its commit, so a
+cancelled add never loses them; they leave the queue when a consumer (the eviction hook, or the
+``EnhancedContextManager``'s background memory writer) acknowledges them. Until then they are in
+:attr:`ContextWindow.evicted_messages`.
+
+A tool result always sits right after its call: a result arriving after other messages (a user spoke
+while the tools ran) is placed after its call's unit, not at the end.
+
+Messages are immutable, so :attr:`ContextWindow.messages` hands out the window's own objects safely.
+After every public call the window holds at most ``max_tokens`` tokens, every tool result has its call,
+and a rejected call leaves everything as it was.
 
 Example:
     >>> window = ContextWindow(max_tokens=1000)
@@ -27,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import time
@@ -35,22 +50,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from context_manager.core.compression import (
+    MIN_SUMMARY_TOKENS,
     SUMMARY_METADATA_KEY,
     TRUNCATED_METADATA_KEY,
-    CompressionPlan,
+    EvictionDecision,
     ExtractiveSummarizer,
     Summarizer,
-    is_summary,
-    plan_compression,
+    UnitIndex,
+    decide_eviction,
 )
+from context_manager.core.compression.planning import cut_messages
 from context_manager.core.errors import (
     ContextBudgetError,
     InvalidArgumentError,
+    InvalidMessageError,
     NotFoundError,
     SummarizerError,
     SummarizerUnavailableError,
     ToolCallPairingError,
 )
+from context_manager.core.eviction import EvictedQueue
 from context_manager.core.messages import Message, Role
 from context_manager.core.tokens import (
     REPLY_PRIMING_TOKENS,
@@ -59,16 +78,22 @@ from context_manager.core.tokens import (
     truncate_to_tokens,
 )
 
-__all__ = ["CompressionRecord", "ContextWindow", "EvictionHook"]
+__all__ = ["RESERVED_METADATA_KEYS", "CompressionRecord", "ContextWindow", "EvictionHook"]
 
 logger = logging.getLogger(__name__)
 
 EvictionHook = Callable[[list[Message]], Awaitable[None] | None]
 """A callback receiving the messages a compression removed (full text of truncated ones); sync or async."""
 
+RESERVED_METADATA_KEYS = frozenset({SUMMARY_METADATA_KEY, TRUNCATED_METADATA_KEY})
+"""Metadata keys only the window sets (on its summary and on the messages it cuts)."""
+
 STRATEGY_EXTRACTIVE = "extractive"
 STRATEGY_CUSTOM = "custom"
 STRATEGY_FALLBACK = "custom_failed_fallback_extractive"
+
+_OFF_LOOP_CHARS = 100_000  # texts longer than this are counted and cut in a worker thread (~5 ms and more)
+_set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
 @dataclass(slots=True)
@@ -123,6 +148,21 @@ class _Outcome:
     text: str
     strategy: str
     error: str | None = None
+
+
+@dataclass(slots=True)
+class _Compression:
+    """A compression ready to commit: the plan, its cuts made, its summary written."""
+
+    decision: EvictionDecision
+    evicted: list[Message]
+    """Evicted messages in conversation order."""
+    cuts: list[tuple[Message, Message]]
+    """(original, cut copy) of each message cut, in window order."""
+    summary: Message | None
+    outcome: _Outcome
+    kept_tokens: int
+    """Body tokens after (priming included, summary excluded)."""
 
 
 class ContextWindow:
@@ -185,15 +225,16 @@ class ContextWindow:
         self._summarizer_timeout = float(summarizer_timeout)
         self.enable_compression = enable_compression
         """Whether a full window compresses (``True``) or rejects the add (``False``)."""
-        self._messages: list[Message] = []
-        self._by_id: dict[str, Message] = {}
-        self._tokens = 0  # sum of the messages' token counts; the priming is added by token_count
-        self._pending_calls: dict[str, str] = {}  # unanswered tool call id -> id of the assistant message
-        self._call_ids: set[str] = set()  # every tool call id present in the window
+        self._messages: list[Message] = []  # in order, the summary included
+        self._by_id: dict[str, Message] = {}  # the summary included
+        self._index = UnitIndex()  # the units of every message but the summary
+        self._summary: Message | None = None
+        self._summary_tokens = 0
         self._lock = asyncio.Lock()
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
-        self._archive: list[Message] = []
+        self._evicted = EvictedQueue()
+        self._deliveries: set[asyncio.Task[None]] = set()
         self.compression_history: list[CompressionRecord] = []
         """One record per compression, oldest first."""
         if eviction_hook is not None:
@@ -219,30 +260,39 @@ class ContextWindow:
     @property
     def token_count(self) -> int:
         """Tokens the window costs in a prompt: every message plus the reply priming (0 when empty)."""
-        return self._tokens + REPLY_PRIMING_TOKENS if self._messages else 0
+        if not self._messages:
+            return 0
+        return self._index.tokens + self._summary_tokens + REPLY_PRIMING_TOKENS
 
     @property
     def messages(self) -> tuple[Message, ...]:
-        """The messages in order (a snapshot)."""
+        """The messages in order: a snapshot of immutable messages (the window's later changes don't show)."""
         return tuple(self._messages)
 
     @property
     def summary(self) -> Message | None:
         """The rolling summary message, if a compression wrote one."""
-        for message in self._messages:
-            if is_summary(message):
-                return message
-        return None
+        return self._summary
 
     @property
     def pending_tool_calls(self) -> frozenset[str]:
         """Ids of tool calls in the window that have no result yet."""
-        return frozenset(self._pending_calls)
+        return frozenset(self._index.pending_calls)
+
+    @property
+    def pinned_count(self) -> int:
+        """How many messages in the window are pinned."""
+        return sum(1 for message in self._messages if message.pinned)
 
     @property
     def evicted_messages(self) -> tuple[Message, ...]:
-        """Evicted messages kept in process because no eviction hook took them (oldest first)."""
-        return tuple(self._archive)
+        """Evicted messages no consumer (hook, the manager's memory writer) has stored yet, oldest first."""
+        return tuple(self._evicted)
+
+    @property
+    def evicted_queue(self) -> EvictedQueue:
+        """The queue of evicted messages waiting for a consumer (what a background writer drains)."""
+        return self._evicted
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -264,12 +314,15 @@ class ContextWindow:
     # -- eviction hook --------------------------------------------------------------------------------
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:
-        """Send evicted messages to ``hook`` from now on (``None``: keep them in :attr:`evicted_messages`).
+        """Send evicted messages to ``hook`` from now on (``None``: leave them in :attr:`evicted_messages`).
 
         The hook receives, after each compression, the list of evicted messages in conversation order,
         with the full original of any message the window kept as head + tail. It may be a plain function
-        or a coroutine function; it runs before the add that triggered the compression returns. If it
-        raises, the messages go to :attr:`evicted_messages` instead and a warning is logged.
+        or a coroutine function; the add that triggered the compression calls it after releasing the
+        window (so the hook may add messages to this window: they come after) and waits for it. If that
+        add is cancelled, the hook still runs to the end (:meth:`flush` waits for it). If the hook raises,
+        the messages stay in :attr:`evicted_messages` and a warning is logged. Until the hook returns, the
+        messages it was given are in :attr:`evicted_messages` too.
 
         Raises:
             InvalidArgumentError: ``hook`` is not callable.
@@ -279,117 +332,166 @@ class ContextWindow:
         self._hook = hook
 
     def take_evicted(self) -> list[Message]:
-        """Return the archived evicted messages and empty the archive (to hand them to a store later)."""
-        archived, self._archive = self._archive, []
-        return archived
+        """Return the evicted messages no consumer is handling and remove them (to store them yourself)."""
+        return self._evicted.take_all()
 
-    async def _deliver_evicted(self, evicted: list[Message]) -> None:
-        if not evicted:
-            return
+    async def flush(self) -> None:
+        """Wait for the eviction-hook deliveries still running (those of cancelled adds)."""
+        while self._deliveries:
+            await asyncio.gather(*tuple(self._deliveries), return_exceptions=True)
+
+    def _start_delivery(self, tickets: list[int]) -> asyncio.Task[None] | None:
+        """Start handing ``tickets`` (claimed for us) to the hook in an owned task; None without a hook."""
         hook = self._hook
-        if hook is None:
-            self._archive.extend(evicted)
-            return
+        if hook is None or not tickets:
+            return None
+        task = asyncio.get_running_loop().create_task(self._deliver(hook, tickets))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    async def _deliver(self, hook: EvictionHook, tickets: list[int]) -> None:
+        queue = self._evicted
         try:
-            result = hook(evicted)
+            result = hook(queue.messages_of(tickets))
             if inspect.isawaitable(result):
                 await result
         except Exception as error:  # the hook's failure must not lose messages or break the add
+            queue.release(tickets)
             # the error's text may quote message content: only its type at WARNING (payloads at DEBUG only)
             kind = type(error).__name__
-            logger.warning("eviction hook failed (%s); %d messages archived in process", kind, len(evicted))
+            logger.warning("eviction hook failed (%s); %d messages kept in process", kind, len(tickets))
             logger.debug("eviction hook failure: %s", error)
-            self._archive.extend(evicted)
+            return
+        except BaseException:
+            queue.release(tickets)
+            raise
+        queue.acknowledge(tickets)
 
     # -- pins -----------------------------------------------------------------------------------------
 
     def pin(self, message_id: str) -> None:
-        """Pin a message so compression never evicts it.
+        """Pin a message so compression never evicts it (the window's copy is replaced by a pinned one).
 
-        Takes effect from the next compression (one already awaiting its summarizer keeps its plan).
+        A compression already awaiting its summarizer plans again if it meant to evict or cut it.
 
         Raises:
             NotFoundError: no message in the window has this id.
+            InvalidArgumentError: the id is the rolling summary's (each compression replaces it).
         """
-        self.get(message_id).pinned = True
+        self._commit_pin(message_id, True)
 
     def unpin(self, message_id: str) -> None:
         """Unpin a message so compression may evict it again.
 
         Raises:
             NotFoundError: no message in the window has this id.
+            InvalidArgumentError: the id is the rolling summary's.
         """
-        self.get(message_id).pinned = False
+        self._commit_pin(message_id, False)
+
+    def _commit_pin(self, message_id: str, pinned: bool) -> None:
+        """Commit point: a pin changes (the only way ``pinned`` changes in the window)."""
+        current = self.get(message_id)
+        if current is self._summary:
+            raise InvalidArgumentError(
+                "message_id",
+                message_id,
+                "the id of a conversation message (the rolling summary is replaced "
+                "by every compression, so it cannot be pinned)",
+            )
+        if current.pinned is pinned:
+            return
+        copy = dataclasses.replace(current, pinned=pinned)
+        self._index.replace(current, copy)
+        self._messages[self._position_of(current)] = copy
+        self._by_id[message_id] = copy
+
+    def _position_of(self, message: Message) -> int:
+        """Index of ``message`` (this very object) in the list, searching from the newest end."""
+        messages = self._messages
+        for position in range(len(messages) - 1, -1, -1):
+            if messages[position] is message:
+                return position
+        raise NotFoundError("message", message.id)  # pragma: no cover - callers pass window messages
 
     # -- adding ---------------------------------------------------------------------------------------
 
-    def _validate(self, message: Message) -> int:
-        """Check ``message`` against the window (nothing mutated) and return its token count."""
+    def _check(self, message: Message) -> None:
+        """Check ``message`` against the window (nothing mutated; the count comes separately)."""
         if not isinstance(message, Message):
             raise InvalidArgumentError("message", message, "a Message (use Message.create)")
         if message.id in self._by_id:
             raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
+        if message.metadata and not RESERVED_METADATA_KEYS.isdisjoint(message.metadata):
+            key = min(RESERVED_METADATA_KEYS.intersection(message.metadata))
+            raise InvalidMessageError(
+                f"metadata.{key}",
+                message.metadata[key],
+                "no value: keys "
+                + ", ".join(map(repr, sorted(RESERVED_METADATA_KEYS)))
+                + " are set by the window on its own summary and cut messages",
+            )
         if message.role is Role.TOOL:
-            if message.tool_call_id not in self._pending_calls:
-                pending = ", ".join(sorted(self._pending_calls)) or "none pending"
+            pending = self._index.pending_calls
+            if message.tool_call_id not in pending:
+                listed = ", ".join(sorted(pending)) or "none pending"
                 raise ToolCallPairingError(
                     "tool_call_id",
                     message.tool_call_id,
-                    f"the id of an unanswered tool call in the window ({pending})",
+                    f"the id of an unanswered tool call in the window ({listed})",
                 )
         elif message.tool_calls:
             for call in message.tool_calls:
-                if call.id in self._call_ids:
+                if self._index.has_call(call.id):
                     raise ToolCallPairingError(
                         "tool_calls[].id", call.id, "an id not used by another tool call in the window"
                     )
-        return self._counter.count_message(message)
 
-    def _append(self, message: Message, tokens: int) -> None:
-        message.token_count = tokens
-        self._messages.append(message)
+    def _commit_append(self, message: Message, tokens: int) -> None:
+        """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
+        _set(message, "token_count", tokens)
+        unit = self._index.add(message)
+        messages = self._messages
+        if message.role is Role.TOOL and len(unit.messages) > 1:
+            previous = unit.messages[-2]
+            if messages[-1] is not previous:  # someone spoke while the tools ran: keep the pair together
+                messages.insert(self._position_of(previous) + 1, message)
+                self._by_id[message.id] = message
+                return
+        messages.append(message)
         self._by_id[message.id] = message
-        self._tokens += tokens
-        if message.role is Role.TOOL:
-            del self._pending_calls[message.tool_call_id]  # type: ignore[arg-type]
-        elif message.tool_calls:
-            for call in message.tool_calls:
-                self._pending_calls[call.id] = message.id
-                self._call_ids.add(call.id)
 
     async def add(self, message: Message) -> CompressionRecord | None:
         """Append ``message``, compressing first if the window would exceed ``max_tokens``.
+
+        A tool result goes right after its call's unit (after messages added while the tools ran, it is
+        placed before them). The window takes the message as it is: messages are immutable.
 
         Returns:
             The record of the compression this add triggered, or ``None``.
 
         Raises:
             InvalidArgumentError: ``message`` is not a ``Message`` or its id is already in the window.
+            InvalidMessageError: its metadata uses a key the window reserves for itself.
             ToolCallPairingError: a tool message answers no unanswered call, or a call id is reused.
             ContextBudgetError: the message does not fit and compression is disabled, or protected
                 messages cannot fit in ``max_tokens``.
         """
         if self._lock.locked() or self._queued:  # a compression is in flight: queue behind it, in order
             return await self._add_queued(message)
-        if type(message) is Message and not message.tool_calls and message.role is not Role.TOOL:
-            # The hot path, inlined: a plain message that fits. O(1), no await before the mutation.
-            by_id = self._by_id
-            if message.id in by_id:
-                raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
-            tokens = self._counter.count_message(message)
-            if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
-                message.token_count = tokens
-                self._messages.append(message)
-                by_id[message.id] = message
-                self._tokens += tokens
-                return None
-        else:
-            tokens = self._validate(message)
-            if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
-                self._append(message, tokens)
-                return None
+        self._check(message)
+        if len(message.content) > _OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
+            return await self._add_queued(message)
+        tokens = self._counter.count_message(message)
+        if self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
+            self._commit_append(message, tokens)  # the hot path: O(1), no await before the commit
+            return None
         async with self._lock:
-            return await self._add_locked(message, tokens)
+            record, delivery = await self._add_locked(message, tokens)
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        return record
 
     async def _add_queued(self, message: Message) -> CompressionRecord | None:
         # Counted while waiting, so an add arriving after the lock is released (but before the waiters
@@ -400,28 +502,38 @@ class ContextWindow:
         finally:
             self._queued -= 1
         try:
-            return await self._add_locked(message)
+            record, delivery = await self._add_locked(message)
         finally:
             self._lock.release()
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        return record
 
-    async def _add_locked(self, message: Message, tokens: int | None = None) -> CompressionRecord | None:
+    async def _count(self, message: Message) -> int:
+        if len(message.content) > _OFF_LOOP_CHARS:
+            return await asyncio.to_thread(self._counter.count_message, message)
+        return self._counter.count_message(message)
+
+    async def _add_locked(
+        self, message: Message, tokens: int | None = None
+    ) -> tuple[CompressionRecord | None, asyncio.Task[None] | None]:
         if tokens is None:
-            tokens = self._validate(message)
-        if self._tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
-            self._append(message, tokens)
-            return None
+            self._check(message)
+            tokens = await self._count(message)  # the lock is held: nothing the check read can change
+        total = self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS
+        if total <= self._max_tokens:
+            self._commit_append(message, tokens)
+            return None, None
         if not self.enable_compression:
-            needed = self._tokens + tokens + REPLY_PRIMING_TOKENS
             raise ContextBudgetError(
-                f"max_tokens: got {self._max_tokens}; allowed at least {needed} to add this message "
+                f"max_tokens: got {self._max_tokens}; allowed at least {total} to add this message "
                 f"({tokens} tokens to a window of {self.token_count}); compression is disabled, "
                 "so the message was not added",
-                required_tokens=needed,
+                required_tokens=total,
                 max_tokens=self._max_tokens,
             )
-        message.token_count = tokens
-        candidate = [*self._messages, message]
-        return await self._compress(candidate, self.target_tokens)
+        _set(message, "token_count", tokens)
+        return await self._compress(message, self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
         """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if already below it.
@@ -437,48 +549,29 @@ class ContextWindow:
         async with self._lock:
             if self.token_count <= target_tokens:
                 return None
-            return await self._compress(list(self._messages), min(target_tokens, self._max_tokens))
+            record, delivery = await self._compress(None, min(target_tokens, self._max_tokens))
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        return record
 
-    async def _compress(self, candidate: list[Message], target: int) -> CompressionRecord:
+    # -- compressing ----------------------------------------------------------------------------------
+
+    async def _compress(
+        self, extra: Message | None, target: int
+    ) -> tuple[CompressionRecord, asyncio.Task[None] | None]:
+        """Plan, cut, summarize, then commit at once; ``extra`` is the message being added, if any."""
         started = time.perf_counter()
-        tokens_before = sum(m.token_count for m in candidate) + REPLY_PRIMING_TOKENS
-        plan = plan_compression(
-            candidate,
-            target_tokens=target,
-            max_tokens=self._max_tokens,
-            counter=self._counter,
-            summary_max_tokens=self._summary_max_tokens,
-        )  # raises ContextBudgetError before anything changes
-        summary, outcome = await self._make_summary(plan)
-        kept = plan.kept
-        total = plan.kept_tokens - REPLY_PRIMING_TOKENS
-        if summary is not None:
-            kept.insert(plan.summary_index, summary)
-            total += summary.token_count
-
-        # Commit: from here on nothing can fail.
-        self._messages = kept
-        self._tokens = total
-        self._rebuild_indexes()
-        record = CompressionRecord(
-            tokens_before=tokens_before,
-            tokens_after=self.token_count,
-            messages_before=len(candidate),
-            messages_after=len(kept),
-            removed_count=len(plan.evicted),
-            truncated_count=len(plan.truncated),
-            summary_tokens=summary.token_count if summary is not None else 0,
-            duration_ms=(time.perf_counter() - started) * 1000.0,
-            timestamp=time.time(),
-            strategy=outcome.strategy,
-            target_tokens=target,
-            error=outcome.error,
-        )
-        self.compression_history.append(record)
-        handed_over = [m for m in plan.evicted if TRUNCATED_METADATA_KEY not in m.metadata]
-        handed_over.extend(m for m in plan.truncated if TRUNCATED_METADATA_KEY not in m.metadata)
-        await self._deliver_evicted(handed_over)
-        record.duration_ms = (time.perf_counter() - started) * 1000.0
+        extra_tokens = extra.token_count if extra is not None else 0
+        tokens_before = self._index.tokens + self._summary_tokens + extra_tokens + REPLY_PRIMING_TOKENS
+        messages_before = len(self._messages) + (extra is not None)
+        while True:
+            prepared = await self._prepare(extra, target)  # raises ContextBudgetError before any change
+            if self._still_current(prepared):
+                break
+            # a pin replaced a message this plan evicts or cuts while the summarizer ran: plan again
+            logger.debug("a pin changed during a compression; planning again")
+        tickets = self._commit_compression(prepared, extra, started, tokens_before, messages_before, target)
+        record = self.compression_history[-1]
         logger.debug(
             "compressed %d -> %d tokens (%d evicted, %d truncated, %s)",
             record.tokens_before,
@@ -487,49 +580,185 @@ class ContextWindow:
             record.truncated_count,
             record.strategy,
         )
-        return record
+        return record, self._start_delivery(tickets)
 
-    def _rebuild_indexes(self) -> None:
-        self._by_id = {m.id: m for m in self._messages}
-        self._call_ids = {call.id for m in self._messages for call in m.tool_calls}
-        answered = {m.tool_call_id for m in self._messages if m.role is Role.TOOL}
-        self._pending_calls = {
-            call.id: m.id for m in self._messages for call in m.tool_calls if call.id not in answered
-        }
+    async def _prepare(self, extra: Message | None, target: int) -> _Compression:
+        decision = decide_eviction(
+            self._index,
+            extra,
+            target_tokens=target,
+            max_tokens=self._max_tokens,
+            counter=self._counter,
+            summary_max_tokens=self._summary_max_tokens,
+        )
+        units = sorted(decision.evicted_units, key=lambda unit: unit.seq)
+        evicted = [message for unit in units for message in unit.messages]
+        cuts = decision.cuts
+        if any(len(message.content) > _OFF_LOOP_CHARS for message, _ in cuts):
+            replacements = await asyncio.to_thread(cut_messages, cuts, self._counter)
+        else:
+            replacements = cut_messages(cuts, self._counter)
+        pairs = [(original, replacements[original.id]) for original, _ in cuts if original.id in replacements]
+        kept_tokens = decision.total - sum(
+            original.token_count - copy.token_count for original, copy in pairs
+        )
+        previous = self._summary
+        budget = 0
+        if evicted or previous is not None:
+            budget = min(self._summary_max_tokens, decision.goal - kept_tokens)
+            if budget < MIN_SUMMARY_TOKENS:
+                budget = 0
+        request = decision.latest_request
+        request_is_cut = request is not None and (
+            request.id in replacements or TRUNCATED_METADATA_KEY in request.metadata
+        )
+        inputs = evicted if previous is None else [previous, *evicted]
+        summary, outcome = await self._make_summary(
+            inputs, budget, len(evicted), previous, request, request_is_cut
+        )
+        return _Compression(decision, evicted, pairs, summary, outcome, kept_tokens)
 
-    async def _make_summary(self, plan: CompressionPlan) -> tuple[Message | None, _Outcome]:
+    def _still_current(self, prepared: _Compression) -> bool:
+        """False if a pin replaced a message the plan evicts or cuts while it waited for the summarizer."""
+        by_id = self._by_id  # (the message being added is in no index yet: it counts as current)
+        return all(by_id.get(m.id, m) is m for m in prepared.evicted) and all(
+            by_id.get(original.id, original) is original for original, _ in prepared.cuts
+        )
+
+    def _commit_compression(
+        self,
+        prepared: _Compression,
+        extra: Message | None,
+        started: float,
+        tokens_before: int,
+        messages_before: int,
+        target: int,
+    ) -> list[int]:
+        """Commit point: apply a compression (plan, cuts, summary) and queue what it evicted; no await.
+
+        Returns the queue tickets of the handed-over messages (claimed for the hook when one is set).
+        """
+        index = self._index
+        by_id = self._by_id
+        source = self._messages
+        if extra is not None:  # the message being added enters first, then is cut like any kept message
+            index.add(extra)
+            source = self._with(extra)
+        index.remove(prepared.decision.evicted_units)
+        replacements: dict[str, Message] = {}
+        for original, copy in prepared.cuts:
+            index.replace(original, copy)
+            replacements[original.id] = copy
+        gone = {message.id for message in prepared.evicted}
+        previous = self._summary
+        if previous is not None:
+            gone.add(previous.id)
+        if replacements:
+            kept = [replacements.get(m.id, m) for m in source if m.id not in gone]
+        else:
+            kept = [m for m in source if m.id not in gone]
+        for message_id in gone:
+            by_id.pop(message_id, None)
+        if extra is not None and extra.id not in gone:
+            by_id[extra.id] = extra
+        for message_id, copy in replacements.items():
+            by_id[message_id] = copy
+        summary = prepared.summary
+        if summary is not None:
+            position = 0  # after the leading system messages
+            while position < len(kept) and kept[position].role is Role.SYSTEM:
+                position += 1
+            kept.insert(position, summary)
+            by_id[summary.id] = summary
+        self._messages = kept
+        self._summary = summary
+        self._summary_tokens = summary.token_count if summary is not None else 0
+        record = CompressionRecord(
+            tokens_before=tokens_before,
+            tokens_after=self.token_count,
+            messages_before=messages_before,
+            messages_after=len(kept),
+            removed_count=len(prepared.evicted),
+            truncated_count=len(prepared.cuts),
+            summary_tokens=self._summary_tokens,
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            timestamp=time.time(),
+            strategy=prepared.outcome.strategy,
+            target_tokens=target,
+            error=prepared.outcome.error,
+        )
+        self.compression_history.append(record)
+        # Hand over what left: evicted messages and the full text of the ones cut now, except copies the
+        # window cut earlier (their original went when they were cut).
+        handed = [m for m in prepared.evicted if TRUNCATED_METADATA_KEY not in m.metadata]
+        handed.extend(o for o, _ in prepared.cuts if TRUNCATED_METADATA_KEY not in o.metadata)
+        return self._evicted.put(handed, claim=self._hook is not None)
+
+    def _with(self, extra: Message) -> list[Message]:
+        """The message list with ``extra`` where :meth:`_commit_append` would put it."""
+        messages = [*self._messages, extra]
+        if extra.role is Role.TOOL:
+            unit = self._index.unit_of(extra.id)
+            if unit is not None and len(unit.messages) > 1 and self._messages[-1] is not unit.messages[-2]:
+                messages.pop()
+                messages.insert(self._position_of(unit.messages[-2]) + 1, extra)
+        return messages
+
+    async def _make_summary(
+        self,
+        inputs: Sequence[Message],
+        budget: int,
+        evicted_count: int,
+        previous: Message | None,
+        latest_request: Message | None,
+        request_is_cut: bool,
+    ) -> tuple[Message | None, _Outcome]:
         strategy = STRATEGY_CUSTOM if self._summarizer is not None else STRATEGY_EXTRACTIVE
-        if plan.summary_budget <= 0:
-            return None, _Outcome("", strategy)
-        inputs = plan.summary_inputs
-        framing = self._counter.count_message(Message(role=Role.SYSTEM, content=""))
-        budget = plan.summary_budget - framing
         if budget <= 0:
             return None, _Outcome("", strategy)
-        outcome = await self._run_summarizer(inputs, budget)
+        framing = self._counter.count_message(Message(role=Role.SYSTEM, content=""))
+        text_budget = budget - framing
+        if text_budget <= 0:
+            return None, _Outcome("", strategy)
+        outcome = await self._run_summarizer(
+            inputs, text_budget, latest_request=latest_request, request_is_cut=request_is_cut
+        )
         text = outcome.text.strip()
         if not text:
             return None, outcome
-        if self._counter.count(text) > budget:
-            text = truncate_to_tokens(self._counter, text, budget)
-        covered = len(plan.evicted)
-        if plan.previous_summary is not None:
-            previous = plan.previous_summary.metadata.get(SUMMARY_METADATA_KEY)
-            covered += previous if isinstance(previous, int) else 0
+        if self._counter.count(text) > text_budget:
+            text = truncate_to_tokens(self._counter, text, text_budget)
+        covered = evicted_count
+        if previous is not None:
+            earlier = previous.metadata.get(SUMMARY_METADATA_KEY)
+            covered += earlier if isinstance(earlier, int) else 0
         summary = Message(role=Role.SYSTEM, content=text, metadata={SUMMARY_METADATA_KEY: covered})
-        summary.token_count = self._counter.count_message(summary)
-        while summary.token_count > plan.summary_budget and summary.content:  # seams; rare
-            summary.content = truncate_to_tokens(
+        _set(summary, "token_count", self._counter.count_message(summary))
+        while summary.token_count > budget and summary.content:  # seams; rare
+            shorter = truncate_to_tokens(
                 self._counter, summary.content, self._counter.count(summary.content) - 1
             )
-            summary.token_count = self._counter.count_message(summary)
+            summary = dataclasses.replace(summary, content=shorter)
+            _set(summary, "token_count", self._counter.count_message(summary))
         if not summary.content:
             return None, outcome
         return summary, outcome
 
-    async def _run_summarizer(self, inputs: Sequence[Message], budget: int) -> _Outcome:
+    async def _run_summarizer(
+        self,
+        inputs: Sequence[Message],
+        budget: int,
+        *,
+        latest_request: Message | None = None,
+        request_is_cut: bool = False,
+    ) -> _Outcome:
+        def extractive() -> str:
+            return self._extractive.summarize(
+                inputs, budget, latest_request=latest_request, request_is_cut=request_is_cut
+            )
+
         if self._summarizer is None:
-            return _Outcome(self._extractive.summarize(inputs, budget), STRATEGY_EXTRACTIVE)
+            return _Outcome(extractive(), STRATEGY_EXTRACTIVE)
         try:
             async with asyncio.timeout(self._summarizer_timeout):
                 text = await self._summarizer(list(inputs), budget)
@@ -541,14 +770,14 @@ class ContextWindow:
         except SummarizerUnavailableError as exception:  # circuit open: skipped on purpose, not a failure
             error = f"{type(exception).__name__}: {exception}"[:300]
             logger.debug("custom summarizer skipped: %s", error)
-            return _Outcome(self._extractive.summarize(inputs, budget), STRATEGY_FALLBACK, error)
+            return _Outcome(extractive(), STRATEGY_FALLBACK, error)
         except Exception as exception:  # any failure of user code falls back to the extractive summary
             error = f"{type(exception).__name__}: {exception}"[:300]
             kind = type(exception).__name__
         # the error's text may quote the conversation: only its type at WARNING (payloads at DEBUG only)
         logger.warning("custom summarizer failed (%s); using the extractive summary", kind)
         logger.debug("custom summarizer failure: %s", error)
-        return _Outcome(self._extractive.summarize(inputs, budget), STRATEGY_FALLBACK, error)
+        return _Outcome(extractive(), STRATEGY_FALLBACK, error)
 
     # -- budgeted views -------------------------------------------------------------------------------
 
@@ -557,7 +786,7 @@ class ContextWindow:
 
         With no budget (or one the window fits in) this is every message. Otherwise the same rules as a
         compression choose what to leave out (whole units, lowest priority and oldest first; the newest
-        messages cut to head + tail if needed), and the rolling summary is kept when it fits.
+        messages cut to head + tail in proportion if needed), and the rolling summary is kept when it fits.
 
         Raises:
             InvalidArgumentError: ``budget`` is not a positive integer.
@@ -570,8 +799,9 @@ class ContextWindow:
         if budget >= self.token_count:
             return list(self._messages)
         try:
-            plan = plan_compression(
-                self._messages,
+            decision = decide_eviction(
+                self._index,
+                None,
                 target_tokens=budget,
                 max_tokens=budget,
                 counter=self._counter,
@@ -580,12 +810,22 @@ class ContextWindow:
         except ContextBudgetError as error:
             raise ContextBudgetError(
                 f"budget: got {budget}; allowed at least {error.required_tokens}: system, pinned and "
-                "critical messages plus the newest messages cut to a marker do not fit",
+                "critical messages plus the newest messages cut as far as allowed do not fit",
                 required_tokens=error.required_tokens,
                 max_tokens=budget,
             ) from None
-        kept = plan.kept
-        previous = plan.previous_summary
-        if previous is not None and plan.kept_tokens + previous.token_count <= budget:
-            kept.insert(plan.summary_index, previous)
+        replacements = cut_messages(decision.cuts, self._counter)
+        saved = sum(
+            o.token_count - replacements[o.id].token_count for o, _ in decision.cuts if o.id in replacements
+        )
+        gone = {message.id for unit in decision.evicted_units for message in unit.messages}
+        summary = self._summary
+        if summary is not None:
+            gone.add(summary.id)
+        kept = [replacements.get(m.id, m) for m in self._messages if m.id not in gone]
+        if summary is not None and decision.total - saved + summary.token_count <= budget:
+            position = 0
+            while position < len(kept) and kept[position].role is Role.SYSTEM:
+                position += 1
+            kept.insert(position, summary)
         return kept

@@ -33,6 +33,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     LifecycleError,
 )
+from context_manager.core.eviction import EvictionWriter
 from context_manager.core.health_checker import HealthChecker
 from context_manager.core.memory.file_store import LOG_FILE_NAME
 from context_manager.core.memory.locking import make_private_directory
@@ -129,6 +130,7 @@ class EnhancedContextManager:
         """Three-tier memory on ``config.storage_path`` (``add_memory``, ``search_by_tags`` ...); messages
         evicted by compression are written to it, so :meth:`search_memory` finds them."""
         self._memory_session_id = uuid.uuid4().hex
+        self._eviction_writer: EvictionWriter | None = None
         self.performance_monitor: PerformanceMonitor | None = (
             PerformanceMonitor(collect_library_operations=False)
             if self.config.enable_performance_monitor
@@ -196,9 +198,9 @@ class EnhancedContextManager:
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
 
     async def cleanup(self) -> None:
-        """Stop the subsystems and release resources. Safe to call more than once.
+        """Write what compressions evicted to memory, stop the subsystems and release resources.
 
-        Made while ``initialize()`` runs, it waits for it, then cleans up.
+        Safe to call more than once. Made while ``initialize()`` runs, it waits for it, then cleans up.
         """
         async with self._lifecycle_lock:
             if self._state == "closed":
@@ -272,17 +274,28 @@ class EnhancedContextManager:
         """Start what the manager owns, in dependency order (the window already exists).
 
         Each subsystem (memory, tools, performance monitoring) starts here and stops in
-        :meth:`_stop_subsystems`, in reverse order. Memory connects the window's eviction hook here
-        (``self.context_window.set_eviction_hook(...)``) so evicted messages stay searchable.
+        :meth:`_stop_subsystems`, in reverse order. After memory, the eviction writer starts: a background
+        task that writes what compressions evict (the window's queue) to medium-term memory, off the
+        ``add_message`` path, so evicted messages stay searchable.
         """
         await self.memory_manager.initialize()
         if self._window is not None:
-            self._window.set_eviction_hook(self._remember_evicted)
+            writer = EvictionWriter(self._window.evicted_queue, self._remember_evicted)
+            self._eviction_writer = writer
+            writer.start()
         await self._start_operations()
 
     async def _stop_subsystems(self) -> None:
-        """Stop what :meth:`_start_subsystems` started, in reverse order; tolerate partial starts."""
+        """Stop what :meth:`_start_subsystems` started, in reverse order; tolerate partial starts.
+
+        Evicted messages still queued are written to memory before memory closes.
+        """
         await self._stop_operations()
+        if self._window is not None:
+            await self._window.flush()  # eviction-hook deliveries of cancelled adds
+        writer, self._eviction_writer = self._eviction_writer, None
+        if writer is not None:
+            await writer.stop()
         await self.memory_manager.close()
 
     async def _start_operations(self) -> None:
@@ -460,10 +473,9 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("get_context_summary")
-        messages = window.messages
         token_count = window.token_count
         return {
-            "message_count": len(messages),
+            "message_count": len(window),
             "token_count": token_count,
             "max_tokens": window.max_tokens,
             "utilization": token_count / window.max_tokens,
@@ -471,7 +483,7 @@ class EnhancedContextManager:
             "target_tokens": window.target_tokens,
             "compression_ratio": self.config.compression_ratio,
             "compression_enabled": window.enable_compression,
-            "pinned_count": sum(1 for message in messages if message.pinned),
+            "pinned_count": window.pinned_count,
             "pending_tool_calls": len(window.pending_tool_calls),
             "has_summary": window.summary is not None,
             "archived_evicted_count": len(window.evicted_messages),
@@ -570,18 +582,54 @@ class EnhancedContextManager:
     # -- memory ---------------------------------------------------------------------------------------
 
     async def _remember_evicted(self, messages: list[Message]) -> None:
-        """Eviction hook: write evicted messages to medium-term memory (invariant 4)."""
+        """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches."""
         await self.memory_manager.remember_messages(messages, session_id=self._memory_session_id)
+
+    async def flush(self) -> None:
+        """Write every evicted message still queued to memory, then flush memory (``memory_manager.flush()``).
+
+        ``add_message`` returns before what its compression evicted is indexed in memory (a background
+        writer does it, a small batch per event-loop step); :meth:`search_memory` and :meth:`cleanup`
+        wait for it, and so does this.
+
+        Raises:
+            StorageError: the messages could not be written (they stay queued in
+                ``context_window.evicted_messages`` and the writer tries again).
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        window = self._require_ready("flush")
+        await window.flush()
+        if self._eviction_writer is not None:
+            await self._eviction_writer.flush()
+        await self.memory_manager.flush()
+
+    async def _await_evictions(self) -> None:
+        """Let the eviction writer store what is queued, so a search sees every evicted message."""
+        writer, window = self._eviction_writer, self._window
+        if writer is None or window is None or not len(window.evicted_queue):
+            return
+        try:
+            await writer.flush()
+        except Exception as error:  # search what is stored; the writer retries the rest
+            logger.warning(
+                "searching without %d evicted messages not yet in memory (%s)",
+                len(window.evicted_queue),
+                type(error).__name__,
+            )
 
     @monitored_operation("search_memory")
     async def search_memory(self, query: str, limit: int = 10) -> list[Memory]:
         """Search every memory tier (including evicted context) for ``query``; best first.
+
+        Messages evicted from the window are written to memory in the background; the search first waits
+        until those already evicted are stored, so it finds every one of them.
 
         Raises:
             InvalidMemoryError: ``query`` is not a string or ``limit`` is negative.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("search_memory")
+        await self._await_evictions()
         if self._telemetry is None:
             return await self.memory_manager.search_memory(query, limit)
         return await traced_search(self._telemetry, self.memory_manager.search_memory(query, limit), limit)

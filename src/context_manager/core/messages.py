@@ -1,6 +1,12 @@
 """Conversation value objects: :class:`Message`, :class:`ToolCall`, :class:`Role`, :class:`Priority`.
 
 Roles and priorities accept the user guide's strings (``"user"``, ``"high"``) or the enums.
+
+Messages and tool calls are immutable (frozen dataclasses, tool calls in a tuple): the context window keeps
+a running token total over its messages, so a message changed after it was counted would make that total
+wrong. To change one, build a new one (``dataclasses.replace``); to pin one in a window, use
+``ContextWindow.pin``. Only nested JSON values (``metadata``, tool-call ``arguments``) are plain dicts and
+lists; treat them as read-only.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -135,16 +142,19 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class ToolCall:
-    """A model's request to run a tool, as carried by an assistant message."""
+    """A model's request to run a tool, as carried by an assistant message (immutable)."""
 
     id: str
     """The call id the tool result must quote in its ``tool_call_id``."""
     name: str
     """The tool to run."""
     arguments: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the tool (JSON values)."""
+    """Keyword arguments for the tool (JSON values; read-only once the call is in a message)."""
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     def arguments_json(self) -> str:
         """The arguments as the compact JSON string providers put on the wire."""
@@ -201,9 +211,14 @@ class ToolCall:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Message:
-    """One message of the conversation, with its exact token count cached."""
+    """One message of the conversation, with its exact token count cached (immutable).
+
+    Build messages with :meth:`create` (it validates every field). The context window that accepts a
+    message fills in ``token_count`` (a cache of the exact count); every other field is fixed at creation.
+    Pinning a message in a window (``ContextWindow.pin``) replaces the window's copy with a pinned one.
+    """
 
     role: Role
     """Who speaks: system, user, assistant or tool."""
@@ -215,8 +230,8 @@ class Message:
     """A pinned message is never evicted."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form JSON metadata; kept with the message and with its memory after eviction."""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    """Tool calls made by an assistant message."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Tool calls made by an assistant message, in the model's order."""
     tool_call_id: str | None = None
     """For a tool message: the id of the call it answers."""
     name: str | None = None
@@ -227,6 +242,9 @@ class Message:
     """Creation time, seconds since the epoch."""
     token_count: int = 0
     """Tokens this message costs in the prompt, chat-format overhead included (set by the window)."""
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     @property
     def is_protected(self) -> bool:
@@ -241,7 +259,7 @@ class Message:
             "content": self.content,
             "priority": self.priority.value,
             "pinned": self.pinned,
-            "metadata": self.metadata,
+            "metadata": dict(self.metadata),
             "tool_calls": [
                 {"id": call.id, "name": call.name, "arguments": call.arguments} for call in self.tool_calls
             ],
@@ -260,7 +278,7 @@ class Message:
         priority: Priority | str = Priority.NORMAL,
         pinned: bool = False,
         metadata: dict[str, Any] | None = None,
-        tool_calls: list[ToolCall | dict[str, Any]] | None = None,
+        tool_calls: Sequence[ToolCall | dict[str, Any]] | None = None,
         tool_call_id: str | None = None,
         name: str | None = None,
     ) -> Message:
@@ -289,7 +307,7 @@ class Message:
             _check_json(metadata, "metadata")
         if name is not None and (not isinstance(name, str) or not name or not encodable(name)):
             raise InvalidMessageError("name", name, "None or a non-empty string")
-        calls: list[ToolCall] = []
+        calls: tuple[ToolCall, ...] = ()
         if tool_calls:
             if parsed_role is not Role.ASSISTANT:
                 raise InvalidMessageError(
@@ -297,7 +315,7 @@ class Message:
                 )
             if not isinstance(tool_calls, list | tuple):
                 raise InvalidMessageError("tool_calls", tool_calls, "a list of tool calls")
-            calls = [ToolCall.from_value(call) for call in tool_calls]
+            calls = tuple([ToolCall.from_value(call) for call in tool_calls])
             ids = [call.id for call in calls]
             if len(set(ids)) != len(ids):
                 raise InvalidMessageError("tool_calls", ids, "distinct call ids within one message")

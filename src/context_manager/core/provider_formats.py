@@ -7,10 +7,15 @@
   user message, consecutive messages of one role merged into one turn.
 * :func:`parse_tool_calls`: the tool calls of an OpenAI assistant message or an Anthropic response.
 
+Exports always follow the providers' pairing rules, whatever the messages: each tool result goes right
+after the assistant message that called it (in the order the results appear), a call without a result yet
+is left out (and its assistant message too when nothing else is left in it), and a result without its
+call is left out (:func:`paired_for_provider`).
+
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
-differs at most by blocks added to its last turn. Provider prompt caches keep hitting until the next
-compression.
+differs at most by blocks added to its last turn (a pending tool call shows up once its result is in).
+Provider prompt caches keep hitting until the next compression.
 
 Example:
     >>> to_openai_messages([Message.create("user", "Hi")])
@@ -19,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -28,6 +34,7 @@ from context_manager.core.messages import Message, Role, ToolCall
 __all__ = [
     "ANTHROPIC_CONTINUATION_TEXT",
     "ProviderFormat",
+    "paired_for_provider",
     "parse_tool_calls",
     "to_anthropic_messages",
     "to_openai_messages",
@@ -39,6 +46,47 @@ ProviderFormat = Literal["openai", "anthropic"]
 
 ANTHROPIC_CONTINUATION_TEXT = "(continuing the conversation)"
 """Text of the user turn inserted when an Anthropic export would otherwise start with the assistant."""
+
+
+def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
+    """Return ``messages`` arranged as the OpenAI and Anthropic APIs require tool calls and results.
+
+    Each tool result is moved right after the assistant message that made its call (results of one
+    message keep their relative order); calls without a result are dropped from their assistant message
+    (the message itself when it has no text left); results whose call is absent are dropped. Messages
+    that already follow the rules come back unchanged.
+    """
+    ordered = list(messages)
+    if not any(message.tool_calls or message.role is Role.TOOL for message in ordered):
+        return ordered
+    caller: dict[str, int] = {}  # call id -> position of the assistant message that made it
+    for position, message in enumerate(ordered):
+        for call in message.tool_calls:
+            caller.setdefault(call.id, position)
+    results: dict[int, list[Message]] = {}
+    answered: set[str] = set()
+    for message in ordered:
+        call_id = message.tool_call_id
+        if message.role is Role.TOOL and call_id is not None and call_id not in answered:
+            made_at = caller.get(call_id)
+            if made_at is not None:
+                answered.add(call_id)
+                results.setdefault(made_at, []).append(message)
+    arranged: list[Message] = []
+    for position, message in enumerate(ordered):
+        if message.role is Role.TOOL:
+            continue
+        if message.tool_calls:
+            kept = tuple(call for call in message.tool_calls if call.id in answered)
+            if len(kept) != len(message.tool_calls):
+                if not kept and not message.content:
+                    continue
+                message = dataclasses.replace(message, tool_calls=kept)
+            arranged.append(message)
+            arranged.extend(results.get(position, ()))
+        else:
+            arranged.append(message)
+    return arranged
 
 
 def _openai_message(message: Message) -> dict[str, Any]:
@@ -64,8 +112,8 @@ def _openai_message(message: Message) -> dict[str, Any]:
 
 
 def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
-    """Return OpenAI Chat Completions messages (new dicts; safe to mutate)."""
-    return [_openai_message(message) for message in messages]
+    """Return OpenAI Chat Completions messages (new dicts; safe to mutate), paired as the API requires."""
+    return [_openai_message(message) for message in paired_for_provider(messages)]
 
 
 def _is_error_result(message: Message) -> bool:
@@ -97,7 +145,7 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
-    for message in messages:
+    for message in paired_for_provider(messages):
         if message.role is Role.SYSTEM:
             system_parts.append(message.content)
             continue

@@ -1,4 +1,8 @@
-"""Invariant 4: every message evicted by compression is retrievable from memory afterwards."""
+"""Invariant 4: every message evicted by compression is retrievable from memory afterwards.
+
+A background writer indexes evicted messages after ``add_message`` returns; ``search_memory`` waits for
+it, and ``flush()`` (or ``cleanup()``) does before anything reads memory directly.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ def test_every_evicted_message_is_in_memory(lengths: list[int]) -> None:
                     await manager.add_message(role, f"message {number} " + "lorem " * length)
                     added.append(manager.messages[-1].id)
                 kept = {m.id for m in manager.messages}
+                await manager.flush()  # the background writer stores what is still queued
+                assert not manager.context_window.evicted_messages
                 export = Path(directory) / "export.jsonl"
                 await manager.memory_manager.export_memories(export)
                 remembered = {

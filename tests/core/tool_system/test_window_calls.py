@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import tempfile
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 from context_manager.core.compression import TRUNCATED_METADATA_KEY
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import LifecycleError, ToolCallPairingError
+from context_manager.core.errors import ContextBudgetError, LifecycleError, ToolCallPairingError
 from context_manager.core.messages import Message, Role, ToolCall
 from context_manager.core.tool_system import ToolResult
+from tests.provider_rules import anthropic_violations, openai_violations
 
 from .conftest import gated_tool
 
@@ -267,7 +269,35 @@ async def test_tool_calls_are_recorded_by_running_monitors(manager: EnhancedCont
     assert monitor.recent_errors()[-1]["message"] == "invalid_arguments (add)"
 
 
-async def test_result_of_a_call_evicted_while_running_is_not_appended(tmp_path: Path) -> None:
+async def test_message_added_while_tools_run_keeps_the_result_next_to_its_call(tmp_path: Path) -> None:
+    """Issue 18.2: a user message added while the tools run used to land between the call and its result."""
+    slow, started, release = gated_tool()
+    config = ContextManagerConfig(max_tokens=2000, cache_path=tmp_path / "cache")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("slow", slow, "Slow")
+        await context.add_message("user", "Look it up.")
+        task = asyncio.create_task(
+            context.execute_tool_calls([ToolCall(id="c1", name="slow", arguments={"x": 1})])
+        )
+        await started.wait()
+        await context.add_message("user", "Also, hurry.")
+        # while the call waits, exports leave it out (an unanswered call breaks both APIs)
+        assert openai_violations(context.get_context(format="openai")) == []  # type: ignore[arg-type]
+        assert anthropic_violations(context.get_context(format="anthropic")) == []  # type: ignore[arg-type]
+        release.set()
+        await task
+        roles = [(m.role, m.tool_call_id) for m in context.messages]
+        assert roles == [(Role.USER, None), (Role.ASSISTANT, None), (Role.TOOL, "c1"), (Role.USER, None)]
+        openai = context.get_context(format="openai")
+        assert [m["role"] for m in openai] == ["user", "assistant", "tool", "user"]  # type: ignore[index]
+        assert openai_violations(openai) == []  # type: ignore[arg-type]
+        anthropic = context.get_context(format="anthropic")
+        assert anthropic_violations(anthropic) == []  # type: ignore[arg-type]
+        last_turn = anthropic["messages"][-1]["content"]  # type: ignore[call-overload,index]
+        assert [block["type"] for block in last_turn] == ["tool_result", "text"]
+
+
+async def test_a_call_waiting_for_its_result_is_not_evicted(tmp_path: Path) -> None:
     slow, started, release = gated_tool()
     config = ContextManagerConfig(max_tokens=300, cache_path=tmp_path / "cache")
     async with EnhancedContextManager(config) as context:
@@ -277,11 +307,97 @@ async def test_result_of_a_call_evicted_while_running_is_not_appended(tmp_path: 
         )
         await started.wait()
         assert context.context_window.pending_tool_calls == frozenset({"c1"})
-        for _ in range(10):  # the conversation moves on; compression evicts the waiting call
+        for _ in range(10):  # the conversation moves on; compressions keep the waiting call
             await context.add_message("user", " ".join(["hello"] * 60))
-        assert "c1" not in context.context_window.pending_tool_calls
+        assert context.compression_history
+        assert context.context_window.pending_tool_calls == frozenset({"c1"})
         release.set()
         results = await task
-        assert results[0].success and results[0].result == 1  # the caller still gets it
-        assert tool_messages(context) == []  # but no result without its call enters the window
+        assert results[0].success and results[0].result == 1
+        messages = context.messages
+        call_at = next(i for i, m in enumerate(messages) if m.tool_calls)
+        assert messages[call_at + 1].tool_call_id == "c1"  # the result right after its call
         check_window(context)
+        assert openai_violations(context.get_context(format="openai")) == []  # type: ignore[arg-type]
+
+
+# -- random interleavings: exports always follow the providers' rules -----------------------------------
+
+interleaving_step = st.one_of(
+    st.tuples(st.just("user"), st.integers(min_value=1, max_value=120)),
+    st.tuples(st.just("assistant"), st.integers(min_value=1, max_value=120)),
+    st.tuples(st.just("calls"), st.integers(min_value=1, max_value=3)),
+    st.tuples(st.just("release"), st.integers(min_value=0, max_value=5)),
+    st.tuples(st.just("export"), st.integers(min_value=40, max_value=900)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=300, max_value=1500),
+    steps=st.lists(interleaving_step, min_size=1, max_size=25),
+)
+def test_exports_follow_provider_rules_whatever_the_interleaving(
+    max_tokens: int, steps: list[tuple[str, int]]
+) -> None:
+    async def scenario(directory: str) -> None:
+        config = ContextManagerConfig(max_tokens=max_tokens, cache_path=directory)
+        async with EnhancedContextManager(config) as manager:
+            gates: list[asyncio.Event] = []
+
+            async def gated(x: int) -> str:
+                gate = asyncio.Event()
+                gates.append(gate)
+                await gate.wait()
+                return "result " + " ".join(["data"] * x)
+
+            manager.tool_manager.register_function_tool("gated", gated, "Waits for the test")
+            running: list[asyncio.Task[list[ToolResult]]] = []
+            numbers = itertools.count()
+
+            def check_exports(budget: int | None = None) -> None:
+                try:
+                    openai = manager.get_context(format="openai", budget=budget)
+                    anthropic = manager.get_context(format="anthropic", budget=budget)
+                except ContextBudgetError:
+                    return
+                assert openai_violations(openai) == []  # type: ignore[arg-type]
+                assert anthropic_violations(anthropic) == []  # type: ignore[arg-type]
+
+            for kind, amount in steps:
+                if kind in ("user", "assistant"):
+                    with contextlib.suppress(ContextBudgetError):
+                        await manager.add_message(kind, " ".join(["word"] * amount))
+                elif kind == "calls":
+                    calls = [
+                        ToolCall(id=f"c{next(numbers)}", name="gated", arguments={"x": 3})
+                        for _ in range(amount)
+                    ]
+                    running.append(asyncio.create_task(manager.execute_tool_calls(calls)))
+                    for _ in range(3):
+                        await asyncio.sleep(0)  # let it add the call and start the tools
+                elif kind == "release":
+                    for gate in gates[:amount]:
+                        gate.set()
+                    del gates[:amount]
+                    for _ in range(5):
+                        await asyncio.sleep(0)
+                else:
+                    check_exports(amount)
+                check_exports()
+                window = manager.context_window
+                assert window.token_count <= window.max_tokens
+            for gate in gates:
+                gate.set()
+            while gates or not all(task.done() for task in running):
+                for gate in gates:
+                    gate.set()
+                gates.clear()
+                await asyncio.sleep(0)
+            for task in running:
+                task.result()
+            check_exports()
+            check_window(manager)
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(scenario(directory))

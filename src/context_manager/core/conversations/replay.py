@@ -15,6 +15,7 @@ and metadata included), so the exported request is byte-identical.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +43,10 @@ def message_from_dict(data: Mapping[str, Any]) -> Message:
         priority=Priority(data.get("priority", "normal")),
         pinned=bool(data.get("pinned", False)),
         metadata=dict(data.get("metadata") or {}),
-        tool_calls=[
+        tool_calls=tuple(
             ToolCall(id=call["id"], name=call["name"], arguments=dict(call.get("arguments") or {}))
             for call in data.get("tool_calls") or []
-        ],
+        ),
         tool_call_id=data.get("tool_call_id"),
         name=data.get("name"),
         id=str(data["id"]),
@@ -154,6 +155,8 @@ def _apply(
             del known[message_id]
     elif record.kind == "pin":
         target = known[payload["id"]]
-        target.pinned = bool(payload["pinned"])
+        pinned = dataclasses.replace(target, pinned=bool(payload["pinned"]))  # messages are immutable
+        known[target.id] = pinned
+        state.messages = [pinned if message is target else message for message in state.messages]
     else:
         raise ValueError(f"unknown record kind {record.kind!r}")

@@ -8,13 +8,17 @@
    calls pending), so a tool result never appears without its call;
 3. the calls run concurrently through the :class:`~context_manager.core.tool_system.manager.ToolManager`
    (every check applies);
-4. one tool result message per call is appended, in call order. A result longer than the tool's
+4. one tool result message per call is added, in call order, right after the call (the window puts it
+   there even when other messages were added while the tools ran). A result longer than the tool's
    ``max_output_tokens`` is cut in the window with a visible marker; the returned ``ToolResult`` keeps
-   the full output (and ``on_truncated`` receives it, e.g. to store it in memory).
+   the full output (and ``on_truncated`` receives it, e.g. to store it in memory). Cutting costs about as
+   much as the part kept; an output of more than 100,000 characters is counted and cut in a worker
+   thread, so a megabyte output does not hold the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,7 +27,7 @@ from typing import Any
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
 from context_manager.core.messages import Message, ToolCall
-from context_manager.core.tokens import truncate_to_tokens
+from context_manager.core.tokens import TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ToolManager
 from context_manager.core.tool_system.results import ToolResult
 
@@ -50,19 +54,27 @@ def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
     return text
 
 
-def _window_text(window: ContextWindow, text: str, limit: int | None) -> tuple[str, int | None]:
-    """Return the text for the window and, when it was cut, the full text's token count."""
-    if limit is None or not text:
-        return text, None
-    counter = window.counter
+_OFF_LOOP_CHARS = 100_000  # outputs longer than this are counted and cut in a worker thread
+
+
+def _cut_output(counter: TokenCounter, text: str, limit: int) -> tuple[str, int | None]:
+    """The text for the window and, when cut, the full text's token count (sync: may run in a thread)."""
     total = counter.count(text)
     if total <= limit:
         return text, None
     marker_budget = counter.count(TRUNCATION_MARKER.format(shown=limit, total=total))
-    shown_budget = max(limit - marker_budget, 1)
-    head = truncate_to_tokens(counter, text, shown_budget)
+    head = cut_to_tokens(counter, text, max(limit - marker_budget, 1))
     shown = counter.count(head)
     return head + TRUNCATION_MARKER.format(shown=shown, total=total), total
+
+
+async def _window_text(window: ContextWindow, text: str, limit: int | None) -> tuple[str, int | None]:
+    """Return the text for the window and, when it was cut, the full text's token count."""
+    if limit is None or not text:
+        return text, None
+    if len(text) > _OFF_LOOP_CHARS:
+        return await asyncio.to_thread(_cut_output, window.counter, text, limit)
+    return _cut_output(window.counter, text, limit)
 
 
 async def execute_tool_calls_in_window(
@@ -126,7 +138,7 @@ async def execute_tool_calls_in_window(
             continue
         limit = manager.get_tool(call.name).max_output_tokens if call.name in manager else None
         full_text = _full_text(manager, call, result)
-        text, total = _window_text(window, full_text, limit)
+        text, total = await _window_text(window, full_text, limit)
         metadata: dict[str, Any] = {
             "tool_name": call.name,
             "success": result.success,
@@ -143,7 +155,8 @@ async def execute_tool_calls_in_window(
         except ContextBudgetError:
             metadata["omitted"] = True
             await window.add(Message.create("tool", OMITTED_CONTENT, tool_call_id=call.id, metadata=metadata))
-            total = total if total is not None else window.counter.count(full_text)
+            if total is None:
+                total = message.token_count or await asyncio.to_thread(window.counter.count, full_text)
         if total is not None and on_truncated is not None:
             outcome = on_truncated(call, result, full_text)
             if inspect.isawaitable(outcome):

@@ -1,0 +1,315 @@
+"""The :class:`Summarizer` protocol and its deterministic default, :class:`ExtractiveSummarizer`.
+
+A custom summarizer is any async callable ``(messages, budget_tokens) -> str``::
+
+    async def llm_summary(messages: Sequence[Message], budget_tokens: int) -> str:
+        response = await client.chat.completions.create(...)
+        return response.choices[0].message.content
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from context_manager.core.messages import Message, Role
+from context_manager.core.tokens import TokenCounter, truncate_to_tokens
+
+__all__ = ["SUMMARY_METADATA_KEY", "ExtractiveSummarizer", "Summarizer", "is_summary"]
+
+SUMMARY_METADATA_KEY = "context_manager.summary"
+"""Metadata key marking the rolling summary message (value: number of messages it covers)."""
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """Turns evicted messages into a summary text of at most ``budget_tokens`` tokens.
+
+    Any async callable with this signature qualifies, a plain ``async def`` function included. The
+    messages are in conversation order; the previous rolling summary, if any, comes first (its
+    metadata holds :data:`SUMMARY_METADATA_KEY`), so a summarizer folds it into the new summary.
+    A result longer than the budget is cut; an exception or a timeout makes the window fall back to
+    :class:`ExtractiveSummarizer` and record it in the compression history.
+    """
+
+    async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
+        """Return a summary of ``messages`` of at most ``budget_tokens`` tokens."""
+        ...
+
+
+def is_summary(message: Message) -> bool:
+    """True if ``message`` is a rolling summary written by a compression."""
+    return SUMMARY_METADATA_KEY in message.metadata
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extractive summarizer
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_PUNCTUATION = ".,;:!?()[]{}<>\"'`*_~|/\\"
+_DIGITS = frozenset("0123456789")
+_STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just let me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own same she should so
+    some such than that the their theirs them themselves then there these they this those through to too
+    under until up very was we were what when where which while who whom why will with would you your yours
+    yourself yourselves ok okay yes sure thanks thank please hi hello hey also like get got one""".split()  # noqa: SIM905
+)
+_HEADER = "Summary of the earlier conversation ({count} messages compressed):"
+_REQUEST_LINE_START = "Latest user request"
+_REQUEST_PREFIX = _REQUEST_LINE_START + ": "
+_REQUEST_CUT_PREFIX = "Latest user request (shown cut below; full text in memory): "
+_TOOLS_PREFIX = "Tools used: "
+_MAX_TOOL_ENTRIES = 8
+
+
+@dataclass(slots=True)
+class _Sentence:
+    position: int
+    speaker: str
+    text: str
+    words: frozenset[str]
+    score: float = 0.0
+    tokens: int = field(default=0)
+
+
+class ExtractiveSummarizer:
+    """The default summarizer: deterministic, offline, no LLM.
+
+    Within its budget it keeps the latest user request among the evicted messages (cut if needed, never
+    dropped), the tools that were called with their outcome, and the most informative sentences of the
+    evicted user and assistant messages (many distinct content words, numbers and names; little repetition),
+    in conversation order. Lines of a previous rolling summary compete with the new sentences, so summaries
+    fold into one instead of stacking. Work is bounded by the budget, not by how much was evicted.
+
+    Example:
+        >>> summarizer = ExtractiveSummarizer(get_token_counter())
+        >>> text = summarizer.summarize(evicted_messages, budget_tokens=150)
+    """
+
+    def __init__(self, counter: TokenCounter | None = None, *, scan_chars_per_token: int = 12) -> None:
+        """Create a summarizer.
+
+        Args:
+            counter: Token counter for the budget (default: the shared ``o200k_base`` counter).
+            scan_chars_per_token: How many characters of recent evicted text are read per budget token.
+        """
+        if counter is None:
+            from context_manager.core.tokens import get_token_counter
+
+            counter = get_token_counter()
+        self.counter = counter
+        """The counter that measures the budget."""
+        self.scan_chars_per_token = scan_chars_per_token
+        """Characters of evicted text read per budget token (bounds the work on huge evictions)."""
+
+    async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
+        """Summarize ``messages`` within ``budget_tokens`` (see :meth:`summarize`)."""
+        return self.summarize(messages, budget_tokens)
+
+    def summarize(
+        self,
+        messages: Sequence[Message],
+        budget_tokens: int,
+        *,
+        latest_request: Message | None = None,
+        request_is_cut: bool = False,
+    ) -> str:
+        """Return a summary of ``messages`` costing at most ``budget_tokens`` tokens ("" if nothing fits).
+
+        Args:
+            messages: The previous summary (if any) and the evicted messages, in conversation order.
+            budget_tokens: The most the text may cost.
+            latest_request: The conversation's newest user message, when the caller knows it (a window
+                does: it is usually still in the window, after the summary). The request line quotes it;
+                without it, the line quotes the newest user message among ``messages``.
+            request_is_cut: ``latest_request`` is shown cut to head + tail in the window; the line says so.
+        """
+        if budget_tokens <= 0 or not messages:
+            return ""
+        count = self.counter.count
+        previous_lines: list[str] = []
+        covered = 0
+        key = SUMMARY_METADATA_KEY
+        body = [message for message in messages if key not in message.metadata]
+        if len(body) != len(messages):
+            for message in messages:
+                if key in message.metadata:
+                    previous_lines.extend(message.content.splitlines()[1:])
+                    value = message.metadata[key]
+                    covered += value if isinstance(value, int) else 0
+        covered += len(body)
+        lines_budget = budget_tokens
+
+        header = _HEADER.format(count=covered)
+        lines_budget -= count(header) + 1
+        if lines_budget <= 0:
+            return truncate_to_tokens(self.counter, header, budget_tokens)
+
+        # 1. The latest user request is never dropped (cut to at most half the budget if long).
+        request_line = ""
+        if latest_request is None or not latest_request.content:
+            latest_request = next((m for m in reversed(body) if m.role is Role.USER and m.content), None)
+            request_is_cut = False
+        if latest_request is not None:
+            # Only the head can be kept; read a bounded prefix of a long request.
+            request_text = " ".join(latest_request.content[: max(lines_budget, 1) * 24].split())
+            prefix = _REQUEST_CUT_PREFIX if request_is_cut else _REQUEST_PREFIX
+            request_line = prefix + request_text
+        else:
+            request_line = next((line for line in previous_lines if line.startswith(_REQUEST_LINE_START)), "")
+        previous_lines = [line for line in previous_lines if not line.startswith(_REQUEST_LINE_START)]
+        if request_line:
+            cap = max(lines_budget // 2, 1)
+            if count(request_line) > cap:
+                request_line = truncate_to_tokens(self.counter, request_line, cap - 1) + "…"
+            lines_budget -= count(request_line) + 1
+
+        # 2. Tools called and their outcome.
+        tools_line = self._tools_line(body, previous_lines)
+        previous_lines = [line for line in previous_lines if not line.startswith(_TOOLS_PREFIX)]
+        if tools_line:
+            cap = max(lines_budget // 3, 0)
+            if cap < 4:
+                tools_line = ""
+            elif count(tools_line) > cap:
+                tools_line = truncate_to_tokens(self.counter, tools_line, cap - 1) + "…"
+            if tools_line:
+                lines_budget -= count(tools_line) + 1
+
+        # 3. The most informative sentences, newest evicted text first, bounded scan.
+        chosen = self._choose_sentences(body, previous_lines, latest_request, lines_budget)
+
+        lines = [header]
+        if request_line:
+            lines.append(request_line)
+        if tools_line:
+            lines.append(tools_line)
+        lines.extend(f"- {s.speaker}: {s.text}" if s.speaker else f"- {s.text}" for s in chosen)
+        text = "\n".join(lines)
+        while count(text) > budget_tokens and len(lines) > 1:
+            lines.pop()  # seams can merge differently than the per-line estimate
+            text = "\n".join(lines)
+        if count(text) > budget_tokens:
+            text = truncate_to_tokens(self.counter, text, budget_tokens)
+        return text
+
+    def _tools_line(self, body: Sequence[Message], previous_lines: list[str]) -> str:
+        calls = [
+            (call.id, call.name) for message in body if message.tool_calls for call in message.tool_calls
+        ]
+        earlier = next((line for line in previous_lines if line.startswith(_TOOLS_PREFIX)), "")
+        if not calls and not earlier:
+            return ""
+        shown_calls = calls[-_MAX_TOOL_ENTRIES:]
+        wanted = {call_id for call_id, _ in shown_calls}
+        results = {m.tool_call_id: m for m in body if m.role is Role.TOOL and m.tool_call_id in wanted}
+        entries: list[str] = []
+        for call_id, name in shown_calls:
+            result = results.get(call_id)
+            if result is None:
+                outcome = "no result"
+            else:
+                status = "error" if _is_error(result) else "ok"
+                snippet = " ".join(result.content[:120].split()[:8])
+                outcome = f"{status}: {snippet}" if snippet else status
+            entries.append(f"{name} ({outcome})")
+        dropped = len(calls) - len(shown_calls)
+        if earlier:
+            entries.insert(0, "earlier: " + earlier[len(_TOOLS_PREFIX) :][:200])
+        if dropped:
+            entries.insert(1 if earlier else 0, f"{dropped} more calls")
+        return _TOOLS_PREFIX + "; ".join(entries)
+
+    def _choose_sentences(
+        self,
+        body: Sequence[Message],
+        previous_lines: list[str],
+        latest_request: Message | None,
+        budget: int,
+    ) -> list[_Sentence]:
+        if budget <= 4:
+            return []
+        scan_limit = budget * self.scan_chars_per_token
+        candidates: list[_Sentence] = []
+        scanned = 0
+        position = 1_000_000
+        for message in reversed(body):
+            if scanned >= scan_limit:
+                break
+            if message is latest_request or message.role not in (Role.USER, Role.ASSISTANT):
+                continue
+            text = message.content
+            if not text:
+                continue
+            if len(text) > scan_limit - scanned:
+                text = text[: scan_limit - scanned]
+            scanned += len(text)
+            position -= 1000
+            for offset, piece in enumerate(_SENTENCE_SPLIT.split(text)):
+                sentence = " ".join(piece.split())
+                if len(sentence) < 12:
+                    continue
+                words = _content_words(sentence)
+                if not words:
+                    continue
+                candidates.append(_Sentence(position + offset, message.role.value, sentence[:400], words))
+        for offset, line in enumerate(previous_lines):
+            sentence = line[2:] if line.startswith("- ") else line
+            if len(sentence) < 12:
+                continue
+            words = _content_words(sentence)
+            if words:
+                candidates.append(_Sentence(offset, "", sentence[:400], words, score=-0.5))
+
+        document_frequency: dict[str, int] = {}
+        for candidate in candidates:
+            for word in candidate.words:
+                document_frequency[word] = document_frequency.get(word, 0) + 1
+        for candidate in candidates:
+            rarity = sum(1.0 / document_frequency[word] for word in candidate.words)
+            bonus = sum(1 for word in candidate.words if not _DIGITS.isdisjoint(word)) * 0.5
+            bonus += 0.5 if candidate.text.endswith("?") and candidate.speaker == "user" else 0.0
+            candidate.score += (rarity + bonus) / math.sqrt(len(candidate.text) / 40 + 1)
+
+        ranked = sorted(candidates, key=lambda c: (-c.score, -c.position))
+        chosen: list[_Sentence] = []
+        covered_words: set[str] = set()
+        count = self.counter.count
+        for candidate in ranked:
+            if budget <= 4:
+                break
+            if covered_words and len(candidate.words & covered_words) > 0.6 * len(candidate.words):
+                continue
+            line = f"- {candidate.speaker}: {candidate.text}" if candidate.speaker else f"- {candidate.text}"
+            tokens = count(line) + 1
+            if tokens > budget:
+                continue
+            candidate.tokens = tokens
+            chosen.append(candidate)
+            covered_words |= candidate.words
+            budget -= tokens
+        chosen.sort(key=lambda c: c.position)
+        return chosen
+
+
+def _content_words(sentence: str) -> frozenset[str]:
+    """Lower-cased words of ``sentence`` without punctuation and stop words (cheap: str.split)."""
+    words = {word.strip(_PUNCTUATION) for word in sentence.lower().split()}
+    words.discard("")
+    return frozenset(words - _STOPWORDS)
+
+
+def _is_error(message: Message) -> bool:
+    flag: Any = message.metadata.get("is_error", message.metadata.get("error"))
+    if isinstance(flag, bool):
+        return flag
+    if flag:
+        return True
+    lowered = message.content.lstrip()[:12].lower()
+    return lowered.startswith(("error", "exception", "traceback"))

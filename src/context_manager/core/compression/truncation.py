@@ -1,0 +1,200 @@
+"""Cutting a message to head + marker + tail, and what a cut message costs at least.
+
+The cuts use :func:`~context_manager.core.tokens.cut_to_tokens`, which encodes only a window near the
+kept end of the text, so cutting a megabyte tool output costs about as much as the piece kept. A message
+the window already cut is cut again from its head and its tail (never through its marker), so the
+marker always counts every token omitted from the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from context_manager.core.messages import Message
+from context_manager.core.tokens import TokenCounter, cut_to_tokens
+
+__all__ = [
+    "MIN_EDGE_TOKENS",
+    "TRUNCATED_METADATA_KEY",
+    "base_tokens",
+    "content_tokens",
+    "marker_tokens",
+    "min_keeping_tokens",
+    "min_readable_tokens",
+    "min_truncated_tokens",
+    "own_tokens",
+    "truncate_message",
+    "truncate_middle",
+]
+
+TRUNCATED_METADATA_KEY = "context_manager.truncated"
+"""Metadata key on a message cut to head + tail: ``{"original_tokens", "omitted_tokens", "head_chars",
+"tail_chars"}`` (the original's token count, the tokens the marker stands for, and the lengths in
+characters of the kept head and tail)."""
+
+MIN_EDGE_TOKENS = 8
+"""Tokens of its start and of its end a message keeps at least when it is cut to stay readable."""
+
+_MARKER_TEMPLATE = "\n[... {omitted} tokens omitted ...]\n"
+_CUT_SLACK = 2  # the cut may keep a token or two less than its budget (a character split across tokens)
+
+
+def marker_tokens(counter: TokenCounter, omitted: int) -> int:
+    """Tokens of the marker that replaces ``omitted`` tokens in a cut text."""
+    return counter.count(_MARKER_TEMPLATE.format(omitted=omitted))
+
+
+def _cut(
+    counter: TokenCounter, head_source: str, tail_source: str | None, total: int, max_tokens: int
+) -> tuple[str, str, str, int]:
+    """Head + marker + tail within ``max_tokens``; ``tail_source`` None: the tail comes after the head.
+
+    Returns ``(text, head, tail, omitted)``; ``text`` is ``""`` when not even the marker fits.
+    """
+    keep = max_tokens - marker_tokens(counter, total)
+    for _ in range(6):
+        if keep <= 1:
+            break
+        head = cut_to_tokens(counter, head_source, (keep + 1) // 2)
+        source = head_source[len(head) :] if tail_source is None else tail_source
+        tail = cut_to_tokens(counter, source, keep - counter.count(head), from_end=True)
+        omitted = max(total - counter.count(head) - counter.count(tail), 1)
+        result = head + _MARKER_TEMPLATE.format(omitted=omitted) + tail
+        excess = counter.count(result) - max_tokens
+        if excess <= 0:
+            return result, head, tail, omitted
+        keep -= excess  # tokens merged differently at the seams; shrink and try again
+    marker = _MARKER_TEMPLATE.format(omitted=total).strip()
+    return (marker if counter.count(marker) <= max_tokens else ""), "", "", total
+
+
+def truncate_middle(
+    counter: TokenCounter, text: str, max_tokens: int, *, total: int | None = None
+) -> tuple[str, int]:
+    """Cut ``text`` to head + marker + tail within ``max_tokens`` tokens, head and tail of equal budgets.
+
+    Args:
+        counter: The token counter.
+        text: The text to cut.
+        max_tokens: The most the result may cost.
+        total: The token count of ``text`` if known (saves counting a long text again).
+
+    Returns:
+        The new text and how many tokens of the original were omitted (0 if it already fits). When not
+        even the marker fits, the text is ``""``; when only the marker fits, it is the bare marker.
+    """
+    if total is None:
+        total = counter.count(text)
+    if total <= max_tokens:
+        return text, 0
+    result, _, _, omitted = _cut(counter, text, None, total, max_tokens)
+    return result, omitted
+
+
+def base_tokens(message: Message, counter: TokenCounter) -> int:
+    """What ``message`` costs without its content (framing, role, name, tool calls); content not counted."""
+    if not message.content:
+        return message.token_count
+    return counter.count_message(dataclasses.replace(message, content=""))
+
+
+def content_tokens(message: Message, counter: TokenCounter) -> int:
+    """Tokens of ``message``'s content, from its cached count (a long content is not counted again)."""
+    return message.token_count - base_tokens(message, counter) if message.content else 0
+
+
+def _parts(message: Message) -> tuple[str, str] | None:
+    """Head and tail of a message the window cut (``None`` for any other message)."""
+    info = message.metadata.get(TRUNCATED_METADATA_KEY)
+    if not isinstance(info, dict) or "head_chars" not in info:
+        return None
+    content = message.content
+    head_chars, tail_chars = int(info["head_chars"]), int(info["tail_chars"])
+    return content[:head_chars], content[len(content) - tail_chars :] if tail_chars else ""
+
+
+def own_tokens(message: Message, counter: TokenCounter) -> int:
+    """Tokens of the message's own text: all of its content, or the head and tail of a cut message."""
+    parts = _parts(message)
+    if parts is None:
+        return content_tokens(message, counter)
+    return counter.count(parts[0]) + counter.count(parts[1])
+
+
+def truncate_message(message: Message, max_tokens: int, counter: TokenCounter) -> Message | None:
+    """Return a copy of ``message`` cut to head + tail so it costs at most ``max_tokens`` tokens.
+
+    The copy keeps the id and every other field; its metadata records the original and omitted token
+    counts and where the marker is under :data:`TRUNCATED_METADATA_KEY`. A message cut before is cut
+    again from its head and tail. Returns ``message`` itself if it already fits and ``None`` if even the
+    framing and the marker cannot fit.
+    """
+    if message.token_count <= max_tokens:
+        return message
+    base = base_tokens(message, counter)
+    content_budget = max_tokens - base
+    if content_budget < 1 or not message.content:
+        return None
+    parts = _parts(message)
+    info: Any = message.metadata.get(TRUNCATED_METADATA_KEY)
+    if parts is None:
+        original_tokens = message.token_count
+        total = message.token_count - base
+        content, head, tail, _ = _cut(counter, message.content, None, total, content_budget)
+    else:
+        original_tokens = int(info["original_tokens"])
+        total = original_tokens - base
+        content, head, tail, _ = _cut(counter, parts[0], parts[1], total, content_budget)
+    if not content:
+        return None
+    metadata = dict(message.metadata)
+    metadata[TRUNCATED_METADATA_KEY] = {
+        "original_tokens": original_tokens,
+        "omitted_tokens": original_tokens - base - counter.count(head) - counter.count(tail),
+        "head_chars": len(head),
+        "tail_chars": len(tail),
+    }
+    copy = dataclasses.replace(message, content=content, metadata=metadata)
+    object.__setattr__(copy, "token_count", counter.count_message(copy))
+    if copy.token_count > max_tokens:  # pragma: no cover - _cut guarantees the content budget
+        return None
+    return copy
+
+
+def min_truncated_tokens(message: Message, counter: TokenCounter) -> int:
+    """The smallest size :func:`truncate_message` can bring ``message`` to (its framing plus a marker)."""
+    if not message.content:
+        return message.token_count
+    size = content_tokens(message, counter)
+    info = message.metadata.get(TRUNCATED_METADATA_KEY)
+    if isinstance(info, dict) and "original_tokens" in info:
+        size = int(info["original_tokens"]) - (message.token_count - size)
+    marker = _MARKER_TEMPLATE.format(omitted=size).strip()
+    return min(message.token_count, base_tokens(message, counter) + counter.count(marker))
+
+
+def min_keeping_tokens(message: Message, counter: TokenCounter, keep: int) -> int:
+    """The smallest size at which ``message`` keeps ``keep`` tokens of its own text (head and tail).
+
+    Its full size when cutting would not make it smaller than that.
+    """
+    if not message.content:
+        return message.token_count
+    own = own_tokens(message, counter)
+    info = message.metadata.get(TRUNCATED_METADATA_KEY)
+    if _parts(message) is None:
+        marker = marker_tokens(counter, own)
+        if own <= keep + marker + _CUT_SLACK:
+            return message.token_count
+    else:  # already cut: a new cut keeps a marker, counting at most the original's whole content
+        assert isinstance(info, dict)
+        marker = marker_tokens(counter, int(info["original_tokens"]) - base_tokens(message, counter))
+        if own <= keep + _CUT_SLACK:
+            return message.token_count
+    return min(message.token_count, base_tokens(message, counter) + marker + keep + _CUT_SLACK)
+
+
+def min_readable_tokens(message: Message, counter: TokenCounter) -> int:
+    """The smallest size at which ``message`` keeps :data:`MIN_EDGE_TOKENS` of its start and of its end."""
+    return min_keeping_tokens(message, counter, MIN_EDGE_TOKENS * 2)

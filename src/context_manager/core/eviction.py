@@ -1,0 +1,249 @@
+"""Handing evicted messages over: the window's pending queue and the background writer that drains it.
+
+A compression moves the messages it evicts into the window's :class:`EvictedQueue` in the same step that
+commits the new window (no ``await`` in between), so a cancelled ``add`` cannot lose them: from then on
+they are held in process until a consumer acknowledges them. Consumers:
+
+* an eviction hook (``ContextWindow.set_eviction_hook``): the add that evicted the messages calls it after
+  releasing the window's lock, shielded from the caller's cancellation;
+* an :class:`EvictionWriter` (what ``EnhancedContextManager`` runs): a background task that writes queued
+  messages to memory in small batches, one per event-loop step, off the ``add_message`` path.
+  ``flush()`` waits until everything queued is written; ``stop()`` flushes, then ends the task.
+
+A consumer *claims* a batch (others skip it), then *acknowledges* it once stored or *releases* it when the
+write failed, so it goes back to the queue and is tried again. Delivery is at least once: a write cut
+short by a cancellation is retried in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+from context_manager.core.messages import Message
+
+__all__ = ["EvictedQueue", "EvictionWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class EvictedQueue:
+    """Evicted messages not yet acknowledged by a consumer, oldest first (owned by a ``ContextWindow``)."""
+
+    def __init__(self) -> None:
+        """Create an empty queue."""
+        self._entries: dict[int, Message] = {}  # sequence number -> message, oldest first
+        self._claimed: set[int] = set()
+        self._sequence = itertools.count()
+        self._listeners: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(tuple(self._entries.values()))
+
+    @property
+    def unclaimed(self) -> int:
+        """Messages waiting for a consumer."""
+        return len(self._entries) - len(self._claimed)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (synchronously; keep it cheap) whenever messages are put."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def put(self, messages: Sequence[Message], *, claim: bool = False) -> list[int]:
+        """Queue ``messages`` (synchronous: the commit that evicted them calls it); return their tickets.
+
+        With ``claim`` they are claimed at once by the caller (who will deliver them itself).
+        """
+        tickets = []
+        for message in messages:
+            ticket = next(self._sequence)
+            self._entries[ticket] = message
+            tickets.append(ticket)
+        if claim:
+            self._claimed.update(tickets)
+        if tickets:
+            for listener in tuple(self._listeners):
+                listener()
+        return tickets
+
+    def claim(self, limit: int) -> tuple[list[int], list[Message]]:
+        """Claim up to ``limit`` of the oldest unclaimed messages; return their tickets and the messages."""
+        tickets: list[int] = []
+        messages: list[Message] = []
+        claimed = self._claimed
+        for ticket, message in self._entries.items():
+            if ticket in claimed:
+                continue
+            tickets.append(ticket)
+            messages.append(message)
+            if len(tickets) >= limit:
+                break
+        claimed.update(tickets)
+        return tickets, messages
+
+    def messages_of(self, tickets: Sequence[int]) -> list[Message]:
+        """The messages still queued under ``tickets``, in order."""
+        return [self._entries[ticket] for ticket in tickets if ticket in self._entries]
+
+    def acknowledge(self, tickets: Sequence[int]) -> None:
+        """The messages of ``tickets`` are stored: drop them from the queue."""
+        for ticket in tickets:
+            self._entries.pop(ticket, None)
+            self._claimed.discard(ticket)
+
+    def release(self, tickets: Sequence[int]) -> None:
+        """The delivery of ``tickets`` failed: make them available to consumers again."""
+        self._claimed.difference_update(tickets)
+        if any(ticket in self._entries for ticket in tickets):
+            for listener in tuple(self._listeners):
+                listener()
+
+    def take_all(self) -> list[Message]:
+        """Remove and return every unclaimed message (claimed ones stay with their consumer)."""
+        taken = [message for ticket, message in self._entries.items() if ticket not in self._claimed]
+        self._entries = {ticket: self._entries[ticket] for ticket in self._claimed if ticket in self._entries}
+        return taken
+
+
+WriteBatch = Callable[[list[Message]], Awaitable[object]]
+"""Stores a batch of evicted messages (for example ``MemoryManager.remember_messages``); raises on failure."""
+
+
+class EvictionWriter:
+    """Writes a window's evicted messages to a store in the background, a small batch per loop step.
+
+    Example:
+        >>> writer = EvictionWriter(window.evicted_queue, memory.remember_messages)
+        >>> writer.start()
+        >>> ...  # adds compress the window; the writer stores what they evict
+        >>> await writer.stop()  # everything queued is written first
+    """
+
+    def __init__(
+        self,
+        queue: EvictedQueue,
+        write: WriteBatch,
+        *,
+        batch_size: int = 16,
+        retry_delay: float = 1.0,
+    ) -> None:
+        """Create a stopped writer.
+
+        Args:
+            queue: The queue to drain (``ContextWindow.evicted_queue``).
+            write: Stores one batch (awaited; an exception leaves the batch queued for a retry).
+            batch_size: Messages per write; each write runs in one event-loop step, so this bounds how long
+                the writer holds the loop.
+            retry_delay: Seconds before the background task retries after a failed write (doubled after
+                each further failure, up to a minute).
+        """
+        self._queue = queue
+        self._write = write
+        self._batch_size = batch_size
+        self._retry_delay = retry_delay
+        self._wake = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: BaseException | None = None
+        """The exception of the latest failed write (``None`` after a successful drain)."""
+        self.written = 0
+        """Messages written since the writer was created."""
+
+    @property
+    def is_running(self) -> bool:
+        """True while the background task runs."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the background task (it drains what is already queued at once)."""
+        if self.is_running:
+            return
+        self._queue.add_listener(self._wake.set)
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="context-manager-eviction-writer"
+        )
+        self._wake.set()
+
+    async def _run(self) -> None:
+        delay = self._retry_delay
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._drain()
+            except Exception as error:
+                # only the type at WARNING: an error's text may quote message content
+                logger.warning(
+                    "could not write %d evicted messages to memory (%s); retrying in %.0f s",
+                    len(self._queue),
+                    type(error).__name__,
+                    delay,
+                )
+                logger.debug("eviction writer failure: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                self._wake.set()
+            else:
+                delay = self._retry_delay
+
+    async def _drain(self) -> None:
+        async with self._drain_lock:
+            queue = self._queue
+            while True:
+                tickets, batch = queue.claim(self._batch_size)
+                if not tickets:
+                    break
+                try:
+                    await self._write(batch)
+                except BaseException as error:
+                    queue.release(tickets)
+                    if isinstance(error, Exception):
+                        self.last_error = error
+                    raise
+                queue.acknowledge(tickets)
+                self.written += len(batch)
+                await asyncio.sleep(0)  # one batch per loop step: the loop never waits long for us
+            self.last_error = None
+
+    async def flush(self) -> None:
+        """Write everything queued now and return when it is stored.
+
+        Raises:
+            Exception: the write's own error (the messages stay queued; the background task retries).
+        """
+        await self._drain()
+
+    async def stop(self) -> None:
+        """Write what is queued (a failure is logged; the messages stay in the queue), then end the task."""
+        try:
+            await self.flush()
+        except Exception as error:
+            logger.warning(
+                "%d evicted messages could not be written to memory before stopping (%s); "
+                "they remain in context_window.evicted_messages",
+                len(self._queue),
+                type(error).__name__,
+            )
+        finally:
+            self._queue.remove_listener(self._wake.set)
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+                except Exception:  # pragma: no cover - _run handles its errors
+                    logger.exception("eviction writer task failed")

@@ -1,0 +1,116 @@
+"""The evicted-message queue and the background writer that drains it (issues 14.2 and 18.1)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from context_manager.core.eviction import EvictedQueue, EvictionWriter
+from context_manager.core.messages import Message
+
+
+def messages(count: int) -> list[Message]:
+    return [Message.create("user", f"message {i}") for i in range(count)]
+
+
+def test_claimed_messages_are_skipped_until_released_or_acknowledged() -> None:
+    queue = EvictedQueue()
+    woken: list[int] = []
+    queue.add_listener(lambda: woken.append(1))
+    batch = messages(5)
+    queue.put(batch)
+    assert woken == [1] and len(queue) == 5 and queue.unclaimed == 5
+    tickets, claimed = queue.claim(3)
+    assert claimed == batch[:3] and queue.unclaimed == 2
+    assert queue.claim(10)[1] == batch[3:]
+    queue.release(tickets)  # the write failed: back to the queue, consumers woken
+    assert queue.unclaimed == 3 and woken == [1, 1]
+    tickets, again = queue.claim(10)
+    assert again == batch[:3]
+    queue.acknowledge(tickets)
+    assert list(queue) == batch[3:]
+
+
+def test_take_all_leaves_claimed_messages_with_their_consumer() -> None:
+    queue = EvictedQueue()
+    batch = messages(4)
+    queue.put(batch[:2], claim=True)
+    queue.put(batch[2:])
+    assert queue.take_all() == batch[2:]
+    assert list(queue) == batch[:2] and queue.unclaimed == 0
+
+
+async def test_writer_drains_in_small_batches_one_per_loop_step() -> None:
+    queue = EvictedQueue()
+    written: list[list[Message]] = []
+    steps = 0
+
+    async def write(batch: list[Message]) -> None:
+        written.append(batch)
+
+    async def ticker() -> None:
+        nonlocal steps
+        while True:
+            steps += 1
+            await asyncio.sleep(0)
+
+    writer = EvictionWriter(queue, write, batch_size=4)
+    writer.start()
+    ticking = asyncio.create_task(ticker())
+    batch = messages(10)
+    queue.put(batch)
+    await writer.flush()
+    ticking.cancel()
+    assert [len(part) for part in written] == [4, 4, 2]
+    assert [m for part in written for m in part] == batch
+    assert steps >= 3  # the loop ran between the batches
+    assert len(queue) == 0 and writer.written == 10
+    await writer.stop()
+    assert not writer.is_running
+
+
+async def test_a_failed_write_keeps_the_messages_and_is_retried() -> None:
+    queue = EvictedQueue()
+    stored: list[Message] = []
+    failures = 2
+
+    async def flaky(batch: list[Message]) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("disk full")
+        stored.extend(batch)
+
+    writer = EvictionWriter(queue, flaky, retry_delay=0.01)
+    batch = messages(3)
+    queue.put(batch)
+    with pytest.raises(OSError, match="disk full"):
+        await writer.flush()
+    assert list(queue) == batch and isinstance(writer.last_error, OSError)
+    writer.start()  # the background task retries (failing once more) until the write succeeds
+    for _ in range(500):
+        if stored:
+            break
+        await asyncio.sleep(0.01)
+    assert stored == batch and len(queue) == 0
+    await writer.stop()
+
+
+async def test_cancelling_a_write_puts_its_batch_back() -> None:
+    queue = EvictedQueue()
+    entered = asyncio.Event()
+
+    async def hanging(batch: list[Message]) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    writer = EvictionWriter(queue, hanging)
+    batch = messages(2)
+    queue.put(batch)
+    flushing = asyncio.create_task(writer.flush())
+    await entered.wait()
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert list(queue) == batch and queue.unclaimed == 2

@@ -1,0 +1,85 @@
+"""The OpenAI and Anthropic rules for tool calls and results, checked on exported requests.
+
+Written from the providers' API documentation (not from our exporter), so tests can hold any export
+against them:
+
+* OpenAI Chat Completions: an assistant message with ``tool_calls`` must be followed by one ``tool``
+  message per call id, before any other message; a ``tool`` message must answer a call of the assistant
+  message right before its run of tool messages.
+* Anthropic Messages: turns alternate and start with the user; every ``tool_use`` block of an assistant
+  turn needs a ``tool_result`` block in the very next user turn, and those ``tool_result`` blocks come
+  first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn just before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def openai_violations(messages: list[dict[str, Any]]) -> list[str]:
+    """Every broken rule of an OpenAI ``messages`` list (empty when the API would accept it)."""
+    problems: list[str] = []
+    open_calls: set[str] = set()  # calls of the last assistant message still waiting for their tool message
+    answerable: set[str] = set()
+    for position, message in enumerate(messages):
+        role = message["role"]
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in answerable:
+                problems.append(f"{position}: tool message for {call_id!r} does not follow its call")
+            open_calls.discard(call_id)  # type: ignore[arg-type]
+            answerable.discard(call_id)  # type: ignore[arg-type]
+            continue
+        if open_calls:
+            problems.append(f"{position}: {role} message before the results of {sorted(open_calls)}")
+        open_calls, answerable = set(), set()
+        if role == "assistant" and message.get("tool_calls"):
+            ids = [call["id"] for call in message["tool_calls"]]
+            open_calls, answerable = set(ids), set(ids)
+    if open_calls:
+        problems.append(f"end: calls {sorted(open_calls)} have no result")
+    return problems
+
+
+def anthropic_violations(body: dict[str, Any]) -> list[str]:
+    """Every broken rule of an Anthropic request body (empty when the API would accept it)."""
+    problems: list[str] = []
+    turns = body["messages"]
+    if turns and turns[0]["role"] != "user":
+        problems.append("the first turn is not the user's")
+    previous_uses: set[str] = set()
+    previous_role = None
+    for position, turn in enumerate(turns):
+        role = turn["role"]
+        if role == previous_role:
+            problems.append(f"{position}: two {role} turns in a row")
+        blocks = turn["content"]
+        if not blocks:
+            problems.append(f"{position}: empty turn")
+        if role == "user":
+            results = []
+            seen_other = False
+            for block in blocks:
+                if block["type"] == "tool_result":
+                    if seen_other:
+                        problems.append(f"{position}: tool_result after other content")
+                    results.append(block["tool_use_id"])
+                else:
+                    seen_other = True
+            for use_id in results:
+                if use_id not in previous_uses:
+                    problems.append(
+                        f"{position}: tool_result {use_id!r} answers no tool_use of the turn before"
+                    )
+            missing = previous_uses - set(results)
+            if missing:
+                problems.append(f"{position}: tool_use {sorted(missing)} without a tool_result in this turn")
+            previous_uses = set()
+        else:
+            if previous_uses:
+                problems.append(f"{position}: assistant turn before the results of {sorted(previous_uses)}")
+            previous_uses = {block["id"] for block in blocks if block["type"] == "tool_use"}
+        previous_role = role
+    if previous_uses:
+        problems.append(f"end: tool_use {sorted(previous_uses)} without a result")
+    return problems
