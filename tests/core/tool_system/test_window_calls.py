@@ -5,6 +5,7 @@ import contextlib
 import itertools
 import json
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,44 @@ def test_exports_follow_provider_rules_whatever_the_interleaving(
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(scenario(directory))
+
+
+async def test_megabyte_outputs_are_cut_without_holding_the_loop() -> None:
+    """Issue 18.8: 200 outputs of 1.3 MB took 16 s on the loop and left 474 MB in the count cache."""
+    from context_manager.core.context_window import ContextWindow
+    from context_manager.core.tokens import ExactTokenCounter
+    from context_manager.core.tool_system import ToolManager
+    from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
+
+    output = "".join(f"row {i}: status ok, latency {i % 97} ms, region eu-{i % 5}\n" for i in range(30_000))
+    assert len(output) > 1_200_000
+
+    async def dump(part: int) -> str:
+        """Return a megabyte of log rows."""
+        return f"part {part}\n" + output
+
+    tools = ToolManager()
+    tools.register_function_tool("dump", dump, "Dump logs", max_output_tokens=800)
+    counter = ExactTokenCounter("o200k_base")
+    window = ContextWindow(max_tokens=8000, counter=counter)
+    steps: list[float] = []
+
+    async def ticker() -> None:  # the loop thread's CPU time between two turns of this task
+        while True:
+            started = time.thread_time()
+            await asyncio.sleep(0)
+            steps.append(time.thread_time() - started)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        for part in range(8):
+            calls = [ToolCall(id=f"d{part}", name="dump", arguments={"part": part})]
+            [result] = await execute_tool_calls_in_window(tools, window, calls)
+            assert result.success
+            message = window.messages[-1]
+            assert message.metadata["truncated"] and message.token_count <= 800 + 10
+            assert message.content.startswith(f"part {part}\nrow 0: status ok")
+    finally:
+        ticking.cancel()
+    assert max(steps) < 0.02, f"the loop was held {max(steps) * 1000:.1f} ms of CPU time"
+    assert counter.cache_chars <= 2_000_000
