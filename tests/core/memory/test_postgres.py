@@ -144,3 +144,58 @@ async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Pa
         database = status.checks["database"]
         assert database.status.value == "unhealthy" and "PostgreSQL" in database.message
         assert database.recommendation is not None and "postgres_dsn" in database.recommendation
+
+
+async def test_tier_counts_follow_own_writes_at_once_and_other_processes_soon(postgres_dsn: str) -> None:
+    from context_manager.core.memory.models import Memory, MemoryTier
+    from context_manager.core.memory.postgres import PostgresBackend
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        backend = first.backend
+        assert isinstance(backend, PostgresBackend)
+        assert await backend.count(MemoryTier.SHORT) == 0
+        memory = Memory(id="count-me", content="counted once")
+        await backend.put(MemoryTier.SHORT, [memory])
+        await backend.put(MemoryTier.SHORT, [memory.copy(content="replaced, not added")])
+        assert await backend.count(MemoryTier.SHORT) == 1  # an upsert that replaced a row adds nothing
+        await backend.put(MemoryTier.SHORT, [Memory(id=f"batch-{n}", content="x") for n in range(3)])
+        assert await backend.count(MemoryTier.SHORT) == 4
+        await backend.move([memory], MemoryTier.SHORT, MemoryTier.MEDIUM)
+        assert (await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM)) == (3, 1)
+        assert await backend.delete(MemoryTier.SHORT, ["batch-0", "missing"]) == ["batch-0"]
+        assert await backend.count(MemoryTier.SHORT) == 2
+        # another process's writes show within the half-second the count is kept
+        await second.add_memories([{"content": f"from the second process {n}"} for n in range(5)])
+        await asyncio.sleep(0.6)
+        assert await backend.count(MemoryTier.SHORT) == 7
+
+
+async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> None:
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn, short_term_memory_size=20, medium_term_memory_size=30)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        assert first.backend is not None and second.backend is not None
+        async with first.backend.try_exclusive("short-term overflow") as ours:
+            assert ours
+            async with second.backend.try_exclusive("short-term overflow") as theirs:
+                assert not theirs  # held by the first: the second skips the move
+        async with second.backend.try_exclusive("short-term overflow") as theirs:
+            assert theirs  # released when the first's block ended
+
+        async def add(memory: MemoryManager, name: str) -> list[str]:
+            return [(await memory.add_memory(f"{name} note {n}", user_id=name)).id for n in range(60)]
+
+        added = await asyncio.gather(add(first, "a"), add(second, "b"))
+        await first.flush()
+        await second.flush()
+        await asyncio.sleep(0.6)  # the counts of the other process's moves
+        await first._rebalance()  # what the next add would trigger
+        copies = await first.stored_copies()
+        assert sorted(m.id for m in copies if m.tier is not MemoryTier.LONG) == sorted(
+            {m.id for m in copies if m.tier is not MemoryTier.LONG}
+        ), "a memory in two volatile tiers"
+        assert {m.id for m in copies} == set(added[0]) | set(added[1])
+        by_tier = {tier: sum(1 for m in copies if m.tier is tier) for tier in MemoryTier}
+        assert by_tier[MemoryTier.SHORT] <= 20 and by_tier[MemoryTier.MEDIUM] <= 30, by_tier

@@ -241,6 +241,14 @@ class MemoryBackend(Protocol):
         """Hold a lock named ``name`` across every process using this storage (consolidation ...)."""
         ...
 
+    def try_exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Like :meth:`exclusive`, without waiting: ``True`` when this process holds the lock for the block.
+
+        For work any process may do and one at a time is enough (moving a tier's overflow): the process
+        that gets ``False`` skips it.
+        """
+        ...
+
     def needs_compaction(self) -> bool:
         """Whether :meth:`compact` would reclaim much (an append-only log full of dead records)."""
         ...

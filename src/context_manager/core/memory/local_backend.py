@@ -518,6 +518,11 @@ class LocalBackend:
         """One process owns the storage (the lock file): the manager's own write lock is enough."""
         yield
 
+    @contextlib.asynccontextmanager
+    async def try_exclusive(self, name: str) -> AsyncIterator[bool]:
+        """One process owns the storage: always ``True``."""
+        yield True
+
     async def stats(self, scope: UserScope) -> BackendStats:
         """Counts of the scope: the volatile tiers walked in process, long-term by SQL aggregates."""
         short, medium, long_store = self._stores

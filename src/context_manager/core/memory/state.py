@@ -89,6 +89,7 @@ class ManagerState:
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
+        self._rebalance_scheduled = False  # a background rebalance is pending (see _add_many)
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
 

@@ -69,21 +69,33 @@ class TierMovement(ManagerState):
         """Move the least valuable short-term memories down to medium-term (call with the write lock).
 
         Memories that already have a long-term copy just lose their short-term one. The backend moves a
-        bounded chunk per event-loop step; each memory is in at least one tier at every step.
+        bounded chunk per event-loop step; each memory is in at least one tier at every step. Processes
+        sharing a storage take turns (one moves, the others skip: the overflow is the same for all).
         """
         backend = self._require("rebalance")
         capacity = self.config.short_term_memory_size
-        count = await backend.count(MemoryTier.SHORT)
-        if count <= capacity:
+        if await backend.count(MemoryTier.SHORT) <= capacity:
             return
-        now = self._clock()
-        excess = count - int(capacity * _SHRINK_TO)
-        victims = sorted(await backend.members(MemoryTier.SHORT), key=lambda m: self._value(m, now))[:excess]
-        with_copy = await backend.long_copies([m.id for m in victims])
-        if with_copy:
-            await backend.delete(MemoryTier.SHORT, sorted(with_copy))  # the long-term copy stays
-        moving = [m for m in victims if m.id not in with_copy]
-        await backend.move(moving, MemoryTier.SHORT, MemoryTier.MEDIUM)
+        async with backend.try_exclusive("short-term overflow") as ours:
+            if not ours:
+                return
+            members = await backend.members(MemoryTier.SHORT)
+            excess = len(members) - int(capacity * _SHRINK_TO)
+            if len(members) <= capacity or excess <= 0:
+                return
+            now = self._clock()
+            victims = sorted(members, key=lambda m: self._value(m, now))[:excess]
+            with_copy = await backend.long_copies([m.id for m in victims])
+            if with_copy:
+                await backend.delete(MemoryTier.SHORT, sorted(with_copy))  # the long-term copy stays
+            moving = [m for m in victims if m.id not in with_copy]
+            await backend.move(moving, MemoryTier.SHORT, MemoryTier.MEDIUM)
+
+    async def _scheduled_rebalance(self) -> None:
+        try:
+            await self._rebalance()
+        finally:
+            self._rebalance_scheduled = False
 
     async def _rebalance(self) -> None:
         """Bring every tier back within its capacity (short -> medium -> long)."""
@@ -93,13 +105,14 @@ class TierMovement(ManagerState):
         async with self._write_lock:
             await self._move_short_overflow()
             capacity = self.config.medium_term_memory_size
-            count = await backend.count(MemoryTier.MEDIUM)
-            if count > capacity:
-                now = self._clock()
-                excess = count - int(capacity * _SHRINK_TO)
-                members = await backend.members(MemoryTier.MEDIUM)
-                victims = sorted(members, key=lambda m: self._value(m, now))[:excess]
-                await self._move_to_long(victims)
+            if await backend.count(MemoryTier.MEDIUM) > capacity:
+                async with backend.try_exclusive("medium-term overflow") as ours:
+                    members = await backend.members(MemoryTier.MEDIUM) if ours else []
+                    if len(members) > capacity:
+                        now = self._clock()
+                        excess = len(members) - int(capacity * _SHRINK_TO)
+                        victims = sorted(members, key=lambda m: self._value(m, now))[:excess]
+                        await self._move_to_long(victims)
             if not self._over_capacity_warned:
                 count = await backend.count(MemoryTier.LONG)
                 if count > self.config.long_term_memory_size:

@@ -194,8 +194,11 @@ class MemoryWriting(TierMovement):
             medium_over = await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size
             if short_over:
                 await self._move_short_overflow()
-        if medium_over:
-            self._spawn(self._rebalance())
+        if medium_over and not self._rebalance_scheduled:
+            # one pending rebalance is enough: it runs after this write (it needs the write lock) and
+            # sees every write made before it starts
+            self._rebalance_scheduled = True
+            self._spawn(self._scheduled_rebalance())
         self._maybe_compact()
         written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]

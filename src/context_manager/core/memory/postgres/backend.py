@@ -57,6 +57,8 @@ _COLUMNS = (
     "source, superseded_by, merged_from, context"
 )
 _STATISTICS_TTL = 60.0  # seconds the term statistics are reused before they are read again
+_COUNT_TTL = 0.5  # seconds a tier count is kept (with this process's own changes applied) before a re-read
+_LONG_COUNT_TTL = 10.0  # the long-term count only feeds a soft-capacity warning, and counting it is costly
 _ANALYZE_EVERY = 300.0  # seconds between the ANALYZEs this process may run when statistics are missing
 _RANK_NORMALIZATION = 1  # ts_rank divides by 1 + log(document length)
 _INSERT = (
@@ -71,6 +73,7 @@ _INSERT = (
     "superseded_by = EXCLUDED.superseded_by, merged_from = EXCLUDED.merged_from, context = EXCLUDED.context, "
     "session_id = EXCLUDED.session_id, turn_index = EXCLUDED.turn_index, session_date = EXCLUDED.session_date"
 )
+_INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 
 
 def owner_of(user_id: str | None) -> str:
@@ -106,6 +109,9 @@ class PostgresBackend:
         self._vector_model: str | None = None
         self._vector_dimension = 0
         self._vector_count = 0
+        # tier -> (count, monotonic time it was read): the overflow checks run on every add, so a count
+        # is reused for _COUNT_TTL seconds, with every change this process makes applied to it
+        self._tier_counts: dict[MemoryTier, tuple[int, float]] = {}
 
     @classmethod
     def from_config(
@@ -167,18 +173,25 @@ class PostgresBackend:
     # -- tiers -------------------------------------------------------------------------------------
 
     async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
-        """Insert or replace memories in ``tier`` in one committed transaction."""
+        """Insert or replace memories in ``tier``, committed before returning.
+
+        One row is one autocommitted statement (one round trip); several rows are one transaction.
+        """
         if not memories:
             return
         for memory in memories:
             memory.tier = tier
         rows = [_row(memory) for memory in memories]
 
-        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+        async def write(connection: psycopg.AsyncConnection[Any]) -> int:
+            if len(rows) == 1:
+                cursor = await connection.execute(_INSERT_COUNTED, rows[0])
+                found = await cursor.fetchone()
+                return 1 if found is not None and found[0] else 0
             async with connection.transaction(), connection.cursor() as cursor:
-                await cursor.executemany(_INSERT, rows)
+                return await _execute_counted(cursor, rows)
 
-        await self.database.run(write, "memory write")
+        self._count_changed(tier, await self.database.run(write, "memory write"))
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories between tiers in one transaction.
@@ -192,15 +205,20 @@ class PostgresBackend:
         rows = [_row(memory) for memory in copies]
         keep_source = source is MemoryTier.SHORT and target is MemoryTier.LONG
 
-        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+        async def write(connection: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
             async with connection.transaction(), connection.cursor() as cursor:
-                await cursor.executemany(_INSERT, rows)
+                inserted = await _execute_counted(cursor, rows)
+                deleted = 0
                 if not keep_source:
                     await cursor.execute(
                         "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s)", (source.value, ids)
                     )
+                    deleted = cursor.rowcount
+                return inserted, deleted
 
-        await self.database.run(write, "memory move")
+        inserted, deleted = await self.database.run(write, "memory move")
+        self._count_changed(target, inserted)
+        self._count_changed(source, -deleted)
 
     async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
         """Delete memories from ``tier``; return the ids this call deleted."""
@@ -211,6 +229,7 @@ class PostgresBackend:
             (tier.value, list(ids)),
             "memory delete",
         )
+        self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
 
     async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
@@ -240,9 +259,33 @@ class PostgresBackend:
         return sorted(found, key=lambda memory: (order.get(memory.id, 0), TIER_ORDER[memory.tier]))
 
     async def count(self, tier: MemoryTier) -> int:
-        """How many memories ``tier`` holds (every user)."""
-        rows = await self._fetch("SELECT count(*) FROM cm_memories WHERE tier = %s", (tier.value,), "count")
-        return int(rows[0][0])
+        """How many memories ``tier`` holds (every user).
+
+        Read from the server at most every half second (the short and medium tiers together; the long
+        tier, which only feeds a warning, every 10 s); in between, the count read last with every change
+        this process made since. Other processes' changes show at
+        the next read: the capacities are soft limits, enforced by whichever process sees the overflow.
+        """
+        now = time.monotonic()
+        known = self._tier_counts.get(tier)
+        lifetime = _LONG_COUNT_TTL if tier is MemoryTier.LONG else _COUNT_TTL
+        if known is not None and now - known[1] < lifetime:
+            return known[0]
+        tiers = [tier.value] if tier is MemoryTier.LONG else [MemoryTier.SHORT.value, MemoryTier.MEDIUM.value]
+        rows = await self._fetch(
+            "SELECT t.tier, (SELECT count(*) FROM cm_memories AS m WHERE m.tier = t.tier) "
+            "FROM unnest(%s::text[]) AS t(tier)",
+            (tiers,),
+            "count",
+        )
+        for name, count in rows:
+            self._tier_counts[MemoryTier(name)] = (int(count), now)
+        return self._tier_counts[tier][0]
+
+    def _count_changed(self, tier: MemoryTier, change: int) -> None:
+        known = self._tier_counts.get(tier)
+        if known is not None and change:
+            self._tier_counts[tier] = (max(0, known[0] + change), known[1])
 
     async def members(self, tier: MemoryTier) -> list[Memory]:
         """Every memory of ``tier``."""
@@ -614,6 +657,31 @@ class PostgresBackend:
                 with contextlib.suppress(Exception):  # a lost connection released the lock already
                     await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
+    @contextlib.asynccontextmanager
+    async def try_exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Try a session advisory lock named ``name`` (no wait); held on a dedicated connection for the block.
+
+        With a pool of one connection the block needs that connection itself: it runs without the lock
+        (the work it guards is idempotent, only done twice at worst).
+        """
+        pool = self.database._pool  # noqa: SLF001 - the lock lives on one connection for the whole block
+        if pool is None:
+            raise ConfigurationError("memory_backend", "postgres", "an open PostgreSQL storage")
+        if self.database.pool_size < 2:
+            yield True
+            return
+        key = f"context_manager:{name}"
+        async with pool.connection() as connection:
+            cursor = await connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+            row = await cursor.fetchone()
+            acquired = bool(row is not None and row[0])
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    with contextlib.suppress(Exception):  # a lost connection released the lock already
+                        await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
     def needs_compaction(self) -> bool:
         """PostgreSQL reclaims space itself (autovacuum)."""
         return False
@@ -691,6 +759,18 @@ class PostgresBackend:
         counts = {tier.value: 0 for tier in MemoryTier}
         counts.update({tier: int(count) for tier, count in rows})
         return counts
+
+
+async def _execute_counted(cursor: psycopg.AsyncCursor[Any], rows: Sequence[Sequence[Any]]) -> int:
+    """Upsert ``rows`` (in the caller's transaction); return how many were new rows."""
+    await cursor.executemany(_INSERT_COUNTED, rows, returning=True)
+    inserted = 0
+    while True:
+        found = await cursor.fetchone()
+        if found is not None and found[0]:
+            inserted += 1
+        if not cursor.nextset():
+            return inserted
 
 
 def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:
