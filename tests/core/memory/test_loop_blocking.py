@@ -228,3 +228,64 @@ async def test_short_term_overflow_moves_a_bounded_chunk_per_loop_step(storage: 
         assert (await manager.get_memory_stats())["total_memories"] == 700
     finally:
         await manager.close()
+
+
+async def _while_log_is_held(manager: MemoryManager, operation: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``operation`` while another thread holds the journal's lock (as a slow fsync would).
+
+    Fails when the event loop itself waited for the journal: the holder gives up after 3 s, which only
+    happens when the loop could not tell it to release.
+    """
+    assert manager.backend is not None
+    log = manager.backend.log  # type: ignore[attr-defined]
+    assert log is not None
+    held = threading.Event()
+    release = threading.Event()
+    outcome: dict[str, bool] = {}
+
+    def holder() -> None:
+        with log._lock:
+            held.set()
+            outcome["released_by_loop"] = release.wait(timeout=3.0)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    await asyncio.to_thread(held.wait)
+    task = asyncio.ensure_future(operation())
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    waited_for_the_log = not task.done()
+    release.set()
+    result = await task
+    await asyncio.to_thread(thread.join)
+    assert outcome["released_by_loop"], "the event loop waited for the journal (an fsync on the loop)"
+    assert waited_for_the_log, "the operation never wrote to the journal: the test proves nothing"
+    return result
+
+
+async def test_with_fsync_no_journal_write_runs_on_the_loop(storage: Path) -> None:
+    """fsync=True: puts, deletes, access updates and moves between tiers journal off the loop (18.11)."""
+    config = ContextManagerConfig(
+        storage_path=storage, fsync=True, short_term_memory_size=10, medium_term_memory_size=1000
+    )
+    async with MemoryManager(config) as manager:
+        backend = manager.backend
+        assert backend is not None
+        first = await manager.add_memory("a short-term fact about the harbour")
+        medium = await manager.add_memory("a medium-term fact about the harbour", tier="medium")
+        for number in range(9):
+            await manager.add_memory(f"filler {number}")
+        await _while_log_is_held(manager, lambda: manager.add_memory("one more, over the capacity"))
+        await _while_log_is_held(manager, lambda: manager.delete_memory(first.id))
+        await _while_log_is_held(manager, lambda: backend.touch({medium.id: (1.0, 3)}))
+        shorts = await backend.members(MemoryTier.SHORT)
+        await _while_log_is_held(
+            manager, lambda: backend.move(shorts[:3], MemoryTier.SHORT, MemoryTier.MEDIUM)
+        )
+        stored = [m for m in await backend.members(MemoryTier.MEDIUM) if m.id == medium.id]
+        await _while_log_is_held(manager, lambda: backend.move(stored, MemoryTier.MEDIUM, MemoryTier.LONG))
+    async with MemoryManager(config) as manager:  # every change was journaled
+        assert await manager.get_memory(first.id) is None
+        copies = {copy.id: copy for copy in await manager.stored_copies()}
+        assert copies[medium.id].tier is MemoryTier.LONG and copies[medium.id].access_count == 3
+        assert sum(copy.tier is MemoryTier.MEDIUM for copy in copies.values()) == 3 + 1  # 3 moved, 1 overflow

@@ -525,6 +525,8 @@ async def test_index_status_starts_unchecked_and_follows_the_checks(manager: Mem
     assert (index["status"], index["check"], index["problems"]) == ("ok", "quick", {})
     await manager.check_integrity()
     assert (await manager.get_memory_stats())["index"]["check"] == "full"
+
+
 async def test_an_add_with_an_id_is_idempotent(manager: MemoryManager) -> None:
     """Issue 15.3: a retried write (the first raised StorageError part-way) must not store the text twice."""
     first = await manager.add_memory("the boiler was serviced on 3 May", importance=0.9, memory_id="boiler-1")

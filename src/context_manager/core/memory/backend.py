@@ -155,6 +155,15 @@ class MemoryBackend(Protocol):
         """Delete memories from ``tier``; return the ids that were there."""
         ...
 
+    async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
+        """Remove what is left of deleted memories once the manager has deleted every copy.
+
+        ``erased``: memories now in no tier; their vectors and any trace the storage keeps of them
+        (journal records, index entries) go. ``rewritten``: memories just rewritten because an earlier
+        version held a deleted memory's text; earlier versions the storage still keeps go.
+        """
+        ...
+
     async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
         """Record ``id -> (last_accessed, access_count)`` in every tier holding the id."""
         ...

@@ -135,8 +135,10 @@ class MemoryCuration(TierMovement):
             originals = await self._get_all_copies(merged.merged_from)
             restored = [m.copy(superseded_by=None) for m in originals if m.superseded_by == merged_id]
             await self._put_all([], restored)
-            for copy in await self._locate(merged_id):
+            merged_copies = await self._locate(merged_id)
+            for copy in merged_copies:
                 await self._remove(merged_id, copy.tier)
+            await self._forget(merged_copies)
         return {"restored": sorted({m.id for m in restored}), "deleted": merged_id}
 
     @records_write_outcome
@@ -194,8 +196,7 @@ class MemoryCuration(TierMovement):
                 for memory_id in present:
                     removed[memory_id] = memories[memory_id]
                     self._pending_touches.pop(memory_id, None)
-            if removed and self.embedder is not None:
-                await backend.delete_vectors(sorted(removed))
+            await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
             }

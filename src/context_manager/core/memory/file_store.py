@@ -8,6 +8,12 @@ acknowledged memory survives a crash of the process. Opening replays the log; a 
 crash in the middle of a write, never acknowledged) is skipped with a warning and cut off. Any other
 damaged line raises :class:`~context_manager.core.errors.StorageCorruptedError` and the file is left
 untouched. Compaction rewrites the live records to a temporary file and renames it over the log.
+
+Erasure: the log knows where each memory's ``put`` records are. When a memory is deleted from every tier,
+:meth:`JsonlLog.erase` overwrites them in place with ``{"op": "erased"}`` padded with spaces to the same
+length (the delete record is appended first), so the deleted text is on no byte of the file once the
+call returns, without rewriting the log. Replay skips erased lines; a line whose erasure a power loss cut
+short (it does not parse and ends with the padding) is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ LOG_FILE_NAME = "memories.jsonl"
 FILE_MODE = 0o600
 """Store files are readable and writable by their owner only."""
 
+_ERASED = b'{"op": "erased"}'
+"""What an erased ``put`` record starts with (then spaces up to the record's length)."""
+
+Offsets = list[tuple[int, int]]
+"""``(start, length)`` of each ``put`` record of one memory in the log file, oldest first."""
+
 
 class JsonlLog:
     """The append-only journal of the volatile tiers.
@@ -53,7 +65,9 @@ class JsonlLog:
         self.record_count = 0
         """Lines in the log (live and dead), for the compaction policy."""
         self._lock = threading.Lock()
-        self._fd: int | None = None
+        self._fd: int | None = None  # appends (O_APPEND)
+        self._overwrite_fd: int | None = None  # erasure in place (pwrite ignores offsets with O_APPEND)
+        self._puts: dict[str, Offsets] = {}  # memory id -> where its put records are
 
     def open(self) -> dict[str, Memory]:
         """Open the log, replay it and return the live memories by id (tier as recorded)."""
@@ -61,10 +75,32 @@ class JsonlLog:
         if self.path.exists():
             live = self._replay()
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            self._open_descriptors()
         except OSError as error:
             raise StorageError(f"cannot open memory log {self.path}: {error}", path=self.path) from error
         return live
+
+    def _open_descriptors(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            self._overwrite_fd = os.open(self.path, os.O_WRONLY)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    def _close_descriptors(self) -> None:
+        for fd in (self._fd, self._overwrite_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._overwrite_fd = None
+
+    @property
+    def recorded_ids(self) -> set[str]:
+        """Ids with a ``put`` record in the file (live, moved to long-term, or deleted but not erased)."""
+        with self._lock:
+            return set(self._puts)
 
     def _replay(self) -> dict[str, Memory]:
         try:
@@ -82,13 +118,25 @@ class JsonlLog:
                 len(torn),
             )
             self._cut_torn_tail(len(data) - len(torn))
+        offset = 0
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
+            start, offset = offset, offset + len(line) + 1
+            if not line.strip() or line.startswith(_ERASED):
                 continue
             try:
                 record = json.loads(line)
                 _apply(record, live)
+                if record["op"] == "put":
+                    self._puts.setdefault(record["m"]["id"], []).append((start, len(line)))
             except (ValueError, KeyError, TypeError, AttributeError) as error:
+                if line.endswith(b" "):  # json.dumps never ends a line with a space: an erasure cut short
+                    logger.warning(
+                        "memory log %s: line %d is a deleted memory's record whose erasure was interrupted "
+                        "(a power loss); skipping it",
+                        self.path,
+                        number,
+                    )
+                    continue
                 raise StorageCorruptedError(
                     f"memory log {self.path} is damaged at line {number} ({error}); it was not modified. "
                     "Restore it from a backup, or move it aside to start the short and medium tiers empty "
@@ -112,8 +160,11 @@ class JsonlLog:
         """Append records as whole lines in one write; flushed to the OS (fsynced if configured)."""
         if not records:
             return
-        payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        data = payload.encode("utf-8", "surrogatepass")
+        lines = [
+            (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+            for record in records
+        ]
+        data = b"".join(lines)
         with self._lock:
             if self._fd is None:
                 raise StorageError(f"memory log {self.path} is closed", path=self.path)
@@ -131,6 +182,44 @@ class JsonlLog:
                         os.ftruncate(self._fd, start)
                 raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
             self.record_count += len(records)
+            offset = start
+            for record, line in zip(records, lines, strict=True):
+                if record["op"] == "put":
+                    self._puts.setdefault(record["m"]["id"], []).append((offset, len(line) - 1))
+                offset += len(line)
+
+    def erase(self, ids: Iterable[str], *, keep_latest: bool = False) -> int:
+        """Overwrite the ``put`` records of ``ids`` in place (see the module docstring); return how many.
+
+        Args:
+            ids: Memories deleted from every tier (their delete records already appended), or, with
+                ``keep_latest``, memories rewritten whose earlier records held text that must go.
+            keep_latest: Keep each memory's newest ``put`` record (the current version).
+        """
+        with self._lock:
+            if self._overwrite_fd is None:
+                raise StorageError(f"memory log {self.path} is closed", path=self.path)
+            erased = 0
+            try:
+                for memory_id in ids:
+                    places = self._puts.get(memory_id)
+                    if not places:
+                        continue
+                    doomed = places[:-1] if keep_latest else places
+                    for start, length in doomed:
+                        os.pwrite(self._overwrite_fd, _ERASED.ljust(length, b" "), start)
+                    erased += len(doomed)
+                    if keep_latest:
+                        self._puts[memory_id] = places[-1:]
+                    else:
+                        del self._puts[memory_id]
+                if erased and self.fsync:
+                    os.fsync(self._overwrite_fd)
+            except OSError as error:
+                raise StorageError(
+                    f"cannot erase from memory log {self.path}: {error}", path=self.path
+                ) from error
+            return erased
 
     def compact(self, live: Iterable[Memory]) -> tuple[int, int]:
         """Rewrite the log with one ``put`` per live memory; return its size in bytes before and after.
@@ -152,27 +241,33 @@ class JsonlLog:
         temporary = self.path.with_name(self.path.name + ".compact")
         before = self.path.stat().st_size if self.path.exists() else 0
         count = 0
+        puts: dict[str, Offsets] = {}
+        offset = 0
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            chunk: list[str] = []
+            chunk: list[bytes] = []
             for memory in live:
-                chunk.append(json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n")
+                line = (json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n").encode(
+                    "utf-8", "surrogatepass"
+                )
+                chunk.append(line)
+                puts[memory.id] = [(offset, len(line) - 1)]
+                offset += len(line)
                 count += 1
                 if len(chunk) >= 1000:
-                    _write_all(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+                    _write_all(fd, b"".join(chunk))
                     chunk.clear()
             if chunk:
-                _write_all(fd, "".join(chunk).encode("utf-8", "surrogatepass"))
+                _write_all(fd, b"".join(chunk))
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, self.path)
         _fsync_directory(self.path.parent)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._close_descriptors()
+        self._open_descriptors()
         self.record_count = count
+        self._puts = puts
         return before, self.path.stat().st_size
 
     def size(self) -> int:
@@ -189,8 +284,7 @@ class JsonlLog:
                 try:
                     os.fsync(self._fd)
                 finally:
-                    os.close(self._fd)
-                    self._fd = None
+                    self._close_descriptors()
 
 
 def _apply(record: dict[str, Any], live: dict[str, Memory]) -> None:

@@ -126,7 +126,11 @@ class LocalBackend:
         self.medium.load(medium)
         self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
         if short:
-            self._long_copies = set(long_store.get_many([memory.id for memory in short]))
+            self._long_copies = long_store.existing_ids([memory.id for memory in short])
+        # a crash between a delete and its erasure: records of memories in no tier are erased now
+        dead = log.recorded_ids - live.keys()
+        if dead:
+            log.erase(dead - long_store.existing_ids(sorted(dead)))
 
     async def close(self) -> None:
         """Close the stores and the log, release the lock and the storage threads."""
@@ -192,6 +196,22 @@ class LocalBackend:
 
     # -- tiers -------------------------------------------------------------------------------------
 
+    async def _journal(self, records: list[dict[str, Any]]) -> None:
+        """Append records to the log: with fsync on the storage threads, else inline.
+
+        Inline, a journal write is one small buffered ``write()`` of whole lines: cheaper than a thread
+        hop. With fsync every append waits for the disk, which must never happen on the event loop.
+        """
+        if not records:
+            return
+        log = self._log
+        if log is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        if self._fsync:
+            await self._run(log.append, records)
+        else:
+            log.append(records)
+
     async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
         """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term)."""
         if not memories:
@@ -203,10 +223,11 @@ class LocalBackend:
             self._long_copies.update(memory.id for memory in memories if memory.id in short)
             return
         store = self._volatile(tier)
-        if self._fsync:  # an fsync per journal write: off the loop
-            await self._run(store.put, list(memories))
-        else:  # one small buffered write() of whole lines: cheaper than a thread hop
-            store.put(memories)
+        for memory in memories:
+            memory.tier = tier
+        # the journal first (off the loop with fsync), then the in-process index, on the loop
+        await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories])
+        store.load(memories)
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories down or up a tier, a bounded chunk per event-loop step.
@@ -226,7 +247,7 @@ class LocalBackend:
                 for start in range(0, len(present), _DELETE_CHUNK):
                     if start:
                         await asyncio.sleep(0)  # FTS deletes: a bounded chunk per event-loop step
-                    medium.delete(present[start : start + _DELETE_CHUNK])
+                    await self._drop(medium, present[start : start + _DELETE_CHUNK])
             return
         if source is MemoryTier.LONG:
             await self.put(target, memories)
@@ -237,10 +258,21 @@ class LocalBackend:
             if start:
                 await asyncio.sleep(0)
             chunk = list(memories[start : start + _MOVE_CHUNK])
-            destination.put(chunk)  # the journal record of the move
+            for memory in chunk:
+                memory.tier = target
+            await self._journal([{"op": "put", "m": memory.to_dict()} for memory in chunk])  # the move
+            destination.load(chunk)
             origin.delete([memory.id for memory in chunk], log=False)
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
+
+    async def _drop(self, store: InMemoryStore, ids: Sequence[str]) -> list[str]:
+        """Delete ids from a volatile tier: the journal's delete record first, then the index."""
+        present = [memory_id for memory_id in ids if memory_id in store]
+        if present:
+            await self._journal([{"op": "delete", "ids": present}])
+            store.delete(present, log=False)
+        return present
 
     async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
         """Delete memories from ``tier``; return the ids that were there."""
@@ -250,18 +282,52 @@ class LocalBackend:
             present = await self._run(self._long_store.delete, list(ids))
             self._long_copies.difference_update(ids)
             return present
-        present = self._volatile(tier).delete(ids)
+        present = await self._drop(self._volatile(tier), ids)
         if tier is MemoryTier.SHORT:
             self._long_copies.difference_update(ids)
         return present
+
+    async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
+        """Scrub the files of memories deleted from every tier (and of earlier versions of ``rewritten``).
+
+        The log's ``put`` records of ``erased`` (and all but the newest of ``rewritten``) are overwritten
+        in place; their vectors are deleted (zeroed by ``secure_delete``). The database zeroes deleted
+        rows itself; the words left in its FTS5 segments go when the store closes
+        (:meth:`SQLiteStore.finish_erasure`).
+        """
+        log = self._log
+        if log is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        erased, rewritten = list(erased), list(rewritten)
+
+        def scrub() -> None:
+            log.erase(erased)
+            log.erase(rewritten, keep_latest=True)
+
+        if erased or rewritten:
+            if self._fsync:
+                await self._run(scrub)
+            else:  # a few pwrite() calls
+                scrub()
+        if erased:
+            for index in self._vectors.values():
+                index.remove(erased)
+            await self._run(self._long_store.delete_vectors, erased)
 
     async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
         """Record access times and counts in every tier (one journal record, one transaction)."""
         if not updates:
             return
         short, medium, long_store = self._stores
-        short.touch(updates)
-        medium.touch(updates)
+        held = [
+            [memory_id, last_accessed, access_count]
+            for memory_id, (last_accessed, access_count) in updates.items()
+            if memory_id in short or memory_id in medium
+        ]
+        if held:
+            await self._journal([{"op": "touch", "u": held}])
+        short.touch(updates, log=False)
+        medium.touch(updates, log=False)
         await self._run(long_store.touch, dict(updates))
 
     async def copies(self, ids: Sequence[str]) -> list[Memory]:

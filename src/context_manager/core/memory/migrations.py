@@ -62,9 +62,15 @@ def m002_vectors(connection: sqlite3.Connection) -> None:
     )
 
 
+def m003_store_state(connection: sqlite3.Connection) -> None:
+    """Flags of the store's own upkeep (``fts_erasure_pending``: deleted words still in FTS5 segments)."""
+    connection.execute("CREATE TABLE store_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
+    ("0003_store_state", m003_store_state),
 ]
 """Every migration in the order it is applied."""
 

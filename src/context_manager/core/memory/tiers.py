@@ -36,12 +36,56 @@ class TierMovement(ManagerState):
         await self._require("put").put(tier, [memory])
 
     async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> None:
+        """Delete one copy; a real delete (not ``moving``) is followed by :meth:`_forget`."""
         backend = self._require("remove")
         if not moving:
             self._pending_touches.pop(memory_id, None)
         await backend.delete(tier, [memory_id])
-        if not moving and self.embedder is not None:
-            await backend.delete_vectors([memory_id])
+
+    async def _forget(self, deleted: Sequence[Memory]) -> None:
+        """Erase what remains of deleted memories now in no tier (call with the write lock, after deleting).
+
+        The backend scrubs its files (journal records, vectors; see :meth:`MemoryBackend.forget`). A
+        conversation turn's text is also the next turn's ``context`` (its first 300 characters, indexed
+        in a low-weight column): that copy is cleared, the next turn rewritten, and its earlier versions
+        scrubbed, so the deleted text is neither found by search nor left in the storage.
+        """
+        backend = self._require("forget")
+        unique = {memory.id: memory for memory in deleted}
+        if not unique:
+            return
+        remaining = {memory.id for memory in await backend.copies(list(unique))}
+        gone = [memory for memory_id, memory in unique.items() if memory_id not in remaining]
+        if not gone:
+            return
+        echoes: dict[tuple[str | None, str, int], str] = {}
+        for memory in gone:
+            session_id, turn_index = memory.session_id, memory.turn_index
+            if session_id is None or turn_index is None:
+                continue
+            echoes[(memory.user_id, session_id, turn_index + 1)] = memory.content[:300]
+            if self._last_turn.get((memory.user_id, session_id)) == (turn_index, memory.content[:300]):
+                del self._last_turn[(memory.user_id, session_id)]  # the next turn must not pick it up
+        rewritten: list[str] = []
+        if echoes:
+            gone_ids = {memory.id for memory in gone}
+            stale = [
+                memory.id
+                for memory in await backend.find_turns(list(echoes))
+                if memory.id not in gone_ids
+                and memory.context
+                and memory.turn_index is not None
+                and memory.session_id is not None
+                and echoes.get((memory.user_id, memory.session_id, memory.turn_index)) == memory.context
+            ]
+            if stale:
+                by_tier: dict[MemoryTier, list[Memory]] = {}
+                for copy in await backend.copies(stale):
+                    by_tier.setdefault(copy.tier, []).append(copy.copy(context=""))
+                for tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+                    await backend.put(tier, by_tier.get(tier, []))
+                rewritten = stale
+        await backend.forget([memory.id for memory in gone], rewritten)
 
     async def _put_all(self, new_long: Sequence[Memory], updated: Sequence[Memory]) -> None:
         """Write new long-term memories and updated copies (in their own tiers), long-term first."""

@@ -396,4 +396,5 @@ class MemoryWriting(TierMovement):
                 raise MemoryNotFoundError(memory_id)
             for copy in copies:
                 await self._remove(memory_id, copy.tier)
+            await self._forget(copies)
         return copies[0].copy()

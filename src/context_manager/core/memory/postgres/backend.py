@@ -232,6 +232,27 @@ class PostgresBackend:
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
 
+    async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
+        """Delete the vectors of memories now in no tier (with or without an embedder this session).
+
+        The rows themselves were deleted by :meth:`delete`; PostgreSQL keeps their dead versions in the
+        table's pages (and its WAL) until VACUUM (autovacuum) reclaims the space: see docs/reliability.md.
+        ``rewritten`` needs nothing here (an update leaves a dead version like a delete does).
+        """
+        if not erased:
+            return
+        if self._vector_model is None:  # vectors written by an earlier session with an embedder
+            exists = await self._fetch(
+                "SELECT to_regclass('cm_memory_vectors') IS NOT NULL", (), "vector table"
+            )
+            if not exists[0][0]:
+                return
+        rows = await self._fetch(
+            "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1", (list(erased),), "vector delete"
+        )
+        if self._vector_model is not None:
+            self._vector_count = max(0, self._vector_count - len(rows))
+
     async def touch(self, updates: Mapping[str, tuple[float, int]]) -> None:
         """Record access times and counts (never lowering what another process recorded)."""
         if not updates:
