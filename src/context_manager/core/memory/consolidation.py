@@ -1,11 +1,96 @@
-"""Near-duplicate detection for consolidation (pure functions)."""
+"""Near-duplicate detection for consolidation (pure functions).
+
+Two memories of one user are near-duplicates when
+
+* their word sets are similar (Jaccard similarity at least the threshold), or, with an embedder,
+  their vectors are (cosine at least the semantic threshold), **and**
+* they name the same identifiers: every number, code, e-mail address, web address and name in one
+  of them is in the other (:func:`identifiers`). "My account is 12345678" and "My account is
+  12345679" are one word apart and mean different things; merging them would hide one.
+
+A group is merged only when *every* pair in it is a near-duplicate (complete linkage): A like B and
+B like C does not merge A with C unless A is like C too. Pairs are joined best first, so each memory
+lands with the memories it is most like.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.models import Memory
+
+__all__ = ["identifiers", "near_duplicate_groups", "same_identifiers"]
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
+_STRIP = "\"'`“”‘’()[]{}<>«»,;:!?.…*_~"
+_CLOSING = "\"'”’)]}»"
+_SENTENCE_END = (".", "!", "?", ":", ";")
+_DIGIT_GROUPS = re.compile(r"(?<=\d)[,'’ _](?=\d{3}\b)")
+
+# Words that start sentences with a capital without being names (checked in lower case).
+_COMMON_STARTS_TEXT = """
+    a about above after again against all also although always am an and another any anyway are as at
+    be because been before being below besides between both but by can cannot could did do does doing
+    done during each either else even ever every few first for from further had has have having he her
+    here hers him his how however i if in into is it its just last later least less let lets let's like
+    maybe me meanwhile might more most much must my never next no nobody none nor not note nothing now
+    of off ok okay on once one only or other otherwise our ours out over perhaps please plus rather
+    really regarding remember same she should since so some someone something sometimes soon still such
+    than thank thanks that the their theirs them then there therefore these they this those though
+    through thus to today tomorrow tonight too under unless until up upon us usually very was we well
+    were what whatever when whenever where whereas whether which while who whoever whom whose why will
+    with within without would yes yesterday yet you your yours hi hello hey dear user assistant system
+"""
+_COMMON_STARTS = frozenset(_COMMON_STARTS_TEXT.split())
+
+
+def identifiers(text: str) -> frozenset[str]:
+    """The identifiers a text names, in lower case: numbers, codes, e-mail and web addresses, names.
+
+    * a word with a digit (``12345678``, ``10:30``, ``v3.11``, ``AB-1234``; digit groups are joined,
+      so ``1,200`` is ``1200``);
+    * an e-mail address or a web address;
+    * a code: a word with a capital after its first letter (``ACME``, ``EU-WEST``, ``iPhone``);
+    * a name: a capitalised word inside a sentence, or starting one unless it is a common word
+      (``Alice prefers ...`` names Alice; ``The report ...`` names nothing).
+    """
+    found: set[str] = set()
+    for pattern in (_EMAIL, _URL):
+        for match in pattern.finditer(text):
+            found.add(match.group(0).rstrip(_STRIP).lower())
+        text = pattern.sub(" ", text)
+    text = _DIGIT_GROUPS.sub("", text)
+    sentence_start = True
+    for raw in text.split():
+        starts = sentence_start
+        sentence_start = raw.rstrip(_CLOSING).endswith(_SENTENCE_END)
+        word = raw.strip(_STRIP)
+        if not word:
+            continue
+        lower = word.lower()
+        if lower == "i" or lower.startswith(("i'", "i’")):
+            continue  # the pronoun, however capitalised
+        if any(character.isdigit() for character in word) or any(c.isupper() for c in word[1:]):
+            found.add(lower)  # a number, a time, a version, a code
+        elif word[0].isupper() and not (starts and lower in _COMMON_STARTS):
+            found.add(lower)  # a name
+    return frozenset(found)
+
+
+def same_identifiers(
+    first: frozenset[str], first_words: frozenset[str], second: frozenset[str], second_words: frozenset[str]
+) -> bool:
+    """Whether every identifier of each text is in the other (as an identifier, or as a plain word).
+
+    ``first_words``/``second_words`` are the texts' lower-case words: "Monday" in one text and
+    "monday" in the other name the same day.
+    """
+    return all(item in second or item in second_words for item in first) and all(
+        item in first or item in first_words for item in second
+    )
 
 
 def near_duplicate_groups(
@@ -14,28 +99,26 @@ def near_duplicate_groups(
     cosine: Callable[[str, str], float | None] | None,
     semantic_threshold: float,
 ) -> list[list[Memory]]:
-    """Group near-duplicates per user: candidate pairs share one of their rarest words."""
+    """Groups of near-duplicates (see the module docstring), each of two memories or more, one user each.
+
+    Candidate pairs share one of the rarer words of a memory, so the work stays near-linear.
+    """
     unique: dict[str, Memory] = {}
     for memory in memories:
         unique.setdefault(memory.id, memory)
     items = list(unique.values())
-    words = [frozenset(query_tokens(memory.content, limit=10_000)) for memory in items]
+    words = [frozenset(query_tokens(_DIGIT_GROUPS.sub("", memory.content), limit=10_000)) for memory in items]
+    names = [identifiers(memory.content) for memory in items]
     postings: dict[tuple[str | None, str], list[int]] = {}
     for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
         for word in word_set:
             postings.setdefault((memory.user_id, word), []).append(position)
-    parent = list(range(len(items)))
 
-    def find(position: int) -> int:
-        while parent[position] != position:
-            parent[position] = parent[parent[position]]
-            position = parent[position]
-        return position
-
+    similar: dict[tuple[int, int], float] = {}
     for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
         if not word_set:
             continue
-        rarest = sorted(word_set, key=lambda w: len(postings[(memory.user_id, w)]))[:3]
+        rarest = sorted(word_set, key=lambda w: (len(postings[(memory.user_id, w)]), w))[:3]
         partners: set[int] = set()
         for word in rarest:
             partners.update(postings[(memory.user_id, word)][:200])
@@ -43,14 +126,27 @@ def near_duplicate_groups(
             if other <= position:
                 continue
             other_words = words[other]
-            similarity = len(word_set & other_words) / len(word_set | other_words) if other_words else 0.0
-            similar = similarity >= threshold
-            if not similar and cosine is not None:
-                value = cosine(memory.id, items[other].id)
-                similar = value is not None and value >= semantic_threshold
-            if similar:
-                parent[find(other)] = find(position)
-    groups: dict[int, list[Memory]] = {}
-    for position, memory in enumerate(items):
-        groups.setdefault(find(position), []).append(memory)
-    return [group for group in groups.values() if len(group) > 1]
+            score = len(word_set & other_words) / len(word_set | other_words) if other_words else 0.0
+            if score < threshold:
+                value = cosine(memory.id, items[other].id) if cosine is not None else None
+                if value is None or value < semantic_threshold:
+                    continue
+                score = value
+            if not same_identifiers(names[position], word_set, names[other], other_words):
+                continue
+            similar[(position, other)] = score
+
+    def alike(first: int, second: int) -> bool:
+        return (min(first, second), max(first, second)) in similar
+
+    group_of: dict[int, list[int]] = {}
+    for (first, second), _ in sorted(similar.items(), key=lambda pair: (-pair[1], pair[0])):
+        first_group, second_group = group_of.get(first, [first]), group_of.get(second, [second])
+        if first_group is second_group:
+            continue
+        if all(alike(a, b) for a in first_group for b in second_group):  # complete linkage
+            joined = first_group + second_group
+            for member in joined:
+                group_of[member] = joined
+    groups = sorted({id(group): sorted(group) for group in group_of.values()}.values())
+    return [[items[position] for position in group] for group in groups]

@@ -37,8 +37,11 @@ class MemoryCuration(TierMovement):
         """Merge near-duplicate memories into one long-term memory each.
 
         Two memories are near-duplicates when the Jaccard similarity of their word sets is at least
-        ``similarity_threshold`` (or, with an embedder, their cosine is at least ``semantic_threshold``).
-        The merged memory keeps the most important text, the highest importance, the union of tags,
+        ``similarity_threshold`` (or, with an embedder, their cosine is at least ``semantic_threshold``)
+        and they name the same identifiers (numbers, codes, e-mail and web addresses, names): "account
+        12345678" and "account 12345679" are never merged. A group is merged only when every two of
+        its members are near-duplicates (no chains: A like B and B like C does not merge A with C).
+        See :mod:`~context_manager.core.memory.consolidation`. The merged memory keeps the most important text, the highest importance, the union of tags,
         the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
         from search, kept until cleanup) so :meth:`undo_consolidation` can reverse a wrong merge.
 

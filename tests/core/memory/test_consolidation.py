@@ -1,0 +1,222 @@
+"""Near-duplicate detection (issue 18.5): pairs that must merge, pairs that must not, no transitive chains."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.memory.consolidation import identifiers, near_duplicate_groups, same_identifiers
+from context_manager.core.memory.index import query_tokens
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import Memory
+
+MUST_MERGE = [
+    ("The office wifi password changes every Monday", "The office wifi password changes every Monday."),
+    ("I prefer window seats on long flights to Asia", "i prefer window seats on long flights to asia"),
+    (
+        "Deploy the staging cluster before the customer demo",
+        "Deploy the staging cluster before the customer demo!",
+    ),
+    ("My account number at Acme Bank is 12345678", "my account number at acme bank is 12345678"),
+    (
+        "Alice's flight to Berlin lands at 10:30 on gate B12",
+        "Alice's flight to Berlin lands at 10:30 on gate B12.",
+    ),
+    (
+        "Send the weekly report to alice@example.com every Friday",
+        "send the weekly report to alice@example.com every friday",
+    ),
+    (
+        "The team budget for the offsite is $1,200 this quarter",
+        "The team budget for the offsite is $1200 this quarter",
+    ),
+    (
+        "The meeting with the design team is on Monday morning",
+        "the meeting with the design team is on monday morning",
+    ),
+    (
+        "Remember that the deploy key rotates every ninety days",
+        "remember that the deploy key rotates every ninety days.",
+    ),
+    ("東京の天気は晴れです 2026年 の 計画", "東京の天気は晴れです 2026年 の 計画"),
+]
+"""Pairs at Jaccard >= 0.85 naming the same identifiers (case and punctuation aside): one fact each."""
+
+_TAIL = ", as we agreed with the whole team during the planning call last week"
+
+MUST_NOT_MERGE = [
+    (first + _TAIL, second + _TAIL)
+    for first, second in [
+        ("My account number at Acme Bank is 12345678", "My account number at Acme Bank is 12345679"),
+        (
+            "Send the weekly report to alice@example.com on Friday",
+            "Send the weekly report to bob@example.com on Friday",
+        ),
+        ("Alice prefers the aisle seat on long flights", "Bob prefers the aisle seat on long flights"),
+        ("The production database runs in EU-WEST-1", "The production database runs in EU-WEST-2"),
+        ("Order AB-1234 shipped from the Leeds warehouse", "Order AB-1243 shipped from the Leeds warehouse"),
+        (
+            "The dentist appointment is at 10:30 on Thursday",
+            "The dentist appointment is at 11:30 on Thursday",
+        ),
+        (
+            "Lunch with Priya on Thursday at the usual place",
+            "Lunch with Marco on Thursday at the usual place",
+        ),
+        (
+            "Call Dana about the overdue invoice from the supplier",
+            "Call about the overdue invoice from the supplier",
+        ),
+        ("We upgraded the build compiler to version 3.11", "We upgraded the build compiler to version 3.12"),
+        (
+            "The staging API answers at https://staging.example.com/v1",
+            "The staging API answers at https://stage.example.com/v1",
+        ),
+        (
+            "The parking spot reserved for visitors is number 14",
+            "The parking spot reserved for visitors is number 41",
+        ),
+        (
+            "The kitchen remodel invoice came to 4,850 euros",
+            "The kitchen remodel invoice came to 4,580 euros",
+        ),
+    ]
+]
+"""Pairs one identifier apart (a number, code, address or name): distinct facts, however similar."""
+
+
+def _memories(*texts: str, user_id: str | None = None) -> list[Memory]:
+    return [Memory(id=f"m{number}", content=text, user_id=user_id) for number, text in enumerate(texts)]
+
+
+def _jaccard(first: str, second: str) -> float:
+    a, b = set(query_tokens(first)), set(query_tokens(second))
+    return len(a & b) / len(a | b)
+
+
+@pytest.mark.parametrize(("first", "second"), MUST_MERGE)
+def test_near_duplicates_naming_the_same_things_merge(first: str, second: str) -> None:
+    groups = near_duplicate_groups(_memories(first, second), 0.85, None, 0.95)
+    assert [[m.content for m in group] for group in groups] == [[first, second]]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    MUST_NOT_MERGE,
+    ids=[
+        "account",
+        "email",
+        "name",
+        "region",
+        "order",
+        "time",
+        "name-inside",
+        "name-missing",
+        "version",
+        "url",
+        "number",
+        "amount",
+    ],
+)
+def test_near_duplicates_naming_different_things_never_merge(first: str, second: str) -> None:
+    # the premise: by words alone they would merge at the default threshold
+    assert _jaccard(first, second) >= 0.85
+    assert near_duplicate_groups(_memories(first, second), 0.85, None, 0.95) == []
+    # not even when an embedder calls them identical
+    assert near_duplicate_groups(_memories(first, second), 0.85, lambda a, b: 1.0, 0.95) == []
+
+
+def test_similar_pairs_do_not_chain_into_one_group() -> None:
+    """A ~ B and B ~ C, A not like C: A and C are never merged (it was one group of three)."""
+    a = "alpha bravo charlie delta echo foxtrot golf hotel india juliet"
+    b = a + " kilo"
+    c = b + " lima"
+    assert _jaccard(a, b) >= 0.9 and _jaccard(b, c) >= 0.9 and _jaccard(a, c) < 0.9
+    groups = near_duplicate_groups(_memories(a, b, c), 0.9, None, 0.95)
+    assert len(groups) == 1 and len(groups[0]) == 2
+    assert {m.content for m in groups[0]} != {a, c}
+    # the best pair wins: B is closer to C (11/12) than to A (10/11)
+    assert {m.content for m in groups[0]} == {b, c}
+
+
+def test_cosine_chains_are_cut_too() -> None:
+    texts = ["one fact about sailing", "another fact about rowing", "a third about cycling"]
+    close = {frozenset({"m0", "m1"}), frozenset({"m1", "m2"})}  # m0 and m2 are not alike
+
+    def cosine(first: str, second: str) -> float:
+        return 0.99 if frozenset({first, second}) in close else 0.1
+
+    groups = near_duplicate_groups(_memories(*texts), 0.99, cosine, 0.95)
+    assert len(groups) == 1 and len(groups[0]) == 2
+
+
+def test_users_are_never_merged_together() -> None:
+    text = "the quarterly planning meeting moved to the large room"
+    memories = _memories(text, user_id="alice") + [Memory(id="b", content=text, user_id="bob")]
+    assert near_duplicate_groups(memories, 0.85, None, 0.95) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My account number at Acme Bank is 12345678.", {"12345678", "acme", "bank"}),
+        ("Alice prefers tea. The report is due Monday", {"alice", "monday"}),
+        (
+            "write to bob@example.com or see https://example.com/a.",
+            {"bob@example.com", "https://example.com/a"},
+        ),
+        ("The db is in EU-WEST-1 behind the VPN", {"eu-west-1", "vpn"}),
+        ("I think I'm fine, said I", set()),
+        ("The budget is 1,200 euros", {"1200"}),
+        ("the meeting moved to the large room", set()),
+    ],
+)
+def test_identifiers(text: str, expected: set[str]) -> None:
+    assert identifiers(text) == expected
+
+
+words = st.sampled_from(
+    ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "12", "34", "Alice", "Bob"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(words, min_size=3, max_size=9).map(" ".join), min_size=2, max_size=12))
+def test_every_pair_in_a_group_is_a_near_duplicate(texts: list[str]) -> None:
+    """Property: groups are disjoint, and every two members are alike and name the same identifiers."""
+    memories = _memories(*texts)
+    groups = near_duplicate_groups(memories, 0.6, None, 0.95)
+    seen: set[str] = set()
+    for group in groups:
+        assert len(group) >= 2
+        ids = {m.id for m in group}
+        assert not ids & seen
+        seen |= ids
+        for first, second in itertools.combinations(group, 2):
+            assert _jaccard(first.content, second.content) >= 0.6
+            assert same_identifiers(
+                identifiers(first.content),
+                frozenset(query_tokens(first.content)),
+                identifiers(second.content),
+                frozenset(query_tokens(second.content)),
+            )
+
+
+async def test_consolidation_keeps_facts_that_differ_in_an_identifier(manager: MemoryManager) -> None:
+    """Through the manager, on both backends: the account numbers stay two findable memories."""
+    first = await manager.add_memory("My account number at Acme Bank is 12345678")
+    second = await manager.add_memory("My account number at Acme Bank is 12345679")
+    a = await manager.add_memory("alpha bravo charlie delta echo foxtrot golf hotel india juliet")
+    b = await manager.add_memory("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo")
+    c = await manager.add_memory("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima")
+    report = await manager.consolidate_memories(0.9)
+    assert report["consolidated_count"] == 2  # B and C only: A is not like C
+    assert [sorted(group["merged_from"]) for group in report["groups"]] == [sorted([b.id, c.id])]
+    for memory_id in (first.id, second.id, a.id):
+        stored = await manager.get_memory(memory_id)
+        assert stored is not None and stored.superseded_by is None
+    found = await manager.search_memory("12345679", limit=5)
+    assert [m.id for m in found] == [second.id]
