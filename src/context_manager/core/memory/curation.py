@@ -41,7 +41,9 @@ class MemoryCuration(TierMovement):
         and they name the same identifiers (numbers, codes, e-mail and web addresses, names): "account
         12345678" and "account 12345679" are never merged. A group is merged only when every two of
         its members are near-duplicates (no chains: A like B and B like C does not merge A with C).
-        See :mod:`~context_manager.core.memory.consolidation`. The merged memory keeps the most important text, the highest importance, the union of tags,
+        See :mod:`~context_manager.core.memory.consolidation`.
+
+        The merged memory keeps the most important text, the highest importance, the union of tags,
         the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
         from search, kept until cleanup) so :meth:`undo_consolidation` can reverse a wrong merge.
 
