@@ -127,6 +127,20 @@ def test_memory_add_search_stats(store: Path) -> None:
     assert none.exit_code == 0 and "no matching memories" in none.stdout
 
 
+def test_memory_stats_explain_memories_counted_in_two_tiers(store: Path) -> None:
+    """Issue 15.4: "total 3" with tiers adding to 4 confused a user; the table says why."""
+    cli_json("--storage", str(store), "memory", "add", "the freeze starts Friday", "--importance", "0.9")
+    cli_json("--storage", str(store), "memory", "add", "lunch at noon")
+    cli_json("--storage", str(store), "memory", "add", "standup at ten")
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert (stats["total_memories"], stats["stored_copies"], stats["in_two_tiers"]) == (3, 4, 1)
+    table = cli("--storage", str(store), "memory", "stats")
+    assert table.exit_code == 0
+    text = " ".join(table.stdout.replace("│", " ").split())  # the table may wrap the long cell
+    assert "memories 3 stored copies 4 (1 memory has copies in two tiers: short-term plus a durable" in text
+    assert "short-term 3 / 1000 medium-term 0 / 2000 long-term 1 / 5000" in text
+
+
 def test_memory_uses_the_configured_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(tmp_path / "cache"))
     cli_json("memory", "add", "stored under the cache path")

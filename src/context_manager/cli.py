@@ -407,6 +407,14 @@ def memory_stats(ctx: typer.Context) -> None:
         table.add_column("figure")
         table.add_column("value")
         table.add_row("memories", str(stats["total_memories"]))
+        two = stats["in_two_tiers"]
+        if two:  # the tiers add up to more than the memories: say why
+            memories = "1 memory has" if two == 1 else f"{two} memories have"
+            table.add_row(
+                "stored copies",
+                f"{stats['stored_copies']} ({memories} copies in two tiers: short-term plus a durable "
+                "long-term copy; each copy counts in its tier)",
+            )
         for tier, count in stats["by_tier"].items():
             table.add_row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
         table.add_row("superseded", str(stats["superseded"]))

@@ -370,14 +370,111 @@ async def test_export_import_round_trip(
     lines = path.read_text().splitlines()
     assert len(lines) == 25 and json.loads(lines[0])["content"].startswith("exported")
 
+    source_stats = await manager.get_memory_stats()
     async with MemoryManager(other_storage(config)) as other:
         report = await other.import_memories(path)
         assert report["imported"] == 25 and report["replaced"] == 0
-        assert sum(report["by_tier"].values()) == 25
+        assert report["by_tier"] == source_stats["by_tier"]  # copies: the important ones count twice
         assert len(await other.search_memory("exported", limit=100)) == 25
         again = await other.import_memories(path)
         assert again["replaced"] == 25
-        assert (await other.get_memory_stats())["total_memories"] == 25
+        stats = await other.get_memory_stats()
+        assert stats["total_memories"] == 25 and stats["by_tier"] == source_stats["by_tier"]
+
+
+async def _tiers_by_id(manager: MemoryManager) -> dict[str, set[str]]:
+    tiers: dict[str, set[str]] = {}
+    for copy in await manager.stored_copies():
+        tiers.setdefault(copy.id, set()).add(copy.tier.value)
+    return tiers
+
+
+async def test_export_then_import_restores_every_memorys_tiers(
+    manager: MemoryManager,
+    tmp_path: Path,
+    config: ContextManagerConfig,
+    other_storage: Callable[[ContextManagerConfig], ContextManagerConfig],
+) -> None:
+    """Issue 15.4: an important memory (short-term + long-term copy) came back short-term only."""
+    important = await manager.add_memory("the deploy freeze starts on Friday", importance=0.9)
+    plain = await manager.add_memory("lunch is at noon", importance=0.3)
+    medium = await manager.add_memory("an older note", tier="medium")
+    durable = await manager.add_memory("a durable fact", tier="long")
+    before = await _tiers_by_id(manager)
+    assert before[important.id] == {"short", "long"}  # the premise
+    stats = await manager.get_memory_stats()
+    assert (stats["total_memories"], stats["by_tier"]) == (4, {"short": 2, "medium": 1, "long": 2})
+    path = tmp_path / "export.jsonl"
+    assert await manager.export_memories(path) == 4
+    exported = {record["id"]: record for record in map(json.loads, path.read_text().splitlines())}
+    assert exported[important.id]["tier"] == "short" and exported[important.id]["tiers"] == ["short", "long"]
+    async with MemoryManager(other_storage(config)) as other:
+        report = await other.import_memories(path)
+        assert report["by_tier"] == {"short": 2, "medium": 1, "long": 2}
+        assert await _tiers_by_id(other) == before
+        restored = await other.get_memory_stats()
+        assert restored["by_tier"] == stats["by_tier"] and restored["in_two_tiers"] == 1
+        # and the long-term copy is the durable copy the short-term overflow relies on
+        assert {plain.id, medium.id, durable.id} <= set(before)
+
+
+async def test_import_of_an_older_export_places_memories_as_add_memory_would(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    """Lines without ``tiers``: an important short-term memory gets its long-term copy back."""
+    lines = [
+        {"id": "important", "content": "the alarm code changed", "importance": 0.9, "tier": "short"},
+        {"id": "plain", "content": "lunch is at noon", "importance": 0.3, "tier": "short"},
+        {"id": "old", "content": "an older note", "importance": 0.9, "tier": "medium"},
+    ]
+    path = tmp_path / "old-export.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    await manager.import_memories(path)
+    assert await _tiers_by_id(manager) == {
+        "important": {"short", "long"},
+        "plain": {"short"},
+        "old": {"medium"},
+    }
+
+
+async def test_import_refuses_bad_tiers(manager: MemoryManager, tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": "x", "content": "text", "tiers": ["short", "attic"]}) + "\n")
+    with pytest.raises(InvalidMemoryError, match="bad.jsonl:1"):
+        await manager.import_memories(path)
+    assert await manager.stored_copies() == []
+
+
+async def test_import_over_capacity_keeps_the_long_term_copy_instead_of_moving_down(
+    manager: MemoryManager, tmp_path: Path, config: ContextManagerConfig
+) -> None:
+    """A short-term memory that does not fit, but has a long-term copy, just keeps that copy."""
+    capacity = config.short_term_memory_size
+    lines = [
+        {
+            "id": f"m{number}",
+            "content": f"important fact {number}",
+            "importance": 0.9,
+            "tiers": ["short", "long"],
+        }
+        for number in range(capacity + 5)
+    ]
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = await manager.import_memories(path)
+    assert report["by_tier"] == {"short": capacity, "medium": 0, "long": capacity + 5}
+    tiers = await _tiers_by_id(manager)
+    assert sorted(len(value) for value in tiers.values()).count(1) == 5  # long-term only
+    assert all("long" in value and "medium" not in value for value in tiers.values())
+
+
+async def test_stats_say_how_many_memories_are_counted_in_two_tiers(manager: MemoryManager) -> None:
+    await manager.add_memory("important one", importance=0.95)
+    await manager.add_memory("plain one", importance=0.2)
+    await manager.add_memory("important two", importance=0.8)
+    stats = await manager.get_memory_stats()
+    assert stats["total_memories"] == 3 and stats["by_tier"] == {"short": 3, "medium": 0, "long": 2}
+    assert stats["stored_copies"] == 5 and stats["in_two_tiers"] == 2
 
 
 async def test_import_with_a_bad_line_imports_nothing(manager: MemoryManager, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from context_manager.core.errors import (
     InvalidMemoryError,
     StorageError,
 )
+from context_manager.core.memory.backend import TIER_ORDER
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.tiers import TierMovement
@@ -31,6 +32,15 @@ __all__ = ["MemoryMaintenance"]
 _IMPORT_BATCH = 2000
 
 
+def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
+    """The ``tiers`` of an exported line (``None`` when absent); raises ``ValueError`` when malformed."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"tiers: got {value!r}; allowed a non-empty list of 'short', 'medium', 'long'")
+    return {MemoryTier.parse(item) for item in value}
+
+
 class MemoryMaintenance(TierMovement):
     """``get_memory_stats``, ``export_memories``, ``import_memories``, ``optimize``, integrity, ``flush``."""
 
@@ -42,7 +52,11 @@ class MemoryMaintenance(TierMovement):
                 with a ``by_user`` breakdown).
 
         Returns:
-            ``total_memories``, ``by_tier``, ``capacity``, ``over_capacity`` (tiers), ``superseded``,
+            ``total_memories`` (distinct memories), ``by_tier`` (stored copies per tier: an important
+            memory is in short-term *and* has a long-term copy, so it counts in two tiers and the
+            tiers can add up to more than the total), ``stored_copies`` (the sum of ``by_tier``),
+            ``in_two_tiers`` (memories counted in two tiers), ``capacity``, ``over_capacity`` (tiers),
+            ``superseded``,
             ``oldest``/``newest`` (epoch seconds or ``None``), ``mean_importance``, ``bytes_on_disk``
             (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``:
             ``"ok"``, ``"damaged"`` or ``"unchecked"``, from the latest :meth:`check_integrity` (the
@@ -63,9 +77,12 @@ class MemoryMaintenance(TierMovement):
             "long": self.config.long_term_memory_size,
         }
         sizes = await backend.size()
+        stored_copies = sum(by_tier.values())
         stats: dict[str, Any] = {
             "total_memories": total,
             "by_tier": by_tier,
+            "stored_copies": stored_copies,
+            "in_two_tiers": stored_copies - total,
             "capacity": capacity,
             "over_capacity": [tier for tier, count in by_tier.items() if count > capacity[tier]],
             "superseded": counted.superseded,
@@ -90,26 +107,35 @@ class MemoryMaintenance(TierMovement):
     async def export_memories(self, path: str | Path, *, user_id: UserScope = None) -> int:
         """Write memories (one JSON object per line, every field, superseded ones too) to ``path``.
 
-        A memory held in two tiers is written once (its fastest tier). Returns how many were written.
+        A memory held in two tiers is written once: its fastest tier's copy, with ``tiers`` listing
+        every tier holding a copy (``["short", "long"]`` for an important memory), which
+        :meth:`import_memories` restores. Returns how many memories were written.
         """
         check_user(user_id, allow_all=True)
         target = check_path(path)
         backend = self._require("export_memories")
         async with self._write_lock:
             await self._flush_touches_locked()
-            copies = await backend.scan(user_id, every_copy=False)
+            copies = await backend.scan(user_id, every_copy=True)
+        fastest: dict[str, Memory] = {}
+        tiers: dict[str, set[MemoryTier]] = {}
+        for memory in copies:
+            tiers.setdefault(memory.id, set()).add(memory.tier)
+            held = fastest.get(memory.id)
+            if held is None or TIER_ORDER[memory.tier] < TIER_ORDER[held.tier]:
+                fastest[memory.id] = memory
 
         def write() -> int:
-            seen: set[str] = set()
             count = 0
             temporary = target.with_name(target.name + ".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                for memory in copies:
-                    if memory.id in seen:
-                        continue
-                    seen.add(memory.id)
-                    handle.write(json.dumps(memory.to_dict(), ensure_ascii=False) + "\n")
+                for memory_id, memory in fastest.items():
+                    record = memory.to_dict()
+                    record["tiers"] = [
+                        tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
+                    ]
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                     count += 1
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -125,11 +151,16 @@ class MemoryMaintenance(TierMovement):
     async def import_memories(self, path: str | Path) -> dict[str, Any]:
         """Load memories written by :meth:`export_memories` (ids kept; existing ids are replaced).
 
-        Every line is validated first: one bad line raises and nothing is imported. Memories go to
-        their recorded tier; what does not fit a tier's capacity flows to the next one.
+        Every line is validated first: one bad line raises and nothing is imported. Each memory gets
+        back the tiers it had (``tiers``: a short-term memory with a long-term copy gets both); a line
+        without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
+        short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
+        places it. What does not fit a tier's capacity flows to the next one (a short-term copy whose
+        memory has a long-term copy is just not made).
 
         Returns:
-            ``imported``, ``replaced`` (ids that already existed) and ``by_tier``.
+            ``imported`` (memories), ``replaced`` (ids that already existed) and ``by_tier`` (copies
+            placed per tier: a memory with a long-term copy counts in two).
 
         Raises:
             InvalidMemoryError: a line is not a valid memory (its line number is in the message).
@@ -142,6 +173,8 @@ class MemoryMaintenance(TierMovement):
         except (OSError, UnicodeDecodeError) as error:
             raise StorageError(f"cannot read memories from {source}: {error}", path=source) from error
         memories: dict[str, Memory] = {}
+        long_copies: set[str] = set()  # memories with a long-term copy besides their faster one
+        threshold = self.config.long_term_importance_threshold
         for number, line in enumerate(lines.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -155,6 +188,7 @@ class MemoryMaintenance(TierMovement):
                 memory.tags = check_tags(memory.tags)
                 memory.metadata = check_metadata(memory.metadata)
                 check_user(memory.user_id, allow_all=False)
+                recorded = _recorded_tiers(data.get("tiers"))
             except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
                 # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
                 raise InvalidMemoryError(
@@ -163,18 +197,28 @@ class MemoryMaintenance(TierMovement):
                     "a memory as written by export_memories",
                     detail=str(error),
                 ) from error
+            if recorded is None:  # an older export: place it as add_memory would
+                recorded = {memory.tier}
+                if memory.tier is MemoryTier.SHORT and memory.importance >= threshold:
+                    recorded.add(MemoryTier.LONG)
+            memory.tier = min(recorded, key=TIER_ORDER.__getitem__)
             memories[memory.id] = memory
+            if MemoryTier.LONG in recorded and memory.tier is not MemoryTier.LONG:
+                long_copies.add(memory.id)
+            else:
+                long_copies.discard(memory.id)
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             existing = await self._get_many(list(memories))
             for memory_id in existing:
                 for copy in await self._locate(memory_id):
                     await self._remove(memory_id, copy.tier, moving=True)
-            placement = await self._place_for_import(list(memories.values()))
+            placement = await self._place_for_import(list(memories.values()), long_copies)
+            # short-term first: the backend notes which short-term memories also have a long-term copy
             for tier, batch in (
-                (MemoryTier.LONG, _IMPORT_BATCH * 5),
-                (MemoryTier.MEDIUM, _IMPORT_BATCH),
                 (MemoryTier.SHORT, _IMPORT_BATCH),
+                (MemoryTier.MEDIUM, _IMPORT_BATCH),
+                (MemoryTier.LONG, _IMPORT_BATCH * 5),
             ):
                 items = placement[tier]
                 for start in range(0, len(items), batch):
@@ -188,8 +232,14 @@ class MemoryMaintenance(TierMovement):
         self._maybe_compact()
         return {"imported": len(memories), "replaced": len(existing), "by_tier": by_tier}
 
-    async def _place_for_import(self, memories: list[Memory]) -> dict[MemoryTier, list[Memory]]:
-        """Put each memory in its recorded tier; overflow (least valuable first) flows down a tier."""
+    async def _place_for_import(
+        self, memories: list[Memory], long_copies: set[str]
+    ) -> dict[MemoryTier, list[Memory]]:
+        """Put each memory in its fastest recorded tier, plus a long-term copy for ``long_copies``.
+
+        Overflow (least valuable first) flows down a tier; a memory that has a long-term copy anyway
+        just loses the faster copy that does not fit.
+        """
         backend = self._require("import_memories")
         now = self._clock()
         placement: dict[MemoryTier, list[Memory]] = {tier: [] for tier in MemoryTier}
@@ -205,7 +255,10 @@ class MemoryMaintenance(TierMovement):
             if len(items) > space:
                 items.sort(key=lambda m: self._value(m, now), reverse=True)
                 placement[tier], overflow = items[:space], items[space:]
-                placement[lower].extend(overflow)
+                placement[lower].extend(m for m in overflow if m.id not in long_copies)
+        placement[MemoryTier.LONG].extend(
+            memory.copy(tier=MemoryTier.LONG) for memory in memories if memory.id in long_copies
+        )
         return placement
 
     @records_write_outcome
