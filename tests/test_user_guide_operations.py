@@ -437,7 +437,7 @@ async def test_a_deleted_memory_log_is_rewritten_by_auto_recovery(
     checker.enable_auto_recovery = True
     status = await checker.perform_health_check()
     assert status.status is HealthState.HEALTHY
-    assert status.recoveries[0].action == "rewrote the memory log from the live memories"
+    assert status.recoveries[0].action == "rewrote memories.jsonl from the 1 memory in process"
     assert "eu-west-1" in log.read_text()
 
 
@@ -448,19 +448,20 @@ async def test_a_removed_storage_directory_through_the_manager(
     assert checker is not None
     memory = context_manager.memory_manager
     await memory.add_memory("short-lived note", importance=0.3)
+    await memory.add_memory("a durable fact about the harbour", tier="long")
     cache = Path(context_manager.config.cache_path)
     shutil.rmtree(cache)  # removes the storage directory too (it is under cache_path)
 
     status = await checker.perform_health_check()
-    # directories and the log are restored; the open database file cannot be brought back from here
+    # directories, the log and the database are restored from what the process holds open (issue 15.1)
     assert context_manager.config.resolved_storage_path.is_dir()
     assert "short-lived note" in (memory.storage_path / "memories.jsonl").read_text()
-    storage = status.checks["storage"]
-    assert status.status is HealthState.DEGRADED
-    assert storage.message == "memory files removed while open: memories.sqlite3"
-    assert "export_memories" in (storage.recommendation or "")
-    assert status.recoveries[0].success is False
+    assert status.status is HealthState.HEALTHY
+    assert status.checks["storage"].message == "2 directories writable"
+    assert status.recoveries[0].success is True
     assert status.recoveries[0].action.startswith(f"recreated {cache}")
+    assert "restored memories.sqlite3 from the open database (1 memory)" in status.recoveries[0].action
+    assert [m.content for m in await memory.search_memory("harbour")] == ["a durable fact about the harbour"]
 
 
 async def test_damaged_fts_index_through_the_manager(context_manager: EnhancedContextManager) -> None:

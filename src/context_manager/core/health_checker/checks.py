@@ -7,7 +7,6 @@ Each returns a :class:`CheckOutcome`; a fault auto-recovery can repair carries i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import shutil
@@ -20,8 +19,8 @@ from typing import Any
 from context_manager.core.health_checker.models import CheckOutcome, HealthState, HealthThresholds
 from context_manager.core.health_checker.recovery import (
     rebuild_full_text_index,
-    recreate_storage,
     restart_background_tasks,
+    restore_storage,
 )
 from context_manager.core.performance_monitor import PerformanceMonitor
 
@@ -35,6 +34,7 @@ __all__ = [
     "check_storage",
     "check_storage_writes",
     "lost_memory_files",
+    "memory_file_faults",
 ]
 
 
@@ -93,37 +93,42 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
             problems.append(f"{path}: {free_mb:.0f} MB free (< {limits.min_free_disk_mb:.0f} MB)")
             if worst is HealthState.HEALTHY:
                 worst = HealthState.DEGRADED
-    lost = lost_memory_files(memory_manager)
-    if lost:
-        for verb, group in (
-            ("removed", [path for path in lost if not path.exists()]),
-            ("replaced", [path for path in lost if path.exists()]),
-        ):
-            if group:
-                problems.append(f"memory files {verb} while open: {', '.join(path.name for path in group)}")
+    faults = memory_file_faults(memory_manager)
+    lost = [Path(memory_manager.storage_path) / name for name in faults]
+    if faults:
+        for problem in ("removed", "replaced", "truncated"):
+            names = [name for name, found in faults.items() if found == problem]
+            if names:
+                problems.append(f"memory files {problem} while open: {', '.join(names)}")
         details["lost_memory_files"] = [str(path) for path in lost]
+        details["memory_file_faults"] = dict(faults)
         worst = HealthState.UNHEALTHY
+    restorations = getattr(memory_manager, "storage_restorations", None)
+    if restorations:  # the latest repair stays visible in the check's details
+        details["last_restore"] = restorations[-1]
     if worst is HealthState.HEALTHY:
         writable = _count(len(directories), "directory", "directories")
         return CheckOutcome(worst, f"{writable} writable", details)
-    log_lost = any(path.suffix == ".jsonl" for path in lost)
     recommendation = (
         "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
         "permissions or free disk space under storage_path."
     )
-    if any(path.suffix != ".jsonl" for path in lost):
+    if faults:
         recommendation += (
-            " The long-term database file was deleted or replaced while open: its rows live only in the open "
-            "file until the process ends. Export them now (memory_manager.export_memories), then "
-            "restart and import them."
+            " Memory files were deleted, replaced or truncated while open: the process still holds their "
+            "data (the open database, the in-process tiers) until it ends. "
+            "await memory_manager.restore_storage() writes them again (enable_auto_recovery does)."
         )
-    return CheckOutcome(
-        worst,
-        "; ".join(problems),
-        details,
-        recommendation=recommendation,
-        repair=recreate_storage(missing, memory_manager, log_lost) if missing or log_lost else None,
-    )
+    if any(name.endswith(".sqlite3") and problem == "truncated" for name, problem in faults.items()):
+        recommendation += (
+            " The long-term database was truncated: its rows cannot be read back from this process; "
+            "restore it from a backup (export_memories keeps what the other tiers hold)."
+        )
+    repair = None
+    restore = getattr(memory_manager, "restore_storage", None)
+    if missing or faults:
+        repair = restore_storage(missing, restore if faults else None)
+    return CheckOutcome(worst, "; ".join(problems), details, recommendation=recommendation, repair=repair)
 
 
 def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> CheckOutcome:
@@ -167,32 +172,22 @@ def _count(number: int, noun: str, plural: str | None = None) -> str:
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
-def lost_memory_files(memory_manager: Any) -> list[Path]:
-    """Files an open memory manager writes to that were deleted or replaced behind its back.
+def memory_file_faults(memory_manager: Any) -> dict[str, str]:
+    """Files an open memory manager uses that were removed, replaced or truncated behind its back.
 
-    Either way its writes go to a file that no longer has a name and is gone when the process ends.
-    A replaced file is found through ``/proc/self/fd`` (Linux): an open descriptor whose target reads
-    ``<path> (deleted)`` while ``<path>`` exists again.
+    From ``memory_manager.storage_faults()`` (file name -> ``"removed"``, ``"replaced"`` or
+    ``"truncated"``); empty for a manager that is not open or keeps its memory on a server.
     """
     if memory_manager is None or not getattr(memory_manager, "is_initialized", False):
-        return []
-    if getattr(getattr(memory_manager, "backend", None), "kind", "sqlite") != "sqlite":
-        return []  # the memory lives on a server, not in files
-    from context_manager.core.memory.file_store import LOG_FILE_NAME
-    from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+        return {}
+    faults = getattr(memory_manager, "storage_faults", None)
+    return dict(faults()) if faults is not None else {}
 
-    root = Path(memory_manager.storage_path)
-    paths = [root / name for name in (LOG_FILE_NAME, DATABASE_FILE_NAME)]
-    lost = [path for path in paths if not path.exists()]
-    open_targets: set[str] = set()
-    with contextlib.suppress(OSError), os.scandir("/proc/self/fd") as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):  # a descriptor closed meanwhile
-                open_targets.add(os.readlink(entry.path))
-    for path in paths:
-        if path not in lost and f"{os.path.realpath(path)} (deleted)" in open_targets:
-            lost.append(path)
-    return lost
+
+def lost_memory_files(memory_manager: Any) -> list[Path]:
+    """Paths of the files :func:`memory_file_faults` reports (removed, replaced or truncated)."""
+    faults = memory_file_faults(memory_manager)
+    return [Path(memory_manager.storage_path) / name for name in faults]
 
 
 async def check_database(memory_manager: Any) -> CheckOutcome:

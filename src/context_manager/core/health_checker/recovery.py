@@ -11,16 +11,31 @@ from typing import Any
 
 from context_manager.core.health_checker.models import Repair
 
-__all__ = ["rebuild_full_text_index", "recreate_storage", "restart_background_tasks", "run_repair"]
+__all__ = [
+    "rebuild_full_text_index",
+    "recreate_storage",
+    "restart_background_tasks",
+    "restore_storage",
+    "run_repair",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def recreate_storage(missing: list[Path], memory_manager: Any, rewrite_log: bool) -> Repair:
-    """Recreate the ``missing`` directories and, if ``rewrite_log``, rewrite the memory log.
+    """Recreate the ``missing`` directories (and, with ``rewrite_log``, restore the memory files).
 
-    The log is rewritten by ``memory_manager.optimize()``: compaction writes it again from the live
-    memories and reopens it (the fix for a log file deleted while open).
+    Kept for callers of the earlier API: :func:`restore_storage` is what the storage check uses.
+    """
+    restore = getattr(memory_manager, "restore_storage", None) if rewrite_log else None
+    return restore_storage(missing, restore)
+
+
+def restore_storage(missing: list[Path], restore: Callable[[], Awaitable[Any]] | None) -> Repair:
+    """Recreate the ``missing`` directories, then run ``restore`` (``MemoryManager.restore_storage``).
+
+    The memory manager writes its deleted, replaced or truncated files again from what it holds open
+    (the database through SQLite's backup API, the log from the in-process tiers) and switches to them.
     """
 
     async def recreate() -> str:
@@ -28,10 +43,11 @@ def recreate_storage(missing: list[Path], memory_manager: Any, rewrite_log: bool
         for path in missing:
             await asyncio.to_thread(path.mkdir, mode=0o700, parents=True, exist_ok=True)
             done.append(f"recreated {path}")
-        if rewrite_log and memory_manager is not None and hasattr(memory_manager, "optimize"):
-            await memory_manager.optimize()
-            done.append("rewrote the memory log from the live memories")
-        return "; ".join(done)
+        if restore is not None:
+            report = await restore()
+            done.extend(report.get("restored", []))
+            done.extend(f"could not restore {name}: {why}" for name, why in report.get("failed", {}).items())
+        return "; ".join(done) or "nothing to restore"
 
     return recreate
 

@@ -266,6 +266,14 @@ class MemoryBackend(Protocol):
         """Rewrite append-only files with the live records; bytes before and after (0, 0 if none)."""
         ...
 
+    def file_faults(self) -> dict[str, str]:
+        """Storage files deleted, replaced or truncated behind the process's back (none without files)."""
+        ...
+
+    async def restore_files(self) -> dict[str, Any]:
+        """Write such files again from what the process holds open: ``restored`` and ``failed``."""
+        ...
+
     async def stats(self, scope: UserScope) -> BackendStats:
         """Counts of the scope, computed where the data is."""
         ...

@@ -68,6 +68,7 @@ class JsonlLog:
         self._fd: int | None = None  # appends (O_APPEND)
         self._overwrite_fd: int | None = None  # erasure in place (pwrite ignores offsets with O_APPEND)
         self._puts: dict[str, Offsets] = {}  # memory id -> where its put records are
+        self._size = 0  # bytes this log knows are in the file (a smaller file was truncated)
 
     def open(self) -> dict[str, Memory]:
         """Open the log, replay it and return the live memories by id (tier as recorded)."""
@@ -88,6 +89,26 @@ class JsonlLog:
             os.close(self._fd)
             self._fd = None
             raise
+        self._size = os.fstat(self._fd).st_size
+
+    def fault(self) -> str | None:
+        """What happened to the open log behind its back: ``"removed"``, ``"replaced"``, ``"truncated"``.
+
+        ``None`` when the file at :attr:`path` is the one open, at least as long as this log wrote it.
+        """
+        with self._lock:
+            if self._fd is None:
+                return None
+            try:
+                held = os.fstat(self._fd)
+                current = self.path.stat()
+            except FileNotFoundError:
+                return "removed"
+            except OSError:
+                return None
+            if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
+                return "replaced"
+            return "truncated" if held.st_size < self._size else None
 
     def _close_descriptors(self) -> None:
         for fd in (self._fd, self._overwrite_fd):
@@ -182,6 +203,7 @@ class JsonlLog:
                         os.ftruncate(self._fd, start)
                 raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
             self.record_count += len(records)
+            self._size = start + len(data)
             offset = start
             for record, line in zip(records, lines, strict=True):
                 if record["op"] == "put":

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,8 +42,10 @@ from context_manager.core.memory.index import ColumnWeights, Stemmer, VectorInde
 from context_manager.core.memory.locking import (
     LOCK_FILE_NAME,
     acquire_lock,
+    lock_fault,
     make_private_directory,
     release_lock,
+    replace_lock,
 )
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import idf_corrections, prune_common_terms, uniform_correction
@@ -630,6 +634,66 @@ class LocalBackend:
         log_bytes = self._log.size() if self._log is not None else 0
         database_bytes = self._long_store.size()
         return {"log": log_bytes, "database": database_bytes, "total": log_bytes + database_bytes}
+
+    def file_faults(self) -> dict[str, str]:
+        """Storage files changed behind this process's back, by name: removed, replaced or truncated.
+
+        Each of them is still open here (the log's and the database's descriptors, the in-process
+        tiers), so :meth:`restore_files` can write them again, except a truncated database.
+        """
+        faults: dict[str, str] = {}
+        if self._log is not None:
+            problem = self._log.fault()
+            if problem is not None:
+                faults[self._log.path.name] = problem
+        if self.long is not None:
+            faults.update(self.long.faults())
+        problem = lock_fault(self._lock_fd, self.path / LOCK_FILE_NAME)
+        if problem is not None:
+            faults[LOCK_FILE_NAME] = problem
+        return faults
+
+    async def restore_files(self) -> dict[str, Any]:
+        """Write the faulty files again from what is open; call with the manager's write lock held.
+
+        The directory is recreated (0o700); the lock is taken on a new lock file; the database is
+        written from the open connection with SQLite's backup API and reopened; the log is rewritten
+        from the in-process tiers. A file that had replaced one of ours is kept under
+        ``<name>.replaced-<time>``. Returns ``restored`` (what was done) and ``failed`` (file ->
+        why it could not be restored: a truncated database).
+        """
+        short, medium, long_store = self._stores
+        log = self._log
+        assert log is not None
+        live = [memory.copy() for memory in list(medium.all()) + list(short.all())]
+
+        def restore() -> dict[str, Any]:
+            faults = self.file_faults()
+            restored: list[str] = []
+            failed: dict[str, str] = {}
+            if not faults:
+                return {"restored": restored, "failed": failed}
+            make_private_directory(self.path)
+            if LOCK_FILE_NAME in faults:
+                self._lock_fd = replace_lock(self._lock_fd, self.path / LOCK_FILE_NAME)
+                restored.append(f"took the storage lock again on a new {LOCK_FILE_NAME}")
+            if any(name.startswith(long_store.path.name) for name in faults):
+                try:
+                    restored.append(long_store.restore())
+                except StorageError as error:
+                    failed[long_store.path.name] = str(error)
+            problem = faults.get(log.path.name)
+            if problem is not None:
+                if problem == "replaced":  # keep the stranger's file, whatever it is
+                    aside = log.path.with_name(f"{log.path.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+                    os.replace(log.path, aside)
+                    restored.append(f"kept what had replaced {log.path.name} as {aside.name}")
+                log.compact(live)
+                memories = "1 memory" if len(live) == 1 else f"{len(live)} memories"
+                restored.append(f"rewrote {log.path.name} from the {memories} in process")
+            return {"restored": restored, "failed": failed}
+
+        return await self._run(restore)
 
     def needs_compaction(self) -> bool:
         """Whether the log holds many more records than live memories."""

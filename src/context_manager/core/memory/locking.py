@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -67,6 +68,54 @@ def acquire_lock(path: Path) -> int:
         os.pwrite(fd, f"{_holder_text()}\n".encode(), 0)
         _held_here[fd] = (real, os.getpid())
         return fd
+
+
+def replace_lock(old: int | None, path: Path) -> int:
+    """Take the lock on a recreated lock file at ``path`` and release ``old`` (the one deleted or replaced).
+
+    Used when the storage directory was removed behind the back of the process holding it: without a
+    new lock another process could open the same storage.
+
+    Raises:
+        StorageLockedError: another process took the new lock file first.
+        StorageError: the lock file cannot be opened.
+    """
+    real = os.path.realpath(path)
+    with _held_lock:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise StorageLockedError(path.parent, holder, same_process=False) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{_holder_text()}\n".encode(), 0)
+        _held_here[fd] = (real, os.getpid())
+        if old is not None:
+            _held_here.pop(old, None)
+            with contextlib.suppress(OSError):
+                os.close(old)  # closing drops the flock on the old (unlinked) file
+        return fd
+
+
+def lock_fault(fd: int | None, path: Path) -> str | None:
+    """``"removed"`` or ``"replaced"`` when the lock file at ``path`` is not the one ``fd`` holds."""
+    if fd is None:
+        return None
+    try:
+        held = os.fstat(fd)
+        current = path.stat()
+    except FileNotFoundError:
+        return "removed"
+    except OSError:
+        return None
+    return None if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino) else "replaced"
 
 
 def _holder_text() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from context_manager.core.memory.write_health import records_write_outcome
 __all__ = ["MemoryMaintenance"]
 
 _IMPORT_BATCH = 2000
+
+logger = logging.getLogger(__name__)
 
 
 def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
@@ -318,6 +321,54 @@ class MemoryMaintenance(TierMovement):
             rebuilt = await backend.rebuild_index()
             self._index_report = {"checked_at": self._clock(), "check": "rebuilt", "problems": {}}
         return rebuilt
+
+    def storage_faults(self) -> dict[str, str]:
+        """Storage files deleted, replaced or truncated behind this process's back, by file name.
+
+        Values are ``"removed"``, ``"replaced"`` or ``"truncated"``; empty when every file is the one
+        open (always, on PostgreSQL). Writes to a deleted or replaced file land in a file that has no
+        name any more and is gone when the process ends: :meth:`restore_storage` writes them back.
+        Cheap (a few ``stat`` calls); safe to call from any thread.
+        """
+        backend = self._backend
+        if self._state != "ready" or backend is None:
+            return {}
+        return backend.file_faults()
+
+    @records_write_outcome
+    async def restore_storage(self) -> dict[str, Any]:
+        """Write the storage files again from what this process holds open, and switch to them.
+
+        After the storage directory was deleted, or a file replaced or truncated behind the process's
+        back, the data is still here: the database in its open connection (copied with SQLite's backup
+        API), the short- and medium-term tiers in process (the log is rewritten from them). The
+        directory and the lock file are recreated; a file that had replaced one of ours is kept as
+        ``<name>.replaced-<time>``. A truncated database cannot be restored this way (its pages are gone
+        from the file the connection reads): it is reported under ``failed``. The health checker's
+        auto-recovery calls this for the ``storage`` check.
+
+        Returns:
+            ``restored`` (one line per action), ``failed`` (file -> why), ``at`` (epoch seconds).
+        """
+        backend = self._require("restore_storage")
+        async with self._write_lock:
+            report = dict(await backend.restore_files())
+        report["at"] = self._clock()
+        if report["restored"] or report["failed"]:
+            self._restorations.append(report)
+            del self._restorations[:-20]
+            logger.warning(
+                "memory storage at %s restored from the open files: %s%s",
+                self.storage_path,
+                "; ".join(report["restored"]) or "nothing",
+                "".join(f"; {name} NOT restored: {why}" for name, why in report["failed"].items()),
+            )
+        return report
+
+    @property
+    def storage_restorations(self) -> list[dict[str, Any]]:
+        """The latest :meth:`restore_storage` runs that did something, oldest first (at most 20)."""
+        return [dict(report) for report in self._restorations]
 
     @records_write_outcome
     async def flush(self) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -104,6 +105,7 @@ class SQLiteStore:
         self._opened_file: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._erasure_pending = False  # deleted words may remain in FTS5 segments
         self._marked = False  # the open transaction recorded a pending erasure
+        self._size_seen = 0  # the file's largest size seen (it never shrinks: no VACUUM)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class SQLiteStore:
             self._vocabulary = create_vocabulary_table(connection, FTS_TABLE)
             self._count = int(connection.execute("SELECT count(*) FROM memories").fetchone()[0])
             self._opened_file = _file_identity(self.path)
+            self._size_seen = self.path.stat().st_size
             pending = connection.execute(
                 "SELECT value FROM store_state WHERE name = 'fts_erasure_pending'"
             ).fetchone()
@@ -198,6 +201,89 @@ class SQLiteStore:
                     self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._connection.close()
                 self._connection = None
+
+    def faults(self) -> dict[str, str]:
+        """Files of the open database changed behind the store's back, by name.
+
+        ``"removed"`` (the database or its ``-wal``), ``"replaced"`` (another file at the path), or
+        ``"truncated"`` (smaller than it was: the file never shrinks, this store runs no VACUUM).
+        """
+        identity = self._opened_file
+        if self._connection is None or identity is None:
+            return {}
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {self.path.name: "removed"}
+        except OSError:
+            return {}
+        if (stat.st_dev, stat.st_ino) != identity:
+            return {self.path.name: "replaced"}
+        if stat.st_size < self._size_seen:
+            return {self.path.name: "truncated"}
+        self._size_seen = stat.st_size
+        wal = Path(f"{self.path}-wal")
+        if not wal.exists():  # an open WAL-mode database always has one: its commits were in it
+            return {wal.name: "removed"}
+        return {}
+
+    def restore(self) -> str:
+        """Write the database open here to a new file at :attr:`path`, and switch to it.
+
+        For a database (or its ``-wal``) deleted or replaced while open: SQLite's backup API reads every
+        page through the open connection, which still holds the old files. A file that replaced the
+        database is kept, renamed ``<name>.replaced-<time>``. Returns what was done.
+
+        Raises:
+            StorageError: the database was truncated (its pages are gone from the file the connection
+                reads: restore it from a backup), or the new file cannot be written.
+        """
+        with self._lock:
+            db = self._db
+            faults = self.faults()
+            if faults.get(self.path.name) == "truncated":
+                raise StorageError(
+                    f"{self.path.name} was truncated while open: its rows are no longer in the file the "
+                    "open connection reads, so it cannot be restored from this process; restore it from a "
+                    "backup",
+                    path=self.path,
+                )
+            temporary = self.path.with_name(self.path.name + ".restore")
+            for leftover in (temporary, Path(f"{temporary}-journal")):
+                leftover.unlink(missing_ok=True)
+            try:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600))
+                target = sqlite3.connect(temporary, isolation_level=None)
+                try:
+                    target.execute("PRAGMA synchronous=FULL")
+                    db.backup(target)
+                    count = int(target.execute("SELECT count(*) FROM memories").fetchone()[0])
+                finally:
+                    target.close()
+            except (OSError, sqlite3.Error) as error:
+                temporary.unlink(missing_ok=True)
+                raise StorageError(f"cannot restore {self.path}: {error}", path=self.path) from error
+            # the old connection checkpoints into the old files and removes its -wal by name
+            with suppress(sqlite3.Error):
+                db.close()
+            self._connection = None
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            moved = []
+            for suffix in ("", "-wal", "-shm"):  # whatever is at the path now is not this database's
+                leftover = Path(f"{self.path}{suffix}")
+                if leftover.exists():
+                    aside = leftover.with_name(f"{self.path.name}.replaced-{stamp}{suffix}")
+                    os.replace(leftover, aside)
+                    moved.append(aside.name)
+            os.replace(temporary, self.path)
+            _fsync_directory(self.path.parent)
+            self._frequencies.clear()
+            self.open()
+        memories = "1 memory" if count == 1 else f"{count} memories"
+        report = f"restored {self.path.name} from the open database ({memories})"
+        if moved:
+            report += f"; kept what had replaced it as {', '.join(moved)}"
+        return report
 
     @property
     def erasure_pending(self) -> bool:
@@ -607,6 +693,9 @@ class SQLiteStore:
 
     def size(self) -> int:
         """Bytes on disk: the database and its WAL."""
+        with suppress(OSError):
+            if _same_file(self.path, self._opened_file or (-1, -1)):
+                self._size_seen = max(self._size_seen, self.path.stat().st_size)
         total = 0
         for suffix in ("", "-wal", "-shm"):
             with suppress(FileNotFoundError):
@@ -716,6 +805,15 @@ def _quick_check_on(db: sqlite3.Connection, vocabulary: str) -> dict[str, str]:
     except sqlite3.DatabaseError as error:
         result["fts"] = str(error)
     return result
+
+
+def _fsync_directory(directory: Path) -> None:
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -92,6 +92,7 @@ class ManagerState:
         self._rebalance_scheduled = False  # a background rebalance is pending (see _add_many)
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
+        self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
 
     @property
     def storage_path(self) -> Path:

@@ -703,6 +703,14 @@ class PostgresBackend:
                     with contextlib.suppress(Exception):  # a lost connection released the lock already
                         await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
+    def file_faults(self) -> dict[str, str]:
+        """No files: the memory lives on the server."""
+        return {}
+
+    async def restore_files(self) -> dict[str, Any]:
+        """Nothing to restore (no files)."""
+        return {"restored": [], "failed": {}}
+
     def needs_compaction(self) -> bool:
         """PostgreSQL reclaims space itself (autovacuum)."""
         return False
