@@ -199,7 +199,7 @@ async def workload_messages(count: int, warmup: int, progress: Callable[[str], N
 
             await measured(result, body, progress)
             summary = manager.get_context_summary()
-            await manager.memory_manager.flush()
+            await manager.flush()  # the evicted messages still queued for memory, then memory's own flush
             stats = await manager.memory_manager.get_memory_stats()
             result.details = {
                 "max_tokens": max_tokens,
@@ -375,6 +375,20 @@ def sync_tool(value: int) -> int:
     return value + 1
 
 
+_LOG_ROWS = "".join(
+    f"row {i}: status ok, latency {i % 97} ms, region eu-west-{i % 3}\n" for i in range(22_000)
+)
+
+
+async def dump_tool(part: int) -> str:
+    """A tool whose output is a megabyte and more (a log dump): it is cut in the window.
+
+    Args:
+        part: Which dump.
+    """
+    return f"dump {part}\n" + _LOG_ROWS
+
+
 async def workload_tools(count: int, warmup: int, progress: Callable[[str], None]) -> WorkloadResult:
     result = WorkloadResult("tools")
     with tempfile.TemporaryDirectory() as directory:
@@ -385,7 +399,8 @@ async def workload_tools(count: int, warmup: int, progress: Callable[[str], None
             tools.register_function_tool("lookup", lookup_tool, cacheable=True, cache_ttl=60.0)
             tools.register_function_tool("limited", limited_tool, rate_limit=5, rate_window=60.0)
             tools.register_function_tool("sync", sync_tool)
-            made: dict[str, int] = {"echo": 0, "lookup": 0, "limited": 0, "sync": 0}
+            tools.register_function_tool("dump", dump_tool, max_output_tokens=2_000)
+            made: dict[str, int] = {"echo": 0, "lookup": 0, "limited": 0, "sync": 0, "dump": 0}
             outcomes: dict[str, int] = {"success": 0, "rate_limited": 0, "other_failure": 0}
             batch_calls = 0
 
@@ -393,6 +408,16 @@ async def workload_tools(count: int, warmup: int, progress: Callable[[str], None
                 """Make the call(s) for step ``index``; return how many tool calls were made."""
                 nonlocal batch_calls
                 kind = index % 10
+                if (
+                    index % 250 == 125
+                ):  # a model asks for a megabyte log dump: cut in the window, kept on disk
+                    [dumped] = await manager.execute_tool_calls(
+                        [{"id": f"dump{index}", "name": "dump", "arguments": {"part": index}}]
+                    )
+                    made["dump"] += 1
+                    batch_calls += 1
+                    outcomes["success" if dumped.success else "other_failure"] += 1
+                    return 1
                 if kind < 4:
                     outcome = await manager.execute_tool(
                         "echo", text=f"t{index % 5000}", repeat=1 + index % 3
@@ -457,6 +482,11 @@ async def workload_tools(count: int, warmup: int, progress: Callable[[str], None
                 "calls_via_execute_tool_calls": batch_calls,
                 "stats_calls_by_tool": counted,
                 "cache_entries_end": after["cache"]["entries"],
+                "megabyte_outputs": made["dump"],
+                "dump_output_chars": len(_LOG_ROWS),
+                "token_count_cache_chars": manager.context_window.counter.cache_chars  # type: ignore[attr-defined]
+                if hasattr(manager.context_window.counter, "cache_chars")
+                else None,
                 "window_tokens_end": manager.get_context_summary()["token_count"],
                 "compressions": len(manager.compression_history),
             }

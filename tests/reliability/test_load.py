@@ -9,7 +9,7 @@ CI size (``RELIABILITY_FULL=1`` runs the full size here too) and checks what the
   limiter and the monitors' ring buffers are all bounded);
 * the window never exceeds ``max_tokens``; the in-process memory tiers stay within their capacities;
 * every acknowledged memory write is found afterwards and the memory count adds up;
-* ``get_tool_stats()`` counts exactly the calls made;
+* ``get_tool_stats()`` counts exactly the calls made, megabyte tool outputs included (one in 250 calls);
 * event-loop lag stays bounded: median lateness of a 5 ms timer <= 100 ms, worst <= 5 s (generous: the
   machine running CI is shared; measured figures are in the assertion's comment).
 """
@@ -70,6 +70,9 @@ def test_load_run_holds_its_bounds(tmp_path: Path) -> None:
     assert tools["operations"] >= scale["tool_calls"]
     assert tools["details"]["stats_calls_by_tool"] == tools["details"]["calls_by_tool"]
     assert tools["details"]["outcomes"]["rate_limited"] > 0, "the rate limiter must be exercised"
+    # megabyte tool outputs (issue 18.8): cut in the window, kept on disk; the RSS bound above holds with them
+    assert tools["details"]["megabyte_outputs"] >= 10 and tools["details"]["dump_output_chars"] > 1_000_000
+    assert tools["details"]["token_count_cache_chars"] <= 2_000_000
 
 
 async def _time_short_term_overflow(directory: Path, count: int) -> float:

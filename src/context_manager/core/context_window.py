@@ -92,6 +92,7 @@ STRATEGY_EXTRACTIVE = "extractive"
 STRATEGY_CUSTOM = "custom"
 STRATEGY_FALLBACK = "custom_failed_fallback_extractive"
 
+_TOOL = Role.TOOL
 _OFF_LOOP_CHARS = 100_000  # texts longer than this are counted and cut in a worker thread (~5 ms and more)
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
@@ -340,7 +341,7 @@ class ContextWindow:
         while self._deliveries:
             await asyncio.gather(*tuple(self._deliveries), return_exceptions=True)
 
-    def _start_delivery(self, tickets: list[int]) -> asyncio.Task[None] | None:
+    def _start_delivery(self, tickets: Sequence[int]) -> asyncio.Task[None] | None:
         """Start handing ``tickets`` (claimed for us) to the hook in an owned task; None without a hook."""
         hook = self._hook
         if hook is None or not tickets:
@@ -350,7 +351,7 @@ class ContextWindow:
         task.add_done_callback(self._deliveries.discard)
         return task
 
-    async def _deliver(self, hook: EvictionHook, tickets: list[int]) -> None:
+    async def _deliver(self, hook: EvictionHook, tickets: Sequence[int]) -> None:
         queue = self._evicted
         try:
             result = hook(queue.messages_of(tickets))
@@ -451,8 +452,13 @@ class ContextWindow:
     def _commit_append(self, message: Message, tokens: int) -> None:
         """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
         _set(message, "token_count", tokens)
-        unit = self._index.add(message)
         messages = self._messages
+        if not message.tool_calls and message.role is not Role.TOOL:  # a unit of its own: O(1)
+            self._index.add_plain(message)
+            messages.append(message)
+            self._by_id[message.id] = message
+            return
+        unit = self._index.add(message)
         if message.role is Role.TOOL and len(unit.messages) > 1:
             previous = unit.messages[-2]
             if messages[-1] is not previous:  # someone spoke while the tools ran: keep the pair together
@@ -480,7 +486,17 @@ class ContextWindow:
         """
         if self._lock.locked() or self._queued:  # a compression is in flight: queue behind it, in order
             return await self._add_queued(message)
-        self._check(message)
+        if (
+            type(message) is Message
+            and not message.metadata
+            and not message.tool_calls
+            and message.role is not _TOOL
+        ):
+            # the hot path: a plain message has nothing to check but its id
+            if message.id in self._by_id:
+                raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
+        else:
+            self._check(message)
         if len(message.content) > _OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
             return await self._add_queued(message)
         tokens = self._counter.count_message(message)
@@ -633,7 +649,7 @@ class ContextWindow:
         tokens_before: int,
         messages_before: int,
         target: int,
-    ) -> list[int]:
+    ) -> Sequence[int]:
         """Commit point: apply a compression (plan, cuts, summary) and queue what it evicted; no await.
 
         Returns the queue tickets of the handed-over messages (claimed for the hook when one is set).

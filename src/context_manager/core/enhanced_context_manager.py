@@ -65,6 +65,7 @@ __all__ = ["EnhancedContextManager"]
 
 logger = logging.getLogger(__name__)
 
+_LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
 
 _State = Literal["new", "ready", "closed"]
@@ -550,14 +551,18 @@ class EnhancedContextManager:
         return results
 
     async def _remember_tool_output(self, call: ToolCall, result: ToolResult, full_text: str) -> None:
-        """Keep the full text of a tool output cut in the window in medium-term memory."""
+        """Keep the full text of a tool output cut in the window in memory.
+
+        Medium-term memory; an output over 64 KB goes to the long-term tier instead, which lives on disk
+        and is indexed in a worker thread: megabyte outputs neither stay in the process nor hold the loop.
+        """
         try:
             await self.memory_manager.add_memory(
                 full_text,
                 importance=0.3,
                 tags=["tool_output", call.name],
                 metadata={"tool_call_id": call.id, "tool_name": call.name, "success": result.success},
-                tier="medium",
+                tier="long" if len(full_text) > _LARGE_OUTPUT_CHARS else "medium",
                 source="tool",
             )
         except ContextManagerError as error:  # the results already exist; losing the copy is not fatal

@@ -18,7 +18,6 @@ short by a cancellation is retried in full.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
@@ -34,9 +33,9 @@ class EvictedQueue:
 
     def __init__(self) -> None:
         """Create an empty queue."""
-        self._entries: dict[int, Message] = {}  # sequence number -> message, oldest first
+        self._entries: dict[int, Message] = {}  # ticket (sequence number) -> message, oldest first
         self._claimed: set[int] = set()
-        self._sequence = itertools.count()
+        self._next_ticket = 0
         self._listeners: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
@@ -59,16 +58,15 @@ class EvictedQueue:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def put(self, messages: Sequence[Message], *, claim: bool = False) -> list[int]:
+    def put(self, messages: Sequence[Message], *, claim: bool = False) -> range:
         """Queue ``messages`` (synchronous: the commit that evicted them calls it); return their tickets.
 
         With ``claim`` they are claimed at once by the caller (who will deliver them itself).
         """
-        tickets = []
-        for message in messages:
-            ticket = next(self._sequence)
-            self._entries[ticket] = message
-            tickets.append(ticket)
+        first = self._next_ticket
+        tickets = range(first, first + len(messages))
+        self._next_ticket = tickets.stop
+        self._entries.update(zip(tickets, messages, strict=True))
         if claim:
             self._claimed.update(tickets)
         if tickets:

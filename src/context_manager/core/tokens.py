@@ -237,12 +237,26 @@ class ExactTokenCounter:
         text: str = self._tokenizer.decode(token_ids)
         return text
 
+    def count_framing(self, message: Message) -> int:
+        """What ``message`` costs without its content: framing, role, name and tool calls."""
+        count = self.count
+        total = self._role_tokens[message.role]
+        if message.name:
+            total += count(message.name) + TOKENS_PER_NAME
+        for call in message.tool_calls:
+            total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
+        return total
+
     def count_message(self, message: Message) -> int:
-        """Return what ``message`` costs in a prompt, with the chat-format overhead (module docstring)."""
+        """Return what ``message`` costs in a prompt, with the chat-format overhead (module docstring).
+
+        The content is counted without the cache: a window counts each message once, so caching contents
+        would only cost time and evict the short texts (names, arguments, summary lines) that do repeat.
+        """
         count = self.count
         total = self._role_tokens[message.role]
         if message.content:
-            total += count(message.content)
+            total += self._count_raw(message.content)
         if message.name:
             total += count(message.name) + TOKENS_PER_NAME
         for call in message.tool_calls:

@@ -96,6 +96,10 @@ def base_tokens(message: Message, counter: TokenCounter) -> int:
     """What ``message`` costs without its content (framing, role, name, tool calls); content not counted."""
     if not message.content:
         return message.token_count
+    framing = getattr(counter, "count_framing", None)  # the default counter has it: no copy needed
+    if framing is not None:
+        result: int = framing(message)
+        return result
     return counter.count_message(dataclasses.replace(message, content=""))
 
 

@@ -23,6 +23,7 @@ __all__ = ["MessageUnit", "Unit", "UnitIndex", "group_into_units"]
 
 _RANK = {priority: priority.rank for priority in Priority}
 _EVICTABLE_RANKS = 3  # low, normal, high; a critical message makes its unit protected
+_SETTLE_EVERY = 256  # plain messages whose units wait for a read; about 0.15 ms of work at most
 
 
 @dataclass(slots=True)
@@ -77,18 +78,18 @@ class Unit:
 
     __slots__ = ("messages", "pending", "protected", "rank", "seq", "tokens")
 
-    def __init__(self, seq: int, message: Message) -> None:
+    def __init__(self, seq: int, message: Message, rank: int, protected: int, pending: int) -> None:
         self.seq = seq
         """Order of the unit's first message (ascending in the window)."""
         self.messages = [message]
         """The unit's messages in window order."""
         self.tokens = message.token_count
         """Sum of the messages' token counts."""
-        self.rank = _RANK[message.priority]
+        self.rank = rank
         """Highest priority rank among the messages."""
-        self.protected = 1 if message.is_protected else 0
+        self.protected = protected
         """How many of its messages are protected (system, pinned, critical): kept whole if any."""
-        self.pending = len(message.tool_calls)
+        self.pending = pending
         """Tool calls of the unit without a result yet."""
 
     def __repr__(self) -> str:
@@ -111,29 +112,39 @@ class UnitIndex:
         self._evictable: tuple[dict[int, Unit], ...] = tuple({} for _ in range(_EVICTABLE_RANKS))
         self._pending_units: dict[int, Unit] = {}
         self._latest_user: Unit | None = None
+        self._tail: list[Message] = []  # plain messages added since the last _settle(), not in units yet
         self.tokens = 0
         """Sum of every message's token count."""
-        self.protected_tokens = 0
-        """Sum of the token counts of protected units (kept whole by every compression)."""
+        self._protected_tokens = 0
         for message in messages:
             self.add(message)
 
     # -- reading ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        self._settle()
         return len(self._units)
 
     def __iter__(self) -> Iterator[Unit]:
+        self._settle()
         return iter(self._units.values())
+
+    @property
+    def protected_tokens(self) -> int:
+        """Sum of the token counts of protected units (kept whole by every compression)."""
+        self._settle()
+        return self._protected_tokens
 
     @property
     def newest(self) -> Unit | None:
         """The unit whose first message is the newest."""
+        self._settle()
         return next(reversed(self._units.values()), None)
 
     @property
     def latest_user(self) -> Unit | None:
         """The unit of the newest user message (a user message is always a unit of its own)."""
+        self._settle()
         return self._latest_user
 
     @property
@@ -152,6 +163,7 @@ class UnitIndex:
 
     def unit_of(self, message_id: str) -> Unit | None:
         """The unit holding the message ``message_id``, or ``None``."""
+        self._settle()
         return self._unit_of_message.get(message_id)
 
     def unit_of_call(self, call_id: str) -> Unit | None:
@@ -160,35 +172,93 @@ class UnitIndex:
 
     def eviction_order(self) -> Iterator[Unit]:
         """Unprotected units, lowest priority first and oldest first within a priority (lazily)."""
+        self._settle()
         for by_seq in self._evictable:
             yield from by_seq.values()
 
     # -- changing ---------------------------------------------------------------------------------
 
+    def add_plain(self, message: Message) -> None:
+        """Add a message that calls no tool and answers none (token count set), in O(1).
+
+        Its unit is made when the index is next read (by a compression, a budgeted view, a pin), so the
+        add_message hot path only appends; the work moves to the compression, which is proportional to
+        what it evicts anyway.
+        """
+        tail = self._tail
+        tail.append(message)
+        self.tokens += message.token_count
+        if len(tail) >= _SETTLE_EVERY:  # bounds the work a compression finds waiting (and its loop stall)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Make the units of the plain messages added since the last call.
+
+        This loop is the hot part of a compression of a large window, hence the local names.
+        """
+        tail = self._tail
+        if not tail:
+            return
+        self._tail = []
+        units, by_message, evictable, seq = self._units, self._unit_of_message, self._evictable, self._seq
+        rank_of, critical, system, user = _RANK, Priority.CRITICAL, Role.SYSTEM, Role.USER
+        latest_user = self._latest_user
+        protected_tokens = 0
+        for message in tail:
+            number = next(seq)
+            priority = message.priority
+            if message.pinned or priority is critical or message.role is system:
+                unit = Unit(number, message, rank_of[priority], 1, 0)
+                protected_tokens += message.token_count
+            else:
+                unit = Unit(number, message, rank_of[priority], 0, 0)
+                evictable[unit.rank][number] = unit
+            units[number] = unit
+            by_message[message.id] = unit
+            if message.role is user:
+                latest_user = unit
+        self._latest_user = latest_user
+        self._protected_tokens += protected_tokens
+
     def add(self, message: Message) -> Unit:
         """Add ``message`` (token count set): a tool result joins its call's unit, others start one."""
+        self._settle()
         unit = None
         if message.role is Role.TOOL and message.tool_call_id is not None:
             unit = self._unit_of_call.get(message.tool_call_id)
         tokens = message.token_count
         self.tokens += tokens
         if unit is None:
-            unit = Unit(next(self._seq), message)
-            self._units[unit.seq] = unit
-            self._unit_of_message[message.id] = unit
-            if unit.protected:
-                self.protected_tokens += tokens
-            else:
-                self._evictable[unit.rank][unit.seq] = unit
-            for call in message.tool_calls:
-                self._unit_of_call[call.id] = unit
-                self._pending_calls[call.id] = message.id
-            if unit.pending:
-                self._pending_units[unit.seq] = unit
-            if message.role is Role.USER:
-                self._latest_user = unit
-            return unit
-        # A tool result: it joins the unit of its call.
+            return self._start_unit(message)
+        return self._join(unit, message)
+
+    def _start_unit(self, message: Message) -> Unit:
+        """A message that is a unit of its own (any message but a tool result whose call is known)."""
+        unit = Unit(
+            next(self._seq),
+            message,
+            _RANK[message.priority],
+            1 if message.is_protected else 0,
+            len(message.tool_calls),
+        )
+        self._units[unit.seq] = unit
+        self._unit_of_message[message.id] = unit
+        if unit.protected:
+            self._protected_tokens += message.token_count
+        else:
+            self._evictable[unit.rank][unit.seq] = unit
+        for call in message.tool_calls:
+            self._unit_of_call[call.id] = unit
+            self._pending_calls[call.id] = message.id
+        if unit.pending:
+            self._pending_units[unit.seq] = unit
+        if message.role is Role.USER:
+            self._latest_user = unit
+        return unit
+
+    def _join(self, unit: Unit, message: Message) -> Unit:
+        """A tool result joins the unit of its call."""
+        tokens = message.token_count
         self._unit_of_message[message.id] = unit
         old_rank, was_protected = unit.rank, unit.protected > 0
         unit.messages.append(message)
@@ -197,10 +267,10 @@ class UnitIndex:
         if message.is_protected:
             unit.protected += 1
         if was_protected:
-            self.protected_tokens += tokens
+            self._protected_tokens += tokens
         elif unit.protected:
             del self._evictable[old_rank][unit.seq]
-            self.protected_tokens += unit.tokens
+            self._protected_tokens += unit.tokens
         elif unit.rank != old_rank:
             del self._evictable[old_rank][unit.seq]
             self._insert_evictable(unit)
@@ -212,11 +282,12 @@ class UnitIndex:
 
     def remove(self, units: Iterable[Unit]) -> None:
         """Remove whole units (evicted by a compression)."""
+        self._settle()
         for unit in units:
             del self._units[unit.seq]
             self.tokens -= unit.tokens
             if unit.protected:
-                self.protected_tokens -= unit.tokens
+                self._protected_tokens -= unit.tokens
             else:
                 del self._evictable[unit.rank][unit.seq]
             self._pending_units.pop(unit.seq, None)
@@ -230,6 +301,7 @@ class UnitIndex:
 
     def replace(self, old: Message, new: Message) -> None:
         """Put ``new`` in place of ``old`` (same id and priority: a cut copy, or a pinned/unpinned copy)."""
+        self._settle()
         unit = self._unit_of_message[old.id]
         position = next(i for i, message in enumerate(unit.messages) if message is old)
         was_protected = unit.protected > 0
@@ -239,13 +311,13 @@ class UnitIndex:
         self.tokens += delta
         unit.protected += (1 if new.is_protected else 0) - (1 if old.is_protected else 0)
         if was_protected and unit.protected:
-            self.protected_tokens += delta
+            self._protected_tokens += delta
         elif was_protected:
-            self.protected_tokens -= unit.tokens - delta
+            self._protected_tokens -= unit.tokens - delta
             self._insert_evictable(unit)
         elif unit.protected:
             del self._evictable[unit.rank][unit.seq]
-            self.protected_tokens += unit.tokens
+            self._protected_tokens += unit.tokens
 
     def _insert_evictable(self, unit: Unit) -> None:
         by_seq = self._evictable[unit.rank]
