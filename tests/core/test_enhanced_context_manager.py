@@ -414,7 +414,9 @@ async def test_compressing_a_128k_window_never_holds_the_loop_over_20_ms(tmp_pat
     test process already holds (pytest, hypothesis, other tests' modules) are frozen out of the garbage
     collector first: a full collection of that heap would be a stall of the test runner, not of ours.
     """
-    config = make_config(tmp_path, max_tokens=128_000)
+    # medium-term memory holds what is evicted without overflowing: moving a full tier down to long-term is
+    # memory's own background work (tests/core/memory), not part of a compression
+    config = make_config(tmp_path, max_tokens=128_000, medium_term_memory_size=20_000)
     words = ["the", "deployment", "pipeline", "failed", "because", "cache", "key", "changed"]
     words += ["after", "upgrade", "invoice", "4471", "Dana"]
 

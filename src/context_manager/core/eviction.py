@@ -132,7 +132,7 @@ class EvictionWriter:
         queue: EvictedQueue,
         write: WriteBatch,
         *,
-        batch_size: int = 16,
+        batch_size: int = 8,
         retry_delay: float = 1.0,
     ) -> None:
         """Create a stopped writer.
