@@ -417,6 +417,13 @@ operation = st.one_of(
         st.floats(min_value=0.0, max_value=1.0),
     ),
     st.tuples(st.just("orphan"), st.just(""), st.just("normal"), st.just(False), st.just(0.0)),
+    st.tuples(
+        st.just("batch"),
+        st.integers(min_value=2, max_value=7),
+        st.sampled_from(["low", "normal", "high"]),
+        rarely,
+        st.floats(min_value=0.0, max_value=1.0),
+    ),
 )
 
 
@@ -433,27 +440,32 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
     model = Model()
     call_counter = 0
 
-    async def attempt(message: Message) -> None:
+    async def attempt(message: Message | list[Message]) -> None:
+        batch = message if isinstance(message, list) else [message]
         before = snapshot(window)
-        own_before = request_own_tokens(window, model) if message.role is not Role.USER else None
+        has_user = any(m.role is Role.USER for m in batch)
+        own_before = request_own_tokens(window, model) if not has_user else None
         history = len(window.compression_history)
         try:
-            record = await window.add(message)
+            record = await (window.extend(batch) if isinstance(message, list) else window.add(message))
         except ContextBudgetError as error:
             event("rejected: protected messages cannot fit")
-            assert message.is_protected or error.required_tokens > max_tokens
+            assert any(m.is_protected for m in batch) or error.required_tokens > max_tokens
             assert snapshot(window) == before  # invariant 5
             return
         except ToolCallPairingError:
             event("rejected: orphan tool result")
             assert snapshot(window) == before
             return
-        model.added.append(message.id)
-        model.full_text[message.id] = message.content
-        if message.is_protected:
-            model.protected.add(message.id)
-        if message.role is Role.USER:
-            model.latest_user = message.id
+        if isinstance(message, list):
+            event("batch added" + (" with a compression" if record is not None else ""))
+        for added in batch:
+            model.added.append(added.id)
+            model.full_text[added.id] = added.content
+            if added.is_protected:
+                model.protected.add(added.id)
+            if added.role is Role.USER:
+                model.latest_user = added.id
         handed = archive if hook else list(window.evicted_messages)
         check_newest_request_is_readable(window, model, handed, own_before)
         if record is not None:
@@ -475,6 +487,20 @@ async def run_operations(max_tokens: int, ratio: float, ops: list[tuple[object, 
                 await attempt(
                     Message.create("tool", text_of(size, 3), tool_call_id=call.id, pinned=bool(pinned))
                 )
+        elif kind == "batch":  # extend(): a history added at once (a tool unit in it when `a` is odd)
+            size = size_for(float(fraction), max_tokens)  # type: ignore[arg-type]
+            batch = [
+                Message.create(
+                    "user" if i % 2 == 0 else "assistant", text_of(size // 2 + i, i), priority=str(priority)
+                )
+                for i in range(int(a))  # type: ignore[call-overload]
+            ]
+            if int(a) % 2:  # type: ignore[call-overload]
+                call = ToolCall(id=f"call_{call_counter}", name="lookup")
+                call_counter += 1
+                batch.insert(1, Message.create("assistant", "", tool_calls=[call], pinned=bool(pinned)))
+                batch.insert(2, Message.create("tool", text_of(size, 5), tool_call_id=call.id))
+            await attempt(batch)
         else:
             await attempt(Message.create("tool", "stray", tool_call_id="missing-call"))
         assert_invariants(window)
@@ -816,3 +842,51 @@ async def test_summary_cannot_be_pinned() -> None:
         InvalidArgumentError, match="message_id: got .*allowed the id of a conversation message"
     ):
         window.pin(summary.id)
+
+
+# -- extend: a batch (a history) in one go ------------------------------------------------------------
+
+
+async def test_extend_adds_a_long_history_with_one_compression() -> None:
+    window = ContextWindow(max_tokens=2000, compression_ratio=0.8)
+    await window.add(Message.create("system", "Be brief."))
+    history = [
+        Message.create("user" if i % 2 == 0 else "assistant", f"turn {i}: " + text_of(40, i))
+        for i in range(300)
+    ]
+    record = await window.extend(history)
+    assert record is not None and len(window.compression_history) == 1
+    assert record.messages_before == 301 and record.removed_count > 250
+    assert_invariants(window)
+    kept = [m.id for m in window.messages if not is_summary(m) and m.role is not Role.SYSTEM]
+    assert kept == [m.id for m in history[-len(kept) :]]  # the newest turns stay, in order
+    handed = {m.id for m in window.evicted_messages}
+    assert {m.id for m in history} == handed | set(kept)  # the rest went to the queue: nothing lost
+    assert window.messages[0].content == "Be brief." and window.summary is window.messages[1]
+
+
+async def test_extend_is_all_or_nothing() -> None:
+    window = ContextWindow(max_tokens=500)
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f")]))
+    before = snapshot(window)
+    good = Message.create("tool", "result", tool_call_id="c1")
+    for bad, error, match in (
+        (Message.create("tool", "again", tool_call_id="c1"), ToolCallPairingError, "tool_call_id: got 'c1'"),
+        (Message.create("user", "x", metadata={SUMMARY_METADATA_KEY: 1}), InvalidMessageError, "metadata"),
+        (good, InvalidArgumentError, "ids that differ within the batch"),
+    ):
+        with pytest.raises(error, match=match):
+            await window.extend([good, Message.create("user", "fine"), bad])
+        assert snapshot(window) == before
+    with pytest.raises(InvalidArgumentError, match="messages: got 'hello'"):
+        await window.extend("hello")  # type: ignore[arg-type]
+    call = ToolCall(id="c2", name="g")
+    await window.extend(
+        [
+            good,
+            Message.create("assistant", "", tool_calls=[call]),
+            Message.create("tool", "r2", tool_call_id="c2"),
+        ]
+    )
+    assert window.pending_tool_calls == frozenset()
+    assert_invariants(window)

@@ -456,3 +456,26 @@ async def test_compressing_a_128k_window_never_holds_the_loop_over_20_ms(tmp_pat
         assert evicted > 2000 and not manager.context_window.evicted_messages
         assert len(steps) > 10  # the ticker ran between the writer's batches
         assert max(steps) < 0.020, f"the loop was held {max(steps) * 1000:.1f} ms of CPU time"
+
+
+async def test_add_messages_restores_a_history_with_one_compression(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=1500)) as manager:
+        history = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "details " * 30}
+            for i in range(120)
+        ]
+        history[3]["priority"] = "critical"
+        assert await manager.add_messages(history) == 120
+        assert len(manager.compression_history) == 1
+        contents = [m.content for m in manager.messages]
+        assert history[3]["content"] in contents and contents[-1] == history[-1]["content"]
+        found = await manager.search_memory("turn 7", limit=3)  # what did not stay is in memory
+        assert any(memory.content.startswith("turn 7:") for memory in found)
+        before = state(manager)
+        with pytest.raises(InvalidRoleError):
+            await manager.add_messages(
+                [{"role": "user", "content": "ok"}, {"role": "robot", "content": "no"}]
+            )
+        with pytest.raises(InvalidArgumentError, match=r"messages\[0\]: got 'hi'"):
+            await manager.add_messages(["hi"])  # type: ignore[list-item]
+        assert state(manager) == before

@@ -420,19 +420,7 @@ class ContextWindow:
 
     def _check(self, message: Message) -> None:
         """Check ``message`` against the window (nothing mutated; the count comes separately)."""
-        if not isinstance(message, Message):
-            raise InvalidArgumentError("message", message, "a Message (use Message.create)")
-        if message.id in self._by_id:
-            raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
-        if message.metadata and not RESERVED_METADATA_KEYS.isdisjoint(message.metadata):
-            key = min(RESERVED_METADATA_KEYS.intersection(message.metadata))
-            raise InvalidMessageError(
-                f"metadata.{key}",
-                message.metadata[key],
-                "no value: keys "
-                + ", ".join(map(repr, sorted(RESERVED_METADATA_KEYS)))
-                + " are set by the window on its own summary and cut messages",
-            )
+        self._check_identity(message)
         if message.role is Role.TOOL:
             pending = self._index.pending_calls
             if message.tool_call_id not in pending:
@@ -448,6 +436,22 @@ class ContextWindow:
                     raise ToolCallPairingError(
                         "tool_calls[].id", call.id, "an id not used by another tool call in the window"
                     )
+
+    def _check_identity(self, message: Message) -> None:
+        """A Message, with an id new to the window and none of the window's own metadata keys."""
+        if not isinstance(message, Message):
+            raise InvalidArgumentError("message", message, "a Message (use Message.create)")
+        if message.id in self._by_id:
+            raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
+        if message.metadata and not RESERVED_METADATA_KEYS.isdisjoint(message.metadata):
+            key = min(RESERVED_METADATA_KEYS.intersection(message.metadata))
+            raise InvalidMessageError(
+                f"metadata.{key}",
+                message.metadata[key],
+                "no value: keys "
+                + ", ".join(map(repr, sorted(RESERVED_METADATA_KEYS)))
+                + " are set by the window on its own summary and cut messages",
+            )
 
     def _commit_append(self, message: Message, tokens: int) -> None:
         """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
@@ -509,6 +513,92 @@ class ContextWindow:
             await asyncio.shield(delivery)
         return record
 
+    async def extend(self, messages: Sequence[Message]) -> CompressionRecord | None:
+        """Add several messages in order, compressing at most once: a conversation history, say.
+
+        All or nothing: the batch is checked as a whole (each message as :meth:`add` would check it,
+        tool results against the calls before them, in the window or the batch) before anything changes.
+        When the batch does not fit, one compression plans over the window and the batch together, so a
+        200k-token history costs its counting and one plan, not a compression every few messages;
+        messages of the batch that do not stay go straight to :attr:`evicted_messages` like any evicted one.
+
+        Returns:
+            The record of the compression, or ``None`` if everything fit.
+
+        Raises:
+            InvalidArgumentError, InvalidMessageError, ToolCallPairingError: a message of the batch is
+                invalid (as for :meth:`add`); nothing is added.
+            ContextBudgetError: the batch does not fit and compression is disabled, or protected messages
+                cannot fit in ``max_tokens``; nothing is added.
+        """
+        if isinstance(messages, Message | str) or not isinstance(messages, Sequence):
+            raise InvalidArgumentError("messages", messages, "a list of Message objects")
+        batch = list(messages)
+        if not batch:
+            return None
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            self._check_batch(batch)
+            if sum(len(message.content) for message in batch) > _OFF_LOOP_CHARS:
+                counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
+            else:
+                counts = [self._counter.count_message(message) for message in batch]
+            total = self._index.tokens + self._summary_tokens + sum(counts) + REPLY_PRIMING_TOKENS
+            if total <= self._max_tokens:
+                for message, tokens in zip(batch, counts, strict=True):
+                    self._commit_append(message, tokens)
+                return None
+            if not self.enable_compression:
+                raise ContextBudgetError(
+                    f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
+                    f"{len(batch)} messages; compression is disabled, so none was added",
+                    required_tokens=total,
+                    max_tokens=self._max_tokens,
+                )
+            for message, tokens in zip(batch, counts, strict=True):
+                _set(message, "token_count", tokens)
+            record, delivery = await self._compress(batch, self.target_tokens)
+        finally:
+            self._lock.release()
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        return record
+
+    def _check_batch(self, batch: list[Message]) -> None:
+        """Check a batch as consecutive adds would (nothing mutated)."""
+        pending = set(self._index.pending_calls)
+        ids: set[str] = set()
+        calls: set[str] = set()
+        for position, message in enumerate(batch):
+            if not isinstance(message, Message):
+                raise InvalidArgumentError(f"messages[{position}]", message, "a Message (use Message.create)")
+            if message.id in ids:
+                raise InvalidArgumentError("message.id", message.id, "ids that differ within the batch")
+            ids.add(message.id)
+            if message.role is Role.TOOL:
+                if message.tool_call_id not in pending:
+                    listed = ", ".join(sorted(pending)) or "none pending"
+                    raise ToolCallPairingError(
+                        "tool_call_id",
+                        message.tool_call_id,
+                        f"the id of an unanswered tool call in the window or earlier in the batch ({listed})",
+                    )
+                pending.discard(message.tool_call_id)
+                self._check_identity(message)
+                continue
+            self._check(message)
+            for call in message.tool_calls:
+                if call.id in calls:
+                    raise ToolCallPairingError(
+                        "tool_calls[].id", call.id, "an id not used by another tool call in the window"
+                    )
+                calls.add(call.id)
+                pending.add(call.id)
+
     async def _add_queued(self, message: Message) -> CompressionRecord | None:
         # Counted while waiting, so an add arriving after the lock is released (but before the waiters
         # have run) does not overtake them through the lock-free hot path.
@@ -549,7 +639,7 @@ class ContextWindow:
                 max_tokens=self._max_tokens,
             )
         _set(message, "token_count", tokens)
-        return await self._compress(message, self.target_tokens)
+        return await self._compress((message,), self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
         """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if already below it.
@@ -565,7 +655,7 @@ class ContextWindow:
         async with self._lock:
             if self.token_count <= target_tokens:
                 return None
-            record, delivery = await self._compress(None, min(target_tokens, self._max_tokens))
+            record, delivery = await self._compress((), min(target_tokens, self._max_tokens))
         if delivery is not None:
             await asyncio.shield(delivery)
         return record
@@ -573,20 +663,35 @@ class ContextWindow:
     # -- compressing ----------------------------------------------------------------------------------
 
     async def _compress(
-        self, extra: Message | None, target: int
+        self, added: Sequence[Message], target: int
     ) -> tuple[CompressionRecord, asyncio.Task[None] | None]:
-        """Plan, cut, summarize, then commit at once; ``extra`` is the message being added, if any."""
+        """Plan, cut, summarize, then commit at once; ``added`` are the messages being added (maybe none).
+
+        One message is planned as an extra on the window's own index (O(evicted)); a batch is staged on
+        a new index of the window plus the batch (O(window + batch), once for the whole batch).
+        """
         started = time.perf_counter()
-        extra_tokens = extra.token_count if extra is not None else 0
-        tokens_before = self._index.tokens + self._summary_tokens + extra_tokens + REPLY_PRIMING_TOKENS
-        messages_before = len(self._messages) + (extra is not None)
+        added_tokens = sum(message.token_count for message in added)
+        tokens_before = self._index.tokens + self._summary_tokens + added_tokens + REPLY_PRIMING_TOKENS
+        messages_before = len(self._messages) + len(added)
         while True:
-            prepared = await self._prepare(extra, target)  # raises ContextBudgetError before any change
-            if self._still_current(prepared):
+            staged = self._stage(added) if len(added) > 1 else None
+            index = self._index if staged is None else staged[0]
+            extra = added[0] if len(added) == 1 else None
+            prepared = await self._prepare(index, extra, target)  # raises ContextBudgetError before a change
+            if self._still_current(prepared, staged):
                 break
-            # a pin replaced a message this plan evicts or cuts while the summarizer ran: plan again
+            # a pin replaced a message this plan evicts, cuts or keeps while the summarizer ran: plan again
             logger.debug("a pin changed during a compression; planning again")
-        tickets = self._commit_compression(prepared, extra, started, tokens_before, messages_before, target)
+        tickets = self._commit_compression(
+            prepared,
+            extra=extra,
+            staged=staged,
+            started=started,
+            tokens_before=tokens_before,
+            messages_before=messages_before,
+            target=target,
+        )
         record = self.compression_history[-1]
         logger.debug(
             "compressed %d -> %d tokens (%d evicted, %d truncated, %s)",
@@ -598,9 +703,23 @@ class ContextWindow:
         )
         return record, self._start_delivery(tickets)
 
-    async def _prepare(self, extra: Message | None, target: int) -> _Compression:
+    def _stage(self, batch: Sequence[Message]) -> tuple[UnitIndex, list[Message]]:
+        """A new index and message list: the window's, with ``batch`` added as single adds would place it."""
+        messages = list(self._messages)
+        index = UnitIndex(message for message in messages if message is not self._summary)
+        for message in batch:
+            unit = index.add(message)
+            if message.role is Role.TOOL and len(unit.messages) > 1 and messages[-1] is not unit.messages[-2]:
+                previous = unit.messages[-2]
+                position = next(i for i in range(len(messages) - 1, -1, -1) if messages[i] is previous)
+                messages.insert(position + 1, message)
+            else:
+                messages.append(message)
+        return index, messages
+
+    async def _prepare(self, index: UnitIndex, extra: Message | None, target: int) -> _Compression:
         decision = decide_eviction(
-            self._index,
+            index,
             extra,
             target_tokens=target,
             max_tokens=self._max_tokens,
@@ -634,9 +753,13 @@ class ContextWindow:
         )
         return _Compression(decision, evicted, pairs, summary, outcome, kept_tokens)
 
-    def _still_current(self, prepared: _Compression) -> bool:
-        """False if a pin replaced a message the plan evicts or cuts while it waited for the summarizer."""
-        by_id = self._by_id  # (the message being added is in no index yet: it counts as current)
+    def _still_current(
+        self, prepared: _Compression, staged: tuple[UnitIndex, list[Message]] | None = None
+    ) -> bool:
+        """False if a pin replaced a message the plan uses while it waited for the summarizer."""
+        by_id = self._by_id  # (messages being added are in the window's map not yet: they count as current)
+        if staged is not None and not all(by_id.get(m.id, m) is m for m in staged[1]):
+            return False
         return all(by_id.get(m.id, m) is m for m in prepared.evicted) and all(
             by_id.get(original.id, original) is original for original, _ in prepared.cuts
         )
@@ -644,7 +767,9 @@ class ContextWindow:
     def _commit_compression(
         self,
         prepared: _Compression,
+        *,
         extra: Message | None,
+        staged: tuple[UnitIndex, list[Message]] | None,
         started: float,
         tokens_before: int,
         messages_before: int,
@@ -652,14 +777,22 @@ class ContextWindow:
     ) -> Sequence[int]:
         """Commit point: apply a compression (plan, cuts, summary) and queue what it evicted; no await.
 
-        Returns the queue tickets of the handed-over messages (claimed for the hook when one is set).
+        The messages being added enter first (``extra``: one, on the window's index; ``staged``: a batch,
+        on the index and list :meth:`_stage` built) and are evicted or cut like any other. Returns the queue
+        tickets of the handed-over messages (claimed for the hook when one is set).
         """
-        index = self._index
         by_id = self._by_id
-        source = self._messages
-        if extra is not None:  # the message being added enters first, then is cut like any kept message
-            index.add(extra)
-            source = self._with(extra)
+        added: list[Message] = []
+        if staged is not None:
+            index, source = staged
+            self._index = index
+            added = [m for m in source if m.id not in by_id]
+        else:
+            index, source = self._index, self._messages
+            if extra is not None:
+                index.add(extra)
+                source = self._with(extra)
+                added = [extra]
         index.remove(prepared.decision.evicted_units)
         replacements: dict[str, Message] = {}
         for original, copy in prepared.cuts:
@@ -675,8 +808,9 @@ class ContextWindow:
             kept = [m for m in source if m.id not in gone]
         for message_id in gone:
             by_id.pop(message_id, None)
-        if extra is not None and extra.id not in gone:
-            by_id[extra.id] = extra
+        for message in added:
+            if message.id not in gone:
+                by_id[message.id] = message
         for message_id, copy in replacements.items():
             by_id[message_id] = copy
         summary = prepared.summary

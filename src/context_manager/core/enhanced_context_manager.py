@@ -392,6 +392,47 @@ class EnhancedContextManager:
             await traced_add(self._telemetry, window, lambda: _new_message(role, content, kwargs))
         return True
 
+    @monitored_operation("add_messages")
+    async def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """Add several messages in order, compressing at most once: a conversation history, say.
+
+        Adding a long history one message at a time compresses every few messages; this checks and
+        counts the whole batch, then plans one compression over the window and the batch together.
+
+        Args:
+            messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` and optionally
+                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``.
+
+        Returns:
+            How many messages were added.
+
+        Raises:
+            InvalidArgumentError: ``messages`` is not a list of such dicts, or one is invalid (or a
+                subclass, as for :meth:`add_message`). Nothing is added.
+            ContextBudgetError: the batch cannot fit (see :meth:`add_message`). Nothing is added.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+
+        Example:
+            >>> await manager.add_messages([
+            ...     {"role": "user", "content": "Where is order 1042?"},
+            ...     {"role": "assistant", "content": "It shipped on Monday."},
+            ... ])
+            2
+        """
+        window = self._require_ready("add_messages")
+        if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
+            raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        built = []
+        for position, item in enumerate(messages):
+            if not isinstance(item, Mapping) or "role" not in item or "content" not in item:
+                raise InvalidArgumentError(
+                    f"messages[{position}]", item, "a dict with 'role', 'content' and add_message's options"
+                )
+            options = {key: value for key, value in item.items() if key not in ("role", "content")}
+            built.append(_new_message(item["role"], item["content"], options))
+        await window.extend(built)
+        return len(built)
+
     @property
     def messages(self) -> tuple[Message, ...]:
         """The messages in the window, in order (a snapshot).

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from context_manager.core.messages import Message, Role
-from context_manager.core.tokens import TokenCounter, truncate_to_tokens
+from context_manager.core.tokens import TokenCounter, cut_to_tokens, truncate_to_tokens
 
 __all__ = ["SUMMARY_METADATA_KEY", "ExtractiveSummarizer", "Summarizer", "is_summary"]
 
@@ -107,6 +107,7 @@ class ExtractiveSummarizer:
         """The counter that measures the budget."""
         self.scan_chars_per_token = scan_chars_per_token
         """Characters of evicted text read per budget token (bounds the work on huge evictions)."""
+        self._line_words: dict[str, frozenset[str]] = {}
 
     async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
         """Summarize ``messages`` within ``budget_tokens`` (see :meth:`summarize`)."""
@@ -157,8 +158,8 @@ class ExtractiveSummarizer:
             latest_request = next((m for m in reversed(body) if m.role is Role.USER and m.content), None)
             request_is_cut = False
         if latest_request is not None:
-            # Only the head can be kept; read a bounded prefix of a long request.
-            request_text = " ".join(latest_request.content[: max(lines_budget, 1) * 24].split())
+            # Only the head can be kept (at most half the budget): read a bounded prefix of a long request.
+            request_text = " ".join(latest_request.content[: max(lines_budget // 2, 1) * 12].split())
             prefix = _REQUEST_CUT_PREFIX if request_is_cut else _REQUEST_PREFIX
             request_line = prefix + request_text
         else:
@@ -167,7 +168,7 @@ class ExtractiveSummarizer:
         if request_line:
             cap = max(lines_budget // 2, 1)
             if count(request_line) > cap:
-                request_line = truncate_to_tokens(self.counter, request_line, cap - 1) + "…"
+                request_line = cut_to_tokens(self.counter, request_line, cap - 1) + "…"
             lines_budget -= count(request_line) + 1
 
         # 2. Tools called and their outcome.
@@ -178,7 +179,7 @@ class ExtractiveSummarizer:
             if cap < 4:
                 tools_line = ""
             elif count(tools_line) > cap:
-                tools_line = truncate_to_tokens(self.counter, tools_line, cap - 1) + "…"
+                tools_line = cut_to_tokens(self.counter, tools_line, cap - 1) + "…"
             if tools_line:
                 lines_budget -= count(tools_line) + 1
 
@@ -263,7 +264,13 @@ class ExtractiveSummarizer:
             sentence = line[2:] if line.startswith("- ") else line
             if len(sentence) < 12:
                 continue
-            words = _content_words(sentence)
+            known = self._line_words.get(sentence)
+            if known is None:  # lines of the previous summary come back at every compression
+                known = _content_words(sentence)
+                if len(self._line_words) >= 1024:
+                    self._line_words.clear()
+                self._line_words[sentence] = known
+            words = known
             if words:
                 candidates.append(_Sentence(offset, "", sentence[:400], words, score=-0.5))
 
@@ -273,7 +280,11 @@ class ExtractiveSummarizer:
                 document_frequency[word] = document_frequency.get(word, 0) + 1
         for candidate in candidates:
             rarity = sum(1.0 / document_frequency[word] for word in candidate.words)
-            bonus = sum(1 for word in candidate.words if not _DIGITS.isdisjoint(word)) * 0.5
+            # words with digits (ids, amounts, dates); isalpha() rules most words out cheaply
+            bonus = (
+                sum(1 for word in candidate.words if not word.isalpha() and not _DIGITS.isdisjoint(word))
+                * 0.5
+            )
             bonus += 0.5 if candidate.text.endswith("?") and candidate.speaker == "user" else 0.0
             candidate.score += (rarity + bonus) / math.sqrt(len(candidate.text) / 40 + 1)
 
@@ -311,5 +322,5 @@ def _is_error(message: Message) -> bool:
         return flag
     if flag:
         return True
-    lowered = message.content.lstrip()[:12].lower()
+    lowered = message.content[:64].lstrip()[:12].lower()  # a slice first: contents can be megabytes
     return lowered.startswith(("error", "exception", "traceback"))
