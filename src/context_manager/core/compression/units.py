@@ -281,23 +281,31 @@ class UnitIndex:
         return unit
 
     def remove(self, units: Iterable[Unit]) -> None:
-        """Remove whole units (evicted by a compression)."""
+        """Remove whole units (evicted by a compression); O(their messages)."""
         self._settle()
+        all_units, by_message, evictable = self._units, self._unit_of_message, self._evictable
+        pending_units, unit_of_call = self._pending_units, self._unit_of_call
+        pending_calls = self._pending_calls
+        tokens = protected_tokens = 0
         for unit in units:
-            del self._units[unit.seq]
-            self.tokens -= unit.tokens
+            seq = unit.seq
+            del all_units[seq]
+            tokens += unit.tokens
             if unit.protected:
-                self._protected_tokens -= unit.tokens
+                protected_tokens += unit.tokens
             else:
-                del self._evictable[unit.rank][unit.seq]
-            self._pending_units.pop(unit.seq, None)
+                del evictable[unit.rank][seq]
+            if unit.pending:
+                del pending_units[seq]
             for message in unit.messages:
-                del self._unit_of_message[message.id]
+                del by_message[message.id]
                 for call in message.tool_calls:
-                    self._unit_of_call.pop(call.id, None)
-                    self._pending_calls.pop(call.id, None)
+                    unit_of_call.pop(call.id, None)
+                    pending_calls.pop(call.id, None)
             if unit is self._latest_user:
                 self._latest_user = None
+        self.tokens -= tokens
+        self._protected_tokens -= protected_tokens
 
     def replace(self, old: Message, new: Message) -> None:
         """Put ``new`` in place of ``old`` (same id and priority: a cut copy, or a pinned/unpinned copy)."""
