@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import context_manager
 
@@ -25,3 +27,12 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_all_is_written_out_and_matches_the_lazy_exports() -> None:
+    # mypy --strict (no implicit re-export) sees only a literal __all__: `from context_manager import X`
+    # in a type-checked caller fails for a name missing from it.
+    assert context_manager.__all__ == ["__version__", *sorted(context_manager._EXPORTS)]
+    source = Path(context_manager.__file__).read_text(encoding="utf-8")
+    listed = ast.literal_eval(source.split("__all__ = ", 1)[1].split("\n]\n", 1)[0] + "\n]")
+    assert listed == context_manager.__all__

@@ -85,9 +85,12 @@ _EXPORTS: dict[str, str] = {
     "PerformanceMonitor": "context_manager.core.performance_monitor",
     "PerformanceMetrics": "context_manager.core.performance_monitor",
     "PerformanceThresholds": "context_manager.core.performance_monitor",
+    "monitored_operation": "context_manager.core.performance_monitor",
+    "configure_opentelemetry": "context_manager.core.telemetry",
     "ConcurrencyController": "context_manager.core.async_operations",
     "TaskStatus": "context_manager.core.async_operations",
     "HealthChecker": "context_manager.core.health_checker",
+    "CheckOutcome": "context_manager.core.health_checker",
     "HealthState": "context_manager.core.health_checker",
     "HealthStatus": "context_manager.core.health_checker",
     "DiagnosticReport": "context_manager.core.health_checker",
@@ -100,9 +103,96 @@ _EXPORTS: dict[str, str] = {
     "ToolResult": "context_manager.core.tool_system",
     "ToolErrorType": "context_manager.core.tool_system",
     "PermissionPolicy": "context_manager.core.tool_system",
+    "register_memory_tools": "context_manager.core.tool_system",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+# Written out (not computed from _EXPORTS) so type checkers see the re-exports; a test keeps the two equal.
+__all__ = [
+    "__version__",
+    "ALL_USERS",
+    "AnthropicSummarizer",
+    "CheckOutcome",
+    "CompressionRecord",
+    "ConcurrencyController",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "ContextBudgetError",
+    "ContextManagerConfig",
+    "ContextManagerError",
+    "ContextWindow",
+    "ControllerStoppedError",
+    "DiagnosticReport",
+    "DuplicateTaskError",
+    "Embedder",
+    "EnhancedContextManager",
+    "ExactTokenCounter",
+    "ExtractiveSummarizer",
+    "HealthChecker",
+    "HealthState",
+    "HealthStatus",
+    "InvalidArgumentError",
+    "InvalidHealthCheckError",
+    "InvalidMemoryError",
+    "InvalidMessageError",
+    "InvalidMetricError",
+    "InvalidPriorityError",
+    "InvalidRoleError",
+    "InvalidSettingError",
+    "InvalidTaskError",
+    "LifecycleError",
+    "Memory",
+    "MemoryManager",
+    "MemoryNotFoundError",
+    "MemoryStore",
+    "MemoryTier",
+    "Message",
+    "MissingDependencyError",
+    "NotFoundError",
+    "OpenAISummarizer",
+    "PerformanceMetrics",
+    "PerformanceMonitor",
+    "PerformanceThresholds",
+    "PermissionPolicy",
+    "Priority",
+    "QueueFullError",
+    "RankingWeights",
+    "Role",
+    "SentenceTransformerEmbedder",
+    "StorageCorruptedError",
+    "StorageError",
+    "StorageLockedError",
+    "Summarizer",
+    "SummarizerError",
+    "SummarizerGuard",
+    "SummarizerRequestError",
+    "SummarizerUnavailableError",
+    "TaskCancelledError",
+    "TaskNotFoundError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "TokenCounter",
+    "ToolCall",
+    "ToolCallPairingError",
+    "ToolCategory",
+    "ToolDefinition",
+    "ToolError",
+    "ToolErrorType",
+    "ToolManager",
+    "ToolNotFoundError",
+    "ToolPermission",
+    "ToolRegistrationError",
+    "ToolResult",
+    "ToolTimeoutError",
+    "configure_opentelemetry",
+    "count_tokens",
+    "get_token_counter",
+    "monitored_operation",
+    "parse_tool_calls",
+    "register_memory_tools",
+    "to_anthropic_messages",
+    "to_openai_messages",
+    "tool",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -160,7 +250,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolRegistrationError,
         ToolTimeoutError,
     )
-    from context_manager.core.health_checker import DiagnosticReport, HealthChecker, HealthState, HealthStatus
+    from context_manager.core.health_checker import (
+        CheckOutcome,
+        DiagnosticReport,
+        HealthChecker,
+        HealthState,
+        HealthStatus,
+    )
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
     from context_manager.core.memory.manager import ALL_USERS, MemoryManager
     from context_manager.core.memory.models import Memory, MemoryTier
@@ -171,6 +267,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PerformanceMetrics,
         PerformanceMonitor,
         PerformanceThresholds,
+        monitored_operation,
     )
     from context_manager.core.provider_formats import (
         parse_tool_calls,
@@ -180,6 +277,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from context_manager.core.summarizers.anthropic_messages import AnthropicSummarizer
     from context_manager.core.summarizers.guard import SummarizerGuard
     from context_manager.core.summarizers.openai_chat import OpenAISummarizer
+    from context_manager.core.telemetry import configure_opentelemetry
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
     from context_manager.core.tool_system import (
         PermissionPolicy,
@@ -189,5 +287,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolManager,
         ToolPermission,
         ToolResult,
+        register_memory_tools,
         tool,
     )

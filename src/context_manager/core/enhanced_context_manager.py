@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
@@ -482,14 +482,32 @@ class EnhancedContextManager:
             self._telemetry.record_compression(record)
         return record.to_dict()
 
+    @overload
     def get_context(
-        self, format: Literal["openai", "anthropic"] = "openai", budget: int | None = None
+        self, format: Literal["openai"] = "openai", budget: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(self, format: Literal["anthropic"], budget: int | None = None) -> dict[str, Any]: ...
+
+    @overload
+    def get_context(
+        self, format: str, budget: int | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]: ...
+
+    def get_context(
+        self, format: str = "openai", budget: int | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Return provider-ready messages for the next model call, within ``budget`` tokens if given.
 
+        The return type follows ``format`` for type checkers: ``get_context(format="openai")`` is a
+        ``list[dict[str, Any]]`` and ``get_context(format="anthropic")`` a ``dict[str, Any]``, no cast
+        needed; a ``format`` only known at run time gives the union.
+
         Args:
             format: ``"openai"``: a list of Chat Completions messages. ``"anthropic"``: a dict with
-                ``"system"`` (when there are system messages) and ``"messages"``.
+                ``"system"`` (when there are system messages) and ``"messages"``, ready to unpack into
+                ``client.messages.create(**request, model=..., max_tokens=...)``.
             budget: At most this many tokens; the window is left unchanged (older units are left out of
                 this export, the newest messages cut to head + tail if needed).
 

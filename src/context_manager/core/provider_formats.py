@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import Message, Role, ToolCall
@@ -164,6 +164,18 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         body["system"] = "\n\n".join(system_parts)
     body["messages"] = turns
     return body
+
+
+@overload
+def to_provider_format(messages: Sequence[Message], format: Literal["openai"]) -> list[dict[str, Any]]: ...
+
+
+@overload
+def to_provider_format(messages: Sequence[Message], format: Literal["anthropic"]) -> dict[str, Any]: ...
+
+
+@overload
+def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]: ...
 
 
 def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]:
