@@ -793,7 +793,7 @@ def health(ctx: typer.Context) -> None:
             report = await checker.generate_diagnostic_report()
         finally:
             if memory is not None:
-                await memory.close()
+                await memory.cleanup()
         if options.json_output:
             _print_json(options, report.to_dict())
         else:

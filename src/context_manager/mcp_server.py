@@ -160,7 +160,7 @@ class _MemoryHandle:
                 self._users -= 1
                 if self._users == 0 and self._opened is not None:
                     memory, self._opened = self._opened, None
-                    await memory.close()
+                    await memory.cleanup()
 
 
 def create_mcp_server(
@@ -500,7 +500,7 @@ async def run_mcp_server(
         else:
             await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
     finally:
-        await memory.close()
+        await memory.cleanup()
 
 
 def _version() -> str:

@@ -244,7 +244,7 @@ class EnhancedContextManager:
         owned, self._owned_summarizer = self._owned_summarizer, None
         if owned is not None:
             try:
-                await owned.aclose()
+                await owned.cleanup()
             except Exception as error:  # closing an HTTP client must not fail cleanup
                 logger.warning("closing the summarizer's client failed (%s)", type(error).__name__)
 
@@ -297,7 +297,7 @@ class EnhancedContextManager:
         writer, self._eviction_writer = self._eviction_writer, None
         if writer is not None:
             await writer.stop()
-        await self.memory_manager.close()
+        await self.memory_manager.cleanup()
 
     async def _start_operations(self) -> None:
         """Start the monitor's sampler and the health checker (periodic only when enabled)."""
@@ -576,7 +576,7 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("execute_tool")
-        result = await self.tool_manager.execute(tool_name, **kwargs)
+        result = await self.tool_manager.execute_tool(tool_name, **kwargs)
         self._record_tool_result(result)
         return result
 

@@ -168,6 +168,21 @@ async def test_second_process_gets_storage_locked_error(sqlite_manager: MemoryMa
     assert result.stdout.startswith(f"LOCKED pid {os.getpid()}"), result.stderr
 
 
+async def test_cleanup_is_the_lifecycle_word_and_close_its_alias(config: ContextManagerConfig) -> None:
+    # issue 17.5: initialize / cleanup, as on EnhancedContextManager
+    manager = MemoryManager(config)
+    await manager.initialize()
+    memory = await manager.add_memory("kept across the cleanup", importance=0.9)
+    await manager.cleanup()
+    with pytest.raises(LifecycleError, match="closed"):
+        await manager.search_memory("kept")
+    await manager.close()  # the alias, safe after cleanup
+    async with MemoryManager(config) as reopened:  # cleanup released the lock and persisted the write
+        assert (await reopened.get_memory(memory.id)) is not None
+    with pytest.raises(LifecycleError, match="closed"):
+        await reopened.search_memory("kept")  # async with ended with cleanup()
+
+
 async def test_lifecycle_errors(config: ContextManagerConfig) -> None:
     manager = MemoryManager(config)
     with pytest.raises(LifecycleError, match="initialize"):

@@ -335,3 +335,17 @@ async def test_summarizer_adapter_empty_text_is_an_error_not_a_blank_summary(
     with pytest.raises(SummarizerError, match="no text"):
         await summarizer([Message.create("user", "hi there")], 40)
     await summarizer.aclose()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_cleanup_closes_the_client_it_created(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    summarizer = make_summarizer(provider, server)
+    assert summarizer.client.is_closed() is False
+    await summarizer.cleanup()
+    assert summarizer.client.is_closed()
+    await summarizer.aclose()  # the alias; safe again
+    async with make_summarizer(provider, server) as scoped:
+        client = scoped.client
+    assert client.is_closed()

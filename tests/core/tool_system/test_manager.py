@@ -207,7 +207,30 @@ async def test_tool_parameter_called_name_is_allowed() -> None:
 
     manager = ToolManager()
     manager.register_function_tool("greet", greet, "Greet")
-    assert (await manager.execute("greet", name="Ada")).result == "hi Ada"
+    assert (await manager.execute_tool("greet", name="Ada")).result == "hi Ada"
+
+
+def test_one_public_method_per_job() -> None:
+    # issue 17.5: register (register_tool; the guide's register_function_tool), run one tool
+    # (execute_tool; call_tool takes a mapping; execute is an alias), run a model's calls
+    # (execute_tool_calls). Parsing and running parsed calls are internal.
+    public = {name for name in dir(ToolManager) if not name.startswith("_")}
+    running = {name for name in public if "execute" in name or "call" in name or "run" in name}
+    assert running == {"execute_tool", "execute", "call_tool", "execute_tool_calls"}
+    registering = {name for name in public if name.startswith("register")}
+    assert registering == {"register_tool", "register_function_tool"}
+    assert "parse_tool_calls" not in public and "run_parsed_calls" not in public
+
+
+async def test_execute_is_an_alias_of_execute_tool_and_call_tool_the_mapping_form(
+    manager: ToolManager,
+) -> None:
+    by_keywords = await manager.execute_tool("summarise", text="abcdef", max_length=3)
+    by_alias = await manager.execute("summarise", text="abcdef", max_length=3)
+    by_mapping = await manager.call_tool("summarise", {"text": "abcdef", "max_length": 3}, call_id="c1")
+    assert by_keywords.result == by_alias.result == by_mapping.result == "abc..."
+    assert by_mapping.call_id == "c1" and by_keywords.call_id is None
+    assert manager.get_tool_stats()["tools"]["summarise"]["calls"] == 3
 
 
 async def test_sync_tool_runs_in_a_worker_thread() -> None:

@@ -111,13 +111,18 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
 
         return LocalBackend(config.resolved_storage_path, fsync=config.fsync, weights=weights)
 
-    async def close(self) -> None:
+    async def cleanup(self) -> None:
         """Finish background work, persist pending access updates, close files and release the lock.
 
+        The counterpart of :meth:`initialize`, as on ``EnhancedContextManager`` (``async with`` calls both).
         Safe to call more than once; made while ``initialize()`` runs, it waits for it.
         """
         async with self._lifecycle_lock:
             await self._close_locked()
+
+    async def close(self) -> None:
+        """Alias of :meth:`cleanup`."""
+        await self.cleanup()
 
     async def _close_locked(self) -> None:
         if self._state != "ready":
@@ -144,4 +149,4 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.cleanup()

@@ -306,17 +306,25 @@ class LLMSummarizer(abc.ABC):
     def _classify(self, error: Exception) -> RequestFailure:
         """Say what a failed request's exception means and whether to retry it."""
 
-    async def aclose(self) -> None:
-        """Close the HTTP client if this summarizer created it (a client you passed in stays open)."""
+    async def cleanup(self) -> None:
+        """Close the HTTP client if this summarizer created it (a client you passed in stays open).
+
+        ``async with`` calls it, and so does ``EnhancedContextManager.cleanup()`` for the summarizer it
+        built from ``config.summarizer``. Safe to call more than once.
+        """
         client, self._client_to_close = self._client_to_close, None
         if client is not None:
             await client.close()
+
+    async def aclose(self) -> None:
+        """Alias of :meth:`cleanup` (the name httpx and the provider SDKs use)."""
+        await self.cleanup()
 
     async def __aenter__(self) -> LLMSummarizer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        await self.cleanup()
 
 
 def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:

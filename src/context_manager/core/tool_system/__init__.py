@@ -11,7 +11,7 @@
 
     manager = ToolManager()
     manager.register_tool(word_count)
-    result = await manager.execute("word_count", text="one two three")   # result.result == 3
+    result = await manager.execute_tool("word_count", text="one two three")   # result.result == 3
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from context_manager.core.tool_system.definition import (
     get_tool_definition,
     tool,
 )
-from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
+from context_manager.core.tool_system.manager import ToolManager
 from context_manager.core.tool_system.memory_tools import MEMORY_TOOL_NAMES, register_memory_tools
 from context_manager.core.tool_system.permissions import (
     ApprovalCallback,
@@ -39,7 +39,6 @@ from context_manager.core.tool_system.window_calls import execute_tool_calls_in_
 __all__ = [
     "MEMORY_TOOL_NAMES",
     "ApprovalCallback",
-    "ParsedToolCall",
     "PermissionDecision",
     "PermissionPolicy",
     "SlidingWindowRateLimiter",

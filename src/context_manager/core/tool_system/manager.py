@@ -62,7 +62,7 @@ from context_manager.core.tool_system.registry import SchemaFormat, ToolRegistry
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 from context_manager.core.tool_system.schema import check_arguments_against_schema, describe_validation_error
 
-__all__ = ["ParsedToolCall", "SchemaFormat", "ToolManager"]
+__all__ = ["SchemaFormat", "ToolManager"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,15 @@ def _encode_result(value: Any) -> tuple[Any, str]:
 class ToolManager(ToolRegistry):
     """Registers tools, describes them to models and runs them safely.
 
-    Registration, listing and schemas come from :class:`ToolRegistry`; this class runs the calls.
+    Registration, listing and schemas come from :class:`ToolRegistry`; this class runs the calls. One
+    method per job:
+
+    * register: :meth:`register_tool` (a ``@tool`` function or a :class:`ToolDefinition`);
+      :meth:`register_function_tool` is the user guide's form, naming a function at the call;
+    * run one tool: :meth:`execute_tool` (keyword arguments; :meth:`call_tool` takes them as one mapping,
+      with a call id and a per-caller rate-limit key; :meth:`execute` is an alias);
+    * run a model's tool calls: :meth:`execute_tool_calls`;
+    * describe the tools to a model: :meth:`get_tool_schemas`.
 
     Args:
         config: Supplies ``max_tool_timeout``, ``enable_tool_caching`` and ``max_concurrent_tool_calls``
@@ -177,6 +185,7 @@ class ToolManager(ToolRegistry):
         ...     return text.upper()
         >>> manager.register_function_tool("shout", shout, "Upper-case a text").name
         'shout'
+        >>> # result = await manager.execute_tool("shout", text="hi")  -> result.result == "HI"
     """
 
     def __init__(
@@ -226,12 +235,22 @@ class ToolManager(ToolRegistry):
 
     # ------------------------------------------------------------------ execution
 
-    async def execute(self, name: str, /, **kwargs: Any) -> ToolResult:
+    async def execute_tool(self, name: str, /, **arguments: Any) -> ToolResult:
         """Run the tool ``name`` with keyword arguments; never raises for tool-side problems.
 
-        ``name`` is positional-only, so a tool may have a parameter called ``name``.
+        The same call as ``EnhancedContextManager.execute_tool`` (the user guide's), on the tool manager
+        alone. ``name`` is positional-only, so a tool may have a parameter called ``name``. With the
+        arguments already in a dict (parsed JSON), or to rate-limit one caller separately, use
+        :meth:`call_tool`; for a model's tool calls, :meth:`execute_tool_calls`.
+
+        Returns:
+            A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
         """
-        return await self.call_tool(name, kwargs)
+        return await self.call_tool(name, arguments)
+
+    async def execute(self, name: str, /, **arguments: Any) -> ToolResult:
+        """Alias of :meth:`execute_tool` (kept for code written against earlier versions)."""
+        return await self.call_tool(name, arguments)
 
     async def call_tool(
         self,
@@ -242,7 +261,10 @@ class ToolManager(ToolRegistry):
         call_id: str | None = None,
         caller_key: str | None = None,
     ) -> ToolResult:
-        """Run the tool ``name`` with an arguments mapping (the steps are in the module docstring).
+        """Run the tool ``name`` with its arguments as one mapping (the steps are in the module docstring).
+
+        ``execute_tool(name, **arguments)`` is ``call_tool(name, arguments)``; this form takes arguments
+        already held in a dict (a tool call's parsed JSON, an MCP request) and the call's options.
 
         Args:
             name: The tool to run.
@@ -488,7 +510,7 @@ class ToolManager(ToolRegistry):
     # ------------------------------------------------------------------ provider tool calls
 
     @staticmethod
-    def parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
+    def _parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
         """Normalise tool calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ToolCall.
 
         Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well.
@@ -530,20 +552,23 @@ class ToolManager(ToolRegistry):
     ) -> list[ToolResult]:
         """Run a model's tool calls concurrently and return their results in call order.
 
-        At most ``config.max_concurrent_tool_calls`` run at once. Each call goes through every check of
+        The one way to run provider tool calls: OpenAI ``tool_calls`` items (dicts or SDK objects),
+        Anthropic ``tool_use`` blocks or :class:`ToolCall` objects. At most
+        ``config.max_concurrent_tool_calls`` run at once. Each call goes through every check of
         :meth:`call_tool` (permissions cannot be bypassed this way); each result carries its ``call_id``.
-        To also append the paired tool messages to a context window, use
+        A call whose arguments are not a JSON object gets a failed ``invalid_arguments`` result. To also
+        append the paired tool messages to a context window, use
         ``EnhancedContextManager.execute_tool_calls``.
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing runs).
         """
-        return await self.run_parsed_calls(self.parse_tool_calls(calls), caller_key=caller_key)
+        return await self._run_parsed_calls(self._parse_tool_calls(calls), caller_key=caller_key)
 
-    async def run_parsed_calls(
+    async def _run_parsed_calls(
         self, parsed: Sequence[ParsedToolCall], *, caller_key: str | None = None
     ) -> list[ToolResult]:
-        """Run calls from :meth:`parse_tool_calls` concurrently (bounded); results in call order."""
+        """Run calls from :meth:`_parse_tool_calls` concurrently (bounded); results in call order."""
         semaphore = asyncio.Semaphore(self.config.max_concurrent_tool_calls)
 
         async def run(item: ParsedToolCall) -> ToolResult:

@@ -80,11 +80,12 @@ class ToolRegistry:
         replace: bool = False,
         **options: Any,
     ) -> ToolDefinition:
-        """Register ``function`` as the tool ``name``.
+        """Register ``function`` as the tool ``name`` (the user guide's form of :meth:`register_tool`).
 
-        A function already decorated with ``@tool`` keeps its options, with ``name``, ``description`` and
-        ``options`` given here taking precedence. Registering the same function under the same name with
-        the same options again is a no-op.
+        ``register_tool(tool(name=..., description=..., **options)(function))`` does the same; this form
+        names and configures the function at the call. A function already decorated with ``@tool`` keeps
+        its options, with ``name``, ``description`` and ``options`` given here taking precedence.
+        Registering the same function under the same name with the same options again is a no-op.
 
         Args:
             name: The tool's name (``^[a-zA-Z0-9_-]{1,64}$``).
@@ -131,9 +132,11 @@ class ToolRegistry:
     def register_tool(
         self, tool: ToolDefinition | Callable[..., Any], *, replace: bool = False
     ) -> ToolDefinition:
-        """Register a :class:`ToolDefinition`, a ``@tool``-decorated function or a plain function.
+        """Register a ``@tool``-decorated function, a :class:`ToolDefinition` or a plain function.
 
-        A plain function is registered under its ``__name__`` with its docstring as description.
+        The way to register a tool: the decorator carries its name, description and options. A plain
+        function is registered under its ``__name__`` with its docstring as description;
+        :meth:`register_function_tool` (the user guide's form) names and configures one at the call.
 
         Raises:
             ToolRegistrationError: invalid definition, or the name is taken (without ``replace=True``).

@@ -105,7 +105,7 @@ async def execute_tool_calls_in_window(
             pending (nothing changes).
         ContextBudgetError: the assistant message cannot fit in the window (nothing runs).
     """
-    parsed = manager.parse_tool_calls(calls)
+    parsed = manager._parse_tool_calls(calls)
     ids = [item.call.id for item in parsed]
     pending = window.pending_tool_calls
     if not all(call_id in pending for call_id in ids):
@@ -127,7 +127,7 @@ async def execute_tool_calls_in_window(
         assistant = Message.create("assistant", content, tool_calls=shown)
         await window.add(assistant)
 
-    results = await manager.run_parsed_calls(parsed, caller_key=caller_key)
+    results = await manager._run_parsed_calls(parsed, caller_key=caller_key)
 
     for item, result in zip(parsed, results, strict=True):
         call = item.call
