@@ -395,12 +395,12 @@ def worker_main(arguments: list[str]) -> None:
     kind, dsn, size, start_at, seconds, texts_path, number = arguments
     texts = json.loads(Path(texts_path).read_text())
     if kind == "raw":
-        count = _raw_worker(dsn, float(start_at), float(seconds), texts, int(number))
+        count, cpu = _raw_worker(dsn, float(start_at), float(seconds), texts, int(number))
     else:
-        count = asyncio.run(
+        count, cpu = asyncio.run(
             _manager_worker(dsn, int(size), float(start_at), float(seconds), texts, int(number))
         )
-    print(count)
+    print(count, cpu)
 
 
 def stop_server(server: Any, directory: Path) -> None:

@@ -199,3 +199,21 @@ async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> 
         assert {m.id for m in copies} == set(added[0]) | set(added[1])
         by_tier = {tier: sum(1 for m in copies if m.tier is tier) for tier in MemoryTier}
         assert by_tier[MemoryTier.SHORT] <= 20 and by_tier[MemoryTier.MEDIUM] <= 30, by_tier
+
+
+async def test_a_move_never_brings_back_a_memory_another_process_deleted(postgres_dsn: str) -> None:
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        assert first.backend is not None and second.backend is not None
+        kept, doomed = await first.add_memories([{"content": "kept"}, {"content": "deleted meanwhile"}])
+        members = await first.backend.members(MemoryTier.SHORT)  # what an overflow move read
+        await second.delete_memory(doomed.id)  # another process deletes one before the move runs
+        await first.backend.move(members, MemoryTier.SHORT, MemoryTier.MEDIUM)
+        assert await first.get_memory(doomed.id) is None
+        moved = await first.get_memory(kept.id)
+        assert moved is not None and moved.tier is MemoryTier.MEDIUM and moved.content == "kept"
+        assert await first.backend.count(MemoryTier.MEDIUM) == 1
+        await asyncio.sleep(0.6)  # the other process's delete shows in the counts once they are re-read
+        assert await first.backend.count(MemoryTier.SHORT) == 0

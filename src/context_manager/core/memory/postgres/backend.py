@@ -74,6 +74,16 @@ _INSERT = (
     "session_id = EXCLUDED.session_id, turn_index = EXCLUDED.turn_index, session_date = EXCLUDED.session_date"
 )
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
+_MOVE = (
+    "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
+    "last_accessed, access_count, metadata, source, superseded_by, merged_from, context, session_id, "
+    "turn_index, session_date) SELECT id, %(target)s, owner, user_id, content, importance, tags, tags_text, "
+    "created_at, last_accessed, access_count, metadata, source, superseded_by, merged_from, context, "
+    "session_id, turn_index, session_date FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) "
+    + _INSERT[_INSERT.index("ON CONFLICT") :]
+    + " RETURNING (xmax = 0) AS new"
+)
+_MOVE_DELETE = "DELETE FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) RETURNING 1 AS n"
 
 
 def owner_of(user_id: str | None) -> str:
@@ -194,29 +204,22 @@ class PostgresBackend:
         self._count_changed(tier, await self.database.run(write, "memory write"))
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
-        """Move memories between tiers in one transaction.
+        """Move memories between tiers: one statement copies the stored rows and deletes the old ones.
 
-        A short-term memory moved to long-term keeps its short-term copy.
+        The rows are copied on the server (nothing travels, and a memory another process deleted
+        meanwhile is not brought back). A short-term memory moved to long-term keeps its short-term copy.
         """
         if not memories or source is target:
             return
         ids = [memory.id for memory in memories]
-        copies = [memory.copy(tier=target) for memory in memories]
-        rows = [_row(memory) for memory in copies]
         keep_source = source is MemoryTier.SHORT and target is MemoryTier.LONG
-
-        async def write(connection: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
-            async with connection.transaction(), connection.cursor() as cursor:
-                inserted = await _execute_counted(cursor, rows)
-                deleted = 0
-                if not keep_source:
-                    await cursor.execute(
-                        "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s)", (source.value, ids)
-                    )
-                    deleted = cursor.rowcount
-                return inserted, deleted
-
-        inserted, deleted = await self.database.run(write, "memory move")
+        statement = (
+            f"WITH moved AS ({_MOVE}), gone AS ({'SELECT 0 AS n' if keep_source else _MOVE_DELETE}) "
+            "SELECT (SELECT count(*) FILTER (WHERE new) FROM moved), (SELECT sum(n) FROM gone)"
+        )
+        parameters = {"source": source.value, "target": target.value, "ids": ids}
+        rows = await self._fetch(statement, parameters, "memory move")
+        inserted, deleted = int(rows[0][0] or 0), int(rows[0][1] or 0)
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
 
