@@ -312,8 +312,11 @@ class PostgresBackend:
             self._tier_counts[tier] = (max(0, known[0] + change), known[1])
 
     async def members(self, tier: MemoryTier) -> list[Memory]:
-        """Every memory of ``tier``."""
-        return await self._memories(f"SELECT {_COLUMNS} FROM cm_memories WHERE tier = %s", (tier.value,))
+        """Every memory of ``tier`` (and so its exact count, kept for :meth:`count`)."""
+        read_at = time.monotonic()
+        found = await self._memories(f"SELECT {_COLUMNS} FROM cm_memories WHERE tier = %s", (tier.value,))
+        self._tier_counts[tier] = (len(found), read_at)
+        return found
 
     async def long_copies(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` with a long-term row."""
