@@ -643,7 +643,7 @@ def memory_migrate(
         bool, typer.Option("--verify-only", help="Only compare the target with the source; write nothing.")
     ] = False,
 ) -> None:
-    """Copy every memory (every tier and copy, ids, times, access counts, vectors) between storages.
+    """Copy every memory (all tiers and copies, ids, times, vectors) and conversation between storages.
 
     Both directions (a directory and PostgreSQL, or two of a kind). Verified by counts and checksums per
     tier and user (exit code 4 on a difference); resumable: after an interruption run the same command
@@ -701,7 +701,9 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
         out.print(
             f"copied {report.copied} of {report.total_copies} stored copies from {report.source} to "
             f"{report.target} ({report.already_present} already there, {report.removed_stale} stale removed; "
-            f"vectors: {report.vectors_copied} copied, {report.vectors_already_present} already there) "
+            f"vectors: {report.vectors_copied} copied, {report.vectors_already_present} already there; "
+            f"conversations: {report.conversations_copied} copied, "
+            f"{report.conversations_already_present} already there) "
             f"in {report.duration_s:.1f} s",
             markup=False,
             soft_wrap=True,
@@ -730,6 +732,17 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             check.source_checksum,
             check.target_checksum,
             "ok" if check.match else "[red]DIFFERENT[/]",
+        )
+    conversations = report.conversations
+    if conversations is not None:
+        table.add_row(
+            "conversations",
+            f"records {conversations.source_records} / {conversations.target_records}",
+            str(conversations.source_count),
+            str(conversations.target_count),
+            conversations.source_checksum,
+            conversations.target_checksum,
+            "ok" if conversations.match else "[red]DIFFERENT[/]",
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)

@@ -232,7 +232,7 @@ async def test_refusals_leave_both_sides_as_they_were(tmp_path: Path, postgres_d
     other = tmp_path / "other"
     async with MemoryManager(sqlite_config(other)) as memory:
         stranger = await memory.add_memory("a memory of another storage")
-    with pytest.raises(InvalidArgumentError, match="holds 1 memories the source does not have"):
+    with pytest.raises(InvalidArgumentError, match="holds 1 memories and 0 conversations"):
         await migrate_storage(str(source), str(other))
     assert [memory_id for memory_id, _ in await copies_of(other)] == [stranger.id]
     report = await migrate_storage(str(source), str(other), merge=True)
@@ -349,3 +349,116 @@ def test_is_dsn_and_copy_digest() -> None:
     assert copy_digest(a) == copy_digest(b)
     assert copy_digest(a) != copy_digest(a.copy(tier=MemoryTier.LONG))
     assert copy_digest(a) != copy_digest(a.copy(access_count=1))
+
+
+# --- persisted conversations --------------------------------------------------------------------------
+
+
+async def _write_conversations(location: str) -> None:
+    """Two conversations through the store API: records by two writers, a snapshot, a watermark."""
+    from context_manager.core.conversations.store import ConversationRecord
+    from context_manager.core.memory.transfer import _conversation_store
+
+    backend = open_storage(location, create=True)
+    await backend.open()
+    store = await _conversation_store(location, backend, create=True)
+    assert store is not None
+    try:
+        version = await store.append(
+            "support-42",
+            0,
+            [ConversationRecord("add", {"role": "user", "content": "my order is late", "n": 1.5})],
+            writer="worker-a",
+        )
+        version = await store.append(
+            "support-42",
+            version,
+            [
+                ConversationRecord(
+                    "add", {"role": "assistant", "content": "checking", "meta": {"b": 1, "a": [2]}}
+                ),
+                ConversationRecord("compress", {"removed": ["m1"], "summary": "late order"}),
+            ],
+            writer="worker-b",
+        )
+        await store.save_snapshot(
+            "support-42", version, {"messages": [{"content": "late order"}], "tokens": 12}
+        )
+        await store.append(
+            "support-42", version, [ConversationRecord("pin", {"id": "m2"})], writer="worker-a"
+        )
+        await store.mark_indexed("support-42", version)
+        await store.append("café-7", 0, [ConversationRecord("add", {"content": "ünïcode ✓"})], writer="w")
+    finally:
+        await store.close()
+        await backend.close()
+
+
+async def _dumps(location: str) -> dict[str, dict[str, Any]]:
+    from context_manager.core.memory.transfer import _conversation_store
+
+    backend = open_storage(location, create=False)
+    await backend.open()
+    store = await _conversation_store(location, backend, create=False)
+    try:
+        if store is None:
+            return {}
+        found = {}
+        for info in await store.list_conversations():
+            dump = await store.dump(info.conversation_id)
+            assert dump is not None
+            found[info.conversation_id] = json.loads(json.dumps(dump.to_dict(), sort_keys=True))
+        return found
+    finally:
+        if store is not None:
+            await store.close()
+        await backend.close()
+
+
+async def test_persisted_conversations_move_with_every_record(tmp_path: Path, postgres_dsn: str) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    await _write_conversations(str(source))
+    original = await _dumps(str(source))
+    assert set(original) == {"support-42", "café-7"}
+    assert original["support-42"]["snapshot_version"] == 3 and len(original["support-42"]["records"]) == 4
+    assert original["support-42"]["indexed_version"] == 3
+
+    report = await migrate_storage(str(source), postgres_dsn)
+    assert report.ok, report.to_dict()
+    assert report.conversations_copied == 2 and report.conversations is not None
+    assert (report.conversations.source_count, report.conversations.target_records) == (2, 5)
+    assert await _dumps(postgres_dsn) == original
+
+    again = await migrate_storage(str(source), postgres_dsn)
+    assert again.ok and again.conversations_copied == 0 and again.conversations_already_present == 2
+
+    back = tmp_path / "back"
+    assert (await migrate_storage(postgres_dsn, str(back))).ok
+    assert await _dumps(str(back)) == original
+
+    # a conversation changed at the target is reported, and the next run repairs it
+    from context_manager.core.conversations.store import ConversationRecord
+    from context_manager.core.memory.transfer import _conversation_store
+
+    backend = open_storage(postgres_dsn, create=False)
+    await backend.open()
+    store = await _conversation_store(postgres_dsn, backend, create=False)
+    assert store is not None
+    await store.append("café-7", 1, [ConversationRecord("add", {"content": "later"})], writer="w")
+    await backend.close()
+    checked = await verify_storage(str(source), postgres_dsn)
+    assert not checked.ok and checked.conversations is not None and not checked.conversations.match
+    assert all(group.match for group in checked.groups)
+    result = await cli("--json", "memory", "migrate", "--from", str(source), "--to", postgres_dsn)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["conversations_copied"] == 1
+    assert await _dumps(postgres_dsn) == original
+
+
+async def test_a_storage_without_conversations_creates_none(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    await populate(sqlite_config(source))
+    report = await migrate_storage(str(source), str(target))
+    assert report.ok and report.conversations is None
+    assert not (target / "conversations.sqlite3").exists()

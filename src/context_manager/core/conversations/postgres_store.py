@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.conversations.store import (
+    ConversationDump,
     ConversationInfo,
     ConversationRecord,
     StoredConversation,
@@ -227,3 +228,79 @@ class PostgresConversationStore:
             return await cursor.fetchone() is not None
 
         return await self.database.run(write, "conversation delete")
+
+    # -- copying between stores ----------------------------------------------------------------------
+
+    async def dump(self, conversation_id: str) -> ConversationDump | None:
+        """The whole conversation as stored (one consistent read), or ``None``."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> ConversationDump | None:
+            async with connection.transaction():
+                await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor = await connection.execute(
+                    "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at "
+                    "FROM cm_conversations WHERE id = %s",
+                    (conversation_id,),
+                )
+                row = await cursor.fetchone()
+                if row is None:
+                    return None
+                cursor = await connection.execute(
+                    "SELECT version, kind, writer, payload, created_at FROM cm_conversation_records "
+                    "WHERE conversation_id = %s ORDER BY version",
+                    (conversation_id,),
+                )
+                records = [
+                    (int(version), kind, writer, payload, float(created_at))
+                    for version, kind, writer, payload, created_at in await cursor.fetchall()
+                ]
+            return ConversationDump(
+                conversation_id=conversation_id,
+                version=int(row[0]),
+                snapshot_version=int(row[1]),
+                snapshot=row[2],
+                indexed_version=int(row[3]),
+                created_at=float(row[4]),
+                updated_at=float(row[5]),
+                records=records,
+            )
+
+        return await self.database.run(read, "conversation dump")
+
+    async def restore(self, dump: ConversationDump) -> None:
+        """Store ``dump`` under its id, replacing what is there, in one transaction."""
+        from psycopg.types.json import Jsonb
+
+        snapshot = None if dump.snapshot is None else Jsonb(dump.snapshot)
+        records = [
+            (dump.conversation_id, version, kind, writer, Jsonb(payload), created_at)
+            for version, kind, writer, payload, created_at in dump.records
+        ]
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction():
+                await connection.execute(
+                    "DELETE FROM cm_conversations WHERE id = %s", (dump.conversation_id,)
+                )
+                await connection.execute(
+                    "INSERT INTO cm_conversations (id, version, snapshot_version, snapshot, indexed_version, "
+                    "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        dump.conversation_id,
+                        dump.version,
+                        dump.snapshot_version,
+                        snapshot,
+                        dump.indexed_version,
+                        dump.created_at,
+                        dump.updated_at,
+                    ),
+                )
+                async with connection.cursor() as cursor:
+                    await cursor.executemany(
+                        "INSERT INTO cm_conversation_records "
+                        "(conversation_id, version, kind, writer, payload, created_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)",
+                        records,
+                    )
+
+        await self.database.run(write, "conversation restore")

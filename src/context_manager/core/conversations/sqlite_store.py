@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from context_manager.core.conversations.store import (
+    ConversationDump,
     ConversationInfo,
     ConversationRecord,
     StoredConversation,
@@ -265,3 +266,79 @@ class SQLiteConversationStore:
             return bool(deleted)
 
         return await self._run(self._guarded, write)
+
+    # -- copying between stores ----------------------------------------------------------------------
+
+    async def dump(self, conversation_id: str) -> ConversationDump | None:
+        """The whole conversation as stored, or ``None``."""
+
+        def read() -> ConversationDump | None:
+            db = self._db
+            row = db.execute(
+                "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at "
+                "FROM conversations WHERE id = ?",
+                (conversation_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            records = [
+                (int(version), kind, writer, json.loads(payload), float(created_at))
+                for version, kind, writer, payload, created_at in db.execute(
+                    "SELECT version, kind, writer, payload, created_at FROM conversation_records "
+                    "WHERE conversation_id = ? ORDER BY version",
+                    (conversation_id,),
+                )
+            ]
+            return ConversationDump(
+                conversation_id=conversation_id,
+                version=int(row[0]),
+                snapshot_version=int(row[1]),
+                snapshot=None if row[2] is None else json.loads(row[2]),
+                indexed_version=int(row[3]),
+                created_at=float(row[4]),
+                updated_at=float(row[5]),
+                records=records,
+            )
+
+        return await self._run(self._guarded, read)
+
+    async def restore(self, dump: ConversationDump) -> None:
+        """Store ``dump`` under its id, replacing what is there, in one transaction."""
+        snapshot = None if dump.snapshot is None else json.dumps(dump.snapshot, ensure_ascii=False)
+        records = [
+            (dump.conversation_id, version, kind, writer, json.dumps(payload, ensure_ascii=False), created_at)
+            for version, kind, writer, payload, created_at in dump.records
+        ]
+
+        def write() -> None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "DELETE FROM conversation_records WHERE conversation_id = ?", (dump.conversation_id,)
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO conversations (id, version, snapshot_version, snapshot, "
+                    "indexed_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        dump.conversation_id,
+                        dump.version,
+                        dump.snapshot_version,
+                        snapshot,
+                        dump.indexed_version,
+                        dump.created_at,
+                        dump.updated_at,
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO conversation_records "
+                    "(conversation_id, version, kind, writer, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    records,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        await self._run(self._guarded, write)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "ConversationDump",
     "ConversationInfo",
     "ConversationRecord",
     "ConversationStore",
@@ -74,6 +75,41 @@ class ConversationInfo:
             "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+        }
+
+
+@dataclass(slots=True)
+class ConversationDump:
+    """A whole stored conversation, as it is (for copying between stores: ``memory migrate``)."""
+
+    conversation_id: str
+    """The conversation."""
+    version: int
+    """The version of the newest record."""
+    snapshot_version: int
+    """The version of the snapshot (0: none)."""
+    snapshot: dict[str, Any] | None
+    """The snapshot, or ``None``."""
+    indexed_version: int
+    """The indexing watermark."""
+    created_at: float
+    """When it was created."""
+    updated_at: float
+    """When it last changed."""
+    records: list[tuple[int, str, str, dict[str, Any], float]] = field(default_factory=list)
+    """Every record, oldest first: ``(version, kind, writer, payload, created_at)``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON values."""
+        return {
+            "conversation_id": self.conversation_id,
+            "version": self.version,
+            "snapshot_version": self.snapshot_version,
+            "snapshot": self.snapshot,
+            "indexed_version": self.indexed_version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "records": [list(record) for record in self.records],
         }
 
 
@@ -148,4 +184,12 @@ class ConversationStore(Protocol):
 
     async def delete(self, conversation_id: str) -> bool:
         """Delete a conversation and its records; whether it existed."""
+        ...
+
+    async def dump(self, conversation_id: str) -> ConversationDump | None:
+        """The whole conversation as stored (every record, its writer and time), or ``None``."""
+        ...
+
+    async def restore(self, dump: ConversationDump) -> None:
+        """Store ``dump`` as the conversation, replacing what is stored under its id (one transaction)."""
         ...

@@ -5,7 +5,8 @@ starting with ``postgresql://`` or ``postgres://``). :func:`migrate_storage` cop
 every memory, tier by tier, as it is: a short-term memory with a long-term copy keeps both, and ids,
 times, access counts, ``superseded_by``/``merged_from``, metadata and context are unchanged. The
 vectors of every embedding model stored at the source are copied too (a manager opening the target with
-the same embedder finds them and embeds nothing again).
+the same embedder finds them and embeds nothing again). Persisted conversations (``conversation_id``) are
+copied too, every record as it is (versions, writers, times, the snapshot and the indexing watermark).
 
 Resuming: every write is an upsert keyed by ``(id, tier)``, and a run first reads what the target
 already holds, copying only the copies that are missing or differ. A run interrupted anywhere (even by
@@ -15,8 +16,9 @@ tier where the source no longer has one (the source changed between runs) are re
 
 Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
 copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
-embedding model the number of vectors and a checksum of their float32 values. Any difference is
-reported; nothing is written during verification.
+embedding model the number of vectors and a checksum of their float32 values, and for the persisted
+conversations their number, their records and a checksum of everything stored. Any difference is reported;
+nothing is written during verification.
 
 The source is opened read-only in spirit: nothing is written to it (a storage directory is locked for the
 duration, like any manager would lock it). Stop the applications using a PostgreSQL source while it is
@@ -41,10 +43,13 @@ from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
+    from context_manager.core.conversations.store import ConversationDump, ConversationStore
+
 __all__ = [
     "DSN_PREFIXES",
     "GroupCheck",
     "MigrationReport",
+    "ConversationCheck",
     "VectorCheck",
     "copy_digest",
     "is_dsn",
@@ -210,6 +215,45 @@ class VectorCheck:
 
 
 @dataclass(slots=True)
+class ConversationCheck:
+    """The comparison of the persisted conversations."""
+
+    source_count: int
+    """Conversations at the source."""
+    target_count: int
+    """Of those, conversations at the target."""
+    source_records: int
+    """Records (window changes) of the source's conversations."""
+    target_records: int
+    """Records of the same conversations at the target."""
+    source_checksum: str
+    """Checksum of every stored field and record of the source's conversations."""
+    target_checksum: str
+    """The same for the target's copies."""
+
+    @property
+    def match(self) -> bool:
+        """Same conversations, records and checksum."""
+        return (
+            self.source_count == self.target_count
+            and self.source_records == self.target_records
+            and self.source_checksum == self.target_checksum
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (with ``match``)."""
+        return {
+            "source_count": self.source_count,
+            "target_count": self.target_count,
+            "source_records": self.source_records,
+            "target_records": self.target_records,
+            "source_checksum": self.source_checksum,
+            "target_checksum": self.target_checksum,
+            "match": self.match,
+        }
+
+
+@dataclass(slots=True)
 class MigrationReport:
     """What :func:`migrate_storage` (or :func:`verify_storage`) did and found."""
 
@@ -235,13 +279,24 @@ class MigrationReport:
     """The verification, per ``(tier, user)``."""
     vectors: list[VectorCheck] = field(default_factory=list)
     """The verification of the vectors, per embedding model."""
+    conversations_copied: int = 0
+    """Persisted conversations this run wrote."""
+    conversations_already_present: int = 0
+    """Persisted conversations the target already held unchanged."""
+    conversations: ConversationCheck | None = None
+    """The verification of the persisted conversations (``None``: the source has none)."""
     duration_s: float = 0.0
     """Wall time of the run."""
 
     @property
     def ok(self) -> bool:
         """Whether every group and every vector model matched."""
-        return all(group.match for group in self.groups) and all(check.match for check in self.vectors)
+        conversations_match = self.conversations is None or self.conversations.match
+        return (
+            all(group.match for group in self.groups)
+            and all(check.match for check in self.vectors)
+            and conversations_match
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the report (``ok`` included)."""
@@ -258,6 +313,9 @@ class MigrationReport:
             "vectors_without_memory": self.vectors_without_memory,
             "groups": [group.to_dict() for group in self.groups],
             "vectors": [check.to_dict() for check in self.vectors],
+            "conversations_copied": self.conversations_copied,
+            "conversations_already_present": self.conversations_already_present,
+            "conversations": None if self.conversations is None else self.conversations.to_dict(),
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -320,31 +378,126 @@ async def migrate_storage(
     started = time.perf_counter()
     source_backend, target_backend = await _open_pair(source, target, create_target=True)
     report = MigrationReport(_describe_location(source), _describe_location(target))
+    source_conversations: ConversationStore | None = None
+    target_conversations: ConversationStore | None = None
     try:
         source_copies = await source_backend.scan(ALL_USERS, every_copy=True)
         target_copies = await target_backend.scan(ALL_USERS, every_copy=True)
         source_ids = {memory.id for memory in source_copies}
         foreign = {memory.id for memory in target_copies if memory.id not in source_ids}
-        if foreign and not merge:
+        source_conversations = await _conversation_store(source, source_backend, create=False)
+        conversation_ids: list[str] = []
+        foreign_conversations: set[str] = set()
+        if source_conversations is not None:
+            conversation_ids = [
+                info.conversation_id for info in await source_conversations.list_conversations()
+            ]
+            target_conversations = await _conversation_store(target, target_backend, create=True)
+            assert target_conversations is not None
+            present = {info.conversation_id for info in await target_conversations.list_conversations()}
+            foreign_conversations = present - set(conversation_ids)
+        if (foreign or foreign_conversations) and not merge:
             raise InvalidArgumentError(
                 "target",
                 report.target,
                 "an empty storage, or one holding only memories of this source (an interrupted migration); "
                 "pass merge=True (--merge) to keep its other memories",
-                detail=f"it holds {len(foreign)} memories the source does not have",
+                detail=f"it holds {len(foreign)} memories and {len(foreign_conversations)} conversations "
+                "the source does not have",
             )
         report.total_copies = len(source_copies)
         await _copy_memories(source_copies, target_copies, target_backend, batch_size, report, progress)
         if vectors:
             await _copy_vectors(source_backend, target_backend, source_copies, batch_size, report)
+        if source_conversations is not None and target_conversations is not None:
+            await _copy_conversations(source_conversations, target_conversations, conversation_ids, report)
         await _verify(source_backend, target_backend, report, vectors=vectors)
+        if source_conversations is not None and target_conversations is not None:
+            report.conversations = await _verify_conversations(source_conversations, target_conversations)
     finally:
         try:
+            for store in (target_conversations, source_conversations):
+                if store is not None:
+                    await store.close()
             await target_backend.close()
         finally:
             await source_backend.close()
     report.duration_s = time.perf_counter() - started
     return report
+
+
+async def _conversation_store(
+    location: str, backend: MemoryBackend, *, create: bool
+) -> ConversationStore | None:
+    """The persisted conversations next to a memory storage (``None``: a directory without any)."""
+    store: ConversationStore
+    if is_dsn(location):
+        from context_manager.core.conversations.postgres_store import PostgresConversationStore
+
+        store = PostgresConversationStore(backend.database)  # type: ignore[attr-defined]
+    else:
+        from context_manager.core.conversations.sqlite_store import (
+            CONVERSATIONS_FILE_NAME,
+            SQLiteConversationStore,
+        )
+
+        path = _conversations_path(location, CONVERSATIONS_FILE_NAME)
+        if not create and not path.exists():
+            return None
+        store = SQLiteConversationStore(path, fsync=True)
+    await store.open()
+    return store
+
+
+def _conversations_path(location: str, name: str) -> Path:
+    return Path(location).expanduser() / name
+
+
+def _dump_digest(dump: ConversationDump) -> str:
+    text = json.dumps(dump.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+async def _copy_conversations(
+    source: ConversationStore, target: ConversationStore, ids: list[str], report: MigrationReport
+) -> None:
+    for conversation_id in ids:
+        dump = await source.dump(conversation_id)
+        if dump is None:  # deleted since it was listed
+            continue
+        present = await target.dump(conversation_id)
+        if present is not None and _dump_digest(present) == _dump_digest(dump):
+            report.conversations_already_present += 1
+            continue
+        await target.restore(dump)
+        report.conversations_copied += 1
+
+
+async def _verify_conversations(
+    source: ConversationStore, target: ConversationStore | None
+) -> ConversationCheck:
+    source_digests: list[str] = []
+    target_digests: list[str] = []
+    source_records = target_records = target_count = 0
+    for info in await source.list_conversations():
+        dump = await source.dump(info.conversation_id)
+        if dump is None:
+            continue
+        source_digests.append(_dump_digest(dump))
+        source_records += len(dump.records)
+        copy = None if target is None else await target.dump(info.conversation_id)
+        if copy is not None:
+            target_count += 1
+            target_records += len(copy.records)
+            target_digests.append(_dump_digest(copy))
+    return ConversationCheck(
+        source_count=len(source_digests),
+        target_count=target_count,
+        source_records=source_records,
+        target_records=target_records,
+        source_checksum=_combine(source_digests) if source_digests else "-",
+        target_checksum=_combine(target_digests) if target_digests else "-",
+    )
 
 
 async def verify_storage(source: str, target: str, *, vectors: bool = True) -> MigrationReport:
@@ -359,11 +512,21 @@ async def verify_storage(source: str, target: str, *, vectors: bool = True) -> M
     started = time.perf_counter()
     source_backend, target_backend = await _open_pair(source, target, create_target=False)
     report = MigrationReport(_describe_location(source), _describe_location(target))
+    stores: list[ConversationStore] = []
     try:
         report.total_copies = len(await source_backend.scan(ALL_USERS, every_copy=True))
         await _verify(source_backend, target_backend, report, vectors=vectors)
+        source_conversations = await _conversation_store(source, source_backend, create=False)
+        if source_conversations is not None:
+            stores.append(source_conversations)
+            target_conversations = await _conversation_store(target, target_backend, create=False)
+            if target_conversations is not None:
+                stores.append(target_conversations)
+            report.conversations = await _verify_conversations(source_conversations, target_conversations)
     finally:
         try:
+            for store in stores:
+                await store.close()
             await target_backend.close()
         finally:
             await source_backend.close()
