@@ -13,9 +13,15 @@ $(VENV)/.installed-runtime: pyproject.toml requirements.txt
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# torch==2.13.0 is pinned first so the embeddings extra takes the local CPU wheel.
+# The embeddings extra needs torch (through sentence-transformers); torch==2.13.0 is installed first, alone.
+# With pip's defaults that is PyPI's build: on Linux x86_64 the CUDA build, which also pulls the nvidia-*
+# libraries (gigabytes, needed only on an NVIDIA GPU); on macOS and Windows the CPU build. The tests need
+# only the CPU build; on Linux get it from PyTorch's CPU-only index (a 190 MB wheel, 750 MB installed):
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# A pip configured to find a local torch wheel (find-links, a mirror) takes that one when it is left empty.
+TORCH_INDEX_URL ?=
 $(VENV)/.installed-dev: pyproject.toml requirements.txt requirements-dev.txt $(VENV)/.installed-runtime
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -e ".[dev,embeddings,postgres]"
 	touch $@
 

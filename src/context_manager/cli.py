@@ -924,9 +924,17 @@ def mcp_serve(
 
 
 def _examples_script() -> Path | None:
-    """``examples/main_example.py`` of a source checkout (the examples are not installed with the wheel)."""
-    candidate = Path(__file__).resolve().parents[2] / "examples" / "main_example.py"
-    return candidate if candidate.is_file() else None
+    """The examples' entry script, or None when this installation has none.
+
+    From a clone (or an editable install) ``examples/main_example.py`` itself, so your edits run; from an
+    installed wheel the copy ``setup.py`` ships in ``context_manager/_examples``.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parents[1] / "examples", package / "_examples"):
+        script = candidate / "main_example.py"
+        if script.is_file():
+            return script
+    return None
 
 
 @app.command()
@@ -935,14 +943,14 @@ def examples(
     name: Annotated[ExampleName, typer.Argument(help="Which examples to run.")] = ExampleName.ALL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the details.")] = False,
 ) -> None:
-    """Run the examples of a source checkout (offline, temporary storage)."""
+    """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""
     options = _options(ctx)
     script = _examples_script()
     if script is None:
         _fail(
             options,
-            "the examples are not installed with the package; run them from a clone of the repository "
-            "(python examples/main_example.py all)",
+            "this installation has no examples (context_manager/_examples is missing); run them from a "
+            "clone of the repository: python examples/main_example.py all",
         )
     command = [sys.executable, str(script), name.value, *(["--verbose"] if verbose else [])]
     completed = subprocess.run(command, check=False)  # noqa: S603 - our own script, no shell
