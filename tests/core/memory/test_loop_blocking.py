@@ -20,11 +20,11 @@ from context_manager.core.messages import Message
 
 
 async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``operation`` while another thread holds the long-term store's lock (as a writer's commit does).
+    """Run ``operation`` while another thread holds the long-term store's write lock (as a long commit does).
 
-    The holder releases the lock when the loop tells it to, after ``operation`` has had time to start and
-    reach the store; it gives up after a few seconds (then the loop was blocked: it could not tell it).
-    Returns the operation's result; fails when the loop could not run while the lock was held.
+    Reads have connections of their own (WAL): the operation must finish while the lock is still held,
+    and the loop must keep running meanwhile. The holder gives up after a few seconds (then the loop
+    was blocked: it could not tell it to release). Returns the operation's result.
     """
     assert manager.backend is not None
     store = manager.backend.long  # type: ignore[attr-defined]
@@ -42,15 +42,16 @@ async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], A
     thread.start()
     await asyncio.to_thread(held.wait)
     task = asyncio.ensure_future(operation())
-    for _ in range(20):  # the loop keeps running other coroutines while the operation waits
+    for _ in range(200):  # the loop keeps running other coroutines while the operation runs
+        if task.done():
+            break
         await asyncio.sleep(0.005)
-    # the operation is still waiting for the store: it did reach the held lock (else this proves nothing)
-    waited_for_the_store = not task.done()
+    finished_while_held = task.done()
     release.set()
     result = await task
     await asyncio.to_thread(thread.join)
     assert outcome["released_by_loop"], "the event loop was blocked on the long-term store's lock"
-    assert waited_for_the_store, "the operation never needed the long-term store: the test proves nothing"
+    assert finished_while_held, "the read waited for the write in progress (issue 15.6)"
     return result
 
 
@@ -60,15 +61,28 @@ async def test_small_search_does_not_wait_on_the_loop_for_a_writer(sqlite_manage
         await manager.add_memory(f"kept fact {number} about the harbour lighthouse", tier=MemoryTier.LONG)
     await manager.add_memory("the lighthouse keeper prefers tea", tier=MemoryTier.LONG)
     expected = await manager.search_memory("lighthouse keeper", limit=5)
+    assert expected and all(m.tier is MemoryTier.LONG for m in expected)  # it reads the long-term store
     found = await _while_store_is_held(manager, lambda: manager.search_memory("lighthouse keeper", limit=5))
     assert [m.id for m in found] == [m.id for m in expected]
+
+
+async def test_large_search_and_tag_search_do_not_wait_for_a_writer(sqlite_manager: MemoryManager) -> None:
+    """Searches scoring many postings run on a reader thread, on its own connection: no wait either."""
+    manager = sqlite_manager
+    await manager.add_memories(
+        [{"content": f"harbour note {n}", "tier": "long", "tags": ["port"]} for n in range(6000)]
+    )
+    found = await _while_store_is_held(manager, lambda: manager.search_memory("harbour", limit=5))
+    assert len(found) == 5 and all(m.tier is MemoryTier.LONG for m in found)
+    tagged = await _while_store_is_held(manager, lambda: manager.search_by_tags(["port"], limit=5))
+    assert len(tagged) == 5
 
 
 async def test_stats_do_not_wait_on_the_loop_for_a_writer(sqlite_manager: MemoryManager) -> None:
     manager = sqlite_manager
     await manager.add_memory("a durable fact", tier=MemoryTier.LONG)
     stats = await _while_store_is_held(manager, lambda: manager.get_memory_stats(user_id=ALL_USERS))
-    assert stats["total_memories"] == 1
+    assert stats["total_memories"] == 1 and stats["by_tier"]["long"] == 1
 
 
 async def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, Any]:

@@ -176,23 +176,28 @@ class FrequencyCache:
 
     def clear(self) -> None:
         """Drop every cached count (after a rebuild)."""
-        self._counts.clear()
+        self._counts = {}
         self._changes = 0
 
     def lookup(
         self, terms: Sequence[str], total: int, count: Callable[[list[str]], dict[str, int]]
     ) -> dict[str, int]:
-        """The document frequency of each term present in the index; ``count`` computes missing ones."""
+        """The document frequency of each term present in the index; ``count`` computes missing ones.
+
+        Safe to call from several threads at once (reads of one store run in parallel): a cache that is
+        dropped is replaced by a new dict, never emptied under another thread's feet.
+        """
         if self._changes > total * self.tolerance:
             self.clear()
-        missing = [term for term in dict.fromkeys(terms) if term not in self._counts]
+        counts = self._counts
+        missing = [term for term in dict.fromkeys(terms) if term not in counts]
         if missing:
-            if len(self._counts) + len(missing) > self.max_terms:
-                self._counts.clear()
+            if len(counts) + len(missing) > self.max_terms:
+                counts = self._counts = {}
             found = count(missing)
             for term in missing:
-                self._counts[term] = found.get(term, 0)
-        return {term: self._counts[term] for term in terms if self._counts.get(term, 0) > 0}
+                counts[term] = found.get(term, 0)
+        return {term: counts[term] for term in terms if counts.get(term, 0) > 0}
 
 
 class Stemmer:

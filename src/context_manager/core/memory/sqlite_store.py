@@ -3,8 +3,13 @@
 Every write is one transaction committed before the call returns; with WAL and
 ``synchronous=NORMAL`` a committed write survives a crash of the process (``fsync=True`` switches to
 ``synchronous=FULL``, which also survives power loss). Embedding vectors are kept as float32 blobs
-and scored with numpy by the manager. The methods block: the manager calls them off the event loop;
-a lock makes the one connection safe to use from worker threads.
+and scored with numpy by the manager. The methods block: the manager calls them off the event loop.
+
+Connections: writes go through one connection, under the store's lock. Reads go through a connection of
+their own thread (``query_only``, opened on first use): WAL lets them run while a write transaction is
+open, so a search never makes a write wait and a write never makes a search wait. When the file at
+``path`` is not the one open (deleted or replaced behind the store's back), a new connection would read
+the wrong file: reads then share the write connection, under the lock, until :meth:`SQLiteStore.restore`.
 
 Erasure: ``secure_delete`` is on, so SQLite overwrites deleted rows and freed pages with zeros. FTS5
 (this SQLite has no ``secure-delete`` option, added in 3.42) keeps a deleted row's words in its index
@@ -106,6 +111,12 @@ class SQLiteStore:
         self._erasure_pending = False  # deleted words may remain in FTS5 segments
         self._marked = False  # the open transaction recorded a pending erasure
         self._size_seen = 0  # the file's largest size seen (it never shrinks: no VACUUM)
+        self._local = threading.local()  # this thread's read connection and the generation it belongs to
+        self._readers: list[sqlite3.Connection] = []  # every read connection open (closed on close/restore)
+        self._readers_state = threading.Condition()
+        self._active_reads = 0
+        self._reopening = False
+        self._generation = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -158,17 +169,107 @@ class SQLiteStore:
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
-        with self._lock:
-            try:
-                yield
-            except sqlite3.OperationalError as error:
-                raise StorageError(
-                    f"long-term memory database {self.path}: {error}", path=self.path
-                ) from error
-            except sqlite3.DatabaseError as error:
-                if type(error) is sqlite3.DatabaseError or "malformed" in str(error):
-                    raise self._corrupted(str(error)) from error
-                raise
+        with self._lock, self._errors():
+            yield
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            raise StorageError(f"long-term memory database {self.path}: {error}", path=self.path) from error
+        except sqlite3.DatabaseError as error:
+            if type(error) is sqlite3.DatabaseError or "malformed" in str(error):
+                raise self._corrupted(str(error)) from error
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A connection to read with: this thread's own, or the write connection under the lock."""
+        reader = self._enter_read()
+        if reader is None:  # the file at path is not the one open: only the write connection reads it
+            with self._guard():
+                yield self._db
+            return
+        try:
+            with self._errors():
+                yield reader
+        finally:
+            with self._readers_state:
+                self._active_reads -= 1
+                if not self._active_reads:
+                    self._readers_state.notify_all()
+
+    def _enter_read(self) -> sqlite3.Connection | None:
+        with self._readers_state:
+            while self._reopening:
+                self._readers_state.wait()
+            if self._connection is None:
+                raise StorageError(f"long-term memory database {self.path} is closed", path=self.path)
+            reader: sqlite3.Connection | None = getattr(self._local, "connection", None)
+            if reader is None or getattr(self._local, "generation", -1) != self._generation:
+                reader = self._open_reader()
+                if reader is None:
+                    return None
+            self._active_reads += 1
+            return reader
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """Open the calling thread's read connection (with ``_readers_state`` held); ``None`` if it cannot."""
+        if self._opened_file is None or not _same_file(self.path, self._opened_file):
+            return None
+        try:
+            reader = sqlite3.connect(
+                f"file:{urllib.parse.quote(str(self.path))}?mode=rw",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        except sqlite3.Error:
+            return None
+        try:
+            reader.execute("PRAGMA busy_timeout=5000")
+            create_vocabulary_table(reader, FTS_TABLE)  # in its temp schema, before it turns read-only
+            reader.execute("PRAGMA query_only=ON")
+        except sqlite3.Error:
+            reader.close()
+            return None
+        self._readers.append(reader)
+        self._local.connection = reader
+        self._local.generation = self._generation
+        return reader
+
+    def _close_readers(self) -> None:
+        """Wait for reads in progress, close every read connection; new reads wait until reopened."""
+        with self._readers_state:
+            self._reopening = True
+            while self._active_reads:
+                self._readers_state.wait()
+            for reader in self._readers:
+                with suppress(sqlite3.Error):
+                    reader.close()
+            self._readers.clear()
+            self._generation += 1
+
+    def _reopened(self) -> None:
+        with self._readers_state:
+            self._reopening = False
+            self._readers_state.notify_all()
+
+    def can_read_now(self) -> bool:
+        """Whether this thread reads on a connection of its own (opening it if needed), never waiting.
+
+        False while the store reopens (a restore) or when the file at ``path`` is not the one open.
+        """
+        with self._readers_state:
+            if self._reopening or self._connection is None:
+                return False
+            if (
+                getattr(self._local, "connection", None) is not None
+                and self._local.generation == self._generation
+            ):
+                return True
+            return self._open_reader() is not None
 
     @contextmanager
     def held_if_free(self) -> Iterator[bool]:
@@ -195,12 +296,16 @@ class SQLiteStore:
         """Finish a pending erasure, checkpoint the WAL and close the database."""
         with self._lock:
             if self._connection is not None:
-                with suppress(sqlite3.DatabaseError, StorageError):
-                    self.finish_erasure()
-                with suppress(sqlite3.DatabaseError):
-                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._connection.close()
-                self._connection = None
+                self._close_readers()
+                try:
+                    with suppress(sqlite3.DatabaseError, StorageError):
+                        self.finish_erasure()
+                    with suppress(sqlite3.DatabaseError):
+                        self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    self._connection.close()
+                    self._connection = None
+                finally:
+                    self._reopened()  # a read after the close gets "closed", not a wait for ever
 
     def faults(self) -> dict[str, str]:
         """Files of the open database changed behind the store's back, by name.
@@ -263,7 +368,8 @@ class SQLiteStore:
             except (OSError, sqlite3.Error) as error:
                 temporary.unlink(missing_ok=True)
                 raise StorageError(f"cannot restore {self.path}: {error}", path=self.path) from error
-            # the old connection checkpoints into the old files and removes its -wal by name
+            # the old connections checkpoint into the old files; the last one removes its -wal by name
+            self._close_readers()
             with suppress(sqlite3.Error):
                 db.close()
             self._connection = None
@@ -278,7 +384,10 @@ class SQLiteStore:
             os.replace(temporary, self.path)
             _fsync_directory(self.path.parent)
             self._frequencies.clear()
-            self.open()
+            try:
+                self.open()
+            finally:
+                self._reopened()
         memories = "1 memory" if count == 1 else f"{count} memories"
         report = f"restored {self.path.name} from the open database ({memories})"
         if moved:
@@ -449,19 +558,19 @@ class SQLiteStore:
         """Return the memory with this id, or ``None``."""
         if not encodable(memory_id):
             return None
-        with self._guard():
-            row = self._db.execute(f"{_SELECT} WHERE id = ?", (memory_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute(f"{_SELECT} WHERE id = ?", (memory_id,)).fetchone()
         return None if row is None else _memory(row)
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Memory]:
         """Return the memories among ``ids`` held here, by id."""
         found: dict[str, Memory] = {}
         ids = [memory_id for memory_id in ids if encodable(memory_id)]
-        with self._guard():
+        with self._read() as db:
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                for row in self._db.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
+                for row in db.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
                     memory = _memory(row)
                     found[memory.id] = memory
         return found
@@ -470,21 +579,18 @@ class SQLiteStore:
         """The ids among ``ids`` held here (no row is loaded)."""
         found: set[str] = set()
         ids = [memory_id for memory_id in ids if encodable(memory_id)]
-        with self._guard():
+        with self._read() as db:
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 found.update(
-                    row[0]
-                    for row in self._db.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
+                    row[0] for row in db.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
                 )
         return found
 
     def __contains__(self, memory_id: object) -> bool:
-        with self._guard():
-            return (
-                self._db.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is not None
-            )
+        with self._read() as db:
+            return db.execute("SELECT 1 FROM memories WHERE id = ?", (memory_id,)).fetchone() is not None
 
     def search(
         self, match: str, limit: int, *, filters: CandidateFilter | None = None
@@ -495,16 +601,16 @@ class SQLiteStore:
         limit, so a filtered search finds matches however many unfiltered ones rank higher.
         """
         where, parameters = _filter_sql(filters)
-        with self._guard():
+        with self._read() as db:
             if not where:
-                rows = self._db.execute(
+                rows = db.execute(
                     f"SELECT m.rowid, {_QUALIFIED}, r.score "
                     f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
                     "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
                     (match, limit),
                 ).fetchall()
             else:
-                rows = self._db.execute(
+                rows = db.execute(
                     f"SELECT m.rowid, {_QUALIFIED}, r.score "
                     f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ?) AS r "
                     f"JOIN memories AS m ON m.rowid = r.rowid WHERE {where} ORDER BY r.score LIMIT ?",
@@ -534,8 +640,8 @@ class SQLiteStore:
             inner_parameters = weighted_search_parameters(parts, None)
             tail = (*parameters, limit)
             suffix = f"WHERE {where} ORDER BY r.score LIMIT ?"
-        with self._guard():
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
                 f"JOIN memories AS m ON m.rowid = r.rowid {suffix}",
                 (*inner_parameters, *tail),
@@ -547,8 +653,8 @@ class SQLiteStore:
         if not tags:
             return []
         marks = ",".join("?" * len(tags))
-        with self._guard():
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT DISTINCT m.rowid, {_QUALIFIED} "
                 "FROM memory_tags AS t JOIN memories AS m ON m.rowid = t.memory_rowid "
                 f"WHERE t.tag IN ({marks})",
@@ -559,9 +665,9 @@ class SQLiteStore:
     def find_turns(self, keys: Sequence[TurnKey]) -> list[Memory]:
         """Return the memories that are the given conversation turns."""
         found = []
-        with self._guard():
+        with self._read() as db:
             for user_id, session_id, turn_index in keys:
-                for row in self._db.execute(
+                for row in db.execute(
                     f"{_SELECT} WHERE session_id = ? AND turn_index = ?", (session_id, turn_index)
                 ):
                     memory = _memory(row)
@@ -571,8 +677,8 @@ class SQLiteStore:
 
     def last_turn_index(self, user_id: str | None, session_id: str) -> int | None:
         """The highest turn index stored for a conversation session of a user, or ``None``."""
-        with self._guard():
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT max(turn_index) FROM memories WHERE session_id = ? AND user_id IS ?",
                 (session_id, user_id),
             ).fetchone()
@@ -582,10 +688,8 @@ class SQLiteStore:
         """Iterate over every memory, in chunks (the lock is not held between chunks)."""
         last = 0
         while True:
-            with self._guard():
-                rows = self._db.execute(
-                    f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT 1000", (last,)
-                ).fetchall()
+            with self._read() as db:
+                rows = db.execute(f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT 1000", (last,)).fetchall()
             if not rows:
                 return
             for row in rows:
@@ -598,15 +702,15 @@ class SQLiteStore:
 
     def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
         """How many memories contain each indexed (stemmed) term."""
-        with self._guard():
+        with self._read() as db:
             return self._frequencies.lookup(
-                terms, self._count, lambda missing: document_frequencies(self._db, self._vocabulary, missing)
+                terms, self._count, lambda missing: document_frequencies(db, self._vocabulary, missing)
             )
 
     def owners(self) -> set[str | None]:
         """Every user_id with a memory in the store."""
-        with self._guard():
-            return {row[0] for row in self._db.execute("SELECT DISTINCT user_id FROM memories")}
+        with self._read() as db:
+            return {row[0] for row in db.execute("SELECT DISTINCT user_id FROM memories")}
 
     def tally(self, skip: Sequence[str] = ()) -> list[UserTally]:
         """Per user, SQL aggregates over the memories (no row is loaded into Python).
@@ -615,8 +719,8 @@ class SQLiteStore:
         already counted from a faster tier's copy).
         """
         ids = json.dumps([memory_id for memory_id in skip if encodable(memory_id)])
-        with self._guard():
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT user_id, count(*), sum(NOT skipped), sum(NOT skipped AND superseded), "
                 "min(CASE WHEN skipped THEN NULL ELSE created_at END), "
                 "max(CASE WHEN skipped THEN NULL ELSE created_at END), "
@@ -665,8 +769,8 @@ class SQLiteStore:
         """Return the ids and the matrix of vectors stored for ``model``."""
         import numpy as np
 
-        with self._guard():
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT id, vector FROM memory_vectors WHERE model = ? AND dimension = ?", (model, dimension)
             ).fetchall()
         matrix = np.zeros((len(rows), dimension), dtype=np.float32)
@@ -676,8 +780,8 @@ class SQLiteStore:
 
     def vector_models(self) -> list[tuple[str, int]]:
         """Every ``(model, dimension)`` with stored vectors."""
-        with self._guard():
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT model, dimension FROM memory_vectors GROUP BY model, dimension ORDER BY 1, 2"
             ).fetchall()
         return [(str(model), int(dimension)) for model, dimension in rows]

@@ -89,7 +89,7 @@ class ManagerState:
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
-        self._rebalance_scheduled = False  # a background rebalance is pending (see _add_many)
+        self._rebalance_task: asyncio.Task[None] | None = None  # the pending or running rebalance (_add_many)
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
@@ -128,10 +128,11 @@ class ManagerState:
             )
         raise LifecycleError(f"{operation}: the memory manager was closed; create a new one")
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)

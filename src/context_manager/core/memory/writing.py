@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
+_MEDIUM_LIMIT = 1.25  # a write finding the medium-term tier this far over its capacity waits for the move
 
 
 def message_memory_id(namespace: str, message_id: str) -> str:
@@ -194,11 +195,17 @@ class MemoryWriting(TierMovement):
             medium_over = await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size
             if short_over:
                 await self._move_short_overflow()
-        if medium_over and not self._rebalance_scheduled:
-            # one pending rebalance is enough: it runs after this write (it needs the write lock) and
-            # sees every write made before it starts
-            self._rebalance_scheduled = True
-            self._spawn(self._scheduled_rebalance())
+        if medium_over:
+            # one rebalance at a time is enough: it runs after this write (it needs the write lock) and
+            # keeps moving until the tier is within its capacity
+            task = self._rebalance_task
+            if task is None or task.done():
+                task = self._rebalance_task = self._spawn(self._rebalance())
+            if await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size * _MEDIUM_LIMIT:
+                # back-pressure: writes faster than the move to long-term wait for it rather than let the
+                # medium-term tier (indexed in process) grow without bound; its failure is not this
+                # write's (the memories are stored): the background task reports it
+                await asyncio.wait({task})
         self._maybe_compact()
         written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
