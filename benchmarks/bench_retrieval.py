@@ -22,8 +22,12 @@ Importance is set by a label-free heuristic an application could use (substantiv
 after the last session. Every configuration gets a fresh store, so access counts from one configuration's
 queries do not leak into another's.
 
+Real conversations: ``--locomo PATH`` measures on a file in the LoCoMo format instead (see
+``benchmarks/locomo_bench.py``); the synthetic set below stays as a regression test.
+
 Usage::
 
+    python benchmarks/bench_retrieval.py --locomo ../shared/data/locomo_dev.json [--embedder minilm]
     python benchmarks/bench_retrieval.py                # everything, about 2-3 minutes on 2 cores
     python benchmarks/bench_retrieval.py --no-embeddings --no-ablations
     python benchmarks/bench_retrieval.py --json retrieval.json
@@ -489,6 +493,17 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 async def _main_async(args: argparse.Namespace) -> int:
+    if args.locomo:
+        from locomo_bench import run_locomo
+
+        started = time.perf_counter()
+        payload = await run_locomo(args, BACKEND.options, BACKEND.name)
+        payload["seconds"] = round(time.perf_counter() - started, 1)
+        print(f"total {payload['seconds']:.0f} s")
+        if args.json:
+            await asyncio.to_thread(_write_json, Path(args.json), payload)
+            print(f"wrote {args.json}")
+        return 0
     dataset = generate_dataset(args.seed)
     validate_dataset(dataset)
     print(
@@ -572,10 +587,27 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Retrieval quality of memory search on a long conversation.")
-    parser.add_argument("--seed", type=int, default=7, help="dataset seed")
+    parser.add_argument(
+        "--locomo",
+        metavar="PATH",
+        help="measure on real conversations in the LoCoMo format (e.g. ../shared/data/locomo_dev.json) "
+        "instead of the synthetic set",
+    )
+    parser.add_argument(
+        "--conversations", type=int, metavar="N", help="with --locomo: only the first N conversations"
+    )
+    parser.add_argument(
+        "--embedder",
+        action="append",
+        metavar="NAME",
+        help="with --locomo: also run with this embedder (minilm, static, ...; repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="synthetic dataset seed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the result tables as Markdown")
-    parser.add_argument("--no-embeddings", action="store_true", help="skip the MiniLM configurations")
+    parser.add_argument(
+        "--no-embeddings", action="store_true", help="synthetic set: skip the MiniLM configurations"
+    )
     parser.add_argument("--no-ablations", action="store_true", help="skip the leave-one-out ablations")
     parser.add_argument("--raw-only", action="store_true", help="only the raw FTS5 baselines")
     parser.add_argument(

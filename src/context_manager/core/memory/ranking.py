@@ -327,3 +327,15 @@ def uniform_correction(corrections: dict[str, float], tolerance: float = 0.1) ->
 def deduplicate(ids_in_order: Iterable[str]) -> list[str]:
     """Keep the first occurrence of every id (the same memory can sit in two tiers)."""
     return list(dict.fromkeys(ids_in_order))
+
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "neighbour context": {"neighbour_context": False},
+    "speaker boost": {"speaker_boost": False},
+    "session score": {"session_score": False},
+    "context columns": {"context_columns": False},
+    "recency": {"recency": 0.0},
+    "importance": {"importance": 0.0},
+    "access": {"access": 0.0},
+}
+"""Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""
