@@ -135,6 +135,20 @@ class ContextManagerConfig(BaseSettings):
         10.0, gt=0.0, description="Seconds to wait for a PostgreSQL connection before StorageError."
     )
 
+    # Persisted conversations
+    conversation_id: str | None = Field(
+        None,
+        description="Persist the context window as this conversation (in the memory backend: "
+        "conversations.sqlite3 under storage_path, or PostgreSQL); a manager opened later with the same "
+        "id, in any process, resumes it. None: the window lives in this process only.",
+    )
+    conversation_snapshot_every: int = Field(
+        1000,
+        ge=0,
+        description="Store a snapshot of a persisted conversation's window every this many changes, so "
+        "resuming replays at most that many records (0: never).",
+    )
+
     # Feature switches
     enable_compression: bool = Field(True, description="Compress the context when it overflows.")
     enable_memory_index: bool = Field(
@@ -232,6 +246,19 @@ class ContextManagerConfig(BaseSettings):
         if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
             raise ValueError("an http:// or https:// URL")
         return value.strip()
+
+    @field_validator("conversation_id", mode="before")
+    @classmethod
+    def _check_conversation_id(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from context_manager.core.conversations.store import check_conversation_id
+        from context_manager.core.errors import InvalidArgumentError
+
+        try:
+            return check_conversation_id(value)
+        except InvalidArgumentError as error:
+            raise ValueError(error.allowed) from None
 
     @field_validator("postgres_dsn", mode="before")
     @classmethod

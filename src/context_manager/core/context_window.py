@@ -78,12 +78,27 @@ from context_manager.core.tokens import (
     truncate_to_tokens,
 )
 
-__all__ = ["RESERVED_METADATA_KEYS", "CompressionRecord", "ContextWindow", "EvictionHook"]
+__all__ = [
+    "RESERVED_METADATA_KEYS",
+    "CompressionRecord",
+    "ContextWindow",
+    "EvictionHook",
+    "Journal",
+    "JournalEntry",
+]
 
 logger = logging.getLogger(__name__)
 
 EvictionHook = Callable[[list[Message]], Awaitable[None] | None]
 """A callback receiving the messages a compression removed (full text of truncated ones); sync or async."""
+
+JournalEntry = tuple[str, dict[str, Any]]
+"""A change of the window as ``(kind, payload)``: the record kinds of
+:mod:`context_manager.core.conversations.replay` (``"add"``, ``"compress"``, ``"pin"``)."""
+
+Journal = Callable[[str, dict[str, Any]], None]
+"""Receives every committed change, synchronously, inside its commit point: ``journal(kind, payload)``
+with the record's JSON payload."""
 
 RESERVED_METADATA_KEYS = frozenset({SUMMARY_METADATA_KEY, TRUNCATED_METADATA_KEY})
 """Metadata keys only the window sets (on its summary and on the messages it cuts)."""
@@ -234,6 +249,7 @@ class ContextWindow:
         self._lock = asyncio.Lock()
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
+        self._journal: Journal | None = None
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self.compression_history: list[CompressionRecord] = []
@@ -369,6 +385,61 @@ class ContextWindow:
             raise
         queue.acknowledge(tickets)
 
+    # -- persistence ----------------------------------------------------------------------------------
+
+    def set_journal(self, journal: Journal | None) -> None:
+        """Report every committed change to ``journal`` from now on (``None``: stop).
+
+        The journal is called synchronously inside each commit point (an add, a compression, a pin), in
+        commit order, with the change's kind and its JSON payload; it must not raise. A
+        persisted conversation uses it to write the window's changes as append-only records.
+        """
+        if journal is not None and not callable(journal):
+            raise InvalidArgumentError("journal", journal, "a callable (kind, payload) -> None, or None")
+        self._journal = journal
+
+    async def restore(self, messages: Sequence[Message], history: Sequence[CompressionRecord]) -> None:
+        """Replace the window's contents with ``messages`` (token counts set) and ``history``.
+
+        Used to resume a persisted conversation: the messages are the replayed window, in order, the
+        rolling summary (the message carrying the summary metadata key) included. Waits for a compression
+        in flight. Evicted messages still queued for a consumer stay queued. Nothing is journaled.
+
+        Raises:
+            InvalidArgumentError: the messages are not a valid window (duplicate ids, a message without
+                its token count, a tool result without its call, more than ``max_tokens``).
+        """
+        async with self._lock:
+            summary: Message | None = None
+            by_id: dict[str, Message] = {}
+            for message in messages:
+                if not isinstance(message, Message) or message.token_count <= 0:
+                    raise InvalidArgumentError("messages", message, "messages with their token counts set")
+                if message.id in by_id:
+                    raise InvalidArgumentError("messages", message.id, "messages with distinct ids")
+                by_id[message.id] = message
+                if SUMMARY_METADATA_KEY in message.metadata:
+                    summary = message
+            body = [message for message in messages if message is not summary]
+            index = UnitIndex(body)
+            results = {message.tool_call_id for message in body if message.role is Role.TOOL}
+            calls = {call.id for message in body for call in message.tool_calls}
+            if not results <= calls:
+                orphan = min(results - calls, key=str)
+                raise InvalidArgumentError("messages", orphan, "tool results whose calls are in the window")
+            summary_tokens = summary.token_count if summary is not None else 0
+            total = index.tokens + summary_tokens + (REPLY_PRIMING_TOKENS if messages else 0)
+            if total > self._max_tokens:
+                raise InvalidArgumentError(
+                    "messages", f"{total} tokens", f"at most {self._max_tokens} tokens"
+                )
+            self._messages = list(messages)
+            self._by_id = by_id
+            self._index = index
+            self._summary = summary
+            self._summary_tokens = summary_tokens
+            self.compression_history = list(history)
+
     # -- pins -----------------------------------------------------------------------------------------
 
     def pin(self, message_id: str) -> None:
@@ -407,6 +478,8 @@ class ContextWindow:
         self._index.replace(current, copy)
         self._messages[self._position_of(current)] = copy
         self._by_id[message_id] = copy
+        if self._journal is not None:
+            self._journal("pin", {"id": message_id, "pinned": pinned})
 
     def _position_of(self, message: Message) -> int:
         """Index of ``message`` (this very object) in the list, searching from the newest end."""
@@ -457,10 +530,13 @@ class ContextWindow:
         """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
         _set(message, "token_count", tokens)
         messages = self._messages
+        journal = self._journal
         if not message.tool_calls and message.role is not Role.TOOL:  # a unit of its own: O(1)
             self._index.add_plain(message)
             messages.append(message)
             self._by_id[message.id] = message
+            if journal is not None:
+                journal("add", {"message": message.to_dict()})
             return
         unit = self._index.add(message)
         if message.role is Role.TOOL and len(unit.messages) > 1:
@@ -468,9 +544,13 @@ class ContextWindow:
             if messages[-1] is not previous:  # someone spoke while the tools ran: keep the pair together
                 messages.insert(self._position_of(previous) + 1, message)
                 self._by_id[message.id] = message
+                if journal is not None:
+                    journal("add", {"message": message.to_dict(), "after": previous.id})
                 return
         messages.append(message)
         self._by_id[message.id] = message
+        if journal is not None:
+            journal("add", {"message": message.to_dict()})
 
     async def add(self, message: Message) -> CompressionRecord | None:
         """Append ``message``, compressing first if the window would exceed ``max_tokens``.
@@ -838,6 +918,23 @@ class ContextWindow:
             error=prepared.outcome.error,
         )
         self.compression_history.append(record)
+        journal = self._journal
+        if journal is not None:
+            for message in added:  # the order of the window after this record is the "kept" list
+                journal("add", {"message": message.to_dict()})
+            created = [] if summary is None else [summary]
+            created.extend(copy for _, copy in prepared.cuts)
+            evicted_ids = [message.id for message in prepared.evicted]
+            history_entry = record.to_dict()
+            journal(
+                "compress",
+                {
+                    "kept": [message.id for message in kept],
+                    "new": [message.to_dict() for message in created],
+                    "evicted": evicted_ids,
+                    "record": history_entry,
+                },
+            )
         # Hand over what left: evicted messages and the full text of the ones cut now, except copies the
         # window cut earlier (their original went when they were cut).
         handed = [m for m in prepared.evicted if TRUNCATED_METADATA_KEY not in m.metadata]

@@ -28,7 +28,10 @@ from typing import Any, Literal, overload
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook
+from context_manager.core.conversations.persistence import PersistedConversation
+from context_manager.core.conversations.store import ConversationStore, check_conversation_id
 from context_manager.core.errors import (
+    ConfigurationError,
     ContextManagerError,
     InvalidArgumentError,
     LifecycleError,
@@ -85,6 +88,7 @@ class EnhancedContextManager:
         *,
         token_counter: TokenCounter | None = None,
         summarizer: Summarizer | None = None,
+        conversation_id: str | None = None,
     ) -> None:
         """Create a manager (touches no file; ``initialize()`` does).
 
@@ -100,6 +104,10 @@ class EnhancedContextManager:
                 not called for ``config.summarizer_cooldown`` seconds (a circuit breaker,
                 :class:`~context_manager.core.summarizers.guard.SummarizerGuard`; pass your own guard to
                 choose other settings).
+            conversation_id: Persist the window as this conversation (overrides
+                ``config.conversation_id``): every change is written to the storage backend as it happens,
+                and ``initialize()`` resumes what is stored under the id, written by any process on any
+                host. See :meth:`reload`, :meth:`list_conversations` and :meth:`delete_conversation`.
 
         Raises:
             InvalidArgumentError: an argument has the wrong type.
@@ -114,8 +122,13 @@ class EnhancedContextManager:
             raise InvalidArgumentError(
                 "token_counter", token_counter, "a TokenCounter (count, count_message)"
             )
+        if conversation_id is not None:
+            check_conversation_id(conversation_id)
         self.config = config if config is not None else ContextManagerConfig()
         """The settings (read at ``initialize()``)."""
+        self._conversation_id_argument = conversation_id
+        self._conversation: PersistedConversation | None = None
+        self._conversation_store: ConversationStore | None = None
         self._token_counter = token_counter
         self._summarizer = summarizer
         self._summarizer_guard: SummarizerGuard | None = None
@@ -280,6 +293,18 @@ class EnhancedContextManager:
         ``add_message`` path, so evicted messages stay searchable.
         """
         await self.memory_manager.initialize()
+        conversation_id = self.conversation_id
+        if conversation_id is not None and self._window is not None:
+            self._memory_session_id = conversation_id
+            store = await self._open_conversation_store()
+            conversation = PersistedConversation(
+                store,
+                conversation_id,
+                self._window,
+                snapshot_every=self.config.conversation_snapshot_every,
+            )
+            await conversation.open()
+            self._conversation = conversation
         if self._window is not None:
             writer = EvictionWriter(self._window.evicted_queue, self._remember_evicted)
             self._eviction_writer = writer
@@ -294,9 +319,29 @@ class EnhancedContextManager:
         await self._stop_operations()
         if self._window is not None:
             await self._window.flush()  # eviction-hook deliveries of cancelled adds
+        conversation = self._conversation
+        if conversation is not None and conversation.pending and not conversation.is_stale:
+            try:  # changes made without an awaited add (a pin) are written before closing
+                await conversation.sync()
+            except ContextManagerError as error:
+                logger.warning(
+                    "conversation %r: last changes not stored (%s)", conversation.conversation_id, error
+                )
         writer, self._eviction_writer = self._eviction_writer, None
         if writer is not None:
             await writer.stop()
+        self._conversation = None
+        if conversation is not None:
+            try:
+                await conversation.mark_indexed_if_drained()
+            except ContextManagerError as error:
+                logger.warning(
+                    "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
+                )
+            await conversation.close()
+        store, self._conversation_store = self._conversation_store, None
+        if store is not None:
+            await store.close()
         await self.memory_manager.cleanup()
 
     async def _start_operations(self) -> None:
@@ -383,13 +428,22 @@ class EnhancedContextManager:
                 ``InvalidMessageError``, ``ToolCallPairingError``). Nothing is changed.
             ContextBudgetError: the message cannot fit (protected messages too large, or compression
                 disabled and the window full). Nothing is changed.
+            ConversationConflictError: the conversation is persisted and another manager changed it first;
+                the message was not added and the window now holds the stored conversation (add it again).
+            StorageError: the conversation is persisted and could not be written; the message is in the
+                window and is written with the next change (or :meth:`flush`).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("add_message")
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()
         if self._telemetry is None:
             await window.add(_new_message(role, content, kwargs))
         else:
             await traced_add(self._telemetry, window, lambda: _new_message(role, content, kwargs))
+        if conversation is not None:
+            await conversation.sync()
         return True
 
     @monitored_operation("add_messages")
@@ -430,7 +484,12 @@ class EnhancedContextManager:
                 )
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
             built.append(_new_message(item["role"], item["content"], options))
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()
         await window.extend(built)
+        if conversation is not None:
+            await conversation.sync()
         return len(built)
 
     @property
@@ -450,6 +509,7 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("pin_message").pin(message_id)
+        self._sync_soon()
 
     def unpin_message(self, message_id: str) -> None:
         """Let compression evict a pinned message again.
@@ -459,6 +519,7 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("unpin_message").unpin(message_id)
+        self._sync_soon()
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:
         """Receive the messages compression evicts (see :meth:`ContextWindow.set_eviction_hook`).
@@ -475,7 +536,13 @@ class EnhancedContextManager:
             InvalidArgumentError: ``target_tokens`` is not a positive integer.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        record = await self._require_ready("compress_context").compress(target_tokens)
+        window = self._require_ready("compress_context")
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()
+        record = await window.compress(target_tokens)
+        if conversation is not None:
+            await conversation.sync()
         if record is None:
             return None
         if self._telemetry is not None:
@@ -563,6 +630,124 @@ class EnhancedContextManager:
             return []
         return [record.to_dict() for record in self._window.compression_history]
 
+    # -- persisted conversations ----------------------------------------------------------------------
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The persisted conversation this manager writes (the argument, else ``config.conversation_id``)."""
+        if self._conversation_id_argument is not None:
+            return self._conversation_id_argument
+        return self.config.conversation_id
+
+    @property
+    def conversation_version(self) -> int:
+        """How many changes of the persisted conversation are stored and in this window (0 without one)."""
+        conversation = self._conversation
+        return 0 if conversation is None else conversation.version
+
+    def _sync_soon(self) -> None:
+        """Store a change made by a synchronous call (a pin) in the background."""
+        conversation = self._conversation
+        if conversation is None or conversation.is_stale:
+            return
+
+        async def sync() -> None:
+            try:
+                await conversation.sync()
+            except ContextManagerError as error:
+                logger.warning(
+                    "conversation %r: a pin was not stored (%s)", conversation.conversation_id, error
+                )
+
+        conversation._start(sync())
+
+    async def _open_conversation_store(self) -> ConversationStore:
+        """The store of persisted conversations on the configured backend (opened once, closed by cleanup)."""
+        store = self._conversation_store
+        if store is not None:
+            return store
+        backend = self.memory_manager.backend
+        if backend is not None and backend.kind == "postgres":
+            from context_manager.core.conversations.postgres_store import PostgresConversationStore
+
+            store = PostgresConversationStore(backend.database)  # type: ignore[attr-defined]
+        else:
+            from context_manager.core.conversations.sqlite_store import (
+                CONVERSATIONS_FILE_NAME,
+                SQLiteConversationStore,
+            )
+
+            path = self.config.resolved_storage_path / CONVERSATIONS_FILE_NAME
+            store = SQLiteConversationStore(path, fsync=self.config.fsync)
+        await store.open()
+        self._conversation_store = store
+        return store
+
+    async def reload(self) -> int:
+        """Load the persisted conversation as storage holds it now; return its version.
+
+        After a :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this
+        or another process, changed the conversation first) or to see another worker's messages. Changes
+        of this manager not stored yet are dropped (an awaited ``add_message`` is always stored).
+
+        Raises:
+            ConfigurationError: the manager has no conversation id.
+            StorageError: storage cannot be read (the window stays as it was).
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("reload")
+        conversation = self._conversation
+        if conversation is None:
+            raise ConfigurationError(
+                "conversation_id",
+                None,
+                "a conversation id (EnhancedContextManager(config, conversation_id=...))",
+            )
+        return await conversation.reload()
+
+    async def list_conversations(self) -> list[dict[str, Any]]:
+        """Every persisted conversation in the storage backend, most recently changed first.
+
+        Each is a dict with ``conversation_id``, ``version`` (changes stored), ``created_at`` and
+        ``updated_at`` (seconds since the epoch).
+
+        Raises:
+            StorageError: storage cannot be read.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("list_conversations")
+        if self._conversation_store is None and not self._conversations_exist():
+            return []
+        store = await self._open_conversation_store()
+        return [info.to_dict() for info in await store.list_conversations()]
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a persisted conversation and all its records; return whether it existed.
+
+        Memories written from its evicted messages stay in memory (erase them with the memory API). A
+        manager still writing the conversation gets ``ConversationConflictError`` on its next change.
+
+        Raises:
+            InvalidArgumentError: ``conversation_id`` is not a valid id.
+            StorageError: storage cannot be written.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("delete_conversation")
+        check_conversation_id(conversation_id)
+        if self._conversation_store is None and not self._conversations_exist():
+            return False
+        store = await self._open_conversation_store()
+        return await store.delete(conversation_id)
+
+    def _conversations_exist(self) -> bool:
+        """Whether conversations may be stored (on SQLite: whether the file exists; creating none)."""
+        backend = self.memory_manager.backend
+        if backend is not None and backend.kind == "postgres":
+            return True
+        from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME
+
+        return (self.config.resolved_storage_path / CONVERSATIONS_FILE_NAME).exists()
+
     # -- tools ----------------------------------------------------------------------------------------
 
     async def execute_tool(self, tool_name: str, /, **kwargs: Any) -> ToolResult:
@@ -602,9 +787,16 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")
-        results = await execute_tool_calls_in_window(
-            self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
-        )
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()
+        try:
+            results = await execute_tool_calls_in_window(
+                self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
+            )
+        finally:
+            if conversation is not None:
+                await conversation.sync()
         for result in results:
             self._record_tool_result(result)
         return results
@@ -647,7 +839,9 @@ class EnhancedContextManager:
 
     async def _remember_evicted(self, messages: list[Message]) -> None:
         """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches."""
-        await self.memory_manager.remember_messages(messages, session_id=self._memory_session_id)
+        await self.memory_manager.remember_messages(
+            messages, session_id=self._memory_session_id, id_namespace=self.conversation_id
+        )
 
     async def flush(self) -> None:
         """Write every evicted message still queued to memory, then flush memory (``memory_manager.flush()``).
@@ -662,6 +856,8 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("flush")
+        if self._conversation is not None:
+            await self._conversation.sync()
         await window.flush()
         if self._eviction_writer is not None:
             await self._eviction_writer.flush()

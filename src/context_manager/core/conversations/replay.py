@@ -2,7 +2,8 @@
 
 Record payloads (JSON):
 
-* ``add``: ``{"message": {...}}``: a message appended, with its token count;
+* ``add``: ``{"message": {...}}``: a message appended, with its token count; ``"after": id`` when it was
+  placed right after that message instead of at the end (a tool result arriving after other messages);
 * ``compress``: ``{"kept": [ids], "new": [{...}], "evicted": [ids], "record": {...}}``: the window after a
   compression, as the ids of the messages it kept in order; ``new`` holds the messages the compression
   created (the summary, the head + tail copies of cut messages), ``record`` the ``compression_history``
@@ -55,9 +56,11 @@ def message_from_dict(data: Mapping[str, Any]) -> Message:
     )
 
 
-def add_record(message: Message) -> ConversationRecord:
-    """The record of a message appended to the window."""
-    return ConversationRecord("add", {"message": message.to_dict()})
+def add_record(message: Message, after: str | None = None) -> ConversationRecord:
+    """The record of a message appended to the window (``after``: placed right after that message)."""
+    if after is None:
+        return ConversationRecord("add", {"message": message.to_dict()})
+    return ConversationRecord("add", {"message": message.to_dict(), "after": after})
 
 
 def compress_record(
@@ -137,7 +140,16 @@ def _apply(
     payload = record.payload
     if record.kind == "add":
         message = message_from_dict(payload["message"])
-        state.messages.append(message)
+        after = payload.get("after")
+        if after is None:
+            state.messages.append(message)
+        else:
+            previous = known[after]
+            messages = state.messages
+            position = next((i for i in range(len(messages) - 1, -1, -1) if messages[i] is previous), None)
+            if position is None:
+                raise ValueError(f"message {after!r} is no longer in the window")
+            messages.insert(position + 1, message)
         known[message.id] = message
     elif record.kind == "compress":
         for data in payload["new"]:

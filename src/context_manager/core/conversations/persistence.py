@@ -1,0 +1,266 @@
+"""``PersistedConversation``: keeps a context window and its stored records in step.
+
+The window reports each committed change to :meth:`PersistedConversation.journal` (synchronously, in
+commit order); :meth:`PersistedConversation.sync` appends every change not yet stored in one transaction
+(group commit: concurrent callers share one write) and returns once the caller's changes are committed.
+``EnhancedContextManager.add_message`` awaits it, so an acknowledged message is a stored message.
+
+Optimistic concurrency: an append carries the version this process last stored. When another writer got
+there first the store refuses it (nothing stored), the window is put back to what storage holds (the
+other writer's changes included, the refused ones not) and every caller waiting on the refused changes
+gets :class:`~context_manager.core.errors.ConversationConflictError`. If that reload fails too, the
+conversation is *stale*: changes are refused until :meth:`PersistedConversation.reload` succeeds.
+
+Evicted messages are written to memory in the background with ids derived from the conversation and the
+message, so writing one twice (after a crash, by two workers) stores it once; the store keeps a
+watermark of the compressions whose evicted messages are in memory, and resuming re-queues those after it.
+A snapshot of the window is stored every ``snapshot_every`` records, so resuming replays a bounded tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from context_manager.core.context_window import CompressionRecord, ContextWindow
+from context_manager.core.conversations.replay import WindowState, fold, snapshot_of
+from context_manager.core.conversations.store import ConversationRecord, ConversationStore
+from context_manager.core.errors import ConversationConflictError
+
+__all__ = ["PersistedConversation"]
+
+logger = logging.getLogger(__name__)
+
+
+class PersistedConversation:
+    """One conversation's window, written to a :class:`ConversationStore` as it changes.
+
+    Args:
+        store: An open store.
+        conversation_id: The conversation.
+        window: The (empty) window to keep in step.
+        snapshot_every: Store a snapshot after this many records since the last one (0: never).
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        conversation_id: str,
+        window: ContextWindow,
+        *,
+        snapshot_every: int = 1000,
+    ) -> None:
+        self.store = store
+        """Where the records go."""
+        self.conversation_id = conversation_id
+        """The conversation."""
+        self._window = window
+        self._snapshot_every = snapshot_every
+        self._writer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._version = 0  # the version this process last stored or loaded
+        self._snapshot_version = 0
+        self._indexed_version = 0
+        self._last_compress_version = 0
+        self._pending: list[ConversationRecord] = []
+        self._journaled = 0  # records journaled since the start (a sequence number)
+        self._resolved = 0  # of those, how many are stored or were refused (a prefix)
+        self._refused: list[tuple[int, int, ConversationConflictError]] = []  # (first, last, why)
+        self._snapshotting = False
+        self._conflict: ConversationConflictError | None = None  # set while stale
+        self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The stored version this process's window is at (changes not yet stored excluded)."""
+        return self._version
+
+    @property
+    def pending(self) -> int:
+        """Changes in the window not yet stored."""
+        return len(self._pending)
+
+    @property
+    def is_stale(self) -> bool:
+        """True after a refused write whose reload failed: changes are refused until :meth:`reload`."""
+        return self._conflict is not None
+
+    def check_writable(self) -> None:
+        """Raise the pending conflict while stale (before a change is made to the window).
+
+        Raises:
+            ConversationConflictError: another writer changed the conversation and it was not reloaded.
+        """
+        if self._conflict is not None:
+            raise self._conflict
+
+    # -- loading --------------------------------------------------------------------------------------
+
+    async def open(self) -> int:
+        """Load the stored conversation into the window and start journaling; return its version.
+
+        Messages evicted after the indexing watermark are put back in the window's evicted queue, so the
+        memory writer stores them (idempotently) if a crash stopped it before.
+
+        Raises:
+            StorageError: the store cannot be read.
+            StorageCorruptedError: a stored record does not apply (nothing is guessed).
+        """
+        state = await self._load()
+        self._window.set_journal(self._journal_entry)
+        if state.unindexed:
+            self._window.evicted_queue.put(state.unindexed)
+        return state.version
+
+    async def _load(self) -> WindowState:
+        stored = await self.store.load(self.conversation_id)
+        state = fold(stored)
+        history = [CompressionRecord(**entry) for entry in state.history]
+        await self._window.restore(state.messages, history)
+        self._version = state.version
+        self._snapshot_version = stored.snapshot_version
+        self._indexed_version = stored.indexed_version
+        self._last_compress_version = max(
+            (version for version, record in stored.records if record.kind == "compress"),
+            default=stored.snapshot_version if state.unindexed else 0,
+        )
+        return state
+
+    async def reload(self) -> int:
+        """Drop the changes not stored yet and load what storage holds; return the version.
+
+        Raises:
+            StorageError: the store cannot be read (the conversation stays as it was).
+        """
+        async with self._write_lock:
+            return await self._reload_locked()
+
+    async def _reload_locked(self) -> int:
+        self._window.set_journal(None)
+        try:
+            state = await self._load()
+        finally:
+            self._window.set_journal(self._journal_entry)
+        if self._pending:
+            why = self._conflict or ConversationConflictError(self.conversation_id, self._version, None)
+            self._refused.append((self._resolved + 1, self._journaled, why))
+            del self._refused[:-64]  # waiters of older refusals are long gone
+        self._pending.clear()
+        self._resolved = self._journaled
+        self._conflict = None
+        return state.version
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _journal_entry(self, kind: str, payload: dict[str, Any]) -> None:
+        """The window's journal: queue a committed change (synchronous, inside the commit point)."""
+        self._pending.append(ConversationRecord(kind, payload))
+        self._journaled += 1
+
+    async def sync(self) -> None:
+        """Store every change journaled so far (one transaction for all of them); return when committed.
+
+        Raises:
+            ConversationConflictError: another writer stored a change first; the window now holds what
+                storage holds (or, if that load failed, is stale until :meth:`reload`).
+            StorageError: the store could not be written; the changes stay in the window and are written
+                by the next call.
+        """
+        target = self._journaled
+        while self._resolved < target:
+            async with self._write_lock:
+                if self._resolved < target:
+                    await self._write_pending()
+        for first, last, why in self._refused:
+            if first <= target <= last:  # a reload dropped these changes: they were refused
+                raise why
+        if self._snapshot_every and self._version - self._snapshot_version >= self._snapshot_every:
+            self._start(self._save_snapshot())
+
+    async def _write_pending(self) -> None:
+        if self._conflict is not None:  # stale: a reload must come first
+            raise self._conflict
+        batch = list(self._pending)
+        expected = self._version
+        try:
+            version = await self.store.append(self.conversation_id, expected, batch, writer=self._writer)
+        except ConversationConflictError as error:
+            logger.info(
+                "conversation %r: another writer stored version %s first; reloading",
+                self.conversation_id,
+                error.current_version,
+            )
+            self._conflict = error
+            try:
+                await self._reload_locked()
+            except Exception as reload_error:  # stay stale: changes are refused until reload()
+                self._conflict = error
+                logger.warning(
+                    "conversation %r: reload after a conflict failed (%s); call reload()",
+                    self.conversation_id,
+                    type(reload_error).__name__,
+                )
+            raise error from None
+        del self._pending[: len(batch)]
+        self._resolved += len(batch)
+        self._version = version
+        if any(record.kind == "compress" for record in batch):
+            self._last_compress_version = version
+
+    async def mark_indexed_if_drained(self) -> None:
+        """Move the indexing watermark once the memory writer has stored every evicted message."""
+        if (
+            self._last_compress_version > self._indexed_version
+            and not self._pending
+            and not len(self._window.evicted_queue)
+        ):
+            version = self._version
+            await self.store.mark_indexed(self.conversation_id, version)
+            self._indexed_version = version
+
+    async def _save_snapshot(self) -> None:
+        if (
+            self._snapshotting
+            or self._pending
+            or self._version - self._snapshot_version < self._snapshot_every
+        ):
+            return
+        self._snapshotting = True
+        window = self._window
+        state = WindowState(
+            messages=list(window.messages),
+            history=[record.to_dict() for record in window.compression_history],
+            unindexed=list(window.evicted_queue),
+            version=self._version,
+        )
+        version = self._version
+        try:
+            await self.store.save_snapshot(self.conversation_id, version, snapshot_of(state))
+        except Exception as error:  # a snapshot only makes resuming faster: the records are there
+            logger.warning(
+                "conversation %r: snapshot failed (%s)", self.conversation_id, type(error).__name__
+            )
+            return
+        finally:
+            self._snapshotting = False
+        self._snapshot_version = max(self._snapshot_version, version)
+
+    def _start(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wait_background(self) -> None:
+        """Wait for background snapshots and pin writes."""
+        while self._tasks:
+            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for background snapshots; stop journaling (pending changes are the caller's to sync)."""
+        await self._wait_background()
+        self._window.set_journal(None)

@@ -1,0 +1,359 @@
+"""Persisted conversations through EnhancedContextManager, on SQLite and PostgreSQL (issue 12.1).
+
+A conversation written by one manager (or process, killed with SIGKILL) is resumed by another with an
+identical export and compression history; a stale writer is refused, never interleaved; nothing
+acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME, SQLiteConversationStore
+from context_manager.core.conversations.store import ConversationRecord
+from context_manager.core.errors import (
+    ConfigurationError,
+    ContextManagerError,
+    ConversationConflictError,
+    InvalidArgumentError,
+)
+
+from .conversation_worker import fingerprint
+
+WORKER = Path(__file__).with_name("conversation_worker.py")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def make_config(backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """Configs on one storage (a directory, or a PostgreSQL schema)."""
+    dsn = request.getfixturevalue("postgres_dsn") if backend_name == "postgres" else None
+
+    def make(**options: Any) -> ContextManagerConfig:
+        base: dict[str, Any] = {"storage_path": tmp_path / "storage", "max_tokens": 600}
+        if dsn is not None:
+            base.update(memory_backend="postgres", postgres_dsn=dsn, postgres_pool_size=2)
+        base.update(options)
+        return ContextManagerConfig(**base)
+
+    make.dsn = dsn  # type: ignore[attr-defined]
+    return make
+
+
+async def write_conversation(manager: EnhancedContextManager, turns: int) -> None:
+    """Users, assistants, a tool call answered after the user spoke, a batch, pins: many compressions."""
+    for step in range(turns):
+        if step % 9 == 4:
+            call = f"call-{step}"
+            await manager.add_message(
+                "assistant", "", tool_calls=[{"id": call, "name": "track", "arguments": {"parcel": step}}]
+            )
+            await manager.add_message("user", f"and parcel {step} is fragile")
+            await manager.add_message("tool", f"parcel {step}: out for delivery", tool_call_id=call)
+        elif step % 10 == 7:
+            await manager.add_messages(
+                [
+                    {"role": "user", "content": f"question {step}: is the Oslo office open on day {step}?"},
+                    {"role": "assistant", "content": f"answer {step}: yes, from 9 to 17", "priority": "low"},
+                ]
+            )
+        else:
+            role = "user" if step % 2 == 0 else "assistant"
+            await manager.add_message(role, f"turn {step}: notes about warehouse {step % 5} and crate {step}")
+            if step % 12 == 0:
+                manager.pin_message(manager.messages[-1].id)
+
+
+async def test_a_resumed_conversation_exports_the_same_bytes(make_config: Any) -> None:
+    async with EnhancedContextManager(make_config(), conversation_id="support-1") as first:
+        await write_conversation(first, 60)
+        first.unpin_message(next(m.id for m in first.messages if m.pinned))
+        await first.flush()
+        assert len(first.compression_history) >= 3
+        expected = fingerprint(first)
+        history = first.compression_history
+        version = first.conversation_version
+        tool_pairs = [
+            (m.tool_calls[0].id, first.messages[i + 1].tool_call_id)
+            for i, m in enumerate(first.messages)
+            if m.tool_calls
+        ]
+    async with EnhancedContextManager(make_config(), conversation_id="support-1") as resumed:
+        assert fingerprint(resumed) == expected
+        assert resumed.compression_history == history
+        assert resumed.conversation_version == version
+        assert [
+            (m.tool_calls[0].id, resumed.messages[i + 1].tool_call_id)
+            for i, m in enumerate(resumed.messages)
+            if m.tool_calls
+        ] == tool_pairs
+        # it goes on from there: the next change is the next version
+        await resumed.add_message("user", "one more thing")
+        assert resumed.conversation_version == version + 1
+
+
+async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:
+    async with EnhancedContextManager(make_config(), conversation_id="c") as first:
+        await first.add_message("user", "my locker code is 4417 at the north gate")
+        await first.add_message("user", "thanks")  # the newest request is always kept
+        for step in range(80):
+            await first.add_message("assistant", f"filler turn {step} about nothing in particular")
+        summary = first.context_window.summary
+        assert all("4417" not in m.content for m in first.messages if m is not summary)  # evicted
+    async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
+        found = await resumed.search_memory("locker code north gate")
+        assert any("4417" in memory.content for memory in found)
+
+
+async def test_without_a_conversation_id_nothing_is_persisted(tmp_path: Path) -> None:
+    config = ContextManagerConfig(storage_path=tmp_path / "storage", max_tokens=600)
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "hello")
+        assert manager.conversation_id is None and manager.conversation_version == 0
+        assert await manager.list_conversations() == []
+        assert await manager.delete_conversation("anything") is False
+        with pytest.raises(ConfigurationError, match="conversation_id"):
+            await manager.reload()
+    assert not (tmp_path / "storage" / CONVERSATIONS_FILE_NAME).exists()
+    async with EnhancedContextManager(config) as manager:
+        assert manager.messages == ()
+
+
+async def test_conversation_id_from_the_config_and_bad_ids(make_config: Any) -> None:
+    async with EnhancedContextManager(make_config(conversation_id="from-config")) as manager:
+        await manager.add_message("user", "kept")
+        assert manager.conversation_id == "from-config"
+    async with EnhancedContextManager(make_config(), conversation_id="from-config") as manager:
+        assert [m.content for m in manager.messages] == ["kept"]
+    for bad in ("", "   ", "x" * 201, "a\x00b", 7):
+        with pytest.raises(InvalidArgumentError, match="conversation_id"):
+            EnhancedContextManager(make_config(), conversation_id=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="conversation_id"):
+            make_config(conversation_id=bad)
+
+
+async def test_list_and_delete_conversations(make_config: Any) -> None:
+    for name in ("alpha", "beta"):
+        async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
+            await manager.add_message("user", f"hello from {name}")
+    async with EnhancedContextManager(make_config(), conversation_id="beta") as manager:
+        await manager.add_message("user", "beta again")
+        listed = await manager.list_conversations()
+        assert [row["conversation_id"] for row in listed] == ["beta", "alpha"]  # most recent first
+        assert [row["version"] for row in listed] == [2, 1]
+        assert await manager.delete_conversation("alpha") is True
+        assert await manager.delete_conversation("alpha") is False
+        assert [row["conversation_id"] for row in await manager.list_conversations()] == ["beta"]
+        with pytest.raises(InvalidArgumentError):
+            await manager.delete_conversation("")
+    async with EnhancedContextManager(make_config(), conversation_id="alpha") as manager:
+        assert manager.messages == ()  # deleted: a new, empty conversation
+
+
+async def test_concurrent_adds_in_one_manager_are_all_stored_in_window_order(make_config: Any) -> None:
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="busy") as manager:
+        await asyncio.gather(*(manager.add_message("user", f"parallel message {i}") for i in range(40)))
+        expected = fingerprint(manager)
+        order = [m.content for m in manager.messages]
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="busy") as resumed:
+        assert [m.content for m in resumed.messages] == order
+        assert fingerprint(resumed) == expected
+
+
+async def test_a_stale_writer_is_refused_and_reloaded(make_config: Any, backend_name: str) -> None:
+    """Another writer (a store on the same storage, as another process) gets there first."""
+    async with EnhancedContextManager(make_config(), conversation_id="shared") as manager:
+        await manager.add_message("user", "first")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("shared")
+            assert stored.version == 1
+            from context_manager.core.messages import Message
+
+            theirs = Message.create("assistant", "written elsewhere")
+            object.__setattr__(theirs, "token_count", 12)
+            await other.append(
+                "shared", 1, [ConversationRecord("add", {"message": theirs.to_dict()})], writer="other"
+            )
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "mine, refused")
+        assert isinstance(caught.value, ContextManagerError)
+        # the window now holds what storage holds: theirs, not the refused message
+        assert [m.content for m in manager.messages] == ["first", "written elsewhere"]
+        await manager.add_message("user", "mine, again")
+        assert await manager.reload() == 3
+    async with EnhancedContextManager(make_config(), conversation_id="shared") as resumed:
+        assert [m.content for m in resumed.messages] == ["first", "written elsewhere", "mine, again"]
+
+
+async def open_other_store(config: ContextManagerConfig, backend_name: str) -> Any:
+    if backend_name == "sqlite":
+        store = SQLiteConversationStore(config.resolved_storage_path / CONVERSATIONS_FILE_NAME)
+        await store.open()
+        return store
+    from context_manager.core.conversations.postgres_store import PostgresConversationStore
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+
+    assert config.postgres_dsn is not None
+    database = PostgresDatabase(config.postgres_dsn.get_secret_value(), pool_size=1)
+    await database.open()
+
+    class Owned(PostgresConversationStore):
+        async def close(self) -> None:
+            await database.close()
+
+    return Owned(database)
+
+
+async def test_two_managers_on_one_conversation_lose_nothing_acknowledged(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """Two workers (two managers on one PostgreSQL) write one conversation, reloading on conflicts."""
+
+    def config(name: str) -> ContextManagerConfig:
+        return ContextManagerConfig(
+            storage_path=tmp_path / name,
+            max_tokens=800,
+            memory_backend="postgres",
+            postgres_dsn=postgres_dsn,
+            postgres_pool_size=2,
+        )
+
+    acknowledged: list[str] = []
+    conflicts = 0
+
+    async def worker(manager: EnhancedContextManager, name: str) -> None:
+        nonlocal conflicts
+        for step in range(25):
+            text = f"{name} says {step}"
+            while True:
+                try:
+                    await manager.add_message("user", text)
+                except ConversationConflictError:
+                    conflicts += 1
+                    await manager.reload()
+                    continue
+                acknowledged.append(text)
+                break
+            await asyncio.sleep(0)
+
+    async with (
+        EnhancedContextManager(config("a"), conversation_id="team") as first,
+        EnhancedContextManager(config("b"), conversation_id="team") as second,
+    ):
+        await asyncio.gather(worker(first, "A"), worker(second, "B"))
+        await second.reload()
+        final = fingerprint(second)
+    assert conflicts > 0  # they did collide
+    async with EnhancedContextManager(config("c"), conversation_id="team") as reader:
+        assert fingerprint(reader) == final
+        store = reader._conversation_store
+        assert store is not None
+        dump = await store.dump("team")
+        assert dump is not None
+    added = [payload["message"]["content"] for _, kind, _, payload, _ in dump.records if kind == "add"]
+    assert sorted(added) == sorted(acknowledged)  # each acknowledged message stored exactly once
+    assert len(set(added)) == len(added) == 50
+
+
+def run_worker(
+    storage: Path, dsn: str | None, conversation: str, count: int, kill_at: int | None
+) -> list[dict[str, Any]]:
+    process = subprocess.run(
+        [
+            sys.executable,
+            str(WORKER),
+            str(storage),
+            dsn or "-",
+            conversation,
+            str(count),
+            "-" if kill_at is None else str(kill_at),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    if kill_at is not None:
+        assert process.returncode == -9, process.stderr[-3000:]
+    else:
+        assert process.returncode == 0, process.stderr[-3000:]
+    return [json.loads(line) for line in process.stdout.splitlines()]
+
+
+async def test_killed_writer_resumes_in_another_process_with_the_same_export(make_config: Any) -> None:
+    config = make_config()
+    lines = run_worker(config.resolved_storage_path, make_config.dsn, "crash", 200, kill_at=70)
+    last = lines[-1]
+    assert last["step"] == 70
+    async with EnhancedContextManager(config, conversation_id="crash") as resumed:
+        assert len(resumed.compression_history) >= 5
+        assert fingerprint(resumed) == last["export"]
+        # what compressions evicted reaches memory even though the writer died before indexing it
+        found = await resumed.search_memory("delivery window for box 2")
+        assert any("box 2 " in memory.content for memory in found)
+
+
+def run_and_kill(storage: Path, dsn: str | None, after_lines: int) -> list[dict[str, Any]]:
+    """Run a writer, SIGKILL it once it printed ``after_lines`` acknowledgements; every line it printed."""
+    process = subprocess.Popen(
+        [sys.executable, str(WORKER), str(storage), dsn or "-", "random", "100000", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(json.loads(line))
+        if len(lines) == after_lines:
+            break
+    process.kill()
+    process.wait()
+    lines.extend(json.loads(line) for line in process.stdout.read().splitlines() if line.endswith("}"))
+    return lines
+
+
+async def test_a_writer_killed_at_a_random_moment_loses_nothing_acknowledged(make_config: Any) -> None:
+    config = make_config()
+    lines = run_and_kill(config.resolved_storage_path, make_config.dsn, after_lines=60)
+    acknowledged = lines[-1]["acked"]
+    async with EnhancedContextManager(config, conversation_id="random") as resumed:
+        store = resumed._conversation_store
+        assert store is not None
+        dump = await store.dump("random")
+        assert dump is not None
+        stored = {payload["message"]["content"] for _, kind, _, payload, _ in dump.records if kind == "add"}
+        assert set(acknowledged) <= stored
+        # the resumed manager works on: its change is the next version
+        before = resumed.conversation_version
+        await resumed.add_message("user", "after the crash")
+        assert resumed.conversation_version == before + 1
+
+
+async def test_snapshots_keep_resuming_short_and_exact(make_config: Any) -> None:
+    async with EnhancedContextManager(
+        make_config(conversation_snapshot_every=10), conversation_id="s"
+    ) as first:
+        await write_conversation(first, 50)
+        await first.flush()
+        await first._conversation._wait_background()  # type: ignore[union-attr]
+        expected = fingerprint(first)
+        store = first._conversation_store
+        assert store is not None
+        stored = await store.load("s")
+        assert stored.snapshot_version > 0
+        assert len(stored.records) < 10 + 5  # only the tail after the snapshot is replayed
+    async with EnhancedContextManager(make_config(), conversation_id="s") as resumed:
+        assert fingerprint(resumed) == expected
