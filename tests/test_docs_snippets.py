@@ -42,6 +42,7 @@ REQUIRED_PAGES = [
     "benchmarks",
     "troubleshooting",
     "integrations",
+    "conversations",
 ]
 
 

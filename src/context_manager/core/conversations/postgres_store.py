@@ -114,32 +114,47 @@ class PostgresConversationStore:
             )
             for offset, record in enumerate(records, start=1)
         ]
+        versions = [row[1] for row in rows]
+        kinds = [row[2] for row in rows]
+        payloads = [row[4] for row in rows]
+        # One statement, one round trip, its own transaction: the version moves only if it still is the
+        # expected one (the row lock makes a concurrent writer wait and then miss), and the records go in
+        # only if it moved.
+        if expected_version == 0:
+            move = (
+                "INSERT INTO cm_conversations (id, version, created_at, updated_at) "
+                "VALUES (%(id)s, %(new)s, %(now)s, %(now)s) ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+        else:
+            move = (
+                "UPDATE cm_conversations SET version = %(new)s, updated_at = %(now)s "
+                "WHERE id = %(id)s AND version = %(expected)s RETURNING id"
+            )
+        statement = (
+            f"WITH moved AS ({move}) "
+            "INSERT INTO cm_conversation_records "
+            "(conversation_id, version, kind, writer, payload, created_at) "
+            "SELECT moved.id, r.version, r.kind, %(writer)s, r.payload, %(now)s FROM moved, "
+            "unnest(%(versions)s::bigint[], %(kinds)s::text[], %(payloads)s::jsonb[]) "
+            "AS r(version, kind, payload) RETURNING version"
+        )
+        parameters = {
+            "id": conversation_id,
+            "new": new_version,
+            "now": now,
+            "expected": expected_version,
+            "writer": writer,
+            "versions": versions,
+            "kinds": kinds,
+            "payloads": payloads,
+        }
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> int:
-            async with connection.transaction():
-                if expected_version == 0:
-                    cursor = await connection.execute(
-                        "INSERT INTO cm_conversations (id, version, created_at, updated_at) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING version",
-                        (conversation_id, new_version, now, now),
-                    )
-                else:
-                    cursor = await connection.execute(
-                        "UPDATE cm_conversations SET version = %s, updated_at = %s "
-                        "WHERE id = %s AND version = %s RETURNING version",
-                        (new_version, now, conversation_id, expected_version),
-                    )
-                if await cursor.fetchone() is None:
-                    raise _Conflict(
-                        await self._settled(connection, conversation_id, expected_version, writer, rows)
-                    )
-                async with connection.cursor() as insert:
-                    await insert.executemany(
-                        "INSERT INTO cm_conversation_records "
-                        "(conversation_id, version, kind, writer, payload, created_at) "
-                        "VALUES (%s, %s, %s, %s, %s, %s)",
-                        rows,
-                    )
+            cursor = await connection.execute(statement, parameters)
+            if not await cursor.fetchall():
+                raise _Conflict(
+                    await self._settled(connection, conversation_id, expected_version, writer, rows)
+                )
             return new_version
 
         try:

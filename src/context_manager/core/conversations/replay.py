@@ -36,24 +36,54 @@ __all__ = [
 ]
 
 
+_ROLES = {role.value: role for role in Role}
+_PRIORITIES = {priority.value: priority for priority in Priority}
+_SETTERS = [
+    (name, Message.__dict__[name].__set__)
+    for name in ("content", "tool_call_id", "name", "timestamp", "token_count")
+]
+_set_role = Message.__dict__["role"].__set__
+_set_priority = Message.__dict__["priority"].__set__
+_set_pinned = Message.__dict__["pinned"].__set__
+_set_metadata = Message.__dict__["metadata"].__set__
+_set_tool_calls = Message.__dict__["tool_calls"].__set__
+_set_id = Message.__dict__["id"].__set__
+
+
 def message_from_dict(data: Mapping[str, Any]) -> Message:
-    """The message :meth:`Message.to_dict` wrote (every field, the token count included)."""
-    return Message(
-        role=Role(data["role"]),
-        content=str(data["content"]),
-        priority=Priority(data.get("priority", "normal")),
-        pinned=bool(data.get("pinned", False)),
-        metadata=dict(data.get("metadata") or {}),
-        tool_calls=tuple(
+    """The message :meth:`Message.to_dict` wrote (every field, the token count included).
+
+    Built field by field through the slots (what the window stored was checked when it was added): a
+    resume rebuilds thousands of messages.
+
+    Raises:
+        KeyError, TypeError, ValueError: ``data`` is not what ``to_dict`` writes.
+    """
+    message: Message = object.__new__(Message)
+    _set_role(message, _ROLES[data["role"]])
+    _set_priority(message, _PRIORITIES[data.get("priority", "normal")])
+    _set_pinned(message, bool(data.get("pinned", False)))
+    metadata = data.get("metadata")
+    _set_metadata(message, dict(metadata) if metadata else {})
+    calls = data.get("tool_calls")
+    _set_tool_calls(
+        message,
+        tuple(
             ToolCall(id=call["id"], name=call["name"], arguments=dict(call.get("arguments") or {}))
-            for call in data.get("tool_calls") or []
-        ),
-        tool_call_id=data.get("tool_call_id"),
-        name=data.get("name"),
-        id=str(data["id"]),
-        timestamp=float(data["timestamp"]),
-        token_count=int(data.get("token_count", 0)),
+            for call in calls
+        )
+        if calls
+        else (),
     )
+    _set_id(message, str(data["id"]))
+    content = data["content"]
+    if not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}, not str")
+    for name, setter in _SETTERS:
+        setter(message, data.get(name, 0 if name == "token_count" else None))
+    if not isinstance(message.timestamp, int | float) or not isinstance(message.token_count, int):
+        raise TypeError("timestamp and token_count must be numbers")
+    return message
 
 
 def add_record(message: Message, after: str | None = None) -> ConversationRecord:
