@@ -901,7 +901,9 @@ class EnhancedContextManager:
 
         Keys: ``state`` (``"new"``, ``"ready"``, ``"closed"``), ``timestamp``, and ``context`` (the context
         summary), ``memory`` (``initialized``, ``storage_path``, ``bytes_on_disk``), ``tools``
-        (``tool_manager.get_tool_stats()``), ``monitor`` (the monitor's current metrics and advice) and
+        (``tool_manager.get_tool_stats()``), ``conversation`` (with a conversation id:
+        ``conversation_id``, ``version``, ``pending_changes`` not yet stored, ``stale``, ``backend``),
+        ``monitor`` (the monitor's current metrics and advice) and
         ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
         number of repairs; ``memory`` also has ``backend`` and, on PostgreSQL, ``location``, the DSN without
         its password), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
@@ -911,6 +913,15 @@ class EnhancedContextManager:
         status: dict[str, Any] = {"state": self._state, "timestamp": time.time()}
         if self._window is not None:
             status["context"] = self.get_context_summary()
+        conversation = self._conversation
+        if conversation is not None:
+            status["conversation"] = {
+                "conversation_id": conversation.conversation_id,
+                "version": conversation.version,
+                "pending_changes": conversation.pending,
+                "stale": conversation.is_stale,
+                "backend": conversation.store.kind,
+            }
         memory = getattr(self, "memory_manager", None)
         if memory is not None:
             sizes = {}

@@ -98,6 +98,9 @@ async def test_a_resumed_conversation_exports_the_same_bytes(make_config: Any) -
         # it goes on from there: the next change is the next version
         await resumed.add_message("user", "one more thing")
         assert resumed.conversation_version == version + 1
+        status = resumed.get_system_status()["conversation"]
+        assert status["conversation_id"] == "support-1" and status["version"] == version + 1
+        assert status["pending_changes"] == 0 and status["stale"] is False
 
 
 async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:

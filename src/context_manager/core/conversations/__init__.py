@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ConversationStore": "context_manager.core.conversations.store",
     "StoredConversation": "context_manager.core.conversations.store",
     "SQLiteConversationStore": "context_manager.core.conversations.sqlite_store",
+    "PersistedConversation": "context_manager.core.conversations.persistence",
     "PostgresConversationStore": "context_manager.core.conversations.postgres_store",
 }
 
@@ -41,6 +42,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     # ruff: noqa: F401 - re-exported lazily through __all__
+    from context_manager.core.conversations.persistence import PersistedConversation
     from context_manager.core.conversations.postgres_store import PostgresConversationStore
     from context_manager.core.conversations.sqlite_store import SQLiteConversationStore
     from context_manager.core.conversations.store import (
