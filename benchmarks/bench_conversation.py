@@ -7,8 +7,9 @@ Measured in one run, per backend:
    1,000; the 5,000-message one has compressed many times, so resuming replays compressions; snapshots
    at the default 1,000 changes): load the records, replay them and rebuild the window
    (``PersistedConversation.open``), p50/p95 of 20 resumes, vs the raw read of the same rows
-   (``SELECT payload ... ORDER BY version`` + ``json.loads``); plus a whole ``initialize()`` of a manager
-   (memory opened too) for the 1,000-message conversation;
+   (``SELECT payload ... ORDER BY version`` + one JSON parse with the same decoder: ``orjson`` when
+   installed); plus a whole ``initialize()`` of a manager resuming the 1,000-message conversation against
+   one without a conversation id on the same storage (memory opening is most of it);
 2. ``add_message`` p50/p99 of a persisted conversation (stored, committed, before it returns) vs the
    same manager without a conversation id, and vs a raw one-row ``INSERT`` + commit on the same backend
    (SQLite WAL ``synchronous=NORMAL``; PostgreSQL autocommit: the same durability).
@@ -34,9 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from context_manager import ContextManagerConfig, EnhancedContextManager  # noqa: E402
 from context_manager.core.context_window import ContextWindow  # noqa: E402
+from context_manager.core.conversations.codec import loads_many  # noqa: E402
 from context_manager.core.conversations.persistence import PersistedConversation  # noqa: E402
 
-WORDS = "order parcel refund invoice address courier warehouse delay ticket window Lyon Oslo box gate".split()
+WORDS = [
+    *("order", "parcel", "refund", "invoice", "address", "courier", "warehouse"),
+    *("delay", "ticket", "window", "Lyon", "Oslo", "box", "gate"),
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +103,7 @@ def raw_read_sqlite(path: Path, conversation: str, rounds: int) -> list[float]:
             "SELECT payload FROM conversation_records WHERE conversation_id = ? ORDER BY version",
             (conversation,),
         ).fetchall()
-        [json.loads(row[0]) for row in rows]
+        loads_many([row[0] for row in rows])
         timings.append((time.perf_counter() - started) * 1000.0)
     connection.close()
     return timings
@@ -112,10 +117,11 @@ def raw_read_postgres(dsn: str, conversation: str, rounds: int) -> list[float]:
         for _ in range(rounds):
             started = time.perf_counter()
             rows = connection.execute(
-                "SELECT payload::text FROM cm_conversation_records WHERE conversation_id = %s ORDER BY version",
+                "SELECT payload::text FROM cm_conversation_records "
+                "WHERE conversation_id = %s ORDER BY version",
                 (conversation,),
             ).fetchall()
-            [json.loads(row[0]) for row in rows]
+            loads_many([row[0] for row in rows])
             timings.append((time.perf_counter() - started) * 1000.0)
     return timings
 
@@ -193,7 +199,8 @@ async def run_backend(backend: str, directory: Path, dsn: str | None, quick: boo
         entry["ratio_p50"] = round(entry["resume"]["p50_ms"] / max(entry["raw_read"]["p50_ms"], 1e-6), 2)
         result["resume"][str(size)] = entry
         print(
-            f"[{backend}] resume {size} messages ({compressions} compressions): p50 {entry['resume']['p50_ms']:.2f} ms"
+            f"[{backend}] resume {size} messages ({compressions} compressions): "
+            f"p50 {entry['resume']['p50_ms']:.2f} ms"
             f" p95 {entry['resume']['p95_ms']:.2f} ms | raw read p50 {entry['raw_read']['p50_ms']:.2f} ms"
             f" | ratio {entry['ratio_p50']}x",
             flush=True,
@@ -206,8 +213,17 @@ async def run_backend(backend: str, directory: Path, dsn: str | None, quick: boo
         initialize.append((time.perf_counter() - started) * 1000.0)
         await manager.cleanup()
     result["initialize_1000"] = summary(initialize)
+    plain_initialize = []
+    for _ in range(max(3, rounds // 4)):
+        started = time.perf_counter()
+        manager = EnhancedContextManager(config)
+        await manager.initialize()
+        plain_initialize.append((time.perf_counter() - started) * 1000.0)
+        await manager.cleanup()
+    result["initialize_without_conversation"] = summary(plain_initialize)
     print(
         f"[{backend}] initialize() resuming 1000 messages: p50 {result['initialize_1000']['p50_ms']:.1f} ms"
+        f" | without a conversation id: {result['initialize_without_conversation']['p50_ms']:.1f} ms"
     )
     persisted = await time_adds(config, "adds", adds)
     plain = await time_adds(config, None, adds)
@@ -224,11 +240,12 @@ async def run_backend(backend: str, directory: Path, dsn: str | None, quick: boo
     result["add"]["persisted_vs_raw_p50"] = round(
         result["add"]["persisted"]["p50_ms"] / max(result["add"]["raw_insert"]["p50_ms"], 1e-6), 2
     )
+    add = result["add"]
     print(
-        f"[{backend}] add_message p50/p99: persisted {result['add']['persisted']['p50_ms']:.3f}/"
-        f"{result['add']['persisted']['p99_ms']:.3f} ms, in process {result['add']['in_process']['p50_ms']:.3f}/"
-        f"{result['add']['in_process']['p99_ms']:.3f} ms, raw insert {result['add']['raw_insert']['p50_ms']:.3f}/"
-        f"{result['add']['raw_insert']['p99_ms']:.3f} ms | persisted vs raw p50 {result['add']['persisted_vs_raw_p50']}x",
+        f"[{backend}] add_message p50/p99: persisted {add['persisted']['p50_ms']:.3f}/"
+        f"{add['persisted']['p99_ms']:.3f} ms, in process {add['in_process']['p50_ms']:.3f}/"
+        f"{add['in_process']['p99_ms']:.3f} ms, raw insert {add['raw_insert']['p50_ms']:.3f}/"
+        f"{add['raw_insert']['p99_ms']:.3f} ms | persisted vs raw p50 {add['persisted_vs_raw_p50']}x",
         flush=True,
     )
     target = result["resume"]["1000"]["resume"]["p50_ms"]
@@ -245,7 +262,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    figures: dict[str, Any] = {"quick": args.quick, "load_before": os.getloadavg(), "backends": {}}
+    try:
+        import orjson  # noqa: F401
+
+        decoder = "orjson"
+    except ImportError:
+        decoder = "json"
+    figures: dict[str, Any] = {
+        "quick": args.quick,
+        "decoder": decoder,
+        "load_before": os.getloadavg(),
+        "backends": {},
+    }
+    print(f"JSON decoder: {decoder}")
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="cm-bench-conversation-") as name:
         directory = Path(name)

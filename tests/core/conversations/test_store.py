@@ -105,3 +105,30 @@ async def test_list_and_delete(open_store: StoreFactory) -> None:
     assert await store.delete("older") is False
     assert [info.conversation_id for info in await store.list_conversations()] == ["newer"]
     assert (await store.load("older")).version == 0
+
+
+@pytest.mark.parametrize("decoder", ["stdlib", "default"])
+async def test_loading_gives_the_same_records_with_either_json_decoder(
+    open_store: StoreFactory, decoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson is used when installed; without it the standard library reads the same values."""
+    import json
+
+    from context_manager.core.conversations import codec
+
+    if decoder == "stdlib":
+        monkeypatch.setattr(codec, "_loads", json.loads)
+    store = await open_store()
+    payloads = [{"message": {"text": "é ✓ \u2028", "n": 1.5, "none": None, "list": [1, "x"]}}, {"k": {}}]
+    await store.append("c1", 0, [ConversationRecord("add", payload) for payload in payloads], writer="w")
+    loaded = await store.load("c1")
+    assert [record.payload for _, record in loaded.records] == payloads
+
+
+def test_a_record_that_is_not_one_json_document_is_refused() -> None:
+    from context_manager.core.conversations.codec import loads_many
+
+    assert loads_many([]) == []
+    assert loads_many(['{"a": 1}', "[2]"]) == [{"a": 1}, [2]]
+    with pytest.raises(ValueError):
+        loads_many(['{"a": 1}, {"b": 2}'])  # two documents where one was expected

@@ -20,6 +20,7 @@ A snapshot of the window is stored every ``snapshot_every`` records, so resuming
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -119,7 +120,15 @@ class PersistedConversation:
 
     async def _load(self) -> WindowState:
         stored = await self.store.load(self.conversation_id)
-        state = fold(stored)
+        # Thousands of new objects would trigger full collections mid-replay (tens of ms, and nothing to
+        # collect): the cyclic collector waits until the window is rebuilt.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            state = fold(stored)
+        finally:
+            if collecting:
+                gc.enable()
         history = [CompressionRecord(**entry) for entry in state.history]
         await self._window.restore(state.messages, history)
         self._version = state.version

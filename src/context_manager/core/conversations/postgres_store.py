@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from context_manager.core.conversations.codec import loads, loads_many
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -62,7 +63,7 @@ class PostgresConversationStore:
             async with connection.transaction():
                 await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor = await connection.execute(
-                    "SELECT version, snapshot_version, snapshot, indexed_version FROM cm_conversations "
+                    "SELECT version, snapshot_version, snapshot::text, indexed_version FROM cm_conversations "
                     "WHERE id = %s",
                     (conversation_id,),
                 )
@@ -71,19 +72,21 @@ class PostgresConversationStore:
                     return StoredConversation(conversation_id=conversation_id, version=0)
                 version, snapshot_version, snapshot, indexed_version = row
                 cursor = await connection.execute(
-                    "SELECT version, kind, payload FROM cm_conversation_records "
+                    "SELECT version, kind, payload::text FROM cm_conversation_records "
                     "WHERE conversation_id = %s AND version > %s ORDER BY version",
                     (conversation_id, snapshot_version),
                 )
-                records = [
-                    (int(record_version), ConversationRecord(kind, payload))
-                    for record_version, kind, payload in await cursor.fetchall()
-                ]
+                rows = await cursor.fetchall()
+            payloads = loads_many([row[2] for row in rows])  # one parse, not one per row
+            records = [
+                (int(record_version), ConversationRecord(kind, payload))
+                for (record_version, kind, _), payload in zip(rows, payloads, strict=True)
+            ]
             return StoredConversation(
                 conversation_id=conversation_id,
                 version=int(version),
                 snapshot_version=int(snapshot_version),
-                snapshot=snapshot,
+                snapshot=None if snapshot is None else loads(snapshot),
                 records=records,
                 indexed_version=int(indexed_version),
             )

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from context_manager.core.conversations.codec import loads, loads_many
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -149,7 +150,7 @@ class SQLiteConversationStore:
             "WHERE conversation_id = ? AND version > ? ORDER BY version",
             (conversation_id, snapshot_version),
         ).fetchall()
-        payloads = json.loads("[" + ",".join(row[2] for row in rows) + "]")  # one parse, not one per row
+        payloads = loads_many([row[2] for row in rows])  # one parse, not one per row
         records = [
             (record_version, ConversationRecord(kind, payload))
             for (record_version, kind, _), payload in zip(rows, payloads, strict=True)
@@ -158,7 +159,7 @@ class SQLiteConversationStore:
             conversation_id=conversation_id,
             version=int(version),
             snapshot_version=int(snapshot_version),
-            snapshot=None if snapshot is None else json.loads(snapshot),
+            snapshot=None if snapshot is None else loads(snapshot),
             records=records,
             indexed_version=int(indexed_version),
         )
