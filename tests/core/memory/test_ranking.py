@@ -6,11 +6,15 @@ import pytest
 
 from context_manager.core.memory.index import build_match, owner_token, query_tokens
 from context_manager.core.memory.ranking import (
+    FEATURES,
     Candidate,
     RankingWeights,
+    bm25_idf,
+    candidate_features,
     fts5_idf,
     fuse,
     idf_corrections,
+    learned_weights,
     named_speakers,
     parse_session_date,
     recency_decay,
@@ -30,33 +34,67 @@ def test_recency_decay_halves_at_half_life() -> None:
 def test_bm25_is_normalised_and_dominates() -> None:
     strong = Candidate("a", bm25=8.0, timestamp=NOW)
     weak = Candidate("b", bm25=2.0, timestamp=NOW)
-    ranked = fuse([weak, strong], RankingWeights(), now=NOW, half_life_days=30)
+    weights = RankingWeights(session=0.0)
+    ranked = fuse([weak, strong], weights, now=NOW, half_life_days=30)
     assert [c.id for c in ranked] == ["a", "b"]
     # lexical part of a is exactly 1 (normalised), b is 0.25
-    assert ranked[0].score - ranked[1].score == pytest.approx(0.75)
+    assert ranked[0].score - ranked[1].score == pytest.approx(0.75 * weights.bm25)
 
 
 def test_importance_and_recency_break_ties() -> None:
+    weights = RankingWeights(recency=0.05)
     old = Candidate("old", bm25=5.0, timestamp=NOW - 90 * 86400)
     new = Candidate("new", bm25=5.0, timestamp=NOW)
-    assert fuse([old, new], RankingWeights(), now=NOW, half_life_days=30)[0].id == "new"
+    assert fuse([old, new], weights, now=NOW, half_life_days=30)[0].id == "new"
     low = Candidate("low", bm25=5.0, importance=0.1, timestamp=NOW)
     high = Candidate("high", bm25=5.0, importance=0.9, timestamp=NOW)
     assert fuse([low, high], RankingWeights(), now=NOW, half_life_days=30)[0].id == "high"
 
 
-def test_neighbour_context_lets_the_next_turn_inherit() -> None:
+def test_neighbour_turns_score_through_their_neighbours() -> None:
     session = (None, "s1")
     question = Candidate("q", bm25=10.0, session=session, turn_index=3, timestamp=NOW)
     answer = Candidate("a", bm25=0.0, session=session, turn_index=4, timestamp=NOW)
+    before = Candidate("b", bm25=0.0, session=session, turn_index=2, timestamp=NOW)
     unrelated = Candidate("u", bm25=0.0, session=session, turn_index=9, timestamp=NOW)
-    weights = RankingWeights(session_score=False, recency=0, importance=0, access=0)
-    scores = {c.id: c.score for c in fuse([question, answer, unrelated], weights, now=NOW, half_life_days=30)}
-    assert scores["a"] == pytest.approx(0.7)
+    weights = RankingWeights(session=0, recency=0, importance=0, access=0, previous=0.7, next=0.5)
+    candidates = [question, answer, before, unrelated]
+    scores = {c.id: c.score for c in fuse(candidates, weights, now=NOW, half_life_days=30)}
+    assert scores["a"] == pytest.approx(0.7)  # the turn after the match: its previous turn matched
+    assert scores["b"] == pytest.approx(0.5)  # the turn before: its next turn matched
     assert scores["u"] == 0.0
     off = weights.with_changes(neighbour_context=False)
     scores = {c.id: c.score for c in fuse([question, answer], off, now=NOW, half_life_days=30)}
     assert scores["a"] == 0.0
+
+
+def test_candidate_features_are_in_unit_range_and_ordered() -> None:
+    session = (None, "s1")
+    rows = candidate_features(
+        [
+            Candidate("a", bm25=4.0, cosine=0.5, session=session, turn_index=0, speaker="Ana", timestamp=NOW),
+            Candidate("b", bm25=2.0, cosine=-0.2, session=session, turn_index=1, access_count=3, timestamp=0),
+        ],
+        now=NOW,
+        half_life_days=30,
+        query_speakers=named_speakers(["ana"]),
+    )
+    first, second = (dict(zip(FEATURES, row, strict=True)) for row in rows)
+    assert first == pytest.approx(
+        {
+            "bm25": 1.0,
+            "previous": 0.0,
+            "next": 0.5,
+            "session": 1.0,
+            "speaker": 1.0,
+            "recency": 1.0,
+            "importance": 0.5,
+            "access": 0.0,
+            "vector": 1.0,
+        }
+    )
+    assert second["previous"] == 1.0 and second["vector"] == 0.0 and 0 < second["access"] < 1
+    assert all(0.0 <= value <= 1.0 for row in rows for value in row)
 
 
 def test_speaker_boost_and_first_person() -> None:
@@ -82,19 +120,23 @@ def test_speaker_boost_and_first_person() -> None:
 def test_vector_channel_is_weighted_fusion() -> None:
     lexical = Candidate("l", bm25=5.0, cosine=0.1, timestamp=NOW)
     semantic = Candidate("s", bm25=4.0, cosine=0.9, timestamp=NOW)
-    assert fuse([lexical, semantic], RankingWeights(), now=NOW, half_life_days=30)[0].id == "s"
+    assert fuse([lexical, semantic], RankingWeights(vector=1.0), now=NOW, half_life_days=30)[0].id == "s"
     no_vector = RankingWeights(vector=0.0)
     assert fuse([lexical, semantic], no_vector, now=NOW, half_life_days=30)[0].id == "l"
 
 
-def test_default_vector_weight_lets_a_strong_semantic_match_beat_a_weak_lexical_one() -> None:
-    # normalised: the lexical candidate has BM25 1.0 and cosine 0.22; the semantic one BM25 0.4, cosine 1.0
-    lexical = Candidate("l", bm25=5.0, cosine=0.2, timestamp=NOW)
-    semantic = Candidate("s", bm25=2.0, cosine=0.9, timestamp=NOW)
-    assert RankingWeights().vector == 2.0
-    assert fuse([lexical, semantic], RankingWeights(), now=NOW, half_life_days=30)[0].id == "s"
-    old_default = RankingWeights(vector=0.3)  # under-used the vector channel
-    assert fuse([lexical, semantic], old_default, now=NOW, half_life_days=30)[0].id == "l"
+def test_shipped_weights_are_learned_data() -> None:
+    learned = learned_weights()
+    assert set(learned) == {"lexical", "embedder"}
+    for weights in learned.values():
+        assert set(weights) == set(FEATURES)
+        assert weights["bm25"] == 1.0  # the scale
+        assert all(value >= 0.0 for value in weights.values())
+    default = RankingWeights()
+    assert default.speaker == learned["lexical"]["speaker"]
+    assert default.vector == learned["embedder"]["vector"]
+    assert RankingWeights.learned(embedder=True).session == learned["embedder"]["session"]
+    assert RankingWeights.learned(recency=0.5).recency == 0.5
 
 
 def test_session_date_parsing() -> None:
@@ -176,13 +218,13 @@ def test_idf_corrections_score_every_tier_as_one_index() -> None:
         ["axolotl", "the", "absent"], {"axolotl": 1, "the": 1}, 2, {"axolotl": 1, "the": 900}, 1002
     )
     assert set(corrections) == {"axolotl", "the"}  # a word absent from the tier needs none
-    assert corrections["axolotl"] * fts5_idf(2, 1) == pytest.approx(fts5_idf(1002, 1))
-    assert corrections["the"] * fts5_idf(2, 1) == pytest.approx(fts5_idf(1002, 900))
-    # one tier holding everything: no correction
-    assert idf_corrections(["a", "b"], {"a": 3, "b": 50}, 1000, {"a": 3, "b": 50}, 1000) == {
-        "a": pytest.approx(1.0),
-        "b": pytest.approx(1.0),
-    }
+    assert corrections["axolotl"] * fts5_idf(2, 1) == pytest.approx(bm25_idf(1002, 1))
+    assert corrections["the"] * fts5_idf(2, 1) == pytest.approx(bm25_idf(1002, 900))
+    # one tier holding everything: rare words need (almost) no correction
+    one = idf_corrections(["a", "b"], {"a": 3, "b": 50}, 1000, {"a": 3, "b": 50}, 1000)
+    assert one["a"] == pytest.approx(1.0, rel=0.01) and one["b"] == pytest.approx(1.0, rel=0.03)
+    # a word in most rows of a tiny store still counts (FTS5 alone gives it 1e-6)
+    assert bm25_idf(13, 7) > 0.5 and fts5_idf(13, 7) == 1e-6
 
 
 def test_uniform_correction() -> None:

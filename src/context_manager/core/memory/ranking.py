@@ -1,17 +1,25 @@
 """Ranking of memory search results: pure functions, no I/O.
 
-A candidate's score is a weighted sum of normalised features::
+A candidate's score is a weighted sum of features, each in [0, 1]::
 
-    score = bm25 * lexical + vector * cosine + session * session_lexical + speaker * named_speaker
-            + recency * 0.5 ** (age / half_life) + importance * importance + access * log-access
+    score = bm25 * lexical + previous * lexical(previous turn) + next * lexical(next turn)
+            + session * session_lexical + speaker * named_speaker + recency * 0.5 ** (age / half_life)
+            + importance * importance + access * log-access + vector * cosine
 
-``lexical`` is BM25 divided by the best BM25 of the query (so it lies in [0, 1]); with neighbour
-context on, a conversation turn takes ``max(own, 0.7 x previous turn, 0.5 x next turn)`` within its
-session (the answer often follows the turn that named the topic). ``session_lexical`` is the summed
-lexical evidence of the turn's session, normalised by the best session. ``named_speaker`` is 1 when the
-query names the turn's speaker (``I``/``my``/``me`` name the user). The vector channel (when an
-embedder is configured) joins by weighted fusion of the normalised cosine, which measured better than
-equal-weight reciprocal-rank fusion on long conversations.
+``lexical`` is BM25 divided by the best BM25 of the query. For a conversation turn, ``previous`` and
+``next`` are the lexical scores of its neighbouring turns in the same session (the answer often follows the
+turn that named the topic). ``session_lexical`` is the summed BM25 of the turn's session, normalised by the
+best session (a memory that is not a conversation turn is a session of its own). ``named_speaker`` is 1
+when the query names the turn's speaker (``I``/``my``/``me`` name the user). Both are scaled by
+``sqrt(max(lexical, previous, next))``: being in the right session or said by the right person counts only
+with some evidence of the turn's own. ``cosine`` (only with an embedder) is the query's cosine similarity
+divided by the best one.
+
+The weights are learned, not hand-set: ``benchmarks/fit_ranking.py`` fits a logistic model over these
+features on real long conversations (leave-one-conversation-out cross-validated) and writes
+``ranking_weights.json``, shipped with the package: one set for lexical search and one for search with an
+embedder. Importance and access count cannot be learned from those conversations (they carry no importance
+and are asked once); their small weights are set by hand and documented there.
 
 Example:
     >>> weights = RankingWeights(recency=0.0)           # an ablation: no recency
@@ -21,22 +29,30 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from context_manager.core.memory.index import ColumnWeights
 
 __all__ = [
+    "ABLATIONS",
+    "FEATURES",
     "FIRST_PERSON_WORDS",
     "Candidate",
     "RankingWeights",
+    "bm25_idf",
+    "candidate_features",
     "deduplicate",
     "fts5_idf",
     "fuse",
     "idf_corrections",
+    "learned_weights",
     "named_speakers",
     "parse_session_date",
     "prune_common_terms",
@@ -50,42 +66,68 @@ FIRST_PERSON_WORDS = frozenset({"i", "me", "my", "mine", "myself"})
 USER_SPEAKER_NAMES = frozenset({"user", "human"})
 """Speaker values that stand for the user."""
 
+FEATURES = ("bm25", "previous", "next", "session", "speaker", "recency", "importance", "access", "vector")
+"""The ranking features, in the order of :func:`candidate_features`; each has a weight of that name."""
+
+WEIGHTS_FILE = "ranking_weights.json"
+"""The learned weights, package data of :mod:`context_manager.core.memory`."""
+
 _SECONDS_PER_DAY = 86400.0
+
+
+@functools.cache
+def learned_weights() -> dict[str, dict[str, float]]:
+    """The shipped weight sets by name (``"lexical"``, ``"embedder"``), read once from the package data."""
+    text = resources.files("context_manager.core.memory").joinpath(WEIGHTS_FILE).read_text("utf-8")
+    data = json.loads(text)
+    return {
+        name: {feature: float(value) for feature, value in data[name].items()}
+        for name in ("lexical", "embedder")
+    }
+
+
+def _learned(feature: str) -> Any:
+    # the lexical set for every weight, but the vector weight comes from the set fitted with an embedder
+    source = "embedder" if feature == "vector" else "lexical"
+    return field(default_factory=lambda: learned_weights()[source][feature])
 
 
 @dataclass(frozen=True, slots=True)
 class RankingWeights:
     """Weights and switches of the memory ranking (pass to ``MemoryManager(ranking=...)``).
 
-    The defaults are the best combination measured on the long-conversation benchmark
-    (``benchmarks/bench_retrieval.py``); set a weight to 0 or a switch to ``False`` for an ablation.
+    The defaults are the weights learned for lexical search (``ranking_weights.json``); a
+    ``MemoryManager`` with an embedder and no ``ranking`` uses :meth:`learned` ``(embedder=True)``. Set a
+    weight to 0 or a switch to ``False`` for an ablation.
     """
 
-    bm25: float = 1.0
+    bm25: float = _learned("bm25")
     """Weight of the normalised BM25 score."""
-    recency: float = 0.05
+    previous: float = _learned("previous")
+    """Weight of the previous turn's normalised BM25 score (conversation turns)."""
+    next: float = _learned("next")
+    """Weight of the next turn's normalised BM25 score (conversation turns)."""
+    session: float = _learned("session")
+    """Weight of the session-level lexical score."""
+    speaker: float = _learned("speaker")
+    """Weight of the speaker boost (the query names the turn's speaker)."""
+    recency: float = _learned("recency")
     """Weight of the recency decay ``0.5 ** (age / half_life)``."""
-    importance: float = 0.1
-    """Weight of the memory's importance."""
-    access: float = 0.02
-    """Weight of the access frequency ``log1p(count) / log1p(100)`` (capped at 1)."""
-    vector: float = 2.0
-    """Weight of the normalised cosine similarity (only with an embedder). With MiniLM, 2.0 measured best
-    on the long-conversation benchmark (Recall@5 0.80 against 0.56 at 0.3, which under-used the channel)."""
+    importance: float = _learned("importance")
+    """Weight of the memory's importance (set by hand: the training conversations carry none)."""
+    access: float = _learned("access")
+    """Weight of the access frequency ``log1p(count) / log1p(100)`` (capped at 1; set by hand)."""
+    vector: float = _learned("vector")
+    """Weight of the normalised cosine similarity (only with an embedder)."""
     neighbour_context: bool = True
-    """Let a turn score ``max(own, previous x neighbour_previous, next x neighbour_next)``."""
-    neighbour_previous: float = 0.7
-    """Share of the previous turn's lexical score a turn inherits."""
-    neighbour_next: float = 0.5
-    """Share of the next turn's lexical score a turn inherits."""
+    """Fetch the neighbouring turns of matched turns and score them by their neighbours."""
     speaker_boost: bool = True
     """Boost turns by a speaker the query names."""
-    speaker: float = 0.1
-    """Weight of the speaker boost."""
     session_score: bool = True
     """Add the session-level lexical score."""
-    session: float = 0.1
-    """Weight of the session-level lexical score."""
+    stop_words: bool = True
+    """Leave English function words (:data:`~context_manager.core.memory.index.STOP_WORDS`) out of the
+    full-text query when it has other words."""
     context_columns: bool = True
     """Index the previous turn and the session date in lower-weighted FTS5 columns."""
     columns: ColumnWeights = field(default_factory=ColumnWeights)
@@ -105,9 +147,27 @@ class RankingWeights:
     """Words in more memories than this are left out too when rarer words remain, whatever the share;
     it bounds the cost of a query as the store grows (such words weigh little in BM25 at that size)."""
 
+    @classmethod
+    def learned(cls, *, embedder: bool = False, **changes: Any) -> RankingWeights:
+        """The shipped weights fitted for lexical search, or for search with an embedder, with ``changes``."""
+        values: dict[str, Any] = dict(learned_weights()["embedder" if embedder else "lexical"])
+        values.update(changes)
+        return cls(**values)
+
     def with_changes(self, **changes: Any) -> RankingWeights:
         """Return a copy with some weights changed."""
         return replace(self, **changes)
+
+    def feature_weights(self) -> tuple[float, ...]:
+        """The weight of each of :data:`FEATURES`, 0 for a feature switched off."""
+        values = {name: float(getattr(self, name)) for name in FEATURES}
+        if not self.neighbour_context:
+            values["previous"] = values["next"] = 0.0
+        if not self.speaker_boost:
+            values["speaker"] = 0.0
+        if not self.session_score:
+            values["session"] = 0.0
+        return tuple(values[name] for name in FEATURES)
 
     @property
     def effective_columns(self) -> ColumnWeights:
@@ -165,6 +225,7 @@ def _speaker_named(speaker: str | None, named: frozenset[str]) -> bool:
     return lowered in named or lowered.split(" ", 1)[0] in named
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_session_date(value: str | None) -> float | None:
     """Seconds since the epoch of an ISO-like date (``2023-05-08`` or with time); ``None`` if unparsable."""
     if not value:
@@ -179,6 +240,71 @@ def parse_session_date(value: str | None) -> float | None:
     return moment.timestamp()
 
 
+def candidate_features(
+    candidates: Sequence[Candidate],
+    *,
+    now: float,
+    half_life_days: float,
+    query_speakers: frozenset[str] = frozenset(),
+) -> list[tuple[float, ...]]:
+    """The value of each of :data:`FEATURES` for each candidate (a row per candidate, each value in [0, 1]).
+
+    Candidates that are neighbouring turns of matched turns should be included with ``bm25=0``: they
+    score through their neighbours' ``previous``/``next`` features.
+    """
+    if not candidates:
+        return []
+    best_bm25 = max(candidate.bm25 for candidate in candidates)
+    scale = 1.0 / best_bm25 if best_bm25 > 0 else 0.0
+    by_turn: dict[tuple[tuple[str | None, str], int], float] = {}
+    session_totals: dict[tuple[str | None, str], float] = {}
+    for c in candidates:
+        if c.session is not None:
+            if c.turn_index is not None:  # two memories claiming one turn: the better one counts
+                key = (c.session, c.turn_index)
+                by_turn[key] = max(by_turn.get(key, 0.0), c.bm25 * scale)
+            if c.bm25 > 0:
+                session_totals[c.session] = session_totals.get(c.session, 0.0) + c.bm25
+    # a memory that is not a conversation turn is a session of its own (so it is not outranked by turns
+    # merely for being in a session)
+    best_session = max(
+        [*session_totals.values(), *(c.bm25 for c in candidates if c.session is None)], default=0.0
+    )
+    session_scale = 1.0 / best_session if best_session > 0 else 0.0
+    best_cosine = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
+    cosine_scale = 1.0 / best_cosine if best_cosine > 0 else 0.0
+    access_scale = 1.0 / math.log1p(100.0)
+    rows: list[tuple[float, ...]] = []
+    for c in candidates:
+        own = c.bm25 * scale
+        previous = following = session = 0.0
+        if c.session is None:
+            session = c.bm25 * session_scale
+        else:
+            session = session_totals.get(c.session, 0.0) * session_scale
+            if c.turn_index is not None:
+                previous = by_turn.get((c.session, c.turn_index - 1), 0.0)
+                following = by_turn.get((c.session, c.turn_index + 1), 0.0)
+        # the session and speaker features say "this turn is in the right place, by the right person": they
+        # count in proportion to the turn's own evidence (its text or a neighbour's), so a turn that matches
+        # nothing cannot outrank a memory that matches the query just by being in a conversation
+        relevance = math.sqrt(max(own, previous, following))
+        rows.append(
+            (
+                own,
+                previous,
+                following,
+                session * relevance,
+                relevance if _speaker_named(c.speaker, query_speakers) else 0.0,
+                recency_decay(now - c.timestamp, half_life_days),
+                c.importance,
+                min(1.0, math.log1p(c.access_count) * access_scale) if c.access_count > 0 else 0.0,
+                max(c.cosine, 0.0) * cosine_scale if c.cosine is not None else 0.0,
+            )
+        )
+    return rows
+
+
 def fuse(
     candidates: Sequence[Candidate],
     weights: RankingWeights,
@@ -187,58 +313,19 @@ def fuse(
     half_life_days: float,
     query_speakers: frozenset[str] = frozenset(),
 ) -> list[Candidate]:
-    """Score every candidate and return them best first (ties: newer first).
+    """Score every candidate (the weighted sum of its features) and return them best first.
 
-    Candidates that are neighbouring turns of matched turns should be included with ``bm25=0`` so
-    they can inherit their neighbours' scores.
+    Ties go to the newer memory, then to the smaller id, so the order never depends on the input order.
     """
-    if not candidates:
-        return []
-    best_bm25 = max(candidate.bm25 for candidate in candidates)
-    lexical = {c.id: (c.bm25 / best_bm25 if best_bm25 > 0 else 0.0) for c in candidates}
-
-    if weights.neighbour_context:
-        by_turn = {
-            (c.session, c.turn_index): lexical[c.id]
-            for c in candidates
-            if c.session is not None and c.turn_index is not None
-        }
-        adjusted = {}
-        for c in candidates:
-            own = lexical[c.id]
-            if c.session is not None and c.turn_index is not None:
-                previous = by_turn.get((c.session, c.turn_index - 1), 0.0)
-                following = by_turn.get((c.session, c.turn_index + 1), 0.0)
-                own = max(own, weights.neighbour_previous * previous, weights.neighbour_next * following)
-            adjusted[c.id] = own
-        lexical = adjusted
-
-    session_lexical: dict[tuple[str | None, str], float] = {}
-    if weights.session_score and weights.session:
-        for c in candidates:
-            if c.session is not None and c.bm25 > 0:
-                session_lexical[c.session] = session_lexical.get(c.session, 0.0) + c.bm25
-        best_session = max(session_lexical.values(), default=0.0)
-        if best_session > 0:
-            session_lexical = {key: value / best_session for key, value in session_lexical.items()}
-
-    best_cosine = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
-    access_scale = math.log1p(100.0)
-    for c in candidates:
-        score = weights.bm25 * lexical[c.id]
-        if c.cosine is not None and weights.vector and best_cosine > 0:
-            score += weights.vector * max(c.cosine, 0.0) / best_cosine
-        if c.session is not None and session_lexical:
-            score += weights.session * session_lexical.get(c.session, 0.0)
-        if weights.speaker_boost and weights.speaker and _speaker_named(c.speaker, query_speakers):
-            score += weights.speaker
-        if weights.recency:
-            score += weights.recency * recency_decay(now - c.timestamp, half_life_days)
-        score += weights.importance * c.importance
-        if weights.access and c.access_count > 0:
-            score += weights.access * min(1.0, math.log1p(c.access_count) / access_scale)
-        c.score = score
-    return sorted(candidates, key=lambda c: (-c.score, -c.timestamp))
+    rows = candidate_features(
+        candidates, now=now, half_life_days=half_life_days, query_speakers=query_speakers
+    )
+    feature_weights = weights.feature_weights()
+    for candidate, row in zip(candidates, rows, strict=True):
+        candidate.score = math.fsum(
+            weight * value for weight, value in zip(feature_weights, row, strict=True) if weight
+        )
+    return sorted(candidates, key=lambda c: (-c.score, -c.timestamp, c.id))
 
 
 def prune_common_terms(
@@ -281,6 +368,19 @@ def fts5_idf(total: int, documents: int) -> float:
     return idf if idf > 0.0 else 1e-6
 
 
+def bm25_idf(total: int, documents: int) -> float:
+    """The IDF the ranking gives a term found in ``documents`` of ``total`` rows.
+
+    ``log(1 + (N - n + 0.5) / (n + 0.5))``.
+
+    Unlike FTS5's own IDF it never drops to (nearly) zero: in a store of a dozen memories, a word found in
+    half of them still counts (FTS5 gives it 1e-6, so a memory matching it scores like one matching nothing).
+    For rare words the two agree within a few percent.
+    """
+    total = max(total, documents)
+    return math.log(1.0 + (total - documents + 0.5) / (documents + 0.5))
+
+
 def idf_corrections(
     stems: Iterable[str],
     tier_frequencies: dict[str, int],
@@ -288,12 +388,13 @@ def idf_corrections(
     frequencies: dict[str, int],
     total: int,
 ) -> dict[str, float]:
-    """Per query term found in a tier: the IDF over every tier divided by the tier's own IDF.
+    """Per query term found in a tier: :func:`bm25_idf` over every tier divided by the tier's own FTS5 IDF.
 
     Each tier has its own FTS5 index, whose ``bm25()`` weighs a term by the IDF of that index alone: in a
     small tier a word found in half its rows weighs nothing (FTS5 clamps the IDF to 1e-6), however rare it
     is overall. A term's BM25 contribution in a tier times its correction is the contribution it would
-    have if every memory sat in one index, so scores from different tiers compare.
+    have if every memory sat in one index scored with :func:`bm25_idf`, so scores from different tiers
+    compare, and a word common in a tiny store still counts.
 
     Args:
         stems: The query's (stemmed) terms.
@@ -306,7 +407,7 @@ def idf_corrections(
     for stem in stems:
         documents = tier_frequencies.get(stem, 0)
         if documents > 0:
-            overall = fts5_idf(total, max(frequencies.get(stem, 0), documents))
+            overall = bm25_idf(total, max(frequencies.get(stem, 0), documents))
             corrections[stem] = overall / fts5_idf(tier_total, documents)
     return corrections
 
@@ -330,12 +431,15 @@ def deduplicate(ids_in_order: Iterable[str]) -> list[str]:
 
 
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "neighbour context": {"neighbour_context": False},
-    "speaker boost": {"speaker_boost": False},
+    "bm25": {"bm25": 0.0},
+    "neighbour turns": {"neighbour_context": False},
     "session score": {"session_score": False},
+    "speaker boost": {"speaker_boost": False},
     "context columns": {"context_columns": False},
+    "stop words": {"stop_words": False},
     "recency": {"recency": 0.0},
     "importance": {"importance": 0.0},
     "access": {"access": 0.0},
+    "vector": {"vector": 0.0},
 }
 """Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""

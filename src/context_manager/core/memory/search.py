@@ -14,7 +14,7 @@ from typing import Literal
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
-from context_manager.core.memory.index import query_tokens
+from context_manager.core.memory.index import content_tokens, query_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import Candidate, fuse, named_speakers, parse_session_date
 from context_manager.core.memory.state import UserScope
@@ -80,21 +80,63 @@ class MemorySearch(TierMovement):
             min_importance = check_importance(min_importance, field="min_importance")
         since_ts = check_time(since, "since")
         until_ts = check_time(until, "until")
-        backend = self._require("search_memory")
-        tokens = query_tokens(query)
-        if limit == 0 or not tokens:
+        self._require("search_memory")
+        if limit == 0:
             return []
-        weights = self.ranking
-        pool = max(weights.candidates, 2 * limit)
-        lexical = LexicalQuery(
-            tokens=tuple(tokens),
-            limit=pool,
-            scope=user_id,
+        gathered = await self._gather_candidates(
+            query,
+            max(self.ranking.candidates, 2 * limit),
+            user_id=user_id,
             tiers=None if tier_filter is None else frozenset(tier_filter),
             tags=None if tag_filter is None else frozenset(tag_filter),
             min_importance=min_importance,
             since=since_ts,
             until=until_ts,
+        )
+        if gathered is None:
+            return []
+        found, candidates, speakers, now = gathered
+        weights = self.ranking
+        half_life = weights.recency_half_life_days or self.config.recency_half_life_days
+        ranked = fuse(candidates, weights, now=now, half_life_days=half_life, query_speakers=speakers)
+        results = []
+        for candidate in ranked[:limit]:
+            results.append(self._record_access(found[candidate.id], now, candidate.score))
+        if len(self._pending_touches) >= _TOUCH_BATCH:
+            self._spawn(self._flush_touches())
+        return results
+
+    async def _gather_candidates(
+        self,
+        query: str,
+        pool: int,
+        *,
+        user_id: UserScope = None,
+        tiers: frozenset[MemoryTier] | None = None,
+        tags: frozenset[str] | None = None,
+        min_importance: float | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> tuple[dict[str, Memory], list[Candidate], frozenset[str], float] | None:
+        """The candidates of a (validated) query with their raw features, before fusion.
+
+        Returns ``(memories by id, candidates, speakers the query names, now)``, or ``None`` when the query
+        has no words. ``benchmarks/fit_ranking.py`` learns the fusion weights from these.
+        """
+        backend = self._require("search_memory")
+        tokens = query_tokens(query)
+        if not tokens:
+            return None
+        weights = self.ranking
+        lexical = LexicalQuery(
+            tokens=tuple(content_tokens(tokens) if weights.stop_words else tokens),
+            limit=pool,
+            scope=user_id,
+            tiers=tiers,
+            tags=tags,
+            min_importance=min_importance,
+            since=since,
+            until=until,
             common_term_ratio=weights.common_term_ratio,
             common_term_min_documents=weights.common_term_min_documents,
             common_term_max_documents=weights.common_term_max_documents,
@@ -122,25 +164,12 @@ class MemorySearch(TierMovement):
         if weights.neighbour_context and found:
             await self._add_neighbours(found, keep)
 
-        now = self._clock()
-        half_life = weights.recency_half_life_days or self.config.recency_half_life_days
         candidates = [
             self._candidate(memory, bm25, cosines.get(memory.id)) for memory, bm25 in found.values()
         ]
-        ranked = fuse(
-            candidates,
-            weights,
-            now=now,
-            half_life_days=half_life,
-            query_speakers=named_speakers(tokens) if weights.speaker_boost else frozenset(),
-        )
-        results = []
-        for candidate in ranked[:limit]:
-            memory = found[candidate.id][0]
-            results.append(self._record_access(memory, now, candidate.score))
-        if len(self._pending_touches) >= _TOUCH_BATCH:
-            self._spawn(self._flush_touches())
-        return results
+        speakers = named_speakers(tokens) if weights.speaker_boost else frozenset()
+        memories = {memory_id: pair[0] for memory_id, pair in found.items()}
+        return memories, candidates, speakers, self._clock()
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)

@@ -71,8 +71,10 @@ class ManagerState:
             raise InvalidArgumentError("promotion_access_count", promotion_access_count, "an integer >= 1")
         self.config = config if config is not None else ContextManagerConfig()
         """The settings (read at ``initialize()``)."""
-        self.ranking = ranking if ranking is not None else RankingWeights()
-        """The ranking weights in force."""
+        self.ranking = (
+            ranking if ranking is not None else RankingWeights.learned(embedder=embedder is not None)
+        )
+        """The ranking weights in force (by default the ones learned with or without an embedder)."""
         self.embedder = embedder
         """The embedder of the vector channel, or ``None``."""
         self.promotion_access_count = promotion_access_count

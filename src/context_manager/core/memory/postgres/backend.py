@@ -39,7 +39,7 @@ from context_manager.core.memory.postgres.schema import (
     hnsw_index_statement,
     tier_rank_sql,
 )
-from context_manager.core.memory.ranking import fts5_idf, prune_common_terms
+from context_manager.core.memory.ranking import bm25_idf, prune_common_terms
 from context_manager.core.memory.store import TurnKey
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -485,7 +485,7 @@ class PostgresBackend:
         matches = " || ".join(term for _ in kept)
         parameters: list[Any] = []
         for token in kept:
-            parameters += [fts5_idf(total, frequencies[token]), token]
+            parameters += [bm25_idf(total, frequencies[token]), token]
         clauses = [f"search @@ ({matches})", "superseded_by IS NULL"]
         parameters += kept
         if query.scope is not ALL_USERS:
