@@ -45,6 +45,9 @@ from load_test import _WORDS, LagSampler, make_text  # noqa: E402 - the same wor
 
 from context_manager import ContextManagerConfig, MemoryManager  # noqa: E402
 
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
 _TAGS = [f"topic{i}" for i in range(50)]
 _TARGET_P99_MS = 250.0
 

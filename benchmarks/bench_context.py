@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -43,6 +44,9 @@ from context_manager.core.tokens import (
     TOKENS_PER_TOOL_CALL,
     ExactTokenCounter,
 )
+
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
 
 ENCODING = "o200k_base"
 _VOCABULARY_TEXT = (

@@ -292,6 +292,9 @@ RESIDENT_PROBE = """
 import asyncio, gc, json, sys, psutil
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
+
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
 async def main(path, queries):
     process = psutil.Process()
     gc.collect()

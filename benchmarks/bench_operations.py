@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -38,6 +39,9 @@ from context_manager.core.performance_monitor import (
     monitored_operation,
     record_library_operation,
 )
+
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
 
 
 def _noop(name: str, duration_s: float, success: bool) -> None:

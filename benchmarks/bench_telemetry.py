@@ -38,6 +38,9 @@ from context_manager import ContextManagerConfig, EnhancedContextManager  # noqa
 from context_manager.core.telemetry import configure_opentelemetry  # noqa: E402
 from context_manager.core.tool_system import tool  # noqa: E402
 
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
 CONFIGURATIONS = ("off", "no_sdk", "sdk")
 
 

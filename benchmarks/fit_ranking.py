@@ -75,7 +75,7 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
     clock = FixedClock(_timestamp(conversation.turns[0].session_date))
     ranking = RankingWeights.learned(embedder=embedder is not None).with_changes(vector=1.0)
     manager = MemoryManager(
-        ContextManagerConfig(storage_path=storage),
+        ContextManagerConfig(storage_path=storage, embedder="none"),
         embedder=get_embedder(embedder) if embedder else None,
         ranking=ranking,
         clock=clock,

@@ -60,6 +60,9 @@ from context_manager import (  # noqa: E402
     ToolCategory,
 )
 
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
 _WORDS = (  # noqa: SIM905 - a readable sentence, not a word list
     "the deployment pipeline failed because the cache key changed after we upgraded the compiler "
     "please check invoice for Acme Corp due on March 3rd and send the summary to Dana retrieval "

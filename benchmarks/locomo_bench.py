@@ -195,9 +195,10 @@ async def run_library(
     from context_manager.core.memory.ranking import RankingWeights
 
     storage = Path(tempfile.mkdtemp(prefix="locomo-", dir=workdir))
-    config = ContextManagerConfig(storage_path=storage, **backend_options())
+    # the embedder is explicit: "none" for lexical search (the default "auto" would pick MiniLM if installed)
+    config = ContextManagerConfig(storage_path=storage, embedder="none", **backend_options())
     clock = FixedClock(_timestamp(conversation.turns[0].session_date))
-    ranking = RankingWeights().with_changes(**setup.ranking_changes)
+    ranking = RankingWeights.learned(embedder=setup.embedder is not None, **setup.ranking_changes)
     embedder = get_embedder(setup.embedder) if setup.embedder else None
     manager = MemoryManager(config, embedder=embedder, ranking=ranking, clock=clock)
     await manager.initialize()
@@ -235,6 +236,7 @@ def ablation_setups(base: dict[str, Any], embedder: str | None, label: str) -> l
     return [
         LibrarySetup(f"  {label} - {feature}", {**base, **changes}, embedder)
         for feature, changes in ABLATIONS.items()
+        if embedder is not None or feature != "vector"
     ]
 
 

@@ -37,6 +37,9 @@ from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.ranking import RankingWeights, prune_common_terms
 
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
 THROUGHPUT_SECONDS = 8.0
 SERVER_PID: int | None = None
 """The postmaster of the embedded server (its CPU time is measured); None for an external server."""

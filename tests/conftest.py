@@ -96,6 +96,9 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     for name in list(os.environ):
         if name.upper().startswith(ENV_PREFIX):
             monkeypatch.delenv(name, raising=False)
+    # memory search is lexical unless a test opts in (config.embedder="auto" would load MiniLM in every
+    # test that adds a memory); tests of the default delete this variable
+    monkeypatch.setenv(f"{ENV_PREFIX}EMBEDDER", "none")
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)

@@ -479,3 +479,19 @@ async def test_add_messages_restores_a_history_with_one_compression(tmp_path: Pa
         with pytest.raises(InvalidArgumentError, match=r"messages\[0\]: got 'hi'"):
             await manager.add_messages(["hi"])  # type: ignore[list-item]
         assert state(manager) == before
+
+
+async def test_takes_any_embedder_for_the_vector_channel(tmp_path: Path) -> None:
+    from context_manager.core.memory.embeddings import HashingEmbedder
+
+    embedder = HashingEmbedder(dimension=64)
+    config = ContextManagerConfig(storage_path=tmp_path / "store", embedder="none")
+    async with EnhancedContextManager(config, embedder=embedder) as manager:
+        assert manager.memory_manager.embedder is embedder
+        await manager.memory_manager.add_memory(
+            "The invoice for the kitchen renovation is overdue", importance=0.6
+        )
+        await manager.memory_manager.add_memory("We walked the dog along the river", importance=0.6)
+        found = await manager.search_memory("renovation invoices", limit=1)
+        assert "invoice" in found[0].content
+        assert manager.memory_manager._require("test").vector_count() == 2  # both were embedded

@@ -123,6 +123,12 @@ class ContextManagerConfig(BaseSettings):
         "one process) or 'postgres' (a PostgreSQL database shared by many processes; needs postgres_dsn "
         "and the 'postgres' extra).",
     )
+    embedder: Literal["auto", "none", "minilm"] = Field(
+        "auto",
+        description="Vector channel of memory search: 'none' (lexical only), 'minilm' (all-MiniLM-L6-v2 "
+        "through sentence-transformers, the 'embeddings' extra) or 'auto' (the best one installed, else "
+        "none). An Embedder passed to the manager takes precedence.",
+    )
     postgres_dsn: SecretStr | None = Field(
         None,
         description="PostgreSQL connection string (e.g. 'postgresql://user:pass@host/db') for "

@@ -38,6 +38,7 @@ from context_manager.core.errors import (
 )
 from context_manager.core.eviction import EvictionWriter
 from context_manager.core.health_checker import HealthChecker
+from context_manager.core.memory.embeddings import Embedder
 from context_manager.core.memory.file_store import LOG_FILE_NAME
 from context_manager.core.memory.locking import make_private_directory
 from context_manager.core.memory.manager import MemoryManager
@@ -89,6 +90,7 @@ class EnhancedContextManager:
         token_counter: TokenCounter | None = None,
         summarizer: Summarizer | None = None,
         conversation_id: str | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         """Create a manager (touches no file; ``initialize()`` does).
 
@@ -108,6 +110,8 @@ class EnhancedContextManager:
                 ``config.conversation_id``): every change is written to the storage backend as it happens,
                 and ``initialize()`` resumes what is stored under the id, written by any process on any
                 host. See :meth:`reload`, :meth:`list_conversations` and :meth:`delete_conversation`.
+            embedder: Any :class:`~context_manager.core.memory.embeddings.Embedder` for the vector channel
+                of memory search (default: the built-in one ``config.embedder`` names).
 
         Raises:
             InvalidArgumentError: an argument has the wrong type.
@@ -140,7 +144,7 @@ class EnhancedContextManager:
         self._window: ContextWindow | None = None
         self.tool_manager = ToolManager(self.config)
         """Registers and runs tools (``register_function_tool``, ``get_tool_schemas`` ...)."""
-        self.memory_manager = MemoryManager(self.config)
+        self.memory_manager = MemoryManager(self.config, embedder=embedder)
         """Three-tier memory on ``config.storage_path`` (``add_memory``, ``search_by_tags`` ...); messages
         evicted by compression are written to it, so :meth:`search_memory` finds them."""
         self._memory_session_id = uuid.uuid4().hex

@@ -25,10 +25,12 @@ from context_manager.core.memory.embeddings import (
     blob_to_matrix,
     blob_to_vector,
     cosine_top_k,
+    create_embedder,
     default_model_path,
     normalize_rows,
     vector_to_blob,
 )
+from tests.conftest import missing_embeddings_extra
 
 # ---------------------------------------------------------------- HashingEmbedder
 
@@ -335,3 +337,47 @@ def test_without_the_extra_the_model_tests_skip_with_the_reason(tmp_path: Path) 
         cwd=tmp_path,
     )
     assert in_ci.returncode != 0 and "in CI they must run" in in_ci.stdout + in_ci.stderr
+
+
+# ---------------------------------------------------------------- config.embedder
+
+
+def test_create_embedder_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert create_embedder("none") is None
+    with pytest.raises(ConfigurationError, match=r"^embedder: got 'bogus'; allowed 'auto' \| 'none'"):
+        create_embedder("bogus")
+    # "auto" without the extra: lexical search, no error
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    assert create_embedder("auto") is None
+    with pytest.raises(MissingDependencyError, match=r"python-context-manager\[embeddings\]"):
+        create_embedder("minilm")
+
+
+@pytest.mark.embeddings
+def test_auto_picks_minilm_when_the_extra_is_installed() -> None:
+    embedder = create_embedder("auto")
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    assert isinstance(create_embedder("minilm"), SentenceTransformerEmbedder)
+
+
+def test_memory_manager_takes_the_embedder_the_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.manager import MemoryManager
+    from context_manager.core.memory.ranking import RankingWeights
+
+    lexical = MemoryManager(ContextManagerConfig(storage_path=tmp_path, embedder="none"))
+    assert lexical.embedder is None
+    assert lexical.ranking == RankingWeights.learned(embedder=False)
+    given_embedder = HashingEmbedder()
+    hybrid = MemoryManager(
+        ContextManagerConfig(storage_path=tmp_path, embedder="none"), embedder=given_embedder
+    )
+    assert hybrid.embedder is given_embedder  # an embedder passed in wins over the config
+    assert hybrid.ranking == RankingWeights.learned(embedder=True)
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_EMBEDDER")
+    default = MemoryManager(ContextManagerConfig(storage_path=tmp_path))
+    assert default.config.embedder == "auto"
+    expected = SentenceTransformerEmbedder if missing_embeddings_extra() is None else type(None)
+    assert isinstance(default.embedder, expected)

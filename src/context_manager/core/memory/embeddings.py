@@ -43,6 +43,7 @@ __all__ = [
     "blob_to_matrix",
     "blob_to_vector",
     "cosine_top_k",
+    "create_embedder",
     "default_model_path",
     "normalize_rows",
     "vector_to_blob",
@@ -426,3 +427,33 @@ def blob_to_matrix(blobs: Sequence[bytes], dimension: int) -> NDArray[np.float32
         return np.zeros((0, dimension), dtype=np.float32)
     joined = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dimension)
     return joined.astype(np.float32)
+
+
+EMBEDDER_NAMES = ("auto", "none", "minilm")
+"""Values of ``ContextManagerConfig.embedder``."""
+
+
+def minilm_available() -> bool:
+    """Whether the ``embeddings`` extra (sentence-transformers and the packaged MiniLM) is installed."""
+    return _installed("sentence_transformers") and _installed(DEFAULT_MODEL_PACKAGE)
+
+
+def create_embedder(name: str) -> Embedder | None:
+    """The built-in embedder ``ContextManagerConfig.embedder`` names (``None`` for lexical search only).
+
+    * ``"none"``: no vector channel.
+    * ``"minilm"``: :class:`SentenceTransformerEmbedder` (the packaged ``all-MiniLM-L6-v2``; the model
+      loads on first use).
+    * ``"auto"``: the best one installed: ``"minilm"`` when the ``embeddings`` extra is, else ``"none"``.
+
+    Raises:
+        ConfigurationError: an unknown name.
+        MissingDependencyError: ``"minilm"`` without the ``embeddings`` extra.
+    """
+    if name == "none":
+        return None
+    if name == "auto":
+        return SentenceTransformerEmbedder() if minilm_available() else None
+    if name == "minilm":
+        return SentenceTransformerEmbedder()
+    raise ConfigurationError("embedder", name, " | ".join(repr(value) for value in EMBEDDER_NAMES))

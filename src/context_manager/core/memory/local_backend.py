@@ -416,8 +416,9 @@ class LocalBackend:
         """The memories that are the given conversation turns (one per memory, fastest tier)."""
         short, medium, long_store = self._stores
         found: dict[str, Memory] = {}
-        for memory in await self._read_long(long_store.find_turns, list(keys)):
-            found[memory.id] = memory
+        if long_store.count():  # an empty long-term tier is not asked (a query per key)
+            for memory in await self._read_long(long_store.find_turns, list(keys)):
+                found[memory.id] = memory
         for memory in medium.find_turns(keys) + short.find_turns(keys):
             found[memory.id] = memory
         return list(found.values())

@@ -54,9 +54,11 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
 
     Args:
         config: Settings (``storage_path``, tier sizes, long-term threshold, recency half-life, fsync).
-        embedder: Optional :class:`~context_manager.core.memory.embeddings.Embedder` for the vector
-            channel (e.g. ``SentenceTransformerEmbedder()``); lexical search only when ``None``.
-        ranking: Ranking weights and feature switches (defaults are the best measured).
+        embedder: An :class:`~context_manager.core.memory.embeddings.Embedder` for the vector channel;
+            ``None`` takes the built-in one ``config.embedder`` names (``"auto"``: MiniLM when the
+            ``embeddings`` extra is installed, else lexical search only).
+        ranking: Ranking weights and feature switches (default: the learned weights, with or without an
+            embedder: ``RankingWeights.learned``).
         clock: Returns the current time in seconds since the epoch (``time.time`` by default).
         promotion_access_count: Search hits after which a memory moves up to the long-term tier.
     """

@@ -320,11 +320,9 @@ def fuse(
     rows = candidate_features(
         candidates, now=now, half_life_days=half_life_days, query_speakers=query_speakers
     )
-    feature_weights = weights.feature_weights()
+    active = [(position, weight) for position, weight in enumerate(weights.feature_weights()) if weight]
     for candidate, row in zip(candidates, rows, strict=True):
-        candidate.score = math.fsum(
-            weight * value for weight, value in zip(feature_weights, row, strict=True) if weight
-        )
+        candidate.score = sum(weight * row[position] for position, weight in active)
     return sorted(candidates, key=lambda c: (-c.score, -c.timestamp, c.id))
 
 

@@ -173,22 +173,25 @@ class MemorySearch(TierMovement):
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)
-        session_id = memory.session_id
-        timestamp = parse_session_date(memory.session_date) if memory.session_date else None
+        metadata = memory.metadata
+        session_id = memory.session_id if "session_id" in metadata else None
+        turn_index = memory.turn_index if "turn_index" in metadata else None
+        date = metadata.get("session_date")
+        timestamp = parse_session_date(str(date)) if date else None
         if timestamp is None:
             timestamp = memory.created_at
-        elif memory.turn_index is not None:
-            timestamp += memory.turn_index  # later turns of one session are slightly newer
+        elif turn_index is not None:
+            timestamp += turn_index  # later turns of one session are slightly newer
         return Candidate(
             id=memory.id,
             bm25=bm25,
             cosine=cosine,
             importance=memory.importance,
             timestamp=timestamp,
-            access_count=max(memory.access_count, pending[1] if pending else 0),
+            access_count=max(memory.access_count, pending[1]) if pending else memory.access_count,
             session=None if session_id is None else (memory.user_id, session_id),
-            turn_index=memory.turn_index,
-            speaker=memory.speaker,
+            turn_index=turn_index,
+            speaker=memory.speaker if "speaker" in metadata else None,
         )
 
     async def _add_neighbours(

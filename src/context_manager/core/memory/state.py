@@ -71,6 +71,10 @@ class ManagerState:
             raise InvalidArgumentError("promotion_access_count", promotion_access_count, "an integer >= 1")
         self.config = config if config is not None else ContextManagerConfig()
         """The settings (read at ``initialize()``)."""
+        if embedder is None:  # config.embedder names a built-in one ("auto": the best installed)
+            from context_manager.core.memory.embeddings import create_embedder
+
+            embedder = create_embedder(self.config.embedder)
         self.ranking = (
             ranking if ranking is not None else RankingWeights.learned(embedder=embedder is not None)
         )
