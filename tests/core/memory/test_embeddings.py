@@ -381,3 +381,10 @@ def test_memory_manager_takes_the_embedder_the_config_names(
     assert default.config.embedder == "auto"
     expected = SentenceTransformerEmbedder if missing_embeddings_extra() is None else type(None)
     assert isinstance(default.embedder, expected)
+
+
+@pytest.mark.embeddings
+def test_minilm_embeds_text_with_lone_surrogates() -> None:
+    vectors = SentenceTransformerEmbedder().embed(["NEAR( \ud800", "plain"])
+    assert vectors.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)

@@ -231,8 +231,10 @@ class SentenceTransformerEmbedder:
         assert self._dimension is not None
         if not checked:
             return np.zeros((0, self._dimension), dtype=np.float32)
+        # lone surrogates (invalid Unicode a str can still hold) make the tokenizer raise: replace them
+        encodable = [text.encode("utf-8", "replace").decode("utf-8") for text in checked]
         vectors = model.encode(
-            checked,
+            encodable,
             batch_size=self.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,
