@@ -19,6 +19,7 @@ numpy, torch and sentence-transformers are imported only when an embedder is bui
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -191,7 +192,14 @@ class SentenceTransformerEmbedder:
                 # Everything is on disk: make sure nothing tries the Hugging Face Hub.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                # no progress bars on stderr (a CLI's banner, an application's logs)
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
                 from sentence_transformers import SentenceTransformer
+
+                with contextlib.suppress(Exception):  # transformers' own "Loading weights" bar
+                    from transformers.utils import logging as transformers_logging
+
+                    transformers_logging.disable_progress_bar()
 
                 logger.debug("loading sentence-transformers model from %s", self.model_path)
                 model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
@@ -210,7 +218,13 @@ class SentenceTransformerEmbedder:
 
     @property
     def dimension(self) -> int:
-        """Length of the vectors (384 for ``all-MiniLM-L6-v2``); loads the model if needed."""
+        """Length of the vectors (384 for ``all-MiniLM-L6-v2``).
+
+        Read from the model's files when they say it (a pooling layer and no dense layer after it), so
+        opening a store does not load the model; otherwise the model is loaded.
+        """
+        if self._dimension is None:
+            self._dimension = _pooled_dimension(self.model_path)
         if self._dimension is None:
             self._load()
         assert self._dimension is not None
@@ -244,6 +258,22 @@ class SentenceTransformerEmbedder:
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder(model_path={str(self.model_path)!r}, device={self.device!r})"
+
+
+def _pooled_dimension(path: Path) -> int | None:
+    """The output size a sentence-transformers model directory declares, or ``None`` when unsure."""
+    import json
+
+    try:
+        modules = json.loads((path / "modules.json").read_text("utf-8"))
+        pooling = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+        if len(pooling) != 1 or any("Dense" in str(m.get("type", "")) for m in modules):
+            return None
+        config = json.loads((path / str(pooling[0].get("path", "")) / "config.json").read_text("utf-8"))
+        dimension = config.get("word_embedding_dimension")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return dimension if isinstance(dimension, int) and dimension > 0 else None
 
 
 class HashingEmbedder:

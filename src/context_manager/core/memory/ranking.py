@@ -134,7 +134,7 @@ class RankingWeights:
     """BM25 weights of the FTS5 columns (used when ``context_columns`` is on)."""
     recency_half_life_days: float | None = None
     """Half-life of the recency decay; ``None`` takes ``config.recency_half_life_days``."""
-    candidates: int = 50
+    candidates: int = 30
     """How many BM25 (and vector) candidates each tier contributes before fusion."""
     common_term_ratio: float = 0.1
     """Query words found in more than this share of the memories (and in more than
