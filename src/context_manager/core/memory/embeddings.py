@@ -199,7 +199,7 @@ class SentenceTransformerEmbedder:
                 with contextlib.suppress(Exception):  # transformers' own "Loading weights" bar
                     from transformers.utils import logging as transformers_logging
 
-                    transformers_logging.disable_progress_bar()
+                    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
                 logger.debug("loading sentence-transformers model from %s", self.model_path)
                 model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
