@@ -43,6 +43,9 @@ from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, new_memory_id
 from context_manager.core.memory.ranking import RankingWeights, prune_common_terms
 
+# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
+os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
 SYLLABLES = [a + b for a in "bcdfghjklmnprstvz" for b in "aeiou"]
 
 
@@ -292,9 +295,6 @@ RESIDENT_PROBE = """
 import asyncio, gc, json, sys, psutil
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
-
-# these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
-os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
 async def main(path, queries):
     process = psutil.Process()
     gc.collect()
