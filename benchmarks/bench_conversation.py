@@ -59,6 +59,8 @@ def config_for(backend: str, storage: Path, dsn: str | None, **options: Any) -> 
         "max_tokens": 128_000,
         "enable_health_checks": False,
         "enable_performance_monitor": False,
+        # the conversation is measured, not the vector channel: "auto" would load MiniLM at initialize()
+        "embedder": "none",
     }
     if backend == "postgres":
         base.update(memory_backend="postgres", postgres_dsn=dsn, postgres_pool_size=2)
