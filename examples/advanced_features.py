@@ -160,7 +160,10 @@ async def memory_maintenance(ctx: ExampleContext) -> None:
             result["consolidated_count"] == 2,
             f"two near-duplicates merge, got {result['consolidated_count']}",
         )
-        merged = await manager.search_memory("wifi password", limit=5)
+        # with an embedder (MiniLM is the default once the embeddings extra is installed) the lunch memory
+        # is a weak match too: count the wifi memories, not the results
+        found = await manager.search_memory("wifi password", limit=5)
+        merged = [item for item in found if "wifi" in item.content]
         expect(
             len(merged) == 1 and set(merged[0].tags) == {"office", "it"},
             "one merged memory with the union of tags",

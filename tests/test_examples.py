@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from context_manager.core.config import ENV_PREFIX
+
 MAIN = Path(__file__).resolve().parents[1] / "examples" / "main_example.py"
 
 KEY_LINES = {
@@ -103,6 +105,17 @@ def test_all_runs_every_category(verbose: bool) -> None:
     assert sorted(seconds) == sorted(KEY_LINES)
     assert all(value < EXAMPLE_TIME_LIMIT_S for value in seconds.values()), seconds
     assert all((VERBOSE_ONLY[category] in completed.stdout) is verbose for category in KEY_LINES)
+
+
+@pytest.mark.embeddings
+def test_all_runs_with_the_default_embedder_where_the_embeddings_extra_is_installed() -> None:
+    """The suite pins ``embedder="none"``; a reader's environment does not. Where the extra is installed
+    (``make test``'s .venv, ``pip install '...[embeddings]'``) memory search uses MiniLM by default, and
+    the advanced example counted a weak vector match (the lunch memory) as a second wifi memory."""
+    environment = {key: value for key, value in os.environ.items() if key != f"{ENV_PREFIX}EMBEDDER"}
+    completed = run_example("all", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-1].startswith("All examples passed")
 
 
 def test_help_lists_the_categories() -> None:
