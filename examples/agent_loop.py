@@ -38,8 +38,9 @@ from context_manager import (  # noqa: E402
     Memory,
     Message,
     MissingDependencyError,
+    register_memory_tools,
+    tool,
 )
-from context_manager.core.tool_system import register_memory_tools, tool  # noqa: E402
 from context_manager.testing import ScriptedChatModel  # noqa: E402
 
 SYSTEM_PROMPT = (

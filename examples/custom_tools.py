@@ -13,9 +13,9 @@ from typing import Any
 
 from _common import ExampleContext, example_context, expect
 
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.tool_system import (
+from context_manager import (
+    ContextManagerConfig,
+    EnhancedContextManager,
     ToolCategory,
     ToolDefinition,
     ToolErrorType,

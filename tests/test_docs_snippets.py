@@ -1,8 +1,16 @@
-"""Every ```python block of README.md and docs/*.md runs, as written.
+"""Every ```python block of README.md and docs/*.md runs, as a reader would run it.
 
-Blocks run in order, each in a fresh namespace and working directory (the test's temporary cwd), with
-top-level ``await`` allowed (the block is run on an event loop). Markers in an HTML comment on the line
-before a block:
+The convention (CONTRIBUTING.md, "Code blocks in the documentation"): a block is a complete script,
+to be saved as a file and run with ``python`` (async code inside ``async def main()`` and
+``asyncio.run(main())``), unless its first line is ``# run in: python -m asyncio``, in which case it is
+pasted into the asyncio REPL, where ``await`` works at the top level.
+
+So a script block is compiled as a module, without top-level ``await`` (a ``SyntaxError`` there is a
+block a reader could not run), and executed as ``__main__``; an asyncio-REPL block is fed line by line
+to the same interactive console ``python -m asyncio`` uses (``ast.PyCF_ALLOW_TOP_LEVEL_AWAIT``), so
+a blank line inside an indented block, which ends the statement early in that console, fails here too.
+Each block runs in a fresh namespace, in the test's temporary working directory. Markers in an HTML
+comment on the line before a block:
 
 * ``<!-- fragment -->``: the block continues the previous one (same namespace and event loop);
 * ``<!-- needs-server -->``: the block talks to an OpenAI-compatible endpoint; it runs with
@@ -15,11 +23,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import code
 import inspect
 import io
 import logging
 import os
 import re
+import sys
+import types
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +44,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 MARKER = re.compile(r"<!--\s*([a-z-]+)\s*-->\s*$")
 KNOWN_MARKERS = {"fragment", "needs-server"}
+ASYNCIO_REPL = "# run in: python -m asyncio"
+"""First line of a block meant to be pasted into ``python -m asyncio`` (any other block is a script)."""
 REQUIRED_PAGES = [
     "concepts",
     "configuration",
@@ -52,6 +65,11 @@ class Block:
     line: int
     code: str
     markers: set[str]
+
+    @property
+    def in_asyncio_repl(self) -> bool:
+        """Whether the block is meant for ``python -m asyncio`` rather than a ``.py`` file."""
+        return self.code.split("\n", 1)[0].strip() == ASYNCIO_REPL
 
 
 @dataclass
@@ -89,15 +107,73 @@ def groups() -> list[Group]:
     return result
 
 
+class AsyncioConsole(code.InteractiveConsole):
+    """The console of ``python -m asyncio``, reporting errors by raising instead of printing them.
+
+    Lines are pushed one at a time, as pasted: the console compiles each complete statement with
+    top-level ``await`` allowed and runs it (a coroutine to completion on ``loop``) before reading on.
+    """
+
+    def __init__(self, namespace: dict[str, object], loop: asyncio.AbstractEventLoop, filename: str) -> None:
+        super().__init__(namespace, filename=filename)
+        self.compile.compiler.flags |= ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        self.loop = loop
+
+    def runcode(self, code: types.CodeType) -> None:
+        outcome = types.FunctionType(code, self.locals)()
+        if inspect.iscoroutine(outcome):
+            self.loop.run_until_complete(outcome)
+
+    def showsyntaxerror(self, filename: str | None = None, **kwargs: object) -> None:
+        error = sys.exc_info()[1]
+        raise SyntaxError(f"the asyncio REPL rejects this paste: {error!r}") from error
+
+    def paste(self, source: str) -> None:
+        """Push ``source`` line by line, then an empty line (the reader's final Enter).
+
+        An expression line ending in a comment that is a Python literal (``sorted(ids)  # ['a', 'b']``)
+        claims what the REPL echoes: the echo must be that literal's ``repr``.
+        """
+        for line in [*source.splitlines(), ""]:
+            echoed = io.StringIO()
+            with redirect_stdout(echoed):
+                self.push(line)
+            sys.stdout.write(echoed.getvalue())
+            claimed = claimed_echo(line)
+            if claimed is not None:
+                assert echoed.getvalue().strip() == claimed, f"{line!r} echoed {echoed.getvalue()!r}"
+
+
+def claimed_echo(line: str) -> str | None:
+    """The ``repr`` an asyncio-REPL line's trailing comment says it echoes, or None if it claims none."""
+    expression, _, comment = line.partition("  # ")
+    if not comment or line.startswith((" ", "\t")):
+        return None
+    try:
+        ast.parse(expression, mode="eval")
+        return repr(ast.literal_eval(comment.strip()))
+    except (SyntaxError, ValueError):
+        return None
+
+
 def run_block(block: Block, namespace: dict[str, object], loop: asyncio.AbstractEventLoop) -> str:
+    """Run ``block`` the way its reader would; return what it printed."""
     name = f"{block.path.name}:{block.line}"
-    code = compile(block.code, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     output = io.StringIO()
     with redirect_stdout(output):
-        if code.co_flags & inspect.CO_COROUTINE:
-            loop.run_until_complete(eval(code, namespace))  # noqa: S307 - our own documentation
+        if block.in_asyncio_repl:
+            namespace.setdefault("asyncio", asyncio)  # the asyncio REPL imports it for you
+            AsyncioConsole(namespace, loop, name).paste(block.code)
         else:
-            exec(code, namespace)  # noqa: S102
+            try:
+                compiled = compile(block.code, name, "exec")
+            except SyntaxError as error:
+                raise SyntaxError(
+                    f"{name} does not run as a script ({error.msg}, line {error.lineno}): wrap top-level "
+                    f"await in 'async def main()' + 'asyncio.run(main())', or start the block with "
+                    f"{ASYNCIO_REPL!r}"
+                ) from error
+            exec(compiled, namespace)  # noqa: S102 - our own documentation
     return output.getvalue()
 
 
@@ -158,3 +234,96 @@ def test_readme_keeps_the_two_commands() -> None:
     assert "make examples" in readme and "make test" in readme and "pytest" in readme
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "examples/main_example.py all" in makefile and "-m pytest" in makefile
+
+
+def test_every_block_is_a_script_or_marked_for_the_asyncio_repl() -> None:
+    scripts, repl_blocks = 0, 0
+    for path in DOCUMENTS:
+        for block in read_blocks(path):
+            if block.in_asyncio_repl:
+                repl_blocks += 1
+                continue
+            try:
+                compile(block.code, f"{path.name}:{block.line}", "exec")
+            except SyntaxError as error:
+                pytest.fail(f"{path.name}:{block.line} is not a complete script: {error}")
+            scripts += 1
+    assert scripts >= 40 and repl_blocks >= 1
+
+
+def _run_alone(source: str) -> str:
+    loop = asyncio.new_event_loop()
+    try:
+        return run_block(Block(ROOT / "README.md", 1, source, set()), {"__name__": "__main__"}, loop)
+    finally:
+        loop.close()
+
+
+def test_a_script_block_with_top_level_await_fails_as_it_would_in_a_file() -> None:
+    with pytest.raises(SyntaxError, match="does not run as a script.*asyncio.run"):
+        _run_alone("import asyncio\n\nawait asyncio.sleep(0)\n")
+    assert (
+        _run_alone("import asyncio\n\nasync def main():\n    print('ran')\n\nasyncio.run(main())\n")
+        == "ran\n"
+    )
+
+
+def test_an_asyncio_repl_block_runs_as_pasted_and_its_claimed_echoes_are_checked() -> None:
+    pasted = f"{ASYNCIO_REPL}\nawait asyncio.sleep(0)\nvalues = [3, 1, 2]\nsorted(values)  # [1, 2, 3]\n"
+    assert _run_alone(pasted) == "[1, 2, 3]\n"
+    with pytest.raises(AssertionError, match="echoed"):
+        _run_alone(f"{ASYNCIO_REPL}\nsorted([3, 1, 2])  # [3, 2, 1]\n")
+    # in the REPL a blank line ends an indented block: the next indented line is a syntax error
+    with pytest.raises(SyntaxError, match="asyncio REPL rejects"):
+        _run_alone(f"{ASYNCIO_REPL}\nasync def answer():\n    value = 42\n\n    return value\n")
+    # and a dedented line right after an indented block, without the blank line, is one too
+    with pytest.raises(SyntaxError, match="asyncio REPL rejects"):
+        _run_alone(f"{ASYNCIO_REPL}\nfor number in range(2):\n    print(number)\nprint('done')\n")
+
+
+# ------------------------------------------------------------------ one way to import (issue 17.2)
+
+DEEP_PATH = re.compile(r"context_manager.core")
+"""What ``grep -r "context_manager.core"`` finds (the dot matches any character, ``/`` included)."""
+
+
+def imports_section(text: str) -> tuple[int, int]:
+    """Line numbers (1-based, inclusive) of the "## Imports" section of docs/concepts.md."""
+    lines = text.splitlines()
+    start = lines.index("## Imports") + 1
+    end = next(number for number in range(start, len(lines)) if lines[number].startswith("## "))
+    return start, end
+
+
+def test_docs_and_examples_name_deep_paths_only_in_the_compatibility_note() -> None:
+    concepts = ROOT / "docs" / "concepts.md"
+    note_start, note_end = imports_section(concepts.read_text(encoding="utf-8"))
+    hits, outside = [], []
+    for path in [*DOCUMENTS, *sorted((ROOT / "examples").glob("*.py"))]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if DEEP_PATH.search(line):
+                hits.append((path.relative_to(ROOT), number))
+                if not (path == concepts and note_start <= number <= note_end):
+                    outside.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert outside == [], "\n".join(outside)
+    assert hits, "the compatibility note names the user guide's paths"
+
+
+def test_the_user_guide_deep_paths_name_the_top_level_objects() -> None:
+    import importlib
+
+    import context_manager
+    from tests.guide_snippets import GUIDE
+
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    note_start, note_end = imports_section(concepts)
+    note = "\n".join(concepts.splitlines()[note_start - 1 : note_end])
+    guide_imports = re.findall(
+        r"from (context_manager\.core[\w.]*) import ([\w, ]+)", GUIDE.read_text("utf-8")
+    )
+    assert guide_imports
+    for module_name, names in guide_imports:
+        assert f"`.{module_name.rsplit('.', 1)[1]}`" in note or f"`{module_name}`" in note, module_name
+        module = importlib.import_module(module_name)
+        for name in (name.strip() for name in names.split(",")):
+            assert getattr(module, name) is getattr(context_manager, name), f"{module_name}.{name}"
