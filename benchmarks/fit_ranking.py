@@ -73,7 +73,7 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
 
     storage = Path(tempfile.mkdtemp(prefix="fit-", dir=workdir))
     clock = FixedClock(_timestamp(conversation.turns[0].session_date))
-    ranking = RankingWeights.learned(embedder=embedder is not None).with_changes(vector=1.0)
+    ranking = RankingWeights.learned(embedder=embedder is not None).with_changes(vector=1.0, period=1.0)
     manager = MemoryManager(
         ContextManagerConfig(storage_path=storage, embedder="none"),
         embedder=get_embedder(embedder) if embedder else None,
@@ -99,8 +99,14 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
             gathered = await manager._gather_candidates(question.text, max(ranking.candidates, 2 * LIMIT))
             if gathered is None:
                 continue
-            _, candidates, speakers, now = gathered
-            rows = candidate_features(candidates, now=now, half_life_days=half_life, query_speakers=speakers)
+            candidates = gathered.candidates
+            rows = candidate_features(
+                candidates,
+                now=gathered.now,
+                half_life_days=half_life,
+                query_speakers=gathered.speakers,
+                query_periods=gathered.periods,
+            )
             keys = [key_of.get(candidate.id) for candidate in candidates]
             found.append(
                 QuestionCandidates(

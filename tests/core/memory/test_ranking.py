@@ -14,7 +14,9 @@ from context_manager.core.memory.ranking import (
     fts5_idf,
     fuse,
     idf_corrections,
+    in_period,
     learned_weights,
+    named_periods,
     named_speakers,
     parse_session_date,
     recency_decay,
@@ -91,6 +93,7 @@ def test_candidate_features_are_in_unit_range_and_ordered() -> None:
             "importance": 0.5,
             "access": 0.0,
             "vector": 1.0,
+            "period": 0.0,
         }
     )
     assert second["previous"] == 1.0 and second["vector"] == 0.0 and 0 < second["access"] < 1
@@ -115,6 +118,46 @@ def test_speaker_boost_and_first_person() -> None:
         query_speakers=named_speakers(["caroline"]),
     )
     assert ranked[0].id == "c"
+
+
+def test_named_periods_reads_months_and_years() -> None:
+    assert named_periods("What did Gina find for her store on 1 February, 2023?") == {(2023, 2)}
+    assert named_periods("What setback did Melanie face in October 2023?") == {(2023, 10)}
+    assert named_periods("Where did Jon go in may?") == {(None, 5)}
+    assert named_periods("What did she do on May 7?") == {(None, 5)}
+    assert named_periods("How many times has Melanie gone to the beach in 2023?") == {(2023, None)}
+    assert named_periods("Trips in June or July 2022 and 2023") == {
+        (year, month) for year in (2022, 2023) for month in (6, 7)
+    }
+    # "may" and "march" as words, not months
+    assert named_periods("What may Caroline pursue as a career?") == frozenset()
+    assert named_periods("Why did they march?") == frozenset()
+    assert named_periods("What is Nate's favourite game?") == frozenset()
+
+
+def test_in_period_uses_the_utc_calendar() -> None:
+    may_8 = parse_session_date("2023-05-08T13:56:00")
+    assert may_8 is not None
+    assert in_period(may_8, frozenset({(2023, 5)}))
+    assert in_period(may_8, frozenset({(None, 5)})) and in_period(may_8, frozenset({(2023, None)}))
+    assert not in_period(may_8, frozenset({(2022, 5)})) and not in_period(may_8, frozenset({(2023, 6)}))
+    assert not in_period(may_8, frozenset())
+
+
+def test_period_feature_prefers_the_memory_of_the_named_month() -> None:
+    session_may = parse_session_date("2023-05-08")
+    session_june = parse_session_date("2023-06-20")
+    assert session_may is not None and session_june is not None
+    in_june = Candidate("june", bm25=5.0, timestamp=session_june)
+    in_may = Candidate("may", bm25=4.0, timestamp=session_may)
+    unmatched = Candidate("none", bm25=0.0, timestamp=session_may)  # no evidence of its own: no date boost
+    weights = RankingWeights(period=1.0, recency=0.0)
+    periods = named_periods("what did she paint in May 2023")
+    ranked = fuse([in_june, in_may, unmatched], weights, now=NOW, half_life_days=30, query_periods=periods)
+    assert [c.id for c in ranked] == ["may", "june", "none"]
+    assert ranked[2].score == pytest.approx(0.1 * 0.5)  # importance only
+    without = fuse([in_june, in_may], weights, now=NOW, half_life_days=30)
+    assert [c.id for c in without] == ["june", "may"]
 
 
 def test_vector_channel_is_weighted_fusion() -> None:

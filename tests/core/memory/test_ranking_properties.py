@@ -50,7 +50,9 @@ weights_strategy = st.builds(
     importance=st.floats(0.01, 1),
     access=st.floats(0, 1),
     vector=st.floats(0, 2),
+    period=st.floats(0, 2),
 )
+PERIODS = frozenset({(2023, 11)})  # NOW is in November 2023; memories 40 days older are not
 
 
 def _copy(candidates: list[Candidate]) -> list[Candidate]:
@@ -62,11 +64,14 @@ def _copy(candidates: list[Candidate]) -> list[Candidate]:
 def test_order_is_a_deterministic_permutation(
     candidates: list[Candidate], weights: RankingWeights, shuffler: random.Random
 ) -> None:
-    ranked = [c.id for c in fuse(_copy(candidates), weights, now=NOW, half_life_days=30)]
+    ranked = [
+        c.id for c in fuse(_copy(candidates), weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    ]
     assert sorted(ranked) == sorted(c.id for c in candidates)
     shuffled = _copy(candidates)
     shuffler.shuffle(shuffled)
-    assert [c.id for c in fuse(shuffled, weights, now=NOW, half_life_days=30)] == ranked
+    reordered = fuse(shuffled, weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    assert [c.id for c in reordered] == ranked
 
 
 @settings(max_examples=100, deadline=None)
@@ -76,10 +81,12 @@ def test_more_importance_never_ranks_lower(
 ) -> None:
     chosen = data.draw(st.integers(min_value=0, max_value=len(candidates) - 1))
     target = candidates[chosen].id
-    before = [c.id for c in fuse(_copy(candidates), weights, now=NOW, half_life_days=30)].index(target)
+    ranked = fuse(_copy(candidates), weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    before = [c.id for c in ranked].index(target)
     raised = _copy(candidates)
     raised[chosen].importance = min(1.0, raised[chosen].importance + data.draw(st.floats(0.01, 1.0)))
-    after = [c.id for c in fuse(raised, weights, now=NOW, half_life_days=30)].index(target)
+    ranked = fuse(raised, weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    after = [c.id for c in ranked].index(target)
     assert after <= before
 
 

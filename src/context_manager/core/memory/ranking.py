@@ -4,7 +4,7 @@ A candidate's score is a weighted sum of features, each in [0, 1]::
 
     score = bm25 * lexical + previous * lexical(previous turn) + next * lexical(next turn)
             + session * session_lexical + speaker * named_speaker + recency * 0.5 ** (age / half_life)
-            + importance * importance + access * log-access + vector * cosine
+            + importance * importance + access * log-access + vector * cosine + period * in_named_period
 
 ``lexical`` is BM25 divided by the best BM25 of the query. For a conversation turn, ``previous`` and
 ``next`` are the lexical scores of its neighbouring turns in the same session (the answer often follows the
@@ -13,7 +13,9 @@ best session (a memory that is not a conversation turn is a session of its own).
 when the query names the turn's speaker (``I``/``my``/``me`` name the user). Both are scaled by
 ``sqrt(max(lexical, previous, next))``: being in the right session or said by the right person counts only
 with some evidence of the turn's own. ``cosine`` (only with an embedder) is the query's cosine similarity
-divided by the best one.
+divided by the best one. ``in_named_period`` is 1 when the query names a month or a year ("in May 2023",
+"on October 13", "in 2022", see :func:`named_periods`) and the memory's date (its session date, else when it
+was stored) falls in one of them.
 
 The weights are learned, not hand-set: ``benchmarks/fit_ranking.py`` fits a logistic model over these
 features on real long conversations (leave-one-conversation-out cross-validated) and writes
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -52,7 +55,9 @@ __all__ = [
     "fts5_idf",
     "fuse",
     "idf_corrections",
+    "in_period",
     "learned_weights",
+    "named_periods",
     "named_speakers",
     "parse_session_date",
     "prune_common_terms",
@@ -66,13 +71,52 @@ FIRST_PERSON_WORDS = frozenset({"i", "me", "my", "mine", "myself"})
 USER_SPEAKER_NAMES = frozenset({"user", "human"})
 """Speaker values that stand for the user."""
 
-FEATURES = ("bm25", "previous", "next", "session", "speaker", "recency", "importance", "access", "vector")
+FEATURES = (
+    "bm25",
+    "previous",
+    "next",
+    "session",
+    "speaker",
+    "recency",
+    "importance",
+    "access",
+    "vector",
+    "period",
+)
 """The ranking features, in the order of :func:`candidate_features`; each has a weight of that name."""
 
 WEIGHTS_FILE = "ranking_weights.json"
 """The learned weights, package data of :mod:`context_manager.core.memory`."""
 
 _SECONDS_PER_DAY = 86400.0
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        (
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ),
+        start=1,
+    )
+}
+# month names that are also common words count only next to a number or after a preposition of time
+_AMBIGUOUS_MONTHS = frozenset({"march", "may"})
+_TIME_PREPOSITIONS = frozenset(
+    {"in", "of", "since", "during", "early", "late", "mid", "until", "before", "after"}
+)
+_YEAR = re.compile(r"(?:19|20)\d\d")
+_WORD = re.compile(r"[^\W_]+")
 
 
 @functools.cache
@@ -119,6 +163,8 @@ class RankingWeights:
     """Weight of the access frequency ``log1p(count) / log1p(100)`` (capped at 1; set by hand)."""
     vector: float = _learned("vector")
     """Weight of the normalised cosine similarity (only with an embedder)."""
+    period: float = _learned("period")
+    """Weight of the date match (the memory's date falls in a month or year the query names)."""
     neighbour_context: bool = True
     """Fetch the neighbouring turns of matched turns and score them by their neighbours."""
     speaker_boost: bool = True
@@ -218,6 +264,52 @@ def named_speakers(tokens: Iterable[str]) -> frozenset[str]:
     return frozenset(words)
 
 
+def named_periods(text: str) -> frozenset[tuple[int | None, int | None]]:
+    """The ``(year, month)`` periods a query names; ``None`` stands for any year or any month.
+
+    "in May 2023" gives ``{(2023, 5)}``, "on October 13" ``{(None, 10)}``, "in 2022" ``{(2022, None)}``.
+    "may" and "march" count as months only next to a number or after a preposition of time ("in May",
+    "May 7"), not in "What may she ...".
+
+    Example:
+        >>> sorted(named_periods("What did Gina do in July 2023?"))
+        [(2023, 7)]
+    """
+    words = _WORD.findall(text.lower())
+    years: list[int | None] = [year for year in sorted({int(w) for w in words if _YEAR.fullmatch(w)})]
+    periods: set[tuple[int | None, int | None]] = set()
+    for position, word in enumerate(words):
+        month = _MONTHS.get(word)
+        if month is None:
+            continue
+        if word in _AMBIGUOUS_MONTHS:
+            before = words[position - 1] if position > 0 else ""
+            after = words[position + 1] if position + 1 < len(words) else ""
+            if not (before in _TIME_PREPOSITIONS or before.isdigit() or after.isdigit()):
+                continue
+        periods.update((year, month) for year in (years or [None]))
+    if not periods:
+        periods.update((year, None) for year in years)
+    return frozenset(periods)
+
+
+def in_period(timestamp: float, periods: frozenset[tuple[int | None, int | None]]) -> bool:
+    """Whether a moment (epoch seconds, UTC) falls in one of ``periods`` (see :func:`named_periods`)."""
+    if not periods:
+        return False
+    moment = _utc_date(int(timestamp) // 86400)
+    return any(
+        (year is None or year == moment[0]) and (month is None or month == moment[1])
+        for year, month in periods
+    )
+
+
+@functools.lru_cache(maxsize=65536)
+def _utc_date(day: int) -> tuple[int, int]:
+    moment = datetime.fromtimestamp(day * 86400, UTC)
+    return moment.year, moment.month
+
+
 def _speaker_named(speaker: str | None, named: frozenset[str]) -> bool:
     if not speaker or not named:
         return False
@@ -246,6 +338,7 @@ def candidate_features(
     now: float,
     half_life_days: float,
     query_speakers: frozenset[str] = frozenset(),
+    query_periods: frozenset[tuple[int | None, int | None]] = frozenset(),
 ) -> list[tuple[float, ...]]:
     """The value of each of :data:`FEATURES` for each candidate (a row per candidate, each value in [0, 1]).
 
@@ -289,6 +382,11 @@ def candidate_features(
         # count in proportion to the turn's own evidence (its text or a neighbour's), so a turn that matches
         # nothing cannot outrank a memory that matches the query just by being in a conversation
         relevance = math.sqrt(max(own, previous, following))
+        cosine = max(c.cosine, 0.0) * cosine_scale if c.cosine is not None else 0.0
+        # the date counts for any candidate with some evidence (its text, a neighbour's or its meaning): the
+        # month named is often the only clue to which of several similar turns is meant
+        evidence = relevance > 0 or cosine > 0
+        dated = 1.0 if evidence and query_periods and in_period(c.timestamp, query_periods) else 0.0
         rows.append(
             (
                 own,
@@ -299,7 +397,8 @@ def candidate_features(
                 recency_decay(now - c.timestamp, half_life_days),
                 c.importance,
                 min(1.0, math.log1p(c.access_count) * access_scale) if c.access_count > 0 else 0.0,
-                max(c.cosine, 0.0) * cosine_scale if c.cosine is not None else 0.0,
+                cosine,
+                dated,
             )
         )
     return rows
@@ -312,13 +411,18 @@ def fuse(
     now: float,
     half_life_days: float,
     query_speakers: frozenset[str] = frozenset(),
+    query_periods: frozenset[tuple[int | None, int | None]] = frozenset(),
 ) -> list[Candidate]:
     """Score every candidate (the weighted sum of its features) and return them best first.
 
     Ties go to the newer memory, then to the smaller id, so the order never depends on the input order.
     """
     rows = candidate_features(
-        candidates, now=now, half_life_days=half_life_days, query_speakers=query_speakers
+        candidates,
+        now=now,
+        half_life_days=half_life_days,
+        query_speakers=query_speakers,
+        query_periods=query_periods,
     )
     active = [(position, weight) for position, weight in enumerate(weights.feature_weights()) if weight]
     for candidate, row in zip(candidates, rows, strict=True):
@@ -439,5 +543,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "importance": {"importance": 0.0},
     "access": {"access": 0.0},
     "vector": {"vector": 0.0},
+    "named period": {"period": 0.0},
 }
 """Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""

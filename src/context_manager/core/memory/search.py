@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
 from context_manager.core.memory.index import content_tokens, query_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
-from context_manager.core.memory.ranking import Candidate, fuse, named_speakers, parse_session_date
+from context_manager.core.memory.ranking import (
+    Candidate,
+    fuse,
+    named_periods,
+    named_speakers,
+    parse_session_date,
+)
 from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.store import TurnKey
 from context_manager.core.memory.tiers import TierMovement
@@ -32,6 +38,21 @@ from context_manager.core.memory.validation import (
 __all__ = ["MemorySearch"]
 
 _TOUCH_BATCH = 256
+
+
+class GatheredCandidates(NamedTuple):
+    """A query's candidates before fusion, with what the ranking needs to know about the query."""
+
+    memories: dict[str, Memory]
+    """The candidate memories by id."""
+    candidates: list[Candidate]
+    """Their raw features."""
+    speakers: frozenset[str]
+    """The speakers the query names (:func:`~context_manager.core.memory.ranking.named_speakers`)."""
+    periods: frozenset[tuple[int | None, int | None]]
+    """The months and years it names (:func:`~context_manager.core.memory.ranking.named_periods`)."""
+    now: float
+    """The clock when it was asked."""
 
 
 class MemorySearch(TierMovement):
@@ -95,10 +116,18 @@ class MemorySearch(TierMovement):
         )
         if gathered is None:
             return []
-        found, candidates, speakers, now = gathered
         weights = self.ranking
         half_life = weights.recency_half_life_days or self.config.recency_half_life_days
-        ranked = fuse(candidates, weights, now=now, half_life_days=half_life, query_speakers=speakers)
+        now = gathered.now
+        ranked = fuse(
+            gathered.candidates,
+            weights,
+            now=now,
+            half_life_days=half_life,
+            query_speakers=gathered.speakers,
+            query_periods=gathered.periods,
+        )
+        found = gathered.memories
         results = []
         for candidate in ranked[:limit]:
             results.append(self._record_access(found[candidate.id], now, candidate.score))
@@ -117,11 +146,11 @@ class MemorySearch(TierMovement):
         min_importance: float | None = None,
         since: float | None = None,
         until: float | None = None,
-    ) -> tuple[dict[str, Memory], list[Candidate], frozenset[str], float] | None:
+    ) -> GatheredCandidates | None:
         """The candidates of a (validated) query with their raw features, before fusion.
 
-        Returns ``(memories by id, candidates, speakers the query names, now)``, or ``None`` when the query
-        has no words. ``benchmarks/fit_ranking.py`` learns the fusion weights from these.
+        Returns ``None`` when the query has no words. ``benchmarks/fit_ranking.py`` learns the fusion
+        weights from these.
         """
         backend = self._require("search_memory")
         tokens = query_tokens(query)
@@ -168,8 +197,9 @@ class MemorySearch(TierMovement):
             self._candidate(memory, bm25, cosines.get(memory.id)) for memory, bm25 in found.values()
         ]
         speakers = named_speakers(tokens) if weights.speaker_boost else frozenset()
+        periods = named_periods(query) if weights.period > 0 else frozenset()
         memories = {memory_id: pair[0] for memory_id, pair in found.items()}
-        return memories, candidates, speakers, self._clock()
+        return GatheredCandidates(memories, candidates, speakers, periods, self._clock())
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)
