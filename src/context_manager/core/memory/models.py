@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 __all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
@@ -160,12 +160,14 @@ class Memory:
 
     def copy(self, **changes: Any) -> Memory:
         """Return a copy with ``changes`` applied (lists and metadata are copied, not shared)."""
-        base = {f.name: getattr(self, f.name) for f in fields(self)}
+        # every field is an init field: building the instance directly skips ``replace``'s own field walk
+        # (a copy is made for each search result)
+        base = {name: getattr(self, name) for name in _MEMORY_FIELDS}
         base["tags"] = list(self.tags)
         base["metadata"] = dict(self.metadata)
         base["merged_from"] = list(self.merged_from)
         base.update(changes)
-        return replace(self, **base)
+        return Memory(**base)
 
     # --- conversation metadata, read by the stores and the ranking ---------------------------------
 
@@ -199,6 +201,9 @@ class Memory:
         """The date of the session as text (e.g. ``"2023-05-08"``), if known."""
         value = self.metadata.get("session_date")
         return None if value is None else str(value)
+
+
+_MEMORY_FIELDS: Final = tuple(memory_field.name for memory_field in fields(Memory))
 
 
 def _finite(value: Any, field: str) -> float:

@@ -187,7 +187,7 @@ class RankingWeights:
     ``common_term_min_documents``) are left out of the full-text query when rarer words remain: they
     weigh almost nothing in BM25 yet dominate its cost (every matching memory must be scored).
     ``1.0`` keeps every word."""
-    common_term_min_documents: int = 1000
+    common_term_min_documents: int = 200
     """Words in at most this many memories are always kept (they are cheap to score)."""
     common_term_max_documents: int = 2000
     """Words in more memories than this are left out too when rarer words remain, whatever the share;
