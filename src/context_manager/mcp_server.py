@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -52,6 +51,12 @@ from context_manager.core.errors import (
 )
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
+from context_manager.core.telemetry import (
+    Telemetry,
+    telemetry_for_current_providers,
+    traced_call,
+    traced_search,
+)
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission, get_tool_definition
 from context_manager.core.tool_system.manager import ToolManager
 
@@ -133,6 +138,8 @@ class _MemoryHandle:
         self._opened: MemoryManager | None = None
         self._users = 0
         self._lock = asyncio.Lock()
+        self.telemetry: Telemetry | None = None
+        """OpenTelemetry for the memory tools, resolved when a session opens the server."""
 
     def get(self) -> MemoryManager:
         memory = self._given or self._opened
@@ -144,6 +151,7 @@ class _MemoryHandle:
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[None]:
+        self.telemetry = telemetry_for_current_providers() if self.config.enable_opentelemetry else None
         if self._given is not None:
             yield
             return
@@ -253,7 +261,15 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
     ) -> MemoryItem:
         """Store a fact about the user or the work, durably, in long-term memory."""
         try:
-            stored = await handle.get().add_memory(content, importance, tags, user_id=user_id, source="mcp")
+            stored = await traced_call(
+                handle.telemetry,
+                "add_memory",
+                handle.get().add_memory(content, importance, tags, user_id=user_id, source="mcp"),
+                {
+                    "context_manager.memory.importance": importance,
+                    "context_manager.memory.tags": len(tags or ()),
+                },
+            )
         except ContextManagerError as error:
             raise _tool_error(error) from None
         return _item(stored)
@@ -264,7 +280,9 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
     ) -> SearchResults:
         """Find the memories most relevant to a query, best first."""
         try:
-            found = await handle.get().search_memory(query, limit, user_id=user_id)
+            search = handle.get().search_memory(query, limit, user_id=user_id)
+            telemetry = handle.telemetry
+            found = await (search if telemetry is None else traced_search(telemetry, search, limit))
         except ContextManagerError as error:
             raise _tool_error(error) from None
         return SearchResults(results=[_item(memory) for memory in found])
@@ -282,7 +300,7 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
             existing = await memory.get_memory(memory_id)
             if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
                 raise ToolError(f"memory_id: no memory with id {memory_id!r}")
-            deleted = await memory.delete_memory(memory_id)
+            deleted = await traced_call(handle.telemetry, "delete_memory", memory.delete_memory(memory_id))
         except ContextManagerError as error:
             raise _tool_error(error) from None
         return DeleteResult(deleted=deleted.id)
@@ -290,9 +308,12 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
     async def memory_stats() -> dict[str, Any]:
         """Counts per tier, capacity, size on disk and index status of this user's memory."""
         try:
-            return _json_ready(await handle.get().get_memory_stats(user_id=user_id))
+            stats = await traced_call(
+                handle.telemetry, "memory_stats", handle.get().get_memory_stats(user_id=user_id)
+            )
         except ContextManagerError as error:
             raise _tool_error(error) from None
+        return _json_ready(stats)
 
     server.add_tool(memory_add, annotations=ToolAnnotations(title="Remember", read_only_hint=False))
     server.add_tool(
@@ -314,7 +335,7 @@ def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str |
 
     async def recent() -> str:
         """The newest memories of this server's user, newest first (JSON)."""
-        memories = await _recent_memories(handle.get(), user_id, limit)
+        memories = await handle.get().recent_memories(limit, user_id=user_id)
         return json.dumps([_item(memory).model_dump() for memory in memories], indent=2, ensure_ascii=False)
 
     server.resource(STATS_URI, name="memory_stats", title="Memory statistics", mime_type="application/json")(
@@ -323,30 +344,6 @@ def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str |
     server.resource(
         RECENT_URI, name="recent_memories", title="Recent memories", mime_type="application/json"
     )(recent)
-
-
-async def _recent_memories(memory: MemoryManager, user_id: str | None, limit: int) -> list[Memory]:
-    """The user's ``limit`` newest active memories, newest first.
-
-    Read through ``export_memories`` (the one public call that lists memories on every backend), so the cost
-    grows with the user's memories; fine for an occasional resource read.
-    """
-    with tempfile.TemporaryDirectory(prefix="cm-mcp-") as directory:
-        path = Path(directory) / "export.jsonl"
-        await memory.export_memories(path, user_id=user_id)
-
-        def newest() -> list[Memory]:
-            import heapq
-
-            memories: list[Memory] = []
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    item = Memory.from_dict(json.loads(line))
-                    if item.superseded_by is None:
-                        memories.append(item)
-            return heapq.nlargest(limit, memories, key=lambda item: item.created_at)
-
-        return await asyncio.to_thread(newest)
 
 
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:

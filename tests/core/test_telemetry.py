@@ -251,3 +251,39 @@ async def test_opentelemetry_without_an_sdk_is_off(tmp_path: Path) -> None:
 def test_opentelemetry_configure_rejects_a_bad_interval() -> None:
     with pytest.raises(InvalidArgumentError, match="memory_sample_interval: got 0"):
         configure_opentelemetry(memory_sample_interval=0)
+
+
+async def test_opentelemetry_mcp_memory_tools_record_spans_and_metrics(otel: Otel, tmp_path: Path) -> None:
+    from mcp.client import Client
+
+    from context_manager.mcp_server import create_mcp_server
+
+    server = create_mcp_server(ContextManagerConfig(storage_path=tmp_path / "memory"), user_id="ida")
+    async with Client(server) as client:
+        added = await client.call_tool(
+            "memory_add", {"content": "Ida's locker is 42", "tags": ["gym", "ida"]}
+        )
+        rejected = await client.call_tool("memory_add", {"content": "a bad tag", "tags": [""]})
+        found = await client.call_tool("memory_search", {"query": "locker", "limit": 3})
+        await client.call_tool("memory_stats", {})
+        memory_id = added.structured_content["id"]  # type: ignore[index]
+        deleted = await client.call_tool("memory_delete", {"memory_id": memory_id})
+    assert not added.is_error and rejected.is_error and not found.is_error and not deleted.is_error
+
+    adds = otel.finished("context_manager.add_memory")
+    assert [span.status.status_code is StatusCode.ERROR for span in adds] == [False, True]
+    assert adds[0].attributes["context_manager.memory.tags"] == 2
+    assert adds[1].attributes["error.type"] == "InvalidMemoryError"
+    (search,) = otel.finished("context_manager.search_memory")
+    assert search.attributes["context_manager.search.limit"] == 3
+    assert search.attributes["context_manager.search.hits"] == 1
+    assert len(otel.finished("context_manager.memory_stats")) == 1
+    assert len(otel.finished("context_manager.delete_memory")) == 1
+    assert (
+        otel.point(
+            "context_manager.operation.duration",
+            **{"context_manager.operation": "add_memory", "context_manager.outcome": "success"},
+        ).count
+        == 1
+    )
+    assert otel.point("context_manager.errors", **{"context_manager.operation": "add_memory"}).value == 1

@@ -269,9 +269,7 @@ class ConcurrencyController:
         self._peak_running = 0
         self._drained: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where start() ran; tasks live on it
-        self._threads = UserThreads(
-            "ConcurrencyController", max_threads=max_concurrent_tasks + spare_threads
-        )
+        self._threads = UserThreads("ConcurrencyController", max_threads=max_concurrent_tasks + spare_threads)
         self._counts = dict.fromkeys(
             (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT), 0
         )

@@ -17,6 +17,9 @@ Spans (no message, query or tool payload is ever put in an attribute):
   ``context_manager.compression.tokens_before``/``tokens_after``, ``.evicted``, ``.truncated``,
   ``.summary_tokens``, ``.strategy`` and ``.fallback_reason`` when the custom summarizer was not used;
 * ``context_manager.search_memory``: ``context_manager.search.limit``, ``context_manager.search.hits``;
+* from the MCP server's memory tools: ``context_manager.search_memory`` as above (``memory_search``),
+  ``context_manager.add_memory`` (``context_manager.memory.importance``, ``context_manager.memory.tags``:
+  the tag count), ``context_manager.delete_memory`` and ``context_manager.memory_stats``;
 * ``execute_tool {name}`` (the GenAI semantic conventions' tool span): ``gen_ai.operation.name``,
   ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
   error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
@@ -25,7 +28,8 @@ Metrics (meter ``context_manager``):
 
 * ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s; its count is the number
   of operations), by ``context_manager.operation`` (``add_message``, ``compression``, ``search_memory``,
-  ``execute_tool``, ``summarize``) and ``context_manager.outcome`` (``success``, ``error``);
+  ``execute_tool``, ``summarize``; from the MCP server also ``add_memory``, ``delete_memory``,
+  ``memory_stats``) and ``context_manager.outcome`` (``success``, ``error``);
   ``context_manager.errors`` (counter) by operation and ``error.type``;
 * ``context_manager.window.utilization`` (gauge, 0..1) and ``context_manager.window.tokens`` (gauge);
 * ``context_manager.compression.evicted_messages`` (counter);
@@ -43,7 +47,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_manager.core.errors import InvalidArgumentError
 
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
     from context_manager.core.messages import Message
     from context_manager.core.tool_system.results import ToolResult
 
+_T = TypeVar("_T")
+
 __all__ = [
     "DURATION_BUCKETS",
     "MemorySizeSampler",
@@ -61,6 +67,7 @@ __all__ = [
     "configure_opentelemetry",
     "telemetry_for_current_providers",
     "traced_add",
+    "traced_call",
     "traced_search",
 ]
 
@@ -378,6 +385,32 @@ async def traced_search(telemetry: Telemetry, search: Awaitable[list[Memory]], l
             span.set_attribute("context_manager.search.hits", len(found))
     telemetry.record_operation("search_memory", time.perf_counter() - started)
     return found
+
+
+async def traced_call(
+    telemetry: Telemetry | None,
+    operation: str,
+    call: Awaitable[_T],
+    attributes: Mapping[str, Any] | None = None,
+) -> _T:
+    """Await ``call`` inside a ``context_manager.{operation}`` span, counting it and its duration.
+
+    With ``telemetry`` ``None`` the call is simply awaited. A failure is recorded (``error.type``) and
+    re-raised.
+    """
+    if telemetry is None:
+        return await call
+    started = time.perf_counter()
+    with telemetry.span(f"context_manager.{operation}", attributes) as span:
+        try:
+            result = await call
+        except Exception as error:
+            telemetry.record_operation(operation, time.perf_counter() - started, type(error).__name__)
+            if span is not None:
+                span.set_attribute("error.type", type(error).__name__)
+            raise
+    telemetry.record_operation(operation, time.perf_counter() - started)
+    return result
 
 
 class MemorySizeSampler:

@@ -188,6 +188,10 @@ class MemoryBackend(Protocol):
         """Every memory of the scope: one per memory (fastest tier) or every stored copy."""
         ...
 
+    async def newest(self, scope: UserScope, limit: int) -> list[Memory]:
+        """The scope's ``limit`` newest memories that are not superseded, newest first (one per memory)."""
+        ...
+
     async def with_tags(
         self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None
     ) -> list[Memory]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import (
@@ -396,6 +397,22 @@ class LocalBackend:
         for memory in list(medium.all()) + list(short.all()):
             found[memory.id] = memory
         return [memory for memory in found.values() if in_scope(memory, scope)]
+
+    async def newest(self, scope: UserScope, limit: int) -> list[Memory]:
+        """The scope's ``limit`` newest memories not superseded, newest first (one per memory, fastest tier).
+
+        The long-term database answers from its (user, created_at) index; the in-process tiers are scanned.
+        """
+        short, medium, long_store = self._stores
+        every_user = scope is ALL_USERS
+        user_id = None if every_user else cast("str | None", scope)
+        long_memories = await self._run(lambda: long_store.newest(user_id, limit, every_user=every_user))
+        found: dict[str, Memory] = {memory.id: memory for memory in long_memories}
+        for store in (medium, short):
+            for memory in store.all():
+                if memory.superseded_by is None and in_scope(memory, scope):
+                    found[memory.id] = memory
+        return heapq.nlargest(limit, found.values(), key=lambda memory: memory.created_at)
 
     async def with_tags(
         self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None

@@ -297,3 +297,19 @@ class MemorySearch(TierMovement):
         ]
         selected.sort(key=lambda m: (-m.importance, -m.created_at))
         return [memory.copy() for memory in selected[:limit]]
+
+    async def recent_memories(self, limit: int = 10, *, user_id: UserScope = None) -> list[Memory]:
+        """Return the user's ``limit`` newest memories, newest first (merged originals left out).
+
+        A listing, not a search: it does not count as an access. Each memory appears once, from its
+        fastest tier. The long-term tier answers from an index, so the cost does not grow with the store.
+
+        Raises:
+            InvalidMemoryError: a bad limit or user.
+        """
+        limit = check_limit(limit)
+        check_user(user_id, allow_all=True)
+        backend = self._require("recent_memories")
+        if limit == 0:
+            return []
+        return [memory.copy() for memory in await backend.newest(user_id, limit)]

@@ -648,6 +648,16 @@ class SQLiteStore:
             ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
+    def newest(self, user_id: str | None, limit: int, *, every_user: bool = False) -> list[Memory]:
+        """The ``limit`` newest memories of ``user_id`` (or everyone's) not superseded, newest first."""
+        where = "superseded_by IS NULL" if every_user else "user_id IS ? AND superseded_by IS NULL"
+        parameters: tuple[Any, ...] = (limit,) if every_user else (user_id, limit)
+        with self._read() as db:
+            rows = db.execute(
+                f"{_SELECT} WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", parameters
+            ).fetchall()
+        return [_memory(row) for row in rows]
+
     def with_tags(self, tags: Sequence[str]) -> list[Memory]:
         """Return the memories carrying any of ``tags``."""
         if not tags:

@@ -318,9 +318,7 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
         marker = typing.get_origin(hint)
         if marker is typing.Required or (total and marker is not typing.NotRequired):
             required.add(name)
-    fields: dict[str, Any] = {
-        name: (hint, ... if name in required else None) for name, hint in hints.items()
-    }
+    fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
     try:
         model = create_model(
             f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields

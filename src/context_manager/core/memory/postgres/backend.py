@@ -338,6 +338,19 @@ class PostgresBackend:
             "scan",
         )
 
+    async def newest(self, scope: UserScope, limit: int) -> list[Memory]:
+        """The scope's ``limit`` newest memories not superseded, newest first (each once, fastest tier)."""
+        where, parameters = _scope_sql(scope)
+        condition = f"{where} AND superseded_by IS NULL" if where else "WHERE superseded_by IS NULL"
+        return await self._memories(
+            # a memory has at most one row per tier, all with its created_at: 3 x limit rows hold the newest
+            f"SELECT * FROM (SELECT DISTINCT ON (id) * FROM (SELECT {_COLUMNS}, {tier_rank_sql()} AS rank "
+            f"FROM cm_memories {condition} ORDER BY created_at DESC, id DESC LIMIT %s) AS rows "
+            "ORDER BY id, rank) AS m ORDER BY created_at DESC, id DESC LIMIT %s",
+            [*parameters, 3 * limit, limit],
+            "newest",
+        )
+
     async def with_tags(
         self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None
     ) -> list[Memory]:
