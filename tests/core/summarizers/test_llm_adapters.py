@@ -129,6 +129,20 @@ async def test_summarizer_adapter_429_then_success_honours_retry_after(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_500s_then_success_retries_with_backoff(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    server.faults.extend([Fault(status=500), Fault(status=503)])
+    summarizer = make_summarizer(provider, server, max_retries=2, backoff=0.01)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None
+        assert summary_text(manager) == SUMMARY
+    assert [request.fault is not None for request in server.requests] == [True, True, False]
+    assert record["duration_ms"] < 1000  # the short backoff: no retry-after was sent
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_persistent_500_falls_back_after_retries(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:
