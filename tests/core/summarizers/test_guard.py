@@ -129,14 +129,23 @@ async def test_summarizer_circuit_reports_calls_and_survives_a_broken_observer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reports: list[SummaryReport] = []
-    inner = Flaky()
-    guard = SummarizerGuard(inner, failure_threshold=5, on_report=reports.append)
+    clock, flaky = ManualClock(), Flaky()
+    took = iter([0.25, 1.5, 0.0])
+
+    async def inner(messages: Sequence[Message], budget_tokens: int) -> str:
+        clock.now += next(took)  # the call takes this long on the guard's clock
+        return await flaky(messages, budget_tokens)
+
+    guard = SummarizerGuard(inner, failure_threshold=5, on_report=reports.append, clock=clock)
     with pytest.raises(RuntimeError):
         await guard(MESSAGES, 50)
-    inner.failing = False
+    flaky.failing = False
     await guard(MESSAGES, 50)
-    assert [(r.success, r.error) for r in reports] == [(False, "RuntimeError"), (True, None)]
-    assert all(r.duration_s >= 0 and r.usage is None for r in reports)
+    assert [(r.success, r.error, r.usage) for r in reports] == [
+        (False, "RuntimeError", None),
+        (True, None, None),
+    ]
+    assert [r.duration_s for r in reports] == [pytest.approx(0.25), pytest.approx(1.5)]
 
     def broken(report: SummaryReport) -> None:
         raise ValueError("observer bug")
