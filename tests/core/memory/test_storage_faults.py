@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageCorruptedError
+from context_manager.core.errors import StorageCorruptedError, StorageError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import MemoryTier
 
@@ -140,3 +141,41 @@ async def test_every_store_file_is_private(
     assert file_modes(tmp_path)["storage"] == 0o700
     assert {"memories.jsonl", "memories.sqlite3", "memories.sqlite3-wal", ".lock"} <= set(modes)
     assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+async def test_an_add_that_failed_part_way_is_retried_with_its_id_into_one_complete_memory(
+    sqlite_config: ContextManagerConfig, storage: Path
+) -> None:
+    """Issue 15.3 with a real fault: an important memory is written to the short-term log, then copied to
+    the database; another connection (a backup tool, the sqlite3 shell) holds the database's write lock,
+    so the second step raises ``StorageError`` after the first went in. A retry with the same
+    ``memory_id`` stores one memory, with the long-term copy the failed call did not write."""
+    text = "the gate code for the north warehouse is 4417"
+    async with MemoryManager(sqlite_config) as manager:
+        assert sqlite_config.long_term_importance_threshold <= 0.9
+        await manager.add_memory("a warm-up note", importance=0.9)
+        blocker = sqlite3.connect(storage / "memories.sqlite3", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # held until the store's 5 s busy timeout gives up
+            with pytest.raises(StorageError, match="database is locked"):
+                await manager.add_memory(text, importance=0.9, memory_id="gate-code")
+        finally:
+            blocker.close()
+        # part-way: the short-term copy is in the log, the long-term copy is missing
+        partial = [m.tier for m in await manager.stored_copies() if m.content == text]
+        assert partial == [MemoryTier.SHORT]
+        assert text in (storage / "memories.jsonl").read_text()
+
+        retried = await manager.add_memory(text, importance=0.9, memory_id="gate-code")
+        assert retried.id == "gate-code"
+        again = await manager.add_memory(text, importance=0.9, memory_id="gate-code")  # a second retry
+        assert again.id == "gate-code"
+        copies = [m for m in await manager.stored_copies() if m.content == text]
+        assert sorted((m.id, m.tier.value) for m in copies) == [("gate-code", "long"), ("gate-code", "short")]
+        assert [m.id for m in await manager.search_memory("gate code warehouse")] == ["gate-code"]
+        writes = (await manager.get_memory_stats())["writes"]
+        assert (writes["failures"], writes["consecutive_failures"]) == (1, 0)
+    async with MemoryManager(sqlite_config) as reopened:  # both copies are stored, once each
+        copies = [m for m in await reopened.stored_copies() if m.content == text]
+        assert sorted((m.id, m.tier.value) for m in copies) == [("gate-code", "long"), ("gate-code", "short")]
+        assert (await reopened.get_memory_stats())["total_memories"] == 2

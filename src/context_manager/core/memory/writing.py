@@ -176,7 +176,9 @@ class MemoryWriting(TierMovement):
         async with self._write_lock:
             existing: dict[str, Memory] = {}
             if explicit_ids:
+                wants_long = {m.id for m, tier in items if tier is None and m.importance >= threshold}
                 items, existing = await self._known_ids(items)
+                await self._complete_long_copies([existing[i] for i in wants_long if i in existing])
                 if not items:
                     return [existing[memory_id] for memory_id in order]
             for memory, _ in items:
@@ -209,6 +211,23 @@ class MemoryWriting(TierMovement):
         self._maybe_compact()
         written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
+
+    async def _complete_long_copies(self, retried: Sequence[Memory]) -> None:
+        """Write the long-term copy an idempotent retry's memory should have and lacks.
+
+        An important memory is written to the short-term tier, then copied to the long-term one; when the
+        second write raised (``StorageError``), the retry finds the memory stored and finishes the write
+        instead of returning it without its durable long-term copy.
+        """
+        if not retried:
+            return
+        backend = self._require("add_memory")
+        copied = {
+            copy.id for copy in await backend.copies([m.id for m in retried]) if copy.tier is MemoryTier.LONG
+        }
+        missing = [memory.copy() for memory in retried if memory.id not in copied]
+        if missing:
+            await backend.put(MemoryTier.LONG, missing)
 
     async def _known_ids(
         self, items: Sequence[tuple[Memory, MemoryTier | None]]
