@@ -644,6 +644,15 @@ class EnhancedContextManager:
         return self.config.conversation_id
 
     @property
+    def conversation_store(self) -> ConversationStore | None:
+        """The store of persisted conversations, once a conversation was opened (``None`` before).
+
+        On the embedded backend it is ``conversations.sqlite3`` under ``storage_path``; the health
+        checker's ``storage`` check watches its file and auto-recovery restores it like the memory files.
+        """
+        return self._conversation_store
+
+    @property
     def conversation_version(self) -> int:
         """How many changes of the persisted conversation are stored and in this window (0 without one)."""
         conversation = self._conversation

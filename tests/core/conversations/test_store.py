@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,44 @@ def test_a_record_that_is_not_one_json_document_is_refused() -> None:
     assert loads_many(['{"a": 1}', "[2]"]) == [{"a": 1}, [2]]
     with pytest.raises(ValueError):
         loads_many(['{"a": 1}, {"b": 2}'])  # two documents where one was expected
+
+
+async def test_a_replaced_sqlite_file_is_restored_from_the_open_connection(tmp_path: Path) -> None:
+    """Issue 15.1: a sync tool swaps conversations.sqlite3 while it is open; appends go on into the
+    unlinked file. ``restore_file`` writes the open database back, keeps the stranger's file aside, and
+    every record (those after the swap too) is in the file at the path."""
+    from context_manager.core.conversations.sqlite_store import SQLiteConversationStore
+
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        assert store.file_faults() == {}
+        await store.append("c1", 0, records("a", "b"), writer="w")
+        (tmp_path / "swap.tmp").write_bytes(b"not a database\n" * 50)
+        os.replace(tmp_path / "swap.tmp", path)
+        await store.append("c1", 2, records("after the swap"), writer="w")
+        assert store.file_faults() == {"conversations.sqlite3": "replaced"}
+        report = await store.restore_file()
+        assert report.startswith(
+            "restored conversations.sqlite3 from the open database (1 conversation, 3 records)"
+        )
+        names = [p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir()))]
+        [kept] = [
+            n
+            for n in names
+            if n.startswith("conversations.sqlite3.replaced-") and not n.endswith(("-wal", "-shm"))
+        ]
+        assert (tmp_path / kept).read_bytes() == b"not a database\n" * 50  # the stranger's file, untouched
+        assert store.file_faults() == {}
+        await store.append("c1", 3, records("after the restore"), writer="w")
+    finally:
+        await store.close()
+    reopened = SQLiteConversationStore(path)
+    await reopened.open()
+    try:
+        loaded = await reopened.load("c1")
+        texts = [record.payload["message"]["text"] for _, record in loaded.records]
+        assert texts == ["a", "b", "after the swap", "after the restore"]
+    finally:
+        await reopened.close()

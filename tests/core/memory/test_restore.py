@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import StorageLockedError
 from context_manager.core.health_checker import HealthState
@@ -25,6 +26,7 @@ from context_manager.core.memory.file_store import LOG_FILE_NAME
 from context_manager.core.memory.locking import LOCK_FILE_NAME
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+from tests.core.conversations.conversation_worker import fingerprint
 
 
 def _config(tmp_path: Path) -> ContextManagerConfig:
@@ -207,3 +209,50 @@ asyncio.run(main())
         finally:
             other.kill()
             await other.wait()
+
+
+async def _talk(manager: EnhancedContextManager, steps: range) -> None:
+    for step in steps:
+        role = "user" if step % 2 == 0 else "assistant"
+        await manager.add_message(role, f"turn {step}: notes about crate {step} in warehouse {step % 5}")
+
+
+async def test_a_removed_storage_directory_restores_the_persisted_conversation(tmp_path: Path) -> None:
+    """Issue 15.1 for conversations.sqlite3: a conversation written before and after the storage directory
+    was removed is restored from the open connection, and a new manager resumes it with the same export."""
+    config = _config(tmp_path).model_copy(update={"max_tokens": 600})
+    storage = config.resolved_storage_path
+    async with EnhancedContextManager(config, conversation_id="support-7") as manager:
+        checker, store = manager.health_checker, manager.conversation_store
+        assert checker is not None and store is not None
+        await _talk(manager, range(40))
+        compressions = [len(manager.compression_history)]
+        shutil.rmtree(config.cache_path)
+        await _talk(manager, range(40, 60))  # acknowledged into the open, unlinked file
+        compressions.append(len(manager.compression_history))
+        assert store.file_faults() == {CONVERSATIONS_FILE_NAME: "removed"}  # type: ignore[attr-defined]
+
+        status = await checker.perform_health_check()
+        storage_check = status.checks["storage"]
+        assert storage_check.status is HealthState.HEALTHY, storage_check.message  # checked after the repair
+        [repair] = status.recoveries
+        assert repair.check == "storage" and repair.success, repair.action
+        version = manager.conversation_version
+        assert (
+            f"restored {CONVERSATIONS_FILE_NAME} from the open database (1 conversation, {version} records)"
+            in repair.action
+        )
+        assert store.file_faults() == {}  # type: ignore[attr-defined]
+        await _talk(manager, range(60, 80))  # written to the restored file
+        await manager.flush()
+        compressions.append(len(manager.compression_history))
+        assert 0 < compressions[0] < compressions[1] < compressions[2]  # compressions in every stage
+        expected = fingerprint(manager)
+        expected_version = manager.conversation_version
+        assert (await checker.perform_health_check()).checks["storage"].status is HealthState.HEALTHY
+    assert await asyncio.to_thread((storage / CONVERSATIONS_FILE_NAME).exists)
+    async with EnhancedContextManager(config, conversation_id="support-7") as resumed:
+        assert resumed.conversation_version == expected_version
+        assert fingerprint(resumed) == expected
+        found = await resumed.search_memory("crate 3 warehouse", limit=5)  # evicted before the deletion
+        assert any("turn 3:" in memory.content for memory in found)

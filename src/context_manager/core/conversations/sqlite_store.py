@@ -65,6 +65,7 @@ class SQLiteConversationStore:
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._opened_file: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     async def open(self) -> None:
         """Open (creating if needed) the database."""
@@ -91,6 +92,7 @@ class SQLiteConversationStore:
                 f"cannot open conversations database {self.path}: {error}", path=self.path
             ) from error
         self._connection = connection
+        self._opened_file = _file_identity(self.path)
 
     async def close(self) -> None:
         """Close the database and its thread."""
@@ -105,6 +107,83 @@ class SQLiteConversationStore:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+
+    # -- the file behind the process's back ---------------------------------------------------------
+
+    def file_faults(self) -> dict[str, str]:
+        """The open database's files removed or replaced behind the store's back, by name.
+
+        ``"removed"`` (the database, or its ``-wal``: an open WAL database always has one) or
+        ``"replaced"`` (another file at the path). Empty while the files are the ones open. A few
+        ``stat`` calls; safe from any thread.
+        """
+        identity = self._opened_file
+        if self._connection is None or identity is None:
+            return {}
+        current = _file_identity(self.path)
+        if current is None:
+            return {self.path.name: "removed"} if not self.path.exists() else {}
+        if current != identity:
+            return {self.path.name: "replaced"}
+        wal = Path(f"{self.path}-wal")
+        if not wal.exists():
+            return {wal.name: "removed"}
+        return {}
+
+    async def restore_file(self) -> str:
+        """Write the database open here to a new file at :attr:`path` and switch to it.
+
+        After the file (or the storage directory) was deleted or replaced while open, the open
+        connection still reads the old file: SQLite's backup API copies every page from it. A file that
+        had replaced the database is kept as ``<name>.replaced-<time>``. Appends wait for the switch.
+        Returns what was done.
+
+        Raises:
+            StorageError: the new file cannot be written.
+        """
+        return await self._run(self._restore_file)
+
+    def _restore_file(self) -> str:
+        with self._lock:
+            db = self._db
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = self.path.with_name(self.path.name + ".restore")
+            for leftover in (temporary, Path(f"{temporary}-journal")):
+                leftover.unlink(missing_ok=True)
+            try:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT, 0o600))
+                target = sqlite3.connect(temporary, isolation_level=None)
+                try:
+                    target.execute("PRAGMA synchronous=FULL")
+                    db.backup(target)
+                    conversations, records = target.execute(
+                        "SELECT (SELECT count(*) FROM conversations), "
+                        "(SELECT count(*) FROM conversation_records)"
+                    ).fetchone()
+                finally:
+                    target.close()
+            except (OSError, sqlite3.Error) as error:
+                temporary.unlink(missing_ok=True)
+                raise StorageError(f"cannot restore {self.path}: {error}", path=self.path) from error
+            db.close()  # checkpoints into the old (unlinked or moved) files
+            self._connection = None
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            moved = []
+            for suffix in ("", "-wal", "-shm"):  # whatever is at the path now is not this database's
+                leftover = Path(f"{self.path}{suffix}")
+                if leftover.exists():
+                    aside = leftover.with_name(f"{self.path.name}.replaced-{stamp}{suffix}")
+                    os.replace(leftover, aside)
+                    moved.append(aside.name)
+            os.replace(temporary, self.path)
+            self._open()
+        report = (
+            f"restored {self.path.name} from the open database ({_count(conversations, 'conversation')}, "
+            f"{_count(records, 'record')})"
+        )
+        if moved:
+            report += f"; kept what had replaced it as {', '.join(moved)}"
+        return report
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         executor = self._executor
@@ -361,3 +440,15 @@ class SQLiteConversationStore:
                 raise
 
         await self._run(self._guarded, write)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun if number == 1 else noun + 's'}"

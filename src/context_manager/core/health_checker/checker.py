@@ -392,7 +392,10 @@ class HealthChecker:
         return monitors
 
     def _check_storage(self) -> CheckOutcome:
-        return check_storage(self._storage_directories(), self._memory_manager(), self.thresholds)
+        conversations = getattr(self.context_manager, "conversation_store", None)
+        return check_storage(
+            self._storage_directories(), self._memory_manager(), self.thresholds, conversations=conversations
+        )
 
     async def _check_storage_writes(self) -> CheckOutcome:
         return check_storage_writes(self._memory_manager(), self.thresholds)

@@ -33,6 +33,7 @@ __all__ = [
     "check_memory_pressure",
     "check_storage",
     "check_storage_writes",
+    "conversation_file_faults",
     "lost_memory_files",
     "memory_file_faults",
 ]
@@ -55,8 +56,14 @@ class WatchedTask:
             return False
 
 
-def check_storage(directories: list[Path], memory_manager: Any, limits: HealthThresholds) -> CheckOutcome:
-    """Directories exist and are writable (a real fsync'd probe file), free disk, memory files present."""
+def check_storage(
+    directories: list[Path], memory_manager: Any, limits: HealthThresholds, *, conversations: Any = None
+) -> CheckOutcome:
+    """Directories exist and are writable (a real fsync'd probe file), free disk, memory files present.
+
+    ``conversations`` (a conversation store with ``file_faults()`` and ``restore_file()``, the embedded
+    ``conversations.sqlite3``) is watched and restored the same way as the memory files.
+    """
     if not directories:
         return CheckOutcome(HealthState.HEALTHY, "no storage configured", {"directories": []})
     missing: list[Path] = []
@@ -103,6 +110,14 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
         details["lost_memory_files"] = [str(path) for path in lost]
         details["memory_file_faults"] = dict(faults)
         worst = HealthState.UNHEALTHY
+    conversation_faults = conversation_file_faults(conversations)
+    if conversation_faults:
+        for problem in ("removed", "replaced"):
+            names = [name for name, found in conversation_faults.items() if found == problem]
+            if names:
+                problems.append(f"conversation files {problem} while open: {', '.join(names)}")
+        details["conversation_file_faults"] = dict(conversation_faults)
+        worst = HealthState.UNHEALTHY
     restorations = getattr(memory_manager, "storage_restorations", None)
     if restorations:  # the latest repair stays visible in the check's details
         details["last_restore"] = restorations[-1]
@@ -119,6 +134,11 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
             "data (the open database, the in-process tiers) until it ends. "
             "await memory_manager.restore_storage() writes them again (enable_auto_recovery does)."
         )
+    if conversation_faults:
+        recommendation += (
+            " The persisted conversations' database was deleted or replaced while open: the open "
+            "connection still reads it until the process ends; auto-recovery copies it back."
+        )
     if any(name.endswith(".sqlite3") and problem == "truncated" for name, problem in faults.items()):
         recommendation += (
             " The long-term database was truncated: its rows cannot be read back from this process; "
@@ -126,9 +146,40 @@ def check_storage(directories: list[Path], memory_manager: Any, limits: HealthTh
         )
     repair = None
     restore = getattr(memory_manager, "restore_storage", None)
-    if missing or faults:
-        repair = restore_storage(missing, restore if faults else None)
+    if conversation_faults:
+        restore = _restore_with_conversations(restore if faults else None, conversations)
+    elif not faults:
+        restore = None
+    if missing or faults or conversation_faults:
+        repair = restore_storage(missing, restore)
     return CheckOutcome(worst, "; ".join(problems), details, recommendation=recommendation, repair=repair)
+
+
+def conversation_file_faults(conversations: Any) -> dict[str, str]:
+    """Files of an open conversation store removed or replaced behind its back (empty without files)."""
+    faults = getattr(conversations, "file_faults", None)
+    return dict(faults()) if faults is not None else {}
+
+
+def _restore_with_conversations(
+    restore_memory: Callable[[], Awaitable[Any]] | None, conversations: Any
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The memory files' restore (when they need one), then the conversations database's."""
+
+    async def restore() -> dict[str, Any]:
+        report: dict[str, Any] = {"restored": [], "failed": {}}
+        if restore_memory is not None:
+            memory_report = await restore_memory()
+            report["restored"] += list(memory_report.get("restored", []))
+            report["failed"].update(memory_report.get("failed", {}))
+        if conversation_file_faults(conversations):  # the memory restore may have recreated the directory
+            try:
+                report["restored"].append(await conversations.restore_file())
+            except Exception as error:  # reported in the repair, the check stays unhealthy
+                report["failed"][Path(conversations.path).name] = str(error)
+        return report
+
+    return restore
 
 
 def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> CheckOutcome:
