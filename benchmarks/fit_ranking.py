@@ -73,7 +73,12 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
 
     storage = Path(tempfile.mkdtemp(prefix="fit-", dir=workdir))
     clock = FixedClock(_timestamp(conversation.turns[0].session_date))
-    ranking = RankingWeights.learned(embedder=embedder is not None).with_changes(vector=1.0, period=1.0)
+    # the weights in use (they pick the feedback query's words from the first pass's best hits, as at search
+    # time), with every feature whose weight also switches its gathering on (vector, period, feedback)
+    shipped = RankingWeights.learned(embedder=embedder is not None)
+    ranking = shipped.with_changes(
+        **{name: 1.0 for name in ("vector", "period", "feedback") if getattr(shipped, name) <= 0}
+    )
     manager = MemoryManager(
         ContextManagerConfig(storage_path=storage, embedder="none"),
         embedder=get_embedder(embedder) if embedder else None,

@@ -241,7 +241,7 @@ def ablation_setups(base: dict[str, Any], embedder: str | None, label: str) -> l
 
 
 def library_setups(embedders: Sequence[str], *, ablations: bool) -> list[LibrarySetup]:
-    setups = [LibrarySetup("library, lexical (default, no embedder)", {})]
+    setups = [LibrarySetup("library, lexical (embedder=none)", {})]
     if ablations:
         setups += ablation_setups({}, None, "lexical")
     for kind in embedders:

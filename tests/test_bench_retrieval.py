@@ -60,7 +60,7 @@ def test_locomo_command_on_one_conversation(tmp_path: Path) -> None:
     assert figures["dataset"]["conversations"] == 1
     results = {result["name"].strip(): result for result in figures["results"]}
     raw = results["raw FTS5 BM25 (unicode61), as typed"]
-    library = results["library, lexical (default, no embedder)"]
+    library = results["library, lexical (embedder=none)"]
     assert library["questions"] == raw["questions"] == figures["dataset"]["questions"] > 0
     for result in results.values():
         for metric in ("R@1", "R@5", "R@10", "MRR", "nDCG@10"):

@@ -11,6 +11,7 @@ from context_manager.core.memory.ranking import (
     RankingWeights,
     bm25_idf,
     candidate_features,
+    feedback_terms,
     fts5_idf,
     fuse,
     idf_corrections,
@@ -74,7 +75,16 @@ def test_candidate_features_are_in_unit_range_and_ordered() -> None:
     session = (None, "s1")
     rows = candidate_features(
         [
-            Candidate("a", bm25=4.0, cosine=0.5, session=session, turn_index=0, speaker="Ana", timestamp=NOW),
+            Candidate(
+                "a",
+                bm25=4.0,
+                cosine=0.5,
+                session=session,
+                turn_index=0,
+                speaker="Ana",
+                timestamp=NOW,
+                feedback=3.0,
+            ),
             Candidate("b", bm25=2.0, cosine=-0.2, session=session, turn_index=1, access_count=3, timestamp=0),
         ],
         now=NOW,
@@ -94,9 +104,11 @@ def test_candidate_features_are_in_unit_range_and_ordered() -> None:
             "access": 0.0,
             "vector": 1.0,
             "period": 0.0,
+            "feedback": 1.0,
         }
     )
     assert second["previous"] == 1.0 and second["vector"] == 0.0 and 0 < second["access"] < 1
+    assert second["feedback"] == 0.0
     assert all(0.0 <= value <= 1.0 for row in rows for value in row)
 
 
@@ -175,6 +187,7 @@ def test_shipped_weights_are_learned_data() -> None:
         assert set(weights) == set(FEATURES)
         assert weights["bm25"] == 1.0  # the scale
         assert all(value >= 0.0 for value in weights.values())
+        assert weights["feedback"] > 0.0  # the feedback query earned its place in the held-out fit
     default = RankingWeights()
     assert default.speaker == learned["lexical"]["speaker"]
     assert default.vector == learned["embedder"]["vector"]
@@ -275,3 +288,34 @@ def test_uniform_correction() -> None:
     assert uniform_correction({"a": 1.0, "b": 1.05}) == pytest.approx(1.025)
     assert uniform_correction({"a": 1.0, "b": 2.0}) is None
     assert uniform_correction({"a": 1.0, "b": 1.3}, tolerance=0.5) == pytest.approx(1.15)
+
+
+def test_feedback_terms_are_the_rarest_words_of_the_best_hits() -> None:
+    frequencies = {"turtle": 3, "tank": 9, "shelly": 2, "the": 90, "pet": 5, "2023": 4, "once": 1, "all": 100}
+    hits = [["shelly", "turtle", "the", "pet", "2023"], ["turtle", "tank", "once", "all"]]
+    # turtle is in both hits: log(100/3) twice outweighs shelly's log(100/2) once
+    assert feedback_terms(hits, ["pet"], frequencies, 100, 3) == ["turtle", "shelly", "tank"]
+    # the question's own words, numbers, words of a single memory or of every memory are never added
+    every = feedback_terms(hits, ["pet"], frequencies, 100, 10)
+    assert not {"pet", "2023", "once", "all"} & set(every)
+    assert every[-1] == "the"  # common words come last
+    assert feedback_terms(hits, [], frequencies, 100, 0) == []
+    assert feedback_terms(hits, [], {}, 100, 5) == []  # words the store does not know
+    assert feedback_terms([], ["pet"], frequencies, 100, 5) == []
+    # with min_documents=3 a word of two rows (one turn: its row and the next turn's context) is left out
+    assert "shelly" not in feedback_terms(hits, ["pet"], frequencies, 100, 5, min_documents=3)
+
+
+def test_feedback_terms_break_ties_alphabetically() -> None:
+    frequencies = {"kayak": 4, "canoe": 4, "raft": 4}
+    for hits in (["kayak", "raft", "canoe"], ["raft", "canoe", "kayak"]):
+        assert feedback_terms([hits], [], frequencies, 50, 2) == ["canoe", "kayak"]
+
+
+def test_feedback_feature_ranks_what_the_expanded_query_found() -> None:
+    found_by_feedback = Candidate("f", bm25=0.0, feedback=4.0, timestamp=NOW)
+    unrelated = Candidate("u", bm25=0.0, feedback=0.0, timestamp=NOW + 1)
+    ranked = fuse([unrelated, found_by_feedback], RankingWeights(feedback=1.0), now=NOW, half_life_days=30)
+    assert ranked[0].id == "f"
+    ranked = fuse([unrelated, found_by_feedback], RankingWeights(feedback=0.0), now=NOW, half_life_days=30)
+    assert ranked[0].id == "u"  # without it they tie and the newer wins

@@ -1,5 +1,5 @@
 """Property tests of the ranking (pure functions): isolation between owners, deterministic ties, monotone in
-importance, a permutation of its input."""
+importance, a permutation of its input; the words of the feedback query."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_manager.core.memory.ranking import FEATURES, Candidate, RankingWeights, candidate_features, fuse
+from context_manager.core.memory.ranking import (
+    FEATURES,
+    Candidate,
+    RankingWeights,
+    candidate_features,
+    feedback_terms,
+    fuse,
+)
 
 NOW = 1_700_000_000.0
 USERS = (None, "alice", "bob")
@@ -34,6 +41,7 @@ def candidate_lists(draw: st.DrawFn) -> list[Candidate]:
                 else None,
                 turn_index=draw(st.integers(min_value=0, max_value=6)) if conversational else None,
                 speaker=draw(st.sampled_from([None, "user", "Ana"])),
+                feedback=draw(st.sampled_from([0.0, 1.5, 4.0])),
             )
         )
     return candidates
@@ -51,6 +59,7 @@ weights_strategy = st.builds(
     access=st.floats(0, 1),
     vector=st.floats(0, 2),
     period=st.floats(0, 2),
+    feedback=st.floats(0, 2),
 )
 PERIODS = frozenset({(2023, 11)})  # NOW is in November 2023; memories 40 days older are not
 
@@ -108,3 +117,34 @@ def test_conversation_features_never_cross_owners(mine: list[Candidate], theirs:
         for column in (previous, following, FEATURES.index("session")):
             if own[column] == 0.0:
                 assert shared[column] == 0.0, (candidate, FEATURES[column])
+
+
+words_strategy = st.lists(
+    st.sampled_from(["otter", "kayak", "reef", "the", "2023", "tide", "gull"]), max_size=6
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(words_strategy, max_size=4),
+    words_strategy,
+    st.dictionaries(st.sampled_from(["otter", "kayak", "reef", "the", "2023", "tide"]), st.integers(0, 60)),
+    st.integers(0, 4),
+    st.randoms(use_true_random=False),
+)
+def test_feedback_terms_come_from_the_hits_and_ignore_their_order(
+    hits: list[list[str]],
+    query: list[str],
+    frequencies: dict[str, int],
+    count: int,
+    shuffler: random.Random,
+) -> None:
+    total = 50
+    chosen = feedback_terms(hits, query, frequencies, total, count)
+    assert len(chosen) <= count and len(set(chosen)) == len(chosen)
+    for word in chosen:
+        assert any(word in hit for hit in hits) and word not in query and not word.isdigit()
+        assert 2 <= frequencies[word] < total
+    shuffled = [shuffler.sample(hit, len(hit)) for hit in hits]
+    shuffler.shuffle(shuffled)
+    assert feedback_terms(shuffled, query, frequencies, total, count) == chosen

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.ranking import RankingWeights
 
 SHOP_TURNS = [
     ("user", "Hi, I'm Ana. Where is my order 1042?"),
@@ -41,3 +42,77 @@ async def test_a_tiny_store_finds_the_preference_not_a_greeting(tmp_path: Path) 
         assert "deliveries" in results[0].content
         assert preference.id in {result.id for result in results}
         assert all("Hi, I'm Ana" not in result.content for result in results[:3])
+
+
+NATE_SESSIONS = [
+    [
+        ("Nate", "I adopted a pet turtle last week, her name is Shelly!"),
+        ("Joanna", "Congrats! How is she settling in?"),
+        ("Nate", "Slowly, she hides most of the day."),
+    ],
+    *[
+        [
+            ("Joanna", f"I spent the {day} rewriting the second act of my screenplay."),
+            ("Nate", f"Nice! I played video games all {day} with friends."),
+            ("Joanna", f"I also baked a dairy-free cake on {day} evening."),
+            ("Nate", "Sounds delicious, send me the recipe."),
+        ]
+        for day in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+    ],
+    [
+        ("Joanna", "How was the tournament?"),
+        ("Nate", "I lost in the semifinal, still proud though."),
+        ("Joanna", "That is a great result!"),
+        ("Nate", "Thanks. At home Shelly the turtle now eats lettuce straight from my hand."),
+    ],
+]
+
+
+async def _add_nate_conversation(memory: MemoryManager) -> dict[str, str]:
+    ids = {}
+    for session, turns in enumerate(NATE_SESSIONS):
+        added = await memory.add_memories(
+            [
+                {
+                    "content": text,
+                    "metadata": {"session_id": f"s{session}", "turn_index": index, "speaker": speaker},
+                }
+                for index, (speaker, text) in enumerate(turns)
+            ]
+        )
+        ids.update((item.content, item.id) for item in added)
+    return ids
+
+
+async def test_feedback_finds_the_turn_that_shares_no_word_with_the_question(
+    config: ContextManagerConfig,
+) -> None:
+    """A multi-hop question: "What pets does Nate have?" names the turtle's first turn ("pet"), but the later
+    turn about Shelly shares no word with it. The feedback query (the question plus the rarest words of the
+    best hits: "shelly", "turtle") finds it; without it the turn is not even a candidate."""
+    later = "Thanks. At home Shelly the turtle now eats lettuce straight from my hand."
+    expanded = RankingWeights(feedback=1.0, feedback_min_memories=30)
+    async with MemoryManager(config, ranking=expanded) as memory:
+        ids = await _add_nate_conversation(memory)
+        theirs = await memory.add_memories(  # another owner's turn about a Shelly and a turtle
+            [
+                {
+                    "content": "Our turtle Shelly escaped again",
+                    "user_id": "bob",
+                    "metadata": {"session_id": "s9"},
+                }
+            ]
+        )
+        results = await memory.search_memory("What pets does Nate have?", limit=10)
+        assert results and "adopted a pet turtle" in results[0].content
+        assert ids[later] in [result.id for result in results]
+        assert theirs[0].id not in [
+            result.id for result in results
+        ]  # the feedback query keeps to my memories
+        assert all(result.user_id is None for result in results)
+        assert all(result.score > 0 for result in results)
+    # without the feedback query, or in a store too small for it (32 memories, fewer than 40)
+    for weights in (RankingWeights(feedback=0.0), expanded.with_changes(feedback_min_memories=40)):
+        async with MemoryManager(config, ranking=weights) as memory:
+            results = await memory.search_memory("What pets does Nate have?", limit=10)
+            assert results and ids[later] not in [result.id for result in results]

@@ -210,6 +210,14 @@ class MemoryBackend(Protocol):
         """Full-text candidates (one per memory, fastest tier), best first, with a positive BM25 score."""
         ...
 
+    async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
+        """How many stored memories (every tier and owner) contain each word, and how many there are.
+
+        Estimates are fine (they choose the words of a feedback query); a word the index does not know
+        counts 0.
+        """
+        ...
+
     # -- vectors ---------------------------------------------------------------------------------
 
     async def open_vectors(self, model: str, dimension: int) -> list[Memory]:

@@ -455,6 +455,36 @@ class LocalBackend:
             self._stemmer = Stemmer()
         return self._stemmer.stems(tokens)
 
+    async def _tier_frequencies(
+        self, stems: Sequence[str], volatile: Sequence[MemoryStore], search_long: bool
+    ) -> tuple[dict[MemoryTier, dict[str, int]], dict[MemoryTier, int]]:
+        """Each tier's document frequency of ``stems`` and row count.
+
+        An index seek per word, bounded and fast, so on the loop; the long-term store's only while its
+        lock is free (a writer thread may hold it for a long commit).
+        """
+        long_store = self._stores[2]
+        tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
+        tier_frequencies: dict[MemoryTier, dict[str, int]] = {
+            store.tier: store.document_frequencies(stems) for store in volatile
+        }
+        if search_long:
+            tier_frequencies[MemoryTier.LONG] = await self._read_long(long_store.document_frequencies, stems)
+            tier_totals[MemoryTier.LONG] = long_store.count()
+        return tier_frequencies, tier_totals
+
+    async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
+        """How many memories of every tier contain each word (a memory in two tiers counts twice)."""
+        if not tokens:
+            return {}, 0
+        stems = self._stems(list(tokens))
+        short, medium, _ = self._stores
+        tier_frequencies, tier_totals = await self._tier_frequencies(stems, (short, medium), True)
+        frequencies: dict[str, int] = {}
+        for token, stem in zip(tokens, stems, strict=True):
+            frequencies[token] = sum(counts.get(stem, 0) for counts in tier_frequencies.values())
+        return frequencies, sum(tier_totals.values())
+
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
         short, medium, long_store = self._stores
@@ -468,16 +498,8 @@ class LocalBackend:
         single_owner = scope is not ALL_USERS and self._owners <= {scope}
         owner = None if scope is ALL_USERS or single_owner else owner_token(scope)
         stems = self._stems(tokens)
-        # per-tier document frequencies: an index seek per word, bounded and fast, so on the loop; the
-        # long-term store's only while its lock is free (a writer thread may hold it for a long commit)
         volatile: list[MemoryStore] = [s for s in (short, medium) if tiers is None or s.tier in tiers]
-        tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
-        tier_frequencies: dict[MemoryTier, dict[str, int]] = {
-            store.tier: store.document_frequencies(stems) for store in volatile
-        }
-        if search_long:
-            tier_frequencies[MemoryTier.LONG] = await self._read_long(long_store.document_frequencies, stems)
-            tier_totals[MemoryTier.LONG] = long_store.count()
+        tier_frequencies, tier_totals = await self._tier_frequencies(stems, volatile, search_long)
         frequencies: dict[str, int] = {}
         for tier_counts in tier_frequencies.values():
             for term, count in tier_counts.items():

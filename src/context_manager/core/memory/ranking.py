@@ -5,6 +5,7 @@ A candidate's score is a weighted sum of features, each in [0, 1]::
     score = bm25 * lexical + previous * lexical(previous turn) + next * lexical(next turn)
             + session * session_lexical + speaker * named_speaker + recency * 0.5 ** (age / half_life)
             + importance * importance + access * log-access + vector * cosine + period * in_named_period
+            + feedback * feedback_lexical
 
 ``lexical`` is BM25 divided by the best BM25 of the query. For a conversation turn, ``previous`` and
 ``next`` are the lexical scores of its neighbouring turns in the same session (the answer often follows the
@@ -15,7 +16,10 @@ when the query names the turn's speaker (``I``/``my``/``me`` name the user). Bot
 with some evidence of the turn's own. ``cosine`` (only with an embedder) is the query's cosine similarity
 divided by the best one. ``in_named_period`` is 1 when the query names a month or a year ("in May 2023",
 "on October 13", "in 2022", see :func:`named_periods`) and the memory's date (its session date, else when it
-was stored) falls in one of them.
+was stored) falls in one of them. ``feedback_lexical`` is the BM25 of a second, expanded query divided by its
+best one (pseudo-relevance feedback): the question plus the rarest words of the best hits of the first pass
+(:func:`feedback_terms`), which finds turns that share no word with the question but talk about what its best
+hits talk about (the other half of a multi-hop answer).
 
 The weights are learned, not hand-set: ``benchmarks/fit_ranking.py`` fits a logistic model over these
 features on real long conversations (leave-one-conversation-out cross-validated) and writes
@@ -35,7 +39,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -52,6 +56,7 @@ __all__ = [
     "bm25_idf",
     "candidate_features",
     "deduplicate",
+    "feedback_terms",
     "fts5_idf",
     "fuse",
     "idf_corrections",
@@ -82,6 +87,7 @@ FEATURES = (
     "access",
     "vector",
     "period",
+    "feedback",
 )
 """The ranking features, in the order of :func:`candidate_features`; each has a weight of that name."""
 
@@ -165,6 +171,9 @@ class RankingWeights:
     """Weight of the normalised cosine similarity (only with an embedder)."""
     period: float = _learned("period")
     """Weight of the date match (the memory's date falls in a month or year the query names)."""
+    feedback: float = _learned("feedback")
+    """Weight of the second, expanded query's normalised BM25 (pseudo-relevance feedback; 0 skips that
+    query)."""
     neighbour_context: bool = True
     """Fetch the neighbouring turns of matched turns and score them by their neighbours."""
     speaker_boost: bool = True
@@ -192,6 +201,17 @@ class RankingWeights:
     common_term_max_documents: int = 2000
     """Words in more memories than this are left out too when rarer words remain, whatever the share;
     it bounds the cost of a query as the store grows (such words weigh little in BM25 at that size)."""
+    feedback_hits: int = 3
+    """How many of the first pass's best results lend words to the feedback query (those that are
+    conversation turns: no feedback query when none is)."""
+    feedback_terms: int = 5
+    """How many of their words (the rarest in the store) are added to the question for the feedback query."""
+    feedback_min_documents: int = 3
+    """Words indexed in fewer rows are not added: they can only find the hit they came from (a turn's
+    words are indexed twice, in its own row and in the next turn's context column, hence 3)."""
+    feedback_min_memories: int = 200
+    """No feedback query in a store of fewer memories: there, which words are rare says little, and a
+    hit's own words mostly promote the hit itself (the ``common_term_min_documents`` scale)."""
 
     @classmethod
     def learned(cls, *, embedder: bool = False, **changes: Any) -> RankingWeights:
@@ -245,6 +265,8 @@ class Candidate:
     """Position in the session."""
     speaker: str | None = None
     """Who said it."""
+    feedback: float = 0.0
+    """Positive BM25 score for the feedback query (0 when it did not match or there was none)."""
     score: float = 0.0
     """The fused score (filled in by :func:`fuse`)."""
 
@@ -364,6 +386,8 @@ def candidate_features(
         [*session_totals.values(), *(c.bm25 for c in candidates if c.session is None)], default=0.0
     )
     session_scale = 1.0 / best_session if best_session > 0 else 0.0
+    best_feedback = max(candidate.feedback for candidate in candidates)
+    feedback_scale = 1.0 / best_feedback if best_feedback > 0 else 0.0
     best_cosine = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
     cosine_scale = 1.0 / best_cosine if best_cosine > 0 else 0.0
     access_scale = 1.0 / math.log1p(100.0)
@@ -399,6 +423,7 @@ def candidate_features(
                 min(1.0, math.log1p(c.access_count) * access_scale) if c.access_count > 0 else 0.0,
                 cosine,
                 dated,
+                c.feedback * feedback_scale,
             )
         )
     return rows
@@ -428,6 +453,47 @@ def fuse(
     for candidate, row in zip(candidates, rows, strict=True):
         candidate.score = sum(weight * row[position] for position, weight in active)
     return sorted(candidates, key=lambda c: (-c.score, -c.timestamp, c.id))
+
+
+def feedback_terms(
+    hits: Sequence[Iterable[str]],
+    query: Iterable[str],
+    frequencies: Mapping[str, int],
+    total: int,
+    count: int,
+    min_documents: int = 2,
+) -> list[str]:
+    """The words to add to a query for its feedback pass: the rarest words of its best hits.
+
+    A word scores ``log(total / documents)`` for each hit it occurs in; words of the query, numbers, words
+    found in fewer than ``min_documents`` rows (they can only find the hit they came from) or in every row
+    score nothing. The ``count`` best are returned, best first (ties alphabetically).
+
+    Args:
+        hits: The words of each of the best hits (first pass), best hit first.
+        query: The query's words.
+        frequencies: How many memories contain each word (a word missing counts as none).
+        total: How many memories there are.
+        count: At most this many words.
+        min_documents: Words in fewer rows are left out.
+
+    Example:
+        >>> frequencies = {"turtle": 3, "tank": 9, "the": 90}
+        >>> feedback_terms([["turtle", "tank", "the"], ["tank"]], ["pets"], frequencies, 100, 2)
+        ['tank', 'turtle']
+    """
+    if count <= 0 or total <= 0:
+        return []
+    excluded = set(query)
+    scores: dict[str, float] = {}
+    for words in hits:
+        for word in dict.fromkeys(words):
+            documents = frequencies.get(word, 0)
+            if word in excluded or word.isdigit() or documents < max(min_documents, 1) or documents >= total:
+                continue
+            scores[word] = scores.get(word, 0.0) + math.log(total / documents)
+    ranked = sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+    return [word for word, _ in ranked[:count]]
 
 
 def prune_common_terms(
@@ -544,5 +610,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "access": {"access": 0.0},
     "vector": {"vector": 0.0},
     "named period": {"period": 0.0},
+    "feedback": {"feedback": 0.0},
 }
 """Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""

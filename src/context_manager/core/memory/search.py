@@ -1,7 +1,8 @@
 """Ranked search (``MemoryManager.search_memory``) and tag search across the three tiers.
 
 The backend returns lexical candidates with BM25 scores comparable across tiers (filters applied in its
-candidate query), the vector channel adds its nearest neighbours, conversation neighbours join, and
+candidate query), the vector channel adds its nearest neighbours, conversation neighbours join, a second
+query expanded with the rarest words of the best hits adds its own (pseudo-relevance feedback), and
 :func:`~context_manager.core.memory.ranking.fuse` orders them: the same ranking on every backend. Returned
 memories count as accessed; those updates are written in batches.
 """
@@ -9,8 +10,9 @@ memories count as accessed; those updates are written in batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
@@ -18,6 +20,7 @@ from context_manager.core.memory.index import content_tokens, query_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
     Candidate,
+    feedback_terms,
     fuse,
     named_periods,
     named_speakers,
@@ -35,9 +38,14 @@ from context_manager.core.memory.validation import (
     check_user,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy
+
 __all__ = ["MemorySearch"]
 
 _TOUCH_BATCH = 256
+_HIT_WORDS = 200
+"""At most this many distinct words of a hit are considered for the feedback query."""
 
 
 class GatheredCandidates(NamedTuple):
@@ -177,6 +185,7 @@ class MemorySearch(TierMovement):
         keep = lexical.accepts
 
         cosines: dict[str, float] = {}
+        query_vector: numpy.ndarray | None = None
         if use_vectors:
             query_vector = (await self._embed([query]))[0]
             extra: list[str] = []
@@ -198,8 +207,75 @@ class MemorySearch(TierMovement):
         ]
         speakers = named_speakers(tokens) if weights.speaker_boost else frozenset()
         periods = named_periods(query) if weights.period > 0 else frozenset()
+        now = self._clock()
+        if weights.feedback > 0 and candidates:
+            candidates = await self._feedback_pass(
+                lexical, found, candidates, speakers, periods, now, query_vector
+            )
         memories = {memory_id: pair[0] for memory_id, pair in found.items()}
-        return GatheredCandidates(memories, candidates, speakers, periods, self._clock())
+        return GatheredCandidates(memories, candidates, speakers, periods, now)
+
+    async def _feedback_pass(
+        self,
+        lexical: LexicalQuery,
+        found: dict[str, tuple[Memory, float]],
+        candidates: list[Candidate],
+        speakers: frozenset[str],
+        periods: frozenset[tuple[int | None, int | None]],
+        now: float,
+        query_vector: numpy.ndarray | None,
+    ) -> list[Candidate]:
+        """Pseudo-relevance feedback: search again with the question plus the rarest words of its best hits.
+
+        Every candidate gets the second query's BM25 as its ``feedback``; the memories only that query
+        finds join the candidates (adds ``found`` entries with a first-pass BM25 of 0). Only the best hits
+        that are conversation turns lend words; skipped when there are none, and in a store of fewer than
+        ``feedback_min_memories`` memories.
+        """
+        backend = self._require("search_memory")
+        weights = self.ranking
+        ranked = fuse(
+            candidates,
+            weights,
+            now=now,
+            half_life_days=weights.recency_half_life_days or self.config.recency_half_life_days,
+            query_speakers=speakers,
+            query_periods=periods,
+        )
+        # conversation turns only: the feedback query was learned and measured on conversations (the other
+        # half of a multi-hop answer is another turn); elsewhere it would cost a second query unvalidated
+        best = [c for c in ranked[: weights.feedback_hits] if c.score > 0 and c.session is not None]
+        hit_words = [content_tokens(query_tokens(found[c.id][0].content, limit=_HIT_WORDS)) for c in best]
+        words = list(dict.fromkeys(word for words in hit_words for word in words))
+        if not words:
+            return candidates
+        frequencies, total = await backend.term_frequencies(words)
+        if total < weights.feedback_min_memories:
+            return candidates
+        expansion = feedback_terms(
+            hit_words,
+            lexical.tokens,
+            frequencies,
+            total,
+            weights.feedback_terms,
+            weights.feedback_min_documents,
+        )
+        if not expansion:
+            return candidates
+        hits = await backend.search(replace(lexical, tokens=(*lexical.tokens, *expansion)))
+        feedback = {memory.id: bm25 for memory, bm25 in hits}
+        new = [memory for memory, _ in hits if memory.id not in found and lexical.accepts(memory)]
+        cosines: dict[str, float] = {}
+        if new and query_vector is not None:
+            cosines = await backend.similarities(query_vector, [memory.id for memory in new])
+        for candidate in candidates:
+            candidate.feedback = feedback.get(candidate.id, 0.0)
+        for memory in new:
+            found[memory.id] = (memory, 0.0)
+            candidate = self._candidate(memory, 0.0, cosines.get(memory.id))
+            candidate.feedback = feedback[memory.id]
+            candidates.append(candidate)
+        return candidates
 
     def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
         pending = self._pending_touches.get(memory.id)

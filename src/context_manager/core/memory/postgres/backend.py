@@ -469,6 +469,14 @@ class PostgresBackend:
         frequency = max(self._term_frequencies.get(lexeme, self._rare_frequency) for lexeme in lexemes)
         return max(1, round(frequency * rows))
 
+    async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
+        """Each word's document frequency estimated from the server's statistics, and the row estimate."""
+        if not tokens:
+            return {}, 0
+        lexemes, rows = await self._term_statistics(list(tokens))
+        frequencies = {token: self._document_frequency(lexemes[token], rows) for token in tokens}
+        return frequencies, max(int(rows), 0)
+
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
         tokens = list(query.tokens)
