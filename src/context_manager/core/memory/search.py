@@ -232,6 +232,8 @@ class MemorySearch(TierMovement):
         that are conversation turns lend words; skipped when there are none, and in a store of fewer than
         ``feedback_min_memories`` memories.
         """
+        if all(candidate.session is None for candidate in candidates):
+            return candidates  # no conversation turn to lend words (see below): spare the first-pass fusion
         backend = self._require("search_memory")
         weights = self.ranking
         ranked = fuse(
