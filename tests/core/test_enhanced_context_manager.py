@@ -387,6 +387,39 @@ async def test_a_cancelled_add_message_loses_no_evicted_message(tmp_path: Path) 
     assert set(evicted) <= await exported_message_ids(config, tmp_path / "export.jsonl")
 
 
+async def test_add_message_is_recorded_in_the_own_and_running_monitors(tmp_path: Path) -> None:
+    """add_message records itself (inline, no decorator): successes, failures with their error, the adds
+    that compress; in the manager's own monitor and in a running one that collects library operations."""
+    from context_manager.core.performance_monitor import PerformanceMonitor
+
+    running = PerformanceMonitor(collect_library_operations=True, sample_interval=60)
+    await running.start_monitoring()
+    try:
+        async with EnhancedContextManager(make_config(tmp_path, max_tokens=300)) as manager:
+            own = manager.performance_monitor
+            assert own is not None
+            await manager.add_message("user", "hello there")
+            with pytest.raises(InvalidRoleError):
+                await manager.add_message("robot", "beep")
+            added = 1
+            while not manager.compression_history:  # the slow path (a compression) is recorded too
+                await manager.add_message("assistant", "filler words " * 20)
+                added += 1
+            assert added >= 3
+            for monitor in (own, running):
+                stats = monitor.operation_stats()["add_message"]
+                assert (stats.successes, stats.failures) == (added, 1)
+                assert monitor.recent_errors()[-1]["error_type"] == "InvalidRoleError"
+    finally:
+        await running.stop_monitoring()
+    async with EnhancedContextManager(
+        make_config(tmp_path, enable_performance_monitor=False)
+    ) as quiet:  # no own monitor and none running: nothing is timed, the message still goes in
+        assert quiet.performance_monitor is None
+        assert await quiet.add_message("user", "hi") is True
+        assert [m.content for m in quiet.messages] == ["hi"]
+
+
 async def test_evicted_messages_are_indexed_in_the_background(tmp_path: Path) -> None:
     """Issue 14.2: add_message no longer waits for memory; search and flush wait for the writer."""
     async with EnhancedContextManager(make_config(tmp_path, max_tokens=400)) as manager:

@@ -568,8 +568,26 @@ class ContextWindow:
             ContextBudgetError: the message does not fit and compression is disabled, or protected
                 messages cannot fit in ``max_tokens``.
         """
-        if self._lock.locked() or self._queued:  # a compression is in flight: queue behind it, in order
+        tokens = self._append_if_fits(message)
+        if tokens is None:
+            return None
+        if tokens < 0:  # behind a compression in flight, or counted in a thread
             return await self._add_queued(message)
+        return await self._add_counted(message, tokens)
+
+    def _append_if_fits(self, message: Message) -> int | None:
+        """The synchronous part of :meth:`add`: check, count, and commit if no compression is needed.
+
+        Returns:
+            ``None`` once the message is in the window; else its count, for :meth:`_add_counted`; or
+            ``-1`` (not checked or not counted yet) when it must go through :meth:`_add_queued`: a
+            compression is in flight (queue behind it, in order) or the text is counted in a thread.
+
+        Raises:
+            The errors of :meth:`add`'s checks; nothing is changed.
+        """
+        if self._lock.locked() or self._queued:
+            return -1
         if (
             type(message) is Message
             and not message.metadata
@@ -582,11 +600,15 @@ class ContextWindow:
         else:
             self._check(message)
         if len(message.content) > _OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
-            return await self._add_queued(message)
+            return -1
         tokens = self._counter.count_message(message)
         if self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
-            self._commit_append(message, tokens)  # the hot path: O(1), no await before the commit
+            self._commit_append(message, tokens)  # O(1), no await before the commit
             return None
+        return tokens
+
+    async def _add_counted(self, message: Message, tokens: int) -> CompressionRecord | None:
+        """The rest of :meth:`add` for a checked, counted message that needs a compression."""
         async with self._lock:
             record, delivery = await self._add_locked(message, tokens)
         if delivery is not None:
