@@ -73,6 +73,7 @@ from context_manager.core.eviction import EvictedQueue
 from context_manager.core.messages import Message, Role
 from context_manager.core.tokens import (
     REPLY_PRIMING_TOKENS,
+    ExactTokenCounter,
     TokenCounter,
     get_token_counter,
     truncate_to_tokens,
@@ -1002,7 +1003,10 @@ class ContextWindow:
             earlier = previous.metadata.get(SUMMARY_METADATA_KEY)
             covered += earlier if isinstance(earlier, int) else 0
         summary = Message(role=Role.SYSTEM, content=text, metadata={SUMMARY_METADATA_KEY: covered})
-        _set(summary, "token_count", self._counter.count_message(summary))
+        if type(self._counter) is ExactTokenCounter:  # framing + the count the summarizer just cached
+            _set(summary, "token_count", framing + self._counter.count(text))
+        else:
+            _set(summary, "token_count", self._counter.count_message(summary))
         while summary.token_count > budget and summary.content:  # seams; rare
             shorter = truncate_to_tokens(
                 self._counter, summary.content, self._counter.count(summary.content) - 1

@@ -35,6 +35,7 @@ __all__ = [
     "ExactTokenCounter",
     "TokenCounter",
     "count_tokens",
+    "count_within",
     "encoding_for_model",
     "cut_to_tokens",
     "get_token_counter",
@@ -160,15 +161,17 @@ class ExactTokenCounter:
         if cached is not None:
             return cached
         result: int = self._count_raw(text)
+        if len(text) <= _TEXT_CACHE_MAX_TEXT:
+            self._remember(text, result)
+        return result
+
+    def _remember(self, text: str, tokens: int) -> None:
         size = len(text)
-        if size > _TEXT_CACHE_MAX_TEXT:
-            return result
         self._cache_chars += size
         if len(self._cache) >= _TEXT_CACHE_SIZE or self._cache_chars > _TEXT_CACHE_CHARS:
             self._cache.clear()  # cheap amortised bound; hot texts come back at once
             self._cache_chars = size
-        self._cache[text] = result
-        return result
+        self._cache[text] = tokens
 
     @property
     def cache_chars(self) -> int:
@@ -177,10 +180,24 @@ class ExactTokenCounter:
 
     def fits(self, text: str, max_tokens: int) -> bool:
         """True if ``text`` costs at most ``max_tokens`` tokens; stops counting once the limit is passed."""
+        return self.count_within(text, max_tokens) is not None
+
+    def count_within(self, text: str, max_tokens: int) -> int | None:
+        """Return the token count of ``text`` if it is at most ``max_tokens``, else ``None``.
+
+        Counting stops once the limit is passed, so the cost follows ``max_tokens``, not the text: what a
+        summary line that may not fit the room left costs. A count within the limit is cached like
+        :meth:`count`'s.
+        """
         cached = self._cache.get(text)
         if cached is not None:
-            return cached <= max_tokens
-        return self._tokenizer.count_till_limit(text, max_tokens) is not None
+            return cached if cached <= max_tokens else None
+        if max_tokens < 0:
+            return None
+        result: int | None = self._tokenizer.count_till_limit(text, max_tokens)
+        if result is not None and len(text) <= _TEXT_CACHE_MAX_TEXT:
+            self._remember(text, result)
+        return result
 
     def cut(self, text: str, max_tokens: int, *, from_end: bool = False) -> str:
         """Return a prefix (or suffix) of ``text`` costing at most ``max_tokens`` tokens, cut at a token.
@@ -292,6 +309,20 @@ def count_tokens(text: str, encoding_name: str = "o200k_base") -> int:
         return counter.count(text)
     except UnicodeEncodeError:
         raise InvalidArgumentError("text", text, "valid Unicode text (no lone surrogates)") from None
+
+
+def count_within(counter: TokenCounter, text: str, max_tokens: int) -> int | None:
+    """Return the token count of ``text`` if it is at most ``max_tokens``, else ``None``.
+
+    With the default counter counting stops once the limit is passed
+    (:meth:`ExactTokenCounter.count_within`); another :class:`TokenCounter` counts the whole text.
+    """
+    within = getattr(counter, "count_within", None)
+    if within is not None:
+        result: int | None = within(text, max_tokens)
+        return result
+    tokens = counter.count(text)
+    return tokens if tokens <= max_tokens else None
 
 
 def cut_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end: bool = False) -> str:
