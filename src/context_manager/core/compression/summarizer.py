@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -281,17 +282,16 @@ class ExtractiveSummarizer:
             if words:
                 candidates.append(_Sentence(offset, "", sentence[:400], words, score=-0.5))
 
-        document_frequency: dict[str, int] = {}
+        document_frequency: Counter[str] = Counter()
         for candidate in candidates:
-            for word in candidate.words:
-                document_frequency[word] = document_frequency.get(word, 0) + 1
+            document_frequency.update(candidate.words)
+        # per distinct word, once: its weight, and whether it has digits (ids, amounts, dates; isalpha()
+        # rules most words out cheaply)
+        weight = {word: 1.0 / frequency for word, frequency in document_frequency.items()}.__getitem__
+        numeric = {word for word in document_frequency if not word.isalpha() and not _DIGITS.isdisjoint(word)}
         for candidate in candidates:
-            rarity = sum(1.0 / document_frequency[word] for word in candidate.words)
-            # words with digits (ids, amounts, dates); isalpha() rules most words out cheaply
-            bonus = (
-                sum(1 for word in candidate.words if not word.isalpha() and not _DIGITS.isdisjoint(word))
-                * 0.5
-            )
+            rarity = sum(map(weight, candidate.words))
+            bonus = len(candidate.words & numeric) * 0.5 if numeric else 0.0
             bonus += 0.5 if candidate.text.endswith("?") and candidate.speaker == "user" else 0.0
             candidate.score += (rarity + bonus) / math.sqrt(len(candidate.text) / 40 + 1)
 
