@@ -412,6 +412,29 @@ async def test_add_message_is_recorded_in_the_own_and_running_monitors(tmp_path:
                 assert monitor.recent_errors()[-1]["error_type"] == "InvalidRoleError"
     finally:
         await running.stop_monitoring()
+    # a cancelled add (here while a compression waits for the summarizer) is not a failure
+    hanging = ScriptedSummarizer(hang=True)
+    async with EnhancedContextManager(
+        make_config(tmp_path, max_tokens=200, summarizer_timeout=30), summarizer=hanging
+    ) as waiting:
+        own = waiting.performance_monitor
+        assert own is not None
+        added = 0
+        while True:  # add until an add compresses, and waits for the summarizer
+            task = asyncio.create_task(waiting.add_message("user", "invoice details " * 10))
+            while not task.done() and not hanging.calls:  # noqa: ASYNC110 - one loop step at a time
+                await asyncio.sleep(0)
+            if hanging.calls:
+                break
+            await task
+            added += 1
+        assert added > 0 and not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        hanging.release()
+        stats = own.operation_stats()["add_message"]
+        assert (stats.successes, stats.failures) == (added, 0)
     async with EnhancedContextManager(
         make_config(tmp_path, enable_performance_monitor=False)
     ) as quiet:  # no own monitor and none running: nothing is timed, the message still goes in
