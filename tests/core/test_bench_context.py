@@ -54,6 +54,7 @@ def test_the_quick_run_reports_every_section_against_its_baseline(tmp_path: Path
     assert compression["peer_orphans_with_start_on_human"] == 0
     assert compression["history_adds_compressions"] > 50  # one add at a time: a compression every few
     assert compression["history_adds_vs_trim"] > 0 and compression["history_extend_vs_trim"] > 0
+    assert compression["history_adds_vs_trim_cpu"] > 0 and compression["history_extend_vs_trim_cpu"] > 0
 
     stalls = figures["stalls"]
     assert stalls["max_tokens"] == 128_000 and stalls["compressions"] == 1 and stalls["evicted"] > 0
