@@ -466,8 +466,10 @@ class EnhancedContextManager:
                 )
             raise
         own = self.performance_monitor
-        if own is not None or running_monitors():
+        if running_monitors():
             record_library_operation("add_message", _perf_counter() - start, True, own_monitor=own)
+        elif own is not None:  # the usual case: only the manager's own monitor
+            own.record_operation("add_message", _perf_counter() - start, True)
         return True
 
     @monitored_operation("add_messages")
