@@ -78,3 +78,98 @@ async def test_writes_far_over_the_medium_capacity_wait_for_the_move(
             assert medium <= 100, (batch, medium)  # the write returned once the move was done
         stats = await manager.get_memory_stats()
         assert stats["total_memories"] == 750 and stats["by_tier"]["long"] == 750 - stats["by_tier"]["medium"]
+
+
+async def test_the_add_that_overflows_the_short_term_tier_returns_before_the_move(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """Issue 12: the short-term overflow moves in the background, never inside the add that finds it."""
+    async with MemoryManager(config, clock=clock) as manager:  # short-term capacity 20
+        for number in range(20):
+            clock.advance(1)
+            await manager.add_memory(f"short note {number}", importance=0.3)
+        assert manager._rebalance_task is None  # within capacity: nothing to move
+        clock.advance(1)
+        last = await manager.add_memory("one over the capacity", importance=0.3)
+        move = manager._rebalance_task
+        assert move is not None and not move.done(), "the add waited for the move (or never started it)"
+        async with manager._write_lock:  # taken before the move ran a step: it cannot move a chunk now
+            tiers = [copy.tier for copy in await manager.stored_copies()]
+            assert tiers.count(MemoryTier.SHORT) == 21  # the add returned with the overflow still there
+        await manager.flush()
+        tiers = [copy.tier for copy in await manager.stored_copies()]
+        assert (tiers.count(MemoryTier.SHORT), tiers.count(MemoryTier.MEDIUM)) == (18, 3)
+        assert (await manager.get_memory_stats())["total_memories"] == 21
+        assert [m.id for m in await manager.search_memory("one over the capacity", limit=1)] == [last.id]
+
+
+async def test_writes_far_over_the_short_capacity_wait_for_the_move(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """Back-pressure: batches faster than the background move must not grow the short-term tier."""
+    config = config.model_copy(update={"medium_term_memory_size": 1000})
+    async with MemoryManager(config, clock=clock) as manager:  # short-term capacity 20
+        for batch in range(4):
+            await manager.add_memories(
+                [{"content": f"note {batch}-{n}", "importance": 0.3} for n in range(60)]
+            )
+            short = (await manager.get_memory_stats())["by_tier"]["short"]
+            assert short <= 20, (batch, short)  # the write returned once the move was done
+        await manager.flush()
+        stats = await manager.get_memory_stats()
+        assert (
+            stats["total_memories"] == 240 and stats["by_tier"]["medium"] == 240 - stats["by_tier"]["short"]
+        )
+
+
+async def test_sustained_writes_keep_the_tiers_bounded_and_searches_see_every_memory(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """4 writers adding one memory at a time while the overflow moves run: nothing acknowledged is lost,
+    the short-term tier stays near its capacity, and a search made meanwhile finds every acknowledged memory.
+    """
+    async with MemoryManager(config, clock=clock, promotion_access_count=10**6) as manager:
+        backend = manager.backend
+        assert backend is not None
+        acknowledged: list[str] = []
+        peak = {"short": 0, "moves": 0}
+        writers_done = asyncio.Event()
+
+        async def writer(number: int) -> None:
+            for index in range(60):
+                clock.advance(1)
+                memory = await manager.add_memory(
+                    f"kestrel sighting {number}-{index}", importance=0.1 + (index % 5) / 10
+                )
+                acknowledged.append(memory.id)
+                peak["short"] = max(peak["short"], await backend.count(MemoryTier.SHORT))
+
+        async def reader() -> int:
+            searches = 0
+            while not writers_done.is_set():
+                before = set(acknowledged)
+                found = {m.id for m in await manager.search_memory("kestrel", limit=500)}
+                assert not before - found, f"{len(before - found)} acknowledged memories not found"
+                if manager._rebalance_task is not None and not manager._rebalance_task.done():
+                    peak["moves"] += 1  # this search ran while an overflow move was under way
+                searches += 1
+                await asyncio.sleep(0)
+            return searches
+
+        async def writers() -> None:
+            try:
+                await asyncio.gather(*(writer(number) for number in range(4)))
+            finally:
+                writers_done.set()
+
+        _, searches = await asyncio.gather(writers(), reader())
+        assert searches > 0 and peak["moves"] > 0, "no search overlapped a move: the test proves nothing"
+        assert peak["short"] <= 20 * 1.25 + 4, peak  # back-pressure bounds it (4 writers past the check)
+        await manager.flush()
+        stats = await manager.get_memory_stats()
+        assert stats["total_memories"] == 240 == len(set(acknowledged))
+        assert stats["by_tier"]["short"] <= 20 and stats["by_tier"]["medium"] <= 30
+        stored = {copy.id for copy in await manager.stored_copies()}
+        assert stored == set(acknowledged)
+        found = {m.id for m in await manager.search_memory("kestrel", limit=500)}
+        assert found == set(acknowledged)

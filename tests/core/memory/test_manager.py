@@ -380,6 +380,7 @@ async def test_export_import_round_trip(
 ) -> None:
     for i in range(25):
         await manager.add_memory(f"exported memory {i}", importance=i / 25, tags=[f"t{i % 3}"])
+    await manager.flush()  # the overflow moves run in the background: let the tiers settle first
     path = tmp_path / "export.jsonl"
     assert await manager.export_memories(path) == 25
     lines = path.read_text().splitlines()

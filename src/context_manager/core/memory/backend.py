@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
@@ -29,7 +29,15 @@ from context_manager.core.memory.store import TurnKey
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
-__all__ = ["TIER_ORDER", "BackendStats", "LexicalQuery", "MemoryBackend", "VectorHit", "in_scope"]
+__all__ = [
+    "TIER_ORDER",
+    "BackendStats",
+    "LexicalQuery",
+    "MemoryBackend",
+    "TierStanding",
+    "VectorHit",
+    "in_scope",
+]
 
 UserScope = str | None | AllUsers
 
@@ -38,6 +46,21 @@ TIER_ORDER: dict[MemoryTier, int] = {MemoryTier.SHORT: 0, MemoryTier.MEDIUM: 1, 
 
 VectorHit = tuple[str, float]
 """``(memory_id, cosine)``."""
+
+
+class TierStanding(NamedTuple):
+    """What an overflow move ranks a memory by, without its text (see :meth:`MemoryBackend.standings`)."""
+
+    id: str
+    """The memory's id."""
+    importance: float
+    """0 (trivial) to 1 (critical)."""
+    created_at: float
+    """When it was stored (epoch seconds)."""
+    last_accessed: float
+    """When a search last returned it (epoch seconds)."""
+    access_count: int
+    """How many searches returned it."""
 
 
 def in_scope(memory: Memory, scope: UserScope) -> bool:
@@ -151,6 +174,15 @@ class MemoryBackend(Protocol):
         """Move memories from ``source`` to ``target`` (never both lost and never left in neither)."""
         ...
 
+    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> None:
+        """Move the ``source`` copies of ``ids`` down to ``target`` as they are now (an overflow move).
+
+        An id no longer in ``source`` (deleted or moved meanwhile) is skipped; one that has a long-term
+        copy and moves to a tier other than long-term just loses its ``source`` copy (the long-term copy
+        is the durable one). Never both lost and never left in neither.
+        """
+        ...
+
     async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
         """Delete memories from ``tier``; return the ids that were there."""
         ...
@@ -178,6 +210,14 @@ class MemoryBackend(Protocol):
 
     async def members(self, tier: MemoryTier) -> list[Memory]:
         """Every memory of ``tier`` (the bounded tiers: short and medium)."""
+        ...
+
+    async def standings(self, tier: MemoryTier) -> list[TierStanding]:
+        """Id, importance, times and access count of every memory of ``tier`` (what an overflow move ranks).
+
+        The same memories as :meth:`members`, without their text, tags and metadata: cheap to read and
+        decode, so choosing the victims of an overflow move does not hold the event loop.
+        """
         ...
 
     async def long_copies(self, ids: Sequence[str]) -> set[str]:

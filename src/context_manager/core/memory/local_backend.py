@@ -37,6 +37,7 @@ from context_manager.core.memory.backend import (
     TIER_ORDER,
     BackendStats,
     LexicalQuery,
+    TierStanding,
     UserScope,
     VectorHit,
     in_scope,
@@ -291,6 +292,19 @@ class LocalBackend:
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
 
+    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> None:
+        """Move the ``source`` copies of ``ids`` down to ``target`` as they are now (an overflow move)."""
+        if source is MemoryTier.LONG or source is target:
+            return
+        origin = self._volatile(source)
+        current = [memory for memory in (origin.get(memory_id) for memory_id in ids) if memory is not None]
+        if target is not MemoryTier.LONG:
+            with_copy = sorted(memory.id for memory in current if memory.id in self._long_copies)
+            if with_copy:
+                await self.delete(source, with_copy)  # the long-term copy stays
+                current = [memory for memory in current if memory.id not in self._long_copies]
+        await self.move(current, source, target)
+
     async def _drop(self, store: InMemoryStore, ids: Sequence[str]) -> list[str]:
         """Delete ids from a volatile tier: the journal's delete record first, then the index."""
         present = [memory_id for memory_id in ids if memory_id in store]
@@ -379,6 +393,13 @@ class LocalBackend:
         if tier is MemoryTier.LONG:
             return await self._run(lambda: list(self._long_store.all()))
         return list(self._volatile(tier).all())
+
+    async def standings(self, tier: MemoryTier) -> list[TierStanding]:
+        """What an overflow move ranks every memory of ``tier`` by (see :meth:`MemoryBackend.standings`)."""
+        return [
+            TierStanding(m.id, m.importance, m.created_at, m.last_accessed, m.access_count)
+            for m in await self.members(tier)
+        ]
 
     async def long_copies(self, ids: Sequence[str]) -> set[str]:
         """The short-term ids among ``ids`` that also have a long-term copy."""
@@ -535,17 +556,21 @@ class LocalBackend:
             parts = [(build_match([token], owner), corrections.get(stem_of[token], 1.0)) for token in kept]
             return store.search_weighted(parts, query.limit, filters=filters)  # type: ignore[call-arg]
 
+        # the volatile tiers first, in this loop step: a memory an overflow move takes to long-term
+        # while the long-term search below runs is dropped from medium-term only after its long-term
+        # copy committed, so it is found in one or the other (searched after, the medium-term tier could
+        # have lost it to a long-term search that had already started)
+        found: dict[str, tuple[Memory, float]] = {}
+        for store in volatile:
+            for memory, bm25 in tier_search(store):
+                if query.accepts(memory):
+                    found[memory.id] = (memory, bm25)
         long_hits: list[tuple[Memory, float]] = []
         if search_long and tier_frequencies[MemoryTier.LONG]:
             # scored on a reader thread, on its own connection: concurrent searches score in parallel
             # instead of taking turns on the loop, where they starved every other coroutine (writers
             # too); a lone search pays a thread hop (about 0.4 ms at 10k memories)
             long_hits = await self._run(tier_search, long_store)
-        found: dict[str, tuple[Memory, float]] = {}
-        for store in volatile:
-            for memory, bm25 in tier_search(store):
-                if query.accepts(memory):
-                    found[memory.id] = (memory, bm25)
         for memory, bm25 in long_hits:
             if not query.accepts(memory):
                 continue

@@ -1,7 +1,8 @@
 """Writes to one tier, movement between tiers, vectors and log compaction for the memory manager.
 
 Overflow moves the least valuable memories (importance, recency of use, access count) down a tier;
-memories searched often move up to long-term. Every write here runs with the manager's write lock held.
+memories searched often move up to long-term. Every write here runs with the manager's write lock held
+(the overflow moves, in the background, take it per chunk).
 The backend (:mod:`~context_manager.core.memory.backend`) does the storage; this module decides what
 goes where, identically for every backend.
 """
@@ -14,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from context_manager.core.memory.backend import TierStanding
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.ranking import recency_decay
 from context_manager.core.memory.state import ManagerState
@@ -26,8 +28,8 @@ __all__ = ["TierMovement"]
 logger = logging.getLogger(__name__)
 
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
-_REBALANCE_CHUNK = 64  # medium-term memories moved to long-term per hold of the write lock
-_REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tier meanwhile)
+_OVERFLOW_CHUNK = 64  # memories moved down a tier per hold of the write lock
+_REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tiers meanwhile)
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
 
 
@@ -105,71 +107,99 @@ class TierMovement(ManagerState):
         await backend.put(MemoryTier.SHORT, short_updates)
         await backend.put(MemoryTier.MEDIUM, by_tier[MemoryTier.MEDIUM])
 
-    def _value(self, memory: Memory, now: float) -> float:
+    def _value(self, memory: Memory | TierStanding, now: float) -> float:
         """How much a memory deserves a faster tier: importance, recency of use, access count."""
         recency = recency_decay(now - max(memory.created_at, memory.last_accessed), 1.0)
         access = min(1.0, math.log1p(memory.access_count) / math.log1p(100.0))
         return 0.5 * memory.importance + 0.3 * recency + 0.2 * access
 
-    async def _move_short_overflow(self) -> None:
-        """Move the least valuable short-term memories down to medium-term (call with the write lock).
+    async def _move_short_overflow(self) -> bool:
+        """Move the least valuable short-term memories to medium-term, a chunk per hold of the write lock.
 
-        Memories that already have a long-term copy just lose their short-term one. The backend moves a
-        bounded chunk per event-loop step; each memory is in at least one tier at every step. Processes
-        sharing a storage take turns (one moves, the others skip: the overflow is the same for all).
+        Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen
+        without the write lock (from :meth:`MemoryBackend.standings`: no text), then moved
+        :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
+        which takes the victims' current copies (a victim deleted, updated or moved meanwhile is skipped
+        or moved as it is now). A victim that already has a long-term copy just loses its short-term one.
+        Every memory is in at least one tier at every step. Processes sharing a storage take turns (one
+        moves, the others skip: the overflow is the same for all).
+
+        Returns:
+            Whether it moved anything (``False``: within capacity, or another process moves it).
         """
         backend = self._require("rebalance")
         capacity = self.config.short_term_memory_size
         if await backend.count(MemoryTier.SHORT) <= capacity:
-            return
+            return False
         async with backend.try_exclusive("short-term overflow") as ours:
             if not ours:
-                return
-            members = await backend.members(MemoryTier.SHORT)
+                return False
+            members = await backend.standings(MemoryTier.SHORT)
             excess = len(members) - int(capacity * _SHRINK_TO)
             if len(members) <= capacity or excess <= 0:
-                return
+                return False
             now = self._clock()
-            victims = sorted(members, key=lambda m: self._value(m, now))[:excess]
-            with_copy = await backend.long_copies([m.id for m in victims])
-            if with_copy:
-                await backend.delete(MemoryTier.SHORT, sorted(with_copy))  # the long-term copy stays
-            moving = [m for m in victims if m.id not in with_copy]
-            await backend.move(moving, MemoryTier.SHORT, MemoryTier.MEDIUM)
+            victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
+            del members
+            for start in range(0, len(victims), _OVERFLOW_CHUNK):
+                await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
+                async with self._write_lock:
+                    if self._state != "ready":
+                        return False
+                    chunk = victims[start : start + _OVERFLOW_CHUNK]
+                    await backend.move_down(chunk, MemoryTier.SHORT, MemoryTier.MEDIUM)
+            return True
+
+    async def _move_medium_overflow(self) -> bool:
+        """Move the least valuable medium-term memories to long-term, a chunk per hold of the write lock.
+
+        Returns:
+            Whether it moved anything (``False``: within capacity, or another process moves it).
+        """
+        backend = self._require("rebalance")
+        capacity = self.config.medium_term_memory_size
+        if await backend.count(MemoryTier.MEDIUM) <= capacity:
+            return False
+        async with backend.try_exclusive("medium-term overflow") as ours:
+            members = await backend.standings(MemoryTier.MEDIUM) if ours else []
+            if len(members) <= capacity:
+                return False  # another process moves it (or it is within capacity after all)
+            now = self._clock()
+            excess = len(members) - int(capacity * _SHRINK_TO)
+            victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
+            del members
+            for start in range(0, len(victims), _OVERFLOW_CHUNK):
+                await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
+                async with self._write_lock:
+                    if self._state != "ready":
+                        return False
+                    chunk = victims[start : start + _OVERFLOW_CHUNK]
+                    await backend.move_down(chunk, MemoryTier.MEDIUM, MemoryTier.LONG)
+            return True
 
     async def _rebalance(self) -> None:
-        """Bring every tier back within its capacity (short -> medium -> long).
+        """Bring every tier back within its capacity (short -> medium -> long), in the background.
 
-        The medium-term overflow moves to long-term a chunk at a time, taking the write lock per chunk:
-        writes go on between chunks instead of waiting for the whole batch (issue 15.6: 200 memories
-        committed under the lock held every writer for 100-250 ms at 100k memories). Each chunk moves
-        the victims' current medium-term copies, so a victim deleted, updated or moved meanwhile is
-        skipped or moved as it is now. Writes made meanwhile may push the tier over again: it picks new
-        victims until the tier is within its capacity (writes far over it wait: see ``_add_many``).
+        Writes never move an overflow themselves: the first write that finds a tier over its capacity
+        starts this task (see ``_add_many``), which moves it a chunk at a time, taking the write lock per
+        chunk, so writes go on between chunks instead of waiting for the whole batch (issue 15.6: 200
+        memories committed under the lock held every writer for 100-250 ms at 100k memories; issue 12:
+        the short-term overflow moved inline made one PostgreSQL add in a hundred 5-10 times slower than
+        a raw insert). Writes made meanwhile may push a tier over again: it picks new victims until both
+        tiers are within their capacity (writes far over a capacity wait: see ``_add_many``).
         """
         if self._state != "ready":
             return
         backend = self._require("rebalance")
-        async with self._write_lock:
-            await self._move_short_overflow()
-        capacity = self.config.medium_term_memory_size
         for _ in range(_REBALANCE_ROUNDS):
-            if self._state != "ready" or await backend.count(MemoryTier.MEDIUM) <= capacity:
+            if self._state != "ready":
+                return
+            moved_short = await self._move_short_overflow()
+            if self._state != "ready":
+                return
+            moved_medium = await self._move_medium_overflow()
+            if not (moved_short or moved_medium):
                 break
-            async with backend.try_exclusive("medium-term overflow") as ours:
-                members = await backend.members(MemoryTier.MEDIUM) if ours else []
-                if len(members) <= capacity:
-                    break  # another process moves it (or it is within capacity after all)
-                now = self._clock()
-                excess = len(members) - int(capacity * _SHRINK_TO)
-                victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
-                for start in range(0, len(victims), _REBALANCE_CHUNK):
-                    async with self._write_lock:
-                        if self._state != "ready":
-                            return
-                        chunk = victims[start : start + _REBALANCE_CHUNK]
-                        current = [c for c in await backend.copies(chunk) if c.tier is MemoryTier.MEDIUM]
-                        await self._move_to_long(current)
         if not self._over_capacity_warned and self._state == "ready":
             count = await backend.count(MemoryTier.LONG)
             if count > self.config.long_term_memory_size:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
-_MEDIUM_LIMIT = 1.25  # a write finding the medium-term tier this far over its capacity waits for the move
+_OVERFLOW_LIMIT = 1.25  # a write finding a tier this far over its capacity waits for the overflow move
 
 
 def message_memory_id(namespace: str, message_id: str) -> str:
@@ -193,20 +193,24 @@ class MemoryWriting(TierMovement):
             await backend.put(MemoryTier.LONG, to_long + copies)
             if self.embedder is not None:
                 await self._embed_and_store([m for m, _ in items])
-            short_over = await backend.count(MemoryTier.SHORT) > self.config.short_term_memory_size
-            medium_over = await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size
-            if short_over:
-                await self._move_short_overflow()
-        if medium_over:
-            # one rebalance at a time is enough: it runs after this write (it needs the write lock) and
-            # keeps moving until the tier is within its capacity
+            short_count = await backend.count(MemoryTier.SHORT)
+            medium_count = await backend.count(MemoryTier.MEDIUM)
+        short_capacity = self.config.short_term_memory_size
+        medium_capacity = self.config.medium_term_memory_size
+        if short_count > short_capacity or medium_count > medium_capacity:
+            # the overflow moves in the background (it needs the write lock, a chunk at a time), never in
+            # this write: one rebalance at a time is enough, it keeps moving until both tiers are within
+            # their capacity
             task = self._rebalance_task
             if task is None or task.done():
                 task = self._rebalance_task = self._spawn(self._rebalance())
-            if await backend.count(MemoryTier.MEDIUM) > self.config.medium_term_memory_size * _MEDIUM_LIMIT:
-                # back-pressure: writes faster than the move to long-term wait for it rather than let the
-                # medium-term tier (indexed in process) grow without bound; its failure is not this
-                # write's (the memories are stored): the background task reports it
+            if (
+                await backend.count(MemoryTier.SHORT) > short_capacity * _OVERFLOW_LIMIT
+                or await backend.count(MemoryTier.MEDIUM) > medium_capacity * _OVERFLOW_LIMIT
+            ):
+                # back-pressure: writes faster than the moves wait for them rather than let a tier (the
+                # short- and medium-term ones are indexed in process on SQLite) grow without bound; a
+                # failed move is not this write's failure (the memories are stored): the task reports it
                 await asyncio.wait({task})
         self._maybe_compact()
         written = {memory.id: memory for memory, _ in items}
