@@ -49,9 +49,11 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
         order: list[str] = []
         rebalance = asyncio.ensure_future(manager._rebalance())
         rebalance.add_done_callback(lambda _: order.append("rebalance"))
-        for _ in range(10_000):  # until the rebalance holds the lock for its first chunk
-            if manager._write_lock.locked():
-                break
+        # until the rebalance holds the lock for its first chunk (it chooses its victims before, without
+        # the lock: on PostgreSQL after a few round trips, so wait by time, not by a count of loop turns)
+        deadline = asyncio.get_running_loop().time() + 30.0
+        while not manager._write_lock.locked() and not rebalance.done():
+            assert asyncio.get_running_loop().time() < deadline, "the move never took the write lock"
             await asyncio.sleep(0)
         assert manager._write_lock.locked() and not rebalance.done()
         await manager.delete_memory(late.id)  # a write arriving while the move runs

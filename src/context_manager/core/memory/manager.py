@@ -7,7 +7,9 @@ Placement and movement:
   long-term database at once. An explicit ``tier=`` puts it in that tier only.
 * when the short-term tier overflows, its least valuable memories (importance, recency, access count)
   move to the medium-term tier (or are dropped from short-term if they already have a long-term copy);
-  when the medium-term tier overflows, its least valuable memories move to the long-term database.
+  when the medium-term tier overflows, its least valuable memories move to the long-term database. Both
+  moves run in the background, a chunk at a time, never inside the write that finds the overflow; a
+  write finding a tier far over its capacity waits for the move (``flush()`` waits for it too).
 * memories searched often (``promotion_access_count`` hits) and consolidated memories move up to the
   long-term tier.
 * the long-term capacity is a soft limit: going over it logs a warning and shows in the stats, because
