@@ -28,6 +28,7 @@ from context_manager.core.conversations.store import (
     StoredConversation,
 )
 from context_manager.core.errors import ConversationConflictError, StorageError
+from context_manager.core.memory.sqlite_store import move_database_aside
 
 __all__ = ["CONVERSATIONS_FILE_NAME", "SQLiteConversationStore"]
 
@@ -167,14 +168,7 @@ class SQLiteConversationStore:
                 raise StorageError(f"cannot restore {self.path}: {error}", path=self.path) from error
             db.close()  # checkpoints into the old (unlinked or moved) files
             self._connection = None
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            moved = []
-            for suffix in ("", "-wal", "-shm"):  # whatever is at the path now is not this database's
-                leftover = Path(f"{self.path}{suffix}")
-                if leftover.exists():
-                    aside = leftover.with_name(f"{self.path.name}.replaced-{stamp}{suffix}")
-                    os.replace(leftover, aside)
-                    moved.append(aside.name)
+            moved = move_database_aside(self.path)  # whatever is at the path now is not this database's
             os.replace(temporary, self.path)
             self._open()
         report = (

@@ -373,14 +373,7 @@ class SQLiteStore:
             with suppress(sqlite3.Error):
                 db.close()
             self._connection = None
-            stamp = time.strftime("%Y%m%dT%H%M%S")
-            moved = []
-            for suffix in ("", "-wal", "-shm"):  # whatever is at the path now is not this database's
-                leftover = Path(f"{self.path}{suffix}")
-                if leftover.exists():
-                    aside = leftover.with_name(f"{self.path.name}.replaced-{stamp}{suffix}")
-                    os.replace(leftover, aside)
-                    moved.append(aside.name)
+            moved = move_database_aside(self.path)
             os.replace(temporary, self.path)
             _fsync_directory(self.path.parent)
             self._frequencies.clear()
@@ -919,6 +912,23 @@ def _quick_check_on(db: sqlite3.Connection, vocabulary: str) -> dict[str, str]:
     except sqlite3.DatabaseError as error:
         result["fts"] = str(error)
     return result
+
+
+def move_database_aside(path: Path) -> list[str]:
+    """Rename whatever SQLite files are at ``path`` (database, -wal, -shm) to ``NAME.replaced-TIME``.
+
+    Used when restoring a database from its open connection: the files now at the path are not its own.
+    Returns the new names.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        leftover = Path(f"{path}{suffix}")
+        if leftover.exists():
+            aside = leftover.with_name(f"{path.name}.replaced-{stamp}{suffix}")
+            os.replace(leftover, aside)
+            moved.append(aside.name)
+    return moved
 
 
 def _fsync_directory(directory: Path) -> None:

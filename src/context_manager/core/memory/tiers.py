@@ -113,68 +113,37 @@ class TierMovement(ManagerState):
         access = min(1.0, math.log1p(memory.access_count) / math.log1p(100.0))
         return 0.5 * memory.importance + 0.3 * recency + 0.2 * access
 
-    async def _move_short_overflow(self) -> bool:
-        """Move the least valuable short-term memories to medium-term, a chunk per hold of the write lock.
+    async def _move_overflow(self, source: MemoryTier, target: MemoryTier, capacity: int) -> bool:
+        """Move the least valuable memories of ``source`` to ``target``, a chunk per hold of the write lock.
 
         Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen
         without the write lock (from :meth:`MemoryBackend.standings`: no text), then moved
         :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
         which takes the victims' current copies (a victim deleted, updated or moved meanwhile is skipped
-        or moved as it is now). A victim that already has a long-term copy just loses its short-term one.
-        Every memory is in at least one tier at every step. Processes sharing a storage take turns (one
-        moves, the others skip: the overflow is the same for all).
+        or moved as it is now). A short-term victim that already has a long-term copy just loses its
+        short-term one. Every memory is in at least one tier at every step. Processes sharing a storage
+        take turns (one moves, the others skip: the overflow is the same for all).
 
         Returns:
             Whether it moved anything (``False``: within capacity, or another process moves it).
         """
         backend = self._require("rebalance")
-        capacity = self.config.short_term_memory_size
-        if await backend.count(MemoryTier.SHORT) <= capacity:
+        if await backend.count(source) <= capacity:
             return False
-        async with backend.try_exclusive("short-term overflow") as ours:
-            if not ours:
-                return False
-            members = await backend.standings(MemoryTier.SHORT)
+        async with backend.try_exclusive(f"{source.value}-term overflow") as ours:
+            members = await backend.standings(source) if ours else []
             excess = len(members) - int(capacity * _SHRINK_TO)
             if len(members) <= capacity or excess <= 0:
-                return False
-            now = self._clock()
-            victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
-            del members
-            for start in range(0, len(victims), _OVERFLOW_CHUNK):
-                await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
-                async with self._write_lock:
-                    if self._state != "ready":
-                        return False
-                    chunk = victims[start : start + _OVERFLOW_CHUNK]
-                    await backend.move_down(chunk, MemoryTier.SHORT, MemoryTier.MEDIUM)
-            return True
-
-    async def _move_medium_overflow(self) -> bool:
-        """Move the least valuable medium-term memories to long-term, a chunk per hold of the write lock.
-
-        Returns:
-            Whether it moved anything (``False``: within capacity, or another process moves it).
-        """
-        backend = self._require("rebalance")
-        capacity = self.config.medium_term_memory_size
-        if await backend.count(MemoryTier.MEDIUM) <= capacity:
-            return False
-        async with backend.try_exclusive("medium-term overflow") as ours:
-            members = await backend.standings(MemoryTier.MEDIUM) if ours else []
-            if len(members) <= capacity:
                 return False  # another process moves it (or it is within capacity after all)
             now = self._clock()
-            excess = len(members) - int(capacity * _SHRINK_TO)
             victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
             del members
-            for start in range(0, len(victims), _OVERFLOW_CHUNK):
+            for first in range(0, len(victims), _OVERFLOW_CHUNK):
                 await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
                 async with self._write_lock:
                     if self._state != "ready":
                         return False
-                    chunk = victims[start : start + _OVERFLOW_CHUNK]
-                    await backend.move_down(chunk, MemoryTier.MEDIUM, MemoryTier.LONG)
+                    await backend.move_down(victims[first : first + _OVERFLOW_CHUNK], source, target)
             return True
 
     async def _rebalance(self) -> None:
@@ -194,10 +163,14 @@ class TierMovement(ManagerState):
         for _ in range(_REBALANCE_ROUNDS):
             if self._state != "ready":
                 return
-            moved_short = await self._move_short_overflow()
+            moved_short = await self._move_overflow(
+                MemoryTier.SHORT, MemoryTier.MEDIUM, self.config.short_term_memory_size
+            )
             if self._state != "ready":
                 return
-            moved_medium = await self._move_medium_overflow()
+            moved_medium = await self._move_overflow(
+                MemoryTier.MEDIUM, MemoryTier.LONG, self.config.medium_term_memory_size
+            )
             if not (moved_short or moved_medium):
                 break
         if not self._over_capacity_warned and self._state == "ready":
