@@ -96,6 +96,7 @@ class ManagerState:
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False
         self._rebalance_task: asyncio.Task[None] | None = None  # the pending or running rebalance (_add_many)
+        self._rebalance_again = False  # a write found an overflow while the rebalance was finishing
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed

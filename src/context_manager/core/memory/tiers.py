@@ -157,6 +157,16 @@ class TierMovement(ManagerState):
         a raw insert). Writes made meanwhile may push a tier over again: it picks new victims until both
         tiers are within their capacity (writes far over a capacity wait: see ``_add_many``).
         """
+        while self._state == "ready":
+            self._rebalance_again = False
+            await self._rebalance_rounds()
+            # no await between this check and the end of the task: a write that finds an overflow either
+            # set the flag before it, or sees this task done and starts a new one
+            if not self._rebalance_again:
+                return
+
+    async def _rebalance_rounds(self) -> None:
+        """Move overflows until both tiers are within capacity (or enough rounds), then check long-term."""
         if self._state != "ready":
             return
         backend = self._require("rebalance")

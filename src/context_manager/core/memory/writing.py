@@ -204,6 +204,8 @@ class MemoryWriting(TierMovement):
             task = self._rebalance_task
             if task is None or task.done():
                 task = self._rebalance_task = self._spawn(self._rebalance())
+            else:  # it may be past its last capacity check: it goes round again before it ends
+                self._rebalance_again = True
             if (
                 await backend.count(MemoryTier.SHORT) > short_capacity * _OVERFLOW_LIMIT
                 or await backend.count(MemoryTier.MEDIUM) > medium_capacity * _OVERFLOW_LIMIT
