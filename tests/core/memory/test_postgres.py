@@ -201,6 +201,42 @@ async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> 
         assert by_tier[MemoryTier.SHORT] <= 20 and by_tier[MemoryTier.MEDIUM] <= 30, by_tier
 
 
+async def test_consolidation_waits_for_another_processs_overflow_move(postgres_dsn: str) -> None:
+    """No process moves a memory between tiers while another consolidates: a move copies the row as its
+    statement saw it, so a copy made from before the superseded mark would be merged a second time (the
+    4-process test once failed with merged_twice this way). The mover holds its lock waiting for its own
+    write lock; consolidation takes the cross-process locks before the write lock, so neither deadlocks."""
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn, short_term_memory_size=20, medium_term_memory_size=30)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        assert first.backend is not None and second.backend is not None
+        await first.add_memories(
+            [{"content": f"the deploy key is in the vault, copy {n % 2}"} for n in range(6)]
+        )
+        async with second.backend.try_exclusive("medium-term overflow") as moving:
+            assert moving  # another process is moving the medium-term overflow
+            consolidation = asyncio.ensure_future(first.consolidate_memories())
+            await asyncio.sleep(0.5)
+            assert not consolidation.done(), "consolidation ran during another process's move"
+            assert not first._write_lock.locked()  # it waits before taking the write lock
+            async with first._write_lock:  # what the first's own mover does per chunk: not blocked
+                pass
+        report = await asyncio.wait_for(consolidation, 30.0)
+        assert report["consolidated_count"] == 6 and len(report["merged_ids"]) == 2
+        # and while a consolidation holds the locks, a mover of any process skips its turn
+        async with first.backend.exclusive("consolidate", "short-term overflow", "medium-term overflow"):
+            for tier in ("short", "medium"):
+                async with second.backend.try_exclusive(f"{tier}-term overflow") as moving:
+                    assert not moving
+        # a mover and a consolidation of one process at once: both finish
+        await first.add_memories([{"content": f"filler note number {n}"} for n in range(80)])
+        config.short_term_memory_size = 5
+        await asyncio.wait_for(asyncio.gather(first._rebalance(), first.consolidate_memories()), 60.0)
+        copies = await first.stored_copies()
+        assert sum(1 for m in copies if m.tier is MemoryTier.SHORT) <= 5
+
+
 async def test_a_move_never_brings_back_a_memory_another_process_deleted(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import MemoryTier
 

@@ -298,8 +298,12 @@ class MemoryBackend(Protocol):
 
     # -- coordination and upkeep -----------------------------------------------------------------
 
-    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
-        """Hold a lock named ``name`` across every process using this storage (consolidation ...)."""
+    def exclusive(self, *names: str) -> AbstractAsyncContextManager[None]:
+        """Hold locks named ``names`` (taken in this order) across every process using this storage.
+
+        Consolidation holds ``"consolidate"`` and both overflow-move locks (see :meth:`try_exclusive`),
+        so no process moves a memory between its tiers while it is read and marked superseded.
+        """
         ...
 
     def try_exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:

@@ -22,6 +22,13 @@ from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryCuration"]
 
+# Consolidation (and its undo) reads memories, then marks them superseded: no process may move one of them
+# between tiers meanwhile (on PostgreSQL a move copies the row as its statement saw it, and a copy made
+# from before the mark would be merged again). The cross-process locks come first, the manager's write
+# lock last: an overflow move holds its lock while it waits for the write lock, so the other order could
+# deadlock two processes. Before them, this process's consolidations take turns (``_consolidation_lock``).
+_CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overflow")
+
 
 class MemoryCuration(TierMovement):
     """``consolidate_memories``, ``undo_consolidation`` and ``cleanup_old_memories``."""
@@ -67,7 +74,7 @@ class MemoryCuration(TierMovement):
         backend = self._require("consolidate_memories")
         # one consolidation at a time across every process sharing the storage, reading inside the lock:
         # a memory another process merged meanwhile is superseded and is not merged twice
-        async with self._write_lock, backend.exclusive("consolidate"):
+        async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
             await self._flush_touches_locked()
             memories = [m for m in await backend.scan(user_id, every_copy=False) if m.superseded_by is None]
             cosine = await self._cosine_function(memories) if self.embedder is not None else None
@@ -136,7 +143,7 @@ class MemoryCuration(TierMovement):
         if not merged.merged_from:
             raise InvalidMemoryError("merged_id", merged_id, "the id of a consolidated memory")
         backend = self._require("undo_consolidation")
-        async with self._write_lock, backend.exclusive("consolidate"):
+        async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
             originals = await self._get_all_copies(merged.merged_from)
             restored = [m.copy(superseded_by=None) for m in originals if m.superseded_by == merged_id]
             await self._put_all([], restored)

@@ -666,7 +666,7 @@ class LocalBackend:
     # -- coordination and upkeep -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[None]:
+    async def exclusive(self, *names: str) -> AsyncIterator[None]:
         """One process owns the storage (the lock file): the manager's own write lock is enough."""
         yield
 

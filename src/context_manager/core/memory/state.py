@@ -88,6 +88,9 @@ class ManagerState:
         self._path: Path | None = None
         self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()
+        # consolidations of this process one at a time before they wait for the cross-process locks: each
+        # waiter holds a pooled connection (PostgreSQL), and eight waiting would starve the pool
+        self._consolidation_lock = asyncio.Lock()
         self._lifecycle_lock = asyncio.Lock()  # initialize() and close() run one at a time
         self._write_tracker = WriteTracker(self._clock)  # outcomes of writes, for health checks
         self._index_report: dict[str, Any] | None = None  # the last integrity check or index rebuild

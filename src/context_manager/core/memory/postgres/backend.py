@@ -737,19 +737,26 @@ class PostgresBackend:
     # -- coordination and upkeep -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, name: str) -> AsyncIterator[None]:
-        """Hold a session advisory lock named ``name`` on a dedicated connection for the block."""
+    async def exclusive(self, *names: str) -> AsyncIterator[None]:
+        """Hold session advisory locks named ``names`` (taken in this order) on one connection for the block.
+
+        Released in the reverse order at the end of the block (or by the server if the connection is lost).
+        """
         pool = self.database._pool  # noqa: SLF001 - the lock lives on one connection for the whole block
         if pool is None:
             raise ConfigurationError("memory_backend", "postgres", "an open PostgreSQL storage")
-        key = f"context_manager:{name}"
+        keys = [f"context_manager:{name}" for name in names]
         async with pool.connection() as connection:
-            await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            held: list[str] = []
             try:
+                for key in keys:
+                    await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+                    held.append(key)
                 yield
             finally:
-                with contextlib.suppress(Exception):  # a lost connection released the lock already
-                    await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+                for key in reversed(held):
+                    with contextlib.suppress(Exception):  # a lost connection released the locks already
+                        await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     @contextlib.asynccontextmanager
     async def try_exclusive(self, name: str) -> AsyncIterator[bool]:
