@@ -135,7 +135,10 @@ class ContextManagerConfig(BaseSettings):
         "memory_backend='postgres'; hidden in repr and logs.",
     )
     postgres_pool_size: int = Field(
-        10, gt=0, description="Most connections this process opens to PostgreSQL (the pool's maximum)."
+        10,
+        gt=0,
+        description="Most connections this process opens to PostgreSQL (the pool's maximum; up to two more "
+        "hold the advisory locks of a consolidation and an overflow move while they run).",
     )
     postgres_connect_timeout: float = Field(
         10.0, gt=0.0, description="Seconds to wait for a PostgreSQL connection before StorageError."

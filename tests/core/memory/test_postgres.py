@@ -237,6 +237,27 @@ async def test_consolidation_waits_for_another_processs_overflow_move(postgres_d
         assert sum(1 for m in copies if m.tier is MemoryTier.SHORT) <= 5
 
 
+async def test_a_pool_of_one_connection_consolidates_and_takes_turns_moving(postgres_dsn: str) -> None:
+    """The advisory locks are held on connections outside the pool: with ``postgres_pool_size=1`` a
+    consolidation used to hold the only connection for its lock and wait for itself until the pool timed
+    out (StorageError after ~20 s), and the overflow moves ran without their lock."""
+    config = postgres_config(
+        postgres_dsn, postgres_pool_size=1, postgres_connect_timeout=2.0, short_term_memory_size=20
+    )
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        assert first.backend is not None and second.backend is not None
+        await first.add_memories([{"content": "the spare key is under the blue pot"} for _ in range(3)])
+        report = await asyncio.wait_for(first.consolidate_memories(), 10.0)
+        assert report["consolidated_count"] == 3
+        async with first.backend.try_exclusive("short-term overflow") as ours:
+            assert ours
+            async with second.backend.try_exclusive("short-term overflow") as theirs:
+                assert not theirs  # the lock is real even with one pooled connection
+            # and the pool's one connection is free for the work under the lock
+            stats = await asyncio.wait_for(first.get_memory_stats(), 5.0)
+            assert stats["total_memories"] == 4  # the merged memory and its originals (kept, superseded)
+
+
 async def test_a_move_never_brings_back_a_memory_another_process_deleted(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import MemoryTier
 

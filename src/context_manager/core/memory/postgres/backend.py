@@ -740,13 +740,12 @@ class PostgresBackend:
     async def exclusive(self, *names: str) -> AsyncIterator[None]:
         """Hold session advisory locks named ``names`` (taken in this order) on one connection for the block.
 
-        Released in the reverse order at the end of the block (or by the server if the connection is lost).
+        The connection is not one of the pool's (:meth:`PostgresDatabase.lock_connection`): the work in
+        the block needs pooled connections. Released in the reverse order at the end of the block (or by
+        the server if the connection is lost).
         """
-        pool = self.database._pool  # noqa: SLF001 - the lock lives on one connection for the whole block
-        if pool is None:
-            raise ConfigurationError("memory_backend", "postgres", "an open PostgreSQL storage")
         keys = [f"context_manager:{name}" for name in names]
-        async with pool.connection() as connection:
+        async with self.database.lock_connection() as connection:
             held: list[str] = []
             try:
                 for key in keys:
@@ -760,19 +759,9 @@ class PostgresBackend:
 
     @contextlib.asynccontextmanager
     async def try_exclusive(self, name: str) -> AsyncIterator[bool]:
-        """Try a session advisory lock named ``name`` (no wait); held on a dedicated connection for the block.
-
-        With a pool of one connection the block needs that connection itself: it runs without the lock
-        (the work it guards is idempotent, only done twice at worst).
-        """
-        pool = self.database._pool  # noqa: SLF001 - the lock lives on one connection for the whole block
-        if pool is None:
-            raise ConfigurationError("memory_backend", "postgres", "an open PostgreSQL storage")
-        if self.database.pool_size < 2:
-            yield True
-            return
+        """Try a session advisory lock named ``name`` (no wait); held for the block, as :meth:`exclusive`."""
         key = f"context_manager:{name}"
-        async with pool.connection() as connection:
+        async with self.database.lock_connection() as connection:
             cursor = await connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
             row = await cursor.fetchone()
             acquired = bool(row is not None and row[0])

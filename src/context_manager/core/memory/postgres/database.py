@@ -14,9 +14,10 @@ so a retry after a commit whose acknowledgement was lost changes nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_manager.core.errors import MissingDependencyError, StorageError
@@ -34,6 +35,8 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 """Seconds to wait before each retry of an operation that lost its connection (then StorageError)."""
 
 _MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
+LOCK_CONNECTIONS = 2
+"""Connections besides the pool that hold cross-process advisory locks (a consolidation, an overflow move)."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -69,6 +72,7 @@ class PostgresDatabase:
         self.connect_timeout = connect_timeout
         """Seconds to wait for a connection."""
         self._pool: AsyncConnectionPool | None = None
+        self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._psycopg: Any = None
 
     @property
@@ -109,8 +113,51 @@ class PostgresDatabase:
     async def close(self) -> None:
         """Close the pool (waits for connections in use to come back)."""
         pool, self._pool = self._pool, None
+        lock_pool, self._lock_pool = self._lock_pool, None
+        if lock_pool is not None:
+            await lock_pool.close()
         if pool is not None:
             await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection to hold session advisory locks on for a block, taken outside the pool.
+
+        A consolidation or an overflow move holds its lock while its statements run on pooled
+        connections: were the lock's connection one of the pool's, a small pool could be left with none
+        for those statements (with ``pool_size=1`` a consolidation waited for itself until the pool timed
+        out). These come from a second pool of :data:`LOCK_CONNECTIONS` (a process holds at most one
+        consolidation's and one move's at a time), opened on first use, idle connections closed after a
+        minute.
+
+        Raises:
+            StorageError: the storage is closed, or no connection could be made.
+        """
+        if self._pool is None:
+            raise StorageError(f"PostgreSQL storage at {self.location} is closed")
+        if self._lock_pool is None:
+            _, psycopg_pool = _import_psycopg()
+            lock_pool = psycopg_pool.AsyncConnectionPool(
+                self.dsn,
+                min_size=0,
+                max_size=LOCK_CONNECTIONS,
+                max_idle=60.0,
+                open=False,
+                timeout=self.connect_timeout,
+                kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+                name="context-manager-locks",
+            )
+            await lock_pool.open(wait=False)
+            self._lock_pool = lock_pool
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                connection = await stack.enter_async_context(self._lock_pool.connection())
+            except Exception as error:  # PoolTimeout, OperationalError: no connection within the timeout
+                raise StorageError(
+                    f"PostgreSQL at {self.location}: no connection for a cross-process lock: "
+                    f"{_describe(error)}"
+                ) from None
+            yield connection
 
     async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], what: str) -> _T:
         """Run ``operation`` with a pooled connection, retrying on a lost connection (bounded).
