@@ -171,6 +171,32 @@ async def test_tier_counts_follow_own_writes_at_once_and_other_processes_soon(po
         assert await backend.count(MemoryTier.SHORT) == 7
 
 
+async def test_a_count_read_while_this_process_adds_is_never_too_low(postgres_dsn: str) -> None:
+    """An add that commits after a count's snapshot but reports back while the count is in flight: the
+    count kept must include it (it read one too low, and the overflow it hid stayed after flush())."""
+    from context_manager.core.memory.models import Memory, MemoryTier
+
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        backend = manager.backend
+        assert backend is not None
+        await backend.put(MemoryTier.SHORT, [Memory(id=f"before-{n}", content="x") for n in range(3)])
+        fetch = backend._fetch  # type: ignore[attr-defined]
+
+        async def count_then_add(statement: str, parameters: object, what: str) -> object:
+            rows = await fetch(statement, parameters, what)  # the count, taken before the add commits
+            if what == "count":
+                await backend.put(MemoryTier.SHORT, [Memory(id="during", content="added meanwhile")])
+            return rows
+
+        backend._tier_counts.clear()  # type: ignore[attr-defined]  # the next count reads the server
+        backend._fetch = count_then_add  # type: ignore[attr-defined]
+        try:
+            assert await backend.count(MemoryTier.SHORT) == 4
+        finally:
+            del backend._fetch  # type: ignore[attr-defined]
+        assert await backend.count(MemoryTier.SHORT) == 4  # and kept so
+
+
 async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import MemoryTier
 

@@ -123,6 +123,10 @@ class PostgresBackend:
         # tier -> (count, monotonic time it was read): the overflow checks run on every add, so a count
         # is reused for _COUNT_TTL seconds, with every change this process makes applied to it
         self._tier_counts: dict[MemoryTier, tuple[int, float]] = {}
+        # memories this process added to each tier (a running sum): a count read while some were added may
+        # or may not include them, so it is kept as the larger bound (a count one too low left a tier over
+        # its capacity after flush(); one too high only makes the next overflow check read the tier)
+        self._count_added: dict[MemoryTier, int] = dict.fromkeys(MemoryTier, 0)
 
     @classmethod
     def from_config(
@@ -312,8 +316,10 @@ class PostgresBackend:
 
         Read from the server at most every half second (the short and medium tiers together; the long
         tier, which only feeds a warning, every 10 s); in between, the count read last with every change
-        this process made since. Other processes' changes show at
-        the next read: the capacities are soft limits, enforced by whichever process sees the overflow.
+        this process made since (what it added while the count was read is added to it: it may or may
+        not be in the count, and too low a count would leave an overflow unnoticed). Other processes'
+        changes show at the next read: the capacities are soft limits, enforced by whichever process
+        sees the overflow.
         """
         now = time.monotonic()
         known = self._tier_counts.get(tier)
@@ -321,26 +327,34 @@ class PostgresBackend:
         if known is not None and now - known[1] < lifetime:
             return known[0]
         tiers = [tier.value] if tier is MemoryTier.LONG else [MemoryTier.SHORT.value, MemoryTier.MEDIUM.value]
+        added = dict(self._count_added)
         rows = await self._fetch(
             "SELECT t.tier, (SELECT count(*) FROM cm_memories AS m WHERE m.tier = t.tier) "
             "FROM unnest(%s::text[]) AS t(tier)",
             (tiers,),
             "count",
         )
-        for name, count in rows:
-            self._tier_counts[MemoryTier(name)] = (int(count), now)
+        counted = {MemoryTier(name): int(count) for name, count in rows}
+        for counted_tier, count in counted.items():
+            self._keep_count(counted_tier, count, now, added[counted_tier])
         return self._tier_counts[tier][0]
 
+    def _keep_count(self, tier: MemoryTier, count: int, read_at: float, added_before: int) -> None:
+        """Keep a count read from the server, plus what this process added to the tier while it was read."""
+        self._tier_counts[tier] = (count + self._count_added[tier] - added_before, read_at)
+
     def _count_changed(self, tier: MemoryTier, change: int) -> None:
+        if change > 0:
+            self._count_added[tier] += change
         known = self._tier_counts.get(tier)
         if known is not None and change:
             self._tier_counts[tier] = (max(0, known[0] + change), known[1])
 
     async def members(self, tier: MemoryTier) -> list[Memory]:
         """Every memory of ``tier`` (and so its exact count, kept for :meth:`count`)."""
-        read_at = time.monotonic()
+        read_at, added = time.monotonic(), self._count_added[tier]
         found = await self._memories(f"SELECT {_COLUMNS} FROM cm_memories WHERE tier = %s", (tier.value,))
-        self._tier_counts[tier] = (len(found), read_at)
+        self._keep_count(tier, len(found), read_at, added)
         return found
 
     async def standings(self, tier: MemoryTier) -> list[TierStanding]:
@@ -349,13 +363,13 @@ class PostgresBackend:
         Reading and decoding the full rows of a 1,000-2,000 memory tier held the event loop 10-27 ms on a
         loaded machine, and the adds waiting for it made the add p99 (issue 12).
         """
-        read_at = time.monotonic()
+        read_at, added = time.monotonic(), self._count_added[tier]
         rows = await self._fetch(
             "SELECT id, importance, created_at, last_accessed, access_count FROM cm_memories WHERE tier = %s",
             (tier.value,),
             "read",
         )
-        self._tier_counts[tier] = (len(rows), read_at)
+        self._keep_count(tier, len(rows), read_at, added)
         return [
             TierStanding(row[0], float(row[1]), float(row[2]), float(row[3]), int(row[4])) for row in rows
         ]
