@@ -74,10 +74,10 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
     storage = Path(tempfile.mkdtemp(prefix="fit-", dir=workdir))
     clock = FixedClock(_timestamp(conversation.turns[0].session_date))
     # the weights in use (they pick the feedback query's words from the first pass's best hits, as at search
-    # time), with every feature whose weight also switches its gathering on (vector, period, feedback)
+    # time), with every feature whose weight also switches its gathering on (vector, period, feedback, time)
     shipped = RankingWeights.learned(embedder=embedder is not None)
     ranking = shipped.with_changes(
-        **{name: 1.0 for name in ("vector", "period", "feedback") if getattr(shipped, name) <= 0}
+        **{name: 1.0 for name in ("vector", "period", "feedback", "time") if getattr(shipped, name) <= 0}
     )
     manager = MemoryManager(
         ContextManagerConfig(storage_path=storage, embedder="none"),
@@ -111,6 +111,7 @@ async def gather(conversation: Conversation, embedder: str | None, workdir: Path
                 half_life_days=half_life,
                 query_speakers=gathered.speakers,
                 query_periods=gathered.periods,
+                query_asks_when=gathered.asks_when,
             )
             keys = [key_of.get(candidate.id) for candidate in candidates]
             found.append(

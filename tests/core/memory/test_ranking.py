@@ -6,9 +6,11 @@ import pytest
 
 from context_manager.core.memory.index import build_match, owner_token, query_tokens
 from context_manager.core.memory.ranking import (
+    ABLATIONS,
     FEATURES,
     Candidate,
     RankingWeights,
+    asks_when,
     bm25_idf,
     candidate_features,
     feedback_terms,
@@ -17,6 +19,7 @@ from context_manager.core.memory.ranking import (
     idf_corrections,
     in_period,
     learned_weights,
+    mentions_time,
     named_periods,
     named_speakers,
     parse_session_date,
@@ -105,6 +108,7 @@ def test_candidate_features_are_in_unit_range_and_ordered() -> None:
             "vector": 1.0,
             "period": 0.0,
             "feedback": 1.0,
+            "time": 0.0,
         }
     )
     assert second["previous"] == 1.0 and second["vector"] == 0.0 and 0 < second["access"] < 1
@@ -319,3 +323,40 @@ def test_feedback_feature_ranks_what_the_expanded_query_found() -> None:
     assert ranked[0].id == "f"
     ranked = fuse([unrelated, found_by_feedback], RankingWeights(feedback=0.0), now=NOW, half_life_days=30)
     assert ranked[0].id == "u"  # without it they tie and the newer wins
+
+
+def test_asks_when_and_mentions_time() -> None:
+    assert asks_when("When did Joanna finish her first screenplay?")
+    assert asks_when("  what year did Jon start dancing?")
+    assert asks_when("How long ago did Maria join the gym?")
+    assert not asks_when("Where did Joanna submit her screenplay?")
+    assert not asks_when("What did Jon say when he won?")  # "when" not asking
+    assert mentions_time("I finally finished it last Friday!")
+    assert mentions_time("We moved here two years ago.")
+    assert mentions_time("Back in 2019 I lived in Ohio.")
+    assert mentions_time("See you on Monday")
+    assert not mentions_time("I love painting sunsets with my kids.")
+    assert not mentions_time("Lastly, the yearbook")  # whole words only
+
+
+def test_time_feature_prefers_the_turn_that_says_when() -> None:
+    # both turns match the question equally; only the answer says when it happened
+    says_when = Candidate("w", bm25=5.0, states_time=True, timestamp=NOW - 10)
+    about_it = Candidate("a", bm25=5.0, states_time=False, timestamp=NOW)
+    weights = RankingWeights(time=1.0, recency=0.0)
+    ranked = fuse([about_it, says_when], weights, now=NOW, half_life_days=30, query_asks_when=True)
+    assert [c.id for c in ranked] == ["w", "a"]
+    # a question that does not ask when: the time feature stays 0, the newer one wins the tie
+    ranked = fuse([about_it, says_when], weights, now=NOW, half_life_days=30)
+    assert [c.id for c in ranked] == ["a", "w"]
+    # scaled by the turn's own evidence: a turn that matches nothing gains nothing from saying when
+    nothing = Candidate("n", bm25=0.0, states_time=True, timestamp=NOW)
+    rows = candidate_features([says_when, nothing], now=NOW, half_life_days=30, query_asks_when=True)
+    time_column = FEATURES.index("time")
+    assert rows[0][time_column] == 1.0 and rows[1][time_column] == 0.0
+
+
+def test_time_is_a_learned_weight_with_an_ablation() -> None:
+    assert RankingWeights().time > 0 and RankingWeights.learned(embedder=True).time > 0
+    assert ABLATIONS["time"] == {"time": 0.0}
+    assert "time" in learned_weights()["lexical"] and "time" in learned_weights()["embedder"]

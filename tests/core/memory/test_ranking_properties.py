@@ -42,6 +42,7 @@ def candidate_lists(draw: st.DrawFn) -> list[Candidate]:
                 turn_index=draw(st.integers(min_value=0, max_value=6)) if conversational else None,
                 speaker=draw(st.sampled_from([None, "user", "Ana"])),
                 feedback=draw(st.sampled_from([0.0, 1.5, 4.0])),
+                states_time=draw(st.booleans()),
             )
         )
     return candidates
@@ -60,6 +61,7 @@ weights_strategy = st.builds(
     vector=st.floats(0, 2),
     period=st.floats(0, 2),
     feedback=st.floats(0, 2),
+    time=st.floats(0, 2),
 )
 PERIODS = frozenset({(2023, 11)})  # NOW is in November 2023; memories 40 days older are not
 
@@ -74,12 +76,22 @@ def test_order_is_a_deterministic_permutation(
     candidates: list[Candidate], weights: RankingWeights, shuffler: random.Random
 ) -> None:
     ranked = [
-        c.id for c in fuse(_copy(candidates), weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+        c.id
+        for c in fuse(
+            _copy(candidates),
+            weights,
+            now=NOW,
+            half_life_days=30,
+            query_periods=PERIODS,
+            query_asks_when=True,
+        )
     ]
     assert sorted(ranked) == sorted(c.id for c in candidates)
     shuffled = _copy(candidates)
     shuffler.shuffle(shuffled)
-    reordered = fuse(shuffled, weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    reordered = fuse(
+        shuffled, weights, now=NOW, half_life_days=30, query_periods=PERIODS, query_asks_when=True
+    )
     assert [c.id for c in reordered] == ranked
 
 
@@ -90,11 +102,13 @@ def test_more_importance_never_ranks_lower(
 ) -> None:
     chosen = data.draw(st.integers(min_value=0, max_value=len(candidates) - 1))
     target = candidates[chosen].id
-    ranked = fuse(_copy(candidates), weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    ranked = fuse(
+        _copy(candidates), weights, now=NOW, half_life_days=30, query_periods=PERIODS, query_asks_when=True
+    )
     before = [c.id for c in ranked].index(target)
     raised = _copy(candidates)
     raised[chosen].importance = min(1.0, raised[chosen].importance + data.draw(st.floats(0.01, 1.0)))
-    ranked = fuse(raised, weights, now=NOW, half_life_days=30, query_periods=PERIODS)
+    ranked = fuse(raised, weights, now=NOW, half_life_days=30, query_periods=PERIODS, query_asks_when=True)
     after = [c.id for c in ranked].index(target)
     assert after <= before
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.ranking import RankingWeights
@@ -116,3 +118,34 @@ async def test_feedback_finds_the_turn_that_shares_no_word_with_the_question(
         async with MemoryManager(config, ranking=weights) as memory:
             results = await memory.search_memory("What pets does Nate have?", limit=10)
             assert results and ids[later] not in [result.id for result in results]
+
+
+async def test_a_question_asking_when_prefers_the_turn_that_says_when(config: ContextManagerConfig) -> None:
+    """Both turns name the adoption and Shelly; "When did ..." is answered by the one that says when."""
+    turns = [
+        ("Nate", "I adopted Shelly two weeks ago, she is a turtle."),
+        ("Joanna", "Nice!"),
+        ("Nate", "Shelly is the turtle I adopted, she loves lettuce."),
+    ]
+    contents = [text for _, text in turns]
+    scores: dict[float, dict[str, float]] = {}
+    for weight in (2.0, 0.0):
+        async with MemoryManager(config, ranking=RankingWeights(time=weight)) as memory:
+            if weight:
+                await memory.add_memories(
+                    [
+                        {
+                            "content": text,
+                            "metadata": {"session_id": "s1", "turn_index": index, "speaker": who},
+                        }
+                        for index, (who, text) in enumerate(turns)
+                    ]
+                )
+            results = await memory.search_memory("When did Nate adopt Shelly?", limit=3)
+            scores[weight] = {result.content: result.score for result in results}
+            if weight:
+                assert results[0].content == contents[0]
+    # the time feature raised the turn that says when, and only that one (the second search differs
+    # otherwise by the access counts of the first)
+    assert scores[2.0][contents[0]] - scores[0.0][contents[0]] > 0.5
+    assert scores[2.0][contents[2]] == pytest.approx(scores[0.0][contents[2]], abs=0.01)

@@ -5,7 +5,7 @@ A candidate's score is a weighted sum of features, each in [0, 1]::
     score = bm25 * lexical + previous * lexical(previous turn) + next * lexical(next turn)
             + session * session_lexical + speaker * named_speaker + recency * 0.5 ** (age / half_life)
             + importance * importance + access * log-access + vector * cosine + period * in_named_period
-            + feedback * feedback_lexical
+            + feedback * feedback_lexical + time * states_time
 
 ``lexical`` is BM25 divided by the best BM25 of the query. For a conversation turn, ``previous`` and
 ``next`` are the lexical scores of its neighbouring turns in the same session (the answer often follows the
@@ -19,7 +19,10 @@ divided by the best one. ``in_named_period`` is 1 when the query names a month o
 was stored) falls in one of them. ``feedback_lexical`` is the BM25 of a second, expanded query divided by its
 best one (pseudo-relevance feedback): the question plus the rarest words of the best hits of the first pass
 (:func:`feedback_terms`), which finds turns that share no word with the question but talk about what its best
-hits talk about (the other half of a multi-hop answer).
+hits talk about (the other half of a multi-hop answer). ``states_time`` (for questions asking when, see
+:func:`asks_when`) is 1 for a turn whose text states a time ("last Friday", "yesterday", "in May", see
+:func:`mentions_time`), scaled like ``named_speaker``: the answer to "When did Jon ..." is the turn that
+says when, not every turn about it.
 
 The weights are learned, not hand-set: ``benchmarks/fit_ranking.py`` fits a logistic model over these
 features on real long conversations (leave-one-conversation-out cross-validated) and writes
@@ -53,6 +56,7 @@ __all__ = [
     "FIRST_PERSON_WORDS",
     "Candidate",
     "RankingWeights",
+    "asks_when",
     "bm25_idf",
     "candidate_features",
     "deduplicate",
@@ -62,6 +66,7 @@ __all__ = [
     "idf_corrections",
     "in_period",
     "learned_weights",
+    "mentions_time",
     "named_periods",
     "named_speakers",
     "parse_session_date",
@@ -88,6 +93,7 @@ FEATURES = (
     "vector",
     "period",
     "feedback",
+    "time",
 )
 """The ranking features, in the order of :func:`candidate_features`; each has a weight of that name."""
 
@@ -122,6 +128,19 @@ _TIME_PREPOSITIONS = frozenset(
     {"in", "of", "since", "during", "early", "late", "mid", "until", "before", "after"}
 )
 _YEAR = re.compile(r"(?:19|20)\d\d")
+# a question that asks when: it starts with "when", "what year/month/day/date/time" or "how long ago"
+_WHEN_QUESTION = re.compile(r"^\W*(?:when|what (?:year|month|day|date|time)|how long ago)\b", re.IGNORECASE)
+# a text that states a time: relative words, a season this year, a weekday, a month, a year (whole words;
+# broad on purpose, "may" the verb and "next" in "next to" count too: it only ranks candidates that already
+# match the question, and was measured with this list)
+_TIME_EXPRESSION = re.compile(
+    r"\b(?:yesterday|today|tonight|tomorrow|ago|last|next|recently|weekends?|weeks?|months?|years?"
+    r"|this (?:morning|summer|winter|spring|fall)"
+    r"|mondays?|tuesdays?|wednesdays?|thursdays?|fridays?|saturdays?|sundays?"
+    r"|january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|(?:19|20)\d\d)\b",
+    re.IGNORECASE,
+)
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -174,6 +193,8 @@ class RankingWeights:
     feedback: float = _learned("feedback")
     """Weight of the second, expanded query's normalised BM25 (pseudo-relevance feedback; 0 skips that
     query)."""
+    time: float = _learned("time")
+    """Weight of the time match (the query asks when and the memory's text states a time)."""
     neighbour_context: bool = True
     """Fetch the neighbouring turns of matched turns and score them by their neighbours."""
     speaker_boost: bool = True
@@ -267,6 +288,8 @@ class Candidate:
     """Who said it."""
     feedback: float = 0.0
     """Positive BM25 score for the feedback query (0 when it did not match or there was none)."""
+    states_time: bool = False
+    """Its text states a time (:func:`mentions_time`); only looked at for queries that ask when."""
     score: float = 0.0
     """The fused score (filled in by :func:`fuse`)."""
 
@@ -315,6 +338,30 @@ def named_periods(text: str) -> frozenset[tuple[int | None, int | None]]:
     return frozenset(periods)
 
 
+def asks_when(text: str) -> bool:
+    """Whether a query asks when something happened ("When did ...", "What year ...", "How long ago ...").
+
+    Example:
+        >>> asks_when("When did Jon open his dance studio?"), asks_when("Where did Jon dance?")
+        (True, False)
+    """
+    return _WHEN_QUESTION.search(text) is not None
+
+
+def mentions_time(text: str) -> bool:
+    """Whether a text states a time: the ``time`` feature's test of a memory (see :func:`asks_when`).
+
+    A relative one ("yesterday", "last week", "two years ago", "next Friday", "this summer", "recently"), a
+    weekday, a month or a year, as a whole word in English. Broad on purpose ("may" the verb counts): the
+    feature only reorders candidates that match the question, scaled by their own match.
+
+    Example:
+        >>> mentions_time("I finished my screenplay last Friday!"), mentions_time("I love painting.")
+        (True, False)
+    """
+    return _TIME_EXPRESSION.search(text) is not None
+
+
 def in_period(timestamp: float, periods: frozenset[tuple[int | None, int | None]]) -> bool:
     """Whether a moment (epoch seconds, UTC) falls in one of ``periods`` (see :func:`named_periods`)."""
     if not periods:
@@ -361,11 +408,14 @@ def candidate_features(
     half_life_days: float,
     query_speakers: frozenset[str] = frozenset(),
     query_periods: frozenset[tuple[int | None, int | None]] = frozenset(),
+    query_asks_when: bool = False,
 ) -> list[tuple[float, ...]]:
     """The value of each of :data:`FEATURES` for each candidate (a row per candidate, each value in [0, 1]).
 
     Candidates that are neighbouring turns of matched turns should be included with ``bm25=0``: they
-    score through their neighbours' ``previous``/``next`` features.
+    score through their neighbours' ``previous``/``next`` features. ``query_speakers``,
+    ``query_periods`` and ``query_asks_when`` describe the query (:func:`named_speakers`,
+    :func:`named_periods`, :func:`asks_when`); the ``time`` feature is 0 unless it asks when.
     """
     if not candidates:
         return []
@@ -424,6 +474,7 @@ def candidate_features(
                 cosine,
                 dated,
                 c.feedback * feedback_scale,
+                relevance if query_asks_when and c.states_time else 0.0,
             )
         )
     return rows
@@ -437,6 +488,7 @@ def fuse(
     half_life_days: float,
     query_speakers: frozenset[str] = frozenset(),
     query_periods: frozenset[tuple[int | None, int | None]] = frozenset(),
+    query_asks_when: bool = False,
 ) -> list[Candidate]:
     """Score every candidate (the weighted sum of its features) and return them best first.
 
@@ -448,6 +500,7 @@ def fuse(
         half_life_days=half_life_days,
         query_speakers=query_speakers,
         query_periods=query_periods,
+        query_asks_when=query_asks_when,
     )
     active = [(position, weight) for position, weight in enumerate(weights.feature_weights()) if weight]
     for candidate, row in zip(candidates, rows, strict=True):
@@ -611,5 +664,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "vector": {"vector": 0.0},
     "named period": {"period": 0.0},
     "feedback": {"feedback": 0.0},
+    "time": {"time": 0.0},
 }
 """Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""

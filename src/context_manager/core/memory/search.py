@@ -20,8 +20,10 @@ from context_manager.core.memory.index import content_tokens, query_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
     Candidate,
+    asks_when,
     feedback_terms,
     fuse,
+    mentions_time,
     named_periods,
     named_speakers,
     parse_session_date,
@@ -61,6 +63,8 @@ class GatheredCandidates(NamedTuple):
     """The months and years it names (:func:`~context_manager.core.memory.ranking.named_periods`)."""
     now: float
     """The clock when it was asked."""
+    asks_when: bool = False
+    """Whether it asks when (:func:`~context_manager.core.memory.ranking.asks_when`)."""
 
 
 class MemorySearch(TierMovement):
@@ -134,6 +138,7 @@ class MemorySearch(TierMovement):
             half_life_days=half_life,
             query_speakers=gathered.speakers,
             query_periods=gathered.periods,
+            query_asks_when=gathered.asks_when,
         )
         found = gathered.memories
         results = []
@@ -202,18 +207,19 @@ class MemorySearch(TierMovement):
         if weights.neighbour_context and found:
             await self._add_neighbours(found, keep)
 
+        when = weights.time > 0 and asks_when(query)
         candidates = [
-            self._candidate(memory, bm25, cosines.get(memory.id)) for memory, bm25 in found.values()
+            self._candidate(memory, bm25, cosines.get(memory.id), when) for memory, bm25 in found.values()
         ]
         speakers = named_speakers(tokens) if weights.speaker_boost else frozenset()
         periods = named_periods(query) if weights.period > 0 else frozenset()
         now = self._clock()
         if weights.feedback > 0 and candidates:
             candidates = await self._feedback_pass(
-                lexical, found, candidates, speakers, periods, now, query_vector
+                lexical, found, candidates, speakers, periods, now, query_vector, when
             )
         memories = {memory_id: pair[0] for memory_id, pair in found.items()}
-        return GatheredCandidates(memories, candidates, speakers, periods, now)
+        return GatheredCandidates(memories, candidates, speakers, periods, now, when)
 
     async def _feedback_pass(
         self,
@@ -224,6 +230,7 @@ class MemorySearch(TierMovement):
         periods: frozenset[tuple[int | None, int | None]],
         now: float,
         query_vector: numpy.ndarray | None,
+        when: bool,
     ) -> list[Candidate]:
         """Pseudo-relevance feedback: search again with the question plus the rarest words of its best hits.
 
@@ -243,6 +250,7 @@ class MemorySearch(TierMovement):
             half_life_days=weights.recency_half_life_days or self.config.recency_half_life_days,
             query_speakers=speakers,
             query_periods=periods,
+            query_asks_when=when,
         )
         # conversation turns only: the feedback query was learned and measured on conversations (the other
         # half of a multi-hop answer is another turn); elsewhere it would cost a second query unvalidated
@@ -274,12 +282,17 @@ class MemorySearch(TierMovement):
             candidate.feedback = feedback.get(candidate.id, 0.0)
         for memory in new:
             found[memory.id] = (memory, 0.0)
-            candidate = self._candidate(memory, 0.0, cosines.get(memory.id))
+            candidate = self._candidate(memory, 0.0, cosines.get(memory.id), when)
             candidate.feedback = feedback[memory.id]
             candidates.append(candidate)
         return candidates
 
-    def _candidate(self, memory: Memory, bm25: float, cosine: float | None) -> Candidate:
+    def _candidate(self, memory: Memory, bm25: float, cosine: float | None, when: bool) -> Candidate:
+        """The ranking candidate of ``memory``.
+
+        ``when``: the query asks when; only then is the text looked at for a stated time
+        (:func:`~context_manager.core.memory.ranking.mentions_time`).
+        """
         pending = self._pending_touches.get(memory.id)
         metadata = memory.metadata
         session_id = memory.session_id if "session_id" in metadata else None
@@ -300,6 +313,7 @@ class MemorySearch(TierMovement):
             session=None if session_id is None else (memory.user_id, session_id),
             turn_index=turn_index,
             speaker=memory.speaker if "speaker" in metadata else None,
+            states_time=when and mentions_time(memory.content),
         )
 
     async def _add_neighbours(
