@@ -73,6 +73,7 @@ class PostgresDatabase:
         """Seconds to wait for a connection."""
         self._pool: AsyncConnectionPool | None = None
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
+        self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
         self._psycopg: Any = None
 
     @property
@@ -135,23 +136,27 @@ class PostgresDatabase:
         """
         if self._pool is None:
             raise StorageError(f"PostgreSQL storage at {self.location} is closed")
-        if self._lock_pool is None:
-            _, psycopg_pool = _import_psycopg()
-            lock_pool = psycopg_pool.AsyncConnectionPool(
-                self.dsn,
-                min_size=0,
-                max_size=LOCK_CONNECTIONS,
-                max_idle=60.0,
-                open=False,
-                timeout=self.connect_timeout,
-                kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
-                name="context-manager-locks",
-            )
-            await lock_pool.open(wait=False)
-            self._lock_pool = lock_pool
+        lock_pool = self._lock_pool
+        if lock_pool is None:
+            async with self._lock_pool_opening:
+                lock_pool = self._lock_pool
+                if lock_pool is None:
+                    _, psycopg_pool = _import_psycopg()
+                    lock_pool = psycopg_pool.AsyncConnectionPool(
+                        self.dsn,
+                        min_size=0,
+                        max_size=LOCK_CONNECTIONS,
+                        max_idle=60.0,
+                        open=False,
+                        timeout=self.connect_timeout,
+                        kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+                        name="context-manager-locks",
+                    )
+                    await lock_pool.open(wait=False)
+                    self._lock_pool = lock_pool
         async with contextlib.AsyncExitStack() as stack:
             try:
-                connection = await stack.enter_async_context(self._lock_pool.connection())
+                connection = await stack.enter_async_context(lock_pool.connection())
             except Exception as error:  # PoolTimeout, OperationalError: no connection within the timeout
                 raise StorageError(
                     f"PostgreSQL at {self.location}: no connection for a cross-process lock: "
