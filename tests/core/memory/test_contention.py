@@ -142,6 +142,48 @@ async def test_an_overflow_found_while_the_rebalance_finishes_is_still_moved(
         assert stats["by_tier"]["short"] <= 20 and stats["total_memories"] == 24, stats["by_tier"]
 
 
+async def test_the_backend_chooses_the_least_valuable_memories_as_python_ranks_them(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """overflow_victims ranks where the data is (PostgreSQL in SQL): the same victims, in the same order, as
+    tier_value() in Python, ties by id; nothing while the tier is within its capacity."""
+    from context_manager.core.memory.backend import TIER_VALUE_FORGOTTEN_SECONDS, tier_value
+
+    config = config.model_copy(update={"medium_term_memory_size": 1000})
+    async with MemoryManager(config, clock=clock) as manager:
+        backend = manager.backend
+        assert backend is not None
+        ages = [0.0, 3_600.0, 86_400.0, 5 * 86_400.0, TIER_VALUE_FORGOTTEN_SECONDS + 1.0]
+        for number in range(60):  # five ages, four importances (ties among them), some searched (accesses)
+            clock.now = 1_700_000_000.0 + 2 * TIER_VALUE_FORGOTTEN_SECONDS - ages[number % 5]
+            await manager.add_memory(
+                f"medium note {number} word{number % 3}", tier="medium", importance=(number % 4) / 4
+            )
+        clock.now = 1_700_000_000.0 + 2 * TIER_VALUE_FORGOTTEN_SECONDS
+        for _ in range(3):
+            await manager.search_memory("word1", limit=30)  # access counts 3 for 20 of them
+        await manager.flush()
+        now = clock.now + 7_200.0
+        stored = [m for m in await manager.stored_copies() if m.tier is MemoryTier.MEDIUM]
+        assert len(stored) == 60 and {m.access_count for m in stored} == {0, 3}
+        expected = [
+            m.id
+            for m in sorted(
+                stored,
+                key=lambda m: (
+                    tier_value(m.importance, m.created_at, m.last_accessed, m.access_count, now),
+                    m.id,
+                ),
+            )
+        ]
+        assert await backend.overflow_victims(MemoryTier.MEDIUM, 60, 40, now) == []  # within capacity
+        assert await backend.overflow_victims(MemoryTier.MEDIUM, 59, 40, now) == expected[:20]
+        assert await backend.overflow_victims(MemoryTier.MEDIUM, 10, 0, now) == expected
+        assert (
+            await backend.overflow_victims(MemoryTier.MEDIUM, 10, 70, now) == []
+        )  # keeps more than it holds
+
+
 async def test_writes_far_over_the_short_capacity_wait_for_the_move(
     config: ContextManagerConfig, clock: FakeClock
 ) -> None:

@@ -18,6 +18,7 @@ whether they return every copy or one per memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ __all__ = [
     "TierStanding",
     "VectorHit",
     "in_scope",
+    "tier_value",
 ]
 
 UserScope = str | None | AllUsers
@@ -46,6 +48,31 @@ TIER_ORDER: dict[MemoryTier, int] = {MemoryTier.SHORT: 0, MemoryTier.MEDIUM: 1, 
 
 VectorHit = tuple[str, float]
 """``(memory_id, cosine)``."""
+
+# How much a memory deserves a faster tier (overflow moves keep the most valuable): importance, recency of
+# its last use (half-life one day), access count (saturating at 100). The PostgreSQL backend computes the
+# same value in SQL from these constants (``postgres/backend.py``, ``_TIER_VALUE``).
+TIER_VALUE_IMPORTANCE = 0.5
+TIER_VALUE_RECENCY = 0.3
+TIER_VALUE_ACCESS = 0.2
+TIER_VALUE_HALF_LIFE_SECONDS = 86_400.0
+TIER_VALUE_ACCESS_SATURATION = 100
+TIER_VALUE_FORGOTTEN_SECONDS = 1_000 * TIER_VALUE_HALF_LIFE_SECONDS  # older: recency counts 0 (no underflow)
+
+
+def tier_value(
+    importance: float, created_at: float, last_accessed: float, access_count: int, now: float
+) -> float:
+    """How much a memory deserves a faster tier: 0.5 importance + 0.3 recency of use + 0.2 access count."""
+    age = now - max(created_at, last_accessed)
+    if age <= 0:
+        recency = 1.0
+    elif age >= TIER_VALUE_FORGOTTEN_SECONDS:
+        recency = 0.0
+    else:
+        recency = 0.5 ** (age / TIER_VALUE_HALF_LIFE_SECONDS)
+    access = min(1.0, math.log1p(access_count) / math.log1p(TIER_VALUE_ACCESS_SATURATION))
+    return TIER_VALUE_IMPORTANCE * importance + TIER_VALUE_RECENCY * recency + TIER_VALUE_ACCESS * access
 
 
 class TierStanding(NamedTuple):
@@ -212,11 +239,14 @@ class MemoryBackend(Protocol):
         """Every memory of ``tier`` (the bounded tiers: short and medium)."""
         ...
 
-    async def standings(self, tier: MemoryTier) -> list[TierStanding]:
-        """Id, importance, times and access count of every memory of ``tier`` (what an overflow move ranks).
+    async def overflow_victims(self, tier: MemoryTier, capacity: int, keep: int, now: float) -> list[str]:
+        """The memories an overflow move takes out of ``tier``, least valuable first.
 
-        The same memories as :meth:`members`, without their text, tags and metadata: cheap to read and
-        decode, so choosing the victims of an overflow move does not hold the event loop.
+        When ``tier`` holds more than ``capacity`` memories: the ids of its least valuable ones (by
+        :func:`tier_value` at ``now``, ties by id) beyond the ``keep`` most valuable; else ``[]``. The
+        backend chooses them where the data is (PostgreSQL in SQL), so a move reads a few ids instead of
+        a whole tier: reading and ranking 1,000-2,000 rows on the event loop held it 2-6 ms per move and
+        made the add p99 (issue 12).
         """
         ...
 

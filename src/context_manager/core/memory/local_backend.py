@@ -41,6 +41,7 @@ from context_manager.core.memory.backend import (
     UserScope,
     VectorHit,
     in_scope,
+    tier_value,
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
@@ -394,12 +395,23 @@ class LocalBackend:
             return await self._run(lambda: list(self._long_store.all()))
         return list(self._volatile(tier).all())
 
-    async def standings(self, tier: MemoryTier) -> list[TierStanding]:
-        """What an overflow move ranks every memory of ``tier`` by (see :meth:`MemoryBackend.standings`)."""
-        return [
+    async def overflow_victims(self, tier: MemoryTier, capacity: int, keep: int, now: float) -> list[str]:
+        """See :meth:`MemoryBackend.overflow_victims` (ranked in process: the volatile tiers live here)."""
+        members = [
             TierStanding(m.id, m.importance, m.created_at, m.last_accessed, m.access_count)
             for m in await self.members(tier)
         ]
+        excess = len(members) - keep
+        if len(members) <= capacity or excess <= 0:
+            return []
+        ranked = sorted(
+            members,
+            key=lambda m: (
+                tier_value(m.importance, m.created_at, m.last_accessed, m.access_count, now),
+                m.id,
+            ),
+        )
+        return [m.id for m in ranked[:excess]]
 
     async def long_copies(self, ids: Sequence[str]) -> set[str]:
         """The short-term ids among ``ids`` that also have a long-term copy."""

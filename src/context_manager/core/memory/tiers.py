@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from context_manager.core.memory.backend import TierStanding
+from context_manager.core.memory.backend import tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
-from context_manager.core.memory.ranking import recency_decay
 from context_manager.core.memory.state import ManagerState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,17 +105,17 @@ class TierMovement(ManagerState):
         await backend.put(MemoryTier.SHORT, short_updates)
         await backend.put(MemoryTier.MEDIUM, by_tier[MemoryTier.MEDIUM])
 
-    def _value(self, memory: Memory | TierStanding, now: float) -> float:
-        """How much a memory deserves a faster tier: importance, recency of use, access count."""
-        recency = recency_decay(now - max(memory.created_at, memory.last_accessed), 1.0)
-        access = min(1.0, math.log1p(memory.access_count) / math.log1p(100.0))
-        return 0.5 * memory.importance + 0.3 * recency + 0.2 * access
+    def _value(self, memory: Memory, now: float) -> float:
+        """How much a memory deserves a faster tier (see :func:`.backend.tier_value`)."""
+        return tier_value(
+            memory.importance, memory.created_at, memory.last_accessed, memory.access_count, now
+        )
 
     async def _move_overflow(self, source: MemoryTier, target: MemoryTier, capacity: int) -> bool:
         """Move the least valuable memories of ``source`` to ``target``, a chunk per hold of the write lock.
 
         Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen
-        without the write lock (from :meth:`MemoryBackend.standings`: no text), then moved
+        without the write lock (by the backend: :meth:`MemoryBackend.overflow_victims`), then moved
         :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
         which takes the victims' current copies (a victim deleted, updated or moved meanwhile is skipped
         or moved as it is now). A short-term victim that already has a long-term copy just loses its
@@ -131,13 +129,12 @@ class TierMovement(ManagerState):
         if await backend.count(source) <= capacity:
             return False
         async with backend.try_exclusive(f"{source.value}-term overflow") as ours:
-            members = await backend.standings(source) if ours else []
-            excess = len(members) - int(capacity * _SHRINK_TO)
-            if len(members) <= capacity or excess <= 0:
-                return False  # another process moves it (or it is within capacity after all)
-            now = self._clock()
-            victims = [m.id for m in sorted(members, key=lambda m: self._value(m, now))[:excess]]
-            del members
+            if not ours:
+                return False  # another process moves it
+            keep = int(capacity * _SHRINK_TO)
+            victims = await backend.overflow_victims(source, capacity, keep, self._clock())
+            if not victims:
+                return False  # within capacity after all
             for first in range(0, len(victims), _OVERFLOW_CHUNK):
                 await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
                 async with self._write_lock:

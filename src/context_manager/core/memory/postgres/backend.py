@@ -24,9 +24,14 @@ from typing import TYPE_CHECKING, Any
 from context_manager.core.errors import ConfigurationError
 from context_manager.core.memory.backend import (
     TIER_ORDER,
+    TIER_VALUE_ACCESS,
+    TIER_VALUE_ACCESS_SATURATION,
+    TIER_VALUE_FORGOTTEN_SECONDS,
+    TIER_VALUE_HALF_LIFE_SECONDS,
+    TIER_VALUE_IMPORTANCE,
+    TIER_VALUE_RECENCY,
     BackendStats,
     LexicalQuery,
-    TierStanding,
     UserScope,
     VectorHit,
 )
@@ -83,6 +88,21 @@ _MOVE = (
     "session_id, turn_index, session_date FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) "
     + _INSERT[_INSERT.index("ON CONFLICT") :]
     + " RETURNING (xmax = 0) AS new"
+)
+# tier_value() of backend.py in SQL, from the same constants: ranked on the server, ties by id
+_AGE = "(%(now)s - GREATEST(created_at, last_accessed))"
+_TIER_VALUE = (
+    f"({TIER_VALUE_IMPORTANCE} * importance + {TIER_VALUE_RECENCY} * CASE WHEN {_AGE} <= 0 THEN 1.0 "
+    f"WHEN {_AGE} >= {TIER_VALUE_FORGOTTEN_SECONDS} THEN 0.0 "
+    f"ELSE power(0.5, {_AGE} / {TIER_VALUE_HALF_LIFE_SECONDS}) END "
+    f"+ {TIER_VALUE_ACCESS} * LEAST(1.0, ln(1 + access_count) / ln({1 + TIER_VALUE_ACCESS_SATURATION})))"
+)
+_OVERFLOW_VICTIMS = (
+    "WITH ranked AS MATERIALIZED (SELECT id, row_number() OVER (ORDER BY "
+    + _TIER_VALUE
+    + ", id) AS r FROM cm_memories WHERE tier = %(tier)s), total AS (SELECT count(*) AS n FROM ranked) "
+    "SELECT total.n, ARRAY(SELECT ranked.id FROM ranked WHERE total.n > %(capacity)s "
+    "AND ranked.r <= total.n - %(keep)s ORDER BY ranked.r) FROM total"
 )
 _MOVE_DELETE = "DELETE FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) RETURNING 1 AS n"
 
@@ -357,22 +377,20 @@ class PostgresBackend:
         self._keep_count(tier, len(found), read_at, added)
         return found
 
-    async def standings(self, tier: MemoryTier) -> list[TierStanding]:
-        """What an overflow move ranks every memory of ``tier`` by: five columns, no text (exact count kept).
+    async def overflow_victims(self, tier: MemoryTier, capacity: int, keep: int, now: float) -> list[str]:
+        """See :meth:`MemoryBackend.overflow_victims`: ranked by the server, only the victims' ids travel.
 
-        Reading and decoding the full rows of a 1,000-2,000 memory tier held the event loop 10-27 ms on a
-        loaded machine, and the adds waiting for it made the add p99 (issue 12).
+        The tier's exact count comes back too and is kept for :meth:`count`.
         """
         read_at, added = time.monotonic(), self._count_added[tier]
         rows = await self._fetch(
-            "SELECT id, importance, created_at, last_accessed, access_count FROM cm_memories WHERE tier = %s",
-            (tier.value,),
+            _OVERFLOW_VICTIMS,
+            {"tier": tier.value, "capacity": capacity, "keep": keep, "now": now},
             "read",
         )
-        self._keep_count(tier, len(rows), read_at, added)
-        return [
-            TierStanding(row[0], float(row[1]), float(row[2]), float(row[3]), int(row[4])) for row in rows
-        ]
+        count, victims = int(rows[0][0]), list(rows[0][1] or [])
+        self._keep_count(tier, count, read_at, added)
+        return victims
 
     async def long_copies(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` with a long-term row."""
