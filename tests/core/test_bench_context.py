@@ -8,26 +8,13 @@ a compression evicting messages, the event loop measured while it ran).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "benchmarks" / "bench_context.py"
+from tests.bench_support import run_benchmark
 
 
 def test_the_quick_run_reports_every_section_against_its_baseline(tmp_path: Path) -> None:
-    output = tmp_path / "figures.json"
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert completed.returncode == 0, completed.stderr
-    figures = json.loads(output.read_text())
+    figures, printed = run_benchmark("bench_context.py", "--quick", directory=tmp_path)
     assert figures["quick"] is True and len(figures["load_before"]) == 3
 
     counting = figures["counting"]
@@ -60,5 +47,5 @@ def test_the_quick_run_reports_every_section_against_its_baseline(tmp_path: Path
     assert stalls["max_tokens"] == 128_000 and stalls["compressions"] == 1 and stalls["evicted"] > 0
     assert stalls["steps"] > 0 and stalls["max_step_cpu_ms"] > 0
 
-    assert "1. Token counting" in completed.stdout and "5. Event loop" in completed.stdout
-    assert "load average" in completed.stdout
+    assert "1. Token counting" in printed and "5. Event loop" in printed
+    assert "load average" in printed

@@ -6,26 +6,15 @@ that the command runs end to end on a real store, measures its baselines in the 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-BENCH = ROOT / "benchmarks" / "bench_conversation.py"
+from tests.bench_support import run_benchmark
 
 
 def test_the_quick_run_reports_resume_and_add_against_raw_baselines(tmp_path: Path) -> None:
-    output = tmp_path / "figures.json"
-    completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--backend", "sqlite", "--json", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    figures, printed = run_benchmark(
+        "bench_conversation.py", "--quick", "--backend", "sqlite", directory=tmp_path, timeout=300
     )
-    assert completed.returncode == 0, completed.stderr
-    figures = json.loads(output.read_text())
     assert figures["quick"] is True and len(figures["load_before"]) == 3
     sqlite = figures["backends"]["sqlite"]
     assert sqlite["resume"], "no resume size measured"
@@ -35,4 +24,4 @@ def test_the_quick_run_reports_resume_and_add_against_raw_baselines(tmp_path: Pa
     add = sqlite["add"]
     assert {"persisted", "in_process", "raw_insert"} <= set(add)
     assert add["persisted_vs_raw_p50"] > 0
-    assert "resume 1000" in completed.stdout and "raw insert" in completed.stdout
+    assert "resume 1000" in printed and "raw insert" in printed

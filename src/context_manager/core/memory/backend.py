@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
@@ -35,7 +35,6 @@ __all__ = [
     "BackendStats",
     "LexicalQuery",
     "MemoryBackend",
-    "TierStanding",
     "VectorHit",
     "in_scope",
     "tier_value",
@@ -73,21 +72,6 @@ def tier_value(
         recency = 0.5 ** (age / TIER_VALUE_HALF_LIFE_SECONDS)
     access = min(1.0, math.log1p(access_count) / math.log1p(TIER_VALUE_ACCESS_SATURATION))
     return TIER_VALUE_IMPORTANCE * importance + TIER_VALUE_RECENCY * recency + TIER_VALUE_ACCESS * access
-
-
-class TierStanding(NamedTuple):
-    """What an overflow move ranks a memory by, without its text (see :meth:`MemoryBackend.standings`)."""
-
-    id: str
-    """The memory's id."""
-    importance: float
-    """0 (trivial) to 1 (critical)."""
-    created_at: float
-    """When it was stored (epoch seconds)."""
-    last_accessed: float
-    """When a search last returned it (epoch seconds)."""
-    access_count: int
-    """How many searches returned it."""
 
 
 def in_scope(memory: Memory, scope: UserScope) -> bool:

@@ -37,7 +37,6 @@ from context_manager.core.memory.backend import (
     TIER_ORDER,
     BackendStats,
     LexicalQuery,
-    TierStanding,
     UserScope,
     VectorHit,
     in_scope,
@@ -397,10 +396,7 @@ class LocalBackend:
 
     async def overflow_victims(self, tier: MemoryTier, capacity: int, keep: int, now: float) -> list[str]:
         """See :meth:`MemoryBackend.overflow_victims` (ranked in process: the volatile tiers live here)."""
-        members = [
-            TierStanding(m.id, m.importance, m.created_at, m.last_accessed, m.access_count)
-            for m in await self.members(tier)
-        ]
+        members = await self.members(tier)
         excess = len(members) - keep
         if len(members) <= capacity or excess <= 0:
             return []

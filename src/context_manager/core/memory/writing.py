@@ -207,8 +207,8 @@ class MemoryWriting(TierMovement):
             else:  # it may be past its last capacity check: it goes round again before it ends
                 self._rebalance_again = True
             if (
-                await backend.count(MemoryTier.SHORT) > short_capacity * _OVERFLOW_LIMIT
-                or await backend.count(MemoryTier.MEDIUM) > medium_capacity * _OVERFLOW_LIMIT
+                short_count > short_capacity * _OVERFLOW_LIMIT
+                or medium_count > medium_capacity * _OVERFLOW_LIMIT
             ):
                 # back-pressure: writes faster than the moves wait for them rather than let a tier (the
                 # short- and medium-term ones are indexed in process on SQLite) grow without bound; a

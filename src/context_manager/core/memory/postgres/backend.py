@@ -105,6 +105,18 @@ _OVERFLOW_VICTIMS = (
     "AND ranked.r <= total.n - %(keep)s ORDER BY ranked.r) FROM total"
 )
 _MOVE_DELETE = "DELETE FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) RETURNING 1 AS n"
+# an overflow move: the rows still in the source tier, less (below long-term) those with a long-term row,
+# which only lose their source row
+_MOVE_DOWN = (
+    "WITH moved AS ("
+    + _MOVE.replace(
+        "WHERE tier = %(source)s AND id = ANY(%(ids)s)",
+        "WHERE tier = %(source)s AND id = ANY(%(ids)s) AND (%(target)s = 'long' OR NOT EXISTS "
+        "(SELECT 1 FROM cm_memories AS l WHERE l.id = cm_memories.id AND l.tier = 'long'))",
+    )
+    + f"), gone AS ({_MOVE_DELETE}) "
+    "SELECT (SELECT count(*) FILTER (WHERE new) FROM moved), (SELECT sum(n) FROM gone)"
+)
 
 
 def owner_of(user_id: str | None) -> str:
@@ -257,17 +269,8 @@ class PostgresBackend:
         """
         if not ids or source is target:
             return
-        select = _MOVE.replace(
-            "WHERE tier = %(source)s AND id = ANY(%(ids)s)",
-            "WHERE tier = %(source)s AND id = ANY(%(ids)s) AND (%(target)s = 'long' OR NOT EXISTS "
-            "(SELECT 1 FROM cm_memories AS l WHERE l.id = cm_memories.id AND l.tier = 'long'))",
-        )
-        statement = (
-            f"WITH moved AS ({select}), gone AS ({_MOVE_DELETE}) "
-            "SELECT (SELECT count(*) FILTER (WHERE new) FROM moved), (SELECT sum(n) FROM gone)"
-        )
         parameters = {"source": source.value, "target": target.value, "ids": list(ids)}
-        rows = await self._fetch(statement, parameters, "memory move")
+        rows = await self._fetch(_MOVE_DOWN, parameters, "memory move")
         inserted, deleted = int(rows[0][0] or 0), int(rows[0][1] or 0)
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
