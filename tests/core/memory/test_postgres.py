@@ -329,3 +329,124 @@ async def test_a_move_never_brings_back_a_memory_another_process_deleted(postgre
         assert await first.backend.count(MemoryTier.MEDIUM) == 1
         await asyncio.sleep(0.6)  # the other process's delete shows in the counts once they are re-read
         assert await first.backend.count(MemoryTier.SHORT) == 0
+
+
+async def _stale_search_vectors(dsn: str) -> int:
+    """Rows whose stored search vector differs from one computed from their text now."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.schema import _search_vector_of
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT count(*) FROM cm_memories AS m "
+            f"WHERE m.search IS DISTINCT FROM ({_search_vector_of('m')})"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _vector_matches(dsn: str, memory_id: str, words: str) -> bool:
+    """Whether every stored vector of ``memory_id`` matches all of ``words``."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT bool_and(search @@ plainto_tsquery('english', %s)) FROM cm_memories WHERE id = %s",
+            (words, memory_id),
+        )
+        row = await cursor.fetchone()
+    assert row is not None and row[0] is not None
+    return bool(row[0])
+
+
+async def test_the_stored_search_vector_follows_every_write_and_move(postgres_dsn: str) -> None:
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn, short_term_memory_size=10, medium_term_memory_size=10)
+    async with MemoryManager(config) as manager:
+        assert manager.backend is not None
+        added = await manager.add_memories(
+            [
+                {
+                    "content": "an old brass compass"
+                    if number == 3
+                    else f"note {number} about the harbour ferry",
+                    "tags": ["travel"] if number % 2 else [],
+                    "metadata": {"session_id": "s1", "turn_index": number, "session_date": "8 May 2023"},
+                }
+                for number in range(40)
+            ]
+        )
+        await manager.flush()  # the overflow moves copied the vectors down two tiers
+        assert await manager.backend.count(MemoryTier.LONG) > 0
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        changed = added[3]
+        await manager.update_memory(changed.id, content="a lighthouse keeper's logbook", tags=["maritime"])
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        found = await manager.search_memory("lighthouse logbook", limit=5)
+        assert [memory.id for memory in found][:1] == [changed.id]
+        assert not await _vector_matches(postgres_dsn, changed.id, "brass compass")  # the old text is gone
+        assert await _vector_matches(postgres_dsn, changed.id, "maritime lighthouse")
+        assert [m.id for m in await manager.search_memory("maritime", limit=5)][:1] == [changed.id]
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            # an update that leaves the vector alone (as an earlier version's upsert does) gets a new one
+            await connection.execute(
+                "UPDATE cm_memories SET content = 'a red kite' WHERE id = %s", (added[5].id,)
+            )
+        assert await _vector_matches(postgres_dsn, added[5].id, "red kite")
+        await manager.delete_memory(added[4].id)  # the next turn's context is cleared and rewritten
+        await manager.search_memory("harbour", limit=10)  # accesses: an update of last_accessed only
+        await manager.flush()
+        assert await _stale_search_vectors(postgres_dsn) == 0
+
+
+async def test_a_store_made_with_the_generated_search_column_migrates_and_keeps_its_vectors(
+    postgres_dsn: str,
+) -> None:
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0003"]
+    assert len(before) == 2
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        await connection.execute(  # a row written by the earlier version: the server generated its vector
+            "INSERT INTO cm_memories "
+            "(id, tier, owner, content, importance, created_at, last_accessed, source) "
+            "VALUES ('old1', 'long', '', 'the quarterly budget spreadsheet', 0.5, 1.0, 1.0, 'user')"
+        )
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        assert [m.id for m in await manager.search_memory("budget spreadsheet", limit=3)] == ["old1"]
+        new = await manager.add_memory("a spreadsheet of garden seeds")
+        assert {m.id for m in await manager.search_memory("spreadsheet", limit=3)} == {"old1", new.id}
+        await manager.update_memory("old1", content="the annual tax return")
+        assert [m.id for m in await manager.search_memory("tax return", limit=3)] == ["old1"]
+        assert [m.id for m in await manager.search_memory("spreadsheet", limit=3)] == [new.id]
+    assert await _stale_search_vectors(postgres_dsn) == 0
+
+
+async def test_rebuilding_the_index_computes_every_search_vector_again(postgres_dsn: str) -> None:
+    import psycopg
+
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        memory = await manager.add_memory("a recipe for tomato soup")
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            # a damaged vector (as a restore from a bad copy could leave); the trigger trusts a given one
+            await connection.execute("UPDATE cm_memories SET search = to_tsvector('simple', 'unrelated')")
+        assert await _stale_search_vectors(postgres_dsn) == 1
+        assert await manager.search_memory("tomato soup", limit=3) == []
+        counts = await manager.rebuild_index()
+        assert counts["short"] == 1
+        assert [m.id for m in await manager.search_memory("tomato soup", limit=3)] == [memory.id]
+    assert await _stale_search_vectors(postgres_dsn) == 0

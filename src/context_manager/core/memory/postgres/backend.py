@@ -77,15 +77,19 @@ _INSERT = (
     "created_at = EXCLUDED.created_at, last_accessed = EXCLUDED.last_accessed, "
     "access_count = EXCLUDED.access_count, metadata = EXCLUDED.metadata, source = EXCLUDED.source, "
     "superseded_by = EXCLUDED.superseded_by, merged_from = EXCLUDED.merged_from, context = EXCLUDED.context, "
-    "session_id = EXCLUDED.session_id, turn_index = EXCLUDED.turn_index, session_date = EXCLUDED.session_date"
+    "session_id = EXCLUDED.session_id, turn_index = EXCLUDED.turn_index, "
+    "session_date = EXCLUDED.session_date, search = EXCLUDED.search"
 )
+# the search vector is left to the table's trigger (schema.py, migration 0003) on an insert, and copied with
+# the row on a move
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 _MOVE = (
     "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
     "last_accessed, access_count, metadata, source, superseded_by, merged_from, context, session_id, "
-    "turn_index, session_date) SELECT id, %(target)s, owner, user_id, content, importance, tags, tags_text, "
-    "created_at, last_accessed, access_count, metadata, source, superseded_by, merged_from, context, "
-    "session_id, turn_index, session_date FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) "
+    "turn_index, session_date, search) SELECT id, %(target)s, owner, user_id, content, importance, tags, "
+    "tags_text, created_at, last_accessed, access_count, metadata, source, superseded_by, merged_from, "
+    "context, session_id, turn_index, session_date, search "
+    "FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) "
     + _INSERT[_INSERT.index("ON CONFLICT") :]
     + " RETURNING (xmax = 0) AS new"
 )
@@ -886,7 +890,8 @@ class PostgresBackend:
         return {"postgres": "ok" if rows[0][0] else "the cm_memories table is missing"}
 
     async def rebuild_index(self) -> dict[str, int]:
-        """Rebuild the table's indexes (the tsvector is generated from the rows) and count rows per tier."""
+        """Compute every search vector again from its row, rebuild the indexes, count rows per tier."""
+        await self._execute("UPDATE cm_memories SET search = NULL")  # the trigger computes it
         await self._execute("REINDEX TABLE cm_memories")
         rows = await self._fetch("SELECT tier, count(*) FROM cm_memories GROUP BY tier", (), "count")
         counts = {tier.value: 0 for tier in MemoryTier}
