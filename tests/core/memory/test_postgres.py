@@ -450,3 +450,53 @@ async def test_rebuilding_the_index_computes_every_search_vector_again(postgres_
         assert counts["short"] == 1
         assert [m.id for m in await manager.search_memory("tomato soup", limit=3)] == [memory.id]
     assert await _stale_search_vectors(postgres_dsn) == 0
+
+
+async def test_a_delete_finds_the_copy_another_process_moved_meanwhile(postgres_dsn: str) -> None:
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as mover, MemoryManager(config) as deleter:
+        assert mover.backend is not None and deleter.backend is not None
+        doomed = await mover.add_memory("a secret the user asked to erase")
+        locate = deleter.backend.copies
+
+        async def located_then_moved(ids: list[str]) -> list[object]:
+            found = await locate(ids)
+            # the other process's overflow move runs between the delete's look-up and its delete
+            await mover.backend.move_down(list(ids), MemoryTier.SHORT, MemoryTier.MEDIUM)
+            return found
+
+        deleter.backend.copies = located_then_moved  # type: ignore[method-assign]
+        deleted = await deleter.delete_memory(doomed.id)
+        deleter.backend.copies = locate  # type: ignore[method-assign]
+        assert deleted.id == doomed.id
+        assert [m for m in await mover.stored_copies() if m.id == doomed.id] == []
+        assert await mover.get_memory(doomed.id) is None
+
+
+async def test_a_move_copies_the_row_as_a_concurrent_update_left_it(postgres_dsn: str) -> None:
+    import psycopg
+
+    from context_manager.core.memory.models import MemoryTier
+
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        assert manager.backend is not None
+        memory = await manager.add_memory("the first draft")
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as other:  # another writer
+            await other.execute(
+                "SELECT 1 FROM cm_memories WHERE id = %s AND tier = 'short' FOR UPDATE", (memory.id,)
+            )
+            move = asyncio.create_task(
+                manager.backend.move_down([memory.id], MemoryTier.SHORT, MemoryTier.MEDIUM)
+            )
+            await asyncio.sleep(0.3)
+            assert not move.done()  # the move waits for the row
+            await other.execute(
+                "UPDATE cm_memories SET content = 'the final text' WHERE id = %s AND tier = 'short'",
+                (memory.id,),
+            )
+            await other.commit()
+            await asyncio.wait_for(move, 10)
+        copies = [m for m in await manager.stored_copies() if m.id == memory.id]
+        assert [(m.tier, m.content) for m in copies] == [(MemoryTier.MEDIUM, "the final text")]

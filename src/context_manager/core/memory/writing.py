@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from context_manager.core.errors import (
     InvalidMemoryError,
     MemoryNotFoundError,
+    StorageError,
 )
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.tiers import TierMovement
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
+_DELETE_ROUNDS = 8  # deletes of copies another process's overflow moves took elsewhere, at most
 _OVERFLOW_LIMIT = 1.25  # a write finding a tier this far over its capacity waits for the overflow move
 
 
@@ -426,7 +428,18 @@ class MemoryWriting(TierMovement):
             copies = await self._locate(memory_id)
             if not copies:
                 raise MemoryNotFoundError(memory_id)
-            for copy in copies:
-                await self._remove(memory_id, copy.tier)
+            found = copies
+            for _ in range(_DELETE_ROUNDS):
+                for copy in found:
+                    await self._remove(memory_id, copy.tier)
+                # a process sharing the storage may have moved a copy to the next tier meanwhile (its move
+                # locks the rows: it saw the delete, or it finished first and the copy is found here)
+                found = await self._locate(memory_id)
+                if not found:
+                    break
+            else:
+                raise StorageError(
+                    f"memory {memory_id} kept coming back in another tier after {_DELETE_ROUNDS} deletes"
+                )
             await self._forget(copies)
         return copies[0].copy()

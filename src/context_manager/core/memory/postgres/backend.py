@@ -89,7 +89,7 @@ _MOVE = (
     "turn_index, session_date, search) SELECT id, %(target)s, owner, user_id, content, importance, tags, "
     "tags_text, created_at, last_accessed, access_count, metadata, source, superseded_by, merged_from, "
     "context, session_id, turn_index, session_date, search "
-    "FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) "
+    "FROM cm_memories WHERE tier = %(source)s AND id = ANY(%(ids)s) FOR UPDATE "
     + _INSERT[_INSERT.index("ON CONFLICT") :]
     + " RETURNING (xmax = 0) AS new"
 )
