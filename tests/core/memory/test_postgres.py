@@ -500,3 +500,33 @@ async def test_a_move_copies_the_row_as_a_concurrent_update_left_it(postgres_dsn
             await asyncio.wait_for(move, 10)
         copies = [m for m in await manager.stored_copies() if m.id == memory.id]
         assert [(m.tier, m.content) for m in copies] == [(MemoryTier.MEDIUM, "the final text")]
+
+
+@pytest.mark.parametrize("tier", [None, "long"])
+async def test_an_update_changes_the_copy_another_process_moved_meanwhile(
+    postgres_dsn: str, tier: str | None
+) -> None:
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as mover, MemoryManager(config) as updater:
+        assert mover.backend is not None and updater.backend is not None
+        memory = await mover.add_memory("the first draft")
+        locate = updater.backend.copies
+        moved: list[str] = []
+
+        async def located_then_moved(ids: list[str]) -> list[object]:
+            found = await locate(ids)
+            if not moved:  # the other process's overflow move runs once, after the update's look-up
+                moved.extend(ids)
+                await mover.backend.move_down(list(ids), MemoryTier.SHORT, MemoryTier.MEDIUM)
+            return found
+
+        updater.backend.copies = located_then_moved  # type: ignore[method-assign]
+        updated = await updater.update_memory(memory.id, content="the final text", tier=tier)
+        updater.backend.copies = locate  # type: ignore[method-assign]
+        assert moved == [memory.id]
+        expected = MemoryTier.MEDIUM if tier is None else MemoryTier.LONG
+        assert (updated.tier, updated.content) == (expected, "the final text")
+        copies = [m for m in await mover.stored_copies() if m.id == memory.id]
+        assert [(m.tier, m.content) for m in copies] == [(expected, "the final text")]

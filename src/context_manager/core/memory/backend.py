@@ -181,6 +181,15 @@ class MemoryBackend(Protocol):
         """Insert or replace memories in ``tier`` (durably) before returning."""
         ...
 
+    async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
+        """Replace the memories still stored in ``tier`` (durably); return the ids replaced.
+
+        An id no longer in ``tier`` (another process sharing the storage deleted it, or moved it to
+        another tier, since it was read) is skipped, never written back: a change is written where the
+        memory is now, not where it was.
+        """
+        ...
+
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories from ``source`` to ``target`` (never both lost and never left in neither)."""
         ...

@@ -255,6 +255,15 @@ class LocalBackend:
         await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories])
         store.load(memories)
 
+    async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
+        """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""
+        present = {
+            copy.id for copy in await self.copies([memory.id for memory in memories]) if copy.tier is tier
+        }
+        kept = [memory for memory in memories if memory.id in present]
+        await self.put(tier, kept)
+        return [memory.id for memory in kept]
+
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories down or up a tier, a bounded chunk per event-loop step.
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
 _OVERFLOW_CHUNK = 64  # memories moved down a tier per hold of the write lock
 _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tiers meanwhile)
+_WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
 
 
@@ -81,13 +83,40 @@ class TierMovement(ManagerState):
                 and echoes.get((memory.user_id, memory.session_id, memory.turn_index)) == memory.context
             ]
             if stale:
-                by_tier: dict[MemoryTier, list[Memory]] = {}
-                for copy in await backend.copies(stale):
-                    by_tier.setdefault(copy.tier, []).append(copy.copy(context=""))
-                for tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
-                    await backend.put(tier, by_tier.get(tier, []))
+                await self._rewrite(stale, lambda copy: copy.copy(context=""))
                 rewritten = stale
         await backend.forget([memory.id for memory in gone], rewritten)
+
+    async def _rewrite(self, memory_ids: Sequence[str], change: Callable[[Memory], Memory]) -> set[str]:
+        """Apply ``change`` to every stored copy of ``memory_ids`` where it is now; return the ids written.
+
+        Each copy is replaced in its tier (:meth:`MemoryBackend.replace`), never re-created there: a copy
+        another process moved to the next tier meanwhile is not found, so its id is read again and the
+        change written where it went. An id with no copy left (deleted meanwhile) is not in the result.
+        """
+        backend = self._require("rewrite")
+        pending = list(dict.fromkeys(memory_ids))
+        written: set[str] = set()
+        for _ in range(_WRITE_ROUNDS):
+            if not pending:
+                return written
+            by_tier: dict[MemoryTier, list[Memory]] = {}
+            for copy in await backend.copies(pending):
+                by_tier.setdefault(copy.tier, []).append(change(copy))
+            missed: set[str] = set()
+            for tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+                wanted = by_tier.get(tier, [])
+                if wanted:
+                    replaced = set(await backend.replace(tier, wanted))
+                    written.update(replaced)
+                    missed.update(memory.id for memory in wanted if memory.id not in replaced)
+            pending = [memory_id for memory_id in pending if memory_id in missed]
+        if pending:
+            raise StorageError(
+                f"{len(pending)} memories kept moving to another tier during {_WRITE_ROUNDS} attempts to "
+                f"change them (first: {pending[0]})"
+            )
+        return written
 
     async def _put_all(self, new_long: Sequence[Memory], updated: Sequence[Memory]) -> None:
         """Write new long-term memories and updated copies (in their own tiers), long-term first."""

@@ -14,7 +14,7 @@ from context_manager.core.errors import (
     StorageError,
 )
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
-from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.tiers import _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_content,
     check_importance,
@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
-_DELETE_ROUNDS = 8  # deletes of copies another process's overflow moves took elsewhere, at most
 _OVERFLOW_LIMIT = 1.25  # a write finding a tier this far over its capacity waits for the overflow move
 
 
@@ -400,18 +399,30 @@ class MemoryWriting(TierMovement):
                 raise MemoryNotFoundError(memory_id)
             primary = copies[0].copy(**changes)
             if target is None:
-                for copy in copies:
-                    updated = copy.copy(**changes)
-                    await self._put(updated, copy.tier)
+                # each copy where it is now: one another process moved meanwhile is changed where it went
+                if not await self._rewrite([memory_id], lambda copy: copy.copy(**changes)):
+                    raise MemoryNotFoundError(memory_id)  # another process deleted it meanwhile
             else:
                 for copy in copies:
                     if copy.tier is not target:
                         await self._remove(copy.id, copy.tier, moving=True)
                 await self._put(primary, target)
+                for _ in range(_WRITE_ROUNDS):
+                    # the other copies, also one another process moved to a third tier meanwhile
+                    others = [copy for copy in await self._locate(memory_id) if copy.tier is not target]
+                    if not others:
+                        break
+                    for copy in others:
+                        await self._remove(copy.id, copy.tier, moving=True)
+                else:
+                    raise StorageError(
+                        f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} moves"
+                    )
             if self.embedder is not None and content is not None:
                 await self._embed_and_store([primary])
         result = await self.get_memory(memory_id)
-        assert result is not None
+        if result is None:  # another process sharing the storage deleted it since
+            raise MemoryNotFoundError(memory_id)
         return result
 
     @records_write_outcome
@@ -429,7 +440,7 @@ class MemoryWriting(TierMovement):
             if not copies:
                 raise MemoryNotFoundError(memory_id)
             found = copies
-            for _ in range(_DELETE_ROUNDS):
+            for _ in range(_WRITE_ROUNDS):
                 for copy in found:
                     await self._remove(memory_id, copy.tier)
                 # a process sharing the storage may have moved a copy to the next tier meanwhile (its move
@@ -439,7 +450,7 @@ class MemoryWriting(TierMovement):
                     break
             else:
                 raise StorageError(
-                    f"memory {memory_id} kept coming back in another tier after {_DELETE_ROUNDS} deletes"
+                    f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
                 )
             await self._forget(copies)
         return copies[0].copy()

@@ -82,6 +82,12 @@ _INSERT = (
 )
 # the search vector is left to the table's trigger (schema.py, migration 0003) on an insert, and copied with
 # the row on a move
+_REPLACE = (
+    "UPDATE cm_memories SET owner = %s, user_id = %s, content = %s, importance = %s, tags = %s, "
+    "tags_text = %s, created_at = %s, last_accessed = %s, access_count = %s, metadata = %s, source = %s, "
+    "superseded_by = %s, merged_from = %s, context = %s, session_id = %s, turn_index = %s, session_date = %s "
+    "WHERE id = %s AND tier = %s RETURNING id"
+)  # the columns of _row() after (id, tier), then (id, tier)
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 _MOVE = (
     "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
@@ -243,6 +249,33 @@ class PostgresBackend:
                 return await _execute_counted(cursor, rows)
 
         self._count_changed(tier, await self.database.run(write, "memory write"))
+
+    async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
+        """Replace the memories still stored in ``tier``, in one transaction; return the ids replaced.
+
+        An ``UPDATE`` of the row ``(id, tier)``: a row another process deleted or moved meanwhile is not
+        found, so it is not written back (an upsert would re-create it next to the moved copy).
+        """
+        if not memories:
+            return []
+        rows = []
+        for memory in memories:
+            memory.tier = tier
+            row = _row(memory)
+            rows.append((*row[2:], row[0], row[1]))
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> list[str]:
+            replaced: list[str] = []
+            async with connection.transaction(), connection.cursor() as cursor:
+                await cursor.executemany(_REPLACE, rows, returning=True)
+                while True:
+                    found = await cursor.fetchone()
+                    if found is not None:
+                        replaced.append(found[0])
+                    if not cursor.nextset():
+                        return replaced
+
+        return await self.database.run(write, "memory replace")
 
     async def move(self, memories: Sequence[Memory], source: MemoryTier, target: MemoryTier) -> None:
         """Move memories between tiers: one statement copies the stored rows and deletes the old ones.
