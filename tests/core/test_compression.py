@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from context_manager.core.compression import (
     SUMMARY_METADATA_KEY,
@@ -15,9 +18,10 @@ from context_manager.core.compression import (
     truncate_message,
     truncate_middle,
 )
+from context_manager.core.compression.summarizer import _split_sentences
 from context_manager.core.errors import ContextBudgetError
 from context_manager.core.messages import Message, ToolCall
-from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, ExactTokenCounter, get_token_counter
 
 COUNTER = get_token_counter()
 
@@ -257,6 +261,35 @@ def test_extractive_summary_folds_previous_summary() -> None:
     assert summary.startswith("Summary of the earlier conversation (8 messages compressed):")
     assert "Bluebird" in summary
     assert summary.count("Summary of the earlier conversation") == 1
+
+
+_SENTENCE_TEXT = st.text(
+    alphabet=st.sampled_from(list("ab .!?\n\t\r\u00a0\u2028\x1c,;") + ["\u2026", "é", "7"]), max_size=80
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_SENTENCE_TEXT)
+def test_sentences_are_split_where_the_reference_regex_splits(text: str) -> None:
+    # the summarizer finds boundaries without a lookbehind; the pieces must be exactly these
+    assert _split_sentences(text) == re.split(r"(?<=[.!?])\s+|\n+", text)
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs", "Zs", "Zl", "Zp", "Cc"]), min_size=1),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_exact_counts_never_go_below_the_number_of_words(encoding: str, words: list[str]) -> None:
+    # The summarizer skips counting a normalised line with more words than the room left: it relies on
+    # no token spanning two words separated by a space.
+    text = " ".join(" ".join(words).split())
+    if text:
+        assert ExactTokenCounter(encoding).count(text) >= len(text.split(" "))
 
 
 def test_extractive_summary_of_nothing_is_empty() -> None:
