@@ -190,3 +190,47 @@ def test_the_count_cache_is_bounded_in_bytes() -> None:
     huge = "y " * 100_000
     assert counter.count(huge) == counter.count_uncached(huge)
     assert counter.cache_chars <= 2_000_000
+
+
+# endings that decide how the tokenizer splits around a seam: letters, digits, contractions, punctuation
+# runs, marks, spaces, non-ASCII punctuation
+_SEAM_TEXT = st.lists(
+    st.sampled_from(
+        list("aZ7 .,;:!?')(/-\n\t\u2026\u00e9\u0301\u6771\u00a0\u3002")
+        + ["e\u0301", "'s", "...", "'t", "123", "don't"]
+    ),
+    max_size=12,
+).map("".join)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(st.tuples(st.text(max_size=20), _SEAM_TEXT).map("".join), min_size=1, max_size=5))
+def test_count_lines_equals_counting_the_joined_text(encoding: str, lines: list[str]) -> None:
+    counter = ExactTokenCounter(encoding)
+    assert counter.count_lines(lines, [counter.count(line) for line in lines]) == counter.count(
+        "\n".join(lines)
+    )
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.tuples(st.text(max_size=20), _SEAM_TEXT).map("".join),
+    suffix=st.sampled_from(["\u2026", "...", ".", "?)", "/", "'"]),
+)
+def test_count_with_suffix_equals_counting_the_whole(encoding: str, text: str, suffix: str) -> None:
+    counter = ExactTokenCounter(encoding)
+    assert counter.count_with_suffix(text, counter.count(text), suffix) == counter.count(text + suffix)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=400), limit=st.integers(1, 60), from_end=st.booleans())
+def test_cut_counted_reports_the_count_of_its_piece(
+    encoding: str, text: str, limit: int, from_end: bool
+) -> None:
+    counter = ExactTokenCounter(encoding)
+    piece, tokens = counter.cut_counted(text, limit, from_end=from_end)
+    assert piece == counter.cut(text, limit, from_end=from_end)
+    assert tokens == counter.count(piece) <= limit

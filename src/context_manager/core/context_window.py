@@ -165,6 +165,8 @@ class _Outcome:
     text: str
     strategy: str
     error: str | None = None
+    tokens: int = -1
+    """The exact token count of ``text`` when the summarizer knows it, else -1."""
 
 
 @dataclass(slots=True)
@@ -247,6 +249,7 @@ class ContextWindow:
         self._index = UnitIndex()  # the units of every message but the summary
         self._summary: Message | None = None
         self._summary_tokens = 0
+        self._summary_framing = -1  # what the summary message costs without its text (counted once)
         self._lock = asyncio.Lock()
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
@@ -986,7 +989,10 @@ class ContextWindow:
         strategy = STRATEGY_CUSTOM if self._summarizer is not None else STRATEGY_EXTRACTIVE
         if budget <= 0:
             return None, _Outcome("", strategy)
-        framing = self._counter.count_message(Message(role=Role.SYSTEM, content=""))
+        framing = self._summary_framing
+        if framing < 0:  # what an empty system message costs: once per window
+            framing = self._counter.count_message(Message(role=Role.SYSTEM, content=""))
+            self._summary_framing = framing
         text_budget = budget - framing
         if text_budget <= 0:
             return None, _Outcome("", strategy)
@@ -996,15 +1002,19 @@ class ContextWindow:
         text = outcome.text.strip()
         if not text:
             return None, outcome
-        if self._counter.count(text) > text_budget:
+        text_tokens = outcome.tokens if text == outcome.text else -1
+        if text_tokens < 0:
+            text_tokens = self._counter.count(text)
+        if text_tokens > text_budget:
             text = truncate_to_tokens(self._counter, text, text_budget)
+            text_tokens = self._counter.count(text)
         covered = evicted_count
         if previous is not None:
             earlier = previous.metadata.get(SUMMARY_METADATA_KEY)
             covered += earlier if isinstance(earlier, int) else 0
         summary = Message(role=Role.SYSTEM, content=text, metadata={SUMMARY_METADATA_KEY: covered})
-        if type(self._counter) is ExactTokenCounter:  # framing + the count the summarizer just cached
-            _set(summary, "token_count", framing + self._counter.count(text))
+        if type(self._counter) is ExactTokenCounter:  # framing + the content's count, known above
+            _set(summary, "token_count", framing + text_tokens)
         else:
             _set(summary, "token_count", self._counter.count_message(summary))
         while summary.token_count > budget and summary.content:  # seams; rare
@@ -1031,7 +1041,10 @@ class ContextWindow:
             )
 
         if self._summarizer is None:
-            return _Outcome(extractive(), STRATEGY_EXTRACTIVE)
+            text, tokens = self._extractive.summarize_counted(
+                inputs, budget, latest_request=latest_request, request_is_cut=request_is_cut
+            )
+            return _Outcome(text, STRATEGY_EXTRACTIVE, tokens=tokens)
         try:
             async with asyncio.timeout(self._summarizer_timeout):
                 text = await self._summarizer(list(inputs), budget)

@@ -19,7 +19,9 @@ Other providers plug in through the :class:`TokenCounter` protocol::
 
 from __future__ import annotations
 
+import string
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError
@@ -50,6 +52,30 @@ REPLY_PRIMING_TOKENS = 3
 """Tokens that prime the assistant's reply; counted once per conversation."""
 TOKENS_PER_TOOL_CALL = 3
 """Framing tokens per tool call, besides its name and JSON arguments."""
+
+# Never letters, digits, marks or whitespace in either encoding's pre-split (see count_lines)
+_SEAM_PUNCTUATION = frozenset(string.punctuation + "\u2026")
+_TRAILING_PUNCTUATION_MAX = 8
+
+
+def _trailing_punctuation(text: str) -> str | None:
+    """The run of ASCII punctuation (or ``…``) ending ``text`` after an ASCII letter or digit ("" if none).
+
+    ``None`` when ``text`` does not end that way (it ends with whitespace, a mark, other punctuation, is
+    empty, or the run is long): then where the tokenizer's last piece starts is not known without it.
+    """
+    position = len(text)
+    stop = max(position - _TRAILING_PUNCTUATION_MAX - 1, -1)
+    while position > 0 and position > stop:
+        character = text[position - 1]
+        if character in _SEAM_PUNCTUATION:
+            position -= 1
+            continue
+        if character.isascii() and character.isalnum():
+            return text[position:]
+        return None
+    return None
+
 
 _TEXT_CACHE_SIZE = 8192
 _TEXT_CACHE_CHARS = 2_000_000  # at most 8 MB of cached text (4 bytes a character at worst)
@@ -206,8 +232,12 @@ class ExactTokenCounter:
         expected), so the cost follows ``max_tokens``, not the length of ``text``. The piece is at most a
         few tokens shorter than the longest one that fits (a character split across tokens is dropped).
         """
+        return self.cut_counted(text, max_tokens, from_end=from_end)[0]
+
+    def cut_counted(self, text: str, max_tokens: int, *, from_end: bool = False) -> tuple[str, int]:
+        """:meth:`cut`, with the exact token count of the piece (which the cut measures anyway)."""
         if max_tokens <= 0 or not text:
-            return ""
+            return "", 0
         span = max_tokens * 6 + 64
         while True:
             whole = span >= len(text)
@@ -215,7 +245,7 @@ class ExactTokenCounter:
             tokens = self._tokenizer.encode(window)
             if len(tokens) <= max_tokens:
                 if whole:
-                    return text
+                    return text, len(tokens)
                 span *= 4
                 continue
             # The window's edge away from the kept end may tokenize differently from the full text: drop
@@ -235,9 +265,44 @@ class ExactTokenCounter:
             # Alone, the piece may tokenize differently at its cut edge: count it and shrink by the excess.
             actual: int = self._count_raw(cut)
             if actual <= max_tokens:
-                return cut
+                return cut, actual
             keep -= actual - max_tokens
-        return ""
+        return "", 0
+
+    def count_with_suffix(self, text: str, text_tokens: int, suffix: str) -> int:
+        """Tokens of ``text + suffix``, given ``text_tokens`` (the exact count of ``text``).
+
+        ``suffix`` is a run of punctuation (an ellipsis, say). When ``text`` ends with an ASCII letter or
+        digit, optionally followed by punctuation, the tokenizer's pre-split puts ``suffix`` in a piece of
+        its own or in the text's trailing punctuation piece, so the count follows from counting only that
+        piece (short, and usually cached); otherwise the whole text is counted.
+        """
+        tail = _trailing_punctuation(text)
+        if tail is None or not suffix or not _SEAM_PUNCTUATION.issuperset(suffix):
+            return self.count(text + suffix)
+        count = self.count
+        return text_tokens - (count(tail) if tail else 0) + count(tail + suffix)
+
+    def count_lines(self, lines: Sequence[str], line_tokens: Sequence[int]) -> int:
+        r"""Tokens of ``"\n".join(lines)``, given the exact count of each line.
+
+        A newline after a line ending with an ASCII letter or digit (optionally followed by punctuation)
+        is a piece of its own or joins that trailing punctuation in the tokenizer's pre-split, and so does
+        not change how the lines around it are split when the next line starts with neither whitespace nor
+        ``/``: each seam costs what its short piece costs. Any other seam makes this count the whole text.
+        """
+        if not lines:
+            return 0
+        count = self.count
+        total = line_tokens[0]
+        for position in range(1, len(lines)):
+            line = lines[position]
+            tail = _trailing_punctuation(lines[position - 1])
+            if tail is None or not line or line[0].isspace() or line[0] == "/":
+                return count("\n".join(lines))
+            seam = count(tail + "\n") - count(tail) if tail else count("\n")
+            total += seam + line_tokens[position]
+        return total
 
     def count_uncached(self, text: str) -> int:
         """Count ``text`` without touching the cache (what benchmarks compare with the raw tokenizer)."""

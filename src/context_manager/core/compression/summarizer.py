@@ -149,14 +149,34 @@ class ExtractiveSummarizer:
                 without it, the line quotes the newest user message among ``messages``.
             request_is_cut: ``latest_request`` is shown cut to head + tail in the window; the line says so.
         """
+        return self.summarize_counted(
+            messages, budget_tokens, latest_request=latest_request, request_is_cut=request_is_cut
+        )[0]
+
+    def summarize_counted(
+        self,
+        messages: Sequence[Message],
+        budget_tokens: int,
+        *,
+        latest_request: Message | None = None,
+        request_is_cut: bool = False,
+    ) -> tuple[str, int]:
+        """:meth:`summarize`, with the summary's token count when it is known without counting it again.
+
+        Returns:
+            The summary and its exact token count, or ``-1`` for the count when only counting the text
+            would tell (a counter other than :class:`ExactTokenCounter`, or a summary cut at the end).
+        """
         if budget_tokens <= 0 or not messages:
-            return ""
-        count = self.counter.count
+            return "", 0
+        counter = self.counter
+        count = counter.count
+        exact = counter if type(counter) is ExactTokenCounter else None
         # The exact counter never gives a text fewer tokens than it has words separated by single spaces (no
         # token spans two words: tokens stay within the tokenizer's pre-split pieces, and each piece holds
         # the characters of one word at most): a line with more words than the room left is known not to fit
         # without counting it.
-        words_bound = type(self.counter) is ExactTokenCounter
+        words_bound = exact is not None
         previous_lines: list[str] = []
         covered = 0
         key = SUMMARY_METADATA_KEY
@@ -171,9 +191,10 @@ class ExtractiveSummarizer:
         lines_budget = budget_tokens
 
         header = _HEADER.format(count=covered)
-        lines_budget -= count(header) + 1
+        header_tokens = count(header)
+        lines_budget -= header_tokens + 1
         if lines_budget <= 0:
-            return truncate_to_tokens(self.counter, header, budget_tokens)
+            return truncate_to_tokens(counter, header, budget_tokens), -1
 
         # 1. The latest user request is never dropped (cut to at most half the budget if long).
         request_line = request_text = ""
@@ -201,21 +222,20 @@ class ExtractiveSummarizer:
             else:
                 request_tokens = count_within(self.counter, request_line, cap)  # stops at the cap
             if request_tokens is None:
-                request_line = cut_to_tokens(self.counter, request_line, cap - 1) + "…"
-                request_tokens = count(request_line)
+                request_line, request_tokens = self._cut_line(request_line, cap - 1)
             lines_budget -= request_tokens + 1
 
         # 2. Tools called and their outcome.
         tools_line = self._tools_line(body, previous_lines)
         previous_lines = [line for line in previous_lines if not line.startswith(_TOOLS_PREFIX)]
+        tools_tokens: int | None = None
         if tools_line:
             cap = max(lines_budget // 3, 0)
-            tools_tokens = count_within(self.counter, tools_line, cap) if cap >= 4 else None
+            tools_tokens = count_within(counter, tools_line, cap) if cap >= 4 else None
             if cap < 4:
                 tools_line = ""
             elif tools_tokens is None:
-                tools_line = cut_to_tokens(self.counter, tools_line, cap - 1) + "…"
-                tools_tokens = count(tools_line)
+                tools_line, tools_tokens = self._cut_line(tools_line, cap - 1)
             if tools_line and tools_tokens is not None:
                 lines_budget -= tools_tokens + 1
 
@@ -223,18 +243,42 @@ class ExtractiveSummarizer:
         chosen = self._choose_sentences(body, previous_lines, latest_request, lines_budget, words_bound)
 
         lines = [header]
+        line_tokens = [header_tokens]
         if request_line:
             lines.append(request_line)
+            line_tokens.append(request_tokens if request_tokens is not None else 0)
         if tools_line:
             lines.append(tools_line)
+            line_tokens.append(tools_tokens if tools_tokens is not None else 0)
         lines.extend(f"- {s.speaker}: {s.text}" if s.speaker else f"- {s.text}" for s in chosen)
-        text = "\n".join(lines)
-        while count(text) > budget_tokens and len(lines) > 1:
-            lines.pop()  # seams can merge differently than the per-line estimate
+        line_tokens.extend(s.tokens - 1 for s in chosen)
+        if exact is None:
             text = "\n".join(lines)
-        if count(text) > budget_tokens:
-            text = truncate_to_tokens(self.counter, text, budget_tokens)
-        return text
+            while count(text) > budget_tokens and len(lines) > 1:
+                lines.pop()  # seams can merge differently than the per-line estimate
+                text = "\n".join(lines)
+            if count(text) > budget_tokens:
+                return truncate_to_tokens(counter, text, budget_tokens), -1
+            return text, -1
+        # the exact counter: the lines' own counts and their seams give the total (count_lines)
+        total = exact.count_lines(lines, line_tokens)
+        while total > budget_tokens and len(lines) > 1:
+            lines.pop()  # seams can merge differently than the per-line estimate
+            line_tokens.pop()
+            total = exact.count_lines(lines, line_tokens)
+        text = "\n".join(lines)
+        if total > budget_tokens:
+            return truncate_to_tokens(counter, text, budget_tokens), -1
+        return text, total
+
+    def _cut_line(self, line: str, max_tokens: int) -> tuple[str, int]:
+        """``line`` cut to ``max_tokens`` tokens, with an ellipsis, and the count of the result."""
+        counter = self.counter
+        if type(counter) is ExactTokenCounter:
+            piece, tokens = counter.cut_counted(line, max_tokens)
+            return piece + "…", counter.count_with_suffix(piece, tokens, "…")
+        cut = cut_to_tokens(counter, line, max_tokens) + "…"
+        return cut, counter.count(cut)
 
     def _tools_line(self, body: Sequence[Message], previous_lines: list[str]) -> str:
         calls = [
