@@ -157,6 +157,7 @@ def decide_eviction(
     cuttable: list[Message] = []
     minimal = fixed
     request_cuttable = False
+    request_readable = 0
     for messages, protected in groups:
         if protected:
             continue
@@ -164,7 +165,8 @@ def decide_eviction(
             if not message.content:
                 minimal += message.token_count
             elif message is latest_request:
-                minimal += min_readable_tokens(message, counter)
+                request_readable = min_readable_tokens(message, counter)
+                minimal += request_readable
                 cuttable.append(message)
                 request_cuttable = True
             else:
@@ -181,8 +183,8 @@ def decide_eviction(
     quarter = max_tokens // 4
     request_floor = 0
     if latest_request is not None and request_cuttable:
-        request_floor = _request_floor(latest_request, quarter, counter)
-        wanted = minimal + request_floor - min_readable_tokens(latest_request, counter)
+        request_floor = max(min_keeping_tokens(latest_request, counter, quarter), request_readable)
+        wanted = minimal + request_floor - request_readable
     else:
         wanted = minimal
     goal = target_tokens if wanted <= target_tokens else max_tokens
@@ -211,11 +213,6 @@ def decide_eviction(
         room = goal - reserve - (total - sum(message.token_count for message in cuttable))
         cuts = _allocate(cuttable, room, latest_request, request_floor, counter)
     return EvictionDecision(evicted, cuts, total, goal, latest_request)
-
-
-def _request_floor(request: Message, quarter: int, counter: TokenCounter) -> int:
-    """The size at which the newest request keeps ``quarter`` tokens of its own text (its size if smaller)."""
-    return max(min_keeping_tokens(request, counter, quarter), min_readable_tokens(request, counter))
 
 
 def _allocate(
