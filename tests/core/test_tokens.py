@@ -197,7 +197,7 @@ def test_the_count_cache_is_bounded_in_bytes() -> None:
 _SEAM_TEXT = st.lists(
     st.sampled_from(
         list("aZ7 .,;:!?')(/-\n\t\u2026\u00e9\u0301\u6771\u00a0\u3002")
-        + ["e\u0301", "'s", "...", "'t", "123", "don't"]
+        + ["e\u0301", "'s", "...", "'t", "123", "don't", "東京の天気は晴れ", "résumé", "ǅ", "ʰ", "٣", "五"]
     ),
     max_size=12,
 ).map("".join)

@@ -59,7 +59,7 @@ _TRAILING_PUNCTUATION_MAX = 8
 
 
 def _trailing_punctuation(text: str) -> str | None:
-    """The run of ASCII punctuation (or ``…``) ending ``text`` after an ASCII letter or digit ("" if none).
+    """The run of ASCII punctuation (or ``…``) ending ``text`` after a letter or ASCII digit ("" if none).
 
     ``None`` when ``text`` does not end that way (it ends with whitespace, a mark, other punctuation, is
     empty, or the run is long): then where the tokenizer's last piece starts is not known without it.
@@ -71,7 +71,7 @@ def _trailing_punctuation(text: str) -> str | None:
         if character in _SEAM_PUNCTUATION:
             position -= 1
             continue
-        if character.isascii() and character.isalnum():
+        if character.isalpha() or "0" <= character <= "9":  # a letter (any script) or an ASCII digit
             return text[position:]
         return None
     return None
@@ -272,9 +272,10 @@ class ExactTokenCounter:
     def count_with_suffix(self, text: str, text_tokens: int, suffix: str) -> int:
         """Tokens of ``text + suffix``, given ``text_tokens`` (the exact count of ``text``).
 
-        ``suffix`` is a run of punctuation (an ellipsis, say). When ``text`` ends with an ASCII letter or
-        digit, optionally followed by punctuation, the tokenizer's pre-split puts ``suffix`` in a piece of
-        its own or in the text's trailing punctuation piece, so the count follows from counting only that
+        ``suffix`` is a run of punctuation (an ellipsis, say). When ``text`` ends with a letter or an
+        ASCII digit, optionally followed by ASCII punctuation, the tokenizer's pre-split puts ``suffix``
+        in a piece of its own or in the text's trailing punctuation piece, so the count follows from
+        counting only that
         piece (short, and usually cached); otherwise the whole text is counted.
         """
         tail = _trailing_punctuation(text)
@@ -286,7 +287,7 @@ class ExactTokenCounter:
     def count_lines(self, lines: Sequence[str], line_tokens: Sequence[int]) -> int:
         r"""Tokens of ``"\n".join(lines)``, given the exact count of each line.
 
-        A newline after a line ending with an ASCII letter or digit (optionally followed by punctuation)
+        A newline after a line ending with a letter or ASCII digit (optionally followed by punctuation)
         is a piece of its own or joins that trailing punctuation in the tokenizer's pre-split, and so does
         not change how the lines around it are split when the next line starts with neither whitespace nor
         ``/``: each seam costs what its short piece costs. Any other seam makes this count the whole text.
