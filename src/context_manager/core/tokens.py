@@ -275,8 +275,7 @@ class ExactTokenCounter:
         ``suffix`` is a run of punctuation (an ellipsis, say). When ``text`` ends with a letter or an
         ASCII digit, optionally followed by ASCII punctuation, the tokenizer's pre-split puts ``suffix``
         in a piece of its own or in the text's trailing punctuation piece, so the count follows from
-        counting only that
-        piece (short, and usually cached); otherwise the whole text is counted.
+        counting only that piece (short, and usually cached); otherwise the whole text is counted.
         """
         tail = _trailing_punctuation(text)
         if tail is None or not suffix or not _SEAM_PUNCTUATION.issuperset(suffix):
