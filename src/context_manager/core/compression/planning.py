@@ -155,38 +155,49 @@ def decide_eviction(
     if own is not None:
         groups.append(own)
     cuttable: list[Message] = []
-    minimal = fixed
-    request_cuttable = False
-    request_readable = 0
+    uncut = fixed  # what the rule-1 and rule-2 messages cost whole: a bound of every floor below
+    empty = 0
     for messages, protected in groups:
         if protected:
             continue
         for message in messages:
-            if not message.content:
-                minimal += message.token_count
-            elif message is latest_request:
+            uncut += message.token_count
+            if message.content:
+                cuttable.append(message)
+            else:
+                empty += message.token_count
+    request = next((message for message in cuttable if message is latest_request), None)
+    quarter = max_tokens // 4
+
+    def floors() -> tuple[int, int, int]:
+        """(minimal, the newest request's floor, wanted): what rules 1-2 cost cut as far as allowed."""
+        minimal = fixed + empty
+        request_readable = request_floor = 0
+        for message in cuttable:
+            if message is request:
                 request_readable = min_readable_tokens(message, counter)
                 minimal += request_readable
-                cuttable.append(message)
-                request_cuttable = True
             else:
                 minimal += min_truncated_tokens(message, counter)
-                cuttable.append(message)
-    if minimal > max_tokens:
-        raise ContextBudgetError(
-            f"max_tokens: got {max_tokens}; allowed at least {minimal}: system, pinned and critical messages "
-            f"({fixed} tokens with reply priming) plus the newest messages cut as far as allowed do not fit",
-            required_tokens=minimal,
-            max_tokens=max_tokens,
-        )
-    # The newest request's own text: at least min(its size, a quarter of max_tokens) when it is cut.
-    quarter = max_tokens // 4
-    request_floor = 0
-    if latest_request is not None and request_cuttable:
-        request_floor = max(min_keeping_tokens(latest_request, counter, quarter), request_readable)
-        wanted = minimal + request_floor - request_readable
-    else:
-        wanted = minimal
+        if minimal > max_tokens:
+            raise ContextBudgetError(
+                f"max_tokens: got {max_tokens}; allowed at least {minimal}: system, pinned and critical "
+                f"messages ({fixed} tokens with reply priming) plus the newest messages cut as far as "
+                "allowed do not fit",
+                required_tokens=minimal,
+                max_tokens=max_tokens,
+            )
+        # The newest request's own text: at least min(its size, a quarter of max_tokens) when it is cut.
+        if request is not None:
+            request_floor = max(min_keeping_tokens(request, counter, quarter), request_readable)
+        return minimal, request_floor, minimal + request_floor - request_readable
+
+    # Every floor is at most the message's size: when the rule-2 messages fit the target whole, the goal
+    # is the target and no floor is needed unless they must be cut (usual case: nothing to measure).
+    exact = uncut > target_tokens
+    request_floor = wanted = 0
+    if exact:
+        _, request_floor, wanted = floors()
     goal = target_tokens if wanted <= target_tokens else max_tokens
     reserve = min(summary_max_tokens, goal // 4) if allow_summary else 0
     if reserve < MIN_SUMMARY_TOKENS:
@@ -206,6 +217,8 @@ def decide_eviction(
     cuts: list[tuple[Message, int]] = []
     if total > goal - reserve:
         # Every evictable unit is gone; cut the rule-2 messages, giving up summary room if they need it.
+        if not exact:
+            _, request_floor, wanted = floors()
         if wanted > goal - reserve:
             reserve = max(goal - wanted, 0)
             if reserve < MIN_SUMMARY_TOKENS:
