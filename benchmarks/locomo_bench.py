@@ -236,7 +236,7 @@ def ablation_setups(base: dict[str, Any], embedder: str | None, label: str) -> l
     return [
         LibrarySetup(f"  {label} - {feature}", {**base, **changes}, embedder)
         for feature, changes in ABLATIONS.items()
-        if embedder is not None or feature != "vector"
+        if embedder is not None or not feature.startswith("vector")
     ]
 
 

@@ -25,6 +25,7 @@ from context_manager.core.memory.ranking import (
     parse_session_date,
     recency_decay,
     uniform_correction,
+    without_speaker_names,
 )
 
 NOW = 1_700_000_000.0
@@ -360,3 +361,22 @@ def test_time_is_a_learned_weight_with_an_ablation() -> None:
     assert RankingWeights().time > 0 and RankingWeights.learned(embedder=True).time > 0
     assert ABLATIONS["time"] == {"time": 0.0}
     assert "time" in learned_weights()["lexical"] and "time" in learned_weights()["embedder"]
+
+
+def test_without_speaker_names_replaces_whole_names_only() -> None:
+    speakers = ["Caroline", "Melanie Lee"]
+    assert without_speaker_names("When did Caroline go to Melanie's party?", speakers) == (
+        "When did they go to their party?"
+    )
+    assert without_speaker_names("What does MELANIE LEE paint?", speakers) == "What does they paint?"
+    assert without_speaker_names("What did Melanie\u2019s son say?", speakers) == "What did their son say?"
+    # whole words only, roles are not names, a query of names alone stays, no speakers: unchanged
+    assert without_speaker_names("Carolines and Carol", speakers) == "Carolines and Carol"
+    assert without_speaker_names("What did the user ask?", ["user", "assistant"]) == "What did the user ask?"
+    assert without_speaker_names("Caroline's", speakers) == "Caroline's"
+    assert without_speaker_names("Where is Lisbon?", []) == "Where is Lisbon?"
+
+
+def test_the_vector_query_without_speakers_is_a_switch_with_an_ablation() -> None:
+    assert RankingWeights().vector_query_without_speakers
+    assert ABLATIONS["vector query without speakers"] == {"vector_query_without_speakers": False}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.memory.embeddings import HashingEmbedder
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.ranking import RankingWeights
 
@@ -149,3 +152,34 @@ async def test_a_question_asking_when_prefers_the_turn_that_says_when(config: Co
     # otherwise by the access counts of the first)
     assert scores[2.0][contents[0]] - scores[0.0][contents[0]] > 0.5
     assert scores[2.0][contents[2]] == pytest.approx(scores[0.0][contents[2]], abs=0.01)
+
+
+class _RecordingEmbedder(HashingEmbedder):
+    """The hashing embedder, remembering every text it embedded (queries included)."""
+
+    def __init__(self) -> None:
+        super().__init__(dimension=64)
+        self.texts: list[str] = []
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+async def test_the_vector_channel_embeds_the_question_without_the_speakers_names(
+    config: ContextManagerConfig,
+) -> None:
+    """A turn's text rarely names its own speaker (that is metadata): the question is embedded with the
+    names of the candidate turns' speakers replaced by "they", the stored turns as they are."""
+    question = "What did Nate say about Joanna's tournament?"
+    expected = {True: "What did they say about their tournament?", False: question}
+    for without_names in (True, False):
+        embedder = _RecordingEmbedder()
+        weights = RankingWeights.learned(embedder=True, vector_query_without_speakers=without_names)
+        async with MemoryManager(config, embedder=embedder, ranking=weights) as memory:
+            await _add_nate_conversation(memory)
+            stored = list(embedder.texts)
+            results = await memory.search_memory(question, limit=3)
+            assert results and "semifinal" in " ".join(result.content for result in results)
+        assert embedder.texts[len(stored) :] == [expected[without_names]]
+        assert not any("they" in text.split() for text in stored)  # the turns are embedded unchanged

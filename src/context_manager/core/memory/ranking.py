@@ -73,6 +73,7 @@ __all__ = [
     "prune_common_terms",
     "recency_decay",
     "uniform_correction",
+    "without_speaker_names",
 ]
 
 FIRST_PERSON_WORDS = frozenset({"i", "me", "my", "mine", "myself"})
@@ -80,6 +81,9 @@ FIRST_PERSON_WORDS = frozenset({"i", "me", "my", "mine", "myself"})
 
 USER_SPEAKER_NAMES = frozenset({"user", "human"})
 """Speaker values that stand for the user."""
+
+_ROLE_SPEAKERS = USER_SPEAKER_NAMES | {"assistant", "system", "tool", "ai", "bot"}
+# speaker values that are roles, not names: a query word "user" is not a reference to a person
 
 FEATURES = (
     "bm25",
@@ -230,6 +234,11 @@ class RankingWeights:
     feedback_min_documents: int = 3
     """Words indexed in fewer rows are not added: they can only find the hit they came from (a turn's
     words are indexed twice, in its own row and in the next turn's context column, hence 3)."""
+    vector_query_without_speakers: bool = True
+    """The vector channel embeds the query with the names of the candidate turns' speakers replaced by
+    "they" (:func:`without_speaker_names`): a turn's text rarely names its own speaker (that is metadata,
+    which the speaker feature uses), so a name in the query pulls its embedding towards the turns that
+    address that person, said by someone else."""
     feedback_min_memories: int = 200
     """No feedback query in a store of fewer memories: there, which words are rare says little, and a
     hit's own words mostly promote the hit itself (the ``common_term_min_documents`` scale)."""
@@ -360,6 +369,36 @@ def mentions_time(text: str) -> bool:
         (True, False)
     """
     return _TIME_EXPRESSION.search(text) is not None
+
+
+def without_speaker_names(text: str, speakers: Iterable[str]) -> str:
+    """The query as the vector channel embeds it: each speaker's name replaced by "they" ("their" for "X's").
+
+    A speaker matches by its whole value or its first word, as a whole word, in any case. Role values
+    ("user", "assistant") are not names and stay. A query that is nothing but names is returned unchanged.
+
+    Example:
+        >>> without_speaker_names("When did Caroline go to Melanie's party?", ["Caroline", "Melanie Lee"])
+        'When did they go to their party?'
+    """
+    names: set[str] = set()
+    for speaker in speakers:
+        lowered = speaker.strip().lower()
+        if lowered and lowered not in _ROLE_SPEAKERS:
+            names.update((lowered, lowered.split(" ", 1)[0]))
+    if not names:
+        return text
+    pattern = _speaker_pattern(tuple(sorted(names, key=lambda name: (-len(name), name))))
+    replaced = pattern.sub(lambda match: "their" if match.group(1) else "they", text)
+    if replaced == text or not set(_WORD.findall(replaced.lower())) - {"they", "their"}:
+        return text
+    return replaced
+
+
+@functools.lru_cache(maxsize=256)
+def _speaker_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(name) for name in names)
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})(['\u2019]s)?(?![^\W_])", re.IGNORECASE)
 
 
 def in_period(timestamp: float, periods: frozenset[tuple[int | None, int | None]]) -> bool:
@@ -665,5 +704,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "named period": {"period": 0.0},
     "feedback": {"feedback": 0.0},
     "time": {"time": 0.0},
+    "vector query without speakers": {"vector_query_without_speakers": False},
 }
 """Each ranking feature switched off (changes to :class:`RankingWeights`), for ablation tables."""

@@ -27,6 +27,7 @@ from context_manager.core.memory.ranking import (
     named_periods,
     named_speakers,
     parse_session_date,
+    without_speaker_names,
 )
 from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.store import TurnKey
@@ -192,7 +193,12 @@ class MemorySearch(TierMovement):
         cosines: dict[str, float] = {}
         query_vector: numpy.ndarray | None = None
         if use_vectors:
-            query_vector = (await self._embed([query]))[0]
+            vector_query = query
+            if weights.vector_query_without_speakers:
+                # the speakers among the lexical candidates: a query naming a speaker matches their turns
+                turn_speakers = {memory.speaker for memory, _ in found.values()}
+                vector_query = without_speaker_names(query, (name for name in turn_speakers if name))
+            query_vector = (await self._embed([vector_query]))[0]
             extra: list[str] = []
             for memory_id, cosine in await backend.nearest(query_vector, user_id, pool):
                 cosines[memory_id] = cosine
