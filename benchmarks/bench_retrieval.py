@@ -458,6 +458,13 @@ class Backend:
         if dsn is None:
             self._directory = Path(tempfile.mkdtemp(prefix="bench-retrieval-postgres-"))
             dsn, self._embedded = postgres_bench.start_server(self._directory)
+            # pgvector in the shared schema, as the tests prepare their server: created by the first
+            # configuration's migration it would land in that configuration's schema, out of the next ones'
+            # search path ('type "vector" does not exist' for the first configuration with an embedder)
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True) as connection:
+                connection.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
         self.server = dsn
 
     def options(self) -> dict[str, Any]:
