@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -355,3 +358,65 @@ def test_kept_messages_are_cut_in_proportion() -> None:
     shares = [kept[m.id].token_count / m.token_count for m in (request, reply)]
     assert abs(shares[0] - shares[1]) < 0.25  # neither is sacrificed for the other
     assert kept[request.id].content.startswith("QUESTION") and kept[reply.id].content.startswith("ANSWER")
+
+
+# -- the tools line over many compressions; the same summary in every process ------------------------
+
+
+def test_the_tools_line_never_nests_and_always_shows_the_newest_call() -> None:
+    summarizer = ExtractiveSummarizer(COUNTER)
+    summary: Message | None = None
+    for i in range(40):
+        body = [
+            counted("user", f"Please run step {i} of the nightly pipeline."),
+            *tool_unit(f"c{i}", f"tool{i}", f"finished step {i}"),
+        ]
+        text = summarizer.summarize(([summary] if summary else []) + body, 160)
+        assert COUNTER.count(text) <= 160
+        tools = next(line for line in text.splitlines() if line.startswith("Tools used: "))
+        assert tools.count("earlier:") == (1 if i else 0)  # the quotes of quotes used to nest
+        assert f"tool{i} (ok: finished step {i})" in tools  # used to be cut off behind the earlier ones
+        if i:
+            assert f"tool{i - 1} (ok: finished step {i - 1})" in tools.split("earlier: ")[1]
+        summary = dataclasses.replace(counted("system", text), metadata={SUMMARY_METADATA_KEY: 3 * (i + 1)})
+
+
+_SUMMARY_IN_A_PROCESS = """
+from context_manager.core.compression import ExtractiveSummarizer
+from context_manager.core.messages import Message
+from context_manager.core.tokens import get_token_counter
+
+def word(prefix, n):
+    letters = "bcdfghjklmnpqrstvwxz"
+    return prefix + letters[n // 400 % 20] + letters[n // 20 % 20] + letters[n % 20]
+
+# Every sentence holds words of weights 1/3, 1/5, 1/7 and 1/11 and has the same length: equal rarity,
+# which a float sum in the set's order rounds differently from one sentence to the next.
+messages = [
+    Message.create(
+        "user" if i % 2 == 0 else "assistant",
+        " ".join(word(p, i // k) for p, k in (("alp", 3), ("bet", 5), ("gam", 7), ("del", 11))) + ".",
+    )
+    for i in range(330)
+]
+counter = get_token_counter()
+for budget in (80, 160, 320, 640):
+    print(ExtractiveSummarizer(counter).summarize(messages, budget))
+"""
+
+
+def test_the_extractive_summary_is_the_same_in_every_process() -> None:
+    # A sentence's rarity sums its words' weights over a set, whose order follows PYTHONHASHSEED: a float sum
+    # in that order made ties rank differently from one interpreter to the next (seeds 5 and 6 did here).
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _SUMMARY_IN_A_PROCESS],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        for seed in ("0", "1", "5", "6")
+    }
+    assert len(outputs) == 1

@@ -76,6 +76,8 @@ _REQUEST_LINE_START = "Latest user request"
 _REQUEST_PREFIX = _REQUEST_LINE_START + ": "
 _REQUEST_CUT_PREFIX = "Latest user request (shown cut below; full text in memory): "
 _TOOLS_PREFIX = "Tools used: "
+_EARLIER = "earlier: "
+_MAX_EARLIER_CHARS = 200
 _MAX_TOOL_ENTRIES = 8
 _SPOKEN = (Role.USER, Role.ASSISTANT)
 _PREFIX_WORDS = {prefix: len(prefix.split()) for prefix in (_REQUEST_PREFIX, _REQUEST_CUT_PREFIX)}
@@ -301,10 +303,18 @@ class ExtractiveSummarizer:
                 outcome = f"{status}: {snippet}" if snippet else status
             entries.append(f"{name} ({outcome})")
         dropped = len(calls) - len(shown_calls)
-        if earlier:
-            entries.insert(0, "earlier: " + earlier[len(_TOOLS_PREFIX) :][:200])
         if dropped:
-            entries.insert(1 if earlier else 0, f"{dropped} more calls")
+            entries.insert(0, f"{dropped} more calls")
+        if earlier:
+            # The previous line's entries come last, flat (its own "earlier: " marker dropped, so quotes never
+            # nest), and bounded: a line cut to its room loses the oldest calls, never this batch's.
+            quoted = "; ".join(
+                entry.removeprefix(_EARLIER) for entry in earlier[len(_TOOLS_PREFIX) :].split("; ")
+            )
+            if len(quoted) > _MAX_EARLIER_CHARS:
+                head = quoted[:_MAX_EARLIER_CHARS]
+                quoted = head.rsplit("; ", 1)[0] if "; " in head else head
+            entries.append(_EARLIER + quoted)
         return _TOOLS_PREFIX + "; ".join(entries)
 
     def _choose_sentences(
@@ -372,7 +382,7 @@ class ExtractiveSummarizer:
             document_frequency.update(candidate.words)
         weight = {word: 1.0 / frequency for word, frequency in document_frequency.items()}.__getitem__
         for candidate in candidates:
-            rarity = sum(map(weight, candidate.words))
+            rarity = math.fsum(map(weight, candidate.words))  # exact: the same in any order (hash seed)
             bonus = candidate.digit_words * 0.5
             bonus += 0.5 if candidate.text.endswith("?") and candidate.speaker == "user" else 0.0
             candidate.score += (rarity + bonus) / math.sqrt(len(candidate.text) / 40 + 1)
