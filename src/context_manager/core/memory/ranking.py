@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -368,6 +369,12 @@ def mentions_time(text: str) -> bool:
         >>> mentions_time("I finished my screenplay last Friday!"), mentions_time("I love painting.")
         (True, False)
     """
+    return _mentions_time(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mentions_time(text: str) -> bool:
+    # the same turns come back query after query: the scan of a long text costs more than the lookup
     return _TIME_EXPRESSION.search(text) is not None
 
 
@@ -541,9 +548,9 @@ def fuse(
         query_periods=query_periods,
         query_asks_when=query_asks_when,
     )
-    active = [(position, weight) for position, weight in enumerate(weights.feature_weights()) if weight]
+    vector = weights.feature_weights()
     for candidate, row in zip(candidates, rows, strict=True):
-        candidate.score = sum(weight * row[position] for position, weight in active)
+        candidate.score = sum(map(operator.mul, vector, row))
     return sorted(candidates, key=lambda c: (-c.score, -c.timestamp, c.id))
 
 
