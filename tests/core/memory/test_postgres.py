@@ -475,6 +475,38 @@ async def test_a_delete_finds_the_copy_another_process_moved_meanwhile(postgres_
         assert await mover.get_memory(doomed.id) is None
 
 
+async def test_a_cleanup_removes_the_copy_another_process_moved_meanwhile(postgres_dsn: str) -> None:
+    import time
+
+    from context_manager.core.memory.models import MemoryTier
+
+    config = postgres_config(postgres_dsn)
+    long_ago = time.time() - 90 * 86400.0
+    async with (
+        MemoryManager(config, clock=lambda: long_ago) as mover,
+        MemoryManager(config) as cleaner,
+    ):
+        assert mover.backend is not None and cleaner.backend is not None
+        old = await mover.add_memory("an old note nobody reads")
+        kept = await cleaner.add_memory("a fresh note")
+        scan = cleaner.backend.scan
+
+        async def scanned_then_moved(*args: object, **kwargs: object) -> list[object]:
+            found = await scan(*args, **kwargs)  # type: ignore[arg-type]
+            # the other process's overflow move runs between the cleanup's scan and its deletes
+            await mover.backend.move_down([old.id], MemoryTier.SHORT, MemoryTier.MEDIUM)  # type: ignore[union-attr]
+            return found
+
+        cleaner.backend.scan = scanned_then_moved  # type: ignore[method-assign]
+        report = await cleaner.cleanup_old_memories(max_age_days=30)
+        cleaner.backend.scan = scan  # type: ignore[method-assign]
+        assert report["removed_ids"] == [old.id]
+        assert report["by_tier"] == {"short": 0, "medium": 1, "long": 0}
+        stored = {m.id for m in await cleaner.stored_copies()}
+        assert old.id not in stored  # it survived in medium-term until the next cleanup
+        assert kept.id in stored
+
+
 async def test_a_move_copies_the_row_as_a_concurrent_update_left_it(postgres_dsn: str) -> None:
     import psycopg
 

@@ -13,7 +13,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.consolidation import near_duplicate_groups
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.state import UserScope
-from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.tiers import _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_importance,
     check_user,
@@ -201,13 +201,30 @@ class MemoryCuration(TierMovement):
                     doomed[memory.tier].append(memory.id)
                     memories[memory.id] = memory
             removed: dict[str, Memory] = {}
-            for tier, ids in doomed.items():
-                # only what this call deleted counts (another process may have removed some meanwhile)
-                present = await backend.delete(tier, ids)
-                by_tier[tier.value] += len(present)
-                for memory_id in present:
-                    removed[memory_id] = memories[memory_id]
-                    self._pending_touches.pop(memory_id, None)
+            seen = {(memory.id, memory.tier) for memory in copies}
+            for _ in range(_WRITE_ROUNDS):
+                absent: list[str] = []
+                for tier, ids in doomed.items():
+                    # only what this call deleted counts (another process may have removed some meanwhile)
+                    present = await backend.delete(tier, ids)
+                    by_tier[tier.value] += len(present)
+                    for memory_id in present:
+                        removed[memory_id] = memories[memory_id]
+                        self._pending_touches.pop(memory_id, None)
+                    deleted = set(present)
+                    absent.extend(memory_id for memory_id in ids if memory_id not in deleted)
+                if not absent:
+                    break
+                # a process sharing the storage may have moved a doomed copy to the next tier since the scan
+                # (its move locks the rows: it saw the delete, or it finished first and the copy is found
+                # here); a copy the scan saw and kept stays
+                doomed = {tier: [] for tier in MemoryTier}
+                for copy in await backend.copies(absent):
+                    if (copy.id, copy.tier) not in seen:
+                        seen.add((copy.id, copy.tier))
+                        doomed[copy.tier].append(copy.id)
+                if not any(doomed.values()):
+                    break
             await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
