@@ -507,6 +507,33 @@ async def test_a_cleanup_removes_the_copy_another_process_moved_meanwhile(postgr
         assert kept.id in stored
 
 
+@pytest.mark.parametrize("tier", ["medium", "long"])
+async def test_an_update_to_a_tier_does_not_bring_back_a_memory_another_process_deleted(
+    postgres_dsn: str, tier: str
+) -> None:
+    from context_manager.core.errors import MemoryNotFoundError
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as updater, MemoryManager(config) as deleter:
+        assert updater.backend is not None
+        memory = await updater.add_memory("a note the user erased")
+        locate = updater.backend.copies
+        deleted: list[str] = []
+
+        async def located_then_deleted(ids: list[str]) -> list[object]:
+            found = await locate(ids)
+            if not deleted:  # the other process's delete runs between the update's look-up and its writes
+                deleted.append((await deleter.delete_memory(memory.id)).id)
+            return found
+
+        updater.backend.copies = located_then_deleted  # type: ignore[method-assign]
+        with pytest.raises(MemoryNotFoundError):
+            await updater.update_memory(memory.id, importance=0.9, tier=tier)
+        updater.backend.copies = locate  # type: ignore[method-assign]
+        assert deleted == [memory.id]
+        assert [m for m in await updater.stored_copies() if m.id == memory.id] == []  # it used to come back
+
+
 async def test_a_move_copies_the_row_as_a_concurrent_update_left_it(postgres_dsn: str) -> None:
     import psycopg
 

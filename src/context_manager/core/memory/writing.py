@@ -403,10 +403,21 @@ class MemoryWriting(TierMovement):
                 if not await self._rewrite([memory_id], lambda copy: copy.copy(**changes)):
                     raise MemoryNotFoundError(memory_id)  # another process deleted it meanwhile
             else:
-                for copy in copies:
-                    if copy.tier is not target:
-                        await self._remove(copy.id, copy.tier, moving=True)
-                await self._put(primary, target)
+                # the stored row goes to the target tier on the server and is changed there: a memory another
+                # process deleted meanwhile is not brought back (writing ``primary`` to the target would)
+                backend = self._require("update_memory")
+                for _ in range(_WRITE_ROUNDS):
+                    if all(copy.tier is not target for copy in copies):
+                        await backend.move([copies[0]], copies[0].tier, target)
+                    if await backend.replace(target, [copies[0].copy(**changes)]):
+                        break
+                    copies = await self._locate(memory_id)  # moved by another process meanwhile
+                    if not copies:
+                        raise MemoryNotFoundError(memory_id)  # deleted by another process meanwhile
+                else:
+                    raise StorageError(
+                        f"memory {memory_id} kept moving to another tier during {_WRITE_ROUNDS} updates"
+                    )
                 for _ in range(_WRITE_ROUNDS):
                     # the other copies, also one another process moved to a third tier meanwhile
                     others = [copy for copy in await self._locate(memory_id) if copy.tier is not target]
