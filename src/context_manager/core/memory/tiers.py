@@ -36,9 +36,6 @@ _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches
 class TierMovement(ManagerState):
     """Placement of memories in tiers, moves between tiers, the vector channel's storage, compaction."""
 
-    async def _put(self, memory: Memory, tier: MemoryTier) -> None:
-        await self._require("put").put(tier, [memory])
-
     async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> None:
         """Delete one copy; a real delete (not ``moving``) is followed by :meth:`_forget`."""
         backend = self._require("remove")
