@@ -98,6 +98,32 @@ async def test_frequently_accessed_memories_move_up(config: ContextManagerConfig
         assert moved is not None and moved.tier is MemoryTier.LONG and moved.access_count == 3
 
 
+async def test_a_flush_reads_back_only_the_copies_that_could_move_up(
+    config: ContextManagerConfig, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with MemoryManager(config, clock=clock, promotion_access_count=3) as manager:
+        hot = await manager.add_memory("the wifi password is hunter2", tier="medium")
+        settled = await manager.add_memory("the wifi router sits in the attic", tier="long")
+        backend = manager._require("test")
+        real_copies = backend.copies
+        asked: list[str] = []
+
+        async def copies(ids: list[str]) -> list[Any]:
+            asked.extend(ids)
+            return await real_copies(ids)
+
+        monkeypatch.setattr(backend, "copies", copies)
+        for _ in range(3):
+            assert {m.id for m in await manager.search_memory("wifi")} == {hot.id, settled.id}
+        await manager.flush()
+        # the long-term memory's accesses are recorded, but its row is not read back: it cannot move up
+        assert asked == [hot.id]
+        moved = await manager.get_memory(hot.id)
+        assert moved is not None and moved.tier is MemoryTier.LONG and moved.access_count == 3
+        kept = await manager.get_memory(settled.id)
+        assert kept is not None and kept.tier is MemoryTier.LONG and kept.access_count == 3
+
+
 async def test_every_tier_survives_a_restart(config: ContextManagerConfig, clock: FakeClock) -> None:
     async with MemoryManager(config, clock=clock) as manager:
         added = {

@@ -352,6 +352,7 @@ class MemorySearch(TierMovement):
         count = max(memory.access_count, pending[1] if pending else 0) + 1
         self._pending_touches[memory.id] = (now, count)
         if memory.tier is not MemoryTier.LONG:
+            self._touched_volatile.add(memory.id)
             memory.access_count = count  # the in-process object; persisted with the next batch
             memory.last_accessed = now
         return memory.copy(access_count=count, last_accessed=now, score=score)
