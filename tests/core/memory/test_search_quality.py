@@ -183,3 +183,30 @@ async def test_the_vector_channel_embeds_the_question_without_the_speakers_names
             assert results and "semifinal" in " ".join(result.content for result in results)
         assert embedder.texts[len(stored) :] == [expected[without_names]]
         assert not any("they" in text.split() for text in stored)  # the turns are embedded unchanged
+
+
+async def test_a_rows_score_is_the_sum_of_its_scores_for_parts_of_the_query(manager: MemoryManager) -> None:
+    # the feedback query relies on it: the expanded question's BM25 is the first pass's plus that of a
+    # query of the added words alone, on every backend and across tiers
+    from context_manager.core.memory.backend import LexicalQuery
+
+    words = ["harbour", "lantern", "violin", "orchard", "glacier", "saffron"]
+    for index in range(40):
+        chosen = [
+            word for position, word in enumerate(words) if (index >> position) & 1 or index % 7 == position
+        ]
+        tier = ("short", "medium", "long")[index % 3]
+        await manager.add_memory(f"note {index}: " + " ".join(chosen) + " and nothing else", tier=tier)
+    backend = manager._require("test")
+
+    async def scores(tokens: tuple[str, ...]) -> dict[str, float]:
+        hits = await backend.search(LexicalQuery(tokens=tokens, limit=100, scope=None))
+        return {memory.id: bm25 for memory, bm25 in hits}
+
+    await scores(tuple(words))  # PostgreSQL: reads the term statistics the IDF comes from (then cached)
+    whole = await scores(tuple(words))
+    first, second = await scores(tuple(words[:4])), await scores(tuple(words[4:]))
+    assert len(whole) >= 30
+    assert set(whole) == set(first) | set(second)
+    for memory_id, score in whole.items():
+        assert score == pytest.approx(first.get(memory_id, 0.0) + second.get(memory_id, 0.0), rel=1e-6)

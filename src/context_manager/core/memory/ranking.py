@@ -16,12 +16,13 @@ when the query names the turn's speaker (``I``/``my``/``me`` name the user). Bot
 with some evidence of the turn's own. ``cosine`` (only with an embedder) is the query's cosine similarity
 divided by the best one. ``in_named_period`` is 1 when the query names a month or a year ("in May 2023",
 "on October 13", "in 2022", see :func:`named_periods`) and the memory's date (its session date, else when it
-was stored) falls in one of them. ``feedback_lexical`` is the BM25 of a second, expanded query divided by its
-best one (pseudo-relevance feedback): the question plus the rarest words of the best hits of the first pass
-(:func:`feedback_terms`), which finds turns that share no word with the question but talk about what its best
-hits talk about (the other half of a multi-hop answer). ``states_time`` (for questions asking when, see
-:func:`asks_when`) is 1 for a turn whose text states a time ("last Friday", "yesterday", "in May", see
-:func:`mentions_time`), scaled like ``named_speaker``: the answer to "When did Jon ..." is the turn that
+was stored) falls in one of them. ``feedback_lexical`` is the BM25 of the question expanded with the rarest
+words of the first pass's best hits (:func:`feedback_terms`; pseudo-relevance feedback), divided by its best
+one: the first pass's BM25 plus that of a second query of the added words alone (FTS5 and ``ts_rank`` sum a
+row's score over the query's words), which finds turns that share no word with the question but talk about
+what its best hits talk about (the other half of a multi-hop answer). ``states_time`` (for questions asking
+when, see :func:`asks_when`) is 1 for a turn whose text states a time ("last Friday", "yesterday", "in May",
+see :func:`mentions_time`), scaled like ``named_speaker``: the answer to "When did Jon ..." is the turn that
 says when, not every turn about it.
 
 The weights are learned, not hand-set: ``benchmarks/fit_ranking.py`` fits a logistic model over these
@@ -196,8 +197,8 @@ class RankingWeights:
     period: float = _learned("period")
     """Weight of the date match (the memory's date falls in a month or year the query names)."""
     feedback: float = _learned("feedback")
-    """Weight of the second, expanded query's normalised BM25 (pseudo-relevance feedback; 0 skips that
-    query)."""
+    """Weight of the expanded query's normalised BM25 (pseudo-relevance feedback; 0 skips the second query,
+    of the added words)."""
     time: float = _learned("time")
     """Weight of the time match (the query asks when and the memory's text states a time)."""
     neighbour_context: bool = True
@@ -297,7 +298,8 @@ class Candidate:
     speaker: str | None = None
     """Who said it."""
     feedback: float = 0.0
-    """Positive BM25 score for the feedback query (0 when it did not match or there was none)."""
+    """BM25 of the question expanded with the feedback words: the first pass's plus the added words' (0 when
+    neither matched or there was no feedback query)."""
     states_time: bool = False
     """Its text states a time (:func:`mentions_time`); only looked at for queries that ask when."""
     score: float = 0.0

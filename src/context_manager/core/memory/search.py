@@ -2,7 +2,7 @@
 
 The backend returns lexical candidates with BM25 scores comparable across tiers (filters applied in its
 candidate query), the vector channel adds its nearest neighbours, conversation neighbours join, a second
-query expanded with the rarest words of the best hits adds its own (pseudo-relevance feedback), and
+query of the rarest words of the best hits adds its own (pseudo-relevance feedback), and
 :func:`~context_manager.core.memory.ranking.fuse` orders them: the same ranking on every backend. Returned
 memories count as accessed; those updates are written in batches.
 """
@@ -238,10 +238,13 @@ class MemorySearch(TierMovement):
         query_vector: numpy.ndarray | None,
         when: bool,
     ) -> list[Candidate]:
-        """Pseudo-relevance feedback: search again with the question plus the rarest words of its best hits.
+        """Pseudo-relevance feedback: score the question plus the rarest words of its best hits.
 
-        Every candidate gets the second query's BM25 as its ``feedback``; the memories only that query
-        finds join the candidates (adds ``found`` entries with a first-pass BM25 of 0). Only the best hits
+        A row's BM25 is a sum over the query's words, so the expanded question's score is the first pass's
+        plus that of a second query of the added words alone: rare words, a cheap query (the whole expanded
+        question again cost as much as the first pass). Every candidate gets that sum as its ``feedback``;
+        the memories only the second query finds join the candidates (adds ``found`` entries with a
+        first-pass BM25 of 0). Only the best hits
         that are conversation turns lend words; skipped when there are none, and in a store of fewer than
         ``feedback_min_memories`` memories.
         """
@@ -278,8 +281,11 @@ class MemorySearch(TierMovement):
         )
         if not expansion:
             return candidates
-        hits = await backend.search(replace(lexical, tokens=(*lexical.tokens, *expansion)))
+        hits = await backend.search(replace(lexical, tokens=tuple(expansion)))
         feedback = {memory.id: bm25 for memory, bm25 in hits}
+        for candidate in candidates:  # the question's own share: its first-pass BM25
+            if candidate.bm25 > 0:
+                feedback[candidate.id] = feedback.get(candidate.id, 0.0) + candidate.bm25
         new = [memory for memory, _ in hits if memory.id not in found and lexical.accepts(memory)]
         cosines: dict[str, float] = {}
         if new and query_vector is not None:
