@@ -283,15 +283,12 @@ class MemorySearch(TierMovement):
             return candidates
         hits = await backend.search(replace(lexical, tokens=tuple(expansion)))
         feedback = {memory.id: bm25 for memory, bm25 in hits}
-        for candidate in candidates:  # the question's own share: its first-pass BM25
-            if candidate.bm25 > 0:
-                feedback[candidate.id] = feedback.get(candidate.id, 0.0) + candidate.bm25
         new = [memory for memory, _ in hits if memory.id not in found and lexical.accepts(memory)]
         cosines: dict[str, float] = {}
         if new and query_vector is not None:
             cosines = await backend.similarities(query_vector, [memory.id for memory in new])
-        for candidate in candidates:
-            candidate.feedback = feedback.get(candidate.id, 0.0)
+        for candidate in candidates:  # the added words' share plus the question's own (its first-pass BM25)
+            candidate.feedback = feedback.get(candidate.id, 0.0) + candidate.bm25
         for memory in new:
             found[memory.id] = (memory, 0.0)
             candidate = self._candidate(memory, 0.0, cosines.get(memory.id), when)
