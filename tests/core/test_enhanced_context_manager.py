@@ -23,7 +23,7 @@ from context_manager.core.errors import (
     StorageLockedError,
     ToolCallPairingError,
 )
-from context_manager.core.messages import ToolCall
+from context_manager.core.messages import Message, ToolCall
 from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
 from context_manager.testing import ScriptedSummarizer
 
@@ -218,6 +218,12 @@ async def test_tool_round_trip(tmp_path: Path) -> None:
         (("user", "hi"), {"priority": "urgent"}, InvalidPriorityError, "priority: got 'urgent'"),
         (("user", 42), {}, InvalidMessageError, "content: got 42; allowed a str"),
         (("user", None), {}, InvalidMessageError, "content: got None"),
+        (("user", "caf\u00e9 \ud800"), {}, InvalidMessageError, "lone surrogates"),
+        (("assistant", "\udfff"), {}, InvalidMessageError, "lone surrogates"),
+        (("user", "na\u00efve\x00"), {}, InvalidMessageError, "without NUL"),
+        (("user", "\U0001f642\x00\ud800"), {}, InvalidMessageError, "without NUL"),
+        (("user", ""), {}, InvalidMessageError, "non-empty text"),
+        (("tool", "res"), {}, InvalidMessageError, "tool_call_id"),
         (
             ("user", "hi"),
             {"importance": 0.5},
@@ -239,6 +245,46 @@ async def test_bad_input_raises_and_changes_nothing(
             await manager.add_message(*args, **kwargs)  # type: ignore[arg-type]
         assert isinstance(info.value, ValueError)
         assert state(manager) == before
+
+
+class _WordCounter:
+    """A counter of the TokenCounter protocol that never looks at the text's encoding."""
+
+    encoding_name = "words"
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def count_message(self, message: Message) -> int:
+        return 4 + self.count(message.content)
+
+
+@pytest.mark.parametrize("counter", ["built-in", "custom"])
+@pytest.mark.parametrize("where", ["counted at once", "counted in a thread", "behind a compression"])
+async def test_a_lone_surrogate_is_rejected_on_every_path_of_add_message(
+    tmp_path: Path, counter: str, where: str
+) -> None:
+    """The built-in count checks a plain message's Unicode (one UTF-8 conversion); every path rejects it."""
+    token_counter = _WordCounter() if counter == "custom" else None
+    async with EnhancedContextManager(make_config(tmp_path), token_counter=token_counter) as manager:
+        await manager.add_message("user", "first")
+        before = state(manager)
+        text = "na\u00efve \ud800 text"
+        if where == "counted in a thread":
+            text = "caf\u00e9 " * 20_001 + "\ud800"  # over 100,000 characters: counted off the loop
+        window = manager._window
+        assert window is not None
+        if where == "behind a compression":
+            await window._lock.acquire()  # as a compression in flight holds it: the add would queue
+        try:
+            with pytest.raises(InvalidMessageError, match="lone surrogates"):
+                await manager.add_message("user", text)
+        finally:
+            if window._lock.locked():
+                window._lock.release()
+        assert state(manager) == before
+        await manager.add_message("user", "caf\u00e9 \U0001f642 after")  # valid non-ASCII text still goes in
+        assert manager.get_context()[-1]["content"] == "caf\u00e9 \U0001f642 after"
 
 
 async def test_system_message_that_cannot_fit_is_rejected(tmp_path: Path) -> None:

@@ -368,6 +368,27 @@ class Message:
         )
 
 
+def create_plain(role: Role | str, content: Any, *, check_unicode: bool) -> Message:
+    """``Message.create(role, content)`` with no other argument: the fast path of ``add_message``.
+
+    With no options there is nothing to check but the role and the content, so this skips the option
+    checks. ``check_unicode=False`` also leaves the lone-surrogate check of a non-ASCII text to the caller:
+    ``add_message`` with the built-in counter, whose count of the text fails on one
+    (``UnicodeEncodeError``) before the window changes, so the text is not converted to UTF-8 twice.
+
+    Raises:
+        InvalidRoleError, InvalidMessageError: as :meth:`Message.create`.
+    """
+    parsed_role = _ROLES_BY_TEXT.get(role) if type(role) is str or type(role) is Role else None
+    if parsed_role is None or parsed_role is Role.TOOL or type(content) is not str or not content:
+        return Message.create(role, content)  # the errors (a tool message needs its call's id), as usual
+    if "\x00" in content:
+        raise InvalidMessageError("content", content, "text without NUL characters")
+    if check_unicode and not content.isascii() and not encodable(content):
+        raise InvalidMessageError("content", content, "valid unicode text (no lone surrogates)")
+    return _build(parsed_role, content, Priority.NORMAL, False, {}, (), None, None)
+
+
 # Message.create's constructor: the checks are done, so the fields are set through the slots' descriptors
 # (no keyword parsing, no frozen __setattr__ detour): about half the cost of Message(...) on the
 # add_message hot path.
