@@ -39,11 +39,7 @@ async def test_a_long_term_write_does_not_queue_behind_long_reads(sqlite_manager
 async def test_writes_go_on_between_chunks_of_an_overflow_move(
     config: ContextManagerConfig, clock: FakeClock
 ) -> None:
-    """The medium-term overflow moves to long-term a chunk at a time; a write goes in between (both backends).
-
-    On SQLite each chunk holds the write lock and the write waits for the chunk in progress only; on
-    PostgreSQL chunks hold no lock (moves of other processes hold none either) and the write runs alongside.
-    """
+    """The medium-term overflow moves to long-term a chunk per hold of the write lock (both backends)."""
     config = config.model_copy(update={"medium_term_memory_size": 1000})
     async with MemoryManager(config, clock=clock) as manager:
         await manager.add_memories(
@@ -52,77 +48,24 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
         by_importance = sorted(await manager.stored_copies(), key=lambda m: m.importance)
         config.medium_term_memory_size = 100  # 300 > 100: 210 least important move, in chunks of 64
         late = by_importance[209]  # the most important victim: in the last chunk
-        backend = manager.backend
-        move_down = backend.move_down
         order: list[str] = []
-
-        async def recorded_move_down(ids: list[str], source: MemoryTier, target: MemoryTier) -> None:
-            order.append("chunk started")
-            if not backend.shared:
-                assert manager._write_lock.locked(), "a chunk of a move on SQLite holds the write lock"
-            await move_down(ids, source, target)
-
-        backend.move_down = recorded_move_down  # type: ignore[method-assign]
         rebalance = asyncio.ensure_future(manager._rebalance())
         rebalance.add_done_callback(lambda _: order.append("rebalance"))
-        # until the first chunk starts (the victims are chosen before, without the lock: on PostgreSQL
-        # after a few round trips, so wait by time, not by a count of loop turns)
+        # until the rebalance holds the lock for its first chunk (it chooses its victims before, without
+        # the lock: on PostgreSQL after a few round trips, so wait by time, not by a count of loop turns)
         deadline = asyncio.get_running_loop().time() + 30.0
-        while "chunk started" not in order and not rebalance.done():
-            assert asyncio.get_running_loop().time() < deadline, "the move never started a chunk"
+        while not manager._write_lock.locked() and not rebalance.done():
+            assert asyncio.get_running_loop().time() < deadline, "the move never took the write lock"
             await asyncio.sleep(0)
-        assert not rebalance.done()
+        assert manager._write_lock.locked() and not rebalance.done()
         await manager.delete_memory(late.id)  # a write arriving while the move runs
         order.append("delete")
         await rebalance
-        assert order.count("chunk started") == 4
-        # the delete did not wait for the whole move: chunks started after it
-        assert order.index("delete") < len(order) - 2 and order[-1] == "rebalance"
-        assert order[order.index("delete") + 1] == "chunk started"
+        assert order == ["delete", "rebalance"]  # the delete did not wait for the whole move
         # the move did not bring the deleted memory back: each chunk moves the copies there are now
         assert await manager.get_memory(late.id) is None
         tiers = [m.tier for m in await manager.stored_copies()]
         assert (tiers.count(MemoryTier.MEDIUM), tiers.count(MemoryTier.LONG)) == (90, 209)
-
-
-async def test_on_postgres_a_write_does_not_wait_for_the_move_chunk_in_progress(
-    config: ContextManagerConfig, clock: FakeClock
-) -> None:
-    """A chunk held open: on PostgreSQL an add commits meanwhile; on SQLite it waits for the chunk.
-
-    On PostgreSQL the slowest adds were those waiting for a chunk's statement under the write lock
-    (issue 12); a shared storage takes moves from other processes without that lock anyway.
-    """
-    config = config.model_copy(update={"short_term_memory_size": 1000})
-    async with MemoryManager(config, clock=clock) as manager:
-        await manager.add_memories([{"content": f"short note {n}", "importance": 0.2} for n in range(100)])
-        config.short_term_memory_size = 50
-        backend = manager.backend
-        move_down = backend.move_down
-        started, release = asyncio.Event(), asyncio.Event()
-
-        async def held_move_down(ids: list[str], source: MemoryTier, target: MemoryTier) -> None:
-            started.set()
-            await asyncio.wait_for(release.wait(), 30.0)
-            await move_down(ids, source, target)
-
-        backend.move_down = held_move_down  # type: ignore[method-assign]
-        rebalance = asyncio.ensure_future(manager._rebalance())
-        try:
-            await asyncio.wait_for(started.wait(), 30.0)
-            add = asyncio.ensure_future(manager.add_memory("written while a chunk is held"))
-            await asyncio.wait({add}, timeout=5.0 if backend.shared else 0.5)
-            if backend.shared:
-                assert add.done(), "the add waited for the move's chunk"
-            else:
-                assert not add.done(), "on SQLite the chunk holds the write lock"
-        finally:
-            release.set()
-        added = await add
-        await rebalance
-        assert await manager.get_memory(added.id) is not None
-        tiers = [m.tier for m in await manager.stored_copies()]
-        assert tiers.count(MemoryTier.SHORT) <= 50 and len(tiers) == 101
 
 
 async def test_writes_far_over_the_medium_capacity_wait_for_the_move(

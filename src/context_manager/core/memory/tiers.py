@@ -138,16 +138,15 @@ class TierMovement(ManagerState):
         )
 
     async def _move_overflow(self, source: MemoryTier, target: MemoryTier, capacity: int) -> bool:
-        """Move the least valuable memories of ``source`` to ``target``, a chunk per event-loop step.
+        """Move the least valuable memories of ``source`` to ``target``, a chunk per hold of the write lock.
 
-        Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen without
-        the write lock (by the backend: :meth:`MemoryBackend.overflow_victims`), then moved
-        :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down`, which takes the
-        victims' current copies (a victim deleted, updated or moved meanwhile is skipped or moved as it is
-        now). On a storage of this process alone each chunk holds the write lock; on a shared one (PostgreSQL)
-        none does, as moves of other processes do not. A short-term victim that already has a long-term copy
-        just loses its short-term one. Every memory is in at least one tier at every step. Processes sharing a
-        storage take turns (one moves, the others skip: the overflow is the same for all).
+        Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen
+        without the write lock (by the backend: :meth:`MemoryBackend.overflow_victims`), then moved
+        :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
+        which takes the victims' current copies (a victim deleted, updated or moved meanwhile is skipped
+        or moved as it is now). A short-term victim that already has a long-term copy just loses its
+        short-term one. Every memory is in at least one tier at every step. Processes sharing a storage
+        take turns (one moves, the others skip: the overflow is the same for all).
 
         Returns:
             Whether it moved anything (``False``: within capacity, or another process moves it).
@@ -164,20 +163,10 @@ class TierMovement(ManagerState):
                 return False  # within capacity after all
             for first in range(0, len(victims), _OVERFLOW_CHUNK):
                 await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
-                chunk = victims[first : first + _OVERFLOW_CHUNK]
-                if backend.shared:
-                    # a shared storage takes other processes' moves at any moment (a move's statement
-                    # locks the rows it moves, and every write finds a copy where it is now), so this
-                    # process's own need not hold the write lock: an add waiting for a chunk's statement
-                    # was most of the slowest adds on PostgreSQL
-                    if self._state != "ready":
-                        return False
-                    await backend.move_down(chunk, source, target)
-                    continue
                 async with self._write_lock:
                     if self._state != "ready":
                         return False
-                    await backend.move_down(chunk, source, target)
+                    await backend.move_down(victims[first : first + _OVERFLOW_CHUNK], source, target)
             return True
 
     async def _rebalance(self) -> None:
