@@ -463,6 +463,13 @@ def print_postgres_size(result: dict[str, Any]) -> None:
                 f"{four['client_cpu_ms_per_write']} (4), server {one['server_cpu_ms_per_write']} (1) "
                 f"{four['server_cpu_ms_per_write']} (4)"
             )
+        tasks = throughput.get("manager_tasks8_1")
+        if tasks:
+            print(
+                f"  throughput  manager 1 process, 8 tasks adding at once {tasks['per_second']:.0f}/s "
+                f"({throughput['manager_tasks8_vs_1']}x one task; CPU ms per write: client "
+                f"{tasks['client_cpu_ms_per_write']}, server {tasks['server_cpu_ms_per_write']})"
+            )
 
 
 def print_size(result: dict[str, Any]) -> None:

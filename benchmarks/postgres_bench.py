@@ -302,6 +302,11 @@ def measure_throughput(dsn: str, size: int, texts: list[str]) -> dict[str, Any]:
         figures[f"{kind}_scaling"] = round(
             figures[f"{kind}_4"]["per_second"] / max(figures[f"{kind}_1"]["per_second"], 1e-9), 2
         )
+    # one process, 8 tasks adding at once (a web worker serving concurrent requests)
+    figures["manager_tasks8_1"] = run_workers("manager8", dsn, size, 1, texts)
+    figures["manager_tasks8_vs_1"] = round(
+        figures["manager_tasks8_1"]["per_second"] / max(figures["manager_1"]["per_second"], 1e-9), 2
+    )
     figures["manager_1_vs_raw_1"] = round(
         figures["raw_1"]["per_second"] / max(figures["manager_1"]["per_second"], 1e-9), 2
     )
@@ -362,20 +367,25 @@ def run_workers(kind: str, dsn: str, size: int, processes: int, texts: list[str]
 
 
 async def _manager_worker(
-    dsn: str, size: int, start_at: float, seconds: float, texts: list[str], number: int
-) -> int:
+    dsn: str, size: int, start_at: float, seconds: float, texts: list[str], number: int, tasks: int = 1
+) -> tuple[int, float]:
     config = postgres_config(dsn, size)
     async with MemoryManager(config) as manager:
         await manager.add_memory(f"warm-up of worker {number}")
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu = time.process_time()
         deadline = start_at + seconds
-        count = 0
-        while time.time() < deadline:
-            await manager.add_memory(texts[(count * 7 + number) % len(texts)], user_id=f"worker{number}")
-            count += 1
+        counts = [0] * tasks
+
+        async def writer(task: int) -> None:
+            while time.time() < deadline:
+                text = texts[(counts[task] * 7 + number * tasks + task) % len(texts)]
+                await manager.add_memory(text, user_id=f"worker{number}")
+                counts[task] += 1
+
+        await asyncio.gather(*(writer(task) for task in range(tasks)))
         cpu = time.process_time() - cpu
-    return count, cpu
+    return sum(counts), cpu
 
 
 def _raw_worker(
@@ -405,8 +415,9 @@ def worker_main(arguments: list[str]) -> None:
     if kind == "raw":
         count, cpu = _raw_worker(dsn, float(start_at), float(seconds), texts, int(number))
     else:
+        tasks = 8 if kind == "manager8" else 1
         count, cpu = asyncio.run(
-            _manager_worker(dsn, int(size), float(start_at), float(seconds), texts, int(number))
+            _manager_worker(dsn, int(size), float(start_at), float(seconds), texts, int(number), tasks)
         )
     print(count, cpu)
 

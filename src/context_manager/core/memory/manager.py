@@ -133,6 +133,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             self._state = "closed"
             return
         await self._drain_background()
+        await self._no_open_adds.wait()  # adds made without the write lock (a shared storage) finish first
         try:
             async with self._write_lock:
                 await self._flush_touches_locked()

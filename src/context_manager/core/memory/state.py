@@ -88,6 +88,11 @@ class ManagerState:
         self._path: Path | None = None
         self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()
+        # adds running without the write lock (a shared storage: see MemoryWriting._add_many); close()
+        # waits for them before it closes the storage
+        self._open_adds = 0
+        self._no_open_adds = asyncio.Event()
+        self._no_open_adds.set()
         # consolidations of this process one at a time before they wait for the cross-process locks: each
         # waiter holds a pooled connection (PostgreSQL), and eight waiting would starve the pool
         self._consolidation_lock = asyncio.Lock()
