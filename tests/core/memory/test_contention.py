@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import LifecycleError, StorageError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 from tests.core.memory.conftest import FakeClock
@@ -100,18 +101,23 @@ async def test_on_postgres_new_memories_are_written_side_by_side(
         finally:
             release.set()
         added = [await first, *[await task for task in others]]
-        # a write holding the lock (an update, a delete, a move's chunk): an add with a given id waits for it
+        # a write holding the lock (an update, a delete, a move's chunk): an add in several steps waits for
+        # it (a given id: checked, then written; an important memory: short-term row, then long-term copy)
         async with manager._write_lock:
             explicit = asyncio.ensure_future(manager.add_memory("given id", memory_id="given-1"))
+            important = asyncio.ensure_future(manager.add_memory("important", importance=0.95))
             plain = asyncio.ensure_future(manager.add_memory("plain"))
             await asyncio.wait({plain}, timeout=10.0 if backend.shared else 0.5)
             assert plain.done() is backend.shared
-            assert not explicit.done()
-        added += [await explicit, await plain]
+            await asyncio.wait({explicit, important}, timeout=0.5)
+            assert not explicit.done() and not important.done()
+        added += [await explicit, await important, await plain]
         for memory in added:
             found = await manager.get_memory(memory.id)
             assert found is not None and found.content == memory.content
-        assert len(await manager.stored_copies()) == 10
+        tiers = [m.tier for m in await manager.stored_copies() if m.content == "important"]
+        assert sorted(t.value for t in tiers) == ["long", "short"]
+        assert len(await manager.stored_copies()) == 12
 
 
 async def test_close_waits_for_an_add_in_progress(config: ContextManagerConfig, clock: FakeClock) -> None:
@@ -141,6 +147,26 @@ async def test_close_waits_for_an_add_in_progress(config: ContextManagerConfig, 
     async with MemoryManager(config, clock=clock) as reopened:
         found = await reopened.get_memory(added.id)
         assert found is not None and found.content == "written while closing"
+
+
+async def test_an_add_made_once_close_has_begun_fails_cleanly(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """close() waiting for a write: an add arriving then waits behind it and fails, storing nothing."""
+    manager = MemoryManager(config, clock=clock)
+    await manager.initialize()
+    await manager._write_lock.acquire()  # a write in progress
+    close = asyncio.ensure_future(manager.close())
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(manager.add_memory("arrived while closing"))
+    await asyncio.sleep(0.05)
+    assert not late.done() and not close.done()
+    manager._write_lock.release()
+    await close
+    with pytest.raises((StorageError, LifecycleError)):
+        await late
+    async with MemoryManager(config, clock=clock) as reopened:
+        assert [m for m in await reopened.stored_copies() if m.content == "arrived while closing"] == []
 
 
 async def test_writes_far_over_the_medium_capacity_wait_for_the_move(

@@ -132,8 +132,10 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         if self._state != "ready":
             self._state = "closed"
             return
+        self._closing = True  # from here every add takes the write lock, which the close takes last
         await self._drain_background()
-        await self._no_open_adds.wait()  # adds made without the write lock (a shared storage) finish first
+        while self._open_adds:  # adds made without the write lock (a shared storage) finish first
+            await self._no_open_adds.wait()
         try:
             async with self._write_lock:
                 await self._flush_touches_locked()

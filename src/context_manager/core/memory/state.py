@@ -91,6 +91,7 @@ class ManagerState:
         # adds running without the write lock (a shared storage: see MemoryWriting._add_many); close()
         # waits for them before it closes the storage
         self._open_adds = 0
+        self._closing = False  # close() has begun: adds take the write lock (and so wait for it)
         self._no_open_adds = asyncio.Event()
         self._no_open_adds.set()
         # consolidations of this process one at a time before they wait for the cross-process locks: each

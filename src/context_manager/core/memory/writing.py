@@ -175,12 +175,22 @@ class MemoryWriting(TierMovement):
         backend = self._require("add_memory")
         order = [memory.id for memory, _ in items]
         existing: dict[str, Memory] = {}
-        if backend.shared and not explicit_ids and all(m.session_id is None for m, _ in items):
-            # New memories on a storage other processes write at the same moment (PostgreSQL): nothing
-            # here depends on this process's other writes waiting, as other processes' writes do not, so
-            # adds go on side by side over the connection pool (8 writer tasks: 2,660 adds/s against
-            # 1,650 one at a time). An id given by the caller (its idempotency check reads, then writes)
-            # and a conversation turn (its context comes from the turn before) keep the write lock.
+        threshold = self.config.long_term_importance_threshold
+        if (
+            backend.shared
+            and not self._closing
+            and not explicit_ids
+            and self.embedder is None
+            and all(m.session_id is None and (tier or m.importance < threshold) for m, tier in items)
+        ):
+            # New memories on a storage other processes write at the same moment (PostgreSQL), each one row
+            # written by one statement: another write of this process cannot come between the steps of
+            # such an add (it has one), so adds go on side by side over the connection pool (8 writer
+            # tasks: 2,600 adds/s against 1,586 one at a time). The write lock stays for an add in several
+            # steps (an important memory's long-term copy, its vector: a delete or a consolidation between
+            # them would find the memory half written), an id given by the caller (its idempotency check
+            # reads, then writes), a conversation turn (its context comes from the turn before), and once
+            # close() has begun.
             self._open_adds += 1
             self._no_open_adds.clear()
             try:
@@ -191,8 +201,8 @@ class MemoryWriting(TierMovement):
                     self._no_open_adds.set()
         else:
             async with self._write_lock:
+                backend = self._require("add_memory")  # closed while this add waited: a clear error
                 if explicit_ids:
-                    threshold = self.config.long_term_importance_threshold
                     wants_long = {m.id for m, tier in items if tier is None and m.importance >= threshold}
                     items, existing = await self._known_ids(items)
                     await self._complete_long_copies([existing[i] for i in wants_long if i in existing])
