@@ -17,6 +17,7 @@ import pytest
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from context_manager.core.memory.models import MemoryTier
 from tests.postgres_support import restart_server
 
 WORKER = Path(__file__).with_name("postgres_worker.py")
@@ -589,3 +590,73 @@ async def test_an_update_changes_the_copy_another_process_moved_meanwhile(
         assert (updated.tier, updated.content) == (expected, "the final text")
         copies = [m for m in await mover.stored_copies() if m.id == memory.id]
         assert [(m.tier, m.content) for m in copies] == [(expected, "the final text")]
+
+
+async def test_an_important_memory_is_seen_with_its_long_term_copy_or_not_at_all(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its short-term row and long-term copy commit together: another process never sees one alone.
+
+    Written one after the other, a delete or a cleanup of another process coming between them deleted
+    the short-term row and left the long-term copy, written after it, alive.
+    """
+    import psycopg
+
+    from context_manager.core.memory.postgres import backend as postgres_backend
+
+    written_one, release = asyncio.Event(), asyncio.Event()
+    execute_counted = postgres_backend._execute_counted
+    calls = 0
+
+    async def pausing(cursor: object, rows: object) -> int:
+        nonlocal calls
+        calls += 1
+        inserted = await execute_counted(cursor, rows)  # type: ignore[arg-type]
+        if calls == 1:  # the short-term row is written, the long-term copy not yet
+            written_one.set()
+            await asyncio.wait_for(release.wait(), 30.0)
+        return inserted
+
+    monkeypatch.setattr(postgres_backend, "_execute_counted", pausing)
+    # an add's rows are one INSERT (atomic by itself); larger writes are one transaction: test that one
+    monkeypatch.setattr(postgres_backend, "_ONE_STATEMENT_ROWS", 0)
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        add = asyncio.ensure_future(manager.add_memory("the vault code is 4471", importance=0.95))
+        try:
+            await asyncio.wait_for(written_one.wait(), 30.0)
+            async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as other:
+                sql = "SELECT count(*) FROM cm_memories WHERE content LIKE 'the vault%'"
+                cursor = await other.execute(sql)
+                assert await cursor.fetchone() == (0,)  # another process sees nothing of it yet
+        finally:
+            release.set()
+        added = await add
+        tiers = sorted(copy.tier.value for copy in await manager.stored_copies() if copy.id == added.id)
+        assert tiers == ["long", "short"]
+
+
+async def test_an_add_of_several_tiers_counts_each_tier(postgres_dsn: str) -> None:
+    """One statement for the rows of an add: every row stored, and each tier's count follows."""
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        backend = manager.backend
+        assert backend is not None
+        added = await manager.add_memories(
+            [
+                {"content": "important note", "importance": 0.95},
+                {"content": "plain note"},
+                {"content": "medium note", "tier": "medium"},
+                {"content": "long note", "tier": "long"},
+            ]
+        )
+        copies = await manager.stored_copies()
+        assert sorted((c.content, c.tier.value) for c in copies) == [
+            ("important note", "long"),
+            ("important note", "short"),
+            ("long note", "long"),
+            ("medium note", "medium"),
+            ("plain note", "short"),
+        ]
+        assert [await backend.count(tier) for tier in (MemoryTier.SHORT, MemoryTier.MEDIUM)] == [2, 1]
+        again = await manager.add_memories([{"content": m.content, "memory_id": m.id} for m in added[:1]])
+        assert [m.id for m in again] == [added[0].id]  # an idempotent retry stores nothing twice
+        assert len(await manager.stored_copies()) == 5

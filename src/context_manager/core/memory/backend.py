@@ -181,6 +181,15 @@ class MemoryBackend(Protocol):
         """Insert or replace memories in ``tier`` (durably) before returning."""
         ...
 
+    async def put_tiers(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> None:
+        """:meth:`put` each ``(tier, memories)`` group, in this order; on a shared storage all at once.
+
+        An important memory is added as a short-term row and a long-term copy: on a storage other processes
+        read and write at the same moment, none of them may see one without the other (a delete or a
+        cleanup coming between the two writes would leave the second alive).
+        """
+        ...
+
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
         """Replace the memories still stored in ``tier`` (durably); return the ids replaced.
 

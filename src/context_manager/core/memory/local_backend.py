@@ -238,6 +238,11 @@ class LocalBackend:
         else:
             log.append(records)
 
+    async def put_tiers(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> None:
+        """See :meth:`MemoryBackend.put_tiers` (one process: the manager's write lock keeps others out)."""
+        for tier, memories in groups:
+            await self.put(tier, memories)
+
     async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
         """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term)."""
         if not memories:

@@ -247,10 +247,10 @@ class MemoryWriting(TierMovement):
         to_medium = [m for m, tier in items if tier is MemoryTier.MEDIUM]
         to_long = [m for m, tier in items if tier is MemoryTier.LONG]
         copies = [m.copy() for m, tier in items if tier is None and m.importance >= threshold]
-        await backend.put(MemoryTier.SHORT, to_short)
-        await backend.put(MemoryTier.MEDIUM, to_medium)
-        # after the short-term copies: the backend notes which short-term memories have a long copy
-        await backend.put(MemoryTier.LONG, to_long + copies)
+        # long-term after the short-term copies (the embedded store notes which short-term memories have a
+        # long copy); on PostgreSQL in one transaction, so no process sees a short-term row without its copy
+        groups = [(MemoryTier.SHORT, to_short), (MemoryTier.MEDIUM, to_medium)]
+        await backend.put_tiers([*groups, (MemoryTier.LONG, to_long + copies)])
         if self.embedder is not None:
             await self._embed_and_store([m for m, _ in items])
         return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM)

@@ -14,6 +14,7 @@ advisory lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -249,6 +250,31 @@ class PostgresBackend:
                 return await _execute_counted(cursor, rows)
 
         self._count_changed(tier, await self.database.run(write, "memory write"))
+
+    async def put_tiers(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> None:
+        """:meth:`put` of several tiers in one transaction: another process sees every row or none."""
+        groups = [(tier, memories) for tier, memories in groups if memories]
+        if len(groups) <= 1:
+            for tier, memories in groups:
+                await self.put(tier, memories)
+            return
+        for tier, memories in groups:
+            for memory in memories:
+                memory.tier = tier
+        rows = [(tier, [_row(memory) for memory in memories]) for tier, memories in groups]
+        count = sum(len(tier_rows) for _, tier_rows in rows)
+
+        async def write(connection: psycopg.AsyncConnection[Any]) -> list[tuple[MemoryTier, int]]:
+            if count <= _ONE_STATEMENT_ROWS:  # an add: one statement, one round trip
+                values = [value for _, tier_rows in rows for row in tier_rows for value in row]
+                cursor = await connection.execute(_insert_rows(count), values)
+                new = [row[0] for row in await cursor.fetchall() if row[1]]
+                return [(tier, new.count(tier.value)) for tier, _ in rows]
+            async with connection.transaction(), connection.cursor() as cursor:
+                return [(tier, await _execute_counted(cursor, tier_rows)) for tier, tier_rows in rows]
+
+        for tier, inserted in await self.database.run(write, "memory write"):
+            self._count_changed(tier, inserted)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
         """Replace the memories still stored in ``tier``, in one transaction; return the ids replaced.
@@ -942,6 +968,16 @@ async def _execute_counted(cursor: psycopg.AsyncCursor[Any], rows: Sequence[Sequ
             inserted += 1
         if not cursor.nextset():
             return inserted
+
+
+_ONE_STATEMENT_ROWS = 16  # put_tiers writes up to this many rows with one multi-row INSERT
+
+
+@functools.lru_cache(maxsize=_ONE_STATEMENT_ROWS)
+def _insert_rows(count: int) -> str:
+    """:data:`_INSERT` of ``count`` rows in one statement, returning each row's tier and whether it is new."""
+    one = f"({', '.join(['%s'] * 19)})"
+    return _INSERT.replace(one, ", ".join([one] * count), 1) + " RETURNING tier, (xmax = 0)"
 
 
 def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:
