@@ -63,7 +63,6 @@ from context_manager.core.telemetry import (
     traced_add,
     traced_search,
 )
-from context_manager.core.text import encodable
 from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
 from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
@@ -463,15 +462,12 @@ class EnhancedContextManager:
                     message = create_plain(role, content, check_unicode=not deferred)
                     try:
                         tokens = window._append_if_fits(message)
+                        if deferred and tokens is not None and tokens < 0:
+                            content.encode()  # counted later (behind a compression, in a thread): now
                     except UnicodeEncodeError:
                         raise InvalidMessageError(
                             "content", content, "valid unicode text (no lone surrogates)"
                         ) from None
-                    if tokens is not None and tokens < 0 and deferred and not encodable(content):
-                        # counted later (behind a compression, or in a thread): checked now
-                        raise InvalidMessageError(
-                            "content", content, "valid unicode text (no lone surrogates)"
-                        )
                 if tokens is not None and tokens < 0:
                     await window._add_queued(message)
                 elif tokens is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import LifecycleError, StorageError
+from context_manager.core.memory.backend import MemoryBackend
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 from tests.core.memory.conftest import FakeClock
@@ -69,6 +70,21 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
         assert (tiers.count(MemoryTier.MEDIUM), tiers.count(MemoryTier.LONG)) == (90, 209)
 
 
+def hold_puts(backend: MemoryBackend, content: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make ``backend.put`` pause on a write of ``content``: ``held`` is set then; ``release`` resumes."""
+    put = backend.put
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def held_put(tier: MemoryTier, memories: list[Memory]) -> None:
+        if any(m.content == content for m in memories):
+            held.set()
+            await asyncio.wait_for(release.wait(), 30.0)
+        await put(tier, memories)
+
+    backend.put = held_put  # type: ignore[method-assign]
+    return held, release
+
+
 async def test_on_postgres_new_memories_are_written_side_by_side(
     config: ContextManagerConfig, clock: FakeClock
 ) -> None:
@@ -81,16 +97,7 @@ async def test_on_postgres_new_memories_are_written_side_by_side(
     async with MemoryManager(config, clock=clock) as manager:
         backend = manager.backend
         assert backend is not None
-        put = backend.put
-        held, release = asyncio.Event(), asyncio.Event()
-
-        async def held_put(tier: MemoryTier, memories: list[Memory]) -> None:
-            if any(m.content == "held" for m in memories):
-                held.set()
-                await asyncio.wait_for(release.wait(), 30.0)
-            await put(tier, memories)
-
-        backend.put = held_put  # type: ignore[method-assign]
+        held, release = hold_puts(backend, "held")
         first = asyncio.ensure_future(manager.add_memory("held"))
         await asyncio.wait_for(held.wait(), 30.0)
         others = [asyncio.ensure_future(manager.add_memory(f"note {n}")) for n in range(7)]
@@ -126,16 +133,7 @@ async def test_close_waits_for_an_add_in_progress(config: ContextManagerConfig, 
     await manager.initialize()
     backend = manager.backend
     assert backend is not None
-    put = backend.put
-    held, release = asyncio.Event(), asyncio.Event()
-
-    async def held_put(tier: MemoryTier, memories: list[Memory]) -> None:
-        if memories:
-            held.set()
-            await asyncio.wait_for(release.wait(), 30.0)
-        await put(tier, memories)
-
-    backend.put = held_put  # type: ignore[method-assign]
+    held, release = hold_puts(backend, "written while closing")
     add = asyncio.ensure_future(manager.add_memory("written while closing"))
     await asyncio.wait_for(held.wait(), 30.0)
     close = asyncio.ensure_future(manager.close())
