@@ -48,7 +48,7 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
             [{"content": f"medium note {n}", "tier": "medium", "importance": n / 1000} for n in range(300)]
         )
         by_importance = sorted(await manager.stored_copies(), key=lambda m: m.importance)
-        config.medium_term_memory_size = 100  # 300 > 100: 210 least important move, in chunks of 64
+        config.medium_term_memory_size = 100  # 300 > 100: 210 least important move, in chunks (move_chunk)
         late = by_importance[209]  # the most important victim: in the last chunk
         order: list[str] = []
         rebalance = asyncio.ensure_future(manager._rebalance())
@@ -281,6 +281,59 @@ async def test_the_backend_chooses_the_least_valuable_memories_as_python_ranks_t
         assert (
             await backend.overflow_victims(MemoryTier.MEDIUM, 10, 70, now) == []
         )  # keeps more than it holds
+
+
+async def test_an_overflow_takes_the_next_victims_of_the_last_ranking_while_it_is_fresh(
+    config: ContextManagerConfig, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: ranking a tier is a read of all of it (beside the adds, on PostgreSQL); one ranking also
+    keeps the next victims (30 % of the capacity) for the next overflows, for 30 s at most."""
+    config = config.model_copy(update={"medium_term_memory_size": 1000})
+    async with MemoryManager(config, clock=clock) as manager:  # short-term capacity 20: keep 18, reserve 6
+        backend = manager.backend
+        assert backend is not None
+        rankings: list[int] = []
+        overflow_victims = backend.overflow_victims
+
+        async def counted(tier: MemoryTier, capacity: int, keep: int, now: float) -> list[str]:
+            found = await overflow_victims(tier, capacity, keep, now)
+            rankings.append(len(found))
+            return found
+
+        monkeypatch.setattr(backend, "overflow_victims", counted)
+
+        async def add(content: str, importance: float) -> Memory:
+            clock.advance(1)
+            added = await manager.add_memory(content, importance=importance)
+            await manager.flush()
+            return added
+
+        async def medium_ids() -> set[str]:
+            return {m.id for m in await manager.stored_copies() if m.tier is MemoryTier.MEDIUM}
+
+        # 21 memories, importance rising: the least valuable are the first added
+        first = [await add(f"note {n}", n / 100) for n in range(21)]
+        assert rankings == [9]  # one ranking: 3 victims now, 6 in reserve
+        assert await medium_ids() == {m.id for m in first[:3]}
+        for n in range(3):  # three more: the next overflow takes the reserve's first three
+            await add(f"important note {n}", 0.9)
+        assert rankings == [9], "the tier was ranked again while the reserve was fresh"
+        assert await medium_ids() == {m.id for m in first[:6]}
+        await manager.delete_memory(first[6].id)  # a reserved victim deleted: skipped, not brought back
+        for n in range(4):  # 17 + 4: the reserve's last three taken, two moved (the tier keeps 19)
+            await add(f"later note {n}", 0.9)
+        assert rankings == [9]
+        assert await medium_ids() == {m.id for m in first[:6] + first[7:9]}
+        assert await manager.get_memory(first[6].id) is None
+        # a memory less valuable than every reserved one waits for the next ranking ...
+        worthless = await add("a worthless note", 0.0)
+        clock.advance(31)  # ... which the reserve's age brings: 30 s
+        for n in range(2):
+            await add(f"last note {n}", 0.9)
+        assert len(rankings) == 2
+        assert worthless.id in await medium_ids()
+        stats = await manager.get_memory_stats()
+        assert stats["by_tier"]["short"] == 19 and stats["total_memories"] == 30  # 21 - 3 + 1 (last note 1)
 
 
 async def test_writes_far_over_the_short_capacity_wait_for_the_move(

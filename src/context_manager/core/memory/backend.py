@@ -161,6 +161,8 @@ class MemoryBackend(Protocol):
     """``"sqlite"`` or ``"postgres"``."""
     shared: bool
     """Whether other processes may use the same storage at the same time."""
+    move_chunk: int
+    """Memories an overflow move takes down a tier per statement (per hold of the write lock)."""
 
     @property
     def location(self) -> str:

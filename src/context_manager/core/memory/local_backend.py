@@ -81,6 +81,7 @@ class LocalBackend:
 
     kind = "sqlite"
     shared = False
+    move_chunk = 64  # a chunk moved to long-term is one SQLite commit: larger chunks, fewer syncs
 
     def __init__(self, path: Path, *, fsync: bool = False, weights: ColumnWeights | None = None) -> None:
         self.path = path

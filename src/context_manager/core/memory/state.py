@@ -26,7 +26,7 @@ from context_manager.core.errors import (
     StorageError,
 )
 from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
-from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory
+from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
 from context_manager.core.memory.ranking import RankingWeights
 from context_manager.core.memory.write_health import WriteHealth, WriteTracker
 
@@ -109,6 +109,8 @@ class ManagerState:
         self._over_capacity_warned = False
         self._rebalance_task: asyncio.Task[None] | None = None  # the pending or running rebalance (_add_many)
         self._rebalance_again = False  # a write found an overflow while the rebalance was finishing
+        # per tier: the next overflow victims of the last ranking, and when it was made (tiers.py)
+        self._victim_reserve: dict[MemoryTier, tuple[list[str], float]] = {}
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed

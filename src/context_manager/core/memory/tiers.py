@@ -27,7 +27,11 @@ __all__ = ["TierMovement"]
 logger = logging.getLogger(__name__)
 
 _SHRINK_TO = 0.9  # an overflowing tier is brought down to 90 % of its capacity in one batch
-_OVERFLOW_CHUNK = 64  # memories moved down a tier per hold of the write lock
+# A victim selection ranks the whole tier; it also keeps the next 30 % of the capacity in that order for
+# the next overflows (for at most 30 s), so the tier is ranked once every four overflows instead of every
+# time: on PostgreSQL each ranking is a read of the tier beside the adds, and slows those it overlaps.
+_RESERVE_SHARE = 0.3
+_RESERVE_SECONDS = 30.0
 _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tiers meanwhile)
 _WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
@@ -142,7 +146,7 @@ class TierMovement(ManagerState):
 
         Runs in the background (:meth:`_rebalance`), never inline in a write: the victims are chosen
         without the write lock (by the backend: :meth:`MemoryBackend.overflow_victims`), then moved
-        :data:`_OVERFLOW_CHUNK` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
+        ``backend.move_chunk`` at a time, each chunk one :meth:`MemoryBackend.move_down` under the lock,
         which takes the victims' current copies (a victim deleted, updated or moved meanwhile is skipped
         or moved as it is now). A short-term victim that already has a long-term copy just loses its
         short-term one. Every memory is in at least one tier at every step. Processes sharing a storage
@@ -152,22 +156,62 @@ class TierMovement(ManagerState):
             Whether it moved anything (``False``: within capacity, or another process moves it).
         """
         backend = self._require("rebalance")
-        if await backend.count(source) <= capacity:
+        count = await backend.count(source)
+        if count <= capacity:
             return False
         async with backend.try_exclusive(f"{source.value}-term overflow") as ours:
             if not ours:
                 return False  # another process moves it
             keep = int(capacity * _SHRINK_TO)
-            victims = await backend.overflow_victims(source, capacity, keep, self._clock())
+            victims = self._reserved_victims(source, count - keep)
+            if victims is None:
+                victims = await self._rank_victims(source, capacity, keep)
             if not victims:
                 return False  # within capacity after all
-            for first in range(0, len(victims), _OVERFLOW_CHUNK):
+            chunk = backend.move_chunk
+            for first in range(0, len(victims), chunk):
                 await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
                 async with self._write_lock:
                     if self._state != "ready":
                         return False
-                    await backend.move_down(victims[first : first + _OVERFLOW_CHUNK], source, target)
+                    await backend.move_down(victims[first : first + chunk], source, target)
             return True
+
+    async def _rank_victims(self, source: MemoryTier, capacity: int, keep: int) -> list[str]:
+        """The victims of an overflow down to ``keep``, ranked now; the next ones are kept in reserve.
+
+        The backend ranks the tier down to ``keep`` less :data:`_RESERVE_SHARE` of the capacity: the
+        victims beyond those of this overflow (the least valuable of the memories kept) are the reserve
+        :meth:`_reserved_victims` hands out at the next overflows.
+        """
+        backend = self._require("rebalance")
+        reserve = int(capacity * _RESERVE_SHARE)
+        ranked = await backend.overflow_victims(source, capacity, max(0, keep - reserve), self._clock())
+        # the tier holds len(ranked) + max(0, keep - reserve) memories: this overflow takes it down to keep
+        now_count = len(ranked) - min(reserve, keep)
+        if now_count <= 0:
+            self._victim_reserve.pop(source, None)
+            return []
+        self._victim_reserve[source] = (ranked[now_count:], self._clock())
+        return ranked[:now_count]
+
+    def _reserved_victims(self, source: MemoryTier, needed: int) -> list[str] | None:
+        """``needed`` victims from the reserve of the last ranking, or ``None`` (rank the tier again).
+
+        The reserve serves while it is younger than :data:`_RESERVE_SECONDS` and holds ``needed`` ids.
+        Its order is the ranking's: a memory used since then is still moved in its turn, a memory added
+        since then is not a candidate until the next ranking (a tier's capacity is a soft limit). An id
+        deleted or moved meanwhile is skipped by the move (the tier's count then shows the rest).
+        """
+        held = self._victim_reserve.get(source)
+        if held is None or needed <= 0:
+            return None
+        ids, ranked_at = held
+        if len(ids) < needed or not 0 <= self._clock() - ranked_at <= _RESERVE_SECONDS:
+            self._victim_reserve.pop(source, None)
+            return None
+        self._victim_reserve[source] = (ids[needed:], ranked_at)
+        return ids[:needed]
 
     async def _rebalance(self) -> None:
         """Bring every tier back within its capacity (short -> medium -> long), in the background.

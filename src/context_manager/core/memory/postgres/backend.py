@@ -146,6 +146,9 @@ class PostgresBackend:
 
     kind = "postgres"
     shared = True
+    # an overflow move's statement runs beside the adds of every process and slows those it overlaps: one of
+    # 16 rows overlaps fewer adds, for less long, than one of 64 (add p99: docs/benchmarks.md, issue 12)
+    move_chunk = 16
 
     def __init__(
         self, database: PostgresDatabase, *, weights: ColumnWeights | None = None, owns_database: bool = True
