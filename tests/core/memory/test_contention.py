@@ -336,6 +336,33 @@ async def test_an_overflow_takes_the_next_victims_of_the_last_ranking_while_it_i
         assert stats["by_tier"]["short"] == 19 and stats["total_memories"] == 30  # 21 - 3 + 1 (last note 1)
 
 
+async def test_a_reserved_victim_changed_or_used_since_the_ranking_is_ranked_again(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    """A memory updated or found by a search after the ranking leaves the reserve: its value is not the
+    ranking's any more (the next ranking places it)."""
+    config = config.model_copy(update={"medium_term_memory_size": 1000})
+    async with MemoryManager(config, clock=clock) as manager:  # short-term capacity 20: keep 18, reserve 6
+
+        async def add(content: str, importance: float) -> Memory:
+            clock.advance(1)
+            added = await manager.add_memory(content, importance=importance)
+            await manager.flush()
+            return added
+
+        first = [await add(f"note {n} topic{n}", n / 100) for n in range(21)]
+        reserve = manager._victim_reserve[MemoryTier.SHORT][0]
+        assert reserve == [m.id for m in first[3:9]]
+        await manager.update_memory(first[3].id, importance=0.6)
+        assert [m.id for m in await manager.search_memory("topic4", limit=1)] == [first[4].id]
+        await manager.flush()
+        assert manager._victim_reserve[MemoryTier.SHORT][0] == [m.id for m in first[5:9]]
+        for n in range(3):
+            await add(f"later note {n}", 0.9)
+        medium = {m.id for m in await manager.stored_copies() if m.tier is MemoryTier.MEDIUM}
+        assert medium == {m.id for m in first[:3] + first[5:8]}  # the updated and the found stay
+
+
 async def test_writes_far_over_the_short_capacity_wait_for_the_move(
     config: ContextManagerConfig, clock: FakeClock
 ) -> None:

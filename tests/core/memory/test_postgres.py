@@ -228,6 +228,42 @@ async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> 
         assert by_tier[MemoryTier.SHORT] <= 20 and by_tier[MemoryTier.MEDIUM] <= 30, by_tier
 
 
+async def test_a_reserve_of_victims_another_process_moved_does_not_move_a_second_overflow(
+    postgres_dsn: str,
+) -> None:
+    """A ranks the short-term tier (keeping the next victims in reserve); B moves the next overflow; A,
+    whose count (under 0.5 s old) still shows that overflow, must not move its reserve as well: the
+    tier stays at 18 of 20, not 15 (a review found this on the first version of the reserve)."""
+    from context_manager.core.memory.models import Memory, MemoryTier
+    from tests.core.memory.conftest import FakeClock
+
+    config = postgres_config(postgres_dsn, short_term_memory_size=20, medium_term_memory_size=1000)
+    clock = FakeClock()
+    async with MemoryManager(config, clock=clock) as a, MemoryManager(config, clock=clock) as b:
+        assert a.backend is not None and b.backend is not None
+        for n in range(21):
+            clock.advance(1)
+            await a.add_memory(f"note {n}", importance=n / 100)
+            await a.flush()
+        assert a._victim_reserve[MemoryTier.SHORT][0], "no reserve: the test proves nothing"
+        await asyncio.sleep(0.6)  # A's next count read is a fresh one
+        await b.backend.put(  # three new memories from B's process, without B's own overflow check
+            MemoryTier.SHORT,
+            [
+                Memory(
+                    id=f"b{n}", content=f"b {n}", importance=0.9, created_at=clock(), last_accessed=clock()
+                )
+                for n in range(3)
+            ],
+        )
+        assert await a.backend.count(MemoryTier.SHORT) == 21  # A sees the overflow ...
+        await b._rebalance()  # ... which B moves
+        await a._rebalance()  # what A's next add would start
+        short = [m for m in await a.stored_copies() if m.tier is MemoryTier.SHORT]
+        assert len(short) == 18
+        assert len(await a.stored_copies()) == 24  # nothing lost
+
+
 async def test_consolidation_waits_for_another_processs_overflow_move(postgres_dsn: str) -> None:
     """No process moves a memory between tiers while another consolidates: a move copies the row as its
     statement saw it, so a copy made from before the superseded mark would be merged a second time (the

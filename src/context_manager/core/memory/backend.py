@@ -205,12 +205,15 @@ class MemoryBackend(Protocol):
         """Move memories from ``source`` to ``target`` (never both lost and never left in neither)."""
         ...
 
-    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> None:
+    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> int:
         """Move the ``source`` copies of ``ids`` down to ``target`` as they are now (an overflow move).
 
         An id no longer in ``source`` (deleted or moved meanwhile) is skipped; one that has a long-term
         copy and moves to a tier other than long-term just loses its ``source`` copy (the long-term copy
         is the durable one). Never both lost and never left in neither.
+
+        Returns:
+            How many of ``ids`` left ``source`` (those skipped not counted).
         """
         ...
 

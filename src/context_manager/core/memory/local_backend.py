@@ -307,18 +307,20 @@ class LocalBackend:
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
 
-    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> None:
-        """Move the ``source`` copies of ``ids`` down to ``target`` as they are now (an overflow move)."""
+    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> int:
+        """Move the ``source`` copies of ``ids`` down to ``target`` as they are now; return how many left."""
         if source is MemoryTier.LONG or source is target:
-            return
+            return 0
         origin = self._volatile(source)
         current = [memory for memory in (origin.get(memory_id) for memory_id in ids) if memory is not None]
+        leaving = len(current)
         if target is not MemoryTier.LONG:
             with_copy = sorted(memory.id for memory in current if memory.id in self._long_copies)
             if with_copy:
                 await self.delete(source, with_copy)  # the long-term copy stays
                 current = [memory for memory in current if memory.id not in self._long_copies]
         await self.move(current, source, target)
+        return leaving
 
     async def _drop(self, store: InMemoryStore, ids: Sequence[str]) -> list[str]:
         """Delete ids from a volatile tier: the journal's delete record first, then the index."""

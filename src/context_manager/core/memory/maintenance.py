@@ -212,6 +212,7 @@ class MemoryMaintenance(TierMovement):
                 long_copies.discard(memory.id)
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
+            self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
             existing = await self._get_many(list(memories))
             for memory_id in existing:
                 for copy in await self._locate(memory_id):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from context_manager.core.errors import StorageError
@@ -97,6 +97,7 @@ class TierMovement(ManagerState):
         """
         backend = self._require("rewrite")
         pending = list(dict.fromkeys(memory_ids))
+        self._unreserve(pending)
         written: set[str] = set()
         for _ in range(_WRITE_ROUNDS):
             if not pending:
@@ -122,6 +123,7 @@ class TierMovement(ManagerState):
     async def _put_all(self, new_long: Sequence[Memory], updated: Sequence[Memory]) -> None:
         """Write new long-term memories and updated copies (in their own tiers), long-term first."""
         backend = self._require("put")
+        self._unreserve(memory.id for memory in updated)
         by_tier: dict[MemoryTier, list[Memory]] = {tier: [] for tier in MemoryTier}
         for memory in updated:
             by_tier[memory.tier].append(memory)
@@ -164,6 +166,7 @@ class TierMovement(ManagerState):
                 return False  # another process moves it
             keep = int(capacity * _SHRINK_TO)
             victims = self._reserved_victims(source, count - keep)
+            reserved = victims is not None
             if victims is None:
                 victims = await self._rank_victims(source, capacity, keep)
             if not victims:
@@ -174,7 +177,14 @@ class TierMovement(ManagerState):
                 async with self._write_lock:
                     if self._state != "ready":
                         return False
-                    await backend.move_down(victims[first : first + chunk], source, target)
+                    group = victims[first : first + chunk]
+                    moved = await backend.move_down(group, source, target)
+                if reserved and moved < len(group):
+                    # reserved victims gone meanwhile: moved or deleted by another process (whose move may
+                    # also have brought the tier back within its capacity, unseen by the count used here),
+                    # or by this one. The next round counts again and ranks the tier if it is still over.
+                    self._victim_reserve.pop(source, None)
+                    return True
             return True
 
     async def _rank_victims(self, source: MemoryTier, capacity: int, keep: int) -> list[str]:
@@ -195,13 +205,22 @@ class TierMovement(ManagerState):
         self._victim_reserve[source] = (ranked[now_count:], self._clock())
         return ranked[:now_count]
 
+    def _unreserve(self, memory_ids: Iterable[str]) -> None:
+        """Take memories out of the victim reserves: they were changed or used since the ranking."""
+        if not self._victim_reserve:
+            return
+        changed = set(memory_ids)
+        for tier, (ids, ranked_at) in list(self._victim_reserve.items()):
+            self._victim_reserve[tier] = ([i for i in ids if i not in changed], ranked_at)
+
     def _reserved_victims(self, source: MemoryTier, needed: int) -> list[str] | None:
         """``needed`` victims from the reserve of the last ranking, or ``None`` (rank the tier again).
 
         The reserve serves while it is younger than :data:`_RESERVE_SECONDS` and holds ``needed`` ids.
-        Its order is the ranking's: a memory used since then is still moved in its turn, a memory added
-        since then is not a candidate until the next ranking (a tier's capacity is a soft limit). An id
-        deleted or moved meanwhile is skipped by the move (the tier's count then shows the rest).
+        Its order is the ranking's. A memory changed or used since then (updated, found by a search,
+        merged, imported again) has left the reserve (:meth:`_unreserve`); a memory added since then is
+        not a candidate until the next ranking (a tier's capacity is a soft limit). A reserved id
+        deleted or moved meanwhile is skipped by the move, which then stops using the reserve.
         """
         held = self._victim_reserve.get(source)
         if held is None or needed <= 0:
@@ -284,6 +303,7 @@ class TierMovement(ManagerState):
         backend = self._require("flush")
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
+        self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
         await backend.touch(pending)
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
         # the copies of those found in short- or medium-term are read back (at 100k memories, reading every

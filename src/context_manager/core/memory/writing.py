@@ -430,6 +430,7 @@ class MemoryWriting(TierMovement):
         target = None if tier is None else check_tier(tier)
         self._require("update_memory")
         async with self._write_lock:
+            self._unreserve([memory_id])
             copies = await self._locate(memory_id)
             if not copies:
                 raise MemoryNotFoundError(memory_id)

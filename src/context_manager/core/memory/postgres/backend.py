@@ -326,20 +326,22 @@ class PostgresBackend:
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
 
-    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> None:
+    async def move_down(self, ids: Sequence[str], source: MemoryTier, target: MemoryTier) -> int:
         """Move the ``source`` rows of ``ids`` down to ``target`` as they are now: one statement.
 
         The server picks the rows still in ``source`` and, below long-term, leaves out the ids with a
         long-term row (those only lose their ``source`` row): one round trip, nothing read back, so an
-        overflow move holds the manager's write lock for one statement per chunk.
+        overflow move holds the manager's write lock for one statement per chunk. Returns how many rows
+        left ``source``.
         """
         if not ids or source is target:
-            return
+            return 0
         parameters = {"source": source.value, "target": target.value, "ids": list(ids)}
         rows = await self._fetch(_MOVE_DOWN, parameters, "memory move")
         inserted, deleted = int(rows[0][0] or 0), int(rows[0][1] or 0)
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
+        return deleted
 
     async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
         """Delete memories from ``tier``; return the ids this call deleted."""
