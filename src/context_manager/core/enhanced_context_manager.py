@@ -487,7 +487,7 @@ class EnhancedContextManager:
         if running_monitors():
             record_library_operation("add_message", _perf_counter() - start, True, own_monitor=own)
         elif own is not None:  # the usual case: only the manager's own monitor
-            own.record_operation("add_message", _perf_counter() - start, True)
+            own._record_success("add_message", _perf_counter() - start)
         return True
 
     @monitored_operation("add_messages")

@@ -172,6 +172,62 @@ def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
     assert rate > 0.5 * 5000 / max(elapsed, 1e-3)
 
 
+def test_queued_successes_count_like_recorded_ones_at_every_read() -> None:
+    """The hot path's queued successes (_record_success, used by add_message) show in every reading as
+    record_operation's do, keep their order with recorded failures, and are forgotten by reset()."""
+    queued, recorded = PerformanceMonitor(history_size=50), PerformanceMonitor(history_size=50)
+    durations = [0.001 * (n % 7) for n in range(133)]  # over the ring buffer of 50
+    for n, duration in enumerate(durations):
+        if n % 10 == 9:
+            for monitor in (queued, recorded):
+                monitor.record_operation("add_message", duration, False, error=ValueError("bad"))
+        else:
+            queued._record_success("add_message", duration)
+            recorded.record_operation("add_message", duration, True)
+    assert queued._queued, "nothing left queued: the test proves nothing"
+    assert queued.recent_error_rate() == recorded.recent_error_rate()
+    assert queued.operation_stats() == recorded.operation_stats()
+    stats = queued.operation_stats()["add_message"]
+    assert (stats.count, stats.failures) == (133, 13)
+    queued._record_success("add_message", 0.002)
+    metrics = queued.get_current_metrics()
+    assert metrics.total_operations == 134 and metrics.operations_per_second > 0
+    queued._record_success("add_message", 0.002)
+    queued.reset()
+    assert queued.operation_stats() == {} and queued.recent_error_rate() == (0.0, 0)
+    for _ in range(100):  # with no read between them: counted 64 at a time
+        queued._record_success("add_message", 0.001)
+    assert len(queued._queued) == 100 - 64
+    assert queued.operation_stats()["add_message"].count == 100
+
+
+def test_successes_queued_from_several_threads_are_all_counted() -> None:
+    """The queue takes no lock: successes from four threads while another reads are all counted."""
+    import threading
+
+    monitor = PerformanceMonitor()
+    done = threading.Event()
+
+    def record() -> None:
+        for _ in range(5000):
+            monitor._record_success("op", 0.001)
+
+    def read() -> None:
+        while not done.is_set():
+            monitor.operation_stats()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=record) for _ in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    reader.join()
+    assert monitor.operation_stats()["op"].count == 20_000
+
+
 # --------------------------------------------------------------------------------------- token usage
 
 
