@@ -217,12 +217,8 @@ class PerformanceMonitor:
             raise InvalidMetricError("duration_s", duration_s, "a finite number of seconds >= 0")
         now = time.time()
         with self._lock:
-            if self._queued:
-                self._fold_locked()  # in order: the recent-operation buffer is a time line
-            reservoir = self._operations.get(name)
-            if reservoir is None:
-                reservoir = self._operations[name] = LatencyReservoir(self.reservoir_size, seed=len(name))
-            reservoir.add(duration_s, success)
+            self._fold_locked()  # the queued successes first: the recent-operation buffer is a time line
+            self._reservoir(name).add(duration_s, success)
             self._recent.append((now, success))
             if not success:
                 self._recent_errors.append(
@@ -248,18 +244,19 @@ class PerformanceMonitor:
                 self._fold_locked()
 
     def _fold_locked(self) -> None:
-        """Count the queued successes (call with the lock held)."""
+        """Count the queued successes (call with the lock held: only this pops the queue)."""
         queued, operations, recent = self._queued, self._operations, self._recent
         while queued:
-            try:
-                name, duration_s, now = queued.popleft()
-            except IndexError:  # emptied by another thread between the check and the pop
-                return
-            reservoir = operations.get(name)
-            if reservoir is None:
-                reservoir = operations[name] = LatencyReservoir(self.reservoir_size, seed=len(name))
-            reservoir.add(duration_s, True)
+            name, duration_s, now = queued.popleft()
+            (operations.get(name) or self._reservoir(name)).add(duration_s, True)
             recent.append((now, True))
+
+    def _reservoir(self, name: str) -> LatencyReservoir:
+        """The latency reservoir of operation ``name``, created on its first record (call with the lock)."""
+        reservoir = self._operations.get(name)
+        if reservoir is None:
+            reservoir = self._operations[name] = LatencyReservoir(self.reservoir_size, seed=len(name))
+        return reservoir
 
     def record_token_usage(self, name: str, input_tokens: int, output_tokens: int) -> None:
         """Record the tokens one model call cost (e.g. an LLM summary: operation ``"summarize"``).
