@@ -25,6 +25,9 @@ def test_the_quick_run_reports_every_section_against_its_baseline(tmp_path: Path
     for row in adds.values():
         assert row["raw_count_p50_us"] > 0 and 0 < row["add_message_p50_us"] <= row["add_message_p99_us"]
         assert row["overhead_vs_raw_count"] == row["add_message_p50_us"] / row["raw_count_p50_us"]
+        # the floor (build the message, count it) is measured next to the same raw count
+        assert row["build_and_count_p50_us"] > 0
+        assert row["build_and_count_vs_raw_count"] == row["build_and_count_p50_us"] / row["raw_count_p50_us"]
     # the sizes are what their labels say: a longer text costs the raw tokenizer more
     raw = [adds[label]["raw_count_p50_us"] for label in adds]
     assert raw[0] < raw[1] < raw[2]
