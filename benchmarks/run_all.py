@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 QUICK_FALLBACK: dict[str, list[str]] = {
     "bench_tools": ["--iterations", "2000"],
     "bench_retrieval": ["--no-embeddings", "--no-ablations"],
+    "bench_contention": ["--preload", "20000", "--seconds", "5", "--runs", "1"],
 }
 HEADLINE_WORDS = {"ratio", "vs", "speedup", "faster", "recall", "mrr", "meets", "overhead"}
 MAX_HEADLINES = 10

@@ -110,6 +110,33 @@ async def test_profiling_names_the_hottest_function_and_advises() -> None:
     )
 
 
+async def test_time_an_awaited_block_spends_waiting_is_reported_as_waiting_and_never_advised() -> None:
+    """A timed block that awaits I/O spends its profiled time in the event loop's selector (``poll``): the
+    monitor advised optimising ``<method 'poll' of 'select.epoll' objects>``. It is marked ``waiting`` and
+    the advice names the hottest function that works, if one takes enough of the time."""
+    monitor = PerformanceMonitor(enable_profiling=True)
+    async with monitor.operation_timer("fetch"):
+        await asyncio.sleep(0.05)
+    summary = monitor.get_performance_summary()
+    hottest = summary["profile"]["hottest_functions"]
+    assert hottest[0]["waiting"] and "select" in hottest[0]["function"] and hottest[0]["share"] > 0.5
+    assert not any("optimise it first" in line for line in summary["recommendations"])
+    # a block that waits a little and works more: the advice is about the work, the wait is marked
+    monitor = PerformanceMonitor(enable_profiling=True)
+    async with monitor.operation_timer("fetch"):
+        await asyncio.sleep(0.005)
+        _busy_function()
+    summary = monitor.get_performance_summary()
+    entries = summary["profile"]["hottest_functions"]
+    assert entries[0]["function"].endswith("(_busy_function)") and not entries[0]["waiting"]
+    assert any(entry["waiting"] and "select" in entry["function"] for entry in entries)
+    assert (
+        [line for line in summary["recommendations"] if "optimise it first" in line]
+        == [line for line in summary["recommendations"] if "_busy_function" in line]
+        != []
+    )
+
+
 def test_profiling_off_reports_no_functions() -> None:
     monitor = PerformanceMonitor()
     with monitor.operation_timer("crunch"):

@@ -324,7 +324,9 @@ class PerformanceMonitor:
         """Return the functions that took the most own time inside timed blocks (needs profiling).
 
         Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,
-        ``cumulative_time_ms`` and ``share`` (own time / all profiled own time).
+        ``cumulative_time_ms``, ``share`` (own time / all profiled own time) and ``waiting`` (``True``
+        for a built-in that waits rather than works, such as the event loop's selector while an awaited
+        block waits for I/O: never the subject of a recommendation).
         """
         return self.profiler.hottest_functions(limit)
 
@@ -398,7 +400,13 @@ class PerformanceMonitor:
 
     def _evidence(self) -> rules.Evidence:
         error_rate, recent_count = self.recent_error_rate()
-        hottest = self.hottest_functions(limit=1) if self.enable_profiling else []
+        # the hottest function that works: time an awaited block spent waiting (in the selector) is not
+        # something to optimise
+        hottest = (
+            [entry for entry in self.hottest_functions() if not entry["waiting"]][:1]
+            if self.enable_profiling
+            else []
+        )
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,

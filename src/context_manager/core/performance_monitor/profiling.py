@@ -13,10 +13,27 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import cProfile
 
-__all__ = ["HOTTEST_FUNCTIONS_SHOWN", "BlockProfiler"]
+__all__ = ["HOTTEST_FUNCTIONS_SHOWN", "BlockProfiler", "is_waiting"]
 
 HOTTEST_FUNCTIONS_SHOWN = 10
 """How many functions :meth:`BlockProfiler.hottest_functions` returns by default."""
+
+# Built-in functions whose own time is waiting, not work: the event loop's selector polling while an awaited
+# block waits for I/O or a timer, sleeps, lock and socket waits. Reported (marked ``waiting``), never advised.
+_WAITING_BUILTINS = (
+    "of 'select.",  # <method 'poll' of 'select.epoll' objects>, kqueue control, devpoll ...
+    "select.select",
+    "time.sleep",
+    "of '_thread.",  # lock.acquire
+    "of '_socket.socket' objects>",  # blocking recv, accept, connect
+    "of '_overlapped.",  # the Windows proactor's waits
+    "posix.waitpid",
+)
+
+
+def is_waiting(function: str) -> bool:
+    """Whether a profiled built-in (``cProfile``'s name for it) is time spent waiting rather than working."""
+    return function.startswith("<") and any(marker in function for marker in _WAITING_BUILTINS)
 
 
 class BlockProfiler:
@@ -71,8 +88,10 @@ class BlockProfiler:
         """Return the functions that took the most own time inside profiled blocks.
 
         Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,
-        ``cumulative_time_ms`` and ``share`` (own time / all profiled own time). Empty while a block
-        is open or before anything was profiled.
+        ``cumulative_time_ms``, ``share`` (own time / all profiled own time) and ``waiting`` (a built-in
+        that waits rather than works: the event loop's selector while an awaited block waits for I/O, a
+        sleep, a lock; see :func:`is_waiting`). Empty while a block is open or before anything was
+        profiled.
         """
         with self._lock:
             profiler = self._profiler
@@ -99,6 +118,7 @@ class BlockProfiler:
                 "own_time_ms": own * 1000.0,
                 "cumulative_time_ms": cumulative * 1000.0,
                 "share": own / total_own,
+                "waiting": filename == "~" and is_waiting(function),
             }
             for filename, line, function, calls, own, cumulative in rows[:limit]
         ]

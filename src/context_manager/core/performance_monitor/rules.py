@@ -73,7 +73,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
     6. *Memory limit*: the latest RSS exceeds ``memory_limit_mb``.
     7. *Hot function* (profiling): one function takes more than ``hot_function_share`` of the
-       profiled own time.
+       profiled own time (waiting, such as the event loop's selector during an awaited block, is not
+       such a function).
     """
     advice: list[str] = []
     error_rate, recent_count = evidence.recent_error_rate, evidence.recent_count
