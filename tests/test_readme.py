@@ -70,7 +70,9 @@ def run_script(source: str, directory: Path, **environment: str) -> subprocess.C
 def test_first_screen_keeps_the_opening_then_install_short_example_and_the_two_commands() -> None:
     text = README.read_text(encoding="utf-8")
     lines = text.splitlines()
-    install = lines.index("pip install python-context-manager") + 1
+    install = next(
+        n for n, line in enumerate(lines, 1) if line.startswith("pip install python-context-manager")
+    )
     example, output = short_example()
     make_examples = next(n for n, line in enumerate(lines, 1) if line.startswith("make examples"))
     make_test = next(n for n, line in enumerate(lines, 1) if line.startswith("make test"))
