@@ -67,8 +67,11 @@ async def test_four_processes_lose_nothing_leak_nothing_merge_nothing_twice(
     assert verified.returncode == 0, verified.stderr[-3000:]
     report = json.loads(verified.stdout)
     assert report["acknowledged"] == 4 * 8 * 12
+    assert report["updated"] > 0 and report["deleted"] > 0
     assert report["missing_by_id"] == []
     assert report["missing_by_search"] == []
+    assert report["update_lost"] == []  # an acknowledged update is never reverted (by a merge, a move)
+    assert report["deleted_back"] == []  # a deleted memory never comes back (a merge rewrote it once)
     assert report["leaks"] == []
     assert report["merged_twice"] == {}
     assert report["dangling_supersede"] == []
@@ -548,26 +551,23 @@ async def test_a_cleanup_removes_the_copy_another_process_moved_meanwhile(postgr
 async def test_an_update_to_a_tier_does_not_bring_back_a_memory_another_process_deleted(
     postgres_dsn: str, tier: str
 ) -> None:
+    import psycopg
+
     from context_manager.core.errors import MemoryNotFoundError
+    from context_manager.core.memory.postgres.backend import _ID_LOCK_SPACE
 
-    config = postgres_config(postgres_dsn)
-    async with MemoryManager(config) as updater, MemoryManager(config) as deleter:
-        assert updater.backend is not None
+    async with MemoryManager(postgres_config(postgres_dsn)) as updater:
         memory = await updater.add_memory("a note the user erased")
-        locate = updater.backend.copies
-        deleted: list[str] = []
-
-        async def located_then_deleted(ids: list[str]) -> list[object]:
-            found = await locate(ids)
-            if not deleted:  # the other process's delete runs between the update's look-up and its writes
-                deleted.append((await deleter.delete_memory(memory.id)).id)
-            return found
-
-        updater.backend.copies = located_then_deleted  # type: ignore[method-assign]
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as other:  # another process
+            # its change of this memory holds the memory's lock: the update waits for it, then sees the delete
+            await other.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_ID_LOCK_SPACE, memory.id))
+            await other.execute("DELETE FROM cm_memories WHERE id = %s", (memory.id,))
+            update = asyncio.ensure_future(updater.update_memory(memory.id, importance=0.9, tier=tier))
+            await asyncio.sleep(0.3)
+            assert not update.done()  # it waits for the memory's lock
+            await other.commit()
         with pytest.raises(MemoryNotFoundError):
-            await updater.update_memory(memory.id, importance=0.9, tier=tier)
-        updater.backend.copies = locate  # type: ignore[method-assign]
-        assert deleted == [memory.id]
+            await update
         assert [m for m in await updater.stored_copies() if m.id == memory.id] == []  # it used to come back
 
 
@@ -602,29 +602,28 @@ async def test_a_move_copies_the_row_as_a_concurrent_update_left_it(postgres_dsn
 async def test_an_update_changes_the_copy_another_process_moved_meanwhile(
     postgres_dsn: str, tier: str | None
 ) -> None:
+    import psycopg
+
     from context_manager.core.memory.models import MemoryTier
+    from context_manager.core.memory.postgres.backend import _ID_LOCK_SPACE, _MOVE_DOWN
 
-    config = postgres_config(postgres_dsn)
-    async with MemoryManager(config) as mover, MemoryManager(config) as updater:
-        assert mover.backend is not None and updater.backend is not None
-        memory = await mover.add_memory("the first draft")
-        locate = updater.backend.copies
-        moved: list[str] = []
-
-        async def located_then_moved(ids: list[str]) -> list[object]:
-            found = await locate(ids)
-            if not moved:  # the other process's overflow move runs once, after the update's look-up
-                moved.extend(ids)
-                await mover.backend.move_down(list(ids), MemoryTier.SHORT, MemoryTier.MEDIUM)
-            return found
-
-        updater.backend.copies = located_then_moved  # type: ignore[method-assign]
-        updated = await updater.update_memory(memory.id, content="the final text", tier=tier)
-        updater.backend.copies = locate  # type: ignore[method-assign]
-        assert moved == [memory.id]
+    async with MemoryManager(postgres_config(postgres_dsn)) as updater:
+        memory = await updater.add_memory("the first draft")
+        async with await psycopg.AsyncConnection.connect(
+            postgres_dsn
+        ) as mover:  # another process's overflow move
+            await mover.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_ID_LOCK_SPACE, memory.id))
+            await mover.execute(_MOVE_DOWN, {"source": "short", "target": "medium", "ids": [memory.id]})
+            update = asyncio.ensure_future(
+                updater.update_memory(memory.id, content="the final text", tier=tier)
+            )
+            await asyncio.sleep(0.3)
+            assert not update.done()  # it waits for the memory's lock
+            await mover.commit()
+        updated = await update
         expected = MemoryTier.MEDIUM if tier is None else MemoryTier.LONG
         assert (updated.tier, updated.content) == (expected, "the final text")
-        copies = [m for m in await mover.stored_copies() if m.id == memory.id]
+        copies = [m for m in await updater.stored_copies() if m.id == memory.id]
         assert [(m.tier, m.content) for m in copies] == [(expected, "the final text")]
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "VectorHit",
     "in_scope",
     "tier_value",
+    "unchanged_since_read",
 ]
 
 UserScope = str | None | AllUsers
@@ -72,6 +73,20 @@ def tier_value(
         recency = 0.5 ** (age / TIER_VALUE_HALF_LIFE_SECONDS)
     access = min(1.0, math.log1p(access_count) / math.log1p(TIER_VALUE_ACCESS_SATURATION))
     return TIER_VALUE_IMPORTANCE * importance + TIER_VALUE_RECENCY * recency + TIER_VALUE_ACCESS * access
+
+
+def unchanged_since_read(original: Memory, copies: Sequence[Memory]) -> bool:
+    """Whether a memory read earlier is still stored (``copies``), not superseded, with the same text.
+
+    "The same" is its content, importance and tags: what a merge takes from it (see ``merge``).
+    """
+    return bool(copies) and all(
+        copy.superseded_by is None
+        and copy.content == original.content
+        and copy.importance == original.importance
+        and list(copy.tags) == list(original.tags)
+        for copy in copies
+    )
 
 
 def in_scope(memory: Memory, scope: UserScope) -> bool:
@@ -219,6 +234,39 @@ class MemoryBackend(Protocol):
 
     async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
         """Delete memories from ``tier``; return the ids that were there."""
+        ...
+
+    async def update(
+        self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
+    ) -> list[str]:
+        """Change fields of memories in every tier holding them, each memory at once; return the ids found.
+
+        ``changes`` maps fields of :class:`Memory` to their new values (``content``, ``importance``,
+        ``tags``, ``metadata``, ``context``); only those fields are written, so a change made meanwhile to
+        another field (or an access recorded meanwhile) stays. With ``tier`` each memory ends up in that
+        tier only (its fastest copy, changed, moves there). On a shared storage every change to one
+        memory's copies (this one, a move, a merge) is serialised with the others: a memory is never
+        left in no tier, and a change is written where the memory is when it is applied.
+        """
+        ...
+
+    async def merge(self, groups: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
+        """Store consolidated memories and mark their originals superseded, one group at a time, atomically.
+
+        Each group is ``(merged, originals)``: ``merged`` (a new id) is written to long-term and every copy
+        of the originals gets ``superseded_by = merged.id``, only if every original is still stored,
+        not superseded, with the content, importance and tags it had when it was read; otherwise nothing
+        of that group is written (another process deleted, changed or merged one meanwhile). Nothing else
+        of the originals is written back. Returns, per group, whether it was merged.
+        """
+        ...
+
+    async def unmerge(self, merged_id: str, original_ids: Sequence[str]) -> tuple[list[str], list[Memory]]:
+        """Undo a merge at once: the originals superseded by ``merged_id`` visible again, it deleted.
+
+        Returns:
+            The ids of the originals made visible again, and the copies of the merged memory deleted.
+        """
         ...
 
     async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:

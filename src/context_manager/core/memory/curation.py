@@ -87,6 +87,7 @@ class MemoryCuration(TierMovement):
             )
             now = self._clock()
             report_groups: list[dict[str, Any]] = []
+            candidates: list[tuple[Memory, list[Memory]]] = []
             merged_memories: list[Memory] = []
             superseded: list[Memory] = []
             for group in groups:
@@ -106,8 +107,16 @@ class MemoryCuration(TierMovement):
                     superseded_by=None,
                     merged_from=[m.id for m in group],
                 )
+                candidates.append((merged, group))
+            # each group at once, only if none of its originals was deleted, changed or merged by another
+            # process since the scan (the originals themselves are not written back, only marked)
+            self._unreserve(member.id for _, group in candidates for member in group)
+            done = await backend.merge(candidates) if candidates else []
+            for (merged, group), was_merged in zip(candidates, done, strict=True):
+                if not was_merged:
+                    continue
                 merged_memories.append(merged)
-                superseded.extend(member.copy(superseded_by=merged.id) for member in group)
+                superseded.extend(group)
                 report_groups.append(
                     {
                         "merged_id": merged.id,
@@ -115,10 +124,8 @@ class MemoryCuration(TierMovement):
                         "content": merged.content,
                     }
                 )
-            if merged_memories:
-                await self._put_all(merged_memories, superseded)
-                if self.embedder is not None:
-                    await self._embed_and_store(merged_memories)
+            if merged_memories and self.embedder is not None:
+                await self._embed_and_store(merged_memories)
         return {
             "consolidated_count": len(superseded),
             "groups": report_groups,
@@ -144,14 +151,11 @@ class MemoryCuration(TierMovement):
             raise InvalidMemoryError("merged_id", merged_id, "the id of a consolidated memory")
         backend = self._require("undo_consolidation")
         async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
-            originals = await self._get_all_copies(merged.merged_from)
-            restored = [m.copy(superseded_by=None) for m in originals if m.superseded_by == merged_id]
-            await self._put_all([], restored)
-            merged_copies = await self._locate(merged_id)
-            for copy in merged_copies:
-                await self._remove(merged_id, copy.tier)
+            self._unreserve([merged_id, *merged.merged_from])
+            restored, merged_copies = await backend.unmerge(merged_id, merged.merged_from)
+            self._pending_touches.pop(merged_id, None)
             await self._forget(merged_copies)
-        return {"restored": sorted({m.id for m in restored}), "deleted": merged_id}
+        return {"restored": restored, "deleted": merged_id}
 
     @records_write_outcome
     async def cleanup_old_memories(

@@ -41,6 +41,7 @@ from context_manager.core.memory.backend import (
     VectorHit,
     in_scope,
     tier_value,
+    unchanged_since_read,
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
@@ -342,6 +343,69 @@ class LocalBackend:
         if tier is MemoryTier.SHORT:
             self._long_copies.difference_update(ids)
         return present
+
+    async def update(
+        self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
+    ) -> list[str]:
+        """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out)."""
+        found = await self.copies(list(dict.fromkeys(ids)))
+        if tier is None:
+            by_tier: dict[MemoryTier, list[Memory]] = {}
+            for copy in found:
+                by_tier.setdefault(copy.tier, []).append(copy.copy(**changes))
+            for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+                await self.put(copy_tier, by_tier.get(copy_tier, []))
+            return list(dict.fromkeys(copy.id for copy in found))
+        by_id: dict[str, list[Memory]] = {}
+        for copy in found:
+            by_id.setdefault(copy.id, []).append(copy)
+        for memory_id, held in by_id.items():
+            held = fastest_first(held)
+            kept = next((copy for copy in held if copy.tier is tier), None)
+            if kept is None:
+                # moved as the journal records a move (a put in the new tier: a replay sees one volatile
+                # tier), never as a put then a delete of the id (the replay would delete the new copy)
+                await self.move([held[0]], held[0].tier, tier)
+                kept = held[0].copy(tier=tier)
+            await self.put(tier, [kept.copy(**changes)])
+            for copy in await self.copies([memory_id]):
+                if copy.tier is not tier:
+                    await self.delete(copy.tier, [memory_id])
+        return list(by_id)
+
+    async def merge(self, groups: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
+        """See :meth:`MemoryBackend.merge`: the merged memories first, then the marks on the originals."""
+        found = await self.copies([original.id for _, originals in groups for original in originals])
+        by_id: dict[str, list[Memory]] = {}
+        for copy in found:
+            by_id.setdefault(copy.id, []).append(copy)
+        merged_flags = [
+            all(unchanged_since_read(original, by_id.get(original.id, [])) for original in originals)
+            for _, originals in groups
+        ]
+        winners = [group for group, merged in zip(groups, merged_flags, strict=True) if merged]
+        await self.put(MemoryTier.LONG, [merged.copy() for merged, _ in winners])
+        marked: dict[MemoryTier, list[Memory]] = {}
+        for merged, originals in winners:
+            for original in originals:
+                for copy in by_id[original.id]:
+                    marked.setdefault(copy.tier, []).append(copy.copy(superseded_by=merged.id))
+        for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+            await self.put(copy_tier, marked.get(copy_tier, []))
+        return merged_flags
+
+    async def unmerge(self, merged_id: str, original_ids: Sequence[str]) -> tuple[list[str], list[Memory]]:
+        """See :meth:`MemoryBackend.unmerge`."""
+        restored: dict[MemoryTier, list[Memory]] = {}
+        for copy in await self.copies(list(original_ids)):
+            if copy.superseded_by == merged_id:
+                restored.setdefault(copy.tier, []).append(copy.copy(superseded_by=None))
+        for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+            await self.put(copy_tier, restored.get(copy_tier, []))
+        merged_copies = await self.copies([merged_id])
+        for copy in merged_copies:
+            await self.delete(copy.tier, [merged_id])
+        return sorted({copy.id for copies in restored.values() for copy in copies}), merged_copies
 
     async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
         """Scrub the files of memories deleted from every tier (and of earlier versions of ``rewritten``).

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
@@ -84,58 +83,9 @@ class TierMovement(ManagerState):
                 and echoes.get((memory.user_id, memory.session_id, memory.turn_index)) == memory.context
             ]
             if stale:
-                await self._rewrite(stale, lambda copy: copy.copy(context=""))
+                await backend.update(stale, {"context": ""})
                 rewritten = stale
         await backend.forget([memory.id for memory in gone], rewritten)
-
-    async def _rewrite(self, memory_ids: Sequence[str], change: Callable[[Memory], Memory]) -> set[str]:
-        """Apply ``change`` to every stored copy of ``memory_ids`` where it is now; return the ids written.
-
-        Each copy is replaced in its tier (:meth:`MemoryBackend.replace`), never re-created there: a copy
-        another process moved to the next tier meanwhile is not found, so its id is read again and the
-        change written where it went. An id with no copy left (deleted meanwhile) is not in the result.
-        """
-        backend = self._require("rewrite")
-        pending = list(dict.fromkeys(memory_ids))
-        self._unreserve(pending)
-        written: set[str] = set()
-        for _ in range(_WRITE_ROUNDS):
-            if not pending:
-                return written
-            by_tier: dict[MemoryTier, list[Memory]] = {}
-            for copy in await backend.copies(pending):
-                by_tier.setdefault(copy.tier, []).append(change(copy))
-            missed: set[str] = set()
-            for tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
-                wanted = by_tier.get(tier, [])
-                if wanted:
-                    replaced = set(await backend.replace(tier, wanted))
-                    written.update(replaced)
-                    missed.update(memory.id for memory in wanted if memory.id not in replaced)
-            pending = [memory_id for memory_id in pending if memory_id in missed]
-        if pending:
-            raise StorageError(
-                f"{len(pending)} memories kept moving to another tier during {_WRITE_ROUNDS} attempts to "
-                f"change them (first: {pending[0]})"
-            )
-        return written
-
-    async def _put_all(self, new_long: Sequence[Memory], updated: Sequence[Memory]) -> None:
-        """Write new long-term memories and updated copies (in their own tiers), long-term first."""
-        backend = self._require("put")
-        self._unreserve(memory.id for memory in updated)
-        by_tier: dict[MemoryTier, list[Memory]] = {tier: [] for tier in MemoryTier}
-        for memory in updated:
-            by_tier[memory.tier].append(memory)
-        await backend.put(MemoryTier.LONG, list(new_long) + by_tier[MemoryTier.LONG])
-        # a short-term memory may also have a long-term copy: update it too
-        short_updates = by_tier[MemoryTier.SHORT]
-        with_copy = await backend.long_copies([m.id for m in short_updates])
-        extra = [m.copy(tier=MemoryTier.LONG) for m in short_updates if m.id in with_copy]
-        if extra:
-            await backend.put(MemoryTier.LONG, extra)
-        await backend.put(MemoryTier.SHORT, short_updates)
-        await backend.put(MemoryTier.MEDIUM, by_tier[MemoryTier.MEDIUM])
 
     def _value(self, memory: Memory, now: float) -> float:
         """How much a memory deserves a faster tier (see :func:`.backend.tier_value`)."""

@@ -430,44 +430,17 @@ class MemoryWriting(TierMovement):
         target = None if tier is None else check_tier(tier)
         self._require("update_memory")
         async with self._write_lock:
+            backend = self._require("update_memory")
             self._unreserve([memory_id])
-            copies = await self._locate(memory_id)
-            if not copies:
+            # only the fields given are written, to every copy where it is now (a copy another process moved
+            # meanwhile is changed where it went; a change another process made to another field stays);
+            # with a tier, the memory ends up there only; a memory another process deleted is not brought back
+            if not await backend.update([memory_id], changes, target):
                 raise MemoryNotFoundError(memory_id)
-            primary = copies[0].copy(**changes)
-            if target is None:
-                # each copy where it is now: one another process moved meanwhile is changed where it went
-                if not await self._rewrite([memory_id], lambda copy: copy.copy(**changes)):
-                    raise MemoryNotFoundError(memory_id)  # another process deleted it meanwhile
-            else:
-                # the stored row goes to the target tier on the server and is changed there: a memory another
-                # process deleted meanwhile is not brought back (writing ``primary`` to the target would)
-                backend = self._require("update_memory")
-                for _ in range(_WRITE_ROUNDS):
-                    if all(copy.tier is not target for copy in copies):
-                        await backend.move([copies[0]], copies[0].tier, target)
-                    if await backend.replace(target, [copies[0].copy(**changes)]):
-                        break
-                    copies = await self._locate(memory_id)  # moved by another process meanwhile
-                    if not copies:
-                        raise MemoryNotFoundError(memory_id)  # deleted by another process meanwhile
-                else:
-                    raise StorageError(
-                        f"memory {memory_id} kept moving to another tier during {_WRITE_ROUNDS} updates"
-                    )
-                for _ in range(_WRITE_ROUNDS):
-                    # the other copies, also one another process moved to a third tier meanwhile
-                    others = [copy for copy in await self._locate(memory_id) if copy.tier is not target]
-                    if not others:
-                        break
-                    for copy in others:
-                        await self._remove(copy.id, copy.tier, moving=True)
-                else:
-                    raise StorageError(
-                        f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} moves"
-                    )
             if self.embedder is not None and content is not None:
-                await self._embed_and_store([primary])
+                copies = await self._locate(memory_id)
+                if copies:
+                    await self._embed_and_store(copies[:1])
         result = await self.get_memory(memory_id)
         if result is None:  # another process sharing the storage deleted it since
             raise MemoryNotFoundError(memory_id)

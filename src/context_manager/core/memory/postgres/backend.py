@@ -19,8 +19,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_manager.core.errors import ConfigurationError
 from context_manager.core.memory.backend import (
@@ -35,6 +35,7 @@ from context_manager.core.memory.backend import (
     LexicalQuery,
     UserScope,
     VectorHit,
+    unchanged_since_read,
 )
 from context_manager.core.memory.index import ColumnWeights
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
@@ -56,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.config import ContextManagerConfig
 
 __all__ = ["PostgresBackend"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,30 @@ _MOVE_DOWN = (
     )
     + f"), gone AS ({_MOVE_DELETE}) "
     "SELECT (SELECT count(*) FILTER (WHERE new) FROM moved), (SELECT sum(n) FROM gone)"
+)
+
+
+# Every change to the set of rows of one memory (an overflow move, an update to a tier, a merge, an undo)
+# first takes a transaction-level advisory lock per memory id (two-key form: its own key space), in the
+# order of the keys (no deadlock between two such changes), then reads in a new statement: it sees every
+# change committed before it got the locks. Without them a move could decide from a row another
+# transaction was deleting (a short-term row dropped because a long-term copy exists, while an update to
+# short-term deleted that copy: the memory in no tier).
+_ID_LOCK_SPACE = 0x636D  # "cm"
+_ID_LOCKS = (
+    "SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
+    "(SELECT DISTINCT hashtext(id) AS k FROM unnest(%s::text[]) AS t(id) ORDER BY k) AS keys"
+)
+# each memory's fastest copy, copied to %(target)s where it has no row there yet
+_TO_TIER = (
+    "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
+    "last_accessed, access_count, metadata, source, superseded_by, merged_from, context, session_id, "
+    "turn_index, session_date, search) SELECT DISTINCT ON (id) id, %(target)s, owner, user_id, content, "
+    "importance, tags, tags_text, created_at, last_accessed, access_count, metadata, source, superseded_by, "
+    "merged_from, context, session_id, turn_index, session_date, search FROM cm_memories AS m "
+    "WHERE id = ANY(%(ids)s) AND NOT EXISTS "
+    "(SELECT 1 FROM cm_memories AS t WHERE t.id = m.id AND t.tier = %(target)s) "
+    f"ORDER BY id, {tier_rank_sql('m.tier')} ON CONFLICT (id, tier) DO NOTHING RETURNING 1"
 )
 
 
@@ -321,8 +348,8 @@ class PostgresBackend:
             "SELECT (SELECT count(*) FILTER (WHERE new) FROM moved), (SELECT sum(n) FROM gone)"
         )
         parameters = {"source": source.value, "target": target.value, "ids": ids}
-        rows = await self._fetch(statement, parameters, "memory move")
-        inserted, deleted = int(rows[0][0] or 0), int(rows[0][1] or 0)
+        row = await self._one_under_id_locks(ids, statement, parameters, "memory move")
+        inserted, deleted = int(row[0] or 0), int(row[1] or 0)
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
 
@@ -330,15 +357,15 @@ class PostgresBackend:
         """Move the ``source`` rows of ``ids`` down to ``target`` as they are now: one statement.
 
         The server picks the rows still in ``source`` and, below long-term, leaves out the ids with a
-        long-term row (those only lose their ``source`` row): one round trip, nothing read back, so an
-        overflow move holds the manager's write lock for one statement per chunk. Returns how many rows
-        left ``source``.
+        long-term row (those only lose their ``source`` row): one statement after the ids' locks
+        (:data:`_ID_LOCKS`, sent with it in one pipeline), nothing read back, so an overflow move holds the
+        manager's write lock for about one round trip per chunk. Returns how many rows left ``source``.
         """
         if not ids or source is target:
             return 0
         parameters = {"source": source.value, "target": target.value, "ids": list(ids)}
-        rows = await self._fetch(_MOVE_DOWN, parameters, "memory move")
-        inserted, deleted = int(rows[0][0] or 0), int(rows[0][1] or 0)
+        row = await self._one_under_id_locks(ids, _MOVE_DOWN, parameters, "memory move")
+        inserted, deleted = int(row[0] or 0), int(row[1] or 0)
         self._count_changed(target, inserted)
         self._count_changed(source, -deleted)
         return deleted
@@ -354,6 +381,161 @@ class PostgresBackend:
         )
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
+
+    async def _under_id_locks(
+        self,
+        ids: Sequence[str],
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]],
+        what: str,
+    ) -> _T:
+        """Run ``work`` in one transaction after taking the advisory locks of ``ids`` (:data:`_ID_LOCKS`).
+
+        The locks and the first statement of ``work`` go in one pipeline (one round trip); the locks are
+        released at the commit. Retried as a whole on a lost connection (nothing of it committed).
+        """
+        keys = sorted(set(ids))
+
+        async def run(connection: psycopg.AsyncConnection[Any]) -> _T:
+            async with connection.pipeline(), connection.transaction():
+                await connection.execute(_ID_LOCKS, (_ID_LOCK_SPACE, keys))
+                return await work(connection)
+
+        return await self.database.run(run, what)
+
+    async def _one_under_id_locks(
+        self, ids: Sequence[str], sql: str, parameters: Mapping[str, Any], what: str
+    ) -> tuple[Any, ...]:
+        """The one row of ``sql`` run in its own transaction after the ids' locks: one round trip.
+
+        The transaction's four commands (begin, locks, ``sql``, commit) go in one pipeline; the row is
+        read after the commit was queued (an overflow move holds the manager's write lock while it runs).
+        """
+        keys = sorted(set(ids))
+
+        async def run(connection: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
+            async with connection.pipeline():
+                async with connection.transaction():
+                    await connection.execute(_ID_LOCKS, (_ID_LOCK_SPACE, keys))
+                    cursor = await connection.execute(sql, parameters)
+                row = await cursor.fetchone()
+            return tuple(row) if row is not None else ()
+
+        return await self.database.run(run, what)
+
+    async def update(
+        self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
+    ) -> list[str]:
+        """See :meth:`MemoryBackend.update`: one transaction under the ids' locks, only the changed columns.
+
+        With ``tier``, each memory's fastest copy is copied there (on the server, with its stored search
+        vector) where it has no row yet, then its rows in the other tiers are deleted.
+        """
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        assignments = _assignments(changes)
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], int, list[str]]:
+            if assignments:
+                columns = ", ".join(f"{column} = %s" for column, _ in assignments)
+                cursor = await connection.execute(
+                    f"UPDATE cm_memories SET {columns} WHERE id = ANY(%s) RETURNING id",  # noqa: S608
+                    [*(value for _, value in assignments), wanted],
+                )
+            else:
+                cursor = await connection.execute("SELECT id FROM cm_memories WHERE id = ANY(%s)", (wanted,))
+            found = {row[0] for row in await cursor.fetchall()}
+            present = [memory_id for memory_id in wanted if memory_id in found]
+            if tier is None or not present:
+                return present, 0, []
+            cursor = await connection.execute(_TO_TIER, {"target": tier.value, "ids": present})
+            inserted = len(await cursor.fetchall())
+            cursor = await connection.execute(
+                "DELETE FROM cm_memories WHERE id = ANY(%s) AND tier <> %s RETURNING tier",
+                (present, tier.value),
+            )
+            return present, inserted, [row[0] for row in await cursor.fetchall()]
+
+        present, inserted, deleted = await self._under_id_locks(wanted, work, "memory update")
+        if tier is not None:
+            self._count_changed(tier, inserted)
+            for name in deleted:
+                self._count_changed(MemoryTier(name), -1)
+        return present
+
+    async def merge(self, groups: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
+        """See :meth:`MemoryBackend.merge`: every group in one transaction, under the originals' locks.
+
+        The originals are read again under their locks; a group whose originals are all still as they
+        were read gets its merged memory written and its originals marked (one ``UPDATE`` of the one
+        column); the others are left as they are. Two consolidations (in two processes, or one that lost
+        its lock connection) cannot merge an original twice: the second finds it superseded.
+        """
+        if not groups:
+            return []
+        ids = [original.id for _, originals in groups for original in originals]
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[bool], int]:
+            cursor = await connection.execute(
+                "SELECT id, content, importance, tags, superseded_by FROM cm_memories WHERE id = ANY(%s)",
+                (ids,),
+            )
+            found: dict[str, list[Memory]] = {}
+            for memory_id, content, importance, tags, superseded_by in await cursor.fetchall():
+                found.setdefault(memory_id, []).append(
+                    Memory(
+                        id=memory_id,
+                        content=content,
+                        importance=float(importance),
+                        tags=list(tags),
+                        superseded_by=superseded_by,
+                    )
+                )
+            flags = [
+                all(unchanged_since_read(original, found.get(original.id, [])) for original in originals)
+                for _, originals in groups
+            ]
+            winners = [group for group, merged in zip(groups, flags, strict=True) if merged]
+            if not winners:
+                return flags, 0
+            rows = []
+            for merged, _ in winners:
+                merged.tier = MemoryTier.LONG
+                rows.append(_row(merged))
+            async with connection.cursor() as writer:
+                inserted = await _execute_counted(writer, rows)
+            marks = [(original.id, merged.id) for merged, originals in winners for original in originals]
+            await connection.execute(
+                "UPDATE cm_memories AS m SET superseded_by = u.merged "
+                "FROM unnest(%s::text[], %s::text[]) AS u(id, merged) WHERE m.id = u.id",
+                ([mark[0] for mark in marks], [mark[1] for mark in marks]),
+            )
+            return flags, inserted
+
+        flags, inserted = await self._under_id_locks(ids, work, "memory merge")
+        self._count_changed(MemoryTier.LONG, inserted)
+        return flags
+
+    async def unmerge(self, merged_id: str, original_ids: Sequence[str]) -> tuple[list[str], list[Memory]]:
+        """See :meth:`MemoryBackend.unmerge`: one transaction under the locks of all the ids."""
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], list[Memory]]:
+            cursor = await connection.execute(
+                "UPDATE cm_memories SET superseded_by = NULL WHERE id = ANY(%s) AND superseded_by = %s "
+                "RETURNING id",
+                (list(original_ids), merged_id),
+            )
+            restored = sorted({row[0] for row in await cursor.fetchall()})
+            cursor = await connection.execute(
+                f"DELETE FROM cm_memories WHERE id = %s RETURNING {_COLUMNS}",  # noqa: S608
+                (merged_id,),
+            )
+            return restored, [_memory(row) for row in await cursor.fetchall()]
+
+        restored, deleted = await self._under_id_locks([merged_id, *original_ids], work, "memory unmerge")
+        for copy in deleted:
+            self._count_changed(copy.tier, -1)
+        return restored, deleted
 
     async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
         """Delete the vectors of memories now in no tier (with or without an embedder this session).
@@ -844,36 +1026,19 @@ class PostgresBackend:
         """Hold session advisory locks named ``names`` (taken in this order) on one connection for the block.
 
         The connection is not one of the pool's (:meth:`PostgresDatabase.lock_connection`): the work in
-        the block needs pooled connections. Released in the reverse order at the end of the block (or by
-        the server if the connection is lost).
+        the block needs pooled connections. Taking the locks is retried on a lost connection
+        (:meth:`PostgresDatabase.advisory_locks`); they are released in the reverse order at the end of the
+        block (or by the server if the connection is lost: what runs in the block stays correct without
+        them, see :meth:`merge`).
         """
-        keys = [f"context_manager:{name}" for name in names]
-        async with self.database.lock_connection() as connection:
-            held: list[str] = []
-            try:
-                for key in keys:
-                    await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-                    held.append(key)
-                yield
-            finally:
-                for key in reversed(held):
-                    with contextlib.suppress(Exception):  # a lost connection released the locks already
-                        await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        async with self.database.advisory_locks([f"context_manager:{name}" for name in names]):
+            yield
 
     @contextlib.asynccontextmanager
     async def try_exclusive(self, name: str) -> AsyncIterator[bool]:
         """Try a session advisory lock named ``name`` (no wait); held for the block, as :meth:`exclusive`."""
-        key = f"context_manager:{name}"
-        async with self.database.lock_connection() as connection:
-            cursor = await connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
-            row = await cursor.fetchone()
-            acquired = bool(row is not None and row[0])
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    with contextlib.suppress(Exception):  # a lost connection released the lock already
-                        await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+        async with self.database.advisory_locks([f"context_manager:{name}"], wait=False) as acquired:
+            yield acquired
 
     def file_faults(self) -> dict[str, str]:
         """No files: the memory lives on the server."""
@@ -983,6 +1148,34 @@ def _insert_rows(count: int) -> str:
     """:data:`_INSERT` of ``count`` rows in one statement, returning each row's tier and whether it is new."""
     one = f"({', '.join(['%s'] * 19)})"
     return _INSERT.replace(one, ", ".join([one] * count), 1) + " RETURNING tier, (xmax = 0)"
+
+
+def _assignments(changes: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The columns (and values) an :meth:`PostgresBackend.update` of ``changes`` writes."""
+    from psycopg.types.json import Jsonb
+
+    assignments: list[tuple[str, Any]] = []
+    for name, value in changes.items():
+        if name in ("content", "context"):
+            assignments.append((name, str(value)))
+        elif name == "importance":
+            assignments.append(("importance", float(value)))
+        elif name == "tags":
+            tags = list(value)
+            assignments += [("tags", tags), ("tags_text", " ".join(tags))]
+        elif name == "metadata":
+            probe = Memory(id="-", content="-", metadata=dict(value))  # the columns read from the metadata
+            assignments += [
+                ("metadata", Jsonb(probe.metadata)),
+                ("session_id", probe.session_id),
+                ("turn_index", _int64(probe.turn_index)),
+                ("session_date", probe.session_date),
+            ]
+        else:
+            raise ValueError(
+                f"update: {name!r} cannot be changed (allowed: content, context, importance, tags, metadata)"
+            )
+    return assignments
 
 
 def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:

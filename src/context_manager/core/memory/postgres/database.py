@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_manager.core.errors import MissingDependencyError, StorageError
@@ -120,20 +120,8 @@ class PostgresDatabase:
         if pool is not None:
             await pool.close()
 
-    @contextlib.asynccontextmanager
-    async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection to hold session advisory locks on for a block, taken outside the pool.
-
-        A consolidation or an overflow move holds its lock while its statements run on pooled
-        connections: were the lock's connection one of the pool's, a small pool could be left with none
-        for those statements (with ``pool_size=1`` a consolidation waited for itself until the pool timed
-        out). These come from a second pool of :data:`LOCK_CONNECTIONS` (a process holds at most one
-        consolidation's and one move's at a time), opened on first use, idle connections closed after a
-        minute.
-
-        Raises:
-            StorageError: the storage is closed, or no connection could be made.
-        """
+    async def _locks_pool(self) -> AsyncConnectionPool:
+        """The pool of lock connections (opened on first use; see :meth:`lock_connection`)."""
         if self._pool is None:
             raise StorageError(f"PostgreSQL storage at {self.location} is closed")
         lock_pool = self._lock_pool
@@ -154,6 +142,23 @@ class PostgresDatabase:
                     )
                     await lock_pool.open(wait=False)
                     self._lock_pool = lock_pool
+        return lock_pool
+
+    @contextlib.asynccontextmanager
+    async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection to hold session advisory locks on for a block, taken outside the pool.
+
+        A consolidation or an overflow move holds its lock while its statements run on pooled
+        connections: were the lock's connection one of the pool's, a small pool could be left with none
+        for those statements (with ``pool_size=1`` a consolidation waited for itself until the pool timed
+        out). These come from a second pool of :data:`LOCK_CONNECTIONS` (a process holds at most one
+        consolidation's and one move's at a time), opened on first use, idle connections closed after a
+        minute. :meth:`advisory_locks` takes the locks on one, retrying on a lost connection.
+
+        Raises:
+            StorageError: the storage is closed, or no connection could be made.
+        """
+        lock_pool = await self._locks_pool()
         async with contextlib.AsyncExitStack() as stack:
             try:
                 connection = await stack.enter_async_context(lock_pool.connection())
@@ -163,6 +168,72 @@ class PostgresDatabase:
                     f"{_describe(error)}"
                 ) from None
             yield connection
+
+    @contextlib.asynccontextmanager
+    async def advisory_locks(self, keys: Sequence[str], *, wait: bool = True) -> AsyncIterator[bool]:
+        """Hold the session advisory locks named ``keys`` (taken in this order) for the block.
+
+        On a lock connection (:meth:`lock_connection`). Taking them is retried like :meth:`run` when the
+        connection was lost (a server restart or failover closes every idle connection of the pool): the
+        server released whatever that connection held. With ``wait=False`` (one key) the lock is only
+        tried: the block gets ``False`` when another session holds it. Released in the reverse order at
+        the end of the block; a connection lost inside the block released them already (the work in the
+        block must not rely on them for its correctness, only to avoid doing the same work twice).
+
+        Raises:
+            StorageError: no connection could be made (after the retries), or the storage is closed.
+        """
+        psycopg = self._psycopg
+        last: BaseException | None = None
+        for attempt in range(len(RETRY_DELAYS) + 1):
+            lock_pool = await self._locks_pool()
+            try:
+                connection = await lock_pool.getconn()
+            except Exception as error:  # PoolTimeout: no connection within connect_timeout
+                last = error
+            else:
+                held: list[str] = []
+                try:
+                    acquired = True
+                    for key in keys:
+                        if wait:
+                            await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+                        else:
+                            cursor = await connection.execute(
+                                "SELECT pg_try_advisory_lock(hashtext(%s))", (key,)
+                            )
+                            row = await cursor.fetchone()
+                            acquired = bool(row is not None and row[0])
+                            if not acquired:
+                                break
+                        held.append(key)
+                except psycopg.OperationalError as error:
+                    last = error  # the server closed it (and released its locks): a fresh one next
+                    await lock_pool.putconn(connection)  # a broken connection is discarded by the pool
+                except BaseException:
+                    await _release(connection, held)
+                    await lock_pool.putconn(connection)
+                    raise
+                else:
+                    try:
+                        yield acquired
+                    finally:
+                        await _release(connection, held)
+                        await lock_pool.putconn(connection)
+                    return
+            if attempt < len(RETRY_DELAYS):
+                logger.warning(
+                    "PostgreSQL lock connection failed (%s); retrying in %.2f s",
+                    type(last).__name__,
+                    RETRY_DELAYS[attempt],
+                )
+                await asyncio.sleep(RETRY_DELAYS[attempt])
+                with contextlib.suppress(Exception):
+                    await lock_pool.check()  # drop the idle connections the server closed
+        raise StorageError(
+            f"PostgreSQL at {self.location}: no connection for a cross-process lock after "
+            f"{len(RETRY_DELAYS) + 1} attempts: {_describe(last)}"
+        )
 
     async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], what: str) -> _T:
         """Run ``operation`` with a pooled connection, retrying on a lost connection (bounded).
@@ -254,6 +325,13 @@ class PostgresDatabase:
         if self._pool is None:
             return {}
         return {key: int(value) for key, value in self._pool.get_stats().items()}
+
+
+async def _release(connection: psycopg.AsyncConnection[Any], held: Sequence[str]) -> None:
+    """Release the advisory locks ``held`` on ``connection``, newest first (a lost connection did already)."""
+    for key in reversed(held):
+        with contextlib.suppress(Exception):
+            await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def _describe(error: BaseException | None) -> str:
