@@ -22,11 +22,13 @@ from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryCuration"]
 
-# Consolidation (and its undo) reads memories, then marks them superseded: no process may move one of them
-# between tiers meanwhile (on PostgreSQL a move copies the row as its statement saw it, and a copy made
-# from before the mark would be merged again). The cross-process locks come first, the manager's write
-# lock last: an overflow move holds its lock while it waits for the write lock, so the other order could
-# deadlock two processes. Before them, this process's consolidations take turns (``_consolidation_lock``).
+# Consolidation (and its undo) reads memories, then merges them: one process at a time does the work, and
+# no process moves a tier's overflow meanwhile. The merge is correct without these locks (``backend.merge``
+# checks every original under its own per-memory lock: a consolidation that lost its lock connection, or
+# ran beside a move, merges nothing twice and brings nothing back); they keep two processes from doing the
+# same scan at once. The cross-process locks come first, the manager's write lock last: an overflow move
+# holds its lock while it waits for the write lock, so the other order could deadlock two processes.
+# Before them, this process's consolidations take turns (``_consolidation_lock``).
 _CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overflow")
 
 
