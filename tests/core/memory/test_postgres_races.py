@@ -1,0 +1,418 @@
+"""Races between processes sharing one PostgreSQL memory, each forced at the moment that used to lose data.
+
+Two managers on one DSN stand for two processes (each has its own connection pool). A step of the other
+manager is run at a chosen point of the first one's operation, by wrapping a method of the first one's
+backend or pool; nothing of the storage is mocked. The updates are tried with the other process's step after
+*every* statement of the update in turn (:func:`_after_operation`), so they hold whatever statements the
+update is made of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.postgres import PostgresBackend
+from context_manager.core.memory.postgres.database import PostgresDatabase
+from tests.postgres_support import restart_server
+
+_TIER_RANK = {"short": 0, "medium": 1, "long": 2}
+_MAX_STATEMENTS = 40  # more statements than any update here makes: the loops below always end
+
+
+def postgres_config(dsn: str) -> ContextManagerConfig:
+    """Small capacities (as the memory tests' conftest), so a few adds overflow short-term."""
+    return ContextManagerConfig(
+        memory_backend="postgres",
+        postgres_dsn=dsn,
+        short_term_memory_size=20,
+        medium_term_memory_size=30,
+        long_term_memory_size=500,
+    )
+
+
+def _backend(manager: MemoryManager) -> PostgresBackend:
+    backend = manager.backend
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+async def _rows(dsn: str, memory_id: str) -> list[dict[str, Any]]:
+    """Every stored row of a memory, read by a connection of its own, fastest tier first."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT tier, content, importance, tags, access_count, superseded_by FROM cm_memories "
+            "WHERE id = %s",
+            (memory_id,),
+        )
+        found = await cursor.fetchall()
+    rows = [
+        {
+            "tier": tier,
+            "content": content,
+            "importance": float(importance),
+            "tags": list(tags),
+            "access_count": int(access_count),
+            "superseded_by": superseded_by,
+        }
+        for tier, content, importance, tags, access_count, superseded_by in found
+    ]
+    return sorted(rows, key=lambda row: _TIER_RANK[row["tier"]])
+
+
+async def _tiers(dsn: str, memory_id: str) -> list[str]:
+    return [row["tier"] for row in await _rows(dsn, memory_id)]
+
+
+async def _in_two_volatile_tiers(dsn: str) -> list[str]:
+    """The ids with a short-term and a medium-term row at once (a memory is in one of them at most)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT id FROM cm_memories WHERE tier IN ('short', 'medium') GROUP BY id HAVING count(*) > 1 "
+            "ORDER BY id"
+        )
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def _tier_counts(dsn: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT tier, count(*) FROM cm_memories GROUP BY tier")
+        counts = {tier: 0 for tier in _TIER_RANK}
+        counts.update({tier: int(count) for tier, count in await cursor.fetchall()})
+        return counts
+
+
+@contextlib.contextmanager
+def _after_operation(
+    database: PostgresDatabase, number: int, step: Callable[[], Awaitable[object]]
+) -> Iterator[list[str]]:
+    """Run ``step`` once, right after the ``number``-th operation on ``database`` returned.
+
+    Every statement (or transaction) the backend sends goes through :meth:`PostgresDatabase.run`, and has
+    committed when it returns: the step runs between two of them, as another process may. Yields the
+    names of the operations seen so far (``what`` of ``run``).
+    """
+    seen: list[str] = []
+    run = database.run
+
+    async def run_then_step(operation: Any, what: str) -> Any:
+        result = await run(operation, what)
+        seen.append(what)
+        if len(seen) == number:
+            await step()
+        return result
+
+    database.run = run_then_step  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del database.run  # the class's method again
+
+
+# -- 1. update_memory(tier=...) racing an overflow move ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "requested", "move_from", "move_to"),
+    [
+        # a short-term memory with a long-term copy, updated to short-term, while the other process's
+        # overflow move of short -> medium (which only drops the short-term row of a memory with a
+        # long-term copy) runs: the update deleted the long copy, the move the short row
+        ("important memory to short", "short", MemoryTier.SHORT, MemoryTier.MEDIUM),
+        # a medium-term memory updated to medium-term while the other process moves it to long-term: the
+        # update's clean-up took the new long-term row for a stale extra copy and deleted it
+        ("medium memory to medium", "medium", MemoryTier.MEDIUM, MemoryTier.LONG),
+    ],
+)
+async def test_an_update_to_a_tier_racing_an_overflow_move_never_erases_the_memory(
+    postgres_dsn: str, case: str, requested: str, move_from: MemoryTier, move_to: MemoryTier
+) -> None:
+    config = postgres_config(postgres_dsn)
+    failures: list[str] = []
+    async with MemoryManager(config) as updater, MemoryManager(config) as mover:
+        for after in range(1, _MAX_STATEMENTS):
+            if requested == "short":
+                memory = await updater.add_memory(f"the vault code is 4471, try {after}", importance=0.95)
+            else:
+                memory = await updater.add_memory(f"the vault code is 4471, try {after}", tier="medium")
+            assert await _tiers(postgres_dsn, memory.id) == (
+                ["short", "long"] if requested == "short" else ["medium"]
+            ), "setup: the memory is not where the race needs it"
+            move = functools.partial(_backend(mover).move_down, [memory.id], move_from, move_to)
+            error: BaseException | None = None
+            with _after_operation(_backend(updater).database, after, move) as seen:
+                try:
+                    await updater.update_memory(
+                        memory.id, content=f"the vault code is 9090, try {after}", tier=requested
+                    )
+                except Exception as raised:
+                    error = raised
+            if len(seen) < after:
+                break  # the move came after the whole update: every point in it has been tried
+            moment = (
+                f"{case}: the other process's {move_from.value}->{move_to.value} overflow move ran after "
+                f"statement {after} of the update ({seen[:after]})"
+            )
+            rows = await _rows(postgres_dsn, memory.id)
+            tiers = [row["tier"] for row in rows]
+            problems: list[str] = []
+            if not rows:
+                problems.append("the memory is gone from every tier")
+            elif tiers not in ([requested], [move_to.value]):
+                problems.append(f"the memory is in {tiers}, not in {requested} (or {move_to.value}) only")
+            if rows and await mover.get_memory(memory.id) is None:
+                problems.append("get_memory does not find it")
+            if any(row["content"] != f"the vault code is 9090, try {after}" for row in rows):
+                problems.append(f"the update is lost: {[row['content'] for row in rows]}")
+            if error is not None:
+                problems.append(f"update_memory raised {type(error).__name__}: {error}")
+            if problems:
+                failures.append(f"{moment}: {'; '.join(problems)}")
+        else:
+            pytest.fail(f"the update took more than {_MAX_STATEMENTS} statements")
+        assert after > 1, "the update made no statement: the test proves nothing"
+    assert not failures, "\n".join(failures)
+
+
+# -- 2. consolidation wrote the originals back -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["deleted", "updated", "moved"])
+async def test_a_consolidation_does_not_undo_what_another_process_did_to_an_original_after_its_scan(
+    postgres_dsn: str, change: str
+) -> None:
+    """Between a consolidation's scan and its write, another process deletes, updates (content and
+    importance) or moves one of the originals; none of these takes the consolidation's locks. The
+    consolidation used to upsert the originals it had scanned (marked superseded): the deleted memory came
+    back, the update was reverted, the moved memory ended in short- and medium-term."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as consolidator, MemoryManager(config) as other:
+        first, second = await consolidator.add_memories(
+            [{"content": "the deploy key is kept in the blue vault"} for _ in range(2)]
+        )
+        kept = await consolidator.add_memory("the office plants need water on fridays")
+        backend = _backend(consolidator)
+        scan = backend.scan
+        done: list[str] = []
+
+        async def other_process_step() -> None:
+            if change == "deleted":
+                await other.delete_memory(first.id)
+            elif change == "updated":
+                await other.update_memory(
+                    first.id, content="the deploy key moved to the red safe", importance=0.9
+                )
+            else:
+                await other.update_memory(first.id, tier="medium")
+            done.append(change)
+
+        async def scan_then_other_process(*args: Any, **kwargs: Any) -> list[Memory]:
+            found = await scan(*args, **kwargs)
+            if not kwargs.get("every_copy", True) and not done:
+                await other_process_step()  # after the consolidation's scan, before its writes
+            return found
+
+        backend.scan = scan_then_other_process  # type: ignore[method-assign]
+        try:
+            await consolidator.consolidate_memories()
+        finally:
+            del backend.scan
+        assert done == [change], "the other process's step did not run during the consolidation"
+
+        rows = await _rows(postgres_dsn, first.id)
+        if change == "deleted":
+            assert rows == [], (
+                f"the memory another process deleted during the consolidation came back: {rows}"
+            )
+            assert await other.get_memory(first.id) is None, "get_memory finds the deleted memory again"
+        elif change == "updated":
+            assert rows, "the updated memory is gone"
+            assert all(row["content"] == "the deploy key moved to the red safe" for row in rows), (
+                f"the consolidation reverted another process's content update: {rows}"
+            )
+            assert all(row["importance"] == 0.9 for row in rows), (
+                f"the consolidation reverted another process's importance update: {rows}"
+            )
+            found = await other.get_memory(first.id)
+            assert found is not None and found.content == "the deploy key moved to the red safe"
+        else:
+            tiers = [row["tier"] for row in rows]
+            assert tiers == ["medium"], (
+                f"the memory another process moved to medium-term during the consolidation is in {tiers}"
+            )
+        assert await _in_two_volatile_tiers(postgres_dsn) == [], "a memory in short- and medium-term at once"
+        assert await other.get_memory(second.id) is not None and await other.get_memory(kept.id) is not None
+
+
+# -- 3. two updates of different fields ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meanwhile", ["importance update", "search access"])
+async def test_concurrent_changes_of_different_fields_are_all_kept(postgres_dsn: str, meanwhile: str) -> None:
+    """Manager B sets a memory's tags while manager A sets its importance (or records a search's access).
+
+    B's update read the whole row and wrote it all back: a change A committed in between was lost (the
+    importance reverted, the access count lowered).
+    """
+    config = postgres_config(postgres_dsn)
+    raced: list[tuple[str, str]] = []  # (when A's change ran, the memory)
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        for after in range(1, _MAX_STATEMENTS):
+            memory = await b.add_memory(f"the lighthouse keeper prefers green tea {after}", importance=0.3)
+
+            async def change_by_a(memory_id: str = memory.id, number: int = after) -> None:
+                if meanwhile == "importance update":
+                    await a.update_memory(memory_id, importance=0.65)
+                    return
+                found = await a.search_memory(f"lighthouse keeper green tea {number}", limit=1)
+                assert [m.id for m in found] == [memory_id], "setup: A's search does not find the memory"
+                await a.flush()  # A's access is stored (access_count 1)
+
+            with _after_operation(_backend(b).database, after, change_by_a) as seen:
+                await b.update_memory(memory.id, tags=["tea"])
+            if len(seen) < after:
+                break  # A's change came after the whole update: every point in it has been tried
+            raced.append(
+                (f"A's {meanwhile} ran after statement {after} of B's tag update {seen[:after]}", memory.id)
+            )
+        else:
+            pytest.fail(f"the update took more than {_MAX_STATEMENTS} statements")
+        assert len(raced) > 1, "the update made one statement at most: the test proves nothing"
+    failures: list[str] = []
+    async with MemoryManager(config) as fresh:  # what another process sees afterwards
+        for moment, memory_id in raced:
+            found = await fresh.get_memory(memory_id)
+            rows = await _rows(postgres_dsn, memory_id)
+            if found is None or not rows:
+                failures.append(f"{moment}: the memory is gone")
+                continue
+            if found.tags != ["tea"] or any(row["tags"] != ["tea"] for row in rows):
+                failures.append(f"{moment}: B's tags are lost: {[row['tags'] for row in rows]}")
+            if meanwhile == "importance update" and (
+                found.importance != 0.65 or any(row["importance"] != 0.65 for row in rows)
+            ):
+                failures.append(
+                    f"{moment}: A's importance update (0.65) is lost: {[row['importance'] for row in rows]}"
+                )
+            if meanwhile == "search access" and (
+                found.access_count < 1 or any(row["access_count"] < 1 for row in rows)
+            ):
+                failures.append(
+                    f"{moment}: the access A stored is lost: access_count went back to "
+                    f"{[row['access_count'] for row in rows]}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+# -- 4. lock connections after a server restart ----------------------------------------------------------
+
+
+async def test_consolidation_after_a_server_restart_gets_a_new_lock_connection(postgres_dsn: str) -> None:
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        await manager.add_memories([{"content": "the backup runs at midnight"} for _ in range(2)])
+        first = await manager.consolidate_memories()  # its lock connection stays idle in the lock pool
+        assert first["consolidated_count"] == 2
+        await asyncio.to_thread(restart_server)  # every open connection is cut
+        await manager.add_memories([{"content": "the printer is on the second floor"} for _ in range(2)])
+        try:
+            report = await manager.consolidate_memories()
+        except Exception as error:
+            pytest.fail(
+                "consolidate_memories after a server restart (the server back up) raised "
+                f"{type(error).__module__}.{type(error).__name__}: {error} (the lock connection cut by the "
+                "restart was used again, not retried)"
+            )
+        assert report["consolidated_count"] == 2 and len(report["merged_ids"]) == 1, report
+
+
+async def test_the_overflow_move_after_a_server_restart_gets_a_new_lock_connection(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        await manager.add_memories([{"content": f"early note {n}"} for n in range(21)])
+        await manager.flush()  # the overflow moved: its lock connection stays idle in the lock pool
+        assert (await _tier_counts(postgres_dsn))["short"] <= 20
+        await asyncio.to_thread(restart_server)  # every open connection is cut
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            # one write over the capacity: one background move
+            await manager.add_memories([{"content": f"late note {n}"} for n in range(5)])
+            await manager.flush()
+        counts = await _tier_counts(postgres_dsn)
+        failed = [
+            record.getMessage() for record in caplog.records if "background task failed" in record.message
+        ]
+        assert counts["short"] <= 20 and counts["medium"] <= 30, (
+            f"after a server restart the overflow move did not run: tiers {counts} (capacities 20/30); "
+            f"logged: {failed}"
+        )
+        assert sum(counts.values()) == 26, f"memories lost: {counts}"
+
+
+# -- 5. a consolidation that lost its lock connection ----------------------------------------------------
+
+
+async def test_a_consolidation_that_lost_its_lock_connection_merges_nothing_twice(postgres_dsn: str) -> None:
+    """A's lock connection is cut after its scan (a network cut, a killed backend): the server releases its
+    locks, so B's consolidation runs and merges the group; A then went on and merged the same originals a
+    second time (two merged memories of one group, the originals' first merge left dangling)."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        originals = await a.add_memories([{"content": "the standup moved to ten thirty"} for _ in range(3)])
+        backend = _backend(a)
+        scan = backend.scan
+        b_reports: list[dict[str, Any]] = []
+
+        async def scan_then_lose_the_lock(*args: Any, **kwargs: Any) -> list[Memory]:
+            found = await scan(*args, **kwargs)
+            if not kwargs.get("every_copy", True) and not b_reports:
+                async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as other:
+                    # the session holding the consolidation's advisory lock (a one-key lock on a bigint:
+                    # its high half in classid, its low half in objid)
+                    cursor = await other.execute(
+                        "WITH k AS (SELECT hashtext('context_manager:consolidate')::bigint AS key) "
+                        "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks, k WHERE locktype = 'advisory' "
+                        "AND granted AND objsubid = 1 AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                        "AND classid = ((key >> 32) & 4294967295)::oid AND objid = (key & 4294967295)::oid"
+                    )
+                    assert [row[0] for row in await cursor.fetchall()] == [True], (
+                        "setup: A's consolidation lock was not found"
+                    )
+                b_reports.append(await b.consolidate_memories())  # the locks are free: B consolidates
+            return found
+
+        backend.scan = scan_then_lose_the_lock  # type: ignore[method-assign]
+        try:
+            a_report = await a.consolidate_memories()
+        finally:
+            del backend.scan
+        assert b_reports and b_reports[0]["consolidated_count"] == 3, f"setup: B merged nothing: {b_reports}"
+
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute(
+                "SELECT DISTINCT id, merged_from FROM cm_memories WHERE cardinality(merged_from) > 0"
+            )
+            merged = {row[0]: list(row[1]) for row in await cursor.fetchall()}
+        ids = sorted(m.id for m in originals)
+        assert len(merged) == 1, (
+            f"one group of duplicates was merged {len(merged)} times: merged memories {merged} "
+            f"(B merged {b_reports[0]['merged_ids']}, A then {a_report['merged_ids']})"
+        )
+        for original in ids:
+            into = [merged_id for merged_id, sources in merged.items() if original in sources]
+            assert len(into) == 1, f"original {original} was merged into {into}"
+            superseded = {row["superseded_by"] for row in await _rows(postgres_dsn, original)}
+            assert superseded == set(into), (
+                f"original {original} is superseded by {superseded}, the merged memory is {into}"
+            )
