@@ -371,3 +371,75 @@ async def test_snapshots_keep_resuming_short_and_exact(make_config: Any) -> None
         assert len(stored.records) < 10 + 5  # only the tail after the snapshot is replayed
     async with EnhancedContextManager(make_config(), conversation_id="s") as resumed:
         assert fingerprint(resumed) == expected
+
+
+CUT_THEN_CRASH = """
+import asyncio, json, os, signal, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import EnhancedContextManager
+
+async def main(storage, dsn, flush_first):
+    manager = EnhancedContextManager(config_for(storage, dsn), conversation_id="cut")
+    await manager.initialize()
+    text = "START of the pasted log " + " ".join(f"line{i}" for i in range(600)) + " END of the log"
+    await manager.add_message("user", text)
+    long_id = manager.messages[-1].id
+    assert manager.messages[-1].content != text  # the newest request, kept as head + tail
+    if flush_first == "yes":
+        await manager.flush()  # its full text is in memory before the crash
+    step = 0
+    first = "question 0 about the payments build"
+    while any(m.id == long_id or m.content == first for m in manager.messages):  # until both are evicted
+        await manager.add_message("user", f"question {step} about the payments build")
+        await manager.add_message("assistant", f"answer {step}: the build passed")
+        step += 1
+    print(json.dumps({"long_id": long_id, "text": text, "steps": step}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the memory writes of the latest compressions may be pending
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stored_before_the_crash", ["yes", "no"])
+async def test_a_message_cut_then_evicted_reaches_memory_whole_after_a_crash(
+    make_config: Any, stored_before_the_crash: str
+) -> None:
+    """A resumed conversation hands memory what the live window handed it: the original of a message it
+    cut, never the cut copy (which once went to memory as marker text, or collided with the original
+    already stored under the same id and blocked every other evicted message of the batch)."""
+    config = make_config()
+    process = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            CUT_THEN_CRASH,
+            str(config.resolved_storage_path),
+            make_config.dsn or "-",
+            stored_before_the_crash,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert process.returncode == -9, process.stderr[-3000:]
+    written = json.loads(process.stdout.splitlines()[-1])
+    async with EnhancedContextManager(config, conversation_id="cut") as resumed:
+        requeued = [m for m in resumed.context_window.evicted_messages if m.id == written["long_id"]]
+        assert all(m.content == written["text"] for m in requeued), "a cut copy was queued for memory"
+        await resumed.flush()  # raised InvalidMemoryError when the original was stored before the crash
+        assert resumed.context_window.evicted_messages == ()
+        copies = [
+            m
+            for m in await resumed.memory_manager.stored_copies()
+            if m.metadata.get("message_id") == written["long_id"]
+        ]
+        assert copies and all(m.content == written["text"] for m in copies), [m.content[-80:] for m in copies]
+        assert len({m.id for m in copies}) == 1
+        # every other message no longer in the window is in memory too (the batch was not blocked)
+        in_window = {m.content for m in resumed.messages}
+        questions = {f"question {step} about the payments build" for step in range(written["steps"])}
+        in_memory = {m.content for m in await resumed.memory_manager.stored_copies()}
+        assert questions - in_window, "no question was evicted: the test proves nothing"
+        assert questions - in_window <= in_memory

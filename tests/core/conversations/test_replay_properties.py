@@ -3,7 +3,8 @@
 Random sequences of adds (plain, priorities, tool calls answered at once or after other messages), batches
 (``extend``), pins and unpins and explicit compressions run on a small window journaled to a real SQLite
 store; after every step the fold of what is stored equals the window: the messages field by field (ids,
-timestamps, token counts, metadata), their order, the compression history and the token total.
+timestamps, token counts, metadata), their order, the compression history and the token total, and the
+messages the window queued for memory are the ones the replay would queue.
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def test_replaying_the_stored_records_rebuilds_the_window(
                 await rebuilt.restore(replayed.messages, [CompressionRecord(**e) for e in replayed.history])
                 assert state_of(rebuilt) == state_of(window)
                 assert rebuilt.pending_tool_calls == window.pending_tool_calls
+                # nothing reached memory (no memory here): the replay queues for memory exactly what the
+                # window queued, the full originals of the messages it cut, never a cut copy
+                assert [m.to_dict() for m in replayed.unindexed] == [
+                    m.to_dict() for m in window.evicted_messages
+                ]
             await conversation.close()
         finally:
             await store.close()

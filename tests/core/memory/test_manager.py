@@ -715,3 +715,116 @@ async def test_remembering_the_same_messages_twice_stores_them_once(manager: Mem
     assert (await manager.get_memory_stats())["total_memories"] == 5
     found = await manager.search_memory("kites", limit=20)
     assert len(found) == 5
+
+
+async def test_a_message_archived_and_edited_since_is_not_a_conflict_when_archived_again(
+    manager: MemoryManager,
+) -> None:
+    """A resumed conversation may hand memory messages it already archived (after a crash before the
+    indexing mark moved); one edited since with update_memory is that message, not another memory: the
+    batch is stored and the edit kept (it once raised InvalidMemoryError and blocked the whole batch)."""
+    from context_manager.core.messages import Message
+
+    messages = [Message.create("user", f"note {number} about the harbour crane") for number in range(4)]
+    first = await manager.remember_messages(messages[:2], session_id="conv", id_namespace="conv")
+    await manager.update_memory(first[0].id, content="note 0 was wrong: see the log")
+    again = await manager.remember_messages(messages, session_id="conv", id_namespace="conv")
+    assert [m.id for m in again[:2]] == [m.id for m in first]
+    edited = await manager.get_memory(first[0].id)
+    assert edited is not None and edited.content == "note 0 was wrong: see the log"
+    found = {m.content for m in await manager.search_memory("harbour crane", limit=20)}
+    assert {f"note {number} about the harbour crane" for number in (1, 2, 3)} <= found
+    assert (await manager.get_memory_stats())["total_memories"] == 4
+    # an id given by a caller is still checked: other content under a used id is refused
+    with pytest.raises(InvalidMemoryError, match="memory_id"):
+        await manager.add_memory("something else", memory_id=first[1].id)
+
+
+async def test_tool_calls_of_an_archived_message_are_in_its_memory(manager: MemoryManager) -> None:
+    """An assistant message that only calls tools has no text but is not empty: its calls are archived."""
+    from context_manager.core.messages import Message, ToolCall
+
+    call = ToolCall(id="c1", name="lookup_order", arguments={"order": "1042-ZETA"})
+    messages = [
+        Message.create("user", "where is my order?"),
+        Message.create("assistant", "", tool_calls=[call]),
+        Message.create("tool", "shipped on Monday", tool_call_id="c1"),
+        Message.create("assistant", "Let me check both.", tool_calls=[ToolCall(id="c2", name="track")]),
+        Message.create("assistant", "   "),
+    ]
+    written = await manager.remember_messages(messages, session_id="s")
+    assert [m.metadata["message_id"] for m in written] == [
+        m.id for m in messages[:4]
+    ]  # the blank one skipped
+    call_only = written[1]
+    assert call_only.content == '[tool call lookup_order] {"order":"1042-ZETA"}'
+    assert call_only.metadata["tool_calls"] == [{"id": "c1", "name": "lookup_order"}]
+    assert written[2].metadata["tool_call_id"] == "c1"
+    assert written[3].content == "Let me check both.\n[tool call track] {}"
+    found = await manager.search_memory("1042-ZETA lookup_order")
+    assert [m.id for m in found][:1] == [call_only.id]
+
+
+async def test_an_undo_whose_originals_were_cleaned_up_is_refused_and_changes_nothing(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """A cleanup removes superseded originals; undoing the merge afterwards once deleted the merged memory
+    too and reported success (every copy of the text gone). Now it is refused, the merged memory kept."""
+    a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4)
+    b = await manager.add_memory("the user lives in Berlin Germany!", importance=0.6)
+    report = await manager.consolidate_memories(similarity_threshold=0.9)
+    merged_id = report["merged_ids"][0]
+    removed = await manager.cleanup_old_memories(max_age_days=365)
+    assert set(removed["removed_ids"]) == {a.id, b.id}
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match="no longer are") as raised:
+        await manager.undo_consolidation(merged_id)
+    assert a.id in str(raised.value) and b.id in str(raised.value)
+    assert await snapshot(manager) == before
+    assert [m.id for m in await manager.search_memory("Berlin")] == [merged_id]
+
+    # one original deleted by hand: refused too, the other original stays superseded
+    c = await manager.add_memory("the office wifi is called harbour-5", importance=0.5)
+    d = await manager.add_memory("The office wifi is called harbour-5.", importance=0.5)
+    merged_again = (await manager.consolidate_memories(similarity_threshold=0.9))["merged_ids"][0]
+    await manager.delete_memory(c.id)
+    with pytest.raises(InvalidMemoryError, match=c.id):
+        await manager.undo_consolidation(merged_again)
+    left = await manager.get_memory(d.id)
+    assert left is not None and left.superseded_by == merged_again
+    assert await manager.get_memory(merged_again) is not None
+
+
+async def test_cleanup_keeps_what_was_used_or_restored_after_its_scan(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """The cleanup decides from a scan, then deletes: a copy that is no longer stale by then (restored by
+    an undone consolidation, used, made important) stays. Forced here by acting right after the scan."""
+    old = await manager.add_memory("an old note about the ferry timetable", importance=0.3)
+    used = await manager.add_memory("an old note about the tram pass", importance=0.3)
+    clock.advance(40 * DAY)
+    a = await manager.add_memory("the spare key is under the red pot", importance=0.4)
+    b = await manager.add_memory("The spare key is under the red pot.", importance=0.4)
+    merged_id = (await manager.consolidate_memories(similarity_threshold=0.9))["merged_ids"][0]
+    backend = manager.backend
+    scan = backend.scan
+
+    async def scan_then_change(*args: Any, **kwargs: Any) -> Any:
+        found = await scan(*args, **kwargs)
+        backend.scan = scan  # type: ignore[method-assign]  # once
+        # what another process sharing the storage may do between the cleanup's scan and its deletes (its
+        # backend's steps: this manager's write lock is held by the cleanup)
+        await backend.unmerge(merged_id, [a.id, b.id])
+        await backend.update([used.id], {"importance": 0.95})
+        return found
+
+    backend.scan = scan_then_change  # type: ignore[method-assign]
+    try:
+        report = await manager.cleanup_old_memories(max_age_days=30, keep_importance=0.9)
+    finally:
+        backend.scan = scan  # type: ignore[method-assign]
+    assert old.id in report["removed_ids"]
+    assert used.id not in report["removed_ids"] and await manager.get_memory(used.id) is not None
+    for original in (a, b):
+        restored = await manager.get_memory(original.id)
+        assert restored is not None and restored.superseded_by is None, "a restored original was deleted"

@@ -695,3 +695,22 @@ async def test_an_add_of_several_tiers_counts_each_tier(postgres_dsn: str) -> No
         again = await manager.add_memories([{"content": m.content, "memory_id": m.id} for m in added[:1]])
         assert [m.id for m in again] == [added[0].id]  # an idempotent retry stores nothing twice
         assert len(await manager.stored_copies()) == 5
+
+
+async def test_reopening_a_store_with_vectors_without_an_embedder_warns_of_no_unknown_migration(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The vector table's migration is applied only with an embedder; a later process without one found
+    it and warned that a newer version had migrated the schema (it is this version's own)."""
+    import logging
+
+    from context_manager.core.memory.embeddings import HashingEmbedder
+
+    async with MemoryManager(postgres_config(postgres_dsn), embedder=HashingEmbedder(dimension=32)) as first:
+        await first.add_memory("the lighthouse keeper's log")
+    with caplog.at_level(logging.WARNING):
+        async with MemoryManager(postgres_config(postgres_dsn)) as second:
+            assert [m.content for m in await second.search_memory("lighthouse")] == [
+                "the lighthouse keeper's log"
+            ]
+    assert not [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]

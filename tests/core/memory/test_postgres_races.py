@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.postgres import PostgresBackend
@@ -416,3 +417,92 @@ async def test_a_consolidation_that_lost_its_lock_connection_merges_nothing_twic
             assert superseded == set(into), (
                 f"original {original} is superseded by {superseded}, the merged memory is {into}"
             )
+
+
+# -- 6. a cleanup beside an undo --------------------------------------------------------------------------
+
+
+async def test_a_cleanup_does_not_delete_the_originals_another_process_just_restored(
+    postgres_dsn: str,
+) -> None:
+    """A's cleanup scans (the originals are superseded), B undoes the consolidation (they are visible
+    again, the merged memory deleted), then A deleted what its scan had marked: every copy of the text was
+    gone. The cleanup's delete now re-checks that a copy is still stale."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as cleaner, MemoryManager(config) as undoer:
+        originals = await cleaner.add_memories(
+            [{"content": "the gate code is 5512"}, {"content": "The gate code is 5512."}]
+        )
+        merged_id = (await cleaner.consolidate_memories(similarity_threshold=0.9))["merged_ids"][0]
+        backend = _backend(cleaner)
+        scan = backend.scan
+        undone: list[dict[str, Any]] = []
+
+        async def scan_then_undo(*args: Any, **kwargs: Any) -> list[Memory]:
+            found = await scan(*args, **kwargs)
+            if not undone:
+                undone.append(await undoer.undo_consolidation(merged_id))
+            return found
+
+        backend.scan = scan_then_undo  # type: ignore[method-assign]
+        try:
+            report = await cleaner.cleanup_old_memories(max_age_days=30)
+        finally:
+            del backend.scan
+        assert undone and set(undone[0]["restored"]) == {m.id for m in originals}, f"setup: {undone}"
+        assert report["removed_ids"] == [], f"the cleanup deleted what the undo restored: {report}"
+        for original in originals:
+            rows = await _rows(postgres_dsn, original.id)
+            assert rows and all(row["superseded_by"] is None for row in rows), (
+                f"original {original.id} after the undo and the cleanup: {rows}"
+            )
+        assert await _rows(postgres_dsn, merged_id) == []
+        found = await undoer.search_memory("gate code")
+        assert {m.id for m in found} == {m.id for m in originals}
+
+
+# -- 7. one id added by two processes ---------------------------------------------------------------------
+
+
+async def test_two_processes_adding_one_id_store_it_once_and_overwrite_nothing(postgres_dsn: str) -> None:
+    """An idempotent add retried from two processes (or one message archived by both): A reads that the id
+    is free; before A writes, B stores it and then moves it to medium-term and raises its importance. A's
+    write was an upsert of every column: the memory ended in short- and medium-term, B's update reverted."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        backend = _backend(a)
+        done: list[str] = []
+
+        async def b_first() -> None:
+            if not done:
+                done.append("b")
+                await b.add_memory("invoice 7781 is paid", memory_id="invoice-7781")
+                await b.update_memory("invoice-7781", tier="medium", importance=0.8, tags=["billing"])
+
+        originals = {
+            name: getattr(backend, name) for name in ("put", "put_tiers", "put_new") if hasattr(backend, name)
+        }
+
+        def before(name: str) -> Callable[..., Awaitable[Any]]:
+            async def wrapped(*args: Any, **kwargs: Any) -> Any:
+                await b_first()  # between A's read of the id and its write
+                return await originals[name](*args, **kwargs)
+
+            return wrapped
+
+        for name in originals:
+            setattr(backend, name, before(name))
+        try:
+            returned = await a.add_memory("invoice 7781 is paid", memory_id="invoice-7781")
+        finally:
+            for name in originals:
+                delattr(backend, name)
+        assert done == ["b"], "setup: B's add did not run between A's read and write"
+        rows = await _rows(postgres_dsn, "invoice-7781")
+        assert [row["tier"] for row in rows] == ["medium"], f"the memory is in {rows}"
+        assert rows[0]["importance"] == 0.8 and rows[0]["tags"] == ["billing"], f"B's update reverted: {rows}"
+        assert returned.id == "invoice-7781" and returned.content == "invoice 7781 is paid"
+        # other content under the id B stored meanwhile is still refused
+        done.clear()
+        with pytest.raises(InvalidMemoryError, match="memory_id"):
+            await a.add_memory("invoice 7781 is overdue", memory_id="invoice-7781")

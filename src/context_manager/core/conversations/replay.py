@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from context_manager.core.compression.truncation import TRUNCATED_METADATA_KEY
 from context_manager.core.conversations.store import ConversationRecord, StoredConversation
 from context_manager.core.errors import StorageCorruptedError
 from context_manager.core.messages import Message, Priority, Role, ToolCall
@@ -182,14 +183,19 @@ def _apply(
             messages.insert(position + 1, message)
         known[message.id] = message
     elif record.kind == "compress":
-        for data in payload["new"]:
-            message = message_from_dict(data)
+        created = [message_from_dict(data) for data in payload["new"]]
+        if track_evicted:
+            # What the live window handed to memory (ContextWindow._commit_compression): the evicted
+            # messages and the full text of the ones cut now; never a cut copy (its original went to
+            # memory when it was cut).
+            present = {message.id: message for message in state.messages}
+            handed = [present[i] for i in payload["evicted"] if i in present]
+            handed.extend(present[m.id] for m in created if m.id in present)
+            state.unindexed.extend(m for m in handed if TRUNCATED_METADATA_KEY not in m.metadata)
+        for message in created:
             known[message.id] = message
         kept_ids = list(payload["kept"])
         kept = [known[message_id] for message_id in kept_ids]
-        if track_evicted:
-            present = {message.id: message for message in state.messages}
-            state.unindexed.extend(present[i] for i in payload["evicted"] if i in present)
         state.messages = kept
         state.history.append(dict(payload["record"]))
         kept_set = set(kept_ids)

@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
 from context_manager.core.memory.store import TurnKey
 
@@ -35,8 +36,10 @@ __all__ = [
     "BackendStats",
     "LexicalQuery",
     "MemoryBackend",
+    "Staleness",
     "VectorHit",
     "in_scope",
+    "originals_gone",
     "tier_value",
     "unchanged_since_read",
 ]
@@ -86,6 +89,43 @@ def unchanged_since_read(original: Memory, copies: Sequence[Memory]) -> bool:
         and copy.importance == original.importance
         and list(copy.tags) == list(original.tags)
         for copy in copies
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """What a cleanup removes: superseded originals, and memories neither created nor used since ``cutoff``.
+
+    A backend deletes a copy only if it is stale *when it is deleted* (:meth:`MemoryBackend.delete`): a
+    memory another process used, restored (an undone consolidation) or made important since the cleanup
+    read it stays.
+    """
+
+    cutoff: float
+    """Epoch seconds: older than this (creation and last access) is stale."""
+    keep_importance: float | None = None
+    """Memories at least this important are never stale by age."""
+    superseded: bool = True
+    """Superseded originals (``superseded_by`` set) are stale."""
+
+    def applies(self, memory: Memory) -> bool:
+        """Whether ``memory`` (as read now) is stale."""
+        if self.superseded and memory.superseded_by is not None:
+            return True
+        return max(memory.created_at, memory.last_accessed) < self.cutoff and (
+            self.keep_importance is None or memory.importance < self.keep_importance
+        )
+
+
+def originals_gone(merged_id: str, missing: Sequence[str]) -> InvalidMemoryError:
+    """The error of an undo whose originals are not all stored any more (:meth:`MemoryBackend.unmerge`)."""
+    shown = ", ".join(repr(memory_id) for memory_id in sorted(missing)[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return InvalidMemoryError(
+        "merged_id",
+        merged_id,
+        f"a consolidated memory whose originals are all still stored ({shown}{more} no longer are: a "
+        "cleanup removes superseded originals; the merged memory is kept, nothing was changed)",
     )
 
 
@@ -232,8 +272,23 @@ class MemoryBackend(Protocol):
         """
         ...
 
-    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
-        """Delete memories from ``tier``; return the ids that were there."""
+    async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
+        """:meth:`put_tiers` of the memories whose id no tier holds yet; return the ids left out.
+
+        For ids the caller chose (an idempotent retry, or the same message archived by two processes):
+        on a shared storage the check and the write are one step per id, so two writers of one id store
+        it once and never write over a copy another process has moved, merged or updated meanwhile.
+        """
+        ...
+
+    async def delete(
+        self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
+    ) -> list[str]:
+        """Delete memories from ``tier``; return the ids this call deleted.
+
+        With ``only``, a copy is deleted only if it is stale as it is stored at that moment (a cleanup
+        decides from a scan; what changed since the scan is kept).
+        """
         ...
 
     async def update(
@@ -266,6 +321,10 @@ class MemoryBackend(Protocol):
 
         Returns:
             The ids of the originals made visible again, and the copies of the merged memory deleted.
+
+        Raises:
+            InvalidMemoryError: an original is no longer stored as superseded by ``merged_id`` (a cleanup
+                removed it): nothing is changed, the merged memory is the only copy of its text.
         """
         ...
 

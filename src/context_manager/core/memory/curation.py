@@ -10,6 +10,7 @@ from context_manager.core.errors import (
     InvalidMemoryError,
     MemoryNotFoundError,
 )
+from context_manager.core.memory.backend import Staleness
 from context_manager.core.memory.consolidation import near_duplicate_groups
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.state import UserScope
@@ -198,12 +199,9 @@ class MemoryCuration(TierMovement):
             by_tier = {tier.value: 0 for tier in MemoryTier}
             doomed: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
             memories: dict[str, Memory] = {}
+            stale = Staleness(cutoff, keep_importance, remove_superseded)
             for memory in copies:
-                is_superseded = remove_superseded and memory.superseded_by is not None
-                too_old = max(memory.created_at, memory.last_accessed) < cutoff and (
-                    keep_importance is None or memory.importance < keep_importance
-                )
-                if is_superseded or too_old:
+                if stale.applies(memory):
                     doomed[memory.tier].append(memory.id)
                     memories[memory.id] = memory
             removed: dict[str, Memory] = {}
@@ -212,7 +210,9 @@ class MemoryCuration(TierMovement):
                 absent: list[str] = []
                 for tier, ids in doomed.items():
                     # only what this call deleted counts (another process may have removed some meanwhile)
-                    present = await backend.delete(tier, ids)
+                    # deleted only if still stale: a process sharing the storage may have used it, or an
+                    # undone consolidation restored it, since the scan
+                    present = await backend.delete(tier, ids, only=stale)
                     by_tier[tier.value] += len(present)
                     for memory_id in present:
                         removed[memory_id] = memories[memory_id]

@@ -37,9 +37,11 @@ from context_manager.core.memory.backend import (
     TIER_ORDER,
     BackendStats,
     LexicalQuery,
+    Staleness,
     UserScope,
     VectorHit,
     in_scope,
+    originals_gone,
     tier_value,
     unchanged_since_read,
 )
@@ -331,8 +333,23 @@ class LocalBackend:
             store.delete(present, log=False)
         return present
 
-    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
-        """Delete memories from ``tier``; return the ids that were there."""
+    async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
+        """See :meth:`MemoryBackend.put_new` (one process: the manager's write lock keeps others out)."""
+        ids = [memory.id for _, memories in groups for memory in memories]
+        stored = {copy.id for copy in await self.copies(ids)}
+        if stored:
+            groups = [(tier, [m for m in memories if m.id not in stored]) for tier, memories in groups]
+        await self.put_tiers(groups)
+        return [memory_id for memory_id in dict.fromkeys(ids) if memory_id in stored]
+
+    async def delete(
+        self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
+    ) -> list[str]:
+        """See :meth:`MemoryBackend.delete`."""
+        if only is not None and ids:
+            ids = [
+                copy.id for copy in await self.copies(list(ids)) if copy.tier is tier and only.applies(copy)
+            ]
         if not ids:
             return []
         if tier is MemoryTier.LONG:
@@ -400,6 +417,10 @@ class LocalBackend:
         for copy in await self.copies(list(original_ids)):
             if copy.superseded_by == merged_id:
                 restored.setdefault(copy.tier, []).append(copy.copy(superseded_by=None))
+        found = {copy.id for copies in restored.values() for copy in copies}
+        missing = [memory_id for memory_id in original_ids if memory_id not in found]
+        if missing:
+            raise originals_gone(merged_id, missing)
         for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
             await self.put(copy_tier, restored.get(copy_tier, []))
         merged_copies = await self.copies([merged_id])

@@ -169,9 +169,17 @@ class MemoryWriting(TierMovement):
 
     @records_write_outcome
     async def _add_many(
-        self, items: Sequence[tuple[Memory, MemoryTier | None]], *, explicit_ids: bool = False
+        self,
+        items: Sequence[tuple[Memory, MemoryTier | None]],
+        *,
+        explicit_ids: bool = False,
+        archive: bool = False,
     ) -> list[Memory]:
-        """Store new memories; with ``explicit_ids`` an id already holding the same content is returned."""
+        """Store new memories; with ``explicit_ids`` an id already holding the same content is returned.
+
+        ``archive``: the ids are derived from messages (:meth:`remember_messages`): an id already stored
+        is that message, archived before (and maybe edited since): it is returned, whatever its content.
+        """
         backend = self._require("add_memory")
         order = [memory.id for memory, _ in items]
         existing: dict[str, Memory] = {}
@@ -194,7 +202,7 @@ class MemoryWriting(TierMovement):
             self._open_adds += 1
             self._no_open_adds.clear()
             try:
-                short_count, medium_count = await self._store_new(backend, items)
+                short_count, medium_count, _ = await self._store_new(backend, items)
             finally:
                 self._open_adds -= 1
                 if not self._open_adds:
@@ -204,11 +212,15 @@ class MemoryWriting(TierMovement):
                 backend = self._require("add_memory")  # closed while this add waited: a clear error
                 if explicit_ids:
                     wants_long = {m.id for m, tier in items if tier is None and m.importance >= threshold}
-                    items, existing = await self._known_ids(items)
+                    items, existing = await self._known_ids(items, archive=archive)
                     await self._complete_long_copies([existing[i] for i in wants_long if i in existing])
                     if not items:
                         return [existing[memory_id] for memory_id in order]
-                short_count, medium_count = await self._store_new(backend, items)
+                    items, short_count, medium_count = await self._store_new_ids(
+                        backend, items, existing, archive=archive
+                    )
+                else:
+                    short_count, medium_count, _ = await self._store_new(backend, items)
         short_capacity = self.config.short_term_memory_size
         medium_capacity = self.config.medium_term_memory_size
         if short_count > short_capacity or medium_count > medium_capacity:
@@ -233,12 +245,18 @@ class MemoryWriting(TierMovement):
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
 
     async def _store_new(
-        self, backend: MemoryBackend, items: Sequence[tuple[Memory, MemoryTier | None]]
-    ) -> tuple[int, int]:
+        self,
+        backend: MemoryBackend,
+        items: Sequence[tuple[Memory, MemoryTier | None]],
+        *,
+        only_new: bool = False,
+    ) -> tuple[int, int, list[str]]:
         """Write new memories to their tiers (an important one also to long-term).
 
+        ``only_new``: write only the ids no tier holds (:meth:`MemoryBackend.put_new`).
+
         Returns:
-            The short- and medium-term counts after the write.
+            The short- and medium-term counts after the write, and the ids left out as already stored.
         """
         threshold = self.config.long_term_importance_threshold
         for memory, _ in items:
@@ -250,10 +268,52 @@ class MemoryWriting(TierMovement):
         # long-term after the short-term copies (the embedded store notes which short-term memories have a
         # long copy); on PostgreSQL in one transaction, so no process sees a short-term row without its copy
         groups = [(MemoryTier.SHORT, to_short), (MemoryTier.MEDIUM, to_medium)]
-        await backend.put_tiers([*groups, (MemoryTier.LONG, to_long + copies)])
+        groups.append((MemoryTier.LONG, to_long + copies))
+        taken: list[str] = []
+        if only_new:
+            taken = await backend.put_new(groups)
+        else:
+            await backend.put_tiers(groups)
         if self.embedder is not None:
-            await self._embed_and_store([m for m, _ in items])
-        return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM)
+            skipped = set(taken)
+            await self._embed_and_store([m for m, _ in items if m.id not in skipped])
+        return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM), taken
+
+    async def _store_new_ids(
+        self,
+        backend: MemoryBackend,
+        items: Sequence[tuple[Memory, MemoryTier | None]],
+        existing: dict[str, Memory],
+        *,
+        archive: bool = False,
+    ) -> tuple[list[tuple[Memory, MemoryTier | None]], int, int]:
+        """Write memories with ids the caller chose, each only if no tier holds its id yet.
+
+        Another process may store one of the ids between :meth:`_known_ids` and the write (the same
+        retried add, the same message archived twice): that one is not written over, it is read and
+        checked like an id found before (added to ``existing``). Returns the items written and the
+        short- and medium-term counts.
+        """
+        written: list[tuple[Memory, MemoryTier | None]] = []
+        short_count = medium_count = 0
+        for _ in range(_WRITE_ROUNDS):
+            short_count, medium_count, taken = await self._store_new(backend, items, only_new=True)
+            late = set(taken)
+            written += [item for item in items if item[0].id not in late]
+            if not late:
+                break
+            items, found = await self._known_ids(
+                [item for item in items if item[0].id in late], archive=archive
+            )
+            existing.update(found)
+            if not items:
+                break
+        else:
+            raise StorageError(
+                f"memories {sorted(m.id for m, _ in items)} were stored and deleted by other processes "
+                f"{_WRITE_ROUNDS} times while this add wrote them; nothing of them was written"
+            )
+        return written, short_count, medium_count
 
     async def _complete_long_copies(self, retried: Sequence[Memory]) -> None:
         """Write the long-term copy an idempotent retry's memory should have and lacks.
@@ -273,9 +333,11 @@ class MemoryWriting(TierMovement):
             await backend.put(MemoryTier.LONG, missing)
 
     async def _known_ids(
-        self, items: Sequence[tuple[Memory, MemoryTier | None]]
+        self, items: Sequence[tuple[Memory, MemoryTier | None]], *, archive: bool = False
     ) -> tuple[list[tuple[Memory, MemoryTier | None]], dict[str, Memory]]:
         """Split off the items whose id is already stored with the same content (an idempotent retry).
+
+        ``archive``: the same user is enough (see :meth:`_add_many`).
 
         Raises:
             InvalidMemoryError: an id is repeated in ``items`` or already holds other content.
@@ -293,7 +355,7 @@ class MemoryWriting(TierMovement):
             found = stored.get(memory.id)
             if found is None:
                 fresh.append((memory, tier))
-            elif found.content == memory.content and found.user_id == memory.user_id:
+            elif found.user_id == memory.user_id and (archive or found.content == memory.content):
                 existing[found.id] = found
             else:
                 raise InvalidMemoryError(
@@ -339,7 +401,10 @@ class MemoryWriting(TierMovement):
         ``timestamp``, ``session_id``, ``turn_index`` (taken from the message metadata, else counted per
         session in timestamp order), ``speaker`` (the message's name or role) and ``session_date`` (from
         the message metadata, else the message's date). Priority maps to importance (low 0.3, normal
-        0.5, high 0.7, critical 0.9). Empty messages are skipped. Large batches are written in chunks,
+        0.5, high 0.7, critical 0.9). A message's tool calls are part of its memory's text (a line per
+        call: ``[tool call NAME] ARGUMENTS-JSON``; metadata ``tool_calls`` lists their ids and names, a tool
+        result's memory has ``tool_call_id``), so an assistant message that only calls tools is stored
+        too; messages with neither text nor calls are skipped. Large batches are written in chunks,
         one per event-loop step: every message is stored and searchable when the call returns (a crash
         in the middle of the call may keep the first chunks only).
 
@@ -352,12 +417,16 @@ class MemoryWriting(TierMovement):
         session = session_id if session_id is not None else "default"
         explicit = id_namespace is not None
         for message in sorted(messages, key=lambda m: m.timestamp):
-            if not message.content.strip():
+            text = message_text(message)
+            if not text.strip():
                 continue
             if len(items) >= _REMEMBER_CHUNK:
                 # a compression evicts hundreds of messages: written a chunk per loop step, so the
                 # indexing (FTS inserts, journal) never holds the event loop for long
-                written += [memory.copy() for memory in await self._add_many(items, explicit_ids=explicit)]
+                written += [
+                    memory.copy()
+                    for memory in await self._add_many(items, explicit_ids=explicit, archive=explicit)
+                ]
                 items = []
                 await asyncio.sleep(0)
             message_metadata = dict(message.metadata)
@@ -373,6 +442,10 @@ class MemoryWriting(TierMovement):
                 "message_id": message.id,
                 "timestamp": message.timestamp,
             }
+            if message.tool_calls:
+                metadata["tool_calls"] = [{"id": call.id, "name": call.name} for call in message.tool_calls]
+            if message.tool_call_id is not None:
+                metadata["tool_call_id"] = message.tool_call_id
             metadata.setdefault("session_id", session)
             metadata.setdefault("turn_index", turn_index)
             metadata.setdefault("speaker", message.name or message.role.value)
@@ -383,7 +456,7 @@ class MemoryWriting(TierMovement):
             priority = getattr(message.priority, "value", "normal")
             importance = {"low": 0.3, "normal": 0.5, "high": 0.7, "critical": 0.9}.get(priority, 0.5)
             memory = self._build_memory(
-                message.content,
+                text,
                 importance,
                 None,
                 json_safe(metadata),
@@ -395,7 +468,10 @@ class MemoryWriting(TierMovement):
             memory.created_at = message.timestamp
             items.append((memory, MemoryTier.MEDIUM))
         if items:
-            written += [memory.copy() for memory in await self._add_many(items, explicit_ids=explicit)]
+            written += [
+                memory.copy()
+                for memory in await self._add_many(items, explicit_ids=explicit, archive=explicit)
+            ]
         return written
 
     @records_write_outcome
@@ -475,3 +551,11 @@ class MemoryWriting(TierMovement):
                 )
             await self._forget(copies)
         return copies[0].copy()
+
+
+def message_text(message: Message) -> str:
+    """The text a message is remembered by: its content, then a line per tool call it makes."""
+    if not message.tool_calls:
+        return message.content
+    calls = "\n".join(f"[tool call {call.name}] {call.arguments_json()}" for call in message.tool_calls)
+    return f"{message.content}\n{calls}" if message.content.strip() else calls

@@ -33,8 +33,10 @@ from context_manager.core.memory.backend import (
     TIER_VALUE_RECENCY,
     BackendStats,
     LexicalQuery,
+    Staleness,
     UserScope,
     VectorHit,
+    originals_gone,
     unchanged_since_read,
 )
 from context_manager.core.memory.index import ColumnWeights
@@ -92,6 +94,13 @@ _REPLACE = (
     "superseded_by = %s, merged_from = %s, context = %s, session_id = %s, turn_index = %s, session_date = %s "
     "WHERE id = %s AND tier = %s RETURNING id"
 )  # the columns of _row() after (id, tier), then (id, tier)
+_DELETE = "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) RETURNING id"
+# Staleness.applies in SQL (parameters: tier, ids, superseded, cutoff, keep_importance)
+_DELETE_STALE = (
+    "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) AND ((%s AND superseded_by IS NOT NULL) OR "
+    "(GREATEST(created_at, last_accessed) < %s AND (%s::double precision IS NULL OR importance < %s)))"
+    " RETURNING id"
+)
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 _MOVE = (
     "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
@@ -235,7 +244,7 @@ class PostgresBackend:
         """Open the pool and apply the missing migrations (under an advisory lock)."""
         await self.database.open()
         try:
-            await self.database.migrate(MIGRATIONS)
+            await self.database.migrate(MIGRATIONS, optional=[name for name, _ in VECTOR_MIGRATIONS])
         except BaseException:
             if self._owns_database:
                 await self.database.close()
@@ -370,15 +379,57 @@ class PostgresBackend:
         self._count_changed(source, -deleted)
         return deleted
 
-    async def delete(self, tier: MemoryTier, ids: Sequence[str]) -> list[str]:
-        """Delete memories from ``tier``; return the ids this call deleted."""
+    async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
+        """See :meth:`MemoryBackend.put_new`: one transaction under the ids' locks (:data:`_ID_LOCKS`).
+
+        Another process writing one of the ids waits for the lock, then finds it stored; the rows
+        written are inserts (nothing stored is written over).
+        """
+        groups = [(tier, memories) for tier, memories in groups if memories]
+        order = list(dict.fromkeys(memory.id for _, memories in groups for memory in memories))
+        if not order:
+            return []
+        for tier, memories in groups:
+            for memory in memories:
+                memory.tier = tier
+
+        async def work(
+            connection: psycopg.AsyncConnection[Any],
+        ) -> tuple[set[str], list[tuple[MemoryTier, int]]]:
+            cursor = await connection.execute(
+                "SELECT DISTINCT id FROM cm_memories WHERE id = ANY(%s)", (order,)
+            )
+            stored = {row[0] for row in await cursor.fetchall()}
+            counts: list[tuple[MemoryTier, int]] = []
+            async with connection.cursor() as writer:
+                for tier, memories in groups:
+                    rows = [_row(memory) for memory in memories if memory.id not in stored]
+                    if rows:
+                        counts.append((tier, await _execute_counted(writer, rows)))
+            return stored, counts
+
+        stored, counts = await self._under_id_locks(order, work, "memory write")
+        for tier, inserted in counts:
+            self._count_changed(tier, inserted)
+        return [memory_id for memory_id in order if memory_id in stored]
+
+    async def delete(
+        self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
+    ) -> list[str]:
+        """See :meth:`MemoryBackend.delete` (with ``only``, the staleness is checked by the ``DELETE``).
+
+        A row another transaction is changing (an undo restoring it, an access recorded) is deleted only
+        if it is still stale once that change is committed (PostgreSQL re-checks the condition).
+        """
         if not ids:
             return []
-        rows = await self._fetch(
-            "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) RETURNING id",
-            (tier.value, list(ids)),
-            "memory delete",
-        )
+        parameters: tuple[Any, ...] = (tier.value, list(ids))
+        sql = _DELETE
+        if only is not None:
+            sql = _DELETE_STALE
+            keep = only.keep_importance
+            parameters = (*parameters, only.superseded, only.cutoff, keep, keep)
+        rows = await self._fetch(sql, parameters, "memory delete")
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
 
@@ -520,6 +571,14 @@ class PostgresBackend:
         """See :meth:`MemoryBackend.unmerge`: one transaction under the locks of all the ids."""
 
         async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], list[Memory]]:
+            cursor = await connection.execute(
+                "SELECT DISTINCT id FROM cm_memories WHERE id = ANY(%s) AND superseded_by = %s",
+                (list(original_ids), merged_id),
+            )
+            found = {row[0] for row in await cursor.fetchall()}
+            missing = [memory_id for memory_id in original_ids if memory_id not in found]
+            if missing:
+                raise originals_gone(merged_id, missing)  # the transaction rolls back: nothing changed
             cursor = await connection.execute(
                 "UPDATE cm_memories SET superseded_by = NULL WHERE id = ANY(%s) AND superseded_by = %s "
                 "RETURNING id",

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_manager.core.errors import MissingDependencyError, StorageError
@@ -277,12 +277,17 @@ class PostgresDatabase:
             f"{_describe(last)}"
         )
 
-    async def migrate(self, migrations: list[tuple[str, list[str]]]) -> list[str]:
+    async def migrate(
+        self, migrations: list[tuple[str, list[str]]], *, optional: Iterable[str] = ()
+    ) -> list[str]:
         """Apply the missing migrations in order, under an advisory lock; return the names applied.
 
         Two processes starting together: the second waits for the lock, then finds nothing left to do.
-        Each migration runs in its own transaction with the row that records it.
+        Each migration runs in its own transaction with the row that records it. ``optional``: names of
+        migrations this version knows but applies only when needed (the vector table): found applied,
+        they are not taken for a newer version's.
         """
+        known = {name for name, _ in migrations} | set(optional)
 
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
             await connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
@@ -304,7 +309,7 @@ class PostgresDatabase:
                             "INSERT INTO cm_schema_migrations(name) VALUES (%s)", (name,)
                         )
                     applied.append(name)
-                unknown = sorted(done - {name for name, _ in migrations})
+                unknown = sorted(done - known)
                 if unknown:
                     logger.warning(
                         "the PostgreSQL schema has migrations this version does not know (%s): "
