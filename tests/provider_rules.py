@@ -6,9 +6,11 @@ against them:
 * OpenAI Chat Completions: an assistant message with ``tool_calls`` must be followed by one ``tool``
   message per call id, before any other message; a ``tool`` message must answer a call of the assistant
   message right before its run of tool messages.
-* Anthropic Messages: turns alternate and start with the user; every ``tool_use`` block of an assistant
-  turn needs a ``tool_result`` block in the very next user turn, and those ``tool_result`` blocks come
-  first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn just before.
+* Anthropic Messages: at least one message; turns alternate and start with the user; every ``tool_use``
+  block of an assistant turn needs a ``tool_result`` block in the very next user turn, and those
+  ``tool_result`` blocks come first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn
+  just before; a text block is not whitespace only; the final assistant content of a request does not end
+  with whitespace.
 """
 
 from __future__ import annotations
@@ -45,8 +47,29 @@ def anthropic_violations(body: dict[str, Any]) -> list[str]:
     """Every broken rule of an Anthropic request body (empty when the API would accept it)."""
     problems: list[str] = []
     turns = body["messages"]
+    if not turns:
+        problems.append("no messages (at least one is required)")
     if turns and turns[0]["role"] != "user":
         problems.append("the first turn is not the user's")
+    last_text = None
+    for turn in turns:
+        for block in turn["content"]:
+            if block["type"] == "text":
+                if not block["text"].strip():
+                    problems.append("a text block of whitespace only")
+                last_text = (turn["role"], block["text"])
+            else:
+                last_text = None
+            content = block.get("content")
+            if block["type"] == "tool_result" and isinstance(content, str) and not content.strip():
+                problems.append("a tool_result with whitespace-only content")
+    if (
+        turns
+        and turns[-1]["role"] == "assistant"
+        and last_text is not None
+        and last_text[1] != last_text[1].rstrip()
+    ):
+        problems.append("the final assistant content ends with whitespace")
     previous_uses: set[str] = set()
     previous_role = None
     for position, turn in enumerate(turns):

@@ -597,3 +597,29 @@ async def test_takes_any_embedder_for_the_vector_channel(tmp_path: Path) -> None
         found = await manager.search_memory("renovation invoices", limit=1)
         assert "invoice" in found[0].content
         assert manager.memory_manager._require("test").vector_count() == 2  # both were embedded
+
+
+async def test_every_evicted_message_has_a_memory_tool_calls_included(tmp_path: Path) -> None:
+    """docs/concepts.md invariant 4: an assistant message that only calls tools (no text) was skipped, its
+    call's arguments lost once it left the window."""
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=300)) as manager:
+        seen: list[Message] = []
+        await manager.add_message("user", "Look up order 1042")
+        await manager.add_message(
+            "assistant",
+            "",
+            tool_calls=[{"id": "c1", "name": "lookup_order", "arguments": {"order": "1042-ZETA"}}],
+        )
+        await manager.add_message("tool", "shipped", tool_call_id="c1")
+        seen.extend(manager.messages)
+        for i in range(40):
+            await manager.add_message("user", f"question {i} about the build status of region eu-west")
+            seen.append(manager.messages[-1])
+        await manager.flush()
+        in_window = {m.id for m in manager.messages}
+        evicted = [m for m in seen if m.id not in in_window]
+        assert any(m.tool_calls for m in evicted), "the tool call was not evicted: the test proves nothing"
+        archived = {m.metadata.get("message_id") for m in await manager.memory_manager.stored_copies()}
+        assert [m.id for m in evicted if m.id not in archived] == []
+        found = await manager.search_memory("lookup_order 1042-ZETA")
+        assert any("1042-ZETA" in memory.content for memory in found)

@@ -111,6 +111,40 @@ def test_anthropic_never_starts_with_assistant_and_omits_empty_system() -> None:
     }
 
 
+def test_anthropic_requests_are_never_empty_and_hold_no_blank_text() -> None:
+    """The API refuses ``messages: []``, a whitespace-only text block and a request whose final assistant
+    content ends with whitespace; the exporter made all three."""
+    only_system = to_anthropic_messages([Message.create("system", "Be brief.")])
+    assert only_system == {
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]}],
+    }
+    assert anthropic_violations(only_system) == []
+    assert anthropic_violations(to_anthropic_messages([])) == []
+    call = ToolCall(id="c1", name="lookup")
+    body = to_anthropic_messages(
+        [
+            Message.create("user", "Hi"),
+            Message.create("assistant", " \n"),
+            Message.create("user", "\t"),
+            Message.create("assistant", "  ", tool_calls=[call]),
+            Message.create("tool", "   ", tool_call_id="c1"),
+            Message.create("assistant", "Done.  \n"),
+        ]
+    )
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "lookup", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+    ]
+    assert anthropic_violations(body) == []
+    # a user's text keeps its whitespace (only an assistant's final text may not end with it)
+    assert to_anthropic_messages([Message.create("user", "  indented\n")])["messages"][0]["content"] == [
+        {"type": "text", "text": "  indented\n"}
+    ]
+
+
 def test_unknown_format_is_rejected() -> None:
     with pytest.raises(InvalidArgumentError, match="format: got 'gemini'; allowed 'openai' or 'anthropic'"):
         to_provider_format([], "gemini")

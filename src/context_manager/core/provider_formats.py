@@ -14,7 +14,8 @@ call is left out (:func:`paired_for_provider`).
 
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
-differs at most by blocks added to its last turn (a pending tool call shows up once its result is in).
+differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
+the placeholder user turn of a request with nothing but system messages is replaced by the first message).
 Provider prompt caches keep hitting until the next compression.
 
 Example:
@@ -122,16 +123,19 @@ def _is_error_result(message: Message) -> bool:
 
 
 def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
+    # Anthropic refuses a text block of whitespace only, and an assistant turn that ends the request with
+    # trailing whitespace: such text is left out, an assistant's trailing whitespace dropped
     if message.role is Role.TOOL:
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
-        if message.content:
+        if message.content.strip():
             block["content"] = message.content
         if _is_error_result(message):
             block["is_error"] = True
         return [block]
     blocks: list[dict[str, Any]] = []
-    if message.content:
-        blocks.append({"type": "text", "text": message.content})
+    if message.content.strip():
+        text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
+        blocks.append({"type": "text", "text": text})
     for call in message.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)})
     return blocks
@@ -142,6 +146,9 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
 
     ``"system"`` is present only when there are system messages (joined by a blank line, in order).
     Content is always a list of blocks, so merging a later message into the last turn only appends blocks.
+    ``"messages"`` is never empty (the API needs one): with no other message it holds one user turn of
+    :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
+    whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both).
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -159,6 +166,8 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
+        turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
     body: dict[str, Any] = {}
     if system_parts:
         body["system"] = "\n\n".join(system_parts)
