@@ -145,7 +145,9 @@ class MemoryCuration(TierMovement):
 
         Raises:
             MemoryNotFoundError: no memory has this id.
-            InvalidMemoryError: the memory is not the result of a consolidation.
+            InvalidMemoryError: the memory is not the result of a consolidation, or one of its originals is
+                no longer stored (``cleanup_old_memories`` removes superseded originals; a delete): nothing
+                is changed, the merged memory is kept.
         """
         merged = await self.get_memory(merged_id)
         if merged is None:
