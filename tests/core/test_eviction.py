@@ -114,3 +114,37 @@ async def test_cancelling_a_write_puts_its_batch_back() -> None:
     with pytest.raises(asyncio.CancelledError):
         await flushing
     assert list(queue) == batch and queue.unclaimed == 2
+
+
+async def test_a_message_the_store_refuses_does_not_hold_back_the_others() -> None:
+    """A refusal (an invalid argument, not an outage) of one message used to fail its whole batch on
+    every retry: none of the batch reached memory. The others are now written one at a time."""
+    from context_manager.core.errors import InvalidMemoryError
+
+    queue = EvictedQueue()
+    stored: list[Message] = []
+
+    async def refusing(batch: list[Message]) -> None:
+        if any("poison" in m.content for m in batch):
+            raise InvalidMemoryError("memory_id", "x", "an id not used by another memory")
+        stored.extend(batch)
+
+    writer = EvictionWriter(queue, refusing, batch_size=8)
+    batch = messages(3) + [Message.create("user", "poison")] + messages(4)
+    queue.put(batch)
+    with pytest.raises(InvalidMemoryError):
+        await writer.flush()
+    assert stored == [m for m in batch if m.content != "poison"]
+    assert [m.content for m in queue] == ["poison"] and queue.unclaimed == 1
+    assert isinstance(writer.last_error, InvalidMemoryError)
+    # an outage is not split: the whole batch waits for the retry
+    outage_queue = EvictedQueue()
+
+    async def down(batch: list[Message]) -> None:
+        raise OSError("connection refused")
+
+    failing = EvictionWriter(outage_queue, down)
+    outage_queue.put(messages(3))
+    with pytest.raises(OSError):
+        await failing.flush()
+    assert len(outage_queue) == 3 and outage_queue.unclaimed == 3

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.messages import Message
 
 __all__ = ["EvictedQueue", "EvictionWriter"]
@@ -204,6 +205,11 @@ class EvictionWriter:
                 try:
                     await self._write(batch)
                 except BaseException as error:
+                    if len(batch) > 1 and isinstance(error, InvalidArgumentError):
+                        # the store refused something in the batch (not an outage): one message it will
+                        # never take must not hold back the others, so they are written one at a time
+                        await self._write_singly(tickets, batch, error)
+                        continue
                     queue.release(tickets)
                     if isinstance(error, Exception):
                         self.last_error = error
@@ -212,6 +218,44 @@ class EvictionWriter:
                 self.written += len(batch)
                 await asyncio.sleep(0)  # one batch per loop step: the loop never waits long for us
             self.last_error = None
+
+    async def _write_singly(self, tickets: list[int], batch: list[Message], error: Exception) -> None:
+        """Write a refused batch a message at a time; the refused ones stay queued and the error is raised.
+
+        Returns when every message was stored after all.
+
+        Raises:
+            InvalidArgumentError: the last refusal (once every message of the batch was tried).
+            Exception: an outage, after which the rest of the batch is queued again.
+        """
+        queue = self._queue
+        refused: list[int] = []
+        last: Exception = error
+        for position, (ticket, message) in enumerate(zip(tickets, batch, strict=True)):
+            try:
+                await self._write([message])
+            except BaseException as single_error:
+                if isinstance(single_error, InvalidArgumentError):
+                    refused.append(ticket)
+                    last = single_error
+                    continue
+                queue.release([*refused, *tickets[position:]])  # an outage or a cancellation: all retried
+                if isinstance(single_error, Exception):
+                    self.last_error = single_error
+                raise
+            queue.acknowledge([ticket])
+            self.written += 1
+        if not refused:
+            return
+        queue.release(refused)
+        self.last_error = last
+        logger.warning(
+            "memory refused %d of %d evicted messages (%s); they stay in context_window.evicted_messages",
+            len(refused),
+            len(batch),
+            type(last).__name__,
+        )
+        raise last
 
     async def flush(self) -> None:
         """Write everything queued now and return when it is stored.
