@@ -41,6 +41,23 @@ def test_take_all_leaves_claimed_messages_with_their_consumer() -> None:
     assert list(queue) == batch[:2] and queue.unclaimed == 0
 
 
+def test_the_queue_holds_one_entry_per_message_id() -> None:
+    """A compression refused by a persisted conversation and made again hands the same messages over
+    twice: the second hand-over adds only what is new (memory refuses a batch with repeated ids)."""
+    queue = EvictedQueue()
+    batch = messages(4)
+    queue.put(batch[:3])
+    tickets = queue.put([batch[1], batch[3], batch[3]], claim=True)
+    assert list(queue) == batch and len(tickets) == 1
+    assert queue.messages_of(tickets) == [batch[3]]
+    first, _ = queue.claim(2)
+    queue.acknowledge(first)  # stored: the same message may be queued again (a later compression)
+    assert len(queue.put([batch[0]])) == 1 and list(queue) == [batch[2], batch[3], batch[0]]
+    assert queue.take_all() == [batch[2], batch[0]]
+    assert len(queue.put([batch[2]])) == 1  # taken: no longer queued
+    assert len(queue.put([batch[3]])) == 0  # still with its consumer
+
+
 async def test_writer_drains_in_small_batches_one_per_loop_step() -> None:
     queue = EvictedQueue()
     written: list[list[Message]] = []

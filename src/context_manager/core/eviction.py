@@ -36,6 +36,7 @@ class EvictedQueue:
         """Create an empty queue."""
         self._entries: dict[int, Message] = {}  # ticket (sequence number) -> message, oldest first
         self._claimed: set[int] = set()
+        self._queued_ids: dict[str, int] = {}  # message id -> its ticket
         self._next_ticket = 0
         self._listeners: list[Callable[[], None]] = []
 
@@ -62,12 +63,24 @@ class EvictedQueue:
     def put(self, messages: Sequence[Message], *, claim: bool = False) -> range:
         """Queue ``messages`` (synchronous: the commit that evicted them calls it); return their tickets.
 
-        With ``claim`` they are claimed at once by the caller (who will deliver them itself).
+        A message whose id is queued already is left out (one entry per message: a compression refused
+        by a persisted conversation and made again hands the same messages over twice). With ``claim``
+        they are claimed at once by the caller (who will deliver them itself).
         """
+        queued = self._queued_ids
+        if any(message.id in queued for message in messages) or len(
+            {message.id for message in messages}
+        ) != len(messages):
+            fresh: dict[str, Message] = {}
+            for message in messages:
+                if message.id not in queued:
+                    fresh.setdefault(message.id, message)
+            messages = list(fresh.values())
         first = self._next_ticket
         tickets = range(first, first + len(messages))
         self._next_ticket = tickets.stop
         self._entries.update(zip(tickets, messages, strict=True))
+        queued.update(zip((message.id for message in messages), tickets, strict=True))
         if claim:
             self._claimed.update(tickets)
         if tickets:
@@ -97,7 +110,9 @@ class EvictedQueue:
     def acknowledge(self, tickets: Sequence[int]) -> None:
         """The messages of ``tickets`` are stored: drop them from the queue."""
         for ticket in tickets:
-            self._entries.pop(ticket, None)
+            message = self._entries.pop(ticket, None)
+            if message is not None:
+                del self._queued_ids[message.id]
             self._claimed.discard(ticket)
 
     def release(self, tickets: Sequence[int]) -> None:
@@ -111,6 +126,7 @@ class EvictedQueue:
         """Remove and return every unclaimed message (claimed ones stay with their consumer)."""
         taken = [message for ticket, message in self._entries.items() if ticket not in self._claimed]
         self._entries = {ticket: self._entries[ticket] for ticket in self._claimed if ticket in self._entries}
+        self._queued_ids = {message.id: ticket for ticket, message in self._entries.items()}
         return taken
 
 

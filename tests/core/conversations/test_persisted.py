@@ -443,3 +443,157 @@ async def test_a_message_cut_then_evicted_reaches_memory_whole_after_a_crash(
         in_memory = {m.content for m in await resumed.memory_manager.stored_copies()}
         assert questions - in_window, "no question was evicted: the test proves nothing"
         assert questions - in_window <= in_memory
+
+
+# A second writer of one conversation (on PostgreSQL, where processes share it) compresses and dies before
+# memory stored what it evicted (its writes hang); the first writer is refused, reloads, and either closes
+# or dies right after its snapshot. Run by test_another_writers_evictions_survive_its_crash.
+CRASHED_WRITER = """
+import asyncio, json, os, signal, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import EnhancedContextManager
+from context_manager.core.memory.manager import MemoryManager
+
+async def hang(self, *args, **kwargs):
+    await asyncio.Event().wait()
+
+async def main(storage, dsn):
+    MemoryManager.remember_messages = hang  # memory too slow: nothing evicted is stored before the crash
+    manager = EnhancedContextManager(config_for(storage, dsn), conversation_id="two")
+    await manager.initialize()
+    before = {m.id: m.content for m in manager.messages}
+    await manager.add_message("user", "B: " + " ".join(f"figure{i}" for i in range(260)))  # compresses
+    after = {m.id for m in manager.messages}
+    print(json.dumps({i: text for i, text in before.items() if i not in after}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+FIRST_WRITER = """
+import asyncio, json, os, signal, subprocess, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import ConversationConflictError, EnhancedContextManager
+
+async def main(storage, other_storage, dsn, ending, script):
+    config = config_for(storage, dsn).model_copy(update={"conversation_snapshot_every": 1})
+    manager = EnhancedContextManager(config, conversation_id="two")
+    await manager.initialize()
+    for step in range(6):
+        await manager.add_message("user", f"question {step} about the payments service build")
+        await manager.add_message("assistant", f"answer {step}: the build passed in eu-west")
+    await manager.flush()
+    other = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script, other_storage, dsn], capture_output=True, text=True
+    )
+    assert other.returncode == -9, other.stderr[-3000:]
+    print(other.stdout.strip().splitlines()[-1], flush=True)
+    try:
+        await manager.add_message("user", "A: next question")
+    except ConversationConflictError:
+        await manager.add_message("user", "A: next question")
+    else:
+        raise AssertionError("the other writer's compression was not seen")
+    if ending == "close":
+        await manager.cleanup()
+        return
+    await asyncio.sleep(0.5)  # the background snapshot of the reloaded window
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("first_writer", ["close", "crash"])
+async def test_another_writers_evictions_survive_its_crash(
+    postgres_dsn: str, tmp_path: Path, first_writer: str
+) -> None:
+    """B compressed and died before memory stored what it evicted. A, refused, reloaded B's compression;
+    when A closed, it moved the indexing watermark past it (its own queue was empty) and a resume no longer
+    re-queued B's messages; when A died after a snapshot, the snapshot listed only A's own queue. Either
+    way B's evicted messages were in no memory and in no queue. A now takes them over when it loads."""
+    process = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            FIRST_WRITER,
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            postgres_dsn,
+            first_writer,
+            CRASHED_WRITER,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert process.returncode == (0 if first_writer == "close" else -9), process.stderr[-3000:]
+    evicted_by_b: dict[str, str] = json.loads(process.stdout.splitlines()[-1])
+    assert evicted_by_b, "B's message compressed nothing: the test proves nothing"
+    config = ContextManagerConfig(
+        storage_path=tmp_path / "c",
+        max_tokens=600,
+        memory_backend="postgres",
+        postgres_dsn=postgres_dsn,
+        postgres_pool_size=2,
+    )
+    async with EnhancedContextManager(config, conversation_id="two") as resumed:
+        await resumed.flush()
+        stored = {
+            m.metadata.get("message_id"): m.content for m in await resumed.memory_manager.stored_copies()
+        }
+    missing = {i: text for i, text in evicted_by_b.items() if stored.get(i) != text}
+    assert not missing, f"evicted by B, in no memory: {missing}"
+
+
+async def test_a_refused_compression_made_again_queues_each_message_once(
+    make_config: Any, backend_name: str
+) -> None:
+    """The refused add's compression had queued what it evicted; the reload put those messages back in the
+    window and left them queued, and the retried add queued them again: memory refused the batch (ids
+    repeated in one call) and snapshots stored the duplicates."""
+    async with EnhancedContextManager(make_config(max_tokens=300), conversation_id="dup") as manager:
+        for step in range(8):
+            await manager.add_message("user", f"question {step} about the payments service build status")
+            await manager.add_message("assistant", f"answer {step}: the build passed its tests in eu-west")
+        await manager.flush()
+        gate = asyncio.Event()
+        remember = manager.memory_manager.remember_messages
+
+        async def slow_memory(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()
+            return await remember(*args, **kwargs)
+
+        manager.memory_manager.remember_messages = slow_memory  # type: ignore[method-assign]
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("dup")
+            from context_manager.core.messages import Message
+
+            theirs = Message.create("assistant", "short note from the other worker")
+            object.__setattr__(theirs, "token_count", 12)
+            await other.append(
+                "dup",
+                stored.version,
+                [ConversationRecord("add", {"message": theirs.to_dict()})],
+                writer="other",
+            )
+        finally:
+            await other.close()
+        big = "A: " + " ".join(f"word{i}" for i in range(60))
+        try:
+            with pytest.raises(ConversationConflictError):
+                await manager.add_message("user", big)  # compresses, then the write is refused
+            assert manager.context_window.evicted_messages, "the refused compression queued nothing"
+            await manager.add_message("user", big)  # compresses again
+            queued = [m.id for m in manager.context_window.evicted_messages]
+            assert len(queued) == len(set(queued)), f"queued twice: {sorted(queued)}"
+        finally:
+            gate.set()
+        await manager.flush()
+        assert manager.context_window.evicted_messages == ()
+        ids = [m.metadata.get("message_id") for m in await manager.memory_manager.stored_copies()]
+        window = {m.id for m in manager.messages}
+        assert set(queued) - window <= set(ids)

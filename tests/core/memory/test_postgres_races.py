@@ -506,3 +506,66 @@ async def test_two_processes_adding_one_id_store_it_once_and_overwrite_nothing(p
         done.clear()
         with pytest.raises(InvalidMemoryError, match="memory_id"):
             await a.add_memory("invoice 7781 is overdue", memory_id="invoice-7781")
+
+
+# -- 8. an idempotent retry completing a long-term copy ---------------------------------------------------
+
+
+@pytest.mark.parametrize("meanwhile", ["merged", "updated", "deleted"])
+async def test_a_retry_completing_the_long_term_copy_copies_the_memory_as_it_is_now(
+    postgres_dsn: str, meanwhile: str
+) -> None:
+    """A retried important add finds its id stored without the long-term copy it should have and writes
+    that copy. It wrote what it had read: B's merge, update or delete, committed between A's read and that
+    write, was reverted (a merged memory visible again, an old importance back, a deleted memory back)."""
+    config = postgres_config(postgres_dsn)
+    text = "the garage door code is 4471 and the spare key is under the mat"
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        await b.add_memory(text, memory_id="garage", importance=0.5)  # short-term only
+        done: dict[str, Any] = {}
+
+        async def b_step() -> None:
+            if done:
+                return
+            done["ran"] = True
+            if meanwhile == "merged":
+                await b.add_memory(text.capitalize() + ".", importance=0.5)
+                done["merged"] = (await b.consolidate_memories(similarity_threshold=0.85))["merged_ids"]
+            elif meanwhile == "updated":
+                await b.update_memory("garage", importance=0.1, tags=["changed"])
+            else:
+                done["deleted"] = await b.delete_memory("garage")
+
+        backend = _backend(a)
+        originals = {
+            name: getattr(backend, name) for name in ("put", "add_long_copies") if hasattr(backend, name)
+        }
+
+        def before(name: str) -> Callable[..., Awaitable[Any]]:
+            async def wrapped(*args: Any, **kwargs: Any) -> Any:
+                if name != "put" or args[0] is MemoryTier.LONG:
+                    await b_step()  # between A's read of the id and its long-term write
+                return await originals[name](*args, **kwargs)
+
+            return wrapped
+
+        for name in originals:
+            setattr(backend, name, before(name))
+        try:
+            await a.add_memory(text, memory_id="garage", importance=0.9)  # the same add, retried
+        finally:
+            for name in originals:
+                delattr(backend, name)
+        assert done.get("ran"), "setup: B's step did not run between A's read and write"
+        rows = await _rows(postgres_dsn, "garage")
+        if meanwhile == "merged":
+            assert len(done["merged"]) == 1, f"setup: {done}"
+            assert rows and all(row["superseded_by"] == done["merged"][0] for row in rows), rows
+            found = await b.search_memory("garage door code spare key", limit=10)
+            assert "garage" not in {m.id for m in found}, "the merged original is visible again"
+        elif meanwhile == "updated":
+            assert [row["tier"] for row in rows] == ["short", "long"], rows
+            assert all(row["importance"] == 0.1 and row["tags"] == ["changed"] for row in rows), rows
+        else:
+            assert done["deleted"], f"setup: {done}"
+            assert rows == [], f"the deleted memory came back: {rows}"

@@ -114,8 +114,6 @@ class PersistedConversation:
         """
         state = await self._load()
         self._window.set_journal(self._journal_entry)
-        if state.unindexed:
-            self._window.evicted_queue.put(state.unindexed)
         return state.version
 
     async def _load(self) -> WindowState:
@@ -131,6 +129,11 @@ class PersistedConversation:
                 gc.enable()
         history = [CompressionRecord(**entry) for entry in state.history]
         await self._window.restore(state.messages, history)
+        # Everything evicted after the watermark is this process's to store from now on, whoever evicted
+        # it: another writer may have crashed before storing it, and this process moves the watermark up
+        # to its own version once its queue is drained. In the same step as the version (a snapshot
+        # taken at this version holds them); the queue keeps one entry per message id.
+        self._window.evicted_queue.put(state.unindexed)
         self._version = state.version
         self._snapshot_version = stored.snapshot_version
         self._indexed_version = stored.indexed_version
@@ -222,7 +225,11 @@ class PersistedConversation:
             self._last_compress_version = version
 
     async def mark_indexed_if_drained(self) -> None:
-        """Move the indexing watermark once the memory writer has stored every evicted message."""
+        """Move the indexing watermark once the memory writer has stored every evicted message.
+
+        The queue holds every message evicted after the watermark up to this process's version (its own
+        evictions, and the others' it loaded), so an empty queue means they are all in memory.
+        """
         if (
             self._last_compress_version > self._indexed_version
             and not self._pending

@@ -151,7 +151,8 @@ def fold(stored: StoredConversation) -> WindowState:
     if stored.snapshot is not None:
         state.messages = [message_from_dict(data) for data in stored.snapshot.get("messages", [])]
         state.history = [dict(entry) for entry in stored.snapshot.get("history", [])]
-        state.unindexed = [message_from_dict(data) for data in stored.snapshot.get("unindexed", [])]
+        if stored.indexed_version < stored.snapshot_version:  # else they are all in memory
+            state.unindexed = [message_from_dict(data) for data in stored.snapshot.get("unindexed", [])]
         known = {message.id: message for message in state.messages}
     for version, record in stored.records:
         try:

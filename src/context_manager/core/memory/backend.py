@@ -281,6 +281,16 @@ class MemoryBackend(Protocol):
         """
         ...
 
+    async def add_long_copies(self, ids: Sequence[str]) -> list[str]:
+        """Copy each memory among ``ids`` that has no long-term copy to long-term, as it is stored now.
+
+        The copy is taken from the memory's fastest stored copy at the moment of the write (on a shared
+        storage in one step per id, under the same serialisation as :meth:`update` and :meth:`merge`): a
+        memory deleted meanwhile is not brought back, one merged or changed meanwhile is copied as it is
+        now. Returns the ids copied.
+        """
+        ...
+
     async def delete(
         self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
     ) -> list[str]:

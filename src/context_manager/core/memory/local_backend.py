@@ -342,6 +342,19 @@ class LocalBackend:
         await self.put_tiers(groups)
         return [memory_id for memory_id in dict.fromkeys(ids) if memory_id in stored]
 
+    async def add_long_copies(self, ids: Sequence[str]) -> list[str]:
+        """See :meth:`MemoryBackend.add_long_copies` (one process: the write lock keeps others out)."""
+        by_id: dict[str, list[Memory]] = {}
+        for copy in await self.copies(list(dict.fromkeys(ids))):
+            by_id.setdefault(copy.id, []).append(copy)
+        missing = [
+            fastest_first(held)[0].copy(tier=MemoryTier.LONG)
+            for held in by_id.values()
+            if all(copy.tier is not MemoryTier.LONG for copy in held)
+        ]
+        await self.put(MemoryTier.LONG, missing)
+        return [memory.id for memory in missing]
+
     async def delete(
         self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
     ) -> list[str]:

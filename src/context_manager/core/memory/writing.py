@@ -324,13 +324,9 @@ class MemoryWriting(TierMovement):
         """
         if not retried:
             return
-        backend = self._require("add_memory")
-        copied = {
-            copy.id for copy in await backend.copies([m.id for m in retried]) if copy.tier is MemoryTier.LONG
-        }
-        missing = [memory.copy() for memory in retried if memory.id not in copied]
-        if missing:
-            await backend.put(MemoryTier.LONG, missing)
+        # copied from the memory as stored when the copy is written, never from the retry's read of it:
+        # another process may have merged, changed or deleted it since (a put of that read would undo it)
+        await self._require("add_memory").add_long_copies([memory.id for memory in retried])
 
     async def _known_ids(
         self, items: Sequence[tuple[Memory, MemoryTier | None]], *, archive: bool = False

@@ -413,6 +413,23 @@ class PostgresBackend:
             self._count_changed(tier, inserted)
         return [memory_id for memory_id in order if memory_id in stored]
 
+    async def add_long_copies(self, ids: Sequence[str]) -> list[str]:
+        """See :meth:`MemoryBackend.add_long_copies`: copied on the server under the ids' locks."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> list[str]:
+            cursor = await connection.execute(
+                _TO_TIER.replace("RETURNING 1", "RETURNING id"),
+                {"target": MemoryTier.LONG.value, "ids": wanted},
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
+        copied = await self._under_id_locks(wanted, work, "memory write")
+        self._count_changed(MemoryTier.LONG, len(copied))
+        return copied
+
     async def delete(
         self, tier: MemoryTier, ids: Sequence[str], *, only: Staleness | None = None
     ) -> list[str]:
