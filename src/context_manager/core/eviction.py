@@ -68,14 +68,11 @@ class EvictedQueue:
         they are claimed at once by the caller (who will deliver them itself).
         """
         queued = self._queued_ids
-        if any(message.id in queued for message in messages) or len(
-            {message.id for message in messages}
-        ) != len(messages):
-            fresh: dict[str, Message] = {}
-            for message in messages:
-                if message.id not in queued:
-                    fresh.setdefault(message.id, message)
-            messages = list(fresh.values())
+        fresh: dict[str, Message] = {}
+        for message in messages:
+            if message.id not in queued:
+                fresh.setdefault(message.id, message)
+        messages = list(fresh.values())
         first = self._next_ticket
         tickets = range(first, first + len(messages))
         self._next_ticket = tickets.stop

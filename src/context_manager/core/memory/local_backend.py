@@ -344,14 +344,12 @@ class LocalBackend:
 
     async def add_long_copies(self, ids: Sequence[str]) -> list[str]:
         """See :meth:`MemoryBackend.add_long_copies` (one process: the write lock keeps others out)."""
-        by_id: dict[str, list[Memory]] = {}
-        for copy in await self.copies(list(dict.fromkeys(ids))):
-            by_id.setdefault(copy.id, []).append(copy)
-        missing = [
-            fastest_first(held)[0].copy(tier=MemoryTier.LONG)
-            for held in by_id.values()
-            if all(copy.tier is not MemoryTier.LONG for copy in held)
-        ]
+        found = await self.copies(list(dict.fromkeys(ids)))  # fastest tier first per id
+        has_long = {copy.id for copy in found if copy.tier is MemoryTier.LONG}
+        fastest: dict[str, Memory] = {}
+        for copy in found:
+            fastest.setdefault(copy.id, copy)
+        missing = [copy.copy(tier=MemoryTier.LONG) for i, copy in fastest.items() if i not in has_long]
         await self.put(MemoryTier.LONG, missing)
         return [memory.id for memory in missing]
 

@@ -162,7 +162,7 @@ _TO_TIER = (
     "merged_from, context, session_id, turn_index, session_date, search FROM cm_memories AS m "
     "WHERE id = ANY(%(ids)s) AND NOT EXISTS "
     "(SELECT 1 FROM cm_memories AS t WHERE t.id = m.id AND t.tier = %(target)s) "
-    f"ORDER BY id, {tier_rank_sql('m.tier')} ON CONFLICT (id, tier) DO NOTHING RETURNING 1"
+    f"ORDER BY id, {tier_rank_sql('m.tier')} ON CONFLICT (id, tier) DO NOTHING RETURNING id"
 )
 
 
@@ -420,10 +420,7 @@ class PostgresBackend:
             return []
 
         async def work(connection: psycopg.AsyncConnection[Any]) -> list[str]:
-            cursor = await connection.execute(
-                _TO_TIER.replace("RETURNING 1", "RETURNING id"),
-                {"target": MemoryTier.LONG.value, "ids": wanted},
-            )
+            cursor = await connection.execute(_TO_TIER, {"target": MemoryTier.LONG.value, "ids": wanted})
             return [row[0] for row in await cursor.fetchall()]
 
         copied = await self._under_id_locks(wanted, work, "memory write")
