@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidMemoryError
+from context_manager.core.memory.backend import Staleness
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.postgres import PostgresBackend
@@ -569,3 +571,97 @@ async def test_a_retry_completing_the_long_term_copy_copies_the_memory_as_it_is_
         else:
             assert done["deleted"], f"setup: {done}"
             assert rows == [], f"the deleted memory came back: {rows}"
+
+
+# -- 9. statements changing several rows take their row locks in one order -------------------------------
+
+
+async def _store_rows(dsn: str, rows: list[tuple[str, str]]) -> None:
+    """Rows (id, tier), stale (never used), in this physical order, after filler rows that make the planner
+    choose the plans it chooses on a real store (index scans, nested loops; on a few rows it scans the
+    table, and every statement meets the rows in the heap's one order)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        await connection.execute(
+            "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, created_at, "
+            "last_accessed, source) SELECT 'filler' || g, (ARRAY['short', 'medium', 'long'])[1 + g % 3], "
+            "'', '', 'filler', 0.5, 1e12, 1e12, 'api' FROM generate_series(1, 3000) AS g"
+        )
+        for memory_id, tier in rows:
+            await connection.execute(
+                "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, created_at, "
+                "last_accessed, source) VALUES (%s, %s, '', '', %s, 0.5, 0, 0, 'api')",
+                (memory_id, tier, f"note about {memory_id}"),
+            )
+        await connection.execute("ANALYZE cm_memories")
+
+
+async def _meet_in_opposite_orders(
+    dsn: str, gate: tuple[str, str], first: Callable[[], Awaitable[Any]], second: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run ``first`` until it waits for the ``gate`` row (locked by a third connection), then ``second``
+    until it waits for one of the rows ``first`` holds, then open the gate: statements that lock their rows
+    in different orders now wait for each other (a deadlock the server breaks after 1 s)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute("SELECT 1 FROM cm_memories WHERE id = %s AND tier = %s FOR UPDATE", gate)
+        started = asyncio.ensure_future(first())
+        await asyncio.sleep(0.3)
+        other = asyncio.ensure_future(second())
+        await asyncio.sleep(0.3)
+        await holder.commit()
+        await asyncio.wait_for(asyncio.gather(started, other), timeout=30)
+
+
+@pytest.mark.parametrize("other", ["cleanup delete", "access record", "update", "overflow move"])
+async def test_access_records_and_other_changes_of_the_same_memories_never_deadlock(
+    postgres_dsn: str, other: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A search's access record locked its rows in the order the memories were first found; a cleanup's
+    delete, another process's access record, an update or an overflow move in the order of their plan (the
+    index's, or the heap's). Two of them on the same memories could deadlock: the server aborts one after
+    its 1 s ``deadlock_timeout``, the backend retries it (a warning; every add and search of that process
+    waiting meanwhile). Every statement now locks the rows it changes ordered by (id, tier)."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        recorder, changer = _backend(first), _backend(second)
+        rows = [("x", "short"), ("y", "short"), ("g", "short")]
+        if other == "update":
+            rows = [("x", "short"), ("x", "long")]  # the update meets short first (heap), touch long first
+        await _store_rows(postgres_dsn, rows)
+        now = time.time()
+        # the access record first (it waits for the gate after locking y), then the other change
+        first: Callable[[], Awaitable[Any]] = functools.partial(
+            recorder.touch, {memory_id: (now, 5) for memory_id in ("y", "g", "x")}
+        )
+        gate = ("g", "short")
+        then: Callable[[], Awaitable[Any]]
+        if other == "cleanup delete":
+            stale = Staleness(cutoff=now + 1000)  # x and y stale even once the access is recorded
+            then = functools.partial(changer.delete, MemoryTier.SHORT, ["x", "y"], only=stale)
+        elif other == "access record":
+            then = functools.partial(changer.touch, {"x": (now, 7), "y": (now, 7)})
+        elif other == "update":  # the update first (it waits for the gate, its short row), then the access
+            first = functools.partial(changer.update, ["x"], {"importance": 0.7})
+            gate = ("x", "short")
+            then = functools.partial(recorder.touch, {"x": (now, 5)})
+        else:
+            then = functools.partial(changer.move_down, ["x", "y"], MemoryTier.SHORT, MemoryTier.MEDIUM)
+        with caplog.at_level(logging.WARNING, logger="context_manager"):
+            await _meet_in_opposite_orders(postgres_dsn, gate, first, then)
+        retried = [record.getMessage() for record in caplog.records if "Deadlock" in record.getMessage()]
+        assert retried == [], f"two statements deadlocked: {retried}"
+        # both changes are made
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute(
+                "SELECT id, tier, importance, access_count FROM cm_memories WHERE id = ANY(%s)",
+                (["g", "x", "y"],),
+            )
+            stored = {(row[0], row[1]): (float(row[2]), int(row[3])) for row in await cursor.fetchall()}
+        if other == "cleanup delete":
+            assert stored == {("g", "short"): (0.5, 5)}
+        elif other == "access record":
+            assert stored == {("g", "short"): (0.5, 5), ("x", "short"): (0.5, 7), ("y", "short"): (0.5, 7)}
+        elif other == "update":
+            assert stored == {("x", "long"): (0.7, 5), ("x", "short"): (0.7, 5)}
+        else:
+            assert set(stored) == {("g", "short"), ("x", "medium"), ("y", "medium")}
+            assert stored["g", "short"] == (0.5, 5)

@@ -94,12 +94,37 @@ _REPLACE = (
     "superseded_by = %s, merged_from = %s, context = %s, session_id = %s, turn_index = %s, session_date = %s "
     "WHERE id = %s AND tier = %s RETURNING id"
 )  # the columns of _row() after (id, tier), then (id, tier)
-_DELETE = "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) RETURNING id"
-# Staleness.applies in SQL (parameters: tier, ids, superseded, cutoff, keep_importance)
+# Row locks in key order. A statement changing several rows locks them in the order its plan meets them
+# (the order of an array joined by a nested loop, the heap's order for a bitmap scan): two statements
+# meeting the same rows in different orders deadlock, which costs the aborted one ``deadlock_timeout``
+# (1 s) before its retry. So every statement that changes several rows of memories other statements may
+# change at once first locks them ordered by (id, tier) (``ORDER BY ... FOR UPDATE``: the locks are taken
+# after the sort, whatever the plan), and the transactions under the ids' advisory locks lock every row
+# of their ids that way before their first change (:data:`_ROW_LOCKS`).
+_DELETE = (
+    "WITH locked AS MATERIALIZED (SELECT id FROM cm_memories WHERE tier = %(tier)s AND id = ANY(%(ids)s) "
+    "ORDER BY id FOR UPDATE) "
+    "DELETE FROM cm_memories AS m USING locked WHERE m.tier = %(tier)s AND m.id = locked.id RETURNING m.id"
+)
+# Staleness.applies in SQL, checked when locking (on the row as committed then) and when deleting
+_STALE = (
+    "((%(superseded)s AND superseded_by IS NOT NULL) OR (GREATEST(created_at, last_accessed) < %(cutoff)s "
+    "AND (%(keep)s::double precision IS NULL OR importance < %(keep)s)))"
+)
 _DELETE_STALE = (
-    "DELETE FROM cm_memories WHERE tier = %s AND id = ANY(%s) AND ((%s AND superseded_by IS NOT NULL) OR "
-    "(GREATEST(created_at, last_accessed) < %s AND (%s::double precision IS NULL OR importance < %s)))"
-    " RETURNING id"
+    "WITH locked AS MATERIALIZED (SELECT id FROM cm_memories WHERE tier = %(tier)s AND id = ANY(%(ids)s) "
+    f"AND {_STALE} ORDER BY id FOR UPDATE) "
+    "DELETE FROM cm_memories AS m USING locked WHERE m.tier = %(tier)s AND m.id = locked.id "
+    f"AND {_STALE} RETURNING m.id"
+)
+_TOUCH = (
+    "WITH u AS MATERIALIZED (SELECT * FROM unnest(%(ids)s::text[], %(at)s::double precision[], "
+    "%(counts)s::integer[]) AS u(id, last_accessed, access_count)), "
+    "locked AS MATERIALIZED (SELECT m.id, m.tier FROM cm_memories AS m WHERE m.id IN (SELECT id FROM u) "
+    "ORDER BY m.id, m.tier FOR UPDATE) "
+    "UPDATE cm_memories AS m SET last_accessed = greatest(m.last_accessed, u.last_accessed), "
+    "access_count = greatest(m.access_count, u.access_count) "
+    "FROM locked JOIN u ON u.id = locked.id WHERE m.id = locked.id AND m.tier = locked.tier RETURNING 1"
 )
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 _MOVE = (
@@ -152,6 +177,11 @@ _ID_LOCK_SPACE = 0x636D  # "cm"
 _ID_LOCKS = (
     "SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
     "(SELECT DISTINCT hashtext(id) AS k FROM unnest(%s::text[]) AS t(id) ORDER BY k) AS keys"
+)
+# then every row of the ids, in key order (see _DELETE): the statements after it change only rows it locked
+# or rows they insert
+_ROW_LOCKS = (
+    "SELECT count(*) FROM (SELECT 1 FROM cm_memories WHERE id = ANY(%s) ORDER BY id, tier FOR UPDATE) AS rows"
 )
 # each memory's fastest copy, copied to %(target)s where it has no row there yet
 _TO_TIER = (
@@ -278,7 +308,7 @@ class PostgresBackend:
             return
         for memory in memories:
             memory.tier = tier
-        rows = [_row(memory) for memory in memories]
+        rows = [_row(memory) for memory in sorted(memories, key=_by_id)]  # rows locked in key order
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> int:
             if len(rows) == 1:
@@ -324,7 +354,7 @@ class PostgresBackend:
         if not memories:
             return []
         rows = []
-        for memory in memories:
+        for memory in sorted(memories, key=_by_id):  # rows locked in key order (see _DELETE)
             memory.tier = tier
             row = _row(memory)
             rows.append((*row[2:], row[0], row[1]))
@@ -437,12 +467,11 @@ class PostgresBackend:
         """
         if not ids:
             return []
-        parameters: tuple[Any, ...] = (tier.value, list(ids))
+        parameters: dict[str, Any] = {"tier": tier.value, "ids": list(ids)}
         sql = _DELETE
         if only is not None:
             sql = _DELETE_STALE
-            keep = only.keep_importance
-            parameters = (*parameters, only.superseded, only.cutoff, keep, keep)
+            parameters.update(superseded=only.superseded, cutoff=only.cutoff, keep=only.keep_importance)
         rows = await self._fetch(sql, parameters, "memory delete")
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
@@ -453,16 +482,18 @@ class PostgresBackend:
         work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]],
         what: str,
     ) -> _T:
-        """Run ``work`` in one transaction after taking the advisory locks of ``ids`` (:data:`_ID_LOCKS`).
+        """Run ``work`` in one transaction after the advisory locks of ``ids`` and their rows' locks.
 
-        The locks and the first statement of ``work`` go in one pipeline (one round trip); the locks are
-        released at the commit. Retried as a whole on a lost connection (nothing of it committed).
+        (:data:`_ID_LOCKS`, then :data:`_ROW_LOCKS`.) The locks and the first statement of ``work`` go in
+        one pipeline (one round trip); the locks are released at the commit. Retried as a whole on a lost
+        connection (nothing of it committed).
         """
         keys = sorted(set(ids))
 
         async def run(connection: psycopg.AsyncConnection[Any]) -> _T:
             async with connection.pipeline(), connection.transaction():
                 await connection.execute(_ID_LOCKS, (_ID_LOCK_SPACE, keys))
+                await connection.execute(_ROW_LOCKS, (keys,))
                 return await work(connection)
 
         return await self.database.run(run, what)
@@ -472,7 +503,7 @@ class PostgresBackend:
     ) -> tuple[Any, ...]:
         """The one row of ``sql`` run in its own transaction after the ids' locks: one round trip.
 
-        The transaction's four commands (begin, locks, ``sql``, commit) go in one pipeline; the row is
+        The transaction's five commands (begin, the two locks, ``sql``, commit) go in one pipeline; the row is
         read after the commit was queued (an overflow move holds the manager's write lock while it runs).
         """
         keys = sorted(set(ids))
@@ -481,6 +512,7 @@ class PostgresBackend:
             async with connection.pipeline():
                 async with connection.transaction():
                     await connection.execute(_ID_LOCKS, (_ID_LOCK_SPACE, keys))
+                    await connection.execute(_ROW_LOCKS, (keys,))
                     cursor = await connection.execute(sql, parameters)
                 row = await cursor.fetchone()
             return tuple(row) if row is not None else ()
@@ -636,15 +668,8 @@ class PostgresBackend:
         if not updates:
             return
         ids = list(updates)
-        await self._fetch(
-            "UPDATE cm_memories AS m SET last_accessed = greatest(m.last_accessed, u.last_accessed), "
-            "access_count = greatest(m.access_count, u.access_count) "
-            "FROM unnest(%s::text[], %s::double precision[], %s::integer[]) "
-            "AS u(id, last_accessed, access_count) "
-            "WHERE m.id = u.id RETURNING 1",
-            (ids, [updates[i][0] for i in ids], [updates[i][1] for i in ids]),
-            "access update",
-        )
+        parameters = {"ids": ids, "at": [updates[i][0] for i in ids], "counts": [updates[i][1] for i in ids]}
+        await self._fetch(_TOUCH, parameters, "access update")
 
     async def copies(self, ids: Sequence[str]) -> list[Memory]:
         """Every stored copy of the memories among ``ids``, fastest tier first per id."""
@@ -1199,6 +1224,10 @@ class PostgresBackend:
         counts = {tier.value: 0 for tier in MemoryTier}
         counts.update({tier: int(count) for tier, count in rows})
         return counts
+
+
+def _by_id(memory: Memory) -> str:
+    return memory.id
 
 
 async def _execute_counted(cursor: psycopg.AsyncCursor[Any], rows: Sequence[Sequence[Any]]) -> int:
