@@ -202,6 +202,31 @@ def test_truncate_message_keeps_identity_and_records_counts() -> None:
     assert message.content == "x " * 2000  # the original is untouched
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 5000,
+        "".join(f"def f{i}(x):\n    return x + {i}\n\n\n" for i in range(200)),
+        " ".join(f"the service {i} restarted after the deploy, and the queue drained." for i in range(300)),
+    ],
+    ids=["one letter", "code with blank lines", "prose"],
+)
+def test_a_cut_uses_its_budget(text: str) -> None:
+    """The head and tail of a cut are sized from counts that do not add up exactly (tokens merge at the
+    seams with the marker's newlines, the marker's number is shorter than the total's): a cut that came
+    out under its budget was kept as it was, up to 3 tokens short, which the newest request's floor
+    (its quarter of the window plus 2 tokens of slack) did not cover. It now grows back."""
+    total = COUNTER.count(text)
+    for budget in range(30, 400):
+        cut, omitted = truncate_middle(COUNTER, text, budget, total=total)
+        used = COUNTER.count(cut)
+        assert budget - 2 <= used <= budget, (budget, used)
+        head, _, tail = cut.partition(f"\n[... {omitted} tokens omitted ...]\n")
+        assert text.startswith(head) and text.endswith(tail)
+        if text[0] == "a":  # no seams, no character split across tokens: the whole budget
+            assert used == budget, (budget, used)
+
+
 def test_truncate_message_returns_none_when_framing_cannot_fit() -> None:
     assert truncate_message(counted("user", "word " * 100), 3, COUNTER) is None
 

@@ -166,6 +166,18 @@ def test_cut_to_tokens_fits_and_is_nearly_the_longest_piece(
     assert exact.count(longest) - exact.count(piece) <= 4  # "nearly": a split character at worst
 
 
+@pytest.mark.parametrize("from_end", [False, True])
+def test_cut_to_tokens_keeps_every_token_asked_of_text_with_long_tokens(from_end: bool) -> None:
+    """A run of one letter packs 8 characters a token: the window cut_to_tokens encodes (6 characters a
+    token asked) held a token or three more than asked, and the 4 tokens it never keeps at its far edge
+    came out of the piece (the newest request then kept fewer tokens than its quarter of the window)."""
+    counter = get_token_counter()
+    text = "a" * 1032
+    for limit in range(1, 120):
+        piece = cut_to_tokens(counter, text, limit, from_end=from_end)
+        assert counter.count(piece) == limit, (limit, counter.count(piece))
+
+
 def test_cutting_a_megabyte_text_costs_about_the_piece_kept() -> None:
     """Issue 18.8: cutting a large output binary-searched (and cached) the whole text."""
     counter = ExactTokenCounter("o200k_base")

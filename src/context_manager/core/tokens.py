@@ -243,15 +243,17 @@ class ExactTokenCounter:
             whole = span >= len(text)
             window = text if whole else (text[len(text) - span :] if from_end else text[:span])
             tokens = self._tokenizer.encode(window)
-            if len(tokens) <= max_tokens:
-                if whole:
+            if whole:
+                if len(tokens) <= max_tokens:
                     return text, len(tokens)
-                span *= 4
-                continue
-            # The window's edge away from the kept end may tokenize differently from the full text: drop
-            # a few tokens there. (A window that ends mid-word changes only the tokens at that edge.)
-            keep = max_tokens if whole else min(max_tokens, len(tokens) - 4)
-            break
+                break
+            # The window's edge away from the kept end may tokenize differently from the full text: its
+            # last 4 tokens there are never kept (a window that ends mid-word changes only the tokens at
+            # that edge), so it must hold max_tokens + 4 (text of more than 6 characters a token: wider).
+            if len(tokens) >= max_tokens + 4:
+                break
+            span *= 4
+        keep = max_tokens
         while keep > 0:
             piece = tokens[len(tokens) - keep :] if from_end else tokens[:keep]
             try:

@@ -53,8 +53,13 @@ def _cut(
     Returns ``(text, head, tail, omitted)``; ``text`` is ``""`` when not even the marker fits.
     """
     keep = max_tokens - marker_tokens(counter, total)
+    # The pieces' counts do not add up exactly (tokens merge at the seams, the marker's number is
+    # shorter than the total's): shrink when over, grow when under, between the largest keep that fit
+    # and the smallest that did not.
+    fitted: tuple[str, str, str, int] | None = None
+    fitted_keep, too_big = 0, max_tokens + 1
     for _ in range(6):
-        if keep <= 1:
+        if keep <= 1 or keep <= fitted_keep:
             break
         head = cut_to_tokens(counter, head_source, (keep + 1) // 2)
         source = head_source[len(head) :] if tail_source is None else tail_source
@@ -62,9 +67,15 @@ def _cut(
         omitted = max(total - counter.count(head) - counter.count(tail), 1)
         result = head + _MARKER_TEMPLATE.format(omitted=omitted) + tail
         excess = counter.count(result) - max_tokens
-        if excess <= 0:
+        if excess == 0:
             return result, head, tail, omitted
-        keep -= excess  # tokens merged differently at the seams; shrink and try again
+        if excess < 0:
+            fitted, fitted_keep = (result, head, tail, omitted), keep
+        else:
+            too_big = keep
+        keep = min(keep - excess, too_big - 1)
+    if fitted is not None:
+        return fitted
     marker = _MARKER_TEMPLATE.format(omitted=total).strip()
     return (marker if counter.count(marker) <= max_tokens else ""), "", "", total
 
