@@ -64,6 +64,14 @@ def _cut(
         head = cut_to_tokens(counter, head_source, (keep + 1) // 2)
         source = head_source[len(head) :] if tail_source is None else tail_source
         tail = cut_to_tokens(counter, source, keep - counter.count(head), from_end=True)
+        short = keep - counter.count(head) - counter.count(tail)
+        if short > 0:  # the tail's edge split a character: the head takes what the tail could not
+            before_tail = (
+                head_source if tail_source is not None else head_source[: len(head_source) - len(tail)]
+            )
+            longer = cut_to_tokens(counter, before_tail, counter.count(head) + short)
+            if len(longer) > len(head):
+                head = longer
         omitted = max(total - counter.count(head) - counter.count(tail), 1)
         result = head + _MARKER_TEMPLATE.format(omitted=omitted) + tail
         excess = counter.count(result) - max_tokens
