@@ -88,6 +88,21 @@ async def test_overflow_moves_down_and_nothing_is_lost(manager: MemoryManager, c
     )
 
 
+async def test_an_important_memory_overflowing_short_term_keeps_only_its_long_term_copy(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """An overflow victim with a long-term copy only loses its short-term one (the long-term copy is
+    the durable one). On SQLite it also went to medium-term: two copies of it in two tiers."""
+    important = await manager.add_memory("the launch code is 1234", importance=0.7)
+    clock.advance(3 * DAY)  # the least valuable memory of the short-term tier from now on
+    for i in range(25):
+        clock.advance(1)
+        await manager.add_memory(f"filler number {i}", importance=0.5)
+    tiers = sorted(m["tier"] for m in await snapshot(manager) if m["id"] == important.id)
+    assert tiers == ["long"]
+    assert [m.id for m in await manager.search_memory("launch code")] == [important.id]
+
+
 async def test_frequently_accessed_memories_move_up(config: ContextManagerConfig, clock: FakeClock) -> None:
     async with MemoryManager(config, clock=clock, promotion_access_count=3) as manager:
         hot = await manager.add_memory("the wifi password is hunter2", tier="medium")

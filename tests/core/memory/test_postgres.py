@@ -231,6 +231,32 @@ async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> 
         assert by_tier[MemoryTier.SHORT] <= 20 and by_tier[MemoryTier.MEDIUM] <= 30, by_tier
 
 
+async def test_a_memory_in_another_schema_never_takes_this_ones_turn(postgres_dsn: str) -> None:
+    """Advisory locks are database-wide: the overflow-move and consolidation locks of a memory in one
+    schema were the same keys in every schema of the database, so while one memory moved its overflow,
+    another one's moves were skipped (it stayed over capacity) and its consolidations waited."""
+    from tests.postgres_support import create_schema, drop_schema
+
+    schema, other_dsn = create_schema()
+    try:
+        config = postgres_config(postgres_dsn, short_term_memory_size=8, medium_term_memory_size=12)
+        other_config = postgres_config(other_dsn, short_term_memory_size=8, medium_term_memory_size=12)
+        async with MemoryManager(config) as here, MemoryManager(other_config) as elsewhere:
+            assert here.backend is not None and elsewhere.backend is not None
+            async with elsewhere.backend.try_exclusive("short-term overflow") as theirs:
+                assert theirs
+                async with here.backend.try_exclusive("short-term overflow") as ours:
+                    assert ours  # another memory's lock, not this one's
+                for n in range(10):
+                    await here.add_memory(f"note {n} about the harbour")
+                await here.flush()
+                assert (await here.get_memory_stats())["by_tier"] == {"short": 7, "medium": 3, "long": 0}
+                async with asyncio.timeout(10):  # and consolidation does not wait for the other one
+                    await here.consolidate_memories()
+    finally:
+        drop_schema(schema)
+
+
 async def test_a_reserve_of_victims_another_process_moved_does_not_move_a_second_overflow(
     postgres_dsn: str,
 ) -> None:

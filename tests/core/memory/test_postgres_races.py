@@ -383,7 +383,8 @@ async def test_a_consolidation_that_lost_its_lock_connection_merges_nothing_twic
                     # the session holding the consolidation's advisory lock (a one-key lock on a bigint:
                     # its high half in classid, its low half in objid)
                     cursor = await other.execute(
-                        "WITH k AS (SELECT hashtext('context_manager:consolidate')::bigint AS key) "
+                        "WITH k AS (SELECT hashtext('context_manager:consolidate@' || current_schema())"
+                        "::bigint AS key) "
                         "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks, k WHERE locktype = 'advisory' "
                         "AND granted AND objsubid = 1 AND database = "
                         "(SELECT oid FROM pg_database WHERE datname = current_database()) "

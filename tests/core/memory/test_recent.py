@@ -29,6 +29,18 @@ async def test_recent_memories_are_the_newest_first_across_tiers_each_once(
     assert await manager.recent_memories(0) == []
 
 
+async def test_memories_of_the_same_moment_come_in_one_order_on_every_backend(manager: MemoryManager) -> None:
+    """Ties (one add_memories batch, or the same importance and time) came out in storage order on SQLite
+    and in id order on PostgreSQL, so a limit inside a tie returned different memories."""
+    batch = [
+        {"content": f"note {name} of the batch", "memory_id": name, "tags": ["batch"], "tier": tier}
+        for name, tier in (("m3", "long"), ("m1", "short"), ("m4", "medium"), ("m2", "long"), ("m5", "short"))
+    ]
+    await manager.add_memories(batch)  # one moment: the clock does not move
+    assert [m.id for m in await manager.recent_memories(3)] == ["m5", "m4", "m3"]
+    assert [m.id for m in await manager.search_by_tags(["batch"], limit=3)] == ["m1", "m2", "m3"]
+
+
 async def test_recent_memories_is_not_an_access(manager: MemoryManager) -> None:
     stored = await manager.add_memory("The boiler was serviced in March")
     for _ in range(3):

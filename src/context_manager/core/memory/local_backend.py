@@ -320,8 +320,11 @@ class LocalBackend:
         if target is not MemoryTier.LONG:
             with_copy = sorted(memory.id for memory in current if memory.id in self._long_copies)
             if with_copy:
-                await self.delete(source, with_copy)  # the long-term copy stays
-                current = [memory for memory in current if memory.id not in self._long_copies]
+                # only their source copy goes, the long-term one stays (the delete forgets that they had
+                # one: the set of ids with a long-term copy follows the short-term tier)
+                await self.delete(source, with_copy)
+                dropped = set(with_copy)
+                current = [memory for memory in current if memory.id not in dropped]
         await self.move(current, source, target)
         return leaving
 
@@ -554,7 +557,8 @@ class LocalBackend:
             for memory in store.all():
                 if memory.superseded_by is None and in_scope(memory, scope):
                     found[memory.id] = memory
-        return heapq.nlargest(limit, found.values(), key=lambda memory: memory.created_at)
+        # ties in id order, newest first, as PostgreSQL orders them
+        return heapq.nlargest(limit, found.values(), key=lambda memory: (memory.created_at, memory.id))
 
     async def with_tags(
         self, tags: Sequence[str], scope: UserScope, tiers: frozenset[MemoryTier] | None

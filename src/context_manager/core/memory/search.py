@@ -397,7 +397,7 @@ class MemorySearch(TierMovement):
             and (tier_filter is None or memory.tier in tier_filter)
             and (match == "any" or required.issubset(memory.tags))
         ]
-        selected.sort(key=lambda m: (-m.importance, -m.created_at))
+        selected.sort(key=lambda m: (-m.importance, -m.created_at, m.id))  # ties: the same on every backend
         return [memory.copy() for memory in selected[:limit]]
 
     async def recent_memories(self, limit: int = 10, *, user_id: UserScope = None) -> list[Memory]:

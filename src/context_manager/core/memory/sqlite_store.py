@@ -647,7 +647,7 @@ class SQLiteStore:
         parameters: tuple[Any, ...] = (limit,) if every_user else (user_id, limit)
         with self._read() as db:
             rows = db.execute(
-                f"{_SELECT} WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", parameters
+                f"{_SELECT} WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?", parameters
             ).fetchall()
         return [_memory(row) for row in rows]
 

@@ -34,6 +34,9 @@ _T = TypeVar("_T")
 RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 """Seconds to wait before each retry of an operation that lost its connection (then StorageError)."""
 
+# A named advisory lock's key: the name within the schema the memory lives in (an advisory lock is
+# database-wide: two memories in two schemas of one database must not take each other's turns)
+_LOCK_KEY = "hashtext(%s || '@' || current_schema())"
 _MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
 LOCK_CONNECTIONS = 2
 """Connections besides the pool that hold cross-process advisory locks (a consolidation, an overflow move)."""
@@ -197,10 +200,10 @@ class PostgresDatabase:
                     acquired = True
                     for key in keys:
                         if wait:
-                            await connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+                            await connection.execute("SELECT pg_advisory_lock(" + _LOCK_KEY + ")", (key,))
                         else:
                             cursor = await connection.execute(
-                                "SELECT pg_try_advisory_lock(hashtext(%s))", (key,)
+                                "SELECT pg_try_advisory_lock(" + _LOCK_KEY + ")", (key,)
                             )
                             row = await cursor.fetchone()
                             acquired = bool(row is not None and row[0])
@@ -336,7 +339,7 @@ async def _release(connection: psycopg.AsyncConnection[Any], held: Sequence[str]
     """Release the advisory locks ``held`` on ``connection``, newest first (a lost connection did already)."""
     for key in reversed(held):
         with contextlib.suppress(Exception):
-            await connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+            await connection.execute("SELECT pg_advisory_unlock(" + _LOCK_KEY + ")", (key,))
 
 
 def _describe(error: BaseException | None) -> str:
