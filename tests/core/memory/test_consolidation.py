@@ -220,3 +220,28 @@ async def test_consolidation_keeps_facts_that_differ_in_an_identifier(manager: M
         assert stored is not None and stored.superseded_by is None
     found = await manager.search_memory("12345679", limit=5)
     assert [m.id for m in found] == [second.id]
+
+
+async def test_consolidation_breaks_ties_alike_on_every_backend(manager: MemoryManager) -> None:
+    """Groups were numbered in the backend's scan order (SQLite: long-term first, then the in-process
+    tiers; PostgreSQL: by id), which broke the ties: the originals' order, the text kept when importance
+    and time are equal, and which pair is merged when two pairs are alike."""
+    await manager.add_memories(
+        [  # one batch: the same importance and time
+            {
+                "content": "office wifi password changes every monday morning",
+                "memory_id": "z-long",
+                "tier": "long",
+            },
+            {"content": "office wifi password changes every monday", "memory_id": "a-short"},
+        ]
+    )
+    await manager.add_memory("alpha beta gamma delta xray", memory_id="z1", tier="long")
+    await manager.add_memory("alpha beta gamma delta", memory_id="m")  # as like z1 as like a1
+    await manager.add_memory("alpha beta gamma delta yankee", memory_id="a1")
+    report = await manager.consolidate_memories(0.8)
+    groups = {group["merged_from"][0]: group for group in report["groups"]}
+    assert sorted(groups) == ["a-short", "a1"]
+    assert groups["a-short"]["merged_from"] == ["a-short", "z-long"]
+    assert groups["a-short"]["content"] == "office wifi password changes every monday"
+    assert groups["a1"]["merged_from"] == ["a1", "m"]

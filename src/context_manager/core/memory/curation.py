@@ -80,6 +80,7 @@ class MemoryCuration(TierMovement):
         async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
             await self._flush_touches_locked()
             memories = [m for m in await backend.scan(user_id, every_copy=False) if m.superseded_by is None]
+            memories.sort(key=lambda memory: memory.id)  # ties broken alike whatever order a backend scans
             cosine = await self._cosine_function(memories) if self.embedder is not None else None
             groups = await asyncio.to_thread(
                 near_duplicate_groups,
