@@ -103,6 +103,21 @@ async def test_an_important_memory_overflowing_short_term_keeps_only_its_long_te
     assert [m.id for m in await manager.search_memory("launch code")] == [important.id]
 
 
+async def test_an_add_that_waits_for_the_overflow_returns_the_memories_as_written(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """A batch that puts short-term well over its capacity waits for the overflow move; on SQLite it
+    returned the memories with the tier the move had just given them (the tier keeps those objects)."""
+    for i in range(20):
+        clock.advance(1)
+        await manager.add_memory(f"filler memory number {i}", importance=0.6)
+    await manager.flush()
+    added = await manager.add_memories([{"content": f"batch item {i}", "importance": 0.0} for i in range(10)])
+    assert [memory.tier for memory in added] == [MemoryTier.SHORT] * 10
+    await manager.flush()
+    assert {memory.tier for memory in await manager.stored_copies()} == {MemoryTier.SHORT, MemoryTier.MEDIUM}
+
+
 async def test_frequently_accessed_memories_move_up(config: ContextManagerConfig, clock: FakeClock) -> None:
     async with MemoryManager(config, clock=clock, promotion_access_count=3) as manager:
         hot = await manager.add_memory("the wifi password is hunter2", tier="medium")

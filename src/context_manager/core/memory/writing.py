@@ -223,6 +223,7 @@ class MemoryWriting(TierMovement):
                     short_count, medium_count, _ = await self._store_new(backend, items)
         short_capacity = self.config.short_term_memory_size
         medium_capacity = self.config.medium_term_memory_size
+        written: dict[str, Memory] | None = None
         if short_count > short_capacity or medium_count > medium_capacity:
             # the overflow moves in the background (it needs the write lock, a chunk at a time), never in
             # this write: one rebalance at a time is enough, it keeps moving until both tiers are within
@@ -238,10 +239,14 @@ class MemoryWriting(TierMovement):
             ):
                 # back-pressure: writes faster than the moves wait for them rather than let a tier (the
                 # short- and medium-term ones are indexed in process on SQLite) grow without bound; a
-                # failed move is not this write's failure (the memories are stored): the task reports it
+                # failed move is not this write's failure (the memories are stored): the task reports it.
+                # What this write returns is the memories as written (the in-process tiers keep these very
+                # objects, and a move meanwhile changes their tier)
+                written = {memory.id: memory.copy() for memory, _ in items}
                 await asyncio.wait({task})
         self._maybe_compact()
-        written = {memory.id: memory for memory, _ in items}
+        if written is None:
+            written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
 
     async def _store_new(
