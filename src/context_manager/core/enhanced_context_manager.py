@@ -449,8 +449,9 @@ class EnhancedContextManager:
         try:
             window = self._require_ready("add_message")
             conversation = self._conversation
+            since = 0
             if conversation is not None:
-                conversation.check_writable()
+                since = conversation.check_writable()
             if self._telemetry is None:
                 if kwargs:
                     message = _new_message(role, content, kwargs)
@@ -475,7 +476,7 @@ class EnhancedContextManager:
             else:
                 await traced_add(self._telemetry, window, lambda: _new_message(role, content, kwargs))
             if conversation is not None:
-                await conversation.sync()
+                await conversation.sync(since=since)
         except Exception as error:
             own = self.performance_monitor
             if own is not None or running_monitors():
@@ -529,11 +530,12 @@ class EnhancedContextManager:
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
             built.append(_new_message(item["role"], item["content"], options))
         conversation = self._conversation
+        since = 0
         if conversation is not None:
-            conversation.check_writable()
+            since = conversation.check_writable()
         await window.extend(built)
         if conversation is not None:
-            await conversation.sync()
+            await conversation.sync(since=since)
         return len(built)
 
     @property
@@ -582,11 +584,12 @@ class EnhancedContextManager:
         """
         window = self._require_ready("compress_context")
         conversation = self._conversation
+        since = 0
         if conversation is not None:
-            conversation.check_writable()
+            since = conversation.check_writable()
         record = await window.compress(target_tokens)
         if conversation is not None:
-            await conversation.sync()
+            await conversation.sync(since=since)
         if record is None:
             return None
         if self._telemetry is not None:
@@ -841,15 +844,16 @@ class EnhancedContextManager:
         """
         window = self._require_ready("execute_tool_calls")
         conversation = self._conversation
+        since = 0
         if conversation is not None:
-            conversation.check_writable()
+            since = conversation.check_writable()
         try:
             results = await execute_tool_calls_in_window(
                 self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
             )
         finally:
             if conversation is not None:
-                await conversation.sync()
+                await conversation.sync(since=since)
         for result in results:
             self._record_tool_result(result)
         return results
@@ -909,8 +913,9 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("flush")
-        if self._conversation is not None:
-            await self._conversation.sync()
+        conversation = self._conversation
+        if conversation is not None:  # what this process changed is written; an old refusal is not raised
+            await conversation.sync(since=conversation.journaled)
         await window.flush()
         if self._eviction_writer is not None:
             await self._eviction_writer.flush()

@@ -201,6 +201,64 @@ async def test_a_stale_writer_is_refused_and_reloaded(make_config: Any, backend_
         assert [m.content for m in resumed.messages] == ["first", "written elsewhere", "mine, again"]
 
 
+async def write_elsewhere(
+    config: ContextManagerConfig, backend_name: str, conversation: str, text: str
+) -> None:
+    """Another writer (a store on the same storage, as another process) appends one message."""
+    from context_manager.core.messages import Message
+
+    other = await open_other_store(config, backend_name)
+    try:
+        stored = await other.load(conversation)
+        theirs = Message.create("assistant", text)
+        object.__setattr__(theirs, "token_count", 12)
+        record = ConversationRecord("add", {"message": theirs.to_dict()})
+        await other.append(conversation, stored.version, [record], writer="other")
+    finally:
+        await other.close()
+
+
+async def test_a_message_added_while_the_manager_reloads_is_refused_or_kept(make_config: Any) -> None:
+    """The reload switched the journal off while it read storage: a message another task added then
+    was acknowledged, then the restored window replaced it: gone from the window, storage and memory.
+    It now counts among the changes the reload drops, and its add raises the conflict."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "first")
+
+        async def add() -> bool:
+            await asyncio.sleep(0)  # the reload is reading storage now
+            try:
+                return await manager.add_message("user", "added during the reload")
+            except ConversationConflictError:
+                return False
+
+        _, acknowledged = await asyncio.gather(manager.reload(), add())
+        in_window = "added during the reload" in [m.content for m in manager.messages]
+        assert in_window == acknowledged
+    async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
+        stored = "added during the reload" in [m.content for m in resumed.messages]
+        assert stored == acknowledged, (
+            "an acknowledged message was lost" if acknowledged else "a refused one kept"
+        )
+
+
+async def test_a_refusal_is_raised_once_to_the_change_it_dropped(make_config: Any, backend_name: str) -> None:
+    """After one refused change, every flush() and every compress_context() with nothing to compress
+    raised that refusal again, even after reload(), until the next change."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        await write_elsewhere(make_config(), backend_name, "c", "from the other worker")
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")
+        await manager.flush()  # nothing of its own to store: no error
+        await manager.reload()
+        await manager.flush()
+        assert await manager.compress_context() is None
+        await manager.add_message("user", "made again")
+    async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
+        assert [m.content for m in resumed.messages] == ["hello", "from the other worker", "made again"]
+
+
 async def open_other_store(config: ContextManagerConfig, backend_name: str) -> Any:
     if backend_name == "sqlite":
         store = SQLiteConversationStore(config.resolved_storage_path / CONVERSATIONS_FILE_NAME)

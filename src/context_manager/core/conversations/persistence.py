@@ -87,18 +87,27 @@ class PersistedConversation:
         return len(self._pending)
 
     @property
+    def journaled(self) -> int:
+        """How many changes were journaled since the conversation was opened (a sequence number)."""
+        return self._journaled
+
+    @property
     def is_stale(self) -> bool:
         """True after a refused write whose reload failed: changes are refused until :meth:`reload`."""
         return self._conflict is not None
 
-    def check_writable(self) -> None:
+    def check_writable(self) -> int:
         """Raise the pending conflict while stale (before a change is made to the window).
+
+        Returns the number of changes journaled so far: what :meth:`sync` takes as ``since`` after the
+        change.
 
         Raises:
             ConversationConflictError: another writer changed the conversation and it was not reloaded.
         """
         if self._conflict is not None:
             raise self._conflict
+        return self._journaled
 
     # -- loading --------------------------------------------------------------------------------------
 
@@ -153,11 +162,10 @@ class PersistedConversation:
             return await self._reload_locked()
 
     async def _reload_locked(self) -> int:
-        self._window.set_journal(None)
-        try:
-            state = await self._load()
-        finally:
-            self._window.set_journal(self._journal_entry)
+        # The journal stays on: a change another task makes to the window while the stored conversation
+        # loads is journaled, so it counts among the changes this reload drops (its sync() raises the
+        # refusal), instead of vanishing acknowledged (restoring the window journals nothing).
+        state = await self._load()
         if self._pending:
             why = self._conflict or ConversationConflictError(self.conversation_id, self._version, None)
             self._refused.append((self._resolved + 1, self._journaled, why))
@@ -174,8 +182,14 @@ class PersistedConversation:
         self._pending.append(ConversationRecord(kind, payload))
         self._journaled += 1
 
-    async def sync(self) -> None:
+    async def sync(self, *, since: int | None = None) -> None:
         """Store every change journaled so far (one transaction for all of them); return when committed.
+
+        Args:
+            since: What :meth:`check_writable` returned before the caller's own change: the caller's
+                changes are the ones journaled after it, and only their refusal is raised (a sync with no
+                change of its own, a flush, raises only its own write's conflict). ``None``: the last
+                change journaled is the caller's.
 
         Raises:
             ConversationConflictError: another writer stored a change first; the window now holds what
@@ -184,13 +198,15 @@ class PersistedConversation:
                 by the next call.
         """
         target = self._journaled
+        own = target if since is None else since + 1  # the caller's first change
         while self._resolved < target:
             async with self._write_lock:
                 if self._resolved < target:
                     await self._write_pending()
-        for first, last, why in self._refused:
-            if first <= target <= last:  # a reload dropped these changes: they were refused
-                raise why
+        if own <= target:
+            for first, last, why in self._refused:
+                if first <= target and own <= last:  # a reload dropped some of them: refused
+                    raise why
         if self._snapshot_every and self._version - self._snapshot_version >= self._snapshot_every:
             self._start(self._save_snapshot())
 
