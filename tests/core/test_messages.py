@@ -37,6 +37,16 @@ def test_unknown_role_and_priority_name_the_allowed_values() -> None:
         ({"role": "user", "content": "x", "metadata": {"n": math.nan}}, r"metadata\.n"),
         ({"role": "user", "content": "x", "metadata": {1: "a"}}, "string keys"),
         ({"role": "user", "content": "x", "metadata": {"o": object()}}, "JSON values"),
+        ({"role": "user", "content": "x", "metadata": {"a": ["b\x00"]}}, r"metadata\.a\[0\].*without NUL"),
+        ({"role": "user", "content": "x", "metadata": {"a\x00": 1}}, "without NUL"),
+        (
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c", "name": "f", "arguments": {"q": "\x00"}}],
+            },
+            r"arguments\.q.*without NUL",
+        ),
         ({"role": "tool", "content": "x"}, "tool_call_id"),
         ({"role": "user", "content": "x", "tool_call_id": "c1"}, "tool_call_id"),
         ({"role": "user", "content": "x", "tool_calls": [{"id": "1", "name": "f"}]}, "only on assistant"),

@@ -130,6 +130,8 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
     if isinstance(value, str):
         if not encodable(value):
             raise InvalidMessageError(f"{field_name}{path}", value, "valid Unicode text (no lone surrogates)")
+        if "\x00" in value:  # as in content: memory and PostgreSQL cannot store it
+            raise InvalidMessageError(f"{field_name}{path}", value, "text without NUL characters")
         return
     if isinstance(value, int):
         if value.bit_length() > _MAX_INT_BITS:  # json.dumps cannot write it (int-to-str digit limit)
@@ -141,8 +143,10 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
         return
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or not encodable(key):
-                raise InvalidMessageError(f"{field_name}{path}", key, "string keys of valid Unicode text")
+            if not isinstance(key, str) or not encodable(key) or "\x00" in key:
+                raise InvalidMessageError(
+                    f"{field_name}{path}", key, "string keys of valid Unicode text without NUL characters"
+                )
             _check_json(item, field_name, f"{path}.{key}", depth + 1)
         return
     if isinstance(value, list | tuple):

@@ -24,6 +24,7 @@ from context_manager.core.errors import (
     ContextManagerError,
     ConversationConflictError,
     InvalidArgumentError,
+    InvalidMessageError,
 )
 
 from .conversation_worker import fingerprint
@@ -103,6 +104,30 @@ async def test_a_resumed_conversation_exports_the_same_bytes(make_config: Any) -
         status = resumed.get_system_status()["conversation"]
         assert status["conversation_id"] == "support-1" and status["version"] == version + changes
         assert status["pending_changes"] == 0 and status["stale"] is False
+
+
+async def test_resuming_keeps_tool_arguments_and_metadata_as_written(make_config: Any) -> None:
+    """PostgreSQL stored the records as jsonb, which sorts an object's keys and rewrites numbers: the
+    resumed window's tool-call arguments (and so its export) differed from the writer's. A NUL character
+    in metadata (jsonb refuses it) stopped every later write: it is refused when the message is added,
+    as in its content (memory cannot store it either)."""
+    arguments = {"order": 1, "id": 2, "big": 1e16, "z": [0.1, {"b": 1, "a": 2}]}
+    async with EnhancedContextManager(make_config(), conversation_id="args") as manager:
+        with pytest.raises(InvalidMessageError, match="NUL"):
+            await manager.add_message("user", "look it up", metadata={"alpha": "nul\u0000here"})
+        await manager.add_message("user", "look it up", metadata={"zeta": 1, "alpha": "here"})
+        call = {"id": "c1", "name": "lookup", "arguments": arguments}
+        await manager.add_message("assistant", "", tool_calls=[call])
+        await manager.add_message("tool", "found", tool_call_id="c1")
+        written = (json.dumps(manager.get_context()), json.dumps(manager.get_context(format="anthropic")))
+        metadata = manager.messages[0].metadata
+    async with EnhancedContextManager(make_config(), conversation_id="args") as resumed:
+        resumed_export = (
+            json.dumps(resumed.get_context()),
+            json.dumps(resumed.get_context(format="anthropic")),
+        )
+        assert resumed_export == written
+        assert list(resumed.messages[0].metadata.items()) == list(metadata.items())
 
 
 async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:

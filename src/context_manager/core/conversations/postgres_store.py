@@ -102,7 +102,7 @@ class PostgresConversationStore:
         writer: str,
     ) -> int:
         """Store records after ``expected_version`` in one transaction; return the new version."""
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Json
 
         new_version = expected_version + len(records)
         now = time.time()
@@ -112,7 +112,7 @@ class PostgresConversationStore:
                 expected_version + offset,
                 record.kind,
                 writer,
-                Jsonb(dict(record.payload)),
+                Json(dict(record.payload)),
                 now,
             )
             for offset, record in enumerate(records, start=1)
@@ -138,7 +138,7 @@ class PostgresConversationStore:
             "INSERT INTO cm_conversation_records "
             "(conversation_id, version, kind, writer, payload, created_at) "
             "SELECT moved.id, r.version, r.kind, %(writer)s, r.payload, %(now)s FROM moved, "
-            "unnest(%(versions)s::bigint[], %(kinds)s::text[], %(payloads)s::jsonb[]) "
+            "unnest(%(versions)s::bigint[], %(kinds)s::text[], %(payloads)s::json[]) "
             "AS r(version, kind, payload) RETURNING version"
         )
         parameters = {
@@ -197,9 +197,9 @@ class PostgresConversationStore:
 
     async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
         """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Json
 
-        payload = Jsonb(json.loads(json.dumps(state)))
+        payload = Json(json.loads(json.dumps(state)))
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(
@@ -287,11 +287,11 @@ class PostgresConversationStore:
 
     async def restore(self, dump: ConversationDump) -> None:
         """Store ``dump`` under its id, replacing what is there, in one transaction."""
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Json
 
-        snapshot = None if dump.snapshot is None else Jsonb(dump.snapshot)
+        snapshot = None if dump.snapshot is None else Json(dump.snapshot)
         records = [
-            (dump.conversation_id, version, kind, writer, Jsonb(payload), created_at)
+            (dump.conversation_id, version, kind, writer, Json(payload), created_at)
             for version, kind, writer, payload, created_at in dump.records
         ]
 

@@ -129,6 +129,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "FOR EACH ROW EXECUTE FUNCTION cm_memories_search()",
         ],
     ),
+    (
+        # a conversation's records and snapshot as written: jsonb reorders object keys and rewrites numbers
+        # (1e16 came back as 10000000000000000), so a resumed window's tool-call arguments, and its export,
+        # differed from the writer's; json keeps the text (and accepts \u0000, which jsonb refuses)
+        "0004_conversations_json_as_written",
+        [
+            "ALTER TABLE cm_conversation_records ALTER COLUMN payload TYPE json USING payload::json",
+            "ALTER TABLE cm_conversations ALTER COLUMN snapshot TYPE json USING snapshot::json",
+        ],
+    ),
 ]
 """The schema every PostgreSQL store needs, in the order it is applied."""
 
