@@ -62,17 +62,19 @@ def _cut(
         if keep <= 1 or keep <= fitted_keep:
             break
         head = cut_to_tokens(counter, head_source, (keep + 1) // 2)
+        head_tokens = counter.count(head)
         source = head_source[len(head) :] if tail_source is None else tail_source
-        tail = cut_to_tokens(counter, source, keep - counter.count(head), from_end=True)
-        short = keep - counter.count(head) - counter.count(tail)
+        tail = cut_to_tokens(counter, source, keep - head_tokens, from_end=True)
+        tail_tokens = counter.count(tail)
+        short = keep - head_tokens - tail_tokens
         if short > 0:  # the tail's edge split a character: the head takes what the tail could not
             before_tail = (
                 head_source if tail_source is not None else head_source[: len(head_source) - len(tail)]
             )
-            longer = cut_to_tokens(counter, before_tail, counter.count(head) + short)
+            longer = cut_to_tokens(counter, before_tail, head_tokens + short)
             if len(longer) > len(head):
-                head = longer
-        omitted = max(total - counter.count(head) - counter.count(tail), 1)
+                head, head_tokens = longer, counter.count(longer)
+        omitted = max(total - head_tokens - tail_tokens, 1)
         result = head + _MARKER_TEMPLATE.format(omitted=omitted) + tail
         excess = counter.count(result) - max_tokens
         if excess == 0:
