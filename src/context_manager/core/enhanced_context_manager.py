@@ -65,7 +65,12 @@ from context_manager.core.telemetry import (
 )
 from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
-from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
+from context_manager.core.tool_system.window_calls import (
+    CANCELLED_REASON,
+    cancel_tool_calls_in_window,
+    execute_tool_calls_in_window,
+    pending_calls_in_window,
+)
 
 __all__ = ["EnhancedContextManager"]
 
@@ -857,6 +862,58 @@ class EnhancedContextManager:
         for result in results:
             self._record_tool_result(result)
         return results
+
+    def pending_tool_calls(self) -> list[ToolCall]:
+        """The tool calls in the window that have no result yet, in the order they were made.
+
+        A call stays pending until its result is added; pending calls are never evicted (their result
+        must find them), and exports leave them out. After a crash, or a cancelled
+        :meth:`execute_tool_calls`, the calls that never got a result are still pending: answer them
+        with :meth:`cancel_tool_calls`, or run them again with ``execute_tool_calls(pending)``. Arguments
+        are as the window holds them: a tool's sensitive arguments are redacted, so such a call cannot be
+        run again from here.
+
+        Raises:
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        return pending_calls_in_window(self._require_ready("pending_tool_calls"))
+
+    async def cancel_tool_calls(
+        self, call_ids: Sequence[str] | None = None, *, reason: str = CANCELLED_REASON
+    ) -> list[ToolResult]:
+        """Answer pending tool calls with a failed result, so the model sees they did not complete.
+
+        Each call gets a tool result message reading ``"Error (cancelled): <reason>"`` (metadata
+        ``success: False``, ``error_type: "cancelled"``), added together in the order the calls were made.
+        Use it when the results will never come: the worker running the tools was killed (a resumed
+        conversation still has its calls pending) or its task was cancelled. Answered calls leave the
+        pending set, so their unit can be compressed like any other. Nothing runs.
+
+        Args:
+            call_ids: The calls to answer; None (the default) for every pending call.
+            reason: The text of each failed result.
+
+        Returns:
+            The failed results, one per call (``error_type`` ``ToolErrorType.CANCELLED``).
+
+        Raises:
+            InvalidArgumentError: ``call_ids`` is not a list of ids, or ``reason`` is empty.
+            ToolCallPairingError: a call id is not pending: unknown, already answered or evicted.
+            ContextBudgetError: the results cannot fit (the window is full of protected messages).
+            ConversationConflictError: another manager changed the persisted conversation first.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+            (Nothing changes when any of these is raised.)
+        """
+        window = self._require_ready("cancel_tool_calls")
+        conversation = self._conversation
+        since = 0
+        if conversation is not None:
+            since = conversation.check_writable()
+        try:
+            return await cancel_tool_calls_in_window(window, call_ids, reason=reason)
+        finally:
+            if conversation is not None:
+                await conversation.sync(since=since)
 
     async def _remember_tool_output(self, call: ToolCall, result: ToolResult, full_text: str) -> None:
         """Keep the full text of a tool output cut in the window in memory.

@@ -680,3 +680,68 @@ async def test_a_refused_compression_made_again_queues_each_message_once(
         ids = [m.metadata.get("message_id") for m in await manager.memory_manager.stored_copies()]
         window = {m.id for m in manager.messages}
         assert set(queued) - window <= set(ids)
+
+
+# A worker adds the model's tool calls, starts running them and dies before any result is added.
+KILLED_WHILE_TOOLS_RUN = """
+import asyncio, os, signal, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import EnhancedContextManager
+
+async def main(storage, dsn):
+    manager = EnhancedContextManager(config_for(storage, dsn), conversation_id="tools")
+    await manager.initialize()
+    await manager.add_message("user", "Where are parcels 7 and 8?")
+    calls = [
+        {"id": "call-7", "name": "track", "arguments": {"parcel": 7}},
+        {"id": "call-8", "name": "track", "arguments": {"parcel": 8}},
+    ]
+    await manager.add_message("assistant", "Let me check both.", tool_calls=calls)
+    os.kill(os.getpid(), signal.SIGKILL)  # the tools were running; no result was added
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_tool_calls_left_by_a_killed_worker_can_be_cancelled_after_resuming(make_config: Any) -> None:
+    """The calls a killed worker was running stay pending in the resumed conversation, never evicted and
+    left out of exports; cancel_tool_calls answers them (persisted), and then they compress like the rest."""
+    config = make_config()
+    process = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            KILLED_WHILE_TOOLS_RUN,
+            str(config.resolved_storage_path),
+            make_config.dsn or "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert process.returncode == -9, process.stderr[-3000:]
+    async with EnhancedContextManager(config, conversation_id="tools") as resumed:
+        assert [(c.id, c.name, c.arguments) for c in resumed.pending_tool_calls()] == [
+            ("call-7", "track", {"parcel": 7}),
+            ("call-8", "track", {"parcel": 8}),
+        ]
+        assert resumed.get_context_summary()["pending_tool_calls"] == 2
+        assert "tool_calls" not in json.dumps(resumed.get_context(format="openai"))
+        results = await resumed.cancel_tool_calls(reason="the worker running it stopped")
+        assert [(r.call_id, r.error_type) for r in results] == [
+            ("call-7", "cancelled"),
+            ("call-8", "cancelled"),
+        ]
+        assert resumed.pending_tool_calls() == []
+        expected = fingerprint(resumed)
+        openai = resumed.get_context(format="openai")
+        assert [m["role"] for m in openai] == ["user", "assistant", "tool", "tool"]  # type: ignore[index]
+        assert openai[2]["content"] == "Error (cancelled): the worker running it stopped"  # type: ignore[index]
+    async with EnhancedContextManager(config, conversation_id="tools") as again:
+        assert fingerprint(again) == expected  # the answers were stored
+        for step in range(12):
+            await again.add_message("user", f"turn {step}: " + " ".join(["more"] * 40))
+        assert again.compression_history
+        assert not any(m.tool_calls or m.role.value == "tool" for m in again.messages)

@@ -17,9 +17,14 @@ from hypothesis import strategies as st
 from context_manager.core.compression import TRUNCATED_METADATA_KEY
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import ContextBudgetError, LifecycleError, ToolCallPairingError
+from context_manager.core.errors import (
+    ContextBudgetError,
+    InvalidArgumentError,
+    LifecycleError,
+    ToolCallPairingError,
+)
 from context_manager.core.messages import Message, Role, ToolCall
-from context_manager.core.tool_system import ToolResult
+from context_manager.core.tool_system import ToolErrorType, ToolResult
 from tests.provider_rules import anthropic_violations, openai_violations
 
 from .conftest import gated_tool
@@ -443,3 +448,78 @@ async def test_megabyte_outputs_are_cut_without_holding_the_loop() -> None:
         ticking.cancel()
     assert max(steps) < 0.02, f"the loop was held {max(steps) * 1000:.1f} ms of CPU time"
     assert counter.cache_chars <= 2_000_000
+
+
+# -- calls that will never get their result ---------------------------------------------------------------
+
+
+async def test_calls_of_a_cancelled_execution_stay_pending_until_cancelled(tmp_path: Path) -> None:
+    """A cancelled execute_tool_calls leaves its calls pending: never evicted, left out of exports, for
+    good. cancel_tool_calls answers them with failed results, so compression can evict them again."""
+    slow, started, release = gated_tool()
+    config = ContextManagerConfig(max_tokens=300, cache_path=tmp_path / "cache")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("slow", slow, "Slow")
+        await context.add_message("user", "Look both up.")
+        task = asyncio.create_task(
+            context.execute_tool_calls(
+                [
+                    ToolCall(id="c1", name="slow", arguments={"x": 1}),
+                    ToolCall(id="c2", name="slow", arguments={"x": 2}),
+                ]
+            )
+        )
+        await started.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert [(call.id, call.arguments) for call in context.pending_tool_calls()] == [
+            ("c1", {"x": 1}),
+            ("c2", {"x": 2}),
+        ]
+        for _ in range(6):
+            await context.add_message("user", " ".join(["hello"] * 60))
+        assert context.compression_history
+        assert context.context_window.pending_tool_calls == frozenset(
+            {"c1", "c2"}
+        )  # kept by every compression
+
+        # bad calls change nothing
+        before = context.messages
+        with pytest.raises(ToolCallPairingError, match="c9.*still pending.*c1, c2"):
+            await context.cancel_tool_calls(["c1", "c9"])
+        with pytest.raises(InvalidArgumentError, match="reason"):
+            await context.cancel_tool_calls(reason=" ")
+        with pytest.raises(InvalidArgumentError, match="call_ids"):
+            await context.cancel_tool_calls("c1")  # type: ignore[arg-type]
+        assert context.messages == before
+
+        results = await context.cancel_tool_calls(["c2"], reason="worker restarted")
+        assert [(r.success, r.error_type, r.error, r.call_id, r.tool_name) for r in results] == [
+            (False, ToolErrorType.CANCELLED, "worker restarted", "c2", "slow")
+        ]
+        assert [call.id for call in context.pending_tool_calls()] == ["c1"]
+        release.set()  # or run a pending call again
+        results = await context.execute_tool_calls(context.pending_tool_calls())
+        assert [(r.call_id, r.success, r.result) for r in results] == [("c1", True, 1)]
+        assert context.pending_tool_calls() == [] and await context.cancel_tool_calls() == []
+        messages = context.messages
+        call_at = next(i for i, m in enumerate(messages) if m.tool_calls)
+        answers = messages[call_at + 1 : call_at + 3]
+        assert [m.tool_call_id for m in answers] == ["c2", "c1"]  # right after the call, as answered
+        assert answers[0].content == "Error (cancelled): worker restarted"
+        assert answers[1].content == "1" and answers[1].metadata["success"] is True
+        assert answers[0].metadata["error_type"] == "cancelled" and answers[0].metadata["is_error"] is True
+        openai = context.get_context(format="openai")
+        assert openai_violations(openai) == []  # type: ignore[arg-type]
+        assert [m.get("tool_call_id") for m in openai if m["role"] == "tool"] == ["c2", "c1"]  # type: ignore[index,union-attr]
+        anthropic = context.get_context(format="anthropic")
+        assert anthropic_violations(anthropic) == []  # type: ignore[arg-type]
+        blocks = [b for turn in anthropic["messages"] for b in turn["content"] if isinstance(b, dict)]  # type: ignore[call-overload,index]
+        assert [b.get("is_error") for b in blocks if b["type"] == "tool_result"] == [True, None]
+
+        # answered, the unit is an ordinary one: the conversation moving on evicts it
+        for _ in range(6):
+            await context.add_message("user", " ".join(["hello"] * 60))
+        assert not any(m.tool_calls or m.role is Role.TOOL for m in context.messages)
+        check_window(context)

@@ -31,6 +31,9 @@ class ToolErrorType(StrEnum):
     """The tool ran past its effective timeout."""
     TOOL_ERROR = "tool_error"
     """The tool raised an exception, or returned a value that is not JSON-serialisable."""
+    CANCELLED = "cancelled"
+    """The call was abandoned without a result (``EnhancedContextManager.cancel_tool_calls``): its worker
+    was killed or its task cancelled before the result was added."""
 
 
 @dataclass(slots=True)

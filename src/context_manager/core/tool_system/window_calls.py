@@ -14,6 +14,10 @@
    the full output (and ``on_truncated`` receives it, e.g. to store it in memory). Cutting costs about as
    much as the part kept; an output of more than 100,000 characters is counted and cut in a worker
    thread, so a megabyte output does not hold the event loop.
+
+:func:`cancel_tool_calls_in_window` answers calls that will never get their result (the worker that ran
+them was killed, or its task cancelled) with a failed result, so their unit can be compressed like any
+other and the model sees that they did not complete.
 """
 
 from __future__ import annotations
@@ -25,13 +29,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from context_manager.core.context_window import ContextWindow
-from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
+from context_manager.core.errors import ContextBudgetError, InvalidArgumentError, ToolCallPairingError
 from context_manager.core.messages import Message, ToolCall
 from context_manager.core.tokens import TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ToolManager
-from context_manager.core.tool_system.results import ToolResult
+from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 
-__all__ = ["TRUNCATION_MARKER", "TruncationCallback", "execute_tool_calls_in_window"]
+__all__ = [
+    "CANCELLED_REASON",
+    "TRUNCATION_MARKER",
+    "TruncationCallback",
+    "cancel_tool_calls_in_window",
+    "execute_tool_calls_in_window",
+    "pending_calls_in_window",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +50,9 @@ TRUNCATION_MARKER = "\n[tool output truncated: {shown} of {total} tokens shown]"
 """Appended to a tool result cut to ``max_output_tokens`` in the window."""
 OMITTED_CONTENT = "[tool output omitted: it does not fit in the context budget]"
 """Stands in for a tool result that cannot fit in the window even after compression."""
+
+CANCELLED_REASON = "the call was interrupted before it returned a result; it may not have run"
+"""The default ``error`` of the failed results :func:`cancel_tool_calls_in_window` adds."""
 
 TruncationCallback = Callable[[ToolCall, ToolResult, str], Awaitable[None] | None]
 """Receives ``(call, result, full_text)`` for each result cut in the window (sync or async)."""
@@ -139,13 +153,7 @@ async def execute_tool_calls_in_window(
         limit = manager.get_tool(call.name).max_output_tokens if call.name in manager else None
         full_text = _full_text(manager, call, result)
         text, total = await _window_text(window, full_text, limit)
-        metadata: dict[str, Any] = {
-            "tool_name": call.name,
-            "success": result.success,
-            "error_type": None if result.error_type is None else result.error_type.value,
-            "cached": result.cached,
-            "is_error": not result.success,  # Anthropic export marks the tool_result block
-        }
+        metadata = _result_metadata(call, result)
         if total is not None:
             metadata["truncated"] = True
             metadata["original_tokens"] = total
@@ -161,4 +169,88 @@ async def execute_tool_calls_in_window(
             outcome = on_truncated(call, result, full_text)
             if inspect.isawaitable(outcome):
                 await outcome
+    return results
+
+
+def _result_metadata(call: ToolCall, result: ToolResult) -> dict[str, Any]:
+    """The metadata of the tool result message that answers ``call`` with ``result``."""
+    return {
+        "tool_name": call.name,
+        "success": result.success,
+        "error_type": None if result.error_type is None else result.error_type.value,
+        "cached": result.cached,
+        "is_error": not result.success,  # Anthropic export marks the tool_result block
+    }
+
+
+def pending_calls_in_window(window: ContextWindow) -> list[ToolCall]:
+    """The calls in ``window`` that have no result yet, in the order they were made.
+
+    Their arguments are as the window holds them (a tool's sensitive arguments redacted).
+    """
+    pending = window.pending_tool_calls
+    if not pending:
+        return []
+    return [call for message in window.messages for call in message.tool_calls if call.id in pending]
+
+
+async def cancel_tool_calls_in_window(
+    window: ContextWindow, call_ids: Sequence[str] | None = None, *, reason: str = CANCELLED_REASON
+) -> list[ToolResult]:
+    """Answer pending calls with a failed result (``error_type`` ``cancelled``), in the order they were made.
+
+    Args:
+        window: Holds the calls; receives one tool result message per call, added as one batch.
+        call_ids: The calls to answer; None for every pending call.
+        reason: The failed results' ``error``: the text the model reads in each result.
+
+    Returns:
+        The results added, one per call, in the order the calls were made (empty when nothing is pending).
+
+    Raises:
+        InvalidArgumentError: ``call_ids`` is not a list of strings, or ``reason`` is not a non-empty
+            string (nothing changes).
+        ToolCallPairingError: a call id is not pending in the window: unknown, already answered, or
+            evicted with its unit (nothing changes).
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidArgumentError("reason", reason, "a non-empty string")
+    calls = pending_calls_in_window(window)
+    if call_ids is not None:
+        if isinstance(call_ids, str | bytes) or not isinstance(call_ids, Sequence):
+            raise InvalidArgumentError(
+                "call_ids", call_ids, "a list of tool call ids, or None for every pending call"
+            )
+        wanted = list(call_ids)
+        if not all(isinstance(call_id, str) for call_id in wanted):
+            raise InvalidArgumentError("call_ids", call_ids, "a list of tool call ids (strings)")
+        by_id = {call.id: call for call in calls}
+        missing = sorted({call_id for call_id in wanted if call_id not in by_id})
+        if missing:
+            listed = ", ".join(sorted(by_id)) or "none pending"
+            raise ToolCallPairingError(
+                "call_ids", missing, f"ids of calls still pending in the window ({listed})"
+            )
+        chosen = set(wanted)
+        calls = [call for call in calls if call.id in chosen]
+    if not calls:
+        return []
+    results = [
+        ToolResult(
+            success=False,
+            error=reason,
+            error_type=ToolErrorType.CANCELLED,
+            tool_name=call.name,
+            call_id=call.id,
+        )
+        for call in calls
+    ]
+    await window.extend(
+        [
+            Message.create(
+                "tool", result.to_content(), tool_call_id=call.id, metadata=_result_metadata(call, result)
+            )
+            for call, result in zip(calls, results, strict=True)
+        ]
+    )
     return results
