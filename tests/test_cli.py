@@ -301,6 +301,17 @@ def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Pat
     assert "damaged" in data["checks"]["memory_store"]["message"]
 
 
+def test_health_without_storage_checks_the_default_store_and_creates_nothing() -> None:
+    """Without --storage, health opened (and created) ./cache/storage/storage: the check of an empty store
+    nested in the real one, reported healthy whatever the real store's state."""
+    cli_json("memory", "add", "the default store, under ./cache")
+    report = cli_json("health")
+    assert report["status"] == "healthy"
+    assert list(report["checks"]["storage"]["details"]) == [str(Path("cache") / "storage")]
+    assert not (Path("cache") / "storage" / "storage").exists()
+    assert sorted(path.name for path in Path("cache").iterdir()) == ["storage"]
+
+
 def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")

@@ -191,8 +191,15 @@ def restore_process_state() -> object:
     package.setLevel(saved[2])
 
 
+@pytest.mark.parametrize(
+    "embedder", ["none", pytest.param("auto", marks=pytest.mark.embeddings, id="auto-minilm")]
+)
 @pytest.mark.parametrize("group", groups(), ids=lambda group: group.name)
-def test_block_runs(group: Group, restore_process_state: object) -> None:
+def test_block_runs(group: Group, embedder: str, restore_process_state: object) -> None:
+    """With lexical search (the suite's default) and with the library's own default once the embeddings
+    extra is installed (MiniLM), as a reader who followed the README runs the blocks."""
+    if embedder == "auto":
+        os.environ.pop("PYTHON_CONTEXT_MANAGER_EMBEDDER", None)  # restore_process_state puts it back
     namespace: dict[str, object] = {"__name__": "__main__"}
     loop = asyncio.new_event_loop()
     try:
@@ -327,3 +334,28 @@ def test_the_user_guide_deep_paths_name_the_top_level_objects() -> None:
         module = importlib.import_module(module_name)
         for name in (name.strip() for name in names.split(",")):
             assert getattr(module, name) is getattr(context_manager, name), f"{module_name}.{name}"
+
+
+def test_classes_the_user_docs_name_import_from_the_top_level() -> None:
+    """The docs promise that everything imports from ``context_manager``: a class the README or a user
+    page names (``ToolRegistry``, ``HealthThresholds`` ...) must be there, or in ``context_manager.testing``.
+    Internals named by the pages about measurements and guarantees (benchmarks, reliability) are exempt."""
+    import context_manager
+    import context_manager.testing
+
+    defined = {
+        node.name
+        for path in (ROOT / "src" / "context_manager").rglob("*.py")
+        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_")
+    }
+    user_pages = [path for path in DOCUMENTS if path.name not in ("benchmarks.md", "reliability.md")]
+    missing = sorted(
+        f"{path.name}: {name}"
+        for path in user_pages
+        for name in set(re.findall(r"`([A-Z][A-Za-z]+)[`(.]", path.read_text(encoding="utf-8")))
+        if name in defined
+        and name not in context_manager.__all__
+        and not hasattr(context_manager.testing, name)
+    )
+    assert defined and missing == []

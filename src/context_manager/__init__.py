@@ -69,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "OpenAISummarizer": "context_manager.core.summarizers.openai_chat",
     "AnthropicSummarizer": "context_manager.core.summarizers.anthropic_messages",
     "SummarizerGuard": "context_manager.core.summarizers.guard",
+    "LLMSummarizer": "context_manager.core.summarizers.llm",
     "to_openai_messages": "context_manager.core.provider_formats",
     "to_anthropic_messages": "context_manager.core.provider_formats",
     "parse_tool_calls": "context_manager.core.provider_formats",
@@ -91,17 +92,21 @@ _EXPORTS: dict[str, str] = {
     "configure_opentelemetry": "context_manager.core.telemetry",
     "ConcurrencyController": "context_manager.core.async_operations",
     "TaskStatus": "context_manager.core.async_operations",
+    "ControllerStats": "context_manager.core.async_operations",
     "HealthChecker": "context_manager.core.health_checker",
     "CheckOutcome": "context_manager.core.health_checker",
     "HealthState": "context_manager.core.health_checker",
     "HealthStatus": "context_manager.core.health_checker",
     "DiagnosticReport": "context_manager.core.health_checker",
+    "CheckResult": "context_manager.core.health_checker",
+    "HealthThresholds": "context_manager.core.health_checker",
     # tools
     "tool": "context_manager.core.tool_system",
     "ToolCategory": "context_manager.core.tool_system",
     "ToolPermission": "context_manager.core.tool_system",
     "ToolDefinition": "context_manager.core.tool_system",
     "ToolManager": "context_manager.core.tool_system",
+    "ToolRegistry": "context_manager.core.tool_system",
     "ToolResult": "context_manager.core.tool_system",
     "ToolErrorType": "context_manager.core.tool_system",
     "PermissionPolicy": "context_manager.core.tool_system",
@@ -116,6 +121,7 @@ __all__ = [
     "ALL_USERS",
     "AnthropicSummarizer",
     "CheckOutcome",
+    "CheckResult",
     "CompressionRecord",
     "ConcurrencyController",
     "ConcurrencyError",
@@ -124,6 +130,7 @@ __all__ = [
     "ContextManagerConfig",
     "ContextManagerError",
     "ContextWindow",
+    "ControllerStats",
     "ControllerStoppedError",
     "ConversationConflictError",
     "DiagnosticReport",
@@ -135,6 +142,7 @@ __all__ = [
     "HealthChecker",
     "HealthState",
     "HealthStatus",
+    "HealthThresholds",
     "InvalidArgumentError",
     "InvalidHealthCheckError",
     "InvalidMemoryError",
@@ -144,6 +152,7 @@ __all__ = [
     "InvalidRoleError",
     "InvalidSettingError",
     "InvalidTaskError",
+    "LLMSummarizer",
     "LifecycleError",
     "Memory",
     "MemoryBackend",
@@ -187,6 +196,7 @@ __all__ = [
     "ToolNotFoundError",
     "ToolPermission",
     "ToolRegistrationError",
+    "ToolRegistry",
     "ToolResult",
     "ToolTimeoutError",
     "configure_opentelemetry",
@@ -216,7 +226,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from context_manager.core.async_operations import ConcurrencyController, TaskStatus
+    from context_manager.core.async_operations import ConcurrencyController, ControllerStats, TaskStatus
     from context_manager.core.compression import ExtractiveSummarizer, Summarizer
     from context_manager.core.config import ContextManagerConfig
     from context_manager.core.context_window import CompressionRecord, ContextWindow
@@ -260,10 +270,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from context_manager.core.health_checker import (
         CheckOutcome,
+        CheckResult,
         DiagnosticReport,
         HealthChecker,
         HealthState,
         HealthStatus,
+        HealthThresholds,
     )
     from context_manager.core.memory.backend import MemoryBackend
     from context_manager.core.memory.embeddings import Embedder, SentenceTransformerEmbedder
@@ -285,6 +297,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from context_manager.core.summarizers.anthropic_messages import AnthropicSummarizer
     from context_manager.core.summarizers.guard import SummarizerGuard
+    from context_manager.core.summarizers.llm import LLMSummarizer
     from context_manager.core.summarizers.openai_chat import OpenAISummarizer
     from context_manager.core.telemetry import configure_opentelemetry
     from context_manager.core.tokens import ExactTokenCounter, TokenCounter, count_tokens, get_token_counter
@@ -295,6 +308,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ToolErrorType,
         ToolManager,
         ToolPermission,
+        ToolRegistry,
         ToolResult,
         register_memory_tools,
         tool,

@@ -784,7 +784,7 @@ def health(ctx: typer.Context) -> None:
         config = _config(options)
         path = config.resolved_storage_path
         # the cache directory is not checked: only the storage the command was pointed at
-        config = config.model_copy(update={"cache_path": path})
+        config = config.model_copy(update={"cache_path": path, "storage_path": path})
         problem = _missing_store(path)
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None

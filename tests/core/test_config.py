@@ -123,6 +123,15 @@ def test_debug_variables_switch_the_package_logger(monkeypatch: pytest.MonkeyPat
     assert logger.level == logging.DEBUG
 
 
+@pytest.mark.parametrize("variable", ["DEBUG", "ENABLE_DEBUG", "debug"])
+def test_unprefixed_debug_variables_are_not_ours(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    """DEBUG=1 (set by many deployments for their own code) switched the package's loggers to DEBUG."""
+    monkeypatch.setattr(logging.getLogger("context_manager"), "level", logging.NOTSET)
+    monkeypatch.setenv(variable, "1")
+    assert ContextManagerConfig().enable_debug is False
+    assert ContextManagerConfig(enable_debug=True).enable_debug is True
+
+
 def test_target_tokens() -> None:
     assert ContextManagerConfig(max_tokens=1000, compression_ratio=0.8).compression_target_tokens == 800
 

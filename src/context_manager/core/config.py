@@ -189,9 +189,8 @@ class ContextManagerConfig(BaseSettings):
     # Debug
     enable_debug: bool = Field(
         False,
-        validation_alias=AliasChoices(
-            "enable_debug", "debug", f"{ENV_PREFIX}ENABLE_DEBUG", f"{ENV_PREFIX}DEBUG"
-        ),
+        # only the prefixed variables: a bare DEBUG or ENABLE_DEBUG in the environment is someone else's
+        validation_alias=AliasChoices(f"{ENV_PREFIX}ENABLE_DEBUG", f"{ENV_PREFIX}DEBUG"),
         description="Switch the package's loggers to DEBUG "
         f"({ENV_PREFIX}DEBUG=1 or {ENV_PREFIX}ENABLE_DEBUG=1).",
     )

@@ -388,3 +388,42 @@ def test_minilm_embeds_text_with_lone_surrogates() -> None:
     vectors = SentenceTransformerEmbedder().embed(["NEAR( \ud800", "plain"])
     assert vectors.shape == (2, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+
+
+class CountingEmbedder(SentenceTransformerEmbedder):
+    """The real MiniLM, counting the texts it embeds."""
+
+    embedded = 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        type(self).embedded += len(texts)
+        return super().embed(texts)
+
+
+@pytest.mark.embeddings
+async def test_vectors_of_the_packaged_model_are_reused_wherever_it_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored vectors were keyed by the model's directory, so the same MiniLM installed elsewhere (a
+    rebuilt virtualenv, another host on the same PostgreSQL) re-embedded every memory on open."""
+    from context_manager import ContextManagerConfig, MemoryManager
+    from context_manager.core.memory import embeddings
+
+    config = ContextManagerConfig(storage_path=tmp_path / "store")
+    async with MemoryManager(config, embedder=CountingEmbedder()) as memory:
+        await memory.add_memories([{"content": f"fact {i} about the Oslo warehouse"} for i in range(40)])
+        await memory.flush()
+    assert CountingEmbedder.embedded >= 40
+    elsewhere = tmp_path / "other-venv" / "model"
+    elsewhere.parent.mkdir()
+    elsewhere.symlink_to(default_model_path(), target_is_directory=True)
+    monkeypatch.setattr(embeddings, "default_model_path", lambda: elsewhere)
+    CountingEmbedder.embedded = 0
+    moved = CountingEmbedder()
+    assert moved.model_path == elsewhere
+    async with MemoryManager(config, embedder=moved) as memory:
+        found = await memory.search_memory("warehouse in Oslo", limit=3)
+        assert found and "Oslo" in found[0].content
+    assert CountingEmbedder.embedded == 1  # the query only: the stored vectors were kept
+    # a model directory named by the caller is identified by where it is (another one may share its name)
+    assert SentenceTransformerEmbedder(elsewhere).name != SentenceTransformerEmbedder().name

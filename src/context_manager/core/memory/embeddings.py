@@ -178,8 +178,13 @@ class SentenceTransformerEmbedder:
                 )
         self.model_path: Path = path
         """Directory the model is loaded from."""
-        self.name: str = f"sentence-transformers:{path.name if model_name_or_path else 'all-MiniLM-L6-v2'}"
-        """Identifies the model, so vectors stored by another model can be recognised."""
+        self.name: str = (
+            "sentence-transformers:all-MiniLM-L6-v2"
+            if model_name_or_path is None
+            else f"sentence-transformers:{path.resolve()}"
+        )
+        """Identifies the model, so vectors stored by another model can be recognised: the packaged
+        MiniLM by its name (the same wherever it is installed), any other model by its directory."""
         self.device = device
         """Torch device the model runs on."""
         self.batch_size = batch_size

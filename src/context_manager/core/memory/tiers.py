@@ -289,9 +289,18 @@ class TierMovement(ManagerState):
             self._compacting = False
 
     def _embedding_model(self) -> str:
+        """The key stored vectors are kept under: another key means another model (re-embed them).
+
+        An embedder's ``name`` when it has one (the packaged MiniLM's does not depend on where it is
+        installed, so a rebuilt virtualenv or another host sharing the store reuses the vectors).
+        """
         embedder = self.embedder
         assert embedder is not None
-        name = getattr(embedder, "model_name", None) or getattr(embedder, "model_path", None)
+        name = (
+            getattr(embedder, "name", None)
+            or getattr(embedder, "model_name", None)
+            or getattr(embedder, "model_path", None)
+        )
         return f"{type(embedder).__name__}:{name or ''}:{embedder.dimension}"
 
     async def _embed(self, texts: list[str]) -> numpy.ndarray:
