@@ -273,6 +273,9 @@ def _global_options(
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
+    else:
+        # the pool's connection attempts: the command reports the failure on its one error line
+        logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     ctx.obj = _Options(storage, json_output, debug, Console(highlight=False), stderr)
 
 

@@ -251,6 +251,45 @@ async def test_refusals_leave_both_sides_as_they_were(tmp_path: Path, postgres_d
         await migrate_storage("postgres://cm@127.0.0.1:1/none", str(tmp_path / "t"))
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://cm:s3cret-word@[::1/none",  # libpq cannot parse it
+        "postgresql://cm:s3cret-word@localhost/none?bogus=1",  # an unknown parameter
+        "postgresql://cm:s3cret-word@127.0.0.1:1/none",  # parses; nothing listens there
+    ],
+)
+async def test_a_bad_dsn_gets_one_error_line_without_its_password(tmp_path: Path, dsn: str) -> None:
+    """As a process runs the CLI: libpq's message quotes an unparseable DSN whole, and the pool logged it
+    on every connection attempt (four lines on stderr, password included) for 10 s before the error."""
+    source = tmp_path / "source"
+    async with MemoryManager(sqlite_config(source)) as memory:
+        await memory.add_memory("a memory")
+    started = asyncio.get_running_loop().time()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "context_manager.cli",
+        "memory",
+        "migrate",
+        "--from",
+        str(source),
+        "--to",
+        dsn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    _, stderr_bytes = await asyncio.wait_for(process.communicate(), timeout=120)
+    stderr = stderr_bytes.decode()
+    assert process.returncode == 1, stderr
+    assert stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1, stderr
+    assert "s3cret-word" not in stderr
+    if "127.0.0.1:1" not in dsn:
+        assert "postgres_dsn" in stderr and "connection string" in stderr
+        assert asyncio.get_running_loop().time() - started < 8  # refused at once, not after the pool's 10 s
+
+
 # --- interrupted and resumed: a real process killed with SIGKILL in the middle ---------------------
 
 

@@ -19,6 +19,9 @@ from typing import Any, Final
 __all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
 
 CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
+
+MAX_ACCESS_COUNT = 2**31 - 1
+"""The largest access count a memory can hold (PostgreSQL stores it as a 32-bit integer)."""
 """Metadata keys that mark a memory as a turn of a conversation."""
 
 
@@ -139,8 +142,12 @@ class Memory:
         if superseded_by is not None and not isinstance(superseded_by, str):
             raise TypeError(f"superseded_by: got {type(superseded_by).__name__}; allowed a string or null")
         access_count = data.get("access_count", 0)
-        if isinstance(access_count, bool) or not isinstance(access_count, int) or access_count < 0:
-            raise ValueError("access_count: allowed an integer >= 0")
+        if (
+            isinstance(access_count, bool)
+            or not isinstance(access_count, int)
+            or not 0 <= access_count <= MAX_ACCESS_COUNT
+        ):
+            raise ValueError(f"access_count: allowed an integer from 0 to {MAX_ACCESS_COUNT}")
         return cls(
             id=memory_id,
             content=data["content"],
@@ -179,16 +186,20 @@ class Memory:
 
     @property
     def turn_index(self) -> int | None:
-        """The position of this turn within its session, if any."""
+        """The position of this turn within its session, if any.
+
+        A 64-bit integer: any other value stays in the metadata but is no position (the stores index it
+        as a 64-bit column).
+        """
         value = self.metadata.get("turn_index")
         if isinstance(value, bool):
             return None
-        if isinstance(value, int):
-            return value
-        try:
-            return int(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
+        if not isinstance(value, int):
+            try:
+                value = int(value) if value is not None else None
+            except (TypeError, ValueError, OverflowError):  # int(1e400) overflows
+                return None
+        return value if value is not None and -(2**63) < value < 2**63 - 1 else None
 
     @property
     def speaker(self) -> str | None:

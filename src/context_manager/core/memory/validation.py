@@ -38,17 +38,35 @@ def check_importance(value: Any, *, field: str = "importance") -> float:
     return float(value)
 
 
+MAX_TAG_CHARS = 500
+"""The longest tag, in characters: PostgreSQL's tag index takes entries of at most about 2.7 KB."""
+
+
 def check_tags(tags: Any) -> list[str]:
-    """A list (or set) of non-empty strings; ``None`` is no tags. Duplicates are dropped, order kept."""
+    """A list (or set) of non-empty strings of at most :data:`MAX_TAG_CHARS` characters.
+
+    ``None`` is no tags. Duplicates are dropped, order kept.
+    """
     if tags is None:
         return []
     if isinstance(tags, str | bytes) or not isinstance(tags, Sequence | set | frozenset):
         raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
     result: dict[str, None] = {}
     for tag in tags:
-        if not isinstance(tag, str) or not tag.strip() or not encodable(tag) or "\x00" in tag:
+        if (
+            not isinstance(tag, str)
+            or not tag.strip()
+            or len(tag) > MAX_TAG_CHARS
+            or not encodable(tag)
+            or "\x00" in tag
+        ):
             detail = f"bad tag {describe_value(tag)}"  # describe_value: a tag may be too deep to repr
-            raise InvalidMemoryError("tags", tags, "a list of non-empty strings without NUL", detail=detail)
+            raise InvalidMemoryError(
+                "tags",
+                tags,
+                f"a list of non-empty strings of at most {MAX_TAG_CHARS} characters, without NUL",
+                detail=detail,
+            )
         result[tag] = None
     return list(result)
 

@@ -1073,8 +1073,6 @@ class PostgresBackend:
 
     async def vectors_of(self, ids: Sequence[str]) -> dict[str, numpy.ndarray]:
         """The stored vectors of ``ids``."""
-        import numpy as np
-
         if not ids or self._vector_model is None:
             return {}
         rows = await self._fetch(
@@ -1082,7 +1080,7 @@ class PostgresBackend:
             (list(ids), self._vector_model),
             "vector read",
         )
-        return {row[0]: np.asarray(json.loads(row[1]), dtype=np.float32) for row in rows}
+        return {row[0]: _vector_of(row[1]) for row in rows}
 
     def vector_count(self) -> int:
         """Vectors of the current model, as last counted (this process's writes included)."""
@@ -1114,7 +1112,7 @@ class PostgresBackend:
         )
         matrix = np.zeros((len(rows), dimension), dtype=np.float32)
         for position, (_, text) in enumerate(rows):
-            matrix[position] = np.asarray(json.loads(text), dtype=np.float32)
+            matrix[position] = _vector_of(text)
         return [row[0] for row in rows], matrix
 
     # -- coordination and upkeep -------------------------------------------------------------------
@@ -1254,7 +1252,7 @@ def _insert_rows(count: int) -> str:
 
 def _assignments(changes: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The columns (and values) an :meth:`PostgresBackend.update` of ``changes`` writes."""
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Json
 
     assignments: list[tuple[str, Any]] = []
     for name, value in changes.items():
@@ -1268,7 +1266,7 @@ def _assignments(changes: Mapping[str, Any]) -> list[tuple[str, Any]]:
         elif name == "metadata":
             probe = Memory(id="-", content="-", metadata=dict(value))  # the columns read from the metadata
             assignments += [
-                ("metadata", Jsonb(probe.metadata)),
+                ("metadata", Json(probe.metadata)),
                 ("session_id", probe.session_id),
                 ("turn_index", _int64(probe.turn_index)),
                 ("session_date", probe.session_date),
@@ -1287,7 +1285,7 @@ def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:
 
 
 def _row(memory: Memory) -> tuple[Any, ...]:
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Json
 
     return (
         memory.id,
@@ -1301,7 +1299,7 @@ def _row(memory: Memory) -> tuple[Any, ...]:
         memory.created_at,
         memory.last_accessed,
         memory.access_count,
-        Jsonb(memory.metadata),
+        Json(memory.metadata),
         memory.source,
         memory.superseded_by,
         list(memory.merged_from),
@@ -1310,6 +1308,13 @@ def _row(memory: Memory) -> tuple[Any, ...]:
         _int64(memory.turn_index),
         memory.session_date,
     )
+
+
+def _vector_of(text: str) -> numpy.ndarray:
+    """A vector from pgvector's text form (``[0.1,-0,...]``); all floats, so ``-0`` keeps its sign."""
+    import numpy as np
+
+    return np.asarray(json.loads(text, parse_int=float), dtype=np.float32)
 
 
 def _int64(value: int | None) -> int | None:

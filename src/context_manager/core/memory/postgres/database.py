@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from context_manager.core.errors import MissingDependencyError, StorageError
+from context_manager.core.errors import ConfigurationError, MissingDependencyError, StorageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -45,7 +45,7 @@ LOCK_CONNECTIONS = 2
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by ``***`` (safe for messages and logs)."""
     redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", redacted, flags=re.IGNORECASE)
+    return re.sub(r"(password\s*=\s*)('[^']*'?|\S+)", r"\1***", redacted, flags=re.IGNORECASE)
 
 
 def _import_psycopg() -> tuple[Any, Any]:
@@ -95,6 +95,7 @@ class PostgresDatabase:
             return
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
+        self._check_dsn(psycopg)
         pool = psycopg_pool.AsyncConnectionPool(
             self.dsn,
             min_size=1,
@@ -113,6 +114,22 @@ class PostgresDatabase:
                 "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
             ) from None
         self._pool = pool
+
+    def _check_dsn(self, psycopg: Any) -> None:
+        """Refuse a connection string libpq cannot parse, at once and without showing its password.
+
+        Otherwise the pool would retry it for ``connect_timeout`` seconds, logging libpq's message (which
+        quotes the whole DSN, password included) on every attempt.
+        """
+        try:
+            psycopg.conninfo.conninfo_to_dict(self.dsn)
+        except psycopg.Error as error:
+            raise ConfigurationError(
+                "postgres_dsn",
+                self.location,
+                "a libpq connection string: postgresql://user:password@host:5432/database or key=value pairs",
+                detail=redact_dsn(str(error).strip()),
+            ) from None
 
     async def close(self) -> None:
         """Close the pool (waits for connections in use to come back)."""
@@ -255,6 +272,10 @@ class PostgresDatabase:
             try:
                 async with pool.connection() as connection:
                     return await operation(connection)
+            except psycopg.errors.ProgramLimitExceeded as error:  # too large for the server: so it stays
+                raise StorageError(
+                    f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
+                ) from None
             except (psycopg.OperationalError, psycopg.errors.TransactionRollback) as error:
                 last = error
             except psycopg.Error as error:  # a statement the server refused: not worth retrying

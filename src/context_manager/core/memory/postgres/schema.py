@@ -36,6 +36,18 @@ def _search_vector_of(row: str) -> str:
     )
 
 
+SEARCHED_CONTENT_CHARS = 100_000
+"""PostgreSQL indexes the first this many characters of a memory's content (a ``tsvector`` holds at most
+1 MB, which a few megabytes of distinct words exceed); SQLite's FTS5 indexes all of it."""
+
+
+def _bounded_search_vector_of(row: str) -> str:
+    """:func:`_search_vector_of` over at most :data:`SEARCHED_CONTENT_CHARS` characters of the content."""
+    return _search_vector_of(row).replace(
+        f"{row}.content)", f"left({row}.content, {SEARCHED_CONTENT_CHARS}))", 1
+    )
+
+
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "0001_memories",
@@ -137,6 +149,34 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         [
             "ALTER TABLE cm_conversation_records ALTER COLUMN payload TYPE json USING payload::json",
             "ALTER TABLE cm_conversations ALTER COLUMN snapshot TYPE json USING snapshot::json",
+        ],
+    ),
+    (
+        # (1) a memory of a few megabytes of distinct words (a tool's log output) failed to store: its
+        # tsvector went over PostgreSQL's 1 MB; the search vector now reads the first 100,000 characters.
+        # (2) metadata as written, as 0004 did for conversations: jsonb turned 1e16 into an int and -0.0
+        # into 0.0, so a memory migrated from SQLite never verified
+        "0005_bounded_search_and_metadata_as_written",
+        [
+            f"""
+            CREATE OR REPLACE FUNCTION cm_memories_search() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.search IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.search IS DISTINCT FROM OLD.search OR (
+                    NEW.content IS NOT DISTINCT FROM OLD.content
+                    AND NEW.tags_text IS NOT DISTINCT FROM OLD.tags_text
+                    AND NEW.context IS NOT DISTINCT FROM OLD.context
+                    AND NEW.session_date IS NOT DISTINCT FROM OLD.session_date)) THEN
+                    -- copied with its row (an overflow move), given with the new text, or the text unchanged
+                    RETURN NEW;
+                END IF;
+                NEW.search := {_bounded_search_vector_of("NEW")};
+                RETURN NEW;
+            END
+            $$
+            """,
+            "ALTER TABLE cm_memories ALTER COLUMN metadata DROP DEFAULT",
+            "ALTER TABLE cm_memories ALTER COLUMN metadata TYPE json USING metadata::json",
+            "ALTER TABLE cm_memories ALTER COLUMN metadata SET DEFAULT '{}'::json",
         ],
     ),
 ]
