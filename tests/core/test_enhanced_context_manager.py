@@ -132,6 +132,51 @@ async def test_cleanup_during_initialize_waits_and_then_cleans_up(tmp_path: Path
         assert again.is_initialized
 
 
+async def test_cleanup_during_a_hanging_summary_writes_what_the_compression_evicted(tmp_path: Path) -> None:
+    """An add caught in a hanging summarizer used to commit its compression seconds after cleanup()
+    returned, queuing what it evicted for a writer already stopped: those messages never reached memory."""
+    from context_manager.core.memory.manager import MemoryManager
+
+    called, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hanging(messages: list[Message], budget: int) -> str:
+        called.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    config = make_config(tmp_path, max_tokens=300, summarizer_timeout=60)
+    manager = EnhancedContextManager(config, summarizer=hanging)
+    await manager.initialize()
+
+    async def talk() -> int:
+        for step in range(60):
+            await manager.add_message(
+                "user", f"note {step}: the tram 28 leaves Martim Moniz every twelve minutes"
+            )
+            if manager.compression_history:
+                return step
+        raise AssertionError("no compression")
+
+    talking = asyncio.create_task(talk())
+    await asyncio.wait_for(called.wait(), timeout=30)
+    started = time.monotonic()
+    await asyncio.wait_for(manager.cleanup(), timeout=30)
+    assert time.monotonic() - started < 20  # not the summarizer's 60 s
+    assert cancelled.is_set() and talking.done()
+    await talking
+    [record] = manager.compression_history
+    assert record["strategy"] == "custom_failed_fallback_extractive"
+    assert "draining" in record["error"]
+    assert record["removed_count"] > 0
+    async with MemoryManager(config) as memory:
+        stored = await memory.search_memory("tram Martim Moniz", limit=50)
+    assert len(stored) == record["removed_count"]
+
+
 async def test_second_manager_in_this_process_is_told_so(tmp_path: Path) -> None:
     async with EnhancedContextManager(make_config(tmp_path)) as first:
         second = EnhancedContextManager(make_config(tmp_path))

@@ -256,6 +256,8 @@ class ContextWindow:
         self._journal: Journal | None = None
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
+        self._summaries_stopped = False  # drain(): compressions use the extractive summary from now on
         self.compression_history: list[CompressionRecord] = []
         """One record per compression, oldest first."""
         if eviction_hook is not None:
@@ -360,6 +362,23 @@ class ContextWindow:
         """Wait for the eviction-hook deliveries still running (those of cancelled adds)."""
         while self._deliveries:
             await asyncio.gather(*tuple(self._deliveries), return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Let the operations in progress finish at once, for a shutdown; return when none holds the window.
+
+        A summarizer call in flight is cancelled (its compression falls back to the extractive summary and
+        commits, so what it evicts is queued like any evicted message), compressions from now on use the
+        extractive summary, and this waits for the operations holding or waiting for the window, then for
+        the eviction-hook deliveries. ``EnhancedContextManager.cleanup()`` calls it before writing the
+        queued messages to memory: an add caught in a hanging summarizer neither delays the shutdown nor
+        commits, after it, evictions nobody writes.
+        """
+        self._summaries_stopped = True
+        for call in tuple(self._summary_calls):
+            call.cancel()
+        async with self._lock:
+            pass
+        await self.flush()
 
     def _start_delivery(self, tickets: Sequence[int]) -> asyncio.Task[None] | None:
         """Start handing ``tickets`` (claimed for us) to the hook in an owned task; None without a hook."""
@@ -1040,17 +1059,31 @@ class ContextWindow:
                 inputs, budget, latest_request=latest_request, request_is_cut=request_is_cut
             )
 
-        if self._summarizer is None:
+        summarizer = self._summarizer
+        if summarizer is None:
             text, tokens = self._extractive.summarize_counted(
                 inputs, budget, latest_request=latest_request, request_is_cut=request_is_cut
             )
             return _Outcome(text, STRATEGY_EXTRACTIVE, tokens=tokens)
+        if self._summaries_stopped:
+            return _Outcome(extractive(), STRATEGY_FALLBACK, "skipped: the window is draining (shutdown)")
         try:
             async with asyncio.timeout(self._summarizer_timeout):
-                text = await self._summarizer(list(inputs), budget)
+                # a task of its own, so drain() can cancel the call without cancelling this operation
+                call = asyncio.ensure_future(summarizer(list(inputs), budget))
+                self._summary_calls.add(call)
+                try:
+                    text = await call
+                finally:
+                    self._summary_calls.discard(call)
             if not isinstance(text, str):
                 raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
             return _Outcome(text, STRATEGY_CUSTOM)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this operation itself is cancelled
+            error = kind = "cancelled: the window is draining (shutdown)"  # drain() cancelled the call
         except TimeoutError:
             error = kind = f"timeout after {self._summarizer_timeout:g} s"
         except SummarizerUnavailableError as exception:  # circuit open: skipped on purpose, not a failure

@@ -333,7 +333,9 @@ class EnhancedContextManager:
         """
         await self._stop_operations()
         if self._window is not None:
-            await self._window.flush()  # eviction-hook deliveries of cancelled adds
+            # an add still compressing (its summarizer may hang) commits now, with the extractive summary,
+            # so what it evicts is queued before the writer stops; then the deliveries of cancelled adds
+            await self._window.drain()
         conversation = self._conversation
         if conversation is not None and conversation.pending and not conversation.is_stale:
             try:  # changes made without an awaited add (a pin) are written before closing
