@@ -290,6 +290,40 @@ async def test_a_bad_dsn_gets_one_error_line_without_its_password(tmp_path: Path
         assert asyncio.get_running_loop().time() - started < 8  # refused at once, not after the pool's 10 s
 
 
+async def test_a_schema_without_a_store_is_refused_and_left_as_it_was(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A DSN missing its search_path (or naming an empty schema) as the source was "migrated": the tables
+    were created in it and an empty copy verified. --verify-only created them in an empty target."""
+    import psycopg
+
+    from tests.postgres_support import create_schema, drop_schema
+
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    schema, empty_dsn = create_schema()
+    try:
+        with pytest.raises(
+            InvalidArgumentError, match="source: .*holds a memory store.*no cm_memories table"
+        ):
+            await migrate_storage(empty_dsn, str(tmp_path / "target"))
+        assert not (tmp_path / "target").exists()
+        with pytest.raises(InvalidArgumentError, match="target: .*no cm_memories table"):
+            await verify_storage(str(source), empty_dsn)
+        with psycopg.connect(empty_dsn) as connection:
+            tables = connection.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchone()
+        assert tables == (0,)
+    finally:
+        drop_schema(schema)
+    # the same database spelled another way is the source itself
+    assert (await migrate_storage(str(source), postgres_dsn)).ok
+    respelled = postgres_dsn.replace("postgresql://", "postgres://", 1)
+    with pytest.raises(InvalidArgumentError, match="target: .*a storage other than the source"):
+        await migrate_storage(postgres_dsn, respelled)
+
+
 # --- interrupted and resumed: a real process killed with SIGKILL in the middle ---------------------
 
 

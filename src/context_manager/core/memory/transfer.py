@@ -320,13 +320,54 @@ class MigrationReport:
         }
 
 
+def _same_database(first: str, second: str) -> bool:
+    """Whether two DSNs name the same database (``postgres://`` and ``postgresql://``, parameter order)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return conninfo_to_dict(first.strip()) == conninfo_to_dict(second.strip())
+    except Exception:  # psycopg missing, or a DSN it cannot parse (opening it says why)
+        return False
+
+
 def _check_locations(source: str, target: str) -> None:
     same = source.strip() == target.strip()
     if not same and not is_dsn(source) and not is_dsn(target):
         same = Path(source).expanduser().resolve() == Path(target).expanduser().resolve()
+    if not same and is_dsn(source) and is_dsn(target):
+        same = _same_database(source, target)
     if same:
         raise InvalidArgumentError(
             "target", target, "a storage other than the source (a different directory or database)"
+        )
+
+
+async def _check_postgres_store(location: str, name: str) -> None:
+    """Refuse a DSN whose schema holds no memory store, before opening it creates the tables there."""
+    from context_manager.core.memory.postgres import PostgresDatabase
+
+    database = PostgresDatabase(location.strip(), pool_size=1)
+    await database.open()
+    try:
+
+        async def has_store(connection: Any) -> bool:
+            cursor = await connection.execute(  # where the library puts its tables: the first schema
+                "SELECT EXISTS (SELECT 1 FROM pg_tables "
+                "WHERE schemaname = current_schema() AND tablename = 'cm_memories')"
+            )
+            row = await cursor.fetchone()
+            return bool(row[0])
+
+        found = await database.run(has_store, "store check")
+    finally:
+        await database.close()
+    if not found:
+        raise InvalidArgumentError(
+            name,
+            _describe_location(location),
+            "a memory storage directory or a postgresql:// DSN whose schema holds a memory store",
+            detail="no cm_memories table in the first schema of its search_path; "
+            "a schema is picked with ?options=-csearch_path%3D<schema>",
         )
 
 
@@ -334,6 +375,10 @@ async def _open_pair(source: str, target: str, *, create_target: bool) -> tuple[
     _check_locations(source, target)
     source_backend = open_storage(source, create=False, name="source")
     target_backend = open_storage(target, create=create_target, name="target")
+    if is_dsn(source):
+        await _check_postgres_store(source, "source")
+    if is_dsn(target) and not create_target:
+        await _check_postgres_store(target, "target")
     await source_backend.open()
     try:
         await target_backend.open()
@@ -403,7 +448,8 @@ async def migrate_storage(
                 "an empty storage, or one holding only memories of this source (an interrupted migration); "
                 "pass merge=True (--merge) to keep its other memories",
                 detail=f"it holds {len(foreign)} memories and {len(foreign_conversations)} conversations "
-                "the source does not have",
+                "the source does not have: another store's, or ones deleted from the source since an "
+                "interrupted run of this migration (then empty the target and run it again)",
             )
         report.total_copies = len(source_copies)
         await _copy_memories(source_copies, target_copies, target_backend, batch_size, report, progress)
