@@ -320,6 +320,10 @@ class ToolTimeoutError(ToolError, TimeoutError):
 class SummarizerError(ContextManagerError):
     """A summarizer failed or timed out; the window falls back to the extractive summarizer."""
 
+    usage: Any = None
+    """The tokens the provider billed for the failed call (a ``SummaryUsage``), when it reported them:
+    an answer with no text (a refusal) is billed too."""
+
 
 class SummarizerRequestError(SummarizerError):
     """An LLM summarizer's request failed (after its retries, when the failure was worth retrying)."""

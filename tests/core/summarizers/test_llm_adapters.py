@@ -199,9 +199,12 @@ async def test_summarizer_adapter_empty_choice_falls_back(
         assert record["strategy"] == "custom_failed_fallback_extractive"
         assert ("no choices" if provider == "openai" else "no text") in record["error"]
         assert summary_text(manager).startswith("Summary of the earlier conversation")
+        # and the monitors count what it cost (they missed it: the failure carried no usage)
+        usage = manager.performance_monitor.token_usage()["summarize"]  # type: ignore[union-attr]
     assert len(server.requests) == 1
     billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
     assert summarizer.input_tokens == billed  # an unusable answer is still counted as spent
+    assert usage is not None and usage["input_tokens"] == billed
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -206,7 +206,7 @@ class SummarizerGuard:
             self._failed(f"cancelled after {elapsed:.1f} s (timeout)", elapsed)
             raise
         except Exception as error:
-            self._failed(type(error).__name__, self._clock() - started)
+            self._failed(type(error).__name__, self._clock() - started, getattr(error, "usage", None))
             raise
         self._succeeded(self._clock() - started, usage)
         return text
@@ -233,7 +233,7 @@ class SummarizerGuard:
             retry_in=retry_in,
         )
 
-    def _failed(self, description: str, elapsed: float) -> None:
+    def _failed(self, description: str, elapsed: float, usage: SummaryUsage | None = None) -> None:
         self._failures += 1
         self._consecutive_failures += 1
         self._last_error = description
@@ -242,7 +242,7 @@ class SummarizerGuard:
             self._open(f"the trial call failed ({description})")
         elif self._state is CircuitState.CLOSED and self._consecutive_failures >= self.failure_threshold:
             self._open(f"{self._consecutive_failures} consecutive failures (last: {description})")
-        self._report(SummaryReport(elapsed, False, description, None))
+        self._report(SummaryReport(elapsed, False, description, usage))
 
     def _open(self, why: str) -> None:
         self._state = CircuitState.OPEN

@@ -249,7 +249,9 @@ class LLMSummarizer(abc.ABC):
             except EmptyAnswer as empty:
                 self.input_tokens += empty.usage.input_tokens
                 self.output_tokens += empty.usage.output_tokens
-                raise SummarizerError(f"{self.name}: {empty}") from None
+                unanswered = SummarizerError(f"{self.name}: {empty}")
+                unanswered.usage = empty.usage  # billed all the same: the monitors count it
+                raise unanswered from None
             except Exception as error:
                 failure = self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)

@@ -139,7 +139,11 @@ class OpenAISummarizer(LLMSummarizer):
         content = getattr(message, "content", None) if message is not None else None
         if not isinstance(content, str) or not content.strip():
             reason = getattr(choices[0], "finish_reason", None)
-            raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r})", summary_usage)
+            refusal = getattr(message, "refusal", None) if message is not None else None
+            why = f"; refusal: {refusal[:200]!r}" if isinstance(refusal, str) and refusal else ""
+            raise EmptyAnswer(
+                f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage
+            )
         return content, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
