@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,49 @@ _SEAM_TEXT = st.lists(
     ),
     max_size=12,
 ).map("".join)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@settings(max_examples=500, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(_SEAM_TEXT, st.text(max_size=12), st.sampled_from([" a", "b c", "Ab Cd", "x  y"])),
+        max_size=40,
+    ),
+    piece_chars=st.integers(1, 40),
+)
+def test_a_long_text_counted_in_pieces_counts_as_a_whole(
+    encoding: str, parts: list[str], piece_chars: int
+) -> None:
+    """Megabytes are counted a piece at a time (cut after an ASCII letter followed by a space and a letter,
+    so a worker thread lets the event loop in between): the pieces add up to the whole text's count."""
+    counter = ExactTokenCounter(encoding)
+    text = "".join(parts)
+    assert counter._count_long(text, piece_chars) == counter.count_uncached(text)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_megabytes_are_counted_exactly_while_another_thread_runs(encoding: str) -> None:
+    """The tokenizer holds the interpreter while it counts: a thread counting 5 MB at once held the
+    event loop's thread for the whole count (160 ms here), though the count ran in a worker thread."""
+    import threading
+
+    counter = ExactTokenCounter(encoding)
+    text = " ".join(f"w{i} lorem{i % 97} ipsum" for i in range(300_000))
+    expected = counter.count_uncached(text + " end")
+    results: list[int] = []
+    worker = threading.Thread(target=lambda: results.append(counter.count(text + " end")))
+    gaps: list[float] = []
+    last = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    worker.join()
+    assert results == [expected]
+    assert max(gaps) < 0.05, f"this thread waited {max(gaps) * 1000:.0f} ms for the interpreter"
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

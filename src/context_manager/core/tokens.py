@@ -19,6 +19,7 @@ Other providers plug in through the :class:`TokenCounter` protocol::
 
 from __future__ import annotations
 
+import re
 import string
 import threading
 from collections.abc import Sequence
@@ -80,6 +81,13 @@ def _trailing_punctuation(text: str) -> str | None:
 _TEXT_CACHE_SIZE = 8192
 _TEXT_CACHE_CHARS = 2_000_000  # at most 8 MB of cached text (4 bytes a character at worst)
 _TEXT_CACHE_MAX_TEXT = 16_384  # longer texts are counted each time: caching them is what grows memory
+_PIECE_CHARS = 65_536
+"""A text longer than this is counted a piece at a time (about 2 ms each), so a thread counting megabytes
+lets the event loop's thread take the interpreter between pieces: the tokenizer holds it while it counts."""
+_WORD_SEAM = re.compile(r"[A-Za-z](?= [A-Za-z])")
+"""Where a text can be cut without changing its count: after an ASCII letter followed by a space and an
+ASCII letter. Both encodings' pre-split ends a word at the letter and starts the next piece with the space
+(``" word"``), so the pieces count alone what they count together (property-tested on both)."""
 
 _MODEL_PREFIX_ENCODINGS: tuple[tuple[str, str], ...] = (
     ("gpt-4o", "o200k_base"),
@@ -186,10 +194,35 @@ class ExactTokenCounter:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
+        if len(text) > _TEXT_CACHE_MAX_TEXT:
+            return self._count_long(text) if len(text) > _PIECE_CHARS else int(self._count_raw(text))
         result: int = self._count_raw(text)
-        if len(text) <= _TEXT_CACHE_MAX_TEXT:
-            self._remember(text, result)
+        self._remember(text, result)
         return result
+
+    def _count_long(self, text: str, piece_chars: int = _PIECE_CHARS) -> int:
+        """Count a long text a piece of about ``piece_chars`` characters at a time, cut at word seams.
+
+        The tokenizer holds the interpreter while it counts: between pieces another thread (the event
+        loop's, when this runs in a worker thread) gets it. A text with no seam is counted whole.
+        """
+        count = self._count_raw
+        total = 0
+        start = 0
+        end = len(text)
+        search = _WORD_SEAM.search
+        while end - start > piece_chars:
+            seam = None
+            window = start + piece_chars
+            while seam is None and window < end:  # each search scans one piece's length at most
+                seam = search(text, window, min(window + piece_chars, end))
+                window += piece_chars
+            if seam is None:
+                break
+            cut = seam.start() + 1
+            total += count(text[start:cut])
+            start = cut
+        return total + int(count(text[start:] if start else text))
 
     def _remember(self, text: str, tokens: int) -> None:
         size = len(text)
@@ -339,8 +372,9 @@ class ExactTokenCounter:
         """
         count = self.count
         total = self._role_tokens[message.role]
-        if message.content:
-            total += self._count_raw(message.content)
+        content = message.content
+        if content:
+            total += self._count_raw(content) if len(content) <= _PIECE_CHARS else self._count_long(content)
         if message.name:
             total += count(message.name) + TOKENS_PER_NAME
         for call in message.tool_calls:

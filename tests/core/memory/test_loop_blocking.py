@@ -212,6 +212,18 @@ async def test_remembering_a_large_eviction_yields_to_the_loop(storage: Path) ->
         await manager.close()
 
 
+async def test_an_evicted_document_of_megabytes_goes_to_the_on_disk_tier(manager: MemoryManager) -> None:
+    """A pasted document of 5 MB, evicted, was indexed in the in-process medium-term tier: 350 ms on the
+    event loop. Past 65,536 characters a message goes to the long-term tier (indexed in a worker thread)."""
+    document = "quarterly report, appendix: " + " ".join(f"row{i} margin{i % 97} ok" for i in range(250_000))
+    messages = [Message.create("user", document), Message.create("assistant", "Noted, the appendix is long.")]
+    written = await manager.remember_messages(messages, session_id="s")
+    assert [memory.tier for memory in written] == [MemoryTier.LONG, MemoryTier.MEDIUM]
+    assert written[0].content == document and written[0].metadata["role"] == "user"
+    found = await manager.search_memory("quarterly report", limit=1)
+    assert found and found[0].id == written[0].id
+
+
 async def test_short_term_overflow_moves_a_bounded_chunk_per_loop_step(storage: Path) -> None:
     config = ContextManagerConfig(
         storage_path=storage,

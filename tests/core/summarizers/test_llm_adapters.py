@@ -4,6 +4,7 @@ formats (tests/chat_completions_server.py). Each scenario ends in a summary or a
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from context_manager.core.errors import (
 )
 from context_manager.core.messages import Message
 from context_manager.core.summarizers import AnthropicSummarizer, LLMSummarizer, OpenAISummarizer
+from context_manager.core.tokens import ExactTokenCounter
 from tests.chat_completions_server import ANTHROPIC_USAGE, USAGE, ChatCompletionsServer, Fault, running_server
 
 PROVIDERS = ["openai", "anthropic"]
@@ -366,3 +368,35 @@ async def test_summarizer_adapter_cleanup_closes_the_client_it_created(
     async with make_summarizer(provider, server) as scoped:
         client = scoped.client
     assert client.is_closed()
+
+
+class ThreadRecordingCounter(ExactTokenCounter):
+    """The real counter, noting which thread counts each long text."""
+
+    def __init__(self) -> None:
+        super().__init__("o200k_base")
+        self.long_text_threads: set[str] = set()
+
+    def count(self, text: str) -> int:
+        if len(text) > 100_000:
+            self.long_text_threads.add(threading.current_thread().name)
+        return super().count(text)
+
+
+async def test_the_prompt_of_megabytes_of_evicted_text_is_built_off_the_event_loop(
+    server: ChatCompletionsServer,
+) -> None:
+    """Building the prompt counts and cuts every evicted message: on the loop, a 5 MB message held it for
+    about half a second before the request was even sent."""
+    counter = ThreadRecordingCounter()
+    summarizer = make_summarizer("openai", server, counter=counter)
+    try:
+        big = " ".join(f"w{i} lorem{i % 97} ipsum" for i in range(300_000))
+        messages = [Message.create("user", big), Message.create("assistant", "That is a long paste.")]
+        response = await summarizer.complete(messages, 200)
+    finally:
+        await summarizer.cleanup()
+    assert response.text == SUMMARY
+    assert counter.long_text_threads and threading.main_thread().name not in counter.long_text_threads
+    prompt = server.requests[-1].body["messages"]
+    assert sum(len(part["content"]) for part in prompt) < 100_000  # cut to the adapter's input budget

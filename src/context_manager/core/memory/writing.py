@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MemoryWriting", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
+_LARGE_MESSAGE_CHARS = 65_536
+"""An evicted message longer than this goes to the long-term tier, which lives on disk and is indexed in a
+worker thread: indexing a pasted document of megabytes in the in-process tiers held the event loop."""
 _OVERFLOW_LIMIT = 1.25  # a write finding a tier this far over its capacity waits for the overflow move
 
 
@@ -398,6 +401,9 @@ class MemoryWriting(TierMovement):
     ) -> list[Memory]:
         """Write messages (e.g. evicted by compression) to the medium-term tier, durably.
 
+        A message of more than 65,536 characters (a pasted document) goes to the long-term tier instead,
+        which lives on disk and is indexed in a worker thread.
+
         Each becomes a memory with ``source="context"`` and metadata ``role``, ``message_id``,
         ``timestamp``, ``session_id``, ``turn_index`` (taken from the message metadata, else counted per
         session in timestamp order), ``speaker`` (the message's name or role) and ``session_date`` (from
@@ -456,18 +462,19 @@ class MemoryWriting(TierMovement):
             metadata["session_date"] = date
             priority = getattr(message.priority, "value", "normal")
             importance = {"low": 0.3, "normal": 0.5, "high": 0.7, "critical": 0.9}.get(priority, 0.5)
+            tier = MemoryTier.LONG if len(text) > _LARGE_MESSAGE_CHARS else MemoryTier.MEDIUM
             memory = self._build_memory(
                 text,
                 importance,
                 None,
                 json_safe(metadata),
                 user_id,
-                MemoryTier.MEDIUM,
+                tier,
                 "context",
                 None if id_namespace is None else message_memory_id(id_namespace, message.id),
             )
             memory.created_at = message.timestamp
-            items.append((memory, MemoryTier.MEDIUM))
+            items.append((memory, tier))
         if items:
             written += [
                 memory.copy()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_OFF_LOOP_CHARS = 100_000
+"""Evicted text longer than this is turned into the prompt in a worker thread (it is counted and cut)."""
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 """Statuses retried besides every 5xx (Anthropic's 529 "overloaded" included)."""
@@ -222,13 +226,18 @@ class LLMSummarizer(abc.ABC):
         """
         if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens <= 0:
             raise InvalidArgumentError("budget_tokens", budget_tokens, "an integer > 0")
-        prompt = build_summary_prompt(
+        build = functools.partial(
+            build_summary_prompt,
             messages,
             budget_tokens,
             counter=self.counter,
             max_input_tokens=self.max_input_tokens,
             instructions=self.instructions,
         )
+        if sum(len(message.content) for message in messages) > _OFF_LOOP_CHARS:
+            prompt = await asyncio.to_thread(build)  # counting megabytes would hold the event loop
+        else:
+            prompt = build()
         deadline = None if self.total_timeout is None else self._clock() + self.total_timeout
         attempt = 0
         while True:

@@ -141,9 +141,7 @@ class OpenAISummarizer(LLMSummarizer):
             reason = getattr(choices[0], "finish_reason", None)
             refusal = getattr(message, "refusal", None) if message is not None else None
             why = f"; refusal: {refusal[:200]!r}" if isinstance(refusal, str) and refusal else ""
-            raise EmptyAnswer(
-                f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage
-            )
+            raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage)
         return content, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
