@@ -130,6 +130,28 @@ async def test_resuming_keeps_tool_arguments_and_metadata_as_written(make_config
         assert list(resumed.messages[0].metadata.items()) == list(metadata.items())
 
 
+async def test_integers_beyond_64_bits_resume_as_written(make_config: Any) -> None:
+    """orjson read 10**20 as 1e+20 (a resumed export differed, a reload changed the window) and refused
+    10**400, after which the conversation could not be opened at all."""
+    metadata = {"above": 2**64, "below": -(2**63) - 1, "wide": 10**20, "huge": 10**400, "ok": 2**64 - 1}
+    arguments = {"amount": 10**20, "id": "12345678901234567890123"}
+    async with EnhancedContextManager(make_config(), conversation_id="ints") as manager:
+        await manager.add_message("user", "transfer it", metadata=metadata)
+        await manager.add_message(
+            "assistant", "", tool_calls=[{"id": "c1", "name": "transfer", "arguments": arguments}]
+        )
+        await manager.add_message("tool", "done", tool_call_id="c1")
+        written = json.dumps(manager.get_context())
+        assert "100000000000000000000" in written and "1e+20" not in written
+        await manager.reload()
+        assert json.dumps(manager.get_context()) == written
+        assert manager.messages[0].metadata == metadata
+    async with EnhancedContextManager(make_config(), conversation_id="ints") as resumed:
+        assert json.dumps(resumed.get_context()) == written
+        assert resumed.messages[0].metadata == metadata
+        assert resumed.messages[1].tool_calls[0].arguments == arguments
+
+
 async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:
     async with EnhancedContextManager(make_config(), conversation_id="c") as first:
         await first.add_message("user", "my locker code is 4417 at the north gate")
