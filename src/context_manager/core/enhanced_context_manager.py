@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -33,6 +34,7 @@ from context_manager.core.conversations.store import ConversationStore, check_co
 from context_manager.core.errors import (
     ConfigurationError,
     ContextManagerError,
+    ConversationConflictError,
     InvalidArgumentError,
     InvalidMessageError,
     LifecycleError,
@@ -751,7 +753,8 @@ class EnhancedContextManager:
 
         After a :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this
         or another process, changed the conversation first) or to see another worker's messages. Changes
-        of this manager not stored yet are dropped (an awaited ``add_message`` is always stored).
+        of this manager not stored yet (a pin, written in the background) are stored first; if another
+        manager wrote first they are dropped (an awaited ``add_message`` is always stored).
 
         Raises:
             ConfigurationError: the manager has no conversation id.
@@ -766,6 +769,11 @@ class EnhancedContextManager:
                 None,
                 "a conversation id (EnhancedContextManager(config, conversation_id=...))",
             )
+        if conversation.pending and not conversation.is_stale:
+            # a pin made just before: its background write may not have run yet, and the reload would
+            # drop it as if another manager had written first
+            with contextlib.suppress(ConversationConflictError):
+                await conversation.sync()
         return await conversation.reload()
 
     async def list_conversations(self) -> list[dict[str, Any]]:

@@ -152,6 +152,47 @@ async def test_integers_beyond_64_bits_resume_as_written(make_config: Any) -> No
         assert resumed.messages[1].tool_calls[0].arguments == arguments
 
 
+async def test_a_pin_made_just_before_a_reload_is_kept(make_config: Any) -> None:
+    """The pin's background write had not run when reload() took the conversation: the pin was dropped,
+    with a warning that another manager had written first (none had)."""
+    async with EnhancedContextManager(make_config(), conversation_id="pins") as manager:
+        await manager.add_message("user", "keep me")
+        await manager.add_message("user", "and then me")
+        manager.pin_message(manager.messages[0].id)
+        await manager.reload()
+        assert [m.pinned for m in manager.messages] == [True, False]
+        manager.unpin_message(manager.messages[0].id)
+        manager.pin_message(manager.messages[1].id)
+        await manager.reload()
+        assert [m.pinned for m in manager.messages] == [False, True]
+    async with EnhancedContextManager(make_config(), conversation_id="pins") as resumed:
+        assert [m.pinned for m in resumed.messages] == [False, True]
+
+
+async def test_a_writer_is_refused_after_its_conversation_was_deleted_and_created_again(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """On PostgreSQL, where processes share conversations: A wrote version 1, B deleted the conversation,
+    C created it again up to version 1; A's next add was accepted on top of C's conversation."""
+
+    def config(name: str) -> ContextManagerConfig:
+        return ContextManagerConfig(
+            storage_path=tmp_path / name, memory_backend="postgres", postgres_dsn=postgres_dsn
+        )
+
+    async with EnhancedContextManager(config("a"), conversation_id="aba") as first:
+        await first.add_message("user", "X from the first writer")
+        async with EnhancedContextManager(config("b"), conversation_id="other") as deleter:
+            assert await deleter.delete_conversation("aba")
+        async with EnhancedContextManager(config("c"), conversation_id="aba") as again:
+            await again.add_message("user", "Y from the new conversation")
+        with pytest.raises(ConversationConflictError):
+            await first.add_message("user", "Z from the first writer")
+        assert [m.content for m in first.messages] == ["Y from the new conversation"]  # reloaded
+    async with EnhancedContextManager(config("d"), conversation_id="aba") as resumed:
+        assert [m.content for m in resumed.messages] == ["Y from the new conversation"]
+
+
 async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:
     async with EnhancedContextManager(make_config(), conversation_id="c") as first:
         await first.add_message("user", "my locker code is 4417 at the north gate")

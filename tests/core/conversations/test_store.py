@@ -30,6 +30,29 @@ async def test_append_then_load_returns_every_record_in_order(open_store: StoreF
     assert (await store.load("other")).records == []
 
 
+async def test_a_writer_of_a_deleted_conversation_is_refused_when_it_is_created_again(
+    open_store: StoreFactory,
+) -> None:
+    """Deleted, then created again by another writer up to the same version: the version alone matched,
+    so the first writer's change went on top of the new conversation (and its snapshot and watermark
+    could land there too)."""
+    first, second = await open_store(), await open_store()
+    await first.append("c1", 0, records("a"), writer="first", created_at=1000.0)
+    generation = (await first.load("c1")).created_at
+    assert generation == 1000.0
+    assert await second.delete("c1")
+    await second.append("c1", 0, records("b"), writer="second", created_at=2000.0)
+    with pytest.raises(ConversationConflictError):
+        await first.append("c1", 1, records("from first"), writer="first", created_at=generation)
+    await first.save_snapshot("c1", 1, {"stale": True}, created_at=generation)
+    await first.mark_indexed("c1", 1, created_at=generation)
+    loaded = await second.load("c1")
+    assert [record.payload["message"]["text"] for _, record in loaded.records] == ["b"]
+    assert (loaded.created_at, loaded.snapshot, loaded.indexed_version) == (2000.0, None, 0)
+    # the same generation goes on as before
+    assert await second.append("c1", 1, records("c"), writer="second", created_at=2000.0) == 2
+
+
 async def test_a_stale_writer_is_refused_and_stores_nothing(open_store: StoreFactory) -> None:
     first, second = await open_store(), await open_store()  # two processes on one storage
     await first.append("c1", 0, records("a"), writer="first")

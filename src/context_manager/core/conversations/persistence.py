@@ -24,6 +24,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from context_manager.core.context_window import CompressionRecord, ContextWindow
@@ -62,6 +63,7 @@ class PersistedConversation:
         self._snapshot_every = snapshot_every
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._version = 0  # the version this process last stored or loaded
+        self._created_at: float | None = None  # the stored conversation's generation (None: not created)
         self._snapshot_version = 0
         self._indexed_version = 0
         self._last_compress_version = 0
@@ -144,6 +146,7 @@ class PersistedConversation:
         # taken at this version holds them); the queue keeps one entry per message id.
         self._window.evicted_queue.put(state.unindexed)
         self._version = state.version
+        self._created_at = stored.created_at if stored.version else None
         self._snapshot_version = stored.snapshot_version
         self._indexed_version = stored.indexed_version
         self._last_compress_version = max(
@@ -215,8 +218,11 @@ class PersistedConversation:
             raise self._conflict
         batch = list(self._pending)
         expected = self._version
+        created_at = self._created_at if self._created_at is not None else time.time()
         try:
-            version = await self.store.append(self.conversation_id, expected, batch, writer=self._writer)
+            version = await self.store.append(
+                self.conversation_id, expected, batch, writer=self._writer, created_at=created_at
+            )
         except ConversationConflictError as error:
             logger.info(
                 "conversation %r: another writer stored version %s first; reloading",
@@ -237,6 +243,7 @@ class PersistedConversation:
         del self._pending[: len(batch)]
         self._resolved += len(batch)
         self._version = version
+        self._created_at = created_at
         if any(record.kind == "compress" for record in batch):
             self._last_compress_version = version
 
@@ -252,7 +259,7 @@ class PersistedConversation:
             and not len(self._window.evicted_queue)
         ):
             version = self._version
-            await self.store.mark_indexed(self.conversation_id, version)
+            await self.store.mark_indexed(self.conversation_id, version, created_at=self._created_at)
             self._indexed_version = version
 
     async def _save_snapshot(self) -> None:
@@ -272,7 +279,9 @@ class PersistedConversation:
         )
         version = self._version
         try:
-            await self.store.save_snapshot(self.conversation_id, version, snapshot_of(state))
+            await self.store.save_snapshot(
+                self.conversation_id, version, snapshot_of(state), created_at=self._created_at
+            )
         except Exception as error:  # a snapshot only makes resuming faster: the records are there
             logger.warning(
                 "conversation %r: snapshot failed (%s)", self.conversation_id, type(error).__name__

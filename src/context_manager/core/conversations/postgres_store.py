@@ -63,14 +63,14 @@ class PostgresConversationStore:
             async with connection.transaction():
                 await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor = await connection.execute(
-                    "SELECT version, snapshot_version, snapshot::text, indexed_version FROM cm_conversations "
-                    "WHERE id = %s",
+                    "SELECT version, snapshot_version, snapshot::text, indexed_version, created_at "
+                    "FROM cm_conversations WHERE id = %s",
                     (conversation_id,),
                 )
                 row = await cursor.fetchone()
                 if row is None:
                     return StoredConversation(conversation_id=conversation_id, version=0)
-                version, snapshot_version, snapshot, indexed_version = row
+                version, snapshot_version, snapshot, indexed_version, created_at = row
                 cursor = await connection.execute(
                     "SELECT version, kind, payload::text FROM cm_conversation_records "
                     "WHERE conversation_id = %s AND version > %s ORDER BY version",
@@ -89,6 +89,7 @@ class PostgresConversationStore:
                 snapshot=None if snapshot is None else loads(snapshot),
                 records=records,
                 indexed_version=int(indexed_version),
+                created_at=float(created_at),
             )
 
         return await self.database.run(read, "conversation load")
@@ -100,6 +101,7 @@ class PostgresConversationStore:
         records: Sequence[ConversationRecord],
         *,
         writer: str,
+        created_at: float | None = None,
     ) -> int:
         """Store records after ``expected_version`` in one transaction; return the new version."""
         from psycopg.types.json import Json
@@ -126,12 +128,14 @@ class PostgresConversationStore:
         if expected_version == 0:
             move = (
                 "INSERT INTO cm_conversations (id, version, created_at, updated_at) "
-                "VALUES (%(id)s, %(new)s, %(now)s, %(now)s) ON CONFLICT (id) DO NOTHING RETURNING id"
+                "VALUES (%(id)s, %(new)s, %(created)s, %(now)s) ON CONFLICT (id) DO NOTHING RETURNING id"
             )
         else:
+            # the same generation: deleted and created again, it may be at our version once more
+            generation = "" if created_at is None else " AND created_at = %(created)s"
             move = (
                 "UPDATE cm_conversations SET version = %(new)s, updated_at = %(now)s "
-                "WHERE id = %(id)s AND version = %(expected)s RETURNING id"
+                f"WHERE id = %(id)s AND version = %(expected)s{generation} RETURNING id"
             )
         statement = (
             f"WITH moved AS ({move}) "
@@ -145,6 +149,7 @@ class PostgresConversationStore:
             "id": conversation_id,
             "new": new_version,
             "now": now,
+            "created": now if created_at is None else created_at,
             "expected": expected_version,
             "writer": writer,
             "versions": versions,
@@ -195,28 +200,37 @@ class PostgresConversationStore:
         current = await cursor.fetchone()
         return None if current is None else int(current[0])
 
-    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
+    async def save_snapshot(
+        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
+    ) -> None:
         """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
         from psycopg.types.json import Json
 
         payload = Json(json.loads(json.dumps(state)))
+        generation = "" if created_at is None else " AND created_at = %s"
+        extra = () if created_at is None else (created_at,)
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(
                 "UPDATE cm_conversations SET snapshot_version = %s, snapshot = %s "
-                "WHERE id = %s AND snapshot_version < %s AND version >= %s",
-                (version, payload, conversation_id, version, version),
+                f"WHERE id = %s AND snapshot_version < %s AND version >= %s{generation}",
+                (version, payload, conversation_id, version, version, *extra),
             )
 
         await self.database.run(write, "conversation snapshot")
 
-    async def mark_indexed(self, conversation_id: str, version: int) -> None:
+    async def mark_indexed(
+        self, conversation_id: str, version: int, *, created_at: float | None = None
+    ) -> None:
         """Move the indexing watermark forward (never back)."""
+        generation = "" if created_at is None else " AND created_at = %s"
+        extra = () if created_at is None else (created_at,)
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(
-                "UPDATE cm_conversations SET indexed_version = greatest(indexed_version, %s) WHERE id = %s",
-                (version, conversation_id),
+                "UPDATE cm_conversations SET indexed_version = greatest(indexed_version, %s) "
+                f"WHERE id = %s{generation}",
+                (version, conversation_id, *extra),
             )
 
         await self.database.run(write, "conversation watermark")

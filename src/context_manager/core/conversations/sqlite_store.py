@@ -212,12 +212,13 @@ class SQLiteConversationStore:
     def _load(self, conversation_id: str) -> StoredConversation:
         db = self._db
         row = db.execute(
-            "SELECT version, snapshot_version, snapshot, indexed_version FROM conversations WHERE id = ?",
+            "SELECT version, snapshot_version, snapshot, indexed_version, created_at FROM conversations "
+            "WHERE id = ?",
             (conversation_id,),
         ).fetchone()
         if row is None:
             return StoredConversation(conversation_id=conversation_id, version=0)
-        version, snapshot_version, snapshot, indexed_version = row
+        version, snapshot_version, snapshot, indexed_version, created_at = row
         rows = db.execute(
             "SELECT version, kind, payload FROM conversation_records "
             "WHERE conversation_id = ? AND version > ? ORDER BY version",
@@ -235,6 +236,7 @@ class SQLiteConversationStore:
             snapshot=None if snapshot is None else loads(snapshot),
             records=records,
             indexed_version=int(indexed_version),
+            created_at=float(created_at),
         )
 
     async def list_conversations(self) -> list[ConversationInfo]:
@@ -257,10 +259,11 @@ class SQLiteConversationStore:
         records: Sequence[ConversationRecord],
         *,
         writer: str,
+        created_at: float | None = None,
     ) -> int:
         """Store records after ``expected_version`` in one transaction; return the new version."""
         rows = [(record.kind, json.dumps(record.payload, ensure_ascii=False)) for record in records]
-        append = functools.partial(self._append, conversation_id, expected_version, rows, writer)
+        append = functools.partial(self._append, conversation_id, expected_version, rows, writer, created_at)
         # A small append without fsync commits in tens of microseconds: cheaper on the loop than a thread
         # hop, as long as nobody holds the connection (else it waits its turn in the thread).
         if (
@@ -275,16 +278,27 @@ class SQLiteConversationStore:
                 self._lock.release()
         return await self._run(self._guarded, append)
 
-    def _append(self, conversation_id: str, expected: int, rows: list[tuple[str, str]], writer: str) -> int:
+    def _append(
+        self,
+        conversation_id: str,
+        expected: int,
+        rows: list[tuple[str, str]],
+        writer: str,
+        created_at: float | None,
+    ) -> int:
         db = self._db
         now = time.time()
         new_version = expected + len(rows)
         db.execute("BEGIN IMMEDIATE")
         try:
             # the version check and the move are one statement: it changes a row only if nobody else did
+            # (and the same generation: deleted and created again, it may be at this version once more)
+            generation = "" if created_at is None else " AND created_at = ?"
+            extra = () if created_at is None else (created_at,)
             moved = db.execute(
-                "UPDATE conversations SET version = ?, updated_at = ? WHERE id = ? AND version = ?",
-                (new_version, now, conversation_id, expected),
+                "UPDATE conversations SET version = ?, updated_at = ? "
+                f"WHERE id = ? AND version = ?{generation}",
+                (new_version, now, conversation_id, expected, *extra),
             ).rowcount
             if not moved:
                 current = db.execute(
@@ -297,7 +311,7 @@ class SQLiteConversationStore:
                     )
                 db.execute(
                     "INSERT INTO conversations (id, version, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    (conversation_id, new_version, now, now),
+                    (conversation_id, new_version, now if created_at is None else created_at, now),
                 )
             db.executemany(
                 "INSERT INTO conversation_records "
@@ -317,26 +331,35 @@ class SQLiteConversationStore:
             raise
         return new_version
 
-    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
+    async def save_snapshot(
+        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
+    ) -> None:
         """Keep ``state`` as the window at ``version`` (only if it is newer than the stored snapshot)."""
         text = json.dumps(state, ensure_ascii=False)
+        generation = "" if created_at is None else " AND created_at = ?"
+        extra = () if created_at is None else (created_at,)
 
         def write() -> None:
             self._db.execute(
                 "UPDATE conversations SET snapshot_version = ?, snapshot = ? "
-                "WHERE id = ? AND snapshot_version < ? AND version >= ?",
-                (version, text, conversation_id, version, version),
+                f"WHERE id = ? AND snapshot_version < ? AND version >= ?{generation}",
+                (version, text, conversation_id, version, version, *extra),
             )
 
         await self._run(self._guarded, write)
 
-    async def mark_indexed(self, conversation_id: str, version: int) -> None:
+    async def mark_indexed(
+        self, conversation_id: str, version: int, *, created_at: float | None = None
+    ) -> None:
         """Move the indexing watermark forward (never back)."""
+        generation = "" if created_at is None else " AND created_at = ?"
+        extra = () if created_at is None else (created_at,)
 
         def write() -> None:
             self._db.execute(
-                "UPDATE conversations SET indexed_version = max(indexed_version, ?) WHERE id = ?",
-                (version, conversation_id),
+                "UPDATE conversations SET indexed_version = max(indexed_version, ?) "
+                f"WHERE id = ?{generation}",
+                (version, conversation_id, *extra),
             )
 
         await self._run(self._guarded, write)

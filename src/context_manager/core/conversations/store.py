@@ -53,6 +53,10 @@ class StoredConversation:
     """``(version, record)`` after the snapshot, oldest first."""
     indexed_version: int = 0
     """Compressions up to this version have had their evicted messages written to memory."""
+    created_at: float = 0.0
+    """When the conversation was created (0.0 when new): its generation. A conversation deleted and created
+    again under the same id has another, so a writer of the deleted one is refused even where the new one's
+    version equals its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,21 +165,37 @@ class ConversationStore(Protocol):
         records: Sequence[ConversationRecord],
         *,
         writer: str,
+        created_at: float | None = None,
     ) -> int:
         """Store records as versions ``expected_version + 1 ...`` in one transaction; return the new version.
 
+        ``created_at``: the conversation's generation as loaded (:attr:`StoredConversation.created_at`);
+        for a new conversation (``expected_version`` 0), the creation time to store (default: now).
+        ``None`` does not check the generation.
+
         Raises:
-            ConversationConflictError: the stored version is not ``expected_version`` (nothing stored).
+            ConversationConflictError: the stored version is not ``expected_version``, or the conversation
+                is not the generation ``created_at`` (deleted and created again); nothing stored.
             StorageError: the store could not be written.
         """
         ...
 
-    async def save_snapshot(self, conversation_id: str, version: int, state: Mapping[str, Any]) -> None:
-        """Keep ``state`` as the window at ``version`` (resuming starts there); drop older snapshots."""
+    async def save_snapshot(
+        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
+    ) -> None:
+        """Keep ``state`` as the window at ``version`` (resuming starts there); drop older snapshots.
+
+        With ``created_at``, only in that generation of the conversation.
+        """
         ...
 
-    async def mark_indexed(self, conversation_id: str, version: int) -> None:
-        """Record that the evicted messages of compressions up to ``version`` are in memory."""
+    async def mark_indexed(
+        self, conversation_id: str, version: int, *, created_at: float | None = None
+    ) -> None:
+        """Record that the evicted messages of compressions up to ``version`` are in memory.
+
+        With ``created_at``, only in that generation of the conversation.
+        """
         ...
 
     async def list_conversations(self) -> list[ConversationInfo]:
