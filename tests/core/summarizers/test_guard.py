@@ -112,7 +112,9 @@ async def test_summarizer_circuit_refuses_other_calls_while_a_trial_is_in_flight
     first.cancel()  # as the window's timeout does
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert guard.state is CircuitState.OPEN and "cancelled" in (guard.status()["last_error"] or "")
+    assert guard.state is CircuitState.OPEN
+    # not called a timeout: a shutdown or the caller's own cancellation ends a call the same way
+    assert guard.status()["last_error"] == "cancelled after 0.0 s"
     clock.now += 5.0
     hanging.started.clear()
     trial = asyncio.create_task(guard(MESSAGES, 50))

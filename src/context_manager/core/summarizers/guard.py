@@ -201,9 +201,10 @@ class SummarizerGuard:
             if not isinstance(text, str):
                 raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
         except asyncio.CancelledError:
-            # the window's summarizer_timeout cancels the call: a hang counts like any failure
+            # the window's summarizer_timeout (or a shutdown, or the caller) cancelled the call: a hang
+            # counts like any failure
             elapsed = self._clock() - started
-            self._failed(f"cancelled after {elapsed:.1f} s (timeout)", elapsed)
+            self._failed(f"cancelled after {elapsed:.1f} s", elapsed)
             raise
         except Exception as error:
             self._failed(type(error).__name__, self._clock() - started, getattr(error, "usage", None))
