@@ -535,6 +535,68 @@ async def bench_stalls(quick: bool) -> dict[str, Any]:
     }
 
 
+async def bench_megabyte_stalls(quick: bool) -> dict[str, Any]:
+    """The longest wall-clock loop step while megabytes of text go through the window.
+
+    Wall time, not the loop thread's CPU time: the tokenizer holds the interpreter while it counts, so a
+    worker thread counting megabytes stalls the loop's thread without using its CPU.
+    """
+    from context_manager.core.tool_system import ToolManager
+    from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
+
+    steps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0)
+            steps.append(time.perf_counter() - started)
+
+    rows = 10_000 if quick else 30_000
+    output = "".join(f"row {i}: status ok, latency {i % 97} ms, region eu-{i % 5}\n" for i in range(rows))
+
+    async def dump(part: int) -> str:
+        """Return a megabyte of log rows."""
+        return f"part {part}\n" + output
+
+    tools = ToolManager()
+    tools.register_function_tool("dump", dump, "Dump logs", max_output_tokens=800)
+    window = ContextWindow(max_tokens=8000, counter=ExactTokenCounter(ENCODING))
+    outputs = 2 if quick else 8
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    for part in range(outputs):
+        call = ToolCall(id=f"d{part}", name="dump", arguments={"part": part})
+        await execute_tool_calls_in_window(tools, window, [call])
+    ticking.cancel()
+    tool_output_ms = max(steps) * 1000
+
+    async def plain_summary(messages: list[Message], budget: int) -> str:
+        await asyncio.sleep(0.01)
+        return "summary of a long paste"
+
+    words = 100_000 if quick else 300_000
+    pasted = " ".join(f"w{i} lorem{i % 97} ipsum" for i in range(words))
+    steps.clear()
+    with tempfile.TemporaryDirectory() as directory:
+        config = ContextManagerConfig(max_tokens=4000, cache_path=directory, enable_health_checks=False)
+        async with EnhancedContextManager(config, summarizer=plain_summary) as manager:
+            batch = [{"role": "user", "content": pasted}]
+            batch += [{"role": "user", "content": f"short {i}"} for i in range(10)]
+            ticking = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            await manager.add_messages(batch)
+            await manager.flush()  # the evicted paste written to memory, the ticker running meanwhile
+            ticking.cancel()
+    return {
+        "tool_outputs": outputs,
+        "tool_output_chars": len(output),
+        "tool_output_max_step_wall_ms": tool_output_ms,
+        "pasted_chars": len(pasted),
+        "pasted_max_step_wall_ms": max(steps) * 1000,
+    }
+
+
 # -- report --------------------------------------------------------------------------------------------
 
 
@@ -551,6 +613,7 @@ def main() -> int:
     scaling = asyncio.run(bench_scaling(args.quick))
     compression = asyncio.run(bench_compression(args.quick))
     stalls = asyncio.run(bench_stalls(args.quick))
+    megabytes = asyncio.run(bench_megabyte_stalls(args.quick))
 
     load_after = os.getloadavg()
     print(
@@ -652,6 +715,16 @@ def main() -> int:
         f"(wall {s['max_step_wall_ms']:.1f} ms); the add that compressed: {s['compress_add_ms']:.1f} ms "
         "(target: no stall over 20 ms)"
     )
+    m = megabytes
+    print("\n6. Event loop while megabytes of text go through the window (wall clock)")
+    print(
+        f"   {m['tool_outputs']} tool outputs of {m['tool_output_chars'] / 1e6:.1f} MB cut to 800 tokens "
+        f"(execute_tool_calls): longest loop step {m['tool_output_max_step_wall_ms']:.1f} ms"
+    )
+    print(
+        f"   a pasted message of {m['pasted_chars'] / 1e6:.1f} MB added, evicted and written to memory: "
+        f"longest loop step {m['pasted_max_step_wall_ms']:.1f} ms (target: no stall over 20 ms)"
+    )
     elapsed = time.perf_counter() - started
     print(f"\n(total {elapsed:.1f} s)")
     if args.json:
@@ -666,6 +739,7 @@ def main() -> int:
                     "scaling": scaling,
                     "compression": compression,
                     "stalls": stalls,
+                    "megabytes": megabytes,
                     "seconds": elapsed,
                 },
                 indent=2,

@@ -50,5 +50,10 @@ def test_the_quick_run_reports_every_section_against_its_baseline(tmp_path: Path
     assert stalls["max_tokens"] == 128_000 and stalls["compressions"] == 1 and stalls["evicted"] > 0
     assert stalls["steps"] > 0 and stalls["max_step_cpu_ms"] > 0
 
-    assert "1. Token counting" in printed and "5. Event loop" in printed
+    megabytes = figures["megabytes"]  # wall-clock steps: a thread holding the interpreter shows there
+    assert megabytes["tool_outputs"] == 2 and megabytes["tool_output_chars"] > 400_000
+    assert megabytes["pasted_chars"] > 2_000_000
+    assert megabytes["tool_output_max_step_wall_ms"] > 0 and megabytes["pasted_max_step_wall_ms"] > 0
+
+    assert "1. Token counting" in printed and "5. Event loop" in printed and "6. Event loop" in printed
     assert "load average" in printed
