@@ -14,6 +14,7 @@ the snippet's namespace: a real context manager and small real functions.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator
@@ -272,9 +273,12 @@ async def test_detailed_performance_monitoring(capsys: pytest.CaptureFixture[str
     await names["monitor"].stop_monitoring()  # the guide leaves it running; we stop what we started
 
     out = capsys.readouterr().out
-    assert "Health score: 1.00" in out
     assert "Recommendations: [" in out
     summary = names["summary"]
+    # 1.00 on a quiet machine; on a loaded one (event-loop lag while profiling) lower, and then it says why
+    printed = re.search(r"Health score: (\d\.\d\d)\n", out)
+    assert printed is not None and float(printed.group(1)) == round(summary["health_score"], 2)
+    assert summary["health_score"] == 1.0 or summary["recommendations"]
     assert summary["operations"]["custom_operation"]["count"] == 1
     assert any(
         "perform_custom_operation" in entry["function"] for entry in summary["profile"]["hottest_functions"]
@@ -294,8 +298,11 @@ async def test_troubleshooting_performance_issues(capsys: pytest.CaptureFixture[
     names = await run_guide_snippet(TROUBLESHOOTING_PERFORMANCE)
     await names["monitor"].stop_monitoring()  # the guide leaves it running; we stop what we started
 
-    assert "Health score: 1.00" in capsys.readouterr().out
-    assert names["summary"]["recommendations"] == []
+    summary = names["summary"]
+    printed = re.search(r"Health score: (\d\.\d\d)\n", capsys.readouterr().out)
+    assert printed is not None and float(printed.group(1)) == round(summary["health_score"], 2)
+    # 1.00 with no advice on a quiet machine; a loaded one (event-loop lag) lowers it and says why
+    assert summary["health_score"] == 1.0 or summary["recommendations"]
 
 
 async def test_api_reference_performance_monitor() -> None:
