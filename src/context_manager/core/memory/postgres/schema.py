@@ -36,6 +36,26 @@ def _search_vector_of(row: str) -> str:
     )
 
 
+def _search_trigger_function(create: str, vector: str) -> str:
+    """The trigger function that fills ``search`` with ``vector`` (see migration ``0003``)."""
+    return f"""
+            {create} cm_memories_search() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.search IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.search IS DISTINCT FROM OLD.search OR (
+                    NEW.content IS NOT DISTINCT FROM OLD.content
+                    AND NEW.tags_text IS NOT DISTINCT FROM OLD.tags_text
+                    AND NEW.context IS NOT DISTINCT FROM OLD.context
+                    AND NEW.session_date IS NOT DISTINCT FROM OLD.session_date)) THEN
+                    -- copied with its row (an overflow move), given with the new text, or the text unchanged
+                    RETURN NEW;
+                END IF;
+                NEW.search := {vector};
+                RETURN NEW;
+            END
+            $$
+            """
+
+
 SEARCHED_CONTENT_CHARS = 100_000
 """PostgreSQL indexes the first this many characters of a memory's content (a ``tsvector`` holds at most
 1 MB, which a few megabytes of distinct words exceed); SQLite's FTS5 indexes all of it."""
@@ -121,22 +141,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "0003_search_vector_copied",
         [
             "ALTER TABLE cm_memories ALTER COLUMN search DROP EXPRESSION",
-            f"""
-            CREATE FUNCTION cm_memories_search() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.search IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.search IS DISTINCT FROM OLD.search OR (
-                    NEW.content IS NOT DISTINCT FROM OLD.content
-                    AND NEW.tags_text IS NOT DISTINCT FROM OLD.tags_text
-                    AND NEW.context IS NOT DISTINCT FROM OLD.context
-                    AND NEW.session_date IS NOT DISTINCT FROM OLD.session_date)) THEN
-                    -- copied with its row (an overflow move), given with the new text, or the text unchanged
-                    RETURN NEW;
-                END IF;
-                NEW.search := {_search_vector_of("NEW")};
-                RETURN NEW;
-            END
-            $$
-            """,
+            _search_trigger_function("CREATE FUNCTION", _search_vector_of("NEW")),
             "CREATE TRIGGER cm_memories_search BEFORE INSERT OR UPDATE ON cm_memories "
             "FOR EACH ROW EXECUTE FUNCTION cm_memories_search()",
         ],
@@ -158,22 +163,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # into 0.0, so a memory migrated from SQLite never verified
         "0005_bounded_search_and_metadata_as_written",
         [
-            f"""
-            CREATE OR REPLACE FUNCTION cm_memories_search() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.search IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.search IS DISTINCT FROM OLD.search OR (
-                    NEW.content IS NOT DISTINCT FROM OLD.content
-                    AND NEW.tags_text IS NOT DISTINCT FROM OLD.tags_text
-                    AND NEW.context IS NOT DISTINCT FROM OLD.context
-                    AND NEW.session_date IS NOT DISTINCT FROM OLD.session_date)) THEN
-                    -- copied with its row (an overflow move), given with the new text, or the text unchanged
-                    RETURN NEW;
-                END IF;
-                NEW.search := {_bounded_search_vector_of("NEW")};
-                RETURN NEW;
-            END
-            $$
-            """,
+            _search_trigger_function("CREATE OR REPLACE FUNCTION", _bounded_search_vector_of("NEW")),
             "ALTER TABLE cm_memories ALTER COLUMN metadata DROP DEFAULT",
             "ALTER TABLE cm_memories ALTER COLUMN metadata TYPE json USING metadata::json",
             "ALTER TABLE cm_memories ALTER COLUMN metadata SET DEFAULT '{}'::json",
