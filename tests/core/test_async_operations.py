@@ -570,3 +570,33 @@ async def test_cancel_and_wait_lets_the_callers_own_cancellation_through() -> No
         await stopping
     await asyncio.wait([task])
     assert task.cancelled()
+
+
+class Abort(BaseException):
+    """A BaseException of the task's own."""
+
+
+async def test_tasks_raising_stop_iteration_or_a_base_exception_fail() -> None:
+    """A sync task raising StopIteration stayed RUNNING for good (a future cannot carry it); an async one
+    raising a BaseException subclass was counted COMPLETED with result None."""
+
+    def stops() -> None:
+        next(iter([]))
+
+    async def aborts() -> None:
+        raise Abort("stop")
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("stops", stops)
+        await controller.submit_task("aborts", aborts)
+        async with asyncio.timeout(5):
+            while controller.get_stats().running or controller.get_stats().queued:
+                await asyncio.sleep(0.01)
+        assert controller.get_task_status("stops").status is TaskStatus.FAILED
+        assert controller.get_task_status("aborts").status is TaskStatus.FAILED
+        stats = controller.get_stats()
+        assert (stats.failed, stats.completed) == (2, 0)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await controller.wait_for_task("stops")
+        with pytest.raises(Abort):
+            await controller.wait_for_task("aborts")

@@ -488,6 +488,10 @@ class ConcurrencyController:
                 raise  # cancelled from outside (e.g. the loop is closing): propagate
         except Exception as exception:
             status, error = TaskStatus.FAILED, exception
+        except BaseException as exception:  # a BaseException subclass of the task's own: it failed too
+            status, error = TaskStatus.FAILED, exception
+            if isinstance(exception, KeyboardInterrupt | SystemExit):
+                raise  # the process is stopping: let it
         finally:
             self._finish(record, status, result, error)
 

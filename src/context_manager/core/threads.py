@@ -99,6 +99,10 @@ class UserThreads:
                     self._abandoned += 1
             try:
                 return context.run(function, *args, **kwargs)
+            except StopIteration as error:
+                # a future cannot carry StopIteration: asyncio would never resolve the call (PEP 479's
+                # conversion, as for a coroutine)
+                raise RuntimeError(f"{_name_of(function)} raised StopIteration") from error
             finally:
                 with self._lock:
                     state.finished = True
@@ -125,3 +129,7 @@ class UserThreads:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _name_of(function: Callable[..., Any]) -> str:
+    return str(getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or function)

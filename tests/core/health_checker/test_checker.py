@@ -93,6 +93,19 @@ async def test_custom_checks_decide_the_state_and_score() -> None:
     assert status.health_score == pytest.approx(9 / 11)
 
 
+async def test_a_malformed_outcome_fails_its_check_not_the_run() -> None:
+    """CheckOutcome("degraded", ...) (a string status) or details=None raised out of perform_health_check."""
+    checker = HealthChecker()
+    checker.register_check("string_status", lambda: CheckOutcome("degraded", "meh"))  # type: ignore[arg-type]
+    checker.register_check("no_details", lambda: CheckOutcome(HealthState.HEALTHY, "ok", None))  # type: ignore[arg-type]
+    status = await checker.perform_health_check()
+    failing = {result.name: result for result in status.failing_checks}
+    assert set(failing) == {"string_status", "no_details"}
+    assert all(result.status is HealthState.UNHEALTHY for result in failing.values())
+    assert "malformed outcome" in failing["string_status"].message
+    assert status.status is HealthState.DEGRADED  # not critical
+
+
 async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     loop_thread = threading.get_ident()
     seen_threads: list[int] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import math
 import os
 import subprocess
@@ -49,6 +50,9 @@ def test_invalid_thresholds_object() -> None:
         ("op", math.nan, "duration_s"),
         ("op", math.inf, "duration_s"),
         ("op", "fast", "duration_s"),
+        ("op", decimal.Decimal("0.01"), "duration_s"),  # raised TypeError after counting the operation
+        ("op", 10**400, "duration_s"),  # raised OverflowError after counting the operation
+        ("op", True, "duration_s"),
     ],
 )
 def test_invalid_record_leaves_the_monitor_unchanged(name: Any, duration: Any, field: str) -> None:
@@ -57,6 +61,7 @@ def test_invalid_record_leaves_the_monitor_unchanged(name: Any, duration: Any, f
     with pytest.raises(InvalidMetricError, match=rf"{field}: got .*; allowed"):
         monitor.record_operation(name, duration, True)
     assert monitor.get_current_metrics().total_operations == 1
+    assert monitor.operation_stats()["op"].count == 1 and monitor.operation_stats()["op"].avg_ms == 500.0
     with pytest.raises(InvalidMetricError, match="name"):
         monitor.operation_timer("")
 

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,13 @@ class HealthChecker:
                 f"check raised {type(error).__name__}: {error}",
                 {"error_type": type(error).__name__},
                 recommendation=f"Check {check.name!r} fails with {type(error).__name__}: fix its cause.",
+            )
+        if not isinstance(outcome.status, HealthState) or not isinstance(outcome.details, Mapping):
+            outcome = CheckOutcome(  # a custom check built its outcome wrong: that check fails, not the run
+                HealthState.UNHEALTHY,
+                f"check returned a malformed outcome (status {outcome.status!r}, details "
+                f"{type(outcome.details).__name__}); allowed a HealthState and a dict",
+                recommendation=f"Check {check.name!r}: return CheckOutcome(HealthState.X, message, {{}}).",
             )
         duration_ms = (time.perf_counter() - started) * 1000.0
         if outcome.status is not HealthState.HEALTHY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import numbers
 import threading
 import time
 from collections import deque
@@ -209,10 +210,16 @@ class PerformanceMonitor:
         """
         if type(name) is not str or not name:
             raise InvalidMetricError("name", name, "a non-empty string")
-        try:
-            valid = 0.0 <= duration_s < math.inf  # False for NaN and infinities
-        except TypeError:
-            valid = False
+        valid = (
+            isinstance(duration_s, numbers.Real)  # numpy's floats too; not Decimal, str or bool
+            and not isinstance(duration_s, bool)
+            and 0.0 <= duration_s < math.inf  # False for NaN and infinities
+        )
+        if valid:
+            try:
+                duration_s = float(duration_s)  # an int beyond a float's range fails here, not half-recorded
+            except OverflowError:
+                valid = False
         if not valid:
             raise InvalidMetricError("duration_s", duration_s, "a finite number of seconds >= 0")
         now = time.time()

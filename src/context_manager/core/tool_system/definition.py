@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +25,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
-from context_manager.core.errors import ToolRegistrationError
+from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.tool_system.schema import CallingConvention, analyse_function
 
 __all__ = [
@@ -306,6 +307,9 @@ class ToolDefinition:
             forms = {value} if isinstance(value, str) else set()
             with contextlib.suppress(ValueError, RecursionError):  # too big to print: cannot be in the text
                 forms |= {str(value), repr(value)}
+            forms.add(describe_value(value))  # as an error message shows it: a long one cut short
+            if isinstance(value, str):  # as a JSON result quotes it (a quote or backslash escaped)
+                forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
             for form in sorted(forms, key=len, reverse=True):
                 if len(form) >= _SHORTEST_SCRUBBED and form in text:
                     text = text.replace(form, REDACTED)

@@ -427,6 +427,16 @@ class ToolManager(ToolRegistry):
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except Exception as error:
             return self._tool_error(definition, error, started, call_id, call_arguments)
+        except asyncio.CancelledError as error:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this call itself is cancelled
+            # the tool raised it (it awaited something cancelled): a failure of the tool, not of the call
+            return self._tool_error(definition, error, started, call_id, call_arguments)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise
+            return self._tool_error(definition, error, started, call_id, call_arguments)
 
         try:
             value, text = _encode_result(value)
@@ -471,12 +481,14 @@ class ToolManager(ToolRegistry):
     def _tool_error(
         self,
         definition: ToolDefinition,
-        error: Exception,
+        error: BaseException,
         started: float,
         call_id: str | None,
         arguments: Mapping[str, Any],
     ) -> ToolResult:
-        logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=error)
+        # the traceback's last line quotes the exception's message, which may hold a sensitive argument
+        traceback = None if definition.sensitive_arguments else error
+        logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=traceback)
         text = str(error)
         message = f"tool {definition.name!r} raised {type(error).__name__}" + (f": {text}" if text else "")
         return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)

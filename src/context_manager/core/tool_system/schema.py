@@ -73,6 +73,10 @@ class FunctionAnalysis:
     """The docstring's description (text before its first section), or an empty string."""
 
 
+_RESERVED_FIELD_NAMES = frozenset({"model_config"})
+"""Parameter names a typed tool cannot have: ``create_model`` takes them as its own arguments."""
+
+
 def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
     """Split a Google-style docstring into its description and its ``Args:`` descriptions.
 
@@ -236,6 +240,14 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
                 "named parameters that can be passed by keyword (no *args, **kwargs or positional-only); "
                 "or the single `parameters` dict convention",
                 detail=f"tool {tool_name!r}",
+            )
+        if parameter.name in _RESERVED_FIELD_NAMES:
+            raise ToolRegistrationError(
+                f"function.{parameter.name}",
+                str(parameter),
+                "parameter names other than " + ", ".join(sorted(_RESERVED_FIELD_NAMES)),
+                detail=f"tool {tool_name!r}: pydantic reads this name as the model's own setting, so the "
+                "parameter would vanish from the schema",
             )
         annotation = hints.get(parameter.name, Any)
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default

@@ -1,0 +1,123 @@
+"""Ways a tool can fail that once escaped as crashes, hangs or leaks (found by probing the tool system)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import ToolRegistrationError
+from context_manager.core.tool_system import ToolErrorType, ToolManager, tool
+
+
+def stopper(count: int) -> str:
+    """Call next() on an empty iterator."""
+    return str(next(iter([])))
+
+
+async def test_a_sync_tool_raising_stop_iteration_fails_at_once() -> None:
+    """A future cannot carry StopIteration: the call waited for its timeout and was called a timeout."""
+    manager = ToolManager(ContextManagerConfig(max_tool_timeout=5.0))
+    manager.register_function_tool("stopper", stopper, "Stops")
+    started = time.monotonic()
+    result = await manager.execute_tool("stopper", count=1)
+    assert time.monotonic() - started < 2.0
+    assert result.error_type is ToolErrorType.TOOL_ERROR
+    assert result.error is not None and "StopIteration" in result.error
+
+
+class Abort(BaseException):
+    """A BaseException of the tool's own."""
+
+
+async def test_a_tool_raising_cancelled_error_or_a_base_exception_is_a_failed_result() -> None:
+    """A tool awaiting something cancelled raised CancelledError out of execute_tool (and so out of a whole
+    execute_tool_calls); a BaseException subclass likewise."""
+
+    async def awaits_a_cancelled_future(x: int) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return await future
+
+    async def aborts(x: int) -> int:
+        raise Abort("stop")
+
+    manager = ToolManager()
+    manager.register_function_tool("awaits", awaits_a_cancelled_future, "Awaits")
+    manager.register_function_tool("aborts", aborts, "Aborts")
+    for name, kind in (("awaits", "CancelledError"), ("aborts", "Abort")):
+        result = await manager.execute_tool(name, x=1)
+        assert result.error_type is ToolErrorType.TOOL_ERROR and result.error is not None
+        assert kind in result.error
+    # a call that is itself cancelled still propagates
+    started = asyncio.Event()
+
+    async def hangs(x: int) -> int:
+        started.set()
+        await asyncio.Event().wait()
+        return x
+
+    manager.register_function_tool("hangs", hangs, "Hangs")
+    call = asyncio.create_task(manager.execute_tool("hangs", x=1))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
+def test_a_parameter_named_model_config_is_refused_at_registration() -> None:
+    """pydantic took it as the arguments model's setting: the parameter vanished from the schema and the
+    tool could never be called."""
+
+    def apply(model_config: str) -> str:
+        return model_config
+
+    with pytest.raises(ToolRegistrationError, match="model_config"):
+        ToolManager().register_function_tool("apply", apply, "Apply")
+
+
+@tool(sensitive_arguments=["password"])
+async def login(user: str, password: str) -> dict[str, str]:
+    """Log in."""
+    return {"user": user, "debug": f"authenticated with {password}"}
+
+
+@tool(sensitive_arguments=["token"])
+async def lookup(token: int) -> str:
+    """Look up."""
+    return "ok"
+
+
+@tool(sensitive_arguments=["api_key"])
+async def fetch(api_key: str) -> str:
+    """Fetch."""
+    raise PermissionError(f"key {api_key} rejected")
+
+
+async def test_sensitive_arguments_stay_out_of_results_errors_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = ToolManager()
+    for definition in (login, lookup, fetch):
+        manager.register_tool(definition)
+    # (a) a JSON result quotes a secret with a quote or a backslash escaped
+    password = 'se"cret\\pass-123'
+    call = await manager.call_tool("login", {"user": "bob", "password": password}, call_id="c1")
+    from context_manager.core.messages import ToolCall
+    from context_manager.core.tool_system.window_calls import _full_text
+
+    text = _full_text(manager, ToolCall("c1", "login", {"user": "bob", "password": password}), call)
+    assert "cret" not in text and "[REDACTED]" in text
+    # (b) a long secret cut short in a validation error
+    secret = "sk-live-" + "A1b2C3d4" * 20
+    invalid = await manager.execute_tool("lookup", token=secret)
+    assert invalid.error_type is ToolErrorType.INVALID_ARGUMENTS and invalid.error is not None
+    assert "A1b2C3d4" not in invalid.error
+    # (c) the traceback of a failing tool at DEBUG quotes the exception's message
+    with caplog.at_level(logging.DEBUG, logger="context_manager"):
+        failed = await manager.execute_tool("fetch", api_key="sk-test-999999")
+    assert failed.error is not None and "sk-test-999999" not in failed.error
+    assert "sk-test-999999" not in caplog.text
