@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,26 @@ async def test_sensitive_arguments_stay_out_of_results_errors_and_logs(
         failed = await manager.execute_tool("fetch", api_key="sk-test-999999")
     assert failed.error is not None and "sk-test-999999" not in failed.error
     assert "sk-test-999999" not in caplog.text
+
+
+async def test_a_result_with_keys_that_are_not_strings_is_a_failure() -> None:
+    """JSON turned the keys into strings: {1: "a", "1": "b"} became {"1": "a", "1": "b"} in the window and
+    the cached result read back differed from the first."""
+
+    async def histogram(n: int) -> dict[Any, str]:
+        return {"counts": {1: "a", "1": "b"}}  # type: ignore[dict-item]
+
+    async def looped(n: int) -> list[Any]:
+        items: list[Any] = [{"ok": "yes"}]
+        items.append(items)
+        return items
+
+    manager = ToolManager()
+    manager.register_function_tool("histogram", histogram, "Histogram", cacheable=True)
+    manager.register_function_tool("looped", looped, "Looped")
+    for _ in range(2):  # and nothing cached
+        result = await manager.execute_tool("histogram", n=1)
+        assert result.error_type is ToolErrorType.TOOL_ERROR and not result.cached
+        assert result.error is not None and "dict key is int 1" in result.error
+    result = await manager.execute_tool("looped", n=1)
+    assert result.error_type is ToolErrorType.TOOL_ERROR  # a cycle: the encoder's error, no endless walk

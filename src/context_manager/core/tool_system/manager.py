@@ -145,6 +145,8 @@ _PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 def _encode_result(value: Any) -> tuple[Any, str]:
     """Return the JSON-ready result and its JSON text, or raise TypeError/ValueError."""
+    if isinstance(value, dict | list | tuple):
+        _check_keys(value)
     try:  # the common case: plain JSON values, with one shared encoder (no per-call setup)
         return value, _PLAIN_ENCODER.encode(value)
     except TypeError:
@@ -152,6 +154,35 @@ def _encode_result(value: Any) -> tuple[Any, str]:
     encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
     return (json.loads(text) if encoder.converted else value), text
+
+
+_STR_TYPES = frozenset({str})
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
+    """Refuse dicts with keys that are not strings (TypeError).
+
+    ``json`` turns them into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the cached
+    result read back differed from the first.
+    """
+    pending: list[Any] = [value]
+    seen: set[int] = set()  # a container holding itself: the encoder reports the cycle
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            if not _STR_TYPES.issuperset(map(type, item)):  # C-level: the usual flat dict costs little
+                key = next(key for key in item if not isinstance(key, str))
+                if not isinstance(key, str):
+                    raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
+            values = item.values()
+        else:
+            values = item
+        if not _SCALAR_TYPES.issuperset(map(type, values)):
+            pending.extend(inner for inner in values if isinstance(inner, dict | list | tuple))
 
 
 class ToolManager(ToolRegistry):
