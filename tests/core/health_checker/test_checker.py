@@ -106,6 +106,44 @@ async def test_a_malformed_outcome_fails_its_check_not_the_run() -> None:
     assert status.status is HealthState.DEGRADED  # not critical
 
 
+async def test_a_hung_repair_is_given_up_and_a_sync_one_runs_off_the_loop(tmp_path: Path) -> None:
+    """A repair had no time limit and ran under the checker's lock (every later run waited for it); a
+    sync repair ran on the event loop."""
+
+    async def hangs() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    checker = HealthChecker(storage_path=tmp_path, enable_auto_recovery=True, repair_timeout=0.2)
+    checker.register_check("queue", lambda: CheckOutcome(HealthState.UNHEALTHY, "stuck", repair=hangs))
+    status = await asyncio.wait_for(checker.perform_health_check(), timeout=10)
+    [recovery] = status.recoveries
+    assert recovery.check == "queue" and not recovery.success
+    assert recovery.action == "repair failed: timed out after 0.2 s"
+    await asyncio.wait_for(checker.perform_health_check(), timeout=10)  # the lock was released
+
+    loop_thread = threading.get_ident()
+    repaired_in: list[int] = []
+
+    def sync_repair() -> str:
+        repaired_in.append(threading.get_ident())
+        time.sleep(0.2)
+        return "fixed"
+
+    def check() -> CheckOutcome:
+        if repaired_in:
+            return CheckOutcome(HealthState.HEALTHY, "ok")
+        return CheckOutcome(HealthState.UNHEALTHY, "broken", repair=sync_repair)
+
+    other = HealthChecker(storage_path=tmp_path, enable_auto_recovery=True)
+    other.register_check("thing", check)
+    status = await other.perform_health_check()
+    assert repaired_in and repaired_in[0] != loop_thread
+    assert [(r.action, r.success) for r in status.recoveries] == [("fixed", True)]
+    with pytest.raises(InvalidSettingError, match="repair_timeout"):
+        HealthChecker(repair_timeout=0)
+
+
 async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     loop_thread = threading.get_ident()
     seen_threads: list[int] = []

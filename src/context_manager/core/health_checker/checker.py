@@ -68,6 +68,8 @@ class HealthChecker:
         storage_path: A directory to check (in addition to the context manager's directories).
         thresholds: Limits of the built-in checks.
         check_timeout: Seconds one check may take before it counts as unhealthy (> 0).
+        repair_timeout: Seconds one auto-recovery repair may take before it counts as failed (> 0); a
+            repair rebuilding the indexes of a large store takes a while, a hung one is given up.
 
     Raises:
         InvalidSettingError: A setting is out of range.
@@ -82,8 +84,13 @@ class HealthChecker:
         storage_path: str | os.PathLike[str] | None = None,
         thresholds: HealthThresholds | None = None,
         check_timeout: float = 10.0,
+        repair_timeout: float = 300.0,
     ) -> None:
-        for setting, value in (("check_interval", check_interval), ("check_timeout", check_timeout)):
+        for setting, value in (
+            ("check_interval", check_interval),
+            ("check_timeout", check_timeout),
+            ("repair_timeout", repair_timeout),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < math.inf):
                 raise InvalidSettingError(setting, value, "a finite number of seconds > 0")
         if thresholds is not None and not isinstance(thresholds, HealthThresholds):
@@ -94,6 +101,8 @@ class HealthChecker:
         """Seconds between background checks."""
         self.check_timeout = float(check_timeout)
         """Seconds one check may take."""
+        self.repair_timeout = float(repair_timeout)
+        """Seconds one repair may take."""
         self.context_manager = context_manager
         """The context manager being checked, if any."""
         if enable_auto_recovery is None:
@@ -258,7 +267,9 @@ class HealthChecker:
                 for check, (result, outcome) in zip(checks, runs, strict=True):
                     if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
                         continue
-                    action = await run_repair(check.name, outcome.repair)
+                    action = await run_repair(
+                        check.name, outcome.repair, time_limit=self.repair_timeout, threads=self._threads
+                    )
                     after, _ = await self._run_check(check)
                     recovery = RecoveryAction(
                         check.name, action, after.status is HealthState.HEALTHY, time.time()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from context_manager.core.health_checker.models import Repair
+from context_manager.core.threads import UserThreads
 
 __all__ = [
     "rebuild_full_text_index",
@@ -80,14 +81,43 @@ def restart_background_tasks(restarts: dict[str, Callable[[], Awaitable[Any] | A
     return restart
 
 
-async def run_repair(check_name: str, repair: Repair) -> str:
-    """Run ``repair`` for the check ``check_name``; return what it did, or why it failed (never raises)."""
+async def run_repair(
+    check_name: str, repair: Repair, *, time_limit: float | None = None, threads: UserThreads | None = None
+) -> str:
+    """Run ``repair`` for the check ``check_name``; return what it did, or why it failed (never raises).
+
+    Args:
+        check_name: The check the repair is for (in the log and the result).
+        repair: A sync or async callable.
+        time_limit: Seconds the repair may take; past them it counts as failed (an async one is cancelled, a
+            sync one's thread runs on and its late result is discarded).
+        threads: Where a sync repair runs (off the event loop); ``None`` runs it on the loop.
+    """
+    scope = asyncio.timeout(time_limit)
     try:
-        value = repair()
-        if inspect.isawaitable(value):
-            value = await value
+        async with scope:
+            if threads is not None and not _is_async(repair):
+                value = await threads.run(repair)
+            else:
+                value = repair()
+            if inspect.isawaitable(value):
+                value = await value
         logger.info("auto-recovery for %s: %s", check_name, value)
         return str(value)
+    except TimeoutError as error:
+        if not scope.expired():
+            logger.warning("auto-recovery for %s failed: %r", check_name, error)
+            return f"repair failed: {type(error).__name__}: {error}"
+        logger.warning("auto-recovery for %s timed out after %g s", check_name, time_limit)
+        return f"repair failed: timed out after {time_limit:g} s"
     except Exception as error:
         logger.warning("auto-recovery for %s failed: %r", check_name, error)
         return f"repair failed: {type(error).__name__}: {error}"
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling ``function`` gives a coroutine (an async function or an async ``__call__``)."""
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
