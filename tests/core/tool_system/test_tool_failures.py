@@ -145,3 +145,25 @@ async def test_a_result_with_keys_that_are_not_strings_is_a_failure() -> None:
         assert result.error is not None and "dict key is int 1" in result.error
     result = await manager.execute_tool("looped", n=1)
     assert result.error_type is ToolErrorType.TOOL_ERROR  # a cycle: the encoder's error, no endless walk
+
+
+async def test_each_caller_has_a_cache_of_its_own() -> None:
+    """The cache ignored caller_key: on a server with users (the MCP server passes the user as the caller
+    key), one user got the result another user's call had cached."""
+    runs: list[str] = []
+
+    async def profile(field: str) -> str:
+        runs.append(field)
+        return f"value {len(runs)}"
+
+    manager = ToolManager()
+    manager.register_function_tool("profile", profile, "Profile", cacheable=True)
+    alice = await manager.call_tool("profile", {"field": "email"}, caller_key="alice")
+    again = await manager.call_tool("profile", {"field": "email"}, caller_key="alice")
+    bob = await manager.call_tool("profile", {"field": "email"}, caller_key="bob")
+    shared = await manager.call_tool("profile", {"field": "email"})
+    assert (alice.result, alice.cached) == ("value 1", False)
+    assert (again.result, again.cached) == ("value 1", True)
+    assert (bob.result, bob.cached) == ("value 2", False)
+    assert (shared.result, shared.cached) == ("value 3", False)
+    assert len(runs) == 3

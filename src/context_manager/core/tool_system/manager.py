@@ -301,8 +301,8 @@ class ToolManager(ToolRegistry):
             name: The tool to run.
             arguments: Its arguments (None means none).
             call_id: A provider tool call id, copied to the result.
-            caller_key: Rate-limit this caller separately (e.g. a user or session id); None shares the
-                tool's limit among all callers.
+            caller_key: Rate-limit this caller separately (e.g. a user or session id), and cache its
+                results apart from other callers'; None shares the tool's limit and cache among all.
 
         Returns:
             A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
@@ -392,6 +392,9 @@ class ToolManager(ToolRegistry):
             cache_key = canonical_arguments(call_arguments)
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
                 cache_key = canonical_arguments(validated.model_dump(mode="json"))
+            if cache_key is not None and caller_key is not None:
+                # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
+                cache_key = f"{json.dumps(caller_key)}:{cache_key}"
             if cache_key is not None:
                 hit, value = self._cache.lookup(name, cache_key)
                 if hit:
