@@ -486,9 +486,7 @@ class ConcurrencyController:
             status, error = TaskStatus.CANCELLED, TaskCancelledError(record.task_id)
             if not record.cancel_requested:
                 raise  # cancelled from outside (e.g. the loop is closing): propagate
-        except Exception as exception:
-            status, error = TaskStatus.FAILED, exception
-        except BaseException as exception:  # a BaseException subclass of the task's own: it failed too
+        except BaseException as exception:  # a BaseException subclass of the task's own fails it too
             status, error = TaskStatus.FAILED, exception
             if isinstance(exception, KeyboardInterrupt | SystemExit):
                 raise  # the process is stopping: let it

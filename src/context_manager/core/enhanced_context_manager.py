@@ -22,9 +22,9 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
@@ -78,6 +78,7 @@ __all__ = ["EnhancedContextManager"]
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
 _perf_counter = time.perf_counter
@@ -858,17 +859,11 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")
-        conversation = self._conversation
-        since = 0
-        if conversation is not None:
-            since = conversation.check_writable()
-        try:
-            results = await execute_tool_calls_in_window(
+        results = await self._change_and_store(
+            lambda: execute_tool_calls_in_window(
                 self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
             )
-        finally:
-            if conversation is not None:
-                await conversation.sync(since=since)
+        )
         for result in results:
             self._record_tool_result(result)
         return results
@@ -915,15 +910,24 @@ class EnhancedContextManager:
             (Nothing changes when any of these is raised.)
         """
         window = self._require_ready("cancel_tool_calls")
+        return await self._change_and_store(
+            lambda: cancel_tool_calls_in_window(window, call_ids, reason=reason)
+        )
+
+    async def _change_and_store(self, change: Callable[[], Awaitable[_T]]) -> _T:
+        """Make a change of several steps to the window, then store it in the persisted conversation.
+
+        Stored even when the change fails partway (the tool calls' assistant message was added, say): what
+        the window holds is what storage holds.
+        """
         conversation = self._conversation
-        since = 0
-        if conversation is not None:
-            since = conversation.check_writable()
+        if conversation is None:
+            return await change()
+        since = conversation.check_writable()
         try:
-            return await cancel_tool_calls_in_window(window, call_ids, reason=reason)
+            return await change()
         finally:
-            if conversation is not None:
-                await conversation.sync(since=since)
+            await conversation.sync(since=since)
 
     async def _remember_tool_output(self, call: ToolCall, result: ToolResult, full_text: str) -> None:
         """Keep the full text of a tool output cut in the window in memory.

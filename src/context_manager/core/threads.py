@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -133,3 +134,14 @@ class UserThreads:
 
 def _name_of(function: Callable[..., Any]) -> str:
     return str(getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or function)
+
+
+def is_async_callable(function: Any) -> bool:
+    """Whether calling ``function`` gives a coroutine: an async function or an object with an async call.
+
+    Such a callable runs on the event loop; any other one runs in a thread.
+    """
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from typing import Any
@@ -145,6 +146,19 @@ async def test_a_result_with_keys_that_are_not_strings_is_a_failure() -> None:
         assert result.error is not None and "dict key is int 1" in result.error
     result = await manager.execute_tool("looped", n=1)
     assert result.error_type is ToolErrorType.TOOL_ERROR  # a cycle: the encoder's error, no endless walk
+
+
+async def test_a_result_keyed_by_string_subclasses_is_a_success() -> None:
+    class Field(enum.StrEnum):
+        NAME = "name"
+
+    async def row(n: int) -> dict[Any, Any]:
+        return {Field.NAME: "Ada", "rows": [{Field.NAME: "Bo"}]}
+
+    manager = ToolManager()
+    manager.register_function_tool("row", row, "Row")
+    result = await manager.execute_tool("row", n=1)
+    assert result.success and result.to_content() == '{"name": "Ada", "rows": [{"name": "Bo"}]}'
 
 
 async def test_each_caller_has_a_cache_of_its_own() -> None:

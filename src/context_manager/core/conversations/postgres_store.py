@@ -21,6 +21,7 @@ from context_manager.core.conversations.store import (
     ConversationInfo,
     ConversationRecord,
     StoredConversation,
+    generation_filter,
 )
 from context_manager.core.errors import ConversationConflictError
 
@@ -207,8 +208,7 @@ class PostgresConversationStore:
         from psycopg.types.json import Json
 
         payload = Json(json.loads(json.dumps(state)))
-        generation = "" if created_at is None else " AND created_at = %s"
-        extra = () if created_at is None else (created_at,)
+        generation, extra = generation_filter(created_at, "%s")
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(
@@ -223,8 +223,7 @@ class PostgresConversationStore:
         self, conversation_id: str, version: int, *, created_at: float | None = None
     ) -> None:
         """Move the indexing watermark forward (never back)."""
-        generation = "" if created_at is None else " AND created_at = %s"
-        extra = () if created_at is None else (created_at,)
+        generation, extra = generation_filter(created_at, "%s")
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(

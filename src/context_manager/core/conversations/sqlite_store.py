@@ -26,6 +26,7 @@ from context_manager.core.conversations.store import (
     ConversationInfo,
     ConversationRecord,
     StoredConversation,
+    generation_filter,
 )
 from context_manager.core.errors import ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
@@ -293,8 +294,7 @@ class SQLiteConversationStore:
         try:
             # the version check and the move are one statement: it changes a row only if nobody else did
             # (and the same generation: deleted and created again, it may be at this version once more)
-            generation = "" if created_at is None else " AND created_at = ?"
-            extra = () if created_at is None else (created_at,)
+            generation, extra = generation_filter(created_at, "?")
             moved = db.execute(
                 "UPDATE conversations SET version = ?, updated_at = ? "
                 f"WHERE id = ? AND version = ?{generation}",
@@ -336,8 +336,7 @@ class SQLiteConversationStore:
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if it is newer than the stored snapshot)."""
         text = json.dumps(state, ensure_ascii=False)
-        generation = "" if created_at is None else " AND created_at = ?"
-        extra = () if created_at is None else (created_at,)
+        generation, extra = generation_filter(created_at, "?")
 
         def write() -> None:
             self._db.execute(
@@ -352,8 +351,7 @@ class SQLiteConversationStore:
         self, conversation_id: str, version: int, *, created_at: float | None = None
     ) -> None:
         """Move the indexing watermark forward (never back)."""
-        generation = "" if created_at is None else " AND created_at = ?"
-        extra = () if created_at is None else (created_at,)
+        generation, extra = generation_filter(created_at, "?")
 
         def write() -> None:
             self._db.execute(

@@ -24,6 +24,7 @@ __all__ = [
     "ConversationStore",
     "StoredConversation",
     "check_conversation_id",
+    "generation_filter",
 ]
 
 
@@ -213,3 +214,13 @@ class ConversationStore(Protocol):
     async def restore(self, dump: ConversationDump) -> None:
         """Store ``dump`` as the conversation, replacing what is stored under its id (one transaction)."""
         ...
+
+
+def generation_filter(created_at: float | None, placeholder: str) -> tuple[str, tuple[float, ...]]:
+    """The condition (`` AND created_at = ?``) and parameter keeping a write to one generation.
+
+    ``None`` checks nothing. ``placeholder`` is the driver's (``?`` for sqlite3, ``%s`` for psycopg).
+    """
+    if created_at is None:
+        return "", ()
+    return f" AND created_at = {placeholder}", (created_at,)

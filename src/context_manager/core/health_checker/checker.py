@@ -40,7 +40,7 @@ from context_manager.core.health_checker.models import (
 from context_manager.core.health_checker.recovery import run_repair
 from context_manager.core.health_checker.report import storage_facts, system_facts
 from context_manager.core.performance_monitor import PerformanceMonitor, running_monitors
-from context_manager.core.threads import UserThreads
+from context_manager.core.threads import UserThreads, is_async_callable
 
 __all__ = ["HealthChecker"]
 
@@ -288,7 +288,7 @@ class HealthChecker:
         outcome: CheckOutcome | None = None
         try:
             async with asyncio.timeout(self.check_timeout):
-                if _is_async(check.function):
+                if is_async_callable(check.function):
                     value = await check.function()
                 else:  # the checker's own threads: a hung check never takes one storage I/O needs
                     value = await self._threads.run(check.function)
@@ -434,10 +434,3 @@ class HealthChecker:
 
     def _check_background_tasks(self) -> CheckOutcome:
         return check_background_tasks(self._watched)
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from context_manager.core.health_checker.models import Repair
-from context_manager.core.threads import UserThreads
+from context_manager.core.threads import UserThreads, is_async_callable
 
 __all__ = [
     "rebuild_full_text_index",
@@ -96,7 +96,7 @@ async def run_repair(
     scope = asyncio.timeout(time_limit)
     try:
         async with scope:
-            if threads is not None and not _is_async(repair):
+            if threads is not None and not is_async_callable(repair):
                 value = await threads.run(repair)
             else:
                 value = repair()
@@ -113,11 +113,3 @@ async def run_repair(
     except Exception as error:
         logger.warning("auto-recovery for %s failed: %r", check_name, error)
         return f"repair failed: {type(error).__name__}: {error}"
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    """Whether calling ``function`` gives a coroutine (an async function or an async ``__call__``)."""
-    if inspect.iscoroutinefunction(function):
-        return True
-    call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)

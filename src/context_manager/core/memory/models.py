@@ -19,10 +19,10 @@ from typing import Any, Final
 __all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
 
 CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
+"""Metadata keys that mark a memory as a turn of a conversation."""
 
 MAX_ACCESS_COUNT = 2**31 - 1
 """The largest access count a memory can hold (PostgreSQL stores it as a 32-bit integer)."""
-"""Metadata keys that mark a memory as a turn of a conversation."""
 
 
 class MemoryTier(enum.StrEnum):

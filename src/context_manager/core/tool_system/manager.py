@@ -175,9 +175,9 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
         seen.add(id(item))
         if isinstance(item, dict):
             if not _STR_TYPES.issuperset(map(type, item)):  # C-level: the usual flat dict costs little
-                key = next(key for key in item if not isinstance(key, str))
-                if not isinstance(key, str):
-                    raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
+                for key in item:  # (str subclasses, StrEnum members say, are strings)
+                    if not isinstance(key, str):
+                        raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
             values = item.values()
         else:
             values = item
@@ -461,14 +461,13 @@ class ToolManager(ToolRegistry):
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except Exception as error:
             return self._tool_error(definition, error, started, call_id, call_arguments)
-        except asyncio.CancelledError as error:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this call itself is cancelled
-            # the tool raised it (it awaited something cancelled): a failure of the tool, not of the call
-            return self._tool_error(definition, error, started, call_id, call_arguments)
         except BaseException as error:
-            if isinstance(error, KeyboardInterrupt | SystemExit):
+            # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
+            # of its own, is the tool's failure; the call being cancelled, or the process stopping, is not
+            current = asyncio.current_task()
+            if isinstance(error, KeyboardInterrupt | SystemExit) or (
+                isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling()
+            ):
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
+from context_manager.core.threads import is_async_callable
 
 __all__ = [
     "CallingConvention",
@@ -134,13 +135,6 @@ def _is_mapping_annotation(annotation: Any) -> bool:
     return isinstance(target, type) and target in _MAPPING_ORIGINS
 
 
-def _is_async_callable(function: Any) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    call = getattr(function, "__call__", None)  # noqa: B004 - callable objects with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
 def _caller_namespace(max_frames: int = 12) -> dict[str, Any]:
     """Locals of the frames that led here, innermost first wins (like pydantic's parent namespace).
 
@@ -212,7 +206,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         raise ToolRegistrationError(
             "function", function, "a callable with an inspectable signature", detail=str(error)
         ) from None
-    is_async = _is_async_callable(function)
+    is_async = is_async_callable(function)
     summary, argument_docs = parse_docstring(inspect.getdoc(function))
     parameters = list(signature.parameters.values())
     hints = _resolve_hints(function, tool_name)

@@ -1268,7 +1268,7 @@ def _assignments(changes: Mapping[str, Any]) -> list[tuple[str, Any]]:
             assignments += [
                 ("metadata", Json(probe.metadata)),
                 ("session_id", probe.session_id),
-                ("turn_index", _int64(probe.turn_index)),
+                ("turn_index", probe.turn_index),
                 ("session_date", probe.session_date),
             ]
         else:
@@ -1305,7 +1305,7 @@ def _row(memory: Memory) -> tuple[Any, ...]:
         list(memory.merged_from),
         memory.context,
         memory.session_id,
-        _int64(memory.turn_index),
+        memory.turn_index,  # None unless it fits the bigint column
         memory.session_date,
     )
 
@@ -1315,11 +1315,6 @@ def _vector_of(text: str) -> numpy.ndarray:
     import numpy as np
 
     return np.asarray(json.loads(text, parse_int=float), dtype=np.float32)
-
-
-def _int64(value: int | None) -> int | None:
-    """``value`` when a bigint column can hold it (the metadata keeps any value), else ``None``."""
-    return value if value is not None and -(2**63) <= value < 2**63 else None
 
 
 def _memory(row: Sequence[Any]) -> Memory:
