@@ -601,3 +601,19 @@ async def test_tasks_raising_stop_iteration_or_a_base_exception_fail() -> None:
             await controller.wait_for_task("stops")
         with pytest.raises(Abort):
             await controller.wait_for_task("aborts")
+
+
+async def test_a_task_that_swallows_its_timeout_still_times_out() -> None:
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "late answer"  # caught the timeout's cancellation and returned anyway
+        return "never"
+
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("t", stubborn, timeout=0.05)
+        with pytest.raises(TaskTimeoutError):
+            await controller.wait_for_task("t")
+        stats = controller.get_stats()
+        assert (stats.completed, stats.timed_out) == (0, 1)

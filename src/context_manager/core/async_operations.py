@@ -482,6 +482,10 @@ class ConcurrencyController:
                     if not scope.expired():
                         raise  # the function itself raised TimeoutError
                     status, error = TaskStatus.TIMED_OUT, TaskTimeoutError(record.task_id, record.timeout)
+                else:
+                    if scope.expired():  # the timeout cancelled it; it caught that and returned late anyway
+                        status, error = TaskStatus.TIMED_OUT, TaskTimeoutError(record.task_id, record.timeout)
+                        result = None
         except asyncio.CancelledError:
             status, error = TaskStatus.CANCELLED, TaskCancelledError(record.task_id)
             if not record.cancel_requested:

@@ -138,3 +138,24 @@ async def test_hung_sync_tools_never_make_memory_storage_wait(tmp_path: Path) ->
             break
         await asyncio.sleep(0.01)
     assert manager.tool_manager.get_tool_stats()["threads"] == {"busy": 0, "abandoned": 0, "max": 64}
+
+
+async def test_a_tool_that_swallows_its_timeout_still_times_out() -> None:
+    # the timeout cancels the tool; it catches the cancellation and returns a value late
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)
+            return "late answer"
+        return "never"
+
+    manager = ToolManager()
+    manager.register_function_tool("stubborn", stubborn, "Ignores cancellation", timeout=0.05)
+    result = await manager.execute("stubborn")
+    assert not result.success
+    assert result.error_type == "timeout"
+    assert result.result is None
+    assert "ignored its cancellation" in (result.error or "")
+    stats = manager.get_tool_stats()["tools"]["stubborn"]
+    assert (stats["successes"], stats["failures"], stats["errors"]) == (0, 1, {"timeout": 1})

@@ -470,6 +470,17 @@ class ToolManager(ToolRegistry):
             ):
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
+        if scope.expired():
+            # the timeout cancelled the tool, which caught the cancellation and returned anyway: it ran past
+            # its time all the same, and what it returned after being cancelled is not its answer
+            return self._fail(
+                definition,
+                ToolErrorType.TIMEOUT,
+                f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the value it "
+                "returned late is discarded)",
+                started,
+                call_id,
+            )
 
         try:
             value, text = _encode_result(value)
