@@ -642,6 +642,14 @@ def memory_migrate(
     merge: Annotated[
         bool, typer.Option("--merge", help="Allow a target that already holds other memories (kept).")
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Remove from the target the memories and conversations the source does not have "
+            "(finishes an interrupted copy after deletions at the source).",
+        ),
+    ] = False,
     verify_only: Annotated[
         bool, typer.Option("--verify-only", help="Only compare the target with the source; write nothing.")
     ] = False,
@@ -674,6 +682,7 @@ def memory_migrate(
                     batch_size=batch_size,
                     vectors=not no_vectors,
                     merge=merge,
+                    prune=prune,
                     progress=advance,
                 )
         if options.json_output:
@@ -701,10 +710,14 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
 
     out = options.stdout
     if not verify_only:
+        pruned = ""
+        if report.pruned or report.conversations_pruned:
+            pruned = f", {report.pruned} copies and {report.conversations_pruned} conversations pruned"
         out.print(
             f"copied {report.copied} of {report.total_copies} stored copies from {report.source} to "
-            f"{report.target} ({report.already_present} already there, {report.removed_stale} stale removed; "
-            f"vectors: {report.vectors_copied} copied, {report.vectors_already_present} already there; "
+            f"{report.target} ({report.already_present} already there, {report.removed_stale} stale removed"
+            f"{pruned}; vectors: {report.vectors_copied} copied, "
+            f"{report.vectors_already_present} already there; "
             f"conversations: {report.conversations_copied} copied, "
             f"{report.conversations_already_present} already there) "
             f"in {report.duration_s:.1f} s",

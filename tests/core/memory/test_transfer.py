@@ -535,3 +535,63 @@ async def test_a_storage_without_conversations_creates_none(tmp_path: Path) -> N
     report = await migrate_storage(str(source), str(target))
     assert report.ok and report.conversations is None
     assert not (target / "conversations.sqlite3").exists()
+
+
+async def _delete_conversation(location: str, conversation_id: str) -> None:
+    from context_manager.core.memory.transfer import _conversation_store
+
+    backend = open_storage(location, create=False)
+    await backend.open()
+    store = await _conversation_store(location, backend, create=False)
+    assert store is not None
+    try:
+        assert await store.delete(conversation_id)
+    finally:
+        await store.close()
+        await backend.close()
+
+
+async def test_prune_finishes_a_copy_after_deletions_at_the_source(tmp_path: Path, postgres_dsn: str) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source), CountingEmbedder())
+    await _write_conversations(str(source))
+    assert (await migrate_storage(str(source), postgres_dsn)).ok
+
+    # between runs, the source loses a memory with two copies (short + long), its vector and a conversation
+    async with MemoryManager(sqlite_config(source), embedder=CountingEmbedder()) as memory:
+        stored = await memory.stored_copies(user_id=ALL_USERS)
+        tiers: dict[str, set[MemoryTier]] = {}
+        for copy in stored:
+            tiers.setdefault(copy.id, set()).add(copy.tier)
+        gone = next(memory_id for memory_id, found in tiers.items() if len(found) == 2)
+        assert await memory.delete_memory(gone)
+    await _delete_conversation(str(source), "café-7")
+    assert gone in {memory_id for memory_id, _ in await copies_of(postgres_dsn)}
+
+    # a plain resume refuses the target and says what to do; the target is as it was
+    before = await copies_of(postgres_dsn)
+    with pytest.raises(InvalidArgumentError, match=r"holds 1 memories and 1 conversations.*--prune"):
+        await migrate_storage(str(source), postgres_dsn)
+    with pytest.raises(InvalidArgumentError, match="prune: .*False when merge is True"):
+        await migrate_storage(str(source), postgres_dsn, merge=True, prune=True)
+    assert await copies_of(postgres_dsn) == before
+
+    result = await cli("--json", "memory", "migrate", "--from", str(source), "--to", postgres_dsn, "--prune")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert (report["pruned"], report["conversations_pruned"], report["copied"]) == (2, 1, 0)
+    assert await copies_of(postgres_dsn) == await copies_of(source)
+    assert await vectors_of(postgres_dsn) == await vectors_of(str(source))
+    assert gone not in next(iter((await vectors_of(postgres_dsn)).values()))[1]
+    assert await _dumps(postgres_dsn) == await _dumps(str(source))
+    assert set(await _dumps(postgres_dsn)) == {"support-42"}
+
+    # and back to a directory that holds an older copy: pruned there too
+    back = tmp_path / "back"
+    async with MemoryManager(sqlite_config(back)) as memory:
+        await memory.add_memory("only in the old copy")
+    plain = await cli("memory", "migrate", "--from", postgres_dsn, "--to", str(back), "--prune")
+    assert plain.exit_code == 0, plain.stdout + plain.stderr
+    assert "1 copies and 0 conversations pruned" in plain.stdout
+    assert await copies_of(back) == await copies_of(source)

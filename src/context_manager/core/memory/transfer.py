@@ -12,7 +12,9 @@ Resuming: every write is an upsert keyed by ``(id, tier)``, and a run first read
 already holds, copying only the copies that are missing or differ. A run interrupted anywhere (even by
 ``kill -9``) is finished by running the same command again: nothing is duplicated, nothing lost, and
 copies a previous run already wrote are not written twice. Copies the target holds for a source id in a
-tier where the source no longer has one (the source changed between runs) are removed.
+tier where the source no longer has one (the source changed between runs) are removed. Memories and
+conversations deleted from the source between runs are not told apart from another store's: the target is
+refused unless ``prune`` (remove everything the source does not have) or ``merge`` (keep it).
 
 Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
 copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
@@ -269,6 +271,10 @@ class MigrationReport:
     """Copies the target already held unchanged (written by an earlier, interrupted run)."""
     removed_stale: int = 0
     """Target copies of source memories in a tier the source no longer uses, removed."""
+    pruned: int = 0
+    """Target copies of memories the source does not have, removed (``prune``)."""
+    conversations_pruned: int = 0
+    """Target conversations the source does not have, removed (``prune``)."""
     vectors_copied: int = 0
     """Vectors this run wrote."""
     vectors_already_present: int = 0
@@ -308,6 +314,8 @@ class MigrationReport:
             "copied": self.copied,
             "already_present": self.already_present,
             "removed_stale": self.removed_stale,
+            "pruned": self.pruned,
+            "conversations_pruned": self.conversations_pruned,
             "vectors_copied": self.vectors_copied,
             "vectors_already_present": self.vectors_already_present,
             "vectors_without_memory": self.vectors_without_memory,
@@ -395,6 +403,7 @@ async def migrate_storage(
     batch_size: int = 500,
     vectors: bool = True,
     merge: bool = False,
+    prune: bool = False,
     progress: Progress | None = None,
 ) -> MigrationReport:
     """Copy every memory (every tier, every copy) and its vectors from ``source`` to ``target``, then verify.
@@ -405,7 +414,12 @@ async def migrate_storage(
         batch_size: Copies written per transaction (each batch is committed before the next).
         vectors: Copy the stored vectors of every embedding model.
         merge: Allow a target that holds memories the source does not have (they are kept, and the
-            verification covers the source's memories only). Without it such a target is refused.
+            verification covers the source's memories only). Without it (or ``prune``) such a target is
+            refused.
+        prune: Remove from the target every memory (all its copies and vectors) and conversation the source
+            does not have, so it ends as a copy of the source: what finishes an interrupted run after
+            memories were deleted from the source. It also removes another store's memories: only for a
+            target that is this source's copy.
         progress: Called after each batch with ``(done, total)``.
 
     Returns:
@@ -413,13 +427,19 @@ async def migrate_storage(
         ``report.ok`` is ``False`` when the target differs from the source.
 
     Raises:
-        InvalidArgumentError: a bad location or batch size, source and target the same, or a target
-            holding other memories without ``merge``.
+        InvalidArgumentError: a bad location or batch size, source and target the same, ``merge`` and
+            ``prune`` together, or a target holding other memories without either.
         StorageLockedError: a storage directory is in use by another process.
         StorageError: a storage cannot be opened or written.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError("batch_size", batch_size, "an integer >= 1")
+    if merge and prune:
+        raise InvalidArgumentError(
+            "prune",
+            prune,
+            "False when merge is True (merge keeps the target's other memories, prune removes them)",
+        )
     started = time.perf_counter()
     source_backend, target_backend = await _open_pair(source, target, create_target=True)
     report = MigrationReport(_describe_location(source), _describe_location(target))
@@ -437,20 +457,29 @@ async def migrate_storage(
             conversation_ids = [
                 info.conversation_id for info in await source_conversations.list_conversations()
             ]
-            target_conversations = await _conversation_store(target, target_backend, create=True)
-            assert target_conversations is not None
+        if source_conversations is not None or prune:  # (a source without any: prune removes the target's)
+            target_conversations = await _conversation_store(
+                target, target_backend, create=source_conversations is not None
+            )
+        if target_conversations is not None:
             present = {info.conversation_id for info in await target_conversations.list_conversations()}
             foreign_conversations = present - set(conversation_ids)
-        if (foreign or foreign_conversations) and not merge:
+        if (foreign or (foreign_conversations and source_conversations is not None)) and not (merge or prune):
             raise InvalidArgumentError(
                 "target",
                 report.target,
                 "an empty storage, or one holding only memories of this source (an interrupted migration); "
-                "pass merge=True (--merge) to keep its other memories",
+                "pass merge=True (--merge) to keep its other memories, prune=True (--prune) to remove them",
                 detail=f"it holds {len(foreign)} memories and {len(foreign_conversations)} conversations "
                 "the source does not have: another store's, or ones deleted from the source since an "
-                "interrupted run of this migration (then empty the target and run it again)",
+                "interrupted run of this migration (then --prune removes them)",
             )
+        if prune:
+            await _prune(target_backend, target_copies, foreign, batch_size, report)
+            target_copies = [memory for memory in target_copies if memory.id not in foreign]
+            if target_conversations is not None:
+                for conversation_id in sorted(foreign_conversations):
+                    report.conversations_pruned += bool(await target_conversations.delete(conversation_id))
         report.total_copies = len(source_copies)
         await _copy_memories(source_copies, target_copies, target_backend, batch_size, report, progress)
         if vectors:
@@ -578,6 +607,25 @@ async def verify_storage(source: str, target: str, *, vectors: bool = True) -> M
             await source_backend.close()
     report.duration_s = time.perf_counter() - started
     return report
+
+
+async def _prune(
+    target: MemoryBackend,
+    target_copies: list[Memory],
+    foreign: set[str],
+    batch_size: int,
+    report: MigrationReport,
+) -> None:
+    """Delete from ``target`` every copy of the ``foreign`` ids (memories the source does not have)."""
+    by_tier: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
+    for memory in target_copies:
+        if memory.id in foreign:
+            by_tier[memory.tier].append(memory.id)
+    for tier, ids in by_tier.items():
+        for start in range(0, len(ids), batch_size):
+            report.pruned += len(await target.delete(tier, ids[start : start + batch_size]))
+    if foreign:
+        await target.forget(sorted(foreign))  # their vectors and any trace the storage keeps go too
 
 
 async def _copy_memories(
