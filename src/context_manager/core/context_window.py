@@ -72,6 +72,7 @@ from context_manager.core.errors import (
 from context_manager.core.eviction import EvictedQueue
 from context_manager.core.messages import Message, Role
 from context_manager.core.tokens import (
+    OFF_LOOP_CHARS,
     REPLY_PRIMING_TOKENS,
     ExactTokenCounter,
     TokenCounter,
@@ -109,7 +110,6 @@ STRATEGY_CUSTOM = "custom"
 STRATEGY_FALLBACK = "custom_failed_fallback_extractive"
 
 _TOOL = Role.TOOL
-_OFF_LOOP_CHARS = 100_000  # texts longer than this are counted and cut in a worker thread (~5 ms and more)
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
@@ -622,7 +622,7 @@ class ContextWindow:
                 raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
         else:
             self._check(message)
-        if len(message.content) > _OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
+        if len(message.content) > OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
             return -1
         tokens = self._counter.count_message(message)
         if self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
@@ -668,7 +668,7 @@ class ContextWindow:
             self._queued -= 1
         try:
             self._check_batch(batch)
-            if sum(len(message.content) for message in batch) > _OFF_LOOP_CHARS:
+            if sum(len(message.content) for message in batch) > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
                 counts = [self._counter.count_message(message) for message in batch]
@@ -741,7 +741,7 @@ class ContextWindow:
         return record
 
     async def _count(self, message: Message) -> int:
-        if len(message.content) > _OFF_LOOP_CHARS:
+        if len(message.content) > OFF_LOOP_CHARS:
             return await asyncio.to_thread(self._counter.count_message, message)
         return self._counter.count_message(message)
 
@@ -854,7 +854,7 @@ class ContextWindow:
         units = sorted(decision.evicted_units, key=lambda unit: unit.seq)
         evicted = [message for unit in units for message in unit.messages]
         cuts = decision.cuts
-        if any(len(message.content) > _OFF_LOOP_CHARS for message, _ in cuts):
+        if any(len(message.content) > OFF_LOOP_CHARS for message, _ in cuts):
             replacements = await asyncio.to_thread(cut_messages, cuts, self._counter)
         else:
             replacements = cut_messages(cuts, self._counter)

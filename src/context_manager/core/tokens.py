@@ -80,6 +80,9 @@ def _trailing_punctuation(text: str) -> str | None:
 
 _TEXT_CACHE_SIZE = 8192
 _TEXT_CACHE_CHARS = 2_000_000  # at most 8 MB of cached text (4 bytes a character at worst)
+OFF_LOOP_CHARS = 100_000
+"""Texts longer than this (about 5 ms of counting and more) are counted, cut or turned into a prompt in a
+worker thread, not on the event loop."""
 _TEXT_CACHE_MAX_TEXT = 16_384  # longer texts are counted each time: caching them is what grows memory
 _PIECE_CHARS = 65_536
 """A text longer than this is counted a piece at a time (about 2 ms each), so a thread counting megabytes

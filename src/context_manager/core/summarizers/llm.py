@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from context_manager.core.errors import InvalidArgumentError, SummarizerError, SummarizerRequestError
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.prompt import DEFAULT_INSTRUCTIONS, SummaryPrompt, build_summary_prompt
-from context_manager.core.tokens import TokenCounter, get_token_counter
+from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_counter
 
 __all__ = [
     "EmptyAnswer",
@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_OFF_LOOP_CHARS = 100_000
-"""Evicted text longer than this is turned into the prompt in a worker thread (it is counted and cut)."""
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 """Statuses retried besides every 5xx (Anthropic's 529 "overloaded" included)."""
@@ -234,7 +231,7 @@ class LLMSummarizer(abc.ABC):
             max_input_tokens=self.max_input_tokens,
             instructions=self.instructions,
         )
-        if sum(len(message.content) for message in messages) > _OFF_LOOP_CHARS:
+        if sum(len(message.content) for message in messages) > OFF_LOOP_CHARS:
             prompt = await asyncio.to_thread(build)  # counting megabytes would hold the event loop
         else:
             prompt = build()

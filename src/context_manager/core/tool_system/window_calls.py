@@ -31,7 +31,7 @@ from typing import Any
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import ContextBudgetError, InvalidArgumentError, ToolCallPairingError
 from context_manager.core.messages import Message, ToolCall
-from context_manager.core.tokens import TokenCounter, cut_to_tokens
+from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ToolManager
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 
@@ -68,9 +68,6 @@ def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
     return text
 
 
-_OFF_LOOP_CHARS = 100_000  # outputs longer than this are counted and cut in a worker thread
-
-
 def _cut_output(counter: TokenCounter, text: str, limit: int) -> tuple[str, int | None]:
     """The text for the window and, when cut, the full text's token count (sync: may run in a thread)."""
     total = counter.count(text)
@@ -86,7 +83,7 @@ async def _window_text(window: ContextWindow, text: str, limit: int | None) -> t
     """Return the text for the window and, when it was cut, the full text's token count."""
     if limit is None or not text:
         return text, None
-    if len(text) > _OFF_LOOP_CHARS:
+    if len(text) > OFF_LOOP_CHARS:
         return await asyncio.to_thread(_cut_output, window.counter, text, limit)
     return _cut_output(window.counter, text, limit)
 
