@@ -247,7 +247,11 @@ def test_token_usage_is_summed_per_operation_and_reset() -> None:
         "classify": {"calls": 1, "input_tokens": 5, "output_tokens": 1, "total_tokens": 6},
     }
     assert monitor.get_performance_summary()["token_usage"]["summarize"]["total_tokens"] == 250
-    for bad in ({"input_tokens": -1, "output_tokens": 0}, {"input_tokens": 1.5, "output_tokens": 0}):
+    for bad in (
+        {"input_tokens": -1, "output_tokens": 0},
+        {"input_tokens": 1.5, "output_tokens": 0},
+        {"input_tokens": 2**63, "output_tokens": 0},  # more than a metric exporter's 64-bit integer carries
+    ):
         with pytest.raises(InvalidMetricError, match="input_tokens: got"):
             monitor.record_token_usage("summarize", bad["input_tokens"], bad["output_tokens"])  # type: ignore[arg-type]
     assert monitor.token_usage()["summarize"]["calls"] == 2  # a rejected record changes nothing

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_RESERVOIR_SIZE = 1024
 _RATE_WINDOW_S = 60.0
 _MAX_RECENT_ERRORS = 50
+_MAX_TOKENS = 2**63 - 1  # what metric exporters carry (a 64-bit integer)
 _FOLD_AT = 64  # successes queued by _record_success before they are counted (and at every read)
 
 
@@ -270,8 +271,8 @@ class PerformanceMonitor:
 
         Args:
             name: The operation's name (a non-empty string).
-            input_tokens: Prompt tokens billed (an integer >= 0).
-            output_tokens: Completion tokens billed (an integer >= 0).
+            input_tokens: Prompt tokens billed (an integer from 0 to 2**63 - 1).
+            output_tokens: Completion tokens billed (an integer from 0 to 2**63 - 1).
 
         Raises:
             InvalidMetricError: a bad name or count (nothing is recorded).
@@ -279,8 +280,8 @@ class PerformanceMonitor:
         if type(name) is not str or not name:
             raise InvalidMetricError("name", name, "a non-empty string")
         for field, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidMetricError(field, value, "an integer >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
+                raise InvalidMetricError(field, value, f"an integer from 0 to {_MAX_TOKENS}")
         with self._lock:
             totals = self._tokens.setdefault(name, [0, 0, 0])
             totals[0] += 1
