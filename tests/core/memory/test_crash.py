@@ -5,6 +5,7 @@ opens cleanly. 24 rounds by default; ``CM_FULL_RUN=1`` runs 100."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -91,3 +92,74 @@ async def test_acknowledged_memories_survive_sigkill(tmp_path: Path) -> None:
                 missing = [memory_id for memory_id in everything if memory_id not in found]
                 assert not missing, f"round {round_number}: {len(missing)} acknowledged memories lost"
                 assert all(found[i].content.startswith("crash memory") for i in everything)
+
+
+IMPORTER = """
+import asyncio, os, sys
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path, source):
+    config = ContextManagerConfig(storage_path=path, embedder="none", short_term_memory_size=300,
+                                  medium_term_memory_size=600)
+    async with MemoryManager(config) as manager:
+        os.write(1, b"READY\\n")
+        await manager.import_memories(source)
+        os.write(1, b"DONE\\n")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_an_import_killed_midway_loses_none_of_the_memories_it_replaces(tmp_path: Path) -> None:
+    # A restore: the store imports an export of itself in which every memory changed (its text, and for
+    # many their tier). Killed anywhere, each memory is still there, as it was or as imported, and
+    # importing again finishes the job.
+    count = 3000
+    rng = random.Random(7)
+    for round_number in range(5):
+        storage = tmp_path / f"storage{round_number}"
+        export = tmp_path / f"export{round_number}.jsonl"
+        config = ContextManagerConfig(
+            storage_path=storage, embedder="none", short_term_memory_size=300, medium_term_memory_size=600
+        )
+        async with MemoryManager(config) as manager:
+            await manager.add_memories(
+                [{"content": f"old text {i}", "importance": 0.9 if i % 3 == 0 else 0.3} for i in range(count)]
+            )
+            await manager.flush()
+            assert await manager.export_memories(export) == count
+            ids = [memory.id for memory in await manager.stored_copies()]
+        lines = []
+        for line in export.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            record["content"] = record["content"].replace("old", "new")
+            record["tiers"] = [rng.choice(["short", "medium", "long"])]  # most change tier
+            lines.append(json.dumps(record))
+        export.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            IMPORTER,
+            str(storage),
+            str(export),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        assert await process.stdout.readline() == b"READY\n"
+        await asyncio.sleep(0.02 + rng.random() * 0.25)
+        process.send_signal(signal.SIGKILL)
+        out, _ = await process.communicate()
+        async with MemoryManager(config) as manager:
+            found = await manager._get_many(ids)
+            missing = set(ids) - set(found)
+            assert not missing, f"round {round_number} ({out!r}): {len(missing)} memories lost"
+            assert all(
+                memory.content.split()[:2] in (["old", "text"], ["new", "text"]) for memory in found.values()
+            )
+            await manager.import_memories(export)  # the interrupted import, run again
+            copies = await manager.stored_copies()
+            assert sorted(copy.id for copy in copies) == sorted(set(ids))  # one copy each, nothing extra
+            assert all(copy.content.startswith("new text") for copy in copies)

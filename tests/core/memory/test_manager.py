@@ -18,6 +18,7 @@ from context_manager.core.errors import (
     InvalidMemoryError,
     LifecycleError,
     MemoryNotFoundError,
+    StorageError,
     StorageLockedError,
 )
 from context_manager.core.memory.embeddings import HashingEmbedder
@@ -560,6 +561,67 @@ async def test_import_with_a_bad_line_imports_nothing(manager: MemoryManager, tm
     with pytest.raises(InvalidMemoryError, match="bad.jsonl:2"):
         await manager.import_memories(path)
     assert await snapshot(manager) == before
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source": "\ud800"},  # valid JSON ("\\ud800"), not storable text: failed at the write, after the
+        {"id": "a\x00b"},  # replaced memory's copies were deleted, so the import lost it
+        {"id": "x" * 201},
+        {"context": "turn \x00 before"},
+        {"superseded_by": "\udfff"},
+        {"merged_from": ["fine", "bad\x00"]},
+        {"importance": True},
+        {"importance": "0.7"},
+    ],
+)
+async def test_import_refuses_unstorable_fields_and_changes_nothing(
+    manager: MemoryManager, tmp_path: Path, change: dict[str, Any]
+) -> None:
+    kept = await manager.add_memory("keep me", importance=0.9)
+    path = tmp_path / "restore.jsonl"
+    path.write_text(json.dumps({**kept.to_dict(), "content": "replaced", **change}) + "\n")
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match="restore.jsonl:1"):
+        await manager.import_memories(path)
+    assert await snapshot(manager) == before
+
+
+async def test_export_and_import_keep_every_line_separator_in_the_text(
+    manager: MemoryManager,
+    tmp_path: Path,
+    config: ContextManagerConfig,
+    other_storage: Callable[[ContextManagerConfig], ContextManagerConfig],
+) -> None:
+    # str.splitlines() also breaks at these; JSON strings hold them as they are (U+0085, U+2028...)
+    texts = [f"before{separator}after {i}" for i, separator in enumerate("\x85\u2028\u2029\x0b\x0c\x1c\r")]
+    for text in texts:
+        await manager.add_memory(text, tags=["sep\u2028tag"])
+    path = tmp_path / "export.jsonl"
+    assert await manager.export_memories(path) == len(texts)
+    async with MemoryManager(other_storage(config)) as other:
+        assert (await other.import_memories(path))["imported"] == len(texts)
+        assert sorted(copy.content for copy in await other.stored_copies()) == sorted(texts)
+
+
+async def test_export_refuses_the_storage_directory_and_leaves_no_temporary_file(
+    sqlite_manager: MemoryManager, tmp_path: Path
+) -> None:
+    manager = sqlite_manager
+    await manager.add_memory("a memory in the journal")
+    journal = manager.storage_path / "memories.jsonl"
+    before = journal.read_bytes()
+    for inside in (journal, manager.storage_path / "backup.jsonl", manager.storage_path):
+        with pytest.raises(InvalidMemoryError, match="path: .*outside the memory storage directory"):
+            await manager.export_memories(inside)
+    assert journal.read_bytes() == before and not (manager.storage_path / "backup.jsonl").exists()
+    # a failed export (the target is a directory) leaves no copy of the memories behind
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(StorageError, match="cannot export memories"):
+        await manager.export_memories(folder)
+    assert not (tmp_path / "folder.tmp").exists()
 
 
 async def test_maintenance(manager: MemoryManager) -> None:

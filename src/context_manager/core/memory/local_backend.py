@@ -263,6 +263,14 @@ class LocalBackend:
         # the journal first (off the loop with fsync), then the in-process index, on the loop
         await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories])
         store.load(memories)
+        # the journal holds one volatile copy per id (a replay sees the last put): so does the process,
+        # and a copy in the other volatile tier is gone with this put (as a move between them is)
+        other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
+        elsewhere = [memory.id for memory in memories if memory.id in other]
+        if elsewhere:
+            other.delete(elsewhere, log=False)
+            if tier is MemoryTier.MEDIUM:
+                self._long_copies.difference_update(elsewhere)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
         """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""

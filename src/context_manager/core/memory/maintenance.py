@@ -21,9 +21,11 @@ from context_manager.core.memory.tiers import TierMovement
 from context_manager.core.memory.validation import (
     check_content,
     check_importance,
+    check_memory_id,
     check_metadata,
     check_path,
     check_tags,
+    check_text,
     check_user,
 )
 from context_manager.core.memory.write_health import records_write_outcome
@@ -33,6 +35,19 @@ __all__ = ["MemoryMaintenance"]
 _IMPORT_BATCH = 2000
 
 logger = logging.getLogger(__name__)
+
+
+def _check_imported_fields(memory: Memory) -> None:
+    """The text fields of an imported memory as the API would take them (ids, source, context).
+
+    ``Memory.from_dict`` checks their types; a lone surrogate or a NUL would fail only at the write.
+    """
+    check_memory_id(memory.id, field="id")
+    check_text(memory.source, "source")
+    check_text(memory.context, "context", empty=True)
+    check_memory_id(memory.superseded_by, field="superseded_by", optional=True)
+    for original in memory.merged_from:
+        check_memory_id(original, field="merged_from")
 
 
 def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
@@ -117,6 +132,7 @@ class MemoryMaintenance(TierMovement):
         check_user(user_id, allow_all=True)
         target = check_path(path)
         backend = self._require("export_memories")
+        self._refuse_storage_file(target)
         async with self._write_lock:
             await self._flush_touches_locked()
             copies = await backend.scan(user_id, every_copy=True)
@@ -132,23 +148,39 @@ class MemoryMaintenance(TierMovement):
             count = 0
             temporary = target.with_name(target.name + ".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                for memory_id, memory in fastest.items():
-                    record = memory.to_dict()
-                    record["tiers"] = [
-                        tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
-                    ]
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    for memory_id, memory in fastest.items():
+                        record = memory.to_dict()
+                        record["tiers"] = [
+                            tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
+                        ]
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        count += 1
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                # a copy of the memories must not stay behind (it would keep text deleted afterwards)
+                temporary.unlink(missing_ok=True)
+                raise
             return count
 
         try:
             return await asyncio.to_thread(write)
         except OSError as error:
             raise StorageError(f"cannot export memories to {target}: {error}", path=target) from error
+
+    def _refuse_storage_file(self, path: Path) -> None:
+        """Refuse a path inside the embedded storage's directory (export would replace its own files)."""
+        if self._require("export_memories").kind != "sqlite":
+            return
+        storage = self.storage_path.expanduser().resolve()
+        resolved = path.resolve()
+        if resolved == storage or storage in resolved.parents:
+            raise InvalidMemoryError(
+                "path", str(path), f"a file outside the memory storage directory {storage}"
+            )
 
     @records_write_outcome
     async def import_memories(self, path: str | Path) -> dict[str, Any]:
@@ -178,14 +210,18 @@ class MemoryMaintenance(TierMovement):
         memories: dict[str, Memory] = {}
         long_copies: set[str] = set()  # memories with a long-term copy besides their faster one
         threshold = self.config.long_term_importance_threshold
-        for number, line in enumerate(lines.splitlines(), start=1):
+        # "\n" only: export writes U+2028, U+0085 and the like as they are, and splitlines() breaks at them
+        for number, line in enumerate(lines.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
                 if not isinstance(data, dict):
                     raise TypeError("not a JSON object")
+                raw_importance = data.get("importance", 0.5)
                 memory = Memory.from_dict(data)
+                _check_imported_fields(memory)
+                check_importance(raw_importance)
                 check_content(memory.content)
                 memory.importance = check_importance(memory.importance)
                 memory.tags = check_tags(memory.tags)
@@ -213,11 +249,13 @@ class MemoryMaintenance(TierMovement):
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
-            existing = await self._get_many(list(memories))
-            for memory_id in existing:
-                for copy in await self._locate(memory_id):
-                    await self._remove(memory_id, copy.tier, moving=True)
-            placement = await self._place_for_import(list(memories.values()), long_copies)
+            # The replaced memories' copies stay until the new ones are written: the new copies are
+            # written first (a put replaces a copy in its tier), then the old copies in tiers the new
+            # placement does not use are deleted. Killed anywhere in between, every memory still has a
+            # copy (old or new; at worst one stale extra copy, which importing again removes).
+            replaced = await backend.copies(list(memories))
+            existing = {copy.id for copy in replaced}
+            placement = await self._place_for_import(list(memories.values()), long_copies, replaced)
             # short-term first: the backend notes which short-term memories also have a long-term copy
             for tier, batch in (
                 (MemoryTier.SHORT, _IMPORT_BATCH),
@@ -227,6 +265,14 @@ class MemoryMaintenance(TierMovement):
                 items = placement[tier]
                 for start in range(0, len(items), batch):
                     await backend.put(tier, items[start : start + batch])
+            placed = {(memory.id, tier) for tier, items in placement.items() for memory in items}
+            stale: dict[MemoryTier, list[str]] = {}
+            for copy in replaced:
+                if (copy.id, copy.tier) not in placed:
+                    stale.setdefault(copy.tier, []).append(copy.id)
+            for tier, ids in stale.items():
+                for start in range(0, len(ids), _IMPORT_BATCH):
+                    await backend.delete(tier, ids[start : start + _IMPORT_BATCH])
             for tier, items in placement.items():
                 by_tier[tier.value] = len(items)
             if self.embedder is not None:
@@ -237,21 +283,26 @@ class MemoryMaintenance(TierMovement):
         return {"imported": len(memories), "replaced": len(existing), "by_tier": by_tier}
 
     async def _place_for_import(
-        self, memories: list[Memory], long_copies: set[str]
+        self, memories: list[Memory], long_copies: set[str], replaced: list[Memory]
     ) -> dict[MemoryTier, list[Memory]]:
         """Put each memory in its fastest recorded tier, plus a long-term copy for ``long_copies``.
 
         Overflow (least valuable first) flows down a tier; a memory that has a long-term copy anyway
-        just loses the faster copy that does not fit.
+        just loses the faster copy that does not fit. The ``replaced`` copies (of the imported ids, still
+        stored) leave room in their tier.
         """
         backend = self._require("import_memories")
         now = self._clock()
         placement: dict[MemoryTier, list[Memory]] = {tier: [] for tier in MemoryTier}
         for memory in memories:
             placement[memory.tier].append(memory)
+        leaving = {tier: sum(1 for copy in replaced if copy.tier is tier) for tier in MemoryTier}
         room = {
-            MemoryTier.SHORT: self.config.short_term_memory_size - await backend.count(MemoryTier.SHORT),
-            MemoryTier.MEDIUM: self.config.medium_term_memory_size - await backend.count(MemoryTier.MEDIUM),
+            tier: capacity - await backend.count(tier) + leaving[tier]
+            for tier, capacity in (
+                (MemoryTier.SHORT, self.config.short_term_memory_size),
+                (MemoryTier.MEDIUM, self.config.medium_term_memory_size),
+            )
         }
         for tier, lower in ((MemoryTier.SHORT, MemoryTier.MEDIUM), (MemoryTier.MEDIUM, MemoryTier.LONG)):
             items = placement[tier]

@@ -31,6 +31,37 @@ def check_content(content: Any) -> None:
         raise InvalidMemoryError("content", content, _NO_NUL)
 
 
+MAX_ID_CHARS = 200
+"""The longest memory id, in characters."""
+
+
+def check_memory_id(memory_id: Any, *, field: str = "memory_id", optional: bool = False) -> str | None:
+    """A non-empty string of at most :data:`MAX_ID_CHARS` characters of valid Unicode without NUL.
+
+    With ``optional``, ``None`` is allowed too (and returned).
+    """
+    if optional and memory_id is None:
+        return None
+    if (
+        not isinstance(memory_id, str)
+        or not memory_id.strip()
+        or len(memory_id) > MAX_ID_CHARS
+        or "\x00" in memory_id
+        or not encodable(memory_id)
+    ):
+        allowed = f"a non-empty string of at most {MAX_ID_CHARS} characters"
+        raise InvalidMemoryError(field, memory_id, ("None or " if optional else "") + allowed)
+    return memory_id
+
+
+def check_text(value: Any, field: str, *, empty: bool = False) -> str:
+    """A string of valid Unicode without NUL characters (non-empty unless ``empty``)."""
+    if not isinstance(value, str) or not (empty or value) or "\x00" in value or not encodable(value):
+        allowed = "a string" if empty else "a non-empty string"
+        raise InvalidMemoryError(field, value, allowed + " of valid Unicode text without NUL characters")
+    return value
+
+
 def check_importance(value: Any, *, field: str = "importance") -> float:
     """A number from 0 to 1 (not a bool, not NaN); returned as a float."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value <= 1.0):

@@ -18,14 +18,15 @@ from context_manager.core.memory.tiers import _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_content,
     check_importance,
+    check_memory_id,
     check_metadata,
     check_tags,
+    check_text,
     check_tier,
     check_user,
     json_safe,
 )
 from context_manager.core.memory.write_health import records_write_outcome
-from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.backend import MemoryBackend
@@ -139,24 +140,14 @@ class MemoryWriting(TierMovement):
         memory_id: Any = None,
     ) -> Memory:
         check_content(content)
-        if memory_id is not None and (
-            not isinstance(memory_id, str)
-            or not memory_id.strip()
-            or len(memory_id) > 200
-            or "\x00" in memory_id
-            or not encodable(memory_id)
-        ):
-            raise InvalidMemoryError(
-                "memory_id", memory_id, "None or a non-empty string of at most 200 characters"
-            )
+        check_memory_id(memory_id, optional=True)
         importance = check_importance(importance)
         tag_list = check_tags(tags)
         metadata_dict = check_metadata(metadata)
         check_user(user_id, allow_all=False)
         if tier is not None:
             check_tier(tier)
-        if not isinstance(source, str) or not source or "\x00" in source or not encodable(source):
-            raise InvalidMemoryError("source", source, "a non-empty string of text without NUL")
+        check_text(source, "source")
         now = self._clock()
         return Memory(
             id=new_memory_id() if memory_id is None else memory_id,
