@@ -808,3 +808,80 @@ async def test_tool_calls_left_by_a_killed_worker_can_be_cancelled_after_resumin
             await again.add_message("user", f"turn {step}: " + " ".join(["more"] * 40))
         assert again.compression_history
         assert not any(m.tool_calls or m.role.value == "tool" for m in again.messages)
+
+
+async def test_an_add_cancelled_while_its_write_commits_breaks_no_later_write(make_config: Any) -> None:
+    """The store committed a batch while the add that was writing it got cancelled: the manager missed
+    the new version, so the next write (another add's, in the same manager) was refused as a conflict
+    that never was, and that add was told its stored message was not made."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "first")
+        conversation = manager._conversation
+        assert conversation is not None
+        store = conversation.store
+        real_append = store.append
+        committed, release = asyncio.Event(), asyncio.Event()
+
+        async def append(*args: Any, **kwargs: Any) -> int:
+            version: int = await real_append(*args, **kwargs)  # the real write, committed
+            committed.set()
+            await release.wait()  # ...and the caller's await cancelled before it sees the version
+            return version
+
+        store.append = append  # type: ignore[method-assign]
+        adding = asyncio.create_task(manager.add_message("user", "A"))
+        await committed.wait()
+        store.append = real_append  # type: ignore[method-assign]
+        other = asyncio.create_task(manager.add_message("user", "B"))  # waits for the write lock
+        await asyncio.sleep(0)
+        adding.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await adding
+        assert await other is True
+        assert await manager.add_message("user", "C") is True
+        assert [m.content for m in manager.messages] == ["first", "A", "B", "C"]
+    async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
+        assert [m.content for m in resumed.messages] == ["first", "A", "B", "C"]
+
+
+async def test_an_add_made_after_a_reload_is_not_refused_with_the_changes_it_dropped(
+    make_config: Any,
+) -> None:
+    """A compression (C) waits for its summarizer; reload() waits for the window; then X is added. The
+    reload drops C's change, and X, committed after the reload, was told it was refused too (its range
+    of changes was counted from before C's), although it is in the window and stored."""
+    summarizing, gate = asyncio.Event(), asyncio.Event()
+
+    async def summarizer(messages: Any, budget: int) -> str:
+        summarizing.set()
+        await gate.wait()
+        return "summary of the earlier turns"
+
+    config = make_config(max_tokens=300, summarizer_timeout=30)
+    async with EnhancedContextManager(config, conversation_id="c", summarizer=summarizer) as manager:
+        number = 0
+        while manager.get_context_summary()["token_count"] < 250:
+            await manager.add_message("user", f"filler message {number} about nothing in particular")
+            number += 1
+        compressing = asyncio.create_task(manager.add_message("user", "C compresses " + "word " * 80))
+        await summarizing.wait()
+        reloading = asyncio.create_task(manager.reload())
+        window = manager.context_window
+        for _ in range(400):  # the reload has read storage and waits for the window
+            if window._lock._waiters:  # noqa: SLF001 - the moment this test is about
+                break
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("the reload never waited for the window")
+        adding = asyncio.create_task(manager.add_message("user", "X after the reload"))
+        await asyncio.sleep(0)
+        gate.set()
+        with pytest.raises(ConversationConflictError):
+            await compressing
+        await reloading
+        assert await adding is True
+        assert "X after the reload" in [m.content for m in manager.messages]
+    async with EnhancedContextManager(config, conversation_id="c") as resumed:
+        assert "X after the reload" in [m.content for m in resumed.messages]

@@ -37,6 +37,34 @@ __all__ = ["PersistedConversation"]
 logger = logging.getLogger(__name__)
 
 
+async def _to_the_end(write: asyncio.Future[None]) -> None:
+    """Await a storage write to its end even if the caller is cancelled meanwhile, then re-raise that.
+
+    The write runs in a thread a cancellation cannot stop: it may commit after the caller's await was
+    cancelled, and what follows the commit (the stored version, the changes written) must happen all the
+    same, under the write lock the caller holds, or the next write carries a version the store no longer
+    has and is refused as a conflict that never was.
+    """
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if not write.done():
+                cancelled = True
+                continue
+            if not write.cancelled():
+                write.exception()  # cancelled as it ended: its outcome goes unseen (but is retrieved)
+            raise
+        except BaseException:
+            if cancelled:
+                raise asyncio.CancelledError from None  # the caller asked to stop; the error is retrieved
+            raise
+        if cancelled:
+            raise asyncio.CancelledError
+        return
+
+
 class PersistedConversation:
     """One conversation's window, written to a :class:`ConversationStore` as it changes.
 
@@ -68,9 +96,12 @@ class PersistedConversation:
         self._indexed_version = 0
         self._last_compress_version = 0
         self._pending: list[ConversationRecord] = []
+        # the task whose operation committed each pending change (its caller's sync raises its refusal)
+        self._pending_tasks: list[asyncio.Task[Any] | None] = []
         self._journaled = 0  # records journaled since the start (a sequence number)
         self._resolved = 0  # of those, how many are stored or were refused (a prefix)
-        self._refused: list[tuple[int, int, ConversationConflictError]] = []  # (first, last, why)
+        # (first, last, why, the task of each change first..last)
+        self._refused: list[tuple[int, int, ConversationConflictError, list[asyncio.Task[Any] | None]]] = []
         self._snapshotting = False
         self._conflict: ConversationConflictError | None = None  # set while stale
         self._write_lock = asyncio.Lock()
@@ -171,9 +202,10 @@ class PersistedConversation:
         state = await self._load()
         if self._pending:
             why = self._conflict or ConversationConflictError(self.conversation_id, self._version, None)
-            self._refused.append((self._resolved + 1, self._journaled, why))
+            self._refused.append((self._resolved + 1, self._journaled, why, list(self._pending_tasks)))
             del self._refused[:-64]  # waiters of older refusals are long gone
         self._pending.clear()
+        self._pending_tasks.clear()
         self._resolved = self._journaled
         self._conflict = None
         return state.version
@@ -183,6 +215,7 @@ class PersistedConversation:
     def _journal_entry(self, kind: str, payload: dict[str, Any]) -> None:
         """The window's journal: queue a committed change (synchronous, inside the commit point)."""
         self._pending.append(ConversationRecord(kind, payload))
+        self._pending_tasks.append(asyncio.current_task())
         self._journaled += 1
 
     async def sync(self, *, since: int | None = None) -> None:
@@ -190,9 +223,10 @@ class PersistedConversation:
 
         Args:
             since: What :meth:`check_writable` returned before the caller's own change: the caller's
-                changes are the ones journaled after it, and only their refusal is raised (a sync with no
-                change of its own, a flush, raises only its own write's conflict). ``None``: the last
-                change journaled is the caller's.
+                changes are the ones its task journaled after it (another task's changes journaled
+                meanwhile are not), and only their refusal is raised (a sync with no change of its own, a
+                flush, raises only its own write's conflict). ``None``: the last change journaled is the
+                caller's.
 
         Raises:
             ConversationConflictError: another writer stored a change first; the window now holds what
@@ -205,10 +239,21 @@ class PersistedConversation:
         while self._resolved < target:
             async with self._write_lock:
                 if self._resolved < target:
-                    await self._write_pending()
+                    await _to_the_end(asyncio.ensure_future(self._write_pending()))
         if own <= target:
-            for first, last, why in self._refused:
-                if first <= target and own <= last:  # a reload dropped some of them: refused
+            task = asyncio.current_task()
+            for first, last, why, tasks in self._refused:
+                if (
+                    first <= target
+                    and own <= last
+                    and (
+                        since is None
+                        or any(
+                            tasks[number - first] is task
+                            for number in range(max(own, first), min(last, target) + 1)
+                        )
+                    )
+                ):  # a reload dropped some of the caller's changes: refused
                     raise why
         if self._snapshot_every and self._version - self._snapshot_version >= self._snapshot_every:
             self._start(self._save_snapshot())
@@ -241,6 +286,7 @@ class PersistedConversation:
                 )
             raise error from None
         del self._pending[: len(batch)]
+        del self._pending_tasks[: len(batch)]
         self._resolved += len(batch)
         self._version = version
         self._created_at = created_at
