@@ -152,6 +152,8 @@ class EnhancedContextManager:
         self._memory_sampler: MemorySizeSampler | None = None
         self._state: _State = "new"
         self._lifecycle_lock = asyncio.Lock()  # initialize() and cleanup() run one at a time
+        # tool-call changes in flight (each one's end, and the task making it): cleanup() waits for them
+        self._changes: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
         self._window: ContextWindow | None = None
         self._count_checks_unicode = False
         self.tool_manager = ToolManager(self.config)
@@ -240,6 +242,7 @@ class EnhancedContextManager:
             was_ready = self._state == "ready"
             self._state = "closed"
             if was_ready:
+                await self._finish_changes()
                 await self._stop_subsystems()
                 await self._close_owned_summarizer()
             logger.debug("context manager cleaned up")
@@ -918,16 +921,43 @@ class EnhancedContextManager:
         """Make a change of several steps to the window, then store it in the persisted conversation.
 
         Stored even when the change fails partway (the tool calls' assistant message was added, say): what
-        the window holds is what storage holds.
+        the window holds is what storage holds. :meth:`cleanup` waits for changes in flight (tools still
+        running), so their results are stored and what they evict reaches memory.
         """
-        conversation = self._conversation
-        if conversation is None:
-            return await change()
-        since = conversation.check_writable()
+        end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changes[end] = asyncio.current_task()
         try:
-            return await change()
+            conversation = self._conversation
+            if conversation is None:
+                return await change()
+            since = conversation.check_writable()
+            try:
+                return await change()
+            finally:
+                await conversation.sync(since=since)
         finally:
-            await conversation.sync(since=since)
+            del self._changes[end]
+            end.set_result(None)
+
+    async def _finish_changes(self) -> None:
+        """Wait for the tool-call changes in flight; cancel those still running after the tools' time limit.
+
+        A tool runs for at most ``max_tool_timeout`` seconds, but an approval callback may wait for a
+        person: past that limit (plus a second) the change is cancelled (its calls stay pending, as after a
+        crash: ``cancel_tool_calls`` answers them in a resumed conversation).
+        """
+        current = asyncio.current_task()
+        waiting = {end: task for end, task in self._changes.items() if task is not current}
+        if not waiting:
+            return
+        _, late = await asyncio.wait(waiting, timeout=self.config.max_tool_timeout + 1.0)
+        for end in late:
+            task = waiting[end]
+            if task is not None:
+                task.cancel()
+        if late:
+            logger.warning("cleanup: %d tool-call changes still running were cancelled", len(late))
+            await asyncio.wait(late, timeout=5.0)  # a change that ignores its cancellation is left
 
     async def _remember_tool_output(self, call: ToolCall, result: ToolResult, full_text: str) -> None:
         """Keep the full text of a tool output cut in the window in memory.

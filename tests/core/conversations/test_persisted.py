@@ -885,3 +885,29 @@ async def test_an_add_made_after_a_reload_is_not_refused_with_the_changes_it_dro
         assert "X after the reload" in [m.content for m in manager.messages]
     async with EnhancedContextManager(config, conversation_id="c") as resumed:
         assert "X after the reload" in [m.content for m in resumed.messages]
+
+
+async def test_cleanup_stores_the_results_of_tools_still_running(make_config: Any) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(x: int) -> str:
+        started.set()
+        await release.wait()
+        return f"result {x}"
+
+    manager = EnhancedContextManager(make_config(), conversation_id="c")
+    await manager.initialize()
+    manager.tool_manager.register_function_tool("slow", slow, "Slow")
+    await manager.add_message("user", "run the tool")
+    running = asyncio.create_task(
+        manager.execute_tool_calls([{"id": "call_1", "name": "slow", "arguments": {"x": 1}}])
+    )
+    await started.wait()
+    closing = asyncio.create_task(manager.cleanup())
+    await asyncio.sleep(0.02)
+    release.set()
+    await closing
+    assert [result.result for result in await running] == ["result 1"]
+    async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
+        assert resumed.pending_tool_calls() == []
+        assert [m.role.value for m in resumed.messages] == ["user", "assistant", "tool"]

@@ -523,3 +523,66 @@ async def test_calls_of_a_cancelled_execution_stay_pending_until_cancelled(tmp_p
             await context.add_message("user", " ".join(["hello"] * 60))
         assert not any(m.tool_calls or m.role is Role.TOOL for m in context.messages)
         check_window(context)
+
+
+async def test_cleanup_waits_for_tools_still_running(tmp_path: Path) -> None:
+    """cleanup() while execute_tool_calls ran: the call returned success afterwards, but its result came
+    into a window whose eviction writer had stopped, so what that result evicted never reached memory."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(x: int) -> str:
+        started.set()
+        await release.wait()
+        return "tool output " + " ".join(f"word{i}" for i in range(60))
+
+    config = ContextManagerConfig(max_tokens=300, cache_path=tmp_path / "cache", embedder="none")
+    context = EnhancedContextManager(config)
+    await context.initialize()
+    context.tool_manager.register_function_tool("slow", slow, "Slow")
+    await context.add_message("user", "Project zebracorn ships on Friday at noon, remember that.")
+    for number in range(14):
+        await context.add_message("user", f"filler question number {number} about the weather today")
+    compressions = len(context.compression_history)
+    running = asyncio.create_task(
+        context.execute_tool_calls([ToolCall(id="c1", name="slow", arguments={"x": 7})])
+    )
+    await started.wait()
+    closing = asyncio.create_task(context.cleanup())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # it waits for the tool
+    with pytest.raises(LifecycleError):  # while no new change may start
+        await context.add_message("user", "too late")
+    release.set()
+    await closing
+    [result] = await running
+    assert result.success and result.result.startswith("tool output")
+    # the result made room: the zebracorn message was evicted by it
+    assert len(context.compression_history) > compressions
+    async with EnhancedContextManager(config) as reopened:
+        memories = await reopened.search_memory("zebracorn Friday noon", limit=5)
+        assert any("zebracorn" in memory.content for memory in memories)
+
+
+async def test_cleanup_cancels_a_change_still_waiting_past_the_tool_time_limit(tmp_path: Path) -> None:
+    """An approval callback may wait for a person: cleanup() waits max_tool_timeout (+1 s), then cancels."""
+    asked = asyncio.Event()
+
+    async def approval(definition: Any, arguments: dict[str, Any]) -> bool:
+        asked.set()
+        await asyncio.Event().wait()  # nobody answers
+        return True
+
+    config = ContextManagerConfig(max_tokens=2000, cache_path=tmp_path / "cache", max_tool_timeout=0.2)
+    context = EnhancedContextManager(config)
+    await context.initialize()
+    context.tool_manager.register_function_tool("danger", add, "Add", permission="dangerous")
+    context.tool_manager.approval_callback = approval
+    running = asyncio.create_task(
+        context.execute_tool_calls([ToolCall(id="c1", name="danger", arguments={"a": 1, "b": 2})])
+    )
+    await asked.wait()
+    started = time.perf_counter()
+    await context.cleanup()
+    assert 1.1 <= time.perf_counter() - started < 5
+    with pytest.raises(asyncio.CancelledError):
+        await running
