@@ -101,6 +101,8 @@ async def test_methods_before_initialize_and_after_cleanup_raise(tmp_path: Path)
         await manager.add_message("user", "again")
     with pytest.raises(LifecycleError, match="cleaned up"):
         await manager.initialize()
+    status = manager.get_system_status()  # documented for every state, "closed" included
+    assert status["state"] == "closed" and "context" not in status
 
 
 async def test_concurrent_initialize_calls_are_serialised(tmp_path: Path) -> None:

@@ -1070,7 +1070,7 @@ class EnhancedContextManager:
         For memory counts use ``await memory_manager.get_memory_stats()``.
         """
         status: dict[str, Any] = {"state": self._state, "timestamp": time.time()}
-        if self._window is not None:
+        if self._window is not None and self._state == "ready":
             status["context"] = self.get_context_summary()
         conversation = self._conversation
         if conversation is not None:
