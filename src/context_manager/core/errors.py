@@ -282,13 +282,26 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
     conversation, after which the change can be made again.
     """
 
-    def __init__(self, conversation_id: str, expected_version: int, current_version: int | None) -> None:
+    def __init__(
+        self,
+        conversation_id: str,
+        expected_version: int,
+        current_version: int | None,
+        *,
+        reloaded: bool = False,
+    ) -> None:
         self.conversation_id = conversation_id
         """The conversation."""
         self.expected_version = expected_version
         """The version the change was based on."""
         self.current_version = current_version
         """The stored version when the change was refused (``None`` if unknown)."""
+        if reloaded:  # this manager's own reload() dropped the change
+            super().__init__(
+                f"conversation {conversation_id!r} was reloaded from storage (`reload()`) while this "
+                "change was being made; the change was not made. Make it again"
+            )
+            return
         now = "an unknown version" if current_version is None else f"version {current_version}"
         super().__init__(
             f"conversation {conversation_id!r} changed in storage: this manager has version "

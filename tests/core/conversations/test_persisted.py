@@ -878,7 +878,7 @@ async def test_an_add_made_after_a_reload_is_not_refused_with_the_changes_it_dro
         adding = asyncio.create_task(manager.add_message("user", "X after the reload"))
         await asyncio.sleep(0)
         gate.set()
-        with pytest.raises(ConversationConflictError):
+        with pytest.raises(ConversationConflictError, match=r"was reloaded from storage \(`reload\(\)`\)"):
             await compressing
         await reloading
         assert await adding is True

@@ -201,7 +201,9 @@ class PersistedConversation:
         # refusal), instead of vanishing acknowledged (restoring the window journals nothing).
         state = await self._load()
         if self._pending:
-            why = self._conflict or ConversationConflictError(self.conversation_id, self._version, None)
+            why = self._conflict or ConversationConflictError(
+                self.conversation_id, self._version, None, reloaded=True
+            )
             self._refused.append((self._resolved + 1, self._journaled, why, list(self._pending_tasks)))
             del self._refused[:-64]  # waiters of older refusals are long gone
         self._pending.clear()
