@@ -141,14 +141,18 @@ class MemoryCuration(TierMovement):
     async def undo_consolidation(self, merged_id: str) -> dict[str, Any]:
         """Reverse a consolidation: delete the merged memory and make its originals visible again.
 
+        Merges nest (a later consolidation may merge a merged memory with others); they are undone
+        latest first: undoing the later one makes this one visible again, and this one can then be undone.
+
         Returns:
             ``restored`` (ids made visible again) and ``deleted`` (the merged id).
 
         Raises:
             MemoryNotFoundError: no memory has this id.
-            InvalidMemoryError: the memory is not the result of a consolidation, or one of its originals is
-                no longer stored (``cleanup_old_memories`` removes superseded originals; a delete): nothing
-                is changed, the merged memory is kept.
+            InvalidMemoryError: the memory is not the result of a consolidation; or one of its originals is
+                no longer stored (``cleanup_old_memories`` removes superseded originals; a delete); or a
+                later consolidation merged it in turn (its ``superseded_by``; the message names it: undo
+                that one first). Nothing is changed, the merged memory is kept.
         """
         merged = await self.get_memory(merged_id)
         if merged is None:
