@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
+    "SUPERSEDED_ONLY",
     "TIER_ORDER",
     "BackendStats",
     "LexicalQuery",
@@ -116,6 +117,10 @@ class Staleness:
         return max(memory.created_at, memory.last_accessed) < self.cutoff and (
             self.keep_importance is None or memory.importance < self.keep_importance
         )
+
+
+SUPERSEDED_ONLY = Staleness(cutoff=-math.inf)
+"""Stale only while superseded, whatever its age: the originals of a merged memory that was deleted."""
 
 
 def originals_gone(merged_id: str, missing: Sequence[str]) -> InvalidMemoryError:
