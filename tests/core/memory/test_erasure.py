@@ -92,6 +92,25 @@ async def test_cleanup_and_undone_consolidations_are_erased_too(
     assert files_holding(storage, "qzoldxq", "qzdupxq") == {}
 
 
+async def test_deleting_a_merged_memory_erases_the_originals_it_merged(
+    sqlite_manager: MemoryManager, sqlite_config: ContextManagerConfig
+) -> None:
+    """The originals hold the merged memory's text (and more: the merged memory keeps one text only). They
+    were kept, superseded by the deleted memory, so the text it was made of stayed in the files."""
+    memory = sqlite_manager
+    storage = sqlite_config.resolved_storage_path
+    await memory.add_memory("the wifi password is qzdupxq at the office qzonlyxq", importance=0.4)
+    await memory.add_memory("the wifi password is qzdupxq at the office", importance=0.6, tier="medium")
+    await memory.add_memory("a note that stays", importance=0.5)
+    report = await memory.consolidate_memories(0.85)
+    assert len(report["merged_ids"]) == 1 and "qzonlyxq" not in report["groups"][0]["content"]
+    await memory.flush()
+    assert files_holding(storage, "qzonlyxq")  # the test can see the text (else it proves nothing)
+    await memory.delete_memory(report["merged_ids"][0])
+    await memory.close()
+    assert files_holding(storage, "qzdupxq", "qzonlyxq") == {}
+
+
 async def test_a_crash_after_the_delete_is_finished_at_the_next_open(
     sqlite_config: ContextManagerConfig, tmp_path: Path
 ) -> None:
@@ -228,6 +247,20 @@ async def test_vectors_of_deleted_memories_are_deleted_in_every_tier(config: Con
     async with MemoryManager(config, embedder=HashingEmbedder(dimension=32)) as memory:
         await memory.update_memory(kept.id, tier="long")
         await memory.update_memory(kept.id, tier="short")
+    assert stored_vector_ids(config) == {kept.id}
+
+
+async def test_deleting_a_merged_memory_deletes_the_vectors_of_its_originals(
+    config: ContextManagerConfig,
+) -> None:
+    async with MemoryManager(config, embedder=HashingEmbedder(dimension=32)) as memory:
+        a = await memory.add_memory("the ferry to the island leaves at noon", importance=0.4)
+        b = await memory.add_memory("The ferry to the island leaves at noon.", importance=0.6, tier="long")
+        kept = await memory.add_memory("a fact that stays")
+        merged_ids = (await memory.consolidate_memories(0.9))["merged_ids"]
+        assert len(merged_ids) == 1
+        assert stored_vector_ids(config) == {a.id, b.id, kept.id, merged_ids[0]}
+        await memory.delete_memory(merged_ids[0])
     assert stored_vector_ids(config) == {kept.id}
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
+    "SUPERSEDED_ONLY",
     "TIER_ORDER",
     "BackendStats",
     "LexicalQuery",
@@ -39,6 +40,7 @@ __all__ = [
     "Staleness",
     "VectorHit",
     "in_scope",
+    "merged_again",
     "originals_gone",
     "tier_value",
     "unchanged_since_read",
@@ -117,6 +119,10 @@ class Staleness:
         )
 
 
+SUPERSEDED_ONLY = Staleness(cutoff=-math.inf)
+"""Stale only while superseded, whatever its age: the originals of a merged memory that was deleted."""
+
+
 def originals_gone(merged_id: str, missing: Sequence[str]) -> InvalidMemoryError:
     """The error of an undo whose originals are not all stored any more (:meth:`MemoryBackend.unmerge`)."""
     shown = ", ".join(repr(memory_id) for memory_id in sorted(missing)[:5])
@@ -126,6 +132,23 @@ def originals_gone(merged_id: str, missing: Sequence[str]) -> InvalidMemoryError
         merged_id,
         f"a consolidated memory whose originals are all still stored ({shown}{more} no longer are: a "
         "cleanup removes superseded originals; the merged memory is kept, nothing was changed)",
+    )
+
+
+def merged_again(merged_id: str, later_id: str) -> InvalidMemoryError:
+    """The error of an undo of a merged memory that a later consolidation merged in turn.
+
+    Undoing it would delete a memory the later merged memory names in ``merged_from`` (that undo could
+    then never be done) and show its originals beside the later merged memory, which holds the same text.
+    """
+    return InvalidMemoryError(
+        "merged_id",
+        merged_id,
+        "a consolidated memory that no later consolidation merged",
+        detail=(
+            f"a later consolidation merged this one into {later_id!r}: "
+            f"undo_consolidation({later_id!r}) first, then this one; nothing was changed"
+        ),
     )
 
 
@@ -334,7 +357,9 @@ class MemoryBackend(Protocol):
 
         Raises:
             InvalidMemoryError: an original is no longer stored as superseded by ``merged_id`` (a cleanup
-                removed it): nothing is changed, the merged memory is the only copy of its text.
+                removed it): nothing is changed, the merged memory is the only copy of its text. Or
+                ``merged_id`` is itself superseded (a later consolidation merged it: :func:`merged_again`):
+                nothing is changed, the later merge must be undone first.
         """
         ...
 

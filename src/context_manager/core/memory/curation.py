@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from context_manager.core.errors import (
     InvalidMemoryError,
     MemoryNotFoundError,
 )
-from context_manager.core.memory.backend import Staleness
+from context_manager.core.memory.backend import SUPERSEDED_ONLY, Staleness
 from context_manager.core.memory.consolidation import near_duplicate_groups
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.memory.state import UserScope
-from context_manager.core.memory.tiers import _WRITE_ROUNDS, TierMovement
+from context_manager.core.memory.tiers import _CONSOLIDATION_LOCKS, _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_importance,
     check_user,
@@ -22,15 +23,6 @@ from context_manager.core.memory.validation import (
 from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryCuration"]
-
-# Consolidation (and its undo) reads memories, then merges them: one process at a time does the work, and
-# no process moves a tier's overflow meanwhile. The merge is correct without these locks (``backend.merge``
-# checks every original under its own per-memory lock: a consolidation that lost its lock connection, or
-# ran beside a move, merges nothing twice and brings nothing back); they keep two processes from doing the
-# same scan at once. The cross-process locks come first, the manager's write lock last: an overflow move
-# holds its lock while it waits for the write lock, so the other order could deadlock two processes.
-# Before them, this process's consolidations take turns (``_consolidation_lock``).
-_CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overflow")
 
 
 class MemoryCuration(TierMovement):
@@ -55,7 +47,8 @@ class MemoryCuration(TierMovement):
 
         The merged memory keeps the most important text, the highest importance, the union of tags,
         the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
-        from search, kept until cleanup) so :meth:`undo_consolidation` can reverse a wrong merge.
+        from search, kept until cleanup or until the merged memory is deleted) so
+        :meth:`undo_consolidation` can reverse a wrong merge.
 
         Returns:
             ``consolidated_count`` (originals merged), ``groups`` (one dict per merge: ``merged_id``,
@@ -141,14 +134,18 @@ class MemoryCuration(TierMovement):
     async def undo_consolidation(self, merged_id: str) -> dict[str, Any]:
         """Reverse a consolidation: delete the merged memory and make its originals visible again.
 
+        Merges nest (a later consolidation may merge a merged memory with others); they are undone
+        latest first: undoing the later one makes this one visible again, and this one can then be undone.
+
         Returns:
             ``restored`` (ids made visible again) and ``deleted`` (the merged id).
 
         Raises:
             MemoryNotFoundError: no memory has this id.
-            InvalidMemoryError: the memory is not the result of a consolidation, or one of its originals is
-                no longer stored (``cleanup_old_memories`` removes superseded originals; a delete): nothing
-                is changed, the merged memory is kept.
+            InvalidMemoryError: the memory is not the result of a consolidation; or one of its originals is
+                no longer stored (``cleanup_old_memories`` removes superseded originals; a delete); or a
+                later consolidation merged it in turn (its ``superseded_by``; the message names it: undo
+                that one first). Nothing is changed, the merged memory is kept.
         """
         merged = await self.get_memory(merged_id)
         if merged is None:
@@ -174,12 +171,18 @@ class MemoryCuration(TierMovement):
     ) -> dict[str, Any]:
         """Delete memories not created or used for ``max_age_days`` days, and superseded originals.
 
+        A consolidated memory removed takes the originals it merged with it (recursively, as
+        :meth:`delete_memory` does), whatever ``remove_superseded`` and ``keep_importance``; so do
+        originals whose consolidated memory is no longer stored (left by an interrupted delete, or by an
+        earlier version).
+
         Args:
             max_age_days: Age (since creation or last access, whichever is later) beyond which a memory
                 is removed; 0 removes every memory not used right now.
             user_id: Whose memories (``None``: the default namespace; :data:`ALL_USERS`: everyone's).
             keep_importance: Memories at least this important are kept whatever their age.
-            remove_superseded: Also delete the originals that a consolidation superseded.
+            remove_superseded: Also delete the originals that a consolidation superseded (which
+                ``undo_consolidation`` then cannot restore).
 
         Returns:
             ``removed_count``, ``by_tier`` (``short``/``medium``/``long`` counts), ``superseded_removed``,
@@ -200,40 +203,17 @@ class MemoryCuration(TierMovement):
             await self._flush_touches_locked()
             copies = await backend.scan(user_id, every_copy=True)
             by_tier = {tier.value: 0 for tier in MemoryTier}
-            doomed: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
-            memories: dict[str, Memory] = {}
             stale = Staleness(cutoff, keep_importance, remove_superseded)
-            for memory in copies:
-                if stale.applies(memory):
-                    doomed[memory.tier].append(memory.id)
-                    memories[memory.id] = memory
-            removed: dict[str, Memory] = {}
             seen = {(memory.id, memory.tier) for memory in copies}
-            for _ in range(_WRITE_ROUNDS):
-                absent: list[str] = []
-                for tier, ids in doomed.items():
-                    # only what this call deleted counts (another process may have removed some meanwhile)
-                    # deleted only if still stale: a process sharing the storage may have used it, or an
-                    # undone consolidation restored it, since the scan
-                    present = await backend.delete(tier, ids, only=stale)
-                    by_tier[tier.value] += len(present)
-                    for memory_id in present:
-                        removed[memory_id] = memories[memory_id]
-                        self._pending_touches.pop(memory_id, None)
-                    deleted = set(present)
-                    absent.extend(memory_id for memory_id in ids if memory_id not in deleted)
-                if not absent:
-                    break
-                # a process sharing the storage may have moved a doomed copy to the next tier since the scan
-                # (its move locks the rows: it saw the delete, or it finished first and the copy is found
-                # here); a copy the scan saw and kept stays
-                doomed = {tier: [] for tier in MemoryTier}
-                for copy in await backend.copies(absent):
-                    if (copy.id, copy.tier) not in seen:
-                        seen.add((copy.id, copy.tier))
-                        doomed[copy.tier].append(copy.id)
-                if not any(doomed.values()):
-                    break
+            doomed = [memory for memory in copies if stale.applies(memory)]
+            removed = await self._delete_stale(doomed, stale, seen, by_tier)
+            # then the originals of merged memories no longer stored (deleted just now, or earlier by a
+            # delete that was interrupted or by a version that left them), whatever ``remove_superseded``
+            # and ``keep_importance``: superseded by a memory that does not exist, nothing could ever show
+            # or restore them
+            orphans = await self._orphaned(copies)
+            if orphans:
+                removed.update(await self._delete_stale(orphans, SUPERSEDED_ONLY, seen, by_tier))
             await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
@@ -245,3 +225,74 @@ class MemoryCuration(TierMovement):
             "removed_ids": sorted(removed),
             "max_age_days": float(max_age_days),
         }
+
+    async def _delete_stale(
+        self,
+        victims: Sequence[Memory],
+        only: Staleness,
+        seen: set[tuple[str, MemoryTier]],
+        by_tier: dict[str, int],
+    ) -> dict[str, Memory]:
+        """Delete the copies ``victims`` (from a scan) that are still ``only``-stale; return what was removed.
+
+        Call with the write lock held. ``seen`` holds every ``(id, tier)`` the scan saw (a copy found in
+        another tier since was moved there meanwhile and is deleted there; one the scan saw and kept
+        stays); ``by_tier`` counts the copies deleted per tier.
+        """
+        backend = self._require("cleanup_old_memories")
+        doomed: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
+        memories: dict[str, Memory] = {}
+        for memory in victims:
+            doomed[memory.tier].append(memory.id)
+            memories[memory.id] = memory
+        removed: dict[str, Memory] = {}
+        for _ in range(_WRITE_ROUNDS):
+            absent: list[str] = []
+            for tier, ids in doomed.items():
+                # only what this call deleted counts (another process may have removed some meanwhile)
+                # deleted only if still stale: a process sharing the storage may have used it, or an
+                # undone consolidation restored it, since the scan
+                present = await backend.delete(tier, ids, only=only)
+                by_tier[tier.value] += len(present)
+                for memory_id in present:
+                    removed[memory_id] = memories[memory_id]
+                    self._pending_touches.pop(memory_id, None)
+                deleted = set(present)
+                absent.extend(memory_id for memory_id in ids if memory_id not in deleted)
+            if not absent:
+                break
+            # a process sharing the storage may have moved a doomed copy to the next tier since the scan
+            # (its move locks the rows: it saw the delete, or it finished first and the copy is found
+            # here); a copy the scan saw and kept stays
+            doomed = {tier: [] for tier in MemoryTier}
+            for copy in await backend.copies(absent):
+                if (copy.id, copy.tier) not in seen:
+                    seen.add((copy.id, copy.tier))
+                    doomed[copy.tier].append(copy.id)
+            if not any(doomed.values()):
+                break
+        return removed
+
+    async def _orphaned(self, copies: Sequence[Memory]) -> list[Memory]:
+        """The copies (from a scan) superseded by a memory no longer stored, and those they merged in turn.
+
+        Whether a merged memory is still stored is asked of the storage now, not taken from the scan. A
+        consolidation merges memories of one user only, so what an orphan merged in turn is in the scan.
+        """
+        backend = self._require("cleanup_old_memories")
+        children: dict[str, list[Memory]] = {}
+        for copy in copies:
+            if copy.superseded_by is not None:
+                children.setdefault(copy.superseded_by, []).append(copy)
+        if not children:
+            return []
+        stored = {copy.id for copy in await backend.copies(list(children))}
+        parents = [merged_id for merged_id in children if merged_id not in stored]
+        visited = set(parents)
+        orphans: list[Memory] = []
+        while parents:
+            level = [copy for merged_id in parents for copy in children.get(merged_id, [])]
+            orphans.extend(level)
+            parents = [i for i in dict.fromkeys(copy.id for copy in level) if i not in visited]
+            visited.update(parents)
+        return orphans

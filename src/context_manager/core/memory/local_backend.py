@@ -41,6 +41,7 @@ from context_manager.core.memory.backend import (
     UserScope,
     VectorHit,
     in_scope,
+    merged_again,
     originals_gone,
     tier_value,
     unchanged_since_read,
@@ -435,6 +436,10 @@ class LocalBackend:
 
     async def unmerge(self, merged_id: str, original_ids: Sequence[str]) -> tuple[list[str], list[Memory]]:
         """See :meth:`MemoryBackend.unmerge`."""
+        merged_copies = await self.copies([merged_id])
+        later = next((copy.superseded_by for copy in merged_copies if copy.superseded_by is not None), None)
+        if later is not None:
+            raise merged_again(merged_id, later)
         restored: dict[MemoryTier, list[Memory]] = {}
         for copy in await self.copies(list(original_ids)):
             if copy.superseded_by == merged_id:
@@ -445,7 +450,6 @@ class LocalBackend:
             raise originals_gone(merged_id, missing)
         for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
             await self.put(copy_tier, restored.get(copy_tier, []))
-        merged_copies = await self.copies([merged_id])
         for copy in merged_copies:
             await self.delete(copy.tier, [merged_id])
         return sorted({copy.id for copies in restored.values() for copy in copies}), merged_copies

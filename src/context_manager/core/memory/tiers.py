@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
@@ -35,6 +36,16 @@ _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may re
 _WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
 
+# Consolidation (and its undo) reads memories, then merges them: one process at a time does the work, and
+# no process moves a tier's overflow meanwhile. The merge is correct without these locks (``backend.merge``
+# checks every original under its own per-memory lock: a consolidation that lost its lock connection, or
+# ran beside a move, merges nothing twice and brings nothing back); they keep two processes from doing the
+# same scan at once. The cross-process locks come first, the manager's write lock last: an overflow move
+# holds its lock while it waits for the write lock, so the other order could deadlock two processes.
+# Before them, this process's consolidations take turns (``_consolidation_lock``). The delete of a merged
+# memory holds them too: no merge or undo changes which originals it holds while it deletes them.
+_CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overflow")
+
 
 class TierMovement(ManagerState):
     """Placement of memories in tiers, moves between tiers, the vector channel's storage, compaction."""
@@ -45,6 +56,51 @@ class TierMovement(ManagerState):
         if not moving:
             self._pending_touches.pop(memory_id, None)
         await backend.delete(tier, [memory_id])
+
+    async def _delete_every_copy(self, memory_id: str, copies: Sequence[Memory]) -> None:
+        """Delete every copy of a memory (``copies``, as read); call with the write lock, then ``_forget``.
+
+        A process sharing the storage may move a copy to the next tier meanwhile (its move locks the rows:
+        it saw the delete, or it finished first and the copy is found here and deleted in the next round).
+
+        Raises:
+            StorageError: copies kept coming back in another tier.
+        """
+        found = list(copies)
+        for _ in range(_WRITE_ROUNDS):
+            for copy in found:
+                await self._remove(memory_id, copy.tier)
+            found = await self._locate(memory_id)
+            if not found:
+                return
+        raise StorageError(
+            f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
+        )
+
+    async def _absorbed(self, merged: Sequence[Memory]) -> list[Memory]:
+        """Every stored copy of the originals that consolidations folded into ``merged``, deepest first.
+
+        An original is folded into a merged memory while it is ``superseded_by`` it (the merged memory's
+        ``merged_from`` names it). An original may be a merged memory itself (a later consolidation merged
+        an earlier one): its own originals are folded in too, and come before it. Deleted in this order,
+        an interrupted delete leaves merged memories whose originals are gone (as a cleanup leaves them),
+        never originals superseded by a memory that no longer exists.
+        """
+        backend = self._require("delete_memory")
+        levels: list[list[Memory]] = []
+        parents = {memory.id: memory for memory in merged if memory.merged_from}
+        seen = set(parents)
+        while parents:
+            wanted = [i for parent in parents.values() for i in parent.merged_from if i not in seen]
+            level = [
+                copy
+                for copy in await backend.copies(list(dict.fromkeys(wanted)))
+                if copy.superseded_by is not None and copy.superseded_by in parents
+            ]
+            seen.update(copy.id for copy in level)
+            levels.append(level)
+            parents = {copy.id: copy for copy in level if copy.merged_from}
+        return [copy for level in reversed(levels) for copy in level]
 
     async def _forget(self, deleted: Sequence[Memory]) -> None:
         """Erase what remains of deleted memories now in no tier (call with the write lock, after deleting).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -14,7 +15,7 @@ from context_manager.core.errors import (
     StorageError,
 )
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
-from context_manager.core.memory.tiers import _WRITE_ROUNDS, TierMovement
+from context_manager.core.memory.tiers import _CONSOLIDATION_LOCKS, _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_content,
     check_importance,
@@ -525,30 +526,39 @@ class MemoryWriting(TierMovement):
     async def delete_memory(self, memory_id: str) -> Memory:
         """Delete a memory from every tier; return what was deleted.
 
+        A consolidated memory (``merged_from`` set) is deleted with the originals it merged: they hold
+        the text it was made of and, superseded by a memory that no longer exists, would stay hidden with
+        nothing to restore them. Recursively: an original that is itself a consolidated memory takes its
+        own originals with it. Each of them is erased like the memory itself (every tier, its vector, the
+        storage's traces). The memory returned names its originals in ``merged_from``.
+
         Raises:
             MemoryNotFoundError: no memory has this id.
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
-        self._require("delete_memory")
-        async with self._write_lock:
+        backend = self._require("delete_memory")
+        found = await self._locate(memory_id)
+        if not found:
+            raise MemoryNotFoundError(memory_id)
+        async with contextlib.AsyncExitStack() as held:
+            if found[0].merged_from:
+                # the originals it holds are read, then deleted: no consolidation or undo (in any process
+                # sharing the storage) meanwhile; in the order a consolidation takes these locks
+                await held.enter_async_context(self._consolidation_lock)
+                await held.enter_async_context(backend.exclusive(*_CONSOLIDATION_LOCKS))
+            await held.enter_async_context(self._write_lock)
             copies = await self._locate(memory_id)
             if not copies:
                 raise MemoryNotFoundError(memory_id)
-            found = copies
-            for _ in range(_WRITE_ROUNDS):
-                for copy in found:
-                    await self._remove(memory_id, copy.tier)
-                # a process sharing the storage may have moved a copy to the next tier meanwhile (its move
-                # locks the rows: it saw the delete, or it finished first and the copy is found here)
-                found = await self._locate(memory_id)
-                if not found:
-                    break
-            else:
-                raise StorageError(
-                    f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
-                )
-            await self._forget(copies)
+            absorbed = await self._absorbed(copies[:1])
+            by_original: dict[str, list[Memory]] = {}
+            for copy in absorbed:  # deepest first
+                by_original.setdefault(copy.id, []).append(copy)
+            for original_id, original_copies in by_original.items():
+                await self._delete_every_copy(original_id, original_copies)
+            await self._delete_every_copy(memory_id, copies)
+            await self._forget([*absorbed, *copies])
         return copies[0].copy()
 
 

@@ -36,6 +36,7 @@ from context_manager.core.memory.backend import (
     Staleness,
     UserScope,
     VectorHit,
+    merged_again,
     originals_gone,
     unchanged_since_read,
 )
@@ -617,6 +618,13 @@ class PostgresBackend:
         """See :meth:`MemoryBackend.unmerge`: one transaction under the locks of all the ids."""
 
         async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], list[Memory]]:
+            cursor = await connection.execute(
+                "SELECT superseded_by FROM cm_memories WHERE id = %s AND superseded_by IS NOT NULL LIMIT 1",
+                (merged_id,),
+            )
+            later = await cursor.fetchone()
+            if later is not None:
+                raise merged_again(merged_id, later[0])  # the transaction rolls back: nothing changed
             cursor = await connection.execute(
                 "SELECT DISTINCT id FROM cm_memories WHERE id = ANY(%s) AND superseded_by = %s",
                 (list(original_ids), merged_id),

@@ -1,0 +1,185 @@
+"""Merged memories and what becomes of their originals: nested undos, deletes and cleanups.
+
+A consolidated memory hides its originals (``superseded_by``). No call may leave an original superseded by
+a memory that no longer exists: hidden from every search, impossible to restore, its text kept. Every test
+runs on both backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from context_manager.core.errors import InvalidMemoryError, MemoryNotFoundError
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import Memory, MemoryTier
+
+from .conftest import FakeClock
+
+DAY = 86400.0
+
+
+async def copies_of(manager: MemoryManager, *ids: str) -> list[dict[str, Any]]:
+    """Every stored copy of the memories ``ids``, comparable before and after."""
+    await manager.flush()
+    wanted = set(ids)
+    return sorted(
+        (copy.to_dict() for copy in await manager.stored_copies() if copy.id in wanted),
+        key=lambda stored: (stored["id"], stored["tier"]),
+    )
+
+
+async def orphans(manager: MemoryManager) -> list[tuple[str, str]]:
+    """``(id, superseded_by)`` of every copy superseded by a memory that is not stored."""
+    stored = await manager.stored_copies()
+    ids = {copy.id for copy in stored}
+    return sorted(
+        (copy.id, copy.superseded_by)
+        for copy in stored
+        if copy.superseded_by is not None and copy.superseded_by not in ids
+    )
+
+
+async def merge_one(manager: MemoryManager) -> str:
+    """Run a consolidation that must merge exactly one group; its merged id."""
+    report = await manager.consolidate_memories(similarity_threshold=0.9)
+    assert len(report["merged_ids"]) == 1, report
+    return str(report["merged_ids"][0])
+
+
+async def nested_merge(manager: MemoryManager) -> tuple[Memory, Memory, Memory, str, str]:
+    """A and B merged into M1, then M1 and C into M2 (the originals in three tiers)."""
+    a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4)
+    b = await manager.add_memory("the user lives in Berlin Germany!", importance=0.6, tier="medium")
+    first = await merge_one(manager)
+    c = await manager.add_memory("The user lives in Berlin, Germany.", importance=0.5, tier="long")
+    second = await merge_one(manager)
+    merged = await manager.get_memory(second)
+    assert merged is not None and sorted(merged.merged_from) == sorted([first, c.id])
+    return a, b, c, first, second
+
+
+async def test_a_merge_a_later_merge_took_in_is_undone_after_that_one(manager: MemoryManager) -> None:
+    """Undoing M1 after M2 = merge(M1, C) deleted M1 (which M2 names) and showed A and B beside M2 (the
+    same text twice); M2 could then never be undone and C stayed hidden for good. Now the undo of M1 is
+    refused, naming M2, and nothing changes; undone in order, M2 then M1, A, B and C are back as they were."""
+    a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4)
+    b = await manager.add_memory("the user lives in Berlin Germany!", importance=0.6, tier="medium")
+    before_first = await copies_of(manager, a.id, b.id)
+    first = await merge_one(manager)
+    c = await manager.add_memory("The user lives in Berlin, Germany.", importance=0.5, tier="long")
+    before_second = await copies_of(manager, c.id)
+    second = await merge_one(manager)
+
+    everything = await copies_of(manager, a.id, b.id, c.id, first, second)
+    with pytest.raises(InvalidMemoryError, match=f"undo_consolidation\\('{second}'\\) first") as refused:
+        await manager.undo_consolidation(first)
+    assert refused.value.field == "merged_id" and refused.value.got == first
+    assert await copies_of(manager, a.id, b.id, c.id, first, second) == everything
+    assert [m.id for m in await manager.search_memory("Berlin")] == [second]
+
+    undone = await manager.undo_consolidation(second)
+    assert sorted(undone["restored"]) == sorted([first, c.id])
+    assert {m.id for m in await manager.search_memory("Berlin")} == {first, c.id}
+    undone = await manager.undo_consolidation(first)
+    assert sorted(undone["restored"]) == sorted([a.id, b.id])
+    assert await manager.get_memory(first) is None and await manager.get_memory(second) is None
+    restored = await copies_of(manager, a.id, b.id, c.id)
+    for stored in restored:  # the searches above counted accesses; nothing else changed
+        stored.pop("access_count"), stored.pop("last_accessed")
+    for stored in before_first + before_second:
+        stored.pop("access_count"), stored.pop("last_accessed")
+    assert restored == sorted(before_first + before_second, key=lambda s: (s["id"], s["tier"]))
+    assert {m.id for m in await manager.search_memory("Berlin")} == {a.id, b.id, c.id}
+
+
+async def test_deleting_a_merged_memory_deletes_the_originals_it_merged(manager: MemoryManager) -> None:
+    """The originals stayed, superseded by a memory that no longer existed: hidden from search for good,
+    undo_consolidation raised MemoryNotFoundError, and the deleted text was still stored in them."""
+    a = await manager.add_memory("The office wifi password changes every Monday", importance=0.3)
+    b = await manager.add_memory(  # a short-term row and a long-term copy
+        "the office wifi password changes every Monday!", importance=0.9
+    )
+    other = await manager.add_memory("The office coffee machine is on the second floor")
+    merged_id = await merge_one(manager)
+
+    deleted = await manager.delete_memory(merged_id)
+    assert deleted.id == merged_id and sorted(deleted.merged_from) == sorted([a.id, b.id])
+    for memory_id in (merged_id, a.id, b.id):
+        assert await manager.get_memory(memory_id) is None
+    assert await copies_of(manager, merged_id, a.id, b.id) == []
+    assert await orphans(manager) == []
+    assert await manager.search_memory("wifi password") == []
+    assert [m.id for m in await manager.search_memory("office")] == [other.id]
+    with pytest.raises(MemoryNotFoundError):
+        await manager.undo_consolidation(merged_id)
+
+
+async def test_deleting_a_nested_merge_deletes_every_memory_it_was_made_of(manager: MemoryManager) -> None:
+    a, b, c, first, second = await nested_merge(manager)
+    other = await manager.add_memory("The user works in Potsdam")
+    deleted = await manager.delete_memory(second)
+    assert deleted.id == second
+    assert await copies_of(manager, a.id, b.id, c.id, first, second) == []
+    assert await orphans(manager) == []
+    assert [m.id for m in await manager.stored_copies()] == [other.id]
+
+
+async def test_deleting_a_merged_original_takes_its_own_originals_and_keeps_the_later_merge(
+    manager: MemoryManager,
+) -> None:
+    """M1, merged into M2, holds A and B: deleting M1 deletes them too (else superseded by nothing); M2 is
+    kept, as when any original is deleted, and its undo is refused (M1 is gone)."""
+    a, b, c, first, second = await nested_merge(manager)
+    await manager.delete_memory(first)
+    assert await copies_of(manager, a.id, b.id, first) == []
+    assert await orphans(manager) == []
+    kept = await manager.get_memory(c.id)
+    assert kept is not None and kept.superseded_by == second
+    assert [m.id for m in await manager.search_memory("Berlin")] == [second]
+    with pytest.raises(InvalidMemoryError, match="no longer are"):
+        await manager.undo_consolidation(second)
+
+
+async def test_a_cleanup_that_removes_a_merged_memory_removes_its_originals(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """An original is as old as its merged memory, but may be more important (changed after the merge):
+    with ``keep_importance`` and ``remove_superseded=False`` the merged memory was removed and the original
+    kept, superseded by a memory that no longer existed. It goes with the merged memory now."""
+    a, b, c, first, second = await nested_merge(manager)
+    await manager.update_memory(a.id, importance=0.95)
+    vital = await manager.add_memory("the vault code is kept by the notary", importance=0.95)
+    clock.advance(40 * DAY)
+    fresh = await manager.add_memory("a fresh note about the tram pass")
+    report = await manager.cleanup_old_memories(max_age_days=30, keep_importance=0.9, remove_superseded=False)
+    assert sorted(report["removed_ids"]) == sorted([a.id, b.id, c.id, first, second])
+    assert report["superseded_removed"] == 4 and report["removed_count"] == 5
+    assert report["by_tier"] == {"short": 1, "medium": 1, "long": 3}  # A; B; C, M1 and M2
+    assert {copy.id for copy in await manager.stored_copies()} == {fresh.id, vital.id}
+    assert await orphans(manager) == []
+
+
+async def test_a_cleanup_removes_originals_left_superseded_by_a_memory_that_is_gone(
+    manager: MemoryManager,
+) -> None:
+    """Stores written before this fix (or by a delete cut short) hold such originals: a cleanup removes them,
+    and what they merged in turn, even with ``remove_superseded=False``, which keeps every other original."""
+    a, b, c, first, second = await nested_merge(manager)
+    d = await manager.add_memory("the spare key is under the red pot", importance=0.4)
+    e = await manager.add_memory("The spare key is under the red pot.", importance=0.4)
+    kept_merge = await merge_one(manager)
+    backend = manager.backend
+    assert backend is not None
+    await backend.delete(MemoryTier.LONG, [second])  # as an earlier version's delete_memory(second) did
+    assert sorted(await orphans(manager)) == sorted([(c.id, second), (first, second)])
+
+    report = await manager.cleanup_old_memories(max_age_days=365, remove_superseded=False)
+    assert sorted(report["removed_ids"]) == sorted([a.id, b.id, c.id, first])
+    assert report["superseded_removed"] == 4
+    assert await orphans(manager) == []
+    for original in (d, e):
+        stored = await manager.get_memory(original.id)
+        assert stored is not None and stored.superseded_by == kept_merge
+    assert [m.id for m in await manager.search_memory("spare key")] == [kept_merge]
