@@ -229,7 +229,7 @@ async def test_consolidation_breaks_ties_alike_on_every_backend(manager: MemoryM
     await manager.add_memories(
         [  # one batch: the same importance and time
             {
-                "content": "office wifi password changes every monday morning",
+                "content": "office wifi password changes every monday again",
                 "memory_id": "z-long",
                 "tier": "long",
             },
@@ -245,3 +245,45 @@ async def test_consolidation_breaks_ties_alike_on_every_backend(manager: MemoryM
     assert groups["a-short"]["merged_from"] == ["a-short", "z-long"]
     assert groups["a-short"]["content"] == "office wifi password changes every monday"
     assert groups["a1"]["merged_from"] == ["a1", "m"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (  # a negation more: the opposite fact
+            "My daughter is allergic to peanuts and tree nuts so never pack them in her lunch box",
+            "My daughter is not allergic to peanuts and tree nuts so never pack them in her lunch box",
+        ),
+        ("the printer on floor two is broken", "the printer on floor two isn't broken"),
+        (  # the same words, the order reversed around "before"
+            "the backup job runs before the deploy job on the staging cluster every night",
+            "the deploy job runs before the backup job on the staging cluster every night",
+        ),
+        (  # a number in words
+            "the server room door code is seven four one nine and it changes monthly here",
+            "the server room door code is seven four one eight and it changes monthly here",
+        ),
+        (  # another day
+            "Remember the meeting is at 10:30 in the main room with the whole team today",
+            "Remember the meeting is at 10:30 in the main room with the whole team tomorrow",
+        ),
+    ],
+)
+def test_texts_a_word_apart_in_meaning_are_not_merged(first: str, second: str) -> None:
+    assert near_duplicate_groups(_memories(first, second), 0.8, None, 0.95) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (
+            "Room temperature must stay at twenty degrees for the experiment to work at all today",
+            "Room temperature must stay at twenty degrees for the experiment to work at all today!",
+        ),
+        ("the printer on floor two is not working", "The printer on floor two is not working!"),
+        ("tea is better than coffee for the team", "tea is better than coffee for the whole team"),
+        ("the one I like is the blue kite on the hill", "the blue kite on the hill is the one I like"),
+    ],
+)
+def test_near_duplicates_saying_the_same_still_merge(first: str, second: str) -> None:
+    assert len(near_duplicate_groups(_memories(first, second), 0.8, None, 0.95)) == 1

@@ -6,7 +6,11 @@ Two memories of one user are near-duplicates when
   their vectors are (cosine at least the semantic threshold), **and**
 * they name the same identifiers: every number, code, e-mail address, web address and name in one
   of them is in the other (:func:`identifiers`). "My account is 12345678" and "My account is
-  12345679" are one word apart and mean different things; merging them would hide one.
+  12345679" are one word apart and mean different things; merging them would hide one; **and**
+* they say it the same way where a word decides the meaning (:func:`meaning_markers`): the same
+  negations ("is allergic" / "is not allergic"), number words ("one nine" / "one eight"), times and days
+  ("today" / "tomorrow"), and, when an order word relates two things ("backup before deploy" /
+  "deploy before backup"), the words they share in the same order.
 
 A group is merged only when *every* pair in it is a near-duplicate (complete linkage): A like B and
 B like C does not merge A with C unless A is like C too. Pairs are joined best first, so each memory
@@ -21,7 +25,13 @@ from collections.abc import Callable, Sequence
 from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.models import Memory
 
-__all__ = ["identifiers", "near_duplicate_groups", "same_identifiers"]
+__all__ = [
+    "identifiers",
+    "meaning_markers",
+    "near_duplicate_groups",
+    "same_identifiers",
+    "same_meaning_markers",
+]
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
@@ -80,6 +90,62 @@ def identifiers(text: str) -> frozenset[str]:
     return frozenset(found)
 
 
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_NEGATIONS = frozenset(
+    """not no never none nobody nothing nowhere neither nor without cannot cant dont doesnt didnt isnt arent
+    wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt""".split()  # noqa: SIM905
+)
+_NUMBER_WORDS = frozenset(
+    """zero two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+    sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
+    thousand million billion trillion half quarter dozen once twice thrice first second third fourth fifth
+    sixth seventh eighth ninth tenth last""".split()  # noqa: SIM905
+)
+_TIME_WORDS = frozenset(
+    """today tomorrow yesterday tonight morning afternoon evening night noon midnight now later earlier
+    soon early late next daily weekly monthly yearly annually hourly weekend weekday monday tuesday wednesday
+    thursday friday saturday sunday january february march april may june july august september october
+    november december spring summer autumn fall winter am pm""".split()  # noqa: SIM905
+)
+_ORDER_WORDS = frozenset("before after than instead rather versus vs over under above below".split())  # noqa: SIM905
+_MARKERS = _NEGATIONS | _NUMBER_WORDS | _TIME_WORDS  # not "one": mostly a pronoun ("the one I like")
+
+
+Markers = tuple[tuple[str, ...], tuple[str, ...], bool]
+"""What :func:`meaning_markers` returns: the markers, the words in order, whether the order matters."""
+
+
+def meaning_markers(text: str) -> Markers:
+    """The words of ``text`` one of which, changed, changes what it says, and whether word order matters.
+
+    Returns the number words and time words it holds and a ``"not"`` for each negation (``not``,
+    ``never``, ``isn't`` ...), sorted (a multiset), its words in order, and whether it holds an order
+    word (``before``, ``than``, ``instead`` ...) relating two things, which makes their order part of
+    what it says.
+    """
+    words = tuple(word.replace("'", "").replace("’", "") for word in _WORD.findall(text.lower()))
+    # a multiset: "is allergic ... never pack them" and "is not allergic ... never pack them" differ in
+    # how many negations they hold
+    markers = tuple(sorted("not" if word in _NEGATIONS else word for word in words if word in _MARKERS))
+    return markers, words, any(word in _ORDER_WORDS for word in words)
+
+
+def same_meaning_markers(first: Markers, second: Markers) -> bool:
+    """Whether two texts' :func:`meaning_markers` agree.
+
+    They agree with the same markers and, when either relates things by order, the words they share in
+    the same order.
+    """
+    if first[0] != second[0]:
+        return False
+    if not (first[2] or second[2]):
+        return True
+    shared = set(first[1]) & set(second[1])
+    return [word for word in dict.fromkeys(first[1]) if word in shared] == [
+        word for word in dict.fromkeys(second[1]) if word in shared
+    ]
+
+
 def same_identifiers(
     first: frozenset[str], first_words: frozenset[str], second: frozenset[str], second_words: frozenset[str]
 ) -> bool:
@@ -109,6 +175,7 @@ def near_duplicate_groups(
     items = list(unique.values())
     words = [frozenset(query_tokens(_DIGIT_GROUPS.sub("", memory.content), limit=10_000)) for memory in items]
     names = [identifiers(memory.content) for memory in items]
+    markers = [meaning_markers(memory.content) for memory in items]
     postings: dict[tuple[str | None, str], list[int]] = {}
     for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
         for word in word_set:
@@ -133,6 +200,8 @@ def near_duplicate_groups(
                     continue
                 score = value
             if not same_identifiers(names[position], word_set, names[other], other_words):
+                continue
+            if not same_meaning_markers(markers[position], markers[other]):
                 continue
             similar[(position, other)] = score
 
