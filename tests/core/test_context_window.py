@@ -274,6 +274,27 @@ async def test_summarizer_returning_non_text_falls_back() -> None:
     assert window.compression_history[0].strategy == "custom_failed_fallback_extractive"
 
 
+@pytest.mark.parametrize(
+    ("junk", "problem"),
+    [("summary \ud800 of the talk", "lone surrogate"), ("summary\x00 of the talk", "NUL character")],
+)
+async def test_summarizer_returning_text_no_message_can_hold_falls_back(junk: str, problem: str) -> None:
+    # a lone surrogate failed the (real) token count outside the summarizer's guard: every add that needed
+    # a compression raised a bare UnicodeEncodeError and the window stayed full for good
+    summarizer = ScriptedSummarizer(default=junk)
+    window = ContextWindow(max_tokens=200, summarizer=summarizer)
+    for i in range(40):
+        await window.add(Message.create("user", text_of(15, i)))
+    history = window.compression_history
+    assert len(history) >= 2 and len(summarizer.calls) == len(history)
+    for record in history:
+        assert record.strategy == "custom_failed_fallback_extractive"
+        assert record.error is not None and record.error.startswith("SummarizerError: ")
+        assert problem in record.error and "of the talk" not in record.error  # never quotes the text
+    assert window.summary is not None and window.summary.content.startswith("Summary of the earlier")
+    assert_invariants(window)
+
+
 async def test_overlong_custom_summary_is_cut_to_budget() -> None:
     summarizer = ScriptedSummarizer(default=text_of(5000))
     window = ContextWindow(max_tokens=300, summarizer=summarizer, summary_max_tokens=50)

@@ -57,6 +57,7 @@ from context_manager.core.compression import (
     ExtractiveSummarizer,
     Summarizer,
     UnitIndex,
+    check_summary_text,
     decide_eviction,
 )
 from context_manager.core.compression.planning import cut_messages
@@ -65,7 +66,6 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     InvalidMessageError,
     NotFoundError,
-    SummarizerError,
     SummarizerUnavailableError,
     ToolCallPairingError,
 )
@@ -1076,9 +1076,8 @@ class ContextWindow:
                     text = await call
                 finally:
                     self._summary_calls.discard(call)
-            if not isinstance(text, str):
-                raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
-            return _Outcome(text, STRATEGY_CUSTOM)
+            # a lone surrogate or a NUL would fail the count (or the storage) outside this try: a failure
+            return _Outcome(check_summary_text(text), STRATEGY_CUSTOM)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
