@@ -155,6 +155,18 @@ async def test_pin_and_unpin_by_id() -> None:
         window.pin("nope")
 
 
+@pytest.mark.parametrize("bad_id", [["id"], {"id": 1}, 42, None, b"id"])
+async def test_a_message_id_that_is_not_a_string_is_an_invalid_argument(bad_id: object) -> None:
+    # unhashable ids (a list, a dict) raised a bare TypeError from the id lookup
+    window = ContextWindow(max_tokens=300)
+    await window.add(Message.create("user", "hello"))
+    before = snapshot(window)
+    for operation in (window.pin, window.unpin, window.get):
+        with pytest.raises(InvalidArgumentError, match=r"message_id: got .*; allowed a message id \(str\)"):
+            operation(bad_id)  # type: ignore[operator]
+    assert snapshot(window) == before
+
+
 async def test_oversized_message_is_kept_as_head_and_tail_and_full_text_archived() -> None:
     window = ContextWindow(max_tokens=300)
     huge = Message.create("user", "BEGIN " + text_of(3000) + " END")

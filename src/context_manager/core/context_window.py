@@ -327,8 +327,11 @@ class ContextWindow:
         """Return the message with ``message_id``.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string.
             NotFoundError: no message in the window has this id.
         """
+        if not isinstance(message_id, str):  # an unhashable one (a list, a dict) would raise a bare TypeError
+            raise InvalidArgumentError("message_id", message_id, "a message id (str)")
         message = self._by_id.get(message_id)
         if message is None:
             raise NotFoundError("message", message_id)
@@ -472,7 +475,8 @@ class ContextWindow:
 
         Raises:
             NotFoundError: no message in the window has this id.
-            InvalidArgumentError: the id is the rolling summary's (each compression replaces it).
+            InvalidArgumentError: the id is not a string, or is the rolling summary's (each compression
+                replaces it).
         """
         self._commit_pin(message_id, True)
 
@@ -481,7 +485,7 @@ class ContextWindow:
 
         Raises:
             NotFoundError: no message in the window has this id.
-            InvalidArgumentError: the id is the rolling summary's.
+            InvalidArgumentError: the id is not a string, or is the rolling summary's.
         """
         self._commit_pin(message_id, False)
 

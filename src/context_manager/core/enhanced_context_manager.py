@@ -561,6 +561,7 @@ class EnhancedContextManager:
         """Pin a message so compression never evicts it.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
@@ -571,6 +572,7 @@ class EnhancedContextManager:
         """Let compression evict a pinned message again.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
