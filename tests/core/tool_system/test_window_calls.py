@@ -375,9 +375,13 @@ def test_exports_follow_provider_rules_whatever_the_interleaving(
                     with contextlib.suppress(ContextBudgetError):
                         await manager.add_message(kind, " ".join(["word"] * amount))
                 elif kind == "calls":
+                    # every other id as some OpenAI-compatible servers make them ("functions.gated:3"),
+                    # which Anthropic refuses as a tool_use id unless the export maps it
                     calls = [
-                        ToolCall(id=f"c{next(numbers)}", name="gated", arguments={"x": 3})
-                        for _ in range(amount)
+                        ToolCall(
+                            id=f"c{n}" if n % 2 else f"functions.gated:{n}", name="gated", arguments={"x": 3}
+                        )
+                        for n in itertools.islice(numbers, amount)
                     ]
                     running.append(asyncio.create_task(manager.execute_tool_calls(calls)))
                     for _ in range(3):
