@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -923,3 +924,78 @@ async def test_extend_is_all_or_nothing() -> None:
     )
     assert window.pending_tool_calls == frozenset()
     assert_invariants(window)
+
+
+# -- check_fits: the budget decision of extend(), without adding ---------------------------------------
+
+_KINDS = st.sampled_from(["user", "assistant", "system", "pinned", "critical", "calls"])
+
+
+async def _window_of(
+    max_tokens: int, specs: list[tuple[str, int]], prefix: str
+) -> tuple[ContextWindow, list[str]]:
+    """A window of ``specs`` (added one by one, those that fit) and its pending calls."""
+    window = ContextWindow(max_tokens=max_tokens)
+    for number, (kind, size) in enumerate(specs):
+        with contextlib.suppress(ContextBudgetError):
+            await window.add(_spec_message(kind, size, f"{prefix}{number}"))
+    return window, sorted(window.pending_tool_calls)
+
+
+def _spec_message(kind: str, size: int, call_id: str) -> Message:
+    text = text_of(size, size)
+    if kind == "calls":
+        return Message.create("assistant", "", tool_calls=[ToolCall(id=call_id, name="lookup")])
+    if kind == "pinned":
+        return Message.create("user", text, pinned=True)
+    if kind == "critical":
+        return Message.create("assistant", text, priority="critical")
+    return Message.create(kind, text)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=100, max_value=500),
+    state=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), max_size=12),
+    batch=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), min_size=1, max_size=4),
+    answer_pending=st.booleans(),
+)
+def test_check_fits_raises_exactly_when_extend_would_and_changes_nothing(
+    max_tokens: int, state: list[tuple[str, int]], batch: list[tuple[str, int]], answer_pending: bool
+) -> None:
+    async def scenario() -> None:
+        checked, pending = await _window_of(max_tokens, state, "c")
+        extended, _ = await _window_of(max_tokens, state, "c")
+        messages = [_spec_message(kind, size, f"b{n}") for n, (kind, size) in enumerate(batch)]
+        if answer_pending:
+            messages += [Message.create("tool", "result", tool_call_id=call_id) for call_id in pending]
+        before = snapshot(checked)
+        try:
+            checked.check_fits(messages)
+        except ContextBudgetError:
+            fits = False
+        else:
+            fits = True
+        assert snapshot(checked) == before and all(m.token_count == 0 for m in messages)
+        event("fits" if fits else "refused")
+        try:
+            await extended.extend(messages)
+        except ContextBudgetError:
+            assert not fits, "check_fits passed, extend refused"
+        else:
+            assert fits, "check_fits refused, extend took the batch"
+
+    asyncio.run(scenario())
+
+
+async def test_check_fits_checks_the_batch_like_extend() -> None:
+    window = ContextWindow(max_tokens=300)
+    await window.add(Message.create("user", "hello"))
+    with pytest.raises(ToolCallPairingError, match="tool_call_id: got 'nope'"):
+        window.check_fits([Message.create("tool", "x", tool_call_id="nope")])
+    with pytest.raises(InvalidArgumentError, match="messages"):
+        window.check_fits(Message.create("user", "x"))  # type: ignore[arg-type]
+    window.check_fits([])
+    window.enable_compression = False
+    with pytest.raises(ContextBudgetError, match="compression is disabled"):
+        window.check_fits([Message.create("user", text_of(400))])

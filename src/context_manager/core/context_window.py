@@ -697,6 +697,54 @@ class ContextWindow:
             await asyncio.shield(delivery)
         return record
 
+    def check_fits(self, messages: Sequence[Message]) -> None:
+        """Raise if ``messages``, added now in order, could not fit even after a compression; change nothing.
+
+        The budget decision :meth:`extend` would make, without adding anything or calling the summarizer: a
+        caller about to do something it cannot undo (run tools) checks first that what it will have to add
+        has room. The messages are checked as :meth:`extend` checks them and are not changed (they are
+        counted on copies). It reads the window as it is now: messages added later can take the room.
+        Costs a count of ``messages``, and when they do not fit as they are, one plan over the window.
+
+        Raises:
+            InvalidArgumentError, InvalidMessageError, ToolCallPairingError: as for :meth:`extend`.
+            ContextBudgetError: the messages do not fit and compression is disabled, or protected messages
+                plus these cannot fit in ``max_tokens``.
+        """
+        if isinstance(messages, Message | str) or not isinstance(messages, Sequence):
+            raise InvalidArgumentError("messages", messages, "a list of Message objects")
+        batch = list(messages)
+        if not batch:
+            return
+        self._check_batch(batch)
+        copies = [dataclasses.replace(message) for message in batch]
+        for copy in copies:
+            _set(copy, "token_count", self._counter.count_message(copy))
+        total = (
+            self._index.tokens
+            + self._summary_tokens
+            + sum(copy.token_count for copy in copies)
+            + REPLY_PRIMING_TOKENS
+        )
+        if total <= self._max_tokens:
+            return
+        if not self.enable_compression:
+            raise ContextBudgetError(
+                f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
+                f"{len(batch)} messages; compression is disabled",
+                required_tokens=total,
+                max_tokens=self._max_tokens,
+            )
+        index, _ = self._stage(copies)
+        decide_eviction(  # raises ContextBudgetError as the compression of extend() would
+            index,
+            None,
+            target_tokens=self.target_tokens,
+            max_tokens=self._max_tokens,
+            counter=self._counter,
+            summary_max_tokens=self._summary_max_tokens,
+        )
+
     def _check_batch(self, batch: list[Message]) -> None:
         """Check a batch as consecutive adds would (nothing mutated)."""
         pending = set(self._index.pending_calls)
