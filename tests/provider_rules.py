@@ -10,12 +10,26 @@ against them:
   block of an assistant turn needs a ``tool_result`` block in the very next user turn, and those
   ``tool_result`` blocks come first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn
   just before; a text block is not whitespace only; the final assistant content of a request does not end
-  with whitespace.
+  with whitespace; the top-level ``system`` text is not whitespace only.
+* Names and ids (HTTP 400 otherwise): OpenAI ``messages[].name`` and ``tool_calls[].function.name`` match
+  ``^[a-zA-Z0-9_-]{1,64}$``; an Anthropic ``tool_use`` ``id`` (and the ``tool_use_id`` answering it) matches
+  ``^[a-zA-Z0-9_-]+$``, and its ``name``, the name of a tool definition, ``^[a-zA-Z0-9_-]{1,64}$``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+"""OpenAI message and function names; Anthropic tool names."""
+ANTHROPIC_TOOL_USE_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
+"""Anthropic ``tool_use.id`` (so ``tool_result.tool_use_id``)."""
+
+
+def _breaks(pattern: re.Pattern[str], value: object) -> bool:
+    # fullmatch: the whole value (a "$" alone would also match before a final newline)
+    return not isinstance(value, str) or pattern.fullmatch(value) is None
 
 
 def openai_violations(messages: list[dict[str, Any]]) -> list[str]:
@@ -25,6 +39,14 @@ def openai_violations(messages: list[dict[str, Any]]) -> list[str]:
     answerable: set[str] = set()
     for position, message in enumerate(messages):
         role = message["role"]
+        if "name" in message and _breaks(NAME_PATTERN, message["name"]):
+            problems.append(f"{position}: name {message['name']!r} does not match {NAME_PATTERN.pattern}")
+        for call in message.get("tool_calls") or ():
+            function_name = call["function"]["name"]
+            if _breaks(NAME_PATTERN, function_name):
+                problems.append(
+                    f"{position}: function name {function_name!r} does not match {NAME_PATTERN.pattern}"
+                )
         if role == "tool":
             call_id = message.get("tool_call_id")
             if call_id not in answerable:
@@ -47,6 +69,8 @@ def anthropic_violations(body: dict[str, Any]) -> list[str]:
     """Every broken rule of an Anthropic request body (empty when the API would accept it)."""
     problems: list[str] = []
     turns = body["messages"]
+    if "system" in body and not body["system"].strip():
+        problems.append("a system text of whitespace only")
     if not turns:
         problems.append("no messages (at least one is required)")
     if turns and turns[0]["role"] != "user":
@@ -60,6 +84,13 @@ def anthropic_violations(body: dict[str, Any]) -> list[str]:
                 last_text = (turn["role"], block["text"])
             else:
                 last_text = None
+            if block["type"] == "tool_use":
+                if _breaks(ANTHROPIC_TOOL_USE_ID_PATTERN, block["id"]):
+                    problems.append(
+                        f"tool_use id {block['id']!r} does not match {ANTHROPIC_TOOL_USE_ID_PATTERN.pattern}"
+                    )
+                if _breaks(NAME_PATTERN, block["name"]):
+                    problems.append(f"tool_use name {block['name']!r} does not match {NAME_PATTERN.pattern}")
             content = block.get("content")
             if block["type"] == "tool_result" and isinstance(content, str) and not content.strip():
                 problems.append("a tool_result with whitespace-only content")

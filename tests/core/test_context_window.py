@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -155,6 +156,18 @@ async def test_pin_and_unpin_by_id() -> None:
         window.pin("nope")
 
 
+@pytest.mark.parametrize("bad_id", [["id"], {"id": 1}, 42, None, b"id"])
+async def test_a_message_id_that_is_not_a_string_is_an_invalid_argument(bad_id: object) -> None:
+    # unhashable ids (a list, a dict) raised a bare TypeError from the id lookup
+    window = ContextWindow(max_tokens=300)
+    await window.add(Message.create("user", "hello"))
+    before = snapshot(window)
+    for operation in (window.pin, window.unpin, window.get):
+        with pytest.raises(InvalidArgumentError, match=r"message_id: got .*; allowed a message id \(str\)"):
+            operation(bad_id)  # type: ignore[operator]
+    assert snapshot(window) == before
+
+
 async def test_oversized_message_is_kept_as_head_and_tail_and_full_text_archived() -> None:
     window = ContextWindow(max_tokens=300)
     huge = Message.create("user", "BEGIN " + text_of(3000) + " END")
@@ -272,6 +285,27 @@ async def test_summarizer_returning_non_text_falls_back() -> None:
     for i in range(20):
         await window.add(Message.create("user", text_of(15, i)))
     assert window.compression_history[0].strategy == "custom_failed_fallback_extractive"
+
+
+@pytest.mark.parametrize(
+    ("junk", "problem"),
+    [("summary \ud800 of the talk", "lone surrogate"), ("summary\x00 of the talk", "NUL character")],
+)
+async def test_summarizer_returning_text_no_message_can_hold_falls_back(junk: str, problem: str) -> None:
+    # a lone surrogate failed the (real) token count outside the summarizer's guard: every add that needed
+    # a compression raised a bare UnicodeEncodeError and the window stayed full for good
+    summarizer = ScriptedSummarizer(default=junk)
+    window = ContextWindow(max_tokens=200, summarizer=summarizer)
+    for i in range(40):
+        await window.add(Message.create("user", text_of(15, i)))
+    history = window.compression_history
+    assert len(history) >= 2 and len(summarizer.calls) == len(history)
+    for record in history:
+        assert record.strategy == "custom_failed_fallback_extractive"
+        assert record.error is not None and record.error.startswith("SummarizerError: ")
+        assert problem in record.error and "of the talk" not in record.error  # never quotes the text
+    assert window.summary is not None and window.summary.content.startswith("Summary of the earlier")
+    assert_invariants(window)
 
 
 async def test_overlong_custom_summary_is_cut_to_budget() -> None:
@@ -890,3 +924,78 @@ async def test_extend_is_all_or_nothing() -> None:
     )
     assert window.pending_tool_calls == frozenset()
     assert_invariants(window)
+
+
+# -- check_fits: the budget decision of extend(), without adding ---------------------------------------
+
+_KINDS = st.sampled_from(["user", "assistant", "system", "pinned", "critical", "calls"])
+
+
+async def _window_of(
+    max_tokens: int, specs: list[tuple[str, int]], prefix: str
+) -> tuple[ContextWindow, list[str]]:
+    """A window of ``specs`` (added one by one, those that fit) and its pending calls."""
+    window = ContextWindow(max_tokens=max_tokens)
+    for number, (kind, size) in enumerate(specs):
+        with contextlib.suppress(ContextBudgetError):
+            await window.add(_spec_message(kind, size, f"{prefix}{number}"))
+    return window, sorted(window.pending_tool_calls)
+
+
+def _spec_message(kind: str, size: int, call_id: str) -> Message:
+    text = text_of(size, size)
+    if kind == "calls":
+        return Message.create("assistant", "", tool_calls=[ToolCall(id=call_id, name="lookup")])
+    if kind == "pinned":
+        return Message.create("user", text, pinned=True)
+    if kind == "critical":
+        return Message.create("assistant", text, priority="critical")
+    return Message.create(kind, text)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=100, max_value=500),
+    state=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), max_size=12),
+    batch=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), min_size=1, max_size=4),
+    answer_pending=st.booleans(),
+)
+def test_check_fits_raises_exactly_when_extend_would_and_changes_nothing(
+    max_tokens: int, state: list[tuple[str, int]], batch: list[tuple[str, int]], answer_pending: bool
+) -> None:
+    async def scenario() -> None:
+        checked, pending = await _window_of(max_tokens, state, "c")
+        extended, _ = await _window_of(max_tokens, state, "c")
+        messages = [_spec_message(kind, size, f"b{n}") for n, (kind, size) in enumerate(batch)]
+        if answer_pending:
+            messages += [Message.create("tool", "result", tool_call_id=call_id) for call_id in pending]
+        before = snapshot(checked)
+        try:
+            checked.check_fits(messages)
+        except ContextBudgetError:
+            fits = False
+        else:
+            fits = True
+        assert snapshot(checked) == before and all(m.token_count == 0 for m in messages)
+        event("fits" if fits else "refused")
+        try:
+            await extended.extend(messages)
+        except ContextBudgetError:
+            assert not fits, "check_fits passed, extend refused"
+        else:
+            assert fits, "check_fits refused, extend took the batch"
+
+    asyncio.run(scenario())
+
+
+async def test_check_fits_checks_the_batch_like_extend() -> None:
+    window = ContextWindow(max_tokens=300)
+    await window.add(Message.create("user", "hello"))
+    with pytest.raises(ToolCallPairingError, match="tool_call_id: got 'nope'"):
+        window.check_fits([Message.create("tool", "x", tool_call_id="nope")])
+    with pytest.raises(InvalidArgumentError, match="messages"):
+        window.check_fits(Message.create("user", "x"))  # type: ignore[arg-type]
+    window.check_fits([])
+    window.enable_compression = False
+    with pytest.raises(ContextBudgetError, match="compression is disabled"):
+        window.check_fits([Message.create("user", text_of(400))])

@@ -441,6 +441,17 @@ async def test_pin_and_compress_context(tmp_path: Path) -> None:
         assert not manager.context_window.get(kept_id).pinned
 
 
+async def test_pin_and_unpin_refuse_an_id_that_is_not_a_string(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "Hello")
+        before = state(manager)
+        for bad_id in (["id"], {"id": 1}):
+            for operation in (manager.pin_message, manager.unpin_message):
+                with pytest.raises(InvalidArgumentError, match="message_id: got"):
+                    operation(bad_id)  # type: ignore[arg-type]
+        assert state(manager) == before
+
+
 # -- evicted messages: handed over before the commit, written off the add_message path -----------------
 
 

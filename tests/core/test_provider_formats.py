@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
@@ -15,7 +19,12 @@ from context_manager.core.provider_formats import (
     to_openai_messages,
     to_provider_format,
 )
-from tests.provider_rules import anthropic_violations, openai_violations
+from tests.provider_rules import (
+    ANTHROPIC_TOOL_USE_ID_PATTERN,
+    NAME_PATTERN,
+    anthropic_violations,
+    openai_violations,
+)
 
 
 def tool_conversation() -> list[Message]:
@@ -143,6 +152,117 @@ def test_anthropic_requests_are_never_empty_and_hold_no_blank_text() -> None:
     assert to_anthropic_messages([Message.create("user", "  indented\n")])["messages"][0]["content"] == [
         {"type": "text", "text": "  indented\n"}
     ]
+
+
+def test_a_whitespace_only_system_message_is_left_out_of_the_anthropic_system() -> None:
+    """Anthropic answers 400 to a ``system`` of whitespace only; it was exported as is."""
+    blank = Message.create("system", "  \n")
+    body = to_anthropic_messages([blank, Message.create("user", "Hello")])
+    assert body == {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]}
+    assert anthropic_violations(body) == []
+    rules = Message.create("system", "Be brief.")
+    body = to_anthropic_messages([blank, rules, Message.create("system", "\t"), Message.create("user", "Hi")])
+    assert body["system"] == "Be brief."
+    # OpenAI accepts whitespace-only content: the message is kept, as whitespace-only user text is
+    assert to_openai_messages([blank]) == [{"role": "system", "content": "  \n"}]
+
+
+def _suffix(value: str) -> str:
+    return "_" + hashlib.sha256(value.encode()).hexdigest()[:10]
+
+
+def test_ids_and_names_the_providers_refuse_are_made_valid_on_export() -> None:
+    """OpenAI and Anthropic answer 400 to these; they were exported verbatim."""
+    long_name = "lookup_" + "x" * 70  # valid characters, over 64
+    messages = [
+        Message.create("user", "List the files.", name="Zoë Smith"),
+        Message.create(
+            "assistant",
+            "",
+            tool_calls=[
+                ToolCall(id="functions.Bash:0", name="Bash", arguments={"cmd": "ls"}),  # a Kimi-style id
+                ToolCall(id="c2", name="list files"),
+                ToolCall(id="c3", name=long_name),
+            ],
+        ),
+        Message.create("tool", "a.txt", tool_call_id="functions.Bash:0"),
+        Message.create("tool", "b.txt", tool_call_id="c2"),
+        Message.create("tool", "c.txt", tool_call_id="c3"),
+    ]
+    openai = to_openai_messages(messages)
+    assert openai[0]["name"] == "Zo__Smith" + _suffix("Zoë Smith")
+    functions = [call["function"]["name"] for call in openai[1]["tool_calls"]]
+    truncated = long_name[: 64 - 11] + _suffix(long_name)
+    assert functions == ["Bash", "list_files" + _suffix("list files"), truncated]
+    assert len(truncated) == 64
+    assert [call["id"] for call in openai[1]["tool_calls"]] == ["functions.Bash:0", "c2", "c3"]  # any string
+    assert openai_violations(openai) == []
+
+    anthropic = to_anthropic_messages(messages)
+    uses = [b for b in anthropic["messages"][1]["content"] if b["type"] == "tool_use"]
+    results = anthropic["messages"][2]["content"]
+    mapped = "functions_Bash_0" + _suffix("functions.Bash:0")
+    assert [b["id"] for b in uses] == [mapped, "c2", "c3"]
+    assert [b["tool_use_id"] for b in results] == [mapped, "c2", "c3"]  # the pair still matches
+    assert [b["name"] for b in uses] == functions
+    assert anthropic_violations(anthropic) == []
+    # the stored messages keep what was given
+    assert messages[0].name == "Zoë Smith" and messages[1].tool_calls[0].id == "functions.Bash:0"
+
+
+_VALID_VALUE = st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True)
+_ANY_VALUE = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=80)
+_VALUE = st.one_of(_VALID_VALUE, _ANY_VALUE, st.sampled_from(["a.b", "a_b", "a:b", "a b", "Zoë", "x" * 65]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    turns=st.lists(
+        st.tuples(_VALUE, st.lists(st.tuples(_VALUE, _VALUE), min_size=0, max_size=3)), min_size=1, max_size=6
+    )
+)
+def test_exported_ids_and_names_always_match_the_providers_patterns(
+    turns: list[tuple[str, list[tuple[str, str]]]],
+) -> None:
+    """Whatever ids and names a conversation holds, exports match the providers' patterns, keep valid values
+    as they are, map distinct values to distinct ones, keep each tool_use and its tool_result paired, and
+    stay append-only."""
+    messages: list[Message] = []
+    seen_ids: set[str] = set()
+    for speaker, calls in turns:
+        messages.append(Message.create("user", "hi", name=speaker))
+        fresh = [(call_id, name) for call_id, name in dict(calls).items() if call_id not in seen_ids]
+        seen_ids.update(call_id for call_id, _ in fresh)
+        if fresh:
+            made = [ToolCall(id=call_id, name=name) for call_id, name in fresh]
+            messages.append(Message.create("assistant", "", tool_calls=made))
+            messages.extend(Message.create("tool", "ok", tool_call_id=call.id) for call in made)
+    openai = to_openai_messages(messages)
+    anthropic = to_anthropic_messages(messages)
+    assert openai_violations(openai) == []
+    assert anthropic_violations(anthropic) == []
+    assert to_openai_messages(messages) == openai and to_anthropic_messages(messages) == anthropic
+
+    def check_mapping(pairs: list[tuple[str, str]], pattern: re.Pattern[str]) -> None:
+        mapping = dict(pairs)
+        assert len(mapping) == len(set(pairs))  # one original, one exported value
+        assert len(set(mapping.values())) == len(mapping)  # one-to-one
+        for original, exported in mapping.items():
+            if pattern.fullmatch(original):
+                assert exported == original
+
+    names = [m.name for m in messages if m.name]
+    check_mapping(list(zip(names, [m["name"] for m in openai if "name" in m], strict=True)), NAME_PATTERN)
+    calls = [call for m in messages for call in m.tool_calls]
+    exported_calls = [call for m in openai for call in m.get("tool_calls") or ()]
+    check_mapping(
+        [(c.name, e["function"]["name"]) for c, e in zip(calls, exported_calls, strict=True)], NAME_PATTERN
+    )
+    uses = [b for turn in anthropic["messages"] for b in turn["content"] if b["type"] == "tool_use"]
+    check_mapping([(c.id, b["id"]) for c, b in zip(calls, uses, strict=True)], ANTHROPIC_TOOL_USE_ID_PATTERN)
+    check_mapping([(c.name, b["name"]) for c, b in zip(calls, uses, strict=True)], NAME_PATTERN)
+    longer = to_openai_messages([*messages, Message.create("user", "more", name=names[0])])
+    assert longer[: len(openai)] == openai
 
 
 def test_unknown_format_is_rejected() -> None:

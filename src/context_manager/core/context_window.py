@@ -57,6 +57,7 @@ from context_manager.core.compression import (
     ExtractiveSummarizer,
     Summarizer,
     UnitIndex,
+    check_summary_text,
     decide_eviction,
 )
 from context_manager.core.compression.planning import cut_messages
@@ -65,7 +66,6 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     InvalidMessageError,
     NotFoundError,
-    SummarizerError,
     SummarizerUnavailableError,
     ToolCallPairingError,
 )
@@ -327,8 +327,11 @@ class ContextWindow:
         """Return the message with ``message_id``.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string.
             NotFoundError: no message in the window has this id.
         """
+        if not isinstance(message_id, str):  # an unhashable one (a list, a dict) would raise a bare TypeError
+            raise InvalidArgumentError("message_id", message_id, "a message id (str)")
         message = self._by_id.get(message_id)
         if message is None:
             raise NotFoundError("message", message_id)
@@ -472,7 +475,8 @@ class ContextWindow:
 
         Raises:
             NotFoundError: no message in the window has this id.
-            InvalidArgumentError: the id is the rolling summary's (each compression replaces it).
+            InvalidArgumentError: the id is not a string, or is the rolling summary's (each compression
+                replaces it).
         """
         self._commit_pin(message_id, True)
 
@@ -481,7 +485,7 @@ class ContextWindow:
 
         Raises:
             NotFoundError: no message in the window has this id.
-            InvalidArgumentError: the id is the rolling summary's.
+            InvalidArgumentError: the id is not a string, or is the rolling summary's.
         """
         self._commit_pin(message_id, False)
 
@@ -692,6 +696,54 @@ class ContextWindow:
         if delivery is not None:
             await asyncio.shield(delivery)
         return record
+
+    def check_fits(self, messages: Sequence[Message]) -> None:
+        """Raise if ``messages``, added now in order, could not fit even after a compression; change nothing.
+
+        The budget decision :meth:`extend` would make, without adding anything or calling the summarizer: a
+        caller about to do something it cannot undo (run tools) checks first that what it will have to add
+        has room. The messages are checked as :meth:`extend` checks them and are not changed (they are
+        counted on copies). It reads the window as it is now: messages added later can take the room.
+        Costs a count of ``messages``, and when they do not fit as they are, one plan over the window.
+
+        Raises:
+            InvalidArgumentError, InvalidMessageError, ToolCallPairingError: as for :meth:`extend`.
+            ContextBudgetError: the messages do not fit and compression is disabled, or protected messages
+                plus these cannot fit in ``max_tokens``.
+        """
+        if isinstance(messages, Message | str) or not isinstance(messages, Sequence):
+            raise InvalidArgumentError("messages", messages, "a list of Message objects")
+        batch = list(messages)
+        if not batch:
+            return
+        self._check_batch(batch)
+        copies = [dataclasses.replace(message) for message in batch]
+        for copy in copies:
+            _set(copy, "token_count", self._counter.count_message(copy))
+        total = (
+            self._index.tokens
+            + self._summary_tokens
+            + sum(copy.token_count for copy in copies)
+            + REPLY_PRIMING_TOKENS
+        )
+        if total <= self._max_tokens:
+            return
+        if not self.enable_compression:
+            raise ContextBudgetError(
+                f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
+                f"{len(batch)} messages; compression is disabled",
+                required_tokens=total,
+                max_tokens=self._max_tokens,
+            )
+        index, _ = self._stage(copies)
+        decide_eviction(  # raises ContextBudgetError as the compression of extend() would
+            index,
+            None,
+            target_tokens=self.target_tokens,
+            max_tokens=self._max_tokens,
+            counter=self._counter,
+            summary_max_tokens=self._summary_max_tokens,
+        )
 
     def _check_batch(self, batch: list[Message]) -> None:
         """Check a batch as consecutive adds would (nothing mutated)."""
@@ -1076,9 +1128,8 @@ class ContextWindow:
                     text = await call
                 finally:
                     self._summary_calls.discard(call)
-            if not isinstance(text, str):
-                raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
-            return _Outcome(text, STRATEGY_CUSTOM)
+            # a lone surrogate or a NUL would fail the count (or the storage) outside this try: a failure
+            return _Outcome(check_summary_text(text), STRATEGY_CUSTOM)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():

@@ -564,6 +564,7 @@ class EnhancedContextManager:
         """Pin a message so compression never evicts it.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
@@ -574,6 +575,7 @@ class EnhancedContextManager:
         """Let compression evict a pinned message again.
 
         Raises:
+            InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
@@ -851,6 +853,14 @@ class EnhancedContextManager:
         than its tool's ``max_output_tokens`` is cut with a marker in the window only; its full text goes
         to medium-term memory (tags ``tool_output`` and the tool's name), so :meth:`search_memory` finds it.
 
+        Once the tools ran, their results are returned, never lost: results that do not fit in the window
+        (protected messages fill it) are replaced, largest first, by ``[tool output omitted: ...]`` and then
+        by no text at all (metadata ``omitted: True``), their full text going to memory. The room for that
+        is checked before anything runs. Only when messages added while the tools ran took it (protected
+        messages, a pin) do the results stay out of the window: still returned and in memory, the calls
+        pending (a warning is logged). A call answered or evicted while its tool ran (by
+        :meth:`cancel_tool_calls`, say) keeps that answer; its result is returned, not added.
+
         Args:
             calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
             content: Text of the assistant message, when it has to be added.
@@ -858,7 +868,8 @@ class EnhancedContextManager:
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
             ToolCallPairingError: the calls were already answered, or only part of them is pending.
-            ContextBudgetError: the assistant message cannot fit (nothing runs).
+            ContextBudgetError: the assistant message and the smallest answer of every call (a result
+                with no text) cannot fit: nothing runs, nothing changes.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")

@@ -12,6 +12,15 @@ after the assistant message that called it (in the order the results appear), a 
 is left out (and its assistant message too when nothing else is left in it), and a result without its
 call is left out (:func:`paired_for_provider`).
 
+Ids and names the providers restrict are made valid on export (the messages keep what was given): the
+OpenAI ``messages[].name`` and ``tool_calls[].function.name``, and the Anthropic ``tool_use`` ``name``, must
+match ``^[a-zA-Z0-9_-]{1,64}$``; the Anthropic ``tool_use`` ``id`` (and so ``tool_result`` ``tool_use_id``)
+must match ``^[a-zA-Z0-9_-]+$``. A value that already matches is exported as it is; any other becomes its
+valid characters with ``_`` for each other one, plus ``_`` and the first 10 hex digits of its SHA-256 (cut to
+64 characters where that is the limit, keeping the hash): ``functions.Bash:0`` becomes
+``functions_Bash_0_<hash>``. The mapping is deterministic and one-to-one within an export (a clash, were one
+ever to happen, takes more hex digits), and a ``tool_use`` and its ``tool_result`` get the same id.
+
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
 differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
@@ -26,6 +35,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, overload
 
@@ -47,6 +59,48 @@ ProviderFormat = Literal["openai", "anthropic"]
 
 ANTHROPIC_CONTINUATION_TEXT = "(continuing the conversation)"
 """Text of the user turn inserted when an Anthropic export would otherwise start with the assistant."""
+
+
+_PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+_NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
+_NAME_MAX_CHARS = 64
+"""Longest OpenAI ``name`` / function name and Anthropic tool name (``^[a-zA-Z0-9_-]{1,64}$``)."""
+_HASH_DIGITS = 10
+
+
+def _is_valid_name(value: str, max_chars: int | None) -> bool:
+    return (max_chars is None or len(value) <= max_chars) and _PROVIDER_NAME.fullmatch(value) is not None
+
+
+def _valid_names(values: Iterable[str], max_chars: int | None = None) -> dict[str, str]:
+    """Map each value of ``values`` that breaks ``^[a-zA-Z0-9_-]+$`` (or ``max_chars``) to a valid one.
+
+    Values that are valid are not in the mapping (they are exported as they are); in the common case of no
+    invalid value the mapping is empty. An invalid value maps to its characters with ``_`` for each invalid
+    one, then ``_`` and a hash of the original (cut to ``max_chars`` keeping the hash), avoiding every
+    valid value and every earlier mapping: one-to-one within the values given.
+    """
+    distinct = dict.fromkeys(values)
+    invalid = [value for value in distinct if not _is_valid_name(value, max_chars)]
+    if not invalid:
+        return {}
+    taken = {value for value in distinct if _is_valid_name(value, max_chars)}
+    mapping: dict[str, str] = {}
+    for value in invalid:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        cleaned = _NOT_NAME_CHARACTER.sub("_", value)
+        for attempt in itertools.count():  # a clash of 40-bit hashes is practically never: one attempt
+            if attempt < 6:
+                suffix = "_" + digest[: _HASH_DIGITS + 6 * attempt]
+            else:
+                suffix = f"_{digest[:_HASH_DIGITS]}_{attempt}"
+            head = cleaned if max_chars is None else cleaned[: max_chars - len(suffix)]
+            candidate = head + suffix
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        mapping[value] = candidate
+    return mapping
 
 
 def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
@@ -90,7 +144,7 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
     return arranged
 
 
-def _openai_message(message: Message) -> dict[str, Any]:
+def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
     role = message.role
     if role is Role.TOOL:
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
@@ -101,20 +155,27 @@ def _openai_message(message: Message) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments_json()},
+                "function": {"name": functions.get(call.name, call.name), "arguments": call.arguments_json()},
             }
             for call in message.tool_calls
         ]
     else:
         exported["content"] = message.content
     if message.name:
-        exported["name"] = message.name
+        exported["name"] = names.get(message.name, message.name)
     return exported
 
 
 def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
-    """Return OpenAI Chat Completions messages (new dicts; safe to mutate), paired as the API requires."""
-    return [_openai_message(message) for message in paired_for_provider(messages)]
+    """Return OpenAI Chat Completions messages (new dicts; safe to mutate), paired as the API requires.
+
+    A ``name`` or a function name the API refuses (``^[a-zA-Z0-9_-]{1,64}$``) is exported made valid
+    (see the module docstring); the messages keep theirs.
+    """
+    paired = paired_for_provider(messages)
+    names = _valid_names((m.name for m in paired if m.name and m.role is not Role.TOOL), _NAME_MAX_CHARS)
+    functions = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
+    return [_openai_message(message, names, functions) for message in paired]
 
 
 def _is_error_result(message: Message) -> bool:
@@ -122,11 +183,13 @@ def _is_error_result(message: Message) -> bool:
     return flag is True
 
 
-def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
+def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, str]) -> list[dict[str, Any]]:
     # Anthropic refuses a text block of whitespace only, and an assistant turn that ends the request with
     # trailing whitespace: such text is left out, an assistant's trailing whitespace dropped
     if message.role is Role.TOOL:
-        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+        call_id = message.tool_call_id
+        assert call_id is not None  # a tool message always answers a call
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": ids.get(call_id, call_id)}
         if message.content.strip():
             block["content"] = message.content
         if _is_error_result(message):
@@ -137,27 +200,41 @@ def _anthropic_blocks(message: Message) -> list[dict[str, Any]]:
         text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
         blocks.append({"type": "text", "text": text})
     for call in message.tool_calls:
-        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": ids.get(call.id, call.id),
+                "name": names.get(call.name, call.name),
+                "input": dict(call.arguments),
+            }
+        )
     return blocks
 
 
 def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     """Return an Anthropic Messages request body part: ``{"system": str, "messages": [...]}``.
 
-    ``"system"`` is present only when there are system messages (joined by a blank line, in order).
+    ``"system"`` is present only when there are system messages with text (joined by a blank line, in order;
+    one of whitespace only is left out, the API refuses it).
     Content is always a list of blocks, so merging a later message into the last turn only appends blocks.
     ``"messages"`` is never empty (the API needs one): with no other message it holds one user turn of
     :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
-    whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both).
+    whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both). A
+    ``tool_use`` id or name the API refuses is exported made valid, the same id in its ``tool_result`` (see
+    the module docstring).
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
-    for message in paired_for_provider(messages):
+    paired = paired_for_provider(messages)
+    ids = _valid_names(call.id for message in paired for call in message.tool_calls)
+    names = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
+    for message in paired:
         if message.role is Role.SYSTEM:
-            system_parts.append(message.content)
+            if message.content.strip():
+                system_parts.append(message.content)
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
-        blocks = _anthropic_blocks(message)
+        blocks = _anthropic_blocks(message, ids, names)
         if not blocks:
             continue
         if not turns and role == "assistant":

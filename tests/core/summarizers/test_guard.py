@@ -168,6 +168,23 @@ async def test_summarizer_circuit_counts_a_non_text_result_as_a_failure() -> Non
     assert guard.state is CircuitState.OPEN
 
 
+@pytest.mark.parametrize(
+    ("junk", "problem"),
+    [("summary \ud800 of the talk", "lone surrogate"), ("summary\x00 of the talk", "NUL character")],
+)
+async def test_summarizer_circuit_counts_text_no_message_can_hold_as_a_failure(
+    junk: str, problem: str
+) -> None:
+    reports: list[SummaryReport] = []
+    guard = SummarizerGuard(ScriptedSummarizer(default=junk), failure_threshold=2, on_report=reports.append)
+    for _ in range(2):
+        with pytest.raises(SummarizerError, match=problem):
+            await guard(MESSAGES, 50)
+    assert guard.state is CircuitState.OPEN
+    assert guard.status()["failures"] == 2 and guard.status()["last_error"] == "SummarizerError"
+    assert [(r.success, r.error) for r in reports] == [(False, "SummarizerError")] * 2
+
+
 def test_summarizer_circuit_bad_settings_are_clear_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="failure_threshold: got 0; allowed an integer >= 1"):
         SummarizerGuard(Flaky(), failure_threshold=0)
@@ -260,3 +277,22 @@ async def test_summarizer_circuit_passes_a_user_guard_through(tmp_path: Path) ->
     guard = SummarizerGuard(Flaky(), failure_threshold=7, cooldown=1.0)
     async with EnhancedContextManager(_config(tmp_path), summarizer=guard) as manager:
         assert manager.get_system_status()["summarizer"]["failure_threshold"] == 7
+
+
+async def test_a_summarizer_returning_a_lone_surrogate_never_blocks_adds(tmp_path: Path) -> None:
+    """Unusable summary text is a summarizer failure: extractive fallback, counted, then the circuit opens."""
+    junk = ScriptedSummarizer(default="summary \ud800 of the talk")
+    async with EnhancedContextManager(_config(tmp_path), summarizer=junk) as manager:
+        await _fill(manager, compressions=4)  # every add succeeds (a bare UnicodeEncodeError before)
+        history = manager.compression_history
+        assert all(record["strategy"] == "custom_failed_fallback_extractive" for record in history)
+        assert all("lone surrogate" in (record["error"] or "") for record in history[:2])
+        assert all("circuit open after 2 consecutive failures" in (r["error"] or "") for r in history[2:])
+        assert len(junk.calls) == 2
+        status = manager.get_system_status()["summarizer"]
+        assert status["state"] == "open" and status["failures"] == 2
+        assert status["last_error"] == "SummarizerError"
+        monitor = manager.performance_monitor
+        assert monitor is not None and monitor.operation_stats()["summarize"].failures == 2
+        summary = manager.context_window.summary
+        assert summary is not None and summary.content.startswith("Summary of the earlier")

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
+import logging
 import tempfile
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from context_manager.core.errors import (
 )
 from context_manager.core.messages import Message, Role, ToolCall
 from context_manager.core.tool_system import ToolErrorType, ToolResult
+from context_manager.testing import ScriptedSummarizer
 from tests.provider_rules import anthropic_violations, openai_violations
 
 from .conftest import gated_tool
@@ -375,9 +378,13 @@ def test_exports_follow_provider_rules_whatever_the_interleaving(
                     with contextlib.suppress(ContextBudgetError):
                         await manager.add_message(kind, " ".join(["word"] * amount))
                 elif kind == "calls":
+                    # every other id as some OpenAI-compatible servers make them ("functions.gated:3"),
+                    # which Anthropic refuses as a tool_use id unless the export maps it
                     calls = [
-                        ToolCall(id=f"c{next(numbers)}", name="gated", arguments={"x": 3})
-                        for _ in range(amount)
+                        ToolCall(
+                            id=f"c{n}" if n % 2 else f"functions.gated:{n}", name="gated", arguments={"x": 3}
+                        )
+                        for n in itertools.islice(numbers, amount)
                     ]
                     running.append(asyncio.create_task(manager.execute_tool_calls(calls)))
                     for _ in range(3):
@@ -586,3 +593,190 @@ async def test_cleanup_cancels_a_change_still_waiting_past_the_tool_time_limit(t
     assert 1.1 <= time.perf_counter() - started < 5
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+# -- tools that ran: their results are never lost ----------------------------------------------------------
+
+
+async def test_calls_whose_answers_cannot_fit_raise_before_anything_runs(tmp_path: Path) -> None:
+    """A system message fills most of the budget: the budget error came after the tools ran (a card charged
+    twice), their results lost and both calls pending. Now it comes first: nothing runs, nothing changes."""
+    charged: list[int] = []
+
+    async def charge_card(amount: int) -> str:
+        charged.append(amount)
+        return f"charged {amount} EUR, receipt R-{amount}"
+
+    config = ContextManagerConfig(max_tokens=150, cache_path=tmp_path / "cache")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("charge_card", charge_card, "Charge a card")
+        await context.add_message("system", "rule " * 110)  # protected: ~113 of 150 tokens
+        await context.add_message("user", "pay both")
+        calls = [
+            {"type": "tool_use", "id": "toolu_1", "name": "charge_card", "input": {"amount": 10}},
+            {"type": "tool_use", "id": "toolu_2", "name": "charge_card", "input": {"amount": 20}},
+        ]
+        before = context.messages
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 150; allowed at least"):
+            await context.execute_tool_calls(calls)
+        assert charged == []  # nothing ran
+        assert context.messages == before and context.pending_tool_calls() == []
+
+        # the same when the model's calls are already in the window: they do not run, and stay pending
+        await context.add_message("assistant", "", tool_calls=calls)
+        before = context.messages
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 150; allowed at least"):
+            await context.execute_tool_calls(calls)
+        assert charged == [] and context.messages == before
+        assert [call.id for call in context.pending_tool_calls()] == ["toolu_1", "toolu_2"]
+
+
+async def _fits(state: list[Message], extra: list[Message]) -> bool:
+    """Whether ``extra`` fits in a window of 200 tokens holding ``state`` (tried on a probe window)."""
+    from context_manager.core.context_window import ContextWindow
+
+    probe = ContextWindow(max_tokens=200)
+    await probe.extend([dataclasses.replace(m) for m in state])
+    try:
+        await probe.extend([dataclasses.replace(m) for m in extra])
+    except ContextBudgetError:
+        return False
+    return True
+
+
+async def _window_with_room_for(smallest_fits: bool, omitted_fits: bool) -> tuple[Any, list[ToolCall]]:
+    """A window whose system message leaves room for two empty answers (``smallest_fits``) and for two
+    omitted-marker answers (``omitted_fits``), found with the window's own planner and the real tokenizer."""
+    from context_manager.core.context_window import ContextWindow
+    from context_manager.core.tool_system.window_calls import OMITTED_CONTENT
+
+    calls = [ToolCall(id=f"c{n}", name="report", arguments={"n": n}) for n in (1, 2)]
+    for words in range(40, 200):
+        state = [Message.create("system", "rule " * words), Message.create("user", "run both")]
+        assistant = Message.create("assistant", "", tool_calls=calls)
+        fits = [
+            await _fits(state, [assistant, *[Message.create("tool", text, tool_call_id=c.id) for c in calls]])
+            for text in ("", OMITTED_CONTENT)
+        ]
+        if fits == [smallest_fits, omitted_fits]:
+            window = ContextWindow(max_tokens=200)
+            await window.extend(state)
+            return window, calls
+    raise AssertionError("no such window")
+
+
+async def test_results_that_fit_only_without_text_are_added_as_empty_omitted_answers() -> None:
+    """Results that cannot fit even cut to the omitted marker answer their call with no text (metadata
+    ``omitted``): the calls are answered, the outputs returned and handed to ``on_truncated``."""
+    from context_manager.core.tool_system import ToolManager
+    from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
+
+    window, calls = await _window_with_room_for(smallest_fits=True, omitted_fits=False)
+    ran: list[int] = []
+
+    async def report(n: int) -> str:
+        ran.append(n)
+        return f"report {n}: " + "figures " * 300
+
+    tools = ToolManager()
+    tools.register_function_tool("report", report, "A long report")
+    handed: list[tuple[str, str]] = []
+    results = await execute_tool_calls_in_window(
+        tools, window, calls, on_truncated=lambda call, result, text: handed.append((call.id, text))
+    )
+    assert ran == [1, 2] and [r.success for r in results] == [True, True]
+    assert results[0].result.startswith("report 1: figures")  # returned whole
+    answers = [m for m in window.messages if m.role is Role.TOOL]
+    assert [m.tool_call_id for m in answers] == ["c1", "c2"]
+    assert all(m.metadata["omitted"] is True and m.metadata["success"] is True for m in answers)
+    assert any(m.content == "" for m in answers)
+    assert window.pending_tool_calls == frozenset() and window.token_count <= window.max_tokens
+    assert [(call_id, text[:9]) for call_id, text in handed] == [("c1", "report 1:"), ("c2", "report 2:")]
+    from context_manager.core.provider_formats import to_anthropic_messages, to_openai_messages
+
+    assert openai_violations(to_openai_messages(window.messages)) == []
+    assert anthropic_violations(to_anthropic_messages(window.messages)) == []
+
+
+async def test_results_crowded_out_while_the_tools_ran_are_returned_and_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Protected messages added while the tools run take the room their answers needed: the results
+    are still returned and handed to ``on_truncated`` (memory), a warning says the calls stay pending."""
+    from context_manager.core.tool_system import ToolManager
+    from context_manager.core.tool_system.window_calls import execute_tool_calls_in_window
+
+    slow, started, release = gated_tool()
+    window, calls = await _window_with_room_for(smallest_fits=True, omitted_fits=True)
+    tools = ToolManager()
+    tools.register_function_tool("report", slow, "Slow")
+    calls = [ToolCall(id=call.id, name="report", arguments={"x": n}) for n, call in enumerate(calls, 1)]
+    handed: list[str] = []
+    task = asyncio.create_task(
+        execute_tool_calls_in_window(tools, window, calls, on_truncated=lambda c, r, t: handed.append(c.id))
+    )
+    await started.wait()
+    # the calls' message pinned (its answers can no longer be evicted with it) and a system message that
+    # fits now, but leaves no room for the two answers
+    window.pin(next(m.id for m in window.messages if m.tool_calls))
+    smallest = [Message.create("tool", "", tool_call_id=call.id) for call in calls]
+
+    state = list(window.messages)
+    for words in range(1, 200):
+        rule = Message.create("system", "also " * words)
+        assert await _fits(state, [rule])  # fits alone (else there is no such message)
+        if not await _fits(state, [rule, *smallest]):
+            break
+    else:
+        raise AssertionError("no such system message")
+    await window.add(rule)
+    release.set()
+    with caplog.at_level(logging.WARNING, logger="context_manager"):
+        results = await task
+    assert [(r.call_id, r.success, r.result) for r in results] == [("c1", True, 1), ("c2", True, 2)]
+    assert handed == ["c1", "c2"]
+    assert window.pending_tool_calls == frozenset({"c1", "c2"})
+    assert "returned but not added, the calls stay pending" in caplog.text
+    assert window.token_count <= window.max_tokens
+
+
+async def test_cancel_queued_behind_a_compression_does_not_break_the_running_execution(
+    tmp_path: Path,
+) -> None:
+    """cancel_tool_calls(["c1"]) waits for the window behind a compression while c1 and c2 run; the
+    execution then found c1 answered under the window's lock and raised ToolCallPairingError after both tools
+    ran, c2's result lost and c2 pending for good. c1 keeps its cancelled answer, c2 gets its result."""
+    slow, started, release = gated_tool()
+    summarizer = ScriptedSummarizer(default="summary", hang=True)
+    config = ContextManagerConfig(max_tokens=400, cache_path=tmp_path / "cache", summarizer_timeout=30)
+    async with EnhancedContextManager(config, summarizer=summarizer) as context:
+        context.tool_manager.register_function_tool("slow", slow, "Slow")
+        await context.add_message("user", "please do two things")
+        calls = [ToolCall(id=f"c{n}", name="slow", arguments={"x": n}) for n in (1, 2)]
+        execution = asyncio.create_task(context.execute_tool_calls(calls))
+        await started.wait()
+        window = context.context_window
+        number = 0
+        while window.token_count < 330:
+            await context.add_message("user", f"filler {number} " + "x " * 5)
+            number += 1
+        compressing = asyncio.create_task(context.add_message("user", "big " * 60))
+        await summarizer.started.wait()  # the compression holds the window
+        cancelling = asyncio.create_task(context.cancel_tool_calls(["c1"]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        release.set()  # both tools return; the execution queues its results behind the cancel
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert window._queued == 2  # precondition: the cancel and the execution both wait for the window
+        summarizer.release()
+        await compressing
+        cancelled = await cancelling
+        results = await execution
+        assert [(r.call_id, r.success) for r in cancelled] == [("c1", False)]
+        assert [(r.call_id, r.success, r.result) for r in results] == [("c1", True, 1), ("c2", True, 2)]
+        assert context.pending_tool_calls() == []
+        answers = {m.tool_call_id: m for m in context.messages if m.role is Role.TOOL}
+        assert answers["c1"].metadata["error_type"] == "cancelled" and answers["c2"].content == "2"
+        assert openai_violations(context.get_context(format="openai")) == []  # type: ignore[arg-type]
+        assert anthropic_violations(context.get_context(format="anthropic")) == []  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from context_manager.core.compression.summarizer import (
     SUMMARY_METADATA_KEY,
     ExtractiveSummarizer,
     Summarizer,
+    check_summary_text,
     is_summary,
 )
 from context_manager.core.compression.truncation import (
@@ -54,6 +55,7 @@ __all__ = [
     "MessageUnit",
     "Summarizer",
     "UnitIndex",
+    "check_summary_text",
     "decide_eviction",
     "group_into_units",
     "is_summary",

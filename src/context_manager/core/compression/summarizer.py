@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from context_manager.core.errors import SummarizerError
 from context_manager.core.messages import Message, Role
+from context_manager.core.text import encodable
 from context_manager.core.tokens import (
     ExactTokenCounter,
     TokenCounter,
@@ -25,7 +27,7 @@ from context_manager.core.tokens import (
     truncate_to_tokens,
 )
 
-__all__ = ["SUMMARY_METADATA_KEY", "ExtractiveSummarizer", "Summarizer", "is_summary"]
+__all__ = ["SUMMARY_METADATA_KEY", "ExtractiveSummarizer", "Summarizer", "check_summary_text", "is_summary"]
 
 SUMMARY_METADATA_KEY = "context_manager.summary"
 """Metadata key marking the rolling summary message (value: number of messages it covers)."""
@@ -45,6 +47,27 @@ class Summarizer(Protocol):
     async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
         """Return a summary of ``messages`` of at most ``budget_tokens`` tokens."""
         ...
+
+
+def check_summary_text(text: object) -> str:
+    """Return ``text`` if a summary message can hold it, else raise (a failure of the summarizer).
+
+    A summary becomes a system message's content, which must be a ``str`` of valid Unicode (no lone
+    surrogates: it is counted, stored and exported as UTF-8) without NUL characters (memory and PostgreSQL
+    cannot store them). The error names the problem only, never the text (it may quote the conversation).
+
+    Raises:
+        SummarizerError: ``text`` is not a ``str``, or holds a lone surrogate or a NUL character.
+    """
+    if not isinstance(text, str):
+        raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
+    if "\x00" in text:
+        raise SummarizerError("summarizer returned text with a NUL character; allowed text without NUL")
+    if not text.isascii() and not encodable(text):
+        raise SummarizerError(
+            "summarizer returned text with a lone surrogate; allowed valid Unicode text (no lone surrogates)"
+        )
+    return text
 
 
 def is_summary(message: Message) -> bool:

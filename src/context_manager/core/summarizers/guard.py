@@ -1,8 +1,9 @@
 """A circuit breaker around a summarizer: stop calling one that keeps failing, try it again later.
 
 Without it, a summarizer that hangs costs ``summarizer_timeout`` on every compression. A
-:class:`SummarizerGuard` counts consecutive failures (exceptions, timeouts, cancellations); after
-``failure_threshold`` of them it *opens*: for ``cooldown`` seconds every call raises
+:class:`SummarizerGuard` counts consecutive failures (exceptions, timeouts, cancellations, and text no
+message can hold: not a ``str``, a lone surrogate, a NUL); after ``failure_threshold`` of them it
+*opens*: for ``cooldown`` seconds every call raises
 :class:`~context_manager.core.errors.SummarizerUnavailableError` at once, so the window uses the extractive
 summary without waiting and records why in ``compression_history``. When the cooldown has passed, one
 trial call goes through (*half-open*): a success closes the circuit, a failure opens it again for twice
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from context_manager.core.compression import Summarizer
-from context_manager.core.errors import InvalidArgumentError, SummarizerError, SummarizerUnavailableError
+from context_manager.core.compression import Summarizer, check_summary_text
+from context_manager.core.errors import InvalidArgumentError, SummarizerUnavailableError
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.llm import LLMSummarizer, SummaryUsage
 
@@ -185,7 +186,8 @@ class SummarizerGuard:
 
         Raises:
             SummarizerUnavailableError: the circuit is open (the summarizer was not called).
-            SummarizerError: the summarizer returned something other than a string.
+            SummarizerError: the summarizer returned something other than a string, or text no message
+                can hold (a lone surrogate, a NUL character).
             Exception: whatever the summarizer raised (counted as a failure).
         """
         self._admit()
@@ -198,8 +200,7 @@ class SummarizerGuard:
                 text, usage = response.text, response.usage
             else:
                 text = await self.summarizer(messages, budget_tokens)
-            if not isinstance(text, str):
-                raise SummarizerError(f"summarizer returned {type(text).__name__}; allowed str")
+            text = check_summary_text(text)  # unusable text counts as a failure, like an exception
         except asyncio.CancelledError:
             # the window's summarizer_timeout (or a shutdown, or the caller) cancelled the call: a hang
             # counts like any failure

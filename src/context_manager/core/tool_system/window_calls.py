@@ -9,11 +9,22 @@
 3. the calls run concurrently through the :class:`~context_manager.core.tool_system.manager.ToolManager`
    (every check applies);
 4. one tool result message per call is added, in call order, right after the call (the window puts it
-   there even when other messages were added while the tools ran). A result longer than the tool's
-   ``max_output_tokens`` is cut in the window with a visible marker; the returned ``ToolResult`` keeps
-   the full output (and ``on_truncated`` receives it, e.g. to store it in memory). Cutting costs about as
-   much as the part kept; an output of more than 100,000 characters is counted and cut in a worker
-   thread, so a megabyte output does not hold the event loop.
+   there even when other messages were added while the tools ran), all in one batch. A result longer
+   than the tool's ``max_output_tokens`` is cut in the window with a visible marker; the returned
+   ``ToolResult`` keeps the full output (and ``on_truncated`` receives it, e.g. to store it in memory).
+   Cutting costs about as much as the part kept; an output of more than 100,000 characters is counted and
+   cut in a worker thread, so a megabyte output does not hold the event loop.
+
+Once tools ran, their results are never lost. Before anything runs (or is added), the window is checked
+to have room for the assistant message and the smallest answer of every call (a tool message with no
+text); if not, ``ContextBudgetError`` is raised and nothing runs. Afterwards, when the results do not fit
+(protected messages fill the window), the largest is replaced by :data:`OMITTED_CONTENT`, then by no text
+at all (metadata ``omitted: True``), until they fit; ``on_truncated`` receives each omitted output. Only
+if the window changed *while the tools ran* so as to take that room (a system, pinned or critical
+message added, a pin) can the results not be added: they are still returned, ``on_truncated`` receives
+each output, a warning is logged, and the calls stay pending (answer them with
+:func:`cancel_tool_calls_in_window` once there is room). A call answered or evicted while its tool ran
+(``cancel_tool_calls``, a compression) is skipped: its result is returned, not added.
 
 :func:`cancel_tool_calls_in_window` answers calls that will never get their result (the worker that ran
 them was killed, or its task cancelled) with a failed result, so their unit can be compressed like any
@@ -26,6 +37,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from context_manager.core.context_window import ContextWindow
@@ -49,7 +61,8 @@ logger = logging.getLogger(__name__)
 TRUNCATION_MARKER = "\n[tool output truncated: {shown} of {total} tokens shown]"
 """Appended to a tool result cut to ``max_output_tokens`` in the window."""
 OMITTED_CONTENT = "[tool output omitted: it does not fit in the context budget]"
-"""Stands in for a tool result that cannot fit in the window even after compression."""
+"""Stands in for a tool result that cannot fit in the window even after compression (metadata
+``omitted: True``); a result with no text at all when even this does not fit."""
 
 CANCELLED_REASON = "the call was interrupted before it returned a result; it may not have run"
 """The default ``error`` of the failed results :func:`cancel_tool_calls_in_window` adds."""
@@ -114,11 +127,14 @@ async def execute_tool_calls_in_window(
         InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
         ToolCallPairingError: some calls are already in the window and answered, or only part of them is
             pending (nothing changes).
-        ContextBudgetError: the assistant message cannot fit in the window (nothing runs).
+        ContextBudgetError: the assistant message and the smallest answer of every call (a result with no
+            text) cannot fit in the window (nothing runs, nothing changes). Once the tools ran, results
+            are always returned (see the module docstring).
     """
     parsed = manager._parse_tool_calls(calls)
     ids = [item.call.id for item in parsed]
     pending = window.pending_tool_calls
+    assistant: Message | None = None
     if not all(call_id in pending for call_id in ids):
         present = {call.id for message in window.messages for call in message.tool_calls}
         clashing = [call_id for call_id in ids if call_id in present]
@@ -136,16 +152,22 @@ async def execute_tool_calls_in_window(
             for item in parsed
         ]
         assistant = Message.create("assistant", content, tool_calls=shown)
+    # Once the tools ran their results must find room: check it before anything runs or is added, with the
+    # smallest answer every call can get (a result with no text)
+    smallest = [_answer_message(item.call.id, "", {"omitted": True}) for item in parsed]
+    window.check_fits(smallest if assistant is None else [assistant, *smallest])
+    if assistant is not None:
         await window.add(assistant)
 
     results = await manager._run_parsed_calls(parsed, caller_key=caller_key)
 
+    answers: list[_Answer] = []
     for item, result in zip(parsed, results, strict=True):
         call = item.call
         if call.id not in window.pending_tool_calls:
-            # compression evicted the whole unit (assistant message and earlier results) meanwhile;
-            # a result without its call must not enter the window.
-            logger.debug("tool call %s left the window before its result; result not appended", call.id)
+            # compression evicted the whole unit (assistant message and earlier results) meanwhile, or the
+            # call was cancelled: a result without its call (or a second one) must not enter the window
+            logger.debug("tool call %s was answered or evicted before its result; result not added", call.id)
             continue
         limit = manager.get_tool(call.name).max_output_tokens if call.name in manager else None
         full_text = _full_text(manager, call, result)
@@ -154,19 +176,102 @@ async def execute_tool_calls_in_window(
         if total is not None:
             metadata["truncated"] = True
             metadata["original_tokens"] = total
-        message = Message.create("tool", text, tool_call_id=call.id, metadata=metadata)
-        try:
-            await window.add(message)
-        except ContextBudgetError:
-            metadata["omitted"] = True
-            await window.add(Message.create("tool", OMITTED_CONTENT, tool_call_id=call.id, metadata=metadata))
-            if total is None:
-                total = message.token_count or await asyncio.to_thread(window.counter.count, full_text)
-        if total is not None and on_truncated is not None:
-            outcome = on_truncated(call, result, full_text)
+        answers.append(_Answer(call, result, full_text, text, metadata, total))
+
+    answers, stored = await _add_answers(window, answers)
+    if not stored:
+        # messages added while the tools ran took the room checked above: the outputs are kept (returned,
+        # and given to on_truncated), the calls stay pending
+        logger.warning(
+            "the results of tool calls %s do not fit in the window (protected messages added while the tools "
+            "ran fill it); returned but not added, the calls stay pending",
+            ", ".join(answer.call.id for answer in answers),
+        )
+    if on_truncated is not None:
+        for answer in answers:
+            if stored and answer.total is None and answer.level == _WHOLE:
+                continue  # in the window whole
+            outcome = on_truncated(answer.call, answer.result, answer.full_text)
             if inspect.isawaitable(outcome):
                 await outcome
     return results
+
+
+_WHOLE = 0
+"""The result's text (cut to ``max_output_tokens`` when longer)."""
+_OMITTED_TEXT = 1
+""":data:`OMITTED_CONTENT` instead of the text."""
+_NO_TEXT = 2
+"""No text at all: the smallest answer a call can get."""
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One call's result on its way into the window."""
+
+    call: ToolCall
+    """The call it answers."""
+    result: ToolResult
+    """What the tool returned (returned to the caller as it is)."""
+    full_text: str
+    """The result's whole text (sensitive arguments cut out)."""
+    text: str
+    """The text for the window (cut to ``max_output_tokens`` when longer)."""
+    metadata: dict[str, Any]
+    """The tool message's metadata."""
+    total: int | None
+    """Tokens of ``full_text`` when ``text`` is cut, else None."""
+    level: int = _WHOLE
+    """How much of the text the message holds: :data:`_WHOLE`, :data:`_OMITTED_TEXT` or :data:`_NO_TEXT`."""
+
+    def message(self) -> Message:
+        """The tool message at the current level."""
+        if self.level == _WHOLE:
+            return _answer_message(self.call.id, self.text, self.metadata)
+        content = OMITTED_CONTENT if self.level == _OMITTED_TEXT else ""
+        return _answer_message(self.call.id, content, {**self.metadata, "omitted": True})
+
+    def shrink(self) -> None:
+        """Go to the next smaller level (straight to no text when the text is not longer than the marker)."""
+        if self.level == _WHOLE and len(self.text) > len(OMITTED_CONTENT):
+            self.level = _OMITTED_TEXT
+        else:
+            self.level = _NO_TEXT
+
+
+def _answer_message(call_id: str, text: str, metadata: dict[str, Any]) -> Message:
+    return Message.create("tool", text, tool_call_id=call_id, metadata=metadata)
+
+
+async def _add_answers(window: ContextWindow, answers: list[_Answer]) -> tuple[list[_Answer], bool]:
+    """Add the answers in one batch; return the answers still to add and whether they are in the window.
+
+    A call answered or evicted meanwhile (checked under the window's lock) loses its answer; when the batch
+    does not fit, the answer with the longest text shrinks (:meth:`_Answer.shrink`) and the batch is tried
+    again. ``False`` when even with no text at all the answers do not fit (nothing added).
+    """
+    while answers:
+        try:
+            await window.extend([answer.message() for answer in answers])
+        except ToolCallPairingError:
+            pending = window.pending_tool_calls
+            still = [answer for answer in answers if answer.call.id in pending]
+            if len(still) == len(answers):
+                raise
+            for answer in answers:
+                if answer.call.id not in pending:
+                    logger.debug(
+                        "tool call %s was answered or evicted meanwhile; result not added", answer.call.id
+                    )
+            answers = still
+        except ContextBudgetError:
+            shrinkable = [answer for answer in answers if answer.level != _NO_TEXT]
+            if not shrinkable:
+                return answers, False
+            max(shrinkable, key=lambda answer: len(answer.message().content)).shrink()
+        else:
+            return answers, True
+    return answers, True
 
 
 def _result_metadata(call: ToolCall, result: ToolResult) -> dict[str, Any]:
