@@ -56,7 +56,7 @@ def test_assignment_is_validated_and_takes_effect(tmp_path: Path) -> None:
     config.cache_path = str(tmp_path)  # the quick start does this
     assert config.cache_path == tmp_path
     assert config.resolved_storage_path == tmp_path / "storage"
-    with pytest.raises(ConfigurationError, match=r"max_tokens: got 0; allowed an integer > 0"):
+    with pytest.raises(ConfigurationError, match=r"max_tokens: got 0; allowed an integer > 3"):
         config.max_tokens = 0
     assert config.max_tokens == 1000
 
@@ -70,7 +70,7 @@ def test_paths_expand_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("options", "pattern"),
     [
-        ({"max_tokens": 0}, r"max_tokens: got 0; allowed an integer > 0"),
+        ({"max_tokens": 0}, r"max_tokens: got 0; allowed an integer > 3"),
         ({"compression_ratio": 1.5}, r"compression_ratio: got 1\.5; allowed a number > 0 and < 1"),
         ({"compression_ratio": 0}, r"compression_ratio: got 0"),
         ({"token_encoding": "p50k_base"}, r"token_encoding: got 'p50k_base'"),
@@ -148,3 +148,19 @@ def test_enable_memory_index_false_warns_that_it_has_no_effect(monkeypatch: pyte
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ContextManagerConfig(enable_memory_index=True).enable_memory_index is True
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_tokens": True}, r"max_tokens: got True; allowed an integer > 3"),
+        ({"max_tokens": 3}, r"max_tokens: got 3; allowed an integer > 3"),  # initialize() refused it
+        ({"max_tool_timeout": True}, r"max_tool_timeout: got True; allowed a number > 0"),
+        ({"summarizer_timeout": False}, r"summarizer_timeout: got False"),
+    ],
+)
+def test_a_bool_is_not_a_number_and_a_window_holds_more_than_its_reply_priming(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ContextManagerConfig(**options)  # type: ignore[arg-type]

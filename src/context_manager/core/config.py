@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from context_manager.core.errors import ConfigurationError
@@ -53,7 +53,11 @@ class ContextManagerConfig(BaseSettings):
     )
 
     # Context settings
-    max_tokens: int = Field(2000, gt=0, description="Maximum tokens in the context window.")
+    max_tokens: int = Field(
+        2000,
+        gt=3,  # the reply priming every request costs (REPLY_PRIMING_TOKENS) takes 3
+        description="Maximum tokens in the context window.",
+    )
     compression_ratio: float = Field(
         0.8,
         gt=0.0,
@@ -279,6 +283,16 @@ class ContextManagerConfig(BaseSettings):
         if "\x00" in text:
             raise ValueError("a connection string without NUL characters")
         return text
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``True`` is not a number of tokens or seconds (pydantic would read it as 1)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float, int | None, float | None):
+                raise ValueError("a number, not a bool")
+        return value
 
     @field_validator("enable_memory_index")
     @classmethod

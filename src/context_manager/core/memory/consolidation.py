@@ -96,6 +96,7 @@ _NEGATIONS = frozenset(
     wasnt werent wont wouldnt shouldnt couldnt hasnt havent hadnt mustnt""".split()  # noqa: SIM905
 )
 _NUMBER_WORDS = frozenset(
+    # not "one": mostly a pronoun ("the one I like")
     """zero two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
     sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
     thousand million billion trillion half quarter dozen once twice thrice first second third fourth fifth
@@ -108,41 +109,46 @@ _TIME_WORDS = frozenset(
     november december spring summer autumn fall winter am pm""".split()  # noqa: SIM905
 )
 _ORDER_WORDS = frozenset("before after than instead rather versus vs over under above below".split())  # noqa: SIM905
-_MARKERS = _NEGATIONS | _NUMBER_WORDS | _TIME_WORDS  # not "one": mostly a pronoun ("the one I like")
 
 
-Markers = tuple[tuple[str, ...], tuple[str, ...], bool]
-"""What :func:`meaning_markers` returns: the markers, the words in order, whether the order matters."""
+Markers = tuple[int, tuple[str, ...], frozenset[str], tuple[str, ...], bool]
+"""What :func:`meaning_markers` returns (see there)."""
 
 
 def meaning_markers(text: str) -> Markers:
     """The words of ``text`` one of which, changed, changes what it says, and whether word order matters.
 
-    Returns the number words and time words it holds and a ``"not"`` for each negation (``not``,
-    ``never``, ``isn't`` ...), sorted (a multiset), its words in order, and whether it holds an order
-    word (``before``, ``than``, ``instead`` ...) relating two things, which makes their order part of
-    what it says.
+    Returns how many negations it holds (``not``, ``never``, ``isn't`` ...), its number words (sorted),
+    its time words, its words in order, and whether it holds an order word (``before``, ``than``,
+    ``instead`` ...) relating two things, which makes their order part of what it says.
     """
     words = tuple(word.replace("'", "").replace("’", "") for word in _WORD.findall(text.lower()))
-    # a multiset: "is allergic ... never pack them" and "is not allergic ... never pack them" differ in
-    # how many negations they hold
-    markers = tuple(sorted("not" if word in _NEGATIONS else word for word in words if word in _MARKERS))
-    return markers, words, any(word in _ORDER_WORDS for word in words)
+    return (
+        sum(1 for word in words if word in _NEGATIONS),
+        tuple(sorted(word for word in words if word in _NUMBER_WORDS)),
+        frozenset(word for word in words if word in _TIME_WORDS),
+        words,
+        any(word in _ORDER_WORDS for word in words),
+    )
 
 
 def same_meaning_markers(first: Markers, second: Markers) -> bool:
     """Whether two texts' :func:`meaning_markers` agree.
 
-    They agree with the same markers and, when either relates things by order, the words they share in
-    the same order.
+    They agree with as many negations ("is allergic ... never pack them" and "is not allergic ... never
+    pack them" do not), the same number words ("one nine" / "one nine five" do not), time words of which
+    one text's are among the other's (a detail added, "Monday" / "Monday morning", agrees; "today" /
+    "tomorrow" does not) and, when either relates things by order, the words they share in the same order.
     """
-    if first[0] != second[0]:
+    if first[0] != second[0] or first[1] != second[1]:
         return False
-    if not (first[2] or second[2]):
+    if not (first[2] <= second[2] or second[2] <= first[2]):
+        return False
+    if not (first[4] or second[4]):
         return True
-    shared = set(first[1]) & set(second[1])
-    return [word for word in dict.fromkeys(first[1]) if word in shared] == [
-        word for word in dict.fromkeys(second[1]) if word in shared
+    shared = set(first[3]) & set(second[3])
+    return [word for word in dict.fromkeys(first[3]) if word in shared] == [
+        word for word in dict.fromkeys(second[3]) if word in shared
     ]
 
 
