@@ -257,16 +257,16 @@ def search_fts_weighted(
     return [(int(rowid), -float(score)) for rowid, score in rows]
 
 
-def weighted_search_sql(table: str, parts: int, *, limited: bool = True) -> str:
+def weighted_search_sql(table: str, parts: int, *, limited: bool = True, limit: str = "?") -> str:
     """SQL ranking rows by a weighted sum of per-part BM25 scores (best first, as ``rowid, score``).
 
-    Parameters: ``factor, match`` for each part, then the limit (when ``limited``). ``score`` is negative
-    like FTS5's rank.
+    Parameters: ``factor, match`` for each part, then those of the ``limit`` expression (when ``limited``).
+    ``score`` is negative like FTS5's rank.
     """
     union = " UNION ALL ".join(
         f"SELECT rowid, rank * ? AS score FROM {table} WHERE {table} MATCH ?" for _ in range(parts)
     )
-    tail = " ORDER BY score LIMIT ?" if limited else ""
+    tail = f" ORDER BY score LIMIT {limit}" if limited else ""
     return f"SELECT rowid, sum(score) AS score FROM ({union}) GROUP BY rowid{tail}"
 
 

@@ -1,0 +1,31 @@
+"""Search finds what matches and only that, on both backends (bugs found by a bug hunt).
+
+1. Superseded originals (left in the long-term tier by consolidation, hidden from search) took the places of
+   an unfiltered SQLite candidate query, which applied its LIMIT before dropping them: with 80 of them
+   outranking every visible match of "apple", ``search_memory("apple")`` returned nothing.
+"""
+
+from __future__ import annotations
+
+from context_manager.core.memory.manager import MemoryManager
+
+
+async def test_superseded_originals_take_no_place_of_a_visible_match(manager: MemoryManager) -> None:
+    for number in range(40):
+        # near-duplicates: the less important one says "apple" more often, so it outranks the merged memory
+        await manager.add_memory(
+            f"apple apple apple apple apple apple kiwi{number} lime{number}", tier="long", importance=0.3
+        )
+        await manager.add_memory(f"apple kiwi{number} lime{number}", tier="long", importance=0.6)
+    merged = await manager.consolidate_memories(0.85)
+    assert merged["consolidated_count"] == 80
+    target = await manager.add_memory("apple apple apple apple banana", tier="long", importance=0.5)
+    visible = {memory.id for memory in await manager.recent_memories(1_000)}
+    assert len(visible) == 41 and target.id in visible
+
+    for limit in (1, 5, 10):
+        found = await manager.search_memory("apple", limit=limit)
+        assert len(found) == limit
+        assert all(memory.superseded_by is None and memory.id in visible for memory in found)
+    assert target.id in {memory.id for memory in await manager.search_memory("apple", limit=5)}
+    assert [memory.id for memory in await manager.search_memory("banana", limit=5)] == [target.id]
