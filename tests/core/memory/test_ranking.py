@@ -228,7 +228,8 @@ def test_build_match_quotes_everything() -> None:
     match = build_match(["a", 'b"c'], owner_token("alice"))
     assert match.startswith('owner : "owner')
     assert '"b""c"' in match
-    assert build_match(["x"], None) == '"x"'
+    assert build_match(["x"], None) == '{content tags context date} : ("x")'
+    assert build_match(["x"], None, column="tags") == 'tags : ("x")'
     assert owner_token("alice") != owner_token("bob") != owner_token(None)
 
 

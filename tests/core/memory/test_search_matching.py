@@ -3,11 +3,14 @@
 1. Superseded originals (left in the long-term tier by consolidation, hidden from search) took the places of
    an unfiltered SQLite candidate query, which applied its LIMIT before dropping them: with 80 of them
    outranking every visible match of "apple", ``search_memory("apple")`` returned nothing.
+3. The internal owner column was searchable: the query word ``ownerdefault`` found every memory of the
+   default namespace, and ``owner<hash>`` a user's memories with ``ALL_USERS``.
 """
 
 from __future__ import annotations
 
-from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.index import owner_token
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 
 
 async def test_superseded_originals_take_no_place_of_a_visible_match(manager: MemoryManager) -> None:
@@ -29,3 +32,17 @@ async def test_superseded_originals_take_no_place_of_a_visible_match(manager: Me
         assert all(memory.superseded_by is None and memory.id in visible for memory in found)
     assert target.id in {memory.id for memory in await manager.search_memory("apple", limit=5)}
     assert [memory.id for memory in await manager.search_memory("banana", limit=5)] == [target.id]
+
+
+async def test_the_owner_column_is_not_searched_by_query_words(manager: MemoryManager) -> None:
+    await manager.add_memory("The staging cluster runs Kubernetes")
+    await manager.add_memory("Lunch is at noon", tier="long", importance=0.9)
+    await manager.add_memory("Ana's private note", user_id="ana")
+    for query in ("ownerdefault", owner_token(None), owner_token("ana"), f"{owner_token('ana')} noon"):
+        found = await manager.search_memory(query, user_id=ALL_USERS)
+        assert [memory.content for memory in found] == (["Lunch is at noon"] if "noon" in query else [])
+    assert await manager.search_memory("ownerdefault") == []
+    assert await manager.search_memory(owner_token("ana"), user_id="ana") == []
+    # a memory that says the word is found by it
+    says = await manager.add_memory("the ownerdefault flag is set")
+    assert [memory.id for memory in await manager.search_memory("ownerdefault")] == [says.id]

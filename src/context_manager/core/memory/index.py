@@ -3,7 +3,8 @@
 One lexical engine for every tier: an SQLite FTS5 table (``porter unicode61`` stemming, BM25 with
 per-column weights) in an in-memory database for the volatile tiers and in the long-term file for
 the durable one, so scores compare across tiers. User text never reaches FTS5 as query syntax:
-:func:`query_tokens` keeps only word characters and :func:`build_match` quotes every token.
+:func:`query_tokens` keeps only word characters and :func:`build_match` quotes every token and restricts it
+to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is never searched by a word).
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FTS_COLUMNS",
+    "SEARCHED_COLUMNS",
     "TOKENIZER",
     "ColumnWeights",
     "FrequencyCache",
@@ -42,6 +44,10 @@ __all__ = [
 
 FTS_COLUMNS = ("content", "tags", "context", "date", "owner")
 """Columns of every FTS5 table: the text, its tags, the previous turn, the session date, the owner."""
+
+SEARCHED_COLUMNS = ("content", "tags", "context", "date")
+"""The columns a query word can match: every column but ``owner`` (an internal token per user, matched only
+by the owner clause of :func:`build_match`)."""
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 """FTS5 tokenizer: Unicode word splitting, diacritics folded, Porter stemming."""
@@ -96,14 +102,21 @@ def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
 def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None = None) -> str:
     """Build a safe FTS5 MATCH expression: quoted tokens joined by OR, restricted to one owner.
 
+    The tokens match only the :data:`SEARCHED_COLUMNS` (never the owner tokens), so a query word like
+    ``ownerdefault`` finds what contains that word, not every memory of an owner.
+
     Args:
         tokens: Word tokens from :func:`query_tokens` (quotes are doubled anyway).
         owner: An :func:`owner_token`, or ``None`` for every owner.
-        column: Restrict the tokens to one column (e.g. ``"tags"``).
+        column: Restrict the tokens to this one column (e.g. ``"tags"``) instead.
+
+    Example:
+        >>> build_match(["kiwi"], None)
+        '{content tags context date} : ("kiwi")'
     """
     quoted = " OR ".join('"' + token.replace('"', '""') + '"' for token in tokens)
-    if column is not None:
-        quoted = f"{column} : ({quoted})"
+    columns = column if column is not None else "{" + " ".join(SEARCHED_COLUMNS) + "}"
+    quoted = f"{columns} : ({quoted})"
     if owner is None:
         return quoted
     return f'owner : "{owner}" AND ({quoted})'
