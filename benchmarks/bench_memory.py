@@ -38,13 +38,20 @@ from typing import Any
 import psutil
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.memory.index import TOKENIZER, Stemmer, build_match, query_tokens
+from context_manager.core.memory.index import TOKENIZER, Stemmer, query_tokens
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, new_memory_id
 from context_manager.core.memory.ranking import RankingWeights, prune_common_terms
 
 # these figures are of lexical search: the default embedder="auto" would add MiniLM where it is installed
 os.environ.setdefault("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+
+
+def raw_match(tokens: list[str]) -> str:
+    """The quoted tokens joined by OR: the manager's MATCH expression without its column filter and owner
+    clause (the raw table has the one column and no owner)."""
+    return " OR ".join('"' + token.replace('"', '""') + '"' for token in tokens)
+
 
 SYLLABLES = [a + b for a in "bcdfghjklmnprstvz" for b in "aeiou"]
 
@@ -165,7 +172,7 @@ class RawFts:
             weights.common_term_min_documents,
             weights.common_term_max_documents,
         )
-        return build_match(kept, None)
+        return raw_match(kept)
 
     def bulk(self, texts: list[str]) -> float:
         started = time.perf_counter()
@@ -206,7 +213,7 @@ async def measure_size(
     # raw baseline
     raw = RawFts(directory / f"raw-{size}.sqlite3")
     raw_bulk_s = raw.bulk(texts)
-    raw_queries = [build_match(query_tokens(q), None) for q in queries]
+    raw_queries = [raw_match(query_tokens(q)) for q in queries]
     for match in raw_queries[:50]:
         raw.query(match)  # warm the page cache like the manager's warm-up below
     raw_search, _ = split([raw.query(match) for match in raw_queries])

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import math
+import sqlite3
+import unicodedata
 
 import pytest
 
-from context_manager.core.memory.index import build_match, owner_token, query_tokens
+from context_manager.core.memory.index import TOKENIZER, build_match, owner_token, query_tokens
 from context_manager.core.memory.ranking import (
     ABLATIONS,
     FEATURES,
@@ -137,6 +139,21 @@ def test_speaker_boost_and_first_person() -> None:
     assert ranked[0].id == "c"
 
 
+@pytest.mark.parametrize("speaker", ["İlker", unicodedata.normalize("NFD", "José Ruiz"), "JOSÉ"])
+def test_a_speaker_is_named_by_the_query_words_in_any_unicode_form(speaker: str) -> None:
+    named = Candidate("n", bm25=5.0, speaker=speaker, timestamp=NOW - 10)
+    other = Candidate("o", bm25=5.0, speaker="assistant", timestamp=NOW)
+    query = "What did İlker say?" if speaker == "İlker" else "What did José say?"
+    ranked = fuse(
+        [other, named],
+        RankingWeights(),
+        now=NOW,
+        half_life_days=30,
+        query_speakers=named_speakers(query_tokens(query)),
+    )
+    assert ranked[0].id == "n"
+
+
 def test_named_periods_reads_months_and_years() -> None:
     assert named_periods("What did Gina find for her store on 1 February, 2023?") == {(2023, 2)}
     assert named_periods("What setback did Melanie face in October 2023?") == {(2023, 10)}
@@ -224,11 +241,31 @@ def test_query_tokens_strip_syntax() -> None:
     assert len(query_tokens(" ".join(f"w{i}" for i in range(100)))) == 32
 
 
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("naïve mañana", ["naïve", "mañana"]),  # NFC
+        (unicodedata.normalize("NFD", "Naïve MAÑANA"), ["naïve", "mañana"]),  # combining marks stay inside
+        ("İzmir İZMİR izmir", ["izmir"]),  # not "i" + "zmir" ("İ".lower() is "i" + a combining dot)
+        ("\u0301 x\u0301y", ["x\u0301y"]),  # a word starts with a letter; FTS5 folds the mark away
+        ("Kubernetes, k8s!", ["kubernetes", "k8s"]),
+    ],
+)
+def test_query_tokens_split_words_where_fts5_does(text: str, tokens: list[str]) -> None:
+    assert query_tokens(text) == [unicodedata.normalize("NFC", token) for token in tokens]
+    connection = sqlite3.connect(":memory:")
+    connection.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{TOKENIZER}')")
+    connection.execute("INSERT INTO t(rowid, x) VALUES (1, ?)", (text,))
+    for token in query_tokens(text):  # each token is one indexed word, and finds the text
+        assert connection.execute("SELECT rowid FROM t WHERE t MATCH ?", (f'"{token}"',)).fetchall() == [(1,)]
+
+
 def test_build_match_quotes_everything() -> None:
     match = build_match(["a", 'b"c'], owner_token("alice"))
     assert match.startswith('owner : "owner')
     assert '"b""c"' in match
-    assert build_match(["x"], None) == '"x"'
+    assert build_match(["x"], None) == '{content tags context date} : ("x")'
+    assert build_match(["x"], None, column="tags") == 'tags : ("x")'
     assert owner_token("alice") != owner_token("bob") != owner_token(None)
 
 

@@ -65,6 +65,23 @@ def test_owner_token_isolates_users(store: SQLiteStore) -> None:
     assert {m.id for m, _ in store.search(build_match(["shared"], None), 10)} == {"a", "b"}
 
 
+def test_superseded_memories_take_no_place_of_the_limit(store: SQLiteStore) -> None:
+    """Superseded originals rank first here; an unfiltered search still returns ``limit`` visible ones."""
+    store.put([memory(f"old{i}", "apple apple apple apple", superseded_by="merged") for i in range(50)])
+    store.put([memory(f"new{i}", f"apple and pear number {i} of a longer text") for i in range(5)])
+    visible = {f"new{i}" for i in range(5)}
+    match = build_match(["apple"], None)
+    found = [m.id for m, _ in store.search(match, 3)]
+    assert len(found) == 3 and set(found) <= visible
+    assert {m.id for m, _ in store.search(match, 100)} == visible
+    parts = [(build_match(["apple"], None), 1.0), (build_match(["pear"], None), 0.5)]
+    found = [m.id for m, _ in store.search_weighted(parts, 3)]
+    assert len(found) == 3 and set(found) <= visible
+    # un-superseded again (an undone consolidation): found again, and counted in the same statement
+    store.put([memory(f"old{i}", "apple apple apple apple") for i in range(50)])
+    assert {m.id for m, _ in store.search(match, 3)} <= {f"old{i}" for i in range(50)}
+
+
 def test_find_turns(store: SQLiteStore) -> None:
     store.put(
         [

@@ -3,7 +3,10 @@
 One lexical engine for every tier: an SQLite FTS5 table (``porter unicode61`` stemming, BM25 with
 per-column weights) in an in-memory database for the volatile tiers and in the long-term file for
 the durable one, so scores compare across tiers. User text never reaches FTS5 as query syntax:
-:func:`query_tokens` keeps only word characters and :func:`build_match` quotes every token.
+:func:`query_tokens` keeps only word characters and :func:`build_match` quotes every token and restricts it
+to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is never searched by a word).
+:func:`query_tokens` splits words where the FTS5 tokenizer does: a diacritic written as a combining mark
+(``"nai\u0308ve"``, text in NFD) stays inside its word, as FTS5's ``remove_diacritics`` folds it away.
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,12 +29,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FTS_COLUMNS",
+    "SEARCHED_COLUMNS",
     "TOKENIZER",
     "ColumnWeights",
     "FrequencyCache",
     "VectorIndex",
     "build_match",
     "create_fts_table",
+    "fold_case",
     "fts_row",
     "owner_token",
     "query_tokens",
@@ -43,6 +49,10 @@ __all__ = [
 FTS_COLUMNS = ("content", "tags", "context", "date", "owner")
 """Columns of every FTS5 table: the text, its tags, the previous turn, the session date, the owner."""
 
+SEARCHED_COLUMNS = ("content", "tags", "context", "date")
+"""The columns a query word can match: every column but ``owner`` (an internal token per user, matched only
+by the owner clause of :func:`build_match`)."""
+
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 """FTS5 tokenizer: Unicode word splitting, diacritics folded, Porter stemming."""
 
@@ -52,7 +62,12 @@ MAX_QUERY_TOKENS = 32
 CONTEXT_CHARS = 300
 """How much of the previous turn is indexed with a turn (lower-weighted column)."""
 
-_WORD = re.compile(r"[^\W_]+")
+_FOLDED_DIACRITICS = "\u0300-\u0304\u0306-\u030c\u030f\u0311\u031b\u0323-\u0328\u032d\u032e\u0330\u0331"
+"""The combining marks FTS5's ``unicode61 remove_diacritics 2`` drops from inside a word (measured on this
+SQLite: every other combining mark separates words there, as it does for ``[^\\W_]``)."""
+
+_WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_FOLDED_DIACRITICS}])*")
+"""A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +96,33 @@ def owner_token(user_id: str | None) -> str:
     return f"owner{digest}"
 
 
+def fold_case(text: str) -> str:
+    """Text as words are compared: NFC, lower case, the Turkish capital dotted I (``İ``) as ``i``.
+
+    ``str.lower`` turns ``İ`` into ``i`` and a combining dot, which neither index keeps (FTS5 folds it
+    away, PostgreSQL lower-cases ``İ`` to ``i``). NFC makes a word typed in NFD (``"nai\u0308ve"``) the same
+    token as in NFC (``"naïve"``).
+
+    Example:
+        >>> fold_case("İzmir"), fold_case("Nai\u0308ve") == "naïve"
+        ('izmir', True)
+    """
+    lowered = unicodedata.normalize("NFC", text).replace("\u0130", "I").lower()
+    return unicodedata.normalize("NFC", lowered)
+
+
 def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
-    """Split free text into distinct lower-case word tokens (no FTS5 syntax can survive this)."""
+    """Split free text into distinct word tokens (no FTS5 syntax can survive this).
+
+    Words are split where the FTS5 tokenizer splits them and compared after :func:`fold_case`, so a memory
+    is found by its own words whatever their Unicode form.
+
+    Example:
+        >>> query_tokens("Mañana in İzmir? mañana!")
+        ['mañana', 'in', 'izmir']
+    """
     seen: dict[str, None] = {}
-    for match in _WORD.finditer(text.lower()):
+    for match in _WORD.finditer(fold_case(text)):
         token = match.group(0)
         if token not in seen:
             seen[token] = None
@@ -96,14 +134,21 @@ def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
 def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None = None) -> str:
     """Build a safe FTS5 MATCH expression: quoted tokens joined by OR, restricted to one owner.
 
+    The tokens match only the :data:`SEARCHED_COLUMNS` (never the owner tokens), so a query word like
+    ``ownerdefault`` finds what contains that word, not every memory of an owner.
+
     Args:
         tokens: Word tokens from :func:`query_tokens` (quotes are doubled anyway).
         owner: An :func:`owner_token`, or ``None`` for every owner.
-        column: Restrict the tokens to one column (e.g. ``"tags"``).
+        column: Restrict the tokens to this one column (e.g. ``"tags"``) instead.
+
+    Example:
+        >>> build_match(["kiwi"], None)
+        '{content tags context date} : ("kiwi")'
     """
     quoted = " OR ".join('"' + token.replace('"', '""') + '"' for token in tokens)
-    if column is not None:
-        quoted = f"{column} : ({quoted})"
+    columns = column if column is not None else "{" + " ".join(SEARCHED_COLUMNS) + "}"
+    quoted = f"{columns} : ({quoted})"
     if owner is None:
         return quoted
     return f'owner : "{owner}" AND ({quoted})'
@@ -257,16 +302,16 @@ def search_fts_weighted(
     return [(int(rowid), -float(score)) for rowid, score in rows]
 
 
-def weighted_search_sql(table: str, parts: int, *, limited: bool = True) -> str:
+def weighted_search_sql(table: str, parts: int, *, limited: bool = True, limit: str = "?") -> str:
     """SQL ranking rows by a weighted sum of per-part BM25 scores (best first, as ``rowid, score``).
 
-    Parameters: ``factor, match`` for each part, then the limit (when ``limited``). ``score`` is negative
-    like FTS5's rank.
+    Parameters: ``factor, match`` for each part, then those of the ``limit`` expression (when ``limited``).
+    ``score`` is negative like FTS5's rank.
     """
     union = " UNION ALL ".join(
         f"SELECT rowid, rank * ? AS score FROM {table} WHERE {table} MATCH ?" for _ in range(parts)
     )
-    tail = " ORDER BY score LIMIT ?" if limited else ""
+    tail = f" ORDER BY score LIMIT {limit}" if limited else ""
     return f"SELECT rowid, sum(score) AS score FROM ({union}) GROUP BY rowid{tail}"
 
 

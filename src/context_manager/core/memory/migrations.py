@@ -67,10 +67,22 @@ def m003_store_state(connection: sqlite3.Connection) -> None:
     connection.execute("CREATE TABLE store_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
+def m004_superseded_index(connection: sqlite3.Connection) -> None:
+    """A partial index of the superseded memories: a search counts them to take enough FTS5 candidates.
+
+    Superseded originals stay in the FTS5 index (hidden from search); an unfiltered search takes its
+    candidates from the top ``limit + superseded`` FTS5 matches, and this count must cost an index seek.
+    """
+    connection.execute(
+        "CREATE INDEX memories_superseded ON memories(superseded_by) WHERE superseded_by IS NOT NULL"
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
     ("0003_store_state", m003_store_state),
+    ("0004_superseded_index", m004_superseded_index),
 ]
 """Every migration in the order it is applied."""
 

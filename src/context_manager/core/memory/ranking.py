@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from context_manager.core.memory.index import ColumnWeights
+from context_manager.core.memory.index import ColumnWeights, fold_case
 
 __all__ = [
     "ABLATIONS",
@@ -430,7 +430,7 @@ def _utc_date(day: int) -> tuple[int, int]:
 def _speaker_named(speaker: str | None, named: frozenset[str]) -> bool:
     if not speaker or not named:
         return False
-    lowered = speaker.lower()
+    lowered = fold_case(speaker)  # as the query's words were (``query_tokens``)
     return lowered in named or lowered.split(" ", 1)[0] in named
 
 

@@ -63,6 +63,10 @@ _COLUMNS = (
     "superseded_by, merged_from, context"
 )
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
+_DEEP_ENOUGH = "? + (SELECT count(*) FROM memories WHERE superseded_by IS NOT NULL)"
+"""How many FTS5 matches an unfiltered search takes: its limit plus every superseded memory (hidden from
+search, they may rank first), counted on the partial index ``memories_superseded``, in the same statement
+(so on the same snapshot) as the search."""
 _QUALIFIED = ", ".join("m." + column.strip() for column in _COLUMNS.split(","))
 
 
@@ -590,17 +594,21 @@ class SQLiteStore:
     ) -> list[tuple[Memory, float]]:
         """Run a safe FTS5 MATCH expression; return ``(memory, bm25)`` best first.
 
-        ``filters`` (superseded, importance, time and tag predicates) apply inside the query, before the
-        limit, so a filtered search finds matches however many unfiltered ones rank higher.
+        Superseded memories are never returned and never take a place of the ``limit``. ``filters``
+        (importance, time and tag predicates) apply inside the query, before the limit, so a filtered
+        search finds matches however many unfiltered ones rank higher.
         """
         where, parameters = _filter_sql(filters)
         with self._read() as db:
             if not where:
+                # FTS5's top matches first (no lookup of the memories table per match), deep enough that
+                # the superseded memories among them cannot push a visible one out
                 rows = db.execute(
                     f"SELECT m.rowid, {_QUALIFIED}, r.score "
                     f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-                    "ORDER BY rank LIMIT ?) AS r JOIN memories AS m ON m.rowid = r.rowid ORDER BY r.score",
-                    (match, limit),
+                    f"ORDER BY rank LIMIT {_DEEP_ENOUGH}) AS r JOIN memories AS m ON m.rowid = r.rowid "
+                    "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?",
+                    (match, limit, limit),
                 ).fetchall()
             else:
                 rows = db.execute(
@@ -616,18 +624,18 @@ class SQLiteStore:
     ) -> list[tuple[Memory, float]]:
         """Rank by the summed ``factor x bm25`` of ``(match, factor)`` parts, best first.
 
-        ``filters`` apply as in :meth:`search`.
+        Superseded memories and ``filters`` are left out as in :meth:`search`.
         """
         if not parts:
             return []
         where, parameters = _filter_sql(filters)
         if not where:
             inner, inner_parameters = (
-                weighted_search_sql(FTS_TABLE, len(parts)),
+                weighted_search_sql(FTS_TABLE, len(parts), limit=_DEEP_ENOUGH),
                 weighted_search_parameters(parts, limit),
             )
-            tail: tuple[Any, ...] = ()
-            suffix = "ORDER BY r.score"
+            tail: tuple[Any, ...] = (limit,)
+            suffix = "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?"
         else:
             inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
             inner_parameters = weighted_search_parameters(parts, None)
@@ -972,7 +980,10 @@ def _memory(row: Sequence[Any]) -> Memory:
 
 
 def _filter_sql(filters: CandidateFilter | None) -> tuple[str, list[Any]]:
-    """The SQL predicates (on ``m``, the memories table) and parameters of a candidate filter."""
+    """The SQL predicates (on ``m``, the memories table) and parameters of a candidate filter.
+
+    No filter gives no predicate: the caller leaves the superseded memories out itself.
+    """
     if filters is None:
         return "", []
     clauses = ["m.superseded_by IS NULL"]

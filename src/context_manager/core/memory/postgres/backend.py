@@ -4,10 +4,11 @@ Every tier is a set of rows of ``cm_memories`` (``tier`` is a column); nothing a
 process: a write returns after its transaction committed on the server. User isolation is a predicate on
 the indexed ``owner`` column of every query. Full-text search runs on the generated ``tsvector`` column
 (GIN index); user text becomes one ``plainto_tsquery`` per word, passed as a parameter, so it never reaches
-the server as query syntax. Each word's ``ts_rank`` is weighted by its inverse document frequency, read from
-the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that compares
-across tiers and feeds the same fusion as the SQLite backend. The vector channel uses pgvector (HNSW,
-cosine). Operations that must not run twice at once across processes (consolidation) hold a PostgreSQL
+the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
+indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
+read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
+compares across tiers and feeds the same fusion as the SQLite backend. The vector channel uses pgvector
+(HNSW, cosine). Operations that must not run twice at once across processes (consolidation) hold a PostgreSQL
 advisory lock.
 """
 
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -831,7 +833,10 @@ class PostgresBackend:
     # -- search ------------------------------------------------------------------------------------
 
     async def _term_statistics(self, tokens: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], float]:
-        """Each token's lexemes (the server's stemmer) and the estimated row count; statistics cached."""
+        """Each token's lexemes (of all its :func:`_written_forms`, by the server's stemmer) and row estimate.
+
+        Statistics are cached.
+        """
         missing = [token for token in tokens if token not in self._lexemes]
         now = time.monotonic()
         stale = now - self._statistics_read_at > _STATISTICS_TTL
@@ -841,10 +846,11 @@ class PostgresBackend:
         async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[Any], list[Any], list[Any]]:
             lexemes: list[Any] = []
             if missing:
+                forms = list(dict.fromkeys(form for token in missing for form in _written_forms(token)))
                 cursor = await connection.execute(
                     f"SELECT t, tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, t)) "
                     "FROM unnest(%s::text[]) AS t",
-                    (missing,),
+                    (forms,),
                 )
                 lexemes = await cursor.fetchall()
             statistics: list[Any] = []
@@ -862,10 +868,13 @@ class PostgresBackend:
             return lexemes, statistics, rows
 
         lexemes, statistics, rows = await self.database.run(read, "term statistics")
-        for token, token_lexemes in lexemes:
+        of_form = {form: tuple(form_lexemes or ()) for form, form_lexemes in lexemes}
+        for token in missing:
             if len(self._lexemes) > 50_000:
                 self._lexemes.clear()
-            self._lexemes[token] = tuple(token_lexemes or ())
+            self._lexemes[token] = tuple(
+                dict.fromkeys(lexeme for form in _written_forms(token) for lexeme in of_form.get(form, ()))
+            )
         if stale:
             self._statistics_read_at = now
             self._rows_estimate = float(rows[0][0]) if rows else 0.0
@@ -933,16 +942,22 @@ class PostgresBackend:
         weights = self._weights
         rank_weights = f"'{{{weights.date}, {weights.context}, {weights.tags}, {weights.content}}}'::float4[]"
         term = f"plainto_tsquery('{TEXT_SEARCH_CONFIG}'::regconfig, %s)"
+        forms = [_written_forms(token) for token in kept]
         # each word's tsquery is parsed once, in a materialized CTE: written inline in the ranking
         # expression, the server parsed (and stemmed) every word again for every matching row: 43 % of
         # the statement's p50 at 100k memories, same results
-        words = ", ".join(f"{term} AS q{number}" for number in range(len(kept)))
+        words = ", ".join(
+            f"{' || '.join([term] * len(written))} AS q{number}" for number, written in enumerate(forms)
+        )
         score = " + ".join(
             f"%s * ts_rank({rank_weights}, m.search, t.q{number}, {_RANK_NORMALIZATION})"
             for number in range(len(kept))
         )
         matches = " || ".join(f"t.q{number}" for number in range(len(kept)))
-        parameters: list[Any] = [*kept, *(bm25_idf(total, frequencies[token]) for token in kept)]
+        parameters: list[Any] = [
+            *(form for written in forms for form in written),
+            *(bm25_idf(total, frequencies[token]) for token in kept),
+        ]
         clauses = [f"m.search @@ ({matches})", "m.superseded_by IS NULL"]
         if query.scope is not ALL_USERS:
             clauses.append("m.owner = %s")
@@ -1346,3 +1361,13 @@ def _memory(row: Sequence[Any]) -> Memory:
 
 def _vector_text(vector: numpy.ndarray) -> str:
     return "[" + ",".join(repr(float(value)) for value in vector.tolist()) + "]"
+
+
+def _written_forms(token: str) -> tuple[str, ...]:
+    """The forms a query word may have in stored text: as given (NFC, see ``query_tokens``) and in NFD.
+
+    The server's parser keeps combining marks inside a word but does not normalise it, so text stored in NFD
+    (``"nai\u0308ve"``) has other lexemes than the same word in NFC.
+    """
+    decomposed = unicodedata.normalize("NFD", token)
+    return (token,) if decomposed == token else (token, decomposed)

@@ -1,0 +1,84 @@
+"""Search finds what matches and only that, on both backends (three bugs found by a bug hunt).
+
+1. Superseded originals (left in the long-term tier by consolidation, hidden from search) took the places of
+   an unfiltered SQLite candidate query, which applied its LIMIT before dropping them: with 80 of them
+   outranking every visible match of "apple", ``search_memory("apple")`` returned nothing.
+2. A memory could not be found by its own words when they held combining marks (text in NFD) or a Turkish
+   capital dotted I: the query was split where the index does not split ("nai|ve", "i|zmir").
+3. The internal owner column was searchable: the query word ``ownerdefault`` found every memory of the
+   default namespace, and ``owner<hash>`` a user's memories with ``ALL_USERS``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from context_manager.core.memory.index import owner_token
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+async def test_superseded_originals_take_no_place_of_a_visible_match(manager: MemoryManager) -> None:
+    for number in range(40):
+        # near-duplicates: the less important one says "apple" more often, so it outranks the merged memory
+        await manager.add_memory(
+            f"apple apple apple apple apple apple kiwi{number} lime{number}", tier="long", importance=0.3
+        )
+        await manager.add_memory(f"apple kiwi{number} lime{number}", tier="long", importance=0.6)
+    merged = await manager.consolidate_memories(0.85)
+    assert merged["consolidated_count"] == 80
+    target = await manager.add_memory("apple apple apple apple banana", tier="long", importance=0.5)
+    visible = {memory.id for memory in await manager.recent_memories(1_000)}
+    assert len(visible) == 41 and target.id in visible
+
+    for limit in (1, 5, 10):
+        found = await manager.search_memory("apple", limit=limit)
+        assert len(found) == limit
+        assert all(memory.superseded_by is None and memory.id in visible for memory in found)
+    assert target.id in {memory.id for memory in await manager.search_memory("apple", limit=5)}
+    assert [memory.id for memory in await manager.search_memory("banana", limit=5)] == [target.id]
+
+
+CASES = {
+    "NFC": ("We met in a naïve café", "naïve"),
+    "NFD": (nfd("We met in a naïve café"), nfd("naïve")),
+    "NFD text, NFC query": (nfd("We met in a naïve café"), "naïve"),
+    "NFC text, NFD query": ("We met in a naïve café", nfd("naïve")),
+    "NFD tilde": (nfd("See you mañana at noon"), nfd("mañana")),
+    "NFD tilde, NFC query": (nfd("See you mañana at noon"), "mañana"),
+    "Turkish capital dotted I": ("The flight to İzmir leaves at noon", "İzmir"),
+    "Turkish capital dotted I, lower-case query": ("The flight to İzmir leaves at noon", "izmir"),
+    "ASCII": ("The staging cluster runs Kubernetes", "kubernetes"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_memory_is_found_by_its_own_words_in_any_unicode_form(
+    manager: MemoryManager, case: str
+) -> None:
+    text, query = CASES[case]
+    target = await manager.add_memory(text)
+    await manager.add_memory("We met in a busy cafeteria near the flight desk at noon")
+    assert [memory.id for memory in await manager.search_memory(query)] == [target.id]
+    long_term = await manager.add_memory(text, tier="long")
+    found = await manager.search_memory(query, tiers=["long"])
+    assert [memory.id for memory in found] == [long_term.id]
+
+
+async def test_the_owner_column_is_not_searched_by_query_words(manager: MemoryManager) -> None:
+    await manager.add_memory("The staging cluster runs Kubernetes")
+    await manager.add_memory("Lunch is at noon", tier="long", importance=0.9)
+    await manager.add_memory("Ana's private note", user_id="ana")
+    for query in ("ownerdefault", owner_token(None), owner_token("ana"), f"{owner_token('ana')} noon"):
+        found = await manager.search_memory(query, user_id=ALL_USERS)
+        assert [memory.content for memory in found] == (["Lunch is at noon"] if "noon" in query else [])
+    assert await manager.search_memory("ownerdefault") == []
+    assert await manager.search_memory(owner_token("ana"), user_id="ana") == []
+    # a memory that says the word is found by it
+    says = await manager.add_memory("the ownerdefault flag is set")
+    assert [memory.id for memory in await manager.search_memory("ownerdefault")] == [says.id]
