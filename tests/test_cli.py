@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -237,6 +238,76 @@ def test_memory_consolidate_and_cleanup(store: Path) -> None:
     assert_one_line_error(
         cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "-1"), "max_age_days"
     )
+
+
+# --- user data in the tables ----------------------------------------------------------------------
+
+
+def test_tables_print_contents_queries_and_paths_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rich read ``[...]`` in contents, queries and paths as markup: a stray closing tag was a traceback
+    (MarkupError), ``[bold]x[/bold]`` lost its tags, ``:smile:`` became an emoji."""
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside the cells checked below
+    store = Path("st[/x] [red]")  # relative (the test's working directory): the titles do not wrap
+    for content in ("see [/x] here", "[bold]bold[/bold] word here", "a :smile: face here"):
+        cli_json("--storage", str(store), "memory", "add", content)
+    found = cli("--storage", str(store), "memory", "search", "here [/]")
+    assert found.exit_code == 0, found.stdout + found.stderr
+    assert "3 result(s) for 'here [/]'" in found.stdout
+    for content in ("see [/x] here", "[bold]bold[/bold] word here", "a :smile: face here"):
+        assert content in found.stdout
+    stats = cli("--storage", str(store), "memory", "stats")
+    assert stats.exit_code == 0, stats.stdout + stats.stderr
+    assert f"memory at {store}" in stats.stdout
+    health = cli("--storage", str(store), "health")
+    assert health.exit_code == 0, health.stdout + health.stderr
+    assert f"health of {store}: healthy" in health.stdout
+    missing = Path("[bold]missing[/bold]")
+    unhealthy = cli("--storage", str(missing), "health")
+    assert unhealthy.exit_code == 3, unhealthy.stdout + unhealthy.stderr
+    assert f"health of {missing}: unhealthy" in unhealthy.stdout
+    assert f"no memory store at {missing}" in unhealthy.stdout
+
+
+def test_migrate_table_prints_user_names_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    source = tmp_path / "source"
+    cli_json("--storage", str(source), "memory", "add", "a fact", "--user", "[/u]")
+    cli_json("--storage", str(source), "memory", "add", "another fact", "--user", "[bold]bob[/bold]")
+    result = cli("memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "[/u]" in result.stdout and "[bold]bob[/bold]" in result.stdout
+    assert "verified: identical" in result.stdout
+
+
+class _BrokenStream(io.RawIOBase):
+    """A readable stream failing with an error the CLI does not expect (a bug's stand-in)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise RuntimeError("the stream broke [/x] unexpectedly")
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception printed a traceback; now one line saying it is a bug, and how to see it."""
+    # the command run directly (CliRunner only feeds str or bytes as standard input)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_BrokenStream())))
+    with pytest.raises(SystemExit) as exited:
+        app(["tokens", "-"], prog_name="context-manager")
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith(
+        "error: internal error: RuntimeError: the stream broke [/x] unexpectedly"
+    )
+    assert "rerun with --debug" in captured.err
+    with pytest.raises(RuntimeError, match="the stream broke"):
+        app(["--debug", "tokens", "-"], prog_name="context-manager")
 
 
 # --- corrupted and locked stores ---------------------------------------------------------------------

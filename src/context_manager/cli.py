@@ -20,7 +20,8 @@ configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (ma
 stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
 
-Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``); 2 bad usage (unknown option,
+Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
+for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
 bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path; 4 ``memory
 migrate`` found the target different from the source (the counts and checksums are printed).
 """
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from context_manager.core.config import ContextManagerConfig
@@ -153,6 +155,14 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
         _fail(options, _describe(error))
     except KeyboardInterrupt:
         _fail(options, "interrupted", 130)
+    except Exception as error:  # a bug: say so on one line, the traceback is one --debug away
+        if options.debug:
+            raise
+        _fail(
+            options,
+            f"internal error: {type(error).__name__}: {_describe(error)} "
+            "(a bug; rerun with --debug for the traceback and report it)",
+        )
 
 
 def _describe(error: BaseException) -> str:
@@ -168,6 +178,15 @@ def _is_library_error(error: BaseException) -> bool:
     from context_manager.core.errors import ContextManagerError
 
     return isinstance(error, ContextManagerError)
+
+
+def _plain(value: object) -> Text:
+    """``value`` as literal text for a table cell or title.
+
+    Rich reads ``[...]`` in a plain ``str`` as markup (and ``:name:`` as an emoji): memory contents,
+    queries and paths are user data, so they are never parsed.
+    """
+    return Text(str(value))
 
 
 def _print_json(options: _Options, value: Any) -> None:
@@ -269,14 +288,14 @@ def _global_options(
     ] = False,
 ) -> None:
     """Context windows, memory and tools for LLM applications: command-line tools."""
-    stderr = Console(stderr=True)
+    stderr = Console(stderr=True, emoji=False)  # :name: in user data stays as written
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
     else:
         # the pool's connection attempts: the command reports the failure on its one error line
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    ctx.obj = _Options(storage, json_output, debug, Console(highlight=False), stderr)
+    ctx.obj = _Options(storage, json_output, debug, Console(highlight=False, emoji=False), stderr)
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -376,17 +395,23 @@ def memory_search(
             return
         from rich.table import Table
 
-        table = Table(title=f"{len(found)} result(s) for {query!r}", title_justify="left")
+        table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
         for column in ("score", "tier", "importance", "tags", "content", "id"):
             table.add_column(column, overflow="fold")
         for memory in found:
+            content = memory.content if len(memory.content) <= 200 else memory.content[:197] + "..."
             table.add_row(
-                f"{memory.score or 0.0:.3f}",
-                memory.tier.value,
-                f"{memory.importance:.2f}",
-                ", ".join(memory.tags),
-                memory.content if len(memory.content) <= 200 else memory.content[:197] + "...",
-                memory.id,
+                *map(
+                    _plain,
+                    (
+                        f"{memory.score or 0.0:.3f}",
+                        memory.tier.value,
+                        f"{memory.importance:.2f}",
+                        ", ".join(memory.tags),
+                        content,
+                        memory.id,
+                    ),
+                )
             )
         options.stdout.print(table)
 
@@ -406,30 +431,36 @@ def memory_stats(ctx: typer.Context) -> None:
             return
         from rich.table import Table
 
-        table = Table(title=f"memory at {stats['storage_path']}", title_justify="left", show_header=False)
+        table = Table(
+            title=_plain(f"memory at {stats['storage_path']}"), title_justify="left", show_header=False
+        )
         table.add_column("figure")
         table.add_column("value")
-        table.add_row("memories", str(stats["total_memories"]))
+
+        def row(figure: str, value: str) -> None:
+            table.add_row(_plain(figure), _plain(value))
+
+        row("memories", str(stats["total_memories"]))
         two = stats["in_two_tiers"]
         if two:  # the tiers add up to more than the memories: say why
             memories = "1 memory has" if two == 1 else f"{two} memories have"
-            table.add_row(
+            row(
                 "stored copies",
                 f"{stats['stored_copies']} ({memories} copies in two tiers: short-term plus a durable "
                 "long-term copy; each copy counts in its tier)",
             )
         for tier, count in stats["by_tier"].items():
-            table.add_row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
-        table.add_row("superseded", str(stats["superseded"]))
+            row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
+        row("superseded", str(stats["superseded"]))
         mean = stats["mean_importance"]
-        table.add_row("mean importance", "-" if mean is None else f"{mean:.2f}")
-        table.add_row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
+        row("mean importance", "-" if mean is None else f"{mean:.2f}")
+        row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
         index = stats["index"]
         problems = "; ".join(f"{name}: {text}" for name, text in index["problems"].items())
         shown = f"{index['status']} ({index['engine']})" + (f": {problems}" if problems else "")
-        table.add_row("index", shown)
+        row("index", shown)
         if stats["over_capacity"]:
-            table.add_row("over capacity", ", ".join(stats["over_capacity"]))
+            row("over capacity", ", ".join(stats["over_capacity"]))
         options.stdout.print(table)
 
     _run(ctx, body)
@@ -729,36 +760,41 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
         table.add_column(column, overflow="fold")
     for column in ("source checksum", "target checksum", "status"):
         table.add_column(column, no_wrap=True)
+
+    def row(*cells: object, match: bool) -> None:
+        status = Text("ok") if match else Text("DIFFERENT", style="red")
+        table.add_row(*map(_plain, cells), status)
+
     for group in report.groups:
-        table.add_row(
+        row(
             group.tier,
             group.user,
-            str(group.source_count),
-            str(group.target_count),
+            group.source_count,
+            group.target_count,
             group.source_checksum,
             group.target_checksum,
-            "ok" if group.match else "[red]DIFFERENT[/]",
+            match=group.match,
         )
     for check in report.vectors:
-        table.add_row(
+        row(
             "vectors",
             f"{check.model} ({check.dimension})",
-            str(check.source_count),
-            str(check.target_count),
+            check.source_count,
+            check.target_count,
             check.source_checksum,
             check.target_checksum,
-            "ok" if check.match else "[red]DIFFERENT[/]",
+            match=check.match,
         )
     conversations = report.conversations
     if conversations is not None:
-        table.add_row(
+        row(
             "conversations",
             f"records {conversations.source_records} / {conversations.target_records}",
-            str(conversations.source_count),
-            str(conversations.target_count),
+            conversations.source_count,
+            conversations.target_count,
             conversations.source_checksum,
             conversations.target_checksum,
-            "ok" if conversations.match else "[red]DIFFERENT[/]",
+            match=conversations.match,
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
@@ -830,14 +866,14 @@ def health(ctx: typer.Context) -> None:
 
             colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
             table = Table(
-                title=f"health of {path}: {report.status.value} (score {report.health_score:.2f})",
+                title=_plain(f"health of {path}: {report.status.value} (score {report.health_score:.2f})"),
                 title_justify="left",
             )
             for column in ("check", "status", "message"):
                 table.add_column(column, overflow="fold")
             for result in report.checks.values():
                 state = result.status.value
-                table.add_row(result.name, f"[{colour[state]}]{state}[/]", result.message)
+                table.add_row(_plain(result.name), Text(state, style=colour[state]), _plain(result.message))
             options.stdout.print(table)
             for line in report.recommendations:
                 options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
