@@ -197,6 +197,39 @@ def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch
     assert found[0]["content"] == "fact number 7 about invoices"
 
 
+def test_memory_export_and_stats_cover_every_user(tmp_path: Path, store: Path) -> None:
+    """``memory export`` wrote the default namespace only: a backup lost every named user's memories."""
+    for content, user in (("alice fact", "alice"), ("bob fact", "bob"), ("shared fact", None)):
+        cli_json("--storage", str(store), "memory", "add", content, *(["--user", user] if user else []))
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("--storage", str(store), "memory", "export", str(backup))["exported"] == 3
+    written = [json.loads(line) for line in backup.read_text().splitlines()]
+    assert sorted((record["content"], record["user_id"]) for record in written) == [
+        ("alice fact", "alice"),
+        ("bob fact", "bob"),
+        ("shared fact", None),
+    ]
+    only_alice = tmp_path / "alice.jsonl"
+    exported = cli_json("--storage", str(store), "memory", "export", str(only_alice), "--user", "alice")
+    assert exported["exported"] == 1
+    assert [json.loads(line)["content"] for line in only_alice.read_text().splitlines()] == ["alice fact"]
+
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["total_memories"] == 3 and stats["by_user"] == {"alice": 1, "bob": 1, "default": 1}
+    alice = cli_json("--storage", str(store), "memory", "stats", "--user", "alice")
+    assert alice["total_memories"] == 1 and "by_user" not in alice
+    table = cli("--storage", str(store), "memory", "stats")
+    assert table.exit_code == 0
+    rows = [" ".join(line.replace("│", " ").split()) for line in table.stdout.splitlines()]
+    assert {"user alice 1 memory", "user bob 1 memory", "user default 1 memory"} <= set(rows)
+
+    restored = tmp_path / "restored"
+    assert cli_json("--storage", str(restored), "memory", "import", str(backup))["imported"] == 3
+    found = cli_json("--storage", str(restored), "memory", "search", "fact", "--user", "alice")
+    assert [memory["content"] for memory in found] == ["alice fact"]
+    assert cli_json("--storage", str(restored), "memory", "stats")["by_user"] == stats["by_user"]
+
+
 def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "keep me")
     good = cli_json("--storage", str(store), "memory", "export", str(tmp_path / "good.jsonl"))

@@ -419,20 +419,28 @@ def memory_search(
 
 
 @memory_app.command("stats")
-def memory_stats(ctx: typer.Context) -> None:
-    """Counts per tier, capacity, size on disk and index status."""
+def memory_stats(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
+    ] = None,
+) -> None:
+    """Counts per tier and user, capacity, size on disk and index status."""
 
     async def body(options: _Options) -> None:
+        from context_manager import ALL_USERS
+
         async with _open_memory(options, create=False) as manager:
             await manager.check_integrity(quick=True)  # so the index status is measured, not assumed
-            stats = await manager.get_memory_stats()
+            stats = await manager.get_memory_stats(user_id=ALL_USERS if user is None else user)
         if options.json_output:
             _print_json(options, stats)
             return
         from rich.table import Table
 
+        whose = "" if user is None else f" (user {user!r})"
         table = Table(
-            title=_plain(f"memory at {stats['storage_path']}"), title_justify="left", show_header=False
+            title=_plain(f"memory at {stats['storage_path']}{whose}"), title_justify="left", show_header=False
         )
         table.add_column("figure")
         table.add_column("value")
@@ -451,6 +459,8 @@ def memory_stats(ctx: typer.Context) -> None:
             )
         for tier, count in stats["by_tier"].items():
             row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
+        for owner, count in stats.get("by_user", {}).items():  # memories, not copies
+            row(f"user {owner}", f"{count} memories" if count != 1 else "1 memory")
         row("superseded", str(stats["superseded"]))
         mean = stats["mean_importance"]
         row("mean importance", "-" if mean is None else f"{mean:.2f}")
@@ -487,19 +497,25 @@ def _progress(options: _Options) -> Iterator[Any]:
 def memory_export(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="The JSONL file to write (replaced atomically).")],
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's memories (default: every user's).")
+    ] = None,
 ) -> None:
-    """Write every memory (superseded ones too) to a JSON Lines file."""
+    """Write every memory of every user (superseded ones too) to a JSON Lines file."""
 
     async def body(options: _Options) -> None:
         if path.is_dir():
             raise CommandError(f"{path} is a directory; pass a file path such as {path / 'memories.jsonl'}")
         if not path.parent.exists():
             raise CommandError(f"cannot write {path}: directory {path.parent} does not exist")
+        from context_manager import ALL_USERS
+
+        whose = ALL_USERS if user is None else user
         async with _open_memory(options, create=False) as manager:
-            total = (await manager.get_memory_stats())["total_memories"]
+            total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
-                count = await manager.export_memories(path)
+                count = await manager.export_memories(path, user_id=whose)
                 progress.update(task, total=count, completed=count)
         if options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
