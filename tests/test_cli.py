@@ -416,6 +416,30 @@ def test_health_without_storage_checks_the_default_store_and_creates_nothing() -
     assert sorted(path.name for path in Path("cache").iterdir()) == ["storage"]
 
 
+def test_memory_commands_and_health_on_postgresql_need_no_directory(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With memory_backend=postgres every read command and health wanted a local store directory
+    ("no memory store at cache/storage")."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND", "postgres")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_DSN", postgres_dsn)
+    added = cli_json("memory", "add", "the deploy freeze starts Friday", "--user", "alice")
+    found = cli_json("memory", "search", "deploy freeze", "--user", "alice")
+    assert [memory["id"] for memory in found] == [added["id"]]
+    stats = cli_json("memory", "stats")
+    assert (stats["backend"], stats["total_memories"], stats["by_user"]) == ("postgres", 1, {"alice": 1})
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("memory", "export", str(backup))["exported"] == 1
+    assert cli_json("memory", "consolidate", "--user", "alice")["consolidated_count"] == 0
+    assert cli_json("memory", "cleanup", "--user", "alice", "--max-age-days", "30")["removed_count"] == 0
+    report = cli_json("health")
+    assert report["status"] == "healthy" and "memory_store" not in report["checks"]
+    assert report["checks"]["database"]["status"] == "healthy"
+    table = cli("health")
+    assert table.exit_code == 0 and "healthofpostgresql://" in "".join(table.stdout.split())  # may wrap
+    assert list(Path.cwd().iterdir()) == [], "no local store is looked for, nor created"
+
+
 def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")

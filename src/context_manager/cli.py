@@ -236,13 +236,30 @@ def _require_existing_store(path: Path) -> None:
         raise CommandError(f"{reason}; {_STORE_ADVICE}")
 
 
+def _uses_directory(config: ContextManagerConfig) -> bool:
+    """Whether the memories are in a local storage directory (``memory_backend`` ``sqlite``).
+
+    With ``postgres`` they are in the database named by ``postgres_dsn``: no directory is looked for.
+    """
+    return config.memory_backend == "sqlite"
+
+
+def _storage_location(config: ContextManagerConfig) -> str:
+    """Where the memories are, for messages: the directory, or the DSN without its password."""
+    if _uses_directory(config) or config.postgres_dsn is None:
+        return str(config.resolved_storage_path)
+    from context_manager.core.memory.postgres.database import redact_dsn
+
+    return redact_dsn(config.postgres_dsn.get_secret_value())
+
+
 @contextlib.asynccontextmanager
 async def _open_memory(options: _Options, *, create: bool) -> Any:
-    """Open the memory store at the configured path (``create=False``: it must exist already)."""
+    """Open the configured memory store (``create=False``: a storage directory must hold one already)."""
     from context_manager.core.memory.manager import MemoryManager
 
     config = _config(options)
-    if not create:
+    if not create and _uses_directory(config):
         _require_existing_store(config.resolved_storage_path)
     manager: MemoryManager = MemoryManager(config)
     await manager.initialize()
@@ -853,7 +870,7 @@ def health(ctx: typer.Context) -> None:
         path = config.resolved_storage_path
         # the cache directory is not checked: only the storage the command was pointed at
         config = config.model_copy(update={"cache_path": path, "storage_path": path})
-        problem = _missing_store(path)
+        problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None
         if problem is None:
@@ -882,7 +899,10 @@ def health(ctx: typer.Context) -> None:
 
             colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
             table = Table(
-                title=_plain(f"health of {path}: {report.status.value} (score {report.health_score:.2f})"),
+                title=_plain(
+                    f"health of {_storage_location(config)}: {report.status.value} "
+                    f"(score {report.health_score:.2f})"
+                ),
                 title_justify="left",
             )
             for column in ("check", "status", "message"):
