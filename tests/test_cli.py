@@ -416,6 +416,17 @@ def test_health_without_storage_checks_the_default_store_and_creates_nothing() -
     assert sorted(path.name for path in Path("cache").iterdir()) == ["storage"]
 
 
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_storage_is_refused_and_nothing_is_created(empty: str) -> None:
+    """typer turned ``--storage ''`` into ``Path('')``, the working directory: a store appeared there."""
+    for command in (("memory", "add", "x"), ("memory", "stats"), ("health",), ("tokens", "-")):
+        assert_one_line_error(
+            cli("--storage", empty, *command, input="x"), f"--storage: got {empty!r}", "a non-empty path"
+        )
+    assert_one_line_error(cli("mcp", "serve", "--storage", empty), "--storage: got '", "a non-empty path")
+    assert list(Path.cwd().iterdir()) == [], "nothing is created in the working directory"
+
+
 def test_memory_commands_and_health_on_postgresql_need_no_directory(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -204,6 +204,19 @@ def _config(options: _Options) -> ContextManagerConfig:
     return ContextManagerConfig(storage_path=options.storage)
 
 
+def _storage_argument(value: str | None) -> Path | None:
+    """A ``--storage`` value as a path (``None`` when not given).
+
+    Taken as text: typer turns ``''`` into ``Path('')``, which is the working directory, so an empty
+    value (an unset shell variable, ``--storage "$DIR"``) would silently put a store there.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    return Path(value)
+
+
 def _storage_path(options: _Options) -> Path:
     return _config(options).resolved_storage_path
 
@@ -290,11 +303,12 @@ def _print_version(value: bool) -> None:
 def _global_options(
     ctx: typer.Context,
     storage: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--storage",
             help="Memory directory (default: the configuration's storage_path, <cache_path>/storage).",
             envvar=None,
+            metavar="PATH",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -312,7 +326,12 @@ def _global_options(
     else:
         # the pool's connection attempts: the command reports the failure on its one error line
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    ctx.obj = _Options(storage, json_output, debug, Console(highlight=False, emoji=False), stderr)
+    options = _Options(None, json_output, debug, Console(highlight=False, emoji=False), stderr)
+    ctx.obj = options
+    try:
+        options.storage = _storage_argument(storage)
+    except CommandError as error:
+        _fail(options, str(error))
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -938,11 +957,12 @@ def _config_overrides(settings: list[str]) -> dict[str, str]:
 def mcp_serve(
     ctx: typer.Context,
     storage: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--storage",
             help="Memory directory (required here or as the global --storage, unless memory_backend is "
             "postgres; created if missing).",
+            metavar="PATH",
         ),
     ] = None,
     user: Annotated[
@@ -989,7 +1009,7 @@ def mcp_serve(
         from context_manager.core.config import ContextManagerConfig
         from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
-        path = storage if storage is not None else options.storage
+        path = _storage_argument(storage) if storage is not None else options.storage
         values: dict[str, Any] = dict(_config_overrides(settings or []))
         if path is not None:
             values["storage_path"] = path.expanduser().resolve()
