@@ -96,6 +96,30 @@ def test_tokens_bad_paths_and_arguments(tmp_path: Path) -> None:
     assert cli("tokens").exit_code == 2
 
 
+def test_tokens_non_utf8_standard_input_is_named_like_a_file() -> None:
+    result = runner.invoke(app, ["tokens", "-"], input=b"ok \xff")
+    assert_one_line_error(result, "<stdin> is not UTF-8 text (byte 0xff at offset 3)")
+
+
+def test_subprocess_tokens_standard_input_closed_or_not_utf8() -> None:
+    """``<&-`` (no standard input at all) was an AttributeError traceback; a non-UTF-8 byte under a C locale
+    (surrogateescape) gave "'utf-8' codec can't encode character '\\udcff' ...: surrogates not allowed"."""
+    command = [sys.executable, "-m", "context_manager.cli", "tokens", "-"]
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *command], capture_output=True, text=True, timeout=60
+    )
+    assert closed.returncode == 1 and closed.stdout == "", closed.stderr
+    assert closed.stderr == "error: standard input is closed; pass a file, or pipe the text in\n"
+    for locale in ("C.UTF-8", "C"):
+        binary = subprocess.run(
+            command, input=b"ok \xff", capture_output=True, timeout=60, env=dict(os.environ, LC_ALL=locale)
+        )
+        assert binary.returncode == 1, binary.stderr
+        assert binary.stderr.decode() == (
+            "error: <stdin> is not UTF-8 text (byte 0xff at offset 3); pipe UTF-8 text in\n"
+        )
+
+
 # --- memory ----------------------------------------------------------------------------------------
 
 
@@ -248,6 +272,19 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
         cli("--storage", str(store), "memory", "export", str(tmp_path / "no" / "dir" / "x.jsonl")),
         "does not exist",
     )
+
+
+def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:
+    """The error was Python's "'utf-8' codec can't decode ..." without the file's name."""
+    export = tmp_path / "latin1.jsonl"
+    export.write_bytes(b'{"id": "a", "content": "caf\xe9"}\n')
+    target = tmp_path / "target"
+    assert_one_line_error(
+        cli("--storage", str(target), "memory", "import", str(export)),
+        f"{export} is not UTF-8 text (byte 0xe9 at offset 27)",
+        "`memory export`",
+    )
+    assert not target.exists()
 
 
 def test_memory_consolidate_and_cleanup(store: Path) -> None:

@@ -337,6 +337,44 @@ def _global_options(
 # ------------------------------------------------------------------------------------------ tokens
 
 
+def _not_utf8(name: object, error: UnicodeDecodeError, advice: str) -> CommandError:
+    """The error for input that is not UTF-8: which byte, at which offset, and what to pass instead."""
+    return CommandError(
+        f"{name} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); {advice}"
+    )
+
+
+def _read_text_file(path: Path, advice: str) -> str:
+    """The UTF-8 text of ``path`` (universal newlines); a :class:`CommandError` when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # read() decodes the whole file at once: the offset is the file's
+        raise _not_utf8(path, error, advice) from error
+
+
+def _read_standard_input() -> str:
+    """All of standard input, decoded as UTF-8 here (not by the locale's text stream).
+
+    Python's ``sys.stdin`` may decode with ``surrogateescape`` (a C or POSIX locale), which turned a
+    non-UTF-8 byte into a lone surrogate and a confusing error much later; and it is ``None`` when the
+    process was started with standard input closed (``<&-``).
+    """
+    stream = sys.stdin
+    if stream is None:
+        raise CommandError("standard input is closed; pass a file, or pipe the text in")
+    binary = getattr(stream, "buffer", None)
+    try:
+        data: bytes | str = binary.read() if binary is not None else stream.read()
+    except ValueError as error:  # "I/O operation on closed file"
+        raise CommandError("standard input is closed; pass a file, or pipe the text in") from error
+    if isinstance(data, str):  # a text-only stream (an embedding program's): already decoded
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_utf8("<stdin>", error, "pipe UTF-8 text in") from error
+
+
 @app.command()
 def tokens(
     ctx: typer.Context,
@@ -355,7 +393,7 @@ def tokens(
 
         name = encoding.value if encoding is not None else _config(options).token_encoding
         if source == "-":
-            text = sys.stdin.read()
+            text = _read_standard_input()
             label = "<stdin>"
         else:
             if "\x00" in source:  # not from a shell, but from programs calling the CLI in-process
@@ -363,13 +401,7 @@ def tokens(
             path = Path(source)
             if path.is_dir():
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as error:
-                raise CommandError(
-                    f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                    f"{error.start}); pass a text file"
-                ) from error
+            text = _read_text_file(path, "pass a text file")
             label = str(path)
         count = get_token_counter(name).count(text)
         result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
@@ -576,7 +608,7 @@ def memory_import(
             raise CommandError(
                 f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
             )
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text_file(path, "pass a file written by `memory export`").splitlines()
         with _progress(options) as progress:
             checking = progress.add_task("checking", total=len(lines))
             for number, line in enumerate(lines, start=1):  # fail fast, before opening the store
