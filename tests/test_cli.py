@@ -192,6 +192,24 @@ def test_memory_bad_arguments_change_nothing(store: Path) -> None:
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("x", "--importance", "2"),
+        ("   ",),
+        ("x", "--tier", "bogus"),
+        ("x", "--user", ""),
+        ("x", "--tag", ""),
+    ],
+)
+def test_memory_add_rejected_creates_no_store(store: Path, arguments: tuple[str, ...]) -> None:
+    """The store was opened (and created) before the arguments were checked: a full empty store was left."""
+    assert_one_line_error(cli("--storage", str(store), "memory", "add", *arguments))
+    assert not store.exists()
+    assert_one_line_error(cli("memory", "add", *arguments))  # the default store, under ./cache
+    assert list(Path.cwd().iterdir()) == []
+
+
 def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for index in range(30):
         cli_json(

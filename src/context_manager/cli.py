@@ -430,6 +430,21 @@ def memory_add(
     """Store a memory durably and print its id."""
 
     async def body(options: _Options) -> None:
+        from context_manager.core.memory.validation import (
+            check_content,
+            check_importance,
+            check_tags,
+            check_tier,
+            check_user,
+        )
+
+        # add_memory's own checks, first: a rejected memory must not leave a new, empty store behind
+        check_content(content)
+        check_importance(importance)
+        check_tags(tag or [])
+        check_user(user, allow_all=False)
+        if tier is not None:
+            check_tier(tier)
         async with _open_memory(options, create=True) as manager:
             memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
         if options.json_output:
