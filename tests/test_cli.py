@@ -292,6 +292,30 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("bad_line", "detail"),
+    [
+        ('{"id": "a", "content": "x", "importance": 2}', "importance: got 2"),
+        ('{"id": "a", "content": "x", "tiers": ["attic"]}', "tiers: got ['attic']"),
+        ('{"id": "a", "content": "   "}', "allowed a non-empty string"),
+        ('{"id": "a", "content": "x", "user_id": ""}', "user_id: got ''"),
+        ('{"id": "a", "content": "x", "source": "a\\u0000b"}', "source"),
+    ],
+)
+def test_memory_import_checks_every_line_before_creating_a_store(
+    tmp_path: Path, store: Path, bad_line: str, detail: str
+) -> None:
+    """Lines that only import_memories refused (range, tiers, ...) were found after the store was created."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    backup = tmp_path / "backup.jsonl"
+    cli_json("--storage", str(store), "memory", "export", str(backup))
+    backup.write_text(backup.read_text() + bad_line + "\n")
+    target = tmp_path / "target"
+    result = cli("--storage", str(target), "memory", "import", str(backup))
+    assert_one_line_error(result, f"{backup}:2", "a memory as written by `memory export`", detail)
+    assert not target.exists(), "nothing is created for a file that is refused"
+
+
 def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:
     """The error was Python's "'utf-8' codec can't decode ..." without the file's name."""
     export = tmp_path / "latin1.jsonl"
@@ -303,6 +327,17 @@ def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path:
         "`memory export`",
     )
     assert not target.exists()
+
+
+def test_memory_import_takes_contents_with_unicode_line_separators(tmp_path: Path, store: Path) -> None:
+    """The CLI's own check split lines at U+2028 and the like (splitlines) and refused a valid export."""
+    content = "first\u2028second\x85third\u2029fourth"
+    cli_json("--storage", str(store), "memory", "add", content)
+    backup = tmp_path / "backup.jsonl"
+    cli_json("--storage", str(store), "memory", "export", str(backup))
+    target = tmp_path / "target"
+    assert cli_json("--storage", str(target), "memory", "import", str(backup))["imported"] == 1
+    assert cli_json("--storage", str(target), "memory", "search", "first")[0]["content"] == content
 
 
 def test_memory_consolidate_and_cleanup(store: Path) -> None:

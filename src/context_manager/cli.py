@@ -616,30 +616,21 @@ def memory_import(
     """Load memories from a JSON Lines export (all or nothing: one bad line imports nothing)."""
 
     async def body(options: _Options) -> None:
-        from context_manager.core.errors import InvalidMemoryError
-        from context_manager.core.memory.models import Memory
+        from context_manager.core.memory.maintenance import parse_exported_line
 
         if not path.is_file():
             raise CommandError(
                 f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
             )
-        lines = _read_text_file(path, "pass a file written by `memory export`").splitlines()
+        text = _read_text_file(path, "pass a file written by `memory export`")
+        lines = text.removesuffix("\n").split("\n")  # "\n" only, as import_memories splits
+        expected = "a memory as written by `memory export`"
         with _progress(options) as progress:
             checking = progress.add_task("checking", total=len(lines))
-            for number, line in enumerate(lines, start=1):  # fail fast, before opening the store
+            # every check import_memories makes, before the store is opened (and perhaps created)
+            for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    try:
-                        data = json.loads(line)
-                        if not isinstance(data, dict):
-                            raise TypeError("not a JSON object")
-                        Memory.from_dict(data)
-                    except (ValueError, KeyError, TypeError) as error:
-                        raise InvalidMemoryError(
-                            f"{path}:{number}",
-                            line[:80],
-                            "a memory as written by `memory export`",
-                            detail=str(error),
-                        ) from error
+                    parse_exported_line(line, f"{path}:{number}", expected=expected)
                 progress.advance(checking)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
