@@ -180,6 +180,13 @@ def test_bad_configuration_from_the_environment_is_one_line(monkeypatch: pytest.
     assert_one_line_error(cli("memory", "stats"), "max_tokens: got 'lots'")
 
 
+def test_a_bad_debug_variable_is_named_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_DEBUG", "banana")
+    result = cli("memory", "stats")
+    assert_one_line_error(result, "PYTHON_CONTEXT_MANAGER_DEBUG: got 'banana'")
+    assert "ENABLE_DEBUG" not in result.stderr
+
+
 def test_memory_bad_arguments_change_nothing(store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "first")
     assert_one_line_error(
