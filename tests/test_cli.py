@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -95,6 +96,30 @@ def test_tokens_bad_paths_and_arguments(tmp_path: Path) -> None:
     assert cli("tokens").exit_code == 2
 
 
+def test_tokens_non_utf8_standard_input_is_named_like_a_file() -> None:
+    result = runner.invoke(app, ["tokens", "-"], input=b"ok \xff")
+    assert_one_line_error(result, "<stdin> is not UTF-8 text (byte 0xff at offset 3)")
+
+
+def test_subprocess_tokens_standard_input_closed_or_not_utf8() -> None:
+    """``<&-`` (no standard input at all) was an AttributeError traceback; a non-UTF-8 byte under a C locale
+    (surrogateescape) gave "'utf-8' codec can't encode character '\\udcff' ...: surrogates not allowed"."""
+    command = [sys.executable, "-m", "context_manager.cli", "tokens", "-"]
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *command], capture_output=True, text=True, timeout=60
+    )
+    assert closed.returncode == 1 and closed.stdout == "", closed.stderr
+    assert closed.stderr == "error: standard input is closed; pass a file, or pipe the text in\n"
+    for locale in ("C.UTF-8", "C"):
+        binary = subprocess.run(
+            command, input=b"ok \xff", capture_output=True, timeout=60, env=dict(os.environ, LC_ALL=locale)
+        )
+        assert binary.returncode == 1, binary.stderr
+        assert binary.stderr.decode() == (
+            "error: <stdin> is not UTF-8 text (byte 0xff at offset 3); pipe UTF-8 text in\n"
+        )
+
+
 # --- memory ----------------------------------------------------------------------------------------
 
 
@@ -155,6 +180,13 @@ def test_bad_configuration_from_the_environment_is_one_line(monkeypatch: pytest.
     assert_one_line_error(cli("memory", "stats"), "max_tokens: got 'lots'")
 
 
+def test_a_bad_debug_variable_is_named_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_DEBUG", "banana")
+    result = cli("memory", "stats")
+    assert_one_line_error(result, "PYTHON_CONTEXT_MANAGER_DEBUG: got 'banana'")
+    assert "ENABLE_DEBUG" not in result.stderr
+
+
 def test_memory_bad_arguments_change_nothing(store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "first")
     assert_one_line_error(
@@ -165,6 +197,24 @@ def test_memory_bad_arguments_change_nothing(store: Path) -> None:
     assert cli("--storage", str(store), "memory", "search", "x", "--limit", "-1").exit_code == 2
     assert cli("--storage", str(store), "memory", "frobnicate").exit_code == 2
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("x", "--importance", "2"),
+        ("   ",),
+        ("x", "--tier", "bogus"),
+        ("x", "--user", ""),
+        ("x", "--tag", ""),
+    ],
+)
+def test_memory_add_rejected_creates_no_store(store: Path, arguments: tuple[str, ...]) -> None:
+    """The store was opened (and created) before the arguments were checked: a full empty store was left."""
+    assert_one_line_error(cli("--storage", str(store), "memory", "add", *arguments))
+    assert not store.exists()
+    assert_one_line_error(cli("memory", "add", *arguments))  # the default store, under ./cache
+    assert list(Path.cwd().iterdir()) == []
 
 
 def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,6 +246,39 @@ def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch
     assert found[0]["content"] == "fact number 7 about invoices"
 
 
+def test_memory_export_and_stats_cover_every_user(tmp_path: Path, store: Path) -> None:
+    """``memory export`` wrote the default namespace only: a backup lost every named user's memories."""
+    for content, user in (("alice fact", "alice"), ("bob fact", "bob"), ("shared fact", None)):
+        cli_json("--storage", str(store), "memory", "add", content, *(["--user", user] if user else []))
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("--storage", str(store), "memory", "export", str(backup))["exported"] == 3
+    written = [json.loads(line) for line in backup.read_text().splitlines()]
+    assert sorted((record["content"], record["user_id"]) for record in written) == [
+        ("alice fact", "alice"),
+        ("bob fact", "bob"),
+        ("shared fact", None),
+    ]
+    only_alice = tmp_path / "alice.jsonl"
+    exported = cli_json("--storage", str(store), "memory", "export", str(only_alice), "--user", "alice")
+    assert exported["exported"] == 1
+    assert [json.loads(line)["content"] for line in only_alice.read_text().splitlines()] == ["alice fact"]
+
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["total_memories"] == 3 and stats["by_user"] == {"alice": 1, "bob": 1, "default": 1}
+    alice = cli_json("--storage", str(store), "memory", "stats", "--user", "alice")
+    assert alice["total_memories"] == 1 and "by_user" not in alice
+    table = cli("--storage", str(store), "memory", "stats")
+    assert table.exit_code == 0
+    rows = [" ".join(line.replace("│", " ").split()) for line in table.stdout.splitlines()]
+    assert {"user alice 1 memory", "user bob 1 memory", "user default 1 memory"} <= set(rows)
+
+    restored = tmp_path / "restored"
+    assert cli_json("--storage", str(restored), "memory", "import", str(backup))["imported"] == 3
+    found = cli_json("--storage", str(restored), "memory", "search", "fact", "--user", "alice")
+    assert [memory["content"] for memory in found] == ["alice fact"]
+    assert cli_json("--storage", str(restored), "memory", "stats")["by_user"] == stats["by_user"]
+
+
 def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "keep me")
     good = cli_json("--storage", str(store), "memory", "export", str(tmp_path / "good.jsonl"))
@@ -214,6 +297,54 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
         cli("--storage", str(store), "memory", "export", str(tmp_path / "no" / "dir" / "x.jsonl")),
         "does not exist",
     )
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "detail"),
+    [
+        ('{"id": "a", "content": "x", "importance": 2}', "importance: got 2"),
+        ('{"id": "a", "content": "x", "tiers": ["attic"]}', "tiers: got ['attic']"),
+        ('{"id": "a", "content": "   "}', "allowed a non-empty string"),
+        ('{"id": "a", "content": "x", "user_id": ""}', "user_id: got ''"),
+        ('{"id": "a", "content": "x", "source": "a\\u0000b"}', "source"),
+    ],
+)
+def test_memory_import_checks_every_line_before_creating_a_store(
+    tmp_path: Path, store: Path, bad_line: str, detail: str
+) -> None:
+    """Lines that only import_memories refused (range, tiers, ...) were found after the store was created."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    backup = tmp_path / "backup.jsonl"
+    cli_json("--storage", str(store), "memory", "export", str(backup))
+    backup.write_text(backup.read_text() + bad_line + "\n")
+    target = tmp_path / "target"
+    result = cli("--storage", str(target), "memory", "import", str(backup))
+    assert_one_line_error(result, f"{backup}:2", "a memory as written by `memory export`", detail)
+    assert not target.exists(), "nothing is created for a file that is refused"
+
+
+def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:
+    """The error was Python's "'utf-8' codec can't decode ..." without the file's name."""
+    export = tmp_path / "latin1.jsonl"
+    export.write_bytes(b'{"id": "a", "content": "caf\xe9"}\n')
+    target = tmp_path / "target"
+    assert_one_line_error(
+        cli("--storage", str(target), "memory", "import", str(export)),
+        f"{export} is not UTF-8 text (byte 0xe9 at offset 27)",
+        "`memory export`",
+    )
+    assert not target.exists()
+
+
+def test_memory_import_takes_contents_with_unicode_line_separators(tmp_path: Path, store: Path) -> None:
+    """The CLI's own check split lines at U+2028 and the like (splitlines) and refused a valid export."""
+    content = "first\u2028second\x85third\u2029fourth"
+    cli_json("--storage", str(store), "memory", "add", content)
+    backup = tmp_path / "backup.jsonl"
+    cli_json("--storage", str(store), "memory", "export", str(backup))
+    target = tmp_path / "target"
+    assert cli_json("--storage", str(target), "memory", "import", str(backup))["imported"] == 1
+    assert cli_json("--storage", str(target), "memory", "search", "first")[0]["content"] == content
 
 
 def test_memory_consolidate_and_cleanup(store: Path) -> None:
@@ -237,6 +368,76 @@ def test_memory_consolidate_and_cleanup(store: Path) -> None:
     assert_one_line_error(
         cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "-1"), "max_age_days"
     )
+
+
+# --- user data in the tables ----------------------------------------------------------------------
+
+
+def test_tables_print_contents_queries_and_paths_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rich read ``[...]`` in contents, queries and paths as markup: a stray closing tag was a traceback
+    (MarkupError), ``[bold]x[/bold]`` lost its tags, ``:smile:`` became an emoji."""
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping inside the cells checked below
+    store = Path("st[/x] [red]")  # relative (the test's working directory): the titles do not wrap
+    for content in ("see [/x] here", "[bold]bold[/bold] word here", "a :smile: face here"):
+        cli_json("--storage", str(store), "memory", "add", content)
+    found = cli("--storage", str(store), "memory", "search", "here [/]")
+    assert found.exit_code == 0, found.stdout + found.stderr
+    assert "3 result(s) for 'here [/]'" in found.stdout
+    for content in ("see [/x] here", "[bold]bold[/bold] word here", "a :smile: face here"):
+        assert content in found.stdout
+    stats = cli("--storage", str(store), "memory", "stats")
+    assert stats.exit_code == 0, stats.stdout + stats.stderr
+    assert f"memory at {store}" in stats.stdout
+    health = cli("--storage", str(store), "health")
+    assert health.exit_code == 0, health.stdout + health.stderr
+    assert f"health of {store}: healthy" in health.stdout
+    missing = Path("[bold]missing[/bold]")
+    unhealthy = cli("--storage", str(missing), "health")
+    assert unhealthy.exit_code == 3, unhealthy.stdout + unhealthy.stderr
+    assert f"health of {missing}: unhealthy" in unhealthy.stdout
+    assert f"no memory store at {missing}" in unhealthy.stdout
+
+
+def test_migrate_table_prints_user_names_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    source = tmp_path / "source"
+    cli_json("--storage", str(source), "memory", "add", "a fact", "--user", "[/u]")
+    cli_json("--storage", str(source), "memory", "add", "another fact", "--user", "[bold]bob[/bold]")
+    result = cli("memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "[/u]" in result.stdout and "[bold]bob[/bold]" in result.stdout
+    assert "verified: identical" in result.stdout
+
+
+class _BrokenStream(io.RawIOBase):
+    """A readable stream failing with an error the CLI does not expect (a bug's stand-in)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise RuntimeError("the stream broke [/x] unexpectedly")
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unexpected exception printed a traceback; now one line saying it is a bug, and how to see it."""
+    # the command run directly (CliRunner only feeds str or bytes as standard input)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_BrokenStream())))
+    with pytest.raises(SystemExit) as exited:
+        app(["tokens", "-"], prog_name="context-manager")
+    assert exited.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith(
+        "error: internal error: RuntimeError: the stream broke [/x] unexpectedly"
+    )
+    assert "rerun with --debug" in captured.err
+    with pytest.raises(RuntimeError, match="the stream broke"):
+        app(["--debug", "tokens", "-"], prog_name="context-manager")
 
 
 # --- corrupted and locked stores ---------------------------------------------------------------------
@@ -310,6 +511,41 @@ def test_health_without_storage_checks_the_default_store_and_creates_nothing() -
     assert list(report["checks"]["storage"]["details"]) == [str(Path("cache") / "storage")]
     assert not (Path("cache") / "storage" / "storage").exists()
     assert sorted(path.name for path in Path("cache").iterdir()) == ["storage"]
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_storage_is_refused_and_nothing_is_created(empty: str) -> None:
+    """typer turned ``--storage ''`` into ``Path('')``, the working directory: a store appeared there."""
+    for command in (("memory", "add", "x"), ("memory", "stats"), ("health",), ("tokens", "-")):
+        assert_one_line_error(
+            cli("--storage", empty, *command, input="x"), f"--storage: got {empty!r}", "a non-empty path"
+        )
+    assert_one_line_error(cli("mcp", "serve", "--storage", empty), "--storage: got '", "a non-empty path")
+    assert list(Path.cwd().iterdir()) == [], "nothing is created in the working directory"
+
+
+def test_memory_commands_and_health_on_postgresql_need_no_directory(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With memory_backend=postgres every read command and health wanted a local store directory
+    ("no memory store at cache/storage")."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND", "postgres")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_DSN", postgres_dsn)
+    added = cli_json("memory", "add", "the deploy freeze starts Friday", "--user", "alice")
+    found = cli_json("memory", "search", "deploy freeze", "--user", "alice")
+    assert [memory["id"] for memory in found] == [added["id"]]
+    stats = cli_json("memory", "stats")
+    assert (stats["backend"], stats["total_memories"], stats["by_user"]) == ("postgres", 1, {"alice": 1})
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("memory", "export", str(backup))["exported"] == 1
+    assert cli_json("memory", "consolidate", "--user", "alice")["consolidated_count"] == 0
+    assert cli_json("memory", "cleanup", "--user", "alice", "--max-age-days", "30")["removed_count"] == 0
+    report = cli_json("health")
+    assert report["status"] == "healthy" and "memory_store" not in report["checks"]
+    assert report["checks"]["database"]["status"] == "healthy"
+    table = cli("health")
+    assert table.exit_code == 0 and "healthofpostgresql://" in "".join(table.stdout.split())  # may wrap
+    assert list(Path.cwd().iterdir()) == [], "no local store is looked for, nor created"
 
 
 def test_storage_path_that_is_a_file(tmp_path: Path) -> None:

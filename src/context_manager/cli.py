@@ -20,7 +20,8 @@ configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (ma
 stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
 
-Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``); 2 bad usage (unknown option,
+Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
+for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
 bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path; 4 ``memory
 migrate`` found the target different from the source (the counts and checksums are printed).
 """
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:
     from context_manager.core.config import ContextManagerConfig
@@ -153,6 +155,14 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
         _fail(options, _describe(error))
     except KeyboardInterrupt:
         _fail(options, "interrupted", 130)
+    except Exception as error:  # a bug: say so on one line, the traceback is one --debug away
+        if options.debug:
+            raise
+        _fail(
+            options,
+            f"internal error: {type(error).__name__}: {_describe(error)} "
+            "(a bug; rerun with --debug for the traceback and report it)",
+        )
 
 
 def _describe(error: BaseException) -> str:
@@ -170,6 +180,15 @@ def _is_library_error(error: BaseException) -> bool:
     return isinstance(error, ContextManagerError)
 
 
+def _plain(value: object) -> Text:
+    """``value`` as literal text for a table cell or title.
+
+    Rich reads ``[...]`` in a plain ``str`` as markup (and ``:name:`` as an emoji): memory contents,
+    queries and paths are user data, so they are never parsed.
+    """
+    return Text(str(value))
+
+
 def _print_json(options: _Options, value: Any) -> None:
     options.stdout.out(json.dumps(value, indent=2, ensure_ascii=False, default=str), highlight=False)
 
@@ -183,6 +202,19 @@ def _config(options: _Options) -> ContextManagerConfig:
     if options.storage.exists() and not options.storage.is_dir():
         raise CommandError(f"--storage {options.storage} is a file; pass the memory directory")
     return ContextManagerConfig(storage_path=options.storage)
+
+
+def _storage_argument(value: str | None) -> Path | None:
+    """A ``--storage`` value as a path (``None`` when not given).
+
+    Taken as text: typer turns ``''`` into ``Path('')``, which is the working directory, so an empty
+    value (an unset shell variable, ``--storage "$DIR"``) would silently put a store there.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    return Path(value)
 
 
 def _storage_path(options: _Options) -> Path:
@@ -217,13 +249,30 @@ def _require_existing_store(path: Path) -> None:
         raise CommandError(f"{reason}; {_STORE_ADVICE}")
 
 
+def _uses_directory(config: ContextManagerConfig) -> bool:
+    """Whether the memories are in a local storage directory (``memory_backend`` ``sqlite``).
+
+    With ``postgres`` they are in the database named by ``postgres_dsn``: no directory is looked for.
+    """
+    return config.memory_backend == "sqlite"
+
+
+def _storage_location(config: ContextManagerConfig) -> str:
+    """Where the memories are, for messages: the directory, or the DSN without its password."""
+    if _uses_directory(config) or config.postgres_dsn is None:
+        return str(config.resolved_storage_path)
+    from context_manager.core.memory.postgres.database import redact_dsn
+
+    return redact_dsn(config.postgres_dsn.get_secret_value())
+
+
 @contextlib.asynccontextmanager
 async def _open_memory(options: _Options, *, create: bool) -> Any:
-    """Open the memory store at the configured path (``create=False``: it must exist already)."""
+    """Open the configured memory store (``create=False``: a storage directory must hold one already)."""
     from context_manager.core.memory.manager import MemoryManager
 
     config = _config(options)
-    if not create:
+    if not create and _uses_directory(config):
         _require_existing_store(config.resolved_storage_path)
     manager: MemoryManager = MemoryManager(config)
     await manager.initialize()
@@ -254,11 +303,12 @@ def _print_version(value: bool) -> None:
 def _global_options(
     ctx: typer.Context,
     storage: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--storage",
             help="Memory directory (default: the configuration's storage_path, <cache_path>/storage).",
             envvar=None,
+            metavar="PATH",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -269,17 +319,60 @@ def _global_options(
     ] = False,
 ) -> None:
     """Context windows, memory and tools for LLM applications: command-line tools."""
-    stderr = Console(stderr=True)
+    stderr = Console(stderr=True, emoji=False)  # :name: in user data stays as written
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
     else:
         # the pool's connection attempts: the command reports the failure on its one error line
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    ctx.obj = _Options(storage, json_output, debug, Console(highlight=False), stderr)
+    options = _Options(None, json_output, debug, Console(highlight=False, emoji=False), stderr)
+    ctx.obj = options
+    try:
+        options.storage = _storage_argument(storage)
+    except CommandError as error:
+        _fail(options, str(error))
 
 
 # ------------------------------------------------------------------------------------------ tokens
+
+
+def _not_utf8(name: object, error: UnicodeDecodeError, advice: str) -> CommandError:
+    """The error for input that is not UTF-8: which byte, at which offset, and what to pass instead."""
+    return CommandError(
+        f"{name} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); {advice}"
+    )
+
+
+def _read_text_file(path: Path, advice: str) -> str:
+    """The UTF-8 text of ``path`` (universal newlines); a :class:`CommandError` when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # read() decodes the whole file at once: the offset is the file's
+        raise _not_utf8(path, error, advice) from error
+
+
+def _read_standard_input() -> str:
+    """All of standard input, decoded as UTF-8 here (not by the locale's text stream).
+
+    Python's ``sys.stdin`` may decode with ``surrogateescape`` (a C or POSIX locale), which turned a
+    non-UTF-8 byte into a lone surrogate and a confusing error much later; and it is ``None`` when the
+    process was started with standard input closed (``<&-``).
+    """
+    stream = sys.stdin
+    if stream is None:
+        raise CommandError("standard input is closed; pass a file, or pipe the text in")
+    binary = getattr(stream, "buffer", None)
+    try:
+        data: bytes | str = binary.read() if binary is not None else stream.read()
+    except ValueError as error:  # "I/O operation on closed file"
+        raise CommandError("standard input is closed; pass a file, or pipe the text in") from error
+    if isinstance(data, str):  # a text-only stream (an embedding program's): already decoded
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_utf8("<stdin>", error, "pipe UTF-8 text in") from error
 
 
 @app.command()
@@ -300,7 +393,7 @@ def tokens(
 
         name = encoding.value if encoding is not None else _config(options).token_encoding
         if source == "-":
-            text = sys.stdin.read()
+            text = _read_standard_input()
             label = "<stdin>"
         else:
             if "\x00" in source:  # not from a shell, but from programs calling the CLI in-process
@@ -308,13 +401,7 @@ def tokens(
             path = Path(source)
             if path.is_dir():
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as error:
-                raise CommandError(
-                    f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                    f"{error.start}); pass a text file"
-                ) from error
+            text = _read_text_file(path, "pass a text file")
             label = str(path)
         count = get_token_counter(name).count(text)
         result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
@@ -343,6 +430,21 @@ def memory_add(
     """Store a memory durably and print its id."""
 
     async def body(options: _Options) -> None:
+        from context_manager.core.memory.validation import (
+            check_content,
+            check_importance,
+            check_tags,
+            check_tier,
+            check_user,
+        )
+
+        # add_memory's own checks, first: a rejected memory must not leave a new, empty store behind
+        check_content(content)
+        check_importance(importance)
+        check_tags(tag or [])
+        check_user(user, allow_all=False)
+        if tier is not None:
+            check_tier(tier)
         async with _open_memory(options, create=True) as manager:
             memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
         if options.json_output:
@@ -376,17 +478,23 @@ def memory_search(
             return
         from rich.table import Table
 
-        table = Table(title=f"{len(found)} result(s) for {query!r}", title_justify="left")
+        table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
         for column in ("score", "tier", "importance", "tags", "content", "id"):
             table.add_column(column, overflow="fold")
         for memory in found:
+            content = memory.content if len(memory.content) <= 200 else memory.content[:197] + "..."
             table.add_row(
-                f"{memory.score or 0.0:.3f}",
-                memory.tier.value,
-                f"{memory.importance:.2f}",
-                ", ".join(memory.tags),
-                memory.content if len(memory.content) <= 200 else memory.content[:197] + "...",
-                memory.id,
+                *map(
+                    _plain,
+                    (
+                        f"{memory.score or 0.0:.3f}",
+                        memory.tier.value,
+                        f"{memory.importance:.2f}",
+                        ", ".join(memory.tags),
+                        content,
+                        memory.id,
+                    ),
+                )
             )
         options.stdout.print(table)
 
@@ -394,42 +502,58 @@ def memory_search(
 
 
 @memory_app.command("stats")
-def memory_stats(ctx: typer.Context) -> None:
-    """Counts per tier, capacity, size on disk and index status."""
+def memory_stats(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
+    ] = None,
+) -> None:
+    """Counts per tier and user, capacity, size on disk and index status."""
 
     async def body(options: _Options) -> None:
+        from context_manager import ALL_USERS
+
         async with _open_memory(options, create=False) as manager:
             await manager.check_integrity(quick=True)  # so the index status is measured, not assumed
-            stats = await manager.get_memory_stats()
+            stats = await manager.get_memory_stats(user_id=ALL_USERS if user is None else user)
         if options.json_output:
             _print_json(options, stats)
             return
         from rich.table import Table
 
-        table = Table(title=f"memory at {stats['storage_path']}", title_justify="left", show_header=False)
+        whose = "" if user is None else f" (user {user!r})"
+        table = Table(
+            title=_plain(f"memory at {stats['storage_path']}{whose}"), title_justify="left", show_header=False
+        )
         table.add_column("figure")
         table.add_column("value")
-        table.add_row("memories", str(stats["total_memories"]))
+
+        def row(figure: str, value: str) -> None:
+            table.add_row(_plain(figure), _plain(value))
+
+        row("memories", str(stats["total_memories"]))
         two = stats["in_two_tiers"]
         if two:  # the tiers add up to more than the memories: say why
             memories = "1 memory has" if two == 1 else f"{two} memories have"
-            table.add_row(
+            row(
                 "stored copies",
                 f"{stats['stored_copies']} ({memories} copies in two tiers: short-term plus a durable "
                 "long-term copy; each copy counts in its tier)",
             )
         for tier, count in stats["by_tier"].items():
-            table.add_row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
-        table.add_row("superseded", str(stats["superseded"]))
+            row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
+        for owner, count in stats.get("by_user", {}).items():  # memories, not copies
+            row(f"user {owner}", f"{count} memories" if count != 1 else "1 memory")
+        row("superseded", str(stats["superseded"]))
         mean = stats["mean_importance"]
-        table.add_row("mean importance", "-" if mean is None else f"{mean:.2f}")
-        table.add_row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
+        row("mean importance", "-" if mean is None else f"{mean:.2f}")
+        row("bytes on disk", f"{stats['bytes_on_disk']['total']:,}")
         index = stats["index"]
         problems = "; ".join(f"{name}: {text}" for name, text in index["problems"].items())
         shown = f"{index['status']} ({index['engine']})" + (f": {problems}" if problems else "")
-        table.add_row("index", shown)
+        row("index", shown)
         if stats["over_capacity"]:
-            table.add_row("over capacity", ", ".join(stats["over_capacity"]))
+            row("over capacity", ", ".join(stats["over_capacity"]))
         options.stdout.print(table)
 
     _run(ctx, body)
@@ -456,19 +580,25 @@ def _progress(options: _Options) -> Iterator[Any]:
 def memory_export(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="The JSONL file to write (replaced atomically).")],
+    user: Annotated[
+        str | None, typer.Option(help="Only this user's memories (default: every user's).")
+    ] = None,
 ) -> None:
-    """Write every memory (superseded ones too) to a JSON Lines file."""
+    """Write every memory of every user (superseded ones too) to a JSON Lines file."""
 
     async def body(options: _Options) -> None:
         if path.is_dir():
             raise CommandError(f"{path} is a directory; pass a file path such as {path / 'memories.jsonl'}")
         if not path.parent.exists():
             raise CommandError(f"cannot write {path}: directory {path.parent} does not exist")
+        from context_manager import ALL_USERS
+
+        whose = ALL_USERS if user is None else user
         async with _open_memory(options, create=False) as manager:
-            total = (await manager.get_memory_stats())["total_memories"]
+            total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
-                count = await manager.export_memories(path)
+                count = await manager.export_memories(path, user_id=whose)
                 progress.update(task, total=count, completed=count)
         if options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
@@ -486,30 +616,21 @@ def memory_import(
     """Load memories from a JSON Lines export (all or nothing: one bad line imports nothing)."""
 
     async def body(options: _Options) -> None:
-        from context_manager.core.errors import InvalidMemoryError
-        from context_manager.core.memory.models import Memory
+        from context_manager.core.memory.maintenance import parse_exported_line
 
         if not path.is_file():
             raise CommandError(
                 f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
             )
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = _read_text_file(path, "pass a file written by `memory export`")
+        lines = text.removesuffix("\n").split("\n")  # "\n" only, as import_memories splits
+        expected = "a memory as written by `memory export`"
         with _progress(options) as progress:
             checking = progress.add_task("checking", total=len(lines))
-            for number, line in enumerate(lines, start=1):  # fail fast, before opening the store
+            # every check import_memories makes, before the store is opened (and perhaps created)
+            for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    try:
-                        data = json.loads(line)
-                        if not isinstance(data, dict):
-                            raise TypeError("not a JSON object")
-                        Memory.from_dict(data)
-                    except (ValueError, KeyError, TypeError) as error:
-                        raise InvalidMemoryError(
-                            f"{path}:{number}",
-                            line[:80],
-                            "a memory as written by `memory export`",
-                            detail=str(error),
-                        ) from error
+                    parse_exported_line(line, f"{path}:{number}", expected=expected)
                 progress.advance(checking)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
@@ -729,36 +850,41 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
         table.add_column(column, overflow="fold")
     for column in ("source checksum", "target checksum", "status"):
         table.add_column(column, no_wrap=True)
+
+    def row(*cells: object, match: bool) -> None:
+        status = Text("ok") if match else Text("DIFFERENT", style="red")
+        table.add_row(*map(_plain, cells), status)
+
     for group in report.groups:
-        table.add_row(
+        row(
             group.tier,
             group.user,
-            str(group.source_count),
-            str(group.target_count),
+            group.source_count,
+            group.target_count,
             group.source_checksum,
             group.target_checksum,
-            "ok" if group.match else "[red]DIFFERENT[/]",
+            match=group.match,
         )
     for check in report.vectors:
-        table.add_row(
+        row(
             "vectors",
             f"{check.model} ({check.dimension})",
-            str(check.source_count),
-            str(check.target_count),
+            check.source_count,
+            check.target_count,
             check.source_checksum,
             check.target_checksum,
-            "ok" if check.match else "[red]DIFFERENT[/]",
+            match=check.match,
         )
     conversations = report.conversations
     if conversations is not None:
-        table.add_row(
+        row(
             "conversations",
             f"records {conversations.source_records} / {conversations.target_records}",
-            str(conversations.source_count),
-            str(conversations.target_count),
+            conversations.source_count,
+            conversations.target_count,
             conversations.source_checksum,
             conversations.target_checksum,
-            "ok" if conversations.match else "[red]DIFFERENT[/]",
+            match=conversations.match,
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
@@ -801,7 +927,7 @@ def health(ctx: typer.Context) -> None:
         path = config.resolved_storage_path
         # the cache directory is not checked: only the storage the command was pointed at
         config = config.model_copy(update={"cache_path": path, "storage_path": path})
-        problem = _missing_store(path)
+        problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None
         if problem is None:
@@ -830,14 +956,17 @@ def health(ctx: typer.Context) -> None:
 
             colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
             table = Table(
-                title=f"health of {path}: {report.status.value} (score {report.health_score:.2f})",
+                title=_plain(
+                    f"health of {_storage_location(config)}: {report.status.value} "
+                    f"(score {report.health_score:.2f})"
+                ),
                 title_justify="left",
             )
             for column in ("check", "status", "message"):
                 table.add_column(column, overflow="fold")
             for result in report.checks.values():
                 state = result.status.value
-                table.add_row(result.name, f"[{colour[state]}]{state}[/]", result.message)
+                table.add_row(_plain(result.name), Text(state, style=colour[state]), _plain(result.message))
             options.stdout.print(table)
             for line in report.recommendations:
                 options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
@@ -866,11 +995,12 @@ def _config_overrides(settings: list[str]) -> dict[str, str]:
 def mcp_serve(
     ctx: typer.Context,
     storage: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--storage",
             help="Memory directory (required here or as the global --storage, unless memory_backend is "
             "postgres; created if missing).",
+            metavar="PATH",
         ),
     ] = None,
     user: Annotated[
@@ -917,7 +1047,7 @@ def mcp_serve(
         from context_manager.core.config import ContextManagerConfig
         from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
-        path = storage if storage is not None else options.storage
+        path = _storage_argument(storage) if storage is not None else options.storage
         values: dict[str, Any] = dict(_config_overrides(settings or []))
         if path is not None:
             values["storage_path"] = path.expanduser().resolve()

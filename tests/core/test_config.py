@@ -123,6 +123,28 @@ def test_debug_variables_switch_the_package_logger(monkeypatch: pytest.MonkeyPat
     assert logger.level == logging.DEBUG
 
 
+@pytest.mark.parametrize(
+    ("variable", "named"),
+    [
+        ("PYTHON_CONTEXT_MANAGER_DEBUG", "PYTHON_CONTEXT_MANAGER_DEBUG"),
+        ("PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG", "PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG"),
+        ("python_context_manager_debug", "PYTHON_CONTEXT_MANAGER_DEBUG"),  # names are read in any case
+    ],
+)
+def test_a_bad_debug_variable_is_named_as_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str, named: str
+) -> None:
+    """PYTHON_CONTEXT_MANAGER_DEBUG=banana was reported as PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG (the first
+    of the option's variables), which the user never set."""
+    monkeypatch.setenv(variable, "banana")
+    with pytest.raises(ConfigurationError, match=rf"^{named}: got 'banana'") as raised:
+        ContextManagerConfig()
+    assert raised.value.field == named
+    with pytest.raises(ConfigurationError) as by_keyword:
+        ContextManagerConfig(enable_debug="banana")
+    assert by_keyword.value.field == "enable_debug"
+
+
 @pytest.mark.parametrize("variable", ["DEBUG", "ENABLE_DEBUG", "debug"])
 def test_unprefixed_debug_variables_are_not_ours(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     """DEBUG=1 (set by many deployments for their own code) switched the package's loggers to DEBUG."""

@@ -14,7 +14,9 @@ directories.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,7 +205,7 @@ class ContextManagerConfig(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as error:
-            raise _configuration_error(error) from None
+            raise _configuration_error(error, given=values) from None
         self._apply_debug()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -321,8 +323,13 @@ class ContextManagerConfig(BaseSettings):
             logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG)
 
 
-def _configuration_error(error: ValidationError) -> ConfigurationError:
-    """Turn pydantic's first error into a ConfigurationError naming option, value and what is allowed."""
+def _configuration_error(
+    error: ValidationError, *, given: Mapping[str, Any] | None = None
+) -> ConfigurationError:
+    """Turn pydantic's first error into a ConfigurationError naming option, value and what is allowed.
+
+    ``given`` are the keyword arguments of the constructor, to tell them from environment variables.
+    """
     first = error.errors()[0]
     field = ".".join(str(part) for part in first.get("loc", ())) or "config"
     got = first.get("input")
@@ -332,7 +339,30 @@ def _configuration_error(error: ValidationError) -> ConfigurationError:
         return ConfigurationError(field, got, f"one of the options: {allowed}", detail="unknown option")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return ConfigurationError(field, got, _describe_constraints(field) or message)
+    name = _name_as_set(field, given or {})
+    return ConfigurationError(name, got, _describe_constraints(field) or message)
+
+
+def _name_as_set(field: str, given: Mapping[str, Any]) -> str:
+    """The name a rejected value was given under, for an option with several environment variables.
+
+    pydantic-settings reports a value read from the environment under the first of the option's
+    ``AliasChoices`` whichever of them held it: ``PYTHON_CONTEXT_MANAGER_DEBUG=banana`` was reported as
+    ``PYTHON_CONTEXT_MANAGER_ENABLE_DEBUG``, a variable the user never set. The environment is searched as
+    the settings source searches it (the choices in order, names in any case): the first one set is the
+    one whose value was read.
+    """
+    if field in given:
+        return field
+    for info in ContextManagerConfig.model_fields.values():
+        alias = info.validation_alias
+        if not isinstance(alias, AliasChoices):
+            continue
+        choices = [choice for choice in alias.choices if isinstance(choice, str)]
+        if field in choices:
+            environment = {name.lower() for name in os.environ}
+            return next((choice for choice in choices if choice.lower() in environment), field)
+    return field
 
 
 def _describe_constraints(field: str) -> str | None:

@@ -30,7 +30,7 @@ from context_manager.core.memory.validation import (
 )
 from context_manager.core.memory.write_health import records_write_outcome
 
-__all__ = ["MemoryMaintenance"]
+__all__ = ["MemoryMaintenance", "parse_exported_line"]
 
 _IMPORT_BATCH = 2000
 
@@ -54,9 +54,49 @@ def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
     """The ``tiers`` of an exported line (``None`` when absent); raises ``ValueError`` when malformed."""
     if value is None:
         return None
+    allowed = "a non-empty list of 'short', 'medium', 'long'"
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"tiers: got {value!r}; allowed a non-empty list of 'short', 'medium', 'long'")
-    return {MemoryTier.parse(item) for item in value}
+        raise ValueError(f"tiers: got {value!r}; allowed {allowed}")
+    try:
+        return {MemoryTier.parse(item) for item in value}
+    except ValueError:
+        raise ValueError(f"tiers: got {value!r}; allowed {allowed}") from None
+
+
+def parse_exported_line(
+    line: str, location: str, *, expected: str = "a memory as written by export_memories"
+) -> tuple[Memory, set[MemoryTier] | None]:
+    """One line of an export: the memory, checked as :meth:`~MemoryMaintenance.import_memories` takes it.
+
+    Args:
+        line: A non-blank line of the file (lines are split at newline characters only).
+        location: Where it is, for the error (``"path:line"``).
+        expected: What a line should be, for the error (the CLI names its own command).
+
+    Returns:
+        The memory and the tiers its line records (``None`` for an older export without ``tiers``).
+
+    Raises:
+        InvalidMemoryError: the line is not a valid memory (``field`` is ``location``).
+    """
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        raw_importance = data.get("importance", 0.5)
+        memory = Memory.from_dict(data)
+        _check_imported_fields(memory)
+        check_importance(raw_importance)
+        check_content(memory.content)
+        memory.importance = check_importance(memory.importance)
+        memory.tags = check_tags(memory.tags)
+        memory.metadata = check_metadata(memory.metadata)
+        check_user(memory.user_id, allow_all=False)
+        recorded = _recorded_tiers(data.get("tiers"))
+    except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
+        # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
+        raise InvalidMemoryError(location, line[:80], expected, detail=str(error)) from error
+    return memory, recorded
 
 
 class MemoryMaintenance(TierMovement):
@@ -214,28 +254,7 @@ class MemoryMaintenance(TierMovement):
         for number, line in enumerate(lines.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise TypeError("not a JSON object")
-                raw_importance = data.get("importance", 0.5)
-                memory = Memory.from_dict(data)
-                _check_imported_fields(memory)
-                check_importance(raw_importance)
-                check_content(memory.content)
-                memory.importance = check_importance(memory.importance)
-                memory.tags = check_tags(memory.tags)
-                memory.metadata = check_metadata(memory.metadata)
-                check_user(memory.user_id, allow_all=False)
-                recorded = _recorded_tiers(data.get("tiers"))
-            except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
-                # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
-                raise InvalidMemoryError(
-                    f"{source}:{number}",
-                    line[:80],
-                    "a memory as written by export_memories",
-                    detail=str(error),
-                ) from error
+            memory, recorded = parse_exported_line(line, f"{source}:{number}")
             if recorded is None:  # an older export: place it as add_memory would
                 recorded = {memory.tier}
                 if memory.tier is MemoryTier.SHORT and memory.importance >= threshold:
