@@ -740,3 +740,17 @@ async def test_reopening_a_store_with_vectors_without_an_embedder_warns_of_no_un
                 "the lighthouse keeper's log"
             ]
     assert not [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+
+
+async def test_a_full_cache_of_query_words_never_loses_a_word_of_the_search(postgres_dsn: str) -> None:
+    """The cache of each word's lexemes was cleared in the middle of a search once it held 50,000 words:
+    a word read from it before the clear was gone at the end (KeyError)."""
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as memory:
+        await memory.add_memory("alpha beta gamma notes about the kite")
+        assert await memory.search_memory("alpha")  # "alpha" is cached now
+        backend = memory.backend
+        assert backend is not None
+        backend._lexemes.update({f"filler{number}": () for number in range(50_001)})  # noqa: SLF001
+        found = await memory.search_memory("alpha kite")  # "kite" is not: reading it fills the cache
+        assert [m.content for m in found] == ["alpha beta gamma notes about the kite"]

@@ -837,11 +837,13 @@ class PostgresBackend:
 
         Statistics are cached.
         """
-        missing = [token for token in tokens if token not in self._lexemes]
+        # read from the cache now: another search may clear it while this one awaits the server
+        known = {token: self._lexemes[token] for token in tokens if token in self._lexemes}
+        missing = [token for token in tokens if token not in known]
         now = time.monotonic()
         stale = now - self._statistics_read_at > _STATISTICS_TTL
         if not missing and not stale:
-            return {token: self._lexemes[token] for token in tokens}, self._rows_estimate
+            return known, self._rows_estimate
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[Any], list[Any], list[Any]]:
             lexemes: list[Any] = []
@@ -869,10 +871,10 @@ class PostgresBackend:
 
         lexemes, statistics, rows = await self.database.run(read, "term statistics")
         of_form = {form: tuple(form_lexemes or ()) for form, form_lexemes in lexemes}
+        if len(self._lexemes) + len(missing) > 50_000:
+            self._lexemes.clear()
         for token in missing:
-            if len(self._lexemes) > 50_000:
-                self._lexemes.clear()
-            self._lexemes[token] = tuple(
+            known[token] = self._lexemes[token] = tuple(
                 dict.fromkeys(lexeme for form in _written_forms(token) for lexeme in of_form.get(form, ()))
             )
         if stale:
@@ -887,7 +889,7 @@ class PostgresBackend:
                 self._term_frequencies = {}
                 self._rare_frequency = 0.0
                 await self._maybe_analyze()
-        return {token: self._lexemes[token] for token in tokens}, self._rows_estimate
+        return known, self._rows_estimate
 
     async def _maybe_analyze(self) -> None:
         """Collect statistics for a table the server has not analysed yet (at most every few minutes)."""
