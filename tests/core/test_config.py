@@ -186,3 +186,18 @@ def test_a_bool_is_not_a_number_and_a_window_holds_more_than_its_reply_priming(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ContextManagerConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fsync": "maybe"}, r"fsync: got 'maybe'; allowed true or false \(also 1/0, yes/no, on/off\)$"),
+        ({"token_encoding": "gpt2"}, r"token_encoding: got 'gpt2'; allowed 'o200k_base' or 'cl100k_base'$"),
+        ({"memory_backend": "mysql"}, r"memory_backend: got 'mysql'; allowed 'sqlite' or 'postgres'$"),
+    ],
+)
+def test_choices_and_switches_say_what_is_allowed_in_plain_words(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ContextManagerConfig(**options)  # type: ignore[arg-type]

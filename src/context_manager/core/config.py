@@ -339,6 +339,13 @@ def _configuration_error(
         return ConfigurationError(field, got, f"one of the options: {allowed}", detail="unknown option")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    kind = first.get("type")
+    if kind in ("bool_parsing", "bool_type"):
+        message = "true or false (also 1/0, yes/no, on/off)"
+    elif kind in ("literal_error", "enum"):
+        expected = (first.get("ctx") or {}).get("expected")
+        if expected:
+            message = str(expected)
     name = _name_as_set(field, given or {})
     return ConfigurationError(name, got, _describe_constraints(field) or message)
 
