@@ -286,6 +286,15 @@ def test_texts_a_word_apart_in_meaning_are_not_merged(first: str, second: str) -
         ),
         ("the printer on floor two is not working", "The printer on floor two is not working!"),
         ("tea is better than coffee for the team", "tea is better than coffee for the whole team"),
+        (  # the order word starts the sentence: its one neighbour agrees
+            "Always back up the production database before the weekly deploy",
+            "Before the weekly deploy always back up the production database",
+        ),
+        ("The cat sleeps under the desk most of the day", "Most of the day the cat sleeps under the desk"),
+        (
+            "The user prefers tea over coffee in the morning at work",
+            "In the morning at work the user prefers tea over coffee",
+        ),
         ("the one I like is the blue kite on the hill", "the blue kite on the hill is the one I like"),
     ],
 )

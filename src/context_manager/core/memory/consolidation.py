@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.models import Memory
@@ -108,27 +109,43 @@ _TIME_WORDS = frozenset(
     thursday friday saturday sunday january february march april may june july august september october
     november december spring summer autumn fall winter am pm""".split()  # noqa: SIM905
 )
-_ORDER_WORDS = frozenset("before after than instead rather versus vs over under above below".split())  # noqa: SIM905
+_ORDER_WORDS = frozenset("before after than instead rather versus vs".split())  # noqa: SIM905
 
 
-Markers = tuple[int, tuple[str, ...], frozenset[str], tuple[str, ...], bool]
-"""What :func:`meaning_markers` returns (see there)."""
+_Relations = tuple[tuple[str, str | None, str | None], ...]
+
+
+class Markers(NamedTuple):
+    """What :func:`meaning_markers` finds in a text."""
+
+    negations: int
+    """How many negations it holds (``not``, ``never``, ``isn't`` ...)."""
+    numbers: tuple[str, ...]
+    """Its number words, sorted."""
+    times: frozenset[str]
+    """Its time words."""
+    relations: _Relations
+    """Each order word with the nearest content word before and after it (``None``: none), in text order."""
 
 
 def meaning_markers(text: str) -> Markers:
-    """The words of ``text`` one of which, changed, changes what it says, and whether word order matters.
+    """The words of ``text`` one of which, changed, changes what it says.
 
-    Returns how many negations it holds (``not``, ``never``, ``isn't`` ...), its number words (sorted),
-    its time words, its words in order, and whether it holds an order word (``before``, ``than``,
-    ``instead`` ...) relating two things, which makes their order part of what it says.
+    An order word (``before``, ``than``, ``instead`` ...) relates the content words next to it ("backup
+    before deploy"): those neighbours are part of what the text says.
     """
-    words = tuple(word.replace("'", "").replace("’", "") for word in _WORD.findall(text.lower()))
-    return (
+    words = [word.replace("'", "").replace("’", "") for word in _WORD.findall(text.lower())]
+    relations = []
+    for position, word in enumerate(words):
+        if word in _ORDER_WORDS:
+            before = next((w for w in reversed(words[:position]) if w not in _COMMON_STARTS), None)
+            after = next((w for w in words[position + 1 :] if w not in _COMMON_STARTS), None)
+            relations.append((word, before, after))
+    return Markers(
         sum(1 for word in words if word in _NEGATIONS),
         tuple(sorted(word for word in words if word in _NUMBER_WORDS)),
         frozenset(word for word in words if word in _TIME_WORDS),
-        words,
-        any(word in _ORDER_WORDS for word in words),
+        tuple(relations),
     )
 
 
@@ -138,18 +155,34 @@ def same_meaning_markers(first: Markers, second: Markers) -> bool:
     They agree with as many negations ("is allergic ... never pack them" and "is not allergic ... never
     pack them" do not), the same number words ("one nine" / "one nine five" do not), time words of which
     one text's are among the other's (a detail added, "Monday" / "Monday morning", agrees; "today" /
-    "tomorrow" does not) and, when either relates things by order, the words they share in the same order.
+    "tomorrow" does not) and the same content words on either side of each order word ("the backup job runs
+    before the deploy job" / "the deploy job runs before the backup job" do not).
     """
-    if first[0] != second[0] or first[1] != second[1]:
+    return (
+        first.negations == second.negations
+        and first.numbers == second.numbers
+        and (first.times <= second.times or second.times <= first.times)
+        and _same_relations(first.relations, second.relations)
+    )
+
+
+def _same_relations(first: _Relations, second: _Relations) -> bool:
+    """The same order words, each joining the same neighbours where both texts have one on that side.
+
+    "Before the weekly deploy, back up the database" has no word before "before": its neighbour after it
+    ("deploy") is compared, with "back up the database before the weekly deploy".
+    """
+    if sorted(word for word, _, _ in first) != sorted(word for word, _, _ in second):
         return False
-    if not (first[2] <= second[2] or second[2] <= first[2]):
-        return False
-    if not (first[4] or second[4]):
-        return True
-    shared = set(first[3]) & set(second[3])
-    return [word for word in dict.fromkeys(first[3]) if word in shared] == [
-        word for word in dict.fromkeys(second[3]) if word in shared
-    ]
+    for order_word in {word for word, _, _ in first}:
+        ours = [(before, after) for word, before, after in first if word == order_word]
+        theirs = [(before, after) for word, before, after in second if word == order_word]
+        for (before, after), (other_before, other_after) in zip(ours, theirs, strict=True):
+            if None not in (before, other_before) and before != other_before:
+                return False
+            if None not in (after, other_after) and after != other_after:
+                return False
+    return True
 
 
 def same_identifiers(
