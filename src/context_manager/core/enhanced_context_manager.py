@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import time
@@ -65,6 +66,7 @@ from context_manager.core.telemetry import (
     traced_add,
     traced_search,
 )
+from context_manager.core.threads import to_the_end
 from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
 from context_manager.core.tool_system.window_calls import (
@@ -79,6 +81,11 @@ __all__ = ["EnhancedContextManager"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+_CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.ContextVar(
+    "context_manager_change", default=None
+)
+"""The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
 _perf_counter = time.perf_counter
@@ -242,10 +249,20 @@ class EnhancedContextManager:
             was_ready = self._state == "ready"
             self._state = "closed"
             if was_ready:
-                await self._finish_changes()
-                await self._stop_subsystems()
-                await self._close_owned_summarizer()
+                try:
+                    await self._finish_changes()
+                except asyncio.CancelledError:
+                    # cancelled while it waited: release everything all the same (in a task of its own,
+                    # which this cancellation does not reach), then let the cancellation go on
+                    await to_the_end(asyncio.ensure_future(self._release()))
+                    raise
+                await self._release()
             logger.debug("context manager cleaned up")
+
+    async def _release(self) -> None:
+        """Stop the subsystems and close the summarizer this manager made."""
+        await self._stop_subsystems()
+        await self._close_owned_summarizer()
 
     def _guarded_summarizer(self, counter: TokenCounter) -> SummarizerGuard | None:
         """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker."""
@@ -937,6 +954,7 @@ class EnhancedContextManager:
         """
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changes[end] = asyncio.current_task()
+        inside = _CHANGE.set(end)  # seen by the tools it runs (their tasks copy this context)
         try:
             conversation = self._conversation
             if conversation is None:
@@ -947,6 +965,7 @@ class EnhancedContextManager:
             finally:
                 await conversation.sync(since=since)
         finally:
+            _CHANGE.reset(inside)
             del self._changes[end]
             end.set_result(None)
 
@@ -957,8 +976,11 @@ class EnhancedContextManager:
         person: past that limit (plus a second) the change is cancelled (its calls stay pending, as after a
         crash: ``cancel_tool_calls`` answers them in a resumed conversation).
         """
-        current = asyncio.current_task()
-        waiting = {end: task for end, task in self._changes.items() if task is not current}
+        # a tool calling cleanup() (an "end session" tool) is inside a change: that one waits for it
+        current, inside = asyncio.current_task(), _CHANGE.get()
+        waiting = {
+            end: task for end, task in self._changes.items() if task is not current and end is not inside
+        }
         if not waiting:
             return
         _, late = await asyncio.wait(waiting, timeout=self.config.max_tool_timeout + 1.0)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["UserThreads"]
+__all__ = ["UserThreads", "is_async_callable", "to_the_end"]
 
 _T = TypeVar("_T")
 
@@ -145,3 +145,31 @@ def is_async_callable(function: Any) -> bool:
         return True
     call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def to_the_end(task: asyncio.Future[Any]) -> Any:
+    """Await ``task`` to its end even if the caller is cancelled meanwhile; then re-raise that cancellation.
+
+    For work that must not stop halfway once started (a storage write whose commit a cancellation cannot
+    stop, a shutdown releasing resources): the task runs on its own, and the caller's cancellation is
+    raised once it is done (its outcome is retrieved, not lost). A cancellation of the task itself (the
+    loop closing) propagates at once.
+    """
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                cancelled = True
+                continue
+            if not task.cancelled():
+                task.exception()  # cancelled as it ended: its outcome goes unseen (but is retrieved)
+            raise
+        except BaseException:
+            if cancelled:
+                raise asyncio.CancelledError from None  # the caller asked to stop; the error is retrieved
+            raise
+        if cancelled:
+            raise asyncio.CancelledError
+        return result

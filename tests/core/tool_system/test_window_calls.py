@@ -780,3 +780,46 @@ async def test_cancel_queued_behind_a_compression_does_not_break_the_running_exe
         assert answers["c1"].metadata["error_type"] == "cancelled" and answers["c2"].content == "2"
         assert openai_violations(context.get_context(format="openai")) == []  # type: ignore[arg-type]
         assert anthropic_violations(context.get_context(format="anthropic")) == []  # type: ignore[arg-type]
+
+
+async def test_a_cleanup_cancelled_while_it_waits_for_tools_still_releases_everything(tmp_path: Path) -> None:
+    """cleanup() under the caller's time limit, a tool still running: the cancelled cleanup had marked the
+    manager closed without stopping anything, so a second cleanup() did nothing and the storage stayed
+    locked in this process."""
+    slow, started, release = gated_tool()
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    context = EnhancedContextManager(config, conversation_id="c")
+    await context.initialize()
+    context.tool_manager.register_function_tool("slow", slow, "Slow")
+    await context.add_message("user", "go")
+    running = asyncio.create_task(
+        context.execute_tool_calls([ToolCall(id="c1", name="slow", arguments={"x": 1})])
+    )
+    await started.wait()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(context.cleanup(), 0.2)
+    await context.cleanup()
+    async with EnhancedContextManager(config, conversation_id="c") as reopened:  # the lock was released
+        assert [m.content for m in reopened.messages][0] == "go"
+    release.set()
+    assert [result.result for result in await running] == [1]
+
+
+async def test_a_tool_that_calls_cleanup_is_not_waited_for_by_it(tmp_path: Path) -> None:
+    """An "end session" tool calling cleanup(): cleanup waited for the change running this very tool, until
+    the tool's own timeout cancelled both."""
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none", max_tool_timeout=2.0)
+    context = EnhancedContextManager(config)
+
+    async def end_session() -> str:
+        await context.cleanup()
+        return "bye"
+
+    await context.initialize()
+    context.tool_manager.register_function_tool("end_session", end_session, "End the session")
+    await context.add_message("user", "bye")
+    started = time.perf_counter()
+    [result] = await context.execute_tool_calls([ToolCall(id="c1", name="end_session", arguments={})])
+    assert result.success and result.result == "bye"
+    assert time.perf_counter() - started < 1.5
+    assert context.get_system_status()["state"] == "closed"

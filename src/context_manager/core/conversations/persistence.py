@@ -31,38 +31,11 @@ from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import WindowState, fold, snapshot_of
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
 from context_manager.core.errors import ConversationConflictError
+from context_manager.core.threads import to_the_end
 
 __all__ = ["PersistedConversation"]
 
 logger = logging.getLogger(__name__)
-
-
-async def _to_the_end(write: asyncio.Future[None]) -> None:
-    """Await a storage write to its end even if the caller is cancelled meanwhile, then re-raise that.
-
-    The write runs in a thread a cancellation cannot stop: it may commit after the caller's await was
-    cancelled, and what follows the commit (the stored version, the changes written) must happen all the
-    same, under the write lock the caller holds, or the next write carries a version the store no longer
-    has and is refused as a conflict that never was.
-    """
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            if not write.done():
-                cancelled = True
-                continue
-            if not write.cancelled():
-                write.exception()  # cancelled as it ended: its outcome goes unseen (but is retrieved)
-            raise
-        except BaseException:
-            if cancelled:
-                raise asyncio.CancelledError from None  # the caller asked to stop; the error is retrieved
-            raise
-        if cancelled:
-            raise asyncio.CancelledError
-        return
 
 
 class PersistedConversation:
@@ -241,20 +214,19 @@ class PersistedConversation:
         while self._resolved < target:
             async with self._write_lock:
                 if self._resolved < target:
-                    await _to_the_end(asyncio.ensure_future(self._write_pending()))
+                    # the write runs in a thread a cancellation cannot stop: what follows its commit
+                    # (the stored version) must happen all the same, under this lock, or the next write
+                    # carries a version the store no longer has: a conflict that never was
+                    await to_the_end(asyncio.ensure_future(self._write_pending()))
         if own <= target:
             task = asyncio.current_task()
             for first, last, why, tasks in self._refused:
+                # the caller's changes are the ones its own task journaled: every window change is
+                # committed by the task that then calls sync() (an add commits under the window's lock
+                # in its own task; a summarizer's task commits nothing)
+                mine = tasks[max(own, first) - first : min(last, target) - first + 1]
                 if (
-                    first <= target
-                    and own <= last
-                    and (
-                        since is None
-                        or any(
-                            tasks[number - first] is task
-                            for number in range(max(own, first), min(last, target) + 1)
-                        )
-                    )
+                    first <= target and own <= last and (since is None or any(t is task for t in mine))
                 ):  # a reload dropped some of the caller's changes: refused
                     raise why
         if self._snapshot_every and self._version - self._snapshot_version >= self._snapshot_every:
