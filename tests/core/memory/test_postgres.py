@@ -754,3 +754,20 @@ async def test_a_full_cache_of_query_words_never_loses_a_word_of_the_search(post
         backend._lexemes.update({f"filler{number}": () for number in range(50_001)})  # noqa: SLF001
         found = await memory.search_memory("alpha kite")  # "kite" is not: reading it fills the cache
         assert [m.content for m in found] == ["alpha beta gamma notes about the kite"]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=db password='x\\'TOPSECRET' dbname=app",  # a quoted value with an escaped quote
+        "host=db password=x\\ TOPSECRET dbname=app",  # an unquoted value with an escaped space
+        "host=db password='two TOPSECRET words' dbname=app",
+        "postgresql://app:TOPSECRET@db/app",
+    ],
+)
+def test_every_spelling_of_a_password_is_redacted(dsn: str) -> None:
+    from context_manager.core.memory.postgres.database import redact_dsn
+
+    redacted = redact_dsn(dsn)
+    assert "TOPSECRET" not in redacted and "***" in redacted
+    assert redacted.endswith("app")

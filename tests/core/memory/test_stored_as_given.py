@@ -77,6 +77,41 @@ async def test_a_turn_index_beyond_64_bits_is_kept_in_the_metadata_only(manager:
     assert memory.id in [hit.id for hit in found]
 
 
+async def test_long_user_and_session_ids_behave_alike_on_every_backend(manager: MemoryManager) -> None:
+    """A 3,000-character user id or session id (9 KB) was stored by SQLite and failed on PostgreSQL
+    (an index row of 9 KB). A user id is at most 256 characters on both; a longer session id stays in the
+    metadata, as a turn of no session."""
+    generator = random.Random(5)
+    longest_user = "".join(chr(generator.randrange(0x4E00, 0x9FFF)) for _ in range(256))
+    kept = await manager.add_memory("a memory of a long-named user", user_id=longest_user, tier="long")
+    assert [m.id for m in await manager.search_memory("long-named user", user_id=longest_user)] == [kept.id]
+    with pytest.raises(InvalidMemoryError, match="user_id: .*at most 256 characters"):
+        await manager.add_memory("too long a user", user_id="u" * 257)
+    session = "".join(chr(generator.randrange(0x4E00, 0x9FFF)) for _ in range(3000))
+    turn = await manager.add_memory(
+        "a turn of a long session", metadata={"session_id": session, "turn_index": 1}, tier="long"
+    )
+    assert turn.session_id is None
+    stored = await manager.get_memory(turn.id)
+    assert stored is not None and stored.metadata["session_id"] == session
+    assert [m.id for m in await manager.search_memory("turn of a long session", limit=1)] == [turn.id]
+
+
+async def test_an_empty_tag_filter_matches_nothing_on_every_backend(manager: MemoryManager) -> None:
+    """PostgreSQL ignored tags=[] and returned every match; SQLite (and the docs) match nothing."""
+    await manager.add_memory("a tagged kite", tags=["kites"])
+    await manager.add_memory("an untagged kite")
+    assert await manager.search_memory("kite", tags=[]) == []
+    assert [m.content for m in await manager.search_memory("kite", tags=["kites"])] == ["a tagged kite"]
+
+
+async def test_greek_capitals_are_found_by_their_own_words(manager: MemoryManager) -> None:
+    """PostgreSQL lower-cases "ΣΟΦΟΣ" to "σοφοσ" where the query had "σοφος" (a final sigma)."""
+    stored = await manager.add_memory("ΣΟΦΟΣ ΑΝΘΡΩΠΟΣ")
+    assert [m.id for m in await manager.search_memory("ΣΟΦΟΣ ΑΝΘΡΩΠΟΣ")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("σοφος")] == [stored.id]
+
+
 async def test_an_access_count_beyond_32_bits_is_refused_on_import(
     manager: MemoryManager, tmp_path: Path
 ) -> None:

@@ -19,6 +19,11 @@ from typing import Any, Final
 __all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
 
 CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
+
+MAX_USER_ID_CHARS = 256
+"""The longest user id, in characters (PostgreSQL indexes it, with the session id, in bounded entries)."""
+MAX_SESSION_ID_CHARS = 256
+"""The longest ``session_id`` that makes a memory a conversation turn (see :attr:`Memory.session_id`)."""
 """Metadata keys that mark a memory as a turn of a conversation."""
 
 MAX_ACCESS_COUNT = 2**31 - 1
@@ -180,9 +185,16 @@ class Memory:
 
     @property
     def session_id(self) -> str | None:
-        """The conversation session this memory is a turn of, if any."""
+        """The conversation session this memory is a turn of, if any.
+
+        At most :data:`MAX_SESSION_ID_CHARS` characters: a longer value stays in the metadata but is no
+        session (the stores index it with the user id, in an index of bounded entries on PostgreSQL).
+        """
         value = self.metadata.get("session_id")
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        text = str(value)
+        return text if len(text) <= MAX_SESSION_ID_CHARS else None
 
     @property
     def turn_index(self) -> int | None:

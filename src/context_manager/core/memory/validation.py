@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from context_manager.core.errors import InvalidMemoryError, describe_value
-from context_manager.core.memory.models import ALL_USERS, MemoryTier
+from context_manager.core.memory.models import ALL_USERS, MAX_USER_ID_CHARS, MemoryTier
 from context_manager.core.text import encodable
 
 _NO_NUL = "text without NUL characters (PostgreSQL cannot store them)"
@@ -153,12 +153,18 @@ def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
 def check_user(user_id: Any, *, allow_all: bool) -> None:
     """A non-empty string or ``None`` (and :data:`ALL_USERS` where ``allow_all``)."""
     if user_id is None or (
-        isinstance(user_id, str) and user_id and encodable(user_id) and "\x00" not in user_id
+        isinstance(user_id, str)
+        and user_id
+        and len(user_id) <= MAX_USER_ID_CHARS
+        and encodable(user_id)
+        and "\x00" not in user_id
     ):
         return
     if allow_all and user_id is ALL_USERS:
         return
-    allowed = "a non-empty string, None" + (" or ALL_USERS" if allow_all else "")
+    allowed = f"a non-empty string of at most {MAX_USER_ID_CHARS} characters, None" + (
+        " or ALL_USERS" if allow_all else ""
+    )
     raise InvalidMemoryError("user_id", user_id, allowed)
 
 

@@ -967,7 +967,7 @@ class PostgresBackend:
         if query.tiers is not None:
             clauses.append("m.tier = ANY(%s)")
             parameters.append([tier.value for tier in query.tiers])
-        if query.tags:
+        if query.tags is not None:  # an empty set matches nothing, as in LexicalQuery.accepts
             clauses.append("m.tags && %s::text[]")
             parameters.append(sorted(query.tags))
         if query.min_importance is not None:
@@ -1366,10 +1366,13 @@ def _vector_text(vector: numpy.ndarray) -> str:
 
 
 def _written_forms(token: str) -> tuple[str, ...]:
-    """The forms a query word may have in stored text: as given (NFC, see ``query_tokens``) and in NFD.
+    """The forms a query word may have in stored text: as given, in NFD, with a final sigma as "σ".
 
-    The server's parser keeps combining marks inside a word but does not normalise it, so text stored in NFD
-    (``"nai\u0308ve"``) has other lexemes than the same word in NFC.
+    The query word is in NFC (see ``query_tokens``). The server's parser keeps combining marks inside a
+    word but does not normalise it, so text stored in NFD (``"nai\u0308ve"``) has other lexemes than the
+    same word in NFC; and it lower-cases "ΣΟΦΟΣ" to "σοφοσ", where Python (so the query) writes "σοφος".
     """
-    decomposed = unicodedata.normalize("NFD", token)
-    return (token,) if decomposed == token else (token, decomposed)
+    forms = [token, unicodedata.normalize("NFD", token)]
+    if "ς" in token:  # a final sigma: the server lower-cases "Σ" to "σ" wherever it stands
+        forms.append(token.replace("ς", "σ"))
+    return tuple(dict.fromkeys(forms))

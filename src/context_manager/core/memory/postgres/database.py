@@ -45,7 +45,13 @@ LOCK_CONNECTIONS = 2
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by ``***`` (safe for messages and logs)."""
     redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)('[^']*'?|\S+)", r"\1***", redacted, flags=re.IGNORECASE)
+    # a key=value value: quoted ('...' with \' and \\ escapes) or up to the next unescaped space
+    return re.sub(
+        r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+\\?)",
+        r"\1***",
+        redacted,
+        flags=re.IGNORECASE,
+    )
 
 
 def _import_psycopg() -> tuple[Any, Any]:
