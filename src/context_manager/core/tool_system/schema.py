@@ -34,6 +34,7 @@ from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
 
 __all__ = [
+    "REDACTED",
     "CallingConvention",
     "FunctionAnalysis",
     "analyse_function",
@@ -41,6 +42,9 @@ __all__ = [
     "describe_validation_error",
     "parse_docstring",
 ]
+
+REDACTED = "[REDACTED]"
+"""Stands in for the value of a ``sensitive_arguments`` argument in the history and in error messages."""
 
 CallingConvention = Literal["parameters", "typed"]
 """How a tool function receives its arguments: one ``parameters`` dict, or typed keyword arguments."""
@@ -359,13 +363,24 @@ def _adapter_schema(annotation: Any, tool_name: str) -> dict[str, Any]:
 
 
 def describe_validation_error(
-    error: ValidationError, tool_name: str, allowed_fields: collections.abc.Iterable[str] = ()
+    error: ValidationError,
+    tool_name: str,
+    allowed_fields: collections.abc.Iterable[str] = (),
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
 ) -> str:
-    """Turn pydantic's errors into one message a model can act on: field, value given, what is expected."""
+    """Turn pydantic's errors into one message a model can act on: field, value given, what is expected.
+
+    The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
+    stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
+    search for the whole value would not find.
+    """
     model_fields = list(allowed_fields)
+    sensitive = frozenset(sensitive_arguments)
     parts: list[str] = []
     for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in item.get("loc", ())) or "arguments"
+        loc = item.get("loc", ())
+        location = ".".join(str(part) for part in loc) or "arguments"
         kind = item.get("type", "")
         if kind == "missing":
             parts.append(f"{location}: missing; a value is required")
@@ -375,7 +390,8 @@ def describe_validation_error(
         else:
             expected = str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
-            parts.append(f"{location}: got {describe_value(item.get('input'))}; expected {expected}")
+            given = REDACTED if loc and loc[0] in sensitive else describe_value(item.get("input"))
+            parts.append(f"{location}: got {given}; expected {expected}")
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
 
 
@@ -399,7 +415,12 @@ def _matches_type(value: Any, expected: str) -> bool:
     return isinstance(value, kinds)
 
 
-def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+def check_arguments_against_schema(
+    arguments: dict[str, Any],
+    schema: dict[str, Any],
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
+) -> list[str]:
     """Check a parameters-dict tool's arguments against its declared schema (top level only).
 
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
@@ -407,9 +428,12 @@ def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, 
     values and ``additionalProperties: false``. Nested schemas are not checked; validate inside the tool
     if you need more.
 
+    The values of ``sensitive_arguments`` are never quoted (``[REDACTED]`` stands in for them).
+
     Returns:
         One message per problem, empty when the arguments pass.
     """
+    sensitive = frozenset(sensitive_arguments)
     problems: list[str] = []
     properties = schema.get("properties") or {}
     extra = schema.get("additionalProperties")
@@ -425,13 +449,14 @@ def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, 
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
+        given = REDACTED if name in sensitive else describe_value(value)
         expected = declared.get("type")
         if expected is not None:
             options = expected if isinstance(expected, list) else [expected]
             if not any(_matches_type(value, option) for option in options):
-                problems.append(f"{name}: got {describe_value(value)}; expected {' or '.join(options)}")
+                problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
                 continue
         if "enum" in declared and value not in declared["enum"]:
             allowed = ", ".join(describe_value(option) for option in declared["enum"])
-            problems.append(f"{name}: got {describe_value(value)}; expected one of {allowed}")
+            problems.append(f"{name}: got {given}; expected one of {allowed}")
     return problems
