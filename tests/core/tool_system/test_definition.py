@@ -264,6 +264,22 @@ def test_explicit_parameters_schema_wins() -> None:
         ({"tags": ["", "x"]}, "tags"),
         ({"cacheable": "yes"}, "cacheable"),
         ({"parameters_schema": {"type": "array"}}, "parameters_schema"),
+        ({"parameters_schema": {"properties": ["text"]}}, "parameters_schema.properties"),
+        ({"parameters_schema": {"properties": {"text": "string"}}}, "parameters_schema.properties"),
+        ({"parameters_schema": {"properties": {"a": {}}, "required": "a"}}, "parameters_schema.required"),
+        ({"parameters_schema": {"properties": {"a": {}}, "required": ["b"]}}, "parameters_schema.required"),
+        ({"parameters_schema": {"additionalProperties": "no"}}, "parameters_schema.additionalProperties"),
+        (
+            {"parameters_schema": {"properties": {"n": {"type": "int"}}}},
+            "parameters_schema.properties.n.type",
+        ),
+        ({"parameters_schema": {"properties": {"n": {"type": [{}]}}}}, "parameters_schema.properties.n.type"),
+        (
+            {"parameters_schema": {"properties": {"n": {"enum": "abc"}}}},
+            "parameters_schema.properties.n.enum",
+        ),
+        ({"parameters_schema": {"properties": {"t": {"enum": {"a", "b"}}}}}, "parameters_schema"),
+        ({"parameters_schema": {"properties": {"x": {"default": float("nan")}}}}, "parameters_schema"),
     ],
 )
 def test_invalid_options_raise_registration_error(options: dict[str, Any], field: str) -> None:

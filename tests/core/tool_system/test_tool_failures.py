@@ -249,3 +249,25 @@ async def test_a_nested_sensitive_value_stays_out_of_the_window(tmp_path: Path) 
         await context.execute_tool_calls([{"id": "call_1", "name": "sign_in", "arguments": arguments}])
         history = json.dumps(context.get_context(format="openai"))
     assert "hunter2-pw" not in history and "[REDACTED]" in history
+
+
+async def test_a_malformed_declared_schema_is_refused_at_registration_and_breaks_nothing() -> None:
+    """Accepted before: call_tool then raised AttributeError, get_tool_schemas() TypeError for every tool."""
+
+    async def analyze(parameters: dict[str, Any]) -> int:
+        return len(parameters)
+
+    async def word_count(text: str) -> int:
+        return len(text.split())
+
+    manager = ToolManager()
+    manager.register_function_tool("word_count", word_count, "Count words")
+    bad_schemas: list[dict[str, Any]] = [
+        {"type": "object", "properties": ["text"]},
+        {"type": "object", "properties": {"tag": {"type": "string", "enum": {"a", "b"}}}},
+    ]
+    for schema in bad_schemas:
+        with pytest.raises(ToolRegistrationError, match=r"^parameters_schema.*; allowed"):
+            manager.register_function_tool("analyze", analyze, "Analyze", parameters_schema=schema)
+    assert "analyze" not in manager
+    assert [item["function"]["name"] for item in manager.get_tool_schemas("openai")] == ["word_count"]

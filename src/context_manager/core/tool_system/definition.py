@@ -26,7 +26,12 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
-from context_manager.core.tool_system.schema import REDACTED, CallingConvention, analyse_function
+from context_manager.core.tool_system.schema import (
+    REDACTED,
+    CallingConvention,
+    analyse_function,
+    check_declared_schema,
+)
 
 __all__ = [
     "REDACTED",
@@ -233,6 +238,8 @@ class ToolDefinition:
                 declared,
                 "a JSON schema dict describing an object ({'type': 'object', ...})",
             )
+        if declared:
+            check_declared_schema(declared)
         analysis = analyse_function(self.function, self.name)
         if not self.description and analysis.summary:
             set_field(self, "description", analysis.summary)

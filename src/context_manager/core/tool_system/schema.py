@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import json
 import re
 import sys
 import types
@@ -39,6 +40,7 @@ __all__ = [
     "FunctionAnalysis",
     "analyse_function",
     "check_arguments_against_schema",
+    "check_declared_schema",
     "describe_validation_error",
     "parse_docstring",
 ]
@@ -393,6 +395,60 @@ def describe_validation_error(
             given = REDACTED if loc and loc[0] in sensitive else describe_value(item.get("input"))
             parts.append(f"{location}: got {given}; expected {expected}")
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
+
+
+def check_declared_schema(schema: dict[str, Any]) -> None:
+    """Check a declared ``parameters_schema`` at registration, so a malformed one fails there, not later.
+
+    The schema must be plain JSON (providers get it as is), and the keywords the light argument check
+    (:func:`check_arguments_against_schema`) reads must have their JSON Schema shapes: ``properties`` an
+    object of schemas, ``required`` a list of property names, ``additionalProperties`` a boolean or a schema,
+    each property's ``type`` a JSON type name or a list of them and its ``enum`` a list.
+
+    Raises:
+        ToolRegistrationError: the schema breaks one of these rules (the field says where).
+    """
+    try:
+        json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ToolRegistrationError(
+            "parameters_schema", schema, "a JSON schema made of JSON values only", detail=str(error)
+        ) from None
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict) or not all(
+        isinstance(item, dict | bool) for item in properties.values()
+    ):
+        raise ToolRegistrationError(
+            "parameters_schema.properties", properties, "an object mapping each argument name to its schema"
+        )
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(
+        isinstance(name, str) and name in properties for name in required
+    ):
+        raise ToolRegistrationError(
+            "parameters_schema.required",
+            required,
+            "a list of property names (" + (", ".join(properties) or "no properties declared") + ")",
+        )
+    if not isinstance(schema.get("additionalProperties", True), dict | bool):
+        raise ToolRegistrationError(
+            "parameters_schema.additionalProperties",
+            schema["additionalProperties"],
+            "true, false or the schema of the other arguments",
+        )
+    located = [(f"parameters_schema.properties.{name}", item) for name, item in properties.items()]
+    located.append(("parameters_schema.additionalProperties", schema.get("additionalProperties")))
+    for location, declared in located:
+        if not isinstance(declared, dict):
+            continue
+        if "type" in declared:
+            kind = declared["type"]
+            kinds = kind if isinstance(kind, list) else [kind]
+            if not kinds or not all(isinstance(option, str) and option in _JSON_TYPES for option in kinds):
+                allowed = "a JSON type name or a list of them (" + ", ".join(_JSON_TYPES) + ")"
+                raise ToolRegistrationError(f"{location}.type", kind, allowed)
+        if "enum" in declared and not isinstance(declared["enum"], list):
+            raise ToolRegistrationError(f"{location}.enum", declared["enum"], "a list of the allowed values")
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
