@@ -292,11 +292,12 @@ def _parameters_dict_schema(
         arguments = typing.get_args(inner)
         value_type = arguments[1] if len(arguments) == 2 else Any
         if value_type is not Any:
-            schema = {
-                "type": "object",
-                "properties": {},
-                "additionalProperties": _adapter_schema(value_type, tool_name),
-            }
+            value_schema = _adapter_schema(value_type, tool_name)
+            schema = {"type": "object", "properties": {}, "additionalProperties": value_schema}
+            # "#/$defs/..." references resolve from the document root: the definitions must live there
+            definitions = value_schema.pop("$defs", None)
+            if definitions:
+                schema["$defs"] = definitions
         else:
             documented = {name: text for name, text in argument_docs.items() if name != "parameters"}
             schema = dict(_OPEN_OBJECT_SCHEMA)
