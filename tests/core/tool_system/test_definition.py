@@ -9,6 +9,7 @@ from context_manager.core.errors import ContextManagerError, ToolRegistrationErr
 from context_manager.core.tool_system import (
     ToolCategory,
     ToolDefinition,
+    ToolErrorType,
     ToolManager,
     ToolPermission,
     get_tool_definition,
@@ -382,3 +383,40 @@ async def test_partials_and_callable_objects() -> None:
     assert counter.is_async and counter.convention == "typed"
     assert counter.parameters_schema["properties"] == {"text": {"type": "string"}}
     assert counter.description == "Count characters."
+
+
+async def test_a_field_default_is_the_field_as_in_pydantic_validate_call() -> None:
+    """``n: int = Field(3, ge=1)`` was wrapped in another Field: no constraint, a FieldInfo as the value."""
+
+    async def top_words(
+        text: str,
+        n: int = Field(3, ge=1, description="How many words to list"),
+        cutoff: float = Field(0.5, le=1.0),
+        language: str = Field(min_length=2),
+    ) -> dict[str, Any]:
+        """List frequent words.
+
+        Args:
+            text: The text.
+            cutoff: Lowest relative frequency kept.
+        """
+        return {"n": n, "cutoff": cutoff, "language": language}
+
+    manager = ToolManager()
+    manager.register_function_tool("top_words", top_words, "List frequent words")
+    schema = manager.get_tool("top_words").parameters_schema
+    assert schema["properties"]["n"] == {
+        "type": "integer",
+        "default": 3,
+        "minimum": 1,
+        "description": "How many words to list",
+    }
+    assert schema["properties"]["cutoff"]["description"] == "Lowest relative frequency kept."
+    assert schema["properties"]["cutoff"]["maximum"] == 1.0
+    assert schema["required"] == ["text", "language"]
+    omitted = await manager.call_tool("top_words", {"text": "a b", "language": "en"})
+    assert omitted.success and omitted.result == {"n": 3, "cutoff": 0.5, "language": "en"}
+    refused = await manager.call_tool("top_words", {"text": "a b", "n": 0, "language": "e"})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS and refused.error is not None
+    assert "n: got 0; expected greater than or equal to 1" in refused.error
+    assert "language: got 'e'" in refused.error

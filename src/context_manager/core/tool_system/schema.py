@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
@@ -250,8 +251,15 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
                 "parameter would vanish from the schema",
             )
         annotation = hints.get(parameter.name, Any)
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         description = argument_docs.get(parameter.name)
+        if isinstance(parameter.default, FieldInfo):
+            # pydantic's validate_call idiom, ``n: int = Field(3, ge=1)``: the FieldInfo is the field (its
+            # default, constraints and description); the docstring's description fills in a missing one
+            if description is not None:
+                annotation = typing.Annotated[annotation, Field(description=description)]
+            fields[parameter.name] = (annotation, parameter.default)
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         field_info = Field(default) if description is None else Field(default, description=description)
         fields[parameter.name] = (annotation, field_info)
     model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
