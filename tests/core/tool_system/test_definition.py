@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
+import typing_extensions
 from pydantic import BaseModel, Field
 
 from context_manager.core.errors import ContextManagerError, ToolRegistrationError
@@ -420,3 +421,28 @@ async def test_a_field_default_is_the_field_as_in_pydantic_validate_call() -> No
     assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS and refused.error is not None
     assert "n: got 0; expected greater than or equal to 1" in refused.error
     assert "language: got 'e'" in refused.error
+
+
+class SearchArguments(typing_extensions.TypedDict):
+    query: str
+    limit: typing_extensions.NotRequired[int]
+
+
+async def test_a_typing_extensions_typed_dict_is_the_parameters_dict_convention() -> None:
+    """``typing.is_typeddict`` missed it before 3.13: the tool became a typed tool with one ``parameters``."""
+
+    async def search(parameters: SearchArguments) -> dict[str, Any]:
+        return dict(parameters)
+
+    manager = ToolManager()
+    definition = manager.register_function_tool("search", search, "Search")
+    assert definition.convention == "parameters"
+    assert definition.parameters_schema["properties"] == {
+        "query": {"type": "string"},
+        "limit": {"type": "integer"},
+    }
+    assert definition.parameters_schema["required"] == ["query"]
+    result = await manager.execute_tool("search", query="llm", limit=3)
+    assert result.success and result.result == {"query": "llm", "limit": 3}
+    refused = await manager.execute_tool("search", limit="three")
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS

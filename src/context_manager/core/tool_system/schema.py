@@ -132,8 +132,23 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
     return summary, arguments
 
 
+def _is_typed_dict(annotation: Any) -> bool:
+    """True for a ``TypedDict`` class from ``typing`` or from ``typing_extensions``.
+
+    ``typing.is_typeddict`` misses ``typing_extensions.TypedDict`` classes before Python 3.13 (the kind
+    pydantic asks for before 3.12); both kinds are dict subclasses with these attributes.
+    """
+    if typing.is_typeddict(annotation):
+        return True
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, dict)
+        and all(hasattr(annotation, name) for name in ("__required_keys__", "__optional_keys__", "__total__"))
+    )
+
+
 def _is_mapping_annotation(annotation: Any) -> bool:
-    if annotation is inspect.Parameter.empty or annotation is Any or typing.is_typeddict(annotation):
+    if annotation is inspect.Parameter.empty or annotation is Any or _is_typed_dict(annotation):
         return True
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
@@ -294,7 +309,7 @@ def _parameters_dict_schema(
     if typing.get_origin(inner) is typing.Annotated:
         inner = typing.get_args(inner)[0]
     description = argument_docs.get("parameters")
-    if typing.is_typeddict(inner):
+    if _is_typed_dict(inner):
         schema = _typed_dict_schema(inner, tool_name)
     else:
         arguments = typing.get_args(inner)
