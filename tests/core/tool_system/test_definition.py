@@ -251,6 +251,8 @@ def test_explicit_parameters_schema_wins() -> None:
         ({"name": "x" * 65}, "name"),
         ({"name": ""}, "name"),
         ({"name": "dot.name"}, "name"),
+        ({"name": "get_weather\n"}, "name"),
+        ({"name": "a" * 64 + "\n"}, "name"),
         ({"timeout": -1.0}, "timeout"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),

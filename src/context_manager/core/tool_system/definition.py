@@ -46,8 +46,9 @@ __all__ = [
 
 TOOL_DEFINITION_ATTRIBUTE = "__tool_definition__"
 """The attribute ``@tool`` sets on a function to its :class:`ToolDefinition`."""
-TOOL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-"""Tool names every provider accepts (OpenAI's rule; Anthropic's is the same)."""
+TOOL_NAME_PATTERN = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
+"""Tool names every provider accepts (OpenAI's rule; Anthropic's is the same); anchored with ``\\Z``,
+since ``$`` also matches before a final newline."""
 DEFAULT_RATE_WINDOW = 60.0
 """Seconds of the sliding rate-limit window when ``rate_window`` is not given."""
 DEFAULT_CACHE_TTL = 300.0
@@ -138,7 +139,7 @@ def _positive_int(value: Any, field_name: str) -> int | None:
 
 
 def _validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not TOOL_NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not TOOL_NAME_PATTERN.fullmatch(name):
         raise ToolRegistrationError(
             "name", name, "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
         )
