@@ -211,6 +211,33 @@ def test_property_named_title_survives_title_stripping() -> None:
     assert set(schema["properties"]) == {"title"}
 
 
+class Page(BaseModel):
+    title: str = "Untitled"
+    body: str = ""
+
+
+def test_title_stripping_keeps_title_keys_in_defaults_examples_and_constants() -> None:
+    """Every ``title`` key holding a string was dropped, data included: a default lost its ``title``."""
+
+    async def publish(
+        meta: dict[str, Any] = {"title": "Report", "pages": 3},  # noqa: B006
+        page: Page = Page(title="Cover"),  # noqa: B008
+        tags: Annotated[list[dict[str, str]], Field(examples=[[{"title": "draft"}]])] = [],  # noqa: B006
+    ) -> str:
+        return "ok"
+
+    schema = ToolDefinition(name="publish", function=publish).parameters_schema
+    properties = schema["properties"]
+    assert properties["meta"]["default"] == {"title": "Report", "pages": 3}
+    assert properties["page"]["default"] == {"title": "Cover", "body": ""}
+    assert properties["tags"]["examples"] == [[{"title": "draft"}]]
+    # the keyword itself is still dropped, at every level
+    assert schema["$defs"]["Page"]["properties"]["title"] == {"type": "string", "default": "Untitled"}
+    assert (
+        "title" not in schema and "title" not in schema["$defs"]["Page"] and "title" not in properties["meta"]
+    )
+
+
 def test_parse_docstring_google_style() -> None:
     summary, arguments = parse_docstring(
         """Search the web.

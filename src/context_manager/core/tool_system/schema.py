@@ -201,18 +201,35 @@ def _unresolved(function: Any, tool_name: str, error: Exception) -> ToolRegistra
     )
 
 
-def _clean_schema(schema: Any, *, in_properties: bool = False) -> Any:
-    """Drop pydantic's ``title`` keys (model tokens spent for nothing); keep property *names* untouched."""
-    if isinstance(schema, dict):
-        cleaned: dict[str, Any] = {}
-        for key, value in schema.items():
-            if key == "title" and not in_properties and isinstance(value, str):
-                continue
-            cleaned[key] = _clean_schema(value, in_properties=key in ("properties", "$defs", "definitions"))
-        return cleaned
+_DATA_KEYWORDS = frozenset({"default", "examples", "example", "const", "enum", "discriminator"})
+"""Schema keywords whose value is data (or, for ``discriminator``, names), copied as they are."""
+_SCHEMA_MAP_KEYWORDS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+"""Schema keywords mapping names (which may be ``title``) to schemas."""
+
+
+def _clean_schema(schema: Any) -> Any:
+    """Drop pydantic's ``title`` keywords (model tokens spent for nothing).
+
+    Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
+    values) are kept as they are, ``title`` keys included.
+    """
     if isinstance(schema, list):
         return [_clean_schema(item) for item in schema]
-    return schema
+    if not isinstance(schema, dict):
+        return schema
+    cleaned: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in _DATA_KEYWORDS:
+            cleaned[key] = value
+        elif key in _SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+            cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
+        else:
+            cleaned[key] = _clean_schema(value)
+    return cleaned
 
 
 def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
