@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
@@ -271,3 +271,43 @@ async def test_a_malformed_declared_schema_is_refused_at_registration_and_breaks
             manager.register_function_tool("analyze", analyze, "Analyze", parameters_schema=schema)
     assert "analyze" not in manager
     assert [item["function"]["name"] for item in manager.get_tool_schemas("openai")] == ["word_count"]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    street: str
+    city: str
+
+
+class Parcel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float
+
+
+async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> None:
+    """It said "allowed" with the tool's top-level arguments, whatever the depth."""
+
+    async def ship(
+        order_id: str,
+        address: Address,
+        stops: list[Address | None] = [],  # noqa: B006
+        item: Address | Parcel | None = None,
+    ) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("ship", ship, "Ship")
+    address = {"street": "Rua A", "city": "Lisbon"}
+    nested = await manager.call_tool("ship", {"order_id": "1", "address": {**address, "zip": "1100"}})
+    assert nested.error is not None and "address.zip: unexpected key; allowed street, city" in nested.error
+    in_list = await manager.call_tool("ship", {"order_id": "1", "address": address, "stops": [{"zip": "1"}]})
+    assert in_list.error is not None and "stops.0.zip: unexpected key; allowed street, city" in in_list.error
+    top = await manager.call_tool("ship", {"order_id": "1", "address": address, "zip": "1"})
+    assert (
+        top.error is not None
+        and "zip: unexpected argument; allowed order_id, address, stops, item" in top.error
+    )
+    # a union of models: which one was meant is unknown, so no keys are named
+    union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
+    assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
+    assert "order_id" not in union.error.partition("item.Address.zip")[2]

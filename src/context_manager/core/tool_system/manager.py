@@ -368,7 +368,11 @@ class ToolManager(ToolRegistry):
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
                 message = describe_validation_error(
-                    error, name, model.model_fields, sensitive_arguments=definition.sensitive_arguments
+                    error,
+                    name,
+                    model.model_fields,
+                    sensitive_arguments=definition.sensitive_arguments,
+                    arguments_model=model,
                 )
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments

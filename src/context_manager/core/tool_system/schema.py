@@ -405,18 +405,70 @@ def _adapter_schema(annotation: Any, tool_name: str) -> dict[str, Any]:
     return schema
 
 
+def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...]) -> list[str]:
+    """The keys of the object at ``location`` inside ``model``'s arguments, or [] when its type is unknown."""
+    annotation: Any = model
+    for part in location:
+        annotation = _unwrap_optional(annotation)
+        origin = typing.get_origin(annotation)
+        arguments = typing.get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif _is_typed_dict(annotation):
+            annotation = typing.get_type_hints(annotation).get(str(part))
+        elif (
+            isinstance(part, int) and origin in (list, set, frozenset, collections.abc.Sequence) and arguments
+        ):
+            annotation = arguments[0]
+        elif isinstance(part, int) and origin is tuple and arguments:
+            annotation = (
+                arguments[0] if arguments[-1] is Ellipsis else arguments[min(part, len(arguments) - 1)]
+            )
+        elif origin in _MAPPING_ORIGINS and len(arguments) == 2:
+            annotation = arguments[1]
+        else:
+            return []
+    annotation = _unwrap_optional(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    if _is_typed_dict(annotation):
+        return list(typing.get_type_hints(annotation))
+    return []
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` as ``X`` (other unions stay: which member failed is unknown)."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [member for member in typing.get_args(annotation) if member is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
 def describe_validation_error(
     error: ValidationError,
     tool_name: str,
     allowed_fields: collections.abc.Iterable[str] = (),
     *,
     sensitive_arguments: collections.abc.Iterable[str] = (),
+    arguments_model: type[BaseModel] | None = None,
 ) -> str:
     """Turn pydantic's errors into one message a model can act on: field, value given, what is expected.
 
     The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
     stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
-    search for the whole value would not find.
+    search for the whole value would not find. An unknown key inside a nested object is answered with that
+    object's keys, found from ``arguments_model`` (nothing is said about allowed keys when they are not
+    known).
     """
     model_fields = list(allowed_fields)
     sensitive = frozenset(sensitive_arguments)
@@ -428,8 +480,10 @@ def describe_validation_error(
         if kind == "missing":
             parts.append(f"{location}: missing; a value is required")
         elif kind == "extra_forbidden":
-            allowed = f"; allowed {', '.join(model_fields)}" if model_fields else ""
-            parts.append(f"{location}: unexpected argument{allowed}")
+            # a key inside a nested object: the keys of that object, when its type says them
+            names = model_fields if len(loc) <= 1 else _nested_keys(arguments_model, loc[:-1])
+            allowed = f"; allowed {', '.join(names)}" if names else ""
+            parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
         else:
             expected = str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
