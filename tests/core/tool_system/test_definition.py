@@ -393,6 +393,39 @@ def test_light_schema_check_for_parameters_tools() -> None:
     assert "zzz: unexpected argument; allowed q, n, mode" in problems
 
 
+async def test_light_schema_check_accepts_an_integral_float_as_an_integer() -> None:
+    """JSON Schema (and a typed tool) counts 3.0 as an integer; the light check refused it."""
+
+    class Repeat(TypedDict):
+        count: int
+
+    async def repeat(parameters: Repeat) -> int:
+        return int(parameters["count"])
+
+    manager = ToolManager()
+    manager.register_function_tool("repeat", repeat, "Repeat")
+    assert (await manager.call_tool("repeat", {"count": 3.0})).result == 3
+    refused = await manager.call_tool("repeat", {"count": 3.5})
+    assert refused.error is not None and "count: got 3.5; expected integer" in refused.error
+    schema = {"type": "object", "properties": {"n": {"type": ["integer", "null"]}}}
+    assert check_arguments_against_schema({"n": 2.0}, schema) == []
+    assert check_arguments_against_schema({"n": True}, schema) == ["n: got True; expected integer or null"]
+
+
+def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
+    """``True in [0, 1, 2]`` is true in Python, but JSON Schema's true is not 1."""
+    schema = {"type": "object", "properties": {"level": {"enum": [0, 1, 2]}, "flag": {"enum": [True, [1]]}}}
+    assert check_arguments_against_schema({"level": 1, "flag": True}, schema) == []
+    assert check_arguments_against_schema({"level": 1.0, "flag": [1.0]}, schema) == []
+    assert check_arguments_against_schema({"level": True, "flag": 1}, schema) == [
+        "level: got True; expected one of 0, 1, 2",
+        "flag: got 1; expected one of True, [1]",
+    ]
+    assert check_arguments_against_schema({"flag": [True]}, schema) == [
+        "flag: got [True]; expected one of True, [1]"
+    ]
+
+
 async def test_partials_and_callable_objects() -> None:
     import functools
 

@@ -563,7 +563,22 @@ def _matches_type(value: Any, expected: str) -> bool:
         return True  # a type this light check does not know: accept
     if isinstance(value, bool) and expected in ("integer", "number"):
         return False
+    if expected == "integer" and isinstance(value, float):
+        return value.is_integer()  # JSON Schema counts 3.0 as an integer, as pydantic does
     return isinstance(value, kinds)
+
+
+def _json_equal(value: Any, option: Any) -> bool:
+    """Equality as JSON Schema's ``enum`` means it: ``true`` is not ``1``, ``1.0`` is ``1``."""
+    if isinstance(value, bool) or isinstance(option, bool):
+        return isinstance(value, bool) and isinstance(option, bool) and value == option
+    if isinstance(value, int | float) and isinstance(option, int | float):
+        return value == option
+    if isinstance(value, dict) and isinstance(option, dict):
+        return value.keys() == option.keys() and all(_json_equal(value[key], option[key]) for key in value)
+    if isinstance(value, list | tuple) and isinstance(option, list | tuple):
+        return len(value) == len(option) and all(map(_json_equal, value, option))
+    return bool(value == option)
 
 
 def check_arguments_against_schema(
@@ -576,8 +591,9 @@ def check_arguments_against_schema(
 
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
     of each declared property (and of the others, when ``additionalProperties`` is a schema), ``enum``
-    values and ``additionalProperties: false``. Nested schemas are not checked; validate inside the tool
-    if you need more.
+    values and ``additionalProperties: false``, with JSON Schema's rules (``3.0`` is an integer; ``true``
+    is not ``1``, so it does not pass an enum of numbers). Nested schemas are not checked; validate inside
+    the tool if you need more.
 
     The values of ``sensitive_arguments`` are never quoted (``[REDACTED]`` stands in for them).
 
@@ -607,7 +623,7 @@ def check_arguments_against_schema(
             if not any(_matches_type(value, option) for option in options):
                 problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
                 continue
-        if "enum" in declared and value not in declared["enum"]:
+        if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
             allowed = ", ".join(describe_value(option) for option in declared["enum"])
             problems.append(f"{name}: got {given}; expected one of {allowed}")
     return problems
