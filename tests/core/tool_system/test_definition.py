@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
@@ -508,3 +510,35 @@ async def test_a_typing_extensions_typed_dict_is_the_parameters_dict_convention(
     assert result.success and result.result == {"query": "llm", "limit": 3}
     refused = await manager.execute_tool("search", limit="three")
     assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+
+
+async def stream_rows(table: str) -> AsyncIterator[dict[str, str]]:
+    yield {"table": table}
+
+
+def count_rows(table: str, limit: int) -> Iterator[int]:
+    yield from range(limit)
+
+
+class RowStreamer:
+    async def __call__(self, table: str) -> AsyncIterator[str]:
+        yield table
+
+
+@pytest.mark.parametrize(
+    ("function", "kind"),
+    [
+        (stream_rows, "an async generator"),
+        (count_rows, "a generator"),
+        (functools.partial(count_rows, limit=3), "a generator"),
+        (RowStreamer(), "an async generator"),
+    ],
+)
+def test_a_generator_function_is_refused_at_registration(function: Any, kind: str) -> None:
+    """It registered (an async generator as a sync tool run in a thread), then every call failed."""
+    manager = ToolManager()
+    with pytest.raises(
+        ToolRegistrationError, match=rf"^function: got .*; allowed .*not one that yields.* {kind} "
+    ):
+        manager.register_function_tool("rows", function, "Rows")
+    assert "rows" not in manager

@@ -232,12 +232,29 @@ def _clean_schema(schema: Any) -> Any:
     return cleaned
 
 
+def _refuse_generator(function: Any, tool_name: str) -> None:
+    """Refuse a generator or async generator function: a tool returns one result, it does not yield."""
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(target, "__call__", target)  # noqa: B004
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "a function that returns its result (sync or async), not one that yields",
+            detail=f"tool {tool_name!r} is {kind} function; collect what it yields and return that",
+        )
+
+
 def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     """Analyse a tool function: calling convention, sync or async, argument model and JSON schema.
 
     Raises:
         ToolRegistrationError: the function has ``*args``/``**kwargs`` or positional-only parameters,
-            or type hints that cannot be resolved or turned into a schema.
+            type hints that cannot be resolved or turned into a schema, or is a (sync or async) generator.
     """
     try:
         signature = inspect.signature(function)
@@ -245,6 +262,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         raise ToolRegistrationError(
             "function", function, "a callable with an inspectable signature", detail=str(error)
         ) from None
+    _refuse_generator(function, tool_name)
     is_async = is_async_callable(function)
     summary, argument_docs = parse_docstring(inspect.getdoc(function))
     parameters = list(signature.parameters.values())
