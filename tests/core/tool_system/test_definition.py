@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
+import typing_extensions
 from pydantic import BaseModel, Field
 
 from context_manager.core.errors import ContextManagerError, ToolRegistrationError
 from context_manager.core.tool_system import (
     ToolCategory,
     ToolDefinition,
+    ToolErrorType,
     ToolManager,
     ToolPermission,
     get_tool_definition,
@@ -209,6 +213,33 @@ def test_property_named_title_survives_title_stripping() -> None:
     assert set(schema["properties"]) == {"title"}
 
 
+class Page(BaseModel):
+    title: str = "Untitled"
+    body: str = ""
+
+
+def test_title_stripping_keeps_title_keys_in_defaults_examples_and_constants() -> None:
+    """Every ``title`` key holding a string was dropped, data included: a default lost its ``title``."""
+
+    async def publish(
+        meta: dict[str, Any] = {"title": "Report", "pages": 3},  # noqa: B006
+        page: Page = Page(title="Cover"),  # noqa: B008
+        tags: Annotated[list[dict[str, str]], Field(examples=[[{"title": "draft"}]])] = [],  # noqa: B006
+    ) -> str:
+        return "ok"
+
+    schema = ToolDefinition(name="publish", function=publish).parameters_schema
+    properties = schema["properties"]
+    assert properties["meta"]["default"] == {"title": "Report", "pages": 3}
+    assert properties["page"]["default"] == {"title": "Cover", "body": ""}
+    assert properties["tags"]["examples"] == [[{"title": "draft"}]]
+    # the keyword itself is still dropped, at every level
+    assert schema["$defs"]["Page"]["properties"]["title"] == {"type": "string", "default": "Untitled"}
+    assert (
+        "title" not in schema and "title" not in schema["$defs"]["Page"] and "title" not in properties["meta"]
+    )
+
+
 def test_parse_docstring_google_style() -> None:
     summary, arguments = parse_docstring(
         """Search the web.
@@ -249,6 +280,8 @@ def test_explicit_parameters_schema_wins() -> None:
         ({"name": "x" * 65}, "name"),
         ({"name": ""}, "name"),
         ({"name": "dot.name"}, "name"),
+        ({"name": "get_weather\n"}, "name"),
+        ({"name": "a" * 64 + "\n"}, "name"),
         ({"timeout": -1.0}, "timeout"),
         ({"timeout": 0}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
@@ -264,6 +297,22 @@ def test_explicit_parameters_schema_wins() -> None:
         ({"tags": ["", "x"]}, "tags"),
         ({"cacheable": "yes"}, "cacheable"),
         ({"parameters_schema": {"type": "array"}}, "parameters_schema"),
+        ({"parameters_schema": {"properties": ["text"]}}, "parameters_schema.properties"),
+        ({"parameters_schema": {"properties": {"text": "string"}}}, "parameters_schema.properties"),
+        ({"parameters_schema": {"properties": {"a": {}}, "required": "a"}}, "parameters_schema.required"),
+        ({"parameters_schema": {"properties": {"a": {}}, "required": ["b"]}}, "parameters_schema.required"),
+        ({"parameters_schema": {"additionalProperties": "no"}}, "parameters_schema.additionalProperties"),
+        (
+            {"parameters_schema": {"properties": {"n": {"type": "int"}}}},
+            "parameters_schema.properties.n.type",
+        ),
+        ({"parameters_schema": {"properties": {"n": {"type": [{}]}}}}, "parameters_schema.properties.n.type"),
+        (
+            {"parameters_schema": {"properties": {"n": {"enum": "abc"}}}},
+            "parameters_schema.properties.n.enum",
+        ),
+        ({"parameters_schema": {"properties": {"t": {"enum": {"a", "b"}}}}}, "parameters_schema"),
+        ({"parameters_schema": {"properties": {"x": {"default": float("nan")}}}}, "parameters_schema"),
     ],
 )
 def test_invalid_options_raise_registration_error(options: dict[str, Any], field: str) -> None:
@@ -346,6 +395,39 @@ def test_light_schema_check_for_parameters_tools() -> None:
     assert "zzz: unexpected argument; allowed q, n, mode" in problems
 
 
+async def test_light_schema_check_accepts_an_integral_float_as_an_integer() -> None:
+    """JSON Schema (and a typed tool) counts 3.0 as an integer; the light check refused it."""
+
+    class Repeat(TypedDict):
+        count: int
+
+    async def repeat(parameters: Repeat) -> int:
+        return int(parameters["count"])
+
+    manager = ToolManager()
+    manager.register_function_tool("repeat", repeat, "Repeat")
+    assert (await manager.call_tool("repeat", {"count": 3.0})).result == 3
+    refused = await manager.call_tool("repeat", {"count": 3.5})
+    assert refused.error is not None and "count: got 3.5; expected integer" in refused.error
+    schema = {"type": "object", "properties": {"n": {"type": ["integer", "null"]}}}
+    assert check_arguments_against_schema({"n": 2.0}, schema) == []
+    assert check_arguments_against_schema({"n": True}, schema) == ["n: got True; expected integer or null"]
+
+
+def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
+    """``True in [0, 1, 2]`` is true in Python, but JSON Schema's true is not 1."""
+    schema = {"type": "object", "properties": {"level": {"enum": [0, 1, 2]}, "flag": {"enum": [True, [1]]}}}
+    assert check_arguments_against_schema({"level": 1, "flag": True}, schema) == []
+    assert check_arguments_against_schema({"level": 1.0, "flag": [1.0]}, schema) == []
+    assert check_arguments_against_schema({"level": True, "flag": 1}, schema) == [
+        "level: got True; expected one of 0, 1, 2",
+        "flag: got 1; expected one of True, [1]",
+    ]
+    assert check_arguments_against_schema({"flag": [True]}, schema) == [
+        "flag: got [True]; expected one of True, [1]"
+    ]
+
+
 async def test_partials_and_callable_objects() -> None:
     import functools
 
@@ -366,3 +448,97 @@ async def test_partials_and_callable_objects() -> None:
     assert counter.is_async and counter.convention == "typed"
     assert counter.parameters_schema["properties"] == {"text": {"type": "string"}}
     assert counter.description == "Count characters."
+
+
+async def test_a_field_default_is_the_field_as_in_pydantic_validate_call() -> None:
+    """``n: int = Field(3, ge=1)`` was wrapped in another Field: no constraint, a FieldInfo as the value."""
+
+    async def top_words(
+        text: str,
+        n: int = Field(3, ge=1, description="How many words to list"),
+        cutoff: float = Field(0.5, le=1.0),
+        language: str = Field(min_length=2),
+    ) -> dict[str, Any]:
+        """List frequent words.
+
+        Args:
+            text: The text.
+            cutoff: Lowest relative frequency kept.
+        """
+        return {"n": n, "cutoff": cutoff, "language": language}
+
+    manager = ToolManager()
+    manager.register_function_tool("top_words", top_words, "List frequent words")
+    schema = manager.get_tool("top_words").parameters_schema
+    assert schema["properties"]["n"] == {
+        "type": "integer",
+        "default": 3,
+        "minimum": 1,
+        "description": "How many words to list",
+    }
+    assert schema["properties"]["cutoff"]["description"] == "Lowest relative frequency kept."
+    assert schema["properties"]["cutoff"]["maximum"] == 1.0
+    assert schema["required"] == ["text", "language"]
+    omitted = await manager.call_tool("top_words", {"text": "a b", "language": "en"})
+    assert omitted.success and omitted.result == {"n": 3, "cutoff": 0.5, "language": "en"}
+    refused = await manager.call_tool("top_words", {"text": "a b", "n": 0, "language": "e"})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS and refused.error is not None
+    assert "n: got 0; expected greater than or equal to 1" in refused.error
+    assert "language: got 'e'" in refused.error
+
+
+class SearchArguments(typing_extensions.TypedDict):
+    query: str
+    limit: typing_extensions.NotRequired[int]
+
+
+async def test_a_typing_extensions_typed_dict_is_the_parameters_dict_convention() -> None:
+    """``typing.is_typeddict`` missed it before 3.13: the tool became a typed tool with one ``parameters``."""
+
+    async def search(parameters: SearchArguments) -> dict[str, Any]:
+        return dict(parameters)
+
+    manager = ToolManager()
+    definition = manager.register_function_tool("search", search, "Search")
+    assert definition.convention == "parameters"
+    assert definition.parameters_schema["properties"] == {
+        "query": {"type": "string"},
+        "limit": {"type": "integer"},
+    }
+    assert definition.parameters_schema["required"] == ["query"]
+    result = await manager.execute_tool("search", query="llm", limit=3)
+    assert result.success and result.result == {"query": "llm", "limit": 3}
+    refused = await manager.execute_tool("search", limit="three")
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+
+
+async def stream_rows(table: str) -> AsyncIterator[dict[str, str]]:
+    yield {"table": table}
+
+
+def count_rows(table: str, limit: int) -> Iterator[int]:
+    yield from range(limit)
+
+
+class RowStreamer:
+    async def __call__(self, table: str) -> AsyncIterator[str]:
+        yield table
+
+
+@pytest.mark.parametrize(
+    ("function", "kind"),
+    [
+        (stream_rows, "an async generator"),
+        (count_rows, "a generator"),
+        (functools.partial(count_rows, limit=3), "a generator"),
+        (RowStreamer(), "an async generator"),
+    ],
+)
+def test_a_generator_function_is_refused_at_registration(function: Any, kind: str) -> None:
+    """It registered (an async generator as a sync tool run in a thread), then every call failed."""
+    manager = ToolManager()
+    with pytest.raises(
+        ToolRegistrationError, match=rf"^function: got .*; allowed .*not one that yields.* {kind} "
+    ):
+        manager.register_function_tool("rows", function, "Rows")
+    assert "rows" not in manager

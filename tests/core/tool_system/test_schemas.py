@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import pytest
 from openai.types.chat import ChatCompletionToolParam
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError
 from context_manager.core.tool_system import ToolManager, tool
@@ -95,3 +95,51 @@ def test_schemas_are_copies_and_selectable() -> None:
         manager.get_tool_schemas(names=["zzz"])
     with pytest.raises(InvalidArgumentError, match="^format: got 'gemini'; allowed 'openai' or 'anthropic'"):
         manager.get_tool_schemas("gemini")  # type: ignore[arg-type]
+
+
+def dangling_references(schema: dict[str, Any]) -> list[str]:
+    """The ``#/...`` references of ``schema`` that do not resolve from its root."""
+    dangling: list[str] = []
+
+    def resolves(reference: str) -> bool:
+        target: Any = schema
+        for part in reference.removeprefix("#/").split("/"):
+            if not isinstance(target, dict) or part not in target:
+                return False
+            target = target[part]
+        return True
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#/") and not resolves(reference):
+                dangling.append(reference)
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schema)
+    return dangling
+
+
+def test_a_mapping_of_models_keeps_its_definitions_at_the_root() -> None:
+    """``dict[str, list[Item]]`` nested the value type's ``$defs`` in additionalProperties: dangling refs."""
+
+    class Item(BaseModel):
+        sku: str
+        qty: int
+
+    async def restock(parameters: dict[str, list[Item]]) -> int:
+        return len(parameters)
+
+    manager = ToolManager()
+    manager.register_function_tool("restock", restock, "Restock")
+    openai_schema = manager.get_tool_schemas("openai")[0]["function"]["parameters"]
+    anthropic_schema = manager.get_tool_schemas("anthropic")[0]["input_schema"]
+    for schema in (openai_schema, anthropic_schema):
+        assert "$defs" not in schema["additionalProperties"]
+        assert schema["additionalProperties"] == {"type": "array", "items": {"$ref": "#/$defs/Item"}}
+        assert set(schema["$defs"]["Item"]["properties"]) == {"sku", "qty"}
+        assert dangling_references(schema) == []

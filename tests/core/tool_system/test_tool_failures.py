@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import ToolRegistrationError
 from context_manager.core.tool_system import ToolErrorType, ToolManager, tool
 
@@ -181,3 +185,129 @@ async def test_each_caller_has_a_cache_of_its_own() -> None:
     assert (bob.result, bob.cached) == ("value 2", False)
     assert (shared.result, shared.cached) == ("value 3", False)
     assert len(runs) == 3
+
+
+class Credentials(BaseModel):
+    user: str
+    password: Annotated[str, Field(min_length=12)]
+
+
+@tool(sensitive_arguments=["credentials"])
+async def sign_in(credentials: Credentials) -> str:
+    """Sign in."""
+    return "ok"
+
+
+@tool(sensitive_arguments=["api_keys"])
+async def rotate_keys(api_keys: list[Annotated[str, Field(pattern="^sk-live-")]]) -> str:
+    """Rotate keys."""
+    return "ok"
+
+
+@tool(sensitive_arguments=["headers"], parameters_schema={"properties": {"headers": {"type": "object"}}})
+async def send(parameters: dict[str, Any]) -> str:
+    """Send."""
+    return "ok"
+
+
+async def test_a_sensitive_argument_failing_validation_in_a_nested_part_is_not_quoted() -> None:
+    """Pydantic quotes the failing part (credentials.password), which a search for the whole value missed."""
+    manager = ToolManager()
+    for definition in (sign_in, rotate_keys, send):
+        manager.register_tool(definition)
+    login = await manager.call_tool("sign_in", {"credentials": {"user": "bob", "password": "hunter2-pw"}})
+    assert login.error_type is ToolErrorType.INVALID_ARGUMENTS and login.error is not None
+    assert "hunter2-pw" not in login.error
+    assert "credentials.password: got [REDACTED]; expected String should have at least 12" in login.error
+    rotate = await manager.call_tool("rotate_keys", {"api_keys": ["sk-live-aaaa", "sk-test-SECRET-42"]})
+    assert (
+        rotate.error is not None
+        and "SECRET" not in rotate.error
+        and "api_keys.1: got [REDACTED]" in rotate.error
+    )
+    sent = await manager.call_tool("send", {"headers": "Bearer tok_SECRET"})
+    assert (
+        sent.error is not None and "tok_SECRET" not in sent.error and "headers: got [REDACTED]" in sent.error
+    )
+
+
+async def test_a_tool_error_quoting_a_part_of_a_sensitive_argument_is_scrubbed() -> None:
+    @tool(sensitive_arguments=["headers"])
+    async def call_api(headers: dict[str, str]) -> str:
+        raise PermissionError(f"token {headers['Authorization']} rejected")
+
+    manager = ToolManager()
+    manager.register_tool(call_api)
+    result = await manager.call_tool("call_api", {"headers": {"Authorization": "Bearer tok_SECRET"}})
+    assert result.error is not None and "tok_SECRET" not in result.error and "[REDACTED]" in result.error
+
+
+async def test_a_nested_sensitive_value_stays_out_of_the_window(tmp_path: Path) -> None:
+    async with EnhancedContextManager(ContextManagerConfig(cache_path=tmp_path)) as context:
+        context.tool_manager.register_tool(sign_in)
+        arguments = {"credentials": {"user": "bob", "password": "hunter2-pw"}}
+        await context.execute_tool_calls([{"id": "call_1", "name": "sign_in", "arguments": arguments}])
+        history = json.dumps(context.get_context(format="openai"))
+    assert "hunter2-pw" not in history and "[REDACTED]" in history
+
+
+async def test_a_malformed_declared_schema_is_refused_at_registration_and_breaks_nothing() -> None:
+    """Accepted before: call_tool then raised AttributeError, get_tool_schemas() TypeError for every tool."""
+
+    async def analyze(parameters: dict[str, Any]) -> int:
+        return len(parameters)
+
+    async def word_count(text: str) -> int:
+        return len(text.split())
+
+    manager = ToolManager()
+    manager.register_function_tool("word_count", word_count, "Count words")
+    bad_schemas: list[dict[str, Any]] = [
+        {"type": "object", "properties": ["text"]},
+        {"type": "object", "properties": {"tag": {"type": "string", "enum": {"a", "b"}}}},
+    ]
+    for schema in bad_schemas:
+        with pytest.raises(ToolRegistrationError, match=r"^parameters_schema.*; allowed"):
+            manager.register_function_tool("analyze", analyze, "Analyze", parameters_schema=schema)
+    assert "analyze" not in manager
+    assert [item["function"]["name"] for item in manager.get_tool_schemas("openai")] == ["word_count"]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    street: str
+    city: str
+
+
+class Parcel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight: float
+
+
+async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> None:
+    """It said "allowed" with the tool's top-level arguments, whatever the depth."""
+
+    async def ship(
+        order_id: str,
+        address: Address,
+        stops: list[Address | None] = [],  # noqa: B006
+        item: Address | Parcel | None = None,
+    ) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("ship", ship, "Ship")
+    address = {"street": "Rua A", "city": "Lisbon"}
+    nested = await manager.call_tool("ship", {"order_id": "1", "address": {**address, "zip": "1100"}})
+    assert nested.error is not None and "address.zip: unexpected key; allowed street, city" in nested.error
+    in_list = await manager.call_tool("ship", {"order_id": "1", "address": address, "stops": [{"zip": "1"}]})
+    assert in_list.error is not None and "stops.0.zip: unexpected key; allowed street, city" in in_list.error
+    top = await manager.call_tool("ship", {"order_id": "1", "address": address, "zip": "1"})
+    assert (
+        top.error is not None
+        and "zip: unexpected argument; allowed order_id, address, stops, item" in top.error
+    )
+    # a union of models: which one was meant is unknown, so no keys are named
+    union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
+    assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
+    assert "order_id" not in union.error.partition("item.Address.zip")[2]

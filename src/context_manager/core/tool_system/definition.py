@@ -26,7 +26,12 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
-from context_manager.core.tool_system.schema import CallingConvention, analyse_function
+from context_manager.core.tool_system.schema import (
+    REDACTED,
+    CallingConvention,
+    analyse_function,
+    check_declared_schema,
+)
 
 __all__ = [
     "REDACTED",
@@ -41,14 +46,13 @@ __all__ = [
 
 TOOL_DEFINITION_ATTRIBUTE = "__tool_definition__"
 """The attribute ``@tool`` sets on a function to its :class:`ToolDefinition`."""
-TOOL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-"""Tool names every provider accepts (OpenAI's rule; Anthropic's is the same)."""
+TOOL_NAME_PATTERN = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
+"""Tool names every provider accepts (OpenAI's rule; Anthropic's is the same); anchored with ``\\Z``,
+since ``$`` also matches before a final newline."""
 DEFAULT_RATE_WINDOW = 60.0
 """Seconds of the sliding rate-limit window when ``rate_window`` is not given."""
 DEFAULT_CACHE_TTL = 300.0
 """Seconds a cached result stays valid when ``cache_ttl`` is not given."""
-REDACTED = "[REDACTED]"
-"""Stands in for the value of a ``sensitive_arguments`` argument in the history and in error messages."""
 _SHORTEST_SCRUBBED = 4  # shorter values are not searched for in texts (they would blank ordinary words)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,7 +139,7 @@ def _positive_int(value: Any, field_name: str) -> int | None:
 
 
 def _validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not TOOL_NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not TOOL_NAME_PATTERN.fullmatch(name):
         raise ToolRegistrationError(
             "name", name, "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
         )
@@ -235,6 +239,8 @@ class ToolDefinition:
                 declared,
                 "a JSON schema dict describing an object ({'type': 'object', ...})",
             )
+        if declared:
+            check_declared_schema(declared)
         analysis = analyse_function(self.function, self.name)
         if not self.description and analysis.summary:
             set_field(self, "description", analysis.summary)
@@ -298,22 +304,46 @@ class ToolDefinition:
     def scrub(self, text: str, arguments: Mapping[str, Any]) -> str:
         """Return ``text`` with the values of the sensitive arguments in ``arguments`` cut out.
 
-        Values shorter than 4 characters are left alone (cutting them would blank ordinary words).
+        Each whole value is cut out, and so is every string inside a nested value (a dict's values, a
+        list's items, a model's fields), which an error message may quote on its own. Values shorter than
+        4 characters are left alone (cutting them would blank ordinary words).
         """
+        forms: set[str] = set()
         for name in self.sensitive_arguments:
             if name not in arguments:
                 continue
             value = arguments[name]
-            forms = {value} if isinstance(value, str) else set()
             with contextlib.suppress(ValueError, RecursionError):  # too big to print: cannot be in the text
                 forms |= {str(value), repr(value)}
             forms.add(describe_value(value))  # as an error message shows it: a long one cut short
-            if isinstance(value, str):  # as a JSON result quotes it (a quote or backslash escaped)
-                forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
-            for form in sorted(forms, key=len, reverse=True):
-                if len(form) >= _SHORTEST_SCRUBBED and form in text:
-                    text = text.replace(form, REDACTED)
+            for leaf in _string_leaves(value):
+                forms |= {leaf, repr(leaf), describe_value(leaf)}
+                # as a JSON result quotes it (a quote or backslash escaped)
+                forms |= {json.dumps(leaf)[1:-1], json.dumps(leaf, ensure_ascii=False)[1:-1]}
+        for form in sorted(forms, key=len, reverse=True):
+            if len(form) >= _SHORTEST_SCRUBBED and form in text:
+                text = text.replace(form, REDACTED)
         return text
+
+
+def _string_leaves(value: Any, depth: int = 0) -> list[str]:
+    """The strings in ``value`` and, recursively, in its dict values, list/set items and model fields."""
+    if isinstance(value, str):
+        return [value]
+    if depth > 32:  # a deeper (or cyclic) value: its strings are not searched for
+        return []
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, Mapping):
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list | tuple | set | frozenset):
+        children = value
+    else:
+        return []
+    leaves: list[str] = []
+    for child in children:
+        leaves.extend(_string_leaves(child, depth + 1))
+    return leaves
 
 
 def get_tool_definition(function: Any) -> ToolDefinition | None:

@@ -367,7 +367,13 @@ class ToolManager(ToolRegistry):
             try:
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
-                message = describe_validation_error(error, name, model.model_fields)
+                message = describe_validation_error(
+                    error,
+                    name,
+                    model.model_fields,
+                    sensitive_arguments=definition.sensitive_arguments,
+                    arguments_model=model,
+                )
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
@@ -375,7 +381,11 @@ class ToolManager(ToolRegistry):
         else:
             call_arguments = dict(arguments)
             if definition.schema_checked:
-                problems = check_arguments_against_schema(call_arguments, definition.parameters_schema)
+                problems = check_arguments_against_schema(
+                    call_arguments,
+                    definition.parameters_schema,
+                    sensitive_arguments=definition.sensitive_arguments,
+                )
                 if problems:
                     message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
                     return self._fail(

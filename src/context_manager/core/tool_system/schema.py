@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import json
 import re
 import sys
 import types
@@ -29,18 +30,24 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
 
 __all__ = [
+    "REDACTED",
     "CallingConvention",
     "FunctionAnalysis",
     "analyse_function",
     "check_arguments_against_schema",
+    "check_declared_schema",
     "describe_validation_error",
     "parse_docstring",
 ]
+
+REDACTED = "[REDACTED]"
+"""Stands in for the value of a ``sensitive_arguments`` argument in the history and in error messages."""
 
 CallingConvention = Literal["parameters", "typed"]
 """How a tool function receives its arguments: one ``parameters`` dict, or typed keyword arguments."""
@@ -125,8 +132,23 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
     return summary, arguments
 
 
+def _is_typed_dict(annotation: Any) -> bool:
+    """True for a ``TypedDict`` class from ``typing`` or from ``typing_extensions``.
+
+    ``typing.is_typeddict`` misses ``typing_extensions.TypedDict`` classes before Python 3.13 (the kind
+    pydantic asks for before 3.12); both kinds are dict subclasses with these attributes.
+    """
+    if typing.is_typeddict(annotation):
+        return True
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, dict)
+        and all(hasattr(annotation, name) for name in ("__required_keys__", "__optional_keys__", "__total__"))
+    )
+
+
 def _is_mapping_annotation(annotation: Any) -> bool:
-    if annotation is inspect.Parameter.empty or annotation is Any or typing.is_typeddict(annotation):
+    if annotation is inspect.Parameter.empty or annotation is Any or _is_typed_dict(annotation):
         return True
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
@@ -179,18 +201,52 @@ def _unresolved(function: Any, tool_name: str, error: Exception) -> ToolRegistra
     )
 
 
-def _clean_schema(schema: Any, *, in_properties: bool = False) -> Any:
-    """Drop pydantic's ``title`` keys (model tokens spent for nothing); keep property *names* untouched."""
-    if isinstance(schema, dict):
-        cleaned: dict[str, Any] = {}
-        for key, value in schema.items():
-            if key == "title" and not in_properties and isinstance(value, str):
-                continue
-            cleaned[key] = _clean_schema(value, in_properties=key in ("properties", "$defs", "definitions"))
-        return cleaned
+_DATA_KEYWORDS = frozenset({"default", "examples", "example", "const", "enum", "discriminator"})
+"""Schema keywords whose value is data (or, for ``discriminator``, names), copied as they are."""
+_SCHEMA_MAP_KEYWORDS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+"""Schema keywords mapping names (which may be ``title``) to schemas."""
+
+
+def _clean_schema(schema: Any) -> Any:
+    """Drop pydantic's ``title`` keywords (model tokens spent for nothing).
+
+    Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
+    values) are kept as they are, ``title`` keys included.
+    """
     if isinstance(schema, list):
         return [_clean_schema(item) for item in schema]
-    return schema
+    if not isinstance(schema, dict):
+        return schema
+    cleaned: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in _DATA_KEYWORDS:
+            cleaned[key] = value
+        elif key in _SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+            cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
+        else:
+            cleaned[key] = _clean_schema(value)
+    return cleaned
+
+
+def _refuse_generator(function: Any, tool_name: str) -> None:
+    """Refuse a generator or async generator function: a tool returns one result, it does not yield."""
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(target, "__call__", target)  # noqa: B004
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        kind = "an async generator" if inspect.isasyncgenfunction(target) else "a generator"
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "a function that returns its result (sync or async), not one that yields",
+            detail=f"tool {tool_name!r} is {kind} function; collect what it yields and return that",
+        )
 
 
 def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
@@ -198,7 +254,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
 
     Raises:
         ToolRegistrationError: the function has ``*args``/``**kwargs`` or positional-only parameters,
-            or type hints that cannot be resolved or turned into a schema.
+            type hints that cannot be resolved or turned into a schema, or is a (sync or async) generator.
     """
     try:
         signature = inspect.signature(function)
@@ -206,6 +262,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         raise ToolRegistrationError(
             "function", function, "a callable with an inspectable signature", detail=str(error)
         ) from None
+    _refuse_generator(function, tool_name)
     is_async = is_async_callable(function)
     summary, argument_docs = parse_docstring(inspect.getdoc(function))
     parameters = list(signature.parameters.values())
@@ -244,8 +301,15 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
                 "parameter would vanish from the schema",
             )
         annotation = hints.get(parameter.name, Any)
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         description = argument_docs.get(parameter.name)
+        if isinstance(parameter.default, FieldInfo):
+            # pydantic's validate_call idiom, ``n: int = Field(3, ge=1)``: the FieldInfo is the field (its
+            # default, constraints and description); the docstring's description fills in a missing one
+            if description is not None:
+                annotation = typing.Annotated[annotation, Field(description=description)]
+            fields[parameter.name] = (annotation, parameter.default)
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
         field_info = Field(default) if description is None else Field(default, description=description)
         fields[parameter.name] = (annotation, field_info)
     model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
@@ -280,17 +344,18 @@ def _parameters_dict_schema(
     if typing.get_origin(inner) is typing.Annotated:
         inner = typing.get_args(inner)[0]
     description = argument_docs.get("parameters")
-    if typing.is_typeddict(inner):
+    if _is_typed_dict(inner):
         schema = _typed_dict_schema(inner, tool_name)
     else:
         arguments = typing.get_args(inner)
         value_type = arguments[1] if len(arguments) == 2 else Any
         if value_type is not Any:
-            schema = {
-                "type": "object",
-                "properties": {},
-                "additionalProperties": _adapter_schema(value_type, tool_name),
-            }
+            value_schema = _adapter_schema(value_type, tool_name)
+            schema = {"type": "object", "properties": {}, "additionalProperties": value_schema}
+            # "#/$defs/..." references resolve from the document root: the definitions must live there
+            definitions = value_schema.pop("$defs", None)
+            if definitions:
+                schema["$defs"] = definitions
         else:
             documented = {name: text for name, text in argument_docs.items() if name != "parameters"}
             schema = dict(_OPEN_OBJECT_SCHEMA)
@@ -358,25 +423,145 @@ def _adapter_schema(annotation: Any, tool_name: str) -> dict[str, Any]:
     return schema
 
 
+def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...]) -> list[str]:
+    """The keys of the object at ``location`` inside ``model``'s arguments, or [] when its type is unknown."""
+    annotation: Any = model
+    for part in location:
+        annotation = _unwrap_optional(annotation)
+        origin = typing.get_origin(annotation)
+        arguments = typing.get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif _is_typed_dict(annotation):
+            annotation = typing.get_type_hints(annotation).get(str(part))
+        elif (
+            isinstance(part, int) and origin in (list, set, frozenset, collections.abc.Sequence) and arguments
+        ):
+            annotation = arguments[0]
+        elif isinstance(part, int) and origin is tuple and arguments:
+            annotation = (
+                arguments[0] if arguments[-1] is Ellipsis else arguments[min(part, len(arguments) - 1)]
+            )
+        elif origin in _MAPPING_ORIGINS and len(arguments) == 2:
+            annotation = arguments[1]
+        else:
+            return []
+    annotation = _unwrap_optional(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    if _is_typed_dict(annotation):
+        return list(typing.get_type_hints(annotation))
+    return []
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` as ``X`` (other unions stay: which member failed is unknown)."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [member for member in typing.get_args(annotation) if member is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
 def describe_validation_error(
-    error: ValidationError, tool_name: str, allowed_fields: collections.abc.Iterable[str] = ()
+    error: ValidationError,
+    tool_name: str,
+    allowed_fields: collections.abc.Iterable[str] = (),
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
+    arguments_model: type[BaseModel] | None = None,
 ) -> str:
-    """Turn pydantic's errors into one message a model can act on: field, value given, what is expected."""
+    """Turn pydantic's errors into one message a model can act on: field, value given, what is expected.
+
+    The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
+    stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
+    search for the whole value would not find. An unknown key inside a nested object is answered with that
+    object's keys, found from ``arguments_model`` (nothing is said about allowed keys when they are not
+    known).
+    """
     model_fields = list(allowed_fields)
+    sensitive = frozenset(sensitive_arguments)
     parts: list[str] = []
     for item in error.errors(include_url=False):
-        location = ".".join(str(part) for part in item.get("loc", ())) or "arguments"
+        loc = item.get("loc", ())
+        location = ".".join(str(part) for part in loc) or "arguments"
         kind = item.get("type", "")
         if kind == "missing":
             parts.append(f"{location}: missing; a value is required")
         elif kind == "extra_forbidden":
-            allowed = f"; allowed {', '.join(model_fields)}" if model_fields else ""
-            parts.append(f"{location}: unexpected argument{allowed}")
+            # a key inside a nested object: the keys of that object, when its type says them
+            names = model_fields if len(loc) <= 1 else _nested_keys(arguments_model, loc[:-1])
+            allowed = f"; allowed {', '.join(names)}" if names else ""
+            parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
         else:
             expected = str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
-            parts.append(f"{location}: got {describe_value(item.get('input'))}; expected {expected}")
+            given = REDACTED if loc and loc[0] in sensitive else describe_value(item.get("input"))
+            parts.append(f"{location}: got {given}; expected {expected}")
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
+
+
+def check_declared_schema(schema: dict[str, Any]) -> None:
+    """Check a declared ``parameters_schema`` at registration, so a malformed one fails there, not later.
+
+    The schema must be plain JSON (providers get it as is), and the keywords the light argument check
+    (:func:`check_arguments_against_schema`) reads must have their JSON Schema shapes: ``properties`` an
+    object of schemas, ``required`` a list of property names, ``additionalProperties`` a boolean or a schema,
+    each property's ``type`` a JSON type name or a list of them and its ``enum`` a list.
+
+    Raises:
+        ToolRegistrationError: the schema breaks one of these rules (the field says where).
+    """
+    try:
+        json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ToolRegistrationError(
+            "parameters_schema", schema, "a JSON schema made of JSON values only", detail=str(error)
+        ) from None
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict) or not all(
+        isinstance(item, dict | bool) for item in properties.values()
+    ):
+        raise ToolRegistrationError(
+            "parameters_schema.properties", properties, "an object mapping each argument name to its schema"
+        )
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(
+        isinstance(name, str) and name in properties for name in required
+    ):
+        raise ToolRegistrationError(
+            "parameters_schema.required",
+            required,
+            "a list of property names (" + (", ".join(properties) or "no properties declared") + ")",
+        )
+    if not isinstance(schema.get("additionalProperties", True), dict | bool):
+        raise ToolRegistrationError(
+            "parameters_schema.additionalProperties",
+            schema["additionalProperties"],
+            "true, false or the schema of the other arguments",
+        )
+    located = [(f"parameters_schema.properties.{name}", item) for name, item in properties.items()]
+    located.append(("parameters_schema.additionalProperties", schema.get("additionalProperties")))
+    for location, declared in located:
+        if not isinstance(declared, dict):
+            continue
+        if "type" in declared:
+            kind = declared["type"]
+            kinds = kind if isinstance(kind, list) else [kind]
+            if not kinds or not all(isinstance(option, str) and option in _JSON_TYPES for option in kinds):
+                allowed = "a JSON type name or a list of them (" + ", ".join(_JSON_TYPES) + ")"
+                raise ToolRegistrationError(f"{location}.type", kind, allowed)
+        if "enum" in declared and not isinstance(declared["enum"], list):
+            raise ToolRegistrationError(f"{location}.enum", declared["enum"], "a list of the allowed values")
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -396,20 +581,44 @@ def _matches_type(value: Any, expected: str) -> bool:
         return True  # a type this light check does not know: accept
     if isinstance(value, bool) and expected in ("integer", "number"):
         return False
+    if expected == "integer" and isinstance(value, float):
+        return value.is_integer()  # JSON Schema counts 3.0 as an integer, as pydantic does
     return isinstance(value, kinds)
 
 
-def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+def _json_equal(value: Any, option: Any) -> bool:
+    """Equality as JSON Schema's ``enum`` means it: ``true`` is not ``1``, ``1.0`` is ``1``."""
+    if isinstance(value, bool) or isinstance(option, bool):
+        return isinstance(value, bool) and isinstance(option, bool) and value == option
+    if isinstance(value, int | float) and isinstance(option, int | float):
+        return value == option
+    if isinstance(value, dict) and isinstance(option, dict):
+        return value.keys() == option.keys() and all(_json_equal(value[key], option[key]) for key in value)
+    if isinstance(value, list | tuple) and isinstance(option, list | tuple):
+        return len(value) == len(option) and all(map(_json_equal, value, option))
+    return bool(value == option)
+
+
+def check_arguments_against_schema(
+    arguments: dict[str, Any],
+    schema: dict[str, Any],
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
+) -> list[str]:
     """Check a parameters-dict tool's arguments against its declared schema (top level only).
 
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
     of each declared property (and of the others, when ``additionalProperties`` is a schema), ``enum``
-    values and ``additionalProperties: false``. Nested schemas are not checked; validate inside the tool
-    if you need more.
+    values and ``additionalProperties: false``, with JSON Schema's rules (``3.0`` is an integer; ``true``
+    is not ``1``, so it does not pass an enum of numbers). Nested schemas are not checked; validate inside
+    the tool if you need more.
+
+    The values of ``sensitive_arguments`` are never quoted (``[REDACTED]`` stands in for them).
 
     Returns:
         One message per problem, empty when the arguments pass.
     """
+    sensitive = frozenset(sensitive_arguments)
     problems: list[str] = []
     properties = schema.get("properties") or {}
     extra = schema.get("additionalProperties")
@@ -425,13 +634,14 @@ def check_arguments_against_schema(arguments: dict[str, Any], schema: dict[str, 
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
+        given = REDACTED if name in sensitive else describe_value(value)
         expected = declared.get("type")
         if expected is not None:
             options = expected if isinstance(expected, list) else [expected]
             if not any(_matches_type(value, option) for option in options):
-                problems.append(f"{name}: got {describe_value(value)}; expected {' or '.join(options)}")
+                problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
                 continue
-        if "enum" in declared and value not in declared["enum"]:
+        if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
             allowed = ", ".join(describe_value(option) for option in declared["enum"])
-            problems.append(f"{name}: got {describe_value(value)}; expected one of {allowed}")
+            problems.append(f"{name}: got {given}; expected one of {allowed}")
     return problems
