@@ -884,7 +884,8 @@ class EnhancedContextManager:
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
-            ToolCallPairingError: the calls were already answered, or only part of them is pending.
+            ToolCallPairingError: the calls were already answered, only part of them is pending, or
+                another ``execute_tool_calls`` is running some of them now (nothing runs twice).
             ContextBudgetError: the assistant message and the smallest answer of every call (a result
                 with no text) cannot fit: nothing runs, nothing changes.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.

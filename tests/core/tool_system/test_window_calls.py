@@ -823,3 +823,36 @@ async def test_a_tool_that_calls_cleanup_is_not_waited_for_by_it(tmp_path: Path)
     assert result.success and result.result == "bye"
     assert time.perf_counter() - started < 1.5
     assert context.get_system_status()["state"] == "closed"
+
+
+async def test_calls_already_running_are_not_run_a_second_time(tmp_path: Path) -> None:
+    """Two execute_tool_calls with the same pending calls (a retried request, say) both ran the tools:
+    every side effect happened twice, and the second results were dropped."""
+    runs: list[int] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def charge(amount: int) -> str:
+        runs.append(amount)
+        started.set()
+        await release.wait()
+        return f"charged {amount}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("charge", charge, "Charge a card")
+        await context.add_message("user", "pay the invoice")
+        calls = [ToolCall(id="c1", name="charge", arguments={"amount": 42})]
+        first = asyncio.create_task(context.execute_tool_calls(calls))
+        await started.wait()
+        before = context.messages
+        with pytest.raises(ToolCallPairingError, match="c1.*already running"):
+            await context.execute_tool_calls(calls)
+        assert context.messages == before
+        release.set()
+        assert [result.result for result in await first] == ["charged 42"]
+        assert runs == [42]
+        assert context.pending_tool_calls() == []
+        # once done, the same ids are answered calls: refused as before, never run again
+        with pytest.raises(ToolCallPairingError):
+            await context.execute_tool_calls(calls)
+        assert runs == [42]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,14 +126,21 @@ async def execute_tool_calls_in_window(
 
     Raises:
         InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
-        ToolCallPairingError: some calls are already in the window and answered, or only part of them is
-            pending (nothing changes).
+        ToolCallPairingError: some calls are already in the window and answered, only part of them is
+            pending, or another call of this function is running some of them now (nothing changes,
+            nothing runs).
         ContextBudgetError: the assistant message and the smallest answer of every call (a result with no
             text) cannot fit in the window (nothing runs, nothing changes). Once the tools ran, results
             are always returned (see the module docstring).
     """
     parsed = manager._parse_tool_calls(calls)
     ids = [item.call.id for item in parsed]
+    running = _RUNNING.setdefault(window, set())
+    already = [call_id for call_id in ids if call_id in running]
+    if already:  # another execute_tool_calls runs them now: running them again would do everything twice
+        raise ToolCallPairingError(
+            "calls", already, "calls not already running (another execute_tool_calls is running them)"
+        )
     pending = window.pending_tool_calls
     assistant: Message | None = None
     if not all(call_id in pending for call_id in ids):
@@ -156,6 +164,22 @@ async def execute_tool_calls_in_window(
     # smallest answer every call can get (a result with no text)
     smallest = [_answer_message(item.call.id, "", {"omitted": True}) for item in parsed]
     window.check_fits(smallest if assistant is None else [assistant, *smallest])
+    running.update(ids)
+    try:
+        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated)
+    finally:
+        running.difference_update(ids)
+
+
+async def _run_and_answer(
+    manager: ToolManager,
+    window: ContextWindow,
+    parsed: list[Any],
+    assistant: Message | None,
+    caller_key: str | None,
+    on_truncated: TruncationCallback | None,
+) -> list[ToolResult]:
+    """Add the assistant message (if new), run the calls and add their answers (see the caller)."""
     if assistant is not None:
         await window.add(assistant)
 
@@ -196,6 +220,9 @@ async def execute_tool_calls_in_window(
                 await outcome
     return results
 
+
+_RUNNING: weakref.WeakKeyDictionary[ContextWindow, set[str]] = weakref.WeakKeyDictionary()
+"""The ids of the calls ``execute_tool_calls_in_window`` is running, per window."""
 
 _WHOLE = 0
 """The result's text (cut to ``max_output_tokens`` when longer)."""
