@@ -676,18 +676,10 @@ class ContextWindow:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
                 counts = [self._counter.count_message(message) for message in batch]
-            total = self._index.tokens + self._summary_tokens + sum(counts) + REPLY_PRIMING_TOKENS
-            if total <= self._max_tokens:
+            if self._batch_fits(counts):
                 for message, tokens in zip(batch, counts, strict=True):
                     self._commit_append(message, tokens)
                 return None
-            if not self.enable_compression:
-                raise ContextBudgetError(
-                    f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
-                    f"{len(batch)} messages; compression is disabled, so none was added",
-                    required_tokens=total,
-                    max_tokens=self._max_tokens,
-                )
             for message, tokens in zip(batch, counts, strict=True):
                 _set(message, "token_count", tokens)
             record, delivery = await self._compress(batch, self.target_tokens)
@@ -720,21 +712,8 @@ class ContextWindow:
         copies = [dataclasses.replace(message) for message in batch]
         for copy in copies:
             _set(copy, "token_count", self._counter.count_message(copy))
-        total = (
-            self._index.tokens
-            + self._summary_tokens
-            + sum(copy.token_count for copy in copies)
-            + REPLY_PRIMING_TOKENS
-        )
-        if total <= self._max_tokens:
+        if self._batch_fits([copy.token_count for copy in copies]):
             return
-        if not self.enable_compression:
-            raise ContextBudgetError(
-                f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
-                f"{len(batch)} messages; compression is disabled",
-                required_tokens=total,
-                max_tokens=self._max_tokens,
-            )
         index, _ = self._stage(copies)
         decide_eviction(  # raises ContextBudgetError as the compression of extend() would
             index,
@@ -744,6 +723,24 @@ class ContextWindow:
             counter=self._counter,
             summary_max_tokens=self._summary_max_tokens,
         )
+
+    def _batch_fits(self, counts: list[int]) -> bool:
+        """Whether messages of ``counts`` tokens fit as they are; if not and compression is off, raise.
+
+        Raises:
+            ContextBudgetError: they do not fit and compression is disabled.
+        """
+        total = self._index.tokens + self._summary_tokens + sum(counts) + REPLY_PRIMING_TOKENS
+        if total <= self._max_tokens:
+            return True
+        if not self.enable_compression:
+            raise ContextBudgetError(
+                f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
+                f"{len(counts)} messages; compression is disabled, so none was added",
+                required_tokens=total,
+                max_tokens=self._max_tokens,
+            )
+        return False
 
     def _check_batch(self, batch: list[Message]) -> None:
         """Check a batch as consecutive adds would (nothing mutated)."""

@@ -977,11 +977,9 @@ class EnhancedContextManager:
         person: past that limit (plus a second) the change is cancelled (its calls stay pending, as after a
         crash: ``cancel_tool_calls`` answers them in a resumed conversation).
         """
-        # a tool calling cleanup() (an "end session" tool) is inside a change: that one waits for it
-        current, inside = asyncio.current_task(), _CHANGE.get()
-        waiting = {
-            end: task for end, task in self._changes.items() if task is not current and end is not inside
-        }
+        # code inside a change (a tool calling cleanup(): an "end session" tool) does not wait for it
+        inside = _CHANGE.get()
+        waiting = {end: task for end, task in self._changes.items() if end is not inside}
         if not waiting:
             return
         _, late = await asyncio.wait(waiting, timeout=self.config.max_tool_timeout + 1.0)

@@ -19,7 +19,7 @@ must match ``^[a-zA-Z0-9_-]+$``. A value that already matches is exported as it 
 valid characters with ``_`` for each other one, plus ``_`` and the first 10 hex digits of its SHA-256 (cut to
 64 characters where that is the limit, keeping the hash): ``functions.Bash:0`` becomes
 ``functions_Bash_0_<hash>``. The mapping is deterministic and one-to-one within an export (a clash, were one
-ever to happen, takes more hex digits), and a ``tool_use`` and its ``tool_result`` get the same id.
+ever to happen, takes a number after the hash), and a ``tool_use`` and its ``tool_result`` get the same id.
 
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, overload
@@ -87,17 +86,15 @@ def _valid_names(values: Iterable[str], max_chars: int | None = None) -> dict[st
     taken = {value for value in distinct if _is_valid_name(value, max_chars)}
     mapping: dict[str, str] = {}
     for value in invalid:
-        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_DIGITS]
         cleaned = _NOT_NAME_CHARACTER.sub("_", value)
-        for attempt in itertools.count():  # a clash of 40-bit hashes is practically never: one attempt
-            if attempt < 6:
-                suffix = "_" + digest[: _HASH_DIGITS + 6 * attempt]
-            else:
-                suffix = f"_{digest[:_HASH_DIGITS]}_{attempt}"
-            head = cleaned if max_chars is None else cleaned[: max_chars - len(suffix)]
-            candidate = head + suffix
+        suffix, number = f"_{digest}", 0
+        while True:
+            candidate = (cleaned if max_chars is None else cleaned[: max_chars - len(suffix)]) + suffix
             if candidate not in taken:
                 break
+            number += 1  # a value already spelled so, or a clash of 40-bit hashes: practically never
+            suffix = f"_{digest}_{number}"
         taken.add(candidate)
         mapping[value] = candidate
     return mapping

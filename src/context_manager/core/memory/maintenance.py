@@ -83,12 +83,11 @@ def parse_exported_line(
         data = json.loads(line)
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
-        raw_importance = data.get("importance", 0.5)
+        importance = check_importance(data.get("importance", 0.5))  # as written: not true, not "0.7"
         memory = Memory.from_dict(data)
         _check_imported_fields(memory)
-        check_importance(raw_importance)
         check_content(memory.content)
-        memory.importance = check_importance(memory.importance)
+        memory.importance = importance
         memory.tags = check_tags(memory.tags)
         memory.metadata = check_metadata(memory.metadata)
         check_user(memory.user_id, allow_all=False)
