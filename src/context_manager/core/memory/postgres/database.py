@@ -216,6 +216,11 @@ class PostgresDatabase:
             try:
                 connection = await lock_pool.getconn()
             except Exception as error:  # PoolTimeout: no connection within connect_timeout
+                if type(error).__name__ == "PoolTimeout":  # as in run(): not worth another timeout
+                    raise StorageError(
+                        f"PostgreSQL at {self.location}: no connection for a cross-process lock: "
+                        f"{self._no_connection(error)}"
+                    ) from None
                 last = error
             else:
                 held: list[str] = []
@@ -261,6 +266,13 @@ class PostgresDatabase:
             f"{len(RETRY_DELAYS) + 1} attempts: {_describe(last)}"
         )
 
+    def _no_connection(self, error: BaseException) -> str:
+        """Why a call found no connection within :attr:`connect_timeout` (for a StorageError)."""
+        return (
+            f"no connection within {self.connect_timeout:g} s (postgres_connect_timeout): the server is "
+            f"down or cannot be reached, or every connection of the pool stayed busy ({_describe(error)})"
+        )
+
     async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], what: str) -> _T:
         """Run ``operation`` with a pooled connection, retrying on a lost connection (bounded).
 
@@ -283,15 +295,17 @@ class PostgresDatabase:
                     f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
                 ) from None
             except (psycopg.OperationalError, psycopg.errors.TransactionRollback) as error:
-                last = error
+                if type(error).__name__ == "PoolTimeout":  # psycopg_pool's, an OperationalError
+                    # the pool kept trying to connect for the whole timeout: waiting that long again,
+                    # once per retry, held a call for a minute when the server was down
+                    raise StorageError(
+                        f"PostgreSQL at {self.location}: {what} failed: {self._no_connection(error)}"
+                    ) from None
+                last = error  # a lost connection (or TooManyRequests, a deadlock): retried
             except psycopg.Error as error:  # a statement the server refused: not worth retrying
                 raise StorageError(
                     f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
                 ) from None
-            except Exception as error:  # PoolTimeout (no connection within connect_timeout), ...
-                if type(error).__name__ not in ("PoolTimeout", "TooManyRequests"):
-                    raise
-                last = error
             if attempt < len(RETRY_DELAYS):
                 logger.warning(
                     "PostgreSQL %s failed (%s); retrying in %.2f s",
