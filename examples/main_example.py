@@ -36,6 +36,10 @@ CATEGORIES: dict[str, tuple[str, str]] = {
         "agent_loop",
         "a full agent loop driven by the scripted model (or an OpenAI-compatible endpoint)",
     ),
+    "shared": (
+        "shared_state",
+        "a conversation resumed by another process after kill -9; two workers on one (PostgreSQL)",
+    ),
 }
 
 

@@ -47,6 +47,13 @@ KEY_LINES = {
         "compressions kept 2000 messages within 4,000 tokens",
     ],
     "agent": ["was compressed out of the window", "every request fit its 550-token budget", "recall worked"],
+    "shared": [
+        "and was killed without closing anything",
+        "get_context() exports the same",
+        "evicted before the crash, recalled from memory: 'My order 1042 shipped",
+        "stored conversations: ['ticket-1042']",
+        "skipped: set PYTHON_CONTEXT_MANAGER_POSTGRES_DSN",
+    ],
 }
 EXAMPLE_TIME_LIMIT_S = 30.0  # issue 7: each example runs in under 30 seconds
 VERBOSE_ONLY = {
@@ -55,6 +62,7 @@ VERBOSE_ONLY = {
     "tools": '"parameters": {',
     "performance": "'samples':",
     "agent": "request tokens per step:",
+    "shared": "'role': 'assistant', 'content': 'Answer 19",
 }
 
 
@@ -116,6 +124,16 @@ def test_all_runs_with_the_default_embedder_where_the_embeddings_extra_is_instal
     completed = run_example("all", env=environment)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert completed.stdout.strip().splitlines()[-1].startswith("All examples passed")
+
+
+def test_shared_runs_two_workers_on_one_conversation_on_postgresql(postgres_dsn: str) -> None:
+    environment = dict(os.environ, **{f"{ENV_PREFIX}POSTGRES_DSN": postgres_dsn})
+    completed = run_example("shared", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "worker B wrote on a stale version: ConversationConflictError" in completed.stdout
+    assert "worker A reloaded: both hold 2 messages at version 2" in completed.stdout
+    assert "skipped" not in completed.stdout
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
 def test_help_lists_the_categories() -> None:

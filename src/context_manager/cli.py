@@ -98,6 +98,7 @@ class ExampleName(StrEnum):
     TOOLS = "tools"
     PERFORMANCE = "performance"
     AGENT = "agent"
+    SHARED = "shared"
 
 
 @dataclasses.dataclass(slots=True)
