@@ -16,6 +16,10 @@ comment on the line before a block:
 * ``<!-- needs-server -->``: the block talks to an OpenAI-compatible endpoint; it runs with
   ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` pointing at a local stand-in server on 127.0.0.1.
 
+A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
+claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
+left-out text.
+
 There is no marker to skip a block.
 """
 
@@ -30,10 +34,13 @@ import logging
 import os
 import re
 import sys
+import tokenize
 import types
+from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,8 +180,84 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
                     f"await in 'async def main()' + 'asyncio.run(main())', or start the block with "
                     f"{ASYNCIO_REPL!r}"
                 ) from error
+            claims = printed_error_claims(block.code)
+            if claims:
+                tree = ast.fix_missing_locations(ClaimedPrints(claims).visit(ast.parse(block.code)))
+                compiled = compile(tree, name, "exec")
+            printed: dict[int, list[str]] = {}
+            namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
+            for line, texts in printed.items():
+                assert any(shows(claims[line], text) for text in texts), (
+                    f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
+                )
     return output.getvalue()
+
+
+CLAIMED_PRINT = "__claimed_print__"
+"""The name a claimed ``print`` is rewritten to call (it prints, and records what it printed)."""
+
+
+def printed_error_claims(source: str) -> dict[int, str]:
+    """Lines of a script block that print a caught exception and say in a comment what that prints.
+
+    ``print(error)  # priority: got 'urgent'; allowed ...``, where ``error`` is bound by an
+    ``except ... as error`` of the block: the comment is the message, ``...`` standing for left-out text.
+    Error messages are reworded as the library evolves; the comments quoting them must follow.
+    """
+    tree = ast.parse(source)
+    caught = {node.name for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler) and node.name}
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    claims = {}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+            and node.end_lineno in comments
+            and any(isinstance(name, ast.Name) and name.id in caught for name in ast.walk(node))
+        ):
+            claims[node.end_lineno] = comments[node.end_lineno]
+    return claims
+
+
+class ClaimedPrints(ast.NodeTransformer):
+    """Rewrite ``print(...)`` on a claimed line to ``__claimed_print__(line, ...)``."""
+
+    def __init__(self, claims: dict[int, str]) -> None:
+        self.claims = claims
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "print" and node.end_lineno in self.claims:
+            line = ast.Constant(node.end_lineno)
+            return ast.copy_location(
+                ast.Call(ast.Name(CLAIMED_PRINT, ast.Load()), [line, *node.args], node.keywords), node
+            )
+        return node
+
+
+def recording_print(printed: dict[int, list[str]]) -> Callable[..., None]:
+    def claimed_print(line: int, *values: object, sep: str | None = " ", **options: Any) -> None:
+        printed.setdefault(line, []).append((" " if sep is None else sep).join(map(str, values)))
+        print(*values, sep=sep, **options)
+
+    return claimed_print
+
+
+def shows(claim: str, text: str) -> bool:
+    """Whether ``text`` is what ``claim`` says, ``...`` in the claim standing for any text."""
+    position = 0
+    for fragment in (part.strip() for part in claim.split("...")):
+        found = text.find(fragment, position)
+        if found < 0:
+            return False
+        position = found + len(fragment)
+    return True
 
 
 @pytest.fixture
@@ -286,6 +369,20 @@ def test_an_asyncio_repl_block_runs_as_pasted_and_its_claimed_echoes_are_checked
     # and a dedented line right after an indented block, without the blank line, is one too
     with pytest.raises(SyntaxError, match="asyncio REPL rejects"):
         _run_alone(f"{ASYNCIO_REPL}\nfor number in range(2):\n    print(number)\nprint('done')\n")
+
+
+def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> None:
+    script = (
+        "try:\n"
+        "    int('x')\n"
+        "except ValueError as error:\n"
+        "    print(error)  # invalid literal for int() with base 10: ...\n"
+    )
+    assert _run_alone(script) == "invalid literal for int() with base 10: 'x'\n"
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone(script.replace("base 10", "base 16"))
+    # a branch that does not run claims nothing, and a comment on another print is not a claim
+    assert _run_alone("print(1 + 1)  # an integer\nif False:\n    " + script.replace("\n", "\n    ")) == "2\n"
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)
