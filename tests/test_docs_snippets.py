@@ -33,6 +33,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import sys
 import tokenize
 import types
@@ -456,3 +457,114 @@ def test_classes_the_user_docs_name_import_from_the_top_level() -> None:
         and not hasattr(context_manager.testing, name)
     )
     assert defined and missing == []
+
+
+# ------------------------------------------------------------------ links and command lines
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def without_code(text: str) -> str:
+    """``text`` without its fenced code blocks (a ``#`` there is a comment, not a heading)."""
+    return re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path`` (lower case, punctuation dropped, ``-`` for
+    spaces, ``-1``, ``-2`` ... for repeats)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", without_code(path.read_text(encoding="utf-8")), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_relative_links_and_their_anchors_resolve() -> None:
+    pages = [*DOCUMENTS, ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md"]
+    broken = []
+    for page in pages:
+        for target in LINK.findall(without_code(page.read_text(encoding="utf-8"))):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == [], "\n".join(broken)
+
+
+COMMAND_LINE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*context-manager\s")
+
+
+def documented_command_lines() -> list[tuple[str, str, bool]]:
+    """``(page, command line, complete)`` for every ``context-manager ...`` of the README and docs:
+    lines of shell blocks (complete commands) and inline code spans (which may leave out arguments)."""
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        language = None
+        for line in text.splitlines():
+            if line.startswith("```"):
+                language = line[3:].strip() if language is None else None
+            elif language in ("bash", "sh", "") and COMMAND_LINE.match(line.strip()):
+                found.append((path.name, re.split(r" \| | > ", line.strip())[0], True))
+        for span in re.findall(r"`((?:[A-Z_]+=\S+ )*context-manager [^`]*)`", without_code(text)):
+            found.append((path.name, span, False))
+    return found
+
+
+def parse_command_line(line: str, *, complete: bool) -> None:
+    """Parse ``line`` with the real ``context-manager`` command (nothing runs): an unknown command or
+    option, or a bad value, raises; so does a missing argument when the line is ``complete``."""
+    import typer
+
+    from context_manager.cli import app
+
+    words = shlex.split(line, comments=True)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words.pop(0)  # VARIABLE=value before the command
+    assert words[0] == "context-manager", line
+    command, arguments, context = typer.main.get_command(app), words[1:], None
+    while True:
+        try:
+            context = command.make_context(command.name or "context-manager", arguments, parent=context)
+        except Exception as error:
+            if complete or type(error).__name__ != "MissingParameter":
+                raise
+            return
+        if not hasattr(command, "resolve_command"):
+            return
+        rest = [*context._protected_args, *context.args]
+        if not rest:
+            return
+        _, command, arguments = command.resolve_command(context, rest)
+
+
+def test_command_lines_in_the_docs_parse() -> None:
+    lines = documented_command_lines()
+    assert len(lines) >= 30
+    wrong = []
+    for page, line, complete in lines:
+        try:
+            parse_command_line(line, complete=complete)
+        except Exception as error:
+            wrong.append(f"{page}: {line}: {type(error).__name__}: {error}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_a_wrong_command_line_is_caught() -> None:
+    parse_command_line("context-manager --storage ./s memory search 'x' --limit 5", complete=True)
+    parse_command_line("context-manager memory migrate", complete=False)
+    for line in (
+        "context-manager memory search x --limt 5",
+        "context-manager memry stats",
+        "context-manager health --storage ./s",  # a global option after the command
+        "context-manager tokens notes.txt --encoding p50k_base",
+        "context-manager memory migrate",
+    ):
+        with pytest.raises(Exception, match="No such|Invalid value|not one of|Missing"):
+            parse_command_line(line, complete=True)
