@@ -459,6 +459,32 @@ def test_classes_the_user_docs_name_import_from_the_top_level() -> None:
     assert defined and missing == []
 
 
+def test_the_error_tree_in_concepts_is_the_one_in_the_errors_module() -> None:
+    """docs/concepts.md shows the tree drawn in ``context_manager.core.errors``; every name imports from
+    ``context_manager`` and has the parent the tree gives it."""
+    import builtins
+    import textwrap
+
+    import context_manager
+    from context_manager.core import errors
+
+    docstring = errors.__doc__ or ""
+    start = docstring.index("    ContextManagerError\n")
+    tree = textwrap.dedent(docstring[start : docstring.index("\n\n", start)])
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    assert f"```text\n{tree}\n```" in concepts
+    parents: list[type] = []
+    for line in tree.splitlines():
+        name = re.search(r"(\w+Error)", line)
+        assert name is not None, line
+        depth = (len(line) - len(line.lstrip(" │├└─"))) // 4
+        error = getattr(context_manager, name.group(1))
+        parents[depth:] = [error]
+        assert depth == 0 or issubclass(error, parents[depth - 1]), line
+        builtin = re.search(r"\((\w+)\)", line)
+        assert builtin is None or issubclass(error, getattr(builtins, builtin.group(1))), line
+
+
 # ------------------------------------------------------------------ links and command lines
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
