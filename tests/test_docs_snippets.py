@@ -16,6 +16,10 @@ comment on the line before a block:
 * ``<!-- needs-server -->``: the block talks to an OpenAI-compatible endpoint; it runs with
   ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` pointing at a local stand-in server on 127.0.0.1.
 
+A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
+claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
+left-out text.
+
 There is no marker to skip a block.
 """
 
@@ -29,11 +33,15 @@ import io
 import logging
 import os
 import re
+import shlex
 import sys
+import tokenize
 import types
+from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,8 +181,84 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
                     f"await in 'async def main()' + 'asyncio.run(main())', or start the block with "
                     f"{ASYNCIO_REPL!r}"
                 ) from error
+            claims = printed_error_claims(block.code)
+            if claims:
+                tree = ast.fix_missing_locations(ClaimedPrints(claims).visit(ast.parse(block.code)))
+                compiled = compile(tree, name, "exec")
+            printed: dict[int, list[str]] = {}
+            namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
+            for line, texts in printed.items():
+                assert any(shows(claims[line], text) for text in texts), (
+                    f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
+                )
     return output.getvalue()
+
+
+CLAIMED_PRINT = "__claimed_print__"
+"""The name a claimed ``print`` is rewritten to call (it prints, and records what it printed)."""
+
+
+def printed_error_claims(source: str) -> dict[int, str]:
+    """Lines of a script block that print a caught exception and say in a comment what that prints.
+
+    ``print(error)  # priority: got 'urgent'; allowed ...``, where ``error`` is bound by an
+    ``except ... as error`` of the block: the comment is the message, ``...`` standing for left-out text.
+    Error messages are reworded as the library evolves; the comments quoting them must follow.
+    """
+    tree = ast.parse(source)
+    caught = {node.name for node in ast.walk(tree) if isinstance(node, ast.ExceptHandler) and node.name}
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    claims = {}
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+            and node.end_lineno in comments
+            and any(isinstance(name, ast.Name) and name.id in caught for name in ast.walk(node))
+        ):
+            claims[node.end_lineno] = comments[node.end_lineno]
+    return claims
+
+
+class ClaimedPrints(ast.NodeTransformer):
+    """Rewrite ``print(...)`` on a claimed line to ``__claimed_print__(line, ...)``."""
+
+    def __init__(self, claims: dict[int, str]) -> None:
+        self.claims = claims
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "print" and node.end_lineno in self.claims:
+            line = ast.Constant(node.end_lineno)
+            return ast.copy_location(
+                ast.Call(ast.Name(CLAIMED_PRINT, ast.Load()), [line, *node.args], node.keywords), node
+            )
+        return node
+
+
+def recording_print(printed: dict[int, list[str]]) -> Callable[..., None]:
+    def claimed_print(line: int, *values: object, sep: str | None = " ", **options: Any) -> None:
+        printed.setdefault(line, []).append((" " if sep is None else sep).join(map(str, values)))
+        print(*values, sep=sep, **options)
+
+    return claimed_print
+
+
+def shows(claim: str, text: str) -> bool:
+    """Whether ``text`` is what ``claim`` says, ``...`` in the claim standing for any text."""
+    position = 0
+    for fragment in (part.strip() for part in claim.split("...")):
+        found = text.find(fragment, position)
+        if found < 0:
+            return False
+        position = found + len(fragment)
+    return True
 
 
 @pytest.fixture
@@ -288,6 +372,20 @@ def test_an_asyncio_repl_block_runs_as_pasted_and_its_claimed_echoes_are_checked
         _run_alone(f"{ASYNCIO_REPL}\nfor number in range(2):\n    print(number)\nprint('done')\n")
 
 
+def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> None:
+    script = (
+        "try:\n"
+        "    int('x')\n"
+        "except ValueError as error:\n"
+        "    print(error)  # invalid literal for int() with base 10: ...\n"
+    )
+    assert _run_alone(script) == "invalid literal for int() with base 10: 'x'\n"
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone(script.replace("base 10", "base 16"))
+    # a branch that does not run claims nothing, and a comment on another print is not a claim
+    assert _run_alone("print(1 + 1)  # an integer\nif False:\n    " + script.replace("\n", "\n    ")) == "2\n"
+
+
 # ------------------------------------------------------------------ one way to import (issue 17.2)
 
 DEEP_PATH = re.compile(r"context_manager.core")
@@ -359,3 +457,140 @@ def test_classes_the_user_docs_name_import_from_the_top_level() -> None:
         and not hasattr(context_manager.testing, name)
     )
     assert defined and missing == []
+
+
+def test_the_error_tree_in_concepts_is_the_one_in_the_errors_module() -> None:
+    """docs/concepts.md shows the tree drawn in ``context_manager.core.errors``; every name imports from
+    ``context_manager`` and has the parent the tree gives it."""
+    import builtins
+    import textwrap
+
+    import context_manager
+    from context_manager.core import errors
+
+    docstring = errors.__doc__ or ""
+    start = docstring.index("    ContextManagerError\n")
+    tree = textwrap.dedent(docstring[start : docstring.index("\n\n", start)])
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    assert f"```text\n{tree}\n```" in concepts
+    parents: list[type] = []
+    for line in tree.splitlines():
+        name = re.search(r"(\w+Error)", line)
+        assert name is not None, line
+        depth = (len(line) - len(line.lstrip(" │├└─"))) // 4
+        error = getattr(context_manager, name.group(1))
+        parents[depth:] = [error]
+        assert depth == 0 or issubclass(error, parents[depth - 1]), line
+        builtin = re.search(r"\((\w+)\)", line)
+        assert builtin is None or issubclass(error, getattr(builtins, builtin.group(1))), line
+
+
+# ------------------------------------------------------------------ links and command lines
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def without_code(text: str) -> str:
+    """``text`` without its fenced code blocks (a ``#`` there is a comment, not a heading)."""
+    return re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path`` (lower case, punctuation dropped, ``-`` for
+    spaces, ``-1``, ``-2`` ... for repeats)."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", without_code(path.read_text(encoding="utf-8")), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_relative_links_and_their_anchors_resolve() -> None:
+    pages = [*DOCUMENTS, ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md"]
+    broken = []
+    for page in pages:
+        for target in LINK.findall(without_code(page.read_text(encoding="utf-8"))):
+            if re.match(r"^[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == [], "\n".join(broken)
+
+
+COMMAND_LINE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*context-manager\s")
+
+
+def documented_command_lines() -> list[tuple[str, str, bool]]:
+    """``(page, command line, complete)`` for every ``context-manager ...`` of the README and docs:
+    lines of shell blocks (complete commands) and inline code spans (which may leave out arguments)."""
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        language = None
+        for line in text.splitlines():
+            if line.startswith("```"):
+                language = line[3:].strip() if language is None else None
+            elif language in ("bash", "sh", "") and COMMAND_LINE.match(line.strip()):
+                found.append((path.name, re.split(r" \| | > ", line.strip())[0], True))
+        for span in re.findall(r"`((?:[A-Z_]+=\S+ )*context-manager [^`]*)`", without_code(text)):
+            found.append((path.name, span, False))
+    return found
+
+
+def parse_command_line(line: str, *, complete: bool) -> None:
+    """Parse ``line`` with the real ``context-manager`` command (nothing runs): an unknown command or
+    option, or a bad value, raises; so does a missing argument when the line is ``complete``."""
+    import typer
+
+    from context_manager.cli import app
+
+    words = shlex.split(line, comments=True)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words.pop(0)  # VARIABLE=value before the command
+    assert words[0] == "context-manager", line
+    command, arguments, context = typer.main.get_command(app), words[1:], None
+    while True:
+        try:
+            context = command.make_context(command.name or "context-manager", arguments, parent=context)
+        except Exception as error:
+            if complete or type(error).__name__ != "MissingParameter":
+                raise
+            return
+        if not hasattr(command, "resolve_command"):
+            return
+        rest = [*context._protected_args, *context.args]
+        if not rest:
+            return
+        _, command, arguments = command.resolve_command(context, rest)
+
+
+def test_command_lines_in_the_docs_parse() -> None:
+    lines = documented_command_lines()
+    assert len(lines) >= 30
+    wrong = []
+    for page, line, complete in lines:
+        try:
+            parse_command_line(line, complete=complete)
+        except Exception as error:
+            wrong.append(f"{page}: {line}: {type(error).__name__}: {error}")
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_a_wrong_command_line_is_caught() -> None:
+    parse_command_line("context-manager --storage ./s memory search 'x' --limit 5", complete=True)
+    parse_command_line("context-manager memory migrate", complete=False)
+    for line in (
+        "context-manager memory search x --limt 5",
+        "context-manager memry stats",
+        "context-manager health --storage ./s",  # a global option after the command
+        "context-manager tokens notes.txt --encoding p50k_base",
+        "context-manager memory migrate",
+    ):
+        with pytest.raises(Exception, match="No such|Invalid value|not one of|Missing"):
+            parse_command_line(line, complete=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -161,3 +162,38 @@ def test_readme_says_what_is_on_by_default_for_memory_search_and_how_to_switch()
     assert 'ContextManagerConfig(embedder="none")' in text and "PYTHON_CONTEXT_MANAGER_EMBEDDER=none" in text
     for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
         assert "real default" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_install_section_lists_every_extra() -> None:
+    """A newcomer finds every optional extra of pyproject.toml in the README's install lines."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Install") :]
+    install = next(fence for fence in fences(section) if fence.language == "bash").body
+    listed = set(re.findall(r"python-context-manager\[(\w+)\]", install))
+    assert listed == set(extras) - {"dev"}, sorted(set(extras) - {"dev"} - listed)
+    assert '".[dev,embeddings,postgres]"' in install  # what `make test` installs
+
+
+def test_the_readme_command_line_finds_what_the_short_example_stored(tmp_path: Path) -> None:
+    """The README's command-line block searches the memory the short example left in ./cache/storage."""
+    example, _ = short_example()
+    assert run_script(example.body, tmp_path).returncode == 0
+    text = README.read_text(encoding="utf-8")
+    block = next(fence for fence in fences(text[text.index("The command line, after installing") :]))
+    search = next(line for line in block.body.splitlines() if " memory search " in line)
+    words = shlex.split(search)
+    assert words[0] == "context-manager"
+    result = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "--json", *words[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TRK-88231-PT" in result.stdout
