@@ -145,6 +145,30 @@ def test_a_bad_debug_variable_is_named_as_set(
     assert by_keyword.value.field == "enable_debug"
 
 
+@pytest.mark.parametrize(
+    "variable", ["PYTHON_CONTEXT_MANAGER_COMPRESSION_RATIO", "python_context_manager_max_tokens"]
+)
+def test_a_bad_value_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """A rejected value read from a variable was reported under the option's name alone, which nothing in
+    the calling code spelled: the message now names the variable to fix."""
+    option = variable.upper().removeprefix("PYTHON_CONTEXT_MANAGER_").lower()
+    monkeypatch.setenv(variable, "1.5x")
+    with pytest.raises(ConfigurationError) as from_environment:
+        ContextManagerConfig()
+    assert from_environment.value.field == option
+    assert str(from_environment.value).endswith(f"(set by the environment variable {variable})")
+    # the same option given as a keyword, or assigned, while the variable is set: not the variable's value
+    with pytest.raises(ConfigurationError) as by_keyword:
+        ContextManagerConfig(**{option: "2.5x"})
+    assert "environment" not in str(by_keyword.value)
+    config = ContextManagerConfig(**{option: 100 if option == "max_tokens" else 0.5})
+    with pytest.raises(ConfigurationError) as assigned:
+        setattr(config, option, "1.5x")
+    assert "environment" not in str(assigned.value)
+
+
 @pytest.mark.parametrize("variable", ["DEBUG", "ENABLE_DEBUG", "debug"])
 def test_unprefixed_debug_variables_are_not_ours(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
     """DEBUG=1 (set by many deployments for their own code) switched the package's loggers to DEBUG."""

@@ -215,7 +215,7 @@ class ContextManagerConfig(BaseSettings):
         try:
             super().__setattr__(name, value)
         except ValidationError as error:
-            raise _configuration_error(error) from None
+            raise _configuration_error(error, given={name: value}) from None
         if name == "enable_debug":
             self._apply_debug()
 
@@ -346,8 +346,26 @@ def _configuration_error(
         expected = (first.get("ctx") or {}).get("expected")
         if expected:
             message = str(expected)
-    name = _name_as_set(field, given or {})
-    return ConfigurationError(name, got, _describe_constraints(field) or message)
+    given = given or {}
+    name = _name_as_set(field, given)
+    return ConfigurationError(
+        name, got, _describe_constraints(field) or message, detail=_environment_source(name, got, given)
+    )
+
+
+def _environment_source(name: str, got: Any, given: Mapping[str, Any]) -> str | None:
+    """``"set by <VARIABLE>"`` when the rejected value of option ``name`` came from the environment.
+
+    A value from a variable was reported under the option's name alone, which nothing in the calling code
+    spelled: the variable that held it is the thing to fix.
+    """
+    if name in given:
+        return None
+    if name.upper().startswith(ENV_PREFIX):  # already the variable's name (see _name_as_set)
+        return None
+    variable = f"{ENV_PREFIX}{name}".lower()
+    set_as = next((key for key in os.environ if key.lower() == variable and os.environ[key] == got), None)
+    return None if set_as is None else f"set by the environment variable {set_as}"
 
 
 def _name_as_set(field: str, given: Mapping[str, Any]) -> str:
