@@ -528,3 +528,14 @@ async def test_mcp_delete_of_a_merged_memory_reports_the_originals_deleted_with_
             assert sorted(originals) == sorted([first[0], a.id, b.id, c.id])
         for memory_id in (second[0], first[0], a.id, b.id, c.id):
             assert await memory.get_memory(memory_id) is None
+
+
+async def test_mcp_blank_text_is_refused_and_quoted_as_given(tmp_path: Path) -> None:
+    async with in_process(tmp_path, user_id="kim") as client:
+        await client.call_tool("memory_add", {"content": "Kim parks on level 3"})
+        blank = await client.call_tool("memory_add", {"content": "   "})
+        assert blank.is_error and "content: got '   '; allowed a non-empty string" in text_of(blank)
+        for query in ("   ", "\t\n"):  # like "": an error, not an empty result the model takes for "nothing"
+            searched = await client.call_tool("memory_search", {"query": query})
+            assert searched.is_error, text_of(searched)
+            assert f"query: got {query!r}; allowed text with a word to look for" in text_of(searched)

@@ -35,6 +35,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     MissingDependencyError,
     ToolRegistrationError,
+    describe_value,
 )
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
@@ -254,7 +256,8 @@ def create_mcp_server(
 def _tool_error(error: ContextManagerError) -> Exception:
     from mcp.server.mcpserver.exceptions import ToolError
 
-    return ToolError(" ".join(str(error).split()))
+    # one line for the model; spaces inside the quoted value stay (they may be what was wrong with it)
+    return ToolError(re.sub(r"\s*\n\s*", " ", str(error)))
 
 
 def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
@@ -312,6 +315,8 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
         limit: Annotated[int, Field(ge=1, le=50, description="At most this many results.")] = 5,
     ) -> SearchResults:
         """Find the memories most relevant to a query, best first."""
+        if not query.strip():  # as an empty query is refused: no answer the model could take for "nothing"
+            raise ToolError(f"query: got {describe_value(query)}; allowed text with a word to look for")
         try:
             search = handle.get().search_memory(query, limit, user_id=user_id)
             telemetry = handle.telemetry
