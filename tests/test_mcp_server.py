@@ -539,3 +539,26 @@ async def test_mcp_blank_text_is_refused_and_quoted_as_given(tmp_path: Path) -> 
             searched = await client.call_tool("memory_search", {"query": query})
             assert searched.is_error, text_of(searched)
             assert f"query: got {query!r}; allowed text with a word to look for" in text_of(searched)
+
+
+@pytest.mark.parametrize("user_id", ["u" * 257, "bad\udcff", "a\x00b"])
+def test_mcp_server_refuses_a_user_id_the_memory_would_refuse(tmp_path: Path, user_id: str) -> None:
+    # it started, and then every call failed on a user_id no tool lets the model change
+    allowed = "user_id: got .*; allowed a non-empty string of at most 256"
+    with pytest.raises(InvalidArgumentError, match=allowed):
+        create_mcp_server(ContextManagerConfig(storage_path=tmp_path / "memory"), user_id=user_id)
+
+
+def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "m")]
+        + ["--user", "u" * 300],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert completed.stderr.startswith("error: user_id: got 'uuu")
+    assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve

@@ -54,6 +54,7 @@ from context_manager.core.errors import (
 )
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
+from context_manager.core.memory.validation import check_user
 from context_manager.core.telemetry import (
     Telemetry,
     telemetry_for_current_providers,
@@ -221,8 +222,7 @@ def create_mcp_server(
         config = memory.config if memory is not None else ContextManagerConfig()
     if not isinstance(config, ContextManagerConfig):
         raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
-    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
-        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
+    _check_server_user(user_id)
     if memory is not None and not isinstance(memory, MemoryManager):
         raise InvalidArgumentError("memory", memory, "an initialized MemoryManager or None")
     if tools is not None and not isinstance(tools, ToolManager):
@@ -248,6 +248,13 @@ def create_mcp_server(
     )
     _add_resources(server, handle, user_id, recent_limit)
     return server
+
+
+def _check_server_user(user_id: Any) -> None:
+    """Refuse, up front, a user id the memory would refuse on every call (no tool lets the model fix it)."""
+    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
+    check_user(user_id, allow_all=False)  # length, NUL, lone surrogates (a --user of undecodable bytes)
 
 
 # ------------------------------------------------------------------------------------------ memory tools
@@ -539,7 +546,9 @@ async def run_mcp_server(
     Raises:
         StorageError: the memory store cannot be opened (locked by another process, damaged ...).
         MissingDependencyError: the ``mcp`` extra is not installed.
+        InvalidArgumentError: a ``user_id`` the memory refuses (checked before the store is opened).
     """
+    _check_server_user(user_id)  # before the store is opened (or created)
     memory = MemoryManager(config)
     await memory.initialize()
     try:
