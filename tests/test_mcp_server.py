@@ -96,6 +96,8 @@ async def test_mcp_stdio_bad_argument_is_an_error_result_and_the_session_continu
         assert wrong_type.is_error and "limit" in text_of(wrong_type)
         empty = await client.call_tool("memory_search", {"query": ""})
         assert empty.is_error
+        typo = await client.call_tool("memory_search", {"query": "tea", "limt": 3})
+        assert typo.is_error and "limt: unexpected argument; allowed query, limit" in text_of(typo)
         unknown = await client.call_tool("memory_forget_everything", {})
         assert unknown.is_error and "memory_forget_everything" in text_of(unknown)
         bad_delete = await client.call_tool("memory_delete", {"memory_id": "no-such-id"})
@@ -141,7 +143,7 @@ async def test_mcp_stdio_a_restarted_server_finds_what_was_stored(tmp_path: Path
         recent = json.loads((await client.read_resource("memory://recent")).contents[0].text)  # type: ignore[union-attr]
         assert [item["id"] for item in recent] == [ids[1], ids[0]]  # newest first
         deleted = await client.call_tool("memory_delete", {"memory_id": ids[0]})
-        assert deleted.structured_content == {"deleted": ids[0]}
+        assert deleted.structured_content == {"deleted": ids[0], "originals_deleted": []}
     async with stdio_server(storage) as client:
         stats = await client.call_tool("memory_stats", {})
         assert stats.structured_content["total_memories"] == 1  # type: ignore[index]
@@ -479,3 +481,84 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+async def test_mcp_memory_tools_refuse_unknown_arguments_naming_the_allowed_ones(tmp_path: Path) -> None:
+    async with in_process(tmp_path, user_id="hana") as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        for name in MEMORY_TOOLS:  # the schema tells the client, too
+            assert listed[name].input_schema["additionalProperties"] is False
+        typo = await client.call_tool("memory_search", {"query": "tea", "limt": 3})
+        assert typo.is_error
+        assert text_of(typo) == (
+            "invalid arguments for tool 'memory_search': limt: unexpected argument; allowed query, limit"
+        )
+        foreign = await client.call_tool("memory_add", {"content": "Hana likes oolong", "user_id": "ivan"})
+        allowed = "user_id: unexpected argument; allowed content, importance, tags"
+        assert foreign.is_error and allowed in text_of(foreign)
+        stats = await client.call_tool("memory_stats", {"verbose": True})
+        assert stats.is_error and "verbose: unexpected argument; allowed no arguments" in text_of(stats)
+        bad_type = await client.call_tool("memory_search", {"query": "tea", "limit": "many"})
+        assert bad_type.is_error and text_of(bad_type) == (
+            "invalid arguments for tool 'memory_search': limit: got 'many'; expected a valid integer, "
+            "unable to parse string as an integer"
+        )
+        nothing = await client.call_tool("memory_stats", {})
+        assert nothing.structured_content["total_memories"] == 0  # type: ignore[index]  # the refused add stored nothing
+
+
+async def test_mcp_delete_of_a_merged_memory_reports_the_originals_deleted_with_it(tmp_path: Path) -> None:
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    async with MemoryManager(config) as memory:
+        a = await memory.add_memory("Jack lives in Berlin, Germany", importance=0.4, user_id="jack")
+        b = await memory.add_memory("jack lives in Berlin Germany!", importance=0.6, user_id="jack")
+        first = (await memory.consolidate_memories(0.9, user_id="jack"))["merged_ids"]
+        c = await memory.add_memory("Jack lives in Berlin, Germany.", importance=0.5, user_id="jack")
+        second = (await memory.consolidate_memories(0.9, user_id="jack"))["merged_ids"]
+        assert len(first) == 1 and len(second) == 1  # second merged first (which merged a, b) with c
+        desk = await memory.add_memory("Jack's desk is by the window", user_id="jack")
+        server = create_mcp_server(config, user_id="jack", memory=memory)
+        async with Client(server) as client:
+            plain = await client.call_tool("memory_delete", {"memory_id": desk.id})
+            assert plain.structured_content == {"deleted": desk.id, "originals_deleted": []}
+            merged = await client.call_tool("memory_delete", {"memory_id": second[0]})
+            assert not merged.is_error, text_of(merged)
+            assert merged.structured_content is not None and merged.structured_content["deleted"] == second[0]
+            originals = merged.structured_content["originals_deleted"]
+            assert sorted(originals) == sorted([first[0], a.id, b.id, c.id])
+        for memory_id in (second[0], first[0], a.id, b.id, c.id):
+            assert await memory.get_memory(memory_id) is None
+
+
+async def test_mcp_blank_text_is_refused_and_quoted_as_given(tmp_path: Path) -> None:
+    async with in_process(tmp_path, user_id="kim") as client:
+        await client.call_tool("memory_add", {"content": "Kim parks on level 3"})
+        blank = await client.call_tool("memory_add", {"content": "   "})
+        assert blank.is_error and "content: got '   '; allowed a non-empty string" in text_of(blank)
+        for query in ("   ", "\t\n"):  # like "": an error, not an empty result the model takes for "nothing"
+            searched = await client.call_tool("memory_search", {"query": query})
+            assert searched.is_error, text_of(searched)
+            assert f"query: got {query!r}; allowed text with a word to look for" in text_of(searched)
+
+
+@pytest.mark.parametrize("user_id", ["u" * 257, "bad\udcff", "a\x00b"])
+def test_mcp_server_refuses_a_user_id_the_memory_would_refuse(tmp_path: Path, user_id: str) -> None:
+    # it started, and then every call failed on a user_id no tool lets the model change
+    allowed = "user_id: got .*; allowed a non-empty string of at most 256"
+    with pytest.raises(InvalidArgumentError, match=allowed):
+        create_mcp_server(ContextManagerConfig(storage_path=tmp_path / "memory"), user_id=user_id)
+
+
+def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "m")]
+        + ["--user", "u" * 300],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert completed.stderr.startswith("error: user_id: got 'uuu")
+    assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve

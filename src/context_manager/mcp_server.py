@@ -10,7 +10,8 @@ through the same three-tier memory the library uses. Needs the ``mcp`` extra
 What the server offers:
 
 * tools ``memory_add`` (content, importance, tags), ``memory_search`` (query, limit), ``memory_delete``
-  (memory_id) and ``memory_stats``, each with an input and an output schema;
+  (memory_id; a consolidated memory goes with its originals, which the result lists) and ``memory_stats``,
+  each with an input and an output schema (an unknown argument is an error);
 * resources ``memory://stats`` and ``memory://recent`` (the newest memories, JSON);
 * optionally the application's own tools (``--tools module:registry``: a ``ToolManager``, a list of
   ``@tool`` functions or a function returning either), run through the ``ToolManager`` so their schemas,
@@ -34,12 +35,13 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import (
@@ -48,9 +50,11 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     MissingDependencyError,
     ToolRegistrationError,
+    describe_value,
 )
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
+from context_manager.core.memory.validation import check_user
 from context_manager.core.telemetry import (
     Telemetry,
     telemetry_for_current_providers,
@@ -59,9 +63,11 @@ from context_manager.core.telemetry import (
 )
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission, get_tool_definition
 from context_manager.core.tool_system.manager import ToolManager
+from context_manager.core.tool_system.schema import describe_validation_error
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 
 __all__ = [
     "MEMORY_TOOL_NAMES",
@@ -111,6 +117,12 @@ class DeleteResult(BaseModel):
     """What ``memory_delete`` returns."""
 
     deleted: str = Field(description="The id of the deleted memory.")
+    originals_deleted: list[str] = Field(
+        description=(
+            "The ids of the memories a consolidated memory was merged from, deleted with it (recursively, "
+            "nearest first); empty for a memory that merged none."
+        )
+    )
 
 
 def _item(memory: Memory) -> MemoryItem:
@@ -210,8 +222,7 @@ def create_mcp_server(
         config = memory.config if memory is not None else ContextManagerConfig()
     if not isinstance(config, ContextManagerConfig):
         raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
-    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
-        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
+    _check_server_user(user_id)
     if memory is not None and not isinstance(memory, MemoryManager):
         raise InvalidArgumentError("memory", memory, "an initialized MemoryManager or None")
     if tools is not None and not isinstance(tools, ToolManager):
@@ -233,11 +244,17 @@ def create_mcp_server(
         version=_version(),
         lifespan=lifespan,
         log_level="WARNING",
-        tools=application_tools,
+        tools=[*_memory_tools(handle, user_id), *application_tools],
     )
-    _add_memory_tools(server, handle, user_id)
     _add_resources(server, handle, user_id, recent_limit)
     return server
+
+
+def _check_server_user(user_id: Any) -> None:
+    """Refuse, up front, a user id the memory would refuse on every call (no tool lets the model fix it)."""
+    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
+    check_user(user_id, allow_all=False)  # length, NUL, lone surrogates (a --user of undecodable bytes)
 
 
 # ------------------------------------------------------------------------------------------ memory tools
@@ -246,11 +263,37 @@ def create_mcp_server(
 def _tool_error(error: ContextManagerError) -> Exception:
     from mcp.server.mcpserver.exceptions import ToolError
 
-    return ToolError(" ".join(str(error).split()))
+    # one line for the model; spaces inside the quoted value stay (they may be what was wrong with it)
+    return ToolError(re.sub(r"\s*\n\s*", " ", str(error)))
 
 
-def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None) -> None:
+def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
+    """The memory tools, whose arguments are checked strictly (an unknown one is an error, not ignored)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.tools import Tool
     from mcp_types import ToolAnnotations
+
+    class MemoryTool(Tool):
+        """A memory tool: arguments outside its schema are refused, errors say what is allowed."""
+
+        async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+            try:
+                self.fn_metadata.validate_arguments(arguments)
+            except ValidationError as error:
+                # the cause stays a ValidationError: the SDK then logs the fields only, not the values
+                model = self.fn_metadata.arg_model
+                raise ToolError(describe_validation_error(error, self.name, model.model_fields)) from error
+            return await super().run(arguments, context, convert_result)
+
+    def memory_tool(function: Any, annotations: Any) -> Tool:
+        made = MemoryTool.from_function(function, annotations=annotations)
+        lax = made.fn_metadata.arg_model
+        strict = cast(
+            "type[ArgModelBase]", type(lax.__name__, (lax,), {"model_config": ConfigDict(extra="forbid")})
+        )
+        made.fn_metadata.arg_model = strict
+        made.parameters = strict.model_json_schema(by_alias=True)  # "additionalProperties": false
+        return made
 
     async def memory_add(
         content: Annotated[str, Field(min_length=1, description="The fact to remember, in plain words.")],
@@ -279,6 +322,8 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
         limit: Annotated[int, Field(ge=1, le=50, description="At most this many results.")] = 5,
     ) -> SearchResults:
         """Find the memories most relevant to a query, best first."""
+        if not query.strip():  # as an empty query is refused: no answer the model could take for "nothing"
+            raise ToolError(f"query: got {describe_value(query)}; allowed text with a word to look for")
         try:
             search = handle.get().search_memory(query, limit, user_id=user_id)
             telemetry = handle.telemetry
@@ -292,18 +337,19 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
             str, Field(min_length=1, description="The id memory_add or memory_search gave.")
         ],
     ) -> DeleteResult:
-        """Delete one memory by id."""
-        from mcp.server.mcpserver.exceptions import ToolError
-
+        """Delete one memory by id; a consolidated memory goes with the originals it was merged from."""
         memory = handle.get()
         try:
             existing = await memory.get_memory(memory_id)
             if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
                 raise ToolError(f"memory_id: no memory with id {memory_id!r}")
+            originals = await _merged_originals(memory, existing)
             deleted = await traced_call(handle.telemetry, "delete_memory", memory.delete_memory(memory_id))
+            # what the delete took with it: the originals (read before) no longer stored
+            gone = [original for original in originals if await memory.get_memory(original) is None]
         except ContextManagerError as error:
             raise _tool_error(error) from None
-        return DeleteResult(deleted=deleted.id)
+        return DeleteResult(deleted=deleted.id, originals_deleted=gone)
 
     async def memory_stats() -> dict[str, Any]:
         """Counts per tier, capacity, size on disk and index status of this user's memory."""
@@ -315,17 +361,39 @@ def _add_memory_tools(server: MCPServer[Any], handle: _MemoryHandle, user_id: st
             raise _tool_error(error) from None
         return _json_ready(stats)
 
-    server.add_tool(memory_add, annotations=ToolAnnotations(title="Remember", read_only_hint=False))
-    server.add_tool(
-        memory_search, annotations=ToolAnnotations(title="Recall", read_only_hint=True, open_world_hint=False)
-    )
-    server.add_tool(
-        memory_delete,
-        annotations=ToolAnnotations(
-            title="Forget", read_only_hint=False, destructive_hint=True, idempotent_hint=True
+    return [
+        memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False)),
+        memory_tool(
+            memory_search, ToolAnnotations(title="Recall", read_only_hint=True, open_world_hint=False)
         ),
-    )
-    server.add_tool(memory_stats, annotations=ToolAnnotations(title="Memory statistics", read_only_hint=True))
+        memory_tool(
+            memory_delete,
+            ToolAnnotations(
+                title="Forget", read_only_hint=False, destructive_hint=True, idempotent_hint=True
+            ),
+        ),
+        memory_tool(memory_stats, ToolAnnotations(title="Memory statistics", read_only_hint=True)),
+    ]
+
+
+async def _merged_originals(memory: MemoryManager, merged: Memory) -> list[str]:
+    """The ids of the originals ``delete_memory(merged.id)`` deletes with it, nearest first.
+
+    An original goes with the merged memory while it is still superseded by it (an original that is a
+    merged memory itself takes its own originals along).
+    """
+    found: list[str] = []
+    parents = [merged]
+    while parents:
+        level: list[Memory] = []
+        for parent in parents:
+            for original_id in parent.merged_from:
+                original = await memory.get_memory(original_id) if original_id not in found else None
+                if original is not None and original.superseded_by == parent.id:
+                    found.append(original_id)
+                    level.append(original)
+        parents = level
+    return found
 
 
 def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None, limit: int) -> None:
@@ -478,7 +546,9 @@ async def run_mcp_server(
     Raises:
         StorageError: the memory store cannot be opened (locked by another process, damaged ...).
         MissingDependencyError: the ``mcp`` extra is not installed.
+        InvalidArgumentError: a ``user_id`` the memory refuses (checked before the store is opened).
     """
+    _check_server_user(user_id)  # before the store is opened (or created)
     memory = MemoryManager(config)
     await memory.initialize()
     try:

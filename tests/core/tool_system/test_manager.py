@@ -268,6 +268,21 @@ async def test_invalid_arguments_name_field_value_and_expectation(manager: ToolM
     assert missing.error is not None and "text: missing; a value is required" in missing.error
 
 
+async def test_an_argument_to_a_tool_without_arguments_says_it_takes_none() -> None:
+    @tool(name="server_time")
+    async def server_time() -> str:
+        """The server's clock."""
+        return "12:00"
+
+    manager = ToolManager()
+    manager.register_tool(server_time)
+    result = await manager.execute("server_time", zone="UTC")
+    assert not result.success and result.error_type == "invalid_arguments"
+    assert result.error == (
+        "invalid arguments for tool 'server_time': zone: unexpected argument; allowed no arguments"
+    )
+
+
 async def test_invalid_arguments_against_declared_schema() -> None:
     ran: list[Any] = []
 

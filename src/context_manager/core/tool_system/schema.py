@@ -484,9 +484,10 @@ def describe_validation_error(
 
     The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
     stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
-    search for the whole value would not find. An unknown key inside a nested object is answered with that
-    object's keys, found from ``arguments_model`` (nothing is said about allowed keys when they are not
-    known).
+    search for the whole value would not find. An unknown argument is answered with ``allowed_fields`` (the
+    tool's arguments; "allowed no arguments" when it takes none), an unknown key inside a nested object
+    with that object's keys, found from ``arguments_model`` (nothing is said about allowed keys when they
+    are not known).
     """
     model_fields = list(allowed_fields)
     sensitive = frozenset(sensitive_arguments)
@@ -498,9 +499,11 @@ def describe_validation_error(
         if kind == "missing":
             parts.append(f"{location}: missing; a value is required")
         elif kind == "extra_forbidden":
-            # a key inside a nested object: the keys of that object, when its type says them
-            names = model_fields if len(loc) <= 1 else _nested_keys(arguments_model, loc[:-1])
-            allowed = f"; allowed {', '.join(names)}" if names else ""
+            if len(loc) <= 1:  # the tool's arguments (``allowed_fields``), maybe none
+                allowed = "; allowed " + (", ".join(model_fields) or "no arguments")
+            else:  # a key inside a nested object: the keys of that object, when its type says them
+                names = _nested_keys(arguments_model, loc[:-1])
+                allowed = f"; allowed {', '.join(names)}" if names else ""
             parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
         else:
             expected = str(item.get("msg", "a valid value"))
