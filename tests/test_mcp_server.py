@@ -240,6 +240,22 @@ async def in_process(tmp_path: Path, **options: Any) -> AsyncIterator[Client]:
         yield client
 
 
+async def test_mcp_memory_add_describes_the_configured_long_term_threshold(tmp_path: Path) -> None:
+    """The importance argument said "0.7+ is kept long-term" whatever the store's threshold was."""
+    config = ContextManagerConfig(storage_path=tmp_path / "memory", long_term_importance_threshold=0.85)
+    async with Client(create_mcp_server(config)) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        described = listed["memory_add"].input_schema["properties"]["importance"]["description"]
+        assert "0.85+ is kept long-term" in described
+        stored = await client.call_tool(
+            "memory_add", {"content": "Dana owns the billing API", "importance": 0.85}
+        )
+        assert not stored.is_error
+    async with MemoryManager(config) as memory:
+        copies = await memory.stored_copies()
+        assert sorted(copy.tier.value for copy in copies) == ["long", "short"]  # as the description says
+
+
 @tool(name="word_count", rate_limit=2, rate_window=60.0, timeout=5.0)
 async def word_count(text: str) -> int:
     """Count the words of a text.

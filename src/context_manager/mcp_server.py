@@ -153,6 +153,11 @@ class _MemoryHandle:
         self.telemetry: Telemetry | None = None
         """OpenTelemetry for the memory tools, resolved when a session opens the server."""
 
+    @property
+    def given(self) -> MemoryManager | None:
+        """The memory the caller passed in (its configuration is the one that applies), if any."""
+        return self._given
+
     def get(self) -> MemoryManager:
         memory = self._given or self._opened
         if memory is None or not memory.is_initialized:
@@ -267,6 +272,9 @@ def _tool_error(error: ContextManagerError) -> Exception:
     return ToolError(re.sub(r"\s*\n\s*", " ", str(error)))
 
 
+_IMPORTANCE_TEXT = "0 (trivial) to 1 (critical); {threshold:g}+ is kept long-term."
+
+
 def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
     """The memory tools, whose arguments are checked strictly (an unknown one is an error, not ignored)."""
     from mcp.server.mcpserver.exceptions import ToolError
@@ -298,11 +306,12 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
     async def memory_add(
         content: Annotated[str, Field(min_length=1, description="The fact to remember, in plain words.")],
         importance: Annotated[
-            float, Field(ge=0.0, le=1.0, description="0 (trivial) to 1 (critical); 0.7+ is kept long-term.")
+            float,
+            Field(ge=0.0, le=1.0, description=_IMPORTANCE_TEXT.format(threshold=0.7)),
         ] = 0.5,
         tags: Annotated[list[str] | None, Field(description="Labels to find it by.")] = None,
     ) -> MemoryItem:
-        """Store a fact about the user or the work, durably, in long-term memory."""
+        """Store a fact about the user or the work, durably (important ones also in long-term memory)."""
         try:
             stored = await traced_call(
                 handle.telemetry,
@@ -361,8 +370,14 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             raise _tool_error(error) from None
         return _json_ready(stats)
 
+    remember = memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False))
+    # the threshold the store applies (configurable), not the default's 0.7 (the annotation is evaluated
+    # where the function is defined, so the schema's text is set here)
+    config = handle.config if handle.given is None else handle.given.config
+    importance = remember.parameters["properties"]["importance"]
+    importance["description"] = _IMPORTANCE_TEXT.format(threshold=config.long_term_importance_threshold)
     return [
-        memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False)),
+        remember,
         memory_tool(
             memory_search, ToolAnnotations(title="Recall", read_only_hint=True, open_world_hint=False)
         ),
