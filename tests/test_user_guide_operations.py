@@ -412,6 +412,22 @@ async def test_periodic_health_checks_and_cleanup_stop_every_task(
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
 
+async def test_a_health_check_after_cleanup_does_not_restart_the_periodic_checks(tmp_path: Path) -> None:
+    """The periodic checks were watched as a background task to keep alive: a health check run after
+    cleanup() found them stopped and auto-recovery started them again, a task nobody would ever stop."""
+    config = ContextManagerConfig(cache_path=tmp_path, health_check_interval=30.0)
+    async with EnhancedContextManager(config=config) as manager:
+        checker = manager.health_checker
+        assert checker is not None and checker.is_running
+    assert not checker.is_running
+    status = await checker.perform_health_check()
+    assert not checker.is_running
+    assert status.recoveries == []
+    assert "health_checks" not in status.checks["background_tasks"].details["watched"]
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+    assert manager.get_system_status()["health"]["periodic"] is False
+
+
 def test_cleanup_leaves_no_pending_task_in_debug_mode(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
