@@ -25,7 +25,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.health_checker import HealthState
+from context_manager.core.health_checker import HealthChecker, HealthState
 from context_manager.core.performance_monitor import PerformanceMonitor
 from tests.guide_snippets import run_snippet, verbatim_test
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
@@ -529,3 +529,19 @@ async def test_a_killed_monitor_sampler_is_restarted(context_manager: EnhancedCo
     assert status.status is HealthState.HEALTHY
     assert status.recoveries[0].action == "restarted performance_monitor"
     assert monitor.sampler_alive
+
+
+async def test_the_database_check_of_a_manager_not_open_is_not_a_failure(tmp_path: Path) -> None:
+    """Checking a manager before initialize() or after cleanup() made the critical database check
+    unhealthy ("check raised LifecycleError ... fix its cause"): the whole system read unhealthy."""
+    config = ContextManagerConfig(cache_path=tmp_path, enable_health_checks=False)
+    manager = EnhancedContextManager(config=config)
+    checker = HealthChecker(context_manager=manager, enable_auto_recovery=False)
+    for moment in ("before initialize", "after cleanup"):
+        if moment == "after cleanup":
+            async with manager:
+                await manager.add_message("user", "hello")
+        database = (await checker.perform_health_check()).checks["database"]
+        assert database.status is HealthState.HEALTHY, (moment, database.message)
+        assert database.message == "memory not open: no database to check"
+        assert database.details == {"checked": False}
