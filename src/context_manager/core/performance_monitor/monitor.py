@@ -492,6 +492,8 @@ class PerformanceMonitor:
         """Return a Prometheus collector exposing this monitor's figures (needs the ``prometheus`` extra).
 
         Raises:
+            InvalidSettingError: ``namespace`` is not a valid start of a metric name
+                (``[a-zA-Z_:][a-zA-Z0-9_:]*``).
             MissingDependencyError: ``prometheus_client`` is not installed.
         """
         return PrometheusCollector(self, namespace=namespace)
