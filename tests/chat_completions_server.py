@@ -68,6 +68,8 @@ class ChatCompletionsServer:
     """Faults for the next requests, first in first out."""
     reply_text: str | None = None
     """The text of plain answers (both protocols) when set."""
+    reply_usage: dict[str, Any] | None = None
+    """The ``usage`` object of answers (both protocols) when set, as given (to send odd figures)."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +108,7 @@ class ChatCompletionsServer:
             "created": 1_700_000_000,
             "model": body.get("model", "stub-model"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": dict(USAGE),
+            "usage": dict(USAGE) if self.reply_usage is None else self.reply_usage,
         }
 
     def anthropic_reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class ChatCompletionsServer:
             "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
-            "usage": dict(ANTHROPIC_USAGE),
+            "usage": dict(ANTHROPIC_USAGE) if self.reply_usage is None else self.reply_usage,
         }
 
     @property

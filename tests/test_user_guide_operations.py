@@ -25,7 +25,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.health_checker import HealthState
+from context_manager.core.health_checker import HealthChecker, HealthState
 from context_manager.core.performance_monitor import PerformanceMonitor
 from tests.guide_snippets import run_snippet, verbatim_test
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
@@ -412,6 +412,22 @@ async def test_periodic_health_checks_and_cleanup_stop_every_task(
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
 
+async def test_a_health_check_after_cleanup_does_not_restart_the_periodic_checks(tmp_path: Path) -> None:
+    """The periodic checks were watched as a background task to keep alive: a health check run after
+    cleanup() found them stopped and auto-recovery started them again, a task nobody would ever stop."""
+    config = ContextManagerConfig(cache_path=tmp_path, health_check_interval=30.0)
+    async with EnhancedContextManager(config=config) as manager:
+        checker = manager.health_checker
+        assert checker is not None and checker.is_running
+    assert not checker.is_running
+    status = await checker.perform_health_check()
+    assert not checker.is_running
+    assert status.recoveries == []
+    assert "health_checks" not in status.checks["background_tasks"].details["watched"]
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+    assert manager.get_system_status()["health"]["periodic"] is False
+
+
 def test_cleanup_leaves_no_pending_task_in_debug_mode(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -513,3 +529,19 @@ async def test_a_killed_monitor_sampler_is_restarted(context_manager: EnhancedCo
     assert status.status is HealthState.HEALTHY
     assert status.recoveries[0].action == "restarted performance_monitor"
     assert monitor.sampler_alive
+
+
+async def test_the_database_check_of_a_manager_not_open_is_not_a_failure(tmp_path: Path) -> None:
+    """Checking a manager before initialize() or after cleanup() made the critical database check
+    unhealthy ("check raised LifecycleError ... fix its cause"): the whole system read unhealthy."""
+    config = ContextManagerConfig(cache_path=tmp_path, enable_health_checks=False)
+    manager = EnhancedContextManager(config=config)
+    checker = HealthChecker(context_manager=manager, enable_auto_recovery=False)
+    for moment in ("before initialize", "after cleanup"):
+        if moment == "after cleanup":
+            async with manager:
+                await manager.add_message("user", "hello")
+        database = (await checker.perform_health_check()).checks["database"]
+        assert database.status is HealthState.HEALTHY, (moment, database.message)
+        assert database.message == "memory not open: no database to check"
+        assert database.details == {"checked": False}

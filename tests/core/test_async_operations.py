@@ -403,6 +403,23 @@ async def test_stop_drain_timeout_cancels_the_rest() -> None:
     assert _others() == []
 
 
+@pytest.mark.parametrize("drain_timeout", ["1", -1.0, float("nan"), float("inf"), True])
+async def test_a_bad_drain_timeout_is_refused_before_anything_stops(drain_timeout: Any) -> None:
+    """``stop(drain_timeout="1")`` raised TypeError with the controller already refusing work and its tasks
+    left running; NaN waited for ever and a negative number cancelled everything at once."""
+    controller = ConcurrencyController()
+    await controller.start()
+    gate = asyncio.Event()
+    await controller.submit_task("running", gate.wait)
+    with pytest.raises(InvalidSettingError, match="drain_timeout: got .*; allowed None or a finite number"):
+        await asyncio.wait_for(controller.stop(drain_timeout=drain_timeout), 5.0)
+    assert controller.is_running
+    assert controller.get_task_status("running").status is TaskStatus.RUNNING
+    gate.set()
+    await controller.stop(drain_timeout=5.0)
+    assert await controller.wait_for_task("running") is True
+
+
 def test_no_task_is_destroyed_pending_in_debug_mode(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         started = asyncio.Event()

@@ -326,11 +326,24 @@ class ConcurrencyController:
         Args:
             drain: True: let queued and running tasks finish. False: cancel them (waiters get
                 ``TaskCancelledError``).
-            drain_timeout: With ``drain=True``, the most seconds to wait before cancelling the rest.
+            drain_timeout: With ``drain=True``, the most seconds to wait before cancelling the rest
+                (``None``: no limit; 0 cancels at once).
 
         Every task the controller created has finished when this returns; results not fetched
         yet can still be fetched with ``wait_for_task``.
+
+        Raises:
+            InvalidSettingError: ``drain_timeout`` is not ``None`` or a finite number >= 0 (nothing
+                is stopped).
         """
+        if drain_timeout is not None and (
+            isinstance(drain_timeout, bool)
+            or not isinstance(drain_timeout, int | float)
+            or not (0 <= drain_timeout < math.inf)
+        ):
+            raise InvalidSettingError(
+                "drain_timeout", drain_timeout, "None or a finite number of seconds >= 0"
+            )
         self._abandon_if_loop_closed()
         self._accepting = False
         if drain and (self._running or self._queued):

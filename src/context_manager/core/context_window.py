@@ -61,6 +61,7 @@ from context_manager.core.compression import (
     decide_eviction,
 )
 from context_manager.core.compression.planning import cut_messages
+from context_manager.core.compression.summarizer import summary_call_deadline
 from context_manager.core.errors import (
     ContextBudgetError,
     InvalidArgumentError,
@@ -1117,9 +1118,14 @@ class ContextWindow:
         if self._summaries_stopped:
             return _Outcome(extractive(), STRATEGY_FALLBACK, "skipped: the window is draining (shutdown)")
         try:
-            async with asyncio.timeout(self._summarizer_timeout):
-                # a task of its own, so drain() can cancel the call without cancelling this operation
-                call = asyncio.ensure_future(summarizer(list(inputs), budget))
+            async with asyncio.timeout(self._summarizer_timeout) as deadline:
+                # a task of its own, so drain() can cancel the call without cancelling this operation; it
+                # sees the deadline, to tell its timeout from a caller giving up (summary_call_abandoned)
+                entered = summary_call_deadline.set(deadline)
+                try:
+                    call = asyncio.ensure_future(summarizer(list(inputs), budget))
+                finally:
+                    summary_call_deadline.reset(entered)
                 self._summary_calls.add(call)
                 try:
                     text = await call

@@ -405,6 +405,8 @@ class EnhancedContextManager:
         if sampler is not None:
             await sampler.stop()
         if self.health_checker is not None:
+            # stopped on purpose: a later health check must not see a dead task to restart
+            self.health_checker.unwatch_background_task("health_checks")
             await self.health_checker.stop()
         if self.performance_monitor is not None:
             await self.performance_monitor.stop_monitoring()

@@ -224,6 +224,26 @@ def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
         HealthChecker(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"event_loop_lag_ms": "100"}, "event_loop_lag_ms"),
+        ({"min_free_disk_mb": None}, "min_free_disk_mb"),
+        ({"min_free_disk_mb": -5.0}, "min_free_disk_mb"),
+        ({"error_rate_degraded": float("nan")}, "error_rate_degraded"),
+        ({"write_failures_unhealthy": 2.0}, "write_failures_unhealthy"),
+        ({"process_memory_limit_mb": "512"}, "process_memory_limit_mb"),
+    ],
+)
+async def test_bad_health_thresholds_are_refused_when_made(kwargs: dict[str, Any], field: str) -> None:
+    """Bad limits were accepted, then their check failed with "check raised TypeError" on every run."""
+    with pytest.raises(InvalidSettingError, match=f"^{field}: got "):
+        HealthThresholds(**kwargs)
+    limits = HealthThresholds(memory_percent_unhealthy=100.0, process_memory_limit_mb=None)
+    status = await HealthChecker(thresholds=limits).perform_health_check()
+    assert status.status is HealthState.HEALTHY
+
+
 def test_invalid_registrations_change_nothing() -> None:
     checker = HealthChecker()
     with pytest.raises(InvalidHealthCheckError, match="name: got 'storage'; allowed a name not registered"):

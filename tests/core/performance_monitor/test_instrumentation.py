@@ -105,3 +105,32 @@ async def test_cancelled_operations_are_not_counted_as_failures() -> None:
         async with monitor.operation_timer("timed_block"):
             raise RuntimeError("broken")
     assert monitor.get_current_metrics().error_rate == 1.0
+
+
+async def test_monitored_operation_refuses_what_it_cannot_record_before_anything_runs() -> None:
+    """A bad name or ``succeeded`` failed only after the decorated call had run (its result lost, its side
+    effects done), and a plain function ran, then failed on the decorator's ``await``."""
+    from context_manager.core.errors import InvalidArgumentError, InvalidMetricError
+
+    calls: list[str] = []
+
+    async def work() -> str:
+        calls.append("ran")
+        return "done"
+
+    def blocking() -> str:
+        calls.append("ran")
+        return "done"
+
+    for name in ("", 7, None):
+        with pytest.raises(InvalidMetricError, match="name: got .*; allowed a non-empty string"):
+            monitored_operation(name)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="succeeded: got 'yes'; allowed a callable"):
+        monitored_operation("work", succeeded="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="function: got <function .*; allowed an async function"):
+        monitored_operation("blocking")(blocking)  # type: ignore[arg-type]
+    assert calls == []
+    async with PerformanceMonitor(sample_interval=10.0) as monitor:
+        assert await monitored_operation("work")(work)() == "done"
+    assert calls == ["ran"]
+    assert monitor.operation_stats()["work"].successes == 1

@@ -123,6 +123,20 @@ async def test_sampler_records_memory_cpu_and_lag_and_stops_cleanly() -> None:
         await monitor.wait_for_sample()
 
 
+async def test_a_wait_for_the_next_sample_ends_when_the_monitor_stops() -> None:
+    """wait_for_sample() waited for ever when the monitor was stopped meanwhile (no sample would come)."""
+    from context_manager.core.errors import LifecycleError
+
+    monitor = PerformanceMonitor(sample_interval=30.0)
+    await monitor.start_monitoring()
+    waiting = asyncio.create_task(monitor.wait_for_sample())
+    await asyncio.sleep(0.01)
+    await monitor.stop_monitoring()
+    with pytest.raises(LifecycleError, match="the monitor stopped before its next sample"):
+        await asyncio.wait_for(waiting, 2.0)
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+
 async def test_async_with_starts_and_stops() -> None:
     async with PerformanceMonitor(sample_interval=0.01) as monitor:
         assert monitor in running_monitors()

@@ -54,3 +54,17 @@ def test_prometheus_collector_without_the_extra_names_it(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "prometheus_client.core", None)
     with pytest.raises(MissingDependencyError, match=r"python-context-manager\[prometheus\]"):
         PerformanceMonitor().prometheus_collector()
+
+
+@pytest.mark.parametrize("namespace", [None, "", 3, "9lives", "chat bot", "a-b"])
+def test_prometheus_collector_refuses_a_namespace_that_is_no_metric_name(namespace: object) -> None:
+    """The prefix was pasted in as given and mangled at scrape time: ``None`` exported
+    ``None_operations_total``, ``3`` ``__operations_total``, ``"a-b"`` ``a_b_operations_total``."""
+    from context_manager.core.errors import InvalidSettingError
+
+    monitor = PerformanceMonitor()
+    with pytest.raises(
+        InvalidSettingError, match="^namespace: got .*; allowed a Prometheus metric name prefix"
+    ):
+        monitor.prometheus_collector(namespace=namespace)  # type: ignore[arg-type]
+    assert monitor.prometheus_collector(namespace="chat_bot:v2").namespace == "chat_bot:v2"

@@ -228,3 +228,27 @@ def test_each_rule_fires_just_above_its_limit_and_not_at_it(
 def test_the_error_rule_needs_min_operations() -> None:
     few = _evidence(recent_error_rate=0.5, recent_count=9)
     assert rules.recommendations(LIMITS, few) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"slow_operation_ms": -1.0}, "slow_operation_ms"),  # ZeroDivisionError in every health score
+        ({"slow_operation_ms": "250"}, "slow_operation_ms"),
+        ({"error_rate": float("nan")}, "error_rate"),
+        ({"event_loop_lag_ms": None}, "event_loop_lag_ms"),
+        ({"min_operations": 2.5}, "min_operations"),
+        ({"min_cpu_samples": True}, "min_cpu_samples"),
+        ({"memory_limit_mb": "1 GB"}, "memory_limit_mb"),
+    ],
+)
+def test_bad_thresholds_are_refused_when_made(kwargs: dict[str, Any], field: str) -> None:
+    """Bad limits were accepted, then failed (TypeError, ZeroDivisionError) inside every metrics read."""
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match=f"^{field}: got "):
+        PerformanceThresholds(**kwargs)
+    accepted = PerformanceThresholds(slow_operation_ms=0.0, cpu_percent=-1.0, memory_limit_mb=None)
+    monitor = PerformanceMonitor(thresholds=accepted)
+    monitor.record_operation("instant", 0.0)
+    assert monitor.get_current_metrics().health_score == 1.0

@@ -296,3 +296,71 @@ async def test_a_summarizer_returning_a_lone_surrogate_never_blocks_adds(tmp_pat
         assert monitor is not None and monitor.operation_stats()["summarize"].failures == 2
         summary = manager.context_window.summary
         assert summary is not None and summary.content.startswith("Summary of the earlier")
+
+
+async def _cancel_a_compressing_add(manager: EnhancedContextManager, hanging: ScriptedSummarizer) -> None:
+    """Start adds until one waits for the summarizer, then cancel it (the caller gives up)."""
+    for number in range(400):
+        hanging.started.clear()
+        add = asyncio.create_task(manager.add_message("user", f"turn {number} about harbours " * 6))
+        started = asyncio.create_task(hanging.started.wait())
+        await asyncio.wait([add, started], return_when=asyncio.FIRST_COMPLETED)
+        if started.done() and not add.done():
+            add.cancel()
+            assert (await asyncio.gather(add, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+            return
+        started.cancel()
+        await add
+    raise AssertionError("no add waited for the summarizer")
+
+
+async def test_a_caller_cancelling_its_add_is_not_a_summarizer_failure(tmp_path: Path) -> None:
+    """An add cancelled by its caller (a client that went away) while the summarizer ran counted as a
+    summarizer failure: two such cancellations opened the circuit (no model summaries for a minute) and
+    each was a failed ``summarize`` in the monitor, raising the error rate the health checks judge."""
+    hanging = ScriptedSummarizer(hang=True)
+    config = _config(tmp_path, summarizer_timeout=30.0)
+    async with EnhancedContextManager(config, summarizer=hanging) as manager:
+        for _ in range(3):
+            await _cancel_a_compressing_add(manager, hanging)
+        status = manager.get_system_status()["summarizer"]
+        assert status["state"] == "closed" and status["consecutive_failures"] == 0 and status["failures"] == 0
+        monitor = manager.performance_monitor
+        assert monitor is not None and "summarize" not in monitor.operation_stats()
+        assert monitor.recent_error_rate() == (0.0, monitor.recent_error_rate()[1])
+        hanging.release()
+        await _fill(manager, compressions=1)
+        assert manager.compression_history[-1]["strategy"] == "custom"
+
+
+async def test_a_cancelled_trial_call_leaves_the_circuit_ready_for_another_trial() -> None:
+    clock = ManualClock()
+    flaky = Flaky()
+    guard = SummarizerGuard(flaky, failure_threshold=1, cooldown=10.0, clock=clock)
+    with pytest.raises(RuntimeError):
+        await guard(MESSAGES, 50)
+    assert guard.state is CircuitState.OPEN
+    clock.now += 10.0
+    gate = asyncio.Event()
+
+    async def hanging(messages: Sequence[Message], budget_tokens: int) -> str:
+        await gate.wait()
+        return "late"
+
+    guard.summarizer = hanging
+    window = ContextWindow(200, summarizer=guard, summarizer_timeout=30.0)
+    for number in range(40):
+        add = asyncio.create_task(window.add(Message.create("user", f"note {number} " * 12)))
+        await asyncio.sleep(0.01)
+        if guard.state is CircuitState.HALF_OPEN:
+            add.cancel()  # the trial's caller gives up
+            await asyncio.gather(add, return_exceptions=True)
+            break
+        await add
+    else:
+        raise AssertionError("the trial call never started")
+    assert guard.state is CircuitState.OPEN and guard.status()["retry_in"] == 0.0
+    guard.summarizer = flaky
+    flaky.failing = False
+    assert await guard(MESSAGES, 50) == "a summary"  # the next call is the trial, not refused
+    assert guard.state is CircuitState.CLOSED

@@ -116,6 +116,40 @@ async def test_summarizer_adapter_success_writes_the_model_summary(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    "odd",
+    [-5, "many", {"cached": 3}, 1e30, True, 12.7],
+)
+async def test_summarizer_adapter_keeps_the_summary_when_the_usage_figures_are_odd(
+    provider: str, odd: object, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A compatible server reporting an odd usage figure (a string, an object, a negative or huge
+    number) lost the summary (``malformed response (ValueError)``, a failure towards the circuit breaker)
+    or, for a negative or huge count, every token figure of the call (the monitors refused it)."""
+    server.reply_usage = {
+        "prompt_tokens": odd,
+        "completion_tokens": 5,
+        "input_tokens": odd,
+        "output_tokens": 5,
+    }
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None
+        assert summary_text(manager) == SUMMARY
+        monitor = manager.performance_monitor
+        assert monitor is not None
+        expected_input = 12 if odd == 12.7 else 0  # a count that is no count of tokens counts as 0
+        assert monitor.token_usage()["summarize"] == {
+            "calls": 1,
+            "input_tokens": expected_input,
+            "output_tokens": 5,
+            "total_tokens": expected_input + 5,
+        }
+    assert (summarizer.input_tokens, summarizer.output_tokens) == (expected_input, 5)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_429_then_success_honours_retry_after(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:

@@ -9,6 +9,8 @@ A custom summarizer is any async callable ``(messages, budget_tokens) -> str``::
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import math
 import re
 from collections import Counter
@@ -27,7 +29,15 @@ from context_manager.core.tokens import (
     truncate_to_tokens,
 )
 
-__all__ = ["SUMMARY_METADATA_KEY", "ExtractiveSummarizer", "Summarizer", "check_summary_text", "is_summary"]
+__all__ = [
+    "SUMMARY_METADATA_KEY",
+    "ExtractiveSummarizer",
+    "Summarizer",
+    "check_summary_text",
+    "is_summary",
+    "summary_call_abandoned",
+    "summary_call_deadline",
+]
 
 SUMMARY_METADATA_KEY = "context_manager.summary"
 """Metadata key marking the rolling summary message (value: number of messages it covers)."""
@@ -68,6 +78,25 @@ def check_summary_text(text: object) -> str:
             "summarizer returned text with a lone surrogate; allowed valid Unicode text (no lone surrogates)"
         )
     return text
+
+
+summary_call_deadline: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "summary_call_deadline", default=None
+)
+"""The window's ``summarizer_timeout`` scope, as seen from inside the summarizer call it bounds."""
+
+
+def summary_call_abandoned() -> bool:
+    """Inside a summarizer call the window cancelled: whether its caller gave up rather than it timing out.
+
+    The window runs a custom summarizer in a task of its own under ``summarizer_timeout``; a cancellation
+    reaches the call when that timeout expires (the summarizer hung: a failure), and also when the add
+    waiting for it is cancelled by its caller or the window drains for a shutdown (nobody wants the summary
+    any more: not the summarizer's fault). False outside a window's call (a caller's own timeout may be
+    the summarizer hanging).
+    """
+    deadline = summary_call_deadline.get()
+    return deadline is not None and not deadline.expired()
 
 
 def is_summary(message: Message) -> bool:

@@ -244,6 +244,8 @@ def lost_memory_files(memory_manager: Any) -> list[Path]:
 async def check_database(memory_manager: Any) -> CheckOutcome:
     """``memory_manager.check_integrity(quick=True)``: SQLite (unhealthy) and full-text indexes (degraded).
 
+    A memory manager that is not open (before ``initialize()``, after ``cleanup()``) has nothing to check.
+
     The quick check runs on a separate read-only connection without the memory write lock, so a
     periodic health check never makes writes wait (the full ``integrity_check`` took the write lock
     for about 1 s at 200k memories).
@@ -251,6 +253,8 @@ async def check_database(memory_manager: Any) -> CheckOutcome:
     check_integrity = getattr(memory_manager, "check_integrity", None)
     if check_integrity is None:
         return CheckOutcome(HealthState.HEALTHY, "no database to check", {"checked": False})
+    if not getattr(memory_manager, "is_initialized", True):  # before initialize() or after cleanup()
+        return CheckOutcome(HealthState.HEALTHY, "memory not open: no database to check", {"checked": False})
     report = check_integrity(quick=True)
     if inspect.isawaitable(report):
         report = await report

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from context_manager.core.performance_monitor.metrics import check_limits
+
 __all__ = [
     "CheckOutcome",
     "CheckResult",
@@ -168,6 +170,24 @@ class HealthThresholds:
     """The error-rate check judges only monitors with at least this many recent operations."""
     write_failures_unhealthy: int = 3
     """Memory writes failing in a row from which ``storage_writes`` is unhealthy (one is degraded)."""
+
+    def __post_init__(self) -> None:
+        """Check the limits' types at once (a bad one made its check fail with a ``TypeError``).
+
+        Raises:
+            InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
+                is NaN, or is negative where only a count or a size makes sense.
+        """
+        check_limits(
+            self,
+            integers=("min_operations", "write_failures_unhealthy"),
+            non_negative=(
+                "min_free_disk_mb",
+                "event_loop_lag_ms",
+                "min_operations",
+                "write_failures_unhealthy",
+            ),
+        )
 
 
 def as_outcome(value: Any) -> CheckOutcome:

@@ -7,8 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
+from context_manager.core.errors import InvalidArgumentError, InvalidMetricError
 from context_manager.core.performance_monitor.monitor import PerformanceMonitor
 from context_manager.core.performance_monitor.registry import record_library_operation, running_monitors
+from context_manager.core.threads import is_async_callable
 
 __all__ = ["monitored_operation"]
 
@@ -32,14 +34,28 @@ def monitored_operation(
         succeeded: Decides success from the return value (e.g. ``lambda result: result.success`` for a
             tool result); without it, returning normally is a success.
 
+    Raises:
+        InvalidMetricError: ``name`` is not a non-empty string.
+        InvalidArgumentError: ``succeeded`` is not callable, or the decorated function is not an async
+            function (checked when decorating, before anything runs).
+
     Example::
 
         class Service:
             @monitored_operation("lookup")
             async def lookup(self, key: str) -> str: ...
     """
+    if type(name) is not str or not name:
+        raise InvalidMetricError("name", name, "a non-empty string")
+    if succeeded is not None and not callable(succeeded):
+        raise InvalidArgumentError("succeeded", succeeded, "a callable taking the result, or None")
 
     def decorate(function: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+        if not is_async_callable(function):
+            raise InvalidArgumentError(
+                "function", function, "an async function (async def); time a plain one with operation_timer"
+            )
+
         @functools.wraps(function)
         async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             own = getattr(args[0], "performance_monitor", None) if args else None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from context_manager.core.errors import InvalidSettingError
 
 __all__ = ["OperationStats", "PerformanceMetrics", "PerformanceThresholds", "SystemSample"]
 
@@ -34,6 +38,45 @@ class PerformanceThresholds:
     """Resident memory above this is reported; ``None`` disables the rule."""
     hot_function_share: float = 0.5
     """With profiling, a function taking more than this share of profiled time is reported."""
+
+    def __post_init__(self) -> None:
+        """Check the limits' types at once (a bad one failed later, inside every health score).
+
+        Raises:
+            InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
+                is NaN, or is negative where a negative one cannot be compared (``slow_operation_ms``,
+                ``event_loop_lag_ms``).
+        """
+        check_limits(
+            self,
+            integers=("min_operations", "min_cpu_samples"),
+            non_negative=("slow_operation_ms", "event_loop_lag_ms", "min_operations", "min_cpu_samples"),
+        )
+
+
+def check_limits(limits: Any, *, integers: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    """Check every field of a thresholds dataclass.
+
+    Each is a number (not NaN, not a bool), or ``None`` where the default is ``None``; an integer for
+    ``integers``; >= 0 for ``non_negative``.
+
+    Raises:
+        InvalidSettingError: the first field that is not.
+    """
+    for item in fields(limits):
+        value = getattr(limits, item.name)
+        if value is None and item.default is None:
+            continue
+        integer = item.name in integers
+        allowed = "an integer" if integer else "a number"
+        if item.name in non_negative:
+            allowed += " >= 0"
+        if item.default is None:
+            allowed += " or None"
+        kinds = int if integer else int | float
+        valid = isinstance(value, kinds) and not isinstance(value, bool) and not math.isnan(value)
+        if not valid or (item.name in non_negative and value < 0):
+            raise InvalidSettingError(item.name, value, allowed)
 
 
 @dataclass(slots=True)

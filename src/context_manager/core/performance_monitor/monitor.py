@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from context_manager.core.async_operations import cancel_and_wait
-from context_manager.core.errors import InvalidMetricError, InvalidSettingError
+from context_manager.core.errors import InvalidMetricError, InvalidSettingError, LifecycleError
 from context_manager.core.performance_monitor import registry, rules
 from context_manager.core.performance_monitor.metrics import (
     OperationStats,
@@ -154,12 +154,19 @@ class PerformanceMonitor:
         """Wait until the background sampler records its next sample and return it.
 
         Raises:
-            RuntimeError: The monitor is not running.
+            LifecycleError: The monitor is not running, or it stopped before its next sample.
         """
-        if self._sample_event is None or not self.sampler_alive:
-            raise RuntimeError("the monitor is not running: await start_monitoring() first")
-        self._sample_event.clear()
-        await self._sample_event.wait()
+        event, sampler = self._sample_event, self._task
+        if event is None or sampler is None or sampler.done():
+            raise LifecycleError("the monitor is not running: await start_monitoring() first")
+        event.clear()
+        sampled = asyncio.ensure_future(event.wait())
+        try:  # the sampler ending (stop_monitoring) ends the wait too: no sample would come
+            await asyncio.wait([sampled, sampler], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(sampled, owner="wait for a sample")
+        if not event.is_set():
+            raise LifecycleError("the monitor stopped before its next sample")
         return self._samples[-1]
 
     async def _sample_loop(self) -> None:
@@ -485,6 +492,8 @@ class PerformanceMonitor:
         """Return a Prometheus collector exposing this monitor's figures (needs the ``prometheus`` extra).
 
         Raises:
+            InvalidSettingError: ``namespace`` is not a valid start of a metric name
+                (``[a-zA-Z_:][a-zA-Z0-9_:]*``).
             MissingDependencyError: ``prometheus_client`` is not installed.
         """
         return PrometheusCollector(self, namespace=namespace)

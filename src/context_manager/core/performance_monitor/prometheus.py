@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from context_manager.core.errors import MissingDependencyError
+from context_manager.core.errors import InvalidSettingError, MissingDependencyError
 
 if TYPE_CHECKING:
     from context_manager.core.performance_monitor.monitor import PerformanceMonitor
 
 __all__ = ["PrometheusCollector"]
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
 class PrometheusCollector:
@@ -27,10 +30,17 @@ class PrometheusCollector:
         namespace: Prefix of every metric name.
 
     Raises:
+        InvalidSettingError: ``namespace`` is not a valid start of a metric name.
         MissingDependencyError: ``prometheus_client`` is not installed.
     """
 
     def __init__(self, monitor: PerformanceMonitor, namespace: str = "context_manager") -> None:
+        if not isinstance(namespace, str) or not _METRIC_NAME.fullmatch(namespace):
+            raise InvalidSettingError(
+                "namespace",
+                namespace,
+                "a Prometheus metric name prefix (letters, digits, _ and :, not first a digit)",
+            )
         try:
             import prometheus_client.core as families
         except ImportError:

@@ -19,6 +19,7 @@ from context_manager.core.summarizers.llm import (
     RequestFailure,
     SummaryUsage,
     classify_sdk_error,
+    usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
 
@@ -104,9 +105,9 @@ class AnthropicSummarizer(LLMSummarizer):
         response = await self.client.messages.create(**parameters)
         usage = response.usage
         summary_usage = SummaryUsage(
-            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
-            model=response.model or self.model,
+            input_tokens=usage_count(getattr(usage, "input_tokens", 0)),
+            output_tokens=usage_count(getattr(usage, "output_tokens", 0)),
+            model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
         )
         blocks = response.content or []

@@ -2,7 +2,8 @@
 
 Without it, a summarizer that hangs costs ``summarizer_timeout`` on every compression. A
 :class:`SummarizerGuard` counts consecutive failures (exceptions, timeouts, cancellations, and text no
-message can hold: not a ``str``, a lone surrogate, a NUL); after ``failure_threshold`` of them it
+message can hold: not a ``str``, a lone surrogate, a NUL; not a window's call whose add was cancelled by
+its caller or cut short by a shutdown: nobody waited for it any more); after ``failure_threshold`` of them it
 *opens*: for ``cooldown`` seconds every call raises
 :class:`~context_manager.core.errors.SummarizerUnavailableError` at once, so the window uses the extractive
 summary without waiting and records why in ``compression_history``. When the cooldown has passed, one
@@ -31,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from context_manager.core.compression import Summarizer, check_summary_text
+from context_manager.core.compression.summarizer import summary_call_abandoned
 from context_manager.core.errors import InvalidArgumentError, SummarizerUnavailableError
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.llm import LLMSummarizer, SummaryUsage
@@ -202,7 +204,12 @@ class SummarizerGuard:
                 text = await self.summarizer(messages, budget_tokens)
             text = check_summary_text(text)  # unusable text counts as a failure, like an exception
         except asyncio.CancelledError:
-            # the window's summarizer_timeout (or a shutdown, or the caller) cancelled the call: a hang
+            if summary_call_abandoned():
+                # the window's caller gave up (or the window drains for a shutdown): the summarizer did
+                # not fail; a trial call abandoned so leaves the next call to be the trial
+                self._abandoned()
+                raise
+            # the window's summarizer_timeout (or the caller's own timeout) cancelled the call: a hang
             # counts like any failure
             elapsed = self._clock() - started
             self._failed(f"cancelled after {elapsed:.1f} s", elapsed)
@@ -245,6 +252,11 @@ class SummarizerGuard:
         elif self._state is CircuitState.CLOSED and self._consecutive_failures >= self.failure_threshold:
             self._open(f"{self._consecutive_failures} consecutive failures (last: {description})")
         self._report(SummaryReport(elapsed, False, description, usage))
+
+    def _abandoned(self) -> None:
+        """A call its caller gave up on: not counted; an abandoned trial is made again by the next call."""
+        if self._state is CircuitState.HALF_OPEN:
+            self._state = CircuitState.OPEN  # its cooldown has passed: the next call is admitted as the trial
 
     def _open(self, why: str) -> None:
         self._state = CircuitState.OPEN

@@ -45,9 +45,12 @@ __all__ = [
     "SummaryUsage",
     "classify_sdk_error",
     "parse_retry_after",
+    "usage_count",
 ]
 
 logger = logging.getLogger(__name__)
+
+_MAX_TOKENS = 2**63 - 1  # what the monitors and metric exporters carry
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 """Statuses retried besides every 5xx (Anthropic's 529 "overloaded" included)."""
@@ -355,6 +358,20 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         # a body that is not JSON or not the expected shape (JSONDecodeError is a ValueError)
         return RequestFailure(f"malformed response ({type(error).__name__})", retryable=False)
     return RequestFailure(f"{type(error).__name__}", retryable=False)
+
+
+def usage_count(value: Any) -> int:
+    """A token count of a response's ``usage`` as an int; 0 for anything that is no count.
+
+    Servers speaking a provider's protocol do not all fill ``usage`` the same way: a missing or ``null``
+    field, a string, an object, a negative or absurd number, a bool are all read as 0 (the summary itself
+    is good; its cost is unknown), a fractional one is rounded down.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not 0 <= value <= _MAX_TOKENS:  # False for NaN too
+        return 0
+    return int(value)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

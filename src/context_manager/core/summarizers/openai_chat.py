@@ -23,6 +23,7 @@ from context_manager.core.summarizers.llm import (
     RequestFailure,
     SummaryUsage,
     classify_sdk_error,
+    usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
 
@@ -127,9 +128,9 @@ class OpenAISummarizer(LLMSummarizer):
         response = await self.client.chat.completions.create(**parameters)
         usage = response.usage
         summary_usage = SummaryUsage(
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            model=response.model or self.model,
+            input_tokens=usage_count(getattr(usage, "prompt_tokens", 0)),
+            output_tokens=usage_count(getattr(usage, "completion_tokens", 0)),
+            model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
         )
         choices = response.choices or []
