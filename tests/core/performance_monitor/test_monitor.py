@@ -187,8 +187,12 @@ def test_throughput_is_not_capped_by_the_ring_buffer() -> None:
         monitor.record_operation("fast", 0.0, True)
     elapsed = time.perf_counter() - start
     rate = monitor.get_current_metrics().operations_per_second
-    # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them
-    assert rate > 0.5 * 5000 / max(elapsed, 1e-3)
+    # 5,000 operations in `elapsed` seconds; the buffer holds only the last 100 of them. A rate capped by
+    # the buffer would be 100 per minute-long window (1.7/s). The rate is measured over the buffer's span
+    # up to the reading, so a pause of the process before the reading (a loaded machine) lowers it: the
+    # bound allows a pause of up to 0.1 s (100 operations in 0.1 s)
+    assert elapsed < 5.0
+    assert rate > 1000
 
 
 def test_queued_successes_count_like_recorded_ones_at_every_read() -> None:
