@@ -34,6 +34,7 @@ from context_manager.core.conversations.persistence import PersistedConversation
 from context_manager.core.conversations.store import ConversationStore, check_conversation_id
 from context_manager.core.errors import (
     ConfigurationError,
+    ContextBudgetError,
     ContextManagerError,
     ConversationConflictError,
     InvalidArgumentError,
@@ -508,6 +509,8 @@ class EnhancedContextManager:
             if conversation is not None:
                 await conversation.sync(since=since)
         except Exception as error:
+            if isinstance(error, ConversationConflictError):
+                await self._recover(error)
             own = self.performance_monitor
             if own is not None or running_monitors():
                 record_library_operation(
@@ -563,7 +566,11 @@ class EnhancedContextManager:
         since = 0
         if conversation is not None:
             since = conversation.check_writable()
-        await window.extend(built)
+        try:
+            await window.extend(built)
+        except ConversationConflictError as error:
+            await self._recover(error)
+            raise
         if conversation is not None:
             await conversation.sync(since=since)
         return len(built)
@@ -619,7 +626,11 @@ class EnhancedContextManager:
         since = 0
         if conversation is not None:
             since = conversation.check_writable()
-        record = await window.compress(target_tokens)
+        try:
+            record = await window.compress(target_tokens)
+        except ConversationConflictError as error:
+            await self._recover(error)
+            raise
         if conversation is not None:
             await conversation.sync(since=since)
         if record is None:
@@ -732,6 +743,15 @@ class EnhancedContextManager:
         """How many changes of the persisted conversation are stored and in this window (0 without one)."""
         conversation = self._conversation
         return 0 if conversation is None else conversation.version
+
+    async def _recover(self, error: ConversationConflictError) -> None:
+        """Put the window back to what storage holds after the overflow check found another writer's change.
+
+        The check runs under the window's lock, so the reload waits for the call that met it to end.
+        """
+        conversation = self._conversation
+        if conversation is not None:
+            await conversation.recover(error)
 
     def _sync_soon(self) -> None:
         """Store a change made by a synchronous call (a pin) in the background."""
@@ -962,9 +982,22 @@ class EnhancedContextManager:
                 return await change()
             since = conversation.check_writable()
             try:
-                return await change()
-            finally:
-                await conversation.sync(since=since)
+                try:
+                    return await change()
+                finally:
+                    await conversation.sync(since=since)
+            except ContextBudgetError as error:
+                # refused for lack of room before anything changed (the tool calls' check): on a window
+                # another writer moved past, the conflict is the real cause
+                try:
+                    await conversation.check_current()
+                except ConversationConflictError as conflict:
+                    await self._recover(conflict)
+                    raise conflict from error
+                raise
+            except ConversationConflictError as error:
+                await self._recover(error)
+                raise
         finally:
             _CHANGE.reset(inside)
             del self._changes[end]

@@ -159,6 +159,10 @@ class ConversationStore(Protocol):
         """The latest snapshot and every record after it (version 0 when the conversation is new)."""
         ...
 
+    async def version_of(self, conversation_id: str) -> tuple[int, float] | None:
+        """The stored version and generation (``created_at``) of a conversation, or ``None`` (a row read)."""
+        ...
+
     async def append(
         self,
         conversation_id: str,
