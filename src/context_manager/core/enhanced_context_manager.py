@@ -908,12 +908,22 @@ class EnhancedContextManager:
                 another ``execute_tool_calls`` is running some of them now (nothing runs twice).
             ContextBudgetError: the assistant message and the smallest answer of every call (a result
                 with no text) cannot fit: nothing runs, nothing changes.
+            ConversationConflictError: the conversation is persisted and another manager changed it
+                first. The calls are stored before any tool runs, so this is usually met then: nothing
+                runs, and the window holds the stored conversation (run the calls again).
+            StorageError: the conversation is persisted and the calls could not be stored: nothing runs;
+                the assistant message stays in the window, its calls pending (run them again).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")
         results = await self._change_and_store(
-            lambda: execute_tool_calls_in_window(
-                self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
+            lambda store: execute_tool_calls_in_window(
+                self.tool_manager,
+                window,
+                calls,
+                content=content,
+                on_truncated=self._remember_tool_output,
+                before_run=store,  # the calls are stored before any tool runs
             )
         )
         for result in results:
@@ -963,15 +973,16 @@ class EnhancedContextManager:
         """
         window = self._require_ready("cancel_tool_calls")
         return await self._change_and_store(
-            lambda: cancel_tool_calls_in_window(window, call_ids, reason=reason)
+            lambda store: cancel_tool_calls_in_window(window, call_ids, reason=reason)
         )
 
-    async def _change_and_store(self, change: Callable[[], Awaitable[_T]]) -> _T:
+    async def _change_and_store(self, change: Callable[[Callable[[], Awaitable[None]]], Awaitable[_T]]) -> _T:
         """Make a change of several steps to the window, then store it in the persisted conversation.
 
-        Stored even when the change fails partway (the tool calls' assistant message was added, say): what
-        the window holds is what storage holds. :meth:`cleanup` waits for changes in flight (tools still
-        running), so their results are stored and what they evict reaches memory.
+        ``change`` receives an async ``store()`` that stores its steps so far (the tool calls, before the
+        tools run). Stored even when the change fails partway (the tool calls' assistant message was
+        added, say): what the window holds is what storage holds. :meth:`cleanup` waits for changes in
+        flight (tools still running), so their results are stored and what they evict reaches memory.
         """
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changes[end] = asyncio.current_task()
@@ -979,11 +990,15 @@ class EnhancedContextManager:
         try:
             conversation = self._conversation
             if conversation is None:
-                return await change()
+                return await change(_nothing_to_store)
             since = conversation.check_writable()
+
+            async def store() -> None:
+                await conversation.sync(since=since)
+
             try:
                 try:
-                    return await change()
+                    return await change(store)
                 finally:
                     await conversation.sync(since=since)
             except ContextBudgetError as error:
@@ -1256,6 +1271,10 @@ class EnhancedContextManager:
         }
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
+
+
+async def _nothing_to_store() -> None:
+    """The ``store()`` of a change to a window that is not persisted."""
 
 
 def _new_message(role: str, content: str, options: dict[str, Any]) -> Message:

@@ -808,6 +808,90 @@ async def test_tool_calls_left_by_a_killed_worker_can_be_cancelled_after_resumin
         assert not any(m.tool_calls or m.role.value == "tool" for m in again.messages)
 
 
+# A worker runs the model's tool calls through execute_tool_calls and dies while the tool runs.
+KILLED_INSIDE_EXECUTE_TOOL_CALLS = """
+import asyncio, os, signal, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import EnhancedContextManager
+
+async def main(storage, dsn):
+    manager = EnhancedContextManager(config_for(storage, dsn), conversation_id="tools")
+    await manager.initialize()
+
+    async def charge(amount: int) -> str:
+        print("charging", amount, flush=True)  # the side effect happened
+        os.kill(os.getpid(), signal.SIGKILL)
+        return "charged"
+
+    manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+    await manager.add_message("user", "Please pay the invoice of 40 euros.")
+    await manager.execute_tool_calls(
+        [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+    )
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_calls_of_execute_tool_calls_are_stored_before_the_tools_run(make_config: Any) -> None:
+    """execute_tool_calls stored the assistant message with the calls only with the results: a worker
+    killed while the tool ran left no trace of the calls (the tool had charged the card), so the resumed
+    conversation could not see them pending, cancel them, or know that they ran."""
+    config = make_config()
+    process = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            KILLED_INSIDE_EXECUTE_TOOL_CALLS,
+            str(config.resolved_storage_path),
+            make_config.dsn or "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert process.returncode == -9, process.stderr[-3000:]
+    assert "charging 40" in process.stdout
+    async with EnhancedContextManager(config, conversation_id="tools") as resumed:
+        contents = [m.content for m in resumed.messages]
+        assert contents == ["Please pay the invoice of 40 euros.", "Paying it now."]
+        assert [(c.id, c.name) for c in resumed.pending_tool_calls()] == [("call-1", "charge")]
+        await resumed.cancel_tool_calls(reason="the worker stopped while charging")
+        assert resumed.pending_tool_calls() == []
+
+
+async def test_execute_tool_calls_runs_nothing_when_another_writer_wrote_first(
+    make_config: Any, backend_name: str
+) -> None:
+    """The calls are stored before the tools run: a conflict is met then, before any side effect."""
+    config = make_config()
+    ran: list[int] = []
+
+    async def charge(amount: int) -> str:
+        ran.append(amount)
+        return "charged"
+
+    async with EnhancedContextManager(config, conversation_id="pay") as manager:
+        manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+        await manager.add_message("user", "Please pay the invoice of 40 euros.")
+        await write_elsewhere(config, backend_name, "pay", "from the other worker")
+        with pytest.raises(ConversationConflictError):
+            await manager.execute_tool_calls(
+                [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+            )
+        assert ran == []
+        assert manager.messages[-1].content == "from the other worker" and manager.pending_tool_calls() == []
+        results = await manager.execute_tool_calls(
+            [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+        )
+        assert [r.result for r in results] == ["charged"] and ran == [40]
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="pay") as resumed:
+        assert fingerprint(resumed) == final
+
+
 async def test_an_add_cancelled_while_its_write_commits_breaks_no_later_write(make_config: Any) -> None:
     """The store committed a batch while the add that was writing it got cancelled: the manager missed
     the new version, so the next write (another add's, in the same manager) was refused as a conflict

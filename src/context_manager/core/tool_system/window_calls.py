@@ -110,6 +110,7 @@ async def execute_tool_calls_in_window(
     content: str = "",
     caller_key: str | None = None,
     on_truncated: TruncationCallback | None = None,
+    before_run: Callable[[], Awaitable[None]] | None = None,
 ) -> list[ToolResult]:
     """Run ``calls`` and append one paired tool result message per call to ``window``.
 
@@ -120,6 +121,9 @@ async def execute_tool_calls_in_window(
         content: Text of the assistant message when it has to be added (what the model said with the calls).
         caller_key: Rate-limit key of the caller (see ``ToolManager.call_tool``).
         on_truncated: Receives each result that was cut in the window, with its full text.
+        before_run: Awaited once the assistant message is in the window, before any tool runs (a persisted
+            conversation stores the calls then, so a worker killed while its tools run leaves them pending,
+            and a conflict is met before any side effect); what it raises is raised, and no tool runs.
 
     Returns:
         The results, in call order (full output, never cut).
@@ -166,7 +170,7 @@ async def execute_tool_calls_in_window(
     window.check_fits(smallest if assistant is None else [assistant, *smallest])
     running.update(ids)
     try:
-        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated)
+        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated, before_run)
     finally:
         running.difference_update(ids)
 
@@ -178,10 +182,13 @@ async def _run_and_answer(
     assistant: Message | None,
     caller_key: str | None,
     on_truncated: TruncationCallback | None,
+    before_run: Callable[[], Awaitable[None]] | None,
 ) -> list[ToolResult]:
     """Add the assistant message (if new), run the calls and add their answers (see the caller)."""
     if assistant is not None:
         await window.add(assistant)
+    if before_run is not None:
+        await before_run()
 
     results = await manager._run_parsed_calls(parsed, caller_key=caller_key)
 
