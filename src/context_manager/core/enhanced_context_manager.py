@@ -923,7 +923,7 @@ class EnhancedContextManager:
                 calls,
                 content=content,
                 on_truncated=self._remember_tool_output,
-                before_run=store,  # the calls are stored before any tool runs
+                store=store,  # the calls are stored before any tool runs
             )
         )
         for result in results:
@@ -994,7 +994,11 @@ class EnhancedContextManager:
             since = conversation.check_writable()
 
             async def store() -> None:
-                await conversation.sync(since=since)
+                nonlocal since
+                try:
+                    await conversation.sync(since=since)
+                finally:  # stored, or refused and dropped: what comes next is the change's from here
+                    since = conversation.journaled
 
             try:
                 try:

@@ -892,6 +892,47 @@ async def test_execute_tool_calls_runs_nothing_when_another_writer_wrote_first(
         assert fingerprint(resumed) == final
 
 
+async def test_results_of_tools_that_ran_survive_another_writers_change(
+    make_config: Any, backend_name: str
+) -> None:
+    """Another writer stored a change while the tool ran: the results' write was refused, the reload
+    dropped them and execute_tool_calls raised the conflict ("make it again"): the tool had run, its result
+    was neither returned nor in the window, and the only way on was running it a second time."""
+    config = make_config()
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[int] = []
+
+    async def charge(amount: int) -> str:
+        ran.append(amount)
+        started.set()
+        await release.wait()
+        return f"charged {amount}"
+
+    async with EnhancedContextManager(config, conversation_id="pay") as manager:
+        manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+        await manager.add_message("user", "Please pay the invoice of 40 euros.")
+        running = asyncio.create_task(
+            manager.execute_tool_calls(
+                [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+            )
+        )
+        await started.wait()
+        await write_elsewhere(config, backend_name, "pay", "from the other worker")
+        release.set()
+        results = await running
+        assert [r.result for r in results] == ["charged 40"] and ran == [40]
+        assert [m.content for m in manager.messages] == [
+            "Please pay the invoice of 40 euros.",
+            "Paying it now.",
+            "charged 40",  # right after its call
+            "from the other worker",
+        ]
+        assert manager.pending_tool_calls() == []
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="pay") as resumed:
+        assert fingerprint(resumed) == final
+
+
 async def test_an_add_cancelled_while_its_write_commits_breaks_no_later_write(make_config: Any) -> None:
     """The store committed a batch while the add that was writing it got cancelled: the manager missed
     the new version, so the next write (another add's, in the same manager) was refused as a conflict
