@@ -209,3 +209,18 @@ async def test_a_replaced_sqlite_file_is_restored_from_the_open_connection(tmp_p
         assert texts == ["a", "b", "after the swap", "after the restore"]
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [("   ", "not only whitespace"), ("a\ud800", "lone surrogates"), ("x" * 201, "200"), ("a\x00b", "NUL")],
+)
+def test_a_bad_conversation_id_is_refused_saying_what_is_allowed(bad: str, said: str) -> None:
+    """A whitespace-only id was refused with "allowed a non-empty string": it is one."""
+    from context_manager.core.conversations.store import check_conversation_id
+    from context_manager.core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="conversation_id") as caught:
+        check_conversation_id(bad)
+    assert said in str(caught.value)
+    assert check_conversation_id("  padded  ") == "  padded  "  # what is allowed stays allowed
