@@ -248,14 +248,20 @@ def test_memory_export_import_roundtrip(tmp_path: Path, store: Path, monkeypatch
 
 def test_memory_export_and_stats_cover_every_user(tmp_path: Path, store: Path) -> None:
     """``memory export`` wrote the default namespace only: a backup lost every named user's memories."""
-    for content, user in (("alice fact", "alice"), ("bob fact", "bob"), ("shared fact", None)):
+    for content, user in (
+        ("alice fact", "alice"),
+        ("bob fact", "bob"),
+        ("shared fact", None),
+        ("fact of a user named default", "default"),
+    ):
         cli_json("--storage", str(store), "memory", "add", content, *(["--user", user] if user else []))
     backup = tmp_path / "backup.jsonl"
-    assert cli_json("--storage", str(store), "memory", "export", str(backup))["exported"] == 3
+    assert cli_json("--storage", str(store), "memory", "export", str(backup))["exported"] == 4
     written = [json.loads(line) for line in backup.read_text().splitlines()]
     assert sorted((record["content"], record["user_id"]) for record in written) == [
         ("alice fact", "alice"),
         ("bob fact", "bob"),
+        ("fact of a user named default", "default"),
         ("shared fact", None),
     ]
     only_alice = tmp_path / "alice.jsonl"
@@ -264,16 +270,23 @@ def test_memory_export_and_stats_cover_every_user(tmp_path: Path, store: Path) -
     assert [json.loads(line)["content"] for line in only_alice.read_text().splitlines()] == ["alice fact"]
 
     stats = cli_json("--storage", str(store), "memory", "stats")
-    assert stats["total_memories"] == 3 and stats["by_user"] == {"alice": 1, "bob": 1, "default": 1}
+    # the default namespace is "" (no user id is empty), never the user named "default"
+    assert stats["total_memories"] == 4
+    assert stats["by_user"] == {"alice": 1, "bob": 1, "": 1, "default": 1}
     alice = cli_json("--storage", str(store), "memory", "stats", "--user", "alice")
     assert alice["total_memories"] == 1 and "by_user" not in alice
     table = cli("--storage", str(store), "memory", "stats")
     assert table.exit_code == 0
     rows = [" ".join(line.replace("│", " ").split()) for line in table.stdout.splitlines()]
-    assert {"user alice 1 memory", "user bob 1 memory", "user default 1 memory"} <= set(rows)
+    assert {
+        "user alice 1 memory",
+        "user bob 1 memory",
+        "user default 1 memory",
+        "default namespace 1 memory",
+    } <= set(rows)
 
     restored = tmp_path / "restored"
-    assert cli_json("--storage", str(restored), "memory", "import", str(backup))["imported"] == 3
+    assert cli_json("--storage", str(restored), "memory", "import", str(backup))["imported"] == 4
     found = cli_json("--storage", str(restored), "memory", "search", "fact", "--user", "alice")
     assert [memory["content"] for memory in found] == ["alice fact"]
     assert cli_json("--storage", str(restored), "memory", "stats")["by_user"] == stats["by_user"]
@@ -409,6 +422,24 @@ def test_migrate_table_prints_user_names_as_written(tmp_path: Path, monkeypatch:
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "[/u]" in result.stdout and "[bold]bob[/bold]" in result.stdout
     assert "verified: identical" in result.stdout
+
+
+def test_migrate_table_never_merges_a_user_named_default_with_the_default_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    source = tmp_path / "source"
+    cli_json("--storage", str(source), "memory", "add", "a shared fact")
+    cli_json("--storage", str(source), "memory", "add", "a fact of default", "--user", "default")
+    report = cli_json("memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"))
+    groups = {(group["tier"], group["user"]): group["source_count"] for group in report["groups"]}
+    assert groups == {("short", ""): 1, ("short", "default"): 1}
+    target = str(tmp_path / "target")
+    result = cli("memory", "migrate", "--from", str(source), "--to", target, "--verify-only")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
+    assert ["short", "default", "namespace", "1", "1"] in [row[:5] for row in rows]
+    assert ["short", "user", "default", "1", "1"] in [row[:5] for row in rows]
 
 
 class _BrokenStream(io.RawIOBase):

@@ -544,7 +544,7 @@ def memory_stats(
         for tier, count in stats["by_tier"].items():
             row(f"  {tier}-term", f"{count} / {stats['capacity'][tier]}")
         for owner, count in stats.get("by_user", {}).items():  # memories, not copies
-            row(f"user {owner}", f"{count} memories" if count != 1 else "1 memory")
+            row(_owner(owner), f"{count} memories" if count != 1 else "1 memory")
         row("superseded", str(stats["superseded"]))
         mean = stats["mean_importance"]
         row("mean importance", "-" if mean is None else f"{mean:.2f}")
@@ -558,6 +558,13 @@ def memory_stats(
         options.stdout.print(table)
 
     _run(ctx, body)
+
+
+def _owner(label: str) -> str:
+    """An owner label of the memory API as shown: ``user NAME``, or ``default namespace`` for ``""``."""
+    from context_manager.core.memory.backend import DEFAULT_NAMESPACE_LABEL
+
+    return "default namespace" if label == DEFAULT_NAMESPACE_LABEL else f"user {label}"
 
 
 @contextlib.contextmanager
@@ -846,8 +853,8 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             markup=False,
             soft_wrap=True,
         )
-    table = Table(title="verification (copies per tier and user)", title_justify="left")
-    for column in ("tier", "user", "source", "target"):
+    table = Table(title="verification (copies per tier and owner)", title_justify="left")
+    for column in ("tier", "owner", "source", "target"):
         table.add_column(column, overflow="fold")
     for column in ("source checksum", "target checksum", "status"):
         table.add_column(column, no_wrap=True)
@@ -859,7 +866,7 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
     for group in report.groups:
         row(
             group.tier,
-            group.user,
+            _owner(group.user),
             group.source_count,
             group.target_count,
             group.source_checksum,

@@ -379,6 +379,43 @@ def test_a_cut_message_is_cut_again_from_its_head_and_tail() -> None:
     )
 
 
+def test_a_message_cut_again_keeps_its_budget() -> None:
+    """Checked claim: a re-cut loses a token of its budget. It keeps the own text the planner asks for
+    (``min_keeping_tokens``) and never costs more than its allowance; against a cut of the original to the
+    same allowance it may come out one token smaller (seldom: it chooses only among the previous head and
+    tail, and the pieces' tokens merge at the seams), within the slack the planner allows for."""
+    import random
+
+    from context_manager.core.compression.truncation import min_keeping_tokens, own_tokens
+
+    rng = random.Random(7)
+    alphabets = ["abcdefghij ", "é漢字🙂🏽👨\u200d👩\u200d👧 \n", "0123456789,. ", "αβγδεζηθ ", "ſﬀ𝔘𝔫𝔦𝔠𝔬𝔡𝔢 "]
+    shortfalls = []
+    for _ in range(80):
+        letters = "".join(rng.choice(alphabets) for _ in range(3))
+        original = counted("user", "".join(rng.choice(letters) for _ in range(rng.randint(400, 2000))))
+        current = original
+        for _ in range(4):
+            if current.token_count < 60:
+                break
+            keep = rng.randint(16, own_tokens(current, COUNTER) - 1)
+            budget = min_keeping_tokens(current, COUNTER, keep)
+            if budget >= current.token_count:
+                break
+            cut = truncate_message(current, budget, COUNTER)
+            fresh = truncate_message(original, budget, COUNTER)
+            assert cut is not None and fresh is not None
+            assert cut.token_count <= budget and own_tokens(cut, COUNTER) >= keep
+            info = cut.metadata[TRUNCATED_METADATA_KEY]
+            head = cut.content[: info["head_chars"]]
+            tail = cut.content[len(cut.content) - info["tail_chars"] :]
+            assert original.content.startswith(head) and original.content.endswith(tail)
+            assert f"[... {info['omitted_tokens']} tokens omitted ...]" in cut.content
+            shortfalls.append(fresh.token_count - cut.token_count)
+            current = cut
+    assert len(shortfalls) > 150 and max(shortfalls) <= 1
+
+
 def test_kept_messages_are_cut_in_proportion() -> None:
     request = counted("user", "QUESTION " + "details of the request " * 60)
     reply = counted("assistant", "ANSWER " + "parts of the reply " * 60)

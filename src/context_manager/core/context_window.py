@@ -88,6 +88,7 @@ __all__ = [
     "EvictionHook",
     "Journal",
     "JournalEntry",
+    "OverflowCheck",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,10 @@ JournalEntry = tuple[str, dict[str, Any]]
 Journal = Callable[[str, dict[str, Any]], None]
 """Receives every committed change, synchronously, inside its commit point: ``journal(kind, payload)``
 with the record's JSON payload."""
+
+OverflowCheck = Callable[[], Awaitable[None]]
+"""Awaited when a change overflows the window, before it compresses or refuses the change for lack of room
+(under the window's lock, before anything changes): an error it raises is the call's, nothing changed."""
 
 RESERVED_METADATA_KEYS = frozenset({SUMMARY_METADATA_KEY, TRUNCATED_METADATA_KEY})
 """Metadata keys only the window sets (on its summary and on the messages it cuts)."""
@@ -255,6 +260,7 @@ class ContextWindow:
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
         self._journal: Journal | None = None
+        self._overflow_check: OverflowCheck | None = None
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
@@ -424,6 +430,23 @@ class ContextWindow:
         if journal is not None and not callable(journal):
             raise InvalidArgumentError("journal", journal, "a callable (kind, payload) -> None, or None")
         self._journal = journal
+
+    def set_overflow_check(self, check: OverflowCheck | None) -> None:
+        """Await ``check()`` before each compression and each refusal for lack of room (``None``: stop).
+
+        Called under the window's lock, before anything changes; what it raises, the add, ``extend`` or
+        ``compress`` raises, the window unchanged. A persisted conversation uses it to learn that another
+        writer changed the conversation before compressing (a summarizer call, evictions) or refusing a
+        message on a window storage no longer holds.
+        """
+        if check is not None and not callable(check):
+            raise InvalidArgumentError("check", check, "an async callable () -> None, or None")
+        self._overflow_check = check
+
+    async def _check_overflow(self) -> None:
+        check = self._overflow_check
+        if check is not None:
+            await check()
 
     async def restore(self, messages: Sequence[Message], history: Sequence[CompressionRecord]) -> None:
         """Replace the window's contents with ``messages`` (token counts set) and ``history``.
@@ -677,10 +700,12 @@ class ContextWindow:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
                 counts = [self._counter.count_message(message) for message in batch]
-            if self._batch_fits(counts):
+            if self._batch_fits(counts, refuse=False):
                 for message, tokens in zip(batch, counts, strict=True):
                     self._commit_append(message, tokens)
                 return None
+            await self._check_overflow()
+            self._batch_fits(counts)  # raises when compression is disabled
             for message, tokens in zip(batch, counts, strict=True):
                 _set(message, "token_count", tokens)
             record, delivery = await self._compress(batch, self.target_tokens)
@@ -725,16 +750,16 @@ class ContextWindow:
             summary_max_tokens=self._summary_max_tokens,
         )
 
-    def _batch_fits(self, counts: list[int]) -> bool:
+    def _batch_fits(self, counts: list[int], *, refuse: bool = True) -> bool:
         """Whether messages of ``counts`` tokens fit as they are; if not and compression is off, raise.
 
         Raises:
-            ContextBudgetError: they do not fit and compression is disabled.
+            ContextBudgetError: they do not fit and compression is disabled (unless ``refuse`` is False).
         """
         total = self._index.tokens + self._summary_tokens + sum(counts) + REPLY_PRIMING_TOKENS
         if total <= self._max_tokens:
             return True
-        if not self.enable_compression:
+        if refuse and not self.enable_compression:
             raise ContextBudgetError(
                 f"max_tokens: got {self._max_tokens}; allowed at least {total} to add these "
                 f"{len(counts)} messages; compression is disabled, so none was added",
@@ -805,6 +830,7 @@ class ContextWindow:
         if total <= self._max_tokens:
             self._commit_append(message, tokens)
             return None, None
+        await self._check_overflow()
         if not self.enable_compression:
             raise ContextBudgetError(
                 f"max_tokens: got {self._max_tokens}; allowed at least {total} to add this message "
@@ -830,6 +856,7 @@ class ContextWindow:
         async with self._lock:
             if self.token_count <= target_tokens:
                 return None
+            await self._check_overflow()
             record, delivery = await self._compress((), min(target_tokens, self._max_tokens))
         if delivery is not None:
             await asyncio.shield(delivery)

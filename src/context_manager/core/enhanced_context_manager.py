@@ -34,6 +34,7 @@ from context_manager.core.conversations.persistence import PersistedConversation
 from context_manager.core.conversations.store import ConversationStore, check_conversation_id
 from context_manager.core.errors import (
     ConfigurationError,
+    ContextBudgetError,
     ContextManagerError,
     ConversationConflictError,
     InvalidArgumentError,
@@ -510,6 +511,8 @@ class EnhancedContextManager:
             if conversation is not None:
                 await conversation.sync(since=since)
         except Exception as error:
+            if isinstance(error, ConversationConflictError):
+                await self._recover(error)
             own = self.performance_monitor
             if own is not None or running_monitors():
                 record_library_operation(
@@ -565,7 +568,11 @@ class EnhancedContextManager:
         since = 0
         if conversation is not None:
             since = conversation.check_writable()
-        await window.extend(built)
+        try:
+            await window.extend(built)
+        except ConversationConflictError as error:
+            await self._recover(error)
+            raise
         if conversation is not None:
             await conversation.sync(since=since)
         return len(built)
@@ -621,7 +628,11 @@ class EnhancedContextManager:
         since = 0
         if conversation is not None:
             since = conversation.check_writable()
-        record = await window.compress(target_tokens)
+        try:
+            record = await window.compress(target_tokens)
+        except ConversationConflictError as error:
+            await self._recover(error)
+            raise
         if conversation is not None:
             await conversation.sync(since=since)
         if record is None:
@@ -734,6 +745,15 @@ class EnhancedContextManager:
         """How many changes of the persisted conversation are stored and in this window (0 without one)."""
         conversation = self._conversation
         return 0 if conversation is None else conversation.version
+
+    async def _recover(self, error: ConversationConflictError) -> None:
+        """Put the window back to what storage holds after the overflow check found another writer's change.
+
+        The check runs under the window's lock, so the reload waits for the call that met it to end.
+        """
+        conversation = self._conversation
+        if conversation is not None:
+            await conversation.recover(error)
 
     def _sync_soon(self) -> None:
         """Store a change made by a synchronous call (a pin) in the background."""
@@ -890,12 +910,22 @@ class EnhancedContextManager:
                 another ``execute_tool_calls`` is running some of them now (nothing runs twice).
             ContextBudgetError: the assistant message and the smallest answer of every call (a result
                 with no text) cannot fit: nothing runs, nothing changes.
+            ConversationConflictError: the conversation is persisted and another manager changed it
+                first. The calls are stored before any tool runs, so this is usually met then: nothing
+                runs, and the window holds the stored conversation (run the calls again).
+            StorageError: the conversation is persisted and the calls could not be stored: nothing runs;
+                the assistant message stays in the window, its calls pending (run them again).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("execute_tool_calls")
         results = await self._change_and_store(
-            lambda: execute_tool_calls_in_window(
-                self.tool_manager, window, calls, content=content, on_truncated=self._remember_tool_output
+            lambda store: execute_tool_calls_in_window(
+                self.tool_manager,
+                window,
+                calls,
+                content=content,
+                on_truncated=self._remember_tool_output,
+                store=store,  # the calls are stored before any tool runs
             )
         )
         for result in results:
@@ -945,15 +975,16 @@ class EnhancedContextManager:
         """
         window = self._require_ready("cancel_tool_calls")
         return await self._change_and_store(
-            lambda: cancel_tool_calls_in_window(window, call_ids, reason=reason)
+            lambda store: cancel_tool_calls_in_window(window, call_ids, reason=reason)
         )
 
-    async def _change_and_store(self, change: Callable[[], Awaitable[_T]]) -> _T:
+    async def _change_and_store(self, change: Callable[[Callable[[], Awaitable[None]]], Awaitable[_T]]) -> _T:
         """Make a change of several steps to the window, then store it in the persisted conversation.
 
-        Stored even when the change fails partway (the tool calls' assistant message was added, say): what
-        the window holds is what storage holds. :meth:`cleanup` waits for changes in flight (tools still
-        running), so their results are stored and what they evict reaches memory.
+        ``change`` receives an async ``store()`` that stores its steps so far (the tool calls, before the
+        tools run). Stored even when the change fails partway (the tool calls' assistant message was
+        added, say): what the window holds is what storage holds. :meth:`cleanup` waits for changes in
+        flight (tools still running), so their results are stored and what they evict reaches memory.
         """
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changes[end] = asyncio.current_task()
@@ -961,12 +992,33 @@ class EnhancedContextManager:
         try:
             conversation = self._conversation
             if conversation is None:
-                return await change()
+                return await change(_nothing_to_store)
             since = conversation.check_writable()
+
+            async def store() -> None:
+                nonlocal since
+                try:
+                    await conversation.sync(since=since)
+                finally:  # stored, or refused and dropped: what comes next is the change's from here
+                    since = conversation.journaled
+
             try:
-                return await change()
-            finally:
-                await conversation.sync(since=since)
+                try:
+                    return await change(store)
+                finally:
+                    await conversation.sync(since=since)
+            except ContextBudgetError as error:
+                # refused for lack of room before anything changed (the tool calls' check): on a window
+                # another writer moved past, the conflict is the real cause
+                try:
+                    await conversation.check_current()
+                except ConversationConflictError as conflict:
+                    await self._recover(conflict)
+                    raise conflict from error
+                raise
+            except ConversationConflictError as error:
+                await self._recover(error)
+                raise
         finally:
             _CHANGE.reset(inside)
             del self._changes[end]
@@ -1225,6 +1277,10 @@ class EnhancedContextManager:
         }
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
+
+
+async def _nothing_to_store() -> None:
+    """The ``store()`` of a change to a window that is not persisted."""
 
 
 def _new_message(role: str, content: str, options: dict[str, Any]) -> Message:

@@ -21,6 +21,7 @@ from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_N
 from context_manager.core.conversations.store import ConversationRecord
 from context_manager.core.errors import (
     ConfigurationError,
+    ContextBudgetError,
     ContextManagerError,
     ConversationConflictError,
     InvalidArgumentError,
@@ -699,8 +700,19 @@ async def test_a_refused_compression_made_again_queues_each_message_once(
 ) -> None:
     """The refused add's compression had queued what it evicted; the reload put those messages back in the
     window and left them queued, and the retried add queued them again: memory refused the batch (ids
-    repeated in one call) and snapshots stored the duplicates."""
-    async with EnhancedContextManager(make_config(max_tokens=300), conversation_id="dup") as manager:
+    repeated in one call) and snapshots stored the duplicates. (Another worker writes while the summarizer
+    runs: before the compression, the overflow check found the conversation current.)"""
+    other_writes = False
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal other_writes
+        if other_writes:  # another worker stores a change while this compression is being prepared
+            other_writes = False
+            await write_elsewhere(make_config(), backend_name, "dup", "short note from the other worker")
+        return "earlier: questions about the payments service build"
+
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="dup", summarizer=summarizer) as manager:
         for step in range(8):
             await manager.add_message("user", f"question {step} about the payments service build status")
             await manager.add_message("assistant", f"answer {step}: the build passed its tests in eu-west")
@@ -713,21 +725,7 @@ async def test_a_refused_compression_made_again_queues_each_message_once(
             return await remember(*args, **kwargs)
 
         manager.memory_manager.remember_messages = slow_memory  # type: ignore[method-assign]
-        other = await open_other_store(make_config(), backend_name)
-        try:
-            stored = await other.load("dup")
-            from context_manager.core.messages import Message
-
-            theirs = Message.create("assistant", "short note from the other worker")
-            object.__setattr__(theirs, "token_count", 12)
-            await other.append(
-                "dup",
-                stored.version,
-                [ConversationRecord("add", {"message": theirs.to_dict()})],
-                writer="other",
-            )
-        finally:
-            await other.close()
+        other_writes = True
         big = "A: " + " ".join(f"word{i}" for i in range(60))
         try:
             with pytest.raises(ConversationConflictError):
@@ -808,6 +806,131 @@ async def test_tool_calls_left_by_a_killed_worker_can_be_cancelled_after_resumin
             await again.add_message("user", f"turn {step}: " + " ".join(["more"] * 40))
         assert again.compression_history
         assert not any(m.tool_calls or m.role.value == "tool" for m in again.messages)
+
+
+# A worker runs the model's tool calls through execute_tool_calls and dies while the tool runs.
+KILLED_INSIDE_EXECUTE_TOOL_CALLS = """
+import asyncio, os, signal, sys
+from tests.core.conversations.conversation_worker import config_for
+from context_manager import EnhancedContextManager
+
+async def main(storage, dsn):
+    manager = EnhancedContextManager(config_for(storage, dsn), conversation_id="tools")
+    await manager.initialize()
+
+    async def charge(amount: int) -> str:
+        print("charging", amount, flush=True)  # the side effect happened
+        os.kill(os.getpid(), signal.SIGKILL)
+        return "charged"
+
+    manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+    await manager.add_message("user", "Please pay the invoice of 40 euros.")
+    await manager.execute_tool_calls(
+        [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+    )
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_calls_of_execute_tool_calls_are_stored_before_the_tools_run(make_config: Any) -> None:
+    """execute_tool_calls stored the assistant message with the calls only with the results: a worker
+    killed while the tool ran left no trace of the calls (the tool had charged the card), so the resumed
+    conversation could not see them pending, cancel them, or know that they ran."""
+    config = make_config()
+    process = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            KILLED_INSIDE_EXECUTE_TOOL_CALLS,
+            str(config.resolved_storage_path),
+            make_config.dsn or "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert process.returncode == -9, process.stderr[-3000:]
+    assert "charging 40" in process.stdout
+    async with EnhancedContextManager(config, conversation_id="tools") as resumed:
+        contents = [m.content for m in resumed.messages]
+        assert contents == ["Please pay the invoice of 40 euros.", "Paying it now."]
+        assert [(c.id, c.name) for c in resumed.pending_tool_calls()] == [("call-1", "charge")]
+        await resumed.cancel_tool_calls(reason="the worker stopped while charging")
+        assert resumed.pending_tool_calls() == []
+
+
+async def test_execute_tool_calls_runs_nothing_when_another_writer_wrote_first(
+    make_config: Any, backend_name: str
+) -> None:
+    """The calls are stored before the tools run: a conflict is met then, before any side effect."""
+    config = make_config()
+    ran: list[int] = []
+
+    async def charge(amount: int) -> str:
+        ran.append(amount)
+        return "charged"
+
+    async with EnhancedContextManager(config, conversation_id="pay") as manager:
+        manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+        await manager.add_message("user", "Please pay the invoice of 40 euros.")
+        await write_elsewhere(config, backend_name, "pay", "from the other worker")
+        with pytest.raises(ConversationConflictError):
+            await manager.execute_tool_calls(
+                [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+            )
+        assert ran == []
+        assert manager.messages[-1].content == "from the other worker" and manager.pending_tool_calls() == []
+        results = await manager.execute_tool_calls(
+            [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+        )
+        assert [r.result for r in results] == ["charged"] and ran == [40]
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="pay") as resumed:
+        assert fingerprint(resumed) == final
+
+
+async def test_results_of_tools_that_ran_survive_another_writers_change(
+    make_config: Any, backend_name: str
+) -> None:
+    """Another writer stored a change while the tool ran: the results' write was refused, the reload
+    dropped them and execute_tool_calls raised the conflict ("make it again"): the tool had run, its result
+    was neither returned nor in the window, and the only way on was running it a second time."""
+    config = make_config()
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[int] = []
+
+    async def charge(amount: int) -> str:
+        ran.append(amount)
+        started.set()
+        await release.wait()
+        return f"charged {amount}"
+
+    async with EnhancedContextManager(config, conversation_id="pay") as manager:
+        manager.tool_manager.register_function_tool("charge", charge, "Charge the card")
+        await manager.add_message("user", "Please pay the invoice of 40 euros.")
+        running = asyncio.create_task(
+            manager.execute_tool_calls(
+                [{"id": "call-1", "name": "charge", "arguments": {"amount": 40}}], content="Paying it now."
+            )
+        )
+        await started.wait()
+        await write_elsewhere(config, backend_name, "pay", "from the other worker")
+        release.set()
+        results = await running
+        assert [r.result for r in results] == ["charged 40"] and ran == [40]
+        assert [m.content for m in manager.messages] == [
+            "Please pay the invoice of 40 euros.",
+            "Paying it now.",
+            "charged 40",  # right after its call
+            "from the other worker",
+        ]
+        assert manager.pending_tool_calls() == []
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="pay") as resumed:
+        assert fingerprint(resumed) == final
 
 
 async def test_an_add_cancelled_while_its_write_commits_breaks_no_later_write(make_config: Any) -> None:
@@ -911,3 +1034,99 @@ async def test_cleanup_stores_the_results_of_tools_still_running(make_config: An
     async with EnhancedContextManager(make_config(), conversation_id="c") as resumed:
         assert resumed.pending_tool_calls() == []
         assert [m.role.value for m in resumed.messages] == ["user", "assistant", "tool"]
+
+
+async def fill(manager: EnhancedContextManager, turns: int) -> None:
+    for step in range(turns):
+        await manager.add_message("user", f"question {step} about the payments service build status")
+
+
+async def compress_elsewhere(
+    config: ContextManagerConfig, backend_name: str, conversation: str, target_tokens: int
+) -> None:
+    """Another writer (a window persisted through a store on the same storage) compresses the conversation."""
+    from context_manager.core.context_window import ContextWindow
+    from context_manager.core.conversations.persistence import PersistedConversation
+
+    other = await open_other_store(config, backend_name)
+    try:
+        window = ContextWindow(config.max_tokens)
+        persisted = PersistedConversation(other, conversation, window)
+        await persisted.open()
+        assert await window.compress(target_tokens) is not None
+        await persisted.sync()
+        await persisted.close()
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("change", ["add_message", "add_messages", "execute_tool_calls"])
+async def test_a_stale_writer_with_a_full_window_gets_the_conflict_not_a_budget_error(
+    make_config: Any, backend_name: str, change: str
+) -> None:
+    """The stale window was full, so the change raised ContextBudgetError: misleading, as the stored
+    conversation (another worker compressed it) has room. The conflict comes first, nothing is lost."""
+    config = make_config(max_tokens=300, enable_compression=False)
+    text = "one more question about the payments service build status, the eu-west one"
+    ran: list[str] = []
+
+    async def lookup(build: str) -> str:
+        ran.append(build)
+        return f"build {build} passed"
+
+    async def make_change(manager: EnhancedContextManager) -> None:
+        if change == "add_message":
+            await manager.add_message("user", text)
+        elif change == "add_messages":
+            await manager.add_messages([{"role": "user", "content": text}])
+        else:
+            calls = [{"id": f"call_{len(ran)}", "name": "lookup", "arguments": {"build": "eu-west"}}]
+            await manager.execute_tool_calls(calls, content=text)
+
+    async with EnhancedContextManager(config, conversation_id="full") as manager:
+        manager.tool_manager.register_function_tool("lookup", lookup, "Look a build up")
+        with pytest.raises(ContextBudgetError):  # the window is full: a budget error on current state
+            await fill(manager, 40)
+        with pytest.raises(ContextBudgetError):  # still current: the budget error is the real one
+            await make_change(manager)
+        await compress_elsewhere(config, backend_name, "full", 120)
+        with pytest.raises(ConversationConflictError):
+            await make_change(manager)
+        assert ran == []  # no tool ran
+        assert len(manager.compression_history) == 1  # reloaded: the other worker's compression
+        await make_change(manager)  # there is room in the stored window
+        assert text in [m.content for m in manager.messages]
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="full") as resumed:
+        assert fingerprint(resumed) == final
+
+
+async def test_a_stale_writer_does_not_compress_its_stale_window_before_the_conflict(
+    make_config: Any, backend_name: str
+) -> None:
+    """The stale add compressed its window (summarizer called, messages queued for memory) then met the
+    conflict: the work thrown away, evictions queued from a window storage never held. The conflict
+    comes first, before anything changes."""
+    config = make_config(max_tokens=300)
+    summarized: list[list[str]] = []
+
+    async def summarizer(messages: list[Any], budget: int) -> str:  # an LLM call: money and seconds
+        summarized.append([m.content for m in messages])
+        return "earlier: questions about the payments service build"
+
+    async with EnhancedContextManager(config, conversation_id="full", summarizer=summarizer) as manager:
+        await fill(manager, 10)
+        assert manager.compression_history == []
+        await write_elsewhere(config, backend_name, "full", "from the other worker")
+        big = "A: " + " ".join(f"word{i}" for i in range(120))
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", big)  # would compress its stale window
+        assert summarized == []  # nothing was summarized or evicted for a window storage never held
+        await manager.flush()
+        assert await manager.memory_manager.stored_copies() == []
+        assert manager.messages[-1].content == "from the other worker"  # reloaded
+        await manager.add_message("user", big)  # compresses the stored window
+        assert len(manager.compression_history) == len(summarized) == 1
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="full") as resumed:
+        assert fingerprint(resumed) == final

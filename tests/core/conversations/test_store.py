@@ -30,6 +30,17 @@ async def test_append_then_load_returns_every_record_in_order(open_store: StoreF
     assert (await store.load("other")).records == []
 
 
+async def test_version_of_reads_the_version_and_generation(open_store: StoreFactory) -> None:
+    first, second = await open_store(), await open_store()
+    assert await first.version_of("c1") is None
+    await first.append("c1", 0, records("a", "b"), writer="w", created_at=1000.25)
+    assert await second.version_of("c1") == (2, 1000.25)
+    await second.append("c1", 2, records("c"), writer="other", created_at=1000.25)
+    assert await first.version_of("c1") == (3, 1000.25)
+    assert await first.delete("c1")
+    assert await second.version_of("c1") is None
+
+
 async def test_a_writer_of_a_deleted_conversation_is_refused_when_it_is_created_again(
     open_store: StoreFactory,
 ) -> None:
@@ -198,3 +209,18 @@ async def test_a_replaced_sqlite_file_is_restored_from_the_open_connection(tmp_p
         assert texts == ["a", "b", "after the swap", "after the restore"]
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [("   ", "not only whitespace"), ("a\ud800", "lone surrogates"), ("x" * 201, "200"), ("a\x00b", "NUL")],
+)
+def test_a_bad_conversation_id_is_refused_saying_what_is_allowed(bad: str, said: str) -> None:
+    """A whitespace-only id was refused with "allowed a non-empty string": it is one."""
+    from context_manager.core.conversations.store import check_conversation_id
+    from context_manager.core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="conversation_id") as caught:
+        check_conversation_id(bad)
+    assert said in str(caught.value)
+    assert check_conversation_id("  padded  ") == "  padded  "  # what is allowed stays allowed

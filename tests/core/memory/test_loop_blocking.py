@@ -100,7 +100,7 @@ async def _reference_stats(manager: MemoryManager, user_id: Any) -> dict[str, An
         if memory.id in seen:
             continue
         seen.add(memory.id)
-        owner = "default" if memory.user_id is None else memory.user_id
+        owner = "" if memory.user_id is None else memory.user_id  # the default namespace is ""
         by_user[owner] = by_user.get(owner, 0) + 1
         superseded += memory.superseded_by is not None
         created.append(memory.created_at)

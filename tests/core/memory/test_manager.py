@@ -425,8 +425,22 @@ async def test_stats(manager: MemoryManager) -> None:
     assert stats["oldest"] <= stats["newest"]
     assert "by_user" not in stats
     everyone = await manager.get_memory_stats(user_id=ALL_USERS)
-    assert everyone["by_user"] == {"default": 2, "alice": 1}
+    assert everyone["by_user"] == {"": 2, "alice": 1}
     assert (await manager.get_memory_stats(user_id="alice"))["total_memories"] == 1
+
+
+async def test_a_user_named_default_is_not_the_default_namespace(manager: MemoryManager) -> None:
+    """A user whose id is ``"default"`` was counted with the default namespace in ``by_user``."""
+    await manager.add_memory("the shared wifi password is tulip", importance=0.9, tier="long")
+    await manager.add_memory("the shared printer is on floor two")
+    named = await manager.add_memory("my wifi password is orchid", user_id="default")
+    found = await manager.search_memory("wifi password", user_id="default")
+    assert [memory.id for memory in found] == [named.id]  # never the default namespace's
+    assert "orchid" not in " ".join(m.content for m in await manager.search_memory("wifi password"))
+    everyone = await manager.get_memory_stats(user_id=ALL_USERS)
+    assert everyone["by_user"] == {"": 2, "default": 1}  # "": the default namespace (no user id is empty)
+    assert (await manager.get_memory_stats(user_id="default"))["total_memories"] == 1
+    assert (await manager.get_memory_stats())["total_memories"] == 2
 
 
 async def test_export_import_round_trip(

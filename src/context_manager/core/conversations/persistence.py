@@ -30,7 +30,7 @@ from typing import Any
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import WindowState, fold, snapshot_of
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
-from context_manager.core.errors import ConversationConflictError
+from context_manager.core.errors import ContextManagerError, ConversationConflictError
 from context_manager.core.threads import to_the_end
 
 __all__ = ["PersistedConversation"]
@@ -77,6 +77,7 @@ class PersistedConversation:
         self._refused: list[tuple[int, int, ConversationConflictError, list[asyncio.Task[Any] | None]]] = []
         self._snapshotting = False
         self._conflict: ConversationConflictError | None = None  # set while stale
+        self._found_stale: ConversationConflictError | None = None  # check_current's, until recover()
         self._write_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -115,6 +116,62 @@ class PersistedConversation:
             raise self._conflict
         return self._journaled
 
+    async def check_current(self) -> None:
+        """Raise the conflict the next write would meet, before a change that reads the whole window.
+
+        The window awaits it before it compresses or refuses a change for lack of room (see
+        :meth:`ContextWindow.set_overflow_check`): on a window another writer has moved past, a compression
+        (a summarizer call, evictions) or a budget refusal would be about a state storage no longer holds;
+        the conflict is the real cause. One row read. Once it raised, the conversation is stale until
+        :meth:`recover` (the caller's, once the window's lock is free) reloads it. When storage cannot be
+        read, or a write of this process is being stored (it meets any conflict itself), it raises nothing.
+
+        Raises:
+            ConversationConflictError: another writer changed (or deleted) the conversation.
+        """
+        if self._conflict is not None:
+            raise self._conflict
+        known = (self._version, self._created_at)
+        if self._write_lock.locked():
+            return
+        try:
+            stored = await self.store.version_of(self.conversation_id)
+        except ContextManagerError as unread:  # the write that follows meets it, or the conflict
+            logger.debug("conversation %r: version unread (%s)", self.conversation_id, type(unread).__name__)
+            return
+        if self._write_lock.locked() or (self._version, self._created_at) != known or self._conflict:
+            return  # this process stored (or reloaded) meanwhile: what was read may be its own write
+        if stored == known or (stored is None and known == (0, None)):
+            return
+        current = 0 if stored is None else stored[0]
+        conflict = ConversationConflictError(self.conversation_id, self._version, current)
+        logger.info(
+            "conversation %r: another writer stored version %s first; refusing before the window changes",
+            self.conversation_id,
+            current,
+        )
+        self._conflict = self._found_stale = conflict
+        raise conflict
+
+    async def recover(self, error: ConversationConflictError) -> None:
+        """Reload after :meth:`check_current` raised ``error`` (else do nothing).
+
+        The window is put back to what storage holds, as after a refused write. If the load fails the
+        conversation stays stale (changes are refused until :meth:`reload`).
+        """
+        async with self._write_lock:
+            if self._found_stale is not error or self._conflict is not error:
+                return
+            self._found_stale = None
+            try:
+                await self._reload_locked()
+            except Exception as reload_error:  # stay stale: changes are refused until reload()
+                logger.warning(
+                    "conversation %r: reload after a conflict failed (%s); call reload()",
+                    self.conversation_id,
+                    type(reload_error).__name__,
+                )
+
     # -- loading --------------------------------------------------------------------------------------
 
     async def open(self) -> int:
@@ -129,6 +186,7 @@ class PersistedConversation:
         """
         state = await self._load()
         self._window.set_journal(self._journal_entry)
+        self._window.set_overflow_check(self.check_current)
         return state.version
 
     async def _load(self) -> WindowState:
@@ -325,3 +383,4 @@ class PersistedConversation:
         """Wait for background snapshots; stop journaling (pending changes are the caller's to sync)."""
         await self._wait_background()
         self._window.set_journal(None)
+        self._window.set_overflow_check(None)

@@ -95,6 +95,18 @@ class PostgresConversationStore:
 
         return await self.database.run(read, "conversation load")
 
+    async def version_of(self, conversation_id: str) -> tuple[int, float] | None:
+        """The stored version and generation of a conversation, or ``None``."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[int, float] | None:
+            cursor = await connection.execute(
+                "SELECT version, created_at FROM cm_conversations WHERE id = %s", (conversation_id,)
+            )
+            row = await cursor.fetchone()
+            return None if row is None else (int(row[0]), float(row[1]))
+
+        return await self.database.run(read, "conversation version")
+
     async def append(
         self,
         conversation_id: str,

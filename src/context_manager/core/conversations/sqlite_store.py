@@ -240,6 +240,17 @@ class SQLiteConversationStore:
             created_at=float(created_at),
         )
 
+    async def version_of(self, conversation_id: str) -> tuple[int, float] | None:
+        """The stored version and generation of a conversation, or ``None``."""
+
+        def read() -> tuple[int, float] | None:
+            row = self._db.execute(
+                "SELECT version, created_at FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            return None if row is None else (int(row[0]), float(row[1]))
+
+        return await self._run(self._guarded, read)
+
     async def list_conversations(self) -> list[ConversationInfo]:
         """Every conversation, most recently changed first."""
 

@@ -119,7 +119,7 @@ class ConversationDump:
 
 
 def check_conversation_id(value: Any) -> str:
-    """A conversation id: a non-empty string of at most 200 characters of valid text without NUL.
+    """A conversation id: 1 to 200 characters, not only whitespace, of valid text without NUL.
 
     Raises:
         InvalidArgumentError: anything else.
@@ -135,7 +135,9 @@ def check_conversation_id(value: Any) -> str:
         or not encodable(value)
     ):
         raise InvalidArgumentError(
-            "conversation_id", value, "a non-empty string of at most 200 characters (no NUL)"
+            "conversation_id",
+            value,
+            "1 to 200 characters, not only whitespace, of valid text (no NUL, no lone surrogates)",
         )
     return value
 
@@ -157,6 +159,10 @@ class ConversationStore(Protocol):
 
     async def load(self, conversation_id: str) -> StoredConversation:
         """The latest snapshot and every record after it (version 0 when the conversation is new)."""
+        ...
+
+    async def version_of(self, conversation_id: str) -> tuple[int, float] | None:
+        """The stored version and generation (``created_at``) of a conversation, or ``None`` (a row read)."""
         ...
 
     async def append(

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
+    "DEFAULT_NAMESPACE_LABEL",
     "SUPERSEDED_ONLY",
     "TIER_ORDER",
     "BackendStats",
@@ -42,6 +43,7 @@ __all__ = [
     "in_scope",
     "merged_again",
     "originals_gone",
+    "owner_label",
     "tier_value",
     "unchanged_since_read",
 ]
@@ -53,6 +55,16 @@ TIER_ORDER: dict[MemoryTier, int] = {MemoryTier.SHORT: 0, MemoryTier.MEDIUM: 1, 
 
 VectorHit = tuple[str, float]
 """``(memory_id, cosine)``."""
+
+DEFAULT_NAMESPACE_LABEL = ""
+"""The owner label of the default namespace (``user_id=None``) in counts and reports: user ids are never
+empty, so no user's label is this one (a user whose id is ``"default"`` is not the default namespace)."""
+
+
+def owner_label(user_id: str | None) -> str:
+    """The label of an owner in counts and reports: the user id, or :data:`DEFAULT_NAMESPACE_LABEL`."""
+    return DEFAULT_NAMESPACE_LABEL if user_id is None else user_id
+
 
 # How much a memory deserves a faster tier (overflow moves keep the most valuable): importance, recency of
 # its last use (half-life one day), access count (saturating at 100). The PostgreSQL backend computes the
@@ -220,7 +232,7 @@ class BackendStats:
     by_tier: dict[str, int] = field(default_factory=lambda: {tier.value: 0 for tier in MemoryTier})
     """Stored copies per tier (a memory with a long-term copy counts in two tiers)."""
     by_user: dict[str, int] = field(default_factory=dict)
-    """Distinct memories per owner (``"default"`` for the default namespace)."""
+    """Distinct memories per owner (:func:`owner_label`: ``""`` for the default namespace)."""
     superseded: int = 0
     """Of ``total``, the ones a consolidation superseded."""
     oldest: float | None = None

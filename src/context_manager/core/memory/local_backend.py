@@ -43,6 +43,7 @@ from context_manager.core.memory.backend import (
     in_scope,
     merged_again,
     originals_gone,
+    owner_label,
     tier_value,
     unchanged_since_read,
 )
@@ -976,7 +977,7 @@ def _count_memory(
     importance_total: float,
 ) -> None:
     stats.total += count
-    owner = "default" if user_id is None else user_id
+    owner = owner_label(user_id)
     stats.by_user[owner] = stats.by_user.get(owner, 0) + count
     stats.superseded += superseded
     stats.oldest = oldest if stats.oldest is None else min(stats.oldest, oldest)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import InvalidArgumentError
-from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
+from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend, owner_label
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,10 +142,6 @@ def _combine(digests: Sequence[str]) -> str:
     return combined[:16]
 
 
-def _user_label(user_id: str | None) -> str:
-    return "default" if user_id is None else user_id
-
-
 @dataclass(slots=True)
 class GroupCheck:
     """The comparison of one ``(tier, user)`` group of copies."""
@@ -153,7 +149,7 @@ class GroupCheck:
     tier: str
     """``short``, ``medium`` or ``long``."""
     user: str
-    """The owner (``"default"`` for the default namespace)."""
+    """The owner: the user id, or ``""`` for the default namespace (user ids are never empty)."""
     source_count: int
     """Copies at the source."""
     target_count: int
@@ -715,7 +711,7 @@ def _group_digests(copies: list[Memory], ids: set[str] | None) -> dict[tuple[str
     for memory in copies:
         if ids is not None and memory.id not in ids:
             continue
-        groups.setdefault((memory.tier.value, _user_label(memory.user_id)), []).append(copy_digest(memory))
+        groups.setdefault((memory.tier.value, owner_label(memory.user_id)), []).append(copy_digest(memory))
     return groups
 
 

@@ -42,7 +42,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from context_manager.core.context_window import ContextWindow
-from context_manager.core.errors import ContextBudgetError, InvalidArgumentError, ToolCallPairingError
+from context_manager.core.errors import (
+    ContextBudgetError,
+    ConversationConflictError,
+    InvalidArgumentError,
+    ToolCallPairingError,
+)
 from context_manager.core.messages import Message, ToolCall
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ToolManager
@@ -110,6 +115,7 @@ async def execute_tool_calls_in_window(
     content: str = "",
     caller_key: str | None = None,
     on_truncated: TruncationCallback | None = None,
+    store: Callable[[], Awaitable[None]] | None = None,
 ) -> list[ToolResult]:
     """Run ``calls`` and append one paired tool result message per call to ``window``.
 
@@ -120,6 +126,13 @@ async def execute_tool_calls_in_window(
         content: Text of the assistant message when it has to be added (what the model said with the calls).
         caller_key: Rate-limit key of the caller (see ``ToolManager.call_tool``).
         on_truncated: Receives each result that was cut in the window, with its full text.
+        store: Stores the window's changes (a persisted conversation). Awaited once the assistant message
+            is in the window, before any tool runs (a worker killed while its tools run leaves the calls
+            pending; a conflict is met before any side effect: what it raises then is raised, and no tool
+            runs), and once the results are added. When it raises ``ConversationConflictError`` then
+            (another writer stored a change while the tools ran, and the window now holds what storage
+            holds), the results are added again to the calls still pending and stored again: the tools
+            ran, so their results are returned, never the conflict.
 
     Returns:
         The results, in call order (full output, never cut).
@@ -166,7 +179,7 @@ async def execute_tool_calls_in_window(
     window.check_fits(smallest if assistant is None else [assistant, *smallest])
     running.update(ids)
     try:
-        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated)
+        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated, store)
     finally:
         running.difference_update(ids)
 
@@ -178,10 +191,13 @@ async def _run_and_answer(
     assistant: Message | None,
     caller_key: str | None,
     on_truncated: TruncationCallback | None,
+    store: Callable[[], Awaitable[None]] | None,
 ) -> list[ToolResult]:
     """Add the assistant message (if new), run the calls and add their answers (see the caller)."""
     if assistant is not None:
         await window.add(assistant)
+    if store is not None:
+        await store()
 
     results = await manager._run_parsed_calls(parsed, caller_key=caller_key)
 
@@ -203,6 +219,8 @@ async def _run_and_answer(
         answers.append(_Answer(call, result, full_text, text, metadata, total))
 
     answers, stored = await _add_answers(window, answers)
+    if store is not None:
+        answers, stored = await _store_answers(window, answers, stored, store)
     if not stored:
         # messages added while the tools ran took the room checked above: the outputs are kept (returned,
         # and given to on_truncated), the calls stay pending
@@ -264,6 +282,43 @@ class _Answer:
             self.level = _OMITTED_TEXT
         else:
             self.level = _NO_TEXT
+
+
+_STORE_ATTEMPTS = 5
+"""How many times the results are added again after other writers' changes refused their write."""
+
+
+async def _store_answers(
+    window: ContextWindow, answers: list[_Answer], stored: bool, store: Callable[[], Awaitable[None]]
+) -> tuple[list[_Answer], bool]:
+    """Store the answers; when another writer's change refused them, add them again and store again.
+
+    The refusal put the window back to what storage holds: the calls (stored before the tools ran) are
+    pending there unless the other writer answered them or they are gone. Returns as :func:`_add_answers`.
+    """
+    for attempt in range(_STORE_ATTEMPTS):
+        try:
+            await store()
+        except ConversationConflictError as error:
+            if attempt == _STORE_ATTEMPTS - 1:
+                logger.warning(
+                    "the results of tool calls %s were refused %d times by other writers' changes (%s); "
+                    "returned but not added, the calls stay pending",
+                    ", ".join(answer.call.id for answer in answers),
+                    _STORE_ATTEMPTS,
+                    error,
+                )
+                return answers, False
+            pending = window.pending_tool_calls
+            answers = [answer for answer in answers if answer.call.id in pending]
+            if not answers:
+                return answers, True  # answered or gone meanwhile: nothing left to add
+            answers, stored = await _add_answers(window, answers)
+            if not stored:
+                return answers, False
+        else:
+            return answers, stored
+    return answers, stored  # pragma: no cover - the loop returns
 
 
 def _answer_message(call_id: str, text: str, metadata: dict[str, Any]) -> Message:

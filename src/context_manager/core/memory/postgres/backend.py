@@ -40,6 +40,7 @@ from context_manager.core.memory.backend import (
     VectorHit,
     merged_again,
     originals_gone,
+    owner_label,
     unchanged_since_read,
 )
 from context_manager.core.memory.index import ColumnWeights
@@ -1195,7 +1196,7 @@ class PostgresBackend:
             stats.by_tier[tier] = int(count)
         for user_id, count, superseded, oldest, newest, importance in users:
             stats.total += int(count)
-            owner = "default" if user_id is None else user_id
+            owner = owner_label(user_id)
             stats.by_user[owner] = stats.by_user.get(owner, 0) + int(count)
             stats.superseded += int(superseded)
             stats.oldest = oldest if stats.oldest is None else min(stats.oldest, oldest)
