@@ -545,3 +545,26 @@ async def test_the_database_check_of_a_manager_not_open_is_not_a_failure(tmp_pat
         assert database.status is HealthState.HEALTHY, (moment, database.message)
         assert database.message == "memory not open: no database to check"
         assert database.details == {"checked": False}
+
+
+async def test_one_rejected_message_does_not_take_a_fresh_managers_health_to_zero(
+    context_manager: EnhancedContextManager,
+) -> None:
+    """The monitor's score was ``1 - error rate`` from the first operation: one add_message with a bad
+    role made a fresh manager's monitor read 0.0 while the health checker's error_rate check, with the
+    same ten-operation minimum as the monitor's advice, said there was not enough to judge."""
+    monitor = context_manager.performance_monitor
+    assert monitor is not None
+    with pytest.raises(ValueError, match="role"):
+        await context_manager.add_message("robot", "bad role")
+    assert monitor.health_score() == 1.0
+    assert monitor.recent_errors()[0]["operation"] == "add_message"  # still recorded and reported
+    assert context_manager.get_system_status()["monitor"]["health_score"] == 1.0
+    for _ in range(9):
+        with pytest.raises(ValueError, match="role"):
+            await context_manager.add_message("robot", "bad role")
+    assert monitor.health_score() == 0.0  # ten of ten failed: now it is judged
+    checker = context_manager.health_checker
+    assert checker is not None
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.UNHEALTHY
+

@@ -23,7 +23,8 @@ class PerformanceThresholds:
     error_rate: float = 0.05
     """Recent error rate (failures / operations in the recent window) above which errors are reported."""
     min_operations: int = 10
-    """The error-rate rule needs at least this many recent operations (avoids 1-of-2 alarms)."""
+    """The error-rate rule and the health score's error factor need at least this many recent operations
+    (avoids 1-of-2 alarms: until then failures are reported in ``recent_errors`` but not judged)."""
     slow_operation_ms: float = 1000.0
     """An operation whose p95 latency exceeds this is reported as slow."""
     event_loop_lag_ms: float = 100.0
