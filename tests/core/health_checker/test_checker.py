@@ -217,6 +217,8 @@ async def test_hung_sync_checks_keep_their_own_threads() -> None:
         ({"check_timeout": float("nan")}, "check_timeout"),
         ({"thresholds": {}}, "thresholds"),
         ({"storage_path": 3}, "storage_path"),
+        ({"enable_auto_recovery": "no"}, "enable_auto_recovery"),  # "no" switched repairs on
+        ({"enable_auto_recovery": 0}, "enable_auto_recovery"),
     ],
 )
 def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
@@ -254,6 +256,11 @@ def test_invalid_registrations_change_nothing() -> None:
         checker.register_check("x", "x")  # type: ignore[arg-type]
     with pytest.raises(InvalidHealthCheckError, match="name: got 'nope'; allowed one of"):
         checker.unregister_check("nope")
+    assert checker.check_names == BUILTIN
+    with pytest.raises(InvalidHealthCheckError, match=r"^critical: got 'no'; allowed True or False"):
+        checker.register_check("x", lambda: True, critical="no")  # type: ignore[arg-type]
+    with pytest.raises(InvalidHealthCheckError, match=r"^replace: got 1; allowed True or False"):
+        checker.register_check("storage", lambda: False, replace=1)  # type: ignore[arg-type]
     assert checker.check_names == BUILTIN
     checker.unregister_check("event_loop")
     assert "event_loop" not in checker.check_names
