@@ -49,6 +49,27 @@ logger = logging.getLogger(__name__)
 _MAX_RECENT_ERRORS = 50
 
 
+_NOT_OURS = "its own await was cancelled"
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled.
+
+    Not so for a ``CancelledError`` out of something a check awaited: that is the check's failure.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raised(name: str, error: Exception) -> CheckOutcome:
+    return CheckOutcome(
+        HealthState.UNHEALTHY,
+        f"check raised {type(error).__name__}: {error}",
+        {"error_type": type(error).__name__},
+        recommendation=f"Check {name!r} fails with {type(error).__name__}: fix its cause.",
+    )
+
+
 @dataclass(slots=True)
 class _Check:
     name: str
@@ -295,8 +316,9 @@ class HealthChecker:
     async def _run_check(self, check: _Check) -> tuple[CheckResult, CheckOutcome | None]:
         started = time.perf_counter()
         outcome: CheckOutcome | None = None
+        scope = asyncio.timeout(self.check_timeout)
         try:
-            async with asyncio.timeout(self.check_timeout):
+            async with scope:
                 if is_async_callable(check.function):
                     value = await check.function()
                 else:  # the checker's own threads: a hung check never takes one storage I/O needs
@@ -304,19 +326,26 @@ class HealthChecker:
                     if inspect.isawaitable(value):
                         value = await value
             outcome = as_outcome(value)
-        except TimeoutError:
-            outcome = CheckOutcome(
+        except TimeoutError as error:
+            if scope.expired():
+                outcome = CheckOutcome(
+                    HealthState.UNHEALTHY,
+                    f"timed out after {self.check_timeout:g} s",
+                    recommendation=f"Check {check.name!r} hangs: look at what it waits for.",
+                )
+            else:  # the check's own TimeoutError (its probe's timeout): it failed, it did not hang
+                outcome = _raised(check.name, error)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise  # this run is being cancelled
+            outcome = CheckOutcome(  # something the check awaited was cancelled: the check failed
                 HealthState.UNHEALTHY,
-                f"timed out after {self.check_timeout:g} s",
-                recommendation=f"Check {check.name!r} hangs: look at what it waits for.",
+                f"check raised CancelledError ({_NOT_OURS})",
+                {"error_type": "CancelledError"},
+                recommendation=f"Check {check.name!r} awaits something that gets cancelled: fix its cause.",
             )
         except Exception as error:
-            outcome = CheckOutcome(
-                HealthState.UNHEALTHY,
-                f"check raised {type(error).__name__}: {error}",
-                {"error_type": type(error).__name__},
-                recommendation=f"Check {check.name!r} fails with {type(error).__name__}: fix its cause.",
-            )
+            outcome = _raised(check.name, error)
         if not isinstance(outcome.status, HealthState) or not isinstance(outcome.details, Mapping):
             outcome = CheckOutcome(  # a custom check built its outcome wrong: that check fails, not the run
                 HealthState.UNHEALTHY,
