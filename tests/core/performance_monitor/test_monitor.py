@@ -372,3 +372,16 @@ def test_switches_that_are_not_bools_are_refused(setting: str, value: Any) -> No
     """``enable_profiling="no"`` switched profiling on (any truthy value did)."""
     with pytest.raises(InvalidSettingError, match=rf"^{setting}: got .*; allowed True or False"):
         PerformanceMonitor(**{setting: value})
+
+
+def test_a_huge_error_message_is_kept_shortened() -> None:
+    """The 50 recent errors kept each message whole: an exception quoting a large payload kept it alive."""
+    monitor = PerformanceMonitor()
+    payload = "x" * 1_000_000
+    for _ in range(50):
+        monitor.record_operation("parse", 0.001, False, error=ValueError(f"bad payload {payload}"))
+    message = monitor.recent_errors()[-1]["message"]
+    assert message.startswith("ValueError: bad payload xxx") and message.endswith("...<1000024 chars>")
+    assert len(message) <= 1000
+    monitor.record_operation("parse", 0.001, False, error="short")
+    assert monitor.recent_errors()[-1]["message"] == "short"

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_RESERVOIR_SIZE = 1024
 _RATE_WINDOW_S = 60.0
 _MAX_RECENT_ERRORS = 50
+_MAX_ERROR_TEXT = 1000  # characters of an error's text kept in the recent errors
 _MAX_TOKENS = 2**63 - 1  # what metric exporters carry (a 64-bit integer)
 _FOLD_AT = 64  # successes queued by _record_success before they are counted (and at every read)
 _DEFAULT_MAX_OPERATION_NAMES = 500
@@ -413,7 +414,10 @@ class PerformanceMonitor:
             return {name: reservoir.stats(name) for name, reservoir in self._operations.items()}
 
     def recent_errors(self) -> list[dict[str, Any]]:
-        """Return the latest failures (operation, error_type, message, timestamp), oldest first."""
+        """Return the latest failures (operation, error_type, message, timestamp), oldest first.
+
+        At most 50; a message longer than 1000 characters is kept shortened (``...<N chars>``).
+        """
         with self._lock:
             return list(self._recent_errors)
 
@@ -560,9 +564,15 @@ class PerformanceMonitor:
 
 
 def _describe_error(error: BaseException | str | None) -> str | None:
+    """The error's text for the recent errors, shortened to :data:`_MAX_ERROR_TEXT` characters."""
     if error is None:
         return None
     if isinstance(error, BaseException):
         text = str(error)
-        return f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return str(error)
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    else:
+        text = str(error)
+    if len(text) > _MAX_ERROR_TEXT:  # an exception quoting a large payload: keep its start, not the payload
+        suffix = f"...<{len(text)} chars>"
+        text = text[: _MAX_ERROR_TEXT - len(suffix)] + suffix
+    return text
