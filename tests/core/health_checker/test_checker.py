@@ -295,6 +295,8 @@ def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
         ({"min_free_disk_mb": None}, "min_free_disk_mb"),
         ({"min_free_disk_mb": -5.0}, "min_free_disk_mb"),
         ({"error_rate_degraded": float("nan")}, "error_rate_degraded"),
+        ({"error_rate_degraded": 5}, "error_rate_degraded"),  # 5 meant as 5 %: never degraded
+        ({"error_rate_unhealthy": 1.5}, "error_rate_unhealthy"),
         ({"write_failures_unhealthy": 2.0}, "write_failures_unhealthy"),
         ({"process_memory_limit_mb": "512"}, "process_memory_limit_mb"),
     ],

@@ -253,6 +253,9 @@ def test_the_error_rate_lowers_the_score_only_from_min_operations() -> None:
         ({"slow_operation_ms": -1.0}, "slow_operation_ms"),  # ZeroDivisionError in every health score
         ({"slow_operation_ms": "250"}, "slow_operation_ms"),
         ({"error_rate": float("nan")}, "error_rate"),
+        ({"error_rate": 5.0}, "error_rate"),  # 5 meant as 5 %: the rule never fired
+        ({"error_rate": -0.1}, "error_rate"),
+        ({"hot_function_share": 50}, "hot_function_share"),
         ({"event_loop_lag_ms": None}, "event_loop_lag_ms"),
         ({"min_operations": 2.5}, "min_operations"),
         ({"min_cpu_samples": True}, "min_cpu_samples"),
