@@ -545,3 +545,62 @@ async def test_the_database_check_of_a_manager_not_open_is_not_a_failure(tmp_pat
         assert database.status is HealthState.HEALTHY, (moment, database.message)
         assert database.message == "memory not open: no database to check"
         assert database.details == {"checked": False}
+
+
+async def test_one_rejected_message_does_not_take_a_fresh_managers_health_to_zero(
+    context_manager: EnhancedContextManager,
+) -> None:
+    """The monitor's score was ``1 - error rate`` from the first operation: one add_message with a bad
+    role made a fresh manager's monitor read 0.0 while the health checker's error_rate check, with the
+    same ten-operation minimum as the monitor's advice, said there was not enough to judge."""
+    monitor = context_manager.performance_monitor
+    assert monitor is not None
+    with pytest.raises(ValueError, match="role"):
+        await context_manager.add_message("robot", "bad role")
+    assert monitor.health_score() == 1.0
+    assert monitor.recent_errors()[0]["operation"] == "add_message"  # still recorded and reported
+    assert context_manager.get_system_status()["monitor"]["health_score"] == 1.0
+    for _ in range(9):
+        with pytest.raises(ValueError, match="role"):
+            await context_manager.add_message("robot", "bad role")
+    assert monitor.health_score() == 0.0  # ten of ten failed: now it is judged
+    checker = context_manager.health_checker
+    assert checker is not None
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.UNHEALTHY
+
+
+def _entries(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+async def test_a_health_check_of_a_manager_not_open_creates_no_directory(tmp_path: Path) -> None:
+    """With auto-recovery on, checking a manager before initialize() "repaired" its missing storage
+    directories by creating them: a health check made state. After cleanup() a removed directory was
+    recreated the same way, for a manager that will never use it again."""
+    root = tmp_path / "app"
+    root.mkdir()
+    config = ContextManagerConfig(
+        cache_path=root / "cache", storage_path=root / "memory", enable_health_checks=False
+    )
+    manager = EnhancedContextManager(config=config)
+    checker = HealthChecker(context_manager=manager, enable_auto_recovery=True)
+    status = await checker.perform_health_check()
+    assert _entries(root) == []
+    assert status.recoveries == []
+    storage = status.checks["storage"]
+    assert storage.status is HealthState.HEALTHY, storage.message
+    assert "2 directories absent while the context manager is not open" in storage.message
+    assert storage.details[str(config.cache_path)] == {"exists": False, "required": False}
+    assert status.status is HealthState.HEALTHY, [(r.name, r.message) for r in status.failing_checks]
+    report = await checker.generate_diagnostic_report()
+    assert _entries(root) == [] and report.recoveries == []
+
+    async with manager:  # open, a removed directory is a fault and is recreated
+        shutil.rmtree(config.cache_path)
+        status = await checker.perform_health_check()
+        assert [(r.check, r.success) for r in status.recoveries] == [("storage", True)]
+        assert config.cache_path.is_dir()
+    shutil.rmtree(config.cache_path)
+    status = await checker.perform_health_check()  # closed: not recreated
+    assert not config.cache_path.exists() and status.recoveries == []
+    assert status.checks["storage"].status is HealthState.HEALTHY

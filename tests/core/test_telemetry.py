@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from context_manager.core.memory.manager import ALL_USERS
 from context_manager.core.summarizers import OpenAISummarizer
 from context_manager.core.telemetry import (
     DURATION_BUCKETS,
+    MemorySizeSampler,
     configure_opentelemetry,
     telemetry_for_current_providers,
 )
@@ -287,3 +289,28 @@ async def test_opentelemetry_mcp_memory_tools_record_spans_and_metrics(otel: Ote
         == 1
     )
     assert otel.point("context_manager.errors", **{"context_manager.operation": "add_memory"}).value == 1
+
+
+async def test_stopping_the_memory_sampler_keeps_the_callers_cancellation(otel: Otel, tmp_path: Path) -> None:
+    """stop() suppressed every CancelledError while it waited for its periodic task, its caller's own
+    cancellation too: the task calling stop() went on (and took a last sample) as if never cancelled."""
+
+    def periodic_samples() -> int:
+        return sum(1 for task in asyncio.all_tasks() if task.get_name() == "context_manager.telemetry")
+
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        telemetry = telemetry_for_current_providers()
+        assert telemetry is not None and telemetry.metering
+        sampler = MemorySizeSampler(telemetry, manager.memory_manager, "sqlite")
+        before = periodic_samples()  # the manager's own sampler
+        await sampler.start()
+        assert periodic_samples() == before + 1
+        stopping = asyncio.create_task(sampler.stop())
+        await asyncio.sleep(0)  # stop() has cancelled the periodic task and waits for it to end
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert stopping.cancelled()
+        await asyncio.sleep(0)
+        assert periodic_samples() == before  # the periodic task ended all the same
+        await sampler.stop()  # stopping again (not cancelled) takes the last sample and returns

@@ -49,6 +49,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from context_manager.core.async_operations import cancel_and_wait
 from context_manager.core.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -432,12 +433,12 @@ class MemorySizeSampler:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
 
     async def stop(self) -> None:
-        """Cancel the periodic sample and take a last one (while the memory is still open)."""
+        """Cancel the periodic sample and take a last one (while the memory is still open).
+
+        A cancellation of the caller while it waits for the periodic task propagates (no last sample).
+        """
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task, owner="memory telemetry sampler")  # re-raises the caller's cancellation
         await self.sample()
 
     async def _loop(self) -> None:

@@ -183,6 +183,68 @@ async def test_check_outcomes_exceptions_timeouts_and_threads() -> None:
     assert status.status is HealthState.DEGRADED
 
 
+async def test_a_check_or_repair_raising_its_own_timeout_or_cancellation_fails_only_itself() -> None:
+    """A check raising TimeoutError itself (its own probe's timeout) read "timed out after 10 s", as if it
+    had hung; a check or repair whose own await was cancelled (a future someone else cancelled) raised
+    CancelledError out of perform_health_check, which ended the periodic checks for good."""
+
+    async def probe_times_out() -> bool:
+        raise TimeoutError("upstream did not answer in 1 s")
+
+    async def awaits_a_cancelled_future() -> bool:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return bool(await future)
+
+    def broken() -> CheckOutcome:
+        return CheckOutcome(HealthState.UNHEALTHY, "broken", repair=awaits_a_cancelled_future)
+
+    checker = HealthChecker(enable_auto_recovery=True)
+    checker.register_check("upstream", probe_times_out)
+    checker.register_check("cancelled", awaits_a_cancelled_future)
+    checker.register_check("thing", broken)
+    status = await checker.perform_health_check()
+    assert status.checks["upstream"].message == "check raised TimeoutError: upstream did not answer in 1 s"
+    cancelled = status.checks["cancelled"]
+    assert cancelled.status is HealthState.UNHEALTHY
+    assert cancelled.message == "check raised CancelledError (its own await was cancelled)"
+    assert [(r.check, r.action) for r in status.recoveries] == [
+        ("thing", "repair failed: CancelledError (its own await was cancelled)")
+    ]
+    assert status.status is HealthState.DEGRADED
+
+    ran = asyncio.Event()
+
+    async def counts_runs() -> bool:
+        ran.set()
+        return True
+
+    checker.register_check("runs", counts_runs)
+    async with HealthChecker(check_interval=0.01) as periodic:
+        periodic.register_check("cancelled", awaits_a_cancelled_future)
+        periodic.register_check("runs", counts_runs)
+        for _ in range(3):  # several periodic runs: the first one's CancelledError no longer ends them
+            ran.clear()
+            await asyncio.wait_for(ran.wait(), timeout=5)
+        assert periodic.is_running
+
+    # the caller's own cancellation still cancels the run
+    hang = asyncio.Event()
+
+    async def hangs() -> bool:
+        await hang.wait()
+        return True
+
+    slow = HealthChecker()
+    slow.register_check("hangs", hangs)
+    running = asyncio.create_task(slow.perform_health_check())
+    await asyncio.sleep(0.05)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert _others() == []
+
+
 async def test_hung_sync_checks_keep_their_own_threads() -> None:
     """Issue 18.9's thread-pool sharing, health side: a sync check that hangs past ``check_timeout``
     keeps its thread; run on the loop's default pool (memory storage's), 40 of them left no thread for
@@ -217,6 +279,8 @@ async def test_hung_sync_checks_keep_their_own_threads() -> None:
         ({"check_timeout": float("nan")}, "check_timeout"),
         ({"thresholds": {}}, "thresholds"),
         ({"storage_path": 3}, "storage_path"),
+        ({"enable_auto_recovery": "no"}, "enable_auto_recovery"),  # "no" switched repairs on
+        ({"enable_auto_recovery": 0}, "enable_auto_recovery"),
     ],
 )
 def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
@@ -231,6 +295,8 @@ def test_invalid_settings(kwargs: dict[str, Any], field: str) -> None:
         ({"min_free_disk_mb": None}, "min_free_disk_mb"),
         ({"min_free_disk_mb": -5.0}, "min_free_disk_mb"),
         ({"error_rate_degraded": float("nan")}, "error_rate_degraded"),
+        ({"error_rate_degraded": 5}, "error_rate_degraded"),  # 5 meant as 5 %: never degraded
+        ({"error_rate_unhealthy": 1.5}, "error_rate_unhealthy"),
         ({"write_failures_unhealthy": 2.0}, "write_failures_unhealthy"),
         ({"process_memory_limit_mb": "512"}, "process_memory_limit_mb"),
     ],
@@ -254,6 +320,11 @@ def test_invalid_registrations_change_nothing() -> None:
         checker.register_check("x", "x")  # type: ignore[arg-type]
     with pytest.raises(InvalidHealthCheckError, match="name: got 'nope'; allowed one of"):
         checker.unregister_check("nope")
+    assert checker.check_names == BUILTIN
+    with pytest.raises(InvalidHealthCheckError, match=r"^critical: got 'no'; allowed True or False"):
+        checker.register_check("x", lambda: True, critical="no")  # type: ignore[arg-type]
+    with pytest.raises(InvalidHealthCheckError, match=r"^replace: got 1; allowed True or False"):
+        checker.register_check("storage", lambda: False, replace=1)  # type: ignore[arg-type]
     assert checker.check_names == BUILTIN
     checker.unregister_check("event_loop")
     assert "event_loop" not in checker.check_names

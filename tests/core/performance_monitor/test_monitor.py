@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from context_manager.core.errors import InvalidMetricError, InvalidSettingError
+from context_manager.core.errors import InvalidArgumentError, InvalidMetricError, InvalidSettingError
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
     running_monitors,
@@ -275,3 +275,117 @@ def test_token_usage_is_summed_per_operation_and_reset() -> None:
     assert monitor.token_usage()["summarize"]["calls"] == 2  # a rejected record changes nothing
     monitor.reset()
     assert monitor.token_usage() == {}
+
+
+# ------------------------------------------------------------------------ distinct operation names
+
+
+def test_distinct_operation_names_are_capped_into_an_overflow_bucket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One latency reservoir per name without limit: a name per URL or user id grew memory without end."""
+    monitor = PerformanceMonitor(max_operation_names=20)
+    with caplog.at_level("WARNING", logger="context_manager.core.performance_monitor.monitor"):
+        for user in range(500):
+            monitor.record_operation(f"fetch_user:{user}", 0.001, user % 50 != 0, error="not found")
+        for user in range(500):
+            monitor._record_success(f"lookup:{user}", 0.002)  # the library's hot path too
+            monitor.record_token_usage(f"summarize:{user}", 10, 2)
+    stats = monitor.operation_stats()
+    overflow = PerformanceMonitor.OVERFLOW_OPERATION
+    assert len(stats) == 20 + 1
+    assert [name for name in stats if name != overflow] == [f"fetch_user:{user}" for user in range(20)]
+    assert stats[overflow].count == 500 - 20 + 500  # the later fetch_user and every lookup
+    assert stats[overflow].failures == 9  # fetch_user 50, 100 ... 450
+    metrics = monitor.get_current_metrics()
+    assert (metrics.total_operations, metrics.failures) == (1000, 10)  # nothing is lost from the totals
+    tokens = monitor.token_usage()
+    assert len(tokens) == 21 and tokens[overflow] == {
+        "calls": 480,
+        "input_tokens": 4800,
+        "output_tokens": 960,
+        "total_tokens": 5760,
+    }
+    assert monitor.recent_errors()[-1]["operation"] == "fetch_user:450"  # errors keep the real name
+    warnings = [record for record in caplog.records if "distinct operation names" in record.getMessage()]
+    assert len(warnings) == 1, "one warning, not one per folded record"
+    assert "max_operation_names" in warnings[0].getMessage() and overflow in warnings[0].getMessage()
+
+    monitor.reset()  # forgets the names: new ones are counted again, and warned about again
+    monitor.record_operation("fresh", 0.001, True)
+    assert list(monitor.operation_stats()) == ["fresh"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "100", None])
+def test_invalid_max_operation_names(value: Any) -> None:
+    with pytest.raises(InvalidSettingError, match=r"max_operation_names: got .*; allowed an integer >= 1"):
+        PerformanceMonitor(max_operation_names=value)
+
+
+def test_the_default_cap_of_operation_names() -> None:
+    monitor = PerformanceMonitor()
+    assert monitor.max_operation_names == 500
+    for index in range(600):
+        monitor.record_operation(f"op{index}", 0.0, True)
+    assert len(monitor.operation_stats()) == 501
+
+
+# ------------------------------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize("success", ["no", "yes", 0, 1, None, 0.0, [], "False"])
+def test_a_success_that_is_not_a_bool_is_refused(success: Any) -> None:
+    """``success="no"`` was counted as a success: any truthy value was."""
+    monitor = PerformanceMonitor()
+    monitor.record_operation("op", 0.5, True)
+    with pytest.raises(InvalidMetricError, match=r"^success: got .*; allowed True or False"):
+        monitor.record_operation("op", 0.1, success)
+    stats = monitor.operation_stats()["op"]
+    assert (stats.count, stats.failures) == (1, 0)
+    assert monitor.recent_error_rate() == (0.0, 1) and monitor.recent_errors() == []
+
+
+def test_a_numpy_bool_success_is_accepted() -> None:
+    import numpy
+
+    monitor = PerformanceMonitor()
+    latencies = numpy.array([0.1, 2.0])
+    for latency in latencies:
+        monitor.record_operation("op", latency, latency < 1.0)  # numpy.bool_, as numpy comparisons give
+    stats = monitor.operation_stats()["op"]
+    assert (stats.count, stats.failures) == (2, 1)
+
+
+@pytest.mark.parametrize("limit", ["x", -1, 2.5, True, None])
+def test_hottest_functions_refuses_a_bad_limit(limit: Any) -> None:
+    """``hottest_functions("x")`` returned [] as if nothing had been profiled."""
+    monitor = PerformanceMonitor(enable_profiling=True)
+    with monitor.operation_timer("work"):
+        sum(range(10_000))
+    with pytest.raises(InvalidArgumentError, match=r"^limit: got .*; allowed an integer >= 0"):
+        monitor.hottest_functions(limit)
+    with pytest.raises(InvalidArgumentError, match=r"^limit: got "):
+        monitor.profiler.hottest_functions(limit)
+    assert monitor.hottest_functions(0) == []
+    assert len(monitor.hottest_functions(1)) == 1
+
+
+@pytest.mark.parametrize("setting", ["enable_profiling", "collect_library_operations"])
+@pytest.mark.parametrize("value", ["no", "false", 0, None])
+def test_switches_that_are_not_bools_are_refused(setting: str, value: Any) -> None:
+    """``enable_profiling="no"`` switched profiling on (any truthy value did)."""
+    with pytest.raises(InvalidSettingError, match=rf"^{setting}: got .*; allowed True or False"):
+        PerformanceMonitor(**{setting: value})
+
+
+def test_a_huge_error_message_is_kept_shortened() -> None:
+    """The 50 recent errors kept each message whole: an exception quoting a large payload kept it alive."""
+    monitor = PerformanceMonitor()
+    payload = "x" * 1_000_000
+    for _ in range(50):
+        monitor.record_operation("parse", 0.001, False, error=ValueError(f"bad payload {payload}"))
+    message = monitor.recent_errors()[-1]["message"]
+    assert message.startswith("ValueError: bad payload xxx") and message.endswith("...<1000024 chars>")
+    assert len(message) <= 1000
+    monitor.record_operation("parse", 0.001, False, error="short")
+    assert monitor.recent_errors()[-1]["message"] == "short"

@@ -68,3 +68,35 @@ def test_prometheus_collector_refuses_a_namespace_that_is_no_metric_name(namespa
     ):
         monitor.prometheus_collector(namespace=namespace)  # type: ignore[arg-type]
     assert monitor.prometheus_collector(namespace="chat_bot:v2").namespace == "chat_bot:v2"
+
+
+@pytest.mark.parametrize("monitor", [None, "monitor", object()])
+def test_prometheus_collector_refuses_what_is_no_monitor(monitor: object) -> None:
+    """PrometheusCollector(None) was made, then failed with AttributeError inside registry.register()."""
+    from prometheus_client import CollectorRegistry
+
+    from context_manager.core.errors import InvalidArgumentError
+    from context_manager.core.performance_monitor import PrometheusCollector
+
+    with pytest.raises(InvalidArgumentError, match=r"^monitor: got .*; allowed a PerformanceMonitor"):
+        PrometheusCollector(monitor)  # type: ignore[arg-type]
+    CollectorRegistry().register(PrometheusCollector(PerformanceMonitor()))
+
+
+def test_prometheus_series_stay_bounded_by_max_operation_names() -> None:
+    from prometheus_client import CollectorRegistry
+
+    monitor = PerformanceMonitor(max_operation_names=2)
+    for user in range(100):
+        monitor.record_operation(f"GET /users/{user}", 0.001, True)
+    registry = CollectorRegistry()
+    registry.register(monitor.prometheus_collector())
+    operations = {
+        sample.labels["operation"]
+        for family in registry.collect()
+        if family.name == "context_manager_operations"
+        for sample in family.samples
+    }
+    assert operations == {"GET /users/0", "GET /users/1", PerformanceMonitor.OVERFLOW_OPERATION}
+    overflow = {"operation": PerformanceMonitor.OVERFLOW_OPERATION, "outcome": "success"}
+    assert registry.get_sample_value("context_manager_operations_total", overflow) == 98

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor import (
     PerformanceMetrics,
     PerformanceMonitor,
@@ -125,3 +127,11 @@ def test_reset_forgets_everything() -> None:
     assert monitor.get_current_metrics().total_operations == 0
     assert monitor.recent_errors() == []
     assert monitor.operation_stats() == {}
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_percentile_refuses_a_fraction_outside_0_to_1(fraction: Any) -> None:
+    """``percentile(values, -1)`` returned the median and ``percentile(values, 2)`` raised IndexError."""
+    with pytest.raises(InvalidArgumentError, match=r"^fraction: got .*; allowed a number from 0 to 1"):
+        percentile([1.0, 2.0, 3.0], fraction)
+    assert percentile([1.0, 2.0, 3.0], 0) == 1.0 and percentile([1.0, 2.0, 3.0], 1) == 3.0

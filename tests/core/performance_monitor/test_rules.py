@@ -230,12 +230,32 @@ def test_the_error_rule_needs_min_operations() -> None:
     assert rules.recommendations(LIMITS, few) == []
 
 
+def test_the_error_rate_lowers_the_score_only_from_min_operations() -> None:
+    """One failure of one operation scored 0.0: the score now waits for as many operations as the advice."""
+    assert rules.health_score(LIMITS, _evidence(recent_error_rate=1.0, recent_count=9)) == 1.0
+    assert rules.health_score(LIMITS, _evidence(recent_error_rate=1.0, recent_count=10)) == 0.0
+    strict = PerformanceThresholds(min_operations=1)
+    assert rules.health_score(strict, _evidence(recent_error_rate=1.0, recent_count=1)) == 0.0
+    monitor = PerformanceMonitor()
+    monitor.record_operation("add_message", 0.001, False, error="role 'robot'")
+    assert monitor.health_score() == 1.0  # one failure: not enough to judge (as the advice and checks say)
+    assert monitor.recent_errors()[0]["message"] == "role 'robot'"
+    for _ in range(8):
+        monitor.record_operation("add_message", 0.001, True)
+    assert monitor.health_score() == 1.0
+    monitor.record_operation("add_message", 0.001, False)
+    assert monitor.health_score() == pytest.approx(0.8)  # 2 of 10
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"slow_operation_ms": -1.0}, "slow_operation_ms"),  # ZeroDivisionError in every health score
         ({"slow_operation_ms": "250"}, "slow_operation_ms"),
         ({"error_rate": float("nan")}, "error_rate"),
+        ({"error_rate": 5.0}, "error_rate"),  # 5 meant as 5 %: the rule never fired
+        ({"error_rate": -0.1}, "error_rate"),
+        ({"hot_function_share": 50}, "hot_function_share"),
         ({"event_loop_lag_ms": None}, "event_loop_lag_ms"),
         ({"min_operations": 2.5}, "min_operations"),
         ({"min_cpu_samples": True}, "min_cpu_samples"),

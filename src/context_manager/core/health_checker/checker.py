@@ -49,6 +49,27 @@ logger = logging.getLogger(__name__)
 _MAX_RECENT_ERRORS = 50
 
 
+_NOT_OURS = "its own await was cancelled"
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled.
+
+    Not so for a ``CancelledError`` out of something a check awaited: that is the check's failure.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raised(name: str, error: Exception) -> CheckOutcome:
+    return CheckOutcome(
+        HealthState.UNHEALTHY,
+        f"check raised {type(error).__name__}: {error}",
+        {"error_type": type(error).__name__},
+        recommendation=f"Check {name!r} fails with {type(error).__name__}: fix its cause.",
+    )
+
+
 @dataclass(slots=True)
 class _Check:
     name: str
@@ -63,8 +84,9 @@ class HealthChecker:
         check_interval: Seconds between background checks after :meth:`start` (> 0).
         context_manager: An ``EnhancedContextManager`` whose storage, memory manager, monitor and
             background tasks are checked.
-        enable_auto_recovery: Repair known faults; ``None`` follows the context manager's
-            ``config.enable_auto_recovery`` (False without a context manager).
+        enable_auto_recovery: Repair known faults (True or False); ``None`` follows the context
+            manager's ``config.enable_auto_recovery`` (False without a context manager). The directories
+            of a context manager that is not open are never created: that is ``initialize()``'s work.
         storage_path: A directory to check (in addition to the context manager's directories).
         thresholds: Limits of the built-in checks.
         check_timeout: Seconds one check may take before it counts as unhealthy (> 0).
@@ -105,6 +127,10 @@ class HealthChecker:
         """Seconds one repair may take."""
         self.context_manager = context_manager
         """The context manager being checked, if any."""
+        if enable_auto_recovery is not None and not isinstance(enable_auto_recovery, bool):
+            raise InvalidSettingError(  # "no" is truthy: it switched repairs on
+                "enable_auto_recovery", enable_auto_recovery, "True, False or None"
+            )
         if enable_auto_recovery is None:
             config = getattr(context_manager, "config", None)
             enable_auto_recovery = bool(getattr(config, "enable_auto_recovery", False))
@@ -150,8 +176,12 @@ class HealthChecker:
             replace: Replace a check of the same name (e.g. a built-in one) instead of raising.
 
         Raises:
-            InvalidHealthCheckError: Bad or duplicate name, or ``fn`` not callable.
+            InvalidHealthCheckError: Bad or duplicate name, ``fn`` not callable, or ``critical`` or
+                ``replace`` not a bool.
         """
+        for flag, value in (("critical", critical), ("replace", replace)):
+            if not isinstance(value, bool):  # "no" is truthy
+                raise InvalidHealthCheckError(flag, value, "True or False")
         if not isinstance(name, str) or not name.strip():
             raise InvalidHealthCheckError("name", name, "a non-empty string")
         if name in self._checks and not replace:
@@ -160,7 +190,7 @@ class HealthChecker:
             )
         if not callable(fn):
             raise InvalidHealthCheckError("fn", fn, "a callable without arguments")
-        self._checks[name] = _Check(name, fn, bool(critical))
+        self._checks[name] = _Check(name, fn, critical)
 
     def unregister_check(self, name: str) -> None:
         """Remove a check.
@@ -286,8 +316,9 @@ class HealthChecker:
     async def _run_check(self, check: _Check) -> tuple[CheckResult, CheckOutcome | None]:
         started = time.perf_counter()
         outcome: CheckOutcome | None = None
+        scope = asyncio.timeout(self.check_timeout)
         try:
-            async with asyncio.timeout(self.check_timeout):
+            async with scope:
                 if is_async_callable(check.function):
                     value = await check.function()
                 else:  # the checker's own threads: a hung check never takes one storage I/O needs
@@ -295,19 +326,26 @@ class HealthChecker:
                     if inspect.isawaitable(value):
                         value = await value
             outcome = as_outcome(value)
-        except TimeoutError:
-            outcome = CheckOutcome(
+        except TimeoutError as error:
+            if scope.expired():
+                outcome = CheckOutcome(
+                    HealthState.UNHEALTHY,
+                    f"timed out after {self.check_timeout:g} s",
+                    recommendation=f"Check {check.name!r} hangs: look at what it waits for.",
+                )
+            else:  # the check's own TimeoutError (its probe's timeout): it failed, it did not hang
+                outcome = _raised(check.name, error)
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise  # this run is being cancelled
+            outcome = CheckOutcome(  # something the check awaited was cancelled: the check failed
                 HealthState.UNHEALTHY,
-                f"timed out after {self.check_timeout:g} s",
-                recommendation=f"Check {check.name!r} hangs: look at what it waits for.",
+                f"check raised CancelledError ({_NOT_OURS})",
+                {"error_type": "CancelledError"},
+                recommendation=f"Check {check.name!r} awaits something that gets cancelled: fix its cause.",
             )
         except Exception as error:
-            outcome = CheckOutcome(
-                HealthState.UNHEALTHY,
-                f"check raised {type(error).__name__}: {error}",
-                {"error_type": type(error).__name__},
-                recommendation=f"Check {check.name!r} fails with {type(error).__name__}: fix its cause.",
-            )
+            outcome = _raised(check.name, error)
         if not isinstance(outcome.status, HealthState) or not isinstance(outcome.details, Mapping):
             outcome = CheckOutcome(  # a custom check built its outcome wrong: that check fails, not the run
                 HealthState.UNHEALTHY,
@@ -411,8 +449,23 @@ class HealthChecker:
 
     def _check_storage(self) -> CheckOutcome:
         conversations = getattr(self.context_manager, "conversation_store", None)
+        # a manager that is not open has not created its directories (or is done with them): a check of it
+        # must not count them missing, nor auto-recovery create them
+        manager_open = getattr(self.context_manager, "is_initialized", True) is not False
+        config = getattr(self.context_manager, "config", None)
+        absent_allowed = (
+            [Path(config.cache_path), Path(config.resolved_storage_path)]
+            if config is not None and not manager_open
+            else []
+        )
+        if self._storage_path is not None and self._storage_path in absent_allowed:
+            absent_allowed.remove(self._storage_path)  # named to the checker: always required
         return check_storage(
-            self._storage_directories(), self._memory_manager(), self.thresholds, conversations=conversations
+            self._storage_directories(),
+            self._memory_manager(),
+            self.thresholds,
+            conversations=conversations,
+            absent_allowed=absent_allowed,
         )
 
     async def _check_storage_writes(self) -> CheckOutcome:

@@ -11,7 +11,7 @@ import inspect
 import os
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,22 +57,34 @@ class WatchedTask:
 
 
 def check_storage(
-    directories: list[Path], memory_manager: Any, limits: HealthThresholds, *, conversations: Any = None
+    directories: list[Path],
+    memory_manager: Any,
+    limits: HealthThresholds,
+    *,
+    conversations: Any = None,
+    absent_allowed: Collection[Path] = (),
 ) -> CheckOutcome:
     """Directories exist and are writable (a real fsync'd probe file), free disk, memory files present.
 
     ``conversations`` (a conversation store with ``file_faults()`` and ``restore_file()``, the embedded
     ``conversations.sqlite3``) is watched and restored the same way as the memory files.
+    ``absent_allowed`` are directories of a context manager that is not open (before ``initialize()``,
+    which creates them, or after ``cleanup()``): their absence is no fault, and no repair creates them.
     """
     if not directories:
         return CheckOutcome(HealthState.HEALTHY, "no storage configured", {"directories": []})
     missing: list[Path] = []
+    absent: list[Path] = []
     problems: list[str] = []
     details: dict[str, Any] = {}
     worst = HealthState.HEALTHY
     for path in directories:
         info: dict[str, Any] = {"exists": path.is_dir()}
         details[str(path)] = info
+        if not info["exists"] and path in absent_allowed and not path.exists():
+            info["required"] = False  # a health check creates no state
+            absent.append(path)
+            continue
         if not info["exists"]:
             missing.append(path)
             problems.append(f"{path} is missing")
@@ -122,8 +134,14 @@ def check_storage(
     if restorations:  # the latest repair stays visible in the check's details
         details["last_restore"] = restorations[-1]
     if worst is HealthState.HEALTHY:
-        writable = _count(len(directories), "directory", "directories")
-        return CheckOutcome(worst, f"{writable} writable", details)
+        writable = _count(len(directories) - len(absent), "directory", "directories")
+        message = f"{writable} writable"
+        if absent:
+            message = (
+                f"{message}; {_count(len(absent), 'directory', 'directories')} absent while the context "
+                "manager is not open (initialize() creates them)"
+            )
+        return CheckOutcome(worst, message, details)
     recommendation = (
         "Storage is not usable: recreate missing directories (enable_auto_recovery does), fix "
         "permissions or free disk space under storage_path."

@@ -163,9 +163,9 @@ class HealthThresholds:
     event_loop_lag_ms: float = 100.0
     """A probe timer firing this late is degraded (ten times as late: unhealthy)."""
     error_rate_degraded: float = 0.05
-    """Recent error rate from which the error-rate check is degraded."""
+    """Recent error rate (a fraction, 0 to 1) from which the error-rate check is degraded."""
     error_rate_unhealthy: float = 0.25
-    """Recent error rate from which it is unhealthy."""
+    """Recent error rate (a fraction, 0 to 1) from which it is unhealthy."""
     min_operations: int = 10
     """The error-rate check judges only monitors with at least this many recent operations."""
     write_failures_unhealthy: int = 3
@@ -176,11 +176,13 @@ class HealthThresholds:
 
         Raises:
             InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
-                is NaN, or is negative where only a count or a size makes sense.
+                is NaN, is negative where only a count or a size makes sense, or is an error rate outside
+                0 to 1 (5 meant as 5 % would never fire).
         """
         check_limits(
             self,
             integers=("min_operations", "write_failures_unhealthy"),
+            fractions=("error_rate_degraded", "error_rate_unhealthy"),
             non_negative=(
                 "min_free_disk_mb",
                 "event_loop_lag_ms",

@@ -84,7 +84,10 @@ def restart_background_tasks(restarts: dict[str, Callable[[], Awaitable[Any] | A
 async def run_repair(
     check_name: str, repair: Repair, *, time_limit: float | None = None, threads: UserThreads | None = None
 ) -> str:
-    """Run ``repair`` for the check ``check_name``; return what it did, or why it failed (never raises).
+    """Run ``repair`` for the check ``check_name``; return what it did, or why it failed.
+
+    Never raises, but for the caller's own cancellation (a ``CancelledError`` out of something the repair
+    awaited is the repair's failure).
 
     Args:
         check_name: The check the repair is for (in the log and the result).
@@ -110,6 +113,13 @@ async def run_repair(
             return f"repair failed: {type(error).__name__}: {error}"
         logger.warning("auto-recovery for %s timed out after %g s", check_name, time_limit)
         return f"repair failed: timed out after {time_limit:g} s"
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the health check itself is being cancelled
+        # something the repair awaited was cancelled: the repair failed (the run goes on)
+        logger.warning("auto-recovery for %s failed: its own await was cancelled", check_name)
+        return "repair failed: CancelledError (its own await was cancelled)"
     except Exception as error:
         logger.warning("auto-recovery for %s failed: %r", check_name, error)
         return f"repair failed: {type(error).__name__}: {error}"

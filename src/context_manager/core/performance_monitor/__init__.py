@@ -1,8 +1,9 @@
 """Performance monitoring: operation timings, percentiles, system samples, health score, advice.
 
 A :class:`PerformanceMonitor` records operations (name, duration, success) in bounded structures
-(ring buffers and fixed-size latency reservoirs) and, while started, samples the process's resident
-memory, CPU use and the event loop's lag in one background task it owns::
+(ring buffers, and fixed-size latency reservoirs: one per operation name for at most
+``max_operation_names`` names, further names folded into one overflow bucket) and, while started,
+samples the process's resident memory, CPU use and the event loop's lag in one background task it owns::
 
     monitor = PerformanceMonitor(sample_interval=0.1)
     await monitor.start_monitoring()

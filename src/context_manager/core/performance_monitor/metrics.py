@@ -21,9 +21,11 @@ class PerformanceThresholds:
     """
 
     error_rate: float = 0.05
-    """Recent error rate (failures / operations in the recent window) above which errors are reported."""
+    """Recent error rate (failures / operations in the recent window, 0 to 1) above which errors are
+    reported."""
     min_operations: int = 10
-    """The error-rate rule needs at least this many recent operations (avoids 1-of-2 alarms)."""
+    """The error-rate rule and the health score's error factor need at least this many recent operations
+    (avoids 1-of-2 alarms: until then failures are reported in ``recent_errors`` but not judged)."""
     slow_operation_ms: float = 1000.0
     """An operation whose p95 latency exceeds this is reported as slow."""
     event_loop_lag_ms: float = 100.0
@@ -37,28 +39,32 @@ class PerformanceThresholds:
     memory_limit_mb: float | None = None
     """Resident memory above this is reported; ``None`` disables the rule."""
     hot_function_share: float = 0.5
-    """With profiling, a function taking more than this share of profiled time is reported."""
+    """With profiling, a function taking more than this share (0 to 1) of profiled time is reported."""
 
     def __post_init__(self) -> None:
         """Check the limits' types at once (a bad one failed later, inside every health score).
 
         Raises:
             InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
-                is NaN, or is negative where a negative one cannot be compared (``slow_operation_ms``,
-                ``event_loop_lag_ms``).
+                is NaN, is negative where a negative one cannot be compared (``slow_operation_ms``,
+                ``event_loop_lag_ms``), or is a fraction outside 0 to 1 (``error_rate``,
+                ``hot_function_share``: 5 meant as 5 % would never fire).
         """
         check_limits(
             self,
             integers=("min_operations", "min_cpu_samples"),
             non_negative=("slow_operation_ms", "event_loop_lag_ms", "min_operations", "min_cpu_samples"),
+            fractions=("error_rate", "hot_function_share"),
         )
 
 
-def check_limits(limits: Any, *, integers: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+def check_limits(
+    limits: Any, *, integers: tuple[str, ...], non_negative: tuple[str, ...], fractions: tuple[str, ...] = ()
+) -> None:
     """Check every field of a thresholds dataclass.
 
     Each is a number (not NaN, not a bool), or ``None`` where the default is ``None``; an integer for
-    ``integers``; >= 0 for ``non_negative``.
+    ``integers``; >= 0 for ``non_negative``; from 0 to 1 for ``fractions``.
 
     Raises:
         InvalidSettingError: the first field that is not.
@@ -68,14 +74,17 @@ def check_limits(limits: Any, *, integers: tuple[str, ...], non_negative: tuple[
         if value is None and item.default is None:
             continue
         integer = item.name in integers
+        fraction = item.name in fractions
         allowed = "an integer" if integer else "a number"
-        if item.name in non_negative:
+        if fraction:
+            allowed += " from 0 to 1 (a fraction: 0.05 is 5 %)"
+        elif item.name in non_negative:
             allowed += " >= 0"
         if item.default is None:
             allowed += " or None"
         kinds = int if integer else int | float
         valid = isinstance(value, kinds) and not isinstance(value, bool) and not math.isnan(value)
-        if not valid or (item.name in non_negative and value < 0):
+        if not valid or (item.name in non_negative and value < 0) or (fraction and not 0 <= value <= 1):
             raise InvalidSettingError(item.name, value, allowed)
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from context_manager.core.async_operations import cancel_and_wait
 from context_manager.core.errors import InvalidMetricError, InvalidSettingError, LifecycleError
@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 _DEFAULT_RESERVOIR_SIZE = 1024
 _RATE_WINDOW_S = 60.0
 _MAX_RECENT_ERRORS = 50
+_MAX_ERROR_TEXT = 1000  # characters of an error's text kept in the recent errors
 _MAX_TOKENS = 2**63 - 1  # what metric exporters carry (a 64-bit integer)
 _FOLD_AT = 64  # successes queued by _record_success before they are counted (and at every read)
+_DEFAULT_MAX_OPERATION_NAMES = 500
 
 
 class PerformanceMonitor:
@@ -49,12 +51,19 @@ class PerformanceMonitor:
         thresholds: The limits used by the health score and the recommendation rules.
         collect_library_operations: While running, also count the library's instrumented operations
             (see the package docstring). ``EnhancedContextManager`` creates its own monitor with False.
+        max_operation_names: Distinct operation names kept (>= 1), each with its own latency reservoir
+            and token totals. Records of further names are counted under :attr:`OVERFLOW_OPERATION`
+            (a warning is logged once), as OpenTelemetry's SDK folds series past its cardinality limit:
+            memory stays bounded when a name carries an id or a URL. Name kinds of work, not instances.
 
     Raises:
         InvalidSettingError: A setting is out of range.
 
     Recording is thread-safe; ``start_monitoring`` must be awaited in the event loop to be sampled.
     """
+
+    OVERFLOW_OPERATION: ClassVar[str] = "__overflow__"
+    """The operation name under which records of names beyond ``max_operation_names`` are counted."""
 
     def __init__(
         self,
@@ -65,6 +74,7 @@ class PerformanceMonitor:
         reservoir_size: int = _DEFAULT_RESERVOIR_SIZE,
         thresholds: PerformanceThresholds | None = None,
         collect_library_operations: bool = True,
+        max_operation_names: int = _DEFAULT_MAX_OPERATION_NAMES,
     ) -> None:
         if (
             isinstance(sample_interval, bool)
@@ -76,11 +86,23 @@ class PerformanceMonitor:
         for setting, value in (("history_size", history_size), ("reservoir_size", reservoir_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 10:
                 raise InvalidSettingError(setting, value, "an integer >= 10")
+        if (
+            isinstance(max_operation_names, bool)
+            or not isinstance(max_operation_names, int)
+            or max_operation_names < 1
+        ):
+            raise InvalidSettingError("max_operation_names", max_operation_names, "an integer >= 1")
+        for setting, switch in (
+            ("enable_profiling", enable_profiling),
+            ("collect_library_operations", collect_library_operations),
+        ):
+            if not isinstance(switch, bool):  # "no" is truthy: it switched the feature on
+                raise InvalidSettingError(setting, switch, "True or False")
         if thresholds is not None and not isinstance(thresholds, PerformanceThresholds):
             raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds or None")
         self.sample_interval = float(sample_interval)
         """Seconds between background samples."""
-        self.enable_profiling = bool(enable_profiling)
+        self.enable_profiling = enable_profiling
         """Whether timed blocks are profiled."""
         self.history_size = history_size
         """Length of the recent-operation and sample ring buffers."""
@@ -90,6 +112,8 @@ class PerformanceMonitor:
         """Limits for the health score and recommendations."""
         self.collect_library_operations = collect_library_operations
         """Whether the running monitor counts the library's instrumented operations."""
+        self.max_operation_names = max_operation_names
+        """Distinct operation names kept; further ones are counted under :attr:`OVERFLOW_OPERATION`."""
 
         self._lock = threading.Lock()
         self._created = time.time()
@@ -100,6 +124,7 @@ class PerformanceMonitor:
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
         self._samples: deque[SystemSample] = deque(maxlen=history_size)
         self._tokens: dict[str, list[int]] = {}  # operation -> [calls, input tokens, output tokens]
+        self._overflow_warned = False
         self._sampling_errors = 0
         self._sample_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -208,16 +233,21 @@ class PerformanceMonitor:
         """Record one operation.
 
         Args:
-            name: The operation's name (a non-empty string).
+            name: The operation's name (a non-empty string): a kind of work such as ``"fetch_user"``,
+                not one carrying an id (past ``max_operation_names`` names, see :attr:`OVERFLOW_OPERATION`).
             duration_s: How long it took, in seconds (finite, >= 0).
-            success: Whether it succeeded.
+            success: Whether it succeeded: ``True`` or ``False`` (a numpy bool too).
             error: For a failure, the exception or a description, kept in the recent errors.
 
         Raises:
-            InvalidMetricError: ``name`` or ``duration_s`` is invalid (nothing is recorded).
+            InvalidMetricError: ``name``, ``duration_s`` or ``success`` is invalid (nothing is recorded).
         """
         if type(name) is not str or not name:
             raise InvalidMetricError("name", name, "a non-empty string")
+        if success is not True and success is not False:
+            if type(success).__module__ != "numpy" or type(success).__name__ not in ("bool", "bool_"):
+                raise InvalidMetricError("success", success, "True or False")  # "no" is truthy
+            success = bool(success)
         valid = (
             isinstance(duration_s, numbers.Real)  # numpy's floats too; not Decimal, str or bool
             and not isinstance(duration_s, bool)
@@ -267,11 +297,37 @@ class PerformanceMonitor:
             recent.append((now, True))
 
     def _reservoir(self, name: str) -> LatencyReservoir:
-        """The latency reservoir of operation ``name``, created on its first record (call with the lock)."""
+        """The latency reservoir of operation ``name``, created on its first record (call with the lock).
+
+        Past ``max_operation_names`` names, the overflow bucket's.
+        """
         reservoir = self._operations.get(name)
         if reservoir is None:
-            reservoir = self._operations[name] = LatencyReservoir(self.reservoir_size, seed=len(name))
+            name = self._kept_name(name, self._operations)
+            reservoir = self._operations.get(name)
+            if reservoir is None:
+                reservoir = self._operations[name] = LatencyReservoir(self.reservoir_size, seed=len(name))
         return reservoir
+
+    def _kept_name(self, name: str, table: dict[str, Any]) -> str:
+        """Return ``name``, or :attr:`OVERFLOW_OPERATION` once ``table`` is full (call with the lock).
+
+        Full: ``table`` holds ``max_operation_names`` names and not this one. The first fold logs a warning.
+        """
+        overflow = self.OVERFLOW_OPERATION
+        if name in table or len(table) - (overflow in table) < self.max_operation_names:
+            return name
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning(
+                "performance monitor: more than %d distinct operation names (max_operation_names); "
+                "records of further names, first %r, are counted under %r. Name kinds of work "
+                "('fetch_user'), not instances (a user id, a URL), or raise max_operation_names.",
+                self.max_operation_names,
+                name,
+                overflow,
+            )
+        return overflow
 
     def record_token_usage(self, name: str, input_tokens: int, output_tokens: int) -> None:
         """Record the tokens one model call cost (e.g. an LLM summary: operation ``"summarize"``).
@@ -290,7 +346,7 @@ class PerformanceMonitor:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
                 raise InvalidMetricError(field, value, f"an integer from 0 to {_MAX_TOKENS}")
         with self._lock:
-            totals = self._tokens.setdefault(name, [0, 0, 0])
+            totals = self._tokens.setdefault(self._kept_name(name, self._tokens), [0, 0, 0])
             totals[0] += 1
             totals[1] += input_tokens
             totals[2] += output_tokens
@@ -330,6 +386,7 @@ class PerformanceMonitor:
             self._recent_errors.clear()
             self._samples.clear()
             self._tokens.clear()
+            self._overflow_warned = False
             self._created = time.time()
         self.profiler.reset()
 
@@ -338,10 +395,13 @@ class PerformanceMonitor:
     def hottest_functions(self, limit: int = HOTTEST_FUNCTIONS_SHOWN) -> list[dict[str, Any]]:
         """Return the functions that took the most own time inside timed blocks (needs profiling).
 
-        Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,
-        ``cumulative_time_ms``, ``share`` (own time / all profiled own time) and ``waiting`` (``True``
-        for a built-in that waits rather than works, such as the event loop's selector while an awaited
-        block waits for I/O: never the subject of a recommendation).
+        At most ``limit`` (an integer >= 0) entries. Each has ``function`` (``file:line(name)``),
+        ``calls``, ``own_time_ms``, ``cumulative_time_ms``, ``share`` (own time / all profiled own time)
+        and ``waiting`` (``True`` for a built-in that waits rather than works, such as the event loop's
+        selector while an awaited block waits for I/O: never the subject of a recommendation).
+
+        Raises:
+            InvalidArgumentError: ``limit`` is not an integer >= 0.
         """
         return self.profiler.hottest_functions(limit)
 
@@ -354,7 +414,10 @@ class PerformanceMonitor:
             return {name: reservoir.stats(name) for name, reservoir in self._operations.items()}
 
     def recent_errors(self) -> list[dict[str, Any]]:
-        """Return the latest failures (operation, error_type, message, timestamp), oldest first."""
+        """Return the latest failures (operation, error_type, message, timestamp), oldest first.
+
+        At most 50; a message longer than 1000 characters is kept shortened (``...<N chars>``).
+        """
         with self._lock:
             return list(self._recent_errors)
 
@@ -434,7 +497,8 @@ class PerformanceMonitor:
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
-        The product of: ``1 - recent error rate``; ``max(0.5, limit / p95)`` for the slowest
+        The product of: ``1 - recent error rate`` (from ``min_operations`` recent operations on; 1.0
+        before); ``max(0.5, limit / p95)`` for the slowest
         operation over ``slow_operation_ms``; ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
@@ -500,9 +564,15 @@ class PerformanceMonitor:
 
 
 def _describe_error(error: BaseException | str | None) -> str | None:
+    """The error's text for the recent errors, shortened to :data:`_MAX_ERROR_TEXT` characters."""
     if error is None:
         return None
     if isinstance(error, BaseException):
         text = str(error)
-        return f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return str(error)
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    else:
+        text = str(error)
+    if len(text) > _MAX_ERROR_TEXT:  # an exception quoting a large payload: keep its start, not the payload
+        suffix = f"...<{len(text)} chars>"
+        text = text[: _MAX_ERROR_TEXT - len(suffix)] + suffix
+    return text

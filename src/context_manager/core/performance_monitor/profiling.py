@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from context_manager.core.errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     import cProfile
 
@@ -90,9 +92,14 @@ class BlockProfiler:
         Each entry has ``function`` (``file:line(name)``), ``calls``, ``own_time_ms``,
         ``cumulative_time_ms``, ``share`` (own time / all profiled own time) and ``waiting`` (a built-in
         that waits rather than works: the event loop's selector while an awaited block waits for I/O, a
-        sleep, a lock; see :func:`is_waiting`). Empty while a block is open or before anything was
-        profiled.
+        sleep, a lock; see :func:`is_waiting`). At most ``limit`` (an integer >= 0) entries; empty while
+        a block is open or before anything was profiled.
+
+        Raises:
+            InvalidArgumentError: ``limit`` is not an integer >= 0.
         """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidArgumentError("limit", limit, "an integer >= 0")
         with self._lock:
             profiler = self._profiler
             if profiler is None or self._depth:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from context_manager.core.errors import InvalidSettingError, MissingDependencyError
+from context_manager.core.errors import InvalidArgumentError, InvalidSettingError, MissingDependencyError
 
 if TYPE_CHECKING:
     from context_manager.core.performance_monitor.monitor import PerformanceMonitor
@@ -30,11 +30,16 @@ class PrometheusCollector:
         namespace: Prefix of every metric name.
 
     Raises:
+        InvalidArgumentError: ``monitor`` is not a :class:`PerformanceMonitor`.
         InvalidSettingError: ``namespace`` is not a valid start of a metric name.
         MissingDependencyError: ``prometheus_client`` is not installed.
     """
 
     def __init__(self, monitor: PerformanceMonitor, namespace: str = "context_manager") -> None:
+        from context_manager.core.performance_monitor.monitor import PerformanceMonitor
+
+        if not isinstance(monitor, PerformanceMonitor):  # else an AttributeError at the first scrape
+            raise InvalidArgumentError("monitor", monitor, "a PerformanceMonitor")
         if not isinstance(namespace, str) or not _METRIC_NAME.fullmatch(namespace):
             raise InvalidSettingError(
                 "namespace",

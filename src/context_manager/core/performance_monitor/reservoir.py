@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor.metrics import OperationStats
 
 __all__ = ["LatencyReservoir", "overall_stats", "percentile"]
@@ -14,7 +15,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     """Return the ``fraction`` quantile of ascending values by linear interpolation (numpy's default).
 
     Returns 0.0 for an empty list.
+
+    Raises:
+        InvalidArgumentError: ``fraction`` is not a number from 0 to 1.
     """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        raise InvalidArgumentError("fraction", fraction, "a number from 0 to 1 (0.95 for p95)")
     if not sorted_values:
         return 0.0
     position = (len(sorted_values) - 1) * fraction

@@ -40,14 +40,16 @@ class Evidence:
 def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
     """Return health in [0, 1], the product of these factors (1.0 when nothing is wrong).
 
-    * ``1 - recent error rate``;
+    * ``1 - recent error rate``, once the recent window holds at least ``min_operations`` operations
+      (as for the error advice and the health checker's ``error_rate`` check: before, one failure of
+      one operation would read 0.0);
     * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``;
     * the recent maximum event-loop lag over ``event_loop_lag_ms``: ``max(0.5, limit / lag)``;
     * mean CPU over ``cpu_percent`` (with enough samples): 0.9;
     * RSS over ``memory_limit_mb`` (when set): 0.8.
     """
     samples = evidence.samples
-    score = 1.0 - evidence.recent_error_rate
+    score = 1.0 - evidence.recent_error_rate if evidence.recent_count >= limits.min_operations else 1.0
     worst_p95 = max((stats.p95_ms for stats in evidence.operation_stats), default=0.0)
     if worst_p95 > limits.slow_operation_ms:
         score *= max(0.5, limits.slow_operation_ms / worst_p95)
