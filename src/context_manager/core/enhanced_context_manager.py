@@ -926,6 +926,7 @@ class EnhancedContextManager:
                 content=content,
                 on_truncated=self._remember_tool_output,
                 store=store,  # the calls are stored before any tool runs
+                recover=self._recover,  # the results are added again after another writer's change
             )
         )
         for result in results:

@@ -933,6 +933,51 @@ async def test_results_of_tools_that_ran_survive_another_writers_change(
         assert fingerprint(resumed) == final
 
 
+async def test_results_that_need_a_compression_survive_another_writers_change(
+    make_config: Any, backend_name: str
+) -> None:
+    """Another writer stored a change while the tool ran, and the window had no room for the result
+    without compressing: the overflow check met the conflict while the result was being added, and
+    execute_tool_calls raised it although the tool had run (result lost, call left pending, "make it
+    again": the tool would run twice)."""
+    config = make_config(max_tokens=300)
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[int] = []
+
+    async def report(day: int) -> str:
+        ran.append(day)
+        started.set()
+        await release.wait()
+        return f"report of day {day}: " + " ".join(f"line{i}" for i in range(100))
+
+    async with EnhancedContextManager(config, conversation_id="full") as manager:
+        manager.tool_manager.register_function_tool("report", report, "Read a report")
+        number = 0
+        while manager.get_context_summary()["token_count"] < 200:
+            await manager.add_message("user", f"question {number} about the payments service build status")
+            number += 1
+        assert manager.compression_history == []
+        running = asyncio.create_task(
+            manager.execute_tool_calls(
+                [{"id": "call-1", "name": "report", "arguments": {"day": 3}}], content="Reading it."
+            )
+        )
+        await started.wait()
+        await write_elsewhere(config, backend_name, "full", "from the other worker")
+        release.set()
+        results = await running
+        assert ran == [3] and results[0].success and results[0].result.startswith("report of day 3")
+        assert manager.pending_tool_calls() == []
+        answer = next(m for m in manager.messages if m.tool_call_id == "call-1")
+        assert answer.content.startswith("report of day 3")
+        assert "from the other worker" in [m.content for m in manager.messages]
+        assert len(manager.compression_history) == 1  # the result made room on the stored window
+        await manager.add_message("user", "thanks")  # not stale
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="full") as resumed:
+        assert fingerprint(resumed) == final
+
+
 async def test_an_add_cancelled_while_its_write_commits_breaks_no_later_write(make_config: Any) -> None:
     """The store committed a batch while the add that was writing it got cancelled: the manager missed
     the new version, so the next write (another add's, in the same manager) was refused as a conflict

@@ -116,6 +116,7 @@ async def execute_tool_calls_in_window(
     caller_key: str | None = None,
     on_truncated: TruncationCallback | None = None,
     store: Callable[[], Awaitable[None]] | None = None,
+    recover: Callable[[ConversationConflictError], Awaitable[None]] | None = None,
 ) -> list[ToolResult]:
     """Run ``calls`` and append one paired tool result message per call to ``window``.
 
@@ -132,7 +133,10 @@ async def execute_tool_calls_in_window(
             runs), and once the results are added. When it raises ``ConversationConflictError`` then
             (another writer stored a change while the tools ran, and the window now holds what storage
             holds), the results are added again to the calls still pending and stored again: the tools
-            ran, so their results are returned, never the conflict.
+            ran, so their results are returned, never the conflict. The same when adding the results
+            meets the conflict (the window's overflow check, before a compression).
+        recover: Awaited with such a conflict before the results are added again (a persisted
+            conversation's ``recover``: the window is put back to what storage holds).
 
     Returns:
         The results, in call order (full output, never cut).
@@ -179,7 +183,9 @@ async def execute_tool_calls_in_window(
     window.check_fits(smallest if assistant is None else [assistant, *smallest])
     running.update(ids)
     try:
-        return await _run_and_answer(manager, window, parsed, assistant, caller_key, on_truncated, store)
+        return await _run_and_answer(
+            manager, window, parsed, assistant, caller_key, on_truncated, store, recover
+        )
     finally:
         running.difference_update(ids)
 
@@ -192,6 +198,7 @@ async def _run_and_answer(
     caller_key: str | None,
     on_truncated: TruncationCallback | None,
     store: Callable[[], Awaitable[None]] | None,
+    recover: Callable[[ConversationConflictError], Awaitable[None]] | None,
 ) -> list[ToolResult]:
     """Add the assistant message (if new), run the calls and add their answers (see the caller)."""
     if assistant is not None:
@@ -218,9 +225,10 @@ async def _run_and_answer(
             metadata["original_tokens"] = total
         answers.append(_Answer(call, result, full_text, text, metadata, total))
 
-    answers, stored = await _add_answers(window, answers)
-    if store is not None:
-        answers, stored = await _store_answers(window, answers, stored, store)
+    if store is None:
+        answers, stored = await _add_answers(window, answers)
+    else:
+        answers, stored = await _add_and_store_answers(window, answers, store, recover)
     if not stored:
         # messages added while the tools ran took the room checked above: the outputs are kept (returned,
         # and given to on_truncated), the calls stay pending
@@ -288,18 +296,25 @@ _STORE_ATTEMPTS = 5
 """How many times the results are added again after other writers' changes refused their write."""
 
 
-async def _store_answers(
-    window: ContextWindow, answers: list[_Answer], stored: bool, store: Callable[[], Awaitable[None]]
+async def _add_and_store_answers(
+    window: ContextWindow,
+    answers: list[_Answer],
+    store: Callable[[], Awaitable[None]],
+    recover: Callable[[ConversationConflictError], Awaitable[None]] | None,
 ) -> tuple[list[_Answer], bool]:
-    """Store the answers; when another writer's change refused them, add them again and store again.
+    """Add the answers and store them; after another writer's change, add them again and store again.
 
-    The refusal put the window back to what storage holds: the calls (stored before the tools ran) are
+    The change is met by the write, or by the window's overflow check while adding. The conflict put (or
+    ``recover`` puts) the window back to what storage holds: the calls (stored before the tools ran) are
     pending there unless the other writer answered them or they are gone. Returns as :func:`_add_answers`.
     """
     for attempt in range(_STORE_ATTEMPTS):
         try:
+            answers, stored = await _add_answers(window, answers)
             await store()
         except ConversationConflictError as error:
+            if recover is not None:
+                await recover(error)
             if attempt == _STORE_ATTEMPTS - 1:
                 logger.warning(
                     "the results of tool calls %s were refused %d times by other writers' changes (%s); "
@@ -313,12 +328,9 @@ async def _store_answers(
             answers = [answer for answer in answers if answer.call.id in pending]
             if not answers:
                 return answers, True  # answered or gone meanwhile: nothing left to add
-            answers, stored = await _add_answers(window, answers)
-            if not stored:
-                return answers, False
         else:
             return answers, stored
-    return answers, stored  # pragma: no cover - the loop returns
+    return answers, False  # pragma: no cover - the loop returns
 
 
 def _answer_message(call_id: str, text: str, metadata: dict[str, Any]) -> Message:
