@@ -310,6 +310,23 @@ async def test_bad_health_thresholds_are_refused_when_made(kwargs: dict[str, Any
     assert status.status is HealthState.HEALTHY
 
 
+async def test_numpy_numbers_are_accepted_as_health_thresholds() -> None:
+    """numpy.int64(5) was refused as "not an integer" (and numpy.float32 as "not a number")."""
+    import numpy
+
+    limits = HealthThresholds(
+        min_operations=numpy.int64(5),
+        error_rate_degraded=numpy.float32(0.1),
+        min_free_disk_mb=numpy.int64(1),
+        memory_percent_unhealthy=100.0,
+        process_memory_limit_mb=None,
+    )
+    assert type(limits.min_operations) is int and limits.min_operations == 5
+    assert type(limits.error_rate_degraded) is float
+    status = await HealthChecker(thresholds=limits).perform_health_check()
+    assert status.status is HealthState.HEALTHY
+
+
 def test_invalid_registrations_change_nothing() -> None:
     checker = HealthChecker()
     with pytest.raises(InvalidHealthCheckError, match="name: got 'storage'; allowed a name not registered"):

@@ -370,6 +370,16 @@ def test_hottest_functions_refuses_a_bad_limit(limit: Any) -> None:
     assert len(monitor.hottest_functions(1)) == 1
 
 
+def test_hottest_functions_takes_a_numpy_integer_limit() -> None:
+    """``hottest_functions(numpy.int64(1))`` was refused as "not an integer >= 0"."""
+    import numpy
+
+    monitor = PerformanceMonitor(enable_profiling=True)
+    with monitor.operation_timer("work"):
+        sum(range(10_000))
+    assert len(monitor.hottest_functions(numpy.int64(1))) == 1
+
+
 @pytest.mark.parametrize("setting", ["enable_profiling", "collect_library_operations"])
 @pytest.mark.parametrize("value", ["no", "false", 0, None])
 def test_switches_that_are_not_bools_are_refused(setting: str, value: Any) -> None:

@@ -135,3 +135,11 @@ def test_percentile_refuses_a_fraction_outside_0_to_1(fraction: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"^fraction: got .*; allowed a number from 0 to 1"):
         percentile([1.0, 2.0, 3.0], fraction)
     assert percentile([1.0, 2.0, 3.0], 0) == 1.0 and percentile([1.0, 2.0, 3.0], 1) == 3.0
+
+
+def test_percentile_takes_numpy_fractions() -> None:
+    """numpy.float32(0.5) (or numpy.int64(1)) was refused as "not a number from 0 to 1"."""
+    import numpy
+
+    assert percentile([1.0, 2.0, 3.0], numpy.float32(0.5)) == 2.0
+    assert percentile([1.0, 2.0, 3.0], numpy.int64(1)) == 3.0

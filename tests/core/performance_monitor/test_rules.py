@@ -272,3 +272,35 @@ def test_bad_thresholds_are_refused_when_made(kwargs: dict[str, Any], field: str
     monitor = PerformanceMonitor(thresholds=accepted)
     monitor.record_operation("instant", 0.0)
     assert monitor.get_current_metrics().health_score == 1.0
+
+
+def test_numpy_numbers_are_accepted_as_thresholds() -> None:
+    """A limit computed with numpy (numpy.int64, numpy.float32) was refused as "not a number", although
+    record_operation takes numpy's numbers; they are kept as Python numbers (reports stay JSON-safe)."""
+    import json
+    from dataclasses import asdict
+
+    import numpy
+
+    limits = PerformanceThresholds(
+        error_rate=numpy.float32(0.25),
+        min_operations=numpy.int64(4),
+        slow_operation_ms=numpy.int64(500),
+        event_loop_lag_ms=numpy.percentile(numpy.array([10.0, 20.0]), 95),
+    )
+    assert limits.min_operations == 4 and type(limits.min_operations) is int
+    assert type(limits.error_rate) is float and limits.error_rate == pytest.approx(0.25)
+    assert type(limits.slow_operation_ms) is int
+    json.dumps(asdict(limits))
+    monitor = PerformanceMonitor(thresholds=limits)
+    for success in (True, True, True, False):
+        monitor.record_operation("op", 0.001, success)
+    assert monitor.health_score() == pytest.approx(0.75)
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match="^min_operations: got "):
+        PerformanceThresholds(min_operations=numpy.float64(4.0))  # a count is an integer
+    with pytest.raises(InvalidSettingError, match="^error_rate: got "):
+        PerformanceThresholds(error_rate=numpy.float64(5.0))
+    with pytest.raises(InvalidSettingError, match="^error_rate: got "):
+        PerformanceThresholds(error_rate=numpy.bool_(True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -64,7 +65,8 @@ def check_limits(
     """Check every field of a thresholds dataclass.
 
     Each is a number (not NaN, not a bool), or ``None`` where the default is ``None``; an integer for
-    ``integers``; >= 0 for ``non_negative``; from 0 to 1 for ``fractions``.
+    ``integers``; >= 0 for ``non_negative``; from 0 to 1 for ``fractions``. numpy's numbers count as
+    numbers (and are kept as Python's ``int`` and ``float``, so the limits stay JSON-safe).
 
     Raises:
         InvalidSettingError: the first field that is not.
@@ -82,10 +84,13 @@ def check_limits(
             allowed += " >= 0"
         if item.default is None:
             allowed += " or None"
-        kinds = int if integer else int | float
+        kinds = numbers.Integral if integer else numbers.Real  # numpy's numbers too
         valid = isinstance(value, kinds) and not isinstance(value, bool) and not math.isnan(value)
         if not valid or (item.name in non_negative and value < 0) or (fraction and not 0 <= value <= 1):
             raise InvalidSettingError(item.name, value, allowed)
+        if type(value) is not int and type(value) is not float:  # numpy.int64(5): kept as 5
+            normal = int(value) if isinstance(value, numbers.Integral) else float(value)
+            object.__setattr__(limits, item.name, normal)
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ that started profiling; a block on another thread while one is open is skipped (
 
 from __future__ import annotations
 
+import numbers
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +99,10 @@ class BlockProfiler:
         Raises:
             InvalidArgumentError: ``limit`` is not an integer >= 0.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        value: object = limit  # numpy's integers too
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise InvalidArgumentError("limit", limit, "an integer >= 0")
+        limit = int(value)
         with self._lock:
             profiler = self._profiler
             if profiler is None or self._depth:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import random
 
 from context_manager.core.errors import InvalidArgumentError
@@ -19,8 +20,10 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     Raises:
         InvalidArgumentError: ``fraction`` is not a number from 0 to 1.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+    value: object = fraction  # numpy's numbers too
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise InvalidArgumentError("fraction", fraction, "a number from 0 to 1 (0.95 for p95)")
+    fraction = float(value)
     if not sorted_values:
         return 0.0
     position = (len(sorted_values) - 1) * fraction
