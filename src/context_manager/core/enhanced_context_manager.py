@@ -749,11 +749,13 @@ class EnhancedContextManager:
     async def _recover(self, error: ConversationConflictError) -> None:
         """Put the window back to what storage holds after the overflow check found another writer's change.
 
-        The check runs under the window's lock, so the reload waits for the call that met it to end.
+        The check runs under the window's lock, so the reload waits for the call that met it to end. The
+        reload runs to its end even if the caller is cancelled meanwhile (as after a refused write): else
+        the conversation stayed stale, every later change refused until :meth:`reload`.
         """
         conversation = self._conversation
         if conversation is not None:
-            await conversation.recover(error)
+            await to_the_end(asyncio.ensure_future(conversation.recover(error)))
 
     def _sync_soon(self) -> None:
         """Store a change made by a synchronous call (a pin) in the background."""

@@ -1175,3 +1175,42 @@ async def test_a_stale_writer_does_not_compress_its_stale_window_before_the_conf
         final = fingerprint(manager)
     async with EnhancedContextManager(config, conversation_id="full") as resumed:
         assert fingerprint(resumed) == final
+
+
+async def test_an_add_cancelled_while_it_reloads_after_the_overflow_check_leaves_no_stale_window(
+    make_config: Any, backend_name: str
+) -> None:
+    """The overflow check met another writer's change; the add was cancelled (its caller's timeout) while
+    it reloaded: the conversation stayed stale, and every later change was refused with a conflict until
+    reload() (a refused write reloads to the end, cancelled or not: this one now does too)."""
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="full") as manager:
+        await fill(manager, 10)
+        await write_elsewhere(config, backend_name, "full", "from the other worker")
+        conversation = manager._conversation
+        assert conversation is not None
+        store = conversation.store
+        real_load = store.load
+        loading, release = asyncio.Event(), asyncio.Event()
+
+        async def load(*args: Any, **kwargs: Any) -> Any:
+            loading.set()
+            await release.wait()
+            return await real_load(*args, **kwargs)
+
+        store.load = load  # type: ignore[method-assign]
+        big = "A: " + " ".join(f"word{i}" for i in range(120))
+        adding = asyncio.create_task(manager.add_message("user", big))  # overflows: the check, the reload
+        await loading.wait()
+        adding.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await adding
+        store.load = real_load  # type: ignore[method-assign]
+        assert not conversation.is_stale
+        assert manager.messages[-1].content == "from the other worker"  # reloaded
+        await manager.add_message("user", "after the cancelled add")
+        final = fingerprint(manager)
+    async with EnhancedContextManager(config, conversation_id="full") as resumed:
+        assert fingerprint(resumed) == final
