@@ -418,6 +418,18 @@ async def test_two_managers_on_one_conversation_lose_nothing_acknowledged(
     assert len(set(added)) == len(added) == 50
 
 
+async def run_script(script: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c script arguments...`` from the repository root (it imports the test helpers)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
 def run_worker(
     storage: Path, dsn: str | None, conversation: str, count: int, kill_at: int | None
 ) -> list[dict[str, Any]]:
@@ -555,20 +567,11 @@ async def test_a_message_cut_then_evicted_reaches_memory_whole_after_a_crash(
     cut, never the cut copy (which once went to memory as marker text, or collided with the original
     already stored under the same id and blocked every other evicted message of the batch)."""
     config = make_config()
-    process = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-c",
-            CUT_THEN_CRASH,
-            str(config.resolved_storage_path),
-            make_config.dsn or "-",
-            stored_before_the_crash,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    process = await run_script(
+        CUT_THEN_CRASH,
+        str(config.resolved_storage_path),
+        make_config.dsn or "-",
+        stored_before_the_crash,
     )
     assert process.returncode == -9, process.stderr[-3000:]
     written = json.loads(process.stdout.splitlines()[-1])
@@ -659,22 +662,13 @@ async def test_another_writers_evictions_survive_its_crash(
     when A closed, it moved the indexing watermark past it (its own queue was empty) and a resume no longer
     re-queued B's messages; when A died after a snapshot, the snapshot listed only A's own queue. Either
     way B's evicted messages were in no memory and in no queue. A now takes them over when it loads."""
-    process = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-c",
-            FIRST_WRITER,
-            str(tmp_path / "a"),
-            str(tmp_path / "b"),
-            postgres_dsn,
-            first_writer,
-            CRASHED_WRITER,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    process = await run_script(
+        FIRST_WRITER,
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        postgres_dsn,
+        first_writer,
+        CRASHED_WRITER,
     )
     assert process.returncode == (0 if first_writer == "close" else -9), process.stderr[-3000:]
     evicted_by_b: dict[str, str] = json.loads(process.stdout.splitlines()[-1])
@@ -768,19 +762,10 @@ async def test_tool_calls_left_by_a_killed_worker_can_be_cancelled_after_resumin
     """The calls a killed worker was running stay pending in the resumed conversation, never evicted and
     left out of exports; cancel_tool_calls answers them (persisted), and then they compress like the rest."""
     config = make_config()
-    process = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-c",
-            KILLED_WHILE_TOOLS_RUN,
-            str(config.resolved_storage_path),
-            make_config.dsn or "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    process = await run_script(
+        KILLED_WHILE_TOOLS_RUN,
+        str(config.resolved_storage_path),
+        make_config.dsn or "-",
     )
     assert process.returncode == -9, process.stderr[-3000:]
     async with EnhancedContextManager(config, conversation_id="tools") as resumed:
@@ -838,19 +823,10 @@ async def test_calls_of_execute_tool_calls_are_stored_before_the_tools_run(make_
     killed while the tool ran left no trace of the calls (the tool had charged the card), so the resumed
     conversation could not see them pending, cancel them, or know that they ran."""
     config = make_config()
-    process = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-c",
-            KILLED_INSIDE_EXECUTE_TOOL_CALLS,
-            str(config.resolved_storage_path),
-            make_config.dsn or "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+    process = await run_script(
+        KILLED_INSIDE_EXECUTE_TOOL_CALLS,
+        str(config.resolved_storage_path),
+        make_config.dsn or "-",
     )
     assert process.returncode == -9, process.stderr[-3000:]
     assert "charging 40" in process.stdout
