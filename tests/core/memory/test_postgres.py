@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -408,6 +409,35 @@ async def test_lock_connections_come_from_one_small_pool_of_their_own(postgres_d
             with pytest.raises(StorageError, match="no connection for a cross-process lock"):
                 async with database.lock_connection():
                     pass
+    finally:
+        await database.close()
+
+
+async def test_a_call_queued_behind_a_busy_pool_fails_after_the_connect_timeout_once(
+    postgres_dsn: str,
+) -> None:
+    """As docs/postgres.md says: a call waits for a pooled connection at most postgres_connect_timeout,
+    once (not once per retry), then StorageError says the pool stayed busy; the pool works on."""
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1, connect_timeout=1.0)
+    await database.open()
+    try:
+        holding = asyncio.Event()
+
+        async def slow(connection: Any) -> None:
+            holding.set()
+            await connection.execute("SELECT pg_sleep(2.5)")
+
+        busy = asyncio.create_task(database.run(slow, "slow statement"))
+        await holding.wait()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StorageError, match="no connection within 1 s .*every connection of the pool"):
+            await database.run(lambda connection: connection.execute("SELECT 1"), "quick statement")
+        assert loop.time() - started < 2.0  # one wait, not one per retry
+        await busy
+        await database.run(lambda connection: connection.execute("SELECT 1"), "after")
     finally:
         await database.close()
 
