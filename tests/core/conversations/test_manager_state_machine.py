@@ -158,6 +158,7 @@ class PersistedManagerMachine(RuleBasedStateMachine):
         self.pending: list[str] = []  # call ids without a result, in call order
         self.answered_now: set[str] = set()  # calls answered by this step (their unit was waiting)
         self.compressions = 0  # compressions seen by the last check
+        self.interleaved = False  # this step ran changes concurrently (a pin may follow a compression)
         self.resumes = 0
         self.summarizer: YieldingSummarizer | None = None
 
@@ -573,6 +574,7 @@ class PersistedManagerMachine(RuleBasedStateMachine):
         async def burst() -> list[Any]:
             return await asyncio.gather(*(one(op) for op in ops), return_exceptions=True)
 
+        self.interleaved = True
         for outcome in self.run(burst()):
             if isinstance(outcome, BaseException) and not isinstance(outcome, ContextBudgetError):
                 raise outcome
@@ -714,7 +716,8 @@ class PersistedManagerMachine(RuleBasedStateMachine):
                 # (after several compressions in one step, the request's cut by an earlier one, made with
                 # less room, cannot grow back: only its start and end are checked)
                 several = len(manager.compression_history) - self.compressions > 1
-                own_before = 0 if several else self.latest_user_own
+                # (nor after a burst: an unpin after the compression may have made room it did not have)
+                own_before = 0 if several or self.interleaved else self.latest_user_own
                 check_newest_request_is_readable(planned, model, [full], own_before)  # type: ignore[arg-type]
                 head, tail = split_cut(kept.content)
                 own = COUNTER.count(head) + COUNTER.count(tail)
@@ -723,6 +726,7 @@ class PersistedManagerMachine(RuleBasedStateMachine):
                 own = COUNTER.count(kept.content)
             self.latest_user_own = own
         self.answered_now = set()
+        self.interleaved = False
         self.compressions = len(manager.compression_history)
         # exports follow the providers' rules
         assert openai_violations(manager.get_context(format="openai")) == []
