@@ -957,7 +957,7 @@ def _spec_message(kind: str, size: int, call_id: str) -> Message:
 @given(
     max_tokens=st.integers(min_value=100, max_value=500),
     state=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), max_size=12),
-    batch=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), min_size=1, max_size=4),
+    batch=st.lists(st.tuples(_KINDS, st.integers(min_value=1, max_value=120)), max_size=4),
     answer_pending=st.booleans(),
 )
 def test_check_fits_raises_exactly_when_extend_would_and_changes_nothing(
@@ -969,6 +969,8 @@ def test_check_fits_raises_exactly_when_extend_would_and_changes_nothing(
         messages = [_spec_message(kind, size, f"b{n}") for n, (kind, size) in enumerate(batch)]
         if answer_pending:
             messages += [Message.create("tool", "result", tool_call_id=call_id) for call_id in pending]
+        if not messages:
+            return
         before = snapshot(checked)
         try:
             checked.check_fits(messages)
@@ -986,6 +988,26 @@ def test_check_fits_raises_exactly_when_extend_would_and_changes_nothing(
             assert fits, "check_fits refused, extend took the batch"
 
     asyncio.run(scenario())
+
+
+async def test_check_fits_of_a_lone_tool_result_matches_extend() -> None:
+    """A single tool result keeps the unit it joins (extend plans it as one message), so check_fits must
+    not count on evicting that unit: it said the answer fit, then extend refused it (found by the state
+    machine of tests/core/conversations/test_manager_state_machine.py)."""
+    window = ContextWindow(max_tokens=200)
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="lookup")]))
+    room = window.max_tokens - window.token_count
+    words = 1
+    while COUNTER.count_message(Message.create("user", "word " * (words + 1), pinned=True)) <= room:
+        words += 1
+    await window.add(Message.create("user", "word " * words, pinned=True))  # fills the window exactly
+    answer = Message.create("tool", "", tool_call_id="c1")
+    before = snapshot(window)
+    with pytest.raises(ContextBudgetError, match="max_tokens: got 200"):
+        await window.extend([answer])
+    with pytest.raises(ContextBudgetError, match="max_tokens: got 200"):
+        window.check_fits([answer])
+    assert snapshot(window) == before
 
 
 async def test_check_fits_checks_the_batch_like_extend() -> None:

@@ -740,10 +740,12 @@ class ContextWindow:
             _set(copy, "token_count", self._counter.count_message(copy))
         if self._batch_fits([copy.token_count for copy in copies]):
             return
-        index, _ = self._stage(copies)
+        # planned as extend() plans it: one message as the extra on the window's own index (a tool result
+        # keeps the unit it joins), a batch staged on a new index
+        index, extra = (self._index, copies[0]) if len(copies) == 1 else (self._stage(copies)[0], None)
         decide_eviction(  # raises ContextBudgetError as the compression of extend() would
             index,
-            None,
+            extra,
             target_tokens=self.target_tokens,
             max_tokens=self._max_tokens,
             counter=self._counter,

@@ -26,11 +26,14 @@ from context_manager.core.errors import (
     ToolCallPairingError,
 )
 from context_manager.core.messages import Message, Role, ToolCall
+from context_manager.core.tokens import get_token_counter
 from context_manager.core.tool_system import ToolErrorType, ToolResult
 from context_manager.testing import ScriptedSummarizer
 from tests.provider_rules import anthropic_violations, openai_violations
 
 from .conftest import gated_tool
+
+COUNTER = get_token_counter()
 
 
 async def echo(n: int) -> str:
@@ -629,6 +632,38 @@ async def test_calls_whose_answers_cannot_fit_raise_before_anything_runs(tmp_pat
             await context.execute_tool_calls(calls)
         assert charged == [] and context.messages == before
         assert [call.id for call in context.pending_tool_calls()] == ["toolu_1", "toolu_2"]
+
+
+async def test_a_lone_pending_call_without_room_for_its_answer_does_not_run(tmp_path: Path) -> None:
+    """A pinned message fills the window behind a pending call: running the call again ran the tool, then
+    its answer did not fit (a warning blamed messages added while the tools ran; none were) and the call
+    stayed pending, so every retry ran the tool once more. Now the budget error comes first."""
+    charged: list[int] = []
+
+    async def charge_card(amount: int) -> str:
+        charged.append(amount)
+        return f"charged {amount} EUR"
+
+    config = ContextManagerConfig(max_tokens=200, cache_path=tmp_path / "cache")
+    async with EnhancedContextManager(config) as context:
+        context.tool_manager.register_function_tool("charge_card", charge_card, "Charge a card")
+        call = ToolCall(id="c1", name="charge_card", arguments={"amount": 10})
+        await context.add_message("assistant", "", tool_calls=[call])
+        room = config.max_tokens - context.context_window.token_count
+        words = 1
+        while COUNTER.count_message(Message.create("user", "word " * (words + 1), pinned=True)) <= room:
+            words += 1
+        await context.add_message("user", "word " * words, pinned=True)  # the window is full
+        before = context.messages
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 200; allowed at least"):
+            await context.execute_tool_calls([call])
+        assert charged == []  # nothing ran
+        assert context.messages == before and context.pending_tool_calls() == [call]
+        with pytest.raises(ContextBudgetError, match="max_tokens: got 200; allowed at least"):
+            await context.cancel_tool_calls()
+        context.unpin_message(before[-1].id)  # room again: the call runs once, and is answered
+        results = await context.execute_tool_calls([call])
+        assert results[0].success and charged == [10] and context.pending_tool_calls() == []
 
 
 async def _fits(state: list[Message], extra: list[Message]) -> bool:
