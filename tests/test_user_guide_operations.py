@@ -280,8 +280,12 @@ async def test_detailed_performance_monitoring(capsys: pytest.CaptureFixture[str
     assert printed is not None and float(printed.group(1)) == round(summary["health_score"], 2)
     assert summary["health_score"] == 1.0 or summary["recommendations"]
     assert summary["operations"]["custom_operation"]["count"] == 1
+    # the operation's own code is among the hottest: its generator expression (most of its time) or the
+    # function itself (ranked lower when the sampler's psutil calls ran inside the block on a loaded machine)
     assert any(
-        "perform_custom_operation" in entry["function"] for entry in summary["profile"]["hottest_functions"]
+        f"{Path(__file__).name}:{perform_custom_operation.__code__.co_firstlineno}" in entry["function"]
+        or ("<genexpr>" in entry["function"] and Path(__file__).name in entry["function"])
+        for entry in summary["profile"]["hottest_functions"]
     )
 
 
