@@ -981,12 +981,15 @@ class EnhancedContextManager:
             lambda store: cancel_tool_calls_in_window(window, call_ids, reason=reason)
         )
 
-    async def _change_and_store(self, change: Callable[[Callable[[], Awaitable[None]]], Awaitable[_T]]) -> _T:
+    async def _change_and_store(
+        self, change: Callable[[Callable[[], Awaitable[None]] | None], Awaitable[_T]]
+    ) -> _T:
         """Make a change of several steps to the window, then store it in the persisted conversation.
 
         ``change`` receives an async ``store()`` that stores its steps so far (the tool calls, before the
-        tools run). Stored even when the change fails partway (the tool calls' assistant message was
-        added, say): what the window holds is what storage holds. :meth:`cleanup` waits for changes in
+        tools run), or ``None`` when the window is not persisted. Stored even when the change fails
+        partway (the tool calls' assistant message was added, say): what the window holds is what storage
+        holds. :meth:`cleanup` waits for changes in
         flight (tools still running), so their results are stored and what they evict reaches memory.
         """
         end: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -995,7 +998,7 @@ class EnhancedContextManager:
         try:
             conversation = self._conversation
             if conversation is None:
-                return await change(_nothing_to_store)
+                return await change(None)
             since = conversation.check_writable()
 
             async def store() -> None:
@@ -1280,10 +1283,6 @@ class EnhancedContextManager:
         }
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
-
-
-async def _nothing_to_store() -> None:
-    """The ``store()`` of a change to a window that is not persisted."""
 
 
 def _new_message(role: str, content: str, options: dict[str, Any]) -> Message:
