@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -578,3 +579,76 @@ def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path
     assert completed.returncode == 1 and completed.stdout == ""
     assert completed.stderr.startswith("error: user_id: got 'uuu")
     assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve
+
+
+async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) stops a stdio server at once, closing its memory, while its client keeps stdin open.
+
+    The SDK's own stdio transport reads stdin in a worker thread that cancellation waits for, so the server
+    ignored Ctrl-C until stdin closed.
+    """
+    storage = tmp_path / "memory"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "context_manager.cli",
+        "mcp",
+        "serve",
+        "--storage",
+        str(storage),
+        "--user",
+        "alice",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+
+    async def call(request: dict[str, Any]) -> dict[str, Any]:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", **request}).encode() + b"\n")
+        await process.stdin.drain()
+        if "id" not in request:
+            return {}
+        answer: dict[str, Any] = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        return answer
+
+    try:
+        initialized = await call(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "test", "version": "1"},
+                },
+            }
+        )
+        assert initialized["result"]["serverInfo"]["name"]
+        await call({"method": "notifications/initialized"})
+        added = await call(
+            {
+                "id": 2,
+                "method": "tools/call",
+                "params": {
+                    "name": "memory_add",
+                    "arguments": {"content": "The spare key is under the blue pot."},
+                },
+            }
+        )
+        assert added["result"]["isError"] is False
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends; stdin stays open
+        returncode = await asyncio.wait_for(process.wait(), 15)
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == 130, stderr
+        assert "error: interrupted" in stderr and "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    # the store was closed: this process opens it and finds what the server acknowledged
+    async with MemoryManager(ContextManagerConfig(storage_path=str(storage))) as memory:
+        [found] = await memory.search_memory("spare key", user_id="alice", limit=1)
+        assert "blue pot" in found.content

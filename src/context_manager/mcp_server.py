@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -578,11 +579,88 @@ async def run_mcp_server(
             flush=True,
         )
         if http_port is None:
-            await server.run_stdio_async()
+            await _serve_stdio(server)
         else:
             await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
     finally:
         await memory.cleanup()
+
+
+class _StdinLines:
+    """The process's standard input as an async iterator of lines, read by a daemon thread.
+
+    The SDK's stdio transport reads stdin in a worker thread that a cancelled server waits for, so Ctrl-C
+    did nothing until the client closed stdin. Here the blocking read is a daemon thread that a cancelled
+    server leaves behind: waiting for the next line is an ``asyncio.Queue`` get, which cancels at once.
+    As the SDK does, fd 0 then points at the null device (handlers and their children read EOF instead of
+    protocol bytes) and is restored afterwards; the private descriptor the thread reads is never closed,
+    since the thread may still be blocked on it.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._fd = os.dup(0)  # not inheritable: children never get the protocol channel
+        self._restore: int | None = None
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.dup2(null, 0)
+                self._restore = self._fd
+            finally:
+                os.close(null)
+        threading.Thread(target=self._read, name="context-manager-mcp-stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        pending = b""
+        try:
+            while chunk := os.read(self._fd, 65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._put(line + b"\n")
+        except OSError:
+            pass  # the channel is gone: end of input
+        finally:
+            if pending:
+                self._put(pending)
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads any more
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def restore(self) -> None:
+        """Point fd 0 back at the channel (the thread keeps its own descriptor)."""
+        if self._restore is not None:
+            with contextlib.suppress(OSError):
+                os.dup2(self._restore, 0)
+            self._restore = None
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._queue.get()
+        if line is None:
+            self._queue.put_nowait(None)  # the end stays the end
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+async def _serve_stdio(server: Any) -> None:
+    """Serve ``server`` over stdio so that cancelling it (Ctrl-C) never waits for the next line of stdin."""
+    from mcp.server.stdio import stdio_server
+
+    lowlevel = getattr(server, "_lowlevel_server", None)
+    if lowlevel is None:  # pragma: no cover - an SDK without it: its own transport
+        await server.run_stdio_async()
+        return
+    lines = _StdinLines()
+    try:
+        async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+    finally:
+        lines.restore()
 
 
 def _version() -> str:
