@@ -652,3 +652,69 @@ async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_p
     async with MemoryManager(ContextManagerConfig(storage_path=str(storage))) as memory:
         [found] = await memory.search_memory("spare key", user_id="alice", limit=1)
         assert "blue pot" in found.content
+
+
+async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_path: Path) -> None:
+    """JSON-RPC 2.0: invalid JSON gets a parse error (-32700), a JSON value that is no message an invalid
+    request error (-32600, with the request's id when it has one); blank lines are skipped; the session goes
+    on.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "context_manager.cli",
+        "mcp",
+        "serve",
+        "--storage",
+        str(tmp_path / "memory"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    assert process.stdin is not None and process.stdout is not None
+
+    async def send(line: str) -> None:
+        assert process.stdin is not None
+        process.stdin.write(line.encode() + b"\n")
+        await process.stdin.drain()
+
+    async def answer() -> dict[str, Any]:
+        assert process.stdout is not None
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+        return reply
+
+    try:
+        await send('{"jsonrpc": "2.0", "id": 1, "method": "ping"')  # cut short: not JSON
+        parse_error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
+        assert await answer() == parse_error
+        await send("   ")  # a blank line: nothing to answer
+        await send('{"jsonrpc": "2.0", "id": 7, "params": {}}')  # JSON, but no method
+        invalid = await answer()
+        assert (
+            invalid["id"] == 7
+            and invalid["error"]["code"] == -32600
+            and "Invalid Request" in (invalid["error"]["message"])
+        )
+        await send('[{"jsonrpc": "2.0", "id": 8, "method": "ping"}]')  # a batch: MCP has none
+        batch = await answer()
+        assert batch["id"] is None and batch["error"]["code"] == -32600
+        await send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 9,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "test", "version": "1"},
+                    },
+                }
+            )
+        )
+        initialized = await answer()  # the session goes on
+        assert initialized["id"] == 9 and initialized["result"]["serverInfo"]["name"]
+    finally:
+        process.stdin.close()
+        await asyncio.wait_for(process.wait(), 60)

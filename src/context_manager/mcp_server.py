@@ -602,6 +602,7 @@ class _StdinLines:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._fd = os.dup(0)  # not inheritable: children never get the protocol channel
         self._restore: int | None = None
+        self._write_stream: Any = None
         with contextlib.suppress(OSError):
             null = os.open(os.devnull, os.O_RDONLY)
             try:
@@ -636,15 +637,61 @@ class _StdinLines:
                 os.dup2(self._restore, 0)
             self._restore = None
 
+    def answer_errors(self, write_stream: Any) -> None:
+        """Answer lines that are no JSON-RPC message through ``write_stream`` (the SDK drops them)."""
+        self._write_stream = write_stream
+
     def __aiter__(self) -> _StdinLines:
         return self
 
     async def __anext__(self) -> str:
-        line = await self._queue.get()
-        if line is None:
-            self._queue.put_nowait(None)  # the end stays the end
-            raise StopAsyncIteration
-        return line.decode("utf-8", errors="replace")
+        while True:
+            line = await self._queue.get()
+            if line is None:
+                self._queue.put_nowait(None)  # the end stays the end
+                raise StopAsyncIteration
+            text = line.decode("utf-8", errors="replace")
+            write_stream = self._write_stream
+            if write_stream is None:
+                return text
+            if not text.strip():
+                continue  # a blank line: nothing to parse, nothing to answer
+            error = _protocol_error(text)
+            if error is None:
+                return text
+            from mcp.shared.message import SessionMessage
+
+            await write_stream.send(SessionMessage(error))
+
+
+def _protocol_error(text: str) -> Any:
+    """The JSON-RPC 2.0 error answering ``text`` if it is not a JSON-RPC message, else ``None``.
+
+    Invalid JSON is a parse error (-32700, id null); JSON that is no request, notification or response an
+    invalid request (-32600, with its id when it has a usable one). MCP has no batches: an array is invalid.
+    """
+    import mcp_types
+
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
+        return None
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        pass
+    try:
+        value = json.loads(text)
+    except ValueError:
+        error = mcp_types.ErrorData(code=mcp_types.PARSE_ERROR, message="Parse error")
+        return mcp_types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    request_id = value.get("id") if isinstance(value, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        request_id = None
+    what = (
+        "a batch (an array); MCP takes one message per line"
+        if isinstance(value, list)
+        else "not a JSON-RPC 2.0 request, notification or response"
+    )
+    error = mcp_types.ErrorData(code=mcp_types.INVALID_REQUEST, message=f"Invalid Request: {what}")
+    return mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
 
 
 async def _serve_stdio(server: Any) -> None:
@@ -658,6 +705,7 @@ async def _serve_stdio(server: Any) -> None:
     lines = _StdinLines()
     try:
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            lines.answer_errors(write_stream)
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
     finally:
         lines.restore()
