@@ -10,7 +10,10 @@
 Exports always follow the providers' pairing rules, whatever the messages: each tool result goes right
 after the assistant message that called it (in the order the results appear), a call without a result yet
 is left out (and its assistant message too when nothing else is left in it), and a result without its
-call is left out (:func:`paired_for_provider`).
+call is left out (:func:`paired_for_provider`). A call id made again in a later message (servers that
+number calls per response, ``call_0`` in every turn) pairs each result with the latest call of its id
+before it; the Anthropic API refusing a ``tool_use`` id seen earlier in a request, the later call gets an
+id of its own there (``<id>_<hash>``), quoted by its ``tool_result``.
 
 Ids and names the providers restrict are made valid on export (the messages keep what was given): the
 OpenAI ``messages[].name`` and ``tool_calls[].function.name``, and the Anthropic ``tool_use`` ``name``, must
@@ -111,25 +114,26 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
     ordered = list(messages)
     if not any(message.tool_calls or message.role is Role.TOOL for message in ordered):
         return ordered
-    caller: dict[str, int] = {}  # call id -> position of the assistant message that made it
+    callers: dict[str, list[int]] = {}  # call id -> positions of the assistant messages that made it
     for position, message in enumerate(ordered):
         for call in message.tool_calls:
-            caller.setdefault(call.id, position)
+            callers.setdefault(call.id, []).append(position)
     results: dict[int, list[Message]] = {}
-    answered: set[str] = set()
-    for message in ordered:
+    answered: set[tuple[int, str]] = set()  # (position of the call's message, call id)
+    for position, message in enumerate(ordered):
         call_id = message.tool_call_id
-        if message.role is Role.TOOL and call_id is not None and call_id not in answered:
-            made_at = caller.get(call_id)
-            if made_at is not None:
-                answered.add(call_id)
-                results.setdefault(made_at, []).append(message)
+        if message.role is not Role.TOOL or call_id is None or call_id not in callers:
+            continue
+        made_at = _caller_of(callers[call_id], call_id, position, answered)
+        if made_at is not None:
+            answered.add((made_at, call_id))
+            results.setdefault(made_at, []).append(message)
     arranged: list[Message] = []
     for position, message in enumerate(ordered):
         if message.role is Role.TOOL:
             continue
         if message.tool_calls:
-            kept = tuple(call for call in message.tool_calls if call.id in answered)
+            kept = tuple(call for call in message.tool_calls if (position, call.id) in answered)
             if len(kept) != len(message.tool_calls):
                 if not kept and not message.content:
                     continue
@@ -139,6 +143,23 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
         else:
             arranged.append(message)
     return arranged
+
+
+def _caller_of(
+    positions: list[int], call_id: str, result_at: int, answered: set[tuple[int, str]]
+) -> int | None:
+    """The message a result at ``result_at`` answers: the latest call of its id before it still unanswered.
+
+    Ids are unique in the common case (one position). A server that numbers calls per response
+    (``call_0`` in every turn) repeats them; each result then answers the call of its own turn. A result
+    found before any unanswered call of its id answers the first unanswered one after it.
+    """
+    if len(positions) == 1:
+        return None if (positions[0], call_id) in answered else positions[0]
+    before = [p for p in positions if p < result_at and (p, call_id) not in answered]
+    if before:
+        return before[-1]
+    return next((p for p in positions if (p, call_id) not in answered), None)
 
 
 def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
@@ -225,12 +246,26 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     paired = paired_for_provider(messages)
     ids = _valid_names(call.id for message in paired for call in message.tool_calls)
     names = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
+    repeated = _repeated_call_ids(paired)
+    if repeated:
+        valid_ids = ids
+        exported_ids = {ids.get(call.id, call.id) for message in paired for call in message.tool_calls}
+        used: set[str] = set()
     for message in paired:
         if message.role is Role.SYSTEM:
             if message.content.strip():
                 system_parts.append(message.content)
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
+        if repeated and message.tool_calls:
+            # the API refuses a tool_use id seen earlier in the request: a later call of a repeated id gets
+            # one of its own, which the results that follow (paired right after it) quote
+            ids = dict(ids)
+            for call in message.tool_calls:
+                if call.id in repeated:
+                    exported = _unused_id(valid_ids.get(call.id, call.id), used, exported_ids)
+                    used.add(exported)
+                    ids[call.id] = exported
         blocks = _anthropic_blocks(message, ids, names)
         if not blocks:
             continue
@@ -247,6 +282,31 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         body["system"] = "\n\n".join(system_parts)
     body["messages"] = turns
     return body
+
+
+def _repeated_call_ids(messages: Sequence[Message]) -> set[str]:
+    """Call ids made by more than one message (empty in the common case)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for message in messages:
+        for call in message.tool_calls:
+            if call.id in seen:
+                repeated.add(call.id)
+            seen.add(call.id)
+    return repeated
+
+
+def _unused_id(base: str, used: set[str], taken: set[str]) -> str:
+    """``base`` the first time; then ``base``, ``_`` and a hash of the occurrence, clashing with no id."""
+    if base not in used:
+        return base
+    number = 1
+    while True:
+        digest = hashlib.sha256(f"{base}#{number}".encode()).hexdigest()[:_HASH_DIGITS]
+        candidate = f"{base}_{digest}"
+        if candidate not in used and candidate not in taken:
+            return candidate
+        number += 1
 
 
 @overload
