@@ -70,6 +70,8 @@ class ChatCompletionsServer:
     """The text of plain answers (both protocols) when set."""
     reply_usage: dict[str, Any] | None = None
     """The ``usage`` object of answers (both protocols) when set, as given (to send odd figures)."""
+    reply_content: Any = None
+    """The ``content`` of plain Chat Completions answers when set, as given (a list of content parts ...)."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +102,10 @@ class ChatCompletionsServer:
                 text = f"Final answer based on: {quoted[:80]}"
             else:
                 text = "Hello from the stub."
-            message = {"role": "assistant", "content": text}
+            message = {
+                "role": "assistant",
+                "content": text if self.reply_content is None else self.reply_content,
+            }
             finish = "stop"
         return {
             "id": f"chatcmpl-stub-{number}",
