@@ -36,7 +36,8 @@ Metrics (meter ``context_manager``):
 * ``context_manager.memory.count`` (gauge, by ``context_manager.memory.tier``) and
   ``context_manager.memory.storage.size`` (gauge, By), sampled every ``memory_sample_interval`` seconds;
 * ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``,
-  ``gen_ai.request.model``) for LLM summaries.
+  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered) for LLM
+  summaries.
 """
 
 from __future__ import annotations
@@ -322,8 +323,19 @@ class Telemetry:
         if bytes_on_disk is not None:
             self._memory_bytes.set(bytes_on_disk, {"context_manager.memory.backend": backend})
 
-    def record_token_usage(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
-        """Tokens of one LLM summary (``gen_ai.client.token.usage``)."""
+    def record_token_usage(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        response_model: str | None = None,
+    ) -> None:
+        """Tokens of one LLM summary (``gen_ai.client.token.usage``).
+
+        ``model`` is the model requested (``gen_ai.request.model``), ``response_model`` the one that answered
+        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known.
+        """
         if not self.metering:
             return
         labels = {
@@ -332,6 +344,8 @@ class Telemetry:
             "gen_ai.request.model": model,
             "context_manager.operation": "summarize",
         }
+        if response_model:
+            labels["gen_ai.response.model"] = response_model
         self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
         self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
 
