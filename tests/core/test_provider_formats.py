@@ -338,6 +338,66 @@ def test_parse_tool_calls_from_sdk_objects() -> None:
     assert parse_tool_calls(message) == [ToolCall(id="c9", name="h", arguments={})]
 
 
+def test_parse_tool_calls_reads_a_whole_completion_and_a_responses_api_response() -> None:
+    """``parse_tool_calls(completion)`` (the whole Chat Completions response rather than
+    ``completion.choices[0].message``) and a Responses API response returned ``[]``: an agent loop saw
+    no tool call and stopped, with the model waiting for its tools' results."""
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+    function = {"name": "f", "arguments": '{"x":1}'}
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+                    },
+                }
+            ],
+        }
+    )
+    expected = [ToolCall(id="c1", name="f", arguments={"x": 1})]
+    assert parse_tool_calls(completion) == expected
+    assert parse_tool_calls(completion.model_dump()) == expected
+    response = Response.model_validate(
+        {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": "gpt-4o-mini",
+            "output": [
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {
+                    "type": "function_call",
+                    "id": "fc_1",  # the item's id; results quote the call_id
+                    "call_id": "call_9",
+                    "name": "lookup",
+                    "arguments": '{"order": 1042}',
+                    "status": "completed",
+                },
+            ],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+    )
+    expected = [ToolCall(id="call_9", name="lookup", arguments={"order": 1042})]
+    assert parse_tool_calls(response) == expected
+    assert parse_tool_calls(response.output) == expected
+    assert parse_tool_calls(response.model_dump()) == expected
+    with pytest.raises(InvalidMessageError, match="response"):  # a dict of no known shape: not "no calls"
+        parse_tool_calls({"result": "ok"})
+
+
 def test_parse_tool_calls_rejects_bad_arguments() -> None:
     bad = {
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]

@@ -5,7 +5,8 @@
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
   user message, consecutive messages of one role merged into one turn.
-* :func:`parse_tool_calls`: the tool calls of an OpenAI assistant message or an Anthropic response.
+* :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
+  assistant message, or of an Anthropic response.
 
 Exports always follow the providers' pairing rules, whatever the messages: each tool result goes right
 after the assistant message that called it (in the order the results appear), a call without a result yet
@@ -27,7 +28,8 @@ ever to happen, takes a number after the hash), and a ``tool_use`` and its ``too
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
 differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
-the placeholder user turn of a request with nothing but system messages is replaced by the first message).
+the placeholder user turn of a request with nothing but system messages is replaced by the first message;
+a system message added joins the top-level ``system``, which changes then).
 Provider prompt caches keep hitting until the next compression.
 
 Example:
@@ -337,11 +339,14 @@ def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[st
 def parse_tool_calls(response: Any) -> list[ToolCall]:
     """Return the tool calls of a provider response.
 
-    Accepts an OpenAI assistant message (dict with ``tool_calls``, or the SDK object), an Anthropic
-    response or message (dict or SDK object with ``content`` blocks), or a list of content blocks.
+    Accepts an OpenAI Chat Completions response (its first choice) or assistant message (dict with
+    ``tool_calls``, or the SDK object), an OpenAI Responses API response or its ``output`` items
+    (``function_call`` items; the id is their ``call_id``, which results quote), an Anthropic response or
+    message (dict or SDK object with ``content`` blocks), or a list of content blocks.
 
     Raises:
-        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object.
+        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object; or the
+            response is none of these shapes.
     """
     if response is None:
         return []
@@ -350,21 +355,39 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
     if isinstance(response, dict):
         if response.get("tool_calls"):
             return [ToolCall.from_value(_as_dict(item)) for item in response["tool_calls"]]
+        choices = response.get("choices")
+        if isinstance(choices, list):  # a whole Chat Completions response: its first choice's message
+            message = _as_dict(choices[0]).get("message") if choices else None
+            return parse_tool_calls(message)
         content = response.get("content")
+        output = response.get("output")
         if isinstance(content, list):
             response = content
+        elif isinstance(output, list):  # a Responses API response
+            response = output
+        elif _KNOWN_RESPONSE_KEYS.isdisjoint(response):
+            raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
         else:
             return []
     if isinstance(response, list | tuple):
         calls: list[ToolCall] = []
         for item in response:
             block = _as_dict(item)
-            if block.get("type") == "tool_use":
+            kind = block.get("type")
+            if kind == "tool_use":
                 calls.append(ToolCall.from_value(block))
+            elif kind == "function_call":  # Responses API: results answer call_id (id is the item's)
+                function = {"name": block.get("name", ""), "arguments": block.get("arguments", "{}")}
+                calls.append(ToolCall.from_value({"id": block.get("call_id", ""), "function": function}))
         return calls
-    raise InvalidMessageError(
-        "response", response, "an OpenAI assistant message or Anthropic content (dict, list or SDK object)"
-    )
+    raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
+
+
+_KNOWN_RESPONSE_KEYS = frozenset({"role", "content", "tool_calls", "choices", "output", "type"})
+_RESPONSE_SHAPES = (
+    "an OpenAI response or assistant message, a Responses API response, or Anthropic content "
+    "(dict, list or SDK object)"
+)
 
 
 def _as_dict(item: Any) -> dict[str, Any]:
