@@ -244,6 +244,30 @@ async def test_opentelemetry_token_usage_names_the_requested_and_the_answering_m
     assert otel.point("gen_ai.client.token.usage", **labels).count == summaries
 
 
+async def test_opentelemetry_a_rejected_input_leaves_no_payload_in_its_span(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """The error of a rejected add quotes what was given ("content: got 'my card is 4111 ...'"), and the
+    span recorded the exception with its message and traceback: the user's text went to the trace
+    backend, although no message or query payload is to leave the library in telemetry."""
+    secret = "my card is 4111 1111 1111 1111"
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        with pytest.raises(InvalidArgumentError):
+            await manager.add_message("user", secret + "\x00")
+        with pytest.raises(InvalidArgumentError):
+            await manager.add_message("user", "hello", metadata={"card": secret, "when": float("nan")})
+    failed = otel.finished("context_manager.add_message")
+    assert len(failed) == 2
+    for span in failed:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes is not None and span.attributes["error.type"] == "InvalidMessageError"
+        [event] = span.events
+        assert event.name == "exception" and event.attributes is not None
+        assert event.attributes["exception.type"].endswith("InvalidMessageError")
+        recorded = repr((dict(span.attributes), span.status.description, [dict(event.attributes)]))
+        assert "4111" not in recorded and "card" not in recorded
+
+
 async def test_opentelemetry_tool_manager_spans_without_a_context_manager(otel: Otel) -> None:
     tools = ToolManager()
     tools.register_tool(word_count)
