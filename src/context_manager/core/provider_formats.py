@@ -116,26 +116,34 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
     ordered = list(messages)
     if not any(message.tool_calls or message.role is Role.TOOL for message in ordered):
         return ordered
-    callers: dict[str, list[int]] = {}  # call id -> positions of the assistant messages that made it
+    caller: dict[str, int] = {}  # call id -> position of the assistant message that made it
+    repeated = False
     for position, message in enumerate(ordered):
         for call in message.tool_calls:
-            callers.setdefault(call.id, []).append(position)
+            if caller.setdefault(call.id, position) != position:
+                repeated = True
     results: dict[int, list[Message]] = {}
-    answered: set[tuple[int, str]] = set()  # (position of the call's message, call id)
-    for position, message in enumerate(ordered):
-        call_id = message.tool_call_id
-        if message.role is not Role.TOOL or call_id is None or call_id not in callers:
-            continue
-        made_at = _caller_of(callers[call_id], call_id, position, answered)
-        if made_at is not None:
-            answered.add((made_at, call_id))
-            results.setdefault(made_at, []).append(message)
+    answered: set[str] = set()  # call ids answered (ids unique: the common case)
+    answered_at: set[tuple[int, str]] = set()  # (position of the call's message, call id), ids repeated
+    if not repeated:
+        for message in ordered:
+            call_id = message.tool_call_id
+            if message.role is Role.TOOL and call_id is not None and call_id not in answered:
+                made_at = caller.get(call_id)
+                if made_at is not None:
+                    answered.add(call_id)
+                    results.setdefault(made_at, []).append(message)
+    else:
+        answered_at = _pair_repeated_ids(ordered, results)
     arranged: list[Message] = []
     for position, message in enumerate(ordered):
         if message.role is Role.TOOL:
             continue
         if message.tool_calls:
-            kept = tuple(call for call in message.tool_calls if (position, call.id) in answered)
+            if repeated:
+                kept = tuple(call for call in message.tool_calls if (position, call.id) in answered_at)
+            else:
+                kept = tuple(call for call in message.tool_calls if call.id in answered)
             if len(kept) != len(message.tool_calls):
                 if not kept and not message.content:
                     continue
@@ -147,21 +155,30 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
     return arranged
 
 
-def _caller_of(
-    positions: list[int], call_id: str, result_at: int, answered: set[tuple[int, str]]
-) -> int | None:
-    """The message a result at ``result_at`` answers: the latest call of its id before it still unanswered.
+def _pair_repeated_ids(ordered: list[Message], results: dict[int, list[Message]]) -> set[tuple[int, str]]:
+    """Pair results with calls when a call id is made by several messages; fill ``results`` by position.
 
-    Ids are unique in the common case (one position). A server that numbers calls per response
-    (``call_0`` in every turn) repeats them; each result then answers the call of its own turn. A result
-    found before any unanswered call of its id answers the first unanswered one after it.
+    A server that numbers calls per response (``call_0`` in every turn) repeats ids: each result answers
+    the latest unanswered call of its id before it (else the first unanswered one after it). Returns the
+    answered calls as ``(position of the call's message, call id)``.
     """
-    if len(positions) == 1:
-        return None if (positions[0], call_id) in answered else positions[0]
-    before = [p for p in positions if p < result_at and (p, call_id) not in answered]
-    if before:
-        return before[-1]
-    return next((p for p in positions if (p, call_id) not in answered), None)
+    callers: dict[str, list[int]] = {}
+    for position, message in enumerate(ordered):
+        for call in message.tool_calls:
+            callers.setdefault(call.id, []).append(position)
+    answered: set[tuple[int, str]] = set()
+    for position, message in enumerate(ordered):
+        call_id = message.tool_call_id
+        if message.role is not Role.TOOL or call_id is None or call_id not in callers:
+            continue
+        open_calls = [made_at for made_at in callers[call_id] if (made_at, call_id) not in answered]
+        if not open_calls:
+            continue
+        before = [made_at for made_at in open_calls if made_at < position]
+        made_at = before[-1] if before else open_calls[0]
+        answered.add((made_at, call_id))
+        results.setdefault(made_at, []).append(message)
+    return answered
 
 
 def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
