@@ -70,6 +70,10 @@ class ChatCompletionsServer:
     """The text of plain answers (both protocols) when set."""
     reply_usage: dict[str, Any] | None = None
     """The ``usage`` object of answers (both protocols) when set, as given (to send odd figures)."""
+    reply_model: str | None = None
+    """The ``model`` of answers (both protocols) when set; else the model the request named."""
+    reply_content: Any = None
+    """The ``content`` of plain Chat Completions answers when set, as given (a list of content parts ...)."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -100,13 +104,16 @@ class ChatCompletionsServer:
                 text = f"Final answer based on: {quoted[:80]}"
             else:
                 text = "Hello from the stub."
-            message = {"role": "assistant", "content": text}
+            message = {
+                "role": "assistant",
+                "content": text if self.reply_content is None else self.reply_content,
+            }
             finish = "stop"
         return {
             "id": f"chatcmpl-stub-{number}",
             "object": "chat.completion",
             "created": 1_700_000_000,
-            "model": body.get("model", "stub-model"),
+            "model": self.reply_model or body.get("model", "stub-model"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": dict(USAGE) if self.reply_usage is None else self.reply_usage,
         }
@@ -116,7 +123,7 @@ class ChatCompletionsServer:
             "id": f"msg_stub_{len(self.requests) - 1}",
             "type": "message",
             "role": "assistant",
-            "model": body.get("model", "stub-model"),
+            "model": self.reply_model or body.get("model", "stub-model"),
             "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
             "stop_reason": "end_turn",
             "stop_sequence": None,

@@ -10,7 +10,8 @@ against them:
   block of an assistant turn needs a ``tool_result`` block in the very next user turn, and those
   ``tool_result`` blocks come first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn
   just before; a text block is not whitespace only; the final assistant content of a request does not end
-  with whitespace; the top-level ``system`` text is not whitespace only.
+  with whitespace; the top-level ``system`` text is not whitespace only; ``tool_use`` ids are unique
+  within a request (``messages.N.content.M: `tool_use` ids must be unique``).
 * Names and ids (HTTP 400 otherwise): OpenAI ``messages[].name`` and ``tool_calls[].function.name`` match
   ``^[a-zA-Z0-9_-]{1,64}$``; an Anthropic ``tool_use`` ``id`` (and the ``tool_use_id`` answering it) matches
   ``^[a-zA-Z0-9_-]+$``, and its ``name``, the name of a tool definition, ``^[a-zA-Z0-9_-]{1,64}$``.
@@ -101,6 +102,10 @@ def anthropic_violations(body: dict[str, Any]) -> list[str]:
         and last_text[1] != last_text[1].rstrip()
     ):
         problems.append("the final assistant content ends with whitespace")
+    use_ids = [block["id"] for turn in turns for block in turn["content"] if block["type"] == "tool_use"]
+    repeated = sorted({use_id for use_id in use_ids if use_ids.count(use_id) > 1})
+    if repeated:
+        problems.append(f"tool_use ids {repeated} are not unique")
     previous_uses: set[str] = set()
     previous_role = None
     for position, turn in enumerate(turns):

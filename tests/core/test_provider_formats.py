@@ -338,6 +338,66 @@ def test_parse_tool_calls_from_sdk_objects() -> None:
     assert parse_tool_calls(message) == [ToolCall(id="c9", name="h", arguments={})]
 
 
+def test_parse_tool_calls_reads_a_whole_completion_and_a_responses_api_response() -> None:
+    """``parse_tool_calls(completion)`` (the whole Chat Completions response rather than
+    ``completion.choices[0].message``) and a Responses API response returned ``[]``: an agent loop saw
+    no tool call and stopped, with the model waiting for its tools' results."""
+    from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
+
+    function = {"name": "f", "arguments": '{"x":1}'}
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+                    },
+                }
+            ],
+        }
+    )
+    expected = [ToolCall(id="c1", name="f", arguments={"x": 1})]
+    assert parse_tool_calls(completion) == expected
+    assert parse_tool_calls(completion.model_dump()) == expected
+    response = Response.model_validate(
+        {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": "gpt-4o-mini",
+            "output": [
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {
+                    "type": "function_call",
+                    "id": "fc_1",  # the item's id; results quote the call_id
+                    "call_id": "call_9",
+                    "name": "lookup",
+                    "arguments": '{"order": 1042}',
+                    "status": "completed",
+                },
+            ],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+    )
+    expected = [ToolCall(id="call_9", name="lookup", arguments={"order": 1042})]
+    assert parse_tool_calls(response) == expected
+    assert parse_tool_calls(response.output) == expected
+    assert parse_tool_calls(response.model_dump()) == expected
+    with pytest.raises(InvalidMessageError, match="response"):  # a dict of no known shape: not "no calls"
+        parse_tool_calls({"result": "ok"})
+
+
 def test_parse_tool_calls_rejects_bad_arguments() -> None:
     bad = {
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]
@@ -380,6 +440,38 @@ def test_an_assistant_message_of_pending_calls_only_and_orphan_results_are_left_
     assert to_anthropic_messages(messages)["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "Go."}]}
     ]
+
+
+def test_a_call_id_used_again_in_a_later_turn_pairs_each_result_with_its_own_call() -> None:
+    """Some OpenAI-compatible servers number tool calls per response (``call_0``, ``functions.Bash:0``), so a
+    history kept outside a window repeats ids across turns. Every result was paired with the first call of
+    its id: the later call kept its ``tool_calls`` without a result (OpenAI: HTTP 400), and the Anthropic
+    export repeated the ``tool_use`` id (HTTP 400: ids must be unique)."""
+    messages = [
+        Message.create("user", "Weather in Paris?"),
+        Message.create("assistant", "", tool_calls=[ToolCall("call_0", "weather", {"c": 1})]),
+        Message.create("tool", "21 °C", tool_call_id="call_0"),
+        Message.create("assistant", "21 °C in Paris."),
+        Message.create("user", "And in Oslo?"),
+        Message.create("assistant", "", tool_calls=[ToolCall("call_0", "weather", {"c": 2})]),
+        Message.create("tool", "3 °C", tool_call_id="call_0"),
+        Message.create("assistant", "3 °C in Oslo."),
+    ]
+    assert paired_for_provider(messages) == messages
+    openai = to_openai_messages(messages)
+    assert openai_violations(openai) == []
+    assert [m.get("content") for m in openai if m["role"] == "tool"] == ["21 °C", "3 °C"]
+    anthropic = to_anthropic_messages(messages)
+    assert anthropic_violations(anthropic) == []
+    turns = anthropic["messages"]
+    first_use, second_use = turns[1]["content"][0], turns[5]["content"][0]
+    assert first_use["id"] == "call_0" and first_use["input"] == {"c": 1}  # the first keeps its id
+    assert second_use["id"] != "call_0" and second_use["input"] == {"c": 2}
+    second_result = turns[6]["content"][0]
+    assert second_result == {"type": "tool_result", "tool_use_id": second_use["id"], "content": "3 °C"}
+    # deterministic, and appending keeps the earlier export (provider prompt caches keep hitting)
+    assert to_anthropic_messages(messages) == anthropic
+    assert to_anthropic_messages(messages[:7])["messages"] == turns[:7]
 
 
 def test_well_formed_messages_come_back_unchanged() -> None:

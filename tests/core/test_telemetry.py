@@ -221,6 +221,53 @@ async def test_opentelemetry_records_summary_token_usage(otel: Otel, tmp_path: P
         assert span.attributes["context_manager.compression.strategy"] == "custom"
 
 
+async def test_opentelemetry_token_usage_names_the_requested_and_the_answering_model(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """OpenAI answers a request for ``gpt-4o-mini`` as ``gpt-4o-mini-2024-07-18``: that snapshot went into
+    ``gen_ai.request.model`` (the GenAI conventions' name of the model asked for), splitting the series of
+    one configured model by whatever snapshot served it."""
+    with running_server() as server:
+        server.reply_model = "stub-model-2026-01-01"
+        summarizer = OpenAISummarizer("stub-model", base_url=server.base_url)
+        async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+            for turn in range(30):
+                await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            summaries = len(manager.compression_history)
+        await summarizer.aclose()
+    assert summaries >= 1
+    labels = {
+        "gen_ai.request.model": "stub-model",
+        "gen_ai.response.model": "stub-model-2026-01-01",
+        "gen_ai.token.type": "input",
+    }
+    assert otel.point("gen_ai.client.token.usage", **labels).count == summaries
+
+
+async def test_opentelemetry_a_rejected_input_leaves_no_payload_in_its_span(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """The error of a rejected add quotes what was given ("content: got 'my card is 4111 ...'"), and the
+    span recorded the exception with its message and traceback: the user's text went to the trace
+    backend, although no message or query payload is to leave the library in telemetry."""
+    secret = "my card is 4111 1111 1111 1111"
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        with pytest.raises(InvalidArgumentError):
+            await manager.add_message("user", secret + "\x00")
+        with pytest.raises(InvalidArgumentError):
+            await manager.add_message("user", "hello", metadata={"card": secret, "when": float("nan")})
+    failed = otel.finished("context_manager.add_message")
+    assert len(failed) == 2
+    for span in failed:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes is not None and span.attributes["error.type"] == "InvalidMessageError"
+        [event] = span.events
+        assert event.name == "exception" and event.attributes is not None
+        assert event.attributes["exception.type"].endswith("InvalidMessageError")
+        recorded = repr((dict(span.attributes), span.status.description, [dict(event.attributes)]))
+        assert "4111" not in recorded and "card" not in recorded
+
+
 async def test_opentelemetry_tool_manager_spans_without_a_context_manager(otel: Otel) -> None:
     tools = ToolManager()
     tools.register_tool(word_count)

@@ -319,8 +319,11 @@ class EnhancedContextManager:
             telemetry.record_operation("summarize", report.duration_s, report.error)
             if report.usage is not None:
                 usage = report.usage
+                guard = self._summarizer_guard
+                asked = guard.summarizer if guard is not None else None
+                requested = asked.model if isinstance(asked, LLMSummarizer) else usage.model
                 telemetry.record_token_usage(
-                    usage.provider, usage.model, usage.input_tokens, usage.output_tokens
+                    usage.provider, requested, usage.input_tokens, usage.output_tokens, usage.model
                 )
 
     async def _start_subsystems(self) -> None:

@@ -5,12 +5,16 @@
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
   user message, consecutive messages of one role merged into one turn.
-* :func:`parse_tool_calls`: the tool calls of an OpenAI assistant message or an Anthropic response.
+* :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
+  assistant message, or of an Anthropic response.
 
 Exports always follow the providers' pairing rules, whatever the messages: each tool result goes right
 after the assistant message that called it (in the order the results appear), a call without a result yet
 is left out (and its assistant message too when nothing else is left in it), and a result without its
-call is left out (:func:`paired_for_provider`).
+call is left out (:func:`paired_for_provider`). A call id made again in a later message (servers that
+number calls per response, ``call_0`` in every turn) pairs each result with the latest call of its id
+before it; the Anthropic API refusing a ``tool_use`` id seen earlier in a request, the later call gets an
+id of its own there (``<id>_<hash>``), quoted by its ``tool_result``.
 
 Ids and names the providers restrict are made valid on export (the messages keep what was given): the
 OpenAI ``messages[].name`` and ``tool_calls[].function.name``, and the Anthropic ``tool_use`` ``name``, must
@@ -24,7 +28,8 @@ ever to happen, takes a number after the hash), and a ``tool_use`` and its ``too
 Exports are deterministic and depend only on the messages before them, so appending messages only
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
 differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
-the placeholder user turn of a request with nothing but system messages is replaced by the first message).
+the placeholder user turn of a request with nothing but system messages is replaced by the first message;
+a system message added joins the top-level ``system``, which changes then).
 Provider prompt caches keep hitting until the next compression.
 
 Example:
@@ -112,24 +117,33 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
     if not any(message.tool_calls or message.role is Role.TOOL for message in ordered):
         return ordered
     caller: dict[str, int] = {}  # call id -> position of the assistant message that made it
+    repeated = False
     for position, message in enumerate(ordered):
         for call in message.tool_calls:
-            caller.setdefault(call.id, position)
+            if caller.setdefault(call.id, position) != position:
+                repeated = True
     results: dict[int, list[Message]] = {}
-    answered: set[str] = set()
-    for message in ordered:
-        call_id = message.tool_call_id
-        if message.role is Role.TOOL and call_id is not None and call_id not in answered:
-            made_at = caller.get(call_id)
-            if made_at is not None:
-                answered.add(call_id)
-                results.setdefault(made_at, []).append(message)
+    answered: set[str] = set()  # call ids answered (ids unique: the common case)
+    answered_at: set[tuple[int, str]] = set()  # (position of the call's message, call id), ids repeated
+    if not repeated:
+        for message in ordered:
+            call_id = message.tool_call_id
+            if message.role is Role.TOOL and call_id is not None and call_id not in answered:
+                made_at = caller.get(call_id)
+                if made_at is not None:
+                    answered.add(call_id)
+                    results.setdefault(made_at, []).append(message)
+    else:
+        answered_at = _pair_repeated_ids(ordered, results)
     arranged: list[Message] = []
     for position, message in enumerate(ordered):
         if message.role is Role.TOOL:
             continue
         if message.tool_calls:
-            kept = tuple(call for call in message.tool_calls if call.id in answered)
+            if repeated:
+                kept = tuple(call for call in message.tool_calls if (position, call.id) in answered_at)
+            else:
+                kept = tuple(call for call in message.tool_calls if call.id in answered)
             if len(kept) != len(message.tool_calls):
                 if not kept and not message.content:
                     continue
@@ -139,6 +153,32 @@ def paired_for_provider(messages: Iterable[Message]) -> list[Message]:
         else:
             arranged.append(message)
     return arranged
+
+
+def _pair_repeated_ids(ordered: list[Message], results: dict[int, list[Message]]) -> set[tuple[int, str]]:
+    """Pair results with calls when a call id is made by several messages; fill ``results`` by position.
+
+    A server that numbers calls per response (``call_0`` in every turn) repeats ids: each result answers
+    the latest unanswered call of its id before it (else the first unanswered one after it). Returns the
+    answered calls as ``(position of the call's message, call id)``.
+    """
+    callers: dict[str, list[int]] = {}
+    for position, message in enumerate(ordered):
+        for call in message.tool_calls:
+            callers.setdefault(call.id, []).append(position)
+    answered: set[tuple[int, str]] = set()
+    for position, message in enumerate(ordered):
+        call_id = message.tool_call_id
+        if message.role is not Role.TOOL or call_id is None or call_id not in callers:
+            continue
+        open_calls = [made_at for made_at in callers[call_id] if (made_at, call_id) not in answered]
+        if not open_calls:
+            continue
+        before = [made_at for made_at in open_calls if made_at < position]
+        made_at = before[-1] if before else open_calls[0]
+        answered.add((made_at, call_id))
+        results.setdefault(made_at, []).append(message)
+    return answered
 
 
 def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
@@ -225,12 +265,26 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     paired = paired_for_provider(messages)
     ids = _valid_names(call.id for message in paired for call in message.tool_calls)
     names = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
+    repeated = _repeated_call_ids(paired)
+    if repeated:
+        valid_ids = ids
+        exported_ids = {ids.get(call.id, call.id) for message in paired for call in message.tool_calls}
+        used: set[str] = set()
     for message in paired:
         if message.role is Role.SYSTEM:
             if message.content.strip():
                 system_parts.append(message.content)
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
+        if repeated and message.tool_calls:
+            # the API refuses a tool_use id seen earlier in the request: a later call of a repeated id gets
+            # one of its own, which the results that follow (paired right after it) quote
+            ids = dict(ids)
+            for call in message.tool_calls:
+                if call.id in repeated:
+                    exported = _unused_id(valid_ids.get(call.id, call.id), used, exported_ids)
+                    used.add(exported)
+                    ids[call.id] = exported
         blocks = _anthropic_blocks(message, ids, names)
         if not blocks:
             continue
@@ -247,6 +301,31 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         body["system"] = "\n\n".join(system_parts)
     body["messages"] = turns
     return body
+
+
+def _repeated_call_ids(messages: Sequence[Message]) -> set[str]:
+    """Call ids made by more than one message (empty in the common case)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for message in messages:
+        for call in message.tool_calls:
+            if call.id in seen:
+                repeated.add(call.id)
+            seen.add(call.id)
+    return repeated
+
+
+def _unused_id(base: str, used: set[str], taken: set[str]) -> str:
+    """``base`` the first time; then ``base``, ``_`` and a hash of the occurrence, clashing with no id."""
+    if base not in used:
+        return base
+    number = 1
+    while True:
+        digest = hashlib.sha256(f"{base}#{number}".encode()).hexdigest()[:_HASH_DIGITS]
+        candidate = f"{base}_{digest}"
+        if candidate not in used and candidate not in taken:
+            return candidate
+        number += 1
 
 
 @overload
@@ -277,11 +356,14 @@ def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[st
 def parse_tool_calls(response: Any) -> list[ToolCall]:
     """Return the tool calls of a provider response.
 
-    Accepts an OpenAI assistant message (dict with ``tool_calls``, or the SDK object), an Anthropic
-    response or message (dict or SDK object with ``content`` blocks), or a list of content blocks.
+    Accepts an OpenAI Chat Completions response (its first choice) or assistant message (dict with
+    ``tool_calls``, or the SDK object), an OpenAI Responses API response or its ``output`` items
+    (``function_call`` items; the id is their ``call_id``, which results quote), an Anthropic response or
+    message (dict or SDK object with ``content`` blocks), or a list of content blocks.
 
     Raises:
-        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object.
+        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object; or the
+            response is none of these shapes.
     """
     if response is None:
         return []
@@ -290,21 +372,39 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
     if isinstance(response, dict):
         if response.get("tool_calls"):
             return [ToolCall.from_value(_as_dict(item)) for item in response["tool_calls"]]
+        choices = response.get("choices")
+        if isinstance(choices, list):  # a whole Chat Completions response: its first choice's message
+            message = _as_dict(choices[0]).get("message") if choices else None
+            return parse_tool_calls(message)
         content = response.get("content")
+        output = response.get("output")
         if isinstance(content, list):
             response = content
+        elif isinstance(output, list):  # a Responses API response
+            response = output
+        elif _KNOWN_RESPONSE_KEYS.isdisjoint(response):
+            raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
         else:
             return []
     if isinstance(response, list | tuple):
         calls: list[ToolCall] = []
         for item in response:
             block = _as_dict(item)
-            if block.get("type") == "tool_use":
+            kind = block.get("type")
+            if kind == "tool_use":
                 calls.append(ToolCall.from_value(block))
+            elif kind == "function_call":  # Responses API: results answer call_id (id is the item's)
+                function = {"name": block.get("name", ""), "arguments": block.get("arguments", "{}")}
+                calls.append(ToolCall.from_value({"id": block.get("call_id", ""), "function": function}))
         return calls
-    raise InvalidMessageError(
-        "response", response, "an OpenAI assistant message or Anthropic content (dict, list or SDK object)"
-    )
+    raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
+
+
+_KNOWN_RESPONSE_KEYS = frozenset({"role", "content", "tool_calls", "choices", "output", "type"})
+_RESPONSE_SHAPES = (
+    "an OpenAI response or assistant message, a Responses API response, or Anthropic content "
+    "(dict, list or SDK object)"
+)
 
 
 def _as_dict(item: Any) -> dict[str, Any]:

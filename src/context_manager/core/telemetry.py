@@ -8,7 +8,8 @@ initializes and skips instrumentation if neither is configured (so configure the
 turns it off. The :class:`~context_manager.core.performance_monitor.PerformanceMonitor` is independent and
 keeps working either way.
 
-Spans (no message, query or tool payload is ever put in an attribute):
+Spans (no message, query or tool payload is ever put in an attribute or event: a failure's exception is
+recorded by its type only, its message may quote the rejected input):
 
 * ``context_manager.add_message``: ``context_manager.message.role``, ``context_manager.message.tokens``,
   ``context_manager.window.tokens`` (after), ``context_manager.window.max_tokens``,
@@ -36,7 +37,8 @@ Metrics (meter ``context_manager``):
 * ``context_manager.memory.count`` (gauge, by ``context_manager.memory.tier``) and
   ``context_manager.memory.storage.size`` (gauge, By), sampled every ``memory_sample_interval`` seconds;
 * ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``,
-  ``gen_ai.request.model``) for LLM summaries.
+  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered) for LLM
+  summaries.
 """
 
 from __future__ import annotations
@@ -231,13 +233,26 @@ class Telemetry:
     def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """A span (the current one inside the block); ``None`` is yielded when tracing is off.
 
-        An exception escaping the block is recorded on the span, which ends with an error status.
+        An exception escaping the block ends the span with an error status, ``error.type`` and an
+        ``exception`` event holding the exception's type only: its message and traceback quote what was
+        given (a rejected message's text, a query), which must not leave in telemetry.
         """
         if self._tracer is None:
             yield None
             return
-        with self._tracer.start_as_current_span(name, attributes=attributes, record_exception=True) as span:
-            yield span
+        with self._tracer.start_as_current_span(
+            name, attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield span
+            except Exception as error:
+                kind = type(error)
+                span.set_attribute("error.type", kind.__name__)
+                span.add_event("exception", {"exception.type": f"{kind.__module__}.{kind.__qualname__}"})
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR, kind.__name__))
+                raise
 
     def compression_span(self, record: CompressionRecord) -> None:
         """Record a finished compression as a span (child of the current one) timed from its record."""
@@ -322,8 +337,19 @@ class Telemetry:
         if bytes_on_disk is not None:
             self._memory_bytes.set(bytes_on_disk, {"context_manager.memory.backend": backend})
 
-    def record_token_usage(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
-        """Tokens of one LLM summary (``gen_ai.client.token.usage``)."""
+    def record_token_usage(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        response_model: str | None = None,
+    ) -> None:
+        """Tokens of one LLM summary (``gen_ai.client.token.usage``).
+
+        ``model`` is the model requested (``gen_ai.request.model``), ``response_model`` the one that answered
+        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known.
+        """
         if not self.metering:
             return
         labels = {
@@ -332,6 +358,8 @@ class Telemetry:
             "gen_ai.request.model": model,
             "context_manager.operation": "summarize",
         }
+        if response_model:
+            labels["gen_ai.response.model"] = response_model
         self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
         self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
 

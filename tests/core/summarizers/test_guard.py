@@ -245,6 +245,20 @@ async def test_summarizer_circuit_stops_waiting_for_a_hanging_summarizer(
     assert sum("custom summarizer failed" in r.getMessage() for r in caplog.records) == 2
 
 
+async def test_a_timed_out_summary_reports_its_error_type_not_a_duration() -> None:
+    """``SummaryReport.error`` is the failure's type (what the monitors and the OpenTelemetry
+    ``error.type`` label group by); a summary cut by the window's timeout reported "cancelled after 0.3 s",
+    a new label value for every duration."""
+    reports: list[SummaryReport] = []
+    hanging = ScriptedSummarizer(hang=True)
+    guard = SummarizerGuard(hanging, failure_threshold=5, on_report=reports.append)
+    window = ContextWindow(200, summarizer=guard, summarizer_timeout=0.2)
+    while len(window.compression_history) < 2:
+        await window.add(Message.create("user", "the lanterns of the harbour were lit at nine " * 3))
+    assert [report.error for report in reports] == ["TimeoutError", "TimeoutError"]
+    assert guard.status()["last_error"].startswith("cancelled after 0.")  # the description stays here
+
+
 async def test_summarizer_circuit_tries_again_after_the_cooldown(tmp_path: Path) -> None:
     hanging = ScriptedSummarizer(hang=True)
     config = _config(tmp_path, summarizer_cooldown=0.5)

@@ -390,6 +390,38 @@ async def test_summarizer_adapter_empty_text_is_an_error_not_a_blank_summary(
     await summarizer.aclose()
 
 
+async def test_summarizer_adapter_reads_an_answer_given_as_content_parts(
+    server: ChatCompletionsServer,
+) -> None:
+    """Some OpenAI-compatible servers (Mistral's reasoning models, gateways) answer with ``content`` as a
+    list of parts: the summary in its text parts was refused as "the first choice has no text"."""
+    server.reply_content = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "The user wants a summary."}]},
+        {"type": "text", "text": "Ada lives in Lisbon; "},
+        {"type": "text", "text": "she prefers morning deliveries."},
+    ]
+    summarizer = make_summarizer("openai", server)
+    response = await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert response.text == "Ada lives in Lisbon; she prefers morning deliveries."
+    server.reply_content = [{"type": "thinking", "thinking": [{"type": "text", "text": "Hmm."}]}]
+    with pytest.raises(SummarizerError, match="no text"):  # parts without text are still no text
+        await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    await summarizer.aclose()
+
+
+async def test_summarizer_adapter_needs_no_key_for_a_local_server_named_by_openai_base_url(
+    server: ChatCompletionsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint given the SDK's way, ``OPENAI_BASE_URL`` (what ``summarizer_base_url=None`` uses), with no
+    key: ``initialize()`` failed asking for ``OPENAI_API_KEY``, which a local server does not need."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    async with EnhancedContextManager(config_for(tmp_path, summarizer="openai:stub-model")) as manager:
+        await fill_until_compressed(manager)
+        assert summary_text(manager) == SUMMARY
+    assert server.requests[0].body["max_tokens"] > 0  # not OpenAI's endpoint: the compatible field
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_cleanup_closes_the_client_it_created(
     provider: str, server: ChatCompletionsServer

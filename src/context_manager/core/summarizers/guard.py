@@ -62,7 +62,8 @@ class SummaryReport:
     success: bool
     """Whether it returned a summary."""
     error: str | None
-    """For a failure, the exception's type (its text may quote the conversation, so it is left out)."""
+    """For a failure, the exception's type (its text may quote the conversation, so it is left out);
+    ``"TimeoutError"`` for a call cancelled by a timeout (the window's ``summarizer_timeout``)."""
     usage: SummaryUsage | None
     """Tokens the summary cost, when the summarizer reports them (the LLM adapters do)."""
 
@@ -212,7 +213,7 @@ class SummarizerGuard:
             # the window's summarizer_timeout (or the caller's own timeout) cancelled the call: a hang
             # counts like any failure
             elapsed = self._clock() - started
-            self._failed(f"cancelled after {elapsed:.1f} s", elapsed)
+            self._failed(f"cancelled after {elapsed:.1f} s", elapsed, error_type="TimeoutError")
             raise
         except Exception as error:
             self._failed(type(error).__name__, self._clock() - started, getattr(error, "usage", None))
@@ -242,7 +243,14 @@ class SummarizerGuard:
             retry_in=retry_in,
         )
 
-    def _failed(self, description: str, elapsed: float, usage: SummaryUsage | None = None) -> None:
+    def _failed(
+        self,
+        description: str,
+        elapsed: float,
+        usage: SummaryUsage | None = None,
+        *,
+        error_type: str | None = None,
+    ) -> None:
         self._failures += 1
         self._consecutive_failures += 1
         self._last_error = description
@@ -251,7 +259,7 @@ class SummarizerGuard:
             self._open(f"the trial call failed ({description})")
         elif self._state is CircuitState.CLOSED and self._consecutive_failures >= self.failure_threshold:
             self._open(f"{self._consecutive_failures} consecutive failures (last: {description})")
-        self._report(SummaryReport(elapsed, False, description, usage))
+        self._report(SummaryReport(elapsed, False, error_type or description, usage))
 
     def _abandoned(self) -> None:
         """A call its caller gave up on: not counted; an abandoned trial is made again by the next call."""

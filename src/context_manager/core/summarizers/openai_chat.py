@@ -34,6 +34,8 @@ __all__ = ["OpenAISummarizer"]
 
 LimitField = Literal["max_tokens", "max_completion_tokens"]
 
+_OPENAI_HOST = "api.openai.com"
+
 
 class OpenAISummarizer(LLMSummarizer):
     """Summaries from a Chat Completions model (see :class:`LLMSummarizer` for retries and the prompt).
@@ -44,8 +46,8 @@ class OpenAISummarizer(LLMSummarizer):
             not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
         base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL`` or
             OpenAI's).
-        api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when ``base_url`` is set and no key
-            is, since local servers rarely check one).
+        api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when the endpoint, ``base_url`` or
+            ``OPENAI_BASE_URL``, is not OpenAI's and no key is set, since local servers rarely check one).
         limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
             OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
             default the first for OpenAI's own endpoint, the second for any other ``base_url``.
@@ -89,7 +91,9 @@ class OpenAISummarizer(LLMSummarizer):
         if client is None:
             import os
 
-            if api_key is None and base_url is not None and not os.environ.get("OPENAI_API_KEY"):
+            endpoint = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
+            local = endpoint is not None and urlsplit(endpoint).hostname != _OPENAI_HOST
+            if api_key is None and local and not os.environ.get("OPENAI_API_KEY"):
                 api_key = "unused"  # the SDK insists on a key; local servers do not check it
             try:
                 client = openai.AsyncOpenAI(
@@ -108,7 +112,7 @@ class OpenAISummarizer(LLMSummarizer):
             self._client_to_close = client
         if limit_field is None:
             host = urlsplit(str(self.client.base_url)).hostname or ""
-            limit_field = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+            limit_field = "max_completion_tokens" if host == _OPENAI_HOST else "max_tokens"
         self.limit_field: LimitField = limit_field
         """The request field carrying the output limit."""
         self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
@@ -138,6 +142,8 @@ class OpenAISummarizer(LLMSummarizer):
             raise EmptyAnswer("the response has no choices", summary_usage)
         message = choices[0].message
         content = getattr(message, "content", None) if message is not None else None
+        if isinstance(content, list):  # content parts (Mistral's reasoning models, some gateways)
+            content = "".join(_part_text(part) for part in content)
         if not isinstance(content, str) or not content.strip():
             reason = getattr(choices[0], "finish_reason", None)
             refusal = getattr(message, "refusal", None) if message is not None else None
@@ -147,3 +153,12 @@ class OpenAISummarizer(LLMSummarizer):
 
     def _classify(self, error: Exception) -> RequestFailure:
         return classify_sdk_error(error, self._sdk)
+
+
+def _part_text(part: Any) -> str:
+    """The text of a ``{"type": "text", "text": ...}`` content part; ``""`` for any other part."""
+    if isinstance(part, Mapping):
+        kind, text = part.get("type"), part.get("text")
+    else:
+        kind, text = getattr(part, "type", None), getattr(part, "text", None)
+    return text if kind == "text" and isinstance(text, str) else ""
