@@ -477,3 +477,29 @@ def test_a_call_id_used_again_in_a_later_turn_pairs_each_result_with_its_own_cal
 def test_well_formed_messages_come_back_unchanged() -> None:
     messages = tool_conversation()
     assert paired_for_provider(messages) == messages
+
+
+def test_changing_an_anthropic_export_leaves_the_stored_call_unchanged() -> None:
+    """The export is the caller's to change (redact, annotate): nested arguments are copies, not shared."""
+    call = ToolCall(
+        id="call_1",
+        name="book",
+        arguments={"trip": {"city": "Paris", "nights": 2}, "guests": ["ana", "bo"], "note": "window"},
+    )
+    messages = [
+        Message.create("user", "Book Paris."),
+        Message.create("assistant", "", tool_calls=[call]),
+        Message.create("tool", "booked", tool_call_id="call_1"),
+    ]
+    before = to_anthropic_messages(messages)
+    body = to_anthropic_messages(messages)
+    [block] = body["messages"][1]["content"]
+    block["input"]["trip"]["city"] = "REDACTED"
+    block["input"]["guests"].append("eve")
+    block["input"]["note"] = "aisle"
+    assert call.arguments == {
+        "trip": {"city": "Paris", "nights": 2},
+        "guests": ["ana", "bo"],
+        "note": "window",
+    }
+    assert to_anthropic_messages(messages) == before
