@@ -63,10 +63,6 @@ _COLUMNS = (
     "superseded_by, merged_from, context"
 )
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
-_DEEP_ENOUGH = "? + (SELECT count(*) FROM memories WHERE superseded_by IS NOT NULL)"
-"""How many FTS5 matches an unfiltered search takes: its limit plus every superseded memory (hidden from
-search, they may rank first), counted on the partial index ``memories_superseded``, in the same statement
-(so on the same snapshot) as the search."""
 _QUALIFIED = ", ".join("m." + column.strip() for column in _COLUMNS.split(","))
 
 
@@ -601,14 +597,14 @@ class SQLiteStore:
         where, parameters = _filter_sql(filters)
         with self._read() as db:
             if not where:
-                # FTS5's top matches first (no lookup of the memories table per match), deep enough that
-                # the superseded memories among them cannot push a visible one out
+                # FTS5 hands its matches over best first (the ORDER BY is its own), so the join stops at the
+                # ``limit``-th visible one: a superseded memory costs a row lookup only when it ranks above
+                # one, and the superseded rows are never counted
                 rows = db.execute(
-                    f"SELECT m.rowid, {_QUALIFIED}, r.score "
-                    f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-                    f"ORDER BY rank LIMIT {_DEEP_ENOUGH}) AS r JOIN memories AS m ON m.rowid = r.rowid "
-                    "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?",
-                    (match, limit, limit),
+                    f"SELECT m.rowid, {_QUALIFIED}, f.rank FROM {FTS_TABLE} AS f "
+                    f"JOIN memories AS m ON m.rowid = f.rowid WHERE {FTS_TABLE} MATCH ? "
+                    "AND m.superseded_by IS NULL ORDER BY f.rank LIMIT ?",
+                    (match, limit),
                 ).fetchall()
             else:
                 rows = db.execute(
@@ -629,24 +625,25 @@ class SQLiteStore:
         if not parts:
             return []
         where, parameters = _filter_sql(filters)
-        if not where:
-            inner, inner_parameters = (
-                weighted_search_sql(FTS_TABLE, len(parts), limit=_DEEP_ENOUGH),
-                weighted_search_parameters(parts, limit),
-            )
-            tail: tuple[Any, ...] = (limit,)
-            suffix = "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?"
-        else:
-            inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
-            inner_parameters = weighted_search_parameters(parts, None)
-            tail = (*parameters, limit)
-            suffix = f"WHERE {where} ORDER BY r.score LIMIT ?"
+        inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
+        inner_parameters = weighted_search_parameters(parts, None)
         with self._read() as db:
-            rows = db.execute(
-                f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
-                f"JOIN memories AS m ON m.rowid = r.rowid {suffix}",
-                (*inner_parameters, *tail),
-            ).fetchall()
+            if not where:
+                # the sums materialised best first, then joined in that order (CROSS JOIN keeps them the
+                # outer loop) up to the ``limit``-th visible memory: as in :meth:`search`, superseded
+                # memories ranked below it are never read; the rows are sorted again below
+                rows = db.execute(
+                    f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner} ORDER BY score) AS r "
+                    "CROSS JOIN memories AS m ON m.rowid = r.rowid WHERE m.superseded_by IS NULL LIMIT ?",
+                    (*inner_parameters, limit),
+                ).fetchall()
+                rows.sort(key=lambda row: row[-1])
+            else:
+                rows = db.execute(
+                    f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
+                    f"JOIN memories AS m ON m.rowid = r.rowid WHERE {where} ORDER BY r.score LIMIT ?",
+                    (*inner_parameters, *parameters, limit),
+                ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
     def newest(self, user_id: str | None, limit: int, *, every_user: bool = False) -> list[Memory]:
