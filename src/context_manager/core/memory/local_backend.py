@@ -49,7 +49,14 @@ from context_manager.core.memory.backend import (
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
-from context_manager.core.memory.index import ColumnWeights, Stemmer, VectorIndex, build_match, owner_token
+from context_manager.core.memory.index import (
+    ColumnWeights,
+    Stemmer,
+    VectorIndex,
+    build_match,
+    owner_token,
+    segment_cjk_tokens,
+)
 from context_manager.core.memory.locking import (
     LOCK_FILE_NAME,
     acquire_lock,
@@ -647,7 +654,7 @@ class LocalBackend:
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
         short, medium, long_store = self._stores
-        tokens = list(query.tokens)
+        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
         if not tokens or query.limit <= 0:
             return []
         tiers = query.tiers
