@@ -156,6 +156,21 @@ def test_search_joins_no_more_rows_than_it_returns_past_the_superseded(tmp_path:
         opened.close()
 
 
+def test_weighted_search_returns_the_best_visible_memories_best_first(store: SQLiteStore) -> None:
+    """The top ``limit`` of every visible match, in score order, whatever the superseded ones among them."""
+    store.put([memory(f"live{i}", "apple pear " + "filler " * (i % 37) + f"n{i}") for i in range(300)])
+    store.put(
+        [memory(f"old{i}", "apple apple pear " + "x " * i, superseded_by="m") for i in range(0, 300, 3)]
+    )
+    parts = [(build_match(["apple"], None), 1.0), (build_match(["pear"], None), 0.4)]
+    everything = store.search_weighted(parts, 1000)
+    assert len(everything) == 300 and all(m.superseded_by is None for m, _ in everything)
+    scores = [score for _, score in everything]
+    assert scores == sorted(scores, reverse=True)
+    for limit in (1, 7, 31, 32, 33, 100):
+        assert store.search_weighted(parts, limit) == everything[:limit]
+
+
 def test_find_turns(store: SQLiteStore) -> None:
     store.put(
         [

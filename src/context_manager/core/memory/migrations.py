@@ -85,15 +85,23 @@ def m005_cjk_segments(connection: sqlite3.Connection) -> None:
     Rows indexed before held such a sentence as one term, found by no word of it: their FTS5 text
     columns are written again (other rows are unchanged).
     """
-    rows = connection.execute("SELECT rowid, content, tags, context FROM memories").fetchall()
-    for rowid, content, tags, context in rows:
-        columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
-        segmented = tuple(segment_cjk(text) for text in columns)
-        if segmented != columns:
-            connection.execute(
-                f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
-                (*segmented, rowid),
-            )
+    last = 0
+    while True:  # a chunk at a time: a large store's text is never all in memory at once
+        rows = connection.execute(
+            "SELECT rowid, content, tags, context FROM memories WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, content, tags, context in rows:
+            columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
+            segmented = tuple(segment_cjk(text) for text in columns)
+            if segmented != columns:
+                connection.execute(
+                    f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
+                    (*segmented, rowid),
+                )
+        last = rows[-1][0]
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [

@@ -629,15 +629,7 @@ class SQLiteStore:
         inner_parameters = weighted_search_parameters(parts, None)
         with self._read() as db:
             if not where:
-                # the sums materialised best first, then joined in that order (CROSS JOIN keeps them the
-                # outer loop) up to the ``limit``-th visible memory: as in :meth:`search`, superseded
-                # memories ranked below it are never read; the rows are sorted again below
-                rows = db.execute(
-                    f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner} ORDER BY score) AS r "
-                    "CROSS JOIN memories AS m ON m.rowid = r.rowid WHERE m.superseded_by IS NULL LIMIT ?",
-                    (*inner_parameters, limit),
-                ).fetchall()
-                rows.sort(key=lambda row: row[-1])
+                rows = _visible_best_first(db, f"{inner} ORDER BY score", inner_parameters, limit)
             else:
                 rows = db.execute(
                     f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
@@ -974,6 +966,47 @@ def _memory(row: Sequence[Any]) -> Memory:
         merged_from=json.loads(row[12]),
         context=row[13],
     )
+
+
+def _visible_best_first(
+    db: sqlite3.Connection, ranking: str, parameters: Sequence[Any], limit: int
+) -> list[tuple[Any, ...]]:
+    """The rows of the ``limit`` best memories not superseded, each with its score, best first.
+
+    ``ranking`` selects ``(rowid, score)`` of every match, best first. The memories are read in that order,
+    a chunk at a time, until ``limit`` visible ones are found: a superseded memory costs a row lookup only
+    when it ranks above the ``limit``-th visible one. (One SQL join could not stop early: SQLite drops the
+    ORDER BY of a joined subquery, and a sort after the join reads every match.) Both queries read one
+    snapshot (a read transaction), so a rowid deleted and reused meanwhile cannot pair a score with
+    another memory.
+    """
+    own_transaction = not db.in_transaction  # (the write connection, shared, may be inside one already)
+    if own_transaction:
+        db.execute("BEGIN")
+    try:
+        ranked = db.execute(ranking, parameters).fetchall()
+        rows: list[tuple[Any, ...]] = []
+        chunk = max(limit, 32)
+        for start in range(0, len(ranked), chunk):
+            part = ranked[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            found = {
+                row[0]: row
+                for row in db.execute(
+                    f"{_SELECT} WHERE rowid IN ({marks}) AND superseded_by IS NULL",
+                    [rowid for rowid, _ in part],
+                )
+            }
+            for rowid, score in part:
+                row = found.get(rowid)
+                if row is not None:
+                    rows.append((*row, score))
+                    if len(rows) == limit:
+                        return rows
+        return rows
+    finally:
+        if own_transaction:
+            db.execute("COMMIT")
 
 
 def _filter_sql(filters: CandidateFilter | None) -> tuple[str, list[Any]]:
