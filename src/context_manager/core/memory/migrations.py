@@ -104,12 +104,22 @@ def m005_cjk_segments(connection: sqlite3.Connection) -> None:
         last = rows[-1][0]
 
 
+def m006_pending_merges(connection: sqlite3.Connection) -> None:
+    """Consolidations under way: a merged memory is recorded here in the transaction that stores it.
+
+    Its originals in the volatile tiers are marked in the log after that commit; the record is removed once
+    they are. A store opening with records left (a crash, a failed log write in between) marks them then.
+    """
+    connection.execute("CREATE TABLE pending_merges (merged_id TEXT PRIMARY KEY)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
     ("0003_store_state", m003_store_state),
     ("0004_superseded_index", m004_superseded_index),
     ("0005_cjk_segments", m005_cjk_segments),
+    ("0006_pending_merges", m006_pending_merges),
 ]
 """Every migration in the order it is applied."""
 

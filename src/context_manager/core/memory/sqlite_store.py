@@ -422,8 +422,12 @@ class SQLiteStore:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def put(self, memories: Sequence[Memory]) -> None:
-        """Insert or replace memories in one committed transaction."""
+    def put(self, memories: Sequence[Memory], *, pending_merges: Sequence[str] = ()) -> None:
+        """Insert or replace memories in one committed transaction.
+
+        ``pending_merges``: ids of merged memories (among ``memories``) whose originals are still to be
+        marked elsewhere, recorded in the same transaction (see :meth:`pending_merges`).
+        """
         if not memories:
             return
         with self._guard():
@@ -435,6 +439,10 @@ class SQLiteStore:
                 for memory in memories:
                     memory.tier = MemoryTier.LONG
                     inserted += self._write_one(db, memory)
+                db.executemany(
+                    "INSERT OR IGNORE INTO pending_merges(merged_id) VALUES (?)",
+                    [(merged_id,) for merged_id in pending_merges],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -442,6 +450,20 @@ class SQLiteStore:
             self._erasure_pending = self._erasure_pending or self._marked
             self._count += inserted
             self._frequencies.changed(len(memories))
+
+    def pending_merges(self) -> list[str]:
+        """The merged memories recorded by :meth:`put` whose merge is not finished (:meth:`finish_merges`)."""
+        with self._read() as db:
+            return [row[0] for row in db.execute("SELECT merged_id FROM pending_merges ORDER BY merged_id")]
+
+    def finish_merges(self, merged_ids: Sequence[str]) -> None:
+        """Forget the pending records of these merges (their originals are marked everywhere)."""
+        if not merged_ids:
+            return
+        with self._guard():
+            self._db.executemany(
+                "DELETE FROM pending_merges WHERE merged_id = ?", [(merged_id,) for merged_id in merged_ids]
+            )
 
     def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
         values = (
