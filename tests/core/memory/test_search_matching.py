@@ -15,6 +15,7 @@ import unicodedata
 
 import pytest
 
+from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.index import owner_token
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 
@@ -82,3 +83,51 @@ async def test_the_owner_column_is_not_searched_by_query_words(manager: MemoryMa
     # a memory that says the word is found by it
     says = await manager.add_memory("the ownerdefault flag is set")
     assert [memory.id for memory in await manager.search_memory("ownerdefault")] == [says.id]
+
+
+CJK = {
+    "Japanese": ("東京の天気は晴れです", ["東京", "天気", "晴れ", "東京の天気"]),
+    "Chinese": ("我喜欢在北京吃烤鸭", ["北京", "烤鸭", "北京烤鸭", "鸭"]),
+    "Chinese mixed with Latin": ("会议定在2024年3月的Zoom上", ["会议", "Zoom", "2024"]),
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "medium", "long"])
+async def test_chinese_and_japanese_memories_are_found_by_a_word(
+    sqlite_manager: MemoryManager, tier: str
+) -> None:
+    """Chinese and Japanese write no spaces between words, and FTS5's ``unicode61`` splits only at spaces and
+    punctuation: a whole sentence was one index term, found by no word of it ("東京" found nothing in
+    "東京の天気は晴れです"). The embedded store indexes such text as its characters and their pairs."""
+    stored = {}
+    for name, (text, _) in CJK.items():
+        stored[name] = await sqlite_manager.add_memory(text, tier=tier, tags=["日本語タグ"])
+    await sqlite_manager.add_memory("An unrelated English note about the weather", tier=tier)
+    for name, (_, queries) in CJK.items():
+        for query in queries:
+            found = await sqlite_manager.search_memory(query, limit=3)
+            assert found and found[0].id == stored[name].id, (name, query, [m.content for m in found])
+    tagged = await sqlite_manager.search_memory("タグ", limit=5)
+    assert {m.id for m in tagged} == {m.id for m in stored.values()}
+    assert await sqlite_manager.search_memory("大阪", limit=3) == []  # no character of it is stored
+
+
+async def test_a_long_term_tier_indexed_before_cjk_segmentation_is_reindexed_on_open(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    import sqlite3
+
+    async with MemoryManager(sqlite_config) as memory:
+        stored = await memory.add_memory("東京の天気は晴れです", tier="long")
+        english = await memory.add_memory("The staging cluster runs Kubernetes", tier="long")
+    database = sqlite_config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        connection.execute(
+            "UPDATE memories_fts SET content = (SELECT content FROM memories WHERE memories.rowid = "
+            "memories_fts.rowid)"
+        )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0005_cjk_segments'")
+    async with MemoryManager(sqlite_config) as memory:
+        assert [m.id for m in await memory.search_memory("天気")] == [stored.id]
+        assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
+        assert (await memory.check_integrity())["ok"]

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import sqlite3
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,93 @@ def test_superseded_memories_take_no_place_of_the_limit(store: SQLiteStore) -> N
     # un-superseded again (an undone consolidation): found again, and counted in the same statement
     store.put([memory(f"old{i}", "apple apple apple apple") for i in range(50)])
     assert {m.id for m, _ in store.search(match, 3)} <= {f"old{i}" for i in range(50)}
+
+
+def _search_steps(store: SQLiteStore, search: Callable[[], object]) -> int:
+    """SQLite VM instructions a search runs on this thread's read connection (its nested FTS5 ones too)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store._read() as db:  # this thread's read connection: the one the search below uses
+        db.set_progress_handler(count, 1)
+    try:
+        search()
+    finally:
+        with store._read() as db:
+            db.set_progress_handler(None, 1)
+    return steps
+
+
+def test_search_does_not_visit_superseded_memories_that_do_not_match(tmp_path: Path) -> None:
+    """A search's work does not grow with the superseded originals it does not return.
+
+    Consolidation leaves its originals as rows (hidden, until cleanup); a search used to count every one
+    of them (to take enough FTS5 matches) and join each superseded match with its row: with thousands
+    of merged memories every search paid for all of them.
+    """
+    stores = []
+    for name, superseded in (("plain", 0), ("merged", 3000)):
+        opened = SQLiteStore(tmp_path / f"{name}.sqlite3")
+        opened.open()
+        opened.put([memory(f"live{i}", f"apple and pear number {i} of a text") for i in range(30)])
+        opened.put([memory(f"old{i}", f"zeta note {i}", superseded_by="merged") for i in range(superseded)])
+        stores.append(opened)
+    try:
+        match = build_match(["apple"], None)
+        parts = [(build_match(["apple"], None), 1.0), (build_match(["pear"], None), 0.5)]
+        for search in (
+            lambda s: s.search(match, 5),
+            lambda s: s.search_weighted(parts, 5),
+        ):
+            plain, merged = (_search_steps(s, functools.partial(search, s)) for s in stores)
+            assert [m.id for m, _ in search(stores[0])] == [m.id for m, _ in search(stores[1])]
+            assert merged <= plain * 1.1 + 50, (plain, merged)
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_search_joins_no_more_rows_than_it_returns_past_the_superseded(tmp_path: Path) -> None:
+    """The superseded matches that rank first are skipped; the rest of the matches are not read."""
+    opened = SQLiteStore(tmp_path / "m.sqlite3")
+    opened.open()
+    try:
+        opened.put([memory(f"live{i}", f"apple and pear number {i} of a longer text") for i in range(3000)])
+        opened.put([memory(f"old{i}", "apple apple apple", superseded_by="merged") for i in range(5)])
+        match = build_match(["apple"], None)
+        few = _search_steps(opened, lambda: opened.search(match, 5))
+        found = opened.search(match, 5)
+        assert len(found) == 5 and all(m.id.startswith("live") for m, _ in found)
+        # scoring 3000 FTS5 matches is the same either way; reading 3000 rows instead of 5 is not
+        many = _search_steps(opened, lambda: opened.search(match, 3000))
+        assert many - few > 10 * 3000, (few, many)
+        parts = [(build_match(["apple"], None), 1.0), (build_match(["pear"], None), 0.5)]
+        few = _search_steps(opened, lambda: opened.search_weighted(parts, 5))
+        weighted = opened.search_weighted(parts, 5)
+        assert len(weighted) == 5 and all(m.id.startswith("live") for m, _ in weighted)
+        many = _search_steps(opened, lambda: opened.search_weighted(parts, 3000))
+        assert many - few > 10 * 3000, (few, many)
+    finally:
+        opened.close()
+
+
+def test_weighted_search_returns_the_best_visible_memories_best_first(store: SQLiteStore) -> None:
+    """The top ``limit`` of every visible match, in score order, whatever the superseded ones among them."""
+    store.put([memory(f"live{i}", "apple pear " + "filler " * (i % 37) + f"n{i}") for i in range(300)])
+    store.put(
+        [memory(f"old{i}", "apple apple pear " + "x " * i, superseded_by="m") for i in range(0, 300, 3)]
+    )
+    parts = [(build_match(["apple"], None), 1.0), (build_match(["pear"], None), 0.4)]
+    everything = store.search_weighted(parts, 1000)
+    assert len(everything) == 300 and all(m.superseded_by is None for m, _ in everything)
+    scores = [score for _, score in everything]
+    assert scores == sorted(scores, reverse=True)
+    for limit in (1, 7, 31, 32, 33, 100):
+        assert store.search_weighted(parts, limit) == everything[:limit]
 
 
 def test_find_turns(store: SQLiteStore) -> None:

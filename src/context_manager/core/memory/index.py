@@ -42,6 +42,8 @@ __all__ = [
     "query_tokens",
     "search_fts",
     "search_fts_weighted",
+    "segment_cjk",
+    "segment_cjk_tokens",
     "weighted_search_parameters",
     "weighted_search_sql",
 ]
@@ -68,6 +70,15 @@ SQLite: every other combining mark separates words there, as it does for ``[^\\W
 
 _WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_FOLDED_DIACRITICS}])*")
 """A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it."""
+
+_CJK = (
+    "\u3005\u3006\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+    "\U00020000-\U0003134f"
+)
+"""Chinese characters, kana and their iteration marks: scripts written without spaces between words."""
+
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_CJK_SPLIT = re.compile(f"([{_CJK}]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,54 @@ def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
     return list(seen)
 
 
+def segment_cjk(text: str) -> str:
+    """Text as the embedded store indexes it: each run of Chinese or Japanese as its characters and pairs.
+
+    FTS5's ``unicode61`` splits words at spaces and punctuation only, so a Chinese or Japanese sentence
+    (written without spaces) would be one term, found by no word of it. Each character and each pair of
+    neighbouring characters is a term instead (the usual bigram indexing of these scripts); other text is
+    left as it is. :func:`segment_cjk_tokens` turns a query's words into the same terms.
+
+    Example:
+        >>> segment_cjk("東京の天気 in May")
+        ' 東 京 の 天 気 東京 京の の天 天気  in May'
+    """
+    if _CJK_RUN.search(text) is None:
+        return text
+    return _CJK_RUN.sub(_spread_run, text)
+
+
+def _spread_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    pairs = [run[index : index + 2] for index in range(len(run) - 1)]
+    return " " + " ".join([*run, *pairs]) + " "
+
+
+def segment_cjk_tokens(tokens: Sequence[str], *, limit: int = 2 * MAX_QUERY_TOKENS) -> list[str]:
+    """Query words as terms of :func:`segment_cjk` text: a Chinese or Japanese run as its character pairs.
+
+    A run of one character stays one term; Latin letters or digits joined to a run are a word of their own
+    (as :func:`segment_cjk` separates them). At most ``limit`` distinct terms (a long sentence of pairs).
+
+    Example:
+        >>> segment_cjk_tokens(["東京の天気", "zoom会議", "猫"])
+        ['東京', '京の', 'の天', '天気', 'zoom', '会議', '猫']
+    """
+    terms: dict[str, None] = {}
+    for token in tokens:
+        if _CJK_RUN.search(token) is None:
+            terms[token] = None
+            continue
+        for part in _CJK_SPLIT.split(token):
+            if not part:
+                continue
+            if _CJK_RUN.fullmatch(part) is None or len(part) == 1:
+                terms[part] = None
+            else:
+                terms.update(dict.fromkeys(part[index : index + 2] for index in range(len(part) - 1)))
+    return list(terms)[:limit]
+
+
 def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None = None) -> str:
     """Build a safe FTS5 MATCH expression: quoted tokens joined by OR, restricted to one owner.
 
@@ -157,9 +216,9 @@ def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None 
 def fts_row(memory: Memory) -> tuple[str, str, str, str, str]:
     """The FTS5 column values indexed for a memory."""
     return (
-        memory.content,
-        " ".join(memory.tags),
-        memory.context[:CONTEXT_CHARS],
+        segment_cjk(memory.content),
+        segment_cjk(" ".join(memory.tags)),
+        segment_cjk(memory.context[:CONTEXT_CHARS]),
         memory.session_date or "",
         owner_token(memory.user_id),
     )

@@ -49,7 +49,14 @@ from context_manager.core.memory.backend import (
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
 from context_manager.core.memory.in_memory_store import InMemoryStore
-from context_manager.core.memory.index import ColumnWeights, Stemmer, VectorIndex, build_match, owner_token
+from context_manager.core.memory.index import (
+    ColumnWeights,
+    Stemmer,
+    VectorIndex,
+    build_match,
+    owner_token,
+    segment_cjk_tokens,
+)
 from context_manager.core.memory.locking import (
     LOCK_FILE_NAME,
     acquire_lock,
@@ -148,6 +155,37 @@ class LocalBackend:
         dead = log.recorded_ids - live.keys()
         if dead:
             log.erase(dead - long_store.existing_ids(sorted(dead)))
+        pending = long_store.pending_merges()
+        if pending:
+            self._finish_merges(pending)
+
+    def _finish_merges(self, merged_ids: Sequence[str]) -> None:
+        """Finish consolidations stopped after their merged memory was committed (at open, storage thread).
+
+        Marks every copy of their originals not marked yet (a volatile one in the log first), so the text is
+        no longer found twice; the merge can then be undone like any other. A merged memory deleted since
+        leaves its originals as they are.
+        """
+        long_store, short, medium, log = self._long_store, self.short, self.medium, self._log
+        assert short is not None and medium is not None and log is not None
+        volatile: list[tuple[InMemoryStore, Memory]] = []
+        long_marks: list[Memory] = []
+        for merged in long_store.get_many(merged_ids).values():
+            originals = long_store.get_many(merged.merged_from)
+            for original_id in merged.merged_from:
+                for store in (short, medium):
+                    copy = store.get(original_id)
+                    if copy is not None and copy.superseded_by is None:
+                        volatile.append((store, copy.copy(superseded_by=merged.id)))
+                copy = originals.get(original_id)
+                if copy is not None and copy.superseded_by is None:
+                    long_marks.append(copy.copy(superseded_by=merged.id))
+        if volatile:
+            log.append([{"op": "put", "m": memory.to_dict()} for _, memory in volatile])
+            for store, memory in volatile:
+                store.load([memory])
+        long_store.put(long_marks)
+        long_store.finish_merges(merged_ids)
 
     async def close(self) -> None:
         """Close the stores and the log, release the lock and the storage threads."""
@@ -249,13 +287,20 @@ class LocalBackend:
         for tier, memories in groups:
             await self.put(tier, memories)
 
-    async def put(self, tier: MemoryTier, memories: Sequence[Memory]) -> None:
-        """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term)."""
+    async def put(
+        self, tier: MemoryTier, memories: Sequence[Memory], *, pending_merges: Sequence[str] = ()
+    ) -> None:
+        """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term).
+
+        ``pending_merges`` (long-term only): merges recorded with the write (:meth:`SQLiteStore.put`).
+        """
         if not memories:
             return
         self._owners.update(memory.user_id for memory in memories)
         if tier is MemoryTier.LONG:
-            await self._write(self._long_store.put, list(memories))
+            await self._write(
+                functools.partial(self._long_store.put, pending_merges=pending_merges), list(memories)
+            )
             short = self._stores[0]
             self._long_copies.update(memory.id for memory in memories if memory.id in short)
             return
@@ -425,14 +470,22 @@ class LocalBackend:
             for _, originals in groups
         ]
         winners = [group for group, merged in zip(groups, merged_flags, strict=True) if merged]
-        await self.put(MemoryTier.LONG, [merged.copy() for merged, _ in winners])
         marked: dict[MemoryTier, list[Memory]] = {}
         for merged, originals in winners:
             for original in originals:
                 for copy in by_id[original.id]:
                     marked.setdefault(copy.tier, []).append(copy.copy(superseded_by=merged.id))
-        for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+        # the merged memories, the marks of the long-term originals and a record of the merges in one
+        # transaction; the volatile originals are marked in the log after it: a merge stopped in between
+        # (a crash, a failed log write) is finished when the store opens (_finish_merges), not left with
+        # its text visible twice
+        merged_ids = [merged.id for merged, _ in winners]
+        long_writes = [merged.copy() for merged, _ in winners] + marked.get(MemoryTier.LONG, [])
+        await self.put(MemoryTier.LONG, long_writes, pending_merges=merged_ids)
+        for copy_tier in (MemoryTier.MEDIUM, MemoryTier.SHORT):
             await self.put(copy_tier, marked.get(copy_tier, []))
+        if merged_ids:
+            await self._write(self._long_store.finish_merges, merged_ids)
         return merged_flags
 
     async def unmerge(self, merged_id: str, original_ids: Sequence[str]) -> tuple[list[str], list[Memory]]:
@@ -647,7 +700,7 @@ class LocalBackend:
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
         short, medium, long_store = self._stores
-        tokens = list(query.tokens)
+        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
         if not tokens or query.limit <= 0:
             return []
         tiers = query.tiers

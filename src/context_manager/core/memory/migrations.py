@@ -8,11 +8,12 @@ edit or reorder one that has shipped.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
 
-from context_manager.core.memory.index import ColumnWeights, create_fts_table
+from context_manager.core.memory.index import CONTEXT_CHARS, ColumnWeights, create_fts_table, segment_cjk
 
 __all__ = ["MIGRATIONS", "apply_migrations", "applied_migrations"]
 
@@ -78,11 +79,47 @@ def m004_superseded_index(connection: sqlite3.Connection) -> None:
     )
 
 
+def m005_cjk_segments(connection: sqlite3.Connection) -> None:
+    """Index Chinese and Japanese text as its characters and their pairs (:func:`segment_cjk`).
+
+    Rows indexed before held such a sentence as one term, found by no word of it: their FTS5 text
+    columns are written again (other rows are unchanged).
+    """
+    last = 0
+    while True:  # a chunk at a time: a large store's text is never all in memory at once
+        rows = connection.execute(
+            "SELECT rowid, content, tags, context FROM memories WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, content, tags, context in rows:
+            columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
+            segmented = tuple(segment_cjk(text) for text in columns)
+            if segmented != columns:
+                connection.execute(
+                    f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
+                    (*segmented, rowid),
+                )
+        last = rows[-1][0]
+
+
+def m006_pending_merges(connection: sqlite3.Connection) -> None:
+    """Consolidations under way: a merged memory is recorded here in the transaction that stores it.
+
+    Its originals in the volatile tiers are marked in the log after that commit; the record is removed once
+    they are. A store opening with records left (a crash, a failed log write in between) marks them then.
+    """
+    connection.execute("CREATE TABLE pending_merges (merged_id TEXT PRIMARY KEY)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
     ("0003_store_state", m003_store_state),
     ("0004_superseded_index", m004_superseded_index),
+    ("0005_cjk_segments", m005_cjk_segments),
+    ("0006_pending_merges", m006_pending_merges),
 ]
 """Every migration in the order it is applied."""
 

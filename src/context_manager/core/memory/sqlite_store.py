@@ -63,10 +63,6 @@ _COLUMNS = (
     "superseded_by, merged_from, context"
 )
 _SELECT = f"SELECT rowid, {_COLUMNS} FROM memories"
-_DEEP_ENOUGH = "? + (SELECT count(*) FROM memories WHERE superseded_by IS NOT NULL)"
-"""How many FTS5 matches an unfiltered search takes: its limit plus every superseded memory (hidden from
-search, they may rank first), counted on the partial index ``memories_superseded``, in the same statement
-(so on the same snapshot) as the search."""
 _QUALIFIED = ", ".join("m." + column.strip() for column in _COLUMNS.split(","))
 
 
@@ -426,8 +422,12 @@ class SQLiteStore:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def put(self, memories: Sequence[Memory]) -> None:
-        """Insert or replace memories in one committed transaction."""
+    def put(self, memories: Sequence[Memory], *, pending_merges: Sequence[str] = ()) -> None:
+        """Insert or replace memories in one committed transaction.
+
+        ``pending_merges``: ids of merged memories (among ``memories``) whose originals are still to be
+        marked elsewhere, recorded in the same transaction (see :meth:`pending_merges`).
+        """
         if not memories:
             return
         with self._guard():
@@ -439,6 +439,10 @@ class SQLiteStore:
                 for memory in memories:
                     memory.tier = MemoryTier.LONG
                     inserted += self._write_one(db, memory)
+                db.executemany(
+                    "INSERT OR IGNORE INTO pending_merges(merged_id) VALUES (?)",
+                    [(merged_id,) for merged_id in pending_merges],
+                )
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -446,6 +450,20 @@ class SQLiteStore:
             self._erasure_pending = self._erasure_pending or self._marked
             self._count += inserted
             self._frequencies.changed(len(memories))
+
+    def pending_merges(self) -> list[str]:
+        """The merged memories recorded by :meth:`put` whose merge is not finished (:meth:`finish_merges`)."""
+        with self._read() as db:
+            return [row[0] for row in db.execute("SELECT merged_id FROM pending_merges ORDER BY merged_id")]
+
+    def finish_merges(self, merged_ids: Sequence[str]) -> None:
+        """Forget the pending records of these merges (their originals are marked everywhere)."""
+        if not merged_ids:
+            return
+        with self._guard():
+            self._db.executemany(
+                "DELETE FROM pending_merges WHERE merged_id = ?", [(merged_id,) for merged_id in merged_ids]
+            )
 
     def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
         values = (
@@ -601,14 +619,14 @@ class SQLiteStore:
         where, parameters = _filter_sql(filters)
         with self._read() as db:
             if not where:
-                # FTS5's top matches first (no lookup of the memories table per match), deep enough that
-                # the superseded memories among them cannot push a visible one out
+                # FTS5 hands its matches over best first (the ORDER BY is its own), so the join stops at the
+                # ``limit``-th visible one: a superseded memory costs a row lookup only when it ranks above
+                # one, and the superseded rows are never counted
                 rows = db.execute(
-                    f"SELECT m.rowid, {_QUALIFIED}, r.score "
-                    f"FROM (SELECT rowid, rank AS score FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
-                    f"ORDER BY rank LIMIT {_DEEP_ENOUGH}) AS r JOIN memories AS m ON m.rowid = r.rowid "
-                    "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?",
-                    (match, limit, limit),
+                    f"SELECT m.rowid, {_QUALIFIED}, f.rank FROM {FTS_TABLE} AS f "
+                    f"JOIN memories AS m ON m.rowid = f.rowid WHERE {FTS_TABLE} MATCH ? "
+                    "AND m.superseded_by IS NULL ORDER BY f.rank LIMIT ?",
+                    (match, limit),
                 ).fetchall()
             else:
                 rows = db.execute(
@@ -629,24 +647,17 @@ class SQLiteStore:
         if not parts:
             return []
         where, parameters = _filter_sql(filters)
-        if not where:
-            inner, inner_parameters = (
-                weighted_search_sql(FTS_TABLE, len(parts), limit=_DEEP_ENOUGH),
-                weighted_search_parameters(parts, limit),
-            )
-            tail: tuple[Any, ...] = (limit,)
-            suffix = "WHERE m.superseded_by IS NULL ORDER BY r.score LIMIT ?"
-        else:
-            inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
-            inner_parameters = weighted_search_parameters(parts, None)
-            tail = (*parameters, limit)
-            suffix = f"WHERE {where} ORDER BY r.score LIMIT ?"
+        inner = weighted_search_sql(FTS_TABLE, len(parts), limited=False)
+        inner_parameters = weighted_search_parameters(parts, None)
         with self._read() as db:
-            rows = db.execute(
-                f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
-                f"JOIN memories AS m ON m.rowid = r.rowid {suffix}",
-                (*inner_parameters, *tail),
-            ).fetchall()
+            if not where:
+                rows = _visible_best_first(db, f"{inner} ORDER BY score", inner_parameters, limit)
+            else:
+                rows = db.execute(
+                    f"SELECT m.rowid, {_QUALIFIED}, r.score FROM ({inner}) AS r "
+                    f"JOIN memories AS m ON m.rowid = r.rowid WHERE {where} ORDER BY r.score LIMIT ?",
+                    (*inner_parameters, *parameters, limit),
+                ).fetchall()
         return [(_memory(row), -float(row[-1])) for row in rows]
 
     def newest(self, user_id: str | None, limit: int, *, every_user: bool = False) -> list[Memory]:
@@ -977,6 +988,47 @@ def _memory(row: Sequence[Any]) -> Memory:
         merged_from=json.loads(row[12]),
         context=row[13],
     )
+
+
+def _visible_best_first(
+    db: sqlite3.Connection, ranking: str, parameters: Sequence[Any], limit: int
+) -> list[tuple[Any, ...]]:
+    """The rows of the ``limit`` best memories not superseded, each with its score, best first.
+
+    ``ranking`` selects ``(rowid, score)`` of every match, best first. The memories are read in that order,
+    a chunk at a time, until ``limit`` visible ones are found: a superseded memory costs a row lookup only
+    when it ranks above the ``limit``-th visible one. (One SQL join could not stop early: SQLite drops the
+    ORDER BY of a joined subquery, and a sort after the join reads every match.) Both queries read one
+    snapshot (a read transaction), so a rowid deleted and reused meanwhile cannot pair a score with
+    another memory.
+    """
+    own_transaction = not db.in_transaction  # (the write connection, shared, may be inside one already)
+    if own_transaction:
+        db.execute("BEGIN")
+    try:
+        ranked = db.execute(ranking, parameters).fetchall()
+        rows: list[tuple[Any, ...]] = []
+        chunk = max(limit, 32)
+        for start in range(0, len(ranked), chunk):
+            part = ranked[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            found = {
+                row[0]: row
+                for row in db.execute(
+                    f"{_SELECT} WHERE rowid IN ({marks}) AND superseded_by IS NULL",
+                    [rowid for rowid, _ in part],
+                )
+            }
+            for rowid, score in part:
+                row = found.get(rowid)
+                if row is not None:
+                    rows.append((*row, score))
+                    if len(rows) == limit:
+                        return rows
+        return rows
+    finally:
+        if own_transaction:
+            db.execute("COMMIT")
 
 
 def _filter_sql(filters: CandidateFilter | None) -> tuple[str, list[Any]]:
