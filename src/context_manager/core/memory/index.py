@@ -67,7 +67,10 @@ _FOLDED_DIACRITICS = "\u0300-\u0304\u0306-\u030c\u030f\u0311\u031b\u0323-\u0328\
 SQLite: every other combining mark separates words there, as it does for ``[^\\W_]``)."""
 
 _WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_FOLDED_DIACRITICS}])*")
-"""A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it."""
+"""A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it.
+
+PostgreSQL's index splits words at the other non-ASCII characters (``postgres/separators.py``, frozen in a
+migration): a change here needs new separators and a migration there."""
 
 
 @dataclass(frozen=True, slots=True)
