@@ -464,12 +464,13 @@ async def _stale_search_vectors(dsn: str) -> int:
     """Rows whose stored search vector differs from one computed from their text now."""
     import psycopg
 
-    from context_manager.core.memory.postgres.schema import _search_vector_of
+    from context_manager.core.memory.postgres.schema import search_vector_sql
+    from context_manager.core.memory.postgres.separators import SEPARATORS
 
+    vector = search_vector_sql("m", f"'{SEPARATORS}'")
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute(
-            "SELECT count(*) FROM cm_memories AS m "
-            f"WHERE m.search IS DISTINCT FROM ({_search_vector_of('m')})"
+            f"SELECT count(*) FROM cm_memories AS m WHERE m.search IS DISTINCT FROM ({vector})"
         )
         row = await cursor.fetchone()
     assert row is not None
@@ -563,6 +564,114 @@ async def test_a_store_made_with_the_generated_search_column_migrates_and_keeps_
         assert [m.id for m in await manager.search_memory("tax return", limit=3)] == ["old1"]
         assert [m.id for m in await manager.search_memory("spreadsheet", limit=3)] == [new.id]
     assert await _stale_search_vectors(postgres_dsn) == 0
+
+
+def _separator_code_points() -> set[int]:
+    from context_manager.core.memory.postgres.separators import SEPARATOR_RANGES
+
+    found: set[int] = set()
+    for part in SEPARATOR_RANGES.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first, 16), int(last or first, 16) + 1))
+    return {code_point for code_point in found if not 0xD800 <= code_point <= 0xDFFF}
+
+
+def test_the_frozen_separators_are_the_characters_the_query_splits_words_at() -> None:
+    """Every non-ASCII character ``query_tokens`` does not keep inside a word, and no other."""
+    import unicodedata
+
+    from context_manager.core.memory.index import _WORD
+
+    splitting = {
+        code_point
+        for code_point in range(0x80, 0x110000)
+        if not 0xD800 <= code_point <= 0xDFFF and not _WORD.fullmatch("a" + chr(code_point))
+    }
+    frozen = _separator_code_points()
+    assert 0x093F in frozen and 0x094D in frozen and 0x200C in frozen  # vowel sign I, virama, ZWNJ
+    assert 0x0915 not in frozen and 0x0308 not in frozen  # a letter, a diacritic FTS5 folds
+    if unicodedata.unidata_version == "14.0.0":  # Python 3.11, whose tables the ranges were made from
+        assert frozen == splitting
+    else:  # a later Unicode assigns letters to code points that were unassigned (separators) in 14.0
+        assert frozen >= splitting
+
+
+async def test_the_server_reads_the_separators_as_the_frozen_code_points(postgres_dsn: str) -> None:
+    """The regular expression's escapes mean to the server what the ranges say.
+
+    Every code point of the assigned planes (0-3), and the last one (the planes above are one range).
+    """
+    import psycopg
+
+    from context_manager.core.memory.postgres.separators import SEPARATORS
+
+    code_points = [point for point in range(1, 0x40000) if not 0xD800 <= point <= 0xDFFF]
+    code_points += [0xE0001, 0x10FFFF]
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT p FROM unnest(%s::int[]) AS p WHERE chr(p) ~ %s", (code_points, SEPARATORS)
+        )
+        matched = {row[0] for row in await cursor.fetchall()}
+    assert matched == _separator_code_points() & set(code_points)
+
+
+async def test_a_store_indexed_before_words_were_split_as_queried_finds_them_after_the_upgrade(
+    postgres_dsn: str,
+) -> None:
+    """Migration 0006 gives the rows it changes their new vector, once, with two processes starting together.
+
+    Before it, the server indexed "दिल्ली" whole, while the query asks for its pieces ("द", "ल"): the
+    memory stored in Hindi was never found. Rows whose vector stays the same (ASCII) are not rewritten.
+    """
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0006"]
+    assert len(before) == 5
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    rows = {
+        "hindi": ("मेरी बहन दिल्ली में डॉक्टर है", "", "दिल्ली"),
+        "thai": ("ประชุมทีม วันจันทร์", "ที่กรุงเทพ", "กรุงเทพ"),  # the word in the previous turn
+        "ascii": ("the quarterly budget spreadsheet", "", "budget"),
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for memory_id, (content, context, _) in rows.items():
+            await connection.execute(  # rows written by the earlier version: its trigger computed the vector
+                "INSERT INTO cm_memories "
+                "(id, tier, owner, content, context, importance, created_at, last_accessed, source) "
+                "VALUES (%s, 'long', '', %s, %s, 0.5, 1.0, 1.0, 'user')",
+                (memory_id, content, context),
+            )
+        cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+        places = dict(await cursor.fetchall())
+    assert await _stale_search_vectors(postgres_dsn) == 2
+
+    first, second = MemoryManager(postgres_config(postgres_dsn)), MemoryManager(postgres_config(postgres_dsn))
+    try:
+        await asyncio.gather(first.initialize(), second.initialize())
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
+            cursor = await connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0006%%'"
+            )
+            applied = await cursor.fetchone()
+        assert rewritten == {"hindi", "thai"}
+        assert applied == (1,)
+        for memory_id, (_, _, word) in rows.items():
+            assert [m.id for m in await first.search_memory(word, limit=3)] == [memory_id]
+            assert [m.id for m in await second.search_memory(word, limit=3)] == [memory_id]
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_rebuilding_the_index_computes_every_search_vector_again(postgres_dsn: str) -> None:

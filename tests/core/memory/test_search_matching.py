@@ -7,6 +7,9 @@
    capital dotted I: the query was split where the index does not split ("nai|ve", "i|zmir").
 3. The internal owner column was searchable: the query word ``ownerdefault`` found every memory of the
    default namespace, and ``owner<hash>`` a user's memories with ``ALL_USERS``.
+4. Text in scripts that write vowels as combining marks inside a word (Hindi, Bengali, Tamil, Thai, pointed
+   Hebrew) was not found by its words on PostgreSQL: the query (and SQLite) splits a word at those marks,
+   PostgreSQL's parser kept it whole.
 """
 
 from __future__ import annotations
@@ -131,3 +134,28 @@ async def test_a_long_term_tier_indexed_before_cjk_segmentation_is_reindexed_on_
         assert [m.id for m in await memory.search_memory("天気")] == [stored.id]
         assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
         assert (await memory.check_integrity())["ok"]
+
+
+SCRIPTS = {
+    "Hindi": ("मेरी बहन दिल्ली में डॉक्टर है", "दिल्ली"),
+    "Bengali": ("আমার প্রিয় খাবার ইলিশ মাছ", "ইলিশ"),
+    "Tamil": ("நாளை சென்னையில் கூட்டம் உள்ளது", "சென்னையில்"),
+    "Thai": ("ประชุมทีม วันจันทร์ ที่กรุงเทพ", "กรุงเทพ"),
+    "pointed Hebrew": ("שָׁלוֹם, אֲנִי גָּר בִּירוּשָׁלַיִם", "בִּירוּשָׁלַיִם"),
+    "Persian (zero-width non-joiner)": ("من فردا به کتاب\u200cخانه می\u200cروم", "کتاب\u200cخانه"),
+    "English": ("The quarterly budget review is on Friday", "budget"),
+    "Russian": ("Встреча с командой перенесена на пятницу", "пятницу"),
+    "Chinese": ("项目代号：凤凰。负责人：李明", "凤凰"),
+}
+
+
+async def test_a_memory_is_found_by_a_word_of_its_script(manager: MemoryManager) -> None:
+    """Each memory is found by one of its words, and only it, on both backends, in every tier."""
+    added = {script: await manager.add_memory(text) for script, (text, _) in SCRIPTS.items()}
+    in_long = {script: await manager.add_memory(text, tier="long") for script, (text, _) in SCRIPTS.items()}
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for script, (_, word) in SCRIPTS.items():
+        short = await manager.search_memory(word, tiers=["short"])
+        long = await manager.search_memory(word, tiers=["long"])
+        found[script] = ([memory.id for memory in short], [memory.id for memory in long])
+    assert found == {script: ([added[script].id], [in_long[script].id]) for script in SCRIPTS}

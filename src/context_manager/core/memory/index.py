@@ -69,7 +69,10 @@ _FOLDED_DIACRITICS = "\u0300-\u0304\u0306-\u030c\u030f\u0311\u031b\u0323-\u0328\
 SQLite: every other combining mark separates words there, as it does for ``[^\\W_]``)."""
 
 _WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_FOLDED_DIACRITICS}])*")
-"""A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it."""
+"""A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it.
+
+PostgreSQL's index splits words at the other non-ASCII characters (``postgres/separators.py``, frozen in a
+migration): a change here needs new separators and a migration there."""
 
 _CJK = (
     "\u3005\u3006\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"

@@ -2,8 +2,10 @@
 
 Every tier is a set of rows of ``cm_memories`` (``tier`` is a column); nothing acknowledged lives only in a
 process: a write returns after its transaction committed on the server. User isolation is a predicate on
-the indexed ``owner`` column of every query. Full-text search runs on the generated ``tsvector`` column
-(GIN index); user text becomes one ``plainto_tsquery`` per word, passed as a parameter, so it never reaches
+the indexed ``owner`` column of every query. Full-text search runs on the ``tsvector`` column a trigger
+keeps (GIN index), parsed from the text with the characters the query splits words at made spaces
+(``separators.py``: both see the same words, whatever the server's locale); the query's words
+(``query_tokens``) become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
 the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
 indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
@@ -1369,9 +1371,10 @@ def _vector_text(vector: numpy.ndarray) -> str:
 def _written_forms(token: str) -> tuple[str, ...]:
     """The forms a query word may have in stored text: as given, in NFD, with a final sigma as "σ".
 
-    The query word is in NFC (see ``query_tokens``). The server's parser keeps combining marks inside a
-    word but does not normalise it, so text stored in NFD (``"nai\u0308ve"``) has other lexemes than the
-    same word in NFC; and it lower-cases "ΣΟΦΟΣ" to "σοφοσ", where Python (so the query) writes "σοφος".
+    The query word is in NFC (see ``query_tokens``). The server's index keeps the accents FTS5 folds inside
+    a word (as the query does) but does not normalise it, so text stored in NFD (``"nai\u0308ve"``) has
+    other lexemes than the same word in NFC; and it lower-cases "ΣΟΦΟΣ" to "σοφοσ", where Python (so the
+    query) writes "σοφος".
     """
     forms = [token, unicodedata.normalize("NFD", token)]
     if "ς" in token:  # a final sigma: the server lower-cases "Σ" to "σ" wherever it stands

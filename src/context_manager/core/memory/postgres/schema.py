@@ -8,12 +8,23 @@ with a long-term copy has two rows). ``owner`` is the user id, or ``''`` for the
 are never empty), so user isolation is an indexed equality in every query. ``search`` is the weighted
 ``tsvector`` (content A, tags B, previous turn C, session date D), computed by the server: a trigger fills it
 when a row is inserted without one and when an update changes its text (migration ``0003``; it was a generated
-column before). An overflow move copies it with the row instead of parsing the text again.
+column before). An overflow move copies it with the row instead of parsing the text again. The text is parsed
+with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``).
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "TEXT_SEARCH_CONFIG", "VECTOR_MIGRATIONS", "hnsw_index_statement", "tier_rank_sql"]
+from context_manager.core.memory.postgres.separators import SEPARATORS
+
+__all__ = [
+    "MIGRATIONS",
+    "TEXT_SEARCH_CONFIG",
+    "VECTOR_MIGRATIONS",
+    "hnsw_index_statement",
+    "search_vector_sql",
+    "tier_rank_sql",
+    "words_sql",
+]
 
 TEXT_SEARCH_CONFIG = "english"
 """Text search configuration: English stemming (Snowball) and stop words, like FTS5's Porter stemmer."""
@@ -36,11 +47,16 @@ def _search_vector_of(row: str) -> str:
     )
 
 
-def _search_trigger_function(create: str, vector: str) -> str:
-    """The trigger function that fills ``search`` with ``vector`` (see migration ``0003``)."""
+def _search_trigger_function(create: str, vector: str, *, declare: str = "", prepare: str = "") -> str:
+    """The trigger function that fills ``search`` with ``vector`` (see migration ``0003``).
+
+    ``declare``: PL/pgSQL variable declarations; ``prepare``: statements run before ``vector`` is computed
+    (not when the row keeps its vector).
+    """
+    declarations = f"DECLARE\n                {declare}\n            " if declare else ""
     return f"""
             {create} cm_memories_search() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
+            {declarations}BEGIN
                 IF NEW.search IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.search IS DISTINCT FROM OLD.search OR (
                     NEW.content IS NOT DISTINCT FROM OLD.content
                     AND NEW.tags_text IS NOT DISTINCT FROM OLD.tags_text
@@ -49,7 +65,7 @@ def _search_trigger_function(create: str, vector: str) -> str:
                     -- copied with its row (an overflow move), given with the new text, or the text unchanged
                     RETURN NEW;
                 END IF;
-                NEW.search := {vector};
+                {prepare}NEW.search := {vector};
                 RETURN NEW;
             END
             $$
@@ -65,6 +81,39 @@ def _bounded_search_vector_of(row: str) -> str:
     """:func:`_search_vector_of` over at most :data:`SEARCHED_CONTENT_CHARS` characters of the content."""
     return _search_vector_of(row).replace(
         f"{row}.content)", f"left({row}.content, {SEARCHED_CONTENT_CHARS}))", 1
+    )
+
+
+def search_vector_sql(row: str, separators: str) -> str:
+    """The search vector of the record ``row``: the columns' text parsed after :func:`words_sql`.
+
+    ``separators`` is an SQL expression whose value is :data:`SEPARATORS` (a literal, a PL/pgSQL variable).
+    The trigger of migration ``0006`` computes this; :func:`_bounded_search_vector_of` (``0005``) is the same
+    without the separators.
+    """
+    columns = (
+        (f"{row}.content", SEARCHED_CONTENT_CHARS, "A"),
+        (f"{row}.tags_text", None, "B"),
+        (f"{row}.context", 300, "C"),
+        (f"coalesce({row}.session_date, '')", None, "D"),
+    )
+    return " || ".join(
+        f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, {words_sql(text, separators, chars)}), "
+        f"'{weight}')"
+        for text, chars, weight in columns
+    )
+
+
+def words_sql(text: str, separators: str, chars: int | None = None) -> str:
+    """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
+
+    The server's parser then splits the words where ``query_tokens`` does (see ``separators.py``). All-ASCII
+    text (one byte per character) holds none of them and skips the regular expression.
+    """
+    value = text if chars is None else f"left({text}, {chars})"
+    return (
+        f"CASE WHEN octet_length({text}) = length({text}) THEN {value} "
+        f"ELSE regexp_replace({value}, {separators}, ' ', 'g') END"
     )
 
 
@@ -167,6 +216,33 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE cm_memories ALTER COLUMN metadata DROP DEFAULT",
             "ALTER TABLE cm_memories ALTER COLUMN metadata TYPE json USING metadata::json",
             "ALTER TABLE cm_memories ALTER COLUMN metadata SET DEFAULT '{}'::json",
+        ],
+    ),
+    (
+        # text in scripts that write vowels as combining marks inside a word (Hindi, Bengali, Tamil, Thai,
+        # pointed Hebrew) was not found by its words: the query (like SQLite's index) splits a word at those
+        # marks, the server's parser kept it whole. The vector now parses the text with every character the
+        # query does not keep in a word replaced by a space (separators.py), and the rows whose vector
+        # changes get the new one. Writes wait for the migration (the table lock): a row written meanwhile
+        # by a process still on 0005 would keep an old vector.
+        "0006_search_words_split_as_queried",
+        [
+            "LOCK TABLE cm_memories IN SHARE ROW EXCLUSIVE MODE",
+            _search_trigger_function(
+                "CREATE OR REPLACE FUNCTION",
+                search_vector_sql("NEW", "separators"),
+                declare="separators text;",
+                prepare=f"separators := '{SEPARATORS}';\n                ",
+            ),
+            f"""
+            UPDATE cm_memories AS m SET search = r.search
+            FROM (
+                SELECT c.id, c.tier, {search_vector_sql("c", "s.separators")} AS search
+                FROM cm_memories AS c, (SELECT '{SEPARATORS}'::text AS separators) AS s
+                WHERE concat_ws(' ', c.content, c.tags_text, c.context, c.session_date) ~ s.separators
+            ) AS r
+            WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
+            """,
         ],
     ),
 ]

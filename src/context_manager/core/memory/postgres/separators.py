@@ -1,0 +1,108 @@
+"""The characters PostgreSQL's index must treat as word separators to split words as the query does.
+
+:func:`~context_manager.core.memory.index.query_tokens` (and SQLite's FTS5 index) split a word at every
+character that is not a letter or a digit, combining marks included (but for the diacritics FTS5 folds).
+PostgreSQL's parser asks the server's locale instead, which calls the vowel signs of Devanagari, Bengali,
+Tamil or Thai, the points of Hebrew or Arabic, or a zero-width non-joiner, parts of a word (in the ``C``
+locale, every non-ASCII character): a memory in Hindi was indexed by whole words its query never asked for.
+The search vector (``schema.py``) replaces these characters with spaces first, so both sides see the same
+word pieces whatever the server's locale.
+
+:data:`SEPARATOR_RANGES` is frozen (a migration is never edited): every non-ASCII code point that is not a
+word character of ``query_tokens`` under Python 3.11's Unicode 14.0 (a letter, a number or a folded
+diacritic), unassigned ones included, surrogates joined to their neighbours (text never holds them). A test
+checks it against the running Python.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SEPARATORS", "SEPARATOR_RANGES"]
+
+SEPARATOR_RANGES = (
+    "80-a9,ab-b1,b4,b6-b8,bb,bf,d7,f7,2c2-2c5,2d2-2df,2e5-2eb,2ed,2ef-2ff,305,30d-30e,310,312-31a,"
+    "31c-322,329-32c,32f,332-36f,375,378-379,37e,380-385,387,38b,38d,3a2,3f6,482-489,530,557-558,"
+    "55a-55f,589-5cf,5eb-5ee,5f3-61f,64b-65f,66a-66d,670,6d4,6d6-6e4,6e7-6ed,6fd-6fe,700-70f,711,"
+    "730-74c,7a6-7b0,7b2-7bf,7eb-7f3,7f6-7f9,7fb-7ff,816-819,81b-823,825-827,829-83f,859-85f,86b-86f,"
+    "888,88f-89f,8ca-903,93a-93c,93e-94f,951-957,962-965,970,981-984,98d-98e,991-992,9a9,9b1,9b3-9b5,"
+    "9ba-9bc,9be-9cd,9cf-9db,9de,9e2-9e5,9f2-9f3,9fa-9fb,9fd-a04,a0b-a0e,a11-a12,a29,a31,a34,a37,"
+    "a3a-a58,a5d,a5f-a65,a70-a71,a75-a84,a8e,a92,aa9,ab1,ab4,aba-abc,abe-acf,ad1-adf,ae2-ae5,af0-af8,"
+    "afa-b04,b0d-b0e,b11-b12,b29,b31,b34,b3a-b3c,b3e-b5b,b5e,b62-b65,b70,b78-b82,b84,b8b-b8d,b91,"
+    "b96-b98,b9b,b9d,ba0-ba2,ba5-ba7,bab-bad,bba-bcf,bd1-be5,bf3-c04,c0d,c11,c29,c3a-c3c,c3e-c57,"
+    "c5b-c5c,c5e-c5f,c62-c65,c70-c77,c7f,c81-c84,c8d,c91,ca9,cb4,cba-cbc,cbe-cdc,cdf,ce2-ce5,cf0,"
+    "cf3-d03,d0d,d11,d3b-d3c,d3e-d4d,d4f-d53,d57,d62-d65,d79,d80-d84,d97-d99,db2,dbc,dbe-dbf,dc7-de5,"
+    "df0-e00,e31,e34-e3f,e47-e4f,e5a-e80,e83,e85,e8b,ea4,ea6,eb1,eb4-ebc,ebe-ebf,ec5,ec7-ecf,eda-edb,"
+    "ee0-eff,f01-f1f,f34-f3f,f48,f6d-f87,f8d-fff,102b-103e,104a-104f,1056-1059,105e-1060,1062-1064,"
+    "1067-106d,1071-1074,1082-108d,108f,109a-109f,10c6,10c8-10cc,10ce-10cf,10fb,1249,124e-124f,1257,"
+    "1259,125e-125f,1289,128e-128f,12b1,12b6-12b7,12bf,12c1,12c6-12c7,12d7,1311,1316-1317,135b-1368,"
+    "137d-137f,1390-139f,13f6-13f7,13fe-1400,166d-166e,1680,169b-169f,16eb-16ed,16f9-16ff,1712-171e,"
+    "1732-173f,1752-175f,176d,1771-177f,17b4-17d6,17d8-17db,17dd-17df,17ea-17ef,17fa-180f,181a-181f,"
+    "1879-187f,1885-1886,18a9,18ab-18af,18f6-18ff,191f-1945,196e-196f,1975-197f,19ac-19af,19ca-19cf,"
+    "19db-19ff,1a17-1a1f,1a55-1a7f,1a8a-1a8f,1a9a-1aa6,1aa8-1b04,1b34-1b44,1b4d-1b4f,1b5a-1b82,"
+    "1ba1-1bad,1be6-1bff,1c24-1c3f,1c4a-1c4c,1c7e-1c7f,1c89-1c8f,1cbb-1cbc,1cc0-1ce8,1ced,1cf4,"
+    "1cf7-1cf9,1cfb-1cff,1dc0-1dff,1f16-1f17,1f1e-1f1f,1f46-1f47,1f4e-1f4f,1f58,1f5a,1f5c,1f5e,"
+    "1f7e-1f7f,1fb5,1fbd,1fbf-1fc1,1fc5,1fcd-1fcf,1fd4-1fd5,1fdc-1fdf,1fed-1ff1,1ff5,1ffd-206f,"
+    "2072-2073,207a-207e,208a-208f,209d-2101,2103-2106,2108-2109,2114,2116-2118,211e-2123,2125,2127,"
+    "2129,212e,213a-213b,2140-2144,214a-214d,214f,218a-245f,249c-24e9,2500-2775,2794-2bff,2ce5-2cea,"
+    "2cef-2cf1,2cf4-2cfc,2cfe-2cff,2d26,2d28-2d2c,2d2e-2d2f,2d68-2d6e,2d70-2d7f,2d97-2d9f,2da7,2daf,"
+    "2db7,2dbf,2dc7,2dcf,2dd7,2ddf-2e2e,2e30-3004,3008-3020,302a-3030,3036-3037,303d-3040,3097-309c,"
+    "30a0,30fb,3100-3104,3130,318f-3191,3196-319f,31c0-31ef,3200-321f,322a-3247,3250,3260-327f,"
+    "328a-32b0,32c0-33ff,4dc0-4dff,a48d-a4cf,a4fe-a4ff,a60d-a60f,a62c-a63f,a66f-a67e,a69e-a69f,"
+    "a6f0-a716,a720-a721,a789-a78a,a7cb-a7cf,a7d2,a7d4,a7da-a7f1,a802,a806,a80b,a823-a82f,a836-a83f,"
+    "a874-a881,a8b4-a8cf,a8da-a8f1,a8f8-a8fa,a8fc,a8ff,a926-a92f,a947-a95f,a97d-a983,a9b3-a9ce,"
+    "a9da-a9df,a9e5,a9ff,aa29-aa3f,aa43,aa4c-aa4f,aa5a-aa5f,aa77-aa79,aa7b-aa7d,aab0,aab2-aab4,"
+    "aab7-aab8,aabe-aabf,aac1,aac3-aada,aade-aadf,aaeb-aaf1,aaf5-ab00,ab07-ab08,ab0f-ab10,ab17-ab1f,"
+    "ab27,ab2f,ab5b,ab6a-ab6f,abe3-abef,abfa-abff,d7a4-d7af,d7c7-d7ca,d7fc-f8ff,fa6e-fa6f,fada-faff,"
+    "fb07-fb12,fb18-fb1c,fb1e,fb29,fb37,fb3d,fb3f,fb42,fb45,fbb2-fbd2,fd3e-fd4f,fd90-fd91,fdc8-fdef,"
+    "fdfc-fe6f,fe75,fefd-ff0f,ff1a-ff20,ff3b-ff40,ff5b-ff65,ffbf-ffc1,ffc8-ffc9,ffd0-ffd1,ffd8-ffd9,"
+    "ffdd-ffff,1000c,10027,1003b,1003e,1004e-1004f,1005e-1007f,100fb-10106,10134-1013f,10179-10189,"
+    "1018c-1027f,1029d-1029f,102d1-102e0,102fc-102ff,10324-1032c,1034b-1034f,10376-1037f,1039e-1039f,"
+    "103c4-103c7,103d0,103d6-103ff,1049e-1049f,104aa-104af,104d4-104d7,104fc-104ff,10528-1052f,"
+    "10564-1056f,1057b,1058b,10593,10596,105a2,105b2,105ba,105bd-105ff,10737-1073f,10756-1075f,"
+    "10768-1077f,10786,107b1,107bb-107ff,10806-10807,10809,10836,10839-1083b,1083d-1083e,10856-10857,"
+    "10877-10878,1089f-108a6,108b0-108df,108f3,108f6-108fa,1091c-1091f,1093a-1097f,109b8-109bb,"
+    "109d0-109d1,10a01-10a0f,10a14,10a18,10a36-10a3f,10a49-10a5f,10a7f,10aa0-10abf,10ac8,10ae5-10aea,"
+    "10af0-10aff,10b36-10b3f,10b56-10b57,10b73-10b77,10b92-10ba8,10bb0-10bff,10c49-10c7f,10cb3-10cbf,"
+    "10cf3-10cf9,10d24-10d2f,10d3a-10e5f,10e7f,10eaa-10eaf,10eb2-10eff,10f28-10f2f,10f46-10f50,"
+    "10f55-10f6f,10f82-10faf,10fcc-10fdf,10ff7-11002,11038-11051,11070,11073-11074,11076-11082,"
+    "110b0-110cf,110e9-110ef,110fa-11102,11127-11135,11140-11143,11145-11146,11148-1114f,11173-11175,"
+    "11177-11182,111b3-111c0,111c5-111cf,111db,111dd-111e0,111f5-111ff,11212,1122c-1127f,11287,11289,"
+    "1128e,1129e,112a9-112af,112df-112ef,112fa-11304,1130d-1130e,11311-11312,11329,11331,11334,"
+    "1133a-1133c,1133e-1134f,11351-1135c,11362-113ff,11435-11446,1144b-1144f,1145a-1145e,11462-1147f,"
+    "114b0-114c3,114c6,114c8-114cf,114da-1157f,115af-115d7,115dc-115ff,11630-11643,11645-1164f,"
+    "1165a-1167f,116ab-116b7,116b9-116bf,116ca-116ff,1171b-1172f,1173c-1173f,11747-117ff,1182c-1189f,"
+    "118f3-118fe,11907-11908,1190a-1190b,11914,11917,11930-1193e,11940,11942-1194f,1195a-1199f,"
+    "119a8-119a9,119d1-119e0,119e2,119e4-119ff,11a01-11a0a,11a33-11a39,11a3b-11a4f,11a51-11a5b,"
+    "11a8a-11a9c,11a9e-11aaf,11af9-11bff,11c09,11c2f-11c3f,11c41-11c4f,11c6d-11c71,11c90-11cff,11d07,"
+    "11d0a,11d31-11d45,11d47-11d4f,11d5a-11d5f,11d66,11d69,11d8a-11d97,11d99-11d9f,11daa-11edf,"
+    "11ef3-11faf,11fb1-11fbf,11fd5-11fff,1239a-123ff,1246f-1247f,12544-12f8f,12ff1-12fff,1342f-143ff,"
+    "14647-167ff,16a39-16a3f,16a5f,16a6a-16a6f,16abf,16aca-16acf,16aee-16aff,16b30-16b3f,16b44-16b4f,"
+    "16b5a,16b62,16b78-16b7c,16b90-16e3f,16e97-16eff,16f4b-16f4f,16f51-16f92,16fa0-16fdf,16fe2,"
+    "16fe4-16fff,187f8-187ff,18cd6-18cff,18d09-1afef,1aff4,1affc,1afff,1b123-1b14f,1b153-1b163,"
+    "1b168-1b16f,1b2fc-1bbff,1bc6b-1bc6f,1bc7d-1bc7f,1bc89-1bc8f,1bc9a-1d2df,1d2f4-1d35f,1d379-1d3ff,"
+    "1d455,1d49d,1d4a0-1d4a1,1d4a3-1d4a4,1d4a7-1d4a8,1d4ad,1d4ba,1d4bc,1d4c4,1d506,1d50b-1d50c,1d515,"
+    "1d51d,1d53a,1d53f,1d545,1d547-1d549,1d551,1d6a6-1d6a7,1d6c1,1d6db,1d6fb,1d715,1d735,1d74f,1d76f,"
+    "1d789,1d7a9,1d7c3,1d7cc-1d7cd,1d800-1deff,1df1f-1e0ff,1e12d-1e136,1e13e-1e13f,1e14a-1e14d,"
+    "1e14f-1e28f,1e2ae-1e2bf,1e2ec-1e2ef,1e2fa-1e7df,1e7e7,1e7ec,1e7ef,1e7ff,1e8c5-1e8c6,1e8d0-1e8ff,"
+    "1e944-1e94a,1e94c-1e94f,1e95a-1ec70,1ecac,1ecb0,1ecb5-1ed00,1ed2e,1ed3e-1edff,1ee04,1ee20,1ee23,"
+    "1ee25-1ee26,1ee28,1ee33,1ee38,1ee3a,1ee3c-1ee41,1ee43-1ee46,1ee48,1ee4a,1ee4c,1ee50,1ee53,"
+    "1ee55-1ee56,1ee58,1ee5a,1ee5c,1ee5e,1ee60,1ee63,1ee65-1ee66,1ee6b,1ee73,1ee78,1ee7d,1ee7f,1ee8a,"
+    "1ee9c-1eea0,1eea4,1eeaa,1eebc-1f0ff,1f10d-1fbef,1fbfa-1ffff,2a6e0-2a6ff,2b739-2b73f,2b81e-2b81f,"
+    "2cea2-2ceaf,2ebe1-2f7ff,2fa1e-2ffff,3134b-10ffff"
+)
+"""Inclusive code point ranges (hexadecimal, ``first-last`` or one code point), comma-separated."""
+
+
+def _escape(code_point: int) -> str:
+    return f"\\u{code_point:04x}" if code_point <= 0xFFFF else f"\\U{code_point:08x}"
+
+
+def _bracket_expression(ranges: str) -> str:
+    parts = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        parts.append(_escape(int(first, 16)) + (f"-{_escape(int(last, 16))}" if last else ""))
+    return "[" + "".join(parts) + "]"
+
+
+SEPARATORS = _bracket_expression(SEPARATOR_RANGES)
+"""A PostgreSQL regular expression (in ASCII: escapes) matching one character of :data:`SEPARATOR_RANGES`."""
