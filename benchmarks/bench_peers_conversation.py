@@ -16,7 +16,8 @@ is written message by message and resumed, in one run, on:
 - ours: ``EnhancedContextManager(config, conversation_id=...)``, ``add_message`` per message (each
   committed before it returns), with a 128k window (nothing compressed) and with ``--small-window``
   (compressions happen while writing); SQLite (default) and PostgreSQL;
-- LangGraph: a ``StateGraph(MessagesState)`` with a scripted "model" node and a "tools" node (no LLM: the
+- LangGraph (``synchronous=FULL`` on SQLite as shipped; the per-turn write also with ``NORMAL``, ours'
+  default): a ``StateGraph(MessagesState)`` with a scripted "model" node and a "tools" node (no LLM: the
   node returns the turn's recorded reply) and a checkpointer (``SqliteSaver``, ``PostgresSaver``), written
   as an app does, one ``invoke`` per user turn (the per-turn figure), and message by message with
   ``update_state`` (the per-message figure);
@@ -392,11 +393,14 @@ class LangGraphBackend:
         self.directory = directory
         self.dsn = dsn
 
-    def saver(self, name: str) -> tuple[Any, Callable[[], None]]:
+    def saver(self, name: str, synchronous: str | None = None) -> tuple[Any, Callable[[], None]]:
         if self.backend == "sqlite":
             from langgraph.checkpoint.sqlite import SqliteSaver
 
             connection = sqlite3.connect(self.directory / f"{name}.sqlite3", check_same_thread=False)
+            if synchronous is not None:  # the app owns the connection: it may relax what it fsyncs
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(f"PRAGMA synchronous={synchronous}")
             return SqliteSaver(connection), connection.close
         import psycopg
         from langgraph.checkpoint.postgres import PostgresSaver
@@ -436,6 +440,18 @@ def run_langgraph(
     close()
     result["write_per_turn_invoke"] = summary(per_turn)
     result["checkpoints_per_conversation"] = checkpoints
+    if lg.backend == "sqlite":  # the same with synchronous=NORMAL, the durability of ours by default
+        saver, close = lg.saver("invoke-normal", synchronous="NORMAL")
+        saver.setup()
+        graph = build_graph(saver, replies)
+        normal = []
+        for turn in turns:
+            replies.extend(lc_message(m) for m in turn[1:])
+            started = time.perf_counter()
+            graph.invoke({"messages": [lc_message(turn[0])]}, config)
+            normal.append((time.perf_counter() - started) * 1000.0)
+        close()
+        result["write_per_turn_invoke_synchronous_normal"] = summary(normal)
     size_invoke = lg.size("invoke")
     # 2. message by message: update_state, one checkpoint per message
     saver, close = lg.saver("update" if lg.backend == "sqlite" else "invoke")
@@ -778,6 +794,8 @@ def show(label: str, entry: dict[str, Any]) -> None:
 
 
 def ratios(figures: dict[str, Any]) -> dict[str, float]:
+    """Peer / ours, same run. SQLite: against ours with ``fsync=True`` (``synchronous=FULL``, what the peers'
+    connections use by default), except the ``normal`` one; PostgreSQL: both commit every write."""
     out: dict[str, float] = {}
     for backend, entry in figures["backends"].items():
         ours = entry.get("ours", {}).get("window_128k_fsync") or entry.get("ours", {}).get("window_128k")
@@ -789,6 +807,12 @@ def ratios(figures: dict[str, Any]) -> dict[str, float]:
             out[f"{backend}.langgraph_invoke_turn_vs_ours_turn_p50"] = round(
                 lg["write_per_turn_invoke"]["p50_ms"] / ours["write_per_turn"]["p50_ms"], 2
             )
+            if "write_per_turn_invoke_synchronous_normal" in lg and "window_128k" in entry["ours"]:
+                out[f"{backend}.langgraph_invoke_normal_turn_vs_ours_normal_turn_p50"] = round(
+                    lg["write_per_turn_invoke_synchronous_normal"]["p50_ms"]
+                    / entry["ours"]["window_128k"]["write_per_turn"]["p50_ms"],
+                    2,
+                )
             out[f"{backend}.langgraph_update_state_vs_ours_add_p50"] = round(
                 lg["write_per_message_update_state"]["p50_ms"] / ours["write_per_message"]["p50_ms"], 2
             )
