@@ -597,7 +597,8 @@ class ToolManager(ToolRegistry):
             try:
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:
-                if error.field not in _ARGUMENT_FIELDS or not isinstance(raw, Mapping):
+                # the arguments, or a value inside them (NaN, a NUL character...): that call's failure only
+                if not error.field.startswith(_ARGUMENT_FIELDS) or not isinstance(raw, Mapping):
                     raise
                 shell = ToolCall.from_value(ToolCall(id=raw.get("id", ""), name=_raw_name(raw), arguments={}))
                 failure = ToolResult(
