@@ -22,6 +22,7 @@ import collections.abc
 import functools
 import inspect
 import json
+import math
 import re
 import sys
 import types
@@ -210,10 +211,12 @@ _SCHEMA_MAP_KEYWORDS = frozenset(
 
 
 def _clean_schema(schema: Any) -> Any:
-    """Drop pydantic's ``title`` keywords (model tokens spent for nothing).
+    """Drop pydantic's ``title`` keywords (model tokens spent for nothing), and keywords JSON cannot write.
 
     Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
-    values) are kept as they are, ``title`` keys included.
+    values) are kept as they are, ``title`` keys included. A keyword whose value holds NaN or an infinity
+    (``radius: float = math.inf``'s default, ``Field(le=math.inf)``) is dropped too: providers get strict
+    JSON, which has no such numbers (the argument model still applies the default and the bound).
     """
     if isinstance(schema, list):
         return [_clean_schema(item) for item in schema]
@@ -224,12 +227,26 @@ def _clean_schema(schema: Any) -> Any:
         if key == "title" and isinstance(value, str):
             continue
         if key in _DATA_KEYWORDS:
-            cleaned[key] = value
+            if _finite(value):
+                cleaned[key] = value
+        elif isinstance(value, float) and not math.isfinite(value):  # a bound: ``maximum: inf``
+            continue
         elif key in _SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
             cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
         else:
             cleaned[key] = _clean_schema(value)
     return cleaned
+
+
+def _finite(value: Any) -> bool:
+    """False for a float that is NaN or infinite, or for data holding one (JSON cannot write them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _refuse_generator(function: Any, tool_name: str) -> None:
