@@ -311,3 +311,24 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
     union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
     assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
     assert "order_id" not in union.error.partition("item.Address.zip")[2]
+
+
+async def test_common_parameter_names_and_unwritable_defaults_register_without_warnings() -> None:
+    """``schema``, ``json``, ``copy`` and ``dict`` are BaseModel attribute names: pydantic warned for each at
+    registration, and under ``-W error`` (pytest's ``filterwarnings = ["error"]``) the tool was refused."""
+    import warnings
+
+    sentinel = object()
+
+    async def run_query(schema: str, json: bool = False, copy: int = 1, dict: str = "d", hint: Any = sentinel) -> str:
+        return f"{schema} {json} {copy} {dict} {hint is sentinel}"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manager = ToolManager()
+        manager.register_function_tool("run_query", run_query, "Run a query")
+    properties = manager.get_tool_schemas("openai")[0]["function"]["parameters"]["properties"]
+    assert list(properties) == ["schema", "json", "copy", "dict", "hint"]
+    assert "default" not in properties["hint"]  # not JSON: left out of the schema
+    result = await manager.execute_tool("run_query", schema="public", json=True)
+    assert result.result == "public True 1 d True"

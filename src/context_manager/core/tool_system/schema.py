@@ -19,6 +19,7 @@ Two calling conventions are recognised (see :func:`analyse_function`):
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import functools
 import inspect
 import json
@@ -27,11 +28,13 @@ import re
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import PydanticJsonSchemaWarning
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
@@ -238,6 +241,20 @@ def _clean_schema(schema: Any) -> Any:
     return cleaned
 
 
+@contextlib.contextmanager
+def _quiet_pydantic() -> collections.abc.Iterator[None]:
+    """Silence what pydantic warns about the arguments model, which is ours, not the user's.
+
+    A parameter named ``schema``, ``json``, ``copy`` or ``dict`` "shadows" a ``BaseModel`` attribute (the
+    model works: arguments are read from its fields), and a default that is not JSON is left out of the
+    schema. Under ``-W error`` such warnings refused the tool.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Field name .* shadows an attribute", category=UserWarning)
+        warnings.filterwarnings("ignore", category=PydanticJsonSchemaWarning)
+        yield
+
+
 def _finite(value: Any) -> bool:
     """False for a float that is NaN or infinite, or for data holding one (JSON cannot write them)."""
     if isinstance(value, float):
@@ -331,12 +348,13 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         fields[parameter.name] = (annotation, field_info)
     model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
     try:
-        model = create_model(
-            f"{model_name or 'Tool'}Arguments",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-            **fields,
-        )
-        schema = _clean_schema(model.model_json_schema())
+        with _quiet_pydantic():
+            model = create_model(
+                f"{model_name or 'Tool'}Arguments",
+                __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                **fields,
+            )
+            schema = _clean_schema(model.model_json_schema())
     except Exception as error:  # pydantic cannot build a schema for some annotation
         raise ToolRegistrationError(
             "function",
@@ -408,10 +426,11 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
             required.add(name)
     fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
     try:
-        model = create_model(
-            f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
-        )
-        schema: dict[str, Any] = _clean_schema(model.model_json_schema())
+        with _quiet_pydantic():
+            model = create_model(
+                f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+            )
+            schema: dict[str, Any] = _clean_schema(model.model_json_schema())
     except Exception as error:
         raise ToolRegistrationError(
             "function.parameters",
