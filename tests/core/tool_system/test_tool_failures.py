@@ -332,3 +332,27 @@ async def test_common_parameter_names_and_unwritable_defaults_register_without_w
     assert "default" not in properties["hint"]  # not JSON: left out of the schema
     result = await manager.execute_tool("run_query", schema="public", json=True)
     assert result.result == "public True 1 d True"
+
+
+async def test_a_cacheable_tool_with_arguments_json_cannot_write_runs_uncached() -> None:
+    """The cache key fell back to ``model_dump(mode="json")``, which raised for an object argument (a
+    sentinel default, an object passed from Python): the exception escaped execute_tool."""
+    missing = object()
+    runs: list[str] = []
+
+    async def describe(table: str, hint: Any = missing) -> str:
+        runs.append(table)
+        return f"{table}: {hint is missing}"
+
+    manager = ToolManager()
+    manager.register_function_tool("describe", describe, "Describe a table", cacheable=True)
+    first = await manager.execute_tool("describe", table="orders")
+    second = await manager.execute_tool("describe", table="orders", hint={1, 2})
+    third = await manager.execute_tool("describe", table="orders", hint=["x"])
+    fourth = await manager.execute_tool("describe", table="orders", hint=["x"])
+    assert [r.result for r in (first, second, third, fourth)] == ["orders: True"] + ["orders: False"] * 3
+    assert [r.cached for r in (first, second, third, fourth)] == [False, False, False, True]
+    assert runs == ["orders"] * 3
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    assert (await manager.execute_tool("describe", table="orders", hint=cycle)).success

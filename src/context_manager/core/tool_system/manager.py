@@ -401,7 +401,10 @@ class ToolManager(ToolRegistry):
         if definition.cacheable and self.config.enable_tool_caching:
             cache_key = canonical_arguments(call_arguments)
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
-                cache_key = canonical_arguments(validated.model_dump(mode="json"))
+                try:
+                    cache_key = canonical_arguments(validated.model_dump(mode="json"))
+                except (ValueError, RecursionError):  # not JSON (an object sentinel, a cycle): run uncached
+                    cache_key = None
             if cache_key is not None and caller_key is not None:
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
                 cache_key = f"{json.dumps(caller_key)}:{cache_key}"
