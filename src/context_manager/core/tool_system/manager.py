@@ -473,6 +473,19 @@ class ToolManager(ToolRegistry):
                 )
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except Exception as error:
+            if scope.expired():
+                # the timeout cancelled the tool, whose clean-up raised an error of its own (a ``finally``
+                # closing a connection): it ran out of time, and that is what the model must read
+                text = str(error)
+                return self._fail(
+                    definition,
+                    ToolErrorType.TIMEOUT,
+                    f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
+                    f"{type(error).__name__}{': ' + text if text else ''})",
+                    started,
+                    call_id,
+                    call_arguments,
+                )
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except BaseException as error:
             # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
