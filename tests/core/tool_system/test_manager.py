@@ -368,6 +368,56 @@ async def test_results_must_be_json_serialisable() -> None:
         assert result.error is not None and "not JSON-serialisable" in result.error
 
 
+async def test_a_dataclass_result_converts_its_fields_as_a_pydantic_model_result_does() -> None:
+    """A dataclass with a datetime, an enum or a set field was refused ("datetime is not
+    JSON-serialisable"; the message said to return dataclasses), while a model with the same fields passed."""
+    import datetime
+    import enum
+    import math
+
+    class Status(enum.Enum):
+        SHIPPED = "shipped"
+
+    @dataclasses.dataclass
+    class Order:
+        id: int
+        placed: datetime.datetime
+        status: Status
+        tags: set[str]
+
+    class OrderModel(BaseModel):
+        id: int
+        placed: datetime.datetime
+        status: Status
+        tags: set[str]
+
+    @dataclasses.dataclass
+    class Reading:
+        value: float
+
+    placed = datetime.datetime(2026, 12, 1, 9, 30)
+
+    async def get_order(order_id: int) -> Order:
+        return Order(order_id, placed, Status.SHIPPED, {"gift"})
+
+    async def get_order_model(order_id: int) -> OrderModel:
+        return OrderModel(id=order_id, placed=placed, status=Status.SHIPPED, tags={"gift"})
+
+    async def read() -> Reading:
+        return Reading(math.nan)
+
+    manager = ToolManager()
+    for function in (get_order, get_order_model, read):
+        manager.register_tool(function)
+    expected = {"id": 7, "placed": "2026-12-01T09:30:00", "status": "shipped", "tags": ["gift"]}
+    for name in ("get_order", "get_order_model"):
+        result = await manager.execute_tool(name, order_id=7)
+        assert result.success and result.result == expected
+        assert json.loads(result.to_content()) == expected
+    nan = await manager.execute_tool("read")  # still no NaN in a result
+    assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
+
+
 async def test_to_content_and_to_dict(manager: ToolManager) -> None:
     ok = await manager.execute("summarise", text="hello")
     assert ok.to_content() == "hello"

@@ -20,7 +20,7 @@ problems:
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
-   (``dataclasses.asdict``) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
+   (their fields as a model's: datetimes, enums, sets) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
@@ -44,6 +44,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
@@ -136,7 +137,8 @@ class _ResultEncoder(json.JSONEncoder):
             return o.model_dump(mode="json")
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             self.converted = True
-            return dataclasses.asdict(o)
+            # its fields as a model's are (datetimes, enums, sets ...), not dataclasses.asdict's raw values
+            return to_jsonable_python(o)
         raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 
