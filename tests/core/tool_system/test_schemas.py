@@ -151,7 +151,9 @@ async def test_an_infinite_default_or_bound_leaves_the_schemas_plain_json() -> N
 
     from pydantic import Field
 
-    async def find_shops(city: str, radius_km: float = math.inf, score: float = Field(0.5, le=math.inf)) -> str:
+    async def find_shops(
+        city: str, radius_km: float = math.inf, score: float = Field(0.5, le=math.inf)
+    ) -> str:
         return f"{city} {radius_km} {score}"
 
     async def ping() -> str:
@@ -171,4 +173,3 @@ async def test_an_infinite_default_or_bound_leaves_the_schemas_plain_json() -> N
     assert "maximum" not in parameters["properties"]["score"]
     result = await manager.execute_tool("find_shops", city="Porto")
     assert result.result == "Porto inf 0.5"
-

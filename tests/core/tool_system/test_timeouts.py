@@ -188,10 +188,12 @@ async def test_a_tool_that_fails_while_cancelled_at_its_timeout_times_out() -> N
     results = [await manager.execute_tool(name, sql="select 1") for name in ("query", "wraps", "fails_early")]
     assert [r.error_type for r in results] == ["timeout", "timeout", "tool_error"]
     assert results[0].error == (
-        "tool 'query' timed out after 0.05 s (cancelled, it raised ConnectionError: connection closed while a "
-        "query was running)"
+        "tool 'query' timed out after 0.05 s (cancelled, it raised ConnectionError: connection closed "
+        "while a query was running)"
     )
-    assert results[1].error == "tool 'wraps' timed out after 0.05 s (cancelled, it raised RuntimeError: request aborted)"
+    assert results[1].error == (
+        "tool 'wraps' timed out after 0.05 s (cancelled, it raised RuntimeError: request aborted)"
+    )
     assert results[2].error == "tool 'fails_early' raised ConnectionError: refused"
     stats = manager.get_tool_stats()["tools"]["query"]
     assert stats["errors"] == {"timeout": 1}

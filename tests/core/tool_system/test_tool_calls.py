@@ -108,7 +108,8 @@ async def test_arguments_json_cannot_hold_are_a_failed_result_for_that_call_only
     # write, and what no message can hold
     manager = ToolManager()
     manager.register_tool(add)
-    bad = ['{"a": NaN, "b": 1}', '{"a": 1e999, "b": 1}', '{"a": "\\u0000", "b": 1}', '{"a": "\\ud800", "b": 1}']
+    bad = ['{"a": NaN, "b": 1}', '{"a": 1e999, "b": 1}']
+    bad += ['{"a": "\\u0000", "b": 1}', '{"a": "\\ud800", "b": 1}']
     calls = [openai_call(f"c{n}", "add", text) for n, text in enumerate(bad)]
     results = await manager.execute_tool_calls([*calls, openai_call("ok", "add", {"a": 1, "b": 2})])
     assert [r.call_id for r in results] == ["c0", "c1", "c2", "c3", "ok"]

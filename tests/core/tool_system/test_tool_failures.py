@@ -320,7 +320,9 @@ async def test_common_parameter_names_and_unwritable_defaults_register_without_w
 
     sentinel = object()
 
-    async def run_query(schema: str, json: bool = False, copy: int = 1, dict: str = "d", hint: Any = sentinel) -> str:
+    async def run_query(
+        schema: str, json: bool = False, copy: int = 1, dict: str = "d", hint: Any = sentinel
+    ) -> str:
         return f"{schema} {json} {copy} {dict} {hint is sentinel}"
 
     with warnings.catch_warnings():

@@ -927,6 +927,7 @@ async def test_a_tool_changing_its_arguments_leaves_the_calls_in_the_window_as_t
     assert [block["input"] for block in exported] == [call.arguments for call in made]
 
     # pending calls run again from the window's own ToolCall objects
-    await manager.add_message("assistant", "", tool_calls=[ToolCall("call_4", "sort_items", {"items": ["d", "c"]})])
+    rerun = ToolCall("call_4", "sort_items", {"items": ["d", "c"]})
+    await manager.add_message("assistant", "", tool_calls=[rerun])
     await manager.execute_tool_calls(manager.pending_tool_calls())
     assert manager.messages[-2].tool_calls[0].arguments == {"items": ["d", "c"]}

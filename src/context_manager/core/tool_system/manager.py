@@ -20,8 +20,8 @@ problems:
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
-   (their fields as a model's: datetimes, enums, sets) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``.
+   (their fields as a model's: datetimes, enums, sets) are converted; anything else (sets, arbitrary
+   objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung

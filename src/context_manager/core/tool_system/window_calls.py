@@ -253,8 +253,10 @@ async def _run_and_answer(
 
 
 def _with_own_arguments(item: ParsedToolCall) -> ParsedToolCall:
-    """``item`` with a copy of its nested argument values (lists, objects); flat arguments are shared (the
-    manager copies the top level itself)."""
+    """``item`` with a copy of its nested argument values (lists, objects).
+
+    Flat arguments are shared: the manager copies the top level itself.
+    """
     arguments = item.call.arguments
     if not any(isinstance(value, dict | list) for value in arguments.values()):
         return item
