@@ -117,3 +117,19 @@ async def test_arguments_json_cannot_hold_are_a_failed_result_for_that_call_only
         assert result.error_type == "invalid_arguments" and result.tool_name == "add"
         assert "tool_calls[].arguments.a" in (result.error or "")
     assert results[4].result == 3
+
+
+async def test_langchain_tool_calls_keep_their_arguments() -> None:
+    """LangChain's ``AIMessage.tool_calls`` items (``{"name", "args", "id", "type": "tool_call"}``) ran with
+    no arguments at all: ``args`` was not read, so a tool with defaults silently ran with them."""
+
+    async def search(query: str = "everything", limit: int = 10) -> str:
+        return f"{query}:{limit}"
+
+    manager = ToolManager()
+    manager.register_tool(search)
+    arguments = {"query": "lisbon weather", "limit": 3}
+    langchain_calls = [{"name": "search", "args": arguments, "id": "call_1", "type": "tool_call"}]
+    results = await manager.execute_tool_calls(langchain_calls)
+    assert results[0].result == "lisbon weather:3"
+    assert ToolCall.from_value(langchain_calls[0]).arguments == {"query": "lisbon weather", "limit": 3}
