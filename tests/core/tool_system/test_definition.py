@@ -542,3 +542,47 @@ def test_a_generator_function_is_refused_at_registration(function: Any, kind: st
     ):
         manager.register_function_tool("rows", function, "Rows")
     assert "rows" not in manager
+
+
+class WeatherService:
+    """Tools as methods: ``@tool`` on the method, the bound method registered."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+
+    @tool(cacheable=True)
+    async def get_weather(self, city: str) -> str:
+        """Current weather of a city.
+
+        Args:
+            city: The city.
+        """
+        return f"{city}: 21 {self.unit}"
+
+    @tool(name="forecast")
+    def forecast(self, city: str, days: int = 3) -> str:
+        """Forecast of a city (sync)."""
+        return f"{city}: {days} days in {self.unit}"
+
+
+async def test_a_decorated_method_registered_bound_is_a_tool_of_its_instance() -> None:
+    """The definition kept the plain function: ``self`` was a required argument in the schema, and every
+    call failed with "self: missing"."""
+    celsius, fahrenheit = WeatherService("C"), WeatherService("F")
+    manager = ToolManager()
+    manager.register_tool(celsius.get_weather)
+    manager.register_tool(celsius.get_weather)  # the same tool again: a no-op, as for a function
+    manager.register_tool(celsius.forecast)
+    manager.register_function_tool("get_weather_f", fahrenheit.get_weather)
+    for schema in manager.get_tool_schemas("anthropic"):
+        assert "self" not in schema["input_schema"]["properties"]
+        assert schema["input_schema"]["required"] == ["city"]
+    assert manager.get_tool("get_weather").cacheable and manager.get_tool("get_weather").description
+    results = [
+        await manager.execute_tool("get_weather", city="Lisbon"),
+        await manager.execute_tool("forecast", city="Porto"),
+        await manager.execute_tool("get_weather_f", city="Boston"),
+    ]
+    assert [r.result for r in results] == ["Lisbon: 21 C", "Porto: 3 days in C", "Boston: 21 F"]
+    with pytest.raises(ToolRegistrationError, match="already registered"):
+        manager.register_tool(fahrenheit.get_weather)  # another instance under the same name

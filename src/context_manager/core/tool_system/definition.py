@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import re
@@ -347,9 +348,20 @@ def _string_leaves(value: Any, depth: int = 0) -> list[str]:
 
 
 def get_tool_definition(function: Any) -> ToolDefinition | None:
-    """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None."""
+    """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None.
+
+    For a bound method whose function was decorated (``@tool`` on a method in a class body), the definition
+    is of the bound method: it runs on its instance, and ``self`` is not one of its arguments.
+
+    Raises:
+        ToolRegistrationError: the bound method cannot be a tool (as for the decorator).
+    """
     definition = getattr(function, TOOL_DEFINITION_ATTRIBUTE, None)
-    return definition if isinstance(definition, ToolDefinition) else None
+    if not isinstance(definition, ToolDefinition):
+        return None
+    if inspect.ismethod(function) and definition.function is function.__func__:
+        return definition.with_options(function=function)
+    return definition
 
 
 @overload

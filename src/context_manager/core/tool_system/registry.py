@@ -15,6 +15,7 @@ Registration validates everything before changing anything: a rejected registrat
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -157,7 +158,11 @@ class ToolRegistry:
     def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
         existing = self._tools.get(definition.name)
         if existing is not None and not replace:
-            if existing.function is definition.function and existing.options() == definition.options():
+            # bound methods by ==: each attribute access makes a new one (equal: same function and instance)
+            same = existing.function is definition.function or (
+                inspect.ismethod(existing.function) and existing.function == definition.function
+            )
+            if same and existing.options() == definition.options():
                 return existing  # the same tool registered twice
             raise ToolRegistrationError(
                 "name",
