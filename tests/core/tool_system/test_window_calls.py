@@ -931,3 +931,34 @@ async def test_a_tool_changing_its_arguments_leaves_the_calls_in_the_window_as_t
     await manager.add_message("assistant", "", tool_calls=[rerun])
     await manager.execute_tool_calls(manager.pending_tool_calls())
     assert manager.messages[-2].tool_calls[0].arguments == {"items": ["d", "c"]}
+
+
+async def test_a_result_or_error_with_a_nul_or_a_lone_surrogate_is_answered_not_lost(
+    manager: EnhancedContextManager,
+) -> None:
+    """A tool's text with a NUL (a subprocess's output) or a lone surrogate (a file name read with
+    ``surrogateescape``) could not be a message: execute_tool_calls raised InvalidMessageError after the
+    tools ran, their results were lost and the calls stayed pending."""
+
+    async def run(command: str) -> str:
+        if command == "raise":
+            raise OSError("device \x00 gone")
+        return {"nul": "exit\x00code 0", "surrogate": "file-\udcff.txt"}[command]
+
+    manager.tool_manager.register_function_tool("run", run, "Run a command")
+    manager.tool_manager.register_function_tool("run_cut", run, "Run, cut", max_output_tokens=2)
+    await manager.add_message("user", "Run them")
+    calls = [ToolCall(f"c_{n}", "run", {"command": n}) for n in ("nul", "surrogate", "raise")]
+    results = await manager.execute_tool_calls([*calls, ToolCall("c_cut", "run_cut", {"command": "nul"})])
+    assert [r.result for r in results] == ["exit\x00code 0", "file-\udcff.txt", None, "exit\x00code 0"]
+    assert results[2].error_type == "tool_error"
+    assert manager.pending_tool_calls() == []
+    answers = [m.content for m in tool_messages(manager)]
+    assert answers[:3] == [
+        "exit\ufffdcode 0",
+        "file-\ufffd.txt",
+        "Error (tool_error): tool 'run' raised OSError: device \ufffd gone",
+    ]
+    assert answers[3].startswith("exit")
+    full = await manager.search_memory("exit code", limit=5)
+    assert any(memory.content == "exit\ufffdcode 0" for memory in full)

@@ -50,6 +50,7 @@ from context_manager.core.errors import (
     ToolCallPairingError,
 )
 from context_manager.core.messages import Message, ToolCall
+from context_manager.core.text import storable
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
@@ -79,13 +80,17 @@ TruncationCallback = Callable[[ToolCall, ToolResult, str], Awaitable[None] | Non
 
 
 def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
-    """The result's text, with the values of the tool's sensitive arguments cut out."""
+    """The result's text, with the values of the tool's sensitive arguments cut out.
+
+    A NUL character or a lone surrogate (a subprocess's output, a file name read with
+    ``surrogateescape``) becomes U+FFFD: a message cannot hold them, and the result must find its call.
+    """
     text = result.to_content()
     if call.name in manager:
         definition = manager.get_tool(call.name)
         if definition.sensitive_arguments:
             text = definition.scrub(text, call.arguments)
-    return text
+    return storable(text)
 
 
 def _cut_output(counter: TokenCounter, text: str, limit: int) -> tuple[str, int | None]:
