@@ -358,3 +358,24 @@ async def test_a_cacheable_tool_with_arguments_json_cannot_write_runs_uncached()
     cycle: list[Any] = []
     cycle.append(cycle)
     assert (await manager.execute_tool("describe", table="orders", hint=cycle)).success
+
+
+async def test_an_exception_that_cannot_be_printed_is_a_failed_result() -> None:
+    """``str(error)`` of an exception whose ``__str__`` raises escaped execute_tool."""
+
+    class ApiError(Exception):
+        def __init__(self, response: Any) -> None:
+            super().__init__()
+            self.response = response
+
+        def __str__(self) -> str:
+            return f"status {self.response['status']}"  # the response is None: TypeError
+
+    async def call_api(path: str) -> str:
+        raise ApiError(None)
+
+    manager = ToolManager()
+    manager.register_function_tool("call_api", call_api, "Call the API", timeout=5)
+    result = await manager.execute_tool("call_api", path="/orders")
+    assert result.error_type == "tool_error"
+    assert result.error == "tool 'call_api' raised ApiError (its message cannot be shown: TypeError)"

@@ -478,12 +478,11 @@ class ToolManager(ToolRegistry):
             if scope.expired():
                 # the timeout cancelled the tool, whose clean-up raised an error of its own (a ``finally``
                 # closing a connection): it ran out of time, and that is what the model must read
-                text = str(error)
                 return self._fail(
                     definition,
                     ToolErrorType.TIMEOUT,
                     f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
-                    f"{type(error).__name__}{': ' + text if text else ''})",
+                    f"{_describe_error(error)})",
                     started,
                     call_id,
                     call_arguments,
@@ -561,8 +560,7 @@ class ToolManager(ToolRegistry):
         # the traceback's last line quotes the exception's message, which may hold a sensitive argument
         traceback = None if definition.sensitive_arguments else error
         logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=traceback)
-        text = str(error)
-        message = f"tool {definition.name!r} raised {type(error).__name__}" + (f": {text}" if text else "")
+        message = f"tool {definition.name!r} raised {_describe_error(error)}"
         return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)
 
     def _fail(
@@ -708,6 +706,16 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+def _describe_error(error: BaseException) -> str:
+    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed)."""
+    kind = type(error).__name__
+    try:
+        text = str(error)
+    except Exception as failure:  # a __str__ that raises must not turn a failed result into a crash
+        return f"{kind} (its message cannot be shown: {type(failure).__name__})"
+    return f"{kind}: {text}" if text else kind
 
 
 def _raw_name(raw: Mapping[str, Any]) -> str:
