@@ -156,3 +156,31 @@ def test_policy_decisions_and_validation() -> None:
     assert PermissionPolicy(allow_up_to="dangerous").decide(definition) is PermissionDecision.ALLOW
     with pytest.raises(InvalidArgumentError, match="^always_deny: got 'rm'"):
         PermissionPolicy(always_deny="rm")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_to_the_tool_api_raise_the_librarys_errors() -> None:
+    """These raised TypeError ('NoneType' object is not iterable, unhashable type), or, for a name given
+    where a list of names is expected, looked up each of its letters ("tool not found: 'w'")."""
+    from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
+    from context_manager.core.tool_system import tool
+
+    async def word_stats(text: str) -> int:
+        return len(text.split())
+
+    manager = ToolManager()
+    manager.register_function_tool("word_stats", word_stats, "Count words")
+    with pytest.raises(InvalidArgumentError, match=r"names: got 'word_stats'; allowed a list of tool names"):
+        manager.get_tool_schemas("openai", names="word_stats")
+    for field, value in (("always_deny", None), ("always_allow", 5)):
+        with pytest.raises(InvalidArgumentError, match=f"{field}: got {value}; allowed a set of tool names"):
+            PermissionPolicy(**{field: value})
+    with pytest.raises(InvalidArgumentError, match="tags: got 5; allowed a list of strings"):
+        manager.list_tools(tags=5)  # type: ignore[arg-type]
+    for lookup in (manager.get_tool, manager.unregister_tool):
+        with pytest.raises(ToolNotFoundError):
+            lookup([])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="arguments: got None; allowed a mapping"):
+        manager.redact_arguments("word_stats", None)  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="tags: got 5; allowed a list of non-empty strings"):
+        tool(tags=5)(word_stats)  # type: ignore[arg-type]
+    assert [definition.name for definition in manager.list_tools()] == ["word_stats"]

@@ -440,7 +440,7 @@ def tool(
             function=target,
             description=description or "",
             category=category,  # type: ignore[arg-type]  # parsed in __post_init__
-            tags=tuple(tags) if not isinstance(tags, str) else tags,  # type: ignore[arg-type]
+            tags=tags,  # type: ignore[arg-type]  # checked and made a tuple in __post_init__
             timeout=timeout,
             permission=permission,  # type: ignore[arg-type]
             rate_limit=rate_limit,

@@ -191,7 +191,7 @@ class ToolRegistry:
         Raises:
             ToolNotFoundError: no tool has this name.
         """
-        definition = self._tools.pop(name, None)
+        definition = self._tools.pop(name, None) if isinstance(name, str) else None
         if definition is None:
             raise ToolNotFoundError(name)
         self._tool_removed(name)
@@ -203,7 +203,7 @@ class ToolRegistry:
         Raises:
             ToolNotFoundError: no tool has this name.
         """
-        definition = self._tools.get(name)
+        definition = self._tools.get(name) if isinstance(name, str) else None
         if definition is None:
             raise ToolNotFoundError(name)
         return definition
@@ -214,6 +214,8 @@ class ToolRegistry:
         ``execute_tool_calls`` does this for the assistant message it adds; call it yourself before
         ``add_message("assistant", ..., tool_calls=...)`` when you add that message. Unknown tools: a copy.
         """
+        if not isinstance(arguments, Mapping):
+            raise InvalidArgumentError("arguments", arguments, "a mapping of argument names to values")
         definition = self._tools.get(name) if isinstance(name, str) else None
         return dict(arguments) if definition is None else definition.redact(arguments)
 
@@ -241,7 +243,11 @@ class ToolRegistry:
                 ) from None
         wanted_tags: set[str] = set()
         if tags is not None:
-            if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            if (
+                isinstance(tags, str)
+                or not isinstance(tags, Iterable)
+                or not all(isinstance(tag, str) for tag in tags)
+            ):
                 raise InvalidArgumentError("tags", tags, "a list of strings")
             wanted_tags = set(tags)
         return [
@@ -270,7 +276,12 @@ class ToolRegistry:
         """
         if format not in _SCHEMA_FORMATS:
             raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
-        definitions = list(self._tools.values()) if names is None else [self.get_tool(name) for name in names]
+        if names is None:
+            definitions = list(self._tools.values())
+        elif isinstance(names, str) or not isinstance(names, Iterable):
+            raise InvalidArgumentError("names", names, "a list of tool names, or None for every tool")
+        else:
+            definitions = [self.get_tool(name) for name in names]
         schemas: list[dict[str, Any]] = []
         for definition in definitions:
             parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
