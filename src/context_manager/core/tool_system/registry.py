@@ -213,6 +213,9 @@ class ToolRegistry:
 
         ``execute_tool_calls`` does this for the assistant message it adds; call it yourself before
         ``add_message("assistant", ..., tool_calls=...)`` when you add that message. Unknown tools: a copy.
+
+        Raises:
+            InvalidArgumentError: ``arguments`` is not a mapping.
         """
         if not isinstance(arguments, Mapping):
             raise InvalidArgumentError("arguments", arguments, "a mapping of argument names to values")
@@ -271,7 +274,7 @@ class ToolRegistry:
             names: Only these tools (default: all, in registration order).
 
         Raises:
-            InvalidArgumentError: unknown format.
+            InvalidArgumentError: unknown format, or ``names`` is not a list of names (a single string).
             ToolNotFoundError: a name in ``names`` is not registered.
         """
         if format not in _SCHEMA_FORMATS:
