@@ -379,3 +379,31 @@ async def test_an_exception_that_cannot_be_printed_is_a_failed_result() -> None:
     result = await manager.execute_tool("call_api", path="/orders")
     assert result.error_type == "tool_error"
     assert result.error == "tool 'call_api' raised ApiError (its message cannot be shown: TypeError)"
+
+
+def test_a_sensitive_argument_that_is_not_a_parameter_is_refused_at_registration() -> None:
+    """A misspelt name (``apikey`` for ``api_key``) was accepted and protected nothing: the key reached
+    error messages, the window, memory and exports."""
+
+    async def fetch(url: str, api_key: str) -> str:
+        return url
+
+    async def fetch_dict(parameters: dict[str, Any]) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    with pytest.raises(
+        ToolRegistrationError, match=r"sensitive_arguments: got 'apikey'; allowed .*url, api_key"
+    ):
+        manager.register_function_tool("fetch", fetch, "Fetch", sensitive_arguments=["apikey"])
+    closed = {"properties": {"token": {"type": "string"}}, "additionalProperties": False}
+    with pytest.raises(ToolRegistrationError, match="sensitive_arguments: got 'secret'"):
+        manager.register_function_tool(
+            "fetch_dict", fetch_dict, "Fetch", parameters_schema=closed, sensitive_arguments=["secret"]
+        )
+    assert len(manager) == 0
+    manager.register_function_tool("fetch", fetch, "Fetch", sensitive_arguments=["api_key"])
+    # an open parameters dict may receive any key: any name is accepted
+    manager.register_function_tool("fetch_dict", fetch_dict, "Fetch", sensitive_arguments=["secret"])
+    assert len(manager) == 2
+

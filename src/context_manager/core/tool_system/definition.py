@@ -257,6 +257,26 @@ class ToolDefinition:
             set_field(self, "parameters_schema", schema)
         else:
             set_field(self, "parameters_schema", analysis.parameters_schema)
+        self._check_sensitive_names()
+
+    def _check_sensitive_names(self) -> None:
+        """Refuse a sensitive argument the tool cannot receive: a misspelt name would protect nothing."""
+        if not self.sensitive_arguments:
+            return
+        properties = self.parameters_schema.get("properties") or {}
+        if self.arguments_model is not None:  # typed: its parameters (and the names models send, aliases)
+            names = [
+                *properties,
+                *(name for name in self.arguments_model.model_fields if name not in properties),
+            ]
+        elif self.parameters_schema.get("additionalProperties") is False:  # a closed parameters dict
+            names = list(properties)
+        else:  # any key may arrive
+            return
+        for name in self.sensitive_arguments:
+            if name not in names:
+                allowed = "names of the tool's arguments: " + (", ".join(names) or "it takes none")
+                raise ToolRegistrationError("sensitive_arguments", name, allowed)
 
     def with_options(self, **options: Any) -> ToolDefinition:
         """Return a validated copy with some options changed (``name``, ``description``, ``timeout`` ...).
