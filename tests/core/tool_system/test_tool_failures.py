@@ -407,3 +407,23 @@ def test_a_sensitive_argument_that_is_not_a_parameter_is_refused_at_registration
     manager.register_function_tool("fetch_dict", fetch_dict, "Fetch", sensitive_arguments=["secret"])
     assert len(manager) == 2
 
+
+async def test_an_unknown_argument_is_answered_with_the_names_the_schema_shows() -> None:
+    """With aliases (``from_`` shown as ``from``), the error listed the Python names: a model following it
+    sent ``from_`` and was refused again."""
+
+    async def route(
+        from_: Annotated[str, Field(alias="from")], to: str, mode: str = Field("car", alias="type")
+    ) -> str:
+        return f"{from_}->{to} by {mode}"
+
+    manager = ToolManager()
+    manager.register_function_tool("route", route, "Plan a route")
+    properties = manager.get_tool_schemas("openai")[0]["function"]["parameters"]["properties"]
+    assert list(properties) == ["from", "to", "type"]
+    wrong = await manager.call_tool("route", {"start": "Lisbon", "from": "Lisbon", "to": "Porto"})
+    assert wrong.error == (
+        "invalid arguments for tool 'route': start: unexpected argument; allowed from, to, type"
+    )
+    right = await manager.call_tool("route", {"from": "Lisbon", "to": "Porto", "type": "bus"})
+    assert right.result == "Lisbon->Porto by bus"

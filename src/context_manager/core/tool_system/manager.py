@@ -372,7 +372,7 @@ class ToolManager(ToolRegistry):
                 message = describe_validation_error(
                     error,
                     name,
-                    model.model_fields,
+                    definition.parameters_schema["properties"],  # the names models see (aliases)
                     sensitive_arguments=definition.sensitive_arguments,
                     arguments_model=model,
                 )
