@@ -586,3 +586,35 @@ async def test_a_decorated_method_registered_bound_is_a_tool_of_its_instance() -
     assert [r.result for r in results] == ["Lisbon: 21 C", "Porto: 3 days in C", "Boston: 21 F"]
     with pytest.raises(ToolRegistrationError, match="already registered"):
         manager.register_tool(fahrenheit.get_weather)  # another instance under the same name
+
+
+async def test_tool_above_staticmethod_or_classmethod_keeps_its_options() -> None:
+    """Above @staticmethod the options were set on the descriptor, not on what ``DiskAdmin.wipe`` gives: the
+    dangerous tool registered as 'wipe' with permission 'standard' and ran without approval. Above
+    @classmethod, @tool refused the descriptor as not callable."""
+
+    class DiskAdmin:
+        prefix = "/dev/"
+
+        @tool(name="wipe_disk", permission="dangerous")
+        @staticmethod
+        def wipe(device: str) -> str:
+            """Wipe a disk."""
+            return f"wiped {device}"
+
+        @tool(name="disk_path", cacheable=True)
+        @classmethod
+        def path(cls, name: str) -> str:
+            """The path of a disk."""
+            return cls.prefix + name
+
+    manager = ToolManager()
+    wipe = manager.register_tool(DiskAdmin.wipe)
+    path = manager.register_tool(DiskAdmin.path)
+    assert (wipe.name, wipe.permission) == ("wipe_disk", ToolPermission.DANGEROUS)
+    assert (path.name, path.cacheable) == ("disk_path", True)
+    assert manager.get_tool_schemas("anthropic")[1]["input_schema"]["required"] == ["name"]
+    denied = await manager.execute_tool("wipe_disk", device="/dev/sda")
+    assert denied.error_type == ToolErrorType.PERMISSION_DENIED
+    assert (await manager.execute_tool("disk_path", name="sda")).result == "/dev/sda"
+    assert DiskAdmin.wipe("sdb") == "wiped sdb" and DiskAdmin.path("sdc") == "/dev/sdc"  # still methods

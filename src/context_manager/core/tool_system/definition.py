@@ -453,6 +453,11 @@ def tool(
     """
 
     def decorate(target: F) -> F:
+        if isinstance(target, staticmethod | classmethod):
+            # above @staticmethod / @classmethod: the definition goes on the function the class gives out
+            # (``Cls.f``; a class method's is bound, and registering it drops ``cls``, as ``self`` is)
+            decorate(target.__func__)
+            return target
         if not callable(target):
             raise ToolRegistrationError("function", target, "a callable (function or method)")
         definition = ToolDefinition(
