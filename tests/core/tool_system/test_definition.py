@@ -618,3 +618,42 @@ async def test_tool_above_staticmethod_or_classmethod_keeps_its_options() -> Non
     assert denied.error_type == ToolErrorType.PERMISSION_DENIED
     assert (await manager.execute_tool("disk_path", name="sda")).result == "/dev/sda"
     assert DiskAdmin.wipe("sdb") == "wiped sdb" and DiskAdmin.path("sdc") == "/dev/sdc"  # still methods
+
+
+async def test_a_decorator_wrapping_a_tool_is_not_bypassed() -> None:
+    """``functools.wraps`` copies ``__tool_definition__`` onto the wrapper, whose definition still named the
+    inner function: registering the wrapper ran the inner one, skipping the decorator (an audit log, an
+    authorisation check) without a word."""
+    import functools
+
+    audit: list[dict[str, Any]] = []
+
+    def audited(function: Any) -> Any:
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            audit.append(kwargs)
+            return await function(*args, **kwargs)
+
+        return wrapper
+
+    @audited
+    @tool(name="transfer", permission="public")
+    async def transfer(amount: int, to: str) -> str:
+        """Transfer money."""
+        return f"sent {amount} to {to}"
+
+    class Bank:
+        @audited
+        @tool(name="balance")
+        async def balance(self, account: str) -> int:
+            """The balance of an account."""
+            return 100
+
+    manager = ToolManager()
+    definition = manager.register_tool(transfer)
+    assert (definition.name, definition.permission, definition.function) == ("transfer", "public", transfer)
+    manager.register_tool(Bank().balance)
+    assert list(manager.get_tool("balance").parameters_schema["properties"]) == ["account"]
+    assert (await manager.execute_tool("transfer", amount=5, to="bob")).result == "sent 5 to bob"
+    assert (await manager.execute_tool("balance", account="acc-1")).result == 100
+    assert audit == [{"amount": 5, "to": "bob"}, {"account": "acc-1"}]

@@ -370,18 +370,32 @@ def _string_leaves(value: Any, depth: int = 0) -> list[str]:
 def get_tool_definition(function: Any) -> ToolDefinition | None:
     """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None.
 
-    For a bound method whose function was decorated (``@tool`` on a method in a class body), the definition
-    is of the bound method: it runs on its instance, and ``self`` is not one of its arguments.
+    The definition runs ``function`` itself. For a bound method whose function was decorated (``@tool`` on
+    a method in a class body) that is the bound method: it runs on its instance, and ``self`` is not one of
+    its arguments. For a wrapper made with ``functools.wraps`` around a decorated function (which copies
+    the definition onto it), that is the wrapper: the decorator that made it is not bypassed.
 
     Raises:
-        ToolRegistrationError: the bound method cannot be a tool (as for the decorator).
+        ToolRegistrationError: ``function`` cannot be a tool (as for the decorator).
     """
     definition = getattr(function, TOOL_DEFINITION_ATTRIBUTE, None)
     if not isinstance(definition, ToolDefinition):
         return None
-    if inspect.ismethod(function) and definition.function is function.__func__:
+    if definition.function is not function and _wraps(function, definition.function):
         return definition.with_options(function=function)
     return definition
+
+
+def _wraps(function: Any, inner: Any) -> bool:
+    """Whether ``function`` (or a bound method's function) is ``inner`` or wraps it (``__wrapped__``)."""
+    current = function.__func__ if inspect.ismethod(function) else function
+    for _ in range(64):  # a chain of decorators; a cycle ends here
+        if current is inner:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            return False
+    return False
 
 
 @overload
