@@ -427,3 +427,29 @@ async def test_an_unknown_argument_is_answered_with_the_names_the_schema_shows()
     )
     right = await manager.call_tool("route", {"from": "Lisbon", "to": "Porto", "type": "bus"})
     assert right.result == "Lisbon->Porto by bus"
+
+
+async def test_a_sync_tool_exiting_fails_and_the_application_goes_on() -> None:
+    """A sync tool wrapping a command line (argparse exits on bad arguments) raised SystemExit in its
+    worker thread, and the manager raised it on the event loop: the whole application stopped. In a worker
+    thread it can only be the tool's own exit, never the process being stopped."""
+    import argparse
+
+    def run_report(args: list[str]) -> str:
+        """Run the report command line."""
+        parser = argparse.ArgumentParser(prog="report", exit_on_error=False)
+        parser.add_argument("--days", type=int, required=True)
+        return f"report for {parser.parse_args(args).days} days"
+
+    def interrupted(x: int) -> int:
+        raise KeyboardInterrupt
+
+    manager = ToolManager()
+    manager.register_function_tool("run_report", run_report, "Report")
+    manager.register_function_tool("interrupted", interrupted, "Interrupted")
+    bad = await manager.execute_tool("run_report", args=["--weeks", "3"])
+    assert bad.error_type == "tool_error"
+    assert bad.error == "tool 'run_report' raised SystemExit: 2 (it exited; the process goes on)"
+    stopped = await manager.execute_tool("interrupted", x=1)
+    assert stopped.error == "tool 'interrupted' raised KeyboardInterrupt (it exited; the process goes on)"
+    assert (await manager.execute_tool("run_report", args=["--days", "3"])).result == "report for 3 days"

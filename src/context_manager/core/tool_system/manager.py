@@ -50,7 +50,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import UserThreads
+from context_manager.core.threads import UserThreads, WorkerExit
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -710,6 +710,8 @@ class ToolManager(ToolRegistry):
 
 def _describe_error(error: BaseException) -> str:
     """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed)."""
+    if isinstance(error, WorkerExit):  # a sync tool's SystemExit or KeyboardInterrupt: its message says so
+        return str(error)
     kind = type(error).__name__
     try:
         text = str(error)
