@@ -418,6 +418,37 @@ async def test_a_dataclass_result_converts_its_fields_as_a_pydantic_model_result
     assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
 
 
+async def test_numpy_values_in_a_result_are_converted() -> None:
+    """A data tool's ``df["amount"].sum()`` is a numpy.int64: the result failed ("int64 is not
+    JSON-serialisable") while a ``mean()`` (a numpy.float64, a float subclass) passed."""
+    import math
+
+    import numpy
+
+    async def order_stats(region: str) -> dict[str, Any]:
+        amounts = numpy.array([120, 80, 40])
+        return {
+            "total": amounts.sum(),
+            "mean": amounts.mean(),
+            "large": amounts > 100,
+            "ratio": numpy.float32(0.25),
+            "any_refund": numpy.bool_(False),
+        }
+
+    async def bad_reading() -> Any:
+        return numpy.array([1.0, math.nan])
+
+    manager = ToolManager()
+    manager.register_tool(order_stats)
+    manager.register_tool(bad_reading)
+    result = await manager.execute_tool("order_stats", region="north")
+    expected = {"total": 240, "mean": 80.0, "large": [True, False, False], "ratio": 0.25, "any_refund": False}
+    assert result.success and result.result == expected
+    assert json.loads(result.to_content()) == expected
+    nan = await manager.execute_tool("bad_reading")
+    assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
+
+
 async def test_to_content_and_to_dict(manager: ToolManager) -> None:
     ok = await manager.execute("summarise", text="hello")
     assert ok.to_content() == "hello"

@@ -19,9 +19,9 @@ problems:
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
-   values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
-   (their fields as a model's: datetimes, enums, sets) are converted; anything else (sets, arbitrary
-   objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
+   values are returned as they are; pydantic models (``model_dump(mode="json")``), dataclasses (their
+   fields as a model's: datetimes, enums, sets) and numpy scalars and arrays are converted; anything else
+   (sets, arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -135,6 +135,10 @@ class _ResultEncoder(json.JSONEncoder):
         if isinstance(o, BaseModel):
             self.converted = True
             return o.model_dump(mode="json")
+        if type(o).__module__ == "numpy" and callable(getattr(o, "tolist", None)):
+            # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
+            self.converted = True
+            return o.tolist()
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             self.converted = True
             # its fields as a model's are (datetimes, enums, sets ...), not dataclasses.asdict's raw values
