@@ -39,6 +39,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
@@ -438,8 +439,8 @@ class ToolManager(ToolRegistry):
                 result = self._fail(
                     definition,
                     ToolErrorType.RATE_LIMITED,
-                    f"tool {name!r} allows {definition.rate_limit} calls per {definition.rate_window:g} s; "
-                    f"retry after {retry_after:.3g} s",
+                    f"tool {name!r} allows {definition.rate_limit} calls per "
+                    f"{_seconds(definition.rate_window)} s; retry after {_seconds(retry_after)} s",
                     started,
                     call_id,
                 )
@@ -710,6 +711,11 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a person writes them: ``0.05``, ``45``, ``3600`` (never ``3.6e+03``)."""
+    return f"{value:.3g}" if value < 100 else str(math.ceil(value))
 
 
 def _describe_error(error: BaseException) -> str:
