@@ -657,3 +657,25 @@ async def test_a_decorator_wrapping_a_tool_is_not_bypassed() -> None:
     assert (await manager.execute_tool("transfer", amount=5, to="bob")).result == "sent 5 to bob"
     assert (await manager.execute_tool("balance", account="acc-1")).result == 100
     assert audit == [{"amount": 5, "to": "bob"}, {"account": "acc-1"}]
+
+
+def _service_with_a_local_model() -> Any:
+    class Query(BaseModel):  # local to this function: only its frame knows the name
+        text: str
+
+    class Search:
+        @tool(name="search_local")
+        async def search(self, query: Query) -> str:
+            """Search."""
+            return query.text
+
+    return Search()
+
+
+async def test_a_method_whose_hints_name_a_local_class_registers_bound() -> None:
+    """``@tool`` resolved ``query: Query`` (a string under ``from __future__ import annotations``) where the
+    class was defined; registering the bound method elsewhere could not find ``Query`` again."""
+    manager = ToolManager()
+    manager.register_tool(_service_with_a_local_model().search)
+    assert manager.get_tool_schemas("anthropic")[0]["input_schema"]["required"] == ["query"]
+    assert (await manager.execute_tool("search_local", query={"text": "found"})).result == "found"

@@ -29,6 +29,7 @@ import sys
 import types
 import typing
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -190,10 +191,33 @@ def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
         pass
     except Exception as error:
         raise _unresolved(function, tool_name, error) from None
+    owner = _hint_owner(target)
     try:  # a hint naming a class local to the caller (string annotations)
-        return typing.get_type_hints(target, localns=_caller_namespace(), include_extras=True)
+        hints = typing.get_type_hints(target, localns=_caller_namespace(), include_extras=True)
     except Exception as error:  # NameError for hints that only exist under TYPE_CHECKING, ...
+        known = _LOCAL_HINTS.get(owner) if owner is not None else None
+        if known is not None:  # resolved where the function was decorated (registered bound, wrapped)
+            return dict(known)
         raise _unresolved(function, tool_name, error) from None
+    if owner is not None:
+        _LOCAL_HINTS[owner] = hints
+    return hints
+
+
+_LOCAL_HINTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""Hints resolved with a caller's local names, by function: ``@tool`` on a method resolves them where the
+class is defined; registering the bound method (or a ``functools.wraps`` wrapper) elsewhere reuses them."""
+
+
+def _hint_owner(target: Any) -> Any:
+    """The plain function whose annotations ``target`` has (a bound method's, a wrapper's innermost)."""
+    if inspect.ismethod(target):
+        target = target.__func__
+    try:
+        target = inspect.unwrap(target) if inspect.isfunction(target) else target
+    except ValueError:  # a cycle of __wrapped__
+        return None
+    return target if inspect.isfunction(target) else None
 
 
 def _unresolved(function: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
