@@ -184,3 +184,38 @@ def test_bad_arguments_to_the_tool_api_raise_the_librarys_errors() -> None:
     with pytest.raises(ToolRegistrationError, match="tags: got 5; allowed a list of non-empty strings"):
         tool(tags=5)(word_stats)  # type: ignore[arg-type]
     assert [definition.name for definition in manager.list_tools()] == ["word_stats"]
+
+
+async def test_an_approval_whose_wait_is_cancelled_denies_the_call() -> None:
+    """A callback awaiting a dialog's future that is cancelled (the user closed it) raised CancelledError
+    out of execute_tool; a callback that raises denies the call, and so does this one. Cancelling the call
+    itself still propagates."""
+    loop = asyncio.get_running_loop()
+
+    async def ask_in_dialog(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        answer: asyncio.Future[bool] = loop.create_future()
+        loop.call_later(0.01, answer.cancel)  # the dialog is closed without an answer
+        return await answer
+
+    async def drop_table(table: str) -> str:
+        return f"dropped {table}"
+
+    manager = ToolManager(approval_callback=ask_in_dialog)
+    manager.register_function_tool("drop_table", drop_table, "Drop", permission="restricted")
+    result = await manager.execute_tool("drop_table", table="orders")
+    assert result.error_type == "permission_denied"
+    assert "the approval check failed (CancelledError)" in (result.error or "")
+
+    waiting = asyncio.Event()
+
+    async def slow_human(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        waiting.set()
+        await asyncio.Event().wait()
+        return True
+
+    manager.approval_callback = slow_human
+    call = asyncio.create_task(manager.execute_tool("drop_table", table="orders"))
+    await waiting.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call

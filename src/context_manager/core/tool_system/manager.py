@@ -547,7 +547,12 @@ class ToolManager(ToolRegistry):
             outcome = callback(definition, dict(arguments))
             if inspect.isawaitable(outcome):
                 outcome = await outcome
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            # a CancelledError of the callback's own (a dialog's future cancelled) denies too; the call
+            # itself being cancelled propagates
+            current = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                raise
             logger.warning("approval callback failed for tool %r: %s", definition.name, type(error).__name__)
             return f"{needed}; the approval check failed ({type(error).__name__}), so the call was denied"
         if outcome is True:
