@@ -447,6 +447,32 @@ async def test_mcp_stdio_serves_application_tools_from_the_command_line(tmp_path
         assert not result.is_error and text_of(result) == "order 1042: shipped"
 
 
+async def test_mcp_stdio_a_tool_output_with_a_lone_surrogate_is_answered(tmp_path: Path) -> None:
+    """A lone surrogate (a file name read with ``surrogateescape``) cannot be written as JSON: the call never
+    got its answer and the server died with an internal error."""
+    (tmp_path / "file_tools.py").write_text(
+        textwrap.dedent(
+            '''
+            from context_manager import tool
+
+            @tool
+            async def list_files(folder: str) -> str:
+                """List the files of a folder."""
+                return "report-\\udcff.txt\\nnotes.md"
+
+            TOOLS = [list_files]
+            '''
+        ),
+        encoding="utf-8",
+    )
+    async with stdio_server(
+        tmp_path / "memory", "--tools", "file_tools:TOOLS", "--app-dir", str(tmp_path)
+    ) as client:
+        result = await client.call_tool("list_files", {"folder": "."})
+        assert not result.is_error and text_of(result) == "report-\ufffd.txt\nnotes.md"
+        assert not (await client.call_tool("memory_stats", {})).is_error  # the session goes on
+
+
 def test_mcp_serve_without_storage_or_with_a_bad_option_fails_clearly(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["mcp", "serve"])

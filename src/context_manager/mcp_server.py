@@ -62,6 +62,7 @@ from context_manager.core.telemetry import (
     traced_call,
     traced_search,
 )
+from context_manager.core.text import storable
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission, get_tool_definition
 from context_manager.core.tool_system.manager import ToolManager
 from context_manager.core.tool_system.schema import describe_validation_error
@@ -454,9 +455,9 @@ def _application_tools(tools: ToolManager, user_id: str | None) -> list[Any]:
 
         async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
             result = await tools.call_tool(self.name, arguments, caller_key=user_id)
-            return CallToolResult(
-                content=[TextContent(type="text", text=result.to_content())], is_error=not result.success
-            )
+            # a lone surrogate (a file name read with surrogateescape) cannot be written as JSON
+            text = storable(result.to_content())
+            return CallToolResult(content=[TextContent(type="text", text=text)], is_error=not result.success)
 
     exposed: list[Any] = []
     for definition in tools.list_tools():

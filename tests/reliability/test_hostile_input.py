@@ -640,9 +640,9 @@ REGRESSIONS: dict[str, tuple[Callable[[EnhancedContextManager], Awaitable[Any]],
         lambda m: m.execute_tool_calls([{"id": "c\ud800", "name": "echo", "arguments": {}}]),
         InvalidMessageError,
     ),
-    "tool call surrogate argument": (
+    "tool call surrogate argument": (  # that call's failure only: the others of its batch still run
         lambda m: m.execute_tool_calls([{"id": "c", "name": "echo", "arguments": {"a": "\udfff"}}]),
-        InvalidMessageError,
+        list,
     ),
     # memory validation: huge limits, deep metadata, paths with NUL or surrogates
     "search limit beyond SQLite": (lambda m: m.memory_manager.search_memory("x", limit=10**100), type(None)),

@@ -180,6 +180,8 @@ class ToolCall:
     def from_value(cls, value: ToolCall | dict[str, Any]) -> ToolCall:
         """Build a call from a ``ToolCall``, an OpenAI ``tool_calls`` item or an Anthropic ``tool_use`` block.
 
+        A dict with ``id``, ``name`` and ``arguments`` (or ``input``, or LangChain's ``args``) is read too.
+
         Raises:
             InvalidMessageError: the value has no id or name, or its arguments are not a JSON object.
         """
@@ -220,11 +222,9 @@ class ToolCall:
             else:
                 arguments = raw
             return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
-        return cls(
-            id=value.get("id", ""),
-            name=value.get("name", ""),
-            arguments=value.get("arguments", value.get("input")) or {},
-        )
+        # a ToolCall-shaped dict; LangChain's ``AIMessage.tool_calls`` items carry theirs as ``args``
+        arguments = value.get("arguments", value.get("input", value.get("args")))
+        return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=arguments or {})
 
 
 @dataclass(slots=True, frozen=True)

@@ -28,9 +28,25 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["UserThreads", "is_async_callable", "to_the_end"]
+__all__ = ["UserThreads", "WorkerExit", "is_async_callable", "to_the_end"]
 
 _T = TypeVar("_T")
+
+
+class WorkerExit(Exception):
+    """A callable run in a worker thread raised ``SystemExit`` or ``KeyboardInterrupt`` (``exit``).
+
+    In a worker thread these can only be the callable's own (an argparse command line exiting on bad
+    arguments): signals reach the main thread. Raised on the event loop they would stop the application,
+    so the caller gets this ordinary exception instead.
+    """
+
+    def __init__(self, exit: SystemExit | KeyboardInterrupt) -> None:
+        self.exit = exit
+        """What the callable raised."""
+        text = str(exit)
+        kind = type(exit).__name__ + (f": {text}" if text else "")
+        super().__init__(f"{kind} (it exited; the process goes on)")
 
 
 class _CallState:
@@ -104,6 +120,8 @@ class UserThreads:
                 # a future cannot carry StopIteration: asyncio would never resolve the call (PEP 479's
                 # conversion, as for a coroutine)
                 raise RuntimeError(f"{_name_of(function)} raised StopIteration") from error
+            except (SystemExit, KeyboardInterrupt) as error:  # the callable's own exit: not the process's
+                raise WorkerExit(error) from error
             finally:
                 with self._lock:
                     state.finished = True

@@ -542,3 +542,140 @@ def test_a_generator_function_is_refused_at_registration(function: Any, kind: st
     ):
         manager.register_function_tool("rows", function, "Rows")
     assert "rows" not in manager
+
+
+class WeatherService:
+    """Tools as methods: ``@tool`` on the method, the bound method registered."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+
+    @tool(cacheable=True)
+    async def get_weather(self, city: str) -> str:
+        """Current weather of a city.
+
+        Args:
+            city: The city.
+        """
+        return f"{city}: 21 {self.unit}"
+
+    @tool(name="forecast")
+    def forecast(self, city: str, days: int = 3) -> str:
+        """Forecast of a city (sync)."""
+        return f"{city}: {days} days in {self.unit}"
+
+
+async def test_a_decorated_method_registered_bound_is_a_tool_of_its_instance() -> None:
+    """The definition kept the plain function: ``self`` was a required argument in the schema, and every
+    call failed with "self: missing"."""
+    celsius, fahrenheit = WeatherService("C"), WeatherService("F")
+    manager = ToolManager()
+    manager.register_tool(celsius.get_weather)
+    manager.register_tool(celsius.get_weather)  # the same tool again: a no-op, as for a function
+    manager.register_tool(celsius.forecast)
+    manager.register_function_tool("get_weather_f", fahrenheit.get_weather)
+    for schema in manager.get_tool_schemas("anthropic"):
+        assert "self" not in schema["input_schema"]["properties"]
+        assert schema["input_schema"]["required"] == ["city"]
+    assert manager.get_tool("get_weather").cacheable and manager.get_tool("get_weather").description
+    results = [
+        await manager.execute_tool("get_weather", city="Lisbon"),
+        await manager.execute_tool("forecast", city="Porto"),
+        await manager.execute_tool("get_weather_f", city="Boston"),
+    ]
+    assert [r.result for r in results] == ["Lisbon: 21 C", "Porto: 3 days in C", "Boston: 21 F"]
+    with pytest.raises(ToolRegistrationError, match="already registered"):
+        manager.register_tool(fahrenheit.get_weather)  # another instance under the same name
+
+
+async def test_tool_above_staticmethod_or_classmethod_keeps_its_options() -> None:
+    """Above @staticmethod the options were set on the descriptor, not on what ``DiskAdmin.wipe`` gives: the
+    dangerous tool registered as 'wipe' with permission 'standard' and ran without approval. Above
+    @classmethod, @tool refused the descriptor as not callable."""
+
+    class DiskAdmin:
+        prefix = "/dev/"
+
+        @tool(name="wipe_disk", permission="dangerous")
+        @staticmethod
+        def wipe(device: str) -> str:
+            """Wipe a disk."""
+            return f"wiped {device}"
+
+        @tool(name="disk_path", cacheable=True)
+        @classmethod
+        def path(cls, name: str) -> str:
+            """The path of a disk."""
+            return cls.prefix + name
+
+    manager = ToolManager()
+    wipe = manager.register_tool(DiskAdmin.wipe)
+    path = manager.register_tool(DiskAdmin.path)
+    assert (wipe.name, wipe.permission) == ("wipe_disk", ToolPermission.DANGEROUS)
+    assert (path.name, path.cacheable) == ("disk_path", True)
+    assert manager.get_tool_schemas("anthropic")[1]["input_schema"]["required"] == ["name"]
+    denied = await manager.execute_tool("wipe_disk", device="/dev/sda")
+    assert denied.error_type == ToolErrorType.PERMISSION_DENIED
+    assert (await manager.execute_tool("disk_path", name="sda")).result == "/dev/sda"
+    assert DiskAdmin.wipe("sdb") == "wiped sdb" and DiskAdmin.path("sdc") == "/dev/sdc"  # still methods
+
+
+async def test_a_decorator_wrapping_a_tool_is_not_bypassed() -> None:
+    """``functools.wraps`` copies ``__tool_definition__`` onto the wrapper, whose definition still named the
+    inner function: registering the wrapper ran the inner one, skipping the decorator (an audit log, an
+    authorisation check) without a word."""
+    import functools
+
+    audit: list[dict[str, Any]] = []
+
+    def audited(function: Any) -> Any:
+        @functools.wraps(function)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            audit.append(kwargs)
+            return await function(*args, **kwargs)
+
+        return wrapper
+
+    @audited
+    @tool(name="transfer", permission="public")
+    async def transfer(amount: int, to: str) -> str:
+        """Transfer money."""
+        return f"sent {amount} to {to}"
+
+    class Bank:
+        @audited
+        @tool(name="balance")
+        async def balance(self, account: str) -> int:
+            """The balance of an account."""
+            return 100
+
+    manager = ToolManager()
+    definition = manager.register_tool(transfer)
+    assert (definition.name, definition.permission, definition.function) == ("transfer", "public", transfer)
+    manager.register_tool(Bank().balance)
+    assert list(manager.get_tool("balance").parameters_schema["properties"]) == ["account"]
+    assert (await manager.execute_tool("transfer", amount=5, to="bob")).result == "sent 5 to bob"
+    assert (await manager.execute_tool("balance", account="acc-1")).result == 100
+    assert audit == [{"amount": 5, "to": "bob"}, {"account": "acc-1"}]
+
+
+def _service_with_a_local_model() -> Any:
+    class Query(BaseModel):  # local to this function: only its frame knows the name
+        text: str
+
+    class Search:
+        @tool(name="search_local")
+        async def search(self, query: Query) -> str:
+            """Search."""
+            return query.text
+
+    return Search()
+
+
+async def test_a_method_whose_hints_name_a_local_class_registers_bound() -> None:
+    """``@tool`` resolved ``query: Query`` (a string under ``from __future__ import annotations``) where the
+    class was defined; registering the bound method elsewhere could not find ``Query`` again."""
+    manager = ToolManager()
+    manager.register_tool(_service_with_a_local_model().search)
+    assert manager.get_tool_schemas("anthropic")[0]["input_schema"]["required"] == ["query"]
+    assert (await manager.execute_tool("search_local", query={"text": "found"})).result == "found"

@@ -368,6 +368,87 @@ async def test_results_must_be_json_serialisable() -> None:
         assert result.error is not None and "not JSON-serialisable" in result.error
 
 
+async def test_a_dataclass_result_converts_its_fields_as_a_pydantic_model_result_does() -> None:
+    """A dataclass with a datetime, an enum or a set field was refused ("datetime is not
+    JSON-serialisable"; the message said to return dataclasses), while a model with the same fields passed."""
+    import datetime
+    import enum
+    import math
+
+    class Status(enum.Enum):
+        SHIPPED = "shipped"
+
+    @dataclasses.dataclass
+    class Order:
+        id: int
+        placed: datetime.datetime
+        status: Status
+        tags: set[str]
+
+    class OrderModel(BaseModel):
+        id: int
+        placed: datetime.datetime
+        status: Status
+        tags: set[str]
+
+    @dataclasses.dataclass
+    class Reading:
+        value: float
+
+    placed = datetime.datetime(2026, 12, 1, 9, 30)
+
+    async def get_order(order_id: int) -> Order:
+        return Order(order_id, placed, Status.SHIPPED, {"gift"})
+
+    async def get_order_model(order_id: int) -> OrderModel:
+        return OrderModel(id=order_id, placed=placed, status=Status.SHIPPED, tags={"gift"})
+
+    async def read() -> Reading:
+        return Reading(math.nan)
+
+    manager = ToolManager()
+    for function in (get_order, get_order_model, read):
+        manager.register_tool(function)
+    expected = {"id": 7, "placed": "2026-12-01T09:30:00", "status": "shipped", "tags": ["gift"]}
+    for name in ("get_order", "get_order_model"):
+        result = await manager.execute_tool(name, order_id=7)
+        assert result.success and result.result == expected
+        assert json.loads(result.to_content()) == expected
+    nan = await manager.execute_tool("read")  # still no NaN in a result
+    assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
+
+
+async def test_numpy_values_in_a_result_are_converted() -> None:
+    """A data tool's ``df["amount"].sum()`` is a numpy.int64: the result failed ("int64 is not
+    JSON-serialisable") while a ``mean()`` (a numpy.float64, a float subclass) passed."""
+    import math
+
+    import numpy
+
+    async def order_stats(region: str) -> dict[str, Any]:
+        amounts = numpy.array([120, 80, 40])
+        return {
+            "total": amounts.sum(),
+            "mean": amounts.mean(),
+            "large": amounts > 100,
+            "ratio": numpy.float32(0.25),
+            "any_refund": numpy.bool_(False),
+        }
+
+    async def bad_reading() -> Any:
+        return numpy.array([1.0, math.nan])
+
+    manager = ToolManager()
+    manager.register_tool(order_stats)
+    manager.register_tool(bad_reading)
+    result = await manager.execute_tool("order_stats", region="north")
+    expected = {"total": 240, "mean": 80.0, "large": [True, False, False], "ratio": 0.25, "any_refund": False}
+    assert result.success and result.result == expected
+    assert json.loads(result.to_content()) == expected
+    nan = await manager.execute_tool("bad_reading")
+    assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
+
+
 async def test_to_content_and_to_dict(manager: ToolManager) -> None:
     ok = await manager.execute("summarise", text="hello")
     assert ok.to_content() == "hello"

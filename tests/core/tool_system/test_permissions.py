@@ -156,3 +156,66 @@ def test_policy_decisions_and_validation() -> None:
     assert PermissionPolicy(allow_up_to="dangerous").decide(definition) is PermissionDecision.ALLOW
     with pytest.raises(InvalidArgumentError, match="^always_deny: got 'rm'"):
         PermissionPolicy(always_deny="rm")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_to_the_tool_api_raise_the_librarys_errors() -> None:
+    """These raised TypeError ('NoneType' object is not iterable, unhashable type), or, for a name given
+    where a list of names is expected, looked up each of its letters ("tool not found: 'w'")."""
+    from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
+    from context_manager.core.tool_system import tool
+
+    async def word_stats(text: str) -> int:
+        return len(text.split())
+
+    manager = ToolManager()
+    manager.register_function_tool("word_stats", word_stats, "Count words")
+    with pytest.raises(InvalidArgumentError, match=r"names: got 'word_stats'; allowed a list of tool names"):
+        manager.get_tool_schemas("openai", names="word_stats")
+    for field, value in (("always_deny", None), ("always_allow", 5)):
+        with pytest.raises(InvalidArgumentError, match=f"{field}: got {value}; allowed a set of tool names"):
+            PermissionPolicy(**{field: value})
+    with pytest.raises(InvalidArgumentError, match="tags: got 5; allowed a list of strings"):
+        manager.list_tools(tags=5)  # type: ignore[arg-type]
+    for lookup in (manager.get_tool, manager.unregister_tool):
+        with pytest.raises(ToolNotFoundError):
+            lookup([])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="arguments: got None; allowed a mapping"):
+        manager.redact_arguments("word_stats", None)  # type: ignore[arg-type]
+    with pytest.raises(ToolRegistrationError, match="tags: got 5; allowed a list of non-empty strings"):
+        tool(tags=5)(word_stats)  # type: ignore[arg-type]
+    assert [definition.name for definition in manager.list_tools()] == ["word_stats"]
+
+
+async def test_an_approval_whose_wait_is_cancelled_denies_the_call() -> None:
+    """A callback awaiting a dialog's future that is cancelled (the user closed it) raised CancelledError
+    out of execute_tool; a callback that raises denies the call, and so does this one. Cancelling the call
+    itself still propagates."""
+    loop = asyncio.get_running_loop()
+
+    async def ask_in_dialog(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        answer: asyncio.Future[bool] = loop.create_future()
+        loop.call_later(0.01, answer.cancel)  # the dialog is closed without an answer
+        return await answer
+
+    async def drop_table(table: str) -> str:
+        return f"dropped {table}"
+
+    manager = ToolManager(approval_callback=ask_in_dialog)
+    manager.register_function_tool("drop_table", drop_table, "Drop", permission="restricted")
+    result = await manager.execute_tool("drop_table", table="orders")
+    assert result.error_type == "permission_denied"
+    assert "the approval check failed (CancelledError)" in (result.error or "")
+
+    waiting = asyncio.Event()
+
+    async def slow_human(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        waiting.set()
+        await asyncio.Event().wait()
+        return True
+
+    manager.approval_callback = slow_human
+    call = asyncio.create_task(manager.execute_tool("drop_table", table="orders"))
+    await waiting.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call

@@ -158,3 +158,20 @@ def test_the_limiter_forgets_expired_keys_by_itself(clock: ManualClock) -> None:
     before = len(limiter)
     removed = limiter.prune()  # defaults to each key's own window: the last second's keys stay
     assert len(limiter) in (99, 100) and removed == before - len(limiter)
+
+
+async def test_an_hourly_limit_says_when_to_retry_in_plain_seconds(clock: ManualClock) -> None:
+    """``retry after 3.6e+03 s`` for an hourly limit: the wait was written in exponent notation."""
+
+    async def send_report(to: str) -> str:
+        return "sent"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("send_report", send_report, "Send", rate_limit=1, rate_window=3600.0)
+    assert (await manager.execute_tool("send_report", to="ops")).success
+    clock.advance(0.5)
+    refused = await manager.execute_tool("send_report", to="ops")
+    assert refused.error == "tool 'send_report' allows 1 calls per 3600 s; retry after 3600 s"
+    clock.advance(3599.45)
+    refused = await manager.execute_tool("send_report", to="ops")
+    assert refused.error == "tool 'send_report' allows 1 calls per 3600 s; retry after 0.05 s"

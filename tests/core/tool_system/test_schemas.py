@@ -143,3 +143,33 @@ def test_a_mapping_of_models_keeps_its_definitions_at_the_root() -> None:
         assert schema["additionalProperties"] == {"type": "array", "items": {"$ref": "#/$defs/Item"}}
         assert set(schema["$defs"]["Item"]["properties"]) == {"sku", "qty"}
         assert dangling_references(schema) == []
+
+
+async def test_an_infinite_default_or_bound_leaves_the_schemas_plain_json() -> None:
+    """``radius_km: float = math.inf`` put ``Infinity`` in the schema: get_tool_schemas raised ValueError."""
+    import math
+
+    from pydantic import Field
+
+    async def find_shops(
+        city: str, radius_km: float = math.inf, score: float = Field(0.5, le=math.inf)
+    ) -> str:
+        return f"{city} {radius_km} {score}"
+
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager()
+    manager.register_function_tool("find_shops", find_shops, "Find shops")
+    manager.register_function_tool("ping", ping, "Ping")
+    for format in ("openai", "anthropic"):
+        schemas = manager.get_tool_schemas(format)  # type: ignore[arg-type]
+        assert len(schemas) == 2
+        json.dumps(schemas, allow_nan=False)  # what providers are sent: strict JSON
+    parameters = manager.get_tool_schemas("anthropic")[0]["input_schema"]
+    assert parameters["required"] == ["city"]  # still optional: the default only is not shown
+    assert "default" not in parameters["properties"]["radius_km"]
+    assert parameters["properties"]["score"]["default"] == 0.5
+    assert "maximum" not in parameters["properties"]["score"]
+    result = await manager.execute_tool("find_shops", city="Porto")
+    assert result.result == "Porto inf 0.5"

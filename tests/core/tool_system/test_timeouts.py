@@ -159,3 +159,41 @@ async def test_a_tool_that_swallows_its_timeout_still_times_out() -> None:
     assert "ignored its cancellation" in (result.error or "")
     stats = manager.get_tool_stats()["tools"]["stubborn"]
     assert (stats["successes"], stats["failures"], stats["errors"]) == (0, 1, {"timeout": 1})
+
+
+async def test_a_tool_that_fails_while_cancelled_at_its_timeout_times_out() -> None:
+    """A tool whose clean-up raises when the timeout cancels it (a ``finally`` closing a connection, a
+    library turning the cancellation into its own error) was a ``tool_error`` quoting that clean-up error:
+    the model read a failure to retry at once, not that the tool ran out of time."""
+
+    async def query(sql: str) -> str:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            raise ConnectionError("connection closed while a query was running")
+
+    async def wraps(sql: str) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("request aborted") from None
+        return "never"
+
+    async def fails_early(sql: str) -> str:
+        raise ConnectionError("refused")
+
+    manager = ToolManager()
+    for function in (query, wraps, fails_early):
+        manager.register_function_tool(function.__name__, function, "Query", timeout=0.05)
+    results = [await manager.execute_tool(name, sql="select 1") for name in ("query", "wraps", "fails_early")]
+    assert [r.error_type for r in results] == ["timeout", "timeout", "tool_error"]
+    assert results[0].error == (
+        "tool 'query' timed out after 0.05 s (cancelled, it raised ConnectionError: connection closed "
+        "while a query was running)"
+    )
+    assert results[1].error == (
+        "tool 'wraps' timed out after 0.05 s (cancelled, it raised RuntimeError: request aborted)"
+    )
+    assert results[2].error == "tool 'fails_early' raised ConnectionError: refused"
+    stats = manager.get_tool_stats()["tools"]["query"]
+    assert stats["errors"] == {"timeout": 1}

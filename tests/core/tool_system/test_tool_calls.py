@@ -101,3 +101,35 @@ async def test_openai_sdk_tool_call_objects_are_accepted() -> None:
     )
     results = await manager.execute_tool_calls([sdk_call])  # type: ignore[list-item]
     assert results[0].call_id == "call_sdk" and results[0].result == 9
+
+
+async def test_arguments_json_cannot_hold_are_a_failed_result_for_that_call_only() -> None:
+    # json.loads accepts NaN, Infinity, 1e999 (inf), a NUL escape and a lone surrogate: what a model may
+    # write, and what no message can hold
+    manager = ToolManager()
+    manager.register_tool(add)
+    bad = ['{"a": NaN, "b": 1}', '{"a": 1e999, "b": 1}']
+    bad += ['{"a": "\\u0000", "b": 1}', '{"a": "\\ud800", "b": 1}']
+    calls = [openai_call(f"c{n}", "add", text) for n, text in enumerate(bad)]
+    results = await manager.execute_tool_calls([*calls, openai_call("ok", "add", {"a": 1, "b": 2})])
+    assert [r.call_id for r in results] == ["c0", "c1", "c2", "c3", "ok"]
+    for result in results[:4]:
+        assert result.error_type == "invalid_arguments" and result.tool_name == "add"
+        assert "tool_calls[].arguments.a" in (result.error or "")
+    assert results[4].result == 3
+
+
+async def test_langchain_tool_calls_keep_their_arguments() -> None:
+    """LangChain's ``AIMessage.tool_calls`` items (``{"name", "args", "id", "type": "tool_call"}``) ran with
+    no arguments at all: ``args`` was not read, so a tool with defaults silently ran with them."""
+
+    async def search(query: str = "everything", limit: int = 10) -> str:
+        return f"{query}:{limit}"
+
+    manager = ToolManager()
+    manager.register_tool(search)
+    arguments = {"query": "lisbon weather", "limit": 3}
+    langchain_calls = [{"name": "search", "args": arguments, "id": "call_1", "type": "tool_call"}]
+    results = await manager.execute_tool_calls(langchain_calls)
+    assert results[0].result == "lisbon weather:3"
+    assert ToolCall.from_value(langchain_calls[0]).arguments == {"query": "lisbon weather", "limit": 3}

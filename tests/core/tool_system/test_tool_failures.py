@@ -311,3 +311,145 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
     union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
     assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
     assert "order_id" not in union.error.partition("item.Address.zip")[2]
+
+
+async def test_common_parameter_names_and_unwritable_defaults_register_without_warnings() -> None:
+    """``schema``, ``json``, ``copy`` and ``dict`` are BaseModel attribute names: pydantic warned for each at
+    registration, and under ``-W error`` (pytest's ``filterwarnings = ["error"]``) the tool was refused."""
+    import warnings
+
+    sentinel = object()
+
+    async def run_query(
+        schema: str, json: bool = False, copy: int = 1, dict: str = "d", hint: Any = sentinel
+    ) -> str:
+        return f"{schema} {json} {copy} {dict} {hint is sentinel}"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manager = ToolManager()
+        manager.register_function_tool("run_query", run_query, "Run a query")
+    properties = manager.get_tool_schemas("openai")[0]["function"]["parameters"]["properties"]
+    assert list(properties) == ["schema", "json", "copy", "dict", "hint"]
+    assert "default" not in properties["hint"]  # not JSON: left out of the schema
+    result = await manager.execute_tool("run_query", schema="public", json=True)
+    assert result.result == "public True 1 d True"
+
+
+async def test_a_cacheable_tool_with_arguments_json_cannot_write_runs_uncached() -> None:
+    """The cache key fell back to ``model_dump(mode="json")``, which raised for an object argument (a
+    sentinel default, an object passed from Python): the exception escaped execute_tool."""
+    missing = object()
+    runs: list[str] = []
+
+    async def describe(table: str, hint: Any = missing) -> str:
+        runs.append(table)
+        return f"{table}: {hint is missing}"
+
+    manager = ToolManager()
+    manager.register_function_tool("describe", describe, "Describe a table", cacheable=True)
+    first = await manager.execute_tool("describe", table="orders")
+    second = await manager.execute_tool("describe", table="orders", hint={1, 2})
+    third = await manager.execute_tool("describe", table="orders", hint=["x"])
+    fourth = await manager.execute_tool("describe", table="orders", hint=["x"])
+    assert [r.result for r in (first, second, third, fourth)] == ["orders: True"] + ["orders: False"] * 3
+    assert [r.cached for r in (first, second, third, fourth)] == [False, False, False, True]
+    assert runs == ["orders"] * 3
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    assert (await manager.execute_tool("describe", table="orders", hint=cycle)).success
+
+
+async def test_an_exception_that_cannot_be_printed_is_a_failed_result() -> None:
+    """``str(error)`` of an exception whose ``__str__`` raises escaped execute_tool."""
+
+    class ApiError(Exception):
+        def __init__(self, response: Any) -> None:
+            super().__init__()
+            self.response = response
+
+        def __str__(self) -> str:
+            return f"status {self.response['status']}"  # the response is None: TypeError
+
+    async def call_api(path: str) -> str:
+        raise ApiError(None)
+
+    manager = ToolManager()
+    manager.register_function_tool("call_api", call_api, "Call the API", timeout=5)
+    result = await manager.execute_tool("call_api", path="/orders")
+    assert result.error_type == "tool_error"
+    assert result.error == "tool 'call_api' raised ApiError (its message cannot be shown: TypeError)"
+
+
+def test_a_sensitive_argument_that_is_not_a_parameter_is_refused_at_registration() -> None:
+    """A misspelt name (``apikey`` for ``api_key``) was accepted and protected nothing: the key reached
+    error messages, the window, memory and exports."""
+
+    async def fetch(url: str, api_key: str) -> str:
+        return url
+
+    async def fetch_dict(parameters: dict[str, Any]) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    with pytest.raises(
+        ToolRegistrationError, match=r"sensitive_arguments: got 'apikey'; allowed .*url, api_key"
+    ):
+        manager.register_function_tool("fetch", fetch, "Fetch", sensitive_arguments=["apikey"])
+    closed = {"properties": {"token": {"type": "string"}}, "additionalProperties": False}
+    with pytest.raises(ToolRegistrationError, match="sensitive_arguments: got 'secret'"):
+        manager.register_function_tool(
+            "fetch_dict", fetch_dict, "Fetch", parameters_schema=closed, sensitive_arguments=["secret"]
+        )
+    assert len(manager) == 0
+    manager.register_function_tool("fetch", fetch, "Fetch", sensitive_arguments=["api_key"])
+    # an open parameters dict may receive any key: any name is accepted
+    manager.register_function_tool("fetch_dict", fetch_dict, "Fetch", sensitive_arguments=["secret"])
+    assert len(manager) == 2
+
+
+async def test_an_unknown_argument_is_answered_with_the_names_the_schema_shows() -> None:
+    """With aliases (``from_`` shown as ``from``), the error listed the Python names: a model following it
+    sent ``from_`` and was refused again."""
+
+    async def route(
+        from_: Annotated[str, Field(alias="from")], to: str, mode: str = Field("car", alias="type")
+    ) -> str:
+        return f"{from_}->{to} by {mode}"
+
+    manager = ToolManager()
+    manager.register_function_tool("route", route, "Plan a route")
+    properties = manager.get_tool_schemas("openai")[0]["function"]["parameters"]["properties"]
+    assert list(properties) == ["from", "to", "type"]
+    wrong = await manager.call_tool("route", {"start": "Lisbon", "from": "Lisbon", "to": "Porto"})
+    assert wrong.error == (
+        "invalid arguments for tool 'route': start: unexpected argument; allowed from, to, type"
+    )
+    right = await manager.call_tool("route", {"from": "Lisbon", "to": "Porto", "type": "bus"})
+    assert right.result == "Lisbon->Porto by bus"
+
+
+async def test_a_sync_tool_exiting_fails_and_the_application_goes_on() -> None:
+    """A sync tool wrapping a command line (argparse exits on bad arguments) raised SystemExit in its
+    worker thread, and the manager raised it on the event loop: the whole application stopped. In a worker
+    thread it can only be the tool's own exit, never the process being stopped."""
+    import argparse
+
+    def run_report(args: list[str]) -> str:
+        """Run the report command line."""
+        parser = argparse.ArgumentParser(prog="report", exit_on_error=False)
+        parser.add_argument("--days", type=int, required=True)
+        return f"report for {parser.parse_args(args).days} days"
+
+    def interrupted(x: int) -> int:
+        raise KeyboardInterrupt
+
+    manager = ToolManager()
+    manager.register_function_tool("run_report", run_report, "Report")
+    manager.register_function_tool("interrupted", interrupted, "Interrupted")
+    bad = await manager.execute_tool("run_report", args=["--weeks", "3"])
+    assert bad.error_type == "tool_error"
+    assert bad.error == "tool 'run_report' raised SystemExit: 2 (it exited; the process goes on)"
+    stopped = await manager.execute_tool("interrupted", x=1)
+    assert stopped.error == "tool 'interrupted' raised KeyboardInterrupt (it exited; the process goes on)"
+    assert (await manager.execute_tool("run_report", args=["--days", "3"])).result == "report for 3 days"

@@ -891,3 +891,74 @@ async def test_calls_already_running_are_not_run_a_second_time(tmp_path: Path) -
         with pytest.raises(ToolCallPairingError):
             await context.execute_tool_calls(calls)
         assert runs == [42]
+
+
+async def test_a_tool_changing_its_arguments_leaves_the_calls_in_the_window_as_the_model_made_them(
+    manager: EnhancedContextManager,
+) -> None:
+    """The tools got the window's own argument values: one sorting a list it was given, or popping a key of
+    a nested object, rewrote what the model asked for in the history (exports, memory, a rerun)."""
+
+    async def sort_items(parameters: dict[str, Any]) -> list[str]:
+        parameters["items"].sort()
+        parameters["items"].append("added")
+        return list(parameters["items"])
+
+    async def configure(options: Any) -> str:
+        return str(options.pop("mode"))
+
+    manager.tool_manager.register_function_tool("sort_items", sort_items, "Sort")
+    manager.tool_manager.register_function_tool("configure", configure, "Configure")
+    await manager.add_message("user", "Sort and configure")
+    calls = [
+        {"type": "tool_use", "id": "toolu_1", "name": "sort_items", "input": {"items": ["b", "a"]}},
+        {"type": "tool_use", "id": "toolu_2", "name": "configure", "input": {"options": {"mode": "fast"}}},
+        ToolCall("call_3", "configure", {"options": {"mode": "slow"}}),
+    ]
+    results = await manager.execute_tool_calls(calls)
+    assert [r.result for r in results] == [["a", "b", "added"], "fast", "slow"]
+    made = [call for message in manager.messages for call in message.tool_calls]
+    assert [call.arguments for call in made] == [
+        {"items": ["b", "a"]},
+        {"options": {"mode": "fast"}},
+        {"options": {"mode": "slow"}},
+    ]
+    exported = manager.get_context(format="anthropic")["messages"][1]["content"]
+    assert [block["input"] for block in exported] == [call.arguments for call in made]
+
+    # pending calls run again from the window's own ToolCall objects
+    rerun = ToolCall("call_4", "sort_items", {"items": ["d", "c"]})
+    await manager.add_message("assistant", "", tool_calls=[rerun])
+    await manager.execute_tool_calls(manager.pending_tool_calls())
+    assert manager.messages[-2].tool_calls[0].arguments == {"items": ["d", "c"]}
+
+
+async def test_a_result_or_error_with_a_nul_or_a_lone_surrogate_is_answered_not_lost(
+    manager: EnhancedContextManager,
+) -> None:
+    """A tool's text with a NUL (a subprocess's output) or a lone surrogate (a file name read with
+    ``surrogateescape``) could not be a message: execute_tool_calls raised InvalidMessageError after the
+    tools ran, their results were lost and the calls stayed pending."""
+
+    async def run(command: str) -> str:
+        if command == "raise":
+            raise OSError("device \x00 gone")
+        return {"nul": "exit\x00code 0", "surrogate": "file-\udcff.txt"}[command]
+
+    manager.tool_manager.register_function_tool("run", run, "Run a command")
+    manager.tool_manager.register_function_tool("run_cut", run, "Run, cut", max_output_tokens=2)
+    await manager.add_message("user", "Run them")
+    calls = [ToolCall(f"c_{n}", "run", {"command": n}) for n in ("nul", "surrogate", "raise")]
+    results = await manager.execute_tool_calls([*calls, ToolCall("c_cut", "run_cut", {"command": "nul"})])
+    assert [r.result for r in results] == ["exit\x00code 0", "file-\udcff.txt", None, "exit\x00code 0"]
+    assert results[2].error_type == "tool_error"
+    assert manager.pending_tool_calls() == []
+    answers = [m.content for m in tool_messages(manager)]
+    assert answers[:3] == [
+        "exit\ufffdcode 0",
+        "file-\ufffd.txt",
+        "Error (tool_error): tool 'run' raised OSError: device \ufffd gone",
+    ]
+    assert answers[3].startswith("exit")
+    full = await manager.search_memory("exit code", limit=5)
+    assert any(memory.content == "exit\ufffdcode 0" for memory in full)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import re
@@ -256,6 +257,26 @@ class ToolDefinition:
             set_field(self, "parameters_schema", schema)
         else:
             set_field(self, "parameters_schema", analysis.parameters_schema)
+        self._check_sensitive_names()
+
+    def _check_sensitive_names(self) -> None:
+        """Refuse a sensitive argument the tool cannot receive: a misspelt name would protect nothing."""
+        if not self.sensitive_arguments:
+            return
+        properties = self.parameters_schema.get("properties") or {}
+        if self.arguments_model is not None:  # typed: its parameters (and the names models send, aliases)
+            names = [
+                *properties,
+                *(name for name in self.arguments_model.model_fields if name not in properties),
+            ]
+        elif self.parameters_schema.get("additionalProperties") is False:  # a closed parameters dict
+            names = list(properties)
+        else:  # any key may arrive
+            return
+        for name in self.sensitive_arguments:
+            if name not in names:
+                allowed = "names of the tool's arguments: " + (", ".join(names) or "it takes none")
+                raise ToolRegistrationError("sensitive_arguments", name, allowed)
 
     def with_options(self, **options: Any) -> ToolDefinition:
         """Return a validated copy with some options changed (``name``, ``description``, ``timeout`` ...).
@@ -347,9 +368,34 @@ def _string_leaves(value: Any, depth: int = 0) -> list[str]:
 
 
 def get_tool_definition(function: Any) -> ToolDefinition | None:
-    """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None."""
+    """Return the :class:`ToolDefinition` ``@tool`` attached to ``function``, or None.
+
+    The definition runs ``function`` itself. For a bound method whose function was decorated (``@tool`` on
+    a method in a class body) that is the bound method: it runs on its instance, and ``self`` is not one of
+    its arguments. For a wrapper made with ``functools.wraps`` around a decorated function (which copies
+    the definition onto it), that is the wrapper: the decorator that made it is not bypassed.
+
+    Raises:
+        ToolRegistrationError: ``function`` cannot be a tool (as for the decorator).
+    """
     definition = getattr(function, TOOL_DEFINITION_ATTRIBUTE, None)
-    return definition if isinstance(definition, ToolDefinition) else None
+    if not isinstance(definition, ToolDefinition):
+        return None
+    if definition.function is not function and _wraps(function, definition.function):
+        return definition.with_options(function=function)
+    return definition
+
+
+def _wraps(function: Any, inner: Any) -> bool:
+    """Whether ``function`` (or a bound method's function) is ``inner`` or wraps it (``__wrapped__``)."""
+    current = function.__func__ if inspect.ismethod(function) else function
+    for _ in range(64):  # a chain of decorators; a cycle ends here
+        if current is inner:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            return False
+    return False
 
 
 @overload
@@ -421,6 +467,11 @@ def tool(
     """
 
     def decorate(target: F) -> F:
+        if isinstance(target, staticmethod | classmethod):
+            # above @staticmethod / @classmethod: the definition goes on the function the class gives out
+            # (``Cls.f``; a class method's is bound, and registering it drops ``cls``, as ``self`` is)
+            decorate(target.__func__)
+            return target
         if not callable(target):
             raise ToolRegistrationError("function", target, "a callable (function or method)")
         definition = ToolDefinition(
@@ -428,7 +479,7 @@ def tool(
             function=target,
             description=description or "",
             category=category,  # type: ignore[arg-type]  # parsed in __post_init__
-            tags=tuple(tags) if not isinstance(tags, str) else tags,  # type: ignore[arg-type]
+            tags=tags,  # type: ignore[arg-type]  # checked and made a tuple in __post_init__
             timeout=timeout,
             permission=permission,  # type: ignore[arg-type]
             rate_limit=rate_limit,

@@ -19,9 +19,9 @@ problems:
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
-   values are returned as they are; pydantic models (``model_dump(mode="json")``) and dataclasses
-   (``dataclasses.asdict``) are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``.
+   values are returned as they are; pydantic models (``model_dump(mode="json")``), dataclasses (their
+   fields as a model's: datetimes, enums, sets) and numpy scalars and arrays are converted; anything else
+   (sets, arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -39,17 +39,19 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import UserThreads
+from context_manager.core.threads import UserThreads, WorkerExit
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -134,9 +136,14 @@ class _ResultEncoder(json.JSONEncoder):
         if isinstance(o, BaseModel):
             self.converted = True
             return o.model_dump(mode="json")
+        if type(o).__module__ == "numpy" and callable(getattr(o, "tolist", None)):
+            # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
+            self.converted = True
+            return o.tolist()
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
             self.converted = True
-            return dataclasses.asdict(o)
+            # its fields as a model's are (datetimes, enums, sets ...), not dataclasses.asdict's raw values
+            return to_jsonable_python(o)
         raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
 
@@ -370,7 +377,7 @@ class ToolManager(ToolRegistry):
                 message = describe_validation_error(
                     error,
                     name,
-                    model.model_fields,
+                    definition.parameters_schema["properties"],  # the names models see (aliases)
                     sensitive_arguments=definition.sensitive_arguments,
                     arguments_model=model,
                 )
@@ -401,7 +408,10 @@ class ToolManager(ToolRegistry):
         if definition.cacheable and self.config.enable_tool_caching:
             cache_key = canonical_arguments(call_arguments)
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
-                cache_key = canonical_arguments(validated.model_dump(mode="json"))
+                try:
+                    cache_key = canonical_arguments(validated.model_dump(mode="json"))
+                except (ValueError, RecursionError):  # not JSON (an object sentinel, a cycle): run uncached
+                    cache_key = None
             if cache_key is not None and caller_key is not None:
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
                 cache_key = f"{json.dumps(caller_key)}:{cache_key}"
@@ -429,8 +439,8 @@ class ToolManager(ToolRegistry):
                 result = self._fail(
                     definition,
                     ToolErrorType.RATE_LIMITED,
-                    f"tool {name!r} allows {definition.rate_limit} calls per {definition.rate_window:g} s; "
-                    f"retry after {retry_after:.3g} s",
+                    f"tool {name!r} allows {definition.rate_limit} calls per "
+                    f"{_seconds(definition.rate_window)} s; retry after {_seconds(retry_after)} s",
                     started,
                     call_id,
                 )
@@ -470,6 +480,18 @@ class ToolManager(ToolRegistry):
                 )
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except Exception as error:
+            if scope.expired():
+                # the timeout cancelled the tool, whose clean-up raised an error of its own (a ``finally``
+                # closing a connection): it ran out of time, and that is what the model must read
+                return self._fail(
+                    definition,
+                    ToolErrorType.TIMEOUT,
+                    f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
+                    f"{_describe_error(error)})",
+                    started,
+                    call_id,
+                    call_arguments,
+                )
             return self._tool_error(definition, error, started, call_id, call_arguments)
         except BaseException as error:
             # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
@@ -525,7 +547,12 @@ class ToolManager(ToolRegistry):
             outcome = callback(definition, dict(arguments))
             if inspect.isawaitable(outcome):
                 outcome = await outcome
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            # a CancelledError of the callback's own (a dialog's future cancelled) denies too; the call
+            # itself being cancelled propagates
+            current = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                raise
             logger.warning("approval callback failed for tool %r: %s", definition.name, type(error).__name__)
             return f"{needed}; the approval check failed ({type(error).__name__}), so the call was denied"
         if outcome is True:
@@ -543,8 +570,7 @@ class ToolManager(ToolRegistry):
         # the traceback's last line quotes the exception's message, which may hold a sensitive argument
         traceback = None if definition.sensitive_arguments else error
         logger.debug("tool %r raised %s", definition.name, type(error).__name__, exc_info=traceback)
-        text = str(error)
-        message = f"tool {definition.name!r} raised {type(error).__name__}" + (f": {text}" if text else "")
+        message = f"tool {definition.name!r} raised {_describe_error(error)}"
         return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)
 
     def _fail(
@@ -597,7 +623,8 @@ class ToolManager(ToolRegistry):
             try:
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:
-                if error.field not in _ARGUMENT_FIELDS or not isinstance(raw, Mapping):
+                # the arguments, or a value inside them (NaN, a NUL character...): that call's failure only
+                if not error.field.startswith(_ARGUMENT_FIELDS) or not isinstance(raw, Mapping):
                     raise
                 shell = ToolCall.from_value(ToolCall(id=raw.get("id", ""), name=_raw_name(raw), arguments={}))
                 failure = ToolResult(
@@ -689,6 +716,23 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a person writes them: ``0.05``, ``45``, ``3600`` (never ``3.6e+03``)."""
+    return f"{value:.3g}" if value < 100 else str(math.ceil(value))
+
+
+def _describe_error(error: BaseException) -> str:
+    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed)."""
+    if isinstance(error, WorkerExit):  # a sync tool's SystemExit or KeyboardInterrupt: its message says so
+        return str(error)
+    kind = type(error).__name__
+    try:
+        text = str(error)
+    except Exception as failure:  # a __str__ that raises must not turn a failed result into a crash
+        return f"{kind} (its message cannot be shown: {type(failure).__name__})"
+    return f"{kind}: {text}" if text else kind
 
 
 def _raw_name(raw: Mapping[str, Any]) -> str:

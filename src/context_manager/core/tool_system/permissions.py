@@ -11,7 +11,7 @@ The policy sorts every call into one of three outcomes (:class:`PermissionDecisi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,11 @@ class PermissionPolicy:
             object.__setattr__(self, "allow_up_to", level)
         for name in ("always_allow", "always_deny"):
             value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            if (
+                isinstance(value, str)
+                or not isinstance(value, Iterable)
+                or not all(isinstance(item, str) for item in value)
+            ):
                 raise InvalidArgumentError(name, value, "a set of tool names")
             object.__setattr__(self, name, frozenset(value))
 

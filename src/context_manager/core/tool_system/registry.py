@@ -15,6 +15,7 @@ Registration validates everything before changing anything: a rejected registrat
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -157,7 +158,11 @@ class ToolRegistry:
     def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
         existing = self._tools.get(definition.name)
         if existing is not None and not replace:
-            if existing.function is definition.function and existing.options() == definition.options():
+            # bound methods by ==: each attribute access makes a new one (equal: same function and instance)
+            same = existing.function is definition.function or (
+                inspect.ismethod(existing.function) and existing.function == definition.function
+            )
+            if same and existing.options() == definition.options():
                 return existing  # the same tool registered twice
             raise ToolRegistrationError(
                 "name",
@@ -186,7 +191,7 @@ class ToolRegistry:
         Raises:
             ToolNotFoundError: no tool has this name.
         """
-        definition = self._tools.pop(name, None)
+        definition = self._tools.pop(name, None) if isinstance(name, str) else None
         if definition is None:
             raise ToolNotFoundError(name)
         self._tool_removed(name)
@@ -198,7 +203,7 @@ class ToolRegistry:
         Raises:
             ToolNotFoundError: no tool has this name.
         """
-        definition = self._tools.get(name)
+        definition = self._tools.get(name) if isinstance(name, str) else None
         if definition is None:
             raise ToolNotFoundError(name)
         return definition
@@ -208,7 +213,12 @@ class ToolRegistry:
 
         ``execute_tool_calls`` does this for the assistant message it adds; call it yourself before
         ``add_message("assistant", ..., tool_calls=...)`` when you add that message. Unknown tools: a copy.
+
+        Raises:
+            InvalidArgumentError: ``arguments`` is not a mapping.
         """
+        if not isinstance(arguments, Mapping):
+            raise InvalidArgumentError("arguments", arguments, "a mapping of argument names to values")
         definition = self._tools.get(name) if isinstance(name, str) else None
         return dict(arguments) if definition is None else definition.redact(arguments)
 
@@ -236,7 +246,11 @@ class ToolRegistry:
                 ) from None
         wanted_tags: set[str] = set()
         if tags is not None:
-            if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            if (
+                isinstance(tags, str)
+                or not isinstance(tags, Iterable)
+                or not all(isinstance(tag, str) for tag in tags)
+            ):
                 raise InvalidArgumentError("tags", tags, "a list of strings")
             wanted_tags = set(tags)
         return [
@@ -260,12 +274,17 @@ class ToolRegistry:
             names: Only these tools (default: all, in registration order).
 
         Raises:
-            InvalidArgumentError: unknown format.
+            InvalidArgumentError: unknown format, or ``names`` is not a list of names (a single string).
             ToolNotFoundError: a name in ``names`` is not registered.
         """
         if format not in _SCHEMA_FORMATS:
             raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
-        definitions = list(self._tools.values()) if names is None else [self.get_tool(name) for name in names]
+        if names is None:
+            definitions = list(self._tools.values())
+        elif isinstance(names, str) or not isinstance(names, Iterable):
+            raise InvalidArgumentError("names", names, "a list of tool names, or None for every tool")
+        else:
+            definitions = [self.get_tool(name) for name in names]
         schemas: list[dict[str, Any]] = []
         for definition in definitions:
             parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it

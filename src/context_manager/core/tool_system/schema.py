@@ -19,18 +19,23 @@ Two calling conventions are recognised (see :func:`analyse_function`):
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import functools
 import inspect
 import json
+import math
 import re
 import sys
 import types
 import typing
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import PydanticJsonSchemaWarning
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
@@ -186,10 +191,33 @@ def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
         pass
     except Exception as error:
         raise _unresolved(function, tool_name, error) from None
+    owner = _hint_owner(target)
     try:  # a hint naming a class local to the caller (string annotations)
-        return typing.get_type_hints(target, localns=_caller_namespace(), include_extras=True)
+        hints = typing.get_type_hints(target, localns=_caller_namespace(), include_extras=True)
     except Exception as error:  # NameError for hints that only exist under TYPE_CHECKING, ...
+        known = _LOCAL_HINTS.get(owner) if owner is not None else None
+        if known is not None:  # resolved where the function was decorated (registered bound, wrapped)
+            return dict(known)
         raise _unresolved(function, tool_name, error) from None
+    if owner is not None:
+        _LOCAL_HINTS[owner] = hints
+    return hints
+
+
+_LOCAL_HINTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+"""Hints resolved with a caller's local names, by function: ``@tool`` on a method resolves them where the
+class is defined; registering the bound method (or a ``functools.wraps`` wrapper) elsewhere reuses them."""
+
+
+def _hint_owner(target: Any) -> Any:
+    """The plain function whose annotations ``target`` has (a bound method's, a wrapper's innermost)."""
+    if inspect.ismethod(target):
+        target = target.__func__
+    try:
+        target = inspect.unwrap(target) if inspect.isfunction(target) else target
+    except ValueError:  # a cycle of __wrapped__
+        return None
+    return target if inspect.isfunction(target) else None
 
 
 def _unresolved(function: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
@@ -210,10 +238,12 @@ _SCHEMA_MAP_KEYWORDS = frozenset(
 
 
 def _clean_schema(schema: Any) -> Any:
-    """Drop pydantic's ``title`` keywords (model tokens spent for nothing).
+    """Drop pydantic's ``title`` keywords (model tokens spent for nothing), and keywords JSON cannot write.
 
     Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
-    values) are kept as they are, ``title`` keys included.
+    values) are kept as they are, ``title`` keys included. A keyword whose value holds NaN or an infinity
+    (``radius: float = math.inf``'s default, ``Field(le=math.inf)``) is dropped too: providers get strict
+    JSON, which has no such numbers (the argument model still applies the default and the bound).
     """
     if isinstance(schema, list):
         return [_clean_schema(item) for item in schema]
@@ -224,12 +254,40 @@ def _clean_schema(schema: Any) -> Any:
         if key == "title" and isinstance(value, str):
             continue
         if key in _DATA_KEYWORDS:
-            cleaned[key] = value
+            if _finite(value):
+                cleaned[key] = value
+        elif isinstance(value, float) and not math.isfinite(value):  # a bound: ``maximum: inf``
+            continue
         elif key in _SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
             cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
         else:
             cleaned[key] = _clean_schema(value)
     return cleaned
+
+
+@contextlib.contextmanager
+def _quiet_pydantic() -> collections.abc.Iterator[None]:
+    """Silence what pydantic warns about the arguments model, which is ours, not the user's.
+
+    A parameter named ``schema``, ``json``, ``copy`` or ``dict`` "shadows" a ``BaseModel`` attribute (the
+    model works: arguments are read from its fields), and a default that is not JSON is left out of the
+    schema. Under ``-W error`` such warnings refused the tool.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Field name .* shadows an attribute", category=UserWarning)
+        warnings.filterwarnings("ignore", category=PydanticJsonSchemaWarning)
+        yield
+
+
+def _finite(value: Any) -> bool:
+    """False for a float that is NaN or infinite, or for data holding one (JSON cannot write them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _refuse_generator(function: Any, tool_name: str) -> None:
@@ -314,12 +372,13 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         fields[parameter.name] = (annotation, field_info)
     model_name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", tool_name) if part)
     try:
-        model = create_model(
-            f"{model_name or 'Tool'}Arguments",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-            **fields,
-        )
-        schema = _clean_schema(model.model_json_schema())
+        with _quiet_pydantic():
+            model = create_model(
+                f"{model_name or 'Tool'}Arguments",
+                __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                **fields,
+            )
+            schema = _clean_schema(model.model_json_schema())
     except Exception as error:  # pydantic cannot build a schema for some annotation
         raise ToolRegistrationError(
             "function",
@@ -391,10 +450,11 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
             required.add(name)
     fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
     try:
-        model = create_model(
-            f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
-        )
-        schema: dict[str, Any] = _clean_schema(model.model_json_schema())
+        with _quiet_pydantic():
+            model = create_model(
+                f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+            )
+            schema: dict[str, Any] = _clean_schema(model.model_json_schema())
     except Exception as error:
         raise ToolRegistrationError(
             "function.parameters",

@@ -34,6 +34,7 @@ other and the model sees that they did not complete.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import weakref
@@ -49,8 +50,9 @@ from context_manager.core.errors import (
     ToolCallPairingError,
 )
 from context_manager.core.messages import Message, ToolCall
+from context_manager.core.text import storable
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
-from context_manager.core.tool_system.manager import ToolManager
+from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 
 __all__ = [
@@ -78,13 +80,17 @@ TruncationCallback = Callable[[ToolCall, ToolResult, str], Awaitable[None] | Non
 
 
 def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
-    """The result's text, with the values of the tool's sensitive arguments cut out."""
+    """The result's text, with the values of the tool's sensitive arguments cut out.
+
+    A NUL character or a lone surrogate (a subprocess's output, a file name read with
+    ``surrogateescape``) becomes U+FFFD: a message cannot hold them, and the result must find its call.
+    """
     text = result.to_content()
     if call.name in manager:
         definition = manager.get_tool(call.name)
         if definition.sensitive_arguments:
             text = definition.scrub(text, call.arguments)
-    return text
+    return storable(text)
 
 
 def _cut_output(counter: TokenCounter, text: str, limit: int) -> tuple[str, int | None]:
@@ -193,7 +199,7 @@ async def execute_tool_calls_in_window(
 async def _run_and_answer(
     manager: ToolManager,
     window: ContextWindow,
-    parsed: list[Any],
+    parsed: list[ParsedToolCall],
     assistant: Message | None,
     caller_key: str | None,
     on_truncated: TruncationCallback | None,
@@ -206,7 +212,11 @@ async def _run_and_answer(
     if store is not None:
         await store()
 
-    results = await manager._run_parsed_calls(parsed, caller_key=caller_key)
+    # the tools get copies of the arguments: one changing a list or an object it was given (sorting it in
+    # place, popping a key) must not rewrite the calls the window holds, which are what the model asked for
+    results = await manager._run_parsed_calls(
+        [_with_own_arguments(item) for item in parsed], caller_key=caller_key
+    )
 
     answers: list[_Answer] = []
     for item, result in zip(parsed, results, strict=True):
@@ -245,6 +255,27 @@ async def _run_and_answer(
             if inspect.isawaitable(outcome):
                 await outcome
     return results
+
+
+def _with_own_arguments(item: ParsedToolCall) -> ParsedToolCall:
+    """``item`` with a copy of its nested argument values (lists, objects).
+
+    Flat arguments are shared: the manager copies the top level itself.
+    """
+    arguments = item.call.arguments
+    if not any(isinstance(value, dict | list) for value in arguments.values()):
+        return item
+    call = ToolCall(item.call.id, item.call.name, _json_copy(arguments))
+    return dataclasses.replace(item, call=call)
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts and lists copied, scalars shared)."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_copy(item) for item in value]
+    return value
 
 
 _RUNNING: weakref.WeakKeyDictionary[ContextWindow, set[str]] = weakref.WeakKeyDictionary()
