@@ -589,6 +589,10 @@ class EnhancedContextManager:
     def pin_message(self, message_id: str) -> None:
         """Pin a message so compression never evicts it.
 
+        Synchronous: callable where no event loop runs. On a persisted conversation the record is
+        written in the background (``await flush()`` waits for it); without a running event loop it
+        is written by the next write, :meth:`flush` or :meth:`cleanup`.
+
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
@@ -599,6 +603,10 @@ class EnhancedContextManager:
 
     def unpin_message(self, message_id: str) -> None:
         """Let compression evict a pinned message again.
+
+        Synchronous: callable where no event loop runs. On a persisted conversation the record is
+        written in the background (``await flush()`` waits for it); without a running event loop it
+        is written by the next write, :meth:`flush` or :meth:`cleanup`.
 
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
@@ -758,9 +766,17 @@ class EnhancedContextManager:
             await to_the_end(asyncio.ensure_future(conversation.recover(error)))
 
     def _sync_soon(self) -> None:
-        """Store a change made by a synchronous call (a pin) in the background."""
+        """Store a change made by a synchronous call (a pin) in the background.
+
+        Where no event loop runs (a synchronous script between two ``asyncio.run`` calls), the change
+        stays pending: the next write, :meth:`flush` or :meth:`cleanup` stores it.
+        """
         conversation = self._conversation
         if conversation is None or conversation.is_stale:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
             return
 
         async def sync() -> None:

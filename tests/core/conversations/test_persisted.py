@@ -170,6 +170,43 @@ async def test_a_pin_made_just_before_a_reload_is_kept(make_config: Any) -> None
         assert [m.pinned for m in resumed.messages] == [False, True]
 
 
+def test_a_pin_made_where_no_event_loop_runs_is_stored_by_the_next_flush_or_cleanup(tmp_path: Path) -> None:
+    """A synchronous script between two asyncio.run calls pins a message: the pin was made, then a bare
+    RuntimeError (no running event loop) was raised, and the journal's counters went out of step."""
+    config = ContextManagerConfig(storage_path=tmp_path / "storage", max_tokens=600)
+    manager = EnhancedContextManager(config, conversation_id="no-loop")
+
+    async def start() -> None:
+        await manager.initialize()
+        await manager.add_message("user", "keep me")
+        await manager.add_message("user", "and then me")
+
+    asyncio.run(start())
+    first, second = (m.id for m in manager.messages)
+    manager.pin_message(first)  # no event loop runs here
+    manager.pin_message(second)
+    manager.unpin_message(second)
+    assert [m.pinned for m in manager.messages] == [True, False]
+    asyncio.run(manager.flush())
+    assert manager.conversation_version == 5  # two adds, three pin records, nothing counted twice
+
+    manager.unpin_message(first)
+    manager.pin_message(second)
+
+    async def finish() -> None:
+        await manager.add_message("user", "a third")
+        assert manager.conversation_version == 8
+        await manager.cleanup()
+
+    asyncio.run(finish())
+
+    async def resume() -> list[bool]:
+        async with EnhancedContextManager(config, conversation_id="no-loop") as resumed:
+            return [m.pinned for m in resumed.messages]
+
+    assert asyncio.run(resume()) == [False, True, False]
+
+
 async def test_a_writer_is_refused_after_its_conversation_was_deleted_and_created_again(
     tmp_path: Path, postgres_dsn: str
 ) -> None:

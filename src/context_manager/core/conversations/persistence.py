@@ -247,8 +247,12 @@ class PersistedConversation:
 
     def _journal_entry(self, kind: str, payload: dict[str, Any]) -> None:
         """The window's journal: queue a committed change (synchronous, inside the commit point)."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a pin made where no event loop runs: the next sync stores it
+            task = None
         self._pending.append(ConversationRecord(kind, payload))
-        self._pending_tasks.append(asyncio.current_task())
+        self._pending_tasks.append(task)
         self._journaled += 1
 
     async def sync(self, *, since: int | None = None) -> None:
