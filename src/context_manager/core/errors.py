@@ -19,6 +19,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   └── InvalidHealthCheckError                   bad or duplicate health check
     ├── ContextBudgetError            (ValueError)   protected messages cannot fit the budget
     ├── LifecycleError                (RuntimeError) used before initialize() or after cleanup()
+    ├── MonitoringError               (RuntimeError) the performance monitor could not sample the process
     ├── NotFoundError                 (KeyError)     an id that does not exist
     │   ├── MemoryNotFoundError
     │   ├── ToolNotFoundError
@@ -70,6 +71,7 @@ __all__ = [
     "LifecycleError",
     "MemoryNotFoundError",
     "MissingDependencyError",
+    "MonitoringError",
     "NotFoundError",
     "QueueFullError",
     "StorageCorruptedError",
@@ -198,6 +200,10 @@ class ContextBudgetError(ContextManagerError, ValueError):
 
 class LifecycleError(ContextManagerError, RuntimeError):
     """A component was used before ``initialize()``/``start()`` or after ``cleanup()``/``stop()``."""
+
+
+class MonitoringError(ContextManagerError, RuntimeError):
+    """The performance monitor could not sample the process (psutil failed: permissions, platform)."""
 
 
 class NotFoundError(ContextManagerError, KeyError):
