@@ -521,8 +521,8 @@ class PerformanceMonitor:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
         The product of: ``1 - recent error rate`` (from ``min_operations`` recent operations on; 1.0
-        before); ``max(0.5, limit / p95)`` for the slowest
-        operation over ``slow_operation_ms``; ``max(0.5, limit / lag)`` for event-loop lag over
+        before); ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among
+        those recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
         """

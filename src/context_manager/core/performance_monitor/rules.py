@@ -43,14 +43,16 @@ def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
     * ``1 - recent error rate``, once the recent window holds at least ``min_operations`` operations
       (as for the error advice and the health checker's ``error_rate`` check: before, one failure of
       one operation would read 0.0);
-    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``;
+    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``, among the
+      operations recorded at least ``min_operations`` times (one slow call is not a slow operation);
     * the recent maximum event-loop lag over ``event_loop_lag_ms``: ``max(0.5, limit / lag)``;
     * mean CPU over ``cpu_percent`` (with enough samples): 0.9;
     * RSS over ``memory_limit_mb`` (when set): 0.8.
     """
     samples = evidence.samples
     score = 1.0 - evidence.recent_error_rate if evidence.recent_count >= limits.min_operations else 1.0
-    worst_p95 = max((stats.p95_ms for stats in evidence.operation_stats), default=0.0)
+    judged = [stats.p95_ms for stats in evidence.operation_stats if stats.count >= limits.min_operations]
+    worst_p95 = max(judged, default=0.0)
     if worst_p95 > limits.slow_operation_ms:
         score *= max(0.5, limits.slow_operation_ms / worst_p95)
     max_lag = max((sample.event_loop_lag_ms for sample in samples), default=0.0)
@@ -69,7 +71,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     """Return advice derived from the data by these rules (an empty list when all is well).
 
     1. *Errors*: the recent error rate exceeds ``error_rate`` over at least ``min_operations``.
-    2. *Slow operation*: an operation's p95 exceeds ``slow_operation_ms`` (one line each).
+    2. *Slow operation*: an operation recorded at least ``min_operations`` times has a p95 over
+       ``slow_operation_ms`` (one line each).
     3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
     4. *High CPU*: the mean CPU of at least ``min_cpu_samples`` samples exceeds ``cpu_percent``.
     5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
@@ -91,7 +94,7 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
             "check get_performance_summary()['recent_errors'] and fix the failing operation."
         )
     for stats in sorted(evidence.operation_stats, key=lambda item: -item.p95_ms):
-        if stats.p95_ms > limits.slow_operation_ms:
+        if stats.p95_ms > limits.slow_operation_ms and stats.count >= limits.min_operations:
             advice.append(
                 f"Operation {stats.name!r} is slow: p95 {stats.p95_ms:.0f} ms > "
                 f"{limits.slow_operation_ms:.0f} ms; profile it (enable_profiling=True) or move "
