@@ -284,8 +284,11 @@ class StorageCorruptedError(StorageError):
 class ConversationConflictError(ContextManagerError, RuntimeError):
     """A change to a persisted conversation was based on a version another writer has moved past.
 
-    Nothing of the rejected change was stored or applied; ``await manager.reload()`` loads the stored
-    conversation, after which the change can be made again.
+    Nothing of the rejected change was stored. The manager reloads the conversation by itself before
+    raising this (its window then holds what storage holds, the rejected change not), so making the
+    change again is enough. Only when that automatic reload failed (``needs_reload`` is True, and the
+    message says why) is the conversation stale: its window may still hold the rejected change, and
+    every change raises this error until ``await manager.reload()`` succeeds.
     """
 
     def __init__(
@@ -302,18 +305,36 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         """The version the change was based on."""
         self.current_version = current_version
         """The stored version when the change was refused (``None`` if unknown)."""
+        self.needs_reload = False
+        """True when the manager's automatic reload after the conflict failed: call ``reload()``."""
         if reloaded:  # this manager's own reload() dropped the change
             super().__init__(
                 f"conversation {conversation_id!r} was reloaded from storage (`reload()`) while this "
                 "change was being made; the change was not made. Make it again"
             )
             return
-        now = "an unknown version" if current_version is None else f"version {current_version}"
         super().__init__(
-            f"conversation {conversation_id!r} changed in storage: this manager has version "
-            f"{expected_version}, "
-            f"storage has {now} (another manager wrote to it); the change was not made. "
-            "Call `await manager.reload()` and make it again"
+            f"{self._refusal()}. This manager has reloaded the conversation from storage (its window "
+            "holds what storage holds): make the change again"
+        )
+
+    def _refusal(self, outcome: str = "made") -> str:
+        current = self.current_version
+        now = "an unknown version" if current is None else f"version {current}"
+        return (
+            f"conversation {self.conversation_id!r} changed in storage: this manager was at version "
+            f"{self.expected_version}, storage has {now} (another manager wrote to it); the change "
+            f"was not {outcome}"
+        )
+
+    def _reload_failed(self, cause: BaseException) -> None:
+        """Say that the automatic reload after this conflict failed (before the error is raised)."""
+        self.needs_reload = True
+        self.args = (
+            f"{self._refusal('stored')}, and reloading the conversation failed "
+            f"({type(cause).__name__}: {cause}): this manager's window may still hold changes storage "
+            "does not have, and every change is refused until `await manager.reload()` succeeds; call "
+            "it, then make the change again",
         )
 
 

@@ -344,6 +344,45 @@ async def write_elsewhere(
         await other.close()
 
 
+async def test_a_conflict_says_the_manager_reloaded_and_when_reload_is_needed(
+    make_config: Any, backend_name: str
+) -> None:
+    """The conflict said "Call `await manager.reload()` and make it again", though the manager had
+    already reloaded by itself; reload() is needed only when that automatic reload failed."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        await write_elsewhere(make_config(), backend_name, "c", "from the other worker")
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "refused")
+        message = str(caught.value)
+        assert "the change was not made" in message
+        assert "reloaded" in message and "make the change again" in message
+        assert "call `await manager.reload()`" not in message.lower()
+        assert caught.value.needs_reload is False
+        assert [m.content for m in manager.messages] == ["hello", "from the other worker"]
+        await manager.add_message("user", "made again")  # no reload() needed
+
+        # a record the automatic reload cannot apply (a pin of a message that is not there): it fails
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("c")
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", stored.version, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError) as failed:
+            await manager.add_message("user", "refused again")
+        message = str(failed.value)
+        assert failed.value.needs_reload is True
+        assert "not stored, and reloading the conversation failed (StorageCorruptedError" in message
+        assert "every change is refused until `await manager.reload()` succeeds" in message
+        assert manager.get_system_status()["conversation"]["stale"] is True
+        with pytest.raises(ConversationConflictError, match="reloading the conversation failed") as again:
+            await manager.add_message("user", "still stale")  # refused before anything changes
+        assert again.value is failed.value
+        assert "still stale" not in [m.content for m in manager.messages]
+
+
 async def test_a_message_added_while_the_manager_reloads_is_refused_or_kept(make_config: Any) -> None:
     """The reload switched the journal off while it read storage: a message another task added then
     was acknowledged, then the restored window replaced it: gone from the window, storage and memory.

@@ -166,6 +166,7 @@ class PersistedConversation:
             try:
                 await self._reload_locked()
             except Exception as reload_error:  # stay stale: changes are refused until reload()
+                error._reload_failed(reload_error)
                 logger.warning(
                     "conversation %r: reload after a conflict failed (%s); call reload()",
                     self.conversation_id,
@@ -315,6 +316,7 @@ class PersistedConversation:
                 await self._reload_locked()
             except Exception as reload_error:  # stay stale: changes are refused until reload()
                 self._conflict = error
+                error._reload_failed(reload_error)
                 logger.warning(
                     "conversation %r: reload after a conflict failed (%s); call reload()",
                     self.conversation_id,
