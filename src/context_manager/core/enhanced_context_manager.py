@@ -596,9 +596,14 @@ class EnhancedContextManager:
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
+            ConversationConflictError: the persisted conversation is stale (the reload after a conflict
+                failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        self._require_ready("pin_message").pin(message_id)
+        window = self._require_ready("pin_message")
+        if self._conversation is not None:
+            self._conversation.check_writable()  # stale: refused before the window changes
+        window.pin(message_id)
         self._sync_soon()
 
     def unpin_message(self, message_id: str) -> None:
@@ -611,9 +616,14 @@ class EnhancedContextManager:
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
+            ConversationConflictError: the persisted conversation is stale (the reload after a conflict
+                failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        self._require_ready("unpin_message").unpin(message_id)
+        window = self._require_ready("unpin_message")
+        if self._conversation is not None:
+            self._conversation.check_writable()  # stale: refused before the window changes
+        window.unpin(message_id)
         self._sync_soon()
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:

@@ -383,6 +383,27 @@ async def test_a_conflict_says_the_manager_reloaded_and_when_reload_is_needed(
         assert "still stale" not in [m.content for m in manager.messages]
 
 
+async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
+    make_config: Any, backend_name: str
+) -> None:
+    """Once a conflict's reload failed, a pin was made in the window (and shown by get_context) while
+    every other change was refused; the next reload() dropped it without a word."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", 1, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")
+        hello = manager.messages[0].id
+        with pytest.raises(ConversationConflictError, match=r"refused until `await manager\.reload\(\)`"):
+            manager.pin_message(hello)
+        assert manager.messages[0].pinned is False
+
+
 async def test_a_message_added_while_the_manager_reloads_is_refused_or_kept(make_config: Any) -> None:
     """The reload switched the journal off while it read storage: a message another task added then
     was acknowledged, then the restored window replaced it: gone from the window, storage and memory.
