@@ -158,9 +158,13 @@ async def test_a_wait_for_a_sample_ends_with_an_error_when_the_sampler_cannot_re
         assert isinstance(caught.value.__cause__, psutil.NoSuchProcess)
         assert monitor.sampler_alive  # the sampler keeps trying
         assert monitor.sample_now() is None
+        advice = [line for line in monitor.recommendations() if line.startswith("The sampler cannot read")]
+        assert advice and "(NoSuchProcess" in advice[0] and "samples failed" in advice[0]
+        assert monitor.health_score() == 1.0  # unknown figures are not bad ones
         monitor._process = psutil.Process()  # the process can be read again: samples come again
         sample = await asyncio.wait_for(monitor.wait_for_sample(), 5.0)
         assert sample.rss_mb > 1.0
+        assert not any(line.startswith("The sampler cannot read") for line in monitor.recommendations())
 
 
 async def test_async_with_starts_and_stops() -> None:

@@ -508,6 +508,7 @@ class PerformanceMonitor:
             if self.enable_profiling
             else []
         )
+        failure = self._sampling_error
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
@@ -515,6 +516,8 @@ class PerformanceMonitor:
             operation_stats=list(self.operation_stats().values()),
             samples=list(self._samples),
             hottest_function=hottest[0] if hottest else None,
+            sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
+            sampling_errors=self._sampling_errors,
         )
 
     def health_score(self) -> float:

@@ -35,6 +35,10 @@ class Evidence:
     """The recent system samples, oldest first."""
     hottest_function: dict[str, Any] | None = None
     """With profiling, the function with the most own time (``function`` and ``share`` keys)."""
+    sampling_failure: str | None = None
+    """Why the sampler's latest attempt failed (``"AccessDenied: ..."``); ``None`` when it sampled."""
+    sampling_errors: int = 0
+    """How many sampling attempts failed since the monitor was created."""
 
 
 def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
@@ -80,6 +84,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     7. *Hot function* (profiling): one function takes more than ``hot_function_share`` of the
        profiled own time (waiting, such as the event loop's selector during an awaited block, is not
        such a function).
+    8. *Sampling fails*: the sampler's latest attempt could not read the process (psutil failed), so
+       the memory, CPU and event-loop figures are missing or out of date.
     """
     advice: list[str] = []
     error_rate, recent_count = evidence.recent_error_rate, evidence.recent_count
@@ -131,5 +137,11 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
         advice.append(
             f"{hottest['function']} takes {hottest['share']:.0%} of the profiled time in "
             "timed operations: optimise it first."
+        )
+    if evidence.sampling_failure is not None:
+        advice.append(
+            f"The sampler cannot read this process ({evidence.sampling_failure}; "
+            f"{evidence.sampling_errors} samples failed): memory, CPU and event-loop figures are missing "
+            "or out of date. Check that psutil may read it (permissions, /proc mounted with hidepid)."
         )
     return advice
