@@ -167,6 +167,22 @@ async def test_a_wait_for_a_sample_ends_with_an_error_when_the_sampler_cannot_re
         assert not any(line.startswith("The sampler cannot read") for line in monitor.recommendations())
 
 
+async def test_two_waiters_both_get_the_sample() -> None:
+    """A second wait_for_sample() that began before the first waiter woke cleared the shared event: the
+    first one then raised "the monitor stopped before its next sample" on a running monitor."""
+    monitor = PerformanceMonitor(sample_interval=30.0)
+    async with monitor:
+        first = asyncio.create_task(monitor.wait_for_sample())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the first waiter is waiting
+        sample = monitor.sample_now()
+        second = asyncio.create_task(monitor.wait_for_sample())  # starts before the first wakes
+        assert await asyncio.wait_for(first, 5.0) is sample
+        assert not second.done()  # it waits for the sample after
+        monitor.sample_now()
+        assert (await asyncio.wait_for(second, 5.0)).rss_mb > 1.0
+
+
 async def test_async_with_starts_and_stops() -> None:
     async with PerformanceMonitor(sample_interval=0.01) as monitor:
         assert monitor in running_monitors()

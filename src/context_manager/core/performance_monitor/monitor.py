@@ -198,10 +198,12 @@ class PerformanceMonitor:
         event.clear()
         sampled = asyncio.ensure_future(event.wait())
         try:  # the sampler ending (stop_monitoring) ends the wait too: no sample would come
-            await asyncio.wait([sampled, sampler], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([sampled, sampler], return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait(sampled, owner="wait for a sample")
-        if not event.is_set():
+        # whether this wait saw the event set, not whether it is set now: another waiter that began
+        # since has cleared it
+        if sampled not in done:
             raise LifecycleError("the monitor stopped before its next sample")
         error = self._sampling_error
         if error is not None:
