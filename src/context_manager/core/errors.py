@@ -304,7 +304,8 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         self.expected_version = expected_version
         """The version the change was based on."""
         self.current_version = current_version
-        """The stored version when the change was refused (``None`` if unknown)."""
+        """The stored version when the change was refused (0: the conversation is no longer stored;
+        ``None`` if unknown)."""
         self.needs_reload = False
         """True when the manager's automatic reload after the conflict failed: call ``reload()``."""
         if reloaded:  # this manager's own reload() dropped the change
@@ -320,11 +321,20 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
 
     def _refusal(self, outcome: str = "made") -> str:
         current = self.current_version
-        now = "an unknown version" if current is None else f"version {current}"
+        if current is None:
+            now = "storage has an unknown version (another manager wrote to it)"
+        elif current == 0:
+            now = "storage no longer has it (it was deleted)"
+        elif current <= self.expected_version:  # a version never goes back: a new conversation
+            now = (
+                f"storage has another conversation under this id at version {current} (it was deleted "
+                "and created again)"
+            )
+        else:
+            now = f"storage has version {current} (another manager wrote to it)"
         return (
             f"conversation {self.conversation_id!r} changed in storage: this manager was at version "
-            f"{self.expected_version}, storage has {now} (another manager wrote to it); the change "
-            f"was not {outcome}"
+            f"{self.expected_version}, {now}; the change was not {outcome}"
         )
 
     def _reload_failed(self, cause: BaseException) -> None:

@@ -404,6 +404,37 @@ async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
         assert manager.messages[0].pinned is False
 
 
+async def test_a_conflict_says_when_the_conversation_was_deleted_or_created_again(
+    make_config: Any, backend_name: str
+) -> None:
+    """A deleted conversation gave "storage has version 0 (another manager wrote to it)"; one deleted and
+    created again "this manager has version 1, storage has version 1": a conflict between equal versions."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError) as deleted:
+            await manager.add_message("user", "refused")
+        assert "storage no longer has it (it was deleted)" in str(deleted.value)
+        assert manager.messages == ()  # reloaded: what storage holds
+        await manager.add_message("user", "a new start")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        await write_elsewhere(make_config(), backend_name, "c", "another conversation, same id")
+        with pytest.raises(ConversationConflictError) as created_again:
+            await manager.add_message("user", "refused too")
+        message = str(created_again.value)
+        assert "this manager was at version 1, storage has another conversation under this id" in message
+        assert "(it was deleted and created again)" in message
+        assert [m.content for m in manager.messages] == ["another conversation, same id"]
+
+
 async def test_a_message_added_while_the_manager_reloads_is_refused_or_kept(make_config: Any) -> None:
     """The reload switched the journal off while it read storage: a message another task added then
     was acknowledged, then the restored window replaced it: gone from the window, storage and memory.
