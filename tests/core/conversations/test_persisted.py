@@ -404,6 +404,45 @@ async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
         assert manager.messages[0].pinned is False
 
 
+async def test_health_reports_a_stale_conversation_and_auto_recovery_reloads_it(
+    make_config: Any, backend_name: str
+) -> None:
+    """A conversation whose reload after a conflict failed refused every change, and the health check
+    said "healthy": nothing told the operator, and nothing reloaded it once storage could be read."""
+    from context_manager import HealthChecker, HealthState
+
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        healthy = (await HealthChecker(context_manager=manager).perform_health_check()).checks
+        assert healthy["storage_writes"].status is HealthState.HEALTHY
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", 1, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")
+        watching = HealthChecker(context_manager=manager, enable_auto_recovery=False)
+        result = (await watching.perform_health_check()).checks["storage_writes"]
+        assert result.status is HealthState.DEGRADED
+        assert "conversation 'c' is stale" in result.message and result.details["conversation_stale"] is True
+        assert result.recommendation is not None and "await manager.reload()" in result.recommendation
+
+        other = await open_other_store(make_config(), backend_name)
+        try:  # storage can be read again (the damaged conversation is gone)
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        repairing = HealthChecker(context_manager=manager, enable_auto_recovery=True)
+        status = await repairing.perform_health_check()
+        assert status.checks["storage_writes"].status is HealthState.HEALTHY
+        assert [(r.check, r.success) for r in status.recoveries] == [("storage_writes", True)]
+        assert "reloaded conversation 'c'" in status.recoveries[0].action
+        await manager.add_message("user", "writes work again")
+        assert [m.content for m in manager.messages] == ["writes work again"]
+
+
 async def test_a_conflict_says_when_the_conversation_was_deleted_or_created_again(
     make_config: Any, backend_name: str
 ) -> None:
