@@ -824,8 +824,10 @@ class EnhancedContextManager:
     async def reload(self) -> int:
         """Load the persisted conversation as storage holds it now; return its version.
 
-        After a :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this
-        or another process, changed the conversation first) or to see another worker's messages. Changes
+        To see another worker's messages. After a
+        :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this or
+        another process, changed the conversation first) the manager has already reloaded by itself;
+        this is needed only when that automatic reload failed (the error's ``needs_reload``). Changes
         of this manager not stored yet (a pin, written in the background) are stored first; if another
         manager wrote first they are dropped (an awaited ``add_message`` is always stored).
 
