@@ -1126,11 +1126,14 @@ class EnhancedContextManager:
 
         ``add_message`` returns before what its compression evicted is indexed in memory (a background
         writer does it, a small batch per event-loop step); :meth:`search_memory` and :meth:`cleanup`
-        wait for it, and so does this.
+        wait for it, and so does this. On a persisted conversation it first stores the changes not yet
+        stored (a pin, written in the background, or made where no event loop ran).
 
         Raises:
             StorageError: the messages could not be written (they stay queued in
                 ``context_window.evicted_messages`` and the writer tries again).
+            ConversationConflictError: storing the conversation's pending changes met another
+                manager's change (they were dropped by the reload), or the conversation is stale.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("flush")
