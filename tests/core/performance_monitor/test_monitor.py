@@ -162,6 +162,9 @@ async def test_a_wait_for_a_sample_ends_with_an_error_when_the_sampler_cannot_re
         assert advice and "(NoSuchProcess" in advice[0] and "samples failed" in advice[0]
         assert monitor.health_score() == 1.0  # unknown figures are not bad ones
         monitor._process = psutil.Process()  # the process can be read again: samples come again
+        assert monitor.get_performance_summary()["system"]["sampling_errors"] > 0
+        monitor.reset()  # "forget every recorded ... sample": the failures too
+        assert monitor.get_performance_summary()["system"]["sampling_errors"] == 0
         sample = await asyncio.wait_for(monitor.wait_for_sample(), 5.0)
         assert sample.rss_mb > 1.0
         assert not any(line.startswith("The sampler cannot read") for line in monitor.recommendations())

@@ -412,6 +412,8 @@ class PerformanceMonitor:
             self._samples.clear()
             self._tokens.clear()
             self._overflow_warned = False
+            self._sampling_errors = 0
+            self._sampling_error = None
             self._created = time.time()
         self.profiler.reset()
 
