@@ -543,11 +543,38 @@ async def test_mcp_memory_tools_refuse_unknown_arguments_naming_the_allowed_ones
         assert stats.is_error and "verbose: unexpected argument; allowed no arguments" in text_of(stats)
         bad_type = await client.call_tool("memory_search", {"query": "tea", "limit": "many"})
         assert bad_type.is_error and text_of(bad_type) == (
-            "invalid arguments for tool 'memory_search': limit: got 'many'; expected a valid integer, "
-            "unable to parse string as an integer"
+            "invalid arguments for tool 'memory_search': limit: got 'many'; expected integer"
         )
         nothing = await client.call_tool("memory_stats", {})
         assert nothing.structured_content["total_memories"] == 0  # type: ignore[index]  # the refused add stored nothing
+
+
+async def test_mcp_memory_tools_refuse_values_of_another_json_type(tmp_path: Path) -> None:
+    """limit "3", importance "0.5" and true were coerced (pydantic's lax mode) and the call ran, though the
+    schema the client was given says integer and number. JSON Schema's rules now hold, as for the
+    ToolManager's schema check: 3.0 is an integer and 1 a number; a list sent as a JSON string (the SDK
+    parses it for Claude Desktop) still works."""
+    async with in_process(tmp_path, user_id="lea") as client:
+        tea = "Lea likes tea"
+        refused = [
+            ("memory_search", {"query": "tea", "limit": "3"}, "limit: got '3'; expected integer"),
+            ("memory_search", {"query": "tea", "limit": True}, "limit: got True; expected integer"),
+            ("memory_add", {"content": tea, "importance": "0.5"}, "importance: got '0.5'; expected number"),
+            ("memory_add", {"content": tea, "importance": True}, "importance: got True; expected number"),
+        ]
+        for name, arguments, problem in refused:
+            result = await client.call_tool(name, arguments)
+            assert result.is_error, (name, arguments)
+            assert text_of(result) == f"invalid arguments for tool {name!r}: {problem}"
+        nothing = await client.call_tool("memory_stats", {})
+        assert nothing.structured_content["total_memories"] == 0  # type: ignore[index]
+        added = await client.call_tool("memory_add", {"content": tea, "importance": 1, "tags": '["drinks"]'})
+        assert not added.is_error, text_of(added)
+        stored = added.structured_content
+        assert stored is not None and stored["importance"] == 1.0 and stored["tags"] == ["drinks"]
+        found = await client.call_tool("memory_search", {"query": "tea", "limit": 3.0})
+        assert not found.is_error, text_of(found)
+        assert len(found.structured_content["results"]) == 1  # type: ignore[index]
 
 
 async def test_mcp_delete_of_a_merged_memory_reports_the_originals_deleted_with_it(tmp_path: Path) -> None:

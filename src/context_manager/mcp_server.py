@@ -11,7 +11,8 @@ What the server offers:
 
 * tools ``memory_add`` (content, importance, tags), ``memory_search`` (query, limit), ``memory_delete``
   (memory_id; a consolidated memory goes with its originals, which the result lists) and ``memory_stats``,
-  each with an input and an output schema (an unknown argument is an error);
+  each with an input and an output schema (an unknown argument, or a value of another JSON type such as
+  ``"3"`` for ``limit``, is an error);
 * resources ``memory://stats`` and ``memory://recent`` (the newest memories, JSON);
 * optionally the application's own tools (``--tools module:registry``: a ``ToolManager``, a list of
   ``@tool`` functions or a function returning either), run through the ``ToolManager`` so their schemas,
@@ -65,7 +66,7 @@ from context_manager.core.telemetry import (
 from context_manager.core.text import storable
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission, get_tool_definition
 from context_manager.core.tool_system.manager import ToolManager
-from context_manager.core.tool_system.schema import describe_validation_error
+from context_manager.core.tool_system.schema import check_arguments_against_schema, describe_validation_error
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -287,6 +288,15 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
         """A memory tool: arguments outside its schema are refused, errors say what is allowed."""
 
         async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
+            # JSON Schema's types first, as the schema the client was given says (and as the ToolManager
+            # checks a declared schema): pydantic's lax mode would turn "3" or true into a limit. The
+            # SDK's parsing of a list sent as a JSON string (Claude Desktop does) comes before, as it
+            # intends.
+            problems = check_arguments_against_schema(
+                self.fn_metadata.pre_parse_json(arguments), self.parameters
+            )
+            if problems:
+                raise ToolError(f"invalid arguments for tool {self.name!r}: " + "; ".join(problems))
             try:
                 self.fn_metadata.validate_arguments(arguments)
             except ValidationError as error:

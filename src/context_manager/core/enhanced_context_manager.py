@@ -592,23 +592,41 @@ class EnhancedContextManager:
     def pin_message(self, message_id: str) -> None:
         """Pin a message so compression never evicts it.
 
+        Synchronous: callable where no event loop runs. On a persisted conversation the record is
+        written in the background (``await flush()`` waits for it); without a running event loop it
+        is written by the next write, :meth:`flush` or :meth:`cleanup`.
+
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
+            ConversationConflictError: the persisted conversation is stale (the reload after a conflict
+                failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        self._require_ready("pin_message").pin(message_id)
+        window = self._require_ready("pin_message")
+        if self._conversation is not None:
+            self._conversation.check_writable()  # stale: refused before the window changes
+        window.pin(message_id)
         self._sync_soon()
 
     def unpin_message(self, message_id: str) -> None:
         """Let compression evict a pinned message again.
 
+        Synchronous: callable where no event loop runs. On a persisted conversation the record is
+        written in the background (``await flush()`` waits for it); without a running event loop it
+        is written by the next write, :meth:`flush` or :meth:`cleanup`.
+
         Raises:
             InvalidArgumentError: ``message_id`` is not a string, or is the rolling summary's id.
             NotFoundError: no message in the window has this id.
+            ConversationConflictError: the persisted conversation is stale (the reload after a conflict
+                failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        self._require_ready("unpin_message").unpin(message_id)
+        window = self._require_ready("unpin_message")
+        if self._conversation is not None:
+            self._conversation.check_writable()  # stale: refused before the window changes
+        window.unpin(message_id)
         self._sync_soon()
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:
@@ -761,9 +779,17 @@ class EnhancedContextManager:
             await to_the_end(asyncio.ensure_future(conversation.recover(error)))
 
     def _sync_soon(self) -> None:
-        """Store a change made by a synchronous call (a pin) in the background."""
+        """Store a change made by a synchronous call (a pin) in the background.
+
+        Where no event loop runs (a synchronous script between two ``asyncio.run`` calls), the change
+        stays pending: the next write, :meth:`flush` or :meth:`cleanup` stores it.
+        """
         conversation = self._conversation
         if conversation is None or conversation.is_stale:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
             return
 
         async def sync() -> None:
@@ -801,8 +827,10 @@ class EnhancedContextManager:
     async def reload(self) -> int:
         """Load the persisted conversation as storage holds it now; return its version.
 
-        After a :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this
-        or another process, changed the conversation first) or to see another worker's messages. Changes
+        To see another worker's messages. After a
+        :class:`~context_manager.core.errors.ConversationConflictError` (another manager, in this or
+        another process, changed the conversation first) the manager has already reloaded by itself;
+        this is needed only when that automatic reload failed (the error's ``needs_reload``). Changes
         of this manager not stored yet (a pin, written in the background) are stored first; if another
         manager wrote first they are dropped (an awaited ``add_message`` is always stored).
 
@@ -1101,11 +1129,14 @@ class EnhancedContextManager:
 
         ``add_message`` returns before what its compression evicted is indexed in memory (a background
         writer does it, a small batch per event-loop step); :meth:`search_memory` and :meth:`cleanup`
-        wait for it, and so does this.
+        wait for it, and so does this. On a persisted conversation it first stores the changes not yet
+        stored (a pin, written in the background, or made where no event loop ran).
 
         Raises:
             StorageError: the messages could not be written (they stay queued in
                 ``context_window.evicted_messages`` and the writer tries again).
+            ConversationConflictError: storing the conversation's pending changes met another
+                manager's change (they were dropped by the reload), or the conversation is stale.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("flush")

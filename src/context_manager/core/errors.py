@@ -19,6 +19,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   └── InvalidHealthCheckError                   bad or duplicate health check
     ├── ContextBudgetError            (ValueError)   protected messages cannot fit the budget
     ├── LifecycleError                (RuntimeError) used before initialize() or after cleanup()
+    ├── MonitoringError               (RuntimeError) the performance monitor could not sample the process
     ├── NotFoundError                 (KeyError)     an id that does not exist
     │   ├── MemoryNotFoundError
     │   ├── ToolNotFoundError
@@ -70,6 +71,7 @@ __all__ = [
     "LifecycleError",
     "MemoryNotFoundError",
     "MissingDependencyError",
+    "MonitoringError",
     "NotFoundError",
     "QueueFullError",
     "StorageCorruptedError",
@@ -200,6 +202,10 @@ class LifecycleError(ContextManagerError, RuntimeError):
     """A component was used before ``initialize()``/``start()`` or after ``cleanup()``/``stop()``."""
 
 
+class MonitoringError(ContextManagerError, RuntimeError):
+    """The performance monitor could not sample the process (psutil failed: permissions, platform)."""
+
+
 class NotFoundError(ContextManagerError, KeyError):
     """An id that does not exist was asked for."""
 
@@ -278,8 +284,11 @@ class StorageCorruptedError(StorageError):
 class ConversationConflictError(ContextManagerError, RuntimeError):
     """A change to a persisted conversation was based on a version another writer has moved past.
 
-    Nothing of the rejected change was stored or applied; ``await manager.reload()`` loads the stored
-    conversation, after which the change can be made again.
+    Nothing of the rejected change was stored. The manager reloads the conversation by itself before
+    raising this (its window then holds what storage holds, the rejected change not), so making the
+    change again is enough. Only when that automatic reload failed (``needs_reload`` is True, and the
+    message says why) is the conversation stale: its window may still hold the rejected change, and
+    every change raises this error until ``await manager.reload()`` succeeds.
     """
 
     def __init__(
@@ -295,19 +304,47 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         self.expected_version = expected_version
         """The version the change was based on."""
         self.current_version = current_version
-        """The stored version when the change was refused (``None`` if unknown)."""
+        """The stored version when the change was refused (0: the conversation is no longer stored;
+        ``None`` if unknown)."""
+        self.needs_reload = False
+        """True when the manager's automatic reload after the conflict failed: call ``reload()``."""
         if reloaded:  # this manager's own reload() dropped the change
             super().__init__(
                 f"conversation {conversation_id!r} was reloaded from storage (`reload()`) while this "
                 "change was being made; the change was not made. Make it again"
             )
             return
-        now = "an unknown version" if current_version is None else f"version {current_version}"
         super().__init__(
-            f"conversation {conversation_id!r} changed in storage: this manager has version "
-            f"{expected_version}, "
-            f"storage has {now} (another manager wrote to it); the change was not made. "
-            "Call `await manager.reload()` and make it again"
+            f"{self._refusal()}. This manager has reloaded the conversation from storage (its window "
+            "holds what storage holds): make the change again"
+        )
+
+    def _refusal(self, outcome: str = "made") -> str:
+        current = self.current_version
+        if current is None:
+            now = "storage has an unknown version (another manager wrote to it)"
+        elif current == 0:
+            now = "storage no longer has it (it was deleted)"
+        elif current <= self.expected_version:  # a version never goes back: a new conversation
+            now = (
+                f"storage has another conversation under this id at version {current} (it was deleted "
+                "and created again)"
+            )
+        else:
+            now = f"storage has version {current} (another manager wrote to it)"
+        return (
+            f"conversation {self.conversation_id!r} changed in storage: this manager was at version "
+            f"{self.expected_version}, {now}; the change was not {outcome}"
+        )
+
+    def _reload_failed(self, cause: BaseException) -> None:
+        """Say that the automatic reload after this conflict failed (before the error is raised)."""
+        self.needs_reload = True
+        self.args = (
+            f"{self._refusal('stored')}, and reloading the conversation failed "
+            f"({type(cause).__name__}: {cause}): this manager's window may still hold changes storage "
+            "does not have, and every change is refused until `await manager.reload()` succeeds; call "
+            "it, then make the change again",
         )
 
 

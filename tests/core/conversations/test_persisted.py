@@ -170,6 +170,43 @@ async def test_a_pin_made_just_before_a_reload_is_kept(make_config: Any) -> None
         assert [m.pinned for m in resumed.messages] == [False, True]
 
 
+def test_a_pin_made_where_no_event_loop_runs_is_stored_by_the_next_flush_or_cleanup(tmp_path: Path) -> None:
+    """A synchronous script between two asyncio.run calls pins a message: the pin was made, then a bare
+    RuntimeError (no running event loop) was raised, and the journal's counters went out of step."""
+    config = ContextManagerConfig(storage_path=tmp_path / "storage", max_tokens=600)
+    manager = EnhancedContextManager(config, conversation_id="no-loop")
+
+    async def start() -> None:
+        await manager.initialize()
+        await manager.add_message("user", "keep me")
+        await manager.add_message("user", "and then me")
+
+    asyncio.run(start())
+    first, second = (m.id for m in manager.messages)
+    manager.pin_message(first)  # no event loop runs here
+    manager.pin_message(second)
+    manager.unpin_message(second)
+    assert [m.pinned for m in manager.messages] == [True, False]
+    asyncio.run(manager.flush())
+    assert manager.conversation_version == 5  # two adds, three pin records, nothing counted twice
+
+    manager.unpin_message(first)
+    manager.pin_message(second)
+
+    async def finish() -> None:
+        await manager.add_message("user", "a third")
+        assert manager.conversation_version == 8
+        await manager.cleanup()
+
+    asyncio.run(finish())
+
+    async def resume() -> list[bool]:
+        async with EnhancedContextManager(config, conversation_id="no-loop") as resumed:
+            return [m.pinned for m in resumed.messages]
+
+    assert asyncio.run(resume()) == [False, True, False]
+
+
 async def test_a_writer_is_refused_after_its_conversation_was_deleted_and_created_again(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
@@ -305,6 +342,136 @@ async def write_elsewhere(
         await other.append(conversation, stored.version, [record], writer="other")
     finally:
         await other.close()
+
+
+async def test_a_conflict_says_the_manager_reloaded_and_when_reload_is_needed(
+    make_config: Any, backend_name: str
+) -> None:
+    """The conflict said "Call `await manager.reload()` and make it again", though the manager had
+    already reloaded by itself; reload() is needed only when that automatic reload failed."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        await write_elsewhere(make_config(), backend_name, "c", "from the other worker")
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "refused")
+        message = str(caught.value)
+        assert "the change was not made" in message
+        assert "reloaded" in message and "make the change again" in message
+        assert "call `await manager.reload()`" not in message.lower()
+        assert caught.value.needs_reload is False
+        assert [m.content for m in manager.messages] == ["hello", "from the other worker"]
+        await manager.add_message("user", "made again")  # no reload() needed
+
+        # a record the automatic reload cannot apply (a pin of a message that is not there): it fails
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("c")
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", stored.version, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError) as failed:
+            await manager.add_message("user", "refused again")
+        message = str(failed.value)
+        assert failed.value.needs_reload is True
+        assert "not stored, and reloading the conversation failed (StorageCorruptedError" in message
+        assert "every change is refused until `await manager.reload()` succeeds" in message
+        assert manager.get_system_status()["conversation"]["stale"] is True
+        with pytest.raises(ConversationConflictError, match="reloading the conversation failed") as again:
+            await manager.add_message("user", "still stale")  # refused before anything changes
+        assert again.value is failed.value
+        assert "still stale" not in [m.content for m in manager.messages]
+
+
+async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
+    make_config: Any, backend_name: str
+) -> None:
+    """Once a conflict's reload failed, a pin was made in the window (and shown by get_context) while
+    every other change was refused; the next reload() dropped it without a word."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", 1, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")
+        hello = manager.messages[0].id
+        with pytest.raises(ConversationConflictError, match=r"refused until `await manager\.reload\(\)`"):
+            manager.pin_message(hello)
+        assert manager.messages[0].pinned is False
+
+
+async def test_health_reports_a_stale_conversation_and_auto_recovery_reloads_it(
+    make_config: Any, backend_name: str
+) -> None:
+    """A conversation whose reload after a conflict failed refused every change, and the health check
+    said "healthy": nothing told the operator, and nothing reloaded it once storage could be read."""
+    from context_manager import HealthChecker, HealthState
+
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        healthy = (await HealthChecker(context_manager=manager).perform_health_check()).checks
+        assert healthy["storage_writes"].status is HealthState.HEALTHY
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+            await other.append("c", 1, [broken], writer="other")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")
+        watching = HealthChecker(context_manager=manager, enable_auto_recovery=False)
+        result = (await watching.perform_health_check()).checks["storage_writes"]
+        assert result.status is HealthState.DEGRADED
+        assert "conversation 'c' is stale" in result.message and result.details["conversation_stale"] is True
+        assert result.recommendation is not None and "await manager.reload()" in result.recommendation
+
+        other = await open_other_store(make_config(), backend_name)
+        try:  # storage can be read again (the damaged conversation is gone)
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        repairing = HealthChecker(context_manager=manager, enable_auto_recovery=True)
+        status = await repairing.perform_health_check()
+        assert status.checks["storage_writes"].status is HealthState.HEALTHY
+        assert [(r.check, r.success) for r in status.recoveries] == [("storage_writes", True)]
+        assert "reloaded conversation 'c'" in status.recoveries[0].action
+        await manager.add_message("user", "writes work again")
+        assert [m.content for m in manager.messages] == ["writes work again"]
+
+
+async def test_a_conflict_says_when_the_conversation_was_deleted_or_created_again(
+    make_config: Any, backend_name: str
+) -> None:
+    """A deleted conversation gave "storage has version 0 (another manager wrote to it)"; one deleted and
+    created again "this manager has version 1, storage has version 1": a conflict between equal versions."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("user", "hello")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        with pytest.raises(ConversationConflictError) as deleted:
+            await manager.add_message("user", "refused")
+        assert "storage no longer has it (it was deleted)" in str(deleted.value)
+        assert manager.messages == ()  # reloaded: what storage holds
+        await manager.add_message("user", "a new start")
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            assert await other.delete("c")
+        finally:
+            await other.close()
+        await write_elsewhere(make_config(), backend_name, "c", "another conversation, same id")
+        with pytest.raises(ConversationConflictError) as created_again:
+            await manager.add_message("user", "refused too")
+        message = str(created_again.value)
+        assert "this manager was at version 1, storage has another conversation under this id" in message
+        assert "(it was deleted and created again)" in message
+        assert [m.content for m in manager.messages] == ["another conversation, same id"]
 
 
 async def test_a_message_added_while_the_manager_reloads_is_refused_or_kept(make_config: Any) -> None:

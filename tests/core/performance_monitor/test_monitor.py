@@ -137,6 +137,55 @@ async def test_a_wait_for_the_next_sample_ends_when_the_monitor_stops() -> None:
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 
 
+async def test_a_wait_for_a_sample_ends_with_an_error_when_the_sampler_cannot_read_the_process() -> None:
+    """Every sample failed (psutil raised NoSuchProcess): wait_for_sample() waited for ever."""
+    from context_manager import MonitoringError
+
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    try:
+        gone = psutil.Process(child.pid)
+    finally:
+        child.kill()
+        await child.wait()  # reaped: the handle now refers to no process
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    async with monitor:
+        monitor._process = gone  # the sampler's process handle: a real psutil failure on every sample
+        started = time.perf_counter()
+        with pytest.raises(MonitoringError, match=r"could not sample the process \(NoSuchProcess") as caught:
+            await asyncio.wait_for(monitor.wait_for_sample(), 5.0)
+        assert time.perf_counter() - started < 2.0
+        assert "sample_now()" in str(caught.value)
+        assert isinstance(caught.value.__cause__, psutil.NoSuchProcess)
+        assert monitor.sampler_alive  # the sampler keeps trying
+        assert monitor.sample_now() is None
+        advice = [line for line in monitor.recommendations() if line.startswith("The sampler cannot read")]
+        assert advice and "(NoSuchProcess" in advice[0] and "samples failed" in advice[0]
+        assert monitor.health_score() == 1.0  # unknown figures are not bad ones
+        monitor._process = psutil.Process()  # the process can be read again: samples come again
+        assert monitor.get_performance_summary()["system"]["sampling_errors"] > 0
+        monitor.reset()  # "forget every recorded ... sample": the failures too
+        assert monitor.get_performance_summary()["system"]["sampling_errors"] == 0
+        sample = await asyncio.wait_for(monitor.wait_for_sample(), 5.0)
+        assert sample.rss_mb > 1.0
+        assert not any(line.startswith("The sampler cannot read") for line in monitor.recommendations())
+
+
+async def test_two_waiters_both_get_the_sample() -> None:
+    """A second wait_for_sample() that began before the first waiter woke cleared the shared event: the
+    first one then raised "the monitor stopped before its next sample" on a running monitor."""
+    monitor = PerformanceMonitor(sample_interval=30.0)
+    async with monitor:
+        first = asyncio.create_task(monitor.wait_for_sample())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the first waiter is waiting
+        sample = monitor.sample_now()
+        second = asyncio.create_task(monitor.wait_for_sample())  # starts before the first wakes
+        assert await asyncio.wait_for(first, 5.0) is sample
+        assert not second.done()  # it waits for the sample after
+        monitor.sample_now()
+        assert (await asyncio.wait_for(second, 5.0)).rss_mb > 1.0
+
+
 async def test_async_with_starts_and_stops() -> None:
     async with PerformanceMonitor(sample_interval=0.01) as monitor:
         assert monitor in running_monitors()

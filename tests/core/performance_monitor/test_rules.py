@@ -55,6 +55,26 @@ def test_rule_slow_operation() -> None:
     assert monitor.health_score() == pytest.approx(0.5)  # factor max(0.5, 100 / 400)
 
 
+def test_rule_slow_operation_needs_min_operations_calls() -> None:
+    """One slow call made the operation "slow" (advice, half the health score): no minimum, unlike the
+    error-rate rule's min_operations."""
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(slow_operation_ms=100.0))
+    for _ in range(50):
+        monitor.record_operation("quick", 0.001, True)
+    monitor.record_operation("cold_start", 2.0, True)  # one slow call (a cold cache, a first connection)
+    assert monitor.recommendations() == []
+    assert monitor.health_score() == 1.0
+    for _ in range(8):
+        monitor.record_operation("cold_start", 2.0, True)
+    assert monitor.recommendations() == []  # 9 calls, min_operations is 10
+    monitor.record_operation("cold_start", 2.0, True)
+    assert monitor.recommendations()[0].startswith("Operation 'cold_start' is slow: p95 2000 ms > 100 ms")
+    assert monitor.health_score() == pytest.approx(0.5)
+    strict = PerformanceMonitor(thresholds=PerformanceThresholds(slow_operation_ms=100.0, min_operations=1))
+    strict.record_operation("cold_start", 2.0, True)
+    assert strict.recommendations()[0].startswith("Operation 'cold_start' is slow")
+
+
 async def test_rule_high_cpu() -> None:
     limits = PerformanceThresholds(cpu_percent=-1.0, min_cpu_samples=3)  # any real CPU use is "high"
     async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
@@ -228,6 +248,13 @@ def test_each_rule_fires_just_above_its_limit_and_not_at_it(
 def test_the_error_rule_needs_min_operations() -> None:
     few = _evidence(recent_error_rate=0.5, recent_count=9)
     assert rules.recommendations(LIMITS, few) == []
+
+
+def test_the_slow_rule_needs_min_operations_calls_of_the_operation() -> None:
+    few = OperationStats("op", 9, 9, 0, 0.0, 4000.0, 4000.0, 4000.0, 4000.0, 4000.0, 4000.0)
+    assert rules.recommendations(LIMITS, _evidence(operation_stats=[few])) == []
+    quiet = rules.health_score(LIMITS, _evidence())
+    assert rules.health_score(LIMITS, _evidence(operation_stats=[few])) == quiet
 
 
 def test_the_error_rate_lowers_the_score_only_from_min_operations() -> None:

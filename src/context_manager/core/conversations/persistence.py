@@ -166,6 +166,7 @@ class PersistedConversation:
             try:
                 await self._reload_locked()
             except Exception as reload_error:  # stay stale: changes are refused until reload()
+                error._reload_failed(reload_error)
                 logger.warning(
                     "conversation %r: reload after a conflict failed (%s); call reload()",
                     self.conversation_id,
@@ -247,8 +248,12 @@ class PersistedConversation:
 
     def _journal_entry(self, kind: str, payload: dict[str, Any]) -> None:
         """The window's journal: queue a committed change (synchronous, inside the commit point)."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a pin made where no event loop runs: the next sync stores it
+            task = None
         self._pending.append(ConversationRecord(kind, payload))
-        self._pending_tasks.append(asyncio.current_task())
+        self._pending_tasks.append(task)
         self._journaled += 1
 
     async def sync(self, *, since: int | None = None) -> None:
@@ -311,6 +316,7 @@ class PersistedConversation:
                 await self._reload_locked()
             except Exception as reload_error:  # stay stale: changes are refused until reload()
                 self._conflict = error
+                error._reload_failed(reload_error)
                 logger.warning(
                     "conversation %r: reload after a conflict failed (%s); call reload()",
                     self.conversation_id,

@@ -193,7 +193,7 @@ class PostgresConversationStore:
         writer: str,
         rows: Sequence[tuple[Any, ...]],
     ) -> int | None:
-        """The stored version, or -1 when the append already happened.
+        """The stored version (0: the conversation is not stored), or -1 when the append already happened.
 
         -1: the records after ``expected_version`` are exactly these ones, stored by this writer (an append
         retried after its commit's acknowledgement was lost).
@@ -211,7 +211,7 @@ class PostgresConversationStore:
             "SELECT version FROM cm_conversations WHERE id = %s", (conversation_id,)
         )
         current = await cursor.fetchone()
-        return None if current is None else int(current[0])
+        return 0 if current is None else int(current[0])  # deleted: version 0, as on SQLite
 
     async def save_snapshot(
         self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None

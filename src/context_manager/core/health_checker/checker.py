@@ -25,6 +25,7 @@ from context_manager.core.health_checker.checks import (
     check_memory_pressure,
     check_storage,
     check_storage_writes,
+    with_stale_conversation,
 )
 from context_manager.core.health_checker.models import (
     CheckOutcome,
@@ -469,7 +470,8 @@ class HealthChecker:
         )
 
     async def _check_storage_writes(self) -> CheckOutcome:
-        return check_storage_writes(self._memory_manager(), self.thresholds)
+        outcome = check_storage_writes(self._memory_manager(), self.thresholds)
+        return with_stale_conversation(outcome, self.context_manager)
 
     async def _check_database(self) -> CheckOutcome:
         return await check_database(self._memory_manager())

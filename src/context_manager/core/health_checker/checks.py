@@ -36,6 +36,7 @@ __all__ = [
     "conversation_file_faults",
     "lost_memory_files",
     "memory_file_faults",
+    "with_stale_conversation",
 ]
 
 
@@ -233,6 +234,40 @@ def check_storage_writes(memory_manager: Any, limits: HealthThresholds) -> Check
             "space or fix permissions under storage_path. Nothing acknowledged is lost; writes resume by "
             "themselves and this check is healthy again with the next write that succeeds."
         ),
+    )
+
+
+def with_stale_conversation(outcome: CheckOutcome, manager: Any) -> CheckOutcome:
+    """``outcome`` of the memory writes, degraded if the manager's persisted conversation is stale.
+
+    Stale: the reload after a conflict failed, so every change of the conversation is refused (with
+    ``ConversationConflictError``) until ``reload()`` succeeds; the repair calls it.
+    """
+    conversation = getattr(manager, "_conversation", None)
+    if conversation is None or not getattr(conversation, "is_stale", False):
+        return outcome
+    name = conversation.conversation_id
+    stale = (
+        f"conversation {name!r} is stale (its reload after a conflict failed): every change is refused "
+        "until it is reloaded"
+    )
+    state = outcome.status if outcome.status is HealthState.UNHEALTHY else HealthState.DEGRADED
+    healthy = outcome.status is HealthState.HEALTHY
+
+    async def reload() -> str:
+        version = await manager.reload()
+        return f"reloaded conversation {name!r} at version {version}"
+
+    advice = (
+        "Call `await manager.reload()` once storage can be read (auto-recovery does it); until then "
+        "every change of the conversation raises ConversationConflictError."
+    )
+    return CheckOutcome(
+        state,
+        stale if healthy else f"{outcome.message}; {stale}",
+        {**outcome.details, "conversation_stale": True},
+        recommendation=advice if healthy else f"{outcome.recommendation} {advice}",
+        repair=reload,
     )
 
 

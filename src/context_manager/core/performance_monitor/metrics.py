@@ -26,9 +26,11 @@ class PerformanceThresholds:
     reported."""
     min_operations: int = 10
     """The error-rate rule and the health score's error factor need at least this many recent operations
-    (avoids 1-of-2 alarms: until then failures are reported in ``recent_errors`` but not judged)."""
+    (avoids 1-of-2 alarms: until then failures are reported in ``recent_errors`` but not judged), and
+    the slow-operation rule judges an operation once it was recorded this many times (one slow call,
+    a cold start, is not a slow operation)."""
     slow_operation_ms: float = 1000.0
-    """An operation whose p95 latency exceeds this is reported as slow."""
+    """An operation whose p95 latency exceeds this is reported as slow (from ``min_operations`` calls)."""
     event_loop_lag_ms: float = 100.0
     """Event-loop lag (how late a timer fires) above this means something blocks the loop."""
     cpu_percent: float = 85.0

@@ -13,7 +13,12 @@ from dataclasses import asdict
 from typing import Any, ClassVar
 
 from context_manager.core.async_operations import cancel_and_wait
-from context_manager.core.errors import InvalidMetricError, InvalidSettingError, LifecycleError
+from context_manager.core.errors import (
+    InvalidMetricError,
+    InvalidSettingError,
+    LifecycleError,
+    MonitoringError,
+)
 from context_manager.core.performance_monitor import registry, rules
 from context_manager.core.performance_monitor.metrics import (
     OperationStats,
@@ -126,6 +131,7 @@ class PerformanceMonitor:
         self._tokens: dict[str, list[int]] = {}  # operation -> [calls, input tokens, output tokens]
         self._overflow_warned = False
         self._sampling_errors = 0
+        self._sampling_error: Exception | None = None  # the last attempt's failure (None: it sampled)
         self._sample_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._process: Any = None
@@ -178,8 +184,13 @@ class PerformanceMonitor:
     async def wait_for_sample(self) -> SystemSample:
         """Wait until the background sampler records its next sample and return it.
 
+        Returns after the sampler's next attempt (about ``sample_interval``): its sample, or the error
+        when psutil could not read the process then.
+
         Raises:
             LifecycleError: The monitor is not running, or it stopped before its next sample.
+            MonitoringError: The sampler's next attempt failed (psutil raised: permissions, a platform
+                it does not support); the sampler keeps trying, and the error's ``__cause__`` is psutil's.
         """
         event, sampler = self._sample_event, self._task
         if event is None or sampler is None or sampler.done():
@@ -187,11 +198,21 @@ class PerformanceMonitor:
         event.clear()
         sampled = asyncio.ensure_future(event.wait())
         try:  # the sampler ending (stop_monitoring) ends the wait too: no sample would come
-            await asyncio.wait([sampled, sampler], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([sampled, sampler], return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait(sampled, owner="wait for a sample")
-        if not event.is_set():
+        # whether this wait saw the event set, not whether it is set now: another waiter that began
+        # since has cleared it
+        if sampled not in done:
             raise LifecycleError("the monitor stopped before its next sample")
+        error = self._sampling_error
+        if error is not None:
+            raise MonitoringError(
+                f"the performance monitor could not sample the process ({type(error).__name__}: {error}); "
+                f"{self._sampling_errors} samples failed so far and the sampler keeps trying. Check that "
+                "psutil can read this process (permissions, platform); sample_now() returns None "
+                "meanwhile"
+            ) from error
         return self._samples[-1]
 
     async def _sample_loop(self) -> None:
@@ -216,10 +237,14 @@ class PerformanceMonitor:
                 process.cpu_percent(None)  # the first call only primes the counter
             rss = process.memory_info().rss  # two reads: cheaper than process.oneshot() for two figures
             cpu = process.cpu_percent(None)
-        except Exception:  # psutil can fail (permissions, exotic platforms): keep sampling
+        except Exception as error:  # psutil can fail (permissions, exotic platforms): keep sampling
             self._sampling_errors += 1
+            self._sampling_error = error
             logger.debug("performance monitor could not sample the process", exc_info=True)
+            if self._sample_event is not None:  # a waiter learns that no sample came
+                self._sample_event.set()
             return False
+        self._sampling_error = None
         self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0))
         if self._sample_event is not None:
             self._sample_event.set()
@@ -387,6 +412,8 @@ class PerformanceMonitor:
             self._samples.clear()
             self._tokens.clear()
             self._overflow_warned = False
+            self._sampling_errors = 0
+            self._sampling_error = None
             self._created = time.time()
         self.profiler.reset()
 
@@ -485,6 +512,7 @@ class PerformanceMonitor:
             if self.enable_profiling
             else []
         )
+        failure = self._sampling_error
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
@@ -492,14 +520,16 @@ class PerformanceMonitor:
             operation_stats=list(self.operation_stats().values()),
             samples=list(self._samples),
             hottest_function=hottest[0] if hottest else None,
+            sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
+            sampling_errors=self._sampling_errors,
         )
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
         The product of: ``1 - recent error rate`` (from ``min_operations`` recent operations on; 1.0
-        before); ``max(0.5, limit / p95)`` for the slowest
-        operation over ``slow_operation_ms``; ``max(0.5, limit / lag)`` for event-loop lag over
+        before); ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among
+        those recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
         """

@@ -35,6 +35,10 @@ class Evidence:
     """The recent system samples, oldest first."""
     hottest_function: dict[str, Any] | None = None
     """With profiling, the function with the most own time (``function`` and ``share`` keys)."""
+    sampling_failure: str | None = None
+    """Why the sampler's latest attempt failed (``"AccessDenied: ..."``); ``None`` when it sampled."""
+    sampling_errors: int = 0
+    """How many sampling attempts failed since the monitor was created."""
 
 
 def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
@@ -43,14 +47,16 @@ def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
     * ``1 - recent error rate``, once the recent window holds at least ``min_operations`` operations
       (as for the error advice and the health checker's ``error_rate`` check: before, one failure of
       one operation would read 0.0);
-    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``;
+    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``, among the
+      operations recorded at least ``min_operations`` times (one slow call is not a slow operation);
     * the recent maximum event-loop lag over ``event_loop_lag_ms``: ``max(0.5, limit / lag)``;
     * mean CPU over ``cpu_percent`` (with enough samples): 0.9;
     * RSS over ``memory_limit_mb`` (when set): 0.8.
     """
     samples = evidence.samples
     score = 1.0 - evidence.recent_error_rate if evidence.recent_count >= limits.min_operations else 1.0
-    worst_p95 = max((stats.p95_ms for stats in evidence.operation_stats), default=0.0)
+    judged = [stats.p95_ms for stats in evidence.operation_stats if stats.count >= limits.min_operations]
+    worst_p95 = max(judged, default=0.0)
     if worst_p95 > limits.slow_operation_ms:
         score *= max(0.5, limits.slow_operation_ms / worst_p95)
     max_lag = max((sample.event_loop_lag_ms for sample in samples), default=0.0)
@@ -69,7 +75,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     """Return advice derived from the data by these rules (an empty list when all is well).
 
     1. *Errors*: the recent error rate exceeds ``error_rate`` over at least ``min_operations``.
-    2. *Slow operation*: an operation's p95 exceeds ``slow_operation_ms`` (one line each).
+    2. *Slow operation*: an operation recorded at least ``min_operations`` times has a p95 over
+       ``slow_operation_ms`` (one line each).
     3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
     4. *High CPU*: the mean CPU of at least ``min_cpu_samples`` samples exceeds ``cpu_percent``.
     5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
@@ -77,6 +84,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     7. *Hot function* (profiling): one function takes more than ``hot_function_share`` of the
        profiled own time (waiting, such as the event loop's selector during an awaited block, is not
        such a function).
+    8. *Sampling fails*: the sampler's latest attempt could not read the process (psutil failed), so
+       the memory, CPU and event-loop figures are missing or out of date.
     """
     advice: list[str] = []
     error_rate, recent_count = evidence.recent_error_rate, evidence.recent_count
@@ -91,7 +100,7 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
             "check get_performance_summary()['recent_errors'] and fix the failing operation."
         )
     for stats in sorted(evidence.operation_stats, key=lambda item: -item.p95_ms):
-        if stats.p95_ms > limits.slow_operation_ms:
+        if stats.p95_ms > limits.slow_operation_ms and stats.count >= limits.min_operations:
             advice.append(
                 f"Operation {stats.name!r} is slow: p95 {stats.p95_ms:.0f} ms > "
                 f"{limits.slow_operation_ms:.0f} ms; profile it (enable_profiling=True) or move "
@@ -128,5 +137,11 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
         advice.append(
             f"{hottest['function']} takes {hottest['share']:.0%} of the profiled time in "
             "timed operations: optimise it first."
+        )
+    if evidence.sampling_failure is not None:
+        advice.append(
+            f"The sampler cannot read this process ({evidence.sampling_failure}; "
+            f"{evidence.sampling_errors} samples failed): memory, CPU and event-loop figures are missing "
+            "or out of date. Check that psutil may read it (permissions, /proc mounted with hidepid)."
         )
     return advice
