@@ -77,6 +77,19 @@ def test_tokens_reads_stdin_and_follows_the_configured_encoding(monkeypatch: pyt
     assert data["tokens"] == count_tokens("hello world, twice: hello world", "cl100k_base")
 
 
+def test_tokens_counts_with_the_configured_token_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``token_model`` picks the encoding the library counts with; the command counts the same way."""
+    text = "Привет, мир! 你好世界 — naïve café"
+    assert count_tokens(text, "cl100k_base") != count_tokens(text, "o200k_base")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-4")
+    data = json.loads(cli("--json", "tokens", "-", input=text).stdout)
+    assert data["encoding"] == "cl100k_base" and data["tokens"] == count_tokens(text, "cl100k_base")
+    explicit = json.loads(cli("--json", "tokens", "-", "--encoding", "o200k_base", input=text).stdout)
+    assert explicit["encoding"] == "o200k_base" and explicit["tokens"] == count_tokens(text, "o200k_base")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-9000")
+    assert_one_line_error(cli("tokens", "-", input=text), "token_model", "gpt-9000")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200))
 def test_tokens_matches_the_library_for_any_text(text: str) -> None:

@@ -383,7 +383,10 @@ def tokens(
     encoding: Annotated[
         Encoding | None,
         typer.Option(
-            "--encoding", "-e", help="Token encoding (default: the configuration's token_encoding)."
+            "--encoding",
+            "-e",
+            help="Token encoding (default: the encoding of the configuration's token_model, else its "
+            "token_encoding).",
         ),
     ] = None,
 ) -> None:
@@ -392,7 +395,12 @@ def tokens(
     def body(options: _Options) -> None:
         from context_manager.core.tokens import get_token_counter
 
-        name = encoding.value if encoding is not None else _config(options).token_encoding
+        if encoding is not None:
+            counter = get_token_counter(encoding.value)
+        else:  # as the library counts: token_model's encoding when it is set, else token_encoding
+            config = _config(options)
+            counter = get_token_counter(config.token_encoding, model=config.token_model)
+        name = counter.encoding_name
         if source == "-":
             text = _read_standard_input()
             label = "<stdin>"
@@ -404,7 +412,7 @@ def tokens(
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
             text = _read_text_file(path, "pass a text file")
             label = str(path)
-        count = get_token_counter(name).count(text)
+        count = counter.count(text)
         result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
         if options.json_output:
             _print_json(options, result)
