@@ -514,6 +514,36 @@ def test_corrupted_log_gives_one_clear_line(store: Path) -> None:
     assert_one_line_error(cli("--storage", str(store), "memory", "search", "fine"), "damaged at line 2")
 
 
+@pytest.mark.embeddings
+def test_health_embeds_nothing_and_writes_no_vectors(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store without vectors (written without an embedder): ``health`` checks it, it does not embed it.
+
+    Opening it with an embedder embeds every memory first: minutes for a large store, and vectors written
+    by a command documented as read-only.
+    """
+    from context_manager.core.memory.transfer import open_storage
+
+    async def write_and_count() -> list[tuple[str, int]]:
+        async with MemoryManager(ContextManagerConfig(storage_path=store, embedder="none")) as memory:
+            await memory.add_memories([{"content": f"note {number} about kites"} for number in range(20)])
+        return await vector_models()
+
+    async def vector_models() -> list[tuple[str, int]]:
+        backend = open_storage(str(store), create=False)
+        await backend.open()
+        try:
+            return await backend.vector_models()
+        finally:
+            await backend.close()
+
+    assert asyncio.run(write_and_count()) == []
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_EMBEDDER", "minilm")
+    result = cli("--storage", str(store), "--json", "health")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["status"] == "healthy"
+    assert asyncio.run(vector_models()) == []
+
+
 def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "healthy data")
     report = cli_json("--storage", str(store), "health")

@@ -941,8 +941,9 @@ def health(ctx: typer.Context) -> None:
 
         config = _config(options)
         path = config.resolved_storage_path
-        # the cache directory is not checked: only the storage the command was pointed at
-        config = config.model_copy(update={"cache_path": path, "storage_path": path})
+        # the cache directory is not checked: only the storage the command was pointed at; no embedder:
+        # opening with one embeds every memory that has no vector first (minutes, and writes)
+        config = config.model_copy(update={"cache_path": path, "storage_path": path, "embedder": "none"})
         problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None
