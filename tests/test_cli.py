@@ -717,6 +717,39 @@ def test_subprocess_reports_a_locked_store(store: Path) -> None:
     assert run_cli("--storage", str(store), "memory", "stats").returncode == 0  # released on close
 
 
+def test_subprocess_import_reads_a_pipe_and_standard_input(tmp_path: Path, store: Path) -> None:
+    """``memory import <(zcat backup.jsonl.gz)`` (a pipe, readable once) and ``memory import -``."""
+    assert run_cli("--storage", str(store), "memory", "add", "Paris is the capital of France").returncode == 0
+    exported = tmp_path / "backup.jsonl"
+    assert run_cli("--storage", str(store), "memory", "export", str(exported)).returncode == 0
+    piped = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" --json memory import <(cat "$2")']
+        + [sys.executable, str(tmp_path / "from-pipe"), str(exported)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert json.loads(piped.stdout)["imported"] == 1
+    standard = run_cli(
+        "--storage",
+        str(tmp_path / "from-stdin"),
+        "--json",
+        "memory",
+        "import",
+        "-",
+        input=exported.read_text(),
+    )
+    assert standard.returncode == 0, standard.stdout + standard.stderr
+    assert json.loads(standard.stdout)["imported"] == 1
+    for copy in ("from-pipe", "from-stdin"):
+        found = run_cli("--storage", str(tmp_path / copy), "--json", "memory", "search", "capital of France")
+        assert [row["content"] for row in json.loads(found.stdout)] == ["Paris is the capital of France"]
+    bad = run_cli("--storage", str(tmp_path / "bad"), "memory", "import", "-", input="not json\n")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: <stdin>:1") and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+
+
 def test_subprocess_bad_paths_arguments_and_a_damaged_log(tmp_path: Path, store: Path) -> None:
     def assert_one_line(completed: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> None:
         assert completed.returncode == code, completed.stdout + completed.stderr

@@ -627,30 +627,48 @@ def memory_export(
 @memory_app.command("import")
 def memory_import(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A JSONL file written by `memory export`.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A JSONL file written by `memory export` (a pipe works too), or - for standard input.",
+            metavar="FILE|-",
+        ),
+    ],
 ) -> None:
     """Load memories from a JSON Lines export (all or nothing: one bad line imports nothing)."""
 
     async def body(options: _Options) -> None:
+        import tempfile
+
         from context_manager.core.memory.maintenance import parse_exported_line
 
-        if not path.is_file():
+        advice = "pass a file written by `memory export`"
+        if str(path) == "-":
+            text, label = _read_standard_input(), "<stdin>"
+        elif path.is_dir() or not path.exists():
             raise CommandError(
                 f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
             )
-        text = _read_text_file(path, "pass a file written by `memory export`")
+        else:  # a file, or a pipe (``<(zcat backup.jsonl.gz)``): read once, here
+            text, label = _read_text_file(path, advice), str(path)
         lines = text.removesuffix("\n").split("\n")  # "\n" only, as import_memories splits
         expected = "a memory as written by `memory export`"
-        with _progress(options) as progress:
+        with contextlib.ExitStack() as stack:
+            source = path
+            if not path.is_file():  # a pipe or standard input cannot be read a second time: a copy is
+                directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="context-manager-")))
+                source = directory / "import.jsonl"
+                source.write_text(text, encoding="utf-8", newline="")
+            progress = stack.enter_context(_progress(options))
             checking = progress.add_task("checking", total=len(lines))
             # every check import_memories makes, before the store is opened (and perhaps created)
             for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    parse_exported_line(line, f"{path}:{number}", expected=expected)
+                    parse_exported_line(line, f"{label}:{number}", expected=expected)
                 progress.advance(checking)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
-                report = await manager.import_memories(path)
+                report = await manager.import_memories(source)
                 progress.update(importing, completed=len(lines))
         if options.json_output:
             _print_json(options, report)
