@@ -515,11 +515,14 @@ def test_corrupted_log_gives_one_clear_line(store: Path) -> None:
 
 
 @pytest.mark.embeddings
-def test_health_embeds_nothing_and_writes_no_vectors(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store without vectors (written without an embedder): ``health`` checks it, it does not embed it.
+@pytest.mark.parametrize("command", [("--json", "health"), ("memory", "export", "backup.jsonl")])
+def test_health_and_export_embed_nothing_and_write_no_vectors(
+    store: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """A store without vectors (written without an embedder) is checked or exported, not embedded.
 
     Opening it with an embedder embeds every memory first: minutes for a large store, and vectors written
-    by a command documented as read-only.
+    by commands that only read.
     """
     from context_manager.core.memory.transfer import open_storage
 
@@ -538,9 +541,12 @@ def test_health_embeds_nothing_and_writes_no_vectors(store: Path, monkeypatch: p
 
     assert asyncio.run(write_and_count()) == []
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_EMBEDDER", "minilm")
-    result = cli("--storage", str(store), "--json", "health")
+    result = cli("--storage", str(store), *command)
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout)["status"] == "healthy"
+    if command[-1] == "health":
+        assert json.loads(result.stdout)["status"] == "healthy"
+    else:
+        assert len(Path("backup.jsonl").read_text().splitlines()) == 20
     assert asyncio.run(vector_models()) == []
 
 

@@ -268,11 +268,17 @@ def _storage_location(config: ContextManagerConfig) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _open_memory(options: _Options, *, create: bool) -> Any:
-    """Open the configured memory store (``create=False``: a storage directory must hold one already)."""
+async def _open_memory(options: _Options, *, create: bool, embedder: bool = True) -> Any:
+    """Open the configured memory store (``create=False``: a storage directory must hold one already).
+
+    ``embedder=False`` opens it without the configured embedder, for commands that use no vectors: with
+    one, opening embeds every memory that has no vector yet first (minutes for a large store).
+    """
     from context_manager.core.memory.manager import MemoryManager
 
     config = _config(options)
+    if not embedder:
+        config = config.model_copy(update={"embedder": "none"})
     if not create and _uses_directory(config):
         _require_existing_store(config.resolved_storage_path)
     manager: MemoryManager = MemoryManager(config)
@@ -610,7 +616,7 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
-        async with _open_memory(options, create=False) as manager:
+        async with _open_memory(options, create=False, embedder=False) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
