@@ -665,3 +665,14 @@ async def test_a_location_that_is_not_valid_unicode_is_refused_by_name(tmp_path:
     assert result.exit_code == 1
     assert result.stderr.startswith("error: target: ") and "no lone surrogates" in result.stderr
     assert not await asyncio.to_thread(Path(undecodable).exists)
+
+
+async def test_a_dsn_is_recognised_and_opened_whatever_the_case_of_its_scheme(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    shouted = " " + postgres_dsn.replace("postgresql://", "POSTGRESQL://", 1)
+    report = await migrate_storage(str(source), shouted)
+    assert report.ok and report.copied == report.total_copies > 0
+    assert (await verify_storage(shouted, str(source))).ok

@@ -77,11 +77,18 @@ def is_dsn(location: str) -> bool:
     return location.strip().lower().startswith(DSN_PREFIXES)
 
 
+def _dsn(location: str) -> str:
+    """A DSN as libpq takes it: no surrounding blanks, and the scheme in lower case (libpq wants it so)."""
+    text = location.strip()
+    scheme, separator, rest = text.partition("://")
+    return f"{scheme.lower()}{separator}{rest}"
+
+
 def _describe_location(location: str) -> str:
     if is_dsn(location):
         from context_manager.core.memory.postgres.database import redact_dsn
 
-        return redact_dsn(location)
+        return redact_dsn(_dsn(location))
     return str(Path(location).expanduser())
 
 
@@ -120,7 +127,7 @@ def open_storage(location: str, *, create: bool, fsync: bool = True, name: str =
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
 
-        return PostgresBackend(PostgresDatabase(location.strip(), pool_size=2), weights=weights)
+        return PostgresBackend(PostgresDatabase(_dsn(location), pool_size=2), weights=weights)
     from context_manager.core.memory.local_backend import LocalBackend
 
     path = Path(location).expanduser()
@@ -338,7 +345,7 @@ def _same_database(first: str, second: str) -> bool:
     try:
         from psycopg.conninfo import conninfo_to_dict
 
-        return conninfo_to_dict(first.strip()) == conninfo_to_dict(second.strip())
+        return conninfo_to_dict(_dsn(first)) == conninfo_to_dict(_dsn(second))
     except Exception:  # psycopg missing, or a DSN it cannot parse (opening it says why)
         return False
 
@@ -359,7 +366,7 @@ async def _check_postgres_store(location: str, name: str) -> None:
     """Refuse a DSN whose schema holds no memory store, before opening it creates the tables there."""
     from context_manager.core.memory.postgres import PostgresDatabase
 
-    database = PostgresDatabase(location.strip(), pool_size=1)
+    database = PostgresDatabase(_dsn(location), pool_size=1)
     await database.open()
     try:
 
