@@ -77,6 +77,19 @@ def test_tokens_reads_stdin_and_follows_the_configured_encoding(monkeypatch: pyt
     assert data["tokens"] == count_tokens("hello world, twice: hello world", "cl100k_base")
 
 
+def test_tokens_counts_with_the_configured_token_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``token_model`` picks the encoding the library counts with; the command counts the same way."""
+    text = "Привет, мир! 你好世界 — naïve café"
+    assert count_tokens(text, "cl100k_base") != count_tokens(text, "o200k_base")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-4")
+    data = json.loads(cli("--json", "tokens", "-", input=text).stdout)
+    assert data["encoding"] == "cl100k_base" and data["tokens"] == count_tokens(text, "cl100k_base")
+    explicit = json.loads(cli("--json", "tokens", "-", "--encoding", "o200k_base", input=text).stdout)
+    assert explicit["encoding"] == "o200k_base" and explicit["tokens"] == count_tokens(text, "o200k_base")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-9000")
+    assert_one_line_error(cli("tokens", "-", input=text), "token_model", "gpt-9000")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200))
 def test_tokens_matches_the_library_for_any_text(text: str) -> None:
@@ -501,6 +514,42 @@ def test_corrupted_log_gives_one_clear_line(store: Path) -> None:
     assert_one_line_error(cli("--storage", str(store), "memory", "search", "fine"), "damaged at line 2")
 
 
+@pytest.mark.embeddings
+@pytest.mark.parametrize("command", [("--json", "health"), ("memory", "export", "backup.jsonl")])
+def test_health_and_export_embed_nothing_and_write_no_vectors(
+    store: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """A store without vectors (written without an embedder) is checked or exported, not embedded.
+
+    Opening it with an embedder embeds every memory first: minutes for a large store, and vectors written
+    by commands that only read.
+    """
+    from context_manager.core.memory.transfer import open_storage
+
+    async def write_and_count() -> list[tuple[str, int]]:
+        async with MemoryManager(ContextManagerConfig(storage_path=store, embedder="none")) as memory:
+            await memory.add_memories([{"content": f"note {number} about kites"} for number in range(20)])
+        return await vector_models()
+
+    async def vector_models() -> list[tuple[str, int]]:
+        backend = open_storage(str(store), create=False)
+        await backend.open()
+        try:
+            return await backend.vector_models()
+        finally:
+            await backend.close()
+
+    assert asyncio.run(write_and_count()) == []
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_EMBEDDER", "minilm")
+    result = cli("--storage", str(store), *command)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    if command[-1] == "health":
+        assert json.loads(result.stdout)["status"] == "healthy"
+    else:
+        assert len(Path("backup.jsonl").read_text().splitlines()) == 20
+    assert asyncio.run(vector_models()) == []
+
+
 def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "healthy data")
     report = cli_json("--storage", str(store), "health")
@@ -672,6 +721,39 @@ def test_subprocess_reports_a_locked_store(store: Path) -> None:
     assert locked.returncode == 1, locked.stdout + locked.stderr
     assert locked.stderr.count("\n") == 1 and "is locked by" in locked.stderr
     assert run_cli("--storage", str(store), "memory", "stats").returncode == 0  # released on close
+
+
+def test_subprocess_import_reads_a_pipe_and_standard_input(tmp_path: Path, store: Path) -> None:
+    """``memory import <(zcat backup.jsonl.gz)`` (a pipe, readable once) and ``memory import -``."""
+    assert run_cli("--storage", str(store), "memory", "add", "Paris is the capital of France").returncode == 0
+    exported = tmp_path / "backup.jsonl"
+    assert run_cli("--storage", str(store), "memory", "export", str(exported)).returncode == 0
+    piped = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" --json memory import <(cat "$2")']
+        + [sys.executable, str(tmp_path / "from-pipe"), str(exported)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert json.loads(piped.stdout)["imported"] == 1
+    standard = run_cli(
+        "--storage",
+        str(tmp_path / "from-stdin"),
+        "--json",
+        "memory",
+        "import",
+        "-",
+        input=exported.read_text(),
+    )
+    assert standard.returncode == 0, standard.stdout + standard.stderr
+    assert json.loads(standard.stdout)["imported"] == 1
+    for copy in ("from-pipe", "from-stdin"):
+        found = run_cli("--storage", str(tmp_path / copy), "--json", "memory", "search", "capital of France")
+        assert [row["content"] for row in json.loads(found.stdout)] == ["Paris is the capital of France"]
+    bad = run_cli("--storage", str(tmp_path / "bad"), "memory", "import", "-", input="not json\n")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: <stdin>:1") and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_subprocess_bad_paths_arguments_and_a_damaged_log(tmp_path: Path, store: Path) -> None:

@@ -268,11 +268,17 @@ def _storage_location(config: ContextManagerConfig) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _open_memory(options: _Options, *, create: bool) -> Any:
-    """Open the configured memory store (``create=False``: a storage directory must hold one already)."""
+async def _open_memory(options: _Options, *, create: bool, embedder: bool = True) -> Any:
+    """Open the configured memory store (``create=False``: a storage directory must hold one already).
+
+    ``embedder=False`` opens it without the configured embedder, for commands that use no vectors: with
+    one, opening embeds every memory that has no vector yet first (minutes for a large store).
+    """
     from context_manager.core.memory.manager import MemoryManager
 
     config = _config(options)
+    if not embedder:
+        config = config.model_copy(update={"embedder": "none"})
     if not create and _uses_directory(config):
         _require_existing_store(config.resolved_storage_path)
     manager: MemoryManager = MemoryManager(config)
@@ -383,7 +389,10 @@ def tokens(
     encoding: Annotated[
         Encoding | None,
         typer.Option(
-            "--encoding", "-e", help="Token encoding (default: the configuration's token_encoding)."
+            "--encoding",
+            "-e",
+            help="Token encoding (default: the encoding of the configuration's token_model, else its "
+            "token_encoding).",
         ),
     ] = None,
 ) -> None:
@@ -392,7 +401,12 @@ def tokens(
     def body(options: _Options) -> None:
         from context_manager.core.tokens import get_token_counter
 
-        name = encoding.value if encoding is not None else _config(options).token_encoding
+        if encoding is not None:
+            counter = get_token_counter(encoding.value)
+        else:  # as the library counts: token_model's encoding when it is set, else token_encoding
+            config = _config(options)
+            counter = get_token_counter(config.token_encoding, model=config.token_model)
+        name = counter.encoding_name
         if source == "-":
             text = _read_standard_input()
             label = "<stdin>"
@@ -404,7 +418,7 @@ def tokens(
                 raise CommandError(f"{path} is a directory; pass a text file or - for standard input")
             text = _read_text_file(path, "pass a text file")
             label = str(path)
-        count = get_token_counter(name).count(text)
+        count = counter.count(text)
         result = {"source": label, "encoding": name, "tokens": count, "characters": len(text)}
         if options.json_output:
             _print_json(options, result)
@@ -602,7 +616,7 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
-        async with _open_memory(options, create=False) as manager:
+        async with _open_memory(options, create=False, embedder=False) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
@@ -619,30 +633,48 @@ def memory_export(
 @memory_app.command("import")
 def memory_import(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A JSONL file written by `memory export`.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A JSONL file written by `memory export` (a pipe works too), or - for standard input.",
+            metavar="FILE|-",
+        ),
+    ],
 ) -> None:
     """Load memories from a JSON Lines export (all or nothing: one bad line imports nothing)."""
 
     async def body(options: _Options) -> None:
+        import tempfile
+
         from context_manager.core.memory.maintenance import parse_exported_line
 
-        if not path.is_file():
+        advice = "pass a file written by `memory export`"
+        if str(path) == "-":
+            text, label = _read_standard_input(), "<stdin>"
+        elif path.is_dir() or not path.exists():
             raise CommandError(
                 f"cannot read {path}: " + ("it is a directory" if path.is_dir() else "no such file")
             )
-        text = _read_text_file(path, "pass a file written by `memory export`")
+        else:  # a file, or a pipe (``<(zcat backup.jsonl.gz)``): read once, here
+            text, label = _read_text_file(path, advice), str(path)
         lines = text.removesuffix("\n").split("\n")  # "\n" only, as import_memories splits
         expected = "a memory as written by `memory export`"
-        with _progress(options) as progress:
+        with contextlib.ExitStack() as stack:
+            source = path
+            if not path.is_file():  # a pipe or standard input cannot be read a second time: a copy is
+                directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="context-manager-")))
+                source = directory / "import.jsonl"
+                source.write_text(text, encoding="utf-8", newline="")
+            progress = stack.enter_context(_progress(options))
             checking = progress.add_task("checking", total=len(lines))
             # every check import_memories makes, before the store is opened (and perhaps created)
             for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    parse_exported_line(line, f"{path}:{number}", expected=expected)
+                    parse_exported_line(line, f"{label}:{number}", expected=expected)
                 progress.advance(checking)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
-                report = await manager.import_memories(path)
+                report = await manager.import_memories(source)
                 progress.update(importing, completed=len(lines))
         if options.json_output:
             _print_json(options, report)
@@ -933,8 +965,9 @@ def health(ctx: typer.Context) -> None:
 
         config = _config(options)
         path = config.resolved_storage_path
-        # the cache directory is not checked: only the storage the command was pointed at
-        config = config.model_copy(update={"cache_path": path, "storage_path": path})
+        # the cache directory is not checked: only the storage the command was pointed at; no embedder:
+        # opening with one embeds every memory that has no vector first (minutes, and writes)
+        config = config.model_copy(update={"cache_path": path, "storage_path": path, "embedder": "none"})
         problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None

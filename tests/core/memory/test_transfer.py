@@ -595,3 +595,84 @@ async def test_prune_finishes_a_copy_after_deletions_at_the_source(tmp_path: Pat
     assert plain.exit_code == 0, plain.stdout + plain.stderr
     assert "1 copies and 0 conversations pruned" in plain.stdout
     assert await copies_of(back) == await copies_of(source)
+
+
+async def test_a_refused_target_is_left_without_a_conversations_file(tmp_path: Path) -> None:
+    source, other = tmp_path / "source", tmp_path / "other"
+    await populate(sqlite_config(source))
+    await _write_conversations(str(source))
+    async with MemoryManager(sqlite_config(other)) as memory:
+        await memory.add_memory("a memory of another storage")
+    files = sorted(path.name for path in other.iterdir())
+
+    with pytest.raises(InvalidArgumentError, match="holds 1 memories and 0 conversations"):
+        await migrate_storage(str(source), str(other))
+    result = await cli("memory", "migrate", "--from", str(source), "--to", str(other))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+
+    assert not (other / "conversations.sqlite3").exists()
+    assert sorted(path.name for path in other.iterdir()) == files
+
+
+async def _conversation_at(location: Path, text: str | None) -> list[Any]:
+    """The window of conversation ``chat`` stored at ``location`` (after adding ``text``, if given)."""
+    from context_manager import EnhancedContextManager
+
+    config = ContextManagerConfig(storage_path=location, embedder="none")
+    async with EnhancedContextManager(config, conversation_id="chat") as manager:
+        if text is not None:
+            await manager.add_message("user", text)
+        return manager.get_context(format="openai")
+
+
+async def test_another_stores_conversation_under_the_same_id_is_never_overwritten(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    await _conversation_at(source, "written at the source")
+    kept = await _conversation_at(target, "the target's own conversation")
+    stored = await _dumps(str(target))
+
+    # the same id, created separately: not a copy of the source's conversation (its generation differs)
+    for flags in ((), ("--merge",)):
+        result = await cli("memory", "migrate", "--from", str(source), "--to", str(target), *flags)
+        assert result.exit_code == 1, result.stdout + result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "'chat'" in result.stderr
+    with pytest.raises(InvalidArgumentError, match=r"--prune.*1 conversations \['chat'\]"):
+        await migrate_storage(str(source), str(target))
+    with pytest.raises(InvalidArgumentError, match=r"\['chat'\]"):
+        await migrate_storage(str(source), str(target), merge=True)
+    assert await _dumps(str(target)) == stored
+    assert await _conversation_at(target, None) == kept
+
+    # --prune makes the target a copy of the source: the source's conversation replaces it
+    report = await migrate_storage(str(source), str(target), prune=True)
+    assert report.ok and report.conversations_copied == 1
+    assert await _dumps(str(target)) == await _dumps(str(source))
+
+    # the source's own conversation, continued after a copy, is still brought up to date
+    await _conversation_at(source, "later at the source")
+    again = await migrate_storage(str(source), str(target))
+    assert again.ok and again.conversations_copied == 1
+    assert await _conversation_at(target, None) == await _conversation_at(source, None)
+
+
+async def test_a_location_that_is_not_valid_unicode_is_refused_by_name(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    undecodable = str(tmp_path / "t\udcffx")  # what Python makes of a non-UTF-8 byte in a command line
+    with pytest.raises(InvalidArgumentError, match="target: .*valid Unicode"):
+        await migrate_storage(str(source), undecodable)
+    result = await cli("memory", "migrate", "--from", str(source), "--to", undecodable)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: target: ") and "no lone surrogates" in result.stderr
+    assert not await asyncio.to_thread(Path(undecodable).exists)
+
+
+async def test_a_dsn_is_recognised_and_opened_whatever_the_case_of_its_scheme(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    source = tmp_path / "source"
+    await populate(sqlite_config(source))
+    shouted = " " + postgres_dsn.replace("postgresql://", "POSTGRESQL://", 1)
+    report = await migrate_storage(str(source), shouted)
+    assert report.ok and report.copied == report.total_copies > 0
+    assert (await verify_storage(shouted, str(source))).ok

@@ -15,6 +15,8 @@ copies a previous run already wrote are not written twice. Copies the target hol
 tier where the source no longer has one (the source changed between runs) are removed. Memories and
 conversations deleted from the source between runs are not told apart from another store's: the target is
 refused unless ``prune`` (remove everything the source does not have) or ``merge`` (keep it).
+A target conversation under one of the source's ids but created apart from it (its ``created_at``, the
+conversation's generation, differs) is never overwritten: the target is refused unless ``prune``.
 
 Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
 copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend, owner_label
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
+from context_manager.core.text import encodable
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -74,11 +77,18 @@ def is_dsn(location: str) -> bool:
     return location.strip().lower().startswith(DSN_PREFIXES)
 
 
+def _dsn(location: str) -> str:
+    """A DSN as libpq takes it: no surrounding blanks, and the scheme in lower case (libpq wants it so)."""
+    text = location.strip()
+    scheme, separator, rest = text.partition("://")
+    return f"{scheme.lower()}{separator}{rest}"
+
+
 def _describe_location(location: str) -> str:
     if is_dsn(location):
         from context_manager.core.memory.postgres.database import redact_dsn
 
-        return redact_dsn(location)
+        return redact_dsn(_dsn(location))
     return str(Path(location).expanduser())
 
 
@@ -107,11 +117,17 @@ def open_storage(location: str, *, create: bool, fsync: bool = True, name: str =
         raise InvalidArgumentError(
             name, location, "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
         )
+    if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
+        raise InvalidArgumentError(
+            name,
+            location,
+            "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
+        )
     weights = RankingWeights().effective_columns  # what a default MemoryManager indexes with
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
 
-        return PostgresBackend(PostgresDatabase(location.strip(), pool_size=2), weights=weights)
+        return PostgresBackend(PostgresDatabase(_dsn(location), pool_size=2), weights=weights)
     from context_manager.core.memory.local_backend import LocalBackend
 
     path = Path(location).expanduser()
@@ -329,7 +345,7 @@ def _same_database(first: str, second: str) -> bool:
     try:
         from psycopg.conninfo import conninfo_to_dict
 
-        return conninfo_to_dict(first.strip()) == conninfo_to_dict(second.strip())
+        return conninfo_to_dict(_dsn(first)) == conninfo_to_dict(_dsn(second))
     except Exception:  # psycopg missing, or a DSN it cannot parse (opening it says why)
         return False
 
@@ -350,7 +366,7 @@ async def _check_postgres_store(location: str, name: str) -> None:
     """Refuse a DSN whose schema holds no memory store, before opening it creates the tables there."""
     from context_manager.core.memory.postgres import PostgresDatabase
 
-    database = PostgresDatabase(location.strip(), pool_size=1)
+    database = PostgresDatabase(_dsn(location), pool_size=1)
     await database.open()
     try:
 
@@ -424,7 +440,8 @@ async def migrate_storage(
 
     Raises:
         InvalidArgumentError: a bad location or batch size, source and target the same, ``merge`` and
-            ``prune`` together, or a target holding other memories without either.
+            ``prune`` together, a target holding other memories without either, or (without ``prune``) a
+            target conversation under one of the source's ids that is another conversation.
         StorageLockedError: a storage directory is in use by another process.
         StorageError: a storage cannot be opened or written.
     """
@@ -447,19 +464,39 @@ async def migrate_storage(
         source_ids = {memory.id for memory in source_copies}
         foreign = {memory.id for memory in target_copies if memory.id not in source_ids}
         source_conversations = await _conversation_store(source, source_backend, create=False)
-        conversation_ids: list[str] = []
-        foreign_conversations: set[str] = set()
+        generations: dict[str, float] = {}  # conversation id -> created_at: which conversation it is
         if source_conversations is not None:
-            conversation_ids = [
-                info.conversation_id for info in await source_conversations.list_conversations()
-            ]
+            for info in await source_conversations.list_conversations():
+                generations[info.conversation_id] = info.created_at
+        conversation_ids = list(generations)
         if source_conversations is not None or prune:  # (a source without any: prune removes the target's)
-            target_conversations = await _conversation_store(
-                target, target_backend, create=source_conversations is not None
-            )
+            # not created before the target is accepted: a refused target is left as it was
+            target_conversations = await _conversation_store(target, target_backend, create=False)
+        present: dict[str, float] = {}
         if target_conversations is not None:
-            present = {info.conversation_id for info in await target_conversations.list_conversations()}
-            foreign_conversations = present - set(conversation_ids)
+            for info in await target_conversations.list_conversations():
+                present[info.conversation_id] = info.created_at
+        foreign_conversations = set(present) - set(generations)
+        # the same id, another conversation (created apart, not copied from this source): never overwritten
+        # unless prune makes the target a copy of the source
+        clashing = sorted(
+            key for key, created in present.items() if key in generations and created != generations[key]
+        )
+        if clashing and not prune:
+            allowed = (
+                "a storage whose conversations under the source's ids are copies of the source's; "
+                "pass prune=True (--prune) to replace them with the source's"
+            )
+            if merge:
+                allowed += " (--merge cannot keep two conversations under one id)"
+            raise InvalidArgumentError(
+                "target",
+                report.target,
+                allowed,
+                detail=f"it holds {len(clashing)} conversations {clashing} created apart from the source's "
+                "conversations with the same ids (another store's, or ones deleted and created again at "
+                "the source since an interrupted run of this migration)",
+            )
         if (foreign or (foreign_conversations and source_conversations is not None)) and not (merge or prune):
             raise InvalidArgumentError(
                 "target",
@@ -470,6 +507,8 @@ async def migrate_storage(
                 "the source does not have: another store's, or ones deleted from the source since an "
                 "interrupted run of this migration (then --prune removes them)",
             )
+        if source_conversations is not None and target_conversations is None:
+            target_conversations = await _conversation_store(target, target_backend, create=True)
         if prune:
             await _prune(target_backend, target_copies, foreign, batch_size, report)
             target_copies = [memory for memory in target_copies if memory.id not in foreign]
