@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -465,9 +466,9 @@ async def _stale_search_vectors(dsn: str) -> int:
     import psycopg
 
     from context_manager.core.memory.postgres.schema import search_vector_sql
-    from context_manager.core.memory.postgres.separators import SEPARATORS
+    from context_manager.core.memory.postgres.separators import CJK, CJK_RUNS, SEPARATORS
 
-    vector = search_vector_sql("m", f"'{SEPARATORS}'")
+    vector = search_vector_sql("m", f"'{SEPARATORS}'", (f"'{CJK}'", f"'{CJK_RUNS}'"))
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute(
             f"SELECT count(*) FROM cm_memories AS m WHERE m.search IS DISTINCT FROM ({vector})"
@@ -672,6 +673,118 @@ async def test_a_store_indexed_before_words_were_split_as_queried_finds_them_aft
     finally:
         await first.close()
         await second.close()
+
+
+def test_the_frozen_cjk_ranges_are_the_characters_the_embedded_store_segments() -> None:
+    from context_manager.core.memory.index import _CJK
+    from context_manager.core.memory.postgres.separators import CJK_RANGES
+
+    frozen = set()
+    for part in CJK_RANGES.split(","):
+        first, _, last = part.partition("-")
+        frozen.update(range(int(first, 16), int(last or first, 16) + 1))
+    segmented = {point for point in range(0x110000) if re.fullmatch(f"[{_CJK}]", chr(point))}
+    assert frozen == segmented
+
+
+SEGMENTED = [
+    "東京の天気は晴れです",
+    "会议定在2024年3月的Zoom上",
+    "猫",
+    "a 猫 b 犬犬 c",
+    "東京・大阪、京都。\n名古屋\tｶﾀｶﾅ 𠀋𠀌 々〆 ヶ月",
+    "naïve 日本語 cafe\u0301 か\u3099",
+]
+
+
+async def test_the_server_segments_chinese_and_japanese_as_the_embedded_store(postgres_dsn: str) -> None:
+    """The search vector holds the terms SQLite's index does: ``segment_cjk``, then split at separators."""
+    import psycopg
+
+    from context_manager.core.memory.index import segment_cjk
+    from context_manager.core.memory.postgres.schema import words_sql
+    from context_manager.core.memory.postgres.separators import CJK, CJK_RUNS, SEPARATORS
+
+    words = words_sql("t", f"'{SEPARATORS}'", cjk=(f"'{CJK}'", f"'{CJK_RUNS}'"))
+    separator = re.compile("[" + "".join(chr(point) for point in sorted(_separator_code_points())) + "]")
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        cursor = await connection.execute(f"SELECT {words} FROM unnest(%s::text[]) AS t", (SEGMENTED,))
+        written = [row[0] for row in await cursor.fetchall()]
+        cursor = await connection.execute(
+            "SELECT tsvector_to_array(to_tsvector('english', %s))", ("東京の天気 京の 天気",)
+        )
+        lexemes = (await cursor.fetchone() or [None])[0]
+    for text, server in zip(SEGMENTED, written, strict=True):
+        assert sorted(server.split()) == sorted(separator.sub(" ", segment_cjk(text)).split()), text
+    assert sorted(lexemes) == sorted(["東京の天気", "京の", "天気"])  # a pair is one lexeme, as queried
+
+
+async def test_a_store_indexed_before_cjk_was_segmented_finds_it_after_the_upgrade(postgres_dsn: str) -> None:
+    """Migration 0007 gives the rows holding Chinese or Japanese their new vector, once, with two processes
+    starting together; other rows (ASCII, or non-ASCII without such a character) are not rewritten."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0007"]
+    assert len(before) == 6
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    rows = {  # content, tags, previous turn, a word of it
+        "japanese": ("東京の天気は晴れです", "", "", "天気"),
+        "chinese tag": ("a note about dinner", "北京烤鸭", "", "烤鸭"),
+        "context": ("see the previous turn", "", "我喜欢在上海喝茶", "上海"),
+        "hindi": ("मेरी बहन दिल्ली में डॉक्टर है", "", "", "दिल्ली"),
+        "ascii": ("the quarterly budget spreadsheet", "", "", "budget"),
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for memory_id, (content, tags, context, _) in rows.items():
+            await connection.execute(  # rows written by the earlier version: its trigger computed the vector
+                "INSERT INTO cm_memories (id, tier, owner, content, tags, tags_text, context, importance, "
+                "created_at, last_accessed, source) "
+                "VALUES (%s, 'long', '', %s, %s, %s, %s, 0.5, 1.0, 1.0, 'user')",
+                (memory_id, content, [tags] if tags else [], tags, context),
+            )
+        cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+        places = dict(await cursor.fetchall())
+    assert await _stale_search_vectors(postgres_dsn) == 3
+
+    first, second = MemoryManager(postgres_config(postgres_dsn)), MemoryManager(postgres_config(postgres_dsn))
+    try:
+        await asyncio.gather(first.initialize(), second.initialize())
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
+            cursor = await connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0007%%'"
+            )
+            applied = await cursor.fetchone()
+        assert rewritten == {"japanese", "chinese tag", "context"}
+        assert applied == (1,)
+        for memory_id, (_, _, _, word) in rows.items():
+            assert [m.id for m in await first.search_memory(word, limit=3)] == [memory_id]
+            assert [m.id for m in await second.search_memory(word, limit=3)] == [memory_id]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_long_memory_of_varied_chinese_text_is_stored_and_found(postgres_dsn: str) -> None:
+    """Each character and pair is a term: 100,000 characters of varied Chinese made a vector over PostgreSQL's
+    1 MB, and the write failed; such a memory is indexed by its first 30,000 characters."""
+    import random
+
+    draw = random.Random(7)
+    text = "北京烤鸭" + "".join(chr(draw.randrange(0x4E00, 0xA000)) for _ in range(100_000))
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        stored = await manager.add_memory(text, tier="long")
+        assert [m.id for m in await manager.search_memory("烤鸭", limit=3)] == [stored.id]
 
 
 async def test_rebuilding_the_index_computes_every_search_vector_again(postgres_dsn: str) -> None:

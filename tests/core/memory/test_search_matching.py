@@ -10,6 +10,8 @@
 4. Text in scripts that write vowels as combining marks inside a word (Hindi, Bengali, Tamil, Thai, pointed
    Hebrew) was not found by its words on PostgreSQL: the query (and SQLite) splits a word at those marks,
    PostgreSQL's parser kept it whole.
+5. Chinese and Japanese text was found by no word of it on PostgreSQL (then only on SQLite): the server's
+   parser kept a run of it as one token; both backends now index its characters and pairs.
 """
 
 from __future__ import annotations
@@ -96,23 +98,21 @@ CJK = {
 
 
 @pytest.mark.parametrize("tier", ["short", "medium", "long"])
-async def test_chinese_and_japanese_memories_are_found_by_a_word(
-    sqlite_manager: MemoryManager, tier: str
-) -> None:
-    """Chinese and Japanese write no spaces between words, and FTS5's ``unicode61`` splits only at spaces and
+async def test_chinese_and_japanese_memories_are_found_by_a_word(manager: MemoryManager, tier: str) -> None:
+    """Chinese and Japanese write no spaces between words, and both indexes split words only at spaces and
     punctuation: a whole sentence was one index term, found by no word of it ("東京" found nothing in
-    "東京の天気は晴れです"). The embedded store indexes such text as its characters and their pairs."""
+    "東京の天気は晴れです"). Both backends index such text as its characters and their pairs."""
     stored = {}
     for name, (text, _) in CJK.items():
-        stored[name] = await sqlite_manager.add_memory(text, tier=tier, tags=["日本語タグ"])
-    await sqlite_manager.add_memory("An unrelated English note about the weather", tier=tier)
+        stored[name] = await manager.add_memory(text, tier=tier, tags=["日本語タグ"])
+    await manager.add_memory("An unrelated English note about the weather", tier=tier)
     for name, (_, queries) in CJK.items():
         for query in queries:
-            found = await sqlite_manager.search_memory(query, limit=3)
+            found = await manager.search_memory(query, limit=3)
             assert found and found[0].id == stored[name].id, (name, query, [m.content for m in found])
-    tagged = await sqlite_manager.search_memory("タグ", limit=5)
+    tagged = await manager.search_memory("タグ", limit=5)
     assert {m.id for m in tagged} == {m.id for m in stored.values()}
-    assert await sqlite_manager.search_memory("大阪", limit=3) == []  # no character of it is stored
+    assert await manager.search_memory("大阪", limit=3) == []  # no character of it is stored
 
 
 async def test_a_long_term_tier_indexed_before_cjk_segmentation_is_reindexed_on_open(

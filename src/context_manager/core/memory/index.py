@@ -78,7 +78,10 @@ _CJK = (
     "\u3005\u3006\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
     "\U00020000-\U0003134f"
 )
-"""Chinese characters, kana and their iteration marks: scripts written without spaces between words."""
+"""Chinese characters, kana and their iteration marks: scripts written without spaces between words.
+
+PostgreSQL's index segments the same characters (``postgres/separators.py``, frozen in a migration): a
+change here needs new ranges and a migration there."""
 
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 _CJK_SPLIT = re.compile(f"([{_CJK}]+)")

@@ -4,8 +4,9 @@ Every tier is a set of rows of ``cm_memories`` (``tier`` is a column); nothing a
 process: a write returns after its transaction committed on the server. User isolation is a predicate on
 the indexed ``owner`` column of every query. Full-text search runs on the ``tsvector`` column a trigger
 keeps (GIN index), parsed from the text with the characters the query splits words at made spaces
-(``separators.py``: both see the same words, whatever the server's locale); the query's words
-(``query_tokens``) become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
+(``separators.py``: both see the same words, whatever the server's locale), Chinese and Japanese runs as
+their characters and pairs (as on SQLite); the query's words (``query_tokens``, a Chinese or Japanese run as
+its pairs) become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
 the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
 indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
@@ -45,7 +46,7 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights
+from context_manager.core.memory.index import ColumnWeights, segment_cjk_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -926,7 +927,7 @@ class PostgresBackend:
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
-        tokens = list(query.tokens)
+        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
         if not tokens or query.limit <= 0:
             return []
         lexemes, rows = await self._term_statistics(tokens)

@@ -9,12 +9,13 @@ are never empty), so user isolation is an indexed equality in every query. ``sea
 ``tsvector`` (content A, tags B, previous turn C, session date D), computed by the server: a trigger fills it
 when a row is inserted without one and when an update changes its text (migration ``0003``; it was a generated
 column before). An overflow move copies it with the row instead of parsing the text again. The text is parsed
-with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``).
+with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``), Chinese and
+Japanese runs first spread into their characters and pairs as the embedded store indexes them (``0007``).
 """
 
 from __future__ import annotations
 
-from context_manager.core.memory.postgres.separators import SEPARATORS
+from context_manager.core.memory.postgres.separators import CJK, CJK_RUNS, SEPARATORS
 
 __all__ = [
     "MIGRATIONS",
@@ -22,6 +23,7 @@ __all__ = [
     "VECTOR_MIGRATIONS",
     "hnsw_index_statement",
     "search_vector_sql",
+    "segments_sql",
     "tier_rank_sql",
     "words_sql",
 ]
@@ -77,6 +79,11 @@ SEARCHED_CONTENT_CHARS = 100_000
 1 MB, which a few megabytes of distinct words exceed); SQLite's FTS5 indexes all of it."""
 
 
+SEGMENTED_CONTENT_CHARS = 30_000
+"""A memory whose content holds Chinese or Japanese is indexed by its first this many characters (``0007``):
+each of them and each pair is a term, and 100,000 characters of varied text made a vector over 1 MB."""
+
+
 def _bounded_search_vector_of(row: str) -> str:
     """:func:`_search_vector_of` over at most :data:`SEARCHED_CONTENT_CHARS` characters of the content."""
     return _search_vector_of(row).replace(
@@ -84,36 +91,73 @@ def _bounded_search_vector_of(row: str) -> str:
     )
 
 
-def search_vector_sql(row: str, separators: str) -> str:
+def search_vector_sql(row: str, separators: str, cjk: tuple[str, str] | None = None) -> str:
     """The search vector of the record ``row``: the columns' text parsed after :func:`words_sql`.
 
-    ``separators`` is an SQL expression whose value is :data:`SEPARATORS` (a literal, a PL/pgSQL variable).
-    The trigger of migration ``0006`` computes this; :func:`_bounded_search_vector_of` (``0005``) is the same
-    without the separators.
+    ``separators`` is an SQL expression whose value is :data:`SEPARATORS` (a literal, a PL/pgSQL variable);
+    ``cjk``, two such expressions whose values are :data:`CJK` and :data:`CJK_RUNS`: Chinese and Japanese
+    text of the content, tags and previous turn is indexed as its characters and pairs (:func:`segments_sql`).
+    The trigger of migration ``0007`` computes this with ``cjk``, that of ``0006`` without it;
+    :func:`_bounded_search_vector_of` (``0005``) is the same without the separators.
     """
     columns = (
-        (f"{row}.content", SEARCHED_CONTENT_CHARS, "A"),
-        (f"{row}.tags_text", None, "B"),
-        (f"{row}.context", 300, "C"),
-        (f"coalesce({row}.session_date, '')", None, "D"),
+        (f"{row}.content", SEARCHED_CONTENT_CHARS, "A", cjk, SEGMENTED_CONTENT_CHARS),
+        (f"{row}.tags_text", None, "B", cjk, None),
+        (f"{row}.context", 300, "C", cjk, None),
+        (f"coalesce({row}.session_date, '')", None, "D", None, None),  # as SQLite: a date is not segmented
     )
     return " || ".join(
-        f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, {words_sql(text, separators, chars)}), "
-        f"'{weight}')"
-        for text, chars, weight in columns
+        f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
+        f"{words_sql(text, separators, chars, cjk=segment, segmented_chars=segmented)}), '{weight}')"
+        for text, chars, weight, segment, segmented in columns
     )
 
 
-def words_sql(text: str, separators: str, chars: int | None = None) -> str:
+def words_sql(
+    text: str,
+    separators: str,
+    chars: int | None = None,
+    *,
+    cjk: tuple[str, str] | None = None,
+    segmented_chars: int | None = None,
+) -> str:
     """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
 
     The server's parser then splits the words where ``query_tokens`` does (see ``separators.py``). All-ASCII
-    text (one byte per character) holds none of them and skips the regular expression.
+    text (one byte per character) holds none of them and skips the regular expression. With ``cjk`` (see
+    :func:`search_vector_sql`), text holding a Chinese or Japanese character is first :func:`segments_sql`
+    (as the embedded store's ``segment_cjk``, before its tokenizer splits at the separators): its first
+    ``segmented_chars`` characters, if given.
     """
     value = text if chars is None else f"left({text}, {chars})"
+    words = value
+    if cjk is not None:
+        characters, runs = cjk
+        segmented = value if segmented_chars is None else f"left({text}, {segmented_chars})"
+        words = f"CASE WHEN {value} ~ {characters} THEN {segments_sql(segmented, runs)} ELSE {value} END"
     return (
         f"CASE WHEN octet_length({text}) = length({text}) THEN {value} "
-        f"ELSE regexp_replace({value}, {separators}, ' ', 'g') END"
+        f"ELSE regexp_replace({words}, {separators}, ' ', 'g') END"
+    )
+
+
+def segments_sql(text: str, runs: str) -> str:
+    """SQL: ``text`` with each Chinese or Japanese run as its characters, then its pairs of neighbours.
+
+    The terms ``index.segment_cjk`` writes for the embedded store (the query asks for a run's pairs, a lone
+    character as itself). ``runs`` is an SQL expression whose value is :data:`CJK_RUNS`; ``text`` must hold
+    a character of a run (the aggregate of no run is NULL). Migration ``0007`` is made of this: a change
+    here needs a new function and a new migration.
+    """
+    run = "r.part[1]"
+    pairs = "regexp_replace({}, '(..)|.', '\\1 ', 'g')"  # the pairs at even offsets (a last lone one dropped)
+    spread = (
+        f"' ' || regexp_replace({run}, '(.)', '\\1 ', 'g') || {pairs.format(run)} || "
+        f"{pairs.format(f'substr({run}, 2)')} || ' '"
+    )
+    return (
+        f"(SELECT string_agg(CASE WHEN {run} IS NULL THEN r.part[2] ELSE {spread} END, '' ORDER BY r.n) "
+        f"FROM regexp_matches({text}, {runs}, 'g') WITH ORDINALITY AS r(part, n))"
     )
 
 
@@ -240,6 +284,37 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 SELECT c.id, c.tier, {search_vector_sql("c", "s.separators")} AS search
                 FROM cm_memories AS c, (SELECT '{SEPARATORS}'::text AS separators) AS s
                 WHERE concat_ws(' ', c.content, c.tags_text, c.context, c.session_date) ~ s.separators
+            ) AS r
+            WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
+            """,
+        ],
+    ),
+    (
+        # Chinese and Japanese text (no spaces between words) was indexed as whole sentences, found by no
+        # word of them; the embedded store indexes it as its characters and their pairs and asks a query's
+        # run as its pairs (migration 0005 there). The vector now does the same (the CJK ranges frozen in
+        # separators.py), and the rows holding such text get the new one, under the table lock as in 0006.
+        "0007_search_cjk_as_characters_and_pairs",
+        [
+            "LOCK TABLE cm_memories IN SHARE ROW EXCLUSIVE MODE",
+            _search_trigger_function(
+                "CREATE OR REPLACE FUNCTION",
+                search_vector_sql("NEW", "separators", ("cjk", "runs")),
+                declare="separators text;\n                cjk text;\n                runs text;",
+                prepare=(
+                    f"separators := '{SEPARATORS}';\n                cjk := '{CJK}';\n"
+                    f"                runs := '{CJK_RUNS}';\n                "
+                ),
+            ),
+            f"""
+            UPDATE cm_memories AS m SET search = r.search
+            FROM (
+                SELECT c.id, c.tier, {search_vector_sql("c", "s.separators", ("s.cjk", "s.runs"))} AS search
+                FROM cm_memories AS c, (
+                    SELECT '{SEPARATORS}'::text AS separators, '{CJK}'::text AS cjk,
+                        '{CJK_RUNS}'::text AS runs
+                ) AS s
+                WHERE concat_ws(' ', c.content, c.tags_text, c.context) ~ s.cjk
             ) AS r
             WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
             """,

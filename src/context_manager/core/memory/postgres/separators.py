@@ -16,7 +16,7 @@ checks it against the running Python.
 
 from __future__ import annotations
 
-__all__ = ["SEPARATORS", "SEPARATOR_RANGES"]
+__all__ = ["CJK", "CJK_RANGES", "CJK_RUNS", "SEPARATORS", "SEPARATOR_RANGES"]
 
 SEPARATOR_RANGES = (
     "80-a9,ab-b1,b4,b6-b8,bb,bf,d7,f7,2c2-2c5,2d2-2df,2e5-2eb,2ed,2ef-2ff,305,30d-30e,310,312-31a,"
@@ -106,3 +106,14 @@ def _bracket_expression(ranges: str) -> str:
 
 SEPARATORS = _bracket_expression(SEPARATOR_RANGES)
 """A PostgreSQL regular expression (in ASCII: escapes) matching one character of :data:`SEPARATOR_RANGES`."""
+
+
+CJK_RANGES = "3005-3006,3040-30ff,31f0-31ff,3400-4dbf,4e00-9fff,f900-faff,ff66-ff9f,20000-3134f"
+"""The characters the embedded store indexes as characters and pairs (``index._CJK``: Chinese characters,
+kana and their iteration marks), frozen for migration ``0007`` as :data:`SEPARATOR_RANGES` is for ``0006``."""
+
+CJK = _bracket_expression(CJK_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`CJK_RANGES`."""
+
+CJK_RUNS = f"({CJK}+)|([^{CJK[1:]}+)"
+"""Text as its runs, in order: a run of :data:`CJK` characters (group 1) or of other characters (group 2)."""
