@@ -30,6 +30,7 @@ Usage::
     python benchmarks/bench_peers_retrieval.py --locomo ../shared/data/locomo_dev.json
     python benchmarks/bench_peers_retrieval.py --quick            # the first conversation only
     python benchmarks/bench_peers_retrieval.py --only mem0 --only library --json peers.json
+    python benchmarks/bench_peers_retrieval.py --only llamaindex --speaker-prefix   # peers' text variant
 """
 
 from __future__ import annotations
@@ -108,6 +109,21 @@ def model_path() -> Path:
     return default_model_path()
 
 
+class Variant:
+    """How the peers store a turn: its text (the protocol), or with ``--speaker-prefix``
+    ``"<speaker>: <text>"``."""
+
+    speaker_prefix = False
+
+    @classmethod
+    def text(cls, turn: LocomoTurn) -> str:
+        return f"{turn.speaker}: {turn.text}" if cls.speaker_prefix else turn.text
+
+    @classmethod
+    def label(cls, name: str) -> str:
+        return f"{name} [speaker: text]" if cls.speaker_prefix else name
+
+
 def sessions_of(conversation: Conversation) -> Iterator[list[LocomoTurn]]:
     """The conversation's turns, one list per session, in order."""
     sessions: dict[int, list[LocomoTurn]] = defaultdict(list)
@@ -134,7 +150,7 @@ def run_mem0(conversations: Sequence[Conversation], workdir: Path) -> LocomoResu
     from mem0 import Memory
 
     result = LocomoResult(
-        "mem0: Memory, infer=False, MiniLM + Qdrant (local)",
+        Variant.label("mem0: Memory, infer=False, MiniLM + Qdrant (local)"),
         notes="one add() per turn (turn key in metadata); user_id per conversation",
     )
     for position, conversation in enumerate(conversations):
@@ -166,7 +182,7 @@ def run_mem0(conversations: Sequence[Conversation], workdir: Path) -> LocomoResu
         started = time.perf_counter()
         for turn in conversation.turns:
             memory.add(
-                [{"role": "user", "content": turn.text}],
+                [{"role": "user", "content": Variant.text(turn)}],
                 user_id=user,
                 metadata={"turn_key": turn.key},
                 infer=False,
@@ -210,11 +226,14 @@ def run_llamaindex(conversations: Sequence[Conversation]) -> list[LocomoResult]:
     Settings.embed_model = embedding
     embedding.get_text_embedding("warm up")
     vector = LocomoResult(
-        "LlamaIndex: VectorStoreIndex, MiniLM", notes="SimpleVectorStore; insert_nodes per session"
+        Variant.label("LlamaIndex: VectorStoreIndex, MiniLM"),
+        notes="SimpleVectorStore; insert_nodes per session",
     )
-    bm25 = LocomoResult("LlamaIndex: BM25Retriever", notes="bm25s, English stemmer and stop words")
+    bm25 = LocomoResult(
+        Variant.label("LlamaIndex: BM25Retriever"), notes="bm25s, English stemmer and stop words"
+    )
     fusion = LocomoResult(
-        "LlamaIndex: vector + BM25, reciprocal rerank",
+        Variant.label("LlamaIndex: vector + BM25, reciprocal rerank"),
         notes="QueryFusionRetriever(mode='reciprocal_rerank', num_queries=1)",
     )
     for conversation in conversations:
@@ -222,7 +241,7 @@ def run_llamaindex(conversations: Sequence[Conversation]) -> list[LocomoResult]:
         all_nodes: list[Any] = []
         started = time.perf_counter()
         for turns in sessions_of(conversation):
-            nodes = [TextNode(text=turn.text, id_=turn.key) for turn in turns]
+            nodes = [TextNode(text=Variant.text(turn), id_=turn.key) for turn in turns]
             index.insert_nodes(nodes)
             all_nodes.extend(nodes)
         vector.index_seconds += time.perf_counter() - started
@@ -272,14 +291,15 @@ def run_langgraph(conversations: Sequence[Conversation]) -> LocomoResult:
 
     embed(["warm up"])
     result = LocomoResult(
-        "LangGraph: InMemoryStore, MiniLM index", notes="one batch of PutOp per session; cosine search"
+        Variant.label("LangGraph: InMemoryStore, MiniLM index"),
+        notes="one batch of PutOp per session; cosine search",
     )
     for conversation in conversations:
         store = InMemoryStore(index={"embed": embed, "dims": 384, "fields": ["text"]})
         namespace = ("locomo", conversation.sample_id)
         started = time.perf_counter()
         for turns in sessions_of(conversation):
-            store.batch([PutOp(namespace, turn.key, {"text": turn.text}) for turn in turns])
+            store.batch([PutOp(namespace, turn.key, {"text": Variant.text(turn)}) for turn in turns])
         result.index_seconds += time.perf_counter() - started
         result.turns += len(conversation.turns)
 
@@ -344,6 +364,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for system, missing in unavailable.items():
         print(f"not measured: {system} (missing {', '.join(missing)})")
     _quiet()
+    Variant.speaker_prefix = args.speaker_prefix
     conversations = load_locomo(locomo, limit=1 if args.quick else args.conversations)
     turns = sum(len(c.turns) for c in conversations)
     questions = sum(len(c.questions) for c in conversations)
@@ -431,6 +452,12 @@ def main() -> int:
         default=[],
         choices=("minilm",),
         help="the library without its MiniLM configuration",
+    )
+    parser.add_argument(
+        "--speaker-prefix",
+        action="store_true",
+        help="a variant, not the protocol: the peers store '<speaker>: <text>' (the library keeps the "
+        "speaker in metadata either way)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the result tables as Markdown")
