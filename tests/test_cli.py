@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 
 from context_manager.cli import app
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import ConfigurationError, StorageCorruptedError
+from context_manager.core.errors import ConfigurationError, InvalidArgumentError, StorageCorruptedError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.tokens import count_tokens
 
@@ -785,3 +785,112 @@ def test_subprocess_bad_paths_arguments_and_a_damaged_log(tmp_path: Path, store:
     with log.open("a") as handle:
         handle.write('{"half a record\n')
     assert_one_line(run_cli("--storage", str(store), "memory", "stats"), "damaged at line", "not modified")
+
+
+# --- read-only commands, standard output, ignored options ---------------------------------------
+
+
+def _write_twenty_short_term_memories(store: Path) -> None:
+    async def write() -> None:
+        async with MemoryManager(ContextManagerConfig(storage_path=store, embedder="none")) as memory:
+            await memory.add_memories([{"content": f"note {number} about kites"} for number in range(20)])
+
+    asyncio.run(write())
+
+
+def test_inspection_commands_move_nothing_under_smaller_capacities(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory stats``, ``memory export``, ``memory search`` and ``health`` opened the store with the
+    configured capacities and rebalanced it: a store written with a large short-term capacity came out of a
+    ``memory stats`` with its memories moved down (and ``migrate --verify-only`` against a copy of the
+    original then differed)."""
+    import shutil
+
+    _write_twenty_short_term_memories(store)
+    original = tmp_path / "original"
+    shutil.copytree(store, original)
+    # the commands run with smaller capacities than the store was written with
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_SHORT_TERM_MEMORY_SIZE", "5")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEDIUM_TERM_MEMORY_SIZE", "5")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_EMBEDDER", "none")
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["by_tier"] == {"short": 20, "medium": 0, "long": 0}
+    assert stats["over_capacity"], "the figures say the tiers are over this configuration's capacities"
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("--storage", str(store), "memory", "export", str(backup))["exported"] == 20
+    assert all(json.loads(line)["tier"] == "short" for line in backup.read_text().splitlines())
+    assert cli_json("--storage", str(store), "health")["status"] != "unhealthy"
+    verify = ("memory", "migrate", "--verify-only", "--from", str(original), "--to", str(store))
+    verified = cli("--json", *verify)
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["ok"] is True
+    # a search moves no memory either (its results count as accessed, as with search_memory)
+    found = cli_json("--storage", str(store), "memory", "search", "kites", "--limit", "3")
+    assert len(found) == 3 and all(memory["tier"] == "short" for memory in found)
+    assert cli_json("--storage", str(store), "memory", "stats")["by_tier"] == stats["by_tier"]
+
+
+def test_memory_manager_can_open_without_rebalancing(store: Path) -> None:
+    _write_twenty_short_term_memories(store)
+    small = ContextManagerConfig(
+        storage_path=store, embedder="none", short_term_memory_size=5, medium_term_memory_size=5
+    )
+
+    async def by_tier(**options: Any) -> dict[str, int]:
+        async with MemoryManager(small, **options) as memory:
+            stats = await memory.get_memory_stats()
+        return dict(stats["by_tier"])
+
+    assert asyncio.run(by_tier(rebalance_on_open=False)) == {"short": 20, "medium": 0, "long": 0}
+    moved = asyncio.run(by_tier())  # the default: opening brings the tiers within their capacities
+    assert moved["short"] <= 5 and moved["medium"] <= 5 and sum(moved.values()) == 20
+    with pytest.raises(InvalidArgumentError, match="rebalance_on_open"):
+        MemoryManager(small, rebalance_on_open="no")  # type: ignore[arg-type]
+
+
+def test_memory_export_dash_writes_standard_output_only(tmp_path: Path, store: Path) -> None:
+    """``memory export -`` wrote a file named ``-`` (``memory import -`` reads standard input)."""
+    _write_twenty_short_term_memories(store)
+    for arguments in ((), ("--json",)):
+        result = cli(*arguments, "--storage", str(store), "memory", "export", "-")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 20 and all(json.loads(line)["content"].endswith("about kites") for line in lines)
+        assert "exported 20 memories to <stdout>" in result.stderr
+        assert not Path("-").exists()
+    other = tmp_path / "other"
+    piped = cli("--json", "--storage", str(other), "memory", "import", "-", input=result.stdout)
+    assert piped.exit_code == 0 and json.loads(piped.stdout)["imported"] == 20
+
+
+def test_subprocess_memory_export_to_standard_output(store: Path) -> None:
+    _write_twenty_short_term_memories(store)
+    exported = run_cli("--storage", str(store), "memory", "export", "-")
+    assert exported.returncode == 0, exported.stderr
+    assert len([json.loads(line) for line in exported.stdout.splitlines()]) == 20
+    assert "exported 20 memories" in exported.stderr
+
+
+def test_storage_is_said_to_be_ignored_with_postgres(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--storage`` was silently ignored with ``memory_backend=postgres``: the memories went to the
+    database while the user believed them in the directory."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND", "postgres")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_DSN", postgres_dsn)
+    directory = tmp_path / "dir"
+    warning = f"warning: --storage {directory} is ignored: memory_backend is postgres"
+    for command in (
+        ("memory", "add", "the freeze starts Friday"),
+        ("memory", "search", "freeze"),
+        ("memory", "stats"),
+        ("health",),
+    ):
+        result = cli("--json", "--storage", str(directory), *command)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        json.loads(result.stdout)  # stdout holds the result only
+        assert result.stderr.count(warning) == 1, result.stderr
+    quiet = cli("--json", "memory", "stats")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+    assert not directory.exists()

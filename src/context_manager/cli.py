@@ -205,6 +205,29 @@ def _config(options: _Options) -> ContextManagerConfig:
     return ContextManagerConfig(storage_path=options.storage)
 
 
+def _memory_config(options: _Options) -> ContextManagerConfig:
+    """The configuration of a command that opens the memory store.
+
+    With ``memory_backend=postgres`` the memories are in the database ``postgres_dsn`` names, so a
+    ``--storage`` directory is not used: one line on stderr says so (it was silently ignored, and the
+    user believed the memories to be in the directory).
+    """
+    config = _config(options)
+    if options.storage is not None and not _uses_directory(config):
+        _warn_storage_ignored(options, options.storage, config)
+    return config
+
+
+def _warn_storage_ignored(options: _Options, storage: Path, config: ContextManagerConfig) -> None:
+    options.stderr.print(
+        f"warning: --storage {storage} is ignored: memory_backend is {config.memory_backend}, the memories "
+        f"are in the database postgres_dsn names ({_storage_location(config)})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _storage_argument(value: str | None) -> Path | None:
     """A ``--storage`` value as a path (``None`` when not given).
 
@@ -268,20 +291,25 @@ def _storage_location(config: ContextManagerConfig) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _open_memory(options: _Options, *, create: bool, embedder: bool = True) -> Any:
+async def _open_memory(
+    options: _Options, *, create: bool, embedder: bool = True, inspect: bool = False
+) -> Any:
     """Open the configured memory store (``create=False``: a storage directory must hold one already).
 
     ``embedder=False`` opens it without the configured embedder, for commands that use no vectors: with
     one, opening embeds every memory that has no vector yet first (minutes for a large store).
+    ``inspect=True`` opens it without moving a tier's overflow (``rebalance_on_open=False``): the
+    capacities of the configuration may not be the ones the store was written with, and a command that
+    looks at the store must not move its memories.
     """
     from context_manager.core.memory.manager import MemoryManager
 
-    config = _config(options)
+    config = _memory_config(options)
     if not embedder:
         config = config.model_copy(update={"embedder": "none"})
     if not create and _uses_directory(config):
         _require_existing_store(config.resolved_storage_path)
-    manager: MemoryManager = MemoryManager(config)
+    manager: MemoryManager = MemoryManager(config, rebalance_on_open=not inspect)
     await manager.initialize()
     try:
         yield manager
@@ -480,10 +508,15 @@ def memory_search(
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Only memories with this tag.")] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
 ) -> None:
-    """Search the memory store, best match first."""
+    """Search the memory store, best match first.
+
+    Moves no memory between tiers on opening; the results count as accessed, as with the library's
+    search_memory (access counts and times, which ranking uses; a memory found often moves up to
+    long-term).
+    """
 
     async def body(options: _Options) -> None:
-        async with _open_memory(options, create=False) as manager:
+        async with _open_memory(options, create=False, inspect=True) as manager:
             found = await manager.search_memory(query, limit, tags=tag or None, user_id=user)
         if options.json_output:
             _print_json(options, [_memory_row(memory) for memory in found])
@@ -523,12 +556,12 @@ def memory_stats(
         str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
     ] = None,
 ) -> None:
-    """Counts per tier and user, capacity, size on disk and index status."""
+    """Counts per tier and user, capacity, size on disk and index status (read-only: moves nothing)."""
 
     async def body(options: _Options) -> None:
         from context_manager import ALL_USERS
 
-        async with _open_memory(options, create=False) as manager:
+        async with _open_memory(options, create=False, inspect=True) as manager:
             await manager.check_integrity(quick=True)  # so the index status is measured, not assumed
             stats = await manager.get_memory_stats(user_id=ALL_USERS if user is None else user)
         if options.json_output:
@@ -601,14 +634,25 @@ def _progress(options: _Options) -> Iterator[Any]:
 @memory_app.command("export")
 def memory_export(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="The JSONL file to write (replaced atomically).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="The JSONL file to write (replaced atomically), or - for standard output.", metavar="FILE|-"
+        ),
+    ],
     user: Annotated[
         str | None, typer.Option(help="Only this user's memories (default: every user's).")
     ] = None,
 ) -> None:
-    """Write every memory of every user (superseded ones too) to a JSON Lines file."""
+    """Write every memory of every user (superseded ones too) to a JSON Lines file (read-only).
+
+    With - the memories go to standard output, and the summary line to stderr.
+    """
 
     async def body(options: _Options) -> None:
+        if str(path) == "-":
+            await export_to_standard_output(options)
+            return
         if path.is_dir():
             raise CommandError(f"{path} is a directory; pass a file path such as {path / 'memories.jsonl'}")
         if not path.parent.exists():
@@ -616,7 +660,7 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
-        async with _open_memory(options, create=False, embedder=False) as manager:
+        async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
@@ -626,6 +670,31 @@ def memory_export(
             _print_json(options, {"exported": count, "path": str(path)})
         else:
             options.stdout.print(f"exported {count} memories to {path}", markup=False, soft_wrap=True)
+
+    async def export_to_standard_output(options: _Options) -> None:
+        """The export written to a private temporary file, then copied to stdout (nothing else goes there)."""
+        import shutil
+        import tempfile
+
+        from context_manager import ALL_USERS
+
+        stream = sys.stdout
+        if stream is None:
+            raise CommandError("standard output is closed; pass a file path")
+        with tempfile.TemporaryDirectory(prefix="context-manager-") as directory:
+            exported = Path(directory) / "export.jsonl"
+            async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
+                count = await manager.export_memories(exported, user_id=ALL_USERS if user is None else user)
+            with exported.open("rb") as source:
+                binary = getattr(stream, "buffer", None)
+                if binary is not None:
+                    stream.flush()
+                    shutil.copyfileobj(source, binary)
+                    binary.flush()
+                else:  # a text-only stream (an embedding program's)
+                    stream.write(source.read().decode("utf-8"))
+                    stream.flush()
+        options.stderr.print(f"exported {count} memories to <stdout>", markup=False, soft_wrap=True)
 
     _run(ctx, body)
 
@@ -963,7 +1032,7 @@ def health(ctx: typer.Context) -> None:
         from context_manager.core.health_checker import HealthChecker, HealthState
         from context_manager.core.memory.manager import MemoryManager
 
-        config = _config(options)
+        config = _memory_config(options)
         path = config.resolved_storage_path
         # the cache directory is not checked: only the storage the command was pointed at; no embedder:
         # opening with one embeds every memory that has no vector first (minutes, and writes)
@@ -972,7 +1041,7 @@ def health(ctx: typer.Context) -> None:
         advice = f"Check the path: {_STORE_ADVICE}."
         memory: MemoryManager | None = None
         if problem is None:
-            memory = MemoryManager(config)
+            memory = MemoryManager(config, rebalance_on_open=False)  # checking moves no memory
             try:
                 await memory.initialize()
             except StorageError as error:  # damaged or locked: report it as a failing check
@@ -1093,6 +1162,8 @@ def mcp_serve(
         if path is not None:
             values["storage_path"] = path.expanduser().resolve()
         config = ContextManagerConfig(**values)
+        if path is not None and not _uses_directory(config):
+            _warn_storage_ignored(options, path, config)
         if path is None and config.memory_backend == "sqlite":
             raise CommandError(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "

@@ -63,6 +63,11 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             embedder: ``RankingWeights.learned``).
         clock: Returns the current time in seconds since the epoch (``time.time`` by default).
         promotion_access_count: Search hits after which a memory moves up to the long-term tier.
+        rebalance_on_open: ``True`` (default): ``initialize()`` moves the overflow of a tier holding more
+            memories than this config's capacity down a tier, as a write would. ``False``: opening moves
+            nothing, so a store can be inspected (stats, export, health) with a config whose capacities
+            differ from the ones it was written with (capacities are not recorded in the store); a later
+            write that finds a tier over its capacity still moves the overflow.
     """
 
     async def initialize(self) -> None:
@@ -101,7 +106,8 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             await backend.close()
             raise
         self._state = "ready"
-        await self._rebalance()
+        if self.rebalance_on_open:
+            await self._rebalance()
         logger.debug("memory opened (%s at %s)", backend.kind, backend.location)
 
     def _create_backend(self) -> MemoryBackend:

@@ -54,6 +54,7 @@ class ManagerState:
         ranking: RankingWeights | None = None,
         clock: Clock | None = None,
         promotion_access_count: int = 5,
+        rebalance_on_open: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
@@ -69,6 +70,8 @@ class ManagerState:
             or (promotion_access_count < 1)
         ):
             raise InvalidArgumentError("promotion_access_count", promotion_access_count, "an integer >= 1")
+        if not isinstance(rebalance_on_open, bool):
+            raise InvalidArgumentError("rebalance_on_open", rebalance_on_open, "True or False")
         self.config = config if config is not None else ContextManagerConfig()
         """The settings (read at ``initialize()``)."""
         if embedder is None:  # config.embedder names a built-in one ("auto": the best installed)
@@ -83,6 +86,8 @@ class ManagerState:
         """The embedder of the vector channel, or ``None``."""
         self.promotion_access_count = promotion_access_count
         """Search hits after which a memory moves up to the long-term tier."""
+        self.rebalance_on_open = rebalance_on_open
+        """Whether ``initialize()`` moves the overflow of a tier over its capacity (see ``MemoryManager``)."""
         self._clock: Clock = clock if clock is not None else time.time
         self._state: Literal["new", "ready", "closed"] = "new"
         self._path: Path | None = None
