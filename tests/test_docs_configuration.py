@@ -61,3 +61,66 @@ def test_a_keyword_wins_over_the_environment_which_wins_over_the_default(
     assert ContextManagerConfig(max_tokens=99).max_tokens == 99
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_FSYNC", "on")
     assert ContextManagerConfig().fsync is True
+
+
+def test_a_misspelled_environment_variable_is_named_with_the_closest_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``PYTHON_CONTEXT_MANAGER_MAX_TOKEN=500`` was silently ignored: the limit stayed 2000."""
+    import warnings
+
+    from context_manager import ContextManagerConfig
+
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_MAX_TOKENS", raising=False)
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MAX_TOKEN", "500")
+    with pytest.warns(UserWarning) as caught:
+        assert ContextManagerConfig().max_tokens == 2000
+    messages = [str(warning.message) for warning in caught]
+    assert messages == [
+        "environment variable PYTHON_CONTEXT_MANAGER_MAX_TOKEN is not a configuration option and is "
+        "ignored; did you mean PYTHON_CONTEXT_MANAGER_MAX_TOKENS?"
+    ]
+    assert caught[0].filename == __file__, "the warning points at the code creating the config"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ContextManagerConfig()  # once per variable and process
+    monkeypatch.setenv("python_context_manager_nothing_like_it", "1")  # names are case-insensitive
+    with pytest.warns(UserWarning, match=r"python_context_manager_nothing_like_it is not a configuration "):
+        ContextManagerConfig()
+
+
+def test_documented_environment_variables_give_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from context_manager.core.config import ENV_PREFIX, ContextManagerConfig
+
+    for name in ("POSTGRES_DSN", "DEBUG", "ENABLE_DEBUG", "EMBEDDER", "STORAGE_PATH", "MEMORY_BACKEND"):
+        monkeypatch.setenv(f"{ENV_PREFIX}{name}", "")
+        monkeypatch.delenv(f"{ENV_PREFIX}{name}")
+    monkeypatch.setenv(f"{ENV_PREFIX}POSTGRES_DSN", "postgresql://app@db/app")
+    monkeypatch.setenv(f"{ENV_PREFIX}DEBUG", "0")
+    monkeypatch.setenv(f"{ENV_PREFIX.lower()}embedder", "none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = ContextManagerConfig()
+    assert config.postgres_dsn is not None and config.embedder == "none"
+
+
+def test_the_command_line_names_a_misspelled_variable_once() -> None:
+    import os
+
+    environment = dict(os.environ, PYTHON_CONTEXT_MANAGER_EMBEDER="none", COLUMNS="200")
+    completed = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "tokens", "-"],
+        input="count me",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("2 tokens")
+    assert completed.stderr == (
+        "warning: environment variable PYTHON_CONTEXT_MANAGER_EMBEDER is not a configuration option and is "
+        "ignored; did you mean PYTHON_CONTEXT_MANAGER_EMBEDDER?\n"
+    )

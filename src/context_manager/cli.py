@@ -1216,8 +1216,18 @@ def examples(
         raise typer.Exit(completed.returncode)
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as one line on stderr, like the errors (``warning: ...``), without the source line."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Entry point of the ``context-manager`` script."""
+    import warnings
+
+    warnings.formatwarning = _format_warning
     app()
 
 

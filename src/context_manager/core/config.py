@@ -13,6 +13,7 @@ directories.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import warnings
@@ -202,6 +203,7 @@ class ContextManagerConfig(BaseSettings):
     )
 
     def __init__(self, **values: Any) -> None:
+        _warn_unknown_variables()
         try:
             super().__init__(**values)
         except ValidationError as error:
@@ -321,6 +323,54 @@ class ContextManagerConfig(BaseSettings):
     def _apply_debug(self) -> None:
         if self.enable_debug:
             logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG)
+
+
+_warned_variables: set[str] = set()
+"""The unknown ``PYTHON_CONTEXT_MANAGER_*`` variables already warned about (once per process)."""
+
+
+def _known_variables() -> list[str]:
+    """The option names the environment may set, after the prefix, upper case (``MAX_TOKENS``, ``DEBUG``)."""
+    known = {name.upper() for name in ContextManagerConfig.model_fields}
+    for info in ContextManagerConfig.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            known.update(
+                choice.upper().removeprefix(ENV_PREFIX)
+                for choice in alias.choices
+                if isinstance(choice, str) and choice.upper().startswith(ENV_PREFIX)
+            )
+    return sorted(known)
+
+
+def _warn_unknown_variables() -> None:
+    """Warn (once per variable) about a ``PYTHON_CONTEXT_MANAGER_*`` variable no option reads.
+
+    A misspelled variable (``PYTHON_CONTEXT_MANAGER_MAX_TOKEN=500``) was silently ignored: the warning
+    names it and the closest known one.
+    """
+    unknown = [
+        name for name in os.environ if name.upper().startswith(ENV_PREFIX) and name not in _warned_variables
+    ]
+    if not unknown:
+        return
+    known = _known_variables()
+    for name in unknown:
+        option = name.upper().removeprefix(ENV_PREFIX)
+        if option in known:
+            continue
+        _warned_variables.add(name)
+        close = difflib.get_close_matches(option, known, n=1)
+        hint = (
+            f"did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else "the variables are PYTHON_CONTEXT_MANAGER_<OPTION> (see docs/configuration.md)"
+        )
+        warnings.warn(
+            f"environment variable {name} is not a configuration option and is ignored; {hint}",
+            UserWarning,
+            stacklevel=3,  # the code creating the config
+        )
 
 
 def _configuration_error(
