@@ -894,3 +894,38 @@ def test_storage_is_said_to_be_ignored_with_postgres(
     quiet = cli("--json", "memory", "stats")
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
     assert not directory.exists()
+
+
+def test_storage_is_said_to_be_ignored_by_migrate(tmp_path: Path, store: Path) -> None:
+    import shutil
+
+    _write_twenty_short_term_memories(store)
+    shutil.copytree(store, tmp_path / "copy")
+    verify = ("memory", "migrate", "--verify-only", "--from", str(store), "--to", str(tmp_path / "copy"))
+    result = cli("--json", "--storage", str(tmp_path / "elsewhere"), *verify)
+    assert result.exit_code == 0 and json.loads(result.stdout)["ok"] is True
+    assert f"warning: --storage {tmp_path / 'elsewhere'} is ignored: memory migrate uses --from and --to" in (
+        result.stderr
+    )
+
+
+def test_subprocess_memory_export_to_a_reader_that_stops(store: Path) -> None:
+    """``memory export - | head -1``: one line naming what happened, not ``[Errno 32] Broken pipe``."""
+
+    async def write() -> None:
+        async with MemoryManager(ContextManagerConfig(storage_path=store, embedder="none")) as memory:
+            await memory.add_memories([{"content": f"note {n} " + "kite " * 300} for n in range(400)])
+
+    asyncio.run(write())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "context_manager.cli", "--storage", str(store), "memory", "export", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert json.loads(process.stdout.readline())["content"].startswith("note ")
+    process.stdout.close()  # more than a pipe's buffer is still to come
+    error = process.stderr.read()
+    assert process.wait(timeout=60) == 1
+    assert error == "error: standard output was closed before the whole export (400 memories) was written\n"

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -685,15 +686,22 @@ def memory_export(
             exported = Path(directory) / "export.jsonl"
             async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
                 count = await manager.export_memories(exported, user_id=ALL_USERS if user is None else user)
-            with exported.open("rb") as source:
-                binary = getattr(stream, "buffer", None)
-                if binary is not None:
-                    stream.flush()
-                    shutil.copyfileobj(source, binary)
-                    binary.flush()
-                else:  # a text-only stream (an embedding program's)
-                    stream.write(source.read().decode("utf-8"))
-                    stream.flush()
+            try:
+                with exported.open("rb") as source:
+                    binary = getattr(stream, "buffer", None)
+                    if binary is not None:
+                        stream.flush()
+                        shutil.copyfileobj(source, binary)
+                        binary.flush()
+                    else:  # a text-only stream (an embedding program's)
+                        stream.write(source.read().decode("utf-8"))
+                        stream.flush()
+            except BrokenPipeError:  # `memory export - | head`: the reader is gone
+                with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes at exit
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                raise CommandError(
+                    f"standard output was closed before the whole export ({count} memories) was written"
+                ) from None
         options.stderr.print(f"exported {count} memories to <stdout>", markup=False, soft_wrap=True)
 
     _run(ctx, body)
@@ -894,6 +902,13 @@ def memory_migrate(
     async def body(options: _Options) -> int:
         from context_manager.core.memory.transfer import migrate_storage, verify_storage
 
+        if options.storage is not None:  # the storages are --from and --to
+            options.stderr.print(
+                f"warning: --storage {options.storage} is ignored: memory migrate uses --from and --to",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if verify_only:
             report = await verify_storage(source, target, vectors=not no_vectors)
         else:
