@@ -8,6 +8,7 @@
     context-manager memory search "capital of france" --limit 5
     context-manager --json memory stats
     context-manager memory export backup.jsonl          # and: memory import backup.jsonl
+    context-manager memory export - | gzip > backup.jsonl.gz    # - : standard output (import - reads stdin)
     context-manager memory consolidate --threshold 0.85
     context-manager memory cleanup --max-age-days 30
     context-manager memory migrate --from ./cache/storage --to postgresql://app@db/app
@@ -18,7 +19,13 @@
 Global options come before the command: ``--storage PATH`` (the memory directory; by default the
 configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (machine-readable output on
 stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
-variables of :class:`~context_manager.core.config.ContextManagerConfig` apply.
+variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option
+gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
+a ``--storage`` given is ignored, with a ``warning:`` line on stderr.
+
+``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
+store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
+was written with); ``memory search`` records its results as accessed, as ``search_memory`` does.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
@@ -342,7 +349,8 @@ def _global_options(
         str | None,
         typer.Option(
             "--storage",
-            help="Memory directory (default: the configuration's storage_path, <cache_path>/storage).",
+            help="Memory directory (default: the configuration's storage_path, <cache_path>/storage); "
+            "ignored, with a warning, when memory_backend is postgres.",
             envvar=None,
             metavar="PATH",
         ),
@@ -1039,7 +1047,8 @@ def _failing_check(message: str, recommendation: str) -> Callable[[], Any]:
 def health(ctx: typer.Context) -> None:
     """Run the health checks on a memory store (exit code 3 when unhealthy or when there is none).
 
-    Read-only: a path with no store is reported (``memory_store`` check, unhealthy), never created.
+    Read-only: a path with no store is reported (``memory_store`` check, unhealthy), never created, and
+    no memory moves between tiers.
     """
 
     async def body(options: _Options) -> int:
