@@ -771,3 +771,22 @@ async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_p
     finally:
         process.stdin.close()
         await asyncio.wait_for(process.wait(), 60)
+
+
+def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tmp_path: Path) -> None:
+    """``--storage`` was silently ignored with ``memory_backend=postgres``."""
+    directory = tmp_path / "m"
+    completed = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(directory)]
+        + ["--set", "memory_backend=postgres"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT, "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN": postgres_dsn},
+        stdin=subprocess.DEVNULL,  # the client closes stdin at once: the server ends
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""  # the warning is not on the protocol channel
+    warning = f"warning: --storage {directory} is ignored: memory_backend is postgres"
+    assert completed.stderr.startswith(warning)
+    assert not directory.exists()
