@@ -427,3 +427,31 @@ async def test_vectors_of_the_packaged_model_are_reused_wherever_it_is_installed
     assert CountingEmbedder.embedded == 1  # the query only: the stored vectors were kept
     # a model directory named by the caller is identified by where it is (another one may share its name)
     assert SentenceTransformerEmbedder(elsewhere).name != SentenceTransformerEmbedder().name
+
+
+@pytest.mark.embeddings
+def test_minilm_tokenizes_only_the_start_of_a_long_text_it_reads(
+    minilm: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 5 MB tool output took 12-30 s to embed: the tokenizer split all of it, the model reads 256 tokens.
+
+    The text given to the tokenizer is now a prefix holding those tokens, and the vector is the very same.
+    """
+    model = minilm._load()
+    line = "2026-12-06 INFO worker-{} req={:x} took={}ms"
+    text = " ".join(line.format(i % 97, i * 7919, i % 1000) for i in range(7000))
+    unknown_word = "x" * 60_000 + " tail"  # one word, one [UNK] token: no prefix holds 256 tokens
+    expected = model.encode([text, unknown_word, "short"], normalize_embeddings=True, convert_to_numpy=True)
+    tokenized: list[int] = []
+    name = "preprocess" if hasattr(model, "preprocess") else "tokenize"  # sentence-transformers 6, or before
+    preprocess = getattr(model, name)
+
+    def counting(inputs: list[str], *args: object, **kwargs: object) -> object:
+        tokenized.extend(len(item) for item in inputs)
+        return preprocess(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(model, name, counting)
+    assert len(text) > 300_000
+    np.testing.assert_array_equal(minilm.embed([text]), expected[:1])
+    assert max(tokenized) < 20_000, tokenized
+    np.testing.assert_array_equal(minilm.embed([text, unknown_word, "short"]), expected)

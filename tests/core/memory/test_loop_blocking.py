@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import threading
+import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -315,3 +316,54 @@ async def test_with_fsync_no_journal_write_runs_on_the_loop(storage: Path) -> No
         copies = {copy.id: copy for copy in await manager.stored_copies()}
         assert copies[medium.id].tier is MemoryTier.LONG and copies[medium.id].access_count == 3
         assert sum(copy.tier is MemoryTier.MEDIUM for copy in copies.values()) == 3 + 1  # 3 moved, 1 overflow
+
+
+def _segment_in_one_pass(text: str) -> str:
+    """What the long-term index stored before: one regex pass over the whole text."""
+    from context_manager.core.memory.index import _CJK_RUN, _spread_run
+
+    return _CJK_RUN.sub(_spread_run, text) if _CJK_RUN.search(text) else text
+
+
+def test_segmenting_a_long_text_by_slices_stores_the_same_terms() -> None:
+    """Runs of Chinese or Japanese crossing the 65,536-character slices stay whole (same terms as before)."""
+    from context_manager.core.memory.index import segment_cjk
+
+    filler = "log line é " * 6000  # 66,000 characters, not ASCII
+    texts = [
+        filler[:65_535] + "東京の天気は晴れです" + filler,  # a run across the first slice's end
+        filler[:65_536] + "東京" + filler[:65_530] + "大" * 70_000 + " end",  # a run longer than a slice
+        "東" * 140_000,  # one run, nothing else
+        filler * 3,  # no run at all: the very same string
+        "plain ascii " * 20_000,
+        "猫" + filler + "犬",
+    ]
+    for text in texts:
+        assert segment_cjk(text) == _segment_in_one_pass(text)
+    assert segment_cjk(texts[3]) is texts[3]
+
+
+async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
+    """A 5 MB tool output added to long-term memory held the event loop 50-300 ms from a worker thread.
+
+    The long-term write segments the text (``segment_cjk``) in the writer thread, but one regex call holds
+    the GIL for all of its text (100-250 ms over 10 MB on 2 shared cores): the loop could not run. Measured
+    as the longest wall-clock gap of a ticker task while a thread segments the text, the smallest of three
+    runs (a busy machine delays a run now and then; a GIL held for 100 ms delays every run).
+    """
+    from context_manager.core.memory.index import segment_cjk
+
+    text = "Überprüfung der Zeile " + " ".join(f"zeile{i} größe{i % 97} ok" for i in range(500_000))
+    assert len(text) > 10_000_000 and not text.isascii()
+    gaps = []
+    for _ in range(3):
+        worker = asyncio.ensure_future(asyncio.to_thread(segment_cjk, text))
+        longest = 0.0
+        last = time.perf_counter()
+        while not worker.done():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        assert await worker == text  # nothing to segment: the same text is indexed
+        gaps.append(longest)
+    assert min(gaps) < 0.025, f"the loop waited {min(gaps) * 1000:.0f} ms for the indexing thread"

