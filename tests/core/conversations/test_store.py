@@ -161,6 +161,20 @@ async def test_loading_gives_the_same_records_with_either_json_decoder(
     assert [record.payload for _, record in loaded.records] == payloads
 
 
+def test_long_integers_are_read_exactly_whatever_text_surrounds_them() -> None:
+    """A run of 19 or more ASCII digits (a JSON integer orjson cannot hold exactly) is found anywhere,
+    right after a multi-byte character too, so it is read by the standard library: as written."""
+    from context_manager.core.conversations.codec import loads, loads_many
+
+    texts = ['{"t": "東京", "n": 100000000000000000000}', '{"t": "é", "m": -9223372036854775809}']
+    assert loads_many(texts) == [{"t": "東京", "n": 10**20}, {"t": "é", "m": -(2**63) - 1}]
+    assert loads('{"a": "٠١٢٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٩", "b": 123456789012345678}') == {
+        "a": "٠١٢٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٩",
+        "b": 123456789012345678,
+    }
+    assert loads(b'{"x": 12345678901234567890123}') == {"x": 12345678901234567890123}
+
+
 def test_a_record_that_is_not_one_json_document_is_refused() -> None:
     from context_manager.core.conversations.codec import loads_many
 

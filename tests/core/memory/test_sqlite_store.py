@@ -300,3 +300,34 @@ def test_document_frequencies_follow_writes(store: SQLiteStore) -> None:
     assert store.document_frequencies(["zebra"]) == {"zebra": 11}
     store.delete(["1", "3"])
     assert store.document_frequencies(["zebra"]) == {"zebra": 9}
+
+
+def test_reopening_with_the_same_column_weights_writes_nothing_and_other_weights_are_applied(
+    tmp_path: Path,
+) -> None:
+    """Every open wrote the BM25 column weights again: a write transaction per resume (and a WAL to
+    checkpoint at close) for a store nobody changed. Weights that changed are still applied."""
+    from context_manager.core.memory.index import ColumnWeights
+    from context_manager.core.memory.sqlite_store import FTS_TABLE
+
+    path = tmp_path / "memories.sqlite3"
+    first = SQLiteStore(path)
+    first.open()
+    first.put([memory("a", "alpha")])
+    first.close()
+    watcher = sqlite3.connect(path)
+    try:
+        before = watcher.execute("PRAGMA data_version").fetchone()[0]
+        same = SQLiteStore(path)
+        same.open()
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] == before  # nothing committed
+        assert [m.id for m in same.get_many(["a"]).values()] == ["a"]
+        same.close()
+        other = ColumnWeights(content=2.0)
+        changed = SQLiteStore(path, weights=other)
+        changed.open()
+        changed.close()
+        stored = watcher.execute(f"SELECT v FROM {FTS_TABLE}_config WHERE k = 'rank'").fetchone()[0]
+        assert stored == other.rank_expression()
+    finally:
+        watcher.close()

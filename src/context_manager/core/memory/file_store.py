@@ -69,6 +69,7 @@ class JsonlLog:
         self._overwrite_fd: int | None = None  # erasure in place (pwrite ignores offsets with O_APPEND)
         self._puts: dict[str, Offsets] = {}  # memory id -> where its put records are
         self._size = 0  # bytes this log knows are in the file (a smaller file was truncated)
+        self._written = False  # this log wrote to the file since it was opened (close then fsyncs it)
 
     def open(self) -> dict[str, Memory]:
         """Open the log, replay it and return the live memories by id (tier as recorded)."""
@@ -202,6 +203,7 @@ class JsonlLog:
                     with contextlib.suppress(OSError):
                         os.ftruncate(self._fd, start)
                 raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
+            self._written = True
             self.record_count += len(records)
             self._size = start + len(data)
             offset = start
@@ -230,6 +232,7 @@ class JsonlLog:
                     doomed = places[:-1] if keep_latest else places
                     for start, length in doomed:
                         os.pwrite(self._overwrite_fd, _ERASED.ljust(length, b" "), start)
+                        self._written = True
                     erased += len(doomed)
                     if keep_latest:
                         self._puts[memory_id] = places[-1:]
@@ -300,12 +303,18 @@ class JsonlLog:
             return 0
 
     def close(self) -> None:
-        """Flush to disk and close the log."""
+        """Flush what this log wrote to disk and close it.
+
+        A log that wrote nothing since it was opened (a worker that resumed a conversation and used no
+        memory) closes without an ``fsync``: it has nothing of its own to make durable.
+        """
         with self._lock:
             if self._fd is not None:
                 try:
-                    os.fsync(self._fd)
+                    if self._written:
+                        os.fsync(self._fd)
                 finally:
+                    self._written = False
                     self._close_descriptors()
 
 

@@ -255,13 +255,18 @@ def create_fts_table(connection: sqlite3.Connection, table: str, weights: Column
     """Create the FTS5 table if missing and (re)apply the column weights to its ``rank``.
 
     Column weights change ``ORDER BY rank`` only when stored this way, not as arguments to
-    ``bm25()`` in the query.
+    ``bm25()`` in the query; they are written only when the stored ones differ.
     """
     columns = ", ".join(FTS_COLUMNS)
     connection.execute(
         f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5({columns}, tokenize='{TOKENIZER}')"
     )
-    connection.execute(f"INSERT INTO {table}({table}, rank) VALUES('rank', ?)", (weights.rank_expression(),))
+    expression = weights.rank_expression()
+    # the weights are kept in the table's %_config: written only when they changed, so opening a store
+    # whose weights are current writes nothing (no transaction to commit, nothing to checkpoint at close)
+    stored = connection.execute(f"SELECT v FROM {table}_config WHERE k = 'rank'").fetchone()
+    if stored is None or stored[0] != expression:
+        connection.execute(f"INSERT INTO {table}({table}, rank) VALUES('rank', ?)", (expression,))
 
 
 def create_vocabulary_table(connection: sqlite3.Connection, table: str, *, schema: str = "main") -> str:

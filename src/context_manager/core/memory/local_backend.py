@@ -128,12 +128,16 @@ class LocalBackend:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context-manager-storage-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="context-manager-storage-write")
         try:
-            await self._write(make_private_directory, self.path)
-            self._lock_fd = await self._write(acquire_lock, self.path / LOCK_FILE_NAME)
-            await self._write(self._open_stores)
+            await self._write(self._open_locked)  # one trip to the storage thread, not one per step
         except BaseException:
             await self.close()
             raise
+
+    def _open_locked(self) -> None:
+        """Create the directory, take the lock, then open the stores (on the writer thread)."""
+        make_private_directory(self.path)
+        self._lock_fd = acquire_lock(self.path / LOCK_FILE_NAME)
+        self._open_stores()
 
     def _open_stores(self) -> None:
         long_store = SQLiteStore(self.path / DATABASE_FILE_NAME, fsync=self._fsync, weights=self._weights)
@@ -602,6 +606,11 @@ class LocalBackend:
         long_memories = await self._run(lambda: list(long_store.all()))
         if every_copy:
             return [m for m in volatile + long_memories if in_scope(m, scope)]
+        return self._one_copy_each(long_memories, scope)
+
+    def _one_copy_each(self, long_memories: Sequence[Memory], scope: UserScope) -> list[Memory]:
+        """The scope's memories, one copy each (the fastest tier's), given the long-term ones as read."""
+        short, medium, _ = self._stores
         found: dict[str, Memory] = {}
         for memory in long_memories:
             found[memory.id] = memory
@@ -776,12 +785,19 @@ class LocalBackend:
 
     async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
         """Load the stored vectors of ``model`` into per-owner indexes; return memories without one."""
-        ids, matrix = await self._run(self._long_store.load_vectors, model, dimension)
+        long_store = self._long_store
+
+        def read() -> tuple[tuple[list[str], numpy.ndarray], list[Memory]]:
+            return long_store.load_vectors(model, dimension), list(long_store.all())
+
+        # one trip for both reads, on the writer thread the open started (nothing else is queued there
+        # yet): a reader thread is started by the first long read that needs one, not by every open
+        (ids, matrix), long_memories = await self._write(read)
         self._vector_model = model
         rows = dict(zip(ids, range(len(ids)), strict=True))
         missing: list[Memory] = []
         owners: dict[str, str] = {}
-        for memory in await self.scan(ALL_USERS, every_copy=False):
+        for memory in self._one_copy_each(long_memories, ALL_USERS):
             owners[memory.id] = owner_token(memory.user_id)
             if memory.id not in rows:
                 missing.append(memory)
