@@ -260,6 +260,7 @@ class ContextWindow:
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
         self._journal: Journal | None = None
+        self._replaced: tuple[tuple[Message, ...], int] | None = None  # see compressed_from
         self._overflow_check: OverflowCheck | None = None
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
@@ -443,6 +444,32 @@ class ContextWindow:
             raise InvalidArgumentError("check", check, "an async callable () -> None, or None")
         self._overflow_check = check
 
+    @property
+    def compressed_from(self) -> tuple[tuple[Message, ...], int] | None:
+        """While a journal receives a ``"compress"`` change: the window before it, else ``None``.
+
+        The messages before the compression (the summary included) and how many ``compression_history``
+        entries there were: what :meth:`rewind` needs to take the compression back (a journal that may
+        have to, keeps it).
+        """
+        return self._replaced
+
+    async def rewind(self, undo: Callable[[list[Message], list[CompressionRecord]], None]) -> None:
+        """Take back changes: ``undo`` edits copies of the messages and history, which replace the window's.
+
+        ``undo`` is called under the window's lock (after a compression in flight) with no await until
+        the window is replaced, so the changes it takes back are every change committed so far. Like
+        :meth:`restore`, nothing is journaled and evicted messages still queued stay queued.
+
+        Raises:
+            InvalidArgumentError: what ``undo`` left is not a valid window (the window is unchanged).
+        """
+        async with self._lock:
+            messages = list(self._messages)
+            history = list(self.compression_history)
+            undo(messages, history)
+            self._install(messages, history)
+
     async def _check_overflow(self) -> None:
         check = self._overflow_check
         if check is not None:
@@ -460,35 +487,37 @@ class ContextWindow:
                 its token count, a tool result without its call, more than ``max_tokens``).
         """
         async with self._lock:
-            summary: Message | None = None
-            by_id: dict[str, Message] = {}
-            for message in messages:
-                if not isinstance(message, Message) or message.token_count <= 0:
-                    raise InvalidArgumentError("messages", message, "messages with their token counts set")
-                if message.id in by_id:
-                    raise InvalidArgumentError("messages", message.id, "messages with distinct ids")
-                by_id[message.id] = message
-                if SUMMARY_METADATA_KEY in message.metadata:
-                    summary = message
-            body = [message for message in messages if message is not summary]
-            index = UnitIndex(body)
-            results = {message.tool_call_id for message in body if message.role is Role.TOOL}
-            calls = {call.id for message in body for call in message.tool_calls}
-            if not results <= calls:
-                orphan = min(results - calls, key=str)
-                raise InvalidArgumentError("messages", orphan, "tool results whose calls are in the window")
-            summary_tokens = summary.token_count if summary is not None else 0
-            total = index.tokens + summary_tokens + (REPLY_PRIMING_TOKENS if messages else 0)
-            if total > self._max_tokens:
-                raise InvalidArgumentError(
-                    "messages", f"{total} tokens", f"at most {self._max_tokens} tokens"
-                )
-            self._messages = list(messages)
-            self._by_id = by_id
-            self._index = index
-            self._summary = summary
-            self._summary_tokens = summary_tokens
-            self.compression_history = list(history)
+            self._install(messages, history)
+
+    def _install(self, messages: Sequence[Message], history: Sequence[CompressionRecord]) -> None:
+        """Check ``messages`` (see :meth:`restore`) and make them and ``history`` the window's."""
+        summary: Message | None = None
+        by_id: dict[str, Message] = {}
+        for message in messages:
+            if not isinstance(message, Message) or message.token_count <= 0:
+                raise InvalidArgumentError("messages", message, "messages with their token counts set")
+            if message.id in by_id:
+                raise InvalidArgumentError("messages", message.id, "messages with distinct ids")
+            by_id[message.id] = message
+            if SUMMARY_METADATA_KEY in message.metadata:
+                summary = message
+        body = [message for message in messages if message is not summary]
+        index = UnitIndex(body)
+        results = {message.tool_call_id for message in body if message.role is Role.TOOL}
+        calls = {call.id for message in body for call in message.tool_calls}
+        if not results <= calls:
+            orphan = min(results - calls, key=str)
+            raise InvalidArgumentError("messages", orphan, "tool results whose calls are in the window")
+        summary_tokens = summary.token_count if summary is not None else 0
+        total = index.tokens + summary_tokens + (REPLY_PRIMING_TOKENS if messages else 0)
+        if total > self._max_tokens:
+            raise InvalidArgumentError("messages", f"{total} tokens", f"at most {self._max_tokens} tokens")
+        self._messages = list(messages)
+        self._by_id = by_id
+        self._index = index
+        self._summary = summary
+        self._summary_tokens = summary_tokens
+        self.compression_history = list(history)
 
     # -- pins -----------------------------------------------------------------------------------------
 
@@ -986,6 +1015,7 @@ class ContextWindow:
         tickets of the handed-over messages (claimed for the hook when one is set).
         """
         by_id = self._by_id
+        before = self._messages  # replaced below, never changed in place
         added: list[Message] = []
         if staged is not None:
             index, source = staged
@@ -1041,8 +1071,10 @@ class ContextWindow:
             target_tokens=target,
             error=prepared.outcome.error,
         )
-        self.compression_history.append(record)
         journal = self._journal
+        if journal is not None:
+            self._replaced = (tuple(before), len(self.compression_history))
+        self.compression_history.append(record)
         if journal is not None:
             for message in added:  # the order of the window after this record is the "kept" list
                 journal("add", {"message": message.to_dict()})
@@ -1059,6 +1091,7 @@ class ContextWindow:
                     "record": history_entry,
                 },
             )
+            self._replaced = None
         # Hand over what left: evicted messages and the full text of the ones cut now, except copies the
         # window cut earlier (their original went when they were cut).
         handed = [m for m in prepared.evicted if TRUNCATED_METADATA_KEY not in m.metadata]

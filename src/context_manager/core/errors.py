@@ -287,8 +287,9 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
     Nothing of the rejected change was stored. The manager reloads the conversation by itself before
     raising this (its window then holds what storage holds, the rejected change not), so making the
     change again is enough. Only when that automatic reload failed (``needs_reload`` is True, and the
-    message says why) is the conversation stale: its window may still hold the rejected change, and
-    every change raises this error until ``await manager.reload()`` succeeds.
+    message says why) is the conversation stale: its window is put back to the last version this manager
+    stored or loaded (the rejected change, and any other not stored, taken back), and every change raises
+    this error until ``await manager.reload()`` succeeds.
     """
 
     def __init__(
@@ -342,9 +343,10 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         self.needs_reload = True
         self.args = (
             f"{self._refusal('stored')}, and reloading the conversation failed "
-            f"({type(cause).__name__}: {cause}): this manager's window may still hold changes storage "
-            "does not have, and every change is refused until `await manager.reload()` succeeds; call "
-            "it, then make the change again",
+            f"({type(cause).__name__}: {cause}): the window was put back to the last stored version "
+            f"this manager had ({self.expected_version}; the change and any other not stored were taken "
+            "back, so it exports only what storage acknowledged), and every change is refused until "
+            "`await manager.reload()` succeeds; call it, then make the change again",
         )
 
 

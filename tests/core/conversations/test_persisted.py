@@ -404,6 +404,125 @@ async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
         assert manager.messages[0].pinned is False
 
 
+async def store_unloadable_record(config: ContextManagerConfig, backend_name: str, conversation: str) -> None:
+    """Another writer stores a record the manager's automatic reload cannot apply: that reload fails."""
+    other = await open_other_store(config, backend_name)
+    try:
+        stored = await other.load(conversation)
+        broken = ConversationRecord("pin", {"id": "no-such-message", "pinned": True})
+        await other.append(conversation, stored.version, [broken], writer="other")
+    finally:
+        await other.close()
+
+
+async def test_a_refused_change_is_taken_back_when_the_reload_fails(
+    make_config: Any, backend_name: str
+) -> None:
+    """When the reload after a refused write failed, the window kept the refused message (and a pin stored
+    with it): get_context() exported changes storage never acknowledged until reload() succeeded."""
+    async with EnhancedContextManager(make_config(), conversation_id="c") as manager:
+        await manager.add_message("system", "You are a support assistant.")
+        await manager.add_message("user", "hello")
+        await manager.flush()
+        acknowledged, messages = fingerprint(manager), manager.messages
+        version = manager.conversation_version
+        await store_unloadable_record(make_config(), backend_name, "c")
+        manager.pin_message(messages[1].id)  # written in the background, with the add below
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "refused")
+        assert caught.value.needs_reload is True
+        assert fingerprint(manager) == acknowledged
+        assert manager.messages == messages and manager.messages[1].pinned is False
+        assert manager.conversation_version == version
+        status = manager.get_system_status()["conversation"]
+        assert status["stale"] is True and status["pending_changes"] == 0
+        assert "the window was put back to the last stored version" in str(caught.value)
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "still stale")
+        assert fingerprint(manager) == acknowledged
+
+
+async def test_a_refused_compression_is_taken_back_when_the_reload_fails(
+    make_config: Any, backend_name: str
+) -> None:
+    """A refused add that compressed (another worker wrote while the summarizer ran), then a failed reload:
+    the window kept the new summary, the evictions and the history entry of a compression never stored."""
+    other_writes = False
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal other_writes
+        if other_writes:
+            other_writes = False
+            await store_unloadable_record(make_config(), backend_name, "z")
+        return f"earlier: {len(messages)} messages about the payments service build"
+
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="z", summarizer=summarizer) as manager:
+        for step in range(14):
+            await manager.add_message("user", f"question {step} about the payments service build status")
+            await manager.add_message("assistant", f"answer {step}: the build passed its tests in eu-west")
+        await manager.flush()
+        assert manager.compression_history and manager.context_window.summary is not None
+        acknowledged, messages = fingerprint(manager), manager.messages
+        history, summary = manager.compression_history, manager.context_window.summary
+        tokens = manager.get_context_summary()["token_count"]
+        other_writes = True
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "A: " + " ".join(f"word{i}" for i in range(60)))
+        assert caught.value.needs_reload is True and not other_writes  # it did compress
+        assert fingerprint(manager) == acknowledged
+        assert manager.messages == messages
+        assert manager.compression_history == history
+        assert manager.context_window.summary == summary
+        assert manager.get_context_summary()["token_count"] == tokens
+        assert manager.get_system_status()["conversation"]["pending_changes"] == 0
+
+
+async def test_changes_made_while_a_refusal_is_taken_back_are_taken_back_too(
+    make_config: Any, backend_name: str
+) -> None:
+    """A pin's write refused and its reload failed while another task compressed (its summarizer
+    running) and a third add waited behind it: both were committed to the stale window and stayed there,
+    exported, though each call raised the conflict."""
+    in_summarizer, gate = asyncio.Event(), asyncio.Event()
+    hold = False
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        if hold:
+            await store_unloadable_record(make_config(), backend_name, "w")
+            in_summarizer.set()
+            await gate.wait()
+        return "earlier: questions about the payments service build"
+
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="w", summarizer=summarizer) as manager:
+        for step in range(6):
+            await manager.add_message("user", f"question {step} about the payments service build status")
+            await manager.add_message("assistant", f"answer {step}: the build passed its tests in eu-west")
+        await manager.flush()
+        acknowledged, messages = fingerprint(manager), manager.messages
+        hold = True
+        compressing = asyncio.create_task(
+            manager.add_message("user", "A: " + " ".join(f"word{i}" for i in range(60)))
+        )
+        await asyncio.wait_for(in_summarizer.wait(), 10)
+        queued = asyncio.create_task(manager.add_message("user", "queued behind the compression"))
+        await asyncio.sleep(0)
+        manager.pin_message(messages[1].id)  # its background write is refused; the reload fails
+        for _ in range(1000):
+            if manager.get_system_status()["conversation"]["stale"]:
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        for task in (compressing, queued):
+            with pytest.raises(ConversationConflictError) as caught:
+                await task
+            assert caught.value.needs_reload is True
+        assert fingerprint(manager) == acknowledged
+        assert manager.messages == messages
+        assert manager.get_system_status()["conversation"]["pending_changes"] == 0
+
+
 async def test_health_reports_a_stale_conversation_and_auto_recovery_reloads_it(
     make_config: Any, backend_name: str
 ) -> None:

@@ -9,7 +9,9 @@ Optimistic concurrency: an append carries the version this process last stored. 
 there first the store refuses it (nothing stored), the window is put back to what storage holds (the
 other writer's changes included, the refused ones not) and every caller waiting on the refused changes
 gets :class:`~context_manager.core.errors.ConversationConflictError`. If that reload fails too, the
-conversation is *stale*: changes are refused until :meth:`PersistedConversation.reload` succeeds.
+changes not stored are taken back out of the window (it is the version last stored or loaded again, so
+nothing unacknowledged is exported) and the conversation is *stale*: changes are refused until
+:meth:`PersistedConversation.reload` succeeds.
 
 Evicted messages are written to memory in the background with ids derived from the conversation and the
 message, so writing one twice (after a crash, by two workers) stores it once; the store keeps a
@@ -28,9 +30,10 @@ import time
 from typing import Any
 
 from context_manager.core.context_window import CompressionRecord, ContextWindow
-from context_manager.core.conversations.replay import WindowState, fold, snapshot_of
+from context_manager.core.conversations.replay import WindowState, fold, snapshot_of, take_back
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
 from context_manager.core.errors import ContextManagerError, ConversationConflictError
+from context_manager.core.messages import Message
 from context_manager.core.threads import to_the_end
 
 __all__ = ["PersistedConversation"]
@@ -71,6 +74,8 @@ class PersistedConversation:
         self._pending: list[ConversationRecord] = []
         # the task whose operation committed each pending change (its caller's sync raises its refusal)
         self._pending_tasks: list[asyncio.Task[Any] | None] = []
+        # the window before each pending compression, by its sequence number (to take it back)
+        self._before: dict[int, tuple[tuple[Message, ...], int]] = {}
         self._journaled = 0  # records journaled since the start (a sequence number)
         self._resolved = 0  # of those, how many are stored or were refused (a prefix)
         # (first, last, why, the task of each change first..last)
@@ -100,7 +105,10 @@ class PersistedConversation:
 
     @property
     def is_stale(self) -> bool:
-        """True after a refused write whose reload failed: changes are refused until :meth:`reload`."""
+        """True after a refused write whose reload failed: changes are refused until :meth:`reload`.
+
+        The window is then at :attr:`version` (the changes not stored were taken back).
+        """
         return self._conflict is not None
 
     def check_writable(self) -> int:
@@ -157,7 +165,8 @@ class PersistedConversation:
         """Reload after :meth:`check_current` raised ``error`` (else do nothing).
 
         The window is put back to what storage holds, as after a refused write. If the load fails the
-        conversation stays stale (changes are refused until :meth:`reload`).
+        changes not stored are taken back and the conversation stays stale (changes are refused until
+        :meth:`reload`).
         """
         async with self._write_lock:
             if self._found_stale is not error or self._conflict is not error:
@@ -172,6 +181,7 @@ class PersistedConversation:
                     self.conversation_id,
                     type(reload_error).__name__,
                 )
+                await self._take_back_locked(error)
 
     # -- loading --------------------------------------------------------------------------------------
 
@@ -240,9 +250,48 @@ class PersistedConversation:
             del self._refused[:-64]  # waiters of older refusals are long gone
         self._pending.clear()
         self._pending_tasks.clear()
+        self._before.clear()
         self._resolved = self._journaled
         self._conflict = None
         return state.version
+
+    async def _take_back_locked(self, why: ConversationConflictError) -> None:
+        """Stale (the reload after ``why`` failed): take every change not stored back out of the window.
+
+        They can never be stored (storage moved past this version), so the window goes back to the
+        version this process last stored or loaded, and exports nothing storage did not acknowledge;
+        their callers get ``why``. A change committed while this waits for a compression in flight is
+        taken back with the rest (the window's lock is held from the list to the replacement).
+        """
+        taken = 0
+
+        def undo(messages: list[Message], history: list[CompressionRecord]) -> None:
+            nonlocal taken
+            first = self._resolved + 1
+            changes = [
+                (record, self._before.get(sequence)) for sequence, record in enumerate(self._pending, first)
+            ]
+            take_back(messages, history, changes)
+            taken = len(changes)
+
+        try:
+            await self._window.rewind(undo)
+        except Exception as error:  # pragma: no cover - a change take_back cannot undo: a bug
+            logger.error(
+                "conversation %r: the changes refused could not be taken back (%s: %s)",
+                self.conversation_id,
+                type(error).__name__,
+                error,
+            )
+            return
+        if taken:
+            tasks = self._pending_tasks[:taken]
+            self._refused.append((self._resolved + 1, self._resolved + taken, why, tasks))
+            del self._refused[:-64]
+            del self._pending[:taken]
+            del self._pending_tasks[:taken]
+            self._resolved += taken
+            self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -255,6 +304,10 @@ class PersistedConversation:
         self._pending.append(ConversationRecord(kind, payload))
         self._pending_tasks.append(task)
         self._journaled += 1
+        if kind == "compress":
+            before = self._window.compressed_from
+            if before is not None:
+                self._before[self._journaled] = before
 
     async def sync(self, *, since: int | None = None) -> None:
         """Store every change journaled so far (one transaction for all of them); return when committed.
@@ -268,7 +321,8 @@ class PersistedConversation:
 
         Raises:
             ConversationConflictError: another writer stored a change first; the window now holds what
-                storage holds (or, if that load failed, is stale until :meth:`reload`).
+                storage holds (or, if that load failed, is stale until :meth:`reload`, every change
+                not stored taken back out of it).
             StorageError: the store could not be written; the changes stay in the window and are written
                 by the next call.
         """
@@ -297,6 +351,8 @@ class PersistedConversation:
 
     async def _write_pending(self) -> None:
         if self._conflict is not None:  # stale: a reload must come first
+            if self._pending:  # committed while it went stale: never stored, never exported
+                await self._take_back_locked(self._conflict)
             raise self._conflict
         batch = list(self._pending)
         expected = self._version
@@ -322,10 +378,13 @@ class PersistedConversation:
                     self.conversation_id,
                     type(reload_error).__name__,
                 )
+                await self._take_back_locked(error)
             raise error from None
         del self._pending[: len(batch)]
         del self._pending_tasks[: len(batch)]
         self._resolved += len(batch)
+        if self._before:
+            self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
         self._version = version
         self._created_at = created_at
         if any(record.kind == "compress" for record in batch):

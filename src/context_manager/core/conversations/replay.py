@@ -34,6 +34,7 @@ __all__ = [
     "message_from_dict",
     "pin_record",
     "snapshot_of",
+    "take_back",
 ]
 
 
@@ -209,3 +210,35 @@ def _apply(
         state.messages = [pinned if message is target else message for message in state.messages]
     else:
         raise ValueError(f"unknown record kind {record.kind!r}")
+
+
+def take_back(
+    messages: list[Message],
+    history: list[Any],
+    changes: Sequence[tuple[ConversationRecord, tuple[Sequence[Message], int] | None]],
+) -> None:
+    """Undo ``changes`` (oldest first, the last ones made) on a window's ``messages`` and ``history``.
+
+    Each change is a record and, for a compression, the window before it
+    (:attr:`ContextWindow.compressed_from`). An add is taken back by removing its message, a pin by
+    flipping it back, a compression by putting back the messages before it and dropping its history entry.
+
+    Raises:
+        ValueError: a compression without the window before it, or a record of an unknown kind.
+    """
+    for record, before in reversed(changes):
+        payload = record.payload
+        if record.kind == "add":
+            message_id = payload["message"]["id"]
+            messages[:] = [message for message in messages if message.id != message_id]
+        elif record.kind == "pin":
+            message_id, pinned = payload["id"], bool(payload["pinned"])
+            messages[:] = [
+                dataclasses.replace(message, pinned=not pinned) if message.id == message_id else message
+                for message in messages
+            ]
+        elif record.kind == "compress" and before is not None:
+            messages[:] = before[0]
+            del history[before[1] :]
+        else:
+            raise ValueError(f"cannot take back a {record.kind!r} record")
