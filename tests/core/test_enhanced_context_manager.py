@@ -621,7 +621,7 @@ async def test_compressing_a_128k_window_never_holds_the_loop_over_20_ms(tmp_pat
 async def test_the_eviction_drain_embeds_in_large_batches_without_holding_the_loop(tmp_path: Path) -> None:
     """The eviction writer embedded evicted messages 8 per call, its per-loop-step write size: with MiniLM
     that cost about twice the model time of large calls (cleanup() of 1,373 queued messages: 12-15 s).
-    It now embeds up to 128 in one worker-thread call and still writes 8 per loop step; the stored
+    It now embeds up to 256 in one worker-thread call and still writes 8 per loop step; the stored
     memories and vectors are the ones embedding each text on its own gives."""
     import numpy as np
 

@@ -348,7 +348,7 @@ class EnhancedContextManager:
             await conversation.open()
             self._conversation = conversation
         if self._window is not None:
-            # with an embedder, the writer embeds a group of 128 messages in one worker-thread call before
+            # with an embedder, the writer embeds a group of 256 messages in one worker-thread call before
             # it writes them 8 per loop step (the model costs about twice as much in calls of 8)
             embedding = self.memory_manager.embedder is not None
             writer = EvictionWriter(

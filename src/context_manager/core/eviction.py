@@ -8,7 +8,7 @@ they are held in process until a consumer acknowledges them. Consumers:
   releasing the window's lock, shielded from the caller's cancellation;
 * an :class:`EvictionWriter` (what ``EnhancedContextManager`` runs): a background task that writes queued
   messages to memory in small batches, one per event-loop step, off the ``add_message`` path. With an
-  embedder the manager gives it a ``prepare`` step: a group of up to 128 messages is embedded in one
+  embedder the manager gives it a ``prepare`` step: a group of up to 256 messages is embedded in one
   worker-thread call before its small batches are written (the model costs about twice as much in calls
   of 8). ``flush()`` waits until everything queued is written; ``stop()`` flushes, then ends the task.
 
@@ -153,7 +153,7 @@ class EvictionWriter:
         *,
         batch_size: int = 8,
         prepare: PrepareBatches | None = None,
-        prepare_size: int = 128,
+        prepare_size: int = 256,
         retry_delay: float = 1.0,
     ) -> None:
         """Create a stopped writer.

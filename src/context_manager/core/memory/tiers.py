@@ -389,9 +389,8 @@ class TierMovement(ManagerState):
 
             known = ahead[1]
             missing = list(dict.fromkeys(text for text in texts if text not in known))
-            if missing:
-                known = {**known, **dict(zip(missing, await self._embed(missing), strict=True))}
-            vectors = numpy.stack([known[text] for text in texts])
+            made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
+            vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
         else:
             vectors = await self._embed(texts)
         await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
