@@ -618,6 +618,74 @@ async def test_compressing_a_128k_window_never_holds_the_loop_over_20_ms(tmp_pat
         assert max(steps) < 0.020, f"the loop was held {max(steps) * 1000:.1f} ms of CPU time"
 
 
+async def test_the_eviction_drain_embeds_in_large_batches_without_holding_the_loop(tmp_path: Path) -> None:
+    """The eviction writer embedded evicted messages 8 per call, its per-loop-step write size: with MiniLM
+    that cost about twice the model time of large calls (cleanup() of 1,373 queued messages: 12-15 s).
+    It now embeds up to 256 in one worker-thread call and still writes 8 per loop step; the stored
+    memories and vectors are the ones embedding each text on its own gives."""
+    import numpy as np
+
+    from context_manager.core.memory.embeddings import HashingEmbedder
+    from context_manager.core.memory.models import MemoryTier
+
+    class CountingEmbedder(HashingEmbedder):  # a real embedder; only counts the texts of each call
+        def __init__(self) -> None:
+            super().__init__(dimension=64)
+            self.calls: list[int] = []
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.calls.append(len(texts))
+            return super().embed(texts)
+
+    embedder = CountingEmbedder()
+    config = make_config(tmp_path, max_tokens=4000, medium_term_memory_size=20_000)
+    history: list[dict[str, object]] = [
+        {"role": "user" if i % 2 else "assistant", "content": f"turn {i}: the invoice {i * 7} was paid"}
+        for i in range(600)
+    ]
+    history[10]["content"] = history[20]["content"] = "ok"  # the same text twice: one vector for both
+    history[31] = {  # a tool call is part of the remembered text
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call-1", "name": "lookup", "arguments": {"invoice": 217}}],
+    }
+    history[32] = {"role": "tool", "content": "invoice 217: paid", "tool_call_id": "call-1"}
+    async with EnhancedContextManager(config, embedder=embedder) as manager:
+        steps: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                started = time.thread_time()
+                await asyncio.sleep(0)
+                steps.append(time.thread_time() - started)
+
+        gc.collect()
+        gc.freeze()
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        try:
+            await manager.add_messages(history)
+            evicted = [m for m in manager.context_window.evicted_messages]
+            await manager.flush()
+        finally:
+            gc.unfreeze()
+            ticking.cancel()
+        assert len(evicted) > 400 and not manager.context_window.evicted_messages
+        assert max(embedder.calls) > 8, f"embedded in calls of {sorted(set(embedder.calls))} texts"
+        assert sum(embedder.calls) < len(evicted)  # each text embedded once ("ok" twice, one vector)
+        assert max(steps) < 0.020, f"the loop was held {max(steps) * 1000:.1f} ms of CPU time"
+        memory = manager.memory_manager
+        stored = await memory._require("vectors").members(MemoryTier.MEDIUM)
+        assert [m.metadata["message_id"] for m in sorted(stored, key=lambda m: m.metadata["turn_index"])] == [
+            m.id for m in evicted
+        ]
+        vectors = await memory._require("vectors").vectors_of([m.id for m in stored])
+        alone = HashingEmbedder(dimension=64)
+        for stored_memory in stored:
+            assert np.array_equal(vectors[stored_memory.id], alone.embed([stored_memory.content])[0])
+        assert any(m.content.startswith("[tool call lookup]") for m in stored)
+
+
 async def test_add_messages_restores_a_history_with_one_compression(tmp_path: Path) -> None:
     async with EnhancedContextManager(make_config(tmp_path, max_tokens=1500)) as manager:
         history = [

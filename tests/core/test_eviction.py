@@ -165,3 +165,106 @@ async def test_a_message_the_store_refuses_does_not_hold_back_the_others() -> No
     with pytest.raises(OSError):
         await failing.flush()
     assert len(outage_queue) == 3 and outage_queue.unclaimed == 3
+
+
+async def test_prepare_sees_large_groups_while_writes_stay_small() -> None:
+    """With ``prepare`` (the manager embeds there) a group is prepared in one call, then written in
+    ``batch_size`` batches, one per loop step, in order."""
+    queue = EvictedQueue()
+    events: list[tuple[str, int]] = []
+
+    async def prepare(group: list[Message]) -> None:
+        events.append(("prepare", len(group)))
+
+    async def write(batch: list[Message]) -> None:
+        events.append(("write", len(batch)))
+        stored.extend(batch)
+
+    stored: list[Message] = []
+    writer = EvictionWriter(queue, write, batch_size=4, prepare=prepare, prepare_size=10)
+    batch = messages(23)
+    queue.put(batch)
+    await writer.flush()
+    assert events == [
+        ("prepare", 10), ("write", 4), ("write", 4), ("write", 2),
+        ("prepare", 10), ("write", 4), ("write", 4), ("write", 2),
+        ("prepare", 3), ("write", 3),
+    ]  # fmt: skip
+    assert stored == batch and len(queue) == 0 and writer.written == 23
+
+
+async def test_a_failed_write_puts_the_rest_of_its_group_back() -> None:
+    queue = EvictedQueue()
+    stored: list[Message] = []
+    prepared: list[int] = []
+
+    async def prepare(group: list[Message]) -> None:
+        prepared.append(len(group))
+        if len(prepared) == 1:
+            raise RuntimeError("model not loaded")  # only logged: the writes do without it
+
+    async def write(batch: list[Message]) -> None:
+        if len(stored) >= 6:
+            raise OSError("disk full")
+        stored.extend(batch)
+
+    writer = EvictionWriter(queue, write, batch_size=3, prepare=prepare, prepare_size=12)
+    batch = messages(14)
+    queue.put(batch)
+    with pytest.raises(OSError, match="disk full"):
+        await writer.flush()
+    assert stored == batch[:6] and list(queue) == batch[6:] and queue.unclaimed == 8
+    assert prepared == [12]
+
+
+@pytest.mark.parametrize("hang_in", ["prepare", "write"])
+async def test_cancelling_a_prepare_or_a_write_puts_the_group_back(hang_in: str) -> None:
+    queue = EvictedQueue()
+    entered = asyncio.Event()
+    stored: list[Message] = []
+
+    async def prepare(group: list[Message]) -> None:
+        if hang_in == "prepare":
+            entered.set()
+            await asyncio.Event().wait()
+
+    async def write(batch: list[Message]) -> None:
+        if hang_in == "write" and stored:
+            entered.set()
+            await asyncio.Event().wait()
+        stored.extend(batch)
+
+    writer = EvictionWriter(queue, write, batch_size=2, prepare=prepare, prepare_size=6)
+    batch = messages(8)
+    queue.put(batch)
+    flushing = asyncio.create_task(writer.flush())
+    await entered.wait()
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert len(stored) == (0 if hang_in == "prepare" else 2)
+    assert list(queue) == batch[len(stored) :] and queue.unclaimed == len(queue)
+
+
+async def test_a_refused_message_in_a_group_keeps_the_others_flowing() -> None:
+    from context_manager.core.errors import InvalidMemoryError
+
+    queue = EvictedQueue()
+    stored: list[Message] = []
+
+    async def prepare(group: list[Message]) -> None:
+        pass
+
+    async def refusing(batch: list[Message]) -> None:
+        if any("poison" in m.content for m in batch):
+            raise InvalidMemoryError("memory_id", "x", "an id not used by another memory")
+        stored.extend(batch)
+
+    writer = EvictionWriter(queue, refusing, batch_size=4, prepare=prepare, prepare_size=12)
+    batch = messages(2) + [Message.create("user", "poison")] + messages(9)
+    queue.put(batch)
+    with pytest.raises(InvalidMemoryError):
+        await writer.flush()
+    # the poisoned batch was written one at a time; the rest of the group went back to the queue
+    assert stored == batch[:2] + batch[3:4]
+    assert list(queue) == [batch[2], *batch[4:]] and queue.unclaimed == len(queue)

@@ -7,8 +7,10 @@ they are held in process until a consumer acknowledges them. Consumers:
 * an eviction hook (``ContextWindow.set_eviction_hook``): the add that evicted the messages calls it after
   releasing the window's lock, shielded from the caller's cancellation;
 * an :class:`EvictionWriter` (what ``EnhancedContextManager`` runs): a background task that writes queued
-  messages to memory in small batches, one per event-loop step, off the ``add_message`` path.
-  ``flush()`` waits until everything queued is written; ``stop()`` flushes, then ends the task.
+  messages to memory in small batches, one per event-loop step, off the ``add_message`` path. With an
+  embedder the manager gives it a ``prepare`` step: a group of up to 256 messages is embedded in one
+  worker-thread call before its small batches are written (the model costs about twice as much in calls
+  of 8). ``flush()`` waits until everything queued is written; ``stop()`` flushes, then ends the task.
 
 A consumer *claims* a batch (others skip it), then *acknowledges* it once stored or *releases* it when the
 write failed, so it goes back to the queue and is tried again. Delivery is at least once: a write cut
@@ -130,6 +132,9 @@ class EvictedQueue:
 WriteBatch = Callable[[list[Message]], Awaitable[object]]
 """Stores a batch of evicted messages (for example ``MemoryManager.remember_messages``); raises on failure."""
 
+PrepareBatches = Callable[[list[Message]], Awaitable[object]]
+"""Work done once for several batches before they are written (embedding their texts in one call)."""
+
 
 class EvictionWriter:
     """Writes a window's evicted messages to a store in the background, a small batch per loop step.
@@ -147,6 +152,8 @@ class EvictionWriter:
         write: WriteBatch,
         *,
         batch_size: int = 8,
+        prepare: PrepareBatches | None = None,
+        prepare_size: int = 256,
         retry_delay: float = 1.0,
     ) -> None:
         """Create a stopped writer.
@@ -156,12 +163,21 @@ class EvictionWriter:
             write: Stores one batch (awaited; an exception leaves the batch queued for a retry).
             batch_size: Messages per write; each write runs in one event-loop step, so this bounds how long
                 the writer holds the loop.
+            prepare: Awaited once with up to ``prepare_size`` messages before they are written
+                ``batch_size`` at a time: work that costs less in one large call than in many small
+                ones and runs off the loop (``EnhancedContextManager`` embeds their texts in a worker
+                thread, and the writes reuse the vectors). Its failure is logged and the writes go on
+                without it (they do the work themselves).
+            prepare_size: Messages per ``prepare`` call (claimed together; those not written when a write
+                fails or is cancelled go back to the queue).
             retry_delay: Seconds before the background task retries after a failed write (doubled after
                 each further failure, up to a minute).
         """
         self._queue = queue
         self._write = write
         self._batch_size = batch_size
+        self._prepare = prepare
+        self._prepare_size = max(prepare_size, batch_size) if prepare is not None else batch_size
         self._retry_delay = retry_delay
         self._wake = asyncio.Event()
         self._drain_lock = asyncio.Lock()
@@ -212,25 +228,49 @@ class EvictionWriter:
         async with self._drain_lock:
             queue = self._queue
             while True:
-                tickets, batch = queue.claim(self._batch_size)
-                if not tickets:
+                group_tickets, group = queue.claim(self._prepare_size)
+                if not group_tickets:
                     break
+                pending = group_tickets  # claimed, not yet acknowledged: released if we stop early
                 try:
-                    await self._write(batch)
-                except BaseException as error:
-                    if len(batch) > 1 and isinstance(error, InvalidArgumentError):
-                        # the store refused something in the batch (not an outage): one message it will
-                        # never take must not hold back the others, so they are written one at a time
-                        await self._write_singly(tickets, batch, error)
-                        continue
-                    queue.release(tickets)
-                    if isinstance(error, Exception):
-                        self.last_error = error
-                    raise
-                queue.acknowledge(tickets)
-                self.written += len(batch)
-                await asyncio.sleep(0)  # one batch per loop step: the loop never waits long for us
+                    if self._prepare is not None:
+                        await self._prepared(group)
+                    size = self._batch_size
+                    for start in range(0, len(group_tickets), size):
+                        tickets, batch = group_tickets[start : start + size], group[start : start + size]
+                        pending = group_tickets[start:]
+                        await self._write_batch(tickets, batch)
+                        await asyncio.sleep(0)  # one batch per loop step: the loop never waits long for us
+                    pending = []
+                finally:
+                    if pending:
+                        queue.release(pending)
             self.last_error = None
+
+    async def _prepared(self, group: list[Message]) -> None:
+        """Run ``prepare`` on a claimed group; a failure is only logged (the writes do without it)."""
+        assert self._prepare is not None
+        try:
+            await self._prepare(group)
+        except Exception as error:
+            logger.debug("eviction writer: preparing %d messages failed: %r", len(group), error)
+
+    async def _write_batch(self, tickets: list[int], batch: list[Message]) -> None:
+        """Write one batch and acknowledge it; on failure leave it claimed (the caller releases it)."""
+        queue = self._queue
+        try:
+            await self._write(batch)
+        except BaseException as error:
+            if len(batch) > 1 and isinstance(error, InvalidArgumentError):
+                # the store refused something in the batch (not an outage): one message it will
+                # never take must not hold back the others, so they are written one at a time
+                await self._write_singly(tickets, batch, error)
+                return
+            if isinstance(error, Exception):
+                self.last_error = error
+            raise
+        queue.acknowledge(tickets)
+        self.written += len(batch)
 
     async def _write_singly(self, tickets: list[int], batch: list[Message], error: Exception) -> None:
         """Write a refused batch a message at a time; the refused ones stay queued and the error is raised.

@@ -147,6 +147,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
                 await self._flush_touches_locked()
         finally:
             self._state = "closed"
+            self._embedded_ahead = None
             backend, self._backend = self._backend, None
             if backend is not None:
                 await backend.close()

@@ -119,6 +119,8 @@ class ManagerState:
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
+        # vectors made ahead of their writes (TierMovement._embed_ahead): the embedder, text -> vector
+        self._embedded_ahead: tuple[Any, dict[str, Any]] | None = None
 
     @property
     def storage_path(self) -> Path:

@@ -363,10 +363,36 @@ class TierMovement(ManagerState):
         assert self.embedder is not None
         return await asyncio.to_thread(self.embedder.embed, texts)
 
+    async def _embed_ahead(self, texts: Sequence[str]) -> None:
+        """Embed ``texts`` about to be written in one worker-thread call; their writes reuse the vectors.
+
+        A model costs far less per text in one large call than in many small ones (MiniLM: 400 texts
+        took 5.9 s in calls of 8, 2.85 s in one), and the eviction writer stores evicted messages a few
+        per loop step. The vectors are kept by text until the next call or ``close()`` (one group of
+        the writer's at most), for the embedder that made them.
+        """
+        embedder = self.embedder
+        unique = list(dict.fromkeys(texts))
+        if embedder is None or not unique:
+            self._embedded_ahead = None
+            return
+        vectors = await self._embed(unique)
+        self._embedded_ahead = (embedder, dict(zip(unique, vectors, strict=True)))
+
     async def _embed_and_store(self, memories: Sequence[Memory]) -> None:
         if not memories or self.embedder is None:
             return
-        vectors = await self._embed([memory.content for memory in memories])
+        texts = [memory.content for memory in memories]
+        ahead = self._embedded_ahead
+        if ahead is not None and ahead[0] is self.embedder:
+            import numpy
+
+            known = ahead[1]
+            missing = list(dict.fromkeys(text for text in texts if text not in known))
+            made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
+            vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
+        else:
+            vectors = await self._embed(texts)
         await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
 
     async def _load_vectors(self) -> None:

@@ -474,6 +474,18 @@ class MemoryWriting(TierMovement):
             ]
         return written
 
+    async def _embed_messages_ahead(self, messages: Sequence[Message]) -> None:
+        """Embed the texts :meth:`remember_messages` will store for ``messages`` in one call, ahead of it.
+
+        What the eviction writer does before writing a group of evicted messages a few per loop step:
+        those writes then reuse the vectors (see :meth:`_embed_ahead`) instead of calling the model for
+        every few messages.
+        """
+        if self.embedder is None:
+            return
+        texts = [text for text in map(message_text, messages) if text.strip()]
+        await self._embed_ahead(texts)
+
     @records_write_outcome
     async def update_memory(
         self,
