@@ -24,7 +24,7 @@ from typing import Any
 from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
 from context_manager.core.text import encodable
 
-__all__ = ["Message", "Priority", "Role", "ToolCall", "new_message_id"]
+__all__ = ["Message", "Priority", "Role", "ToolCall", "json_copy", "new_message_id"]
 
 
 class Role(StrEnum):
@@ -119,6 +119,21 @@ def new_message_id() -> str:
 
 
 _MAX_INT_BITS = 13_000  # about 3,900 decimal digits, under Python's default int-to-str limit of 4,300
+
+
+def json_copy(value: Any) -> Any:
+    """A copy of a JSON value sharing no dict or list with it (scalars shared, tuples stay tuples).
+
+    A call's arguments go to its tool and into exports as such copies: changing them never changes the call
+    stored in a message.
+    """
+    if isinstance(value, dict):
+        return {key: json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(json_copy(item) for item in value)
+    return value
 
 
 def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> None:

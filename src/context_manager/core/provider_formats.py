@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
-from context_manager.core.messages import Message, Role, ToolCall
+from context_manager.core.messages import Message, Role, ToolCall, json_copy
 
 __all__ = [
     "ANTHROPIC_CONTINUATION_TEXT",
@@ -242,32 +242,10 @@ def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, st
                 "type": "tool_use",
                 "id": ids.get(call.id, call.id),
                 "name": names.get(call.name, call.name),
-                "input": _json_copy(call.arguments),
+                "input": json_copy(call.arguments),
             }
         )
     return blocks
-
-
-def _json_copy(arguments: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a call's arguments sharing no dict or list with the stored call.
-
-    The export is the caller's to change; flat arguments, the usual case, cost one ``dict`` copy.
-    """
-    copied = dict(arguments)
-    for key, value in copied.items():
-        if isinstance(value, dict | list | tuple):
-            copied[key] = _copy_nested(value)
-    return copied
-
-
-def _copy_nested(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _copy_nested(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_nested(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_copy_nested(item) for item in value)
-    return value
 
 
 def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     ToolCallPairingError,
 )
-from context_manager.core.messages import Message, ToolCall
+from context_manager.core.messages import Message, ToolCall, json_copy
 from context_manager.core.text import storable
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
@@ -263,19 +263,10 @@ def _with_own_arguments(item: ParsedToolCall) -> ParsedToolCall:
     Flat arguments are shared: the manager copies the top level itself.
     """
     arguments = item.call.arguments
-    if not any(isinstance(value, dict | list) for value in arguments.values()):
+    if not any(isinstance(value, dict | list | tuple) for value in arguments.values()):
         return item
-    call = ToolCall(item.call.id, item.call.name, _json_copy(arguments))
+    call = ToolCall(item.call.id, item.call.name, json_copy(arguments))
     return dataclasses.replace(item, call=call)
-
-
-def _json_copy(value: Any) -> Any:
-    """A deep copy of a JSON value (dicts and lists copied, scalars shared)."""
-    if isinstance(value, dict):
-        return {key: _json_copy(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_copy(item) for item in value]
-    return value
 
 
 _RUNNING: weakref.WeakKeyDictionary[ContextWindow, set[str]] = weakref.WeakKeyDictionary()
