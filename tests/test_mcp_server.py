@@ -50,6 +50,46 @@ def text_of(result: Any) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
+INITIALIZE_PARAMS = {
+    "protocolVersion": "2025-06-18",
+    "capabilities": {},
+    "clientInfo": {"name": "test", "version": "1"},
+}
+
+
+class RawStdioServer:
+    """``context-manager mcp serve`` over stdio in a subprocess, spoken to in raw JSON-RPC lines."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, storage: Path, *extra: str, stderr: int = asyncio.subprocess.PIPE) -> RawStdioServer:
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage), *extra],
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env={"PYTHONPATH": SOURCE_ROOT},
+        )
+        return cls(process)
+
+    async def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def answer(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(self.process.stdout.readline(), 60))
+        return reply
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a JSON-RPC message; its answer if it is a request (has an id), else ``{}``."""
+        await self.send(json.dumps({"jsonrpc": "2.0", **message}))
+        return await self.answer() if "id" in message else {}
+
+
 # --- over stdio, the real command ------------------------------------------------------------------------
 
 
@@ -641,47 +681,14 @@ async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_p
     ignored Ctrl-C until stdin closed.
     """
     storage = tmp_path / "memory"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "context_manager.cli",
-        "mcp",
-        "serve",
-        "--storage",
-        str(storage),
-        "--user",
-        "alice",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PYTHONPATH": SOURCE_ROOT},
-    )
-    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-
-    async def call(request: dict[str, Any]) -> dict[str, Any]:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", **request}).encode() + b"\n")
-        await process.stdin.drain()
-        if "id" not in request:
-            return {}
-        answer: dict[str, Any] = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
-        return answer
-
+    server = await RawStdioServer.start(storage, "--user", "alice")
+    process = server.process
+    assert process.stderr is not None
     try:
-        initialized = await call(
-            {
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "test", "version": "1"},
-                },
-            }
-        )
+        initialized = await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
         assert initialized["result"]["serverInfo"]["name"]
-        await call({"method": "notifications/initialized"})
-        added = await call(
+        await server.request({"method": "notifications/initialized"})
+        added = await server.request(
             {
                 "id": 2,
                 "method": "tools/call",
@@ -712,31 +719,8 @@ async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_p
     request error (-32600, with the request's id when it has one); blank lines are skipped; the session goes
     on.
     """
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "context_manager.cli",
-        "mcp",
-        "serve",
-        "--storage",
-        str(tmp_path / "memory"),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={"PYTHONPATH": SOURCE_ROOT},
-    )
-    assert process.stdin is not None and process.stdout is not None
-
-    async def send(line: str) -> None:
-        assert process.stdin is not None
-        process.stdin.write(line.encode() + b"\n")
-        await process.stdin.drain()
-
-    async def answer() -> dict[str, Any]:
-        assert process.stdout is not None
-        reply: dict[str, Any] = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
-        return reply
-
+    server = await RawStdioServer.start(tmp_path / "memory", stderr=asyncio.subprocess.DEVNULL)
+    send, answer = server.send, server.answer
     try:
         await send('{"jsonrpc": "2.0", "id": 1, "method": "ping"')  # cut short: not JSON
         parse_error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
@@ -752,25 +736,14 @@ async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_p
         await send('[{"jsonrpc": "2.0", "id": 8, "method": "ping"}]')  # a batch: MCP has none
         batch = await answer()
         assert batch["id"] is None and batch["error"]["code"] == -32600
-        await send(
-            json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "id": 9,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": "2025-06-18",
-                        "capabilities": {},
-                        "clientInfo": {"name": "test", "version": "1"},
-                    },
-                }
-            )
+        initialized = await server.request(  # the session goes on
+            {"id": 9, "method": "initialize", "params": INITIALIZE_PARAMS}
         )
-        initialized = await answer()  # the session goes on
         assert initialized["id"] == 9 and initialized["result"]["serverInfo"]["name"]
     finally:
-        process.stdin.close()
-        await asyncio.wait_for(process.wait(), 60)
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        await asyncio.wait_for(server.process.wait(), 60)
 
 
 def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tmp_path: Path) -> None:
