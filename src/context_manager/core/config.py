@@ -325,8 +325,8 @@ class ContextManagerConfig(BaseSettings):
             logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG)
 
 
-_warned_variables: set[str] = set()
-"""The unknown ``PYTHON_CONTEXT_MANAGER_*`` variables already warned about (once per process)."""
+_checked_variables: set[str] = set()
+"""The ``PYTHON_CONTEXT_MANAGER_*`` variables already checked (an unknown one warned about, once)."""
 
 
 def _known_variables() -> list[str]:
@@ -350,16 +350,16 @@ def _warn_unknown_variables() -> None:
     names it and the closest known one.
     """
     unknown = [
-        name for name in os.environ if name.upper().startswith(ENV_PREFIX) and name not in _warned_variables
+        name for name in os.environ if name.upper().startswith(ENV_PREFIX) and name not in _checked_variables
     ]
     if not unknown:
         return
     known = _known_variables()
     for name in unknown:
+        _checked_variables.add(name)  # a known name stays known: checked once per process, like a warning
         option = name.upper().removeprefix(ENV_PREFIX)
         if option in known:
             continue
-        _warned_variables.add(name)
         close = difflib.get_close_matches(option, known, n=1)
         hint = (
             f"did you mean {ENV_PREFIX}{close[0]}?"
