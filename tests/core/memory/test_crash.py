@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 
@@ -21,6 +23,8 @@ ROUNDS = 100 if os.environ.get("CM_FULL_RUN") == "1" else 24
 
 WRITER = """
 import asyncio, random, sys
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 
@@ -96,6 +100,8 @@ async def test_acknowledged_memories_survive_sigkill(tmp_path: Path) -> None:
 
 IMPORTER = """
 import asyncio, os, sys
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 
@@ -168,6 +174,8 @@ async def test_an_import_killed_midway_loses_none_of_the_memories_it_replaces(tm
 CONSOLIDATOR = """
 import asyncio, resource, signal, sys
 from pathlib import Path
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
@@ -224,3 +232,79 @@ async def test_a_consolidation_cut_short_after_its_merged_memory_is_finished_on_
         assert (await manager.check_integrity())["ok"]
     async with MemoryManager(config) as manager:  # nothing left to finish: the undo stands
         assert len(await manager.search_memory("office wifi password", limit=10)) == 2
+
+
+UNDOER = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path, full):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        if full == "database":  # a database WAL far larger than the log: the next database write fails
+            await manager.add_memories(
+                [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
+            )
+        else:  # a log far larger than the database's WAL: the next log write fails
+            await manager.add_memories(
+                [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+            )
+        for text in ("The office wifi password changes every Monday",
+                     "The office wifi password changes every Monday morning"):
+            await manager.add_memory(text, tier="medium")
+        await manager.consolidate_memories(similarity_threshold=0.8)
+        (merged,) = await manager.search_memory("office wifi password", limit=10)
+        print(merged.id, flush=True)
+        name = "memories.sqlite3-wal" if full == "database" else "memories.jsonl"
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size, hard))
+        try:
+            await manager.undo_consolidation(merged.id)
+        except StorageError:
+            print("FAILED", flush=True)
+        else:
+            print("UNDONE", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("full", ["database", "log"])
+async def test_an_undo_consolidation_cut_short_never_leaves_the_text_visible_twice(
+    tmp_path: Path, full: str
+) -> None:
+    """Undoing a merge restores the originals, then deletes the merged memory: stopped in between (the
+    database full after the log's restore), the text was left visible three times for good. The undo is
+    now recorded with its first write and finished when the store opens; a write refused before that
+    record leaves the merge as it was."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", UNDOER, str(storage), full],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.split()
+    assert lines[-1:] == ["FAILED"], result.stdout + result.stderr
+    merged_id = lines[0]
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        found = await manager.search_memory("office wifi password", limit=10)
+        merged = await manager.get_memory(merged_id)
+        if full == "database":  # the record could not be written: nothing changed, the merge stands
+            assert [memory.id for memory in found] == [merged_id]
+        else:  # recorded, then the log refused the originals: finished on open
+            assert merged is None
+            assert len(found) == 2 and all(memory.superseded_by is None for memory in found)
+            assert all(memory.source != "consolidation" for memory in found)
+        assert (await manager.check_integrity())["ok"]
+    async with MemoryManager(config) as manager:  # nothing left to finish: the same state
+        assert len(await manager.search_memory("office wifi password", limit=10)) == len(found)

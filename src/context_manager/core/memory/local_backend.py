@@ -162,6 +162,9 @@ class LocalBackend:
         pending = long_store.pending_merges()
         if pending:
             self._finish_merges(pending)
+        undone = long_store.pending_unmerges()
+        if undone:
+            self._finish_unmerges(undone)
 
     def _finish_merges(self, merged_ids: Sequence[str]) -> None:
         """Finish consolidations stopped after their merged memory was committed (at open, storage thread).
@@ -190,6 +193,46 @@ class LocalBackend:
                 store.load([memory])
         long_store.put(long_marks)
         long_store.finish_merges(merged_ids)
+
+    def _finish_unmerges(self, merged_ids: Sequence[str]) -> None:
+        """Finish undoing merges stopped before their merged memory was deleted (at open, storage thread).
+
+        :meth:`unmerge` records the undo with its first write: here, every copy of the originals still
+        marked as merged into one of them is restored, then the merged memory is deleted from every tier
+        (its log records and vectors with it), so the text is never left visible twice.
+        """
+        long_store, short, medium, log = self._long_store, self.short, self.medium, self._log
+        assert short is not None and medium is not None and log is not None
+        volatile_puts: list[tuple[InMemoryStore, Memory]] = []
+        long_puts: list[Memory] = []
+        gone: list[str] = []
+        for merged in long_store.get_many(merged_ids).values():
+            originals = long_store.get_many(merged.merged_from)
+            for original_id in merged.merged_from:
+                for store in (short, medium):
+                    copy = store.get(original_id)
+                    if copy is not None and copy.superseded_by == merged.id:
+                        volatile_puts.append((store, copy.copy(superseded_by=None)))
+                copy = originals.get(original_id)
+                if copy is not None and copy.superseded_by == merged.id:
+                    long_puts.append(copy.copy(superseded_by=None))
+            gone.append(merged.id)
+        if volatile_puts:
+            log.append([{"op": "put", "m": memory.to_dict()} for _, memory in volatile_puts])
+            for store, memory in volatile_puts:
+                store.load([memory])
+        long_store.put(long_puts)
+        for store in (short, medium):
+            held = [memory_id for memory_id in gone if memory_id in store]
+            if held:
+                log.append([{"op": "delete", "ids": held}])
+                store.delete(held, log=False)
+        long_store.delete(gone)
+        if gone:
+            self._long_copies.difference_update(gone)
+            log.erase(gone)
+            long_store.delete_vectors(gone)
+        long_store.finish_unmerges(merged_ids)
 
     async def close(self) -> None:
         """Close the stores and the log, release the lock and the storage threads."""
@@ -292,19 +335,26 @@ class LocalBackend:
             await self.put(tier, memories)
 
     async def put(
-        self, tier: MemoryTier, memories: Sequence[Memory], *, pending_merges: Sequence[str] = ()
+        self,
+        tier: MemoryTier,
+        memories: Sequence[Memory],
+        *,
+        pending_merges: Sequence[str] = (),
+        pending_unmerges: Sequence[str] = (),
     ) -> None:
         """Insert or replace memories in ``tier``: journaled (volatile tiers) or committed (long-term).
 
-        ``pending_merges`` (long-term only): merges recorded with the write (:meth:`SQLiteStore.put`).
+        ``pending_merges``, ``pending_unmerges`` (long-term only): merges and undone merges recorded with
+        the write, even of no memory for an undo (:meth:`SQLiteStore.put`).
         """
-        if not memories:
+        if not memories and not (pending_unmerges and tier is MemoryTier.LONG):
             return
         self._owners.update(memory.user_id for memory in memories)
         if tier is MemoryTier.LONG:
-            await self._write(
-                functools.partial(self._long_store.put, pending_merges=pending_merges), list(memories)
+            write = functools.partial(
+                self._long_store.put, pending_merges=pending_merges, pending_unmerges=pending_unmerges
             )
+            await self._write(write, list(memories))
             short = self._stores[0]
             self._long_copies.update(memory.id for memory in memories if memory.id in short)
             return
@@ -506,10 +556,15 @@ class LocalBackend:
         missing = [memory_id for memory_id in original_ids if memory_id not in found]
         if missing:
             raise originals_gone(merged_id, missing)
-        for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+        # the long-term originals and a record of the undo in one transaction, then the volatile originals,
+        # then the merged memory deleted: an undo stopped in between (a crash, a failed write) is finished
+        # when the store opens (_finish_unmerges), not left with its text visible twice
+        await self.put(MemoryTier.LONG, restored.get(MemoryTier.LONG, []), pending_unmerges=[merged_id])
+        for copy_tier in (MemoryTier.MEDIUM, MemoryTier.SHORT):
             await self.put(copy_tier, restored.get(copy_tier, []))
         for copy in merged_copies:
             await self.delete(copy.tier, [merged_id])
+        await self._write(self._long_store.finish_unmerges, [merged_id])
         return sorted({copy.id for copies in restored.values() for copy in copies}), merged_copies
 
     async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:

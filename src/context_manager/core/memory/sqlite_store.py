@@ -58,6 +58,8 @@ DATABASE_FILE_NAME = "memories.sqlite3"
 """Name of the long-term database under ``storage_path``."""
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# store_state names of undone merges not finished yet (LocalBackend.unmerge): the prefix, then the merged id
+_UNMERGE_PREFIX = "unmerge:"
 _COLUMNS = (
     "id, content, importance, tags, created_at, last_accessed, access_count, metadata, user_id, source, "
     "superseded_by, merged_from, context"
@@ -422,13 +424,22 @@ class SQLiteStore:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def put(self, memories: Sequence[Memory], *, pending_merges: Sequence[str] = ()) -> None:
+    def put(
+        self,
+        memories: Sequence[Memory],
+        *,
+        pending_merges: Sequence[str] = (),
+        pending_unmerges: Sequence[str] = (),
+    ) -> None:
         """Insert or replace memories in one committed transaction.
 
         ``pending_merges``: ids of merged memories (among ``memories``) whose originals are still to be
         marked elsewhere, recorded in the same transaction (see :meth:`pending_merges`).
+        ``pending_unmerges``: ids of merged memories being undone (their originals are restored elsewhere,
+        then they are deleted), recorded in the same transaction, even with no memory to write (see
+        :meth:`pending_unmerges`).
         """
-        if not memories:
+        if not memories and not pending_unmerges:
             return
         with self._guard():
             db = self._db
@@ -442,6 +453,10 @@ class SQLiteStore:
                 db.executemany(
                     "INSERT OR IGNORE INTO pending_merges(merged_id) VALUES (?)",
                     [(merged_id,) for merged_id in pending_merges],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO store_state(name, value) VALUES (?, 1)",
+                    [(_UNMERGE_PREFIX + merged_id,) for merged_id in pending_unmerges],
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -463,6 +478,25 @@ class SQLiteStore:
         with self._guard():
             self._db.executemany(
                 "DELETE FROM pending_merges WHERE merged_id = ?", [(merged_id,) for merged_id in merged_ids]
+            )
+
+    def pending_unmerges(self) -> list[str]:
+        """The merged memories recorded by :meth:`put` whose undo is unfinished (:meth:`finish_unmerges`)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name FROM store_state WHERE substr(name, 1, ?) = ? ORDER BY name",
+                (len(_UNMERGE_PREFIX), _UNMERGE_PREFIX),
+            )
+            return [row[0][len(_UNMERGE_PREFIX) :] for row in rows]
+
+    def finish_unmerges(self, merged_ids: Sequence[str]) -> None:
+        """Forget the pending records of these undone merges (originals restored, merged memory deleted)."""
+        if not merged_ids:
+            return
+        with self._guard():
+            self._db.executemany(
+                "DELETE FROM store_state WHERE name = ?",
+                [(_UNMERGE_PREFIX + merged_id,) for merged_id in merged_ids],
             )
 
     def _write_one(self, db: sqlite3.Connection, memory: Memory) -> int:
