@@ -219,6 +219,8 @@ def test_memory_bad_arguments_change_nothing(store: Path) -> None:
         ("   ",),
         ("x", "--tier", "bogus"),
         ("x", "--user", ""),
+        ("x", "--user", "   "),
+        ("x", "--user", "ana\tlima"),
         ("x", "--tag", ""),
     ],
 )

@@ -429,6 +429,50 @@ async def test_stats(manager: MemoryManager) -> None:
     assert (await manager.get_memory_stats(user_id="alice"))["total_memories"] == 1
 
 
+@pytest.mark.parametrize(
+    "user_id",
+    ["", " ", "   ", "\t", "\n", "\u3000", "ana\n", "tab\there", "bell\x07", "red\x1b[31m", "del\x7f"]
+    + ["nel\x85"],
+)
+async def test_a_blank_or_control_character_user_id_is_refused(manager: MemoryManager, user_id: str) -> None:
+    """A whitespace-only user id (or one with a newline, an escape sequence...) was a namespace of its own:
+    memories stored under ``" "`` that ``by_user`` listed as a blank owner and a CLI line broke apart."""
+    from context_manager.core.messages import Message
+
+    kept = await manager.add_memory("the spare key is under the blue pot", user_id="ana")
+    before = await snapshot(manager)
+    allowed = (
+        "user_id: got .*; allowed a non-empty string of at most 256 characters, not only whitespace, "
+        "without control characters"
+    )
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.add_memory("a memory of nobody", user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.search_memory("spare key", user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.get_memory_stats(user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.remember_messages([Message.create("user", "an evicted line")], user_id=user_id)
+    assert await snapshot(manager) == before
+    assert [m.id for m in await manager.search_memory("spare key", user_id="ana")] == [kept.id]
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["ana", "Ana Lima", " ana ", "José", "用户", "\u00a0ana", "ک\u200cک"]
+    + ["\U0001f468\u200d\U0001f469\u200d\U0001f467"],  # a family: three emoji joined by zero-width joiners
+)
+async def test_user_ids_with_spaces_accents_emoji_or_joiners_are_kept(
+    manager: MemoryManager, user_id: str
+) -> None:
+    """Only blank ids and control characters are refused: a no-break space or a zero-width joiner (emoji
+    sequences, Persian) is part of a name."""
+    stored = await manager.add_memory("the spare key is under the blue pot", user_id=user_id)
+    assert [m.id for m in await manager.search_memory("spare key", user_id=user_id)] == [stored.id]
+    assert await manager.search_memory("spare key") == []
+    assert (await manager.get_memory_stats(user_id=ALL_USERS))["by_user"] == {user_id: 1}
+
+
 async def test_a_user_named_default_is_not_the_default_namespace(manager: MemoryManager) -> None:
     """A user whose id is ``"default"`` was counted with the default namespace in ``by_user``."""
     await manager.add_memory("the shared wifi password is tulip", importance=0.9, tier="long")
