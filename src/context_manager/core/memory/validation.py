@@ -219,6 +219,31 @@ def check_time(value: Any, field: str) -> float | None:
     return float(value)
 
 
+EARLIEST_TIME = -62135596800.0
+"""0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a memory can hold."""
+LATEST_TIME = 253402300799.0
+"""9999-12-31T23:59:59Z in seconds since the epoch: the latest time a memory can hold."""
+
+
+def check_moment(value: Any, field: str) -> float:
+    """A time of a memory: seconds since the epoch from :data:`EARLIEST_TIME` to :data:`LATEST_TIME`.
+
+    The years 1 to 9999, which a date can be computed for (search matches a named month against it).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not EARLIEST_TIME <= value <= LATEST_TIME  # false for NaN too; a huge int compares exactly
+    ):
+        raise InvalidMemoryError(
+            field,
+            value,
+            f"seconds since the epoch, a number from {EARLIEST_TIME:.0f} (year 1) "
+            f"to {LATEST_TIME:.0f} (year 9999)",
+        )
+    return float(value)
+
+
 def check_path(path: Any) -> Path:
     """A non-empty str or Path (``~`` expanded) without NUL characters or lone surrogates."""
     if not isinstance(path, str | Path) or not str(path).strip():
