@@ -219,6 +219,8 @@ def test_memory_bad_arguments_change_nothing(store: Path) -> None:
         ("   ",),
         ("x", "--tier", "bogus"),
         ("x", "--user", ""),
+        ("x", "--user", "   "),
+        ("x", "--user", "ana\tlima"),
         ("x", "--tag", ""),
     ],
 )
@@ -332,6 +334,10 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
         ('{"id": "a", "content": "x", "tiers": ["attic"]}', "tiers: got ['attic']"),
         ('{"id": "a", "content": "   "}', "allowed a non-empty string"),
         ('{"id": "a", "content": "x", "user_id": ""}', "user_id: got ''"),
+        ('{"id": "a", "content": "x", "user_id": " "}', "user_id: got ' '"),
+        ('{"id": "a", "content": "x", "superseded_by": "a"}', "a memory cannot supersede itself"),
+        ('{"id": "a", "content": "x", "created_at": 1e20}', "created_at: got 1e+20; allowed seconds since"),
+        ('{"id": "a", "content": "x", "metadata": []}', "metadata: got []; allowed a JSON object"),
         ('{"id": "a", "content": "x", "source": "a\\u0000b"}', "source"),
     ],
 )
@@ -347,6 +353,21 @@ def test_memory_import_checks_every_line_before_creating_a_store(
     result = cli("--storage", str(target), "memory", "import", str(backup))
     assert_one_line_error(result, f"{backup}:2", "a memory as written by `memory export`", detail)
     assert not target.exists(), "nothing is created for a file that is refused"
+
+
+def test_memory_import_refuses_memories_superseding_one_another_before_creating_a_store(
+    tmp_path: Path, store: Path
+) -> None:
+    """Each line is fine alone; together they hid both memories for good (each superseded by the other)."""
+    backup = tmp_path / "backup.jsonl"
+    records = [
+        {"id": "a", "content": "first", "superseded_by": "b"},
+        {"id": "b", "content": "second", "superseded_by": "a"},
+    ]
+    backup.write_text("".join(json.dumps(record) + "\n" for record in records))
+    result = cli("--storage", str(store), "memory", "import", str(backup))
+    assert_one_line_error(result, f"{backup}:1", "in a ring ('a' -> 'b' -> 'a')")
+    assert not store.exists()
 
 
 def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:

@@ -651,7 +651,7 @@ async def test_mcp_blank_text_is_refused_and_quoted_as_given(tmp_path: Path) -> 
             assert f"query: got {query!r}; allowed text with a word to look for" in text_of(searched)
 
 
-@pytest.mark.parametrize("user_id", ["u" * 257, "bad\udcff", "a\x00b"])
+@pytest.mark.parametrize("user_id", ["u" * 257, "bad\udcff", "a\x00b", "   ", "ana\nlima"])
 def test_mcp_server_refuses_a_user_id_the_memory_would_refuse(tmp_path: Path, user_id: str) -> None:
     # it started, and then every call failed on a user_id no tool lets the model change
     allowed = "user_id: got .*; allowed a non-empty string of at most 256"

@@ -731,7 +731,7 @@ def memory_import(
     async def body(options: _Options) -> None:
         import tempfile
 
-        from context_manager.core.memory.maintenance import parse_exported_line
+        from context_manager.core.memory.maintenance import check_supersession_rings, parse_exported_line
 
         advice = "pass a file written by `memory export`"
         if str(path) == "-":
@@ -753,10 +753,14 @@ def memory_import(
             progress = stack.enter_context(_progress(options))
             checking = progress.add_task("checking", total=len(lines))
             # every check import_memories makes, before the store is opened (and perhaps created)
+            links: dict[str, tuple[str | None, str, str]] = {}
             for number, line in enumerate(lines, start=1):
                 if line.strip():
-                    parse_exported_line(line, f"{label}:{number}", expected=expected)
+                    location = f"{label}:{number}"
+                    memory, _ = parse_exported_line(line, location, expected=expected)
+                    links[memory.id] = (memory.superseded_by, location, line)
                 progress.advance(checking)
+            check_supersession_rings(links, expected=expected)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
                 report = await manager.import_memories(source)

@@ -260,9 +260,8 @@ def create_mcp_server(
 
 def _check_server_user(user_id: Any) -> None:
     """Refuse, up front, a user id the memory would refuse on every call (no tool lets the model fix it)."""
-    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
-        raise InvalidArgumentError("user_id", user_id, "a non-empty string or None (the default namespace)")
-    check_user(user_id, allow_all=False)  # length, NUL, lone surrogates (a --user of undecodable bytes)
+    # blank, too long, control characters, lone surrogates (a --user of undecodable bytes)
+    check_user(user_id, allow_all=False)
 
 
 # ------------------------------------------------------------------------------------------ memory tools

@@ -429,6 +429,50 @@ async def test_stats(manager: MemoryManager) -> None:
     assert (await manager.get_memory_stats(user_id="alice"))["total_memories"] == 1
 
 
+@pytest.mark.parametrize(
+    "user_id",
+    ["", " ", "   ", "\t", "\n", "\u3000", "ana\n", "tab\there", "bell\x07", "red\x1b[31m", "del\x7f"]
+    + ["nel\x85"],
+)
+async def test_a_blank_or_control_character_user_id_is_refused(manager: MemoryManager, user_id: str) -> None:
+    """A whitespace-only user id (or one with a newline, an escape sequence...) was a namespace of its own:
+    memories stored under ``" "`` that ``by_user`` listed as a blank owner and a CLI line broke apart."""
+    from context_manager.core.messages import Message
+
+    kept = await manager.add_memory("the spare key is under the blue pot", user_id="ana")
+    before = await snapshot(manager)
+    allowed = (
+        "user_id: got .*; allowed a non-empty string of at most 256 characters, not only whitespace, "
+        "without control characters"
+    )
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.add_memory("a memory of nobody", user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.search_memory("spare key", user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.get_memory_stats(user_id=user_id)
+    with pytest.raises(InvalidMemoryError, match=allowed):
+        await manager.remember_messages([Message.create("user", "an evicted line")], user_id=user_id)
+    assert await snapshot(manager) == before
+    assert [m.id for m in await manager.search_memory("spare key", user_id="ana")] == [kept.id]
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["ana", "Ana Lima", " ana ", "José", "用户", "\u00a0ana", "ک\u200cک"]
+    + ["\U0001f468\u200d\U0001f469\u200d\U0001f467"],  # a family: three emoji joined by zero-width joiners
+)
+async def test_user_ids_with_spaces_accents_emoji_or_joiners_are_kept(
+    manager: MemoryManager, user_id: str
+) -> None:
+    """Only blank ids and control characters are refused: a no-break space or a zero-width joiner (emoji
+    sequences, Persian) is part of a name."""
+    stored = await manager.add_memory("the spare key is under the blue pot", user_id=user_id)
+    assert [m.id for m in await manager.search_memory("spare key", user_id=user_id)] == [stored.id]
+    assert await manager.search_memory("spare key") == []
+    assert (await manager.get_memory_stats(user_id=ALL_USERS))["by_user"] == {user_id: 1}
+
+
 async def test_a_user_named_default_is_not_the_default_namespace(manager: MemoryManager) -> None:
     """A user whose id is ``"default"`` was counted with the default namespace in ``by_user``."""
     await manager.add_memory("the shared wifi password is tulip", importance=0.9, tier="long")
@@ -600,6 +644,132 @@ async def test_import_refuses_unstorable_fields_and_changes_nothing(
     with pytest.raises(InvalidMemoryError, match="restore.jsonl:1"):
         await manager.import_memories(path)
     assert await snapshot(manager) == before
+
+
+async def _refused_import(
+    manager: MemoryManager, tmp_path: Path, records: list[dict[str, Any] | str], match: str
+) -> None:
+    """Import ``records`` after a kept memory; the import must raise matching ``match`` and change nothing."""
+    await manager.add_memory("keep me", importance=0.9)
+    path = tmp_path / "restore.jsonl"
+    lines = [record if isinstance(record, str) else json.dumps(record) for record in records]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    before = await snapshot(manager)
+    with pytest.raises(InvalidMemoryError, match=match):
+        await manager.import_memories(path)
+    assert await snapshot(manager) == before
+
+
+@pytest.mark.parametrize(
+    ("records", "match"),
+    [
+        (
+            [{"id": "a", "content": "fine"}, {"id": "m", "content": "merged", "superseded_by": "m"}],
+            r"restore\.jsonl:2: .*superseded_by: got 'm'; allowed null or the id of another memory.*"
+            "cannot supersede itself",
+        ),
+        (
+            [{"id": "m", "content": "merged", "merged_from": ["a", "m"]}],
+            r"restore\.jsonl:1: .*merged_from: got \['a', 'm'\]; allowed the ids of other memories",
+        ),
+        (
+            [
+                {"id": "a", "content": "one", "superseded_by": "b"},
+                {"id": "b", "content": "two", "superseded_by": "c"},
+                {"id": "c", "content": "three", "superseded_by": "a"},
+                {"id": "d", "content": "four", "superseded_by": "a"},
+            ],
+            r"restore\.jsonl:1: .*superseded_by: memories superseded by one another in a ring "
+            r"\('a' -> 'b' -> 'c' -> 'a'\)",
+        ),
+    ],
+    ids=["superseded by itself", "merged from itself", "a ring"],
+)
+async def test_import_refuses_a_memory_superseding_itself_and_changes_nothing(
+    manager: MemoryManager, tmp_path: Path, records: list[dict[str, Any] | str], match: str
+) -> None:
+    """Imported as is, such a memory was hidden from search for good and no undo could restore it."""
+    await _refused_import(manager, tmp_path, records, match)
+
+
+async def test_import_takes_a_consolidated_memory_and_its_originals(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    records = [
+        {"id": "a", "content": "the wifi password changes", "superseded_by": "m"},
+        {"id": "b", "content": "the wifi password changes weekly", "superseded_by": "m"},
+        {"id": "m", "content": "the wifi password changes every week", "merged_from": ["a", "b"]},
+    ]
+    path = tmp_path / "consolidated.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    assert (await manager.import_memories(path))["imported"] == 3
+    assert [m.id for m in await manager.search_memory("wifi password")] == ["m"]
+    undone = await manager.undo_consolidation("m")
+    assert sorted(undone["restored"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ('{"id": "t", "content": "x", "created_at": 1e20}', "created_at: got 1e\\+20"),
+        ('{"id": "t", "content": "x", "created_at": -1e17}', "created_at: got -1e\\+17"),
+        ('{"id": "t", "content": "x", "created_at": NaN}', "created_at: got nan"),
+        ('{"id": "t", "content": "x", "created_at": Infinity}', "created_at: got inf"),
+        ('{"id": "t", "content": "x", "created_at": "2024-05-01"}', "created_at: got '2024-05-01'"),
+        ('{"id": "t", "content": "x", "created_at": true}', "created_at: got True"),
+        ('{"id": "t", "content": "x", "last_accessed": 253402300800}', "last_accessed: got 253402300800"),
+    ],
+)
+async def test_import_refuses_times_outside_the_years_1_to_9999(
+    manager: MemoryManager, tmp_path: Path, line: str, match: str
+) -> None:
+    """A created_at of 1e20 was imported, and every search naming a month then failed (year out of range)."""
+    allowed = "seconds since the epoch, a number from -62135596800 \\(year 1\\) to 253402300799"
+    await _refused_import(manager, tmp_path, [line], f"restore\\.jsonl:1: .*{match}; allowed {allowed}")
+
+
+async def test_import_takes_every_time_from_year_1_to_9999_and_search_names_months(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    times = {"first": -62135596800, "before-1970": -5.5, "may-2023": 1684000000.0, "last": 253402300799}
+    path = tmp_path / "times.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": name, "content": f"trip notes {name}", "created_at": at, "last_accessed": at})
+            + "\n"
+            for name, at in times.items()
+        ),
+        encoding="utf-8",
+    )
+    assert (await manager.import_memories(path))["imported"] == 4
+    found = await manager.search_memory("trip notes from May 2023", limit=10)
+    assert {m.id for m in found} == set(times)
+    assert {m.id: m.created_at for m in found} == times
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"metadata": []}, "metadata: got \\[\\]; allowed a JSON object"),
+        ({"metadata": False}, "metadata: got False; allowed a JSON object"),
+        ({"metadata": "notes"}, "metadata: got 'notes'; allowed a JSON object"),
+        ({"source": 5}, "source: got 5; allowed a non-empty string"),
+        ({"source": None}, "source: got None; allowed a non-empty string"),
+        ({"context": ["previous turn"]}, "context: got \\['previous turn'\\]; allowed a string"),
+        ({"tier": "attic"}, "tier: got 'attic'; allowed one of 'short', 'medium', 'long'"),
+        ({"tags": "work"}, "tags: got 'work'; allowed a list of strings"),
+        ({"importance": 1.5}, "importance: got 1.5; allowed a number from 0 to 1"),
+        ({"user_id": "   "}, "user_id: got '   '; allowed a non-empty string .*not only whitespace"),
+        ({"user_id": "ana\n"}, "user_id: got 'ana\\\\n'; allowed .*without control characters"),
+    ],
+)
+async def test_import_refuses_fields_of_the_wrong_kind_naming_them(
+    manager: MemoryManager, tmp_path: Path, change: dict[str, Any], match: str
+) -> None:
+    """Metadata ``[]``/``false`` became ``{}``, a number source or context its text, a blank user id an
+    owner no call could name; an unknown tier was reported as just ``(attic)``."""
+    record = {"id": "r", "content": "an imported memory", **change}
+    await _refused_import(manager, tmp_path, [record], f"restore\\.jsonl:1: .*\\({match}")
 
 
 async def test_export_and_import_keep_every_line_separator_in_the_text(

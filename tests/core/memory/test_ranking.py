@@ -178,6 +178,15 @@ def test_in_period_uses_the_utc_calendar() -> None:
     assert not in_period(may_8, frozenset())
 
 
+@pytest.mark.parametrize("moment", [1e20, -1e17, 253402387200.0, -62135683200.0])
+def test_a_time_outside_the_years_1_to_9999_is_in_no_period(moment: float) -> None:
+    """A memory stored with such a time (an import took 1e20) made every search naming a month fail with a
+    ValueError ("year ... is out of range"); it is now in no period, and the years 1 and 9999 still are."""
+    assert not in_period(moment, frozenset({(None, 5), (2023, None), (None, 1)}))
+    assert in_period(-62135596800.0, frozenset({(1, 1)}))
+    assert in_period(253402300799.0, frozenset({(9999, 12)}))
+
+
 def test_period_feature_prefers_the_memory_of_the_named_month() -> None:
     session_may = parse_session_date("2023-05-08")
     session_june = parse_session_date("2023-06-20")

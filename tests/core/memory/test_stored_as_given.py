@@ -118,7 +118,8 @@ async def test_an_access_count_beyond_32_bits_is_refused_on_import(
     record = {"id": "m1", "content": "an imported memory", "access_count": 2**31, "tiers": ["long"]}
     path = tmp_path / "export.jsonl"
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    with pytest.raises(InvalidMemoryError, match="access_count: allowed an integer from 0 to 2147483647"):
+    allowed = "access_count: got 2147483648; allowed an integer from 0 to 2147483647"
+    with pytest.raises(InvalidMemoryError, match=allowed):
         await manager.import_memories(path)
     record["access_count"] = 2**31 - 1
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")

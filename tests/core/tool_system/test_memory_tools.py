@@ -8,7 +8,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import ToolRegistrationError
+from context_manager.core.errors import InvalidMemoryError, ToolRegistrationError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.tool_system import (
     MEMORY_TOOL_NAMES,
@@ -45,6 +45,17 @@ async def test_memory_tools_are_opt_in_and_round_trip(memory: MemoryManager) -> 
     assert found.result[0]["tags"] == ["pets"]
     stored = await memory.get_memory(added.result["id"])
     assert stored is not None and stored.source == "tool"
+
+
+@pytest.mark.parametrize("user_id", ["", "   ", "ana\n", "u" * 257])
+async def test_memory_tools_refuse_a_user_id_the_memory_refuses_when_registered(
+    memory: MemoryManager, user_id: str
+) -> None:
+    """They were registered, and then every call failed on a user id no tool argument can change."""
+    tools = ToolManager()
+    with pytest.raises(InvalidMemoryError, match="user_id: got .*; allowed a non-empty string"):
+        register_memory_tools(tools, memory, user_id=user_id)
+    assert not any(name in tools for name in MEMORY_TOOL_NAMES)
 
 
 async def test_memory_tool_arguments_are_validated(memory: MemoryManager) -> None:

@@ -23,18 +23,43 @@ from context_manager.core.memory.validation import (
     check_importance,
     check_memory_id,
     check_metadata,
+    check_moment,
     check_path,
     check_tags,
     check_text,
+    check_tier,
     check_user,
 )
 from context_manager.core.memory.write_health import records_write_outcome
 
-__all__ = ["MemoryMaintenance", "parse_exported_line"]
+__all__ = ["MemoryMaintenance", "check_supersession_rings", "parse_exported_line"]
 
 _IMPORT_BATCH = 2000
 
 logger = logging.getLogger(__name__)
+
+
+def _check_record(data: dict[str, Any]) -> None:
+    """The fields of an exported line that ``Memory.from_dict`` takes loosely, as the API would take them.
+
+    ``from_dict`` also reads the storage's own log, so it stays lenient: a bool metadata became ``{}``, a
+    number source or context its text, and any finite time was kept (one past the year 9999 broke every
+    search naming a month).
+    """
+    if "tier" in data:
+        check_tier(data["tier"])
+    for name in ("created_at", "last_accessed"):
+        if name in data:
+            check_moment(data[name], name)
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidMemoryError("metadata", metadata, "a JSON object with JSON values, or null")
+    if "source" in data and not isinstance(data["source"], str):
+        raise InvalidMemoryError("source", data["source"], "a non-empty string")
+    context = data.get("context")
+    if context is not None and not isinstance(context, str):
+        raise InvalidMemoryError("context", context, "a string or null")
+    check_user(data.get("user_id"), allow_all=False)
 
 
 def _check_imported_fields(memory: Memory) -> None:
@@ -46,8 +71,60 @@ def _check_imported_fields(memory: Memory) -> None:
     check_text(memory.source, "source")
     check_text(memory.context, "context", empty=True)
     check_memory_id(memory.superseded_by, field="superseded_by", optional=True)
+    if memory.superseded_by == memory.id:  # hidden from search for good, and no undo could restore it
+        raise InvalidMemoryError(
+            "superseded_by",
+            memory.superseded_by,
+            "null or the id of another memory (the one that consolidated this one)",
+            detail="a memory cannot supersede itself",
+        )
     for original in memory.merged_from:
         check_memory_id(original, field="merged_from")
+    if memory.id in memory.merged_from:
+        raise InvalidMemoryError(
+            "merged_from",
+            memory.merged_from,
+            "the ids of other memories (the originals this one consolidates)",
+            detail="a memory cannot consolidate itself",
+        )
+
+
+def check_supersession_rings(
+    links: dict[str, tuple[str | None, str, str]], *, expected: str = "a memory as written by export_memories"
+) -> None:
+    """Refuse memories of one import that supersede one another in a ring (``a`` by ``b``, ``b`` by ``a``).
+
+    Every memory of a ring would stay hidden from search for good, and no undo could restore one.
+
+    Args:
+        links: Each imported memory's id: its ``superseded_by``, where its line is (``"path:line"``) and
+            the line.
+        expected: What a line should be, for the error.
+
+    Raises:
+        InvalidMemoryError: a ring (``field`` is the location of the line of one of its memories).
+    """
+    finished: set[str] = set()
+    for start in links:
+        path: list[str] = []
+        position: dict[str, int] = {}
+        node: str | None = start
+        while node is not None and node in links and node not in finished:
+            if node in position:
+                ring = path[position[node] :]
+                chain = " -> ".join(repr(memory_id) for memory_id in [*ring, node])
+                _, location, line = links[node]
+                raise InvalidMemoryError(
+                    location,
+                    line[:80],
+                    expected,
+                    detail=f"superseded_by: memories superseded by one another in a ring ({chain}); allowed "
+                    "null or the id of the memory that consolidated this one, itself never superseded by it",
+                )
+            position[node] = len(path)
+            path.append(node)
+            node = links[node][0]
+        finished.update(path)
 
 
 def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
@@ -84,13 +161,13 @@ def parse_exported_line(
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         importance = check_importance(data.get("importance", 0.5))  # as written: not true, not "0.7"
+        _check_record(data)
         memory = Memory.from_dict(data)
         _check_imported_fields(memory)
         check_content(memory.content)
         memory.importance = importance
         memory.tags = check_tags(memory.tags)
         memory.metadata = check_metadata(memory.metadata)
-        check_user(memory.user_id, allow_all=False)
         recorded = _recorded_tiers(data.get("tiers"))
     except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
         # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
@@ -248,12 +325,15 @@ class MemoryMaintenance(TierMovement):
             raise StorageError(f"cannot read memories from {source}: {error}", path=source) from error
         memories: dict[str, Memory] = {}
         long_copies: set[str] = set()  # memories with a long-term copy besides their faster one
+        links: dict[str, tuple[str | None, str, str]] = {}  # id: superseded_by, location, line
         threshold = self.config.long_term_importance_threshold
         # "\n" only: export writes U+2028, U+0085 and the like as they are, and splitlines() breaks at them
         for number, line in enumerate(lines.split("\n"), start=1):
             if not line.strip():
                 continue
-            memory, recorded = parse_exported_line(line, f"{source}:{number}")
+            location = f"{source}:{number}"
+            memory, recorded = parse_exported_line(line, location)
+            links[memory.id] = (memory.superseded_by, location, line)
             if recorded is None:  # an older export: place it as add_memory would
                 recorded = {memory.tier}
                 if memory.tier is MemoryTier.SHORT and memory.importance >= threshold:
@@ -264,6 +344,7 @@ class MemoryMaintenance(TierMovement):
                 long_copies.add(memory.id)
             else:
                 long_copies.discard(memory.id)
+        check_supersession_rings(links)
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from context_manager.core.errors import describe_value
+
 __all__ = ["ALL_USERS", "CONVERSATION_KEYS", "AllUsers", "Memory", "MemoryTier", "new_memory_id"]
 
 CONVERSATION_KEYS = ("session_id", "turn_index", "speaker", "session_date")
@@ -152,7 +154,10 @@ class Memory:
             or not isinstance(access_count, int)
             or not 0 <= access_count <= MAX_ACCESS_COUNT
         ):
-            raise ValueError(f"access_count: allowed an integer from 0 to {MAX_ACCESS_COUNT}")
+            raise ValueError(
+                f"access_count: got {describe_value(access_count)}; "
+                f"allowed an integer from 0 to {MAX_ACCESS_COUNT}"
+            )
         return cls(
             id=memory_id,
             content=data["content"],
@@ -247,5 +252,5 @@ def _string_list(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise TypeError(f"{field}: allowed a list of strings")
+        raise TypeError(f"{field}: got {describe_value(value)}; allowed a list of strings")
     return list(value)

@@ -423,7 +423,10 @@ def in_period(timestamp: float, periods: frozenset[tuple[int | None, int | None]
 
 @functools.lru_cache(maxsize=65536)
 def _utc_date(day: int) -> tuple[int, int]:
-    moment = datetime.fromtimestamp(day * 86400, UTC)
+    try:
+        moment = datetime.fromtimestamp(day * 86400, UTC)
+    except (ValueError, OverflowError, OSError):  # before year 1 or after 9999 (stored by an older import)
+        return 0, 0  # in no period
     return moment.year, moment.month
 
 

@@ -150,21 +150,31 @@ def json_safe(metadata: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(_JSON_NUL.sub(r"\1\\ufffd", text)))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: C0, DEL and C1 controls
+
+USER_ID_ALLOWED = (
+    f"a non-empty string of at most {MAX_USER_ID_CHARS} characters, not only whitespace, "
+    "without control characters (tab, newline, NUL...) or lone surrogates"
+)
+"""What a user id may be (the ``allowed`` part of the error that refuses one)."""
+
+
 def check_user(user_id: Any, *, allow_all: bool) -> None:
-    """A non-empty string or ``None`` (and :data:`ALL_USERS` where ``allow_all``)."""
+    """A user id (see :data:`USER_ID_ALLOWED`) or ``None`` (and :data:`ALL_USERS` where ``allow_all``)."""
     if user_id is None or (
         isinstance(user_id, str)
-        and user_id
         and len(user_id) <= MAX_USER_ID_CHARS
+        and user_id
+        and not user_id.isspace()
+        # isprintable(): a fast "no control character" for most ids (it is false for more than Cc, e.g.
+        # a no-break space or a zero-width joiner, which a user id may hold)
+        and (user_id.isprintable() or _CONTROL.search(user_id) is None)
         and encodable(user_id)
-        and "\x00" not in user_id
     ):
         return
     if allow_all and user_id is ALL_USERS:
         return
-    allowed = f"a non-empty string of at most {MAX_USER_ID_CHARS} characters, None" + (
-        " or ALL_USERS" if allow_all else ""
-    )
+    allowed = USER_ID_ALLOWED + (", None or ALL_USERS" if allow_all else ", or None")
     raise InvalidMemoryError("user_id", user_id, allowed)
 
 
@@ -206,6 +216,31 @@ def check_time(value: Any, field: str) -> float | None:
         return value.timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
+    return float(value)
+
+
+EARLIEST_TIME = -62135596800.0
+"""0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a memory can hold."""
+LATEST_TIME = 253402300799.0
+"""9999-12-31T23:59:59Z in seconds since the epoch: the latest time a memory can hold."""
+
+
+def check_moment(value: Any, field: str) -> float:
+    """A time of a memory: seconds since the epoch from :data:`EARLIEST_TIME` to :data:`LATEST_TIME`.
+
+    The years 1 to 9999, which a date can be computed for (search matches a named month against it).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not EARLIEST_TIME <= value <= LATEST_TIME  # false for NaN too; a huge int compares exactly
+    ):
+        raise InvalidMemoryError(
+            field,
+            value,
+            f"seconds since the epoch, a number from {EARLIEST_TIME:.0f} (year 1) "
+            f"to {LATEST_TIME:.0f} (year 9999)",
+        )
     return float(value)
 
 

@@ -55,7 +55,12 @@ def register_memory_tools(
     Raises:
         ToolRegistrationError: a name is taken (without ``replace=True``) or ``permission`` is invalid;
             nothing is registered.
+        InvalidMemoryError: a ``user_id`` the memory refuses (every call of both tools would fail on it);
+            nothing is registered.
     """
+    from context_manager.core.memory.validation import check_user
+
+    check_user(user_id, allow_all=False)
 
     async def memory_search(
         query: str, limit: SearchLimit = 5, tags: list[str] | None = None
