@@ -1021,3 +1021,26 @@ async def test_check_fits_checks_the_batch_like_extend() -> None:
     window.enable_compression = False
     with pytest.raises(ContextBudgetError, match="compression is disabled"):
         window.check_fits([Message.create("user", text_of(400))])
+
+
+@pytest.mark.parametrize("timestamp", [1e20, -1e12, float("nan"), float("inf"), "yesterday", None])
+async def test_a_message_with_a_timestamp_no_date_has_is_refused_at_the_door(timestamp: object) -> None:
+    """A hand-built message dated 1e20 (or NaN, or a string) entered the window; once evicted, memory could
+    not date it (OverflowError) and the eviction writer retried the whole batch, with every good message in
+    it, for good: nothing evicted reached memory again. The window now refuses such a message."""
+    window = ContextWindow(2_000)
+    good = Message.create("user", "kept")
+    await window.add(good)
+    for bad in (
+        Message(role=Role.USER, content="a plain message", timestamp=timestamp),  # type: ignore[arg-type]
+        Message(role=Role.USER, content="with metadata", metadata={"k": 1}, timestamp=timestamp),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidMessageError, match="timestamp") as raised:
+            await window.add(bad)
+        assert "year 9999" in str(raised.value)
+        with pytest.raises(InvalidMessageError, match="timestamp"):
+            await window.extend([Message.create("user", "batch"), bad])
+    assert list(window.messages) == [good]
+    for edge in (-62135596800.0, 0, 253402300799.0):  # year 1, the epoch (an int), year 9999
+        await window.add(Message(role=Role.USER, content=f"dated {edge}", timestamp=edge))
+    assert len(window.messages) == 4

@@ -71,7 +71,7 @@ from context_manager.core.errors import (
     ToolCallPairingError,
 )
 from context_manager.core.eviction import EvictedQueue
-from context_manager.core.messages import Message, Role
+from context_manager.core.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, Message, Role, check_timestamp
 from context_manager.core.tokens import (
     OFF_LOOP_CHARS,
     REPLY_PRIMING_TOKENS,
@@ -116,6 +116,7 @@ STRATEGY_CUSTOM = "custom"
 STRATEGY_FALLBACK = "custom_failed_fallback_extractive"
 
 _TOOL = Role.TOOL
+_EARLIEST, _LATEST = EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
@@ -596,6 +597,8 @@ class ContextWindow:
             raise InvalidArgumentError("message", message, "a Message (use Message.create)")
         if message.id in self._by_id:
             raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
+        # memory dates what is evicted: a hand-built message dated 1e20 would stall the eviction writer
+        check_timestamp(message.timestamp, "message.timestamp")
         if message.metadata and not RESERVED_METADATA_KEYS.isdisjoint(message.metadata):
             key = min(RESERVED_METADATA_KEYS.intersection(message.metadata))
             raise InvalidMessageError(
@@ -673,8 +676,11 @@ class ContextWindow:
             and not message.metadata
             and not message.tool_calls
             and message.role is not _TOOL
+            and type(timestamp := message.timestamp) is float
+            and _EARLIEST <= timestamp <= _LATEST
         ):
-            # the hot path: a plain message has nothing to check but its id
+            # the hot path: a plain message with a time a date can be computed for has nothing to check
+            # but its id
             if message.id in self._by_id:
                 raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
         else:

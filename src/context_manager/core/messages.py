@@ -107,6 +107,32 @@ else:  # pragma: no cover - Windows has no fork
     _CHECK_PID_PER_ID = True
 
 
+EARLIEST_TIMESTAMP = -62135596800.0
+"""0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a message or a memory can hold."""
+LATEST_TIMESTAMP = 253402300799.0
+"""9999-12-31T23:59:59Z in seconds since the epoch: the latest time a message or a memory can hold."""
+
+
+def check_timestamp(value: Any, field: str) -> float:
+    """A time a date can be computed for: seconds since the epoch in the years 1 to 9999.
+
+    Raises:
+        InvalidMessageError: ``value`` is not such a number (NaN, a string, 1e20 ...).
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not EARLIEST_TIMESTAMP <= value <= LATEST_TIMESTAMP  # false for NaN too
+    ):
+        raise InvalidMessageError(
+            field,
+            value,
+            f"seconds since the epoch, a number from {EARLIEST_TIMESTAMP:.0f} (year 1) "
+            f"to {LATEST_TIMESTAMP:.0f} (year 9999)",
+        )
+    return float(value)
+
+
 def new_message_id() -> str:
     """Return a new unique message id.
 

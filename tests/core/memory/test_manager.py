@@ -1104,3 +1104,18 @@ async def test_cleanup_keeps_what_was_used_or_restored_after_its_scan(
     for original in (a, b):
         restored = await manager.get_memory(original.id)
         assert restored is not None and restored.superseded_by is None, "a restored original was deleted"
+
+
+@pytest.mark.parametrize("timestamp", [1e20, -1e12, float("nan"), "yesterday"])
+async def test_remember_messages_refuses_a_message_no_date_can_be_given(
+    manager: MemoryManager, timestamp: object
+) -> None:
+    """``remember_messages`` dates each message (its ``session_date``): a timestamp of 1e20 raised a bare
+    OverflowError (NaN a ValueError) after the messages before it in the batch were written."""
+    from context_manager.core.messages import Message, Role
+
+    good = [Message.create("user", f"a fine message number {n}") for n in range(3)]
+    bad = Message(role=Role.USER, content="a badly dated message", timestamp=timestamp)  # type: ignore[arg-type]
+    with pytest.raises(InvalidMemoryError, match="timestamp"):
+        await manager.remember_messages([*good, bad])
+    assert await manager.search_memory("fine message number") == []  # nothing written

@@ -15,6 +15,7 @@ from typing import Any
 
 from context_manager.core.errors import InvalidMemoryError, describe_value
 from context_manager.core.memory.models import ALL_USERS, MAX_USER_ID_CHARS, MemoryTier
+from context_manager.core.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from context_manager.core.text import encodable
 
 _NO_NUL = "text without NUL characters (PostgreSQL cannot store them)"
@@ -219,9 +220,9 @@ def check_time(value: Any, field: str) -> float | None:
     return float(value)
 
 
-EARLIEST_TIME = -62135596800.0
+EARLIEST_TIME = EARLIEST_TIMESTAMP
 """0001-01-01T00:00:00Z in seconds since the epoch: the earliest time a memory can hold."""
-LATEST_TIME = 253402300799.0
+LATEST_TIME = LATEST_TIMESTAMP
 """9999-12-31T23:59:59Z in seconds since the epoch: the latest time a memory can hold."""
 
 

@@ -21,6 +21,7 @@ from context_manager.core.memory.validation import (
     check_importance,
     check_memory_id,
     check_metadata,
+    check_moment,
     check_tags,
     check_text,
     check_tier,
@@ -411,6 +412,8 @@ class MemoryWriting(TierMovement):
         and the message id, so writing the same messages again (after a crash, from another process) stores
         each of them once.
         """
+        for position, message in enumerate(messages):  # each is dated below: refused before any write
+            check_moment(getattr(message, "timestamp", None), f"messages[{position}].timestamp")
         items: list[tuple[Memory, MemoryTier | None]] = []
         written: list[Memory] = []
         session = session_id if session_id is not None else "default"
