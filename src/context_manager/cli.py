@@ -781,7 +781,7 @@ def memory_import(
     _run(ctx, body)
 
 
-@memory_app.command("consolidate", short_help="Merge near-duplicate memories (reversible until cleanup).")
+@memory_app.command("consolidate", short_help="Merge near-duplicates (originals kept until cleanup).")
 def memory_consolidate(
     ctx: typer.Context,
     threshold: Annotated[
