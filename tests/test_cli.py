@@ -950,3 +950,14 @@ def test_subprocess_memory_export_to_a_reader_that_stops(store: Path) -> None:
     error = process.stderr.read()
     assert process.wait(timeout=60) == 1
     assert error == "error: standard output was closed before the whole export (400 memories) was written\n"
+
+
+@pytest.mark.parametrize("group", [[], ["memory"], ["mcp"]], ids=["top", "memory", "mcp"])
+def test_help_lists_each_command_with_a_whole_summary_and_plain_metavars(group: list[str]) -> None:
+    """On an 80-column terminal the command lists read as sentences, not cut off with "..."."""
+    result = runner.invoke(app, [*group, "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.stderr
+    commands = result.stdout.split("Commands:\n", 1)[1]
+    assert commands.strip() and "..." not in commands, commands
+    assert "list[str]" not in cli("memory", "add", "--help").stdout  # --tag TAG, repeatable
+    assert "``" not in cli("health", "--help").stdout  # help is plain text, not reStructuredText

@@ -523,6 +523,43 @@ def test_relative_links_and_their_anchors_resolve() -> None:
     assert broken == [], "\n".join(broken)
 
 
+TEST_REFERENCE = re.compile(r"`((?:tests/)?[\w/]*test_\w+\.py)?((?:::[\w\[\]/,.* -]+?)+)`")
+"""A test the docs cite: ``tests/x/test_y.py::test_z``, ``test_y.py::test_z`` (any ``test_y.py`` under
+``tests/``) or ``::test_z`` (in the file named last in the same paragraph or table)."""
+
+
+def test_the_tests_the_docs_cite_exist() -> None:
+    """A guarantee "tested by ``test_restore.py::test_x``" must name a test a reader can find and run."""
+    files: dict[str, list[Path]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        files.setdefault(path.name, []).append(path)
+    wrong, cited = [], 0
+    for page in [*DOCUMENTS, ROOT / "CONTRIBUTING.md"]:
+        current: list[Path] = []
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                current = []  # a continuation ``::name`` refers to a file of its own paragraph
+            for found in TEST_REFERENCE.finditer(line):
+                if found.group(1):
+                    named = found.group(1)
+                    current = [ROOT / named] if named.startswith("tests/") else files.get(named, [])
+                    if not all(path.is_file() for path in current) or not current:
+                        wrong.append(f"{page.name}:{number}: {named}: no such test file")
+                        current = []
+                        continue
+                elif not current:
+                    wrong.append(f"{page.name}:{number}: {found.group(0)} names no test file before it")
+                    continue
+                for name in found.group(2).split("::")[1:]:
+                    definition = re.compile(
+                        rf"^\s*(?:async )?def {re.escape(name.split('[')[0].strip())}\b", re.M
+                    )
+                    cited += 1
+                    if not any(definition.search(path.read_text(encoding="utf-8")) for path in current):
+                        wrong.append(f"{page.name}:{number}: {found.group(1) or ''}::{name}: no such test")
+    assert cited >= 50 and wrong == [], "\n".join(wrong)
+
+
 COMMAND_LINE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*context-manager\s")
 
 

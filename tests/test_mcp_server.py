@@ -674,6 +674,30 @@ def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path
     assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve
 
 
+def test_mcp_serve_without_the_mcp_extra_says_so_before_creating_a_store(tmp_path: Path) -> None:
+    # a newcomer who has not installed the extra yet: it opened (created) the store, then failed
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['mcp'] = None  # as if the extra were not installed\n"
+            "from context_manager.cli import main; main()",
+            "mcp",
+            "serve",
+            "--storage",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert completed.stderr.startswith("error: mcp server: ") and "[mcp]" in completed.stderr
+    assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve
+
+
 async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) stops a stdio server at once, closing its memory, while its client keeps stdin open.
 

@@ -419,7 +419,7 @@ def _read_standard_input() -> str:
         raise _not_utf8("<stdin>", error, "pipe UTF-8 text in") from error
 
 
-@app.command()
+@app.command(short_help="Count the tokens of a file or standard input, exactly, offline.")
 def tokens(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A text file, or - for standard input.", metavar="FILE|-")],
@@ -475,7 +475,9 @@ def memory_add(
     ctx: typer.Context,
     content: Annotated[str, typer.Argument(help="The text to remember.")],
     importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")
+    ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
     tier: Annotated[str | None, typer.Option(help="Put it in this tier only: short, medium or long.")] = None,
 ) -> None:
@@ -514,7 +516,12 @@ def memory_search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="What to look for (plain text).")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many results.")] = 10,
-    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Only memories with this tag.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", "-t", metavar="TAG", help="Only memories with this tag (repeatable: any of them)."
+        ),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
 ) -> None:
     """Search the memory store, best match first.
@@ -558,7 +565,7 @@ def memory_search(
     _run(ctx, body)
 
 
-@memory_app.command("stats")
+@memory_app.command("stats", short_help="Counts per tier and user, capacity, size on disk, index status.")
 def memory_stats(
     ctx: typer.Context,
     user: Annotated[
@@ -640,7 +647,7 @@ def _progress(options: _Options) -> Iterator[Any]:
         yield progress
 
 
-@memory_app.command("export")
+@memory_app.command("export", short_help="Write the memories to a JSON Lines file (or standard output).")
 def memory_export(
     ctx: typer.Context,
     path: Annotated[
@@ -715,7 +722,7 @@ def memory_export(
     _run(ctx, body)
 
 
-@memory_app.command("import")
+@memory_app.command("import", short_help="Load memories from a JSON Lines export (all or nothing).")
 def memory_import(
     ctx: typer.Context,
     path: Annotated[
@@ -778,11 +785,15 @@ def memory_import(
     _run(ctx, body)
 
 
-@memory_app.command("consolidate")
+@memory_app.command("consolidate", short_help="Merge near-duplicates (originals kept until cleanup).")
 def memory_consolidate(
     ctx: typer.Context,
     threshold: Annotated[
-        float, typer.Option(help="Word-set (Jaccard) similarity from which two memories merge, in (0, 1].")
+        float,
+        typer.Option(
+            help="Word-set (Jaccard) similarity from which two memories merge, in (0, 1] "
+            "(with an embedder, a cosine similarity of 0.95 merges them too).",
+        ),
     ] = 0.85,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
 ) -> None:
@@ -808,7 +819,7 @@ def memory_consolidate(
     _run(ctx, body)
 
 
-@memory_app.command("cleanup")
+@memory_app.command("cleanup", short_help="Delete old memories and superseded originals.")
 def memory_cleanup(
     ctx: typer.Context,
     max_age_days: Annotated[
@@ -868,7 +879,7 @@ class _ProgressLines:
         )
 
 
-@memory_app.command("migrate")
+@memory_app.command("migrate", short_help="Copy memories and conversations between storages, verified.")
 def memory_migrate(
     ctx: typer.Context,
     source: Annotated[
@@ -1047,11 +1058,11 @@ def _failing_check(message: str, recommendation: str) -> Callable[[], Any]:
     return check
 
 
-@app.command()
+@app.command(short_help="Check a memory store's health (exit code 3 when unhealthy).")
 def health(ctx: typer.Context) -> None:
     """Run the health checks on a memory store (exit code 3 when unhealthy or when there is none).
 
-    Read-only: a path with no store is reported (``memory_store`` check, unhealthy), never created, and
+    Read-only: a path with no store is reported (the 'memory_store' check, unhealthy), never created, and
     no memory moves between tiers.
     """
 
@@ -1129,7 +1140,7 @@ def _config_overrides(settings: list[str]) -> dict[str, str]:
     return overrides
 
 
-@mcp_app.command("serve")
+@mcp_app.command("serve", short_help="Serve the memory (and your tools) over stdio or HTTP.")
 def mcp_serve(
     ctx: typer.Context,
     storage: Annotated[
@@ -1223,11 +1234,11 @@ def _examples_script() -> Path | None:
     return None
 
 
-@app.command()
+@app.command(short_help="Run the examples (offline, in a temporary directory).")
 def examples(
     ctx: typer.Context,
     name: Annotated[ExampleName, typer.Argument(help="Which examples to run.")] = ExampleName.ALL,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the details.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print details and INFO logs.")] = False,
 ) -> None:
     """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""
     options = _options(ctx)

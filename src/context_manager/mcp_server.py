@@ -191,6 +191,15 @@ class _MemoryHandle:
                     await memory.cleanup()
 
 
+def _require_mcp() -> type[MCPServer[Any]]:
+    """The SDK's server class, or ``MissingDependencyError`` naming the ``mcp`` extra."""
+    try:
+        from mcp.server.mcpserver import MCPServer
+    except ImportError:
+        raise MissingDependencyError("mcp server", "mcp", "mcp") from None
+    return MCPServer
+
+
 def create_mcp_server(
     config: ContextManagerConfig | None = None,
     *,
@@ -222,10 +231,7 @@ def create_mcp_server(
         InvalidArgumentError: a bad argument.
         ToolRegistrationError: an application tool is named like a memory tool.
     """
-    try:
-        from mcp.server.mcpserver import MCPServer
-    except ImportError:
-        raise MissingDependencyError("mcp server", "mcp", "mcp") from None
+    server_class = _require_mcp()
     if config is None:
         config = memory.config if memory is not None else ContextManagerConfig()
     if not isinstance(config, ContextManagerConfig):
@@ -245,7 +251,7 @@ def create_mcp_server(
             yield
 
     application_tools = _application_tools(tools, user_id) if tools is not None else []
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = server_class(
         name,
         title="context-manager memory",
         instructions=_INSTRUCTIONS,
@@ -574,7 +580,8 @@ async def run_mcp_server(
         MissingDependencyError: the ``mcp`` extra is not installed.
         InvalidArgumentError: a ``user_id`` the memory refuses (checked before the store is opened).
     """
-    _check_server_user(user_id)  # before the store is opened (or created)
+    _require_mcp()  # before the store is opened (or created): without the extra nothing can serve
+    _check_server_user(user_id)
     memory = MemoryManager(config)
     await memory.initialize()
     try:

@@ -258,6 +258,31 @@ async def test_tool_round_trip(tmp_path: Path) -> None:
         assert anthropic["messages"][2]["content"][0]["type"] == "tool_result"
 
 
+async def test_an_openai_export_is_added_back_as_it_is(tmp_path: Path) -> None:
+    """The Chat Completions format gives a tool-call-only assistant message ``"content": null`` (our export
+    does, as the OpenAI SDK's ``message.model_dump()``): ``add_messages`` rejected its own export."""
+    call = {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"e":"2+2"}'}}
+    async with EnhancedContextManager(make_config(tmp_path / "a")) as manager:
+        await manager.add_message("system", "Be brief.")
+        await manager.add_message("user", "2+2?")
+        await manager.add_message("assistant", "", tool_calls=[call])
+        await manager.add_message("tool", "4", tool_call_id="c1")
+        await manager.add_message("assistant", "4.")
+        exported = manager.get_context("openai")
+    assert exported[2]["content"] is None
+    async with EnhancedContextManager(make_config(tmp_path / "b")) as manager:
+        assert await manager.add_messages(exported) == 5
+        assert manager.get_context("openai") == exported
+        assert manager.messages[2].content == ""
+        await manager.add_message("assistant", None, tool_calls=[{**call, "id": "c2"}])  # as the SDK has it
+        assert manager.messages[-1].content == "" and manager.messages[-1].tool_calls[0].id == "c2"
+        before = state(manager)
+        for role, options in (("assistant", {}), ("user", {"tool_calls": [{**call, "id": "c3"}]})):
+            with pytest.raises(InvalidMessageError, match="content: got None; allowed a str"):
+                await manager.add_message(role, None, **options)
+        assert state(manager) == before
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [

@@ -49,7 +49,7 @@ from context_manager.core.memory.locking import make_private_directory
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
-from context_manager.core.messages import Message, ToolCall, create_plain
+from context_manager.core.messages import Message, Role, ToolCall, create_plain
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
     monitored_operation,
@@ -461,12 +461,13 @@ class EnhancedContextManager:
         """
         return self._require_ready("context_window")
 
-    async def add_message(self, role: str, content: str, **kwargs: Any) -> bool:
+    async def add_message(self, role: str, content: str | None, **kwargs: Any) -> bool:
         """Add a message to the context, compressing the window first if it would overflow.
 
         Args:
             role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"`` (or a :class:`Role`).
-            content: The text.
+            content: The text; ``None`` only for an assistant message with ``tool_calls`` (as the OpenAI
+                API sends it), stored as empty text.
             **kwargs: ``priority`` (``"low"``, ``"normal"``, ``"high"``, ``"critical"``), ``metadata``
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
                 OpenAI/Anthropic dicts), ``tool_call_id`` (tool: the call answered), ``name``.
@@ -507,7 +508,7 @@ class EnhancedContextManager:
                     try:
                         tokens = window._append_if_fits(message)
                         if deferred and tokens is not None and tokens < 0:
-                            content.encode()  # counted later (behind a compression, in a thread): now
+                            message.content.encode()  # counted later (behind a compression, in a thread): now
                     except UnicodeEncodeError:
                         raise InvalidMessageError(
                             "content", content, "valid unicode text (no lone surrogates)"
@@ -545,7 +546,8 @@ class EnhancedContextManager:
 
         Args:
             messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` and optionally
-                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``.
+                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``; the
+                OpenAI export of :meth:`get_context` is such a list.
 
         Returns:
             How many messages were added.
@@ -1330,11 +1332,17 @@ class EnhancedContextManager:
         return result
 
 
-def _new_message(role: str, content: str, options: dict[str, Any]) -> Message:
-    """Validate ``add_message``'s keywords and build the message (nothing is changed on error)."""
+def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Message:
+    """Validate ``add_message``'s keywords and build the message (nothing is changed on error).
+
+    An assistant message with tool calls may have ``None`` content, as the Chat Completions format (our
+    OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text.
+    """
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         unknown = sorted(set(options) - _MESSAGE_OPTIONS)
         raise InvalidArgumentError(
             unknown[0], options[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
         )
+    if content is None and role == Role.ASSISTANT and options.get("tool_calls"):
+        content = ""
     return Message.create(role, content, **options)
