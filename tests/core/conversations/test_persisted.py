@@ -404,6 +404,50 @@ async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
         assert manager.messages[0].pinned is False
 
 
+async def test_flush_raises_the_refusal_of_a_pin_written_in_the_background(
+    make_config: Any, backend_name: str
+) -> None:
+    """A pin's record is written in the background and ``flush()`` waits for it. When another writer had
+    stored a change first, the background write met the conflict and the reload dropped the pin; if that
+    write ran before the flush (the request awaited something in between), the flush returned without a
+    word: the caller believed the message pinned. Now that flush raises the refusal (once)."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-bg") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-bg", "written elsewhere")
+        manager.pin_message(manager.messages[0].id)
+        for _ in range(500):  # the request awaits something else: the background write runs meanwhile
+            if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert manager.get_system_status()["conversation"]["pending_changes"] == 0
+        with pytest.raises(ConversationConflictError):
+            await manager.flush()
+        assert [(m.content, m.pinned) for m in manager.messages] == [
+            ("keep me", False),
+            ("written elsewhere", False),
+        ]
+        await manager.flush()  # raised once
+        manager.pin_message(manager.messages[0].id)  # made again: stored
+        await asyncio.sleep(0.05)
+        await manager.flush()
+    async with EnhancedContextManager(make_config(), conversation_id="pin-bg") as resumed:
+        assert [m.pinned for m in resumed.messages] == [True, False]
+
+
+async def test_flush_raises_the_refusal_of_a_pin_it_writes_itself(
+    make_config: Any, backend_name: str
+) -> None:
+    """The same when the flush writes the pin itself (the usual order): raised once, not by the next flush."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-fg") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-fg", "written elsewhere")
+        manager.pin_message(manager.messages[0].id)
+        with pytest.raises(ConversationConflictError):
+            await manager.flush()
+        assert [m.pinned for m in manager.messages] == [False, False]
+        await manager.flush()
+
+
 async def store_unloadable_record(config: ContextManagerConfig, backend_name: str, conversation: str) -> None:
     """Another writer stores a record the manager's automatic reload cannot apply: that reload fails."""
     other = await open_other_store(config, backend_name)

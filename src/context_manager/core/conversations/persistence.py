@@ -124,6 +124,17 @@ class PersistedConversation:
             raise self._conflict
         return self._journaled
 
+    def refusal_of(self, sequences: list[int]) -> ConversationConflictError | None:
+        """The refusal that dropped one of the changes journaled as ``sequences``, or ``None``.
+
+        (Among the latest refusals: what :meth:`sync` remembers.)
+        """
+        for sequence in sequences:
+            for first, last, why, _ in self._refused:
+                if first <= sequence <= last:
+                    return why
+        return None
+
     async def check_current(self) -> None:
         """Raise the conflict the next write would meet, before a change that reads the whole window.
 
