@@ -200,6 +200,7 @@ class EnhancedContextManager:
             ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
                 key that is not set.
             MissingDependencyError: ``config.summarizer`` names a provider whose SDK is not installed.
+            InvalidArgumentError: a persisted conversation's stored window needs more than ``max_tokens``.
         """
         async with self._lifecycle_lock:
             await self._initialize_locked()

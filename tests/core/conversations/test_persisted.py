@@ -271,6 +271,26 @@ async def test_conversation_id_from_the_config_and_bad_ids(make_config: Any) -> 
             make_config(conversation_id=bad)
 
 
+async def test_resuming_with_a_smaller_max_tokens_says_which_setting_and_what_it_needs(
+    make_config: Any,
+) -> None:
+    """A deploy lowered max_tokens: opening a conversation written with the old one failed with
+    "messages: got '1234 tokens'; allowed at most 600 tokens", naming neither the setting nor the
+    conversation. The error names max_tokens, what the conversation needs and which conversation."""
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
+        for turn in range(40):
+            await manager.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7}")
+        needed = manager.get_context_summary()["token_count"]
+        assert needed > 600
+    with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got 600; allowed at least \d+") as caught:
+        await EnhancedContextManager(make_config(), conversation_id="wide").initialize()
+    assert caught.value.field == "max_tokens"
+    assert "'wide'" in str(caught.value)
+    assert int(caught.value.allowed.split()[2].rstrip(":")) >= needed
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
+        assert len(manager.messages) == 40  # nothing was changed
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
