@@ -291,6 +291,90 @@ async def test_resuming_with_a_smaller_max_tokens_says_which_setting_and_what_it
         assert len(manager.messages) == 40  # nothing was changed
 
 
+async def damage(make_config: Any, backend_name: str, conversation: str, column: str, text: str) -> None:
+    """Overwrite the stored snapshot, or the payload of the newest record, with ``text`` (a damaged disk)."""
+    if backend_name == "sqlite":
+        import sqlite3
+
+        path = make_config().resolved_storage_path / CONVERSATIONS_FILE_NAME
+        with sqlite3.connect(path) as db:
+            if column == "snapshot":
+                db.execute("UPDATE conversations SET snapshot = ? WHERE id = ?", (text, conversation))
+            else:
+                db.execute(
+                    "UPDATE conversation_records SET payload = ? WHERE conversation_id = ? AND version = "
+                    "(SELECT max(version) FROM conversation_records WHERE conversation_id = ?)",
+                    (text, conversation, conversation),
+                )
+        return
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(make_config.dsn, autocommit=True) as connection:
+        if column == "snapshot":
+            await connection.execute(
+                "UPDATE cm_conversations SET snapshot = %s::json WHERE id = %s", (text, conversation)
+            )
+        else:
+            await connection.execute(
+                "UPDATE cm_conversation_records SET payload = %s::json WHERE conversation_id = %s AND "
+                "version = (SELECT max(version) FROM cm_conversation_records WHERE conversation_id = %s)",
+                (text, conversation, conversation),
+            )
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("record", "not json"),  # SQLite only: PostgreSQL's json column refuses it
+        ("record", '{"message": {"id": "x", "role": "user"'),
+        ("snapshot", '{"messages": [{"id": "x"'),
+        ("snapshot", '{"messages": [5]}'),
+        ("snapshot", "[1, 2]"),
+        ("snapshot", '{"messages": [{"role": "user"}]}'),
+    ],
+)
+async def test_a_damaged_record_or_snapshot_raises_storage_corrupted(
+    make_config: Any, backend_name: str, column: str, text: str
+) -> None:
+    """The failures table: a damaged stored record gives StorageCorruptedError at initialize(). A record
+    or snapshot that was not JSON escaped as orjson's JSONDecodeError (its position counted in all the
+    records joined), a snapshot of another shape as a bare TypeError or AttributeError."""
+    from context_manager.core.errors import StorageCorruptedError
+
+    try:
+        import json as json_module
+
+        json_module.loads(text)
+    except ValueError:
+        if backend_name == "postgres":
+            pytest.skip("PostgreSQL's json column stores only JSON")
+    # a snapshot after 4 records (taken in the background, at version 4 or 5), or none
+    config = make_config(conversation_snapshot_every=4 if column == "snapshot" else 1000)
+    async with EnhancedContextManager(config, conversation_id="damaged") as manager:
+        for turn in range(5):
+            await manager.add_message("user", f"turn {turn}")
+    other = await open_other_store(config, backend_name)
+    try:
+        stored = await other.load("damaged")  # the snapshot is written once the manager closed
+    finally:
+        await other.close()
+    assert (stored.snapshot is not None) == (column == "snapshot")
+    await damage(make_config, backend_name, "damaged", column, text)
+    opening = EnhancedContextManager(config, conversation_id="damaged")
+    try:
+        with pytest.raises(StorageCorruptedError, match="conversation 'damaged'") as caught:
+            await opening.initialize()
+    finally:
+        await opening.cleanup()
+    assert ("snapshot" if column == "snapshot" else "record 5") in str(caught.value)
+    other = await open_other_store(config, backend_name)
+    try:
+        version = await other.version_of("damaged")  # nothing was overwritten
+    finally:
+        await other.close()
+    assert version is not None and version[0] == 5
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
