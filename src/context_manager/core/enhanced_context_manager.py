@@ -358,6 +358,7 @@ class EnhancedContextManager:
                 self._window.evicted_queue,
                 self._remember_evicted,
                 prepare=self._embed_evicted_ahead if embedding else None,
+                on_drained=self._mark_indexed if self._conversation is not None else None,
             )
             self._eviction_writer = writer
             writer.start()
@@ -1147,6 +1148,22 @@ class EnhancedContextManager:
         await self.memory_manager.remember_messages(
             messages, session_id=self._memory_session_id, id_namespace=self.conversation_id
         )
+
+    async def _mark_indexed(self) -> None:
+        """The eviction writer drained its queue: move the conversation's indexing watermark up.
+
+        Else it moved only at :meth:`cleanup`, and every reload (after another worker's change) queued
+        every message evicted since the manager opened, to write them all to memory again.
+        """
+        conversation = self._conversation
+        if conversation is None:
+            return
+        try:
+            await conversation.mark_indexed_if_drained()
+        except ContextManagerError as error:  # moved by the next drain, or by cleanup()
+            logger.debug(
+                "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
+            )
 
     async def _embed_evicted_ahead(self, messages: list[Message]) -> None:
         """The eviction writer's ``prepare``: embed a group of evicted messages in one call."""

@@ -375,6 +375,31 @@ async def test_a_damaged_record_or_snapshot_raises_storage_corrupted(
     assert version is not None and version[0] == 5
 
 
+async def test_the_indexing_watermark_moves_once_evicted_messages_are_in_memory(
+    make_config: Any, backend_name: str
+) -> None:
+    """The watermark moved only at cleanup(): a long-lived manager (one per web worker) that reloaded
+    after another worker's change queued every message evicted since it opened and wrote them all to
+    memory again, at each reload (two workers alternating on one conversation: 190 writes for 31 evicted
+    messages after 40 turns, and the session's turn numbers skipped accordingly)."""
+    async with EnhancedContextManager(make_config(), conversation_id="mark") as manager:
+        for turn in range(40):
+            await manager.add_message("user", f"turn {turn}: crate {turn} goes to dock {turn % 7} today")
+        assert manager.compression_history, "setup: the window compressed"
+        await manager.flush()  # every evicted message is in memory
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("mark")
+        finally:
+            await other.close()
+        last_compression = max(version for version, record in stored.records if record.kind == "compress")
+        assert stored.indexed_version >= last_compression  # every compression's evictions are in memory
+        await write_elsewhere(make_config(), backend_name, "mark", "from the other worker")
+        await manager.reload()
+        assert manager.context_window.evicted_messages == ()  # nothing to write again
+        assert [m.content for m in manager.messages][-1] == "from the other worker"
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
