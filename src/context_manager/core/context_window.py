@@ -485,7 +485,8 @@ class ContextWindow:
 
         Raises:
             InvalidArgumentError: the messages are not a valid window (duplicate ids, a message without
-                its token count, a tool result without its call, more than ``max_tokens``).
+                its token count, a tool result without its call); ``max_tokens`` is too small for them
+                (the error's field is ``"max_tokens"``).
         """
         async with self._lock:
             self._install(messages, history)
@@ -512,7 +513,9 @@ class ContextWindow:
         summary_tokens = summary.token_count if summary is not None else 0
         total = index.tokens + summary_tokens + (REPLY_PRIMING_TOKENS if messages else 0)
         if total > self._max_tokens:
-            raise InvalidArgumentError("messages", f"{total} tokens", f"at most {self._max_tokens} tokens")
+            raise InvalidArgumentError(
+                "max_tokens", self._max_tokens, f"at least {total}: the messages restored hold {total} tokens"
+            )
         self._messages = list(messages)
         self._by_id = by_id
         self._index = index

@@ -152,6 +152,8 @@ class EnhancedContextManager:
         self._conversation_id_argument = conversation_id
         self._conversation: PersistedConversation | None = None
         self._conversation_store: ConversationStore | None = None
+        # the journal's sequence numbers of the pins made since the last flush() (it reports their refusal)
+        self._unflushed_pins: list[int] = []
         self._token_counter = token_counter
         self._summarizer = summarizer
         self._summarizer_guard: SummarizerGuard | None = None
@@ -198,6 +200,7 @@ class EnhancedContextManager:
             ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
                 key that is not set.
             MissingDependencyError: ``config.summarizer`` names a provider whose SDK is not installed.
+            InvalidArgumentError: a persisted conversation's stored window needs more than ``max_tokens``.
         """
         async with self._lifecycle_lock:
             await self._initialize_locked()
@@ -355,6 +358,7 @@ class EnhancedContextManager:
                 self._window.evicted_queue,
                 self._remember_evicted,
                 prepare=self._embed_evicted_ahead if embedding else None,
+                on_drained=self._mark_indexed if self._conversation is not None else None,
             )
             self._eviction_writer = writer
             writer.start()
@@ -613,9 +617,12 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("pin_message")
-        if self._conversation is not None:
-            self._conversation.check_writable()  # stale: refused before the window changes
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()  # stale: refused before the window changes
         window.pin(message_id)
+        if conversation is not None:
+            self._note_pin(conversation)
         self._sync_soon()
 
     def unpin_message(self, message_id: str) -> None:
@@ -633,9 +640,12 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("unpin_message")
-        if self._conversation is not None:
-            self._conversation.check_writable()  # stale: refused before the window changes
+        conversation = self._conversation
+        if conversation is not None:
+            conversation.check_writable()  # stale: refused before the window changes
         window.unpin(message_id)
+        if conversation is not None:
+            self._note_pin(conversation)
         self._sync_soon()
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:
@@ -787,6 +797,13 @@ class EnhancedContextManager:
         if conversation is not None:
             await to_the_end(asyncio.ensure_future(conversation.recover(error)))
 
+    def _note_pin(self, conversation: PersistedConversation) -> None:
+        """Remember the pin just journaled: :meth:`flush` raises its refusal, whoever wrote it."""
+        pins = self._unflushed_pins
+        pins.append(conversation.journaled)
+        if len(pins) > 1024:  # pins never flushed: their refusals are long forgotten too
+            del pins[:-1024]
+
     def _sync_soon(self) -> None:
         """Store a change made by a synchronous call (a pin) in the background.
 
@@ -856,6 +873,7 @@ class EnhancedContextManager:
                 None,
                 "a conversation id (EnhancedContextManager(config, conversation_id=...))",
             )
+        self._unflushed_pins = []  # their outcome is this reload's (it drops them if they are refused)
         if conversation.pending and not conversation.is_stale:
             # a pin made just before: its background write may not have run yet, and the reload would
             # drop it as if another manager had written first
@@ -1133,6 +1151,22 @@ class EnhancedContextManager:
             messages, session_id=self._memory_session_id, id_namespace=self.conversation_id
         )
 
+    async def _mark_indexed(self) -> None:
+        """The eviction writer drained its queue: move the conversation's indexing watermark up.
+
+        Else it moved only at :meth:`cleanup`, and every reload (after another worker's change) queued
+        every message evicted since the manager opened, to write them all to memory again.
+        """
+        conversation = self._conversation
+        if conversation is None:
+            return
+        try:
+            await conversation.mark_indexed_if_drained()
+        except ContextManagerError as error:  # moved by the next drain, or by cleanup()
+            logger.debug(
+                "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
+            )
+
     async def _embed_evicted_ahead(self, messages: list[Message]) -> None:
         """The eviction writer's ``prepare``: embed a group of evicted messages in one call."""
         await self.memory_manager._embed_messages_ahead(messages)
@@ -1155,7 +1189,13 @@ class EnhancedContextManager:
         window = self._require_ready("flush")
         conversation = self._conversation
         if conversation is not None:  # what this process changed is written; an old refusal is not raised
+            pins, self._unflushed_pins = self._unflushed_pins, []
             await conversation.sync(since=conversation.journaled)
+            # a pin's background write may have met another writer's change before this flush ran: the
+            # reload dropped the pin, and only this call can say so
+            refused = conversation.refusal_of(pins)
+            if refused is not None:
+                raise refused
         await window.flush()
         if self._eviction_writer is not None:
             await self._eviction_writer.flush()

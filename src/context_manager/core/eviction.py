@@ -155,6 +155,7 @@ class EvictionWriter:
         prepare: PrepareBatches | None = None,
         prepare_size: int = 256,
         retry_delay: float = 1.0,
+        on_drained: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """Create a stopped writer.
 
@@ -172,6 +173,8 @@ class EvictionWriter:
                 fails or is cancelled go back to the queue).
             retry_delay: Seconds before the background task retries after a failed write (doubled after
                 each further failure, up to a minute).
+            on_drained: Awaited after a drain that wrote messages and left the queue empty (a persisted
+                conversation moves its indexing watermark); it handles its own errors.
         """
         self._queue = queue
         self._write = write
@@ -179,6 +182,7 @@ class EvictionWriter:
         self._prepare = prepare
         self._prepare_size = max(prepare_size, batch_size) if prepare is not None else batch_size
         self._retry_delay = retry_delay
+        self._on_drained = on_drained
         self._wake = asyncio.Event()
         self._drain_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -227,10 +231,12 @@ class EvictionWriter:
     async def _drain(self) -> None:
         async with self._drain_lock:
             queue = self._queue
+            wrote = False
             while True:
                 group_tickets, group = queue.claim(self._prepare_size)
                 if not group_tickets:
                     break
+                wrote = True
                 pending = group_tickets  # claimed, not yet acknowledged: released if we stop early
                 try:
                     if self._prepare is not None:
@@ -246,6 +252,8 @@ class EvictionWriter:
                     if pending:
                         queue.release(pending)
             self.last_error = None
+            if wrote and self._on_drained is not None and not len(queue):
+                await self._on_drained()
 
     async def _prepared(self, group: list[Message]) -> None:
         """Run ``prepare`` on a claimed group; a failure is only logged (the writes do without it)."""

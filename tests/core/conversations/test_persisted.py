@@ -271,6 +271,135 @@ async def test_conversation_id_from_the_config_and_bad_ids(make_config: Any) -> 
             make_config(conversation_id=bad)
 
 
+async def test_resuming_with_a_smaller_max_tokens_says_which_setting_and_what_it_needs(
+    make_config: Any,
+) -> None:
+    """A deploy lowered max_tokens: opening a conversation written with the old one failed with
+    "messages: got '1234 tokens'; allowed at most 600 tokens", naming neither the setting nor the
+    conversation. The error names max_tokens, what the conversation needs and which conversation."""
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
+        for turn in range(40):
+            await manager.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7}")
+        needed = manager.get_context_summary()["token_count"]
+        assert needed > 600
+    with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got 600; allowed at least \d+") as caught:
+        await EnhancedContextManager(make_config(), conversation_id="wide").initialize()
+    assert caught.value.field == "max_tokens"
+    assert "'wide'" in str(caught.value)
+    assert int(caught.value.allowed.split()[2].rstrip(":")) >= needed
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
+        assert len(manager.messages) == 40  # nothing was changed
+
+
+async def damage(make_config: Any, backend_name: str, conversation: str, column: str, text: str) -> None:
+    """Overwrite the stored snapshot, or the payload of the newest record, with ``text`` (a damaged disk)."""
+    if backend_name == "sqlite":
+        import sqlite3
+
+        path = make_config().resolved_storage_path / CONVERSATIONS_FILE_NAME
+        with sqlite3.connect(path) as db:
+            if column == "snapshot":
+                db.execute("UPDATE conversations SET snapshot = ? WHERE id = ?", (text, conversation))
+            else:
+                db.execute(
+                    "UPDATE conversation_records SET payload = ? WHERE conversation_id = ? AND version = "
+                    "(SELECT max(version) FROM conversation_records WHERE conversation_id = ?)",
+                    (text, conversation, conversation),
+                )
+        return
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(make_config.dsn, autocommit=True) as connection:
+        if column == "snapshot":
+            await connection.execute(
+                "UPDATE cm_conversations SET snapshot = %s::json WHERE id = %s", (text, conversation)
+            )
+        else:
+            await connection.execute(
+                "UPDATE cm_conversation_records SET payload = %s::json WHERE conversation_id = %s AND "
+                "version = (SELECT max(version) FROM cm_conversation_records WHERE conversation_id = %s)",
+                (text, conversation, conversation),
+            )
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        ("record", "not json"),  # SQLite only: PostgreSQL's json column refuses it
+        ("record", '{"message": {"id": "x", "role": "user"'),
+        ("snapshot", '{"messages": [{"id": "x"'),
+        ("snapshot", '{"messages": [5]}'),
+        ("snapshot", "[1, 2]"),
+        ("snapshot", '{"messages": [{"role": "user"}]}'),
+    ],
+)
+async def test_a_damaged_record_or_snapshot_raises_storage_corrupted(
+    make_config: Any, backend_name: str, column: str, text: str
+) -> None:
+    """The failures table: a damaged stored record gives StorageCorruptedError at initialize(). A record
+    or snapshot that was not JSON escaped as orjson's JSONDecodeError (its position counted in all the
+    records joined), a snapshot of another shape as a bare TypeError or AttributeError."""
+    from context_manager.core.errors import StorageCorruptedError
+
+    try:
+        import json as json_module
+
+        json_module.loads(text)
+    except ValueError:
+        if backend_name == "postgres":
+            pytest.skip("PostgreSQL's json column stores only JSON")
+    # a snapshot after 4 records (taken in the background, at version 4 or 5), or none
+    config = make_config(conversation_snapshot_every=4 if column == "snapshot" else 1000)
+    async with EnhancedContextManager(config, conversation_id="damaged") as manager:
+        for turn in range(5):
+            await manager.add_message("user", f"turn {turn}")
+    other = await open_other_store(config, backend_name)
+    try:
+        stored = await other.load("damaged")  # the snapshot is written once the manager closed
+    finally:
+        await other.close()
+    assert (stored.snapshot is not None) == (column == "snapshot")
+    await damage(make_config, backend_name, "damaged", column, text)
+    opening = EnhancedContextManager(config, conversation_id="damaged")
+    try:
+        with pytest.raises(StorageCorruptedError, match="conversation 'damaged'") as caught:
+            await opening.initialize()
+    finally:
+        await opening.cleanup()
+    assert ("snapshot" if column == "snapshot" else "record 5") in str(caught.value)
+    other = await open_other_store(config, backend_name)
+    try:
+        version = await other.version_of("damaged")  # nothing was overwritten
+    finally:
+        await other.close()
+    assert version is not None and version[0] == 5
+
+
+async def test_the_indexing_watermark_moves_once_evicted_messages_are_in_memory(
+    make_config: Any, backend_name: str
+) -> None:
+    """The watermark moved only at cleanup(): a long-lived manager (one per web worker) that reloaded
+    after another worker's change queued every message evicted since it opened and wrote them all to
+    memory again, at each reload (two workers alternating on one conversation: 190 writes for 31 evicted
+    messages after 40 turns, and the session's turn numbers skipped accordingly)."""
+    async with EnhancedContextManager(make_config(), conversation_id="mark") as manager:
+        for turn in range(40):
+            await manager.add_message("user", f"turn {turn}: crate {turn} goes to dock {turn % 7} today")
+        assert manager.compression_history, "setup: the window compressed"
+        await manager.flush()  # every evicted message is in memory
+        other = await open_other_store(make_config(), backend_name)
+        try:
+            stored = await other.load("mark")
+        finally:
+            await other.close()
+        last_compression = max(version for version, record in stored.records if record.kind == "compress")
+        assert stored.indexed_version >= last_compression  # every compression's evictions are in memory
+        await write_elsewhere(make_config(), backend_name, "mark", "from the other worker")
+        await manager.reload()
+        assert manager.context_window.evicted_messages == ()  # nothing to write again
+        assert [m.content for m in manager.messages][-1] == "from the other worker"
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
@@ -402,6 +531,50 @@ async def test_a_pin_on_a_stale_conversation_is_refused_before_it_is_made(
         with pytest.raises(ConversationConflictError, match=r"refused until `await manager\.reload\(\)`"):
             manager.pin_message(hello)
         assert manager.messages[0].pinned is False
+
+
+async def test_flush_raises_the_refusal_of_a_pin_written_in_the_background(
+    make_config: Any, backend_name: str
+) -> None:
+    """A pin's record is written in the background and ``flush()`` waits for it. When another writer had
+    stored a change first, the background write met the conflict and the reload dropped the pin; if that
+    write ran before the flush (the request awaited something in between), the flush returned without a
+    word: the caller believed the message pinned. Now that flush raises the refusal (once)."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-bg") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-bg", "written elsewhere")
+        manager.pin_message(manager.messages[0].id)
+        for _ in range(500):  # the request awaits something else: the background write runs meanwhile
+            if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert manager.get_system_status()["conversation"]["pending_changes"] == 0
+        with pytest.raises(ConversationConflictError):
+            await manager.flush()
+        assert [(m.content, m.pinned) for m in manager.messages] == [
+            ("keep me", False),
+            ("written elsewhere", False),
+        ]
+        await manager.flush()  # raised once
+        manager.pin_message(manager.messages[0].id)  # made again: stored
+        await asyncio.sleep(0.05)
+        await manager.flush()
+    async with EnhancedContextManager(make_config(), conversation_id="pin-bg") as resumed:
+        assert [m.pinned for m in resumed.messages] == [True, False]
+
+
+async def test_flush_raises_the_refusal_of_a_pin_it_writes_itself(
+    make_config: Any, backend_name: str
+) -> None:
+    """The same when the flush writes the pin itself (the usual order): raised once, not by the next flush."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-fg") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-fg", "written elsewhere")
+        manager.pin_message(manager.messages[0].id)
+        with pytest.raises(ConversationConflictError):
+            await manager.flush()
+        assert [m.pinned for m in manager.messages] == [False, False]
+        await manager.flush()
 
 
 async def store_unloadable_record(config: ContextManagerConfig, backend_name: str, conversation: str) -> None:

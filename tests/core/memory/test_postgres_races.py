@@ -666,3 +666,30 @@ async def test_access_records_and_other_changes_of_the_same_memories_never_deadl
         else:
             assert set(stored) == {("g", "short"), ("x", "medium"), ("y", "medium")}
             assert stored["g", "short"] == (0.5, 5)
+
+
+# -- 10. processes with an embedder starting together -----------------------------------------------------
+
+
+async def test_processes_with_an_embedder_starting_together_all_open(postgres_dsn: str) -> None:
+    """Web workers starting at once on a store whose vector index for their dimension is not there yet:
+    each ran ``CREATE INDEX IF NOT EXISTS`` outside the migration lock, and PostgreSQL lets two of them
+    race on the catalog, so all but one failed to open with StorageError (duplicate key value violates
+    unique constraint "pg_class_relname_nsp_index"). Each round uses a new dimension: a new index."""
+    from context_manager.core.memory.embeddings import HashingEmbedder
+
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config):  # the tables exist: only the index of each dimension is new
+        pass
+    for dimension in range(16, 22):
+        managers = [MemoryManager(config, embedder=HashingEmbedder(dimension=dimension)) for _ in range(4)]
+        try:
+            opened = await asyncio.gather(*(m.initialize() for m in managers), return_exceptions=True)
+            failures = [f"{type(error).__name__}: {error}" for error in opened if error is not None]
+            assert failures == [], f"dimension {dimension}: {failures}"
+            stored = await managers[0].add_memory(f"the gate code for dimension {dimension} is 4471")
+            found = await managers[-1].search_memory(f"gate code dimension {dimension}")
+            assert stored.id in [memory.id for memory in found]
+        finally:
+            for manager in managers:
+                await manager.cleanup()

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["loads", "loads_many"]
+__all__ = ["loads", "loads_many", "loads_records", "loads_snapshot"]
 
 _loads: Callable[[str | bytes], Any] | None = None
 
@@ -70,3 +70,52 @@ def loads_many(texts: Sequence[str]) -> list[Any]:
     if not isinstance(values, list) or len(values) != len(texts):
         raise ValueError("a stored record is not one JSON document")
     return values
+
+
+def loads_records(conversation_id: str, versions: Sequence[int], texts: Sequence[str]) -> list[Any]:
+    """A conversation's stored records (``texts``, of ``versions``), parsed as by :func:`loads_many`.
+
+    Raises:
+        StorageCorruptedError: a record is not JSON (a damaged file); it names the record.
+    """
+    from context_manager.core.errors import StorageCorruptedError
+
+    try:
+        return loads_many(texts)
+    except (ValueError, RecursionError):
+        pass
+    for version, text in zip(versions, texts, strict=True):  # which one: parsed alone
+        try:
+            loads(text)
+        except (ValueError, RecursionError) as error:
+            raise StorageCorruptedError(
+                f"conversation {conversation_id!r}: record {version} is not JSON ({type(error).__name__}: "
+                f"{error}); nothing was changed"
+            ) from None
+    raise StorageCorruptedError(
+        f"conversation {conversation_id!r}: its records are not JSON; nothing was changed"
+    )
+
+
+def loads_snapshot(conversation_id: str, version: int, text: str) -> Any:
+    """A conversation's stored snapshot (taken at ``version``), parsed.
+
+    Raises:
+        StorageCorruptedError: it is not JSON (a damaged file).
+    """
+    from context_manager.core.errors import StorageCorruptedError
+
+    try:
+        return loads(text)
+    except (ValueError, RecursionError) as error:
+        raise StorageCorruptedError(
+            f"conversation {conversation_id!r}: its snapshot (version {version}) is not JSON "
+            f"({type(error).__name__}: {error}); {SNAPSHOT_ADVICE}"
+        ) from None
+
+
+SNAPSHOT_ADVICE = (
+    "nothing was changed. Its records are kept: clearing the snapshot (snapshot NULL and snapshot_version "
+    "0 in the conversations table) resumes it from them"
+)
+"""What to do about a damaged snapshot (the records hold the whole conversation)."""

@@ -32,7 +32,7 @@ from typing import Any
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import WindowState, fold, snapshot_of, take_back
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
-from context_manager.core.errors import ContextManagerError, ConversationConflictError
+from context_manager.core.errors import ContextManagerError, ConversationConflictError, InvalidArgumentError
 from context_manager.core.messages import Message
 from context_manager.core.threads import to_the_end
 
@@ -124,6 +124,17 @@ class PersistedConversation:
             raise self._conflict
         return self._journaled
 
+    def refusal_of(self, sequences: list[int]) -> ConversationConflictError | None:
+        """The refusal that dropped one of the changes journaled as ``sequences``, or ``None``.
+
+        (Among the latest refusals: what :meth:`sync` remembers.)
+        """
+        for sequence in sequences:
+            for first, last, why, _ in self._refused:
+                if first <= sequence <= last:
+                    return why
+        return None
+
     async def check_current(self) -> None:
         """Raise the conflict the next write would meet, before a change that reads the whole window.
 
@@ -194,6 +205,7 @@ class PersistedConversation:
         Raises:
             StorageError: the store cannot be read.
             StorageCorruptedError: a stored record does not apply (nothing is guessed).
+            InvalidArgumentError: the window's ``max_tokens`` cannot hold the stored window.
         """
         state = await self._load()
         self._window.set_journal(self._journal_entry)
@@ -212,7 +224,17 @@ class PersistedConversation:
             if collecting:
                 gc.enable()
         history = [CompressionRecord(**entry) for entry in state.history]
-        await self._window.restore(state.messages, history)
+        try:
+            await self._window.restore(state.messages, history)
+        except InvalidArgumentError as error:
+            if error.field != "max_tokens":
+                raise
+            raise InvalidArgumentError(
+                "max_tokens",
+                error.got,
+                f"{error.allowed}: the window of conversation {self.conversation_id!r} as stored (open it "
+                "with the max_tokens of the managers that wrote it)",
+            ) from None
         # Everything evicted after the watermark is this process's to store from now on, whoever evicted
         # it: another writer may have crashed before storing it, and this process moves the watermark up
         # to its own version once its queue is drained. In the same step as the version (a snapshot

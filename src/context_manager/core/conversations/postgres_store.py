@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from context_manager.core.conversations.codec import loads, loads_many
+from context_manager.core.conversations.codec import loads_records, loads_snapshot
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -78,7 +78,8 @@ class PostgresConversationStore:
                     (conversation_id, snapshot_version),
                 )
                 rows = await cursor.fetchall()
-            payloads = loads_many([row[2] for row in rows])  # one parse, not one per row
+            # one parse, not one per row
+            payloads = loads_records(conversation_id, [row[0] for row in rows], [row[2] for row in rows])
             records = [
                 (int(record_version), ConversationRecord(kind, payload))
                 for (record_version, kind, _), payload in zip(rows, payloads, strict=True)
@@ -87,7 +88,9 @@ class PostgresConversationStore:
                 conversation_id=conversation_id,
                 version=int(version),
                 snapshot_version=int(snapshot_version),
-                snapshot=None if snapshot is None else loads(snapshot),
+                snapshot=None
+                if snapshot is None
+                else loads_snapshot(conversation_id, snapshot_version, snapshot),
                 records=records,
                 indexed_version=int(indexed_version),
                 created_at=float(created_at),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from context_manager.core.compression.truncation import TRUNCATED_METADATA_KEY
+from context_manager.core.conversations.codec import SNAPSHOT_ADVICE
 from context_manager.core.conversations.store import ConversationRecord, StoredConversation
 from context_manager.core.errors import StorageCorruptedError
 from context_manager.core.messages import Message, Priority, Role, ToolCall
@@ -150,15 +151,22 @@ def fold(stored: StoredConversation) -> WindowState:
     state = WindowState(version=stored.snapshot_version)
     known: dict[str, Message] = {}
     if stored.snapshot is not None:
-        state.messages = [message_from_dict(data) for data in stored.snapshot.get("messages", [])]
-        state.history = [dict(entry) for entry in stored.snapshot.get("history", [])]
-        if stored.indexed_version < stored.snapshot_version:  # else they are all in memory
-            state.unindexed = [message_from_dict(data) for data in stored.snapshot.get("unindexed", [])]
+        snapshot = stored.snapshot
+        try:
+            state.messages = [message_from_dict(data) for data in snapshot.get("messages", [])]
+            state.history = [dict(entry) for entry in snapshot.get("history", [])]
+            if stored.indexed_version < stored.snapshot_version:  # else they are all in memory
+                state.unindexed = [message_from_dict(data) for data in snapshot.get("unindexed", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise StorageCorruptedError(
+                f"conversation {stored.conversation_id!r}: its snapshot (version {stored.snapshot_version}) "
+                f"does not hold a window ({type(error).__name__}: {error}); {SNAPSHOT_ADVICE}"
+            ) from error
         known = {message.id: message for message in state.messages}
     for version, record in stored.records:
         try:
             _apply(state, known, record, track_evicted=version > stored.indexed_version)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise StorageCorruptedError(
                 f"conversation {stored.conversation_id!r}: record {version} ({record.kind}) does not apply "
                 f"to the window before it ({type(error).__name__}: {error}); nothing was changed"

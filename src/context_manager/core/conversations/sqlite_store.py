@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from context_manager.core.conversations.codec import loads, loads_many
+from context_manager.core.conversations.codec import loads_records, loads_snapshot
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -225,7 +225,7 @@ class SQLiteConversationStore:
             "WHERE conversation_id = ? AND version > ? ORDER BY version",
             (conversation_id, snapshot_version),
         ).fetchall()
-        payloads = loads_many([row[2] for row in rows])  # one parse, not one per row
+        payloads = loads_records(conversation_id, [row[0] for row in rows], [row[2] for row in rows])
         records = [
             (record_version, ConversationRecord(kind, payload))
             for (record_version, kind, _), payload in zip(rows, payloads, strict=True)
@@ -234,7 +234,9 @@ class SQLiteConversationStore:
             conversation_id=conversation_id,
             version=int(version),
             snapshot_version=int(snapshot_version),
-            snapshot=None if snapshot is None else loads(snapshot),
+            snapshot=None
+            if snapshot is None
+            else loads_snapshot(conversation_id, snapshot_version, snapshot),
             records=records,
             indexed_version=int(indexed_version),
             created_at=float(created_at),

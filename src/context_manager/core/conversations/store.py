@@ -158,7 +158,12 @@ class ConversationStore(Protocol):
         ...
 
     async def load(self, conversation_id: str) -> StoredConversation:
-        """The latest snapshot and every record after it (version 0 when the conversation is new)."""
+        """The latest snapshot and every record after it (version 0 when the conversation is new).
+
+        Raises:
+            StorageCorruptedError: a record or the snapshot is not JSON (a damaged file).
+            StorageError: the store could not be read.
+        """
         ...
 
     async def version_of(self, conversation_id: str) -> tuple[int, float] | None:

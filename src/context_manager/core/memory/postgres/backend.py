@@ -1006,7 +1006,8 @@ class PostgresBackend:
     async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
         """Create the vector table and its HNSW index (pgvector); return the memories without a vector."""
         await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
-        await self._execute(hnsw_index_statement(dimension))
+        # workers starting together: each would create the index; they take turns under the lock
+        await self.database.create_if_missing(hnsw_index_statement(dimension), "vector index")
         self._vector_model, self._vector_dimension = model, dimension
         missing = await self._memories(
             f"SELECT DISTINCT ON (m.id) {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "

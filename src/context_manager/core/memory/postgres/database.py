@@ -369,6 +369,21 @@ class PostgresDatabase:
             logger.info("PostgreSQL schema at %s migrated: %s", self.location, ", ".join(applied))
         return applied
 
+    async def create_if_missing(self, statement: str, what: str) -> None:
+        """Run a ``CREATE ... IF NOT EXISTS`` statement under the migration lock.
+
+        PostgreSQL does not serialise two sessions creating the same object: both see it missing, and the
+        second fails on the catalog's unique index (``pg_class_relname_nsp_index``). Under the lock (a
+        transaction-level one, released at commit) the second waits, then finds it there.
+        """
+
+        async def create(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await connection.execute(statement)
+
+        await self.run(create, what)
+
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting requests ...), for health reports."""
         if self._pool is None:
