@@ -21,7 +21,9 @@ configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (ma
 stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option
 gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
-a ``--storage`` given is ignored, with a ``warning:`` line on stderr.
+a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
+``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
+to ``examples``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
@@ -227,12 +229,18 @@ def _memory_config(options: _Options) -> ContextManagerConfig:
 
 
 def _warn_storage_ignored(options: _Options, storage: Path, config: ContextManagerConfig) -> None:
+    _warn_ignored(
+        options,
+        f"--storage {storage}",
+        f"memory_backend is {config.memory_backend}, the memories are in the database postgres_dsn names "
+        f"({_storage_location(config)})",
+    )
+
+
+def _warn_ignored(options: _Options, option: str, reason: str) -> None:
+    """A ``warning: OPTION is ignored: REASON`` line on stderr (a global option the command does not use)."""
     options.stderr.print(
-        f"warning: --storage {storage} is ignored: memory_backend is {config.memory_backend}, the memories "
-        f"are in the database postgres_dsn names ({_storage_location(config)})",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"warning: {option} is ignored: {reason}", markup=False, highlight=False, soft_wrap=True
     )
 
 
@@ -436,12 +444,15 @@ def tokens(
     """Count the tokens of a text file (or standard input) exactly, offline."""
 
     def body(options: _Options) -> None:
+        from context_manager.core.config import ContextManagerConfig
         from context_manager.core.tokens import get_token_counter
 
+        if options.storage is not None:
+            _warn_ignored(options, f"--storage {options.storage}", "tokens reads no memory store")
         if encoding is not None:
             counter = get_token_counter(encoding.value)
         else:  # as the library counts: token_model's encoding when it is set, else token_encoding
-            config = _config(options)
+            config = ContextManagerConfig()  # not _config(): no storage is used (a file there is no error)
             counter = get_token_counter(config.token_encoding, model=config.token_model)
         name = counter.encoding_name
         if source == "-":
@@ -911,12 +922,7 @@ def memory_migrate(
         from context_manager.core.memory.transfer import migrate_storage, verify_storage
 
         if options.storage is not None:  # the storages are --from and --to
-            options.stderr.print(
-                f"warning: --storage {options.storage} is ignored: memory migrate uses --from and --to",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
         if verify_only:
             report = await verify_storage(source, target, vectors=not no_vectors)
         else:
@@ -1227,6 +1233,12 @@ def examples(
 ) -> None:
     """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""
     options = _options(ctx)
+    if options.storage is not None:
+        _warn_ignored(
+            options, f"--storage {options.storage}", "the examples use temporary storage of their own"
+        )
+    if options.json_output:
+        _warn_ignored(options, "--json", "the examples print text")
     script = _examples_script()
     if script is None:
         _fail(
