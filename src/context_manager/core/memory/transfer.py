@@ -738,11 +738,12 @@ async def _copy_vectors(
                 report.vectors_already_present += 1
             else:
                 to_write.append((memory_id, row))
-        for start in range(0, len(to_write), batch_size):
-            chunk = to_write[start : start + batch_size]
-            rows = [row for _, row in chunk]
-            await target.save_vectors(model, [memories[memory_id] for memory_id, _ in chunk], matrix[rows])
-            report.vectors_copied += len(chunk)
+        async with target.bulk_vectors(dimension, len(to_write)):  # PostgreSQL: the index built after
+            for start in range(0, len(to_write), batch_size):
+                chunk = to_write[start : start + batch_size]
+                owners = [memories[memory_id] for memory_id, _ in chunk]
+                await target.save_vectors(model, owners, matrix[[row for _, row in chunk]])
+                report.vectors_copied += len(chunk)
 
 
 def _group_digests(copies: list[Memory], ids: set[str] | None) -> dict[tuple[str, str], list[str]]:
