@@ -487,13 +487,6 @@ class MemoryBackend(Protocol):
         """The ids and the matrix (float32, one row per id) of the vectors stored for ``model``."""
         ...
 
-    def bulk_vectors(self, dimension: int, count: int) -> AbstractAsyncContextManager[None]:
-        """Around writing ``count`` vectors of ``dimension`` at once (``memory migrate``).
-
-        The backend may stop maintaining its vector index during the block and build it at the end.
-        """
-        ...
-
     # -- coordination and upkeep -----------------------------------------------------------------
 
     def exclusive(self, *names: str) -> AbstractAsyncContextManager[None]:

@@ -870,11 +870,6 @@ class LocalBackend:
         """The ids and the matrix of the vectors stored in the database for ``model``."""
         return await self._run(self._long_store.load_vectors, model, dimension)
 
-    @contextlib.asynccontextmanager
-    async def bulk_vectors(self, dimension: int, count: int) -> AsyncIterator[None]:
-        """Nothing to do: the in-process vector indexes take a vector as cheaply one way as the other."""
-        yield
-
     # -- coordination and upkeep -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
