@@ -109,6 +109,20 @@ def test_tokens_bad_paths_and_arguments(tmp_path: Path) -> None:
     assert cli("tokens").exit_code == 2
 
 
+def test_tokens_says_a_storage_is_ignored(tmp_path: Path) -> None:
+    """``--storage`` was accepted silently by ``tokens`` (which reads no store), and naming a file with it
+    failed the count with "--storage ... is a file"."""
+    source = tmp_path / "notes.txt"
+    source.write_text("count me", encoding="utf-8")
+    for storage in (tmp_path / "memory", source):
+        result = cli("--json", "--storage", str(storage), "tokens", str(source))
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["tokens"] == count_tokens("count me")
+        assert result.stderr == f"warning: --storage {storage} is ignored: tokens reads no memory store\n"
+    assert not (tmp_path / "memory").exists()
+    assert cli("tokens", str(source)).stderr == ""
+
+
 def test_tokens_non_utf8_standard_input_is_named_like_a_file() -> None:
     result = runner.invoke(app, ["tokens", "-"], input=b"ok \xff")
     assert_one_line_error(result, "<stdin> is not UTF-8 text (byte 0xff at offset 3)")
@@ -664,10 +678,14 @@ def test_storage_path_that_is_a_file(tmp_path: Path) -> None:
 # --- examples, version, help ----------------------------------------------------------------------
 
 
-def test_examples_command_runs_a_category_and_rejects_unknown_names() -> None:
+def test_examples_command_runs_a_category_and_rejects_unknown_names(tmp_path: Path) -> None:
+    """Global options the examples do not use (``--storage``, ``--json``) are said to be ignored (they were
+    accepted silently: the examples run on temporary storage and print text)."""
     assert cli("examples", "nonsense").exit_code == 2
+    storage = tmp_path / "memory"
+    options = ["--json", "--storage", str(storage)]
     completed = subprocess.run(
-        [sys.executable, "-m", "context_manager.cli", "examples", "basic"],
+        [sys.executable, "-m", "context_manager.cli", *options, "examples", "basic"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -675,6 +693,11 @@ def test_examples_command_runs_a_category_and_rejects_unknown_names() -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "All examples passed" in completed.stdout
+    assert completed.stderr.splitlines()[:2] == [
+        f"warning: --storage {storage} is ignored: the examples use temporary storage of their own",
+        "warning: --json is ignored: the examples print text",
+    ]
+    assert not storage.exists()
 
 
 def test_version_and_help() -> None:

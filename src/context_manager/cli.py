@@ -21,7 +21,9 @@ configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (ma
 stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
 variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option
 gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
-a ``--storage`` given is ignored, with a ``warning:`` line on stderr.
+a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
+``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
+to ``examples``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
@@ -30,7 +32,9 @@ was written with); ``memory search`` records its results as accessed, as ``searc
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
 bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path; 4 ``memory
-migrate`` found the target different from the source (the counts and checksums are printed).
+migrate`` found the target different from the source (the counts and checksums are printed); 130
+interrupted (Ctrl-C; ``memory migrate`` stops within a second, whatever it is doing, and the same command
+run again finishes the copy).
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -174,6 +181,102 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
         )
 
 
+_INTERRUPT_GRACE_S = 0.5
+"""After Ctrl-C, how long a command of :func:`_run_interruptible` may take to stop before it is ended."""
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) for a command that must stop at once, whatever it is doing (``memory migrate``).
+
+    asyncio's own handling cancels the command's task, which stops at its next ``await`` only, then waits
+    for the work the storages' threads are doing (opening a large storage directory replays its log, reading
+    one takes seconds): Ctrl-C took that long to answer. Here the task is cancelled too (its ``finally``
+    blocks close what it opened); if it has not stopped within :data:`_INTERRUPT_GRACE_S`, or on a second
+    Ctrl-C, the message is printed and the process ends at once (``os._exit``), as a kill would end it: for
+    commands that are safe to kill only.
+    """
+
+    def __init__(self, options: _Options, message: str) -> None:
+        self._options = options
+        self._message = message
+        self._lock = threading.Lock()
+        self._reported = False
+        self.requested = False
+        """Whether Ctrl-C was pressed."""
+        self._cancel: Callable[[], object] | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT while the block runs (in the running task; the main thread only)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None or threading.current_thread() is not threading.main_thread():
+            yield  # not where signals arrive (an in-process runner's thread): nothing to handle
+            return
+        self._cancel = functools.partial(loop.call_soon_threadsafe, task.cancel)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: no more waiting
+            self.abandon()
+        self.requested = True
+        timer = threading.Timer(_INTERRUPT_GRACE_S, self.abandon)
+        timer.daemon = True  # fires even while the interpreter waits for threads at exit
+        timer.start()
+        if self._cancel is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the timer ends it
+                self._cancel()
+
+    def report(self) -> None:
+        """Print the message (once)."""
+        with self._lock:
+            if self._reported:
+                return
+            self._reported = True
+            with contextlib.suppress(Exception):
+                self._options.stderr.show_cursor(True)  # a progress bar hides it on a terminal
+                self._options.stderr.print(
+                    f"error: {self._message}", markup=False, highlight=False, soft_wrap=True
+                )
+
+    def abandon(self) -> None:
+        """Print the message (unless printed already) and end the process now, with exit code 130."""
+        self.report()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+
+
+def _run_interruptible(
+    ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]], message: str
+) -> _T:
+    """:func:`_run` for a command that Ctrl-C must stop within a second (see :class:`_Interrupt`).
+
+    ``message`` is what the error line says then (exit code 130).
+    """
+    interrupt = _Interrupt(_options(ctx), message)
+
+    async def main(options: _Options) -> tuple[bool, Any]:
+        with interrupt.installed():
+            try:
+                return True, await coroutine_function(options)
+            except (asyncio.CancelledError, Exception):
+                if not interrupt.requested:  # (cancelled, an operation may fail otherwise: still Ctrl-C)
+                    raise
+                return False, None
+
+    completed, result = _guarded(ctx, lambda options: asyncio.run(main(options)))
+    if not completed:
+        interrupt.report()
+        raise typer.Exit(130)
+    return result  # type: ignore[no-any-return]
+
+
 def _describe(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     text = " ".join(text.split())  # one line, whatever the exception's message looks like
@@ -227,12 +330,18 @@ def _memory_config(options: _Options) -> ContextManagerConfig:
 
 
 def _warn_storage_ignored(options: _Options, storage: Path, config: ContextManagerConfig) -> None:
+    _warn_ignored(
+        options,
+        f"--storage {storage}",
+        f"memory_backend is {config.memory_backend}, the memories are in the database postgres_dsn names "
+        f"({_storage_location(config)})",
+    )
+
+
+def _warn_ignored(options: _Options, option: str, reason: str) -> None:
+    """A ``warning: OPTION is ignored: REASON`` line on stderr (a global option the command does not use)."""
     options.stderr.print(
-        f"warning: --storage {storage} is ignored: memory_backend is {config.memory_backend}, the memories "
-        f"are in the database postgres_dsn names ({_storage_location(config)})",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
+        f"warning: {option} is ignored: {reason}", markup=False, highlight=False, soft_wrap=True
     )
 
 
@@ -436,12 +545,15 @@ def tokens(
     """Count the tokens of a text file (or standard input) exactly, offline."""
 
     def body(options: _Options) -> None:
+        from context_manager.core.config import ContextManagerConfig
         from context_manager.core.tokens import get_token_counter
 
+        if options.storage is not None:
+            _warn_ignored(options, f"--storage {options.storage}", "tokens reads no memory store")
         if encoding is not None:
             counter = get_token_counter(encoding.value)
         else:  # as the library counts: token_model's encoding when it is set, else token_encoding
-            config = _config(options)
+            config = ContextManagerConfig()  # not _config(): no storage is used (a file there is no error)
             counter = get_token_counter(config.token_encoding, model=config.token_model)
         name = counter.encoding_name
         if source == "-":
@@ -926,12 +1038,7 @@ def memory_migrate(
         from context_manager.core.memory.transfer import migrate_storage, verify_storage
 
         if options.storage is not None:  # the storages are --from and --to
-            options.stderr.print(
-                f"warning: --storage {options.storage} is ignored: memory migrate uses --from and --to",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+            _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
         if verify_only:
             report = await verify_storage(source, target, vectors=not no_vectors)
         else:
@@ -968,7 +1075,10 @@ def memory_migrate(
             return EXIT_MISMATCH
         return 0
 
-    code = _run(ctx, body)
+    interrupted = "interrupted"
+    if not verify_only:
+        interrupted += "; the target keeps what was copied: run the same command again to finish the copy"
+    code = _run_interruptible(ctx, body, interrupted)
     if code:
         raise typer.Exit(code)
 
@@ -1242,6 +1352,12 @@ def examples(
 ) -> None:
     """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""
     options = _options(ctx)
+    if options.storage is not None:
+        _warn_ignored(
+            options, f"--storage {options.storage}", "the examples use temporary storage of their own"
+        )
+    if options.json_output:
+        _warn_ignored(options, "--json", "the examples print text")
     script = _examples_script()
     if script is None:
         _fail(

@@ -31,11 +31,13 @@ copied, or the verification reports what they changed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -738,11 +740,21 @@ async def _copy_vectors(
                 report.vectors_already_present += 1
             else:
                 to_write.append((memory_id, row))
-        for start in range(0, len(to_write), batch_size):
-            chunk = to_write[start : start + batch_size]
-            rows = [row for _, row in chunk]
-            await target.save_vectors(model, [memories[memory_id] for memory_id, _ in chunk], matrix[rows])
-            report.vectors_copied += len(chunk)
+        async with _bulk_vectors(target, dimension, len(to_write)):
+            for start in range(0, len(to_write), batch_size):
+                chunk = to_write[start : start + batch_size]
+                owners = [memories[memory_id] for memory_id, _ in chunk]
+                await target.save_vectors(model, owners, matrix[[row for _, row in chunk]])
+                report.vectors_copied += len(chunk)
+
+
+def _bulk_vectors(target: MemoryBackend, dimension: int, count: int) -> AbstractAsyncContextManager[None]:
+    """Around writing ``count`` vectors to ``target`` (on PostgreSQL the HNSW index is built after them)."""
+    from context_manager.core.memory.postgres import PostgresBackend
+
+    if isinstance(target, PostgresBackend):
+        return target.bulk_vectors(dimension, count)
+    return contextlib.nullcontext()  # a storage directory's vector index takes them as cheaply one by one
 
 
 def _group_digests(copies: list[Memory], ids: set[str] | None) -> dict[tuple[str, str], list[str]]:

@@ -21,6 +21,7 @@ __all__ = [
     "MIGRATIONS",
     "TEXT_SEARCH_CONFIG",
     "VECTOR_MIGRATIONS",
+    "hnsw_index_name",
     "hnsw_index_statement",
     "search_vector_sql",
     "segments_sql",
@@ -344,10 +345,15 @@ VECTOR_MIGRATIONS: list[tuple[str, list[str]]] = [
 """Applied when an embedder is configured (needs the pgvector extension)."""
 
 
+def hnsw_index_name(dimension: int) -> str:
+    """The name of the HNSW index of the vectors of one dimension."""
+    return f"cm_memory_vectors_hnsw_{dimension}"
+
+
 def hnsw_index_statement(dimension: int) -> str:
     """An HNSW cosine index for the vectors of one dimension (pgvector indexes need a fixed dimension)."""
     return (
-        f"CREATE INDEX IF NOT EXISTS cm_memory_vectors_hnsw_{dimension} ON cm_memory_vectors "
+        f"CREATE INDEX IF NOT EXISTS {hnsw_index_name(dimension)} ON cm_memory_vectors "
         f"USING hnsw ((embedding::vector({dimension})) vector_cosine_ops) WHERE dimension = {dimension}"
     )
 
