@@ -634,3 +634,38 @@ async def test_a_task_that_swallows_its_timeout_still_times_out() -> None:
             await controller.wait_for_task("t")
         stats = controller.get_stats()
         assert (stats.completed, stats.timed_out) == (0, 1)
+
+
+async def test_two_stops_at_once_both_return_once_the_tasks_are_drained() -> None:
+    """A second ``stop()`` while the first drained replaced the first one's drain signal: the first
+    waited for ever (a service's shutdown handler and ``async with`` both stopping the controller)."""
+    controller = ConcurrencyController(max_concurrent_tasks=2)
+    await controller.start()
+    gate = asyncio.Event()
+    for index in range(4):
+        await controller.submit_task(f"t{index}", gate.wait)
+    first = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    gate.set()
+    done, pending = await asyncio.wait([first, second], timeout=5.0)
+    for task in pending:
+        task.cancel()
+    assert pending == set()
+    assert [task.result() for task in (first, second)] == [None, None]
+    stats = controller.get_stats()
+    assert (stats.completed, stats.running, stats.queued) == (4, 0, 0)
+    assert _others() == []
+
+
+async def test_a_stop_with_a_drain_timeout_beside_a_plain_stop_ends_both() -> None:
+    controller = ConcurrencyController()
+    await controller.start()
+    await controller.submit_task("stuck", asyncio.Event().wait)
+    patient = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(controller.stop(drain_timeout=0.02), 5.0)
+    await asyncio.wait_for(patient, 5.0)  # the cancellation the impatient stop made ended the drain
+    assert controller.get_task_status("stuck").status is TaskStatus.CANCELLED
+    assert _others() == []

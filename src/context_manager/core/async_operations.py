@@ -347,16 +347,15 @@ class ConcurrencyController:
         self._abandon_if_loop_closed()
         self._accepting = False
         if drain and (self._running or self._queued):
-            loop = asyncio.get_running_loop()
-            self._drained = loop.create_future()
+            drained = self._drained
+            if drained is None or drained.done():  # a stop() draining already: wait for the same end
+                drained = self._drained = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained), drain_timeout)
+                await asyncio.wait_for(asyncio.shield(drained), drain_timeout)
             except TimeoutError:
                 logger.warning(
                     "stop(drain=True) timed out after %s s; cancelling the remaining tasks", drain_timeout
                 )
-            finally:
-                self._drained = None
         self._starting_new = False
         while self._queue:
             _, _, record = heapq.heappop(self._queue)
@@ -371,6 +370,9 @@ class ConcurrencyController:
             await asyncio.wait([runner for _, runner in running])
             for record, runner in running:
                 self._finish_if_never_started(record, runner)
+        drained = self._drained
+        if drained is not None and not drained.done():  # every task has ended: a concurrent stop() returns
+            drained.set_result(None)
         self._threads.shutdown()
 
     async def __aenter__(self) -> ConcurrencyController:
