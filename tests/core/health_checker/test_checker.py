@@ -646,3 +646,85 @@ async def test_failing_memory_writes_make_health_degraded_then_unhealthy_and_it_
         recovered = (await checker.perform_health_check()).checks["storage_writes"]
         assert recovered.status is HealthState.HEALTHY
         assert recovered.message.startswith("writes succeed again (2 succeeded, 3 failed; the last failure:")
+
+
+async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(tmp_path: Path) -> None:
+    """Every run started the hung check again in a new thread: after 16 runs (16 minutes of periodic
+    checks) the checker's threads were all held by it and every built-in sync check (storage, memory
+    pressure, error rate, background tasks) reported "timed out" too, so a removed storage directory
+    went unseen and unrepaired."""
+    gate = threading.Event()
+    calls: list[float] = []
+
+    def hangs() -> bool:
+        calls.append(time.monotonic())
+        return gate.wait(30)
+
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=0.05)
+    checker.register_check("upstream", hangs)
+    try:
+        for run in range(20):
+            status = await checker.perform_health_check()
+            failing = {result.name: result.message for result in status.failing_checks}
+            assert list(failing) == ["upstream"], (run, failing)
+            if run:
+                assert failing["upstream"].startswith("still hung: the run started ")
+                assert "not started again until it returns" in failing["upstream"]
+            advice = status.checks["upstream"].recommendation
+            assert advice == "Check 'upstream' hangs: look at what it waits for."
+        assert len(calls) == 1
+    finally:
+        gate.set()
+    for _ in range(500):  # its thread returns; the next run starts the check again
+        status = await checker.perform_health_check()
+        if status.checks["upstream"].status is HealthState.HEALTHY:
+            break
+        await asyncio.sleep(0.01)
+    assert status.status is HealthState.HEALTHY
+    assert len(calls) == 2
+
+
+async def test_a_replaced_hung_check_runs_at_once() -> None:
+    gate = threading.Event()
+    checker = HealthChecker(check_timeout=0.05)
+    checker.register_check("upstream", lambda: gate.wait(30))
+    try:
+        assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.UNHEALTHY
+        checker.register_check("upstream", lambda: True, replace=True)
+        assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.HEALTHY
+    finally:
+        gate.set()
+
+
+async def test_a_sync_repair_still_hung_from_an_earlier_run_is_not_started_again(tmp_path: Path) -> None:
+    """Each periodic run started the failing check's hung sync repair again in a new thread: after 16
+    runs the built-in sync checks found no thread and all reported "timed out"."""
+    gate = threading.Event()
+    repairs: list[float] = []
+
+    def repair() -> str:
+        repairs.append(time.monotonic())
+        gate.wait(30)
+        return "reconnected"
+
+    checker = HealthChecker(storage_path=tmp_path, enable_auto_recovery=True, repair_timeout=0.05)
+    checker.register_check("upstream", lambda: CheckOutcome(HealthState.DEGRADED, "down", repair=repair))
+    try:
+        for run in range(20):
+            status = await checker.perform_health_check()
+            assert [result.name for result in status.failing_checks] == ["upstream"], run
+            [recovery] = status.recoveries
+            assert not recovery.success
+            if run:
+                assert recovery.action.startswith("repair not started: the one started ")
+            else:
+                assert recovery.action == "repair failed: timed out after 0.05 s"
+        assert len(repairs) == 1
+    finally:
+        gate.set()
+    for _ in range(500):  # the hung repair returns; the next failing run repairs again
+        status = await checker.perform_health_check()
+        if status.recoveries[0].action == "reconnected":
+            break
+        await asyncio.sleep(0.01)
+    assert len(repairs) == 2
