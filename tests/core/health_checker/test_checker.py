@@ -660,7 +660,7 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
         calls.append(time.monotonic())
         return gate.wait(30)
 
-    checker = HealthChecker(storage_path=tmp_path, check_timeout=0.05)
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=1.0)  # fsync is slow under load
     checker.register_check("upstream", hangs)
     try:
         for run in range(20):
@@ -728,3 +728,17 @@ async def test_a_sync_repair_still_hung_from_an_earlier_run_is_not_started_again
             break
         await asyncio.sleep(0.01)
     assert len(repairs) == 2
+
+
+def test_a_checker_serves_a_second_event_loop() -> None:
+    """The run lock was bound to the first event loop that waited on it: in a second loop (a job run
+    with ``asyncio.run`` again, a test's own loop), a health check made beside the periodic one raised
+    ``RuntimeError: ... is bound to a different event loop``."""
+    checker = HealthChecker(check_interval=60.0)
+
+    async def two_at_once() -> list[HealthState]:
+        statuses = await asyncio.gather(checker.perform_health_check(), checker.perform_health_check())
+        return [status.status for status in statuses]
+
+    for _ in range(2):
+        assert asyncio.run(two_at_once()) == [HealthState.HEALTHY, HealthState.HEALTHY]

@@ -180,6 +180,7 @@ class HealthChecker:
         self._last_status: HealthStatus | None = None
         self._last_lag_ms = 0.0
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._threads = UserThreads("context-manager-health-check", max_threads=16)
         self._hung_lock = threading.Lock()
@@ -321,8 +322,9 @@ class HealthChecker:
 
     async def perform_health_check(self) -> HealthStatus:
         """Run every check (concurrently), repair known faults if enabled, and return the result."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             started = time.perf_counter()
             checks = list(self._checks.values())
