@@ -669,3 +669,19 @@ async def test_a_stop_with_a_drain_timeout_beside_a_plain_stop_ends_both() -> No
     await asyncio.wait_for(patient, 5.0)  # the cancellation the impatient stop made ended the drain
     assert controller.get_task_status("stuck").status is TaskStatus.CANCELLED
     assert _others() == []
+
+
+@pytest.mark.parametrize("drain", ["no", 0, None])
+async def test_a_drain_that_is_not_a_bool_is_refused_before_anything_stops(drain: Any) -> None:
+    """``stop(drain="no")`` drained ("no" is truthy), waiting for every task it was told not to."""
+    controller = ConcurrencyController()
+    await controller.start()
+    gate = asyncio.Event()
+    await controller.submit_task("running", gate.wait)
+    with pytest.raises(InvalidSettingError, match=r"^drain: got .*; allowed True or False"):
+        await asyncio.wait_for(controller.stop(drain=drain), 5.0)
+    assert controller.is_running
+    assert controller.get_task_status("running").status is TaskStatus.RUNNING
+    await controller.stop(drain=False)
+    with pytest.raises(TaskCancelledError):
+        await controller.wait_for_task("running")

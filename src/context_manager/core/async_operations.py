@@ -333,9 +333,11 @@ class ConcurrencyController:
         yet can still be fetched with ``wait_for_task``.
 
         Raises:
-            InvalidSettingError: ``drain_timeout`` is not ``None`` or a finite number >= 0 (nothing
-                is stopped).
+            InvalidSettingError: ``drain`` is not True or False, or ``drain_timeout`` is not ``None`` or
+                a finite number >= 0 (nothing is stopped).
         """
+        if drain is not True and drain is not False:  # "no" is truthy: it drained
+            raise InvalidSettingError("drain", drain, "True or False")
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, int | float)

@@ -742,3 +742,16 @@ def test_a_checker_serves_a_second_event_loop() -> None:
 
     for _ in range(2):
         assert asyncio.run(two_at_once()) == [HealthState.HEALTHY, HealthState.HEALTHY]
+
+
+async def test_a_bad_watch_registration_names_the_argument_and_changes_nothing() -> None:
+    """A restart that was not callable was reported as ``is_alive: got <the is_alive function>``."""
+    checker = HealthChecker()
+    with pytest.raises(
+        InvalidHealthCheckError, match=r"^restart: got 'start'; allowed a callable without arguments or None"
+    ):
+        checker.watch_background_task("worker", lambda: True, "start")  # type: ignore[arg-type]
+    with pytest.raises(InvalidHealthCheckError, match=r"^is_alive: got True; allowed a callable returning"):
+        checker.watch_background_task("worker", True)  # type: ignore[arg-type]
+    status = await checker.perform_health_check()
+    assert status.checks["background_tasks"].details["watched"] == []

@@ -256,11 +256,17 @@ class HealthChecker:
             name: What to call it in reports.
             is_alive: Returns whether the task is running as it should.
             restart: Starts it again (auto-recovery); ``None`` if it cannot be restarted.
+
+        Raises:
+            InvalidHealthCheckError: ``name`` is not a non-empty string, ``is_alive`` is not callable, or
+                ``restart`` is neither callable nor ``None`` (nothing is watched).
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidHealthCheckError("name", name, "a non-empty string")
-        if not callable(is_alive) or (restart is not None and not callable(restart)):
-            raise InvalidHealthCheckError("is_alive", is_alive, "callables for is_alive and restart")
+        if not callable(is_alive):
+            raise InvalidHealthCheckError("is_alive", is_alive, "a callable returning whether the task runs")
+        if restart is not None and not callable(restart):
+            raise InvalidHealthCheckError("restart", restart, "a callable without arguments or None")
         self._watched[name] = WatchedTask(is_alive, restart)
 
     def unwatch_background_task(self, name: str) -> None:
