@@ -56,7 +56,14 @@ from context_manager.core.errors import (
 )
 from context_manager.core.threads import UserThreads
 
-__all__ = ["ConcurrencyController", "ControllerStats", "TaskInfo", "TaskStatus", "cancel_and_wait"]
+__all__ = [
+    "ConcurrencyController",
+    "ControllerStats",
+    "TaskInfo",
+    "TaskStatus",
+    "cancel_and_wait",
+    "task_alive",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +76,14 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "backg
 
     The task's own ``CancelledError`` is swallowed; it propagates only when the caller itself is being
     cancelled. An exception the task had already died of is logged at DEBUG (it was reported when it
-    happened) and not raised. ``None`` does nothing.
+    happened) and not raised. ``None`` does nothing, and so does a task whose event loop was closed
+    under it (it can never run again: there is nothing to cancel or wait for).
 
     Args:
         task: The task to stop.
         owner: Who owns it, for the log line.
     """
-    if task is None:
+    if task is None or (task.get_loop().is_closed() and not task.done()):
         return
     task.cancel()
     try:
@@ -86,6 +94,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "backg
             raise
     except Exception:
         logger.debug("%s had failed before it was stopped", owner, exc_info=True)
+
+
+def task_alive(task: asyncio.Task[Any] | None) -> bool:
+    """Whether ``task`` exists, has not finished and its event loop is open (a closed loop never runs it)."""
+    return task is not None and not task.done() and not task.get_loop().is_closed()
 
 
 class TaskStatus(StrEnum):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import sqlite3
@@ -755,3 +756,38 @@ async def test_a_bad_watch_registration_names_the_argument_and_changes_nothing()
         checker.watch_background_task("worker", True)  # type: ignore[arg-type]
     status = await checker.perform_health_check()
     assert status.checks["background_tasks"].details["watched"] == []
+
+
+def test_a_checker_whose_event_loop_was_closed_checks_again_in_a_new_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its loop closed with the periodic task pending, the checker still counted itself running:
+    ``start()`` in a new loop did nothing (no periodic check ran) and ``stop()`` raised
+    ``RuntimeError: Event loop is closed``."""
+    checker = HealthChecker(check_interval=0.02)
+
+    async def start() -> None:
+        await checker.start()
+
+    run_leaving_leftovers(start, caplog)  # the loop is closed with the periodic task pending
+    assert not checker.is_running
+
+    async def afterwards() -> None:
+        await checker.start()
+        assert checker.is_running
+        for _ in range(500):
+            if checker.last_status is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert checker.last_status is not None
+        await asyncio.wait_for(checker.stop(), 5.0)
+
+    asyncio.run(afterwards())
+    run_leaving_leftovers(start, caplog)
+
+    async def stop_only() -> None:
+        await asyncio.wait_for(checker.stop(), 5.0)
+
+    asyncio.run(stop_only())
+    assert not checker.is_running
+    gc.collect()  # the dropped tasks of the closed loops go now, not in a later test's log

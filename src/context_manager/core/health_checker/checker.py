@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from context_manager.core.async_operations import cancel_and_wait
+from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import InvalidHealthCheckError, InvalidSettingError
 from context_manager.core.health_checker.checks import (
     WatchedTask,
@@ -277,8 +277,8 @@ class HealthChecker:
 
     @property
     def is_running(self) -> bool:
-        """Whether the periodic checks are running."""
-        return self._task is not None and not self._task.done()
+        """Whether the periodic checks are running (not if their event loop was closed under them)."""
+        return task_alive(self._task)
 
     @property
     def last_status(self) -> HealthStatus | None:

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-from context_manager.core.async_operations import cancel_and_wait
+from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import (
     InvalidMetricError,
     InvalidSettingError,
@@ -147,8 +147,9 @@ class PerformanceMonitor:
 
     @property
     def sampler_alive(self) -> bool:
-        """Whether the background sampler is running (False if it was never started or has died)."""
-        return self._task is not None and not self._task.done()
+        """Whether the background sampler is running (False if it was never started, has died, or its
+        event loop was closed under it)."""
+        return task_alive(self._task)
 
     async def start_monitoring(self) -> None:
         """Take a first sample, start the background sampler and join the library-operation registry.
@@ -157,7 +158,7 @@ class PerformanceMonitor:
         """
         if self.sampler_alive:
             return
-        if self._task is not None:  # the sampler died: collect it before starting a new one
+        if self._task is not None:  # the sampler died (or its loop closed): collect it before a new one
             await self._discard_task()
         self._sample_event = asyncio.Event()
         self._take_sample(lag_s=0.0)
@@ -193,7 +194,7 @@ class PerformanceMonitor:
                 it does not support); the sampler keeps trying, and the error's ``__cause__`` is psutil's.
         """
         event, sampler = self._sample_event, self._task
-        if event is None or sampler is None or sampler.done():
+        if event is None or sampler is None or not task_alive(sampler):
             raise LifecycleError("the monitor is not running: await start_monitoring() first")
         event.clear()
         sampled = asyncio.ensure_future(event.wait())
