@@ -147,8 +147,10 @@ class PerformanceMonitor:
 
     @property
     def sampler_alive(self) -> bool:
-        """Whether the background sampler is running (False if it was never started, has died, or its
-        event loop was closed under it)."""
+        """Whether the background sampler is running.
+
+        False if it was never started, has died, or its event loop was closed under it.
+        """
         return task_alive(self._task)
 
     async def start_monitoring(self) -> None:
