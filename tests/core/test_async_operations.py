@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 from typing import Any
 
@@ -685,3 +686,61 @@ async def test_a_drain_that_is_not_a_bool_is_refused_before_anything_stops(drain
     await controller.stop(drain=False)
     with pytest.raises(TaskCancelledError):
         await controller.wait_for_task("running")
+
+
+def test_asyncio_run_ending_with_queued_tasks_starts_none_and_keeps_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``asyncio.run`` ending under a controller cancels its running tasks; each one's end started the next
+    queued task, a task of the dying loop: a queued sync task began its work in a thread during shutdown,
+    and once that task was destroyed pending its clean-up ran again in the next loop, so the controller
+    counted -1 running tasks and then ran two at once with ``max_concurrent_tasks=1``."""
+    controller = ConcurrencyController(max_concurrent_tasks=1)
+    called: list[str] = []
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    def queued_sync_work() -> None:
+        called.append("started during shutdown")
+
+    async def main() -> None:
+        await controller.start()
+        await controller.submit_task("running", hang)
+        for index in range(3):
+            await controller.submit_task(f"queued-{index}", hang)
+        await controller.submit_task("sync", queued_sync_work, priority="high")  # the next to start
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main())
+        gc.collect()
+    assert called == []
+    assert DESTROYED_PENDING not in caplog.text
+
+    at_once = 0
+    most_at_once = 0
+
+    async def counted() -> None:
+        nonlocal at_once, most_at_once
+        at_once += 1
+        most_at_once = max(most_at_once, at_once)
+        await asyncio.sleep(0.01)
+        at_once -= 1
+
+    async def afterwards() -> None:
+        await controller.start()
+        gc.collect()
+        assert controller.get_stats().running == 0
+        for index in range(3):
+            await controller.submit_task(f"new-{index}", counted)
+        for index in range(3):
+            await controller.wait_for_task(f"new-{index}")
+        await controller.stop()
+
+    asyncio.run(afterwards())
+    gc.collect()
+    stats = controller.get_stats()
+    assert most_at_once == 1
+    assert (stats.running, stats.queued, stats.failed, stats.completed, stats.cancelled) == (0, 0, 0, 3, 5)
+    assert called == []
