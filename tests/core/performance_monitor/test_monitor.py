@@ -483,3 +483,22 @@ def test_a_monitor_whose_event_loop_was_closed_samples_again_in_a_new_one(
     asyncio.run(stop_only())
     assert not monitor.is_monitoring
     gc.collect()  # the dropped tasks of the closed loops go now, not in a later test's log
+
+
+@pytest.mark.timeout(30)  # before the fix the waiter stayed wedged: the loop never finished
+def test_sample_now_from_a_worker_thread_wakes_a_waiter_on_the_loop() -> None:
+    """``sample_now()`` from a worker thread (a sync health check, a sync tool) set the sampler's
+    ``asyncio.Event`` off the loop: in debug mode it raised ``RuntimeError: Non-thread-safe operation``
+    and the pending ``wait_for_sample()`` was never woken (its ``stop_monitoring`` hung with it)."""
+
+    async def main() -> None:
+        monitor = PerformanceMonitor(sample_interval=60.0, collect_library_operations=False)
+        await monitor.start_monitoring()
+        waiter = asyncio.create_task(monitor.wait_for_sample())
+        await asyncio.sleep(0.01)
+        sample = await asyncio.to_thread(monitor.sample_now)
+        assert sample is not None and sample.rss_mb > 0
+        assert await asyncio.wait_for(waiter, 5.0) == sample
+        await asyncio.wait_for(monitor.stop_monitoring(), 5.0)
+
+    asyncio.run(main(), debug=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import numbers
@@ -244,14 +245,31 @@ class PerformanceMonitor:
             self._sampling_errors += 1
             self._sampling_error = error
             logger.debug("performance monitor could not sample the process", exc_info=True)
-            if self._sample_event is not None:  # a waiter learns that no sample came
-                self._sample_event.set()
+            self._signal_sample()  # a waiter learns that no sample came
             return False
         self._sampling_error = None
         self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0))
-        if self._sample_event is not None:
-            self._sample_event.set()
+        self._signal_sample()
         return True
+
+    def _signal_sample(self) -> None:
+        """Wake ``wait_for_sample()`` on the sampler's loop, also when a worker thread took the sample.
+
+        An ``asyncio.Event`` set off its loop wakes nobody (and raises in debug mode).
+        """
+        event, sampler = self._sample_event, self._task
+        if event is None:
+            return
+        loop = None if sampler is None else sampler.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            event.set()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody waits there any more
+                loop.call_soon_threadsafe(event.set)
 
     # ------------------------------------------------------------------------------------- recording
 
