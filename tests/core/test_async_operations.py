@@ -4,6 +4,7 @@ import asyncio
 import gc
 import logging
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -744,3 +745,33 @@ def test_asyncio_run_ending_with_queued_tasks_starts_none_and_keeps_the_limit(
     assert most_at_once == 1
     assert (stats.running, stats.queued, stats.failed, stats.completed, stats.cancelled) == (0, 0, 0, 3, 5)
     assert called == []
+
+
+async def test_queued_tasks_cancelled_while_the_slots_stay_busy_are_released() -> None:
+    """A queued task that was cancelled stayed in the priority queue until a slot freed: a service whose
+    slots were held by long tasks while it cancelled queued requests (a user typing on) kept every one
+    of them, about 1.3 KB each, without bound."""
+    errors: list[weakref.ref[BaseException]] = []
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        gate = asyncio.Event()
+        await controller.submit_task("long", gate.wait)
+        for index in range(2000):
+            priority = "high" if index % 2 else "low"
+            await controller.submit_task(f"request-{index}", add, index, 1, priority=priority)
+            if index % 500 == 0:  # queued tasks that stay, in their order
+                await controller.submit_task(f"kept-{index}", add, index, 1)
+            assert await controller.cancel_task(f"request-{index}")
+            with pytest.raises(TaskCancelledError) as caught:
+                await controller.wait_for_task(f"request-{index}")
+            errors.append(weakref.ref(caught.value))
+            del caught
+        gc.collect()
+        assert sum(ref() is not None for ref in errors) < 200
+        assert controller.get_stats().queued == 4
+        gate.set()
+        assert [await controller.wait_for_task(f"kept-{index}") for index in range(0, 2000, 500)] == [
+            1,
+            501,
+            1001,
+            1501,
+        ]

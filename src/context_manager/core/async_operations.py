@@ -676,6 +676,10 @@ class ConcurrencyController:
         if record.status is TaskStatus.QUEUED:
             self._queued -= 1
             self._end(record, TaskStatus.CANCELLED, None, TaskCancelledError(task_id))
+            queue = self._queue
+            if len(queue) > 2 * self._queued + 64:  # mostly cancelled entries: drop them (amortised O(1))
+                self._queue = [entry for entry in queue if entry[2].status is TaskStatus.QUEUED]
+                heapq.heapify(self._queue)
             return True
         runner = record.runner
         if record.status is not TaskStatus.RUNNING or runner is None:
