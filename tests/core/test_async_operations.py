@@ -775,3 +775,19 @@ async def test_queued_tasks_cancelled_while_the_slots_stay_busy_are_released() -
             1001,
             1501,
         ]
+
+
+async def test_after_an_outside_cancellation_the_queue_resumes_with_the_next_call() -> None:
+    """A runner cancelled from outside the controller starts no queued task (see the asyncio.run test);
+    when the loop goes on, the controller's next call starts them."""
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        await controller.submit_task("running", asyncio.Event().wait)
+        await controller.submit_task("queued", add, 2, 3)
+        await asyncio.sleep(0)
+        runners = [task for task in _others() if "ConcurrencyController._run" in repr(task)]
+        assert len(runners) == 1
+        runners[0].cancel()  # what cancelling every task of the loop does
+        await asyncio.wait(runners)
+        assert controller.get_task_status("running").status is TaskStatus.CANCELLED
+        assert controller.get_task_status("queued").status is TaskStatus.QUEUED
+        assert await asyncio.wait_for(controller.wait_for_task("queued"), 5.0) == 5
