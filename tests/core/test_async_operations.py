@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -634,3 +636,158 @@ async def test_a_task_that_swallows_its_timeout_still_times_out() -> None:
             await controller.wait_for_task("t")
         stats = controller.get_stats()
         assert (stats.completed, stats.timed_out) == (0, 1)
+
+
+async def test_two_stops_at_once_both_return_once_the_tasks_are_drained() -> None:
+    """A second ``stop()`` while the first drained replaced the first one's drain signal: the first
+    waited for ever (a service's shutdown handler and ``async with`` both stopping the controller)."""
+    controller = ConcurrencyController(max_concurrent_tasks=2)
+    await controller.start()
+    gate = asyncio.Event()
+    for index in range(4):
+        await controller.submit_task(f"t{index}", gate.wait)
+    first = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    gate.set()
+    done, pending = await asyncio.wait([first, second], timeout=5.0)
+    for task in pending:
+        task.cancel()
+    assert pending == set()
+    assert [task.result() for task in (first, second)] == [None, None]
+    stats = controller.get_stats()
+    assert (stats.completed, stats.running, stats.queued) == (4, 0, 0)
+    assert _others() == []
+
+
+async def test_a_stop_with_a_drain_timeout_beside_a_plain_stop_ends_both() -> None:
+    controller = ConcurrencyController()
+    await controller.start()
+    await controller.submit_task("stuck", asyncio.Event().wait)
+    patient = asyncio.create_task(controller.stop())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(controller.stop(drain_timeout=0.02), 5.0)
+    await asyncio.wait_for(patient, 5.0)  # the cancellation the impatient stop made ended the drain
+    assert controller.get_task_status("stuck").status is TaskStatus.CANCELLED
+    assert _others() == []
+
+
+@pytest.mark.parametrize("drain", ["no", 0, None])
+async def test_a_drain_that_is_not_a_bool_is_refused_before_anything_stops(drain: Any) -> None:
+    """``stop(drain="no")`` drained ("no" is truthy), waiting for every task it was told not to."""
+    controller = ConcurrencyController()
+    await controller.start()
+    gate = asyncio.Event()
+    await controller.submit_task("running", gate.wait)
+    with pytest.raises(InvalidSettingError, match=r"^drain: got .*; allowed True or False"):
+        await asyncio.wait_for(controller.stop(drain=drain), 5.0)
+    assert controller.is_running
+    assert controller.get_task_status("running").status is TaskStatus.RUNNING
+    await controller.stop(drain=False)
+    with pytest.raises(TaskCancelledError):
+        await controller.wait_for_task("running")
+
+
+def test_asyncio_run_ending_with_queued_tasks_starts_none_and_keeps_the_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``asyncio.run`` ending under a controller cancels its running tasks; each one's end started the next
+    queued task, a task of the dying loop: a queued sync task began its work in a thread during shutdown,
+    and once that task was destroyed pending its clean-up ran again in the next loop, so the controller
+    counted -1 running tasks and then ran two at once with ``max_concurrent_tasks=1``."""
+    controller = ConcurrencyController(max_concurrent_tasks=1)
+    called: list[str] = []
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    def queued_sync_work() -> None:
+        called.append("started during shutdown")
+
+    async def main() -> None:
+        await controller.start()
+        await controller.submit_task("running", hang)
+        for index in range(3):
+            await controller.submit_task(f"queued-{index}", hang)
+        await controller.submit_task("sync", queued_sync_work, priority="high")  # the next to start
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio.run(main())
+        gc.collect()
+    assert called == []
+    assert DESTROYED_PENDING not in caplog.text
+
+    at_once = 0
+    most_at_once = 0
+
+    async def counted() -> None:
+        nonlocal at_once, most_at_once
+        at_once += 1
+        most_at_once = max(most_at_once, at_once)
+        await asyncio.sleep(0.01)
+        at_once -= 1
+
+    async def afterwards() -> None:
+        await controller.start()
+        gc.collect()
+        assert controller.get_stats().running == 0
+        for index in range(3):
+            await controller.submit_task(f"new-{index}", counted)
+        for index in range(3):
+            await controller.wait_for_task(f"new-{index}")
+        await controller.stop()
+
+    asyncio.run(afterwards())
+    gc.collect()
+    stats = controller.get_stats()
+    assert most_at_once == 1
+    assert (stats.running, stats.queued, stats.failed, stats.completed, stats.cancelled) == (0, 0, 0, 3, 5)
+    assert called == []
+
+
+async def test_queued_tasks_cancelled_while_the_slots_stay_busy_are_released() -> None:
+    """A queued task that was cancelled stayed in the priority queue until a slot freed: a service whose
+    slots were held by long tasks while it cancelled queued requests (a user typing on) kept every one
+    of them, about 1.3 KB each, without bound."""
+    errors: list[weakref.ref[BaseException]] = []
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        gate = asyncio.Event()
+        await controller.submit_task("long", gate.wait)
+        for index in range(2000):
+            priority = "high" if index % 2 else "low"
+            await controller.submit_task(f"request-{index}", add, index, 1, priority=priority)
+            if index % 500 == 0:  # queued tasks that stay, in their order
+                await controller.submit_task(f"kept-{index}", add, index, 1)
+            assert await controller.cancel_task(f"request-{index}")
+            with pytest.raises(TaskCancelledError) as caught:
+                await controller.wait_for_task(f"request-{index}")
+            errors.append(weakref.ref(caught.value))
+            del caught
+        gc.collect()
+        assert sum(ref() is not None for ref in errors) < 200
+        assert controller.get_stats().queued == 4
+        gate.set()
+        assert [await controller.wait_for_task(f"kept-{index}") for index in range(0, 2000, 500)] == [
+            1,
+            501,
+            1001,
+            1501,
+        ]
+
+
+async def test_after_an_outside_cancellation_the_queue_resumes_with_the_next_call() -> None:
+    """A runner cancelled from outside the controller starts no queued task (see the asyncio.run test);
+    when the loop goes on, the controller's next call starts them."""
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        await controller.submit_task("running", asyncio.Event().wait)
+        await controller.submit_task("queued", add, 2, 3)
+        await asyncio.sleep(0)
+        runners = [task for task in _others() if "ConcurrencyController._run" in repr(task)]
+        assert len(runners) == 1
+        runners[0].cancel()  # what cancelling every task of the loop does
+        await asyncio.wait(runners)
+        assert controller.get_task_status("running").status is TaskStatus.CANCELLED
+        assert controller.get_task_status("queued").status is TaskStatus.QUEUED
+        assert await asyncio.wait_for(controller.wait_for_task("queued"), 5.0) == 5

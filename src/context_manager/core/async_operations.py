@@ -26,7 +26,9 @@ Semantics:
 
 All methods must be called from the event loop the controller was started in. If that loop is closed
 with tasks unfinished, the next call (from a new loop) ends them as cancelled and stops the controller
-instead of leaving their waiters hanging.
+instead of leaving their waiters hanging. A running task cancelled from outside the controller (the end
+of ``asyncio.run`` cancels every task) starts no queued task in its place: queued work does not begin
+during a shutdown; if the loop goes on, the queue resumes with the controller's next call.
 """
 
 from __future__ import annotations
@@ -56,7 +58,14 @@ from context_manager.core.errors import (
 )
 from context_manager.core.threads import UserThreads
 
-__all__ = ["ConcurrencyController", "ControllerStats", "TaskInfo", "TaskStatus", "cancel_and_wait"]
+__all__ = [
+    "ConcurrencyController",
+    "ControllerStats",
+    "TaskInfo",
+    "TaskStatus",
+    "cancel_and_wait",
+    "task_alive",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +78,14 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "backg
 
     The task's own ``CancelledError`` is swallowed; it propagates only when the caller itself is being
     cancelled. An exception the task had already died of is logged at DEBUG (it was reported when it
-    happened) and not raised. ``None`` does nothing.
+    happened) and not raised. ``None`` does nothing, and so does a task whose event loop was closed
+    under it (it can never run again: there is nothing to cancel or wait for).
 
     Args:
         task: The task to stop.
         owner: Who owns it, for the log line.
     """
-    if task is None:
+    if task is None or (task.get_loop().is_closed() and not task.done()):
         return
     task.cancel()
     try:
@@ -86,6 +96,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "backg
             raise
     except Exception:
         logger.debug("%s had failed before it was stopped", owner, exc_info=True)
+
+
+def task_alive(task: asyncio.Task[Any] | None) -> bool:
+    """Whether ``task`` exists, has not finished and its event loop is open (a closed loop never runs it)."""
+    return task is not None and not task.done() and not task.get_loop().is_closed()
 
 
 class TaskStatus(StrEnum):
@@ -293,6 +308,16 @@ class ConcurrencyController:
         self._was_started = True
         self._accepting = True
         self._starting_new = True
+        self._check_loop()
+
+    def _check_loop(self) -> None:
+        """At each call: end the tasks of a closed loop, or start queued tasks a cancellation left waiting.
+
+        Runners cancelled from outside (see :meth:`_finish`) start no queued task; the queue resumes here.
+        """
+        self._abandon_if_loop_closed()
+        if self._queue and self._starting_new and self._running < self.max_concurrent_tasks:
+            self._start_next()
 
     def _abandon_if_loop_closed(self) -> None:
         """End every unfinished task if the loop they ran on was closed under the controller.
@@ -333,9 +358,11 @@ class ConcurrencyController:
         yet can still be fetched with ``wait_for_task``.
 
         Raises:
-            InvalidSettingError: ``drain_timeout`` is not ``None`` or a finite number >= 0 (nothing
-                is stopped).
+            InvalidSettingError: ``drain`` is not True or False, or ``drain_timeout`` is not ``None`` or
+                a finite number >= 0 (nothing is stopped).
         """
+        if drain is not True and drain is not False:  # "no" is truthy: it drained
+            raise InvalidSettingError("drain", drain, "True or False")
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, int | float)
@@ -344,19 +371,18 @@ class ConcurrencyController:
             raise InvalidSettingError(
                 "drain_timeout", drain_timeout, "None or a finite number of seconds >= 0"
             )
-        self._abandon_if_loop_closed()
+        self._check_loop()
         self._accepting = False
         if drain and (self._running or self._queued):
-            loop = asyncio.get_running_loop()
-            self._drained = loop.create_future()
+            drained = self._drained
+            if drained is None or drained.done():  # a stop() draining already: wait for the same end
+                drained = self._drained = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained), drain_timeout)
+                await asyncio.wait_for(asyncio.shield(drained), drain_timeout)
             except TimeoutError:
                 logger.warning(
                     "stop(drain=True) timed out after %s s; cancelling the remaining tasks", drain_timeout
                 )
-            finally:
-                self._drained = None
         self._starting_new = False
         while self._queue:
             _, _, record = heapq.heappop(self._queue)
@@ -371,6 +397,9 @@ class ConcurrencyController:
             await asyncio.wait([runner for _, runner in running])
             for record, runner in running:
                 self._finish_if_never_started(record, runner)
+        drained = self._drained
+        if drained is not None and not drained.done():  # every task has ended: a concurrent stop() returns
+            drained.set_result(None)
         self._threads.shutdown()
 
     async def __aenter__(self) -> ConcurrencyController:
@@ -409,7 +438,7 @@ class ConcurrencyController:
             DuplicateTaskError: ``task_id`` is in use.
             QueueFullError: All slots are busy and ``max_queue_size`` tasks already wait.
         """
-        self._abandon_if_loop_closed()
+        self._check_loop()
         if not self._accepting:
             state = "stopped" if self._was_started else "not started"
             raise ControllerStoppedError(
@@ -483,6 +512,7 @@ class ConcurrencyController:
         status = TaskStatus.COMPLETED
         result: Any = None
         error: BaseException | None = None
+        from_outside = closed = False
         try:
             if record.timeout is None:
                 result = await self._invoke(record)
@@ -502,21 +532,40 @@ class ConcurrencyController:
         except asyncio.CancelledError:
             status, error = TaskStatus.CANCELLED, TaskCancelledError(record.task_id)
             if not record.cancel_requested:
+                from_outside = True
                 raise  # cancelled from outside (e.g. the loop is closing): propagate
+        except GeneratorExit:
+            # closed unfinished: the task was destroyed with its closed event loop (perhaps while a later
+            # loop runs). _abandon_if_loop_closed ends such tasks; counting it here would count it twice
+            closed = True
+            raise
         except BaseException as exception:  # a BaseException subclass of the task's own fails it too
             status, error = TaskStatus.FAILED, exception
             if isinstance(exception, KeyboardInterrupt | SystemExit):
                 raise  # the process is stopping: let it
         finally:
-            self._finish(record, status, result, error)
+            if not closed:
+                self._finish(record, status, result, error, start_next=not from_outside)
 
     def _finish(
-        self, record: _TaskRecord, status: TaskStatus, result: Any, error: BaseException | None
+        self,
+        record: _TaskRecord,
+        status: TaskStatus,
+        result: Any,
+        error: BaseException | None,
+        *,
+        start_next: bool = True,
     ) -> None:
-        """End a running task: free its slot, start the next queued one, wake a draining ``stop()``."""
+        """End a running task: free its slot, start the next queued one, wake a draining ``stop()``.
+
+        ``start_next=False`` for a task cancelled from outside the controller, which is what the end of
+        ``asyncio.run`` does to every task: a queued task started then would be a task of a dying loop
+        (a sync one would begin its work in a thread during shutdown). The queue resumes with the
+        controller's next call (:meth:`_check_loop`).
+        """
         self._running -= 1
         self._end(record, status, result, error)
-        if self._starting_new:
+        if self._starting_new and start_next:
             self._start_next()
         drained = self._drained
         if drained is not None and not self._running and not self._queued and not drained.done():
@@ -587,7 +636,7 @@ class ConcurrencyController:
             Exception: Whatever the task raised.
         """
         wait_timeout = _check_timeout("timeout", timeout)
-        self._abandon_if_loop_closed()
+        self._check_loop()
         record = self._record(task_id)
         if record.status not in _FINISHED:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -622,11 +671,15 @@ class ConcurrencyController:
         Raises:
             TaskNotFoundError: No such task.
         """
-        self._abandon_if_loop_closed()
+        self._check_loop()
         record = self._record(task_id)
         if record.status is TaskStatus.QUEUED:
             self._queued -= 1
             self._end(record, TaskStatus.CANCELLED, None, TaskCancelledError(task_id))
+            queue = self._queue
+            if len(queue) > 2 * self._queued + 64:  # mostly cancelled entries: drop them (amortised O(1))
+                self._queue = [entry for entry in queue if entry[2].status is TaskStatus.QUEUED]
+                heapq.heapify(self._queue)
             return True
         runner = record.runner
         if record.status is not TaskStatus.RUNNING or runner is None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import sqlite3
@@ -646,3 +647,147 @@ async def test_failing_memory_writes_make_health_degraded_then_unhealthy_and_it_
         recovered = (await checker.perform_health_check()).checks["storage_writes"]
         assert recovered.status is HealthState.HEALTHY
         assert recovered.message.startswith("writes succeed again (2 succeeded, 3 failed; the last failure:")
+
+
+async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(tmp_path: Path) -> None:
+    """Every run started the hung check again in a new thread: after 16 runs (16 minutes of periodic
+    checks) the checker's threads were all held by it and every built-in sync check (storage, memory
+    pressure, error rate, background tasks) reported "timed out" too, so a removed storage directory
+    went unseen and unrepaired."""
+    gate = threading.Event()
+    calls: list[float] = []
+
+    def hangs() -> bool:
+        calls.append(time.monotonic())
+        return gate.wait(30)
+
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=1.0)  # fsync is slow under load
+    checker.register_check("upstream", hangs)
+    try:
+        for run in range(20):
+            status = await checker.perform_health_check()
+            failing = {result.name: result.message for result in status.failing_checks}
+            assert list(failing) == ["upstream"], (run, failing)
+            if run:
+                assert failing["upstream"].startswith("still hung: the run started ")
+                assert "not started again until it returns" in failing["upstream"]
+            advice = status.checks["upstream"].recommendation
+            assert advice == "Check 'upstream' hangs: look at what it waits for."
+        assert len(calls) == 1
+    finally:
+        gate.set()
+    for _ in range(500):  # its thread returns; the next run starts the check again
+        status = await checker.perform_health_check()
+        if status.checks["upstream"].status is HealthState.HEALTHY:
+            break
+        await asyncio.sleep(0.01)
+    assert status.status is HealthState.HEALTHY
+    assert len(calls) == 2
+
+
+async def test_a_replaced_hung_check_runs_at_once() -> None:
+    gate = threading.Event()
+    checker = HealthChecker(check_timeout=0.05)
+    checker.register_check("upstream", lambda: gate.wait(30))
+    try:
+        assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.UNHEALTHY
+        checker.register_check("upstream", lambda: True, replace=True)
+        assert (await checker.perform_health_check()).checks["upstream"].status is HealthState.HEALTHY
+    finally:
+        gate.set()
+
+
+async def test_a_sync_repair_still_hung_from_an_earlier_run_is_not_started_again(tmp_path: Path) -> None:
+    """Each periodic run started the failing check's hung sync repair again in a new thread: after 16
+    runs the built-in sync checks found no thread and all reported "timed out"."""
+    gate = threading.Event()
+    repairs: list[float] = []
+
+    def repair() -> str:
+        repairs.append(time.monotonic())
+        gate.wait(30)
+        return "reconnected"
+
+    checker = HealthChecker(storage_path=tmp_path, enable_auto_recovery=True, repair_timeout=0.05)
+    checker.register_check("upstream", lambda: CheckOutcome(HealthState.DEGRADED, "down", repair=repair))
+    try:
+        for run in range(20):
+            status = await checker.perform_health_check()
+            assert [result.name for result in status.failing_checks] == ["upstream"], run
+            [recovery] = status.recoveries
+            assert not recovery.success
+            if run:
+                assert recovery.action.startswith("repair not started: the one started ")
+            else:
+                assert recovery.action == "repair failed: timed out after 0.05 s"
+        assert len(repairs) == 1
+    finally:
+        gate.set()
+    for _ in range(500):  # the hung repair returns; the next failing run repairs again
+        status = await checker.perform_health_check()
+        if status.recoveries[0].action == "reconnected":
+            break
+        await asyncio.sleep(0.01)
+    assert len(repairs) == 2
+
+
+def test_a_checker_serves_a_second_event_loop() -> None:
+    """The run lock was bound to the first event loop that waited on it: in a second loop (a job run
+    with ``asyncio.run`` again, a test's own loop), a health check made beside the periodic one raised
+    ``RuntimeError: ... is bound to a different event loop``."""
+    checker = HealthChecker(check_interval=60.0)
+
+    async def two_at_once() -> list[HealthState]:
+        statuses = await asyncio.gather(checker.perform_health_check(), checker.perform_health_check())
+        return [status.status for status in statuses]
+
+    for _ in range(2):
+        assert asyncio.run(two_at_once()) == [HealthState.HEALTHY, HealthState.HEALTHY]
+
+
+async def test_a_bad_watch_registration_names_the_argument_and_changes_nothing() -> None:
+    """A restart that was not callable was reported as ``is_alive: got <the is_alive function>``."""
+    checker = HealthChecker()
+    with pytest.raises(
+        InvalidHealthCheckError, match=r"^restart: got 'start'; allowed a callable without arguments or None"
+    ):
+        checker.watch_background_task("worker", lambda: True, "start")  # type: ignore[arg-type]
+    with pytest.raises(InvalidHealthCheckError, match=r"^is_alive: got True; allowed a callable returning"):
+        checker.watch_background_task("worker", True)  # type: ignore[arg-type]
+    status = await checker.perform_health_check()
+    assert status.checks["background_tasks"].details["watched"] == []
+
+
+def test_a_checker_whose_event_loop_was_closed_checks_again_in_a_new_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its loop closed with the periodic task pending, the checker still counted itself running:
+    ``start()`` in a new loop did nothing (no periodic check ran) and ``stop()`` raised
+    ``RuntimeError: Event loop is closed``."""
+    checker = HealthChecker(check_interval=0.02)
+
+    async def start() -> None:
+        await checker.start()
+
+    run_leaving_leftovers(start, caplog)  # the loop is closed with the periodic task pending
+    assert not checker.is_running
+
+    async def afterwards() -> None:
+        await checker.start()
+        assert checker.is_running
+        for _ in range(500):
+            if checker.last_status is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert checker.last_status is not None
+        await asyncio.wait_for(checker.stop(), 5.0)
+
+    asyncio.run(afterwards())
+    run_leaving_leftovers(start, caplog)
+
+    async def stop_only() -> None:
+        await asyncio.wait_for(checker.stop(), 5.0)
+
+    asyncio.run(stop_only())
+    assert not checker.is_running
+    gc.collect()  # the dropped tasks of the closed loops go now, not in a later test's log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import gc
 import math
 import os
 import subprocess
@@ -448,3 +449,56 @@ def test_a_huge_error_message_is_kept_shortened() -> None:
     assert len(message) <= 1000
     monitor.record_operation("parse", 0.001, False, error="short")
     assert monitor.recent_errors()[-1]["message"] == "short"
+
+
+def test_a_monitor_whose_event_loop_was_closed_samples_again_in_a_new_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its loop closed with the sampler pending, the monitor still counted the sampler alive:
+    ``start_monitoring()`` in a new loop did nothing (no sample ever came, ``wait_for_sample()`` hung) and
+    ``stop_monitoring()`` raised ``RuntimeError: Event loop is closed``."""
+    monitor = PerformanceMonitor(sample_interval=0.02, collect_library_operations=False)
+
+    async def start() -> None:
+        await monitor.start_monitoring()
+
+    run_leaving_leftovers(start, caplog)  # the loop is closed with the sampler pending
+    assert not monitor.sampler_alive
+
+    async def afterwards() -> None:
+        await monitor.start_monitoring()
+        assert monitor.sampler_alive
+        sample = await asyncio.wait_for(monitor.wait_for_sample(), 5.0)
+        assert sample.rss_mb > 0
+        await asyncio.wait_for(monitor.stop_monitoring(), 5.0)
+        assert not monitor.is_monitoring
+
+    asyncio.run(afterwards())
+
+    run_leaving_leftovers(start, caplog)
+
+    async def stop_only() -> None:  # a plain stop in the new loop
+        await asyncio.wait_for(monitor.stop_monitoring(), 5.0)
+
+    asyncio.run(stop_only())
+    assert not monitor.is_monitoring
+    gc.collect()  # the dropped tasks of the closed loops go now, not in a later test's log
+
+
+@pytest.mark.timeout(30)  # before the fix the waiter stayed wedged: the loop never finished
+def test_sample_now_from_a_worker_thread_wakes_a_waiter_on_the_loop() -> None:
+    """``sample_now()`` from a worker thread (a sync health check, a sync tool) set the sampler's
+    ``asyncio.Event`` off the loop: in debug mode it raised ``RuntimeError: Non-thread-safe operation``
+    and the pending ``wait_for_sample()`` was never woken (its ``stop_monitoring`` hung with it)."""
+
+    async def main() -> None:
+        monitor = PerformanceMonitor(sample_interval=60.0, collect_library_operations=False)
+        await monitor.start_monitoring()
+        waiter = asyncio.create_task(monitor.wait_for_sample())
+        await asyncio.sleep(0.01)
+        sample = await asyncio.to_thread(monitor.sample_now)
+        assert sample is not None and sample.rss_mb > 0
+        assert await asyncio.wait_for(waiter, 5.0) == sample
+        await asyncio.wait_for(monitor.stop_monitoring(), 5.0)
+
+    asyncio.run(main(), debug=True)

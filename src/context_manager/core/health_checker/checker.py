@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from context_manager.core.async_operations import cancel_and_wait
+from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import InvalidHealthCheckError, InvalidSettingError
 from context_manager.core.health_checker.checks import (
     WatchedTask,
@@ -35,6 +36,7 @@ from context_manager.core.health_checker.models import (
     HealthStatus,
     HealthThresholds,
     RecoveryAction,
+    Repair,
     as_outcome,
     combine,
 )
@@ -62,6 +64,21 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _hangs(name: str) -> str:
+    return f"Check {name!r} hangs: look at what it waits for."
+
+
+def _still_hung(name: str, run: _ThreadRun) -> CheckOutcome:
+    started = run.started_at or time.time()
+    return CheckOutcome(
+        HealthState.UNHEALTHY,
+        f"still hung: the run started {time.time() - started:.0f} s ago timed out and has not returned "
+        "(a thread cannot be interrupted); not started again until it returns",
+        {"hung_since": started},
+        recommendation=_hangs(name),
+    )
+
+
 def _raised(name: str, error: Exception) -> CheckOutcome:
     return CheckOutcome(
         HealthState.UNHEALTHY,
@@ -71,11 +88,27 @@ def _raised(name: str, error: Exception) -> CheckOutcome:
     )
 
 
+class _ThreadRun:
+    """One run of a sync check in a thread: whether it started, ended, or was given up before it started."""
+
+    __slots__ = ("ended", "given_up", "started_at")
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None  # time.time() when its thread began the call
+        self.ended = False
+        self.given_up = False
+
+
 @dataclass(slots=True)
 class _Check:
     name: str
     function: Callable[[], Any]
     critical: bool
+    hung: _ThreadRun | None = None
+    """A run that timed out while its thread still runs the call: the check is not started again meanwhile
+    (each run would hold one more of the checker's threads, until the built-in checks found none)."""
+    repair_hung: _ThreadRun | None = None
+    """The same for the check's sync repair, given up after ``repair_timeout``."""
 
 
 class HealthChecker:
@@ -147,8 +180,10 @@ class HealthChecker:
         self._last_status: HealthStatus | None = None
         self._last_lag_ms = 0.0
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._threads = UserThreads("context-manager-health-check", max_threads=16)
+        self._hung_lock = threading.Lock()
         self._started_at = time.time()
         self._register_builtin_checks()
         own_monitor = getattr(context_manager, "performance_monitor", None)
@@ -172,7 +207,8 @@ class HealthChecker:
                 a bool (True healthy, False unhealthy), a :class:`HealthState` or None (healthy). An
                 exception makes the check unhealthy. Plain functions run in a worker thread of the
                 checker's own pool (a check that hangs past ``check_timeout`` keeps its thread, never
-                one the memory stores need).
+                one the memory stores need, and is reported ``still hung`` without being started again
+                until that call returns).
             critical: If True, this check being unhealthy makes the whole system unhealthy.
             replace: Replace a check of the same name (e.g. a built-in one) instead of raising.
 
@@ -220,11 +256,17 @@ class HealthChecker:
             name: What to call it in reports.
             is_alive: Returns whether the task is running as it should.
             restart: Starts it again (auto-recovery); ``None`` if it cannot be restarted.
+
+        Raises:
+            InvalidHealthCheckError: ``name`` is not a non-empty string, ``is_alive`` is not callable, or
+                ``restart`` is neither callable nor ``None`` (nothing is watched).
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidHealthCheckError("name", name, "a non-empty string")
-        if not callable(is_alive) or (restart is not None and not callable(restart)):
-            raise InvalidHealthCheckError("is_alive", is_alive, "callables for is_alive and restart")
+        if not callable(is_alive):
+            raise InvalidHealthCheckError("is_alive", is_alive, "a callable returning whether the task runs")
+        if restart is not None and not callable(restart):
+            raise InvalidHealthCheckError("restart", restart, "a callable without arguments or None")
         self._watched[name] = WatchedTask(is_alive, restart)
 
     def unwatch_background_task(self, name: str) -> None:
@@ -235,8 +277,8 @@ class HealthChecker:
 
     @property
     def is_running(self) -> bool:
-        """Whether the periodic checks are running."""
-        return self._task is not None and not self._task.done()
+        """Whether the periodic checks are running (not if their event loop was closed under them)."""
+        return task_alive(self._task)
 
     @property
     def last_status(self) -> HealthStatus | None:
@@ -286,8 +328,9 @@ class HealthChecker:
 
     async def perform_health_check(self) -> HealthStatus:
         """Run every check (concurrently), repair known faults if enabled, and return the result."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             started = time.perf_counter()
             checks = list(self._checks.values())
@@ -298,9 +341,7 @@ class HealthChecker:
                 for check, (result, outcome) in zip(checks, runs, strict=True):
                     if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
                         continue
-                    action = await run_repair(
-                        check.name, outcome.repair, time_limit=self.repair_timeout, threads=self._threads
-                    )
+                    action = await self._repair(check, outcome.repair)
                     after, _ = await self._run_check(check)
                     recovery = RecoveryAction(
                         check.name, action, after.status is HealthState.HEALTHY, time.time()
@@ -322,8 +363,10 @@ class HealthChecker:
             async with scope:
                 if is_async_callable(check.function):
                     value = await check.function()
+                elif check.hung is not None:  # its earlier run still holds a thread
+                    value = _still_hung(check.name, check.hung)
                 else:  # the checker's own threads: a hung check never takes one storage I/O needs
-                    value = await self._threads.run(check.function)
+                    value = await self._run_in_thread(check, check.function, "hung")
                     if inspect.isawaitable(value):
                         value = await value
             outcome = as_outcome(value)
@@ -332,7 +375,7 @@ class HealthChecker:
                 outcome = CheckOutcome(
                     HealthState.UNHEALTHY,
                     f"timed out after {self.check_timeout:g} s",
-                    recommendation=f"Check {check.name!r} hangs: look at what it waits for.",
+                    recommendation=_hangs(check.name),
                 )
             else:  # the check's own TimeoutError (its probe's timeout): it failed, it did not hang
                 outcome = _raised(check.name, error)
@@ -367,6 +410,55 @@ class HealthChecker:
             recommendation=None if outcome.status is HealthState.HEALTHY else outcome.recommendation,
         )
         return result, outcome
+
+    async def _run_in_thread(self, check: _Check, function: Callable[[], Any], slot: str) -> Any:
+        """Run a sync check (``slot="hung"``) or repair (``"repair_hung"``) in one of the checker's threads.
+
+        Given up (a timeout) while its thread runs the call, the run is kept in ``check.<slot>`` until the
+        call returns, and the check (or repair) is not started again meanwhile: one thread per hung call,
+        not one per health check run.
+        """
+        run = _ThreadRun()
+        lock = self._hung_lock
+
+        def call() -> Any:
+            with lock:
+                if run.given_up:  # given up before a thread took it: nothing to run
+                    return None
+                run.started_at = time.time()
+            try:
+                return function()
+            finally:
+                with lock:
+                    run.ended = True
+                    if getattr(check, slot) is run:
+                        setattr(check, slot, None)
+
+        try:
+            return await self._threads.run(call)
+        except asyncio.CancelledError:
+            with lock:
+                run.given_up = True
+                if run.started_at is not None and not run.ended:
+                    setattr(check, slot, run)
+            raise
+
+    async def _repair(self, check: _Check, repair: Repair) -> str:
+        """Run ``repair`` for ``check`` (within ``repair_timeout``); return what it did or why it failed."""
+        hung = check.repair_hung
+        if hung is not None:
+            started = hung.started_at or time.time()
+            return (
+                f"repair not started: the one started {time.time() - started:.0f} s ago timed out and has "
+                "not returned (a thread cannot be interrupted)"
+            )
+        if not is_async_callable(repair):
+
+            async def in_thread() -> Any:
+                return await self._run_in_thread(check, repair, "repair_hung")
+
+            return await run_repair(check.name, in_thread, time_limit=self.repair_timeout)
+        return await run_repair(check.name, repair, time_limit=self.repair_timeout, threads=self._threads)
 
     def _note_error(self, source: str, message: str) -> None:
         self._recent_errors.append({"source": source, "message": message, "timestamp": time.time()})

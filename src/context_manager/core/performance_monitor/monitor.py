@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import numbers
@@ -12,7 +13,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any, ClassVar
 
-from context_manager.core.async_operations import cancel_and_wait
+from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import (
     InvalidMetricError,
     InvalidSettingError,
@@ -147,8 +148,11 @@ class PerformanceMonitor:
 
     @property
     def sampler_alive(self) -> bool:
-        """Whether the background sampler is running (False if it was never started or has died)."""
-        return self._task is not None and not self._task.done()
+        """Whether the background sampler is running.
+
+        False if it was never started, has died, or its event loop was closed under it.
+        """
+        return task_alive(self._task)
 
     async def start_monitoring(self) -> None:
         """Take a first sample, start the background sampler and join the library-operation registry.
@@ -157,7 +161,7 @@ class PerformanceMonitor:
         """
         if self.sampler_alive:
             return
-        if self._task is not None:  # the sampler died: collect it before starting a new one
+        if self._task is not None:  # the sampler died (or its loop closed): collect it before a new one
             await self._discard_task()
         self._sample_event = asyncio.Event()
         self._take_sample(lag_s=0.0)
@@ -193,7 +197,7 @@ class PerformanceMonitor:
                 it does not support); the sampler keeps trying, and the error's ``__cause__`` is psutil's.
         """
         event, sampler = self._sample_event, self._task
-        if event is None or sampler is None or sampler.done():
+        if event is None or sampler is None or not task_alive(sampler):
             raise LifecycleError("the monitor is not running: await start_monitoring() first")
         event.clear()
         sampled = asyncio.ensure_future(event.wait())
@@ -241,14 +245,31 @@ class PerformanceMonitor:
             self._sampling_errors += 1
             self._sampling_error = error
             logger.debug("performance monitor could not sample the process", exc_info=True)
-            if self._sample_event is not None:  # a waiter learns that no sample came
-                self._sample_event.set()
+            self._signal_sample()  # a waiter learns that no sample came
             return False
         self._sampling_error = None
         self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0))
-        if self._sample_event is not None:
-            self._sample_event.set()
+        self._signal_sample()
         return True
+
+    def _signal_sample(self) -> None:
+        """Wake ``wait_for_sample()`` on the sampler's loop, also when a worker thread took the sample.
+
+        An ``asyncio.Event`` set off its loop wakes nobody (and raises in debug mode).
+        """
+        event, sampler = self._sample_event, self._task
+        if event is None:
+            return
+        loop = None if sampler is None else sampler.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            event.set()
+        elif not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nobody waits there any more
+                loop.call_soon_threadsafe(event.set)
 
     # ------------------------------------------------------------------------------------- recording
 
