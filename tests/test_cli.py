@@ -984,3 +984,23 @@ def test_help_lists_each_command_with_a_whole_summary_and_plain_metavars(group: 
     assert commands.strip() and "..." not in commands, commands
     assert "list[str]" not in cli("memory", "add", "--help").stdout  # --tag TAG, repeatable
     assert "``" not in cli("health", "--help").stdout  # help is plain text, not reStructuredText
+
+
+def test_health_of_a_store_a_running_process_holds_is_degraded_not_unhealthy(store: Path) -> None:
+    """A service holds its store (one process at a time): `health` pointed at it said unhealthy (exit 3),
+    so a probe wired to the command failed for as long as the service ran. The store is reported in use,
+    not checked from here (degraded), and the command exits 0."""
+    cli_json("--storage", str(store), "memory", "add", "held data")
+
+    async def hold_and_run() -> subprocess.CompletedProcess[str]:
+        async with MemoryManager(ContextManagerConfig(storage_path=store, embedder="none")):
+            return await asyncio.to_thread(run_cli, "--json", "--storage", str(store), "health")
+
+    held = asyncio.run(hold_and_run())
+    assert held.returncode == 0, held.stdout + held.stderr
+    report = json.loads(held.stdout)
+    check = report["checks"]["memory_store"]
+    assert report["status"] == "degraded" and check["status"] == "degraded"
+    assert f"pid {os.getpid()}" in check["message"] and "not checked" in check["message"]
+    released = json.loads(run_cli("--json", "--storage", str(store), "health").stdout)
+    assert released["status"] == "healthy" and "memory_store" not in released["checks"]

@@ -1158,12 +1158,14 @@ class _StoreUnderCheck:
     memory_manager: MemoryManager | None
 
 
-def _failing_check(message: str, recommendation: str) -> Callable[[], Any]:
-    """A check that reports the memory store unusable (missing, damaged or locked)."""
+def _failing_check(message: str, recommendation: str, *, degraded: bool = False) -> Callable[[], Any]:
+    """A check that reports the memory store unusable (missing, damaged), or not checked (in use)."""
     from context_manager.core.health_checker import CheckOutcome, HealthState
 
+    state = HealthState.DEGRADED if degraded else HealthState.UNHEALTHY
+
     def check() -> CheckOutcome:
-        return CheckOutcome(HealthState.UNHEALTHY, message, recommendation=recommendation)
+        return CheckOutcome(state, message, recommendation=recommendation)
 
     return check
 
@@ -1173,11 +1175,12 @@ def health(ctx: typer.Context) -> None:
     """Run the health checks on a memory store (exit code 3 when unhealthy or when there is none).
 
     Read-only: a path with no store is reported (the 'memory_store' check, unhealthy), never created, and
-    no memory moves between tiers.
+    no memory moves between tiers. A store another running process holds (a service: one process at a
+    time) is reported in use and not checked (degraded, exit code 0): that process checks it itself.
     """
 
     async def body(options: _Options) -> int:
-        from context_manager.core.errors import StorageError
+        from context_manager.core.errors import StorageError, StorageLockedError
         from context_manager.core.health_checker import HealthChecker, HealthState
         from context_manager.core.memory.manager import MemoryManager
 
@@ -1188,12 +1191,20 @@ def health(ctx: typer.Context) -> None:
         config = config.model_copy(update={"cache_path": path, "storage_path": path, "embedder": "none"})
         problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
+        in_use = False
         memory: MemoryManager | None = None
         if problem is None:
             memory = MemoryManager(config, rebalance_on_open=False)  # checking moves no memory
             try:
                 await memory.initialize()
-            except StorageError as error:  # damaged or locked: report it as a failing check
+            except StorageLockedError as error:  # a running service holds it: not a fault of the store
+                in_use, memory = True, None
+                problem = f"in use by {error.holder}: not checked from here (one process opens a store)"
+                advice = (
+                    "The process holding the store runs its own health checks (an EnhancedContextManager's "
+                    "get_system_status()); stop it to check the store from here."
+                )
+            except StorageError as error:  # damaged: report it as a failing check
                 problem, memory = _describe(error), None
                 advice = "The memory store cannot be opened; follow the advice in the message above."
         try:
@@ -1203,7 +1214,9 @@ def health(ctx: typer.Context) -> None:
             if not path.is_dir():  # nothing to probe; "recreate the directory" would be bad advice
                 checker.unregister_check("storage")
             if problem is not None:
-                checker.register_check("memory_store", _failing_check(problem, advice), critical=True)
+                checker.register_check(
+                    "memory_store", _failing_check(problem, advice, degraded=in_use), critical=True
+                )
             report = await checker.generate_diagnostic_report()
         finally:
             if memory is not None:
