@@ -237,15 +237,28 @@ class PersistedManagerMachine(RuleBasedStateMachine):
             if is_summary(message) or message.id in self.originals:
                 continue
             if TRUNCATED_METADATA_KEY in message.metadata:
-                # a cut copy: its original was queued when it was cut, and may be in memory already
-                memory = self.run(
-                    self.ready.memory_manager.get_memory(message_memory_id(CONVERSATION, message.id))
+                # a cut copy: its original was queued when it was cut, and may be in memory already (the
+                # writer stores the queue in the background: still queued is fine too)
+                queued = next(
+                    (
+                        m
+                        for m in window.evicted_messages
+                        if m.id == message.id and TRUNCATED_METADATA_KEY not in m.metadata
+                    ),
+                    None,
                 )
-                assert memory is not None, f"the full text of cut message {message.id} is lost"
-                self.in_memory.add(message.id)
+                if queued is not None:
+                    full = message_text(queued)
+                else:
+                    memory = self.run(
+                        self.ready.memory_manager.get_memory(message_memory_id(CONVERSATION, message.id))
+                    )
+                    assert memory is not None, f"the full text of cut message {message.id} is lost"
+                    self.in_memory.add(message.id)
+                    full = memory.content
                 metadata = {k: v for k, v in message.metadata.items() if k != TRUNCATED_METADATA_KEY}
-                self.texts[message.id] = memory.content
-                message = dataclasses.replace(message, content=memory.content, metadata=metadata)
+                self.texts[message.id] = full
+                message = dataclasses.replace(message, content=full, metadata=metadata)
             else:
                 self.texts[message.id] = message_text(message)
             self.originals[message.id] = message
