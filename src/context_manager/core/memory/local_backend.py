@@ -55,7 +55,7 @@ from context_manager.core.memory.index import (
     VectorIndex,
     build_match,
     owner_token,
-    segment_cjk_tokens,
+    segment_tokens,
 )
 from context_manager.core.memory.locking import (
     LOCK_FILE_NAME,
@@ -709,7 +709,7 @@ class LocalBackend:
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
         short, medium, long_store = self._stores
-        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
+        tokens = segment_tokens(query.tokens)  # the terms Chinese, Japanese and symbols are indexed as
         if not tokens or query.limit <= 0:
             return []
         tiers = query.tiers

@@ -167,7 +167,7 @@ class MemorySearch(TierMovement):
         weights from these.
         """
         backend = self._require("search_memory")
-        tokens = query_tokens(query)
+        tokens = query_tokens(query, symbols=True)  # an emoji is a word of a search
         if not tokens:
             return None
         weights = self.ranking

@@ -46,7 +46,7 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights, segment_cjk_tokens
+from context_manager.core.memory.index import ColumnWeights, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -927,7 +927,7 @@ class PostgresBackend:
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
-        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
+        tokens = segment_tokens(query.tokens)  # the terms Chinese, Japanese and symbols are indexed as
         if not tokens or query.limit <= 0:
             return []
         lexemes, rows = await self._term_statistics(tokens)
