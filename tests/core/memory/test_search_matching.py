@@ -192,6 +192,17 @@ async def test_a_query_of_words_and_an_emoji_ranks_what_has_both_first(manager: 
     assert {m.id for m in await manager.search_memory("🍕", limit=5)} == {both.id, emoji.id}
 
 
+async def test_term_frequencies_count_a_word_as_the_terms_it_is_searched_by(manager: MemoryManager) -> None:
+    """The ranking's document frequencies (the feedback query's) of an emoji or a run of Japanese were 0 on
+    SQLite (no such index term) and of an emoji 0 on PostgreSQL too: they count the terms search asks for
+    (PostgreSQL's are estimates from the server's statistics, so only the sign is compared)."""
+    await manager.add_memory("Team dinner was pizza 🍕 on Friday")
+    await manager.add_memory("東京の天気は晴れです", tier="long")
+    await manager.add_memory("東京の天気は雨です 🍕")
+    frequencies, _ = await manager._require("test").term_frequencies(["🍕", "東京の天気", "天気", "pizza"])
+    assert all(frequencies[word] > 0 for word in ("🍕", "東京の天気", "天気", "pizza")), frequencies
+
+
 async def test_a_long_term_tier_indexed_before_symbols_were_terms_is_reindexed_on_open(
     sqlite_config: ContextManagerConfig,
 ) -> None:

@@ -46,7 +46,7 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights, segment_tokens
+from context_manager.core.memory.index import ColumnWeights, index_terms, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -918,11 +918,18 @@ class PostgresBackend:
         return max(1, round(frequency * rows))
 
     async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
-        """Each word's document frequency estimated from the server's statistics, and the row estimate."""
+        """Each word's document frequency estimated from the server's statistics, and the row estimate.
+
+        A word counts as the terms it is searched by (``index_terms``: a symbol's term, a Chinese or
+        Japanese run's pairs); a word of several terms, the fewest memories of one of them.
+        """
         if not tokens:
             return {}, 0
-        lexemes, rows = await self._term_statistics(list(tokens))
-        frequencies = {token: self._document_frequency(lexemes[token], rows) for token in tokens}
+        terms_of = {token: index_terms(token) for token in tokens}
+        terms = list(dict.fromkeys(term for token_terms in terms_of.values() for term in token_terms))
+        lexemes, rows = await self._term_statistics(terms)
+        counts = {term: self._document_frequency(lexemes[term], rows) for term in terms}
+        frequencies = {token: min(counts[term] for term in terms_of[token]) for token in tokens}
         return frequencies, max(int(rows), 0)
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
