@@ -7,6 +7,9 @@ the durable one, so scores compare across tiers. User text never reaches FTS5 as
 to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is never searched by a word).
 :func:`query_tokens` splits words where the FTS5 tokenizer does: a diacritic written as a combining mark
 (``"nai\u0308ve"``, text in NFD) stays inside its word, as FTS5's ``remove_diacritics`` folds it away.
+Text is indexed after :func:`segment_text`: Chinese and Japanese as characters and pairs, each emoji or other
+symbol as an ASCII term of its code point (FTS5 splits words at symbols); :func:`segment_tokens` turns a
+query's words into the same terms.
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).

@@ -5,8 +5,9 @@ process: a write returns after its transaction committed on the server. User iso
 the indexed ``owner`` column of every query. Full-text search runs on the ``tsvector`` column a trigger
 keeps (GIN index), parsed from the text with the characters the query splits words at made spaces
 (``separators.py``: both see the same words, whatever the server's locale), Chinese and Japanese runs as
-their characters and pairs (as on SQLite); the query's words (``query_tokens``, a Chinese or Japanese run as
-its pairs) become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
+their characters and pairs, symbols as terms of their code points (as on SQLite); the query's terms
+(``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term)
+become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
 the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
 indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
