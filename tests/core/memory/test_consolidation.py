@@ -222,6 +222,44 @@ async def test_consolidation_keeps_facts_that_differ_in_an_identifier(manager: M
     assert [m.id for m in found] == [second.id]
 
 
+SYMBOL_PAIRS = [
+    (
+        "My rating of the Lisbon hotel after our long weekend stay there last spring: 👍",
+        "My rating of the Lisbon hotel after our long weekend stay there last spring: 👎",
+    ),
+    (
+        "the nightly backup of the staging cluster database was verified this morning ✓",
+        "the nightly backup of the staging cluster database was verified this morning ✗",
+    ),
+    (
+        "our team channel reacted to the release announcement of the new mobile app with 🎉",
+        "our team channel reacted to the release announcement of the new mobile app with 😡",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), SYMBOL_PAIRS, ids=["thumbs", "check", "reaction"])
+def test_texts_an_emoji_apart_are_not_merged(first: str, second: str) -> None:
+    """The words compared left symbols out (they split words): "... hotel: 👍" and "... hotel: 👎" were the
+    same words, merged into one memory, and the other rating was lost. A symbol is now compared as an
+    identifier: each text's symbols must be in the other."""
+    assert near_duplicate_groups(_memories(first, second), 0.85, None, 0.95) == []
+    assert near_duplicate_groups(_memories(first, second), 0.85, lambda a, b: 1.0, 0.95) == []
+    # the same symbol (a skin tone left out, as in search) still merges
+    same = first.replace("👍", "👍🏽")
+    assert len(near_duplicate_groups(_memories(first, same + "!"), 0.85, None, 0.95)) == 1
+
+
+async def test_consolidation_keeps_facts_that_differ_in_an_emoji(manager: MemoryManager) -> None:
+    first, second = SYMBOL_PAIRS[0]
+    liked = await manager.add_memory(first, tier="long")
+    disliked = await manager.add_memory(second, tier="long")
+    report = await manager.consolidate_memories(0.85)
+    assert report["consolidated_count"] == 0
+    assert [m.id for m in await manager.search_memory("👍", limit=5)] == [liked.id]
+    assert [m.id for m in await manager.search_memory("👎", limit=5)] == [disliked.id]
+
+
 async def test_consolidation_breaks_ties_alike_on_every_backend(manager: MemoryManager) -> None:
     """Groups were numbered in the backend's scan order (SQLite: long-term first, then the in-process
     tiers; PostgreSQL: by id), which broke the ties: the originals' order, the text kept when importance

@@ -343,21 +343,36 @@ def test_segmenting_a_long_text_by_slices_stores_the_same_terms() -> None:
     assert segment_cjk(texts[3]) is texts[3]
 
 
+def test_segmenting_a_long_text_with_symbols_by_slices_stores_the_same_terms() -> None:
+    """The same with emoji and flags: regional indicators across a slice's end pair as in one pass."""
+    from context_manager.core.memory.index import _SPECIAL_RUN, _spread_special, segment_text
+
+    filler = "log line é " * 6000
+    texts = [
+        filler[:65_535] + "🇫🇷🇩🇪 東京🍕の天気" + filler,  # a flag across the first slice's end
+        filler[:65_534] + "🇫" * 9 + filler,  # regional indicators pair from the first, whatever the slice
+        "🍕" * 140_000,
+        filler[:65_536] + "✓" + filler + "👍🏽",
+    ]
+    for text in texts:
+        assert segment_text(text) == _SPECIAL_RUN.sub(_spread_special, text)
+
+
 async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
     """A 5 MB tool output added to long-term memory held the event loop 50-300 ms from a worker thread.
 
-    The long-term write segments the text (``segment_cjk``) in the writer thread, but one regex call holds
+    The long-term write segments the text (``segment_text``) in the writer thread, but one regex call holds
     the GIL for all of its text (100-250 ms over 10 MB on 2 shared cores): the loop could not run. Measured
     as the longest wall-clock gap of a ticker task while a thread segments the text, the smallest of three
     runs (a busy machine delays a run now and then; a GIL held for 100 ms delays every run).
     """
-    from context_manager.core.memory.index import segment_cjk
+    from context_manager.core.memory.index import segment_text
 
     text = "Überprüfung der Zeile " + " ".join(f"zeile{i} größe{i % 97} ok" for i in range(500_000))
     assert len(text) > 10_000_000 and not text.isascii()
     gaps = []
     for _ in range(3):
-        worker = asyncio.ensure_future(asyncio.to_thread(segment_cjk, text))
+        worker = asyncio.ensure_future(asyncio.to_thread(segment_text, text))
         longest = 0.0
         last = time.perf_counter()
         while not worker.done():

@@ -466,9 +466,9 @@ async def _stale_search_vectors(dsn: str) -> int:
     import psycopg
 
     from context_manager.core.memory.postgres.schema import search_vector_sql
-    from context_manager.core.memory.postgres.separators import CJK, CJK_RUNS, SEPARATORS
+    from context_manager.core.memory.postgres.separators import CJK, PIECES, SEGMENTED, SEPARATORS
 
-    vector = search_vector_sql("m", f"'{SEPARATORS}'", (f"'{CJK}'", f"'{CJK_RUNS}'"))
+    vector = search_vector_sql("m", f"'{SEPARATORS}'", pieces=(f"'{CJK}'", f"'{SEGMENTED}'", f"'{PIECES}'"))
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute(
             f"SELECT count(*) FROM cm_memories AS m WHERE m.search IS DISTINCT FROM ({vector})"
@@ -687,7 +687,7 @@ def test_the_frozen_cjk_ranges_are_the_characters_the_embedded_store_segments() 
     assert frozen == segmented
 
 
-SEGMENTED = [
+SEGMENTED_TEXTS = [
     "東京の天気は晴れです",
     "会议定在2024年3月的Zoom上",
     "猫",
@@ -708,13 +708,13 @@ async def test_the_server_segments_chinese_and_japanese_as_the_embedded_store(po
     words = words_sql("t", f"'{SEPARATORS}'", cjk=(f"'{CJK}'", f"'{CJK_RUNS}'"))
     separator = re.compile("[" + "".join(chr(point) for point in sorted(_separator_code_points())) + "]")
     async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-        cursor = await connection.execute(f"SELECT {words} FROM unnest(%s::text[]) AS t", (SEGMENTED,))
+        cursor = await connection.execute(f"SELECT {words} FROM unnest(%s::text[]) AS t", (SEGMENTED_TEXTS,))
         written = [row[0] for row in await cursor.fetchall()]
         cursor = await connection.execute(
             "SELECT tsvector_to_array(to_tsvector('english', %s))", ("東京の天気 京の 天気",)
         )
         lexemes = (await cursor.fetchone() or [None])[0]
-    for text, server in zip(SEGMENTED, written, strict=True):
+    for text, server in zip(SEGMENTED_TEXTS, written, strict=True):
         assert sorted(server.split()) == sorted(separator.sub(" ", segment_cjk(text)).split()), text
     assert sorted(lexemes) == sorted(["東京の天気", "京の", "天気"])  # a pair is one lexeme, as queried
 
@@ -770,6 +770,129 @@ async def test_a_store_indexed_before_cjk_was_segmented_finds_it_after_the_upgra
         for memory_id, (_, _, _, word) in rows.items():
             assert [m.id for m in await first.search_memory(word, limit=3)] == [memory_id]
             assert [m.id for m in await second.search_memory(word, limit=3)] == [memory_id]
+    finally:
+        await first.close()
+        await second.close()
+
+
+def _code_points_of(ranges: str) -> set[int]:
+    found: set[int] = set()
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first, 16), int(last or first, 16) + 1))
+    return found
+
+
+def test_the_frozen_symbol_ranges_are_the_symbols_the_embedded_store_indexes() -> None:
+    """The same symbols on both backends; none is a letter, a Chinese or Japanese character, or changes when
+    a query is folded (the query's term would differ from the stored one)."""
+    import unicodedata
+
+    from context_manager.core.memory.index import _CJK, _WORD, SYMBOL_RANGES, _is_symbol, fold_case
+    from context_manager.core.memory.postgres.separators import SYMBOL_RANGES as FROZEN
+
+    symbols = _code_points_of(FROZEN)
+    assert symbols == _code_points_of(SYMBOL_RANGES)
+    assert {0x1F355, 0x1F389, 0x2764, 0x2713, 0x00A9, 0x1F1EB} <= symbols  # 🍕 🎉 ❤ ✓ © a regional indicator
+    assert not {0x1F3FD, 0xFE0F, 0x200D, 0x2502, 0x2588, 0x2800, 0xFFFD, 0x24B6} & symbols  # skin tone, ...
+    assert symbols <= _separator_code_points()  # a separator of both indexes before
+    cjk = re.compile(f"[{_CJK}]")
+    for point in symbols:
+        character = chr(point)
+        assert _is_symbol(character)
+        assert not _WORD.match(character) and not cjk.match(character)
+        assert fold_case(character) == character == unicodedata.normalize("NFD", character)
+    neighbours = {point + step for point in symbols for step in (-1, 1)} - symbols
+    assert not any(_is_symbol(chr(point)) for point in neighbours if 0 <= point < 0x110000)
+
+
+SYMBOL_TEXTS = [
+    "Team dinner was pizza 🍕 on Friday",
+    "🎉🎉🎉 launch",
+    "flags 🇫🇷🇩🇪🇯 end🇺🇸",  # two flags, a lone regional indicator, a flag joined to a word
+    "👍🏽 👨‍👩‍👧 ❤️ 1️⃣ ©2024 ™ 25°C ✓done ★★",  # skin tone, family, variation selector, keycap
+    "東京🍕の天気 猫🎉 a🍕b",  # symbols inside and next to Chinese and Japanese runs
+    "𝐀𝐁 🀄 𝄞 ┼─┼ \ufffd naïve ⓐ Ⓐ",  # an astral letter, mahjong, music, box drawing, U+FFFD, circled
+    "🍕" * 50 + "x" + "🇫" * 7,
+]
+
+
+async def test_the_server_segments_symbols_as_the_embedded_store(postgres_dsn: str) -> None:
+    """Migration 0008's vector holds the terms SQLite's index does: ``segment_text``, split at separators."""
+    import psycopg
+
+    from context_manager.core.memory.index import segment_text
+    from context_manager.core.memory.postgres.schema import words_sql
+    from context_manager.core.memory.postgres.separators import CJK, PIECES, SEGMENTED, SEPARATORS
+
+    words = words_sql("t", f"'{SEPARATORS}'", pieces=(f"'{CJK}'", f"'{SEGMENTED}'", f"'{PIECES}'"))
+    separator = re.compile("[" + "".join(chr(point) for point in sorted(_separator_code_points())) + "]")
+    texts = SYMBOL_TEXTS + SEGMENTED_TEXTS + ["plain ascii", "naïve café"]
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        cursor = await connection.execute(f"SELECT {words} FROM unnest(%s::text[]) AS t", (texts,))
+        written = [row[0] for row in await cursor.fetchall()]
+        cursor = await connection.execute(
+            "SELECT tsvector_to_array(to_tsvector('english', %s))", ("sym1f355 sym1f1eb1f1f7 syma9 symb0",)
+        )
+        lexemes = (await cursor.fetchone() or [None])[0]
+    for text, server in zip(texts, written, strict=True):
+        assert sorted(server.split()) == sorted(separator.sub(" ", segment_text(text)).split()), text
+    assert sorted(lexemes) == sorted(["sym1f355", "sym1f1eb1f1f7", "syma9", "symb0"])  # each one lexeme
+
+
+async def test_a_store_indexed_before_symbols_were_terms_finds_them_after_the_upgrade(
+    postgres_dsn: str,
+) -> None:
+    """Migration 0008 gives the rows holding a symbol their new vector, once, with two processes starting
+    together; other rows (ASCII, Chinese without a symbol) are not rewritten."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0008"]
+    assert len(before) == 7
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    rows = {  # content, tags, previous turn, a query
+        "pizza": ("Team dinner was pizza 🍕 on Friday", "", "", "🍕"),
+        "party tag": ("launch tonight", "🎉", "", "🎉🎉"),
+        "flag context": ("see the previous turn", "", "trip to Paris 🇫🇷 in May", "🇫🇷"),
+        "japanese": ("東京の天気は晴れです", "", "", "天気"),
+        "ascii": ("the quarterly budget spreadsheet", "", "", "budget"),
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for memory_id, (content, tags, context, _) in rows.items():
+            await connection.execute(  # rows written by the earlier version: its trigger computed the vector
+                "INSERT INTO cm_memories (id, tier, owner, content, tags, tags_text, context, importance, "
+                "created_at, last_accessed, source) "
+                "VALUES (%s, 'long', '', %s, %s, %s, %s, 0.5, 1.0, 1.0, 'user')",
+                (memory_id, content, [tags] if tags else [], tags, context),
+            )
+        cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+        places = dict(await cursor.fetchall())
+    assert await _stale_search_vectors(postgres_dsn) == 3
+
+    first, second = MemoryManager(postgres_config(postgres_dsn)), MemoryManager(postgres_config(postgres_dsn))
+    try:
+        await asyncio.gather(first.initialize(), second.initialize())
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
+            cursor = await connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0008%%'"
+            )
+            applied = await cursor.fetchone()
+        assert rewritten == {"pizza", "party tag", "flag context"}
+        assert applied == (1,)
+        for memory_id, (_, _, _, query) in rows.items():
+            assert [m.id for m in await first.search_memory(query, limit=3)] == [memory_id]
+            assert [m.id for m in await second.search_memory(query, limit=3)] == [memory_id]
     finally:
         await first.close()
         await second.close()

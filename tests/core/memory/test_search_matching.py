@@ -12,6 +12,8 @@
    PostgreSQL's parser kept it whole.
 5. Chinese and Japanese text was found by no word of it on PostgreSQL (then only on SQLite): the server's
    parser kept a run of it as one token; both backends now index its characters and pairs.
+6. An emoji ("🍕", "🎉🎉") or another symbol ("✓") found nothing on either backend: both indexes and the query
+   split words at it; both now index each symbol as a term of its own, and the query asks for it.
 """
 
 from __future__ import annotations
@@ -132,6 +134,104 @@ async def test_a_long_term_tier_indexed_before_cjk_segmentation_is_reindexed_on_
         connection.execute("DELETE FROM schema_migrations WHERE name = '0005_cjk_segments'")
     async with MemoryManager(sqlite_config) as memory:
         assert [m.id for m in await memory.search_memory("天気")] == [stored.id]
+        assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
+        assert (await memory.check_integrity())["ok"]
+
+
+SYMBOL_MEMORIES = {
+    "pizza": "Team dinner was pizza 🍕 on Friday",
+    "party": "Launch party tonight🎉",
+    "france": "Trip to Paris 🇫🇷 in May",
+    "germany": "Trip to Berlin 🇩🇪 in June",
+    "thumbs": "Great job on the release 👍🏽",
+    "heart": "I ❤️ the new design",
+    "check": "Backups verified ✓ on the staging cluster",
+    "plain": "An unrelated note about the weather in Paris",
+}
+SYMBOL_QUERIES = {
+    "🍕": ["pizza"],
+    "🎉🎉": ["party"],
+    "🎉": ["party"],
+    "🇫🇷": ["france"],
+    "🇩🇪": ["germany"],
+    "👍": ["thumbs"],
+    "👍🏿": ["thumbs"],  # another skin tone: the same thumb
+    "❤": ["heart"],
+    "❤️": ["heart"],
+    "✓": ["check"],
+    "🍔": [],  # not stored
+    "🇯🇵": [],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "medium", "long"])
+async def test_emoji_and_symbols_are_found_by_themselves(manager: MemoryManager, tier: str) -> None:
+    """Both indexes split words at emoji and other symbols, and so did the query: "🍕" alone was no word at
+    all (nothing found) and "pizza 🍕" found "pizza" only. Each symbol is now a term of its own, a flag one
+    term of its two regional indicators, skin tones and variation selectors left out."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in SYMBOL_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["🔥hot"])
+    for query, names in SYMBOL_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert [m.id for m in found] == [stored[name].id for name in names], (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("🔥", limit=5)] == [tagged.id]
+    assert [m.id for m in await manager.search_memory("hot", limit=5)] == [tagged.id]
+
+
+async def test_a_query_of_words_and_an_emoji_ranks_what_has_both_first(manager: MemoryManager) -> None:
+    both = await manager.add_memory("Team dinner was pizza 🍕 on Friday")
+    word = await manager.add_memory("A pizza recipe from my grandmother")
+    emoji = await manager.add_memory("Movie night 🍕 with friends")
+    await manager.add_memory("Team lunch was sushi on Monday")
+    found = [m.id for m in await manager.search_memory("pizza 🍕", limit=5)]
+    assert found[0] == both.id and set(found) == {both.id, word.id, emoji.id}
+    assert {m.id for m in await manager.search_memory("pizza", limit=5)} == {both.id, word.id}
+    assert {m.id for m in await manager.search_memory("🍕", limit=5)} == {both.id, emoji.id}
+
+
+async def test_term_frequencies_count_a_word_as_the_terms_it_is_searched_by(manager: MemoryManager) -> None:
+    """The ranking's document frequencies (the feedback query's) of an emoji or a run of Japanese were 0 on
+    SQLite (no such index term) and of an emoji 0 on PostgreSQL too: they count the terms search asks for
+    (PostgreSQL's are estimates from the server's statistics, so only the sign is compared)."""
+    await manager.add_memory("Team dinner was pizza 🍕 on Friday")
+    await manager.add_memory("東京の天気は晴れです", tier="long")
+    await manager.add_memory("東京の天気は雨です 🍕")
+    frequencies, _ = await manager._require("test").term_frequencies(["🍕", "東京の天気", "天気", "pizza"])
+    assert all(frequencies[word] > 0 for word in ("🍕", "東京の天気", "天気", "pizza")), frequencies
+
+
+async def test_a_long_term_tier_indexed_before_symbols_were_terms_is_reindexed_on_open(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    import json
+    import sqlite3
+
+    from context_manager.core.memory.index import segment_cjk
+
+    async with MemoryManager(sqlite_config) as memory:
+        pizza = await memory.add_memory("Team dinner was pizza 🍕 on Friday", tier="long")
+        flag = await memory.add_memory("a trip", tier="long", tags=["🇫🇷"])
+        japanese = await memory.add_memory("東京の天気は晴れです🎉", tier="long")
+        english = await memory.add_memory("The staging cluster runs Kubernetes", tier="long")
+    database = sqlite_config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        for rowid, content, tags in connection.execute(
+            "SELECT rowid, content, tags FROM memories"
+        ).fetchall():
+            tag_text = " ".join(json.loads(tags))
+            connection.execute(
+                "UPDATE memories_fts SET content = ?, tags = ? WHERE rowid = ?",
+                (segment_cjk(content), segment_cjk(tag_text), rowid),
+            )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0007_symbol_terms'")
+    async with MemoryManager(sqlite_config) as memory:
+        assert [m.id for m in await memory.search_memory("🍕")] == [pizza.id]
+        assert [m.id for m in await memory.search_memory("🇫🇷")] == [flag.id]
+        assert [m.id for m in await memory.search_memory("🎉")] == [japanese.id]
+        assert [m.id for m in await memory.search_memory("天気")] == [japanese.id]
         assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
         assert (await memory.check_integrity())["ok"]
 

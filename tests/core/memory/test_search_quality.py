@@ -123,6 +123,59 @@ async def test_feedback_finds_the_turn_that_shares_no_word_with_the_question(
             assert results and ids[later] not in [result.id for result in results]
 
 
+JAPANESE_SESSIONS = [  # the conversation above, in Japanese (no spaces between words)
+    [
+        ("ネイト", "先週ペットのカメを飼い始めた、名前はシェリー！"),
+        ("ジョアンナ", "おめでとう！もう慣れた？"),
+        ("ネイト", "ゆっくりね、一日中隠れている。"),
+    ],
+    *[
+        [
+            ("ジョアンナ", f"{day}は脚本の第二幕を書き直した。"),
+            ("ネイト", f"{day}は友達とずっとゲームをしていた。"),
+            ("ジョアンナ", f"{day}の夜に乳製品なしのケーキも焼いた。"),
+            ("ネイト", "おいしそう、レシピを送って。"),
+        ]
+        for day in ("月曜日", "火曜日", "水曜日", "木曜日", "金曜日", "土曜日")
+    ],
+    [
+        ("ジョアンナ", "大会はどうだった？"),
+        ("ネイト", "準決勝で負けたけど、誇りに思う。"),
+        ("ジョアンナ", "すごい結果だね！"),
+        ("ネイト", "ありがとう。家ではシェリーが私の手からレタスを食べるようになった。"),
+    ],
+]
+
+
+async def test_feedback_lends_the_pairs_of_a_japanese_turn(config: ContextManagerConfig) -> None:
+    """The multi-hop question above in Japanese: "ネイトのペットは何？" names the turtle's first turn
+    ("ペット"), the later turn about シェリー shares no pair of characters with it. The feedback query
+    took the best hits' words as query_tokens split them, a whole run of Japanese each ("名前はシェリー"):
+    no index term, counted in no memory (term_frequencies), so none was lent and the later turn was never
+    found. The words are now the pairs the index holds ("シェ", "ェリ", "リー")."""
+    later = JAPANESE_SESSIONS[-1][-1][1]
+    expanded = RankingWeights(feedback=1.0, feedback_min_memories=30)
+    async with MemoryManager(config, ranking=expanded) as memory:
+        ids = {}
+        for session, turns in enumerate(JAPANESE_SESSIONS):
+            added = await memory.add_memories(
+                [
+                    {
+                        "content": text,
+                        "metadata": {"session_id": f"s{session}", "turn_index": index, "speaker": speaker},
+                    }
+                    for index, (speaker, text) in enumerate(turns)
+                ]
+            )
+            ids.update((item.content, item.id) for item in added)
+        results = await memory.search_memory("ネイトのペットは何？", limit=10)
+        assert results and "ペットのカメ" in results[0].content
+        assert ids[later] in [result.id for result in results]
+    async with MemoryManager(config, ranking=RankingWeights(feedback=0.0)) as memory:
+        results = await memory.search_memory("ネイトのペットは何？", limit=10)
+        assert results and ids[later] not in [result.id for result in results]
+
+
 async def test_a_question_asking_when_prefers_the_turn_that_says_when(config: ContextManagerConfig) -> None:
     """Both turns name the adoption and Shelly; "When did ..." is answered by the one that says when."""
     turns = [

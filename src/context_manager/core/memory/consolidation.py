@@ -4,9 +4,10 @@ Two memories of one user are near-duplicates when
 
 * their word sets are similar (Jaccard similarity at least the threshold), or, with an embedder,
   their vectors are (cosine at least the semantic threshold), **and**
-* they name the same identifiers: every number, code, e-mail address, web address and name in one
-  of them is in the other (:func:`identifiers`). "My account is 12345678" and "My account is
-  12345679" are one word apart and mean different things; merging them would hide one; **and**
+* they name the same identifiers: every number, code, e-mail address, web address, name and symbol
+  (an emoji: "rated 👍" / "rated 👎") in one of them is in the other (:func:`identifiers`). "My account
+  is 12345678" and "My account is 12345679" are one word apart and mean different things; merging them
+  would hide one; **and**
 * they say it the same way where a word decides the meaning (:func:`meaning_markers`): the same
   negations ("is allergic" / "is not allergic"), number words ("one nine" / "one eight"), times and days
   ("today" / "tomorrow"), and, when an order word relates two things ("backup before deploy" /
@@ -66,9 +67,14 @@ def identifiers(text: str) -> frozenset[str]:
     * an e-mail address or a web address;
     * a code: a word with a capital after its first letter (``ACME``, ``EU-WEST``, ``iPhone``);
     * a name: a capitalised word inside a sentence, or starting one unless it is a common word
-      (``Alice prefers ...`` names Alice; ``The report ...`` names nothing).
+      (``Alice prefers ...`` names Alice; ``The report ...`` names nothing);
+    * a symbol as search finds it (``query_tokens``: an emoji, skin tones left out; a flag; ``✓``).
     """
     found: set[str] = set()
+    if not text.isascii():  # ASCII holds no symbol
+        found.update(
+            token for token in query_tokens(text, limit=10_000, symbols=True) if _is_symbol_token(token)
+        )
     for pattern in (_EMAIL, _URL):
         for match in pattern.finditer(text):
             found.add(match.group(0).rstrip(_STRIP).lower())
@@ -89,6 +95,11 @@ def identifiers(text: str) -> frozenset[str]:
         elif word[0].isupper() and not (starts and lower in _COMMON_STARTS):
             found.add(lower)  # a name
     return frozenset(found)
+
+
+def _is_symbol_token(token: str) -> bool:
+    """Whether a ``query_tokens(..., symbols=True)`` token is a symbol (a word starts alphanumeric)."""
+    return not token[0].isalnum()
 
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -212,7 +223,10 @@ def near_duplicate_groups(
     for memory in memories:
         unique.setdefault(memory.id, memory)
     items = list(unique.values())
-    words = [frozenset(query_tokens(_DIGIT_GROUPS.sub("", memory.content), limit=10_000)) for memory in items]
+    words = [
+        frozenset(query_tokens(_DIGIT_GROUPS.sub("", memory.content), limit=10_000, symbols=True))
+        for memory in items
+    ]
     names = [identifiers(memory.content) for memory in items]
     markers = [meaning_markers(memory.content) for memory in items]
     postings: dict[tuple[str | None, str], list[int]] = {}

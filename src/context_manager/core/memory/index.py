@@ -7,6 +7,9 @@ the durable one, so scores compare across tiers. User text never reaches FTS5 as
 to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is never searched by a word).
 :func:`query_tokens` splits words where the FTS5 tokenizer does: a diacritic written as a combining mark
 (``"nai\u0308ve"``, text in NFD) stays inside its word, as FTS5's ``remove_diacritics`` folds it away.
+Text is indexed after :func:`segment_text`: Chinese and Japanese as characters and pairs, each emoji or other
+symbol as an ASCII term of its code point (FTS5 splits words at symbols); :func:`segment_tokens` turns a
+query's words into the same terms.
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
@@ -14,6 +17,7 @@ The vector index keeps float32 rows in a numpy matrix and scores them with one m
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 import sqlite3
@@ -43,7 +47,11 @@ __all__ = [
     "search_fts",
     "search_fts_weighted",
     "segment_cjk",
-    "segment_cjk_tokens",
+    "segment_text",
+    "segment_tokens",
+    "index_terms",
+    "SYMBOL_RANGES",
+    "SYMBOL_TERM_PREFIX",
     "weighted_search_parameters",
     "weighted_search_sql",
 ]
@@ -86,7 +94,85 @@ change here needs new ranges and a migration there."""
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 _CJK_SPLIT = re.compile(f"([{_CJK}]+)")
 _SEGMENT_CHUNK = 65_536
-"""Characters :func:`segment_cjk` scans per regex call (about 1 ms each)."""
+"""Characters :func:`segment_text` scans per regex call (about 1 ms each)."""
+
+SYMBOL_RANGES = (
+    "a6,a9,ae,b0,482,58d-58e,60e-60f,6de,6e9,6fd-6fe,7f6,9fa,b70,bf3-bf8,bfa,c7f,d4f,d79,f01-f03,f13,"
+    "f15-f17,f1a-f1f,f34,f36,f38,fbe-fc5,fc7-fcc,fce-fcf,fd5-fd8,109e-109f,1390-1399,166d,1940,19de-19ff,"
+    "1b61-1b6a,1b74-1b7c,203c,2049,2100-2101,2103-2106,2108-2109,2114,2116-2117,211e-2123,2125,2127,2129,"
+    "212e,213a-213b,214a,214c-214d,214f,218a-218b,2194-2199,219c-219f,21a1-21a2,21a4-21a5,21a7-21ad,"
+    "21af-21cc,21d0-21d1,21d3,21d5-21f3,2300-2307,230c-231f,2322-2328,232b-237b,237d-239a,23b4-23db,"
+    "23e2-2426,2440-244a,249c-24b5,24d0-24e9,25a0-25b6,25b8-25c0,25c2-25f7,25fb-25fe,2600-266e,2670-2767,"
+    "2794-27bf,2934-2935,2b00-2b2f,2b45-2b46,2b4d-2b73,2b76-2b95,2b97-2bff,2ce5-2cea,2e50-2e51,2e80-2e99,"
+    "2e9b-2ef3,2f00-2fd5,2ff0-2ffb,3004,3012-3013,3020,3030,3036-3037,303d-303f,3190-3191,3196-319f,"
+    "31c0-31e3,3200-321e,322a-3247,3250,3260-327f,328a-32b0,32c0-33ff,4dc0-4dff,a490-a4c6,a828-a82b,"
+    "a836-a837,a839,aa77-aa79,fd40-fd4f,fdcf,fdfd-fdff,ffe4,ffe8,ffed-ffee,10137-1013f,10179-10189,"
+    "1018c-1018e,10190-1019c,101a0,101d0-101fc,10877-10878,10ac8,1173f,11fd5-11fdc,11fe1-11ff1,"
+    "16b3c-16b3f,16b45,1bc9c,1cf50-1cfc3,1d000-1d0f5,1d100-1d126,1d129-1d15d,1d16a-1d16c,1d183-1d184,"
+    "1d18c-1d1a9,1d1ae-1d1ba,1d1c1-1d1ea,1d200-1d241,1d245,1d300-1d356,1d800-1d9ff,1da37-1da3a,"
+    "1da6d-1da74,1da76-1da83,1da85-1da86,1e14f,1ecac,1ed2e,1f000-1f0ff,1f10d-1f1ad,1f1af-1f3fa,"
+    "1f400-1f773,1f780-1f7d8,1f7dc-1f7f0,1f800-1f8b1,1f8bc-1f8bf,1f8c2-1f8cf,1f8d9-1fa53,1fa58-1fb92,"
+    "1fb94-1fbca,1fc00-1fffd"
+)
+"""The symbols indexed as terms of their own (:func:`segment_text`): inclusive code point ranges (hexadecimal,
+``first-last`` or one code point), comma-separated.
+
+Both indexes split words at these characters (they are no letters or digits), so "🍕" alone was no term and
+found nothing. They are the characters of category ``So`` (other symbols: pictographs, dingbats, signs such
+as ``©`` ``°`` ``™`` ``✓`` ``★``) under Python 3.11's Unicode 14.0 and those Unicode calls
+``Extended_Pictographic`` (every emoji, ``‼`` and ``↔`` too, and the code points kept for future emoji),
+but for box drawing, block elements and braille patterns (drawings, not words), the replacement characters
+``U+FFFC``-``U+FFFD``, and the few that change under :func:`fold_case` or have a decomposition (``Ⓐ``: the
+query's form differs from the stored one). Emoji modifiers (skin tones), variation selectors and joiners
+are not in it: they separate words, so "👍🏽" is found by "👍". Frozen, as ``_CJK``: PostgreSQL's index
+holds the same (``postgres/separators.py``); a change needs new ranges and a migration on both backends."""
+
+SYMBOL_TERM_PREFIX = "sym"
+"""A symbol is indexed as this prefix and its code point in hexadecimal (``"🍕"`` as ``sym1f355``; a flag,
+two regional indicators, as one term of both: ``"🇯🇵"`` as ``sym1f1ef1f1f5``): an ASCII word, which FTS5
+and PostgreSQL's parser both keep whole."""
+
+
+def _code_points(ranges: str) -> list[tuple[int, int]]:
+    pairs = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        pairs.append((int(first, 16), int(last or first, 16)))
+    return pairs
+
+
+_SYMBOL_SPANS = _code_points(SYMBOL_RANGES)
+_SYMBOL_STARTS = [first for first, _ in _SYMBOL_SPANS]
+
+
+def _is_symbol(character: str) -> bool:
+    """Whether one character is in :data:`SYMBOL_RANGES` (a binary search: no set of 7,600 at import)."""
+    point = ord(character)
+    position = bisect.bisect_right(_SYMBOL_STARTS, point) - 1
+    return position >= 0 and point <= _SYMBOL_SPANS[position][1]
+
+
+_FLAG_FIRST, _FLAG_LAST = "\U0001f1e6", "\U0001f1ff"
+_REGIONAL = f"{_FLAG_FIRST}-{_FLAG_LAST}"
+"""Regional indicators: two of them are a flag."""
+_SYMBOLS_BMP = "".join(
+    re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
+    for first, last in _SYMBOL_SPANS
+    if last <= 0xFFFF
+)
+_SPECIAL = f"{_CJK}{_SYMBOLS_BMP}\U00010000-\U0001ffff"
+"""A superset of the characters :func:`segment_text` rewrites (Chinese, Japanese, symbols), quick to match:
+Python's regular expressions test a character against a class's ranges above U+FFFF one by one, and the
+symbols' 46 there made a scan of non-ASCII text 10 times slower; which characters of a run are symbols is
+then looked up (:func:`_is_symbol`)."""
+_SPECIAL_RUN = re.compile(f"[{_SPECIAL}]+")
+_PIECE = re.compile(f"([{_CJK}]+)|([{_REGIONAL}]{{2}}|.)", re.DOTALL)
+"""A run of :data:`_SPECIAL_RUN` as its pieces: a Chinese or Japanese run (group 1), else a flag or one
+character (group 2), whether a symbol or not."""
+_QUERY_TOKEN = re.compile(
+    f"(?P<word>{_WORD.pattern})|[{_REGIONAL}]{{2}}|[{_SYMBOLS_BMP}\U00010000-\U0001ffff]"
+)
+"""A query's word, flag or symbol candidate (a candidate that is no symbol is skipped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +216,33 @@ def fold_case(text: str) -> str:
     return unicodedata.normalize("NFC", lowered)
 
 
-def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
+def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS, symbols: bool = False) -> list[str]:
     """Split free text into distinct word tokens (no FTS5 syntax can survive this).
 
     Words are split where the FTS5 tokenizer splits them and compared after :func:`fold_case`, so a memory
-    is found by its own words whatever their Unicode form.
+    is found by its own words whatever their Unicode form. With ``symbols``, each symbol of
+    :data:`SYMBOL_RANGES` (an emoji, a flag) is a token too, in the order written (a search's query;
+    :func:`segment_tokens` turns it into its index term).
 
     Example:
         >>> query_tokens("Mañana in İzmir? mañana!")
         ['mañana', 'in', 'izmir']
+        >>> query_tokens("pizza🍕 🎉🎉", symbols=True)
+        ['pizza', '🍕', '🎉']
     """
+    folded = fold_case(text)
     seen: dict[str, None] = {}
-    for match in _WORD.finditer(fold_case(text)):
+    if symbols and not folded.isascii():  # ASCII text holds no symbol: the plain scan
+        for match in _QUERY_TOKEN.finditer(folded):
+            token = match.group(0)
+            if match.group("word") is None and len(token) == 1 and not _is_symbol(token):
+                continue  # a character above U+FFFF that is neither a word nor a symbol (a separator)
+            if token not in seen:
+                seen[token] = None
+                if len(seen) >= limit:
+                    break
+        return list(seen)
+    for match in _WORD.finditer(folded):
         token = match.group(0)
         if token not in seen:
             seen[token] = None
@@ -151,21 +252,45 @@ def query_tokens(text: str, *, limit: int = MAX_QUERY_TOKENS) -> list[str]:
 
 
 def segment_cjk(text: str) -> str:
-    """Text as the embedded store indexes it: each run of Chinese or Japanese as its characters and pairs.
+    """Text with each run of Chinese or Japanese as its characters and pairs (no symbol as a term).
 
-    FTS5's ``unicode61`` splits words at spaces and punctuation only, so a Chinese or Japanese sentence
-    (written without spaces) would be one term, found by no word of it. Each character and each pair of
-    neighbouring characters is a term instead (the usual bigram indexing of these scripts); other text is
-    left as it is. :func:`segment_cjk_tokens` turns a query's words into the same terms.
+    What the index held from migration ``0005_cjk_segments`` until ``0007_symbol_terms``;
+    :func:`segment_text` is what it holds now.
 
     Example:
         >>> segment_cjk("東京の天気 in May")
         ' 東 京 の 天 気 東京 京の の天 天気  in May'
     """
+    if text.isascii():
+        return text
+    return _segment(text, _CJK_RUN, _spread_run)
+
+
+def segment_text(text: str) -> str:
+    """Text as the embedded store indexes it: Chinese and Japanese as characters and pairs, symbols as terms.
+
+    FTS5's ``unicode61`` splits words at spaces, punctuation and symbols, so a Chinese or Japanese sentence
+    (written without spaces) would be one term, found by no word of it, and an emoji no term at all. Each
+    character of such a run and each pair of neighbouring characters is a term instead (the usual bigram
+    indexing of these scripts), and each symbol of :data:`SYMBOL_RANGES` (a flag: its two regional
+    indicators) the ASCII term of its code point (:data:`SYMBOL_TERM_PREFIX`); other text is left as it is.
+    :func:`segment_tokens` turns a query's words into the same terms.
+
+    Example:
+        >>> segment_text("東京の天気 in May")
+        ' 東 京 の 天 気 東京 京の の天 天気  in May'
+        >>> segment_text("pizza🍕!")
+        'pizza sym1f355 !'
+    """
     if text.isascii():  # O(1) in CPython: most text, and megabyte tool outputs, end here
         return text
+    return _segment(text, _SPECIAL_RUN, _spread_special)
+
+
+def _segment(text: str, runs: re.Pattern[str], spread: Callable[[re.Match[str]], str]) -> str:
+    """``runs.sub(spread, text)``, a long text a slice at a time (the text itself when nothing matches)."""
     if len(text) <= _SEGMENT_CHUNK:
-        return _CJK_RUN.sub(_spread_run, text) if _CJK_RUN.search(text) else text
+        return runs.sub(spread, text) if runs.search(text) else text
     # A long text a slice at a time, each ending where no run goes on: the same result, but a regex call
     # holds the GIL for all of its text (50-120 ms over 5 MB), stalling the event loop while a worker
     # thread indexes it; between slices the loop gets its turn.
@@ -174,13 +299,13 @@ def segment_cjk(text: str) -> str:
     found = False
     while start < len(text):
         end = start + _SEGMENT_CHUNK
-        run = _CJK_RUN.match(text, end) if end < len(text) else None
+        run = runs.match(text, end) if end < len(text) else None
         if run is not None:  # a run crossing the slice's end stays whole in this slice
             end = run.end()
         part = text[start:end]
-        if _CJK_RUN.search(part) is not None:
+        if runs.search(part) is not None:
             found = True
-            part = _CJK_RUN.sub(_spread_run, part)
+            part = runs.sub(spread, part)
         parts.append(part)
         start = end
     return "".join(parts) if found else text
@@ -192,28 +317,61 @@ def _spread_run(match: re.Match[str]) -> str:
     return " " + " ".join([*run, *pairs]) + " "
 
 
-def segment_cjk_tokens(tokens: Sequence[str], *, limit: int = 2 * MAX_QUERY_TOKENS) -> list[str]:
-    """Query words as terms of :func:`segment_cjk` text: a Chinese or Japanese run as its character pairs.
+def _symbol_term(symbol: str) -> str:
+    return SYMBOL_TERM_PREFIX + "".join(f"{ord(character):x}" for character in symbol)
+
+
+def _spread_special(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if _CJK_RUN.fullmatch(run) is not None:  # Chinese or Japanese only (the usual case)
+        return _spread_run(match)
+    return _PIECE.sub(_spread_piece, run)
+
+
+def _spread_piece(match: re.Match[str]) -> str:
+    if match.group(1) is not None:
+        return _spread_run(match)
+    piece = match.group(2)
+    if len(piece) == 2 or _is_symbol(piece):  # two characters: a flag
+        return f" {_symbol_term(piece)} "
+    return piece  # a character above U+FFFF that is no symbol (a letter, a separator)
+
+
+def index_terms(token: str) -> list[str]:
+    """The terms of :func:`segment_text` text a query word asks for (see :func:`segment_tokens`)."""
+    if token.isascii():
+        return [token]
+    if (len(token) == 1 and _is_symbol(token)) or (
+        len(token) == 2 and all(_FLAG_FIRST <= c <= _FLAG_LAST for c in token)
+    ):
+        return [_symbol_term(token)]
+    if _CJK_RUN.search(token) is None:
+        return [token]
+    terms: dict[str, None] = {}
+    for part in _CJK_SPLIT.split(token):
+        if not part:
+            continue
+        if _CJK_RUN.fullmatch(part) is None or len(part) == 1:
+            terms[part] = None
+        else:
+            terms.update(dict.fromkeys(part[index : index + 2] for index in range(len(part) - 1)))
+    return list(terms)
+
+
+def segment_tokens(tokens: Sequence[str], *, limit: int = 2 * MAX_QUERY_TOKENS) -> list[str]:
+    """Query words as terms of :func:`segment_text` text: a Chinese or Japanese run as pairs, a symbol's term.
 
     A run of one character stays one term; Latin letters or digits joined to a run are a word of their own
-    (as :func:`segment_cjk` separates them). At most ``limit`` distinct terms (a long sentence of pairs).
+    (as :func:`segment_text` separates them). At most ``limit`` distinct terms (a long sentence of pairs).
+    A term given again is itself (a pair, a symbol's term).
 
     Example:
-        >>> segment_cjk_tokens(["東京の天気", "zoom会議", "猫"])
-        ['東京', '京の', 'の天', '天気', 'zoom', '会議', '猫']
+        >>> segment_tokens(["東京の天気", "zoom会議", "猫", "🍕"])
+        ['東京', '京の', 'の天', '天気', 'zoom', '会議', '猫', 'sym1f355']
     """
     terms: dict[str, None] = {}
     for token in tokens:
-        if _CJK_RUN.search(token) is None:
-            terms[token] = None
-            continue
-        for part in _CJK_SPLIT.split(token):
-            if not part:
-                continue
-            if _CJK_RUN.fullmatch(part) is None or len(part) == 1:
-                terms[part] = None
-            else:
-                terms.update(dict.fromkeys(part[index : index + 2] for index in range(len(part) - 1)))
+        terms.update(dict.fromkeys(index_terms(token)))
     return list(terms)[:limit]
 
 
@@ -243,9 +401,9 @@ def build_match(tokens: Sequence[str], owner: str | None, *, column: str | None 
 def fts_row(memory: Memory) -> tuple[str, str, str, str, str]:
     """The FTS5 column values indexed for a memory."""
     return (
-        segment_cjk(memory.content),
-        segment_cjk(" ".join(memory.tags)),
-        segment_cjk(memory.context[:CONTEXT_CHARS]),
+        segment_text(memory.content),
+        segment_text(" ".join(memory.tags)),
+        segment_text(memory.context[:CONTEXT_CHARS]),
         memory.session_date or "",
         owner_token(memory.user_id),
     )

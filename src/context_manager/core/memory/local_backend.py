@@ -54,8 +54,9 @@ from context_manager.core.memory.index import (
     Stemmer,
     VectorIndex,
     build_match,
+    index_terms,
     owner_token,
-    segment_cjk_tokens,
+    segment_tokens,
 )
 from context_manager.core.memory.locking import (
     LOCK_FILE_NAME,
@@ -750,21 +751,29 @@ class LocalBackend:
         return tier_frequencies, tier_totals
 
     async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
-        """How many memories of every tier contain each word (a memory in two tiers counts twice)."""
+        """How many memories of every tier contain each word (a memory in two tiers counts twice).
+
+        A word counts as the terms it is searched by (``index_terms``: a symbol's term, a Chinese or
+        Japanese run's pairs); a word of several terms, the fewest memories of one of them.
+        """
         if not tokens:
             return {}, 0
-        stems = self._stems(list(tokens))
+        terms_of = {token: index_terms(token) for token in tokens}
+        terms = list(dict.fromkeys(term for token_terms in terms_of.values() for term in token_terms))
+        stems = self._stems(terms)
         short, medium, _ = self._stores
         tier_frequencies, tier_totals = await self._tier_frequencies(stems, (short, medium), True)
-        frequencies: dict[str, int] = {}
-        for token, stem in zip(tokens, stems, strict=True):
-            frequencies[token] = sum(counts.get(stem, 0) for counts in tier_frequencies.values())
+        counts = {
+            term: sum(frequency.get(stem, 0) for frequency in tier_frequencies.values())
+            for term, stem in zip(terms, stems, strict=True)
+        }
+        frequencies = {token: min(counts[term] for term in terms_of[token]) for token in tokens}
         return frequencies, sum(tier_totals.values())
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """BM25 candidates of every tier searched, scored with the IDF of all of them (comparable)."""
         short, medium, long_store = self._stores
-        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
+        tokens = segment_tokens(query.tokens)  # the terms Chinese, Japanese and symbols are indexed as
         if not tokens or query.limit <= 0:
             return []
         tiers = query.tiers

@@ -13,7 +13,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from context_manager.core.memory.index import CONTEXT_CHARS, ColumnWeights, create_fts_table, segment_cjk
+from context_manager.core.memory.index import (
+    CONTEXT_CHARS,
+    ColumnWeights,
+    create_fts_table,
+    segment_cjk,
+    segment_text,
+)
 
 __all__ = ["MIGRATIONS", "apply_migrations", "applied_migrations"]
 
@@ -113,6 +119,33 @@ def m006_pending_merges(connection: sqlite3.Connection) -> None:
     connection.execute("CREATE TABLE pending_merges (merged_id TEXT PRIMARY KEY)")
 
 
+def m007_symbol_terms(connection: sqlite3.Connection) -> None:
+    """Index emoji and other symbols as terms of their own (:func:`segment_text`, ``SYMBOL_RANGES``).
+
+    FTS5 splits words at them, so "🍕" was no term and found nothing: the FTS5 text columns of the rows
+    holding one are written again (other rows, ASCII ones first of all, are unchanged).
+    """
+    last = 0
+    while True:  # a chunk at a time, as 0005
+        rows = connection.execute(
+            "SELECT rowid, content, tags, context FROM memories WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, content, tags, context in rows:
+            columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
+            if all(text.isascii() for text in columns):
+                continue
+            segmented = tuple(segment_text(text) for text in columns)
+            if segmented != tuple(segment_cjk(text) for text in columns):  # what 0005 and writes indexed
+                connection.execute(
+                    f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
+                    (*segmented, rowid),
+                )
+        last = rows[-1][0]
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
@@ -120,6 +153,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_superseded_index", m004_superseded_index),
     ("0005_cjk_segments", m005_cjk_segments),
     ("0006_pending_merges", m006_pending_merges),
+    ("0007_symbol_terms", m007_symbol_terms),
 ]
 """Every migration in the order it is applied."""
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
-from context_manager.core.memory.index import content_tokens, query_tokens
+from context_manager.core.memory.index import content_tokens, query_tokens, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
     Candidate,
@@ -167,7 +167,7 @@ class MemorySearch(TierMovement):
         weights from these.
         """
         backend = self._require("search_memory")
-        tokens = query_tokens(query)
+        tokens = query_tokens(query, symbols=True)  # an emoji is a word of a search
         if not tokens:
             return None
         weights = self.ranking
@@ -264,7 +264,14 @@ class MemorySearch(TierMovement):
         # conversation turns only: the feedback query was learned and measured on conversations (the other
         # half of a multi-hop answer is another turn); elsewhere it would cost a second query unvalidated
         best = [c for c in ranked[: weights.feedback_hits] if c.score > 0 and c.session is not None]
-        hit_words = [content_tokens(query_tokens(found[c.id][0].content, limit=_HIT_WORDS)) for c in best]
+        # each word as the terms the index holds (a Chinese or Japanese run as its pairs): a run's whole
+        # sentence is no term, so it was in no memory and lent nothing
+        hit_words = [
+            segment_tokens(
+                content_tokens(query_tokens(found[c.id][0].content, limit=_HIT_WORDS)), limit=_HIT_WORDS
+            )
+            for c in best
+        ]
         words = list(dict.fromkeys(word for words in hit_words for word in words))
         if not words:
             return candidates
@@ -273,7 +280,7 @@ class MemorySearch(TierMovement):
             return candidates
         expansion = feedback_terms(
             hit_words,
-            lexical.tokens,
+            segment_tokens(lexical.tokens),
             frequencies,
             total,
             weights.feedback_terms,

@@ -5,8 +5,9 @@ process: a write returns after its transaction committed on the server. User iso
 the indexed ``owner`` column of every query. Full-text search runs on the ``tsvector`` column a trigger
 keeps (GIN index), parsed from the text with the characters the query splits words at made spaces
 (``separators.py``: both see the same words, whatever the server's locale), Chinese and Japanese runs as
-their characters and pairs (as on SQLite); the query's words (``query_tokens``, a Chinese or Japanese run as
-its pairs) become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
+their characters and pairs, symbols as terms of their code points (as on SQLite); the query's terms
+(``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term)
+become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
 the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
 indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
@@ -46,7 +47,7 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights, segment_cjk_tokens
+from context_manager.core.memory.index import ColumnWeights, index_terms, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -919,16 +920,23 @@ class PostgresBackend:
         return max(1, round(frequency * rows))
 
     async def term_frequencies(self, tokens: Sequence[str]) -> tuple[dict[str, int], int]:
-        """Each word's document frequency estimated from the server's statistics, and the row estimate."""
+        """Each word's document frequency estimated from the server's statistics, and the row estimate.
+
+        A word counts as the terms it is searched by (``index_terms``: a symbol's term, a Chinese or
+        Japanese run's pairs); a word of several terms, the fewest memories of one of them.
+        """
         if not tokens:
             return {}, 0
-        lexemes, rows = await self._term_statistics(list(tokens))
-        frequencies = {token: self._document_frequency(lexemes[token], rows) for token in tokens}
+        terms_of = {token: index_terms(token) for token in tokens}
+        terms = list(dict.fromkeys(term for token_terms in terms_of.values() for term in token_terms))
+        lexemes, rows = await self._term_statistics(terms)
+        counts = {term: self._document_frequency(lexemes[term], rows) for term in terms}
+        frequencies = {token: min(counts[term] for term in terms_of[token]) for token in tokens}
         return frequencies, max(int(rows), 0)
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
-        tokens = segment_cjk_tokens(query.tokens)  # the terms Chinese and Japanese text is indexed as
+        tokens = segment_tokens(query.tokens)  # the terms Chinese, Japanese and symbols are indexed as
         if not tokens or query.limit <= 0:
             return []
         lexemes, rows = await self._term_statistics(tokens)

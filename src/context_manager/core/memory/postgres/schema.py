@@ -10,12 +10,20 @@ are never empty), so user isolation is an indexed equality in every query. ``sea
 when a row is inserted without one and when an update changes its text (migration ``0003``; it was a generated
 column before). An overflow move copies it with the row instead of parsing the text again. The text is parsed
 with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``), Chinese and
-Japanese runs first spread into their characters and pairs as the embedded store indexes them (``0007``).
+Japanese runs first spread into their characters and pairs as the embedded store indexes them (``0007``),
+emoji and other symbols each made an ASCII term of its code point (``0008``).
 """
 
 from __future__ import annotations
 
-from context_manager.core.memory.postgres.separators import CJK, CJK_RUNS, SEPARATORS
+from context_manager.core.memory.postgres.separators import (
+    CJK,
+    CJK_RUNS,
+    PIECES,
+    SEGMENTED,
+    SEPARATORS,
+    SYMBOLS,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -23,6 +31,7 @@ __all__ = [
     "VECTOR_MIGRATIONS",
     "hnsw_index_name",
     "hnsw_index_statement",
+    "pieces_sql",
     "search_vector_sql",
     "segments_sql",
     "tier_rank_sql",
@@ -92,24 +101,40 @@ def _bounded_search_vector_of(row: str) -> str:
     )
 
 
-def search_vector_sql(row: str, separators: str, cjk: tuple[str, str] | None = None) -> str:
+def search_vector_sql(
+    row: str,
+    separators: str,
+    cjk: tuple[str, str] | None = None,
+    *,
+    pieces: tuple[str, str, str] | None = None,
+) -> str:
     """The search vector of the record ``row``: the columns' text parsed after :func:`words_sql`.
 
     ``separators`` is an SQL expression whose value is :data:`SEPARATORS` (a literal, a PL/pgSQL variable);
     ``cjk``, two such expressions whose values are :data:`CJK` and :data:`CJK_RUNS`: Chinese and Japanese
     text of the content, tags and previous turn is indexed as its characters and pairs (:func:`segments_sql`).
-    The trigger of migration ``0007`` computes this with ``cjk``, that of ``0006`` without it;
-    :func:`_bounded_search_vector_of` (``0005``) is the same without the separators.
+    ``pieces`` (instead of ``cjk``), three whose values are :data:`CJK`, :data:`SEGMENTED` and :data:`PIECES`:
+    the same, and each symbol as the term of its code point too (:func:`pieces_sql`).
+    The trigger of migration ``0008`` computes this with ``pieces``, that of ``0007`` with ``cjk``, that of
+    ``0006`` with neither; :func:`_bounded_search_vector_of` (``0005``) is the same without the separators.
     """
     columns = (
-        (f"{row}.content", SEARCHED_CONTENT_CHARS, "A", cjk, SEGMENTED_CONTENT_CHARS),
-        (f"{row}.tags_text", None, "B", cjk, None),
-        (f"{row}.context", 300, "C", cjk, None),
-        (f"coalesce({row}.session_date, '')", None, "D", None, None),  # as SQLite: a date is not segmented
+        (f"{row}.content", SEARCHED_CONTENT_CHARS, "A", True, SEGMENTED_CONTENT_CHARS),
+        (f"{row}.tags_text", None, "B", True, None),
+        (f"{row}.context", 300, "C", True, None),
+        (f"coalesce({row}.session_date, '')", None, "D", False, None),  # as SQLite: a date is not segmented
     )
     return " || ".join(
         f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
-        f"{words_sql(text, separators, chars, cjk=segment, segmented_chars=segmented)}), '{weight}')"
+        + words_sql(
+            text,
+            separators,
+            chars,
+            cjk=cjk if segment else None,
+            pieces=pieces if segment else None,
+            segmented_chars=segmented,
+        )
+        + f"), '{weight}')"
         for text, chars, weight, segment, segmented in columns
     )
 
@@ -120,6 +145,7 @@ def words_sql(
     chars: int | None = None,
     *,
     cjk: tuple[str, str] | None = None,
+    pieces: tuple[str, str, str] | None = None,
     segmented_chars: int | None = None,
 ) -> str:
     """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
@@ -128,11 +154,24 @@ def words_sql(
     text (one byte per character) holds none of them and skips the regular expression. With ``cjk`` (see
     :func:`search_vector_sql`), text holding a Chinese or Japanese character is first :func:`segments_sql`
     (as the embedded store's ``segment_cjk``, before its tokenizer splits at the separators): its first
-    ``segmented_chars`` characters, if given.
+    ``segmented_chars`` characters, if given. With ``pieces``, text holding such a character or a symbol is
+    first :func:`pieces_sql` (as ``segment_text``): its first ``segmented_chars`` characters if it holds
+    Chinese or Japanese (two terms a character), else what ``chars`` says (a symbol is one term).
     """
     value = text if chars is None else f"left({text}, {chars})"
     words = value
-    if cjk is not None:
+    if pieces is not None:
+        characters, special, parts = pieces
+        segmented = value if segmented_chars is None else f"left({text}, {segmented_chars})"
+        if segmented == value:
+            spread = pieces_sql(value, parts)
+        else:
+            spread = (
+                f"CASE WHEN {value} ~ {characters} THEN {pieces_sql(segmented, parts)} "
+                f"ELSE {pieces_sql(value, parts)} END"
+            )
+        words = f"CASE WHEN {value} ~ {special} THEN {spread} ELSE {value} END"
+    elif cjk is not None:
         characters, runs = cjk
         segmented = value if segmented_chars is None else f"left({text}, {segmented_chars})"
         words = f"CASE WHEN {value} ~ {characters} THEN {segments_sql(segmented, runs)} ELSE {value} END"
@@ -151,16 +190,45 @@ def segments_sql(text: str, runs: str) -> str:
     here needs a new function and a new migration.
     """
     run = "r.part[1]"
-    pairs = "regexp_replace({}, '(..)|.', '\\1 ', 'g')"  # the pairs at even offsets (a last lone one dropped)
-    spread = (
-        f"' ' || regexp_replace({run}, '(.)', '\\1 ', 'g') || {pairs.format(run)} || "
-        f"{pairs.format(f'substr({run}, 2)')} || ' '"
-    )
     return (
-        f"(SELECT string_agg(CASE WHEN {run} IS NULL THEN r.part[2] ELSE {spread} END, '' ORDER BY r.n) "
+        f"(SELECT string_agg(CASE WHEN {run} IS NULL THEN r.part[2] ELSE {_spread_run_sql(run)} END, '' "
+        "ORDER BY r.n) "
         f"FROM regexp_matches({text}, {runs}, 'g') WITH ORDINALITY AS r(part, n))"
     )
 
+
+def _spread_run_sql(run: str) -> str:
+    """SQL: the Chinese or Japanese run ``run`` as its characters, then its pairs (:func:`segments_sql`)."""
+    pairs = "regexp_replace({}, '(..)|.', '\\1 ', 'g')"  # the pairs at even offsets (a last lone one dropped)
+    return (
+        f"' ' || regexp_replace({run}, '(.)', '\\1 ', 'g') || {pairs.format(run)} || "
+        f"{pairs.format(f'substr({run}, 2)')} || ' '"
+    )
+
+
+def pieces_sql(text: str, pieces: str) -> str:
+    """SQL: ``text`` as ``index.segment_text`` writes it for the embedded store.
+
+    Each Chinese or Japanese run as its characters, then its pairs (as :func:`segments_sql`); each symbol
+    (a flag: its two regional indicators) as ``sym`` and its code point in hexadecimal, between spaces.
+    ``pieces`` is an SQL expression whose value is :data:`PIECES`; ``text`` must not be empty (the aggregate
+    of no piece is NULL). Migration ``0008`` is made of this: a change here needs a new function and a new
+    migration.
+    """
+    symbol = "r.part[2]"
+    term = (
+        f"' sym' || to_hex(ascii({symbol})) || "
+        f"CASE WHEN length({symbol}) > 1 THEN to_hex(ascii(substr({symbol}, 2))) ELSE '' END || ' '"
+    )
+    return (
+        f"(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN {_spread_run_sql('r.part[1]')} "
+        f"WHEN {symbol} IS NOT NULL THEN {term} ELSE r.part[3] END, '' ORDER BY r.n) "
+        f"FROM regexp_matches({text}, {pieces}, 'g') WITH ORDINALITY AS r(part, n))"
+    )
+
+
+_PIECES_VECTOR = search_vector_sql("c", "s.separators", pieces=("s.cjk", "s.special", "s.pieces"))
+"""The search vector of the row ``c`` in migration ``0008``'s update (see there for ``s``)."""
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
@@ -316,6 +384,42 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                         '{CJK_RUNS}'::text AS runs
                 ) AS s
                 WHERE concat_ws(' ', c.content, c.tags_text, c.context) ~ s.cjk
+            ) AS r
+            WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
+            """,
+        ],
+    ),
+    (
+        # an emoji ("🍕", "🎉") or another symbol ("✓", "©", "★") was no term: the query (and SQLite's index)
+        # split words at it, so a search for it found nothing. The embedded store now indexes each as an
+        # ASCII term of its code point (its migration 0007); the vector does the same (the symbol ranges
+        # frozen in separators.py), and the rows holding a symbol get the new one, under the lock as in 0006
+        "0008_search_symbols_as_terms",
+        [
+            "LOCK TABLE cm_memories IN SHARE ROW EXCLUSIVE MODE",
+            _search_trigger_function(
+                "CREATE OR REPLACE FUNCTION",
+                search_vector_sql("NEW", "separators", pieces=("cjk", "special", "pieces")),
+                declare=(
+                    "separators text;\n                cjk text;\n                special text;\n"
+                    "                pieces text;"
+                ),
+                prepare=(
+                    f"separators := '{SEPARATORS}';\n                cjk := '{CJK}';\n"
+                    f"                special := '{SEGMENTED}';\n                pieces := '{PIECES}';\n"
+                    "                "
+                ),
+            ),
+            f"""
+            UPDATE cm_memories AS m SET search = r.search
+            FROM (
+                SELECT c.id, c.tier, {_PIECES_VECTOR} AS search
+                FROM cm_memories AS c, (
+                    SELECT '{SEPARATORS}'::text AS separators, '{CJK}'::text AS cjk,
+                        '{SEGMENTED}'::text AS special, '{PIECES}'::text AS pieces,
+                        '{SYMBOLS}'::text AS symbols
+                ) AS s
+                WHERE concat_ws(' ', c.content, c.tags_text, c.context) ~ s.symbols
             ) AS r
             WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
             """,

@@ -16,7 +16,17 @@ checks it against the running Python.
 
 from __future__ import annotations
 
-__all__ = ["CJK", "CJK_RANGES", "CJK_RUNS", "SEPARATORS", "SEPARATOR_RANGES"]
+__all__ = [
+    "CJK",
+    "CJK_RANGES",
+    "CJK_RUNS",
+    "PIECES",
+    "SEGMENTED",
+    "SEPARATORS",
+    "SEPARATOR_RANGES",
+    "SYMBOLS",
+    "SYMBOL_RANGES",
+]
 
 SEPARATOR_RANGES = (
     "80-a9,ab-b1,b4,b6-b8,bb,bf,d7,f7,2c2-2c5,2d2-2df,2e5-2eb,2ed,2ef-2ff,305,30d-30e,310,312-31a,"
@@ -117,3 +127,39 @@ CJK = _bracket_expression(CJK_RANGES)
 
 CJK_RUNS = f"({CJK}+)|([^{CJK[1:]}+)"
 """Text as its runs, in order: a run of :data:`CJK` characters (group 1) or of other characters (group 2)."""
+
+
+SYMBOL_RANGES = (
+    "a6,a9,ae,b0,482,58d-58e,60e-60f,6de,6e9,6fd-6fe,7f6,9fa,b70,bf3-bf8,bfa,c7f,d4f,d79,f01-f03,f13,"
+    "f15-f17,f1a-f1f,f34,f36,f38,fbe-fc5,fc7-fcc,fce-fcf,fd5-fd8,109e-109f,1390-1399,166d,1940,19de-19ff,"
+    "1b61-1b6a,1b74-1b7c,203c,2049,2100-2101,2103-2106,2108-2109,2114,2116-2117,211e-2123,2125,2127,2129,"
+    "212e,213a-213b,214a,214c-214d,214f,218a-218b,2194-2199,219c-219f,21a1-21a2,21a4-21a5,21a7-21ad,"
+    "21af-21cc,21d0-21d1,21d3,21d5-21f3,2300-2307,230c-231f,2322-2328,232b-237b,237d-239a,23b4-23db,"
+    "23e2-2426,2440-244a,249c-24b5,24d0-24e9,25a0-25b6,25b8-25c0,25c2-25f7,25fb-25fe,2600-266e,2670-2767,"
+    "2794-27bf,2934-2935,2b00-2b2f,2b45-2b46,2b4d-2b73,2b76-2b95,2b97-2bff,2ce5-2cea,2e50-2e51,2e80-2e99,"
+    "2e9b-2ef3,2f00-2fd5,2ff0-2ffb,3004,3012-3013,3020,3030,3036-3037,303d-303f,3190-3191,3196-319f,"
+    "31c0-31e3,3200-321e,322a-3247,3250,3260-327f,328a-32b0,32c0-33ff,4dc0-4dff,a490-a4c6,a828-a82b,"
+    "a836-a837,a839,aa77-aa79,fd40-fd4f,fdcf,fdfd-fdff,ffe4,ffe8,ffed-ffee,10137-1013f,10179-10189,"
+    "1018c-1018e,10190-1019c,101a0,101d0-101fc,10877-10878,10ac8,1173f,11fd5-11fdc,11fe1-11ff1,"
+    "16b3c-16b3f,16b45,1bc9c,1cf50-1cfc3,1d000-1d0f5,1d100-1d126,1d129-1d15d,1d16a-1d16c,1d183-1d184,"
+    "1d18c-1d1a9,1d1ae-1d1ba,1d1c1-1d1ea,1d200-1d241,1d245,1d300-1d356,1d800-1d9ff,1da37-1da3a,"
+    "1da6d-1da74,1da76-1da83,1da85-1da86,1e14f,1ecac,1ed2e,1f000-1f0ff,1f10d-1f1ad,1f1af-1f3fa,"
+    "1f400-1f773,1f780-1f7d8,1f7dc-1f7f0,1f800-1f8b1,1f8bc-1f8bf,1f8c2-1f8cf,1f8d9-1fa53,1fa58-1fb92,"
+    "1fb94-1fbca,1fc00-1fffd"
+)
+"""The symbols the embedded store indexes as terms of their own (``index.SYMBOL_RANGES``: emoji, pictographs,
+signs), frozen for migration ``0008`` as :data:`CJK_RANGES` is for ``0007``."""
+
+SYMBOLS = _bracket_expression(SYMBOL_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`SYMBOL_RANGES`."""
+
+SEGMENTED = f"[{CJK[1:-1]}{SYMBOLS[1:-1]}]"
+"""One character that migration ``0008``'s segmentation rewrites: of :data:`CJK` or of :data:`SYMBOLS`."""
+
+_FLAG = "[\\U0001f1e6-\\U0001f1ff]{2}"
+"""Two regional indicators: a flag, one term."""
+
+PIECES = f"({CJK}+)|({_FLAG}|{SYMBOLS})|([^{SEGMENTED[1:]}+)"
+"""Text as its pieces, in order: a run of :data:`CJK` characters (group 1), a flag or one symbol (group 2),
+or a run of other characters (group 3). A match is the longest one (an alternation is greedy): a flag
+rather than its first half."""
