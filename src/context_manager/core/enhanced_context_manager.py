@@ -49,6 +49,7 @@ from context_manager.core.memory.locking import make_private_directory
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
+from context_manager.core.memory.validation import check_user
 from context_manager.core.messages import Message, Role, ToolCall, create_plain
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
@@ -110,6 +111,7 @@ class EnhancedContextManager:
         summarizer: Summarizer | None = None,
         conversation_id: str | None = None,
         embedder: Embedder | None = None,
+        user_id: str | None = None,
     ) -> None:
         """Create a manager (touches no file; ``initialize()`` does).
 
@@ -131,9 +133,17 @@ class EnhancedContextManager:
                 host. See :meth:`reload`, :meth:`list_conversations` and :meth:`delete_conversation`.
             embedder: Any :class:`~context_manager.core.memory.embeddings.Embedder` for the vector channel
                 of memory search (default: the built-in one ``config.embedder`` names).
+            user_id: The end user this manager serves: the messages compression evicts and the full text of
+                cut tool outputs are written to memory under this user, and :meth:`search_memory` and
+                :meth:`optimize_system` see only this user's memories (``None``, the default: memory's
+                default namespace). For work across users use ``memory_manager`` with an explicit
+                ``user_id`` (or ``ALL_USERS``). A persisted conversation is not owned by a user: its id is
+                its only key.
 
         Raises:
             InvalidArgumentError: an argument has the wrong type.
+            InvalidMemoryError: ``user_id`` is not a valid user id (empty, only whitespace, control
+                characters, over 256 characters); nothing is created.
         """
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
@@ -147,6 +157,8 @@ class EnhancedContextManager:
             )
         if conversation_id is not None:
             check_conversation_id(conversation_id)
+        check_user(user_id, allow_all=False)
+        self._user_id = user_id
         self.config = config if config is not None else ContextManagerConfig()
         """The settings (read at ``initialize()``)."""
         self._conversation_id_argument = conversation_id
@@ -772,6 +784,11 @@ class EnhancedContextManager:
         return self.config.conversation_id
 
     @property
+    def user_id(self) -> str | None:
+        """The user whose memory this manager writes and searches (``None``: the default namespace)."""
+        return self._user_id
+
+    @property
     def conversation_store(self) -> ConversationStore | None:
         """The store of persisted conversations, once a conversation was opened (``None`` before).
 
@@ -1123,6 +1140,7 @@ class EnhancedContextManager:
                 metadata={"tool_call_id": call.id, "tool_name": call.name, "success": result.success},
                 tier="long" if len(full_text) > _LARGE_OUTPUT_CHARS else "medium",
                 source="tool",
+                user_id=self._user_id,
             )
         except ContextManagerError as error:  # the results already exist; losing the copy is not fatal
             logger.warning(
@@ -1146,9 +1164,18 @@ class EnhancedContextManager:
     # -- memory ---------------------------------------------------------------------------------------
 
     async def _remember_evicted(self, messages: list[Message]) -> None:
-        """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches."""
+        """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches.
+
+        Under the manager's user. On a persisted conversation a message's memory id is derived from the
+        conversation (and the user, when there is one: a conversation resumed by another user's manager
+        writes that user's own copy rather than colliding with the first user's).
+        """
+        namespace = self.conversation_id
+        user_id = self._user_id
+        if namespace is not None and user_id is not None:
+            namespace = f"{user_id}\x00{namespace}"  # neither id may hold a NUL: unambiguous
         await self.memory_manager.remember_messages(
-            messages, session_id=self._memory_session_id, id_namespace=self.conversation_id
+            messages, user_id=user_id, session_id=self._memory_session_id, id_namespace=namespace
         )
 
     async def _mark_indexed(self) -> None:
@@ -1220,7 +1247,9 @@ class EnhancedContextManager:
         """Search every memory tier (including evicted context) for ``query``; best first.
 
         Messages evicted from the window are written to memory in the background; the search first waits
-        until those already evicted are stored, so it finds every one of them.
+        until those already evicted are stored, so it finds every one of them. It sees the memories of
+        the manager's :attr:`user_id` only (the default namespace without one); to search another user's,
+        or everyone's, call ``memory_manager.search_memory(query, user_id=...)``.
 
         Raises:
             InvalidMemoryError: ``query`` is not a string or ``limit`` is negative.
@@ -1228,9 +1257,12 @@ class EnhancedContextManager:
         """
         self._require_ready("search_memory")
         await self._await_evictions()
+        user_id = self._user_id
         if self._telemetry is None:
-            return await self.memory_manager.search_memory(query, limit)
-        return await traced_search(self._telemetry, self.memory_manager.search_memory(query, limit), limit)
+            return await self.memory_manager.search_memory(query, limit, user_id=user_id)
+        return await traced_search(
+            self._telemetry, self.memory_manager.search_memory(query, limit, user_id=user_id), limit
+        )
 
     # -- operations -----------------------------------------------------------------------------------
 
@@ -1238,7 +1270,8 @@ class EnhancedContextManager:
         """Return the state of every subsystem (a section only for the subsystems that exist).
 
         Keys: ``state`` (``"new"``, ``"ready"``, ``"closed"``), ``timestamp``, and ``context`` (the context
-        summary), ``memory`` (``initialized``, ``storage_path``, ``bytes_on_disk``), ``tools``
+        summary), ``memory`` (``initialized``, ``user_id`` (the manager's, ``None`` without one),
+        ``storage_path``, ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``conversation`` (with a conversation id:
         ``conversation_id``, ``version``, ``pending_changes`` not yet stored, ``stale``, ``backend``),
         ``monitor`` (the monitor's current metrics and advice) and
@@ -1272,6 +1305,7 @@ class EnhancedContextManager:
             backend = memory.backend
             status["memory"] = {
                 "initialized": memory.is_initialized,
+                "user_id": getattr(self, "_user_id", None),
                 "backend": self.config.memory_backend,
                 "storage_path": str(memory.storage_path),
                 "bytes_on_disk": sizes,  # the embedded files (0 with memory_backend="postgres")
@@ -1317,7 +1351,8 @@ class EnhancedContextManager:
 
         Memory: persist pending access updates, compact the medium-term log, merge the FTS5 index
         segments, checkpoint the SQLite WAL (``memory_manager.optimize()``), then merge near-duplicate
-        memories (``consolidate_memories()``; reversible with ``undo_consolidation``). Tools: drop
+        memories of the manager's :attr:`user_id` (``consolidate_memories(user_id=...)``; reversible with
+        ``undo_consolidation``); the memory counts reported are that user's too. Tools: drop
         expired cache entries and stale rate-limit state. Process: a garbage collection.
 
         Args:
@@ -1339,13 +1374,14 @@ class EnhancedContextManager:
         memory_before_mb = monitor.get_current_metrics().memory_usage_mb
         result: dict[str, Any] = {}
         memory = self.memory_manager
-        before = await memory.get_memory_stats()
+        user_id = self._user_id
+        before = await memory.get_memory_stats(user_id=user_id)
         memory_report = dict(await memory.optimize())
         memory_report.pop("duration_ms", None)
         consolidated = 0
         if consolidate:
-            consolidated = int((await memory.consolidate_memories())["consolidated_count"])
-        after = await memory.get_memory_stats()
+            consolidated = int((await memory.consolidate_memories(user_id=user_id))["consolidated_count"])
+        after = await memory.get_memory_stats(user_id=user_id)
         memory_report.update(  # active memories: superseded originals stay on disk until cleanup
             memories_before=before["total_memories"] - before["superseded"],
             memories_after=after["total_memories"] - after["superseded"],
