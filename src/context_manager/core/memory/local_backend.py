@@ -48,7 +48,7 @@ from context_manager.core.memory.backend import (
     unchanged_since_read,
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
-from context_manager.core.memory.in_memory_store import InMemoryStore
+from context_manager.core.memory.in_memory_store import IndexChange, InMemoryStore
 from context_manager.core.memory.index import (
     ColumnWeights,
     Stemmer,
@@ -80,6 +80,9 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _MOVE_CHUNK = 64  # short-term memories moved down to medium-term per event-loop step
 _DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
+_LARGE_WRITE_CHARS = 65_536
+"""A write of the in-process tiers with more text than this is journaled and indexed on the writer thread:
+tokenizing a 5 MB text held the event loop about 250 ms (its JSON line about 40 ms)."""
 
 
 class LocalBackend:
@@ -115,6 +118,7 @@ class LocalBackend:
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
+        self._indexing: asyncio.Future[None] | None = None  # a large change of the in-process indexes
 
     @property
     def location(self) -> str:
@@ -270,8 +274,8 @@ class LocalBackend:
 
     # -- tiers -------------------------------------------------------------------------------------
 
-    async def _journal(self, records: list[dict[str, Any]]) -> None:
-        """Append records to the log: with fsync on the storage threads, else inline.
+    async def _journal(self, records: list[dict[str, Any]], *, large: bool = False) -> None:
+        """Append records to the log: with fsync or ``large`` (texts of megabytes) on the writer thread.
 
         Inline, a journal write is one small buffered ``write()`` of whole lines: cheaper than a thread
         hop. With fsync every append waits for the disk, which must never happen on the event loop.
@@ -281,7 +285,7 @@ class LocalBackend:
         log = self._log
         if log is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
-        if self._fsync:
+        if self._fsync or large:
             await self._write(log.append, records)
         else:
             log.append(records)
@@ -311,15 +315,16 @@ class LocalBackend:
         store = self._volatile(tier)
         for memory in memories:
             memory.tier = tier
-        # the journal first (off the loop with fsync), then the in-process index, on the loop
-        await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories])
-        store.load(memories)
+        # the journal first (off the loop with fsync or megabytes of text), then the in-process index
+        large = sum(len(memory.content) for memory in memories) > _LARGE_WRITE_CHARS
+        await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories], large=large)
+        await self._index(store, store.stage_load(memories))
         # the journal holds one volatile copy per id (a replay sees the last put): so does the process,
         # and a copy in the other volatile tier is gone with this put (as a move between them is)
         other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
         elsewhere = [memory.id for memory in memories if memory.id in other]
         if elsewhere:
-            other.delete(elsewhere, log=False)
+            await self._index(other, other.stage_delete(elsewhere)[1])
             if tier is MemoryTier.MEDIUM:
                 self._long_copies.difference_update(elsewhere)
 
@@ -363,9 +368,12 @@ class LocalBackend:
             chunk = list(memories[start : start + _MOVE_CHUNK])
             for memory in chunk:
                 memory.tier = target
-            await self._journal([{"op": "put", "m": memory.to_dict()} for memory in chunk])  # the move
-            destination.load(chunk)
-            origin.delete([memory.id for memory in chunk], log=False)
+            large = sum(len(memory.content) for memory in chunk) > _LARGE_WRITE_CHARS
+            await self._journal(
+                [{"op": "put", "m": memory.to_dict()} for memory in chunk], large=large
+            )  # the move
+            await self._index(destination, destination.stage_load(chunk))
+            await self._index(origin, origin.stage_delete([memory.id for memory in chunk])[1])
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
 
@@ -392,8 +400,38 @@ class LocalBackend:
         present = [memory_id for memory_id in ids if memory_id in store]
         if present:
             await self._journal([{"op": "delete", "ids": present}])
-            store.delete(present, log=False)
+            await self._index(store, store.stage_delete(present)[1])
         return present
+
+    async def _index(self, store: InMemoryStore, change: IndexChange) -> None:
+        """Apply a staged change of an in-process index: inline, or (megabytes of text) on the writer thread.
+
+        FTS5 tokenizes a text it indexes or deletes (a 5 MB text: about 250 ms), without the interpreter
+        lock: on the writer thread the loop runs meanwhile. Every read of these indexes waits for such a
+        change first (:meth:`_indexed`), so it never waits on the loop for the thread's connection, and
+        sees the memories the change adds and deletes as the store's records already do.
+        """
+        while self._indexing is not None:
+            await self._indexed()  # one change at a time, in order
+        if change.chars <= _LARGE_WRITE_CHARS:
+            store.apply(change)
+            return
+        if self._writer is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        indexing = asyncio.get_running_loop().run_in_executor(self._writer, store.apply, change)
+        self._indexing = indexing
+        # shielded: a caller cancelled meanwhile leaves the change running; readers wait for it all the same
+        await asyncio.shield(indexing)
+
+    async def _indexed(self) -> None:
+        """Wait until no change of an in-process index runs on the writer thread (see :meth:`_index`)."""
+        indexing = self._indexing
+        if indexing is None:
+            return
+        if not indexing.done():
+            await asyncio.wait({indexing})
+        if self._indexing is indexing:
+            self._indexing = None
 
     async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
         """See :meth:`MemoryBackend.put_new` (one process: the manager's write lock keeps others out)."""
@@ -684,6 +722,8 @@ class LocalBackend:
         An index seek per word, bounded and fast, so on the loop; the long-term store's only while its
         lock is free (a writer thread may hold it for a long commit).
         """
+        while self._indexing is not None:  # the volatile indexes are read below, on the loop
+            await self._indexed()
         long_store = self._stores[2]
         tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
         tier_frequencies: dict[MemoryTier, dict[str, int]] = {
@@ -760,6 +800,8 @@ class LocalBackend:
         # while the long-term search below runs is dropped from medium-term only after its long-term
         # copy committed, so it is found in one or the other (searched after, the medium-term tier could
         # have lost it to a long-term search that had already started)
+        while self._indexing is not None:  # a large write began while the long-term frequencies were read
+            await self._indexed()
         found: dict[str, tuple[Memory, float]] = {}
         for store in volatile:
             for memory, bm25 in tier_search(store):
@@ -1003,6 +1045,7 @@ class LocalBackend:
         short, medium, long_store = self._stores
         database_before = long_store.size()
         log_before, log_after = await self.compact()
+        await self._indexed()
         short.optimize_index()
         medium.optimize_index()
         await self._write(long_store.optimize)
@@ -1023,6 +1066,7 @@ class LocalBackend:
         # the full check holds the write connection: the writer thread's turn; the quick one reads
         result: dict[str, Any] = dict(await (self._run(check) if quick else self._write(check)))
         # the in-process indexes are checked on the loop: no write can interleave with the check
+        await self._indexed()
         result["short_index"] = short.check_index()
         result["medium_index"] = medium.check_index()
         return result
@@ -1030,6 +1074,7 @@ class LocalBackend:
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; rows indexed per tier."""
         short, medium, long_store = self._stores
+        await self._indexed()
         short.rebuild_index(self._weights)
         medium.rebuild_index(self._weights)
         long_count = await self._write(long_store.rebuild_index)
