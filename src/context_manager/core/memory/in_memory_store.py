@@ -51,6 +51,8 @@ class IndexChange:
     """Rows to insert: a row id and the memory it indexes."""
     chars: int = 0
     """Characters of text the change indexes or deletes (what applying it costs)."""
+    recreate: ColumnWeights | None = None
+    """Drop the index first and create it again with these weights (a rebuild)."""
 
 
 class InMemoryStore:
@@ -80,6 +82,7 @@ class InMemoryStore:
         self._turns: dict[TurnKey, str] = {}
         self._last_turns: dict[tuple[str | None, str], int] = {}
         self._superseded = 0
+        self._chars = 0  # characters of text indexed (what checking or merging the index costs)
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
         self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
@@ -127,11 +130,17 @@ class InMemoryStore:
                 self._superseded += 1
             change.added.append((rowid, memory))
             change.chars += len(memory.content)
+            self._chars += len(memory.content)
         self._frequencies.changed(len(change.added))
         return change
 
     def apply(self, change: IndexChange) -> None:
         """Write a staged change to the FTS5 index (safe on another thread while nothing else reads it)."""
+        if change.recreate is not None:
+            self._connection.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
+            self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
+            create_fts_table(self._connection, _TABLE, change.recreate)
+            self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
         if change.deleted:
             self._connection.executemany(
                 f"DELETE FROM {_TABLE} WHERE rowid = ?", [(rowid,) for rowid in change.deleted]
@@ -181,6 +190,7 @@ class InMemoryStore:
         del self._ids_by_rowid[rowid]
         change.deleted.append(rowid)
         change.chars += len(memory.content)
+        self._chars -= len(memory.content)
         for tag in memory.tags:
             holders = self._tags.get(tag)
             if holders is not None:
@@ -285,6 +295,11 @@ class InMemoryStore:
         """How many memories the store holds."""
         return len(self._memories)
 
+    @property
+    def chars(self) -> int:
+        """Characters of text the store's index holds (what checking or optimizing it costs)."""
+        return self._chars
+
     def __contains__(self, memory_id: object) -> bool:
         return memory_id in self._memories
 
@@ -302,11 +317,11 @@ class InMemoryStore:
 
     def rebuild_index(self, weights: ColumnWeights | None = None) -> None:
         """Drop and rebuild the FTS5 index from the memories held."""
+        self.apply(self.stage_rebuild(weights))
+
+    def stage_rebuild(self, weights: ColumnWeights | None = None) -> IndexChange:
+        """Return the change that drops the FTS5 index, creates it again and indexes every memory."""
         memories = list(self._memories.values())
-        self._connection.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
-        self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
-        create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
-        self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
         self._frequencies.clear()
         self._memories.clear()
         self._rowids.clear()
@@ -315,7 +330,10 @@ class InMemoryStore:
         self._turns.clear()
         self._last_turns.clear()
         self._superseded = 0
-        self.load(memories)
+        self._chars = 0
+        change = self.stage_load(memories)
+        change.recreate = weights or ColumnWeights()
+        return change
 
     def close(self) -> None:
         """Release the in-memory index."""

@@ -118,7 +118,7 @@ class LocalBackend:
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
-        self._indexing: asyncio.Future[None] | None = None  # a large change of the in-process indexes
+        self._indexing: asyncio.Future[Any] | None = None  # large work on the in-process indexes
 
     @property
     def location(self) -> str:
@@ -411,17 +411,23 @@ class LocalBackend:
         change first (:meth:`_indexed`), so it never waits on the loop for the thread's connection, and
         sees the memories the change adds and deletes as the store's records already do.
         """
+        await self._on_index(change.chars, store.apply, change)
+
+    async def _on_index(self, chars: int, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work`` on an in-process index: inline, or on the writer thread over ``chars`` of text.
+
+        One piece of such work at a time, in order (see :meth:`_index`).
+        """
         while self._indexing is not None:
-            await self._indexed()  # one change at a time, in order
-        if change.chars <= _LARGE_WRITE_CHARS:
-            store.apply(change)
-            return
+            await self._indexed()
+        if chars <= _LARGE_WRITE_CHARS:
+            return work(*args)
         if self._writer is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
-        indexing = asyncio.get_running_loop().run_in_executor(self._writer, store.apply, change)
-        self._indexing = indexing
-        # shielded: a caller cancelled meanwhile leaves the change running; readers wait for it all the same
-        await asyncio.shield(indexing)
+        running = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(work, *args))
+        self._indexing = running
+        # shielded: a caller cancelled meanwhile leaves the work running; readers wait for it all the same
+        return await asyncio.shield(running)
 
     async def _indexed(self) -> None:
         """Wait until no change of an in-process index runs on the writer thread (see :meth:`_index`)."""
@@ -1045,9 +1051,8 @@ class LocalBackend:
         short, medium, long_store = self._stores
         database_before = long_store.size()
         log_before, log_after = await self.compact()
-        await self._indexed()
-        short.optimize_index()
-        medium.optimize_index()
+        for store in (short, medium):
+            await self._on_index(store.chars, store.optimize_index)
         await self._write(long_store.optimize)
         return {
             "log_bytes_before": log_before,
@@ -1065,18 +1070,19 @@ class LocalBackend:
         check = functools.partial(long_store.check_integrity, quick=quick)
         # the full check holds the write connection: the writer thread's turn; the quick one reads
         result: dict[str, Any] = dict(await (self._run(check) if quick else self._write(check)))
-        # the in-process indexes are checked on the loop: no write can interleave with the check
-        await self._indexed()
-        result["short_index"] = short.check_index()
-        result["medium_index"] = medium.check_index()
+        # the in-process indexes: on the loop, or with megabytes of text on the writer thread (FTS5 reads
+        # every text again), a search waiting meanwhile; no write interleaves with the check either way
+        result["short_index"] = await self._on_index(short.chars, short.check_index)
+        result["medium_index"] = await self._on_index(medium.chars, medium.check_index)
         return result
 
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; rows indexed per tier."""
         short, medium, long_store = self._stores
-        await self._indexed()
-        short.rebuild_index(self._weights)
-        medium.rebuild_index(self._weights)
+        for store in (short, medium):
+            while self._indexing is not None:  # the index is dropped below, on the loop
+                await self._indexed()
+            await self._index(store, store.stage_rebuild(self._weights))
         long_count = await self._write(long_store.rebuild_index)
         return {"short": short.count(), "medium": medium.count(), "long": long_count}
 
