@@ -188,14 +188,14 @@ class JsonlLog:
         """
         if not records:
             return
-        lines = [record_pieces(record) for record in records]
+        writes, lengths = _encode(records)
         with self._lock:
             if self._fd is None:
                 raise StorageError(f"memory log {self.path} is closed", path=self.path)
             start = None
             try:
                 start = os.fstat(self._fd).st_size
-                for data in _batches(piece for pieces in lines for piece in pieces):
+                for data in writes:
                     _write_all(self._fd, data)
                 if self.fsync:
                     os.fsync(self._fd)
@@ -209,8 +209,7 @@ class JsonlLog:
             self._written = True
             self.record_count += len(records)
             offset = start
-            for record, pieces in zip(records, lines, strict=True):
-                length = sum(len(piece) for piece in pieces)
+            for record, length in zip(records, lengths, strict=True):
                 if record["op"] == "put":
                     self._puts.setdefault(record["m"]["id"], []).append((offset, length - 1))
                 offset += length
@@ -364,6 +363,31 @@ def record_pieces(record: dict[str, Any]) -> list[bytes]:
         ('"' + (", " + inner[1:] if inner != "{}" else "}") + "}\n").encode("utf-8", "surrogatepass")
     )
     return pieces
+
+
+def _encode(records: Sequence[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
+    """The records' lines joined into writes of about :data:`_WRITE_BYTES` (small records: one write).
+
+    Returns:
+        The writes, and the length of each record's line.
+    """
+    writes: list[bytes] = []
+    lengths: list[int] = []
+    batch: list[bytes] = []
+    size = 0
+    for record in records:
+        length = 0
+        for piece in record_pieces(record):
+            batch.append(piece)
+            length += len(piece)
+            size += len(piece)
+            if size >= _WRITE_BYTES:
+                writes.append(b"".join(batch))
+                batch, size = [], 0
+        lengths.append(length)
+    if batch:
+        writes.append(b"".join(batch))
+    return writes, lengths
 
 
 def _batches(pieces: Iterable[bytes], size: int = _WRITE_BYTES) -> Iterator[bytes]:

@@ -27,6 +27,8 @@ from context_manager.core.memory.store import CandidateFilter, TurnKey
 __all__ = ["InMemoryStore", "IndexChange", "Journal"]
 
 _TABLE = "memory_index"
+_INSERT = f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = f"DELETE FROM {_TABLE} WHERE rowid = ?"
 
 
 class Journal(Protocol):
@@ -129,8 +131,9 @@ class InMemoryStore:
             if memory.superseded_by is not None:
                 self._superseded += 1
             change.added.append((rowid, memory))
-            change.chars += len(memory.content)
-            self._chars += len(memory.content)
+            size = len(memory.content)
+            change.chars += size
+            self._chars += size
         self._frequencies.changed(len(change.added))
         return change
 
@@ -142,14 +145,10 @@ class InMemoryStore:
             create_fts_table(self._connection, _TABLE, change.recreate)
             self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
         if change.deleted:
-            self._connection.executemany(
-                f"DELETE FROM {_TABLE} WHERE rowid = ?", [(rowid,) for rowid in change.deleted]
-            )
+            self._connection.executemany(_DELETE, [(rowid,) for rowid in change.deleted])
         if change.added:
-            self._connection.executemany(
-                f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
-                [(rowid, *fts_row(memory)) for rowid, memory in change.added],
-            )
+            rows = [(rowid, *fts_row(memory)) for rowid, memory in change.added]
+            self._connection.executemany(_INSERT, rows)
 
     def delete(self, ids: Sequence[str], *, log: bool = True) -> list[str]:
         """Delete memories; journal the deletion when ``log`` (a move to another tier does not)."""

@@ -313,12 +313,18 @@ class LocalBackend:
             self._long_copies.update(memory.id for memory in memories if memory.id in short)
             return
         store = self._volatile(tier)
+        chars = 0
         for memory in memories:
             memory.tier = tier
+            chars += len(memory.content)
         # the journal first (off the loop with fsync or megabytes of text), then the in-process index
-        large = sum(len(memory.content) for memory in memories) > _LARGE_WRITE_CHARS
-        await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories], large=large)
-        await self._index(store, store.stage_load(memories))
+        records = [{"op": "put", "m": memory.to_dict()} for memory in memories]
+        await self._journal(records, large=chars > _LARGE_WRITE_CHARS)
+        change = store.stage_load(memories)
+        if self._indexing is None and chars <= _LARGE_WRITE_CHARS:
+            store.apply(change)  # the common write, without a coroutine more (see _index)
+        else:
+            await self._index(store, change)
         # the journal holds one volatile copy per id (a replay sees the last put): so does the process,
         # and a copy in the other volatile tier is gone with this put (as a move between them is)
         other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
@@ -411,7 +417,10 @@ class LocalBackend:
         change first (:meth:`_indexed`), so it never waits on the loop for the thread's connection, and
         sees the memories the change adds and deletes as the store's records already do.
         """
-        await self._on_index(change.chars, store.apply, change)
+        if self._indexing is None and change.chars <= _LARGE_WRITE_CHARS:
+            store.apply(change)  # most writes: a few memories, on the loop
+        else:
+            await self._on_index(change.chars, store.apply, change)
 
     async def _on_index(self, chars: int, work: Callable[..., _T], *args: Any) -> _T:
         """Run ``work`` on an in-process index: inline, or on the writer thread over ``chars`` of text.
