@@ -320,19 +320,19 @@ class LocalBackend:
         # the journal first (off the loop with fsync or megabytes of text), then the in-process index
         records = [{"op": "put", "m": memory.to_dict()} for memory in memories]
         await self._journal(records, large=chars > _LARGE_WRITE_CHARS)
+        if self._indexing is not None:
+            await self._settled()
         change = store.stage_load(memories)
-        if self._indexing is None and chars <= _LARGE_WRITE_CHARS:
-            store.apply(change)  # the common write, without a coroutine more (see _index)
-        else:
-            await self._index(store, change)
         # the journal holds one volatile copy per id (a replay sees the last put): so does the process,
         # and a copy in the other volatile tier is gone with this put (as a move between them is)
         other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
         elsewhere = [memory.id for memory in memories if memory.id in other]
-        if elsewhere:
-            await self._index(other, other.stage_delete(elsewhere)[1])
-            if tier is MemoryTier.MEDIUM:
-                self._long_copies.difference_update(elsewhere)
+        if not elsewhere and change.chars <= _LARGE_WRITE_CHARS:
+            store.apply(change)  # the common write, without a coroutine more (see _apply)
+            return
+        await self._apply((store, change), (other, other.stage_delete(elsewhere)[1]))
+        if elsewhere and tier is MemoryTier.MEDIUM:
+            self._long_copies.difference_update(elsewhere)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
         """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""
@@ -378,8 +378,9 @@ class LocalBackend:
             await self._journal(
                 [{"op": "put", "m": memory.to_dict()} for memory in chunk], large=large
             )  # the move
-            await self._index(destination, destination.stage_load(chunk))
-            await self._index(origin, origin.stage_delete([memory.id for memory in chunk])[1])
+            await self._settled()
+            moved = destination.stage_load(chunk)
+            await self._apply((destination, moved), (origin, origin.stage_delete([m.id for m in chunk])[1]))
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
 
@@ -406,47 +407,53 @@ class LocalBackend:
         present = [memory_id for memory_id in ids if memory_id in store]
         if present:
             await self._journal([{"op": "delete", "ids": present}])
-            await self._index(store, store.stage_delete(present)[1])
+            await self._settled()
+            await self._apply((store, store.stage_delete(present)[1]))
         return present
 
-    async def _index(self, store: InMemoryStore, change: IndexChange) -> None:
-        """Apply a staged change of an in-process index: inline, or (megabytes of text) on the writer thread.
+    async def _settled(self) -> None:
+        """Wait until no work on an in-process index runs on the writer thread (see :meth:`_apply`)."""
+        while self._indexing is not None:
+            indexing = self._indexing
+            if not indexing.done():
+                await asyncio.wait({indexing})
+            if self._indexing is indexing:
+                self._indexing = None
 
-        FTS5 tokenizes a text it indexes or deletes (a 5 MB text: about 250 ms), without the interpreter
-        lock: on the writer thread the loop runs meanwhile. Every read of these indexes waits for such a
-        change first (:meth:`_indexed`), so it never waits on the loop for the thread's connection, and
-        sees the memories the change adds and deletes as the store's records already do.
+    async def _apply(self, *changes: tuple[InMemoryStore, IndexChange]) -> None:
+        """Apply changes of the in-process indexes staged since :meth:`_settled` returned (no await since).
+
+        Inline, or with megabytes of text all of them on the writer thread: FTS5 tokenizes a text it indexes
+        or deletes (a 5 MB text: about 250 ms) without the interpreter lock, so the loop runs meanwhile.
+        Every read of these indexes waits for that work first (:meth:`_settled`): it never waits on the loop
+        for the thread's connection, and never reads an index behind the store's records (a staged delete's
+        rows still there). Staging and starting the work happen in one loop step, so a reader sees both or
+        neither.
         """
-        if self._indexing is None and change.chars <= _LARGE_WRITE_CHARS:
-            store.apply(change)  # most writes: a few memories, on the loop
-        else:
-            await self._on_index(change.chars, store.apply, change)
+        if sum(change.chars for _, change in changes) <= _LARGE_WRITE_CHARS:
+            for store, change in changes:
+                store.apply(change)
+            return
+        await self._off_loop(_apply_changes, changes)
 
     async def _on_index(self, chars: int, work: Callable[..., _T], *args: Any) -> _T:
-        """Run ``work`` on an in-process index: inline, or on the writer thread over ``chars`` of text.
+        """Run ``work`` reading or rewriting an in-process index: inline, or on the writer thread.
 
-        One piece of such work at a time, in order (see :meth:`_index`).
+        On the writer thread over ``chars`` of text; readers wait for it there, as for :meth:`_apply`.
         """
-        while self._indexing is not None:
-            await self._indexed()
+        await self._settled()
         if chars <= _LARGE_WRITE_CHARS:
             return work(*args)
+        return await self._off_loop(work, *args)
+
+    async def _off_loop(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Start ``work`` on the writer thread at once (settled, no await since) and wait for it."""
         if self._writer is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
         running = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(work, *args))
         self._indexing = running
         # shielded: a caller cancelled meanwhile leaves the work running; readers wait for it all the same
         return await asyncio.shield(running)
-
-    async def _indexed(self) -> None:
-        """Wait until no change of an in-process index runs on the writer thread (see :meth:`_index`)."""
-        indexing = self._indexing
-        if indexing is None:
-            return
-        if not indexing.done():
-            await asyncio.wait({indexing})
-        if self._indexing is indexing:
-            self._indexing = None
 
     async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
         """See :meth:`MemoryBackend.put_new` (one process: the manager's write lock keeps others out)."""
@@ -737,8 +744,8 @@ class LocalBackend:
         An index seek per word, bounded and fast, so on the loop; the long-term store's only while its
         lock is free (a writer thread may hold it for a long commit).
         """
-        while self._indexing is not None:  # the volatile indexes are read below, on the loop
-            await self._indexed()
+        if self._indexing is not None:  # the volatile indexes are read below, on the loop
+            await self._settled()
         long_store = self._stores[2]
         tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
         tier_frequencies: dict[MemoryTier, dict[str, int]] = {
@@ -815,8 +822,8 @@ class LocalBackend:
         # while the long-term search below runs is dropped from medium-term only after its long-term
         # copy committed, so it is found in one or the other (searched after, the medium-term tier could
         # have lost it to a long-term search that had already started)
-        while self._indexing is not None:  # a large write began while the long-term frequencies were read
-            await self._indexed()
+        if self._indexing is not None:  # a large write began while the long-term frequencies were read
+            await self._settled()
         found: dict[str, tuple[Memory, float]] = {}
         for store in volatile:
             for memory, bm25 in tier_search(store):
@@ -1089,11 +1096,15 @@ class LocalBackend:
         """Rebuild every FTS5 index from the stored memories; rows indexed per tier."""
         short, medium, long_store = self._stores
         for store in (short, medium):
-            while self._indexing is not None:  # the index is dropped below, on the loop
-                await self._indexed()
-            await self._index(store, store.stage_rebuild(self._weights))
+            await self._settled()
+            await self._apply((store, store.stage_rebuild(self._weights)))
         long_count = await self._write(long_store.rebuild_index)
         return {"short": short.count(), "medium": medium.count(), "long": long_count}
+
+
+def _apply_changes(changes: Sequence[tuple[InMemoryStore, IndexChange]]) -> None:
+    for store, change in changes:
+        store.apply(change)
 
 
 def _count_memory(
