@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import threading
@@ -382,3 +383,159 @@ async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
         assert await worker == text  # nothing to segment: the same text is indexed
         gaps.append(longest)
     assert min(gaps) < 0.025, f"the loop waited {min(gaps) * 1000:.0f} ms for the indexing thread"
+
+
+async def _longest_loop_step(operation: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
+    """Run ``operation`` beside a ticker task; return its result and the loop's longest step in CPU time.
+
+    The CPU time of the loop's thread between two turns of the ticker is what the loop could not run other
+    tasks for (other processes on a shared machine do not inflate it, unlike wall time). The objects the test
+    process already holds are frozen out of the garbage collector: a full collection of that heap would be a
+    stall of the test runner, not of ours.
+    """
+    steps: list[float] = []
+    last = time.thread_time()
+
+    async def ticker() -> None:
+        nonlocal last
+        while True:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            steps.append(now - last)
+            last = now
+
+    gc.collect()
+    gc.freeze()
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    try:
+        last = time.thread_time()
+        result = await operation()
+        steps.append(time.thread_time() - last)  # the step that ends the operation
+    finally:
+        gc.unfreeze()
+        ticking.cancel()
+    return result, max(steps)
+
+
+async def test_adding_megabytes_to_an_in_process_tier_never_holds_the_loop_over_20_ms(storage: Path) -> None:
+    """``add_memory`` of a 5 MB text with ``tier="short"`` or ``"medium"`` tokenized it on the event loop
+    (the in-process FTS5 index): about 250 ms of the loop's CPU, and as much again to delete or update it.
+    The index is now written on the writer thread; the memory is in the tier asked for and found by a search
+    as soon as the add returns, and survives a restart (its journal line)."""
+    config = ContextManagerConfig(storage_path=storage, short_term_memory_size=50, medium_term_memory_size=50)
+
+    def document(name: str) -> str:
+        return f"{name} quarterly report: " + " ".join(f"row{i} margin{i % 97} ok" for i in range(250_000))
+
+    longest: dict[str, float] = {}
+    async with MemoryManager(config) as manager:
+        await manager.add_memory("a small note on the harbour", tier="short")
+        added: dict[str, Memory] = {}
+        for tier in ("short", "medium"):
+            for number in range(2):
+                name = f"{tier}{number}"
+                text = document(name)
+                memory, longest[f"add {name}"] = await _longest_loop_step(
+                    lambda text=text, tier=tier: manager.add_memory(text, tier=tier)
+                )
+                assert memory.tier is MemoryTier(tier) and len(memory.content) > 5_000_000
+                found = await manager.search_memory(name, limit=1)
+                assert [m.id for m in found] == [memory.id]  # searchable as soon as the add returned
+                added[name] = memory
+        found, longest["search"] = await _longest_loop_step(lambda: manager.search_memory("row4242 margin71"))
+        assert {m.id for m in found} >= {m.id for m in added.values()}
+        text = document("renamed")
+        updated, longest["update"] = await _longest_loop_step(
+            lambda: manager.update_memory(added["short1"].id, content=text)
+        )
+        assert updated.tier is MemoryTier.SHORT
+        assert [m.id for m in await manager.search_memory("renamed", limit=1)] == [updated.id]
+        assert not await manager.search_memory("short1", limit=1)
+        _, longest["delete"] = await _longest_loop_step(lambda: manager.delete_memory(added["medium0"].id))
+        assert not await manager.search_memory("medium0", limit=1)
+        assert await manager.search_memory("harbour", limit=1)  # the small memory is indexed as before
+    assert max(longest.values()) < 0.020, {key: f"{value * 1000:.1f} ms" for key, value in longest.items()}
+    async with MemoryManager(config) as manager:  # journaled as written
+        for name, tier in (("short0", "short"), ("medium1", "medium"), ("renamed", "short")):
+            found = await manager.search_memory(name, limit=1)
+            assert found and found[0].content == document(name) and found[0].tier is MemoryTier(tier)
+        assert not await manager.search_memory("medium0", limit=1)
+
+
+async def test_journaling_a_memory_of_megabytes_lets_the_loop_run(tmp_path: Path) -> None:
+    """The journal line of a 20 MB memory was one ``json.dumps`` call and one join, each holding the
+    interpreter lock for all of it (tens of milliseconds): the event loop could not run while the writer
+    thread encoded it. Its text is now encoded and written a slice at a time. Measured as the longest
+    wall-clock gap of a ticker task while a thread appends the record, the smallest of three runs (a busy
+    machine delays a run now and then; a lock held for 60 ms delays every run)."""
+    from context_manager.core.memory.file_store import JsonlLog
+
+    text = "Überprüfung der Zeile " + " ".join(f'zeile{i} größe{i % 97} "ok"\n' for i in range(800_000))
+    assert len(text) > 20_000_000
+    path = tmp_path / "memories.jsonl"
+    log = JsonlLog(path)
+    log.open()
+    memories = [Memory(id=f"m{n}", content=text, tags=["t"], metadata={"content": "x"}) for n in range(3)]
+    gaps = []
+    for memory in memories:
+        worker = asyncio.ensure_future(asyncio.to_thread(log.append, [{"op": "put", "m": memory.to_dict()}]))
+        longest = 0.0
+        last = time.perf_counter()
+        while not worker.done():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        await worker
+        gaps.append(longest)
+    log.close()
+    replayed = JsonlLog(path).open()  # the lines read back as the records written
+    assert {memory_id: memory.to_dict() for memory_id, memory in replayed.items()} == {
+        memory.id: memory.to_dict() for memory in memories
+    }
+    assert min(gaps) < 0.030, f"the loop waited {min(gaps) * 1000:.0f} ms for the journal's writer thread"
+
+
+async def test_searching_memories_of_megabytes_never_holds_the_loop_over_20_ms(
+    manager: MemoryManager,
+) -> None:
+    """On PostgreSQL a search's result rows were converted in one ``fetchall``: twelve matching memories of
+    5 MB held the loop 30-40 ms decoding their text. The loop now gets a turn after each row of megabytes
+    (the embedded store's in-process tiers hand back the stored objects: nothing to convert)."""
+    base = " ".join(f"row{i} margin{i % 97} ok" for i in range(240_000))
+    added = []
+    for number, tier in enumerate(["short", "medium", "long"] * 4):
+        added.append(await manager.add_memory(f"ledger{number} quarterly report: {base}", tier=tier))
+    found, longest = await _longest_loop_step(lambda: manager.search_memory("quarterly margin42", limit=12))
+    assert {memory.id for memory in found} == {memory.id for memory in added}
+    assert all(len(memory.content) > 5_000_000 for memory in found)
+    assert longest < 0.020, f"the search held the loop {longest * 1000:.1f} ms of CPU time"
+
+
+async def test_checking_and_rebuilding_in_process_indexes_of_megabytes_never_holds_the_loop_over_20_ms(
+    storage: Path,
+) -> None:
+    """The periodic health check's ``check_integrity(quick=True)``, ``optimize()`` and ``rebuild_index()``
+    read or rewrote the in-process FTS5 indexes on the loop: with three 5 MB memories in them, 100 ms to
+    1.5 s. With megabytes of text they now run on the writer thread (a search waits for them)."""
+    config = ContextManagerConfig(storage_path=storage)
+    base = " ".join(f"row{i} margin{i % 97} ok" for i in range(250_000))
+    async with MemoryManager(config) as manager:
+        added = [
+            await manager.add_memory(f"ledger{number} {base}", tier=tier)
+            for number, tier in enumerate(["short", "medium", "short"])
+        ]
+        await manager.add_memory("a small note on the harbour", tier="medium")
+        longest: dict[str, float] = {}
+        report, longest["check"] = await _longest_loop_step(lambda: manager.check_integrity(quick=True))
+        assert report["short_index"] == report["medium_index"] == "ok"
+        _, longest["optimize"] = await _longest_loop_step(manager.optimize)
+        rebuilt, longest["rebuild"] = await _longest_loop_step(manager.rebuild_index)
+        assert rebuilt["short"] == 2 and rebuilt["medium"] == 2
+        searching = asyncio.ensure_future(manager.search_memory("ledger1", limit=1))
+        report, longest["full check"] = await _longest_loop_step(manager.check_integrity)
+        assert report["ok"]
+        assert [m.id for m in await searching] == [added[1].id]  # a search started beside the check
+        assert [m.id for m in await manager.search_memory("ledger2", limit=1)] == [added[2].id]
+        assert (await manager.search_memory("harbour", limit=1))[0].content == "a small note on the harbour"
+    assert max(longest.values()) < 0.020, {key: f"{value * 1000:.1f} ms" for key, value in longest.items()}

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ FILE_MODE = 0o600
 """Store files are readable and writable by their owner only."""
 
 _ERASED = b'{"op": "erased"}'
+_ENCODE_SLICE = 65_536  # characters of a memory's text JSON-encoded per call (well under 1 ms)
+_WRITE_BYTES = 1 << 20  # bytes of the log joined per write
 """What an erased ``put`` record starts with (then spaces up to the record's length)."""
 
 Offsets = list[tuple[int, int]]
@@ -179,21 +181,22 @@ class JsonlLog:
             raise StorageError(f"cannot repair memory log {self.path}: {error}", path=self.path) from error
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Append records as whole lines in one write; flushed to the OS (fsynced if configured)."""
+        """Append records as whole lines, flushed to the OS (fsynced if configured).
+
+        One write, or one per megabyte for a memory of megabytes (joining its line in one piece would hold
+        the interpreter lock, as :func:`record_pieces` explains).
+        """
         if not records:
             return
-        lines = [
-            (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
-            for record in records
-        ]
-        data = b"".join(lines)
+        writes, lengths = _encode(records)
         with self._lock:
             if self._fd is None:
                 raise StorageError(f"memory log {self.path} is closed", path=self.path)
             start = None
             try:
                 start = os.fstat(self._fd).st_size
-                _write_all(self._fd, data)
+                for data in writes:
+                    _write_all(self._fd, data)
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as error:
@@ -205,12 +208,12 @@ class JsonlLog:
                 raise StorageError(f"cannot write memory log {self.path}: {error}", path=self.path) from error
             self._written = True
             self.record_count += len(records)
-            self._size = start + len(data)
             offset = start
-            for record, line in zip(records, lines, strict=True):
+            for record, length in zip(records, lengths, strict=True):
                 if record["op"] == "put":
-                    self._puts.setdefault(record["m"]["id"], []).append((offset, len(line) - 1))
-                offset += len(line)
+                    self._puts.setdefault(record["m"]["id"], []).append((offset, length - 1))
+                offset += length
+            self._size = offset
 
     def erase(self, ids: Iterable[str], *, keep_latest: bool = False) -> int:
         """Overwrite the ``put`` records of ``ids`` in place (see the module docstring); return how many.
@@ -270,20 +273,19 @@ class JsonlLog:
         offset = 0
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
-            chunk: list[bytes] = []
-            for memory in live:
-                line = (json.dumps({"op": "put", "m": memory.to_dict()}, ensure_ascii=False) + "\n").encode(
-                    "utf-8", "surrogatepass"
-                )
-                chunk.append(line)
-                puts[memory.id] = [(offset, len(line) - 1)]
-                offset += len(line)
-                count += 1
-                if len(chunk) >= 1000:
-                    _write_all(fd, b"".join(chunk))
-                    chunk.clear()
-            if chunk:
-                _write_all(fd, b"".join(chunk))
+
+            def lines() -> Iterator[bytes]:
+                nonlocal offset, count
+                for memory in live:
+                    pieces = record_pieces({"op": "put", "m": memory.to_dict()})
+                    length = sum(len(piece) for piece in pieces)
+                    puts[memory.id] = [(offset, length - 1)]
+                    offset += length
+                    count += 1
+                    yield from pieces
+
+            for data in _batches(lines()):
+                _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -336,6 +338,70 @@ def _apply(record: dict[str, Any], live: dict[str, Memory]) -> None:
                 touched.access_count = int(access_count)
     else:
         raise ValueError(f"unknown operation {operation!r}")
+
+
+def record_pieces(record: dict[str, Any]) -> list[bytes]:
+    """A record as one line of the log (JSON, UTF-8, non-ASCII kept, then a newline), in pieces.
+
+    One piece for most records. The text of a memory of megabytes is encoded :data:`_ENCODE_SLICE`
+    characters at a time (first among the memory's fields), a piece each: one ``json.dumps`` of 5 MB, or
+    one join of its bytes, holds the interpreter lock for tens of milliseconds, which stalls the event
+    loop even while the writer thread does it.
+    """
+    memory = record.get("m")
+    content = memory.get("content") if isinstance(memory, dict) else None
+    if not isinstance(content, str) or len(content) <= _ENCODE_SLICE:
+        return [(json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")]
+    assert isinstance(memory, dict)
+    outer = json.dumps({key: value for key, value in record.items() if key != "m"}, ensure_ascii=False)
+    inner = json.dumps({key: value for key, value in memory.items() if key != "content"}, ensure_ascii=False)
+    pieces = [(outer[:-1] + (", " if outer != "{}" else "") + '"m": {"content": "').encode("utf-8")]
+    for start in range(0, len(content), _ENCODE_SLICE):
+        text = json.dumps(content[start : start + _ENCODE_SLICE], ensure_ascii=False)[1:-1]
+        pieces.append(text.encode("utf-8", "surrogatepass"))
+    pieces.append(
+        ('"' + (", " + inner[1:] if inner != "{}" else "}") + "}\n").encode("utf-8", "surrogatepass")
+    )
+    return pieces
+
+
+def _encode(records: Sequence[dict[str, Any]]) -> tuple[list[bytes], list[int]]:
+    """The records' lines joined into writes of about :data:`_WRITE_BYTES` (small records: one write).
+
+    Returns:
+        The writes, and the length of each record's line.
+    """
+    writes: list[bytes] = []
+    lengths: list[int] = []
+    batch: list[bytes] = []
+    size = 0
+    for record in records:
+        length = 0
+        for piece in record_pieces(record):
+            batch.append(piece)
+            length += len(piece)
+            size += len(piece)
+            if size >= _WRITE_BYTES:
+                writes.append(b"".join(batch))
+                batch, size = [], 0
+        lengths.append(length)
+    if batch:
+        writes.append(b"".join(batch))
+    return writes, lengths
+
+
+def _batches(pieces: Iterable[bytes], size: int = _WRITE_BYTES) -> Iterator[bytes]:
+    """The pieces joined into writes of about ``size`` bytes (each join a short hold of the lock)."""
+    batch: list[bytes] = []
+    length = 0
+    for piece in pieces:
+        batch.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield b"".join(batch)
+            batch, length = [], 0
+    if batch:
+        yield b"".join(batch)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from context_manager.core.memory.index import (
@@ -23,9 +24,11 @@ from context_manager.core.memory.index import (
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.store import CandidateFilter, TurnKey
 
-__all__ = ["InMemoryStore", "Journal"]
+__all__ = ["InMemoryStore", "IndexChange", "Journal"]
 
 _TABLE = "memory_index"
+_INSERT = f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = f"DELETE FROM {_TABLE} WHERE rowid = ?"
 
 
 class Journal(Protocol):
@@ -34,6 +37,24 @@ class Journal(Protocol):
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Write records durably (flushed to the OS, fsync if configured) before returning."""
         ...
+
+
+@dataclass(slots=True)
+class IndexChange:
+    """The rows a write takes out of and puts into a store's FTS5 index (:meth:`InMemoryStore.apply`).
+
+    Staging updates the store's own records at once; the index rows change when the change is applied, which
+    may happen on another thread (tokenizing megabytes of text takes a few hundred milliseconds).
+    """
+
+    deleted: list[int] = field(default_factory=list)
+    """Row ids to delete."""
+    added: list[tuple[int, Memory]] = field(default_factory=list)
+    """Rows to insert: a row id and the memory it indexes."""
+    chars: int = 0
+    """Characters of text the change indexes or deletes (what applying it costs)."""
+    recreate: ColumnWeights | None = None
+    """Drop the index first and create it again with these weights (a rebuild)."""
 
 
 class InMemoryStore:
@@ -63,6 +84,7 @@ class InMemoryStore:
         self._turns: dict[TurnKey, str] = {}
         self._last_turns: dict[tuple[str | None, str], int] = {}
         self._superseded = 0
+        self._chars = 0  # characters of text indexed (what checking or merging the index costs)
         self._connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
         self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
@@ -82,11 +104,18 @@ class InMemoryStore:
 
     def load(self, memories: Sequence[Memory]) -> None:
         """Index memories without journaling them (replay of the log, moves already recorded)."""
-        rows = []
+        self.apply(self.stage_load(memories))
+
+    def stage_load(self, memories: Sequence[Memory]) -> IndexChange:
+        """Hold memories (replacing those with the same id); return their index change, to :meth:`apply`.
+
+        Until it is applied, the memories are held (``get``, ``count`` ...) but not found by a search.
+        """
+        change = IndexChange()
         for memory in memories:
             memory.tier = self.tier
             if memory.id in self._memories:
-                self._unindex(memory.id)
+                self._unstage(memory.id, change)
             rowid = self._next_rowid
             self._next_rowid += 1
             self._memories[memory.id] = memory
@@ -101,12 +130,25 @@ class InMemoryStore:
                 self._last_turns[session] = max(self._last_turns.get(session, key[2]), key[2])
             if memory.superseded_by is not None:
                 self._superseded += 1
-            rows.append((rowid, *fts_row(memory)))
-        self._connection.executemany(
-            f"INSERT INTO {_TABLE}(rowid, content, tags, context, date, owner) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        self._frequencies.changed(len(rows))
+            change.added.append((rowid, memory))
+            size = len(memory.content)
+            change.chars += size
+            self._chars += size
+        self._frequencies.changed(len(change.added))
+        return change
+
+    def apply(self, change: IndexChange) -> None:
+        """Write a staged change to the FTS5 index (safe on another thread while nothing else reads it)."""
+        if change.recreate is not None:
+            self._connection.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
+            self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
+            create_fts_table(self._connection, _TABLE, change.recreate)
+            self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
+        if change.deleted:
+            self._connection.executemany(_DELETE, [(rowid,) for rowid in change.deleted])
+        if change.added:
+            rows = [(rowid, *fts_row(memory)) for rowid, memory in change.added]
+            self._connection.executemany(_INSERT, rows)
 
     def delete(self, ids: Sequence[str], *, log: bool = True) -> list[str]:
         """Delete memories; journal the deletion when ``log`` (a move to another tier does not)."""
@@ -115,10 +157,17 @@ class InMemoryStore:
             return []
         if log and self._journal is not None:
             self._journal.append([{"op": "delete", "ids": present}])
-        for memory_id in present:
-            self._unindex(memory_id)
-        self._frequencies.changed(len(present))
+        self.apply(self.stage_delete(present)[1])
         return present
+
+    def stage_delete(self, ids: Sequence[str]) -> tuple[list[str], IndexChange]:
+        """Drop the memories among ``ids`` held here; return their ids and the index change to apply."""
+        present = [memory_id for memory_id in ids if memory_id in self._memories]
+        change = IndexChange()
+        for memory_id in present:
+            self._unstage(memory_id, change)
+        self._frequencies.changed(len(present))
+        return present, change
 
     def touch(self, updates: Mapping[str, tuple[float, int]], *, log: bool = True) -> None:
         """Record access times and counts (one journal record for the whole batch)."""
@@ -132,13 +181,15 @@ class InMemoryStore:
         if changed and log and self._journal is not None:
             self._journal.append([{"op": "touch", "u": changed}])
 
-    def _unindex(self, memory_id: str) -> None:
+    def _unstage(self, memory_id: str, change: IndexChange) -> None:
         memory = self._memories.pop(memory_id)
         if memory.superseded_by is not None:
             self._superseded -= 1
         rowid = self._rowids.pop(memory_id)
         del self._ids_by_rowid[rowid]
-        self._connection.execute(f"DELETE FROM {_TABLE} WHERE rowid = ?", (rowid,))
+        change.deleted.append(rowid)
+        change.chars += len(memory.content)
+        self._chars -= len(memory.content)
         for tag in memory.tags:
             holders = self._tags.get(tag)
             if holders is not None:
@@ -243,6 +294,11 @@ class InMemoryStore:
         """How many memories the store holds."""
         return len(self._memories)
 
+    @property
+    def chars(self) -> int:
+        """Characters of text the store's index holds (what checking or optimizing it costs)."""
+        return self._chars
+
     def __contains__(self, memory_id: object) -> bool:
         return memory_id in self._memories
 
@@ -260,11 +316,11 @@ class InMemoryStore:
 
     def rebuild_index(self, weights: ColumnWeights | None = None) -> None:
         """Drop and rebuild the FTS5 index from the memories held."""
+        self.apply(self.stage_rebuild(weights))
+
+    def stage_rebuild(self, weights: ColumnWeights | None = None) -> IndexChange:
+        """Return the change that drops the FTS5 index, creates it again and indexes every memory."""
         memories = list(self._memories.values())
-        self._connection.execute(f"DROP TABLE IF EXISTS temp.{self._vocabulary}")
-        self._connection.execute(f"DROP TABLE IF EXISTS {_TABLE}")
-        create_fts_table(self._connection, _TABLE, weights or ColumnWeights())
-        self._vocabulary = create_vocabulary_table(self._connection, _TABLE)
         self._frequencies.clear()
         self._memories.clear()
         self._rowids.clear()
@@ -273,7 +329,10 @@ class InMemoryStore:
         self._turns.clear()
         self._last_turns.clear()
         self._superseded = 0
-        self.load(memories)
+        self._chars = 0
+        change = self.stage_load(memories)
+        change.recreate = weights or ColumnWeights()
+        return change
 
     def close(self) -> None:
         """Release the in-memory index."""

@@ -48,7 +48,7 @@ from context_manager.core.memory.backend import (
     unchanged_since_read,
 )
 from context_manager.core.memory.file_store import LOG_FILE_NAME, FileStore, JsonlLog
-from context_manager.core.memory.in_memory_store import InMemoryStore
+from context_manager.core.memory.in_memory_store import IndexChange, InMemoryStore
 from context_manager.core.memory.index import (
     ColumnWeights,
     Stemmer,
@@ -81,6 +81,9 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _MOVE_CHUNK = 64  # short-term memories moved down to medium-term per event-loop step
 _DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
+_LARGE_WRITE_CHARS = 65_536
+"""A write of the in-process tiers with more text than this is journaled and indexed on the writer thread:
+tokenizing a 5 MB text held the event loop about 250 ms (its JSON line about 40 ms)."""
 
 
 class LocalBackend:
@@ -116,6 +119,7 @@ class LocalBackend:
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
+        self._indexing: asyncio.Future[Any] | None = None  # large work on the in-process indexes
 
     @property
     def location(self) -> str:
@@ -314,8 +318,8 @@ class LocalBackend:
 
     # -- tiers -------------------------------------------------------------------------------------
 
-    async def _journal(self, records: list[dict[str, Any]]) -> None:
-        """Append records to the log: with fsync on the storage threads, else inline.
+    async def _journal(self, records: list[dict[str, Any]], *, large: bool = False) -> None:
+        """Append records to the log: with fsync or ``large`` (texts of megabytes) on the writer thread.
 
         Inline, a journal write is one small buffered ``write()`` of whole lines: cheaper than a thread
         hop. With fsync every append waits for the disk, which must never happen on the event loop.
@@ -325,7 +329,7 @@ class LocalBackend:
         log = self._log
         if log is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
-        if self._fsync:
+        if self._fsync or large:
             await self._write(log.append, records)
         else:
             log.append(records)
@@ -360,19 +364,26 @@ class LocalBackend:
             self._long_copies.update(memory.id for memory in memories if memory.id in short)
             return
         store = self._volatile(tier)
+        chars = 0
         for memory in memories:
             memory.tier = tier
-        # the journal first (off the loop with fsync), then the in-process index, on the loop
-        await self._journal([{"op": "put", "m": memory.to_dict()} for memory in memories])
-        store.load(memories)
+            chars += len(memory.content)
+        # the journal first (off the loop with fsync or megabytes of text), then the in-process index
+        records = [{"op": "put", "m": memory.to_dict()} for memory in memories]
+        await self._journal(records, large=chars > _LARGE_WRITE_CHARS)
+        if self._indexing is not None:
+            await self._settled()
+        change = store.stage_load(memories)
         # the journal holds one volatile copy per id (a replay sees the last put): so does the process,
         # and a copy in the other volatile tier is gone with this put (as a move between them is)
         other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
         elsewhere = [memory.id for memory in memories if memory.id in other]
-        if elsewhere:
-            other.delete(elsewhere, log=False)
-            if tier is MemoryTier.MEDIUM:
-                self._long_copies.difference_update(elsewhere)
+        if not elsewhere and change.chars <= _LARGE_WRITE_CHARS:
+            store.apply(change)  # the common write, without a coroutine more (see _apply)
+            return
+        await self._apply((store, change), (other, other.stage_delete(elsewhere)[1]))
+        if elsewhere and tier is MemoryTier.MEDIUM:
+            self._long_copies.difference_update(elsewhere)
 
     async def replace(self, tier: MemoryTier, memories: Sequence[Memory]) -> list[str]:
         """Replace the memories still stored in ``tier``; return the ids replaced (see the protocol)."""
@@ -414,9 +425,13 @@ class LocalBackend:
             chunk = list(memories[start : start + _MOVE_CHUNK])
             for memory in chunk:
                 memory.tier = target
-            await self._journal([{"op": "put", "m": memory.to_dict()} for memory in chunk])  # the move
-            destination.load(chunk)
-            origin.delete([memory.id for memory in chunk], log=False)
+            large = sum(len(memory.content) for memory in chunk) > _LARGE_WRITE_CHARS
+            await self._journal(
+                [{"op": "put", "m": memory.to_dict()} for memory in chunk], large=large
+            )  # the move
+            await self._settled()
+            moved = destination.stage_load(chunk)
+            await self._apply((destination, moved), (origin, origin.stage_delete([m.id for m in chunk])[1]))
             if source is MemoryTier.SHORT:
                 self._long_copies.difference_update(memory.id for memory in chunk)
 
@@ -443,8 +458,53 @@ class LocalBackend:
         present = [memory_id for memory_id in ids if memory_id in store]
         if present:
             await self._journal([{"op": "delete", "ids": present}])
-            store.delete(present, log=False)
+            await self._settled()
+            await self._apply((store, store.stage_delete(present)[1]))
         return present
+
+    async def _settled(self) -> None:
+        """Wait until no work on an in-process index runs on the writer thread (see :meth:`_apply`)."""
+        while self._indexing is not None:
+            indexing = self._indexing
+            if not indexing.done():
+                await asyncio.wait({indexing})
+            if self._indexing is indexing:
+                self._indexing = None
+
+    async def _apply(self, *changes: tuple[InMemoryStore, IndexChange]) -> None:
+        """Apply changes of the in-process indexes staged since :meth:`_settled` returned (no await since).
+
+        Inline, or with megabytes of text all of them on the writer thread: FTS5 tokenizes a text it indexes
+        or deletes (a 5 MB text: about 250 ms) without the interpreter lock, so the loop runs meanwhile.
+        Every read of these indexes waits for that work first (:meth:`_settled`): it never waits on the loop
+        for the thread's connection, and never reads an index behind the store's records (a staged delete's
+        rows still there). Staging and starting the work happen in one loop step, so a reader sees both or
+        neither.
+        """
+        if sum(change.chars for _, change in changes) <= _LARGE_WRITE_CHARS:
+            for store, change in changes:
+                store.apply(change)
+            return
+        await self._off_loop(_apply_changes, changes)
+
+    async def _on_index(self, chars: int, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work`` reading or rewriting an in-process index: inline, or on the writer thread.
+
+        On the writer thread over ``chars`` of text; readers wait for it there, as for :meth:`_apply`.
+        """
+        await self._settled()
+        if chars <= _LARGE_WRITE_CHARS:
+            return work(*args)
+        return await self._off_loop(work, *args)
+
+    async def _off_loop(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Start ``work`` on the writer thread at once (settled, no await since) and wait for it."""
+        if self._writer is None:
+            raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        running = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(work, *args))
+        self._indexing = running
+        # shielded: a caller cancelled meanwhile leaves the work running; readers wait for it all the same
+        return await asyncio.shield(running)
 
     async def put_new(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> list[str]:
         """See :meth:`MemoryBackend.put_new` (one process: the manager's write lock keeps others out)."""
@@ -740,6 +800,8 @@ class LocalBackend:
         An index seek per word, bounded and fast, so on the loop; the long-term store's only while its
         lock is free (a writer thread may hold it for a long commit).
         """
+        if self._indexing is not None:  # the volatile indexes are read below, on the loop
+            await self._settled()
         long_store = self._stores[2]
         tier_totals: dict[MemoryTier, int] = {store.tier: store.count() for store in volatile}
         tier_frequencies: dict[MemoryTier, dict[str, int]] = {
@@ -824,6 +886,8 @@ class LocalBackend:
         # while the long-term search below runs is dropped from medium-term only after its long-term
         # copy committed, so it is found in one or the other (searched after, the medium-term tier could
         # have lost it to a long-term search that had already started)
+        if self._indexing is not None:  # a large write began while the long-term frequencies were read
+            await self._settled()
         found: dict[str, tuple[Memory, float]] = {}
         for store in volatile:
             for memory, bm25 in tier_search(store):
@@ -1067,8 +1131,8 @@ class LocalBackend:
         short, medium, long_store = self._stores
         database_before = long_store.size()
         log_before, log_after = await self.compact()
-        short.optimize_index()
-        medium.optimize_index()
+        for store in (short, medium):
+            await self._on_index(store.chars, store.optimize_index)
         await self._write(long_store.optimize)
         return {
             "log_bytes_before": log_before,
@@ -1086,18 +1150,25 @@ class LocalBackend:
         check = functools.partial(long_store.check_integrity, quick=quick)
         # the full check holds the write connection: the writer thread's turn; the quick one reads
         result: dict[str, Any] = dict(await (self._run(check) if quick else self._write(check)))
-        # the in-process indexes are checked on the loop: no write can interleave with the check
-        result["short_index"] = short.check_index()
-        result["medium_index"] = medium.check_index()
+        # the in-process indexes: on the loop, or with megabytes of text on the writer thread (FTS5 reads
+        # every text again), a search waiting meanwhile; no write interleaves with the check either way
+        result["short_index"] = await self._on_index(short.chars, short.check_index)
+        result["medium_index"] = await self._on_index(medium.chars, medium.check_index)
         return result
 
     async def rebuild_index(self) -> dict[str, int]:
         """Rebuild every FTS5 index from the stored memories; rows indexed per tier."""
         short, medium, long_store = self._stores
-        short.rebuild_index(self._weights)
-        medium.rebuild_index(self._weights)
+        for store in (short, medium):
+            await self._settled()
+            await self._apply((store, store.stage_rebuild(self._weights)))
         long_count = await self._write(long_store.rebuild_index)
         return {"short": short.count(), "medium": medium.count(), "long": long_count}
+
+
+def _apply_changes(changes: Sequence[tuple[InMemoryStore, IndexChange]]) -> None:
+    for store, change in changes:
+        store.apply(change)
 
 
 def _count_memory(
