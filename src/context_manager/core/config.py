@@ -144,8 +144,9 @@ class ContextManagerConfig(BaseSettings):
     postgres_pool_size: int = Field(
         10,
         gt=0,
-        description="Most connections this process opens to PostgreSQL (the pool's maximum; up to two more "
-        "hold the advisory locks of a consolidation and an overflow move while they run).",
+        description="Most connections this process opens to PostgreSQL (the pool's maximum; up to three more "
+        "hold the advisory locks of a consolidation, an overflow move and the writing of conversation turns "
+        "while they run).",
     )
     postgres_connect_timeout: float = Field(
         10.0, gt=0.0, description="Seconds to wait for a PostgreSQL connection before StorageError."

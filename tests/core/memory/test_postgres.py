@@ -386,27 +386,28 @@ async def test_a_pool_of_one_connection_consolidates_and_takes_turns_moving(post
 
 
 async def test_lock_connections_come_from_one_small_pool_of_their_own(postgres_dsn: str) -> None:
-    """Lock connections: at most two, from a pool of their own (the main pool of one is left to the work),
-    shared by two first uses at once; a third holder gets a StorageError once the timeout passes."""
+    """Lock connections: at most three (a consolidation, an overflow move, a chunk of conversation turns),
+    from a pool of their own (the main pool of one is left to the work), shared by first uses at once; a
+    fourth holder gets a StorageError once the timeout passes."""
     from context_manager.core.memory.postgres.database import LOCK_CONNECTIONS, PostgresDatabase
 
     database = PostgresDatabase(postgres_dsn, pool_size=1, connect_timeout=1.0)
     await database.open()
     try:
-        both_in = asyncio.Barrier(2)
+        all_in = asyncio.Barrier(3)
         sizes: list[int] = []
 
         async def hold() -> None:
             async with database.lock_connection() as connection:
                 await connection.execute("SELECT 1")
-                await both_in.wait()
+                await all_in.wait()
                 sizes.append(database._lock_pool.get_stats()["pool_size"])  # type: ignore[union-attr]
-                await both_in.wait()
+                await all_in.wait()
 
-        await asyncio.wait_for(asyncio.gather(hold(), hold()), 10.0)
-        assert LOCK_CONNECTIONS == 2 and sizes == [2, 2]  # one pool holding both connections
+        await asyncio.wait_for(asyncio.gather(hold(), hold(), hold()), 10.0)
+        assert LOCK_CONNECTIONS == 3 and sizes == [3, 3, 3]  # one pool holding the three connections
         assert database.stats()["pool_size"] <= 1  # the main pool was not used for them
-        async with database.lock_connection(), database.lock_connection():
+        async with database.lock_connection(), database.lock_connection(), database.lock_connection():
             with pytest.raises(StorageError, match="no connection for a cross-process lock"):
                 async with database.lock_connection():
                     pass

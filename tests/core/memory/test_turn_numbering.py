@@ -8,12 +8,19 @@ highest turn index stored, in a new manager on the same storage, on both backend
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
-from context_manager.core.memory.models import Memory
+from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.messages import Message
 from tests.core.memory.conftest import FakeClock
 
@@ -94,3 +101,144 @@ async def test_a_resumed_persisted_conversation_continues_its_turn_numbers(tmp_p
     assert min(steps) < 30 <= max(steps)
     assert len({index for index, _ in numbered}) == len(numbered) == len(set(steps))
     assert steps == sorted(steps)
+
+
+# -- a conversation written again, and by several processes ----------------------------------------------
+#
+# A persisted conversation's messages are written with ``id_namespace``: a message already stored is
+# returned as it is. Its turn number used to be counted all the same (every re-write left a gap), and each
+# process counted a session's turns from a number it had read once: two web workers writing one conversation
+# on PostgreSQL gave different messages the same turn index (search reads turn_index +-1 as the neighbours).
+
+
+async def test_a_conversation_written_again_leaves_no_gap_in_its_turn_numbers(
+    config: ContextManagerConfig, clock: FakeClock
+) -> None:
+    messages = said(*(f"line {number} about the crane" for number in range(7)))
+    async with MemoryManager(config, clock=clock) as memory:
+        first = await memory.remember_messages(messages[:3], session_id="c", id_namespace="c")
+        again = await memory.remember_messages(messages[:5], session_id="c", id_namespace="c")
+        assert [m.id for m in again[:3]] == [m.id for m in first]  # the stored ones, as they are
+        assert [m.turn_index for m in again] == [0, 1, 2, 3, 4]
+        rest = await memory.remember_messages(messages[4:], session_id="c", id_namespace="c")
+        assert [m.turn_index for m in rest] == [4, 5, 6]
+        assert [index for index, _ in turns(await memory.stored_copies())[(None, "c")]] == list(range(7))
+    # a plain call (no id_namespace) numbers as before: every message is a new memory
+    async with MemoryManager(config, clock=clock) as memory:
+        plain = await memory.remember_messages(said("once more", "and again"), session_id="c")
+        assert [m.turn_index for m in plain] == [7, 8]
+
+
+async def test_two_managers_writing_one_conversation_in_turn_number_its_turns_in_sequence(
+    postgres_dsn: str,
+) -> None:
+    """Two managers on one PostgreSQL schema stand for two web workers of one conversation: each writes a
+    batch in turn (the second re-writing part of the first's, as a worker re-indexing after a reload)."""
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn)
+    messages = said(*(f"turn {number} of the support chat" for number in range(12)))
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        batches = [(a, messages[0:3]), (b, messages[2:6]), (a, messages[6:8]), (b, messages[5:10])]
+        batches += [(a, messages[10:12])]
+        for writer, batch in batches:
+            await writer.remember_messages(batch, session_id="chat", id_namespace="chat")
+        stored = turns(await a.stored_copies())[(None, "chat")]
+    assert stored == [(number, f"turn {number} of the support chat") for number in range(12)]
+
+
+async def test_a_batch_written_between_another_managers_read_and_write_takes_its_own_turns(
+    postgres_dsn: str,
+) -> None:
+    """B writes a batch of the conversation while A has read the last turn number and not yet written:
+    A's batch waits for B's (or B's for A's), so no turn number is given twice."""
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn)
+    async with MemoryManager(config) as a, MemoryManager(config) as b:
+        await b.remember_messages(said("hello", "hi there"), session_id="chat", id_namespace="chat")
+        backend = a.backend
+        assert backend is not None
+        read = backend.last_turn_index
+        b_batch: list[asyncio.Task[list[Memory]]] = []
+
+        async def read_then_let_b_write(user_id: str | None, session_id: str) -> int | None:
+            last = await read(user_id, session_id)
+            if not b_batch:
+                b_batch.append(
+                    asyncio.create_task(
+                        b.remember_messages(said("b one", "b two"), session_id="chat", id_namespace="chat")
+                    )
+                )
+                # B's batch either completes now (nothing keeps it from using the number A just read) or
+                # waits for A's batch to be written
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(b_batch[0]), timeout=1.0)
+            return last
+
+        backend.last_turn_index = read_then_let_b_write  # type: ignore[method-assign]
+        try:
+            await a.remember_messages(said("a one", "a two"), session_id="chat", id_namespace="chat")
+        finally:
+            del backend.last_turn_index
+        assert b_batch, "setup: A did not read the last turn number"
+        await b_batch[0]
+        indexes = [index for index, _ in turns(await a.stored_copies())[(None, "chat")]]
+    assert indexes == list(range(6))
+
+
+_WRITER = """
+import asyncio, sys
+from context_manager import ContextManagerConfig
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.messages import Message
+
+async def main(dsn: str, worker: str) -> None:
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=dsn, postgres_pool_size=3)
+    messages = [Message.create("user", f"worker {worker} line {n}") for n in range(60)]
+    async with MemoryManager(config) as memory:
+        for batch in range(10):  # each batch re-writes the previous one's messages, as a re-index does
+            await memory.remember_messages(
+                messages[max(0, 6 * batch - 6) : 6 * batch + 6], session_id="chat", id_namespace="chat"
+            )
+            await asyncio.sleep(0.005)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_two_processes_writing_one_conversation_give_each_turn_one_number(postgres_dsn: str) -> None:
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WRITER, postgres_dsn, str(worker), stderr=asyncio.subprocess.PIPE
+        )
+        for worker in range(2)
+    ]
+    errors = await asyncio.gather(*(process.communicate() for process in processes))
+    for process, (_, error) in zip(processes, errors, strict=True):
+        assert process.returncode == 0, error.decode()[-3000:]
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn)
+    async with MemoryManager(config) as memory:
+        stored = turns(await memory.stored_copies())[(None, "chat")]
+    assert [index for index, _ in stored] == list(range(120))  # 120 messages, each turn number once
+    for worker in range(2):  # each worker's messages in the order it said them
+        lines = [int(text.split()[-1]) for _, text in stored if text.startswith(f"worker {worker} ")]
+        assert lines == list(range(60))
+
+
+async def test_a_conversation_chunk_that_failed_part_way_takes_new_numbers_after_the_stored_turns(
+    sqlite_config: ContextManagerConfig, storage: Path
+) -> None:
+    """The medium-term memories of a chunk are in the log when its pasted document's long-term write fails
+    (another connection holds the database's write lock): the retry numbers the document after the turns
+    stored, not from the count the failed call had reached (which gave it a stored turn's number)."""
+    messages = said("the invoice is attached", "thanks, reading it", "document: " + "ledger line " * 6_000)
+    async with MemoryManager(sqlite_config) as memory:
+        await memory.remember_messages(said("hello"), session_id="c", id_namespace="c")
+        blocker = sqlite3.connect(storage / "memories.sqlite3", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # held until the store's 5 s busy timeout gives up
+            with pytest.raises(StorageError, match="database is locked"):
+                await memory.remember_messages(messages, session_id="c", id_namespace="c")
+        finally:
+            blocker.close()
+        assert [index for index, _ in turns(await memory.stored_copies())[(None, "c")]] == [0, 1, 2]
+        again = await memory.remember_messages(messages, session_id="c", id_namespace="c")
+        assert [m.turn_index for m in again] == [1, 2, 3]
+        assert [m.tier for m in again] == [MemoryTier.MEDIUM, MemoryTier.MEDIUM, MemoryTier.LONG]

@@ -118,6 +118,8 @@ class ManagerState:
         self._victim_reserve: dict[MemoryTier, tuple[list[str], float]] = {}
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
+        # remember_messages numbers and writes a chunk of turns at a time (MemoryWriting._remember_chunk)
+        self._turn_lock = asyncio.Lock()
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
         # vectors made ahead of their writes (TierMovement._embed_ahead): the embedder, text -> vector
         self._embedded_ahead: tuple[Any, dict[str, Any]] | None = None

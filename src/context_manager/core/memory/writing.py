@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -410,34 +411,19 @@ class MemoryWriting(TierMovement):
 
         With ``id_namespace`` (a persisted conversation's id) each memory's id is derived from the namespace
         and the message id, so writing the same messages again (after a crash, from another process) stores
-        each of them once.
+        each of them once; a message stored already keeps its ``turn_index`` and takes no number, the new
+        ones continue after the last one stored (on PostgreSQL whichever process wrote it: see
+        :meth:`_remember_chunk`).
         """
         for position, message in enumerate(messages):  # each is dated below: refused before any write
             check_moment(getattr(message, "timestamp", None), f"messages[{position}].timestamp")
-        items: list[tuple[Memory, MemoryTier | None]] = []
-        written: list[Memory] = []
+        drafts: list[tuple[Memory, MemoryTier, tuple[str | None, str]]] = []
         session = session_id if session_id is not None else "default"
-        explicit = id_namespace is not None
         for message in sorted(messages, key=lambda m: m.timestamp):
             text = message_text(message)
             if not text.strip():
                 continue
-            if len(items) >= _REMEMBER_CHUNK:
-                # a compression evicts hundreds of messages: written a chunk per loop step, so the
-                # indexing (FTS inserts, journal) never holds the event loop for long
-                written += [
-                    memory.copy()
-                    for memory in await self._add_many(items, explicit_ids=explicit, archive=explicit)
-                ]
-                items = []
-                await asyncio.sleep(0)
             message_metadata = dict(message.metadata)
-            turn_key = (user_id, str(message_metadata.get("session_id", session)))
-            turn_index = self._turn_counters.get(turn_key)
-            if turn_index is None:  # continue the session's numbering across restarts and processes
-                last = await self._require("remember_messages").last_turn_index(*turn_key)
-                turn_index = 0 if last is None else last + 1
-            self._turn_counters[turn_key] = turn_index + 1
             metadata: dict[str, Any] = {
                 **message_metadata,
                 "role": message.role.value,
@@ -449,7 +435,6 @@ class MemoryWriting(TierMovement):
             if message.tool_call_id is not None:
                 metadata["tool_call_id"] = message.tool_call_id
             metadata.setdefault("session_id", session)
-            metadata.setdefault("turn_index", turn_index)
             metadata.setdefault("speaker", message.name or message.role.value)
             date = message_metadata.get("session_date", session_date)
             if date is None:
@@ -469,13 +454,69 @@ class MemoryWriting(TierMovement):
                 None if id_namespace is None else message_memory_id(id_namespace, message.id),
             )
             memory.created_at = message.timestamp
-            items.append((memory, tier))
-        if items:
-            written += [
-                memory.copy()
-                for memory in await self._add_many(items, explicit_ids=explicit, archive=explicit)
-            ]
+            drafts.append((memory, tier, (user_id, str(message_metadata.get("session_id", session)))))
+        written: list[Memory] = []
+        for first in range(0, len(drafts), _REMEMBER_CHUNK):
+            if first:
+                # a compression evicts hundreds of messages: written a chunk per loop step, so the
+                # indexing (FTS inserts, journal) never holds the event loop for long
+                await asyncio.sleep(0)
+            chunk = drafts[first : first + _REMEMBER_CHUNK]
+            written += await self._remember_chunk(chunk, derived_ids=id_namespace is not None)
         return written
+
+    async def _remember_chunk(
+        self, chunk: Sequence[tuple[Memory, MemoryTier, tuple[str | None, str]]], *, derived_ids: bool
+    ) -> list[Memory]:
+        """Number the turns of a chunk of :meth:`remember_messages` and write it; return copies.
+
+        A memory without a ``turn_index`` of its own gets the next number of its (user, session): on a
+        storage of this process only, counted from the highest number stored, read once; on a shared one
+        (PostgreSQL) read again for every chunk (other processes write the same conversation), under a
+        cross-process lock per session held until the chunk is written, so two processes never give out
+        the same number. With ``derived_ids`` (a persisted conversation) a message whose memory is stored
+        already is returned as stored and takes no number (a re-write left a gap).
+
+        Left open: a lock connection lost in the middle of a chunk releases the lock on the server (see
+        :meth:`PostgresDatabase.advisory_locks`), and a process writing the same session at that moment may
+        give out numbers this chunk is writing; a memory added with ``add_memory`` and turn metadata of its
+        own is not numbered here at all.
+        """
+        backend = self._require("remember_messages")
+        names = sorted({f"turns:{json.dumps(key)}" for _, _, key in chunk})
+        # one chunk at a time in this process (it holds at most one lock connection), in every process one
+        # chunk of a session at a time (taken in one order: two chunks of several sessions never deadlock)
+        async with self._turn_lock, backend.exclusive(*names):
+            backend = self._require("remember_messages")
+            stored: dict[str, Memory] = {}
+            items: list[tuple[Memory, MemoryTier | None]] = [(memory, tier) for memory, tier, _ in chunk]
+            if derived_ids:
+                items, stored = await self._known_ids(items, archive=True)
+            counters: dict[tuple[str | None, str], int] = {}
+            for memory, _, key in chunk:
+                if memory.id in stored:
+                    continue
+                turn_index = counters.get(key)
+                if turn_index is None:
+                    turn_index = None if backend.shared else self._turn_counters.get(key)
+                if turn_index is None:  # continue the session's numbering across restarts and processes
+                    last = await backend.last_turn_index(*key)
+                    turn_index = 0 if last is None else last + 1
+                counters[key] = turn_index + 1
+                memory.metadata.setdefault("turn_index", turn_index)
+            new: list[Memory] = []
+            try:
+                if items:
+                    new = await self._add_many(items, explicit_ids=derived_ids, archive=derived_ids)
+            except BaseException:
+                # maybe written in part: the next chunk of these sessions reads their last number again
+                for key in counters:
+                    self._turn_counters.pop(key, None)
+                raise
+            if not backend.shared:
+                self._turn_counters.update(counters)
+        by_id = {memory.id: memory for memory in new}
+        return [(by_id.get(memory.id) or stored[memory.id]).copy() for memory, _, _ in chunk]
 
     async def _embed_messages_ahead(self, messages: Sequence[Message]) -> None:
         """Embed the texts :meth:`remember_messages` will store for ``messages`` in one call, ahead of it.

@@ -38,8 +38,9 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 # database-wide: two memories in two schemas of one database must not take each other's turns)
 _LOCK_KEY = "hashtext(%s || '@' || current_schema())"
 _MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
-LOCK_CONNECTIONS = 2
-"""Connections besides the pool that hold cross-process advisory locks (a consolidation, an overflow move)."""
+LOCK_CONNECTIONS = 3
+"""Connections besides the pool that hold cross-process advisory locks (a consolidation, an overflow move,
+the numbering of a chunk of conversation turns)."""
 
 
 def redact_dsn(dsn: str) -> str:
@@ -174,12 +175,13 @@ class PostgresDatabase:
     async def lock_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection to hold session advisory locks on for a block, taken outside the pool.
 
-        A consolidation or an overflow move holds its lock while its statements run on pooled
-        connections: were the lock's connection one of the pool's, a small pool could be left with none
-        for those statements (with ``pool_size=1`` a consolidation waited for itself until the pool timed
-        out). These come from a second pool of :data:`LOCK_CONNECTIONS` (a process holds at most one
-        consolidation's and one move's at a time), opened on first use, idle connections closed after a
-        minute. :meth:`advisory_locks` takes the locks on one, retrying on a lost connection.
+        A consolidation, an overflow move or a chunk of conversation turns holds its lock while its
+        statements run on pooled connections: were the lock's connection one of the pool's, a small pool
+        could be left with none for those statements (with ``pool_size=1`` a consolidation waited for
+        itself until the pool timed out). These come from a second pool of :data:`LOCK_CONNECTIONS` (a
+        process holds at most one consolidation's, one move's and one turn chunk's at a time), opened on
+        first use, idle connections closed after a minute. :meth:`advisory_locks` takes the locks on one,
+        retrying on a lost connection.
 
         Raises:
             StorageError: the storage is closed, or no connection could be made.
