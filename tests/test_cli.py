@@ -535,6 +535,18 @@ def test_memory_search_table_keeps_ids_whole_to_copy_into_delete(
     assert content in words and "short tier, importance 0.50, tags: secret, ops" in words
     assert cli_json("--storage", str(store), "memory", "delete", copied)["deleted"] == [added["id"]]
 
+    # an id too long for the width (an imported one, up to 200 characters) is folded, never cut off
+    record = {"id": "k" * 150, "content": "a memory about kites", "created_at": 1.0e9, "tier": "short"}
+    backup = store.parent / "long-id.jsonl"
+    backup.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    assert cli_json("--storage", str(store), "memory", "import", str(backup))["imported"] == 1
+    table = cli("--storage", str(store), "memory", "search", "kites")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    lines = [line for line in table.stdout.splitlines() if line.count("│") == 4]
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    assert "".join(line.split("│")[1].strip() for line in lines) == record["id"]
+    assert "a memory about kites" in " ".join(line.split("│")[3].strip() for line in lines)
+
 
 # --- user data in the tables ----------------------------------------------------------------------
 

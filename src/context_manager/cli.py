@@ -665,9 +665,12 @@ def memory_search(
         from rich.table import Table
 
         # the id whole on one line, to copy into `memory delete` (folded at 80 columns, it could not be):
-        # the tier, importance and tags go under the content, which keeps the rest of the width
+        # the tier, importance and tags go under the content, which keeps the rest of the width; an id
+        # too long to leave room for the rest (an imported one) is folded, not cut off
         table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
-        table.add_column("id", no_wrap=True, overflow="fold", min_width=max(len(m.id) for m in found))
+        longest = max(len(memory.id) for memory in found)
+        room = max(8, options.stdout.width - 30)
+        table.add_column("id", overflow="fold", width=min(longest, room))  # a fixed width: never squeezed
         table.add_column("score", no_wrap=True)
         table.add_column("memory", overflow="fold")
         for memory in found:
