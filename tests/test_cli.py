@@ -431,6 +431,123 @@ def test_memory_consolidate_and_cleanup(store: Path) -> None:
     )
 
 
+def _stored_bytes(store: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(store.rglob("*")) if path.is_file())
+
+
+def test_memory_delete_erases_the_ids_given_and_reports_the_unknown_ones(store: Path) -> None:
+    """No command deleted a memory: a wrong or sensitive one found with `memory search` stayed."""
+    secret = cli_json("--storage", str(store), "memory", "add", "the door code is 4417-zebra")
+    lunch = cli_json("--storage", str(store), "memory", "add", "lunch is at noon")
+    kept = cli_json("--storage", str(store), "memory", "add", "standup is at ten")
+    alice = cli_json("--storage", str(store), "memory", "add", "alice likes tea", "--user", "alice")
+    assert b"4417-zebra" in _stored_bytes(store)
+
+    done = cli("--storage", str(store), "memory", "delete", secret["id"], lunch["id"], secret["id"])
+    assert done.exit_code == 0 and done.stderr == "", done.stdout + done.stderr
+    assert done.stdout == f"deleted {secret['id']}\ndeleted {lunch['id']}\n"
+    assert b"4417-zebra" not in _stored_bytes(store), "erased from the storage's files, not only hidden"
+    assert cli_json("--storage", str(store), "memory", "search", "door code") == []
+    assert cli_json("--storage", str(store), "memory", "stats")["by_user"] == {"": 1, "alice": 1}
+
+    # an unknown id, or another owner's memory, is not found; the others are still deleted (exit 1)
+    result = cli("--json", "--storage", str(store), "memory", "delete", "no-such-id", kept["id"], alice["id"])
+    assert json.loads(result.stdout) == {
+        "user": None,
+        "deleted": [kept["id"]],
+        "originals_deleted": [],
+        "not_found": ["no-such-id", alice["id"]],
+    }
+    assert_one_line_error(
+        result,
+        f"no memory in the default namespace with ids 'no-such-id', '{alice['id']}'",
+        f"'{alice['id']}' belongs to user 'alice': pass --user alice",
+        "the other 1 deleted",
+    )
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "delete", kept["id"]),
+        f"no memory in the default namespace with id '{kept['id']}'",
+    )
+    assert cli_json("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice") == {
+        "user": "alice",
+        "deleted": [alice["id"]],
+        "originals_deleted": [],
+        "not_found": [],
+    }
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0
+
+
+def test_memory_delete_bad_arguments_change_nothing(tmp_path: Path, store: Path) -> None:
+    added = cli_json("--storage", str(store), "memory", "add", "keep me")
+    assert_one_line_error(cli("--storage", str(store), "memory", "delete", ""), "memory_id: got ''")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "delete", added["id"], "--user", ""), "user_id: got ''"
+    )
+    assert cli("--storage", str(store), "memory", "delete").exit_code == 2
+    missing = tmp_path / "missing"
+    assert_one_line_error(
+        cli("--storage", str(missing), "memory", "delete", added["id"]), "no memory store at"
+    )
+    assert not missing.exists(), "no store is created where a path was mistyped"
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
+
+
+def test_memory_delete_takes_a_consolidated_memory_s_originals(store: Path) -> None:
+    """delete_memory's contract: a consolidated memory goes with the originals it was merged from."""
+    for content in (
+        "the office wifi password changes every monday",
+        "the office wifi password changes every monday morning",
+        "lunch is at noon",
+    ):
+        cli_json("--storage", str(store), "memory", "add", content)
+    group = cli_json("--storage", str(store), "memory", "consolidate", "--threshold", "0.8")["groups"][0]
+    originals = group["merged_from"]
+    assert len(originals) == 2
+    # an original asked for after its consolidated memory was deleted with it, not "not found"
+    report = cli_json("--storage", str(store), "memory", "delete", group["merged_id"], originals[0])
+    assert report == {
+        "user": None,
+        "deleted": [group["merged_id"], originals[0]],
+        "originals_deleted": [originals[1]],
+        "not_found": [],
+    }
+    assert b"wifi password" not in _stored_bytes(store)
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert (stats["total_memories"], stats["superseded"]) == (1, 0)
+
+
+def test_memory_search_table_keeps_ids_whole_to_copy_into_delete(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 80 columns the id column was folded over three lines: an id could not be copied."""
+    monkeypatch.setenv("COLUMNS", "80")
+    content = "the staging database password is swordfish and it rotates on the first monday"
+    added = cli_json("--storage", str(store), "memory", "add", content, "--tag", "secret", "--tag", "ops")
+    table = cli("--storage", str(store), "memory", "search", "staging password")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if added["id"] in line]  # whole, on one line
+    assert len(rows) == 1, table.stdout
+    copied = rows[0].split("│")[1].strip()
+    assert copied == added["id"]
+    words = " ".join(line.split("│")[3].strip() for line in lines if line.count("│") == 4)
+    assert content in words and "short tier, importance 0.50, tags: secret, ops" in words
+    assert cli_json("--storage", str(store), "memory", "delete", copied)["deleted"] == [added["id"]]
+
+    # an id too long for the width (an imported one, up to 200 characters) is folded, never cut off
+    record = {"id": "k" * 150, "content": "a memory about kites", "created_at": 1.0e9, "tier": "short"}
+    backup = store.parent / "long-id.jsonl"
+    backup.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    assert cli_json("--storage", str(store), "memory", "import", str(backup))["imported"] == 1
+    table = cli("--storage", str(store), "memory", "search", "kites")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    lines = [line for line in table.stdout.splitlines() if line.count("│") == 4]
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    assert "".join(line.split("│")[1].strip() for line in lines) == record["id"]
+    assert "a memory about kites" in " ".join(line.split("│")[3].strip() for line in lines)
+
+
 # --- user data in the tables ----------------------------------------------------------------------
 
 
@@ -655,6 +772,15 @@ def test_memory_commands_and_health_on_postgresql_need_no_directory(
     assert cli_json("memory", "export", str(backup))["exported"] == 1
     assert cli_json("memory", "consolidate", "--user", "alice")["consolidated_count"] == 0
     assert cli_json("memory", "cleanup", "--user", "alice", "--max-age-days", "30")["removed_count"] == 0
+    other = cli_json("memory", "add", "a shared note to delete")
+    assert_one_line_error(cli("memory", "delete", added["id"]), "belongs to user 'alice'")
+    result = cli("--json", "memory", "delete", added["id"], other["id"], "--user", "alice")
+    assert_one_line_error(result, f"'{other['id']}' is in the default namespace: omit --user")
+    deleted = json.loads(result.stdout)
+    assert (deleted["deleted"], deleted["not_found"]) == ([added["id"]], [other["id"]])
+    assert cli_json("memory", "search", "deploy freeze", "--user", "alice") == []
+    assert cli_json("memory", "delete", other["id"])["deleted"] == [other["id"]]
+    assert cli_json("memory", "stats")["total_memories"] == 0
     report = cli_json("health")
     assert report["status"] == "healthy" and "memory_store" not in report["checks"]
     assert report["checks"]["database"]["status"] == "healthy"

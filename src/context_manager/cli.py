@@ -6,6 +6,7 @@
     cat notes.txt | context-manager tokens -
     context-manager --storage ./cache/storage memory add "Paris is the capital of France" --tag geo
     context-manager memory search "capital of france" --limit 5
+    context-manager memory delete 602dc6381aab4249a7cdd080681db0f3   # ids as search prints them
     context-manager --json memory stats
     context-manager memory export backup.jsonl          # and: memory import backup.jsonl
     context-manager memory export - | gzip > backup.jsonl.gz    # - : standard output (import - reads stdin)
@@ -27,7 +28,15 @@ to ``examples``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
-was written with); ``memory search`` records its results as accessed, as ``search_memory`` does.
+was written with); ``memory search`` records its results as accessed, as ``search_memory`` does, and
+prints each id whole on one line (to copy into ``memory delete``).
+
+``memory delete ID...`` deletes with ``MemoryManager.delete_memory`` (every tier, the vectors, erased from
+the storage's files; a consolidated memory takes the originals it was merged from along) the memories of
+the ``--user`` namespace (the shared one by default, as ``memory search``); it moves no other memory. An
+id with no memory there (another user's memory included: the error line names its owner) is reported
+after the others are deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json``
+prints ``{"user", "deleted", "originals_deleted", "not_found"}`` either way.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
@@ -46,6 +55,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -654,27 +664,117 @@ def memory_search(
             return
         from rich.table import Table
 
+        # the id whole on one line, to copy into `memory delete` (folded at 80 columns, it could not be):
+        # the tier, importance and tags go under the content, which keeps the rest of the width; an id
+        # too long to leave room for the rest (an imported one) is folded, not cut off
         table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
-        for column in ("score", "tier", "importance", "tags", "content", "id"):
-            table.add_column(column, overflow="fold")
+        longest = max(len(memory.id) for memory in found)
+        room = max(8, options.stdout.width - 30)
+        table.add_column("id", overflow="fold", width=min(longest, room))  # a fixed width: never squeezed
+        table.add_column("score", no_wrap=True)
+        table.add_column("memory", overflow="fold")
         for memory in found:
             content = memory.content if len(memory.content) <= 200 else memory.content[:197] + "..."
-            table.add_row(
-                *map(
-                    _plain,
-                    (
-                        f"{memory.score or 0.0:.3f}",
-                        memory.tier.value,
-                        f"{memory.importance:.2f}",
-                        ", ".join(memory.tags),
-                        content,
-                        memory.id,
-                    ),
-                )
-            )
+            details = f"{memory.tier.value} tier, importance {memory.importance:.2f}"
+            if memory.tags:
+                details += f", tags: {', '.join(memory.tags)}"
+            cell = _plain(content)
+            cell.append(f"\n{details}", style="dim")
+            table.add_row(_plain(memory.id), _plain(f"{memory.score or 0.0:.3f}"), cell)
         options.stdout.print(table)
 
     _run(ctx, body)
+
+
+@memory_app.command("delete", short_help="Delete memories by id, erased from the storage.")
+def memory_delete(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[str],
+        typer.Argument(help="Ids as `memory search` or `memory add` print them.", metavar="ID"),
+    ],
+    user: Annotated[
+        str | None,
+        typer.Option(help="Owner namespace (default: the shared one); another owner's memory is not found."),
+    ] = None,
+) -> None:
+    """Delete memories by id: from every tier, with their vectors, erased from the storage's files.
+
+    A consolidated memory goes with the originals it was merged from (printed). Only memories of the
+    owner namespace (--user; the shared one by default) are deleted. An id with no memory there is
+    reported on stderr after the others are deleted, and the command exits with code 1 (as rm does).
+    Moves no other memory between tiers.
+    """
+
+    async def body(options: _Options) -> int:
+        from context_manager.core.errors import MemoryNotFoundError
+        from context_manager.core.memory.validation import check_memory_id, check_user
+        from context_manager.core.memory.writing import merged_originals
+
+        check_user(user, allow_all=False)
+        wanted = list(dict.fromkeys(ids))  # each once, in the order given
+        for memory_id in wanted:
+            check_memory_id(memory_id)
+        deleted: list[str] = []
+        originals: list[str] = []  # deleted with a consolidated memory, not asked for
+        missing: list[str] = []
+        owners: dict[str, str | None] = {}  # a missing id's memory in another namespace: whose
+        async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
+            for memory_id in wanted:
+                if memory_id in originals:  # asked for, and gone with a consolidated memory asked before
+                    originals.remove(memory_id)
+                    deleted.append(memory_id)
+                    continue
+                existing = await manager.get_memory(memory_id)
+                if existing is None or existing.user_id != user:
+                    missing.append(memory_id)
+                    if existing is not None:
+                        owners[memory_id] = existing.user_id
+                    continue
+                along = await merged_originals(manager, existing)
+                try:
+                    await manager.delete_memory(memory_id)
+                except MemoryNotFoundError:  # another process sharing the storage deleted it meanwhile
+                    missing.append(memory_id)
+                    continue
+                deleted.append(memory_id)
+                originals += [item for item in along if await manager.get_memory(item) is None]
+        if options.json_output:
+            _print_json(
+                options,
+                {"user": user, "deleted": deleted, "originals_deleted": originals, "not_found": missing},
+            )
+        else:
+            for memory_id in deleted:
+                options.stdout.print(f"deleted {memory_id}", markup=False, soft_wrap=True)
+            for memory_id in originals:
+                options.stdout.print(
+                    f"deleted {memory_id} (an original of a consolidated memory)",
+                    markup=False,
+                    soft_wrap=True,
+                )
+        if not missing:
+            return 0
+        where = "in the default namespace" if user is None else f"of user {user!r}"
+        message = f"no memory {where} with id{'s' if len(missing) > 1 else ''} " + ", ".join(
+            map(repr, missing)
+        )
+        hints = [
+            f"{memory_id!r} is in the default namespace: omit --user"
+            if owner is None
+            else f"{memory_id!r} belongs to user {owner!r}: pass --user {shlex.quote(owner)}"
+            for memory_id, owner in owners.items()
+        ]
+        if hints:
+            message += f" ({'; '.join(hints)})"
+        if deleted:
+            message += f"; the other {len(deleted)} deleted"
+        options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_ERROR
+
+    code = _run(ctx, body)
+    if code:
+        raise typer.Exit(code)
 
 
 @memory_app.command("stats", short_help="Counts per tier and user, capacity, size on disk, index status.")

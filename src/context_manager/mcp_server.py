@@ -57,6 +57,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.validation import check_user
+from context_manager.core.memory.writing import merged_originals
 from context_manager.core.telemetry import (
     Telemetry,
     telemetry_for_current_providers,
@@ -369,7 +370,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             existing = await memory.get_memory(memory_id)
             if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
                 raise ToolError(f"memory_id: no memory with id {memory_id!r}")
-            originals = await _merged_originals(memory, existing)
+            originals = await merged_originals(memory, existing)
             deleted = await traced_call(handle.telemetry, "delete_memory", memory.delete_memory(memory_id))
             # what the delete took with it: the originals (read before) no longer stored
             gone = [original for original in originals if await memory.get_memory(original) is None]
@@ -406,26 +407,6 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
         ),
         memory_tool(memory_stats, ToolAnnotations(title="Memory statistics", read_only_hint=True)),
     ]
-
-
-async def _merged_originals(memory: MemoryManager, merged: Memory) -> list[str]:
-    """The ids of the originals ``delete_memory(merged.id)`` deletes with it, nearest first.
-
-    An original goes with the merged memory while it is still superseded by it (an original that is a
-    merged memory itself takes its own originals along).
-    """
-    found: list[str] = []
-    parents = [merged]
-    while parents:
-        level: list[Memory] = []
-        for parent in parents:
-            for original_id in parent.merged_from:
-                original = await memory.get_memory(original_id) if original_id not in found else None
-                if original is not None and original.superseded_by == parent.id:
-                    found.append(original_id)
-                    level.append(original)
-        parents = level
-    return found
 
 
 def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None, limit: int) -> None:

@@ -22,7 +22,9 @@ State changes have one commit point each, with no ``await`` inside: :meth:`Conte
 what it cuts) into the window's :class:`~context_manager.core.eviction.EvictedQueue` in its commit, so a
 cancelled add never loses them; they leave the queue when a consumer (the eviction hook, or the
 ``EnhancedContextManager``'s background memory writer) acknowledges them. Until then they are in
-:attr:`ContextWindow.evicted_messages`.
+:attr:`ContextWindow.evicted_messages`: a window used alone, without a hook, keeps every message it evicts
+there (the queue grows with each compression, without bound) until :meth:`ContextWindow.take_evicted`
+takes them.
 
 A tool result always sits right after its call: a result arriving after other messages (a user spoke
 while the tools ran) is placed after its call's unit, not at the end.

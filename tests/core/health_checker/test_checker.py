@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import shutil
 import sqlite3
 import threading
@@ -311,6 +312,43 @@ async def test_bad_health_thresholds_are_refused_when_made(kwargs: dict[str, Any
     assert status.status is HealthState.HEALTHY
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"memory_percent_degraded": 150.0},
+            "memory_percent_degraded: got 150.0; allowed a percentage from 0",
+        ),
+        ({"memory_percent_unhealthy": 101}, "memory_percent_unhealthy: got 101; allowed a percentage from 0"),
+        ({"memory_percent_degraded": -1.0}, "memory_percent_degraded: got -1.0; allowed a percentage from 0"),
+        ({"process_memory_limit_mb": -512.0}, "process_memory_limit_mb: got -512.0; allowed a number >= 0"),
+        (
+            {"memory_percent_degraded": 95.0, "memory_percent_unhealthy": 80.0},
+            "memory_percent_degraded: got 95.0; allowed at most memory_percent_unhealthy (80.0)",
+        ),
+        (
+            {"memory_percent_unhealthy": 85.0},  # below the default degraded level (90)
+            "memory_percent_degraded: got 90.0; allowed at most memory_percent_unhealthy (85.0)",
+        ),
+        (
+            {"error_rate_degraded": 0.5, "error_rate_unhealthy": 0.2},
+            "error_rate_degraded: got 0.5; allowed at most error_rate_unhealthy (0.2)",
+        ),
+    ],
+)
+def test_health_thresholds_out_of_range_or_out_of_order_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """A percentage over 100 never fired, a negative limit always did, and a degraded level above the
+    unhealthy one never showed (the check is unhealthy first): all were accepted silently."""
+    with pytest.raises(InvalidSettingError, match=f"^{re.escape(message)}"):
+        HealthThresholds(**kwargs)
+    # the limits that make sense stay accepted, the edges included (equal levels, 0 and 100)
+    HealthThresholds(memory_percent_degraded=0.0, memory_percent_unhealthy=0.0, process_memory_limit_mb=0.0)
+    HealthThresholds(memory_percent_degraded=100, memory_percent_unhealthy=100)
+    HealthThresholds(error_rate_degraded=0.3, error_rate_unhealthy=0.3, memory_percent_unhealthy=90.0)
+
+
 async def test_numpy_numbers_are_accepted_as_health_thresholds() -> None:
     """numpy.int64(5) was refused as "not an integer" (and numpy.float32 as "not a number")."""
     import numpy
@@ -432,7 +470,8 @@ async def test_memory_pressure_thresholds() -> None:
     checker = HealthChecker(thresholds=HealthThresholds(memory_percent_degraded=0.0))
     result = (await checker.perform_health_check()).checks["memory_pressure"]
     assert result.status is HealthState.DEGRADED and result.details["system_memory_percent"] > 0
-    checker = HealthChecker(thresholds=HealthThresholds(memory_percent_unhealthy=0.0))
+    limits = HealthThresholds(memory_percent_degraded=0.0, memory_percent_unhealthy=0.0)
+    checker = HealthChecker(thresholds=limits)
     assert (await checker.perform_health_check()).checks["memory_pressure"].status is HealthState.UNHEALTHY
     checker = HealthChecker(thresholds=HealthThresholds(process_memory_limit_mb=1.0))
     result = (await checker.perform_health_check()).checks["memory_pressure"]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from context_manager.core.errors import InvalidSettingError
 from context_manager.core.performance_monitor.metrics import check_limits
 
 __all__ = [
@@ -155,17 +156,17 @@ class HealthThresholds:
     min_free_disk_mb: float = 100.0
     """Free disk below this on a storage volume is degraded (below a tenth of it, unhealthy)."""
     memory_percent_degraded: float = 90.0
-    """System memory in use (percent) from which memory pressure is degraded."""
+    """System memory in use (percent, 0 to 100) from which memory pressure is degraded."""
     memory_percent_unhealthy: float = 97.0
-    """System memory in use (percent) from which memory pressure is unhealthy."""
+    """System memory in use (percent, 0 to 100, not below the degraded level) from which it is unhealthy."""
     process_memory_limit_mb: float | None = None
-    """Process RSS above this is degraded; ``None`` disables it."""
+    """Process RSS above this (>= 0) is degraded; ``None`` disables it."""
     event_loop_lag_ms: float = 100.0
     """A probe timer firing this late is degraded (ten times as late: unhealthy)."""
     error_rate_degraded: float = 0.05
     """Recent error rate (a fraction, 0 to 1) from which the error-rate check is degraded."""
     error_rate_unhealthy: float = 0.25
-    """Recent error rate (a fraction, 0 to 1) from which it is unhealthy."""
+    """Recent error rate (a fraction, 0 to 1, not below the degraded rate) from which it is unhealthy."""
     min_operations: int = 10
     """The error-rate check judges only monitors with at least this many recent operations."""
     write_failures_unhealthy: int = 3
@@ -176,8 +177,10 @@ class HealthThresholds:
 
         Raises:
             InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
-                is NaN, is negative where only a count or a size makes sense, or is an error rate outside
-                0 to 1 (5 meant as 5 % would never fire).
+                is NaN, is negative where only a count or a size makes sense, is an error rate outside
+                0 to 1 (5 meant as 5 % would never fire) or a memory percentage outside 0 to 100 (above
+                100 it never fires), or a degraded level is above its unhealthy one (the check is
+                unhealthy first, so degraded would never show: set both when lowering the unhealthy one).
         """
         check_limits(
             self,
@@ -185,11 +188,27 @@ class HealthThresholds:
             fractions=("error_rate_degraded", "error_rate_unhealthy"),
             non_negative=(
                 "min_free_disk_mb",
+                "process_memory_limit_mb",
                 "event_loop_lag_ms",
                 "min_operations",
                 "write_failures_unhealthy",
             ),
         )
+        for name in ("memory_percent_degraded", "memory_percent_unhealthy"):
+            value = getattr(self, name)
+            if not 0 <= value <= 100:
+                raise InvalidSettingError(
+                    name, value, "a percentage from 0 to 100 (of the system memory in use: 90 is 90 %)"
+                )
+        for degraded, unhealthy in (
+            ("memory_percent_degraded", "memory_percent_unhealthy"),
+            ("error_rate_degraded", "error_rate_unhealthy"),
+        ):
+            low, high = getattr(self, degraded), getattr(self, unhealthy)
+            if low > high:
+                raise InvalidSettingError(
+                    degraded, low, f"at most {unhealthy} ({high}): the degraded level comes first"
+                )
 
 
 def as_outcome(value: Any) -> CheckOutcome:

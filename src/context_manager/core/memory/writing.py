@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.backend import MemoryBackend
     from context_manager.core.messages import Message
 
-__all__ = ["MemoryWriting", "message_memory_id"]
+__all__ = ["MemoryWriting", "merged_originals", "message_memory_id"]
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
 _LARGE_MESSAGE_CHARS = 65_536
@@ -616,6 +616,26 @@ class MemoryWriting(TierMovement):
             await self._delete_every_copy(memory_id, copies)
             await self._forget([*absorbed, *copies])
         return copies[0].copy()
+
+
+async def merged_originals(memory: MemoryWriting, merged: Memory) -> list[str]:
+    """The ids of the originals ``delete_memory(merged.id)`` deletes with it, nearest first.
+
+    An original goes with the merged memory while it is still superseded by it (an original that is a
+    merged memory itself takes its own originals along).
+    """
+    found: list[str] = []
+    parents = [merged]
+    while parents:
+        level: list[Memory] = []
+        for parent in parents:
+            for original_id in parent.merged_from:
+                original = await memory.get_memory(original_id) if original_id not in found else None
+                if original is not None and original.superseded_by == parent.id:
+                    found.append(original_id)
+                    level.append(original)
+        parents = level
+    return found
 
 
 def message_text(message: Message) -> str:
