@@ -358,6 +358,7 @@ def test_the_cli_has_no_command_that_runs_tools() -> None:
         "memory consolidate",
         "memory cleanup",
         "memory migrate",  # copies memories between storages; runs no tool
+        "memory delete",  # deletes memories by id (delete_memory); runs no tool
         "health",
         "examples",
         # reviewed: runs the application's tools only through its ToolManager (policy, approval callback,
