@@ -113,23 +113,30 @@ LATEST_TIMESTAMP = 253402300799.0
 """9999-12-31T23:59:59Z in seconds since the epoch: the latest time a message or a memory can hold."""
 
 
+DATABLE_TIMES = (
+    f"seconds since the epoch, a number from {EARLIEST_TIMESTAMP:.0f} (year 1) "
+    f"to {LATEST_TIMESTAMP:.0f} (year 9999)"
+)
+"""What a time of a message or a memory may be, as error messages say it."""
+
+
+def is_datable(value: Any) -> bool:
+    """Whether ``value`` is a time a date can be computed for: seconds since the epoch, years 1 to 9999."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and EARLIEST_TIMESTAMP <= value <= LATEST_TIMESTAMP  # false for NaN too; a huge int compares exactly
+    )
+
+
 def check_timestamp(value: Any, field: str) -> float:
-    """A time a date can be computed for: seconds since the epoch in the years 1 to 9999.
+    """A message's time (:func:`is_datable`), as a float.
 
     Raises:
         InvalidMessageError: ``value`` is not such a number (NaN, a string, 1e20 ...).
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not EARLIEST_TIMESTAMP <= value <= LATEST_TIMESTAMP  # false for NaN too
-    ):
-        raise InvalidMessageError(
-            field,
-            value,
-            f"seconds since the epoch, a number from {EARLIEST_TIMESTAMP:.0f} (year 1) "
-            f"to {LATEST_TIMESTAMP:.0f} (year 9999)",
-        )
+    if not is_datable(value):
+        raise InvalidMessageError(field, value, DATABLE_TIMES)
     return float(value)
 
 

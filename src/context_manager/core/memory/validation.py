@@ -15,7 +15,7 @@ from typing import Any
 
 from context_manager.core.errors import InvalidMemoryError, describe_value
 from context_manager.core.memory.models import ALL_USERS, MAX_USER_ID_CHARS, MemoryTier
-from context_manager.core.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from context_manager.core.messages import DATABLE_TIMES, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, is_datable
 from context_manager.core.text import encodable
 
 _NO_NUL = "text without NUL characters (PostgreSQL cannot store them)"
@@ -231,17 +231,8 @@ def check_moment(value: Any, field: str) -> float:
 
     The years 1 to 9999, which a date can be computed for (search matches a named month against it).
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not EARLIEST_TIME <= value <= LATEST_TIME  # false for NaN too; a huge int compares exactly
-    ):
-        raise InvalidMemoryError(
-            field,
-            value,
-            f"seconds since the epoch, a number from {EARLIEST_TIME:.0f} (year 1) "
-            f"to {LATEST_TIME:.0f} (year 9999)",
-        )
+    if not is_datable(value):
+        raise InvalidMemoryError(field, value, DATABLE_TIMES)
     return float(value)
 
 
