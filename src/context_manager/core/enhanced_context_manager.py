@@ -628,14 +628,7 @@ class EnhancedContextManager:
                 failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        window = self._require_ready("pin_message")
-        conversation = self._conversation
-        if conversation is not None:
-            conversation.check_writable()  # stale: refused before the window changes
-        window.pin(message_id)
-        if conversation is not None:
-            self._note_pin(conversation)
-        self._sync_soon()
+        self._change_pin("pin_message", message_id, pin=True)
 
     def unpin_message(self, message_id: str) -> None:
         """Let compression evict a pinned message again.
@@ -651,11 +644,15 @@ class EnhancedContextManager:
                 failed): nothing changes until ``await reload()`` succeeds.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
-        window = self._require_ready("unpin_message")
+        self._change_pin("unpin_message", message_id, pin=False)
+
+    def _change_pin(self, operation: str, message_id: str, *, pin: bool) -> None:
+        """:meth:`pin_message` / :meth:`unpin_message`: refused on a stale conversation, else journaled."""
+        window = self._require_ready(operation)
         conversation = self._conversation
         if conversation is not None:
             conversation.check_writable()  # stale: refused before the window changes
-        window.unpin(message_id)
+        (window.pin if pin else window.unpin)(message_id)
         if conversation is not None:
             self._note_pin(conversation)
         self._sync_soon()
