@@ -20,7 +20,6 @@ from context_manager.core.errors import (
     InvalidRoleError,
     LifecycleError,
     StorageError,
-    StorageLockedError,
     ToolCallPairingError,
 )
 from context_manager.core.messages import Message, ToolCall
@@ -177,17 +176,6 @@ async def test_cleanup_during_a_hanging_summary_writes_what_the_compression_evic
     async with MemoryManager(config) as memory:
         stored = await memory.search_memory("tram Martim Moniz", limit=50)
     assert len(stored) == record["removed_count"]
-
-
-async def test_second_manager_in_this_process_is_told_so(tmp_path: Path) -> None:
-    async with EnhancedContextManager(make_config(tmp_path)) as first:
-        second = EnhancedContextManager(make_config(tmp_path))
-        with pytest.raises(StorageLockedError, match="already open in this process") as caught:
-            await second.initialize()
-        assert caught.value.same_process
-        assert "stop that process" not in str(caught.value)
-        assert not second.is_initialized
-        assert await first.add_message("user", "the first one is unaffected")
 
 
 async def test_async_with(tmp_path: Path) -> None:

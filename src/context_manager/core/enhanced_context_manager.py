@@ -59,6 +59,7 @@ from context_manager.core.performance_monitor import (
     running_monitors,
 )
 from context_manager.core.provider_formats import to_provider_format
+from context_manager.core.shared_store import MemoryLease, lease_memory
 from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport
 from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.telemetry import (
@@ -182,7 +183,11 @@ class EnhancedContextManager:
         """Registers and runs tools (``register_function_tool``, ``get_tool_schemas`` ...)."""
         self.memory_manager = MemoryManager(self.config, embedder=embedder)
         """Three-tier memory on ``config.storage_path`` (``add_memory``, ``search_by_tags`` ...); messages
-        evicted by compression are written to it, so :meth:`search_memory` finds them."""
+        evicted by compression are written to it, so :meth:`search_memory` finds them. Managers of one
+        event loop on one store share one memory manager: after ``initialize()`` this is the one open
+        (see :mod:`~context_manager.core.shared_store`); leave closing it to ``cleanup()``."""
+        self._explicit_embedder = embedder is not None
+        self._memory_lease: MemoryLease | None = None
         self._memory_session_id = uuid.uuid4().hex
         self._eviction_writer: EvictionWriter | None = None
         self.performance_monitor: PerformanceMonitor | None = (
@@ -349,7 +354,9 @@ class EnhancedContextManager:
         task that writes what compressions evict (the window's queue) to medium-term memory, off the
         ``add_message`` path, so evicted messages stay searchable.
         """
-        await self.memory_manager.initialize()
+        lease = await lease_memory(self.memory_manager, explicit_embedder=self._explicit_embedder)
+        self._memory_lease = lease
+        self.memory_manager = lease.memory
         conversation_id = self.conversation_id
         if conversation_id is not None and self._window is not None:
             self._memory_session_id = conversation_id
@@ -406,10 +413,10 @@ class EnhancedContextManager:
                     "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
                 )
             await conversation.close()
-        store, self._conversation_store = self._conversation_store, None
-        if store is not None:
-            await store.close()
-        await self.memory_manager.cleanup()
+        self._conversation_store = None  # the lease's: closed with the memory by the last manager holding it
+        lease, self._memory_lease = self._memory_lease, None
+        if lease is not None:
+            await lease.release()
 
     async def _start_operations(self) -> None:
         """Start the monitor's sampler and the health checker (periodic only when enabled)."""
@@ -843,24 +850,14 @@ class EnhancedContextManager:
         conversation._start(sync())
 
     async def _open_conversation_store(self) -> ConversationStore:
-        """The store of persisted conversations on the configured backend (opened once, closed by cleanup)."""
+        """The store of persisted conversations next to memory (shared with it: see ``lease_memory``)."""
         store = self._conversation_store
         if store is not None:
             return store
-        backend = self.memory_manager.backend
-        if backend is not None and backend.kind == "postgres":
-            from context_manager.core.conversations.postgres_store import PostgresConversationStore
-
-            store = PostgresConversationStore(backend.database)  # type: ignore[attr-defined]
-        else:
-            from context_manager.core.conversations.sqlite_store import (
-                CONVERSATIONS_FILE_NAME,
-                SQLiteConversationStore,
-            )
-
-            path = self.config.resolved_storage_path / CONVERSATIONS_FILE_NAME
-            store = SQLiteConversationStore(path, fsync=self.config.fsync)
-        await store.open()
+        lease = self._memory_lease
+        if lease is None:
+            raise LifecycleError("the conversations store: the manager is not initialized")
+        store = await lease.conversation_store()
         self._conversation_store = store
         return store
 

@@ -259,12 +259,16 @@ class StorageError(ContextManagerError, OSError):
 class StorageLockedError(StorageError):
     """Another process, or another manager in this process, holds the store at this path."""
 
-    def __init__(self, path: str | Path, holder: str, *, same_process: bool = False) -> None:
+    def __init__(
+        self, path: str | Path, holder: str, *, same_process: bool = False, detail: str | None = None
+    ) -> None:
         self.holder = holder
         """Who holds the lock (pid and host, as recorded in the lock file)."""
         self.same_process = same_process
         """True when the holder is another manager of this very process."""
-        if same_process:
+        if same_process and detail is not None:
+            message = f"storage at {path} is already open in this process ({holder}) {detail}"
+        elif same_process:
             message = (
                 f"storage at {path} is already open in this process ({holder}) by another "
                 "MemoryManager or EnhancedContextManager; use that one, close it first, or give this "

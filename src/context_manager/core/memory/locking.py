@@ -51,7 +51,7 @@ def acquire_lock(path: Path) -> int:
     real = os.path.realpath(path)
     with _held_lock:
         if any(held == (real, os.getpid()) for held in _held_here.values()):
-            raise StorageLockedError(path.parent, _holder_text(), same_process=True)
+            raise StorageLockedError(path.parent, holder_text(), same_process=True)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
@@ -63,9 +63,9 @@ def acquire_lock(path: Path) -> int:
                 holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             finally:
                 os.close(fd)
-            raise StorageLockedError(path.parent, holder, same_process=holder == _holder_text()) from None
+            raise StorageLockedError(path.parent, holder, same_process=holder == holder_text()) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{_holder_text()}\n".encode(), 0)
+        os.pwrite(fd, f"{holder_text()}\n".encode(), 0)
         _held_here[fd] = (real, os.getpid())
         return fd
 
@@ -95,7 +95,7 @@ def replace_lock(old: int | None, path: Path) -> int:
                 os.close(fd)
             raise StorageLockedError(path.parent, holder, same_process=False) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{_holder_text()}\n".encode(), 0)
+        os.pwrite(fd, f"{holder_text()}\n".encode(), 0)
         _held_here[fd] = (real, os.getpid())
         if old is not None:
             _held_here.pop(old, None)
@@ -118,7 +118,8 @@ def lock_fault(fd: int | None, path: Path) -> str | None:
     return None if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino) else "replaced"
 
 
-def _holder_text() -> str:
+def holder_text() -> str:
+    """Who this process is, as a lock file records it: ``pid N on host H``."""
     return f"pid {os.getpid()} on host {socket.gethostname()}"
 
 

@@ -1,0 +1,195 @@
+"""Managers of one process share one embedded store: many conversations at once on one storage_path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from context_manager import (
+    ContextManagerConfig,
+    ConversationConflictError,
+    EnhancedContextManager,
+    MemoryManager,
+    StorageLockedError,
+)
+from context_manager.core.memory.embeddings import HashingEmbedder
+from context_manager.core.shared_store import _registry
+
+
+def make_config(tmp_path: Path, **overrides: object) -> ContextManagerConfig:
+    return ContextManagerConfig(cache_path=tmp_path / "cache", max_tokens=400, **overrides)  # type: ignore[arg-type]
+
+
+def words(user: str, index: int) -> str:
+    return f"{user} note {index}: the {user}-project milestone {index} needs review before the demo"
+
+
+async def test_managers_of_one_loop_share_the_store_and_keep_users_apart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as bo:
+        async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+            assert ana.memory_manager is bo.memory_manager
+            for index in range(40):
+                await ana.add_message("user", words("ana", index))
+                await bo.add_message("user", words("bo", index))
+            assert ana.compression_history and bo.compression_history
+            await ana.flush()
+            await bo.flush()
+            found_by_ana = await ana.search_memory("milestone review", limit=50)
+            found_by_bo = await bo.search_memory("milestone review", limit=50)
+            assert found_by_ana and found_by_bo
+            assert all(memory.content.startswith("ana ") for memory in found_by_ana)
+            assert all(memory.content.startswith("bo ") for memory in found_by_bo)
+            ids = {info["conversation_id"] for info in await ana.list_conversations()}
+            assert ids == {"c-ana", "c-bo"}
+            ana_export = ana.get_context()
+        # ana's manager stopped: bo's goes on with the store open
+        assert bo.memory_manager.is_initialized
+        await bo.add_message("user", "still writing after the other manager stopped")
+        bo_export = bo.get_context()
+    assert not bo.memory_manager.is_initialized  # the last one closed it
+    assert not _registry
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as again:
+        assert again.get_context() == ana_export
+    async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as again:
+        assert again.get_context() == bo_export
+    async with MemoryManager(config) as memory:  # the lock was released
+        assert await memory.search_memory("milestone", user_id="ana", limit=5)
+
+
+async def test_many_concurrent_conversations_on_one_storage(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    exports: dict[str, list[dict[str, object]]] = {}
+
+    async def serve(number: int) -> None:
+        user = f"user{number}"
+        async with EnhancedContextManager(config, conversation_id=f"conv-{number}", user_id=user) as manager:
+            for index in range(25):
+                await manager.add_message("user", words(user, index))
+                await asyncio.sleep(0)
+            exports[f"conv-{number}"] = manager.get_context()
+
+    await asyncio.gather(*(serve(number) for number in range(12)))
+    assert not _registry
+    for number in range(12):
+        conversation = f"conv-{number}"
+        async with EnhancedContextManager(config, conversation_id=conversation, user_id=f"user{number}") as m:
+            assert m.get_context() == exports[conversation]
+            found = await m.search_memory(f"user{number} note 0 milestone", limit=100)
+            assert found and all(memory.content.startswith(f"user{number} ") for memory in found)
+            assert any(memory.content == words(f"user{number}", 0) for memory in found)
+
+
+async def test_two_managers_on_one_conversation_in_one_process(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with (
+        EnhancedContextManager(config, conversation_id="shared") as first,
+        EnhancedContextManager(config, conversation_id="shared") as second,
+    ):
+        await first.add_message("user", "first writer")
+        with pytest.raises(ConversationConflictError):
+            await second.add_message("user", "stale writer")
+        assert await second.add_message("user", "second writer, after its reload")
+        await first.reload()
+        contents = [message.content for message in first.messages]
+        assert contents == ["first writer", "second writer, after its reload"]
+
+
+async def test_concurrent_initialize_opens_the_store_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    managers = [EnhancedContextManager(config, conversation_id=f"c{n}") for n in range(5)]
+    await asyncio.gather(*(manager.initialize() for manager in managers))
+    try:
+        assert len({id(manager.memory_manager) for manager in managers}) == 1
+    finally:
+        await asyncio.gather(*(manager.cleanup() for manager in managers))
+    assert not _registry
+    assert not managers[0].memory_manager.is_initialized
+
+
+async def test_other_memory_settings_are_refused_and_say_which(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as first:
+        second = EnhancedContextManager(make_config(tmp_path, short_term_memory_size=50))
+        with pytest.raises(StorageLockedError, match="already open in this process") as caught:
+            await second.initialize()
+        assert caught.value.same_process
+        assert "short_term_memory_size 1000 there, 50 here" in str(caught.value)
+        assert "stop that process" not in str(caught.value)
+        assert not second.is_initialized
+        assert await first.add_message("user", "the first one is unaffected")
+    async with EnhancedContextManager(make_config(tmp_path, short_term_memory_size=50)) as later:
+        assert later.is_initialized  # once the first is gone, the other settings open it
+
+
+async def test_an_embedder_object_is_shared_only_with_itself(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    embedder = HashingEmbedder()
+    async with EnhancedContextManager(config, embedder=embedder) as first:
+        async with EnhancedContextManager(config, embedder=embedder) as same:
+            assert same.memory_manager is first.memory_manager
+        with pytest.raises(StorageLockedError, match="another embedder object"):
+            await EnhancedContextManager(config, embedder=HashingEmbedder()).initialize()
+        with pytest.raises(StorageLockedError, match="another embedder object"):
+            await EnhancedContextManager(config).initialize()
+
+
+async def test_another_event_loop_is_refused(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    outcome: list[BaseException | None] = []
+
+    def other_loop() -> None:
+        async def open_it() -> None:
+            await EnhancedContextManager(config).initialize()
+
+        try:
+            asyncio.run(open_it())
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - the test reads what the thread met
+            outcome.append(error)
+
+    async with EnhancedContextManager(config) as first:
+        thread = threading.Thread(target=other_loop)
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        [error] = outcome
+        assert isinstance(error, StorageLockedError) and error.same_process
+        assert "another event loop" in str(error)
+        assert await first.add_message("user", "unaffected")
+
+
+async def test_a_memory_manager_opened_directly_is_not_shared(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with MemoryManager(config):
+        manager = EnhancedContextManager(config)
+        with pytest.raises(StorageLockedError, match="already open in this process"):
+            await manager.initialize()
+    async with EnhancedContextManager(config):
+        with pytest.raises(StorageLockedError, match="already open in this process"):
+            await MemoryManager(config).initialize()
+
+
+async def test_a_failed_open_leaves_nothing_behind(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    storage = config.resolved_storage_path
+    storage.mkdir(parents=True)
+    (storage / "memories.sqlite3").write_bytes(b"this is not a database" * 100)
+    managers = [EnhancedContextManager(config, conversation_id=f"c{n}") for n in range(3)]
+    outcomes = await asyncio.gather(*(m.initialize() for m in managers), return_exceptions=True)
+    assert all(isinstance(outcome, OSError) for outcome in outcomes), outcomes
+    assert not _registry
+    os.remove(storage / "memories.sqlite3")
+    async with EnhancedContextManager(config, conversation_id="c0") as manager:
+        assert await manager.add_message("user", "opens once the file is fixed")
+
+
+async def test_a_symlinked_path_is_the_same_store(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    link = tmp_path / "link"
+    async with EnhancedContextManager(config) as first:
+        os.symlink(config.resolved_storage_path, link)
+        async with EnhancedContextManager(ContextManagerConfig(storage_path=link, max_tokens=400)) as second:
+            assert second.memory_manager is first.memory_manager
