@@ -208,15 +208,14 @@ def test_a_pin_made_where_no_event_loop_runs_is_stored_by_the_next_flush_or_clea
 
 
 async def test_a_writer_is_refused_after_its_conversation_was_deleted_and_created_again(
-    tmp_path: Path, postgres_dsn: str
+    make_config: Any,
 ) -> None:
-    """On PostgreSQL, where processes share conversations: A wrote version 1, B deleted the conversation,
-    C created it again up to version 1; A's next add was accepted on top of C's conversation."""
+    """Managers sharing conversations (workers on PostgreSQL, managers of one process on SQLite): A wrote
+    version 1, B deleted the conversation, C created it again up to version 1; A's next add was accepted on
+    top of C's conversation."""
 
     def config(name: str) -> ContextManagerConfig:
-        return ContextManagerConfig(
-            storage_path=tmp_path / name, memory_backend="postgres", postgres_dsn=postgres_dsn
-        )
+        return make_config()  # type: ignore[no-any-return]
 
     async with EnhancedContextManager(config("a"), conversation_id="aba") as first:
         await first.add_message("user", "X from the first writer")
@@ -834,19 +833,10 @@ async def open_other_store(config: ContextManagerConfig, backend_name: str) -> A
     return Owned(database)
 
 
-async def test_two_managers_on_one_conversation_lose_nothing_acknowledged(
-    postgres_dsn: str, tmp_path: Path
-) -> None:
-    """Two workers (two managers on one PostgreSQL) write one conversation, reloading on conflicts."""
-
-    def config(name: str) -> ContextManagerConfig:
-        return ContextManagerConfig(
-            storage_path=tmp_path / name,
-            max_tokens=800,
-            memory_backend="postgres",
-            postgres_dsn=postgres_dsn,
-            postgres_pool_size=2,
-        )
+async def test_two_managers_on_one_conversation_lose_nothing_acknowledged(make_config: Any) -> None:
+    """Two writers on one conversation, reloading on conflicts: two workers on one PostgreSQL, or two
+    managers of one process sharing one embedded store."""
+    config = make_config(max_tokens=800)
 
     acknowledged: list[str] = []
     conflicts = 0
@@ -867,14 +857,14 @@ async def test_two_managers_on_one_conversation_lose_nothing_acknowledged(
             await asyncio.sleep(0)
 
     async with (
-        EnhancedContextManager(config("a"), conversation_id="team") as first,
-        EnhancedContextManager(config("b"), conversation_id="team") as second,
+        EnhancedContextManager(config, conversation_id="team") as first,
+        EnhancedContextManager(config, conversation_id="team") as second,
     ):
         await asyncio.gather(worker(first, "A"), worker(second, "B"))
         await second.reload()
         final = fingerprint(second)
     assert conflicts > 0  # they did collide
-    async with EnhancedContextManager(config("c"), conversation_id="team") as reader:
+    async with EnhancedContextManager(config, conversation_id="team") as reader:
         assert fingerprint(reader) == final
         store = reader._conversation_store
         assert store is not None
