@@ -138,8 +138,8 @@ class EnhancedContextManager:
                 cut tool outputs are written to memory under this user, and :meth:`search_memory` and
                 :meth:`optimize_system` see only this user's memories (``None``, the default: memory's
                 default namespace). For work across users use ``memory_manager`` with an explicit
-                ``user_id`` (or ``ALL_USERS``). A persisted conversation is not owned by a user: its id is
-                its only key.
+                ``user_id`` (or ``ALL_USERS``). A persisted conversation this manager creates belongs to
+                this user: only a manager with the same ``user_id`` opens it, lists it or deletes it.
 
         Raises:
             InvalidArgumentError: an argument has the wrong type.
@@ -213,7 +213,9 @@ class EnhancedContextManager:
         Raises:
             LifecycleError: the manager was already cleaned up.
             StorageError: a directory cannot be created.
-            StorageLockedError: another process, or another manager of this process, has the storage.
+            StorageLockedError: another process has the storage, or a manager of this process that this
+                one cannot share it with (other memory settings, another event loop; the message says).
+            ConversationAccessError: the persisted conversation belongs to another end user.
             ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
                 key that is not set.
             MissingDependencyError: ``config.summarizer`` names a provider whose SDK is not installed.
@@ -366,6 +368,7 @@ class EnhancedContextManager:
                 conversation_id,
                 self._window,
                 snapshot_every=self.config.conversation_snapshot_every,
+                user_id=self._user_id,
             )
             await conversation.open()
             self._conversation = conversation
@@ -893,10 +896,12 @@ class EnhancedContextManager:
         return await conversation.reload()
 
     async def list_conversations(self) -> list[dict[str, Any]]:
-        """Every persisted conversation in the storage backend, most recently changed first.
+        """The persisted conversations in the storage backend, most recently changed first.
 
-        Each is a dict with ``conversation_id``, ``version`` (changes stored), ``created_at`` and
-        ``updated_at`` (seconds since the epoch).
+        A manager with a ``user_id`` lists that user's conversations (the ones its managers created); one
+        without lists every conversation. Each is a dict with ``conversation_id``, ``version`` (changes
+        stored), ``created_at`` and ``updated_at`` (seconds since the epoch) and ``user_id`` (whose it
+        is; ``None``: nobody's).
 
         Raises:
             StorageError: storage cannot be read.
@@ -906,16 +911,18 @@ class EnhancedContextManager:
         if self._conversation_store is None and not self._conversations_exist():
             return []
         store = await self._open_conversation_store()
-        return [info.to_dict() for info in await store.list_conversations()]
+        return [info.to_dict() for info in await store.list_conversations(self._user_id)]
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         """Delete a persisted conversation and all its records; return whether it existed.
 
         Memories written from its evicted messages stay in memory (erase them with the memory API). A
-        manager still writing the conversation gets ``ConversationConflictError`` on its next change.
+        manager still writing the conversation gets ``ConversationConflictError`` on its next change. A
+        manager with a ``user_id`` deletes only that user's conversations (and nobody's).
 
         Raises:
             InvalidArgumentError: ``conversation_id`` is not a valid id.
+            ConversationAccessError: the conversation belongs to another end user (nothing deleted).
             StorageError: storage cannot be written.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
@@ -924,7 +931,7 @@ class EnhancedContextManager:
         if self._conversation_store is None and not self._conversations_exist():
             return False
         store = await self._open_conversation_store()
-        return await store.delete(conversation_id)
+        return await store.delete(conversation_id, user_id=self._user_id)
 
     def _conversations_exist(self) -> bool:
         """Whether conversations may be stored (on SQLite: whether the file exists; creating none)."""

@@ -28,6 +28,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   ├── StorageLockedError                        another process holds the store
     │   └── StorageCorruptedError                     a store file is damaged (never overwritten)
     ├── ConversationConflictError     (RuntimeError) another writer changed a persisted conversation first
+    ├── ConversationAccessError       (PermissionError) the conversation belongs to another end user
     ├── ToolError                                     a problem with a tool definition or registry
     │   ├── ToolRegistrationError     (ValueError)   duplicate name, invalid name, not callable ...
     │   └── ToolTimeoutError          (TimeoutError) a tool ran past its timeout
@@ -57,6 +58,7 @@ __all__ = [
     "ContextBudgetError",
     "ContextManagerError",
     "ControllerStoppedError",
+    "ConversationAccessError",
     "ConversationConflictError",
     "DuplicateTaskError",
     "InvalidArgumentError",
@@ -351,6 +353,25 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
             f"this manager had ({self.expected_version}; the change and any other not stored were taken "
             "back, so it exports only what storage acknowledged), and every change is refused until "
             "`await manager.reload()` succeeds; call it, then make the change again",
+        )
+
+
+class ConversationAccessError(ContextManagerError, PermissionError):
+    """A persisted conversation belongs to another end user than the manager's ``user_id``.
+
+    A conversation created by a manager with a ``user_id`` belongs to that user: only a manager with the
+    same ``user_id`` opens it or deletes it. Nothing was loaded or changed.
+    """
+
+    def __init__(self, conversation_id: str, user_id: str | None) -> None:
+        self.conversation_id = conversation_id
+        """The conversation."""
+        self.user_id = user_id
+        """The ``user_id`` of the manager that was refused (``None``: it had none)."""
+        who = "without a user_id" if user_id is None else f"with user_id {user_id!r}"
+        super().__init__(
+            f"conversation {conversation_id!r} belongs to another end user: a manager {who} cannot open "
+            "or delete it (open it with the user_id it was created with, or use another conversation id)"
         )
 
 

@@ -650,7 +650,9 @@ async def _write_conversations(location: str) -> None:
             "support-42", version, [ConversationRecord("pin", {"id": "m2"})], writer="worker-a"
         )
         await store.mark_indexed("support-42", version)
-        await store.append("café-7", 0, [ConversationRecord("add", {"content": "ünïcode ✓"})], writer="w")
+        await store.append(
+            "café-7", 0, [ConversationRecord("add", {"content": "ünïcode ✓"})], writer="w", user_id="ana"
+        )
     finally:
         await store.close()
         await backend.close()
@@ -685,6 +687,7 @@ async def test_persisted_conversations_move_with_every_record(tmp_path: Path, po
     assert set(original) == {"support-42", "café-7"}
     assert original["support-42"]["snapshot_version"] == 3 and len(original["support-42"]["records"]) == 4
     assert original["support-42"]["indexed_version"] == 3
+    assert (original["café-7"]["user_id"], original["support-42"]["user_id"]) == ("ana", None)
 
     report = await migrate_storage(str(source), postgres_dsn)
     assert report.ok, report.to_dict()

@@ -32,7 +32,12 @@ from typing import Any
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import WindowState, fold, snapshot_of, take_back
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
-from context_manager.core.errors import ContextManagerError, ConversationConflictError, InvalidArgumentError
+from context_manager.core.errors import (
+    ContextManagerError,
+    ConversationAccessError,
+    ConversationConflictError,
+    InvalidArgumentError,
+)
 from context_manager.core.messages import Message
 from context_manager.core.threads import to_the_end
 
@@ -49,6 +54,9 @@ class PersistedConversation:
         conversation_id: The conversation.
         window: The (empty) window to keep in step.
         snapshot_every: Store a snapshot after this many records since the last one (0: never).
+        user_id: The end user of the manager: a conversation it creates belongs to this user, and one that
+            belongs to another user (or to a user, when this is ``None``) is refused with
+            :class:`~context_manager.core.errors.ConversationAccessError`.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class PersistedConversation:
         window: ContextWindow,
         *,
         snapshot_every: int = 1000,
+        user_id: str | None = None,
     ) -> None:
         self.store = store
         """Where the records go."""
@@ -65,6 +74,7 @@ class PersistedConversation:
         """The conversation."""
         self._window = window
         self._snapshot_every = snapshot_every
+        self._user_id = user_id
         self._writer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._version = 0  # the version this process last stored or loaded
         self._created_at: float | None = None  # the stored conversation's generation (None: not created)
@@ -206,6 +216,7 @@ class PersistedConversation:
             StorageError: the store cannot be read.
             StorageCorruptedError: a stored record does not apply (nothing is guessed).
             InvalidArgumentError: the window's ``max_tokens`` cannot hold the stored window.
+            ConversationAccessError: the conversation belongs to another end user.
         """
         state = await self._load()
         self._window.set_journal(self._journal_entry)
@@ -214,6 +225,8 @@ class PersistedConversation:
 
     async def _load(self) -> WindowState:
         stored = await self.store.load(self.conversation_id)
+        if stored.user_id is not None and stored.user_id != self._user_id:
+            raise ConversationAccessError(self.conversation_id, self._user_id)
         # Thousands of new objects would trigger full collections mid-replay (tens of ms, and nothing to
         # collect): the cyclic collector waits until the window is rebuilt.
         collecting = gc.isenabled()
@@ -381,7 +394,12 @@ class PersistedConversation:
         created_at = self._created_at if self._created_at is not None else time.time()
         try:
             version = await self.store.append(
-                self.conversation_id, expected, batch, writer=self._writer, created_at=created_at
+                self.conversation_id,
+                expected,
+                batch,
+                writer=self._writer,
+                created_at=created_at,
+                user_id=self._user_id,
             )
         except ConversationConflictError as error:
             logger.info(

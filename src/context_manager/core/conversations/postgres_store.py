@@ -23,7 +23,7 @@ from context_manager.core.conversations.store import (
     StoredConversation,
     generation_filter,
 )
-from context_manager.core.errors import ConversationConflictError
+from context_manager.core.errors import ConversationAccessError, ConversationConflictError
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -64,14 +64,14 @@ class PostgresConversationStore:
             async with connection.transaction():
                 await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor = await connection.execute(
-                    "SELECT version, snapshot_version, snapshot::text, indexed_version, created_at "
+                    "SELECT version, snapshot_version, snapshot::text, indexed_version, created_at, owner "
                     "FROM cm_conversations WHERE id = %s",
                     (conversation_id,),
                 )
                 row = await cursor.fetchone()
                 if row is None:
                     return StoredConversation(conversation_id=conversation_id, version=0)
-                version, snapshot_version, snapshot, indexed_version, created_at = row
+                version, snapshot_version, snapshot, indexed_version, created_at, owner = row
                 cursor = await connection.execute(
                     "SELECT version, kind, payload::text FROM cm_conversation_records "
                     "WHERE conversation_id = %s AND version > %s ORDER BY version",
@@ -94,6 +94,7 @@ class PostgresConversationStore:
                 records=records,
                 indexed_version=int(indexed_version),
                 created_at=float(created_at),
+                user_id=owner,
             )
 
         return await self.database.run(read, "conversation load")
@@ -118,6 +119,7 @@ class PostgresConversationStore:
         *,
         writer: str,
         created_at: float | None = None,
+        user_id: str | None = None,
     ) -> int:
         """Store records after ``expected_version`` in one transaction; return the new version."""
         from psycopg.types.json import Json
@@ -143,8 +145,9 @@ class PostgresConversationStore:
         # only if it moved.
         if expected_version == 0:
             move = (
-                "INSERT INTO cm_conversations (id, version, created_at, updated_at) "
-                "VALUES (%(id)s, %(new)s, %(created)s, %(now)s) ON CONFLICT (id) DO NOTHING RETURNING id"
+                "INSERT INTO cm_conversations (id, version, created_at, updated_at, owner) "
+                "VALUES (%(id)s, %(new)s, %(created)s, %(now)s, %(owner)s) ON CONFLICT (id) DO NOTHING "
+                "RETURNING id"
             )
         else:
             # the same generation: deleted and created again, it may be at our version once more
@@ -167,6 +170,7 @@ class PostgresConversationStore:
             "now": now,
             "created": now if created_at is None else created_at,
             "expected": expected_version,
+            "owner": user_id,
             "writer": writer,
             "versions": versions,
             "kinds": kinds,
@@ -249,29 +253,46 @@ class PostgresConversationStore:
 
         await self.database.run(write, "conversation watermark")
 
-    async def list_conversations(self) -> list[ConversationInfo]:
-        """Every conversation, most recently changed first."""
+    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
+        """Every conversation (or ``user_id``'s), most recently changed first."""
+        where, parameters = ("", ()) if user_id is None else (" WHERE owner = %s", (user_id,))
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
             cursor = await connection.execute(
-                "SELECT id, version, created_at, updated_at FROM cm_conversations "
-                "ORDER BY updated_at DESC, id"
+                f"SELECT id, version, created_at, updated_at, owner FROM cm_conversations{where} "
+                "ORDER BY updated_at DESC, id",
+                parameters,
             )
             return [
-                ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3]))
+                ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3]), row[4])
                 for row in await cursor.fetchall()
             ]
 
         return await self.database.run(read, "conversation list")
 
-    async def delete(self, conversation_id: str) -> bool:
-        """Delete a conversation and its records (cascade); whether it existed."""
+    async def delete(self, conversation_id: str, *, user_id: str | None = None) -> bool:
+        """Delete a conversation and its records (cascade); whether it existed (with ``user_id``: its own)."""
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> bool:
+            if user_id is None:
+                cursor = await connection.execute(
+                    "DELETE FROM cm_conversations WHERE id = %s RETURNING 1", (conversation_id,)
+                )
+                return await cursor.fetchone() is not None
+            # one statement: the owner read and the delete see the same row
             cursor = await connection.execute(
-                "DELETE FROM cm_conversations WHERE id = %s RETURNING 1", (conversation_id,)
+                "WITH target AS (SELECT id, owner FROM cm_conversations WHERE id = %(id)s FOR UPDATE), "
+                "deleted AS (DELETE FROM cm_conversations c USING target t WHERE c.id = t.id "
+                "AND (t.owner IS NULL OR t.owner = %(user)s) RETURNING 1) "
+                "SELECT EXISTS (SELECT 1 FROM target), EXISTS (SELECT 1 FROM deleted)",
+                {"id": conversation_id, "user": user_id},
             )
-            return await cursor.fetchone() is not None
+            row = await cursor.fetchone()
+            assert row is not None
+            existed, deleted = row
+            if existed and not deleted:
+                raise ConversationAccessError(conversation_id, user_id)
+            return bool(deleted)
 
         return await self.database.run(write, "conversation delete")
 
@@ -284,8 +305,8 @@ class PostgresConversationStore:
             async with connection.transaction():
                 await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor = await connection.execute(
-                    "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at "
-                    "FROM cm_conversations WHERE id = %s",
+                    "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at, "
+                    "owner FROM cm_conversations WHERE id = %s",
                     (conversation_id,),
                 )
                 row = await cursor.fetchone()
@@ -309,6 +330,7 @@ class PostgresConversationStore:
                 created_at=float(row[4]),
                 updated_at=float(row[5]),
                 records=records,
+                user_id=row[6],
             )
 
         return await self.database.run(read, "conversation dump")
@@ -330,7 +352,7 @@ class PostgresConversationStore:
                 )
                 await connection.execute(
                     "INSERT INTO cm_conversations (id, version, snapshot_version, snapshot, indexed_version, "
-                    "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    "created_at, updated_at, owner) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         dump.conversation_id,
                         dump.version,
@@ -339,6 +361,7 @@ class PostgresConversationStore:
                         dump.indexed_version,
                         dump.created_at,
                         dump.updated_at,
+                        dump.user_id,
                     ),
                 )
                 async with connection.cursor() as cursor:

@@ -28,7 +28,7 @@ from context_manager.core.conversations.store import (
     StoredConversation,
     generation_filter,
 )
-from context_manager.core.errors import ConversationConflictError, StorageError
+from context_manager.core.errors import ConversationAccessError, ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
 
 __all__ = ["CONVERSATIONS_FILE_NAME", "SQLiteConversationStore"]
@@ -42,7 +42,7 @@ _INLINE_BYTES = 64 * 1024  # appends up to this size run on the event loop when 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
     "snapshot_version INTEGER NOT NULL DEFAULT 0, snapshot TEXT, indexed_version INTEGER NOT NULL DEFAULT 0, "
-    "created_at REAL NOT NULL, updated_at REAL NOT NULL)",
+    "created_at REAL NOT NULL, updated_at REAL NOT NULL, owner TEXT)",
     "CREATE TABLE IF NOT EXISTS conversation_records (conversation_id TEXT NOT NULL, "
     "version INTEGER NOT NULL, "
     "kind TEXT NOT NULL, writer TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL, "
@@ -89,6 +89,9 @@ class SQLiteConversationStore:
             connection.execute("PRAGMA busy_timeout=5000")
             for statement in _SCHEMA:
                 connection.execute(statement)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(conversations)")}
+            if "owner" not in columns:  # a database from before owners: its conversations are nobody's
+                connection.execute("ALTER TABLE conversations ADD COLUMN owner TEXT")
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
@@ -213,13 +216,13 @@ class SQLiteConversationStore:
     def _load(self, conversation_id: str) -> StoredConversation:
         db = self._db
         row = db.execute(
-            "SELECT version, snapshot_version, snapshot, indexed_version, created_at FROM conversations "
-            "WHERE id = ?",
+            "SELECT version, snapshot_version, snapshot, indexed_version, created_at, owner "
+            "FROM conversations WHERE id = ?",
             (conversation_id,),
         ).fetchone()
         if row is None:
             return StoredConversation(conversation_id=conversation_id, version=0)
-        version, snapshot_version, snapshot, indexed_version, created_at = row
+        version, snapshot_version, snapshot, indexed_version, created_at, owner = row
         rows = db.execute(
             "SELECT version, kind, payload FROM conversation_records "
             "WHERE conversation_id = ? AND version > ? ORDER BY version",
@@ -240,6 +243,7 @@ class SQLiteConversationStore:
             records=records,
             indexed_version=int(indexed_version),
             created_at=float(created_at),
+            user_id=owner,
         )
 
     async def version_of(self, conversation_id: str) -> tuple[int, float] | None:
@@ -253,14 +257,19 @@ class SQLiteConversationStore:
 
         return await self._run(self._guarded, read)
 
-    async def list_conversations(self) -> list[ConversationInfo]:
-        """Every conversation, most recently changed first."""
+    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
+        """Every conversation (or ``user_id``'s), most recently changed first."""
+        where, parameters = ("", ()) if user_id is None else (" WHERE owner = ?", (user_id,))
 
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(
-                "SELECT id, version, created_at, updated_at FROM conversations ORDER BY updated_at DESC, id"
+                f"SELECT id, version, created_at, updated_at, owner FROM conversations{where} "
+                "ORDER BY updated_at DESC, id",
+                parameters,
             ).fetchall()
-            return [ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3])) for row in rows]
+            return [
+                ConversationInfo(row[0], int(row[1]), float(row[2]), float(row[3]), row[4]) for row in rows
+            ]
 
         return await self._run(self._guarded, read)
 
@@ -274,10 +283,13 @@ class SQLiteConversationStore:
         *,
         writer: str,
         created_at: float | None = None,
+        user_id: str | None = None,
     ) -> int:
         """Store records after ``expected_version`` in one transaction; return the new version."""
         rows = [(record.kind, json.dumps(record.payload, ensure_ascii=False)) for record in records]
-        append = functools.partial(self._append, conversation_id, expected_version, rows, writer, created_at)
+        append = functools.partial(
+            self._append, conversation_id, expected_version, rows, writer, created_at, user_id
+        )
         # A small append without fsync commits in tens of microseconds: cheaper on the loop than a thread
         # hop, as long as nobody holds the connection (else it waits its turn in the thread).
         if (
@@ -299,6 +311,7 @@ class SQLiteConversationStore:
         rows: list[tuple[str, str]],
         writer: str,
         created_at: float | None,
+        user_id: str | None = None,
     ) -> int:
         db = self._db
         now = time.time()
@@ -323,8 +336,9 @@ class SQLiteConversationStore:
                         conversation_id, expected, 0 if current is None else int(current[0])
                     )
                 db.execute(
-                    "INSERT INTO conversations (id, version, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    (conversation_id, new_version, now if created_at is None else created_at, now),
+                    "INSERT INTO conversations (id, version, created_at, updated_at, owner) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (conversation_id, new_version, now if created_at is None else created_at, now, user_id),
                 )
             db.executemany(
                 "INSERT INTO conversation_records "
@@ -375,13 +389,20 @@ class SQLiteConversationStore:
 
         await self._run(self._guarded, write)
 
-    async def delete(self, conversation_id: str) -> bool:
-        """Delete a conversation and its records; whether it existed."""
+    async def delete(self, conversation_id: str, *, user_id: str | None = None) -> bool:
+        """Delete a conversation and its records; whether it existed (with ``user_id``: only its own)."""
 
         def write() -> bool:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                if user_id is not None:
+                    row = db.execute(
+                        "SELECT owner FROM conversations WHERE id = ?", (conversation_id,)
+                    ).fetchone()
+                    if row is not None and row[0] is not None and row[0] != user_id:
+                        db.execute("ROLLBACK")
+                        raise ConversationAccessError(conversation_id, user_id)
                 db.execute("DELETE FROM conversation_records WHERE conversation_id = ?", (conversation_id,))
                 deleted = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
                 db.execute("COMMIT")
@@ -401,7 +422,7 @@ class SQLiteConversationStore:
         def read() -> ConversationDump | None:
             db = self._db
             row = db.execute(
-                "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at "
+                "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at, owner "
                 "FROM conversations WHERE id = ?",
                 (conversation_id,),
             ).fetchone()
@@ -424,6 +445,7 @@ class SQLiteConversationStore:
                 created_at=float(row[4]),
                 updated_at=float(row[5]),
                 records=records,
+                user_id=row[6],
             )
 
         return await self._run(self._guarded, read)
@@ -445,7 +467,7 @@ class SQLiteConversationStore:
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO conversations (id, version, snapshot_version, snapshot, "
-                    "indexed_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "indexed_version, created_at, updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         dump.conversation_id,
                         dump.version,
@@ -454,6 +476,7 @@ class SQLiteConversationStore:
                         dump.indexed_version,
                         dump.created_at,
                         dump.updated_at,
+                        dump.user_id,
                     ),
                 )
                 db.executemany(

@@ -58,6 +58,8 @@ class StoredConversation:
     """When the conversation was created (0.0 when new): its generation. A conversation deleted and created
     again under the same id has another, so a writer of the deleted one is refused even where the new one's
     version equals its own."""
+    user_id: str | None = None
+    """The end user the conversation belongs to (set when it was created), or ``None``: nobody's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class ConversationInfo:
     """When it was created (seconds since the epoch)."""
     updated_at: float
     """When it last changed."""
+    user_id: str | None = None
+    """The end user it belongs to, or ``None``: nobody's."""
 
     def to_dict(self) -> dict[str, Any]:
         """The row as a plain dict."""
@@ -80,6 +84,7 @@ class ConversationInfo:
             "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "user_id": self.user_id,
         }
 
 
@@ -103,11 +108,14 @@ class ConversationDump:
     """When it last changed."""
     records: list[tuple[int, str, str, dict[str, Any], float]] = field(default_factory=list)
     """Every record, oldest first: ``(version, kind, writer, payload, created_at)``."""
+    user_id: str | None = None
+    """The end user it belongs to, or ``None``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON values."""
         return {
             "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
             "version": self.version,
             "snapshot_version": self.snapshot_version,
             "snapshot": self.snapshot,
@@ -178,12 +186,14 @@ class ConversationStore(Protocol):
         *,
         writer: str,
         created_at: float | None = None,
+        user_id: str | None = None,
     ) -> int:
         """Store records as versions ``expected_version + 1 ...`` in one transaction; return the new version.
 
         ``created_at``: the conversation's generation as loaded (:attr:`StoredConversation.created_at`);
         for a new conversation (``expected_version`` 0), the creation time to store (default: now).
-        ``None`` does not check the generation.
+        ``None`` does not check the generation. ``user_id``: for a new conversation, the end user it
+        belongs to (``None``: nobody); ignored for an existing one.
 
         Raises:
             ConversationConflictError: the stored version is not ``expected_version``, or the conversation
@@ -210,12 +220,19 @@ class ConversationStore(Protocol):
         """
         ...
 
-    async def list_conversations(self) -> list[ConversationInfo]:
-        """Every stored conversation, most recently changed first."""
+    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
+        """The stored conversations, most recently changed first: every one, or ``user_id``'s only."""
         ...
 
-    async def delete(self, conversation_id: str) -> bool:
-        """Delete a conversation and its records; whether it existed."""
+    async def delete(self, conversation_id: str, *, user_id: str | None = None) -> bool:
+        """Delete a conversation and its records; whether it existed.
+
+        With ``user_id``, only a conversation of that user or of nobody.
+
+        Raises:
+            ConversationAccessError: with ``user_id``, the conversation belongs to another user (nothing
+                deleted).
+        """
         ...
 
     async def dump(self, conversation_id: str) -> ConversationDump | None:

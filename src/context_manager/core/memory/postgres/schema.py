@@ -425,6 +425,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             """,
         ],
     ),
+    (
+        # the end user a conversation belongs to (NULL: nobody), set when it is created
+        "0009_conversation_owner",
+        [
+            "ALTER TABLE cm_conversations ADD COLUMN owner text",
+            "CREATE INDEX cm_conversations_owner ON cm_conversations (owner, updated_at)",
+        ],
+    ),
 ]
 """The schema every PostgreSQL store needs, in the order it is applied."""
 
