@@ -52,9 +52,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from context_manager import ContextManagerConfig, ConversationConflictError, EnhancedContextManager  # noqa: E402
-from context_manager.core.context_window import ContextWindow  # noqa: E402
-from context_manager.core.conversations.persistence import PersistedConversation  # noqa: E402
-from context_manager.core.provider_formats import to_provider_format  # noqa: E402
 from context_manager.core.tokens import count_tokens  # noqa: E402
 
 LOCOMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo_dev.json"
@@ -282,27 +279,17 @@ async def run_ours(
         context = resumed.get_context()
         resume.append((time.perf_counter() - started) * 1000.0)
         await resumed.cleanup()
-    # warm: the storage already open (a server's long-lived store). On SQLite a new manager borrows the store
-    # another manager of the process holds (a manager per request): construct, initialize, export, clean up.
-    # PostgreSQL has no such sharing (each manager its own pool): the conversation loaded on an open store,
-    # as bench_conversation.py measures it.
+    # warm: the storage already open (a server's long-lived manager holds it): a new manager borrows it (a
+    # manager per request): construct, initialize and export, as the cold figure, then clean up
     warm: list[float] = []
-    async with EnhancedContextManager(config) as opened:
-        store = await opened._open_conversation_store()
+    async with EnhancedContextManager(config):
         for _ in range(rounds):
             started = time.perf_counter()
-            if backend == "sqlite":
-                borrowing = EnhancedContextManager(config, conversation_id=conversation)
-                await borrowing.initialize()
-                borrowing.get_context()
-                warm.append((time.perf_counter() - started) * 1000.0)
-                await borrowing.cleanup()
-                continue
-            fresh = ContextWindow(config.max_tokens)
-            await PersistedConversation(store, conversation, fresh).open()
-            to_provider_format(fresh.select(None), "openai")
+            borrowing = EnhancedContextManager(config, conversation_id=conversation)
+            await borrowing.initialize()
+            borrowing.get_context()
             warm.append((time.perf_counter() - started) * 1000.0)
-            fresh.set_journal(None)
+            await borrowing.cleanup()
     if backend == "sqlite":
         size = files_size(storage / "conversations.sqlite3")
     else:

@@ -213,8 +213,9 @@ class EnhancedContextManager:
         Raises:
             LifecycleError: the manager was already cleaned up.
             StorageError: a directory cannot be created.
-            StorageLockedError: another process has the storage, or a manager of this process that this
-                one cannot share it with (other memory settings, another event loop; the message says).
+            StorageLockedError: another process has the embedded storage, or a manager of this process
+                that this one cannot share it with (other memory settings, another event loop; the
+                message says).
             ConversationAccessError: the persisted conversation belongs to another end user.
             ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
                 key that is not set.

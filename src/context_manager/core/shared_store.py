@@ -1,17 +1,19 @@
 """One open store per storage location, shared by the managers of a process.
 
 A web app that opens an :class:`~context_manager.EnhancedContextManager` per request or per conversation
-runs many of them at once on one ``storage_path``. The embedded store's files can be open once per
-process (a lock file), so they share it: the :class:`~context_manager.MemoryManager` (the storage lock,
-the in-process tiers and their journal, the embedder and its loaded model) and the conversations
-database. The first manager to start opens them; the others borrow them (a :class:`MemoryLease`); the
-last one to stop closes them.
+runs many of them at once on one store. They share it: the :class:`~context_manager.MemoryManager` (on
+the embedded store the storage lock, the in-process tiers and their journal; on PostgreSQL the connection
+pool; the embedder and its loaded model) and the conversations store. The first manager to start opens
+them; the others borrow them (a :class:`MemoryLease`); the last one to stop closes them. The embedded
+store's files can be open once per process (a lock file), so sharing is what lets its managers run side
+by side; on PostgreSQL it keeps a process to one pool (a pool per request would soon exhaust the
+server's connections) and makes opening a manager cheap.
 
 Managers share a store only within one event loop and with the same memory settings (the
-:data:`MEMORY_SETTINGS` of their configs, and the same embedder object when one was passed); otherwise
-the second one gets :class:`~context_manager.core.errors.StorageLockedError` saying why. A
-:class:`MemoryManager` created and opened directly is never shared. On PostgreSQL, where the server
-shares the state, every manager opens its own (with its own connection pool), as before.
+:data:`MEMORY_SETTINGS` of their configs, and the same embedder object when one was passed). Otherwise
+a second manager of the embedded store gets :class:`~context_manager.core.errors.StorageLockedError`
+saying why, and one of PostgreSQL opens its own (with its own pool). A :class:`MemoryManager` created and
+opened directly is never shared.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ MEMORY_SETTINGS = (
     "recency_half_life_days",
     "fsync",
     "embedder",
+    "postgres_pool_size",
+    "postgres_connect_timeout",
 )
-"""The settings managers sharing one store must agree on (besides the location itself)."""
+"""The settings managers sharing one store must agree on (besides the location itself; the last two on
+PostgreSQL only)."""
 
 
 class _Share:
@@ -67,13 +72,21 @@ _registry_lock = threading.Lock()  # the registry is read from every thread runn
 
 
 def _key(memory: MemoryManager) -> tuple[str, str]:
-    """The store's identity: its directory with symlinks resolved (a few ``stat`` calls)."""
-    return ("sqlite", os.path.realpath(memory.config.resolved_storage_path))
+    """The store's identity: the DSN, or the directory with symlinks resolved (a few ``stat`` calls)."""
+    config = memory.config
+    if config.memory_backend == "postgres":
+        dsn = config.postgres_dsn
+        return ("postgres", "" if dsn is None else dsn.get_secret_value())
+    return ("sqlite", os.path.realpath(config.resolved_storage_path))
 
 
 def _fingerprint(memory: MemoryManager, explicit_embedder: bool) -> tuple[Any, ...]:
     config = memory.config
-    values = tuple(getattr(config, name) for name in MEMORY_SETTINGS)
+    postgres = config.memory_backend == "postgres"
+    values = tuple(
+        getattr(config, name) if postgres or not name.startswith("postgres_") else None
+        for name in MEMORY_SETTINGS
+    )
     return (*values, id(memory.embedder) if explicit_embedder else None)
 
 
@@ -170,8 +183,6 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
     """
     loop = asyncio.get_running_loop()
     fingerprint = _fingerprint(candidate, explicit_embedder)
-    if candidate.config.memory_backend == "postgres":  # the server shares it: each manager its own pool
-        return await _open(_Share(None, candidate, fingerprint, loop), candidate)
     key = _key(candidate)
     while True:
         wait_for: asyncio.Future[Any] | None = None
@@ -195,6 +206,8 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
         if creator:
             return await _open(share, candidate)
         if refusal is not None:
+            if key[0] == "postgres":  # the server shares the state: a store (and pool) of its own
+                return await _open(_Share(None, candidate, fingerprint, loop), candidate)
             raise StorageLockedError(
                 candidate.config.resolved_storage_path, holder_text(), same_process=True, detail=refusal
             )
