@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -331,3 +332,50 @@ def test_numpy_numbers_are_accepted_as_thresholds() -> None:
         PerformanceThresholds(error_rate=numpy.float64(5.0))
     with pytest.raises(InvalidSettingError, match="^error_rate: got "):
         PerformanceThresholds(error_rate=numpy.bool_(True))
+
+
+# ---------------------------------------------------------------------------------- the error window
+
+
+async def test_failures_older_than_the_error_window_no_longer_count() -> None:
+    """The error rate was that of the last 1,000 operations whatever their age: a burst of failures an hour
+    ago kept a service that had recovered (and got little traffic since) unhealthy and advised, forever."""
+    limits = PerformanceThresholds(error_window_s=0.3)
+    monitor = PerformanceMonitor(thresholds=limits)
+    for _ in range(10):
+        monitor.record_operation("search_memory", 0.001, False, error="index missing")
+    assert monitor.recent_error_rate() == (1.0, 10)
+    assert monitor.health_score() == 0.0
+    assert monitor.recommendations()[0].startswith("Error rate is 100.0% over the last 10 operations")
+    await asyncio.sleep(0.4)  # the burst is now older than the window
+    assert monitor.recent_error_rate() == (0.0, 0)  # a quiet service: nothing recent to judge
+    assert monitor.health_score() == 1.0
+    assert monitor.recommendations() == []
+    for _ in range(10):  # the service recovered: only the new operations are judged
+        monitor.record_operation("search_memory", 0.001, True)
+    assert monitor.recent_error_rate() == (0.0, 10)
+    assert monitor.health_score() == 1.0
+    # the lifetime figures still count everything; the recent errors still list the burst
+    assert monitor.get_current_metrics().failures == 10
+    assert len(monitor.recent_errors()) == 10
+    # an explicit window for one read; math.inf: the whole ring buffer, as before
+    assert monitor.recent_error_rate(window_s=math.inf) == (0.5, 20)
+
+
+def test_the_error_window_is_five_minutes_by_default_and_named_in_the_advice() -> None:
+    assert PerformanceThresholds().error_window_s == 300.0
+    monitor = PerformanceMonitor()
+    for index in range(20):
+        monitor.record_operation("execute_tool", 0.001, index % 2 == 0)
+    assert "over the last 20 operations (in the last 300 s)" in monitor.recommendations()[0]
+
+
+@pytest.mark.parametrize("window", [0, 0.0, -1.0, float("nan"), "300", True, None])
+def test_a_bad_error_window_is_refused(window: Any) -> None:
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match=r"^error_window_s: got .*; allowed a number > 0"):
+        PerformanceThresholds(error_window_s=window)
+    monitor = PerformanceMonitor()
+    with pytest.raises(InvalidSettingError, match=r"^window_s: got .*; allowed a number of seconds > 0"):
+        monitor.recent_error_rate(window_s=window if window is not None else -5)

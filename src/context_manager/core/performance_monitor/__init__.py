@@ -31,7 +31,8 @@ Your own code can use the same path with the :func:`monitored_operation` decorat
 Health score and recommendations
 --------------------------------
 Both are computed from the recorded data by explicit rules with the limits in
-:class:`PerformanceThresholds` (see :mod:`.rules`).
+:class:`PerformanceThresholds` (see :mod:`.rules`). The recent error rate they judge is that of the
+operations of the last ``error_window_s`` seconds (300 by default) among the last ``history_size``.
 
 Prometheus export (``pip install 'python-context-manager[prometheus]'``)::
 

@@ -43,6 +43,12 @@ class PerformanceThresholds:
     """Resident memory above this is reported; ``None`` disables the rule."""
     hot_function_share: float = 0.5
     """With profiling, a function taking more than this share (0 to 1) of profiled time is reported."""
+    error_window_s: float = 300.0
+    """The recent error rate (the error rule and the health score's error factor) counts the operations
+    of the last this many seconds (> 0), among the last ``history_size`` recorded (1,000 by default):
+    failures older than this no longer lower the score, and a quiet service with fewer than
+    ``min_operations`` operations in it is not judged. ``math.inf``: the whole ring buffer, whatever its
+    age."""
 
     def __post_init__(self) -> None:
         """Check the limits' types at once (a bad one failed later, inside every health score).
@@ -50,25 +56,32 @@ class PerformanceThresholds:
         Raises:
             InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
                 is NaN, is negative where a negative one cannot be compared (``slow_operation_ms``,
-                ``event_loop_lag_ms``), or is a fraction outside 0 to 1 (``error_rate``,
-                ``hot_function_share``: 5 meant as 5 % would never fire).
+                ``event_loop_lag_ms``), is a fraction outside 0 to 1 (``error_rate``,
+                ``hot_function_share``: 5 meant as 5 % would never fire), or ``error_window_s`` is not > 0.
         """
         check_limits(
             self,
             integers=("min_operations", "min_cpu_samples"),
             non_negative=("slow_operation_ms", "event_loop_lag_ms", "min_operations", "min_cpu_samples"),
             fractions=("error_rate", "hot_function_share"),
+            positive=("error_window_s",),
         )
 
 
 def check_limits(
-    limits: Any, *, integers: tuple[str, ...], non_negative: tuple[str, ...], fractions: tuple[str, ...] = ()
+    limits: Any,
+    *,
+    integers: tuple[str, ...],
+    non_negative: tuple[str, ...],
+    fractions: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
 ) -> None:
     """Check every field of a thresholds dataclass.
 
     Each is a number (not NaN, not a bool), or ``None`` where the default is ``None``; an integer for
-    ``integers``; >= 0 for ``non_negative``; from 0 to 1 for ``fractions``. numpy's numbers count as
-    numbers (and are kept as Python's ``int`` and ``float``, so the limits stay JSON-safe).
+    ``integers``; >= 0 for ``non_negative``; > 0 for ``positive``; from 0 to 1 for ``fractions``.
+    numpy's numbers count as numbers (and are kept as Python's ``int`` and ``float``, so the limits
+    stay JSON-safe).
 
     Raises:
         InvalidSettingError: the first field that is not.
@@ -84,11 +97,18 @@ def check_limits(
             allowed += " from 0 to 1 (a fraction: 0.05 is 5 %)"
         elif item.name in non_negative:
             allowed += " >= 0"
+        elif item.name in positive:
+            allowed += " > 0"
         if item.default is None:
             allowed += " or None"
         kinds = numbers.Integral if integer else numbers.Real  # numpy's numbers too
         valid = isinstance(value, kinds) and not isinstance(value, bool) and not math.isnan(value)
-        if not valid or (item.name in non_negative and value < 0) or (fraction and not 0 <= value <= 1):
+        if (
+            not valid
+            or (item.name in non_negative and value < 0)
+            or (item.name in positive and value <= 0)
+            or (fraction and not 0 <= value <= 1)
+        ):
             raise InvalidSettingError(item.name, value, allowed)
         if type(value) is not int and type(value) is not float:  # numpy.int64(5): kept as 5
             normal = int(value) if isinstance(value, numbers.Integral) else float(value)

@@ -469,12 +469,32 @@ class PerformanceMonitor:
         with self._lock:
             return list(self._recent_errors)
 
-    def recent_error_rate(self) -> tuple[float, int]:
-        """Return (error rate, operation count) over the ring buffer of recent operations."""
+    def recent_error_rate(self, window_s: float | None = None) -> tuple[float, int]:
+        """Return (error rate, operation count) over the recent operations.
+
+        Recent: recorded in the last ``window_s`` seconds (``None``: ``thresholds.error_window_s``, 300 by
+        default; ``math.inf``: any age), among the last ``history_size`` recorded. ``(0.0, 0)`` when none.
+
+        Raises:
+            InvalidSettingError: ``window_s`` is not a number of seconds > 0.
+        """
+        if window_s is None:
+            window_s = self.thresholds.error_window_s
+        elif (
+            isinstance(window_s, bool)
+            or not isinstance(window_s, numbers.Real)
+            or math.isnan(window_s)
+            or window_s <= 0
+        ):
+            raise InvalidSettingError("window_s", window_s, "a number of seconds > 0 (or None)")
+        start = time.time() - window_s
+        count = failures = 0
         with self._lock:
             self._fold_locked()
-            count = len(self._recent)
-            failures = sum(1 for _, success in self._recent if not success)
+            for timestamp, success in self._recent:
+                if timestamp >= start:
+                    count += 1
+                    failures += not success
         return (failures / count if count else 0.0), count
 
     def samples(self) -> list[SystemSample]:
@@ -543,14 +563,16 @@ class PerformanceMonitor:
             hottest_function=hottest[0] if hottest else None,
             sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
             sampling_errors=self._sampling_errors,
+            error_window_s=self.thresholds.error_window_s,
         )
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
-        The product of: ``1 - recent error rate`` (from ``min_operations`` recent operations on; 1.0
-        before); ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among
-        those recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
+        The product of: ``1 - recent error rate`` (of the operations in the last
+        ``thresholds.error_window_s`` seconds, from ``min_operations`` of them on; 1.0 before);
+        ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among those
+        recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
         """

@@ -6,6 +6,7 @@ the hottest profiled function) and calls :func:`health_score` and :func:`recomme
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from context_manager.core.performance_monitor.metrics import (
     SystemSample,
 )
 
-__all__ = ["Evidence", "health_score", "recommendations"]
+__all__ = ["Evidence", "describe_window", "health_score", "recommendations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +25,9 @@ class Evidence:
     """What the rules look at (a snapshot taken by the monitor)."""
 
     recent_error_rate: float
-    """Failures / operations over the ring buffer of recent operations."""
+    """Failures / operations among the recent operations (those of the error window)."""
     recent_count: int
-    """Operations in that ring buffer."""
+    """Operations in the error window (at most the ring buffer's length)."""
     recent_errors: Sequence[dict[str, Any]]
     """The latest failures (each with an ``operation`` key), oldest first."""
     operation_stats: Iterable[OperationStats]
@@ -39,12 +40,20 @@ class Evidence:
     """Why the sampler's latest attempt failed (``"AccessDenied: ..."``); ``None`` when it sampled."""
     sampling_errors: int = 0
     """How many sampling attempts failed since the monitor was created."""
+    error_window_s: float = math.inf
+    """The seconds the recent operations span at most (``PerformanceThresholds.error_window_s``)."""
+
+
+def describe_window(window_s: float) -> str:
+    """``" (in the last 300 s)"`` for a window of 300 s; ``""`` for an infinite one."""
+    return f" (in the last {window_s:g} s)" if math.isfinite(window_s) else ""
 
 
 def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
     """Return health in [0, 1], the product of these factors (1.0 when nothing is wrong).
 
-    * ``1 - recent error rate``, once the recent window holds at least ``min_operations`` operations
+    * ``1 - recent error rate`` (the operations of the last ``error_window_s`` seconds), once they are
+      at least ``min_operations``
       (as for the error advice and the health checker's ``error_rate`` check: before, one failure of
       one operation would read 0.0);
     * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``, among the
@@ -74,7 +83,8 @@ def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
 def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[str]:
     """Return advice derived from the data by these rules (an empty list when all is well).
 
-    1. *Errors*: the recent error rate exceeds ``error_rate`` over at least ``min_operations``.
+    1. *Errors*: the recent error rate (the last ``error_window_s`` seconds) exceeds ``error_rate`` over
+       at least ``min_operations``.
     2. *Slow operation*: an operation recorded at least ``min_operations`` times has a p95 over
        ``slow_operation_ms`` (one line each).
     3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
@@ -96,7 +106,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
         worst = max(failing.items(), key=lambda item: item[1], default=None)
         where = f" (most recent failures: {worst[0]!r}, {worst[1]})" if worst else ""
         advice.append(
-            f"Error rate is {error_rate:.1%} over the last {recent_count} operations{where}; "
+            f"Error rate is {error_rate:.1%} over the last {recent_count} operations"
+            f"{describe_window(evidence.error_window_s)}{where}; "
             "check get_performance_summary()['recent_errors'] and fix the failing operation."
         )
     for stats in sorted(evidence.operation_stats, key=lambda item: -item.p95_ms):
