@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import pytest
@@ -77,9 +78,12 @@ def test_rule_slow_operation_needs_min_operations_calls() -> None:
 
 
 async def test_rule_high_cpu() -> None:
-    limits = PerformanceThresholds(cpu_percent=-1.0, min_cpu_samples=3)  # any real CPU use is "high"
+    limits = PerformanceThresholds(cpu_percent=0.0, min_cpu_samples=3)  # any real CPU use is "high"
     async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
         for _ in range(3):
+            busy_until = time.perf_counter() + 0.02
+            while time.perf_counter() < busy_until:  # real CPU use before each sample
+                pass
             await monitor.wait_for_sample()
         assert any(line.startswith("CPU use averages") for line in monitor.recommendations())
         assert monitor.health_score() == pytest.approx(0.9)
@@ -296,7 +300,7 @@ def test_bad_thresholds_are_refused_when_made(kwargs: dict[str, Any], field: str
 
     with pytest.raises(InvalidSettingError, match=f"^{field}: got "):
         PerformanceThresholds(**kwargs)
-    accepted = PerformanceThresholds(slow_operation_ms=0.0, cpu_percent=-1.0, memory_limit_mb=None)
+    accepted = PerformanceThresholds(slow_operation_ms=0.0, cpu_percent=0.0, memory_limit_mb=None)
     monitor = PerformanceMonitor(thresholds=accepted)
     monitor.record_operation("instant", 0.0)
     assert monitor.get_current_metrics().health_score == 1.0
@@ -379,3 +383,41 @@ def test_a_bad_error_window_is_refused(window: Any) -> None:
     monitor = PerformanceMonitor()
     with pytest.raises(InvalidSettingError, match=r"^window_s: got .*; allowed a number of seconds > 0"):
         monitor.recent_error_rate(window_s=window if window is not None else -5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cpu_percent": -1.0}, "cpu_percent: got -1.0; allowed a percentage of one core from 0 to "),
+        ({"memory_growth_mb": -5.0}, "memory_growth_mb: got -5.0; allowed a number >= 0"),
+        ({"memory_limit_mb": -512.0}, "memory_limit_mb: got -512.0; allowed a number >= 0 or None"),
+    ],
+)
+async def test_negative_limits_that_always_fire_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    """A negative CPU, memory-growth or memory limit was accepted and then fired at every read: "CPU use
+    averages 0% of one core (> -1%)", a health score lowered for ever."""
+    import re
+
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match=f"^{re.escape(message)}"):
+        PerformanceThresholds(**kwargs)
+
+
+def test_a_cpu_limit_this_machine_cannot_reach_is_refused() -> None:
+    """cpu_percent is a percentage of one core (psutil's process CPU use: 250 is two and a half cores);
+    beyond 100 x the logical CPUs it can never fire, and was accepted silently (850 meant as 85 %)."""
+    import os
+    import re
+
+    from context_manager.core.errors import InvalidSettingError
+
+    cpus = os.cpu_count() or 1
+    ceiling = 100 * cpus
+    expected = f"cpu_percent: got {ceiling + 1}; allowed a percentage of one core from 0 to {ceiling} ({cpus}"
+    with pytest.raises(InvalidSettingError, match=f"^{re.escape(expected)} logical CPU"):
+        PerformanceThresholds(cpu_percent=ceiling + 1)
+    assert PerformanceThresholds(cpu_percent=ceiling).cpu_percent == ceiling  # all cores busy: may fire
+    assert PerformanceThresholds(cpu_percent=0).cpu_percent == 0
+    if cpus >= 2:  # a multi-threaded process may use more than one core: a limit above 100 is meaningful
+        assert PerformanceThresholds(cpu_percent=150.0).cpu_percent == 150.0
