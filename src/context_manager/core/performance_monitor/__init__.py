@@ -38,6 +38,8 @@ Prometheus export (``pip install 'python-context-manager[prometheus]'``)::
 
     from prometheus_client import REGISTRY
     REGISTRY.register(monitor.prometheus_collector())
+    # several monitors in one registry: one collector, a label per monitor
+    REGISTRY.register(PrometheusCollector({"support": first, "billing": second}, label="manager"))
 
 The package's modules: ``metrics`` (value objects), ``reservoir`` (bounded latency sample and
 percentiles), ``monitor`` (the monitor), ``timer``, ``rules`` (health score and advice), ``profiling``

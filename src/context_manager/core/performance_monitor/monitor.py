@@ -628,6 +628,9 @@ class PerformanceMonitor:
     def prometheus_collector(self, namespace: str = "context_manager") -> PrometheusCollector:
         """Return a Prometheus collector exposing this monitor's figures (needs the ``prometheus`` extra).
 
+        A registry takes one collector per namespace: for several monitors in one registry, use one
+        ``PrometheusCollector({"a": monitor_a, "b": monitor_b})`` (a label per monitor).
+
         Raises:
             InvalidSettingError: ``namespace`` is not a valid start of a metric name
                 (``[a-zA-Z_:][a-zA-Z0-9_:]*``).
