@@ -860,3 +860,14 @@ async def test_the_error_rate_check_forgets_failures_older_than_its_window() -> 
 def test_a_bad_health_error_window_is_refused(window: Any) -> None:
     with pytest.raises(InvalidSettingError, match=r"^error_window_s: got .*; allowed a number > 0"):
         HealthThresholds(error_window_s=window)
+
+
+async def test_a_report_with_an_unbounded_error_window_is_strict_json() -> None:
+    """``error_window_s=math.inf`` (judge the whole ring buffer) put ``inf`` in the check's details, and
+    ``report.to_dict()`` was no longer valid JSON (``Infinity``)."""
+    import math
+
+    checker = HealthChecker(thresholds=HealthThresholds(error_window_s=math.inf))
+    report = await checker.generate_diagnostic_report()
+    json.dumps(report.to_dict(), allow_nan=False)
+    assert report.checks["error_rate"].details["window_s"] is None

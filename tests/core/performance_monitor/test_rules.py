@@ -421,3 +421,17 @@ def test_a_cpu_limit_this_machine_cannot_reach_is_refused() -> None:
     assert PerformanceThresholds(cpu_percent=0).cpu_percent == 0
     if cpus >= 2:  # a multi-threaded process may use more than one core: a limit above 100 is meaningful
         assert PerformanceThresholds(cpu_percent=150.0).cpu_percent == 150.0
+
+
+async def test_the_error_advice_names_the_operation_failing_in_the_window() -> None:
+    """The advice named the operation with the most of the last 50 failures whatever their age: after an
+    old burst of one operation, the failures of another one now were blamed on the old one."""
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(error_window_s=0.3))
+    for _ in range(20):
+        monitor.record_operation("old_import", 0.001, False)
+    await asyncio.sleep(0.4)
+    for index in range(10):
+        monitor.record_operation("search_memory", 0.001, index >= 5)  # 5 of 10 fail now
+    advice = monitor.recommendations()
+    assert len(advice) == 1
+    assert "(most recent failures: 'search_memory', 5)" in advice[0], advice

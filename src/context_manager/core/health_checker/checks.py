@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import shutil
 import uuid
@@ -428,7 +429,12 @@ def check_error_rate(monitors: Iterable[PerformanceMonitor], limits: HealthThres
         judged += 1
         if rate >= worst_rate:
             worst_rate, worst_count = rate, count
-    details = {"monitors": judged, "error_rate": worst_rate, "operations": worst_count, "window_s": window_s}
+    details = {
+        "monitors": judged,
+        "error_rate": worst_rate,
+        "operations": worst_count,
+        "window_s": window_s if math.isfinite(window_s) else None,  # None: any age (JSON has no inf)
+    }
     if not judged:
         return CheckOutcome(HealthState.HEALTHY, "not enough recent operations to judge", details)
     message = f"{worst_rate:.1%} of the last {worst_count} operations failed{describe_window(window_s)}"

@@ -554,10 +554,11 @@ class PerformanceMonitor:
             else []
         )
         failure = self._sampling_error
+        window_start = time.time() - self.thresholds.error_window_s  # the failures the rate counts
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
-            recent_errors=self.recent_errors(),
+            recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
             operation_stats=list(self.operation_stats().values()),
             samples=list(self._samples),
             hottest_function=hottest[0] if hottest else None,

@@ -29,7 +29,7 @@ class Evidence:
     recent_count: int
     """Operations in the error window (at most the ring buffer's length)."""
     recent_errors: Sequence[dict[str, Any]]
-    """The latest failures (each with an ``operation`` key), oldest first."""
+    """The latest failures of the error window (each with an ``operation`` key), oldest first."""
     operation_stats: Iterable[OperationStats]
     """Per-operation figures."""
     samples: Sequence[SystemSample]
