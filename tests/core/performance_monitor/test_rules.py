@@ -344,7 +344,7 @@ def test_numpy_numbers_are_accepted_as_thresholds() -> None:
 async def test_failures_older_than_the_error_window_no_longer_count() -> None:
     """The error rate was that of the last 1,000 operations whatever their age: a burst of failures an hour
     ago kept a service that had recovered (and got little traffic since) unhealthy and advised, forever."""
-    limits = PerformanceThresholds(error_window_s=0.3)
+    limits = PerformanceThresholds(recent_window_s=0.3)
     monitor = PerformanceMonitor(thresholds=limits)
     for _ in range(10):
         monitor.record_operation("search_memory", 0.001, False, error="index missing")
@@ -367,7 +367,7 @@ async def test_failures_older_than_the_error_window_no_longer_count() -> None:
 
 
 def test_the_error_window_is_five_minutes_by_default_and_named_in_the_advice() -> None:
-    assert PerformanceThresholds().error_window_s == 300.0
+    assert PerformanceThresholds().recent_window_s == 300.0
     monitor = PerformanceMonitor()
     for index in range(20):
         monitor.record_operation("execute_tool", 0.001, index % 2 == 0)
@@ -378,8 +378,8 @@ def test_the_error_window_is_five_minutes_by_default_and_named_in_the_advice() -
 def test_a_bad_error_window_is_refused(window: Any) -> None:
     from context_manager.core.errors import InvalidSettingError
 
-    with pytest.raises(InvalidSettingError, match=r"^error_window_s: got .*; allowed a number > 0"):
-        PerformanceThresholds(error_window_s=window)
+    with pytest.raises(InvalidSettingError, match=r"^recent_window_s: got .*; allowed a number > 0"):
+        PerformanceThresholds(recent_window_s=window)
     monitor = PerformanceMonitor()
     with pytest.raises(InvalidSettingError, match=r"^window_s: got .*; allowed a number of seconds > 0"):
         monitor.recent_error_rate(window_s=window if window is not None else -5)
@@ -426,7 +426,7 @@ def test_a_cpu_limit_this_machine_cannot_reach_is_refused() -> None:
 async def test_the_error_advice_names_the_operation_failing_in_the_window() -> None:
     """The advice named the operation with the most of the last 50 failures whatever their age: after an
     old burst of one operation, the failures of another one now were blamed on the old one."""
-    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(error_window_s=0.3))
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(recent_window_s=0.3))
     for _ in range(20):
         monitor.record_operation("old_import", 0.001, False)
     await asyncio.sleep(0.4)
@@ -435,3 +435,22 @@ async def test_the_error_advice_names_the_operation_failing_in_the_window() -> N
     advice = monitor.recommendations()
     assert len(advice) == 1
     assert "(most recent failures: 'search_memory', 5)" in advice[0], advice
+
+
+async def test_event_loop_lag_and_cpu_older_than_the_recent_window_no_longer_count() -> None:
+    """The lag and CPU rules judged every sample of the history (1,000 samples: about 17 minutes at the
+    manager's one sample a second), so one blocked moment kept the health score lowered and the advice
+    "Event loop lag reached ..." long after the loop ran freely again. The memory-growth rule still
+    looks at the whole history (a slow leak shows only over a long span)."""
+    limits = PerformanceThresholds(recent_window_s=0.3, min_cpu_samples=1)
+    async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
+        await monitor.wait_for_sample()
+        time.sleep(0.15)  # noqa: ASYNC251 - a real fault: block the event loop
+        assert (await monitor.wait_for_sample()).event_loop_lag_ms >= 100.0
+        assert any(line.startswith("Event loop lag reached") for line in monitor.recommendations())
+        assert monitor.health_score() < 1.0
+        await asyncio.sleep(0.5)  # the loop runs freely: the blocked sample is older than the window
+        await monitor.wait_for_sample()
+        assert max(sample.event_loop_lag_ms for sample in monitor.samples()) >= 100.0  # still in history
+        assert not any(line.startswith("Event loop lag") for line in monitor.recommendations())
+        assert monitor.health_score() == 1.0

@@ -31,8 +31,9 @@ Your own code can use the same path with the :func:`monitored_operation` decorat
 Health score and recommendations
 --------------------------------
 Both are computed from the recorded data by explicit rules with the limits in
-:class:`PerformanceThresholds` (see :mod:`.rules`). The recent error rate they judge is that of the
-operations of the last ``error_window_s`` seconds (300 by default) among the last ``history_size``.
+:class:`PerformanceThresholds` (see :mod:`.rules`). *Recent* is the last ``recent_window_s`` seconds
+(300 by default): the error rate of the operations of that span (among the last ``history_size``), the
+event-loop lag and CPU of its samples.
 
 Prometheus export (``pip install 'python-context-manager[prometheus]'``)::
 

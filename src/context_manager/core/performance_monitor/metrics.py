@@ -54,12 +54,13 @@ class PerformanceThresholds:
     """Resident memory above this (>= 0) is reported; ``None`` disables the rule."""
     hot_function_share: float = 0.5
     """With profiling, a function taking more than this share (0 to 1) of profiled time is reported."""
-    error_window_s: float = 300.0
-    """The recent error rate (the error rule and the health score's error factor) counts the operations
-    of the last this many seconds (> 0), among the last ``history_size`` recorded (1,000 by default):
-    failures older than this no longer lower the score, and a quiet service with fewer than
-    ``min_operations`` operations in it is not judged. ``math.inf``: the whole ring buffer, whatever its
-    age."""
+    recent_window_s: float = 300.0
+    """What *recent* means to the rules, in seconds (> 0): the error rate counts the operations of the
+    last this many seconds, among the last ``history_size`` recorded (1,000 by default), and the
+    event-loop lag and CPU rules judge the samples of that span. Failures or a blocked moment older
+    than this no longer lower the score, and a quiet service with fewer than ``min_operations``
+    operations in it is not judged on its error rate. ``math.inf``: the whole history, whatever its
+    age. (The memory-growth rule always looks at the whole sampled history.)"""
 
     def __post_init__(self) -> None:
         """Check the limits' types at once (a bad one failed later, inside every health score).
@@ -69,7 +70,7 @@ class PerformanceThresholds:
                 is NaN, is negative (a negative limit fires at every read, or divides by zero), is a
                 fraction outside 0 to 1 (``error_rate``, ``hot_function_share``: 5 meant as 5 % would
                 never fire), ``cpu_percent`` is above 100 x this machine's logical CPUs (it would never
-                fire), or ``error_window_s`` is not > 0.
+                fire), or ``recent_window_s`` is not > 0.
         """
         check_limits(
             self,
@@ -83,7 +84,7 @@ class PerformanceThresholds:
                 "memory_limit_mb",
             ),
             fractions=("error_rate", "hot_function_share"),
-            positive=("error_window_s",),
+            positive=("recent_window_s",),
             percentages=("cpu_percent",),
         )
         if self.cpu_percent > 100 * (os.cpu_count() or 1):  # psutil's figure never gets there

@@ -472,14 +472,14 @@ class PerformanceMonitor:
     def recent_error_rate(self, window_s: float | None = None) -> tuple[float, int]:
         """Return (error rate, operation count) over the recent operations.
 
-        Recent: recorded in the last ``window_s`` seconds (``None``: ``thresholds.error_window_s``, 300 by
+        Recent: recorded in the last ``window_s`` seconds (``None``: ``thresholds.recent_window_s``, 300 by
         default; ``math.inf``: any age), among the last ``history_size`` recorded. ``(0.0, 0)`` when none.
 
         Raises:
             InvalidSettingError: ``window_s`` is not a number of seconds > 0.
         """
         if window_s is None:
-            window_s = self.thresholds.error_window_s
+            window_s = self.thresholds.recent_window_s
         elif (
             isinstance(window_s, bool)
             or not isinstance(window_s, numbers.Real)
@@ -554,24 +554,26 @@ class PerformanceMonitor:
             else []
         )
         failure = self._sampling_error
-        window_start = time.time() - self.thresholds.error_window_s  # the failures the rate counts
+        window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
+        samples = list(self._samples)
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
             recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
             operation_stats=list(self.operation_stats().values()),
-            samples=list(self._samples),
+            samples=samples,
+            recent_samples=[sample for sample in samples if sample.timestamp >= window_start],
             hottest_function=hottest[0] if hottest else None,
             sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
             sampling_errors=self._sampling_errors,
-            error_window_s=self.thresholds.error_window_s,
+            recent_window_s=self.thresholds.recent_window_s,
         )
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
         The product of: ``1 - recent error rate`` (of the operations in the last
-        ``thresholds.error_window_s`` seconds, from ``min_operations`` of them on; 1.0 before);
+        ``thresholds.recent_window_s`` seconds, from ``min_operations`` of them on; 1.0 before);
         ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among those
         recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
