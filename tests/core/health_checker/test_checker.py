@@ -871,3 +871,17 @@ async def test_a_report_with_an_unbounded_error_window_is_strict_json() -> None:
     report = await checker.generate_diagnostic_report()
     json.dumps(report.to_dict(), allow_nan=False)
     assert report.checks["error_rate"].details["window_s"] is None
+
+
+async def test_health_thresholds_assigned_later_are_checked_and_used() -> None:
+    """``manager.health_checker.thresholds = {...}`` was taken silently; then every built-in check using a
+    limit failed with "check raised AttributeError" at each run."""
+    own = PerformanceMonitor(collect_library_operations=False)
+    checker = HealthChecker(context_manager=_Parts(performance_monitor=own))
+    for index in range(10):
+        own.record_operation("op", 0.001, index != 0)  # 10 %: degraded by default
+    with pytest.raises(InvalidSettingError, match=r"^thresholds: got .*; allowed a HealthThresholds"):
+        checker.thresholds = {"error_rate_degraded": 0.2}  # type: ignore[assignment]
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.DEGRADED
+    checker.thresholds = HealthThresholds(error_rate_degraded=0.2)
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.HEALTHY

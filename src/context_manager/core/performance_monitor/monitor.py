@@ -106,6 +106,7 @@ class PerformanceMonitor:
                 raise InvalidSettingError(setting, switch, "True or False")
         if thresholds is not None and not isinstance(thresholds, PerformanceThresholds):
             raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds or None")
+        self._thresholds = thresholds or PerformanceThresholds()
         self.sample_interval = float(sample_interval)
         """Seconds between background samples."""
         self.enable_profiling = enable_profiling
@@ -114,8 +115,6 @@ class PerformanceMonitor:
         """Length of the recent-operation and sample ring buffers."""
         self.reservoir_size = reservoir_size
         """Latency values kept per operation for percentiles."""
-        self.thresholds = thresholds or PerformanceThresholds()
-        """Limits for the health score and recommendations."""
         self.collect_library_operations = collect_library_operations
         """Whether the running monitor counts the library's instrumented operations."""
         self.max_operation_names = max_operation_names
@@ -138,6 +137,17 @@ class PerformanceMonitor:
         self._process: Any = None
         self.profiler = BlockProfiler()
         """Profiles the timed blocks when ``enable_profiling`` is set."""
+
+    @property
+    def thresholds(self) -> PerformanceThresholds:
+        """Limits for the health score and recommendations; assign new ones to change them."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds: PerformanceThresholds) -> None:
+        if not isinstance(thresholds, PerformanceThresholds):  # else every read failed later
+            raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds")
+        self._thresholds = thresholds
 
     # ------------------------------------------------------------------------------------- lifecycle
 
