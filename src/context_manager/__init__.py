@@ -90,6 +90,7 @@ _EXPORTS: dict[str, str] = {
     "PerformanceMonitor": "context_manager.core.performance_monitor",
     "PerformanceMetrics": "context_manager.core.performance_monitor",
     "PerformanceThresholds": "context_manager.core.performance_monitor",
+    "PrometheusCollector": "context_manager.core.performance_monitor",
     "monitored_operation": "context_manager.core.performance_monitor",
     "configure_opentelemetry": "context_manager.core.telemetry",
     "ConcurrencyController": "context_manager.core.async_operations",
@@ -173,6 +174,7 @@ __all__ = [
     "PerformanceThresholds",
     "PermissionPolicy",
     "Priority",
+    "PrometheusCollector",
     "QueueFullError",
     "RankingWeights",
     "Role",
@@ -293,6 +295,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PerformanceMetrics,
         PerformanceMonitor,
         PerformanceThresholds,
+        PrometheusCollector,
         monitored_operation,
     )
     from context_manager.core.provider_formats import (

@@ -830,3 +830,58 @@ def test_a_checker_whose_event_loop_was_closed_checks_again_in_a_new_one(
     asyncio.run(stop_only())
     assert not checker.is_running
     gc.collect()  # the dropped tasks of the closed loops go now, not in a later test's log
+
+
+async def test_the_error_rate_check_forgets_failures_older_than_its_window() -> None:
+    """The check judged the last 1,000 operations whatever their age: a burst of failures long ago kept a
+    recovered, quiet service unhealthy at every periodic check."""
+    assert HealthThresholds().error_window_s == 300.0
+    own = PerformanceMonitor(collect_library_operations=False)
+    checker = HealthChecker(
+        context_manager=_Parts(performance_monitor=own), thresholds=HealthThresholds(error_window_s=0.3)
+    )
+    for _ in range(10):
+        own.record_operation("execute_tool", 0.001, False)
+    result = (await checker.perform_health_check()).checks["error_rate"]
+    assert result.status is HealthState.UNHEALTHY
+    assert result.message == "100.0% of the last 10 operations failed (in the last 0.3 s)"
+    assert result.details["window_s"] == 0.3
+    await asyncio.sleep(0.4)
+    result = (await checker.perform_health_check()).checks["error_rate"]
+    assert result.status is HealthState.HEALTHY and result.details["operations"] == 0
+    for _ in range(10):
+        own.record_operation("execute_tool", 0.001, True)
+    result = (await checker.perform_health_check()).checks["error_rate"]
+    assert result.status is HealthState.HEALTHY and result.details["error_rate"] == 0.0
+    assert result.details["operations"] == 10
+
+
+@pytest.mark.parametrize("window", [0.0, -300.0, float("nan"), "300", None])
+def test_a_bad_health_error_window_is_refused(window: Any) -> None:
+    with pytest.raises(InvalidSettingError, match=r"^error_window_s: got .*; allowed a number > 0"):
+        HealthThresholds(error_window_s=window)
+
+
+async def test_a_report_with_an_unbounded_error_window_is_strict_json() -> None:
+    """``error_window_s=math.inf`` (judge the whole ring buffer) put ``inf`` in the check's details, and
+    ``report.to_dict()`` was no longer valid JSON (``Infinity``)."""
+    import math
+
+    checker = HealthChecker(thresholds=HealthThresholds(error_window_s=math.inf))
+    report = await checker.generate_diagnostic_report()
+    json.dumps(report.to_dict(), allow_nan=False)
+    assert report.checks["error_rate"].details["window_s"] is None
+
+
+async def test_health_thresholds_assigned_later_are_checked_and_used() -> None:
+    """``manager.health_checker.thresholds = {...}`` was taken silently; then every built-in check using a
+    limit failed with "check raised AttributeError" at each run."""
+    own = PerformanceMonitor(collect_library_operations=False)
+    checker = HealthChecker(context_manager=_Parts(performance_monitor=own))
+    for index in range(10):
+        own.record_operation("op", 0.001, index != 0)  # 10 %: degraded by default
+    with pytest.raises(InvalidSettingError, match=r"^thresholds: got .*; allowed a HealthThresholds"):
+        checker.thresholds = {"error_rate_degraded": 0.2}  # type: ignore[assignment]
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.DEGRADED
+    checker.thresholds = HealthThresholds(error_rate_degraded=0.2)
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.HEALTHY

@@ -18,6 +18,7 @@ import pytest
 from context_manager.core.errors import InvalidArgumentError, InvalidMetricError, InvalidSettingError
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
+    PerformanceThresholds,
     running_monitors,
 )
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
@@ -502,3 +503,20 @@ def test_sample_now_from_a_worker_thread_wakes_a_waiter_on_the_loop() -> None:
         await asyncio.wait_for(monitor.stop_monitoring(), 5.0)
 
     asyncio.run(main(), debug=True)
+
+
+def test_thresholds_assigned_later_are_checked_and_used() -> None:
+    """The context manager's own monitor is made with the default limits; assigning ``monitor.thresholds``
+    is how they change. A dict (or None) was taken silently, then every health score, recommendation
+    and metrics read failed with AttributeError."""
+    monitor = PerformanceMonitor()
+    for _ in range(10):
+        monitor.record_operation("op", 0.001, False)
+    with pytest.raises(InvalidSettingError, match=r"^thresholds: got .*; allowed a PerformanceThresholds"):
+        monitor.thresholds = {"recent_window_s": 60.0}  # type: ignore[assignment]
+    with pytest.raises(InvalidSettingError, match=r"^thresholds: got None; allowed a PerformanceThresholds"):
+        monitor.thresholds = None  # type: ignore[assignment]
+    assert monitor.thresholds == PerformanceThresholds()  # unchanged
+    assert monitor.health_score() == 0.0
+    monitor.thresholds = PerformanceThresholds(min_operations=11)
+    assert monitor.health_score() == 1.0  # the new limits are used at the next read

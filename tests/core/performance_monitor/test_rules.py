@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from typing import Any
 
 import pytest
@@ -76,9 +78,12 @@ def test_rule_slow_operation_needs_min_operations_calls() -> None:
 
 
 async def test_rule_high_cpu() -> None:
-    limits = PerformanceThresholds(cpu_percent=-1.0, min_cpu_samples=3)  # any real CPU use is "high"
+    limits = PerformanceThresholds(cpu_percent=0.0, min_cpu_samples=3)  # any real CPU use is "high"
     async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
         for _ in range(3):
+            busy_until = time.perf_counter() + 0.02
+            while time.perf_counter() < busy_until:  # real CPU use before each sample
+                pass
             await monitor.wait_for_sample()
         assert any(line.startswith("CPU use averages") for line in monitor.recommendations())
         assert monitor.health_score() == pytest.approx(0.9)
@@ -295,7 +300,7 @@ def test_bad_thresholds_are_refused_when_made(kwargs: dict[str, Any], field: str
 
     with pytest.raises(InvalidSettingError, match=f"^{field}: got "):
         PerformanceThresholds(**kwargs)
-    accepted = PerformanceThresholds(slow_operation_ms=0.0, cpu_percent=-1.0, memory_limit_mb=None)
+    accepted = PerformanceThresholds(slow_operation_ms=0.0, cpu_percent=0.0, memory_limit_mb=None)
     monitor = PerformanceMonitor(thresholds=accepted)
     monitor.record_operation("instant", 0.0)
     assert monitor.get_current_metrics().health_score == 1.0
@@ -331,3 +336,121 @@ def test_numpy_numbers_are_accepted_as_thresholds() -> None:
         PerformanceThresholds(error_rate=numpy.float64(5.0))
     with pytest.raises(InvalidSettingError, match="^error_rate: got "):
         PerformanceThresholds(error_rate=numpy.bool_(True))
+
+
+# ---------------------------------------------------------------------------------- the error window
+
+
+async def test_failures_older_than_the_error_window_no_longer_count() -> None:
+    """The error rate was that of the last 1,000 operations whatever their age: a burst of failures an hour
+    ago kept a service that had recovered (and got little traffic since) unhealthy and advised, forever."""
+    limits = PerformanceThresholds(recent_window_s=0.3)
+    monitor = PerformanceMonitor(thresholds=limits)
+    for _ in range(10):
+        monitor.record_operation("search_memory", 0.001, False, error="index missing")
+    assert monitor.recent_error_rate() == (1.0, 10)
+    assert monitor.health_score() == 0.0
+    assert monitor.recommendations()[0].startswith("Error rate is 100.0% over the last 10 operations")
+    await asyncio.sleep(0.4)  # the burst is now older than the window
+    assert monitor.recent_error_rate() == (0.0, 0)  # a quiet service: nothing recent to judge
+    assert monitor.health_score() == 1.0
+    assert monitor.recommendations() == []
+    for _ in range(10):  # the service recovered: only the new operations are judged
+        monitor.record_operation("search_memory", 0.001, True)
+    assert monitor.recent_error_rate() == (0.0, 10)
+    assert monitor.health_score() == 1.0
+    # the lifetime figures still count everything; the recent errors still list the burst
+    assert monitor.get_current_metrics().failures == 10
+    assert len(monitor.recent_errors()) == 10
+    # an explicit window for one read; math.inf: the whole ring buffer, as before
+    assert monitor.recent_error_rate(window_s=math.inf) == (0.5, 20)
+
+
+def test_the_error_window_is_five_minutes_by_default_and_named_in_the_advice() -> None:
+    assert PerformanceThresholds().recent_window_s == 300.0
+    monitor = PerformanceMonitor()
+    for index in range(20):
+        monitor.record_operation("execute_tool", 0.001, index % 2 == 0)
+    assert "over the last 20 operations (in the last 300 s)" in monitor.recommendations()[0]
+
+
+@pytest.mark.parametrize("window", [0, 0.0, -1.0, float("nan"), "300", True, None])
+def test_a_bad_error_window_is_refused(window: Any) -> None:
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match=r"^recent_window_s: got .*; allowed a number > 0"):
+        PerformanceThresholds(recent_window_s=window)
+    monitor = PerformanceMonitor()
+    with pytest.raises(InvalidSettingError, match=r"^window_s: got .*; allowed a number of seconds > 0"):
+        monitor.recent_error_rate(window_s=window if window is not None else -5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cpu_percent": -1.0}, "cpu_percent: got -1.0; allowed a percentage of one core from 0 to "),
+        ({"memory_growth_mb": -5.0}, "memory_growth_mb: got -5.0; allowed a number >= 0"),
+        ({"memory_limit_mb": -512.0}, "memory_limit_mb: got -512.0; allowed a number >= 0 or None"),
+    ],
+)
+async def test_negative_limits_that_always_fire_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    """A negative CPU, memory-growth or memory limit was accepted and then fired at every read: "CPU use
+    averages 0% of one core (> -1%)", a health score lowered for ever."""
+    import re
+
+    from context_manager.core.errors import InvalidSettingError
+
+    with pytest.raises(InvalidSettingError, match=f"^{re.escape(message)}"):
+        PerformanceThresholds(**kwargs)
+
+
+def test_a_cpu_limit_this_machine_cannot_reach_is_refused() -> None:
+    """cpu_percent is a percentage of one core (psutil's process CPU use: 250 is two and a half cores);
+    beyond 100 x the logical CPUs it can never fire, and was accepted silently (850 meant as 85 %)."""
+    import os
+    import re
+
+    from context_manager.core.errors import InvalidSettingError
+
+    cpus = os.cpu_count() or 1
+    ceiling = 100 * cpus
+    expected = f"cpu_percent: got {ceiling + 1}; allowed a percentage of one core from 0 to {ceiling} ({cpus}"
+    with pytest.raises(InvalidSettingError, match=f"^{re.escape(expected)} logical CPU"):
+        PerformanceThresholds(cpu_percent=ceiling + 1)
+    assert PerformanceThresholds(cpu_percent=ceiling).cpu_percent == ceiling  # all cores busy: may fire
+    assert PerformanceThresholds(cpu_percent=0).cpu_percent == 0
+    if cpus >= 2:  # a multi-threaded process may use more than one core: a limit above 100 is meaningful
+        assert PerformanceThresholds(cpu_percent=150.0).cpu_percent == 150.0
+
+
+async def test_the_error_advice_names_the_operation_failing_in_the_window() -> None:
+    """The advice named the operation with the most of the last 50 failures whatever their age: after an
+    old burst of one operation, the failures of another one now were blamed on the old one."""
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(recent_window_s=0.3))
+    for _ in range(20):
+        monitor.record_operation("old_import", 0.001, False)
+    await asyncio.sleep(0.4)
+    for index in range(10):
+        monitor.record_operation("search_memory", 0.001, index >= 5)  # 5 of 10 fail now
+    advice = monitor.recommendations()
+    assert len(advice) == 1
+    assert "(most recent failures: 'search_memory', 5)" in advice[0], advice
+
+
+async def test_event_loop_lag_and_cpu_older_than_the_recent_window_no_longer_count() -> None:
+    """The lag and CPU rules judged every sample of the history (1,000 samples: about 17 minutes at the
+    manager's one sample a second), so one blocked moment kept the health score lowered and the advice
+    "Event loop lag reached ..." long after the loop ran freely again. The memory-growth rule still
+    looks at the whole history (a slow leak shows only over a long span)."""
+    limits = PerformanceThresholds(recent_window_s=0.3, min_cpu_samples=1)
+    async with PerformanceMonitor(sample_interval=0.01, thresholds=limits) as monitor:
+        await monitor.wait_for_sample()
+        time.sleep(0.15)  # noqa: ASYNC251 - a real fault: block the event loop
+        assert (await monitor.wait_for_sample()).event_loop_lag_ms >= 100.0
+        assert any(line.startswith("Event loop lag reached") for line in monitor.recommendations())
+        assert monitor.health_score() < 1.0
+        await asyncio.sleep(0.5)  # the loop runs freely: the blocked sample is older than the window
+        await monitor.wait_for_sample()
+        assert max(sample.event_loop_lag_ms for sample in monitor.samples()) >= 100.0  # still in history
+        assert not any(line.startswith("Event loop lag") for line in monitor.recommendations())
+        assert monitor.health_score() == 1.0

@@ -21,7 +21,7 @@ name                what it looks at                                            
 ``database``        ``check_integrity(quick=True)``: SQLite pages, FTS index      ``rebuild_index()`` (FTS)
 ``memory_pressure`` system memory in use, process RSS                            none
 ``event_loop``      how late a short timer fires (something blocks the loop)     none
-``error_rate``      recent failures in the manager's and running monitors        none
+``error_rate``      failures of the last 5 min in the manager's/running monitors none
 ``background_tasks`` watched background tasks are alive                          restart them
 =================== ============================================================ =========================
 

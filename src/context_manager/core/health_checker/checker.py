@@ -170,8 +170,7 @@ class HealthChecker:
             enable_auto_recovery = bool(getattr(config, "enable_auto_recovery", False))
         self.enable_auto_recovery = enable_auto_recovery
         """Whether known faults are repaired."""
-        self.thresholds = thresholds or HealthThresholds()
-        """Limits of the built-in checks."""
+        self._thresholds = thresholds or HealthThresholds()
         self._storage_path = None if storage_path is None else Path(storage_path)
         self._checks: dict[str, _Check] = {}
         self._watched: dict[str, WatchedTask] = {}
@@ -193,6 +192,17 @@ class HealthChecker:
                 lambda: own_monitor.sampler_alive or not own_monitor.is_monitoring,
                 own_monitor.start_monitoring,
             )
+
+    @property
+    def thresholds(self) -> HealthThresholds:
+        """Limits of the built-in checks; assign new ones to change them (used from the next check)."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds: HealthThresholds) -> None:
+        if not isinstance(thresholds, HealthThresholds):  # else every check using a limit failed
+            raise InvalidSettingError("thresholds", thresholds, "a HealthThresholds")
+        self._thresholds = thresholds
 
     # ------------------------------------------------------------------------------------ registry
 

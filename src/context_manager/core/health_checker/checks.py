@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import shutil
 import uuid
@@ -23,6 +24,7 @@ from context_manager.core.health_checker.recovery import (
     restore_storage,
 )
 from context_manager.core.performance_monitor import PerformanceMonitor
+from context_manager.core.performance_monitor.rules import describe_window
 
 __all__ = [
     "WatchedTask",
@@ -417,19 +419,25 @@ async def check_event_loop(limit_ms: float) -> CheckOutcome:
 
 
 def check_error_rate(monitors: Iterable[PerformanceMonitor], limits: HealthThresholds) -> CheckOutcome:
-    """The worst recent error rate among monitors with at least ``min_operations`` recent operations."""
+    """The worst recent error rate among monitors with ``min_operations`` in the last ``error_window_s`` s."""
+    window_s = limits.error_window_s
     worst_rate, worst_count, judged = 0.0, 0, 0
     for monitor in monitors:
-        rate, count = monitor.recent_error_rate()
+        rate, count = monitor.recent_error_rate(window_s=window_s)
         if count < limits.min_operations:
             continue
         judged += 1
         if rate >= worst_rate:
             worst_rate, worst_count = rate, count
-    details = {"monitors": judged, "error_rate": worst_rate, "operations": worst_count}
+    details = {
+        "monitors": judged,
+        "error_rate": worst_rate,
+        "operations": worst_count,
+        "window_s": window_s if math.isfinite(window_s) else None,  # None: any age (JSON has no inf)
+    }
     if not judged:
-        return CheckOutcome(HealthState.HEALTHY, "not enough recorded operations to judge", details)
-    message = f"{worst_rate:.1%} of the last {worst_count} operations failed"
+        return CheckOutcome(HealthState.HEALTHY, "not enough recent operations to judge", details)
+    message = f"{worst_rate:.1%} of the last {worst_count} operations failed{describe_window(window_s)}"
     recommendation = "Operations are failing: see the recent errors in the diagnostic report."
     if worst_rate >= limits.error_rate_unhealthy:
         return CheckOutcome(HealthState.UNHEALTHY, message, details, recommendation)

@@ -171,6 +171,10 @@ class HealthThresholds:
     """The error-rate check judges only monitors with at least this many recent operations."""
     write_failures_unhealthy: int = 3
     """Memory writes failing in a row from which ``storage_writes`` is unhealthy (one is degraded)."""
+    error_window_s: float = 300.0
+    """The error-rate check counts each monitor's operations of the last this many seconds (> 0), among
+    its last ``history_size`` (1,000 by default): older failures no longer count, and a monitor with fewer
+    than ``min_operations`` operations in the window is not judged. ``math.inf``: the whole ring buffer."""
 
     def __post_init__(self) -> None:
         """Check the limits' types at once (a bad one made its check fail with a ``TypeError``).
@@ -180,12 +184,14 @@ class HealthThresholds:
                 is NaN, is negative where only a count or a size makes sense, is an error rate outside
                 0 to 1 (5 meant as 5 % would never fire) or a memory percentage outside 0 to 100 (above
                 100 it never fires), or a degraded level is above its unhealthy one (the check is
-                unhealthy first, so degraded would never show: set both when lowering the unhealthy one).
+                unhealthy first, so degraded would never show: set both when lowering the unhealthy one), or
+                ``error_window_s`` is not > 0.
         """
         check_limits(
             self,
             integers=("min_operations", "write_failures_unhealthy"),
             fractions=("error_rate_degraded", "error_rate_unhealthy"),
+            positive=("error_window_s",),
             non_negative=(
                 "min_free_disk_mb",
                 "process_memory_limit_mb",

@@ -31,12 +31,16 @@ Your own code can use the same path with the :func:`monitored_operation` decorat
 Health score and recommendations
 --------------------------------
 Both are computed from the recorded data by explicit rules with the limits in
-:class:`PerformanceThresholds` (see :mod:`.rules`).
+:class:`PerformanceThresholds` (see :mod:`.rules`). *Recent* is the last ``recent_window_s`` seconds
+(300 by default): the error rate of the operations of that span (among the last ``history_size``), the
+event-loop lag and CPU of its samples.
 
 Prometheus export (``pip install 'python-context-manager[prometheus]'``)::
 
     from prometheus_client import REGISTRY
     REGISTRY.register(monitor.prometheus_collector())
+    # several monitors in one registry: one collector, a label per monitor
+    REGISTRY.register(PrometheusCollector({"support": first, "billing": second}, label="manager"))
 
 The package's modules: ``metrics`` (value objects), ``reservoir`` (bounded latency sample and
 percentiles), ``monitor`` (the monitor), ``timer``, ``rules`` (health score and advice), ``profiling``

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 from context_manager.core.errors import InvalidSettingError
 
 __all__ = ["OperationStats", "PerformanceMetrics", "PerformanceThresholds", "SystemSample"]
+
+
+def _cpu_percent_allowed() -> str:
+    cpus = os.cpu_count() or 1
+    return (
+        f"a percentage of one core from 0 to {100 * cpus} ({cpus} logical CPUs here; psutil's process "
+        "CPU use: 85 is 85 % of one core, 150 one and a half cores)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,41 +43,70 @@ class PerformanceThresholds:
     event_loop_lag_ms: float = 100.0
     """Event-loop lag (how late a timer fires) above this means something blocks the loop."""
     cpu_percent: float = 85.0
-    """Mean CPU use of the process (percent of one core) above this is reported."""
+    """Mean CPU use of the process (percent of one core, as psutil measures it: 250 is two and a half
+    cores busy) above this is reported; from 0 to 100 x the machine's logical CPUs (beyond, it never
+    fires)."""
     min_cpu_samples: int = 3
     """The CPU rule needs at least this many samples."""
     memory_growth_mb: float = 200.0
-    """Growth of resident memory over the sampled history above this is reported."""
+    """Growth of resident memory over the sampled history above this (>= 0) is reported."""
     memory_limit_mb: float | None = None
-    """Resident memory above this is reported; ``None`` disables the rule."""
+    """Resident memory above this (>= 0) is reported; ``None`` disables the rule."""
     hot_function_share: float = 0.5
     """With profiling, a function taking more than this share (0 to 1) of profiled time is reported."""
+    recent_window_s: float = 300.0
+    """What *recent* means to the rules, in seconds (> 0): the error rate counts the operations of the
+    last this many seconds, among the last ``history_size`` recorded (1,000 by default), and the
+    event-loop lag and CPU rules judge the samples of that span. Failures or a blocked moment older
+    than this no longer lower the score, and a quiet service with fewer than ``min_operations``
+    operations in it is not judged on its error rate. ``math.inf``: the whole history, whatever its
+    age. (The memory-growth rule always looks at the whole sampled history.)"""
 
     def __post_init__(self) -> None:
         """Check the limits' types at once (a bad one failed later, inside every health score).
 
         Raises:
             InvalidSettingError: a limit is not a number (an integer for the counts; a bool is neither),
-                is NaN, is negative where a negative one cannot be compared (``slow_operation_ms``,
-                ``event_loop_lag_ms``), or is a fraction outside 0 to 1 (``error_rate``,
-                ``hot_function_share``: 5 meant as 5 % would never fire).
+                is NaN, is negative (a negative limit fires at every read, or divides by zero), is a
+                fraction outside 0 to 1 (``error_rate``, ``hot_function_share``: 5 meant as 5 % would
+                never fire), ``cpu_percent`` is above 100 x this machine's logical CPUs (it would never
+                fire), or ``recent_window_s`` is not > 0.
         """
         check_limits(
             self,
             integers=("min_operations", "min_cpu_samples"),
-            non_negative=("slow_operation_ms", "event_loop_lag_ms", "min_operations", "min_cpu_samples"),
+            non_negative=(
+                "slow_operation_ms",
+                "event_loop_lag_ms",
+                "min_operations",
+                "min_cpu_samples",
+                "memory_growth_mb",
+                "memory_limit_mb",
+            ),
             fractions=("error_rate", "hot_function_share"),
+            positive=("recent_window_s",),
+            percentages=("cpu_percent",),
         )
+        if self.cpu_percent > 100 * (os.cpu_count() or 1):  # psutil's figure never gets there
+            raise InvalidSettingError("cpu_percent", self.cpu_percent, _cpu_percent_allowed())
 
 
 def check_limits(
-    limits: Any, *, integers: tuple[str, ...], non_negative: tuple[str, ...], fractions: tuple[str, ...] = ()
+    limits: Any,
+    *,
+    integers: tuple[str, ...],
+    non_negative: tuple[str, ...],
+    fractions: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    percentages: tuple[str, ...] = (),
 ) -> None:
     """Check every field of a thresholds dataclass.
 
     Each is a number (not NaN, not a bool), or ``None`` where the default is ``None``; an integer for
-    ``integers``; >= 0 for ``non_negative``; from 0 to 1 for ``fractions``. numpy's numbers count as
-    numbers (and are kept as Python's ``int`` and ``float``, so the limits stay JSON-safe).
+    ``integers``; >= 0 for ``non_negative`` and ``percentages`` (CPU, of one core: the caller checks the
+    top); > 0 for ``positive``; from 0 to 1 for ``fractions``.
+    numpy's numbers count as numbers (and are kept as Python's ``int`` and ``float``, so the limits
+    stay JSON-safe).
 
     Raises:
         InvalidSettingError: the first field that is not.
@@ -80,15 +118,25 @@ def check_limits(
         integer = item.name in integers
         fraction = item.name in fractions
         allowed = "an integer" if integer else "a number"
-        if fraction:
+        percentage = item.name in percentages
+        if percentage:
+            allowed = _cpu_percent_allowed()
+        elif fraction:
             allowed += " from 0 to 1 (a fraction: 0.05 is 5 %)"
         elif item.name in non_negative:
             allowed += " >= 0"
+        elif item.name in positive:
+            allowed += " > 0"
         if item.default is None:
             allowed += " or None"
         kinds = numbers.Integral if integer else numbers.Real  # numpy's numbers too
         valid = isinstance(value, kinds) and not isinstance(value, bool) and not math.isnan(value)
-        if not valid or (item.name in non_negative and value < 0) or (fraction and not 0 <= value <= 1):
+        if (
+            not valid
+            or ((item.name in non_negative or percentage) and value < 0)
+            or (item.name in positive and value <= 0)
+            or (fraction and not 0 <= value <= 1)
+        ):
             raise InvalidSettingError(item.name, value, allowed)
         if type(value) is not int and type(value) is not float:  # numpy.int64(5): kept as 5
             normal = int(value) if isinstance(value, numbers.Integral) else float(value)

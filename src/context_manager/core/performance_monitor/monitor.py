@@ -106,6 +106,7 @@ class PerformanceMonitor:
                 raise InvalidSettingError(setting, switch, "True or False")
         if thresholds is not None and not isinstance(thresholds, PerformanceThresholds):
             raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds or None")
+        self._thresholds = thresholds or PerformanceThresholds()
         self.sample_interval = float(sample_interval)
         """Seconds between background samples."""
         self.enable_profiling = enable_profiling
@@ -114,8 +115,6 @@ class PerformanceMonitor:
         """Length of the recent-operation and sample ring buffers."""
         self.reservoir_size = reservoir_size
         """Latency values kept per operation for percentiles."""
-        self.thresholds = thresholds or PerformanceThresholds()
-        """Limits for the health score and recommendations."""
         self.collect_library_operations = collect_library_operations
         """Whether the running monitor counts the library's instrumented operations."""
         self.max_operation_names = max_operation_names
@@ -138,6 +137,17 @@ class PerformanceMonitor:
         self._process: Any = None
         self.profiler = BlockProfiler()
         """Profiles the timed blocks when ``enable_profiling`` is set."""
+
+    @property
+    def thresholds(self) -> PerformanceThresholds:
+        """Limits for the health score and recommendations; assign new ones to change them."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds: PerformanceThresholds) -> None:
+        if not isinstance(thresholds, PerformanceThresholds):  # else every read failed later
+            raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds")
+        self._thresholds = thresholds
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -469,12 +479,32 @@ class PerformanceMonitor:
         with self._lock:
             return list(self._recent_errors)
 
-    def recent_error_rate(self) -> tuple[float, int]:
-        """Return (error rate, operation count) over the ring buffer of recent operations."""
+    def recent_error_rate(self, window_s: float | None = None) -> tuple[float, int]:
+        """Return (error rate, operation count) over the recent operations.
+
+        Recent: recorded in the last ``window_s`` seconds (``None``: ``thresholds.recent_window_s``, 300 by
+        default; ``math.inf``: any age), among the last ``history_size`` recorded. ``(0.0, 0)`` when none.
+
+        Raises:
+            InvalidSettingError: ``window_s`` is not a number of seconds > 0.
+        """
+        if window_s is None:
+            window_s = self.thresholds.recent_window_s
+        elif (
+            isinstance(window_s, bool)
+            or not isinstance(window_s, numbers.Real)
+            or math.isnan(window_s)
+            or window_s <= 0
+        ):
+            raise InvalidSettingError("window_s", window_s, "a number of seconds > 0 (or None)")
+        start = time.time() - window_s
+        count = failures = 0
         with self._lock:
             self._fold_locked()
-            count = len(self._recent)
-            failures = sum(1 for _, success in self._recent if not success)
+            for timestamp, success in self._recent:
+                if timestamp >= start:
+                    count += 1
+                    failures += not success
         return (failures / count if count else 0.0), count
 
     def samples(self) -> list[SystemSample]:
@@ -534,23 +564,28 @@ class PerformanceMonitor:
             else []
         )
         failure = self._sampling_error
+        window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
+        samples = list(self._samples)
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
-            recent_errors=self.recent_errors(),
+            recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
             operation_stats=list(self.operation_stats().values()),
-            samples=list(self._samples),
+            samples=samples,
+            recent_samples=[sample for sample in samples if sample.timestamp >= window_start],
             hottest_function=hottest[0] if hottest else None,
             sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
             sampling_errors=self._sampling_errors,
+            recent_window_s=self.thresholds.recent_window_s,
         )
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).
 
-        The product of: ``1 - recent error rate`` (from ``min_operations`` recent operations on; 1.0
-        before); ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among
-        those recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
+        The product of: ``1 - recent error rate`` (of the operations in the last
+        ``thresholds.recent_window_s`` seconds, from ``min_operations`` of them on; 1.0 before);
+        ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among those
+        recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
         ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
         """
@@ -605,6 +640,9 @@ class PerformanceMonitor:
 
     def prometheus_collector(self, namespace: str = "context_manager") -> PrometheusCollector:
         """Return a Prometheus collector exposing this monitor's figures (needs the ``prometheus`` extra).
+
+        A registry takes one collector per namespace: for several monitors in one registry, use one
+        ``PrometheusCollector({"a": monitor_a, "b": monitor_b})`` (a label per monitor).
 
         Raises:
             InvalidSettingError: ``namespace`` is not a valid start of a metric name
