@@ -466,3 +466,75 @@ async def test_the_prompt_of_megabytes_of_evicted_text_is_built_off_the_event_lo
     assert counter.long_text_threads and threading.main_thread().name not in counter.long_text_threads
     prompt = server.requests[-1].body["messages"]
     assert sum(len(part["content"]) for part in prompt) < 100_000  # cut to the adapter's input budget
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("field", ["stream", "model", "messages", "max_tokens", "timeout"])
+def test_summarizer_adapter_refuses_extra_parameters_it_sets_itself(
+    provider: str, field: str, server: ChatCompletionsServer
+) -> None:
+    """``extra_parameters={"stream": True}`` sent a request (billed) whose stream was then read as a
+    malformed response; a ``model`` or ``max_tokens`` there was silently replaced (or sent next to
+    ``max_completion_tokens``, which OpenAI refuses)."""
+    with pytest.raises(InvalidArgumentError, match=f"extra_parameters: .*{field}.*set by the summarizer"):
+        make_summarizer(provider, server, extra_parameters={field: True, "temperature": 0})
+    assert server.requests == []
+
+
+async def test_summarizer_adapter_sends_its_other_extra_parameters(server: ChatCompletionsServer) -> None:
+    summarizer = make_summarizer("openai", server, extra_parameters={"temperature": 0, "seed": 7})
+    async with summarizer:
+        await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    body = server.requests[-1].body
+    assert body["temperature"] == 0 and body["seed"] == 7 and body["model"] == "stub-model"
+
+
+@pytest.mark.parametrize(
+    ("provider", "variable"), [("openai", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_BASE_URL")]
+)
+def test_summarizer_adapter_reads_an_empty_base_url_variable_as_unset(
+    provider: str, variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OPENAI_BASE_URL=`` (an env file's empty line) made the SDK send every request to ``''``: three
+    attempts, then "connection failed (UnsupportedProtocol)" instead of a call to the provider."""
+    monkeypatch.setenv(variable, "")
+    summarizer: LLMSummarizer
+    if provider == "openai":
+        summarizer = OpenAISummarizer("gpt-4o-mini", api_key="sk-test")
+        assert summarizer.limit_field == "max_completion_tokens"
+    else:
+        summarizer = AnthropicSummarizer("claude-haiku-4-5", api_key="test-key")
+    assert str(summarizer.client.base_url).startswith(f"https://api.{provider}.com")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("base_url", ["127.0.0.1:8000/v1", "", "ftp://host/v1"])
+def test_summarizer_adapter_refuses_a_base_url_that_is_no_http_url(
+    provider: str, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``base_url`` without its scheme was taken for a local server; every request then failed with
+    "connection failed (UnsupportedProtocol)", after its retries."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    with pytest.raises(InvalidArgumentError, match=r"base_url: got .*; allowed an http:// or https:// URL"):
+        adapter("m", base_url=base_url)
+
+
+async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletionsServer) -> None:
+    """Anthropic's ``input_tokens`` leaves out the tokens read from or written to the prompt cache (a gateway
+    or ``extra_parameters`` may enable it): they are input all the same, billed, and the GenAI semantic
+    conventions count them in ``gen_ai.usage.input_tokens``."""
+    server.reply_usage = {
+        "input_tokens": 3,
+        "output_tokens": 40,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+    }
+    summarizer = make_summarizer("anthropic", server)
+    async with summarizer:
+        response = await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert response.usage.input_tokens == 1103 and response.usage.output_tokens == 40
+    assert summarizer.input_tokens == 1103
+    server.reply_usage = {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": None}
+    async with make_summarizer("anthropic", server) as plain:
+        assert (await plain.complete([Message.create("user", "hi there")], 40)).usage.input_tokens == 3

@@ -32,7 +32,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from context_manager.core.errors import InvalidArgumentError, SummarizerError, SummarizerRequestError
+from context_manager.core.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    SummarizerError,
+    SummarizerRequestError,
+)
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.prompt import DEFAULT_INSTRUCTIONS, SummaryPrompt, build_summary_prompt
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_counter
@@ -43,8 +48,10 @@ __all__ = [
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
+    "check_extra_parameters",
     "classify_sdk_error",
     "parse_retry_after",
+    "resolve_base_url",
     "usage_count",
 ]
 
@@ -400,6 +407,57 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             return None
         return max(when.timestamp() - time.time(), 0.0)
     return max(value, 0.0) if math.isfinite(value) else None
+
+
+def check_extra_parameters(extra_parameters: Any, reserved: Sequence[str]) -> dict[str, Any]:
+    """A copy of an adapter's ``extra_parameters``, refusing a field the adapter sets itself.
+
+    Such a field was silently replaced (``model``), sent next to the adapter's own (``max_tokens`` beside
+    ``max_completion_tokens``, which OpenAI refuses) or changed the answer's shape (``stream``: the
+    request was sent, and billed, and its stream read as a malformed response).
+
+    Raises:
+        InvalidArgumentError: not a mapping, or a key in ``reserved`` (or ``stream``, ``timeout``).
+    """
+    if extra_parameters is None:
+        return {}
+    if not isinstance(extra_parameters, Mapping):
+        raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+    reserved = (*reserved, "timeout", "stream")
+    taken = [name for name in reserved if name in extra_parameters]
+    if taken:
+        raise InvalidArgumentError(
+            "extra_parameters",
+            extra_parameters,
+            "request fields other than " + ", ".join(map(repr, reserved)),
+            detail=", ".join(map(repr, taken)) + " set by the summarizer: the model and the summary budget "
+            "are its arguments, the timeout is its timeout option, summaries are not streamed",
+        )
+    return dict(extra_parameters)
+
+
+def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
+    """The endpoint to send to: ``base_url``, else the ``variable`` environment variable, else ``default``.
+
+    An empty variable (an env file's ``OPENAI_BASE_URL=``) counts as unset: the SDKs took it for the URL
+    and sent every request to ``''``.
+
+    Raises:
+        InvalidArgumentError: ``base_url`` is no http:// or https:// URL.
+        ConfigurationError: the variable is set to something else than such a URL.
+    """
+    import os
+
+    name = "base_url"
+    if base_url is None:
+        base_url = os.environ.get(variable, "").strip() or None
+        if base_url is None:
+            return default
+        name = variable
+    if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
+        error = InvalidArgumentError if name == "base_url" else ConfigurationError
+        raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+    return base_url.strip()
 
 
 def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:

@@ -22,7 +22,9 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    check_extra_parameters,
     classify_sdk_error,
+    resolve_base_url,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -35,6 +37,9 @@ __all__ = ["OpenAISummarizer"]
 LimitField = Literal["max_tokens", "max_completion_tokens"]
 
 _OPENAI_HOST = "api.openai.com"
+_OPENAI_URL = "https://api.openai.com/v1"
+_RESERVED = ("model", "messages", "max_tokens", "max_completion_tokens")
+"""Request fields the adapter sets (``extra_parameters`` may not)."""
 
 
 class OpenAISummarizer(LLMSummarizer):
@@ -44,14 +49,15 @@ class OpenAISummarizer(LLMSummarizer):
         model: The model name (``"gpt-4o-mini"``, or the name a local server knows).
         client: An ``openai.AsyncOpenAI`` to use (its own retries are turned off for these requests; it is
             not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
-        base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL`` or
-            OpenAI's).
+        base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL``, unless
+            empty, or OpenAI's).
         api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when the endpoint, ``base_url`` or
             ``OPENAI_BASE_URL``, is not OpenAI's and no key is set, since local servers rarely check one).
         limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
             OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
             default the first for OpenAI's own endpoint, the second for any other ``base_url``.
-        extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``).
+        extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``); not the
+            ones the adapter sets (``model``, ``messages``, the output limit, ``timeout``, ``stream``).
         **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
             ``total_timeout``, ``max_input_tokens``, ``instructions``, ``counter``, ``backoff``,
             ``max_backoff``, ``max_retry_wait``).
@@ -59,7 +65,8 @@ class OpenAISummarizer(LLMSummarizer):
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
         ConfigurationError: no API key for OpenAI's own endpoint.
-        InvalidArgumentError: an argument is out of range.
+        InvalidArgumentError: an argument is out of range (a ``base_url`` that is no http(s) URL, an
+            ``extra_parameters`` field the adapter sets).
     """
 
     provider: ClassVar[str] = "openai"
@@ -84,20 +91,19 @@ class OpenAISummarizer(LLMSummarizer):
             raise InvalidArgumentError(
                 "limit_field", limit_field, "'max_tokens', 'max_completion_tokens' or None"
             )
-        if extra_parameters is not None and not isinstance(extra_parameters, Mapping):
-            raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+        extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = openai
         owns_client = client is None
         if client is None:
             import os
 
-            endpoint = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
-            local = endpoint is not None and urlsplit(endpoint).hostname != _OPENAI_HOST
+            endpoint = resolve_base_url(base_url, "OPENAI_BASE_URL", _OPENAI_URL)
+            local = urlsplit(endpoint).hostname != _OPENAI_HOST
             if api_key is None and local and not os.environ.get("OPENAI_API_KEY"):
                 api_key = "unused"  # the SDK insists on a key; local servers do not check it
             try:
                 client = openai.AsyncOpenAI(
-                    base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+                    base_url=endpoint, api_key=api_key, max_retries=0, timeout=self.timeout
                 )
             except openai.OpenAIError as error:
                 raise ConfigurationError(
@@ -115,7 +121,7 @@ class OpenAISummarizer(LLMSummarizer):
             limit_field = "max_completion_tokens" if host == _OPENAI_HOST else "max_tokens"
         self.limit_field: LimitField = limit_field
         """The request field carrying the output limit."""
-        self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
+        self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
