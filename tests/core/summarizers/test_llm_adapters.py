@@ -538,3 +538,21 @@ async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletion
     server.reply_usage = {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": None}
     async with make_summarizer("anthropic", server) as plain:
         assert (await plain.complete([Message.create("user", "hi there")], 40)).usage.input_tokens == 3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_timeout_bounds_a_response_that_trickles_in(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    """The SDKs' timeout bounds each read, not the request: an answer whose bytes kept coming (a gateway
+    sending keep-alive whitespace before a slow answer) took its full time however small ``timeout``."""
+    server.faults.append(Fault(kind="trickle", seconds=6.0))
+    summarizer = make_summarizer(provider, server, timeout=0.5, max_retries=0)
+    started = time.monotonic()
+    async with summarizer:
+        with pytest.raises(SummarizerRequestError, match="timed out"):
+            await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert time.monotonic() - started < 3.0
+    server.faults.append(Fault(kind="trickle", seconds=0.3))  # a trickle within the timeout is an answer
+    async with make_summarizer(provider, server, timeout=3.0) as patient:
+        assert (await patient.complete([Message.create("user", "I am Ada.")], 40)).text == SUMMARY

@@ -110,6 +110,9 @@ class RequestFailure:
     """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
 
 
+_TIMED_OUT = RequestFailure("the request timed out", retryable=True)
+
+
 class EmptyAnswer(Exception):
     """Raised by a provider subclass when the model answered without a usable text (not retried)."""
 
@@ -260,8 +263,11 @@ class LLMSummarizer(abc.ABC):
                         attempts=attempt - 1,
                     )
             self.requests += 1
+            # the SDKs' timeout bounds each read: an answer trickling in (keep-alive whitespace) outlived it
+            limit = asyncio.timeout(request_timeout)
             try:
-                text, usage = await self._request(prompt, request_timeout)
+                async with limit:
+                    text, usage = await self._request(prompt, request_timeout)
             except EmptyAnswer as empty:
                 self.input_tokens += empty.usage.input_tokens
                 self.output_tokens += empty.usage.output_tokens
@@ -269,7 +275,7 @@ class LLMSummarizer(abc.ABC):
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
             except Exception as error:
-                failure = self._classify(error)
+                failure = _TIMED_OUT if limit.expired() else self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)
                 if wait is None:
                     raise SummarizerRequestError(
@@ -356,7 +362,7 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
             f"HTTP {status} ({type(error).__name__})", retryable, status_code=status, retry_after=retry_after
         )
     if isinstance(error, sdk.APITimeoutError):
-        return RequestFailure("the request timed out", retryable=True)
+        return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
         return RequestFailure(
             f"connection failed ({type(error.__cause__ or error).__name__})", retryable=True
