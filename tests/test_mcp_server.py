@@ -770,6 +770,33 @@ async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_p
         await asyncio.wait_for(server.process.wait(), 60)
 
 
+async def test_mcp_stdio_a_lone_surrogate_escape_becomes_a_replacement_character(tmp_path: Path) -> None:
+    """A JavaScript client that cuts a text inside an emoji sends its half as a JSON escape (``"\\ud83d"``):
+    valid JSON, but no Unicode. The request was answered "Invalid Request: not a JSON-RPC 2.0 request"; it
+    now runs with U+FFFD in its place, as an invalid UTF-8 byte on the same channel does."""
+    server = await RawStdioServer.start(tmp_path / "memory", stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        call = '"method": "tools/call", "params": {"name": "memory_add", "arguments": {"content": '
+        await server.send('{"jsonrpc": "2.0", "id": 2, ' + call + '"Ada loves caf\\u00e9 \\ud83d"}}}')
+        added = await server.answer()
+        assert added["id"] == 2 and not added["result"].get("isError"), added
+        assert added["result"]["structuredContent"]["content"] == "Ada loves café \ufffd"
+        search = '"method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": '
+        await server.send('{"jsonrpc": "2.0", "id": 3, ' + search + '"caf\\u00e9 \\udc00"}}}')
+        found = await server.answer()
+        assert found["result"]["structuredContent"]["results"][0]["content"] == "Ada loves café \ufffd"
+        assert server.process.stdin is not None  # an invalid UTF-8 byte: replaced as before
+        server.process.stdin.write(b'{"jsonrpc": "2.0", "id": 4, "method": "ping", "params": {"x": "\xff"}}')
+        server.process.stdin.write(b"\n")
+        assert (await server.answer()) == {"jsonrpc": "2.0", "id": 4, "result": {}}
+    finally:
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        await asyncio.wait_for(server.process.wait(), 60)
+
+
 def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tmp_path: Path) -> None:
     """``--storage`` was silently ignored with ``memory_backend=postgres``."""
     directory = tmp_path / "m"

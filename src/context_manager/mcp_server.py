@@ -654,25 +654,31 @@ class _StdinLines:
                 return text
             if not text.strip():
                 continue  # a blank line: nothing to parse, nothing to answer
-            error = _protocol_error(text)
-            if error is None:
-                return text
+            checked = _checked_line(text)
+            if isinstance(checked, str):
+                return checked
             from mcp.shared.message import SessionMessage
 
-            await write_stream.send(SessionMessage(error))
+            await write_stream.send(SessionMessage(checked))
 
 
-def _protocol_error(text: str) -> Any:
-    """The JSON-RPC 2.0 error answering ``text`` if it is not a JSON-RPC message, else ``None``.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _checked_line(text: str) -> Any:
+    r"""``text`` if it is a JSON-RPC message (repaired, see below), else the JSON-RPC 2.0 error answering it.
 
     Invalid JSON is a parse error (-32700, id null); JSON that is no request, notification or response an
     invalid request (-32600, with its id when it has a usable one). MCP has no batches: an array is invalid.
+    A string escape of a lone UTF-16 surrogate (``"\ud83d"``, half an emoji, from a client that cut a
+    text) is valid JSON but no Unicode, which the SDK refuses: it becomes U+FFFD, as an invalid UTF-8 byte
+    does when the line is decoded.
     """
     import mcp_types
 
     try:
         mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
-        return None
+        return text
     except ValueError:  # pydantic's ValidationError is a ValueError
         pass
     try:
@@ -680,6 +686,15 @@ def _protocol_error(text: str) -> Any:
     except ValueError:
         error = mcp_types.ErrorData(code=mcp_types.PARSE_ERROR, message="Parse error")
         return mcp_types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    if "\\u" in text:  # only an escape can give a lone surrogate (the line was decoded with "replace")
+        repaired = _without_lone_surrogates(value)
+        if repaired != value:
+            line = json.dumps(repaired, ensure_ascii=False)
+            try:
+                mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                return line
+            except ValueError:
+                pass
     request_id = value.get("id") if isinstance(value, dict) else None
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
         request_id = None
@@ -690,6 +705,17 @@ def _protocol_error(text: str) -> Any:
     )
     error = mcp_types.ErrorData(code=mcp_types.INVALID_REQUEST, message=f"Invalid Request: {what}")
     return mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON) with each lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(key): _without_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 async def _serve_stdio(server: Any) -> None:
