@@ -244,6 +244,23 @@ async def test_summarizer_adapter_empty_choice_falls_back(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_an_answer_no_message_can_hold_still_counts_its_tokens(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A summary with a NUL character is refused (no message can hold it), but it was billed: the monitors
+    missed its tokens, while the adapter's own counters had them."""
+    server.reply_text = "Ada lives in Lisbon.\x00"
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        usage = manager.performance_monitor.token_usage().get("summarize")  # type: ignore[union-attr]
+    billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
+    assert summarizer.input_tokens == billed
+    assert usage is not None and usage["calls"] == 1 and usage["input_tokens"] == billed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_named_in_config_is_built_and_closed(
     provider: str, server: ChatCompletionsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
