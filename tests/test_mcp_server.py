@@ -288,6 +288,10 @@ async def test_mcp_memory_add_describes_the_configured_long_term_threshold(tmp_p
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
         described = listed["memory_add"].input_schema["properties"]["importance"]["description"]
         assert "0.85+ is kept long-term" in described
+        # and so do the server's instructions (they said "0.8+ for things that must not be forgotten",
+        # which a threshold of 0.85 keeps short-term only)
+        assert client.instructions is not None and "0.85+" in client.instructions
+        assert "0.8+" not in client.instructions
         stored = await client.call_tool(
             "memory_add", {"content": "Dana owns the billing API", "importance": 0.85}
         )

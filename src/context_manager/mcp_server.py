@@ -95,7 +95,8 @@ SERVER_NAME = "context-manager"
 _INSTRUCTIONS = (
     "Long-term memory for this user. Call memory_search before answering questions that may depend on "
     "earlier conversations or the user's preferences; call memory_add to keep a durable fact (importance "
-    "0-1: 0.8+ for things that must not be forgotten). Memories persist across sessions."
+    "0-1: {threshold:g}+ keeps it in long-term memory, for things that must not be forgotten). Memories "
+    "persist across sessions."
 )
 
 
@@ -192,6 +193,11 @@ class _MemoryHandle:
                     await memory.cleanup()
 
 
+def _memory_config(handle: _MemoryHandle) -> ContextManagerConfig:
+    """The configuration the memory applies: the given memory's, else the server's."""
+    return handle.config if handle.given is None else handle.given.config
+
+
 def _require_mcp() -> type[MCPServer[Any]]:
     """The SDK's server class, or ``MissingDependencyError`` naming the ``mcp`` extra."""
     try:
@@ -255,7 +261,8 @@ def create_mcp_server(
     server: MCPServer[Any] = server_class(
         name,
         title="context-manager memory",
-        instructions=_INSTRUCTIONS,
+        # the threshold the store applies (configurable), as the memory_add schema says it
+        instructions=_INSTRUCTIONS.format(threshold=_memory_config(handle).long_term_importance_threshold),
         version=_version(),
         lifespan=lifespan,
         log_level="WARNING",
@@ -391,9 +398,9 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
     remember = memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False))
     # the threshold the store applies (configurable), not the default's 0.7 (the annotation is evaluated
     # where the function is defined, so the schema's text is set here)
-    config = handle.config if handle.given is None else handle.given.config
     importance = remember.parameters["properties"]["importance"]
-    importance["description"] = _IMPORTANCE_TEXT.format(threshold=config.long_term_importance_threshold)
+    threshold = _memory_config(handle).long_term_importance_threshold
+    importance["description"] = _IMPORTANCE_TEXT.format(threshold=threshold)
     return [
         remember,
         memory_tool(
