@@ -294,7 +294,9 @@ async def test_summarizer_adapter_gives_up_on_a_retry_after_longer_than_allowed(
     server.faults.append(Fault(status=503, headers={"retry-after": "120"}))
     summarizer = make_summarizer(provider, server, max_retry_wait=5.0)
     started = time.perf_counter()
-    with pytest.raises(SummarizerRequestError, match="HTTP 503") as raised:
+    # the reason it did not retry is said (it read like a failure after the retries)
+    reason = r"HTTP 503 .*\(not retried: the server asked to wait 120 s, more than max_retry_wait \(5 s\)"
+    with pytest.raises(SummarizerRequestError, match=reason) as raised:
         await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
     assert time.perf_counter() - started < 2.0
     assert raised.value.status_code == 503 and raised.value.attempts == 1
@@ -306,7 +308,8 @@ async def test_summarizer_adapter_stops_retrying_at_its_total_timeout(server: Ch
     server.faults.extend(Fault(status=429, headers={"retry-after": "1"}) for _ in range(5))
     summarizer = make_summarizer("openai", server, max_retries=5, total_timeout=1.5)
     started = time.perf_counter()
-    with pytest.raises(SummarizerRequestError, match="HTTP 429"):
+    reason = r"HTTP 429 .*\(after 2 attempts; not retried: the next would end past total_timeout \(1.5 s\)\)"
+    with pytest.raises(SummarizerRequestError, match=reason):
         await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
     assert time.perf_counter() - started < 1.5
     assert len(server.requests) == 2  # the third attempt would start after the deadline
@@ -573,3 +576,27 @@ async def test_summarizer_adapter_timeout_bounds_a_response_that_trickles_in(
     server.faults.append(Fault(kind="trickle", seconds=0.3))  # a trickle within the timeout is an answer
     async with make_summarizer(provider, server, timeout=3.0) as patient:
         assert (await patient.complete([Message.create("user", "I am Ada.")], 40)).text == SUMMARY
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    ("status", "hint"), [(401, "check the API key"), (403, "check the API key"), (404, "check the model")]
+)
+async def test_summarizer_adapter_says_what_to_check_on_a_client_error(
+    provider: str, status: int, hint: str, server: ChatCompletionsServer
+) -> None:
+    """ "HTTP 404 (NotFoundError)" was all a user got for a base_url without its /v1 or a model the server
+    does not have (the body is left out: some servers quote the request in it)."""
+    server.faults.append(Fault(status=status))
+    async with make_summarizer(provider, server) as summarizer:
+        with pytest.raises(SummarizerRequestError, match=f"HTTP {status} .*{hint}"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+async def test_summarizer_adapter_on_a_base_url_without_v1_says_to_check_it(
+    server: ChatCompletionsServer,
+) -> None:
+    base_url = server.base_url.removesuffix("/v1")  # Ollama's http://127.0.0.1:11434 instead of .../v1
+    async with OpenAISummarizer("stub-model", base_url=base_url) as summarizer:
+        with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*base_url .*/v1"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)

@@ -277,10 +277,12 @@ class LLMSummarizer(abc.ABC):
             except Exception as error:
                 failure = _TIMED_OUT if limit.expired() else self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)
-                if wait is None:
+                if not isinstance(wait, float):
+                    notes = [f"after {attempt} attempts"] if attempt > 1 else []
+                    if wait:
+                        notes.append(f"not retried: {wait}")
                     raise SummarizerRequestError(
-                        f"{self.name}: {failure.description}"
-                        + (f" (after {attempt} attempts)" if attempt > 1 else ""),
+                        f"{self.name}: {failure.description}" + (f" ({'; '.join(notes)})" if notes else ""),
                         provider=self.provider,
                         status_code=failure.status_code,
                         attempts=attempt,
@@ -304,19 +306,22 @@ class LLMSummarizer(abc.ABC):
 
     def _wait_before_retry(
         self, failure: RequestFailure, attempt: int, deadline: float | None
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up."""
+    ) -> float | str:
+        """Seconds to wait before the next attempt, or why there is none.
+
+        ``""`` when the failure is not worth retrying or no retry is left.
+        """
         if not failure.retryable or attempt > self.max_retries:
-            return None
+            return ""
         if failure.retry_after is not None:
-            wait = failure.retry_after
+            wait = float(failure.retry_after)
             if wait > self.max_retry_wait:
-                logger.info("%s: retry-after %.1f s exceeds max_retry_wait; giving up", self.name, wait)
-                return None
+                allowed = self.max_retry_wait
+                return f"the server asked to wait {wait:g} s, more than max_retry_wait ({allowed:g} s)"
         else:
             wait = self._random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
         if deadline is not None and self._clock() + wait >= deadline:
-            return None
+            return f"the next would end past total_timeout ({self.total_timeout:g} s)"
         return wait
 
     @abc.abstractmethod
@@ -351,6 +356,14 @@ class LLMSummarizer(abc.ABC):
         await self.cleanup()
 
 
+_STATUS_HINTS = {
+    401: "check the API key",
+    403: "check the API key and its access to the model",
+    404: "check the model name and the base_url",
+}
+"""What to check after a status (the response body is left out: some servers quote the request in it)."""
+
+
 def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
     """Classify an exception of the ``openai`` or ``anthropic`` SDK (their error classes share a shape)."""
     if isinstance(error, sdk.APIStatusError):
@@ -358,8 +371,12 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         retryable = status in RETRYABLE_STATUSES or status >= 500
         headers = getattr(error.response, "headers", None) or {}
         retry_after = parse_retry_after(headers) if retryable else None
+        hint = _STATUS_HINTS.get(status)
         return RequestFailure(
-            f"HTTP {status} ({type(error).__name__})", retryable, status_code=status, retry_after=retry_after
+            f"HTTP {status} ({type(error).__name__})" + (f"; {hint}" if hint else ""),
+            retryable,
+            status_code=status,
+            retry_after=retry_after,
         )
     if isinstance(error, sdk.APITimeoutError):
         return _TIMED_OUT

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -158,7 +159,16 @@ class OpenAISummarizer(LLMSummarizer):
         return content, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
-        return classify_sdk_error(error, self._sdk)
+        failure = classify_sdk_error(error, self._sdk)
+        if failure.status_code == 404 and not urlsplit(str(self.client.base_url)).path.rstrip("/").endswith(
+            "/v1"
+        ):
+            # Ollama's http://127.0.0.1:11434 for http://127.0.0.1:11434/v1: the most common slip
+            return dataclasses.replace(
+                failure,
+                description=f"{failure.description} (an OpenAI-compatible base_url usually ends in /v1)",
+            )
+        return failure
 
 
 def _part_text(part: Any) -> str:
