@@ -570,6 +570,33 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
         holder.wait(timeout=30)
 
 
+def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -> None:
+    """The banner said "serving on http://127.0.0.1:PORT/mcp", then uvicorn's own log line and exit code 3
+    followed; the command now fails as on a locked store, before the banner (the store is closed again)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "m")]
+            + ["--http", str(port)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT},
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    assert completed.returncode == 1, completed.stderr
+    assert completed.stderr.startswith("error: http: got ") and f"127.0.0.1:{port}" in completed.stderr
+    assert "in use" in completed.stderr and "serving on" not in completed.stderr
+
+    async def reopen() -> None:  # the store was closed (its lock released)
+        async with MemoryManager(ContextManagerConfig(storage_path=tmp_path / "m")) as memory:
+            assert memory.is_initialized
+
+    asyncio.run(reopen())
+
+
 async def test_mcp_memory_tools_refuse_unknown_arguments_naming_the_allowed_ones(tmp_path: Path) -> None:
     async with in_process(tmp_path, user_id="hana") as client:
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}

@@ -564,12 +564,15 @@ async def run_mcp_server(
     error instead of a dropped session. Returns when the client disconnects (stdio) or on interruption.
 
     Raises:
+        ConfigurationError: ``http_port`` is in use (or not allowed) on 127.0.0.1.
         StorageError: the memory store cannot be opened (locked by another process, damaged ...).
         MissingDependencyError: the ``mcp`` extra is not installed.
         InvalidArgumentError: a ``user_id`` the memory refuses (checked before the store is opened).
     """
     _require_mcp()  # before the store is opened (or created): without the extra nothing can serve
     _check_server_user(user_id)
+    if http_port is not None:
+        _check_port_free(http_port)
     memory = MemoryManager(config)
     await memory.initialize()
     try:
@@ -589,6 +592,27 @@ async def run_mcp_server(
             await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
     finally:
         await memory.cleanup()
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a port another program listens on, before the banner says "serving on" it.
+
+    uvicorn found it at its start, after the banner, and ended the process with its own log line and exit
+    code 3.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise ConfigurationError(
+                "http",
+                port,
+                "a port free on 127.0.0.1",
+                detail=f"127.0.0.1:{port}: {error.strerror or error}",
+            ) from None
 
 
 class _StdinLines:
