@@ -600,3 +600,30 @@ async def test_summarizer_adapter_on_a_base_url_without_v1_says_to_check_it(
     async with OpenAISummarizer("stub-model", base_url=base_url) as summarizer:
         with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*base_url .*/v1"):
             await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_summarizer_adapter_refuses_a_synchronous_client(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    """``client=OpenAI()`` (not ``AsyncOpenAI``) was accepted: each summary then sent its request from the
+    event loop, blocking it, and failed on the answer with "malformed response (TypeError)"."""
+    import anthropic
+    import openai
+
+    sync_client: Any
+    if provider == "openai":
+        sync_client = openai.OpenAI(base_url=server.base_url, api_key="test-key")
+        with pytest.raises(InvalidArgumentError, match=r"client: got .*; allowed an openai\.AsyncOpenAI"):
+            OpenAISummarizer("stub-model", client=sync_client)
+    else:
+        sync_client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test-key")
+        with pytest.raises(
+            InvalidArgumentError, match=r"client: got .*; allowed an anthropic\.AsyncAnthropic"
+        ):
+            AnthropicSummarizer("stub-model", client=sync_client)
+    sync_client.close()
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    with pytest.raises(InvalidArgumentError, match="client: got 'http://"):
+        adapter("stub-model", client=server.base_url)  # type: ignore[arg-type]
+    assert server.requests == []

@@ -18,6 +18,7 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    check_client,
     check_extra_parameters,
     classify_sdk_error,
     resolve_base_url,
@@ -55,8 +56,8 @@ class AnthropicSummarizer(LLMSummarizer):
     Raises:
         MissingDependencyError: the ``anthropic`` package is not installed.
         ConfigurationError: no API key.
-        InvalidArgumentError: an argument is out of range (a ``base_url`` that is no http(s) URL, an
-            ``extra_parameters`` field the adapter sets).
+        InvalidArgumentError: an argument is out of range (a synchronous ``client``, a ``base_url`` that is
+            no http(s) URL, an ``extra_parameters`` field the adapter sets).
     """
 
     provider: ClassVar[str] = "anthropic"
@@ -76,6 +77,7 @@ class AnthropicSummarizer(LLMSummarizer):
             import anthropic
         except ImportError:
             raise MissingDependencyError("AnthropicSummarizer", "anthropic", "anthropic") from None
+        check_client(client, anthropic, "anthropic.AsyncAnthropic")
         extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = anthropic
         owns_client = client is None

@@ -48,6 +48,7 @@ __all__ = [
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
+    "check_client",
     "check_extra_parameters",
     "classify_sdk_error",
     "parse_retry_after",
@@ -430,6 +431,28 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             return None
         return max(when.timestamp() - time.time(), 0.0)
     return max(value, 0.0) if math.isfinite(value) else None
+
+
+def check_client(client: Any, sdk: Any, expected: str) -> None:
+    """Refuse a ``client=`` that is not an asynchronous client of ``sdk`` (``openai`` or ``anthropic``).
+
+    A synchronous one (``OpenAI()`` for ``AsyncOpenAI()``) sent each request from the event loop, blocking
+    it, and the answer then failed as a "malformed response (TypeError)".
+
+    Raises:
+        InvalidArgumentError: anything else than ``None`` or such a client.
+    """
+    if client is None:
+        return
+    base = getattr(getattr(sdk, "_base_client", None), "AsyncAPIClient", None)  # the SDKs' shared base
+    usable = isinstance(client, base) if isinstance(base, type) else hasattr(client, "with_options")
+    if not usable:
+        raise InvalidArgumentError(
+            "client",
+            client,
+            f"an {expected} (or another asynchronous client of the {sdk.__name__} SDK, such as its Azure, "
+            "Bedrock or Vertex ones), or None",
+        )
 
 
 def check_extra_parameters(extra_parameters: Any, reserved: Sequence[str]) -> dict[str, Any]:

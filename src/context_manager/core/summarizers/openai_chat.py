@@ -23,6 +23,7 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    check_client,
     check_extra_parameters,
     classify_sdk_error,
     resolve_base_url,
@@ -66,8 +67,8 @@ class OpenAISummarizer(LLMSummarizer):
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
         ConfigurationError: no API key for OpenAI's own endpoint.
-        InvalidArgumentError: an argument is out of range (a ``base_url`` that is no http(s) URL, an
-            ``extra_parameters`` field the adapter sets).
+        InvalidArgumentError: an argument is out of range (a synchronous ``client``, a ``base_url`` that is
+            no http(s) URL, an ``extra_parameters`` field the adapter sets).
     """
 
     provider: ClassVar[str] = "openai"
@@ -92,6 +93,7 @@ class OpenAISummarizer(LLMSummarizer):
             raise InvalidArgumentError(
                 "limit_field", limit_field, "'max_tokens', 'max_completion_tokens' or None"
             )
+        check_client(client, openai, "openai.AsyncOpenAI")
         extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = openai
         owns_client = client is None
