@@ -407,6 +407,18 @@ async def test_mcp_two_sessions_share_one_open_store(tmp_path: Path) -> None:
         assert len(found.structured_content["results"]) == 1  # type: ignore[index]
 
 
+async def test_mcp_a_memory_given_but_not_initialized_is_named_in_the_error(tmp_path: Path) -> None:
+    """Every call answered "the server is starting or stopping" when the MemoryManager passed in was never
+    initialized: nothing pointed at the caller's missing ``initialize()``."""
+    memory = MemoryManager(ContextManagerConfig(storage_path=tmp_path / "memory"))
+    async with Client(create_mcp_server(memory=memory, user_id="hana")) as client:
+        refused = await client.call_tool("memory_add", {"content": "Hana prefers tea"})
+        assert refused.is_error and "initialize" in text_of(refused)
+        async with memory:  # opened later: the same server then works
+            added = await client.call_tool("memory_add", {"content": "Hana prefers tea"})
+            assert not added.is_error, text_of(added)
+
+
 def test_mcp_server_rejects_bad_arguments_clearly(tmp_path: Path) -> None:
     config = ContextManagerConfig(storage_path=tmp_path / "memory")
     with pytest.raises(InvalidArgumentError, match="user_id: got ''"):

@@ -168,6 +168,11 @@ class _MemoryHandle:
         if memory is None or not memory.is_initialized:
             from mcp.server.mcpserver.exceptions import ToolError
 
+            if self._given is not None:  # the caller opens and closes it
+                raise ToolError(
+                    "the memory store is not open (the MemoryManager given to create_mcp_server is not "
+                    "initialized: await memory.initialize() before serving, or pass none)"
+                )
             raise ToolError("the memory store is not open (the server is starting or stopping)")
         return memory
 
