@@ -458,6 +458,9 @@ def write_tools_module(directory: Path) -> None:
             def make_registry():
                 return registry
 
+            def broken_factory():
+                raise RuntimeError("database not reachable")
+
             not_tools = 42
             '''
         ),
@@ -480,13 +483,18 @@ def test_mcp_load_tool_registry_errors_name_the_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_tools_module(tmp_path)
+    (tmp_path / "crashing_tools.py").write_text("import os\nDSN = os.environ['SHOP_DSN']\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "shop_tools", raising=False)
+    monkeypatch.delenv("SHOP_DSN", raising=False)
     for spec, fragment in (
         ("shop_tools", "allowed 'module:attribute'"),
         ("no_such_module_xyz:registry", "cannot import 'no_such_module_xyz'"),
         ("shop_tools:missing", "has no 'missing'"),
         ("shop_tools:not_tools", "got a int"),
+        # the application's own failures were "internal error ... (a bug; ... report it)" in the command
+        ("shop_tools:broken_factory", r"broken_factory\(\) raised RuntimeError: database not reachable"),
+        ("crashing_tools:registry", "importing 'crashing_tools' raised KeyError: 'SHOP_DSN'"),
     ):
         with pytest.raises(ConfigurationError, match=fragment):
             load_tool_registry(spec)

@@ -509,8 +509,8 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
     ``ToolManager(config)``), or a function without arguments returning either.
 
     Raises:
-        ConfigurationError: a malformed spec, a module or attribute that cannot be imported, or an
-            attribute of another kind.
+        ConfigurationError: a malformed spec, a module or attribute that cannot be imported (or whose
+            import or factory raises), or an attribute of another kind.
     """
     allowed = (
         "'module:attribute' naming a ToolManager, a list of @tool functions, or a function returning one"
@@ -524,6 +524,10 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
         raise ConfigurationError(
             "tools", spec, allowed, detail=f"cannot import {module_name!r}: {error}"
         ) from None
+    except Exception as error:  # the application's module failed (not a bug of this library)
+        raise ConfigurationError(
+            "tools", spec, allowed, detail=f"importing {module_name!r} raised {_raised(error)}"
+        ) from error
     value: Any = module
     for part in attribute.strip().split("."):
         try:
@@ -537,7 +541,12 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
             raise ConfigurationError(
                 "tools", spec, allowed, detail="the factory must be a plain (sync) function"
             )
-        value = value()
+        try:
+            value = value()
+        except Exception as error:  # the application's factory failed (not a bug of this library)
+            raise ConfigurationError(
+                "tools", spec, allowed, detail=f"{attribute.strip()}() raised {_raised(error)}"
+            ) from error
     if isinstance(value, ToolManager):
         return value
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
@@ -551,6 +560,12 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
             manager.register_tool(item)
         return manager
     raise ConfigurationError("tools", spec, allowed, detail=f"got a {type(value).__name__}")
+
+
+def _raised(error: Exception) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------- running
