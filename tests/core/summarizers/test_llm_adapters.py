@@ -627,3 +627,13 @@ def test_summarizer_adapter_refuses_a_synchronous_client(
     with pytest.raises(InvalidArgumentError, match="client: got 'http://"):
         adapter("stub-model", client=server.base_url)  # type: ignore[arg-type]
     assert server.requests == []
+
+
+async def test_anthropic_summarizer_on_a_base_url_with_v1_says_to_drop_it(
+    server: ChatCompletionsServer,
+) -> None:
+    """The Anthropic SDK appends /v1/messages itself: an OpenAI-style base_url ending in /v1 is a 404."""
+    base_url = server.anthropic_base_url + "/v1"
+    async with AnthropicSummarizer("stub-model", base_url=base_url, api_key="test-key") as summarizer:
+        with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*without the /v1"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)

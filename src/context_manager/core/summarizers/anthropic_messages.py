@@ -9,8 +9,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from context_manager.core.errors import ConfigurationError, MissingDependencyError
 from context_manager.core.summarizers.llm import (
@@ -142,4 +144,11 @@ class AnthropicSummarizer(LLMSummarizer):
         return text, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
-        return classify_sdk_error(error, self._sdk)
+        failure = classify_sdk_error(error, self._sdk)
+        if failure.status_code == 404 and urlsplit(str(self.client.base_url)).path.rstrip("/").endswith(
+            "/v1"
+        ):
+            # an OpenAI-style base_url: the SDK appends /v1/messages itself
+            hint = "an Anthropic base_url goes without the /v1, which the SDK adds"
+            return dataclasses.replace(failure, description=f"{failure.description} ({hint})")
+        return failure
