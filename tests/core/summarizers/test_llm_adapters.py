@@ -343,6 +343,15 @@ def test_summarizer_adapter_limit_field_defaults_by_endpoint(server: ChatComplet
     assert OpenAISummarizer(
         "m", base_url=server.base_url, limit_field="max_completion_tokens"
     ).limit_field == ("max_completion_tokens")
+    # Azure OpenAI serves OpenAI's models, whose reasoning ones refuse max_tokens (it sent max_tokens)
+    azure = OpenAISummarizer("gpt-5-mini", base_url="https://shop.openai.azure.com/openai/v1", api_key="k")
+    assert azure.limit_field == "max_completion_tokens"
+    import openai
+
+    client = openai.AsyncAzureOpenAI(
+        api_key="k", api_version="2024-10-21", azure_endpoint="https://shop.cognitiveservices.azure.com"
+    )
+    assert OpenAISummarizer("gpt-5-mini", client=client).limit_field == "max_completion_tokens"
 
 
 def test_summarizer_adapter_bad_arguments_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ LimitField = Literal["max_tokens", "max_completion_tokens"]
 
 _OPENAI_HOST = "api.openai.com"
 _OPENAI_URL = "https://api.openai.com/v1"
+_AZURE_OPENAI_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
 _RESERVED = ("model", "messages", "max_tokens", "max_completion_tokens")
 """Request fields the adapter sets (``extra_parameters`` may not)."""
 
@@ -57,7 +58,8 @@ class OpenAISummarizer(LLMSummarizer):
             ``OPENAI_BASE_URL``, is not OpenAI's and no key is set, since local servers rarely check one).
         limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
             OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
-            default the first for OpenAI's own endpoint, the second for any other ``base_url``.
+            default the first for OpenAI's own endpoint and Azure OpenAI's, the second for any other
+            ``base_url``.
         extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``); not the
             ones the adapter sets (``model``, ``messages``, the output limit, ``timeout``, ``stream``).
         **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
@@ -121,7 +123,7 @@ class OpenAISummarizer(LLMSummarizer):
             self._client_to_close = client
         if limit_field is None:
             host = urlsplit(str(self.client.base_url)).hostname or ""
-            limit_field = "max_completion_tokens" if host == _OPENAI_HOST else "max_tokens"
+            limit_field = "max_completion_tokens" if _serves_openai_models(host) else "max_tokens"
         self.limit_field: LimitField = limit_field
         """The request field carrying the output limit."""
         self.extra_parameters: dict[str, Any] = extra
@@ -171,6 +173,15 @@ class OpenAISummarizer(LLMSummarizer):
                 description=f"{failure.description} (an OpenAI-compatible base_url usually ends in /v1)",
             )
         return failure
+
+
+def _serves_openai_models(host: str) -> bool:
+    """Whether ``host`` serves OpenAI's models (OpenAI's API, an Azure OpenAI resource).
+
+    Their reasoning models refuse ``max_tokens``; any other host is a compatible server, which reads it.
+    """
+    host = host.lower()
+    return host == _OPENAI_HOST or host.endswith(_AZURE_OPENAI_HOSTS)
 
 
 def _part_text(part: Any) -> str:
