@@ -292,6 +292,10 @@ async def test_mcp_memory_add_describes_the_configured_long_term_threshold(tmp_p
         # which a threshold of 0.85 keeps short-term only)
         assert client.instructions is not None and "0.85+" in client.instructions
         assert "0.8+" not in client.instructions
+        # the stored memory comes back as its short-term copy: the output schema says the long-term one
+        # exists too (it read "where it is kept: short", contradicting the importance given)
+        tier = listed["memory_add"].output_schema["properties"]["tier"]["description"]  # type: ignore[index]
+        assert "long-term copy" in tier
         stored = await client.call_tool(
             "memory_add", {"content": "Dana owns the billing API", "importance": 0.85}
         )

@@ -107,7 +107,12 @@ class MemoryItem(BaseModel):
     content: str = Field(description="The remembered text.")
     importance: float = Field(description="0 (trivial) to 1 (critical).")
     tags: list[str] = Field(description="Labels.")
-    tier: str = Field(description="Where it is kept: short, medium or long.")
+    tier: str = Field(
+        description=(
+            "The tier of this copy: short, medium or long. A memory stored with an importance at or above "
+            "the long-term threshold comes back as short but also has a long-term copy."
+        )
+    )
     created_at: float = Field(description="When it was stored, seconds since the epoch.")
     score: float | None = Field(None, description="Relevance of a search result (higher is better).")
 
