@@ -145,9 +145,8 @@ class AnthropicSummarizer(LLMSummarizer):
 
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)
-        if failure.status_code == 404 and urlsplit(str(self.client.base_url)).path.rstrip("/").endswith(
-            "/v1"
-        ):
+        path = urlsplit(str(self.client.base_url)).path.rstrip("/")
+        if failure.status_code == 404 and path.endswith("/v1"):
             # an OpenAI-style base_url: the SDK appends /v1/messages itself
             hint = "an Anthropic base_url goes without the /v1, which the SDK adds"
             return dataclasses.replace(failure, description=f"{failure.description} ({hint})")

@@ -164,8 +164,11 @@ class OpenAISummarizer(LLMSummarizer):
 
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)
-        if failure.status_code == 404 and not urlsplit(str(self.client.base_url)).path.rstrip("/").endswith(
-            "/v1"
+        url = urlsplit(str(self.client.base_url))
+        if (
+            failure.status_code == 404
+            and not url.path.rstrip("/").endswith("/v1")
+            and not _serves_openai_models(url.hostname or "")
         ):
             # Ollama's http://127.0.0.1:11434 for http://127.0.0.1:11434/v1: the most common slip
             return dataclasses.replace(
