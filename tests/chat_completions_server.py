@@ -9,7 +9,8 @@ It speaks enough of both protocols for the real ``openai`` and ``anthropic`` cli
 
 Faults are scripted per request: ``server.faults.append(Fault(status=429, headers={"retry-after": "1"}))``
 makes the next request fail that way; kinds are an HTTP status with the provider's error body, a malformed
-body, an empty answer (no choices / no content) and a hang (the reply comes after ``seconds``). Every
+body, an empty answer (no choices / no content), a hang (the reply comes after ``seconds``) and a trickle (the
+reply's bytes spread over ``seconds``). Every
 request is recorded (path, headers, JSON body, whether a fault answered it) so tests can check what the
 client sent.
 """
@@ -39,13 +40,15 @@ ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
 class Fault:
     """How the server answers one request instead of normally."""
 
-    kind: Literal["status", "malformed", "empty", "hang"] = "status"
+    kind: Literal["status", "malformed", "empty", "hang", "trickle"] = "status"
     status: int = 500
     """For ``kind="status"``: the HTTP status."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (``retry-after`` ...)."""
     seconds: float = 5.0
-    """For ``kind="hang"``: how long to wait before answering normally."""
+    """For ``kind="hang"``: how long to wait before answering normally; for ``kind="trickle"``: how long
+    the normal answer takes, sent a few bytes at a time after its headers (as a gateway sending keep-alive
+    whitespace does)."""
 
 
 @dataclass
@@ -156,6 +159,10 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                 if state.stopping.wait(fault.seconds):
                     return
                 fault = None
+            if fault is not None and fault.kind == "trickle":
+                reply = state.anthropic_reply_to(body) if anthropic else state.reply_to(body)
+                self._trickle(b" " * 20 + json.dumps(reply).encode(), fault.seconds)
+                return
             if fault is None:
                 self._send(200, state.anthropic_reply_to(body) if anthropic else state.reply_to(body))
             elif fault.kind == "status":
@@ -184,6 +191,21 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                pass
+
+        def _trickle(self, data: bytes, seconds: float) -> None:
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                pieces = [data[start : start + 16] for start in range(0, len(data), 16)]
+                for piece in pieces:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    if state.stopping.wait(seconds / len(pieces)):
+                        return
+            except (BrokenPipeError, ConnectionResetError):
                 pass
 
         def log_message(self, format: str, *args: Any) -> None:  # keep test output clean

@@ -288,6 +288,14 @@ async def test_mcp_memory_add_describes_the_configured_long_term_threshold(tmp_p
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
         described = listed["memory_add"].input_schema["properties"]["importance"]["description"]
         assert "0.85+ is kept long-term" in described
+        # and so do the server's instructions (they said "0.8+ for things that must not be forgotten",
+        # which a threshold of 0.85 keeps short-term only)
+        assert client.instructions is not None and "0.85+" in client.instructions
+        assert "0.8+" not in client.instructions
+        # the stored memory comes back as its short-term copy: the output schema says the long-term one
+        # exists too (it read "where it is kept: short", contradicting the importance given)
+        tier = listed["memory_add"].output_schema["properties"]["tier"]["description"]  # type: ignore[index]
+        assert "long-term copy" in tier
         stored = await client.call_tool(
             "memory_add", {"content": "Dana owns the billing API", "importance": 0.85}
         )
@@ -403,6 +411,18 @@ async def test_mcp_two_sessions_share_one_open_store(tmp_path: Path) -> None:
         assert len(found.structured_content["results"]) == 1  # type: ignore[index]
 
 
+async def test_mcp_a_memory_given_but_not_initialized_is_named_in_the_error(tmp_path: Path) -> None:
+    """Every call answered "the server is starting or stopping" when the MemoryManager passed in was never
+    initialized: nothing pointed at the caller's missing ``initialize()``."""
+    memory = MemoryManager(ContextManagerConfig(storage_path=tmp_path / "memory"))
+    async with Client(create_mcp_server(memory=memory, user_id="hana")) as client:
+        refused = await client.call_tool("memory_add", {"content": "Hana prefers tea"})
+        assert refused.is_error and "initialize" in text_of(refused)
+        async with memory:  # opened later: the same server then works
+            added = await client.call_tool("memory_add", {"content": "Hana prefers tea"})
+            assert not added.is_error, text_of(added)
+
+
 def test_mcp_server_rejects_bad_arguments_clearly(tmp_path: Path) -> None:
     config = ContextManagerConfig(storage_path=tmp_path / "memory")
     with pytest.raises(InvalidArgumentError, match="user_id: got ''"):
@@ -442,6 +462,9 @@ def write_tools_module(directory: Path) -> None:
             def make_registry():
                 return registry
 
+            def broken_factory():
+                raise RuntimeError("database not reachable")
+
             not_tools = 42
             '''
         ),
@@ -464,13 +487,18 @@ def test_mcp_load_tool_registry_errors_name_the_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_tools_module(tmp_path)
+    (tmp_path / "crashing_tools.py").write_text("import os\nDSN = os.environ['SHOP_DSN']\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "shop_tools", raising=False)
+    monkeypatch.delenv("SHOP_DSN", raising=False)
     for spec, fragment in (
         ("shop_tools", "allowed 'module:attribute'"),
         ("no_such_module_xyz:registry", "cannot import 'no_such_module_xyz'"),
         ("shop_tools:missing", "has no 'missing'"),
         ("shop_tools:not_tools", "got a int"),
+        # the application's own failures were "internal error ... (a bug; ... report it)" in the command
+        ("shop_tools:broken_factory", r"broken_factory\(\) raised RuntimeError: database not reachable"),
+        ("crashing_tools:registry", "importing 'crashing_tools' raised KeyError: 'SHOP_DSN'"),
     ):
         with pytest.raises(ConfigurationError, match=fragment):
             load_tool_registry(spec)
@@ -564,6 +592,33 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -> None:
+    """The banner said "serving on http://127.0.0.1:PORT/mcp", then uvicorn's own log line and exit code 3
+    followed; the command now fails as on a locked store, before the banner (the store is closed again)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "m")]
+            + ["--http", str(port)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT},
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    assert completed.returncode == 1, completed.stderr
+    assert completed.stderr.startswith("error: http: got ") and f"127.0.0.1:{port}" in completed.stderr
+    assert "in use" in completed.stderr and "serving on" not in completed.stderr
+
+    async def reopen() -> None:  # the store was closed (its lock released)
+        async with MemoryManager(ContextManagerConfig(storage_path=tmp_path / "m")) as memory:
+            assert memory.is_initialized
+
+    asyncio.run(reopen())
 
 
 async def test_mcp_memory_tools_refuse_unknown_arguments_naming_the_allowed_ones(tmp_path: Path) -> None:
@@ -764,6 +819,33 @@ async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_p
             {"id": 9, "method": "initialize", "params": INITIALIZE_PARAMS}
         )
         assert initialized["id"] == 9 and initialized["result"]["serverInfo"]["name"]
+    finally:
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        await asyncio.wait_for(server.process.wait(), 60)
+
+
+async def test_mcp_stdio_a_lone_surrogate_escape_becomes_a_replacement_character(tmp_path: Path) -> None:
+    """A JavaScript client that cuts a text inside an emoji sends its half as a JSON escape (``"\\ud83d"``):
+    valid JSON, but no Unicode. The request was answered "Invalid Request: not a JSON-RPC 2.0 request"; it
+    now runs with U+FFFD in its place, as an invalid UTF-8 byte on the same channel does."""
+    server = await RawStdioServer.start(tmp_path / "memory", stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        call = '"method": "tools/call", "params": {"name": "memory_add", "arguments": {"content": '
+        await server.send('{"jsonrpc": "2.0", "id": 2, ' + call + '"Ada loves caf\\u00e9 \\ud83d"}}}')
+        added = await server.answer()
+        assert added["id"] == 2 and not added["result"].get("isError"), added
+        assert added["result"]["structuredContent"]["content"] == "Ada loves café \ufffd"
+        search = '"method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": '
+        await server.send('{"jsonrpc": "2.0", "id": 3, ' + search + '"caf\\u00e9 \\udc00"}}}')
+        found = await server.answer()
+        assert found["result"]["structuredContent"]["results"][0]["content"] == "Ada loves café \ufffd"
+        assert server.process.stdin is not None  # an invalid UTF-8 byte: replaced as before
+        server.process.stdin.write(b'{"jsonrpc": "2.0", "id": 4, "method": "ping", "params": {"x": "\xff"}}')
+        server.process.stdin.write(b"\n")
+        assert (await server.answer()) == {"jsonrpc": "2.0", "id": 4, "result": {}}
     finally:
         assert server.process.stdin is not None
         server.process.stdin.close()

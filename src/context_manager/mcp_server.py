@@ -95,7 +95,8 @@ SERVER_NAME = "context-manager"
 _INSTRUCTIONS = (
     "Long-term memory for this user. Call memory_search before answering questions that may depend on "
     "earlier conversations or the user's preferences; call memory_add to keep a durable fact (importance "
-    "0-1: 0.8+ for things that must not be forgotten). Memories persist across sessions."
+    "0-1: {threshold:g}+ keeps it in long-term memory, for things that must not be forgotten). Memories "
+    "persist across sessions."
 )
 
 
@@ -106,7 +107,12 @@ class MemoryItem(BaseModel):
     content: str = Field(description="The remembered text.")
     importance: float = Field(description="0 (trivial) to 1 (critical).")
     tags: list[str] = Field(description="Labels.")
-    tier: str = Field(description="Where it is kept: short, medium or long.")
+    tier: str = Field(
+        description=(
+            "The tier of this copy: short, medium or long. A memory stored with an importance at or above "
+            "the long-term threshold comes back as short but also has a long-term copy."
+        )
+    )
     created_at: float = Field(description="When it was stored, seconds since the epoch.")
     score: float | None = Field(None, description="Relevance of a search result (higher is better).")
 
@@ -167,6 +173,11 @@ class _MemoryHandle:
         if memory is None or not memory.is_initialized:
             from mcp.server.mcpserver.exceptions import ToolError
 
+            if self._given is not None:  # the caller opens and closes it
+                raise ToolError(
+                    "the memory store is not open (the MemoryManager given to create_mcp_server is not "
+                    "initialized: await memory.initialize() before serving, or pass none)"
+                )
             raise ToolError("the memory store is not open (the server is starting or stopping)")
         return memory
 
@@ -190,6 +201,11 @@ class _MemoryHandle:
                 if self._users == 0 and self._opened is not None:
                     memory, self._opened = self._opened, None
                     await memory.cleanup()
+
+
+def _memory_config(handle: _MemoryHandle) -> ContextManagerConfig:
+    """The configuration the memory applies: the given memory's, else the server's."""
+    return handle.config if handle.given is None else handle.given.config
 
 
 def _require_mcp() -> type[MCPServer[Any]]:
@@ -255,7 +271,8 @@ def create_mcp_server(
     server: MCPServer[Any] = server_class(
         name,
         title="context-manager memory",
-        instructions=_INSTRUCTIONS,
+        # the threshold the store applies (configurable), as the memory_add schema says it
+        instructions=_INSTRUCTIONS.format(threshold=_memory_config(handle).long_term_importance_threshold),
         version=_version(),
         lifespan=lifespan,
         log_level="WARNING",
@@ -391,9 +408,9 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
     remember = memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False))
     # the threshold the store applies (configurable), not the default's 0.7 (the annotation is evaluated
     # where the function is defined, so the schema's text is set here)
-    config = handle.config if handle.given is None else handle.given.config
     importance = remember.parameters["properties"]["importance"]
-    importance["description"] = _IMPORTANCE_TEXT.format(threshold=config.long_term_importance_threshold)
+    threshold = _memory_config(handle).long_term_importance_threshold
+    importance["description"] = _IMPORTANCE_TEXT.format(threshold=threshold)
     return [
         remember,
         memory_tool(
@@ -497,8 +514,8 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
     ``ToolManager(config)``), or a function without arguments returning either.
 
     Raises:
-        ConfigurationError: a malformed spec, a module or attribute that cannot be imported, or an
-            attribute of another kind.
+        ConfigurationError: a malformed spec, a module or attribute that cannot be imported (or whose
+            import or factory raises), or an attribute of another kind.
     """
     allowed = (
         "'module:attribute' naming a ToolManager, a list of @tool functions, or a function returning one"
@@ -512,6 +529,10 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
         raise ConfigurationError(
             "tools", spec, allowed, detail=f"cannot import {module_name!r}: {error}"
         ) from None
+    except Exception as error:  # the application's module failed (not a bug of this library)
+        raise ConfigurationError(
+            "tools", spec, allowed, detail=f"importing {module_name!r} raised {_raised(error)}"
+        ) from error
     value: Any = module
     for part in attribute.strip().split("."):
         try:
@@ -525,7 +546,12 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
             raise ConfigurationError(
                 "tools", spec, allowed, detail="the factory must be a plain (sync) function"
             )
-        value = value()
+        try:
+            value = value()
+        except Exception as error:  # the application's factory failed (not a bug of this library)
+            raise ConfigurationError(
+                "tools", spec, allowed, detail=f"{attribute.strip()}() raised {_raised(error)}"
+            ) from error
     if isinstance(value, ToolManager):
         return value
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
@@ -539,6 +565,12 @@ def load_tool_registry(spec: str, config: ContextManagerConfig | None = None) ->
             manager.register_tool(item)
         return manager
     raise ConfigurationError("tools", spec, allowed, detail=f"got a {type(value).__name__}")
+
+
+def _raised(error: Exception) -> str:
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -557,12 +589,15 @@ async def run_mcp_server(
     error instead of a dropped session. Returns when the client disconnects (stdio) or on interruption.
 
     Raises:
+        ConfigurationError: ``http_port`` is in use (or not allowed) on 127.0.0.1.
         StorageError: the memory store cannot be opened (locked by another process, damaged ...).
         MissingDependencyError: the ``mcp`` extra is not installed.
         InvalidArgumentError: a ``user_id`` the memory refuses (checked before the store is opened).
     """
     _require_mcp()  # before the store is opened (or created): without the extra nothing can serve
     _check_server_user(user_id)
+    if http_port is not None:
+        _check_port_free(http_port)
     memory = MemoryManager(config)
     await memory.initialize()
     try:
@@ -582,6 +617,27 @@ async def run_mcp_server(
             await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
     finally:
         await memory.cleanup()
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a port another program listens on, before the banner says "serving on" it.
+
+    uvicorn found it at its start, after the banner, and ended the process with its own log line and exit
+    code 3.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise ConfigurationError(
+                "http",
+                port,
+                "a port free on 127.0.0.1",
+                detail=f"127.0.0.1:{port}: {error.strerror or error}",
+            ) from None
 
 
 class _StdinLines:
@@ -654,25 +710,31 @@ class _StdinLines:
                 return text
             if not text.strip():
                 continue  # a blank line: nothing to parse, nothing to answer
-            error = _protocol_error(text)
-            if error is None:
-                return text
+            checked = _checked_line(text)
+            if isinstance(checked, str):
+                return checked
             from mcp.shared.message import SessionMessage
 
-            await write_stream.send(SessionMessage(error))
+            await write_stream.send(SessionMessage(checked))
 
 
-def _protocol_error(text: str) -> Any:
-    """The JSON-RPC 2.0 error answering ``text`` if it is not a JSON-RPC message, else ``None``.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _checked_line(text: str) -> Any:
+    r"""``text`` if it is a JSON-RPC message (repaired, see below), else the JSON-RPC 2.0 error answering it.
 
     Invalid JSON is a parse error (-32700, id null); JSON that is no request, notification or response an
     invalid request (-32600, with its id when it has a usable one). MCP has no batches: an array is invalid.
+    A string escape of a lone UTF-16 surrogate (``"\ud83d"``, half an emoji, from a client that cut a
+    text) is valid JSON but no Unicode, which the SDK refuses: it becomes U+FFFD, as an invalid UTF-8 byte
+    does when the line is decoded.
     """
     import mcp_types
 
     try:
         mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
-        return None
+        return text
     except ValueError:  # pydantic's ValidationError is a ValueError
         pass
     try:
@@ -680,6 +742,15 @@ def _protocol_error(text: str) -> Any:
     except ValueError:
         error = mcp_types.ErrorData(code=mcp_types.PARSE_ERROR, message="Parse error")
         return mcp_types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    if "\\u" in text:  # only an escape can give a lone surrogate (the line was decoded with "replace")
+        repaired = _without_lone_surrogates(value)
+        if repaired != value:
+            line = json.dumps(repaired, ensure_ascii=False)
+            try:
+                mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                return line
+            except ValueError:
+                pass
     request_id = value.get("id") if isinstance(value, dict) else None
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
         request_id = None
@@ -690,6 +761,17 @@ def _protocol_error(text: str) -> Any:
     )
     error = mcp_types.ErrorData(code=mcp_types.INVALID_REQUEST, message=f"Invalid Request: {what}")
     return mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON) with each lone surrogate in its strings and keys replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(key): _without_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 async def _serve_stdio(server: Any) -> None:

@@ -95,7 +95,7 @@ DURATION_BUCKETS = (
     30.0,
 )
 """Bucket boundaries of ``context_manager.operation.duration``, in seconds."""
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 """Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
 DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
 

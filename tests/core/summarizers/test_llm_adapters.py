@@ -244,6 +244,23 @@ async def test_summarizer_adapter_empty_choice_falls_back(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_an_answer_no_message_can_hold_still_counts_its_tokens(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A summary with a NUL character is refused (no message can hold it), but it was billed: the monitors
+    missed its tokens, while the adapter's own counters had them."""
+    server.reply_text = "Ada lives in Lisbon.\x00"
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        usage = manager.performance_monitor.token_usage().get("summarize")  # type: ignore[union-attr]
+    billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
+    assert summarizer.input_tokens == billed
+    assert usage is not None and usage["calls"] == 1 and usage["input_tokens"] == billed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_named_in_config_is_built_and_closed(
     provider: str, server: ChatCompletionsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,7 +294,9 @@ async def test_summarizer_adapter_gives_up_on_a_retry_after_longer_than_allowed(
     server.faults.append(Fault(status=503, headers={"retry-after": "120"}))
     summarizer = make_summarizer(provider, server, max_retry_wait=5.0)
     started = time.perf_counter()
-    with pytest.raises(SummarizerRequestError, match="HTTP 503") as raised:
+    # the reason it did not retry is said (it read like a failure after the retries)
+    reason = r"HTTP 503 .*\(not retried: the server asked to wait 120 s, more than max_retry_wait \(5 s\)"
+    with pytest.raises(SummarizerRequestError, match=reason) as raised:
         await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
     assert time.perf_counter() - started < 2.0
     assert raised.value.status_code == 503 and raised.value.attempts == 1
@@ -289,7 +308,8 @@ async def test_summarizer_adapter_stops_retrying_at_its_total_timeout(server: Ch
     server.faults.extend(Fault(status=429, headers={"retry-after": "1"}) for _ in range(5))
     summarizer = make_summarizer("openai", server, max_retries=5, total_timeout=1.5)
     started = time.perf_counter()
-    with pytest.raises(SummarizerRequestError, match="HTTP 429"):
+    reason = r"HTTP 429 .*\(after 2 attempts; not retried: the next would end past total_timeout \(1.5 s\)\)"
+    with pytest.raises(SummarizerRequestError, match=reason):
         await summarizer([Message.create("user", "hello there, my name is Ada")], 50)
     assert time.perf_counter() - started < 1.5
     assert len(server.requests) == 2  # the third attempt would start after the deadline
@@ -323,6 +343,15 @@ def test_summarizer_adapter_limit_field_defaults_by_endpoint(server: ChatComplet
     assert OpenAISummarizer(
         "m", base_url=server.base_url, limit_field="max_completion_tokens"
     ).limit_field == ("max_completion_tokens")
+    # Azure OpenAI serves OpenAI's models, whose reasoning ones refuse max_tokens (it sent max_tokens)
+    azure = OpenAISummarizer("gpt-5-mini", base_url="https://shop.openai.azure.com/openai/v1", api_key="k")
+    assert azure.limit_field == "max_completion_tokens"
+    import openai
+
+    client = openai.AsyncAzureOpenAI(
+        api_key="k", api_version="2024-10-21", azure_endpoint="https://shop.cognitiveservices.azure.com"
+    )
+    assert OpenAISummarizer("gpt-5-mini", client=client).limit_field == "max_completion_tokens"
 
 
 def test_summarizer_adapter_bad_arguments_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,3 +495,154 @@ async def test_the_prompt_of_megabytes_of_evicted_text_is_built_off_the_event_lo
     assert counter.long_text_threads and threading.main_thread().name not in counter.long_text_threads
     prompt = server.requests[-1].body["messages"]
     assert sum(len(part["content"]) for part in prompt) < 100_000  # cut to the adapter's input budget
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("field", ["stream", "model", "messages", "max_tokens", "timeout"])
+def test_summarizer_adapter_refuses_extra_parameters_it_sets_itself(
+    provider: str, field: str, server: ChatCompletionsServer
+) -> None:
+    """``extra_parameters={"stream": True}`` sent a request (billed) whose stream was then read as a
+    malformed response; a ``model`` or ``max_tokens`` there was silently replaced (or sent next to
+    ``max_completion_tokens``, which OpenAI refuses)."""
+    with pytest.raises(InvalidArgumentError, match=f"extra_parameters: .*{field}.*set by the summarizer"):
+        make_summarizer(provider, server, extra_parameters={field: True, "temperature": 0})
+    assert server.requests == []
+
+
+async def test_summarizer_adapter_sends_its_other_extra_parameters(server: ChatCompletionsServer) -> None:
+    summarizer = make_summarizer("openai", server, extra_parameters={"temperature": 0, "seed": 7})
+    async with summarizer:
+        await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    body = server.requests[-1].body
+    assert body["temperature"] == 0 and body["seed"] == 7 and body["model"] == "stub-model"
+
+
+@pytest.mark.parametrize(
+    ("provider", "variable"), [("openai", "OPENAI_BASE_URL"), ("anthropic", "ANTHROPIC_BASE_URL")]
+)
+def test_summarizer_adapter_reads_an_empty_base_url_variable_as_unset(
+    provider: str, variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OPENAI_BASE_URL=`` (an env file's empty line) made the SDK send every request to ``''``: three
+    attempts, then "connection failed (UnsupportedProtocol)" instead of a call to the provider."""
+    monkeypatch.setenv(variable, "")
+    summarizer: LLMSummarizer
+    if provider == "openai":
+        summarizer = OpenAISummarizer("gpt-4o-mini", api_key="sk-test")
+        assert summarizer.limit_field == "max_completion_tokens"
+    else:
+        summarizer = AnthropicSummarizer("claude-haiku-4-5", api_key="test-key")
+    assert str(summarizer.client.base_url).startswith(f"https://api.{provider}.com")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("base_url", ["127.0.0.1:8000/v1", "", "ftp://host/v1"])
+def test_summarizer_adapter_refuses_a_base_url_that_is_no_http_url(
+    provider: str, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``base_url`` without its scheme was taken for a local server; every request then failed with
+    "connection failed (UnsupportedProtocol)", after its retries."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    with pytest.raises(InvalidArgumentError, match=r"base_url: got .*; allowed an http:// or https:// URL"):
+        adapter("m", base_url=base_url)
+
+
+async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletionsServer) -> None:
+    """Anthropic's ``input_tokens`` leaves out the tokens read from or written to the prompt cache (a gateway
+    or ``extra_parameters`` may enable it): they are input all the same, billed, and the GenAI semantic
+    conventions count them in ``gen_ai.usage.input_tokens``."""
+    server.reply_usage = {
+        "input_tokens": 3,
+        "output_tokens": 40,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+    }
+    summarizer = make_summarizer("anthropic", server)
+    async with summarizer:
+        response = await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert response.usage.input_tokens == 1103 and response.usage.output_tokens == 40
+    assert summarizer.input_tokens == 1103
+    server.reply_usage = {"input_tokens": 3, "output_tokens": 4, "cache_read_input_tokens": None}
+    async with make_summarizer("anthropic", server) as plain:
+        assert (await plain.complete([Message.create("user", "hi there")], 40)).usage.input_tokens == 3
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_timeout_bounds_a_response_that_trickles_in(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    """The SDKs' timeout bounds each read, not the request: an answer whose bytes kept coming (a gateway
+    sending keep-alive whitespace before a slow answer) took its full time however small ``timeout``."""
+    server.faults.append(Fault(kind="trickle", seconds=6.0))
+    summarizer = make_summarizer(provider, server, timeout=0.5, max_retries=0)
+    started = time.monotonic()
+    async with summarizer:
+        with pytest.raises(SummarizerRequestError, match="timed out"):
+            await summarizer.complete([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert time.monotonic() - started < 3.0
+    server.faults.append(Fault(kind="trickle", seconds=0.3))  # a trickle within the timeout is an answer
+    async with make_summarizer(provider, server, timeout=3.0) as patient:
+        assert (await patient.complete([Message.create("user", "I am Ada.")], 40)).text == SUMMARY
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    ("status", "hint"), [(401, "check the API key"), (403, "check the API key"), (404, "check the model")]
+)
+async def test_summarizer_adapter_says_what_to_check_on_a_client_error(
+    provider: str, status: int, hint: str, server: ChatCompletionsServer
+) -> None:
+    """ "HTTP 404 (NotFoundError)" was all a user got for a base_url without its /v1 or a model the server
+    does not have (the body is left out: some servers quote the request in it)."""
+    server.faults.append(Fault(status=status))
+    async with make_summarizer(provider, server) as summarizer:
+        with pytest.raises(SummarizerRequestError, match=f"HTTP {status} .*{hint}"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+async def test_summarizer_adapter_on_a_base_url_without_v1_says_to_check_it(
+    server: ChatCompletionsServer,
+) -> None:
+    base_url = server.base_url.removesuffix("/v1")  # Ollama's http://127.0.0.1:11434 instead of .../v1
+    async with OpenAISummarizer("stub-model", base_url=base_url) as summarizer:
+        with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*base_url .*/v1"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_summarizer_adapter_refuses_a_synchronous_client(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    """``client=OpenAI()`` (not ``AsyncOpenAI``) was accepted: each summary then sent its request from the
+    event loop, blocking it, and failed on the answer with "malformed response (TypeError)"."""
+    import anthropic
+    import openai
+
+    sync_client: Any
+    if provider == "openai":
+        sync_client = openai.OpenAI(base_url=server.base_url, api_key="test-key")
+        with pytest.raises(InvalidArgumentError, match=r"client: got .*; allowed an openai\.AsyncOpenAI"):
+            OpenAISummarizer("stub-model", client=sync_client)
+    else:
+        sync_client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test-key")
+        with pytest.raises(
+            InvalidArgumentError, match=r"client: got .*; allowed an anthropic\.AsyncAnthropic"
+        ):
+            AnthropicSummarizer("stub-model", client=sync_client)
+    sync_client.close()
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    with pytest.raises(InvalidArgumentError, match="client: got 'http://"):
+        adapter("stub-model", client=server.base_url)  # type: ignore[arg-type]
+    assert server.requests == []
+
+
+async def test_anthropic_summarizer_on_a_base_url_with_v1_says_to_drop_it(
+    server: ChatCompletionsServer,
+) -> None:
+    """The Anthropic SDK appends /v1/messages itself: an OpenAI-style base_url ending in /v1 is a 404."""
+    base_url = server.anthropic_base_url + "/v1"
+    async with AnthropicSummarizer("stub-model", base_url=base_url, api_key="test-key") as summarizer:
+        with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*without the /v1"):
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)

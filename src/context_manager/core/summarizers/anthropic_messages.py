@@ -9,16 +9,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
-from context_manager.core.errors import ConfigurationError, InvalidArgumentError, MissingDependencyError
+from context_manager.core.errors import ConfigurationError, MissingDependencyError
 from context_manager.core.summarizers.llm import (
     EmptyAnswer,
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    check_client,
+    check_extra_parameters,
     classify_sdk_error,
+    resolve_base_url,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -28,6 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AnthropicSummarizer"]
 
+_ANTHROPIC_URL = "https://api.anthropic.com"
+_RESERVED = ("model", "system", "messages", "max_tokens")
+"""Request fields the adapter sets (``extra_parameters`` may not)."""
+
 
 class AnthropicSummarizer(LLMSummarizer):
     """Summaries from a Claude model (see :class:`LLMSummarizer` for retries and the prompt).
@@ -36,9 +45,12 @@ class AnthropicSummarizer(LLMSummarizer):
         model: The model name, e.g. ``"claude-haiku-4-5"``.
         client: An ``anthropic.AsyncAnthropic`` to use (its own retries are turned off for these requests;
             it is not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
-        base_url: The endpoint (default: ``ANTHROPIC_BASE_URL`` or Anthropic's), e.g. a gateway.
+        base_url: The endpoint (default: ``ANTHROPIC_BASE_URL``, unless empty, or Anthropic's), e.g. a
+            gateway.
         api_key: The key (default: ``ANTHROPIC_API_KEY``).
-        extra_parameters: More request fields (``{"temperature": 0}``, ``{"metadata": {...}}``).
+        extra_parameters: More request fields (``{"temperature": 0}``, ``{"metadata": {...}}``); not the
+            ones the adapter sets (``model``, ``system``, ``messages``, ``max_tokens``, ``timeout``,
+            ``stream``).
         **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
             ``total_timeout``, ``max_input_tokens``, ``instructions``, ``counter``, ``backoff``,
             ``max_backoff``, ``max_retry_wait``).
@@ -46,7 +58,8 @@ class AnthropicSummarizer(LLMSummarizer):
     Raises:
         MissingDependencyError: the ``anthropic`` package is not installed.
         ConfigurationError: no API key.
-        InvalidArgumentError: an argument is out of range.
+        InvalidArgumentError: an argument is out of range (a synchronous ``client``, a ``base_url`` that is
+            no http(s) URL, an ``extra_parameters`` field the adapter sets).
     """
 
     provider: ClassVar[str] = "anthropic"
@@ -66,8 +79,8 @@ class AnthropicSummarizer(LLMSummarizer):
             import anthropic
         except ImportError:
             raise MissingDependencyError("AnthropicSummarizer", "anthropic", "anthropic") from None
-        if extra_parameters is not None and not isinstance(extra_parameters, Mapping):
-            raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+        check_client(client, anthropic, "anthropic.AsyncAnthropic")
+        extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = anthropic
         owns_client = client is None
         if client is None:
@@ -84,13 +97,16 @@ class AnthropicSummarizer(LLMSummarizer):
                     "an API key: set ANTHROPIC_API_KEY or pass api_key=",
                 )
             client = anthropic.AsyncAnthropic(
-                base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+                base_url=resolve_base_url(base_url, "ANTHROPIC_BASE_URL", _ANTHROPIC_URL),
+                api_key=api_key,
+                max_retries=0,
+                timeout=self.timeout,
             )
         self.client: AsyncAnthropic = client.with_options(max_retries=0)
         """The client requests go through (retries are ours, not the SDK's)."""
         if owns_client:
             self._client_to_close = client
-        self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
+        self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
@@ -105,7 +121,13 @@ class AnthropicSummarizer(LLMSummarizer):
         response = await self.client.messages.create(**parameters)
         usage = response.usage
         summary_usage = SummaryUsage(
-            input_tokens=usage_count(getattr(usage, "input_tokens", 0)),
+            # input_tokens leaves out what the prompt cache read or wrote: input (and billed) all the same
+            input_tokens=usage_count(
+                sum(
+                    usage_count(getattr(usage, field, 0))
+                    for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+                )
+            ),
             output_tokens=usage_count(getattr(usage, "output_tokens", 0)),
             model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
@@ -122,4 +144,10 @@ class AnthropicSummarizer(LLMSummarizer):
         return text, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
-        return classify_sdk_error(error, self._sdk)
+        failure = classify_sdk_error(error, self._sdk)
+        path = urlsplit(str(self.client.base_url)).path.rstrip("/")
+        if failure.status_code == 404 and path.endswith("/v1"):
+            # an OpenAI-style base_url: the SDK appends /v1/messages itself
+            hint = "an Anthropic base_url goes without the /v1, which the SDK adds"
+            return dataclasses.replace(failure, description=f"{failure.description} ({hint})")
+        return failure

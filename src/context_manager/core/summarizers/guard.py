@@ -216,7 +216,9 @@ class SummarizerGuard:
             self._failed(f"cancelled after {elapsed:.1f} s", elapsed, error_type="TimeoutError")
             raise
         except Exception as error:
-            self._failed(type(error).__name__, self._clock() - started, getattr(error, "usage", None))
+            # an answer refused here (a NUL ...) was billed all the same: its usage is reported too
+            billed = getattr(error, "usage", None) or usage
+            self._failed(type(error).__name__, self._clock() - started, billed)
             raise
         self._succeeded(self._clock() - started, usage)
         return text

@@ -32,7 +32,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from context_manager.core.errors import InvalidArgumentError, SummarizerError, SummarizerRequestError
+from context_manager.core.errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    SummarizerError,
+    SummarizerRequestError,
+)
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.prompt import DEFAULT_INSTRUCTIONS, SummaryPrompt, build_summary_prompt
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_counter
@@ -43,8 +48,11 @@ __all__ = [
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
+    "check_client",
+    "check_extra_parameters",
     "classify_sdk_error",
     "parse_retry_after",
+    "resolve_base_url",
     "usage_count",
 ]
 
@@ -101,6 +109,9 @@ class RequestFailure:
     """The HTTP status, if there was a response."""
     retry_after: float | None = None
     """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
+
+
+_TIMED_OUT = RequestFailure("the request timed out", retryable=True)
 
 
 class EmptyAnswer(Exception):
@@ -253,8 +264,11 @@ class LLMSummarizer(abc.ABC):
                         attempts=attempt - 1,
                     )
             self.requests += 1
+            # the SDKs' timeout bounds each read: an answer trickling in (keep-alive whitespace) outlived it
+            limit = asyncio.timeout(request_timeout)
             try:
-                text, usage = await self._request(prompt, request_timeout)
+                async with limit:
+                    text, usage = await self._request(prompt, request_timeout)
             except EmptyAnswer as empty:
                 self.input_tokens += empty.usage.input_tokens
                 self.output_tokens += empty.usage.output_tokens
@@ -262,12 +276,14 @@ class LLMSummarizer(abc.ABC):
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
             except Exception as error:
-                failure = self._classify(error)
+                failure = _TIMED_OUT if limit.expired() else self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)
-                if wait is None:
+                if not isinstance(wait, float):
+                    notes = [f"after {attempt} attempts"] if attempt > 1 else []
+                    if wait:
+                        notes.append(f"not retried: {wait}")
                     raise SummarizerRequestError(
-                        f"{self.name}: {failure.description}"
-                        + (f" (after {attempt} attempts)" if attempt > 1 else ""),
+                        f"{self.name}: {failure.description}" + (f" ({'; '.join(notes)})" if notes else ""),
                         provider=self.provider,
                         status_code=failure.status_code,
                         attempts=attempt,
@@ -291,19 +307,22 @@ class LLMSummarizer(abc.ABC):
 
     def _wait_before_retry(
         self, failure: RequestFailure, attempt: int, deadline: float | None
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or ``None`` to give up."""
+    ) -> float | str:
+        """Seconds to wait before the next attempt, or why there is none.
+
+        ``""`` when the failure is not worth retrying or no retry is left.
+        """
         if not failure.retryable or attempt > self.max_retries:
-            return None
+            return ""
         if failure.retry_after is not None:
-            wait = failure.retry_after
+            wait = float(failure.retry_after)
             if wait > self.max_retry_wait:
-                logger.info("%s: retry-after %.1f s exceeds max_retry_wait; giving up", self.name, wait)
-                return None
+                allowed = self.max_retry_wait
+                return f"the server asked to wait {wait:g} s, more than max_retry_wait ({allowed:g} s)"
         else:
             wait = self._random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
         if deadline is not None and self._clock() + wait >= deadline:
-            return None
+            return f"the next would end past total_timeout ({self.total_timeout:g} s)"
         return wait
 
     @abc.abstractmethod
@@ -338,6 +357,14 @@ class LLMSummarizer(abc.ABC):
         await self.cleanup()
 
 
+_STATUS_HINTS = {
+    401: "check the API key",
+    403: "check the API key and its access to the model",
+    404: "check the model name and the base_url",
+}
+"""What to check after a status (the response body is left out: some servers quote the request in it)."""
+
+
 def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
     """Classify an exception of the ``openai`` or ``anthropic`` SDK (their error classes share a shape)."""
     if isinstance(error, sdk.APIStatusError):
@@ -345,11 +372,15 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         retryable = status in RETRYABLE_STATUSES or status >= 500
         headers = getattr(error.response, "headers", None) or {}
         retry_after = parse_retry_after(headers) if retryable else None
+        hint = _STATUS_HINTS.get(status)
         return RequestFailure(
-            f"HTTP {status} ({type(error).__name__})", retryable, status_code=status, retry_after=retry_after
+            f"HTTP {status} ({type(error).__name__})" + (f"; {hint}" if hint else ""),
+            retryable,
+            status_code=status,
+            retry_after=retry_after,
         )
     if isinstance(error, sdk.APITimeoutError):
-        return RequestFailure("the request timed out", retryable=True)
+        return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
         return RequestFailure(
             f"connection failed ({type(error.__cause__ or error).__name__})", retryable=True
@@ -400,6 +431,79 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
             return None
         return max(when.timestamp() - time.time(), 0.0)
     return max(value, 0.0) if math.isfinite(value) else None
+
+
+def check_client(client: Any, sdk: Any, expected: str) -> None:
+    """Refuse a ``client=`` that is not an asynchronous client of ``sdk`` (``openai`` or ``anthropic``).
+
+    A synchronous one (``OpenAI()`` for ``AsyncOpenAI()``) sent each request from the event loop, blocking
+    it, and the answer then failed as a "malformed response (TypeError)".
+
+    Raises:
+        InvalidArgumentError: anything else than ``None`` or such a client.
+    """
+    if client is None:
+        return
+    base = getattr(getattr(sdk, "_base_client", None), "AsyncAPIClient", None)  # the SDKs' shared base
+    usable = isinstance(client, base) if isinstance(base, type) else hasattr(client, "with_options")
+    if not usable:
+        raise InvalidArgumentError(
+            "client",
+            client,
+            f"an {expected} (or another asynchronous client of the {sdk.__name__} SDK, such as its Azure, "
+            "Bedrock or Vertex ones), or None",
+        )
+
+
+def check_extra_parameters(extra_parameters: Any, reserved: Sequence[str]) -> dict[str, Any]:
+    """A copy of an adapter's ``extra_parameters``, refusing a field the adapter sets itself.
+
+    Such a field was silently replaced (``model``), sent next to the adapter's own (``max_tokens`` beside
+    ``max_completion_tokens``, which OpenAI refuses) or changed the answer's shape (``stream``: the
+    request was sent, and billed, and its stream read as a malformed response).
+
+    Raises:
+        InvalidArgumentError: not a mapping, or a key in ``reserved`` (or ``stream``, ``timeout``).
+    """
+    if extra_parameters is None:
+        return {}
+    if not isinstance(extra_parameters, Mapping):
+        raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+    reserved = (*reserved, "timeout", "stream")
+    taken = [name for name in reserved if name in extra_parameters]
+    if taken:
+        raise InvalidArgumentError(
+            "extra_parameters",
+            extra_parameters,
+            "request fields other than " + ", ".join(map(repr, reserved)),
+            detail=", ".join(map(repr, taken)) + " set by the summarizer: the model and the summary budget "
+            "are its arguments, the timeout is its timeout option, summaries are not streamed",
+        )
+    return dict(extra_parameters)
+
+
+def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
+    """The endpoint to send to: ``base_url``, else the ``variable`` environment variable, else ``default``.
+
+    An empty variable (an env file's ``OPENAI_BASE_URL=``) counts as unset: the SDKs took it for the URL
+    and sent every request to ``''``.
+
+    Raises:
+        InvalidArgumentError: ``base_url`` is no http:// or https:// URL.
+        ConfigurationError: the variable is set to something else than such a URL.
+    """
+    import os
+
+    name = "base_url"
+    if base_url is None:
+        base_url = os.environ.get(variable, "").strip() or None
+        if base_url is None:
+            return default
+        name = variable
+    if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
+        error = InvalidArgumentError if name == "base_url" else ConfigurationError
+        raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+    return base_url.strip()
 
 
 def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:

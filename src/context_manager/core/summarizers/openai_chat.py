@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -22,7 +23,10 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    check_client,
+    check_extra_parameters,
     classify_sdk_error,
+    resolve_base_url,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -35,6 +39,10 @@ __all__ = ["OpenAISummarizer"]
 LimitField = Literal["max_tokens", "max_completion_tokens"]
 
 _OPENAI_HOST = "api.openai.com"
+_OPENAI_URL = "https://api.openai.com/v1"
+_AZURE_OPENAI_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
+_RESERVED = ("model", "messages", "max_tokens", "max_completion_tokens")
+"""Request fields the adapter sets (``extra_parameters`` may not)."""
 
 
 class OpenAISummarizer(LLMSummarizer):
@@ -44,14 +52,16 @@ class OpenAISummarizer(LLMSummarizer):
         model: The model name (``"gpt-4o-mini"``, or the name a local server knows).
         client: An ``openai.AsyncOpenAI`` to use (its own retries are turned off for these requests; it is
             not closed by :meth:`aclose`). Created from ``base_url`` and ``api_key`` when omitted.
-        base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL`` or
-            OpenAI's).
+        base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL``, unless
+            empty, or OpenAI's).
         api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when the endpoint, ``base_url`` or
             ``OPENAI_BASE_URL``, is not OpenAI's and no key is set, since local servers rarely check one).
         limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
             OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
-            default the first for OpenAI's own endpoint, the second for any other ``base_url``.
-        extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``).
+            default the first for OpenAI's own endpoint and Azure OpenAI's, the second for any other
+            ``base_url``.
+        extra_parameters: More request fields (``{"temperature": 0}``, ``{"extra_body": {...}}``); not the
+            ones the adapter sets (``model``, ``messages``, the output limit, ``timeout``, ``stream``).
         **options: The shared options of :class:`LLMSummarizer` (``timeout``, ``max_retries``,
             ``total_timeout``, ``max_input_tokens``, ``instructions``, ``counter``, ``backoff``,
             ``max_backoff``, ``max_retry_wait``).
@@ -59,7 +69,8 @@ class OpenAISummarizer(LLMSummarizer):
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
         ConfigurationError: no API key for OpenAI's own endpoint.
-        InvalidArgumentError: an argument is out of range.
+        InvalidArgumentError: an argument is out of range (a synchronous ``client``, a ``base_url`` that is
+            no http(s) URL, an ``extra_parameters`` field the adapter sets).
     """
 
     provider: ClassVar[str] = "openai"
@@ -84,20 +95,20 @@ class OpenAISummarizer(LLMSummarizer):
             raise InvalidArgumentError(
                 "limit_field", limit_field, "'max_tokens', 'max_completion_tokens' or None"
             )
-        if extra_parameters is not None and not isinstance(extra_parameters, Mapping):
-            raise InvalidArgumentError("extra_parameters", extra_parameters, "a mapping of request fields")
+        check_client(client, openai, "openai.AsyncOpenAI")
+        extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = openai
         owns_client = client is None
         if client is None:
             import os
 
-            endpoint = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
-            local = endpoint is not None and urlsplit(endpoint).hostname != _OPENAI_HOST
+            endpoint = resolve_base_url(base_url, "OPENAI_BASE_URL", _OPENAI_URL)
+            local = urlsplit(endpoint).hostname != _OPENAI_HOST
             if api_key is None and local and not os.environ.get("OPENAI_API_KEY"):
                 api_key = "unused"  # the SDK insists on a key; local servers do not check it
             try:
                 client = openai.AsyncOpenAI(
-                    base_url=base_url, api_key=api_key, max_retries=0, timeout=self.timeout
+                    base_url=endpoint, api_key=api_key, max_retries=0, timeout=self.timeout
                 )
             except openai.OpenAIError as error:
                 raise ConfigurationError(
@@ -112,10 +123,10 @@ class OpenAISummarizer(LLMSummarizer):
             self._client_to_close = client
         if limit_field is None:
             host = urlsplit(str(self.client.base_url)).hostname or ""
-            limit_field = "max_completion_tokens" if host == _OPENAI_HOST else "max_tokens"
+            limit_field = "max_completion_tokens" if _serves_openai_models(host) else "max_tokens"
         self.limit_field: LimitField = limit_field
         """The request field carrying the output limit."""
-        self.extra_parameters: dict[str, Any] = dict(extra_parameters or {})
+        self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
@@ -152,7 +163,28 @@ class OpenAISummarizer(LLMSummarizer):
         return content, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
-        return classify_sdk_error(error, self._sdk)
+        failure = classify_sdk_error(error, self._sdk)
+        url = urlsplit(str(self.client.base_url))
+        if (
+            failure.status_code == 404
+            and not url.path.rstrip("/").endswith("/v1")
+            and not _serves_openai_models(url.hostname or "")
+        ):
+            # Ollama's http://127.0.0.1:11434 for http://127.0.0.1:11434/v1: the most common slip
+            return dataclasses.replace(
+                failure,
+                description=f"{failure.description} (an OpenAI-compatible base_url usually ends in /v1)",
+            )
+        return failure
+
+
+def _serves_openai_models(host: str) -> bool:
+    """Whether ``host`` serves OpenAI's models (OpenAI's API, an Azure OpenAI resource).
+
+    Their reasoning models refuse ``max_tokens``; any other host is a compatible server, which reads it.
+    """
+    host = host.lower()
+    return host == _OPENAI_HOST or host.endswith(_AZURE_OPENAI_HOSTS)
 
 
 def _part_text(part: Any) -> str:
