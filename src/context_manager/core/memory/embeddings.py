@@ -49,6 +49,7 @@ __all__ = [
     "cosine_top_k",
     "create_embedder",
     "default_model_path",
+    "is_similarity_floor",
     "normalize_rows",
     "similarity_floor",
     "vector_to_blob",
@@ -520,6 +521,11 @@ def blob_to_matrix(blobs: Sequence[bytes], dimension: int) -> NDArray[np.float32
     return joined.astype(np.float32)
 
 
+def is_similarity_floor(value: Any) -> bool:
+    """Whether ``value`` can be a floor of the cosine similarity: a number in [0, 1] (not a bool, not NaN)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0.0 <= value <= 1.0
+
+
 def similarity_floor(embedder: Any) -> float:
     """The embedder's ``min_similarity`` (the vector channel's floor), 0 when it has none.
 
@@ -529,7 +535,7 @@ def similarity_floor(embedder: Any) -> float:
     floor = getattr(embedder, "min_similarity", None)
     if floor is None:
         return 0.0
-    if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 <= floor <= 1.0:
+    if not is_similarity_floor(floor):
         raise ConfigurationError(
             "min_similarity", floor, "None or a number from 0 (no floor) to 1 (a cosine similarity)"
         )

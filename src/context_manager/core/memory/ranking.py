@@ -51,6 +51,7 @@ from importlib import resources
 from typing import Any
 
 from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.memory.embeddings import is_similarity_floor
 from context_manager.core.memory.index import ColumnWeights, fold_case
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
     "fuse",
     "idf_corrections",
     "in_period",
-    "is_similarity_floor",
     "learned_weights",
     "mentions_time",
     "named_periods",
@@ -323,11 +323,6 @@ class Candidate:
     """Its text states a time (:func:`mentions_time`); only looked at for queries that ask when."""
     score: float = 0.0
     """The fused score (filled in by :func:`fuse`)."""
-
-
-def is_similarity_floor(value: Any) -> bool:
-    """Whether ``value`` can be a floor of the cosine similarity: a number in [0, 1] (not a bool, not NaN)."""
-    return not isinstance(value, bool) and isinstance(value, int | float) and 0.0 <= value <= 1.0
 
 
 def recency_decay(age_seconds: float, half_life_days: float) -> float:
