@@ -257,6 +257,7 @@ class DocumentCachingEmbedder:
         self.inner = inner
         self.dimension = inner.dimension
         self.model_path = getattr(inner, "model_path", None)
+        self.min_similarity = getattr(inner, "min_similarity", None)  # the vector channel's floor
         self._cache: dict[str, Any] = {}
 
     def embed(self, texts: list[str]) -> Any:

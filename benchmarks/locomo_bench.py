@@ -153,6 +153,7 @@ class CachingEmbedder:
         self.inner = inner
         self.dimension = inner.dimension
         self.name = getattr(inner, "name", type(inner).__name__)
+        self.min_similarity = getattr(inner, "min_similarity", None)  # the vector channel's floor
         self._cache: dict[str, Any] = {}
 
     def embed(self, texts: list[str]) -> Any:

@@ -50,6 +50,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.memory.embeddings import is_similarity_floor
 from context_manager.core.memory.index import ColumnWeights, fold_case
 
 __all__ = [
@@ -244,6 +246,23 @@ class RankingWeights:
     feedback_min_memories: int = 200
     """No feedback query in a store of fewer memories: there, which words are rare says little, and a
     hit's own words mostly promote the hit itself (the ``common_term_min_documents`` scale)."""
+    vector_min_similarity: float | None = None
+    """The least cosine similarity with the query that a memory found by the vector channel alone (it
+    matches none of the query's words) must have to be a candidate: a query about something the store
+    never mentions then finds nothing, instead of the least unrelated memories. Memories that match a word
+    of the query are never left out for a low similarity. ``0`` keeps every nearest neighbour; ``None``
+    (the default) takes the embedder's own ``min_similarity`` (0.2 for the packaged MiniLM, chosen on the
+    development conversations), or no floor for an embedder that has none: similarity scales differ from
+    one model to another. A number in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        floor = self.vector_min_similarity
+        if floor is not None and not is_similarity_floor(floor):
+            raise InvalidArgumentError(
+                "vector_min_similarity",
+                floor,
+                "None (the embedder's floor) or a number from 0 (no floor) to 1 (a cosine similarity)",
+            )
 
     @classmethod
     def learned(cls, *, embedder: bool = False, **changes: Any) -> RankingWeights:

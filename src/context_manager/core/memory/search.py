@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
+from context_manager.core.memory.embeddings import similarity_floor
 from context_manager.core.memory.index import content_tokens, query_tokens, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
@@ -200,9 +201,13 @@ class MemorySearch(TierMovement):
                 vector_query = without_speaker_names(query, (name for name in turn_speakers if name))
             query_vector = (await self._embed([vector_query]))[0]
             extra: list[str] = []
+            floor = weights.vector_min_similarity
+            if floor is None:
+                floor = similarity_floor(self.embedder)
             for memory_id, cosine in await backend.nearest(query_vector, user_id, pool):
                 cosines[memory_id] = cosine
-                if memory_id not in found:
+                # a nearest neighbour that matched no word joins only if it is similar enough (0: always)
+                if memory_id not in found and (floor <= 0.0 or cosine >= floor):
                     extra.append(memory_id)
             cosines.update(await backend.similarities(query_vector, [i for i in found if i not in cosines]))
             if extra:
