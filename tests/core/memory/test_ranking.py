@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import unicodedata
 
@@ -426,3 +427,35 @@ def test_without_speaker_names_replaces_whole_names_only() -> None:
 def test_the_vector_query_without_speakers_is_a_switch_with_an_ablation() -> None:
     assert RankingWeights().vector_query_without_speakers
     assert ABLATIONS["vector query without speakers"] == {"vector_query_without_speakers": False}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("vector", -1.0, "a finite weight >= 0"),
+        ("bm25", math.nan, "a finite weight >= 0"),
+        ("recency", math.inf, "a finite weight >= 0"),
+        ("importance", True, "a finite weight >= 0"),
+        ("speaker", "0.5", "a finite weight >= 0"),
+        ("speaker_boost", 1, "True or False"),
+        ("candidates", 0, "an integer >= 1"),
+        ("candidates", 2.5, "an integer >= 1"),
+        ("feedback_terms", -1, "an integer >= 0"),
+        ("common_term_ratio", 0.0, "a share in (0, 1]"),
+        ("common_term_ratio", 1.5, "a share in (0, 1]"),
+        ("recency_half_life_days", 0, "None (the config's) or a number of days > 0"),
+        ("columns", {"content": 1.0}, "a ColumnWeights"),
+    ],
+)
+def test_bad_ranking_weights_are_refused_with_what_is_allowed(
+    field: str, value: object, allowed: str
+) -> None:
+    """Before, RankingWeights(vector=-1, candidates=0) was accepted: a negative weight ranks a feature's best
+    matches last, and candidates=0 makes every search return nothing."""
+    from context_manager.core.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=f"^{field}: got .*; allowed {re.escape(allowed)}"):
+        RankingWeights(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        RankingWeights().with_changes(**{field: value})
+    assert RankingWeights(vector=0.0, candidates=1, common_term_ratio=1.0, recency_half_life_days=0.5)

@@ -169,6 +169,29 @@ def _learned(feature: str) -> Any:
     return field(default_factory=lambda: learned_weights()[source][feature])
 
 
+_SWITCHES = (
+    "neighbour_context",
+    "speaker_boost",
+    "session_score",
+    "stop_words",
+    "context_columns",
+    "vector_query_without_speakers",
+)
+_COUNTS = {
+    "candidates": 1,
+    "common_term_min_documents": 0,
+    "common_term_max_documents": 0,
+    "feedback_hits": 0,
+    "feedback_terms": 0,
+    "feedback_min_documents": 0,
+    "feedback_min_memories": 0,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, slots=True)
 class RankingWeights:
     """Weights and switches of the memory ranking (pass to ``MemoryManager(ranking=...)``).
@@ -256,6 +279,27 @@ class RankingWeights:
     one model to another. A number in [0, 1]."""
 
     def __post_init__(self) -> None:
+        for name in FEATURES:  # a negative weight would rank a feature's best matches last
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise InvalidArgumentError(name, value, "a finite weight >= 0 (0 switches the feature off)")
+        for name in _SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(name, getattr(self, name), "True or False")
+        for name, least in _COUNTS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidArgumentError(name, value, f"an integer >= {least}")
+        ratio = self.common_term_ratio
+        if not _is_number(ratio) or not 0 < ratio <= 1:
+            raise InvalidArgumentError("common_term_ratio", ratio, "a share in (0, 1] (1.0 keeps every word)")
+        half_life = self.recency_half_life_days
+        if half_life is not None and (not _is_number(half_life) or not 0 < half_life < math.inf):
+            raise InvalidArgumentError(
+                "recency_half_life_days", half_life, "None (the config's) or a number of days > 0"
+            )
+        if not isinstance(self.columns, ColumnWeights):
+            raise InvalidArgumentError("columns", self.columns, "a ColumnWeights")
         floor = self.vector_min_similarity
         if floor is not None and not is_similarity_floor(floor):
             raise InvalidArgumentError(
