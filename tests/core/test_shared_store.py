@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,19 +62,21 @@ async def test_managers_of_one_loop_share_the_store_and_keep_users_apart(tmp_pat
         assert await memory.search_memory("milestone", user_id="ana", limit=5)
 
 
+async def serve(config: ContextManagerConfig, number: int, exports: dict[str, Any]) -> None:
+    """A request of user ``number``: a manager on the user's conversation adds 30 turns (it compresses)."""
+    user = f"user{number}"
+    async with EnhancedContextManager(config, conversation_id=f"conv-{number}", user_id=user) as manager:
+        for index in range(30):
+            await manager.add_message("user", words(user, index))
+            await asyncio.sleep(0)
+        assert manager.compression_history
+        exports[f"conv-{number}"] = manager.get_context()
+
+
 async def test_many_concurrent_conversations_on_one_storage(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    exports: dict[str, list[dict[str, object]]] = {}
-
-    async def serve(number: int) -> None:
-        user = f"user{number}"
-        async with EnhancedContextManager(config, conversation_id=f"conv-{number}", user_id=user) as manager:
-            for index in range(25):
-                await manager.add_message("user", words(user, index))
-                await asyncio.sleep(0)
-            exports[f"conv-{number}"] = manager.get_context()
-
-    await asyncio.gather(*(serve(number) for number in range(12)))
+    exports: dict[str, Any] = {}
+    await asyncio.gather(*(serve(config, number, exports) for number in range(12)))
     assert not _registry
     for number in range(12):
         conversation = f"conv-{number}"
@@ -208,18 +211,10 @@ def postgres_config(dsn: str, **overrides: object) -> ContextManagerConfig:
 
 async def test_managers_on_one_postgresql_database_share_one_pool(postgres_dsn: str) -> None:
     config = postgres_config(postgres_dsn)
-    exports: dict[str, list[dict[str, object]]] = {}
-
-    async def serve(number: int) -> None:
-        user = f"user{number}"
-        async with EnhancedContextManager(config, conversation_id=f"conv-{number}", user_id=user) as manager:
-            for index in range(30):
-                await manager.add_message("user", words(user, index))
-            exports[f"conv-{number}"] = manager.get_context()
-
+    exports: dict[str, Any] = {}
     async with EnhancedContextManager(config) as holder:  # a server's long-lived manager
         memory = holder.memory_manager
-        await asyncio.gather(*(serve(number) for number in range(10)))  # 10 managers, one pool of 2
+        await asyncio.gather(*(serve(config, number, exports) for number in range(10)))  # one pool of 2
         async with EnhancedContextManager(config, conversation_id="conv-3", user_id="user3") as resumed:
             assert resumed.memory_manager is memory
             assert resumed.get_context() == exports["conv-3"]
