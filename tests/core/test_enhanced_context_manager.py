@@ -774,3 +774,25 @@ async def test_every_evicted_message_has_a_memory_tool_calls_included(tmp_path: 
         assert [m.id for m in evicted if m.id not in archived] == []
         found = await manager.search_memory("lookup_order 1042-ZETA")
         assert any("1042-ZETA" in memory.content for memory in found)
+
+
+async def test_a_tool_call_name_with_a_nul_is_refused_before_memory_has_to(tmp_path: Path) -> None:
+    """Invariant 4 (every evicted message reaches memory): a call named with a NUL character was accepted,
+    and memory refused its text (``[tool call NAME] ARGUMENTS``) at every eviction write: flush() raised
+    InvalidMemoryError and the message never reached memory. It is refused at the door now."""
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=300)) as manager:
+        await manager.add_message("user", "Look up order 1042")
+        before = state(manager)
+        with pytest.raises(InvalidMessageError, match=r"tool_calls\[\]\.name: .*without NUL"):
+            await manager.add_message(
+                "assistant", "", tool_calls=[{"id": "c1", "name": "lookup\x00order", "arguments": {}}]
+            )
+        assert state(manager) == before
+        await manager.add_message(
+            "assistant", "", tool_calls=[{"id": "c1", "name": "lookup_order", "arguments": {"order": 1042}}]
+        )
+        await manager.add_message("tool", "shipped", tool_call_id="c1")
+        for i in range(40):
+            await manager.add_message("user", f"question {i} about the build status of region eu-west")
+        await manager.flush()  # raised InvalidMemoryError when the NUL name got in
+        assert manager.context_window.evicted_messages == ()
