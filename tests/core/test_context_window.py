@@ -1044,3 +1044,29 @@ async def test_a_message_with_a_timestamp_no_date_has_is_refused_at_the_door(tim
     for edge in (-62135596800.0, 0, 253402300799.0):  # year 1, the epoch (an int), year 9999
         await window.add(Message(role=Role.USER, content=f"dated {edge}", timestamp=edge))
     assert len(window.messages) == 4
+
+
+async def test_restore_takes_messages_the_counter_gives_no_tokens_and_refuses_uncounted_ones() -> None:
+    """A custom counter may count a message 0 tokens (its text only, and a tool-call-only message has
+    none): the window took such a message but restore() refused it as not counted, so a persisted
+    conversation holding one could not be resumed. A message never counted is still refused."""
+
+    class ContentWords:
+        encoding_name = "content-words"
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def count_message(self, message: Message) -> int:
+            return len(message.content.split())
+
+    window = ContextWindow(max_tokens=100, counter=ContentWords())
+    await window.add(Message.create("user", "look it up"))
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f")]))
+    await window.add(Message.create("tool", "", tool_call_id="c1"))
+    assert [message.token_count for message in window.messages] == [3, 0, 0]
+    again = ContextWindow(max_tokens=100, counter=ContentWords())
+    await again.restore(window.messages, [])
+    assert again.messages == window.messages and again.token_count == window.token_count == 3 + 3
+    with pytest.raises(InvalidArgumentError, match="token counts set"):
+        await ContextWindow(max_tokens=100).restore([Message.create("user", "never counted")], [])

@@ -498,7 +498,9 @@ class ContextWindow:
         summary: Message | None = None
         by_id: dict[str, Message] = {}
         for message in messages:
-            if not isinstance(message, Message) or message.token_count <= 0:
+            if not isinstance(message, Message) or (
+                message.token_count <= 0 and not self._counts_nothing(message)
+            ):
                 raise InvalidArgumentError("messages", message, "messages with their token counts set")
             if message.id in by_id:
                 raise InvalidArgumentError("messages", message.id, "messages with distinct ids")
@@ -524,6 +526,14 @@ class ContextWindow:
         self._summary = summary
         self._summary_tokens = summary_tokens
         self.compression_history = list(history)
+
+    def _counts_nothing(self, message: Message) -> bool:
+        """Whether a message with no token count is one the counter gives 0 tokens (so it is counted).
+
+        A custom counter may give a message no tokens (one counting the text only, for a message that
+        only calls tools); the window took it so, and a resumed conversation brings it back so.
+        """
+        return message.token_count == 0 and self._counter.count_message(message) == 0
 
     # -- pins -----------------------------------------------------------------------------------------
 
