@@ -333,6 +333,37 @@ async def test_explicit_compress_and_select_budget_view() -> None:
     assert await window.compress(5000) is None
 
 
+async def test_compress_with_nothing_left_to_take_changes_nothing_and_calls_no_summarizer() -> None:
+    """compress() when the window holds nothing more it may take (a long system prompt, the newest turn and
+    the summary are all that is left) evicted nothing, yet had the summarizer rewrite its own summary at
+    every call (an LLM call, the summary a summary of a summary, the prompt prefix changed) and added a
+    record of nothing done. It returns None now, the window and its history unchanged."""
+    calls: list[int] = []
+
+    async def summarizer(messages: object, budget: int) -> str:
+        calls.append(budget)
+        return f"summary {len(calls)}: Aurora deploys on Thursday."
+
+    window = ContextWindow(max_tokens=300, summarizer=summarizer)
+    await window.add(Message.create("system", text_of(150)))
+    for i in range(12):
+        await window.add(Message.create("user", text_of(8, i)))
+    assert window.summary is not None and len(window) == 3  # the adds compressed: system, summary, newest
+    state, summaries, history = snapshot(window), len(calls), len(window.compression_history)
+    for _ in range(3):
+        assert await window.compress(50) is None
+    assert (
+        snapshot(window) == state
+        and window.summary.content == f"summary {summaries}: Aurora deploys on Thursday."
+    )
+    assert len(calls) == summaries and len(window.compression_history) == history
+    alone = ContextWindow(max_tokens=300)  # no summary: nothing to evict, nothing to cut
+    await alone.add(Message.create("system", text_of(150)))
+    await alone.add(Message.create("user", "hello"))
+    assert await alone.compress(20) is None and alone.compression_history == []
+    assert_invariants(window)
+
+
 # -- bad input: specific error, window unchanged -----------------------------------------------------
 
 

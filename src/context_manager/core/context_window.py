@@ -895,7 +895,13 @@ class ContextWindow:
         return await self._compress((message,), self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
-        """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if already below it.
+        """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if nothing to do.
+
+        Nothing to do: the window is already below the target, or the plan would take nothing (no unit
+        evicted, no message cut, the rolling summary within its room); the summarizer is not called then.
+        When the messages a compression must keep exceed the target, even cut, it aims at ``max_tokens``
+        instead (see :mod:`~context_manager.core.compression.planning`): such a target can take less than
+        a larger one the window can reach.
 
         Raises:
             InvalidArgumentError: ``target_tokens`` is not a positive integer.
@@ -918,11 +924,12 @@ class ContextWindow:
 
     async def _compress(
         self, added: Sequence[Message], target: int
-    ) -> tuple[CompressionRecord, asyncio.Task[None] | None]:
+    ) -> tuple[CompressionRecord | None, asyncio.Task[None] | None]:
         """Plan, cut, summarize, then commit at once; ``added`` are the messages being added (maybe none).
 
         One message is planned as an extra on the window's own index (O(evicted)); a batch is staged on
-        a new index of the window plus the batch (O(window + batch), once for the whole batch).
+        a new index of the window plus the batch (O(window + batch), once for the whole batch). With
+        nothing added and nothing the plan would take (see :meth:`_prepare`), returns ``(None, None)``.
         """
         started = time.perf_counter()
         added_tokens = sum(message.token_count for message in added)
@@ -932,7 +939,10 @@ class ContextWindow:
             staged = self._stage(added) if len(added) > 1 else None
             index = self._index if staged is None else staged[0]
             extra = added[0] if len(added) == 1 else None
-            prepared = await self._prepare(index, extra, target)  # raises ContextBudgetError before a change
+            # raises ContextBudgetError before a change
+            prepared = await self._prepare(index, extra, target, idle=not added)
+            if prepared is None:
+                return None, None
             if self._still_current(prepared, staged):
                 break
             # a pin replaced a message this plan evicts, cuts or keeps while the summarizer ran: plan again
@@ -971,7 +981,15 @@ class ContextWindow:
                 messages.append(message)
         return index, messages
 
-    async def _prepare(self, index: UnitIndex, extra: Message | None, target: int) -> _Compression:
+    async def _prepare(
+        self, index: UnitIndex, extra: Message | None, target: int, *, idle: bool = False
+    ) -> _Compression | None:
+        """Plan a compression, make its cuts and write its summary (nothing committed).
+
+        With ``idle`` (nothing being added: an explicit :meth:`compress`), ``None`` when the plan takes
+        nothing: no unit evicted, no message cut, and the rolling summary, if any, within its room. The
+        summarizer is not called then (it would only rewrite its own summary).
+        """
         decision = decide_eviction(
             index,
             extra,
@@ -997,6 +1015,8 @@ class ContextWindow:
             budget = min(self._summary_max_tokens, decision.goal - kept_tokens)
             if budget < MIN_SUMMARY_TOKENS:
                 budget = 0
+        if idle and not evicted and not pairs and (previous is None or 0 < previous.token_count <= budget):
+            return None
         request = decision.latest_request
         request_is_cut = request is not None and (
             request.id in replacements or TRUNCATED_METADATA_KEY in request.metadata
