@@ -364,6 +364,32 @@ async def test_compress_with_nothing_left_to_take_changes_nothing_and_calls_no_s
     assert_invariants(window)
 
 
+async def test_a_message_added_to_two_windows_with_other_counters_keeps_each_windows_count() -> None:
+    """The window caches its count on the message it takes: the same Message added to a second window with
+    another counter (a cl100k and an o200k model, a custom counter) had its count overwritten, and the
+    first window, planning its compressions with the counts on its messages, went on believing it held
+    about a third of what it did (316 tokens said, 943 held, max_tokens 400)."""
+    o200k, cl100k = get_token_counter("o200k_base"), get_token_counter("cl100k_base")
+    first = ContextWindow(max_tokens=400, counter=o200k)
+    second = ContextWindow(max_tokens=100_000, counter=cl100k)
+    for i in range(40):
+        message = Message.create(
+            "user" if i % 2 else "assistant", f"note {i} " + "日本語のテキスト " * (i % 7 + 1)
+        )
+        await first.add(message)
+        await second.add(message)
+        for window, counter in ((first, o200k), (second, cl100k)):
+            held = window.messages
+            assert all(m.token_count == counter.count_message(m) for m in held)
+            assert window.token_count == sum(m.token_count for m in held) + REPLY_PRIMING_TOKENS
+        assert first.token_count <= first.max_tokens
+    assert first.compression_history
+    fresh = Message.create("user", "shared as it is when the counts agree")
+    await first.add(fresh)
+    await ContextWindow(max_tokens=400, counter=o200k).add(fresh)
+    assert first.messages[-1] is fresh  # nothing copied when the counts agree
+
+
 # -- bad input: specific error, window unchanged -----------------------------------------------------
 
 

@@ -122,6 +122,21 @@ _EARLIEST, _LATEST = EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
+def _own(message: Message, tokens: int) -> Message:
+    """``message`` with its token count set to ``tokens``: itself, or a copy if it holds another count.
+
+    The window caches its count on the messages it takes. A message already counted differently (by
+    another window with another counter) keeps that window's count: this window takes a copy, or the
+    other window would plan its compressions with this window's counts. A fresh message (no count yet)
+    or one counted the same is taken as it is.
+    """
+    held = message.token_count
+    if held and held != tokens:
+        message = dataclasses.replace(message)
+    _set(message, "token_count", tokens)
+    return message
+
+
 @dataclass(slots=True)
 class CompressionRecord:
     """What one compression did (one entry of ``compression_history``)."""
@@ -626,6 +641,9 @@ class ContextWindow:
 
     def _commit_append(self, message: Message, tokens: int) -> None:
         """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
+        held = message.token_count
+        if held and held != tokens:  # another window's count: a copy (_own, inline)
+            message = dataclasses.replace(message)
         _set(message, "token_count", tokens)
         messages = self._messages
         journal = self._journal
@@ -756,9 +774,8 @@ class ContextWindow:
                 return None
             await self._check_overflow()
             self._batch_fits(counts)  # raises when compression is disabled
-            for message, tokens in zip(batch, counts, strict=True):
-                _set(message, "token_count", tokens)
-            record, delivery = await self._compress(batch, self.target_tokens)
+            owned = [_own(message, tokens) for message, tokens in zip(batch, counts, strict=True)]
+            record, delivery = await self._compress(owned, self.target_tokens)
         finally:
             self._lock.release()
         if delivery is not None:
@@ -891,8 +908,7 @@ class ContextWindow:
                 required_tokens=total,
                 max_tokens=self._max_tokens,
             )
-        _set(message, "token_count", tokens)
-        return await self._compress((message,), self.target_tokens)
+        return await self._compress((_own(message, tokens),), self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
         """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if nothing to do.
