@@ -672,7 +672,8 @@ class ContextWindow:
         """Append ``message``, compressing first if the window would exceed ``max_tokens``.
 
         A tool result goes right after its call's unit (after messages added while the tools ran, it is
-        placed before them). The window takes the message as it is: messages are immutable.
+        placed before them). The window takes the message as it is (messages are immutable), or a copy if
+        another window with another counter counted it (each window caches its own count on its messages).
 
         Returns:
             The record of the compression this add triggered, or ``None``.
