@@ -390,6 +390,25 @@ async def test_a_message_added_to_two_windows_with_other_counters_keeps_each_win
     assert first.messages[-1] is fresh  # nothing copied when the counts agree
 
 
+class _QuarterCharacters:
+    """The "a token is about 4 characters" estimate, written with ``/``: counts that are not integers."""
+
+    encoding_name = "chars/4"
+
+    def count(self, text: str) -> float:
+        return len(text) / 4
+
+    def count_message(self, message: Message) -> float:
+        return 3 + len(message.content) / 4
+
+
+async def test_a_counter_giving_counts_that_are_not_integers_is_refused_when_the_window_is_made() -> None:
+    """A counter returning floats was taken, the adds went in, and the first compression failed with a bare
+    TypeError from deep in the summary ("slice indices must be integers"), at every add from then on."""
+    with pytest.raises(InvalidArgumentError, match=r"counter: got .*; allowed a TokenCounter whose count"):
+        ContextWindow(max_tokens=200, counter=_QuarterCharacters())  # type: ignore[arg-type]
+
+
 # -- bad input: specific error, window unchanged -----------------------------------------------------
 
 

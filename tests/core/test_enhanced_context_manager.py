@@ -796,3 +796,23 @@ async def test_a_tool_call_name_with_a_nul_is_refused_before_memory_has_to(tmp_p
             await manager.add_message("user", f"question {i} about the build status of region eu-west")
         await manager.flush()  # raised InvalidMemoryError when the NUL name got in
         assert manager.context_window.evicted_messages == ()
+
+
+def test_a_token_counter_giving_counts_that_are_not_integers_is_refused_by_the_constructor(
+    tmp_path: Path,
+) -> None:
+    """``len(text) / 4`` as a counter: refused at once, not by a TypeError at the first compression."""
+
+    class QuarterCharacters:
+        encoding_name = "chars/4"
+
+        def count(self, text: str) -> float:
+            return len(text) / 4
+
+        def count_message(self, message: Message) -> float:
+            return 3 + len(message.content) / 4
+
+    with pytest.raises(
+        InvalidArgumentError, match="token_counter: got .*; allowed a TokenCounter whose count"
+    ):
+        EnhancedContextManager(make_config(tmp_path), token_counter=QuarterCharacters())  # type: ignore[arg-type]

@@ -122,6 +122,27 @@ _EARLIEST, _LATEST = EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
+def check_counter(counter: TokenCounter, field: str) -> None:
+    """Refuse a token counter whose counts are not integers (``len(text) / 4``), naming ``field``.
+
+    One count of a short text and message (skipped for the built-in counter): a float count would be
+    taken by every add and fail the first compression with a bare ``TypeError``.
+
+    Raises:
+        InvalidArgumentError: ``count`` or ``count_message`` returned something else than an int >= 0.
+    """
+    if type(counter) is ExactTokenCounter:
+        return
+    counts = (counter.count("probe"), counter.count_message(Message.create("user", "probe")))
+    if any(isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts):
+        raise InvalidArgumentError(
+            field,
+            counter,
+            "a TokenCounter whose count and count_message return integers >= 0",
+            detail=f"count('probe') gave {counts[0]!r}, count_message of a message 'probe' {counts[1]!r}",
+        )
+
+
 def _own(message: Message, tokens: int) -> Message:
     """``message`` with its token count set to ``tokens``: itself, or a copy if it holds another count.
 
@@ -259,6 +280,8 @@ class ContextWindow:
             raise InvalidArgumentError(
                 "summarizer", summarizer, "an async callable (messages, budget) -> str"
             )
+        if counter is not None:
+            check_counter(counter, "counter")
         self._counter: TokenCounter = counter if counter is not None else get_token_counter()
         self._max_tokens = max_tokens
         self._compression_ratio = float(compression_ratio)

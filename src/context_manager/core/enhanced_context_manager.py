@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.context_window import ContextWindow, EvictionHook
+from context_manager.core.context_window import ContextWindow, EvictionHook, check_counter
 from context_manager.core.conversations.persistence import PersistedConversation
 from context_manager.core.conversations.store import ConversationStore, check_conversation_id
 from context_manager.core.errors import (
@@ -155,6 +155,8 @@ class EnhancedContextManager:
             raise InvalidArgumentError(
                 "token_counter", token_counter, "a TokenCounter (count, count_message)"
             )
+        if token_counter is not None:
+            check_counter(token_counter, "token_counter")
         if conversation_id is not None:
             check_conversation_id(conversation_id)
         check_user(user_id, allow_all=False)
