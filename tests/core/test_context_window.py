@@ -409,6 +409,36 @@ async def test_a_counter_giving_counts_that_are_not_integers_is_refused_when_the
         ContextWindow(max_tokens=200, counter=_QuarterCharacters())  # type: ignore[arg-type]
 
 
+async def test_a_budgeted_view_leaves_out_older_messages_before_the_summary_of_the_oldest() -> None:
+    """select(budget) (get_context(budget=...)) evicted just enough messages for the budget, then left the
+    rolling summary out because it no longer fitted: a budget one token below the window dropped the
+    summary (the only trace of the oldest turns, "Aurora deploys on Thursday" here) and kept 117 tokens
+    unused. Older messages now make room for the summary, as a compression makes room for its summary."""
+    window = ContextWindow(max_tokens=600)
+    await window.add(Message.create("system", "You are the release assistant."))
+    await window.add(Message.create("user", "Project Aurora deploys on Thursday at 14:00 UTC. Remember it."))
+    for i in range(40):
+        await window.add(Message.create("user", f"How is build {i} of the payments service doing today?"))
+        await window.add(Message.create("assistant", f"Build {i} passed {40 + i} tests."))
+    summary = window.summary
+    assert summary is not None and "Aurora" in summary.content
+    before = snapshot(window)
+    for shortfall in (1, 10, 50, 150, 300):
+        budget = window.token_count - shortfall
+        view = window.select(budget)
+        total = sum(m.token_count for m in view) + REPLY_PRIMING_TOKENS
+        assert summary in view, shortfall
+        assert budget - 30 <= total <= budget  # about as much as allowed: nothing dropped for nothing
+        assert view[-1] is window.messages[-1] and view[0].content == "You are the release assistant."
+        body = [m for m in window.messages if not is_summary(m)]
+        kept = [m for m in view if not is_summary(m)]
+        assert kept == [body[0], *body[len(body) - len(kept) + 1 :]]  # the oldest turns left out first
+    assert snapshot(window) == before
+    # a budget the summary cannot share with what must stay still gets a view, without the summary
+    tight = window.select(summary.token_count + 20)
+    assert summary not in tight and sum(m.token_count for m in tight) + REPLY_PRIMING_TOKENS <= 138
+
+
 # -- bad input: specific error, window unchanged -----------------------------------------------------
 
 

@@ -1302,7 +1302,9 @@ class ContextWindow:
 
         With no budget (or one the window fits in) this is every message. Otherwise the same rules as a
         compression choose what to leave out (whole units, lowest priority and oldest first; the newest
-        messages cut to head + tail in proportion if needed), and the rolling summary is kept when it fits.
+        messages cut to head + tail in proportion if needed), making room for the rolling summary as a
+        compression does (it stands for the oldest turns); it is left out only when what must stay (system,
+        pinned and critical messages, the newest turn and request, cut as far as allowed) leaves no room.
 
         Raises:
             InvalidArgumentError: ``budget`` is not a positive integer.
@@ -1314,11 +1316,15 @@ class ContextWindow:
             raise InvalidArgumentError("budget", budget, "a positive integer or None")
         if budget >= self.token_count:
             return list(self._messages)
+        summary = self._summary
+        # the summary stands for the oldest turns: older messages make room for it (aiming at the budget
+        # less the summary), unless what must stay leaves it none (the plan aims at the budget then)
+        target = budget - (summary.token_count if summary is not None else 0)
         try:
             decision = decide_eviction(
                 self._index,
                 None,
-                target_tokens=budget,
+                target_tokens=max(target, 1),
                 max_tokens=budget,
                 counter=self._counter,
                 allow_summary=False,
@@ -1335,7 +1341,6 @@ class ContextWindow:
             o.token_count - replacements[o.id].token_count for o, _ in decision.cuts if o.id in replacements
         )
         gone = {message.id for unit in decision.evicted_units for message in unit.messages}
-        summary = self._summary
         if summary is not None:
             gone.add(summary.id)
         kept = [replacements.get(m.id, m) for m in self._messages if m.id not in gone]
