@@ -503,6 +503,7 @@ async def test_non_message_and_duplicate_ids_are_rejected() -> None:
         ({"summary_max_tokens": -1}, "summary_max_tokens"),
         ({"summarizer_timeout": 0}, "summarizer_timeout"),
         ({"summarizer": "llm"}, "summarizer: got 'llm'"),
+        ({"counter": len}, "counter: got <built-in function len>; allowed a TokenCounter"),
     ],
 )
 def test_invalid_constructor_arguments(kwargs: dict[str, object], match: str) -> None:

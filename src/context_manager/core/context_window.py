@@ -281,6 +281,8 @@ class ContextWindow:
                 "summarizer", summarizer, "an async callable (messages, budget) -> str"
             )
         if counter is not None:
+            if not isinstance(counter, TokenCounter):
+                raise InvalidArgumentError("counter", counter, "a TokenCounter (count, count_message)")
             check_counter(counter, "counter")
         self._counter: TokenCounter = counter if counter is not None else get_token_counter()
         self._max_tokens = max_tokens
@@ -1055,7 +1057,7 @@ class ContextWindow:
             budget = min(self._summary_max_tokens, decision.goal - kept_tokens)
             if budget < MIN_SUMMARY_TOKENS:
                 budget = 0
-        if idle and not evicted and not pairs and (previous is None or 0 < previous.token_count <= budget):
+        if idle and not evicted and not pairs and (previous is None or previous.token_count <= budget > 0):
             return None
         request = decision.latest_request
         request_is_cut = request is not None and (
