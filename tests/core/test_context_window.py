@@ -333,6 +333,112 @@ async def test_explicit_compress_and_select_budget_view() -> None:
     assert await window.compress(5000) is None
 
 
+async def test_compress_with_nothing_left_to_take_changes_nothing_and_calls_no_summarizer() -> None:
+    """compress() when the window holds nothing more it may take (a long system prompt, the newest turn and
+    the summary are all that is left) evicted nothing, yet had the summarizer rewrite its own summary at
+    every call (an LLM call, the summary a summary of a summary, the prompt prefix changed) and added a
+    record of nothing done. It returns None now, the window and its history unchanged."""
+    calls: list[int] = []
+
+    async def summarizer(messages: object, budget: int) -> str:
+        calls.append(budget)
+        return f"summary {len(calls)}: Aurora deploys on Thursday."
+
+    window = ContextWindow(max_tokens=300, summarizer=summarizer)
+    await window.add(Message.create("system", text_of(150)))
+    for i in range(12):
+        await window.add(Message.create("user", text_of(8, i)))
+    assert window.summary is not None and len(window) == 3  # the adds compressed: system, summary, newest
+    state, summaries, history = snapshot(window), len(calls), len(window.compression_history)
+    for _ in range(3):
+        assert await window.compress(50) is None
+    assert (
+        snapshot(window) == state
+        and window.summary.content == f"summary {summaries}: Aurora deploys on Thursday."
+    )
+    assert len(calls) == summaries and len(window.compression_history) == history
+    alone = ContextWindow(max_tokens=300)  # no summary: nothing to evict, nothing to cut
+    await alone.add(Message.create("system", text_of(150)))
+    await alone.add(Message.create("user", "hello"))
+    assert await alone.compress(20) is None and alone.compression_history == []
+    assert_invariants(window)
+
+
+async def test_a_message_added_to_two_windows_with_other_counters_keeps_each_windows_count() -> None:
+    """The window caches its count on the message it takes: the same Message added to a second window with
+    another counter (a cl100k and an o200k model, a custom counter) had its count overwritten, and the
+    first window, planning its compressions with the counts on its messages, went on believing it held
+    about a third of what it did (316 tokens said, 943 held, max_tokens 400)."""
+    o200k, cl100k = get_token_counter("o200k_base"), get_token_counter("cl100k_base")
+    first = ContextWindow(max_tokens=400, counter=o200k)
+    second = ContextWindow(max_tokens=100_000, counter=cl100k)
+    for i in range(40):
+        message = Message.create(
+            "user" if i % 2 else "assistant", f"note {i} " + "日本語のテキスト " * (i % 7 + 1)
+        )
+        await first.add(message)
+        await second.add(message)
+        for window, counter in ((first, o200k), (second, cl100k)):
+            held = window.messages
+            assert all(m.token_count == counter.count_message(m) for m in held)
+            assert window.token_count == sum(m.token_count for m in held) + REPLY_PRIMING_TOKENS
+        assert first.token_count <= first.max_tokens
+    assert first.compression_history
+    fresh = Message.create("user", "shared as it is when the counts agree")
+    await first.add(fresh)
+    await ContextWindow(max_tokens=400, counter=o200k).add(fresh)
+    assert first.messages[-1] is fresh  # nothing copied when the counts agree
+
+
+class _QuarterCharacters:
+    """The "a token is about 4 characters" estimate, written with ``/``: counts that are not integers."""
+
+    encoding_name = "chars/4"
+
+    def count(self, text: str) -> float:
+        return len(text) / 4
+
+    def count_message(self, message: Message) -> float:
+        return 3 + len(message.content) / 4
+
+
+async def test_a_counter_giving_counts_that_are_not_integers_is_refused_when_the_window_is_made() -> None:
+    """A counter returning floats was taken, the adds went in, and the first compression failed with a bare
+    TypeError from deep in the summary ("slice indices must be integers"), at every add from then on."""
+    with pytest.raises(InvalidArgumentError, match=r"counter: got .*; allowed a TokenCounter whose count"):
+        ContextWindow(max_tokens=200, counter=_QuarterCharacters())  # type: ignore[arg-type]
+
+
+async def test_a_budgeted_view_leaves_out_older_messages_before_the_summary_of_the_oldest() -> None:
+    """select(budget) (get_context(budget=...)) evicted just enough messages for the budget, then left the
+    rolling summary out because it no longer fitted: a budget one token below the window dropped the
+    summary (the only trace of the oldest turns, "Aurora deploys on Thursday" here) and kept 117 tokens
+    unused. Older messages now make room for the summary, as a compression makes room for its summary."""
+    window = ContextWindow(max_tokens=600)
+    await window.add(Message.create("system", "You are the release assistant."))
+    await window.add(Message.create("user", "Project Aurora deploys on Thursday at 14:00 UTC. Remember it."))
+    for i in range(40):
+        await window.add(Message.create("user", f"How is build {i} of the payments service doing today?"))
+        await window.add(Message.create("assistant", f"Build {i} passed {40 + i} tests."))
+    summary = window.summary
+    assert summary is not None and "Aurora" in summary.content
+    before = snapshot(window)
+    for shortfall in (1, 10, 50, 150, 300):
+        budget = window.token_count - shortfall
+        view = window.select(budget)
+        total = sum(m.token_count for m in view) + REPLY_PRIMING_TOKENS
+        assert summary in view, shortfall
+        assert budget - 30 <= total <= budget  # about as much as allowed: nothing dropped for nothing
+        assert view[-1] is window.messages[-1] and view[0].content == "You are the release assistant."
+        body = [m for m in window.messages if not is_summary(m)]
+        kept = [m for m in view if not is_summary(m)]
+        assert kept == [body[0], *body[len(body) - len(kept) + 1 :]]  # the oldest turns left out first
+    assert snapshot(window) == before
+    # a budget the summary cannot share with what must stay still gets a view, without the summary
+    tight = window.select(summary.token_count + 20)
+    assert summary not in tight and sum(m.token_count for m in tight) + REPLY_PRIMING_TOKENS <= 138
+
+
 # -- bad input: specific error, window unchanged -----------------------------------------------------
 
 
@@ -397,6 +503,7 @@ async def test_non_message_and_duplicate_ids_are_rejected() -> None:
         ({"summary_max_tokens": -1}, "summary_max_tokens"),
         ({"summarizer_timeout": 0}, "summarizer_timeout"),
         ({"summarizer": "llm"}, "summarizer: got 'llm'"),
+        ({"counter": len}, "counter: got <built-in function len>; allowed a TokenCounter"),
     ],
 )
 def test_invalid_constructor_arguments(kwargs: dict[str, object], match: str) -> None:
@@ -1044,3 +1151,29 @@ async def test_a_message_with_a_timestamp_no_date_has_is_refused_at_the_door(tim
     for edge in (-62135596800.0, 0, 253402300799.0):  # year 1, the epoch (an int), year 9999
         await window.add(Message(role=Role.USER, content=f"dated {edge}", timestamp=edge))
     assert len(window.messages) == 4
+
+
+async def test_restore_takes_messages_the_counter_gives_no_tokens_and_refuses_uncounted_ones() -> None:
+    """A custom counter may count a message 0 tokens (its text only, and a tool-call-only message has
+    none): the window took such a message but restore() refused it as not counted, so a persisted
+    conversation holding one could not be resumed. A message never counted is still refused."""
+
+    class ContentWords:
+        encoding_name = "content-words"
+
+        def count(self, text: str) -> int:
+            return len(text.split())
+
+        def count_message(self, message: Message) -> int:
+            return len(message.content.split())
+
+    window = ContextWindow(max_tokens=100, counter=ContentWords())
+    await window.add(Message.create("user", "look it up"))
+    await window.add(Message.create("assistant", "", tool_calls=[ToolCall(id="c1", name="f")]))
+    await window.add(Message.create("tool", "", tool_call_id="c1"))
+    assert [message.token_count for message in window.messages] == [3, 0, 0]
+    again = ContextWindow(max_tokens=100, counter=ContentWords())
+    await again.restore(window.messages, [])
+    assert again.messages == window.messages and again.token_count == window.token_count == 3 + 3
+    with pytest.raises(InvalidArgumentError, match="token counts set"):
+        await ContextWindow(max_tokens=100).restore([Message.create("user", "never counted")], [])

@@ -762,3 +762,85 @@ async def test_every_evicted_message_has_a_memory_tool_calls_included(tmp_path: 
         assert [m.id for m in evicted if m.id not in archived] == []
         found = await manager.search_memory("lookup_order 1042-ZETA")
         assert any("1042-ZETA" in memory.content for memory in found)
+
+
+async def test_a_tool_call_name_with_a_nul_is_refused_before_memory_has_to(tmp_path: Path) -> None:
+    """Invariant 4 (every evicted message reaches memory): a call named with a NUL character was accepted,
+    and memory refused its text (``[tool call NAME] ARGUMENTS``) at every eviction write: flush() raised
+    InvalidMemoryError and the message never reached memory. It is refused at the door now."""
+    async with EnhancedContextManager(make_config(tmp_path, max_tokens=300)) as manager:
+        await manager.add_message("user", "Look up order 1042")
+        before = state(manager)
+        with pytest.raises(InvalidMessageError, match=r"tool_calls\[\]\.name: .*without NUL"):
+            await manager.add_message(
+                "assistant", "", tool_calls=[{"id": "c1", "name": "lookup\x00order", "arguments": {}}]
+            )
+        assert state(manager) == before
+        await manager.add_message(
+            "assistant", "", tool_calls=[{"id": "c1", "name": "lookup_order", "arguments": {"order": 1042}}]
+        )
+        await manager.add_message("tool", "shipped", tool_call_id="c1")
+        for i in range(40):
+            await manager.add_message("user", f"question {i} about the build status of region eu-west")
+        await manager.flush()  # raised InvalidMemoryError when the NUL name got in
+        assert manager.context_window.evicted_messages == ()
+
+
+def test_a_token_counter_giving_counts_that_are_not_integers_is_refused_by_the_constructor(
+    tmp_path: Path,
+) -> None:
+    """``len(text) / 4`` as a counter: refused at once, not by a TypeError at the first compression."""
+
+    class QuarterCharacters:
+        encoding_name = "chars/4"
+
+        def count(self, text: str) -> float:
+            return len(text) / 4
+
+        def count_message(self, message: Message) -> float:
+            return 3 + len(message.content) / 4
+
+    with pytest.raises(
+        InvalidArgumentError, match="token_counter: got .*; allowed a TokenCounter whose count"
+    ):
+        EnhancedContextManager(make_config(tmp_path), token_counter=QuarterCharacters())  # type: ignore[arg-type]
+
+
+async def test_add_messages_takes_the_openai_sdks_dump_of_a_response_message(tmp_path: Path) -> None:
+    """``message.model_dump()`` / ``to_dict()`` of an OpenAI SDK response message (what an OpenAI agent loop
+    appends to its history) carries ``refusal``, ``annotations``, ``audio`` and ``function_call``, empty
+    unless used: add_messages refused every such dict ("refusal: got None; allowed one of ..."), though its
+    docs name the SDK's dump. Empty ones are ignored; a refusal is what the assistant said."""
+    from openai.types.chat import ChatCompletionMessage
+
+    def response(message: dict[str, object]) -> ChatCompletionMessage:
+        return ChatCompletionMessage.model_validate({"refusal": None, "annotations": [], **message})
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":2}'}}
+    asked = response({"role": "assistant", "content": None, "tool_calls": [call]})
+    answered = response({"role": "assistant", "content": "2 + 2 = 4."})
+    refused = response({"role": "assistant", "content": None, "refusal": "I can't help with that."})
+    history = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        asked.model_dump(),
+        {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+        answered.to_dict(),
+        {"role": "user", "content": "Now something else."},
+        refused.model_dump(),
+    ]
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 6
+        assert [m.content for m in manager.messages] == [
+            "What is 2 + 2?",
+            "",
+            "4",
+            "2 + 2 = 4.",
+            "Now something else.",
+            "I can't help with that.",
+        ]
+        assert manager.messages[1].tool_calls[0].arguments == {"a": 2, "b": 2}
+        await manager.add_message(**answered.model_dump())
+        before = state(manager)
+        with pytest.raises(InvalidArgumentError, match="annotations: got .*; allowed one of metadata"):
+            await manager.add_message("assistant", "cited", annotations=[{"type": "url_citation"}])
+        assert state(manager) == before

@@ -57,6 +57,31 @@ def test_invalid_messages_are_rejected(kwargs: dict[str, object], pattern: str) 
         Message.create(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"role": "user", "content": "x", "name": "Zo\x00e"}, r"name: got 'Zo\\x00e'; allowed .*without NUL"),
+        ({"role": "tool", "content": "x", "tool_call_id": "c\x001"}, r"tool_call_id: .*without NUL"),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c\x001", "name": "f"}]},
+            r"tool_calls\[\]\.id: .*without NUL",
+        ),
+        (
+            {"role": "assistant", "content": "", "tool_calls": [ToolCall(id="c1", name="look\x00up")]},
+            r"tool_calls\[\]\.name: .*without NUL",
+        ),
+    ],
+)
+def test_a_nul_in_a_name_or_a_call_id_is_rejected_like_in_content(
+    kwargs: dict[str, object], pattern: str
+) -> None:
+    """Names and call ids reach memory (a tool call is remembered as ``[tool call NAME] ARGUMENTS``) and the
+    conversation store, which refuse NUL as they do in content: a message holding one was accepted, then
+    its memory was refused at every eviction write (flush() raised, cleanup() dropped it)."""
+    with pytest.raises(InvalidMessageError, match=pattern):
+        Message.create(**kwargs)  # type: ignore[arg-type]
+
+
 def test_tool_calls_from_provider_shapes() -> None:
     openai_call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
     anthropic_call = {"type": "tool_use", "id": "toolu_1", "name": "g", "input": {"b": 2}}

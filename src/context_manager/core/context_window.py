@@ -122,6 +122,42 @@ _EARLIEST, _LATEST = EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 _set = object.__setattr__  # the window fills in token_count on the (frozen) messages it accepts
 
 
+def check_counter(counter: TokenCounter, field: str) -> None:
+    """Refuse a token counter whose counts are not integers (``len(text) / 4``), naming ``field``.
+
+    One count of a short text and message (skipped for the built-in counter): a float count would be
+    taken by every add and fail the first compression with a bare ``TypeError``.
+
+    Raises:
+        InvalidArgumentError: ``count`` or ``count_message`` returned something else than an int >= 0.
+    """
+    if type(counter) is ExactTokenCounter:
+        return
+    counts = (counter.count("probe"), counter.count_message(Message.create("user", "probe")))
+    if any(isinstance(count, bool) or not isinstance(count, int) or count < 0 for count in counts):
+        raise InvalidArgumentError(
+            field,
+            counter,
+            "a TokenCounter whose count and count_message return integers >= 0",
+            detail=f"count('probe') gave {counts[0]!r}, count_message of a message 'probe' {counts[1]!r}",
+        )
+
+
+def _own(message: Message, tokens: int) -> Message:
+    """``message`` with its token count set to ``tokens``: itself, or a copy if it holds another count.
+
+    The window caches its count on the messages it takes. A message already counted differently (by
+    another window with another counter) keeps that window's count: this window takes a copy, or the
+    other window would plan its compressions with this window's counts. A fresh message (no count yet)
+    or one counted the same is taken as it is.
+    """
+    held = message.token_count
+    if held and held != tokens:
+        message = dataclasses.replace(message)
+    _set(message, "token_count", tokens)
+    return message
+
+
 @dataclass(slots=True)
 class CompressionRecord:
     """What one compression did (one entry of ``compression_history``)."""
@@ -244,6 +280,10 @@ class ContextWindow:
             raise InvalidArgumentError(
                 "summarizer", summarizer, "an async callable (messages, budget) -> str"
             )
+        if counter is not None:
+            if not isinstance(counter, TokenCounter):
+                raise InvalidArgumentError("counter", counter, "a TokenCounter (count, count_message)")
+            check_counter(counter, "counter")
         self._counter: TokenCounter = counter if counter is not None else get_token_counter()
         self._max_tokens = max_tokens
         self._compression_ratio = float(compression_ratio)
@@ -498,7 +538,9 @@ class ContextWindow:
         summary: Message | None = None
         by_id: dict[str, Message] = {}
         for message in messages:
-            if not isinstance(message, Message) or message.token_count <= 0:
+            if not isinstance(message, Message) or (
+                message.token_count <= 0 and not self._counts_nothing(message)
+            ):
                 raise InvalidArgumentError("messages", message, "messages with their token counts set")
             if message.id in by_id:
                 raise InvalidArgumentError("messages", message.id, "messages with distinct ids")
@@ -524,6 +566,14 @@ class ContextWindow:
         self._summary = summary
         self._summary_tokens = summary_tokens
         self.compression_history = list(history)
+
+    def _counts_nothing(self, message: Message) -> bool:
+        """Whether a message with no token count is one the counter gives 0 tokens (so it is counted).
+
+        A custom counter may give a message no tokens (one counting the text only, for a message that
+        only calls tools); the window took it so, and a resumed conversation brings it back so.
+        """
+        return message.token_count == 0 and self._counter.count_message(message) == 0
 
     # -- pins -----------------------------------------------------------------------------------------
 
@@ -616,6 +666,9 @@ class ContextWindow:
 
     def _commit_append(self, message: Message, tokens: int) -> None:
         """Commit point: ``message`` enters the window (a tool result right after its call's unit)."""
+        held = message.token_count
+        if held and held != tokens:  # another window's count: a copy (_own, inline)
+            message = dataclasses.replace(message)
         _set(message, "token_count", tokens)
         messages = self._messages
         journal = self._journal
@@ -644,7 +697,8 @@ class ContextWindow:
         """Append ``message``, compressing first if the window would exceed ``max_tokens``.
 
         A tool result goes right after its call's unit (after messages added while the tools ran, it is
-        placed before them). The window takes the message as it is: messages are immutable.
+        placed before them). The window takes the message as it is (messages are immutable), or a copy if
+        another window with another counter counted it (each window caches its own count on its messages).
 
         Returns:
             The record of the compression this add triggered, or ``None``.
@@ -746,9 +800,8 @@ class ContextWindow:
                 return None
             await self._check_overflow()
             self._batch_fits(counts)  # raises when compression is disabled
-            for message, tokens in zip(batch, counts, strict=True):
-                _set(message, "token_count", tokens)
-            record, delivery = await self._compress(batch, self.target_tokens)
+            owned = [_own(message, tokens) for message, tokens in zip(batch, counts, strict=True)]
+            record, delivery = await self._compress(owned, self.target_tokens)
         finally:
             self._lock.release()
         if delivery is not None:
@@ -881,11 +934,16 @@ class ContextWindow:
                 required_tokens=total,
                 max_tokens=self._max_tokens,
             )
-        _set(message, "token_count", tokens)
-        return await self._compress((message,), self.target_tokens)
+        return await self._compress((_own(message, tokens),), self.target_tokens)
 
     async def compress(self, target_tokens: int | None = None) -> CompressionRecord | None:
-        """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if already below it.
+        """Compress now to ``target_tokens`` (default :attr:`target_tokens`); ``None`` if nothing to do.
+
+        Nothing to do: the window is already below the target, or the plan would take nothing (no unit
+        evicted, no message cut, the rolling summary within its room); the summarizer is not called then.
+        When the messages a compression must keep exceed the target, even cut, it aims at ``max_tokens``
+        instead (see :mod:`~context_manager.core.compression.planning`): such a target can take less than
+        a larger one the window can reach.
 
         Raises:
             InvalidArgumentError: ``target_tokens`` is not a positive integer.
@@ -908,11 +966,12 @@ class ContextWindow:
 
     async def _compress(
         self, added: Sequence[Message], target: int
-    ) -> tuple[CompressionRecord, asyncio.Task[None] | None]:
+    ) -> tuple[CompressionRecord | None, asyncio.Task[None] | None]:
         """Plan, cut, summarize, then commit at once; ``added`` are the messages being added (maybe none).
 
         One message is planned as an extra on the window's own index (O(evicted)); a batch is staged on
-        a new index of the window plus the batch (O(window + batch), once for the whole batch).
+        a new index of the window plus the batch (O(window + batch), once for the whole batch). With
+        nothing added and nothing the plan would take (see :meth:`_prepare`), returns ``(None, None)``.
         """
         started = time.perf_counter()
         added_tokens = sum(message.token_count for message in added)
@@ -922,7 +981,10 @@ class ContextWindow:
             staged = self._stage(added) if len(added) > 1 else None
             index = self._index if staged is None else staged[0]
             extra = added[0] if len(added) == 1 else None
-            prepared = await self._prepare(index, extra, target)  # raises ContextBudgetError before a change
+            # raises ContextBudgetError before a change
+            prepared = await self._prepare(index, extra, target, idle=not added)
+            if prepared is None:
+                return None, None
             if self._still_current(prepared, staged):
                 break
             # a pin replaced a message this plan evicts, cuts or keeps while the summarizer ran: plan again
@@ -961,7 +1023,15 @@ class ContextWindow:
                 messages.append(message)
         return index, messages
 
-    async def _prepare(self, index: UnitIndex, extra: Message | None, target: int) -> _Compression:
+    async def _prepare(
+        self, index: UnitIndex, extra: Message | None, target: int, *, idle: bool = False
+    ) -> _Compression | None:
+        """Plan a compression, make its cuts and write its summary (nothing committed).
+
+        With ``idle`` (nothing being added: an explicit :meth:`compress`), ``None`` when the plan takes
+        nothing: no unit evicted, no message cut, and the rolling summary, if any, within its room. The
+        summarizer is not called then (it would only rewrite its own summary).
+        """
         decision = decide_eviction(
             index,
             extra,
@@ -987,6 +1057,8 @@ class ContextWindow:
             budget = min(self._summary_max_tokens, decision.goal - kept_tokens)
             if budget < MIN_SUMMARY_TOKENS:
                 budget = 0
+        if idle and not evicted and not pairs and (previous is None or previous.token_count <= budget > 0):
+            return None
         request = decision.latest_request
         request_is_cut = request is not None and (
             request.id in replacements or TRUNCATED_METADATA_KEY in request.metadata
@@ -1232,7 +1304,9 @@ class ContextWindow:
 
         With no budget (or one the window fits in) this is every message. Otherwise the same rules as a
         compression choose what to leave out (whole units, lowest priority and oldest first; the newest
-        messages cut to head + tail in proportion if needed), and the rolling summary is kept when it fits.
+        messages cut to head + tail in proportion if needed), making room for the rolling summary as a
+        compression does (it stands for the oldest turns); it is left out only when what must stay (system,
+        pinned and critical messages, the newest turn and request, cut as far as allowed) leaves no room.
 
         Raises:
             InvalidArgumentError: ``budget`` is not a positive integer.
@@ -1244,11 +1318,15 @@ class ContextWindow:
             raise InvalidArgumentError("budget", budget, "a positive integer or None")
         if budget >= self.token_count:
             return list(self._messages)
+        summary = self._summary
+        # the summary stands for the oldest turns: older messages make room for it (aiming at the budget
+        # less the summary), unless what must stay leaves it none (the plan aims at the budget then)
+        target = budget - (summary.token_count if summary is not None else 0)
         try:
             decision = decide_eviction(
                 self._index,
                 None,
-                target_tokens=budget,
+                target_tokens=max(target, 1),
                 max_tokens=budget,
                 counter=self._counter,
                 allow_summary=False,
@@ -1265,7 +1343,6 @@ class ContextWindow:
             o.token_count - replacements[o.id].token_count for o, _ in decision.cuts if o.id in replacements
         )
         gone = {message.id for unit in decision.evicted_units for message in unit.messages}
-        summary = self._summary
         if summary is not None:
             gone.add(summary.id)
         kept = [replacements.get(m.id, m) for m in self._messages if m.id not in gone]

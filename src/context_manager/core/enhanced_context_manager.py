@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.context_window import ContextWindow, EvictionHook
+from context_manager.core.context_window import ContextWindow, EvictionHook, check_counter
 from context_manager.core.conversations.persistence import PersistedConversation
 from context_manager.core.conversations.store import ConversationStore, check_conversation_id
 from context_manager.core.errors import (
@@ -91,6 +91,8 @@ _CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 """The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
+_OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
+"""Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
 _perf_counter = time.perf_counter
 
 _State = Literal["new", "ready", "closed"]
@@ -156,6 +158,8 @@ class EnhancedContextManager:
             raise InvalidArgumentError(
                 "token_counter", token_counter, "a TokenCounter (count, count_message)"
             )
+        if token_counter is not None:
+            check_counter(token_counter, "token_counter")
         if conversation_id is not None:
             check_conversation_id(conversation_id)
         check_user(user_id, allow_all=False)
@@ -574,7 +578,9 @@ class EnhancedContextManager:
         Args:
             messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` and optionally
                 ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``; the
-                OpenAI export of :meth:`get_context` is such a list.
+                OpenAI export of :meth:`get_context` is such a list, and the OpenAI SDK's
+                ``message.model_dump()`` of a response message is such a dict (its empty ``refusal``,
+                ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is the text).
 
         Returns:
             How many messages were added.
@@ -1410,12 +1416,30 @@ class EnhancedContextManager:
         return result
 
 
+def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the empty fields an OpenAI SDK response message's dump carries (see below)."""
+    if role != Role.ASSISTANT:
+        return options
+    return {
+        key: value
+        for key, value in options.items()
+        if key not in _OPENAI_RESPONSE_FIELDS or value  # None, [], "" and {}: not used
+    }
+
+
 def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Message:
     """Validate ``add_message``'s keywords and build the message (nothing is changed on error).
 
     An assistant message with tool calls may have ``None`` content, as the Chat Completions format (our
-    OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text.
+    OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text. The SDK's
+    dump of an assistant message also carries ``refusal``, ``annotations``, ``audio`` and
+    ``function_call``: ignored when empty; a refusal with no content is the message's text. Any other
+    value of them is refused as an unknown keyword (the window has nowhere to keep it).
     """
+    if options and not _MESSAGE_OPTIONS.issuperset(options):
+        options = _without_empty_response_fields(role, options)
+        if content is None and role == Role.ASSISTANT and isinstance(options.get("refusal"), str):
+            content = options.pop("refusal")  # a refusal is what the assistant said
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         unknown = sorted(set(options) - _MESSAGE_OPTIONS)
         raise InvalidArgumentError(

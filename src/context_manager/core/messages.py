@@ -206,6 +206,16 @@ def _check_json(value: Any, field_name: str, path: str = "", depth: int = 0) -> 
     )
 
 
+_LABEL = "a non-empty string of valid Unicode without NUL characters"
+"""What a name or a call id may be: it is remembered (a tool call as ``[tool call NAME] ARGUMENTS``) and
+stored with the message, where NUL characters cannot go, as in content."""
+
+
+def _is_label(value: object) -> bool:
+    """A name or a call id: a non-empty ``str`` of valid Unicode without NUL (see :data:`_LABEL`)."""
+    return isinstance(value, str) and value != "" and "\x00" not in value and encodable(value)
+
+
 @dataclass(slots=True, frozen=True)
 class ToolCall:
     """A model's request to run a tool, as carried by an assistant message (immutable)."""
@@ -241,10 +251,10 @@ class ToolCall:
             raise InvalidMessageError(
                 "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"
             )
-        if not isinstance(call.id, str) or not call.id or not encodable(call.id):
-            raise InvalidMessageError("tool_calls[].id", call.id, "a non-empty string of valid Unicode")
-        if not isinstance(call.name, str) or not call.name or not encodable(call.name):
-            raise InvalidMessageError("tool_calls[].name", call.name, "a non-empty string of valid Unicode")
+        if not _is_label(call.id):
+            raise InvalidMessageError("tool_calls[].id", call.id, _LABEL)
+        if not _is_label(call.name):
+            raise InvalidMessageError("tool_calls[].name", call.name, _LABEL)
         if not isinstance(call.arguments, dict):
             raise InvalidMessageError("tool_calls[].arguments", call.arguments, "a JSON object (dict)")
         _check_json(call.arguments, "tool_calls[].arguments")
@@ -381,8 +391,8 @@ class Message:
             raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
         elif metadata:
             _check_json(metadata, "metadata")
-        if name is not None and (not isinstance(name, str) or not name or not encodable(name)):
-            raise InvalidMessageError("name", name, "None or a non-empty string")
+        if name is not None and not _is_label(name):
+            raise InvalidMessageError("name", name, "None or " + _LABEL)
         calls: tuple[ToolCall, ...] = ()
         if tool_calls:
             if parsed_role is not Role.ASSISTANT:
@@ -396,11 +406,11 @@ class Message:
             if len(set(ids)) != len(ids):
                 raise InvalidMessageError("tool_calls", ids, "distinct call ids within one message")
         if parsed_role is Role.TOOL:
-            if not isinstance(tool_call_id, str) or not tool_call_id or not encodable(tool_call_id):
+            if not _is_label(tool_call_id):
                 raise InvalidMessageError(
                     "tool_call_id",
                     tool_call_id,
-                    "the id of an earlier assistant tool call (required for tool)",
+                    f"the id of an earlier assistant tool call (required for tool; {_LABEL})",
                 )
         elif tool_call_id is not None:
             raise InvalidMessageError(

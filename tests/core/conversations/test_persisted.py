@@ -230,6 +230,36 @@ async def test_a_writer_is_refused_after_its_conversation_was_deleted_and_create
         assert [m.content for m in resumed.messages] == ["Y from the new conversation"]
 
 
+class _ContentWords:
+    """A TokenCounter that counts the words of a message's text only (no framing): a tool-call-only
+    assistant message and an empty tool result cost 0 tokens."""
+
+    encoding_name = "content-words"
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def count_message(self, message: Any) -> int:
+        return len(message.content.split())
+
+
+async def test_a_message_a_custom_counter_gives_no_tokens_resumes(make_config: Any) -> None:
+    """The window took a message counted 0 by a custom token counter, stored it, then refused it when
+    resuming ("messages with their token counts set"): the conversation could not be opened again."""
+    config = make_config()
+    async with EnhancedContextManager(config, conversation_id="c", token_counter=_ContentWords()) as manager:
+        await manager.add_message("user", "look up parcel 7")
+        await manager.add_message(
+            "assistant", "", tool_calls=[{"id": "c7", "name": "track", "arguments": {}}]
+        )
+        await manager.add_message("tool", "", tool_call_id="c7")
+        assert [message.token_count for message in manager.messages] == [4, 0, 0]
+        before = manager.get_context(format="openai")
+    async with EnhancedContextManager(config, conversation_id="c", token_counter=_ContentWords()) as manager:
+        assert manager.get_context(format="openai") == before
+        assert manager.get_context_summary()["token_count"] == 4 + 3
+
+
 async def test_evicted_messages_are_searchable_after_resuming(make_config: Any) -> None:
     async with EnhancedContextManager(make_config(), conversation_id="c") as first:
         await first.add_message("user", "my locker code is 4417 at the north gate")

@@ -1,0 +1,258 @@
+"""Property-based: the window driven as an agent loop drives it, both exports checked after every call.
+
+``test_context_window.py`` answers every tool call at once and checks the window; this mixes what a real
+loop does: results arriving late (after the user spoke), in any order or never, a second result for a call
+and a call id used again (both refused, nothing changed), pins and unpins, explicit compressions, batches,
+budgeted views, text in many scripts with emoji, combining marks and invisible characters. After every call
+the window and both exports of it (and of a budgeted view) must hold:
+
+* the window within ``max_tokens``, a view within its budget;
+* every tool result after its call; each export accepted by its provider (``tests/provider_rules.py``);
+* system, pinned and critical messages kept; the newest user request present with its head and tail;
+* nothing silently lost: every message added is in the window or queued as evicted (the full text of a
+  message cut), and an export leaves out only calls still waiting for their result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from context_manager.core.compression import TRUNCATED_METADATA_KEY, is_summary
+from context_manager.core.context_window import ContextWindow
+from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
+from context_manager.core.messages import Message, Role, ToolCall
+from context_manager.core.provider_formats import to_anthropic_messages, to_openai_messages
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+from tests.provider_rules import anthropic_violations, openai_violations
+
+COUNTER = get_token_counter()
+
+PIECES = [
+    "alpha ",
+    "beta. ",
+    " ",
+    "\n",
+    "é",
+    "日本語",
+    "😀",
+    "👨\u200d👩\u200d👧",
+    "e\u0301",
+    "\u200b",
+    "\u202e",
+    "ﷺ",
+    "\r\n",
+    "𝔘",
+    "x",
+    "١٢٣",
+    "\t",
+]
+
+
+def text_of(size: int, seed: int) -> str:
+    """A text of ``size`` pieces mixing scripts, emoji, combining marks and invisible characters."""
+    return "".join(PIECES[(seed * 7 + i * 3) % len(PIECES)] for i in range(max(size, 1)))
+
+
+def split_cut(content: str) -> tuple[str, str]:
+    head, _, rest = content.partition("\n[... ")
+    _, _, tail = rest.partition(" tokens omitted ...]\n")
+    return head, tail
+
+
+rarely = st.sampled_from([False] * 9 + [True])
+message_spec = st.tuples(
+    st.sampled_from(
+        ["user"] * 4 + ["assistant"] * 3 + ["calls"] * 2 + ["result"] * 2 + ["late_result", "system"]
+    ),
+    st.integers(min_value=0, max_value=300),  # size
+    st.integers(min_value=0, max_value=50),  # seed
+    st.sampled_from(["low", "normal", "normal", "high"] * 3 + ["critical"]),
+    rarely,  # pinned
+)
+operation = st.one_of(
+    st.tuples(st.just("add"), message_spec),
+    st.tuples(st.just("batch"), st.lists(message_spec, min_size=1, max_size=6)),
+    st.tuples(st.just("again"), st.integers(min_value=0, max_value=50)),  # a second result / a call id again
+    st.tuples(st.just("pin"), st.tuples(st.integers(min_value=0, max_value=100), st.booleans())),
+    st.tuples(st.just("compress"), st.integers(min_value=1, max_value=100)),
+    st.tuples(st.just("view"), st.integers(min_value=1, max_value=120)),
+)
+
+
+@dataclass
+class Model:
+    added: dict[str, str] = field(default_factory=dict)  # id -> full text
+    protected: set[str] = field(default_factory=set)
+    latest_user: str | None = None
+    calls: list[str] = field(default_factory=list)  # every call id made, oldest first
+    numbers: int = 0
+
+
+def snapshot(window: ContextWindow) -> tuple[object, ...]:
+    return (
+        tuple((m.id, m.content, m.token_count, m.pinned) for m in window.messages),
+        window.token_count,
+        window.pending_tool_calls,
+        tuple(m.id for m in window.evicted_messages),
+    )
+
+
+def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Model) -> Message | None:
+    kind, size, seed, priority, pinned = spec
+    if kind == "calls":
+        calls = []
+        for _ in range(1 + seed % 3):
+            model.numbers += 1
+            # every other id as some OpenAI-compatible servers make them (Anthropic refuses it unmapped)
+            number = model.numbers
+            calls.append(ToolCall(f"call_{number}" if number % 2 else f"functions.f:{number}", "lookup", {}))
+        pending.extend(call.id for call in calls)
+        content = text_of(size, seed) if seed % 2 else ""
+        return Message.create("assistant", content, tool_calls=calls, priority=priority, pinned=pinned)
+    if kind in ("result", "late_result"):
+        if not pending:
+            return None
+        call_id = pending.pop(0 if kind == "result" else -1)  # oldest first, or newest first
+        content = text_of(size, seed) if size % 5 else ""  # some results are empty
+        metadata = {"is_error": True} if seed % 7 == 0 else {}
+        return Message.create(
+            "tool", content, tool_call_id=call_id, priority=priority, pinned=pinned, metadata=metadata
+        )
+    return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned)
+
+
+def check_exports(messages: list[Message] | tuple[Message, ...], pending: frozenset[str]) -> None:
+    openai = to_openai_messages(messages)
+    anthropic = to_anthropic_messages(messages)
+    assert openai_violations(openai) == [], openai
+    assert anthropic_violations(anthropic) == [], anthropic
+    # Nothing is left out but calls still waiting for their result (and their message if it has no text).
+    exported_results = {m["tool_call_id"] for m in openai if m["role"] == "tool"}
+    exported_calls = {call["id"] for m in openai for call in m.get("tool_calls") or ()}
+    exported_texts = [m["content"] for m in openai]
+    for message in messages:
+        if message.role is Role.TOOL:
+            assert message.tool_call_id in exported_results
+        elif message.content:
+            assert message.content in exported_texts
+        for call in message.tool_calls:
+            assert (call.id in exported_calls) is (call.id not in pending)
+
+
+def check_newest_request(message: Message, full_text: str) -> None:
+    if TRUNCATED_METADATA_KEY not in message.metadata:
+        assert message.content == full_text
+        return
+    event("newest request cut")
+    head, tail = split_cut(message.content)
+    assert head and tail, message.content
+    assert full_text.startswith(head) and full_text.endswith(tail)
+
+
+async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> None:
+    window = ContextWindow(max_tokens=max_tokens, compression_ratio=ratio)
+    model = Model()
+    for kind, argument in ops:
+        before = snapshot(window)
+        try:
+            if kind in ("add", "batch"):
+                pending = sorted(window.pending_tool_calls)
+                specs = [argument] if kind == "add" else argument
+                built = [build(spec, pending, model) for spec in specs]  # type: ignore[arg-type, union-attr]
+                batch = [message for message in built if message is not None]
+                if not batch:
+                    continue
+                record = await (window.add(batch[0]) if kind == "add" else window.extend(batch))
+                if record is not None:
+                    event("compressed" + (" with cuts" if record.truncated_count else ""))
+                for message in batch:
+                    model.added[message.id] = message.content
+                    model.calls.extend(call.id for call in message.tool_calls)
+                    if message.is_protected:
+                        model.protected.add(message.id)
+                    if message.role is Role.USER:
+                        model.latest_user = message.id
+            elif kind == "again" and model.calls:
+                call_id = model.calls[int(argument) % len(model.calls)]  # type: ignore[call-overload]
+                in_window = any(call.id == call_id for m in window.messages for call in m.tool_calls)
+                answered = in_window and call_id not in window.pending_tool_calls
+                if answered:  # a second result for an answered call
+                    extra = Message.create("tool", "again", tool_call_id=call_id)
+                    event("second result refused")
+                else:  # the id again in a new call: refused while the first is in the window
+                    extra = Message.create("assistant", "", tool_calls=[ToolCall(call_id, "lookup")])
+                try:
+                    await window.add(extra)
+                except ToolCallPairingError:
+                    assert in_window
+                    assert snapshot(window) == before
+                else:
+                    assert not answered and not in_window
+                    event("a call id used again once its first call was evicted")
+                    model.added[extra.id] = extra.content
+                    model.calls.append(call_id)
+            elif kind == "pin":
+                index, pin = argument  # type: ignore[misc]
+                messages = window.messages
+                if messages:
+                    target = messages[index % len(messages)]
+                    if not is_summary(target):
+                        (window.pin if pin else window.unpin)(target.id)
+                        if pin:
+                            model.protected.add(target.id)
+                        elif not (target.role is Role.SYSTEM or target.priority.value == "critical"):
+                            model.protected.discard(target.id)
+            elif kind == "compress":
+                await window.compress(max(1, max_tokens * int(argument) // 100))  # type: ignore[call-overload]
+            elif kind == "view":
+                budget = max(1, max_tokens * int(argument) // 100)  # type: ignore[call-overload]
+                try:
+                    view = window.select(budget)
+                except ContextBudgetError:
+                    event("view refused: protected messages exceed the budget")
+                    assert snapshot(window) == before
+                    continue
+                assert snapshot(window) == before
+                assert sum(m.token_count for m in view) + (REPLY_PRIMING_TOKENS if view else 0) <= budget
+                check_exports(view, window.pending_tool_calls)
+                if model.latest_user is not None:
+                    request = next(m for m in view if m.id == model.latest_user)
+                    check_newest_request(request, model.added[request.id])
+        except ContextBudgetError:
+            event("refused: protected messages cannot fit")
+            assert snapshot(window) == before
+
+        messages = window.messages
+        total = sum(COUNTER.count_message(m) for m in messages) + (REPLY_PRIMING_TOKENS if messages else 0)
+        assert window.token_count == total <= max_tokens
+        calls_seen: set[str] = set()
+        for message in messages:
+            calls_seen.update(call.id for call in message.tool_calls)
+            if message.role is Role.TOOL:
+                assert message.tool_call_id in calls_seen
+        ids = {message.id for message in messages}
+        assert model.protected <= ids
+        evicted = {message.id: message for message in window.evicted_messages}
+        assert set(model.added) <= ids | set(evicted)
+        for message in messages:
+            if TRUNCATED_METADATA_KEY in message.metadata:
+                assert evicted[message.id].content == model.added[message.id]
+        if model.latest_user is not None:
+            check_newest_request(window.get(model.latest_user), model.added[model.latest_user])
+        check_exports(messages, window.pending_tool_calls)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=100, max_value=900),
+    ratio=st.floats(min_value=0.3, max_value=0.95),
+    ops=st.lists(operation, min_size=5, max_size=40),
+)
+def test_window_and_its_exports_keep_every_rule_whatever_the_agent_loop_does(
+    max_tokens: int, ratio: float, ops: list[tuple[str, object]]
+) -> None:
+    asyncio.run(run(max_tokens, ratio, ops))
