@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TYPED_CALLER = """\
+TYPED_CALLER = '''\
 import asyncio
 from typing import Any, assert_type
 
@@ -42,10 +42,10 @@ async def main() -> None:
 
 
 asyncio.run(main())
-"""
+'''
 
 # The same calls used the wrong way round: mypy must report each of these lines.
-MISTYPED_CALLER = """\
+MISTYPED_CALLER = '''\
 from context_manager import ContextManagerConfig, EnhancedContextManager
 
 
@@ -54,7 +54,7 @@ def use(manager: EnhancedContextManager) -> None:
     request.append({"role": "user", "content": "hi"})  # a dict has no append
     messages = manager.get_context(format="openai")
     messages["system"]  # a list is indexed by int
-"""
+'''
 
 
 def run_mypy(tmp_path: Path, **files: str) -> str:
