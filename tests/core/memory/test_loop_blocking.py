@@ -599,3 +599,43 @@ async def test_reading_thousands_of_small_memories_never_holds_the_loop_over_20_
     tagged, longest["tags"] = await _longest_loop_step(lambda: manager.search_by_tags(["t3"], limit=5))
     assert len(tagged) == 5 and all("t3" in memory.tags for memory in tagged)
     assert max(longest.values()) < 0.020, {key: f"{value * 1000:.1f} ms" for key, value in longest.items()}
+
+
+async def test_replaying_a_journal_line_of_megabytes_lets_the_loop_run(tmp_path: Path) -> None:
+    """Reopening a store whose journal holds memories of 16 MB held the event loop 50-100 ms: the replay runs
+    on the storage thread, but it split the whole file and decoded each line with one call (``bytes.split``,
+    ``json.loads``), each holding the interpreter lock for all of it. The file is now read a megabyte at a
+    time and such a line's text decoded a quarter of a megabyte at a time (what is left: building the
+    text itself, about 10 ms). Measured as the longest wall-clock gap of a ticker task while a thread
+    replays the journal, the smallest of three runs; the memories read back are the ones written."""
+    from context_manager.core.memory.file_store import JsonlLog
+
+    text = "Überprüfung der Zeile " + " ".join(f'zeile{i} größe{i % 97} "ok" \\ ½\n' for i in range(640_000))
+    assert len(text) > 16_000_000
+    path = tmp_path / "memories.jsonl"
+    log = JsonlLog(path)
+    log.open()
+    memories = [
+        Memory(
+            id=f"m{n}", content=text + str(n), tags=["t"], metadata={"n": n, "note": 'a "quoted" \\ value'}
+        )
+        for n in range(2)
+    ]
+    log.append([{"op": "put", "m": memory.to_dict()} for memory in memories])
+    log.append([{"op": "put", "m": Memory(id="small", content="a small note").to_dict()}])
+    log.close()
+    gaps = []
+    for _ in range(3):
+        replaying = asyncio.ensure_future(asyncio.to_thread(JsonlLog(path).open))
+        longest = 0.0
+        last = time.perf_counter()
+        while not replaying.done():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+        replayed = await replaying
+        gaps.append(longest)
+    assert {memory_id: memory.to_dict() for memory_id, memory in replayed.items()} == {
+        memory.id: memory.to_dict() for memory in [*memories, Memory(id="small", content="a small note")]
+    }
+    assert min(gaps) < 0.030, f"the loop waited {min(gaps) * 1000:.0f} ms for the journal's replay"
