@@ -606,7 +606,7 @@ async def test_replaying_a_journal_line_of_megabytes_lets_the_loop_run(tmp_path:
     on the storage thread, but it split the whole file and decoded each line with one call (``bytes.split``,
     ``json.loads``), each holding the interpreter lock for all of it. The file is now read a megabyte at a
     time and such a line's text decoded a quarter of a megabyte at a time (what is left: building the
-    text itself, about 10 ms). Measured as the longest wall-clock gap of a ticker task while a thread
+    text itself, 10-20 ms). Measured as the longest wall-clock gap of a ticker task while a thread
     replays the journal, the smallest of three runs; the memories read back are the ones written."""
     from context_manager.core.memory.file_store import JsonlLog
 
