@@ -102,3 +102,37 @@ def test_in_memory_index_search_tags_and_rebuild() -> None:
     store.delete(["a"])
     assert store.with_tags(["sport"]) == []
     assert store.search(build_match(["run"], None), 5) == []
+
+
+def test_a_journal_line_of_megabytes_decodes_by_slices_as_in_one_call(tmp_path: Path) -> None:
+    """Replay decodes the text of a memory of megabytes in slices (``decode_line``): escapes, quotes,
+    backslashes and characters of several bytes across a slice's end read back as one ``json.loads``
+    reads them, and so do the lines it must decode whole (another layout, the key twice, damage)."""
+
+    from context_manager.core.memory.file_store import _DECODE_BYTES, decode_line, record_pieces
+
+    tricky = ['"', "\\", '\\"', "\n", "\x01", "é", "東京", "😀", "🇫🇷", '\\\\"', "\u2028"]
+    records = []
+    for shift in range(0, 14, 3):
+        for text in tricky:
+            content = (
+                "a" * (_DECODE_BYTES - 40 - shift) + text * 7 + "b" * 50 + text * 3 + "z" * _DECODE_BYTES
+            )
+            for metadata in ({}, {"content": "x"}, {"note": 'v"\\'}):
+                memory = Memory(id="m1", content=content + text, tags=["t"], metadata=metadata)
+                records.append({"op": "put", "m": memory.to_dict()})
+    for record in records:
+        line = b"".join(record_pieces(record))
+        assert decode_line(line) == json.loads(line) == record
+    content = "x" * (_DECODE_BYTES - 3) + "😀" * 10  # escaped surrogate pairs, written by another tool
+    for escaped in (json.dumps(content), json.dumps(content, ensure_ascii=False)):
+        line = b'{"op": "put", "m": {"content": ' + escaped.encode() + b', "id": "m"}}\n'
+        assert decode_line(line) == json.loads(line)
+    start = b'{"op": "put", "m": {"content": "' + b"a" * (2 * _DECODE_BYTES)
+    for damaged in (start, start + b'", "id": ', start + b"\\q"):
+        with pytest.raises(ValueError):
+            decode_line(damaged)
+    path = tmp_path / "memories.jsonl"  # replayed from the file: the same memories
+    path.write_bytes(b"".join(b"".join(record_pieces(record)) for record in records[:6]))
+    replayed = JsonlLog(path).open()
+    assert [memory.to_dict() for memory in replayed.values()] == [records[5]["m"]]

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from context_manager.core.errors import StorageCorruptedError, StorageError
 from context_manager.core.memory.in_memory_store import InMemoryStore
@@ -127,48 +127,59 @@ class JsonlLog:
             return set(self._puts)
 
     def _replay(self) -> dict[str, Memory]:
+        """Apply the log's records, read a megabyte at a time (:func:`_lines`, :func:`decode_line`).
+
+        A whole file of megabytes split in one ``split``, or a line of megabytes decoded by one
+        ``json.loads``, held the interpreter lock, so the event loop, for tens of milliseconds.
+        """
+        live: dict[str, Memory] = {}
+        offset = 0
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb", buffering=0) as handle:
+                for number, line in enumerate(_lines(handle), start=1):
+                    start, offset = offset, offset + len(line)
+                    if not line.endswith(b"\n"):  # a write cut short by a crash, never acknowledged
+                        if not line.isspace():
+                            logger.warning(
+                                "memory log %s ends with an incomplete record (%d bytes, a write interrupted "
+                                "by a crash); skipping it",
+                                self.path,
+                                len(line),
+                            )
+                            self._cut_torn_tail(start)
+                        break
+                    self._replay_line(line, number, start, live)
+        except StorageError:  # an OSError too: a damaged line, or the torn tail not cut
+            raise
         except OSError as error:
             raise StorageError(f"cannot read memory log {self.path}: {error}", path=self.path) from error
-        live: dict[str, Memory] = {}
-        lines = data.split(b"\n")
-        torn = lines.pop()  # text after the last newline: empty, or a write cut short by a crash
-        if torn.strip():
-            logger.warning(
-                "memory log %s ends with an incomplete record (%d bytes, a write interrupted by a crash); "
-                "skipping it",
-                self.path,
-                len(torn),
-            )
-            self._cut_torn_tail(len(data) - len(torn))
-        offset = 0
-        for number, line in enumerate(lines, start=1):
-            start, offset = offset, offset + len(line) + 1
-            if not line.strip() or line.startswith(_ERASED):
-                continue
-            try:
-                record = json.loads(line)
-                _apply(record, live)
-                if record["op"] == "put":
-                    self._puts.setdefault(record["m"]["id"], []).append((start, len(line)))
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
-                if line.endswith(b" "):  # json.dumps never ends a line with a space: an erasure cut short
-                    logger.warning(
-                        "memory log %s: line %d is a deleted memory's record whose erasure was interrupted "
-                        "(a power loss); skipping it",
-                        self.path,
-                        number,
-                    )
-                    continue
-                raise StorageCorruptedError(
-                    f"memory log {self.path} is damaged at line {number} ({error}); it was not modified. "
-                    "Restore it from a backup, or move it aside to start the short and medium tiers empty "
-                    "(the long-term database is not affected)",
-                    path=self.path,
-                ) from error
-            self.record_count += 1
         return live
+
+    def _replay_line(self, line: bytes, number: int, start: int, live: dict[str, Memory]) -> None:
+        """Apply one line of the log (with its newline), which starts at byte ``start``."""
+        if line.isspace() or line.startswith(_ERASED):
+            return
+        try:
+            record = decode_line(line)
+            _apply(record, live)
+            if record["op"] == "put":
+                self._puts.setdefault(record["m"]["id"], []).append((start, len(line) - 1))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            if line.endswith(b" \n"):  # json.dumps never ends a line with a space: an erasure cut short
+                logger.warning(
+                    "memory log %s: line %d is a deleted memory's record whose erasure was interrupted "
+                    "(a power loss); skipping it",
+                    self.path,
+                    number,
+                )
+                return
+            raise StorageCorruptedError(
+                f"memory log {self.path} is damaged at line {number} ({error}); it was not modified. "
+                "Restore it from a backup, or move it aside to start the short and medium tiers empty "
+                "(the long-term database is not affected)",
+                path=self.path,
+            ) from error
+        self.record_count += 1
 
     def _cut_torn_tail(self, size: int) -> None:
         # The torn bytes were never acknowledged; cutting them keeps the next append on its own line.
@@ -338,6 +349,111 @@ def _apply(record: dict[str, Any], live: dict[str, Memory]) -> None:
                 touched.access_count = int(access_count)
     else:
         raise ValueError(f"unknown operation {operation!r}")
+
+
+_READ_BYTES = 1 << 20  # bytes of the log read per call when it is replayed
+
+
+def _lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines of an unbuffered file, each with its newline (the last one may have none).
+
+    Read :data:`_READ_BYTES` at a time: a line of megabytes is put together a read at a time (see
+    :func:`_joined`), where ``readline`` or ``split`` copied it in one call holding the interpreter lock.
+    """
+    parts: list[bytes] = []  # the line read so far, when it spans reads
+    while chunk := handle.read(_READ_BYTES):
+        start = 0
+        while (newline := chunk.find(b"\n", start)) >= 0:
+            if parts:
+                parts.append(chunk[start : newline + 1])
+                yield _joined(parts)
+                parts = []
+            else:
+                yield chunk[start : newline + 1]
+            start = newline + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield _joined(parts)
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    """The parts as one buffer, copied a part at a time (``b"".join`` copies them all in one call)."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = bytearray(sum(len(part) for part in parts))
+    position = 0
+    for part in parts:
+        joined[position : position + len(part)] = part
+        position += len(part)
+    return joined  # type: ignore[return-value]  # read like bytes (json.loads takes either)
+
+
+_LARGE_PUT = b'{"op": "put", "m": {"content": "'
+"""How :func:`record_pieces` starts the line of a memory of megabytes (its text first)."""
+_DECODE_BYTES = 1 << 18  # bytes of a line's text decoded per call (a millisecond or two)
+
+
+def decode_line(line: bytes) -> Any:
+    """``json.loads(line)``; the text of a memory of megabytes decoded :data:`_DECODE_BYTES` at a time.
+
+    One ``json.loads`` of a line of megabytes holds the interpreter lock for all of it (5-30 ms per 5 MB):
+    replaying the log on the storage thread stalled the event loop that long. A line as
+    :func:`record_pieces` writes it has the text first: it is decoded in slices cut where no escape or
+    UTF-8 character is split (a slice holding the text's closing quote fails to decode: the text ends in
+    it), then the rest of the record. Any other line is decoded whole.
+    """
+    if len(line) <= _DECODE_BYTES or not line.startswith(_LARGE_PUT):
+        return json.loads(line)
+    pieces: list[str] = []
+    position = len(_LARGE_PUT)
+    while True:
+        cut = _cut(line, position, position + _DECODE_BYTES)
+        if cut <= position:  # nowhere to cut
+            return json.loads(line)
+        try:
+            pieces.append(json.loads(b'"' + line[position:cut] + b'"'))
+        except ValueError:  # the text ends in this slice (or the line is damaged)
+            break
+        position = cut
+    end = _closing_quote(line, position, cut)
+    if end < 0 or b'"content"' in line[end:]:  # damaged, or the key again (the last one wins): whole
+        return json.loads(line)
+    pieces.append(json.loads(b'"' + line[position:end] + b'"'))
+    record = json.loads(line[: len(_LARGE_PUT)] + line[end:])
+    record["m"]["content"] = "".join(pieces)
+    return record
+
+
+def _closing_quote(line: bytes, start: int, stop: int) -> int:
+    """Where the JSON string starting at byte ``start`` ends (its closing quote) before ``stop``, or -1."""
+    quote = line.find(b'"', start, stop)
+    while quote >= 0:
+        run = quote
+        while run > start and line[run - 1] == 0x5C:  # the backslashes before it
+            run -= 1
+        if (quote - run) % 2 == 0:  # not escaped
+            return quote
+        quote = line.find(b'"', quote + 1, stop)
+    return -1
+
+
+def _cut(line: bytes, start: int, cut: int) -> int:
+    r"""A place from ``start`` up to ``cut`` to cut a JSON string's bytes at; ``start`` when there is none.
+
+    Not inside a UTF-8 character, and with no backslash in the 12 bytes before it: no escape (``\n``,
+    ``\u00e9``) nor escaped surrogate pair (``\ud83d\ude00``) is split (``start`` itself is such a place).
+    """
+    if cut >= len(line):
+        return len(line)
+    while cut > start:
+        while cut > start and 0x80 <= line[cut] < 0xC0:  # a UTF-8 continuation byte
+            cut -= 1
+        backslash = line.rfind(b"\\", max(start, cut - 12), cut)
+        if backslash < 0:
+            return cut
+        cut = backslash
+    return start
 
 
 def record_pieces(record: dict[str, Any]) -> list[bytes]:

@@ -74,17 +74,49 @@ _T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = (
-    "id, tier, user_id, content, importance, tags, created_at, last_accessed, access_count, metadata, "
-    "source, superseded_by, merged_from, context"
+_FIELDS = (
+    "id",
+    "tier",
+    "user_id",
+    "content",
+    "importance",
+    "tags",
+    "created_at",
+    "last_accessed",
+    "access_count",
+    "metadata",
+    "source",
+    "superseded_by",
+    "merged_from",
+    "context",
 )
-_CONTENT_COLUMN = 3  # the place of ``content`` in _COLUMNS
+"""The columns a memory is read from (:func:`_memory`), in its order."""
+# What converting a row costs, about the bytes the client decodes: so the rows can be converted in chunks
+# of a bounded size (_converted). Read from the values' headers, nothing detoasted or serialised (a search
+# computes it for every row it ranks): a text's length, the stored size of the others (of a compressed
+# value, less than its text)
+_ROW_BYTES = (
+    "octet_length({p}content) + octet_length({p}context) + octet_length({p}tags_text) "
+    "+ pg_column_size({p}metadata) + pg_column_size({p}merged_from)"
+)
+
+
+def _columns(alias: str = "") -> str:
+    """The select list of a memory: :data:`_FIELDS` (of table ``alias``), then the row's size in bytes."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + name for name in _FIELDS) + f", {_ROW_BYTES.format(p=prefix)} AS row_bytes"
+
+
+_COLUMNS = _columns()
+_SIZE_COLUMN = len(_FIELDS)  # the place of the row's size in _COLUMNS
 _STATISTICS_TTL = 60.0  # seconds the term statistics are reused before they are read again
 _COUNT_TTL = 0.5  # seconds a tier count is kept (with this process's own changes applied) before a re-read
 _LONG_COUNT_TTL = 10.0  # the long-term count only feeds a soft-capacity warning, and counting it is costly
-_LARGE_TEXT_CHARS = 1 << 20
-"""After converting a search result's row with a text longer than this the loop gets a turn: converting
-five memories of 7 MB in one ``fetchall`` held it about 20 ms."""
+_STEP_BYTES = 1 << 20
+"""Rows holding about this many bytes of text are converted per loop step (a row larger alone), then the
+loop gets a turn: converting a scan of twelve memories of 5 MB in one ``fetchall`` held it 12-30 ms."""
+_STEP_ROWS = 500
+"""At most this many rows are converted per loop step (about a millisecond of small memories)."""
 _ANALYZE_EVERY = 300.0  # seconds between the ANALYZEs this process may run when statistics are missing
 _RANK_NORMALIZATION = 1  # ts_rank divides by 1 + log(document length)
 _INSERT = (
@@ -308,26 +340,29 @@ class PostgresBackend:
 
         return await self.database.run(run, what)
 
-    async def _fetch_texts(self, sql: str, parameters: Sequence[Any], what: str, column: int) -> list[Any]:
-        """:meth:`_fetch` of rows that may hold texts of megabytes (in ``column``), converted a row at a time.
+    async def _fetch_converted(
+        self,
+        sql: str,
+        parameters: Sequence[Any] | Mapping[str, Any],
+        what: str,
+        convert: Callable[[Sequence[Any]], _T],
+    ) -> list[_T]:
+        """The rows of ``sql`` (a select list of :func:`_columns` first) converted by ``convert``, in steps.
 
-        The rows arrive whole either way; converting them to Python (decoding their text) is what holds
-        the loop: after a row with a text over :data:`_LARGE_TEXT_CHARS` the loop gets a turn.
+        The rows arrive whole either way; converting them to Python (decoding their text, parsing their
+        metadata) is what holds the loop, for as long as all of them take: they are converted a chunk of
+        bounded size at a time (:func:`_converted`), the loop getting a turn between chunks.
         """
 
-        async def run(connection: psycopg.AsyncConnection[Any]) -> list[Any]:
-            cursor = await connection.execute(sql, parameters)
-            rows: list[Any] = []
-            while (row := await cursor.fetchone()) is not None:
-                rows.append(row)
-                if len(row[column]) > _LARGE_TEXT_CHARS:
-                    await asyncio.sleep(0)
-            return rows
+        async def run(connection: psycopg.AsyncConnection[Any]) -> list[_T]:
+            return await _converted(await connection.execute(sql, parameters), convert)
 
         return await self.database.run(run, what)
 
-    async def _memories(self, sql: str, parameters: Sequence[Any] = (), what: str = "read") -> list[Memory]:
-        return [_memory(row) for row in await self._fetch(sql, parameters, what)]
+    async def _memories(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = (), what: str = "read"
+    ) -> list[Memory]:
+        return await self._fetch_converted(sql, parameters, what, _memory)
 
     # -- tiers -------------------------------------------------------------------------------------
 
@@ -837,7 +872,7 @@ class PostgresBackend:
         if not keys:
             return []
         return await self._memories(
-            f"SELECT DISTINCT ON (m.id) {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+            f"SELECT DISTINCT ON (m.id) {_columns('m')} "
             "FROM cm_memories AS m JOIN unnest(%s::text[], %s::text[], %s::bigint[]) "
             "AS k(owner, session_id, turn_index) ON m.owner = k.owner AND m.session_id = k.session_id "
             "AND m.turn_index = k.turn_index "
@@ -1016,18 +1051,17 @@ class PostgresBackend:
             clauses.append("m.created_at <= %s")
             parameters.append(query.until)
         parameters.append(2 * query.limit)  # a memory held in two tiers takes two rows
-        columns = ", ".join("m." + column.strip() for column in _COLUMNS.split(","))
-        found = await self._fetch_texts(
+        columns = _columns("m")
+        found = await self._fetch_converted(
             f"WITH t AS MATERIALIZED (SELECT {words}) "
             f"SELECT {columns}, {score} AS score FROM t, cm_memories AS m WHERE {' AND '.join(clauses)} "
             "ORDER BY score DESC, m.id LIMIT %s",
             parameters,
             "search",
-            _CONTENT_COLUMN,
+            _scored_memory,
         )
         best: dict[str, tuple[Memory, float]] = {}
-        for row in found:
-            memory, value = _memory(row), float(row[-1])
+        for memory, value in found:
             previous = best.get(memory.id)
             if previous is None or TIER_ORDER[memory.tier] < TIER_ORDER[previous[0].tier]:
                 best[memory.id] = (memory, max(value, previous[1]) if previous else value)
@@ -1043,7 +1077,7 @@ class PostgresBackend:
         await self.database.create_if_missing(hnsw_index_statement(dimension), "vector index")
         self._vector_model, self._vector_dimension = model, dimension
         missing = await self._memories(
-            f"SELECT DISTINCT ON (m.id) {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))} "
+            f"SELECT DISTINCT ON (m.id) {_columns('m')} "
             "FROM cm_memories AS m WHERE NOT EXISTS (SELECT 1 FROM cm_memory_vectors AS v "
             "WHERE v.id = m.id AND v.model = %s AND v.dimension = %s) "
             f"ORDER BY m.id, {tier_rank_sql('m.tier')}",
@@ -1426,6 +1460,36 @@ def _vector_of_binary(data: bytes) -> numpy.ndarray:
     import numpy as np
 
     return np.frombuffer(data, dtype=">f4", offset=4).astype(np.float32)
+
+
+async def _converted(cursor: psycopg.AsyncCursor[Any], convert: Callable[[Sequence[Any]], _T]) -> list[_T]:
+    """The rows of ``cursor``'s result, each converted by ``convert``, a chunk per loop step.
+
+    The result's rows start with :func:`_columns`, whose last is the size a row takes to convert: a chunk
+    is the rows up to :data:`_STEP_BYTES` (a larger row alone) or :data:`_STEP_ROWS`, and the loop gets a
+    turn before the next one. The sizes are read from the raw result (a few bytes each), before converting.
+    """
+    result = cursor.pgresult
+    count = 0 if result is None else result.ntuples
+    if result is None or count == 0:
+        return []
+    converted: list[_T] = []
+    position = 0
+    while True:
+        end, size = position, 0
+        while end < count and end - position < _STEP_ROWS and size < _STEP_BYTES:
+            size += int(result.get_value(end, _SIZE_COLUMN) or 0)
+            end += 1
+        converted += [convert(row) for row in await cursor.fetchmany(end - position)]
+        position = end
+        if position >= count:
+            return converted
+        await asyncio.sleep(0)
+
+
+def _scored_memory(row: Sequence[Any]) -> tuple[Memory, float]:
+    """A search result's memory and its score (the row's last column)."""
+    return _memory(row), float(row[-1])
 
 
 def _memory(row: Sequence[Any]) -> Memory:
