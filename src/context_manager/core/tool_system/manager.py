@@ -27,7 +27,8 @@ Sync tools run in the manager's own threads (:class:`~context_manager.core.threa
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
 tools never make storage I/O wait. A tool that timed out keeps its thread until it returns
 (``get_tool_stats()["threads"]["abandoned"]`` counts them); once ``max_threads`` calls hang, a new sync
-call waits for a thread inside its own timeout.
+call waits for a thread inside its own timeout (timing out there, it did not run, and its error says so).
+The threads are daemon threads: a tool that never returns does not keep the process from exiting.
 
 The manager is meant for one event loop; it keeps no background task.
 """
@@ -51,7 +52,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import UserThreads, WorkerExit
+from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -452,6 +453,7 @@ class ToolManager(ToolRegistry):
             timeout = definition.timeout
         function = definition.function
         scope = asyncio.timeout(timeout)
+        thread_call: ThreadCall | None = None
         try:
             async with scope:
                 if definition.is_async:
@@ -461,16 +463,24 @@ class ToolManager(ToolRegistry):
                         value = await function(**call_arguments)
                 else:
                     if model is None:
-                        value = await self._threads.run(function, call_arguments)
+                        thread_call = self._threads.start(function, (call_arguments,), {})
                     else:
-                        value = await self._threads.run(function, **call_arguments)
+                        thread_call = self._threads.start(function, (), call_arguments)
+                    value = await self._threads.wait(thread_call)
                     if inspect.isawaitable(value):  # a sync callable that returned a coroutine
                         value = await value
         except TimeoutError as error:
             if scope.expired():
-                late = (
-                    "" if definition.is_async else " (its thread keeps running; a late result is discarded)"
-                )
+                if thread_call is None:
+                    late = ""
+                elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                    threads = self._threads
+                    late = (
+                        f" waiting for a worker thread (all {threads.max_threads} are busy, "
+                        f"{threads.abandoned} with timed-out calls still running); it did not run"
+                    )
+                else:
+                    late = " (its thread keeps running; a late result is discarded)"
                 return self._fail(
                     definition,
                     ToolErrorType.TIMEOUT,
