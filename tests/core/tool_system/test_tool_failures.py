@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -311,6 +312,33 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
     union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
     assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
     assert "order_id" not in union.error.partition("item.Address.zip")[2]
+
+
+@dataclasses.dataclass
+class Stop:
+    street: str
+    city: str = "Lisbon"
+
+
+async def test_an_unknown_key_in_a_dataclass_argument_names_the_dataclass_fields() -> None:
+    """Pydantic reports it as ``unexpected_keyword_argument``: the message read "stop.zip: got '1100';
+    expected Unexpected keyword argument", quoting the value and naming nothing allowed."""
+
+    async def deliver(stop: Stop, stops: list[Stop] | None = None) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("deliver", deliver, "Deliver")
+    nested = await manager.call_tool("deliver", {"stop": {"street": "Rua A", "zip": "1100"}})
+    assert (
+        nested.error == "invalid arguments for tool 'deliver': stop.zip: unexpected key; allowed street, city"
+    )
+    in_list = await manager.call_tool(
+        "deliver", {"stop": {"street": "A"}, "stops": [{"street": "B", "zip": 1}]}
+    )
+    assert in_list.error is not None and in_list.error.endswith(
+        "stops.0.zip: unexpected key; allowed street, city"
+    )
 
 
 async def test_common_parameter_names_and_unwritable_defaults_register_without_warnings() -> None:
