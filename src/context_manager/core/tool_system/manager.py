@@ -314,7 +314,15 @@ class ToolManager(ToolRegistry):
 
         Returns:
             A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
+
+        Raises:
+            InvalidArgumentError: ``call_id`` or ``caller_key`` is neither a string nor None (a programming
+                error, not a tool-side problem; nothing runs).
         """
+        if caller_key is not None and type(caller_key) is not str:
+            _check_caller_key(caller_key)
+        if call_id is not None and not isinstance(call_id, str):
+            raise InvalidArgumentError("call_id", call_id, "a string (the provider's tool call id) or None")
         telemetry = self.telemetry
         if telemetry == "auto":
             telemetry = self.telemetry = (
@@ -665,7 +673,10 @@ class ToolManager(ToolRegistry):
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing runs).
+            InvalidArgumentError: ``caller_key`` is neither a string nor None (nothing runs).
         """
+        if caller_key is not None:
+            _check_caller_key(caller_key)
         return await self._run_parsed_calls(self._parse_tool_calls(calls), caller_key=caller_key)
 
     async def _run_parsed_calls(
@@ -726,6 +737,12 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+def _check_caller_key(caller_key: object) -> None:
+    """Refuse a ``caller_key`` that is not a string (a dict or list cannot key a rate limit or a cache)."""
+    if not isinstance(caller_key, str):
+        raise InvalidArgumentError("caller_key", caller_key, "a string (a user or session id) or None")
 
 
 def _seconds(value: float) -> str:
