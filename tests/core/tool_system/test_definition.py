@@ -15,6 +15,7 @@ from context_manager.core.tool_system import (
     ToolErrorType,
     ToolManager,
     ToolPermission,
+    ToolRegistry,
     get_tool_definition,
     tool,
 )
@@ -586,6 +587,30 @@ async def test_a_decorated_method_registered_bound_is_a_tool_of_its_instance() -
     assert [r.result for r in results] == ["Lisbon: 21 C", "Porto: 3 days in C", "Boston: 21 F"]
     with pytest.raises(ToolRegistrationError, match="already registered"):
         manager.register_tool(fahrenheit.get_weather)  # another instance under the same name
+
+
+def test_a_method_taken_from_its_class_is_refused_at_registration() -> None:
+    """``register_tool(WeatherService.get_weather)`` (the class, not an instance) registered a tool whose
+    schema asked the model for ``self``; every call then failed with "self: missing", or ran the method
+    on whatever the model sent as ``self``."""
+    manager = ToolManager()
+    registry = ToolRegistry()
+    expected = (
+        r"^function: got .*get_weather.*; allowed a function or a bound method \(register_tool\(instance"
+    )
+    with pytest.raises(ToolRegistrationError, match=expected):
+        manager.register_tool(WeatherService.get_weather)
+    with pytest.raises(ToolRegistrationError, match=r"^function: got .*forecast"):
+        manager.register_function_tool("forecast", WeatherService.forecast)
+    with pytest.raises(ToolRegistrationError, match=r"^function: got .*forecast"):
+        registry.register_tool(WeatherService.forecast)
+    assert len(manager) == 0 and len(registry) == 0
+    manager.register_tool(WeatherService("C").get_weather)  # bound: fine
+
+    def self_named(self: str) -> str:  # a plain function may name a parameter self
+        return self
+
+    assert manager.register_function_tool("self_named", self_named).parameters_schema["required"] == ["self"]
 
 
 async def test_tool_above_staticmethod_or_classmethod_keeps_its_options() -> None:

@@ -156,6 +156,7 @@ class ToolRegistry:
         return self._add(definition, replace=replace)
 
     def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
+        _refuse_unbound_method(definition)
         existing = self._tools.get(definition.name)
         if existing is not None and not replace:
             # bound methods by ==: each attribute access makes a new one (equal: same function and instance)
@@ -308,3 +309,26 @@ class ToolRegistry:
                     }
                 )
         return schemas
+
+
+def _refuse_unbound_method(definition: ToolDefinition) -> None:
+    """Refuse a method taken from its class (``Service.search``): the model would be asked for ``self``.
+
+    Such a function is defined in a class body (its ``__qualname__`` names the class) and its first
+    parameter is ``self``; registered, its schema required ``self`` and every call failed.
+    """
+    function = definition.function
+    if definition.convention != "typed" or not inspect.isfunction(function):
+        return
+    owner, _, _ = function.__qualname__.rpartition(".")
+    if not owner or owner.endswith("<locals>"):  # a module-level or local function, not a method
+        return
+    first = next(iter(inspect.signature(function).parameters), None)
+    if first == "self":
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "a function or a bound method (register_tool(instance."
+            f"{function.__name__}), not {owner}.{function.__name__})",
+            detail=f"tool {definition.name!r}: a method taken from its class would ask the model for `self`",
+        )
