@@ -176,3 +176,28 @@ async def test_large_arguments_and_results_do_not_pile_up_in_the_cache() -> None
     assert repeat.cached and repeat.result["spaces"] == 200_002
     other = await manager.execute_tool("annotate", text=documents[-1] + " more")  # a different key: runs
     assert not other.cached and len(calls) == 151
+
+
+async def test_a_result_holding_tuples_is_the_same_from_the_tool_and_the_cache(clock: ManualClock) -> None:
+    """The first call returned the tool's tuples, a cache hit lists (JSON has no tuples): the same call gave
+    ``(48.85, 2.35)`` and then ``[48.85, 2.35]``, which compare unequal."""
+
+    async def locate(city: str) -> dict[str, Any]:
+        return {"city": city, "position": (48.85, 2.35), "neighbours": [("Versailles", 17)]}
+
+    manager = ToolManager(ContextManagerConfig(), clock=clock)
+    manager.register_function_tool("locate", locate, "Locate a city", cacheable=True)
+    first = await manager.execute_tool("locate", city="Paris")
+    second = await manager.execute_tool("locate", city="Paris")
+    assert not first.cached and second.cached
+    assert (
+        first.result
+        == second.result
+        == {
+            "city": "Paris",
+            "position": [48.85, 2.35],
+            "neighbours": [["Versailles", 17]],
+        }
+    )
+    pair = manager.register_function_tool("pair", lambda: (1, 2), "A pair")
+    assert (await manager.execute_tool(pair.name)).result == [1, 2]

@@ -19,9 +19,10 @@ problems:
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
-   values are returned as they are; pydantic models (``model_dump(mode="json")``), dataclasses (their
-   fields as a model's: datetimes, enums, sets) and numpy scalars and arrays are converted; anything else
-   (sets, arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
+   values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
+   (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets) and
+   numpy scalars and arrays are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
+   failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -153,34 +154,39 @@ _PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 def _encode_result(value: Any) -> tuple[Any, str]:
     """Return the JSON-ready result and its JSON text, or raise TypeError/ValueError."""
-    if isinstance(value, dict | list | tuple):
-        _check_keys(value)
+    tuples = isinstance(value, dict | list | tuple) and _check_keys(value)
     try:  # the common case: plain JSON values, with one shared encoder (no per-call setup)
-        return value, _PLAIN_ENCODER.encode(value)
+        text = _PLAIN_ENCODER.encode(value)
     except TypeError:
         pass
+    else:
+        # JSON has no tuples: the caller gets lists, as a cache hit (decoded from the text) gives them
+        return (json.loads(text) if tuples else value), text
     encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
-    return (json.loads(text) if encoder.converted else value), text
+    return (json.loads(text) if encoder.converted or tuples else value), text
 
 
 _STR_TYPES = frozenset({str})
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
-def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
-    """Refuse dicts with keys that are not strings (TypeError).
+def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    """Refuse dicts with keys that are not strings (TypeError); return whether ``value`` holds a tuple.
 
-    ``json`` turns them into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the cached
-    result read back differed from the first.
+    ``json`` turns such keys into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the
+    cached result read back differed from the first.
     """
     pending: list[Any] = [value]
     seen: set[int] = set()  # a container holding itself: the encoder reports the cycle
+    tuples = False
     while pending:
         item = pending.pop()
         if id(item) in seen:
             continue
         seen.add(id(item))
+        if isinstance(item, tuple):
+            tuples = True
         if isinstance(item, dict):
             if not _STR_TYPES.issuperset(map(type, item)):  # C-level: the usual flat dict costs little
                 for key in item:  # (str subclasses, StrEnum members say, are strings)
@@ -191,6 +197,7 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
             values = item
         if not _SCALAR_TYPES.issuperset(map(type, values)):
             pending.extend(inner for inner in values if isinstance(inner, dict | list | tuple))
+    return tuples
 
 
 class ToolManager(ToolRegistry):
