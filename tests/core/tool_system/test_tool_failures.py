@@ -481,3 +481,36 @@ async def test_a_sync_tool_exiting_fails_and_the_application_goes_on() -> None:
     stopped = await manager.execute_tool("interrupted", x=1)
     assert stopped.error == "tool 'interrupted' raised KeyboardInterrupt (it exited; the process goes on)"
     assert (await manager.execute_tool("run_report", args=["--days", "3"])).result == "report for 3 days"
+
+
+async def test_an_exception_group_names_the_errors_inside_it() -> None:
+    """A tool using a TaskGroup fails with an ExceptionGroup, whose message is only "unhandled errors in a
+    TaskGroup (2 sub-exceptions)": the model could not tell what went wrong."""
+
+    async def fetch(url: str) -> str:
+        raise ConnectionError(f"{url} unreachable")
+
+    async def fetch_all(urls: list[str]) -> list[str]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(fetch(url)) for url in urls]
+        return [task.result() for task in tasks]
+
+    manager = ToolManager()
+    manager.register_function_tool("fetch_all", fetch_all, "Fetch pages", sensitive_arguments=["urls"])
+    result = await manager.execute_tool("fetch_all", urls=["https://a.example", "https://b.example"])
+    assert result.error_type == "tool_error"
+    assert result.error == (
+        "tool 'fetch_all' raised ExceptionGroup: unhandled errors in a TaskGroup (2 sub-exceptions): "
+        "ConnectionError: [REDACTED] unreachable; ConnectionError: [REDACTED] unreachable"
+    )
+    many = ExceptionGroup("batch failed", [ValueError(f"item {n}") for n in range(12)])
+
+    async def batch() -> None:
+        raise many
+
+    manager.register_function_tool("batch", batch, "Batch")
+    error = (await manager.execute_tool("batch")).error or ""
+    assert error.startswith(
+        "tool 'batch' raised ExceptionGroup: batch failed (12 sub-exceptions): ValueError: item 0;"
+    )
+    assert error.endswith("ValueError: item 4; and 7 more")

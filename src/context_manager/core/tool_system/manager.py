@@ -757,8 +757,15 @@ def _seconds(value: float) -> str:
     return f"{value:.3g}" if value < 100 else str(math.ceil(value))
 
 
-def _describe_error(error: BaseException) -> str:
-    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed)."""
+_GROUP_LISTED = 5  # an exception group's message names at most this many of its exceptions
+_GROUP_DEPTH = 3  # ... in groups nested at most this deep
+
+
+def _describe_error(error: BaseException, depth: int = 0) -> str:
+    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed).
+
+    An exception group (a ``TaskGroup``'s) is followed by the exceptions it holds (the first few).
+    """
     if isinstance(error, WorkerExit):  # a sync tool's SystemExit or KeyboardInterrupt: its message says so
         return str(error)
     kind = type(error).__name__
@@ -766,7 +773,15 @@ def _describe_error(error: BaseException) -> str:
         text = str(error)
     except Exception as failure:  # a __str__ that raises must not turn a failed result into a crash
         return f"{kind} (its message cannot be shown: {type(failure).__name__})"
-    return f"{kind}: {text}" if text else kind
+    described = f"{kind}: {text}" if text else kind
+    if isinstance(error, BaseExceptionGroup) and depth < _GROUP_DEPTH:
+        # a TaskGroup's "unhandled errors in a TaskGroup (2 sub-exceptions)" says nothing of what failed
+        inner = error.exceptions
+        parts = [_describe_error(item, depth + 1) for item in inner[:_GROUP_LISTED]]
+        if len(inner) > _GROUP_LISTED:
+            parts.append(f"and {len(inner) - _GROUP_LISTED} more")
+        described += ": " + "; ".join(parts)
+    return described
 
 
 def _raw_name(raw: Mapping[str, Any]) -> str:
