@@ -20,8 +20,9 @@ problems:
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
-   (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets) and
-   numpy scalars and arrays are converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
+   (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
+   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
+   converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
@@ -38,11 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import decimal
+import enum
 import inspect
 import json
 import logging
 import math
+import pathlib
 import time
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -127,6 +133,18 @@ class ParsedToolCall:
     """An ``invalid_arguments`` result for a call whose arguments were not a JSON object, else None."""
 
 
+_CONVERTED_VALUES = (
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+    enum.Enum,
+    pathlib.PurePath,
+)
+"""Values a result may hold that JSON has no type for, converted as pydantic converts a model's fields."""
+
+
 class _ResultEncoder(json.JSONEncoder):
     """Compact JSON that also converts pydantic models and dataclasses, and refuses NaN."""
 
@@ -142,9 +160,12 @@ class _ResultEncoder(json.JSONEncoder):
             # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
             self.converted = True
             return o.tolist()
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        if (dataclasses.is_dataclass(o) and not isinstance(o, type)) or isinstance(o, _CONVERTED_VALUES):
             self.converted = True
-            # its fields as a model's are (datetimes, enums, sets ...), not dataclasses.asdict's raw values
+            if isinstance(o, pathlib.PurePath):  # pydantic writes a Path, not a PurePosixPath
+                return str(o)
+            # as a model's fields are (datetimes in ISO 8601, enums as their values, decimals as strings),
+            # not dataclasses.asdict's raw values
             return to_jsonable_python(o)
         raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
@@ -547,7 +568,7 @@ class ToolManager(ToolRegistry):
                 ToolErrorType.TOOL_ERROR,
                 f"tool {name!r} returned a value that is not JSON-serialisable ({error}); "
                 "return str, int, float, bool, None, lists, dicts with str keys, "
-                "pydantic models or dataclasses",
+                "datetimes, enums, pydantic models or dataclasses",
                 started,
                 call_id,
             )
