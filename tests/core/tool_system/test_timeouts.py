@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
@@ -268,3 +269,35 @@ async def test_a_sync_call_that_never_got_a_thread_says_so() -> None:
             break
         await asyncio.sleep(0.01)
     assert (await manager.execute_tool("quick")).result == "quick"  # the queued call never ran
+
+
+async def test_a_sync_wrapper_of_an_async_tool_times_out_as_an_async_tool() -> None:
+    """A plain ``functools.wraps`` decorator (logging, metrics) makes an async tool a sync callable returning
+    a coroutine: the coroutine is awaited and cancelled at the timeout, but the error said "its thread
+    keeps running", which was false (the thread had long returned)."""
+    import functools
+
+    cancelled = asyncio.Event()
+
+    def logged(function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    async def slow_report(days: int) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    manager = ToolManager()
+    manager.register_function_tool("slow_report", slow_report, "A slow report", timeout=0.1)
+    result = await manager.execute_tool("slow_report", days=7)
+    assert result.error == "tool 'slow_report' timed out after 0.1 s"
+    assert cancelled.is_set()
+    assert manager.get_tool_stats()["threads"]["abandoned"] == 0

@@ -507,7 +507,7 @@ class ToolManager(ToolRegistry):
                         value = await value
         except TimeoutError as error:
             if scope.expired():
-                if thread_call is None:
+                if thread_call is None or thread_call.finished:  # async, or the coroutine a sync one returned
                     late = ""
                 elif not thread_call.started:  # every thread is held (by hung calls, most likely)
                     threads = self._threads
