@@ -704,3 +704,27 @@ async def test_a_method_whose_hints_name_a_local_class_registers_bound() -> None
     manager.register_tool(_service_with_a_local_model().search)
     assert manager.get_tool_schemas("anthropic")[0]["input_schema"]["required"] == ["query"]
     assert (await manager.execute_tool("search_local", query={"text": "found"})).result == "found"
+
+
+def test_a_callable_without_a_usable_name_is_told_to_pass_one() -> None:
+    """A partial, a callable object or a lambda was refused with "name: got ''" (or "'<lambda>'") although
+    the caller never gave a name: it did not say the name comes from ``__name__``, nor how to give one."""
+
+    async def convert(amount: float, currency: str = "EUR") -> str:
+        return f"{amount} {currency}"
+
+    class Counter:
+        def __call__(self, n: int) -> int:
+            return n
+
+    manager = ToolManager()
+    hint = r"pass a name: @tool\(name=\.\.\.\) or register_function_tool\(name, function\)"
+    for callable_ in (functools.partial(convert, currency="USD"), Counter(), lambda x: x):
+        with pytest.raises(ToolRegistrationError, match=r"^name: got '(<lambda>)?'; allowed .*" + hint):
+            manager.register_tool(callable_)
+        with pytest.raises(ToolRegistrationError, match=hint):
+            tool(callable_)
+    with pytest.raises(ToolRegistrationError) as given:
+        manager.register_function_tool("bad name", convert)  # a name the caller gave: no such hint
+    assert "pass a name" not in str(given.value)
+    assert manager.register_function_tool("convert_usd", functools.partial(convert, currency="USD")).name

@@ -139,11 +139,30 @@ def _positive_int(value: Any, field_name: str) -> int | None:
     return value
 
 
+def derived_name(function: Any) -> str:
+    """The tool name a callable gets when none is given: its ``__name__``.
+
+    Raises:
+        ToolRegistrationError: that name is missing or not one providers accept (a ``functools.partial``,
+            a callable object or a lambda); the message says how to give one.
+    """
+    name = getattr(function, "__name__", "")
+    if isinstance(name, str) and TOOL_NAME_PATTERN.fullmatch(name):
+        return name
+    raise ToolRegistrationError(
+        "name",
+        name if isinstance(name, str) else "",
+        f"{_NAME_RULE}; the name comes from the function's __name__ when none is given",
+        detail="pass a name: @tool(name=...) or register_function_tool(name, function)",
+    )
+
+
+_NAME_RULE = "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
+
+
 def _validate_name(name: Any) -> str:
     if not isinstance(name, str) or not TOOL_NAME_PATTERN.fullmatch(name):
-        raise ToolRegistrationError(
-            "name", name, "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
-        )
+        raise ToolRegistrationError("name", name, _NAME_RULE)
     return name
 
 
@@ -475,7 +494,7 @@ def tool(
         if not callable(target):
             raise ToolRegistrationError("function", target, "a callable (function or method)")
         definition = ToolDefinition(
-            name=name if name is not None else getattr(target, "__name__", ""),
+            name=name if name is not None else derived_name(target),
             function=target,
             description=description or "",
             category=category,  # type: ignore[arg-type]  # parsed in __post_init__

@@ -24,6 +24,7 @@ from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError,
 from context_manager.core.tool_system.definition import (
     ToolCategory,
     ToolDefinition,
+    derived_name,
     get_tool_definition,
 )
 
@@ -147,9 +148,7 @@ class ToolRegistry:
         elif callable(tool):
             found = get_tool_definition(tool)
             definition = (
-                found
-                if found is not None
-                else ToolDefinition(name=getattr(tool, "__name__", ""), function=tool)
+                found if found is not None else ToolDefinition(name=derived_name(tool), function=tool)
             )
         else:
             raise ToolRegistrationError("tool", tool, "a ToolDefinition or a callable")
