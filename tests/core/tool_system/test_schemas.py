@@ -173,3 +173,15 @@ async def test_an_infinite_default_or_bound_leaves_the_schemas_plain_json() -> N
     assert "maximum" not in parameters["properties"]["score"]
     result = await manager.execute_tool("find_shops", city="Porto")
     assert result.result == "Porto inf 0.5"
+
+
+def test_a_name_listed_twice_is_described_once() -> None:
+    """``names=[*common_tools, *task_tools]`` with a tool in both lists described it twice, and providers
+    refuse a request whose tools repeat a name (OpenAI answers 400)."""
+    manager = ToolManager()
+    manager.register_function_tool("a", get_weather, "A")
+    manager.register_function_tool("b", get_weather, "B")
+    for format in ("openai", "anthropic"):
+        schemas = manager.get_tool_schemas(format, names=["b", "a", "b"])  # type: ignore[arg-type]
+        names = [s["function"]["name"] if format == "openai" else s["name"] for s in schemas]
+        assert names == ["b", "a"]

@@ -271,7 +271,7 @@ class ToolRegistry:
 
         Args:
             format: ``"openai"`` or ``"anthropic"``.
-            names: Only these tools (default: all, in registration order).
+            names: Only these tools, in this order, each once (default: all, in registration order).
 
         Raises:
             InvalidArgumentError: unknown format, or ``names`` is not a list of names (a single string).
@@ -284,7 +284,9 @@ class ToolRegistry:
         elif isinstance(names, str) or not isinstance(names, Iterable):
             raise InvalidArgumentError("names", names, "a list of tool names, or None for every tool")
         else:
-            definitions = [self.get_tool(name) for name in names]
+            # each once: providers refuse a request whose tools repeat a name
+            found = (self.get_tool(name) for name in names)
+            definitions = list({definition.name: definition for definition in found}.values())
         schemas: list[dict[str, Any]] = []
         for definition in definitions:
             parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
