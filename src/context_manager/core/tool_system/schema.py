@@ -361,6 +361,8 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
             )
         annotation = hints.get(parameter.name, Any)
         description = argument_docs.get(parameter.name)
+        if description is None:
+            description = _annotated_description(annotation)
         if isinstance(parameter.default, FieldInfo):
             # pydantic's validate_call idiom, ``n: int = Field(3, ge=1)``: the FieldInfo is the field (its
             # default, constraints and description); the docstring's description fills in a missing one
@@ -391,6 +393,20 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     schema.setdefault("type", "object")
     typed_model: type[BaseModel] = model
     return FunctionAnalysis("typed", is_async, typed_model, schema, False, summary)
+
+
+def _annotated_description(annotation: Any) -> str | None:
+    """The plain string in ``Annotated[int, "Width in pixels"]``, or None.
+
+    That is how LangChain and FastMCP describe a parameter; pydantic ignores it. A ``Field`` there with a
+    description of its own wins.
+    """
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return None
+    metadata = typing.get_args(annotation)[1:]
+    if any(isinstance(item, FieldInfo) and item.description for item in metadata):
+        return None
+    return next((item for item in metadata if isinstance(item, str) and item.strip()), None)
 
 
 def _parameters_dict_schema(
