@@ -110,3 +110,14 @@ async def test_truncated_tool_output_is_kept_whole_in_memory(tmp_path: Path) -> 
         assert found and found[0].content == results[0].result
         assert set(found[0].tags) == {"tool_output", "report"}
         assert found[0].metadata["tool_call_id"] == "toolu_1"
+
+
+async def test_memory_search_with_an_empty_tag_list_searches_every_memory(memory: MemoryManager) -> None:
+    """Models often fill an optional array with ``[]``: ``memory_search(query=..., tags=[])`` found nothing
+    (no memory carries one of no tags), and the model concluded it remembered nothing."""
+    tools = ToolManager()
+    register_memory_tools(tools, memory)
+    added = await tools.execute_tool("memory_add", content="The user's dog is called Rex", tags=[])
+    assert added.success
+    found = await tools.execute_tool("memory_search", query="what is the dog called", tags=[])
+    assert found.success and [item["id"] for item in found.result] == [added.result["id"]]

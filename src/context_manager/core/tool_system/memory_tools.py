@@ -70,9 +70,10 @@ def register_memory_tools(
         Args:
             query: What to look for, in plain words.
             limit: How many memories to return at most.
-            tags: Only memories carrying at least one of these tags.
+            tags: Only memories carrying at least one of these tags (none or empty: every memory).
         """
-        found = await memory_manager.search_memory(query, limit, tags=tags, user_id=user_id)
+        # a model fills an optional array with [] when it means no filter (not "no memory matches")
+        found = await memory_manager.search_memory(query, limit, tags=tags or None, user_id=user_id)
         return [
             {
                 "id": memory.id,
