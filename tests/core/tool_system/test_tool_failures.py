@@ -514,3 +514,27 @@ async def test_an_exception_group_names_the_errors_inside_it() -> None:
         "tool 'batch' raised ExceptionGroup: batch failed (12 sub-exceptions): ValueError: item 0;"
     )
     assert error.endswith("ValueError: item 4; and 7 more")
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"id": 1}, {"id": 2, 3: "x"}],  # a flat row among flat rows
+        [{"id": 1, "tags": ["a"]}, {"id": 2, "meta": {4: "x"}}],  # a nested dict in a row
+        [[1, 2], [{"id": 1}, {5: "x"}]],  # rows inside lists
+        ({"id": 1},) * 3 + ({6: "x"},),  # a tuple of rows
+    ],
+)
+async def test_a_key_that_is_not_a_string_is_found_anywhere_in_large_results(rows: Any) -> None:
+    """The key check walks every result on the event loop; rows (lists of flat dicts) are checked where
+    they are found rather than one by one through the walk, and a bad key is still found in each."""
+    many = [{"id": n, "name": f"customer {n}"} for n in range(1000)]
+
+    async def query(n: int) -> list[Any]:
+        return [*many, rows]
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query")
+    result = await manager.execute_tool("query", n=1)
+    assert result.error_type is ToolErrorType.TOOL_ERROR
+    assert result.error is not None and "a dict key is int" in result.error

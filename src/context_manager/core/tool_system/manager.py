@@ -196,29 +196,49 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
     """Refuse dicts with keys that are not strings (TypeError); return whether ``value`` holds a tuple.
 
     ``json`` turns such keys into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the
-    cached result read back differed from the first.
+    cached result read back differed from the first. The walk runs on the event loop for every result:
+    flat dicts and lists inside a container (a list of rows) are checked where they are found, at C speed,
+    without a trip through the pending list.
     """
     pending: list[Any] = [value]
     seen: set[int] = set()  # a container holding itself: the encoder reports the cycle
     tuples = False
+    scalar = _SCALAR_TYPES.issuperset
     while pending:
         item = pending.pop()
         if id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, tuple):
-            tuples = True
         if isinstance(item, dict):
             if not _STR_TYPES.issuperset(map(type, item)):  # C-level: the usual flat dict costs little
-                for key in item:  # (str subclasses, StrEnum members say, are strings)
-                    if not isinstance(key, str):
-                        raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
-            values = item.values()
+                _check_dict_keys(item)
+            values: Any = item.values()
         else:
+            tuples = tuples or isinstance(item, tuple)
             values = item
-        if not _SCALAR_TYPES.issuperset(map(type, values)):
-            pending.extend(inner for inner in values if isinstance(inner, dict | list | tuple))
+        if scalar(map(type, values)):
+            continue
+        for inner in values:
+            kind = type(inner)
+            if kind is dict:
+                if not _STR_TYPES.issuperset(map(type, inner)):
+                    _check_dict_keys(inner)
+                if scalar(map(type, inner.values())):
+                    continue  # a flat dict: checked (no container inside it, so no cycle through it)
+                pending.append(inner)
+            elif kind is list or kind is tuple:
+                tuples = tuples or kind is tuple
+                if not scalar(map(type, inner)):
+                    pending.append(inner)
+            elif isinstance(inner, dict | list | tuple):  # subclasses
+                pending.append(inner)
     return tuples
+
+
+def _check_dict_keys(item: dict[Any, Any]) -> None:
+    for key in item:  # (str subclasses, StrEnum members say, are strings)
+        if not isinstance(key, str):
+            raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
 
 
 class ToolManager(ToolRegistry):
