@@ -287,8 +287,6 @@ class ToolManager(ToolRegistry):
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
-        if approval_callback is not None and not callable(approval_callback):
-            raise InvalidArgumentError("approval_callback", approval_callback, "an async callable or None")
         if clock is not None and not callable(clock):
             raise InvalidArgumentError("clock", clock, "a callable returning monotonic seconds, or None")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size <= 0:
@@ -297,10 +295,8 @@ class ToolManager(ToolRegistry):
             raise InvalidArgumentError("max_threads", max_threads, "an integer > 0")
         self.config = config if config is not None else ContextManagerConfig()
         """The configuration the manager reads its limits from."""
-        self.permission_policy = PermissionPolicy.coerce(permission_policy)
-        """The policy deciding which tools run freely (replace it to change the rules)."""
-        self.approval_callback = approval_callback
-        """Consulted for calls the policy asks about; None denies them."""
+        self._policy = PermissionPolicy.coerce(permission_policy)
+        self._approval_callback = _checked_callback(approval_callback)
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -311,6 +307,28 @@ class ToolManager(ToolRegistry):
         self.telemetry: Telemetry | None | Literal["auto"] = "auto"
         """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
         :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
+
+    @property
+    def permission_policy(self) -> PermissionPolicy:
+        """The policy deciding which tools run freely.
+
+        Assign a :class:`PermissionPolicy`, or a :class:`ToolPermission` (or its string) as shorthand for
+        ``allow_up_to``, to change the rules; an invalid value raises ``InvalidArgumentError``.
+        """
+        return self._policy
+
+    @permission_policy.setter
+    def permission_policy(self, value: PermissionPolicy | ToolPermission | str) -> None:
+        self._policy = PermissionPolicy.coerce(value)
+
+    @property
+    def approval_callback(self) -> ApprovalCallback | None:
+        """Consulted for calls the policy asks about; None denies them (assignable; checked)."""
+        return self._approval_callback
+
+    @approval_callback.setter
+    def approval_callback(self, value: ApprovalCallback | None) -> None:
+        self._approval_callback = _checked_callback(value)
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
@@ -416,7 +434,7 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
-        decision = self.permission_policy.decide(definition)
+        decision = self._policy.decide(definition)
         if decision is PermissionDecision.DENY:
             return self._fail(
                 definition,
@@ -602,10 +620,10 @@ class ToolManager(ToolRegistry):
 
     async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
         """Return None when the approval callback allows the call, else why it is denied."""
-        callback = self.approval_callback
+        callback = self._approval_callback
         needed = (
             f"tool {definition.name!r} needs permission {definition.permission.value!r}, above the policy's "
-            f"{self.permission_policy.allow_up_to.value!r}"
+            f"{self._policy.allow_up_to.value!r}"
         )
         if callback is None:
             return f"{needed}, and no approval callback is set"
@@ -785,6 +803,12 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError("approval_callback", callback, "an async callable or None")
+    return callback
 
 
 def _check_caller_key(caller_key: object) -> None:
