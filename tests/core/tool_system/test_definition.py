@@ -728,3 +728,32 @@ def test_a_callable_without_a_usable_name_is_told_to_pass_one() -> None:
         manager.register_function_tool("bad name", convert)  # a name the caller gave: no such hint
     assert "pass a name" not in str(given.value)
     assert manager.register_function_tool("convert_usd", functools.partial(convert, currency="USD")).name
+
+
+def test_a_declared_schema_that_does_not_match_a_typed_signature_is_refused() -> None:
+    """A typed tool validates calls against its signature, not against a declared ``parameters_schema``: a
+    schema naming other arguments was registered, the model followed it, and every call failed with
+    "x: missing; ...; y: unexpected argument; allowed y"."""
+
+    async def scale(x: int, factor: float = 2.0) -> float:
+        return x * factor
+
+    registry = ToolRegistry()
+    extra = {"type": "object", "properties": {"y": {"type": "integer"}, "x": {"type": "integer"}}}
+    with pytest.raises(
+        ToolRegistrationError,
+        match=r"^parameters_schema.properties: got 'y'; allowed the function's parameters: x, factor",
+    ):
+        registry.register_function_tool("scale", scale, parameters_schema=extra)
+    missing = {"type": "object", "properties": {"factor": {"type": "number"}}}
+    with pytest.raises(
+        ToolRegistrationError, match=r"^parameters_schema.properties: got \['factor'\]; allowed .*'x'"
+    ):
+        registry.register_function_tool("scale", scale, parameters_schema=missing)
+    assert len(registry) == 0
+    richer = {
+        "type": "object",
+        "properties": {"x": {"type": "integer", "description": "The value"}, "factor": {"type": "number"}},
+        "required": ["x"],
+    }
+    assert registry.register_function_tool("scale", scale, parameters_schema=richer).schema_declared

@@ -270,6 +270,8 @@ class ToolDefinition:
         set_field(self, "schema_declared", bool(declared))
         set_field(self, "schema_checked", bool(declared) or analysis.schema_checks_arguments)
         if declared:
+            if analysis.arguments_model is not None:
+                _check_declared_names(declared, analysis.parameters_schema)
             schema = dict(declared)
             schema.setdefault("type", "object")
             schema.setdefault("properties", {})
@@ -364,6 +366,29 @@ class ToolDefinition:
             if len(form) >= _SHORTEST_SCRUBBED and form in text:
                 text = text.replace(form, REDACTED)
         return text
+
+
+def _check_declared_names(declared: dict[str, Any], generated: dict[str, Any]) -> None:
+    """Refuse a declared schema whose arguments a typed function would not accept.
+
+    A typed tool's calls are validated against its signature: a schema naming other arguments (or leaving
+    out a required one) would have the model send calls that all fail.
+    """
+    accepted = list(generated.get("properties") or {})
+    allowed = "the function's parameters: " + (", ".join(accepted) or "none")
+    declared_names = list(declared.get("properties") or {})
+    for name in declared_names:
+        if name not in accepted:
+            raise ToolRegistrationError("parameters_schema.properties", name, allowed)
+    required = [name for name in generated.get("required") or () if name not in declared_names]
+    if required:
+        raise ToolRegistrationError(
+            "parameters_schema.properties",
+            declared_names,
+            "properties naming every required parameter of the function (missing: "
+            + ", ".join(repr(name) for name in required)
+            + ")",
+        )
 
 
 def _string_leaves(value: Any, depth: int = 0) -> list[str]:
