@@ -8,7 +8,8 @@ for ever (a thread cannot be interrupted); run there, twenty hung tools made a l
 own:
 
 * a call starts at once on an idle thread, or on a new one while fewer than ``max_threads`` exist
-  (threads are created on demand and reused; the standard ``ThreadPoolExecutor`` does this);
+  (threads are created on demand and reused);
+* its threads are daemon threads: a call that never returns does not keep the process from exiting;
 * a call whose caller stopped waiting (a timeout or a cancellation) while it ran is *abandoned*: its
   thread finishes the call and its result is dropped. :attr:`UserThreads.abandoned` counts those
   still running, so hung user code shows in the statistics instead of silently eating threads;
@@ -21,14 +22,16 @@ timeout): size ``max_threads`` above the number of hung calls you are ready to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
+import queue
 import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["UserThreads", "WorkerExit", "is_async_callable", "to_the_end"]
+__all__ = ["ThreadCall", "UserThreads", "WorkerExit", "is_async_callable", "to_the_end"]
 
 _T = TypeVar("_T")
 
@@ -49,17 +52,195 @@ class WorkerExit(Exception):
         super().__init__(f"{kind} (it exited; the process goes on)")
 
 
-class _CallState:
-    __slots__ = ("abandoned", "finished", "started")
+class _Counters:
+    """The pool's figures, shared by its threads (which must not hold the pool object itself)."""
+
+    __slots__ = ("abandoned", "busy", "lock")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.abandoned = 0
+
+
+class ThreadCall:
+    """One call handed to :class:`UserThreads`; tells whether it started and finished in its thread."""
+
+    __slots__ = (
+        "_args",
+        "_context",
+        "_counters",
+        "_function",
+        "_future",
+        "_kwargs",
+        "_loop",
+        "abandoned",
+        "finished",
+        "started",
+    )
+
+    def __init__(
+        self,
+        counters: _Counters,
+        loop: asyncio.AbstractEventLoop,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.started = False
+        """True once a thread began running the call."""
         self.finished = False
+        """True once the call returned or raised in its thread."""
         self.abandoned = False
+        """True when the caller stopped waiting before the call finished."""
+        self._counters = counters
+        self._loop = loop
+        self._future: asyncio.Future[Any] = loop.create_future()
+        self._function = function
+        self._args = args
+        self._kwargs = kwargs
+        self._context = contextvars.copy_context()
+
+    def _run(self) -> None:
+        """Run the call in the current thread and hand its outcome to the waiting loop (never raises)."""
+        counters = self._counters
+        with counters.lock:
+            if self.abandoned:  # its caller stopped waiting before a thread was free: it never starts
+                return
+            self.started = True
+            counters.busy += 1
+        failed = False
+        try:
+            outcome: Any = self._context.run(self._function, *self._args, **self._kwargs)
+        except StopIteration as error:
+            # a future cannot carry StopIteration: asyncio would never resolve the call (PEP 479's
+            # conversion, as for a coroutine)
+            failed = True
+            outcome = RuntimeError(f"{_name_of(self._function)} raised StopIteration")
+            outcome.__cause__ = error
+        except (SystemExit, KeyboardInterrupt) as error:  # the callable's own exit: not the process's
+            failed = True
+            outcome = WorkerExit(error)
+            outcome.__cause__ = error
+        except BaseException as error:
+            failed = True
+            outcome = error
+        finally:
+            with counters.lock:
+                self.finished = True
+                counters.busy -= 1
+                if self.abandoned:
+                    counters.abandoned -= 1
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: nobody waits for it
+            self._loop.call_soon_threadsafe(_deliver, self._future, failed, outcome)
+
+    def _drop(self) -> None:
+        """Cancel the call's wait: the pool was shut down before a thread took it (it never runs)."""
+        with self._counters.lock:
+            if self.started:
+                return
+            self.abandoned = True
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            self._loop.call_soon_threadsafe(_cancel, self._future)
+
+
+def _deliver(future: asyncio.Future[Any], failed: bool, outcome: Any) -> None:
+    if future.done():  # the caller stopped waiting
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.cancel()
+
+
+class _Pool:
+    """Daemon threads sharing one queue of calls: one generation of a :class:`UserThreads` pool.
+
+    Each call put in the queue is claimed by exactly one thread: an idle one (``free``), a new one, or,
+    when ``max_threads`` are busy, the next to finish (``backlog``).
+    """
+
+    __slots__ = ("backlog", "closed", "free", "lock", "max_threads", "name", "queue", "threads")
+
+    def __init__(self, name: str, max_threads: int) -> None:
+        self.name = name
+        self.max_threads = max_threads
+        self.queue: queue.SimpleQueue[ThreadCall | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.threads = 0
+        self.free = 0
+        self.backlog = 0
+        self.closed = False
+
+    def submit(self, call: ThreadCall) -> None:
+        with self.lock:
+            if self.free:
+                self.free -= 1
+                spawn = None
+            elif self.threads < self.max_threads:
+                spawn = self.threads
+                self.threads += 1
+            else:
+                self.backlog += 1
+                spawn = None
+        if spawn is not None:
+            # daemon: a call that never returns must not keep the process from exiting (the standard
+            # ThreadPoolExecutor's threads are joined at exit, so a hung tool hung the interpreter)
+            thread = threading.Thread(target=self._work, name=f"{self.name}_{spawn}", daemon=True)
+            try:
+                thread.start()
+            except BaseException:
+                with self.lock:
+                    self.threads -= 1
+                raise
+        self.queue.put(call)
+
+    def _work(self) -> None:
+        get = self.queue.get
+        while True:
+            call = get()
+            if call is None:
+                with self.lock:
+                    self.threads -= 1
+                return
+            call._run()
+            del call  # its arguments and outcome are not kept while the thread waits
+            with self.lock:
+                if self.backlog:
+                    self.backlog -= 1
+                else:
+                    self.free += 1
+
+    def close(self) -> None:
+        """Drop the calls no thread took yet; let every thread end once its running call returns."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            threads = self.threads
+        while True:
+            try:
+                call = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if call is not None:
+                call._drop()
+        for _ in range(threads):
+            self.queue.put(None)
 
 
 class UserThreads:
     """A thread pool for blocking user callables, separate from the event loop's default executor.
+
+    Its threads are daemon threads: a call that never returns does not keep the process from exiting
+    (the standard ``ThreadPoolExecutor`` joins its threads at exit, so one hung tool hung the
+    interpreter after the application's work was done). They are created on demand, reused, and end
+    after :meth:`shutdown` or when the pool is garbage collected.
 
     Args:
         name: Prefix of the thread names (shown in debuggers and ``threading.enumerate()``).
@@ -78,20 +259,18 @@ class UserThreads:
         """Prefix of the thread names."""
         self.max_threads = max_threads
         """The most threads the pool creates."""
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._busy = 0
-        self._abandoned = 0
+        self._pool: _Pool | None = None
+        self._counters = _Counters()
 
     @property
     def busy(self) -> int:
         """Threads running a call now (abandoned calls included)."""
-        return self._busy
+        return self._counters.busy
 
     @property
     def abandoned(self) -> int:
         """Calls still running in a thread although their caller stopped waiting (timeout, cancel)."""
-        return self._abandoned
+        return self._counters.abandoned
 
     async def run(self, function: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Call ``function(*args, **kwargs)`` in one of the pool's threads and return its result.
@@ -100,44 +279,39 @@ class UserThreads:
         started yet never starts, one that had keeps its thread until it returns (it is counted in
         :attr:`abandoned` meanwhile).
         """
-        executor = self._executor
-        if executor is None:
-            executor = self._executor = ThreadPoolExecutor(
-                max_workers=self.max_threads, thread_name_prefix=self.name
-            )
-        state = _CallState()
-        context = contextvars.copy_context()
+        return await self.wait(self.start(function, args, kwargs))  # type: ignore[no-any-return]
 
-        def call() -> _T:
-            with self._lock:
-                state.started = True
-                self._busy += 1
-                if state.abandoned:
-                    self._abandoned += 1
-            try:
-                return context.run(function, *args, **kwargs)
-            except StopIteration as error:
-                # a future cannot carry StopIteration: asyncio would never resolve the call (PEP 479's
-                # conversion, as for a coroutine)
-                raise RuntimeError(f"{_name_of(function)} raised StopIteration") from error
-            except (SystemExit, KeyboardInterrupt) as error:  # the callable's own exit: not the process's
-                raise WorkerExit(error) from error
-            finally:
-                with self._lock:
-                    state.finished = True
-                    self._busy -= 1
-                    if state.abandoned:
-                        self._abandoned -= 1
+    def start(
+        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> ThreadCall:
+        """Hand ``function(*args, **kwargs)`` to a thread (an idle one, a new one, or the next free one).
 
-        future = asyncio.get_running_loop().run_in_executor(executor, call)
+        Await its outcome with :meth:`wait`; the returned :class:`ThreadCall` tells whether it started.
+        Must be called on the event loop that will wait for it.
+        """
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = _Pool(self.name, self.max_threads)
+            # garbage collected without shutdown(): its idle threads end rather than wait for ever
+            weakref.finalize(self, pool.close).atexit = False
+        call = ThreadCall(self._counters, asyncio.get_running_loop(), function, args, kwargs)
+        pool.submit(call)
+        return call
+
+    async def wait(self, call: ThreadCall) -> Any:
+        """Return what ``call`` (from :meth:`start`) returned, or raise what it raised.
+
+        Cancelled (or timed out), the wait stops at once: see :meth:`run`.
+        """
         try:
-            return await future
+            return await call._future
         except asyncio.CancelledError:
-            with self._lock:
-                if not state.finished:
-                    state.abandoned = True
-                    if state.started:
-                        self._abandoned += 1
+            counters = self._counters
+            with counters.lock:
+                if not call.finished:
+                    call.abandoned = True
+                    if call.started:
+                        counters.abandoned += 1
             raise
 
     def shutdown(self) -> None:
@@ -145,9 +319,9 @@ class UserThreads:
 
         The pool can be used again afterwards (it starts new threads).
         """
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 def _name_of(function: Callable[..., Any]) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
@@ -147,3 +148,56 @@ async def test_manager_cache_is_a_bounded_lru(clock: ManualClock) -> None:
     assert (await manager.execute("square", x=3)).cached
     assert not (await manager.execute("square", x=2)).cached
     assert ran == [1, 2, 3, 2]
+
+
+async def test_large_arguments_and_results_do_not_pile_up_in_the_cache() -> None:
+    """The cache kept up to ``cache_size`` (1,024) entries whatever their size: each key was the whole JSON of
+    the arguments and each entry the whole result, so a cacheable tool reading 1 MB documents held about
+    2 MB per call (150 calls: over 300 MB) until entries were evicted by count."""
+    calls: list[int] = []
+
+    async def annotate(text: str) -> dict[str, Any]:
+        calls.append(len(text))
+        return {"spaces": text.count(" "), "annotated": text.upper()}
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("annotate", annotate, "Annotate a document", cacheable=True)
+    documents = [f"document {index} " + "word " * 200_000 for index in range(150)]  # about 1 MB each
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for document in documents:
+            assert (await manager.execute_tool("annotate", text=document)).success
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 100_000_000, f"{held / 1e6:.0f} MB held by the cache"
+    repeat = await manager.execute_tool("annotate", text=documents[-1])  # recent results are still cached
+    assert repeat.cached and repeat.result["spaces"] == 200_002
+    other = await manager.execute_tool("annotate", text=documents[-1] + " more")  # a different key: runs
+    assert not other.cached and len(calls) == 151
+
+
+async def test_a_result_holding_tuples_is_the_same_from_the_tool_and_the_cache(clock: ManualClock) -> None:
+    """The first call returned the tool's tuples, a cache hit lists (JSON has no tuples): the same call gave
+    ``(48.85, 2.35)`` and then ``[48.85, 2.35]``, which compare unequal."""
+
+    async def locate(city: str) -> dict[str, Any]:
+        return {"city": city, "position": (48.85, 2.35), "neighbours": [("Versailles", 17)]}
+
+    manager = ToolManager(ContextManagerConfig(), clock=clock)
+    manager.register_function_tool("locate", locate, "Locate a city", cacheable=True)
+    first = await manager.execute_tool("locate", city="Paris")
+    second = await manager.execute_tool("locate", city="Paris")
+    assert not first.cached and second.cached
+    assert (
+        first.result
+        == second.result
+        == {
+            "city": "Paris",
+            "position": [48.85, 2.35],
+            "neighbours": [["Versailles", 17]],
+        }
+    )
+    pair = manager.register_function_tool("pair", lambda: (1, 2), "A pair")
+    assert (await manager.execute_tool(pair.name)).result == [1, 2]

@@ -15,6 +15,7 @@ from context_manager.core.tool_system import (
     ToolErrorType,
     ToolManager,
     ToolPermission,
+    ToolRegistry,
     get_tool_definition,
     tool,
 )
@@ -588,6 +589,30 @@ async def test_a_decorated_method_registered_bound_is_a_tool_of_its_instance() -
         manager.register_tool(fahrenheit.get_weather)  # another instance under the same name
 
 
+def test_a_method_taken_from_its_class_is_refused_at_registration() -> None:
+    """``register_tool(WeatherService.get_weather)`` (the class, not an instance) registered a tool whose
+    schema asked the model for ``self``; every call then failed with "self: missing", or ran the method
+    on whatever the model sent as ``self``."""
+    manager = ToolManager()
+    registry = ToolRegistry()
+    expected = (
+        r"^function: got .*get_weather.*; allowed a function or a bound method \(register_tool\(instance"
+    )
+    with pytest.raises(ToolRegistrationError, match=expected):
+        manager.register_tool(WeatherService.get_weather)
+    with pytest.raises(ToolRegistrationError, match=r"^function: got .*forecast"):
+        manager.register_function_tool("forecast", WeatherService.forecast)
+    with pytest.raises(ToolRegistrationError, match=r"^function: got .*forecast"):
+        registry.register_tool(WeatherService.forecast)
+    assert len(manager) == 0 and len(registry) == 0
+    manager.register_tool(WeatherService("C").get_weather)  # bound: fine
+
+    def self_named(self: str) -> str:  # a plain function may name a parameter self
+        return self
+
+    assert manager.register_function_tool("self_named", self_named).parameters_schema["required"] == ["self"]
+
+
 async def test_tool_above_staticmethod_or_classmethod_keeps_its_options() -> None:
     """Above @staticmethod the options were set on the descriptor, not on what ``DiskAdmin.wipe`` gives: the
     dangerous tool registered as 'wipe' with permission 'standard' and ran without approval. Above
@@ -679,3 +704,56 @@ async def test_a_method_whose_hints_name_a_local_class_registers_bound() -> None
     manager.register_tool(_service_with_a_local_model().search)
     assert manager.get_tool_schemas("anthropic")[0]["input_schema"]["required"] == ["query"]
     assert (await manager.execute_tool("search_local", query={"text": "found"})).result == "found"
+
+
+def test_a_callable_without_a_usable_name_is_told_to_pass_one() -> None:
+    """A partial, a callable object or a lambda was refused with "name: got ''" (or "'<lambda>'") although
+    the caller never gave a name: it did not say the name comes from ``__name__``, nor how to give one."""
+
+    async def convert(amount: float, currency: str = "EUR") -> str:
+        return f"{amount} {currency}"
+
+    class Counter:
+        def __call__(self, n: int) -> int:
+            return n
+
+    manager = ToolManager()
+    hint = r"pass a name: @tool\(name=\.\.\.\) or register_function_tool\(name, function\)"
+    for callable_ in (functools.partial(convert, currency="USD"), Counter(), lambda x: x):
+        with pytest.raises(ToolRegistrationError, match=r"^name: got '(<lambda>)?'; allowed .*" + hint):
+            manager.register_tool(callable_)
+        with pytest.raises(ToolRegistrationError, match=hint):
+            tool(callable_)
+    with pytest.raises(ToolRegistrationError) as given:
+        manager.register_function_tool("bad name", convert)  # a name the caller gave: no such hint
+    assert "pass a name" not in str(given.value)
+    assert manager.register_function_tool("convert_usd", functools.partial(convert, currency="USD")).name
+
+
+def test_a_declared_schema_that_does_not_match_a_typed_signature_is_refused() -> None:
+    """A typed tool validates calls against its signature, not against a declared ``parameters_schema``: a
+    schema naming other arguments was registered, the model followed it, and every call failed with
+    "x: missing; ...; y: unexpected argument; allowed y"."""
+
+    async def scale(x: int, factor: float = 2.0) -> float:
+        return x * factor
+
+    registry = ToolRegistry()
+    extra = {"type": "object", "properties": {"y": {"type": "integer"}, "x": {"type": "integer"}}}
+    with pytest.raises(
+        ToolRegistrationError,
+        match=r"^parameters_schema.properties: got 'y'; allowed the function's parameters: x, factor",
+    ):
+        registry.register_function_tool("scale", scale, parameters_schema=extra)
+    missing = {"type": "object", "properties": {"factor": {"type": "number"}}}
+    with pytest.raises(
+        ToolRegistrationError, match=r"^parameters_schema.properties: got \['factor'\]; allowed .*'x'"
+    ):
+        registry.register_function_tool("scale", scale, parameters_schema=missing)
+    assert len(registry) == 0
+    richer = {
+        "type": "object",
+        "properties": {"x": {"type": "integer", "description": "The value"}, "factor": {"type": "number"}},
+        "required": ["x"],
+    }
+    assert registry.register_function_tool("scale", scale, parameters_schema=richer).schema_declared

@@ -214,7 +214,9 @@ def test_one_public_method_per_job() -> None:
     # issue 17.5: register (register_tool; the guide's register_function_tool), run one tool
     # (execute_tool; call_tool takes a mapping; execute is an alias), run a model's calls
     # (execute_tool_calls). Parsing and running parsed calls are internal.
-    public = {name for name in dir(ToolManager) if not name.startswith("_")}
+    public = {  # methods (approval_callback is a property)
+        name for name in dir(ToolManager) if not name.startswith("_") and callable(getattr(ToolManager, name))
+    }
     running = {name for name in public if "execute" in name or "call" in name or "run" in name}
     assert running == {"execute_tool", "execute", "call_tool", "execute_tool_calls"}
     registering = {name for name in public if name.startswith("register")}
@@ -416,6 +418,52 @@ async def test_a_dataclass_result_converts_its_fields_as_a_pydantic_model_result
         assert json.loads(result.to_content()) == expected
     nan = await manager.execute_tool("read")  # still no NaN in a result
     assert nan.error_type == "tool_error" and "not JSON-serialisable" in (nan.error or "")
+
+
+async def test_datetimes_enums_decimals_and_uuids_in_a_result_are_converted() -> None:
+    """A dict holding a datetime (``{"placed": order.placed}``, the commonest result of a lookup tool) failed
+    with "datetime is not JSON-serialisable", while the same values as fields of a dataclass or a model
+    passed; they are now converted as a model's fields are."""
+    import datetime
+    import decimal
+    import enum
+    import pathlib
+    import uuid
+
+    class Status(enum.Enum):
+        SHIPPED = "shipped"
+
+    order_id = uuid.UUID(int=7)
+
+    async def get_order(number: int) -> dict[str, Any]:
+        return {
+            "id": order_id,
+            "placed": datetime.datetime(2026, 12, 1, 9, 30, tzinfo=datetime.UTC),
+            "due": datetime.date(2026, 12, 5),
+            "status": Status.SHIPPED,
+            "total": decimal.Decimal("12.50"),
+            "invoice": pathlib.PurePosixPath("/invoices/7.pdf"),
+            "history": [(datetime.time(9, 30), Status.SHIPPED)],
+        }
+
+    manager = ToolManager()
+    manager.register_function_tool("get_order", get_order, "Get an order", cacheable=True)
+    expected = {
+        "id": "00000000-0000-0000-0000-000000000007",
+        "placed": "2026-12-01T09:30:00Z",
+        "due": "2026-12-05",
+        "status": "shipped",
+        "total": "12.50",
+        "invoice": "/invoices/7.pdf",
+        "history": [["09:30:00", "shipped"]],
+    }
+    first = await manager.execute_tool("get_order", number=7)
+    assert first.success and first.result == expected
+    assert json.loads(first.to_content()) == expected
+    cached = await manager.execute_tool("get_order", number=7)
+    assert cached.cached and cached.result == expected
+    manager.register_function_tool("when", lambda: datetime.datetime(2026, 1, 2, 3, 4), "The time")
+    assert (await manager.execute_tool("when")).result == "2026-01-02T03:04:00"
 
 
 async def test_numpy_values_in_a_result_are_converted() -> None:

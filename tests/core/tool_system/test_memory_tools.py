@@ -66,9 +66,12 @@ async def test_memory_tool_arguments_are_validated(memory: MemoryManager) -> Non
     assert "importance: got 3; expected less than or equal to 1" in (result.error or "")
     result = await tools.execute("memory_search", query="x", limit=0)
     assert result.error_type == "invalid_arguments"
-    empty = await tools.execute("memory_add", content="")
-    assert empty.error_type == "tool_error"  # the memory manager's own validation, as a message
-    assert "content" in (empty.error or "")
+    empty = await tools.execute("memory_add", content="")  # the schema says minLength 1
+    assert empty.error_type == "invalid_arguments"
+    assert "content: got ''" in (empty.error or "")
+    blank = await tools.execute("memory_add", content="   ")
+    assert blank.error_type == "tool_error"  # the memory manager's own validation, as a message
+    assert "content" in (blank.error or "")
 
 
 async def test_memory_tools_stay_in_their_namespace(memory: MemoryManager) -> None:
@@ -110,3 +113,34 @@ async def test_truncated_tool_output_is_kept_whole_in_memory(tmp_path: Path) -> 
         assert found and found[0].content == results[0].result
         assert set(found[0].tags) == {"tool_output", "report"}
         assert found[0].metadata["tool_call_id"] == "toolu_1"
+
+
+async def test_memory_search_with_an_empty_tag_list_searches_every_memory(memory: MemoryManager) -> None:
+    """Models often fill an optional array with ``[]``: ``memory_search(query=..., tags=[])`` found nothing
+    (no memory carries one of no tags), and the model concluded it remembered nothing."""
+    tools = ToolManager()
+    register_memory_tools(tools, memory)
+    added = await tools.execute_tool("memory_add", content="The user's dog is called Rex", tags=[])
+    assert added.success
+    found = await tools.execute_tool("memory_search", query="what is the dog called", tags=[])
+    assert found.success and [item["id"] for item in found.result] == [added.result["id"]]
+
+
+async def test_memory_tool_schemas_say_what_a_tag_and_a_fact_may_be(memory: MemoryManager) -> None:
+    """The schemas allowed any string as a tag or a fact: a model sending ``tags: [""]`` or ``content: ""``
+    got a ``tool_error`` (the memory refusing it inside the tool), not ``invalid_arguments``, and could not
+    have known beforehand."""
+    tools = ToolManager()
+    register_memory_tools(tools, memory)
+    schemas = {s["name"]: s["input_schema"]["properties"] for s in tools.get_tool_schemas("anthropic")}
+    for name in ("memory_search", "memory_add"):
+        tag = schemas[name]["tags"]["anyOf"][0]["items"]
+        assert tag == {"type": "string", "minLength": 1, "maxLength": 500}
+    assert schemas["memory_add"]["content"]["minLength"] == 1
+    for name, arguments in (
+        ("memory_add", {"content": "A fact", "tags": [""]}),
+        ("memory_add", {"content": ""}),
+        ("memory_search", {"query": "fact", "tags": ["x" * 501]}),
+    ):
+        result = await tools.execute_tool(name, **arguments)
+        assert result.error_type == "invalid_arguments", result.error

@@ -219,3 +219,27 @@ async def test_an_approval_whose_wait_is_cancelled_denies_the_call() -> None:
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+
+
+async def test_replacing_the_policy_or_callback_later_is_checked_like_at_construction() -> None:
+    """``tools.permission_policy = ToolPermission.RESTRICTED`` (the shorthand the constructor accepts) was
+    stored as it was: every later call raised AttributeError ('ToolPermission' object has no attribute
+    'decide') out of execute_tool, for every tool."""
+    tools = make_manager()
+    tools.permission_policy = ToolPermission.RESTRICTED  # type: ignore[assignment]
+    assert tools.permission_policy == PermissionPolicy(allow_up_to=ToolPermission.RESTRICTED)
+    assert (await tools.execute_tool("delete_file", path="/tmp/x")).success
+    tools.permission_policy = "standard"  # type: ignore[assignment]
+    denied = await tools.execute_tool("delete_file", path="/tmp/y")
+    assert denied.error_type == "permission_denied" and ran == ["/tmp/x"]
+    with pytest.raises(InvalidArgumentError, match="^allow_up_to: got 'root'; allowed one of"):
+        tools.permission_policy = "root"  # type: ignore[assignment]
+    with pytest.raises(InvalidArgumentError, match="^approval_callback: got 'yes'; allowed an async"):
+        tools.approval_callback = "yes"  # type: ignore[assignment]
+    assert tools.permission_policy.allow_up_to is ToolPermission.STANDARD and tools.approval_callback is None
+
+    async def approve(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        return True
+
+    tools.approval_callback = approve
+    assert (await tools.execute_tool("delete_file", path="/tmp/z")).success

@@ -4,6 +4,7 @@ import asyncio
 
 import pytest
 
+from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.tool_system import SlidingWindowRateLimiter, ToolManager
 
 from .conftest import ManualClock
@@ -175,3 +176,28 @@ async def test_an_hourly_limit_says_when_to_retry_in_plain_seconds(clock: Manual
     clock.advance(3599.45)
     refused = await manager.execute_tool("send_report", to="ops")
     assert refused.error == "tool 'send_report' allows 1 calls per 3600 s; retry after 0.05 s"
+
+
+async def test_a_caller_key_that_is_not_a_string_is_refused_before_anything_runs(clock: ManualClock) -> None:
+    """A dict or list caller_key (a whole user record passed by mistake) raised a bare TypeError
+    ("unhashable type") out of call_tool and execute_tool_calls."""
+    ran: list[str] = []
+
+    async def ping() -> str:
+        ran.append("ping")
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=1, cacheable=True)
+    for bad in ({"id": "alice"}, ["alice"]):
+        with pytest.raises(InvalidArgumentError, match=r"^caller_key: got .*; allowed a string"):
+            await manager.call_tool("ping", {}, caller_key=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=r"^caller_key: got .*; allowed a string"):
+            await manager.execute_tool_calls(
+                [{"id": "c1", "name": "ping", "arguments": {}}],
+                caller_key=bad,  # type: ignore[arg-type]
+            )
+    with pytest.raises(InvalidArgumentError, match=r"^call_id: got 7; allowed a string"):
+        await manager.call_tool("ping", {}, call_id=7)  # type: ignore[arg-type]
+    assert ran == []
+    assert (await manager.call_tool("ping", {}, caller_key="alice")).success  # its one call was not used

@@ -173,3 +173,47 @@ async def test_an_infinite_default_or_bound_leaves_the_schemas_plain_json() -> N
     assert "maximum" not in parameters["properties"]["score"]
     result = await manager.execute_tool("find_shops", city="Porto")
     assert result.result == "Porto inf 0.5"
+
+
+def test_a_name_listed_twice_is_described_once() -> None:
+    """``names=[*common_tools, *task_tools]`` with a tool in both lists described it twice, and providers
+    refuse a request whose tools repeat a name (OpenAI answers 400)."""
+    manager = ToolManager()
+    manager.register_function_tool("a", get_weather, "A")
+    manager.register_function_tool("b", get_weather, "B")
+    for format in ("openai", "anthropic"):
+        schemas = manager.get_tool_schemas(format, names=["b", "a", "b"])  # type: ignore[arg-type]
+        names = [s["function"]["name"] if format == "openai" else s["name"] for s in schemas]
+        assert names == ["b", "a"]
+
+
+def test_a_plain_string_in_annotated_describes_the_parameter() -> None:
+    """``width: Annotated[int, "Width in pixels"]`` (LangChain's and FastMCP's way to describe a parameter)
+    lost its description: pydantic ignores a string in ``Annotated``, so the model saw a bare integer."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    @tool
+    async def resize(
+        width: Annotated[int, "Width in pixels"],
+        height: Annotated[int, Field(ge=1), "Height in pixels"],
+        keep_ratio: Annotated[bool, "Keep the aspect ratio"] = True,
+        unit: Annotated[str, Field(description="From the Field")] = "px",
+        mode: Annotated[str, "From the annotation"] = "fit",
+    ) -> str:
+        """Resize an image.
+
+        Args:
+            mode: From the docstring.
+        """
+        return f"{width}x{height}"
+
+    manager = ToolManager()
+    manager.register_tool(resize)
+    properties = manager.get_tool_schemas("anthropic")[0]["input_schema"]["properties"]
+    assert properties["width"] == {"type": "integer", "description": "Width in pixels"}
+    assert properties["height"] == {"type": "integer", "minimum": 1, "description": "Height in pixels"}
+    assert properties["keep_ratio"]["description"] == "Keep the aspect ratio"
+    assert properties["unit"]["description"] == "From the Field"
+    assert properties["mode"]["description"] == "From the docstring."

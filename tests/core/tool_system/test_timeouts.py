@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
@@ -197,3 +201,103 @@ async def test_a_tool_that_fails_while_cancelled_at_its_timeout_times_out() -> N
     assert results[2].error == "tool 'fails_early' raised ConnectionError: refused"
     stats = manager.get_tool_stats()["tools"]["query"]
     assert stats["errors"] == {"timeout": 1}
+
+
+_HUNG_TOOL_SCRIPT = """
+import asyncio, threading
+from context_manager import ToolManager
+
+def hangs() -> str:
+    threading.Event().wait()  # never returns
+    return "never"
+
+async def main() -> None:
+    tools = ToolManager()
+    tools.register_function_tool("hangs", hangs, "Hangs for ever", timeout=0.1)
+    result = await tools.execute_tool("hangs")
+    print(result.error_type.value, flush=True)
+
+asyncio.run(main())
+print("done", flush=True)
+"""
+
+
+def test_a_hung_sync_tool_does_not_keep_the_process_from_exiting() -> None:
+    """A sync tool that timed out and never returns used to keep its pool thread, which the interpreter
+    joined at exit: a script whose work was done never ended."""
+    source = str(Path(__file__).resolve().parents[3] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-c", _HUNG_TOOL_SCRIPT], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["timeout", "done"]
+    assert time.perf_counter() - started < 30
+
+
+async def test_a_sync_call_that_never_got_a_thread_says_so() -> None:
+    """With every thread held by a hung call, a quick tool timed out waiting for one; its error said its
+    thread kept running, as if it were slow."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def hangs() -> str:
+        entered.set()
+        gate.wait(timeout=10.0)
+        return "late"
+
+    def quick() -> str:
+        return "quick"
+
+    manager = ToolManager(max_threads=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.05)
+    manager.register_function_tool("quick", quick, "Quick", timeout=0.1)
+    try:
+        assert (await manager.execute_tool("hangs")).error_type == "timeout"
+        assert await asyncio.to_thread(entered.wait, 5.0)
+        result = await manager.execute_tool("quick")
+        assert result.error_type == "timeout"
+        assert result.error == (
+            "tool 'quick' timed out after 0.1 s waiting for a worker thread (all 1 are busy, 1 with "
+            "timed-out calls still running); it did not run"
+        )
+    finally:
+        gate.set()
+    for _ in range(500):
+        if not manager.get_tool_stats()["threads"]["busy"]:
+            break
+        await asyncio.sleep(0.01)
+    assert (await manager.execute_tool("quick")).result == "quick"  # the queued call never ran
+
+
+async def test_a_sync_wrapper_of_an_async_tool_times_out_as_an_async_tool() -> None:
+    """A plain ``functools.wraps`` decorator (logging, metrics) makes an async tool a sync callable returning
+    a coroutine: the coroutine is awaited and cancelled at the timeout, but the error said "its thread
+    keeps running", which was false (the thread had long returned)."""
+    import functools
+
+    cancelled = asyncio.Event()
+
+    def logged(function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    @logged
+    async def slow_report(days: int) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    manager = ToolManager()
+    manager.register_function_tool("slow_report", slow_report, "A slow report", timeout=0.1)
+    result = await manager.execute_tool("slow_report", days=7)
+    assert result.error == "tool 'slow_report' timed out after 0.1 s"
+    assert cancelled.is_set()
+    assert manager.get_tool_stats()["threads"]["abandoned"] == 0

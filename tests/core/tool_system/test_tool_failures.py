@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -313,6 +314,33 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
     assert "order_id" not in union.error.partition("item.Address.zip")[2]
 
 
+@dataclasses.dataclass
+class Stop:
+    street: str
+    city: str = "Lisbon"
+
+
+async def test_an_unknown_key_in_a_dataclass_argument_names_the_dataclass_fields() -> None:
+    """Pydantic reports it as ``unexpected_keyword_argument``: the message read "stop.zip: got '1100';
+    expected Unexpected keyword argument", quoting the value and naming nothing allowed."""
+
+    async def deliver(stop: Stop, stops: list[Stop] | None = None) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("deliver", deliver, "Deliver")
+    nested = await manager.call_tool("deliver", {"stop": {"street": "Rua A", "zip": "1100"}})
+    assert (
+        nested.error == "invalid arguments for tool 'deliver': stop.zip: unexpected key; allowed street, city"
+    )
+    in_list = await manager.call_tool(
+        "deliver", {"stop": {"street": "A"}, "stops": [{"street": "B", "zip": 1}]}
+    )
+    assert in_list.error is not None and in_list.error.endswith(
+        "stops.0.zip: unexpected key; allowed street, city"
+    )
+
+
 async def test_common_parameter_names_and_unwritable_defaults_register_without_warnings() -> None:
     """``schema``, ``json``, ``copy`` and ``dict`` are BaseModel attribute names: pydantic warned for each at
     registration, and under ``-W error`` (pytest's ``filterwarnings = ["error"]``) the tool was refused."""
@@ -453,3 +481,60 @@ async def test_a_sync_tool_exiting_fails_and_the_application_goes_on() -> None:
     stopped = await manager.execute_tool("interrupted", x=1)
     assert stopped.error == "tool 'interrupted' raised KeyboardInterrupt (it exited; the process goes on)"
     assert (await manager.execute_tool("run_report", args=["--days", "3"])).result == "report for 3 days"
+
+
+async def test_an_exception_group_names_the_errors_inside_it() -> None:
+    """A tool using a TaskGroup fails with an ExceptionGroup, whose message is only "unhandled errors in a
+    TaskGroup (2 sub-exceptions)": the model could not tell what went wrong."""
+
+    async def fetch(url: str) -> str:
+        raise ConnectionError(f"{url} unreachable")
+
+    async def fetch_all(urls: list[str]) -> list[str]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(fetch(url)) for url in urls]
+        return [task.result() for task in tasks]
+
+    manager = ToolManager()
+    manager.register_function_tool("fetch_all", fetch_all, "Fetch pages", sensitive_arguments=["urls"])
+    result = await manager.execute_tool("fetch_all", urls=["https://a.example", "https://b.example"])
+    assert result.error_type == "tool_error"
+    assert result.error == (
+        "tool 'fetch_all' raised ExceptionGroup: unhandled errors in a TaskGroup (2 sub-exceptions): "
+        "ConnectionError: [REDACTED] unreachable; ConnectionError: [REDACTED] unreachable"
+    )
+    many = ExceptionGroup("batch failed", [ValueError(f"item {n}") for n in range(12)])
+
+    async def batch() -> None:
+        raise many
+
+    manager.register_function_tool("batch", batch, "Batch")
+    error = (await manager.execute_tool("batch")).error or ""
+    assert error.startswith(
+        "tool 'batch' raised ExceptionGroup: batch failed (12 sub-exceptions): ValueError: item 0;"
+    )
+    assert error.endswith("ValueError: item 4; and 7 more")
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"id": 1}, {"id": 2, 3: "x"}],  # a flat row among flat rows
+        [{"id": 1, "tags": ["a"]}, {"id": 2, "meta": {4: "x"}}],  # a nested dict in a row
+        [[1, 2], [{"id": 1}, {5: "x"}]],  # rows inside lists
+        ({"id": 1},) * 3 + ({6: "x"},),  # a tuple of rows
+    ],
+)
+async def test_a_key_that_is_not_a_string_is_found_anywhere_in_large_results(rows: Any) -> None:
+    """The key check walks every result on the event loop; rows (lists of flat dicts) are checked where
+    they are found rather than one by one through the walk, and a bad key is still found in each."""
+    many = [{"id": n, "name": f"customer {n}"} for n in range(1000)]
+
+    async def query(n: int) -> list[Any]:
+        return [*many, rows]
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query")
+    result = await manager.execute_tool("query", n=1)
+    assert result.error_type is ToolErrorType.TOOL_ERROR
+    assert result.error is not None and "a dict key is int" in result.error

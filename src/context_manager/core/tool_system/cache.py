@@ -1,13 +1,19 @@
 """The tool result cache: :class:`ToolResultCache`, a bounded LRU of JSON texts with a TTL per entry.
 
 Keys are the tool name plus the canonical JSON of the validated arguments (sorted keys, compact
-separators), so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` share an entry. Only successful results are
-stored, as JSON text: every hit decodes a fresh copy, so a caller mutating a result cannot change what the
-next caller gets.
+separators), so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` share an entry; a key longer than 256
+characters is kept as its BLAKE2b digest (128 bits), so large arguments (a whole document) are not held.
+Only successful results are stored, as JSON text: every hit decodes a fresh copy, so a caller mutating a
+result cannot change what the next caller gets.
+
+The cache is bounded by entries (``max_entries``) and by the size of the texts it holds (``max_bytes``,
+32 MiB by default, counted in characters): the least recently used entries go first, and a result larger
+than ``max_bytes`` is not cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -15,9 +21,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ToolResultCache", "canonical_arguments"]
+__all__ = ["DEFAULT_MAX_BYTES", "ToolResultCache", "canonical_arguments"]
 
 _MISSING: Any = object()
+_LONG_KEY = 256  # longer argument keys are kept as their digest
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+"""The most characters of result texts the cache holds by default."""
 
 
 def canonical_arguments(arguments: dict[str, Any]) -> str | None:
@@ -36,26 +45,54 @@ class ToolResultCache:
     Args:
         max_entries: How many results are kept; the least recently used is dropped first.
         clock: Returns the current time in seconds (monotonic); tests pass a controllable clock.
+        max_bytes: How many characters of result texts are kept at most (least recently used dropped
+            first); a result longer than this is not cached.
     """
 
-    __slots__ = ("_clock", "_entries", "_lock", "hits", "max_entries", "misses")
+    __slots__ = ("_bytes", "_clock", "_entries", "_lock", "hits", "max_bytes", "max_entries", "misses")
 
-    def __init__(self, max_entries: int = 1024, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 1024,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.max_entries = max_entries
         """How many results are kept at most."""
+        self.max_bytes = max_bytes
+        """How many characters of result texts are kept at most."""
         self.hits = 0
         """Lookups answered from the cache."""
         self.misses = 0
         """Lookups not answered (absent or expired)."""
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def size(self) -> int:
+        """Characters of the result texts held now (at most :attr:`max_bytes`)."""
+        return self._bytes
+
+    @staticmethod
+    def _key(tool_name: str, arguments_key: str) -> tuple[str, str]:
+        if len(arguments_key) > _LONG_KEY:  # a digest instead of a copy of large arguments
+            digest = hashlib.blake2b(arguments_key.encode("utf-8", "surrogatepass"), digest_size=16)
+            arguments_key = "#" + digest.hexdigest()  # never a JSON object's text, which starts with "{"
+        return (tool_name, arguments_key)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        """Drop one entry (under the lock)."""
+        _, text = self._entries.pop(key)
+        self._bytes -= len(text)
+
     def _get(self, tool_name: str, arguments_key: str) -> Any:
-        key = (tool_name, arguments_key)
+        key = self._key(tool_name, arguments_key)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -63,7 +100,7 @@ class ToolResultCache:
                 return _MISSING
             expires_at, text = entry
             if expires_at <= self._clock():
-                del self._entries[key]
+                self._remove(key)
                 self.misses += 1
                 return _MISSING
             self._entries.move_to_end(key)
@@ -78,13 +115,17 @@ class ToolResultCache:
         return True, value
 
     def put(self, tool_name: str, arguments_key: str, result_json: str, ttl: float) -> None:
-        """Store a successful result (as its JSON text) for ``ttl`` seconds."""
-        key = (tool_name, arguments_key)
+        """Store a successful result (as its JSON text) for ``ttl`` seconds (not when it is too large)."""
+        key = self._key(tool_name, arguments_key)
         with self._lock:
+            if key in self._entries:
+                self._remove(key)
+            if len(result_json) > self.max_bytes:
+                return
             self._entries[key] = (self._clock() + ttl, result_json)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._bytes += len(result_json)
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._remove(next(iter(self._entries)))
 
     def invalidate(self, tool_name: str | None = None) -> int:
         """Drop every entry (or every entry of ``tool_name``); return how many were dropped."""
@@ -92,10 +133,11 @@ class ToolResultCache:
             if tool_name is None:
                 count = len(self._entries)
                 self._entries.clear()
+                self._bytes = 0
                 return count
             doomed = [key for key in self._entries if key[0] == tool_name]
             for key in doomed:
-                del self._entries[key]
+                self._remove(key)
             return len(doomed)
 
     def purge_expired(self) -> int:
@@ -104,5 +146,5 @@ class ToolResultCache:
         with self._lock:
             doomed = [key for key, (expires_at, _) in self._entries.items() if expires_at <= now]
             for key in doomed:
-                del self._entries[key]
+                self._remove(key)
             return len(doomed)

@@ -139,11 +139,30 @@ def _positive_int(value: Any, field_name: str) -> int | None:
     return value
 
 
+def derived_name(function: Any) -> str:
+    """The tool name a callable gets when none is given: its ``__name__``.
+
+    Raises:
+        ToolRegistrationError: that name is missing or not one providers accept (a ``functools.partial``,
+            a callable object or a lambda); the message says how to give one.
+    """
+    name = getattr(function, "__name__", "")
+    if isinstance(name, str) and TOOL_NAME_PATTERN.fullmatch(name):
+        return name
+    raise ToolRegistrationError(
+        "name",
+        name if isinstance(name, str) else "",
+        f"{_NAME_RULE}; the name comes from the function's __name__ when none is given",
+        detail="pass a name: @tool(name=...) or register_function_tool(name, function)",
+    )
+
+
+_NAME_RULE = "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
+
+
 def _validate_name(name: Any) -> str:
     if not isinstance(name, str) or not TOOL_NAME_PATTERN.fullmatch(name):
-        raise ToolRegistrationError(
-            "name", name, "1-64 characters from a-z, A-Z, 0-9, '_' and '-' (what providers accept)"
-        )
+        raise ToolRegistrationError("name", name, _NAME_RULE)
     return name
 
 
@@ -251,6 +270,8 @@ class ToolDefinition:
         set_field(self, "schema_declared", bool(declared))
         set_field(self, "schema_checked", bool(declared) or analysis.schema_checks_arguments)
         if declared:
+            if analysis.arguments_model is not None:
+                _check_declared_names(declared, analysis.parameters_schema)
             schema = dict(declared)
             schema.setdefault("type", "object")
             schema.setdefault("properties", {})
@@ -345,6 +366,29 @@ class ToolDefinition:
             if len(form) >= _SHORTEST_SCRUBBED and form in text:
                 text = text.replace(form, REDACTED)
         return text
+
+
+def _check_declared_names(declared: dict[str, Any], generated: dict[str, Any]) -> None:
+    """Refuse a declared schema whose arguments a typed function would not accept.
+
+    A typed tool's calls are validated against its signature: a schema naming other arguments (or leaving
+    out a required one) would have the model send calls that all fail.
+    """
+    accepted = list(generated.get("properties") or {})
+    allowed = "the function's parameters: " + (", ".join(accepted) or "none")
+    declared_names = list(declared.get("properties") or {})
+    for name in declared_names:
+        if name not in accepted:
+            raise ToolRegistrationError("parameters_schema.properties", name, allowed)
+    required = [name for name in generated.get("required") or () if name not in declared_names]
+    if required:
+        raise ToolRegistrationError(
+            "parameters_schema.properties",
+            declared_names,
+            "properties naming every required parameter of the function (missing: "
+            + ", ".join(repr(name) for name in required)
+            + ")",
+        )
 
 
 def _string_leaves(value: Any, depth: int = 0) -> list[str]:
@@ -475,7 +519,7 @@ def tool(
         if not callable(target):
             raise ToolRegistrationError("function", target, "a callable (function or method)")
         definition = ToolDefinition(
-            name=name if name is not None else getattr(target, "__name__", ""),
+            name=name if name is not None else derived_name(target),
             function=target,
             description=description or "",
             category=category,  # type: ignore[arg-type]  # parsed in __post_init__

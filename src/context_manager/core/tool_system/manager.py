@@ -19,15 +19,18 @@ problems:
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
    its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
-   values are returned as they are; pydantic models (``model_dump(mode="json")``), dataclasses (their
-   fields as a model's: datetimes, enums, sets) and numpy scalars and arrays are converted; anything else
-   (sets, arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``.
+   values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
+   (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
+   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
+   converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
+   failed result with ``error_type="tool_error"``.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
 tools never make storage I/O wait. A tool that timed out keeps its thread until it returns
 (``get_tool_stats()["threads"]["abandoned"]`` counts them); once ``max_threads`` calls hang, a new sync
-call waits for a thread inside its own timeout.
+call waits for a thread inside its own timeout (timing out there, it did not run, and its error says so).
+The threads are daemon threads: a tool that never returns does not keep the process from exiting.
 
 The manager is meant for one event loop; it keeps no background task.
 """
@@ -36,11 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import decimal
+import enum
 import inspect
 import json
 import logging
 import math
+import pathlib
 import time
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -51,7 +59,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import UserThreads, WorkerExit
+from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit
 from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -125,6 +133,18 @@ class ParsedToolCall:
     """An ``invalid_arguments`` result for a call whose arguments were not a JSON object, else None."""
 
 
+_CONVERTED_VALUES = (
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+    enum.Enum,
+    pathlib.PurePath,
+)
+"""Values a result may hold that JSON has no type for, converted as pydantic converts a model's fields."""
+
+
 class _ResultEncoder(json.JSONEncoder):
     """Compact JSON that also converts pydantic models and dataclasses, and refuses NaN."""
 
@@ -140,9 +160,12 @@ class _ResultEncoder(json.JSONEncoder):
             # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
             self.converted = True
             return o.tolist()
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        if (dataclasses.is_dataclass(o) and not isinstance(o, type)) or isinstance(o, _CONVERTED_VALUES):
             self.converted = True
-            # its fields as a model's are (datetimes, enums, sets ...), not dataclasses.asdict's raw values
+            if isinstance(o, pathlib.PurePath):  # pydantic writes a Path, not a PurePosixPath
+                return str(o)
+            # as a model's fields are (datetimes in ISO 8601, enums as their values, decimals as strings),
+            # not dataclasses.asdict's raw values
             return to_jsonable_python(o)
         raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
 
@@ -152,29 +175,35 @@ _PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 def _encode_result(value: Any) -> tuple[Any, str]:
     """Return the JSON-ready result and its JSON text, or raise TypeError/ValueError."""
-    if isinstance(value, dict | list | tuple):
-        _check_keys(value)
+    tuples = isinstance(value, dict | list | tuple) and _check_keys(value)
     try:  # the common case: plain JSON values, with one shared encoder (no per-call setup)
-        return value, _PLAIN_ENCODER.encode(value)
+        text = _PLAIN_ENCODER.encode(value)
     except TypeError:
         pass
+    else:
+        # JSON has no tuples: the caller gets lists, as a cache hit (decoded from the text) gives them
+        return (json.loads(text) if tuples else value), text
     encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
-    return (json.loads(text) if encoder.converted else value), text
+    return (json.loads(text) if encoder.converted or tuples else value), text
 
 
 _STR_TYPES = frozenset({str})
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
-def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
-    """Refuse dicts with keys that are not strings (TypeError).
+def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    """Refuse dicts with keys that are not strings (TypeError); return whether ``value`` holds a tuple.
 
-    ``json`` turns them into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the cached
-    result read back differed from the first.
+    ``json`` turns such keys into strings: ``{1: "a", "1": "b"}`` became ``{"1": "a", "1": "b"}``, and the
+    cached result read back differed from the first. The walk runs on the event loop for every result:
+    flat dicts and lists inside a container (a list of rows) are checked where they are found, at C speed,
+    without a trip through the pending list.
     """
     pending: list[Any] = [value]
     seen: set[int] = set()  # a container holding itself: the encoder reports the cycle
+    tuples = False
+    scalar = _SCALAR_TYPES.issuperset
     while pending:
         item = pending.pop()
         if id(item) in seen:
@@ -182,14 +211,34 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> None:
         seen.add(id(item))
         if isinstance(item, dict):
             if not _STR_TYPES.issuperset(map(type, item)):  # C-level: the usual flat dict costs little
-                for key in item:  # (str subclasses, StrEnum members say, are strings)
-                    if not isinstance(key, str):
-                        raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
-            values = item.values()
+                _check_dict_keys(item)
+            values: Any = item.values()
         else:
+            tuples = tuples or isinstance(item, tuple)
             values = item
-        if not _SCALAR_TYPES.issuperset(map(type, values)):
-            pending.extend(inner for inner in values if isinstance(inner, dict | list | tuple))
+        if scalar(map(type, values)):
+            continue
+        for inner in values:
+            kind = type(inner)
+            if kind is dict:
+                if not _STR_TYPES.issuperset(map(type, inner)):
+                    _check_dict_keys(inner)
+                if scalar(map(type, inner.values())):
+                    continue  # a flat dict: checked (no container inside it, so no cycle through it)
+                pending.append(inner)
+            elif kind is list or kind is tuple:
+                tuples = tuples or kind is tuple
+                if not scalar(map(type, inner)):
+                    pending.append(inner)
+            elif isinstance(inner, dict | list | tuple):  # subclasses
+                pending.append(inner)
+    return tuples
+
+
+def _check_dict_keys(item: dict[Any, Any]) -> None:
+    for key in item:  # (str subclasses, StrEnum members say, are strings)
+        if not isinstance(key, str):
+            raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
 
 
 class ToolManager(ToolRegistry):
@@ -238,8 +287,6 @@ class ToolManager(ToolRegistry):
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
-        if approval_callback is not None and not callable(approval_callback):
-            raise InvalidArgumentError("approval_callback", approval_callback, "an async callable or None")
         if clock is not None and not callable(clock):
             raise InvalidArgumentError("clock", clock, "a callable returning monotonic seconds, or None")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size <= 0:
@@ -248,10 +295,8 @@ class ToolManager(ToolRegistry):
             raise InvalidArgumentError("max_threads", max_threads, "an integer > 0")
         self.config = config if config is not None else ContextManagerConfig()
         """The configuration the manager reads its limits from."""
-        self.permission_policy = PermissionPolicy.coerce(permission_policy)
-        """The policy deciding which tools run freely (replace it to change the rules)."""
-        self.approval_callback = approval_callback
-        """Consulted for calls the policy asks about; None denies them."""
+        self._policy = PermissionPolicy.coerce(permission_policy)
+        self._approval_callback = _checked_callback(approval_callback)
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -262,6 +307,28 @@ class ToolManager(ToolRegistry):
         self.telemetry: Telemetry | None | Literal["auto"] = "auto"
         """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
         :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
+
+    @property
+    def permission_policy(self) -> PermissionPolicy:
+        """The policy deciding which tools run freely.
+
+        Assign a :class:`PermissionPolicy`, or a :class:`ToolPermission` (or its string) as shorthand for
+        ``allow_up_to``, to change the rules; an invalid value raises ``InvalidArgumentError``.
+        """
+        return self._policy
+
+    @permission_policy.setter
+    def permission_policy(self, value: PermissionPolicy | ToolPermission | str) -> None:
+        self._policy = PermissionPolicy.coerce(value)
+
+    @property
+    def approval_callback(self) -> ApprovalCallback | None:
+        """Consulted for calls the policy asks about; None denies them (assignable; checked)."""
+        return self._approval_callback
+
+    @approval_callback.setter
+    def approval_callback(self, value: ApprovalCallback | None) -> None:
+        self._approval_callback = _checked_callback(value)
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
@@ -313,7 +380,15 @@ class ToolManager(ToolRegistry):
 
         Returns:
             A ToolResult; failures carry ``error`` and ``error_type`` (never raised).
+
+        Raises:
+            InvalidArgumentError: ``call_id`` or ``caller_key`` is neither a string nor None (a programming
+                error, not a tool-side problem; nothing runs).
         """
+        if caller_key is not None and type(caller_key) is not str:
+            _check_caller_key(caller_key)
+        if call_id is not None and not isinstance(call_id, str):
+            raise InvalidArgumentError("call_id", call_id, "a string (the provider's tool call id) or None")
         telemetry = self.telemetry
         if telemetry == "auto":
             telemetry = self.telemetry = (
@@ -359,7 +434,7 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
-        decision = self.permission_policy.decide(definition)
+        decision = self._policy.decide(definition)
         if decision is PermissionDecision.DENY:
             return self._fail(
                 definition,
@@ -452,6 +527,7 @@ class ToolManager(ToolRegistry):
             timeout = definition.timeout
         function = definition.function
         scope = asyncio.timeout(timeout)
+        thread_call: ThreadCall | None = None
         try:
             async with scope:
                 if definition.is_async:
@@ -461,16 +537,24 @@ class ToolManager(ToolRegistry):
                         value = await function(**call_arguments)
                 else:
                     if model is None:
-                        value = await self._threads.run(function, call_arguments)
+                        thread_call = self._threads.start(function, (call_arguments,), {})
                     else:
-                        value = await self._threads.run(function, **call_arguments)
+                        thread_call = self._threads.start(function, (), call_arguments)
+                    value = await self._threads.wait(thread_call)
                     if inspect.isawaitable(value):  # a sync callable that returned a coroutine
                         value = await value
         except TimeoutError as error:
             if scope.expired():
-                late = (
-                    "" if definition.is_async else " (its thread keeps running; a late result is discarded)"
-                )
+                if thread_call is None or thread_call.finished:  # async, or the coroutine a sync one returned
+                    late = ""
+                elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                    threads = self._threads
+                    late = (
+                        f" waiting for a worker thread (all {threads.max_threads} are busy, "
+                        f"{threads.abandoned} with timed-out calls still running); it did not run"
+                    )
+                else:
+                    late = " (its thread keeps running; a late result is discarded)"
                 return self._fail(
                     definition,
                     ToolErrorType.TIMEOUT,
@@ -522,7 +606,7 @@ class ToolManager(ToolRegistry):
                 ToolErrorType.TOOL_ERROR,
                 f"tool {name!r} returned a value that is not JSON-serialisable ({error}); "
                 "return str, int, float, bool, None, lists, dicts with str keys, "
-                "pydantic models or dataclasses",
+                "datetimes, enums, pydantic models or dataclasses",
                 started,
                 call_id,
             )
@@ -536,10 +620,10 @@ class ToolManager(ToolRegistry):
 
     async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
         """Return None when the approval callback allows the call, else why it is denied."""
-        callback = self.approval_callback
+        callback = self._approval_callback
         needed = (
             f"tool {definition.name!r} needs permission {definition.permission.value!r}, above the policy's "
-            f"{self.permission_policy.allow_up_to.value!r}"
+            f"{self._policy.allow_up_to.value!r}"
         )
         if callback is None:
             return f"{needed}, and no approval callback is set"
@@ -655,7 +739,10 @@ class ToolManager(ToolRegistry):
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing runs).
+            InvalidArgumentError: ``caller_key`` is neither a string nor None (nothing runs).
         """
+        if caller_key is not None:
+            _check_caller_key(caller_key)
         return await self._run_parsed_calls(self._parse_tool_calls(calls), caller_key=caller_key)
 
     async def _run_parsed_calls(
@@ -718,13 +805,32 @@ class ToolManager(ToolRegistry):
         }
 
 
+def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError("approval_callback", callback, "an async callable or None")
+    return callback
+
+
+def _check_caller_key(caller_key: object) -> None:
+    """Refuse a ``caller_key`` that is not a string (a dict or list cannot key a rate limit or a cache)."""
+    if not isinstance(caller_key, str):
+        raise InvalidArgumentError("caller_key", caller_key, "a string (a user or session id) or None")
+
+
 def _seconds(value: float) -> str:
     """Seconds as a person writes them: ``0.05``, ``45``, ``3600`` (never ``3.6e+03``)."""
     return f"{value:.3g}" if value < 100 else str(math.ceil(value))
 
 
-def _describe_error(error: BaseException) -> str:
-    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed)."""
+_GROUP_LISTED = 5  # an exception group's message names at most this many of its exceptions
+_GROUP_DEPTH = 3  # ... in groups nested at most this deep
+
+
+def _describe_error(error: BaseException, depth: int = 0) -> str:
+    """``"Type: message"`` of an exception, or its type alone (no message, or one that cannot be printed).
+
+    An exception group (a ``TaskGroup``'s) is followed by the exceptions it holds (the first few).
+    """
     if isinstance(error, WorkerExit):  # a sync tool's SystemExit or KeyboardInterrupt: its message says so
         return str(error)
     kind = type(error).__name__
@@ -732,7 +838,15 @@ def _describe_error(error: BaseException) -> str:
         text = str(error)
     except Exception as failure:  # a __str__ that raises must not turn a failed result into a crash
         return f"{kind} (its message cannot be shown: {type(failure).__name__})"
-    return f"{kind}: {text}" if text else kind
+    described = f"{kind}: {text}" if text else kind
+    if isinstance(error, BaseExceptionGroup) and depth < _GROUP_DEPTH:
+        # a TaskGroup's "unhandled errors in a TaskGroup (2 sub-exceptions)" says nothing of what failed
+        inner = error.exceptions
+        parts = [_describe_error(item, depth + 1) for item in inner[:_GROUP_LISTED]]
+        if len(inner) > _GROUP_LISTED:
+            parts.append(f"and {len(inner) - _GROUP_LISTED} more")
+        described += ": " + "; ".join(parts)
+    return described
 
 
 def _raw_name(raw: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
+from context_manager.core.memory.validation import MAX_TAG_CHARS
 from context_manager.core.tool_system.definition import ToolCategory, ToolDefinition, ToolPermission
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ MEMORY_TOOL_NAMES = ("memory_search", "memory_add")
 
 SearchLimit = Annotated[int, Field(ge=1, le=50)]
 Importance = Annotated[float, Field(ge=0.0, le=1.0)]
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]
+"""A tag as the memory accepts it (the schema tells the model; a bad one is ``invalid_arguments``)."""
+Fact = Annotated[str, Field(min_length=1)]
 
 
 def register_memory_tools(
@@ -63,16 +67,17 @@ def register_memory_tools(
     check_user(user_id, allow_all=False)
 
     async def memory_search(
-        query: str, limit: SearchLimit = 5, tags: list[str] | None = None
+        query: str, limit: SearchLimit = 5, tags: list[Tag] | None = None
     ) -> list[dict[str, Any]]:
         """Search long-term memory for facts relevant to a query; best matches first.
 
         Args:
             query: What to look for, in plain words.
             limit: How many memories to return at most.
-            tags: Only memories carrying at least one of these tags.
+            tags: Only memories carrying at least one of these tags (none or empty: every memory).
         """
-        found = await memory_manager.search_memory(query, limit, tags=tags, user_id=user_id)
+        # a model fills an optional array with [] when it means no filter (not "no memory matches")
+        found = await memory_manager.search_memory(query, limit, tags=tags or None, user_id=user_id)
         return [
             {
                 "id": memory.id,
@@ -86,7 +91,7 @@ def register_memory_tools(
         ]
 
     async def memory_add(
-        content: str, importance: Importance = 0.5, tags: list[str] | None = None
+        content: Fact, importance: Importance = 0.5, tags: list[Tag] | None = None
     ) -> dict[str, Any]:
         """Remember a fact for later conversations.
 

@@ -24,6 +24,7 @@ from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError,
 from context_manager.core.tool_system.definition import (
     ToolCategory,
     ToolDefinition,
+    derived_name,
     get_tool_definition,
 )
 
@@ -147,15 +148,14 @@ class ToolRegistry:
         elif callable(tool):
             found = get_tool_definition(tool)
             definition = (
-                found
-                if found is not None
-                else ToolDefinition(name=getattr(tool, "__name__", ""), function=tool)
+                found if found is not None else ToolDefinition(name=derived_name(tool), function=tool)
             )
         else:
             raise ToolRegistrationError("tool", tool, "a ToolDefinition or a callable")
         return self._add(definition, replace=replace)
 
     def _add(self, definition: ToolDefinition, *, replace: bool) -> ToolDefinition:
+        _refuse_unbound_method(definition)
         existing = self._tools.get(definition.name)
         if existing is not None and not replace:
             # bound methods by ==: each attribute access makes a new one (equal: same function and instance)
@@ -271,7 +271,7 @@ class ToolRegistry:
 
         Args:
             format: ``"openai"`` or ``"anthropic"``.
-            names: Only these tools (default: all, in registration order).
+            names: Only these tools, in this order, each once (default: all, in registration order).
 
         Raises:
             InvalidArgumentError: unknown format, or ``names`` is not a list of names (a single string).
@@ -284,7 +284,9 @@ class ToolRegistry:
         elif isinstance(names, str) or not isinstance(names, Iterable):
             raise InvalidArgumentError("names", names, "a list of tool names, or None for every tool")
         else:
-            definitions = [self.get_tool(name) for name in names]
+            # each once: providers refuse a request whose tools repeat a name
+            found = (self.get_tool(name) for name in names)
+            definitions = list({definition.name: definition for definition in found}.values())
         schemas: list[dict[str, Any]] = []
         for definition in definitions:
             parameters = json.loads(json.dumps(definition.parameters_schema))  # callers may mutate it
@@ -308,3 +310,26 @@ class ToolRegistry:
                     }
                 )
         return schemas
+
+
+def _refuse_unbound_method(definition: ToolDefinition) -> None:
+    """Refuse a method taken from its class (``Service.search``): the model would be asked for ``self``.
+
+    Such a function is defined in a class body (its ``__qualname__`` names the class) and its first
+    parameter is ``self``; registered, its schema required ``self`` and every call failed.
+    """
+    function = definition.function
+    if definition.convention != "typed" or not inspect.isfunction(function):
+        return
+    owner, _, _ = function.__qualname__.rpartition(".")
+    if not owner or owner.endswith("<locals>"):  # a module-level or local function, not a method
+        return
+    first = next(iter(inspect.signature(function).parameters), None)
+    if first == "self":
+        raise ToolRegistrationError(
+            "function",
+            function,
+            "a function or a bound method (register_tool(instance."
+            f"{function.__name__}), not {owner}.{function.__name__})",
+            detail=f"tool {definition.name!r}: a method taken from its class would ask the model for `self`",
+        )

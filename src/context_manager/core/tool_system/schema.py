@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -360,6 +361,8 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
             )
         annotation = hints.get(parameter.name, Any)
         description = argument_docs.get(parameter.name)
+        if description is None:
+            description = _annotated_description(annotation)
         if isinstance(parameter.default, FieldInfo):
             # pydantic's validate_call idiom, ``n: int = Field(3, ge=1)``: the FieldInfo is the field (its
             # default, constraints and description); the docstring's description fills in a missing one
@@ -390,6 +393,20 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     schema.setdefault("type", "object")
     typed_model: type[BaseModel] = model
     return FunctionAnalysis("typed", is_async, typed_model, schema, False, summary)
+
+
+def _annotated_description(annotation: Any) -> str | None:
+    """The plain string in ``Annotated[int, "Width in pixels"]``, or None.
+
+    That is how LangChain and FastMCP describe a parameter; pydantic ignores it. A ``Field`` there with a
+    description of its own wins.
+    """
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return None
+    metadata = typing.get_args(annotation)[1:]
+    if any(isinstance(item, FieldInfo) and item.description for item in metadata):
+        return None
+    return next((item for item in metadata if isinstance(item, str) and item.strip()), None)
 
 
 def _parameters_dict_schema(
@@ -495,7 +512,9 @@ def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...])
             if field is None:
                 return []
             annotation = field.annotation
-        elif _is_typed_dict(annotation):
+        elif _is_typed_dict(annotation) or (
+            isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+        ):
             annotation = typing.get_type_hints(annotation).get(str(part))
         elif (
             isinstance(part, int) and origin in (list, set, frozenset, collections.abc.Sequence) and arguments
@@ -512,6 +531,8 @@ def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...])
     annotation = _unwrap_optional(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return list(annotation.model_fields)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return [item.name for item in dataclasses.fields(annotation) if item.init]
     if _is_typed_dict(annotation):
         return list(typing.get_type_hints(annotation))
     return []
@@ -530,6 +551,10 @@ def _unwrap_optional(annotation: Any) -> Any:
             annotation = members[0]
         else:
             return annotation
+
+
+_UNEXPECTED_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
+"""Pydantic's error types for a key that is not allowed (the second for a dataclass's fields)."""
 
 
 def describe_validation_error(
@@ -558,11 +583,14 @@ def describe_validation_error(
         kind = item.get("type", "")
         if kind == "missing":
             parts.append(f"{location}: missing; a value is required")
-        elif kind == "extra_forbidden":
+        elif kind in _UNEXPECTED_KEY_ERRORS:
             if len(loc) <= 1:  # the tool's arguments (``allowed_fields``), maybe none
                 allowed = "; allowed " + (", ".join(model_fields) or "no arguments")
             else:  # a key inside a nested object: the keys of that object, when its type says them
-                names = _nested_keys(arguments_model, loc[:-1])
+                try:
+                    names = _nested_keys(arguments_model, loc[:-1])
+                except Exception:  # a hint that only resolved where the tool was defined: say nothing
+                    names = []
                 allowed = f"; allowed {', '.join(names)}" if names else ""
             parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
         else:
