@@ -279,6 +279,8 @@ class ToolCall:
                     ) from None
             else:
                 arguments = raw
+            if arguments is None:  # some servers send null (or "null") for a call without arguments
+                arguments = {}
             return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
         # a ToolCall-shaped dict; LangChain's ``AIMessage.tool_calls`` items carry theirs as ``args``
         arguments = value.get("arguments", value.get("input", value.get("args")))

@@ -133,3 +133,28 @@ async def test_langchain_tool_calls_keep_their_arguments() -> None:
     results = await manager.execute_tool_calls(langchain_calls)
     assert results[0].result == "lisbon weather:3"
     assert ToolCall.from_value(langchain_calls[0]).arguments == {"query": "lisbon weather", "limit": 3}
+
+
+async def test_null_arguments_of_a_call_without_parameters_run_it() -> None:
+    """Some OpenAI-compatible servers send ``"arguments": null`` (or the text ``"null"``) for a tool that
+    takes nothing: the call got ``invalid_arguments`` and the tool never ran."""
+
+    async def now() -> str:
+        return "12:00"
+
+    manager = ToolManager()
+    manager.register_tool(now)
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "now", "arguments": None}},
+        openai_call("c2", "now", "null"),
+        {"id": "c3", "type": "function", "function": {"name": "now"}},
+    ]
+    results = await manager.execute_tool_calls(calls)
+    assert [(r.call_id, r.success, r.result) for r in results] == [
+        ("c1", True, "12:00"),
+        ("c2", True, "12:00"),
+        ("c3", True, "12:00"),
+    ]
+    assert ToolCall.from_value(calls[0]).arguments == {}
+    failed = await manager.execute_tool_calls([openai_call("c4", "now", "[1, 2]")])  # still not an object
+    assert failed[0].error_type == "invalid_arguments"
