@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,81 @@ async def test_managers_on_one_postgresql_database_share_one_pool(postgres_dsn: 
             assert other.memory_manager is not memory
     assert not memory.is_initialized
     assert not _registry
+
+
+class SlowEmbedder(HashingEmbedder):
+    """A real embedder taking its time (a model on a busy CPU): every call sleeps in its worker thread."""
+
+    def embed(self, texts: Any) -> Any:
+        time.sleep(0.2)
+        return super().embed(texts)
+
+
+async def test_a_cleanup_cut_by_a_timeout_still_gives_the_store_back(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    embedder = SlowEmbedder()
+    manager = EnhancedContextManager(config, conversation_id="c1", user_id="ana", embedder=embedder)
+    await manager.initialize()
+    for index in range(40):
+        await manager.add_message("user", words("ana", index))
+    assert manager.compression_history  # evicted messages for the writer to embed and store
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(manager.cleanup(), 0.01)  # a shutdown with a deadline
+    assert not manager.is_initialized
+    assert not _registry  # the store was given back, and closed (its last holder)
+    assert not manager.memory_manager.is_initialized
+    async with MemoryManager(config, embedder=embedder) as memory:  # the lock was released
+        assert await memory.search_memory("ana milestone review", user_id="ana", limit=5)
+    resumed = EnhancedContextManager(config, conversation_id="c1", user_id="ana", embedder=embedder)
+    async with resumed:
+        assert resumed.messages  # the conversation was stored
+
+
+async def test_an_initialize_cancelled_once_memory_is_open_leaves_the_store_free(tmp_path: Path) -> None:
+    config = make_config(tmp_path, short_term_memory_size=500)
+    async with MemoryManager(config) as memory:  # a store whose short-term tier the next config overflows
+        await memory.add_memories([{"content": words("ana", i), "importance": 0.1} for i in range(300)])
+    smaller = make_config(tmp_path, short_term_memory_size=10)
+    manager = EnhancedContextManager(smaller, conversation_id="c1")
+    opening = manager.memory_manager
+    task = asyncio.ensure_future(manager.initialize())
+    for _ in range(100_000):  # one loop step at a time, until the files are open (the overflow moves next)
+        if opening.is_initialized or task.done():
+            break
+        await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()  # what asyncio.wait_for(manager.initialize(), t) does when t runs out then
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not manager.is_initialized and not _registry
+    assert not opening.is_initialized
+    async with MemoryManager(smaller) as memory:  # nothing holds the store: not StorageLockedError
+        assert (await memory.get_memory_stats())["total_memories"] == 300
+    await manager.initialize()  # and the manager can be initialized again
+    try:
+        assert await manager.add_message("user", "opened at the second try")
+    finally:
+        await manager.cleanup()
+    assert not _registry
+
+
+async def test_a_shared_memory_closed_directly_is_not_lent_again(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    first = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+    await first.initialize()
+    try:
+        await first.memory_manager.cleanup()  # the application closed the shared memory itself
+        async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as second:
+            assert second.memory_manager is not first.memory_manager
+            assert second.memory_manager.is_initialized
+            for index in range(40):
+                await second.add_message("user", words("bo", index))
+            assert second.compression_history
+            await second.flush()
+            found = await second.search_memory("bo milestone review", limit=50)
+            assert found and all(memory.content.startswith("bo ") for memory in found)
+    finally:
+        await first.cleanup()
+    assert not _registry
+    async with MemoryManager(config) as memory:  # every lock released
+        assert await memory.search_memory("milestone", user_id="bo", limit=5)

@@ -259,8 +259,9 @@ class EnhancedContextManager:
         try:
             await self._start_subsystems()
         except BaseException:
-            await self._stop_subsystems()
-            await self._close_owned_summarizer()
+            # what started is stopped in a task of its own: a second cancellation (a deadline's scope
+            # cancelling again) must not leave the store borrowed, and held, for the process's life
+            await to_the_end(asyncio.ensure_future(self._release()))
             self._window = None
             raise
         self._state = "ready"
@@ -280,11 +281,14 @@ class EnhancedContextManager:
                 try:
                     await self._finish_changes()
                 except asyncio.CancelledError:
-                    # cancelled while it waited: release everything all the same (in a task of its own,
-                    # which this cancellation does not reach), then let the cancellation go on
+                    # cancelled while it waited: release everything all the same, then let the
+                    # cancellation go on
                     await to_the_end(asyncio.ensure_future(self._release()))
                     raise
-                await self._release()
+                # in a task of its own, which a cancellation of this call (asyncio.wait_for(cleanup(), t))
+                # does not cut halfway: the shared store is always given back (and closed by its last
+                # holder), the conversation's last changes written; the cancellation is raised after
+                await to_the_end(asyncio.ensure_future(self._release()))
             logger.debug("context manager cleaned up")
 
     async def _release(self) -> None:

@@ -201,6 +201,11 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                     elif not share.opened.done():
                         wait_for = share.opened
                     elif share.opened.result() is None:
+                        if _closed_behind(share.memory):
+                            # its holders keep their (closed) memory until they stop; this manager opens
+                            # the store again (the close released the lock)
+                            del _registry[key]
+                            continue
                         share.users += 1
                         return MemoryLease(share)
         if creator:
@@ -213,6 +218,14 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
             )
         if wait_for is not None:
             await asyncio.shield(wait_for)  # opened or closed by another manager: look again
+
+
+def _closed_behind(memory: MemoryManager) -> bool:
+    """Whether an open shared memory was closed (or is closing) by a ``cleanup()`` of its own.
+
+    ``manager.memory_manager.cleanup()`` called by the application closes it for every manager holding it.
+    """
+    return not memory.is_initialized or memory._closing
 
 
 def _refusal(share: _Share, loop: asyncio.AbstractEventLoop, fingerprint: tuple[Any, ...]) -> str | None:
