@@ -271,6 +271,8 @@ class EnhancedContextManager:
         """Write what compressions evicted to memory, stop the subsystems and release resources.
 
         Safe to call more than once. Made while ``initialize()`` runs, it waits for it, then cleans up.
+        Cancelled (``asyncio.wait_for(manager.cleanup(), t)``), it still stops everything, and gives the
+        shared store back, before the cancellation is raised.
         """
         async with self._lifecycle_lock:
             if self._state == "closed":
