@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -304,3 +305,57 @@ async def test_a_shared_memory_closed_directly_is_not_lent_again(tmp_path: Path)
     assert not _registry
     async with MemoryManager(config) as memory:  # every lock released
         assert await memory.search_memory("milestone", user_id="bo", limit=5)
+
+
+LOOP_ENDED_SCRIPT = """
+import asyncio, sys
+from context_manager import ContextManagerConfig, EnhancedContextManager, StorageLockedError
+
+config = ContextManagerConfig(storage_path=sys.argv[1], max_tokens=400)
+
+async def forgotten():  # a script's first asyncio.run: the manager is never cleaned up
+    await EnhancedContextManager(config, conversation_id="c1").initialize()
+
+async def later():
+    await EnhancedContextManager(config, conversation_id="c1").initialize()
+
+asyncio.run(forgotten())
+try:
+    asyncio.run(later())
+except StorageLockedError as error:
+    print(error)
+"""
+
+
+async def test_a_store_left_open_by_an_ended_loop_is_named_so(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOOP_ENDED_SCRIPT,
+        str(tmp_path / "storage"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    message = out.decode()
+    assert "already open in this process" in message
+    assert "event loop has ended without cleanup()" in message, message
+    assert "clean that one up first" not in message  # it cannot be: its loop is gone
+
+
+async def test_postgresql_managers_share_again_after_a_loop_ended_without_cleanup(postgres_dsn: str) -> None:
+    config = postgres_config(postgres_dsn)
+
+    def forgotten() -> None:  # an earlier asyncio.run whose manager was never cleaned up
+        asyncio.run(EnhancedContextManager(config, conversation_id="old").initialize())
+
+    await asyncio.to_thread(forgotten)
+    async with (
+        EnhancedContextManager(config, conversation_id="a", user_id="ana") as first,
+        EnhancedContextManager(config, conversation_id="b", user_id="bo") as second,
+    ):
+        assert first.memory_manager is second.memory_manager  # one pool again, not one per manager
+        assert await first.add_message("user", "hello") and await second.add_message("user", "hi")
+    assert not _registry

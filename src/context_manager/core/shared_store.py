@@ -192,6 +192,11 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                 share = _Share(key, candidate, fingerprint, loop)
                 _registry[key] = share
                 creator = True
+            elif key[0] == "postgres" and share.loop is not loop and share.loop.is_closed():
+                # its holders ended with their loop, never cleaned up: they cannot give it back, and
+                # the process's managers would each open a pool of their own from now on
+                del _registry[key]
+                continue
             else:
                 creator = False
                 refusal = _refusal(share, loop, fingerprint)
@@ -229,6 +234,12 @@ def _closed_behind(memory: MemoryManager) -> bool:
 
 
 def _refusal(share: _Share, loop: asyncio.AbstractEventLoop, fingerprint: tuple[Any, ...]) -> str | None:
+    if share.loop is not loop and share.loop.is_closed():
+        return (
+            "by a manager whose event loop has ended without cleanup() (an earlier asyncio.run): it stays "
+            "open until the process exits; clean managers up before their loop ends (async with "
+            "EnhancedContextManager(...)), or give this one another storage_path"
+        )
     if share.loop is not loop:
         return (
             "by a manager running in another event loop; managers of one process share a store within "
