@@ -17,7 +17,9 @@ from context_manager import (
     ConversationConflictError,
     EnhancedContextManager,
     MemoryManager,
+    StorageError,
     StorageLockedError,
+    register_memory_tools,
 )
 from context_manager.core.memory.embeddings import HashingEmbedder
 from context_manager.core.shared_store import _registry
@@ -359,3 +361,38 @@ async def test_postgresql_managers_share_again_after_a_loop_ended_without_cleanu
         assert first.memory_manager is second.memory_manager  # one pool again, not one per manager
         assert await first.add_message("user", "hello") and await second.add_message("user", "hi")
     assert not _registry
+
+
+async def test_initialize_can_be_retried_after_a_failure_past_the_memory(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    storage = config.resolved_storage_path
+    storage.mkdir(parents=True)
+    (storage / "conversations.sqlite3").mkdir()  # the conversations database cannot be opened
+    manager = EnhancedContextManager(config, conversation_id="c1", user_id="ana")
+    with pytest.raises(StorageError, match="cannot open conversations database"):
+        await manager.initialize()
+    assert not _registry  # the memory it opened was closed
+    (storage / "conversations.sqlite3").rmdir()  # fixed
+    await manager.initialize()  # not "LifecycleError: this MemoryManager was closed"
+    try:
+        assert await manager.add_message("user", "opened at the second try")
+        assert manager.memory_manager.is_initialized
+    finally:
+        await manager.cleanup()
+    assert not _registry
+
+
+async def test_memory_taken_before_initialize_by_a_borrowing_manager_says_what_to_use(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana"):
+        manager = EnhancedContextManager(config, conversation_id="c-bo", user_id="bo")
+        taken_early = manager.memory_manager  # e.g. register_memory_tools(..., manager.memory_manager)
+        register_memory_tools(manager.tool_manager, taken_early, user_id="bo", replace=True)
+        async with manager:
+            assert manager.memory_manager is not taken_early  # it borrowed the open store
+            result = await manager.execute_tool("memory_add", content="bo likes tea", importance=0.5)
+            assert not result.success
+            assert "the store another manager of this process has open" in (result.error or "")
+            assert "manager.memory_manager after initialize()" in (result.error or "")
+            register_memory_tools(manager.tool_manager, manager.memory_manager, user_id="bo", replace=True)
+            assert (await manager.execute_tool("memory_add", content="bo likes tea", importance=0.5)).success

@@ -190,6 +190,7 @@ class EnhancedContextManager:
         evicted by compression are written to it, so :meth:`search_memory` finds them. Managers of one
         event loop on one store share one memory manager: after ``initialize()`` this is the one open
         (see :mod:`~context_manager.core.shared_store`); leave closing it to ``cleanup()``."""
+        self._embedder = embedder
         self._explicit_embedder = embedder is not None
         self._memory_lease: MemoryLease | None = None
         self._memory_session_id = uuid.uuid4().hex
@@ -263,6 +264,8 @@ class EnhancedContextManager:
             # cancelling again) must not leave the store borrowed, and held, for the process's life
             await to_the_end(asyncio.ensure_future(self._release()))
             self._window = None
+            if not self.memory_manager.is_initialized:  # closed by the release: a new one for a retry
+                self.memory_manager = MemoryManager(self.config, embedder=self._embedder)
             raise
         self._state = "ready"
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)

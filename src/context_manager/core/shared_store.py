@@ -212,6 +212,8 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                             del _registry[key]
                             continue
                         share.users += 1
+                        if candidate is not share.memory:  # a reference taken before says what to use
+                            candidate._borrowed_instead = True
                         return MemoryLease(share)
         if creator:
             return await _open(share, candidate)
