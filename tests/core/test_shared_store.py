@@ -396,3 +396,43 @@ async def test_memory_taken_before_initialize_by_a_borrowing_manager_says_what_t
             assert "manager.memory_manager after initialize()" in (result.error or "")
             register_memory_tools(manager.tool_manager, manager.memory_manager, user_id="bo", replace=True)
             assert (await manager.execute_tool("memory_add", content="bo likes tea", importance=0.5)).success
+
+
+class CountingEmbedder(HashingEmbedder):
+    """A real embedder that counts the texts it embeds (from the writers' worker threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = 0
+        self.guard = threading.Lock()
+
+    def embed(self, texts: Any) -> Any:
+        with self.guard:
+            self.texts += len(texts)
+        time.sleep(0.001)  # a model takes a while: the managers' writers overlap
+        return super().embed(texts)
+
+
+async def test_concurrent_managers_embed_each_evicted_message_once(tmp_path: Path) -> None:
+    embedder = CountingEmbedder()
+    config = make_config(tmp_path).model_copy(update={"max_tokens": 2000})
+    managers = [
+        EnhancedContextManager(config, conversation_id=f"c{n}", user_id=f"u{n}", embedder=embedder)
+        for n in range(4)
+    ]
+    await asyncio.gather(*(manager.initialize() for manager in managers))
+    try:
+
+        async def write(manager: EnhancedContextManager, user: str) -> None:
+            for index in range(300):
+                await manager.add_message("user", words(user, index))
+            await manager.flush()
+
+        await asyncio.gather(*(write(manager, f"u{n}") for n, manager in enumerate(managers)))
+        evicted = sum(300 - len(manager.messages) for manager in managers)
+        assert evicted > 800
+        # each writer embeds its group ahead in one call; another writer's group must not push it out
+        # (before: 1,600 texts embedded for 940 evicted, most of them again in calls of 8)
+        assert embedder.texts <= evicted * 1.05, (embedder.texts, evicted)
+    finally:
+        await asyncio.gather(*(manager.cleanup() for manager in managers))
