@@ -287,24 +287,23 @@ async def test_an_initialize_cancelled_once_memory_is_open_leaves_the_store_free
     assert not _registry
 
 
-async def test_a_shared_memory_closed_directly_is_not_lent_again(tmp_path: Path) -> None:
+async def test_a_shared_memorys_own_cleanup_leaves_it_open_while_managers_hold_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config(tmp_path)
-    first = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
-    await first.initialize()
-    try:
-        await first.memory_manager.cleanup()  # the application closed the shared memory itself
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as first:
+        await first.memory_manager.cleanup()  # the application closes "its" memory itself
+        assert "share this memory manager; it stays open" in caplog.text
+        assert first.memory_manager.is_initialized
         async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as second:
-            assert second.memory_manager is not first.memory_manager
-            assert second.memory_manager.is_initialized
+            assert second.memory_manager is first.memory_manager
             for index in range(40):
                 await second.add_message("user", words("bo", index))
-            assert second.compression_history
             await second.flush()
             found = await second.search_memory("bo milestone review", limit=50)
             assert found and all(memory.content.startswith("bo ") for memory in found)
-    finally:
-        await first.cleanup()
-    assert not _registry
+        assert await first.add_message("user", "the first one goes on too")
+    assert not _registry and not first.memory_manager.is_initialized  # closed by the last cleanup()
     async with MemoryManager(config) as memory:  # every lock released
         assert await memory.search_memory("milestone", user_id="bo", limit=5)
 
@@ -436,3 +435,20 @@ async def test_concurrent_managers_embed_each_evicted_message_once(tmp_path: Pat
         assert embedder.texts <= evicted * 1.05, (embedder.texts, evicted)
     finally:
         await asyncio.gather(*(manager.cleanup() for manager in managers))
+
+
+async def test_closing_a_finished_managers_memory_leaves_the_others_theirs(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as bo:
+        ana = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+        await ana.initialize()
+        await ana.add_message("user", words("ana", 0))
+        await ana.cleanup()
+        await ana.memory_manager.cleanup()  # shutdown code of before: "close its memory too"
+        assert bo.memory_manager.is_initialized  # bo's manager still holds it
+        for index in range(40):
+            await bo.add_message("user", words("bo", index))
+        await bo.flush()
+        found = await bo.search_memory("bo milestone review", limit=50)
+        assert found and all(memory.content.startswith("bo ") for memory in found)
+    assert not _registry and not bo.memory_manager.is_initialized  # the last holder closed it

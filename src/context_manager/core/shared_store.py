@@ -135,6 +135,7 @@ class MemoryLease:
             return
         with _registry_lock:
             share.users -= 1
+            share.memory._lease_holders = share.users
             if share.users > 0:
                 return
             share.closed = share.loop.create_future()
@@ -206,12 +207,8 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                     elif not share.opened.done():
                         wait_for = share.opened
                     elif share.opened.result() is None:
-                        if _closed_behind(share.memory):
-                            # its holders keep their (closed) memory until they stop; this manager opens
-                            # the store again (the close released the lock)
-                            del _registry[key]
-                            continue
                         share.users += 1
+                        share.memory._lease_holders = share.users
                         if candidate is not share.memory:  # a reference taken before says what to use
                             candidate._borrowed_instead = True
                         return MemoryLease(share)
@@ -225,14 +222,6 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
             )
         if wait_for is not None:
             await asyncio.shield(wait_for)  # opened or closed by another manager: look again
-
-
-def _closed_behind(memory: MemoryManager) -> bool:
-    """Whether an open shared memory was closed (or is closing) by a ``cleanup()`` of its own.
-
-    ``manager.memory_manager.cleanup()`` called by the application closes it for every manager holding it.
-    """
-    return not memory.is_initialized or memory._closing
 
 
 def _refusal(share: _Share, loop: asyncio.AbstractEventLoop, fingerprint: tuple[Any, ...]) -> str | None:
@@ -264,5 +253,7 @@ async def _open(share: _Share, candidate: MemoryManager) -> MemoryLease:
                 del _registry[share.key]
         share.opened.set_result(error)  # the managers waiting look again (and open it themselves)
         raise
+    with _registry_lock:
+        candidate._lease_holders = share.users
     share.opened.set_result(None)
     return MemoryLease(share)

@@ -139,8 +139,17 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         """Finish background work, persist pending access updates, close files and release the lock.
 
         The counterpart of :meth:`initialize`, as on ``EnhancedContextManager`` (``async with`` calls both).
-        Safe to call more than once; made while ``initialize()`` runs, it waits for it.
+        Safe to call more than once; made while ``initialize()`` runs, it waits for it. On the
+        ``memory_manager`` that ``EnhancedContextManager``s of this process share, it does nothing (with
+        a warning) while any of them holds it: the last one's ``cleanup()`` closes it.
         """
+        if self._lease_holders:
+            logger.warning(
+                "MemoryManager.cleanup(): %d EnhancedContextManager(s) of this process share this memory "
+                "manager; it stays open, and the last one's cleanup() closes it",
+                self._lease_holders,
+            )
+            return
         async with self._lifecycle_lock:
             await self._close_locked()
 

@@ -128,6 +128,8 @@ class ManagerState:
         self._embedded_ahead: tuple[Any, dict[str, Any]] | None = None
         # an EnhancedContextManager's own, never opened: it borrowed the store another one had open
         self._borrowed_instead = False
+        # EnhancedContextManagers holding this one (shared_store): while any does, cleanup() leaves it open
+        self._lease_holders = 0
 
     @property
     def storage_path(self) -> Path:
