@@ -138,8 +138,9 @@ async def test_an_embedder_object_is_shared_only_with_itself(tmp_path: Path) -> 
     async with EnhancedContextManager(config, embedder=embedder) as first:
         async with EnhancedContextManager(config, embedder=embedder) as same:
             assert same.memory_manager is first.memory_manager
-        with pytest.raises(StorageLockedError, match="another embedder object"):
+        with pytest.raises(StorageLockedError, match="another embedder object") as caught:
             await EnhancedContextManager(config, embedder=HashingEmbedder()).initialize()
+        assert "create the embedder once and pass that object to every manager" in str(caught.value)
         with pytest.raises(StorageLockedError, match="another embedder object"):
             await EnhancedContextManager(config).initialize()
 

@@ -98,7 +98,10 @@ def _differences(share: _Share, fingerprint: tuple[Any, ...]) -> str:
         if theirs != ours and name != "embedder object"
     ]
     if share.fingerprint[-1] != fingerprint[-1]:
-        changed.append("another embedder object")
+        changed.append(
+            "another embedder object, or none (create the embedder once and pass that object to every "
+            "manager)"
+        )
     return "; ".join(changed)
 
 
