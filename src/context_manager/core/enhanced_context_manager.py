@@ -264,7 +264,7 @@ class EnhancedContextManager:
             # cancelling again) must not leave the store borrowed, and held, for the process's life
             await to_the_end(asyncio.ensure_future(self._release()))
             self._window = None
-            if not self.memory_manager.is_initialized:  # closed by the release: a new one for a retry
+            if self.memory_manager._state == "closed":  # closed by the release: a new one for a retry
                 self.memory_manager = MemoryManager(self.config, embedder=self._embedder)
             raise
         self._state = "ready"
