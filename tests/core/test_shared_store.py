@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ from context_manager import (
     ConversationConflictError,
     EnhancedContextManager,
     MemoryManager,
+    StorageError,
     StorageLockedError,
+    register_memory_tools,
 )
 from context_manager.core.memory.embeddings import HashingEmbedder
 from context_manager.core.shared_store import _registry
@@ -134,8 +138,9 @@ async def test_an_embedder_object_is_shared_only_with_itself(tmp_path: Path) -> 
     async with EnhancedContextManager(config, embedder=embedder) as first:
         async with EnhancedContextManager(config, embedder=embedder) as same:
             assert same.memory_manager is first.memory_manager
-        with pytest.raises(StorageLockedError, match="another embedder object"):
+        with pytest.raises(StorageLockedError, match="another embedder object") as caught:
             await EnhancedContextManager(config, embedder=HashingEmbedder()).initialize()
+        assert "create the embedder once and pass that object to every manager" in str(caught.value)
         with pytest.raises(StorageLockedError, match="another embedder object"):
             await EnhancedContextManager(config).initialize()
 
@@ -225,3 +230,226 @@ async def test_managers_on_one_postgresql_database_share_one_pool(postgres_dsn: 
             assert other.memory_manager is not memory
     assert not memory.is_initialized
     assert not _registry
+
+
+class SlowEmbedder(HashingEmbedder):
+    """A real embedder taking its time (a model on a busy CPU): every call sleeps in its worker thread."""
+
+    def embed(self, texts: Any) -> Any:
+        time.sleep(0.2)
+        return super().embed(texts)
+
+
+async def test_a_cleanup_cut_by_a_timeout_still_gives_the_store_back(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    embedder = SlowEmbedder()
+    manager = EnhancedContextManager(config, conversation_id="c1", user_id="ana", embedder=embedder)
+    await manager.initialize()
+    for index in range(40):
+        await manager.add_message("user", words("ana", index))
+    assert manager.compression_history  # evicted messages for the writer to embed and store
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(manager.cleanup(), 0.01)  # a shutdown with a deadline
+    assert not manager.is_initialized
+    assert not _registry  # the store was given back, and closed (its last holder)
+    assert not manager.memory_manager.is_initialized
+    async with MemoryManager(config, embedder=embedder) as memory:  # the lock was released
+        assert await memory.search_memory("ana milestone review", user_id="ana", limit=5)
+    resumed = EnhancedContextManager(config, conversation_id="c1", user_id="ana", embedder=embedder)
+    async with resumed:
+        assert resumed.messages  # the conversation was stored
+
+
+async def test_an_initialize_cancelled_once_memory_is_open_leaves_the_store_free(tmp_path: Path) -> None:
+    config = make_config(tmp_path, short_term_memory_size=500)
+    async with MemoryManager(config) as memory:  # a store whose short-term tier the next config overflows
+        await memory.add_memories([{"content": words("ana", i), "importance": 0.1} for i in range(300)])
+    smaller = make_config(tmp_path, short_term_memory_size=10)
+    manager = EnhancedContextManager(smaller, conversation_id="c1")
+    opening = manager.memory_manager
+    task = asyncio.ensure_future(manager.initialize())
+    for _ in range(100_000):  # one loop step at a time, until the files are open (the overflow moves next)
+        if opening.is_initialized or task.done():
+            break
+        await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()  # what asyncio.wait_for(manager.initialize(), t) does when t runs out then
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not manager.is_initialized and not _registry
+    assert not opening.is_initialized
+    async with MemoryManager(smaller) as memory:  # nothing holds the store: not StorageLockedError
+        assert (await memory.get_memory_stats())["total_memories"] == 300
+    await manager.initialize()  # and the manager can be initialized again
+    try:
+        assert await manager.add_message("user", "opened at the second try")
+    finally:
+        await manager.cleanup()
+    assert not _registry
+
+
+async def test_a_shared_memorys_own_cleanup_leaves_it_open_while_managers_hold_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as first:
+        await first.memory_manager.cleanup()  # the application closes "its" memory itself
+        assert "share this memory manager; it stays open" in caplog.text
+        assert first.memory_manager.is_initialized
+        async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as second:
+            assert second.memory_manager is first.memory_manager
+            for index in range(40):
+                await second.add_message("user", words("bo", index))
+            await second.flush()
+            found = await second.search_memory("bo milestone review", limit=50)
+            assert found and all(memory.content.startswith("bo ") for memory in found)
+        assert await first.add_message("user", "the first one goes on too")
+    assert not _registry and not first.memory_manager.is_initialized  # closed by the last cleanup()
+    async with MemoryManager(config) as memory:  # every lock released
+        assert await memory.search_memory("milestone", user_id="bo", limit=5)
+
+
+LOOP_ENDED_SCRIPT = """
+import asyncio, sys
+from context_manager import ContextManagerConfig, EnhancedContextManager, StorageLockedError
+
+config = ContextManagerConfig(storage_path=sys.argv[1], max_tokens=400)
+
+async def forgotten():  # a script's first asyncio.run: the manager is never cleaned up
+    await EnhancedContextManager(config, conversation_id="c1").initialize()
+
+async def later():
+    await EnhancedContextManager(config, conversation_id="c1").initialize()
+
+asyncio.run(forgotten())
+try:
+    asyncio.run(later())
+except StorageLockedError as error:
+    print(error)
+"""
+
+
+async def test_a_store_left_open_by_an_ended_loop_is_named_so(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOOP_ENDED_SCRIPT,
+        str(tmp_path / "storage"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    message = out.decode()
+    assert "already open in this process" in message
+    assert "event loop has ended without cleanup()" in message, message
+    assert "clean that one up first" not in message  # it cannot be: its loop is gone
+
+
+async def test_postgresql_managers_share_again_after_a_loop_ended_without_cleanup(postgres_dsn: str) -> None:
+    config = postgres_config(postgres_dsn)
+
+    def forgotten() -> None:  # an earlier asyncio.run whose manager was never cleaned up
+        asyncio.run(EnhancedContextManager(config, conversation_id="old").initialize())
+
+    await asyncio.to_thread(forgotten)
+    async with (
+        EnhancedContextManager(config, conversation_id="a", user_id="ana") as first,
+        EnhancedContextManager(config, conversation_id="b", user_id="bo") as second,
+    ):
+        assert first.memory_manager is second.memory_manager  # one pool again, not one per manager
+        assert await first.add_message("user", "hello") and await second.add_message("user", "hi")
+    assert not _registry
+
+
+async def test_initialize_can_be_retried_after_a_failure_past_the_memory(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    storage = config.resolved_storage_path
+    storage.mkdir(parents=True)
+    (storage / "conversations.sqlite3").mkdir()  # the conversations database cannot be opened
+    manager = EnhancedContextManager(config, conversation_id="c1", user_id="ana")
+    with pytest.raises(StorageError, match="cannot open conversations database"):
+        await manager.initialize()
+    assert not _registry  # the memory it opened was closed
+    (storage / "conversations.sqlite3").rmdir()  # fixed
+    await manager.initialize()  # not "LifecycleError: this MemoryManager was closed"
+    try:
+        assert await manager.add_message("user", "opened at the second try")
+        assert manager.memory_manager.is_initialized
+    finally:
+        await manager.cleanup()
+    assert not _registry
+
+
+async def test_memory_taken_before_initialize_by_a_borrowing_manager_says_what_to_use(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana"):
+        manager = EnhancedContextManager(config, conversation_id="c-bo", user_id="bo")
+        taken_early = manager.memory_manager  # e.g. register_memory_tools(..., manager.memory_manager)
+        register_memory_tools(manager.tool_manager, taken_early, user_id="bo", replace=True)
+        async with manager:
+            assert manager.memory_manager is not taken_early  # it borrowed the open store
+            result = await manager.execute_tool("memory_add", content="bo likes tea", importance=0.5)
+            assert not result.success
+            assert "the store another manager of this process has open" in (result.error or "")
+            assert "manager.memory_manager after initialize()" in (result.error or "")
+            register_memory_tools(manager.tool_manager, manager.memory_manager, user_id="bo", replace=True)
+            assert (await manager.execute_tool("memory_add", content="bo likes tea", importance=0.5)).success
+
+
+class CountingEmbedder(HashingEmbedder):
+    """A real embedder that counts the texts it embeds (from the writers' worker threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = 0
+        self.guard = threading.Lock()
+
+    def embed(self, texts: Any) -> Any:
+        with self.guard:
+            self.texts += len(texts)
+        time.sleep(0.001)  # a model takes a while: the managers' writers overlap
+        return super().embed(texts)
+
+
+async def test_concurrent_managers_embed_each_evicted_message_once(tmp_path: Path) -> None:
+    embedder = CountingEmbedder()
+    config = make_config(tmp_path).model_copy(update={"max_tokens": 2000})
+    managers = [
+        EnhancedContextManager(config, conversation_id=f"c{n}", user_id=f"u{n}", embedder=embedder)
+        for n in range(4)
+    ]
+    await asyncio.gather(*(manager.initialize() for manager in managers))
+    try:
+
+        async def write(manager: EnhancedContextManager, user: str) -> None:
+            for index in range(300):
+                await manager.add_message("user", words(user, index))
+            await manager.flush()
+
+        await asyncio.gather(*(write(manager, f"u{n}") for n, manager in enumerate(managers)))
+        evicted = sum(300 - len(manager.messages) for manager in managers)
+        assert evicted > 800
+        # each writer embeds its group ahead in one call; another writer's group must not push it out
+        # (before: 1,600 texts embedded for 940 evicted, most of them again in calls of 8)
+        assert embedder.texts <= evicted * 1.05, (embedder.texts, evicted)
+    finally:
+        await asyncio.gather(*(manager.cleanup() for manager in managers))
+
+
+async def test_closing_a_finished_managers_memory_leaves_the_others_theirs(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-bo", user_id="bo") as bo:
+        ana = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+        await ana.initialize()
+        await ana.add_message("user", words("ana", 0))
+        await ana.cleanup()
+        await ana.memory_manager.cleanup()  # shutdown code of before: "close its memory too"
+        assert bo.memory_manager.is_initialized  # bo's manager still holds it
+        for index in range(40):
+            await bo.add_message("user", words("bo", index))
+        await bo.flush()
+        found = await bo.search_memory("bo milestone review", limit=50)
+        assert found and all(memory.content.startswith("bo ") for memory in found)
+    assert not _registry and not bo.memory_manager.is_initialized  # the last holder closed it

@@ -190,6 +190,7 @@ class EnhancedContextManager:
         evicted by compression are written to it, so :meth:`search_memory` finds them. Managers of one
         event loop on one store share one memory manager: after ``initialize()`` this is the one open
         (see :mod:`~context_manager.core.shared_store`); leave closing it to ``cleanup()``."""
+        self._embedder = embedder
         self._explicit_embedder = embedder is not None
         self._memory_lease: MemoryLease | None = None
         self._memory_session_id = uuid.uuid4().hex
@@ -259,9 +260,12 @@ class EnhancedContextManager:
         try:
             await self._start_subsystems()
         except BaseException:
-            await self._stop_subsystems()
-            await self._close_owned_summarizer()
+            # what started is stopped in a task of its own: a second cancellation (a deadline's scope
+            # cancelling again) must not leave the store borrowed, and held, for the process's life
+            await to_the_end(asyncio.ensure_future(self._release()))
             self._window = None
+            if self.memory_manager._state == "closed":  # closed by the release: a new one for a retry
+                self.memory_manager = MemoryManager(self.config, embedder=self._embedder)
             raise
         self._state = "ready"
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
@@ -270,6 +274,8 @@ class EnhancedContextManager:
         """Write what compressions evicted to memory, stop the subsystems and release resources.
 
         Safe to call more than once. Made while ``initialize()`` runs, it waits for it, then cleans up.
+        Cancelled (``asyncio.wait_for(manager.cleanup(), t)``), it still stops everything, and gives the
+        shared store back, before the cancellation is raised.
         """
         async with self._lifecycle_lock:
             if self._state == "closed":
@@ -280,11 +286,14 @@ class EnhancedContextManager:
                 try:
                     await self._finish_changes()
                 except asyncio.CancelledError:
-                    # cancelled while it waited: release everything all the same (in a task of its own,
-                    # which this cancellation does not reach), then let the cancellation go on
+                    # cancelled while it waited: release everything all the same, then let the
+                    # cancellation go on
                     await to_the_end(asyncio.ensure_future(self._release()))
                     raise
-                await self._release()
+                # in a task of its own, which a cancellation of this call (asyncio.wait_for(cleanup(), t))
+                # does not cut halfway: the shared store is always given back (and closed by its last
+                # holder), the conversation's last changes written; the cancellation is raised after
+                await to_the_end(asyncio.ensure_future(self._release()))
             logger.debug("context manager cleaned up")
 
     async def _release(self) -> None:

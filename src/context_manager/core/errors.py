@@ -360,7 +360,8 @@ class ConversationAccessError(ContextManagerError, PermissionError):
     """A persisted conversation belongs to another end user than the manager's ``user_id``.
 
     A conversation created by a manager with a ``user_id`` belongs to that user: only a manager with the
-    same ``user_id`` opens it or deletes it. Nothing was loaded or changed.
+    same ``user_id`` opens it, and no manager with another ``user_id`` deletes it (one without a
+    ``user_id`` may). Nothing was loaded or changed.
     """
 
     def __init__(self, conversation_id: str, user_id: str | None) -> None:
@@ -368,10 +369,15 @@ class ConversationAccessError(ContextManagerError, PermissionError):
         """The conversation."""
         self.user_id = user_id
         """The ``user_id`` of the manager that was refused (``None``: it had none)."""
-        who = "without a user_id" if user_id is None else f"with user_id {user_id!r}"
+        # a manager without a user_id is refused only the opening (it lists and deletes every one)
+        who = (
+            "without a user_id cannot open it"
+            if user_id is None
+            else f"with user_id {user_id!r} cannot open or delete it"
+        )
         super().__init__(
-            f"conversation {conversation_id!r} belongs to another end user: a manager {who} cannot open "
-            "or delete it (open it with the user_id it was created with, or use another conversation id)"
+            f"conversation {conversation_id!r} belongs to another end user: a manager {who} (open it "
+            "with the user_id it was created with, or use another conversation id)"
         )
 
 

@@ -98,7 +98,10 @@ def _differences(share: _Share, fingerprint: tuple[Any, ...]) -> str:
         if theirs != ours and name != "embedder object"
     ]
     if share.fingerprint[-1] != fingerprint[-1]:
-        changed.append("another embedder object")
+        changed.append(
+            "another embedder object, or none (create the embedder once and pass that object to every "
+            "manager)"
+        )
     return "; ".join(changed)
 
 
@@ -135,6 +138,7 @@ class MemoryLease:
             return
         with _registry_lock:
             share.users -= 1
+            share.memory._lease_holders = share.users
             if share.users > 0:
                 return
             share.closed = share.loop.create_future()
@@ -192,6 +196,11 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                 share = _Share(key, candidate, fingerprint, loop)
                 _registry[key] = share
                 creator = True
+            elif key[0] == "postgres" and share.loop is not loop and share.loop.is_closed():
+                # its holders ended with their loop, never cleaned up: they cannot give it back, and
+                # the process's managers would each open a pool of their own from now on
+                del _registry[key]
+                continue
             else:
                 creator = False
                 refusal = _refusal(share, loop, fingerprint)
@@ -202,6 +211,9 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
                         wait_for = share.opened
                     elif share.opened.result() is None:
                         share.users += 1
+                        share.memory._lease_holders = share.users
+                        if candidate is not share.memory:  # a reference taken before says what to use
+                            candidate._borrowed_instead = True
                         return MemoryLease(share)
         if creator:
             return await _open(share, candidate)
@@ -216,6 +228,12 @@ async def lease_memory(candidate: MemoryManager, *, explicit_embedder: bool) -> 
 
 
 def _refusal(share: _Share, loop: asyncio.AbstractEventLoop, fingerprint: tuple[Any, ...]) -> str | None:
+    if share.loop is not loop and share.loop.is_closed():
+        return (
+            "by a manager whose event loop has ended without cleanup() (an earlier asyncio.run): it stays "
+            "open until the process exits; clean managers up before their loop ends (async with "
+            "EnhancedContextManager(...)), or give this one another storage_path"
+        )
     if share.loop is not loop:
         return (
             "by a manager running in another event loop; managers of one process share a store within "
@@ -238,5 +256,7 @@ async def _open(share: _Share, candidate: MemoryManager) -> MemoryLease:
                 del _registry[share.key]
         share.opened.set_result(error)  # the managers waiting look again (and open it themselves)
         raise
+    with _registry_lock:
+        candidate._lease_holders = share.users
     share.opened.set_result(None)
     return MemoryLease(share)

@@ -38,6 +38,8 @@ async def test_only_the_owner_opens_a_users_conversation(config: ContextManagerC
         assert caught.value.conversation_id == "chat-1" and caught.value.user_id == intruder
         assert "belongs to another end user" in str(caught.value)
         assert "'ana'" not in str(caught.value)  # whose it is stays private
+        if intruder is None:  # a manager without a user_id deletes any conversation: it is told so
+            assert "a manager without a user_id cannot open it (" in str(caught.value)
         assert not manager.is_initialized
         assert not _registry  # the refused manager gave the store back
         await manager.cleanup()

@@ -225,6 +225,31 @@ async def test_a_replaced_sqlite_file_is_restored_from_the_open_connection(tmp_p
         await reopened.close()
 
 
+async def test_two_restores_at_once_restore_once(tmp_path: Path) -> None:
+    """The health checkers of several managers sharing the store repair it at once: the second restore,
+    queued behind the first, found the file restored and moved that healthy database aside."""
+    from context_manager.core.conversations.sqlite_store import SQLiteConversationStore
+
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        await store.append("c1", 0, records("a", "b"), writer="w")
+        path.unlink()
+        assert store.file_faults() == {"conversations.sqlite3": "removed"}
+        first, second = await asyncio.gather(store.restore_file(), store.restore_file())
+        assert first.startswith("restored conversations.sqlite3 from the open database")
+        assert second == "conversations.sqlite3 needed no restore (restored meanwhile)"
+        names = [p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir()))]
+        assert "conversations.sqlite3" in names
+        moved = [n for n in names if n.startswith("conversations.sqlite3.replaced-")]
+        assert all(n.endswith(("-wal", "-shm")) for n in moved), moved  # the deleted file's leftovers only
+        assert store.file_faults() == {}
+        await store.append("c1", 2, records("after the restore"), writer="w")
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     ("bad", "said"),
     [("   ", "not only whitespace"), ("a\ud800", "lone surrogates"), ("x" * 201, "200"), ("a\x00b", "NUL")],

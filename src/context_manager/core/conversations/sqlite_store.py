@@ -151,6 +151,8 @@ class SQLiteConversationStore:
     def _restore_file(self) -> str:
         with self._lock:
             db = self._db
+            if not self.file_faults():  # another restore (the managers sharing this store) came first
+                return f"{self.path.name} needed no restore (restored meanwhile)"
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             temporary = self.path.with_name(self.path.name + ".restore")
             for leftover in (temporary, Path(f"{temporary}-journal")):

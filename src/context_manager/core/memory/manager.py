@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import TracebackType
 
@@ -45,6 +46,7 @@ from context_manager.core.memory.maintenance import MemoryMaintenance
 from context_manager.core.memory.models import ALL_USERS, AllUsers
 from context_manager.core.memory.search import MemorySearch
 from context_manager.core.memory.writing import MemoryWriting
+from context_manager.core.threads import to_the_end
 
 __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
 
@@ -107,8 +109,20 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             raise
         self._state = "ready"
         if self.rebalance_on_open:
-            await self._rebalance()
+            try:
+                await self._rebalance()
+            except BaseException:
+                # failed or cut short (a cancelled initialize): close what opened, in a task a second
+                # cancellation does not reach, so the storage lock is not held with nobody to release it
+                await to_the_end(asyncio.ensure_future(self._close_unopened()))
+                raise
         logger.debug("memory opened (%s at %s)", backend.kind, backend.location)
+
+    async def _close_unopened(self) -> None:
+        """Close what a failed ``initialize()`` opened; ``initialize()`` may be called again."""
+        await self._close_locked()
+        self._state = "new"
+        self._closing = False
 
     def _create_backend(self) -> MemoryBackend:
         config = self.config
@@ -125,8 +139,17 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         """Finish background work, persist pending access updates, close files and release the lock.
 
         The counterpart of :meth:`initialize`, as on ``EnhancedContextManager`` (``async with`` calls both).
-        Safe to call more than once; made while ``initialize()`` runs, it waits for it.
+        Safe to call more than once; made while ``initialize()`` runs, it waits for it. On the
+        ``memory_manager`` that ``EnhancedContextManager``s of this process share, it does nothing (with
+        a warning) while any of them holds it: the last one's ``cleanup()`` closes it.
         """
+        if self._lease_holders:
+            logger.warning(
+                "MemoryManager.cleanup(): %d EnhancedContextManager(s) of this process share this memory "
+                "manager; it stays open, and the last one's cleanup() closes it",
+                self._lease_holders,
+            )
+            return
         async with self._lifecycle_lock:
             await self._close_locked()
 

@@ -126,6 +126,10 @@ class ManagerState:
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
         # vectors made ahead of their writes (TierMovement._embed_ahead): the embedder, text -> vector
         self._embedded_ahead: tuple[Any, dict[str, Any]] | None = None
+        # an EnhancedContextManager's own, never opened: it borrowed the store another one had open
+        self._borrowed_instead = False
+        # EnhancedContextManagers holding this one (shared_store): while any does, cleanup() leaves it open
+        self._lease_holders = 0
 
     @property
     def storage_path(self) -> Path:
@@ -155,6 +159,12 @@ class ManagerState:
         backend = self._backend
         if self._state == "ready" and backend is not None:
             return backend
+        if self._state == "new" and self._borrowed_instead:
+            raise LifecycleError(
+                f"{operation}: this MemoryManager is never opened: its EnhancedContextManager uses the store "
+                "another manager of this process has open (a MemoryManager shared by them); use "
+                "manager.memory_manager after initialize() (register_memory_tools after it, too)"
+            )
         if self._state == "new":
             raise LifecycleError(
                 f"{operation}: the memory manager is not initialized; call `await initialize()` first"

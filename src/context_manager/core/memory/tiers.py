@@ -10,6 +10,7 @@ goes where, identically for every backend.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ _RESERVE_SECONDS = 30.0
 _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tiers meanwhile)
 _WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
+_AHEAD_TEXTS = 2048  # vectors embedded ahead kept at most: groups of 256 of eight writers at once
 
 # Consolidation (and its undo) reads memories, then merges them: one process at a time does the work, and
 # no process moves a tier's overflow meanwhile. The merge is correct without these locks (``backend.merge``
@@ -368,16 +370,24 @@ class TierMovement(ManagerState):
 
         A model costs far less per text in one large call than in many small ones (MiniLM: 400 texts
         took 5.9 s in calls of 8, 2.85 s in one), and the eviction writer stores evicted messages a few
-        per loop step. The vectors are kept by text until the next call or ``close()`` (one group of
-        the writer's at most), for the embedder that made them.
+        per loop step. The vectors are kept by text, for the embedder that made them, until ``close()``:
+        those of the latest calls, up to :data:`_AHEAD_TEXTS` texts (the oldest go first), since several
+        writers share one memory manager (the managers of a process sharing a store) and a group
+        embedded ahead must not be pushed out by another writer's before its writes use it.
         """
         embedder = self.embedder
         unique = list(dict.fromkeys(texts))
         if embedder is None or not unique:
-            self._embedded_ahead = None
             return
         vectors = await self._embed(unique)
-        self._embedded_ahead = (embedder, dict(zip(unique, vectors, strict=True)))
+        ahead = self._embedded_ahead
+        known = dict(ahead[1]) if ahead is not None and ahead[0] is embedder else {}
+        for text, vector in zip(unique, vectors, strict=True):
+            known.pop(text, None)  # moved to the newest end
+            known[text] = vector
+        for text in list(itertools.islice(known, max(0, len(known) - _AHEAD_TEXTS))):
+            del known[text]
+        self._embedded_ahead = (embedder, known)
 
     async def _embed_and_store(self, memories: Sequence[Memory]) -> None:
         if not memories or self.embedder is None:
