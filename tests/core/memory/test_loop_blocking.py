@@ -359,6 +359,18 @@ def test_segmenting_a_long_text_with_symbols_by_slices_stores_the_same_terms() -
         assert segment_text(text) == _SPECIAL_RUN.sub(_spread_special, text)
 
 
+async def _wall_gap_while(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """Run ``function(*args)`` in a thread; return its result and the longest the loop waited for a turn."""
+    worker = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    longest = 0.0
+    last = time.perf_counter()
+    while not worker.done():
+        await asyncio.sleep(0)
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    return await worker, longest
+
+
 async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
     """A 5 MB tool output added to long-term memory held the event loop 50-300 ms from a worker thread.
 
@@ -373,14 +385,8 @@ async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
     assert len(text) > 10_000_000 and not text.isascii()
     gaps = []
     for _ in range(3):
-        worker = asyncio.ensure_future(asyncio.to_thread(segment_text, text))
-        longest = 0.0
-        last = time.perf_counter()
-        while not worker.done():
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-        assert await worker == text  # nothing to segment: the same text is indexed
+        segmented, longest = await _wall_gap_while(segment_text, text)
+        assert segmented == text  # nothing to segment: the same text is indexed
         gaps.append(longest)
     assert min(gaps) < 0.025, f"the loop waited {min(gaps) * 1000:.0f} ms for the indexing thread"
 
@@ -479,14 +485,7 @@ async def test_journaling_a_memory_of_megabytes_lets_the_loop_run(tmp_path: Path
     memories = [Memory(id=f"m{n}", content=text, tags=["t"], metadata={"content": "x"}) for n in range(3)]
     gaps = []
     for memory in memories:
-        worker = asyncio.ensure_future(asyncio.to_thread(log.append, [{"op": "put", "m": memory.to_dict()}]))
-        longest = 0.0
-        last = time.perf_counter()
-        while not worker.done():
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-        await worker
+        _, longest = await _wall_gap_while(log.append, [{"op": "put", "m": memory.to_dict()}])
         gaps.append(longest)
     log.close()
     replayed = JsonlLog(path).open()  # the lines read back as the records written
@@ -626,14 +625,7 @@ async def test_replaying_a_journal_line_of_megabytes_lets_the_loop_run(tmp_path:
     log.close()
     gaps = []
     for _ in range(3):
-        replaying = asyncio.ensure_future(asyncio.to_thread(JsonlLog(path).open))
-        longest = 0.0
-        last = time.perf_counter()
-        while not replaying.done():
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
-        replayed = await replaying
+        replayed, longest = await _wall_gap_while(JsonlLog(path).open)
         gaps.append(longest)
     assert {memory_id: memory.to_dict() for memory_id, memory in replayed.items()} == {
         memory.id: memory.to_dict() for memory in [*memories, Memory(id="small", content="a small note")]
