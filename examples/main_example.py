@@ -38,7 +38,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     ),
     "shared": (
         "shared_state",
-        "a conversation resumed by another process after kill -9; two workers on one (PostgreSQL)",
+        "a conversation resumed by another process after kill -9; two workers on one, with a conflict",
     ),
 }
 

@@ -3,8 +3,9 @@
 Give the manager a ``conversation_id`` and every change to its window is stored as it happens; a manager
 opened later with the same id, in any process, resumes it. The first example kills a worker process with
 ``kill -9`` in the middle of a conversation and resumes it here (embedded SQLite storage, no server). The
-second runs two workers on one conversation, which needs PostgreSQL (a SQLite storage directory belongs to
-one process at a time): it runs when ``PYTHON_CONTEXT_MANAGER_POSTGRES_DSN`` names a server.
+second runs two workers on one conversation: by default two managers of this process on the embedded
+storage (as two concurrent requests of one web worker would), and when ``PYTHON_CONTEXT_MANAGER_POSTGRES_DSN``
+names a server, two managers with their own pools on PostgreSQL (as workers in several processes would).
 
 Run alone with ``python examples/shared_state.py [--verbose]`` or through ``main_example.py shared``.
 """
@@ -109,17 +110,20 @@ async def add_with_retry(manager: EnhancedContextManager, role: str, content: st
 
 
 async def two_workers(ctx: ExampleContext) -> None:
-    ctx.section("Two workers on one conversation (PostgreSQL)")
     dsn = os.environ.get("PYTHON_CONTEXT_MANAGER_POSTGRES_DSN")
-    if not dsn:
-        ctx.info(
-            "skipped: set PYTHON_CONTEXT_MANAGER_POSTGRES_DSN to a PostgreSQL server to run it "
-            "(see docs/postgres.md); a SQLite storage directory belongs to one process at a time"
-        )
-        return
     conversation = f"chat-{uuid.uuid4().hex[:8]}"
+    if dsn:
+        ctx.section("Two workers on one conversation (PostgreSQL)")
+    else:
+        # A storage directory belongs to one process; the managers of that process (one event loop, the
+        # same memory settings) share it, as the requests of one web worker would. Across processes or
+        # hosts, PostgreSQL: set PYTHON_CONTEXT_MANAGER_POSTGRES_DSN (see docs/postgres.md).
+        ctx.section("Two workers on one conversation (two managers of this process, embedded storage)")
+    shared = ctx.storage("two-workers")
 
     def config(worker: str) -> ContextManagerConfig:
+        if not dsn:
+            return ContextManagerConfig(cache_path=shared, max_tokens=WINDOW_TOKENS)
         return ContextManagerConfig(
             memory_backend="postgres",
             postgres_dsn=dsn,

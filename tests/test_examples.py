@@ -52,7 +52,9 @@ KEY_LINES = {
         "get_context() exports the same",
         "evicted before the crash, recalled from memory: 'My order 1042 shipped",
         "stored conversations: ['ticket-1042']",
-        "skipped: set PYTHON_CONTEXT_MANAGER_POSTGRES_DSN",
+        "(two managers of this process, embedded storage)",
+        "worker B wrote on a stale version: ConversationConflictError",
+        "worker A reloaded: both hold 2 messages at version 2",
     ],
 }
 EXAMPLE_TIME_LIMIT_S = 30.0  # issue 7: each example runs in under 30 seconds
@@ -132,7 +134,7 @@ def test_shared_runs_two_workers_on_one_conversation_on_postgresql(postgres_dsn:
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "worker B wrote on a stale version: ConversationConflictError" in completed.stdout
     assert "worker A reloaded: both hold 2 messages at version 2" in completed.stdout
-    assert "skipped" not in completed.stdout
+    assert "Two workers on one conversation (PostgreSQL)" in completed.stdout
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
