@@ -159,6 +159,8 @@ class PostgresDatabase:
         if "connect_timeout" not in given:
             settings["connect_timeout"] = max(1, round(self.connect_timeout))
         settings.update((key, value) for key, value in TCP_SETTINGS.items() if key not in given)
+        if psycopg.pq.version() < 120000:  # libpq before 12 refuses the connection over an unknown setting
+            settings.pop("tcp_user_timeout", None)
         return settings
 
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
