@@ -267,9 +267,9 @@ async def _run_and_answer(
             held = [call.id for call in window.get(assistant.id).tool_calls]
         except NotFoundError:  # evicted meanwhile (cancelled, then compressed): the results are not added
             held = [None] * len(parsed)
-        stored = {window_id for window_id in held if window_id is not None}
-        claimed.update(stored)
-        _RUNNING.setdefault(window, set()).update(stored)
+        renamed = {window_id for window_id in held if window_id is not None}
+        claimed.update(renamed)
+        _RUNNING.setdefault(window, set()).update(renamed)
     if store is not None:
         await store()
 
