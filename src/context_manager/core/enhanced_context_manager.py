@@ -1291,7 +1291,8 @@ class EnhancedContextManager:
         ``storage_path``, ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``conversation`` (with a conversation id:
         ``conversation_id``, ``version``, ``pending_changes`` not yet stored, ``stale``, ``backend``),
-        ``monitor`` (the monitor's current metrics and advice) and
+        ``monitor`` (the monitor's current metrics, ``rejected`` the calls refused for bad input, and
+        advice) and
         ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
         number of repairs; ``memory`` also has ``backend`` and, on PostgreSQL, ``location``, the DSN without
         its password), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
@@ -1339,6 +1340,7 @@ class EnhancedContextManager:
                 "monitoring": monitor.is_monitoring,
                 "total_operations": metrics.total_operations,
                 "error_rate": metrics.error_rate,
+                "rejected": metrics.rejected,
                 "p95_latency_ms": metrics.p95_latency_ms,
                 "memory_usage_mb": metrics.memory_usage_mb,
                 "cpu_percent": metrics.cpu_percent,
