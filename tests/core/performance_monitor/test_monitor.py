@@ -558,6 +558,11 @@ def test_a_call_rejected_for_bad_input_is_not_an_error_of_the_service() -> None:
     assert monitor.recent_error_rate() == (0.5, 20)
     assert monitor.operation_stats()["add_message"].error_rate == 0.5
     assert monitor.health_score() == 0.5
+    # a flood of rejections does not push the failures out of the recent operations judged
+    for _ in range(3 * monitor.history_size):
+        monitor.record_operation("add_message", 0.0001, False, error=bad_role)
+    assert monitor.recent_error_rate() == (0.5, 20)
+    assert monitor.health_score() == 0.5
     # an explicit rejection (an HTTP handler's 4xx), and a contradictory one refused
     monitor.record_operation("handler", 0.001, False, rejected=True, error="400 Bad Request")
     assert monitor.operation_stats()["handler"].rejected == 1

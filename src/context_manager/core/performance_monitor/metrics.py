@@ -157,7 +157,8 @@ class PerformanceMetrics:
     """``failures / (successes + failures)`` over the monitor's lifetime (0.0 without such operations):
     rejected calls are not in it."""
     operations_per_second: float
-    """Throughput over the last 60 s (or since creation when younger)."""
+    """Throughput over the last 60 s (or since creation when younger), of the operations accepted
+    (``rejected`` ones not counted)."""
     avg_latency_ms: float
     """Mean duration of all operations in milliseconds (exact)."""
     p50_latency_ms: float

@@ -143,8 +143,9 @@ class PerformanceMonitor:
         self._lock = threading.Lock()
         self._created = time.time()
         self._operations: dict[str, LatencyReservoir] = {}
-        # (time, True: succeeded, False: failed, None: rejected)
-        self._recent: deque[tuple[float, bool | None]] = deque(maxlen=history_size)
+        # (time, whether it succeeded) of the accepted operations: a flood of rejected calls (bad input)
+        # must not push the failures out of the error rate's evidence
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=history_size)
         # successes of the library's hot path (_record_success), counted at the next read, record or _FOLD_AT
         self._queued: deque[tuple[str, float, float]] = deque()
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
@@ -361,7 +362,6 @@ class PerformanceMonitor:
             self._fold_locked()  # the queued successes first: the recent-operation buffer is a time line
             if rejected:
                 self._reservoir(name).reject()
-                self._recent.append((now, None))
                 self._recent_rejections.append(
                     {
                         "operation": name,
@@ -565,7 +565,7 @@ class PerformanceMonitor:
         with self._lock:
             self._fold_locked()
             for timestamp, success in self._recent:
-                if timestamp >= start and success is not None:
+                if timestamp >= start:
                     count += 1
                     failures += not success
         return (failures / count if count else 0.0), count
