@@ -333,7 +333,7 @@ async def test_the_managers_own_monitor_counts_its_operations(
     stats = monitor.operation_stats()
     assert (stats["add_message"].successes, stats["add_message"].rejected) == (1, 1)
     assert stats["search_memory"].count == 1
-    assert (stats["execute_tool"].count, stats["execute_tool"].failures) == (1, 1)
+    assert (stats["execute_tool"].count, stats["execute_tool"].rejected) == (1, 1)  # an unknown tool
 
 
 async def test_monitoring_disabled(tmp_path: Path) -> None:
@@ -617,3 +617,36 @@ async def test_a_health_check_of_a_manager_not_open_creates_no_directory(tmp_pat
     status = await checker.perform_health_check()  # closed: not recreated
     assert not config.cache_path.exists() and status.recoveries == []
     assert status.checks["storage"].status is HealthState.HEALTHY
+
+
+async def test_tool_calls_refused_for_the_callers_input_do_not_make_the_manager_unhealthy(
+    context_manager: EnhancedContextManager,
+) -> None:
+    """A model calling a tool that does not exist, or with arguments the tool does not take, got a
+    failed ToolResult counted as a failure of the service: ten of them made the manager unhealthy.
+    Unknown tool, invalid arguments, permission denied and rate limited are rejected calls (HTTP's
+    404, 400, 403, 429); a tool that raises or times out is still a failure."""
+    monitor = context_manager.performance_monitor
+    assert monitor is not None
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def broken() -> None:
+        raise RuntimeError("the tool's backend is down")
+
+    context_manager.tool_manager.register_tool(add)
+    context_manager.tool_manager.register_tool(broken)
+    for _ in range(10):
+        assert (await context_manager.execute_tool("no_such_tool")).error_type == "unknown_tool"
+        assert (await context_manager.execute_tool("add", a="x", b=2)).error_type == "invalid_arguments"
+        assert (await context_manager.execute_tool("add", a=1, b=2)).result == 3
+    stats = monitor.operation_stats()["execute_tool"]
+    assert (stats.successes, stats.failures, stats.rejected) == (10, 0, 20)
+    assert monitor.health_score() == 1.0
+    assert monitor.recent_rejections()[-1]["message"] == "invalid_arguments (add)"
+    for _ in range(10):
+        assert (await context_manager.execute_tool("broken")).error_type == "tool_error"
+    assert monitor.operation_stats()["execute_tool"].failures == 10
+    assert monitor.health_score() == 0.5
+    assert monitor.recent_errors()[-1]["message"] == "tool_error (broken)"
