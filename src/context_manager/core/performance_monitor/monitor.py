@@ -34,7 +34,7 @@ from context_manager.core.performance_monitor.metrics import (
 )
 from context_manager.core.performance_monitor.profiling import HOTTEST_FUNCTIONS_SHOWN, BlockProfiler
 from context_manager.core.performance_monitor.prometheus import PrometheusCollector
-from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats
+from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats, recent_stats
 from context_manager.core.performance_monitor.timer import OperationTimer
 
 __all__ = ["PerformanceMonitor"]
@@ -630,16 +630,15 @@ class PerformanceMonitor:
         failure = self._sampling_error
         window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
         samples = list(self._samples)
-        with self._lock:  # the slow-operation rule judges the latencies of the window too
-            self._fold_locked()
-            recent_stats = [
-                reservoir.recent_stats(name, window_start) for name, reservoir in self._operations.items()
-            ]
+        with self._lock:  # the slow-operation rule judges the latencies of the window too: copied here,
+            self._fold_locked()  # judged outside the lock
+            rings = [(name, reservoir.recent()) for name, reservoir in self._operations.items()]
+        judged = (recent_stats(name, ring, window_start) for name, ring in rings)
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
             recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
-            operation_stats=[stats for stats in recent_stats if stats.count],
+            operation_stats=[stats for stats in judged if stats.count],
             samples=samples,
             recent_samples=[sample for sample in samples if sample.timestamp >= window_start],
             hottest_function=hottest[0] if hottest else None,

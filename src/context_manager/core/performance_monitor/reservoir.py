@@ -10,7 +10,7 @@ from array import array
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor.metrics import OperationStats
 
-__all__ = ["LatencyReservoir", "overall_stats", "percentile"]
+__all__ = ["LatencyReservoir", "overall_stats", "percentile", "recent_stats"]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -39,7 +39,7 @@ class LatencyReservoir:
 
     Up to ``capacity`` values the percentiles are exact; beyond, they are estimated from a uniform
     sample of everything seen, in constant memory. The latest ``capacity`` values are also kept with
-    their time (a ring of 16 bytes a value) for the figures of a recent window (:meth:`recent_stats`).
+    their time (a ring of 16 bytes a value) for the figures of a recent window (:func:`recent_stats`).
     ``count`` counts the operations accepted (with a duration); ``rejected`` those refused for bad
     input, which did no work and have no place in the latency figures. Not thread-safe: the monitor
     holds its lock.
@@ -113,30 +113,9 @@ class LatencyReservoir:
         """Count one operation refused for bad input (no duration: it did no work)."""
         self.rejected += 1
 
-    def recent_stats(self, name: str, since: float) -> OperationStats:
-        """Return the figures of the latest values recorded at ``since`` or later (``rejected`` 0).
-
-        At most the latest ``capacity`` values: a busier operation is judged on its latest ones.
-        """
-        ring = self._ring
-        picked = [ring[index + 1] for index in range(0, len(ring), 2) if ring[index] >= since]
-        failures = sum(1 for value in picked if value < 0)
-        ordered = sorted(value if value >= 0 else -1.0 - value for value in picked)
-        count = len(ordered)
-        p50, p95, p99 = (percentile(ordered, fraction) * 1000.0 for fraction in (0.5, 0.95, 0.99))
-        return OperationStats(
-            name=name,
-            count=count,
-            successes=count - failures,
-            failures=failures,
-            error_rate=failures / count if count else 0.0,
-            avg_ms=sum(ordered) / count * 1000.0 if count else 0.0,
-            min_ms=ordered[0] * 1000.0 if count else 0.0,
-            max_ms=ordered[-1] * 1000.0 if count else 0.0,
-            p50_ms=p50,
-            p95_ms=p95,
-            p99_ms=p99,
-        )
+    def recent(self) -> array[float]:
+        """A copy of the ring of latest values (for :func:`recent_stats`, outside the monitor's lock)."""
+        return array("d", self._ring)
 
     def quantiles(self, *fractions: float) -> list[float]:
         """Return the quantiles (seconds) of the kept values (sorted once until the next add)."""
@@ -162,6 +141,32 @@ class LatencyReservoir:
             p99_ms=p99 * 1000.0,
             rejected=self.rejected,
         )
+
+
+def recent_stats(name: str, ring: array[float], since: float) -> OperationStats:
+    """Return the figures of the values of ``ring`` (:meth:`LatencyReservoir.recent`) since ``since``.
+
+    At most the latest ``capacity`` values, so a busy operation is judged on its latest ones; ``rejected``
+    is 0 (a rejected call has no duration).
+    """
+    picked = [ring[index + 1] for index in range(0, len(ring), 2) if ring[index] >= since]
+    failures = sum(1 for value in picked if value < 0)
+    ordered = sorted(value if value >= 0 else -1.0 - value for value in picked)
+    count = len(ordered)
+    p50, p95, p99 = (percentile(ordered, fraction) * 1000.0 for fraction in (0.5, 0.95, 0.99))
+    return OperationStats(
+        name=name,
+        count=count,
+        successes=count - failures,
+        failures=failures,
+        error_rate=failures / count if count else 0.0,
+        avg_ms=sum(ordered) / count * 1000.0 if count else 0.0,
+        min_ms=ordered[0] * 1000.0 if count else 0.0,
+        max_ms=ordered[-1] * 1000.0 if count else 0.0,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+    )
 
 
 def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
