@@ -932,3 +932,37 @@ async def test_managers_sharing_a_store_run_one_storage_and_database_check_per_i
     finally:
         for manager in managers:
             await manager.cleanup()
+
+
+def _health_threads() -> list[threading.Thread]:
+    return [
+        thread for thread in threading.enumerate() if thread.name.startswith("context-manager-health-check")
+    ]
+
+
+async def test_health_checks_leave_no_idle_threads_behind(tmp_path: Path) -> None:
+    """Each checker kept the threads of its sync built-in checks (memory pressure, error rate,
+    background tasks, storage) idle for ever, also after cleanup(): 50 open managers held ~160 threads,
+    1,000 would hold thousands. The light checks run on the loop, and the checker's threads end once
+    its run is over (a hung check's thread still runs until its call returns)."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", enable_health_checks=False)
+    managers = [EnhancedContextManager(config, conversation_id=f"c-{index}") for index in range(10)]
+    for manager in managers:
+        await manager.initialize()
+    try:
+        before = len(_health_threads())
+        for manager in managers:
+            assert manager.health_checker is not None
+            status = await manager.health_checker.perform_health_check()
+            assert status.status is HealthState.HEALTHY
+            assert status.checks["memory_pressure"].details["process_memory_mb"] > 0
+        for _ in range(100):  # idle threads end asynchronously, at once
+            if len(_health_threads()) <= before:
+                break
+            await asyncio.sleep(0.01)
+        assert len(_health_threads()) <= before
+    finally:
+        for manager in managers:
+            await manager.cleanup()

@@ -210,6 +210,7 @@ class HealthChecker:
         self._threads = UserThreads("context-manager-health-check", max_threads=16)
         self._hung_lock = threading.Lock()
         self._token = object()  # tells this checker's shared runs from another's
+        self._active_runs = 0  # health check runs in progress (in any event loop), under _hung_lock
         self._started_at = time.time()
         self._register_builtin_checks()
         own_monitor = getattr(context_manager, "performance_monitor", None)
@@ -337,6 +338,7 @@ class HealthChecker:
         """Stop the periodic checks (the task is cancelled and awaited). Idempotent."""
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="health checker")
+        self._release_idle_threads()
 
     async def __aenter__(self) -> HealthChecker:
         await self.start()
@@ -368,29 +370,49 @@ class HealthChecker:
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
             self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            started = time.perf_counter()
-            checks = list(self._checks.values())
-            runs = await asyncio.gather(*(self._run_check(check) for check in checks))
-            results = {result.name: result for result, _ in runs}
-            recoveries: list[RecoveryAction] = []
-            if self.enable_auto_recovery:
-                for check, (result, outcome) in zip(checks, runs, strict=True):
-                    if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
-                        continue
-                    action = await self._repair(check, outcome.repair)
-                    after, _ = await self._run_check(check, fresh=True)
-                    recovery = RecoveryAction(
-                        check.name, action, after.status is HealthState.HEALTHY, time.time()
-                    )
-                    recoveries.append(recovery)
-                    self._recoveries.append(recovery)
-                    if not recovery.success:
-                        self._note_error(f"recovery:{check.name}", f"{action}; still {after.status.value}")
-                    results[check.name] = after
-            status = combine(results, recoveries, started)
-            self._last_status = status
-            return status
+        with self._hung_lock:
+            self._active_runs += 1
+        try:
+            async with self._lock:
+                return await self._perform(started=time.perf_counter())
+        finally:
+            with self._hung_lock:
+                self._active_runs -= 1
+            self._release_idle_threads()
+
+    def _release_idle_threads(self) -> None:
+        """End the idle threads of the sync checks once no run is in progress.
+
+        A checker runs once a minute: idle threads kept in between were one or more per open manager
+        (thousands with many managers). A hung call keeps its thread until it returns.
+        """
+        with self._hung_lock:
+            if self._active_runs:
+                return
+        self._threads.shutdown()
+
+    async def _perform(self, started: float) -> HealthStatus:
+        checks = list(self._checks.values())
+        runs = await asyncio.gather(*(self._run_check(check) for check in checks))
+        results = {result.name: result for result, _ in runs}
+        recoveries: list[RecoveryAction] = []
+        if self.enable_auto_recovery:
+            for check, (result, outcome) in zip(checks, runs, strict=True):
+                if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
+                    continue
+                action = await self._repair(check, outcome.repair)
+                after, _ = await self._run_check(check, fresh=True)
+                recovery = RecoveryAction(
+                    check.name, action, after.status is HealthState.HEALTHY, time.time()
+                )
+                recoveries.append(recovery)
+                self._recoveries.append(recovery)
+                if not recovery.success:
+                    self._note_error(f"recovery:{check.name}", f"{action}; still {after.status.value}")
+                results[check.name] = after
+        status = combine(results, recoveries, started)
+        self._last_status = status
+        return status
 
     def _shared_run(self, check: _Check, fresh: bool) -> tuple[_SharedRun | None, _SharedRun | None]:
         """(a run of another checker of the same store to reuse, or the run this checker publishes).
@@ -713,7 +735,9 @@ class HealthChecker:
     async def _check_database(self) -> CheckOutcome:
         return await check_database(self._memory_manager())
 
-    def _check_memory_pressure(self) -> CheckOutcome:
+    # the light checks run on the loop (two quick /proc reads, in-memory figures): a thread each was one
+    # more idle thread per open manager
+    async def _check_memory_pressure(self) -> CheckOutcome:
         return check_memory_pressure(self.thresholds)
 
     async def _check_event_loop(self) -> CheckOutcome:
@@ -721,8 +745,8 @@ class HealthChecker:
         self._last_lag_ms = float(outcome.details["lag_ms"])
         return outcome
 
-    def _check_error_rate(self) -> CheckOutcome:
+    async def _check_error_rate(self) -> CheckOutcome:
         return check_error_rate(self._monitors(), self.thresholds)
 
-    def _check_background_tasks(self) -> CheckOutcome:
+    async def _check_background_tasks(self) -> CheckOutcome:
         return check_background_tasks(self._watched)
