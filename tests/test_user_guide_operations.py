@@ -25,6 +25,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.errors import InvalidRoleError, ToolCallPairingError
 from context_manager.core.health_checker import HealthChecker, HealthState
 from context_manager.core.performance_monitor import PerformanceMonitor
 from tests.guide_snippets import run_snippet, verbatim_test
@@ -330,9 +331,9 @@ async def test_the_managers_own_monitor_counts_its_operations(
     with pytest.raises(ValueError):
         await context_manager.add_message("robot", "bad role")
     stats = monitor.operation_stats()
-    assert (stats["add_message"].successes, stats["add_message"].failures) == (1, 1)
+    assert (stats["add_message"].successes, stats["add_message"].rejected) == (1, 1)
     assert stats["search_memory"].count == 1
-    assert (stats["execute_tool"].count, stats["execute_tool"].failures) == (1, 1)
+    assert (stats["execute_tool"].count, stats["execute_tool"].rejected) == (1, 1)  # an unknown tool
 
 
 async def test_monitoring_disabled(tmp_path: Path) -> None:
@@ -551,26 +552,34 @@ async def test_the_database_check_of_a_manager_not_open_is_not_a_failure(tmp_pat
         assert database.details == {"checked": False}
 
 
-async def test_one_rejected_message_does_not_take_a_fresh_managers_health_to_zero(
+async def test_messages_rejected_for_bad_input_do_not_make_the_manager_unhealthy(
     context_manager: EnhancedContextManager,
 ) -> None:
-    """The monitor's score was ``1 - error rate`` from the first operation: one add_message with a bad
-    role made a fresh manager's monitor read 0.0 while the health checker's error_rate check, with the
-    same ten-operation minimum as the monitor's advice, said there was not enough to judge."""
+    """Bad input from a client (an unknown role, a tool result answering no call) was counted as a
+    failure of the service: ten of them took the monitor's score to 0.0 and the health checker's
+    error_rate check to unhealthy. They are counted as rejected (HTTP's 4xx), outside the error rate;
+    a failure of the service still counts."""
     monitor = context_manager.performance_monitor
     assert monitor is not None
-    with pytest.raises(ValueError, match="role"):
-        await context_manager.add_message("robot", "bad role")
-    assert monitor.health_score() == 1.0
-    assert monitor.recent_errors()[0]["operation"] == "add_message"  # still recorded and reported
-    assert context_manager.get_system_status()["monitor"]["health_score"] == 1.0
-    for _ in range(9):
-        with pytest.raises(ValueError, match="role"):
+    for _ in range(10):
+        with pytest.raises(InvalidRoleError, match="role"):
             await context_manager.add_message("robot", "bad role")
-    assert monitor.health_score() == 0.0  # ten of ten failed: now it is judged
+        with pytest.raises(ToolCallPairingError):
+            await context_manager.add_message("tool", "42", tool_call_id="call_never_made")
+    for _ in range(10):
+        await context_manager.add_message("user", "hello")
+    assert monitor.health_score() == 1.0
+    assert monitor.recommendations() == []
+    stats = monitor.operation_stats()["add_message"]
+    assert (stats.successes, stats.failures, stats.rejected, stats.error_rate) == (10, 0, 20, 0.0)
+    assert monitor.recent_errors() == []
+    assert monitor.recent_rejections()[-1]["error_type"] == "ToolCallPairingError"
+    status = context_manager.get_system_status()["monitor"]
+    assert (status["health_score"], status["error_rate"], status["rejected"]) == (1.0, 0.0, 20)
     checker = context_manager.health_checker
     assert checker is not None
-    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.UNHEALTHY
+    assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.HEALTHY
+    assert [message.content for message in context_manager.messages] == ["hello"] * 10  # state intact
 
 
 def _entries(directory: Path) -> list[str]:
@@ -608,3 +617,36 @@ async def test_a_health_check_of_a_manager_not_open_creates_no_directory(tmp_pat
     status = await checker.perform_health_check()  # closed: not recreated
     assert not config.cache_path.exists() and status.recoveries == []
     assert status.checks["storage"].status is HealthState.HEALTHY
+
+
+async def test_tool_calls_refused_for_the_callers_input_do_not_make_the_manager_unhealthy(
+    context_manager: EnhancedContextManager,
+) -> None:
+    """A model calling a tool that does not exist, or with arguments the tool does not take, got a
+    failed ToolResult counted as a failure of the service: ten of them made the manager unhealthy.
+    Unknown tool, invalid arguments, permission denied and rate limited are rejected calls (HTTP's
+    404, 400, 403, 429); a tool that raises or times out is still a failure."""
+    monitor = context_manager.performance_monitor
+    assert monitor is not None
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def broken() -> None:
+        raise RuntimeError("the tool's backend is down")
+
+    context_manager.tool_manager.register_tool(add)
+    context_manager.tool_manager.register_tool(broken)
+    for _ in range(10):
+        assert (await context_manager.execute_tool("no_such_tool")).error_type == "unknown_tool"
+        assert (await context_manager.execute_tool("add", a="x", b=2)).error_type == "invalid_arguments"
+        assert (await context_manager.execute_tool("add", a=1, b=2)).result == 3
+    stats = monitor.operation_stats()["execute_tool"]
+    assert (stats.successes, stats.failures, stats.rejected) == (10, 0, 20)
+    assert monitor.health_score() == 1.0
+    assert monitor.recent_rejections()[-1]["message"] == "invalid_arguments (add)"
+    for _ in range(10):
+        assert (await context_manager.execute_tool("broken")).error_type == "tool_error"
+    assert monitor.operation_stats()["execute_tool"].failures == 10
+    assert monitor.health_score() == 0.5
+    assert monitor.recent_errors()[-1]["message"] == "tool_error (broken)"

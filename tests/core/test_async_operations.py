@@ -791,3 +791,23 @@ async def test_after_an_outside_cancellation_the_queue_resumes_with_the_next_cal
         assert controller.get_task_status("running").status is TaskStatus.CANCELLED
         assert controller.get_task_status("queued").status is TaskStatus.QUEUED
         assert await asyncio.wait_for(controller.wait_for_task("queued"), 5.0) == 5
+
+
+async def test_a_wait_that_times_out_says_the_task_still_runs() -> None:
+    """wait_for_task(id, timeout=...) expiring raised "task 'x' timed out after 0.05 s", the task's own
+    timeout's message: the caller took the task for stopped (and its result for lost) while it ran on."""
+    gate = asyncio.Event()
+    async with ConcurrencyController() as controller:
+        await controller.submit_task("report", gate.wait, timeout=5.0)
+        with pytest.raises(TaskTimeoutError) as caught:
+            await controller.wait_for_task("report", timeout=0.05)
+        message = str(caught.value)
+        assert "waiting for task 'report'" in message and "still running" in message
+        assert caught.value.task_finished is False and caught.value.timeout_seconds == 0.05
+        assert controller.get_task_status("report").status is TaskStatus.RUNNING
+        gate.set()
+        assert await controller.wait_for_task("report") is True  # the result was not lost
+        await controller.submit_task("own", asyncio.sleep, 10, timeout=0.05)
+        with pytest.raises(TaskTimeoutError, match=r"^task 'own' timed out after 0.05 s") as own:
+            await controller.wait_for_task("own")
+        assert own.value.task_finished is True

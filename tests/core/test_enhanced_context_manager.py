@@ -525,8 +525,8 @@ async def test_add_message_is_recorded_in_the_own_and_running_monitors(tmp_path:
             assert added >= 3
             for monitor in (own, running):
                 stats = monitor.operation_stats()["add_message"]
-                assert (stats.successes, stats.failures) == (added, 1)
-                assert monitor.recent_errors()[-1]["error_type"] == "InvalidRoleError"
+                assert (stats.successes, stats.failures, stats.rejected) == (added, 0, 1)
+                assert monitor.recent_rejections()[-1]["error_type"] == "InvalidRoleError"
     finally:
         await running.stop_monitoring()
     # a cancelled add (here while a compression waits for the summarizer) is not a failure

@@ -630,7 +630,8 @@ class ConcurrencyController:
             TaskNotFoundError: No such task (never submitted, or its result was already fetched
                 or dropped after ``max_retained_results``).
             TaskTimeoutError: The task ran past its own timeout, or this wait's ``timeout`` expired
-                (then ``get_task_status`` still shows it queued or running).
+                (then the error's ``task_finished`` is False, its message says so, and
+                ``get_task_status`` still shows the task queued or running).
             TaskCancelledError: The task was cancelled (or the event loop it ran on was closed).
             InvalidTaskError: ``timeout`` is not ``None`` or a positive number.
             Exception: Whatever the task raised.
@@ -648,7 +649,7 @@ class ConcurrencyController:
                     async with asyncio.timeout(wait_timeout):
                         await waiter
             except TimeoutError:
-                raise TaskTimeoutError(task_id, wait_timeout or 0.0) from None
+                raise TaskTimeoutError(task_id, wait_timeout or 0.0, task_finished=False) from None
             finally:
                 if not waiter.done():  # this wait timed out or was cancelled: forget the waiter
                     waiter.cancel()

@@ -72,6 +72,7 @@ from context_manager.core.telemetry import (
 from context_manager.core.threads import to_the_end
 from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
+from context_manager.core.tool_system.results import ToolErrorType
 from context_manager.core.tool_system.window_calls import (
     CANCELLED_REASON,
     cancel_tool_calls_in_window,
@@ -90,6 +91,16 @@ _CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 )
 """The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
+# tool calls refused for the caller's (the model's) input: rejected in the monitors (HTTP's 404, 400,
+# 403, 429), not failures of the service
+_REFUSED_TOOL_CALLS = frozenset(
+    {
+        ToolErrorType.UNKNOWN_TOOL,
+        ToolErrorType.INVALID_ARGUMENTS,
+        ToolErrorType.PERMISSION_DENIED,
+        ToolErrorType.RATE_LIMITED,
+    }
+)
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
 _OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
 """Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
@@ -1174,14 +1185,17 @@ class EnhancedContextManager:
         """Record a tool call as an ``execute_tool`` operation in the running monitors and our own.
 
         Per-tool figures are in ``tool_manager.get_tool_stats()``; the error recorded is the
-        ``error_type`` only (never arguments or output).
+        ``error_type`` only (never arguments or output). A call refused for its input (an unknown tool,
+        invalid arguments, permission denied, rate limited) is recorded as rejected, not as a failure.
         """
+        error_type = result.error_type
         record_library_operation(
             "execute_tool",
             result.execution_time,
             result.success,
             own_monitor=getattr(self, "performance_monitor", None),
-            error=None if result.error_type is None else f"{result.error_type.value} ({result.tool_name})",
+            error=None if error_type is None else f"{error_type.value} ({result.tool_name})",
+            rejected=error_type in _REFUSED_TOOL_CALLS,
         )
 
     # -- memory ---------------------------------------------------------------------------------------
@@ -1297,7 +1311,8 @@ class EnhancedContextManager:
         ``storage_path``, ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``conversation`` (with a conversation id:
         ``conversation_id``, ``version``, ``pending_changes`` not yet stored, ``stale``, ``backend``),
-        ``monitor`` (the monitor's current metrics and advice) and
+        ``monitor`` (the monitor's current metrics, ``rejected`` the calls refused for bad input, and
+        advice) and
         ``health`` (``periodic``, the latest check's ``status``/``health_score``/failing checks and the
         number of repairs; ``memory`` also has ``backend`` and, on PostgreSQL, ``location``, the DSN without
         its password), and ``summarizer`` when a custom summarizer is in use (its circuit breaker:
@@ -1345,6 +1360,7 @@ class EnhancedContextManager:
                 "monitoring": monitor.is_monitoring,
                 "total_operations": metrics.total_operations,
                 "error_rate": metrics.error_rate,
+                "rejected": metrics.rejected,
                 "p95_latency_ms": metrics.p95_latency_ms,
                 "memory_usage_mb": metrics.memory_usage_mb,
                 "cpu_percent": metrics.cpu_percent,

@@ -458,11 +458,23 @@ class TaskCancelledError(ConcurrencyError):
 
 
 class TaskTimeoutError(ConcurrencyError, TimeoutError):
-    """A task ran longer than its timeout."""
+    """A task ran longer than its timeout, or a wait for it (``wait_for_task(id, timeout=...)``) expired.
 
-    def __init__(self, task_id: str, timeout_seconds: float) -> None:
+    ``task_finished`` tells them apart: after a wait's timeout the task still runs (or waits for a slot).
+    """
+
+    def __init__(self, task_id: str, timeout_seconds: float, *, task_finished: bool = True) -> None:
         self.task_id = task_id
-        """The task that timed out."""
+        """The task that timed out (or that was waited for)."""
         self.timeout_seconds = timeout_seconds
-        """The timeout that was exceeded."""
-        super().__init__(f"task {task_id!r} timed out after {timeout_seconds:g} s")
+        """The timeout that was exceeded: the task's, or the wait's."""
+        self.task_finished = task_finished
+        """True: the task was stopped by its own timeout. False: only the wait gave up; the task goes on
+        and ``wait_for_task`` fetches its result later."""
+        if task_finished:
+            super().__init__(f"task {task_id!r} timed out after {timeout_seconds:g} s")
+        else:
+            super().__init__(
+                f"waiting for task {task_id!r} timed out after {timeout_seconds:g} s; the task is still "
+                "running or queued: wait for it again, or cancel_task() it"
+            )

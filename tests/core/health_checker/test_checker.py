@@ -885,3 +885,84 @@ async def test_health_thresholds_assigned_later_are_checked_and_used() -> None:
     assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.DEGRADED
     checker.thresholds = HealthThresholds(error_rate_degraded=0.2)
     assert (await checker.perform_health_check()).checks["error_rate"].status is HealthState.HEALTHY
+
+
+async def test_managers_sharing_a_store_run_one_storage_and_database_check_per_interval(
+    tmp_path: Path,
+) -> None:
+    """Each manager of a shared store ran its own storage and database checks: 1,000 open managers ran
+    ~1,000 of each a minute against one store. One check per store runs; the others of the same
+    interval reuse its result (marked with its age). A manager's own check after its interval, or
+    after a repair, is real: what one manager alone reports is unchanged."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", enable_health_checks=False)
+    managers = [EnhancedContextManager(config, conversation_id=f"c-{index}") for index in range(5)]
+    for manager in managers:
+        await manager.initialize()
+    try:
+        checkers = [manager.health_checker for manager in managers]
+        assert all(checker is not None for checker in checkers)
+        statuses = await asyncio.gather(*(checker.perform_health_check() for checker in checkers if checker))
+        owners: dict[str, int] = {}
+        for name in ("storage", "database"):
+            results = [status.checks[name] for status in statuses]
+            assert all(result.status is HealthState.HEALTHY for result in results)
+            assert len({result.message for result in results}) == 1
+            real = [
+                index for index, result in enumerate(results) if "reused_result_age_s" not in result.details
+            ]
+            ages = [result.details.get("reused_result_age_s") for result in results]
+            assert len(real) == 1, f"{name}: {len(real)} real checks of one store"
+            owners[name] = real[0]
+            assert all(age is None or 0 <= age < 5 for age in ages)
+        assert all("reused_result_age_s" not in status.checks["event_loop"].details for status in statuses)
+        # the owner's next check is real (its own result is never reused); the others reuse that one
+        owner = checkers[owners["storage"]]
+        assert owner is not None
+        again = await owner.perform_health_check()
+        assert "reused_result_age_s" not in again.checks["storage"].details
+        other = checkers[(owners["storage"] + 1) % len(checkers)]
+        assert other is not None
+        assert "reused_result_age_s" in (await other.perform_health_check()).checks["storage"].details
+        # older than the checker's interval: real again
+        other.check_interval = 0.05
+        await asyncio.sleep(0.1)
+        assert "reused_result_age_s" not in (await other.perform_health_check()).checks["storage"].details
+    finally:
+        for manager in managers:
+            await manager.cleanup()
+
+
+def _health_threads() -> list[threading.Thread]:
+    return [
+        thread for thread in threading.enumerate() if thread.name.startswith("context-manager-health-check")
+    ]
+
+
+async def test_health_checks_leave_no_idle_threads_behind(tmp_path: Path) -> None:
+    """Each checker kept the threads of its sync built-in checks (memory pressure, error rate,
+    background tasks, storage) idle for ever, also after cleanup(): 50 open managers held ~160 threads,
+    1,000 would hold thousands. The light checks run on the loop, and the checker's threads end once
+    its run is over (a hung check's thread still runs until its call returns)."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", enable_health_checks=False)
+    managers = [EnhancedContextManager(config, conversation_id=f"c-{index}") for index in range(10)]
+    for manager in managers:
+        await manager.initialize()
+    try:
+        before = len(_health_threads())
+        for manager in managers:
+            assert manager.health_checker is not None
+            status = await manager.health_checker.perform_health_check()
+            assert status.status is HealthState.HEALTHY
+            assert status.checks["memory_pressure"].details["process_memory_mb"] > 0
+        for _ in range(100):  # idle threads end asynchronously, at once
+            if len(_health_threads()) <= before:
+                break
+            await asyncio.sleep(0.01)
+        assert len(_health_threads()) <= before
+    finally:
+        for manager in managers:
+            await manager.cleanup()

@@ -134,3 +134,25 @@ async def test_monitored_operation_refuses_what_it_cannot_record_before_anything
         assert await monitored_operation("work")(work)() == "done"
     assert calls == ["ran"]
     assert monitor.operation_stats()["work"].successes == 1
+
+
+async def test_a_success_test_that_raises_does_not_break_the_operation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``succeeded`` raising (a result without the key it reads) raised into the caller: the operation had
+    done its work, its result was lost, and nothing was recorded. Monitoring must not change what the
+    operation does: the result is returned, the call is recorded as a failure naming the test's error,
+    and a warning is logged."""
+    monitor = PerformanceMonitor(collect_library_operations=False)
+    service = _Service(monitor)
+
+    @monitored_operation("lookup", succeeded=lambda result: result["success"])
+    async def lookup(self: _Service) -> dict[str, bool]:
+        return {}  # no "success" key: the test raises KeyError
+
+    with caplog.at_level("WARNING", logger="context_manager.core.performance_monitor.instrumentation"):
+        assert await lookup(service) == {}
+    stats = monitor.operation_stats()["lookup"]
+    assert (stats.count, stats.failures) == (1, 1)
+    assert "succeeded" in (monitor.recent_errors()[-1]["message"] or "")
+    assert "KeyError" in caplog.text and "lookup" in caplog.text

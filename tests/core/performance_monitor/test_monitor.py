@@ -520,3 +520,75 @@ def test_thresholds_assigned_later_are_checked_and_used() -> None:
     assert monitor.health_score() == 0.0
     monitor.thresholds = PerformanceThresholds(min_operations=11)
     assert monitor.health_score() == 1.0  # the new limits are used at the next read
+
+
+# ------------------------------------------------------------------------- client errors, recent latency
+
+
+def test_a_call_rejected_for_bad_input_is_not_an_error_of_the_service() -> None:
+    """A ContextManagerError for an invalid argument (HTTP's 4xx) was counted as a failure, so a client
+    sending bad input made the service read unhealthy. It is counted as rejected, outside the error
+    rate; a real failure (5xx) still counts."""
+    from context_manager.core.errors import InvalidRoleError, MemoryNotFoundError, ToolCallPairingError
+
+    monitor = PerformanceMonitor()
+    bad_role = InvalidRoleError("role", "robot", "user")
+    for _ in range(20):
+        monitor.record_operation("add_message", 0.0001, False, error=bad_role)
+    unpaired = ToolCallPairingError("tool_call_id", "x", "an earlier call's id")
+    monitor.record_operation("add_message", 0.0001, False, error=unpaired)
+    monitor.record_operation("delete_memory", 0.0001, False, error=MemoryNotFoundError("m-1"))
+    for _ in range(10):
+        monitor.record_operation("add_message", 0.002, True)
+    stats = monitor.operation_stats()["add_message"]
+    assert (stats.count, stats.successes, stats.failures, stats.rejected) == (31, 10, 0, 21)
+    assert stats.error_rate == 0.0 and stats.p50_ms == pytest.approx(2.0)  # rejections did no work
+    metrics = monitor.get_current_metrics()
+    figures = (metrics.total_operations, metrics.failures, metrics.rejected, metrics.error_rate)
+    assert figures == (32, 0, 22, 0.0)
+    assert monitor.recent_error_rate() == (0.0, 10)
+    assert monitor.health_score() == 1.0 and monitor.recommendations() == []
+    assert monitor.recent_errors() == []
+    rejections = monitor.recent_rejections()
+    assert len(rejections) == 22 and rejections[-1]["error_type"] == "MemoryNotFoundError"
+    assert monitor.get_performance_summary()["recent_rejections"] == rejections
+    # a failure of the service still counts, with the same rules as before
+    for _ in range(10):
+        monitor.record_operation("add_message", 0.002, False, error=RuntimeError("disk gone"))
+    assert monitor.recent_error_rate() == (0.5, 20)
+    assert monitor.operation_stats()["add_message"].error_rate == 0.5
+    assert monitor.health_score() == 0.5
+    # a flood of rejections does not push the failures out of the recent operations judged
+    for _ in range(3 * monitor.history_size):
+        monitor.record_operation("add_message", 0.0001, False, error=bad_role)
+    assert monitor.recent_error_rate() == (0.5, 20)
+    assert monitor.health_score() == 0.5
+    # an explicit rejection (an HTTP handler's 4xx), and a contradictory one refused
+    monitor.record_operation("handler", 0.001, False, rejected=True, error="400 Bad Request")
+    assert monitor.operation_stats()["handler"].rejected == 1
+    with pytest.raises(InvalidMetricError, match="rejected"):
+        monitor.record_operation("handler", 0.001, True, rejected=True)
+
+
+def test_the_slow_operation_rule_judges_the_recent_window() -> None:
+    """It judged the lifetime percentiles: an operation slow an hour ago and fast since was reported
+    slow for ever (the error-rate, lag and CPU rules judge the recent window)."""
+    monitor = PerformanceMonitor(thresholds=PerformanceThresholds(recent_window_s=0.3, slow_operation_ms=100))
+    for _ in range(50):
+        monitor.record_operation("search", 2.0, True)
+    assert any("'search' is slow" in line for line in monitor.recommendations())
+    assert monitor.health_score() < 1.0
+    time.sleep(0.35)
+    for _ in range(10):
+        monitor.record_operation("search", 0.01, True)
+    assert monitor.recommendations() == []
+    assert monitor.health_score() == 1.0
+    assert monitor.operation_stats()["search"].p95_ms == pytest.approx(2000.0)  # lifetime figures stay
+    time.sleep(0.35)
+    monitor.record_operation("search", 5.0, True)  # alone in the window: one slow call is not judged
+    assert monitor.recommendations() == []
+    for _ in range(9):
+        monitor._record_success("search", 3.0)  # the hot path's queued successes count too
+    advice = monitor.recommendations()
+    assert len(advice) == 1
+    assert advice[0].startswith("Operation 'search' is slow: p95 4100 ms > 100 ms (in the last 0.3 s)")

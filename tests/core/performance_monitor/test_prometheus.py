@@ -252,3 +252,22 @@ def test_the_collector_keeps_its_own_copy_of_the_mapping() -> None:
     monitors["b"] = PerformanceMonitor()
     assert registry.get_sample_value("context_manager_health_score", {"monitor": "a"}) == 1.0
     assert registry.get_sample_value("context_manager_health_score", {"monitor": "b"}) is None
+
+
+def test_rejected_calls_are_exported_as_their_own_outcome() -> None:
+    """Calls refused for bad input are neither successes nor failures: the export had no series for
+    them (they were counted as failures before)."""
+    from prometheus_client import CollectorRegistry
+
+    from context_manager.core.errors import InvalidRoleError
+
+    monitor = PerformanceMonitor()
+    monitor.record_operation("add_message", 0.002, True)
+    monitor.record_operation("add_message", 0.0001, False, error=InvalidRoleError("role", "robot", "user"))
+    registry = CollectorRegistry()
+    registry.register(monitor.prometheus_collector())
+    value = registry.get_sample_value
+    labels = {"operation": "add_message"}
+    assert value("context_manager_operations_total", {**labels, "outcome": "rejected"}) == 1
+    assert value("context_manager_operations_total", {**labels, "outcome": "failure"}) == 0
+    assert value("context_manager_error_rate") == 0.0

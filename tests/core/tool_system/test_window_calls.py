@@ -283,8 +283,8 @@ async def test_tool_calls_are_recorded_by_running_monitors(manager: EnhancedCont
     finally:
         await monitor.stop_monitoring()
     stats = monitor.operation_stats()["execute_tool"]
-    assert (stats.count, stats.successes, stats.failures) == (3, 2, 1)
-    assert monitor.recent_errors()[-1]["message"] == "invalid_arguments (add)"
+    assert (stats.count, stats.successes, stats.failures, stats.rejected) == (3, 2, 0, 1)
+    assert monitor.recent_rejections()[-1]["message"] == "invalid_arguments (add)"
 
 
 async def test_message_added_while_tools_run_keeps_the_result_next_to_its_call(tmp_path: Path) -> None:

@@ -31,6 +31,10 @@ quick_check`` and a read of the whole full-text index on a separate read-only co
 memory write lock: a periodic check never makes writes wait. The full ``integrity_check`` is
 ``await memory_manager.check_integrity()``.
 
+The checkers of managers sharing one store (``core/shared_store.py``) share its ``storage`` and
+``database`` results: one of them checks for real per ``check_interval``, the others reuse that result
+(``details["reused_result_age_s"]``) or wait for the run in progress. A checker never reuses its own.
+
 Overall state: any *critical* check unhealthy -> ``UNHEALTHY``; otherwise any check not healthy ->
 ``DEGRADED``; else ``HEALTHY``. Score: mean of check scores (healthy 1, degraded 0.5, unhealthy 0),
 critical checks counting twice.

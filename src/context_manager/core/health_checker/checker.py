@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +99,37 @@ class _ThreadRun:
         self.given_up = False
 
 
+_SHARED_RUNS = "_health_check_runs"
+"""The attribute of a memory manager holding the latest run of each store check (see :class:`_SharedRun`)."""
+_shared_lock = threading.Lock()
+
+
+@dataclass(slots=True)
+class _SharedRun:
+    """One run of a check of a store that the checkers of the managers sharing it reuse.
+
+    Kept on the (shared) memory manager, so it goes with it: the managers of one process sharing a store
+    (``core/shared_store.py``) hold one memory manager object.
+    """
+
+    owner: object
+    """The token of the checker that runs it (its own result is never reused by itself)."""
+    loop: asyncio.AbstractEventLoop
+    outcome: asyncio.Future[CheckOutcome]
+    """Done when the run finished (cancelled if it was cancelled)."""
+    finished: float | None = None
+    """``time.monotonic()`` when it finished."""
+
+
 @dataclass(slots=True)
 class _Check:
     name: str
     function: Callable[[], Any]
     critical: bool
+    share_key: Callable[[], tuple[Any, tuple[Any, ...]] | None] | None = None
+    """For a check of a store (built-in ``storage`` and ``database``): returns (the memory manager,
+    what else the result depends on), the key under which the checkers sharing that store share one
+    result per ``check_interval``; ``None`` (or returning ``None``): not shared."""
     hung: _ThreadRun | None = None
     """A run that timed out while its thread still runs the call: the check is not started again meanwhile
     (each run would hold one more of the checker's threads, until the built-in checks found none)."""
@@ -183,6 +209,8 @@ class HealthChecker:
         self._task: asyncio.Task[None] | None = None
         self._threads = UserThreads("context-manager-health-check", max_threads=16)
         self._hung_lock = threading.Lock()
+        self._token = object()  # tells this checker's shared runs from another's
+        self._active_runs = 0  # health check runs in progress (in any event loop), under _hung_lock
         self._started_at = time.time()
         self._register_builtin_checks()
         own_monitor = getattr(context_manager, "performance_monitor", None)
@@ -310,6 +338,7 @@ class HealthChecker:
         """Stop the periodic checks (the task is cancelled and awaited). Idempotent."""
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="health checker")
+        self._release_idle_threads()
 
     async def __aenter__(self) -> HealthChecker:
         await self.start()
@@ -341,32 +370,132 @@ class HealthChecker:
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
             self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            started = time.perf_counter()
-            checks = list(self._checks.values())
-            runs = await asyncio.gather(*(self._run_check(check) for check in checks))
-            results = {result.name: result for result, _ in runs}
-            recoveries: list[RecoveryAction] = []
-            if self.enable_auto_recovery:
-                for check, (result, outcome) in zip(checks, runs, strict=True):
-                    if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
-                        continue
-                    action = await self._repair(check, outcome.repair)
-                    after, _ = await self._run_check(check)
-                    recovery = RecoveryAction(
-                        check.name, action, after.status is HealthState.HEALTHY, time.time()
-                    )
-                    recoveries.append(recovery)
-                    self._recoveries.append(recovery)
-                    if not recovery.success:
-                        self._note_error(f"recovery:{check.name}", f"{action}; still {after.status.value}")
-                    results[check.name] = after
-            status = combine(results, recoveries, started)
-            self._last_status = status
-            return status
+        with self._hung_lock:
+            self._active_runs += 1
+        try:
+            async with self._lock:
+                return await self._perform(started=time.perf_counter())
+        finally:
+            with self._hung_lock:
+                self._active_runs -= 1
+            self._release_idle_threads()
 
-    async def _run_check(self, check: _Check) -> tuple[CheckResult, CheckOutcome | None]:
+    def _release_idle_threads(self) -> None:
+        """End the idle threads of the sync checks once no run is in progress.
+
+        A checker runs once a minute: idle threads kept in between were one or more per open manager
+        (thousands with many managers). A hung call keeps its thread until it returns.
+        """
+        with self._hung_lock:
+            if self._active_runs:
+                return
+        self._threads.shutdown()
+
+    async def _perform(self, started: float) -> HealthStatus:
+        checks = list(self._checks.values())
+        runs = await asyncio.gather(*(self._run_check(check) for check in checks))
+        results = {result.name: result for result, _ in runs}
+        recoveries: list[RecoveryAction] = []
+        if self.enable_auto_recovery:
+            for check, (result, outcome) in zip(checks, runs, strict=True):
+                if result.status is HealthState.HEALTHY or outcome is None or outcome.repair is None:
+                    continue
+                action = await self._repair(check, outcome.repair)
+                after, _ = await self._run_check(check, fresh=True)
+                recovery = RecoveryAction(
+                    check.name, action, after.status is HealthState.HEALTHY, time.time()
+                )
+                recoveries.append(recovery)
+                self._recoveries.append(recovery)
+                if not recovery.success:
+                    self._note_error(f"recovery:{check.name}", f"{action}; still {after.status.value}")
+                results[check.name] = after
+        status = combine(results, recoveries, started)
+        self._last_status = status
+        return status
+
+    def _shared_run(self, check: _Check, fresh: bool) -> tuple[_SharedRun | None, _SharedRun | None]:
+        """(a run of another checker of the same store to reuse, or the run this checker publishes).
+
+        Reused: another checker's, in this event loop, running or finished less than this checker's
+        ``check_interval`` ago. ``(None, None)`` for a check that is not shared.
+        """
+        try:
+            identity = check.share_key() if check.share_key is not None else None
+        except Exception:  # the check itself will say what is wrong
+            identity = None
+        if identity is None:
+            return None, None
+        store, inputs = identity
+        loop = asyncio.get_running_loop()
+        key = (check.name, inputs)
+        with _shared_lock:
+            runs = getattr(store, _SHARED_RUNS, None)
+            if runs is None:
+                runs = {}
+                try:
+                    setattr(store, _SHARED_RUNS, runs)
+                except (AttributeError, TypeError):  # an object without room for it: not shared
+                    return None, None
+            run = runs.get(key)
+            if (
+                not fresh
+                and run is not None
+                and run.owner is not self._token
+                and run.loop is loop
+                and not run.outcome.cancelled()
+                and (run.finished is None or time.monotonic() - run.finished < self.check_interval)
+            ):
+                return run, None
+            mine = _SharedRun(self._token, loop, loop.create_future())
+            runs[key] = mine
+            return None, mine
+
+    @staticmethod
+    def _publish(run: _SharedRun | None, outcome: CheckOutcome | None) -> None:
+        """Finish this checker's shared run with ``outcome`` (``None``: it was cancelled)."""
+        if run is None or run.outcome.done():
+            return
+        run.finished = time.monotonic()
+        if outcome is None:
+            run.outcome.cancel()
+        else:
+            run.outcome.set_result(outcome)
+
+    async def _run_check(
+        self, check: _Check, *, fresh: bool = False
+    ) -> tuple[CheckResult, CheckOutcome | None]:
         started = time.perf_counter()
+        outcome: CheckOutcome | None = None
+        reused, mine = self._shared_run(check, fresh)
+        if reused is not None:
+            try:
+                async with asyncio.timeout(self.check_timeout):
+                    shared = await asyncio.shield(reused.outcome)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                # the other checker's run was cancelled (its manager stopped): run this one
+                return await self._run_check(check, fresh=True)
+            except TimeoutError:  # the other checker's run hangs: so does this check
+                outcome = CheckOutcome(
+                    HealthState.UNHEALTHY,
+                    f"timed out after {self.check_timeout:g} s",
+                    recommendation=_hangs(check.name),
+                )
+            else:
+                age = time.monotonic() - (reused.finished or time.monotonic())
+                outcome = replace(shared, details={**shared.details, "reused_result_age_s": round(age, 3)})
+            return self._result(check, outcome, started), outcome
+        try:
+            result, outcome = await self._run_own_check(check, started)
+        except BaseException:
+            self._publish(mine, None)
+            raise
+        self._publish(mine, outcome)
+        return result, outcome
+
+    async def _run_own_check(self, check: _Check, started: float) -> tuple[CheckResult, CheckOutcome]:
         outcome: CheckOutcome | None = None
         scope = asyncio.timeout(self.check_timeout)
         try:
@@ -407,6 +536,9 @@ class HealthChecker:
                 f"{type(outcome.details).__name__}); allowed a HealthState and a dict",
                 recommendation=f"Check {check.name!r}: return CheckOutcome(HealthState.X, message, {{}}).",
             )
+        return self._result(check, outcome, started), outcome
+
+    def _result(self, check: _Check, outcome: CheckOutcome, started: float) -> CheckResult:
         duration_ms = (time.perf_counter() - started) * 1000.0
         if outcome.status is not HealthState.HEALTHY:
             self._note_error(f"check:{check.name}", f"{outcome.status.value}: {outcome.message}")
@@ -419,7 +551,7 @@ class HealthChecker:
             critical=check.critical,
             recommendation=None if outcome.status is HealthState.HEALTHY else outcome.recommendation,
         )
-        return result, outcome
+        return result
 
     async def _run_in_thread(self, check: _Check, function: Callable[[], Any], slot: str) -> Any:
         """Run a sync check (``slot="hung"``) or repair (``"repair_hung"``) in one of the checker's threads.
@@ -518,6 +650,9 @@ class HealthChecker:
         self.register_check("storage", self._check_storage)
         self.register_check("storage_writes", self._check_storage_writes, critical=True)
         self.register_check("database", self._check_database, critical=True)
+        # the managers sharing a store share these two results per interval (replacing them ends that)
+        self._checks["storage"].share_key = self._storage_share_key
+        self._checks["database"].share_key = self._database_share_key
         self.register_check("memory_pressure", self._check_memory_pressure)
         self.register_check("event_loop", self._check_event_loop)
         self.register_check("error_rate", self._check_error_rate)
@@ -550,7 +685,25 @@ class HealthChecker:
                 monitors.append(monitor)
         return monitors
 
-    def _check_storage(self) -> CheckOutcome:
+    def _storage_share_key(self) -> tuple[Any, tuple[Any, ...]] | None:
+        memory = self._memory_manager()
+        if memory is None:
+            return None
+        directories, conversations, absent_allowed = self._storage_inputs()
+        inputs = (
+            tuple(directories),
+            id(conversations),
+            tuple(absent_allowed),
+            self.thresholds.min_free_disk_mb,
+        )
+        return memory, inputs
+
+    def _database_share_key(self) -> tuple[Any, tuple[Any, ...]] | None:
+        memory = self._memory_manager()
+        return None if memory is None else (memory, ())
+
+    def _storage_inputs(self) -> tuple[list[Path], Any, list[Path]]:
+        """What the storage check looks at: directories, conversations store, directories allowed absent."""
         conversations = getattr(self.context_manager, "conversation_store", None)
         # a manager that is not open has not created its directories (or is done with them): a check of it
         # must not count them missing, nor auto-recovery create them
@@ -563,8 +716,12 @@ class HealthChecker:
         )
         if self._storage_path is not None and self._storage_path in absent_allowed:
             absent_allowed.remove(self._storage_path)  # named to the checker: always required
+        return self._storage_directories(), conversations, absent_allowed
+
+    def _check_storage(self) -> CheckOutcome:
+        directories, conversations, absent_allowed = self._storage_inputs()
         return check_storage(
-            self._storage_directories(),
+            directories,
             self._memory_manager(),
             self.thresholds,
             conversations=conversations,
@@ -578,7 +735,9 @@ class HealthChecker:
     async def _check_database(self) -> CheckOutcome:
         return await check_database(self._memory_manager())
 
-    def _check_memory_pressure(self) -> CheckOutcome:
+    # the light checks run on the loop (two quick /proc reads, in-memory figures): a thread each was one
+    # more idle thread per open manager
+    async def _check_memory_pressure(self) -> CheckOutcome:
         return check_memory_pressure(self.thresholds)
 
     async def _check_event_loop(self) -> CheckOutcome:
@@ -586,8 +745,8 @@ class HealthChecker:
         self._last_lag_ms = float(outcome.details["lag_ms"])
         return outcome
 
-    def _check_error_rate(self) -> CheckOutcome:
+    async def _check_error_rate(self) -> CheckOutcome:
         return check_error_rate(self._monitors(), self.thresholds)
 
-    def _check_background_tasks(self) -> CheckOutcome:
+    async def _check_background_tasks(self) -> CheckOutcome:
         return check_background_tasks(self._watched)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -13,6 +14,8 @@ from context_manager.core.performance_monitor.registry import record_library_ope
 from context_manager.core.threads import is_async_callable
 
 __all__ = ["monitored_operation"]
+
+logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -32,7 +35,8 @@ def monitored_operation(
     Args:
         name: The operation's name in the monitors.
         succeeded: Decides success from the return value (e.g. ``lambda result: result.success`` for a
-            tool result); without it, returning normally is a success.
+            tool result); without it, returning normally is a success. If it raises, the call is
+            recorded as a failure, a warning is logged, and the result is still returned.
 
     Raises:
         InvalidMetricError: ``name`` is not a non-empty string.
@@ -71,8 +75,21 @@ def monitored_operation(
                     name, time.perf_counter() - start, False, own_monitor=own, error=error
                 )
                 raise
-            success = True if succeeded is None else bool(succeeded(result))
-            error_text = None if success else f"{name} reported failure"
+            error_text = None
+            try:
+                success = True if succeeded is None else bool(succeeded(result))
+            except Exception as error:  # monitoring must not change what the operation does
+                success = False
+                error_text = f"{name}: succeeded() raised {type(error).__name__}: {error}"
+                logger.warning(
+                    "monitored_operation(%r): its succeeded() raised %s on the result; the call is "
+                    "recorded as a failure and its result returned. Fix the test.",
+                    name,
+                    type(error).__name__,
+                    exc_info=True,
+                )
+            if not success and error_text is None:
+                error_text = f"{name} reported failure"
             record_library_operation(
                 name, time.perf_counter() - start, success, own_monitor=own, error=error_text
             )

@@ -148,15 +148,17 @@ class PerformanceMetrics:
     """A snapshot of the monitor's figures (``get_current_metrics()``)."""
 
     total_operations: int
-    """Operations recorded since the monitor was created (or reset)."""
+    """Operations recorded since the monitor was created (or reset): ``successes + failures + rejected``."""
     successes: int
     """Operations that succeeded."""
     failures: int
-    """Operations that failed."""
+    """Operations that failed (the service's errors: HTTP's 5xx)."""
     error_rate: float
-    """``failures / total_operations`` over the monitor's lifetime (0.0 without operations)."""
+    """``failures / (successes + failures)`` over the monitor's lifetime (0.0 without such operations):
+    rejected calls are not in it."""
     operations_per_second: float
-    """Throughput over the last 60 s (or since creation when younger)."""
+    """Throughput over the last 60 s (or since creation when younger), of the operations accepted
+    (``rejected`` ones not counted)."""
     avg_latency_ms: float
     """Mean duration of all operations in milliseconds (exact)."""
     p50_latency_ms: float
@@ -175,6 +177,9 @@ class PerformanceMetrics:
     """Health in [0, 1] computed by :meth:`PerformanceMonitor.health_score`."""
     timestamp: float
     """When the snapshot was taken (``time.time()``)."""
+    rejected: int = 0
+    """Operations refused for the caller's bad input (an invalid argument, an unknown id: HTTP's 4xx);
+    not failures of the service, so not in ``error_rate`` nor in the latency figures."""
 
 
 @dataclass(slots=True)
@@ -184,13 +189,13 @@ class OperationStats:
     name: str
     """The operation's name."""
     count: int
-    """How many times it was recorded."""
+    """How many times it was recorded: ``successes + failures + rejected``."""
     successes: int
     """How many of those succeeded."""
     failures: int
-    """How many failed."""
+    """How many failed (the service's errors)."""
     error_rate: float
-    """``failures / count``."""
+    """``failures / (successes + failures)`` (rejected calls are not in it)."""
     avg_ms: float
     """Mean duration in milliseconds (exact)."""
     min_ms: float
@@ -203,6 +208,8 @@ class OperationStats:
     """95th percentile duration in milliseconds."""
     p99_ms: float
     """99th percentile duration in milliseconds."""
+    rejected: int = 0
+    """How many were refused for the caller's bad input (not in ``error_rate`` nor the durations)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,15 @@ from typing import Any, ClassVar
 
 from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import (
+    ConversationAccessError,
+    DuplicateTaskError,
+    InvalidArgumentError,
     InvalidMetricError,
     InvalidSettingError,
     LifecycleError,
     MonitoringError,
+    NotFoundError,
+    ToolRegistrationError,
 )
 from context_manager.core.performance_monitor import registry, rules
 from context_manager.core.performance_monitor.metrics import (
@@ -29,7 +34,7 @@ from context_manager.core.performance_monitor.metrics import (
 )
 from context_manager.core.performance_monitor.profiling import HOTTEST_FUNCTIONS_SHOWN, BlockProfiler
 from context_manager.core.performance_monitor.prometheus import PrometheusCollector
-from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats
+from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats, recent_stats
 from context_manager.core.performance_monitor.timer import OperationTimer
 
 __all__ = ["PerformanceMonitor"]
@@ -43,6 +48,17 @@ _MAX_ERROR_TEXT = 1000  # characters of an error's text kept in the recent error
 _MAX_TOKENS = 2**63 - 1  # what metric exporters carry (a 64-bit integer)
 _FOLD_AT = 64  # successes queued by _record_success before they are counted (and at every read)
 _DEFAULT_MAX_OPERATION_NAMES = 500
+
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    InvalidArgumentError,
+    NotFoundError,
+    ConversationAccessError,
+    DuplicateTaskError,
+    ToolRegistrationError,
+)
+"""The errors that refuse the caller's input (HTTP's 4xx: an invalid argument, an unknown id, another
+user's conversation, a duplicate id): an operation failing with one is counted as *rejected*, not as a
+failure of the service, so a client sending bad input does not make the service look unhealthy."""
 
 
 class PerformanceMonitor:
@@ -67,6 +83,10 @@ class PerformanceMonitor:
 
     Recording is thread-safe; ``start_monitoring`` must be awaited in the event loop to be sampled.
     """
+
+    CLIENT_ERRORS: ClassVar[tuple[type[Exception], ...]] = CLIENT_ERRORS
+    """The errors counted as *rejected* (the caller's bad input), not as failures: see
+    :data:`CLIENT_ERRORS`."""
 
     OVERFLOW_OPERATION: ClassVar[str] = "__overflow__"
     """The operation name under which records of names beyond ``max_operation_names`` are counted."""
@@ -123,10 +143,13 @@ class PerformanceMonitor:
         self._lock = threading.Lock()
         self._created = time.time()
         self._operations: dict[str, LatencyReservoir] = {}
+        # (time, whether it succeeded) of the accepted operations: a flood of rejected calls (bad input)
+        # must not push the failures out of the error rate's evidence
         self._recent: deque[tuple[float, bool]] = deque(maxlen=history_size)
         # successes of the library's hot path (_record_success), counted at the next read, record or _FOLD_AT
         self._queued: deque[tuple[str, float, float]] = deque()
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
+        self._recent_rejections: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
         self._samples: deque[SystemSample] = deque(maxlen=history_size)
         self._tokens: dict[str, list[int]] = {}  # operation -> [calls, input tokens, output tokens]
         self._overflow_warned = False
@@ -284,7 +307,13 @@ class PerformanceMonitor:
     # ------------------------------------------------------------------------------------- recording
 
     def record_operation(
-        self, name: str, duration_s: float, success: bool = True, *, error: BaseException | str | None = None
+        self,
+        name: str,
+        duration_s: float,
+        success: bool = True,
+        *,
+        error: BaseException | str | None = None,
+        rejected: bool | None = None,
     ) -> None:
         """Record one operation.
 
@@ -293,10 +322,16 @@ class PerformanceMonitor:
                 not one carrying an id (past ``max_operation_names`` names, see :attr:`OVERFLOW_OPERATION`).
             duration_s: How long it took, in seconds (finite, >= 0).
             success: Whether it succeeded: ``True`` or ``False`` (a numpy bool too).
-            error: For a failure, the exception or a description, kept in the recent errors.
+            error: For a failure, the exception or a description, kept in the recent errors (or the
+                recent rejections).
+            rejected: Whether the call was refused for the caller's bad input (HTTP's 4xx) rather than
+                failed (5xx): counted apart, outside the error rate and the latency figures. ``None``:
+                when it failed with one of :attr:`CLIENT_ERRORS` (an ``InvalidArgumentError``, a
+                ``NotFoundError`` ...).
 
         Raises:
-            InvalidMetricError: ``name``, ``duration_s`` or ``success`` is invalid (nothing is recorded).
+            InvalidMetricError: ``name``, ``duration_s``, ``success`` or ``rejected`` is invalid, or
+                ``rejected`` is True for a success (nothing is recorded).
         """
         if type(name) is not str or not name:
             raise InvalidMetricError("name", name, "a non-empty string")
@@ -316,10 +351,27 @@ class PerformanceMonitor:
                 valid = False
         if not valid:
             raise InvalidMetricError("duration_s", duration_s, "a finite number of seconds >= 0")
+        if rejected is None:
+            rejected = not success and isinstance(error, CLIENT_ERRORS)
+        elif rejected is not True and rejected is not False:
+            raise InvalidMetricError("rejected", rejected, "True, False or None")
+        elif rejected and success:
+            raise InvalidMetricError("rejected", rejected, "False or None for a success (success=True)")
         now = time.time()
         with self._lock:
             self._fold_locked()  # the queued successes first: the recent-operation buffer is a time line
-            self._reservoir(name).add(duration_s, success)
+            if rejected:
+                self._reservoir(name).reject()
+                self._recent_rejections.append(
+                    {
+                        "operation": name,
+                        "error_type": type(error).__name__ if isinstance(error, BaseException) else None,
+                        "message": _describe_error(error),
+                        "timestamp": now,
+                    }
+                )
+                return
+            self._reservoir(name).add(duration_s, success, now)
             self._recent.append((now, success))
             if not success:
                 self._recent_errors.append(
@@ -349,7 +401,7 @@ class PerformanceMonitor:
         queued, operations, recent = self._queued, self._operations, self._recent
         while queued:
             name, duration_s, now = queued.popleft()
-            (operations.get(name) or self._reservoir(name)).add(duration_s, True)
+            (operations.get(name) or self._reservoir(name)).add(duration_s, True, now)
             recent.append((now, True))
 
     def _reservoir(self, name: str) -> LatencyReservoir:
@@ -440,6 +492,7 @@ class PerformanceMonitor:
             self._operations.clear()
             self._recent.clear()
             self._recent_errors.clear()
+            self._recent_rejections.clear()
             self._samples.clear()
             self._tokens.clear()
             self._overflow_warned = False
@@ -479,11 +532,21 @@ class PerformanceMonitor:
         with self._lock:
             return list(self._recent_errors)
 
+    def recent_rejections(self) -> list[dict[str, Any]]:
+        """Return the latest calls rejected for bad input (as :meth:`recent_errors`), oldest first.
+
+        Kept apart from the failures, so a client sending bad input cannot push them out. At most 50.
+        """
+        with self._lock:
+            return list(self._recent_rejections)
+
     def recent_error_rate(self, window_s: float | None = None) -> tuple[float, int]:
         """Return (error rate, operation count) over the recent operations.
 
         Recent: recorded in the last ``window_s`` seconds (``None``: ``thresholds.recent_window_s``, 300 by
         default; ``math.inf``: any age), among the last ``history_size`` recorded. ``(0.0, 0)`` when none.
+        Calls rejected for bad input (see :data:`CLIENT_ERRORS`) are not counted: they are not errors of
+        the service.
 
         Raises:
             InvalidSettingError: ``window_s`` is not a number of seconds > 0.
@@ -547,6 +610,7 @@ class PerformanceMonitor:
             p50_latency_ms=overall.p50_ms,
             p95_latency_ms=overall.p95_ms,
             p99_latency_ms=overall.p99_ms,
+            rejected=overall.rejected,
             memory_usage_mb=sample.rss_mb if sample else 0.0,
             cpu_percent=sample.cpu_percent if sample else 0.0,
             event_loop_lag_ms=sample.event_loop_lag_ms if sample else 0.0,
@@ -566,11 +630,15 @@ class PerformanceMonitor:
         failure = self._sampling_error
         window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
         samples = list(self._samples)
+        with self._lock:  # the slow-operation rule judges the latencies of the window too: copied here,
+            self._fold_locked()  # judged outside the lock
+            rings = [(name, reservoir.recent()) for name, reservoir in self._operations.items()]
+        judged = (recent_stats(name, ring, window_start) for name, ring in rings)
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
             recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
-            operation_stats=list(self.operation_stats().values()),
+            operation_stats=[stats for stats in judged if stats.count],
             samples=samples,
             recent_samples=[sample for sample in samples if sample.timestamp >= window_start],
             hottest_function=hottest[0] if hottest else None,
@@ -584,9 +652,9 @@ class PerformanceMonitor:
 
         The product of: ``1 - recent error rate`` (of the operations in the last
         ``thresholds.recent_window_s`` seconds, from ``min_operations`` of them on; 1.0 before);
-        ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (among those
-        recorded ``min_operations`` times); ``max(0.5, limit / lag)`` for event-loop lag over
-        ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
+        ``max(0.5, limit / p95)`` for the slowest operation over ``slow_operation_ms`` (its p95 in that
+        window, among those recorded ``min_operations`` times in it); ``max(0.5, limit / lag)`` for
+        event-loop lag over ``event_loop_lag_ms``; 0.9 for mean CPU over ``cpu_percent``; 0.8 for RSS over
         ``memory_limit_mb``.
         """
         return rules.health_score(self.thresholds, self._evidence())
@@ -604,7 +672,8 @@ class PerformanceMonitor:
 
         Keys: ``health_score``, ``recommendations`` (list of str), ``metrics`` (the current metrics as a
         dict), ``operations`` (name -> per-operation stats dict), ``system`` (memory, CPU, lag, samples),
-        ``recent_errors``, ``token_usage`` (operation -> tokens, see :meth:`token_usage`) and ``profile``
+        ``recent_errors``, ``recent_rejections`` (calls refused for bad input), ``token_usage``
+        (operation -> tokens, see :meth:`token_usage`) and ``profile``
         (``enabled``, ``hottest_functions``).
         """
         metrics = self.get_current_metrics()
@@ -630,6 +699,7 @@ class PerformanceMonitor:
                 "uptime_s": time.time() - self._created,
             },
             "recent_errors": self.recent_errors(),
+            "recent_rejections": self.recent_rejections(),
             "token_usage": self.token_usage(),
             "profile": {
                 "enabled": self.enable_profiling,

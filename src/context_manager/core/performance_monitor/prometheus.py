@@ -135,7 +135,7 @@ class PrometheusCollector:
         extra = [] if self.label is None else [self.label]
         operations = families.CounterMetricFamily(
             f"{prefix}_operations",
-            "Operations recorded, by outcome.",
+            "Operations recorded, by outcome (success, failure, rejected: refused for bad input).",
             labels=[*extra, "operation", "outcome"],
         )
         latency = families.GaugeMetricFamily(
@@ -176,6 +176,7 @@ class PrometheusCollector:
             for name, stats in monitor.operation_stats().items():
                 operations.add_metric([*extra, name, "success"], stats.successes)
                 operations.add_metric([*extra, name, "failure"], stats.failures)
+                operations.add_metric([*extra, name, "rejected"], stats.rejected)
                 for quantile, value_ms in (
                     ("0.5", stats.p50_ms),
                     ("0.95", stats.p95_ms),

@@ -47,6 +47,7 @@ def record_library_operation(
     *,
     own_monitor: PerformanceMonitor | None = None,
     error: BaseException | str | None = None,
+    rejected: bool | None = None,
 ) -> None:
     """Record one library operation in every running monitor and in ``own_monitor``.
 
@@ -57,12 +58,14 @@ def record_library_operation(
         own_monitor: A component's own monitor (e.g. ``context_manager.performance_monitor``); it is
             recorded once even if it is also running and collecting library operations.
         error: The exception (or its description) when the operation failed.
+        rejected: Whether it was refused for the caller's bad input (see
+            :meth:`PerformanceMonitor.record_operation`; ``None``: decided from ``error``).
     """
     monitors = _running
     for monitor in monitors:
-        monitor.record_operation(name, duration_s, success, error=error)
+        monitor.record_operation(name, duration_s, success, error=error, rejected=rejected)
     if own_monitor is not None and own_monitor not in monitors:
-        own_monitor.record_operation(name, duration_s, success, error=error)
+        own_monitor.record_operation(name, duration_s, success, error=error, rejected=rejected)
 
 
 def record_library_tokens(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import numbers
 import random
+from array import array
 
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor.metrics import OperationStats
 
-__all__ = ["LatencyReservoir", "overall_stats", "percentile"]
+__all__ = ["LatencyReservoir", "overall_stats", "percentile", "recent_stats"]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -37,24 +38,60 @@ class LatencyReservoir:
     """A uniform random sample of at most ``capacity`` values (Vitter's algorithm R) plus exact totals.
 
     Up to ``capacity`` values the percentiles are exact; beyond, they are estimated from a uniform
-    sample of everything seen, in constant memory. Not thread-safe: the monitor holds its lock.
+    sample of everything seen, in constant memory. The latest ``capacity`` values are also kept with
+    their time (a ring of 16 bytes a value) for the figures of a recent window (:func:`recent_stats`).
+    ``count`` counts the operations accepted (with a duration); ``rejected`` those refused for bad
+    input, which did no work and have no place in the latency figures. Not thread-safe: the monitor
+    holds its lock.
     """
 
-    __slots__ = ("_random", "_sorted", "capacity", "count", "failures", "max", "min", "total", "values")
+    __slots__ = (
+        "_next",
+        "_random",
+        "_ring",
+        "_ring_size",
+        "_sorted",
+        "capacity",
+        "count",
+        "failures",
+        "max",
+        "min",
+        "rejected",
+        "total",
+        "values",
+    )
 
     def __init__(self, capacity: int, seed: int) -> None:
         self.capacity = capacity
         self.values: list[float] = []
         self.count = 0
         self.failures = 0
+        self.rejected = 0
         self.total = 0.0
         self.min = math.inf
         self.max = 0.0
         self._random = random.Random(seed)
         self._sorted: list[float] | None = None
+        # the latest values with their time: [time, duration, time, duration ...], a failure's duration
+        # stored as -1 - duration
+        self._ring = array("d")
+        self._ring_size = 2 * capacity
+        self._next = 0
 
-    def add(self, value: float, success: bool) -> None:
-        """Count one duration (seconds) and keep it in the sample with probability capacity / count."""
+    def add(self, value: float, success: bool, timestamp: float = 0.0) -> None:
+        """Count one duration (seconds, recorded at ``timestamp``).
+
+        It is kept in the sample with probability capacity / count, and in the ring of the latest ones.
+        """
+        ring, slot = self._ring, self._next
+        if slot < len(ring):
+            ring[slot] = timestamp
+            ring[slot + 1] = value if success else -1.0 - value  # a failure: negative
+        else:  # not full yet
+            ring.append(timestamp)
+            ring.append(value if success else -1.0 - value)
+        slot += 2
+        self._next = 0 if slot == self._ring_size else slot
         self.count += 1
         if not success:
             self.failures += 1
@@ -72,6 +109,14 @@ class LatencyReservoir:
             self.values[slot] = value
         self._sorted = None
 
+    def reject(self) -> None:
+        """Count one operation refused for bad input (no duration: it did no work)."""
+        self.rejected += 1
+
+    def recent(self) -> array[float]:
+        """A copy of the ring of latest values (for :func:`recent_stats`, outside the monitor's lock)."""
+        return array("d", self._ring)
+
     def quantiles(self, *fractions: float) -> list[float]:
         """Return the quantiles (seconds) of the kept values (sorted once until the next add)."""
         if self._sorted is None:
@@ -84,7 +129,7 @@ class LatencyReservoir:
         count = self.count
         return OperationStats(
             name=name,
-            count=count,
+            count=count + self.rejected,
             successes=count - self.failures,
             failures=self.failures,
             error_rate=self.failures / count if count else 0.0,
@@ -94,7 +139,34 @@ class LatencyReservoir:
             p50_ms=p50 * 1000.0,
             p95_ms=p95 * 1000.0,
             p99_ms=p99 * 1000.0,
+            rejected=self.rejected,
         )
+
+
+def recent_stats(name: str, ring: array[float], since: float) -> OperationStats:
+    """Return the figures of the values of ``ring`` (:meth:`LatencyReservoir.recent`) since ``since``.
+
+    At most the latest ``capacity`` values, so a busy operation is judged on its latest ones; ``rejected``
+    is 0 (a rejected call has no duration).
+    """
+    picked = [ring[index + 1] for index in range(0, len(ring), 2) if ring[index] >= since]
+    failures = sum(1 for value in picked if value < 0)
+    ordered = sorted(value if value >= 0 else -1.0 - value for value in picked)
+    count = len(ordered)
+    p50, p95, p99 = (percentile(ordered, fraction) * 1000.0 for fraction in (0.5, 0.95, 0.99))
+    return OperationStats(
+        name=name,
+        count=count,
+        successes=count - failures,
+        failures=failures,
+        error_rate=failures / count if count else 0.0,
+        avg_ms=sum(ordered) / count * 1000.0 if count else 0.0,
+        min_ms=ordered[0] * 1000.0 if count else 0.0,
+        max_ms=ordered[-1] * 1000.0 if count else 0.0,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+    )
 
 
 def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
@@ -105,6 +177,7 @@ def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
     """
     count = sum(reservoir.count for reservoir in reservoirs)
     failures = sum(reservoir.failures for reservoir in reservoirs)
+    rejected = sum(reservoir.rejected for reservoir in reservoirs)
     total = sum(reservoir.total for reservoir in reservoirs)
     if all(reservoir.count == len(reservoir.values) for reservoir in reservoirs):
         ordered = sorted(value for reservoir in reservoirs for value in reservoir.values)
@@ -113,16 +186,17 @@ def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
         p50, p95, p99 = _weighted_quantiles(reservoirs, (0.5, 0.95, 0.99))
     return OperationStats(
         name="all",
-        count=count,
+        count=count + rejected,
         successes=count - failures,
         failures=failures,
         error_rate=failures / count if count else 0.0,
         avg_ms=total / count * 1000.0 if count else 0.0,
-        min_ms=min((reservoir.min for reservoir in reservoirs), default=0.0) * 1000.0,
+        min_ms=min((reservoir.min for reservoir in reservoirs if reservoir.count), default=0.0) * 1000.0,
         max_ms=max((reservoir.max for reservoir in reservoirs), default=0.0) * 1000.0,
         p50_ms=p50 * 1000.0,
         p95_ms=p95 * 1000.0,
         p99_ms=p99 * 1000.0,
+        rejected=rejected,
     )
 
 

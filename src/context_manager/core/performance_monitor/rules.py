@@ -31,7 +31,7 @@ class Evidence:
     recent_errors: Sequence[dict[str, Any]]
     """The latest failures of the error window (each with an ``operation`` key), oldest first."""
     operation_stats: Iterable[OperationStats]
-    """Per-operation figures."""
+    """Per-operation figures of the recent window (the slow-operation rule's)."""
     samples: Sequence[SystemSample]
     """The system samples of the history, oldest first (the memory-growth rule's)."""
     hottest_function: dict[str, Any] | None = None
@@ -62,8 +62,9 @@ def health_score(limits: PerformanceThresholds, evidence: Evidence) -> float:
     * ``1 - recent error rate`` (the operations of the last ``recent_window_s`` seconds), once they are
       at least ``min_operations`` (as for the error advice and the health checker's ``error_rate``
       check: before, one failure of one operation would read 0.0);
-    * the slowest operation's p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``, among the
-      operations recorded at least ``min_operations`` times (one slow call is not a slow operation);
+    * the slowest operation's recent p95 over ``slow_operation_ms``: ``max(0.5, limit / p95)``, among
+      the operations recorded at least ``min_operations`` times in the window (one slow call is not a
+      slow operation);
     * the recent maximum event-loop lag (the samples of the window) over ``event_loop_lag_ms``:
       ``max(0.5, limit / lag)``;
     * the recent mean CPU over ``cpu_percent`` (with enough samples in the window): 0.9;
@@ -93,8 +94,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
     *Recent* is the last ``recent_window_s`` seconds (``Evidence.recent_window_s``).
 
     1. *Errors*: the recent error rate exceeds ``error_rate`` over at least ``min_operations``.
-    2. *Slow operation*: an operation recorded at least ``min_operations`` times has a p95 over
-       ``slow_operation_ms`` (one line each).
+    2. *Slow operation*: an operation recorded at least ``min_operations`` times recently has a recent
+       p95 over ``slow_operation_ms`` (one line each).
     3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
     4. *High CPU*: the mean CPU of at least ``min_cpu_samples`` recent samples exceeds ``cpu_percent``.
     5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
@@ -118,15 +119,15 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
             f"{describe_window(evidence.recent_window_s)}{where}; "
             "check get_performance_summary()['recent_errors'] and fix the failing operation."
         )
+    window = describe_window(evidence.recent_window_s)
     for stats in sorted(evidence.operation_stats, key=lambda item: -item.p95_ms):
         if stats.p95_ms > limits.slow_operation_ms and stats.count >= limits.min_operations:
             advice.append(
                 f"Operation {stats.name!r} is slow: p95 {stats.p95_ms:.0f} ms > "
-                f"{limits.slow_operation_ms:.0f} ms; profile it (enable_profiling=True) or move "
+                f"{limits.slow_operation_ms:.0f} ms{window}; profile it (enable_profiling=True) or move "
                 "blocking work off the event loop."
             )
     samples, recent = evidence.samples, evidence.judged_samples
-    window = describe_window(evidence.recent_window_s)
     max_lag = max((sample.event_loop_lag_ms for sample in recent), default=0.0)
     if max_lag > limits.event_loop_lag_ms:
         advice.append(
