@@ -85,6 +85,12 @@ async def word_count(text: str) -> int:
     return len(text.split())
 
 
+@tool(name="flaky_lookup")
+async def flaky_lookup(key: str) -> str:
+    """A tool whose backend is down: a failure of the service, not of the caller's input."""
+    raise ConnectionError(f"lookup service unreachable for {key}")
+
+
 def config_for(tmp_path: Path, **options: Any) -> ContextManagerConfig:
     values: dict[str, Any] = {
         "max_tokens": 300,
@@ -99,6 +105,7 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
     config = config_for(tmp_path)
     async with EnhancedContextManager(config) as manager:
         manager.tool_manager.register_tool(word_count)
+        manager.tool_manager.register_tool(flaky_lookup)
         for turn in range(30):
             await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
         with pytest.raises(InvalidRoleError):
@@ -106,13 +113,14 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
         hits = [len(await manager.search_memory("harbour lanterns", limit=limit)) for limit in (3, 5)]
         ok = await manager.execute_tool("word_count", text="one two three")
         missing = await manager.execute_tool("no_such_tool")
+        broken = await manager.execute_tool("flaky_lookup", key="k1")
         history = manager.compression_history
         final = manager.get_context_summary()
         stats = await manager.memory_manager.get_memory_stats(user_id=ALL_USERS)
         monitor = manager.performance_monitor
         assert monitor is not None
         monitored = monitor.operation_stats()
-    assert ok.success and not missing.success and history
+    assert ok.success and not missing.success and not broken.success and history
 
     # spans
     adds = otel.finished("context_manager.add_message")
@@ -166,27 +174,29 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
         ).count
         == 30
     )
-    assert (
-        otel.point(
-            durations, **{"context_manager.operation": "add_message", "context_manager.outcome": "error"}
-        ).count
-        == 1
+    # a message refused for its bad role is the caller's error (rejected, as the monitor counts it), not
+    # the service's: its duration is counted under outcome "rejected", not in the errors counter
+    rejected = otel.point(
+        durations, **{"context_manager.operation": "add_message", "context_manager.outcome": "rejected"}
     )
+    assert rejected.count == 1 and rejected.attributes["error.type"] == "InvalidRoleError"
+    assert not [
+        point
+        for point in otel.points(durations)
+        if point.attributes.get("context_manager.outcome") == "error"
+        and point.attributes["context_manager.operation"] != "execute_tool"
+    ]
     assert otel.point(durations, **{"context_manager.operation": "search_memory"}).count == 2
     assert otel.point(durations, **{"context_manager.operation": "compression"}).count == len(history)
     errors = "context_manager.errors"
-    assert (
-        otel.point(
-            errors, **{"context_manager.operation": "add_message", "error.type": "InvalidRoleError"}
-        ).value
-        == 1
-    )
-    assert (
-        otel.point(
-            errors, **{"context_manager.operation": "execute_tool", "error.type": "unknown_tool"}
-        ).value
-        == 1
-    )
+    [failure] = otel.points(errors)  # the tool that raised; not the bad role, not the unknown tool
+    assert failure.value == 1
+    assert failure.attributes["context_manager.operation"] == "execute_tool"
+    assert failure.attributes["error.type"] == "tool_error"
+    assert failure.attributes["gen_ai.tool.name"] == "flaky_lookup"
+    unknown = otel.point(durations, **{"gen_ai.tool.name": "no_such_tool"})
+    assert unknown.attributes["context_manager.outcome"] == "rejected"
+    assert unknown.attributes["error.type"] == "unknown_tool"
     evicted = otel.point("context_manager.compression.evicted_messages")
     assert evicted.value == sum(record["removed_count"] for record in history)
     assert otel.point("context_manager.window.utilization").value == pytest.approx(final["utilization"])
@@ -339,7 +349,19 @@ async def test_opentelemetry_mcp_memory_tools_record_spans_and_metrics(otel: Ote
         ).count
         == 1
     )
-    assert otel.point("context_manager.errors", **{"context_manager.operation": "add_memory"}).value == 1
+    # the bad tag is the caller's error: rejected, not an error of the service
+    assert (
+        otel.point(
+            "context_manager.operation.duration",
+            **{"context_manager.operation": "add_memory", "context_manager.outcome": "rejected"},
+        ).attributes["error.type"]
+        == "InvalidMemoryError"
+    )
+    assert not [
+        p
+        for p in otel.points("context_manager.errors")
+        if p.attributes.get("context_manager.operation") == "add_memory"
+    ]
 
 
 async def test_stopping_the_memory_sampler_keeps_the_callers_cancellation(otel: Otel, tmp_path: Path) -> None:

@@ -281,15 +281,26 @@ class Telemetry:
         duration_s: float,
         error_type: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        *,
+        rejected: bool = False,
     ) -> None:
-        """Count one operation and its duration (and its error, if ``error_type`` is set)."""
+        """Count one operation and its duration (and its error, if ``error_type`` is set).
+
+        ``rejected``: the call failed on the caller's input (outcome ``rejected``, not in the errors
+        counter), as :attr:`PerformanceMonitor.CLIENT_ERRORS` and refused tool calls are for the monitor.
+        """
         if not self.metering:
             return
         labels = {"context_manager.operation": operation, **(attributes or {})}
-        outcome = "success" if error_type is None else "error"
+        if error_type is None:
+            self._duration.record(duration_s, {**labels, "context_manager.outcome": "success"})
+            return
         # the histogram's count is the operation count (as in the OpenTelemetry HTTP conventions)
-        self._duration.record(duration_s, {**labels, "context_manager.outcome": outcome})
-        if error_type is not None:
+        outcome = "rejected" if rejected else "error"
+        self._duration.record(
+            duration_s, {**labels, "context_manager.outcome": outcome, "error.type": error_type}
+        )
+        if not rejected:
             self._errors.add(1, {**labels, "error.type": error_type})
 
     def record_window(self, tokens: int, max_tokens: int) -> None:
@@ -321,7 +332,11 @@ class Telemetry:
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR, error_type))
         self.record_operation(
-            "execute_tool", result.execution_time, error_type, {"gen_ai.tool.name": result.tool_name}
+            "execute_tool",
+            result.execution_time,
+            error_type,
+            {"gen_ai.tool.name": result.tool_name},
+            rejected=error_type in _REFUSED_TOOL_CALLS,
         )
 
     def record_memory_sizes(
@@ -366,6 +381,16 @@ class Telemetry:
 
 # ------------------------------------------------------------------------------------- instrumented calls
 
+_REFUSED_TOOL_CALLS = frozenset({"unknown_tool", "invalid_arguments", "permission_denied", "rate_limited"})
+"""Tool error types that refuse the model's input (as the performance monitor counts them: rejected)."""
+
+
+def _rejected(error: BaseException) -> bool:
+    """Whether ``error`` refuses the caller's input (the monitor's ``CLIENT_ERRORS``, loaded on first use)."""
+    from context_manager.core.performance_monitor.monitor import CLIENT_ERRORS
+
+    return isinstance(error, CLIENT_ERRORS)
+
 
 async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callable[[], Message]) -> None:
     """Build a message and add it to ``window`` inside an ``add_message`` span, with its metrics.
@@ -378,7 +403,9 @@ async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callabl
             message = build()
             record = await window.add(message)
         except Exception as error:
-            telemetry.record_operation("add_message", time.perf_counter() - started, type(error).__name__)
+            telemetry.record_operation(
+                "add_message", time.perf_counter() - started, type(error).__name__, rejected=_rejected(error)
+            )
             if span is not None:
                 span.set_attribute("error.type", type(error).__name__)
             raise
@@ -406,7 +433,12 @@ async def traced_search(telemetry: Telemetry, search: Awaitable[list[Memory]], l
         try:
             found = await search
         except Exception as error:
-            telemetry.record_operation("search_memory", time.perf_counter() - started, type(error).__name__)
+            telemetry.record_operation(
+                "search_memory",
+                time.perf_counter() - started,
+                type(error).__name__,
+                rejected=_rejected(error),
+            )
             if span is not None:
                 span.set_attribute("error.type", type(error).__name__)
             raise
@@ -434,7 +466,9 @@ async def traced_call(
         try:
             result = await call
         except Exception as error:
-            telemetry.record_operation(operation, time.perf_counter() - started, type(error).__name__)
+            telemetry.record_operation(
+                operation, time.perf_counter() - started, type(error).__name__, rejected=_rejected(error)
+            )
             if span is not None:
                 span.set_attribute("error.type", type(error).__name__)
             raise
