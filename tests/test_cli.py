@@ -418,7 +418,10 @@ def test_memory_consolidate_and_cleanup(store: Path) -> None:
     assert merged["consolidated_count"] == 2 and len(merged["groups"]) == 1
     assert_one_line_error(
         cli("--storage", str(store), "memory", "consolidate", "--threshold", "1.5"),
-        "similarity_threshold: got 1.5",
+        "--threshold: got 1.5",  # the option's name, not the library argument's (similarity_threshold)
+    )
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "consolidate", "--threshold", "0"), "--threshold"
     )
     cleaned = cli_json("--storage", str(store), "memory", "cleanup", "--max-age-days", "30")
     assert cleaned["removed_count"] == 2 and cleaned["superseded_removed"] == 2
@@ -427,8 +430,12 @@ def test_memory_consolidate_and_cleanup(store: Path) -> None:
     )
     assert text.exit_code == 0 and text.stdout.startswith("removed ")
     assert_one_line_error(
-        cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "-1"), "max_age_days"
+        cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "-1"), "--max-age-days: got -1"
     )
+    cli_json("--storage", str(store), "memory", "cleanup", "--max-age-days", "0")  # all the rest
+    cli_json("--storage", str(store), "memory", "add", "one old note")
+    one = cli("--storage", str(store), "memory", "cleanup", "--max-age-days", "0")
+    assert one.exit_code == 0 and one.stdout.startswith("removed 1 memory ("), one.stdout
 
 
 def _stored_bytes(store: Path) -> bytes:

@@ -897,7 +897,7 @@ def memory_export(
         if options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
         else:
-            options.stdout.print(f"exported {count} memories to {path}", markup=False, soft_wrap=True)
+            options.stdout.print(f"exported {_memories(count)} to {path}", markup=False, soft_wrap=True)
 
     async def export_to_standard_output(options: _Options) -> None:
         """The export written to a private temporary file, then copied to stdout (nothing else goes there)."""
@@ -929,7 +929,7 @@ def memory_export(
                 raise CommandError(
                     f"standard output was closed before the whole export ({count} memories) was written"
                 ) from None
-        options.stderr.print(f"exported {count} memories to <stdout>", markup=False, soft_wrap=True)
+        options.stderr.print(f"exported {_memories(count)} to <stdout>", markup=False, soft_wrap=True)
 
     _run(ctx, body)
 
@@ -997,6 +997,10 @@ def memory_import(
     _run(ctx, body)
 
 
+def _memories(count: int) -> str:
+    return "1 memory" if count == 1 else f"{count} memories"
+
+
 @memory_app.command("consolidate", short_help="Merge near-duplicates (originals kept until cleanup).")
 def memory_consolidate(
     ctx: typer.Context,
@@ -1012,13 +1016,17 @@ def memory_consolidate(
     """Merge near-duplicate memories (originals are kept as superseded until cleanup)."""
 
     async def body(options: _Options) -> None:
+        from context_manager.core.errors import InvalidArgumentError
+
+        if not 0.0 < threshold <= 1.0:  # named as the option (the library names its own argument)
+            raise InvalidArgumentError("--threshold", threshold, "a similarity above 0 and at most 1")
         async with _open_memory(options, create=False) as manager:
             result = await manager.consolidate_memories(threshold, user_id=user)
         if options.json_output:
             _print_json(options, result)
             return
         options.stdout.print(
-            f"merged {result['consolidated_count']} memories into {len(result['groups'])} "
+            f"merged {_memories(result['consolidated_count'])} into {len(result['groups'])} "
             f"(examined {result['examined']})",
             markup=False,
             soft_wrap=True,
@@ -1045,6 +1053,10 @@ def memory_cleanup(
     """Delete old memories and superseded originals; print what was removed."""
 
     async def body(options: _Options) -> None:
+        from context_manager.core.errors import InvalidArgumentError
+
+        if not 0.0 <= max_age_days < float("inf"):  # named as the option, as for --threshold
+            raise InvalidArgumentError("--max-age-days", max_age_days, "a finite number >= 0")
         async with _open_memory(options, create=False) as manager:
             result = await manager.cleanup_old_memories(
                 max_age_days, user_id=user, keep_importance=keep_importance
@@ -1054,7 +1066,7 @@ def memory_cleanup(
             return
         tiers = ", ".join(f"{tier} {count}" for tier, count in result["by_tier"].items())
         options.stdout.print(
-            f"removed {result['removed_count']} memories "
+            f"removed {_memories(result['removed_count'])} "
             f"({tiers}; superseded {result['superseded_removed']})",
             markup=False,
             soft_wrap=True,
