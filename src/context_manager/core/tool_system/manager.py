@@ -17,7 +17,10 @@ problems:
 7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
    own pool, under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` - ``timeout``.
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
-   its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
+   its thread and its late result is discarded. An exception in the tool gives ``tool_error``, and so
+   does its own exit (``sys.exit``, argparse: ``SystemExit``), async or sync; an exit a signal handler
+   raises while it runs (the process stopping) propagates, as does the caller's cancellation (counted in
+   the statistics as a ``cancelled`` failure);
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
@@ -38,15 +41,18 @@ The manager is meant for one event loop; it keeps no background task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import decimal
 import enum
+import functools
 import inspect
 import json
 import logging
 import math
 import pathlib
+import signal
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -475,7 +481,7 @@ class ToolManager(ToolRegistry):
                     )
 
         if decision is PermissionDecision.ASK:
-            refusal = await self._ask_approval(definition, call_arguments)
+            refusal = await self._ask_approval(definition, call_arguments, started)
             if refusal is not None:
                 return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
 
@@ -581,9 +587,15 @@ class ToolManager(ToolRegistry):
             # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
             # of its own, is the tool's failure; the call being cancelled, or the process stopping, is not
             current = asyncio.current_task()
-            if isinstance(error, KeyboardInterrupt | SystemExit) or (
-                isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling()
-            ):
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                if _stops_the_process(error, current):
+                    raise
+                # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a sync tool
+                exit_error = WorkerExit(error)
+                exit_error.__cause__ = error
+                return self._tool_error(definition, exit_error, started, call_id, call_arguments)
+            if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                self._count_cancelled(definition, started)
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
         if scope.expired():
@@ -618,7 +630,9 @@ class ToolManager(ToolRegistry):
             stats.record(elapsed)
         return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
 
-    async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
+    async def _ask_approval(
+        self, definition: ToolDefinition, arguments: dict[str, Any], started: float
+    ) -> str | None:
         """Return None when the approval callback allows the call, else why it is denied."""
         callback = self._approval_callback
         needed = (
@@ -636,12 +650,19 @@ class ToolManager(ToolRegistry):
             # itself being cancelled propagates
             current = asyncio.current_task()
             if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                self._count_cancelled(definition, started)
                 raise
             logger.warning("approval callback failed for tool %r: %s", definition.name, type(error).__name__)
             return f"{needed}; the approval check failed ({type(error).__name__}), so the call was denied"
         if outcome is True:
             return None
         return f"{needed}; the call was not approved"
+
+    def _count_cancelled(self, definition: ToolDefinition, started: float) -> None:
+        """Count a call its caller cancelled (``wait_for``, ``task.cancel()``) as a ``cancelled`` failure."""
+        stats = self._stats.get(definition.name)
+        if stats is not None:
+            stats.record(_perf_counter() - started, ToolErrorType.CANCELLED)
 
     def _tool_error(
         self,
@@ -785,6 +806,8 @@ class ToolManager(ToolRegistry):
 
         Per tool: ``calls``, ``successes``, ``failures``, ``cache_hits``, ``success_rate``, ``total_time``,
         ``average_time`` (seconds), ``last_called`` (epoch seconds) and ``errors`` (count per error_type).
+        Every call is counted: ``calls == successes + failures``; a call its caller cancelled
+        (``asyncio.wait_for``, ``task.cancel()``) is a failure of type ``cancelled``.
         ``rate_limit_keys``: (tool, caller_key) pairs the rate limiter tracks (bounded: expired ones
         are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
         ``abandoned`` (timed-out calls still running in their thread) and ``max``.
@@ -815,6 +838,34 @@ def _check_caller_key(caller_key: object) -> None:
     """Refuse a ``caller_key`` that is not a string (a dict or list cannot key a rate limit or a cache)."""
     if not isinstance(caller_key, str):
         raise InvalidArgumentError("caller_key", caller_key, "a string (a user or session id) or None")
+
+
+def _stops_the_process(error: BaseException, current: asyncio.Task[Any] | None) -> bool:
+    """Whether a ``SystemExit`` or ``KeyboardInterrupt`` raised while a tool ran stops the process.
+
+    It does when a signal handler raised it (a SIGTERM handler calling ``sys.exit``, Python's own SIGINT
+    handler, ``asyncio.run``'s second Ctrl-C, which follows the cancellation of the main task at the first);
+    otherwise it is the tool's own exit (``sys.exit`` in the tool, argparse refusing its arguments).
+    """
+    if current is not None and current.cancelling():
+        return True
+    if isinstance(error, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return True  # Python's SIGINT handler has no frame to recognise: a Ctrl-C is not swallowed
+    handlers: set[Any] = set()
+    for signum in signal.valid_signals():
+        with contextlib.suppress(ValueError, OSError):
+            handler = signal.getsignal(signum)
+            while isinstance(handler, functools.partial):
+                handler = handler.func
+            code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+            if code is not None:
+                handlers.add(code)
+    frames = error.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code in handlers:
+            return True
+        frames = frames.tb_next
+    return False
 
 
 def _seconds(value: float) -> str:

@@ -33,7 +33,8 @@ class ToolErrorType(StrEnum):
     """The tool raised an exception, or returned a value that is not JSON-serialisable."""
     CANCELLED = "cancelled"
     """The call was abandoned without a result (``EnhancedContextManager.cancel_tool_calls``): its worker
-    was killed or its task cancelled before the result was added."""
+    was killed or its task cancelled before the result was added. ``ToolManager.get_tool_stats()`` also
+    counts under it the calls their caller cancelled (which return no result)."""
 
 
 @dataclass(slots=True)
