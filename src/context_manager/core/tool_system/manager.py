@@ -26,7 +26,9 @@ problems:
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
    datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
    converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``.
+   failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
+   the text); one holding more than about 10,000 values is checked and encoded in a worker thread, in
+   pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -48,6 +50,7 @@ import decimal
 import enum
 import functools
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -192,6 +195,174 @@ def _encode_result(value: Any) -> tuple[Any, str]:
     encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
     return (json.loads(text) if encoder.converted or tuples else value), text
+
+
+_OFF_LOOP_ITEMS = 10_000
+"""A result holding more values than this (list items and dict entries, all levels) is checked and encoded
+in a worker thread: about 5 ms of work and more."""
+_CHUNK_ITEMS = 2_000
+"""Values the C encoder is given at once when a large result is encoded in a thread: it keeps the GIL
+while it runs, so a whole large result in one call would hold the event loop all the same."""
+_CONTAINERS = (dict, list, tuple)
+
+
+def _weight(value: Any, limit: int) -> int:
+    """How many values ``value`` holds (list items, dict entries, at every level), counted up to ``limit``.
+
+    Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    total = 0
+    pending: list[Any] = [value]
+    scalar = _SCALAR_TYPES.issuperset
+    while pending:
+        item = pending.pop()
+        total += len(item)
+        if total > limit:
+            return total
+        values = item.values() if isinstance(item, dict) else item
+        if scalar(map(type, values)):
+            continue
+        pending.extend(inner for inner in values if isinstance(inner, _CONTAINERS))
+        if len(pending) > limit:
+            return limit + 1
+    return total
+
+
+def _is_large(value: Any) -> bool:
+    """Whether a result is large enough to be checked and encoded off the event loop (an estimate)."""
+    return isinstance(value, _CONTAINERS) and _estimate(value, 0) > _OFF_LOOP_ITEMS
+
+
+_SAMPLED = 3  # a list's size is estimated from this many of its items (rows are alike)
+_SAMPLED_ENTRIES = 16  # a dict's, from this many of its values
+_ESTIMATE_DEPTH = 4
+
+
+def _estimate(value: Any, depth: int) -> int:
+    """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    size = len(value)
+    if not size or depth >= _ESTIMATE_DEPTH:
+        return size
+    if isinstance(value, dict):
+        if _SCALAR_TYPES.issuperset(map(type, value.values())):
+            return size
+        sample = list(itertools.islice(value.values(), _SAMPLED_ENTRIES))
+    else:
+        sample = list(value) if size <= _SAMPLED else [value[0], value[size // 2], value[-1]]
+    inner = sum(_estimate(item, depth + 1) for item in sample)
+    return size + inner * size // len(sample)
+
+
+class _ChunkedEncoding:
+    """The JSON text of a large value, made by the C encoder in pieces of at most about ``_CHUNK_ITEMS``.
+
+    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). :meth:`decode` rebuilds the
+    JSON value from the pieces (tuples as lists, converted values) one piece at a time as well.
+    """
+
+    def __init__(self, encoder: json.JSONEncoder) -> None:
+        self._encode = encoder.encode
+        self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
+
+    def encode(self, value: Any) -> tuple[str, Any]:
+        """Return the text and the piece tree :meth:`decode` reads."""
+        if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
+            text = self._encode(value)
+            return text, _Leaf(text)
+        if id(value) in self._path:
+            raise ValueError("Circular reference detected")
+        self._path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                texts: list[str] = []
+                entries: list[tuple[str, Any]] = []
+                for key, item in value.items():
+                    text, tree = self.encode(item)
+                    texts.append(f"{self._encode(key)}: {text}")
+                    entries.append((key, tree))
+                return "{" + ", ".join(texts) + "}", _Pieces(entries, is_dict=True)
+            return self._encode_items(value)
+        finally:
+            self._path.discard(id(value))
+
+    def _encode_items(self, items: list[Any] | tuple[Any, ...]) -> tuple[str, Any]:
+        texts: list[str] = []
+        parts: list[Any] = []  # _Batch (several small items) or a large item's tree
+        batch: list[Any] = []
+        weight = 0
+
+        def flush() -> None:
+            nonlocal weight
+            if batch:
+                texts.append(self._encode(batch)[1:-1])
+                parts.append(_Batch(texts[-1]))
+                batch.clear()
+            weight = 0
+
+        for item in items:
+            size = _weight(item, _CHUNK_ITEMS)
+            if size > _CHUNK_ITEMS:
+                flush()
+                text, tree = self.encode(item)
+                texts.append(text)
+                parts.append(tree)
+                continue
+            batch.append(item)
+            weight += size
+            if weight >= _CHUNK_ITEMS:
+                flush()
+        flush()
+        return "[" + ", ".join(texts) + "]", _Pieces(parts, is_dict=False)
+
+    @classmethod
+    def decode(cls, tree: Any) -> Any:
+        """The JSON value (tuples as lists, converted values as their JSON) of a piece tree."""
+        if isinstance(tree, _Leaf):
+            return json.loads(tree.text)
+        if tree.is_dict:
+            return {key: cls.decode(part) for key, part in tree.parts}
+        values: list[Any] = []
+        for part in tree.parts:
+            if isinstance(part, _Batch):
+                values.extend(json.loads(f"[{part.text}]"))
+            else:
+                values.append(cls.decode(part))
+        return values
+
+
+@dataclasses.dataclass(slots=True)
+class _Pieces:
+    parts: list[Any]
+    is_dict: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    text: str  # several items of a list, without the brackets
+
+
+@dataclasses.dataclass(slots=True)
+class _Leaf:
+    text: str  # one value encoded at once
+
+
+def _encode_large_result(value: Any) -> tuple[Any, str]:
+    """:func:`_encode_result` for a large value, in pieces (run in a worker thread)."""
+    tuples = _check_keys(value)
+    encoder: json.JSONEncoder = _PLAIN_ENCODER
+    try:
+        text, tree = _ChunkedEncoding(encoder).encode(value)
+    except TypeError:
+        encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
+        text, tree = _ChunkedEncoding(encoder).encode(value)
+    converted = isinstance(encoder, _ResultEncoder) and encoder.converted
+    if not (converted or tuples):
+        return value, text
+    return _ChunkedEncoding.decode(tree), text
 
 
 _STR_TYPES = frozenset({str})
@@ -610,8 +781,17 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
+        text: str | None = None
         try:
-            value, text = _encode_result(value)
+            if type(value) is not str or cache_key is not None:  # a text is its own content: no JSON needed
+                if _is_large(value):
+                    # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
+                    value, text = await asyncio.to_thread(_encode_large_result, value)
+                else:
+                    value, text = _encode_result(value)
+        except asyncio.CancelledError:
+            self._count_cancelled(definition, started)
+            raise
         except (TypeError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             return self._fail(
                 definition,
@@ -622,13 +802,18 @@ class ToolManager(ToolRegistry):
                 started,
                 call_id,
             )
-        if cache_key is not None and self._tools.get(name) is definition:  # not replaced meanwhile
-            self._cache.put(name, cache_key, text, definition.cache_ttl)
+        if text is not None and cache_key is not None and self._tools.get(name) is definition:
+            self._cache.put(name, cache_key, text, definition.cache_ttl)  # (unless replaced meanwhile)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
             stats.record(elapsed)
-        return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
+        result = ToolResult(
+            success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id
+        )
+        if text is not None and type(value) is not str:
+            result._encoded = (value, text)  # to_content() gives this text: the result is not encoded again
+        return result
 
     async def _ask_approval(
         self, definition: ToolDefinition, arguments: dict[str, Any], started: float
