@@ -209,8 +209,9 @@ def test_the_count_cache_is_bounded_in_bytes() -> None:
 # runs, marks, spaces, non-ASCII punctuation
 _SEAM_TEXT = st.lists(
     st.sampled_from(
-        list("aZ7 .,;:!?')(/-\n\t\u2026\u00e9\u0301\u6771\u00a0\u3002")
+        list("aZ7 .,;:!?')(/-\n\t\u2026\u00e9\u0301\u6771\u00a0\u3002\"{}[]_`~")
         + ["e\u0301", "'s", "...", "'t", "123", "don't", "東京の天気は晴れ", "résumé", "ǅ", "ʰ", "٣", "五"]
+        + [", ", '", "', '": ', ": [", "}, {", "], ", " \u0301"]
     ),
     max_size=12,
 ).map("".join)
@@ -290,3 +291,30 @@ def test_cut_counted_reports_the_count_of_its_piece(
     piece, tokens = counter.cut_counted(text, limit, from_end=from_end)
     assert piece == counter.cut(text, limit, from_end=from_end)
     assert tokens == counter.count(piece) <= limit
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_json_is_counted_in_pieces_while_another_thread_runs(encoding: str) -> None:
+    """A tool's JSON result (rows of numbers and short strings) has no seam of a letter, a space and a
+    letter: 20 MB of it was counted at once, holding the event loop's thread for about a second though the
+    count ran in a worker thread. It is also cut after punctuation followed by a space (``, "``)."""
+    import json
+    import threading
+
+    counter = ExactTokenCounter(encoding)
+    rows = [{"id": n, "name": f"customer {n}", "score": n * 0.5, "tags": ["a", "b"]} for n in range(60_000)]
+    text = json.dumps(rows)
+    expected = counter.count_uncached(text)
+    results: list[int] = []
+    worker = threading.Thread(target=lambda: results.append(counter.count(text)))
+    gaps: list[float] = []
+    last = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    worker.join()
+    assert results == [expected]
+    assert max(gaps) < 0.05, f"this thread waited {max(gaps) * 1000:.0f} ms for the interpreter"

@@ -668,3 +668,52 @@ async def test_sync_tools_never_block_the_event_loop(convention: str) -> None:
     asyncio.get_running_loop().call_soon(loop_ran.set)
     result = await task
     assert result.success and result.result is True
+
+
+async def test_cancelled_calls_are_counted_in_the_statistics() -> None:
+    """A call its caller cancelled (``asyncio.wait_for`` expiring, ``task.cancel()``) ran, but was counted
+    nowhere: ``calls`` missed it, so the statistics were not "every call made". It is now a failure of
+    type ``cancelled``, next to timeouts (``timeout``), for async and sync tools, and while waiting for
+    an approval."""
+    release = threading.Event()
+
+    async def hangs(x: int) -> int:
+        await asyncio.Event().wait()
+        return x
+
+    def blocks(x: int) -> int:
+        release.wait(5)
+        return x
+
+    asked = asyncio.Event()
+
+    async def approve(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        asked.set()
+        await asyncio.Event().wait()
+        return True
+
+    manager = ToolManager(approval_callback=approve)
+    manager.register_function_tool("hangs", hangs, "Hangs")
+    manager.register_function_tool("blocks", blocks, "Blocks")
+    manager.register_function_tool("wipe", hangs, "Wipe", permission=ToolPermission.RESTRICTED)
+    manager.register_function_tool("slow", hangs, "Slow", timeout=0.01)
+    try:
+        for name in ("hangs", "blocks"):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(manager.execute_tool(name, x=1), 0.05)
+        call = asyncio.create_task(manager.execute_tool("wipe", x=1))
+        await asked.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (await manager.execute_tool("slow", x=1)).error_type is ToolErrorType.TIMEOUT
+    finally:
+        release.set()
+    stats = manager.get_tool_stats()
+    assert stats["total_calls"] == 4
+    for name in ("hangs", "blocks", "wipe"):
+        entry = stats["tools"][name]
+        assert (entry["calls"], entry["successes"], entry["failures"]) == (1, 0, 1), name
+        assert entry["errors"] == {"cancelled": 1}, name
+        assert entry["total_time"] > 0 and entry["last_called"] is not None
+    assert stats["tools"]["slow"]["errors"] == {"timeout": 1}

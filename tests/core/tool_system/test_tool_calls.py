@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import InvalidMessageError
 from context_manager.core.messages import ToolCall
 from context_manager.core.tool_system import ToolManager
@@ -158,3 +162,88 @@ async def test_null_arguments_of_a_call_without_parameters_run_it() -> None:
     assert ToolCall.from_value(calls[0]).arguments == {}
     failed = await manager.execute_tool_calls([openai_call("c4", "now", "[1, 2]")])  # still not an object
     assert failed[0].error_type == "invalid_arguments"
+
+
+class _CountingRows(dict):  # type: ignore[type-arg]
+    """A result dict counting how often it is JSON-encoded (the encoder reads a dict subclass's items())."""
+
+    encodes = 0
+
+    def items(self) -> Any:
+        type(self).encodes += 1
+        return super().items()
+
+
+async def test_a_structured_result_is_encoded_once_for_the_window(tmp_path: Path) -> None:
+    """The manager encoded the result to check it (and to cache it), then the window encoded it again for
+    the tool message: a large result held the event loop twice as long. The text is now reused."""
+    rows = _CountingRows(rows=[{"id": n, "name": f"customer {n}"} for n in range(50)], total=50)
+
+    async def query(limit: int) -> dict[str, Any]:
+        return rows
+
+    context = EnhancedContextManager(ContextManagerConfig(max_tokens=20_000, cache_path=tmp_path / "cache"))
+    async with context:
+        context.tool_manager.register_function_tool("query", query, "Query customers")
+        call = {"id": "c1", "name": "query", "arguments": {"limit": 50}}
+        [result] = await context.execute_tool_calls([call])
+        [answer] = [message for message in context.messages if message.role == "tool"]
+    expected = json.dumps(dict(rows), ensure_ascii=False)
+    assert answer.content == expected and result.to_content() == expected
+    assert _CountingRows.encodes == 1
+
+
+async def test_a_large_result_is_encoded_off_the_event_loop_unchanged() -> None:
+    """A tool returning 300,000 rows held the event loop while its result was checked and JSON-encoded
+    (about a second on a loaded machine, and as much again for the tool message text): every other task
+    of the application stalled. Large results are now checked and encoded in a worker thread, in pieces
+    (the C encoder keeps the GIL while it runs), and the text is the one json.dumps gives."""
+    rows: list[Any] = [
+        {"id": n, "name": f"customer {n}", "score": n * 0.5, "tags": ["a", "b"], "when": None}
+        for n in range(300_000)
+    ]
+    wrapped = {"count": len(rows), "rows": rows, "pairs": [(n, "x") for n in range(30_000)]}
+
+    async def query(shape: str) -> Any:
+        return rows if shape == "rows" else wrapped
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query customers")
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    # the 600,000 objects built above make each full garbage collection take 0.1-0.3 s here, whichever
+    # thread allocates: set them aside, so that what is measured is the encoding
+    gc.freeze()
+    try:
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        results = await manager.execute_tool_calls(
+            [
+                {"id": "c1", "name": "query", "arguments": {"shape": "rows"}},
+                {"id": "c2", "name": "query", "arguments": {"shape": "wrapped"}},
+            ]
+        )
+        texts = [result.to_content() for result in results]  # the text kept: not encoded again on the loop
+        elapsed = time.perf_counter() - started
+        done.set()
+        await ticking
+    finally:
+        gc.unfreeze()
+    assert [result.success for result in results] == [True, True]
+    # generous (the machine is shared), and well under the second the encode held the loop
+    assert max(gaps) < 0.5, (max(gaps), elapsed)
+    assert results[0].result is rows
+    assert texts[0] == json.dumps(rows, ensure_ascii=False)
+    as_lists = {**wrapped, "pairs": [[n, "x"] for n in range(30_000)]}  # JSON has no tuples
+    assert results[1].result == as_lists
+    assert texts[1] == json.dumps(as_lists, ensure_ascii=False)

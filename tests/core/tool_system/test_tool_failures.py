@@ -538,3 +538,64 @@ async def test_a_key_that_is_not_a_string_is_found_anywhere_in_large_results(row
     result = await manager.execute_tool("query", n=1)
     assert result.error_type is ToolErrorType.TOOL_ERROR
     assert result.error is not None and "a dict key is int" in result.error
+
+
+async def test_an_async_tool_exiting_fails_like_a_sync_one_and_the_application_goes_on() -> None:
+    """An async tool wrapping a command line (argparse exits on bad arguments) or calling sys.exit raised
+    SystemExit out of execute_tool (and of a whole execute_tool_calls): the application stopped, where the
+    same tool written sync gave a failed result. Both now give the same failed result; a signal handler
+    stopping the process (and the call's own cancellation) still propagates."""
+    import argparse
+    import signal
+    import sys
+
+    async def run_report(args: list[str]) -> str:
+        """Run the report command line."""
+        parser = argparse.ArgumentParser(prog="report", exit_on_error=False)
+        parser.add_argument("--days", type=int, required=True)
+        return f"report for {parser.parse_args(args).days} days"
+
+    async def quits(code: int) -> None:
+        sys.exit(code)
+
+    async def interrupted(x: int) -> int:
+        raise KeyboardInterrupt
+
+    manager = ToolManager()
+    manager.register_function_tool("run_report", run_report, "Report")
+    manager.register_function_tool("quits", quits, "Quits")
+    manager.register_function_tool("interrupted", interrupted, "Interrupted")
+    bad = await manager.execute_tool("run_report", args=["--weeks", "3"])
+    assert bad.error_type is ToolErrorType.TOOL_ERROR
+    assert bad.error == "tool 'run_report' raised SystemExit: 2 (it exited; the process goes on)"
+    results = await manager.execute_tool_calls(
+        [
+            {"id": "c1", "name": "quits", "arguments": {"code": 3}},
+            {"id": "c2", "name": "interrupted", "arguments": {"x": 1}},
+            {"id": "c3", "name": "run_report", "arguments": {"args": ["--days", "3"]}},
+        ]
+    )
+    assert [result.error for result in results] == [
+        "tool 'quits' raised SystemExit: 3 (it exited; the process goes on)",
+        "tool 'interrupted' raised KeyboardInterrupt (it exited; the process goes on)",
+        None,
+    ]
+    assert results[2].result == "report for 3 days"
+    assert manager.get_tool_stats()["tools"]["quits"]["errors"] == {"tool_error": 1}
+
+    # a SIGTERM handler calling sys.exit while a tool runs stops the process: that exit is not the tool's
+    def stop(signum: int, frame: Any) -> None:
+        sys.exit(0)
+
+    async def waits(x: int) -> int:
+        await asyncio.sleep(0)
+        signal.raise_signal(signal.SIGUSR1)
+        return x
+
+    manager.register_function_tool("waits", waits, "Waits")
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        with pytest.raises(SystemExit):
+            await manager.execute_tool("waits", x=1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -17,13 +17,18 @@ problems:
 7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
    own pool, under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` - ``timeout``.
    An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
-   its thread and its late result is discarded. An exception in the tool gives ``tool_error``;
+   its thread and its late result is discarded. An exception in the tool gives ``tool_error``, and so
+   does its own exit (``sys.exit``, argparse: ``SystemExit``), async or sync; an exit a signal handler
+   raises while it runs (the process stopping) propagates, as does the caller's cancellation (counted in
+   the statistics as a ``cancelled`` failure);
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
    datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
    converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``.
+   failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
+   the text); one holding more than about 10,000 values is checked and encoded in a worker thread, in
+   pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -38,15 +43,19 @@ The manager is meant for one event loop; it keeps no background task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import decimal
 import enum
+import functools
 import inspect
+import itertools
 import json
 import logging
 import math
 import pathlib
+import signal
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -186,6 +195,174 @@ def _encode_result(value: Any) -> tuple[Any, str]:
     encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
     text = encoder.encode(value)
     return (json.loads(text) if encoder.converted or tuples else value), text
+
+
+_OFF_LOOP_ITEMS = 10_000
+"""A result holding more values than this (list items and dict entries, all levels) is checked and encoded
+in a worker thread: about 5 ms of work and more."""
+_CHUNK_ITEMS = 2_000
+"""Values the C encoder is given at once when a large result is encoded in a thread: it keeps the GIL
+while it runs, so a whole large result in one call would hold the event loop all the same."""
+_CONTAINERS = (dict, list, tuple)
+
+
+def _weight(value: Any, limit: int) -> int:
+    """How many values ``value`` holds (list items, dict entries, at every level), counted up to ``limit``.
+
+    Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    total = 0
+    pending: list[Any] = [value]
+    scalar = _SCALAR_TYPES.issuperset
+    while pending:
+        item = pending.pop()
+        total += len(item)
+        if total > limit:
+            return total
+        values = item.values() if isinstance(item, dict) else item
+        if scalar(map(type, values)):
+            continue
+        pending.extend(inner for inner in values if isinstance(inner, _CONTAINERS))
+        if len(pending) > limit:
+            return limit + 1
+    return total
+
+
+def _is_large(value: Any) -> bool:
+    """Whether a result is large enough to be checked and encoded off the event loop (an estimate)."""
+    return isinstance(value, _CONTAINERS) and _estimate(value, 0) > _OFF_LOOP_ITEMS
+
+
+_SAMPLED = 3  # a list's size is estimated from this many of its items (rows are alike)
+_SAMPLED_ENTRIES = 16  # a dict's, from this many of its values
+_ESTIMATE_DEPTH = 4
+
+
+def _estimate(value: Any, depth: int) -> int:
+    """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
+    if not isinstance(value, _CONTAINERS):
+        return 1
+    size = len(value)
+    if not size or depth >= _ESTIMATE_DEPTH:
+        return size
+    if isinstance(value, dict):
+        if _SCALAR_TYPES.issuperset(map(type, value.values())):
+            return size
+        sample = list(itertools.islice(value.values(), _SAMPLED_ENTRIES))
+    else:
+        sample = list(value) if size <= _SAMPLED else [value[0], value[size // 2], value[-1]]
+    inner = sum(_estimate(item, depth + 1) for item in sample)
+    return size + inner * size // len(sample)
+
+
+class _ChunkedEncoding:
+    """The JSON text of a large value, made by the C encoder in pieces of at most about ``_CHUNK_ITEMS``.
+
+    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). :meth:`decode` rebuilds the
+    JSON value from the pieces (tuples as lists, converted values) one piece at a time as well.
+    """
+
+    def __init__(self, encoder: json.JSONEncoder) -> None:
+        self._encode = encoder.encode
+        self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
+
+    def encode(self, value: Any) -> tuple[str, Any]:
+        """Return the text and the piece tree :meth:`decode` reads."""
+        if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
+            text = self._encode(value)
+            return text, _Leaf(text)
+        if id(value) in self._path:
+            raise ValueError("Circular reference detected")
+        self._path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                texts: list[str] = []
+                entries: list[tuple[str, Any]] = []
+                for key, item in value.items():
+                    text, tree = self.encode(item)
+                    texts.append(f"{self._encode(key)}: {text}")
+                    entries.append((key, tree))
+                return "{" + ", ".join(texts) + "}", _Pieces(entries, is_dict=True)
+            return self._encode_items(value)
+        finally:
+            self._path.discard(id(value))
+
+    def _encode_items(self, items: list[Any] | tuple[Any, ...]) -> tuple[str, Any]:
+        texts: list[str] = []
+        parts: list[Any] = []  # _Batch (several small items) or a large item's tree
+        batch: list[Any] = []
+        weight = 0
+
+        def flush() -> None:
+            nonlocal weight
+            if batch:
+                texts.append(self._encode(batch)[1:-1])
+                parts.append(_Batch(texts[-1]))
+                batch.clear()
+            weight = 0
+
+        for item in items:
+            size = _weight(item, _CHUNK_ITEMS)
+            if size > _CHUNK_ITEMS:
+                flush()
+                text, tree = self.encode(item)
+                texts.append(text)
+                parts.append(tree)
+                continue
+            batch.append(item)
+            weight += size
+            if weight >= _CHUNK_ITEMS:
+                flush()
+        flush()
+        return "[" + ", ".join(texts) + "]", _Pieces(parts, is_dict=False)
+
+    @classmethod
+    def decode(cls, tree: Any) -> Any:
+        """The JSON value (tuples as lists, converted values as their JSON) of a piece tree."""
+        if isinstance(tree, _Leaf):
+            return json.loads(tree.text)
+        if tree.is_dict:
+            return {key: cls.decode(part) for key, part in tree.parts}
+        values: list[Any] = []
+        for part in tree.parts:
+            if isinstance(part, _Batch):
+                values.extend(json.loads(f"[{part.text}]"))
+            else:
+                values.append(cls.decode(part))
+        return values
+
+
+@dataclasses.dataclass(slots=True)
+class _Pieces:
+    parts: list[Any]
+    is_dict: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    text: str  # several items of a list, without the brackets
+
+
+@dataclasses.dataclass(slots=True)
+class _Leaf:
+    text: str  # one value encoded at once
+
+
+def _encode_large_result(value: Any) -> tuple[Any, str]:
+    """:func:`_encode_result` for a large value, in pieces (run in a worker thread)."""
+    tuples = _check_keys(value)
+    encoder: json.JSONEncoder = _PLAIN_ENCODER
+    try:
+        text, tree = _ChunkedEncoding(encoder).encode(value)
+    except TypeError:
+        encoder = _ResultEncoder()  # converts pydantic models and dataclasses, refuses anything else
+        text, tree = _ChunkedEncoding(encoder).encode(value)
+    converted = isinstance(encoder, _ResultEncoder) and encoder.converted
+    if not (converted or tuples):
+        return value, text
+    return _ChunkedEncoding.decode(tree), text
 
 
 _STR_TYPES = frozenset({str})
@@ -475,7 +652,7 @@ class ToolManager(ToolRegistry):
                     )
 
         if decision is PermissionDecision.ASK:
-            refusal = await self._ask_approval(definition, call_arguments)
+            refusal = await self._ask_approval(definition, call_arguments, started)
             if refusal is not None:
                 return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
 
@@ -581,9 +758,15 @@ class ToolManager(ToolRegistry):
             # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
             # of its own, is the tool's failure; the call being cancelled, or the process stopping, is not
             current = asyncio.current_task()
-            if isinstance(error, KeyboardInterrupt | SystemExit) or (
-                isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling()
-            ):
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                if _stops_the_process(error, current):
+                    raise
+                # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a sync tool
+                exit_error = WorkerExit(error)
+                exit_error.__cause__ = error
+                return self._tool_error(definition, exit_error, started, call_id, call_arguments)
+            if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                self._count_cancelled(definition, started)
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
         if scope.expired():
@@ -598,8 +781,17 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
+        text: str | None = None
         try:
-            value, text = _encode_result(value)
+            if type(value) is not str or cache_key is not None:  # a text is its own content: no JSON needed
+                if _is_large(value):
+                    # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
+                    value, text = await asyncio.to_thread(_encode_large_result, value)
+                else:
+                    value, text = _encode_result(value)
+        except asyncio.CancelledError:
+            self._count_cancelled(definition, started)
+            raise
         except (TypeError, ValueError, RecursionError) as error:  # RecursionError: nested too deeply
             return self._fail(
                 definition,
@@ -610,15 +802,22 @@ class ToolManager(ToolRegistry):
                 started,
                 call_id,
             )
-        if cache_key is not None and self._tools.get(name) is definition:  # not replaced meanwhile
-            self._cache.put(name, cache_key, text, definition.cache_ttl)
+        if text is not None and cache_key is not None and self._tools.get(name) is definition:
+            self._cache.put(name, cache_key, text, definition.cache_ttl)  # (unless replaced meanwhile)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
             stats.record(elapsed)
-        return ToolResult(success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id)
+        result = ToolResult(
+            success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id
+        )
+        if text is not None and type(value) is not str:
+            result._encoded = (value, text)  # to_content() gives this text: the result is not encoded again
+        return result
 
-    async def _ask_approval(self, definition: ToolDefinition, arguments: dict[str, Any]) -> str | None:
+    async def _ask_approval(
+        self, definition: ToolDefinition, arguments: dict[str, Any], started: float
+    ) -> str | None:
         """Return None when the approval callback allows the call, else why it is denied."""
         callback = self._approval_callback
         needed = (
@@ -636,12 +835,19 @@ class ToolManager(ToolRegistry):
             # itself being cancelled propagates
             current = asyncio.current_task()
             if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                self._count_cancelled(definition, started)
                 raise
             logger.warning("approval callback failed for tool %r: %s", definition.name, type(error).__name__)
             return f"{needed}; the approval check failed ({type(error).__name__}), so the call was denied"
         if outcome is True:
             return None
         return f"{needed}; the call was not approved"
+
+    def _count_cancelled(self, definition: ToolDefinition, started: float) -> None:
+        """Count a call its caller cancelled (``wait_for``, ``task.cancel()``) as a ``cancelled`` failure."""
+        stats = self._stats.get(definition.name)
+        if stats is not None:
+            stats.record(_perf_counter() - started, ToolErrorType.CANCELLED)
 
     def _tool_error(
         self,
@@ -785,6 +991,8 @@ class ToolManager(ToolRegistry):
 
         Per tool: ``calls``, ``successes``, ``failures``, ``cache_hits``, ``success_rate``, ``total_time``,
         ``average_time`` (seconds), ``last_called`` (epoch seconds) and ``errors`` (count per error_type).
+        Every call is counted: ``calls == successes + failures``; a call its caller cancelled
+        (``asyncio.wait_for``, ``task.cancel()``) is a failure of type ``cancelled``.
         ``rate_limit_keys``: (tool, caller_key) pairs the rate limiter tracks (bounded: expired ones
         are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
         ``abandoned`` (timed-out calls still running in their thread) and ``max``.
@@ -815,6 +1023,34 @@ def _check_caller_key(caller_key: object) -> None:
     """Refuse a ``caller_key`` that is not a string (a dict or list cannot key a rate limit or a cache)."""
     if not isinstance(caller_key, str):
         raise InvalidArgumentError("caller_key", caller_key, "a string (a user or session id) or None")
+
+
+def _stops_the_process(error: BaseException, current: asyncio.Task[Any] | None) -> bool:
+    """Whether a ``SystemExit`` or ``KeyboardInterrupt`` raised while a tool ran stops the process.
+
+    It does when a signal handler raised it (a SIGTERM handler calling ``sys.exit``, Python's own SIGINT
+    handler, ``asyncio.run``'s second Ctrl-C, which follows the cancellation of the main task at the first);
+    otherwise it is the tool's own exit (``sys.exit`` in the tool, argparse refusing its arguments).
+    """
+    if current is not None and current.cancelling():
+        return True
+    if isinstance(error, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return True  # Python's SIGINT handler has no frame to recognise: a Ctrl-C is not swallowed
+    handlers: set[Any] = set()
+    for signum in signal.valid_signals():
+        with contextlib.suppress(ValueError, OSError):
+            handler = signal.getsignal(signum)
+            while isinstance(handler, functools.partial):
+                handler = handler.func
+            code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+            if code is not None:
+                handlers.add(code)
+    frames = error.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code in handlers:
+            return True
+        frames = frames.tb_next
+    return False
 
 
 def _seconds(value: float) -> str:

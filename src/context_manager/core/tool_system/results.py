@@ -9,7 +9,7 @@ what is expected, or when to retry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -33,7 +33,8 @@ class ToolErrorType(StrEnum):
     """The tool raised an exception, or returned a value that is not JSON-serialisable."""
     CANCELLED = "cancelled"
     """The call was abandoned without a result (``EnhancedContextManager.cancel_tool_calls``): its worker
-    was killed or its task cancelled before the result was added."""
+    was killed or its task cancelled before the result was added. ``ToolManager.get_tool_stats()`` also
+    counts under it the calls their caller cancelled (which return no result)."""
 
 
 @dataclass(slots=True)
@@ -65,6 +66,9 @@ class ToolResult:
     """The provider's tool call id this result answers (for ``execute_tool_calls``), else None."""
     retry_after: float | None = None
     """For ``rate_limited`` failures, seconds until a call will be admitted; else None."""
+    _encoded: tuple[Any, str] | None = field(default=None, init=False, repr=False, compare=False)
+    # (result, its JSON text) as the manager encoded it: to_content() reuses the text while ``result`` is
+    # that same object, so a large result is not encoded a second time on the event loop
 
     def to_content(self) -> str:
         """Return the text a tool result message carries in the context window.
@@ -77,6 +81,9 @@ class ToolResult:
             return f"Error ({kind}): {self.error}"
         if isinstance(self.result, str):
             return self.result
+        encoded = self._encoded
+        if encoded is not None and encoded[0] is self.result:
+            return encoded[1]
         return json.dumps(self.result, ensure_ascii=False, allow_nan=False)
 
     def to_dict(self) -> dict[str, Any]:
