@@ -876,6 +876,18 @@ def test_installed_script_and_module_agree(store: Path) -> None:
     assert json.loads(found.stdout)[0]["id"] == json.loads(added.stdout)["id"]
 
 
+def test_python_dash_m_context_manager_runs_the_command(store: Path) -> None:
+    """``python -m context_manager`` (a virtualenv whose scripts are not on the PATH) is the command."""
+    command = [sys.executable, "-m", "context_manager"]
+    counted = subprocess.run(
+        [*command, "--json", "tokens", "-"], input="count me", capture_output=True, text=True, timeout=60
+    )
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)["tokens"] == count_tokens("count me")
+    usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "python -m context_manager" in usage.stdout
+
+
 def test_subprocess_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, store: Path) -> None:
     missing = run_cli("tokens", str(tmp_path / "nope.txt"))
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and missing.stdout == ""

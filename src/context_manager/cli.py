@@ -1503,12 +1503,12 @@ def _format_warning(
     return f"warning: {message}\n"
 
 
-def main() -> None:
-    """Entry point of the ``context-manager`` script."""
+def main(prog_name: str | None = None) -> None:
+    """Entry point of the ``context-manager`` script (and of ``python -m context_manager``)."""
     import warnings
 
     warnings.formatwarning = _format_warning
-    app()
+    app(prog_name=prog_name)
 
 
 if __name__ == "__main__":
