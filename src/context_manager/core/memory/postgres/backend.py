@@ -1075,7 +1075,7 @@ class PostgresBackend:
         try:
             await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
         except StorageError as error:
-            if await self._has_vector_extension():
+            if 'extension "vector"' not in str(error) or await self._has_vector_extension():
                 raise
             # the server's words (permission denied, extension not available) say what failed, not why
             # the library wanted it nor what to do: a default embedder turns the vector channel on
