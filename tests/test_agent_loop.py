@@ -114,6 +114,34 @@ async def test_scripted_loop_packs_context_pairs_tools_and_recalls(
     assert max(max(report.request_tokens) for report in reports) <= budget
 
 
+async def test_scripted_loop_with_a_server_numbering_calls_per_response(
+    agent_loop: ModuleType, example_ctx: Any
+) -> None:
+    """vLLM, Ollama and llama.cpp versions number each response's calls from 0: ``call_0`` every turn. The
+    second tool turn failed with ToolCallPairingError (the id was in the window); every turn now runs and
+    each request pairs every call with its own result, ids unique."""
+    scripted = agent_loop.scripted_model()
+    steps = []
+    for step in scripted.script:
+        if isinstance(step, dict) and step.get("tool_calls"):
+            step = {**step, "tool_calls": [{**call, "id": "call_0"} for call in step["tool_calls"]]}
+        steps.append(step)
+    model = ScriptedChatModel(steps)
+    reports = await agent_loop.run_agent(example_ctx, model, scripted=True)
+    assert model.remaining == 0 and len(reports) == len(agent_loop.USER_TURNS)
+    assert "TRK-88231-PT" in reports[0].answer and "TRK-88231-PT" in reports[8].answer
+    assert [report.tool_calls[0][0] for report in reports if report.tool_calls][:3] == [
+        "lookup_order",
+        "memory_add",
+        "shipping_quote",
+    ]
+    assert all("error" not in output.lower() for r in reports for _, _, output in r.tool_calls)
+    for call in model.calls:
+        _check_pairing(call.messages)
+        ids = [c["id"] for m in call.messages for c in m.get("tool_calls") or []]
+        assert len(ids) == len(set(ids)), ids
+
+
 def test_agent_loop_script_runs_offline_by_default(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["COLUMNS"] = "200"

@@ -2,9 +2,10 @@
 
 ``test_context_window.py`` answers every tool call at once and checks the window; this mixes what a real
 loop does: results arriving late (after the user spoke), in any order or never, a second result for a call
-and a call id used again (both refused, nothing changed), pins and unpins, explicit compressions, batches,
-budgeted views, text in many scripts with emoji, combining marks and invisible characters. After every call
-the window and both exports of it (and of a budgeted view) must hold:
+(refused, nothing changed), call ids made again by a server numbering the calls of each response (held
+renamed ``id~n`` once the earlier call has its result; refused while it waits), pins and unpins, explicit
+compressions, batches, budgeted views, text in many scripts with emoji, combining marks and invisible
+characters. After every call the window and both exports of it (and of a budgeted view) must hold:
 
 * the window within ``max_tokens``, a view within its budget;
 * every tool result after its call; each export accepted by its provider (``tests/provider_rules.py``);
@@ -66,7 +67,11 @@ def split_cut(content: str) -> tuple[str, str]:
 rarely = st.sampled_from([False] * 9 + [True])
 message_spec = st.tuples(
     st.sampled_from(
-        ["user"] * 4 + ["assistant"] * 3 + ["calls"] * 2 + ["result"] * 2 + ["late_result", "system"]
+        ["user"] * 4
+        + ["assistant"] * 3
+        + ["calls", "numbered"] * 2
+        + ["result"] * 2
+        + ["late_result", "system"]
     ),
     st.integers(min_value=0, max_value=300),  # size
     st.integers(min_value=0, max_value=50),  # seed
@@ -101,8 +106,21 @@ def snapshot(window: ContextWindow) -> tuple[object, ...]:
     )
 
 
+def made_as(call_id: str) -> str:
+    """The id the model made for a call the window holds as ``call_id`` (``tool_0~2``: ``tool_0``)."""
+    made, _, number = call_id.rpartition("~")
+    return made if made and number.isdigit() else call_id
+
+
 def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Model) -> Message | None:
     kind, size, seed, priority, pinned = spec
+    if kind == "numbered":  # a server numbering the calls of each response: tool_0, tool_1 ... every time
+        waiting = {made_as(call_id) for call_id in pending}
+        calls = [ToolCall(f"tool_{i}", "lookup", {"i": i}) for i in range(1 + seed % 3)]
+        if any(call.id in waiting for call in calls):
+            return None  # the server would not reuse the id of a call still waiting (refusal: see "again")
+        pending.extend(call.id for call in calls)
+        return Message.create("assistant", "", tool_calls=calls, priority=priority, pinned=pinned)
     if kind == "calls":
         calls = []
         for _ in range(1 + seed % 3):
@@ -117,6 +135,8 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         if not pending:
             return None
         call_id = pending.pop(0 if kind == "result" else -1)  # oldest first, or newest first
+        if seed % 2:  # quoted as the model made it (the window answers the newest call of that id)
+            call_id = made_as(call_id)
         content = text_of(size, seed) if size % 5 else ""  # some results are empty
         metadata = {"is_error": True} if seed % 7 == 0 else {}
         return Message.create(
@@ -170,6 +190,9 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
                 if record is not None:
                     event("compressed" + (" with cuts" if record.truncated_count else ""))
                 for message in batch:
+                    held = next((m for m in window.messages if m.id == message.id), None)
+                    if held is not None and held.tool_calls != message.tool_calls:
+                        event("call ids made again: held renamed")
                     model.added[message.id] = message.content
                     model.calls.extend(call.id for call in message.tool_calls)
                     if message.is_protected:
@@ -178,23 +201,30 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
                         model.latest_user = message.id
             elif kind == "again" and model.calls:
                 call_id = model.calls[int(argument) % len(model.calls)]  # type: ignore[call-overload]
-                in_window = any(call.id == call_id for m in window.messages for call in m.tool_calls)
-                answered = in_window and call_id not in window.pending_tool_calls
-                if answered:  # a second result for an answered call
+                waiting = window.resolve_tool_call_id(call_id)  # the newest call of that id, unanswered
+                if int(argument) % 2:  # a result quoting the id: answers only a call still waiting
                     extra = Message.create("tool", "again", tool_call_id=call_id)
-                    event("second result refused")
-                else:  # the id again in a new call: refused while the first is in the window
+                else:  # the id in a new call: refused only while the newest call of that id waits
                     extra = Message.create("assistant", "", tool_calls=[ToolCall(call_id, "lookup")])
                 try:
                     await window.add(extra)
                 except ToolCallPairingError:
-                    assert in_window
+                    assert (waiting is None) if extra.role is Role.TOOL else (waiting is not None)
+                    event(
+                        "second result refused" if extra.role is Role.TOOL else "id of a waiting call refused"
+                    )
                     assert snapshot(window) == before
                 else:
-                    assert not answered and not in_window
-                    event("a call id used again once its first call was evicted")
+                    if extra.role is Role.TOOL:
+                        assert waiting is not None
+                        assert window.get(extra.id).tool_call_id == waiting
+                    else:
+                        assert waiting is None
+                        [held] = window.get(extra.id).tool_calls
+                        if held.id != call_id:
+                            event("a call id made again: held renamed")
+                        model.calls.append(call_id)
                     model.added[extra.id] = extra.content
-                    model.calls.append(call_id)
             elif kind == "pin":
                 index, pin = argument  # type: ignore[misc]
                 messages = window.messages
@@ -231,6 +261,7 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
         assert window.token_count == total <= max_tokens
         calls_seen: set[str] = set()
         for message in messages:
+            assert calls_seen.isdisjoint(call.id for call in message.tool_calls)  # each call id held once
             calls_seen.update(call.id for call in message.tool_calls)
             if message.role is Role.TOOL:
                 assert message.tool_call_id in calls_seen
@@ -255,4 +286,35 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
 def test_window_and_its_exports_keep_every_rule_whatever_the_agent_loop_does(
     max_tokens: int, ratio: float, ops: list[tuple[str, object]]
 ) -> None:
+    asyncio.run(run(max_tokens, ratio, ops))
+
+
+numbered_spec = st.tuples(
+    st.sampled_from(["user", "numbered", "numbered", "result", "result", "late_result", "assistant"]),
+    st.integers(min_value=0, max_value=120),  # size
+    st.integers(min_value=0, max_value=50),  # seed
+    st.sampled_from(["low", "normal", "normal", "high"]),
+    st.sampled_from([False] * 19 + [True]),  # pinned
+)
+numbered_operation = st.one_of(
+    st.tuples(st.just("add"), numbered_spec),
+    st.tuples(st.just("batch"), st.lists(numbered_spec, min_size=1, max_size=6)),
+    st.tuples(st.just("again"), st.integers(min_value=0, max_value=50)),
+    st.tuples(st.just("compress"), st.integers(min_value=1, max_value=100)),
+    st.tuples(st.just("view"), st.integers(min_value=1, max_value=120)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=300, max_value=1500),
+    ratio=st.floats(min_value=0.3, max_value=0.95),
+    ops=st.lists(numbered_operation, min_size=10, max_size=50),
+)
+def test_call_ids_made_again_every_response_keep_every_rule(
+    max_tokens: int, ratio: float, ops: list[tuple[str, object]]
+) -> None:
+    """A server numbering the calls of each response (``tool_0`` every turn): the window holds a call made
+    again as ``tool_0~2`` once the earlier one has its result, results quoting ``tool_0`` answer the newest
+    call of that id, and compressions, budgeted views and both exports keep every call with its result."""
     asyncio.run(run(max_tokens, ratio, ops))

@@ -158,6 +158,13 @@ class ContextManagerConfig(BaseSettings):
     postgres_connect_timeout: float = Field(
         10.0, gt=0.0, description="Seconds to wait for a PostgreSQL connection before StorageError."
     )
+    postgres_statement_timeout: float | None = Field(
+        60.0,
+        gt=0.0,
+        description="Seconds a PostgreSQL statement may run (or wait for a lock) before the server cancels it"
+        " and the call raises StorageError; None leaves the server's own statement_timeout. Migrations, "
+        "index builds and rebuild_index() run without it.",
+    )
 
     # Persisted conversations
     conversation_id: str | None = Field(

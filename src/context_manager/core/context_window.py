@@ -29,6 +29,13 @@ takes them.
 A tool result always sits right after its call: a result arriving after other messages (a user spoke
 while the tools ran) is placed after its call's unit, not at the end.
 
+Each call id is held once. A server that numbers the calls of each response (``call_0`` every turn) makes
+an id again once the earlier call has its result: the window holds the later call as ``call_0~2`` (the
+smallest ``~n`` from 2 that no call in the window has), and a result quoting ``call_0`` answers the newest
+unanswered call of that id (:meth:`ContextWindow.resolve_tool_call_id`). The stored messages carry the
+new ids, so exports, compressions and persisted conversations see unique ids. An id whose newest call
+still waits for its result is refused (``ToolCallPairingError``).
+
 Messages are immutable, so :attr:`ContextWindow.messages` hands out the window's own objects safely.
 After every public call the window holds at most ``max_tokens`` tokens, every tool result has its call,
 and a rejected call leaves everything as it was.
@@ -73,7 +80,14 @@ from context_manager.core.errors import (
     ToolCallPairingError,
 )
 from context_manager.core.eviction import EvictedQueue
-from context_manager.core.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, Message, Role, check_timestamp
+from context_manager.core.messages import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    Message,
+    Role,
+    ToolCall,
+    check_timestamp,
+)
 from context_manager.core.tokens import (
     OFF_LOOP_CHARS,
     REPLY_PRIMING_TOKENS,
@@ -156,6 +170,57 @@ def _own(message: Message, tokens: int) -> Message:
         message = dataclasses.replace(message)
     _set(message, "token_count", tokens)
     return message
+
+
+def _renamed_from(call_id: str, pending: dict[str, str]) -> str | None:
+    """The newest unanswered call of ``pending`` renamed from ``call_id`` (``call_id~n``), or None."""
+    prefix = call_id + "~"
+    for held in reversed(pending):
+        if held.startswith(prefix) and held[len(prefix) :].isdigit():
+            return held
+    return None
+
+
+def _no_call_error(call_id: str | None, pending: dict[str, str], where: str) -> ToolCallPairingError:
+    listed = ", ".join(sorted(pending)) or "none pending"
+    return ToolCallPairingError(
+        "tool_call_id", call_id, f"the id of an unanswered tool call {where} ({listed})"
+    )
+
+
+def _reassign_calls(message: Message, pending: dict[str, str], taken: Callable[[str], bool]) -> Message:
+    """``message`` with each call whose id a call in the window already has renamed ``id~n`` (n from 2).
+
+    A server that numbers calls per response (``call_0`` every turn) makes an id again once the earlier
+    call was answered; the window holds each call id once, so exports and persisted conversations keep
+    every call paired with its own result.
+
+    Raises:
+        ToolCallPairingError: a call reuses the id of a call still waiting for its result.
+    """
+    own = {call.id for call in message.tool_calls}
+    calls: list[ToolCall] = []
+    changed = False
+    for call in message.tool_calls:
+        call_id = call.id
+        waiting = call_id if call_id in pending else _renamed_from(call_id, pending)
+        if waiting is not None:
+            raise ToolCallPairingError(
+                "tool_calls[].id",
+                call_id,
+                "an id no unanswered call in the window has (an id is made again only once the earlier "
+                f"call has its result; {waiting!r} has none yet: add its tool result or cancel it first)",
+            )
+        if taken(call_id):
+            number = 2
+            while taken(f"{call_id}~{number}") or f"{call_id}~{number}" in own:
+                number += 1
+            renamed = f"{call_id}~{number}"
+            own.add(renamed)
+            call = ToolCall(renamed, call.name, call.arguments)
+            changed = True
+        calls.append(call)
+    return dataclasses.replace(message, tool_calls=tuple(calls)) if changed else message
 
 
 @dataclass(slots=True)
@@ -627,24 +692,39 @@ class ContextWindow:
 
     # -- adding ---------------------------------------------------------------------------------------
 
-    def _check(self, message: Message) -> None:
-        """Check ``message`` against the window (nothing mutated; the count comes separately)."""
+    def _check(self, message: Message) -> Message:
+        """Check ``message`` against the window (nothing mutated; the count comes separately).
+
+        Returns ``message``, or a copy with its call ids as the window holds them (see
+        :meth:`resolve_tool_call_id`): a call reusing the id of an answered call is renamed ``id~n``, a
+        result quoting the id of a call so renamed gets the new id.
+        """
         self._check_identity(message)
         if message.role is Role.TOOL:
             pending = self._index.pending_calls
-            if message.tool_call_id not in pending:
-                listed = ", ".join(sorted(pending)) or "none pending"
-                raise ToolCallPairingError(
-                    "tool_call_id",
-                    message.tool_call_id,
-                    f"the id of an unanswered tool call in the window ({listed})",
-                )
+            call_id = message.tool_call_id
+            if call_id not in pending:
+                held = None if call_id is None else _renamed_from(call_id, pending)
+                if held is None:
+                    raise _no_call_error(call_id, pending, "in the window")
+                return dataclasses.replace(message, tool_call_id=held)
         elif message.tool_calls:
-            for call in message.tool_calls:
-                if self._index.has_call(call.id):
-                    raise ToolCallPairingError(
-                        "tool_calls[].id", call.id, "an id not used by another tool call in the window"
-                    )
+            index = self._index
+            if index.pending_calls or any(index.has_call(call.id) for call in message.tool_calls):
+                return _reassign_calls(message, index.pending_calls, index.has_call)
+        return message
+
+    def resolve_tool_call_id(self, call_id: str) -> str | None:
+        """The id under which the window holds the unanswered call a result quoting ``call_id`` answers.
+
+        ``call_id`` when that call is unanswered; else the newest unanswered call the window renamed from
+        it (``call_id~2``, ...: a server that numbers calls per response, ``call_0`` every turn, made
+        ``call_id`` again once the earlier call had its result); else ``None``.
+        """
+        pending = self._index.pending_calls
+        if call_id in pending:
+            return call_id
+        return _renamed_from(call_id, pending)
 
     def _check_identity(self, message: Message) -> None:
         """A Message, with an id new to the window and none of the window's own metadata keys."""
@@ -698,7 +778,9 @@ class ContextWindow:
 
         A tool result goes right after its call's unit (after messages added while the tools ran, it is
         placed before them). The window takes the message as it is (messages are immutable), or a copy if
-        another window with another counter counted it (each window caches its own count on its messages).
+        another window with another counter counted it (each window caches its own count on its messages),
+        or a copy with its call ids as the window holds them (a call made again as ``id~n``, a result
+        quoting ``id`` answering it: see the module docstring).
 
         Returns:
             The record of the compression this add triggered, or ``None``.
@@ -706,7 +788,8 @@ class ContextWindow:
         Raises:
             InvalidArgumentError: ``message`` is not a ``Message`` or its id is already in the window.
             InvalidMessageError: its metadata uses a key the window reserves for itself.
-            ToolCallPairingError: a tool message answers no unanswered call, or a call id is reused.
+            ToolCallPairingError: a tool message answers no unanswered call, or a call reuses the id of a
+                call still waiting for its result.
             ContextBudgetError: the message does not fit and compression is disabled, or protected
                 messages cannot fit in ``max_tokens``.
         """
@@ -742,8 +825,8 @@ class ContextWindow:
             # but its id
             if message.id in self._by_id:
                 raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
-        else:
-            self._check(message)
+        elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
+            return -1
         if len(message.content) > OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
             return -1
         tokens = self._counter.count_message(message)
@@ -789,7 +872,7 @@ class ContextWindow:
         finally:
             self._queued -= 1
         try:
-            self._check_batch(batch)
+            batch = self._check_batch(batch)
             if sum(len(message.content) for message in batch) > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
@@ -827,8 +910,7 @@ class ContextWindow:
         batch = list(messages)
         if not batch:
             return
-        self._check_batch(batch)
-        copies = [dataclasses.replace(message) for message in batch]
+        copies = [dataclasses.replace(message) for message in self._check_batch(batch)]
         for copy in copies:
             _set(copy, "token_count", self._counter.count_message(copy))
         if self._batch_fits([copy.token_count for copy in copies]):
@@ -863,11 +945,20 @@ class ContextWindow:
             )
         return False
 
-    def _check_batch(self, batch: list[Message]) -> None:
-        """Check a batch as consecutive adds would (nothing mutated)."""
-        pending = set(self._index.pending_calls)
+    def _check_batch(self, batch: list[Message]) -> list[Message]:
+        """Check a batch as consecutive adds would (nothing mutated); the batch as the window would hold it.
+
+        Call ids are reassigned as :meth:`_check` does, against the window and the batch before each message.
+        """
+        index = self._index
+        pending = dict(index.pending_calls)  # in order: a result answers the newest renamed call
         ids: set[str] = set()
-        calls: set[str] = set()
+        calls: set[str] = set()  # ids of the calls made in the batch, as the window will hold them
+
+        def taken(call_id: str) -> bool:
+            return call_id in calls or index.has_call(call_id)
+
+        checked: list[Message] = []
         for position, message in enumerate(batch):
             if not isinstance(message, Message):
                 raise InvalidArgumentError(f"messages[{position}]", message, "a Message (use Message.create)")
@@ -875,24 +966,25 @@ class ContextWindow:
                 raise InvalidArgumentError("message.id", message.id, "ids that differ within the batch")
             ids.add(message.id)
             if message.role is Role.TOOL:
-                if message.tool_call_id not in pending:
-                    listed = ", ".join(sorted(pending)) or "none pending"
-                    raise ToolCallPairingError(
-                        "tool_call_id",
-                        message.tool_call_id,
-                        f"the id of an unanswered tool call in the window or earlier in the batch ({listed})",
-                    )
-                pending.discard(message.tool_call_id)
+                call_id = message.tool_call_id
+                if call_id not in pending:
+                    held = None if call_id is None else _renamed_from(call_id, pending)
+                    if held is None:
+                        raise _no_call_error(call_id, pending, "in the window or earlier in the batch")
+                    call_id = held
                 self._check_identity(message)
-                continue
-            self._check(message)
-            for call in message.tool_calls:
-                if call.id in calls:
-                    raise ToolCallPairingError(
-                        "tool_calls[].id", call.id, "an id not used by another tool call in the window"
-                    )
-                calls.add(call.id)
-                pending.add(call.id)
+                if call_id != message.tool_call_id:
+                    message = dataclasses.replace(message, tool_call_id=call_id)
+                del pending[call_id]
+            else:
+                self._check_identity(message)
+                if message.tool_calls:
+                    message = _reassign_calls(message, pending, taken)
+                    for call in message.tool_calls:
+                        calls.add(call.id)
+                        pending[call.id] = message.id
+            checked.append(message)
+        return checked
 
     async def _add_queued(self, message: Message) -> CompressionRecord | None:
         # Counted while waiting, so an add arriving after the lock is released (but before the waiters
@@ -919,7 +1011,7 @@ class ContextWindow:
         self, message: Message, tokens: int | None = None
     ) -> tuple[CompressionRecord | None, asyncio.Task[None] | None]:
         if tokens is None:
-            self._check(message)
+            message = self._check(message)
             tokens = await self._count(message)  # the lock is held: nothing the check read can change
         total = self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS
         if total <= self._max_tokens:

@@ -994,14 +994,20 @@ class EnhancedContextManager:
         pending (a warning is logged). A call answered or evicted while its tool ran (by
         :meth:`cancel_tool_calls`, say) keeps that answer; its result is returned, not added.
 
+        Calls whose ids answered calls in the window already have (servers that number the calls of each
+        response, ``call_0`` every turn) are new calls: the window holds them as ``call_0~2`` (``~3`` ...)
+        and their results go with them; the returned results keep the ids given. Refused, as a step run
+        twice: the very calls (ids, names, arguments) of the newest assistant message, already answered.
+
         Args:
             calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
             content: Text of the assistant message, when it has to be added.
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
-            ToolCallPairingError: the calls were already answered, only part of them is pending, or
-                another ``execute_tool_calls`` is running some of them now (nothing runs twice).
+            ToolCallPairingError: the calls are those of the newest assistant message and already ran,
+                only part of them is pending, or another ``execute_tool_calls`` is running some of them
+                now (nothing runs twice).
             ContextBudgetError: the assistant message and the smallest answer of every call (a result
                 with no text) cannot fit: nothing runs, nothing changes.
             ConversationConflictError: the conversation is persisted and another manager changed it

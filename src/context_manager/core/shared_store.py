@@ -41,8 +41,9 @@ MEMORY_SETTINGS = (
     "embedder",
     "postgres_pool_size",
     "postgres_connect_timeout",
+    "postgres_statement_timeout",
 )
-"""The settings managers sharing one store must agree on (besides the location itself; the last two on
+"""The settings managers sharing one store must agree on (besides the location itself; the last three on
 PostgreSQL only)."""
 
 

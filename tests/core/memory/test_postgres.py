@@ -1182,6 +1182,99 @@ def test_every_spelling_of_a_password_is_redacted(dsn: str) -> None:
     assert redacted.endswith("app")
 
 
+async def test_a_statement_blocked_past_the_statement_timeout_fails_clearly_and_changes_nothing(
+    postgres_dsn: str,
+) -> None:
+    """A lock held by another session (a long transaction, an administrator's LOCK TABLE) used to hold an
+    add for as long as it lasted: the call now fails after postgres_statement_timeout, once (not retried
+    as a lost connection), and the manager works again when the lock is gone."""
+    import psycopg
+
+    timeout = 0.5
+    async with MemoryManager(postgres_config(postgres_dsn, postgres_statement_timeout=timeout)) as manager:
+        kept = await manager.add_memory("stored before the lock")
+        async with await psycopg.AsyncConnection.connect(postgres_dsn) as other:
+            await other.execute("LOCK TABLE cm_memories IN ACCESS EXCLUSIVE MODE")
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(StorageError, match=r"cancelled after 0\.5 s \(postgres_statement_timeout\)"):
+                await manager.add_memory("written while the table is locked")
+            waited = asyncio.get_running_loop().time() - started
+            assert waited < timeout + RETRY_DELAYS[0] + 3.0, f"retried or waited {waited:.1f} s"
+            await other.rollback()
+        stored = await manager.stored_copies()
+        assert [m.content for m in stored] == [kept.content]
+        after = await manager.add_memory("written after the lock")
+        assert [m.id for m in await manager.search_memory("written after", limit=1)] == [after.id]
+
+
+async def test_migrations_and_index_rebuilds_run_without_the_statement_timeout(postgres_dsn: str) -> None:
+    """A worker starting while another holds the migration lock waits for it (a migration of a large table
+    takes minutes), and rebuild_index() is not cut by the timeout either; the pool's statements still are."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import _MIGRATION_LOCK
+
+    config = postgres_config(postgres_dsn, postgres_statement_timeout=0.2)
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as other:
+        await other.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        opening = asyncio.create_task(MemoryManager(config).__aenter__())
+        await asyncio.sleep(0.8)  # four times the timeout
+        assert not opening.done()
+        await other.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+        manager = await asyncio.wait_for(opening, 30)
+    try:
+        await manager.add_memory("a memory to index again")
+        assert manager.backend is not None
+        database = manager.backend.database  # type: ignore[attr-defined]
+
+        async def slow(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute("SELECT pg_sleep(0.5)")
+
+        await database.run(slow, "a slow statement", unbounded=True)
+        with pytest.raises(StorageError, match="postgres_statement_timeout"):
+            await database.run(slow, "a slow statement")
+
+        async def timeout_of(connection: psycopg.AsyncConnection[Any]) -> str:
+            cursor = await connection.execute("SHOW statement_timeout")
+            row = await cursor.fetchone()
+            assert row is not None
+            return str(row[0])
+
+        for _ in range(3):  # every pooled connection is bounded again after an unbounded operation
+            assert await database.run(timeout_of, "show") == "200ms"
+        await manager.rebuild_index()
+    finally:
+        await manager.__aexit__(None, None, None)
+
+
+async def test_connections_get_keepalives_unless_the_dsn_sets_its_own(postgres_dsn: str) -> None:
+    """A server that vanished without closing the connection (a failover) is noticed by TCP within about
+    30 s instead of the kernel's 15 minutes; what the DSN says itself is kept."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import TCP_SETTINGS, PostgresDatabase
+
+    separator = "&" if "?" in postgres_dsn else "?"
+    for dsn, expected_idle in ((postgres_dsn, "10"), (f"{postgres_dsn}{separator}keepalives_idle=42", "42")):
+        database = PostgresDatabase(dsn, pool_size=1, statement_timeout=7.0)
+        await database.open()
+        try:
+
+            async def settings(connection: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+                cursor = await connection.execute("SHOW statement_timeout")
+                row = await cursor.fetchone()
+                assert row is not None
+                return {**connection.info.get_parameters(), "statement_timeout": str(row[0])}
+
+            found = await database.run(settings, "settings")
+        finally:
+            await database.close()
+        assert found["statement_timeout"] == "7s"
+        assert found["keepalives_idle"] == expected_idle
+        assert found["tcp_user_timeout"] == str(TCP_SETTINGS["tcp_user_timeout"])
+        assert found["keepalives_count"] == str(TCP_SETTINGS["keepalives_count"])
+
+
 async def test_a_database_without_pgvector_says_what_to_do_when_an_embedder_is_on() -> None:
     """An application role that may not create extensions, on a database where nobody enabled pgvector,
     with an embedder on (the default ``embedder="auto"`` once the embeddings extra is installed): opening

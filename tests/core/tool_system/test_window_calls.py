@@ -121,15 +121,21 @@ async def test_existing_assistant_message_is_reused(manager: EnhancedContextMana
     assert [m.role for m in manager.messages] == [Role.ASSISTANT, Role.TOOL]
 
 
-async def test_answered_or_partial_calls_are_rejected_without_change(manager: EnhancedContextManager) -> None:
+async def test_calls_just_run_or_partly_pending_are_rejected_without_change(
+    manager: EnhancedContextManager,
+) -> None:
     calls = [ToolCall(id="c1", name="add", arguments={"a": 1, "b": 1})]
     await manager.execute_tool_calls(calls)
     before = manager.messages
-    with pytest.raises(ToolCallPairingError, match=r"^calls: got \['c1'\]"):
+    # the calls of the newest assistant message, answered: a step run twice, never run again
+    with pytest.raises(ToolCallPairingError, match=r"^calls: got \['c1'\].*already ran"):
         await manager.execute_tool_calls(calls)
-    with pytest.raises(ToolCallPairingError):
-        second = ToolCall(id="c2", name="add", arguments={"a": 1, "b": 2})
-        await manager.execute_tool_calls([calls[0], second])
+    assert manager.messages == before
+    await manager.add_message("assistant", "", tool_calls=[ToolCall(id="c2", name="add", arguments={})])
+    before = manager.messages
+    with pytest.raises(ToolCallPairingError, match=r"^calls: got \['c2'\].*only part of them is pending"):
+        third = ToolCall(id="c3", name="add", arguments={"a": 1, "b": 2})
+        await manager.execute_tool_calls([ToolCall(id="c2", name="add", arguments={}), third])
     assert manager.messages == before
 
 

@@ -5,7 +5,10 @@
 1. the calls are parsed (OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall``);
    malformed batches (no id, repeated ids) raise before anything changes;
 2. the assistant message carrying the calls is put in the window unless it is already there (all the
-   calls pending), so a tool result never appears without its call;
+   calls pending), so a tool result never appears without its call. An id an answered call in the window
+   has (servers that number calls per response: ``call_0`` every turn) makes a new call, held as
+   ``call_0~2`` (see ``ContextWindow.resolve_tool_call_id``); the very calls of the newest assistant
+   message, already answered, are refused (a step run twice);
 3. the calls run concurrently through the :class:`~context_manager.core.tool_system.manager.ToolManager`
    (every check applies);
 4. one tool result message per call is added, in call order, right after the call (the window puts it
@@ -47,9 +50,10 @@ from context_manager.core.errors import (
     ContextBudgetError,
     ConversationConflictError,
     InvalidArgumentError,
+    NotFoundError,
     ToolCallPairingError,
 )
-from context_manager.core.messages import Message, ToolCall, json_copy
+from context_manager.core.messages import Message, Role, ToolCall, json_copy
 from context_manager.core.text import storable
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
@@ -145,83 +149,138 @@ async def execute_tool_calls_in_window(
             conversation's ``recover``: the window is put back to what storage holds).
 
     Returns:
-        The results, in call order (full output, never cut).
+        The results, in call order (full output, never cut), with the call ids given (the window may
+        hold a call made again as ``id~n``).
 
     Raises:
         InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
-        ToolCallPairingError: some calls are already in the window and answered, only part of them is
-            pending, or another call of this function is running some of them now (nothing changes,
-            nothing runs).
+        ToolCallPairingError: the calls are those of the newest assistant message (ids, names,
+            arguments) and already answered, only part of them is pending, a call reuses the id of a
+            call still waiting for its result, or another call of this function is running some of them
+            now (nothing changes, nothing runs).
         ContextBudgetError: the assistant message and the smallest answer of every call (a result with no
             text) cannot fit in the window (nothing runs, nothing changes). Once the tools ran, results
             are always returned (see the module docstring).
     """
     parsed = manager._parse_tool_calls(calls)
     ids = [item.call.id for item in parsed]
+    # the unanswered calls they are in the window (a call reusing an answered call's id is held as id~n)
+    held = [window.resolve_tool_call_id(call_id) for call_id in ids]
     running = _RUNNING.setdefault(window, set())
-    already = [call_id for call_id in ids if call_id in running]
+    already = [
+        call_id
+        for call_id, window_id in zip(ids, held, strict=True)
+        if call_id in running or (window_id is not None and window_id in running)
+    ]
     if already:  # another execute_tool_calls runs them now: running them again would do everything twice
         raise ToolCallPairingError(
             "calls", already, "calls not already running (another execute_tool_calls is running them)"
         )
-    pending = window.pending_tool_calls
     assistant: Message | None = None
-    if not all(call_id in pending for call_id in ids):
-        present = {call.id for message in window.messages for call in message.tool_calls}
-        clashing = [call_id for call_id in ids if call_id in present]
-        if clashing:
+    if not all(window_id is not None for window_id in held):
+        partly = [call_id for call_id, window_id in zip(ids, held, strict=True) if window_id is not None]
+        if partly:
             raise ToolCallPairingError(
                 "calls",
-                clashing,
-                "calls that are all unanswered in the window, or all new (answered calls cannot run again)",
+                partly,
+                "calls that are all unanswered in the window, or all new (only part of them is pending)",
             )
         # the window (and so memory and exports) gets the calls with sensitive arguments redacted
-        shown: list[ToolCall | dict[str, Any]] = [
+        shown = [
             ToolCall(
                 item.call.id, item.call.name, manager.redact_arguments(item.call.name, item.call.arguments)
             )
             for item in parsed
         ]
-        assistant = Message.create("assistant", content, tool_calls=shown)
+        _refuse_rerun(window, shown)
+        assistant = Message.create("assistant", content, tool_calls=list(shown))
     # Once the tools ran their results must find room: check it before anything runs or is added, with the
     # smallest answer every call can get (a result with no text)
     smallest = [_answer_message(item.call.id, "", {"omitted": True}) for item in parsed]
     window.check_fits(smallest if assistant is None else [assistant, *smallest])
-    running.update(ids)
+    claimed = {*ids, *(window_id for window_id in held if window_id is not None)}
+    running.update(claimed)
     try:
         return await _run_and_answer(
-            manager, window, parsed, assistant, caller_key, on_truncated, store, recover
+            manager, window, parsed, held, assistant, caller_key, on_truncated, store, recover, claimed
         )
     finally:
-        running.difference_update(ids)
+        running.difference_update(claimed)
+
+
+def _refuse_rerun(window: ContextWindow, calls: list[ToolCall]) -> None:
+    """Refuse calls that are those of the newest assistant message, already answered: a step run twice.
+
+    A server numbering calls per response makes ids again (the window then holds the new calls as
+    ``id~n``), so an answered id alone does not mean the calls ran; the same calls (ids, names, arguments)
+    as the newest assistant message, with only their results after it, do (a retried agent step).
+
+    Raises:
+        ToolCallPairingError: they are (nothing changes).
+    """
+    for message in reversed(window.messages):
+        if message.role is Role.TOOL:
+            continue
+        made = message.tool_calls
+        if len(made) != len(calls) or not all(
+            _same_call(earlier, call) for earlier, call in zip(made, calls, strict=True)
+        ):
+            return
+        raise ToolCallPairingError(
+            "calls",
+            [call.id for call in calls],
+            "calls other than those of the newest assistant message, which already ran and have their "
+            "results (the same ids, names and arguments: a step run twice?); if the model did make them "
+            "again, add its message with add_message('assistant', ..., tool_calls=...) first: "
+            "execute_tool_calls then runs the calls pending",
+        )
+
+
+def _same_call(earlier: ToolCall, call: ToolCall) -> bool:
+    """Whether ``earlier`` (as the window holds it, maybe renamed ``id~n``) is ``call`` made again."""
+    if earlier.name != call.name or earlier.arguments != call.arguments:
+        return False
+    held, made = earlier.id, call.id
+    return held == made or (held.startswith(made + "~") and held[len(made) + 1 :].isdigit())
 
 
 async def _run_and_answer(
     manager: ToolManager,
     window: ContextWindow,
     parsed: list[ParsedToolCall],
+    held: list[str | None],
     assistant: Message | None,
     caller_key: str | None,
     on_truncated: TruncationCallback | None,
     store: Callable[[], Awaitable[None]] | None,
     recover: Callable[[ConversationConflictError], Awaitable[None]] | None,
+    claimed: set[str],
 ) -> list[ToolResult]:
-    """Add the assistant message (if new), run the calls and add their answers (see the caller)."""
+    """Add the assistant message (if new), run the calls and add their answers (see the caller).
+
+    The ids the window holds new calls under join ``claimed`` and the window's running ids.
+    """
     if assistant is not None:
         await window.add(assistant)
+        # the ids the window holds the calls under (one reusing an answered call's id is renamed id~n)
+        try:
+            held = [call.id for call in window.get(assistant.id).tool_calls]
+        except NotFoundError:  # evicted meanwhile (cancelled, then compressed): the results are not added
+            held = [None] * len(parsed)
+        renamed = {window_id for window_id in held if window_id is not None}
+        claimed.update(renamed)
+        _RUNNING.setdefault(window, set()).update(renamed)
     if store is not None:
         await store()
 
-    # the tools get copies of the arguments: one changing a list or an object it was given (sorting it in
-    # place, popping a key) must not rewrite the calls the window holds, which are what the model asked for
     results = await manager._run_parsed_calls(
         [_with_own_arguments(item) for item in parsed], caller_key=caller_key
     )
 
     answers: list[_Answer] = []
-    for item, result in zip(parsed, results, strict=True):
+    for item, result, window_id in zip(parsed, results, held, strict=True):
         call = item.call
-        if call.id not in window.pending_tool_calls:
+        if window_id is None or window_id not in window.pending_tool_calls:
             # compression evicted the whole unit (assistant message and earlier results) meanwhile, or the
             # call was cancelled: a result without its call (or a second one) must not enter the window
             logger.debug("tool call %s was answered or evicted before its result; result not added", call.id)
@@ -233,7 +292,7 @@ async def _run_and_answer(
         if total is not None:
             metadata["truncated"] = True
             metadata["original_tokens"] = total
-        answers.append(_Answer(call, result, full_text, text, metadata, total))
+        answers.append(_Answer(call, window_id, result, full_text, text, metadata, total))
 
     if store is None:
         answers, stored = await _add_answers(window, answers)
@@ -245,7 +304,7 @@ async def _run_and_answer(
         logger.warning(
             "the results of tool calls %s do not fit in the window (protected messages added while the tools "
             "ran fill it); returned but not added, the calls stay pending",
-            ", ".join(answer.call.id for answer in answers),
+            ", ".join(answer.window_id for answer in answers),
         )
     if on_truncated is not None:
         for answer in answers:
@@ -285,7 +344,9 @@ class _Answer:
     """One call's result on its way into the window."""
 
     call: ToolCall
-    """The call it answers."""
+    """The call it answers, as given (its id as the model made it)."""
+    window_id: str
+    """The id the window holds the call under (``call.id``, or ``call.id~n`` when the id was made again)."""
     result: ToolResult
     """What the tool returned (returned to the caller as it is)."""
     full_text: str
@@ -302,9 +363,9 @@ class _Answer:
     def message(self) -> Message:
         """The tool message at the current level."""
         if self.level == _WHOLE:
-            return _answer_message(self.call.id, self.text, self.metadata)
+            return _answer_message(self.window_id, self.text, self.metadata)
         content = OMITTED_CONTENT if self.level == _OMITTED_TEXT else ""
-        return _answer_message(self.call.id, content, {**self.metadata, "omitted": True})
+        return _answer_message(self.window_id, content, {**self.metadata, "omitted": True})
 
     def shrink(self) -> None:
         """Go to the next smaller level (straight to no text when the text is not longer than the marker)."""
@@ -341,13 +402,13 @@ async def _add_and_store_answers(
                 logger.warning(
                     "the results of tool calls %s were refused %d times by other writers' changes (%s); "
                     "returned but not added, the calls stay pending",
-                    ", ".join(answer.call.id for answer in answers),
+                    ", ".join(answer.window_id for answer in answers),
                     _STORE_ATTEMPTS,
                     error,
                 )
                 return answers, False
             pending = window.pending_tool_calls
-            answers = [answer for answer in answers if answer.call.id in pending]
+            answers = [answer for answer in answers if answer.window_id in pending]
             if not answers:
                 return answers, True  # answered or gone meanwhile: nothing left to add
         else:
@@ -371,13 +432,13 @@ async def _add_answers(window: ContextWindow, answers: list[_Answer]) -> tuple[l
             await window.extend([answer.message() for answer in answers])
         except ToolCallPairingError:
             pending = window.pending_tool_calls
-            still = [answer for answer in answers if answer.call.id in pending]
+            still = [answer for answer in answers if answer.window_id in pending]
             if len(still) == len(answers):
                 raise
             for answer in answers:
-                if answer.call.id not in pending:
+                if answer.window_id not in pending:
                     logger.debug(
-                        "tool call %s was answered or evicted meanwhile; result not added", answer.call.id
+                        "tool call %s was answered or evicted meanwhile; result not added", answer.window_id
                     )
             answers = still
         except ContextBudgetError:
@@ -419,7 +480,8 @@ async def cancel_tool_calls_in_window(
 
     Args:
         window: Holds the calls; receives one tool result message per call, added as one batch.
-        call_ids: The calls to answer; None for every pending call.
+        call_ids: The calls to answer (the ids the window holds them under, or the ids the model made:
+            ``call_0`` names the newest pending ``call_0~n``); None for every pending call.
         reason: The failed results' ``error``: the text the model reads in each result.
 
     Returns:
@@ -443,6 +505,8 @@ async def cancel_tool_calls_in_window(
         if not all(isinstance(call_id, str) for call_id in wanted):
             raise InvalidArgumentError("call_ids", call_ids, "a list of tool call ids (strings)")
         by_id = {call.id: call for call in calls}
+        # an id made again (held as id~n, see ContextWindow.resolve_tool_call_id) names its newest call
+        wanted = [window.resolve_tool_call_id(call_id) or call_id for call_id in wanted]
         missing = sorted({call_id for call_id in wanted if call_id not in by_id})
         if missing:
             listed = ", ".join(sorted(by_id)) or "none pending"

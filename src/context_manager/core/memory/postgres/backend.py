@@ -306,6 +306,7 @@ class PostgresBackend:
             config.postgres_dsn.get_secret_value(),
             pool_size=config.postgres_pool_size,
             connect_timeout=config.postgres_connect_timeout,
+            statement_timeout=config.postgres_statement_timeout,
         )
         return cls(database, weights=weights)
 
@@ -965,11 +966,13 @@ class PostgresBackend:
             await self._execute("ANALYZE cm_memories")
             self._statistics_read_at = -math.inf
 
-    async def _execute(self, sql: str, parameters: Sequence[Any] = ()) -> None:
+    async def _execute(self, sql: str, parameters: Sequence[Any] = (), *, unbounded: bool = False) -> None:
+        """Run one statement (``unbounded``: without the statement timeout, for index builds and rewrites)."""
+
         async def run(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(sql, parameters)
 
-        await self.database.run(run, "statement")
+        await self.database.run(run, "statement", unbounded=unbounded)
 
     def _document_frequency(self, lexemes: tuple[str, ...], rows: float) -> int:
         if not lexemes:
@@ -1166,7 +1169,7 @@ class PostgresBackend:
             yield
             return
         try:
-            await self._execute(f"DROP INDEX IF EXISTS {hnsw_index_name(dimension)}")
+            await self._execute(f"DROP INDEX IF EXISTS {hnsw_index_name(dimension)}", unbounded=True)
         except StorageError as error:  # not the index's owner, say: written through the index then
             logger.info("vectors written with their index kept: %s", error)
             yield
@@ -1175,9 +1178,9 @@ class PostgresBackend:
             yield
         except Exception:
             with contextlib.suppress(Exception):
-                await self._execute(hnsw_index_statement(dimension))
+                await self._execute(hnsw_index_statement(dimension), unbounded=True)
             raise
-        await self._execute(hnsw_index_statement(dimension))
+        await self._execute(hnsw_index_statement(dimension), unbounded=True)
 
     async def delete_vectors(self, ids: Sequence[str]) -> None:
         """Forget the vectors of ``ids``."""
@@ -1375,8 +1378,8 @@ class PostgresBackend:
 
     async def rebuild_index(self) -> dict[str, int]:
         """Compute every search vector again from its row, rebuild the indexes, count rows per tier."""
-        await self._execute("UPDATE cm_memories SET search = NULL")  # the trigger computes it
-        await self._execute("REINDEX TABLE cm_memories")
+        await self._execute("UPDATE cm_memories SET search = NULL", unbounded=True)  # the trigger computes it
+        await self._execute("REINDEX TABLE cm_memories", unbounded=True)
         rows = await self._fetch("SELECT tier, count(*) FROM cm_memories GROUP BY tier", (), "count")
         counts = {tier.value: 0 for tier in MemoryTier}
         counts.update({tier: int(count) for tier, count in rows})

@@ -38,6 +38,15 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 # database-wide: two memories in two schemas of one database must not take each other's turns)
 _LOCK_KEY = "hashtext(%s || '@' || current_schema())"
 _MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
+TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq settings of every connection unless the DSN gives its own: a silent peer is probed after 10 s idle,
+given up after three unanswered probes 5 s apart, and data unacknowledged for 30 s drops the connection."""
 LOCK_CONNECTIONS = 3
 """Connections besides the pool that hold cross-process advisory locks (a consolidation, an overflow move,
 the numbering of a chunk of conversation turns)."""
@@ -72,15 +81,32 @@ class PostgresDatabase:
             ``options=-csearch_path=...`` picks the schema the tables live in.
         pool_size: Most connections this process opens.
         connect_timeout: Seconds to wait for a connection before giving up.
+        statement_timeout: Seconds a statement of the pool may run (or wait for a lock) before the server
+            cancels it (its ``statement_timeout``, set on each new connection); ``None`` leaves the server's
+            own. :meth:`migrate`, :meth:`create_if_missing` and ``run(..., unbounded=True)`` run without it.
+
+    Connections also get TCP keepalives and a TCP user timeout (:data:`TCP_SETTINGS`) unless the DSN sets
+    them: a server that vanished without closing the connection (a failover, a network cut) is found
+    within about 30 s and the call retried on a fresh connection, instead of waiting for the kernel's own
+    retransmission timeout (about 15 minutes on Linux).
     """
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+    ) -> None:
         self.dsn = dsn
         """The connection string (with its password: never log it; see :attr:`location`)."""
         self.pool_size = pool_size
         """Most connections of the pool."""
         self.connect_timeout = connect_timeout
         """Seconds to wait for a connection."""
+        self.statement_timeout = statement_timeout
+        """Seconds a pooled statement may run, or ``None`` (the server's setting)."""
         self._pool: AsyncConnectionPool | None = None
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
@@ -109,7 +135,8 @@ class PostgresDatabase:
             max_size=self.pool_size,
             open=False,
             timeout=self.connect_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+            kwargs=self._connection_settings(psycopg),
+            configure=self._configure if self.statement_timeout is not None else None,
             name="context-manager",
         )
         try:
@@ -121,6 +148,26 @@ class PostgresDatabase:
                 "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
             ) from None
         self._pool = pool
+
+    def _connection_settings(self, psycopg: Any) -> dict[str, Any]:
+        """Keyword arguments of every connection: autocommit, the connect timeout, :data:`TCP_SETTINGS`.
+
+        A setting the DSN gives itself is left to the DSN (keyword arguments would override it).
+        """
+        given = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        settings: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in given:
+            settings["connect_timeout"] = max(1, round(self.connect_timeout))
+        settings.update((key, value) for key, value in TCP_SETTINGS.items() if key not in given)
+        if psycopg.pq.version() < 120000:  # libpq before 12 refuses the connection over an unknown setting
+            settings.pop("tcp_user_timeout", None)
+        return settings
+
+    async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        """Set the statement timeout of a new pooled connection (the pool calls this once per connection)."""
+        await connection.execute(
+            "SELECT set_config('statement_timeout', %s, false)", (_milliseconds(self.statement_timeout),)
+        )
 
     def _check_dsn(self, psycopg: Any) -> None:
         """Refuse a connection string libpq cannot parse, at once and without showing its password.
@@ -164,7 +211,7 @@ class PostgresDatabase:
                         max_idle=60.0,
                         open=False,
                         timeout=self.connect_timeout,
-                        kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+                        kwargs=self._connection_settings(self._psycopg),
                         name="context-manager-locks",
                     )
                     await lock_pool.open(wait=False)
@@ -268,6 +315,16 @@ class PostgresDatabase:
             f"{len(RETRY_DELAYS) + 1} attempts: {_describe(last)}"
         )
 
+    def _cancelled(self, error: BaseException) -> str:
+        """Why the server cancelled a statement (for a StorageError)."""
+        if self.statement_timeout is not None and "statement timeout" in str(error):
+            return (
+                f"was cancelled after {self.statement_timeout:g} s (postgres_statement_timeout): the server "
+                "was overloaded, or another session held a lock it needed; raise postgres_statement_timeout "
+                "if such statements are expected to take longer"
+            )
+        return f"was cancelled by the server: {_describe(error)}"
+
     def _no_connection(self, error: BaseException) -> str:
         """Why a call found no connection within :attr:`connect_timeout` (for a StorageError)."""
         return (
@@ -275,14 +332,24 @@ class PostgresDatabase:
             f"down or cannot be reached, or every connection of the pool stayed busy ({_describe(error)})"
         )
 
-    async def run(self, operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], what: str) -> _T:
+    async def run(
+        self,
+        operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]],
+        what: str,
+        *,
+        unbounded: bool = False,
+    ) -> _T:
         """Run ``operation`` with a pooled connection, retrying on a lost connection (bounded).
 
         ``operation`` must be idempotent: it may run again after a commit whose acknowledgement was lost.
+        ``unbounded``: its statements run without :attr:`statement_timeout` (migrations, index builds).
 
         Raises:
-            StorageError: the server could not be reached (after the retries) or refused the statement.
+            StorageError: the server could not be reached (after the retries), refused the statement, or
+                cancelled it after :attr:`statement_timeout` (not retried: it would wait as long again).
         """
+        if unbounded and self.statement_timeout is not None:
+            operation = _without_timeout(operation, self.statement_timeout)
         psycopg = self._psycopg
         last: BaseException | None = None
         for attempt in range(len(RETRY_DELAYS) + 1):
@@ -295,6 +362,10 @@ class PostgresDatabase:
             except psycopg.errors.ProgramLimitExceeded as error:  # too large for the server: so it stays
                 raise StorageError(
                     f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
+                ) from None
+            except psycopg.errors.QueryCanceled as error:  # an OperationalError, but not a lost connection
+                raise StorageError(
+                    f"PostgreSQL at {self.location}: {what} {self._cancelled(error)}"
                 ) from None
             except (psycopg.OperationalError, psycopg.errors.TransactionRollback) as error:
                 if type(error).__name__ == "PoolTimeout":  # psycopg_pool's, an OperationalError
@@ -366,7 +437,7 @@ class PostgresDatabase:
             finally:
                 await connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
 
-        applied = await self.run(apply, "migration")
+        applied = await self.run(apply, "migration", unbounded=True)
         if applied:
             logger.info("PostgreSQL schema at %s migrated: %s", self.location, ", ".join(applied))
         return applied
@@ -384,7 +455,7 @@ class PostgresDatabase:
                 await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 await connection.execute(statement)
 
-        await self.run(create, what)
+        await self.run(create, what, unbounded=True)
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting requests ...), for health reports."""
@@ -398,6 +469,31 @@ async def _release(connection: psycopg.AsyncConnection[Any], held: Sequence[str]
     for key in reversed(held):
         with contextlib.suppress(Exception):
             await connection.execute("SELECT pg_advisory_unlock(" + _LOCK_KEY + ")", (key,))
+
+
+def _milliseconds(seconds: float | None) -> str:
+    """A ``statement_timeout`` value: whole milliseconds (at least 1), or ``"0"`` (no limit) for ``None``."""
+    return "0" if seconds is None else f"{max(1, round(seconds * 1000))}ms"
+
+
+def _without_timeout(
+    operation: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], statement_timeout: float
+) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]:
+    """``operation`` run with the connection's statement timeout lifted, and set back after it."""
+
+    async def unbounded(connection: psycopg.AsyncConnection[Any]) -> _T:
+        await connection.execute("SELECT set_config('statement_timeout', '0', false)")
+        try:
+            return await operation(connection)
+        finally:
+            # a connection lost meanwhile is discarded by the pool; one in a failed transaction is rolled
+            # back by the pool, which keeps session settings: set it back either way
+            with contextlib.suppress(Exception):
+                await connection.execute(
+                    "SELECT set_config('statement_timeout', %s, false)", (_milliseconds(statement_timeout),)
+                )
+
+    return unbounded
 
 
 def _describe(error: BaseException | None) -> str:
