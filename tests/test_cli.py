@@ -858,6 +858,25 @@ def run_cli(
     )
 
 
+def test_python_dash_m_on_the_package_runs_the_command_line() -> None:
+    """``python -m context_manager``, what a newcomer without the script on PATH tries first, said
+    "'context_manager' is a package and cannot be directly executed"; it is the command line now."""
+    version = subprocess.run(
+        [sys.executable, "-m", "context_manager", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.startswith("context-manager 0.")
+    counted = subprocess.run(
+        [sys.executable, "-m", "context_manager", "--json", "tokens", "-"],
+        input="count me exactly",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)["tokens"] == count_tokens("count me exactly")
+
+
 def test_installed_script_and_module_agree(store: Path) -> None:
     assert Path(sys.executable).with_name("context-manager").exists(), "pip install -e . installs the script"
     counted = run_cli("--json", "tokens", "-", input="count me exactly", script=True)
