@@ -886,6 +886,8 @@ def test_python_dash_m_context_manager_runs_the_command(store: Path) -> None:
     assert json.loads(counted.stdout)["tokens"] == count_tokens("count me")
     usage = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "python -m context_manager" in usage.stdout
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("context-manager 0."), version.stderr
 
 
 def test_subprocess_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path, store: Path) -> None:

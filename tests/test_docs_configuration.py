@@ -124,3 +124,35 @@ def test_the_command_line_names_a_misspelled_variable_once() -> None:
         "warning: environment variable PYTHON_CONTEXT_MANAGER_EMBEDER is not a configuration option and is "
         "ignored; did you mean PYTHON_CONTEXT_MANAGER_EMBEDDER?\n"
     )
+
+
+async def test_the_long_term_capacity_is_a_soft_limit_and_the_docs_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``long_term_memory_size`` read as a cap ("Long-term memory capacity"), but nothing is ever dropped
+    to honour it: the tier grows past it, with one warning. A newcomer sizing a store must know that."""
+    import logging
+
+    from context_manager import ContextManagerConfig, MemoryManager
+
+    config = ContextManagerConfig(
+        storage_path=tmp_path, short_term_memory_size=2, medium_term_memory_size=2, long_term_memory_size=3
+    )
+    with caplog.at_level(logging.WARNING, logger="context_manager"):
+        async with MemoryManager(config) as memory:
+            for number in range(10):
+                await memory.add_memory(f"fact number {number} about the lighthouse")
+            await memory.flush()
+            stats = await memory.get_memory_stats()
+    assert (
+        stats["total_memories"] == 10 and stats["by_tier"]["long"] > 3 and stats["over_capacity"] == ["long"]
+    )
+    warnings = [
+        record.getMessage() for record in caplog.records if "over its capacity" in record.getMessage()
+    ]
+    assert len(warnings) == 1 and "nothing is dropped" in warnings[0]
+
+    description = ContextManagerConfig.model_fields["long_term_memory_size"].description or ""
+    assert "soft limit" in description and "nothing is dropped" in description
+    memory_page = " ".join((ROOT / "docs" / "memory.md").read_text(encoding="utf-8").split())
+    assert "`long_term_memory_size` is a soft limit" in memory_page

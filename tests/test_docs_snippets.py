@@ -631,3 +631,86 @@ def test_a_wrong_command_line_is_caught() -> None:
     ):
         with pytest.raises(Exception, match="No such|Invalid value|not one of|Missing"):
             parse_command_line(line, complete=True)
+
+
+# ------------------------------------------------------------------ where files go, and starting over
+
+
+def section(path: Path, heading: str) -> str:
+    """The text of ``path`` under ``heading`` (a ``## `` line), up to the next ``## `` heading."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_the_files_the_configuration_page_lists_are_the_files_a_store_writes() -> None:
+    """docs/configuration.md lists every file the embedded store writes under ``storage_path``, for a
+    newcomer who wants to know where the quick start's memory went and what ``rm -rf ./cache`` deletes."""
+    listed = set(
+        re.findall(
+            r"^\| `([^`]+)` \|",
+            section(ROOT / "docs" / "configuration.md", "Where files are written, and starting over"),
+            re.MULTILINE,
+        )
+    )
+
+    async def use_everything() -> None:
+        from context_manager import ContextManagerConfig, EnhancedContextManager
+
+        config = ContextManagerConfig(max_tokens=200)  # the defaults: ./cache/storage
+        async with EnhancedContextManager(config, conversation_id="ticket-1") as manager:
+            await manager.memory_manager.add_memory("The customer is Ana", importance=0.9)
+            for turn in range(20):  # compressions: evicted messages go to memory
+                await manager.add_message("user", f"Question {turn} about the delivery address?")
+
+    asyncio.run(use_everything())
+    written = {path.name for path in Path("cache", "storage").iterdir()}
+    assert {path.name for path in Path().iterdir()} == {"cache"}  # the working directory of the test
+    assert {path.name for path in Path("cache").iterdir()} == {"storage"}
+    assert written == listed, (written, listed)
+
+
+def test_the_postgres_reset_drops_every_object_the_backend_creates(postgres_dsn: str) -> None:
+    """The SQL of docs/postgres.md "Starting over" leaves nothing of the library in the schema, and the
+    next manager starts with an empty memory and no conversation."""
+    import psycopg
+
+    from context_manager import ContextManagerConfig, EnhancedContextManager
+    from context_manager.testing import HashingEmbedder
+
+    [reset] = re.findall(r"```sql\n(.*?)```", section(ROOT / "docs" / "postgres.md", "Starting over"), re.S)
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, max_tokens=200)
+    options: dict[str, Any] = {"conversation_id": "c-1", "embedder": HashingEmbedder()}
+
+    async def fill() -> None:
+        async with EnhancedContextManager(config, **options) as manager:
+            await manager.memory_manager.add_memory("The staging database is in Lisbon", importance=0.9)
+            for turn in range(20):
+                await manager.add_message("user", f"Question {turn} about the staging database?")
+
+    async def reopen() -> tuple[int, list[dict[str, Any]], int]:
+        async with EnhancedContextManager(config, **options) as manager:
+            stats = await manager.memory_manager.get_memory_stats()
+            state = (stats["total_memories"], await manager.list_conversations(), len(manager.messages))
+            await manager.add_message("user", "A new start")
+            assert await manager.search_memory("staging database") == []
+            return state
+
+    def library_objects() -> list[str]:
+        with psycopg.connect(postgres_dsn) as connection:
+            rows = connection.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() UNION ALL "
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = current_schema()"
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
+    asyncio.run(fill())
+    before = library_objects()
+    assert {"cm_memories", "cm_memory_vectors", "cm_conversations", "cm_memories_search"} <= set(before)
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(reset)
+    assert library_objects() == [], "the reset leaves objects of the library behind"
+    assert asyncio.run(reopen()) == (0, [], 0)

@@ -106,7 +106,14 @@ class ContextManagerConfig(BaseSettings):
     # Memory settings
     short_term_memory_size: int = Field(1000, gt=0, description="Short-term memory capacity (memories).")
     medium_term_memory_size: int = Field(2000, gt=0, description="Medium-term memory capacity (memories).")
-    long_term_memory_size: int = Field(5000, gt=0, description="Long-term memory capacity (memories).")
+    long_term_memory_size: int = Field(
+        5000,
+        gt=0,
+        description=(
+            "Long-term memory capacity (memories): a soft limit; past it a warning is logged and nothing is "
+            "dropped (cleanup_old_memories() or delete_memory() remove memories)."
+        ),
+    )
     long_term_importance_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="Memories at least this important are also written to long-term."
     )

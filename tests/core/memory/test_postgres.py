@@ -1273,3 +1273,43 @@ async def test_connections_get_keepalives_unless_the_dsn_sets_its_own(postgres_d
         assert found["keepalives_idle"] == expected_idle
         assert found["tcp_user_timeout"] == str(TCP_SETTINGS["tcp_user_timeout"])
         assert found["keepalives_count"] == str(TCP_SETTINGS["keepalives_count"])
+
+
+async def test_a_database_without_pgvector_says_what_to_do_when_an_embedder_is_on() -> None:
+    """An application role that may not create extensions, on a database where nobody enabled pgvector,
+    with an embedder on (the default ``embedder="auto"`` once the embeddings extra is installed): opening
+    the memory raised ``migration failed: InsufficientPrivilege: permission denied to create extension
+    "vector"``, naming neither the cause nor a remedy. The error now says both; without an embedder the
+    same database works."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from context_manager.core.memory.embeddings import HashingEmbedder
+    from tests.postgres_support import server_dsn
+
+    base = server_dsn()
+    name = f"cm_novector_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(base, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'app'")
+            connection.execute(f"CREATE DATABASE {name} OWNER {name}")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test server does not let this test create a role and a database")
+    try:
+        config = postgres_config(make_conninfo(base, user=name, password="app", dbname=name))
+        with pytest.raises(StorageError) as raised:
+            async with MemoryManager(config, embedder=HashingEmbedder(dimension=32)):
+                pass
+        message = str(raised.value)
+        assert 'permission denied to create extension "vector"' in message  # what the server said
+        assert "needs the pgvector extension" in message and "CREATE EXTENSION vector" in message
+        assert "embedder='none'" in message and "PYTHON_CONTEXT_MANAGER_EMBEDDER=none" in message
+        async with MemoryManager(config) as memory:  # lexical search only: no extension needed
+            await memory.add_memory("the lighthouse keeper's log")
+            assert len(await memory.search_memory("lighthouse")) == 1
+    finally:
+        with psycopg.connect(base, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connection.execute(f"DROP ROLE IF EXISTS {name}")

@@ -1075,7 +1075,21 @@ class PostgresBackend:
 
     async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
         """Create the vector table and its HNSW index (pgvector); return the memories without a vector."""
-        await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
+        try:
+            await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
+        except StorageError as error:
+            if 'extension "vector"' not in str(error) or await self._has_vector_extension():
+                raise
+            # the server's words (permission denied, extension not available) say what failed, not why
+            # the library wanted it nor what to do: a default embedder turns the vector channel on
+            raise StorageError(
+                f"{error}. The vector channel of memory search (an embedder: the default "
+                "embedder='auto' uses MiniLM once the embeddings extra is installed) needs the pgvector "
+                "extension in this database; have an administrator run 'CREATE EXTENSION vector' in it "
+                "(docs/postgres.md), or search lexically only with embedder='none' "
+                "(PYTHON_CONTEXT_MANAGER_EMBEDDER=none)",
+                path=error.path,
+            ) from error
         # workers starting together: each would create the index; they take turns under the lock
         await self.database.create_if_missing(hnsw_index_statement(dimension), "vector index")
         self._vector_model, self._vector_dimension = model, dimension
@@ -1089,6 +1103,14 @@ class PostgresBackend:
         )
         await self._refresh_vector_count()
         return missing
+
+    async def _has_vector_extension(self) -> bool:
+        """Whether pgvector is enabled in the database (True when that cannot be read either)."""
+        try:
+            rows = await self._fetch("SELECT 1 FROM pg_extension WHERE extname = 'vector'", (), "extension")
+        except StorageError:
+            return True  # the server cannot say: keep the error it gave
+        return bool(rows)
 
     async def _refresh_vector_count(self) -> None:
         rows = await self._fetch(
