@@ -138,6 +138,8 @@ def test_every_public_member_of_the_async_manager_has_a_blocking_form_with_the_s
     assert {"add_message", "search_memory", "get_context", "messages", "memory_manager", "config"} <= set(
         checked
     )
+    # and nothing else public but the facade's own
+    assert set(facade) - set(checked) == {"call", "close", "manager"}
     # the lifecycle's context manager protocol
     assert hasattr(SyncContextManager, "__enter__") and hasattr(SyncContextManager, "__exit__")
 

@@ -304,7 +304,8 @@ class SyncContextManager:
 
         For what has no blocking method here: the memory manager's and tool manager's methods, say
         ``manager.call(manager.memory_manager.add_memory, "Ana is vegetarian", user_id="ana")`` or
-        ``manager.call(manager.tool_manager.register_function_tool, lookup_order)``.
+        ``manager.call(manager.tool_manager.register_function_tool, "lookup_order", lookup_order)``. A
+        plain function runs on the loop's thread itself: keep it short, it holds up every other call.
 
         Raises:
             LifecycleError: see the class.
