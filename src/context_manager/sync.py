@@ -22,7 +22,9 @@ Rules of the facade:
   methods document);
 * a ``KeyboardInterrupt`` while a call waits cancels that call on the loop, then is raised;
 * managers still open when the interpreter exits are cleaned up then (at most
-  :data:`EXIT_CLEANUP_TIMEOUT` seconds), so what compression evicted reaches memory;
+  :data:`EXIT_CLEANUP_TIMEOUT` seconds), so what compression evicted reaches memory: as the main thread
+  ends, before other threads are joined and ``concurrent.futures`` stops the thread pools storage
+  needs (join the threads still using a manager before the main thread returns);
 * a manager made before ``os.fork()`` is refused in the child (``LifecycleError``): make new ones there.
 """
 
