@@ -19,7 +19,14 @@ TYPED_CALLER = '''\
 import asyncio
 from typing import Any, assert_type
 
-from context_manager import ContextManagerConfig, EnhancedContextManager, ToolResult
+from context_manager import (
+    ContextManagerConfig,
+    EnhancedContextManager,
+    Memory,
+    SyncContextManager,
+    ToolDefinition,
+    ToolResult,
+)
 
 
 async def main() -> None:
@@ -41,12 +48,30 @@ async def main() -> None:
         print(first_role, len(turns), either)
 
 
+def lookup_order(order_id: str) -> str:
+    return f"order {order_id} shipped"
+
+
+def blocking() -> None:
+    with SyncContextManager(ContextManagerConfig(max_tokens=1000)) as manager:
+        assert_type(manager, SyncContextManager)
+        assert_type(manager.add_message("user", "Where is order 1042?"), bool)
+        assert_type(manager.get_context(), list[dict[str, Any]])
+        assert_type(manager.get_context(format="anthropic"), dict[str, Any])
+        assert_type(manager.execute_tool("lookup_order", order_id="1042"), ToolResult)
+        assert_type(manager.call(lookup_order, "1042"), str)
+        tools = manager.tool_manager
+        assert_type(manager.call(tools.register_function_tool, "lookup", lookup_order), ToolDefinition)
+        assert_type(manager.call(manager.manager.search_memory, "order"), list[Memory])
+
+
 asyncio.run(main())
+blocking()
 '''
 
 # The same calls used the wrong way round: mypy must report each of these lines.
 MISTYPED_CALLER = '''\
-from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager import ContextManagerConfig, EnhancedContextManager, SyncContextManager
 
 
 def use(manager: EnhancedContextManager) -> None:
@@ -54,6 +79,14 @@ def use(manager: EnhancedContextManager) -> None:
     request.append({"role": "user", "content": "hi"})  # a dict has no append
     messages = manager.get_context(format="openai")
     messages["system"]  # a list is indexed by int
+
+
+def lookup_order(order_id: str) -> str:
+    return order_id
+
+
+def blocking(manager: "SyncContextManager") -> None:
+    manager.call(lookup_order, 1042)  # the arguments are checked against the function's
 '''
 
 
@@ -90,3 +123,4 @@ def test_get_context_is_typed_by_format_without_casts(tmp_path: Path) -> None:
     mistakes = [line for line in output.splitlines() if line.startswith("mistyped_caller.py")]
     assert any(line.startswith("mistyped_caller.py:6:") and "append" in line for line in mistakes), output
     assert any(line.startswith("mistyped_caller.py:8:") for line in mistakes), output
+    assert any(line.startswith("mistyped_caller.py:16:") and "call" in line for line in mistakes), output

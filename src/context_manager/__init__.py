@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "get_token_counter": "context_manager.core.tokens",
     # context window, compression, provider formats, the manager
     "EnhancedContextManager": "context_manager.core.enhanced_context_manager",
+    "SyncContextManager": "context_manager.sync",
     "ContextWindow": "context_manager.core.context_window",
     "CompressionRecord": "context_manager.core.context_window",
     "Summarizer": "context_manager.core.compression",
@@ -187,6 +188,7 @@ __all__ = [
     "SummarizerGuard",
     "SummarizerRequestError",
     "SummarizerUnavailableError",
+    "SyncContextManager",
     "TaskCancelledError",
     "TaskNotFoundError",
     "TaskStatus",
@@ -322,3 +324,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         tool,
     )
     from context_manager.mcp_server import create_mcp_server
+    from context_manager.sync import SyncContextManager

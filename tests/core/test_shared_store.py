@@ -165,7 +165,7 @@ async def test_another_event_loop_is_refused(tmp_path: Path) -> None:
         await asyncio.to_thread(thread.join)
         [error] = outcome
         assert isinstance(error, StorageLockedError) and error.same_process
-        assert "another event loop" in str(error)
+        assert "another event loop" in str(error) and "use SyncContextManager" in str(error)
         assert await first.add_message("user", "unaffected")
 
 

@@ -238,7 +238,9 @@ def _refusal(share: _Share, loop: asyncio.AbstractEventLoop, fingerprint: tuple[
     if share.loop is not loop:
         return (
             "by a manager running in another event loop; managers of one process share a store within "
-            "one event loop: clean that one up first, or give this one another storage_path"
+            "one event loop: clean that one up first, or give this one another storage_path (synchronous "
+            "code running asyncio.run per request or thread: use SyncContextManager, whose managers all "
+            "share one loop)"
         )
     if share.fingerprint != fingerprint:
         return (
