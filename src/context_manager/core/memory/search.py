@@ -32,7 +32,7 @@ from context_manager.core.memory.ranking import (
 )
 from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.store import TurnKey
-from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.tiers import TierMovement, embedder_failed
 from context_manager.core.memory.validation import (
     check_importance,
     check_limit,
@@ -199,7 +199,11 @@ class MemorySearch(TierMovement):
                 # the speakers among the lexical candidates: a query naming a speaker matches their turns
                 turn_speakers = {memory.speaker for memory, _ in found.values()}
                 vector_query = without_speaker_names(query, (name for name in turn_speakers if name))
-            query_vector = (await self._embed([vector_query]))[0]
+            try:
+                query_vector = (await self._embed([vector_query]))[0]
+            except Exception as error:  # the words still answer
+                embedder_failed(error, "this search ranks by words only")
+        if query_vector is not None:
             extra: list[str] = []
             floor = weights.vector_min_similarity
             if floor is None:

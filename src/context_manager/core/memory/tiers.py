@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,24 @@ _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may re
 _WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
 _AHEAD_TEXTS = 2048  # vectors embedded ahead kept at most: groups of 256 of eight writers at once
+_EMBED_WARNING_EVERY = 60.0  # seconds between warnings of a failing embedder (the others are logged at debug)
+_last_embed_warning = -_EMBED_WARNING_EVERY
+
+
+def embedder_failed(error: Exception, consequence: str) -> None:
+    """Log that the embedder raised ``error`` and what the memory does instead (a warning a minute at most).
+
+    The vector channel is an addition to the words: a model that fails (out of memory, a file missing) must
+    not fail the writes and searches the words serve, nor fail a write that is already stored.
+    """
+    global _last_embed_warning
+    now = time.monotonic()
+    level = logging.DEBUG
+    if now - _last_embed_warning >= _EMBED_WARNING_EVERY:
+        _last_embed_warning = now
+        level = logging.WARNING
+    logger.log(level, "the embedder failed (%s: %s); %s", type(error).__name__, error, consequence)
+
 
 # Consolidation (and its undo) reads memories, then merges them: one process at a time does the work, and
 # no process moves a tier's overflow meanwhile. The merge is correct without these locks (``backend.merge``
@@ -379,7 +398,11 @@ class TierMovement(ManagerState):
         unique = list(dict.fromkeys(texts))
         if embedder is None or not unique:
             return
-        vectors = await self._embed(unique)
+        try:
+            vectors = await self._embed(unique)
+        except Exception as error:  # each write tries again (and stores its memory whatever happens)
+            embedder_failed(error, "the memories about to be written are embedded one write at a time")
+            return
         ahead = self._embedded_ahead
         known = dict(ahead[1]) if ahead is not None and ahead[0] is embedder else {}
         for text, vector in zip(unique, vectors, strict=True):
@@ -394,15 +417,25 @@ class TierMovement(ManagerState):
             return
         texts = [memory.content for memory in memories]
         ahead = self._embedded_ahead
-        if ahead is not None and ahead[0] is self.embedder:
-            import numpy
+        try:
+            if ahead is not None and ahead[0] is self.embedder:
+                import numpy
 
-            known = ahead[1]
-            missing = list(dict.fromkeys(text for text in texts if text not in known))
-            made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
-            vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
-        else:
-            vectors = await self._embed(texts)
+                known = ahead[1]
+                missing = list(dict.fromkeys(text for text in texts if text not in known))
+                made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
+                vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
+            else:
+                vectors = await self._embed(texts)
+        except Exception as error:
+            # the memories are stored already: the write succeeded; their vectors are made when a manager
+            # next opens this store with this embedder (the vector channel catches up then)
+            embedder_failed(
+                error,
+                f"{len(memories)} memories stored without their vectors (found by their words; embedded "
+                "when the store is next opened with this embedder)",
+            )
+            return
         await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
 
     async def _load_vectors(self) -> None:
