@@ -36,7 +36,6 @@ _RESERVE_SHARE = 0.3
 _RESERVE_SECONDS = 30.0
 _REBALANCE_ROUNDS = 20  # victim selections per rebalance at most (writes may refill the tiers meanwhile)
 _WRITE_ROUNDS = 8  # attempts to change a memory another process keeps moving to another tier
-_MAX_MOVE_PAUSE = 0.02  # seconds an overflow move rests between two chunks at most (see move_pause)
 _EMBED_BATCH = 512  # memories embedded per call when the vector channel catches up
 _AHEAD_TEXTS = 2048  # vectors embedded ahead kept at most: groups of 256 of eight writers at once
 _EMBED_WARNING_EVERY = 60.0  # seconds between warnings of a failing embedder (the others are logged at debug)
@@ -200,20 +199,13 @@ class TierMovement(ManagerState):
             if not victims:
                 return False  # within capacity after all
             chunk = backend.move_chunk
-            # a backend whose moves slow the writes they overlap (PostgreSQL: the server's CPU) rests
-            # between chunks, in proportion to the last one, so writes run alone part of the time
-            pause_ratio = float(getattr(backend, "move_pause", 0.0))
-            took = 0.0
             for first in range(0, len(victims), chunk):
-                # a chunk per event-loop step, even where no call below yields
-                await asyncio.sleep(min(took * pause_ratio, _MAX_MOVE_PAUSE))
+                await asyncio.sleep(0)  # a chunk per event-loop step, even where no call below yields
                 async with self._write_lock:
                     if self._state != "ready":
                         return False
                     group = victims[first : first + chunk]
-                    started = time.monotonic()
                     moved = await backend.move_down(group, source, target)
-                    took = time.monotonic() - started
                 if reserved and moved < len(group):
                     # reserved victims gone meanwhile: moved or deleted by another process (whose move may
                     # also have brought the tier back within its capacity, unseen by the count used here),

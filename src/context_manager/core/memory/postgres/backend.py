@@ -261,10 +261,6 @@ class PostgresBackend:
     # an overflow move's statement runs beside the adds of every process and slows those it overlaps: one of
     # 16 rows overlaps fewer adds, for less long, than one of 64 (add p99: docs/benchmarks.md, issue 12)
     move_chunk = 16
-    # and between two chunks the move rests as long as the last chunk took (at most 20 ms), so the adds
-    # run alone half of the time: add p99 1.6-1.8 ms -> 1.2-1.3 ms against a raw insert's 0.6-0.8 ms at 10k
-    # memories (seventeenth session, docs/benchmarks.md); a move of 100 memories takes about 20 ms longer
-    move_pause = 1.0
 
     def __init__(
         self, database: PostgresDatabase, *, weights: ColumnWeights | None = None, owns_database: bool = True
