@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -869,3 +871,69 @@ def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tm
     warning = f"warning: --storage {directory} is ignored: memory_backend is postgres"
     assert completed.stderr.startswith(warning)
     assert not directory.exists()
+
+
+@pytest.mark.embeddings
+async def test_mcp_the_embedding_model_loads_from_the_start_without_a_tool_call(tmp_path: Path) -> None:
+    """The packaged MiniLM loaded on first use: a server's first ``memory_add`` took ~7 s. The server now
+    loads it on a thread from its start: it is loaded a few seconds after the session opened, with no tool
+    call; a tool that embeds nothing answers meanwhile; a call that embeds waits for that load."""
+    from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
+
+    config = ContextManagerConfig(storage_path=tmp_path / "memory", embedder="minilm")
+    async with MemoryManager(config) as memory:
+        embedder = memory.embedder
+        assert isinstance(embedder, SentenceTransformerEmbedder) and embedder._model is None
+        started = time.monotonic()
+        async with Client(create_mcp_server(memory=memory, user_id="ines")) as client:
+            stats = await client.call_tool("memory_stats", {})
+            answered = time.monotonic() - started
+            assert not stats.is_error, text_of(stats)
+            for _ in range(1800):  # 90 s
+                if embedder._model is not None:
+                    break
+                await asyncio.sleep(0.05)
+            loaded = time.monotonic() - started
+            assert embedder._model is not None, "the model was not loaded 90 s after the session opened"
+            assert answered < loaded, (
+                f"memory_stats answered after {answered:.1f} s, the load took {loaded:.1f} s"
+            )
+            added = await client.call_tool("memory_add", {"content": "Ines moved to Porto last spring"})
+            assert not added.is_error, text_of(added)
+            found = await client.call_tool("memory_search", {"query": "which city does she live in now"})
+            results = found.structured_content["results"]  # type: ignore[index]
+            assert [item["content"] for item in results] == ["Ines moved to Porto last spring"]
+
+
+@pytest.mark.embeddings
+async def test_mcp_a_call_that_embeds_before_the_model_loaded_waits_for_that_load(tmp_path: Path) -> None:
+    """A ``memory_add`` sent as the session opens embeds with the model the server's start is loading (one
+    load, the event loop free meanwhile: a ``memory_stats`` sent with it answers first)."""
+    from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
+
+    config = ContextManagerConfig(storage_path=tmp_path / "memory", embedder="minilm")
+    async with MemoryManager(config) as memory:
+        embedder = memory.embedder
+        assert isinstance(embedder, SentenceTransformerEmbedder) and embedder._model is None
+        async with Client(create_mcp_server(memory=memory)) as client:
+            order: list[str] = []
+
+            async def call(name: str, arguments: dict[str, Any]) -> Any:
+                result = await client.call_tool(name, arguments)
+                order.append(name)
+                return result
+
+            added, stats = await asyncio.gather(
+                call("memory_add", {"content": "The staging database moved to eu-west-2"}),
+                call("memory_stats", {}),
+            )
+            assert not added.is_error and not stats.is_error, (text_of(added), text_of(stats))
+            assert order == ["memory_stats", "memory_add"]
+            model = embedder._model
+            loaders = [
+                thread for thread in threading.enumerate() if thread.name == "context-manager-embedder-load"
+            ]
+            for thread in loaders:
+                await asyncio.to_thread(thread.join, 60)
+            assert embedder._model is model, "the model was loaded twice"
+            assert memory.backend is not None and memory.backend.vector_count() == 1

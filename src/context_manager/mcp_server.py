@@ -39,6 +39,7 @@ import os
 import re
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -54,6 +55,7 @@ from context_manager.core.errors import (
     ToolRegistrationError,
     describe_value,
 )
+from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.validation import check_user
@@ -185,6 +187,7 @@ class _MemoryHandle:
     async def opened(self) -> AsyncIterator[None]:
         self.telemetry = telemetry_for_current_providers() if self.config.enable_opentelemetry else None
         if self._given is not None:
+            _preload_embedder(self._given)
             yield
             return
         async with self._lock:
@@ -192,6 +195,7 @@ class _MemoryHandle:
                 memory = MemoryManager(self.config)
                 await memory.initialize()
                 self._opened = memory
+                _preload_embedder(memory)
             self._users += 1
         try:
             yield
@@ -201,6 +205,33 @@ class _MemoryHandle:
                 if self._users == 0 and self._opened is not None:
                     memory, self._opened = self._opened, None
                     await memory.cleanup()
+
+
+_PRELOADING: weakref.WeakSet[Any] = weakref.WeakSet()
+"""The embedders whose model a thread loads or loaded (:func:`_preload_embedder`)."""
+
+
+def _preload_embedder(memory: MemoryManager) -> None:
+    """Start loading the memory's embedding model on a thread of its own, if it loads on first use.
+
+    The built-in MiniLM loads when it first embeds: the first ``memory_add`` or ``memory_search`` of a
+    server waited ~7 s for it. Loaded from the server's start instead, off the event loop: the server
+    answers meanwhile (tools that embed nothing do not wait), and a call that embeds before the load is
+    done waits for the rest of it, not for a second load. A daemon thread: a server stopped meanwhile
+    exits without waiting for it. A load that fails is logged; the call that embeds then reports it.
+    """
+    embedder = memory.embedder
+    if not isinstance(embedder, SentenceTransformerEmbedder) or embedder.loaded or embedder in _PRELOADING:
+        return
+    _PRELOADING.add(embedder)
+
+    def load() -> None:
+        try:
+            embedder.load()
+        except Exception as error:  # the first embed raises it again, to the caller
+            logger.warning("the embedding model did not load in the background: %s", _raised(error))
+
+    threading.Thread(target=load, name="context-manager-embedder-load", daemon=True).start()
 
 
 def _memory_config(handle: _MemoryHandle) -> ContextManagerConfig:

@@ -17,7 +17,7 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
-from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.messages import Message
 
 
@@ -631,3 +631,58 @@ async def test_replaying_a_journal_line_of_megabytes_lets_the_loop_run(tmp_path:
         memory.id: memory.to_dict() for memory in [*memories, Memory(id="small", content="a small note")]
     }
     assert min(gaps) < 0.030, f"the loop waited {min(gaps) * 1000:.0f} ms for the journal's replay"
+
+
+async def test_merging_memories_of_megabytes_never_holds_the_loop_over_20_ms(manager: MemoryManager) -> None:
+    """A consolidation's merge reads its originals again under their locks: PostgreSQL converted all of
+    their text in one ``fetchall`` and SQLite read them on the loop (ten originals of 5 MB: 35-50 ms of the
+    loop). PostgreSQL converts them a chunk of about a megabyte per step now, SQLite reads them on a thread.
+    (The backend's merge is called as ``consolidate_memories`` calls it: finding the near-duplicates in
+    texts of megabytes takes seconds each, on a thread.)"""
+    assert manager.backend is not None
+    base = "the harbour ledger lists cargo and crates for the quay " * 95_000
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    originals = [
+        await manager.add_memory(f"{word} report: {base}", tier="long", tags=[word]) for word in words
+    ]
+    groups = [
+        (first.copy(id=new_memory_id(), merged_from=[first.id, second.id]), [first, second])
+        for first, second in zip(originals[::2], originals[1::2], strict=True)
+    ]
+    done, longest = await _longest_loop_step(lambda: manager.backend.merge(groups))  # type: ignore[union-attr]
+    assert done == [True] * len(groups)
+    for merged, pair in groups:
+        for original in pair:
+            copies = await manager.backend.copies([original.id])
+            assert copies and all(copy.superseded_by == merged.id for copy in copies)
+        stored = await manager.get_memory(merged.id)
+        assert stored is not None and stored.content == pair[0].content
+    assert longest < 0.020, f"the loop was held {longest * 1000:.1f} ms"
+
+
+async def test_loading_many_vectors_from_postgres_never_holds_the_loop_over_20_ms(postgres_dsn: str) -> None:
+    """``load_vectors`` (``memory migrate`` reads every vector of a model with it) converted all of them in
+    one step: 20,000 vectors of 384 dimensions held the loop for tens of milliseconds. They are converted a
+    chunk of about a megabyte per step now, into the same matrix."""
+    import numpy as np
+
+    from context_manager.core.memory.transfer import open_storage
+
+    count, dimension = 20_000, 384
+    rows = np.random.default_rng(3).standard_normal((count, dimension)).astype(np.float32)
+    memories = [Memory(id=f"v{n:05d}", content=f"memory {n}") for n in range(count)]
+    backend = open_storage(postgres_dsn, create=True)
+    await backend.open()
+    try:
+        await backend.open_vectors("model", dimension)
+        await backend.put(MemoryTier.LONG, memories)
+        async with backend.bulk_vectors(dimension, count):
+            for start in range(0, count, 2000):
+                chunk = slice(start, start + 2000)
+                await backend.save_vectors("model", memories[chunk], rows[chunk])
+        (ids, matrix), longest = await _longest_loop_step(lambda: backend.load_vectors("model", dimension))
+    finally:
+        await backend.close()
+    assert ids == [memory.id for memory in memories]
+    assert matrix.dtype == np.float32 and np.array_equal(matrix, rows)
+    assert longest < 0.020, f"the loop was held {longest * 1000:.1f} ms"

@@ -245,6 +245,19 @@ class SentenceTransformerEmbedder:
                 self._model = model
             return self._model
 
+    def load(self) -> None:
+        """Load the model now, if it is not yet (blocking: a few seconds; call it on a thread).
+
+        What the first ``embed`` would do: a server loads it at its start so that its first request does
+        not wait for it. An ``embed`` called meanwhile waits for this load (the model loads once).
+        """
+        self._load()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is loaded (by :meth:`load`, ``embed`` or ``dimension``)."""
+        return self._model is not None
+
     @property
     def dimension(self) -> int:
         """Length of the vectors (384 for ``all-MiniLM-L6-v2``).

@@ -576,7 +576,10 @@ class LocalBackend:
 
     async def merge(self, groups: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
         """See :meth:`MemoryBackend.merge`: the merged memories first, then the marks on the originals."""
-        found = await self.copies([original.id for _, originals in groups for original in originals])
+        # the originals' text on a reader thread: megabytes of it read inline held the loop tens of ms
+        found = await self.copies(
+            [original.id for _, originals in groups for original in originals], on_thread=True
+        )
         by_id: dict[str, list[Memory]] = {}
         for copy in found:
             by_id.setdefault(copy.id, []).append(copy)
@@ -671,11 +674,15 @@ class LocalBackend:
         medium.touch(updates, log=False)
         await self._write(long_store.touch, dict(updates))
 
-    async def copies(self, ids: Sequence[str]) -> list[Memory]:
-        """Every stored copy of the memories among ``ids``, fastest tier first per id."""
+    async def copies(self, ids: Sequence[str], *, on_thread: bool = False) -> list[Memory]:
+        """Every stored copy of the memories among ``ids``, fastest tier first per id.
+
+        The long-term copies are read inline (a short read), or on a reader thread with ``on_thread``.
+        """
         short, medium, long_store = self._stores
         wanted = list(ids)
-        in_long = await self._read_long(long_store.get_many, wanted) if wanted else {}
+        read = self._run if on_thread else self._read_long
+        in_long = await read(long_store.get_many, wanted) if wanted else {}
         found: list[Memory] = []
         for memory_id in wanted:
             for store_copy in (short.get(memory_id), medium.get(memory_id), in_long.get(memory_id)):

@@ -641,21 +641,15 @@ class PostgresBackend:
         ids = [original.id for _, originals in groups for original in originals]
 
         async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[bool], int]:
-            cursor = await connection.execute(
-                "SELECT id, content, importance, tags, superseded_by FROM cm_memories WHERE id = ANY(%s)",
+            cursor = await connection.execute(  # their text converted a chunk per loop step
+                "SELECT id, content, importance, tags, superseded_by, "
+                "octet_length(content) + octet_length(tags_text) AS row_bytes "
+                "FROM cm_memories WHERE id = ANY(%s)",
                 (ids,),
             )
             found: dict[str, list[Memory]] = {}
-            for memory_id, content, importance, tags, superseded_by in await cursor.fetchall():
-                found.setdefault(memory_id, []).append(
-                    Memory(
-                        id=memory_id,
-                        content=content,
-                        importance=float(importance),
-                        tags=list(tags),
-                        superseded_by=superseded_by,
-                    )
-                )
+            for original in await _converted(cursor, _original, size_column=5):
+                found.setdefault(original.id, []).append(original)
             flags = [
                 all(unchanged_since_read(original, found.get(original.id, [])) for original in originals)
                 for _, originals in groups
@@ -1266,16 +1260,26 @@ class PostgresBackend:
 
         if not await self.vector_models():
             return [], np.zeros((0, dimension), dtype=np.float32)
-        rows = await self._fetch(  # binary (vector_send): parsing the text form took 10 times longer
-            "SELECT id, vector_send(embedding) FROM cm_memory_vectors WHERE model = %s AND dimension = %s "
-            "ORDER BY id",
-            (model, dimension),
-            "vector read",
-        )
-        matrix = np.zeros((len(rows), dimension), dtype=np.float32)
-        for position, (_, data) in enumerate(rows):
-            matrix[position] = _vector_of_binary(data)
-        return [row[0] for row in rows], matrix
+
+        async def run(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], numpy.ndarray]:
+            # binary (vector_send): parsing the text form took 10 times longer
+            cursor = await connection.execute(
+                "SELECT id, vector_send(embedding), octet_length(id) + 8 * dimension + 8 AS row_bytes "
+                "FROM cm_memory_vectors WHERE model = %s AND dimension = %s ORDER BY id",
+                (model, dimension),
+            )
+            result = cursor.pgresult
+            matrix = np.zeros((0 if result is None else result.ntuples, dimension), dtype=np.float32)
+            ids: list[str] = []
+
+            def fill(row: Sequence[Any]) -> None:  # into the matrix, a chunk per loop step
+                matrix[len(ids)] = _vector_of_binary(row[1])
+                ids.append(row[0])
+
+            await _converted(cursor, fill, size_column=2)
+            return ids, matrix
+
+        return await self.database.run(run, "vector read")
 
     # -- coordination and upkeep -------------------------------------------------------------------
 
@@ -1487,13 +1491,18 @@ def _vector_of_binary(data: bytes) -> numpy.ndarray:
     return np.frombuffer(data, dtype=">f4", offset=4).astype(np.float32)
 
 
-async def _converted(cursor: psycopg.AsyncCursor[Any], convert: Callable[[Sequence[Any]], _T]) -> list[_T]:
+async def _converted(
+    cursor: psycopg.AsyncCursor[Any], convert: Callable[[Sequence[Any]], _T], size_column: int = _SIZE_COLUMN
+) -> list[_T]:
     """The rows of ``cursor``'s result, each converted by ``convert``, a chunk per loop step.
 
-    The result's rows start with :func:`_columns`, whose last is the size a row takes to convert: a chunk
-    is the rows up to :data:`_STEP_BYTES` (a larger row alone) or :data:`_STEP_ROWS`, and the loop gets a
-    turn before the next one. The sizes are read from the raw result (a few bytes each), before converting.
+    Column ``size_column`` of a row is the size it takes to convert (by default, the rows start with
+    :func:`_columns`, whose last is that size): a chunk is the rows up to :data:`_STEP_BYTES` (a larger
+    row alone) or :data:`_STEP_ROWS`, and the loop gets a turn before the next one. The sizes are read
+    from the raw result (a few bytes each), before converting.
     """
+    if cursor.pgresult is None:  # in a pipeline, the result arrives when a fetch (a scroll) syncs it
+        await cursor.scroll(0)
     result = cursor.pgresult
     count = 0 if result is None else result.ntuples
     if result is None or count == 0:
@@ -1503,13 +1512,20 @@ async def _converted(cursor: psycopg.AsyncCursor[Any], convert: Callable[[Sequen
     while True:
         end, size = position, 0
         while end < count and end - position < _STEP_ROWS and size < _STEP_BYTES:
-            size += int(result.get_value(end, _SIZE_COLUMN) or 0)
+            size += int(result.get_value(end, size_column) or 0)
             end += 1
         converted += [convert(row) for row in await cursor.fetchmany(end - position)]
         position = end
         if position >= count:
             return converted
         await asyncio.sleep(0)
+
+
+def _original(row: Sequence[Any]) -> Memory:
+    """An original of a merge as read again under its lock (:meth:`PostgresBackend.merge`)."""
+    return Memory(
+        id=row[0], content=row[1], importance=float(row[2]), tags=list(row[3]), superseded_by=row[4]
+    )
 
 
 def _scored_memory(row: Sequence[Any]) -> tuple[Memory, float]:
