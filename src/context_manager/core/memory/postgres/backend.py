@@ -1269,7 +1269,11 @@ class PostgresBackend:
                 (model, dimension),
             )
             result = cursor.pgresult
-            matrix = np.zeros((0 if result is None else result.ntuples, dimension), dtype=np.float32)
+            matrix = np.empty((0 if result is None else result.ntuples, dimension), dtype=np.float32)
+            # its pages first touched in a worker thread (numpy releases the interpreter while it fills):
+            # a large array is backed by huge pages, and their first touch (the kernel compacting memory
+            # for them) held the loop's thread tens of milliseconds per chunk converted into it
+            await asyncio.to_thread(matrix.fill, 0.0)
             ids: list[str] = []
 
             def fill(row: Sequence[Any]) -> None:  # into the matrix, a chunk per loop step
