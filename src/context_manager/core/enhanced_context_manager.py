@@ -72,7 +72,7 @@ from context_manager.core.telemetry import (
 from context_manager.core.threads import to_the_end
 from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
 from context_manager.core.tool_system import ToolManager, ToolResult
-from context_manager.core.tool_system.results import ToolErrorType
+from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS
 from context_manager.core.tool_system.window_calls import (
     CANCELLED_REASON,
     cancel_tool_calls_in_window,
@@ -91,16 +91,6 @@ _CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 )
 """The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
-# tool calls refused for the caller's (the model's) input: rejected in the monitors (HTTP's 404, 400,
-# 403, 429), not failures of the service
-_REFUSED_TOOL_CALLS = frozenset(
-    {
-        ToolErrorType.UNKNOWN_TOOL,
-        ToolErrorType.INVALID_ARGUMENTS,
-        ToolErrorType.PERMISSION_DENIED,
-        ToolErrorType.RATE_LIMITED,
-    }
-)
 _MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
 _OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
 """Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
@@ -1195,7 +1185,7 @@ class EnhancedContextManager:
             result.success,
             own_monitor=getattr(self, "performance_monitor", None),
             error=None if error_type is None else f"{error_type.value} ({result.tool_name})",
-            rejected=error_type in _REFUSED_TOOL_CALLS,
+            rejected=error_type in REFUSED_TOOL_CALLS,
         )
 
     # -- memory ---------------------------------------------------------------------------------------

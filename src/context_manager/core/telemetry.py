@@ -318,6 +318,8 @@ class Telemetry:
 
     def record_tool_result(self, span: Any, result: ToolResult) -> None:
         """Outcome of a tool call: span attributes and status, duration and counts."""
+        from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS  # (the package imports us)
+
         error_type = None if result.error_type is None else result.error_type.value
         if span is not None:
             span.set_attributes(
@@ -336,7 +338,7 @@ class Telemetry:
             result.execution_time,
             error_type,
             {"gen_ai.tool.name": result.tool_name},
-            rejected=error_type in _REFUSED_TOOL_CALLS,
+            rejected=result.error_type in REFUSED_TOOL_CALLS,
         )
 
     def record_memory_sizes(
@@ -380,9 +382,6 @@ class Telemetry:
 
 
 # ------------------------------------------------------------------------------------- instrumented calls
-
-_REFUSED_TOOL_CALLS = frozenset({"unknown_tool", "invalid_arguments", "permission_denied", "rate_limited"})
-"""Tool error types that refuse the model's input (as the performance monitor counts them: rejected)."""
 
 
 def _rejected(error: BaseException) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ToolErrorType", "ToolResult"]
+__all__ = ["REFUSED_TOOL_CALLS", "ToolErrorType", "ToolResult"]
 
 
 class ToolErrorType(StrEnum):
@@ -35,6 +35,18 @@ class ToolErrorType(StrEnum):
     """The call was abandoned without a result (``EnhancedContextManager.cancel_tool_calls``): its worker
     was killed or its task cancelled before the result was added. ``ToolManager.get_tool_stats()`` also
     counts under it the calls their caller cancelled (which return no result)."""
+
+
+REFUSED_TOOL_CALLS = frozenset(
+    {
+        ToolErrorType.UNKNOWN_TOOL,
+        ToolErrorType.INVALID_ARGUMENTS,
+        ToolErrorType.PERMISSION_DENIED,
+        ToolErrorType.RATE_LIMITED,
+    }
+)
+"""The failures that refuse the caller's (the model's) input (HTTP's 404, 400, 403, 429): counted as
+rejected, not as failures of the service, by the performance monitors and OpenTelemetry."""
 
 
 @dataclass(slots=True)

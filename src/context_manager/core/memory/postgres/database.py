@@ -165,6 +165,7 @@ class PostgresDatabase:
 
     async def _configure(self, connection: psycopg.AsyncConnection[Any]) -> None:
         """Set the statement timeout of a new pooled connection (the pool calls this once per connection)."""
+        assert self.statement_timeout is not None  # the pool calls this only with a timeout
         await connection.execute(
             "SELECT set_config('statement_timeout', %s, false)", (_milliseconds(self.statement_timeout),)
         )
@@ -471,9 +472,9 @@ async def _release(connection: psycopg.AsyncConnection[Any], held: Sequence[str]
             await connection.execute("SELECT pg_advisory_unlock(" + _LOCK_KEY + ")", (key,))
 
 
-def _milliseconds(seconds: float | None) -> str:
-    """A ``statement_timeout`` value: whole milliseconds (at least 1), or ``"0"`` (no limit) for ``None``."""
-    return "0" if seconds is None else f"{max(1, round(seconds * 1000))}ms"
+def _milliseconds(seconds: float) -> str:
+    """A ``statement_timeout`` value: whole milliseconds, at least 1."""
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _without_timeout(
