@@ -283,6 +283,21 @@ def test_extractive_summary_prefers_informative_sentences() -> None:
     assert "INV-2291" in summary
 
 
+def test_a_sentence_is_weighed_by_the_words_its_line_shows() -> None:
+    # A summary line shows the first 400 characters of a sentence: rare words past them (a long paste) must
+    # not win the line its place over a sentence whose shown words are the informative ones.
+    hidden_tail = " ".join(f"zq{i}x" for i in range(120))
+    messages = [
+        counted("assistant", "understanding " * 30 + hidden_tail),
+        counted("user", "The invoice INV-2291 for Acme Corp is due on March 3rd for 12,400 EUR."),
+        counted("user", "Thanks."),
+    ]
+    for budget in range(55, 90):  # room for one of the two lines, then for both
+        summary = ExtractiveSummarizer(COUNTER).summarize(messages, budget)
+        assert "INV-2291" in summary, budget
+        assert "zq0x" not in summary
+
+
 def test_extractive_summary_folds_previous_summary() -> None:
     previous = counted(
         "system",

@@ -132,6 +132,10 @@ _EARLIER = "earlier: "
 _MAX_EARLIER_CHARS = 200
 _MAX_TOOL_ENTRIES = 8
 _SPOKEN = (Role.USER, Role.ASSISTANT)
+_SHOWN_CHARS = 400
+"""The most of one sentence a summary line shows (and weighs the words of)."""
+_SHOWN_SCAN_CHARS = 640
+"""How much of a long sentence is normalised first: enough for ``_SHOWN_CHARS`` unless it is mostly spaces."""
 _PREFIX_WORDS = {prefix: len(prefix.split()) for prefix in (_REQUEST_PREFIX, _REQUEST_CUT_PREFIX)}
 
 
@@ -398,14 +402,21 @@ class ExtractiveSummarizer:
             position -= 1000
             speaker = message.role.value
             for offset, piece in enumerate(_split_sentences(text)):
-                sentence = " ".join(piece.split())
+                # Only the first _SHOWN_CHARS of a sentence can reach the summary: it is normalised, and its
+                # words weighed, from a bounded prefix (the whole piece when spaces shrink that prefix).
+                sentence = " ".join(piece[:_SHOWN_SCAN_CHARS].split())
+                if len(sentence) < _SHOWN_CHARS and len(piece) > _SHOWN_SCAN_CHARS:
+                    sentence = " ".join(piece.split())
                 if len(sentence) < 12:
                     continue
-                words = _content_words(sentence)
+                shown = sentence[:_SHOWN_CHARS]
+                if len(sentence) > _SHOWN_CHARS and sentence[_SHOWN_CHARS] != " " and " " in shown:
+                    words = _content_words(shown.rpartition(" ")[0])  # not the word the line cuts
+                else:
+                    words = _content_words(shown)
                 if not words:
                     continue
-                digit_words = _digit_words(words) if has_digit(sentence) else 0
-                shown = sentence[:400]
+                digit_words = _digit_words(words) if has_digit(shown) else 0
                 # "- speaker: " is two words; the shown text is normalised (single spaces, none leading)
                 min_tokens = 2 + shown.count(" ") + (0 if shown[-1] == " " else 1)
                 candidate = _Sentence(position + offset, speaker, shown, words, digit_words, min_tokens)
@@ -419,7 +430,7 @@ class ExtractiveSummarizer:
             if known is None:  # lines of the previous summary come back at every compression
                 words = _content_words(sentence)
                 digit_words = _digit_words(words) if has_digit(sentence) else 0
-                shown = sentence[:400]
+                shown = sentence[:_SHOWN_CHARS]
                 normal = shown == " ".join(shown.split())  # a custom summary's lines may hold other spaces
                 min_tokens = 2 + shown.count(" ") if normal else 0  # "- " is a word of its own
                 known = (words, digit_words, min_tokens)
@@ -427,7 +438,7 @@ class ExtractiveSummarizer:
                     line_words.clear()
                 line_words[sentence] = known
             if known[0]:
-                candidates.append(_Sentence(offset, "", sentence[:400], *known, score=-0.5))
+                candidates.append(_Sentence(offset, "", sentence[:_SHOWN_CHARS], *known, score=-0.5))
 
         document_frequency: Counter[str] = Counter()
         for candidate in candidates:
