@@ -463,13 +463,25 @@ async def test_a_move_never_brings_back_a_memory_another_process_deleted(postgre
 
 
 async def _stale_search_vectors(dsn: str) -> int:
-    """Rows whose stored search vector differs from one computed from their text now."""
+    """Rows whose stored search vector differs from one computed from their text now (migration 0010's)."""
     import psycopg
 
     from context_manager.core.memory.postgres.schema import search_vector_sql
-    from context_manager.core.memory.postgres.separators import CJK, PIECES, SEGMENTED, SEPARATORS
+    from context_manager.core.memory.postgres.separators import (
+        CJK,
+        NUMBER_PARTS,
+        NUMBERS,
+        PIECES,
+        SEGMENTED,
+        SEPARATORS,
+    )
 
-    vector = search_vector_sql("m", f"'{SEPARATORS}'", pieces=(f"'{CJK}'", f"'{SEGMENTED}'", f"'{PIECES}'"))
+    vector = search_vector_sql(
+        "m",
+        f"'{SEPARATORS}'",
+        pieces=(f"'{CJK}'", f"'{SEGMENTED}'", f"'{PIECES}'"),
+        numbers=(f"'{NUMBERS}'", f"'{NUMBER_PARTS}'"),
+    )
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute(
             f"SELECT count(*) FROM cm_memories AS m WHERE m.search IS DISTINCT FROM ({vector})"
@@ -897,6 +909,187 @@ async def test_a_store_indexed_before_symbols_were_terms_finds_them_after_the_up
     finally:
         await first.close()
         await second.close()
+
+
+def test_the_frozen_number_ranges_are_the_numbers_that_are_no_digits() -> None:
+    """Category ``No`` (Unicode 14.0): characters FTS5 and the query keep inside a word, which PostgreSQL's
+    parser took for blanks; none is a separator, a symbol or a Chinese or Japanese character, or changes
+    when a query is folded."""
+    import unicodedata
+
+    from context_manager.core.memory.index import _CJK, _WORD, _is_symbol, fold_case
+    from context_manager.core.memory.postgres.separators import NUMBER_RANGES, spell_numbers
+
+    numbers = _code_points_of(NUMBER_RANGES)
+    assert {0xB2, 0xB3, 0xB9, 0xBD, 0x2082, 0x2460, 0x2153} <= numbers  # ² ³ ¹ ½ ₂ ① ⅓
+    assert not {0x32, 0x0663, 0x216B, 0x3007, 0x1D7D8} & numbers  # digits, letter numbers: words already
+    if unicodedata.unidata_version == "14.0.0":  # Python 3.11, whose tables the ranges were made from
+        assert numbers == {p for p in range(0x110000) if unicodedata.category(chr(p)) == "No"}
+    assert not numbers & _separator_code_points()
+    cjk = re.compile(f"[{_CJK}]")
+    for point in numbers:
+        character = chr(point)
+        assert _WORD.fullmatch(f"a{character}b") and not _is_symbol(character) and not cjk.match(character)
+        assert fold_case(character) == character == unicodedata.normalize("NFD", character)
+        spelled = spell_numbers(f"a{character}b")
+        assert spelled.isascii() and spelled.isalnum() and spelled == f"anum{point:x}xb"
+
+
+NUMBER_TEXTS = [
+    "The pipe diameter is 5 m² at the inlet",
+    "CO₂ and H₂O, ½ cup, ¾ of it, 10⁻³ m³",
+    "note ①② below, ⑴ first, x²+y² = r²",
+    "²½₂",  # numbers only
+    "東京²の天気 🍕½ 猫₂ naïve²",  # next to Chinese, Japanese, a symbol, an accent
+    "𐄇 𑁒 ௰ ৴ chapter Ⅻ",  # numbers above U+FFFF and of other scripts, a letter number
+    "plain ascii m2",
+]
+
+
+async def test_the_server_spells_numbers_in_their_words_as_the_query_does(postgres_dsn: str) -> None:
+    """Migration 0010's vector holds the terms SQLite's index does, the numbers spelled (``spell_numbers``):
+    one term a word, as the query asks for it."""
+    import psycopg
+
+    from context_manager.core.memory.index import query_tokens, segment_text, segment_tokens
+    from context_manager.core.memory.postgres.schema import words_sql
+    from context_manager.core.memory.postgres.separators import (
+        CJK,
+        NUMBER_PARTS,
+        NUMBER_RANGES,
+        NUMBERS,
+        PIECES,
+        SEGMENTED,
+        SEPARATORS,
+        spell_numbers,
+    )
+
+    words = words_sql(
+        "t",
+        f"'{SEPARATORS}'",
+        pieces=(f"'{CJK}'", f"'{SEGMENTED}'", f"'{PIECES}'"),
+        numbers=(f"'{NUMBERS}'", f"'{NUMBER_PARTS}'"),
+    )
+    separator = re.compile("[" + "".join(chr(point) for point in sorted(_separator_code_points())) + "]")
+    texts = NUMBER_TEXTS + SYMBOL_TEXTS + SEGMENTED_TEXTS
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        cursor = await connection.execute(f"SELECT {words} FROM unnest(%s::text[]) AS t", (texts,))
+        written = [row[0] for row in await cursor.fetchall()]
+        cursor = await connection.execute(
+            "SELECT t, tsvector_to_array(to_tsvector('english', t)) FROM unnest(%s::text[]) AS t",
+            (written[:4],),
+        )
+        lexemes = {text: set(found) for text, found in await cursor.fetchall()}
+        code_points = [point for point in range(1, 0x40000) if not 0xD800 <= point <= 0xDFFF]
+        cursor = await connection.execute(
+            "SELECT p FROM unnest(%s::int[]) AS p WHERE chr(p) ~ %s", (code_points, NUMBERS)
+        )
+        matched = {row[0] for row in await cursor.fetchall()}
+    assert matched == _code_points_of(NUMBER_RANGES)  # the escapes mean to the server what the ranges say
+    for text, server in zip(texts, written, strict=True):
+        expected = spell_numbers(separator.sub(" ", segment_text(text)))
+        assert sorted(server.split()) == sorted(expected.split()), text
+    for text, server in zip(NUMBER_TEXTS[:4], written[:4], strict=True):
+        # every word holding a number is one lexeme, the one its query asks for
+        asked = {spell_numbers(term) for term in segment_tokens(query_tokens(text, limit=100, symbols=True))}
+        spelled = {term for term in asked if "num" in term}
+        assert spelled and spelled <= lexemes[server], (text, spelled, lexemes[server])
+
+
+async def test_a_store_indexed_before_numbers_were_kept_in_their_words_finds_them_after_the_upgrade(
+    postgres_dsn: str,
+) -> None:
+    """Migration 0010 gives the rows holding a superscript, subscript or fraction their new vector, once,
+    with two processes starting together; other rows (ASCII, a symbol, Japanese) are not rewritten."""
+    import psycopg
+
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0010"]
+    assert len(before) == 9
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    rows = {  # content, tags, previous turn, session date, a query
+        "area": ("The pipe diameter is 5 m² at the inlet", "", "", None, "m²"),
+        "fraction tag": ("a sugar recipe", "½cup", "", None, "½cup"),
+        "co2 context": ("see the previous turn", "", "CO₂ levels rose", None, "CO₂"),
+        "date": ("a session note", "", "", "Day ③", "③"),
+        "metre": ("A pipe 5 m long at the outlet", "", "", None, "m"),
+        "pizza": ("Team dinner was pizza 🍕 on Friday", "", "", None, "🍕"),
+        "japanese": ("東京の天気は晴れです", "", "", None, "天気"),
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for memory_id, (content, tags, context, date, _) in rows.items():
+            await connection.execute(  # rows written by the earlier version: its trigger computed the vector
+                "INSERT INTO cm_memories (id, tier, owner, content, tags, tags_text, context, session_date, "
+                "importance, created_at, last_accessed, source) "
+                "VALUES (%s, 'long', '', %s, %s, %s, %s, %s, 0.5, 1.0, 1.0, 'user')",
+                (memory_id, content, [tags] if tags else [], tags, context, date),
+            )
+        cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+        places = dict(await cursor.fetchall())
+    assert await _stale_search_vectors(postgres_dsn) == 4
+
+    first, second = MemoryManager(postgres_config(postgres_dsn)), MemoryManager(postgres_config(postgres_dsn))
+    try:
+        await asyncio.gather(first.initialize(), second.initialize())
+        assert await _stale_search_vectors(postgres_dsn) == 0
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
+            cursor = await connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0010%%'"
+            )
+            applied = await cursor.fetchone()
+        assert rewritten == {"area", "fraction tag", "co2 context", "date"}
+        assert applied == (1,)
+        for memory_id, (*_, query) in rows.items():
+            assert [m.id for m in await first.search_memory(query, limit=3)] == [memory_id], query
+            assert [m.id for m in await second.search_memory(query, limit=3)] == [memory_id], query
+        # a new memory gets the new vector from the trigger, an update of its text too
+        new = await first.add_memory("H₂O at 100 degrees", tier="long")
+        assert [m.id for m in await second.search_memory("h₂o", limit=3)] == [new.id]
+        await first.update_memory(new.id, content="D₂O is heavy water")
+        assert [m.id for m in await second.search_memory("D₂O", limit=3)] == [new.id]
+        assert await second.search_memory("H₂O", limit=3) == []
+        assert await _stale_search_vectors(postgres_dsn) == 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_shipped_migrations_are_never_edited() -> None:
+    """A migration that has shipped keeps its statements (a store records only its name): a change to a
+    function it is made of (``pieces_sql``, ``words_sql`` ...) needs a new migration instead."""
+    import hashlib
+
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    digests = {
+        name: hashlib.sha256("\x00".join(statements).encode()).hexdigest()[:16]
+        for name, statements in MIGRATIONS
+    }
+    assert {name: digests[name] for name in SHIPPED_MIGRATIONS} == SHIPPED_MIGRATIONS
+
+
+SHIPPED_MIGRATIONS = {
+    "0001_memories": "93b5cf1050a8a540",
+    "0002_conversations": "65248f2519e301bd",
+    "0003_search_vector_copied": "ec74255f7ca70b61",
+    "0004_conversations_json_as_written": "362e6d16d32e57c7",
+    "0005_bounded_search_and_metadata_as_written": "ec5d628201ffcb2a",
+    "0006_search_words_split_as_queried": "4978187fed9d96cd",
+    "0007_search_cjk_as_characters_and_pairs": "0c0ec28b88702052",
+    "0008_search_symbols_as_terms": "da12bc4f6c331725",
+    "0009_conversation_owner": "1164cfbe32dec837",
+    "0010_search_numbers_in_their_words": "1ffa782eeceffe28",
+}
+"""A digest of each migration's statements, as released."""
 
 
 async def test_a_long_memory_of_varied_chinese_text_is_stored_and_found(postgres_dsn: str) -> None:

@@ -14,6 +14,9 @@
    parser kept a run of it as one token; both backends now index its characters and pairs.
 6. An emoji ("🍕", "🎉🎉") or another symbol ("✓") found nothing on either backend: both indexes and the query
    split words at it; both now index each symbol as a term of its own, and the query asks for it.
+7. A superscript, subscript, vulgar fraction or circled number ("m²", "CO₂", "½ cup", "①") is part of a word
+   on SQLite (FTS5 keeps every number in a word) and was a blank on PostgreSQL: "m²" searched for "m" there
+   (finding "5 m long" too) and "½" or "①" found nothing. PostgreSQL now indexes such a word whole as well.
 """
 
 from __future__ import annotations
@@ -234,6 +237,52 @@ async def test_a_long_term_tier_indexed_before_symbols_were_terms_is_reindexed_o
         assert [m.id for m in await memory.search_memory("天気")] == [japanese.id]
         assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
         assert (await memory.check_integrity())["ok"]
+
+
+NUMBER_MEMORIES = {
+    "area": "The pipe diameter is 5 m² at the inlet",
+    "metre": "A pipe 5 m long at the outlet",
+    "co2": "CO₂ levels rose in the greenhouse",
+    "co": "CO levels in the garage are low",
+    "water": "H₂O boils at 100 degrees",
+    "half": "Add ½ cup of sugar",
+    "cup": "A cup of tea with milk",
+    "footnote": "See note ① below the table",
+    "chapter": "Chapter Ⅻ of the novel",  # a letter number: a word on both backends before
+    "plain": "An unrelated note about the weather",
+}
+NUMBER_QUERIES = {
+    "m²": ["area"],
+    "5 m²": ["area", "metre"],  # both hold "5", the first "m²" too
+    "CO₂": ["co2"],
+    "co₂ levels": ["co2", "co"],
+    "H₂O": ["water"],
+    "½": ["half"],
+    "½ cup": ["half", "cup"],
+    "①": ["footnote"],
+    "Ⅻ": ["chapter"],
+    "m2": [],  # "²" is not "2" (on either backend)
+    "¾": [],  # not stored
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_superscripts_subscripts_and_fractions_are_searched_as_parts_of_their_word(
+    manager: MemoryManager, tier: str
+) -> None:
+    """SQLite's index keeps "²" "₂" "½" "①" in their word ("m²" is one term, neither "m" nor "m2");
+    PostgreSQL's parser took them for blanks, so "m²" searched for "m" (finding "5 m long", ranked as it
+    came) and "½" alone found nothing. Both backends now find and rank the same memories."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in NUMBER_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["x²"])
+    for query, names in NUMBER_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert [m.id for m in found] == [stored[name].id for name in names], (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("x²", limit=5)] == [tagged.id]
+    assert await manager.search_memory("x", limit=5) == []
 
 
 SCRIPTS = {

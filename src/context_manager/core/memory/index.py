@@ -79,8 +79,9 @@ SQLite: every other combining mark separates words there, as it does for ``[^\\W
 _WORD = re.compile(rf"[^\W_](?:[^\W_]|[{_FOLDED_DIACRITICS}])*")
 """A word: letters and digits, with the diacritics FTS5 folds (NFD text) kept inside it.
 
-PostgreSQL's index splits words at the other non-ASCII characters (``postgres/separators.py``, frozen in a
-migration): a change here needs new separators and a migration there."""
+PostgreSQL's index splits words at the other non-ASCII characters and spells the numbers that are no digits
+(``²``, ``½``) in ASCII in their word (``postgres/separators.py``, frozen in migrations): a change here needs
+new ranges and a migration there."""
 
 _CJK = (
     "\u3005\u3006\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"

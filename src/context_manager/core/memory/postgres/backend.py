@@ -6,7 +6,8 @@ the indexed ``owner`` column of every query. Full-text search runs on the ``tsve
 keeps (GIN index), parsed from the text with the characters the query splits words at made spaces
 (``separators.py``: both see the same words, whatever the server's locale), Chinese and Japanese runs as
 their characters and pairs, symbols as terms of their code points (as on SQLite); the query's terms
-(``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term)
+(``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term; a
+superscript, subscript or fraction spelled in ASCII inside its word on both sides, ``spell_numbers``)
 become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
 the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
 indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
@@ -59,6 +60,7 @@ from context_manager.core.memory.postgres.schema import (
     hnsw_index_statement,
     tier_rank_sql,
 )
+from context_manager.core.memory.postgres.separators import spell_numbers
 from context_manager.core.memory.ranking import bm25_idf, prune_common_terms
 from context_manager.core.memory.store import TurnKey
 
@@ -978,11 +980,11 @@ class PostgresBackend:
         """Each word's document frequency estimated from the server's statistics, and the row estimate.
 
         A word counts as the terms it is searched by (``index_terms``: a symbol's term, a Chinese or
-        Japanese run's pairs); a word of several terms, the fewest memories of one of them.
+        Japanese run's pairs; ``spell_numbers``); a word of several terms, the fewest memories of one of them.
         """
         if not tokens:
             return {}, 0
-        terms_of = {token: index_terms(token) for token in tokens}
+        terms_of = {token: [spell_numbers(term) for term in index_terms(token)] for token in tokens}
         terms = list(dict.fromkeys(term for token_terms in terms_of.values() for term in token_terms))
         lexemes, rows = await self._term_statistics(terms)
         counts = {term: self._document_frequency(lexemes[term], rows) for term in terms}
@@ -991,7 +993,8 @@ class PostgresBackend:
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
-        tokens = segment_tokens(query.tokens)  # the terms Chinese, Japanese and symbols are indexed as
+        # the terms Chinese, Japanese, symbols and the words holding a "²" or "½" are indexed as
+        tokens = list(dict.fromkeys(spell_numbers(token) for token in segment_tokens(query.tokens)))
         if not tokens or query.limit <= 0:
             return []
         lexemes, rows = await self._term_statistics(tokens)

@@ -11,7 +11,8 @@ when a row is inserted without one and when an update changes its text (migratio
 column before). An overflow move copies it with the row instead of parsing the text again. The text is parsed
 with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``), Chinese and
 Japanese runs first spread into their characters and pairs as the embedded store indexes them (``0007``),
-emoji and other symbols each made an ASCII term of its code point (``0008``).
+emoji and other symbols each made an ASCII term of its code point (``0008``), superscripts, subscripts,
+fractions and the other numbers that are no digits spelled in ASCII inside their word (``0010``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from __future__ import annotations
 from context_manager.core.memory.postgres.separators import (
     CJK,
     CJK_RUNS,
+    NUMBER_PARTS,
+    NUMBER_TERM_PREFIX,
+    NUMBER_TERM_SUFFIX,
+    NUMBERS,
     PIECES,
     SEGMENTED,
     SEPARATORS,
@@ -31,6 +36,7 @@ __all__ = [
     "VECTOR_MIGRATIONS",
     "hnsw_index_name",
     "hnsw_index_statement",
+    "numbers_sql",
     "pieces_sql",
     "search_vector_sql",
     "segments_sql",
@@ -107,6 +113,7 @@ def search_vector_sql(
     cjk: tuple[str, str] | None = None,
     *,
     pieces: tuple[str, str, str] | None = None,
+    numbers: tuple[str, str] | None = None,
 ) -> str:
     """The search vector of the record ``row``: the columns' text parsed after :func:`words_sql`.
 
@@ -114,9 +121,11 @@ def search_vector_sql(
     ``cjk``, two such expressions whose values are :data:`CJK` and :data:`CJK_RUNS`: Chinese and Japanese
     text of the content, tags and previous turn is indexed as its characters and pairs (:func:`segments_sql`).
     ``pieces`` (instead of ``cjk``), three whose values are :data:`CJK`, :data:`SEGMENTED` and :data:`PIECES`:
-    the same, and each symbol as the term of its code point too (:func:`pieces_sql`).
-    The trigger of migration ``0008`` computes this with ``pieces``, that of ``0007`` with ``cjk``, that of
-    ``0006`` with neither; :func:`_bounded_search_vector_of` (``0005``) is the same without the separators.
+    the same, and each symbol as the term of its code point too (:func:`pieces_sql`). ``numbers``, two
+    whose values are :data:`NUMBERS` and :data:`NUMBER_PARTS`: every column's numbers that are no digits
+    spelled in ASCII (:func:`numbers_sql`). The trigger of migration ``0010`` computes this with ``pieces``
+    and ``numbers``, that of ``0008`` with ``pieces``, that of ``0007`` with ``cjk``, that of ``0006`` with
+    neither; :func:`_bounded_search_vector_of` (``0005``) is the same without the separators.
     """
     columns = (
         (f"{row}.content", SEARCHED_CONTENT_CHARS, "A", True, SEGMENTED_CONTENT_CHARS),
@@ -133,6 +142,7 @@ def search_vector_sql(
             cjk=cjk if segment else None,
             pieces=pieces if segment else None,
             segmented_chars=segmented,
+            numbers=numbers,
         )
         + f"), '{weight}')"
         for text, chars, weight, segment, segmented in columns
@@ -147,6 +157,7 @@ def words_sql(
     cjk: tuple[str, str] | None = None,
     pieces: tuple[str, str, str] | None = None,
     segmented_chars: int | None = None,
+    numbers: tuple[str, str] | None = None,
 ) -> str:
     """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
 
@@ -156,7 +167,9 @@ def words_sql(
     (as the embedded store's ``segment_cjk``, before its tokenizer splits at the separators): its first
     ``segmented_chars`` characters, if given. With ``pieces``, text holding such a character or a symbol is
     first :func:`pieces_sql` (as ``segment_text``): its first ``segmented_chars`` characters if it holds
-    Chinese or Japanese (two terms a character), else what ``chars`` says (a symbol is one term).
+    Chinese or Japanese (two terms a character), else what ``chars`` says (a symbol is one term). With
+    ``numbers`` (see :func:`search_vector_sql`), text holding a number that is no digit then has each
+    spelled in ASCII (:func:`numbers_sql`).
     """
     value = text if chars is None else f"left({text}, {chars})"
     words = value
@@ -175,6 +188,9 @@ def words_sql(
         characters, runs = cjk
         segmented = value if segmented_chars is None else f"left({text}, {segmented_chars})"
         words = f"CASE WHEN {value} ~ {characters} THEN {segments_sql(segmented, runs)} ELSE {value} END"
+    if numbers is not None:
+        digits, parts = numbers
+        words = f"CASE WHEN {value} ~ {digits} THEN {numbers_sql(words, parts)} ELSE {words} END"
     return (
         f"CASE WHEN octet_length({text}) = length({text}) THEN {value} "
         f"ELSE regexp_replace({words}, {separators}, ' ', 'g') END"
@@ -227,8 +243,30 @@ def pieces_sql(text: str, pieces: str) -> str:
     )
 
 
+def numbers_sql(text: str, parts: str) -> str:
+    """SQL: ``text`` with each character of :data:`NUMBERS` spelled in ASCII where it stands.
+
+    ``"m²"`` as ``mnumb2x`` (``separators.spell_numbers``, which spells a query's word the same way): the
+    server's parser took these characters for blanks, where FTS5 (and the query) keep them in their word.
+    ``parts`` is an SQL expression whose value is :data:`NUMBER_PARTS`. Migration ``0010`` is made of this:
+    a change here needs a new function and a new migration.
+    """
+    number = "r.part[1]"
+    spelled = f"'{NUMBER_TERM_PREFIX}' || to_hex(ascii({number})) || '{NUMBER_TERM_SUFFIX}'"
+    return (
+        f"coalesce((SELECT string_agg(CASE WHEN {number} IS NOT NULL THEN {spelled} ELSE r.part[2] END, '' "
+        "ORDER BY r.n) "
+        f"FROM regexp_matches({text}, {parts}, 'g') WITH ORDINALITY AS r(part, n)), '')"
+    )
+
+
 _PIECES_VECTOR = search_vector_sql("c", "s.separators", pieces=("s.cjk", "s.special", "s.pieces"))
 """The search vector of the row ``c`` in migration ``0008``'s update (see there for ``s``)."""
+
+_NUMBERS_VECTOR = search_vector_sql(
+    "c", "s.separators", pieces=("s.cjk", "s.special", "s.pieces"), numbers=("s.numbers", "s.parts")
+)
+"""The search vector of the row ``c`` in migration ``0010``'s update (see there for ``s``)."""
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
@@ -431,6 +469,46 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         [
             "ALTER TABLE cm_conversations ADD COLUMN owner text",
             "CREATE INDEX cm_conversations_owner ON cm_conversations (owner, updated_at)",
+        ],
+    ),
+    (
+        # a superscript, subscript, fraction or circled number ("m²", "CO₂", "½", "①") is part of its word
+        # in SQLite's index and the query, and was a blank to the server's parser: "m²" was searched as "m"
+        # (finding "5 m long") and "½" found nothing. The vector now spells each in ASCII in its place (the
+        # ranges frozen in separators.py), the query spells its words the same way, and the rows holding
+        # one get the new vector, under the lock as in 0006
+        "0010_search_numbers_in_their_words",
+        [
+            "LOCK TABLE cm_memories IN SHARE ROW EXCLUSIVE MODE",
+            _search_trigger_function(
+                "CREATE OR REPLACE FUNCTION",
+                search_vector_sql(
+                    "NEW", "separators", pieces=("cjk", "special", "pieces"), numbers=("numbers", "parts")
+                ),
+                declare=(
+                    "separators text;\n                cjk text;\n                special text;\n"
+                    "                pieces text;\n                numbers text;\n                parts text;"
+                ),
+                prepare=(
+                    f"separators := '{SEPARATORS}';\n                cjk := '{CJK}';\n"
+                    f"                special := '{SEGMENTED}';\n                pieces := '{PIECES}';\n"
+                    f"                numbers := '{NUMBERS}';\n                parts := '{NUMBER_PARTS}';\n"
+                    "                "
+                ),
+            ),
+            f"""
+            UPDATE cm_memories AS m SET search = r.search
+            FROM (
+                SELECT c.id, c.tier, {_NUMBERS_VECTOR} AS search
+                FROM cm_memories AS c, (
+                    SELECT '{SEPARATORS}'::text AS separators, '{CJK}'::text AS cjk,
+                        '{SEGMENTED}'::text AS special, '{PIECES}'::text AS pieces,
+                        '{NUMBERS}'::text AS numbers, '{NUMBER_PARTS}'::text AS parts
+                ) AS s
+                WHERE concat_ws(' ', c.content, c.tags_text, c.context, c.session_date) ~ s.numbers
+            ) AS r
+            WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
+            """,
         ],
     ),
 ]

@@ -11,21 +11,28 @@ word pieces whatever the server's locale.
 :data:`SEPARATOR_RANGES` is frozen (a migration is never edited): every non-ASCII code point that is not a
 word character of ``query_tokens`` under Python 3.11's Unicode 14.0 (a letter, a number or a folded
 diacritic), unassigned ones included, surrogates joined to their neighbours (text never holds them). A test
-checks it against the running Python.
+checks it against the running Python. The other ranges (Chinese and Japanese, symbols, numbers that are no
+digits) are what the index writes differently from the text, frozen for their migrations in the same way.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "CJK",
     "CJK_RANGES",
     "CJK_RUNS",
+    "NUMBERS",
+    "NUMBER_PARTS",
+    "NUMBER_RANGES",
     "PIECES",
     "SEGMENTED",
     "SEPARATORS",
     "SEPARATOR_RANGES",
     "SYMBOLS",
     "SYMBOL_RANGES",
+    "spell_numbers",
 ]
 
 SEPARATOR_RANGES = (
@@ -163,3 +170,56 @@ PIECES = f"({CJK}+)|({_FLAG}|{SYMBOLS})|([^{SEGMENTED[1:]}+)"
 """Text as its pieces, in order: a run of :data:`CJK` characters (group 1), a flag or one symbol (group 2),
 or a run of other characters (group 3). A match is the longest one (an alternation is greedy): a flag
 rather than its first half."""
+
+
+NUMBER_RANGES = (
+    "b2-b3,b9,bc-be,9f4-9f9,b72-b77,bf0-bf2,c78-c7e,d58-d5e,d70-d78,f2a-f33,1369-137c,17f0-17f9,19da,2070,"
+    "2074-2079,2080-2089,2150-215f,2189,2460-249b,24ea-24ff,2776-2793,2cfd,3192-3195,3220-3229,3248-324f,"
+    "3251-325f,3280-3289,32b1-32bf,a830-a835,10107-10133,10175-10178,1018a-1018b,102e1-102fb,10320-10323,"
+    "10858-1085f,10879-1087f,108a7-108af,108fb-108ff,10916-1091b,109bc-109bd,109c0-109cf,109d2-109ff,"
+    "10a40-10a48,10a7d-10a7e,10a9d-10a9f,10aeb-10aef,10b58-10b5f,10b78-10b7f,10ba9-10baf,10cfa-10cff,"
+    "10e60-10e7e,10f1d-10f26,10f51-10f54,10fc5-10fcb,11052-11065,111e1-111f4,1173a-1173b,118ea-118f2,"
+    "11c5a-11c6c,11fc0-11fd4,16b5b-16b61,16e80-16e96,1d2e0-1d2f3,1d360-1d378,1e8c7-1e8cf,1ec71-1ecab,"
+    "1ecad-1ecaf,1ecb1-1ecb4,1ed01-1ed2d,1ed2f-1ed3d,1f100-1f10c"
+)
+"""The numbers that are no digits (category ``No`` under Python 3.11's Unicode 14.0: superscripts and
+subscripts ``²`` ``₂``, vulgar fractions ``½``, circled and parenthesised numbers ``①``, the numbers of
+other scripts), frozen for migration ``0010`` as :data:`SYMBOL_RANGES` is for ``0008``.
+
+They are the only characters that SQLite's ``unicode61`` tokenizer (and ``query_tokens``) keeps inside a
+word while PostgreSQL's parser takes them for blanks (measured on PostgreSQL 18, ``C.UTF-8``, over every
+code point): "m²" was the term "m²" on SQLite and "m" on PostgreSQL, "½" none. PostgreSQL's index writes
+each as an ASCII spelling of its code point in its place (:func:`spell_numbers`), so the word stays one
+term, and the query asks for the word spelled the same way."""
+
+NUMBERS = _bracket_expression(NUMBER_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`NUMBER_RANGES`."""
+
+NUMBER_PARTS = f"({NUMBERS})|([^{NUMBERS[1:]}+)"
+"""Text as its parts, in order: one character of :data:`NUMBERS` (group 1) or a run of other characters
+(group 2)."""
+
+NUMBER_TERM_PREFIX, NUMBER_TERM_SUFFIX = "num", "x"
+"""A character of :data:`NUMBER_RANGES` is spelled as the prefix, its code point in hexadecimal and the
+suffix (``"²"`` as ``numb2x``; ``"m²"`` as ``mnumb2x``): ASCII letters and digits, kept in their word by
+every parser whatever the server's locale, and no hexadecimal digit after the code point."""
+
+_NUMBER = re.compile(NUMBERS)  # Python reads the escapes as the server does
+
+
+def _spell(match: re.Match[str]) -> str:
+    return f"{NUMBER_TERM_PREFIX}{ord(match.group(0)):x}{NUMBER_TERM_SUFFIX}"
+
+
+def spell_numbers(text: str) -> str:
+    """``text`` with each character of :data:`NUMBER_RANGES` spelled as PostgreSQL's index writes it.
+
+    A query's word is looked up in that spelling (the index holds no other). ASCII text is returned as it is.
+
+    Example:
+        >>> spell_numbers("m²"), spell_numbers("co₂"), spell_numbers("½")
+        ('mnumb2x', 'conum2082x', 'numbdx')
+    """
+    if text.isascii():
+        return text
+    return _NUMBER.sub(_spell, text)
