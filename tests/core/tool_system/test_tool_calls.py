@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import InvalidMessageError
 from context_manager.core.messages import ToolCall
-from context_manager.core.tool_system import ToolManager
+from context_manager.core.tool_system import ToolManager, ToolResult
 
 
 async def add(a: int, b: int) -> int:
@@ -247,3 +249,29 @@ async def test_a_large_result_is_encoded_off_the_event_loop_unchanged() -> None:
     as_lists = {**wrapped, "pairs": [[n, "x"] for n in range(30_000)]}  # JSON has no tuples
     assert results[1].result == as_lists
     assert texts[1] == json.dumps(as_lists, ensure_ascii=False)
+
+
+async def test_the_kept_result_text_is_no_field_of_a_tool_result() -> None:
+    """The JSON text the manager keeps for ``to_content()`` was a dataclass field:
+    ``dataclasses.asdict(result)`` (how applications serialise dataclasses) held a private ``_encoded``
+    entry with a second copy of the result and all its text, ``fields()`` listed it, and pickling or
+    ``replace`` carried it along."""
+    rows = [{"id": n, "name": f"customer {n}"} for n in range(50)]
+
+    async def query(limit: int) -> list[dict[str, Any]]:
+        return rows[:limit]
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query customers")
+    result = await manager.execute_tool("query", limit=50)
+    assert result.success and result.to_content() == json.dumps(rows, ensure_ascii=False)
+    as_dict = dataclasses.asdict(result)
+    assert set(as_dict) == set(result.to_dict()) == {field.name for field in dataclasses.fields(result)}
+    assert as_dict["result"] == rows
+    assert "_encoded" not in repr(result)
+    plain = ToolResult(success=True, result=rows, tool_name="query", execution_time=result.execution_time)
+    assert plain == result and plain.to_content() == result.to_content()
+    copied = pickle.loads(pickle.dumps(result))
+    assert copied == result and copied.to_content() == result.to_content()
+    changed = dataclasses.replace(result, result=rows[:1])
+    assert changed.to_content() == json.dumps(rows[:1], ensure_ascii=False)  # not the text kept for rows

@@ -11,7 +11,8 @@ problems:
    ``parameters_schema`` if any - ``invalid_arguments`` naming the field, the value and what is expected;
 4. **approval** - for calls the policy asks about, the approval callback must return ``True``;
 5. **cache** - a cacheable tool (with ``config.enable_tool_caching``) answers repeated arguments from the
-   cache without running and without counting against its rate limit (``cached=True``);
+   cache without running and without counting against its rate limit (``cached=True``); a hit is a fresh
+   copy of the result (a large one decoded in a worker thread, in pieces), a text result the text itself;
 6. **rate limit** - at most ``rate_limit`` calls per sliding ``rate_window`` per tool (and per
    ``caller_key`` when one is given) - ``rate_limited`` with ``retry_after``;
 7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
@@ -69,7 +70,7 @@ from context_manager.core.errors import InvalidArgumentError, InvalidMessageErro
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
 from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit
-from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
+from context_manager.core.tool_system.cache import TEXT_RESULT, ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
     ApprovalCallback,
@@ -260,8 +261,11 @@ def _estimate(value: Any, depth: int) -> int:
 class _ChunkedEncoding:
     """The JSON text of a large value, made by the C encoder in pieces of at most about ``_CHUNK_ITEMS``.
 
-    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). :meth:`decode` rebuilds the
-    JSON value from the pieces (tuples as lists, converted values) one piece at a time as well.
+    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). Beside the text comes its
+    piece tree, which :func:`_decode_pieces` reads to rebuild the JSON value from the text one piece at a
+    time as well (a worker thread decoding it lets the event loop run between pieces): a piece encoded at
+    once is its length (an int), a list's run of small items a :class:`_Batch`, a container a
+    :class:`_Pieces`. The tree holds lengths, not copies of the text.
     """
 
     def __init__(self, encoder: json.JSONEncoder) -> None:
@@ -269,21 +273,22 @@ class _ChunkedEncoding:
         self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
 
     def encode(self, value: Any) -> tuple[str, Any]:
-        """Return the text and the piece tree :meth:`decode` reads."""
+        """Return the text and its piece tree."""
         if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
             text = self._encode(value)
-            return text, _Leaf(text)
+            return text, len(text)
         if id(value) in self._path:
             raise ValueError("Circular reference detected")
         self._path.add(id(value))
         try:
             if isinstance(value, dict):
                 texts: list[str] = []
-                entries: list[tuple[str, Any]] = []
+                entries: list[tuple[int, Any]] = []
                 for key, item in value.items():
                     text, tree = self.encode(item)
-                    texts.append(f"{self._encode(key)}: {text}")
-                    entries.append((key, tree))
+                    key_text = self._encode(key)
+                    texts.append(f"{key_text}: {text}")
+                    entries.append((len(key_text), tree))
                 return "{" + ", ".join(texts) + "}", _Pieces(entries, is_dict=True)
             return self._encode_items(value)
         finally:
@@ -299,7 +304,7 @@ class _ChunkedEncoding:
             nonlocal weight
             if batch:
                 texts.append(self._encode(batch)[1:-1])
-                parts.append(_Batch(texts[-1]))
+                parts.append(_Batch(len(texts[-1])))
                 batch.clear()
             weight = 0
 
@@ -318,40 +323,53 @@ class _ChunkedEncoding:
         flush()
         return "[" + ", ".join(texts) + "]", _Pieces(parts, is_dict=False)
 
-    @classmethod
-    def decode(cls, tree: Any) -> Any:
-        """The JSON value (tuples as lists, converted values as their JSON) of a piece tree."""
-        if isinstance(tree, _Leaf):
-            return json.loads(tree.text)
-        if tree.is_dict:
-            return {key: cls.decode(part) for key, part in tree.parts}
-        values: list[Any] = []
-        for part in tree.parts:
-            if isinstance(part, _Batch):
-                values.extend(json.loads(f"[{part.text}]"))
-            else:
-                values.append(cls.decode(part))
-        return values
+
+def _decode_pieces(text: str, tree: Any) -> Any:
+    """The JSON value (tuples as lists, converted values as their JSON) of a text and its piece tree."""
+    return _decode_at(text, tree, 0)[0]
+
+
+def _decode_at(text: str, tree: Any, start: int) -> tuple[Any, int]:
+    """Decode the piece ``tree`` describes at ``start`` of ``text``; return it and where it ends."""
+    if type(tree) is int:
+        end = start + tree
+        return json.loads(text[start:end]), end
+    position = start + 1  # past "{" or "["
+    if tree.is_dict:
+        entries: dict[str, Any] = {}
+        for index, (key_length, part) in enumerate(tree.parts):
+            if index:
+                position += 2  # ", "
+            key = json.loads(text[position : position + key_length])
+            entries[key], position = _decode_at(text, part, position + key_length + 2)  # past ": "
+        return entries, position + 1
+    values: list[Any] = []
+    for index, part in enumerate(tree.parts):
+        if index:
+            position += 2
+        if type(part) is _Batch:
+            end = position + part.length
+            values.extend(json.loads(f"[{text[position:end]}]"))
+            position = end
+        else:
+            value, position = _decode_at(text, part, position)
+            values.append(value)
+    return values, position + 1
 
 
 @dataclasses.dataclass(slots=True)
 class _Pieces:
-    parts: list[Any]
+    parts: list[Any]  # a dict's (key text length, value tree) pairs; a list's _Batch and item trees
     is_dict: bool
 
 
 @dataclasses.dataclass(slots=True)
 class _Batch:
-    text: str  # several items of a list, without the brackets
+    length: int  # of several items of a list, without the brackets
 
 
-@dataclasses.dataclass(slots=True)
-class _Leaf:
-    text: str  # one value encoded at once
-
-
-def _encode_large_result(value: Any) -> tuple[Any, str]:
-    """:func:`_encode_result` for a large value, in pieces (run in a worker thread)."""
+def _encode_large_result(value: Any) -> tuple[Any, str, Any]:
+    """:func:`_encode_result` for a large value, in pieces (run in a worker thread); also the piece tree."""
     tuples = _check_keys(value)
     encoder: json.JSONEncoder = _PLAIN_ENCODER
     try:
@@ -361,8 +379,8 @@ def _encode_large_result(value: Any) -> tuple[Any, str]:
         text, tree = _ChunkedEncoding(encoder).encode(value)
     converted = isinstance(encoder, _ResultEncoder) and encoder.converted
     if not (converted or tuples):
-        return value, text
-    return _ChunkedEncoding.decode(tree), text
+        return value, text, tree
+    return _decode_pieces(text, tree), text, tree
 
 
 _STR_TYPES = frozenset({str})
@@ -668,20 +686,9 @@ class ToolManager(ToolRegistry):
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
                 cache_key = f"{json.dumps(caller_key)}:{cache_key}"
             if cache_key is not None:
-                hit, value = self._cache.lookup(name, cache_key)
-                if hit:
-                    elapsed = _perf_counter() - started
-                    stats = self._stats.get(name)
-                    if stats is not None:
-                        stats.record(elapsed, cached=True)
-                    return ToolResult(
-                        success=True,
-                        result=value,
-                        execution_time=elapsed,
-                        tool_name=name,
-                        cached=True,
-                        call_id=call_id,
-                    )
+                found = self._cache.entry(name, cache_key)
+                if found is not None:
+                    return await self._cached_result(definition, found, started, call_id)
 
         if definition.rate_limit is not None:
             retry_after = self._limiter.try_acquire(
@@ -781,14 +788,16 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
-        text: str | None = None
+        text: str
+        pieces: Any = None
         try:
-            if type(value) is not str or cache_key is not None:  # a text is its own content: no JSON needed
-                if _is_large(value):
-                    # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
-                    value, text = await asyncio.to_thread(_encode_large_result, value)
-                else:
-                    value, text = _encode_result(value)
+            if type(value) is str:  # a text is its own content (and the cache keeps it as it is)
+                text, pieces = value, TEXT_RESULT
+            elif _is_large(value):
+                # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
+                value, text, pieces = await asyncio.to_thread(_encode_large_result, value)
+            else:
+                value, text = _encode_result(value)
         except asyncio.CancelledError:
             self._count_cancelled(definition, started)
             raise
@@ -802,8 +811,9 @@ class ToolManager(ToolRegistry):
                 started,
                 call_id,
             )
-        if text is not None and cache_key is not None and self._tools.get(name) is definition:
-            self._cache.put(name, cache_key, text, definition.cache_ttl)  # (unless replaced meanwhile)
+        if cache_key is not None and self._tools.get(name) is definition:
+            # (unless replaced meanwhile)
+            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
@@ -811,8 +821,42 @@ class ToolManager(ToolRegistry):
         result = ToolResult(
             success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id
         )
-        if text is not None and type(value) is not str:
-            result._encoded = (value, text)  # to_content() gives this text: the result is not encoded again
+        if pieces is not TEXT_RESULT:
+            result._keep_text(value, text)  # to_content() gives this text: the result is not encoded again
+        return result
+
+    async def _cached_result(
+        self, definition: ToolDefinition, found: tuple[str, Any], started: float, call_id: str | None
+    ) -> ToolResult:
+        """The result of a cache hit: a fresh copy of the cached value, whose text ``to_content()`` reuses.
+
+        A large value is decoded in a worker thread, piece by piece, so the event loop goes on meanwhile.
+        """
+        text, pieces = found
+        if pieces is TEXT_RESULT:  # a string: nothing a caller can change, so nothing to copy
+            value: Any = text
+        elif pieces is None:
+            value = json.loads(text)
+        else:
+            try:
+                value = await asyncio.to_thread(_decode_pieces, text, pieces)
+            except asyncio.CancelledError:
+                self._count_cancelled(definition, started)
+                raise
+        elapsed = _perf_counter() - started
+        stats = self._stats.get(definition.name)
+        if stats is not None:
+            stats.record(elapsed, cached=True)
+        result = ToolResult(
+            success=True,
+            result=value,
+            execution_time=elapsed,
+            tool_name=definition.name,
+            cached=True,
+            call_id=call_id,
+        )
+        if pieces is not TEXT_RESULT:
+            result._keep_text(value, text)
         return result
 
     async def _ask_approval(

@@ -9,7 +9,7 @@ what is expected, or when to retry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -49,8 +49,22 @@ REFUSED_TOOL_CALLS = frozenset(
 rejected, not as failures of the service, by the performance monitors and OpenTelemetry."""
 
 
+class _EncodedSlot:
+    """The slot of the JSON text the manager keeps for a result.
+
+    Not a dataclass field: ``asdict``, ``fields``, ``repr``, ``==``, pickling and ``replace`` leave it out.
+    """
+
+    __slots__ = ("_encoded",)
+    _encoded: tuple[Any, str]
+
+    def _keep_text(self, result: Any, text: str) -> None:
+        """Keep ``text``, the JSON of ``result``, for ``to_content()`` (the manager's, once encoded)."""
+        self._encoded = (result, text)
+
+
 @dataclass(slots=True)
-class ToolResult:
+class ToolResult(_EncodedSlot):
     """The outcome of one tool call.
 
     Example:
@@ -78,9 +92,9 @@ class ToolResult:
     """The provider's tool call id this result answers (for ``execute_tool_calls``), else None."""
     retry_after: float | None = None
     """For ``rate_limited`` failures, seconds until a call will be admitted; else None."""
-    _encoded: tuple[Any, str] | None = field(default=None, init=False, repr=False, compare=False)
-    # (result, its JSON text) as the manager encoded it: to_content() reuses the text while ``result`` is
-    # that same object, so a large result is not encoded a second time on the event loop
+    # _encoded (a slot of the base class, unset until the manager sets it): (result, its JSON text) as the
+    # manager encoded it; to_content() reuses the text while ``result`` is that same object, so a large
+    # result is not encoded a second time on the event loop
 
     def to_content(self) -> str:
         """Return the text a tool result message carries in the context window.
@@ -93,9 +107,13 @@ class ToolResult:
             return f"Error ({kind}): {self.error}"
         if isinstance(self.result, str):
             return self.result
-        encoded = self._encoded
-        if encoded is not None and encoded[0] is self.result:
-            return encoded[1]
+        try:
+            encoded = self._encoded
+        except AttributeError:  # not set: a result made outside the manager
+            pass
+        else:
+            if encoded[0] is self.result:
+                return encoded[1]
         return json.dumps(self.result, ensure_ascii=False, allow_nan=False)
 
     def to_dict(self) -> dict[str, Any]:
