@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -243,3 +244,53 @@ async def test_replacing_the_policy_or_callback_later_is_checked_like_at_constru
 
     tools.approval_callback = approve
     assert (await tools.execute_tool("delete_file", path="/tmp/z")).success
+
+
+async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
+    """A sync approval callback (accepted, as documented: a CLI prompt, a policy service's HTTP client) was
+    called on the event loop: while it waited, every other task of the application stood still, the calls
+    of tools that need no approval included. It now runs in one of the manager's threads."""
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    def slow_policy_service(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        time.sleep(0.4)  # a blocking round trip to the service
+        asked.append((definition.name, arguments))
+        return arguments["path"].startswith("/tmp/")
+
+    manager = make_manager(approval_callback=slow_policy_service)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    approving = asyncio.create_task(manager.execute("delete_file", path="/tmp/x"))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    free = await manager.execute("read_file", path="a")  # a PUBLIC tool, while the approval is pending
+    waited = time.perf_counter() - started
+    approved = await approving
+    denied = await manager.execute("delete_file", path="/etc/passwd")
+    done.set()
+    await ticking
+    assert free.success and waited < 0.2, f"a call needing no approval waited {waited:.2f} s"
+    assert max(gaps) < 0.2, f"the loop stood still {max(gaps):.2f} s"
+    assert approved.success and ran == ["/tmp/x"]
+    assert denied.error_type == "permission_denied" and "was not approved" in (denied.error or "")
+    assert asked == [("delete_file", {"path": "/tmp/x"}), ("delete_file", {"path": "/etc/passwd"})]
+
+    def broken(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        raise ConnectionError("policy service down")
+
+    manager.approval_callback = broken
+    failed = await manager.execute("delete_file", path="/tmp/y")
+    assert failed.error_type == "permission_denied"
+    assert "the approval check failed (ConnectionError)" in (failed.error or "")
+    manager.approval_callback = lambda definition, arguments: asyncio.sleep(0, result=True)  # an awaitable
+    assert (await manager.execute("delete_file", path="/tmp/z")).success

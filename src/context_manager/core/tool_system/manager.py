@@ -69,7 +69,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit
+from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit, is_async_callable
 from context_manager.core.tool_system.cache import TEXT_RESULT, ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -456,7 +456,8 @@ class ToolManager(ToolRegistry):
             ``PUBLIC`` and ``STANDARD`` tools run and asks the approval callback about ``RESTRICTED`` and
             ``DANGEROUS`` ones. A :class:`ToolPermission` is accepted as shorthand for ``allow_up_to``.
         approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
-            only ``True`` lets the call run. Without one, such calls are denied.
+            only ``True`` lets the call run. Without one, such calls are denied. A sync callable is
+            accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile.
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
@@ -491,7 +492,7 @@ class ToolManager(ToolRegistry):
         self.config = config if config is not None else ContextManagerConfig()
         """The configuration the manager reads its limits from."""
         self._policy = PermissionPolicy.coerce(permission_policy)
-        self._approval_callback = _checked_callback(approval_callback)
+        self.approval_callback = approval_callback
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -524,6 +525,7 @@ class ToolManager(ToolRegistry):
     @approval_callback.setter
     def approval_callback(self, value: ApprovalCallback | None) -> None:
         self._approval_callback = _checked_callback(value)
+        self._approval_is_async = is_async_callable(value)
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
@@ -871,7 +873,10 @@ class ToolManager(ToolRegistry):
         if callback is None:
             return f"{needed}, and no approval callback is set"
         try:
-            outcome = callback(definition, dict(arguments))
+            if self._approval_is_async:
+                outcome = callback(definition, dict(arguments))
+            else:  # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop
+                outcome = await self._threads.run(callback, definition, dict(arguments))
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
