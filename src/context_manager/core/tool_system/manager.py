@@ -55,6 +55,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import pathlib
 import signal
 import time
@@ -204,25 +205,33 @@ in a worker thread: about 5 ms of work and more."""
 _CHUNK_ITEMS = 2_000
 """Values the C encoder is given at once when a large result is encoded in a thread: it keeps the GIL
 while it runs, so a whole large result in one call would hold the event loop all the same."""
+_CHARS_PER_VALUE = 256
+"""Characters of text that weigh as much as one value (to encode or to decode): a long text counts by its
+length, so a result of megabytes of text in a few values goes to the thread too."""
+_CHUNK_CHARS = _CHUNK_ITEMS * _CHARS_PER_VALUE
+"""A longer text is encoded (and decoded) in slices of this many characters."""
 _CONTAINERS = (dict, list, tuple)
+_length = operator.length_hint  # a text's length, 0 for a number, True or None (at C speed over a map)
 
 
 def _weight(value: Any, limit: int) -> int:
-    """How many values ``value`` holds (list items, dict entries, at every level), counted up to ``limit``.
+    """How many values ``value`` holds, counted up to ``limit``.
+
+    List items and dict entries count at every level, and a long text as many values as its length weighs.
 
     Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
     """
     if not isinstance(value, _CONTAINERS):
-        return 1
+        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
     total = 0
     pending: list[Any] = [value]
     scalar = _SCALAR_TYPES.issuperset
     while pending:
         item = pending.pop()
-        total += len(item)
+        values = item.values() if isinstance(item, dict) else item
+        total += len(item) + sum(map(_length, values)) // _CHARS_PER_VALUE
         if total > limit:
             return total
-        values = item.values() if isinstance(item, dict) else item
         if scalar(map(type, values)):
             continue
         pending.extend(inner for inner in values if isinstance(inner, _CONTAINERS))
@@ -244,14 +253,18 @@ _ESTIMATE_DEPTH = 4
 def _estimate(value: Any, depth: int) -> int:
     """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
     if not isinstance(value, _CONTAINERS):
-        return 1
+        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
     size = len(value)
     if not size or depth >= _ESTIMATE_DEPTH:
         return size
     if isinstance(value, dict):
-        if _SCALAR_TYPES.issuperset(map(type, value.values())):
-            return size
-        sample = list(itertools.islice(value.values(), _SAMPLED_ENTRIES))
+        values = value.values()
+        if _SCALAR_TYPES.issuperset(map(type, values)):  # texts and numbers: their texts' lengths
+            if size <= _SAMPLED_ENTRIES:
+                return size + sum(map(_length, values)) // _CHARS_PER_VALUE
+            chars = sum(map(_length, itertools.islice(values, _SAMPLED_ENTRIES)))
+            return size + chars * size // (_SAMPLED_ENTRIES * _CHARS_PER_VALUE)
+        sample = list(itertools.islice(values, _SAMPLED_ENTRIES))
     else:
         sample = list(value) if size <= _SAMPLED else [value[0], value[size // 2], value[-1]]
     inner = sum(_estimate(item, depth + 1) for item in sample)
@@ -274,6 +287,8 @@ class _ChunkedEncoding:
 
     def encode(self, value: Any) -> tuple[str, Any]:
         """Return the text and its piece tree."""
+        if type(value) is str and len(value) > _CHUNK_CHARS:
+            return self._encode_text(value)
         if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
             text = self._encode(value)
             return text, len(text)
@@ -293,6 +308,14 @@ class _ChunkedEncoding:
             return self._encode_items(value)
         finally:
             self._path.discard(id(value))
+
+    def _encode_text(self, value: str) -> tuple[str, Any]:
+        """A long text, encoded in slices (JSON escapes one character at a time: the slices join up)."""
+        encode = self._encode
+        parts = [
+            encode(value[start : start + _CHUNK_CHARS])[1:-1] for start in range(0, len(value), _CHUNK_CHARS)
+        ]
+        return '"' + "".join(parts) + '"', _Text([len(part) for part in parts])
 
     def _encode_items(self, items: list[Any] | tuple[Any, ...]) -> tuple[str, Any]:
         texts: list[str] = []
@@ -334,7 +357,14 @@ def _decode_at(text: str, tree: Any, start: int) -> tuple[Any, int]:
     if type(tree) is int:
         end = start + tree
         return json.loads(text[start:end]), end
-    position = start + 1  # past "{" or "["
+    position = start + 1  # past "{", "[" or '"'
+    if type(tree) is _Text:
+        texts: list[str] = []
+        for length in tree.lengths:
+            end = position + length
+            texts.append(json.loads(f'"{text[position:end]}"'))
+            position = end
+        return "".join(texts), position + 1
     if tree.is_dict:
         entries: dict[str, Any] = {}
         for index, (key_length, part) in enumerate(tree.parts):
@@ -361,6 +391,11 @@ def _decode_at(text: str, tree: Any, start: int) -> tuple[Any, int]:
 class _Pieces:
     parts: list[Any]  # a dict's (key text length, value tree) pairs; a list's _Batch and item trees
     is_dict: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Text:
+    lengths: list[int]  # of the encoded slices of a long text, without the quotes
 
 
 @dataclasses.dataclass(slots=True)
