@@ -13,9 +13,9 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import InvalidMessageError
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import ToolCall
-from context_manager.core.tool_system import ToolManager, ToolResult
+from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult
 
 
 async def add(a: int, b: int) -> int:
@@ -275,3 +275,26 @@ async def test_the_kept_result_text_is_no_field_of_a_tool_result() -> None:
     assert copied == result and copied.to_content() == result.to_content()
     changed = dataclasses.replace(result, result=rows[:1])
     assert changed.to_content() == json.dumps(rows[:1], ensure_ascii=False)  # not the text kept for rows
+
+
+async def test_a_tool_result_rebuilt_from_its_dict_works_like_the_original() -> None:
+    """``ToolResult(**result.to_dict())`` (a result stored as JSON, sent through a queue) kept ``error_type``
+    as the string ``to_dict`` wrote: ``to_content()`` and ``to_dict()`` of the rebuilt result raised
+    AttributeError ('str' object has no attribute 'value'). The string is read back as its ToolErrorType;
+    one that names no error type is refused, naming the allowed ones."""
+
+    async def slow_report(days: int) -> str:
+        await asyncio.sleep(1)
+        return "report"
+
+    manager = ToolManager(ContextManagerConfig(max_tool_timeout=0.05))
+    manager.register_function_tool("slow_report", slow_report, "A slow report")
+    failed = await manager.execute_tool("slow_report", days=7)
+    stored = json.loads(json.dumps(failed.to_dict()))
+    rebuilt = ToolResult(**stored)
+    assert rebuilt.error_type is ToolErrorType.TIMEOUT and rebuilt == failed
+    assert rebuilt.to_content() == failed.to_content() == f"Error (timeout): {failed.error}"
+    assert rebuilt.to_dict() == failed.to_dict()
+    refused = r"^error_type: got 'slow'; allowed one of 'unknown_tool', "
+    with pytest.raises(InvalidArgumentError, match=refused):
+        ToolResult(success=False, error="x", error_type="slow")  # type: ignore[arg-type]

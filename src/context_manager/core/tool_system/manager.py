@@ -28,8 +28,8 @@ problems:
    datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
    converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
-   the text); one holding more than about 10,000 values is checked and encoded in a worker thread, in
-   pieces, so the event loop goes on meanwhile.
+   the text); one holding more than about 10,000 values (or megabytes of text) is checked and encoded in a
+   worker thread, in pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from context_manager.core.errors import InvalidArgumentError
+
 __all__ = ["REFUSED_TOOL_CALLS", "ToolErrorType", "ToolResult"]
 
 
@@ -95,6 +97,16 @@ class ToolResult(_EncodedSlot):
     # _encoded (a slot of the base class, unset until the manager sets it): (result, its JSON text) as the
     # manager encoded it; to_content() reuses the text while ``result`` is that same object, so a large
     # result is not encoded a second time on the event loop
+
+    def __post_init__(self) -> None:
+        kind = self.error_type
+        if kind is not None and type(kind) is not ToolErrorType:
+            # its string, as ``to_dict()`` writes it: ``ToolResult(**stored)`` rebuilds a stored result
+            try:
+                self.error_type = ToolErrorType(kind)
+            except ValueError:
+                allowed = "one of " + ", ".join(repr(member.value) for member in ToolErrorType) + ", or None"
+                raise InvalidArgumentError("error_type", kind, allowed) from None
 
     def to_content(self) -> str:
         """Return the text a tool result message carries in the context window.
