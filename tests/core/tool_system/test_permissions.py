@@ -253,7 +253,7 @@ async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
     asked: list[tuple[str, dict[str, Any]]] = []
 
     def slow_policy_service(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
-        time.sleep(0.4)  # a blocking round trip to the service
+        time.sleep(0.6)  # a blocking round trip to the service
         asked.append((definition.name, arguments))
         return arguments["path"].startswith("/tmp/")
 
@@ -279,8 +279,8 @@ async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
     denied = await manager.execute("delete_file", path="/etc/passwd")
     done.set()
     await ticking
-    assert free.success and waited < 0.2, f"a call needing no approval waited {waited:.2f} s"
-    assert max(gaps) < 0.2, f"the loop stood still {max(gaps):.2f} s"
+    assert max(gaps) < 0.3, f"the loop stood still {max(gaps):.2f} s"
+    assert free.success and waited < 0.3, f"a call needing no approval waited {waited:.2f} s"
     assert approved.success and ran == ["/tmp/x"]
     assert denied.error_type == "permission_denied" and "was not approved" in (denied.error or "")
     assert asked == [("delete_file", {"path": "/tmp/x"}), ("delete_file", {"path": "/etc/passwd"})]
