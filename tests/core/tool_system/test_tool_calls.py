@@ -191,8 +191,9 @@ async def test_a_structured_result_is_encoded_once_for_the_window(tmp_path: Path
         [result] = await context.execute_tool_calls([call])
         [answer] = [message for message in context.messages if message.role == "tool"]
     expected = json.dumps(dict(rows), ensure_ascii=False)
-    assert answer.content == expected and result.to_content() == expected
+    assert answer.content == expected
     assert _CountingRows.encodes == 1
+    assert result.to_content() == expected  # (the result as it is now: encoded again, it is small)
 
 
 async def test_a_large_result_is_encoded_off_the_event_loop_unchanged() -> None:
@@ -298,3 +299,23 @@ async def test_a_tool_result_rebuilt_from_its_dict_works_like_the_original() -> 
     refused = r"^error_type: got 'slow'; allowed one of 'unknown_tool', "
     with pytest.raises(InvalidArgumentError, match=refused):
         ToolResult(success=False, error="x", error_type="slow")  # type: ignore[arg-type]
+
+
+async def test_to_content_gives_the_result_as_it_is_after_a_change_in_place() -> None:
+    """``to_content()`` returned the JSON text the manager made when the tool returned while ``result`` was
+    the same object, even after the caller changed it in place: deleting an internal field from
+    ``result.result`` before handing the text to the model still sent the field. The text the manager
+    keeps is now used by the window and the MCP server, which take it as the call returns; ``to_content()``
+    encodes the result as it is (only a result of megabytes reuses the kept text)."""
+
+    async def lookup_customer(customer_id: str) -> dict[str, Any]:
+        return {"id": customer_id, "name": "Ada", "internal_score": 0.93, "tags": ["vip"]}
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("lookup_customer", lookup_customer, "Look a customer up", cacheable=True)
+    for _ in range(2):  # the call, then a cache hit
+        result = await manager.execute_tool("lookup_customer", customer_id="c-1")
+        del result.result["internal_score"]
+        result.result["tags"].append("checked")
+        assert result.to_content() == '{"id": "c-1", "name": "Ada", "tags": ["vip", "checked"]}'
+    assert result.cached
