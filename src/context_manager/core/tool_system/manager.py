@@ -528,6 +528,8 @@ class ToolManager(ToolRegistry):
         """The configuration the manager reads its limits from."""
         self._policy = PermissionPolicy.coerce(permission_policy)
         self.approval_callback = approval_callback
+        # per typed tool, its integer and number arguments (name -> what is expected): true is refused there
+        self._numeric_arguments: dict[str, dict[str, str]] = {}
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -564,9 +566,13 @@ class ToolManager(ToolRegistry):
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
+        numeric = _numeric_arguments(definition)
+        if numeric:
+            self._numeric_arguments[definition.name] = numeric
 
     def _tool_removed(self, name: str) -> None:
         self._stats.pop(name, None)
+        self._numeric_arguments.pop(name, None)
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
 
@@ -678,6 +684,17 @@ class ToolManager(ToolRegistry):
 
         model = definition.arguments_model
         if model is not None:
+            # a JSON boolean is no number (pydantic's lax mode takes true as 1): checked only when one came
+            numeric = self._numeric_arguments.get(name)
+            booleans = (
+                [
+                    f"{field}: got {value}; expected {expected}"
+                    for field, expected in numeric.items()
+                    if type(value := arguments.get(field)) is bool
+                ]
+                if numeric is not None and bool in map(type, arguments.values())
+                else None
+            )
             try:
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
@@ -688,6 +705,13 @@ class ToolManager(ToolRegistry):
                     sensitive_arguments=definition.sensitive_arguments,
                     arguments_model=model,
                 )
+                if booleans:
+                    message = "; ".join([message, *booleans])
+                return self._fail(
+                    definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
+                )
+            if booleans:
+                message = f"invalid arguments for tool {name!r}: " + "; ".join(booleans)
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
@@ -1095,6 +1119,48 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+_NUMBER_TYPES = frozenset({"integer", "number"})
+_NUMBER_OR_NULL = _NUMBER_TYPES | {"null"}
+
+
+def _numeric_arguments(definition: ToolDefinition) -> dict[str, str]:
+    """A typed tool's arguments whose schema takes numbers only (and null): name -> what is expected."""
+    model = definition.arguments_model
+    if model is None:
+        return {}
+    try:
+        properties = model.model_json_schema().get("properties", {})
+    except Exception:  # pragma: no cover - the schema was made at registration already
+        return {}
+    numeric: dict[str, str] = {}
+    for name, schema in properties.items():
+        types = _schema_types(schema)
+        if types and types & _NUMBER_TYPES and types <= _NUMBER_OR_NULL:
+            numeric[name] = "a valid number" if "number" in types else "a valid integer"
+    return numeric
+
+
+def _schema_types(schema: Any) -> set[str] | None:
+    """The JSON types a property schema takes (``type``, or its ``anyOf``/``oneOf`` members'), else None."""
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {str(item) for item in kind}
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if not isinstance(options, list) or not options:
+        return None
+    types: set[str] = set()
+    for option in options:
+        found = _schema_types(option)
+        if found is None:
+            return None
+        types |= found
+    return types
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:
