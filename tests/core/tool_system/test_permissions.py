@@ -294,3 +294,27 @@ async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
     assert "the approval check failed (ConnectionError)" in (failed.error or "")
     manager.approval_callback = lambda definition, arguments: asyncio.sleep(0, result=True)  # an awaitable
     assert (await manager.execute("delete_file", path="/tmp/z")).success
+
+
+async def test_an_approval_callback_changing_nested_arguments_does_not_change_the_call() -> None:
+    """The callback got a shallow copy of the arguments: one that redacted a nested secret before logging
+    the request (``arguments["credentials"]["password"] = "***"``) sent the tool ``"***"`` as the password,
+    and one that added to a list argument widened what the tool did. It now gets a deep copy."""
+    received: list[tuple[dict[str, str], list[str]]] = []
+
+    async def deploy(credentials: dict[str, str], hosts: list[str]) -> str:
+        received.append((credentials, hosts))
+        return "deployed"
+
+    def audit(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        arguments["credentials"]["password"] = "***"  # redacted for the audit log
+        arguments["hosts"].append("prod-db")
+        return True
+
+    manager = ToolManager(approval_callback=audit)
+    manager.register_function_tool("deploy", deploy, "Deploy", permission=ToolPermission.DANGEROUS)
+    result = await manager.execute_tool(
+        "deploy", credentials={"user": "ci", "password": "s3cret"}, hosts=["web-1"]
+    )
+    assert result.success
+    assert received == [({"user": "ci", "password": "s3cret"}, ["web-1"])]

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime
 import decimal
@@ -931,11 +932,16 @@ class ToolManager(ToolRegistry):
         )
         if callback is None:
             return f"{needed}, and no approval callback is set"
+        # a copy: what the callback changes (a nested secret redacted for its log) never reaches the tool
+        try:
+            shown = copy.deepcopy(arguments)
+        except Exception:  # an argument object that cannot be copied (from a Python caller): its dict
+            shown = dict(arguments)
         try:
             if self._approval_is_async:
-                outcome = callback(definition, dict(arguments))
+                outcome = callback(definition, shown)
             else:  # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop
-                outcome = await self._threads.run(callback, definition, dict(arguments))
+                outcome = await self._threads.run(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
