@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -318,3 +319,30 @@ async def test_an_approval_callback_changing_nested_arguments_does_not_change_th
     )
     assert result.success
     assert received == [({"user": "ci", "password": "s3cret"}, ["web-1"])]
+
+
+async def test_sync_approval_callbacks_are_asked_one_at_a_time() -> None:
+    """A sync callback is run in a thread so that the loop goes on; it is still asked about one call at a
+    time, as when it ran on the loop: a terminal prompt (``input()``) asked from several threads at once for
+    a model's parallel calls would mix its questions and hand answers to the wrong call."""
+    lock = threading.Lock()
+    inside = 0
+    most = 0
+    asked: list[str] = []
+
+    def prompt(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.05)  # the person reads the question
+        asked.append(arguments["path"])
+        with lock:
+            inside -= 1
+        return True
+
+    manager = make_manager(approval_callback=prompt)
+    calls = [{"id": f"c{n}", "name": "delete_file", "arguments": {"path": f"/tmp/{n}"}} for n in range(4)]
+    results = await manager.execute_tool_calls(calls)
+    assert [result.success for result in results] == [True] * 4
+    assert most == 1 and sorted(asked) == [f"/tmp/{n}" for n in range(4)]

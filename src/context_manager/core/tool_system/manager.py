@@ -493,7 +493,8 @@ class ToolManager(ToolRegistry):
             ``DANGEROUS`` ones. A :class:`ToolPermission` is accepted as shorthand for ``allow_up_to``.
         approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
             only ``True`` lets the call run. Without one, such calls are denied. A sync callable is
-            accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile.
+            accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile
+            (one call at a time).
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
@@ -538,6 +539,7 @@ class ToolManager(ToolRegistry):
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
+        self._sync_approvals = asyncio.Lock()
         self.telemetry: Telemetry | None | Literal["auto"] = "auto"
         """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
         :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
@@ -940,8 +942,11 @@ class ToolManager(ToolRegistry):
         try:
             if self._approval_is_async:
                 outcome = callback(definition, shown)
-            else:  # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop
-                outcome = await self._threads.run(callback, definition, shown)
+            else:
+                # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop;
+                # one call at a time, as on the loop: a terminal prompt must not ask two questions at once
+                async with self._sync_approvals:
+                    outcome = await self._threads.run(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
