@@ -230,7 +230,10 @@ def _weight(value: Any, limit: int) -> int:
     while pending:
         item = pending.pop()
         values = item.values() if isinstance(item, dict) else item
-        total += len(item) + sum(map(_length, values)) // _CHARS_PER_VALUE
+        try:
+            total += len(item) + sum(map(_length, values)) // _CHARS_PER_VALUE
+        except Exception:  # an object's own __len__ raising: weigh it as heavy (its pieces are encoded apart)
+            return limit + 1
         if total > limit:
             return total
         if scalar(map(type, values)):
