@@ -1140,14 +1140,10 @@ _NUMBER_OR_NULL = _NUMBER_TYPES | {"null"}
 
 
 def _numeric_arguments(definition: ToolDefinition) -> dict[str, str]:
-    """A typed tool's arguments whose schema takes numbers only (and null): name -> what is expected."""
-    model = definition.arguments_model
-    if model is None:
+    """A typed tool's numeric arguments (name -> what is expected): their schema takes numbers, or null."""
+    if definition.arguments_model is None:
         return {}
-    try:
-        properties = model.model_json_schema().get("properties", {})
-    except Exception:  # pragma: no cover - the schema was made at registration already
-        return {}
+    properties = definition.parameters_schema.get("properties") or {}
     numeric: dict[str, str] = {}
     for name, schema in properties.items():
         types = _schema_types(schema)
