@@ -500,7 +500,7 @@ def _application_tools(tools: ToolManager, user_id: str | None) -> list[Any]:
         async def run(self, arguments: dict[str, Any], context: Any, convert_result: bool = False) -> Any:
             result = await tools.call_tool(self.name, arguments, caller_key=user_id)
             # a lone surrogate (a file name read with surrogateescape) cannot be written as JSON
-            text = storable(result.to_content())
+            text = storable(result._message_text())  # the text the manager kept: not encoded again
             return CallToolResult(content=[TextContent(type="text", text=text)], is_error=not result.success)
 
     exposed: list[Any] = []

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import gc
+import json
+import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.tool_system import ToolManager, ToolResultCache
+from context_manager.core.tool_system import ToolManager, ToolResult, ToolResultCache
 
 from .conftest import ManualClock
 
@@ -201,3 +206,109 @@ async def test_a_result_holding_tuples_is_the_same_from_the_tool_and_the_cache(c
     )
     pair = manager.register_function_tool("pair", lambda: (1, 2), "A pair")
     assert (await manager.execute_tool(pair.name)).result == [1, 2]
+
+
+async def _longest_loop_step(operation: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
+    """Run ``operation`` beside a ticker task; return its result and the loop's longest step in CPU time.
+
+    The CPU time of the loop's thread between two turns of the ticker is what the loop could not run other
+    tasks for (other processes on a shared machine do not inflate it). The objects the test holds are frozen
+    out of the garbage collector: a full collection of them would be a stall of the test, not of the cache.
+    """
+    steps: list[float] = []
+    last = time.thread_time()
+
+    async def ticker() -> None:
+        nonlocal last
+        while True:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            steps.append(now - last)
+            last = now
+
+    gc.collect()
+    gc.freeze()
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    try:
+        last = time.thread_time()
+        result = await operation()
+        steps.append(time.thread_time() - last)  # the step that ends the operation
+    finally:
+        gc.unfreeze()
+        ticking.cancel()
+    return result, max(steps)
+
+
+async def test_a_cache_hit_on_a_large_result_does_not_hold_the_event_loop() -> None:
+    """A hit decoded the whole cached JSON text on the event loop, and ``to_content()`` encoded the copy
+    again: for 300,000 rows the loop stood still for 0.7-0.8 s on every hit (the miss, encoded in a worker
+    thread, held it a few ms). A 30 MB text result was encoded on the miss and decoded on every hit, both
+    on the loop. Large hits are now decoded in a worker thread in pieces, the cached text is reused for the
+    tool message, and a text result is kept as it is (a string cannot be changed by its caller)."""
+    rows: list[Any] = [
+        {"id": n, "name": f"customer {n}", "score": n * 0.5, "tags": ["a", "b"], "when": None}
+        for n in range(300_000)
+    ]
+    page = "lorem ipsum " * 2_500_000  # 30 MB of text
+
+    async def query(shape: str) -> Any:
+        return {"count": len(rows), "rows": rows} if shape == "rows" else page
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("query", query, "Query customers", cacheable=True)
+
+    async def call(shape: str) -> tuple[ToolResult, str]:
+        result = await manager.execute_tool("query", shape=shape)
+        return result, result.to_content()  # the tool message's text, as the context window takes it
+
+    async def hit_holds_the_loop(shape: str) -> float:
+        (first, first_text), _ = await _longest_loop_step(lambda: call(shape))
+        longest = float("inf")
+        for _ in range(3):  # the best of three: a step of the shared machine's own passes another run
+            (hit, hit_text), step = await _longest_loop_step(lambda: call(shape))
+            longest = min(longest, step)
+            assert hit.cached and hit.result == first.result and hit_text == first_text
+        return longest
+
+    longest = await hit_holds_the_loop("rows")
+    assert longest < 0.030, f"a hit on 300,000 rows held the loop {longest * 1000:.0f} ms"
+    hit, _ = await call("rows")
+    hit.result["rows"][0]["name"] = "changed"  # each hit is still a copy of its own
+    again, text = await call("rows")
+    assert again.cached and again.result["rows"][0]["name"] == "customer 0"
+    assert text == json.dumps({"count": len(rows), "rows": rows}, ensure_ascii=False)
+    longest = await hit_holds_the_loop("page")
+    assert longest < 0.015, f"a hit on a 30 MB text held the loop {longest * 1000:.0f} ms"
+    assert (await call("page"))[1] == page
+
+
+async def test_a_result_of_megabytes_of_text_in_few_values_does_not_hold_the_event_loop() -> None:
+    """Only results of many values went to a worker thread: a file reader's ``{"path": ..., "content": ...}``
+    with 20 MB of text was encoded on the event loop on the miss (about 50 ms) and decoded there on every
+    hit (200 ms for text with quotes, backslashes and line breaks, each an escape in JSON). Long texts
+    now count by their length, and are encoded and decoded in slices in the thread."""
+    content = 'línea "citada" con \\ barra\t\x01 🙂\n' * 600_000  # 20 MB, with every kind of escape
+
+    async def read_file(path: str) -> dict[str, Any]:
+        return {"path": path, "size": len(content), "content": content, "lines": [content[:80]] * 3}
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("read_file", read_file, "Read a file", cacheable=True)
+
+    async def call() -> tuple[ToolResult, str]:
+        result = await manager.execute_tool("read_file", path="/var/log/app.log")
+        return result, result.to_content()
+
+    expected = json.dumps(await read_file("/var/log/app.log"), ensure_ascii=False)
+    steps: list[float] = []
+    for _ in range(3):  # the best of three: a step of the shared machine's own passes another run
+        manager.invalidate_cache()
+        (miss, miss_text), miss_step = await _longest_loop_step(call)
+        (hit, hit_text), hit_step = await _longest_loop_step(call)
+        assert not miss.cached and hit.cached and miss_text == hit_text == expected
+        assert hit.result == miss.result and hit.result["content"] == content
+        steps.append(max(miss_step, hit_step))
+        if steps[-1] < 0.030:
+            break
+    assert min(steps) < 0.030, f"the loop was held {min(steps) * 1000:.0f} ms"

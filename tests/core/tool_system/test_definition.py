@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
@@ -757,3 +758,33 @@ def test_a_declared_schema_that_does_not_match_a_typed_signature_is_refused() ->
         "required": ["x"],
     }
     assert registry.register_function_tool("scale", scale, parameters_schema=richer).schema_declared
+
+
+async def test_the_keywords_a_partial_binds_are_not_arguments_of_the_model() -> None:
+    """``functools.partial(list_orders, user_id=current_user)`` binds the application's context to a tool,
+    as a bound method binds ``self``. The bound keyword stayed in the schema with the bound value as its
+    default (the model saw the user id), and a call passing ``user_id="bob"`` ran with it: a model could
+    read another user's orders. Bound keywords are left out of the schema and refused in a call."""
+
+    async def list_orders(user_id: str, status: str = "open") -> str:
+        return f"{status} orders of {user_id}"
+
+    async def export(parameters: dict[str, str], destination: str) -> str:
+        return f"{sorted(parameters)} to {destination}"
+
+    manager = ToolManager()
+    orders = manager.register_function_tool(
+        "list_orders", functools.partial(list_orders, user_id="alice"), "List the user's orders"
+    )
+    assert orders.parameters_schema["properties"] == {"status": {"default": "open", "type": "string"}}
+    assert "alice" not in json.dumps(manager.get_tool_schemas())
+    assert (await manager.execute_tool("list_orders", status="shipped")).result == "shipped orders of alice"
+    refused = await manager.execute_tool("list_orders", user_id="bob")
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == (
+        "invalid arguments for tool 'list_orders': user_id: unexpected argument; allowed status"
+    )
+    # with the context bound, the parameters dict convention applies to what is left
+    exporter = manager.register_function_tool("export", functools.partial(export, destination="s3"), "Export")
+    assert exporter.convention == "parameters"
+    assert (await manager.execute_tool("export", b="1", a="2")).result == "['a', 'b'] to s3"

@@ -717,3 +717,31 @@ async def test_cancelled_calls_are_counted_in_the_statistics() -> None:
         assert entry["errors"] == {"cancelled": 1}, name
         assert entry["total_time"] > 0 and entry["last_called"] is not None
     assert stats["tools"]["slow"]["errors"] == {"timeout": 1}
+
+
+async def test_a_json_boolean_is_not_a_number_for_a_typed_tool() -> None:
+    """A typed tool took ``true`` for an ``int`` or ``float`` parameter as 1 (pydantic's lax mode: a bool is
+    an int in Python): ``{"limit": true}`` from a model ran ``limit=1`` without a word, though the schema
+    the model was given says integer, and the library's own check of a parameters dict (as the MCP
+    server's memory tools) refuses ``true`` for an integer. It is now ``invalid_arguments``; numbers as
+    strings (``"5"``) are still read as pydantic reads them, and bool parameters still take booleans."""
+    ran: list[tuple[Any, ...]] = []
+
+    async def search(query: str, limit: int = 5, threshold: float | None = None, exact: bool = False) -> str:
+        ran.append((limit, threshold, exact))
+        return query
+
+    manager = ToolManager()
+    manager.register_function_tool("search", search, "Search")
+    refused = await manager.execute_tool("search", query="q", limit=True)
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == "invalid arguments for tool 'search': limit: got True; expected a valid integer"
+    both = await manager.call_tool("search", {"query": 3, "threshold": False})
+    assert both.error == (
+        "invalid arguments for tool 'search': query: got 3; expected a valid string; "
+        "threshold: got False; expected a valid number"
+    )
+    assert ran == []
+    for arguments in ({"limit": "5", "threshold": 0.5, "exact": True}, {"limit": 2.0, "threshold": None}):
+        assert (await manager.call_tool("search", {"query": "q", **arguments})).success
+    assert ran == [(5, 0.5, True), (2, None, False)]

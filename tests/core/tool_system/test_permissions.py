@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -243,3 +245,104 @@ async def test_replacing_the_policy_or_callback_later_is_checked_like_at_constru
 
     tools.approval_callback = approve
     assert (await tools.execute_tool("delete_file", path="/tmp/z")).success
+
+
+async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
+    """A sync approval callback (accepted, as documented: a CLI prompt, a policy service's HTTP client) was
+    called on the event loop: while it waited, every other task of the application stood still, the calls
+    of tools that need no approval included. It now runs in one of the manager's threads."""
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    def slow_policy_service(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        time.sleep(0.6)  # a blocking round trip to the service
+        asked.append((definition.name, arguments))
+        return arguments["path"].startswith("/tmp/")
+
+    manager = make_manager(approval_callback=slow_policy_service)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    approving = asyncio.create_task(manager.execute("delete_file", path="/tmp/x"))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    free = await manager.execute("read_file", path="a")  # a PUBLIC tool, while the approval is pending
+    waited = time.perf_counter() - started
+    approved = await approving
+    denied = await manager.execute("delete_file", path="/etc/passwd")
+    done.set()
+    await ticking
+    assert max(gaps) < 0.3, f"the loop stood still {max(gaps):.2f} s"
+    assert free.success and waited < 0.3, f"a call needing no approval waited {waited:.2f} s"
+    assert approved.success and ran == ["/tmp/x"]
+    assert denied.error_type == "permission_denied" and "was not approved" in (denied.error or "")
+    assert asked == [("delete_file", {"path": "/tmp/x"}), ("delete_file", {"path": "/etc/passwd"})]
+
+    def broken(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        raise ConnectionError("policy service down")
+
+    manager.approval_callback = broken
+    failed = await manager.execute("delete_file", path="/tmp/y")
+    assert failed.error_type == "permission_denied"
+    assert "the approval check failed (ConnectionError)" in (failed.error or "")
+    manager.approval_callback = lambda definition, arguments: asyncio.sleep(0, result=True)  # an awaitable
+    assert (await manager.execute("delete_file", path="/tmp/z")).success
+
+
+async def test_an_approval_callback_changing_nested_arguments_does_not_change_the_call() -> None:
+    """The callback got a shallow copy of the arguments: one that redacted a nested secret before logging
+    the request (``arguments["credentials"]["password"] = "***"``) sent the tool ``"***"`` as the password,
+    and one that added to a list argument widened what the tool did. It now gets a deep copy."""
+    received: list[tuple[dict[str, str], list[str]]] = []
+
+    async def deploy(credentials: dict[str, str], hosts: list[str]) -> str:
+        received.append((credentials, hosts))
+        return "deployed"
+
+    def audit(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        arguments["credentials"]["password"] = "***"  # redacted for the audit log
+        arguments["hosts"].append("prod-db")
+        return True
+
+    manager = ToolManager(approval_callback=audit)
+    manager.register_function_tool("deploy", deploy, "Deploy", permission=ToolPermission.DANGEROUS)
+    result = await manager.execute_tool(
+        "deploy", credentials={"user": "ci", "password": "s3cret"}, hosts=["web-1"]
+    )
+    assert result.success
+    assert received == [({"user": "ci", "password": "s3cret"}, ["web-1"])]
+
+
+async def test_sync_approval_callbacks_are_asked_one_at_a_time() -> None:
+    """A sync callback is run in a thread so that the loop goes on; it is still asked about one call at a
+    time, as when it ran on the loop: a terminal prompt (``input()``) asked from several threads at once for
+    a model's parallel calls would mix its questions and hand answers to the wrong call."""
+    lock = threading.Lock()
+    inside = 0
+    most = 0
+    asked: list[str] = []
+
+    def prompt(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.05)  # the person reads the question
+        asked.append(arguments["path"])
+        with lock:
+            inside -= 1
+        return True
+
+    manager = make_manager(approval_callback=prompt)
+    calls = [{"id": f"c{n}", "name": "delete_file", "arguments": {"path": f"/tmp/{n}"}} for n in range(4)]
+    results = await manager.execute_tool_calls(calls)
+    assert [result.success for result in results] == [True] * 4
+    assert most == 1 and sorted(asked) == [f"/tmp/{n}" for n in range(4)]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,9 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import InvalidMessageError
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import ToolCall
-from context_manager.core.tool_system import ToolManager
+from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult
 
 
 async def add(a: int, b: int) -> int:
@@ -189,8 +191,9 @@ async def test_a_structured_result_is_encoded_once_for_the_window(tmp_path: Path
         [result] = await context.execute_tool_calls([call])
         [answer] = [message for message in context.messages if message.role == "tool"]
     expected = json.dumps(dict(rows), ensure_ascii=False)
-    assert answer.content == expected and result.to_content() == expected
+    assert answer.content == expected
     assert _CountingRows.encodes == 1
+    assert result.to_content() == expected  # (the result as it is now: encoded again, it is small)
 
 
 async def test_a_large_result_is_encoded_off_the_event_loop_unchanged() -> None:
@@ -247,3 +250,72 @@ async def test_a_large_result_is_encoded_off_the_event_loop_unchanged() -> None:
     as_lists = {**wrapped, "pairs": [[n, "x"] for n in range(30_000)]}  # JSON has no tuples
     assert results[1].result == as_lists
     assert texts[1] == json.dumps(as_lists, ensure_ascii=False)
+
+
+async def test_the_kept_result_text_is_no_field_of_a_tool_result() -> None:
+    """The JSON text the manager keeps for ``to_content()`` was a dataclass field:
+    ``dataclasses.asdict(result)`` (how applications serialise dataclasses) held a private ``_encoded``
+    entry with a second copy of the result and all its text, ``fields()`` listed it, and pickling or
+    ``replace`` carried it along."""
+    rows = [{"id": n, "name": f"customer {n}"} for n in range(50)]
+
+    async def query(limit: int) -> list[dict[str, Any]]:
+        return rows[:limit]
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query customers")
+    result = await manager.execute_tool("query", limit=50)
+    assert result.success and result.to_content() == json.dumps(rows, ensure_ascii=False)
+    as_dict = dataclasses.asdict(result)
+    assert set(as_dict) == set(result.to_dict()) == {field.name for field in dataclasses.fields(result)}
+    assert as_dict["result"] == rows
+    assert "_encoded" not in repr(result)
+    plain = ToolResult(success=True, result=rows, tool_name="query", execution_time=result.execution_time)
+    assert plain == result and plain.to_content() == result.to_content()
+    copied = pickle.loads(pickle.dumps(result))
+    assert copied == result and copied.to_content() == result.to_content()
+    changed = dataclasses.replace(result, result=rows[:1])
+    assert changed.to_content() == json.dumps(rows[:1], ensure_ascii=False)  # not the text kept for rows
+
+
+async def test_a_tool_result_rebuilt_from_its_dict_works_like_the_original() -> None:
+    """``ToolResult(**result.to_dict())`` (a result stored as JSON, sent through a queue) kept ``error_type``
+    as the string ``to_dict`` wrote: ``to_content()`` and ``to_dict()`` of the rebuilt result raised
+    AttributeError ('str' object has no attribute 'value'). The string is read back as its ToolErrorType;
+    one that names no error type is refused, naming the allowed ones."""
+
+    async def slow_report(days: int) -> str:
+        await asyncio.sleep(1)
+        return "report"
+
+    manager = ToolManager(ContextManagerConfig(max_tool_timeout=0.05))
+    manager.register_function_tool("slow_report", slow_report, "A slow report")
+    failed = await manager.execute_tool("slow_report", days=7)
+    stored = json.loads(json.dumps(failed.to_dict()))
+    rebuilt = ToolResult(**stored)
+    assert rebuilt.error_type is ToolErrorType.TIMEOUT and rebuilt == failed
+    assert rebuilt.to_content() == failed.to_content() == f"Error (timeout): {failed.error}"
+    assert rebuilt.to_dict() == failed.to_dict()
+    refused = r"^error_type: got 'slow'; allowed one of 'unknown_tool', "
+    with pytest.raises(InvalidArgumentError, match=refused):
+        ToolResult(success=False, error="x", error_type="slow")  # type: ignore[arg-type]
+
+
+async def test_to_content_gives_the_result_as_it_is_after_a_change_in_place() -> None:
+    """``to_content()`` returned the JSON text the manager made when the tool returned while ``result`` was
+    the same object, even after the caller changed it in place: deleting an internal field from
+    ``result.result`` before handing the text to the model still sent the field. The text the manager
+    keeps is now used by the window and the MCP server, which take it as the call returns; ``to_content()``
+    encodes the result as it is (only a result of megabytes reuses the kept text)."""
+
+    async def lookup_customer(customer_id: str) -> dict[str, Any]:
+        return {"id": customer_id, "name": "Ada", "internal_score": 0.93, "tags": ["vip"]}
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("lookup_customer", lookup_customer, "Look a customer up", cacheable=True)
+    for _ in range(2):  # the call, then a cache hit
+        result = await manager.execute_tool("lookup_customer", customer_id="c-1")
+        del result.result["internal_score"]
+        result.result["tags"].append("checked")
+        assert result.to_content() == '{"id": "c-1", "name": "Ada", "tags": ["vip", "checked"]}'
+    assert result.cached

@@ -4,7 +4,9 @@ Keys are the tool name plus the canonical JSON of the validated arguments (sorte
 separators), so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` share an entry; a key longer than 256
 characters is kept as its BLAKE2b digest (128 bits), so large arguments (a whole document) are not held.
 Only successful results are stored, as JSON text: every hit decodes a fresh copy, so a caller mutating a
-result cannot change what the next caller gets.
+result cannot change what the next caller gets. A text result is stored as it is (a string cannot be
+changed). With the text, the cache keeps what the manager passes to decode it (a large result's piece tree:
+it is decoded in a worker thread, in pieces, and the text is reused for the tool message).
 
 The cache is bounded by entries (``max_entries``) and by the size of the texts it holds (``max_bytes``,
 32 MiB by default, counted in characters): the least recently used entries go first, and a result larger
@@ -21,9 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_BYTES", "ToolResultCache", "canonical_arguments"]
+__all__ = ["DEFAULT_MAX_BYTES", "TEXT_RESULT", "ToolResultCache", "canonical_arguments"]
 
-_MISSING: Any = object()
+TEXT_RESULT: Any = object()
+"""The form of an entry whose text is the result itself (a string result), not its JSON."""
 _LONG_KEY = 256  # longer argument keys are kept as their digest
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 """The most characters of result texts the cache holds by default."""
@@ -67,7 +70,7 @@ class ToolResultCache:
         self.misses = 0
         """Lookups not answered (absent or expired)."""
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -88,41 +91,53 @@ class ToolResultCache:
 
     def _remove(self, key: tuple[str, str]) -> None:
         """Drop one entry (under the lock)."""
-        _, text = self._entries.pop(key)
+        _, text, _ = self._entries.pop(key)
         self._bytes -= len(text)
 
-    def _get(self, tool_name: str, arguments_key: str) -> Any:
+    def entry(self, tool_name: str, arguments_key: str) -> tuple[str, Any] | None:
+        """Return the stored ``(text, form)`` of a hit, None on a miss or an expired entry (counted).
+
+        ``form`` is :data:`TEXT_RESULT` when the text is the result itself, else what :meth:`put` was given
+        as ``pieces`` (None: decode the JSON text whole). The text is shared: never changed.
+        """
         key = self._key(tool_name, arguments_key)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
-                return _MISSING
-            expires_at, text = entry
+                return None
+            expires_at, text, form = entry
             if expires_at <= self._clock():
                 self._remove(key)
                 self.misses += 1
-                return _MISSING
+                return None
             self._entries.move_to_end(key)
             self.hits += 1
-        return json.loads(text)
+        return text, form
 
     def lookup(self, tool_name: str, arguments_key: str) -> tuple[bool, Any]:
         """Return ``(True, result)`` on a hit and ``(False, None)`` on a miss or an expired entry."""
-        value = self._get(tool_name, arguments_key)
-        if value is _MISSING:
+        found = self.entry(tool_name, arguments_key)
+        if found is None:
             return False, None
-        return True, value
+        text, form = found
+        return True, (text if form is TEXT_RESULT else json.loads(text))
 
-    def put(self, tool_name: str, arguments_key: str, result_json: str, ttl: float) -> None:
-        """Store a successful result (as its JSON text) for ``ttl`` seconds (not when it is too large)."""
+    def put(
+        self, tool_name: str, arguments_key: str, result_json: str, ttl: float, *, pieces: Any = None
+    ) -> None:
+        """Store a successful result (as its JSON text) for ``ttl`` seconds (not when it is too large).
+
+        ``pieces`` is kept with the text and given back by :meth:`entry` (the manager's piece tree of a
+        large result); :data:`TEXT_RESULT` stores a string result itself as the text.
+        """
         key = self._key(tool_name, arguments_key)
         with self._lock:
             if key in self._entries:
                 self._remove(key)
             if len(result_json) > self.max_bytes:
                 return
-            self._entries[key] = (self._clock() + ttl, result_json)
+            self._entries[key] = (self._clock() + ttl, result_json, pieces)
             self._bytes += len(result_json)
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 self._remove(next(iter(self._entries)))
@@ -144,7 +159,7 @@ class ToolResultCache:
         """Drop the entries whose TTL has passed; return how many were dropped."""
         now = self._clock()
         with self._lock:
-            doomed = [key for key, (expires_at, _) in self._entries.items() if expires_at <= now]
+            doomed = [key for key, (expires_at, _, _) in self._entries.items() if expires_at <= now]
             for key in doomed:
                 self._remove(key)
             return len(doomed)

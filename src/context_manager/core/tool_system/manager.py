@@ -11,7 +11,8 @@ problems:
    ``parameters_schema`` if any - ``invalid_arguments`` naming the field, the value and what is expected;
 4. **approval** - for calls the policy asks about, the approval callback must return ``True``;
 5. **cache** - a cacheable tool (with ``config.enable_tool_caching``) answers repeated arguments from the
-   cache without running and without counting against its rate limit (``cached=True``);
+   cache without running and without counting against its rate limit (``cached=True``); a hit is a fresh
+   copy of the result (a large one decoded in a worker thread, in pieces), a text result the text itself;
 6. **rate limit** - at most ``rate_limit`` calls per sliding ``rate_window`` per tool (and per
    ``caller_key`` when one is given) - ``rate_limited`` with ``retry_after``;
 7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
@@ -27,8 +28,8 @@ problems:
    datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
    converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
    failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
-   the text); one holding more than about 10,000 values is checked and encoded in a worker thread, in
-   pieces, so the event loop goes on meanwhile.
+   the text); one holding more than about 10,000 values (or megabytes of text) is checked and encoded in a
+   worker thread, in pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime
 import decimal
@@ -54,6 +56,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import pathlib
 import signal
 import time
@@ -68,8 +71,8 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError, describe_value
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
-from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit
-from context_manager.core.tool_system.cache import ToolResultCache, canonical_arguments
+from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit, is_async_callable
+from context_manager.core.tool_system.cache import TEXT_RESULT, ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
     ApprovalCallback,
@@ -203,25 +206,36 @@ in a worker thread: about 5 ms of work and more."""
 _CHUNK_ITEMS = 2_000
 """Values the C encoder is given at once when a large result is encoded in a thread: it keeps the GIL
 while it runs, so a whole large result in one call would hold the event loop all the same."""
+_CHARS_PER_VALUE = 256
+"""Characters of text that weigh as much as one value (to encode or to decode): a long text counts by its
+length, so a result of megabytes of text in a few values goes to the thread too."""
+_CHUNK_CHARS = _CHUNK_ITEMS * _CHARS_PER_VALUE
+"""A longer text is encoded (and decoded) in slices of this many characters."""
 _CONTAINERS = (dict, list, tuple)
+_length = operator.length_hint  # a text's length, 0 for a number, True or None (at C speed over a map)
 
 
 def _weight(value: Any, limit: int) -> int:
-    """How many values ``value`` holds (list items, dict entries, at every level), counted up to ``limit``.
+    """How many values ``value`` holds, counted up to ``limit``.
+
+    List items and dict entries count at every level, and a long text as many values as its length weighs.
 
     Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
     """
     if not isinstance(value, _CONTAINERS):
-        return 1
+        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
     total = 0
     pending: list[Any] = [value]
     scalar = _SCALAR_TYPES.issuperset
     while pending:
         item = pending.pop()
-        total += len(item)
+        values = item.values() if isinstance(item, dict) else item
+        try:
+            total += len(item) + sum(map(_length, values)) // _CHARS_PER_VALUE
+        except Exception:  # an object's own __len__ raising: weigh it as heavy (its pieces are encoded apart)
+            return limit + 1
         if total > limit:
             return total
-        values = item.values() if isinstance(item, dict) else item
         if scalar(map(type, values)):
             continue
         pending.extend(inner for inner in values if isinstance(inner, _CONTAINERS))
@@ -243,14 +257,18 @@ _ESTIMATE_DEPTH = 4
 def _estimate(value: Any, depth: int) -> int:
     """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
     if not isinstance(value, _CONTAINERS):
-        return 1
+        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
     size = len(value)
     if not size or depth >= _ESTIMATE_DEPTH:
         return size
     if isinstance(value, dict):
-        if _SCALAR_TYPES.issuperset(map(type, value.values())):
-            return size
-        sample = list(itertools.islice(value.values(), _SAMPLED_ENTRIES))
+        values = value.values()
+        if _SCALAR_TYPES.issuperset(map(type, values)):  # texts and numbers: their texts' lengths
+            if size <= _SAMPLED_ENTRIES:
+                return size + sum(map(_length, values)) // _CHARS_PER_VALUE
+            chars = sum(map(_length, itertools.islice(values, _SAMPLED_ENTRIES)))
+            return size + chars * size // (_SAMPLED_ENTRIES * _CHARS_PER_VALUE)
+        sample = list(itertools.islice(values, _SAMPLED_ENTRIES))
     else:
         sample = list(value) if size <= _SAMPLED else [value[0], value[size // 2], value[-1]]
     inner = sum(_estimate(item, depth + 1) for item in sample)
@@ -260,8 +278,11 @@ def _estimate(value: Any, depth: int) -> int:
 class _ChunkedEncoding:
     """The JSON text of a large value, made by the C encoder in pieces of at most about ``_CHUNK_ITEMS``.
 
-    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). :meth:`decode` rebuilds the
-    JSON value from the pieces (tuples as lists, converted values) one piece at a time as well.
+    The pieces are joined as ``json.dumps`` writes them (``", "`` and ``": "``). Beside the text comes its
+    piece tree, which :func:`_decode_pieces` reads to rebuild the JSON value from the text one piece at a
+    time as well (a worker thread decoding it lets the event loop run between pieces): a piece encoded at
+    once is its length (an int), a list's run of small items a :class:`_Batch`, a container a
+    :class:`_Pieces`. The tree holds lengths, not copies of the text.
     """
 
     def __init__(self, encoder: json.JSONEncoder) -> None:
@@ -269,25 +290,36 @@ class _ChunkedEncoding:
         self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
 
     def encode(self, value: Any) -> tuple[str, Any]:
-        """Return the text and the piece tree :meth:`decode` reads."""
+        """Return the text and its piece tree."""
+        if type(value) is str and len(value) > _CHUNK_CHARS:
+            return self._encode_text(value)
         if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
             text = self._encode(value)
-            return text, _Leaf(text)
+            return text, len(text)
         if id(value) in self._path:
             raise ValueError("Circular reference detected")
         self._path.add(id(value))
         try:
             if isinstance(value, dict):
                 texts: list[str] = []
-                entries: list[tuple[str, Any]] = []
+                entries: list[tuple[int, Any]] = []
                 for key, item in value.items():
                     text, tree = self.encode(item)
-                    texts.append(f"{self._encode(key)}: {text}")
-                    entries.append((key, tree))
+                    key_text = self._encode(key)
+                    texts.append(f"{key_text}: {text}")
+                    entries.append((len(key_text), tree))
                 return "{" + ", ".join(texts) + "}", _Pieces(entries, is_dict=True)
             return self._encode_items(value)
         finally:
             self._path.discard(id(value))
+
+    def _encode_text(self, value: str) -> tuple[str, Any]:
+        """A long text, encoded in slices (JSON escapes one character at a time: the slices join up)."""
+        encode = self._encode
+        parts = [
+            encode(value[start : start + _CHUNK_CHARS])[1:-1] for start in range(0, len(value), _CHUNK_CHARS)
+        ]
+        return '"' + "".join(parts) + '"', _Text([len(part) for part in parts])
 
     def _encode_items(self, items: list[Any] | tuple[Any, ...]) -> tuple[str, Any]:
         texts: list[str] = []
@@ -299,7 +331,7 @@ class _ChunkedEncoding:
             nonlocal weight
             if batch:
                 texts.append(self._encode(batch)[1:-1])
-                parts.append(_Batch(texts[-1]))
+                parts.append(_Batch(len(texts[-1])))
                 batch.clear()
             weight = 0
 
@@ -318,40 +350,65 @@ class _ChunkedEncoding:
         flush()
         return "[" + ", ".join(texts) + "]", _Pieces(parts, is_dict=False)
 
-    @classmethod
-    def decode(cls, tree: Any) -> Any:
-        """The JSON value (tuples as lists, converted values as their JSON) of a piece tree."""
-        if isinstance(tree, _Leaf):
-            return json.loads(tree.text)
-        if tree.is_dict:
-            return {key: cls.decode(part) for key, part in tree.parts}
-        values: list[Any] = []
-        for part in tree.parts:
-            if isinstance(part, _Batch):
-                values.extend(json.loads(f"[{part.text}]"))
-            else:
-                values.append(cls.decode(part))
-        return values
+
+def _decode_pieces(text: str, tree: Any) -> Any:
+    """The JSON value (tuples as lists, converted values as their JSON) of a text and its piece tree."""
+    return _decode_at(text, tree, 0)[0]
+
+
+def _decode_at(text: str, tree: Any, start: int) -> tuple[Any, int]:
+    """Decode the piece ``tree`` describes at ``start`` of ``text``; return it and where it ends."""
+    if type(tree) is int:
+        end = start + tree
+        return json.loads(text[start:end]), end
+    position = start + 1  # past "{", "[" or '"'
+    if type(tree) is _Text:
+        texts: list[str] = []
+        for length in tree.lengths:
+            end = position + length
+            texts.append(json.loads(f'"{text[position:end]}"'))
+            position = end
+        return "".join(texts), position + 1
+    if tree.is_dict:
+        entries: dict[str, Any] = {}
+        for index, (key_length, part) in enumerate(tree.parts):
+            if index:
+                position += 2  # ", "
+            key = json.loads(text[position : position + key_length])
+            entries[key], position = _decode_at(text, part, position + key_length + 2)  # past ": "
+        return entries, position + 1
+    values: list[Any] = []
+    for index, part in enumerate(tree.parts):
+        if index:
+            position += 2
+        if type(part) is _Batch:
+            end = position + part.length
+            values.extend(json.loads(f"[{text[position:end]}]"))
+            position = end
+        else:
+            value, position = _decode_at(text, part, position)
+            values.append(value)
+    return values, position + 1
 
 
 @dataclasses.dataclass(slots=True)
 class _Pieces:
-    parts: list[Any]
+    parts: list[Any]  # a dict's (key text length, value tree) pairs; a list's _Batch and item trees
     is_dict: bool
 
 
 @dataclasses.dataclass(slots=True)
-class _Batch:
-    text: str  # several items of a list, without the brackets
+class _Text:
+    lengths: list[int]  # of the encoded slices of a long text, without the quotes
 
 
 @dataclasses.dataclass(slots=True)
-class _Leaf:
-    text: str  # one value encoded at once
+class _Batch:
+    length: int  # of several items of a list, without the brackets
 
 
-def _encode_large_result(value: Any) -> tuple[Any, str]:
-    """:func:`_encode_result` for a large value, in pieces (run in a worker thread)."""
+def _encode_large_result(value: Any) -> tuple[Any, str, Any]:
+    """:func:`_encode_result` for a large value, in pieces (run in a worker thread); also the piece tree."""
     tuples = _check_keys(value)
     encoder: json.JSONEncoder = _PLAIN_ENCODER
     try:
@@ -361,8 +418,8 @@ def _encode_large_result(value: Any) -> tuple[Any, str]:
         text, tree = _ChunkedEncoding(encoder).encode(value)
     converted = isinstance(encoder, _ResultEncoder) and encoder.converted
     if not (converted or tuples):
-        return value, text
-    return _ChunkedEncoding.decode(tree), text
+        return value, text, tree
+    return _decode_pieces(text, tree), text, tree
 
 
 _STR_TYPES = frozenset({str})
@@ -438,7 +495,9 @@ class ToolManager(ToolRegistry):
             ``PUBLIC`` and ``STANDARD`` tools run and asks the approval callback about ``RESTRICTED`` and
             ``DANGEROUS`` ones. A :class:`ToolPermission` is accepted as shorthand for ``allow_up_to``.
         approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
-            only ``True`` lets the call run. Without one, such calls are denied.
+            only ``True`` lets the call run. Without one, such calls are denied. A sync callable is
+            accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile
+            (one call at a time).
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
@@ -473,7 +532,9 @@ class ToolManager(ToolRegistry):
         self.config = config if config is not None else ContextManagerConfig()
         """The configuration the manager reads its limits from."""
         self._policy = PermissionPolicy.coerce(permission_policy)
-        self._approval_callback = _checked_callback(approval_callback)
+        self.approval_callback = approval_callback
+        # per typed tool, its integer and number arguments (name -> what is expected): true is refused there
+        self._numeric_arguments: dict[str, dict[str, str]] = {}
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -481,6 +542,7 @@ class ToolManager(ToolRegistry):
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
+        self._sync_approvals = asyncio.Lock()
         self.telemetry: Telemetry | None | Literal["auto"] = "auto"
         """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
         :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
@@ -506,12 +568,17 @@ class ToolManager(ToolRegistry):
     @approval_callback.setter
     def approval_callback(self, value: ApprovalCallback | None) -> None:
         self._approval_callback = _checked_callback(value)
+        self._approval_is_async = is_async_callable(value)
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
+        numeric = _numeric_arguments(definition)
+        if numeric:
+            self._numeric_arguments[definition.name] = numeric
 
     def _tool_removed(self, name: str) -> None:
         self._stats.pop(name, None)
+        self._numeric_arguments.pop(name, None)
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
 
@@ -623,6 +690,17 @@ class ToolManager(ToolRegistry):
 
         model = definition.arguments_model
         if model is not None:
+            # a JSON boolean is no number (pydantic's lax mode takes true as 1): checked only when one came
+            numeric = self._numeric_arguments.get(name)
+            booleans = (
+                [
+                    f"{field}: got {value}; expected {expected}"
+                    for field, expected in numeric.items()
+                    if type(value := arguments.get(field)) is bool
+                ]
+                if numeric is not None and bool in map(type, arguments.values())
+                else None
+            )
             try:
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
@@ -633,6 +711,13 @@ class ToolManager(ToolRegistry):
                     sensitive_arguments=definition.sensitive_arguments,
                     arguments_model=model,
                 )
+                if booleans:
+                    message = "; ".join([message, *booleans])
+                return self._fail(
+                    definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
+                )
+            if booleans:
+                message = f"invalid arguments for tool {name!r}: " + "; ".join(booleans)
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
@@ -668,20 +753,9 @@ class ToolManager(ToolRegistry):
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
                 cache_key = f"{json.dumps(caller_key)}:{cache_key}"
             if cache_key is not None:
-                hit, value = self._cache.lookup(name, cache_key)
-                if hit:
-                    elapsed = _perf_counter() - started
-                    stats = self._stats.get(name)
-                    if stats is not None:
-                        stats.record(elapsed, cached=True)
-                    return ToolResult(
-                        success=True,
-                        result=value,
-                        execution_time=elapsed,
-                        tool_name=name,
-                        cached=True,
-                        call_id=call_id,
-                    )
+                found = self._cache.entry(name, cache_key)
+                if found is not None:
+                    return await self._cached_result(definition, found, started, call_id)
 
         if definition.rate_limit is not None:
             retry_after = self._limiter.try_acquire(
@@ -781,14 +855,16 @@ class ToolManager(ToolRegistry):
                 call_id,
             )
 
-        text: str | None = None
+        text: str
+        pieces: Any = None
         try:
-            if type(value) is not str or cache_key is not None:  # a text is its own content: no JSON needed
-                if _is_large(value):
-                    # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
-                    value, text = await asyncio.to_thread(_encode_large_result, value)
-                else:
-                    value, text = _encode_result(value)
+            if type(value) is str:  # a text is its own content (and the cache keeps it as it is)
+                text, pieces = value, TEXT_RESULT
+            elif _is_large(value):
+                # checked and encoded in a thread, in pieces: the event loop goes on meanwhile
+                value, text, pieces = await asyncio.to_thread(_encode_large_result, value)
+            else:
+                value, text = _encode_result(value)
         except asyncio.CancelledError:
             self._count_cancelled(definition, started)
             raise
@@ -802,8 +878,9 @@ class ToolManager(ToolRegistry):
                 started,
                 call_id,
             )
-        if text is not None and cache_key is not None and self._tools.get(name) is definition:
-            self._cache.put(name, cache_key, text, definition.cache_ttl)  # (unless replaced meanwhile)
+        if cache_key is not None and self._tools.get(name) is definition:
+            # (unless replaced meanwhile)
+            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
@@ -811,8 +888,42 @@ class ToolManager(ToolRegistry):
         result = ToolResult(
             success=True, result=value, execution_time=elapsed, tool_name=name, call_id=call_id
         )
-        if text is not None and type(value) is not str:
-            result._encoded = (value, text)  # to_content() gives this text: the result is not encoded again
+        if pieces is not TEXT_RESULT:
+            result._keep_text(value, text)  # to_content() gives this text: the result is not encoded again
+        return result
+
+    async def _cached_result(
+        self, definition: ToolDefinition, found: tuple[str, Any], started: float, call_id: str | None
+    ) -> ToolResult:
+        """The result of a cache hit: a fresh copy of the cached value, whose text ``to_content()`` reuses.
+
+        A large value is decoded in a worker thread, piece by piece, so the event loop goes on meanwhile.
+        """
+        text, pieces = found
+        if pieces is TEXT_RESULT:  # a string: nothing a caller can change, so nothing to copy
+            value: Any = text
+        elif pieces is None:
+            value = json.loads(text)
+        else:
+            try:
+                value = await asyncio.to_thread(_decode_pieces, text, pieces)
+            except asyncio.CancelledError:
+                self._count_cancelled(definition, started)
+                raise
+        elapsed = _perf_counter() - started
+        stats = self._stats.get(definition.name)
+        if stats is not None:
+            stats.record(elapsed, cached=True)
+        result = ToolResult(
+            success=True,
+            result=value,
+            execution_time=elapsed,
+            tool_name=definition.name,
+            cached=True,
+            call_id=call_id,
+        )
+        if pieces is not TEXT_RESULT:
+            result._keep_text(value, text)
         return result
 
     async def _ask_approval(
@@ -826,8 +937,19 @@ class ToolManager(ToolRegistry):
         )
         if callback is None:
             return f"{needed}, and no approval callback is set"
+        # a copy: what the callback changes (a nested secret redacted for its log) never reaches the tool
         try:
-            outcome = callback(definition, dict(arguments))
+            shown = copy.deepcopy(arguments)
+        except Exception:  # an argument object that cannot be copied (from a Python caller): its dict
+            shown = dict(arguments)
+        try:
+            if self._approval_is_async:
+                outcome = callback(definition, shown)
+            else:
+                # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop;
+                # one call at a time, as on the loop: a terminal prompt must not ask two questions at once
+                async with self._sync_approvals:
+                    outcome = await self._threads.run(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
@@ -1011,6 +1133,44 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
+
+
+_NUMBER_TYPES = frozenset({"integer", "number"})
+_NUMBER_OR_NULL = _NUMBER_TYPES | {"null"}
+
+
+def _numeric_arguments(definition: ToolDefinition) -> dict[str, str]:
+    """A typed tool's numeric arguments (name -> what is expected): their schema takes numbers, or null."""
+    if definition.arguments_model is None:
+        return {}
+    properties = definition.parameters_schema.get("properties") or {}
+    numeric: dict[str, str] = {}
+    for name, schema in properties.items():
+        types = _schema_types(schema)
+        if types and types & _NUMBER_TYPES and types <= _NUMBER_OR_NULL:
+            numeric[name] = "a valid number" if "number" in types else "a valid integer"
+    return numeric
+
+
+def _schema_types(schema: Any) -> set[str] | None:
+    """The JSON types a property schema takes (``type``, or its ``anyOf``/``oneOf`` members'), else None."""
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {str(item) for item in kind}
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if not isinstance(options, list) or not options:
+        return None
+    types: set[str] = set()
+    for option in options:
+        found = _schema_types(option)
+        if found is None:
+            return None
+        types |= found
+    return types
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:

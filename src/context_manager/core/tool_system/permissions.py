@@ -27,7 +27,9 @@ __all__ = ["ApprovalCallback", "PermissionDecision", "PermissionPolicy"]
 ApprovalCallback = Callable[["ToolDefinition", dict[str, Any]], Awaitable[bool] | bool]
 """``async (definition, arguments) -> bool``: return ``True`` to let one call above the policy run.
 
-A sync callable returning a bool is accepted too. Anything but ``True`` (including an exception) denies.
+A sync callable returning a bool is accepted too: it is called in one of the tool manager's threads (a
+prompt or a blocking request does not hold the event loop), about one call at a time. Anything but
+``True`` (including an exception) denies.
 """
 
 

@@ -9,9 +9,11 @@ what is expected, or when to retry.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from context_manager.core.errors import InvalidArgumentError
 
 __all__ = ["REFUSED_TOOL_CALLS", "ToolErrorType", "ToolResult"]
 
@@ -49,8 +51,26 @@ REFUSED_TOOL_CALLS = frozenset(
 rejected, not as failures of the service, by the performance monitors and OpenTelemetry."""
 
 
+class _EncodedSlot:
+    """The slot of the JSON text the manager keeps for a result.
+
+    Not a dataclass field: ``asdict``, ``fields``, ``repr``, ``==``, pickling and ``replace`` leave it out.
+    """
+
+    __slots__ = ("_encoded",)
+    _encoded: tuple[Any, str]
+
+    def _keep_text(self, result: Any, text: str) -> None:
+        """Keep ``text``, the JSON of ``result``, for ``to_content()`` (the manager's, once encoded)."""
+        self._encoded = (result, text)
+
+
+_KEPT_TEXT_CHARS = 1_000_000
+"""From this length, ``to_content()`` gives the JSON text the manager kept (a few ms of encoding and more)."""
+
+
 @dataclass(slots=True)
-class ToolResult:
+class ToolResult(_EncodedSlot):
     """The outcome of one tool call.
 
     Example:
@@ -78,25 +98,57 @@ class ToolResult:
     """The provider's tool call id this result answers (for ``execute_tool_calls``), else None."""
     retry_after: float | None = None
     """For ``rate_limited`` failures, seconds until a call will be admitted; else None."""
-    _encoded: tuple[Any, str] | None = field(default=None, init=False, repr=False, compare=False)
-    # (result, its JSON text) as the manager encoded it: to_content() reuses the text while ``result`` is
-    # that same object, so a large result is not encoded a second time on the event loop
+    # _encoded (a slot of the base class, unset until the manager sets it): (result, its JSON text) as the
+    # manager encoded it when the call returned. The window takes it as it is (_message_text), so a large
+    # result is not encoded a second time on the event loop; to_content() reuses it only for a result of
+    # megabytes, the caller may have changed a result in place since
+
+    def __post_init__(self) -> None:
+        kind = self.error_type
+        if kind is not None and type(kind) is not ToolErrorType:
+            # its string, as ``to_dict()`` writes it: ``ToolResult(**stored)`` rebuilds a stored result
+            try:
+                self.error_type = ToolErrorType(kind)
+            except ValueError:
+                allowed = "one of " + ", ".join(repr(member.value) for member in ToolErrorType) + ", or None"
+                raise InvalidArgumentError("error_type", kind, allowed) from None
 
     def to_content(self) -> str:
         """Return the text a tool result message carries in the context window.
 
-        A string result is used as is; any other result is compact JSON; a failure reads
-        ``"Error (<error_type>): <error>"``.
+        A string result is used as is; any other result is JSON (of ``result`` as it is now); a failure
+        reads ``"Error (<error_type>): <error>"``. A result whose JSON has a million characters or more
+        gives the text the manager made when the call returned (encoding it again would hold the event
+        loop): after changing such a result in place, assign it anew (``result.result = trimmed``).
         """
         if not self.success:
             kind = self.error_type.value if self.error_type is not None else "tool_error"
             return f"Error ({kind}): {self.error}"
         if isinstance(self.result, str):
             return self.result
-        encoded = self._encoded
-        if encoded is not None and encoded[0] is self.result:
-            return encoded[1]
+        try:
+            encoded = self._encoded
+        except AttributeError:  # not set: a result made outside the manager
+            pass
+        else:
+            if encoded[0] is self.result and len(encoded[1]) >= _KEPT_TEXT_CHARS:
+                return encoded[1]
         return json.dumps(self.result, ensure_ascii=False, allow_nan=False)
+
+    def _message_text(self) -> str:
+        """:meth:`to_content` as the call returned: the text the manager kept, when it did.
+
+        For the window (and whoever takes the text as the call returns): the result is not encoded again.
+        """
+        if self.success:
+            try:
+                encoded = self._encoded
+            except AttributeError:
+                pass
+            else:
+                if encoded[0] is self.result:
+                    return encoded[1]
+        return self.to_content()
 
     def to_dict(self) -> dict[str, Any]:
         """Return every field as a JSON-ready dict (``error_type`` as its string)."""

@@ -308,6 +308,15 @@ def _refuse_generator(function: Any, tool_name: str) -> None:
         )
 
 
+def _partial_keywords(function: Any) -> set[str]:
+    """The keyword arguments ``function`` binds, when it is a ``functools.partial`` (of partials)."""
+    names: set[str] = set()
+    while isinstance(function, functools.partial):
+        names.update(function.keywords)
+        function = function.func
+    return names
+
+
 def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     """Analyse a tool function: calling convention, sync or async, argument model and JSON schema.
 
@@ -324,7 +333,10 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     _refuse_generator(function, tool_name)
     is_async = is_async_callable(function)
     summary, argument_docs = parse_docstring(inspect.getdoc(function))
-    parameters = list(signature.parameters.values())
+    # the keywords a functools.partial binds are the application's (a user id, a connection), not the
+    # model's: as ``self`` of a bound method, they are neither in the schema nor accepted in a call
+    bound = _partial_keywords(function)
+    parameters = [parameter for parameter in signature.parameters.values() if parameter.name not in bound]
     hints = _resolve_hints(function, tool_name)
 
     if (

@@ -89,7 +89,7 @@ def _full_text(manager: ToolManager, call: ToolCall, result: ToolResult) -> str:
     A NUL character or a lone surrogate (a subprocess's output, a file name read with
     ``surrogateescape``) becomes U+FFFD: a message cannot hold them, and the result must find its call.
     """
-    text = result.to_content()
+    text = result._message_text()  # the text the manager kept as the call returned: not encoded again
     if call.name in manager:
         definition = manager.get_tool(call.name)
         if definition.sensitive_arguments:
