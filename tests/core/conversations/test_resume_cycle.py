@@ -173,7 +173,7 @@ async def test_a_manager_dropped_after_cleanup_is_freed_at_once_with_its_window(
 ) -> None:
     """A worker drops its manager after each request: it (and its window of resumed messages) is freed
     when the last reference goes, not left in a reference cycle (the manager and its health checker) for
-    the cyclic garbage collector, whose full runs then came more often and took longer."""
+    the cyclic garbage collector, whose full runs they lengthened."""
     storage = tmp_path / "storage"
     config = ContextManagerConfig(storage_path=storage, embedder="none", enable_health_checks=health_checks)
     async with EnhancedContextManager(config, conversation_id="chat") as writer:

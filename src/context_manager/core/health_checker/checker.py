@@ -675,8 +675,8 @@ class HealthChecker:
 
         The manager refers to its checker (``manager.health_checker``): while the checker refers back
         to it, a manager a web app drops after its request is freed only by a run of the cyclic garbage
-        collector, with its whole window (thousands of messages), and those runs, each a full
-        collection sooner or later, come more often the more such managers wait for them.
+        collector, with its whole window (thousands of messages), which meanwhile go through every
+        generation and lengthen its full runs.
         """
         manager = self._context_manager
         if manager is not None and self._context_manager_ref is None:
