@@ -460,6 +460,7 @@ class EnhancedContextManager:
             # stopped on purpose: a later health check must not see a dead task to restart
             self.health_checker.unwatch_background_task("health_checks")
             await self.health_checker.stop()
+            self.health_checker._hold_manager_weakly()  # no cycle left: a dropped manager is freed at once
         if self.performance_monitor is not None:
             await self.performance_monitor.stop_monitoring()
 

@@ -181,11 +181,14 @@ def _pair_repeated_ids(ordered: list[Message], results: dict[int, list[Message]]
     return answered
 
 
+_ROLE_TEXT = {role: role.value for role in Role}  # a dict lookup: Enum.value is a property (slow)
+
+
 def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
     role = message.role
     if role is Role.TOOL:
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
-    exported: dict[str, Any] = {"role": role.value}
+    exported: dict[str, Any] = {"role": _ROLE_TEXT[role]}
     if role is Role.ASSISTANT and message.tool_calls:
         exported["content"] = message.content or None
         exported["tool_calls"] = [

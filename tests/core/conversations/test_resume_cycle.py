@@ -8,9 +8,11 @@ same guarantees hold, at the same calls.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,34 @@ def test_a_memory_log_that_wrote_nothing_closes_without_fsync(
     untouched.close()
     assert synced == []
     assert path.read_bytes().count(b"\n") == 1
+
+
+@pytest.mark.parametrize("health_checks", [False, True])
+async def test_a_manager_dropped_after_cleanup_is_freed_at_once_with_its_window(
+    tmp_path: Path, health_checks: bool
+) -> None:
+    """A worker drops its manager after each request: it (and its window of resumed messages) is freed
+    when the last reference goes, not left in a reference cycle (the manager and its health checker) for
+    the cyclic garbage collector, whose full runs they lengthened."""
+    storage = tmp_path / "storage"
+    config = ContextManagerConfig(storage_path=storage, embedder="none", enable_health_checks=health_checks)
+    async with EnhancedContextManager(config, conversation_id="chat") as writer:
+        await writer.add_messages([{"role": "user", "content": f"message {i}"} for i in range(50)])
+    manager = EnhancedContextManager(config, conversation_id="chat")
+    await manager.initialize()
+    export = manager.get_context()
+    window = weakref.ref(manager.context_window)
+    await manager.cleanup()
+    checker = manager.health_checker
+    assert checker is not None and checker.context_manager is manager  # still the checked manager
+    status = await checker.perform_health_check()  # checks of a closed manager still see it
+    assert status.checks["storage"].status.value == "healthy", status.checks["storage"]
+    assert len(export) == 50 and manager.compression_history == []
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del manager, checker
+        assert window() is None
+    finally:
+        if collecting:
+            gc.enable()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -223,6 +224,36 @@ async def test_second_process_gets_storage_locked_error(sqlite_manager: MemoryMa
         subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.startswith(f"LOCKED pid {os.getpid()}"), result.stderr
+
+
+def _leave_stale_lock(storage: Path, stale: str) -> None:
+    storage.mkdir(parents=True, exist_ok=True)
+    (storage / ".lock").write_text(stale)
+
+
+@pytest.mark.parametrize("stale", ["pid 4194303 on host a-much-longer-name-of-a-host-long-gone\n", "p\n", ""])
+async def test_the_lock_file_names_only_its_current_holder(storage: Path, stale: str) -> None:
+    # the holder is written over what an earlier process left (longer, shorter or nothing)
+    await asyncio.to_thread(_leave_stale_lock, storage, stale)
+    holder = f"pid {os.getpid()} on host {socket.gethostname()}"
+    async with MemoryManager(ContextManagerConfig(storage_path=storage, embedder="none")):
+        assert await asyncio.to_thread((storage / ".lock").read_text) == f"{holder}\n"
+        script = (
+            "import asyncio\n"
+            "from context_manager.core.config import ContextManagerConfig\n"
+            "from context_manager.core.errors import StorageLockedError\n"
+            "from context_manager.core.memory.manager import MemoryManager\n"
+            "async def main():\n"
+            "    try:\n"
+            f"        await MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})).initialize()\n"
+            "    except StorageLockedError as error:\n"
+            "        print(repr(error.holder))\n"
+            "asyncio.run(main())\n"
+        )
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert result.stdout.strip() == repr(holder), result.stderr
 
 
 async def test_cleanup_is_the_lifecycle_word_and_close_its_alias(config: ContextManagerConfig) -> None:

@@ -117,7 +117,10 @@ class UnitIndex:
         """Sum of every message's token count."""
         self._protected_tokens = 0
         for message in messages:
-            self.add(message)
+            if message.tool_calls or message.role is Role.TOOL:
+                self.add(message)
+            else:  # its unit is made at the first read, with the others in one loop (a resume's 1,000s)
+                self.add_plain(message)
 
     # -- reading ----------------------------------------------------------------------------------
 

@@ -41,16 +41,18 @@ __all__ = [
 
 _ROLES = {role.value: role for role in Role}
 _PRIORITIES = {priority.value: priority for priority in Priority}
-_SETTERS = [
-    (name, Message.__dict__[name].__set__)
-    for name in ("content", "tool_call_id", "name", "timestamp", "token_count")
-]
+_new = object.__new__
 _set_role = Message.__dict__["role"].__set__
+_set_content = Message.__dict__["content"].__set__
 _set_priority = Message.__dict__["priority"].__set__
 _set_pinned = Message.__dict__["pinned"].__set__
 _set_metadata = Message.__dict__["metadata"].__set__
 _set_tool_calls = Message.__dict__["tool_calls"].__set__
+_set_tool_call_id = Message.__dict__["tool_call_id"].__set__
+_set_name = Message.__dict__["name"].__set__
 _set_id = Message.__dict__["id"].__set__
+_set_timestamp = Message.__dict__["timestamp"].__set__
+_set_token_count = Message.__dict__["token_count"].__set__
 
 
 def message_from_dict(data: Mapping[str, Any]) -> Message:
@@ -62,13 +64,14 @@ def message_from_dict(data: Mapping[str, Any]) -> Message:
     Raises:
         KeyError, TypeError, ValueError: ``data`` is not what ``to_dict`` writes.
     """
-    message: Message = object.__new__(Message)
+    message: Message = _new(Message)
     _set_role(message, _ROLES[data["role"]])
-    _set_priority(message, _PRIORITIES[data.get("priority", "normal")])
-    _set_pinned(message, bool(data.get("pinned", False)))
-    metadata = data.get("metadata")
+    get = data.get
+    _set_priority(message, _PRIORITIES[get("priority", "normal")])
+    _set_pinned(message, bool(get("pinned", False)))
+    metadata = get("metadata")
     _set_metadata(message, dict(metadata) if metadata else {})
-    calls = data.get("tool_calls")
+    calls = get("tool_calls")
     _set_tool_calls(
         message,
         tuple(
@@ -82,10 +85,15 @@ def message_from_dict(data: Mapping[str, Any]) -> Message:
     content = data["content"]
     if not isinstance(content, str):
         raise TypeError(f"content is {type(content).__name__}, not str")
-    for name, setter in _SETTERS:
-        setter(message, data.get(name, 0 if name == "token_count" else None))
-    if not isinstance(message.timestamp, int | float) or not isinstance(message.token_count, int):
+    _set_content(message, content)
+    _set_tool_call_id(message, get("tool_call_id"))
+    _set_name(message, get("name"))
+    timestamp = get("timestamp")
+    token_count = get("token_count", 0)
+    if not isinstance(timestamp, int | float) or not isinstance(token_count, int):
         raise TypeError("timestamp and token_count must be numbers")
+    _set_timestamp(message, timestamp)
+    _set_token_count(message, token_count)
     return message
 
 
@@ -162,7 +170,8 @@ def fold(stored: StoredConversation) -> WindowState:
                 f"conversation {stored.conversation_id!r}: its snapshot (version {stored.snapshot_version}) "
                 f"does not hold a window ({type(error).__name__}: {error}); {SNAPSHOT_ADVICE}"
             ) from error
-        known = {message.id: message for message in state.messages}
+        if stored.records:  # else nothing looks a message up
+            known = {message.id: message for message in state.messages}
     for version, record in stored.records:
         try:
             _apply(state, known, record, track_evicted=version > stored.indexed_version)

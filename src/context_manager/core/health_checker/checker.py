@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -185,8 +186,8 @@ class HealthChecker:
         """Seconds one check may take."""
         self.repair_timeout = float(repair_timeout)
         """Seconds one repair may take."""
-        self.context_manager = context_manager
-        """The context manager being checked, if any."""
+        self._context_manager: Any = context_manager
+        self._context_manager_ref: weakref.ref[Any] | None = None  # set once the manager is cleaned up
         if enable_auto_recovery is not None and not isinstance(enable_auto_recovery, bool):
             raise InvalidSettingError(  # "no" is truthy: it switched repairs on
                 "enable_auto_recovery", enable_auto_recovery, "True, False or None"
@@ -657,6 +658,33 @@ class HealthChecker:
         self.register_check("event_loop", self._check_event_loop)
         self.register_check("error_rate", self._check_error_rate)
         self.register_check("background_tasks", self._check_background_tasks)
+
+    @property
+    def context_manager(self) -> Any:
+        """The context manager being checked, if any."""
+        ref = self._context_manager_ref
+        return self._context_manager if ref is None else ref()
+
+    @context_manager.setter
+    def context_manager(self, value: Any) -> None:
+        self._context_manager = value
+        self._context_manager_ref = None
+
+    def _hold_manager_weakly(self) -> None:
+        """Refer to the context manager weakly from now on (its ``cleanup()`` calls this).
+
+        The manager refers to its checker (``manager.health_checker``): while the checker refers back
+        to it, a manager a web app drops after its request is freed only by a run of the cyclic garbage
+        collector, with its whole window (thousands of messages), which meanwhile go through every
+        generation and lengthen its full runs.
+        """
+        manager = self._context_manager
+        if manager is not None and self._context_manager_ref is None:
+            try:
+                self._context_manager_ref = weakref.ref(manager)
+            except TypeError:  # an object without weak references: held as it was
+                return
+            self._context_manager = None
 
     def _storage_directories(self) -> list[Path]:
         paths: list[Path] = []
