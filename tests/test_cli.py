@@ -1151,3 +1151,42 @@ def test_health_of_a_store_a_running_process_holds_is_degraded_not_unhealthy(sto
     assert f"pid {os.getpid()}" in check["message"] and "not checked" in check["message"]
     released = json.loads(run_cli("--json", "--storage", str(store), "health").stdout)
     assert released["status"] == "healthy" and "memory_store" not in released["checks"]
+
+
+def test_subprocess_text_output_shows_control_characters_instead_of_sending_them_to_the_terminal(
+    tmp_path: Path, store: Path
+) -> None:
+    """A memory's text is untrusted (a conversation, an import): ``memory search``, ``consolidate`` and
+    ``delete`` wrote its escape sequences raw to the operator's terminal (colours, a window title, a
+    C1 CSI; OSC 52 writes the clipboard). They are shown as ``\\x1b`` escapes now; newlines and tabs
+    stay, and ``--json`` (which escapes them itself) gives the text unchanged."""
+    evil = "deploy key \x1b]0;pwned\x07 is \x1b[8mhidden\x1b[0m \x9b31m and\rover\ttabbed\nnext line"
+    records = [
+        {"id": "id\x1b[2J", "content": evil, "tags": ["tag\x1b[5m"], "created_at": 1.0e9, "tier": "short"},
+        {"id": "twin", "content": evil + " again", "created_at": 1.0e9, "tier": "short"},
+    ]
+    backup = tmp_path / "evil.jsonl"
+    backup.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    assert run_cli("--storage", str(store), "memory", "import", str(backup)).returncode == 0
+
+    def assert_shown_escaped(completed: subprocess.CompletedProcess[str]) -> None:
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        for control in ("\x1b", "\x9b", "\x07", "\r"):
+            assert control not in completed.stdout + completed.stderr, repr(completed.stdout)
+
+    found = run_cli("--storage", str(store), "memory", "search", "deploy key")
+    assert_shown_escaped(found)
+    shown = ("\\x1b]0;pwned\\x07", "\\x1b[8mhidden", "\\x9b31m", "and\\x0dover", "id\\x1b[2J", "tag\\x1b[5m")
+    for escaped in shown:
+        assert escaped in found.stdout, found.stdout
+    assert "next line" in found.stdout and "\t" not in found.stdout  # the tab expanded, not escaped
+    as_json = run_cli("--storage", str(store), "--json", "memory", "search", "deploy key")
+    assert {row["content"] for row in json.loads(as_json.stdout)} == {evil, evil + " again"}
+
+    merged = run_cli("--storage", str(store), "memory", "consolidate", "--threshold", "0.5")
+    assert_shown_escaped(merged)
+    assert "\\x1b[8mhidden" in merged.stdout and "merged 2 memories into 1" in merged.stdout
+    merged_id = merged.stdout.splitlines()[1].split(":")[0].strip()
+    deleted = run_cli("--storage", str(store), "memory", "delete", merged_id)
+    assert_shown_escaped(deleted)
+    assert "deleted id\\x1b[2J (an original of a consolidated memory)" in deleted.stdout

@@ -55,6 +55,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -157,7 +158,7 @@ def _options(ctx: typer.Context) -> _Options:
 
 
 def _fail(options: _Options, message: str, code: int = EXIT_ERROR) -> NoReturn:
-    options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    options.stderr.print(f"error: {_shown(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -303,12 +304,26 @@ def _is_library_error(error: BaseException) -> bool:
 
 
 def _plain(value: object) -> Text:
-    """``value`` as literal text for a table cell or title.
+    """``value`` as literal text for a table cell or title, its control characters shown (:func:`_shown`).
 
     Rich reads ``[...]`` in a plain ``str`` as markup (and ``:name:`` as an emoji): memory contents,
     queries and paths are user data, so they are never parsed.
     """
-    return Text(str(value))
+    return Text(_shown(str(value)))
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 controls but tab and newline, DEL, and C1 controls (U+009B is a CSI to many terminals)."""
+
+
+def _shown(text: str) -> str:
+    r"""``text`` with each control character but tab and newline written as an escape (``\x1b``).
+
+    Memory contents, ids and tags are untrusted data (a conversation, an import): printed as they are,
+    their escape sequences reached the operator's terminal (colours, hidden text, the window title, the
+    clipboard through OSC 52). ``--json`` escapes them itself.
+    """
+    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _print_json(options: _Options, value: Any) -> None:
@@ -668,7 +683,7 @@ def memory_search(
         # the tier, importance and tags go under the content, which keeps the rest of the width; an id
         # too long to leave room for the rest (an imported one) is folded, not cut off
         table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
-        longest = max(len(memory.id) for memory in found)
+        longest = max(len(_shown(memory.id)) for memory in found)
         room = max(8, options.stdout.width - 30)
         table.add_column("id", overflow="fold", width=min(longest, room))  # a fixed width: never squeezed
         table.add_column("score", no_wrap=True)
@@ -679,7 +694,7 @@ def memory_search(
             if memory.tags:
                 details += f", tags: {', '.join(memory.tags)}"
             cell = _plain(content)
-            cell.append(f"\n{details}", style="dim")
+            cell.append(f"\n{_shown(details)}", style="dim")
             table.add_row(_plain(memory.id), _plain(f"{memory.score or 0.0:.3f}"), cell)
         options.stdout.print(table)
 
@@ -746,10 +761,10 @@ def memory_delete(
             )
         else:
             for memory_id in deleted:
-                options.stdout.print(f"deleted {memory_id}", markup=False, soft_wrap=True)
+                options.stdout.print(f"deleted {_shown(memory_id)}", markup=False, soft_wrap=True)
             for memory_id in originals:
                 options.stdout.print(
-                    f"deleted {memory_id} (an original of a consolidated memory)",
+                    f"deleted {_shown(memory_id)} (an original of a consolidated memory)",
                     markup=False,
                     soft_wrap=True,
                 )
@@ -1033,7 +1048,7 @@ def memory_consolidate(
         )
         for group in result["groups"]:
             options.stdout.print(
-                f"  {group['merged_id']}: {group['content'][:100]}", markup=False, soft_wrap=True
+                f"  {group['merged_id']}: {_shown(group['content'][:100])}", markup=False, soft_wrap=True
             )
 
     _run(ctx, body)
@@ -1353,7 +1368,7 @@ def health(ctx: typer.Context) -> None:
                 table.add_row(_plain(result.name), Text(state, style=colour[state]), _plain(result.message))
             options.stdout.print(table)
             for line in report.recommendations:
-                options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
+                options.stdout.print(f"- {_shown(line)}", markup=False, soft_wrap=True)
         return EXIT_UNHEALTHY if report.status is HealthState.UNHEALTHY else 0
 
     code = _run(ctx, body)
