@@ -1190,3 +1190,48 @@ def test_subprocess_text_output_shows_control_characters_instead_of_sending_them
     deleted = run_cli("--storage", str(store), "memory", "delete", merged_id)
     assert_shown_escaped(deleted)
     assert "deleted id\\x1b[2J (an original of a consolidated memory)" in deleted.stdout
+
+
+def test_memory_search_consolidate_and_cleanup_cover_every_user_with_all_users(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory cleanup`` (and ``consolidate``, ``search``) worked on one namespace at a time: a cron job
+    cleaning a store that an application fills per user never removed any user's memories, and the
+    CLI had no way to name them all. ``--all-users`` covers every user and the default namespace."""
+    monkeypatch.setenv("COLUMNS", "200")
+    wifi = "the office wifi password changes every monday"
+    for user in (None, "alice", "bob"):
+        where = ["--user", user] if user else []
+        cli_json("--storage", str(store), "memory", "add", wifi, *where)
+        cli_json("--storage", str(store), "memory", "add", wifi + " morning", *where)
+    cli_json("--storage", str(store), "memory", "add", "lunch is at noon", "--user", "carol")
+
+    found = cli_json("--storage", str(store), "memory", "search", "wifi password", "--all-users")
+    assert sorted(str(row["user_id"]) for row in found) == ["None", "None", "alice", "alice", "bob", "bob"]
+    table = cli("--storage", str(store), "memory", "search", "wifi password", "--all-users")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    assert "user alice" in table.stdout and "user bob" in table.stdout and "default namespace" in table.stdout
+    assert len(cli_json("--storage", str(store), "memory", "search", "wifi password")) == 2  # as before
+
+    # --user and --all-users together: bad usage, nothing done
+    both = cli(
+        "--storage", str(store), "memory", "cleanup", "--max-age-days", "0", "--user", "bob", "--all-users"
+    )
+    assert both.exit_code == 2 and "--all-users" in both.stderr and "--user" in both.stderr, both.stderr
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 7
+
+    merged = cli_json("--storage", str(store), "memory", "consolidate", "--threshold", "0.8", "--all-users")
+    assert merged["consolidated_count"] == 6 and len(merged["groups"]) == 3  # one per user, never across
+    by_user = cli_json("--storage", str(store), "memory", "stats", "--all-users")["by_user"]
+    assert by_user == cli_json("--storage", str(store), "memory", "stats")["by_user"]
+    assert by_user == {"": 3, "alice": 3, "bob": 3, "carol": 1}  # two originals kept with each merge
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("--storage", str(store), "memory", "export", str(backup), "--all-users")["exported"] == 10
+
+    # as a cron job runs it: a real process, every user's old memories and superseded originals
+    cleaned = run_cli(
+        "--storage", str(store), "--json", "memory", "cleanup", "--max-age-days", "0", "--all-users"
+    )
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert json.loads(cleaned.stdout)["removed_count"] == 10
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0

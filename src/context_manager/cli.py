@@ -11,7 +11,7 @@
     context-manager memory export backup.jsonl          # and: memory import backup.jsonl
     context-manager memory export - | gzip > backup.jsonl.gz    # - : standard output (import - reads stdin)
     context-manager memory consolidate --threshold 0.85
-    context-manager memory cleanup --max-age-days 30
+    context-manager memory cleanup --max-age-days 30 --all-users   # every user's, not only the default's
     context-manager memory migrate --from ./cache/storage --to postgresql://app@db/app
     context-manager health
     context-manager examples basic
@@ -30,6 +30,10 @@ to ``examples``.
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
 was written with); ``memory search`` records its results as accessed, as ``search_memory`` does, and
 prints each id whole on one line (to copy into ``memory delete``).
+
+``memory search``, ``consolidate`` and ``cleanup`` work on the ``--user`` namespace (the default one
+without it), ``memory stats`` and ``export`` on every user's; ``--all-users`` makes any of them cover every
+user and the default namespace (with ``--user`` too it is bad usage, exit code 2).
 
 ``memory delete ID...`` deletes with ``MemoryManager.delete_memory`` (every tier, the vectors, erased from
 the storage's files; a consolidated memory takes the originals it was merged from along) the memories of
@@ -459,6 +463,23 @@ async def _open_memory(
         await manager.close()
 
 
+_ALL_USERS_HELP = "Every user's memories and the default namespace's (not with --user)."
+
+
+def _user_scope(ctx: typer.Context, user: str | None, all_users: bool) -> Any:
+    """Whose memories a command covers: ``--user``'s namespace, or every one with ``--all-users``.
+
+    Both together are bad usage (exit code 2), checked before anything is opened.
+    """
+    if not all_users:
+        return user
+    if user is not None:
+        raise typer.BadParameter("pass one of them, not both", ctx, param_hint="'--user' / '--all-users'")
+    from context_manager import ALL_USERS
+
+    return ALL_USERS
+
+
 def _memory_row(memory: Memory) -> dict[str, Any]:
     data = memory.to_dict()
     data["score"] = memory.score
@@ -660,6 +681,7 @@ def memory_search(
         ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Search the memory store, best match first.
 
@@ -667,10 +689,11 @@ def memory_search(
     search_memory (access counts and times, which ranking uses; a memory found often moves up to
     long-term).
     """
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
         async with _open_memory(options, create=False, inspect=True) as manager:
-            found = await manager.search_memory(query, limit, tags=tag or None, user_id=user)
+            found = await manager.search_memory(query, limit, tags=tag or None, user_id=whose)
         if options.json_output:
             _print_json(options, [_memory_row(memory) for memory in found])
             return
@@ -693,6 +716,8 @@ def memory_search(
             details = f"{memory.tier.value} tier, importance {memory.importance:.2f}"
             if memory.tags:
                 details += f", tags: {', '.join(memory.tags)}"
+            if all_users:  # whose, since they are mixed
+                details += f", {'default namespace' if memory.user_id is None else f'user {memory.user_id}'}"
             cell = _plain(content)
             cell.append(f"\n{_shown(details)}", style="dim")
             table.add_row(_plain(memory.id), _plain(f"{memory.score or 0.0:.3f}"), cell)
@@ -798,8 +823,12 @@ def memory_stats(
     user: Annotated[
         str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
     ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user's memories, counted per user (the default).")
+    ] = False,
 ) -> None:
     """Counts per tier and user, capacity, size on disk and index status (read-only: moves nothing)."""
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> None:
         from context_manager import ALL_USERS
@@ -886,11 +915,15 @@ def memory_export(
     user: Annotated[
         str | None, typer.Option(help="Only this user's memories (default: every user's).")
     ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user's memories (the default).")
+    ] = False,
 ) -> None:
     """Write every memory of every user (superseded ones too) to a JSON Lines file (read-only).
 
     With - the memories go to standard output, and the summary line to stderr.
     """
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> None:
         if str(path) == "-":
@@ -1027,8 +1060,13 @@ def memory_consolidate(
         ),
     ] = 0.85,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
-    """Merge near-duplicate memories (originals are kept as superseded until cleanup)."""
+    """Merge near-duplicate memories (originals are kept as superseded until cleanup).
+
+    Memories of two users are never merged, with --all-users too.
+    """
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
         from context_manager.core.errors import InvalidArgumentError
@@ -1036,7 +1074,7 @@ def memory_consolidate(
         if not 0.0 < threshold <= 1.0:  # named as the option (the library names its own argument)
             raise InvalidArgumentError("--threshold", threshold, "a similarity above 0 and at most 1")
         async with _open_memory(options, create=False) as manager:
-            result = await manager.consolidate_memories(threshold, user_id=user)
+            result = await manager.consolidate_memories(threshold, user_id=whose)
         if options.json_output:
             _print_json(options, result)
             return
@@ -1064,8 +1102,10 @@ def memory_cleanup(
         float | None, typer.Option(help="Keep memories at least this important, whatever their age.")
     ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Delete old memories and superseded originals; print what was removed."""
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
         from context_manager.core.errors import InvalidArgumentError
@@ -1074,7 +1114,7 @@ def memory_cleanup(
             raise InvalidArgumentError("--max-age-days", max_age_days, "a finite number >= 0")
         async with _open_memory(options, create=False) as manager:
             result = await manager.cleanup_old_memories(
-                max_age_days, user_id=user, keep_importance=keep_importance
+                max_age_days, user_id=whose, keep_importance=keep_importance
             )
         if options.json_output:
             _print_json(options, result)
