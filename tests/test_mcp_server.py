@@ -937,3 +937,42 @@ async def test_mcp_a_call_that_embeds_before_the_model_loaded_waits_for_that_loa
                 await asyncio.to_thread(thread.join, 60)
             assert embedder._model is model, "the model was loaded twice"
             assert memory.backend is not None and memory.backend.vector_count() == 1
+
+
+async def test_mcp_stdio_an_unknown_tool_is_an_error_result_naming_the_tools_there_are(
+    tmp_path: Path,
+) -> None:
+    """The MCP SDK's convention (``MCPServer``: an unknown tool is a ``CallToolResult`` with ``isError``,
+    "Unknown tool: NAME", not the JSON-RPC error -32602 the specification's example shows), so the model
+    reads it and can correct itself; but the message did not say which tools there are (a model that
+    guessed ``memory_remember`` guessed again). It lists them now, application tools included."""
+    write_tools_module(tmp_path)
+    server = await RawStdioServer.start(
+        tmp_path / "memory",
+        "--tools",
+        "shop_tools:TOOLS",
+        "--app-dir",
+        str(tmp_path),
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        call = {"name": "memory_remember", "arguments": {"content": "Ana likes tea"}}
+        answer = await server.request({"id": 2, "method": "tools/call", "params": call})
+        assert "error" not in answer and answer["result"]["isError"] is True, answer
+        [block] = answer["result"]["content"]
+        assert block["text"] == (
+            "Unknown tool: memory_remember; available tools: memory_add, memory_search, memory_delete, "
+            "memory_stats, order_status"
+        )
+        call = {"name": "memory_add", "arguments": {"content": "Ana likes tea"}}  # the session goes on
+        added = await server.request({"id": 3, "method": "tools/call", "params": call})
+        assert (
+            added["result"]["isError"] is False
+            and added["result"]["structuredContent"]["content"] == "Ana likes tea"
+        )
+    finally:
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        await asyncio.wait_for(server.process.wait(), 60)

@@ -20,7 +20,8 @@ What the server offers:
 
 Every call is scoped to the server's user (``--user``; the default namespace without it): no tool takes a
 user id, a search never crosses users and a delete of another user's memory answers "not found". A bad
-argument or a failed call is an MCP error result (``isError``); it never ends the session. The server is
+argument, an unknown tool (its message lists the tools there are) or a failed call is an MCP error
+result (``isError``), as the SDK answers them; it never ends the session. The server is
 configured explicitly (command-line options, ``--set OPTION=VALUE`` for any configuration option), because
 stdio clients start it with a stripped environment and an arbitrary working directory.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -240,12 +242,38 @@ def _memory_config(handle: _MemoryHandle) -> ContextManagerConfig:
 
 
 def _require_mcp() -> type[MCPServer[Any]]:
-    """The SDK's server class, or ``MissingDependencyError`` naming the ``mcp`` extra."""
+    """The server class (the SDK's, :func:`_server_class`), or ``MissingDependencyError`` naming the extra."""
     try:
         from mcp.server.mcpserver import MCPServer
     except ImportError:
         raise MissingDependencyError("mcp server", "mcp", "mcp") from None
-    return MCPServer
+    return _server_class(MCPServer)
+
+
+@functools.cache
+def _server_class(base: type[MCPServer[Any]]) -> type[MCPServer[Any]]:
+    """``base`` whose answer to an unknown tool names the tools there are.
+
+    As the SDK answers it (and as ours is documented): a ``CallToolResult`` with ``isError`` saying
+    "Unknown tool: NAME", which the model reads (the specification's example is the JSON-RPC error
+    -32602, which a client may not show the model); followed by "; available tools: ..." so the model can
+    correct the name. Only the failing call lists the tools: a known tool's call does no more work.
+    """
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    class ContextManagerMCPServer(base):  # type: ignore[valid-type,misc]
+        async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            try:
+                return await super().call_tool(name, arguments, context)
+            except ToolError as error:
+                if type(error) is not ToolError or error.__cause__ is not None:
+                    raise  # the tool's own failure
+                names = [tool.name for tool in await self.list_tools()]
+                if name in names:
+                    raise
+                raise ToolError(f"Unknown tool: {name}; available tools: {', '.join(names)}") from None
+
+    return cast("type[MCPServer[Any]]", ContextManagerMCPServer)
 
 
 def create_mcp_server(
