@@ -488,7 +488,7 @@ def test_memory_delete_bad_arguments_change_nothing(tmp_path: Path, store: Path)
     added = cli_json("--storage", str(store), "memory", "add", "keep me")
     assert_one_line_error(cli("--storage", str(store), "memory", "delete", ""), "memory_id: got ''")
     assert_one_line_error(
-        cli("--storage", str(store), "memory", "delete", added["id"], "--user", ""), "user_id: got ''"
+        cli("--storage", str(store), "memory", "delete", added["id"], "--user", ""), "--user: got ''"
     )
     assert cli("--storage", str(store), "memory", "delete").exit_code == 2
     missing = tmp_path / "missing"
@@ -1235,3 +1235,28 @@ def test_memory_search_consolidate_and_cleanup_cover_every_user_with_all_users(
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert json.loads(cleaned.stdout)["removed_count"] == 10
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (("memory", "cleanup", "--keep-importance", "5"), "--keep-importance: got 5.0"),
+        (("memory", "cleanup", "--user", " "), "--user: got ' '"),
+        (("memory", "consolidate", "--user", "a\tb"), "--user: got 'a\\tb'"),
+        (("memory", "search", "tea", "--user", ""), "--user: got ''"),
+        (("memory", "stats", "--user", ""), "--user: got ''"),
+        (("memory", "export", "-", "--user", ""), "--user: got ''"),
+        (("memory", "delete", "some-id", "--user", ""), "--user: got ''"),
+        (("memory", "add", "tea", "--user", ""), "--user: got ''"),
+        (("memory", "add", "tea", "--importance", "2"), "--importance: got 2.0"),
+        (("memory", "add", "tea", "--tier", "attic"), "--tier: got 'attic'"),
+        (("memory", "add", "tea", "--tag", ""), "--tag: got ['']"),
+    ],
+)
+def test_memory_option_errors_name_the_option(store: Path, arguments: tuple[str, ...], named: str) -> None:
+    """An option's bad value was named as the library's argument (``keep_importance: got 5.0``,
+    ``user_id: got ''``): there is no such option to fix. ``--threshold`` and ``--max-age-days`` were
+    named already; now every memory option is."""
+    cli_json("--storage", str(store), "memory", "add", "a first memory")
+    assert_one_line_error(cli("--storage", str(store), *arguments), f"error: {named}")
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1

@@ -727,7 +727,7 @@ def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path
         timeout=60,
     )
     assert completed.returncode == 1 and completed.stdout == ""
-    assert completed.stderr.startswith("error: user_id: got 'uuu")
+    assert completed.stderr.startswith("error: --user: got 'uuu")  # the option to fix
     assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve
 
 

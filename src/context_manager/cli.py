@@ -166,13 +166,28 @@ def _fail(options: _Options, message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _run(ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]]) -> _T:
+def _run(
+    ctx: typer.Context,
+    coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]],
+    named: dict[str, str] | None = None,
+) -> _T:
     """Run an async command body under :func:`_guarded`."""
-    return _guarded(ctx, lambda options: asyncio.run(coroutine_function(options)))
+    return _guarded(ctx, lambda options: asyncio.run(coroutine_function(options)), named)
 
 
-def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
-    """Run a command body; turn library and OS errors into one line on stderr (or a traceback)."""
+_USER_OPTION = {"user_id": "--user"}
+"""The library argument a ``--user`` option passes (see ``named`` of :func:`_guarded`)."""
+
+
+def _guarded(
+    ctx: typer.Context, function: Callable[[_Options], _T], named: dict[str, str] | None = None
+) -> _T:
+    """Run a command body; turn library and OS errors into one line on stderr (or a traceback).
+
+    ``named`` maps the library arguments the command's options pass to the options' names
+    (``{"user_id": "--user"}``): an invalid value is reported as ``--user: got ''; allowed ...``, the
+    option to fix, not as the library's argument.
+    """
     from context_manager.core.errors import ContextManagerError
 
     options = _options(ctx)
@@ -183,7 +198,7 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
     except (ContextManagerError, CommandError, OSError, UnicodeError) as error:  # UnicodeError: bad paths too
         if options.debug:
             raise
-        _fail(options, _describe(error))
+        _fail(options, _describe(error, named))
     except KeyboardInterrupt:
         _fail(options, "interrupted", 130)
     except Exception as error:  # a bug: say so on one line, the traceback is one --debug away
@@ -292,8 +307,13 @@ def _run_interruptible(
     return result  # type: ignore[no-any-return]
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, named: dict[str, str] | None = None) -> str:
+    from context_manager.core.errors import InvalidArgumentError
+
     text = str(error).strip() or type(error).__name__
+    field = error.field if isinstance(error, InvalidArgumentError) else None
+    if named and field is not None and field in named and text.startswith(f"{field}: "):  # as the option
+        text = named[field] + text[len(field) :]
     text = " ".join(text.split())  # one line, whatever the exception's message looks like
     if isinstance(error, OSError) and not _is_library_error(error) and error.filename is not None:
         reason = error.strerror or text
@@ -666,7 +686,7 @@ def memory_add(
                 f"added {memory.id} ({memory.tier.value} tier)", markup=False, soft_wrap=True
             )
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "importance": "--importance", "tags": "--tag", "tier": "--tier"})
 
 
 @memory_app.command("search")
@@ -723,7 +743,7 @@ def memory_search(
             table.add_row(_plain(memory.id), _plain(f"{memory.score or 0.0:.3f}"), cell)
         options.stdout.print(table)
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "tags": "--tag"})
 
 
 @memory_app.command("delete", short_help="Delete memories by id, erased from the storage.")
@@ -812,7 +832,7 @@ def memory_delete(
         options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_ERROR
 
-    code = _run(ctx, body)
+    code = _run(ctx, body, _USER_OPTION)
     if code:
         raise typer.Exit(code)
 
@@ -876,7 +896,7 @@ def memory_stats(
             row("over capacity", ", ".join(stats["over_capacity"]))
         options.stdout.print(table)
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 def _owner(label: str) -> str:
@@ -979,7 +999,7 @@ def memory_export(
                 ) from None
         options.stderr.print(f"exported {_memories(count)} to <stdout>", markup=False, soft_wrap=True)
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 @memory_app.command("import", short_help="Load memories from a JSON Lines export (all or nothing).")
@@ -1089,7 +1109,7 @@ def memory_consolidate(
                 f"  {group['merged_id']}: {_shown(group['content'][:100])}", markup=False, soft_wrap=True
             )
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 @memory_app.command("cleanup", short_help="Delete old memories and superseded originals.")
@@ -1127,7 +1147,7 @@ def memory_cleanup(
             soft_wrap=True,
         )
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "keep_importance": "--keep-importance"})
 
 
 class _ProgressLines:
@@ -1504,7 +1524,7 @@ def mcp_serve(
             tool_manager = load_tool_registry(tools, config)
         await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 # ---------------------------------------------------------------------------------------- examples
