@@ -1260,3 +1260,15 @@ def test_memory_option_errors_name_the_option(store: Path, arguments: tuple[str,
     cli_json("--storage", str(store), "memory", "add", "a first memory")
     assert_one_line_error(cli("--storage", str(store), *arguments), f"error: {named}")
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t"])
+def test_memory_search_refuses_a_blank_query(store: Path, query: str) -> None:
+    """``memory search "$QUERY"`` with the variable unset answered "no matching memories" (exit 0): the
+    store seemed to hold nothing on the subject. A blank query is an error, as for the MCP server."""
+    cli_json("--storage", str(store), "memory", "add", "the wifi password is swordfish")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "search", query), f"error: query: got {query!r}; allowed"
+    )
+    assert_one_line_error(cli("--storage", str(store), "--json", "memory", "search", query), "query")
+    assert len(cli_json("--storage", str(store), "memory", "search", "wifi")) == 1

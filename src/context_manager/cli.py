@@ -314,7 +314,9 @@ def _describe(error: BaseException, named: dict[str, str] | None = None) -> str:
     field = error.field if isinstance(error, InvalidArgumentError) else None
     if named and field is not None and field in named and text.startswith(f"{field}: "):  # as the option
         text = named[field] + text[len(field) :]
-    text = " ".join(text.split())  # one line, whatever the exception's message looks like
+    # one line, whatever the exception's message looks like; the spaces inside a line stay (a quoted
+    # value's spaces may be what was wrong with it)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, OSError) and not _is_library_error(error) and error.filename is not None:
         reason = error.strerror or text
         return f"{error.filename}: {reason}"
@@ -712,6 +714,10 @@ def memory_search(
     whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
+        from context_manager.core.errors import InvalidArgumentError
+
+        if not query.strip():  # an unset shell variable: "no matching memories" would be a wrong answer
+            raise InvalidArgumentError("query", query, "text with a word to look for")
         async with _open_memory(options, create=False, inspect=True) as manager:
             found = await manager.search_memory(query, limit, tags=tag or None, user_id=whose)
         if options.json_output:
