@@ -788,6 +788,13 @@ def test_memory_commands_and_health_on_postgresql_need_no_directory(
     assert cli_json("memory", "search", "deploy freeze", "--user", "alice") == []
     assert cli_json("memory", "delete", other["id"])["deleted"] == [other["id"]]
     assert cli_json("memory", "stats")["total_memories"] == 0
+    for user in ("bob", "carol"):  # --all-users: every user's, on the database too
+        cli_json("memory", "add", f"{user} parks on level 3", "--user", user)
+    cli_json("memory", "add", "the office closes at six")
+    assert len(cli_json("memory", "search", "parks level", "--all-users")) == 2
+    assert cli_json("memory", "consolidate", "--all-users")["examined"] == 3
+    assert cli_json("memory", "cleanup", "--max-age-days", "0", "--all-users")["removed_count"] == 3
+    assert cli_json("memory", "stats")["total_memories"] == 0
     report = cli_json("health")
     assert report["status"] == "healthy" and "memory_store" not in report["checks"]
     assert report["checks"]["database"]["status"] == "healthy"
