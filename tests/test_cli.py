@@ -1279,3 +1279,26 @@ def test_memory_search_refuses_a_blank_query(store: Path, query: str) -> None:
     )
     assert_one_line_error(cli("--storage", str(store), "--json", "memory", "search", query), "query")
     assert len(cli_json("--storage", str(store), "memory", "search", "wifi")) == 1
+
+
+def test_subprocess_storage_ignored_with_postgres_and_no_dsn_does_not_call_the_directory_a_database(
+    tmp_path: Path,
+) -> None:
+    """With ``memory_backend=postgres`` and no DSN the warning said the memories were in "the database
+    postgres_dsn names (/the/storage/dir)": the directory given, as if it were the database."""
+    directory = tmp_path / "dir"
+    for command in (("memory", "stats"), ("mcp", "serve")):
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "--storage", str(directory), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND": "postgres"},
+        )
+        assert completed.returncode == 1 and completed.stdout == "", completed.stderr
+        warning, error = completed.stderr.splitlines()
+        assert warning.startswith(f"warning: --storage {directory} is ignored: memory_backend is postgres")
+        assert f"({directory})" not in warning and "postgres_dsn is not set" in warning, warning
+        assert error.startswith("error: postgres_dsn: got None"), error
+        assert not directory.exists()

@@ -555,7 +555,7 @@ def test_mcp_serve_without_storage_or_with_a_bad_option_fails_clearly(tmp_path: 
     result = runner.invoke(
         app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--tools", "nowhere:tools"]
     )
-    assert result.exit_code == 1 and "tools: got 'nowhere:tools'" in result.stderr
+    assert result.exit_code == 1 and "error: --tools: got 'nowhere:tools'" in result.stderr  # the option
 
 
 def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> None:

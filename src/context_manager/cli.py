@@ -308,10 +308,10 @@ def _run_interruptible(
 
 
 def _describe(error: BaseException, named: dict[str, str] | None = None) -> str:
-    from context_manager.core.errors import InvalidArgumentError
+    from context_manager.core.errors import ConfigurationError, InvalidArgumentError
 
     text = str(error).strip() or type(error).__name__
-    field = error.field if isinstance(error, InvalidArgumentError) else None
+    field = error.field if isinstance(error, InvalidArgumentError | ConfigurationError) else None
     if named and field is not None and field in named and text.startswith(f"{field}: "):  # as the option
         text = named[field] + text[len(field) :]
     # one line, whatever the exception's message looks like; the spaces inside a line stay (a quoted
@@ -451,8 +451,10 @@ def _uses_directory(config: ContextManagerConfig) -> bool:
 
 def _storage_location(config: ContextManagerConfig) -> str:
     """Where the memories are, for messages: the directory, or the DSN without its password."""
-    if _uses_directory(config) or config.postgres_dsn is None:
+    if _uses_directory(config):
         return str(config.resolved_storage_path)
+    if config.postgres_dsn is None:  # not the storage directory: no memory is there
+        return "postgres_dsn is not set"
     from context_manager.core.memory.postgres.database import redact_dsn
 
     return redact_dsn(config.postgres_dsn.get_secret_value())
@@ -1530,7 +1532,7 @@ def mcp_serve(
             tool_manager = load_tool_registry(tools, config)
         await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
 
-    _run(ctx, body, _USER_OPTION)
+    _run(ctx, body, {**_USER_OPTION, "tools": "--tools"})
 
 
 # ---------------------------------------------------------------------------------------- examples
