@@ -613,7 +613,7 @@ def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -
             timeout=60,
         )
     assert completed.returncode == 1, completed.stderr
-    assert completed.stderr.startswith("error: http: got ") and f"127.0.0.1:{port}" in completed.stderr
+    assert completed.stderr.startswith("error: --http: got ") and f"127.0.0.1:{port}" in completed.stderr
     assert "in use" in completed.stderr and "serving on" not in completed.stderr
 
     async def reopen() -> None:  # the store was closed (its lock released)

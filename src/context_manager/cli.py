@@ -1532,7 +1532,7 @@ def mcp_serve(
             tool_manager = load_tool_registry(tools, config)
         await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
 
-    _run(ctx, body, {**_USER_OPTION, "tools": "--tools"})
+    _run(ctx, body, {**_USER_OPTION, "tools": "--tools", "http": "--http"})
 
 
 # ---------------------------------------------------------------------------------------- examples
