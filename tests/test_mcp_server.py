@@ -976,3 +976,87 @@ async def test_mcp_stdio_an_unknown_tool_is_an_error_result_naming_the_tools_the
         assert server.process.stdin is not None
         server.process.stdin.close()
         await asyncio.wait_for(server.process.wait(), 60)
+
+
+def _access_counts(storage: Path) -> dict[str, int]:
+    """Each memory's access count as the store holds it (read by another process, as a later run would)."""
+    exported = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "--storage", str(storage), "memory", "export", "-"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    return {row["content"]: row["access_count"] for row in map(json.loads, exported.stdout.splitlines())}
+
+
+async def test_mcp_stdio_sigterm_closes_the_memory_and_keeps_the_session_s_access_counts(
+    tmp_path: Path,
+) -> None:
+    """MCP clients stop a stdio server that does not exit on its own with SIGTERM (the specification's
+    shutdown: close stdin, then SIGTERM, then SIGKILL; containers and systemd send it too). SIGTERM killed
+    the process without closing the memory: the access counts and times of the session's searches (batched
+    in memory) were lost, so memories used every day looked unused to ``cleanup --max-age-days``. It now
+    stops the server as a closed stdin does: the memory is closed, exit code 0."""
+    storage = tmp_path / "memory"
+    server = await RawStdioServer.start(storage, "--user", "alice")
+    process = server.process
+    assert process.stderr is not None
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        for number, content in enumerate(("Alice's locker is 41", "Alice parks on level 3"), start=2):
+            call = {"name": "memory_add", "arguments": {"content": content}}
+            assert (await server.request({"id": number, "method": "tools/call", "params": call}))["result"]
+        call = {"name": "memory_search", "arguments": {"query": "locker", "limit": 1}}
+        found = await server.request({"id": 9, "method": "tools/call", "params": call})
+        assert found["result"]["structuredContent"]["results"][0]["content"] == "Alice's locker is 41"
+        process.send_signal(signal.SIGTERM)  # stdin stays open, as a client that gave up waiting leaves it
+        returncode = await asyncio.wait_for(process.wait(), 15)
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == 0, stderr
+        assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert _access_counts(storage) == {"Alice's locker is 41": 1, "Alice parks on level 3": 0}
+
+
+async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access_counts(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP uvicorn shut down on SIGTERM, then raised it again: the process died before the memory
+    was closed (exit -15), losing the session's access counts, as over stdio."""
+    storage, port = tmp_path / "memory", free_port()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
+        *["--http", str(port)],
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            await client.call_tool("memory_add", {"content": "the printer is on floor 2"})
+            found = await client.call_tool("memory_search", {"query": "printer"})
+            assert not found.is_error, text_of(found)
+        process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(process.wait(), 30)
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == 0, stderr
+        assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert _access_counts(storage) == {"the printer is on floor 2": 1}

@@ -39,10 +39,11 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -645,7 +646,9 @@ async def run_mcp_server(
     """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
-    error instead of a dropped session. Returns when the client disconnects (stdio) or on interruption.
+    error instead of a dropped session. Returns when the client disconnects (stdio) or on SIGTERM (the
+    memory is closed first; one ``stopped (SIGTERM)`` line on stderr); raises ``CancelledError`` or
+    ``KeyboardInterrupt`` on interruption, after closing the memory too.
 
     Raises:
         ConfigurationError: ``http_port`` is in use (or not allowed) on 127.0.0.1.
@@ -670,12 +673,57 @@ async def run_mcp_server(
             file=sys.stderr,
             flush=True,
         )
-        if http_port is None:
-            await _serve_stdio(server)
-        else:
-            await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+        serving = (
+            _serve_stdio(server)
+            if http_port is None
+            else server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+        )
+        if await _served_until_sigterm(serving):
+            print("context-manager MCP server: stopped (SIGTERM)", file=sys.stderr, flush=True)
     finally:
         await memory.cleanup()
+
+
+async def _served_until_sigterm(serving: Coroutine[Any, Any, None]) -> bool:
+    """Run ``serving`` until it returns or the process gets SIGTERM; whether SIGTERM came.
+
+    MCP clients stop a stdio server that does not exit on its own with SIGTERM (the specification's
+    shutdown: close stdin, then SIGTERM), as containers and service managers stop an HTTP one: it killed
+    the process before the memory was closed, losing the access counts and times its searches batch in
+    memory (a memory used every day then looked unused to a cleanup by age). Now SIGTERM stops the server
+    as a closed stdin does, and the caller closes the memory. Uvicorn (HTTP) takes SIGTERM over while it
+    serves (``signal.signal``), shuts down, restores this handler and raises the signal again: it lands
+    here once the server has stopped. Only on the main thread (where signals arrive) and while SIGTERM has
+    its default action (an application's own handler stays); elsewhere as before.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(serving)
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # on the main thread, which runs the loop
+        received.append(signum)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(task.cancel)
+
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not received:  # this call was cancelled (Ctrl-C), not stopped by SIGTERM
+                raise
+        return bool(received)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _check_port_free(port: int) -> None:
