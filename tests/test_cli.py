@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1302,3 +1303,58 @@ def test_subprocess_storage_ignored_with_postgres_and_no_dsn_does_not_call_the_d
         assert f"({directory})" not in warning and "postgres_dsn is not set" in warning, warning
         assert error.startswith("error: postgres_dsn: got None"), error
         assert not directory.exists()
+
+
+def test_subprocess_memory_export_into_a_named_pipe_or_process_substitution(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export FIFO`` wrote a temporary file and renamed it over the pipe: the pipe was replaced by
+    a regular file, its reader got nothing (and waited), and the command said "exported 2 memories".
+    ``memory export >(gzip > backup.jsonl.gz)`` failed (no temporary file can be made in /dev/fd). A path
+    that is no regular file is written through now (as ``memory import`` reads pipes)."""
+    import stat
+    import threading
+
+    for content in ("the boiler is serviced in May", "the alarm code is 4711"):
+        assert run_cli("--storage", str(store), "memory", "add", content).returncode == 0
+    fifo = tmp_path / "backup.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with fifo.open("rb") as pipe:  # blocks until the writer opens it
+            received.append(pipe.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        exported = run_cli("--storage", str(store), "memory", "export", str(fifo))
+    finally:
+        if reader.is_alive():  # the writer never opened the pipe: open it so the reader ends
+            with open(fifo, "wb"):  # noqa: PTH123
+                pass
+        reader.join(10)
+    assert exported.returncode == 0, exported.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode), "the pipe is still a pipe"
+    lines = received[0].decode().splitlines()
+    assert sorted(json.loads(line)["content"] for line in lines) == [
+        "the alarm code is 4711",
+        "the boiler is serviced in May",
+    ]
+
+    copy = tmp_path / "copy.jsonl"
+    substituted = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" memory export >(cat > "$2")']
+        + [sys.executable, str(store), str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert substituted.returncode == 0, substituted.stderr
+    for _ in range(100):  # the substituted process writes the file after the command ends
+        if copy.exists() and len(copy.read_text().splitlines()) == 2:
+            break
+        time.sleep(0.05)
+    assert [json.loads(line)["content"] for line in copy.read_text().splitlines()] == [
+        json.loads(line)["content"] for line in lines
+    ]
