@@ -1358,3 +1358,21 @@ def test_subprocess_memory_export_into_a_named_pipe_or_process_substitution(
     assert [json.loads(line)["content"] for line in copy.read_text().splitlines()] == [
         json.loads(line)["content"] for line in lines
     ]
+
+
+def test_memory_add_says_an_important_memory_also_has_a_long_term_copy(store: Path) -> None:
+    """``memory add --importance 0.9`` printed "(short tier)" only: the user took an important fact for one
+    that short-term eviction could take, though it is also kept long-term (as ``memory stats`` counts)."""
+    important = cli(
+        "--storage", str(store), "memory", "add", "the server room code is 2291", "--importance", "0.9"
+    )
+    assert important.exit_code == 0, important.stderr
+    assert important.stdout.rstrip().endswith("(short tier, with a long-term copy)"), important.stdout
+    plain = cli("--storage", str(store), "memory", "add", "lunch is at noon")
+    assert plain.stdout.rstrip().endswith("(short tier)"), plain.stdout
+    placed = cli(
+        "--storage", str(store), "memory", "add", "a placed fact", "--importance", "0.9", "--tier", "medium"
+    )
+    assert placed.stdout.rstrip().endswith("(medium tier)"), placed.stdout
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["in_two_tiers"] == 1 and stats["by_tier"]["long"] == 1

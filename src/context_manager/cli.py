@@ -683,12 +683,13 @@ def memory_add(
             check_tier(tier)
         async with _open_memory(options, create=True) as manager:
             memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
+            # as add_memory places it: without --tier, an important memory also gets a long-term copy
+            copied = tier is None and importance >= manager.config.long_term_importance_threshold
         if options.json_output:
             _print_json(options, _memory_row(memory))
         else:
-            options.stdout.print(
-                f"added {memory.id} ({memory.tier.value} tier)", markup=False, soft_wrap=True
-            )
+            where = f"{memory.tier.value} tier" + (", with a long-term copy" if copied else "")
+            options.stdout.print(f"added {memory.id} ({where})", markup=False, soft_wrap=True)
 
     _run(ctx, body, {**_USER_OPTION, "importance": "--importance", "tags": "--tag", "tier": "--tier"})
 
