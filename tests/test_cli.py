@@ -1376,3 +1376,14 @@ def test_memory_add_says_an_important_memory_also_has_a_long_term_copy(store: Pa
     assert placed.stdout.rstrip().endswith("(medium tier)"), placed.stdout
     stats = cli_json("--storage", str(store), "memory", "stats")
     assert stats["in_two_tiers"] == 1 and stats["by_tier"]["long"] == 1
+
+
+def test_memory_import_of_one_memory_says_1_memory(tmp_path: Path, store: Path) -> None:
+    backup = tmp_path / "one.jsonl"
+    backup.write_text(
+        json.dumps({"id": "a", "content": "one fact", "created_at": 1.0e9}) + "\n", encoding="utf-8"
+    )
+    imported = cli("--storage", str(store), "memory", "import", str(backup))
+    assert imported.exit_code == 0 and imported.stdout.startswith("imported 1 memory (0 replaced;"), (
+        imported.stdout
+    )

@@ -1066,7 +1066,7 @@ def memory_import(
         else:
             tiers = ", ".join(f"{tier} {count}" for tier, count in report["by_tier"].items())
             options.stdout.print(
-                f"imported {report['imported']} memories ({report['replaced']} replaced; {tiers})",
+                f"imported {_memories(report['imported'])} ({report['replaced']} replaced; {tiers})",
                 markup=False,
                 soft_wrap=True,
             )
