@@ -1060,3 +1060,17 @@ async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access
             process.kill()
             await process.wait()
     assert _access_counts(storage) == {"the printer is on floor 2": 1}
+
+
+async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path: Path) -> None:
+    """``memory_delete`` with a 100,000-character id (a model that pasted a content) echoed it whole in
+    "no memory with id '...'", the whole text again in the model's context; an id no memory can have is
+    refused as the library refuses it (at most 200 characters), quoted shortened."""
+    async with in_process(tmp_path, user_id="fay") as client:
+        pasted = "Fay's notes: " + "lorem ipsum " * 8_000
+        refused = await client.call_tool("memory_delete", {"memory_id": pasted})
+        assert refused.is_error and "at most 200 characters" in text_of(refused), text_of(refused)[:300]
+        assert len(text_of(refused)) < 500
+        added = await client.call_tool("memory_add", {"content": "Fay takes the 8:15 train"})
+        deleted = await client.call_tool("memory_delete", {"memory_id": added.structured_content["id"]})  # type: ignore[index]
+        assert not deleted.is_error, text_of(deleted)

@@ -61,7 +61,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
-from context_manager.core.memory.validation import check_user
+from context_manager.core.memory.validation import check_memory_id, check_user
 from context_manager.core.memory.writing import merged_originals
 from context_manager.core.telemetry import (
     Telemetry,
@@ -444,6 +444,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
         """Delete one memory by id; a consolidated memory goes with the originals it was merged from."""
         memory = handle.get()
         try:
+            check_memory_id(memory_id)  # a pasted text is no id: said shortened, not echoed whole
             existing = await memory.get_memory(memory_id)
             if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
                 raise ToolError(f"memory_id: no memory with id {memory_id!r}")
