@@ -1359,6 +1359,18 @@ def test_subprocess_memory_export_into_a_named_pipe_or_process_substitution(
         json.loads(line)["content"] for line in lines
     ]
 
+    # a link to standard output (as /dev/stdout is): the JSON Lines there, and nothing else (the summary
+    # goes to stderr, as with -)
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    for json_output in ([], ["--json"]):
+        through = run_cli("--storage", str(store), *json_output, "memory", "export", str(link))
+        assert through.returncode == 0, through.stderr
+        assert [json.loads(line)["content"] for line in through.stdout.splitlines()] == [
+            json.loads(line)["content"] for line in lines
+        ]
+        assert "exported 2 memories" in through.stderr and link.is_symlink()
+
 
 def test_memory_add_says_an_important_memory_also_has_a_long_term_copy(store: Path) -> None:
     """``memory add --importance 0.9`` printed "(short tier)" only: the user took an important fact for one

@@ -965,16 +965,20 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
+        through = path.exists() and not path.is_file()  # a pipe, /dev/stdout: written through, not replaced
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
                 count = await manager.export_memories(path, user_id=whose)
                 progress.update(task, total=count, completed=count)
-        if options.json_output:
+        summary = f"exported {_memories(count)} to {path}"
+        if through:  # it may be standard output: the summary goes to stderr, as with -
+            options.stderr.print(summary, markup=False, soft_wrap=True)
+        elif options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
         else:
-            options.stdout.print(f"exported {_memories(count)} to {path}", markup=False, soft_wrap=True)
+            options.stdout.print(summary, markup=False, soft_wrap=True)
 
     async def export_to_standard_output(options: _Options) -> None:
         """The export written to a private temporary file, then copied to stdout (nothing else goes there)."""
