@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -488,7 +489,7 @@ def test_memory_delete_bad_arguments_change_nothing(tmp_path: Path, store: Path)
     added = cli_json("--storage", str(store), "memory", "add", "keep me")
     assert_one_line_error(cli("--storage", str(store), "memory", "delete", ""), "memory_id: got ''")
     assert_one_line_error(
-        cli("--storage", str(store), "memory", "delete", added["id"], "--user", ""), "user_id: got ''"
+        cli("--storage", str(store), "memory", "delete", added["id"], "--user", ""), "--user: got ''"
     )
     assert cli("--storage", str(store), "memory", "delete").exit_code == 2
     missing = tmp_path / "missing"
@@ -787,6 +788,13 @@ def test_memory_commands_and_health_on_postgresql_need_no_directory(
     assert (deleted["deleted"], deleted["not_found"]) == ([added["id"]], [other["id"]])
     assert cli_json("memory", "search", "deploy freeze", "--user", "alice") == []
     assert cli_json("memory", "delete", other["id"])["deleted"] == [other["id"]]
+    assert cli_json("memory", "stats")["total_memories"] == 0
+    for user in ("bob", "carol"):  # --all-users: every user's, on the database too
+        cli_json("memory", "add", f"{user} parks on level 3", "--user", user)
+    cli_json("memory", "add", "the office closes at six")
+    assert len(cli_json("memory", "search", "parks level", "--all-users")) == 2
+    assert cli_json("memory", "consolidate", "--all-users")["examined"] == 3
+    assert cli_json("memory", "cleanup", "--max-age-days", "0", "--all-users")["removed_count"] == 3
     assert cli_json("memory", "stats")["total_memories"] == 0
     report = cli_json("health")
     assert report["status"] == "healthy" and "memory_store" not in report["checks"]
@@ -1151,3 +1159,243 @@ def test_health_of_a_store_a_running_process_holds_is_degraded_not_unhealthy(sto
     assert f"pid {os.getpid()}" in check["message"] and "not checked" in check["message"]
     released = json.loads(run_cli("--json", "--storage", str(store), "health").stdout)
     assert released["status"] == "healthy" and "memory_store" not in released["checks"]
+
+
+def test_subprocess_text_output_shows_control_characters_instead_of_sending_them_to_the_terminal(
+    tmp_path: Path, store: Path
+) -> None:
+    """A memory's text is untrusted (a conversation, an import): ``memory search``, ``consolidate`` and
+    ``delete`` wrote its escape sequences raw to the operator's terminal (colours, a window title, a
+    C1 CSI; OSC 52 writes the clipboard). They are shown as ``\\x1b`` escapes now; newlines and tabs
+    stay, and ``--json`` (which escapes them itself) gives the text unchanged."""
+    evil = "deploy key \x1b]0;pwned\x07 is \x1b[8mhidden\x1b[0m \x9b31m and\rover\ttabbed\nnext line"
+    records = [
+        {"id": "id\x1b[2J", "content": evil, "tags": ["tag\x1b[5m"], "created_at": 1.0e9, "tier": "short"},
+        {"id": "twin", "content": evil + " again", "created_at": 1.0e9, "tier": "short"},
+    ]
+    backup = tmp_path / "evil.jsonl"
+    backup.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    assert run_cli("--storage", str(store), "memory", "import", str(backup)).returncode == 0
+
+    def assert_shown_escaped(completed: subprocess.CompletedProcess[str]) -> None:
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        for control in ("\x1b", "\x9b", "\x07", "\r"):
+            assert control not in completed.stdout + completed.stderr, repr(completed.stdout)
+
+    found = run_cli("--storage", str(store), "memory", "search", "deploy key")
+    assert_shown_escaped(found)
+    shown = ("\\x1b]0;pwned\\x07", "\\x1b[8mhidden", "\\x9b31m", "and\\x0dover", "id\\x1b[2J", "tag\\x1b[5m")
+    for escaped in shown:
+        assert escaped in found.stdout, found.stdout
+    assert "next line" in found.stdout and "\t" not in found.stdout  # the tab expanded, not escaped
+    as_json = run_cli("--storage", str(store), "--json", "memory", "search", "deploy key")
+    assert {row["content"] for row in json.loads(as_json.stdout)} == {evil, evil + " again"}
+
+    merged = run_cli("--storage", str(store), "memory", "consolidate", "--threshold", "0.5")
+    assert_shown_escaped(merged)
+    assert "\\x1b[8mhidden" in merged.stdout and "merged 2 memories into 1" in merged.stdout
+    merged_id = merged.stdout.splitlines()[1].split(":")[0].strip()
+    deleted = run_cli("--storage", str(store), "memory", "delete", merged_id)
+    assert_shown_escaped(deleted)
+    assert "deleted id\\x1b[2J (an original of a consolidated memory)" in deleted.stdout
+
+
+def test_memory_search_consolidate_and_cleanup_cover_every_user_with_all_users(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory cleanup`` (and ``consolidate``, ``search``) worked on one namespace at a time: a cron job
+    cleaning a store that an application fills per user never removed any user's memories, and the
+    CLI had no way to name them all. ``--all-users`` covers every user and the default namespace."""
+    monkeypatch.setenv("COLUMNS", "200")
+    wifi = "the office wifi password changes every monday"
+    for user in (None, "alice", "bob"):
+        where = ["--user", user] if user else []
+        cli_json("--storage", str(store), "memory", "add", wifi, *where)
+        cli_json("--storage", str(store), "memory", "add", wifi + " morning", *where)
+    cli_json("--storage", str(store), "memory", "add", "lunch is at noon", "--user", "carol")
+
+    found = cli_json("--storage", str(store), "memory", "search", "wifi password", "--all-users")
+    assert sorted(str(row["user_id"]) for row in found) == ["None", "None", "alice", "alice", "bob", "bob"]
+    table = cli("--storage", str(store), "memory", "search", "wifi password", "--all-users")
+    assert table.exit_code == 0, table.stdout + table.stderr
+    assert "user alice" in table.stdout and "user bob" in table.stdout and "default namespace" in table.stdout
+    assert len(cli_json("--storage", str(store), "memory", "search", "wifi password")) == 2  # as before
+
+    # --user and --all-users together: bad usage, nothing done
+    both = cli(
+        "--storage", str(store), "memory", "cleanup", "--max-age-days", "0", "--user", "bob", "--all-users"
+    )
+    assert both.exit_code == 2 and "--all-users" in both.stderr and "--user" in both.stderr, both.stderr
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 7
+
+    merged = cli_json("--storage", str(store), "memory", "consolidate", "--threshold", "0.8", "--all-users")
+    assert merged["consolidated_count"] == 6 and len(merged["groups"]) == 3  # one per user, never across
+    by_user = cli_json("--storage", str(store), "memory", "stats", "--all-users")["by_user"]
+    assert by_user == cli_json("--storage", str(store), "memory", "stats")["by_user"]
+    assert by_user == {"": 3, "alice": 3, "bob": 3, "carol": 1}  # two originals kept with each merge
+    backup = tmp_path / "backup.jsonl"
+    assert cli_json("--storage", str(store), "memory", "export", str(backup), "--all-users")["exported"] == 10
+
+    # as a cron job runs it: a real process, every user's old memories and superseded originals
+    cleaned = run_cli(
+        "--storage", str(store), "--json", "memory", "cleanup", "--max-age-days", "0", "--all-users"
+    )
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    assert json.loads(cleaned.stdout)["removed_count"] == 10
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (("memory", "cleanup", "--keep-importance", "5"), "--keep-importance: got 5.0"),
+        (("memory", "cleanup", "--user", " "), "--user: got ' '"),
+        (("memory", "consolidate", "--user", "a\tb"), "--user: got 'a\\tb'"),
+        (("memory", "search", "tea", "--user", ""), "--user: got ''"),
+        (("memory", "stats", "--user", ""), "--user: got ''"),
+        (("memory", "export", "-", "--user", ""), "--user: got ''"),
+        (("memory", "delete", "some-id", "--user", ""), "--user: got ''"),
+        (("memory", "add", "tea", "--user", ""), "--user: got ''"),
+        (("memory", "add", "tea", "--importance", "2"), "--importance: got 2.0"),
+        (("memory", "add", "tea", "--tier", "attic"), "--tier: got 'attic'"),
+        (("memory", "add", "tea", "--tag", ""), "--tag: got ['']"),
+    ],
+)
+def test_memory_option_errors_name_the_option(store: Path, arguments: tuple[str, ...], named: str) -> None:
+    """An option's bad value was named as the library's argument (``keep_importance: got 5.0``,
+    ``user_id: got ''``): there is no such option to fix. ``--threshold`` and ``--max-age-days`` were
+    named already; now every memory option is."""
+    cli_json("--storage", str(store), "memory", "add", "a first memory")
+    assert_one_line_error(cli("--storage", str(store), *arguments), f"error: {named}")
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 1
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t"])
+def test_memory_search_refuses_a_blank_query(store: Path, query: str) -> None:
+    """``memory search "$QUERY"`` with the variable unset answered "no matching memories" (exit 0): the
+    store seemed to hold nothing on the subject. A blank query is an error, as for the MCP server."""
+    cli_json("--storage", str(store), "memory", "add", "the wifi password is swordfish")
+    assert_one_line_error(
+        cli("--storage", str(store), "memory", "search", query), f"error: query: got {query!r}; allowed"
+    )
+    assert_one_line_error(cli("--storage", str(store), "--json", "memory", "search", query), "query")
+    assert len(cli_json("--storage", str(store), "memory", "search", "wifi")) == 1
+
+
+def test_subprocess_storage_ignored_with_postgres_and_no_dsn_does_not_call_the_directory_a_database(
+    tmp_path: Path,
+) -> None:
+    """With ``memory_backend=postgres`` and no DSN the warning said the memories were in "the database
+    postgres_dsn names (/the/storage/dir)": the directory given, as if it were the database."""
+    directory = tmp_path / "dir"
+    for command in (("memory", "stats"), ("mcp", "serve")):
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "--storage", str(directory), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND": "postgres"},
+        )
+        assert completed.returncode == 1 and completed.stdout == "", completed.stderr
+        warning, error = completed.stderr.splitlines()
+        assert warning.startswith(f"warning: --storage {directory} is ignored: memory_backend is postgres")
+        assert f"({directory})" not in warning and "postgres_dsn is not set" in warning, warning
+        assert error.startswith("error: postgres_dsn: got None"), error
+        assert not directory.exists()
+
+
+def test_subprocess_memory_export_into_a_named_pipe_or_process_substitution(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export FIFO`` wrote a temporary file and renamed it over the pipe: the pipe was replaced by
+    a regular file, its reader got nothing (and waited), and the command said "exported 2 memories".
+    ``memory export >(gzip > backup.jsonl.gz)`` failed (no temporary file can be made in /dev/fd). A path
+    that is no regular file is written through now (as ``memory import`` reads pipes)."""
+    import stat
+    import threading
+
+    for content in ("the boiler is serviced in May", "the alarm code is 4711"):
+        assert run_cli("--storage", str(store), "memory", "add", content).returncode == 0
+    fifo = tmp_path / "backup.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with fifo.open("rb") as pipe:  # blocks until the writer opens it
+            received.append(pipe.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        exported = run_cli("--storage", str(store), "memory", "export", str(fifo))
+    finally:
+        if reader.is_alive():  # the writer never opened the pipe: open it so the reader ends
+            with open(fifo, "wb"):  # noqa: PTH123
+                pass
+        reader.join(10)
+    assert exported.returncode == 0, exported.stderr
+    assert stat.S_ISFIFO(fifo.stat().st_mode), "the pipe is still a pipe"
+    lines = received[0].decode().splitlines()
+    assert sorted(json.loads(line)["content"] for line in lines) == [
+        "the alarm code is 4711",
+        "the boiler is serviced in May",
+    ]
+
+    copy = tmp_path / "copy.jsonl"
+    substituted = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" memory export >(cat > "$2")']
+        + [sys.executable, str(store), str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert substituted.returncode == 0, substituted.stderr
+    for _ in range(100):  # the substituted process writes the file after the command ends
+        if copy.exists() and len(copy.read_text().splitlines()) == 2:
+            break
+        time.sleep(0.05)
+    assert [json.loads(line)["content"] for line in copy.read_text().splitlines()] == [
+        json.loads(line)["content"] for line in lines
+    ]
+
+    # a link to standard output (as /dev/stdout is): the JSON Lines there, and nothing else (the summary
+    # goes to stderr, as with -)
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    for json_output in ([], ["--json"]):
+        through = run_cli("--storage", str(store), *json_output, "memory", "export", str(link))
+        assert through.returncode == 0, through.stderr
+        assert [json.loads(line)["content"] for line in through.stdout.splitlines()] == [
+            json.loads(line)["content"] for line in lines
+        ]
+        assert "exported 2 memories" in through.stderr and link.is_symlink()
+
+
+def test_memory_add_says_an_important_memory_also_has_a_long_term_copy(store: Path) -> None:
+    """``memory add --importance 0.9`` printed "(short tier)" only: the user took an important fact for one
+    that short-term eviction could take, though it is also kept long-term (as ``memory stats`` counts)."""
+    important = cli(
+        "--storage", str(store), "memory", "add", "the server room code is 2291", "--importance", "0.9"
+    )
+    assert important.exit_code == 0, important.stderr
+    assert important.stdout.rstrip().endswith("(short tier, with a long-term copy)"), important.stdout
+    plain = cli("--storage", str(store), "memory", "add", "lunch is at noon")
+    assert plain.stdout.rstrip().endswith("(short tier)"), plain.stdout
+    placed = cli(
+        "--storage", str(store), "memory", "add", "a placed fact", "--importance", "0.9", "--tier", "medium"
+    )
+    assert placed.stdout.rstrip().endswith("(medium tier)"), placed.stdout
+    stats = cli_json("--storage", str(store), "memory", "stats")
+    assert stats["in_two_tiers"] == 1 and stats["by_tier"]["long"] == 1
+
+
+def test_memory_import_of_one_memory_says_1_memory(tmp_path: Path, store: Path) -> None:
+    backup = tmp_path / "one.jsonl"
+    backup.write_text(
+        json.dumps({"id": "a", "content": "one fact", "created_at": 1.0e9}) + "\n", encoding="utf-8"
+    )
+    imported = cli("--storage", str(store), "memory", "import", str(backup))
+    assert imported.exit_code == 0 and imported.stdout.startswith("imported 1 memory (0 replaced;"), (
+        imported.stdout
+    )

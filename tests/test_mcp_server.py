@@ -555,7 +555,7 @@ def test_mcp_serve_without_storage_or_with_a_bad_option_fails_clearly(tmp_path: 
     result = runner.invoke(
         app, ["mcp", "serve", "--storage", str(tmp_path / "m"), "--tools", "nowhere:tools"]
     )
-    assert result.exit_code == 1 and "tools: got 'nowhere:tools'" in result.stderr
+    assert result.exit_code == 1 and "error: --tools: got 'nowhere:tools'" in result.stderr  # the option
 
 
 def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> None:
@@ -613,7 +613,7 @@ def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -
             timeout=60,
         )
     assert completed.returncode == 1, completed.stderr
-    assert completed.stderr.startswith("error: http: got ") and f"127.0.0.1:{port}" in completed.stderr
+    assert completed.stderr.startswith("error: --http: got ") and f"127.0.0.1:{port}" in completed.stderr
     assert "in use" in completed.stderr and "serving on" not in completed.stderr
 
     async def reopen() -> None:  # the store was closed (its lock released)
@@ -727,7 +727,7 @@ def test_mcp_serve_with_a_bad_user_exits_before_opening_the_store(tmp_path: Path
         timeout=60,
     )
     assert completed.returncode == 1 and completed.stdout == ""
-    assert completed.stderr.startswith("error: user_id: got 'uuu")
+    assert completed.stderr.startswith("error: --user: got 'uuu")  # the option to fix
     assert not (tmp_path / "m").exists()  # nothing created for a command that cannot serve
 
 
@@ -937,3 +937,140 @@ async def test_mcp_a_call_that_embeds_before_the_model_loaded_waits_for_that_loa
                 await asyncio.to_thread(thread.join, 60)
             assert embedder._model is model, "the model was loaded twice"
             assert memory.backend is not None and memory.backend.vector_count() == 1
+
+
+async def test_mcp_stdio_an_unknown_tool_is_an_error_result_naming_the_tools_there_are(
+    tmp_path: Path,
+) -> None:
+    """The MCP SDK's convention (``MCPServer``: an unknown tool is a ``CallToolResult`` with ``isError``,
+    "Unknown tool: NAME", not the JSON-RPC error -32602 the specification's example shows), so the model
+    reads it and can correct itself; but the message did not say which tools there are (a model that
+    guessed ``memory_remember`` guessed again). It lists them now, application tools included."""
+    write_tools_module(tmp_path)
+    server = await RawStdioServer.start(
+        tmp_path / "memory",
+        "--tools",
+        "shop_tools:TOOLS",
+        "--app-dir",
+        str(tmp_path),
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        call = {"name": "memory_remember", "arguments": {"content": "Ana likes tea"}}
+        answer = await server.request({"id": 2, "method": "tools/call", "params": call})
+        assert "error" not in answer and answer["result"]["isError"] is True, answer
+        [block] = answer["result"]["content"]
+        assert block["text"] == (
+            "Unknown tool: memory_remember; available tools: memory_add, memory_search, memory_delete, "
+            "memory_stats, order_status"
+        )
+        call = {"name": "memory_add", "arguments": {"content": "Ana likes tea"}}  # the session goes on
+        added = await server.request({"id": 3, "method": "tools/call", "params": call})
+        assert (
+            added["result"]["isError"] is False
+            and added["result"]["structuredContent"]["content"] == "Ana likes tea"
+        )
+    finally:
+        assert server.process.stdin is not None
+        server.process.stdin.close()
+        await asyncio.wait_for(server.process.wait(), 60)
+
+
+def _access_counts(storage: Path) -> dict[str, int]:
+    """Each memory's access count as the store holds it (read by another process, as a later run would)."""
+    exported = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "--storage", str(storage), "memory", "export", "-"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    return {row["content"]: row["access_count"] for row in map(json.loads, exported.stdout.splitlines())}
+
+
+async def test_mcp_stdio_sigterm_closes_the_memory_and_keeps_the_session_s_access_counts(
+    tmp_path: Path,
+) -> None:
+    """MCP clients stop a stdio server that does not exit on its own with SIGTERM (the specification's
+    shutdown: close stdin, then SIGTERM, then SIGKILL; containers and systemd send it too). SIGTERM killed
+    the process without closing the memory: the access counts and times of the session's searches (batched
+    in memory) were lost, so memories used every day looked unused to ``cleanup --max-age-days``. It now
+    stops the server as a closed stdin does: the memory is closed, exit code 0."""
+    storage = tmp_path / "memory"
+    server = await RawStdioServer.start(storage, "--user", "alice")
+    process = server.process
+    assert process.stderr is not None
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        for number, content in enumerate(("Alice's locker is 41", "Alice parks on level 3"), start=2):
+            call = {"name": "memory_add", "arguments": {"content": content}}
+            assert (await server.request({"id": number, "method": "tools/call", "params": call}))["result"]
+        call = {"name": "memory_search", "arguments": {"query": "locker", "limit": 1}}
+        found = await server.request({"id": 9, "method": "tools/call", "params": call})
+        assert found["result"]["structuredContent"]["results"][0]["content"] == "Alice's locker is 41"
+        process.send_signal(signal.SIGTERM)  # stdin stays open, as a client that gave up waiting leaves it
+        returncode = await asyncio.wait_for(process.wait(), 15)
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == 0, stderr
+        assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert _access_counts(storage) == {"Alice's locker is 41": 1, "Alice parks on level 3": 0}
+
+
+async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access_counts(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP uvicorn shut down on SIGTERM, then raised it again: the process died before the memory
+    was closed (exit -15), losing the session's access counts, as over stdio."""
+    storage, port = tmp_path / "memory", free_port()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
+        *["--http", str(port)],
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            await client.call_tool("memory_add", {"content": "the printer is on floor 2"})
+            found = await client.call_tool("memory_search", {"query": "printer"})
+            assert not found.is_error, text_of(found)
+        process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(process.wait(), 30)
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == 0, stderr
+        assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert _access_counts(storage) == {"the printer is on floor 2": 1}
+
+
+async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path: Path) -> None:
+    """``memory_delete`` with a 100,000-character id (a model that pasted a content) echoed it whole in
+    "no memory with id '...'", the whole text again in the model's context; an id no memory can have is
+    refused as the library refuses it (at most 200 characters), quoted shortened."""
+    async with in_process(tmp_path, user_id="fay") as client:
+        pasted = "Fay's notes: " + "lorem ipsum " * 8_000
+        refused = await client.call_tool("memory_delete", {"memory_id": pasted})
+        assert refused.is_error and "at most 200 characters" in text_of(refused), text_of(refused)[:300]
+        assert len(text_of(refused)) < 500
+        added = await client.call_tool("memory_add", {"content": "Fay takes the 8:15 train"})
+        deleted = await client.call_tool("memory_delete", {"memory_id": added.structured_content["id"]})  # type: ignore[index]
+        assert not deleted.is_error, text_of(deleted)

@@ -11,7 +11,7 @@
     context-manager memory export backup.jsonl          # and: memory import backup.jsonl
     context-manager memory export - | gzip > backup.jsonl.gz    # - : standard output (import - reads stdin)
     context-manager memory consolidate --threshold 0.85
-    context-manager memory cleanup --max-age-days 30
+    context-manager memory cleanup --max-age-days 30 --all-users   # every user's, not only the default's
     context-manager memory migrate --from ./cache/storage --to postgresql://app@db/app
     context-manager health
     context-manager examples basic
@@ -30,6 +30,10 @@ to ``examples``.
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
 was written with); ``memory search`` records its results as accessed, as ``search_memory`` does, and
 prints each id whole on one line (to copy into ``memory delete``).
+
+``memory search``, ``consolidate`` and ``cleanup`` work on the ``--user`` namespace (the default one
+without it), ``memory stats`` and ``export`` on every user's; ``--all-users`` makes any of them cover every
+user and the default namespace (with ``--user`` too it is bad usage, exit code 2).
 
 ``memory delete ID...`` deletes with ``MemoryManager.delete_memory`` (every tier, the vectors, erased from
 the storage's files; a consolidated memory takes the originals it was merged from along) the memories of
@@ -55,6 +59,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -157,17 +162,32 @@ def _options(ctx: typer.Context) -> _Options:
 
 
 def _fail(options: _Options, message: str, code: int = EXIT_ERROR) -> NoReturn:
-    options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    options.stderr.print(f"error: {_shown(message)}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def _run(ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]]) -> _T:
+def _run(
+    ctx: typer.Context,
+    coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]],
+    named: dict[str, str] | None = None,
+) -> _T:
     """Run an async command body under :func:`_guarded`."""
-    return _guarded(ctx, lambda options: asyncio.run(coroutine_function(options)))
+    return _guarded(ctx, lambda options: asyncio.run(coroutine_function(options)), named)
 
 
-def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
-    """Run a command body; turn library and OS errors into one line on stderr (or a traceback)."""
+_USER_OPTION = {"user_id": "--user"}
+"""The library argument a ``--user`` option passes (see ``named`` of :func:`_guarded`)."""
+
+
+def _guarded(
+    ctx: typer.Context, function: Callable[[_Options], _T], named: dict[str, str] | None = None
+) -> _T:
+    """Run a command body; turn library and OS errors into one line on stderr (or a traceback).
+
+    ``named`` maps the library arguments the command's options pass to the options' names
+    (``{"user_id": "--user"}``): an invalid value is reported as ``--user: got ''; allowed ...``, the
+    option to fix, not as the library's argument.
+    """
     from context_manager.core.errors import ContextManagerError
 
     options = _options(ctx)
@@ -178,7 +198,7 @@ def _guarded(ctx: typer.Context, function: Callable[[_Options], _T]) -> _T:
     except (ContextManagerError, CommandError, OSError, UnicodeError) as error:  # UnicodeError: bad paths too
         if options.debug:
             raise
-        _fail(options, _describe(error))
+        _fail(options, _describe(error, named))
     except KeyboardInterrupt:
         _fail(options, "interrupted", 130)
     except Exception as error:  # a bug: say so on one line, the traceback is one --debug away
@@ -287,9 +307,16 @@ def _run_interruptible(
     return result  # type: ignore[no-any-return]
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, named: dict[str, str] | None = None) -> str:
+    from context_manager.core.errors import ConfigurationError, InvalidArgumentError
+
     text = str(error).strip() or type(error).__name__
-    text = " ".join(text.split())  # one line, whatever the exception's message looks like
+    field = error.field if isinstance(error, InvalidArgumentError | ConfigurationError) else None
+    if named and field is not None and field in named and text.startswith(f"{field}: "):  # as the option
+        text = named[field] + text[len(field) :]
+    # one line, whatever the exception's message looks like; the spaces inside a line stay (a quoted
+    # value's spaces may be what was wrong with it)
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     if isinstance(error, OSError) and not _is_library_error(error) and error.filename is not None:
         reason = error.strerror or text
         return f"{error.filename}: {reason}"
@@ -303,12 +330,26 @@ def _is_library_error(error: BaseException) -> bool:
 
 
 def _plain(value: object) -> Text:
-    """``value`` as literal text for a table cell or title.
+    """``value`` as literal text for a table cell or title, its control characters shown (:func:`_shown`).
 
     Rich reads ``[...]`` in a plain ``str`` as markup (and ``:name:`` as an emoji): memory contents,
     queries and paths are user data, so they are never parsed.
     """
-    return Text(str(value))
+    return Text(_shown(str(value)))
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 controls but tab and newline, DEL, and C1 controls (U+009B is a CSI to many terminals)."""
+
+
+def _shown(text: str) -> str:
+    r"""``text`` with each control character but tab and newline written as an escape (``\x1b``).
+
+    Memory contents, ids and tags are untrusted data (a conversation, an import): printed as they are,
+    their escape sequences reached the operator's terminal (colours, hidden text, the window title, the
+    clipboard through OSC 52). ``--json`` escapes them itself.
+    """
+    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def _print_json(options: _Options, value: Any) -> None:
@@ -410,8 +451,10 @@ def _uses_directory(config: ContextManagerConfig) -> bool:
 
 def _storage_location(config: ContextManagerConfig) -> str:
     """Where the memories are, for messages: the directory, or the DSN without its password."""
-    if _uses_directory(config) or config.postgres_dsn is None:
+    if _uses_directory(config):
         return str(config.resolved_storage_path)
+    if config.postgres_dsn is None:  # not the storage directory: no memory is there
+        return "postgres_dsn is not set"
     from context_manager.core.memory.postgres.database import redact_dsn
 
     return redact_dsn(config.postgres_dsn.get_secret_value())
@@ -442,6 +485,23 @@ async def _open_memory(
         yield manager
     finally:
         await manager.close()
+
+
+_ALL_USERS_HELP = "Every user's memories and the default namespace's (not with --user)."
+
+
+def _user_scope(ctx: typer.Context, user: str | None, all_users: bool) -> Any:
+    """Whose memories a command covers: ``--user``'s namespace, or every one with ``--all-users``.
+
+    Both together are bad usage (exit code 2), checked before anything is opened.
+    """
+    if not all_users:
+        return user
+    if user is not None:
+        raise typer.BadParameter("pass one of them, not both", ctx, param_hint="'--user' / '--all-users'")
+    from context_manager import ALL_USERS
+
+    return ALL_USERS
 
 
 def _memory_row(memory: Memory) -> dict[str, Any]:
@@ -623,14 +683,15 @@ def memory_add(
             check_tier(tier)
         async with _open_memory(options, create=True) as manager:
             memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
+            # as add_memory places it: without --tier, an important memory also gets a long-term copy
+            copied = tier is None and importance >= manager.config.long_term_importance_threshold
         if options.json_output:
             _print_json(options, _memory_row(memory))
         else:
-            options.stdout.print(
-                f"added {memory.id} ({memory.tier.value} tier)", markup=False, soft_wrap=True
-            )
+            where = f"{memory.tier.value} tier" + (", with a long-term copy" if copied else "")
+            options.stdout.print(f"added {memory.id} ({where})", markup=False, soft_wrap=True)
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "importance": "--importance", "tags": "--tag", "tier": "--tier"})
 
 
 @memory_app.command("search")
@@ -645,6 +706,7 @@ def memory_search(
         ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Search the memory store, best match first.
 
@@ -652,10 +714,15 @@ def memory_search(
     search_memory (access counts and times, which ranking uses; a memory found often moves up to
     long-term).
     """
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
+        from context_manager.core.errors import InvalidArgumentError
+
+        if not query.strip():  # an unset shell variable: "no matching memories" would be a wrong answer
+            raise InvalidArgumentError("query", query, "text with a word to look for")
         async with _open_memory(options, create=False, inspect=True) as manager:
-            found = await manager.search_memory(query, limit, tags=tag or None, user_id=user)
+            found = await manager.search_memory(query, limit, tags=tag or None, user_id=whose)
         if options.json_output:
             _print_json(options, [_memory_row(memory) for memory in found])
             return
@@ -668,7 +735,7 @@ def memory_search(
         # the tier, importance and tags go under the content, which keeps the rest of the width; an id
         # too long to leave room for the rest (an imported one) is folded, not cut off
         table = Table(title=_plain(f"{len(found)} result(s) for {query!r}"), title_justify="left")
-        longest = max(len(memory.id) for memory in found)
+        longest = max(len(_shown(memory.id)) for memory in found)
         room = max(8, options.stdout.width - 30)
         table.add_column("id", overflow="fold", width=min(longest, room))  # a fixed width: never squeezed
         table.add_column("score", no_wrap=True)
@@ -678,12 +745,14 @@ def memory_search(
             details = f"{memory.tier.value} tier, importance {memory.importance:.2f}"
             if memory.tags:
                 details += f", tags: {', '.join(memory.tags)}"
+            if all_users:  # whose, since they are mixed
+                details += f", {'default namespace' if memory.user_id is None else f'user {memory.user_id}'}"
             cell = _plain(content)
-            cell.append(f"\n{details}", style="dim")
+            cell.append(f"\n{_shown(details)}", style="dim")
             table.add_row(_plain(memory.id), _plain(f"{memory.score or 0.0:.3f}"), cell)
         options.stdout.print(table)
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "tags": "--tag"})
 
 
 @memory_app.command("delete", short_help="Delete memories by id, erased from the storage.")
@@ -746,10 +815,10 @@ def memory_delete(
             )
         else:
             for memory_id in deleted:
-                options.stdout.print(f"deleted {memory_id}", markup=False, soft_wrap=True)
+                options.stdout.print(f"deleted {_shown(memory_id)}", markup=False, soft_wrap=True)
             for memory_id in originals:
                 options.stdout.print(
-                    f"deleted {memory_id} (an original of a consolidated memory)",
+                    f"deleted {_shown(memory_id)} (an original of a consolidated memory)",
                     markup=False,
                     soft_wrap=True,
                 )
@@ -772,7 +841,7 @@ def memory_delete(
         options.stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_ERROR
 
-    code = _run(ctx, body)
+    code = _run(ctx, body, _USER_OPTION)
     if code:
         raise typer.Exit(code)
 
@@ -783,8 +852,12 @@ def memory_stats(
     user: Annotated[
         str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
     ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user's memories, counted per user (the default).")
+    ] = False,
 ) -> None:
     """Counts per tier and user, capacity, size on disk and index status (read-only: moves nothing)."""
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> None:
         from context_manager import ALL_USERS
@@ -832,7 +905,7 @@ def memory_stats(
             row("over capacity", ", ".join(stats["over_capacity"]))
         options.stdout.print(table)
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 def _owner(label: str) -> str:
@@ -871,11 +944,15 @@ def memory_export(
     user: Annotated[
         str | None, typer.Option(help="Only this user's memories (default: every user's).")
     ] = None,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user's memories (the default).")
+    ] = False,
 ) -> None:
     """Write every memory of every user (superseded ones too) to a JSON Lines file (read-only).
 
     With - the memories go to standard output, and the summary line to stderr.
     """
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> None:
         if str(path) == "-":
@@ -888,16 +965,20 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
+        through = path.exists() and not path.is_file()  # a pipe, /dev/stdout: written through, not replaced
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
                 task = progress.add_task("exporting", total=total or None)
                 count = await manager.export_memories(path, user_id=whose)
                 progress.update(task, total=count, completed=count)
-        if options.json_output:
+        summary = f"exported {_memories(count)} to {path}"
+        if through:  # it may be standard output: the summary goes to stderr, as with -
+            options.stderr.print(summary, markup=False, soft_wrap=True)
+        elif options.json_output:
             _print_json(options, {"exported": count, "path": str(path)})
         else:
-            options.stdout.print(f"exported {_memories(count)} to {path}", markup=False, soft_wrap=True)
+            options.stdout.print(summary, markup=False, soft_wrap=True)
 
     async def export_to_standard_output(options: _Options) -> None:
         """The export written to a private temporary file, then copied to stdout (nothing else goes there)."""
@@ -931,7 +1012,7 @@ def memory_export(
                 ) from None
         options.stderr.print(f"exported {_memories(count)} to <stdout>", markup=False, soft_wrap=True)
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 @memory_app.command("import", short_help="Load memories from a JSON Lines export (all or nothing).")
@@ -989,7 +1070,7 @@ def memory_import(
         else:
             tiers = ", ".join(f"{tier} {count}" for tier, count in report["by_tier"].items())
             options.stdout.print(
-                f"imported {report['imported']} memories ({report['replaced']} replaced; {tiers})",
+                f"imported {_memories(report['imported'])} ({report['replaced']} replaced; {tiers})",
                 markup=False,
                 soft_wrap=True,
             )
@@ -1012,8 +1093,13 @@ def memory_consolidate(
         ),
     ] = 0.85,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
-    """Merge near-duplicate memories (originals are kept as superseded until cleanup)."""
+    """Merge near-duplicate memories (originals are kept as superseded until cleanup).
+
+    Memories of two users are never merged, with --all-users too.
+    """
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
         from context_manager.core.errors import InvalidArgumentError
@@ -1021,7 +1107,7 @@ def memory_consolidate(
         if not 0.0 < threshold <= 1.0:  # named as the option (the library names its own argument)
             raise InvalidArgumentError("--threshold", threshold, "a similarity above 0 and at most 1")
         async with _open_memory(options, create=False) as manager:
-            result = await manager.consolidate_memories(threshold, user_id=user)
+            result = await manager.consolidate_memories(threshold, user_id=whose)
         if options.json_output:
             _print_json(options, result)
             return
@@ -1033,10 +1119,10 @@ def memory_consolidate(
         )
         for group in result["groups"]:
             options.stdout.print(
-                f"  {group['merged_id']}: {group['content'][:100]}", markup=False, soft_wrap=True
+                f"  {group['merged_id']}: {_shown(group['content'][:100])}", markup=False, soft_wrap=True
             )
 
-    _run(ctx, body)
+    _run(ctx, body, _USER_OPTION)
 
 
 @memory_app.command("cleanup", short_help="Delete old memories and superseded originals.")
@@ -1049,8 +1135,10 @@ def memory_cleanup(
         float | None, typer.Option(help="Keep memories at least this important, whatever their age.")
     ] = None,
     user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Delete old memories and superseded originals; print what was removed."""
+    whose = _user_scope(ctx, user, all_users)
 
     async def body(options: _Options) -> None:
         from context_manager.core.errors import InvalidArgumentError
@@ -1059,7 +1147,7 @@ def memory_cleanup(
             raise InvalidArgumentError("--max-age-days", max_age_days, "a finite number >= 0")
         async with _open_memory(options, create=False) as manager:
             result = await manager.cleanup_old_memories(
-                max_age_days, user_id=user, keep_importance=keep_importance
+                max_age_days, user_id=whose, keep_importance=keep_importance
             )
         if options.json_output:
             _print_json(options, result)
@@ -1072,7 +1160,7 @@ def memory_cleanup(
             soft_wrap=True,
         )
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "keep_importance": "--keep-importance"})
 
 
 class _ProgressLines:
@@ -1353,7 +1441,7 @@ def health(ctx: typer.Context) -> None:
                 table.add_row(_plain(result.name), Text(state, style=colour[state]), _plain(result.message))
             options.stdout.print(table)
             for line in report.recommendations:
-                options.stdout.print(f"- {line}", markup=False, soft_wrap=True)
+                options.stdout.print(f"- {_shown(line)}", markup=False, soft_wrap=True)
         return EXIT_UNHEALTHY if report.status is HealthState.UNHEALTHY else 0
 
     code = _run(ctx, body)
@@ -1449,7 +1537,7 @@ def mcp_serve(
             tool_manager = load_tool_registry(tools, config)
         await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
 
-    _run(ctx, body)
+    _run(ctx, body, {**_USER_OPTION, "tools": "--tools", "http": "--http"})
 
 
 # ---------------------------------------------------------------------------------------- examples

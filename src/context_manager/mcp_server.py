@@ -20,7 +20,8 @@ What the server offers:
 
 Every call is scoped to the server's user (``--user``; the default namespace without it): no tool takes a
 user id, a search never crosses users and a delete of another user's memory answers "not found". A bad
-argument or a failed call is an MCP error result (``isError``); it never ends the session. The server is
+argument, an unknown tool (its message lists the tools there are) or a failed call is an MCP error
+result (``isError``), as the SDK answers them; it never ends the session. The server is
 configured explicitly (command-line options, ``--set OPTION=VALUE`` for any configuration option), because
 stdio clients start it with a stripped environment and an arbitrary working directory.
 
@@ -31,16 +32,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -58,7 +61,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
-from context_manager.core.memory.validation import check_user
+from context_manager.core.memory.validation import check_memory_id, check_user
 from context_manager.core.memory.writing import merged_originals
 from context_manager.core.telemetry import (
     Telemetry,
@@ -240,12 +243,38 @@ def _memory_config(handle: _MemoryHandle) -> ContextManagerConfig:
 
 
 def _require_mcp() -> type[MCPServer[Any]]:
-    """The SDK's server class, or ``MissingDependencyError`` naming the ``mcp`` extra."""
+    """The server class (the SDK's, :func:`_server_class`), or ``MissingDependencyError`` naming the extra."""
     try:
         from mcp.server.mcpserver import MCPServer
     except ImportError:
         raise MissingDependencyError("mcp server", "mcp", "mcp") from None
-    return MCPServer
+    return _server_class(MCPServer)
+
+
+@functools.cache
+def _server_class(base: type[MCPServer[Any]]) -> type[MCPServer[Any]]:
+    """``base`` whose answer to an unknown tool names the tools there are.
+
+    As the SDK answers it (and as ours is documented): a ``CallToolResult`` with ``isError`` saying
+    "Unknown tool: NAME", which the model reads (the specification's example is the JSON-RPC error
+    -32602, which a client may not show the model); followed by "; available tools: ..." so the model can
+    correct the name. Only the failing call lists the tools: a known tool's call does no more work.
+    """
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    class ContextManagerMCPServer(base):  # type: ignore[valid-type,misc]
+        async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            try:
+                return await super().call_tool(name, arguments, context)
+            except ToolError as error:
+                if type(error) is not ToolError or error.__cause__ is not None:
+                    raise  # the tool's own failure
+                names = [tool.name for tool in await self.list_tools()]
+                if name in names:
+                    raise
+                raise ToolError(f"Unknown tool: {name}; available tools: {', '.join(names)}") from None
+
+    return cast("type[MCPServer[Any]]", ContextManagerMCPServer)
 
 
 def create_mcp_server(
@@ -415,6 +444,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
         """Delete one memory by id; a consolidated memory goes with the originals it was merged from."""
         memory = handle.get()
         try:
+            check_memory_id(memory_id)  # a pasted text is no id: said shortened, not echoed whole
             existing = await memory.get_memory(memory_id)
             if existing is None or existing.user_id != user_id:  # another user's memory does not exist here
                 raise ToolError(f"memory_id: no memory with id {memory_id!r}")
@@ -617,7 +647,9 @@ async def run_mcp_server(
     """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
-    error instead of a dropped session. Returns when the client disconnects (stdio) or on interruption.
+    error instead of a dropped session. Returns when the client disconnects (stdio) or on SIGTERM (the
+    memory is closed first; one ``stopped (SIGTERM)`` line on stderr); raises ``CancelledError`` or
+    ``KeyboardInterrupt`` on interruption, after closing the memory too.
 
     Raises:
         ConfigurationError: ``http_port`` is in use (or not allowed) on 127.0.0.1.
@@ -642,12 +674,57 @@ async def run_mcp_server(
             file=sys.stderr,
             flush=True,
         )
-        if http_port is None:
-            await _serve_stdio(server)
-        else:
-            await server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+        serving = (
+            _serve_stdio(server)
+            if http_port is None
+            else server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+        )
+        if await _served_until_sigterm(serving):
+            print("context-manager MCP server: stopped (SIGTERM)", file=sys.stderr, flush=True)
     finally:
         await memory.cleanup()
+
+
+async def _served_until_sigterm(serving: Coroutine[Any, Any, None]) -> bool:
+    """Run ``serving`` until it returns or the process gets SIGTERM; whether SIGTERM came.
+
+    MCP clients stop a stdio server that does not exit on its own with SIGTERM (the specification's
+    shutdown: close stdin, then SIGTERM), as containers and service managers stop an HTTP one: it killed
+    the process before the memory was closed, losing the access counts and times its searches batch in
+    memory (a memory used every day then looked unused to a cleanup by age). Now SIGTERM stops the server
+    as a closed stdin does, and the caller closes the memory. Uvicorn (HTTP) takes SIGTERM over while it
+    serves (``signal.signal``), shuts down, restores this handler and raises the signal again: it lands
+    here once the server has stopped. Only on the main thread (where signals arrive) and while SIGTERM has
+    its default action (an application's own handler stays); elsewhere as before.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(serving)
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # on the main thread, which runs the loop
+        received.append(signum)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(task.cancel)
+
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not received:  # this call was cancelled (Ctrl-C), not stopped by SIGTERM
+                raise
+        return bool(received)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _check_port_free(port: int) -> None:

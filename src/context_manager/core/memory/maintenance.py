@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,9 @@ class MemoryMaintenance(TierMovement):
 
         A memory held in two tiers is written once: its fastest tier's copy, with ``tiers`` listing
         every tier holding a copy (``["short", "long"]`` for an important memory), which
-        :meth:`import_memories` restores. Returns how many memories were written.
+        :meth:`import_memories` restores. A file is replaced atomically (a temporary file beside it, then
+        renamed); a path that is no regular file (a named pipe, ``/dev/stdout``, a shell's ``>(...)``) is
+        written through. Returns how many memories were written.
         """
         check_user(user_id, allow_all=True)
         target = check_path(path)
@@ -260,18 +263,35 @@ class MemoryMaintenance(TierMovement):
             if held is None or TIER_ORDER[memory.tier] < TIER_ORDER[held.tier]:
                 fastest[memory.id] = memory
 
+        def records() -> Iterator[str]:
+            for memory_id, memory in fastest.items():
+                record = memory.to_dict()
+                record["tiers"] = [
+                    tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
+                ]
+                yield json.dumps(record, ensure_ascii=False) + "\n"
+
+        def write_through() -> int:
+            """Into a pipe or device (``mkfifo``, ``>(gzip > b.gz)``, ``/dev/stdout``): it is not replaced."""
+            count = 0
+            with open(target, "w", encoding="utf-8") as handle:  # noqa: PTH123
+                for line in records():
+                    handle.write(line)
+                    count += 1
+            return count
+
         def write() -> int:
+            if target.exists() and not target.is_file() and not target.is_dir():
+                # a temporary file renamed over a pipe replaced it (its reader got nothing), and none can
+                # be made beside /dev/fd/63
+                return write_through()
             count = 0
             temporary = target.with_name(target.name + ".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    for memory_id, memory in fastest.items():
-                        record = memory.to_dict()
-                        record["tiers"] = [
-                            tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
-                        ]
-                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    for line in records():
+                        handle.write(line)
                         count += 1
                     handle.flush()
                     os.fsync(handle.fileno())
