@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from context_manager.core.compression import SUMMARY_METADATA_KEY, truncate_middle
+from context_manager.core.compression.summarizer import strip_summary_header
 from context_manager.core.messages import Message, Role
 from context_manager.core.tokens import TokenCounter
 
@@ -88,7 +89,7 @@ def build_summary_prompt(
 
     previous_section: list[str] = []
     if previous:
-        text = "\n".join(m.content for m in previous).strip()
+        text = "\n".join(strip_summary_header(m.content) for m in previous).strip()
         text, _ = truncate_middle(counter, text, max(available // _PREVIOUS_SHARE, 1))
         if text:
             previous_section.append("Previous summary:\n" + text)
