@@ -675,3 +675,24 @@ async def test_anthropic_summarizer_on_a_base_url_with_v1_says_to_drop_it(
     async with AnthropicSummarizer("stub-model", base_url=base_url, api_key="test-key") as summarizer:
         with pytest.raises(SummarizerRequestError, match=r"HTTP 404 .*without the /v1"):
             await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_a_wrong_key_shows_in_the_status_and_the_circuit_warning(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After three 401s the status and the circuit's warning said "last: SummarizerRequestError", and so did
+    every later compression record: the adapter's own message (no payload) says what to check."""
+    server.faults.extend(Fault(status=401) for _ in range(3))
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        records = await fill_until_compressed(manager, count=4)
+        status = manager.get_system_status()["summarizer"]
+    assert status["state"] == "open"
+    assert "HTTP 401" in status["last_error"] and "check the API key" in status["last_error"]
+    assert "check the API key" in records[3]["error"]  # answered by the open circuit
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "circuit" in r.getMessage()
+    ]
+    assert warnings and "check the API key" in warnings[0]
+    assert "test-key" not in repr(status) + "".join(warnings)  # never the key itself
