@@ -400,6 +400,24 @@ def test_summarizer_adapter_bad_arguments_are_clear_errors(monkeypatch: pytest.M
         OpenAISummarizer("m", api_key="k", limit_field="max_output_tokens")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://contoso.openai.azure.com/openai/v1/", "https://contoso.cognitiveservices.azure.com/openai/v1"],
+)
+def test_summarizer_adapter_without_a_key_for_azure_openai_is_a_configuration_error(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure OpenAI, like OpenAI, always checks the key: the placeholder a local server gets was sent to it,
+    and every compression failed with a 401 instead of initialize() saying that the key is missing."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        OpenAISummarizer("my-deployment", base_url=base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        OpenAISummarizer("my-deployment")
+    assert OpenAISummarizer("my-deployment", base_url=base_url, api_key="k").client.api_key == "k"
+
+
 async def test_summarizer_adapter_rejects_a_bad_budget(server: ChatCompletionsServer) -> None:
     summarizer = make_summarizer("openai", server)
     with pytest.raises(InvalidArgumentError, match="budget_tokens"):
