@@ -259,7 +259,9 @@ class ExtractiveSummarizer:
         if len(body) != len(messages):
             for message in messages:
                 if key in message.metadata:
-                    previous_lines.extend(message.content.splitlines()[1:])
+                    # past the header line; a custom summarizer's summary may have none (its first line,
+                    # often the whole summary, was dropped when a compression fell back to this one)
+                    previous_lines.extend(strip_summary_header(message.content).splitlines())
                     value = message.metadata[key]
                     covered += value if isinstance(value, int) else 0
         covered += len(body)
