@@ -714,3 +714,25 @@ async def test_summarizer_adapter_a_wrong_key_shows_in_the_status_and_the_circui
     ]
     assert warnings and "check the API key" in warnings[0]
     assert "test-key" not in repr(status) + "".join(warnings)  # never the key itself
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_connection_error_through_a_proxy_says_so(
+    provider: str, server: ChatCompletionsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set (a corporate environment) the SDK sends a local server's requests to the proxy:
+    "connection failed (ConnectError)" for a server that is up did not say where the request went."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://user:proxy-secret@127.0.0.1:9")  # nothing listens there
+    message = [Message.create("user", "hello there, my name is Ada")]
+    async with make_summarizer(provider, server, max_retries=0) as summarizer:
+        with pytest.raises(SummarizerRequestError, match="connection failed") as failed:
+            await summarizer.complete(message, 50)
+    assert "HTTP_PROXY" in str(failed.value) and "NO_PROXY" in str(failed.value)
+    assert "proxy-secret" not in str(failed.value)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # what the message advises: the request goes straight
+    async with make_summarizer(provider, server, max_retries=0) as summarizer:
+        assert model_text((await summarizer.complete(message, 50)).text) == SUMMARY

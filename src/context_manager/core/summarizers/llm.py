@@ -396,12 +396,34 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
         return RequestFailure(
-            f"connection failed ({type(error.__cause__ or error).__name__})", retryable=True
+            f"connection failed ({type(error.__cause__ or error).__name__}){_proxy_note(error)}",
+            retryable=True,
         )
     if isinstance(error, sdk.APIResponseValidationError | ValueError | TypeError | AttributeError | KeyError):
         # a body that is not JSON or not the expected shape (JSONDecodeError is a ValueError)
         return RequestFailure(f"malformed response ({type(error).__name__})", retryable=False)
     return RequestFailure(f"{type(error).__name__}", retryable=False)
+
+
+def _proxy_note(error: Exception) -> str:
+    """Say so when the failed request went to a proxy the environment names (the SDKs' clients use it).
+
+    A local server's requests go to ``HTTP_PROXY`` too unless ``NO_PROXY`` lists its host, and the failure
+    then reads as the server being down. The proxy's URL is left out (it may hold credentials).
+    """
+    import urllib.request
+
+    url = getattr(getattr(error, "request", None), "url", None)
+    scheme, host = getattr(url, "scheme", None), getattr(url, "host", None)
+    if not isinstance(scheme, str) or not isinstance(host, str):
+        return ""
+    proxies = urllib.request.getproxies_environment()
+    variable = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY" if proxies.get("all") else ""
+    if not variable or urllib.request.proxy_bypass_environment(host, proxies):
+        return ""
+    return (
+        f"; sent through the proxy {variable} names (add {host} to NO_PROXY if the server is not behind it)"
+    )
 
 
 def usage_count(value: Any) -> int:
