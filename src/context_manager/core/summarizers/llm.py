@@ -419,7 +419,7 @@ def _proxy_note(error: Exception) -> str:
         return ""
     proxies = urllib.request.getproxies_environment()
     variable = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY" if proxies.get("all") else ""
-    if not variable or urllib.request.proxy_bypass_environment(host, proxies):
+    if not variable or urllib.request.proxy_bypass(host):  # NO_PROXY (the proxies are the environment's)
         return ""
     return (
         f"; sent through the proxy {variable} names (add {host} to NO_PROXY if the server is not behind it)"
