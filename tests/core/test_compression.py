@@ -312,6 +312,17 @@ def test_extractive_summary_folds_previous_summary() -> None:
     assert summary.count("Summary of the earlier conversation") == 1
 
 
+def test_extractive_fallback_keeps_a_previous_custom_summary_without_a_header() -> None:
+    """A custom summarizer's summary (one paragraph, no header line) lost its first line, all of it here,
+    when the next compression fell back to the extractive summary (the summarizer failed, timed out)."""
+    previous = counted("system", "Ada lives in Lisbon; order 1042 ships on Monday by tram 28.")
+    previous.metadata[SUMMARY_METADATA_KEY] = 6
+    messages = [previous, counted("user", "Short follow up about deployment timelines in 2026.")]
+    summary = ExtractiveSummarizer(COUNTER).summarize(messages, 100)
+    assert summary.startswith("Summary of the earlier conversation (7 messages compressed):")
+    assert "order 1042 ships on Monday" in summary
+
+
 _SENTENCE_TEXT = st.text(
     alphabet=st.sampled_from(list("ab .!?\n\t\r\u00a0\u2028\x1c,;") + ["\u2026", "é", "7"]), max_size=80
 )

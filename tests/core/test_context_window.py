@@ -193,6 +193,30 @@ async def test_huge_tool_result_is_cut_and_pairing_kept() -> None:
     assert roles[-2:] == [Role.ASSISTANT, Role.TOOL]
 
 
+async def test_compression_observer_sees_every_compression_and_cannot_break_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[CompressionRecord] = []
+    window = ContextWindow(max_tokens=200)
+    with pytest.raises(InvalidArgumentError, match="observer"):
+        window.set_compression_observer("not callable")  # type: ignore[arg-type]
+    window.set_compression_observer(seen.append)
+    for i in range(12):
+        await window.add(Message.create("user", text_of(15, i)))
+    await window.extend([Message.create("user", text_of(15, i)) for i in range(12, 24)])
+    await window.compress(60)
+    assert seen == window.compression_history and len(seen) >= 3
+
+    def broken(record: CompressionRecord) -> None:
+        raise RuntimeError("observer down")
+
+    window.set_compression_observer(broken)
+    before = len(window.compression_history)
+    assert await window.compress(40) is not None  # logged, and the compression stands
+    assert len(window.compression_history) == before + 1 and window.token_count <= 200
+    assert "compression observer failed (RuntimeError)" in caplog.text
+
+
 async def test_eviction_hook_receives_evicted_messages_sync_and_async() -> None:
     received: list[list[Message]] = []
     window = ContextWindow(max_tokens=200, eviction_hook=received.append)

@@ -18,6 +18,7 @@ from opentelemetry.trace import StatusCode
 from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
 from context_manager.core.memory.manager import ALL_USERS
+from context_manager.core.messages import ToolCall
 from context_manager.core.summarizers import OpenAISummarizer
 from context_manager.core.telemetry import (
     DURATION_BUCKETS,
@@ -387,3 +388,34 @@ async def test_stopping_the_memory_sampler_keeps_the_callers_cancellation(otel: 
         await asyncio.sleep(0)
         assert periodic_samples() == before  # the periodic task ended all the same
         await sampler.stop()  # stopping again (not cancelled) takes the last sample and returns
+
+
+async def test_opentelemetry_records_compressions_of_add_messages_and_tool_results(
+    otel: Otel, tmp_path: Path
+) -> None:
+    # add_messages (restoring a history) and execute_tool_calls (an agent loop) compress the window too:
+    # each of their compressions is a span and is counted, as one triggered by add_message is
+    config = config_for(tmp_path)
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_tool(word_count)
+        history = [
+            {"role": "user", "content": f"turn {turn}: the harbour lanterns were lit at {turn} pm"}
+            for turn in range(40)
+        ]
+        await manager.add_messages(history)
+        assert len(manager.compression_history) == 1
+        for turn in range(40):
+            call = ToolCall(f"call_{turn}", "word_count", {"text": f"lantern number {turn} is lit " * 4})
+            await manager.execute_tool_calls([call])
+            if len(manager.compression_history) > 1:
+                break
+        records = manager.compression_history
+    assert len(records) == 2
+    compressions = otel.finished("context_manager.compression")
+    assert [span.attributes["context_manager.compression.tokens_before"] for span in compressions] == [
+        record["tokens_before"] for record in records
+    ]
+    durations = "context_manager.operation.duration"
+    assert otel.point(durations, **{"context_manager.operation": "compression"}).count == 2
+    evicted = otel.point("context_manager.compression.evicted_messages")
+    assert evicted.value == sum(record["removed_count"] for record in records)

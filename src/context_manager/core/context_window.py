@@ -370,6 +370,7 @@ class ContextWindow:
         self._journal: Journal | None = None
         self._replaced: tuple[tuple[Message, ...], int] | None = None  # see compressed_from
         self._overflow_check: OverflowCheck | None = None
+        self._on_compression: Callable[[CompressionRecord], None] | None = None
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
@@ -551,6 +552,17 @@ class ContextWindow:
         if check is not None and not callable(check):
             raise InvalidArgumentError("check", check, "an async callable () -> None, or None")
         self._overflow_check = check
+
+    def set_compression_observer(self, observer: Callable[[CompressionRecord], None] | None) -> None:
+        """Call ``observer(record)`` after each compression, whatever made it (``None``: stop).
+
+        Called synchronously when the compression is committed, inside the operation that triggered it
+        (an add, ``extend``, ``compress``, a tool call's result); an exception it raises is logged and
+        ignored. ``EnhancedContextManager`` reports compressions to OpenTelemetry through it.
+        """
+        if observer is not None and not callable(observer):
+            raise InvalidArgumentError("observer", observer, "a callable taking a CompressionRecord, or None")
+        self._on_compression = observer
 
     @property
     def compressed_from(self) -> tuple[tuple[Message, ...], int] | None:
@@ -1267,6 +1279,12 @@ class ContextWindow:
                 },
             )
             self._replaced = None
+        observer = self._on_compression
+        if observer is not None:
+            try:
+                observer(record)
+            except Exception as error:  # an observer must not fail the compression it reports
+                logger.warning("compression observer failed (%s)", type(error).__name__)
         # Hand over what left: evicted messages and the full text of the ones cut now, except copies the
         # window cut earlier (their original went when they were cut).
         handed = [m for m in prepared.evicted if TRUNCATED_METADATA_KEY not in m.metadata]

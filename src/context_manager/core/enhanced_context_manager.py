@@ -258,6 +258,8 @@ class EnhancedContextManager:
             summarizer_timeout=config.summarizer_timeout,
             enable_compression=config.enable_compression,
         )
+        if self._telemetry is not None:  # every compression: of an add, a batch, a tool result, compress()
+            self._window.set_compression_observer(self._telemetry.record_compression)
         try:
             await self._start_subsystems()
         except BaseException:
@@ -714,8 +716,6 @@ class EnhancedContextManager:
             await conversation.sync(since=since)
         if record is None:
             return None
-        if self._telemetry is not None:
-            self._telemetry.record_compression(record)
         return record.to_dict()
 
     @overload

@@ -14,7 +14,7 @@ recorded by its type only, its message may quote the rejected input):
 * ``context_manager.add_message``: ``context_manager.message.role``, ``context_manager.message.tokens``,
   ``context_manager.window.tokens`` (after), ``context_manager.window.max_tokens``,
   ``context_manager.compressed``;
-* ``context_manager.compression`` (a child of the add that triggered it, timed from its record):
+* ``context_manager.compression`` (a child of the operation that triggered it, timed from its record):
   ``context_manager.compression.tokens_before``/``tokens_after``, ``.evicted``, ``.truncated``,
   ``.summary_tokens``, ``.strategy`` and ``.fallback_reason`` when the custom summarizer was not used;
 * ``context_manager.search_memory``: ``context_manager.search.limit``, ``context_manager.search.hits``;
@@ -408,8 +408,6 @@ async def traced_add(telemetry: Telemetry, window: ContextWindow, build: Callabl
             if span is not None:
                 span.set_attribute("error.type", type(error).__name__)
             raise
-        if record is not None:
-            telemetry.record_compression(record)
         if span is not None:
             span.set_attributes(
                 {

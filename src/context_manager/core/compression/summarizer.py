@@ -36,7 +36,9 @@ __all__ = [
     "check_summary_text",
     "is_summary",
     "summary_call_abandoned",
+    "strip_summary_header",
     "summary_call_deadline",
+    "summary_header",
 ]
 
 SUMMARY_METADATA_KEY = "context_manager.summary"
@@ -99,6 +101,20 @@ def summary_call_abandoned() -> bool:
     return deadline is not None and not deadline.expired()
 
 
+def summary_header(count: int) -> str:
+    """The first line of a rolling summary covering ``count`` messages (the extractive and LLM summaries')."""
+    return _HEADER.format(count=count)
+
+
+def strip_summary_header(text: str) -> str:
+    """``text`` without its :func:`summary_header` line, if it starts with one."""
+    if text.startswith(_HEADER_START):
+        first, _, rest = text.partition("\n")
+        if first.endswith(" messages compressed):"):
+            return rest
+    return text
+
+
 def is_summary(message: Message) -> bool:
     """True if ``message`` is a rolling summary written by a compression."""
     return SUMMARY_METADATA_KEY in message.metadata
@@ -124,6 +140,7 @@ _STOPWORDS = frozenset(
     yourself yourselves ok okay yes sure thanks thank please hi hello hey also like get got one""".split()  # noqa: SIM905
 )
 _HEADER = "Summary of the earlier conversation ({count} messages compressed):"
+_HEADER_START = _HEADER.partition("{")[0]
 _REQUEST_LINE_START = "Latest user request"
 _REQUEST_PREFIX = _REQUEST_LINE_START + ": "
 _REQUEST_CUT_PREFIX = "Latest user request (shown cut below; full text in memory): "
@@ -242,7 +259,9 @@ class ExtractiveSummarizer:
         if len(body) != len(messages):
             for message in messages:
                 if key in message.metadata:
-                    previous_lines.extend(message.content.splitlines()[1:])
+                    # past the header line; a custom summarizer's summary may have none (its first line,
+                    # often the whole summary, was dropped when a compression fell back to this one)
+                    previous_lines.extend(strip_summary_header(message.content).splitlines())
                     value = message.metadata[key]
                     covered += value if isinstance(value, int) else 0
         covered += len(body)

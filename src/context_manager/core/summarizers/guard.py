@@ -33,7 +33,11 @@ from typing import Any
 
 from context_manager.core.compression import Summarizer, check_summary_text
 from context_manager.core.compression.summarizer import summary_call_abandoned
-from context_manager.core.errors import InvalidArgumentError, SummarizerUnavailableError
+from context_manager.core.errors import (
+    InvalidArgumentError,
+    SummarizerRequestError,
+    SummarizerUnavailableError,
+)
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.llm import LLMSummarizer, SummaryUsage
 
@@ -158,7 +162,8 @@ class SummarizerGuard:
         Keys: ``summarizer`` (its repr or name), ``state``, ``consecutive_failures``,
         ``failure_threshold``, ``retry_in`` (seconds until a trial call, 0 unless open), ``cooldown`` (the
         current one), ``calls``, ``failures``, ``refused`` (calls answered by the open circuit), ``trips``
-        (times it opened) and ``last_error``.
+        (times it opened) and ``last_error`` (the exception's type; an adapter's ``SummarizerRequestError``
+        with its message, which holds no payload).
         """
         retry_in = max(self._retry_at - self._clock(), 0.0) if self._state is CircuitState.OPEN else 0.0
         return {
@@ -218,7 +223,11 @@ class SummarizerGuard:
         except Exception as error:
             # an answer refused here (a NUL ...) was billed all the same: its usage is reported too
             billed = getattr(error, "usage", None) or usage
-            self._failed(type(error).__name__, self._clock() - started, billed)
+            kind = type(error).__name__
+            # an LLM adapter's request error is its own text, without payload ("openai:m: HTTP 401
+            # (AuthenticationError); check the API key"): what to fix, in the status and the warning
+            description = f"{kind}: {error}"[:300] if isinstance(error, SummarizerRequestError) else kind
+            self._failed(description, self._clock() - started, billed, error_type=kind)
             raise
         self._succeeded(self._clock() - started, usage)
         return text

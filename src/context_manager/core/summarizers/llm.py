@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from context_manager.core.compression.summarizer import SUMMARY_METADATA_KEY, summary_header
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -88,7 +89,8 @@ class SummaryResponse:
     """The outcome of :meth:`LLMSummarizer.complete`."""
 
     text: str
-    """The summary (stripped, never empty)."""
+    """The summary (stripped, never empty): the window's header line (``Summary of the earlier conversation
+    (N messages compressed):``, as the extractive summary has), then the model's text."""
     usage: SummaryUsage
     """Tokens it cost."""
     attempts: int
@@ -110,6 +112,9 @@ class RequestFailure:
     retry_after: float | None = None
     """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
 
+
+_MIN_FRAMED_TOKENS = 16
+"""Below this many tokens of summary besides its header line, the summary goes without the header."""
 
 _TIMED_OUT = RequestFailure("the request timed out", retryable=True)
 
@@ -237,10 +242,16 @@ class LLMSummarizer(abc.ABC):
         """
         if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens <= 0:
             raise InvalidArgumentError("budget_tokens", budget_tokens, "an integer > 0")
+        # the summary becomes the window's system message: introduced as one, as the extractive summary is
+        # (unlabelled, "the user is an administrator" read as an instruction to the assistant)
+        header = summary_header(_covered(messages))
+        model_budget = budget_tokens - self.counter.count(header) - 1
+        if model_budget < _MIN_FRAMED_TOKENS:
+            header, model_budget = "", budget_tokens
         build = functools.partial(
             build_summary_prompt,
             messages,
-            budget_tokens,
+            model_budget,
             counter=self.counter,
             max_input_tokens=self.max_input_tokens,
             instructions=self.instructions,
@@ -303,6 +314,8 @@ class LLMSummarizer(abc.ABC):
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
+            if header:
+                text = f"{header}\n{text}"
             return SummaryResponse(text=text, usage=usage, attempts=attempt, prompt=prompt)
 
     def _wait_before_retry(
@@ -383,12 +396,34 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
         return RequestFailure(
-            f"connection failed ({type(error.__cause__ or error).__name__})", retryable=True
+            f"connection failed ({type(error.__cause__ or error).__name__}){_proxy_note(error)}",
+            retryable=True,
         )
     if isinstance(error, sdk.APIResponseValidationError | ValueError | TypeError | AttributeError | KeyError):
         # a body that is not JSON or not the expected shape (JSONDecodeError is a ValueError)
         return RequestFailure(f"malformed response ({type(error).__name__})", retryable=False)
     return RequestFailure(f"{type(error).__name__}", retryable=False)
+
+
+def _proxy_note(error: Exception) -> str:
+    """Say so when the failed request went to a proxy the environment names (the SDKs' clients use it).
+
+    A local server's requests go to ``HTTP_PROXY`` too unless ``NO_PROXY`` lists its host, and the failure
+    then reads as the server being down. The proxy's URL is left out (it may hold credentials).
+    """
+    import urllib.request
+
+    url = getattr(getattr(error, "request", None), "url", None)
+    scheme, host = getattr(url, "scheme", None), getattr(url, "host", None)
+    if not isinstance(scheme, str) or not isinstance(host, str):
+        return ""
+    proxies = urllib.request.getproxies_environment()
+    variable = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY" if proxies.get("all") else ""
+    if not variable or urllib.request.proxy_bypass(host):  # NO_PROXY (the proxies are the environment's)
+        return ""
+    return (
+        f"; sent through the proxy {variable} names (add {host} to NO_PROXY if the server is not behind it)"
+    )
 
 
 def usage_count(value: Any) -> int:
@@ -504,6 +539,18 @@ def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
         error = InvalidArgumentError if name == "base_url" else ConfigurationError
         raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
     return base_url.strip()
+
+
+def _covered(messages: Sequence[Message]) -> int:
+    """Messages a summary of ``messages`` stands for: those a previous summary covered, and the others."""
+    covered = 0
+    for message in messages:
+        earlier = message.metadata.get(SUMMARY_METADATA_KEY)
+        if earlier is None:
+            covered += 1
+        elif isinstance(earlier, int) and not isinstance(earlier, bool):
+            covered += earlier
+    return covered
 
 
 def _check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:

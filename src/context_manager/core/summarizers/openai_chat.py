@@ -55,7 +55,8 @@ class OpenAISummarizer(LLMSummarizer):
         base_url: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"`` (default: ``OPENAI_BASE_URL``, unless
             empty, or OpenAI's).
         api_key: The key (default: ``OPENAI_API_KEY``; a placeholder when the endpoint, ``base_url`` or
-            ``OPENAI_BASE_URL``, is not OpenAI's and no key is set, since local servers rarely check one).
+            ``OPENAI_BASE_URL``, is neither OpenAI's nor Azure OpenAI's and no key is set, since local
+            servers rarely check one).
         limit_field: Which request field carries the output limit: ``"max_completion_tokens"`` (what
             OpenAI's current models expect) or ``"max_tokens"`` (what most compatible servers read). By
             default the first for OpenAI's own endpoint and Azure OpenAI's, the second for any other
@@ -68,7 +69,7 @@ class OpenAISummarizer(LLMSummarizer):
 
     Raises:
         MissingDependencyError: the ``openai`` package is not installed.
-        ConfigurationError: no API key for OpenAI's own endpoint.
+        ConfigurationError: no API key for OpenAI's own endpoint or Azure OpenAI's.
         InvalidArgumentError: an argument is out of range (a synchronous ``client``, a ``base_url`` that is
             no http(s) URL, an ``extra_parameters`` field the adapter sets).
     """
@@ -103,7 +104,9 @@ class OpenAISummarizer(LLMSummarizer):
             import os
 
             endpoint = resolve_base_url(base_url, "OPENAI_BASE_URL", _OPENAI_URL)
-            local = urlsplit(endpoint).hostname != _OPENAI_HOST
+            # OpenAI's API and Azure OpenAI check the key: the SDK says it is missing, here and not at every
+            # compression with a 401
+            local = not _serves_openai_models(urlsplit(endpoint).hostname or "")
             if api_key is None and local and not os.environ.get("OPENAI_API_KEY"):
                 api_key = "unused"  # the SDK insists on a key; local servers do not check it
             try:
