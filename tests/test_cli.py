@@ -1399,3 +1399,31 @@ def test_memory_import_of_one_memory_says_1_memory(tmp_path: Path, store: Path) 
     assert imported.exit_code == 0 and imported.stdout.startswith("imported 1 memory (0 replaced;"), (
         imported.stdout
     )
+
+
+def test_subprocess_memory_export_to_standard_output_redirected_into_a_file(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export /dev/stdout > out.jsonl`` (stdout a regular file): the path is a link to the open
+    file (``/proc/self/fd/1``), yet it was taken for a file to replace: a temporary file beside it was
+    renamed over the link (as root, ``/dev/stdout`` itself), out.jsonl got the summary line only. Such a
+    path is written through now, the summary on stderr. (A link made in tmp_path stands for /dev/stdout.)"""
+    for content in ("the boiler is serviced in May", "the alarm code is 4711"):
+        assert run_cli("--storage", str(store), "memory", "add", content).returncode == 0
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    out = tmp_path / "out.jsonl"
+    exported = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" memory export "$2" > "$3"']
+        + [sys.executable, str(store), str(link), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert link.is_symlink(), "the link was replaced by a file"
+    assert sorted(json.loads(line)["content"] for line in out.read_text().splitlines()) == [
+        "the alarm code is 4711",
+        "the boiler is serviced in May",
+    ]
+    assert "exported 2 memories" in exported.stderr

@@ -965,7 +965,10 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
-        through = path.exists() and not path.is_file()  # a pipe, /dev/stdout: written through, not replaced
+        from context_manager.core.memory.maintenance import written_through
+
+        # a pipe, /dev/stdout: written through, not replaced
+        through = path.exists() and not path.is_dir() and written_through(path)
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:
