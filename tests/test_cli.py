@@ -1427,3 +1427,18 @@ def test_subprocess_memory_export_to_standard_output_redirected_into_a_file(
         "the boiler is serviced in May",
     ]
     assert "exported 2 memories" in exported.stderr
+
+
+def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, store: Path) -> None:
+    """``--json`` was said to escape control characters itself, but ``json.dumps(ensure_ascii=False)``
+    escapes only U+0000-U+001F: DEL and the C1 controls (U+009B is a CSI to many terminals) of a stored
+    memory reached the operator's terminal raw. They are written as ``\\u009b`` now (the same JSON)."""
+    evil = "deploy key \x9b31m red \x7f \x85 done"
+    backup = tmp_path / "evil.jsonl"
+    backup.write_text(json.dumps({"id": "c1", "content": evil, "created_at": 1.0e9}) + "\n", encoding="utf-8")
+    assert run_cli("--storage", str(store), "memory", "import", str(backup)).returncode == 0
+    found = run_cli("--storage", str(store), "--json", "memory", "search", "deploy key")
+    assert found.returncode == 0, found.stderr
+    for control in ("\x9b", "\x7f", "\x85"):
+        assert control not in found.stdout, repr(found.stdout)
+    assert [row["content"] for row in json.loads(found.stdout)] == [evil]
