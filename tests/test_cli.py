@@ -1399,3 +1399,46 @@ def test_memory_import_of_one_memory_says_1_memory(tmp_path: Path, store: Path) 
     assert imported.exit_code == 0 and imported.stdout.startswith("imported 1 memory (0 replaced;"), (
         imported.stdout
     )
+
+
+def test_subprocess_memory_export_to_standard_output_redirected_into_a_file(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export /dev/stdout > out.jsonl`` (stdout a regular file): the path is a link to the open
+    file (``/proc/self/fd/1``), yet it was taken for a file to replace: a temporary file beside it was
+    renamed over the link (as root, ``/dev/stdout`` itself), out.jsonl got the summary line only. Such a
+    path is written through now, the summary on stderr. (A link made in tmp_path stands for /dev/stdout.)"""
+    for content in ("the boiler is serviced in May", "the alarm code is 4711"):
+        assert run_cli("--storage", str(store), "memory", "add", content).returncode == 0
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    out = tmp_path / "out.jsonl"
+    exported = subprocess.run(
+        ["bash", "-c", 'exec "$0" -m context_manager.cli --storage "$1" memory export "$2" > "$3"']
+        + [sys.executable, str(store), str(link), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert link.is_symlink(), "the link was replaced by a file"
+    assert sorted(json.loads(line)["content"] for line in out.read_text().splitlines()) == [
+        "the alarm code is 4711",
+        "the boiler is serviced in May",
+    ]
+    assert "exported 2 memories" in exported.stderr
+
+
+def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, store: Path) -> None:
+    """``--json`` was said to escape control characters itself, but ``json.dumps(ensure_ascii=False)``
+    escapes only U+0000-U+001F: DEL and the C1 controls (U+009B is a CSI to many terminals) of a stored
+    memory reached the operator's terminal raw. They are written as ``\\u009b`` now (the same JSON)."""
+    evil = "deploy key \x9b31m red \x7f \x85 done"
+    backup = tmp_path / "evil.jsonl"
+    backup.write_text(json.dumps({"id": "c1", "content": evil, "created_at": 1.0e9}) + "\n", encoding="utf-8")
+    assert run_cli("--storage", str(store), "memory", "import", str(backup)).returncode == 0
+    found = run_cli("--storage", str(store), "--json", "memory", "search", "deploy key")
+    assert found.returncode == 0, found.stderr
+    for control in ("\x9b", "\x7f", "\x85"):
+        assert control not in found.stdout, repr(found.stdout)
+    assert [row["content"] for row in json.loads(found.stdout)] == [evil]

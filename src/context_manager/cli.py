@@ -352,8 +352,15 @@ def _shown(text: str) -> str:
     return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")
+"""What ``json.dumps(ensure_ascii=False)`` leaves raw of the controls :func:`_shown` escapes."""
+
+
 def _print_json(options: _Options, value: Any) -> None:
-    options.stdout.out(json.dumps(value, indent=2, ensure_ascii=False, default=str), highlight=False)
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    # DEL and C1 (U+009B is a CSI) can only be inside strings: their \u escapes are the same JSON
+    text = _DEL_AND_C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+    options.stdout.out(text, highlight=False)
 
 
 def _config(options: _Options) -> ContextManagerConfig:
@@ -965,7 +972,10 @@ def memory_export(
         from context_manager import ALL_USERS
 
         whose = ALL_USERS if user is None else user
-        through = path.exists() and not path.is_file()  # a pipe, /dev/stdout: written through, not replaced
+        from context_manager.core.memory.maintenance import written_through
+
+        # a pipe, /dev/stdout: written through, not replaced
+        through = path.exists() and not path.is_dir() and written_through(path)
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             total = (await manager.get_memory_stats(user_id=whose))["total_memories"]
             with _progress(options) as progress:

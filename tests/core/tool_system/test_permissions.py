@@ -346,3 +346,23 @@ async def test_sync_approval_callbacks_are_asked_one_at_a_time() -> None:
     results = await manager.execute_tool_calls(calls)
     assert [result.success for result in results] == [True] * 4
     assert most == 1 and sorted(asked) == [f"/tmp/{n}" for n in range(4)]
+
+
+def test_sync_approval_callbacks_work_on_a_second_event_loop() -> None:
+    """The lock that asks a sync callback about one call at a time was made once, with the manager: the
+    first run of parallel calls needing approval bound it to that event loop, so the same calls in a later
+    ``asyncio.run`` (a script, a notebook, a test suite) were denied ("the approval check failed
+    (RuntimeError)") although the callback approved them."""
+    asked: list[str] = []
+
+    def prompt(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        time.sleep(0.02)
+        asked.append(arguments["path"])
+        return True
+
+    manager = make_manager(approval_callback=prompt)
+    calls = [{"id": f"c{n}", "name": "delete_file", "arguments": {"path": f"/tmp/{n}"}} for n in range(3)]
+    for _ in range(2):
+        results = asyncio.run(manager.execute_tool_calls(calls))
+        assert [(result.success, result.error) for result in results] == [(True, None)] * 3
+    assert len(asked) == 6

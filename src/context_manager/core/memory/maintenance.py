@@ -245,8 +245,9 @@ class MemoryMaintenance(TierMovement):
         A memory held in two tiers is written once: its fastest tier's copy, with ``tiers`` listing
         every tier holding a copy (``["short", "long"]`` for an important memory), which
         :meth:`import_memories` restores. A file is replaced atomically (a temporary file beside it, then
-        renamed); a path that is no regular file (a named pipe, ``/dev/stdout``, a shell's ``>(...)``) is
-        written through. Returns how many memories were written.
+        renamed); a path that is no regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
+        or ``/proc`` (``/dev/stdout``, redirected to a file too) is written through. Returns how many
+        memories were written.
         """
         check_user(user_id, allow_all=True)
         target = check_path(path)
@@ -281,7 +282,7 @@ class MemoryMaintenance(TierMovement):
             return count
 
         def write() -> int:
-            if target.exists() and not target.is_file() and not target.is_dir():
+            if target.exists() and not target.is_dir() and written_through(target):
                 # a temporary file renamed over a pipe replaced it (its reader got nothing), and none can
                 # be made beside /dev/fd/63
                 return write_through()
@@ -547,3 +548,25 @@ class MemoryMaintenance(TierMovement):
         self._require("flush")
         await self._drain_background()
         await self._flush_touches()
+
+
+_OPEN_FILE_PREFIXES = ("/dev/", "/proc/")
+
+
+def written_through(path: Path) -> bool:
+    """Whether an export to the existing ``path`` is written into it rather than replacing it.
+
+    A named pipe or a device is; so is a path leading (itself or through its links) into ``/dev`` or
+    ``/proc``: ``/dev/stdout`` or ``/dev/fd/1`` names an open file, a regular one when standard output is
+    redirected (``> out.jsonl``), and a file renamed over it replaced the link (as root, ``/dev/stdout``).
+    """
+    if not path.is_file():
+        return True
+    current = os.path.abspath(path)
+    for _ in range(40):  # a chain of links (a loop is no file: is_file() said False)
+        if current.startswith(_OPEN_FILE_PREFIXES):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False

@@ -61,6 +61,7 @@ import pathlib
 import signal
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -542,7 +543,11 @@ class ToolManager(ToolRegistry):
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
-        self._sync_approvals = asyncio.Lock()
+        # per event loop (an asyncio.Lock is bound to the loop it first waits on: a second asyncio.run
+        # would fail on it): the lock that asks a sync approval callback about one call at a time
+        self._sync_approvals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self.telemetry: Telemetry | None | Literal["auto"] = "auto"
         """OpenTelemetry of the calls: ``"auto"`` looks up the configured providers at the first call (see
         :mod:`~context_manager.core.telemetry`); ``None`` records nothing."""
@@ -948,7 +953,11 @@ class ToolManager(ToolRegistry):
             else:
                 # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop;
                 # one call at a time, as on the loop: a terminal prompt must not ask two questions at once
-                async with self._sync_approvals:
+                loop = asyncio.get_running_loop()
+                lock = self._sync_approvals.get(loop)
+                if lock is None:
+                    lock = self._sync_approvals[loop] = asyncio.Lock()
+                async with lock:
                     outcome = await self._threads.run(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
