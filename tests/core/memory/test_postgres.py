@@ -491,6 +491,22 @@ async def _stale_search_vectors(dsn: str) -> int:
     return int(row[0])
 
 
+async def _rewritten_rows_and_runs(dsn: str, places: dict[str, str], migration: str) -> tuple[set[str], int]:
+    """The ids of the rows an upgrade rewrote (their ``ctid`` moved from ``places``) and how many times the
+    migration numbered ``migration`` was recorded as applied."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
+        rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
+        cursor = await connection.execute(
+            "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE %s", (migration + "%",)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return rewritten, int(row[0])
+
+
 async def _vector_matches(dsn: str, memory_id: str, words: str) -> bool:
     """Whether every stored vector of ``memory_id`` matches all of ``words``."""
     import psycopg
@@ -671,15 +687,9 @@ async def test_a_store_indexed_before_words_were_split_as_queried_finds_them_aft
     try:
         await asyncio.gather(first.initialize(), second.initialize())
         assert await _stale_search_vectors(postgres_dsn) == 0
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
-            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
-            cursor = await connection.execute(
-                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0006%%'"
-            )
-            applied = await cursor.fetchone()
+        rewritten, applied = await _rewritten_rows_and_runs(postgres_dsn, places, "0006")
         assert rewritten == {"hindi", "thai"}
-        assert applied == (1,)
+        assert applied == 1
         for memory_id, (_, _, word) in rows.items():
             assert [m.id for m in await first.search_memory(word, limit=3)] == [memory_id]
             assert [m.id for m in await second.search_memory(word, limit=3)] == [memory_id]
@@ -771,15 +781,9 @@ async def test_a_store_indexed_before_cjk_was_segmented_finds_it_after_the_upgra
     try:
         await asyncio.gather(first.initialize(), second.initialize())
         assert await _stale_search_vectors(postgres_dsn) == 0
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
-            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
-            cursor = await connection.execute(
-                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0007%%'"
-            )
-            applied = await cursor.fetchone()
+        rewritten, applied = await _rewritten_rows_and_runs(postgres_dsn, places, "0007")
         assert rewritten == {"japanese", "chinese tag", "context"}
-        assert applied == (1,)
+        assert applied == 1
         for memory_id, (_, _, _, word) in rows.items():
             assert [m.id for m in await first.search_memory(word, limit=3)] == [memory_id]
             assert [m.id for m in await second.search_memory(word, limit=3)] == [memory_id]
@@ -894,15 +898,9 @@ async def test_a_store_indexed_before_symbols_were_terms_finds_them_after_the_up
     try:
         await asyncio.gather(first.initialize(), second.initialize())
         assert await _stale_search_vectors(postgres_dsn) == 0
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
-            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
-            cursor = await connection.execute(
-                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0008%%'"
-            )
-            applied = await cursor.fetchone()
+        rewritten, applied = await _rewritten_rows_and_runs(postgres_dsn, places, "0008")
         assert rewritten == {"pizza", "party tag", "flag context"}
-        assert applied == (1,)
+        assert applied == 1
         for memory_id, (_, _, _, query) in rows.items():
             assert [m.id for m in await first.search_memory(query, limit=3)] == [memory_id]
             assert [m.id for m in await second.search_memory(query, limit=3)] == [memory_id]
@@ -1039,15 +1037,9 @@ async def test_a_store_indexed_before_numbers_were_kept_in_their_words_finds_the
     try:
         await asyncio.gather(first.initialize(), second.initialize())
         assert await _stale_search_vectors(postgres_dsn) == 0
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            cursor = await connection.execute("SELECT id, ctid::text FROM cm_memories")
-            rewritten = {row_id for row_id, place in await cursor.fetchall() if place != places[row_id]}
-            cursor = await connection.execute(
-                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0010%%'"
-            )
-            applied = await cursor.fetchone()
+        rewritten, applied = await _rewritten_rows_and_runs(postgres_dsn, places, "0010")
         assert rewritten == {"area", "fraction tag", "co2 context", "date"}
-        assert applied == (1,)
+        assert applied == 1
         for memory_id, (*_, query) in rows.items():
             assert [m.id for m in await first.search_memory(query, limit=3)] == [memory_id], query
             assert [m.id for m in await second.search_memory(query, limit=3)] == [memory_id], query
