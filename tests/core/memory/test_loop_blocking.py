@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import json
 import threading
@@ -19,6 +18,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier, new_memory_id
 from context_manager.core.messages import Message
+from tests.loop_support import longest_loop_step as _longest_loop_step
 
 
 async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], Awaitable[Any]]) -> Any:
@@ -389,39 +389,6 @@ async def test_indexing_megabytes_of_non_ascii_text_lets_the_loop_run() -> None:
         assert segmented == text  # nothing to segment: the same text is indexed
         gaps.append(longest)
     assert min(gaps) < 0.025, f"the loop waited {min(gaps) * 1000:.0f} ms for the indexing thread"
-
-
-async def _longest_loop_step(operation: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
-    """Run ``operation`` beside a ticker task; return its result and the loop's longest step in CPU time.
-
-    The CPU time of the loop's thread between two turns of the ticker is what the loop could not run other
-    tasks for (other processes on a shared machine do not inflate it, unlike wall time). The objects the test
-    process already holds are frozen out of the garbage collector: a full collection of that heap would be a
-    stall of the test runner, not of ours.
-    """
-    steps: list[float] = []
-    last = time.thread_time()
-
-    async def ticker() -> None:
-        nonlocal last
-        while True:
-            await asyncio.sleep(0)
-            now = time.thread_time()
-            steps.append(now - last)
-            last = now
-
-    gc.collect()
-    gc.freeze()
-    ticking = asyncio.ensure_future(ticker())
-    await asyncio.sleep(0)
-    try:
-        last = time.thread_time()
-        result = await operation()
-        steps.append(time.thread_time() - last)  # the step that ends the operation
-    finally:
-        gc.unfreeze()
-        ticking.cancel()
-    return result, max(steps)
 
 
 async def _best_longest_step(operation: Callable[[], Awaitable[Any]], tries: int = 3) -> tuple[Any, float]:

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
-import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.tool_system import ToolManager, ToolResult, ToolResultCache
+from tests.loop_support import longest_loop_step as _longest_loop_step
 
 from .conftest import ManualClock
 
@@ -206,38 +203,6 @@ async def test_a_result_holding_tuples_is_the_same_from_the_tool_and_the_cache(c
     )
     pair = manager.register_function_tool("pair", lambda: (1, 2), "A pair")
     assert (await manager.execute_tool(pair.name)).result == [1, 2]
-
-
-async def _longest_loop_step(operation: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
-    """Run ``operation`` beside a ticker task; return its result and the loop's longest step in CPU time.
-
-    The CPU time of the loop's thread between two turns of the ticker is what the loop could not run other
-    tasks for (other processes on a shared machine do not inflate it). The objects the test holds are frozen
-    out of the garbage collector: a full collection of them would be a stall of the test, not of the cache.
-    """
-    steps: list[float] = []
-    last = time.thread_time()
-
-    async def ticker() -> None:
-        nonlocal last
-        while True:
-            await asyncio.sleep(0)
-            now = time.thread_time()
-            steps.append(now - last)
-            last = now
-
-    gc.collect()
-    gc.freeze()
-    ticking = asyncio.ensure_future(ticker())
-    await asyncio.sleep(0)
-    try:
-        last = time.thread_time()
-        result = await operation()
-        steps.append(time.thread_time() - last)  # the step that ends the operation
-    finally:
-        gc.unfreeze()
-        ticking.cancel()
-    return result, max(steps)
 
 
 async def test_a_cache_hit_on_a_large_result_does_not_hold_the_event_loop() -> None:
