@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -207,9 +208,10 @@ async def test_concurrent_initialize_and_close_are_serialised(config: ContextMan
         assert await reopened.get_memory(memory.id) is not None
 
 
-async def test_second_process_gets_storage_locked_error(sqlite_manager: MemoryManager, storage: Path) -> None:
+async def _holder_seen_from_another_process(storage: Path) -> str:
+    """What ``StorageLockedError.holder`` says to another process opening ``storage`` (fails if it opens)."""
     script = (
-        "import asyncio, sys\n"
+        "import asyncio\n"
         "from context_manager.core.config import ContextManagerConfig\n"
         "from context_manager.core.errors import StorageLockedError\n"
         "from context_manager.core.memory.manager import MemoryManager\n"
@@ -217,13 +219,20 @@ async def test_second_process_gets_storage_locked_error(sqlite_manager: MemoryMa
         "    try:\n"
         f"        await MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})).initialize()\n"
         "    except StorageLockedError as error:\n"
-        "        print('LOCKED', error.holder)\n"
+        "        print('LOCKED', repr(error.holder))\n"
         "asyncio.run(main())\n"
     )
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
-    assert result.stdout.startswith(f"LOCKED pid {os.getpid()}"), result.stderr
+    assert result.stdout.startswith("LOCKED "), result.stderr
+    holder = ast.literal_eval(result.stdout.strip().removeprefix("LOCKED "))
+    assert isinstance(holder, str)
+    return holder
+
+
+async def test_second_process_gets_storage_locked_error(sqlite_manager: MemoryManager, storage: Path) -> None:
+    assert (await _holder_seen_from_another_process(storage)).startswith(f"pid {os.getpid()} ")
 
 
 def _leave_stale_lock(storage: Path, stale: str) -> None:
@@ -238,22 +247,7 @@ async def test_the_lock_file_names_only_its_current_holder(storage: Path, stale:
     holder = f"pid {os.getpid()} on host {socket.gethostname()}"
     async with MemoryManager(ContextManagerConfig(storage_path=storage, embedder="none")):
         assert await asyncio.to_thread((storage / ".lock").read_text) == f"{holder}\n"
-        script = (
-            "import asyncio\n"
-            "from context_manager.core.config import ContextManagerConfig\n"
-            "from context_manager.core.errors import StorageLockedError\n"
-            "from context_manager.core.memory.manager import MemoryManager\n"
-            "async def main():\n"
-            "    try:\n"
-            f"        await MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})).initialize()\n"
-            "    except StorageLockedError as error:\n"
-            "        print(repr(error.holder))\n"
-            "asyncio.run(main())\n"
-        )
-        result = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-        )
-        assert result.stdout.strip() == repr(holder), result.stderr
+        assert await _holder_seen_from_another_process(storage) == holder
 
 
 async def test_cleanup_is_the_lifecycle_word_and_close_its_alias(config: ContextManagerConfig) -> None:
