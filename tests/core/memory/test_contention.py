@@ -15,10 +15,22 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import LifecycleError, StorageError
+from context_manager.core.memory import tiers as tier_movement
 from context_manager.core.memory.backend import MemoryBackend
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 from tests.core.memory.conftest import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def _ninety_percent_shrink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count victims and reserves as a 90 % shrink makes them (a tier of 20 keeps 18): the
+    mechanics they check do not depend on the share; the default one is checked in
+    ``test_an_overflow_takes_the_tier_back_to_98_percent_of_its_capacity``."""
+    monkeypatch.setattr(tier_movement, "_SHRINK_TO", 0.9)
+
+
+_DEFAULT_SHRINK = tier_movement._SHRINK_TO
 
 
 async def test_a_long_term_write_does_not_queue_behind_long_reads(sqlite_manager: MemoryManager) -> None:
@@ -48,8 +60,9 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
             [{"content": f"medium note {n}", "tier": "medium", "importance": n / 1000} for n in range(300)]
         )
         by_importance = sorted(await manager.stored_copies(), key=lambda m: m.importance)
-        config.medium_term_memory_size = 100  # 300 > 100: 210 least important move, in chunks (move_chunk)
-        late = by_importance[209]  # the most important victim: in the last chunk
+        config.medium_term_memory_size = 100  # 300 > 100: the least important move, in chunks
+        victims = 300 - int(100 * tier_movement._SHRINK_TO)  # back to that share of the capacity
+        late = by_importance[victims - 1]  # the most important victim: in the last chunk
         order: list[str] = []
         rebalance = asyncio.ensure_future(manager._rebalance())
         rebalance.add_done_callback(lambda _: order.append("rebalance"))
@@ -67,7 +80,7 @@ async def test_writes_go_on_between_chunks_of_an_overflow_move(
         # the move did not bring the deleted memory back: each chunk moves the copies there are now
         assert await manager.get_memory(late.id) is None
         tiers = [m.tier for m in await manager.stored_copies()]
-        assert (tiers.count(MemoryTier.MEDIUM), tiers.count(MemoryTier.LONG)) == (90, 209)
+        assert (tiers.count(MemoryTier.MEDIUM), tiers.count(MemoryTier.LONG)) == (300 - victims, victims - 1)
 
 
 def hold_puts(backend: MemoryBackend, content: str) -> tuple[asyncio.Event, asyncio.Event]:
@@ -433,3 +446,18 @@ async def test_sustained_writes_keep_the_tiers_bounded_and_searches_see_every_me
         assert stored == set(acknowledged)
         found = {m.id for m in await manager.search_memory("kestrel", limit=500)}
         assert found == set(acknowledged)
+
+
+async def test_an_overflow_takes_the_tier_back_to_98_percent_of_its_capacity(
+    config: ContextManagerConfig, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small moves, often (docs/memory.md): one over a capacity of 100 moves 3 memories, not 11."""
+    monkeypatch.setattr(tier_movement, "_SHRINK_TO", _DEFAULT_SHRINK)  # not the 90 % of the other tests
+    config = config.model_copy(update={"short_term_memory_size": 100, "medium_term_memory_size": 1000})
+    async with MemoryManager(config, clock=clock) as manager:
+        for number in range(101):
+            clock.advance(1)
+            await manager.add_memory(f"short note {number}", importance=0.3)
+        await manager.flush()
+        assert await manager.backend.count(MemoryTier.SHORT) == 98
+        assert await manager.backend.count(MemoryTier.MEDIUM) == 3
