@@ -19,7 +19,7 @@ from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
 from context_manager.core.memory.manager import ALL_USERS
 from context_manager.core.messages import ToolCall
-from context_manager.core.summarizers import OpenAISummarizer
+from context_manager.core.summarizers import AnthropicSummarizer, LLMSummarizer, OpenAISummarizer
 from context_manager.core.telemetry import (
     DURATION_BUCKETS,
     MemorySizeSampler,
@@ -419,3 +419,39 @@ async def test_opentelemetry_records_compressions_of_add_messages_and_tool_resul
     assert otel.point(durations, **{"context_manager.operation": "compression"}).count == 2
     evicted = otel.point("context_manager.compression.evicted_messages")
     assert evicted.value == sum(record["removed_count"] for record in records)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_opentelemetry_records_no_token_usage_a_server_did_not_report(
+    provider: str, otel: Otel, tmp_path: Path
+) -> None:
+    """A compatible server answering without ``usage`` (many local ones do) had its summaries recorded as
+    0 input and 0 output tokens: false figures in ``gen_ai.client.token.usage`` and in the monitors' token
+    usage. What was not reported is not recorded; a figure reported alone is."""
+    with running_server() as server:
+        server.omit_usage = True
+        if provider == "openai":
+            summarizer: LLMSummarizer = OpenAISummarizer("stub-model", base_url=server.base_url)
+        else:
+            summarizer = AnthropicSummarizer(
+                "stub-model", base_url=server.anthropic_base_url, api_key="test-key"
+            )
+        async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+            for turn in range(30):
+                await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            summaries = len(manager.compression_history)
+            assert summaries >= 1
+            assert all(record["strategy"] == "custom" for record in manager.compression_history)
+            monitor = manager.performance_monitor
+            assert monitor is not None and "summarize" not in monitor.token_usage()
+            assert monitor.operation_stats()["summarize"].successes == summaries
+            assert otel.points("gen_ai.client.token.usage") == []
+            # a server reporting the input tokens only: those are recorded, no output point of 0
+            server.omit_usage = False
+            server.reply_usage = {"prompt_tokens": 7} if provider == "openai" else {"input_tokens": 7}
+            await manager.compress_context(80)
+            assert len(manager.compression_history) == summaries + 1
+        await summarizer.aclose()
+    assert summarizer.input_tokens == 7 and summarizer.output_tokens == 0
+    [point] = otel.points("gen_ai.client.token.usage")
+    assert point.attributes["gen_ai.token.type"] == "input" and point.sum == 7 and point.count == 1

@@ -349,15 +349,17 @@ class EnhancedContextManager:
             own_monitor=monitor,
             error=None if report.error is None else f"summarizer failed ({report.error})",
         )
-        if report.usage is not None:
+        usage = report.usage
+        if usage is not None and not usage.reported:  # the server reported no count: nothing to record
+            usage = None
+        if usage is not None:  # a count not reported adds nothing to the sums
             record_library_tokens(
-                "summarize", report.usage.input_tokens, report.usage.output_tokens, own_monitor=monitor
+                "summarize", usage.input_tokens or 0, usage.output_tokens or 0, own_monitor=monitor
             )
         telemetry = self._telemetry
         if telemetry is not None:
             telemetry.record_operation("summarize", report.duration_s, report.error)
-            if report.usage is not None:
-                usage = report.usage
+            if usage is not None:
                 guard = self._summarizer_guard
                 asked = guard.summarizer if guard is not None else None
                 requested = asked.model if isinstance(asked, LLMSummarizer) else usage.model

@@ -358,14 +358,15 @@ class Telemetry:
         self,
         provider: str,
         model: str,
-        input_tokens: int,
-        output_tokens: int,
+        input_tokens: int | None,
+        output_tokens: int | None,
         response_model: str | None = None,
     ) -> None:
         """Tokens of one LLM summary (``gen_ai.client.token.usage``).
 
         ``model`` is the model requested (``gen_ai.request.model``), ``response_model`` the one that answered
-        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known.
+        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known. A count
+        the server did not report (``None``) is not recorded: a point of 0 would be a false figure.
         """
         if not self.metering:
             return
@@ -377,8 +378,10 @@ class Telemetry:
         }
         if response_model:
             labels["gen_ai.response.model"] = response_model
-        self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
-        self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
+        if input_tokens is not None:
+            self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
+        if output_tokens is not None:
+            self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
 
 
 # ------------------------------------------------------------------------------------- instrumented calls

@@ -69,10 +69,12 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 class SummaryUsage:
     """Tokens one summary cost, as the provider reported them."""
 
-    input_tokens: int
-    """Prompt tokens billed (OpenAI ``prompt_tokens``, Anthropic ``input_tokens``)."""
-    output_tokens: int
-    """Completion tokens billed (OpenAI ``completion_tokens``, Anthropic ``output_tokens``)."""
+    input_tokens: int | None
+    """Prompt tokens billed (OpenAI ``prompt_tokens``, Anthropic ``input_tokens``); ``None`` when the
+    response did not report them (no ``usage``, as some compatible servers answer, or no count in it)."""
+    output_tokens: int | None
+    """Completion tokens billed (OpenAI ``completion_tokens``, Anthropic ``output_tokens``); ``None`` when
+    the response did not report them."""
     model: str
     """The model that answered (as the response named it, else as requested)."""
     provider: str
@@ -80,8 +82,13 @@ class SummaryUsage:
 
     @property
     def total_tokens(self) -> int:
-        """``input_tokens + output_tokens``."""
-        return self.input_tokens + self.output_tokens
+        """``input_tokens + output_tokens``, of those reported."""
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    @property
+    def reported(self) -> bool:
+        """Whether the response reported any token count."""
+        return self.input_tokens is not None or self.output_tokens is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +288,8 @@ class LLMSummarizer(abc.ABC):
                 async with limit:
                     text, usage = await self._request(prompt, request_timeout)
             except EmptyAnswer as empty:
-                self.input_tokens += empty.usage.input_tokens
-                self.output_tokens += empty.usage.output_tokens
+                self.input_tokens += empty.usage.input_tokens or 0
+                self.output_tokens += empty.usage.output_tokens or 0
                 unanswered = SummarizerError(f"{self.name}: {empty}")
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
@@ -309,8 +316,8 @@ class LLMSummarizer(abc.ABC):
                 )
                 await self._sleep(wait)
                 continue
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
+            self.input_tokens += usage.input_tokens or 0
+            self.output_tokens += usage.output_tokens or 0
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
@@ -426,17 +433,18 @@ def _proxy_note(error: Exception) -> str:
     )
 
 
-def usage_count(value: Any) -> int:
-    """A token count of a response's ``usage`` as an int; 0 for anything that is no count.
+def usage_count(value: Any) -> int | None:
+    """A token count of a response's ``usage`` as an int; ``None`` for anything that is no count.
 
     Servers speaking a provider's protocol do not all fill ``usage`` the same way: a missing or ``null``
-    field, a string, an object, a negative or absurd number, a bool are all read as 0 (the summary itself
-    is good; its cost is unknown), a fractional one is rounded down.
+    field (or no ``usage`` at all), a string, an object, a negative or absurd number, a bool are all read
+    as not reported (the summary itself is good; its cost is unknown, and 0 would be a false figure), a
+    fractional one is rounded down.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
+        return None
     if not 0 <= value <= _MAX_TOKENS:  # False for NaN too
-        return 0
+        return None
     return int(value)
 
 

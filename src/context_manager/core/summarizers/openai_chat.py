@@ -146,8 +146,8 @@ class OpenAISummarizer(LLMSummarizer):
         response = await self.client.chat.completions.create(**parameters)
         usage = response.usage
         summary_usage = SummaryUsage(
-            input_tokens=usage_count(getattr(usage, "prompt_tokens", 0)),
-            output_tokens=usage_count(getattr(usage, "completion_tokens", 0)),
+            input_tokens=usage_count(getattr(usage, "prompt_tokens", None)),
+            output_tokens=usage_count(getattr(usage, "completion_tokens", None)),
             model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
         )
