@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -455,3 +456,74 @@ async def test_opentelemetry_records_no_token_usage_a_server_did_not_report(
     assert summarizer.input_tokens == 7 and summarizer.output_tokens == 0
     [point] = otel.points("gen_ai.client.token.usage")
     assert point.attributes["gen_ai.token.type"] == "input" and point.sum == 7 and point.count == 1
+
+
+@pytest.mark.parametrize("in_a_thread", [False, True])
+async def test_opentelemetry_summarizer_spans_are_children_of_their_compression(
+    in_a_thread: bool, otel: Otel, tmp_path: Path
+) -> None:
+    """The compression span was made after the compression, so what the summarizer recorded while it ran
+    (the HTTP or GenAI spans of an instrumented client: httpx, openai) hung under ``add_message``, beside
+    the compression that caused it. A span the summarizer starts, in its task or in a worker thread, is a
+    child of the compression span now, within its time."""
+    instrumentation = otel.tracer_provider.get_tracer("an.http.instrumentation")
+
+    def request() -> None:
+        with instrumentation.start_as_current_span("POST"):
+            time.sleep(0.001)
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        if in_a_thread:
+            await asyncio.to_thread(request)
+        else:
+            request()
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        for turn in range(30):
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+        summaries = len(manager.compression_history)
+    assert summaries >= 1
+    compressions = otel.finished("context_manager.compression")
+    requests = otel.finished("POST")
+    assert len(compressions) == len(requests) == summaries
+    adds = {span.context.span_id: span for span in otel.finished("context_manager.add_message")}
+    for compression, http in zip(compressions, requests, strict=True):
+        assert compression.attributes["context_manager.compression.strategy"] == "custom"
+        assert http.parent is not None and http.parent.span_id == compression.context.span_id
+        assert compression.parent is not None and compression.parent.span_id in adds
+        assert compression.start_time <= http.start_time <= http.end_time <= compression.end_time
+
+
+async def test_opentelemetry_a_compression_given_up_ends_its_span(otel: Otel, tmp_path: Path) -> None:
+    """An add given up by its caller while the summarizer ran leaves no record: its compression span ends
+    all the same, with an error status, and the next compression has a span of its own."""
+    hang = asyncio.Event()
+    calls = 0
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await hang.wait()
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        turn = 0
+        while calls == 0:
+            text = f"turn {turn}: the harbour lanterns were lit at {turn} pm"
+            try:
+                await asyncio.wait_for(manager.add_message("user", text), timeout=0.5)
+            except TimeoutError:
+                break
+            turn += 1
+        assert calls == 1 and manager.compression_history == []
+        while not manager.compression_history:
+            turn += 1
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+    given_up, done = otel.finished("context_manager.compression")
+    assert given_up.status.status_code is StatusCode.ERROR
+    assert given_up.attributes is not None and given_up.attributes["error.type"] == "CancelledError"
+    assert "context_manager.compression.strategy" not in given_up.attributes
+    assert done.attributes is not None and done.attributes["context_manager.compression.strategy"] == "custom"
+    assert done.context.span_id != given_up.context.span_id and done.start_time > given_up.end_time

@@ -259,7 +259,7 @@ class EnhancedContextManager:
             enable_compression=config.enable_compression,
         )
         if self._telemetry is not None:  # every compression: of an add, a batch, a tool result, compress()
-            self._window.set_compression_observer(self._telemetry.record_compression)
+            self._window.set_compression_tracer(self._telemetry.compression_trace)
         try:
             await self._start_subsystems()
         except BaseException:
