@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -222,7 +223,14 @@ async def test_opentelemetry_records_summary_token_usage(otel: Otel, tmp_path: P
             summaries = len(manager.compression_history)
         await summarizer.aclose()
     assert summaries >= 1
-    labels = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "stub-model"}
+    # a local OpenAI-compatible server is not OpenAI: no well-known provider name, its address says which
+    host, port = urlsplit(server.base_url).hostname, urlsplit(server.base_url).port
+    labels = {
+        "gen_ai.provider.name": "_OTHER",
+        "gen_ai.request.model": "stub-model",
+        "server.address": host,
+        "server.port": port,
+    }
     used_input = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "input"})
     used_output = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "output"})
     assert used_input.count == summaries and used_input.sum == USAGE["prompt_tokens"] * summaries
@@ -527,3 +535,45 @@ async def test_opentelemetry_a_compression_given_up_ends_its_span(otel: Otel, tm
     assert "context_manager.compression.strategy" not in given_up.attributes
     assert done.attributes is not None and done.attributes["context_manager.compression.strategy"] == "custom"
     assert done.context.span_id != given_up.context.span_id and done.start_time > given_up.end_time
+
+
+@pytest.mark.parametrize(
+    ("adapter", "base_url", "provider_name", "address", "port"),
+    [
+        ("openai", "https://api.openai.com/v1", "openai", "api.openai.com", 443),
+        ("openai", "https://my-resource.openai.azure.com/openai/v1", "azure.ai.openai", None, 443),
+        ("openai", "https://my-resource.cognitiveservices.azure.com/openai/v1", "azure.ai.openai", None, 443),
+        ("openai", "https://api.groq.com/openai/v1", "groq", "api.groq.com", 443),
+        ("openai", "https://api.mistral.ai/v1", "mistral_ai", "api.mistral.ai", 443),
+        ("openai", "https://generativelanguage.googleapis.com/v1beta/openai", "gcp.gemini", None, 443),
+        ("openai", "http://127.0.0.1:11434/v1", "_OTHER", "127.0.0.1", 11434),  # Ollama
+        ("openai", "http://vllm.internal:8000/v1", "_OTHER", "vllm.internal", 8000),
+        ("openai", "http://localhost/v1", "_OTHER", "localhost", 80),
+        (
+            "openai",
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/p/endpoints/openapi",
+            "gcp.vertex_ai",
+            None,
+            443,
+        ),
+        ("openai", "http://ec2-1-2-3-4.compute-1.amazonaws.com:8000/v1", "_OTHER", None, 8000),
+        ("anthropic", "https://bedrock-runtime.us-east-1.amazonaws.com", "aws.bedrock", None, 443),
+        ("anthropic", "https://api.anthropic.com", "anthropic", "api.anthropic.com", 443),
+        ("anthropic", "https://api.deepseek.com/anthropic", "deepseek", "api.deepseek.com", 443),
+        ("anthropic", "http://127.0.0.1:4000", "_OTHER", "127.0.0.1", 4000),  # a gateway
+    ],
+)
+def test_summarizer_names_its_provider_as_the_genai_conventions_do(
+    adapter: str, base_url: str, provider_name: str, address: str | None, port: int
+) -> None:
+    """``gen_ai.provider.name`` was ``openai`` for every OpenAI-compatible server (vLLM, Ollama, a gateway):
+    their token usage was reported as OpenAI's. The conventions' well-known value is used for the provider
+    the endpoint belongs to, ``_OTHER`` for any other, and ``server.address`` / ``server.port`` say which."""
+    if adapter == "openai":
+        summarizer: LLMSummarizer = OpenAISummarizer("m", base_url=base_url, api_key="test-key")
+    else:
+        summarizer = AnthropicSummarizer("m", base_url=base_url, api_key="test-key")
+    attributes = summarizer.telemetry_attributes
+    assert attributes["gen_ai.provider.name"] == provider_name
+    assert attributes["server.address"] == (address or urlsplit(base_url).hostname)
+    assert attributes["server.port"] == port

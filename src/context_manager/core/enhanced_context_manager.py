@@ -362,9 +362,20 @@ class EnhancedContextManager:
             if usage is not None:
                 guard = self._summarizer_guard
                 asked = guard.summarizer if guard is not None else None
-                requested = asked.model if isinstance(asked, LLMSummarizer) else usage.model
+                if isinstance(asked, LLMSummarizer):
+                    # the conventions' provider name (not "openai" for any compatible server), the server
+                    attributes = dict(asked.telemetry_attributes)
+                    provider = str(attributes.pop("gen_ai.provider.name"))
+                    requested = asked.model
+                else:
+                    attributes, provider, requested = {}, usage.provider, usage.model
                 telemetry.record_token_usage(
-                    usage.provider, requested, usage.input_tokens, usage.output_tokens, usage.model
+                    provider,
+                    requested,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.model,
+                    attributes,
                 )
 
     async def _start_subsystems(self) -> None:

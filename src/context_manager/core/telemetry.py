@@ -38,9 +38,10 @@ Metrics (meter ``context_manager``):
 * ``context_manager.compression.evicted_messages`` (counter);
 * ``context_manager.memory.count`` (gauge, by ``context_manager.memory.tier``) and
   ``context_manager.memory.storage.size`` (gauge, By), sampled every ``memory_sample_interval`` seconds;
-* ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``,
-  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered) for LLM
-  summaries.
+* ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``: the
+  GenAI conventions' name of the endpoint's provider, ``_OTHER`` for a self-hosted server or a gateway,
+  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered,
+  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point.
 """
 
 from __future__ import annotations
@@ -387,16 +388,18 @@ class Telemetry:
         input_tokens: int | None,
         output_tokens: int | None,
         response_model: str | None = None,
+        server: Mapping[str, str | int] | None = None,
     ) -> None:
         """Tokens of one LLM summary (``gen_ai.client.token.usage``).
 
         ``model`` is the model requested (``gen_ai.request.model``), ``response_model`` the one that answered
         as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known. A count
         the server did not report (``None``) is not recorded: a point of 0 would be a false figure.
+        ``server``: more attributes (``server.address``, ``server.port``).
         """
         if not self.metering:
             return
-        labels = {
+        labels: dict[str, str | int] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": model,
@@ -404,6 +407,8 @@ class Telemetry:
         }
         if response_model:
             labels["gen_ai.response.model"] = response_model
+        if server:
+            labels.update(server)
         if input_tokens is not None:
             self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
         if output_tokens is not None:

@@ -132,6 +132,11 @@ class OpenAISummarizer(LLMSummarizer):
         self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
+    @property
+    def endpoint(self) -> str:
+        """The client's base URL."""
+        return str(self.client.base_url)
+
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
         parameters: dict[str, Any] = {
             **self.extra_parameters,
