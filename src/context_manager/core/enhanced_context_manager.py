@@ -60,7 +60,7 @@ from context_manager.core.performance_monitor import (
 )
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.shared_store import MemoryLease, lease_memory
-from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport
+from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport, observed
 from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.telemetry import (
     MemorySizeSampler,
@@ -304,8 +304,12 @@ class EnhancedContextManager:
         await self._stop_subsystems()
         await self._close_owned_summarizer()
 
-    def _guarded_summarizer(self, counter: TokenCounter) -> SummarizerGuard | None:
-        """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker."""
+    def _guarded_summarizer(self, counter: TokenCounter) -> Summarizer | None:
+        """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker.
+
+        A guard given as the summarizer is used as it is, its calls from this manager's window reported to
+        :meth:`_record_summary` as those of the guard made here are.
+        """
         config = self.config
         summarizer = self._summarizer
         if summarizer is None and config.summarizer is not None:
@@ -321,15 +325,17 @@ class EnhancedContextManager:
             self._owned_summarizer = summarizer
         if summarizer is None:
             return None
-        if not isinstance(summarizer, SummarizerGuard):
-            summarizer = SummarizerGuard(
-                summarizer,
-                failure_threshold=config.summarizer_failure_threshold,
-                cooldown=config.summarizer_cooldown,
-                on_report=self._record_summary,
-            )
-        self._summarizer_guard = summarizer
-        return summarizer
+        if isinstance(summarizer, SummarizerGuard):
+            self._summarizer_guard = summarizer
+            return observed(summarizer, self._record_summary)
+        guard = SummarizerGuard(
+            summarizer,
+            failure_threshold=config.summarizer_failure_threshold,
+            cooldown=config.summarizer_cooldown,
+            on_report=self._record_summary,
+        )
+        self._summarizer_guard = guard
+        return guard
 
     async def _close_owned_summarizer(self) -> None:
         owned, self._owned_summarizer = self._owned_summarizer, None
