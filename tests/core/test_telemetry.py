@@ -21,7 +21,14 @@ from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
 from context_manager.core.memory.manager import ALL_USERS
 from context_manager.core.messages import ToolCall
-from context_manager.core.summarizers import AnthropicSummarizer, LLMSummarizer, OpenAISummarizer
+from context_manager.core.summarizers import (
+    AnthropicSummarizer,
+    LLMSummarizer,
+    OpenAISummarizer,
+    SummaryPrompt,
+    SummaryUsage,
+)
+from context_manager.core.summarizers.llm import RequestFailure
 from context_manager.core.telemetry import (
     DURATION_BUCKETS,
     MemorySizeSampler,
@@ -577,3 +584,31 @@ def test_summarizer_names_its_provider_as_the_genai_conventions_do(
     assert attributes["gen_ai.provider.name"] == provider_name
     assert attributes["server.address"] == (address or urlsplit(base_url).hostname)
     assert attributes["server.port"] == port
+
+
+class EchoSummarizer(LLMSummarizer):
+    """A subclass of one's own for another provider (no network: it answers itself)."""
+
+    async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
+        return "A summary.", SummaryUsage(3, 2, self.model, self.provider)
+
+    def _classify(self, error: Exception) -> RequestFailure:
+        return RequestFailure(type(error).__name__, retryable=False)
+
+
+class HostedEchoSummarizer(EchoSummarizer):
+    provider = "echo"
+
+    @property
+    def endpoint(self) -> str:
+        return "https://api.mistral.ai/v1"
+
+
+def test_a_summarizer_subclass_names_its_provider_from_its_endpoint() -> None:
+    # no provider and no endpoint: the attribute was an empty string
+    assert EchoSummarizer("m").telemetry_attributes == {"gen_ai.provider.name": "_OTHER"}
+    assert HostedEchoSummarizer("m").telemetry_attributes == {
+        "gen_ai.provider.name": "mistral_ai",
+        "server.address": "api.mistral.ai",
+        "server.port": 443,
+    }

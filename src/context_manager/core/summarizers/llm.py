@@ -247,7 +247,8 @@ class LLMSummarizer(abc.ABC):
         OpenAI, ``anthropic``, ``groq``, ``mistral_ai`` ...), ``_OTHER`` for any other host (a vLLM,
         Ollama or LM Studio server, a gateway: speaking a provider's protocol does not make it that
         provider); ``server.address`` and ``server.port``: the endpoint's host and port. Without an
-        :attr:`endpoint`, only ``gen_ai.provider.name``: :attr:`provider`.
+        :attr:`endpoint` (a subclass of your own may define it), only ``gen_ai.provider.name``:
+        :attr:`provider`, or ``_OTHER`` if that is empty.
         """
         cached = self._telemetry_attributes
         if cached is None:
@@ -600,7 +601,7 @@ OTHER_PROVIDER = "_OTHER"
 def _telemetry_attributes(endpoint: str | None, provider: str) -> dict[str, str | int]:
     """``gen_ai.provider.name``, ``server.address`` and ``server.port`` of requests to ``endpoint``."""
     if endpoint is None:
-        return {"gen_ai.provider.name": provider}
+        return {"gen_ai.provider.name": provider or OTHER_PROVIDER}
     from urllib.parse import urlsplit
 
     url = urlsplit(endpoint)
