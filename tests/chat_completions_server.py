@@ -73,6 +73,8 @@ class ChatCompletionsServer:
     """The text of plain answers (both protocols) when set."""
     reply_usage: dict[str, Any] | None = None
     """The ``usage`` object of answers (both protocols) when set, as given (to send odd figures)."""
+    omit_usage: bool = False
+    """Answers (both protocols) without a ``usage`` object, as some compatible servers send them."""
     reply_model: str | None = None
     """The ``model`` of answers (both protocols) when set; else the model the request named."""
     reply_content: Any = None
@@ -112,7 +114,7 @@ class ChatCompletionsServer:
                 "content": text if self.reply_content is None else self.reply_content,
             }
             finish = "stop"
-        return {
+        reply = {
             "id": f"chatcmpl-stub-{number}",
             "object": "chat.completion",
             "created": 1_700_000_000,
@@ -120,9 +122,12 @@ class ChatCompletionsServer:
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": dict(USAGE) if self.reply_usage is None else self.reply_usage,
         }
+        if self.omit_usage:
+            del reply["usage"]
+        return reply
 
     def anthropic_reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {
+        reply = {
             "id": f"msg_stub_{len(self.requests) - 1}",
             "type": "message",
             "role": "assistant",
@@ -132,6 +137,9 @@ class ChatCompletionsServer:
             "stop_sequence": None,
             "usage": dict(ANTHROPIC_USAGE) if self.reply_usage is None else self.reply_usage,
         }
+        if self.omit_usage:
+            del reply["usage"]
+        return reply
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -215,6 +216,46 @@ async def test_compression_observer_sees_every_compression_and_cannot_break_one(
     assert await window.compress(40) is not None  # logged, and the compression stands
     assert len(window.compression_history) == before + 1 and window.token_count <= 200
     assert "compression observer failed (RuntimeError)" in caplog.text
+
+
+@dataclass
+class RecordingTrace:
+    """A compression trace keeping what the window told it (a :class:`CompressionTrace`)."""
+
+    events: list[str]
+    fail: bool = False
+
+    @contextlib.contextmanager
+    def summary_call(self) -> Iterator[None]:
+        self.events.append("summary call")
+        if self.fail:
+            raise RuntimeError("trace down")
+        yield
+
+    def end(self, record: CompressionRecord | None, error: BaseException | None) -> None:
+        self.events.append("end " + ("record" if record is not None else type(error).__name__))
+        if self.fail:
+            raise RuntimeError("trace down")
+
+
+async def test_compression_tracer_brackets_each_compression_and_cannot_break_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[str] = []
+    window = ContextWindow(max_tokens=200, summarizer=ScriptedSummarizer(["a short summary"] * 10))
+    with pytest.raises(InvalidArgumentError, match="tracer"):
+        window.set_compression_tracer("not callable")  # type: ignore[arg-type]
+    window.set_compression_tracer(lambda: RecordingTrace(events))
+    for i in range(12):
+        await window.add(Message.create("user", text_of(15, i)))
+    compressions = len(window.compression_history)
+    assert compressions >= 1 and events == ["summary call", "end record"] * compressions
+    events.clear()
+    window.set_compression_tracer(lambda: RecordingTrace(events, fail=True))
+    assert await window.compress(40) is not None  # logged, and the compression stands with its summary
+    assert events == ["summary call", "end record"]
+    assert window.compression_history[-1].strategy == "custom"
+    assert "compression trace failed (RuntimeError)" in caplog.text
 
 
 async def test_eviction_hook_receives_evicted_messages_sync_and_async() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -19,7 +21,14 @@ from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
 from context_manager.core.memory.manager import ALL_USERS
 from context_manager.core.messages import ToolCall
-from context_manager.core.summarizers import OpenAISummarizer
+from context_manager.core.summarizers import (
+    AnthropicSummarizer,
+    LLMSummarizer,
+    OpenAISummarizer,
+    SummaryPrompt,
+    SummaryUsage,
+)
+from context_manager.core.summarizers.llm import RequestFailure
 from context_manager.core.telemetry import (
     DURATION_BUCKETS,
     MemorySizeSampler,
@@ -221,7 +230,14 @@ async def test_opentelemetry_records_summary_token_usage(otel: Otel, tmp_path: P
             summaries = len(manager.compression_history)
         await summarizer.aclose()
     assert summaries >= 1
-    labels = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "stub-model"}
+    # a local OpenAI-compatible server is not OpenAI: no well-known provider name, its address says which
+    host, port = urlsplit(server.base_url).hostname, urlsplit(server.base_url).port
+    labels = {
+        "gen_ai.provider.name": "_OTHER",
+        "gen_ai.request.model": "stub-model",
+        "server.address": host,
+        "server.port": port,
+    }
     used_input = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "input"})
     used_output = otel.point("gen_ai.client.token.usage", **labels, **{"gen_ai.token.type": "output"})
     assert used_input.count == summaries and used_input.sum == USAGE["prompt_tokens"] * summaries
@@ -419,3 +435,180 @@ async def test_opentelemetry_records_compressions_of_add_messages_and_tool_resul
     assert otel.point(durations, **{"context_manager.operation": "compression"}).count == 2
     evicted = otel.point("context_manager.compression.evicted_messages")
     assert evicted.value == sum(record["removed_count"] for record in records)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_opentelemetry_records_no_token_usage_a_server_did_not_report(
+    provider: str, otel: Otel, tmp_path: Path
+) -> None:
+    """A compatible server answering without ``usage`` (many local ones do) had its summaries recorded as
+    0 input and 0 output tokens: false figures in ``gen_ai.client.token.usage`` and in the monitors' token
+    usage. What was not reported is not recorded; a figure reported alone is."""
+    with running_server() as server:
+        server.omit_usage = True
+        if provider == "openai":
+            summarizer: LLMSummarizer = OpenAISummarizer("stub-model", base_url=server.base_url)
+        else:
+            summarizer = AnthropicSummarizer(
+                "stub-model", base_url=server.anthropic_base_url, api_key="test-key"
+            )
+        async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+            for turn in range(30):
+                await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            summaries = len(manager.compression_history)
+            assert summaries >= 1
+            assert all(record["strategy"] == "custom" for record in manager.compression_history)
+            monitor = manager.performance_monitor
+            assert monitor is not None and "summarize" not in monitor.token_usage()
+            assert monitor.operation_stats()["summarize"].successes == summaries
+            assert otel.points("gen_ai.client.token.usage") == []
+            # a server reporting the input tokens only: those are recorded, no output point of 0
+            server.omit_usage = False
+            server.reply_usage = {"prompt_tokens": 7} if provider == "openai" else {"input_tokens": 7}
+            await manager.compress_context(80)
+            assert len(manager.compression_history) == summaries + 1
+        await summarizer.aclose()
+    assert summarizer.input_tokens == 7 and summarizer.output_tokens == 0
+    [point] = otel.points("gen_ai.client.token.usage")
+    assert point.attributes["gen_ai.token.type"] == "input" and point.sum == 7 and point.count == 1
+
+
+@pytest.mark.parametrize("in_a_thread", [False, True])
+async def test_opentelemetry_summarizer_spans_are_children_of_their_compression(
+    in_a_thread: bool, otel: Otel, tmp_path: Path
+) -> None:
+    """The compression span was made after the compression, so what the summarizer recorded while it ran
+    (the HTTP or GenAI spans of an instrumented client: httpx, openai) hung under ``add_message``, beside
+    the compression that caused it. A span the summarizer starts, in its task or in a worker thread, is a
+    child of the compression span now, within its time."""
+    instrumentation = otel.tracer_provider.get_tracer("an.http.instrumentation")
+
+    def request() -> None:
+        with instrumentation.start_as_current_span("POST"):
+            time.sleep(0.001)
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        if in_a_thread:
+            await asyncio.to_thread(request)
+        else:
+            request()
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        for turn in range(30):
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+        summaries = len(manager.compression_history)
+    assert summaries >= 1
+    compressions = otel.finished("context_manager.compression")
+    requests = otel.finished("POST")
+    assert len(compressions) == len(requests) == summaries
+    adds = {span.context.span_id: span for span in otel.finished("context_manager.add_message")}
+    for compression, http in zip(compressions, requests, strict=True):
+        assert compression.attributes["context_manager.compression.strategy"] == "custom"
+        assert http.parent is not None and http.parent.span_id == compression.context.span_id
+        assert compression.parent is not None and compression.parent.span_id in adds
+        assert compression.start_time <= http.start_time <= http.end_time <= compression.end_time
+
+
+async def test_opentelemetry_a_compression_given_up_ends_its_span(otel: Otel, tmp_path: Path) -> None:
+    """An add given up by its caller while the summarizer ran leaves no record: its compression span ends
+    all the same, with an error status, and the next compression has a span of its own."""
+    hang = asyncio.Event()
+    calls = 0
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await hang.wait()
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        turn = 0
+        while calls == 0:
+            text = f"turn {turn}: the harbour lanterns were lit at {turn} pm"
+            try:
+                await asyncio.wait_for(manager.add_message("user", text), timeout=0.5)
+            except TimeoutError:
+                break
+            turn += 1
+        assert calls == 1 and manager.compression_history == []
+        while not manager.compression_history:
+            turn += 1
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+    given_up, done = otel.finished("context_manager.compression")
+    assert given_up.status.status_code is StatusCode.ERROR
+    assert given_up.attributes is not None and given_up.attributes["error.type"] == "CancelledError"
+    assert "context_manager.compression.strategy" not in given_up.attributes
+    assert done.attributes is not None and done.attributes["context_manager.compression.strategy"] == "custom"
+    assert done.context.span_id != given_up.context.span_id and done.start_time > given_up.end_time
+
+
+@pytest.mark.parametrize(
+    ("adapter", "base_url", "provider_name", "address", "port"),
+    [
+        ("openai", "https://api.openai.com/v1", "openai", "api.openai.com", 443),
+        ("openai", "https://my-resource.openai.azure.com/openai/v1", "azure.ai.openai", None, 443),
+        ("openai", "https://my-resource.cognitiveservices.azure.com/openai/v1", "azure.ai.openai", None, 443),
+        ("openai", "https://api.groq.com/openai/v1", "groq", "api.groq.com", 443),
+        ("openai", "https://api.mistral.ai/v1", "mistral_ai", "api.mistral.ai", 443),
+        ("openai", "https://generativelanguage.googleapis.com/v1beta/openai", "gcp.gemini", None, 443),
+        ("openai", "http://127.0.0.1:11434/v1", "_OTHER", "127.0.0.1", 11434),  # Ollama
+        ("openai", "http://vllm.internal:8000/v1", "_OTHER", "vllm.internal", 8000),
+        ("openai", "http://localhost/v1", "_OTHER", "localhost", 80),
+        (
+            "openai",
+            "https://us-east5-aiplatform.googleapis.com/v1/projects/p/endpoints/openapi",
+            "gcp.vertex_ai",
+            None,
+            443,
+        ),
+        ("openai", "http://ec2-1-2-3-4.compute-1.amazonaws.com:8000/v1", "_OTHER", None, 8000),
+        ("anthropic", "https://bedrock-runtime.us-east-1.amazonaws.com", "aws.bedrock", None, 443),
+        ("anthropic", "https://api.anthropic.com", "anthropic", "api.anthropic.com", 443),
+        ("anthropic", "https://api.deepseek.com/anthropic", "deepseek", "api.deepseek.com", 443),
+        ("anthropic", "http://127.0.0.1:4000", "_OTHER", "127.0.0.1", 4000),  # a gateway
+    ],
+)
+def test_summarizer_names_its_provider_as_the_genai_conventions_do(
+    adapter: str, base_url: str, provider_name: str, address: str | None, port: int
+) -> None:
+    """``gen_ai.provider.name`` was ``openai`` for every OpenAI-compatible server (vLLM, Ollama, a gateway):
+    their token usage was reported as OpenAI's. The conventions' well-known value is used for the provider
+    the endpoint belongs to, ``_OTHER`` for any other, and ``server.address`` / ``server.port`` say which."""
+    if adapter == "openai":
+        summarizer: LLMSummarizer = OpenAISummarizer("m", base_url=base_url, api_key="test-key")
+    else:
+        summarizer = AnthropicSummarizer("m", base_url=base_url, api_key="test-key")
+    attributes = summarizer.telemetry_attributes
+    assert attributes["gen_ai.provider.name"] == provider_name
+    assert attributes["server.address"] == (address or urlsplit(base_url).hostname)
+    assert attributes["server.port"] == port
+
+
+class EchoSummarizer(LLMSummarizer):
+    """A subclass of one's own for another provider (no network: it answers itself)."""
+
+    async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
+        return "A summary.", SummaryUsage(3, 2, self.model, self.provider)
+
+    def _classify(self, error: Exception) -> RequestFailure:
+        return RequestFailure(type(error).__name__, retryable=False)
+
+
+class HostedEchoSummarizer(EchoSummarizer):
+    provider = "echo"
+
+    @property
+    def endpoint(self) -> str:
+        return "https://api.mistral.ai/v1"
+
+
+def test_a_summarizer_subclass_names_its_provider_from_its_endpoint() -> None:
+    # no provider and no endpoint: the attribute was an empty string
+    assert EchoSummarizer("m").telemetry_attributes == {"gen_ai.provider.name": "_OTHER"}
+    assert HostedEchoSummarizer("m").telemetry_attributes == {
+        "gen_ai.provider.name": "mistral_ai",
+        "server.address": "api.mistral.ai",
+        "server.port": 443,
+    }

@@ -50,13 +50,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from context_manager.core.compression import (
     MIN_SUMMARY_TOKENS,
@@ -100,6 +101,7 @@ from context_manager.core.tokens import (
 __all__ = [
     "RESERVED_METADATA_KEYS",
     "CompressionRecord",
+    "CompressionTrace",
     "ContextWindow",
     "EvictionHook",
     "Journal",
@@ -270,6 +272,59 @@ class CompressionRecord:
         }
 
 
+class CompressionTrace(Protocol):
+    """What :meth:`ContextWindow.set_compression_tracer` calls for one compression."""
+
+    def summary_call(self) -> contextlib.AbstractContextManager[object]:
+        """Entered while a summarizer call of this compression is started (the call runs in its context)."""
+        ...
+
+    def end(self, record: CompressionRecord | None, error: BaseException | None) -> None:
+        """The compression ended: its record, else the exception that ended it.
+
+        Both are ``None`` when there was nothing to compress.
+        """
+        ...
+
+
+def _start_trace(tracer: Callable[[], CompressionTrace]) -> CompressionTrace | None:
+    try:
+        return tracer()
+    except Exception as error:  # tracing must not fail the compression
+        logger.warning("compression tracer failed (%s)", type(error).__name__)
+        return None
+
+
+def _end_trace(
+    trace: CompressionTrace | None, record: CompressionRecord | None, error: BaseException | None
+) -> None:
+    if trace is None:
+        return
+    try:
+        trace.end(record, error)
+    except Exception as failure:  # tracing must not fail the compression it reports
+        logger.warning("compression trace failed (%s)", type(failure).__name__)
+
+
+@contextlib.contextmanager
+def _summary_scope(trace: CompressionTrace) -> Iterator[None]:
+    """``trace.summary_call()`` around the block; a failure of the trace's own is logged, not raised."""
+    try:
+        scope = trace.summary_call()
+        scope.__enter__()
+    except Exception as error:
+        logger.warning("compression trace failed (%s)", type(error).__name__)
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            scope.__exit__(None, None, None)
+        except Exception as error:
+            logger.warning("compression trace failed (%s)", type(error).__name__)
+
+
 @dataclass(slots=True)
 class _Outcome:
     text: str
@@ -371,6 +426,8 @@ class ContextWindow:
         self._replaced: tuple[tuple[Message, ...], int] | None = None  # see compressed_from
         self._overflow_check: OverflowCheck | None = None
         self._on_compression: Callable[[CompressionRecord], None] | None = None
+        self._compression_tracer: Callable[[], CompressionTrace] | None = None
+        self._trace: CompressionTrace | None = None  # the compression in progress (under the lock)
         self._evicted = EvictedQueue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
@@ -563,6 +620,21 @@ class ContextWindow:
         if observer is not None and not callable(observer):
             raise InvalidArgumentError("observer", observer, "a callable taking a CompressionRecord, or None")
         self._on_compression = observer
+
+    def set_compression_tracer(self, tracer: Callable[[], CompressionTrace] | None) -> None:
+        """Trace each compression with ``tracer()``, a :class:`CompressionTrace` (``None``: stop).
+
+        ``tracer()`` is called when a compression starts; the summarizer calls of that compression are
+        started inside its :meth:`~CompressionTrace.summary_call` (they run in the context it sets: the
+        spans a summarizer's instrumented client records nest under the compression's span), and its
+        :meth:`~CompressionTrace.end` is called once when the compression ends, with its record or, when
+        it ended without one, the exception (``None`` when there was nothing to compress). Exceptions the
+        trace raises are logged and ignored. ``EnhancedContextManager`` reports compressions to
+        OpenTelemetry through it.
+        """
+        if tracer is not None and not callable(tracer):
+            raise InvalidArgumentError("tracer", tracer, "a callable returning a CompressionTrace, or None")
+        self._compression_tracer = tracer
 
     @property
     def compressed_from(self) -> tuple[tuple[Message, ...], int] | None:
@@ -1077,6 +1149,23 @@ class ContextWindow:
         a new index of the window plus the batch (O(window + batch), once for the whole batch). With
         nothing added and nothing the plan would take (see :meth:`_prepare`), returns ``(None, None)``.
         """
+        tracer = self._compression_tracer
+        if tracer is None:
+            return await self._compress_body(added, target)
+        trace = self._trace = _start_trace(tracer)
+        try:
+            record, delivery = await self._compress_body(added, target)
+        except BaseException as error:
+            _end_trace(trace, None, error)
+            raise
+        finally:
+            self._trace = None
+        _end_trace(trace, record, None)
+        return record, delivery
+
+    async def _compress_body(
+        self, added: Sequence[Message], target: int
+    ) -> tuple[CompressionRecord | None, asyncio.Task[None] | None]:
         started = time.perf_counter()
         added_tokens = sum(message.token_count for message in added)
         tokens_before = self._index.tokens + self._summary_tokens + added_tokens + REPLY_PRIMING_TOKENS
@@ -1378,7 +1467,7 @@ class ContextWindow:
                 # sees the deadline, to tell its timeout from a caller giving up (summary_call_abandoned)
                 entered = summary_call_deadline.set(deadline)
                 try:
-                    call = asyncio.ensure_future(summarizer(list(inputs), budget))
+                    call = self._start_summary_call(summarizer, inputs, budget)
                 finally:
                     summary_call_deadline.reset(entered)
                 self._summary_calls.add(call)
@@ -1406,6 +1495,20 @@ class ContextWindow:
         logger.warning("custom summarizer failed (%s); using the extractive summary", kind)
         logger.debug("custom summarizer failure: %s", error)
         return _Outcome(extractive(), STRATEGY_FALLBACK, error)
+
+    def _start_summary_call(
+        self, summarizer: Summarizer, inputs: Sequence[Message], budget: int
+    ) -> asyncio.Future[str]:
+        """The summarizer's call as a task, started in the context of the compression's trace if any.
+
+        The task copies the context it is created in: its spans (and those of a thread it hands work to,
+        ``asyncio.to_thread`` copies it again) have the compression's span for parent.
+        """
+        trace = self._trace
+        if trace is None:
+            return asyncio.ensure_future(summarizer(list(inputs), budget))
+        with _summary_scope(trace):
+            return asyncio.ensure_future(summarizer(list(inputs), budget))
 
     # -- budgeted views -------------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ from context_manager.core.performance_monitor import (
 )
 from context_manager.core.provider_formats import to_provider_format
 from context_manager.core.shared_store import MemoryLease, lease_memory
-from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport
+from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport, observed
 from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.telemetry import (
     MemorySizeSampler,
@@ -259,7 +259,7 @@ class EnhancedContextManager:
             enable_compression=config.enable_compression,
         )
         if self._telemetry is not None:  # every compression: of an add, a batch, a tool result, compress()
-            self._window.set_compression_observer(self._telemetry.record_compression)
+            self._window.set_compression_tracer(self._telemetry.compression_trace)
         try:
             await self._start_subsystems()
         except BaseException:
@@ -304,8 +304,12 @@ class EnhancedContextManager:
         await self._stop_subsystems()
         await self._close_owned_summarizer()
 
-    def _guarded_summarizer(self, counter: TokenCounter) -> SummarizerGuard | None:
-        """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker."""
+    def _guarded_summarizer(self, counter: TokenCounter) -> Summarizer | None:
+        """The summarizer the window calls: the given one or ``config.summarizer``, in a circuit breaker.
+
+        A guard given as the summarizer is used as it is, its calls from this manager's window reported to
+        :meth:`_record_summary` as those of the guard made here are.
+        """
         config = self.config
         summarizer = self._summarizer
         if summarizer is None and config.summarizer is not None:
@@ -321,15 +325,17 @@ class EnhancedContextManager:
             self._owned_summarizer = summarizer
         if summarizer is None:
             return None
-        if not isinstance(summarizer, SummarizerGuard):
-            summarizer = SummarizerGuard(
-                summarizer,
-                failure_threshold=config.summarizer_failure_threshold,
-                cooldown=config.summarizer_cooldown,
-                on_report=self._record_summary,
-            )
-        self._summarizer_guard = summarizer
-        return summarizer
+        if isinstance(summarizer, SummarizerGuard):
+            self._summarizer_guard = summarizer
+            return observed(summarizer, self._record_summary)
+        guard = SummarizerGuard(
+            summarizer,
+            failure_threshold=config.summarizer_failure_threshold,
+            cooldown=config.summarizer_cooldown,
+            on_report=self._record_summary,
+        )
+        self._summarizer_guard = guard
+        return guard
 
     async def _close_owned_summarizer(self) -> None:
         owned, self._owned_summarizer = self._owned_summarizer, None
@@ -349,20 +355,33 @@ class EnhancedContextManager:
             own_monitor=monitor,
             error=None if report.error is None else f"summarizer failed ({report.error})",
         )
-        if report.usage is not None:
+        usage = report.usage
+        if usage is not None and not usage.reported:  # the server reported no count: nothing to record
+            usage = None
+        if usage is not None:  # a count not reported adds nothing to the sums
             record_library_tokens(
-                "summarize", report.usage.input_tokens, report.usage.output_tokens, own_monitor=monitor
+                "summarize", usage.input_tokens or 0, usage.output_tokens or 0, own_monitor=monitor
             )
         telemetry = self._telemetry
         if telemetry is not None:
             telemetry.record_operation("summarize", report.duration_s, report.error)
-            if report.usage is not None:
-                usage = report.usage
+            if usage is not None:
                 guard = self._summarizer_guard
                 asked = guard.summarizer if guard is not None else None
-                requested = asked.model if isinstance(asked, LLMSummarizer) else usage.model
+                if isinstance(asked, LLMSummarizer):
+                    # the conventions' provider name (not "openai" for any compatible server), the server
+                    attributes = dict(asked.telemetry_attributes)
+                    provider = str(attributes.pop("gen_ai.provider.name"))
+                    requested = asked.model
+                else:
+                    attributes, provider, requested = {}, usage.provider, usage.model
                 telemetry.record_token_usage(
-                    usage.provider, requested, usage.input_tokens, usage.output_tokens, usage.model
+                    provider,
+                    requested,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    usage.model,
+                    attributes,
                 )
 
     async def _start_subsystems(self) -> None:

@@ -14,9 +14,11 @@ recorded by its type only, its message may quote the rejected input):
 * ``context_manager.add_message``: ``context_manager.message.role``, ``context_manager.message.tokens``,
   ``context_manager.window.tokens`` (after), ``context_manager.window.max_tokens``,
   ``context_manager.compressed``;
-* ``context_manager.compression`` (a child of the operation that triggered it, timed from its record):
+* ``context_manager.compression`` (a child of the operation that triggered it, and the current span of
+  its summarizer calls: what an instrumented client records during the summary nests under it):
   ``context_manager.compression.tokens_before``/``tokens_after``, ``.evicted``, ``.truncated``,
-  ``.summary_tokens``, ``.strategy`` and ``.fallback_reason`` when the custom summarizer was not used;
+  ``.summary_tokens``, ``.strategy`` and ``.fallback_reason`` when the custom summarizer was not used; an
+  error status and ``error.type`` when the compression was given up without a record;
 * ``context_manager.search_memory``: ``context_manager.search.limit``, ``context_manager.search.hits``;
 * from the MCP server's memory tools: ``context_manager.search_memory`` as above (``memory_search``),
   ``context_manager.add_memory`` (``context_manager.memory.importance``, ``context_manager.memory.tags``:
@@ -36,9 +38,10 @@ Metrics (meter ``context_manager``):
 * ``context_manager.compression.evicted_messages`` (counter);
 * ``context_manager.memory.count`` (gauge, by ``context_manager.memory.tier``) and
   ``context_manager.memory.storage.size`` (gauge, By), sampled every ``memory_sample_interval`` seconds;
-* ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``,
-  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered) for LLM
-  summaries.
+* ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``: the
+  GenAI conventions' name of the endpoint's provider, ``_OTHER`` for a self-hosted server or a gateway,
+  ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered,
+  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from context_manager.core.async_operations import cancel_and_wait
 from context_manager.core.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from context_manager.core.context_window import CompressionRecord, ContextWindow
+    from context_manager.core.context_window import CompressionRecord, CompressionTrace, ContextWindow
     from context_manager.core.memory.manager import MemoryManager
     from context_manager.core.memory.models import Memory
     from context_manager.core.messages import Message
@@ -254,12 +257,29 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, kind.__name__))
                 raise
 
-    def compression_span(self, record: CompressionRecord) -> None:
-        """Record a finished compression as a span (child of the current one) timed from its record."""
+    def compression_trace(self) -> CompressionTrace:
+        """A trace of one compression, for :meth:`ContextWindow.set_compression_tracer`.
+
+        Its span starts when the compression does, as a child of the current span (the operation that
+        triggered it), and is the current span of its summarizer calls: what the summarizer records (an
+        instrumented HTTP client's spans) nests under it. It ends with the compression, with the
+        attributes of its record (the duration and evicted-messages metrics are recorded then too), or
+        with an error status when the compression ended without a record (a cancelled add ...).
+        """
+        return _CompressionTrace(self)
+
+    def compression_span(
+        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+    ) -> None:
+        """Record a finished compression as a span (child of the current one) timed from its record.
+
+        ``span``: the compression's span, started already (see :meth:`compression_trace`), to end with the
+        record's attributes; ``start_ns``: when the compression started (else taken from the record).
+        """
         if self._tracer is None:
             return
         end = time.time_ns()
-        start = end - int(record.duration_ms * 1e6)
+        start = end - int(record.duration_ms * 1e6) if start_ns is None else start_ns
         attributes: dict[str, Any] = {
             "context_manager.compression.tokens_before": record.tokens_before,
             "context_manager.compression.tokens_after": record.tokens_after,
@@ -270,7 +290,12 @@ class Telemetry:
         }
         if record.error is not None:
             attributes["context_manager.compression.fallback_reason"] = record.error.split(":", 1)[0]
-        span = self._tracer.start_span("context_manager.compression", start_time=start, attributes=attributes)
+        if span is None:
+            span = self._tracer.start_span(
+                "context_manager.compression", start_time=start, attributes=attributes
+            )
+        else:
+            span.set_attributes(attributes)
         span.end(end_time=end)
 
     # -- metrics --------------------------------------------------------------------------------------
@@ -309,9 +334,11 @@ class Telemetry:
             self._window_tokens.set(tokens)
             self._utilization.set(tokens / max_tokens if max_tokens else 0.0)
 
-    def record_compression(self, record: CompressionRecord) -> None:
-        """A compression's span, duration and evicted messages."""
-        self.compression_span(record)
+    def record_compression(
+        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+    ) -> None:
+        """A compression's span (see :meth:`compression_span`), duration and evicted messages."""
+        self.compression_span(record, span, start_ns)
         if self.metering:
             self.record_operation("compression", record.duration_ms / 1000.0)
             self._evicted.add(record.removed_count)
@@ -358,18 +385,21 @@ class Telemetry:
         self,
         provider: str,
         model: str,
-        input_tokens: int,
-        output_tokens: int,
+        input_tokens: int | None,
+        output_tokens: int | None,
         response_model: str | None = None,
+        server: Mapping[str, str | int] | None = None,
     ) -> None:
         """Tokens of one LLM summary (``gen_ai.client.token.usage``).
 
         ``model`` is the model requested (``gen_ai.request.model``), ``response_model`` the one that answered
-        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known.
+        as the response named it (``gen_ai.response.model``, e.g. a dated snapshot), when known. A count
+        the server did not report (``None``) is not recorded: a point of 0 would be a false figure.
+        ``server``: more attributes (``server.address``, ``server.port``).
         """
         if not self.metering:
             return
-        labels = {
+        labels: dict[str, str | int] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": model,
@@ -377,8 +407,56 @@ class Telemetry:
         }
         if response_model:
             labels["gen_ai.response.model"] = response_model
-        self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
-        self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
+        if server:
+            labels.update(server)
+        if input_tokens is not None:
+            self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
+        if output_tokens is not None:
+            self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
+
+
+class _CompressionTrace:
+    """One compression's span (see :meth:`Telemetry.compression_trace`).
+
+    Started by the compression's first summarizer call, else made at its end from its record.
+    """
+
+    __slots__ = ("_span", "_start_ns", "_telemetry")
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+        self._start_ns = time.time_ns()
+        self._span: Any = None
+
+    @contextlib.contextmanager
+    def summary_call(self) -> Iterator[None]:
+        tracer = self._telemetry._tracer
+        if tracer is None:
+            yield
+            return
+        from opentelemetry import trace
+
+        if self._span is None:  # a child of the current span: the operation that triggered the compression
+            self._span = tracer.start_span("context_manager.compression", start_time=self._start_ns)
+        with trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        ):
+            yield
+
+    def end(self, record: CompressionRecord | None, error: BaseException | None) -> None:
+        span, self._span = self._span, None
+        if record is not None:
+            self._telemetry.record_compression(record, span, self._start_ns)
+            return
+        if span is None:
+            return
+        if error is not None:  # e.g. the add was cancelled while the summarizer ran: no record
+            from opentelemetry.trace import Status, StatusCode
+
+            kind = type(error).__name__
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, kind))
+        span.end()
 
 
 # ------------------------------------------------------------------------------------- instrumented calls

@@ -21,7 +21,13 @@ from context_manager.core.errors import (
     SummarizerRequestError,
 )
 from context_manager.core.messages import Message
-from context_manager.core.summarizers import AnthropicSummarizer, LLMSummarizer, OpenAISummarizer
+from context_manager.core.summarizers import (
+    AnthropicSummarizer,
+    LLMSummarizer,
+    OpenAISummarizer,
+    SummarizerGuard,
+    SummaryReport,
+)
 from context_manager.core.tokens import ExactTokenCounter
 from tests.chat_completions_server import ANTHROPIC_USAGE, USAGE, ChatCompletionsServer, Fault, running_server
 
@@ -736,3 +742,30 @@ async def test_summarizer_adapter_connection_error_through_a_proxy_says_so(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # what the message advises: the request goes straight
     async with make_summarizer(provider, server, max_retries=0) as summarizer:
         assert model_text((await summarizer.complete(message, 50)).text) == SUMMARY
+
+
+async def test_summarizer_in_a_guard_of_ones_own_still_reports_to_each_manager(
+    server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """ "Pass your own guard to choose other settings": a manager given a ``SummarizerGuard`` used it as it
+    was, without its report, and its summaries went missing from the monitors (``summarize`` latency,
+    failures, token usage). Each manager records the calls its own window made, also when two share the
+    guard (one circuit breaker for one endpoint), and the guard's own ``on_report`` still gets them."""
+    reports: list[SummaryReport] = []
+    summarizer = make_summarizer("openai", server)
+    guard = SummarizerGuard(summarizer, failure_threshold=5, cooldown=5.0, on_report=reports.append)
+    first = EnhancedContextManager(config_for(tmp_path / "a"), summarizer=guard)
+    second = EnhancedContextManager(config_for(tmp_path / "b"), summarizer=guard)
+    async with first, second:
+        await fill_until_compressed(first)
+        calls = len(server.requests)
+        assert calls >= 1
+        for manager, expected in ((first, calls), (second, 0)):
+            monitor = manager.performance_monitor
+            assert monitor is not None
+            usage = monitor.token_usage().get("summarize", {"calls": 0})
+            stats = monitor.operation_stats().get("summarize")
+            assert usage["calls"] == expected
+            assert (stats.successes if stats is not None else 0) == expected
+        assert len(reports) == calls
+        assert first.get_system_status()["summarizer"]["calls"] == calls

@@ -109,6 +109,11 @@ class AnthropicSummarizer(LLMSummarizer):
         self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
+    @property
+    def endpoint(self) -> str:
+        """The client's base URL."""
+        return str(self.client.base_url)
+
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
         parameters: dict[str, Any] = {
             **self.extra_parameters,
@@ -119,16 +124,16 @@ class AnthropicSummarizer(LLMSummarizer):
             "timeout": request_timeout,
         }
         response = await self.client.messages.create(**parameters)
-        usage = response.usage
+        usage = getattr(response, "usage", None)  # a compatible server may leave it out
+        # input_tokens leaves out what the prompt cache read or wrote: input (and billed) all the same
+        inputs = [
+            usage_count(getattr(usage, field, None))
+            for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        ]
+        known = [count for count in inputs if count is not None]
         summary_usage = SummaryUsage(
-            # input_tokens leaves out what the prompt cache read or wrote: input (and billed) all the same
-            input_tokens=usage_count(
-                sum(
-                    usage_count(getattr(usage, field, 0))
-                    for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-                )
-            ),
-            output_tokens=usage_count(getattr(usage, "output_tokens", 0)),
+            input_tokens=usage_count(sum(known)) if known else None,
+            output_tokens=usage_count(getattr(usage, "output_tokens", None)),
             model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
         )

@@ -23,6 +23,7 @@ subclass) has the token usage of every summary passed to ``on_report``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -44,6 +45,11 @@ from context_manager.core.summarizers.llm import LLMSummarizer, SummaryUsage
 __all__ = ["CircuitState", "SummarizerGuard", "SummaryReport"]
 
 logger = logging.getLogger(__name__)
+
+_call_observer: contextvars.ContextVar[Callable[[SummaryReport], None] | None] = contextvars.ContextVar(
+    "context_manager_summary_call_observer", default=None
+)
+"""Also receives the report of the guard's call made in this context (see :func:`observed`)."""
 
 
 class CircuitState(StrEnum):
@@ -296,15 +302,47 @@ class SummarizerGuard:
         self._report(SummaryReport(elapsed, True, None, usage))
 
     def _report(self, report: SummaryReport) -> None:
-        if self.on_report is None:
-            return
-        try:
-            self.on_report(report)
-        except Exception as error:  # a broken observer must not break compression
-            logger.warning("summarizer report callback failed (%s)", type(error).__name__)
+        extra = _call_observer.get()
+        for observer in (self.on_report, None if extra is self.on_report else extra):
+            if observer is None:
+                continue
+            try:
+                observer(report)
+            except Exception as error:  # a broken observer must not break compression
+                logger.warning("summarizer report callback failed (%s)", type(error).__name__)
 
     def __repr__(self) -> str:
         return f"SummarizerGuard({_describe(self.summarizer)}, state={self._state.value})"
+
+
+class _Observed:
+    """A guard whose calls through this object are reported to ``observer`` too (see :func:`observed`)."""
+
+    __slots__ = ("guard", "observer")
+
+    def __init__(self, guard: SummarizerGuard, observer: Callable[[SummaryReport], None]) -> None:
+        self.guard = guard
+        self.observer = observer
+
+    async def __call__(self, messages: Sequence[Message], budget_tokens: int) -> str:
+        token = _call_observer.set(self.observer)
+        try:
+            return await self.guard(messages, budget_tokens)
+        finally:
+            _call_observer.reset(token)
+
+    def __repr__(self) -> str:
+        return repr(self.guard)
+
+
+def observed(guard: SummarizerGuard, observer: Callable[[SummaryReport], None]) -> Summarizer:
+    """``guard``, with the reports of the calls made through the result also passed to ``observer``.
+
+    How a manager given a guard of the caller's records the calls its own window makes, besides the
+    guard's ``on_report``: a guard shared by several managers (one circuit breaker for one endpoint) has
+    each call reported to the manager that made it only.
+    """
+    return _Observed(guard, observer)
 
 
 def _describe(summarizer: Any) -> str:

@@ -69,10 +69,12 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 class SummaryUsage:
     """Tokens one summary cost, as the provider reported them."""
 
-    input_tokens: int
-    """Prompt tokens billed (OpenAI ``prompt_tokens``, Anthropic ``input_tokens``)."""
-    output_tokens: int
-    """Completion tokens billed (OpenAI ``completion_tokens``, Anthropic ``output_tokens``)."""
+    input_tokens: int | None
+    """Prompt tokens billed (OpenAI ``prompt_tokens``, Anthropic ``input_tokens``); ``None`` when the
+    response did not report them (no ``usage``, as some compatible servers answer, or no count in it)."""
+    output_tokens: int | None
+    """Completion tokens billed (OpenAI ``completion_tokens``, Anthropic ``output_tokens``); ``None`` when
+    the response did not report them."""
     model: str
     """The model that answered (as the response named it, else as requested)."""
     provider: str
@@ -80,8 +82,13 @@ class SummaryUsage:
 
     @property
     def total_tokens(self) -> int:
-        """``input_tokens + output_tokens``."""
-        return self.input_tokens + self.output_tokens
+        """``input_tokens + output_tokens``, of those reported."""
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    @property
+    def reported(self) -> bool:
+        """Whether the response reported any token count."""
+        return self.input_tokens is not None or self.output_tokens is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +226,34 @@ class LLMSummarizer(abc.ABC):
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._random = random.Random()
         self._client_to_close: Any = None  # set by a subclass that creates its own SDK client
+        self._telemetry_attributes: dict[str, str | int] | None = None
 
     @property
     def name(self) -> str:
         """``provider:model``, as in the ``summarizer`` configuration option."""
         return f"{self.provider}:{self.model}"
+
+    @property
+    def endpoint(self) -> str | None:
+        """The URL requests go to (``None`` when a subclass does not say)."""
+        return None
+
+    @property
+    def telemetry_attributes(self) -> dict[str, str | int]:
+        """The OpenTelemetry GenAI attributes of this summarizer's calls.
+
+        ``gen_ai.provider.name``: the GenAI semantic conventions' well-known value for the provider the
+        endpoint's host belongs to (``openai`` for OpenAI's API only, ``azure.ai.openai`` for Azure
+        OpenAI, ``anthropic``, ``groq``, ``mistral_ai`` ...), ``_OTHER`` for any other host (a vLLM,
+        Ollama or LM Studio server, a gateway: speaking a provider's protocol does not make it that
+        provider); ``server.address`` and ``server.port``: the endpoint's host and port. Without an
+        :attr:`endpoint` (a subclass of your own may define it), only ``gen_ai.provider.name``:
+        :attr:`provider`, or ``_OTHER`` if that is empty.
+        """
+        cached = self._telemetry_attributes
+        if cached is None:
+            cached = self._telemetry_attributes = _telemetry_attributes(self.endpoint, self.provider)
+        return cached
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r})"
@@ -281,8 +311,8 @@ class LLMSummarizer(abc.ABC):
                 async with limit:
                     text, usage = await self._request(prompt, request_timeout)
             except EmptyAnswer as empty:
-                self.input_tokens += empty.usage.input_tokens
-                self.output_tokens += empty.usage.output_tokens
+                self.input_tokens += empty.usage.input_tokens or 0
+                self.output_tokens += empty.usage.output_tokens or 0
                 unanswered = SummarizerError(f"{self.name}: {empty}")
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
@@ -309,8 +339,8 @@ class LLMSummarizer(abc.ABC):
                 )
                 await self._sleep(wait)
                 continue
-            self.input_tokens += usage.input_tokens
-            self.output_tokens += usage.output_tokens
+            self.input_tokens += usage.input_tokens or 0
+            self.output_tokens += usage.output_tokens or 0
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
@@ -426,17 +456,18 @@ def _proxy_note(error: Exception) -> str:
     )
 
 
-def usage_count(value: Any) -> int:
-    """A token count of a response's ``usage`` as an int; 0 for anything that is no count.
+def usage_count(value: Any) -> int | None:
+    """A token count of a response's ``usage`` as an int; ``None`` for anything that is no count.
 
     Servers speaking a provider's protocol do not all fill ``usage`` the same way: a missing or ``null``
-    field, a string, an object, a negative or absurd number, a bool are all read as 0 (the summary itself
-    is good; its cost is unknown), a fractional one is rounded down.
+    field (or no ``usage`` at all), a string, an object, a negative or absurd number, a bool are all read
+    as not reported (the summary itself is good; its cost is unknown, and 0 would be a false figure), a
+    fractional one is rounded down.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
+        return None
     if not 0 <= value <= _MAX_TOKENS:  # False for NaN too
-        return 0
+        return None
     return int(value)
 
 
@@ -539,6 +570,58 @@ def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
         error = InvalidArgumentError if name == "base_url" else ConfigurationError
         raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
     return base_url.strip()
+
+
+_GENAI_PROVIDER_HOSTS = {
+    "api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",
+    "api.cohere.com": "cohere",
+    "api.cohere.ai": "cohere",
+    "api.deepseek.com": "deepseek",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral_ai",
+    "api.moonshot.ai": "moonshot_ai",
+    "api.moonshot.cn": "moonshot_ai",
+    "api.perplexity.ai": "perplexity",
+    "api.x.ai": "x_ai",
+    "generativelanguage.googleapis.com": "gcp.gemini",
+}
+"""Hosts serving a provider's models, by the GenAI conventions' well-known ``gen_ai.provider.name``."""
+
+_GENAI_PROVIDER_DOMAINS = (
+    (".openai.azure.com", "azure.ai.openai"),
+    (".cognitiveservices.azure.com", "azure.ai.openai"),
+    ("-aiplatform.googleapis.com", "gcp.vertex_ai"),  # REGION-aiplatform.googleapis.com
+)
+
+OTHER_PROVIDER = "_OTHER"
+"""``gen_ai.provider.name`` of a host no well-known value applies to (a local or self-hosted server)."""
+
+
+def _telemetry_attributes(endpoint: str | None, provider: str) -> dict[str, str | int]:
+    """``gen_ai.provider.name``, ``server.address`` and ``server.port`` of requests to ``endpoint``."""
+    if endpoint is None:
+        return {"gen_ai.provider.name": provider or OTHER_PROVIDER}
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host = (url.hostname or "").lower()
+    name = _GENAI_PROVIDER_HOSTS.get(host)
+    if name is None:
+        name = next((value for suffix, value in _GENAI_PROVIDER_DOMAINS if host.endswith(suffix)), None)
+    if name is None and host == "aiplatform.googleapis.com":
+        name = "gcp.vertex_ai"
+    if name is None and host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
+        name = "aws.bedrock"  # the SDKs' Bedrock clients
+    attributes: dict[str, str | int] = {"gen_ai.provider.name": name or OTHER_PROVIDER}
+    if host:
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        attributes["server.address"] = host
+        attributes["server.port"] = port if port is not None else 443 if url.scheme == "https" else 80
+    return attributes
 
 
 def _covered(messages: Sequence[Message]) -> int:

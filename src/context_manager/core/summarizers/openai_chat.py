@@ -132,6 +132,11 @@ class OpenAISummarizer(LLMSummarizer):
         self.extra_parameters: dict[str, Any] = extra
         """More request fields sent with every request."""
 
+    @property
+    def endpoint(self) -> str:
+        """The client's base URL."""
+        return str(self.client.base_url)
+
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
         parameters: dict[str, Any] = {
             **self.extra_parameters,
@@ -146,8 +151,8 @@ class OpenAISummarizer(LLMSummarizer):
         response = await self.client.chat.completions.create(**parameters)
         usage = response.usage
         summary_usage = SummaryUsage(
-            input_tokens=usage_count(getattr(usage, "prompt_tokens", 0)),
-            output_tokens=usage_count(getattr(usage, "completion_tokens", 0)),
+            input_tokens=usage_count(getattr(usage, "prompt_tokens", None)),
+            output_tokens=usage_count(getattr(usage, "completion_tokens", None)),
             model=response.model if isinstance(response.model, str) and response.model else self.model,
             provider=self.provider,
         )
