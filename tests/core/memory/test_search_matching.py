@@ -17,6 +17,9 @@
 7. A superscript, subscript, vulgar fraction or circled number ("m²", "CO₂", "½ cup", "①") is part of a word
    on SQLite (FTS5 keeps every number in a word) and was a blank on PostgreSQL: "m²" searched for "m" there
    (finding "5 m long" too) and "½" or "①" found nothing. PostgreSQL now indexes such a word whole as well.
+8. A private-use character (an icon-font glyph: "\ue0a0main"), a currency sign newer than FTS5's Unicode
+   tables ("500₽") or a bidirectional isolate around a name was part of a word in SQLite's index, where the
+   query and PostgreSQL's index split words at it: on SQLite "main", "500" or "Alice" found nothing.
 """
 
 from __future__ import annotations
@@ -308,3 +311,79 @@ async def test_a_memory_is_found_by_a_word_of_its_script(manager: MemoryManager)
         long = await manager.search_memory(word, tiers=["long"])
         found[script] = ([memory.id for memory in short], [memory.id for memory in long])
     assert found == {script: ([added[script].id], [in_long[script].id]) for script in SCRIPTS}
+
+
+SPLIT_MEMORIES = {
+    "branch": "\ue0a0main is the default branch",  # Powerline's branch glyph (private use)
+    "icon": "Build \U000f0001deploy finished",  # a Nerd Fonts glyph of plane 15 (private use)
+    "apple": "Sent from my \uf8ffphone",  # the Apple logo (private use)
+    "ruble": "The ticket cost 500₽ at the station",  # a currency sign of Unicode 7.0
+    "lira": "Kahve 40₺ oldu",
+    "isolate": "Message from \u2068Alice\u2069 about lunch",  # how chat apps wrap a name
+    "plain": "An unrelated note about the weather",
+}
+SPLIT_QUERIES = {
+    "main": ["branch"],
+    "\ue0a0main": ["branch"],
+    "deploy": ["icon"],
+    "\U000f0001deploy": ["icon"],
+    "phone": ["apple"],
+    "500": ["ruble"],
+    "500₽": ["ruble"],
+    "40₺": ["lira"],
+    "alice": ["isolate"],
+    "\u2068Alice\u2069": ["isolate"],
+    "\ue0a0": [],  # no word
+    "₽": [],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_word_next_to_a_private_use_character_or_a_newer_sign_is_found(
+    manager: MemoryManager, tier: str
+) -> None:
+    """FTS5's tables (Unicode 6.1) keep private-use characters and characters assigned since inside a word,
+    where the query and PostgreSQL split: "\ue0a0main" was one term on SQLite, found by no query (the query
+    asked for "main"). Both backends now find and rank the same memories."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in SPLIT_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["\ue0b0urgent"])
+    for query, names in SPLIT_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert [m.id for m in found] == [stored[name].id for name in names], (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("urgent", limit=5)] == [tagged.id]
+
+
+def test_the_embedded_index_splits_words_wherever_the_query_does() -> None:
+    """Over every assigned code point (Python's Unicode) that NFC leaves as it is: where ``query_tokens``
+    splits ``"qa<c>qb"``, FTS5 finds the two words in what :func:`segment_text` makes of it (a symbol is a
+    term of its own), on the SQLite this Python runs. Private use: its first and last code points."""
+    import sqlite3
+
+    from context_manager.core.memory.index import TOKENIZER, query_tokens, segment_text
+
+    points = [
+        point
+        for point in range(0x80, 0x110000)
+        if unicodedata.category(chr(point)) not in ("Cn", "Co", "Cs")
+        and unicodedata.normalize("NFC", chr(point)) == chr(point)
+    ]
+    points += [0xE000, 0xF8FF, 0xF0000, 0xFFFFD, 0x100000, 0x10FFFD]
+    split = [point for point in points if len(query_tokens(f"qa{chr(point)}qb")) == 2]
+    assert len(split) > 5_000 and 0xE000 in split and 0x20BD in split
+    connection = sqlite3.connect(":memory:")
+    connection.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{TOKENIZER}')")
+    connection.executemany(
+        "INSERT INTO t(rowid, x) VALUES (?, ?)",
+        [(point, segment_text(f"qa{chr(point)}qb")) for point in split],
+    )
+    found = {
+        point
+        for (point,) in connection.execute(
+            "SELECT rowid FROM t WHERE t MATCH '\"qa\"' INTERSECT SELECT rowid FROM t WHERE t MATCH '\"qb\"'"
+        )
+    }
+    kept = sorted(set(split) - found)
+    assert not kept, [f"{point:x}" for point in kept[:20]]
