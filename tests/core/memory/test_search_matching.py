@@ -387,3 +387,40 @@ def test_the_embedded_index_splits_words_wherever_the_query_does() -> None:
     }
     kept = sorted(set(split) - found)
     assert not kept, [f"{point:x}" for point in kept[:20]]
+
+
+async def test_a_memory_with_tens_of_thousands_of_tags_is_stored_and_found(manager: MemoryManager) -> None:
+    """80,000 distinct tags made a search vector over PostgreSQL's 1 MB: the memory failed to store ("string
+    is too long for tsvector"), also with several megabytes of content and a long session date; SQLite
+    stored it. PostgreSQL now indexes the tags that fit (the first ones); the tag filter sees them all."""
+    tags = [f"customer{number:06d}account" for number in range(80_000)]
+    content = "Quarterly kiwi report. " + " ".join(f"entry{number:07d}" for number in range(400_000))
+    date = " ".join(f"day{number:06d}" for number in range(100_000))
+    stored = await manager.add_memory(content, tags=tags, tier="long", metadata={"session_date": date})
+    other = await manager.add_memory("An unrelated kiwi note", tags=["other"], tier="long")
+    assert len(content) > 4_000_000
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.content == content and copy.tags == tags
+    assert copy.metadata["session_date"] == date
+    assert [m.id for m in await manager.search_memory("quarterly report")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("customer000001account")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("kiwi", tags=["customer079999account"])] == [stored.id]
+    assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [stored.id]
+    assert {m.id for m in await manager.search_memory("kiwi")} == {stored.id, other.id}
+
+    more = [f"vendor{number:06d}contract" for number in range(80_000)]
+    await manager.update_memory(other.id, tags=more)
+    assert [m.id for m in await manager.search_memory("unrelated")] == [other.id]
+    assert [m.id for m in await manager.search_by_tags(["vendor079999contract"])] == [other.id]
+    assert [m.id for m in await manager.search_memory("vendor000000contract")] == [other.id]
+
+
+async def test_a_memory_with_a_long_session_date_is_stored_and_found(manager: MemoryManager) -> None:
+    """A session date of 100,000 distinct words went over PostgreSQL's 1 MB vector: the memory failed to
+    store. PostgreSQL now indexes the date's first 1,000 characters; the metadata keeps all of it."""
+    date = " ".join(f"day{number:06d}" for number in range(100_000))
+    stored = await manager.add_memory("The kiwi harvest", metadata={"session_date": date})
+    assert [m.id for m in await manager.search_memory("kiwi harvest")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("day000001")] == [stored.id]
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.metadata["session_date"] == date
