@@ -10,7 +10,8 @@ to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is 
 Text is indexed after :func:`segment_text`: Chinese and Japanese as characters and pairs, each emoji or other
 symbol as an ASCII term of its code point (FTS5 splits words at symbols), the characters FTS5 keeps inside a
 word where the query splits (private-use characters, signs newer than FTS5's tables:
-``INDEX_SEPARATOR_RANGES``) as spaces; :func:`segment_tokens` turns a query's words into the same terms.
+``INDEX_SEPARATOR_RANGES``) as spaces, the capitals FTS5 does not fold (Cherokee, Georgian Mtavruli:
+``FOLDED_RANGES``) in lower case; :func:`segment_tokens` turns a query's words into the same terms.
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
+    "FOLDED_RANGES",
     "FTS_COLUMNS",
     "INDEX_SEPARATOR_RANGES",
     "SEARCHED_COLUMNS",
@@ -172,6 +174,23 @@ a word too, PostgreSQL and the query split at them) are left as they are: text h
 later Unicode. Long-term memories indexed before hold such a word whole until ``rebuild_index()``."""
 
 
+FOLDED_RANGES = (
+    "37f,528,52a,52c,52e,13a0-13f5,1c90-1cba,1cbd-1cbf,2c2f,a698,a69a,a796,a798,a79a,a79c,a79e,a7ab-a7ae,"
+    "a7b0-a7b4,a7b6,a7b8,a7ba,a7bc,a7be,a7c0,a7c2,a7c4-a7c7,a7c9,a7d0,a7d6,a7d8,a7f5,104b0-104d3,"
+    "10570-1057a,1057c-1058a,1058c-10592,10594-10595,10c80-10cb2,118a0-118bf,16e40-16e5f,1e900-1e921"
+)
+"""The capital letters the embedded store's index writes in lower case (:func:`segment_text`): inclusive code
+point ranges, as :data:`INDEX_SEPARATOR_RANGES`.
+
+FTS5's ``unicode61`` folds the case of the letters of its Unicode 6.1 tables only, and :func:`fold_case`
+(the query) and PostgreSQL's index lower-case these too: Cherokee (written in these letters, whose lower
+case came with Unicode 8.0), Georgian Mtavruli (capitals since Unicode 11.0), Adlam, Osage, Warang Citi,
+Medefaidrin, Old Hungarian, Vithkuqi, and the Latin, Greek and Cyrillic capitals added since. Text in them
+was found by nothing on SQLite, its own words included (the query asked for them in lower case). Measured
+as :data:`INDEX_SEPARATOR_RANGES` (letters that NFC leaves as they are). Long-term memories indexed before
+hold such words as written until ``rebuild_index()``."""
+
+
 def _code_points(ranges: str) -> list[tuple[int, int]]:
     pairs = []
     for part in ranges.split(","):
@@ -184,6 +203,8 @@ _SYMBOL_SPANS = _code_points(SYMBOL_RANGES)
 _SYMBOL_STARTS = [first for first, _ in _SYMBOL_SPANS]
 _INDEX_SEPARATOR_SPANS = _code_points(INDEX_SEPARATOR_RANGES)
 _INDEX_SEPARATOR_STARTS = [first for first, _ in _INDEX_SEPARATOR_SPANS]
+_FOLDED_SPANS = _code_points(FOLDED_RANGES)
+_FOLDED_STARTS = [first for first, _ in _FOLDED_SPANS]
 
 
 def _is_symbol(character: str) -> bool:
@@ -200,6 +221,13 @@ def _is_index_separator(character: str) -> bool:
     return position >= 0 and point <= _INDEX_SEPARATOR_SPANS[position][1]
 
 
+def _is_folded(character: str) -> bool:
+    """Whether one character is in :data:`FOLDED_RANGES`."""
+    point = ord(character)
+    position = bisect.bisect_right(_FOLDED_STARTS, point) - 1
+    return position >= 0 and point <= _FOLDED_SPANS[position][1]
+
+
 _FLAG_FIRST, _FLAG_LAST = "\U0001f1e6", "\U0001f1ff"
 _REGIONAL = f"{_FLAG_FIRST}-{_FLAG_LAST}"
 """Regional indicators: two of them are a flag."""
@@ -208,17 +236,18 @@ _SYMBOLS_BMP = "".join(
     for first, last in _SYMBOL_SPANS
     if last <= 0xFFFF
 )
-_INDEX_SEPARATORS_BMP = "".join(
+_REWRITTEN_BMP = "".join(
     re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
-    for first, last in _INDEX_SEPARATOR_SPANS
+    for first, last in (*_INDEX_SEPARATOR_SPANS, *_FOLDED_SPANS)
     if last <= 0xFFFF
 )
-_SPECIAL = f"{_CJK}{_SYMBOLS_BMP}{_INDEX_SEPARATORS_BMP}\U00010000-\U0001ffff\U000f0000-\U0010fffd"
-"""A superset of the characters :func:`segment_text` rewrites (Chinese, Japanese, symbols, the separators of
-:data:`INDEX_SEPARATOR_RANGES`), quick to match:
+_SPECIAL = f"{_CJK}{_SYMBOLS_BMP}{_REWRITTEN_BMP}\U00010000-\U0001ffff\U000f0000-\U0010fffd"
+"""A superset of the characters :func:`segment_text` rewrites (Chinese, Japanese, symbols, the characters of
+:data:`INDEX_SEPARATOR_RANGES` and :data:`FOLDED_RANGES`), quick to match:
 Python's regular expressions test a character against a class's ranges above U+FFFF one by one, and the
-symbols' 46 there made a scan of non-ASCII text 10 times slower; which characters of a run are symbols or
-separators is then looked up (:func:`_is_symbol`, :func:`_is_index_separator`)."""
+symbols' 46 there made a scan of non-ASCII text 10 times slower; which characters of a run are symbols,
+separators or capitals is then looked up (:func:`_is_symbol`, :func:`_is_index_separator`,
+:func:`_is_folded`)."""
 _SPECIAL_RUN = re.compile(f"[{_SPECIAL}]+")
 _PIECE = re.compile(f"([{_CJK}]+)|([{_REGIONAL}]{{2}}|.)", re.DOTALL)
 """A run of :data:`_SPECIAL_RUN` as its pieces: a Chinese or Japanese run (group 1), else a flag or one
@@ -328,8 +357,9 @@ def segment_text(text: str) -> str:
     character of such a run and each pair of neighbouring characters is a term instead (the usual bigram
     indexing of these scripts), and each symbol of :data:`SYMBOL_RANGES` (a flag: its two regional
     indicators) the ASCII term of its code point (:data:`SYMBOL_TERM_PREFIX`), each character of
-    :data:`INDEX_SEPARATOR_RANGES` a space (FTS5 keeps them inside a word, the query splits words at them);
-    other text is left as it is. :func:`segment_tokens` turns a query's words into the same terms.
+    :data:`INDEX_SEPARATOR_RANGES` a space (FTS5 keeps them inside a word, the query splits words at them),
+    each capital of :data:`FOLDED_RANGES` in lower case (FTS5 does not fold them, the query does); other
+    text is left as it is. :func:`segment_tokens` turns a query's words into the same terms.
 
     Example:
         >>> segment_text("東京の天気 in May")
@@ -338,6 +368,8 @@ def segment_text(text: str) -> str:
         'pizza sym1f355 !'
         >>> segment_text("\ue0a0main costs 500₽")
         ' main costs 500 '
+        >>> segment_text("ᏣᎳᎩ")
+        'ꮳꮃꭹ'
     """
     if text.isascii():  # O(1) in CPython: most text, and megabyte tool outputs, end here
         return text
@@ -393,6 +425,8 @@ def _spread_piece(match: re.Match[str]) -> str:
         return f" {_symbol_term(piece)} "
     if _is_index_separator(piece):  # FTS5 would keep it inside a word
         return " "
+    if _is_folded(piece):  # FTS5 would keep its case
+        return piece.lower()
     return piece  # a character above U+FFFF that is no symbol (a letter, a separator FTS5 splits at)
 
 
