@@ -466,3 +466,17 @@ async def test_a_memory_with_a_long_session_date_is_stored_and_found(manager: Me
     assert [m.id for m in await manager.search_memory("day000001")] == [stored.id]
     copy = await manager.get_memory(stored.id)
     assert copy is not None and copy.metadata["session_date"] == date
+
+
+async def test_a_merge_whose_tags_add_up_to_tens_of_thousands_is_stored(manager: MemoryManager) -> None:
+    """Two near-duplicates of 40,000 distinct tags each stored on PostgreSQL; their merge, carrying all
+    80,000, failed there (its search vector over 1 MB) and consolidation stopped."""
+    content = "The kiwi harvest report for the northern farm"
+    for first in (0, 40_000):
+        tags = [f"customer{number:06d}account" for number in range(first, first + 40_000)]
+        await manager.add_memory(content, tags=tags, tier="long")
+    result = await manager.consolidate_memories(0.85)
+    assert result["consolidated_count"] == 2
+    found = await manager.search_memory("kiwi harvest")
+    assert len(found) == 1 and len(found[0].tags) == 80_000 and found[0].merged_from
+    assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [found[0].id]
