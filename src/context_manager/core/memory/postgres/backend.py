@@ -1456,17 +1456,19 @@ INDEXED_TAG_BYTES = 256 * 1024
 """The full-text index holds a memory's tags, in their order, while their text as the server parses it
 (:func:`_indexed_tags_text`) fits this many bytes of UTF-8; the tag filter and ``search_by_tags`` see every
 tag. A ``tsvector`` holds at most 1 MB of words, and 80,000 distinct tags made more: the memory failed to
-store ("string is too long for tsvector"), where SQLite indexes them all. With the first 100,000 characters
-of the content (``schema.SEARCHED_CONTENT_CHARS``) the vector stays under the limit."""
+store ("string is too long for tsvector"), where SQLite indexes them all. This leaves room for the first
+100,000 characters of the content (``schema.SEARCHED_CONTENT_CHARS``): a few hundred KB of words, but for
+text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which can
+still exceed the limit alone."""
 
 INDEXED_DATE_CHARS = 1_000
 """The full-text index holds the first this many characters of a memory's ``session_date`` (a date is
 short; a megabyte of words in it would not fit a ``tsvector`` either)."""
 
-_TEXT_GROWTH = 11
+_TEXT_GROWTH = 14
 """At most this many bytes of parsed text per character of a tag: the server writes a Chinese or Japanese
-character as itself and its pairs (``" 東 京 東京 "``), a symbol as ``" sym1f355 "``, a number that is no
-digit as ``num2460x``."""
+character as itself and its pairs (``" 東 京 東京 "``; 14 bytes a character of four), a symbol as
+``" sym1f355 "``, a number that is no digit as ``num2460x``."""
 
 
 def _indexed_tags_text(tags: Sequence[str]) -> str:
