@@ -17,6 +17,11 @@
 7. A superscript, subscript, vulgar fraction or circled number ("m²", "CO₂", "½ cup", "①") is part of a word
    on SQLite (FTS5 keeps every number in a word) and was a blank on PostgreSQL: "m²" searched for "m" there
    (finding "5 m long" too) and "½" or "①" found nothing. PostgreSQL now indexes such a word whole as well.
+8. A private-use character (an icon-font glyph: "\ue0a0main"), a currency sign newer than FTS5's Unicode
+   tables ("500₽") or a bidirectional isolate around a name was part of a word in SQLite's index, where the
+   query and PostgreSQL's index split words at it: on SQLite "main", "500" or "Alice" found nothing.
+9. Text in capitals that FTS5's tables (Unicode 6.1) do not fold (Cherokee, Georgian Mtavruli, Adlam) was
+   found by nothing on SQLite, its own words included: the query lower-cases them, as PostgreSQL does.
 """
 
 from __future__ import annotations
@@ -308,3 +313,170 @@ async def test_a_memory_is_found_by_a_word_of_its_script(manager: MemoryManager)
         long = await manager.search_memory(word, tiers=["long"])
         found[script] = ([memory.id for memory in short], [memory.id for memory in long])
     assert found == {script: ([added[script].id], [in_long[script].id]) for script in SCRIPTS}
+
+
+SPLIT_MEMORIES = {
+    "branch": "\ue0a0main is the default branch",  # Powerline's branch glyph (private use)
+    "icon": "Build \U000f0001deploy finished",  # a Nerd Fonts glyph of plane 15 (private use)
+    "apple": "Sent from my \uf8ffphone",  # the Apple logo (private use)
+    "ruble": "The ticket cost 500₽ at the station",  # a currency sign of Unicode 7.0
+    "lira": "Kahve 40₺ oldu",
+    "isolate": "Message from \u2068Alice\u2069 about lunch",  # how chat apps wrap a name
+    "plain": "An unrelated note about the weather",
+}
+SPLIT_QUERIES = {
+    "main": ["branch"],
+    "\ue0a0main": ["branch"],
+    "deploy": ["icon"],
+    "\U000f0001deploy": ["icon"],
+    "phone": ["apple"],
+    "500": ["ruble"],
+    "500₽": ["ruble"],
+    "40₺": ["lira"],
+    "alice": ["isolate"],
+    "\u2068Alice\u2069": ["isolate"],
+    "\ue0a0": [],  # no word
+    "₽": [],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_word_next_to_a_private_use_character_or_a_newer_sign_is_found(
+    manager: MemoryManager, tier: str
+) -> None:
+    """FTS5's tables (Unicode 6.1) keep private-use characters and characters assigned since inside a word,
+    where the query and PostgreSQL split: "\ue0a0main" was one term on SQLite, found by no query (the query
+    asked for "main"). Both backends now find and rank the same memories."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in SPLIT_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["\ue0b0urgent"])
+    for query, names in SPLIT_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert [m.id for m in found] == [stored[name].id for name in names], (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("urgent", limit=5)] == [tagged.id]
+
+
+CASED_MEMORIES = {
+    "cherokee": "ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ is spoken in Oklahoma",  # Cherokee is written in these (capital) letters
+    "mtavruli": "ᲡᲐᲥᲐᲠᲗᲕᲔᲚᲝ on the title page",  # Georgian in capitals (Mtavruli)
+    "adlam": "𞤀𞤣𞤤𞤢𞤥 script for Fula",
+    "plain": "An unrelated note about the weather",
+}
+CASED_QUERIES = {
+    "ᏣᎳᎩ": ["cherokee"],
+    "ꮳꮃꭹ": ["cherokee"],  # the same word in Cherokee's lower case
+    "ᲡᲐᲥᲐᲠᲗᲕᲔᲚᲝ": ["mtavruli"],
+    "საქართველო": ["mtavruli"],  # the same word in Mkhedruli (Georgian's lower case)
+    "𞤀𞤣𞤤𞤢𞤥": ["adlam"],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_text_in_capitals_newer_than_fts5s_tables_is_found_by_its_words(
+    manager: MemoryManager, tier: str
+) -> None:
+    """FTS5 folds the case of the letters of Unicode 6.1 only; the query (and PostgreSQL) lower-cases
+    Cherokee, Georgian Mtavruli or Adlam capitals: on SQLite such text was found by nothing, its own words
+    included. Both backends find the same memories now."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in CASED_MEMORIES.items()}
+    for query, names in CASED_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert [m.id for m in found] == [stored[name].id for name in names], (
+            query,
+            [m.content for m in found],
+        )
+
+
+def test_the_embedded_index_holds_the_terms_the_query_asks_for() -> None:
+    """Over every assigned code point (Python's Unicode) that NFC leaves as it is: FTS5 makes the same terms
+    of what :func:`segment_text` makes of ``"qa<c>qb"`` as of the terms a search of it asks for
+    (``query_tokens``, ``segment_tokens``), on the SQLite this Python runs: the query splits words where the
+    index does, and folds case as it does. Private use: its first and last code points."""
+    import sqlite3
+
+    from context_manager.core.memory.index import TOKENIZER, query_tokens, segment_text, segment_tokens
+
+    points = [
+        point
+        for point in range(0x80, 0x110000)
+        if unicodedata.category(chr(point)) not in ("Cn", "Co", "Cs")
+        and unicodedata.normalize("NFC", chr(point)) == chr(point)
+    ]
+    points += [0xE000, 0xF8FF, 0xF0000, 0xFFFFD, 0x100000, 0x10FFFD]
+    connection = sqlite3.connect(":memory:")
+    terms: dict[str, dict[int, set[str]]] = {}
+    for table, text_of in (
+        ("stored", lambda text: segment_text(text)),
+        ("asked", lambda text: " ".join(segment_tokens(query_tokens(text, symbols=True)))),
+    ):
+        connection.execute(f"CREATE VIRTUAL TABLE {table} USING fts5(x, tokenize='{TOKENIZER}')")
+        connection.execute(f"CREATE VIRTUAL TABLE {table}_terms USING fts5vocab({table}, 'instance')")
+        connection.executemany(
+            f"INSERT INTO {table}(rowid, x) VALUES (?, ?)",
+            [(point, text_of(f"qa{chr(point)}qb")) for point in points],
+        )
+        found = terms[table] = {}
+        for point, term in connection.execute(f"SELECT doc, term FROM {table}_terms"):
+            found.setdefault(point, set()).add(term)
+    differ = [point for point in points if terms["stored"].get(point) != terms["asked"].get(point)]
+    # but the circled capitals "Ⓐ"-"Ⓩ": no symbol term (SYMBOL_RANGES), while the query folds them to "ⓐ"-"ⓩ"
+    differ = [point for point in differ if not 0x24B6 <= point <= 0x24CF]
+    assert not differ, [
+        (f"{point:x}", terms["stored"].get(point), terms["asked"].get(point)) for point in differ[:10]
+    ]
+    # the characters of the two bugs: split (private use, a newer sign), folded (Cherokee, Mtavruli)
+    assert terms["stored"][0xE000] == terms["stored"][0x20BD] == {"qa", "qb"}
+    assert terms["stored"][0x13A0] == {"qa\uab70qb"} and terms["stored"][0x1C90] == {"qa\u10d0qb"}
+
+
+async def test_a_memory_with_tens_of_thousands_of_tags_is_stored_and_found(manager: MemoryManager) -> None:
+    """80,000 distinct tags made a search vector over PostgreSQL's 1 MB: the memory failed to store ("string
+    is too long for tsvector"), also with several megabytes of content and a long session date; SQLite
+    stored it. PostgreSQL now indexes the tags that fit (the first ones); the tag filter sees them all."""
+    tags = [f"customer{number:06d}account" for number in range(80_000)]
+    content = "Quarterly kiwi report. " + " ".join(f"entry{number:07d}" for number in range(400_000))
+    date = " ".join(f"day{number:06d}" for number in range(100_000))
+    stored = await manager.add_memory(content, tags=tags, tier="long", metadata={"session_date": date})
+    other = await manager.add_memory("An unrelated kiwi note", tags=["other"], tier="long")
+    assert len(content) > 4_000_000
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.content == content and copy.tags == tags
+    assert copy.metadata["session_date"] == date
+    assert [m.id for m in await manager.search_memory("quarterly report")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("customer000001account")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("kiwi", tags=["customer079999account"])] == [stored.id]
+    assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [stored.id]
+    assert {m.id for m in await manager.search_memory("kiwi")} == {stored.id, other.id}
+
+    more = [f"vendor{number:06d}contract" for number in range(80_000)]
+    await manager.update_memory(other.id, tags=more)
+    assert [m.id for m in await manager.search_memory("unrelated")] == [other.id]
+    assert [m.id for m in await manager.search_by_tags(["vendor079999contract"])] == [other.id]
+    assert [m.id for m in await manager.search_memory("vendor000000contract")] == [other.id]
+
+
+async def test_a_memory_with_a_long_session_date_is_stored_and_found(manager: MemoryManager) -> None:
+    """A session date of 100,000 distinct words went over PostgreSQL's 1 MB vector: the memory failed to
+    store. PostgreSQL now indexes the date's first 1,000 characters; the metadata keeps all of it."""
+    date = " ".join(f"day{number:06d}" for number in range(100_000))
+    stored = await manager.add_memory("The kiwi harvest", metadata={"session_date": date})
+    assert [m.id for m in await manager.search_memory("kiwi harvest")] == [stored.id]
+    assert [m.id for m in await manager.search_memory("day000001")] == [stored.id]
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.metadata["session_date"] == date
+
+
+async def test_a_merge_whose_tags_add_up_to_tens_of_thousands_is_stored(manager: MemoryManager) -> None:
+    """Two near-duplicates of 40,000 distinct tags each stored on PostgreSQL; their merge, carrying all
+    80,000, failed there (its search vector over 1 MB) and consolidation stopped."""
+    content = "The kiwi harvest report for the northern farm"
+    for first in (0, 40_000):
+        tags = [f"customer{number:06d}account" for number in range(first, first + 40_000)]
+        await manager.add_memory(content, tags=tags, tier="long")
+    result = await manager.consolidate_memories(0.85)
+    assert result["consolidated_count"] == 2
+    found = await manager.search_memory("kiwi harvest")
+    assert len(found) == 1 and len(found[0].tags) == 80_000 and found[0].merged_from
+    assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [found[0].id]

@@ -8,8 +8,10 @@ to the text columns (:data:`SEARCHED_COLUMNS`; the internal ``owner`` column is 
 :func:`query_tokens` splits words where the FTS5 tokenizer does: a diacritic written as a combining mark
 (``"nai\u0308ve"``, text in NFD) stays inside its word, as FTS5's ``remove_diacritics`` folds it away.
 Text is indexed after :func:`segment_text`: Chinese and Japanese as characters and pairs, each emoji or other
-symbol as an ASCII term of its code point (FTS5 splits words at symbols); :func:`segment_tokens` turns a
-query's words into the same terms.
+symbol as an ASCII term of its code point (FTS5 splits words at symbols), the characters FTS5 keeps inside a
+word where the query splits (private-use characters, signs newer than FTS5's tables:
+``INDEX_SEPARATOR_RANGES``) as spaces, the capitals FTS5 does not fold (Cherokee, Georgian Mtavruli:
+``FOLDED_RANGES``) in lower case; :func:`segment_tokens` turns a query's words into the same terms.
 
 The vector index keeps float32 rows in a numpy matrix and scores them with one matrix product
 (SQLite extensions cannot be loaded by this Python, so there is no sqlite-vec).
@@ -32,7 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
+    "FOLDED_RANGES",
     "FTS_COLUMNS",
+    "INDEX_SEPARATOR_RANGES",
     "SEARCHED_COLUMNS",
     "TOKENIZER",
     "ColumnWeights",
@@ -134,6 +138,59 @@ two regional indicators, as one term of both: ``"🇯🇵"`` as ``sym1f1ef1f1f5`
 and PostgreSQL's parser both keep whole."""
 
 
+INDEX_SEPARATOR_RANGES = (
+    "605,61c-61d,7fd-7ff,888,890-891,898-89f,8ca-8e3,8ff,9fd-9fe,a76,afa-aff,b55,c00,c04,c3c,c77,c81,c84,"
+    "d00-d01,d3b-d3c,d81,eba,1715,180f,1885-1886,1ab0-1ace,1b7d-1b7e,1cf7-1cf9,1de7-1dfb,2066-2069,"
+    "20ba-20c0,2e3c-2e4f,2e52-2e5d,a69e,a82c,a8c5,a8fc,a8ff,a9e5,aa7c-aa7d,ab5b,ab6a-ab6b,e000-f8ff,fbc2,"
+    "fe27-fe2f,102e0,10376-1037a,1056f,10ae5-10ae6,10af0-10af6,10b99-10b9c,10d24-10d27,10eab-10ead,"
+    "10f46-10f50,10f55-10f59,10f82-10f89,11070,11073-11074,1107f,110c2,110cd,11145-11146,11173-11175,"
+    "111c9-111cf,111db,111dd-111df,1122c-1123e,112a9,112df-112ea,11300-11303,1133b-1133c,1133e-11344,"
+    "11347-11348,1134b-1134d,11357,11362-11363,11366-1136c,11370-11374,11435-11446,1144b-1144f,"
+    "1145a-1145b,1145d-1145e,114b0-114c3,114c6,115af-115b5,115b8-115d7,115dc-115dd,11630-11643,"
+    "11660-1166c,116b9,1171d-1172b,1173c-1173e,1182c-1183b,11930-11935,11937-11938,1193b-1193e,11940,"
+    "11942-11946,119d1-119d7,119da-119e0,119e2,119e4,11a01-11a0a,11a33-11a39,11a3b-11a47,11a51-11a5b,"
+    "11a8a-11a9c,11a9e-11aa2,11c2f-11c36,11c38-11c3f,11c41-11c45,11c70-11c71,11c92-11ca7,11ca9-11cb6,"
+    "11d31-11d36,11d3a,11d3c-11d3d,11d3f-11d45,11d47,11d8a-11d8e,11d90-11d91,11d93-11d97,11ef3-11ef8,"
+    "11fdd-11fe0,11fff,12474,12ff1-12ff2,13430-13438,16a6e-16a6f,16af0-16af5,16b30-16b3b,16b44,"
+    "16e97-16e9a,16f4f,16f7f-16f87,16fe2,16fe4,16ff0-16ff1,1bc9d-1bca3,1cf00-1cf2d,1cf30-1cf46,"
+    "1da00-1da36,1da3b-1da6c,1da75,1da84,1da87-1da8b,1da9b-1da9f,1daa1-1daaf,1e000-1e006,1e008-1e018,"
+    "1e01b-1e021,1e023-1e024,1e026-1e02a,1e130-1e136,1e2ae,1e2ec-1e2ef,1e2ff,1e8d0-1e8d6,1e944-1e94a,"
+    "1e95e-1e95f,1ecb0,1f3fb-1f3ff,f0000-ffffd,100000-10fffd"
+)
+"""The characters the embedded store's index makes spaces (:func:`segment_text`): inclusive code point
+ranges (hexadecimal, ``first-last`` or one code point), comma-separated.
+
+FTS5's ``unicode61`` (its tables are of Unicode 6.1) keeps them inside a word, where :func:`query_tokens`
+and PostgreSQL's index (``postgres/separators.py``) split words at them: the private-use characters
+(``U+E000``-``U+F8FF`` and planes 15 and 16: icon-font glyphs such as Powerline's branch sign), and the
+characters assigned since Unicode 6.1 that are no letter or digit: currency signs (``₺`` ``₽`` ``₿``), the
+bidirectional isolates apps wrap names in (``U+2066``-``U+2069``), combining marks and punctuation of
+several scripts (historic ones above all), the skin tone modifiers. ``"\\ue0a0main"`` or ``"500₽"`` was
+one term there, found neither by "main" or "500" nor by itself (the query asked for its pieces). Measured
+on SQLite 3.40.1 over every assigned code point of Python 3.11's Unicode 14.0 that is no symbol of
+:data:`SYMBOL_RANGES` (those are terms of their own) and that NFC leaves as it is; an SQLite whose tables
+split at some of them already is not affected. Code points unassigned in Unicode 14.0 (FTS5 keeps them in
+a word too, PostgreSQL and the query split at them) are left as they are: text holds them only from a
+later Unicode. Long-term memories indexed before hold such a word whole until ``rebuild_index()``."""
+
+
+FOLDED_RANGES = (
+    "37f,528,52a,52c,52e,13a0-13f5,1c90-1cba,1cbd-1cbf,2c2f,a698,a69a,a796,a798,a79a,a79c,a79e,a7ab-a7ae,"
+    "a7b0-a7b4,a7b6,a7b8,a7ba,a7bc,a7be,a7c0,a7c2,a7c4-a7c7,a7c9,a7d0,a7d6,a7d8,a7f5,104b0-104d3,"
+    "10570-1057a,1057c-1058a,1058c-10592,10594-10595,10c80-10cb2,118a0-118bf,16e40-16e5f,1e900-1e921"
+)
+"""The capital letters the embedded store's index writes in lower case (:func:`segment_text`): inclusive code
+point ranges, as :data:`INDEX_SEPARATOR_RANGES`.
+
+FTS5's ``unicode61`` folds the case of the letters of its Unicode 6.1 tables only, and :func:`fold_case`
+(the query) and PostgreSQL's index lower-case these too: Cherokee (written in these letters, whose lower
+case came with Unicode 8.0), Georgian Mtavruli (capitals since Unicode 11.0), Adlam, Osage, Warang Citi,
+Medefaidrin, Old Hungarian, Vithkuqi, and the Latin, Greek and Cyrillic capitals added since. Text in them
+was found by nothing on SQLite, its own words included (the query asked for them in lower case). Measured
+as :data:`INDEX_SEPARATOR_RANGES` (letters that NFC leaves as they are). Long-term memories indexed before
+hold such words as written until ``rebuild_index()``."""
+
+
 def _code_points(ranges: str) -> list[tuple[int, int]]:
     pairs = []
     for part in ranges.split(","):
@@ -144,6 +201,10 @@ def _code_points(ranges: str) -> list[tuple[int, int]]:
 
 _SYMBOL_SPANS = _code_points(SYMBOL_RANGES)
 _SYMBOL_STARTS = [first for first, _ in _SYMBOL_SPANS]
+_INDEX_SEPARATOR_SPANS = _code_points(INDEX_SEPARATOR_RANGES)
+_INDEX_SEPARATOR_STARTS = [first for first, _ in _INDEX_SEPARATOR_SPANS]
+_FOLDED_SPANS = _code_points(FOLDED_RANGES)
+_FOLDED_STARTS = [first for first, _ in _FOLDED_SPANS]
 
 
 def _is_symbol(character: str) -> bool:
@@ -151,6 +212,20 @@ def _is_symbol(character: str) -> bool:
     point = ord(character)
     position = bisect.bisect_right(_SYMBOL_STARTS, point) - 1
     return position >= 0 and point <= _SYMBOL_SPANS[position][1]
+
+
+def _is_index_separator(character: str) -> bool:
+    """Whether one character is in :data:`INDEX_SEPARATOR_RANGES`."""
+    point = ord(character)
+    position = bisect.bisect_right(_INDEX_SEPARATOR_STARTS, point) - 1
+    return position >= 0 and point <= _INDEX_SEPARATOR_SPANS[position][1]
+
+
+def _is_folded(character: str) -> bool:
+    """Whether one character is in :data:`FOLDED_RANGES`."""
+    point = ord(character)
+    position = bisect.bisect_right(_FOLDED_STARTS, point) - 1
+    return position >= 0 and point <= _FOLDED_SPANS[position][1]
 
 
 _FLAG_FIRST, _FLAG_LAST = "\U0001f1e6", "\U0001f1ff"
@@ -161,11 +236,18 @@ _SYMBOLS_BMP = "".join(
     for first, last in _SYMBOL_SPANS
     if last <= 0xFFFF
 )
-_SPECIAL = f"{_CJK}{_SYMBOLS_BMP}\U00010000-\U0001ffff"
-"""A superset of the characters :func:`segment_text` rewrites (Chinese, Japanese, symbols), quick to match:
+_REWRITTEN_BMP = "".join(
+    re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
+    for first, last in (*_INDEX_SEPARATOR_SPANS, *_FOLDED_SPANS)
+    if last <= 0xFFFF
+)
+_SPECIAL = f"{_CJK}{_SYMBOLS_BMP}{_REWRITTEN_BMP}\U00010000-\U0001ffff\U000f0000-\U0010fffd"
+"""A superset of the characters :func:`segment_text` rewrites (Chinese, Japanese, symbols, the characters of
+:data:`INDEX_SEPARATOR_RANGES` and :data:`FOLDED_RANGES`), quick to match:
 Python's regular expressions test a character against a class's ranges above U+FFFF one by one, and the
-symbols' 46 there made a scan of non-ASCII text 10 times slower; which characters of a run are symbols is
-then looked up (:func:`_is_symbol`)."""
+symbols' 46 there made a scan of non-ASCII text 10 times slower; which characters of a run are symbols,
+separators or capitals is then looked up (:func:`_is_symbol`, :func:`_is_index_separator`,
+:func:`_is_folded`)."""
 _SPECIAL_RUN = re.compile(f"[{_SPECIAL}]+")
 _PIECE = re.compile(f"([{_CJK}]+)|([{_REGIONAL}]{{2}}|.)", re.DOTALL)
 """A run of :data:`_SPECIAL_RUN` as its pieces: a Chinese or Japanese run (group 1), else a flag or one
@@ -268,20 +350,26 @@ def segment_cjk(text: str) -> str:
 
 
 def segment_text(text: str) -> str:
-    """Text as the embedded store indexes it: Chinese and Japanese as characters and pairs, symbols as terms.
+    r"""Text as the embedded store indexes it: Chinese and Japanese as characters and pairs, symbols as terms.
 
     FTS5's ``unicode61`` splits words at spaces, punctuation and symbols, so a Chinese or Japanese sentence
     (written without spaces) would be one term, found by no word of it, and an emoji no term at all. Each
     character of such a run and each pair of neighbouring characters is a term instead (the usual bigram
     indexing of these scripts), and each symbol of :data:`SYMBOL_RANGES` (a flag: its two regional
-    indicators) the ASCII term of its code point (:data:`SYMBOL_TERM_PREFIX`); other text is left as it is.
-    :func:`segment_tokens` turns a query's words into the same terms.
+    indicators) the ASCII term of its code point (:data:`SYMBOL_TERM_PREFIX`), each character of
+    :data:`INDEX_SEPARATOR_RANGES` a space (FTS5 keeps them inside a word, the query splits words at them),
+    each capital of :data:`FOLDED_RANGES` in lower case (FTS5 does not fold them, the query does); other
+    text is left as it is. :func:`segment_tokens` turns a query's words into the same terms.
 
     Example:
         >>> segment_text("東京の天気 in May")
         ' 東 京 の 天 気 東京 京の の天 天気  in May'
         >>> segment_text("pizza🍕!")
         'pizza sym1f355 !'
+        >>> segment_text("\ue0a0main costs 500₽")
+        ' main costs 500 '
+        >>> segment_text("ᏣᎳᎩ")
+        'ꮳꮃꭹ'
     """
     if text.isascii():  # O(1) in CPython: most text, and megabyte tool outputs, end here
         return text
@@ -335,7 +423,11 @@ def _spread_piece(match: re.Match[str]) -> str:
     piece = match.group(2)
     if len(piece) == 2 or _is_symbol(piece):  # two characters: a flag
         return f" {_symbol_term(piece)} "
-    return piece  # a character above U+FFFF that is no symbol (a letter, a separator)
+    if _is_index_separator(piece):  # FTS5 would keep it inside a word
+        return " "
+    if _is_folded(piece):  # FTS5 would keep its case
+        return piece.lower()
+    return piece  # a character above U+FFFF that is no symbol (a letter, a separator FTS5 splits at)
 
 
 def index_terms(token: str) -> list[str]:

@@ -49,7 +49,7 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights, index_terms, segment_tokens
+from context_manager.core.memory.index import ColumnWeights, index_terms, segment_text, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -1436,20 +1436,65 @@ def _assignments(changes: Mapping[str, Any]) -> list[tuple[str, Any]]:
             assignments.append(("importance", float(value)))
         elif name == "tags":
             tags = list(value)
-            assignments += [("tags", tags), ("tags_text", " ".join(tags))]
+            assignments += [("tags", tags), ("tags_text", _indexed_tags_text(tags))]
         elif name == "metadata":
             probe = Memory(id="-", content="-", metadata=dict(value))  # the columns read from the metadata
             assignments += [
                 ("metadata", Json(probe.metadata)),
                 ("session_id", probe.session_id),
                 ("turn_index", probe.turn_index),
-                ("session_date", probe.session_date),
+                ("session_date", _indexed_date(probe)),
             ]
         else:
             raise ValueError(
                 f"update: {name!r} cannot be changed (allowed: content, context, importance, tags, metadata)"
             )
     return assignments
+
+
+INDEXED_TAG_BYTES = 256 * 1024
+"""The full-text index holds a memory's tags, in their order, while their text as the server parses it
+(:func:`_indexed_tags_text`) fits this many bytes of UTF-8; the tag filter and ``search_by_tags`` see every
+tag. A ``tsvector`` holds at most 1 MB of words, and 80,000 distinct tags made more: the memory failed to
+store ("string is too long for tsvector"), where SQLite indexes them all. This leaves room for the first
+100,000 characters of the content (``schema.SEARCHED_CONTENT_CHARS``): a few hundred KB of words, but for
+text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which can
+still exceed the limit alone."""
+
+INDEXED_DATE_CHARS = 1_000
+"""The full-text index holds the first this many characters of a memory's ``session_date`` (a date is
+short; a megabyte of words in it would not fit a ``tsvector`` either)."""
+
+_TEXT_GROWTH = 14
+"""At most this many bytes of parsed text per character of a tag: the server writes a Chinese or Japanese
+character as itself and its pairs (``" 東 京 東京 "``; 14 bytes a character of four), a symbol as
+``" sym1f355 "``, a number that is no digit as ``num2460x``."""
+
+
+def _indexed_tags_text(tags: Sequence[str]) -> str:
+    """The ``tags_text`` column of ``tags``: what the search vector indexes (see :data:`INDEXED_TAG_BYTES`).
+
+    Tags that fit are joined as they are (a few short tags cost a ``join``); the first that would go over
+    the budget and those after it are left out (never cut inside a tag).
+    """
+    text = " ".join(tags)
+    if len(text) * _TEXT_GROWTH <= INDEXED_TAG_BYTES:
+        return text
+    used = 0
+    kept: list[str] = []
+    for tag in tags:
+        parsed = tag if tag.isascii() else spell_numbers(segment_text(tag))
+        used += len(parsed.encode("utf-8", "surrogatepass")) + 1
+        if used > INDEXED_TAG_BYTES:
+            break
+        kept.append(tag)
+    return " ".join(kept)
+
+
+def _indexed_date(memory: Memory) -> str | None:
+    """The ``session_date`` column of ``memory`` (see :data:`INDEXED_DATE_CHARS`)."""
+    date = memory.session_date
+    return date if date is None or len(date) <= INDEXED_DATE_CHARS else date[:INDEXED_DATE_CHARS]
 
 
 def _scope_sql(scope: UserScope) -> tuple[str, list[Any]]:
@@ -1469,7 +1514,7 @@ def _row(memory: Memory) -> tuple[Any, ...]:
         memory.content,
         memory.importance,
         list(memory.tags),
-        " ".join(memory.tags),
+        _indexed_tags_text(memory.tags),
         memory.created_at,
         memory.last_accessed,
         memory.access_count,
@@ -1480,7 +1525,7 @@ def _row(memory: Memory) -> tuple[Any, ...]:
         memory.context,
         memory.session_id,
         memory.turn_index,  # None unless it fits the bigint column
-        memory.session_date,
+        _indexed_date(memory),
     )
 
 
