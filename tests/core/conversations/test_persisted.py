@@ -328,7 +328,9 @@ def window_tokens(manager: EnhancedContextManager) -> int:
     return counted + (REPLY_PRIMING_TOKENS if window.messages else 0)
 
 
-async def test_resuming_with_another_token_encoding_counts_the_window_with_it(make_config: Any) -> None:
+async def test_resuming_with_another_token_encoding_counts_the_window_with_it(
+    make_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """A deploy moved the model from gpt-4o (o200k_base) to gpt-4 (cl100k_base): the resumed window kept
     the o200k counts (733 tokens where cl100k counts 1,033) while its summary said cl100k_base, so the
     window let the prompt grow past the model's limit. It is counted again with the new encoding (a
@@ -345,6 +347,9 @@ async def test_resuming_with_another_token_encoding_counts_the_window_with_it(ma
         export = manager.get_context(format="openai")
         o200k_tokens = manager.get_context_summary()["token_count"]
         assert o200k_tokens == window_tokens(manager)
+    async with EnhancedContextManager(written, conversation_id="moved") as manager:
+        assert manager.get_context_summary()["token_count"] == o200k_tokens
+    assert "counted again" not in caplog.text  # the same counter: nothing is counted again
     for encoding in ("cl100k_base", "o200k_base"):  # there and back
         config = make_config(max_tokens=4000, token_encoding=encoding)
         async with EnhancedContextManager(config, conversation_id="moved") as manager:
@@ -352,6 +357,8 @@ async def test_resuming_with_another_token_encoding_counts_the_window_with_it(ma
             summary = manager.get_context_summary()
             assert summary["token_encoding"] == encoding
             assert summary["token_count"] == window_tokens(manager)
+            assert f"counted again with {encoding}" in caplog.text
+            caplog.clear()
             if encoding == "cl100k_base":
                 assert summary["token_count"] > o200k_tokens * 1.2
                 await manager.add_message("user", "one more")  # stored with its cl100k count
