@@ -251,7 +251,7 @@ class PersistedConversation:
                 raise
             if others:
                 counted = (
-                    f"counted with {self._window.counter.encoding_name} (it was written with {others}: "
+                    f"as counted with {self._window.counter.encoding_name} (it was written with {others}: "
                     "open it with that token encoding, or a larger max_tokens)"
                 )
             else:
