@@ -904,6 +904,9 @@ class EnhancedContextManager:
         Raises:
             ConfigurationError: the manager has no conversation id.
             StorageError: storage cannot be read (the window stays as it was).
+            ConversationAccessError: the conversation was deleted and created again by another end
+                user's manager (nothing of it is loaded; the window stays as it was).
+            InvalidArgumentError: ``max_tokens`` cannot hold the stored window (see :meth:`initialize`).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("reload")
