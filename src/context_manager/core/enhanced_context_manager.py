@@ -547,7 +547,7 @@ class EnhancedContextManager:
             ConversationConflictError: the conversation is persisted and another manager changed it first;
                 the message was not added and the window now holds the stored conversation (add it again).
             StorageError: the conversation is persisted and could not be written; the message is in the
-                window and is written with the next change (or :meth:`flush`).
+                window and is written with the next change (or :meth:`flush`): do not add it again.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         # Recorded as ``monitored_operation("add_message")`` would (failures with their error, a
@@ -621,6 +621,11 @@ class EnhancedContextManager:
             InvalidArgumentError: ``messages`` is not a list of such dicts, or one is invalid (or a
                 subclass, as for :meth:`add_message`). Nothing is added.
             ContextBudgetError: the batch cannot fit (see :meth:`add_message`). Nothing is added.
+            ConversationConflictError: the conversation is persisted and another manager changed it first;
+                nothing of the batch was added and the window now holds the stored conversation (add it
+                again).
+            StorageError: the conversation is persisted and could not be written; the batch is in the
+                window and is written with the next change (or :meth:`flush`): do not add it again.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
 
         Example:
@@ -719,6 +724,10 @@ class EnhancedContextManager:
 
         Raises:
             InvalidArgumentError: ``target_tokens`` is not a positive integer.
+            ConversationConflictError: the conversation is persisted and another manager changed it first;
+                nothing was compressed and the window now holds the stored conversation.
+            StorageError: the conversation is persisted and the compression could not be written; it is
+                in the window and is written with the next change (or :meth:`flush`).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("compress_context")
@@ -914,6 +923,9 @@ class EnhancedContextManager:
         Raises:
             ConfigurationError: the manager has no conversation id.
             StorageError: storage cannot be read (the window stays as it was).
+            ConversationAccessError: the conversation was deleted and created again by another end
+                user's manager (nothing of it is loaded; the window stays as it was).
+            InvalidArgumentError: ``max_tokens`` cannot hold the stored window (see :meth:`initialize`).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("reload")

@@ -27,6 +27,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     InvalidMessageError,
 )
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS
 
 from .conversation_worker import fingerprint
 
@@ -318,6 +319,61 @@ async def test_resuming_with_a_smaller_max_tokens_says_which_setting_and_what_it
     assert int(caught.value.allowed.split()[2].rstrip(":")) >= needed
     async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
         assert len(manager.messages) == 40  # nothing was changed
+
+
+def window_tokens(manager: EnhancedContextManager) -> int:
+    """What the manager's own counter gives its window now (every message counted afresh)."""
+    window = manager.context_window
+    counted = sum(window.counter.count_message(message) for message in window.messages)
+    return counted + (REPLY_PRIMING_TOKENS if window.messages else 0)
+
+
+async def test_resuming_with_another_token_encoding_counts_the_window_with_it(
+    make_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deploy moved the model from gpt-4o (o200k_base) to gpt-4 (cl100k_base): the resumed window kept
+    the o200k counts (733 tokens where cl100k counts 1,033) while its summary said cl100k_base, so the
+    window let the prompt grow past the model's limit. It is counted again with the new encoding (a
+    warning says so), both ways, with snapshots too; too big for max_tokens with the new counts, the
+    error says which encoding and what it needs."""
+    text = "Überprüfung der Bestellung: größer, schöner ✓ 数据 {}"
+    written = make_config(max_tokens=4000, token_encoding="o200k_base", conversation_snapshot_every=4)
+    async with EnhancedContextManager(written, conversation_id="moved") as manager:
+        for turn in range(10):
+            await manager.add_message("user", text.format(turn) * 6)
+        await manager.compress_context(target_tokens=900)  # a summary, counted by o200k too
+        for turn in range(3):
+            await manager.add_message("assistant", text.format(turn) * 6)
+        export = manager.get_context(format="openai")
+        o200k_tokens = manager.get_context_summary()["token_count"]
+        assert o200k_tokens == window_tokens(manager)
+    async with EnhancedContextManager(written, conversation_id="moved") as manager:
+        assert manager.get_context_summary()["token_count"] == o200k_tokens
+    assert "counted again" not in caplog.text  # the same counter: nothing is counted again
+    for encoding in ("cl100k_base", "o200k_base"):  # there and back
+        config = make_config(max_tokens=4000, token_encoding=encoding)
+        async with EnhancedContextManager(config, conversation_id="moved") as manager:
+            assert manager.get_context(format="openai") == export  # the same messages
+            summary = manager.get_context_summary()
+            assert summary["token_encoding"] == encoding
+            assert summary["token_count"] == window_tokens(manager)
+            assert f"counted again with {encoding}" in caplog.text
+            caplog.clear()
+            if encoding == "cl100k_base":
+                assert summary["token_count"] > o200k_tokens * 1.2
+                await manager.add_message("user", "one more")  # stored with its cl100k count
+                export = manager.get_context(format="openai")
+    cl100k_needs = 0
+    async with EnhancedContextManager(
+        make_config(max_tokens=4000, token_encoding="cl100k_base"), conversation_id="moved"
+    ) as manager:
+        cl100k_needs = manager.get_context_summary()["token_count"]
+    o200k_room = make_config(max_tokens=o200k_tokens + 60, token_encoding="cl100k_base")
+    with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got \d+; allowed at least \d+") as caught:
+        await EnhancedContextManager(o200k_room, conversation_id="moved").initialize()
+    assert caught.value.field == "max_tokens"
+    assert "cl100k_base" in str(caught.value) and "o200k_base" in str(caught.value)
+    assert int(caught.value.allowed.split()[2].rstrip(":")) == cl100k_needs
 
 
 async def damage(make_config: Any, backend_name: str, conversation: str, column: str, text: str) -> None:

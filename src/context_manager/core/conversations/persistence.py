@@ -30,7 +30,13 @@ import time
 from typing import Any
 
 from context_manager.core.context_window import CompressionRecord, ContextWindow
-from context_manager.core.conversations.replay import WindowState, fold, snapshot_of, take_back
+from context_manager.core.conversations.replay import (
+    COUNTER_KEY,
+    WindowState,
+    fold,
+    snapshot_of,
+    take_back,
+)
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
 from context_manager.core.errors import (
     ContextManagerError,
@@ -237,16 +243,23 @@ class PersistedConversation:
             if collecting:
                 gc.enable()
         history = [CompressionRecord(**entry) for entry in state.history]
+        others = self._count_again(state)
         try:
             await self._window.restore(state.messages, history)
         except InvalidArgumentError as error:
             if error.field != "max_tokens":
                 raise
+            if others:
+                counted = (
+                    f"as counted with {self._window.counter.encoding_name} (it was written with {others}: "
+                    "open it with that token encoding, or a larger max_tokens)"
+                )
+            else:
+                counted = "as stored (open it with the max_tokens of the managers that wrote it)"
             raise InvalidArgumentError(
                 "max_tokens",
                 error.got,
-                f"{error.allowed}: the window of conversation {self.conversation_id!r} as stored (open it "
-                "with the max_tokens of the managers that wrote it)",
+                f"{error.allowed}: the window of conversation {self.conversation_id!r} {counted}",
             ) from None
         # Everything evicted after the watermark is this process's to store from now on, whoever evicted
         # it: another writer may have crashed before storing it, and this process moves the watermark up
@@ -262,6 +275,36 @@ class PersistedConversation:
             default=stored.snapshot_version if state.unindexed else 0,
         )
         return state
+
+    def _count_again(self, state: WindowState) -> str:
+        """Count the messages of ``state`` with the window's counter if another one counted them.
+
+        The stored token counts are the writers' (resuming does not count again): a manager opened with
+        another ``token_encoding`` (another model) would plan the window with counts of another
+        tokenizer. Returns the other counters' names (empty when every count is this counter's).
+        """
+        counter = self._window.counter
+        others = sorted(state.counters - {counter.encoding_name})
+        if not others:
+            return ""
+        count_message = counter.count_message
+        before = after = 0
+        for message in state.messages:
+            tokens = count_message(message)
+            before += message.token_count
+            after += tokens
+            object.__setattr__(message, "token_count", tokens)  # this load's own objects
+        named = ", ".join(others)
+        logger.warning(
+            "conversation %r: its token counts were made with %s; counted again with %s (%d tokens "
+            "of messages instead of %d)",
+            self.conversation_id,
+            named,
+            counter.encoding_name,
+            after,
+            before,
+        )
+        return named
 
     async def reload(self) -> int:
         """Drop the changes not stored yet and load what storage holds; return the version.
@@ -390,6 +433,12 @@ class PersistedConversation:
                 await self._take_back_locked(self._conflict)
             raise self._conflict
         batch = list(self._pending)
+        # the records of one append carry the counts of this window's counter: the first one says which
+        if batch:
+            first = batch[0]
+            batch[0] = ConversationRecord(
+                first.kind, {**first.payload, COUNTER_KEY: self._window.counter.encoding_name}
+            )
         expected = self._version
         created_at = self._created_at if self._created_at is not None else time.time()
         try:
@@ -463,7 +512,10 @@ class PersistedConversation:
         version = self._version
         try:
             await self.store.save_snapshot(
-                self.conversation_id, version, snapshot_of(state), created_at=self._created_at
+                self.conversation_id,
+                version,
+                snapshot_of(state, window.counter.encoding_name),
+                created_at=self._created_at,
             )
         except Exception as error:  # a snapshot only makes resuming faster: the records are there
             logger.warning(

@@ -10,6 +10,10 @@ Record payloads (JSON):
   entry, ``evicted`` the ids handed to memory;
 * ``pin``: ``{"id": ..., "pinned": true|false}``.
 
+The first record of every append, and every snapshot, also hold ``"counter"``: the ``encoding_name`` of
+the token counter whose counts its messages carry (the records after it in the append are the same
+writer's). A window resumed with another counter counts its messages again (see :attr:`WindowState.counters`).
+
 Replaying gives messages equal field by field to the ones the writer held (ids, timestamps, token counts
 and metadata included), so the exported request is byte-identical.
 """
@@ -28,6 +32,7 @@ from context_manager.core.errors import StorageCorruptedError
 from context_manager.core.messages import Message, Priority, Role, ToolCall
 
 __all__ = [
+    "COUNTER_KEY",
     "WindowState",
     "add_record",
     "compress_record",
@@ -38,6 +43,9 @@ __all__ = [
     "take_back",
 ]
 
+
+COUNTER_KEY = "counter"
+"""The payload (and snapshot) key naming the token counter whose counts the messages carry."""
 
 _ROLES = {role.value: role for role in Role}
 _PRIORITIES = {priority.value: priority for priority in Priority}
@@ -139,15 +147,23 @@ class WindowState:
     """Messages evicted after the indexing watermark: they may be missing from memory."""
     version: int = 0
     """The version of the last record applied."""
+    counters: set[str] = field(default_factory=set)
+    """The token counters (``encoding_name``) whose counts the snapshot and the records replayed carry."""
 
 
-def snapshot_of(state: WindowState) -> dict[str, Any]:
-    """A JSON-ready copy of a state (for :meth:`ConversationStore.save_snapshot`)."""
-    return {
+def snapshot_of(state: WindowState, counter: str | None = None) -> dict[str, Any]:
+    """A JSON-ready copy of a state (for :meth:`ConversationStore.save_snapshot`).
+
+    ``counter``: the ``encoding_name`` of the token counter whose counts the messages carry.
+    """
+    snapshot: dict[str, Any] = {
         "messages": [message.to_dict() for message in state.messages],
         "history": [dict(entry) for entry in state.history],
         "unindexed": [message.to_dict() for message in state.unindexed],
     }
+    if counter is not None:
+        snapshot[COUNTER_KEY] = counter
+    return snapshot
 
 
 def fold(stored: StoredConversation) -> WindowState:
@@ -172,8 +188,15 @@ def fold(stored: StoredConversation) -> WindowState:
             ) from error
         if stored.records:  # else nothing looks a message up
             known = {message.id: message for message in state.messages}
+        counter = snapshot.get(COUNTER_KEY)
+        if isinstance(counter, str):
+            state.counters.add(counter)
+    counters = state.counters
     for version, record in stored.records:
         try:
+            counter = record.payload.get(COUNTER_KEY)
+            if counter is not None:
+                counters.add(str(counter))
             _apply(state, known, record, track_evicted=version > stored.indexed_version)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise StorageCorruptedError(
