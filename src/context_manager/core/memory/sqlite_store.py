@@ -528,7 +528,8 @@ class SQLiteStore:
             rowid = cursor.lastrowid
         else:
             rowid = existing[0]
-            if (existing[2], existing[4], existing[13]) != (values[1], values[3], values[12]):
+            same_text = (existing[2], existing[4], existing[13]) == (values[1], values[3], values[12])
+            if not same_text:
                 self._mark_erasure(db)  # text, tags or context replaced
             db.execute(
                 "UPDATE memories SET id = ?, content = ?, importance = ?, tags = ?, created_at = ?, "
@@ -537,8 +538,7 @@ class SQLiteStore:
                 "WHERE rowid = ?",
                 (*values, rowid),
             )
-            stored = _memory(existing)
-            if stored.tags == memory.tags and fts_row(stored) == indexed:
+            if same_text and existing[9] == memory.user_id and fts_row(_memory(existing)) == indexed:
                 # what is indexed is unchanged (a merge marking its originals, a tier move, a new
                 # importance): re-indexing read and tokenised the whole text twice, 5 MB in ~0.3 s
                 return 0
