@@ -82,15 +82,20 @@ def identifiers(text: str) -> frozenset[str]:
     found: set[str] = set()
     if not text.isascii():  # ASCII holds no symbol
         found.update(token for token in _tokens(text) if _is_symbol_token(token))
-    for finder in (_emails, _urls):
-        spans = []
-        for match in finder(text):
-            found.add(match.group(0).rstrip(_STRIP).lower())
-            spans.append(match.span())
-        text = _blank(text, spans)
-    raws = _DIGIT_GROUPS.sub("", text).split()
+    raws: list[str] = []
+    distinct: set[str] = set()
+    for piece in _pieces(text):
+        for finder in (_emails, _urls):
+            spans = []
+            for match in finder(piece):
+                found.add(match.group(0).rstrip(_STRIP).lower())
+                spans.append(match.span())
+            piece = _blank(piece, spans)
+        piece_raws = _DIGIT_GROUPS.sub("", piece).split()
+        raws += piece_raws
+        distinct.update(piece_raws)
     sentence_starts: dict[str, str] = {}  # a capitalised common word -> lower case: a name mid-sentence
-    for raw in set(raws):
+    for raw in distinct:
         word = raw.strip(_STRIP)
         if not word:
             continue
@@ -154,13 +159,48 @@ def _blank(text: str, spans: Sequence[tuple[int, int]]) -> str:
     return " ".join(parts)
 
 
-def _tokens(text: str) -> frozenset[str]:
+def _tokens(text: str, *, digit_groups: bool = False) -> frozenset[str]:
     """The distinct ``query_tokens(text, symbols=True)`` of the whole text, however long.
 
     No token spans white space (nor does case folding join across it), so each distinct run between
-    white space is tokenised once: a text of megabytes repeats most of its words.
+    white space is tokenised once: a text of megabytes repeats most of its words. With ``digit_groups``,
+    of the text with its digit groups joined (``1,200`` is ``1200``).
     """
-    return frozenset(query_tokens(" ".join(set(text.split())), limit=sys.maxsize, symbols=True))
+    distinct: set[str] = set()
+    for piece in _pieces(text):
+        distinct.update((_DIGIT_GROUPS.sub("", piece) if digit_groups else piece).split())
+    runs = list(distinct)
+    tokens: set[str] = set()
+    for start in range(0, len(runs), _PIECE_RUNS):
+        batch = " ".join(runs[start : start + _PIECE_RUNS])
+        tokens.update(query_tokens(batch, limit=sys.maxsize, symbols=True))
+    return frozenset(tokens)
+
+
+_PIECE_CHARACTERS = 1 << 16
+"""A long text is read a piece of about this many characters at a time (:func:`_pieces`)."""
+_PIECE_RUNS = 10_000
+"""Distinct runs between white space tokenised per ``query_tokens`` call."""
+_CUT = re.compile(r"(?<!\d)\s")
+"""Where a piece may end: after white space that follows no digit (no digit group spans it)."""
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of about :data:`_PIECE_CHARACTERS`, each ending after white space after no digit.
+
+    A regex or ``split`` call holds the interpreter lock for all of its text (100-150 ms over 5 MB): the
+    event loop could not run while a thread consolidated memories of megabytes. No word, address, token
+    or digit group (``1 200``) spans such a cut, and case folding does not look across it, so reading the
+    pieces one by one finds what reading the whole text does. A text without such white space is one piece.
+    """
+    start, length = 0, len(text)
+    while length - start > _PIECE_CHARACTERS:
+        cut = _CUT.search(text, start + _PIECE_CHARACTERS)
+        if cut is None:
+            break
+        yield text[start : cut.end()]
+        start = cut.end()
+    yield text[start:]
 
 
 def _is_symbol_token(token: str) -> bool:
@@ -214,8 +254,12 @@ def meaning_markers(text: str) -> Markers:
     The cost is linear in the length of the text, however many order words it holds.
     """
     # an apostrophe inside a word is dropped ("isn't" is "isnt"), as if each word were cleaned after the split
-    words = _WORD.findall(_INNER_APOSTROPHE.sub("", text.lower()))
-    counts = Counter(words)
+    words: list[str] = []
+    counts: Counter[str] = Counter()
+    for piece in _pieces(text):
+        piece_words = _WORD.findall(_INNER_APOSTROPHE.sub("", piece.lower()))
+        words += piece_words
+        counts.update(piece_words)
     relations = []
     if any(word in counts for word in _ORDER_WORDS):
         positions = sorted(
@@ -335,7 +379,7 @@ def near_duplicate_groups(
     for memory in memories:
         unique.setdefault(memory.id, memory)
     items = list(unique.values())
-    words = [_tokens(_DIGIT_GROUPS.sub("", memory.content)) for memory in items]
+    words = [_tokens(memory.content, digit_groups=True) for memory in items]
     names = [identifiers(memory.content) for memory in items]
     markers = [meaning_markers(memory.content) for memory in items]
     postings: dict[tuple[str | None, str], list[int]] = {}
