@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_manager.core.memory.consolidation import identifiers, near_duplicate_groups, same_identifiers
+from context_manager.core.memory import consolidation
+from context_manager.core.memory.consolidation import (
+    identifiers,
+    meaning_markers,
+    near_duplicate_groups,
+    same_identifiers,
+)
 from context_manager.core.memory.index import query_tokens
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
@@ -338,3 +345,164 @@ def test_texts_a_word_apart_in_meaning_are_not_merged(first: str, second: str) -
 )
 def test_near_duplicates_saying_the_same_still_merge(first: str, second: str) -> None:
     assert len(near_duplicate_groups(_memories(first, second), 0.8, None, 0.95)) == 1
+
+
+def _distinct_words(count: int, prefix: str) -> list[str]:
+    """``count`` distinct lower-case words, no English word, no digit (no identifier, no marker)."""
+    letters = "bcdfghjklmnpqrstvwxz"
+    words = []
+    for number in range(count):
+        word = ""
+        while True:
+            number, digit = divmod(number, len(letters))
+            word += letters[digit]
+            if not number:
+                break
+        words.append(f"{prefix}{word}")
+    return words
+
+
+PREAMBLE = " ".join(_distinct_words(12_000, "q"))
+"""The same first 12,000 distinct words of two long memories: search's 10,000-token cap read no further."""
+
+
+def test_long_memories_are_compared_to_their_end() -> None:
+    """Word sets stopped at 10,000 distinct words and symbols at 10,000 tokens: two long documents alike in
+    their first pages were merged whatever followed, one of them hidden from search."""
+    other_chapter = PREAMBLE + " " + " ".join(_distinct_words(3_000, "k"))
+    another_chapter = PREAMBLE + " " + " ".join(_distinct_words(3_000, "j"))
+    assert near_duplicate_groups(_memories(other_chapter, another_chapter), 0.85, None, 0.95) == []
+    # an emoji apart at the end: different ratings
+    liked, disliked = PREAMBLE + " rated 👍", PREAMBLE + " rated 👎"
+    assert near_duplicate_groups(_memories(liked, disliked), 0.85, None, 0.95) == []
+    # a number apart in the last sentence (the words compared end before it)
+    first, second = PREAMBLE + " ticket 4711", PREAMBLE + " ticket 4712"
+    assert near_duplicate_groups(_memories(first, second), 0.85, None, 0.95) == []
+    # the same long text, a full stop and a capital apart, still merges
+    again = PREAMBLE.capitalize() + " rated 👍."
+    assert len(near_duplicate_groups(_memories(liked, again), 0.85, None, 0.95)) == 1
+
+
+async def test_consolidation_keeps_long_memories_that_differ_late(manager: MemoryManager) -> None:
+    """Through the manager, on both backends: the two chapters stay two memories, each found by its words."""
+    first = await manager.add_memory(PREAMBLE + " " + " ".join(_distinct_words(3_000, "k")), tier="long")
+    second = await manager.add_memory(PREAMBLE + " " + " ".join(_distinct_words(3_000, "j")), tier="long")
+    copy = await manager.add_memory(PREAMBLE + " " + " ".join(_distinct_words(3_000, "j")) + ".")
+    report = await manager.consolidate_memories(0.85)
+    assert [sorted(group["merged_from"]) for group in report["groups"]] == [sorted([second.id, copy.id])]
+    stored = await manager.get_memory(first.id)
+    assert stored is not None and stored.superseded_by is None
+    found = await manager.search_memory(_distinct_words(3_000, "k")[-1], limit=5)
+    assert [m.id for m in found] == [first.id]
+
+
+def test_a_long_run_without_spaces_is_read_once() -> None:
+    """A run of letters and digits without a space (a hex dump, a key, a minified file) was read again
+    from each of its characters by the e-mail pattern: 40 KB took 11 s, a megabyte hours, the write lock
+    held all along. Its identifiers are found as in a short text."""
+    digest = "0123456789abcdef" * 64_000  # 1 MB
+    text = f"Checksum dump {digest} from the build of Tuesday, mail it to ops@example.com now."
+    assert identifiers(text) == {"checksum", digest, "tuesday", "ops@example.com"}
+    dotted = "a." * 500_000 + "b@example.org"  # one e-mail address of a megabyte: every dot is part of it
+    assert identifiers(dotted) == {dotted}
+    groups = near_duplicate_groups(
+        _memories(text, text.lower(), text.replace("ops", "dev")), 0.85, None, 0.95
+    )
+    assert [[m.id for m in group] for group in groups] == [["m0", "m1"]]
+
+
+def _reference_identifiers(text: str) -> frozenset[str]:
+    """Identifiers word by word, as the module docstring states them (slow, for short texts)."""
+    found: set[str] = {
+        token for token in query_tokens(text, limit=10_000, symbols=True) if not token[0].isalnum()
+    }
+    for pattern in (consolidation._EMAIL, consolidation._URL):
+        found.update(match.group(0).rstrip(consolidation._STRIP).lower() for match in pattern.finditer(text))
+        text = pattern.sub(" ", text)
+    sentence_start = True
+    for raw in consolidation._DIGIT_GROUPS.sub("", text).split():
+        starts, sentence_start = (
+            sentence_start,
+            raw.rstrip(consolidation._CLOSING).endswith((".", "!", "?", ":", ";")),
+        )
+        word = raw.strip(consolidation._STRIP)
+        lower = word.lower()
+        if not word or lower == "i" or lower.startswith(("i'", "i’")):
+            continue
+        code = any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
+        name = word[0].isupper() and not (starts and lower in consolidation._COMMON_STARTS)
+        if code or name:
+            found.add(lower)
+    return frozenset(found)
+
+
+def _reference_markers(text: str) -> tuple[object, ...]:
+    """Meaning markers word by word (a copy of the words per order word: slow for long texts)."""
+    words = [w.replace("'", "").replace("’", "") for w in consolidation._WORD.findall(text.lower())]
+    relations = []
+    common = consolidation._COMMON_STARTS
+    for position, word in enumerate(words):
+        if word in consolidation._ORDER_WORDS:
+            before = next((w for w in reversed(words[:position]) if w not in common), None)
+            after = next((w for w in words[position + 1 :] if w not in common), None)
+            relations.append((word, before, after))
+    return (
+        sum(word in consolidation._NEGATIONS for word in words),
+        tuple(sorted(word for word in words if word in consolidation._NUMBER_WORDS)),
+        frozenset(word for word in words if word in consolidation._TIME_WORDS),
+        tuple(relations),
+    )
+
+
+_TRICKY_PIECES = [
+    *"aZ .!?:;,'’\"”)(@+-_~*19\n\tİß👍🇫",
+    "The",
+    "I'm",
+    "isn't",
+    "a''b",
+    "before",
+    "than",
+    "instead",
+    "not",
+    "two",
+    "today",
+    "x@y.z",
+    "a@b.c+x@d.e",
+    "www.",
+    "https://",
+    "1 200",
+    "Alice",
+]
+_TRICKY = st.sampled_from(_TRICKY_PIECES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TRICKY, max_size=40).map("".join) | st.text(max_size=60))
+def test_identifiers_and_markers_read_each_word_as_stated(text: str) -> None:
+    """Property: the linear-time reading finds what reading word by word finds."""
+    assert identifiers(text) == _reference_identifiers(text)
+    assert tuple(meaning_markers(text)) == _reference_markers(text)
+
+
+def test_long_texts_are_read_in_pieces_as_a_whole() -> None:
+    """Texts of megabytes are read a piece of about 64 KB at a time, so that no regex or split call holds
+    the interpreter lock (and the event loop waiting on it) for all of their text. Cut between pieces, a
+    word, an address or a digit group (``3 400 000``) is read as in the whole text."""
+    pieces = [
+        *_TRICKY_PIECES,
+        "3 400 000",
+        "9\n",
+        "\n7",
+        "a\u3000b",
+        "ΟΔΟΣ ",
+        "Σ\n",
+        "http://a.b/c ",
+    ]
+    chooser = random.Random(7)
+    for size in (100_000, 300_000):
+        text = "".join(
+            chooser.choice(pieces) + chooser.choice([" ", "", "\n", "\t", "1", "."]) for _ in range(size // 4)
+        )
+        assert len(text) > consolidation._PIECE_CHARACTERS
+        assert identifiers(text) == _reference_identifiers(text)
+        assert tuple(meaning_markers(text)) == _reference_markers(text)

@@ -250,6 +250,60 @@ async def test_the_lock_file_names_only_its_current_holder(storage: Path, stale:
         assert await _holder_seen_from_another_process(storage) == holder
 
 
+_FULL_DISK_OPEN = """
+import asyncio, os, resource, signal, sys
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+def lock_files_open():
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            pass
+    return [target for target in targets if target.endswith(".lock")]
+
+async def main(path):
+    config = ContextManagerConfig(storage_path=path, embedder="none")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG): a full disk
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+    try:
+        await MemoryManager(config).initialize()
+    except StorageError as error:
+        print("FAILED", type(error).__name__, error, flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the disk has room again
+    print("OPEN LOCK FILES", len(lock_files_open()), flush=True)
+    async with MemoryManager(config) as manager:
+        await manager.add_memory("stored once the disk had room")
+        print("REOPENED", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_lock_file_that_cannot_be_written_is_closed_and_released(storage: Path) -> None:
+    """Writing the holder into a new lock file failed on a full disk: the error was a bare ``OSError``,
+    the file stayed open and locked, and every later open in the process was refused with "locked by
+    another process; stop that process". Now: a StorageError naming the lock file, nothing held, and the
+    storage opens once the disk has room (in a subprocess: ``RLIMIT_FSIZE`` 0 makes every write fail)."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _FULL_DISK_OPEN, str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[:1] == [
+        f"FAILED StorageError cannot write lock file {storage / '.lock'}: File too large; the storage was "
+        "not opened (free space on its file system, then open it again)"
+    ], result.stderr
+    assert lines[1:] == ["OPEN LOCK FILES 0", "REOPENED"], result.stderr
+
+
 async def test_cleanup_is_the_lifecycle_word_and_close_its_alias(config: ContextManagerConfig) -> None:
     # issue 17.5: initialize / cleanup, as on EnhancedContextManager
     manager = MemoryManager(config)

@@ -257,6 +257,44 @@ async def test_a_consolidation_does_not_undo_what_another_process_did_to_an_orig
         assert await other.get_memory(second.id) is not None and await other.get_memory(kept.id) is not None
 
 
+async def test_a_consolidation_does_not_drop_metadata_another_process_set_after_its_scan(
+    postgres_dsn: str,
+) -> None:
+    """Between a consolidation's scan and its write, another process sets the metadata of the original
+    the merged memory is copied from. The merge checked content, importance and tags only: the merged
+    memory got the metadata read before, the new metadata was left on the hidden original (and went with
+    it at the next cleanup). The group is left for the next consolidation now, which takes the new one."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as consolidator, MemoryManager(config) as other:
+        primary = await consolidator.add_memory("the deploy key is kept in the blue vault", importance=0.8)
+        await consolidator.add_memory("the deploy key is kept in the blue vault.", importance=0.4)
+        backend = _backend(consolidator)
+        scan = backend.scan
+        done: list[str] = []
+
+        async def scan_then_other_process(*args: Any, **kwargs: Any) -> list[Memory]:
+            found = await scan(*args, **kwargs)
+            if not kwargs.get("every_copy", True) and not done:
+                await other.update_memory(primary.id, metadata={"room": "B12"})
+                done.append("metadata")
+            return found
+
+        backend.scan = scan_then_other_process  # type: ignore[method-assign]
+        try:
+            first = await consolidator.consolidate_memories()
+        finally:
+            del backend.scan
+        assert done == ["metadata"], "the other process's step did not run during the consolidation"
+        merged = [await other.get_memory(merged_id) for merged_id in first["merged_ids"]]
+        assert all(memory is not None and memory.metadata == {"room": "B12"} for memory in merged), (
+            f"the merged memory lost the metadata set during the consolidation: {merged}"
+        )
+        second = await consolidator.consolidate_memories()
+        merged_id = (first["merged_ids"] + second["merged_ids"])[0]
+        found = await other.get_memory(merged_id)
+        assert found is not None and found.metadata == {"room": "B12"}
+
+
 # -- 3. two updates of different fields ------------------------------------------------------------------
 
 

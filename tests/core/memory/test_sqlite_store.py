@@ -67,6 +67,40 @@ def test_owner_token_isolates_users(store: SQLiteStore) -> None:
     assert {m.id for m, _ in store.search(build_match(["shared"], None), 10)} == {"a", "b"}
 
 
+def _index_rows(store: SQLiteStore) -> int:
+    """Rows of the FTS5 index's segment table: a re-indexed memory adds to them, until a merge."""
+    with sqlite3.connect(store.path) as connection:
+        return int(connection.execute("SELECT count(*) FROM memories_fts_data").fetchone()[0])
+
+
+def test_a_put_that_changes_nothing_indexed_does_not_index_again(store: SQLiteStore) -> None:
+    """Marking a merge's originals (or a new importance) deleted and re-inserted each one's index row:
+    its whole text read and tokenised twice, most of a consolidation's writing time for long memories.
+    What is indexed is left alone now; a change to any of it is indexed as before."""
+    store.put([memory("a", "the quick brown fox jumps", tags=["a b"])])
+    before = _index_rows(store)
+    store.put([memory("a", "the quick brown fox jumps", tags=["a b"], superseded_by="m", importance=0.9)])
+    assert _index_rows(store) == before
+    stored = store.get("a")
+    assert stored is not None and stored.superseded_by == "m" and stored.importance == 0.9
+    store.put([memory("a", "the quick brown fox jumps", tags=["a b"])])  # restored (an undo)
+    assert [m.id for m, _ in store.search(build_match(["fox"], None), 10)] == ["a"]
+    # the same indexed text of tags, other tags: the tag table follows
+    store.put([memory("a", "the quick brown fox jumps", tags=["a", "b"])])
+    assert [m.id for m in store.with_tags(["b"])] == ["a"]
+    # another owner, another session date, other text: each indexed
+    store.put([memory("a", "the quick brown fox jumps", tags=["a", "b"], user_id="alice")])
+    assert [m.id for m, _ in store.search(build_match(["fox"], owner_token("alice")), 10)] == ["a"]
+    assert store.search(build_match(["fox"], owner_token(None)), 10) == []
+    dated = memory("a", "the quick brown fox jumps", user_id="alice", metadata={"session_date": "2026-01-02"})
+    store.put([dated])
+    with sqlite3.connect(store.path) as connection:
+        assert connection.execute("SELECT date FROM memories_fts").fetchall() == [("2026-01-02",)]
+    store.put([memory("a", "a lazy dog sleeps", user_id="alice")])
+    assert store.search(build_match(["fox"], None), 10) == []
+    assert [m.id for m, _ in store.search(build_match(["dog"], None), 10)] == ["a"]
+
+
 def test_superseded_memories_take_no_place_of_the_limit(store: SQLiteStore) -> None:
     """Superseded originals rank first here; an unfiltered search still returns ``limit`` visible ones."""
     store.put([memory(f"old{i}", "apple apple apple apple", superseded_by="merged") for i in range(50)])

@@ -95,13 +95,16 @@ def tier_value(
 def unchanged_since_read(original: Memory, copies: Sequence[Memory]) -> bool:
     """Whether a memory read earlier is still stored (``copies``), not superseded, with the same text.
 
-    "The same" is its content, importance and tags: what a merge takes from it (see ``merge``).
+    "The same" is its content, importance, tags and metadata: what a merge takes from it (see ``merge``;
+    the merged memory is a copy of one original: metadata another process set since the read would be
+    left on a hidden original).
     """
     return bool(copies) and all(
         copy.superseded_by is None
         and copy.content == original.content
         and copy.importance == original.importance
         and list(copy.tags) == list(original.tags)
+        and copy.metadata == original.metadata
         for copy in copies
     )
 
@@ -355,7 +358,7 @@ class MemoryBackend(Protocol):
 
         Each group is ``(merged, originals)``: ``merged`` (a new id) is written to long-term and every copy
         of the originals gets ``superseded_by = merged.id``, only if every original is still stored,
-        not superseded, with the content, importance and tags it had when it was read; otherwise nothing
+        not superseded, with the content, importance, tags and metadata it had when read; otherwise nothing
         of that group is written (another process deleted, changed or merged one meanwhile). Nothing else
         of the originals is written back. Returns, per group, whether it was merged.
         """

@@ -20,8 +20,12 @@ lands with the memories it is most like.
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Callable, Sequence
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import NamedTuple
 
 from context_manager.core.memory.index import query_tokens
@@ -36,6 +40,8 @@ __all__ = [
 ]
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL_AT_RUN_START = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+""":data:`_EMAIL` tried only where a run of its local part's characters starts (see :func:`_emails`)."""
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _STRIP = "\"'`“”‘’()[]{}<>«»,;:!?.…*_~"
 _CLOSING = "\"'”’)]}»"
@@ -69,32 +75,132 @@ def identifiers(text: str) -> frozenset[str]:
     * a name: a capitalised word inside a sentence, or starting one unless it is a common word
       (``Alice prefers ...`` names Alice; ``The report ...`` names nothing);
     * a symbol as search finds it (``query_tokens``: an emoji, skin tones left out; a flag; ``✓``).
+
+    The whole text counts, however long; each distinct word is looked at once, so a text of megabytes
+    costs little more than splitting it.
     """
     found: set[str] = set()
     if not text.isascii():  # ASCII holds no symbol
-        found.update(
-            token for token in query_tokens(text, limit=10_000, symbols=True) if _is_symbol_token(token)
-        )
-    for pattern in (_EMAIL, _URL):
-        for match in pattern.finditer(text):
-            found.add(match.group(0).rstrip(_STRIP).lower())
-        text = pattern.sub(" ", text)
-    text = _DIGIT_GROUPS.sub("", text)
-    sentence_start = True
-    for raw in text.split():
-        starts = sentence_start
-        sentence_start = raw.rstrip(_CLOSING).endswith(_SENTENCE_END)
+        found.update(token for token in _tokens(text) if _is_symbol_token(token))
+    raws: list[str] = []
+    distinct: set[str] = set()
+    for piece in _pieces(text):
+        for finder in (_emails, _urls):
+            spans = []
+            for match in finder(piece):
+                found.add(match.group(0).rstrip(_STRIP).lower())
+                spans.append(match.span())
+            piece = _blank(piece, spans)
+        piece_raws = _DIGIT_GROUPS.sub("", piece).split()
+        raws += piece_raws
+        distinct.update(piece_raws)
+    sentence_starts: dict[str, str] = {}  # a capitalised common word -> lower case: a name mid-sentence
+    for raw in distinct:
         word = raw.strip(_STRIP)
         if not word:
             continue
         lower = word.lower()
         if lower == "i" or lower.startswith(("i'", "i’")):
             continue  # the pronoun, however capitalised
-        if any(character.isdigit() for character in word) or any(c.isupper() for c in word[1:]):
+        if (
+            not (word.isalpha() and (len(word) == 1 or word[1:].islower()))
+            and (  # letters, no capital inside
+                any(character.isdigit() for character in word) or any(c.isupper() for c in word[1:])
+            )
+        ):
             found.add(lower)  # a number, a time, a version, a code
-        elif word[0].isupper() and not (starts and lower in _COMMON_STARTS):
-            found.add(lower)  # a name
+        elif word[0].isupper():
+            if lower in _COMMON_STARTS:
+                sentence_starts[raw] = lower
+            else:
+                found.add(lower)  # a name
+    if sentence_starts:  # a name where the word before it does not end a sentence
+        for previous, raw in zip(raws, islice(raws, 1, None), strict=False):
+            if raw in sentence_starts and not previous.rstrip(_CLOSING).endswith(_SENTENCE_END):
+                found.add(sentence_starts.pop(raw))
+                if not sentence_starts:
+                    break
     return frozenset(found)
+
+
+def _emails(text: str) -> Iterator[re.Match[str]]:
+    """What ``_EMAIL.finditer(text)`` finds, in time linear in the text's length.
+
+    ``finditer`` tries a match at every character of a run of letters, digits and ``.+-_``, and each try
+    reads the rest of the run: a run of a million letters or digits without a space (a hex dump, a minified
+    file) took hours. The leftmost match starts where a run starts, or right where the previous match ended
+    (a run it ended inside of), and nowhere else.
+    """
+    if "@" not in text:
+        return
+    match = _EMAIL_AT_RUN_START.search(text)
+    while match is not None:
+        yield match
+        end = match.end()
+        match = _EMAIL.match(text, end) or _EMAIL_AT_RUN_START.search(text, end)
+
+
+def _urls(text: str) -> Iterator[re.Match[str]]:
+    """``_URL.finditer(text)``, not run over a text that names no web address (most do not)."""
+    if "://" in text or "www." in text.lower():
+        yield from _URL.finditer(text)
+
+
+def _blank(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with each span replaced by a space (what ``pattern.sub(" ", text)`` does for its matches)."""
+    if not spans:
+        return text
+    parts = []
+    position = 0
+    for start, end in spans:
+        parts.append(text[position:start])
+        position = end
+    parts.append(text[position:])
+    return " ".join(parts)
+
+
+def _tokens(text: str, *, digit_groups: bool = False) -> frozenset[str]:
+    """The distinct ``query_tokens(text, symbols=True)`` of the whole text, however long.
+
+    No token spans white space (nor does case folding join across it), so each distinct run between
+    white space is tokenised once: a text of megabytes repeats most of its words. With ``digit_groups``,
+    of the text with its digit groups joined (``1,200`` is ``1200``).
+    """
+    distinct: set[str] = set()
+    for piece in _pieces(text):
+        distinct.update((_DIGIT_GROUPS.sub("", piece) if digit_groups else piece).split())
+    runs = list(distinct)
+    tokens: set[str] = set()
+    for start in range(0, len(runs), _PIECE_RUNS):
+        batch = " ".join(runs[start : start + _PIECE_RUNS])
+        tokens.update(query_tokens(batch, limit=sys.maxsize, symbols=True))
+    return frozenset(tokens)
+
+
+_PIECE_CHARACTERS = 1 << 16
+"""A long text is read a piece of about this many characters at a time (:func:`_pieces`)."""
+_PIECE_RUNS = 10_000
+"""Distinct runs between white space tokenised per ``query_tokens`` call."""
+_CUT = re.compile(r"(?<!\d)\s")
+"""Where a piece may end: after white space that follows no digit (no digit group spans it)."""
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` in pieces of about :data:`_PIECE_CHARACTERS`, each ending after white space after no digit.
+
+    A regex or ``split`` call holds the interpreter lock for all of its text (100-150 ms over 5 MB): the
+    event loop could not run while a thread consolidated memories of megabytes. No word, address, token
+    or digit group (``1 200``) spans such a cut, and case folding does not look across it, so reading the
+    pieces one by one finds what reading the whole text does. A text without such white space is one piece.
+    """
+    start, length = 0, len(text)
+    while length - start > _PIECE_CHARACTERS:
+        cut = _CUT.search(text, start + _PIECE_CHARACTERS)
+        if cut is None:
+            break
+        yield text[start : cut.end()]
+        start = cut.end()
+    yield text[start:]
 
 
 def _is_symbol_token(token: str) -> bool:
@@ -144,20 +250,70 @@ def meaning_markers(text: str) -> Markers:
 
     An order word (``before``, ``than``, ``instead`` ...) relates the content words next to it ("backup
     before deploy"): those neighbours are part of what the text says.
+
+    The cost is linear in the length of the text, however many order words it holds.
     """
-    words = [word.replace("'", "").replace("’", "") for word in _WORD.findall(text.lower())]
+    # an apostrophe inside a word is dropped ("isn't" is "isnt"), as if each word were cleaned after the split
+    words: list[str] = []
+    counts: Counter[str] = Counter()
+    for piece in _pieces(text):
+        piece_words = _WORD.findall(_INNER_APOSTROPHE.sub("", piece.lower()))
+        words += piece_words
+        counts.update(piece_words)
     relations = []
-    for position, word in enumerate(words):
-        if word in _ORDER_WORDS:
-            before = next((w for w in reversed(words[:position]) if w not in _COMMON_STARTS), None)
-            after = next((w for w in words[position + 1 :] if w not in _COMMON_STARTS), None)
-            relations.append((word, before, after))
+    if any(word in counts for word in _ORDER_WORDS):
+        positions = sorted(
+            position
+            for word in _ORDER_WORDS
+            if word in counts
+            for position in _positions(words, word, counts[word])
+        )
+        befores = _content_neighbours(words, positions, step=-1)
+        afters = _content_neighbours(words, positions[::-1], step=1)[::-1]
+        relations = [
+            (words[position], before, after)
+            for position, before, after in zip(positions, befores, afters, strict=True)
+        ]
     return Markers(
-        sum(1 for word in words if word in _NEGATIONS),
-        tuple(sorted(word for word in words if word in _NUMBER_WORDS)),
-        frozenset(word for word in words if word in _TIME_WORDS),
+        sum(counts[word] for word in _NEGATIONS),
+        tuple(sorted(word for word in _NUMBER_WORDS for _ in range(counts[word]))),
+        frozenset(word for word in _TIME_WORDS if word in counts),
         tuple(relations),
     )
+
+
+_INNER_APOSTROPHE = re.compile(r"['’](?<=[^\W_]['’])(?=[^\W_])")  # the apostrophe first: a fast scan
+"""An apostrophe :data:`_WORD` takes into a word (between two of its letters)."""
+
+
+def _positions(words: list[str], word: str, count: int) -> Iterator[int]:
+    """Where ``word`` is in ``words`` (found ``count`` times: ``list.index`` scans, no loop in Python)."""
+    position = -1
+    for _ in range(count):
+        position = words.index(word, position + 1)
+        yield position
+
+
+def _content_neighbours(words: list[str], positions: Sequence[int], step: int) -> list[str | None]:
+    """For each position, the nearest word not in :data:`_COMMON_STARTS` before it (``step`` -1) or after (1).
+
+    ``positions`` run in the direction opposite to ``step`` (ascending for -1), so each search stops at
+    the previous position and takes its answer from there: every word is read once at most.
+    """
+    found: list[str | None] = []
+    limit = -1 if step < 0 else len(words)
+    for index, position in enumerate(positions):
+        stop = positions[index - 1] if index else limit
+        neighbour: str | None = None
+        for other in range(position + step, stop, step):
+            if words[other] not in _COMMON_STARTS:
+                neighbour = words[other]
+                break
+        else:
+            if index:
+                neighbour = words[stop] if words[stop] not in _COMMON_STARTS else found[-1]
+        found.append(neighbour)
+    return found
 
 
 def same_meaning_markers(first: Markers, second: Markers) -> bool:
@@ -223,10 +379,7 @@ def near_duplicate_groups(
     for memory in memories:
         unique.setdefault(memory.id, memory)
     items = list(unique.values())
-    words = [
-        frozenset(query_tokens(_DIGIT_GROUPS.sub("", memory.content), limit=10_000, symbols=True))
-        for memory in items
-    ]
+    words = [_tokens(memory.content, digit_groups=True) for memory in items]
     names = [identifiers(memory.content) for memory in items]
     markers = [meaning_markers(memory.content) for memory in items]
     postings: dict[tuple[str | None, str], list[int]] = {}
@@ -238,7 +391,7 @@ def near_duplicate_groups(
     for position, (memory, word_set) in enumerate(zip(items, words, strict=True)):
         if not word_set:
             continue
-        rarest = sorted(word_set, key=lambda w: (len(postings[(memory.user_id, w)]), w))[:3]
+        rarest = heapq.nsmallest(3, word_set, key=lambda w: (len(postings[(memory.user_id, w)]), w))
         partners: set[int] = set()
         for word in rarest:
             partners.update(postings[(memory.user_id, word)][:200])
@@ -246,7 +399,8 @@ def near_duplicate_groups(
             if other <= position:
                 continue
             other_words = words[other]
-            score = len(word_set & other_words) / len(word_set | other_words) if other_words else 0.0
+            shared = len(word_set & other_words)
+            score = shared / (len(word_set) + len(other_words) - shared) if other_words else 0.0
             if score < threshold:
                 value = cosine(memory.id, items[other].id) if cosine is not None else None
                 if value is None or value < semantic_threshold:

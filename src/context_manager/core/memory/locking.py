@@ -46,25 +46,13 @@ def acquire_lock(path: Path) -> int:
     Raises:
         StorageLockedError: another process holds it, or another manager of this process does (the
             message says which: "stop that process" would be wrong advice for our own pid).
-        StorageError: the lock file cannot be opened.
+        StorageError: the lock file cannot be opened, locked or written (nothing is left open or locked).
     """
     real = os.path.realpath(path)
     with _held_lock:
         if any(held == (real, os.getpid()) for held in _held_here.values()):
             raise StorageLockedError(path.parent, holder_text(), same_process=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as error:
-            raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = _read_holder(fd)
-            finally:
-                os.close(fd)
-            raise StorageLockedError(path.parent, holder, same_process=holder == holder_text()) from None
-        _record_holder(fd)
+        fd = _lock_file(path, same_process=None)
         _held_here[fd] = (real, os.getpid())
         return fd
 
@@ -77,29 +65,57 @@ def replace_lock(old: int | None, path: Path) -> int:
 
     Raises:
         StorageLockedError: another process took the new lock file first.
-        StorageError: the lock file cannot be opened.
+        StorageError: the lock file cannot be opened, locked or written (``old`` is kept).
     """
     real = os.path.realpath(path)
     with _held_lock:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as error:
-            raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = _read_holder(fd)
-            finally:
-                os.close(fd)
-            raise StorageLockedError(path.parent, holder, same_process=False) from None
-        _record_holder(fd)
+        fd = _lock_file(path, same_process=False)
         _held_here[fd] = (real, os.getpid())
         if old is not None:
             _held_here.pop(old, None)
             with contextlib.suppress(OSError):
                 os.close(old)  # closing drops the flock on the old (unlinked) file
         return fd
+
+
+def _lock_file(path: Path, *, same_process: bool | None) -> int:
+    """Open ``path``, lock it and record this process in it; its descriptor (call with ``_held_lock`` held).
+
+    Whatever fails, the descriptor is closed (which drops the lock): a failed write of the holder (a
+    full disk) once left the file open and locked, and the next open in this process was told another
+    process held the storage.
+
+    Raises:
+        StorageLockedError: another process holds it (``same_process``: whether the holder is this
+            process; ``None``: as the file says).
+        StorageError: the lock file cannot be opened, locked or written.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StorageError(f"cannot open lock file {path}: {error}", path=path) from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = _read_holder(fd)
+        finally:
+            os.close(fd)
+        mine = holder == holder_text() if same_process is None else same_process
+        raise StorageLockedError(path.parent, holder, same_process=mine) from None
+    except OSError as error:
+        os.close(fd)
+        raise StorageError(f"cannot lock lock file {path}: {error.strerror or error}", path=path) from error
+    try:
+        _record_holder(fd)
+    except OSError as error:
+        os.close(fd)  # the lock goes with it
+        raise StorageError(
+            f"cannot write lock file {path}: {error.strerror or error}; the storage was not opened "
+            "(free space on its file system, then open it again)",
+            path=path,
+        ) from error
+    return fd
 
 
 def lock_fault(fd: int | None, path: Path) -> str | None:
@@ -131,7 +147,10 @@ def _record_holder(fd: int) -> None:
 
 def _read_holder(fd: int) -> str:
     """Who holds the lock, as its file says (its first line: :func:`holder_text`)."""
-    text = os.pread(fd, 200, 0).decode("utf-8", "replace")
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace")
+    except OSError:  # unreadable: the lock is held all the same
+        return "another process"
     return text.partition("\n")[0].strip() or "another process"
 
 

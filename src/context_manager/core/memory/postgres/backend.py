@@ -644,13 +644,13 @@ class PostgresBackend:
 
         async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[bool], int]:
             cursor = await connection.execute(  # their text converted a chunk per loop step
-                "SELECT id, content, importance, tags, superseded_by, "
-                "octet_length(content) + octet_length(tags_text) AS row_bytes "
+                "SELECT id, content, importance, tags, superseded_by, metadata, "
+                "octet_length(content) + octet_length(tags_text) + pg_column_size(metadata) AS row_bytes "
                 "FROM cm_memories WHERE id = ANY(%s)",
                 (ids,),
             )
             found: dict[str, list[Memory]] = {}
-            for original in await _converted(cursor, _original, size_column=5):
+            for original in await _converted(cursor, _original, size_column=6):
                 found.setdefault(original.id, []).append(original)
             flags = [
                 all(unchanged_since_read(original, found.get(original.id, [])) for original in originals)
@@ -1576,7 +1576,12 @@ async def _converted(
 def _original(row: Sequence[Any]) -> Memory:
     """An original of a merge as read again under its lock (:meth:`PostgresBackend.merge`)."""
     return Memory(
-        id=row[0], content=row[1], importance=float(row[2]), tags=list(row[3]), superseded_by=row[4]
+        id=row[0],
+        content=row[1],
+        importance=float(row[2]),
+        tags=list(row[3]),
+        superseded_by=row[4],
+        metadata=dict(row[5]),
     )
 
 
