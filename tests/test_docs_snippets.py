@@ -596,6 +596,8 @@ def parse_command_line(line: str, *, complete: bool) -> None:
         try:
             context = command.make_context(command.name or "context-manager", arguments, parent=context)
         except Exception as error:
+            if type(error).__name__ == "Exit" and getattr(error, "exit_code", None) == 0:
+                return  # an eager option such as --version did its work
             if complete or type(error).__name__ != "MissingParameter":
                 raise
             return
@@ -617,6 +619,64 @@ def test_command_lines_in_the_docs_parse() -> None:
         except Exception as error:
             wrong.append(f"{page}: {line}: {type(error).__name__}: {error}")
     assert wrong == [], "\n".join(wrong)
+
+
+def options_a_command_line_gives(line: str) -> set[tuple[str, str]]:
+    """``(command, option)`` for each option ``line`` passes: ``("memory search", "--limit")``, or
+    ``("", "--json")`` for a global one (whether it parses is ``test_command_lines_in_the_docs_parse``'s)."""
+    import typer
+
+    from context_manager.cli import app
+
+    command: Any = typer.main.get_command(app)  # typer's own copy of click: no click.Group to check against
+    path: list[str] = []
+    given = set()
+    words = shlex.split(line, comments=True)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words.pop(0)
+    for word in words[1:]:
+        if word in getattr(command, "commands", {}):
+            command = command.commands[word]
+            path.append(word)
+            continue
+        flag = word.split("=", 1)[0]
+        for parameter in command.params:
+            if parameter.param_type_name == "option" and flag in (*parameter.opts, *parameter.secondary_opts):
+                given.add((" ".join(path), max(parameter.opts, key=len)))
+    return given
+
+
+def command_line_options() -> set[tuple[str, str]]:
+    """``(command, option)`` for every option of every ``context-manager`` command (``--help`` aside)."""
+    import typer
+
+    from context_manager.cli import app
+
+    found = set()
+
+    def walk(command: Any, path: list[str]) -> None:
+        for parameter in command.params:
+            if parameter.param_type_name == "option":
+                found.add((" ".join(path), max(parameter.opts, key=len)))
+        for name, child in getattr(command, "commands", {}).items():
+            walk(child, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_option_of_the_command_line_is_shown_in_the_docs() -> None:
+    """An option ``context-manager COMMAND --help`` lists is used in a command line of the README or the
+    docs (a shell block or an inline ``context-manager ...`` span) for that very command, so a reader
+    learns it exists from the docs and not only from ``--help``."""
+    shown = set().union(*(options_a_command_line_gives(line) for _, line, _ in documented_command_lines()))
+    options = command_line_options()
+    assert ("memory search", "--limit") in options and ("", "--json") in options
+    assert ("memory search", "--limit") in options_a_command_line_gives(
+        "context-manager --json memory search 'x' -n 3  # --tag y"
+    )
+    missing = sorted(" ".join(["context-manager", *path.split(), option]) for path, option in options - shown)
+    assert missing == [], "\n".join(missing)
 
 
 def test_a_wrong_command_line_is_caught() -> None:
