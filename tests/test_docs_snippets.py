@@ -774,3 +774,29 @@ def test_the_postgres_reset_drops_every_object_the_backend_creates(postgres_dsn:
         connection.execute(reset)
     assert library_objects() == [], "the reset leaves objects of the library behind"
     assert asyncio.run(reopen()) == (0, [], 0)
+
+
+# ------------------------------------------------------------------ figures the concepts page lists
+
+
+def test_the_keys_concepts_lists_are_those_of_the_summary_and_of_a_compression_record(tmp_path: Path) -> None:
+    """docs/concepts.md names every key of ``get_context_summary()`` and of a ``compression_history``
+    record (the user guide reads ``message_count``, ``utilization``, ``tokens_before`` ...)."""
+    from context_manager import ContextManagerConfig, EnhancedContextManager
+
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+
+    def listed(opening: str) -> set[str]:
+        paragraph = concepts[concepts.index(opening) :].split("\n\n", 1)[0]
+        return set(re.findall(r"`([a-z_]+)`", paragraph[len(opening) :]))
+
+    async def keys() -> tuple[set[str], set[str]]:
+        config = ContextManagerConfig(max_tokens=200, cache_path=tmp_path, embedder="none")
+        async with EnhancedContextManager(config) as manager:
+            for turn in range(25):
+                await manager.add_message("user", f"Status of ticket {turn} in the billing queue?")
+            return set(manager.get_context_summary()), set(manager.compression_history[0])
+
+    summary, record = asyncio.run(keys())
+    assert listed("`get_context_summary()` gives") == summary
+    assert listed("Each `compression_history` record has") == record
