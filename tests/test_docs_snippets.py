@@ -189,7 +189,7 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
             namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
             for line, texts in printed.items():
-                assert any(shows(claims[line], text) for text in texts), (
+                assert all(shows(claims[line], text) for text in texts), (
                     f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
                 )
     return output.getvalue()
@@ -384,6 +384,13 @@ def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> 
         _run_alone(script.replace("base 10", "base 16"))
     # a branch that does not run claims nothing, and a comment on another print is not a claim
     assert _run_alone("print(1 + 1)  # an integer\nif False:\n    " + script.replace("\n", "\n    ")) == "2\n"
+    # a line run twice must print what it claims both times (a loop over two bad values claimed only the
+    # first message, and the second one went unchecked)
+    body = script.replace("int('x')", "int(value)").replace("\n", "\n    ")
+    looped = "for value in ('x', 'y'):\n    " + body
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone(looped.replace("base 10: ...", "base 10: 'x'"))
+    assert _run_alone(looped).count("invalid literal") == 2
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)
