@@ -33,6 +33,7 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples --exclude tests/fixtures --exclude tests/test_typing.py
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-dev

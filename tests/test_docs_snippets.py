@@ -189,7 +189,7 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
             namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
             for line, texts in printed.items():
-                assert any(shows(claims[line], text) for text in texts), (
+                assert all(shows(claims[line], text) for text in texts), (
                     f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
                 )
     return output.getvalue()
@@ -384,6 +384,13 @@ def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> 
         _run_alone(script.replace("base 10", "base 16"))
     # a branch that does not run claims nothing, and a comment on another print is not a claim
     assert _run_alone("print(1 + 1)  # an integer\nif False:\n    " + script.replace("\n", "\n    ")) == "2\n"
+    # a line run twice must print what it claims both times (a loop over two bad values claimed only the
+    # first message, and the second one went unchecked)
+    body = script.replace("int('x')", "int(value)").replace("\n", "\n    ")
+    looped = "for value in ('x', 'y'):\n    " + body
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone(looped.replace("base 10: ...", "base 10: 'x'"))
+    assert _run_alone(looped).count("invalid literal") == 2
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)
@@ -596,6 +603,8 @@ def parse_command_line(line: str, *, complete: bool) -> None:
         try:
             context = command.make_context(command.name or "context-manager", arguments, parent=context)
         except Exception as error:
+            if type(error).__name__ == "Exit" and getattr(error, "exit_code", None) == 0:
+                return  # an eager option such as --version did its work
             if complete or type(error).__name__ != "MissingParameter":
                 raise
             return
@@ -617,6 +626,64 @@ def test_command_lines_in_the_docs_parse() -> None:
         except Exception as error:
             wrong.append(f"{page}: {line}: {type(error).__name__}: {error}")
     assert wrong == [], "\n".join(wrong)
+
+
+def options_a_command_line_gives(line: str) -> set[tuple[str, str]]:
+    """``(command, option)`` for each option ``line`` passes: ``("memory search", "--limit")``, or
+    ``("", "--json")`` for a global one (whether it parses is ``test_command_lines_in_the_docs_parse``'s)."""
+    import typer
+
+    from context_manager.cli import app
+
+    command: Any = typer.main.get_command(app)  # typer's own copy of click: no click.Group to check against
+    path: list[str] = []
+    given = set()
+    words = shlex.split(line, comments=True)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words.pop(0)
+    for word in words[1:]:
+        if word in getattr(command, "commands", {}):
+            command = command.commands[word]
+            path.append(word)
+            continue
+        flag = word.split("=", 1)[0]
+        for parameter in command.params:
+            if parameter.param_type_name == "option" and flag in (*parameter.opts, *parameter.secondary_opts):
+                given.add((" ".join(path), max(parameter.opts, key=len)))
+    return given
+
+
+def command_line_options() -> set[tuple[str, str]]:
+    """``(command, option)`` for every option of every ``context-manager`` command (``--help`` aside)."""
+    import typer
+
+    from context_manager.cli import app
+
+    found = set()
+
+    def walk(command: Any, path: list[str]) -> None:
+        for parameter in command.params:
+            if parameter.param_type_name == "option":
+                found.add((" ".join(path), max(parameter.opts, key=len)))
+        for name, child in getattr(command, "commands", {}).items():
+            walk(child, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_option_of_the_command_line_is_shown_in_the_docs() -> None:
+    """An option ``context-manager COMMAND --help`` lists is used in a command line of the README or the
+    docs (a shell block or an inline ``context-manager ...`` span) for that very command, so a reader
+    learns it exists from the docs and not only from ``--help``."""
+    shown = set().union(*(options_a_command_line_gives(line) for _, line, _ in documented_command_lines()))
+    options = command_line_options()
+    assert ("memory search", "--limit") in options and ("", "--json") in options
+    assert ("memory search", "--limit") in options_a_command_line_gives(
+        "context-manager --json memory search 'x' -n 3  # --tag y"
+    )
+    missing = sorted(" ".join(["context-manager", *path.split(), option]) for path, option in options - shown)
+    assert missing == [], "\n".join(missing)
 
 
 def test_a_wrong_command_line_is_caught() -> None:
@@ -714,3 +781,29 @@ def test_the_postgres_reset_drops_every_object_the_backend_creates(postgres_dsn:
         connection.execute(reset)
     assert library_objects() == [], "the reset leaves objects of the library behind"
     assert asyncio.run(reopen()) == (0, [], 0)
+
+
+# ------------------------------------------------------------------ figures the concepts page lists
+
+
+def test_the_keys_concepts_lists_are_those_of_the_summary_and_of_a_compression_record(tmp_path: Path) -> None:
+    """docs/concepts.md names every key of ``get_context_summary()`` and of a ``compression_history``
+    record (the user guide reads ``message_count``, ``utilization``, ``tokens_before`` ...)."""
+    from context_manager import ContextManagerConfig, EnhancedContextManager
+
+    concepts = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+
+    def listed(opening: str) -> set[str]:
+        paragraph = concepts[concepts.index(opening) :].split("\n\n", 1)[0]
+        return set(re.findall(r"`([a-z_]+)`", paragraph[len(opening) :]))
+
+    async def keys() -> tuple[set[str], set[str]]:
+        config = ContextManagerConfig(max_tokens=200, cache_path=tmp_path, embedder="none")
+        async with EnhancedContextManager(config) as manager:
+            for turn in range(25):
+                await manager.add_message("user", f"Status of ticket {turn} in the billing queue?")
+            return set(manager.get_context_summary()), set(manager.compression_history[0])
+
+    summary, record = asyncio.run(keys())
+    assert listed("`get_context_summary()` gives") == summary
+    assert listed("Each `compression_history` record has") == record
