@@ -137,6 +137,7 @@ async def test_a_parameters_dict_tool_gets_the_schema_its_annotation_and_docstri
             "express": {"type": "boolean"},
         },
         "required": ["city", "weight_kg"],
+        "additionalProperties": False,
     }
     # the typed schemas are checked before the call; the function still gets the plain dict
     assert (await manager.execute("quote", city="Porto", weight_kg=2)).result == {
@@ -148,6 +149,61 @@ async def test_a_parameters_dict_tool_gets_the_schema_its_annotation_and_docstri
     wrong = await manager.execute("counts", apples=3, pears="many")
     assert wrong.error == "invalid arguments for tool 'counts': pears: got 'many'; expected integer"
     assert (await manager.execute("documented", text="x", anything=1)).result == {"text": "x", "anything": 1}
+
+
+class ForecastQuery(TypedDict, total=False):
+    city: str
+    days: int
+
+
+class OpenQuery(typing_extensions.TypedDict, closed=False):
+    city: str
+
+
+async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not_have() -> None:
+    """A ``TypedDict`` is closed (pydantic's schema of one, OpenAI's strict mode): its schema was an open
+    object, so a misspelt key (``unit`` for ``units``, ``day`` for ``days``) reached the tool, which read
+    its default instead, and the model never learnt of its mistake. The schema now says
+    ``additionalProperties: false`` and such a call fails, naming the key and the allowed ones; a
+    ``TypedDict`` that says it is open (PEP 728 ``closed=False``) stays open."""
+    ran: list[dict[str, Any]] = []
+
+    async def quote(parameters: ParcelQuery) -> str:
+        ran.append(dict(parameters))
+        return "quoted"
+
+    async def forecast(parameters: ForecastQuery) -> str:
+        ran.append(dict(parameters))
+        return "sunny"
+
+    async def lookup(parameters: OpenQuery) -> str:
+        ran.append(dict(parameters))
+        return "found"
+
+    manager = ToolManager()
+    for function in (quote, forecast, lookup):
+        manager.register_function_tool(function.__name__, function, "")
+    schemas = {
+        schema["function"]["name"]: schema["function"]["parameters"]
+        for schema in manager.get_tool_schemas("openai")
+    }
+    assert schemas["quote"]["additionalProperties"] is False
+    assert schemas["forecast"]["additionalProperties"] is False
+    assert "additionalProperties" not in schemas["lookup"]
+
+    misspelt = await manager.execute_tool("quote", city="Porto", weight_kg=2, expres=True)
+    assert misspelt.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert misspelt.error == (
+        "invalid arguments for tool 'quote': expres: unexpected argument; allowed city, weight_kg, express"
+    )
+    partial = await manager.execute_tool("forecast", city="Porto", day=3)
+    assert partial.error == (
+        "invalid arguments for tool 'forecast': day: unexpected argument; allowed city, days"
+    )
+    assert ran == []
+    assert (await manager.execute_tool("forecast", days=3)).result == "sunny"
+    assert (await manager.execute_tool("lookup", city="Porto", near="coast")).result == "found"
+    assert ran == [{"days": 3}, {"city": "Porto", "near": "coast"}]
 
 
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:

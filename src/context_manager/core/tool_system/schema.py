@@ -6,9 +6,10 @@ Two calling conventions are recognised (see :func:`analyse_function`):
   ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``,
   ``dict[str, int]``) or a ``TypedDict``. It receives the keyword arguments of the call as one dict. Its
   schema, unless the tool declares ``parameters_schema``, says what is known: a ``TypedDict``'s keys and
-  types; a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys
-  documented in the docstring's ``Args:`` section (names other than ``parameters``), with their
-  descriptions; an open object only when nothing is known. Declared and typed schemas are checked with
+  types (closed: ``additionalProperties: false``, unless it says ``closed=False`` or ``extra_items=``);
+  a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys documented
+  in the docstring's ``Args:`` section (names other than ``parameters``), with their descriptions; an
+  open object only when nothing is known. Declared and typed schemas are checked with
   :func:`check_arguments_against_schema` before the call.
 * **typed** - any other signature (``async def f(text: str, max_length: int = 100)``). A pydantic model is
   built once, at registration, from the type hints; it validates every call (lax mode: ``"5"`` is accepted
@@ -478,10 +479,18 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
         if marker is typing.Required or (total and marker is not typing.NotRequired):
             required.add(name)
     fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
+    # a TypedDict is closed: its keys are all there are (as pydantic and OpenAI's strict mode say of it),
+    # unless it says otherwise (PEP 728: ``closed=False``, or ``extra_items=`` the type of the others)
+    extra_items = getattr(typed_dict, "__extra_items__", None)
+    if repr(extra_items).endswith("NoExtraItems"):  # the sentinel (typing_extensions', or typing's later)
+        extra_items = None
+    is_open = getattr(typed_dict, "__closed__", None) is False
     try:
         with _quiet_pydantic():
             model = create_model(
-                f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+                f"{typed_dict.__name__}Schema",
+                __config__=ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
+                **fields,
             )
             schema: dict[str, Any] = _clean_schema(model.model_json_schema())
     except Exception as error:
@@ -494,6 +503,14 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
     for name, field_schema in schema.get("properties", {}).items():
         if name not in required and isinstance(field_schema, dict):
             field_schema.pop("default", None)  # a key that may be left out, not a key that may be null
+    if is_open:
+        schema.pop("additionalProperties", None)
+    elif extra_items is not None:
+        extra_schema = _adapter_schema(extra_items, tool_name)
+        definitions = extra_schema.pop("$defs", None)
+        if definitions:
+            schema.setdefault("$defs", {}).update(definitions)
+        schema["additionalProperties"] = extra_schema
     return schema
 
 
