@@ -448,7 +448,7 @@ def test_light_schema_check_for_parameters_tools() -> None:
     assert check_arguments_against_schema({"q": "x", "n": 3, "mode": "a"}, schema) == []
     problems = check_arguments_against_schema({"n": True, "mode": "c", "zzz": 1}, schema)
     assert "q: missing; a value is required" in problems
-    assert "n: got True; expected integer" in problems
+    assert "n: got true; expected integer" in problems
     assert "mode: got 'c'; expected one of 'a', 'b'" in problems
     assert "zzz: unexpected argument; allowed q, n, mode" in problems
 
@@ -469,7 +469,7 @@ async def test_light_schema_check_accepts_an_integral_float_as_an_integer() -> N
     assert refused.error is not None and "count: got 3.5; expected integer" in refused.error
     schema = {"type": "object", "properties": {"n": {"type": ["integer", "null"]}}}
     assert check_arguments_against_schema({"n": 2.0}, schema) == []
-    assert check_arguments_against_schema({"n": True}, schema) == ["n: got True; expected integer or null"]
+    assert check_arguments_against_schema({"n": True}, schema) == ["n: got true; expected integer or null"]
 
 
 def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
@@ -478,11 +478,11 @@ def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
     assert check_arguments_against_schema({"level": 1, "flag": True}, schema) == []
     assert check_arguments_against_schema({"level": 1.0, "flag": [1.0]}, schema) == []
     assert check_arguments_against_schema({"level": True, "flag": 1}, schema) == [
-        "level: got True; expected one of 0, 1, 2",
-        "flag: got 1; expected one of True, [1]",
+        "level: got true; expected one of 0, 1, 2",
+        "flag: got 1; expected one of true, [1]",
     ]
     assert check_arguments_against_schema({"flag": [True]}, schema) == [
-        "flag: got [True]; expected one of True, [1]"
+        "flag: got [true]; expected one of true, [1]"
     ]
 
 

@@ -599,3 +599,54 @@ async def test_an_async_tool_exiting_fails_like_a_sync_one_and_the_application_g
             await manager.execute_tool("waits", x=1)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+async def test_a_wrong_json_value_is_described_in_json_terms() -> None:
+    """A model sends JSON, but the failed result answered in Python's words: ``limit: got None; expected a
+    valid integer``, ``got True``, ``got {'a': 1}; expected a valid list``, ``expected a valid dictionary
+    or instance of Point`` (a class the model never saw). It now reads ``got null``, ``got true``,
+    ``got {"a": 1}; expected an array``, ``expected an object``, for typed and parameters-dict tools."""
+
+    async def plot(limit: int, scale: float, tags: list[str], where: Point, labels: dict[str, str]) -> str:
+        return "plotted"
+
+    async def filter_rows(parameters: dict[str, int]) -> str:
+        return "filtered"
+
+    async def pick(parameters: dict[str, Any]) -> str:
+        return "picked"
+
+    manager = ToolManager()
+    manager.register_function_tool("plot", plot, "Plot")
+    manager.register_function_tool("filter_rows", filter_rows, "Filter")
+    schema = {"type": "object", "properties": {"mode": {"enum": ["fast", None, True]}}}
+    manager.register_function_tool("pick", pick, "Pick", parameters_schema=schema)
+    nulls = await manager.call_tool(
+        "plot", {"limit": None, "scale": True, "tags": {"a": 1}, "where": None, "labels": ["x", None]}
+    )
+    assert nulls.error == (
+        "invalid arguments for tool 'plot': limit: got null; expected a valid integer; "
+        'tags: got {"a": 1}; expected an array; where: got null; expected an object; '
+        'labels: got ["x", null]; expected an object; scale: got true; expected a valid number'
+    )
+    nested = await manager.call_tool(
+        "plot", {"limit": 1, "scale": 1, "tags": ["a", None], "where": [1, 2], "labels": {"k": False}}
+    )
+    assert nested.error == (
+        "invalid arguments for tool 'plot': tags.1: got null; expected a valid string; "
+        "where: got [1, 2]; expected an object; labels.k: got false; expected a valid string"
+    )
+    light = await manager.call_tool("filter_rows", {"min": None, "max": False, "keep": {"a": [1]}})
+    assert light.error == (
+        "invalid arguments for tool 'filter_rows': min: got null; expected integer; "
+        'max: got false; expected integer; keep: got {"a": [1]}; expected integer'
+    )
+    enum_refused = await manager.call_tool("pick", {"mode": False})
+    assert enum_refused.error == (
+        "invalid arguments for tool 'pick': mode: got false; expected one of 'fast', null, true"
+    )

@@ -699,7 +699,7 @@ class ToolManager(ToolRegistry):
             numeric = self._numeric_arguments.get(name)
             booleans = (
                 [
-                    f"{field}: got {value}; expected {expected}"
+                    f"{field}: got {'true' if value else 'false'}; expected {expected}"
                     for field, expected in numeric.items()
                     if type(value := arguments.get(field)) is bool
                 ]

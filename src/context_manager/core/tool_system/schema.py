@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
-from context_manager.core.errors import ToolRegistrationError, describe_value
+from context_manager.core.errors import _MAX_REPR, ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "analyse_function",
     "check_arguments_against_schema",
     "check_declared_schema",
+    "describe_argument",
     "describe_validation_error",
     "parse_docstring",
 ]
@@ -582,6 +583,43 @@ def _unwrap_optional(annotation: Any) -> Any:
             return annotation
 
 
+def describe_argument(value: Any) -> str:
+    """A value a model sent, as JSON writes it, for an error message: ``null``, ``true``, ``{"a": 1}``.
+
+    A model sent JSON: ``got None`` or ``got {'a': 1}`` would speak of Python values it never wrote.
+    Strings and numbers are shown as :func:`describe_value` shows them (``'many'``, ``3.5``), and so is a
+    value JSON has no form for (an object a Python caller passed). Long values are cut.
+    """
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):  # not JSON (a cycle, an object, NaN)
+            return describe_value(value)
+        if len(text) > _MAX_REPR:
+            text = f"{text[: _MAX_REPR - 20]}...<{len(text)} chars>"
+        return text
+    return describe_value(value)
+
+
+_JSON_EXPECTED = {
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dataclass_type": "an object",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "set_type": "an array",
+    "frozen_set_type": "an array",
+    "none_required": "null",
+}
+"""What pydantic's errors of these types expect, in JSON terms (it says "a valid dictionary", "a valid
+list", "None", "a dictionary or an instance of Point": Python's words, and a class the model never saw)."""
+
+
 _UNEXPECTED_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
 """Pydantic's error types for a key that is not allowed (the second for a dataclass's fields)."""
 
@@ -623,9 +661,9 @@ def describe_validation_error(
                 allowed = f"; allowed {', '.join(names)}" if names else ""
             parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
         else:
-            expected = str(item.get("msg", "a valid value"))
+            expected = _JSON_EXPECTED.get(kind) or str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
-            given = REDACTED if loc and loc[0] in sensitive else describe_value(item.get("input"))
+            given = REDACTED if loc and loc[0] in sensitive else describe_argument(item.get("input"))
             parts.append(f"{location}: got {given}; expected {expected}")
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
 
@@ -754,7 +792,7 @@ def check_arguments_against_schema(
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
-        given = REDACTED if name in sensitive else describe_value(value)
+        given = REDACTED if name in sensitive else describe_argument(value)
         expected = declared.get("type")
         if expected is not None:
             options = expected if isinstance(expected, list) else [expected]
@@ -762,6 +800,6 @@ def check_arguments_against_schema(
                 problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
                 continue
         if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
-            allowed = ", ".join(describe_value(option) for option in declared["enum"])
+            allowed = ", ".join(describe_argument(option) for option in declared["enum"])
             problems.append(f"{name}: got {given}; expected one of {allowed}")
     return problems
