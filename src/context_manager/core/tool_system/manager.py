@@ -498,7 +498,8 @@ class ToolManager(ToolRegistry):
         approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
             only ``True`` lets the call run. Without one, such calls are denied. A sync callable is
             accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile
-            (one call at a time).
+            (one call at a time: the next waits until the previous call has returned in its thread,
+            even when that call's caller stopped waiting).
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
@@ -951,14 +952,7 @@ class ToolManager(ToolRegistry):
             if self._approval_is_async:
                 outcome = callback(definition, shown)
             else:
-                # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop;
-                # one call at a time, as on the loop: a terminal prompt must not ask two questions at once
-                loop = asyncio.get_running_loop()
-                lock = self._sync_approvals.get(loop)
-                if lock is None:
-                    lock = self._sync_approvals[loop] = asyncio.Lock()
-                async with lock:
-                    outcome = await self._threads.run(callback, definition, shown)
+                outcome = await self._ask_in_thread(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
@@ -973,6 +967,41 @@ class ToolManager(ToolRegistry):
         if outcome is True:
             return None
         return f"{needed}; the call was not approved"
+
+    async def _ask_in_thread(
+        self, callback: ApprovalCallback, definition: ToolDefinition, shown: dict[str, Any]
+    ) -> Any:
+        """Ask a sync callback (a prompt, a policy service's client) in a thread, not on the loop.
+
+        One call at a time, as on the loop: a terminal prompt must not ask two questions at once. The
+        lock is released when the callback's thread is done with it, not when this call stops waiting: a
+        call that times out (or is cancelled) returns at once, but its prompt goes on in its thread, and
+        the next prompt waits for it to end.
+        """
+        loop = asyncio.get_running_loop()
+        lock = self._sync_approvals.get(loop)
+        if lock is None:
+            lock = self._sync_approvals[loop] = asyncio.Lock()
+
+        def ask() -> Any:
+            try:
+                return callback(definition, shown)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: so is its lock
+                    loop.call_soon_threadsafe(lock.release)
+
+        await lock.acquire()
+        try:
+            call = self._threads.start(ask, (), {})
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            return await self._threads.wait(call)
+        except asyncio.CancelledError:
+            if not call.started:  # abandoned before a thread took it: it never runs, nor releases the lock
+                lock.release()
+            raise
 
     def _count_cancelled(self, definition: ToolDefinition, started: float) -> None:
         """Count a call its caller cancelled (``wait_for``, ``task.cancel()``) as a ``cancelled`` failure."""
