@@ -8,6 +8,7 @@ import enum
 import json
 import logging
 import time
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -308,10 +309,11 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
         top.error is not None
         and "zip: unexpected argument; allowed order_id, address, stops, item" in top.error
     )
-    # a union of models: which one was meant is unknown, so no keys are named
+    # a union of models: which one was meant is unknown, so each names its keys
     union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
-    assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
-    assert "order_id" not in union.error.partition("item.Address.zip")[2]
+    assert union.error is not None and "item.zip: unexpected key; allowed street, city;" in union.error
+    assert "item.zip: unexpected key; allowed weight" in union.error
+    assert "order_id" not in union.error.partition("item.zip")[2]
 
 
 @dataclasses.dataclass
@@ -650,3 +652,44 @@ async def test_a_wrong_json_value_is_described_in_json_terms() -> None:
     assert enum_refused.error == (
         "invalid arguments for tool 'pick': mode: got false; expected one of 'fast', null, true"
     )
+
+
+class Circle(BaseModel):
+    kind: typing.Literal["circle"]
+    radius: float
+
+
+class Square(BaseModel):
+    kind: typing.Literal["square"]
+    side: float
+
+
+async def test_an_argument_of_a_union_type_is_located_by_the_keys_the_model_sent() -> None:
+    """Pydantic puts the union member that failed in an error's location: the model read
+    ``shape.Circle.radius: missing`` and ``limit.int: got [1]``, paths through keys that do not exist (a
+    model nests its next try under ``Circle``). The location is now the path in the arguments sent, and
+    what the members expect of one value is said once: ``limit: got [1]; expected a valid integer or a
+    valid string``. A discriminated union names its tags instead of pydantic's sentence."""
+
+    async def draw(
+        limit: int | str,
+        shape: Circle | Square | None = None,
+        layers: list[typing.Annotated[Circle | Square, Field(discriminator="kind")]] | None = None,
+    ) -> str:
+        return "drawn"
+
+    manager = ToolManager()
+    manager.register_function_tool("draw", draw, "Draw")
+    both = await manager.call_tool("draw", {"limit": [1], "shape": {"kind": "circle", "side": 2}})
+    assert both.error == (
+        "invalid arguments for tool 'draw': limit: got [1]; expected a valid integer or a valid string; "
+        "shape.radius: missing; a value is required; shape.kind: got 'circle'; expected 'square'"
+    )
+    tagged = await manager.call_tool(
+        "draw", {"limit": 3, "layers": [{"kind": "square", "side": 1}, {"kind": "circle"}, {"kind": "oval"}]}
+    )
+    assert tagged.error == (
+        "invalid arguments for tool 'draw': layers.1.radius: missing; a value is required; "
+        """layers.2: got {"kind": "oval"}; expected an object whose 'kind' is one of 'circle', 'square'"""
+    )
+    assert (await manager.call_tool("draw", {"limit": "all", "shape": {"kind": "square", "side": 2}})).success

@@ -716,6 +716,7 @@ class ToolManager(ToolRegistry):
                     definition.parameters_schema["properties"],  # the names models see (aliases)
                     sensitive_arguments=definition.sensitive_arguments,
                     arguments_model=model,
+                    arguments=arguments,
                 )
                 if booleans:
                     message = "; ".join([message, *booleans])

@@ -537,7 +537,12 @@ def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...])
         annotation = _unwrap_optional(annotation)
         origin = typing.get_origin(annotation)
         arguments = typing.get_args(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if origin in (typing.Union, types.UnionType):  # the part is the tag of the member that failed
+            members = [member for member in arguments if getattr(member, "__name__", None) == part]
+            if len(members) != 1:
+                return []
+            annotation = members[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             field = annotation.model_fields.get(str(part))
             if field is None:
                 return []
@@ -631,8 +636,12 @@ def describe_validation_error(
     *,
     sensitive_arguments: collections.abc.Iterable[str] = (),
     arguments_model: type[BaseModel] | None = None,
+    arguments: collections.abc.Mapping[str, Any] | None = None,
 ) -> str:
     """Turn pydantic's errors into one message a model can act on: field, value given, what is expected.
+
+    Given the ``arguments`` that were validated, locations are paths in them (pydantic's union member
+    tags left out), and what the members of a union expect of one value is said once, joined by "or".
 
     The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
     stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
@@ -643,13 +652,14 @@ def describe_validation_error(
     """
     model_fields = list(allowed_fields)
     sensitive = frozenset(sensitive_arguments)
-    parts: list[str] = []
+    parts: dict[str, list[str]] = {}  # a problem's text up to "expected" -> what is expected there
     for item in error.errors(include_url=False):
         loc = item.get("loc", ())
-        location = ".".join(str(part) for part in loc) or "arguments"
         kind = item.get("type", "")
+        path = _json_path(loc, arguments, kind) if arguments is not None else loc
+        location = ".".join(str(part) for part in path) or "arguments"
         if kind == "missing":
-            parts.append(f"{location}: missing; a value is required")
+            parts.setdefault(f"{location}: missing; a value is required", [])
         elif kind in _UNEXPECTED_KEY_ERRORS:
             if len(loc) <= 1:  # the tool's arguments (``allowed_fields``), maybe none
                 allowed = "; allowed " + (", ".join(model_fields) or "no arguments")
@@ -659,13 +669,53 @@ def describe_validation_error(
                 except Exception:  # a hint that only resolved where the tool was defined: say nothing
                     names = []
                 allowed = f"; allowed {', '.join(names)}" if names else ""
-            parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
+            unexpected = f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}"
+            parts.setdefault(unexpected, [])
         else:
             expected = _JSON_EXPECTED.get(kind) or str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
+            context = item.get("ctx") or {}
+            if kind == "union_tag_invalid" and "expected_tags" in context:  # a discriminated union
+                expected = f"an object whose {context['discriminator']} is one of {context['expected_tags']}"
+            elif kind == "union_tag_not_found" and "discriminator" in context:
+                expected = f"an object with a {context['discriminator']} key"
             given = REDACTED if loc and loc[0] in sensitive else describe_argument(item.get("input"))
-            parts.append(f"{location}: got {given}; expected {expected}")
-    return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
+            # the members of a union each say what they expect of the same value: one "or" list
+            options = parts.setdefault(f"{location}: got {given}; expected ", [])
+            if expected not in options:
+                options.append(expected)
+    problems = [problem + " or ".join(options) for problem, options in parts.items()]
+    return f"invalid arguments for tool {tool_name!r}: " + "; ".join(problems)
+
+
+def _json_path(loc: tuple[int | str, ...], arguments: Any, kind: str) -> list[int | str]:
+    """``loc`` as a path in the arguments the model sent: without pydantic's union member tags.
+
+    Pydantic puts the member of a union in the location of its errors (``shape.Circle.radius``,
+    ``limit.int``, a tagged union's tag): a model would read it as a key to nest its value under. A part
+    that names no key (no index) of the value sent there is such a tag, unless it is the key an error
+    about a missing or unexpected key names.
+    """
+    path: list[int | str] = []
+    value: Any = arguments
+    known = True  # whether ``value`` is the part of the arguments at ``path``
+    last = len(loc) - 1
+    for index, part in enumerate(loc):
+        if known:
+            if isinstance(value, collections.abc.Mapping):
+                found = part in value
+            else:
+                found = isinstance(part, int) and isinstance(value, list | tuple) and 0 <= part < len(value)
+            if found:
+                value = value[part]
+            elif isinstance(part, str) and part != "[key]":
+                if index == last and (kind == "missing" or kind in _UNEXPECTED_KEY_ERRORS):
+                    path.append(part)
+                continue  # a union member's tag
+            else:
+                known = False
+        path.append(part)
+    return path
 
 
 def check_declared_schema(schema: dict[str, Any]) -> None:
