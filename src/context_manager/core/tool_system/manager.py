@@ -806,6 +806,7 @@ class ToolManager(ToolRegistry):
                 if thread_call is None or thread_call.finished:  # async, or the coroutine a sync one returned
                     late = ""
                 elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                    self._refund_rate_limit(definition, caller_key)  # it did not run
                     threads = self._threads
                     late = (
                         f" waiting for a worker thread (all {threads.max_threads} are busy, "
@@ -847,6 +848,8 @@ class ToolManager(ToolRegistry):
                 exit_error.__cause__ = error
                 return self._tool_error(definition, exit_error, started, call_id, call_arguments)
             if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                if thread_call is not None and not thread_call.started:  # it never runs
+                    self._refund_rate_limit(definition, caller_key)
                 self._count_cancelled(definition, started)
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
@@ -898,6 +901,11 @@ class ToolManager(ToolRegistry):
         if pieces is not TEXT_RESULT:
             result._keep_text(value, text)  # to_content() gives this text: the result is not encoded again
         return result
+
+    def _refund_rate_limit(self, definition: ToolDefinition, caller_key: str | None) -> None:
+        """Give back the rate-limit slot of a call that was admitted but never ran (no thread took it)."""
+        if definition.rate_limit is not None and self._tools.get(definition.name) is definition:
+            self._limiter.release((definition.name, caller_key))
 
     async def _cached_result(
         self, definition: ToolDefinition, found: tuple[str, Any], started: float, call_id: str | None
