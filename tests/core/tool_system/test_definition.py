@@ -206,6 +206,41 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
     assert ran == [{"days": 3}, {"city": "Porto", "near": "coast"}]
 
 
+class WeatherQuery(TypedDict):
+    city: Annotated[str, Field(description="The city, in English", min_length=2)]
+    days: NotRequired[Annotated[int, Field(ge=1, le=7)]]
+    units: NotRequired[str]
+    note: typing_extensions.ReadOnly[NotRequired[Annotated[str, "Anything the forecaster should know"]]]
+
+
+def test_a_typed_dict_parameters_tool_keeps_the_descriptions_and_constraints_of_its_keys() -> None:
+    """The schema of a ``TypedDict`` was built from its hints stripped of ``Annotated``: a key's
+    ``Field(description=..., ge=1)`` vanished, and so did the descriptions the docstring's ``Args:`` gave
+    its keys; a model saw bare types. A ``ReadOnly[NotRequired[...]]`` key was taken for a required one."""
+
+    async def weather(parameters: WeatherQuery) -> str:
+        """Forecast the weather.
+
+        Args:
+            units: "metric" or "imperial".
+            city: Not used: the key's own description wins.
+        """
+        return "sunny"
+
+    definition = ToolDefinition(name="weather", function=weather)
+    assert definition.parameters_schema == {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "The city, in English", "minLength": 2},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            "units": {"type": "string", "description": '"metric" or "imperial".'},
+            "note": {"type": "string", "description": "Anything the forecaster should know"},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+
+
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:
     async def lookup(data: dict[str, int]) -> int:
         return len(data)

@@ -435,7 +435,7 @@ def _parameters_dict_schema(
         inner = typing.get_args(inner)[0]
     description = argument_docs.get("parameters")
     if _is_typed_dict(inner):
-        schema = _typed_dict_schema(inner, tool_name)
+        schema = _typed_dict_schema(inner, tool_name, argument_docs)
     else:
         arguments = typing.get_args(inner)
         value_type = arguments[1] if len(arguments) == 2 else Any
@@ -460,11 +460,16 @@ def _parameters_dict_schema(
     return schema, True
 
 
-def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
-    """A TypedDict's JSON schema, built field by field (pydantic refuses ``typing.TypedDict`` before 3.12)."""
+def _typed_dict_schema(
+    typed_dict: Any, tool_name: str, argument_docs: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A TypedDict's JSON schema, built field by field (pydantic refuses ``typing.TypedDict`` before 3.12).
+
+    A key's ``Annotated`` metadata is kept (``Field(description=..., ge=1)``, or a plain string describing
+    it); a key without a description takes the one the docstring's ``Args:`` section gives it.
+    """
     try:
         extras = typing.get_type_hints(typed_dict, include_extras=True)
-        hints = typing.get_type_hints(typed_dict)
     except Exception as error:
         raise ToolRegistrationError(
             "function.parameters",
@@ -475,11 +480,23 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
     # from the resolved hints: __required_keys__ misses NotRequired[...] written as a string annotation
     total = bool(getattr(typed_dict, "__total__", True))
     required = set()
+    fields: dict[str, Any] = {}
+    descriptions: dict[str, str] = {}
     for name, hint in extras.items():
-        marker = typing.get_origin(hint)
+        marker = None
+        while True:  # Required[...], NotRequired[...] and ReadOnly[...] qualify the key, not its value
+            origin = typing.get_origin(hint)
+            if origin is typing.Required or origin is typing.NotRequired:
+                marker = origin
+            elif getattr(origin, "_name", None) != "ReadOnly":
+                break
+            hint = typing.get_args(hint)[0]
         if marker is typing.Required or (total and marker is not typing.NotRequired):
             required.add(name)
-    fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
+        fields[name] = (hint, ... if name in required else None)
+        description = (argument_docs or {}).get(name) or _annotated_description(hint)
+        if description:
+            descriptions[name] = description
     # a TypedDict is closed: its keys are all there are (as pydantic and OpenAI's strict mode say of it),
     # unless it says otherwise (PEP 728: ``closed=False``, or ``extra_items=`` the type of the others)
     extra_items = getattr(typed_dict, "__extra_items__", None)
@@ -502,8 +519,12 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
             detail=f"tool {tool_name!r}: {error}",
         ) from None
     for name, field_schema in schema.get("properties", {}).items():
-        if name not in required and isinstance(field_schema, dict):
+        if not isinstance(field_schema, dict):
+            continue
+        if name not in required:
             field_schema.pop("default", None)  # a key that may be left out, not a key that may be null
+        if name in descriptions:
+            field_schema.setdefault("description", descriptions[name])
     if is_open:
         schema.pop("additionalProperties", None)
     elif extra_items is not None:
