@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
 import typing_extensions
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
 
 from context_manager.core.errors import ContextManagerError, ToolRegistrationError
 from context_manager.core.tool_system import (
@@ -160,6 +160,11 @@ class OpenQuery(typing_extensions.TypedDict, closed=False):
     city: str
 
 
+@with_config(ConfigDict(extra="allow"))
+class ExtensibleQuery(TypedDict):
+    city: str
+
+
 async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not_have() -> None:
     """A ``TypedDict`` is closed (pydantic's schema of one, OpenAI's strict mode): its schema was an open
     object, so a misspelt key (``unit`` for ``units``, ``day`` for ``days``) reached the tool, which read
@@ -180,8 +185,11 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
         ran.append(dict(parameters))
         return "found"
 
+    async def locate(parameters: ExtensibleQuery) -> str:
+        return "located"
+
     manager = ToolManager()
-    for function in (quote, forecast, lookup):
+    for function in (quote, forecast, lookup, locate):
         manager.register_function_tool(function.__name__, function, "")
     schemas = {
         schema["function"]["name"]: schema["function"]["parameters"]
@@ -190,6 +198,7 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
     assert schemas["quote"]["additionalProperties"] is False
     assert schemas["forecast"]["additionalProperties"] is False
     assert "additionalProperties" not in schemas["lookup"]
+    assert "additionalProperties" not in schemas["locate"]
 
     misspelt = await manager.execute_tool("quote", city="Porto", weight_kg=2, expres=True)
     assert misspelt.error_type is ToolErrorType.INVALID_ARGUMENTS
@@ -204,6 +213,7 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
     assert (await manager.execute_tool("forecast", days=3)).result == "sunny"
     assert (await manager.execute_tool("lookup", city="Porto", near="coast")).result == "found"
     assert ran == [{"days": 3}, {"city": "Porto", "near": "coast"}]
+    assert (await manager.execute_tool("locate", city="Porto", near="coast")).result == "located"
 
 
 class WeatherQuery(TypedDict):

@@ -6,7 +6,8 @@ Two calling conventions are recognised (see :func:`analyse_function`):
   ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``,
   ``dict[str, int]``) or a ``TypedDict``. It receives the keyword arguments of the call as one dict. Its
   schema, unless the tool declares ``parameters_schema``, says what is known: a ``TypedDict``'s keys and
-  types (closed: ``additionalProperties: false``, unless it says ``closed=False`` or ``extra_items=``);
+  types (closed: ``additionalProperties: false``, unless it says ``closed=False``, ``extra_items=`` or
+  pydantic's ``extra="allow"``);
   a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys documented
   in the docstring's ``Args:`` section (names other than ``parameters``), with their descriptions; an
   open object only when nothing is known. Declared and typed schemas are checked with
@@ -497,12 +498,16 @@ def _typed_dict_schema(
         description = (argument_docs or {}).get(name) or _annotated_description(hint)
         if description:
             descriptions[name] = description
-    # a TypedDict is closed: its keys are all there are (as pydantic and OpenAI's strict mode say of it),
-    # unless it says otherwise (PEP 728: ``closed=False``, or ``extra_items=`` the type of the others)
+    # a TypedDict is closed: its keys are all there are (as OpenAI's strict mode says of it), unless it
+    # says otherwise (PEP 728: ``closed=False``, or ``extra_items=`` the type of the others; pydantic's
+    # ``with_config(ConfigDict(extra="allow"))``)
     extra_items = getattr(typed_dict, "__extra_items__", None)
     if repr(extra_items).endswith("NoExtraItems"):  # the sentinel (typing_extensions', or typing's later)
         extra_items = None
-    is_open = getattr(typed_dict, "__closed__", None) is False
+    config = getattr(typed_dict, "__pydantic_config__", None)
+    is_open = getattr(typed_dict, "__closed__", None) is False or (
+        isinstance(config, dict) and config.get("extra") == "allow"
+    )
     try:
         with _quiet_pydantic():
             model = create_model(
