@@ -251,6 +251,37 @@ def test_a_typed_dict_parameters_tool_keeps_the_descriptions_and_constraints_of_
     }
 
 
+def _define_local_order_tool() -> Any:
+    class Address(typing_extensions.TypedDict):
+        street: str
+
+    class Order(typing_extensions.TypedDict):
+        item: str
+        address: Address
+
+    @tool
+    async def place_order(parameters: Order) -> str:
+        return f"{parameters['item']} to {parameters['address']['street']}"
+
+    return place_order
+
+
+async def test_a_local_typed_dict_naming_another_local_class_registers() -> None:
+    """With ``from __future__ import annotations`` (as in this module), a TypedDict defined in a function
+    whose keys name another class of that function refused the tool ("name 'Address' is not defined"),
+    although the tool function's own hints resolve such names. Registered later elsewhere (another
+    name), the tool keeps the schema."""
+    place_order = _define_local_order_tool()
+    definition = get_tool_definition(place_order)
+    assert definition is not None
+    assert definition.parameters_schema["properties"]["address"] == {"$ref": "#/$defs/Address"}
+    assert definition.parameters_schema["$defs"]["Address"]["required"] == ["street"]
+    manager = ToolManager()
+    manager.register_function_tool("order", place_order, "Place an order")
+    result = await manager.execute_tool("order", item="tea", address={"street": "Rua A"})
+    assert result.result == "tea to Rua A"
+
+
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:
     async def lookup(data: dict[str, int]) -> int:
         return len(data)

@@ -461,6 +461,40 @@ def _parameters_dict_schema(
     return schema, True
 
 
+def _typed_dict_hints(typed_dict: Any, tool_name: str) -> dict[str, Any]:
+    """A TypedDict's type hints, with their ``Annotated`` metadata.
+
+    A TypedDict defined in a function, whose string annotations (``from __future__ import annotations``)
+    name other classes of that function, resolves with the caller's local names (as the tool function's
+    own hints do), kept for a later registration made elsewhere.
+    """
+    try:
+        return typing.get_type_hints(typed_dict, include_extras=True)
+    except NameError:
+        pass
+    except Exception as error:
+        raise _unresolved_typed_dict(typed_dict, tool_name, error) from None
+    try:
+        hints = typing.get_type_hints(typed_dict, localns=_caller_namespace(), include_extras=True)
+    except Exception as error:
+        known = _LOCAL_HINTS.get(typed_dict)
+        if known is not None:
+            return dict(known)
+        raise _unresolved_typed_dict(typed_dict, tool_name, error) from None
+    with contextlib.suppress(TypeError):  # a class that cannot be weakly referenced: not kept
+        _LOCAL_HINTS[typed_dict] = hints
+    return hints
+
+
+def _unresolved_typed_dict(typed_dict: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
+    return ToolRegistrationError(
+        "function.parameters",
+        typed_dict,
+        "a TypedDict whose type hints can be resolved",
+        detail=f"tool {tool_name!r}: {error}",
+    )
+
+
 def _typed_dict_schema(
     typed_dict: Any, tool_name: str, argument_docs: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -469,15 +503,7 @@ def _typed_dict_schema(
     A key's ``Annotated`` metadata is kept (``Field(description=..., ge=1)``, or a plain string describing
     it); a key without a description takes the one the docstring's ``Args:`` section gives it.
     """
-    try:
-        extras = typing.get_type_hints(typed_dict, include_extras=True)
-    except Exception as error:
-        raise ToolRegistrationError(
-            "function.parameters",
-            typed_dict,
-            "a TypedDict whose type hints can be resolved",
-            detail=f"tool {tool_name!r}: {error}",
-        ) from None
+    extras = _typed_dict_hints(typed_dict, tool_name)
     # from the resolved hints: __required_keys__ misses NotRequired[...] written as a string annotation
     total = bool(getattr(typed_dict, "__total__", True))
     required = set()
