@@ -664,6 +664,10 @@ def describe_argument(value: Any) -> str:
 
 _JSON_EXPECTED = {
     "dict_type": "an object",
+    "mapping_type": "an object",
+    "ordered_dict_type": "an object",
+    "frozen_dict_type": "an object",
+    "counter_type": "an object",
     "model_type": "an object",
     "model_attributes_type": "an object",
     "dataclass_type": "an object",
@@ -671,6 +675,8 @@ _JSON_EXPECTED = {
     "tuple_type": "an array",
     "set_type": "an array",
     "frozen_set_type": "an array",
+    "deque_type": "an array",
+    "named_tuple_type": "an array",
     "none_required": "null",
 }
 """What pydantic's errors of these types expect, in JSON terms (it says "a valid dictionary", "a valid
