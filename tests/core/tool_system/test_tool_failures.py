@@ -693,3 +693,36 @@ async def test_an_argument_of_a_union_type_is_located_by_the_keys_the_model_sent
         """layers.2: got {"kind": "oval"}; expected an object whose 'kind' is one of 'circle', 'square'"""
     )
     assert (await manager.call_tool("draw", {"limit": "all", "shape": {"kind": "square", "side": 2}})).success
+
+
+async def test_a_sensitive_argument_with_an_alias_is_redacted_under_either_name(tmp_path: Path) -> None:
+    """A typed tool's argument with an alias arrives under the alias (``api-key``) but reaches the function
+    under its name (``api_key``): a sensitive argument listed by its name was neither redacted in the
+    window nor kept out of a validation error (the model's call holds the alias), and one listed by its
+    alias was not cut out of the tool's own error (the function's arguments hold the name)."""
+
+    async def fetch_report(
+        report: str, api_key: Annotated[str, Field(alias="api-key", min_length=20)]
+    ) -> str:
+        raise PermissionError(f"key {api_key} rejected for {report}")
+
+    for listed in ("api_key", "api-key"):
+        async with EnhancedContextManager(ContextManagerConfig(cache_path=str(tmp_path / listed))) as manager:
+            manager.tool_manager.register_function_tool(
+                "fetch_report", fetch_report, "Fetch a report", sensitive_arguments=[listed]
+            )
+            short, valid = "sk-short-secret", "sk-live-0123456789abcdef"
+            results = await manager.execute_tool_calls(
+                [
+                    {"id": "c1", "name": "fetch_report", "input": {"report": "q1", "api-key": short}},
+                    {"id": "c2", "name": "fetch_report", "input": {"report": "q2", "api-key": valid}},
+                ]
+            )
+            assert [result.error_type for result in results] == ["invalid_arguments", "tool_error"]
+            assert "api-key: got [REDACTED]; expected" in (results[0].error or "")
+            assert "key [REDACTED] rejected for q2" in (results[1].error or "")
+            exported = json.dumps(manager.get_context())
+            assert short not in exported and valid not in exported, listed
+            assert manager.tool_manager.redact_arguments("fetch_report", {"api-key": valid}) == {
+                "api-key": "[REDACTED]"
+            }

@@ -714,7 +714,7 @@ class ToolManager(ToolRegistry):
                     error,
                     name,
                     definition.parameters_schema["properties"],  # the names models see (aliases)
-                    sensitive_arguments=definition.sensitive_arguments,
+                    sensitive_arguments=definition.sensitive_keys,
                     arguments_model=model,
                     arguments=arguments,
                 )
@@ -735,7 +735,7 @@ class ToolManager(ToolRegistry):
                 problems = check_arguments_against_schema(
                     call_arguments,
                     definition.parameters_schema,
-                    sensitive_arguments=definition.sensitive_arguments,
+                    sensitive_arguments=definition.sensitive_keys,
                 )
                 if problems:
                     message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
