@@ -1064,7 +1064,8 @@ class ToolManager(ToolRegistry):
     def _parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
         """Normalise tool calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ToolCall.
 
-        Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well.
+        Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well, and
+        so are OpenAI Responses API ``function_call`` items (their id is their ``call_id``).
 
         A call whose arguments are not a JSON object is kept, with empty arguments and an
         ``invalid_arguments`` failure, so it still gets a paired result.
@@ -1079,6 +1080,10 @@ class ToolManager(ToolRegistry):
             dump = getattr(raw, "model_dump", None)
             if callable(dump) and not isinstance(raw, ToolCall):  # provider SDK objects (pydantic models)
                 raw = dump()
+            if isinstance(raw, Mapping) and raw.get("type") == "function_call":
+                # an OpenAI Responses API item: its result answers ``call_id`` (``id`` is the item's own)
+                function = {"name": raw.get("name", ""), "arguments": raw.get("arguments", "{}")}
+                raw = {"id": raw.get("call_id", ""), "type": "function", "function": function}
             try:
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:
@@ -1105,7 +1110,8 @@ class ToolManager(ToolRegistry):
         """Run a model's tool calls concurrently and return their results in call order.
 
         The one way to run provider tool calls: OpenAI ``tool_calls`` items (dicts or SDK objects),
-        Anthropic ``tool_use`` blocks or :class:`ToolCall` objects. At most
+        Responses API ``function_call`` items (answered under their ``call_id``), Anthropic ``tool_use``
+        blocks or :class:`ToolCall` objects. At most
         ``config.max_concurrent_tool_calls`` run at once. Each call goes through every check of
         :meth:`call_tool` (permissions cannot be bypassed this way); each result carries its ``call_id``.
         A call whose arguments are not a JSON object gets a failed ``invalid_arguments`` result. To also
