@@ -746,6 +746,10 @@ def describe_validation_error(
     return f"invalid arguments for tool {tool_name!r}: " + "; ".join(problems)
 
 
+_JSON_VALUES = (collections.abc.Mapping, list, tuple, str, int, float, type(None))
+"""Values a location can be followed through: other objects (a model a Python caller passed) are not."""
+
+
 def _json_path(loc: tuple[int | str, ...], arguments: Any, kind: str) -> list[int | str]:
     """``loc`` as a path in the arguments the model sent: without pydantic's union member tags.
 
@@ -766,7 +770,7 @@ def _json_path(loc: tuple[int | str, ...], arguments: Any, kind: str) -> list[in
                 found = isinstance(part, int) and isinstance(value, list | tuple) and 0 <= part < len(value)
             if found:
                 value = value[part]
-            elif isinstance(part, str) and part != "[key]":
+            elif isinstance(part, str) and part != "[key]" and isinstance(value, _JSON_VALUES):
                 if index == last and (kind == "missing" or kind in _UNEXPECTED_KEY_ERRORS):
                     path.append(part)
                 continue  # a union member's tag
