@@ -655,9 +655,9 @@ async def test_mcp_memory_tools_refuse_values_of_another_json_type(tmp_path: Pat
         tea = "Lea likes tea"
         refused = [
             ("memory_search", {"query": "tea", "limit": "3"}, "limit: got '3'; expected integer"),
-            ("memory_search", {"query": "tea", "limit": True}, "limit: got True; expected integer"),
+            ("memory_search", {"query": "tea", "limit": True}, "limit: got true; expected integer"),
             ("memory_add", {"content": tea, "importance": "0.5"}, "importance: got '0.5'; expected number"),
-            ("memory_add", {"content": tea, "importance": True}, "importance: got True; expected number"),
+            ("memory_add", {"content": tea, "importance": True}, "importance: got true; expected number"),
         ]
         for name, arguments, problem in refused:
             result = await client.call_tool(name, arguments)

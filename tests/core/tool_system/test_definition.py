@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import pytest
 import typing_extensions
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
 
 from context_manager.core.errors import ContextManagerError, ToolRegistrationError
 from context_manager.core.tool_system import (
@@ -137,6 +137,7 @@ async def test_a_parameters_dict_tool_gets_the_schema_its_annotation_and_docstri
             "express": {"type": "boolean"},
         },
         "required": ["city", "weight_kg"],
+        "additionalProperties": False,
     }
     # the typed schemas are checked before the call; the function still gets the plain dict
     assert (await manager.execute("quote", city="Porto", weight_kg=2)).result == {
@@ -148,6 +149,137 @@ async def test_a_parameters_dict_tool_gets_the_schema_its_annotation_and_docstri
     wrong = await manager.execute("counts", apples=3, pears="many")
     assert wrong.error == "invalid arguments for tool 'counts': pears: got 'many'; expected integer"
     assert (await manager.execute("documented", text="x", anything=1)).result == {"text": "x", "anything": 1}
+
+
+class ForecastQuery(TypedDict, total=False):
+    city: str
+    days: int
+
+
+class OpenQuery(typing_extensions.TypedDict, closed=False):
+    city: str
+
+
+@with_config(ConfigDict(extra="allow"))
+class ExtensibleQuery(TypedDict):
+    city: str
+
+
+async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not_have() -> None:
+    """A ``TypedDict`` is closed (pydantic's schema of one, OpenAI's strict mode): its schema was an open
+    object, so a misspelt key (``unit`` for ``units``, ``day`` for ``days``) reached the tool, which read
+    its default instead, and the model never learnt of its mistake. The schema now says
+    ``additionalProperties: false`` and such a call fails, naming the key and the allowed ones; a
+    ``TypedDict`` that says it is open (PEP 728 ``closed=False``) stays open."""
+    ran: list[dict[str, Any]] = []
+
+    async def quote(parameters: ParcelQuery) -> str:
+        ran.append(dict(parameters))
+        return "quoted"
+
+    async def forecast(parameters: ForecastQuery) -> str:
+        ran.append(dict(parameters))
+        return "sunny"
+
+    async def lookup(parameters: OpenQuery) -> str:
+        ran.append(dict(parameters))
+        return "found"
+
+    async def locate(parameters: ExtensibleQuery) -> str:
+        return "located"
+
+    manager = ToolManager()
+    for function in (quote, forecast, lookup, locate):
+        manager.register_function_tool(function.__name__, function, "")
+    schemas = {
+        schema["function"]["name"]: schema["function"]["parameters"]
+        for schema in manager.get_tool_schemas("openai")
+    }
+    assert schemas["quote"]["additionalProperties"] is False
+    assert schemas["forecast"]["additionalProperties"] is False
+    assert "additionalProperties" not in schemas["lookup"]
+    assert "additionalProperties" not in schemas["locate"]
+
+    misspelt = await manager.execute_tool("quote", city="Porto", weight_kg=2, expres=True)
+    assert misspelt.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert misspelt.error == (
+        "invalid arguments for tool 'quote': expres: unexpected argument; allowed city, weight_kg, express"
+    )
+    partial = await manager.execute_tool("forecast", city="Porto", day=3)
+    assert partial.error == (
+        "invalid arguments for tool 'forecast': day: unexpected argument; allowed city, days"
+    )
+    assert ran == []
+    assert (await manager.execute_tool("forecast", days=3)).result == "sunny"
+    assert (await manager.execute_tool("lookup", city="Porto", near="coast")).result == "found"
+    assert ran == [{"days": 3}, {"city": "Porto", "near": "coast"}]
+    assert (await manager.execute_tool("locate", city="Porto", near="coast")).result == "located"
+
+
+class WeatherQuery(TypedDict):
+    city: Annotated[str, Field(description="The city, in English", min_length=2)]
+    days: NotRequired[Annotated[int, Field(ge=1, le=7)]]
+    units: NotRequired[str]
+    note: typing_extensions.ReadOnly[NotRequired[Annotated[str, "Anything the forecaster should know"]]]
+
+
+def test_a_typed_dict_parameters_tool_keeps_the_descriptions_and_constraints_of_its_keys() -> None:
+    """The schema of a ``TypedDict`` was built from its hints stripped of ``Annotated``: a key's
+    ``Field(description=..., ge=1)`` vanished, and so did the descriptions the docstring's ``Args:`` gave
+    its keys; a model saw bare types. A ``ReadOnly[NotRequired[...]]`` key was taken for a required one."""
+
+    async def weather(parameters: WeatherQuery) -> str:
+        """Forecast the weather.
+
+        Args:
+            units: "metric" or "imperial".
+            city: Not used: the key's own description wins.
+        """
+        return "sunny"
+
+    definition = ToolDefinition(name="weather", function=weather)
+    assert definition.parameters_schema == {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "The city, in English", "minLength": 2},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+            "units": {"type": "string", "description": '"metric" or "imperial".'},
+            "note": {"type": "string", "description": "Anything the forecaster should know"},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+
+
+def _define_local_order_tool() -> Any:
+    class Address(typing_extensions.TypedDict):
+        street: str
+
+    class Order(typing_extensions.TypedDict):
+        item: str
+        address: Address
+
+    @tool
+    async def place_order(parameters: Order) -> str:
+        return f"{parameters['item']} to {parameters['address']['street']}"
+
+    return place_order
+
+
+async def test_a_local_typed_dict_naming_another_local_class_registers() -> None:
+    """With ``from __future__ import annotations`` (as in this module), a TypedDict defined in a function
+    whose keys name another class of that function refused the tool ("name 'Address' is not defined"),
+    although the tool function's own hints resolve such names. Registered later elsewhere (another
+    name), the tool keeps the schema."""
+    place_order = _define_local_order_tool()
+    definition = get_tool_definition(place_order)
+    assert definition is not None
+    assert definition.parameters_schema["properties"]["address"] == {"$ref": "#/$defs/Address"}
+    assert definition.parameters_schema["$defs"]["Address"]["required"] == ["street"]
+    manager = ToolManager()
+    manager.register_function_tool("order", place_order, "Place an order")
+    result = await manager.execute_tool("order", item="tea", address={"street": "Rua A"})
+    assert result.result == "tea to Rua A"
 
 
 def test_single_typed_parameter_not_named_parameters_is_typed() -> None:
@@ -392,7 +524,7 @@ def test_light_schema_check_for_parameters_tools() -> None:
     assert check_arguments_against_schema({"q": "x", "n": 3, "mode": "a"}, schema) == []
     problems = check_arguments_against_schema({"n": True, "mode": "c", "zzz": 1}, schema)
     assert "q: missing; a value is required" in problems
-    assert "n: got True; expected integer" in problems
+    assert "n: got true; expected integer" in problems
     assert "mode: got 'c'; expected one of 'a', 'b'" in problems
     assert "zzz: unexpected argument; allowed q, n, mode" in problems
 
@@ -413,7 +545,7 @@ async def test_light_schema_check_accepts_an_integral_float_as_an_integer() -> N
     assert refused.error is not None and "count: got 3.5; expected integer" in refused.error
     schema = {"type": "object", "properties": {"n": {"type": ["integer", "null"]}}}
     assert check_arguments_against_schema({"n": 2.0}, schema) == []
-    assert check_arguments_against_schema({"n": True}, schema) == ["n: got True; expected integer or null"]
+    assert check_arguments_against_schema({"n": True}, schema) == ["n: got true; expected integer or null"]
 
 
 def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
@@ -422,11 +554,11 @@ def test_light_schema_enum_check_tells_booleans_from_numbers() -> None:
     assert check_arguments_against_schema({"level": 1, "flag": True}, schema) == []
     assert check_arguments_against_schema({"level": 1.0, "flag": [1.0]}, schema) == []
     assert check_arguments_against_schema({"level": True, "flag": 1}, schema) == [
-        "level: got True; expected one of 0, 1, 2",
-        "flag: got 1; expected one of True, [1]",
+        "level: got true; expected one of 0, 1, 2",
+        "flag: got 1; expected one of true, [1]",
     ]
     assert check_arguments_against_schema({"flag": [True]}, schema) == [
-        "flag: got [True]; expected one of True, [1]"
+        "flag: got [true]; expected one of true, [1]"
     ]
 
 

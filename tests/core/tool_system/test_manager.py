@@ -735,11 +735,11 @@ async def test_a_json_boolean_is_not_a_number_for_a_typed_tool() -> None:
     manager.register_function_tool("search", search, "Search")
     refused = await manager.execute_tool("search", query="q", limit=True)
     assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
-    assert refused.error == "invalid arguments for tool 'search': limit: got True; expected a valid integer"
+    assert refused.error == "invalid arguments for tool 'search': limit: got true; expected a valid integer"
     both = await manager.call_tool("search", {"query": 3, "threshold": False})
     assert both.error == (
         "invalid arguments for tool 'search': query: got 3; expected a valid string; "
-        "threshold: got False; expected a valid number"
+        "threshold: got false; expected a valid number"
     )
     assert ran == []
     for arguments in ({"limit": "5", "threshold": 0.5, "exact": True}, {"limit": 2.0, "threshold": None}):

@@ -366,3 +366,72 @@ def test_sync_approval_callbacks_work_on_a_second_event_loop() -> None:
         results = asyncio.run(manager.execute_tool_calls(calls))
         assert [(result.success, result.error) for result in results] == [(True, None)] * 3
     assert len(asked) == 6
+
+
+async def test_a_timed_out_sync_approval_keeps_the_next_prompt_waiting_until_its_thread_ends() -> None:
+    """A sync callback runs in a thread, which cannot be stopped: when the call waiting for it timed out
+    (``asyncio.wait_for``, a cleanup cancelling it), the lock was released at once while its prompt went on
+    in its thread, and the next call's prompt ran beside it (two questions on one terminal). The next
+    prompt now starts only once the previous prompt's thread has finished; the timed-out call still
+    returns on time."""
+    counting = threading.Lock()
+    inside = 0
+    most = 0
+    asked: list[str] = []
+    first_asked = threading.Event()
+    first_answered = threading.Event()
+
+    def prompt(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        nonlocal inside, most
+        with counting:
+            inside += 1
+            most = max(most, inside)
+        try:
+            asked.append(arguments["path"])
+            if arguments["path"] == "/tmp/first":
+                first_asked.set()
+                first_answered.wait(10)  # the person answers after the caller gave up
+            return True
+        finally:
+            with counting:
+                inside -= 1
+
+    manager = make_manager(approval_callback=prompt)
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(manager.execute_tool("delete_file", path="/tmp/first"), 0.2)
+    assert time.perf_counter() - started < 1.0, "the timed-out call waited for its prompt"
+    assert first_asked.is_set()
+    second = asyncio.create_task(manager.execute_tool("delete_file", path="/tmp/second"))
+    await asyncio.sleep(0.3)  # time for a second prompt to start, were it allowed to
+    assert asked == ["/tmp/first"] and not second.done()
+    first_answered.set()
+    result = await asyncio.wait_for(second, 10)
+    assert result.success and ran == ["/tmp/second"]
+    assert asked == ["/tmp/first", "/tmp/second"] and most == 1
+    stats = manager.get_tool_stats()["tools"]["delete_file"]
+    assert stats["errors"] == {"cancelled": 1} and stats["successes"] == 1
+
+
+async def test_a_sync_approval_that_never_got_a_thread_does_not_block_later_approvals() -> None:
+    """When every thread of the manager is held by hung tools, a sync approval waits for one; if its call
+    times out meanwhile, its prompt never runs, and the next approval must not wait for it for ever."""
+    hung_tool_may_end = threading.Event()
+    asked: list[str] = []
+
+    def hang(seconds: float) -> str:
+        hung_tool_may_end.wait(10)
+        return "late"
+
+    def prompt(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
+        asked.append(arguments["path"])
+        return True
+
+    manager = make_manager(approval_callback=prompt, max_threads=1)
+    manager.register_function_tool("hang", hang, "Hang", permission="public", timeout=0.1)
+    assert (await manager.execute_tool("hang", seconds=1)).error_type == "timeout"  # holds the only thread
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(manager.execute_tool("delete_file", path="/tmp/never"), 0.2)
+    hung_tool_may_end.set()
+    result = await asyncio.wait_for(manager.execute_tool("delete_file", path="/tmp/later"), 5)
+    assert result.success and asked == ["/tmp/later"] and ran == ["/tmp/later"]

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.tool_system import ToolManager
@@ -301,3 +303,41 @@ async def test_a_sync_wrapper_of_an_async_tool_times_out_as_an_async_tool() -> N
     assert result.error == "tool 'slow_report' timed out after 0.1 s"
     assert cancelled.is_set()
     assert manager.get_tool_stats()["threads"]["abandoned"] == 0
+
+
+async def test_a_sync_call_that_never_got_a_thread_does_not_use_up_the_rate_limit() -> None:
+    """A call that timed out (or was cancelled) waiting for a worker thread did not run, as its error
+    says, but it counted against the tool's rate limit: the retry the model made was refused as
+    ``rate_limited`` for the rest of the window, although the tool had never run."""
+    gate = threading.Event()
+    entered = threading.Event()
+    ran: list[str] = []
+
+    def hangs() -> str:
+        entered.set()
+        gate.wait(timeout=10.0)
+        return "late"
+
+    def charge(card: str) -> str:
+        ran.append(card)
+        return "charged"
+
+    manager = ToolManager(max_threads=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.05)
+    manager.register_function_tool("charge", charge, "Charge", timeout=0.1, rate_limit=1, rate_window=3600)
+    try:
+        assert (await manager.execute_tool("hangs")).error_type == "timeout"
+        assert await asyncio.to_thread(entered.wait, 5.0)
+        waited = await manager.execute_tool("charge", card="a")
+        assert waited.error is not None and waited.error.endswith("it did not run")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(manager.execute_tool("charge", card="b"), 0.05)
+    finally:
+        gate.set()
+    for _ in range(500):
+        if not manager.get_tool_stats()["threads"]["busy"]:
+            break
+        await asyncio.sleep(0.01)
+    assert (await manager.execute_tool("charge", card="c")).result == "charged"
+    assert ran == ["c"]
+    assert (await manager.execute_tool("charge", card="d")).error_type == "rate_limited"

@@ -109,6 +109,38 @@ async def test_openai_sdk_tool_call_objects_are_accepted() -> None:
     assert results[0].call_id == "call_sdk" and results[0].result == 9
 
 
+async def test_responses_api_function_calls_run_and_answer_their_call_id(tmp_path: Path) -> None:
+    """The items of an OpenAI Responses API response (``function_call``: the arguments a JSON string, the
+    call id in ``call_id``, ``id`` the item's own) failed as "arguments: got '{...}'; allowed a JSON
+    object", with the item id as the result's call id, which a ``function_call_output`` cannot quote. They
+    run now, answered under their ``call_id`` (dicts and the SDK's objects), as ``parse_tool_calls``
+    reads them."""
+    from openai.types.responses import ResponseFunctionToolCall
+
+    manager = ToolManager()
+    manager.register_tool(add)
+    item = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "add",
+        "arguments": '{"a": 1, "b": 2}',
+    }
+    sdk_item = ResponseFunctionToolCall(
+        type="function_call", id="fc_2", call_id="call_2", name="add", arguments='{"a": 3, "b": 4}'
+    )
+    broken = {**item, "id": "fc_3", "call_id": "call_3", "arguments": '{"a": 1,'}
+    results = await manager.execute_tool_calls([item, sdk_item, broken])  # type: ignore[list-item]
+    assert [(result.call_id, result.result) for result in results[:2]] == [("call_1", 3), ("call_2", 7)]
+    assert results[2].call_id == "call_3" and results[2].error_type is ToolErrorType.INVALID_ARGUMENTS
+    async with EnhancedContextManager(ContextManagerConfig(cache_path=str(tmp_path))) as context:
+        context.tool_manager.register_tool(add)
+        answered = await context.execute_tool_calls([{**item, "call_id": "call_9"}])
+        assert answered[0].result == 3
+        tool_message = context.get_context()[-1]
+        assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_9"
+
+
 async def test_arguments_json_cannot_hold_are_a_failed_result_for_that_call_only() -> None:
     # json.loads accepts NaN, Infinity, 1e999 (inf), a NUL escape and a lone surrogate: what a model may
     # write, and what no message can hold

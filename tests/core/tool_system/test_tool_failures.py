@@ -8,6 +8,7 @@ import enum
 import json
 import logging
 import time
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -308,10 +309,11 @@ async def test_an_unknown_key_in_a_nested_object_names_that_objects_keys() -> No
         top.error is not None
         and "zip: unexpected argument; allowed order_id, address, stops, item" in top.error
     )
-    # a union of models: which one was meant is unknown, so no keys are named
+    # a union of models: which one was meant is unknown, so each names its keys
     union = await manager.call_tool("ship", {"order_id": "1", "address": address, "item": {"zip": "1"}})
-    assert union.error is not None and "item.Address.zip: unexpected key;" in union.error
-    assert "order_id" not in union.error.partition("item.Address.zip")[2]
+    assert union.error is not None and "item.zip: unexpected key; allowed street, city;" in union.error
+    assert "item.zip: unexpected key; allowed weight" in union.error
+    assert "order_id" not in union.error.partition("item.zip")[2]
 
 
 @dataclasses.dataclass
@@ -599,3 +601,128 @@ async def test_an_async_tool_exiting_fails_like_a_sync_one_and_the_application_g
             await manager.execute_tool("waits", x=1)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+async def test_a_wrong_json_value_is_described_in_json_terms() -> None:
+    """A model sends JSON, but the failed result answered in Python's words: ``limit: got None; expected a
+    valid integer``, ``got True``, ``got {'a': 1}; expected a valid list``, ``expected a valid dictionary
+    or instance of Point`` (a class the model never saw). It now reads ``got null``, ``got true``,
+    ``got {"a": 1}; expected an array``, ``expected an object``, for typed and parameters-dict tools."""
+
+    async def plot(limit: int, scale: float, tags: list[str], where: Point, labels: dict[str, str]) -> str:
+        return "plotted"
+
+    async def filter_rows(parameters: dict[str, int]) -> str:
+        return "filtered"
+
+    async def pick(parameters: dict[str, Any]) -> str:
+        return "picked"
+
+    manager = ToolManager()
+    manager.register_function_tool("plot", plot, "Plot")
+    manager.register_function_tool("filter_rows", filter_rows, "Filter")
+    schema = {"type": "object", "properties": {"mode": {"enum": ["fast", None, True]}}}
+    manager.register_function_tool("pick", pick, "Pick", parameters_schema=schema)
+    nulls = await manager.call_tool(
+        "plot", {"limit": None, "scale": True, "tags": {"a": 1}, "where": None, "labels": ["x", None]}
+    )
+    assert nulls.error == (
+        "invalid arguments for tool 'plot': limit: got null; expected a valid integer; "
+        'tags: got {"a": 1}; expected an array; where: got null; expected an object; '
+        'labels: got ["x", null]; expected an object; scale: got true; expected a valid number'
+    )
+    nested = await manager.call_tool(
+        "plot", {"limit": 1, "scale": 1, "tags": ["a", None], "where": [1, 2], "labels": {"k": False}}
+    )
+    assert nested.error == (
+        "invalid arguments for tool 'plot': tags.1: got null; expected a valid string; "
+        "where: got [1, 2]; expected an object; labels.k: got false; expected a valid string"
+    )
+    light = await manager.call_tool("filter_rows", {"min": None, "max": False, "keep": {"a": [1]}})
+    assert light.error == (
+        "invalid arguments for tool 'filter_rows': min: got null; expected integer; "
+        'max: got false; expected integer; keep: got {"a": [1]}; expected integer'
+    )
+    enum_refused = await manager.call_tool("pick", {"mode": False})
+    assert enum_refused.error == (
+        "invalid arguments for tool 'pick': mode: got false; expected one of 'fast', null, true"
+    )
+
+
+class Circle(BaseModel):
+    kind: typing.Literal["circle"]
+    radius: float
+
+
+class Square(BaseModel):
+    kind: typing.Literal["square"]
+    side: float
+
+
+async def test_an_argument_of_a_union_type_is_located_by_the_keys_the_model_sent() -> None:
+    """Pydantic puts the union member that failed in an error's location: the model read
+    ``shape.Circle.radius: missing`` and ``limit.int: got [1]``, paths through keys that do not exist (a
+    model nests its next try under ``Circle``). The location is now the path in the arguments sent, and
+    what the members expect of one value is said once: ``limit: got [1]; expected a valid integer or a
+    valid string``. A discriminated union names its tags instead of pydantic's sentence."""
+
+    async def draw(
+        limit: int | str,
+        shape: Circle | Square | None = None,
+        layers: list[typing.Annotated[Circle | Square, Field(discriminator="kind")]] | None = None,
+    ) -> str:
+        return "drawn"
+
+    manager = ToolManager()
+    manager.register_function_tool("draw", draw, "Draw")
+    both = await manager.call_tool("draw", {"limit": [1], "shape": {"kind": "circle", "side": 2}})
+    assert both.error == (
+        "invalid arguments for tool 'draw': limit: got [1]; expected a valid integer or a valid string; "
+        "shape.radius: missing; a value is required; shape.kind: got 'circle'; expected 'square'"
+    )
+    tagged = await manager.call_tool(
+        "draw", {"limit": 3, "layers": [{"kind": "square", "side": 1}, {"kind": "circle"}, {"kind": "oval"}]}
+    )
+    assert tagged.error == (
+        "invalid arguments for tool 'draw': layers.1.radius: missing; a value is required; "
+        """layers.2: got {"kind": "oval"}; expected an object whose 'kind' is one of 'circle', 'square'"""
+    )
+    assert (await manager.call_tool("draw", {"limit": "all", "shape": {"kind": "square", "side": 2}})).success
+
+
+async def test_a_sensitive_argument_with_an_alias_is_redacted_under_either_name(tmp_path: Path) -> None:
+    """A typed tool's argument with an alias arrives under the alias (``api-key``) but reaches the function
+    under its name (``api_key``): a sensitive argument listed by its name was neither redacted in the
+    window nor kept out of a validation error (the model's call holds the alias), and one listed by its
+    alias was not cut out of the tool's own error (the function's arguments hold the name)."""
+
+    async def fetch_report(
+        report: str, api_key: Annotated[str, Field(alias="api-key", min_length=20)]
+    ) -> str:
+        raise PermissionError(f"key {api_key} rejected for {report}")
+
+    for listed in ("api_key", "api-key"):
+        async with EnhancedContextManager(ContextManagerConfig(cache_path=str(tmp_path / listed))) as manager:
+            manager.tool_manager.register_function_tool(
+                "fetch_report", fetch_report, "Fetch a report", sensitive_arguments=[listed]
+            )
+            short, valid = "sk-short-secret", "sk-live-0123456789abcdef"
+            results = await manager.execute_tool_calls(
+                [
+                    {"id": "c1", "name": "fetch_report", "input": {"report": "q1", "api-key": short}},
+                    {"id": "c2", "name": "fetch_report", "input": {"report": "q2", "api-key": valid}},
+                ]
+            )
+            assert [result.error_type for result in results] == ["invalid_arguments", "tool_error"]
+            assert "api-key: got [REDACTED]; expected" in (results[0].error or "")
+            assert "key [REDACTED] rejected for q2" in (results[1].error or "")
+            exported = json.dumps(manager.get_context())
+            assert short not in exported and valid not in exported, listed
+            assert manager.tool_manager.redact_arguments("fetch_report", {"api-key": valid}) == {
+                "api-key": "[REDACTED]"
+            }

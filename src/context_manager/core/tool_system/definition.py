@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar, overload
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, AliasPath, BaseModel
+from pydantic.fields import FieldInfo
 
 from context_manager.core.errors import ToolRegistrationError, describe_value
 from context_manager.core.tool_system.schema import (
@@ -219,6 +220,9 @@ class ToolDefinition:
     schema_checked: bool = field(default=False, init=False, repr=False)
     """True when calls of a parameters-dict tool are checked against ``parameters_schema`` (declared, or
     generated from a ``TypedDict`` or typed mapping annotation)."""
+    sensitive_keys: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    """Every key a sensitive argument's value may be found under: its name and, for a typed tool's argument
+    with an alias, the alias too (a model's call holds the alias, the function gets the name)."""
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__
@@ -279,6 +283,16 @@ class ToolDefinition:
         else:
             set_field(self, "parameters_schema", analysis.parameters_schema)
         self._check_sensitive_names()
+        set_field(self, "sensitive_keys", self._find_sensitive_keys())
+
+    def _find_sensitive_keys(self) -> frozenset[str]:
+        names = set(self.sensitive_arguments)
+        if names and self.arguments_model is not None:
+            for field_name, info in self.arguments_model.model_fields.items():
+                keys = {field_name, *_alias_names(info)}
+                if keys & names:
+                    names |= keys
+        return frozenset(names)
 
     def _check_sensitive_names(self) -> None:
         """Refuse a sensitive argument the tool cannot receive: a misspelt name would protect nothing."""
@@ -338,7 +352,7 @@ class ToolDefinition:
     def redact(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Return a copy of ``arguments`` with each sensitive argument's value replaced by ``[REDACTED]``."""
         redacted = dict(arguments)
-        for name in self.sensitive_arguments:
+        for name in self.sensitive_keys:
             if name in redacted:
                 redacted[name] = REDACTED
         return redacted
@@ -351,7 +365,7 @@ class ToolDefinition:
         4 characters are left alone (cutting them would blank ordinary words).
         """
         forms: set[str] = set()
-        for name in self.sensitive_arguments:
+        for name in self.sensitive_keys:
             if name not in arguments:
                 continue
             value = arguments[name]
@@ -389,6 +403,19 @@ def _check_declared_names(declared: dict[str, Any], generated: dict[str, Any]) -
             + ", ".join(repr(name) for name in required)
             + ")",
         )
+
+
+def _alias_names(info: FieldInfo) -> list[str]:
+    """The keys other than its name an argument is sent by: its alias, its validation aliases."""
+    names = [info.alias] if isinstance(info.alias, str) else []
+    alias = info.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    for choice in choices:
+        if isinstance(choice, str):
+            names.append(choice)
+        elif isinstance(choice, AliasPath) and choice.path and isinstance(choice.path[0], str):
+            names.append(choice.path[0])  # the top-level key the value is found under
+    return names
 
 
 def _string_leaves(value: Any, depth: int = 0) -> list[str]:

@@ -498,7 +498,8 @@ class ToolManager(ToolRegistry):
         approval_callback: ``async (definition, arguments) -> bool`` consulted for calls above the policy;
             only ``True`` lets the call run. Without one, such calls are denied. A sync callable is
             accepted too: it runs in one of the manager's threads, so the event loop goes on meanwhile
-            (one call at a time).
+            (one call at a time: the next waits until the previous call has returned in its thread,
+            even when that call's caller stopped waiting).
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
@@ -699,7 +700,7 @@ class ToolManager(ToolRegistry):
             numeric = self._numeric_arguments.get(name)
             booleans = (
                 [
-                    f"{field}: got {value}; expected {expected}"
+                    f"{field}: got {'true' if value else 'false'}; expected {expected}"
                     for field, expected in numeric.items()
                     if type(value := arguments.get(field)) is bool
                 ]
@@ -713,8 +714,9 @@ class ToolManager(ToolRegistry):
                     error,
                     name,
                     definition.parameters_schema["properties"],  # the names models see (aliases)
-                    sensitive_arguments=definition.sensitive_arguments,
+                    sensitive_arguments=definition.sensitive_keys,
                     arguments_model=model,
+                    arguments=arguments,
                 )
                 if booleans:
                     message = "; ".join([message, *booleans])
@@ -733,7 +735,7 @@ class ToolManager(ToolRegistry):
                 problems = check_arguments_against_schema(
                     call_arguments,
                     definition.parameters_schema,
-                    sensitive_arguments=definition.sensitive_arguments,
+                    sensitive_arguments=definition.sensitive_keys,
                 )
                 if problems:
                     message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
@@ -804,6 +806,7 @@ class ToolManager(ToolRegistry):
                 if thread_call is None or thread_call.finished:  # async, or the coroutine a sync one returned
                     late = ""
                 elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                    self._refund_rate_limit(definition, caller_key)  # it did not run
                     threads = self._threads
                     late = (
                         f" waiting for a worker thread (all {threads.max_threads} are busy, "
@@ -845,6 +848,8 @@ class ToolManager(ToolRegistry):
                 exit_error.__cause__ = error
                 return self._tool_error(definition, exit_error, started, call_id, call_arguments)
             if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                if thread_call is not None and not thread_call.started:  # it never runs
+                    self._refund_rate_limit(definition, caller_key)
                 self._count_cancelled(definition, started)
                 raise
             return self._tool_error(definition, error, started, call_id, call_arguments)
@@ -896,6 +901,11 @@ class ToolManager(ToolRegistry):
         if pieces is not TEXT_RESULT:
             result._keep_text(value, text)  # to_content() gives this text: the result is not encoded again
         return result
+
+    def _refund_rate_limit(self, definition: ToolDefinition, caller_key: str | None) -> None:
+        """Give back the rate-limit slot of a call that was admitted but never ran (no thread took it)."""
+        if definition.rate_limit is not None and self._tools.get(definition.name) is definition:
+            self._limiter.release((definition.name, caller_key))
 
     async def _cached_result(
         self, definition: ToolDefinition, found: tuple[str, Any], started: float, call_id: str | None
@@ -951,14 +961,7 @@ class ToolManager(ToolRegistry):
             if self._approval_is_async:
                 outcome = callback(definition, shown)
             else:
-                # a sync callback (a prompt, a policy service's client) waits in a thread, not on the loop;
-                # one call at a time, as on the loop: a terminal prompt must not ask two questions at once
-                loop = asyncio.get_running_loop()
-                lock = self._sync_approvals.get(loop)
-                if lock is None:
-                    lock = self._sync_approvals[loop] = asyncio.Lock()
-                async with lock:
-                    outcome = await self._threads.run(callback, definition, shown)
+                outcome = await self._ask_in_thread(callback, definition, shown)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except (Exception, asyncio.CancelledError) as error:
@@ -973,6 +976,41 @@ class ToolManager(ToolRegistry):
         if outcome is True:
             return None
         return f"{needed}; the call was not approved"
+
+    async def _ask_in_thread(
+        self, callback: ApprovalCallback, definition: ToolDefinition, shown: dict[str, Any]
+    ) -> Any:
+        """Ask a sync callback (a prompt, a policy service's client) in a thread, not on the loop.
+
+        One call at a time, as on the loop: a terminal prompt must not ask two questions at once. The
+        lock is released when the callback's thread is done with it, not when this call stops waiting: a
+        call that times out (or is cancelled) returns at once, but its prompt goes on in its thread, and
+        the next prompt waits for it to end.
+        """
+        loop = asyncio.get_running_loop()
+        lock = self._sync_approvals.get(loop)
+        if lock is None:
+            lock = self._sync_approvals[loop] = asyncio.Lock()
+
+        def ask() -> Any:
+            try:
+                return callback(definition, shown)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: so is its lock
+                    loop.call_soon_threadsafe(lock.release)
+
+        await lock.acquire()
+        try:
+            call = self._threads.start(ask, (), {})
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            return await self._threads.wait(call)
+        except asyncio.CancelledError:
+            if not call.started:  # abandoned before a thread took it: it never runs, nor releases the lock
+                lock.release()
+            raise
 
     def _count_cancelled(self, definition: ToolDefinition, started: float) -> None:
         """Count a call its caller cancelled (``wait_for``, ``task.cancel()``) as a ``cancelled`` failure."""
@@ -1026,7 +1064,8 @@ class ToolManager(ToolRegistry):
     def _parse_tool_calls(calls: Sequence[ToolCall | Mapping[str, Any]]) -> list[ParsedToolCall]:
         """Normalise tool calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ToolCall.
 
-        Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well.
+        Provider SDK objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``) are accepted as well, and
+        so are OpenAI Responses API ``function_call`` items (their id is their ``call_id``).
 
         A call whose arguments are not a JSON object is kept, with empty arguments and an
         ``invalid_arguments`` failure, so it still gets a paired result.
@@ -1041,6 +1080,10 @@ class ToolManager(ToolRegistry):
             dump = getattr(raw, "model_dump", None)
             if callable(dump) and not isinstance(raw, ToolCall):  # provider SDK objects (pydantic models)
                 raw = dump()
+            if isinstance(raw, Mapping) and raw.get("type") == "function_call":
+                # an OpenAI Responses API item: its result answers ``call_id`` (``id`` is the item's own)
+                function = {"name": raw.get("name", ""), "arguments": raw.get("arguments", "{}")}
+                raw = {"id": raw.get("call_id", ""), "type": "function", "function": function}
             try:
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:
@@ -1067,7 +1110,8 @@ class ToolManager(ToolRegistry):
         """Run a model's tool calls concurrently and return their results in call order.
 
         The one way to run provider tool calls: OpenAI ``tool_calls`` items (dicts or SDK objects),
-        Anthropic ``tool_use`` blocks or :class:`ToolCall` objects. At most
+        Responses API ``function_call`` items (answered under their ``call_id``), Anthropic ``tool_use``
+        blocks or :class:`ToolCall` objects. At most
         ``config.max_concurrent_tool_calls`` run at once. Each call goes through every check of
         :meth:`call_tool` (permissions cannot be bypassed this way); each result carries its ``call_id``.
         A call whose arguments are not a JSON object gets a failed ``invalid_arguments`` result. To also

@@ -6,9 +6,11 @@ Two calling conventions are recognised (see :func:`analyse_function`):
   ``parameters``, unannotated or annotated with a mapping type (``dict``, ``Dict[str, Any]``, ``Mapping``,
   ``dict[str, int]``) or a ``TypedDict``. It receives the keyword arguments of the call as one dict. Its
   schema, unless the tool declares ``parameters_schema``, says what is known: a ``TypedDict``'s keys and
-  types; a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys
-  documented in the docstring's ``Args:`` section (names other than ``parameters``), with their
-  descriptions; an open object only when nothing is known. Declared and typed schemas are checked with
+  types (closed: ``additionalProperties: false``, unless it says ``closed=False``, ``extra_items=`` or
+  pydantic's ``extra="allow"``);
+  a mapping's value type (``dict[str, int]``: every argument an integer); otherwise the keys documented
+  in the docstring's ``Args:`` section (names other than ``parameters``), with their descriptions; an
+  open object only when nothing is known. Declared and typed schemas are checked with
   :func:`check_arguments_against_schema` before the call.
 * **typed** - any other signature (``async def f(text: str, max_length: int = 100)``). A pydantic model is
   built once, at registration, from the type hints; it validates every call (lax mode: ``"5"`` is accepted
@@ -38,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
-from context_manager.core.errors import ToolRegistrationError, describe_value
+from context_manager.core.errors import _MAX_REPR, ToolRegistrationError, describe_value
 from context_manager.core.threads import is_async_callable
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "analyse_function",
     "check_arguments_against_schema",
     "check_declared_schema",
+    "describe_argument",
     "describe_validation_error",
     "parse_docstring",
 ]
@@ -433,7 +436,7 @@ def _parameters_dict_schema(
         inner = typing.get_args(inner)[0]
     description = argument_docs.get("parameters")
     if _is_typed_dict(inner):
-        schema = _typed_dict_schema(inner, tool_name)
+        schema = _typed_dict_schema(inner, tool_name, argument_docs)
     else:
         arguments = typing.get_args(inner)
         value_type = arguments[1] if len(arguments) == 2 else Any
@@ -458,30 +461,85 @@ def _parameters_dict_schema(
     return schema, True
 
 
-def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
-    """A TypedDict's JSON schema, built field by field (pydantic refuses ``typing.TypedDict`` before 3.12)."""
+def _typed_dict_hints(typed_dict: Any, tool_name: str) -> dict[str, Any]:
+    """A TypedDict's type hints, with their ``Annotated`` metadata.
+
+    A TypedDict defined in a function, whose string annotations (``from __future__ import annotations``)
+    name other classes of that function, resolves with the caller's local names (as the tool function's
+    own hints do), kept for a later registration made elsewhere.
+    """
     try:
-        extras = typing.get_type_hints(typed_dict, include_extras=True)
-        hints = typing.get_type_hints(typed_dict)
+        return typing.get_type_hints(typed_dict, include_extras=True)
+    except NameError:
+        pass
     except Exception as error:
-        raise ToolRegistrationError(
-            "function.parameters",
-            typed_dict,
-            "a TypedDict whose type hints can be resolved",
-            detail=f"tool {tool_name!r}: {error}",
-        ) from None
+        raise _unresolved_typed_dict(typed_dict, tool_name, error) from None
+    try:
+        hints = typing.get_type_hints(typed_dict, localns=_caller_namespace(), include_extras=True)
+    except Exception as error:
+        known = _LOCAL_HINTS.get(typed_dict)
+        if known is not None:
+            return dict(known)
+        raise _unresolved_typed_dict(typed_dict, tool_name, error) from None
+    with contextlib.suppress(TypeError):  # a class that cannot be weakly referenced: not kept
+        _LOCAL_HINTS[typed_dict] = hints
+    return hints
+
+
+def _unresolved_typed_dict(typed_dict: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
+    return ToolRegistrationError(
+        "function.parameters",
+        typed_dict,
+        "a TypedDict whose type hints can be resolved",
+        detail=f"tool {tool_name!r}: {error}",
+    )
+
+
+def _typed_dict_schema(
+    typed_dict: Any, tool_name: str, argument_docs: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A TypedDict's JSON schema, built field by field (pydantic refuses ``typing.TypedDict`` before 3.12).
+
+    A key's ``Annotated`` metadata is kept (``Field(description=..., ge=1)``, or a plain string describing
+    it); a key without a description takes the one the docstring's ``Args:`` section gives it.
+    """
+    extras = _typed_dict_hints(typed_dict, tool_name)
     # from the resolved hints: __required_keys__ misses NotRequired[...] written as a string annotation
     total = bool(getattr(typed_dict, "__total__", True))
     required = set()
+    fields: dict[str, Any] = {}
+    descriptions: dict[str, str] = {}
     for name, hint in extras.items():
-        marker = typing.get_origin(hint)
+        marker = None
+        while True:  # Required[...], NotRequired[...] and ReadOnly[...] qualify the key, not its value
+            origin = typing.get_origin(hint)
+            if origin is typing.Required or origin is typing.NotRequired:
+                marker = origin
+            elif getattr(origin, "_name", None) != "ReadOnly":
+                break
+            hint = typing.get_args(hint)[0]
         if marker is typing.Required or (total and marker is not typing.NotRequired):
             required.add(name)
-    fields: dict[str, Any] = {name: (hint, ... if name in required else None) for name, hint in hints.items()}
+        fields[name] = (hint, ... if name in required else None)
+        description = (argument_docs or {}).get(name) or _annotated_description(hint)
+        if description:
+            descriptions[name] = description
+    # a TypedDict is closed: its keys are all there are (as OpenAI's strict mode says of it), unless it
+    # says otherwise (PEP 728: ``closed=False``, or ``extra_items=`` the type of the others; pydantic's
+    # ``with_config(ConfigDict(extra="allow"))``)
+    extra_items = getattr(typed_dict, "__extra_items__", None)
+    if repr(extra_items).endswith("NoExtraItems"):  # the sentinel (typing_extensions', or typing's later)
+        extra_items = None
+    config = getattr(typed_dict, "__pydantic_config__", None)
+    is_open = getattr(typed_dict, "__closed__", None) is False or (
+        isinstance(config, dict) and config.get("extra") == "allow"
+    )
     try:
         with _quiet_pydantic():
             model = create_model(
-                f"{typed_dict.__name__}Schema", __config__=ConfigDict(arbitrary_types_allowed=True), **fields
+                f"{typed_dict.__name__}Schema",
+                __config__=ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
+                **fields,
             )
             schema: dict[str, Any] = _clean_schema(model.model_json_schema())
     except Exception as error:
@@ -492,8 +550,20 @@ def _typed_dict_schema(typed_dict: Any, tool_name: str) -> dict[str, Any]:
             detail=f"tool {tool_name!r}: {error}",
         ) from None
     for name, field_schema in schema.get("properties", {}).items():
-        if name not in required and isinstance(field_schema, dict):
+        if not isinstance(field_schema, dict):
+            continue
+        if name not in required:
             field_schema.pop("default", None)  # a key that may be left out, not a key that may be null
+        if name in descriptions:
+            field_schema.setdefault("description", descriptions[name])
+    if is_open:
+        schema.pop("additionalProperties", None)
+    elif extra_items is not None:
+        extra_schema = _adapter_schema(extra_items, tool_name)
+        definitions = extra_schema.pop("$defs", None)
+        if definitions:
+            schema.setdefault("$defs", {}).update(definitions)
+        schema["additionalProperties"] = extra_schema
     return schema
 
 
@@ -519,7 +589,12 @@ def _nested_keys(model: type[BaseModel] | None, location: tuple[int | str, ...])
         annotation = _unwrap_optional(annotation)
         origin = typing.get_origin(annotation)
         arguments = typing.get_args(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if origin in (typing.Union, types.UnionType):  # the part is the tag of the member that failed
+            members = [member for member in arguments if getattr(member, "__name__", None) == part]
+            if len(members) != 1:
+                return []
+            annotation = members[0]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             field = annotation.model_fields.get(str(part))
             if field is None:
                 return []
@@ -565,6 +640,49 @@ def _unwrap_optional(annotation: Any) -> Any:
             return annotation
 
 
+def describe_argument(value: Any) -> str:
+    """A value a model sent, as JSON writes it, for an error message: ``null``, ``true``, ``{"a": 1}``.
+
+    A model sent JSON: ``got None`` or ``got {'a': 1}`` would speak of Python values it never wrote.
+    Strings and numbers are shown as :func:`describe_value` shows them (``'many'``, ``3.5``), and so is a
+    value JSON has no form for (an object a Python caller passed). Long values are cut.
+    """
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, dict | list | tuple):
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):  # not JSON (a cycle, an object, NaN)
+            return describe_value(value)
+        if len(text) > _MAX_REPR:
+            text = f"{text[: _MAX_REPR - 20]}...<{len(text)} chars>"
+        return text
+    return describe_value(value)
+
+
+_JSON_EXPECTED = {
+    "dict_type": "an object",
+    "mapping_type": "an object",
+    "ordered_dict_type": "an object",
+    "frozen_dict_type": "an object",
+    "counter_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dataclass_type": "an object",
+    "list_type": "an array",
+    "tuple_type": "an array",
+    "set_type": "an array",
+    "frozen_set_type": "an array",
+    "deque_type": "an array",
+    "named_tuple_type": "an array",
+    "none_required": "null",
+}
+"""What pydantic's errors of these types expect, in JSON terms (it says "a valid dictionary", "a valid
+list", "None", "a dictionary or an instance of Point": Python's words, and a class the model never saw)."""
+
+
 _UNEXPECTED_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
 """Pydantic's error types for a key that is not allowed (the second for a dataclass's fields)."""
 
@@ -576,8 +694,12 @@ def describe_validation_error(
     *,
     sensitive_arguments: collections.abc.Iterable[str] = (),
     arguments_model: type[BaseModel] | None = None,
+    arguments: collections.abc.Mapping[str, Any] | None = None,
 ) -> str:
     """Turn pydantic's errors into one message a model can act on: field, value given, what is expected.
+
+    Given the ``arguments`` that were validated, locations are paths in them (pydantic's union member
+    tags left out), and what the members of a union expect of one value is said once, joined by "or".
 
     The value given is never quoted for a problem inside one of ``sensitive_arguments`` (``[REDACTED]``
     stands in for it): pydantic reports the failing *part* of a value (``credentials.password``), which a
@@ -588,13 +710,14 @@ def describe_validation_error(
     """
     model_fields = list(allowed_fields)
     sensitive = frozenset(sensitive_arguments)
-    parts: list[str] = []
+    parts: dict[str, list[str]] = {}  # a problem's text up to "expected" -> what is expected there
     for item in error.errors(include_url=False):
         loc = item.get("loc", ())
-        location = ".".join(str(part) for part in loc) or "arguments"
         kind = item.get("type", "")
+        path = _json_path(loc, arguments, kind) if arguments is not None else loc
+        location = ".".join(str(part) for part in path) or "arguments"
         if kind == "missing":
-            parts.append(f"{location}: missing; a value is required")
+            parts.setdefault(f"{location}: missing; a value is required", [])
         elif kind in _UNEXPECTED_KEY_ERRORS:
             if len(loc) <= 1:  # the tool's arguments (``allowed_fields``), maybe none
                 allowed = "; allowed " + (", ".join(model_fields) or "no arguments")
@@ -604,13 +727,57 @@ def describe_validation_error(
                 except Exception:  # a hint that only resolved where the tool was defined: say nothing
                     names = []
                 allowed = f"; allowed {', '.join(names)}" if names else ""
-            parts.append(f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}")
+            unexpected = f"{location}: unexpected {'argument' if len(loc) <= 1 else 'key'}{allowed}"
+            parts.setdefault(unexpected, [])
         else:
-            expected = str(item.get("msg", "a valid value"))
+            expected = _JSON_EXPECTED.get(kind) or str(item.get("msg", "a valid value"))
             expected = expected.removeprefix("Input should be ").removeprefix("Value error, ")
-            given = REDACTED if loc and loc[0] in sensitive else describe_value(item.get("input"))
-            parts.append(f"{location}: got {given}; expected {expected}")
-    return f"invalid arguments for tool {tool_name!r}: " + "; ".join(parts)
+            context = item.get("ctx") or {}
+            if kind == "union_tag_invalid" and "expected_tags" in context:  # a discriminated union
+                expected = f"an object whose {context['discriminator']} is one of {context['expected_tags']}"
+            elif kind == "union_tag_not_found" and "discriminator" in context:
+                expected = f"an object with a {context['discriminator']} key"
+            given = REDACTED if loc and loc[0] in sensitive else describe_argument(item.get("input"))
+            # the members of a union each say what they expect of the same value: one "or" list
+            options = parts.setdefault(f"{location}: got {given}; expected ", [])
+            if expected not in options:
+                options.append(expected)
+    problems = [problem + " or ".join(options) for problem, options in parts.items()]
+    return f"invalid arguments for tool {tool_name!r}: " + "; ".join(problems)
+
+
+_JSON_VALUES = (collections.abc.Mapping, list, tuple, str, int, float, type(None))
+"""Values a location can be followed through: other objects (a model a Python caller passed) are not."""
+
+
+def _json_path(loc: tuple[int | str, ...], arguments: Any, kind: str) -> list[int | str]:
+    """``loc`` as a path in the arguments the model sent: without pydantic's union member tags.
+
+    Pydantic puts the member of a union in the location of its errors (``shape.Circle.radius``,
+    ``limit.int``, a tagged union's tag): a model would read it as a key to nest its value under. A part
+    that names no key (no index) of the value sent there is such a tag, unless it is the key an error
+    about a missing or unexpected key names.
+    """
+    path: list[int | str] = []
+    value: Any = arguments
+    known = True  # whether ``value`` is the part of the arguments at ``path``
+    last = len(loc) - 1
+    for index, part in enumerate(loc):
+        if known:
+            if isinstance(value, collections.abc.Mapping):
+                found = part in value
+            else:
+                found = isinstance(part, int) and isinstance(value, list | tuple) and 0 <= part < len(value)
+            if found:
+                value = value[part]
+            elif isinstance(part, str) and part != "[key]" and isinstance(value, _JSON_VALUES):
+                if index == last and (kind == "missing" or kind in _UNEXPECTED_KEY_ERRORS):
+                    path.append(part)
+                continue  # a union member's tag
+            else:
+                known = False
+        path.append(part)
+    return path
 
 
 def check_declared_schema(schema: dict[str, Any]) -> None:
@@ -737,7 +904,7 @@ def check_arguments_against_schema(
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
-        given = REDACTED if name in sensitive else describe_value(value)
+        given = REDACTED if name in sensitive else describe_argument(value)
         expected = declared.get("type")
         if expected is not None:
             options = expected if isinstance(expected, list) else [expected]
@@ -745,6 +912,6 @@ def check_arguments_against_schema(
                 problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
                 continue
         if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
-            allowed = ", ".join(describe_value(option) for option in declared["enum"])
+            allowed = ", ".join(describe_argument(option) for option in declared["enum"])
             problems.append(f"{name}: got {given}; expected one of {allowed}")
     return problems
