@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
 from context_manager.core.messages import Message, Priority, Role, ToolCall, create_plain
 from context_manager.core.text import encodable
@@ -93,6 +95,36 @@ def test_tool_calls_from_provider_shapes() -> None:
         )
     with pytest.raises(InvalidMessageError, match="distinct call ids"):
         Message.create("assistant", "", tool_calls=[ToolCall("c", "f"), ToolCall("c", "g")])
+
+
+async def test_a_responses_api_function_call_item_is_a_call_under_its_call_id(tmp_path: Path) -> None:
+    """An OpenAI Responses API ``function_call`` output item (arguments a JSON string, ``id`` the item's
+    own "fc_..." id) was refused as "arguments: not a JSON object", or read under the item id, which the
+    ``function_call_output`` answering it does not quote. It is read under its ``call_id`` now."""
+    item = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "lookup",
+        "arguments": '{"order": 1042}',
+        "status": "completed",
+    }
+    message = Message.create("assistant", "", tool_calls=[item])
+    assert message.tool_calls == (ToolCall("call_1", "lookup", {"order": 1042}),)
+    no_arguments = {**item, "arguments": ""}
+    assert Message.create("assistant", "", tool_calls=[no_arguments]).tool_calls[0].arguments == {}
+    with pytest.raises(InvalidMessageError, match=r"tool_calls\[\]\.arguments"):
+        Message.create("assistant", "", tool_calls=[{**item, "arguments": "{bad"}])
+
+    config = ContextManagerConfig(cache_path=tmp_path, enable_health_checks=False, embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "Where is order 1042?")
+        await manager.add_message("assistant", None, tool_calls=[item])
+        await manager.add_message("tool", "shipped on Monday", tool_call_id="call_1")
+        exported = manager.get_context()
+    assert exported[1]["tool_calls"][0]["id"] == "call_1"
+    assert exported[1]["tool_calls"][0]["function"] == {"name": "lookup", "arguments": '{"order":1042}'}
+    assert exported[2] == {"role": "tool", "tool_call_id": "call_1", "content": "shipped on Monday"}
 
 
 def test_protected_messages() -> None:

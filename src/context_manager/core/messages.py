@@ -238,7 +238,9 @@ class ToolCall:
     def from_value(cls, value: ToolCall | dict[str, Any]) -> ToolCall:
         """Build a call from a ``ToolCall``, an OpenAI ``tool_calls`` item or an Anthropic ``tool_use`` block.
 
-        A dict with ``id``, ``name`` and ``arguments`` (or ``input``, or LangChain's ``args``) is read too.
+        An OpenAI Responses API ``function_call`` item is read with its ``call_id`` as the id (the id its
+        ``function_call_output`` answers). A dict with ``id``, ``name`` and ``arguments`` (or ``input``, or
+        LangChain's ``args``) is read too.
 
         Raises:
             InvalidMessageError: the value has no id or name, or its arguments are not a JSON object.
@@ -266,25 +268,35 @@ class ToolCall:
             return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=value.get("input") or {})
         function = value.get("function")
         if isinstance(function, dict):  # OpenAI Chat Completions tool call
-            raw = function.get("arguments", "{}")
-            if isinstance(raw, str):
-                try:
-                    arguments = json.loads(raw) if raw.strip() else {}
-                except (ValueError, RecursionError) as error:  # bad JSON, huge numbers, JSON bombs
-                    raise InvalidMessageError(
-                        "tool_calls[].function.arguments",
-                        raw,
-                        "a JSON object string",
-                        detail=type(error).__name__ if isinstance(error, RecursionError) else str(error),
-                    ) from None
-            else:
-                arguments = raw
-            if arguments is None:  # some servers send null (or "null") for a call without arguments
-                arguments = {}
+            arguments = _json_arguments(function.get("arguments", "{}"), "tool_calls[].function.arguments")
             return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
+        if value.get("type") == "function_call":  # an OpenAI Responses API output item
+            # answered under its call_id (the function_call_output's); its id ("fc_...") names the item
+            call_id = value.get("call_id") or value.get("id", "")
+            arguments = _json_arguments(value.get("arguments", "{}"), "tool_calls[].arguments")
+            return cls(id=call_id, name=value.get("name", ""), arguments=arguments)
         # a ToolCall-shaped dict; LangChain's ``AIMessage.tool_calls`` items carry theirs as ``args``
         arguments = value.get("arguments", value.get("input", value.get("args")))
         return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=arguments or {})
+
+
+def _json_arguments(raw: Any, field: str) -> Any:
+    """Call arguments sent as a JSON string (OpenAI's), parsed; anything else as it is.
+
+    Raises:
+        InvalidMessageError: the string is no JSON (or nests too deep, or holds a number too large).
+    """
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except (ValueError, RecursionError) as error:  # bad JSON, huge numbers, JSON bombs
+            raise InvalidMessageError(
+                field,
+                raw,
+                "a JSON object string",
+                detail=type(error).__name__ if isinstance(error, RecursionError) else str(error),
+            ) from None
+    return {} if raw is None else raw  # some servers send null (or "null") for a call without arguments
 
 
 @dataclass(slots=True, frozen=True)
