@@ -40,7 +40,7 @@ ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
 class Fault:
     """How the server answers one request instead of normally."""
 
-    kind: Literal["status", "malformed", "empty", "hang", "trickle"] = "status"
+    kind: Literal["status", "malformed", "empty", "hang", "trickle", "error_body"] = "status"
     status: int = 500
     """For ``kind="status"``: the HTTP status."""
     headers: dict[str, str] = field(default_factory=dict)
@@ -181,6 +181,15 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                 self._send(fault.status, error, fault.headers)
             elif fault.kind == "malformed":
                 self._send_bytes(200, b'{"id": "broken", "choices": [', fault.headers)
+            elif fault.kind == "error_body":  # an error sent with status 200 (as some gateways do)
+                if anthropic:
+                    error = {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "upstream busy"},
+                    }
+                else:
+                    error = {"error": {"message": "upstream busy", "code": 502}, "user_id": "u1"}
+                self._send(200, error, fault.headers)
             else:  # empty
                 reply = state.anthropic_reply_to(body) if anthropic else state.reply_to(body)
                 reply["content" if anthropic else "choices"] = []

@@ -257,6 +257,21 @@ async def test_summarizer_adapter_empty_choice_falls_back(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_names_the_error_a_server_sent_with_status_200(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A gateway that answers an upstream failure with status 200 and an error body: the fallback's
+    reason quotes the server's message (it read "the response has no choices", which hid it)."""
+    server.faults.append(Fault(kind="error_body"))
+    summarizer = make_summarizer(provider, server, max_retries=0)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive"
+        assert "upstream busy" in record["error"], record["error"]
+        assert manager.context_window.summary is not None
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_an_answer_no_message_can_hold_still_counts_its_tokens(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from context_manager.core.summarizers.llm import (
     check_extra_parameters,
     classify_sdk_error,
     resolve_base_url,
+    server_error_note,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -145,7 +146,10 @@ class AnthropicSummarizer(LLMSummarizer):
         )
         if not text.strip():
             reason = getattr(response, "stop_reason", None)
-            raise EmptyAnswer(f"the response has no text (stop_reason {reason!r})", summary_usage)
+            raise EmptyAnswer(
+                f"the response has no text (stop_reason {reason!r}){server_error_note(response)}",
+                summary_usage,
+            )
         return text, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:

@@ -54,6 +54,7 @@ __all__ = [
     "classify_sdk_error",
     "parse_retry_after",
     "resolve_base_url",
+    "server_error_note",
     "usage_count",
 ]
 
@@ -469,6 +470,27 @@ def usage_count(value: Any) -> int | None:
     if not 0 <= value <= _MAX_TOKENS:  # False for NaN too
         return None
     return int(value)
+
+
+def server_error_note(response: Any) -> str:
+    """``"; the server said: ..."`` for a response that carries an ``error`` object, else ``""``.
+
+    Some gateways answer an upstream failure with status 200 and a body of ``{"error": {...}}``: the SDK
+    parses it as a response without choices or content (its models keep unknown fields), and the
+    failure would read "no choices" without the server's reason.
+    """
+    extra = getattr(response, "model_extra", None)
+    error = extra.get("error") if isinstance(extra, dict) else None
+    if error is None:
+        error = getattr(response, "error", None)
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code", error.get("type"))
+    else:
+        message, code = getattr(error, "message", None), getattr(error, "code", getattr(error, "type", None))
+    if not isinstance(message, str) or not message:
+        return ""
+    kind = f" ({code})" if isinstance(code, str | int) and not isinstance(code, bool) and code != "" else ""
+    return f"; the server said: {message[:300]!r}{kind}"
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

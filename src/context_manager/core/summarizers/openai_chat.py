@@ -27,6 +27,7 @@ from context_manager.core.summarizers.llm import (
     check_extra_parameters,
     classify_sdk_error,
     resolve_base_url,
+    server_error_note,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -158,7 +159,7 @@ class OpenAISummarizer(LLMSummarizer):
         )
         choices = response.choices or []
         if not choices:
-            raise EmptyAnswer("the response has no choices", summary_usage)
+            raise EmptyAnswer(f"the response has no choices{server_error_note(response)}", summary_usage)
         message = choices[0].message
         content = getattr(message, "content", None) if message is not None else None
         if isinstance(content, list):  # content parts (Mistral's reasoning models, some gateways)
