@@ -385,6 +385,27 @@ def test_memory_import_refuses_memories_superseding_one_another_before_creating_
     assert not store.exists()
 
 
+def test_memory_import_refuses_one_id_on_two_lines_before_creating_a_store(
+    tmp_path: Path, store: Path
+) -> None:
+    """A file holding one id twice (two exports concatenated, an edited line pasted back) imported the later
+    line only and said "imported 1 memory": the other version was gone without a word. Refused now, both
+    lines named, nothing created; from standard input too."""
+    records = [
+        {"id": "pin", "content": "the door code is 1234", "created_at": 1.0e9},
+        {"id": "other", "content": "the boiler is serviced in May", "created_at": 1.0e9},
+        {"id": "pin", "content": "the door code is 9876", "created_at": 1.0e9},
+    ]
+    backup = tmp_path / "joined.jsonl"
+    backup.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    result = cli("--storage", str(store), "memory", "import", str(backup))
+    assert_one_line_error(result, f"{backup}:3", f"id 'pin' is on {backup}:1 too", "each memory once")
+    assert not store.exists(), "nothing is imported (the store is not even created)"
+    piped = cli("--storage", str(store), "memory", "import", "-", input=backup.read_text(encoding="utf-8"))
+    assert_one_line_error(piped, "<stdin>:3", "id 'pin' is on <stdin>:1 too")
+    assert not store.exists()
+
+
 def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:
     """The error was Python's "'utf-8' codec can't decode ..." without the file's name."""
     export = tmp_path / "latin1.jsonl"

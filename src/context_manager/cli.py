@@ -1041,7 +1041,11 @@ def memory_import(
     async def body(options: _Options) -> None:
         import tempfile
 
-        from context_manager.core.memory.maintenance import check_supersession_rings, parse_exported_line
+        from context_manager.core.memory.maintenance import (
+            check_supersession_rings,
+            check_unique_id,
+            parse_exported_line,
+        )
 
         advice = "pass a file written by `memory export`"
         if str(path) == "-":
@@ -1068,6 +1072,7 @@ def memory_import(
                 if line.strip():
                     location = f"{label}:{number}"
                     memory, _ = parse_exported_line(line, location, expected=expected)
+                    check_unique_id(links, memory.id, location, line, expected=expected)
                     links[memory.id] = (memory.superseded_by, location, line)
                 progress.advance(checking)
             check_supersession_rings(links, expected=expected)
