@@ -483,6 +483,7 @@ def test_memory_delete_erases_the_ids_given_and_reports_the_unknown_ones(store: 
     result = cli("--json", "--storage", str(store), "memory", "delete", "no-such-id", kept["id"], alice["id"])
     assert json.loads(result.stdout) == {
         "user": None,
+        "all_users": False,
         "deleted": [kept["id"]],
         "originals_deleted": [],
         "not_found": ["no-such-id", alice["id"]],
@@ -499,11 +500,46 @@ def test_memory_delete_erases_the_ids_given_and_reports_the_unknown_ones(store: 
     )
     assert cli_json("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice") == {
         "user": "alice",
+        "all_users": False,
         "deleted": [alice["id"]],
         "originals_deleted": [],
         "not_found": [],
     }
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0
+
+
+def test_memory_delete_with_all_users_deletes_any_owner_s_memory(store: Path) -> None:
+    """``memory search``, ``consolidate`` and ``cleanup`` took ``--all-users``, ``memory delete`` did not:
+    an operator erasing ids found with ``search --all-users`` had to look up each one's owner and run the
+    command once per user. ``--all-users`` deletes the ids whoever owns them (each printed with its owner);
+    with ``--user`` too it is bad usage, as elsewhere, and nothing is deleted."""
+    shared = cli_json("--storage", str(store), "memory", "add", "the door code is 4417-zebra")
+    alice = cli_json("--storage", str(store), "memory", "add", "alice's card pin is 0000", "--user", "alice")
+    bob = cli_json("--storage", str(store), "memory", "add", "bob's card pin is 1111", "--user", "bob")
+    kept = cli_json("--storage", str(store), "memory", "add", "carol likes tea", "--user", "carol")
+
+    both = cli("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice", "--all-users")
+    assert both.exit_code == 2 and "--all-users" in both.stderr and "--user" in both.stderr, both.stderr
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 4
+
+    done = cli("--storage", str(store), "memory", "delete", "--all-users", alice["id"], shared["id"])
+    assert done.exit_code == 0 and done.stderr == "", done.stdout + done.stderr
+    assert done.stdout == f"deleted {alice['id']} (user alice)\ndeleted {shared['id']} (default namespace)\n"
+    result = cli(
+        "--json", "--storage", str(store), "memory", "delete", "--all-users", bob["id"], "no-such-id"
+    )
+    assert json.loads(result.stdout) == {
+        "user": None,
+        "all_users": True,
+        "deleted": [bob["id"]],
+        "originals_deleted": [],
+        "not_found": ["no-such-id"],
+    }
+    assert_one_line_error(result, "no memory of any user or the default namespace with id 'no-such-id'")
+    stored = _stored_bytes(store)
+    assert b"4417-zebra" not in stored and b"0000" not in stored and b"1111" not in stored
+    assert cli_json("--storage", str(store), "memory", "stats")["by_user"] == {"carol": 1}
+    assert kept["id"] in cli("--storage", str(store), "memory", "search", "tea", "--user", "carol").stdout
 
 
 def test_memory_delete_bad_arguments_change_nothing(tmp_path: Path, store: Path) -> None:
@@ -536,6 +572,7 @@ def test_memory_delete_takes_a_consolidated_memory_s_originals(store: Path) -> N
     report = cli_json("--storage", str(store), "memory", "delete", group["merged_id"], originals[0])
     assert report == {
         "user": None,
+        "all_users": False,
         "deleted": [group["merged_id"], originals[0]],
         "originals_deleted": [originals[1]],
         "not_found": [],

@@ -37,10 +37,11 @@ user and the default namespace (with ``--user`` too it is bad usage, exit code 2
 
 ``memory delete ID...`` deletes with ``MemoryManager.delete_memory`` (every tier, the vectors, erased from
 the storage's files; a consolidated memory takes the originals it was merged from along) the memories of
-the ``--user`` namespace (the shared one by default, as ``memory search``); it moves no other memory. An
-id with no memory there (another user's memory included: the error line names its owner) is reported
-after the others are deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json``
-prints ``{"user", "deleted", "originals_deleted", "not_found"}`` either way.
+the ``--user`` namespace (the shared one by default, as ``memory search``), or of any owner with
+``--all-users`` (each printed with its owner); it moves no other memory. An id with no memory there
+(another user's memory included: the error line names its owner) is reported after the others are
+deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json`` prints ``{"user",
+"all_users", "deleted", "originals_deleted", "not_found"}`` either way.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
@@ -773,14 +774,22 @@ def memory_delete(
         str | None,
         typer.Option(help="Owner namespace (default: the shared one); another owner's memory is not found."),
     ] = None,
+    all_users: Annotated[
+        bool,
+        typer.Option(
+            "--all-users",
+            help="Delete the ids whoever owns them, any user or the default namespace (not with --user).",
+        ),
+    ] = False,
 ) -> None:
     """Delete memories by id: from every tier, with their vectors, erased from the storage's files.
 
     A consolidated memory goes with the originals it was merged from (printed). Only memories of the
-    owner namespace (--user; the shared one by default) are deleted. An id with no memory there is
-    reported on stderr after the others are deleted, and the command exits with code 1 (as rm does).
-    Moves no other memory between tiers.
+    owner namespace (--user; the shared one by default) are deleted, or of any owner with --all-users
+    (each printed with its owner). An id with no memory there is reported on stderr after the others
+    are deleted, and the command exits with code 1 (as rm does). Moves no other memory between tiers.
     """
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> int:
         from context_manager.core.errors import MemoryNotFoundError
@@ -795,6 +804,7 @@ def memory_delete(
         originals: list[str] = []  # deleted with a consolidated memory, not asked for
         missing: list[str] = []
         owners: dict[str, str | None] = {}  # a missing id's memory in another namespace: whose
+        deleted_owners: dict[str, str | None] = {}  # with --all-users: whose each deleted memory was
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             for memory_id in wanted:
                 if memory_id in originals:  # asked for, and gone with a consolidated memory asked before
@@ -802,11 +812,12 @@ def memory_delete(
                     deleted.append(memory_id)
                     continue
                 existing = await manager.get_memory(memory_id)
-                if existing is None or existing.user_id != user:
+                if existing is None or (existing.user_id != user and not all_users):
                     missing.append(memory_id)
                     if existing is not None:
                         owners[memory_id] = existing.user_id
                     continue
+                deleted_owners[memory_id] = existing.user_id
                 along = await merged_originals(manager, existing)
                 try:
                     await manager.delete_memory(memory_id)
@@ -818,11 +829,21 @@ def memory_delete(
         if options.json_output:
             _print_json(
                 options,
-                {"user": user, "deleted": deleted, "originals_deleted": originals, "not_found": missing},
+                {
+                    "user": user,
+                    "all_users": all_users,
+                    "deleted": deleted,
+                    "originals_deleted": originals,
+                    "not_found": missing,
+                },
             )
         else:
             for memory_id in deleted:
-                options.stdout.print(f"deleted {_shown(memory_id)}", markup=False, soft_wrap=True)
+                whose = ""
+                if all_users and memory_id in deleted_owners:  # whose, since any owner's may go
+                    owner = deleted_owners[memory_id]
+                    whose = " (default namespace)" if owner is None else f" (user {_shown(owner)})"
+                options.stdout.print(f"deleted {_shown(memory_id)}{whose}", markup=False, soft_wrap=True)
             for memory_id in originals:
                 options.stdout.print(
                     f"deleted {_shown(memory_id)} (an original of a consolidated memory)",
@@ -832,6 +853,8 @@ def memory_delete(
         if not missing:
             return 0
         where = "in the default namespace" if user is None else f"of user {user!r}"
+        if all_users:
+            where = "of any user or the default namespace"
         message = f"no memory {where} with id{'s' if len(missing) > 1 else ''} " + ", ".join(
             map(repr, missing)
         )
