@@ -1500,3 +1500,33 @@ def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, stor
     for control in ("\x9b", "\x7f", "\x85"):
         assert control not in found.stdout, repr(found.stdout)
     assert [row["content"] for row in json.loads(found.stdout)] == [evil]
+
+
+def test_memory_export_through_a_symbolic_link_replaces_the_file_it_leads_to(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export backup.jsonl`` where backup.jsonl is a link to the file a backup job keeps elsewhere:
+    the temporary file was renamed over the link, which became a regular file, and the file it led to kept
+    the old export. The file the link leads to is replaced now (atomically, from its own directory), the
+    link stays; a link to a file not yet there creates it, as a shell's ``>`` does."""
+    cli_json("--storage", str(store), "memory", "add", "the boiler is serviced in May")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    real = kept / "backup.jsonl"
+    real.write_text("an older export\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    link = work / "backup.jsonl"
+    link.symlink_to(Path("..") / "kept" / "backup.jsonl")  # relative, as `ln -s ../kept/backup.jsonl` makes
+    assert cli_json("--storage", str(store), "memory", "export", str(link))["exported"] == 1
+    assert link.is_symlink() and os.readlink(link) == str(Path("..") / "kept" / "backup.jsonl")
+    assert [json.loads(line)["content"] for line in real.read_text().splitlines()] == [
+        "the boiler is serviced in May"
+    ]
+    assert sorted(path.name for path in kept.iterdir()) == ["backup.jsonl"]  # no temporary file left
+    assert sorted(path.name for path in work.iterdir()) == ["backup.jsonl"]
+
+    dangling = work / "next.jsonl"
+    dangling.symlink_to(kept / "next.jsonl")
+    assert cli_json("--storage", str(store), "memory", "export", str(dangling))["exported"] == 1
+    assert dangling.is_symlink() and (kept / "next.jsonl").read_text() == real.read_text()

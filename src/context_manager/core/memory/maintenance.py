@@ -278,7 +278,8 @@ class MemoryMaintenance(TierMovement):
         A memory held in two tiers is written once: its fastest tier's copy, with ``tiers`` listing
         every tier holding a copy (``["short", "long"]`` for an important memory), which
         :meth:`import_memories` restores. A file is replaced atomically (a temporary file beside it, then
-        renamed); a path that is no regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
+        renamed; through a symbolic link, the file it leads to, and the link stays); a path that is no
+        regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
         or ``/proc`` (``/dev/stdout``, redirected to a file too) is written through. Returns how many
         memories were written.
         """
@@ -320,7 +321,10 @@ class MemoryMaintenance(TierMovement):
                 # be made beside /dev/fd/63
                 return write_through()
             count = 0
-            temporary = target.with_name(target.name + ".tmp")
+            # a link (``backup.jsonl -> /backups/2026/backup.jsonl``) stays a link: the file it leads to
+            # is replaced, from a temporary file in that file's directory (a rename replaced the link)
+            final = Path(os.path.realpath(target)) if target.is_symlink() else target
+            temporary = final.with_name(final.name + ".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -329,7 +333,7 @@ class MemoryMaintenance(TierMovement):
                         count += 1
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(temporary, target)
+                os.replace(temporary, final)
             except BaseException:
                 # a copy of the memories must not stay behind (it would keep text deleted afterwards)
                 temporary.unlink(missing_ok=True)
