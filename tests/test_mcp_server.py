@@ -1074,3 +1074,33 @@ async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path
         added = await client.call_tool("memory_add", {"content": "Fay takes the 8:15 train"})
         deleted = await client.call_tool("memory_delete", {"memory_id": added.structured_content["id"]})  # type: ignore[index]
         assert not deleted.is_error, text_of(deleted)
+
+
+def test_mcp_serve_says_a_global_json_is_ignored(tmp_path: Path) -> None:
+    """``context-manager --json mcp serve`` served as if ``--json`` were not there, without a word, while
+    ``examples`` (which prints text) says ``--json`` is ignored; ``mcp serve`` says so too, on stderr (stdout
+    is the protocol channel), and serves."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "context_manager.cli",
+            "--json",
+            "mcp",
+            "serve",
+            "--storage",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,  # the client closes stdin at once: the server ends
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""
+    first = completed.stderr.splitlines()[0]
+    assert first.startswith("warning: --json is ignored: mcp serve answers in the MCP protocol"), (
+        completed.stderr
+    )
+    assert "serving on stdio" in completed.stderr

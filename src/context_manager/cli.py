@@ -24,7 +24,7 @@ variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (o
 gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
 a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
 ``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
-to ``examples``.
+to ``examples`` or ``mcp serve``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
@@ -1557,6 +1557,8 @@ def mcp_serve(
         from context_manager.core.config import ContextManagerConfig
         from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
+        if options.json_output:  # as with examples: said, not silently dropped
+            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
         path = _storage_argument(storage) if storage is not None else options.storage
         values: dict[str, Any] = dict(_config_overrides(settings or []))
         if path is not None:
