@@ -1104,3 +1104,45 @@ def test_mcp_serve_says_a_global_json_is_ignored(tmp_path: Path) -> None:
         completed.stderr
     )
     assert "serving on stdio" in completed.stderr
+
+
+async def test_run_mcp_server_from_python_leaves_sigterm_to_the_application(tmp_path: Path) -> None:
+    """``run_mcp_server`` called from an application's main thread took SIGTERM over: the signal that
+    should end the process stopped the server only, ``run_mcp_server`` returned and the application went
+    on (a service manager's stop did not stop it). Only ``mcp serve`` (``stop_on_sigterm=True``) handles
+    SIGTERM now; from Python the signal keeps its default action (or the application's handler)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from context_manager import ContextManagerConfig
+        from context_manager.mcp_server import run_mcp_server
+
+        async def main():
+            await run_mcp_server(ContextManagerConfig(storage_path={str(tmp_path / "memory")!r}))
+            print("run_mcp_server returned: the application goes on", file=sys.stderr, flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", script],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    server = RawStdioServer(process)
+    try:
+        # answered: the server reads stdin, so whatever it does with SIGTERM is in place
+        answer = await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        assert answer["result"]["serverInfo"]["name"] == "context-manager"
+        process.send_signal(signal.SIGTERM)  # stdin stays open
+        returncode = await asyncio.wait_for(process.wait(), 15)
+        assert process.stderr is not None
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == -signal.SIGTERM, stderr
+        assert "returned" not in stderr and "stopped (SIGTERM)" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

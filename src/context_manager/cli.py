@@ -1575,7 +1575,7 @@ def mcp_serve(
         if tools is not None:
             resolve_app_dir(app_dir)
             tool_manager = load_tool_registry(tools, config)
-        await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
+        await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http, stop_on_sigterm=True)
 
     _run(ctx, body, {**_USER_OPTION, "tools": "--tools", "http": "--http"})
 
