@@ -1146,3 +1146,41 @@ async def test_run_mcp_server_from_python_leaves_sigterm_to_the_application(tmp_
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_mcp_serve_takes_the_storage_path_given_as_an_option_or_in_the_environment(tmp_path: Path) -> None:
+    """``mcp serve`` refused to start without ``--storage`` even when the location was given explicitly
+    otherwise: ``--set storage_path=...`` (documented as taking any option) or
+    ``PYTHON_CONTEXT_MANAGER_STORAGE_PATH`` in the client's ``env`` block (where the DSN goes too) got
+    "mcp serve needs --storage PATH". Only the default location (relative to wherever the client starts
+    the server) is refused now."""
+    given = {
+        "set": (["--set", f"storage_path={tmp_path / 'by-set'}"], {}),
+        "environment": ([], {"PYTHON_CONTEXT_MANAGER_STORAGE_PATH": str(tmp_path / "by-env")}),
+        "cache path": (["--set", f"cache_path={tmp_path / 'cache'}"], {}),
+    }
+    for name, (arguments, environment) in given.items():
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "mcp", "serve", *arguments],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT, **environment},
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert completed.returncode == 0, (name, completed.stderr)
+        assert completed.stdout == "" and "serving on stdio" in completed.stderr, (name, completed.stderr)
+    for store in ("by-set", "by-env", "cache/storage"):
+        assert (tmp_path / store / "memories.sqlite3").exists(), store
+    assert not (tmp_path / "cache" / "cache").exists()
+    refused = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "mcp", "serve"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "mcp serve needs --storage PATH" in refused.stderr

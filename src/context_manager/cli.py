@@ -1508,8 +1508,8 @@ def mcp_serve(
         str | None,
         typer.Option(
             "--storage",
-            help="Memory directory (required here or as the global --storage, unless memory_backend is "
-            "postgres; created if missing).",
+            help="Memory directory (required here or as the global --storage, unless storage_path is set "
+            "with --set or in the environment, or memory_backend is postgres; created if missing).",
             metavar="PATH",
         ),
     ] = None,
@@ -1566,7 +1566,10 @@ def mcp_serve(
         config = ContextManagerConfig(**values)
         if path is not None and not _uses_directory(config):
             _warn_storage_ignored(options, path, config)
-        if path is None and config.memory_backend == "sqlite":
+        # a location given as an option (--set, or the client's env block) is explicit too: only the
+        # default one (./cache/storage, in whatever directory the client starts the server) is refused
+        located = {"storage_path", "cache_path"} & config.model_fields_set
+        if path is None and config.memory_backend == "sqlite" and not located:
             raise CommandError(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
                 "so the memory location must be explicit), or --set memory_backend=postgres"
