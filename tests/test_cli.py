@@ -1502,6 +1502,45 @@ def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, stor
     assert [row["content"] for row in json.loads(found.stdout)] == [evil]
 
 
+def test_subprocess_output_on_a_stdout_that_cannot_encode_the_text(tmp_path: Path, store: Path) -> None:
+    """On a stdout whose encoding lacks a stored character (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale,
+    a cp1252 console) ``--json memory search`` failed with "'ascii' codec can't encode" after the search
+    had counted its accesses, and text output failed likewise. ``--json`` is written in ASCII then (``\\u``
+    escapes: the same JSON); text output shows such a character as an escape (``\\xe9``)."""
+    content = "café ☕ naïve — 東京"
+    added = run_cli("--json", "--storage", str(store), "memory", "add", content, "--tag", "çà")
+    assert added.returncode == 0, added.stderr
+    memory_id = json.loads(added.stdout)["id"]
+
+    def run_ascii(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "--storage", str(store), *arguments],
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, COLUMNS="200", PYTHONIOENCODING="ascii"),
+        )
+
+    found = run_ascii("--json", "memory", "search", "café")
+    assert found.returncode == 0, found.stderr.decode(errors="replace")
+    text = found.stdout.decode("ascii")  # ASCII only
+    rows = json.loads(text)
+    assert [(row["id"], row["content"], row["tags"]) for row in rows] == [(memory_id, content, ["çà"])]
+    assert rows[0]["access_count"] == 1, "the search counted its access once, and printed"
+    assert found.stderr == b""
+
+    table = run_ascii("memory", "search", "café")
+    assert table.returncode == 0, table.stderr.decode(errors="replace")
+    shown = table.stdout.decode("ascii")
+    assert memory_id in shown and "caf\\xe9" in shown and "na\\xefve" in shown, shown
+    assert table.stderr == b""
+    for arguments in (("memory", "add", "über"), ("memory", "stats"), ("health",)):
+        plain = run_ascii(*arguments)
+        assert plain.returncode == 0, plain.stderr.decode(errors="replace")
+        plain.stdout.decode("ascii")
+    report = run_ascii("--json", "memory", "stats")
+    assert report.returncode == 0 and json.loads(report.stdout.decode("ascii"))["total_memories"] == 2
+
+
 def test_memory_export_through_a_symbolic_link_replaces_the_file_it_leads_to(
     tmp_path: Path, store: Path
 ) -> None:

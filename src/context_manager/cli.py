@@ -152,6 +152,59 @@ class CommandError(Exception):
     """A failure the CLI reports as one line on stderr (exit code 1)."""
 
 
+class _StandardStream:
+    r"""``sys.stdout`` or ``sys.stderr`` (whichever it is when written) as the consoles write to it.
+
+    A character the stream's encoding cannot take (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale or
+    console) is written as a ``\xe9`` escape instead of failing the command with ``UnicodeEncodeError``
+    after its work was done (a search had counted its accesses, a delete had deleted). ``--json`` output
+    never needs it (:func:`_print_json` writes ASCII then).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def _stream(self) -> Any:
+        stream = getattr(sys, self._name)
+        # as rich does: the stream itself, not the proxy a live progress display puts in its place
+        return getattr(stream, "rich_proxied_file", stream)
+
+    def write(self, text: str) -> int:
+        stream = self._stream
+        if stream is None:  # closed at the start (``>&-``): the output goes nowhere, as rich does
+            return len(text)
+        try:
+            return int(stream.write(text))
+        except UnicodeEncodeError:  # raised before any of the text is written
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            try:
+                degraded = text.encode(encoding, "backslashreplace").decode(encoding)
+            except (UnicodeError, LookupError):
+                degraded = text.encode("ascii", "backslashreplace").decode("ascii")
+            return int(stream.write(degraded))
+
+    def flush(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        stream = self._stream
+        return stream is not None and bool(stream.isatty())
+
+    def fileno(self) -> int:
+        stream = self._stream
+        if stream is None:
+            raise OSError("the stream is closed")
+        return int(stream.fileno())
+
+    @property
+    def encoding(self) -> str:
+        stream = self._stream
+        return (getattr(stream, "encoding", None) if stream is not None else None) or "utf-8"
+
+
 # --------------------------------------------------------------------------------------- plumbing
 
 
@@ -359,6 +412,11 @@ _DEL_AND_C1 = re.compile("[\x7f-\x9f]")
 
 def _print_json(options: _Options, value: Any) -> None:
     text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    try:
+        text.encode(options.stdout.encoding)
+    except (UnicodeError, LookupError):  # stdout cannot take the text (PYTHONIOENCODING=ascii, a cp1252
+        # console; a lone surrogate anywhere): JSON written in ASCII, with \u escapes, is the same JSON
+        text = json.dumps(value, indent=2, ensure_ascii=True, default=str)
     # DEL and C1 (U+009B is a CSI) can only be inside strings: their \u escapes are the same JSON
     text = _DEL_AND_C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     options.stdout.out(text, highlight=False)
@@ -550,14 +608,16 @@ def _global_options(
     ] = False,
 ) -> None:
     """Context windows, memory and tools for LLM applications: command-line tools."""
-    stderr = Console(stderr=True, emoji=False)  # :name: in user data stays as written
+    # :name: in user data stays as written
+    stderr = Console(file=_StandardStream("stderr"), stderr=True, emoji=False)  # type: ignore[arg-type]
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
     else:
         # the pool's connection attempts: the command reports the failure on its one error line
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    options = _Options(None, json_output, debug, Console(highlight=False, emoji=False), stderr)
+    stdout = Console(file=_StandardStream("stdout"), highlight=False, emoji=False)  # type: ignore[arg-type]
+    options = _Options(None, json_output, debug, stdout, stderr)
     ctx.obj = options
     try:
         options.storage = _storage_argument(storage)
