@@ -1569,3 +1569,15 @@ def test_memory_export_through_a_symbolic_link_replaces_the_file_it_leads_to(
     dangling.symlink_to(kept / "next.jsonl")
     assert cli_json("--storage", str(store), "memory", "export", str(dangling))["exported"] == 1
     assert dangling.is_symlink() and (kept / "next.jsonl").read_text() == real.read_text()
+
+
+def test_memory_migrate_errors_name_the_options(tmp_path: Path, store: Path) -> None:
+    """``memory migrate`` named a bad location as the library's argument ("target: got ...; allowed a
+    storage other than the source"): there is no such option. As the other commands' errors, it names
+    ``--from`` or ``--to`` now."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    same = cli("memory", "migrate", "--from", str(store), "--to", f"{store}/")
+    assert_one_line_error(same, f"error: --to: got '{store}/'; allowed a storage other than the source")
+    missing = cli("memory", "migrate", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "copy"))
+    assert_one_line_error(missing, f"error: --from: got '{tmp_path / 'nowhere'}'; allowed a memory storage")
+    assert not (tmp_path / "copy").exists()

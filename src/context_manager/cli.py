@@ -337,11 +337,14 @@ class _Interrupt:
 
 
 def _run_interruptible(
-    ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]], message: str
+    ctx: typer.Context,
+    coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]],
+    message: str,
+    named: dict[str, str] | None = None,
 ) -> _T:
     """:func:`_run` for a command that Ctrl-C must stop within a second (see :class:`_Interrupt`).
 
-    ``message`` is what the error line says then (exit code 130).
+    ``message`` is what the error line says then (exit code 130); ``named`` as for :func:`_guarded`.
     """
     interrupt = _Interrupt(_options(ctx), message)
 
@@ -354,7 +357,7 @@ def _run_interruptible(
                     raise
                 return False, None
 
-    completed, result = _guarded(ctx, lambda options: asyncio.run(main(options)))
+    completed, result = _guarded(ctx, lambda options: asyncio.run(main(options)), named)
     if not completed:
         interrupt.report()
         raise typer.Exit(130)
@@ -1376,7 +1379,8 @@ def memory_migrate(
     interrupted = "interrupted"
     if not verify_only:
         interrupted += "; the target keeps what was copied: run the same command again to finish the copy"
-    code = _run_interruptible(ctx, body, interrupted)
+    # the library names the locations as its arguments: said as the options to fix
+    code = _run_interruptible(ctx, body, interrupted, {"source": "--from", "target": "--to"})
     if code:
         raise typer.Exit(code)
 
