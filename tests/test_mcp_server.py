@@ -1184,3 +1184,25 @@ def test_mcp_serve_takes_the_storage_path_given_as_an_option_or_in_the_environme
         timeout=60,
     )
     assert refused.returncode == 1 and "mcp serve needs --storage PATH" in refused.stderr
+
+
+def test_mcp_serve_over_stdio_with_standard_input_or_output_closed_says_so(tmp_path: Path) -> None:
+    """Started with standard input closed (``<&-``) the stdio server opened the store, printed its banner
+    and failed with "error: [Errno 22] Invalid argument"; with standard output closed, with "internal
+    error: AttributeError ... (a bug ...)". It says which stream is closed now, before the store is
+    opened, and what to do instead."""
+    for closing, named in (("<&-", "standard input is closed"), (">&- <&-", "standard input and output are")):
+        storage = tmp_path / "memory"
+        completed = subprocess.run(
+            ["bash", "-c", f'exec "$0" -m context_manager.cli mcp serve --storage "$1" {closing}']
+            + [sys.executable, str(storage)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT},
+            timeout=60,
+        )
+        assert completed.returncode == 1, completed.stderr
+        lines = completed.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), completed.stderr
+        assert "--http PORT" in lines[0]
+        assert not storage.exists()

@@ -1638,6 +1638,17 @@ def mcp_serve(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
                 "so the memory location must be explicit), or --set memory_backend=postgres"
             )
+        if http is None:  # before the store is opened (or created): stdio is the protocol's channel
+            closed = [
+                name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if stream is None
+            ]
+            if closed:
+                verb = "is" if len(closed) == 1 else "are"
+                raise CommandError(
+                    f"standard {' and '.join(closed)} {verb} closed: a stdio MCP "
+                    "server talks to its client through standard input and output (an MCP client starts it "
+                    "with pipes); pass --http PORT to serve over HTTP"
+                )
         tool_manager = None
         if tools is not None:
             resolve_app_dir(app_dir)
