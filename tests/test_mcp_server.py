@@ -1206,3 +1206,30 @@ def test_mcp_serve_over_stdio_with_standard_input_or_output_closed_says_so(tmp_p
         assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), completed.stderr
         assert "--http PORT" in lines[0]
         assert not storage.exists()
+
+
+def test_mcp_serve_with_a_missing_app_dir_names_it(tmp_path: Path) -> None:
+    """A mistyped ``--app-dir`` was put on ``sys.path`` as it was, and the command failed with "cannot
+    import 'shop.tools': No module named 'shop'", which sent the user looking at the module. The
+    directory is checked now: bad usage naming it (exit code 2), nothing opened."""
+    runner = CliRunner()
+    storage = tmp_path / "memory"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a directory", encoding="utf-8")
+    for app_dir, reason in ((tmp_path / "shop-typo", "does not exist"), (notes, "is a file")):
+        result = runner.invoke(
+            app,
+            [
+                "mcp",
+                "serve",
+                "--storage",
+                str(storage),
+                "--app-dir",
+                str(app_dir),
+                "--tools",
+                "shop.tools:registry",
+            ],
+        )
+        assert result.exit_code == 2, result.stderr
+        assert "--app-dir" in result.stderr and reason in result.stderr and str(app_dir) in result.stderr
+        assert not storage.exists()

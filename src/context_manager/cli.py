@@ -1599,7 +1599,10 @@ def mcp_serve(
     app_dir: Annotated[
         Path | None,
         typer.Option(
-            "--app-dir", help="Directory to import the --tools module from (default: the working one)."
+            "--app-dir",
+            help="Directory to import the --tools module from (default: the working one).",
+            exists=True,  # a mistyped one: said, not "cannot import" the module later
+            file_okay=False,
         ),
     ] = None,
     settings: Annotated[
