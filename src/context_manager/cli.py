@@ -1601,8 +1601,6 @@ def mcp_serve(
         typer.Option(
             "--app-dir",
             help="Directory to import the --tools module from (default: the working one).",
-            exists=True,  # a mistyped one: said, not "cannot import" the module later
-            file_okay=False,
         ),
     ] = None,
     settings: Annotated[
@@ -1619,6 +1617,9 @@ def mcp_serve(
     MCP clients start stdio servers with a stripped environment and an arbitrary working directory:
     give the storage as an absolute path and every option on the command line.
     """
+    if app_dir is not None and not app_dir.is_dir():  # mistyped: said, not "cannot import" the module later
+        reason = "is a file, not a directory" if app_dir.exists() else "does not exist"
+        raise typer.BadParameter(f"directory {str(app_dir)!r} {reason}", ctx, param_hint="'--app-dir'")
 
     async def body(options: _Options) -> None:
         from context_manager.core.config import ContextManagerConfig
