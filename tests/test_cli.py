@@ -1581,3 +1581,27 @@ def test_memory_migrate_errors_name_the_options(tmp_path: Path, store: Path) -> 
     missing = cli("memory", "migrate", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "copy"))
     assert_one_line_error(missing, f"error: --from: got '{tmp_path / 'nowhere'}'; allowed a memory storage")
     assert not (tmp_path / "copy").exists()
+
+
+def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:
+    """``tokens -`` and ``memory import -`` read standard input, but ``echo ... | memory add -`` stored a
+    memory whose text was "-". It stores the piped text now (its final newlines dropped, as ``$(...)``
+    drops them); blank input is refused and creates no store."""
+    added = cli(
+        "--json",
+        "--storage",
+        str(store),
+        "memory",
+        "add",
+        "-",
+        "--tag",
+        "ops",
+        input="the vpn is vpn.example.org\r\n\n",
+    )
+    assert added.exit_code == 0, added.stdout + added.stderr
+    assert json.loads(added.stdout)["content"] == "the vpn is vpn.example.org"
+    found = cli_json("--storage", str(store), "memory", "search", "vpn")
+    assert [(row["content"], row["tags"]) for row in found] == [("the vpn is vpn.example.org", ["ops"])]
+    blank = cli("--storage", str(store.parent / "other"), "memory", "add", "-", input="\n")
+    assert_one_line_error(blank, "content: got ''")
+    assert not (store.parent / "other").exists()

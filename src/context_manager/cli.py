@@ -5,6 +5,7 @@
     context-manager tokens notes.txt --encoding cl100k_base
     cat notes.txt | context-manager tokens -
     context-manager --storage ./cache/storage memory add "Paris is the capital of France" --tag geo
+    git log -1 --format=%B | context-manager memory add - --tag release   # - : standard input
     context-manager memory search "capital of france" --limit 5
     context-manager memory delete 602dc6381aab4249a7cdd080681db0f3   # ids as search prints them
     context-manager --json memory stats
@@ -726,7 +727,13 @@ def tokens(
 @memory_app.command("add")
 def memory_add(
     ctx: typer.Context,
-    content: Annotated[str, typer.Argument(help="The text to remember.")],
+    content: Annotated[
+        str,
+        typer.Argument(
+            help="The text to remember, or - for standard input (its final newlines dropped).",
+            metavar="TEXT|-",
+        ),
+    ],
     importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")
@@ -745,15 +752,17 @@ def memory_add(
             check_user,
         )
 
+        # as tokens and import read it: "-" stored as the memory was a wrong result, not a text
+        text = _read_standard_input().rstrip("\r\n") if content == "-" else content
         # add_memory's own checks, first: a rejected memory must not leave a new, empty store behind
-        check_content(content)
+        check_content(text)
         check_importance(importance)
         check_tags(tag or [])
         check_user(user, allow_all=False)
         if tier is not None:
             check_tier(tier)
         async with _open_memory(options, create=True) as manager:
-            memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
+            memory = await manager.add_memory(text, importance, tag or [], None, user, tier, source="cli")
             # as add_memory places it: without --tier, an important memory also gets a long-term copy
             copied = tier is None and importance >= manager.config.long_term_importance_threshold
         if options.json_output:
