@@ -385,6 +385,27 @@ def test_memory_import_refuses_memories_superseding_one_another_before_creating_
     assert not store.exists()
 
 
+def test_memory_import_refuses_one_id_on_two_lines_before_creating_a_store(
+    tmp_path: Path, store: Path
+) -> None:
+    """A file holding one id twice (two exports concatenated, an edited line pasted back) imported the later
+    line only and said "imported 1 memory": the other version was gone without a word. Refused now, both
+    lines named, nothing created; from standard input too."""
+    records = [
+        {"id": "pin", "content": "the door code is 1234", "created_at": 1.0e9},
+        {"id": "other", "content": "the boiler is serviced in May", "created_at": 1.0e9},
+        {"id": "pin", "content": "the door code is 9876", "created_at": 1.0e9},
+    ]
+    backup = tmp_path / "joined.jsonl"
+    backup.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    result = cli("--storage", str(store), "memory", "import", str(backup))
+    assert_one_line_error(result, f"{backup}:3", f"id 'pin' is on {backup}:1 too", "each memory once")
+    assert not store.exists(), "nothing is imported (the store is not even created)"
+    piped = cli("--storage", str(store), "memory", "import", "-", input=backup.read_text(encoding="utf-8"))
+    assert_one_line_error(piped, "<stdin>:3", "id 'pin' is on <stdin>:1 too")
+    assert not store.exists()
+
+
 def test_memory_import_of_a_non_utf8_file_names_it_and_creates_nothing(tmp_path: Path, store: Path) -> None:
     """The error was Python's "'utf-8' codec can't decode ..." without the file's name."""
     export = tmp_path / "latin1.jsonl"
@@ -462,6 +483,7 @@ def test_memory_delete_erases_the_ids_given_and_reports_the_unknown_ones(store: 
     result = cli("--json", "--storage", str(store), "memory", "delete", "no-such-id", kept["id"], alice["id"])
     assert json.loads(result.stdout) == {
         "user": None,
+        "all_users": False,
         "deleted": [kept["id"]],
         "originals_deleted": [],
         "not_found": ["no-such-id", alice["id"]],
@@ -478,11 +500,46 @@ def test_memory_delete_erases_the_ids_given_and_reports_the_unknown_ones(store: 
     )
     assert cli_json("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice") == {
         "user": "alice",
+        "all_users": False,
         "deleted": [alice["id"]],
         "originals_deleted": [],
         "not_found": [],
     }
     assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 0
+
+
+def test_memory_delete_with_all_users_deletes_any_owner_s_memory(store: Path) -> None:
+    """``memory search``, ``consolidate`` and ``cleanup`` took ``--all-users``, ``memory delete`` did not:
+    an operator erasing ids found with ``search --all-users`` had to look up each one's owner and run the
+    command once per user. ``--all-users`` deletes the ids whoever owns them (each printed with its owner);
+    with ``--user`` too it is bad usage, as elsewhere, and nothing is deleted."""
+    shared = cli_json("--storage", str(store), "memory", "add", "the door code is 4417-zebra")
+    alice = cli_json("--storage", str(store), "memory", "add", "alice's card pin is 0000", "--user", "alice")
+    bob = cli_json("--storage", str(store), "memory", "add", "bob's card pin is 1111", "--user", "bob")
+    kept = cli_json("--storage", str(store), "memory", "add", "carol likes tea", "--user", "carol")
+
+    both = cli("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice", "--all-users")
+    assert both.exit_code == 2 and "--all-users" in both.stderr and "--user" in both.stderr, both.stderr
+    assert cli_json("--storage", str(store), "memory", "stats")["total_memories"] == 4
+
+    done = cli("--storage", str(store), "memory", "delete", "--all-users", alice["id"], shared["id"])
+    assert done.exit_code == 0 and done.stderr == "", done.stdout + done.stderr
+    assert done.stdout == f"deleted {alice['id']} (user alice)\ndeleted {shared['id']} (default namespace)\n"
+    result = cli(
+        "--json", "--storage", str(store), "memory", "delete", "--all-users", bob["id"], "no-such-id"
+    )
+    assert json.loads(result.stdout) == {
+        "user": None,
+        "all_users": True,
+        "deleted": [bob["id"]],
+        "originals_deleted": [],
+        "not_found": ["no-such-id"],
+    }
+    assert_one_line_error(result, "no memory of any user or the default namespace with id 'no-such-id'")
+    stored = _stored_bytes(store)
+    assert b"4417-zebra" not in stored and b"0000" not in stored and b"1111" not in stored
+    assert cli_json("--storage", str(store), "memory", "stats")["by_user"] == {"carol": 1}
+    assert kept["id"] in cli("--storage", str(store), "memory", "search", "tea", "--user", "carol").stdout
 
 
 def test_memory_delete_bad_arguments_change_nothing(tmp_path: Path, store: Path) -> None:
@@ -515,6 +572,7 @@ def test_memory_delete_takes_a_consolidated_memory_s_originals(store: Path) -> N
     report = cli_json("--storage", str(store), "memory", "delete", group["merged_id"], originals[0])
     assert report == {
         "user": None,
+        "all_users": False,
         "deleted": [group["merged_id"], originals[0]],
         "originals_deleted": [originals[1]],
         "not_found": [],
@@ -1442,3 +1500,108 @@ def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, stor
     for control in ("\x9b", "\x7f", "\x85"):
         assert control not in found.stdout, repr(found.stdout)
     assert [row["content"] for row in json.loads(found.stdout)] == [evil]
+
+
+def test_subprocess_output_on_a_stdout_that_cannot_encode_the_text(tmp_path: Path, store: Path) -> None:
+    """On a stdout whose encoding lacks a stored character (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale,
+    a cp1252 console) ``--json memory search`` failed with "'ascii' codec can't encode" after the search
+    had counted its accesses, and text output failed likewise. ``--json`` is written in ASCII then (``\\u``
+    escapes: the same JSON); text output shows such a character as an escape (``\\xe9``)."""
+    content = "café ☕ naïve — 東京"
+    added = run_cli("--json", "--storage", str(store), "memory", "add", content, "--tag", "çà")
+    assert added.returncode == 0, added.stderr
+    memory_id = json.loads(added.stdout)["id"]
+
+    def run_ascii(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "--storage", str(store), *arguments],
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, COLUMNS="200", PYTHONIOENCODING="ascii"),
+        )
+
+    found = run_ascii("--json", "memory", "search", "café")
+    assert found.returncode == 0, found.stderr.decode(errors="replace")
+    text = found.stdout.decode("ascii")  # ASCII only
+    rows = json.loads(text)
+    assert [(row["id"], row["content"], row["tags"]) for row in rows] == [(memory_id, content, ["çà"])]
+    assert rows[0]["access_count"] == 1, "the search counted its access once, and printed"
+    assert found.stderr == b""
+
+    table = run_ascii("memory", "search", "café")
+    assert table.returncode == 0, table.stderr.decode(errors="replace")
+    shown = table.stdout.decode("ascii")
+    assert memory_id in shown and "caf\\xe9" in shown and "na\\xefve" in shown, shown
+    assert table.stderr == b""
+    for arguments in (("memory", "add", "über"), ("memory", "stats"), ("health",)):
+        plain = run_ascii(*arguments)
+        assert plain.returncode == 0, plain.stderr.decode(errors="replace")
+        plain.stdout.decode("ascii")
+    report = run_ascii("--json", "memory", "stats")
+    assert report.returncode == 0 and json.loads(report.stdout.decode("ascii"))["total_memories"] == 2
+
+
+def test_memory_export_through_a_symbolic_link_replaces_the_file_it_leads_to(
+    tmp_path: Path, store: Path
+) -> None:
+    """``memory export backup.jsonl`` where backup.jsonl is a link to the file a backup job keeps elsewhere:
+    the temporary file was renamed over the link, which became a regular file, and the file it led to kept
+    the old export. The file the link leads to is replaced now (atomically, from its own directory), the
+    link stays; a link to a file not yet there creates it, as a shell's ``>`` does."""
+    cli_json("--storage", str(store), "memory", "add", "the boiler is serviced in May")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    real = kept / "backup.jsonl"
+    real.write_text("an older export\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    link = work / "backup.jsonl"
+    link.symlink_to(Path("..") / "kept" / "backup.jsonl")  # relative, as `ln -s ../kept/backup.jsonl` makes
+    assert cli_json("--storage", str(store), "memory", "export", str(link))["exported"] == 1
+    assert link.is_symlink() and os.readlink(link) == str(Path("..") / "kept" / "backup.jsonl")
+    assert [json.loads(line)["content"] for line in real.read_text().splitlines()] == [
+        "the boiler is serviced in May"
+    ]
+    assert sorted(path.name for path in kept.iterdir()) == ["backup.jsonl"]  # no temporary file left
+    assert sorted(path.name for path in work.iterdir()) == ["backup.jsonl"]
+
+    dangling = work / "next.jsonl"
+    dangling.symlink_to(kept / "next.jsonl")
+    assert cli_json("--storage", str(store), "memory", "export", str(dangling))["exported"] == 1
+    assert dangling.is_symlink() and (kept / "next.jsonl").read_text() == real.read_text()
+
+
+def test_memory_migrate_errors_name_the_options(tmp_path: Path, store: Path) -> None:
+    """``memory migrate`` named a bad location as the library's argument ("target: got ...; allowed a
+    storage other than the source"): there is no such option. As the other commands' errors, it names
+    ``--from`` or ``--to`` now."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    same = cli("memory", "migrate", "--from", str(store), "--to", f"{store}/")
+    assert_one_line_error(same, f"error: --to: got '{store}/'; allowed a storage other than the source")
+    missing = cli("memory", "migrate", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "copy"))
+    assert_one_line_error(missing, f"error: --from: got '{tmp_path / 'nowhere'}'; allowed a memory storage")
+    assert not (tmp_path / "copy").exists()
+
+
+def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:
+    """``tokens -`` and ``memory import -`` read standard input, but ``echo ... | memory add -`` stored a
+    memory whose text was "-". It stores the piped text now (its final newlines dropped, as ``$(...)``
+    drops them); blank input is refused and creates no store."""
+    added = cli(
+        "--json",
+        "--storage",
+        str(store),
+        "memory",
+        "add",
+        "-",
+        "--tag",
+        "ops",
+        input="the vpn is vpn.example.org\r\n\n",
+    )
+    assert added.exit_code == 0, added.stdout + added.stderr
+    assert json.loads(added.stdout)["content"] == "the vpn is vpn.example.org"
+    found = cli_json("--storage", str(store), "memory", "search", "vpn")
+    assert [(row["content"], row["tags"]) for row in found] == [("the vpn is vpn.example.org", ["ops"])]
+    blank = cli("--storage", str(store.parent / "other"), "memory", "add", "-", input="\n")
+    assert_one_line_error(blank, "content: got ''")
+    assert not (store.parent / "other").exists()

@@ -1074,3 +1074,162 @@ async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path
         added = await client.call_tool("memory_add", {"content": "Fay takes the 8:15 train"})
         deleted = await client.call_tool("memory_delete", {"memory_id": added.structured_content["id"]})  # type: ignore[index]
         assert not deleted.is_error, text_of(deleted)
+
+
+def test_mcp_serve_says_a_global_json_is_ignored(tmp_path: Path) -> None:
+    """``context-manager --json mcp serve`` served as if ``--json`` were not there, without a word, while
+    ``examples`` (which prints text) says ``--json`` is ignored; ``mcp serve`` says so too, on stderr (stdout
+    is the protocol channel), and serves."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "context_manager.cli",
+            "--json",
+            "mcp",
+            "serve",
+            "--storage",
+            str(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,  # the client closes stdin at once: the server ends
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ""
+    first = completed.stderr.splitlines()[0]
+    assert first.startswith("warning: --json is ignored: mcp serve answers in the MCP protocol"), (
+        completed.stderr
+    )
+    assert "serving on stdio" in completed.stderr
+
+
+async def test_run_mcp_server_from_python_leaves_sigterm_to_the_application(tmp_path: Path) -> None:
+    """``run_mcp_server`` called from an application's main thread took SIGTERM over: the signal that
+    should end the process stopped the server only, ``run_mcp_server`` returned and the application went
+    on (a service manager's stop did not stop it). Only ``mcp serve`` (``stop_on_sigterm=True``) handles
+    SIGTERM now; from Python the signal keeps its default action (or the application's handler)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from context_manager import ContextManagerConfig
+        from context_manager.mcp_server import run_mcp_server
+
+        async def main():
+            await run_mcp_server(ContextManagerConfig(storage_path={str(tmp_path / "memory")!r}))
+            print("run_mcp_server returned: the application goes on", file=sys.stderr, flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", script],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    server = RawStdioServer(process)
+    try:
+        # answered: the server reads stdin, so whatever it does with SIGTERM is in place
+        answer = await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        assert answer["result"]["serverInfo"]["name"] == "context-manager"
+        process.send_signal(signal.SIGTERM)  # stdin stays open
+        returncode = await asyncio.wait_for(process.wait(), 15)
+        assert process.stderr is not None
+        stderr = (await process.stderr.read()).decode()
+        assert returncode == -signal.SIGTERM, stderr
+        assert "returned" not in stderr and "stopped (SIGTERM)" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def test_mcp_serve_takes_the_storage_path_given_as_an_option_or_in_the_environment(tmp_path: Path) -> None:
+    """``mcp serve`` refused to start without ``--storage`` even when the location was given explicitly
+    otherwise: ``--set storage_path=...`` (documented as taking any option) or
+    ``PYTHON_CONTEXT_MANAGER_STORAGE_PATH`` in the client's ``env`` block (where the DSN goes too) got
+    "mcp serve needs --storage PATH". Only the default location (relative to wherever the client starts
+    the server) is refused now."""
+    given = {
+        "set": (["--set", f"storage_path={tmp_path / 'by-set'}"], {}),
+        "environment": ([], {"PYTHON_CONTEXT_MANAGER_STORAGE_PATH": str(tmp_path / "by-env")}),
+        "cache path": (["--set", f"cache_path={tmp_path / 'cache'}"], {}),
+    }
+    for name, (arguments, environment) in given.items():
+        completed = subprocess.run(
+            [sys.executable, "-m", "context_manager.cli", "mcp", "serve", *arguments],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT, **environment},
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert completed.returncode == 0, (name, completed.stderr)
+        assert completed.stdout == "" and "serving on stdio" in completed.stderr, (name, completed.stderr)
+    for store in ("by-set", "by-env", "cache/storage"):
+        assert (tmp_path / store / "memories.sqlite3").exists(), store
+    assert not (tmp_path / "cache" / "cache").exists()
+    refused = subprocess.run(
+        [sys.executable, "-m", "context_manager.cli", "mcp", "serve"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "mcp serve needs --storage PATH" in refused.stderr
+
+
+def test_mcp_serve_over_stdio_with_standard_input_or_output_closed_says_so(tmp_path: Path) -> None:
+    """Started with standard input closed (``<&-``) the stdio server opened the store, printed its banner
+    and failed with "error: [Errno 22] Invalid argument"; with standard output closed, with "internal
+    error: AttributeError ... (a bug ...)". It says which stream is closed now, before the store is
+    opened, and what to do instead."""
+    for closing, named in (("<&-", "standard input is closed"), (">&- <&-", "standard input and output are")):
+        storage = tmp_path / "memory"
+        completed = subprocess.run(
+            ["bash", "-c", f'exec "$0" -m context_manager.cli mcp serve --storage "$1" {closing}']
+            + [sys.executable, str(storage)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": SOURCE_ROOT},
+            timeout=60,
+        )
+        assert completed.returncode == 1, completed.stderr
+        lines = completed.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), completed.stderr
+        assert "--http PORT" in lines[0]
+        assert not storage.exists()
+
+
+def test_mcp_serve_with_a_missing_app_dir_names_it(tmp_path: Path) -> None:
+    """A mistyped ``--app-dir`` was put on ``sys.path`` as it was, and the command failed with "cannot
+    import 'shop.tools': No module named 'shop'", which sent the user looking at the module. The
+    directory is checked now: bad usage naming it (exit code 2), nothing opened."""
+    runner = CliRunner()
+    storage = tmp_path / "memory"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a directory", encoding="utf-8")
+    for app_dir, reason in ((tmp_path / "shop-typo", "does not exist"), (notes, "is a file")):
+        result = runner.invoke(
+            app,
+            [
+                "mcp",
+                "serve",
+                "--storage",
+                str(storage),
+                "--app-dir",
+                str(app_dir),
+                "--tools",
+                "shop.tools:registry",
+            ],
+        )
+        assert result.exit_code == 2, result.stderr
+        assert "--app-dir" in result.stderr and reason in result.stderr and str(app_dir) in result.stderr
+        assert not storage.exists()

@@ -5,6 +5,7 @@
     context-manager tokens notes.txt --encoding cl100k_base
     cat notes.txt | context-manager tokens -
     context-manager --storage ./cache/storage memory add "Paris is the capital of France" --tag geo
+    git log -1 --format=%B | context-manager memory add - --tag release   # - : standard input
     context-manager memory search "capital of france" --limit 5
     context-manager memory delete 602dc6381aab4249a7cdd080681db0f3   # ids as search prints them
     context-manager --json memory stats
@@ -24,7 +25,7 @@ variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (o
 gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
 a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
 ``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
-to ``examples``.
+to ``examples`` or ``mcp serve``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
@@ -37,10 +38,11 @@ user and the default namespace (with ``--user`` too it is bad usage, exit code 2
 
 ``memory delete ID...`` deletes with ``MemoryManager.delete_memory`` (every tier, the vectors, erased from
 the storage's files; a consolidated memory takes the originals it was merged from along) the memories of
-the ``--user`` namespace (the shared one by default, as ``memory search``); it moves no other memory. An
-id with no memory there (another user's memory included: the error line names its owner) is reported
-after the others are deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json``
-prints ``{"user", "deleted", "originals_deleted", "not_found"}`` either way.
+the ``--user`` namespace (the shared one by default, as ``memory search``), or of any owner with
+``--all-users`` (each printed with its owner); it moves no other memory. An id with no memory there
+(another user's memory included: the error line names its owner) is reported after the others are
+deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json`` prints ``{"user",
+"all_users", "deleted", "originals_deleted", "not_found"}`` either way.
 
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
@@ -149,6 +151,59 @@ class _Options:
 
 class CommandError(Exception):
     """A failure the CLI reports as one line on stderr (exit code 1)."""
+
+
+class _StandardStream:
+    r"""``sys.stdout`` or ``sys.stderr`` (whichever it is when written) as the consoles write to it.
+
+    A character the stream's encoding cannot take (``PYTHONIOENCODING=ascii``, a non-UTF-8 locale or
+    console) is written as a ``\xe9`` escape instead of failing the command with ``UnicodeEncodeError``
+    after its work was done (a search had counted its accesses, a delete had deleted). ``--json`` output
+    never needs it (:func:`_print_json` writes ASCII then).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def _stream(self) -> Any:
+        stream = getattr(sys, self._name)
+        # as rich does: the stream itself, not the proxy a live progress display puts in its place
+        return getattr(stream, "rich_proxied_file", stream)
+
+    def write(self, text: str) -> int:
+        stream = self._stream
+        if stream is None:  # closed at the start (``>&-``): the output goes nowhere, as rich does
+            return len(text)
+        try:
+            return int(stream.write(text))
+        except UnicodeEncodeError:  # raised before any of the text is written
+            encoding = getattr(stream, "encoding", None) or "ascii"
+            try:
+                degraded = text.encode(encoding, "backslashreplace").decode(encoding)
+            except (UnicodeError, LookupError):
+                degraded = text.encode("ascii", "backslashreplace").decode("ascii")
+            return int(stream.write(degraded))
+
+    def flush(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        stream = self._stream
+        return stream is not None and bool(stream.isatty())
+
+    def fileno(self) -> int:
+        stream = self._stream
+        if stream is None:
+            raise OSError("the stream is closed")
+        return int(stream.fileno())
+
+    @property
+    def encoding(self) -> str:
+        stream = self._stream
+        return (getattr(stream, "encoding", None) if stream is not None else None) or "utf-8"
 
 
 # --------------------------------------------------------------------------------------- plumbing
@@ -283,11 +338,14 @@ class _Interrupt:
 
 
 def _run_interruptible(
-    ctx: typer.Context, coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]], message: str
+    ctx: typer.Context,
+    coroutine_function: Callable[[_Options], Coroutine[Any, Any, _T]],
+    message: str,
+    named: dict[str, str] | None = None,
 ) -> _T:
     """:func:`_run` for a command that Ctrl-C must stop within a second (see :class:`_Interrupt`).
 
-    ``message`` is what the error line says then (exit code 130).
+    ``message`` is what the error line says then (exit code 130); ``named`` as for :func:`_guarded`.
     """
     interrupt = _Interrupt(_options(ctx), message)
 
@@ -300,7 +358,7 @@ def _run_interruptible(
                     raise
                 return False, None
 
-    completed, result = _guarded(ctx, lambda options: asyncio.run(main(options)))
+    completed, result = _guarded(ctx, lambda options: asyncio.run(main(options)), named)
     if not completed:
         interrupt.report()
         raise typer.Exit(130)
@@ -358,6 +416,11 @@ _DEL_AND_C1 = re.compile("[\x7f-\x9f]")
 
 def _print_json(options: _Options, value: Any) -> None:
     text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    try:
+        text.encode(options.stdout.encoding)
+    except (UnicodeError, LookupError):  # stdout cannot take the text (PYTHONIOENCODING=ascii, a cp1252
+        # console; a lone surrogate anywhere): JSON written in ASCII, with \u escapes, is the same JSON
+        text = json.dumps(value, indent=2, ensure_ascii=True, default=str)
     # DEL and C1 (U+009B is a CSI) can only be inside strings: their \u escapes are the same JSON
     text = _DEL_AND_C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     options.stdout.out(text, highlight=False)
@@ -549,14 +612,16 @@ def _global_options(
     ] = False,
 ) -> None:
     """Context windows, memory and tools for LLM applications: command-line tools."""
-    stderr = Console(stderr=True, emoji=False)  # :name: in user data stays as written
+    # :name: in user data stays as written
+    stderr = Console(file=_StandardStream("stderr"), stderr=True, emoji=False)  # type: ignore[arg-type]
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("context_manager").setLevel(logging.DEBUG)
     else:
         # the pool's connection attempts: the command reports the failure on its one error line
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-    options = _Options(None, json_output, debug, Console(highlight=False, emoji=False), stderr)
+    stdout = Console(file=_StandardStream("stdout"), highlight=False, emoji=False)  # type: ignore[arg-type]
+    options = _Options(None, json_output, debug, stdout, stderr)
     ctx.obj = options
     try:
         options.storage = _storage_argument(storage)
@@ -662,7 +727,13 @@ def tokens(
 @memory_app.command("add")
 def memory_add(
     ctx: typer.Context,
-    content: Annotated[str, typer.Argument(help="The text to remember.")],
+    content: Annotated[
+        str,
+        typer.Argument(
+            help="The text to remember, or - for standard input (its final newlines dropped).",
+            metavar="TEXT|-",
+        ),
+    ],
     importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")
@@ -681,15 +752,17 @@ def memory_add(
             check_user,
         )
 
+        # as tokens and import read it: "-" stored as the memory was a wrong result, not a text
+        text = _read_standard_input().rstrip("\r\n") if content == "-" else content
         # add_memory's own checks, first: a rejected memory must not leave a new, empty store behind
-        check_content(content)
+        check_content(text)
         check_importance(importance)
         check_tags(tag or [])
         check_user(user, allow_all=False)
         if tier is not None:
             check_tier(tier)
         async with _open_memory(options, create=True) as manager:
-            memory = await manager.add_memory(content, importance, tag or [], None, user, tier, source="cli")
+            memory = await manager.add_memory(text, importance, tag or [], None, user, tier, source="cli")
             # as add_memory places it: without --tier, an important memory also gets a long-term copy
             copied = tier is None and importance >= manager.config.long_term_importance_threshold
         if options.json_output:
@@ -773,14 +846,22 @@ def memory_delete(
         str | None,
         typer.Option(help="Owner namespace (default: the shared one); another owner's memory is not found."),
     ] = None,
+    all_users: Annotated[
+        bool,
+        typer.Option(
+            "--all-users",
+            help="Delete the ids whoever owns them, any user or the default namespace (not with --user).",
+        ),
+    ] = False,
 ) -> None:
     """Delete memories by id: from every tier, with their vectors, erased from the storage's files.
 
     A consolidated memory goes with the originals it was merged from (printed). Only memories of the
-    owner namespace (--user; the shared one by default) are deleted. An id with no memory there is
-    reported on stderr after the others are deleted, and the command exits with code 1 (as rm does).
-    Moves no other memory between tiers.
+    owner namespace (--user; the shared one by default) are deleted, or of any owner with --all-users
+    (each printed with its owner). An id with no memory there is reported on stderr after the others
+    are deleted, and the command exits with code 1 (as rm does). Moves no other memory between tiers.
     """
+    _user_scope(ctx, user, all_users)  # both: bad usage
 
     async def body(options: _Options) -> int:
         from context_manager.core.errors import MemoryNotFoundError
@@ -795,6 +876,7 @@ def memory_delete(
         originals: list[str] = []  # deleted with a consolidated memory, not asked for
         missing: list[str] = []
         owners: dict[str, str | None] = {}  # a missing id's memory in another namespace: whose
+        deleted_owners: dict[str, str | None] = {}  # with --all-users: whose each deleted memory was
         async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
             for memory_id in wanted:
                 if memory_id in originals:  # asked for, and gone with a consolidated memory asked before
@@ -802,11 +884,12 @@ def memory_delete(
                     deleted.append(memory_id)
                     continue
                 existing = await manager.get_memory(memory_id)
-                if existing is None or existing.user_id != user:
+                if existing is None or (existing.user_id != user and not all_users):
                     missing.append(memory_id)
                     if existing is not None:
                         owners[memory_id] = existing.user_id
                     continue
+                deleted_owners[memory_id] = existing.user_id
                 along = await merged_originals(manager, existing)
                 try:
                     await manager.delete_memory(memory_id)
@@ -818,11 +901,21 @@ def memory_delete(
         if options.json_output:
             _print_json(
                 options,
-                {"user": user, "deleted": deleted, "originals_deleted": originals, "not_found": missing},
+                {
+                    "user": user,
+                    "all_users": all_users,
+                    "deleted": deleted,
+                    "originals_deleted": originals,
+                    "not_found": missing,
+                },
             )
         else:
             for memory_id in deleted:
-                options.stdout.print(f"deleted {_shown(memory_id)}", markup=False, soft_wrap=True)
+                whose = ""
+                if all_users and memory_id in deleted_owners:  # whose, since any owner's may go
+                    owner = deleted_owners[memory_id]
+                    whose = " (default namespace)" if owner is None else f" (user {_shown(owner)})"
+                options.stdout.print(f"deleted {_shown(memory_id)}{whose}", markup=False, soft_wrap=True)
             for memory_id in originals:
                 options.stdout.print(
                     f"deleted {_shown(memory_id)} (an original of a consolidated memory)",
@@ -832,6 +925,8 @@ def memory_delete(
         if not missing:
             return 0
         where = "in the default namespace" if user is None else f"of user {user!r}"
+        if all_users:
+            where = "of any user or the default namespace"
         message = f"no memory {where} with id{'s' if len(missing) > 1 else ''} " + ", ".join(
             map(repr, missing)
         )
@@ -1041,7 +1136,11 @@ def memory_import(
     async def body(options: _Options) -> None:
         import tempfile
 
-        from context_manager.core.memory.maintenance import check_supersession_rings, parse_exported_line
+        from context_manager.core.memory.maintenance import (
+            check_supersession_rings,
+            check_unique_id,
+            parse_exported_line,
+        )
 
         advice = "pass a file written by `memory export`"
         if str(path) == "-":
@@ -1068,6 +1167,7 @@ def memory_import(
                 if line.strip():
                     location = f"{label}:{number}"
                     memory, _ = parse_exported_line(line, location, expected=expected)
+                    check_unique_id(links, memory.id, location, line, expected=expected)
                     links[memory.id] = (memory.superseded_by, location, line)
                 progress.advance(checking)
             check_supersession_rings(links, expected=expected)
@@ -1288,7 +1388,8 @@ def memory_migrate(
     interrupted = "interrupted"
     if not verify_only:
         interrupted += "; the target keeps what was copied: run the same command again to finish the copy"
-    code = _run_interruptible(ctx, body, interrupted)
+    # the library names the locations as its arguments: said as the options to fix
+    code = _run_interruptible(ctx, body, interrupted, {"source": "--from", "target": "--to"})
     if code:
         raise typer.Exit(code)
 
@@ -1480,8 +1581,8 @@ def mcp_serve(
         str | None,
         typer.Option(
             "--storage",
-            help="Memory directory (required here or as the global --storage, unless memory_backend is "
-            "postgres; created if missing).",
+            help="Memory directory (required here or as the global --storage, unless storage_path is set "
+            "with --set or in the environment, or memory_backend is postgres; created if missing).",
             metavar="PATH",
         ),
     ] = None,
@@ -1507,7 +1608,8 @@ def mcp_serve(
     app_dir: Annotated[
         Path | None,
         typer.Option(
-            "--app-dir", help="Directory to import the --tools module from (default: the working one)."
+            "--app-dir",
+            help="Directory to import the --tools module from (default: the working one).",
         ),
     ] = None,
     settings: Annotated[
@@ -1524,11 +1626,16 @@ def mcp_serve(
     MCP clients start stdio servers with a stripped environment and an arbitrary working directory:
     give the storage as an absolute path and every option on the command line.
     """
+    if app_dir is not None and not app_dir.is_dir():  # mistyped: said, not "cannot import" the module later
+        reason = "is a file, not a directory" if app_dir.exists() else "does not exist"
+        raise typer.BadParameter(f"directory {str(app_dir)!r} {reason}", ctx, param_hint="'--app-dir'")
 
     async def body(options: _Options) -> None:
         from context_manager.core.config import ContextManagerConfig
         from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
+        if options.json_output:  # as with examples: said, not silently dropped
+            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
         path = _storage_argument(storage) if storage is not None else options.storage
         values: dict[str, Any] = dict(_config_overrides(settings or []))
         if path is not None:
@@ -1536,16 +1643,30 @@ def mcp_serve(
         config = ContextManagerConfig(**values)
         if path is not None and not _uses_directory(config):
             _warn_storage_ignored(options, path, config)
-        if path is None and config.memory_backend == "sqlite":
+        # a location given as an option (--set, or the client's env block) is explicit too: only the
+        # default one (./cache/storage, in whatever directory the client starts the server) is refused
+        located = {"storage_path", "cache_path"} & config.model_fields_set
+        if path is None and config.memory_backend == "sqlite" and not located:
             raise CommandError(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
                 "so the memory location must be explicit), or --set memory_backend=postgres"
             )
+        if http is None:  # before the store is opened (or created): stdio is the protocol's channel
+            closed = [
+                name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if stream is None
+            ]
+            if closed:
+                verb = "is" if len(closed) == 1 else "are"
+                raise CommandError(
+                    f"standard {' and '.join(closed)} {verb} closed: a stdio MCP "
+                    "server talks to its client through standard input and output (an MCP client starts it "
+                    "with pipes); pass --http PORT to serve over HTTP"
+                )
         tool_manager = None
         if tools is not None:
             resolve_app_dir(app_dir)
             tool_manager = load_tool_registry(tools, config)
-        await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http)
+        await run_mcp_server(config, user_id=user, tools=tool_manager, http_port=http, stop_on_sigterm=True)
 
     _run(ctx, body, {**_USER_OPTION, "tools": "--tools", "http": "--http"})
 

@@ -643,13 +643,19 @@ async def run_mcp_server(
     user_id: str | None = None,
     tools: ToolManager | None = None,
     http_port: int | None = None,
+    stop_on_sigterm: bool = False,
 ) -> None:
     """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
-    error instead of a dropped session. Returns when the client disconnects (stdio) or on SIGTERM (the
-    memory is closed first; one ``stopped (SIGTERM)`` line on stderr); raises ``CancelledError`` or
-    ``KeyboardInterrupt`` on interruption, after closing the memory too.
+    error instead of a dropped session. Returns when the client disconnects (stdio); raises
+    ``CancelledError`` or ``KeyboardInterrupt`` on interruption, after closing the memory too (cancel the
+    task running it, e.g. from ``loop.add_signal_handler(signal.SIGTERM, task.cancel)``, to stop it).
+
+    The process's signals stay the application's: with ``stop_on_sigterm=True`` (what ``context-manager
+    mcp serve`` passes) SIGTERM stops the server as a closed stdin does and it returns, the memory closed,
+    with one ``stopped (SIGTERM)`` line on stderr; the handler is installed only on the main thread while
+    SIGTERM has its default action, and the previous one is restored on return.
 
     Raises:
         ConfigurationError: ``http_port`` is in use (or not allowed) on 127.0.0.1.
@@ -679,7 +685,9 @@ async def run_mcp_server(
             if http_port is None
             else server.run_streamable_http_async(host="127.0.0.1", port=http_port)
         )
-        if await _served_until_sigterm(serving):
+        if not stop_on_sigterm:
+            await serving
+        elif await _served_until_sigterm(serving):
             print("context-manager MCP server: stopped (SIGTERM)", file=sys.stderr, flush=True)
     finally:
         await memory.cleanup()

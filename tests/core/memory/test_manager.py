@@ -771,6 +771,18 @@ async def test_import_refuses_a_memory_superseding_itself_and_changes_nothing(
     await _refused_import(manager, tmp_path, records, match)
 
 
+async def test_import_refuses_one_id_on_two_lines_naming_both(manager: MemoryManager, tmp_path: Path) -> None:
+    """The later line replaced the earlier one without a word (the report said 1 imported): one of the two
+    versions was lost silently. Which one is right only the user can tell: refused, both lines named."""
+    records: list[dict[str, Any] | str] = [
+        {"id": "a", "content": "the first version"},
+        {"id": "b", "content": "another memory"},
+        {"id": "a", "content": "the second version"},
+    ]
+    match = r"restore\.jsonl:3: .*id 'a' is on .*restore\.jsonl:1 too; each memory once"
+    await _refused_import(manager, tmp_path, records, match)
+
+
 async def test_import_takes_a_consolidated_memory_and_its_originals(
     manager: MemoryManager, tmp_path: Path
 ) -> None:

@@ -855,7 +855,7 @@ async def test_a_location_that_is_not_valid_unicode_is_refused_by_name(tmp_path:
         await migrate_storage(str(source), undecodable)
     result = await cli("memory", "migrate", "--from", str(source), "--to", undecodable)
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: target: ") and "no lone surrogates" in result.stderr
+    assert result.stderr.startswith("error: --to: ") and "no lone surrogates" in result.stderr
     assert not await asyncio.to_thread(Path(undecodable).exists)
 
 

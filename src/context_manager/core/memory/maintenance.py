@@ -33,7 +33,7 @@ from context_manager.core.memory.validation import (
 )
 from context_manager.core.memory.write_health import records_write_outcome
 
-__all__ = ["MemoryMaintenance", "check_supersession_rings", "parse_exported_line"]
+__all__ = ["MemoryMaintenance", "check_supersession_rings", "check_unique_id", "parse_exported_line"]
 
 _IMPORT_BATCH = 2000
 
@@ -126,6 +126,39 @@ def check_supersession_rings(
             path.append(node)
             node = links[node][0]
         finished.update(path)
+
+
+def check_unique_id(
+    links: dict[str, tuple[str | None, str, str]],
+    memory_id: str,
+    location: str,
+    line: str,
+    *,
+    expected: str = "a memory as written by export_memories",
+) -> None:
+    """Refuse a second line of one import holding the id of an earlier one.
+
+    One of the two would be lost without a word (the later line replaced the earlier one, and the summary
+    counted one memory): which is right only the user can tell.
+
+    Args:
+        links: The memories of the lines read so far, as :func:`check_supersession_rings` takes them.
+        memory_id: The id of the line at ``location``.
+        location: Where the line is (``"path:line"``).
+        line: The line.
+        expected: What a line should be, for the error.
+
+    Raises:
+        InvalidMemoryError: the id is on an earlier line (``field`` is ``location``; the message names both).
+    """
+    earlier = links.get(memory_id)
+    if earlier is not None:
+        raise InvalidMemoryError(
+            location,
+            line[:80],
+            expected,
+            detail=f"id {memory_id!r} is on {earlier[1]} too; each memory once: remove one of the two lines",
+        )
 
 
 def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
@@ -245,7 +278,8 @@ class MemoryMaintenance(TierMovement):
         A memory held in two tiers is written once: its fastest tier's copy, with ``tiers`` listing
         every tier holding a copy (``["short", "long"]`` for an important memory), which
         :meth:`import_memories` restores. A file is replaced atomically (a temporary file beside it, then
-        renamed); a path that is no regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
+        renamed; through a symbolic link, the file it leads to, and the link stays); a path that is no
+        regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
         or ``/proc`` (``/dev/stdout``, redirected to a file too) is written through. Returns how many
         memories were written.
         """
@@ -287,7 +321,10 @@ class MemoryMaintenance(TierMovement):
                 # be made beside /dev/fd/63
                 return write_through()
             count = 0
-            temporary = target.with_name(target.name + ".tmp")
+            # a link (``backup.jsonl -> /backups/2026/backup.jsonl``) stays a link: the file it leads to
+            # is replaced, from a temporary file in that file's directory (a rename replaced the link)
+            final = Path(os.path.realpath(target)) if target.is_symlink() else target
+            temporary = final.with_name(final.name + ".tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -296,7 +333,7 @@ class MemoryMaintenance(TierMovement):
                         count += 1
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(temporary, target)
+                os.replace(temporary, final)
             except BaseException:
                 # a copy of the memories must not stay behind (it would keep text deleted afterwards)
                 temporary.unlink(missing_ok=True)
@@ -323,7 +360,8 @@ class MemoryMaintenance(TierMovement):
     async def import_memories(self, path: str | Path) -> dict[str, Any]:
         """Load memories written by :meth:`export_memories` (ids kept; existing ids are replaced).
 
-        Every line is validated first: one bad line raises and nothing is imported. Each memory gets
+        Every line is validated first: one bad line raises and nothing is imported (a line holding the id
+        of an earlier one too). Each memory gets
         back the tiers it had (``tiers``: a short-term memory with a long-term copy gets both); a line
         without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
         short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
@@ -354,6 +392,7 @@ class MemoryMaintenance(TierMovement):
                 continue
             location = f"{source}:{number}"
             memory, recorded = parse_exported_line(line, location)
+            check_unique_id(links, memory.id, location, line)
             links[memory.id] = (memory.superseded_by, location, line)
             if recorded is None:  # an older export: place it as add_memory would
                 recorded = {memory.tier}
