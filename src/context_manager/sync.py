@@ -461,9 +461,9 @@ class SyncContextManager:
         """Blocking form of EnhancedContextManager.reload."""
         return self._await("reload", self._manager.reload)
 
-    def list_conversations(self) -> list[dict[str, Any]]:
+    def list_conversations(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Blocking form of EnhancedContextManager.list_conversations."""
-        return self._await("list_conversations", self._manager.list_conversations)
+        return self._await("list_conversations", self._manager.list_conversations, limit=limit)
 
     def delete_conversation(self, conversation_id: str) -> bool:
         """Blocking form of EnhancedContextManager.delete_conversation."""

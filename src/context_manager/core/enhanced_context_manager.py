@@ -945,7 +945,7 @@ class EnhancedContextManager:
                 await conversation.sync()
         return await conversation.reload()
 
-    async def list_conversations(self) -> list[dict[str, Any]]:
+    async def list_conversations(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The persisted conversations in the storage backend, most recently changed first.
 
         A manager with a ``user_id`` lists that user's conversations (the ones its managers created); one
@@ -953,15 +953,22 @@ class EnhancedContextManager:
         stored), ``created_at`` and ``updated_at`` (seconds since the epoch) and ``user_id`` (whose it
         is; ``None``: nobody's).
 
+        Args:
+            limit: At most this many (the most recently changed), e.g. for a list of recent chats;
+                ``None`` (default): all of them.
+
         Raises:
+            InvalidArgumentError: ``limit`` is not a positive integer or ``None``.
             StorageError: storage cannot be read.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("list_conversations")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidArgumentError("limit", limit, "a positive integer, or None for every conversation")
         if self._conversation_store is None and not self._conversations_exist():
             return []
         store = await self._open_conversation_store()
-        return [info.to_dict() for info in await store.list_conversations(self._user_id)]
+        return [info.to_dict() for info in await store.list_conversations(self._user_id, limit=limit)]
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         """Delete a persisted conversation and all its records; return whether it existed.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager import ContextManagerConfig, EnhancedContextManager, SyncContextManager
 from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME, SQLiteConversationStore
 from context_manager.core.conversations.store import ConversationRecord
 from context_manager.core.errors import (
@@ -491,6 +491,30 @@ async def test_the_indexing_watermark_moves_once_evicted_messages_are_in_memory(
         await manager.reload()
         assert manager.context_window.evicted_messages == ()  # nothing to write again
         assert [m.content for m in manager.messages][-1] == "from the other worker"
+
+
+async def test_list_conversations_takes_a_limit_of_the_most_recent(make_config: Any) -> None:
+    """A list of recent chats asks for the latest few, not every conversation of the store."""
+    for name in ("one", "two", "three", "four"):
+        async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
+            await manager.add_message("user", f"hello from {name}")
+    async with EnhancedContextManager(make_config(), conversation_id="two") as manager:
+        await manager.add_message("user", "two again")
+        every = [row["conversation_id"] for row in await manager.list_conversations()]
+        assert every == ["two", "four", "three", "one"]
+        latest = await manager.list_conversations(limit=2)
+        assert [row["conversation_id"] for row in latest] == ["two", "four"]
+        assert latest == (await manager.list_conversations())[:2]  # the same rows, fields and all
+        assert len(await manager.list_conversations(limit=10)) == 4
+        for bad in (0, -1, True, 2.0, "2"):
+            with pytest.raises(InvalidArgumentError, match="limit: .*a positive integer"):
+                await manager.list_conversations(limit=bad)
+
+    def listed_blocking() -> list[str]:
+        with SyncContextManager(make_config(), conversation_id="four") as sync:
+            return [row["conversation_id"] for row in sync.list_conversations(limit=1)]
+
+    assert await asyncio.to_thread(listed_blocking) == ["two"]
 
 
 async def test_list_and_delete_conversations(make_config: Any) -> None:

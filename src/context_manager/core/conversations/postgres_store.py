@@ -253,14 +253,16 @@ class PostgresConversationStore:
 
         await self.database.run(write, "conversation watermark")
 
-    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
-        """Every conversation (or ``user_id``'s), most recently changed first."""
+    async def list_conversations(
+        self, user_id: str | None = None, *, limit: int | None = None
+    ) -> list[ConversationInfo]:
+        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only."""
         where, parameters = ("", ()) if user_id is None else (" WHERE owner = %s", (user_id,))
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
             cursor = await connection.execute(
                 f"SELECT id, version, created_at, updated_at, owner FROM cm_conversations{where} "
-                "ORDER BY updated_at DESC, id",
+                "ORDER BY updated_at DESC, id" + ("" if limit is None else f" LIMIT {int(limit)}"),
                 parameters,
             )
             return [

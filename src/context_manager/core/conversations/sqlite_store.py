@@ -259,14 +259,16 @@ class SQLiteConversationStore:
 
         return await self._run(self._guarded, read)
 
-    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
-        """Every conversation (or ``user_id``'s), most recently changed first."""
+    async def list_conversations(
+        self, user_id: str | None = None, *, limit: int | None = None
+    ) -> list[ConversationInfo]:
+        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only."""
         where, parameters = ("", ()) if user_id is None else (" WHERE owner = ?", (user_id,))
 
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(
                 f"SELECT id, version, created_at, updated_at, owner FROM conversations{where} "
-                "ORDER BY updated_at DESC, id",
+                "ORDER BY updated_at DESC, id" + ("" if limit is None else f" LIMIT {int(limit)}"),
                 parameters,
             ).fetchall()
             return [

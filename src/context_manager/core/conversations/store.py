@@ -220,8 +220,13 @@ class ConversationStore(Protocol):
         """
         ...
 
-    async def list_conversations(self, user_id: str | None = None) -> list[ConversationInfo]:
-        """The stored conversations, most recently changed first: every one, or ``user_id``'s only."""
+    async def list_conversations(
+        self, user_id: str | None = None, *, limit: int | None = None
+    ) -> list[ConversationInfo]:
+        """The stored conversations, most recently changed first: every one, or ``user_id``'s only.
+
+        With ``limit``, the first ``limit`` of them.
+        """
         ...
 
     async def delete(self, conversation_id: str, *, user_id: str | None = None) -> bool:
