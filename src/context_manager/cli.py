@@ -175,15 +175,17 @@ class _StandardStream:
         stream = self._stream
         if stream is None:  # closed at the start (``>&-``): the output goes nowhere, as rich does
             return len(text)
+        # what the stream's write returns is not used (an embedding program's tee may return None)
         try:
-            return int(stream.write(text))
+            stream.write(text)
         except UnicodeEncodeError:  # raised before any of the text is written
             encoding = getattr(stream, "encoding", None) or "ascii"
             try:
                 degraded = text.encode(encoding, "backslashreplace").decode(encoding)
             except (UnicodeError, LookupError):
                 degraded = text.encode("ascii", "backslashreplace").decode("ascii")
-            return int(stream.write(degraded))
+            stream.write(degraded)
+        return len(text)
 
     def flush(self) -> None:
         stream = self._stream
