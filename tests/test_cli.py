@@ -703,7 +703,8 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(
 
 
 class _TeeStream:
-    """A stdout an embedding program puts in place: its ``write`` returns nothing, as print()'s file may."""
+    """A stdout an embedding program puts in place: ``write`` returns nothing (print()'s file may), and
+    it has no ``isatty`` (rich takes a stream without one for no terminal)."""
 
     encoding = "utf-8"
 
@@ -716,16 +717,14 @@ class _TeeStream:
     def flush(self) -> None:
         pass
 
-    def isatty(self) -> bool:
-        return False
-
 
 def test_a_stdout_whose_write_returns_nothing_is_written_to(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The CLI's stream wrapper took ``int()`` of what the stream's ``write`` returned: a stdout whose
-    ``write`` returns ``None`` (a tee an embedding program installs; print() and rich ignore the value)
-    got the output and then the command failed with "internal error: TypeError" (exit code 1)."""
+    """The CLI's stream wrapper took ``int()`` of what the stream's ``write`` returned, and called its
+    ``isatty``: a stdout whose ``write`` returns ``None`` (a tee an embedding program installs; print()
+    and rich ignore the value) got the output and then the command failed with "internal error:
+    TypeError" (exit code 1); one without ``isatty`` (rich checks for it) failed with a traceback."""
     text = tmp_path / "notes.txt"
     text.write_text("hello world", encoding="utf-8")
     tee = _TeeStream()

@@ -188,13 +188,14 @@ class _StandardStream:
         return len(text)
 
     def flush(self) -> None:
-        stream = self._stream
-        if stream is not None:
-            stream.flush()
+        flush = getattr(self._stream, "flush", None)
+        if flush is not None:
+            flush()
 
     def isatty(self) -> bool:
-        stream = self._stream
-        return stream is not None and bool(stream.isatty())
+        # as rich asks a stream: one without isatty (an embedding program's) is no terminal
+        isatty = getattr(self._stream, "isatty", None)
+        return isatty is not None and bool(isatty())
 
     def fileno(self) -> int:
         stream = self._stream
