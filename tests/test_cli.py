@@ -702,6 +702,39 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(
         app(["--debug", "tokens", "-"], prog_name="context-manager")
 
 
+class _TeeStream:
+    """A stdout an embedding program puts in place: ``write`` returns nothing (print()'s file may), and
+    it has no ``isatty`` (rich takes a stream without one for no terminal)."""
+
+    encoding = "utf-8"
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_stdout_whose_write_returns_nothing_is_written_to(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI's stream wrapper took ``int()`` of what the stream's ``write`` returned, and called its
+    ``isatty``: a stdout whose ``write`` returns ``None`` (a tee an embedding program installs; print()
+    and rich ignore the value) got the output and then the command failed with "internal error:
+    TypeError" (exit code 1); one without ``isatty`` (rich checks for it) failed with a traceback."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello world", encoding="utf-8")
+    tee = _TeeStream()
+    monkeypatch.setattr(sys, "stdout", tee)
+    with pytest.raises(SystemExit) as exited:
+        app(["tokens", str(text)], prog_name="context-manager")
+    assert exited.value.code == 0
+    assert "".join(tee.parts) == f"2 tokens (o200k_base) in {text}, 11 characters\n"
+
+
 # --- corrupted and locked stores ---------------------------------------------------------------------
 
 

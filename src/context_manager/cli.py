@@ -175,24 +175,27 @@ class _StandardStream:
         stream = self._stream
         if stream is None:  # closed at the start (``>&-``): the output goes nowhere, as rich does
             return len(text)
+        # what the stream's write returns is not used (an embedding program's tee may return None)
         try:
-            return int(stream.write(text))
+            stream.write(text)
         except UnicodeEncodeError:  # raised before any of the text is written
             encoding = getattr(stream, "encoding", None) or "ascii"
             try:
                 degraded = text.encode(encoding, "backslashreplace").decode(encoding)
             except (UnicodeError, LookupError):
                 degraded = text.encode("ascii", "backslashreplace").decode("ascii")
-            return int(stream.write(degraded))
+            stream.write(degraded)
+        return len(text)
 
     def flush(self) -> None:
-        stream = self._stream
-        if stream is not None:
-            stream.flush()
+        flush = getattr(self._stream, "flush", None)
+        if flush is not None:
+            flush()
 
     def isatty(self) -> bool:
-        stream = self._stream
-        return stream is not None and bool(stream.isatty())
+        # as rich asks a stream: one without isatty (an embedding program's) is no terminal
+        isatty = getattr(self._stream, "isatty", None)
+        return isatty is not None and bool(isatty())
 
     def fileno(self) -> int:
         stream = self._stream

@@ -251,6 +251,34 @@ def test_a_typed_dict_parameters_tool_keeps_the_descriptions_and_constraints_of_
     }
 
 
+class BookingQuery(TypedDict):
+    room: str
+    nights: Annotated[NotRequired[int], Field(ge=1, description="How many nights")]
+    guest: Annotated[typing_extensions.ReadOnly[NotRequired[str]], "Who stays"]
+
+
+def test_a_typed_dict_key_may_wrap_its_qualifier_in_annotated() -> None:
+    """PEP 655 lets ``Annotated`` wrap ``NotRequired`` (and PEP 705 ``ReadOnly``) as well as be wrapped by
+    it: ``Annotated[NotRequired[int], Field(ge=1)]`` refused the tool at registration ("contains the
+    'typing.NotRequired' type qualifier, which is invalid"), where a key of the other order was kept."""
+
+    def book(parameters: BookingQuery) -> str:
+        """Book a room."""
+        return "booked"
+
+    definition = ToolDefinition(name="book", function=book)
+    assert definition.parameters_schema == {
+        "type": "object",
+        "properties": {
+            "room": {"type": "string"},
+            "nights": {"type": "integer", "minimum": 1, "description": "How many nights"},
+            "guest": {"type": "string", "description": "Who stays"},
+        },
+        "required": ["room"],
+        "additionalProperties": False,
+    }
+
+
 def _define_local_order_tool() -> Any:
     class Address(typing_extensions.TypedDict):
         street: str

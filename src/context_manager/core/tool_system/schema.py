@@ -486,6 +486,14 @@ def _typed_dict_hints(typed_dict: Any, tool_name: str) -> dict[str, Any]:
     return hints
 
 
+def _is_key_qualifier(hint: Any) -> bool:
+    """Whether ``hint`` is ``Required[...]``, ``NotRequired[...]`` or ``ReadOnly[...]``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Required or origin is typing.NotRequired:
+        return True
+    return getattr(origin, "_name", None) == "ReadOnly"
+
+
 def _unresolved_typed_dict(typed_dict: Any, tool_name: str, error: Exception) -> ToolRegistrationError:
     return ToolRegistrationError(
         "function.parameters",
@@ -511,13 +519,21 @@ def _typed_dict_schema(
     descriptions: dict[str, str] = {}
     for name, hint in extras.items():
         marker = None
+        metadata: tuple[Any, ...] = ()
         while True:  # Required[...], NotRequired[...] and ReadOnly[...] qualify the key, not its value
             origin = typing.get_origin(hint)
+            if origin is typing.Annotated and _is_key_qualifier(hint.__origin__):
+                # Annotated[NotRequired[int], ...]: PEP 655 allows either order; the metadata is the value's
+                metadata += hint.__metadata__
+                hint = hint.__origin__
+                continue
             if origin is typing.Required or origin is typing.NotRequired:
                 marker = origin
-            elif getattr(origin, "_name", None) != "ReadOnly":
+            elif not _is_key_qualifier(hint):
                 break
             hint = typing.get_args(hint)[0]
+        if metadata:
+            hint = typing.Annotated[(hint, *metadata)]
         if marker is typing.Required or (total and marker is not typing.NotRequired):
             required.add(name)
         fields[name] = (hint, ... if name in required else None)
