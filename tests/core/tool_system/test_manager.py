@@ -595,7 +595,7 @@ async def test_every_error_type_comes_back_as_a_failed_result(clock: ManualClock
         ToolErrorType.UNKNOWN_TOOL: ("nope", {}, "unknown tool 'nope'; available tools: broken, hangs, ping"),
         ToolErrorType.INVALID_ARGUMENTS: ("summarise", {"text": 12}, "text: got 12; expected a valid string"),
         ToolErrorType.PERMISSION_DENIED: ("wipe", {}, "needs permission 'restricted'"),
-        ToolErrorType.RATE_LIMITED: ("ping", {}, "allows 1 calls per 60 s; retry after 45 s"),
+        ToolErrorType.RATE_LIMITED: ("ping", {}, "allows 1 call per 60 s; retry after 45 s"),
         ToolErrorType.TIMEOUT: ("hangs", {}, "tool 'hangs' timed out after 0.01 s"),
         ToolErrorType.TOOL_ERROR: ("broken", {}, "tool 'broken' raised RuntimeError: disk on fire"),
     }

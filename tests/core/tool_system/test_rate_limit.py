@@ -172,10 +172,10 @@ async def test_an_hourly_limit_says_when_to_retry_in_plain_seconds(clock: Manual
     assert (await manager.execute_tool("send_report", to="ops")).success
     clock.advance(0.5)
     refused = await manager.execute_tool("send_report", to="ops")
-    assert refused.error == "tool 'send_report' allows 1 calls per 3600 s; retry after 3600 s"
+    assert refused.error == "tool 'send_report' allows 1 call per 3600 s; retry after 3600 s"
     clock.advance(3599.45)
     refused = await manager.execute_tool("send_report", to="ops")
-    assert refused.error == "tool 'send_report' allows 1 calls per 3600 s; retry after 0.05 s"
+    assert refused.error == "tool 'send_report' allows 1 call per 3600 s; retry after 0.05 s"
 
 
 async def test_a_caller_key_that_is_not_a_string_is_refused_before_anything_runs(clock: ManualClock) -> None:

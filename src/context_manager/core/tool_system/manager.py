@@ -772,7 +772,8 @@ class ToolManager(ToolRegistry):
                 result = self._fail(
                     definition,
                     ToolErrorType.RATE_LIMITED,
-                    f"tool {name!r} allows {definition.rate_limit} calls per "
+                    f"tool {name!r} allows {definition.rate_limit} "
+                    f"call{'' if definition.rate_limit == 1 else 's'} per "
                     f"{_seconds(definition.rate_window)} s; retry after {_seconds(retry_after)} s",
                     started,
                     call_id,
