@@ -628,5 +628,5 @@ def test_a_forked_worker_samples_its_own_process_not_the_parent() -> None:
         _FORKED_MONITOR = None
     assert pid != os.getpid()
     assert sampled_rss_mb is not None
-    assert sampled_rss_mb > parent.rss_mb + 150  # the child's 200 MB, not the parent's figure
-    assert abs(sampled_rss_mb - own_rss_mb) < 50
+    assert abs(sampled_rss_mb - own_rss_mb) < 50  # the child's own figure ...
+    assert sampled_rss_mb > parent.rss_mb + 100  # ... with its 200 MB, not the parent's
