@@ -966,3 +966,45 @@ async def test_health_checks_leave_no_idle_threads_behind(tmp_path: Path) -> Non
     finally:
         for manager in managers:
             await manager.cleanup()
+
+
+async def test_an_unreachable_postgres_server_is_reported_as_such_not_as_a_hung_check(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    # The server goes down (or the network is cut) while the service runs. The database check waits for
+    # a pooled connection for postgres_connect_timeout, 10 s by default as check_timeout is: the check
+    # timed out first and read "timed out ... Check 'database' hangs: look at what it waits for",
+    # not that the PostgreSQL server is unreachable, and not what to do about it.
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+    from tests.postgres_support import ServerOutage
+
+    outage = ServerOutage(postgres_dsn)
+    await outage.restore()
+    seconds = 2.0  # the defaults' relation (both 10 s), shorter
+    try:
+        config = ContextManagerConfig(
+            memory_backend="postgres",
+            postgres_dsn=outage.dsn,
+            postgres_connect_timeout=seconds,
+            postgres_pool_size=2,
+            cache_path=tmp_path / "cache",
+            storage_path=tmp_path / "memory",
+            enable_health_checks=False,
+        )
+        async with EnhancedContextManager(config) as manager:
+            checker = HealthChecker(context_manager=manager, check_timeout=seconds)
+            status = await checker.perform_health_check()
+            assert status.checks["database"].status is HealthState.HEALTHY, status.checks["database"].message
+            await outage.cut()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            status = await checker.perform_health_check()
+            database = status.checks["database"]
+            assert loop.time() - started < seconds + 1.5
+            assert database.status is HealthState.UNHEALTHY
+            assert "PostgreSQL" in database.message and "hangs" not in (database.recommendation or "")
+            assert database.recommendation is not None and "postgres_dsn" in database.recommendation
+            assert status.status is HealthState.UNHEALTHY  # a critical check
+            await outage.restore()
+    finally:
+        await outage.close()

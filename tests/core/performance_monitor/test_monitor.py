@@ -592,3 +592,41 @@ def test_the_slow_operation_rule_judges_the_recent_window() -> None:
     advice = monitor.recommendations()
     assert len(advice) == 1
     assert advice[0].startswith("Operation 'search' is slow: p95 4100 ms > 100 ms (in the last 0.3 s)")
+
+
+_FORKED_MONITOR: PerformanceMonitor | None = None
+
+
+def _sample_in_forked_child(queue: Any) -> None:
+    block = bytearray(200 * 1048576)  # the child's own memory, which the parent does not have
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    assert _FORKED_MONITOR is not None
+    sample = _FORKED_MONITOR.sample_now()
+    queue.put((os.getpid(), psutil.Process().memory_info().rss / 1048576.0, sample and sample.rss_mb))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork start method: POSIX only")
+def test_a_forked_worker_samples_its_own_process_not_the_parent() -> None:
+    # gunicorn --preload, multiprocessing's fork: a monitor that sampled before the fork kept psutil's
+    # handle of the parent, so every worker reported the parent's memory and CPU as its own
+    import multiprocessing
+
+    global _FORKED_MONITOR
+    monitor = PerformanceMonitor()
+    parent = monitor.sample_now()
+    assert parent is not None
+    _FORKED_MONITOR = monitor
+    try:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_sample_in_forked_child, args=(queue,))
+        child.start()
+        pid, own_rss_mb, sampled_rss_mb = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        _FORKED_MONITOR = None
+    assert pid != os.getpid()
+    assert sampled_rss_mb is not None
+    assert abs(sampled_rss_mb - own_rss_mb) < 50  # the child's own figure ...
+    assert sampled_rss_mb > parent.rss_mb + 100  # ... with its 200 MB, not the parent's

@@ -761,7 +761,9 @@ class HealthChecker:
         return with_stale_conversation(outcome, self.context_manager)
 
     async def _check_database(self) -> CheckOutcome:
-        return await check_database(self._memory_manager())
+        # a little less than check_timeout: a PostgreSQL server that is down makes the integrity check wait
+        # postgres_connect_timeout (10 s, as check_timeout) for a connection; said so, not "hangs"
+        return await check_database(self._memory_manager(), time_limit=self.check_timeout * 0.9)
 
     # the light checks run on the loop (two quick /proc reads, in-memory figures): a thread each was one
     # more idle thread per open manager

@@ -296,10 +296,14 @@ def lost_memory_files(memory_manager: Any) -> list[Path]:
     return [Path(memory_manager.storage_path) / name for name in faults]
 
 
-async def check_database(memory_manager: Any) -> CheckOutcome:
+async def check_database(memory_manager: Any, time_limit: float | None = None) -> CheckOutcome:
     """``memory_manager.check_integrity(quick=True)``: SQLite (unhealthy) and full-text indexes (degraded).
 
     A memory manager that is not open (before ``initialize()``, after ``cleanup()``) has nothing to check.
+    ``time_limit``: seconds the integrity check may take (the checker gives a little less than its
+    ``check_timeout``); past them the database is reported unreachable, with what to do: a PostgreSQL
+    server that is down makes the call wait ``postgres_connect_timeout`` (10 s, as ``check_timeout``)
+    for a connection, which read as a hung check.
 
     The quick check runs on a separate read-only connection without the memory write lock, so a
     periodic health check never makes writes wait (the full ``integrity_check`` took the write lock
@@ -312,7 +316,14 @@ async def check_database(memory_manager: Any) -> CheckOutcome:
         return CheckOutcome(HealthState.HEALTHY, "memory not open: no database to check", {"checked": False})
     report = check_integrity(quick=True)
     if inspect.isawaitable(report):
-        report = await report
+        scope = asyncio.timeout(time_limit)
+        try:
+            async with scope:
+                report = await report
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            return _no_answer(memory_manager, time_limit)
     details = dict(report) if isinstance(report, dict) else {"result": report}
     if "postgres" in details:
         return _postgres_outcome(memory_manager, details)
@@ -346,6 +357,24 @@ async def check_database(memory_manager: Any) -> CheckOutcome:
     if details.get("mode") == "quick":  # pages and index readable; rows against the index not compared
         return CheckOutcome(HealthState.HEALTHY, "database and full-text index intact (quick check)", details)
     return CheckOutcome(HealthState.HEALTHY, "database and full-text index intact", details)
+
+
+def _no_answer(memory_manager: Any, time_limit: float | None) -> CheckOutcome:
+    """The outcome of an integrity check that did not finish within ``time_limit`` seconds."""
+    waited = f"no answer within {time_limit:g} s"
+    if getattr(getattr(memory_manager, "backend", None), "database", None) is not None:  # PostgreSQL
+        return _postgres_outcome(
+            memory_manager, {"postgres": f"{waited} (the server is down, unreachable or overloaded)"}
+        )
+    return CheckOutcome(
+        HealthState.UNHEALTHY,
+        f"database integrity check: {waited}",
+        {"timed_out_s": time_limit},
+        recommendation=(
+            "The memory database does not answer: look for a process holding it (a long write, a backup) "
+            "and at the disk under storage_path (slow, full or failing)."
+        ),
+    )
 
 
 def _postgres_outcome(memory_manager: Any, details: dict[str, Any]) -> CheckOutcome:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import numbers
+import os
 import threading
 import time
 from collections import deque
@@ -158,6 +159,7 @@ class PerformanceMonitor:
         self._sample_event: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._process: Any = None
+        self._process_pid = 0  # the process _process was made in (a forked child makes its own)
         self.profiler = BlockProfiler()
         """Profiles the timed blocks when ``enable_profiling`` is set."""
 
@@ -267,10 +269,12 @@ class PerformanceMonitor:
     def _take_sample(self, lag_s: float) -> bool:
         try:
             process = self._process
-            if process is None:
+            # a forked worker (gunicorn --preload, multiprocessing) samples itself, not its parent
+            if process is None or self._process_pid != os.getpid():
                 import psutil  # lazily: keeps `import context_manager` light
 
                 process = self._process = psutil.Process()
+                self._process_pid = os.getpid()
                 process.cpu_percent(None)  # the first call only primes the counter
             rss = process.memory_info().rss  # two reads: cheaper than process.oneshot() for two figures
             cpu = process.cpu_percent(None)
