@@ -269,6 +269,52 @@ def test_keyboard_interrupt_cancels_the_call_on_the_loop_then_is_raised(tmp_path
     assert result.stdout.splitlines() == ["interrupted; cancelled on the loop: True", "1"]
 
 
+def test_system_exit_raised_by_an_async_call_reaches_the_caller_and_the_loop_survives(tmp_path: Path) -> None:
+    # sys.exit() (or a KeyboardInterrupt) raised inside a coroutine run on the shared loop used to escape
+    # the loop's run_forever: the loop thread died, the caller waited for ever and every manager of the
+    # process was dead (close() refused, nothing flushed at exit)
+    result = _run_script(
+        """
+        import sys, threading
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        manager = SyncContextManager(ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False))
+        manager.initialize()
+
+        async def quit_now(code: int) -> None:
+            sys.exit(code)
+
+        async def interrupt() -> None:
+            raise KeyboardInterrupt("stop there")
+
+        def request(function, *args) -> None:
+            try:
+                manager.call(function, *args)
+            except BaseException as error:
+                print(type(error).__name__, error, flush=True)
+
+        for function, args in ((quit_now, (3,)), (interrupt, ())):
+            thread = threading.Thread(target=request, args=(function, *args), daemon=True)
+            thread.start()
+            thread.join(10)
+            print("caller still waiting:", thread.is_alive(), flush=True)
+        manager.add_message("user", "still usable")
+        print(len(manager.messages))
+        manager.close()
+        """,
+        str(tmp_path / "cache"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "SystemExit 3",
+        "caller still waiting: False",
+        "KeyboardInterrupt stop there",
+        "caller still waiting: False",
+        "1",
+    ]
+
+
 # -- processes ------------------------------------------------------------------------------------------
 
 

@@ -106,13 +106,13 @@ class _LoopThread:
             if error is None:
                 outcome.set_result(task.result())
             else:
-                outcome.set_exception(error)
+                outcome.set_exception(error.error if isinstance(error, _Escaped) else error)
 
         def start() -> None:
             try:
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result, loop=self.loop)
+                    task = asyncio.ensure_future(_guarded(result), loop=self.loop)
                     running.append(task)
                     task.add_done_callback(done)
                     return
@@ -132,6 +132,26 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(cancel)
             concurrent.futures.wait([outcome], timeout=_CANCEL_WAIT)
             raise
+
+
+class _Escaped(Exception):
+    """Carries a ``KeyboardInterrupt``/``SystemExit`` raised by a call out of its task, to the caller."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def _guarded(awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable``; a ``KeyboardInterrupt``/``SystemExit`` it raises is wrapped in ``_Escaped``.
+
+    Raised out of a task, those two stop the loop's ``run_forever``: the shared loop thread would die
+    with every manager on it, and the caller would wait for ever. Wrapped, they reach the caller only.
+    """
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as error:
+        raise _Escaped(error) from None
 
 
 _loop_thread: _LoopThread | None = None
