@@ -368,6 +368,38 @@ def test_managers_left_open_are_cleaned_up_at_exit_so_evicted_messages_reach_mem
     assert reader.stdout.splitlines() == ["401", "True", "True", str(removed)]
 
 
+@pytest.mark.embeddings
+def test_the_exit_cleanup_can_load_the_default_embedder_for_the_first_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the script ends right after an eviction, before anything was embedded: the exit cleanup is the first
+    # to load the default embedder, whose imports (joblib) import concurrent.futures.process, which
+    # registers a threading exit hook; during shutdown that raised "can't register atexit after shutdown",
+    # so the evicted messages were stored without their embeddings (and a warning was printed)
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_EMBEDDER")  # the library's default: MiniLM
+    cache = str(tmp_path / "cache")
+    writer = _run_script(
+        """
+        import sys
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        config = ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False, max_tokens=2000)
+        manager = SyncContextManager(config, conversation_id="trip")
+        manager.initialize()
+        manager.add_messages(
+            [{"role": "user", "content": f"Filler {n} about trains and the weather."} for n in range(300)]
+        )
+        print(sum(record["removed_count"] for record in manager.compression_history))
+        # exits without close()
+        """,
+        cache,
+    )
+    assert writer.returncode == 0, writer.stderr
+    assert int(writer.stdout) > 100
+    assert "embedder failed" not in writer.stderr, writer.stderr
+    assert "after shutdown" not in writer.stderr, writer.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_refuses_the_parents_managers_and_runs_new_ones(tmp_path: Path) -> None:
     result = _run_script(

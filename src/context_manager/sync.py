@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.process  # noqa: F401 - its exit hook too (see _register_exit_hook)
 import concurrent.futures.thread  # its exit hook must be registered before ours (ours runs first)
 import inspect
 import logging
@@ -180,7 +181,9 @@ def _register_exit_hook(hook: Callable[[], None]) -> None:
 
     ``atexit`` functions run after ``concurrent.futures`` has stopped its executors, when the storage
     threads accept no more work; ``threading._register_atexit`` (what ``concurrent.futures`` itself
-    uses) runs before, in reverse order of registration.
+    uses) runs before, in reverse order of registration. It refuses registrations once shutdown began:
+    ``concurrent.futures.process`` is imported up front because the cleanup may be the first to load the
+    default embedder, whose imports (joblib) import it.
     """
     register = getattr(threading, "_register_atexit", None)
     if register is None:  # pragma: no cover - CPython has it since 3.9
