@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import typing
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +316,38 @@ def test_system_exit_raised_by_an_async_call_reaches_the_caller_and_the_loop_sur
         "caller still waiting: False",
         "1",
     ]
+
+
+def test_a_manager_garbage_collected_without_close_is_cleaned_up_and_released(tmp_path: Path) -> None:
+    # a view that forgets close(): the process's loop kept every such manager (window, messages, store
+    # handles) until the interpreter exited, growing by each request in a long-running web worker
+    config = _config(tmp_path, max_tokens=2000)
+
+    def forgetful_request(n: int) -> weakref.ref[EnhancedContextManager]:
+        manager = SyncContextManager(config, conversation_id=f"chat-{n}", user_id="ana")
+        manager.initialize()
+        manager.add_messages(
+            [{"role": "user", "content": f"Request {n}, filler {k} about trains, buses."} for k in range(300)]
+            + [{"role": "user", "content": f"The door code of flat {n} is KESTREL-{n}."}]
+            + [{"role": "user", "content": f"More filler {k} about the weather."} for k in range(300)]
+        )
+        assert manager.compression_history
+        return weakref.ref(manager.manager)
+
+    with pytest.warns(ResourceWarning, match="close"):
+        released = [forgetful_request(n) for n in range(3)]
+        gc.collect()
+    deadline = time.monotonic() + 30
+    while any(ref() is not None for ref in released) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    assert [ref() is None for ref in released] == [True, True, True]
+    with SyncContextManager(config, user_id="ana") as manager:
+        # cleaned up, not dropped: what compression evicted reached memory
+        for n in range(3):
+            assert any(
+                f"KESTREL-{n}" in memory.content for memory in manager.search_memory(f"door code flat {n}")
+            )
 
 
 # -- processes ------------------------------------------------------------------------------------------
