@@ -94,7 +94,15 @@ class _LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except (KeyboardInterrupt, SystemExit):
+                # raised by a task (sys.exit() in a coroutine run through call()): asyncio stores it in
+                # the task, whose caller gets it, then lets it out of run_forever; the loop must go on
+                # for every other manager of the process (and the caller's outcome is set by a callback)
+                continue
 
     def run(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call ``function`` on the loop's thread (awaiting what it returns if awaitable); wait for it.
@@ -113,13 +121,13 @@ class _LoopThread:
             if error is None:
                 outcome.set_result(task.result())
             else:
-                outcome.set_exception(error.error if isinstance(error, _Escaped) else error)
+                outcome.set_exception(error)
 
         def start() -> None:
             try:
                 result = function(*args, **kwargs)
                 if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(_guarded(result), loop=self.loop)
+                    task = asyncio.ensure_future(result, loop=self.loop)
                     running.append(task)
                     task.add_done_callback(done)
                     return
@@ -139,26 +147,6 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(cancel)
             concurrent.futures.wait([outcome], timeout=_CANCEL_WAIT)
             raise
-
-
-class _Escaped(Exception):
-    """Carries a ``KeyboardInterrupt``/``SystemExit`` raised by a call out of its task, to the caller."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-async def _guarded(awaitable: Awaitable[_T]) -> _T:
-    """Await ``awaitable``; a ``KeyboardInterrupt``/``SystemExit`` it raises is wrapped in ``_Escaped``.
-
-    Raised out of a task, those two stop the loop's ``run_forever``: the shared loop thread would die
-    with every manager on it, and the caller would wait for ever. Wrapped, they reach the caller only.
-    """
-    try:
-        return await awaitable
-    except (KeyboardInterrupt, SystemExit) as error:
-        raise _Escaped(error) from None
 
 
 _loop_thread: _LoopThread | None = None
