@@ -272,6 +272,37 @@ def test_keyboard_interrupt_cancels_the_call_on_the_loop_then_is_raised(tmp_path
     assert result.stdout.splitlines() == ["interrupted; cancelled on the loop: True", "1"]
 
 
+def test_keyboard_interrupt_is_raised_as_soon_as_the_cancelled_call_has_ended(tmp_path: Path) -> None:
+    # the wait for the cancelled call never saw it end (a cancelled outcome woke no waiter): Ctrl-C took
+    # the full 5 s every time, even when the call stopped at once
+    result = _run_script(
+        """
+        import asyncio, os, signal, sys, threading, time
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        async def slow() -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # a short cleanup, then stop
+                raise
+
+        manager = SyncContextManager(ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False))
+        manager.initialize()
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        try:
+            manager.call(slow)
+        except KeyboardInterrupt:
+            print(f"{time.monotonic() - started:.2f}")
+        manager.close()
+        """,
+        str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert 0.3 <= float(result.stdout) < 2.0
+
+
 def test_system_exit_raised_by_an_async_call_reaches_the_caller_and_the_loop_survives(tmp_path: Path) -> None:
     # sys.exit() (or a KeyboardInterrupt) raised inside a coroutine run on the shared loop used to escape
     # the loop's run_forever: the loop thread died, the caller waited for ever and every manager of the

@@ -116,6 +116,7 @@ class _LoopThread:
         def done(task: asyncio.Future[Any]) -> None:
             if task.cancelled():
                 outcome.cancel()
+                outcome.set_running_or_notify_cancel()  # cancel() alone wakes no concurrent.futures.wait
                 return
             error = task.exception()
             if error is None:
