@@ -206,6 +206,9 @@ def test_errors_come_out_with_their_own_types_and_messages(tmp_path: Path) -> No
         assert manager.messages == ()  # state intact
     with pytest.raises(LifecycleError, match="cleaned up"):
         manager.get_context()
+    with pytest.raises(LifecycleError, match="initialize: this manager was cleaned up") as reopened:
+        manager.initialize()
+    assert "EnhancedContextManager" not in str(reopened.value)  # a blocking user makes a SyncContextManager
 
 
 def test_a_call_from_a_thread_running_an_event_loop_is_refused_without_deadlock(tmp_path: Path) -> None:
