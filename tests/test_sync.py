@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import typing
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +206,9 @@ def test_errors_come_out_with_their_own_types_and_messages(tmp_path: Path) -> No
         assert manager.messages == ()  # state intact
     with pytest.raises(LifecycleError, match="cleaned up"):
         manager.get_context()
+    with pytest.raises(LifecycleError, match="initialize: this manager was cleaned up") as reopened:
+        manager.initialize()
+    assert "EnhancedContextManager" not in str(reopened.value)  # a blocking user makes a SyncContextManager
 
 
 def test_a_call_from_a_thread_running_an_event_loop_is_refused_without_deadlock(tmp_path: Path) -> None:
@@ -269,6 +275,115 @@ def test_keyboard_interrupt_cancels_the_call_on_the_loop_then_is_raised(tmp_path
     assert result.stdout.splitlines() == ["interrupted; cancelled on the loop: True", "1"]
 
 
+def test_keyboard_interrupt_is_raised_as_soon_as_the_cancelled_call_has_ended(tmp_path: Path) -> None:
+    # the wait for the cancelled call never saw it end (a cancelled outcome woke no waiter): Ctrl-C took
+    # the full 5 s every time, even when the call stopped at once
+    result = _run_script(
+        """
+        import asyncio, os, signal, sys, threading, time
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        async def slow() -> None:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # a short cleanup, then stop
+                raise
+
+        manager = SyncContextManager(ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False))
+        manager.initialize()
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        try:
+            manager.call(slow)
+        except KeyboardInterrupt:
+            print(f"{time.monotonic() - started:.2f}")
+        manager.close()
+        """,
+        str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert 0.3 <= float(result.stdout) < 2.0
+
+
+def test_system_exit_raised_by_an_async_call_reaches_the_caller_and_the_loop_survives(tmp_path: Path) -> None:
+    # sys.exit() (or a KeyboardInterrupt) raised inside a coroutine run on the shared loop used to escape
+    # the loop's run_forever: the loop thread died, the caller waited for ever and every manager of the
+    # process was dead (close() refused, nothing flushed at exit)
+    result = _run_script(
+        """
+        import sys, threading
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        manager = SyncContextManager(ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False))
+        manager.initialize()
+
+        async def quit_now(code: int) -> None:
+            sys.exit(code)
+
+        async def interrupt() -> None:
+            raise KeyboardInterrupt("stop there")
+
+        def request(function, *args) -> None:
+            try:
+                manager.call(function, *args)
+            except BaseException as error:
+                print(type(error).__name__, error, flush=True)
+
+        for function, args in ((quit_now, (3,)), (interrupt, ())):
+            thread = threading.Thread(target=request, args=(function, *args), daemon=True)
+            thread.start()
+            thread.join(10)
+            print("caller still waiting:", thread.is_alive(), flush=True)
+        manager.add_message("user", "still usable")
+        print(len(manager.messages))
+        manager.close()
+        """,
+        str(tmp_path / "cache"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "SystemExit 3",
+        "caller still waiting: False",
+        "KeyboardInterrupt stop there",
+        "caller still waiting: False",
+        "1",
+    ]
+
+
+def test_a_manager_garbage_collected_without_close_is_cleaned_up_and_released(tmp_path: Path) -> None:
+    # a view that forgets close(): the process's loop kept every such manager (window, messages, store
+    # handles) until the interpreter exited, growing by each request in a long-running web worker
+    config = _config(tmp_path, max_tokens=2000)
+
+    def forgetful_request(n: int) -> weakref.ref[EnhancedContextManager]:
+        manager = SyncContextManager(config, conversation_id=f"chat-{n}", user_id="ana")
+        manager.initialize()
+        manager.add_messages(
+            [{"role": "user", "content": f"Request {n}, filler {k} about trains, buses."} for k in range(300)]
+            + [{"role": "user", "content": f"The door code of flat {n} is KESTREL-{n}."}]
+            + [{"role": "user", "content": f"More filler {k} about the weather."} for k in range(300)]
+        )
+        assert manager.compression_history
+        return weakref.ref(manager.manager)
+
+    with pytest.warns(ResourceWarning, match="close"):
+        released = [forgetful_request(n) for n in range(3)]
+        gc.collect()
+    deadline = time.monotonic() + 30
+    while any(ref() is not None for ref in released) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+    assert [ref() is None for ref in released] == [True, True, True]
+    with SyncContextManager(config, user_id="ana") as manager:
+        # cleaned up, not dropped: what compression evicted reached memory
+        for n in range(3):
+            assert any(
+                f"KESTREL-{n}" in memory.content for memory in manager.search_memory(f"door code flat {n}")
+            )
+
+
 # -- processes ------------------------------------------------------------------------------------------
 
 
@@ -320,6 +435,38 @@ def test_managers_left_open_are_cleaned_up_at_exit_so_evicted_messages_reach_mem
     )
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.splitlines() == ["401", "True", "True", str(removed)]
+
+
+@pytest.mark.embeddings
+def test_the_exit_cleanup_can_load_the_default_embedder_for_the_first_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the script ends right after an eviction, before anything was embedded: the exit cleanup is the first
+    # to load the default embedder, whose imports (joblib) import concurrent.futures.process, which
+    # registers a threading exit hook; during shutdown that raised "can't register atexit after shutdown",
+    # so the evicted messages were stored without their embeddings (and a warning was printed)
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_EMBEDDER")  # the library's default: MiniLM
+    cache = str(tmp_path / "cache")
+    writer = _run_script(
+        """
+        import sys
+        from context_manager import ContextManagerConfig, SyncContextManager
+
+        config = ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False, max_tokens=2000)
+        manager = SyncContextManager(config, conversation_id="trip")
+        manager.initialize()
+        manager.add_messages(
+            [{"role": "user", "content": f"Filler {n} about trains and the weather."} for n in range(300)]
+        )
+        print(sum(record["removed_count"] for record in manager.compression_history))
+        # exits without close()
+        """,
+        cache,
+    )
+    assert writer.returncode == 0, writer.stderr
+    assert int(writer.stdout) > 100
+    assert "embedder failed" not in writer.stderr, writer.stderr
+    assert "after shutdown" not in writer.stderr, writer.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -24,7 +24,8 @@ Rules of the facade:
 * managers still open when the interpreter exits are cleaned up then (at most
   :data:`EXIT_CLEANUP_TIMEOUT` seconds), so what compression evicted reaches memory: as the main thread
   ends, before other threads are joined and ``concurrent.futures`` stops the thread pools storage
-  needs (join the threads still using a manager before the main thread returns);
+  needs (join the threads still using a manager before the main thread returns); one garbage-collected
+  without ``close()`` is cleaned up in the background then (with a ``ResourceWarning``);
 * a manager made before ``os.fork()`` is refused in the child (``LifecycleError``): make new ones there.
 """
 
@@ -33,11 +34,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import concurrent.futures.process  # noqa: F401 - its exit hook too (see _register_exit_hook)
 import concurrent.futures.thread  # its exit hook must be registered before ours (ours runs first)
+import contextlib
 import inspect
 import logging
 import os
 import threading
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
@@ -82,12 +87,22 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self.open_managers: set[EnhancedContextManager] = set()
         """Initialized through a facade and not cleaned up yet (touched on the loop's thread only)."""
+        self.cleanups: set[asyncio.Task[None]] = set()
+        """Cleanups of managers whose facade was garbage-collected open (touched on the loop's thread)."""
         self.thread = threading.Thread(target=self._run, name=LOOP_THREAD_NAME, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except (KeyboardInterrupt, SystemExit):
+                # raised by a task (sys.exit() in a coroutine run through call()): asyncio stores it in
+                # the task, whose caller gets it, then lets it out of run_forever; the loop must go on
+                # for every other manager of the process (and the caller's outcome is set by a callback)
+                continue
 
     def run(self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call ``function`` on the loop's thread (awaiting what it returns if awaitable); wait for it.
@@ -101,6 +116,7 @@ class _LoopThread:
         def done(task: asyncio.Future[Any]) -> None:
             if task.cancelled():
                 outcome.cancel()
+                outcome.set_running_or_notify_cancel()  # cancel() alone wakes no concurrent.futures.wait
                 return
             error = task.exception()
             if error is None:
@@ -160,7 +176,9 @@ def _register_exit_hook(hook: Callable[[], None]) -> None:
 
     ``atexit`` functions run after ``concurrent.futures`` has stopped its executors, when the storage
     threads accept no more work; ``threading._register_atexit`` (what ``concurrent.futures`` itself
-    uses) runs before, in reverse order of registration.
+    uses) runs before, in reverse order of registration. It refuses registrations once shutdown began:
+    ``concurrent.futures.process`` is imported up front because the cleanup may be the first to load the
+    default embedder, whose imports (joblib) import it.
     """
     register = getattr(threading, "_register_atexit", None)
     if register is None:  # pragma: no cover - CPython has it since 3.9
@@ -181,7 +199,10 @@ def _clean_up_at_exit() -> None:
     async def clean_up_all() -> None:
         managers = list(loop_thread.open_managers)
         loop_thread.open_managers.clear()
-        outcomes = await asyncio.gather(*(manager.cleanup() for manager in managers), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(manager.cleanup() for manager in managers), *loop_thread.cleanups, return_exceptions=True
+        )
+        outcomes = outcomes[: len(managers)]  # the cleanups of collected facades log their own failures
         for manager, outcome in zip(managers, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 logger.warning(
@@ -202,6 +223,37 @@ def _clean_up_at_exit() -> None:
         )
     except Exception as error:  # pragma: no cover - clean_up_all reports each manager's failure itself
         logger.warning("SyncContextManager: cleanup at exit failed: %s", error)
+
+
+def _clean_up_collected(loop_thread: _LoopThread, manager: EnhancedContextManager) -> None:
+    """A facade was garbage-collected: clean its manager up if still open, in the background, then drop it.
+
+    Without this the loop would keep the manager (its window, messages and store handles) until exit.
+    """
+    if loop_thread.pid != os.getpid() or loop_thread.loop.is_closed():
+        return
+
+    def start() -> None:
+        if manager not in loop_thread.open_managers:
+            return
+        loop_thread.open_managers.discard(manager)
+        task = loop_thread.loop.create_task(manager.cleanup())
+        loop_thread.cleanups.add(task)
+        task.add_done_callback(finished)
+
+    def finished(task: asyncio.Task[None]) -> None:
+        loop_thread.cleanups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            logger.warning(
+                "SyncContextManager (conversation %r): cleanup after garbage collection failed: %s: %s",
+                manager.conversation_id,
+                type(error).__name__,
+                error,
+            )
+
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop_thread.loop.call_soon_threadsafe(start)
 
 
 def _forget_parent_loop() -> None:
@@ -250,6 +302,7 @@ class SyncContextManager:
         Args and errors: as :class:`~context_manager.EnhancedContextManager`.
         """
         self._loop_thread = _current_loop_thread()
+        self._collected: weakref.finalize[Any, Any] | None = None  # cleans up after a collection, not closed
         self._manager: EnhancedContextManager = self._plain(
             "SyncContextManager()",
             lambda: EnhancedContextManager(
@@ -332,6 +385,22 @@ class SyncContextManager:
     async def _initialize_on_loop(self) -> None:
         await self._manager.initialize()
         self._loop_thread.open_managers.add(self._manager)
+        if self._collected is None:
+            self._collected = weakref.finalize(
+                self, self._warn_and_clean_up, self._loop_thread, self._manager
+            )
+            self._collected.atexit = False  # the exit hook cleans up what is still open then
+
+    @staticmethod
+    def _warn_and_clean_up(loop_thread: _LoopThread, manager: EnhancedContextManager) -> None:
+        if manager.is_initialized:  # read only: a stale answer at worst warns about a manager closing now
+            warnings.warn(
+                f"SyncContextManager (conversation {manager.conversation_id!r}) was garbage-collected "
+                "without close(): cleaned up in the background; use `with` or call close()",
+                ResourceWarning,
+                stacklevel=1,
+            )
+        _clean_up_collected(loop_thread, manager)
 
     def cleanup(self) -> None:
         """Blocking form of EnhancedContextManager.cleanup."""

@@ -235,9 +235,7 @@ class EnhancedContextManager:
         if self._state == "ready":
             return
         if self._state == "closed":
-            raise LifecycleError(
-                "initialize: this manager was cleaned up; create a new EnhancedContextManager"
-            )
+            raise LifecycleError("initialize: this manager was cleaned up; create a new one")
         config = self.config
         for directory in (config.cache_path, config.resolved_storage_path):
             make_private_directory(directory)
