@@ -1244,3 +1244,32 @@ async def test_restore_takes_messages_the_counter_gives_no_tokens_and_refuses_un
     assert again.messages == window.messages and again.token_count == window.token_count == 3 + 3
     with pytest.raises(InvalidArgumentError, match="token counts set"):
         await ContextWindow(max_tokens=100).restore([Message.create("user", "never counted")], [])
+
+
+async def test_restore_with_fit_compresses_a_window_too_large_or_leaves_the_window_unchanged() -> None:
+    """restore(fit=True) of messages exceeding max_tokens compresses them to the target at once (the
+    compression recorded and journaled like an add's); when its protected messages cannot fit, or
+    compression is disabled, it refuses them on max_tokens and the window is the one before."""
+    wide = ContextWindow(max_tokens=4000)
+    for turn in range(30):
+        await wide.add(Message.create("user", f"turn {turn}: {text_of(20, turn)}"))
+    journal: list[str] = []
+    window = ContextWindow(max_tokens=300)
+    window.set_journal(lambda kind, payload: journal.append(kind))
+    record = await window.restore(wide.messages, [], fit=True)
+    assert record is not None and record.tokens_before == wide.token_count
+    assert window.token_count <= window.target_tokens and window.compression_history == [record]
+    assert journal == ["compress"]
+    assert window.messages[-1].content.startswith("turn 29")
+    assert await ContextWindow(max_tokens=4000).restore(wide.messages, [], fit=True) is None  # it fits
+
+    protected = ContextWindow(max_tokens=4000)
+    await protected.add(Message.create("system", text_of(400)))
+    await protected.add(Message.create("user", "hello"))
+    for enable_compression, messages in ((True, protected.messages), (False, wide.messages)):
+        window = ContextWindow(max_tokens=300, enable_compression=enable_compression)
+        kept = Message.create("user", "kept")
+        await window.add(kept)
+        with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got 300; allowed at least \d+"):
+            await window.restore(messages, [], fit=True)
+        assert window.messages == (kept,) and window.compression_history == []

@@ -646,12 +646,16 @@ class ContextWindow:
         """
         return self._replaced
 
-    async def rewind(self, undo: Callable[[list[Message], list[CompressionRecord]], None]) -> None:
+    async def rewind(
+        self, undo: Callable[[list[Message], list[CompressionRecord]], None], *, over: bool = False
+    ) -> None:
         """Take back changes: ``undo`` edits copies of the messages and history, which replace the window's.
 
         ``undo`` is called under the window's lock (after a compression in flight) with no await until
         the window is replaced, so the changes it takes back are every change committed so far. Like
-        :meth:`restore`, nothing is journaled and evicted messages still queued stay queued.
+        :meth:`restore`, nothing is journaled and evicted messages still queued stay queued. With
+        ``over``, a window exceeding ``max_tokens`` is accepted (taking back the compression that fitted
+        a restored window).
 
         Raises:
             InvalidArgumentError: what ``undo`` left is not a valid window (the window is unchanged).
@@ -660,30 +664,73 @@ class ContextWindow:
             messages = list(self._messages)
             history = list(self.compression_history)
             undo(messages, history)
-            self._install(messages, history)
+            self._install(messages, history, over=over)
 
     async def _check_overflow(self) -> None:
         check = self._overflow_check
         if check is not None:
             await check()
 
-    async def restore(self, messages: Sequence[Message], history: Sequence[CompressionRecord]) -> None:
+    async def restore(
+        self, messages: Sequence[Message], history: Sequence[CompressionRecord], *, fit: bool = False
+    ) -> CompressionRecord | None:
         """Replace the window's contents with ``messages`` (token counts set) and ``history``.
 
         Used to resume a persisted conversation: the messages are the replayed window, in order, the
         rolling summary (the message carrying the summary metadata key) included. Waits for a compression
-        in flight. Evicted messages still queued for a consumer stay queued. Nothing is journaled.
+        in flight. Evicted messages still queued for a consumer stay queued. Nothing is journaled, except
+        the compression ``fit`` makes.
+
+        Args:
+            messages: The window's messages.
+            history: Its compression history.
+            fit: When the messages exceed ``max_tokens``, compress them to :attr:`target_tokens` at once
+                (as an add would: the compression is recorded and journaled) instead of refusing them,
+                if compression is enabled.
+
+        Returns:
+            The compression ``fit`` made, else ``None``.
 
         Raises:
             InvalidArgumentError: the messages are not a valid window (duplicate ids, a message without
                 its token count, a tool result without its call); ``max_tokens`` is too small for them
-                (the error's field is ``"max_tokens"``).
+                (the error's field is ``"max_tokens"``) and ``fit`` is false, compression is disabled or
+                the messages a compression keeps do not fit either (the window is unchanged).
         """
+        delivery: asyncio.Task[None] | None = None
         async with self._lock:
-            self._install(messages, history)
+            # (_install replaces both lists: the ones held here stay as they are)
+            previous_messages, previous_history = self._messages, self.compression_history
+            total = self._install(messages, history, over=fit and self.enable_compression)
+            if total <= self._max_tokens:
+                return None
+            # over budget: installed unchecked; compress it now, or put the previous window back
+            record: CompressionRecord | None = None
+            try:
+                record, delivery = await self._compress((), self.target_tokens)
+            except ContextBudgetError:
+                record = None
+            finally:
+                if record is None:
+                    self._install(previous_messages, previous_history, over=True)
+            if record is None:
+                raise self._too_small(total)
+        if delivery is not None:
+            await asyncio.shield(delivery)
+        return record
 
-    def _install(self, messages: Sequence[Message], history: Sequence[CompressionRecord]) -> None:
-        """Check ``messages`` (see :meth:`restore`) and make them and ``history`` the window's."""
+    def _too_small(self, total: int) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            "max_tokens", self._max_tokens, f"at least {total}: the messages restored hold {total} tokens"
+        )
+
+    def _install(
+        self, messages: Sequence[Message], history: Sequence[CompressionRecord], *, over: bool = False
+    ) -> int:
+        """Check ``messages`` (see :meth:`restore`) and make them and ``history`` the window's.
+
+        With ``over``, messages exceeding ``max_tokens`` are installed all the same. Returns their tokens.
+        """
         summary: Message | None = None
         by_id: dict[str, Message] = {}
         for message in messages:
@@ -705,16 +752,15 @@ class ContextWindow:
             raise InvalidArgumentError("messages", orphan, "tool results whose calls are in the window")
         summary_tokens = summary.token_count if summary is not None else 0
         total = index.tokens + summary_tokens + (REPLY_PRIMING_TOKENS if messages else 0)
-        if total > self._max_tokens:
-            raise InvalidArgumentError(
-                "max_tokens", self._max_tokens, f"at least {total}: the messages restored hold {total} tokens"
-            )
+        if total > self._max_tokens and not over:
+            raise self._too_small(total)
         self._messages = list(messages)
         self._by_id = by_id
         self._index = index
         self._summary = summary
         self._summary_tokens = summary_tokens
         self.compression_history = list(history)
+        return total
 
     def _counts_nothing(self, message: Message) -> bool:
         """Whether a message with no token count is one the counter gives 0 tokens (so it is counted).

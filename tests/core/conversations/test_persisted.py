@@ -301,24 +301,61 @@ async def test_conversation_id_from_the_config_and_bad_ids(make_config: Any) -> 
             make_config(conversation_id=bad)
 
 
-async def test_resuming_with_a_smaller_max_tokens_says_which_setting_and_what_it_needs(
+async def test_resuming_with_a_smaller_max_tokens_compresses_the_window_to_fit(
+    make_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deploy lowered max_tokens: a conversation written with the old one could not be opened at all
+    (InvalidArgumentError at initialize()). It is compressed to fit as it loads, like an add would, the
+    compression recorded and stored (a third manager sees the same window, without compressing again),
+    a warning naming the conversation and both sizes."""
+    async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
+        for turn in range(40):
+            await manager.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7}")
+        needed = manager.get_context_summary()["token_count"]
+        history = manager.compression_history
+        assert needed > 600
+    async with EnhancedContextManager(make_config(), conversation_id="wide") as manager:
+        summary = manager.get_context_summary()
+        assert summary["token_count"] <= 600
+        assert manager.compression_history[:-1] == history
+        fitted = manager.compression_history[-1]
+        assert fitted["tokens_before"] == needed and fitted["tokens_after"] == summary["token_count"]
+        export = manager.get_context(format="openai")
+        assert "turn 39" in export[-1]["content"]
+        await manager.add_message("user", "one more")  # the window works as any other
+        export = manager.get_context(format="openai")
+        history = manager.compression_history
+    assert "'wide'" in caplog.text and f"holds {needed} tokens, more than max_tokens (600)" in caplog.text
+    caplog.clear()
+    for max_tokens in (600, 4000):  # the compression was stored: nothing to do again
+        async with EnhancedContextManager(
+            make_config(max_tokens=max_tokens), conversation_id="wide"
+        ) as manager:
+            assert manager.get_context(format="openai") == export
+            assert manager.compression_history == history
+    assert "more than max_tokens" not in caplog.text
+
+
+async def test_resuming_with_a_smaller_max_tokens_without_compression_says_which_setting_and_what_it_needs(
     make_config: Any,
 ) -> None:
-    """A deploy lowered max_tokens: opening a conversation written with the old one failed with
-    "messages: got '1234 tokens'; allowed at most 600 tokens", naming neither the setting nor the
-    conversation. The error names max_tokens, what the conversation needs and which conversation."""
+    """With compression disabled the window cannot be made to fit: the error names max_tokens, what the
+    conversation needs and which conversation; nothing is changed."""
     async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
         for turn in range(40):
             await manager.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7}")
         needed = manager.get_context_summary()["token_count"]
         assert needed > 600
     with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got 600; allowed at least \d+") as caught:
-        await EnhancedContextManager(make_config(), conversation_id="wide").initialize()
+        await EnhancedContextManager(
+            make_config(enable_compression=False), conversation_id="wide"
+        ).initialize()
     assert caught.value.field == "max_tokens"
     assert "'wide'" in str(caught.value)
     assert int(caught.value.allowed.split()[2].rstrip(":")) >= needed
     async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="wide") as manager:
         assert len(manager.messages) == 40  # nothing was changed
+        assert manager.compression_history == []
 
 
 def window_tokens(manager: EnhancedContextManager) -> int:
@@ -368,12 +405,63 @@ async def test_resuming_with_another_token_encoding_counts_the_window_with_it(
         make_config(max_tokens=4000, token_encoding="cl100k_base"), conversation_id="moved"
     ) as manager:
         cl100k_needs = manager.get_context_summary()["token_count"]
-    o200k_room = make_config(max_tokens=o200k_tokens + 60, token_encoding="cl100k_base")
+    room = o200k_tokens + 60  # enough for the o200k counts, not for the cl100k ones
+    assert cl100k_needs > room
+    stuck = make_config(max_tokens=room, token_encoding="cl100k_base", enable_compression=False)
     with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got \d+; allowed at least \d+") as caught:
-        await EnhancedContextManager(o200k_room, conversation_id="moved").initialize()
+        await EnhancedContextManager(stuck, conversation_id="moved").initialize()
     assert caught.value.field == "max_tokens"
     assert "cl100k_base" in str(caught.value) and "o200k_base" in str(caught.value)
     assert int(caught.value.allowed.split()[2].rstrip(":")) == cl100k_needs
+    # with compression (the default) the window recounted too large is compressed to fit, and stored so
+    o200k_room = make_config(max_tokens=room, token_encoding="cl100k_base")
+    async with EnhancedContextManager(o200k_room, conversation_id="moved") as manager:
+        assert manager.get_context_summary()["token_count"] == window_tokens(manager) <= room
+        fitted = manager.compression_history[-1]
+        assert fitted["tokens_before"] == cl100k_needs
+        export = manager.get_context(format="openai")
+    assert "'moved'" in caplog.text
+    assert f"holds {cl100k_needs} tokens, more than max_tokens ({room})" in caplog.text
+    async with EnhancedContextManager(
+        make_config(max_tokens=4000, token_encoding="cl100k_base"), conversation_id="moved"
+    ) as manager:
+        assert manager.get_context(format="openai") == export
+
+
+async def test_during_a_rolling_deploy_a_manager_whose_window_is_too_large_reloads_and_compresses_again(
+    make_config: Any,
+) -> None:
+    """A manager on the new encoding (its recount exceeds max_tokens) and one on the old write the same
+    conversation: the new one's reload after a conflict kept failing on the budget (stuck, every change
+    refused). It loads the other writer's change, compresses to fit again, and its next write stores
+    that compression with its own change."""
+    text = "Überprüfung der Bestellung: größer, schöner ✓ 数据 {}"
+    old = make_config(max_tokens=4000, token_encoding="o200k_base")
+    async with EnhancedContextManager(old, conversation_id="rolling") as manager:
+        for turn in range(8):
+            await manager.add_message("user", text.format(turn) * 6)
+        room = manager.get_context_summary()["token_count"] + 80
+    new = make_config(max_tokens=room, token_encoding="cl100k_base")
+    async with (
+        EnhancedContextManager(old, conversation_id="rolling") as before,
+        EnhancedContextManager(new, conversation_id="rolling") as after,
+    ):
+        compressions = len(after.compression_history)
+        assert compressions == 1 and after.get_context_summary()["token_count"] <= room
+        await before.add_message("user", "the old manager's turn")
+        with pytest.raises(ConversationConflictError):
+            await after.add_message("user", "the new manager's turn")  # refused: reloaded, fitted again
+        assert after.get_context_summary()["token_count"] <= room
+        assert "the old manager's turn" in after.get_context(format="openai")[-1]["content"]
+        await after.add_message("user", "the new manager's turn")
+        export = after.get_context(format="openai")
+        history = after.compression_history
+        assert len(history) == 1
+    async with EnhancedContextManager(
+        make_config(max_tokens=4000, token_encoding="cl100k_base"), conversation_id="rolling"
+    ) as manager:
+        assert manager.get_context(format="openai") == export
+        assert manager.compression_history == history
 
 
 async def damage(make_config: Any, backend_name: str, conversation: str, column: str, text: str) -> None:

@@ -87,6 +87,7 @@ class PersistedConversation:
         self._snapshot_version = 0
         self._indexed_version = 0
         self._last_compress_version = 0
+        self._fit_sequence = 0  # the compression that fitted the window loaded last (0: none)
         self._pending: list[ConversationRecord] = []
         # the task whose operation committed each pending change (its caller's sync raises its refusal)
         self._pending_tasks: list[asyncio.Task[Any] | None] = []
@@ -224,8 +225,14 @@ class PersistedConversation:
             InvalidArgumentError: the window's ``max_tokens`` cannot hold the stored window.
             ConversationAccessError: the conversation belongs to another end user.
         """
-        state = await self._load()
+        # journaling from the start: a window too large for max_tokens is compressed as it loads, and
+        # that compression is a change to store
         self._window.set_journal(self._journal_entry)
+        try:
+            state = await self._load()
+        except BaseException:
+            self._window.set_journal(None)
+            raise
         self._window.set_overflow_check(self.check_current)
         return state.version
 
@@ -244,8 +251,9 @@ class PersistedConversation:
                 gc.enable()
         history = [CompressionRecord(**entry) for entry in state.history]
         others = self._count_again(state)
+        self._fit_sequence = 0
         try:
-            await self._window.restore(state.messages, history)
+            fitted = await self._window.restore(state.messages, history, fit=True)
         except InvalidArgumentError as error:
             if error.field != "max_tokens":
                 raise
@@ -256,11 +264,26 @@ class PersistedConversation:
                 )
             else:
                 counted = "as stored (open it with the max_tokens of the managers that wrote it)"
+            if self._window.enable_compression:
+                counted += "; compressing it cannot make it fit (its protected messages are too large)"
             raise InvalidArgumentError(
                 "max_tokens",
                 error.got,
                 f"{error.allowed}: the window of conversation {self.conversation_id!r} {counted}",
             ) from None
+        if fitted is not None:
+            # the compression is the last change journaled (restoring held the window's lock; nothing
+            # ran between it and here): it stays pending when a reload drops the others
+            self._fit_sequence = self._journaled
+            logger.warning(
+                "conversation %r: its window holds %d tokens, more than max_tokens (%d)%s; compressed "
+                "to %d tokens (stored with the next write)",
+                self.conversation_id,
+                fitted.tokens_before,
+                self._window.max_tokens,
+                f" as counted with {self._window.counter.encoding_name}" if others else "",
+                fitted.tokens_after,
+            )
         # Everything evicted after the watermark is this process's to store from now on, whoever evicted
         # it: another writer may have crashed before storing it, and this process moves the watermark up
         # to its own version once its queue is drained. In the same step as the version (a snapshot
@@ -320,16 +343,25 @@ class PersistedConversation:
         # loads is journaled, so it counts among the changes this reload drops (its sync() raises the
         # refusal), instead of vanishing acknowledged (restoring the window journals nothing).
         state = await self._load()
-        if self._pending:
+        # the compression that fitted the window just loaded (the last change journaled) is a change to
+        # the version loaded: it stays pending, the changes before it are dropped
+        keep = 1 if self._fit_sequence and self._fit_sequence == self._journaled else 0
+        dropped = len(self._pending) - keep
+        if dropped:
             why = self._conflict or ConversationConflictError(
                 self.conversation_id, self._version, None, reloaded=True
             )
-            self._refused.append((self._resolved + 1, self._journaled, why, list(self._pending_tasks)))
+            self._refused.append(
+                (self._resolved + 1, self._journaled - keep, why, self._pending_tasks[:dropped])
+            )
             del self._refused[:-64]  # waiters of older refusals are long gone
-        self._pending.clear()
-        self._pending_tasks.clear()
+        before = self._before.get(self._journaled) if keep else None
+        del self._pending[:dropped]
+        del self._pending_tasks[:dropped]
         self._before.clear()
-        self._resolved = self._journaled
+        if before is not None:
+            self._before[self._journaled] = before
+        self._resolved = self._journaled - keep
         self._conflict = None
         return state.version
 
@@ -353,7 +385,7 @@ class PersistedConversation:
             taken = len(changes)
 
         try:
-            await self._window.rewind(undo)
+            await self._window.rewind(undo, over=True)  # (the loaded window a compression fitted)
         except Exception as error:  # pragma: no cover - a change take_back cannot undo: a bug
             logger.error(
                 "conversation %r: the changes refused could not be taken back (%s: %s)",
