@@ -226,7 +226,9 @@ class EnhancedContextManager:
             ConfigurationError: the configured tokenizer is unknown, or ``config.summarizer`` needs an API
                 key that is not set.
             MissingDependencyError: ``config.summarizer`` names a provider whose SDK is not installed.
-            InvalidArgumentError: a persisted conversation's stored window needs more than ``max_tokens``.
+            InvalidArgumentError: a persisted conversation's stored window needs more than ``max_tokens``
+                and cannot be compressed to fit (``enable_compression=False``, or its protected messages
+                are too large); otherwise it is compressed as it loads (a warning says so).
         """
         async with self._lifecycle_lock:
             await self._initialize_locked()
@@ -924,7 +926,8 @@ class EnhancedContextManager:
             StorageError: storage cannot be read (the window stays as it was).
             ConversationAccessError: the conversation was deleted and created again by another end
                 user's manager (nothing of it is loaded; the window stays as it was).
-            InvalidArgumentError: ``max_tokens`` cannot hold the stored window (see :meth:`initialize`).
+            InvalidArgumentError: ``max_tokens`` cannot hold the stored window, even compressed (see
+                :meth:`initialize`).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("reload")

@@ -322,6 +322,9 @@ async def test_resuming_with_a_smaller_max_tokens_compresses_the_window_to_fit(
         assert fitted["tokens_before"] == needed and fitted["tokens_after"] == summary["token_count"]
         export = manager.get_context(format="openai")
         assert "turn 39" in export[-1]["content"]
+        assert all("turn 0:" not in message["content"] for message in export[1:])  # evicted...
+        found = await manager.search_memory("the crate 0 goes to dock 0")
+        assert any("turn 0:" in memory.content for memory in found)  # ... to memory
         await manager.add_message("user", "one more")  # the window works as any other
         export = manager.get_context(format="openai")
         history = manager.compression_history

@@ -222,7 +222,9 @@ class PersistedConversation:
         Raises:
             StorageError: the store cannot be read.
             StorageCorruptedError: a stored record does not apply (nothing is guessed).
-            InvalidArgumentError: the window's ``max_tokens`` cannot hold the stored window.
+            InvalidArgumentError: the window's ``max_tokens`` cannot hold the stored window, which
+                cannot be compressed to fit either (a window that can is compressed as it loads: that
+                compression is a pending change, stored with the next :meth:`sync`).
             ConversationAccessError: the conversation belongs to another end user.
         """
         # journaling from the start: a window too large for max_tokens is compressed as it loads, and
