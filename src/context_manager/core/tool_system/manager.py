@@ -1081,17 +1081,13 @@ class ToolManager(ToolRegistry):
             dump = getattr(raw, "model_dump", None)
             if callable(dump) and not isinstance(raw, ToolCall):  # provider SDK objects (pydantic models)
                 raw = dump()
-            if isinstance(raw, Mapping) and raw.get("type") == "function_call":
-                # an OpenAI Responses API item: its result answers ``call_id`` (``id`` is the item's own)
-                function = {"name": raw.get("name", ""), "arguments": raw.get("arguments", "{}")}
-                raw = {"id": raw.get("call_id", ""), "type": "function", "function": function}
-            try:
+            try:  # (an OpenAI Responses API item is read under its call_id, as add_message reads it)
                 parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
             except InvalidMessageError as error:
                 # the arguments, or a value inside them (NaN, a NUL character...): that call's failure only
                 if not error.field.startswith(_ARGUMENT_FIELDS) or not isinstance(raw, Mapping):
                     raise
-                shell = ToolCall.from_value(ToolCall(id=raw.get("id", ""), name=_raw_name(raw), arguments={}))
+                shell = ToolCall.from_value(ToolCall(id=_raw_id(raw), name=_raw_name(raw), arguments={}))
                 failure = ToolResult(
                     success=False,
                     error=f"invalid arguments for tool {shell.name!r}: {error}",
@@ -1297,6 +1293,12 @@ def _describe_error(error: BaseException, depth: int = 0) -> str:
             parts.append(f"and {len(inner) - _GROUP_LISTED} more")
         described += ": " + "; ".join(parts)
     return described
+
+
+def _raw_id(raw: Mapping[str, Any]) -> str:
+    if raw.get("type") == "function_call":  # a Responses API item: answered under its call_id
+        return str(raw.get("call_id") or raw.get("id", ""))
+    return str(raw.get("id", ""))
 
 
 def _raw_name(raw: Mapping[str, Any]) -> str:
