@@ -88,6 +88,8 @@ class PersistedConversation:
         self._indexed_version = 0
         self._last_compress_version = 0
         self._fit_sequence = 0  # the compression that fitted the window loaded last (0: none)
+        # while a load restores the window: the compressions journaled, with their sequence numbers
+        self._loading_compressions: list[tuple[CompressionRecord, int]] | None = None
         self._pending: list[ConversationRecord] = []
         # the task whose operation committed each pending change (its caller's sync raises its refusal)
         self._pending_tasks: list[asyncio.Task[Any] | None] = []
@@ -254,6 +256,8 @@ class PersistedConversation:
         history = [CompressionRecord(**entry) for entry in state.history]
         others = self._count_again(state)
         self._fit_sequence = 0
+        compressions: list[tuple[CompressionRecord, int]] = []
+        self._loading_compressions = compressions
         try:
             fitted = await self._window.restore(state.messages, history, fit=True)
         except InvalidArgumentError as error:
@@ -273,10 +277,13 @@ class PersistedConversation:
                 error.got,
                 f"{error.allowed}: the window of conversation {self.conversation_id!r} {counted}",
             ) from None
+        finally:
+            self._loading_compressions = None
         if fitted is not None:
-            # the compression is the last change journaled (restoring held the window's lock; nothing
-            # ran between it and here): it stays pending when a reload drops the others
-            self._fit_sequence = self._journaled
+            # identified by the record its commit journaled, not by position: restoring waits for the
+            # eviction hook out of the window's lock, and another task's change may be journaled after
+            # it meanwhile. It stays pending (with the changes after it) when a reload drops the others.
+            self._fit_sequence = next((seq for record, seq in compressions if record is fitted), 0)
             logger.warning(
                 "conversation %r: its window holds %d tokens, more than max_tokens (%d)%s; compressed "
                 "to %d tokens (stored with the next write)",
@@ -345,9 +352,10 @@ class PersistedConversation:
         # loads is journaled, so it counts among the changes this reload drops (its sync() raises the
         # refusal), instead of vanishing acknowledged (restoring the window journals nothing).
         state = await self._load()
-        # the compression that fitted the window just loaded (the last change journaled) is a change to
-        # the version loaded: it stays pending, the changes before it are dropped
-        keep = 1 if self._fit_sequence and self._fit_sequence == self._journaled else 0
+        # the compression that fitted the window just loaded is a change to the version loaded, and so
+        # are the changes other tasks made to the window after it (while restoring waited for the
+        # eviction hook): they stay pending, the changes before it are dropped
+        keep = self._journaled - self._fit_sequence + 1 if self._fit_sequence else 0
         dropped = len(self._pending) - keep
         if dropped:
             why = self._conflict or ConversationConflictError(
@@ -357,13 +365,10 @@ class PersistedConversation:
                 (self._resolved + 1, self._journaled - keep, why, self._pending_tasks[:dropped])
             )
             del self._refused[:-64]  # waiters of older refusals are long gone
-        before = self._before.get(self._journaled) if keep else None
         del self._pending[:dropped]
         del self._pending_tasks[:dropped]
-        self._before.clear()
-        if before is not None:
-            self._before[self._journaled] = before
         self._resolved = self._journaled - keep
+        self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
         self._conflict = None
         return state.version
 
@@ -420,6 +425,8 @@ class PersistedConversation:
             before = self._window.compressed_from
             if before is not None:
                 self._before[self._journaled] = before
+            if self._loading_compressions is not None:
+                self._loading_compressions.append((self._window.compression_history[-1], self._journaled))
 
     async def sync(self, *, since: int | None = None) -> None:
         """Store every change journaled so far (one transaction for all of them); return when committed.
