@@ -433,7 +433,8 @@ class ContextWindow:
         self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
         self._summaries_stopped = False  # drain(): compressions use the extractive summary from now on
         self.compression_history: list[CompressionRecord] = []
-        """One record per compression, oldest first."""
+        """One record per compression, oldest first (a restored window's: the ones it was given)."""
+        self._earlier_compressions = 0  # compressions before compression_history's first (see restore)
         if eviction_hook is not None:
             self.set_eviction_hook(eviction_hook)
 
@@ -453,6 +454,14 @@ class ContextWindow:
     def counter(self) -> TokenCounter:
         """The token counter of the window."""
         return self._counter
+
+    @property
+    def compression_count(self) -> int:
+        """Compressions of this window: :attr:`compression_history`'s and, restored, the earlier ones.
+
+        A resumed conversation's history holds its newest entries only (see :meth:`restore`).
+        """
+        return self._earlier_compressions + len(self.compression_history)
 
     @property
     def token_count(self) -> int:
@@ -672,7 +681,12 @@ class ContextWindow:
             await check()
 
     async def restore(
-        self, messages: Sequence[Message], history: Sequence[CompressionRecord], *, fit: bool = False
+        self,
+        messages: Sequence[Message],
+        history: Sequence[CompressionRecord],
+        *,
+        fit: bool = False,
+        earlier_compressions: int = 0,
     ) -> CompressionRecord | None:
         """Replace the window's contents with ``messages`` (token counts set) and ``history``.
 
@@ -687,6 +701,8 @@ class ContextWindow:
             fit: When the messages exceed ``max_tokens``, compress them to :attr:`target_tokens` at once
                 (as an add would: the compression is recorded and journaled) instead of refusing them,
                 if compression is enabled.
+            earlier_compressions: How many compressions came before the first of ``history`` (a
+                resumed conversation keeps its newest entries only): counted by :attr:`compression_count`.
 
         Returns:
             The compression ``fit`` made, else ``None``.
@@ -697,11 +713,19 @@ class ContextWindow:
                 (the error's field is ``"max_tokens"``) and ``fit`` is false, compression is disabled or
                 the messages a compression keeps do not fit either (the window is unchanged).
         """
+        if (
+            isinstance(earlier_compressions, bool)
+            or not isinstance(earlier_compressions, int)
+            or earlier_compressions < 0
+        ):
+            raise InvalidArgumentError("earlier_compressions", earlier_compressions, "an integer >= 0")
         delivery: asyncio.Task[None] | None = None
         async with self._lock:
             # (_install replaces both lists: the ones held here stay as they are)
             previous_messages, previous_history = self._messages, self.compression_history
+            previous_earlier = self._earlier_compressions
             total = self._install(messages, history, over=fit and self.enable_compression)
+            self._earlier_compressions = earlier_compressions
             if total <= self._max_tokens:
                 return None
             # over budget: installed unchecked; compress it now, or put the previous window back
@@ -713,6 +737,7 @@ class ContextWindow:
             finally:
                 if record is None:
                     self._install(previous_messages, previous_history, over=True)
+                    self._earlier_compressions = previous_earlier
             if record is None:
                 raise self._too_small(total)
         if delivery is not None:

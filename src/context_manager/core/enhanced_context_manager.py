@@ -804,7 +804,7 @@ class EnhancedContextManager:
             "token_count": token_count,
             "max_tokens": window.max_tokens,
             "utilization": token_count / window.max_tokens,
-            "compression_count": len(window.compression_history),
+            "compression_count": window.compression_count,
             "target_tokens": window.target_tokens,
             "compression_ratio": self.config.compression_ratio,
             "compression_enabled": window.enable_compression,
@@ -822,7 +822,8 @@ class EnhancedContextManager:
         Keys: ``tokens_before``, ``tokens_after``, ``messages_before``, ``messages_after``,
         ``removed_count``, ``truncated_count``, ``summary_tokens``, ``duration_ms``, ``timestamp``,
         ``strategy`` (``"extractive"``, ``"custom"``, ``"custom_failed_fallback_extractive"``),
-        ``target_tokens``, ``error``.
+        ``target_tokens``, ``error``. A resumed persisted conversation lists its newest 100 compressions
+        (the ones before are in its records); ``get_context_summary()["compression_count"]`` counts all.
         """
         if self._window is None:
             return []

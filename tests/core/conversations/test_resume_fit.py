@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.conversations.persistence import PersistedConversation
 from context_manager.core.conversations.replay import fold
@@ -62,5 +64,91 @@ async def test_an_add_made_while_the_fitting_compression_is_delivered_is_not_tak
         assert stored.history == [record.to_dict() for record in window.compression_history]
         assert window.messages[-1].content == "added while the evictions are delivered"
         await conversation.close()
+    finally:
+        await store.close()
+
+
+async def test_snapshots_of_a_long_lived_conversation_keep_the_newest_compression_records(
+    tmp_path: Path,
+) -> None:
+    """Every snapshot held the whole compression_history: after 2,000 compressions a 575 kB snapshot
+    (99% of it history, the window 4 kB), rewritten every snapshot_every records, and resuming ten times
+    slower. Snapshots keep the newest SNAPSHOT_HISTORY records; the count of compressions stays right
+    after resume (get_context_summary's compression_count), and goes on from there."""
+    from context_manager import ContextManagerConfig, EnhancedContextManager
+
+    kept = 100  # SNAPSHOT_HISTORY
+    config = ContextManagerConfig(
+        storage_path=tmp_path / "storage",
+        max_tokens=300,
+        compression_ratio=0.9,
+        conversation_snapshot_every=40,
+    )
+    async with EnhancedContextManager(config, conversation_id="long") as manager:
+        turn = 0
+        while len(manager.compression_history) < kept + 30:
+            await manager.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7} today")
+            turn += 1
+        await manager.flush()
+        written = manager.compression_history
+        count = manager.get_context_summary()["compression_count"]
+        assert count == len(written)
+    store = SQLiteConversationStore(config.resolved_storage_path / "conversations.sqlite3")
+    await store.open()
+    try:
+        stored = await store.load("long")
+        assert stored.snapshot is not None and stored.snapshot_version > 0
+        assert len(stored.snapshot["history"]) == kept
+    finally:
+        await store.close()
+    async with EnhancedContextManager(config, conversation_id="long") as resumed:
+        assert resumed.get_context_summary()["compression_count"] == count
+        assert resumed.compression_history == written[-kept:]
+        compressions = count
+        while resumed.get_context_summary()["compression_count"] == compressions:
+            await resumed.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7} today")
+            turn += 1
+        assert resumed.compression_history[:-1] == written[-kept:]
+        assert resumed.get_context_summary()["compression_count"] == count + 1
+        after = resumed.compression_history
+    async with EnhancedContextManager(config, conversation_id="long") as again:
+        assert again.get_context_summary()["compression_count"] == count + 1
+        assert again.compression_history == after[-kept:]
+    from context_manager.core.conversations.replay import SNAPSHOT_HISTORY
+
+    assert kept == SNAPSHOT_HISTORY
+
+
+async def test_a_snapshot_whose_count_of_earlier_compressions_is_damaged_is_refused(tmp_path: Path) -> None:
+    """The count of compressions a snapshot no longer lists is checked like the rest of the snapshot."""
+    import json
+    import sqlite3
+
+    from context_manager.core.errors import StorageCorruptedError
+
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        window = ContextWindow(4000)
+        persisted = PersistedConversation(store, "c", window, snapshot_every=1)
+        await persisted.open()
+        await window.add(Message.create("user", "hello"))
+        await persisted.sync()
+        await persisted.close()
+        stored = await store.load("c")
+        assert stored.snapshot is not None
+        for bad in ("x", -1, True, 1.5):
+            with sqlite3.connect(path) as db:
+                snapshot = {**stored.snapshot, "earlier_compressions": bad}
+                db.execute("UPDATE conversations SET snapshot = ? WHERE id = 'c'", (json.dumps(snapshot),))
+            with pytest.raises(StorageCorruptedError, match="earlier_compressions"):
+                await PersistedConversation(store, "c", ContextWindow(4000)).open()
+        with sqlite3.connect(path) as db:
+            snapshot = {**stored.snapshot, "earlier_compressions": 7}
+            db.execute("UPDATE conversations SET snapshot = ? WHERE id = 'c'", (json.dumps(snapshot),))
+        resumed = ContextWindow(4000)
+        await PersistedConversation(store, "c", resumed).open()
+        assert resumed.compression_count == 7 and resumed.compression_history == []
     finally:
         await store.close()

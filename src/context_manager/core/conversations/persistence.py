@@ -32,6 +32,7 @@ from typing import Any
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import (
     COUNTER_KEY,
+    SNAPSHOT_HISTORY,
     WindowState,
     fold,
     snapshot_of,
@@ -259,7 +260,9 @@ class PersistedConversation:
         compressions: list[tuple[CompressionRecord, int]] = []
         self._loading_compressions = compressions
         try:
-            fitted = await self._window.restore(state.messages, history, fit=True)
+            fitted = await self._window.restore(
+                state.messages, history, fit=True, earlier_compressions=state.earlier_compressions
+            )
         except InvalidArgumentError as error:
             if error.field != "max_tokens":
                 raise
@@ -544,11 +547,13 @@ class PersistedConversation:
             return
         self._snapshotting = True
         window = self._window
+        history = [record.to_dict() for record in window.compression_history[-SNAPSHOT_HISTORY:]]
         state = WindowState(
             messages=list(window.messages),
-            history=[record.to_dict() for record in window.compression_history],
+            history=history,
             unindexed=list(window.evicted_queue),
             version=self._version,
+            earlier_compressions=window.compression_count - len(history),
         )
         version = self._version
         try:

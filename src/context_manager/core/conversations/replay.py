@@ -10,6 +10,9 @@ Record payloads (JSON):
   entry, ``evicted`` the ids handed to memory;
 * ``pin``: ``{"id": ..., "pinned": true|false}``.
 
+A snapshot holds the newest :data:`SNAPSHOT_HISTORY` ``compression_history`` entries and, as
+``"earlier_compressions"``, how many compressions came before them (the records hold every entry).
+
 The first record of every append, and every snapshot, also hold ``"counter"``: the ``encoding_name`` of
 the token counter whose counts its messages carry (the records after it in the append are the same
 writer's). A window resumed with another counter counts its messages again (see :attr:`WindowState.counters`).
@@ -33,6 +36,7 @@ from context_manager.core.messages import Message, Priority, Role, ToolCall
 
 __all__ = [
     "COUNTER_KEY",
+    "SNAPSHOT_HISTORY",
     "WindowState",
     "add_record",
     "compress_record",
@@ -46,6 +50,16 @@ __all__ = [
 
 COUNTER_KEY = "counter"
 """The payload (and snapshot) key naming the token counter whose counts the messages carry."""
+
+SNAPSHOT_HISTORY = 100
+"""How many ``compression_history`` entries (the newest) a snapshot keeps, and a resumed window gets.
+
+A conversation that compressed thousands of times would otherwise write its whole history in every
+snapshot (about 290 bytes a compression: 575 kB after 2,000, where the window itself is a few kB) and
+read it back on every resume. The older entries stay in the conversation's records; the count of
+compressions (``WindowState.earlier_compressions`` + the entries) stays whole.
+"""
+_EARLIER_KEY = "earlier_compressions"
 
 _ROLES = {role.value: role for role in Role}
 _PRIORITIES = {priority.value: priority for priority in Priority}
@@ -142,7 +156,9 @@ class WindowState:
     messages: list[Message] = field(default_factory=list)
     """The window's messages, in order."""
     history: list[dict[str, Any]] = field(default_factory=list)
-    """``compression_history`` entries, oldest first."""
+    """``compression_history`` entries, oldest first (the newest :data:`SNAPSHOT_HISTORY` after a fold)."""
+    earlier_compressions: int = 0
+    """Compressions before the first entry of :attr:`history` (no longer listed)."""
     unindexed: list[Message] = field(default_factory=list)
     """Messages evicted after the indexing watermark: they may be missing from memory."""
     version: int = 0
@@ -156,11 +172,15 @@ def snapshot_of(state: WindowState, counter: str | None = None) -> dict[str, Any
 
     ``counter``: the ``encoding_name`` of the token counter whose counts the messages carry.
     """
+    history = state.history[-SNAPSHOT_HISTORY:]
     snapshot: dict[str, Any] = {
         "messages": [message.to_dict() for message in state.messages],
-        "history": [dict(entry) for entry in state.history],
+        "history": [dict(entry) for entry in history],
         "unindexed": [message.to_dict() for message in state.unindexed],
     }
+    earlier = state.earlier_compressions + len(state.history) - len(history)
+    if earlier:
+        snapshot[_EARLIER_KEY] = earlier
     if counter is not None:
         snapshot[COUNTER_KEY] = counter
     return snapshot
@@ -168,6 +188,9 @@ def snapshot_of(state: WindowState, counter: str | None = None) -> dict[str, Any
 
 def fold(stored: StoredConversation) -> WindowState:
     """Replay a stored conversation: its snapshot, then every record after it.
+
+    The state's history is the newest :data:`SNAPSHOT_HISTORY` entries; ``earlier_compressions`` counts
+    the ones before.
 
     Raises:
         StorageCorruptedError: a record does not fit the window it applies to (nothing is guessed).
@@ -179,6 +202,10 @@ def fold(stored: StoredConversation) -> WindowState:
         try:
             state.messages = [message_from_dict(data) for data in snapshot.get("messages", [])]
             state.history = [dict(entry) for entry in snapshot.get("history", [])]
+            earlier = snapshot.get(_EARLIER_KEY, 0)
+            if isinstance(earlier, bool) or not isinstance(earlier, int) or earlier < 0:
+                raise ValueError(f"{_EARLIER_KEY} is {earlier!r}, not a count")
+            state.earlier_compressions = earlier
             if stored.indexed_version < stored.snapshot_version:  # else they are all in memory
                 state.unindexed = [message_from_dict(data) for data in snapshot.get("unindexed", [])]
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -204,6 +231,10 @@ def fold(stored: StoredConversation) -> WindowState:
                 f"to the window before it ({type(error).__name__}: {error}); nothing was changed"
             ) from error
         state.version = version
+    dropped = len(state.history) - SNAPSHOT_HISTORY
+    if dropped > 0:
+        del state.history[:dropped]
+        state.earlier_compressions += dropped
     return state
 
 
