@@ -48,6 +48,9 @@ _SCHEMA = [
     "kind TEXT NOT NULL, writer TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL, "
     "PRIMARY KEY (conversation_id, version)) WITHOUT ROWID",
 ]
+# one user's conversations without scanning everyone's (list_conversations(user_id=...)); not on
+# updated_at, which every append changes (an index write per append): a user's rows are sorted
+_OWNER_INDEX = "CREATE INDEX IF NOT EXISTS conversations_owner ON conversations (owner)"
 
 
 class SQLiteConversationStore:
@@ -92,6 +95,8 @@ class SQLiteConversationStore:
             columns = {row[1] for row in connection.execute("PRAGMA table_info(conversations)")}
             if "owner" not in columns:  # a database from before owners: its conversations are nobody's
                 connection.execute("ALTER TABLE conversations ADD COLUMN owner TEXT")
+            # after the owner column (older databases get it on their next open)
+            connection.execute(_OWNER_INDEX)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path

@@ -1,0 +1,52 @@
+"""list_conversations(user_id=...) on SQLite reads one user's rows through an index."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from context_manager.core.conversations.sqlite_store import SQLiteConversationStore
+
+
+async def test_listing_one_users_conversations_does_not_scan_everyones(tmp_path: Path) -> None:
+    """With 50,000 conversations of 500 users, listing one user's scanned the whole table and sorted it
+    (3 ms, growing with every user's conversations; a "my chats" page of a web app runs it per request):
+    there was no index on the owner. A database written before has it from its next open; the listing is
+    the same."""
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:  # a database as the earlier version left it: no index
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"):
+            db.execute(f"DROP INDEX {name}")
+        db.executemany(
+            "INSERT INTO conversations (id, version, created_at, updated_at, owner) VALUES (?, 1, ?, ?, ?)",
+            [(f"chat-{i}", 1.0e9 + i, 1.0e9 + (i * 7919) % 50_000, f"user-{i % 500}") for i in range(50_000)],
+        )
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        listed = await store.list_conversations("user-42")
+        expected = sorted(
+            ((f"chat-{i}", 1.0e9 + (i * 7919) % 50_000) for i in range(42, 50_000, 500)),
+            key=lambda row: (-row[1], row[0]),
+        )
+        assert [(info.conversation_id, info.updated_at) for info in listed] == expected
+        assert [info.conversation_id for info in await store.list_conversations("user-42", limit=3)] == [
+            row[0] for row in expected[:3]
+        ]
+        assert await store.list_conversations("nobody") == []
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        # the listing query the store runs for one user, as SQLite plans it
+        plan = " / ".join(
+            row[3]
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN SELECT id, version, created_at, updated_at, owner FROM conversations "
+                "WHERE owner = ? ORDER BY updated_at DESC, id",
+                ("user-42",),
+            )
+        )
+    assert "SEARCH conversations USING INDEX" in plan and "(owner=?)" in plan, plan
