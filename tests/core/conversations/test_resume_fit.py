@@ -152,3 +152,38 @@ async def test_a_snapshot_whose_count_of_earlier_compressions_is_damaged_is_refu
         assert resumed.compression_count == 7 and resumed.compression_history == []
     finally:
         await store.close()
+
+
+async def test_reading_within_a_smaller_budget_changes_nothing_stored(tmp_path: Path) -> None:
+    """What docs/conversations.md advises for a reader that must not compress the stored window: open it
+    with the writers' max_tokens and export with a budget; a reader opened with the smaller max_tokens
+    stores its fitting compression at cleanup (the next reader loads it, no summarizer call)."""
+    from context_manager import ContextManagerConfig, EnhancedContextManager
+
+    calls: list[int] = []
+
+    async def summarizer(messages: list[Message], budget: int) -> str:
+        calls.append(len(messages))
+        return f"summary {len(calls)}: earlier turns about crates"
+
+    def config(max_tokens: int) -> ContextManagerConfig:
+        return ContextManagerConfig(storage_path=tmp_path / "storage", max_tokens=max_tokens)
+
+    async with EnhancedContextManager(config(4000), conversation_id="w") as writer:
+        for turn in range(40):
+            await writer.add_message("user", f"turn {turn}: the crate {turn} goes to dock {turn % 7}")
+        version, export = writer.conversation_version, writer.get_context(format="openai")
+    async with EnhancedContextManager(config(4000), conversation_id="w", summarizer=summarizer) as reader:
+        selected = reader.get_context(format="openai", budget=600)
+        assert len(selected) < len(export) and selected[-1] == export[-1]
+    async with EnhancedContextManager(config(4000), conversation_id="w") as writer:
+        assert writer.conversation_version == version
+        assert writer.get_context(format="openai") == export
+    assert calls == []
+    exports = []
+    for _ in range(2):
+        async with EnhancedContextManager(config(600), conversation_id="w", summarizer=summarizer) as reader:
+            exports.append(reader.get_context(format="openai"))
+    assert len(calls) == 1 and exports[0] == exports[1]  # stored by the first reader, loaded by the second
+    async with EnhancedContextManager(config(4000), conversation_id="w") as writer:
+        assert writer.conversation_version == version + 1
