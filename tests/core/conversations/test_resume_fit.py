@@ -33,7 +33,8 @@ async def test_an_add_made_while_the_fitting_compression_is_delivered_is_not_tak
     eviction hook to take what it evicted. Another task's add in that wait was journaled after the
     compression, and the reload, which took "the last change journaled" for the fitting compression,
     kept the add pending and dropped the compression: storage got the add without the compression the
-    window holds (and a fresh reader saw another window than this one's)."""
+    window holds (and a fresh reader saw another window than this one's). (After a refused write the
+    conversation is stale until its reload ends: an add in that wait is refused before it is made.)"""
     store = SQLiteConversationStore(tmp_path / "conversations.sqlite3")
     await store.open()
     try:
