@@ -69,6 +69,58 @@ async def test_an_add_made_while_the_fitting_compression_is_delivered_is_not_tak
         await store.close()
 
 
+async def test_a_reload_cancelled_while_the_fitting_compression_is_delivered_still_ends(
+    tmp_path: Path,
+) -> None:
+    """reload() cancelled (a timeout around it) while it waited for the eviction hook: the window already
+    held the version loaded, compressed to fit, but the conversation still said it was at the version
+    before, so the next add met a conflict with a change the window had already loaded (and the
+    compression fitted to it was dropped and made again). The reload ends first, then the cancellation
+    is raised."""
+    store = SQLiteConversationStore(tmp_path / "conversations.sqlite3")
+    await store.open()
+    try:
+        await write_wide(store, "c")
+        entered, release = asyncio.Event(), asyncio.Event()
+        blocking = False
+
+        async def hook(messages: list[Message]) -> None:
+            if blocking:
+                entered.set()
+                await release.wait()
+
+        window = ContextWindow(600, eviction_hook=hook)
+        conversation = PersistedConversation(store, "c", window)
+        await conversation.open()
+        await conversation.sync()  # the compression fitting the window, stored
+        other = ContextWindow(4000)
+        writer = PersistedConversation(store, "c", other)
+        await writer.open()
+        for turn in range(30):  # another worker's turns: too large for 600 tokens again
+            await other.add(Message.create("assistant", f"reply {turn}: crate {turn} left dock {turn % 7}"))
+        await writer.sync()
+        await writer.close()
+        blocking = True
+        reloading = asyncio.create_task(conversation.reload())
+        await asyncio.wait_for(entered.wait(), 10)
+        reloading.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await reloading
+        assert window.messages[-1].content == "reply 29: crate 29 left dock 1"
+        assert conversation.version == writer.version
+        since = conversation.check_writable()
+        await window.add(Message.create("user", "after the cancelled reload"))
+        await conversation.sync(since=since)  # no conflict: the window is at the stored version
+        stored = fold(await store.load("c"))
+        assert [m.to_dict() for m in stored.messages] == [m.to_dict() for m in window.messages]
+        assert stored.history == [record.to_dict() for record in window.compression_history]
+        await conversation.close()
+    finally:
+        await store.close()
+
+
 async def test_snapshots_of_a_long_lived_conversation_keep_the_newest_compression_records(
     tmp_path: Path,
 ) -> None:

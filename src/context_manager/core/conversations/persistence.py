@@ -204,7 +204,7 @@ class PersistedConversation:
                 return
             self._found_stale = None
             try:
-                await self._reload_locked()
+                await to_the_end(asyncio.ensure_future(self._reload_locked()))  # (see reload())
             except Exception as reload_error:  # stay stale: changes are refused until reload()
                 error._reload_failed(reload_error)
                 logger.warning(
@@ -348,7 +348,10 @@ class PersistedConversation:
             StorageError: the store cannot be read (the conversation stays as it was).
         """
         async with self._write_lock:
-            return await self._reload_locked()
+            # to its end even if the caller is cancelled: once the window holds the version loaded (a
+            # compression fitting it may then wait for the eviction hook), what this process stored or
+            # loaded must say so, or the next write meets a conflict with the version the window holds
+            return int(await to_the_end(asyncio.ensure_future(self._reload_locked())))
 
     async def _reload_locked(self) -> int:
         # The journal stays on: a change another task makes to the window while the stored conversation
