@@ -17,6 +17,8 @@ characters. After every call the window and both exports of it (and of a budgete
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, event, given, settings
@@ -125,9 +127,11 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         calls = []
         for _ in range(1 + seed % 3):
             model.numbers += 1
-            # every other id as some OpenAI-compatible servers make them (Anthropic refuses it unmapped)
+            # ids as OpenAI makes them, as some OpenAI-compatible servers do (Anthropic refuses them unmapped)
+            # and as gateways do, longer than the 40 characters OpenAI takes
             number = model.numbers
-            calls.append(ToolCall(f"call_{number}" if number % 2 else f"functions.f:{number}", "lookup", {}))
+            made = (f"call_{number}", f"functions.f:{number}", f"gateway-{number:036d}")[number % 3]
+            calls.append(ToolCall(made, "lookup", {}))
         pending.extend(call.id for call in calls)
         content = text_of(size, seed) if seed % 2 else ""
         return Message.create("assistant", content, tool_calls=calls, priority=priority, pinned=pinned)
@@ -156,11 +160,19 @@ def check_exports(messages: list[Message] | tuple[Message, ...], pending: frozen
     exported_texts = [m["content"] for m in openai]
     for message in messages:
         if message.role is Role.TOOL:
-            assert message.tool_call_id in exported_results
+            assert openai_call_id(message.tool_call_id) in exported_results
         elif message.content:
             assert message.content in exported_texts
         for call in message.tool_calls:
-            assert (call.id in exported_calls) is (call.id not in pending)
+            assert (openai_call_id(call.id) in exported_calls) is (call.id not in pending)
+
+
+def openai_call_id(call_id: str | None) -> str | None:
+    """``call_id`` as an OpenAI export gives it: made to fit the 40 characters OpenAI takes if longer."""
+    if call_id is None or len(call_id) <= 40:
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:10]
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", call_id)[:29] + "_" + digest
 
 
 def check_newest_request(message: Message, full_text: str) -> None:
