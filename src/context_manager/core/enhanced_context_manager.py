@@ -533,7 +533,8 @@ class EnhancedContextManager:
                 API sends it), stored as empty text.
             **kwargs: ``priority`` (``"low"``, ``"normal"``, ``"high"``, ``"critical"``), ``metadata``
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
-                OpenAI/Anthropic dicts, Responses API ``function_call`` items too), ``tool_call_id``
+                OpenAI/Anthropic dicts or SDK objects, ``message.tool_calls`` of an OpenAI response as it is,
+                Responses API ``function_call`` items too), ``tool_call_id``
                 (tool: the call answered), ``name``.
 
         Returns:

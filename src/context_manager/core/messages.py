@@ -235,12 +235,13 @@ class ToolCall:
         return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
 
     @classmethod
-    def from_value(cls, value: ToolCall | dict[str, Any]) -> ToolCall:
+    def from_value(cls, value: ToolCall | dict[str, Any] | Any) -> ToolCall:
         """Build a call from a ``ToolCall``, an OpenAI ``tool_calls`` item or an Anthropic ``tool_use`` block.
 
-        An OpenAI Responses API ``function_call`` item is read with its ``call_id`` as the id (the id its
-        ``function_call_output`` answers). A dict with ``id``, ``name`` and ``arguments`` (or ``input``, or
-        LangChain's ``args``) is read too.
+        Dicts and the provider SDKs' objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``: pydantic
+        models, read through ``model_dump()``) are taken. An OpenAI Responses API ``function_call`` item is
+        read with its ``call_id`` as the id (the id its ``function_call_output`` answers). A dict with
+        ``id``, ``name`` and ``arguments`` (or ``input``, or LangChain's ``args``) is read too.
 
         Raises:
             InvalidMessageError: the value has no id or name, or its arguments are not a JSON object.
@@ -249,6 +250,8 @@ class ToolCall:
             call = value
         elif isinstance(value, dict):
             call = cls._from_dict(value)
+        elif callable(getattr(value, "model_dump", None)) and isinstance(dumped := value.model_dump(), dict):
+            call = cls._from_dict(dumped)  # a provider SDK's object
         else:
             raise InvalidMessageError(
                 "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"
