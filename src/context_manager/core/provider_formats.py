@@ -4,7 +4,8 @@
   arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
-  user message, consecutive messages of one role merged into one turn.
+  user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
+  consecutive messages of one role merged into one turn.
 * :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
   assistant message, or of an Anthropic response.
 
