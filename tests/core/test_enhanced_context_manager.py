@@ -913,3 +913,26 @@ async def test_add_message_takes_the_sdks_tool_call_objects_as_execute_tool_call
         with pytest.raises(InvalidMessageError, match=r"tool_calls\[\]: got .*; allowed ToolCall objects"):
             await manager.add_message("assistant", "", tool_calls=[object()])
         assert state(manager) == before
+
+
+async def test_add_messages_takes_an_assistant_message_of_tool_calls_without_content(tmp_path: Path) -> None:
+    """Chat Completions makes an assistant message's ``content`` optional when it has ``tool_calls``
+    (``{"role": "assistant", "tool_calls": [...]}``, as many agent loops write their history): add_messages
+    refused such a history ("messages[1]: ... allowed a dict with 'role', 'content' ...")."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":2}'}}
+    history = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+        {"role": "assistant", "content": "4."},
+    ]
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 4
+        exported = manager.get_context("openai")
+        assert exported[1] == {**history[1], "content": None}
+        assert exported[2:] == history[2:]
+        before = state(manager)
+        for item in ({"role": "user"}, {"role": "assistant"}, {"role": "tool", "tool_call_id": "call_1"}):
+            with pytest.raises(InvalidArgumentError, match=r"messages\[0\]: got .*'role', 'content'"):
+                await manager.add_messages([item])
+        assert state(manager) == before
