@@ -936,3 +936,22 @@ async def test_add_messages_takes_an_assistant_message_of_tool_calls_without_con
             with pytest.raises(InvalidArgumentError, match=r"messages\[0\]: got .*'role', 'content'"):
                 await manager.add_messages([item])
         assert state(manager) == before
+
+
+async def test_a_developer_message_of_an_openai_history_is_a_system_message(tmp_path: Path) -> None:
+    """OpenAI's ``developer`` role (its reasoning models' name for system instructions, in the SDK's
+    examples and in histories written for them) was refused: ``add_messages`` of such a history raised
+    ``InvalidRoleError``. It is a system message: protected, in the top-level ``system`` for Anthropic."""
+    history = [
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Bonjour !"},
+    ]
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 3
+        await manager.add_message("Developer", "Be brief.")
+        assert [m.role for m in manager.messages] == ["system", "user", "assistant", "system"]
+        assert manager.get_context("openai")[0] == {"role": "system", "content": "Answer in French."}
+        assert manager.get_context("anthropic")["system"] == "Answer in French.\n\nBe brief."
+        with pytest.raises(InvalidRoleError, match="role: got 'robot'; allowed one of 'system', 'user'"):
+            await manager.add_messages([{"role": "robot", "content": "beep"}])

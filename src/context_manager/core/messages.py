@@ -39,6 +39,8 @@ class Role(StrEnum):
     def parse(cls, value: Role | str) -> Role:
         """Return the role for ``value`` (an enum or its string, any case).
 
+        ``"developer"`` (OpenAI's name of system instructions for its reasoning models) is ``SYSTEM``.
+
         Raises:
             InvalidRoleError: ``value`` is not a known role.
         """
@@ -86,6 +88,7 @@ class Priority(StrEnum):
 _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
 # Plain dict lookups: Enum(value) costs about a microsecond on the add_message hot path.
 _ROLES_BY_TEXT: dict[str, Role] = {role.value: role for role in Role}
+_ROLES_BY_TEXT["developer"] = Role.SYSTEM  # OpenAI's name of system instructions for its reasoning models
 _PRIORITIES_BY_TEXT: dict[str, Priority] = {priority.value: priority for priority in Priority}
 
 
