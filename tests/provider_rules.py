@@ -15,6 +15,16 @@ against them:
 * Names and ids (HTTP 400 otherwise): OpenAI ``messages[].name`` and ``tool_calls[].function.name`` match
   ``^[a-zA-Z0-9_-]{1,64}$``; an Anthropic ``tool_use`` ``id`` (and the ``tool_use_id`` answering it) matches
   ``^[a-zA-Z0-9_-]+$``, and its ``name``, the name of a tool definition, ``^[a-zA-Z0-9_-]{1,64}$``.
+* OpenAI ``tool_calls[].id`` (so the ``tool_call_id`` quoting it) is at most 40 characters: ``Invalid
+  'messages[2].tool_calls[0].id': string too long. Expected a string with maximum length 40, but got a
+  string with length 44 instead.`` (``code: string_above_max_length``; ids of gateways, other providers'
+  ids after a switch of model).
+* Shapes (OpenAI: ``Invalid type for 'messages[N].content'`` / ``Invalid value for 'content': expected a
+  string, got null``; ``[] is too short - 'messages.N.tool_calls'``; ``function.arguments`` is a JSON
+  *string*. Anthropic: ``messages.N.role`` is ``user`` or ``assistant``; ``tool_use.input: Input should
+  be a valid dictionary``; ``is_error`` a boolean): content is a string, ``None`` only for an assistant
+  message with tool calls; ``tool_calls`` is non-empty when present, each ``{"type": "function"}`` with
+  string arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +36,14 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 """OpenAI message and function names; Anthropic tool names."""
 ANTHROPIC_TOOL_USE_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
 """Anthropic ``tool_use.id`` (so ``tool_result.tool_use_id``)."""
+OPENAI_CALL_ID_MAX_CHARS = 40
+"""Longest OpenAI Chat Completions ``tool_calls[].id`` (``string_above_max_length`` beyond)."""
+OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def openai_call_id_breaks(value: object) -> bool:
+    """Whether the OpenAI Chat Completions API refuses ``value`` as a tool call id (or ``tool_call_id``)."""
+    return not isinstance(value, str) or not value or len(value) > OPENAI_CALL_ID_MAX_CHARS
 
 
 def _breaks(pattern: re.Pattern[str], value: object) -> bool:
@@ -40,6 +58,7 @@ def openai_violations(messages: list[dict[str, Any]]) -> list[str]:
     answerable: set[str] = set()
     for position, message in enumerate(messages):
         role = message["role"]
+        problems.extend(_openai_shape_problems(position, message))
         if "name" in message and _breaks(NAME_PATTERN, message["name"]):
             problems.append(f"{position}: name {message['name']!r} does not match {NAME_PATTERN.pattern}")
         for call in message.get("tool_calls") or ():
@@ -66,11 +85,65 @@ def openai_violations(messages: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def _openai_shape_problems(position: int, message: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    role = message.get("role")
+    if role not in OPENAI_ROLES:
+        problems.append(f"{position}: role {role!r} is not one of {sorted(OPENAI_ROLES)}")
+    calls = message.get("tool_calls")
+    content = message.get("content")
+    if not isinstance(content, str) and not (content is None and role == "assistant" and calls):
+        problems.append(f"{position}: content {content!r} is not a string (null only with tool_calls)")
+    if calls is not None and (role != "assistant" or not isinstance(calls, list) or not calls):
+        problems.append(f"{position}: tool_calls {calls!r} (a non-empty list, on an assistant message)")
+    for call in calls if isinstance(calls, list) else ():
+        if call.get("type") != "function" or not isinstance(call["function"].get("arguments"), str):
+            problems.append(f"{position}: tool call {call!r} is not a function call with string arguments")
+        if openai_call_id_breaks(call.get("id")):
+            problems.append(f"{position}: tool call id {call.get('id')!r} (at most 40 characters)")
+    if role == "tool" and openai_call_id_breaks(message.get("tool_call_id")):
+        problems.append(f"{position}: tool_call_id {message.get('tool_call_id')!r} (at most 40 characters)")
+    return problems
+
+
+def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    for position, turn in enumerate(turns):
+        if turn.get("role") not in ("user", "assistant"):
+            problems.append(f"{position}: role {turn.get('role')!r} is not 'user' or 'assistant'")
+        if not isinstance(turn.get("content"), list):
+            problems.append(f"{position}: content is not a list of blocks")
+            continue
+        for block in turn["content"]:
+            kind = block.get("type")
+            if kind == "text" and not isinstance(block.get("text"), str):
+                problems.append(f"{position}: text block {block!r} without a string text")
+            elif kind == "tool_use" and not isinstance(block.get("input"), dict):
+                problems.append(f"{position}: tool_use input {block.get('input')!r} is not an object")
+            elif kind == "tool_result":
+                if "content" in block and not isinstance(block["content"], str | list):
+                    problems.append(f"{position}: tool_result content {block['content']!r}")
+                if "is_error" in block and not isinstance(block["is_error"], bool):
+                    problems.append(
+                        f"{position}: tool_result is_error {block['is_error']!r} is not a boolean"
+                    )
+            elif kind not in ("text", "tool_use", "tool_result"):
+                problems.append(f"{position}: block type {kind!r} is not one the exporter makes")
+            if kind == "tool_use" and turn.get("role") != "assistant":
+                problems.append(f"{position}: tool_use in a {turn.get('role')} turn")
+            if kind == "tool_result" and turn.get("role") != "user":
+                problems.append(f"{position}: tool_result in a {turn.get('role')} turn")
+    return problems
+
+
 def anthropic_violations(body: dict[str, Any]) -> list[str]:
     """Every broken rule of an Anthropic request body (empty when the API would accept it)."""
     problems: list[str] = []
     turns = body["messages"]
-    if "system" in body and not body["system"].strip():
+    problems.extend(_anthropic_shape_problems(turns))
+    if "system" in body and not isinstance(body["system"], str):
+        problems.append(f"system {body['system']!r} is not a string")
+    elif "system" in body and not body["system"].strip():
         problems.append("a system text of whitespace only")
     if not turns:
         problems.append("no messages (at least one is required)")

@@ -844,3 +844,114 @@ async def test_add_messages_takes_the_openai_sdks_dump_of_a_response_message(tmp
         with pytest.raises(InvalidArgumentError, match="annotations: got .*; allowed one of metadata"):
             await manager.add_message("assistant", "cited", annotations=[{"type": "url_citation"}])
         assert state(manager) == before
+
+
+async def test_add_message_takes_the_sdks_tool_call_objects_as_execute_tool_calls_does(
+    tmp_path: Path,
+) -> None:
+    """``add_message("assistant", message.content, tool_calls=message.tool_calls)`` with the OpenAI SDK's
+    response message, or the ``tool_use`` blocks of an Anthropic SDK response, was refused ("tool_calls[]:
+    got ChatCompletionMessageFunctionToolCall(...); allowed ToolCall objects or dicts"), though
+    ``execute_tool_calls`` and ``parse_tool_calls`` take those very objects."""
+    from anthropic.types import Message as AnthropicResponse
+    from openai.types.chat import ChatCompletion
+
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "weather", "arguments": '{"city": "Lisbon"}'},
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    )
+    claude = AnthropicResponse.model_validate(
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 10},
+            "content": [
+                {"type": "text", "text": "Checking Porto too."},
+                {"type": "tool_use", "id": "toolu_01", "name": "weather", "input": {"city": "Porto"}},
+            ],
+        }
+    )
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Lisbon and Porto?")
+        message = completion.choices[0].message
+        await manager.add_message("assistant", message.content, tool_calls=message.tool_calls)
+        await manager.add_message("tool", "18 °C", tool_call_id="call_1")
+        uses = [block for block in claude.content if block.type == "tool_use"]
+        await manager.add_message("assistant", "Checking Porto too.", tool_calls=uses)
+        await manager.add_message("tool", "16 °C", tool_call_id="toolu_01")
+        assert [m.tool_calls for m in manager.messages if m.tool_calls] == [
+            (ToolCall("call_1", "weather", {"city": "Lisbon"}),),
+            (ToolCall("toolu_01", "weather", {"city": "Porto"}),),
+        ]
+        assert manager.get_context_summary()["pending_tool_calls"] == 0
+        before = state(manager)
+        with pytest.raises(InvalidMessageError, match=r"tool_calls\[\]: got .*; allowed ToolCall objects"):
+            await manager.add_message("assistant", "", tool_calls=[object()])
+        assert state(manager) == before
+
+
+async def test_add_messages_takes_an_assistant_message_of_tool_calls_without_content(tmp_path: Path) -> None:
+    """Chat Completions makes an assistant message's ``content`` optional when it has ``tool_calls``
+    (``{"role": "assistant", "tool_calls": [...]}``, as many agent loops write their history): add_messages
+    refused such a history ("messages[1]: ... allowed a dict with 'role', 'content' ...")."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":2}'}}
+    history = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+        {"role": "assistant", "content": "4."},
+    ]
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 4
+        exported = manager.get_context("openai")
+        assert exported[1] == {**history[1], "content": None}
+        assert exported[2:] == history[2:]
+        before = state(manager)
+        for item in ({"role": "user"}, {"role": "assistant"}, {"role": "tool", "tool_call_id": "call_1"}):
+            with pytest.raises(InvalidArgumentError, match=r"messages\[0\]: got .*'role', 'content'"):
+                await manager.add_messages([item])
+        assert state(manager) == before
+
+
+async def test_a_developer_message_of_an_openai_history_is_a_system_message(tmp_path: Path) -> None:
+    """OpenAI's ``developer`` role (its reasoning models' name for system instructions, in the SDK's
+    examples and in histories written for them) was refused: ``add_messages`` of such a history raised
+    ``InvalidRoleError``. It is a system message: protected, in the top-level ``system`` for Anthropic."""
+    history = [
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Bonjour !"},
+    ]
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 3
+        await manager.add_message("Developer", "Be brief.")
+        assert [m.role for m in manager.messages] == ["system", "user", "assistant", "system"]
+        assert manager.get_context("openai")[0] == {"role": "system", "content": "Answer in French."}
+        assert manager.get_context("anthropic")["system"] == "Answer in French.\n\nBe brief."
+        with pytest.raises(InvalidRoleError, match="role: got 'robot'; allowed one of 'system', 'user'"):
+            await manager.add_messages([{"role": "robot", "content": "beep"}])

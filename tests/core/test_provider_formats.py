@@ -210,6 +210,72 @@ def test_ids_and_names_the_providers_refuse_are_made_valid_on_export() -> None:
     assert messages[0].name == "Zoë Smith" and messages[1].tool_calls[0].id == "functions.Bash:0"
 
 
+OPENAI_CALL_ID = re.compile(r".{1,40}", re.DOTALL)
+"""An OpenAI call id the API takes: any string of at most 40 characters."""
+
+
+def test_openai_call_ids_longer_than_40_characters_are_shortened_on_export() -> None:
+    """OpenAI answers 400 ``string_above_max_length`` to a ``tool_calls[].id`` over 40 characters; ids that
+    long come from gateways (``portkey-<uuid4>``) and other providers' conversations continued with GPT."""
+    gateway = "portkey-6aa6db90-1b84-4155-9f32-f658c97d6b1b"  # 44 characters
+    sibling = "portkey-6aa6db90-1b84-4155-9f32-f658c97d6b1c"  # the same first 43
+    forty = "c" * 40
+    messages = [
+        Message.create("user", "Check both servers."),
+        Message.create(
+            "assistant",
+            "",
+            tool_calls=[ToolCall(gateway, "ping", {"host": "a"}), ToolCall(sibling, "ping", {"host": "b"})],
+        ),
+        Message.create("tool", "a is up", tool_call_id=gateway),
+        Message.create("tool", "b is down", tool_call_id=sibling),
+        Message.create("assistant", "", tool_calls=[ToolCall(forty, "ping", {"host": "c"})]),
+        Message.create("tool", "c is up", tool_call_id=forty),
+        Message.create("assistant", "b is down."),
+    ]
+    openai = to_openai_messages(messages)
+    assert openai_violations(openai) == []
+    exported = [call["id"] for call in openai[1]["tool_calls"]]
+    assert exported == [gateway[:29] + _suffix(gateway), sibling[:29] + _suffix(sibling)]
+    assert [len(call_id) for call_id in exported] == [40, 40]
+    assert [m["tool_call_id"] for m in openai[2:4]] == exported  # each result still quotes its call
+    assert openai[4]["tool_calls"][0]["id"] == forty and openai[5]["tool_call_id"] == forty  # as it is
+    assert to_openai_messages(messages) == openai  # deterministic
+    assert messages[1].tool_calls[0].id == gateway  # the message keeps what was given
+    # the Anthropic API takes such ids: exported as they are
+    anthropic = to_anthropic_messages(messages)
+    assert [b["id"] for b in anthropic["messages"][1]["content"]] == [gateway, sibling]
+
+
+async def test_an_openai_export_with_shortened_call_ids_imports_and_exports_the_same() -> None:
+    """The export, added to a new window as a history, exports again exactly as it was."""
+    long_id = "toolu_vrtx_01" + "Xy9" * 12  # 49 characters
+    window = ContextWindow(max_tokens=2000)
+    await window.extend(
+        [
+            Message.create("user", "What is in /tmp?"),
+            Message.create("assistant", "Listing.", tool_calls=[ToolCall(long_id, "ls", {"path": "/tmp"})]),
+            Message.create("tool", "a.txt", tool_call_id=long_id),
+            Message.create("assistant", "One file: a.txt."),
+        ]
+    )
+    openai = to_openai_messages(window.messages)
+    assert openai_violations(openai) == []
+    again = ContextWindow(max_tokens=2000)
+    await again.extend(
+        [
+            Message.create(
+                m["role"],
+                m["content"] or "",
+                tool_calls=m.get("tool_calls"),
+                tool_call_id=m.get("tool_call_id"),
+            )
+            for m in openai
+        ]
+    )
+    assert to_openai_messages(again.messages) == openai
+
+
 _VALID_VALUE = st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True)
 # (no NUL: a message refuses one in a name or a call id, as in its content)
 _ANY_VALUE = st.text(
@@ -261,6 +327,7 @@ def test_exported_ids_and_names_always_match_the_providers_patterns(
     check_mapping(
         [(c.name, e["function"]["name"]) for c, e in zip(calls, exported_calls, strict=True)], NAME_PATTERN
     )
+    check_mapping([(c.id, e["id"]) for c, e in zip(calls, exported_calls, strict=True)], OPENAI_CALL_ID)
     uses = [b for turn in anthropic["messages"] for b in turn["content"] if b["type"] == "tool_use"]
     check_mapping([(c.id, b["id"]) for c, b in zip(calls, uses, strict=True)], ANTHROPIC_TOOL_USE_ID_PATTERN)
     check_mapping([(c.name, b["name"]) for c, b in zip(calls, uses, strict=True)], NAME_PATTERN)

@@ -10,6 +10,7 @@ characters. After every call the window and both exports of it (and of a budgete
 * the window within ``max_tokens``, a view within its budget;
 * every tool result after its call; each export accepted by its provider (``tests/provider_rules.py``);
 * system, pinned and critical messages kept; the newest user request present with its head and tail;
+* the OpenAI export, added to a new window as a history, exports again the same (ids, order, pairing);
 * nothing silently lost: every message added is in the window or queued as evicted (the full text of a
   message cut), and an export leaves out only calls still waiting for their result.
 """
@@ -17,6 +18,8 @@ characters. After every call the window and both exports of it (and of a budgete
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, event, given, settings
@@ -125,9 +128,11 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         calls = []
         for _ in range(1 + seed % 3):
             model.numbers += 1
-            # every other id as some OpenAI-compatible servers make them (Anthropic refuses it unmapped)
+            # ids as OpenAI makes them, as some OpenAI-compatible servers do (Anthropic refuses them unmapped)
+            # and as gateways do, longer than the 40 characters OpenAI takes
             number = model.numbers
-            calls.append(ToolCall(f"call_{number}" if number % 2 else f"functions.f:{number}", "lookup", {}))
+            made = (f"call_{number}", f"functions.f:{number}", f"gateway-{number:036d}")[number % 3]
+            calls.append(ToolCall(made, "lookup", {}))
         pending.extend(call.id for call in calls)
         content = text_of(size, seed) if seed % 2 else ""
         return Message.create("assistant", content, tool_calls=calls, priority=priority, pinned=pinned)
@@ -145,22 +150,49 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
     return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned)
 
 
-def check_exports(messages: list[Message] | tuple[Message, ...], pending: frozenset[str]) -> None:
+async def check_exports(messages: list[Message] | tuple[Message, ...], pending: frozenset[str]) -> None:
     openai = to_openai_messages(messages)
     anthropic = to_anthropic_messages(messages)
     assert openai_violations(openai) == [], openai
     assert anthropic_violations(anthropic) == [], anthropic
+    await check_round_trip(openai)
     # Nothing is left out but calls still waiting for their result (and their message if it has no text).
     exported_results = {m["tool_call_id"] for m in openai if m["role"] == "tool"}
     exported_calls = {call["id"] for m in openai for call in m.get("tool_calls") or ()}
     exported_texts = [m["content"] for m in openai]
     for message in messages:
         if message.role is Role.TOOL:
-            assert message.tool_call_id in exported_results
+            assert openai_call_id(message.tool_call_id) in exported_results
         elif message.content:
             assert message.content in exported_texts
         for call in message.tool_calls:
-            assert (call.id in exported_calls) is (call.id not in pending)
+            assert (openai_call_id(call.id) in exported_calls) is (call.id not in pending)
+
+
+async def check_round_trip(openai: list[dict[str, object]]) -> None:
+    """The OpenAI export, added to a new window as a history (as ``add_messages`` does), exports the same."""
+    again = ContextWindow(max_tokens=1_000_000)
+    await again.extend(
+        [
+            Message.create(
+                m["role"],
+                m["content"] or "",
+                tool_calls=m.get("tool_calls"),  # type: ignore[arg-type]
+                tool_call_id=m.get("tool_call_id"),  # type: ignore[arg-type]
+                name=m.get("name"),  # type: ignore[arg-type]
+            )
+            for m in openai
+        ]
+    )
+    assert to_openai_messages(again.messages) == openai
+
+
+def openai_call_id(call_id: str | None) -> str | None:
+    """``call_id`` as an OpenAI export gives it: made to fit the 40 characters OpenAI takes if longer."""
+    if call_id is None or len(call_id) <= 40:
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:10]
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", call_id)[:29] + "_" + digest
 
 
 def check_newest_request(message: Message, full_text: str) -> None:
@@ -248,7 +280,7 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
                     continue
                 assert snapshot(window) == before
                 assert sum(m.token_count for m in view) + (REPLY_PRIMING_TOKENS if view else 0) <= budget
-                check_exports(view, window.pending_tool_calls)
+                await check_exports(view, window.pending_tool_calls)
                 if model.latest_user is not None:
                     request = next(m for m in view if m.id == model.latest_user)
                     check_newest_request(request, model.added[request.id])
@@ -274,7 +306,7 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
                 assert evicted[message.id].content == model.added[message.id]
         if model.latest_user is not None:
             check_newest_request(window.get(model.latest_user), model.added[model.latest_user])
-        check_exports(messages, window.pending_tool_calls)
+        await check_exports(messages, window.pending_tool_calls)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

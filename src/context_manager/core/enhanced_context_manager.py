@@ -533,7 +533,8 @@ class EnhancedContextManager:
                 API sends it), stored as empty text.
             **kwargs: ``priority`` (``"low"``, ``"normal"``, ``"high"``, ``"critical"``), ``metadata``
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
-                OpenAI/Anthropic dicts, Responses API ``function_call`` items too), ``tool_call_id``
+                OpenAI/Anthropic dicts or SDK objects, ``message.tool_calls`` of an OpenAI response as it is,
+                Responses API ``function_call`` items too), ``tool_call_id``
                 (tool: the call answered), ``name``.
 
         Returns:
@@ -609,7 +610,8 @@ class EnhancedContextManager:
         counts the whole batch, then plans one compression over the window and the batch together.
 
         Args:
-            messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` and optionally
+            messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` (optional for an
+                assistant message with ``tool_calls``, as in Chat Completions) and optionally
                 ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``; the
                 OpenAI export of :meth:`get_context` is such a list, and the OpenAI SDK's
                 ``message.model_dump()`` of a response message is such a dict (its empty ``refusal``,
@@ -641,12 +643,16 @@ class EnhancedContextManager:
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
         built = []
         for position, item in enumerate(messages):
-            if not isinstance(item, Mapping) or "role" not in item or "content" not in item:
+            if (
+                not isinstance(item, Mapping)
+                or "role" not in item
+                or ("content" not in item and not _calls_without_content(item))
+            ):
                 raise InvalidArgumentError(
                     f"messages[{position}]", item, "a dict with 'role', 'content' and add_message's options"
                 )
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
-            built.append(_new_message(item["role"], item["content"], options))
+            built.append(_new_message(item["role"], item.get("content"), options))
         conversation = self._conversation
         since = 0
         if conversation is not None:
@@ -1477,6 +1483,12 @@ class EnhancedContextManager:
         }
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
+
+
+def _calls_without_content(item: Mapping[str, Any]) -> bool:
+    """An assistant message of tool calls with no ``content`` key (Chat Completions makes it optional)."""
+    role = item["role"]
+    return bool(item.get("tool_calls")) and isinstance(role, str) and role.strip().lower() == Role.ASSISTANT
 
 
 def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[str, Any]:

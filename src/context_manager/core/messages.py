@@ -39,6 +39,8 @@ class Role(StrEnum):
     def parse(cls, value: Role | str) -> Role:
         """Return the role for ``value`` (an enum or its string, any case).
 
+        ``"developer"`` (OpenAI's name of system instructions for its reasoning models) is ``SYSTEM``.
+
         Raises:
             InvalidRoleError: ``value`` is not a known role.
         """
@@ -86,6 +88,7 @@ class Priority(StrEnum):
 _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
 # Plain dict lookups: Enum(value) costs about a microsecond on the add_message hot path.
 _ROLES_BY_TEXT: dict[str, Role] = {role.value: role for role in Role}
+_ROLES_BY_TEXT["developer"] = Role.SYSTEM  # OpenAI's name of system instructions for its reasoning models
 _PRIORITIES_BY_TEXT: dict[str, Priority] = {priority.value: priority for priority in Priority}
 
 
@@ -235,12 +238,13 @@ class ToolCall:
         return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
 
     @classmethod
-    def from_value(cls, value: ToolCall | dict[str, Any]) -> ToolCall:
+    def from_value(cls, value: ToolCall | dict[str, Any] | Any) -> ToolCall:
         """Build a call from a ``ToolCall``, an OpenAI ``tool_calls`` item or an Anthropic ``tool_use`` block.
 
-        An OpenAI Responses API ``function_call`` item is read with its ``call_id`` as the id (the id its
-        ``function_call_output`` answers). A dict with ``id``, ``name`` and ``arguments`` (or ``input``, or
-        LangChain's ``args``) is read too.
+        Dicts and the provider SDKs' objects (``ChatCompletionMessageToolCall``, ``ToolUseBlock``: pydantic
+        models, read through ``model_dump()``) are taken. An OpenAI Responses API ``function_call`` item is
+        read with its ``call_id`` as the id (the id its ``function_call_output`` answers). A dict with
+        ``id``, ``name`` and ``arguments`` (or ``input``, or LangChain's ``args``) is read too.
 
         Raises:
             InvalidMessageError: the value has no id or name, or its arguments are not a JSON object.
@@ -249,6 +253,8 @@ class ToolCall:
             call = value
         elif isinstance(value, dict):
             call = cls._from_dict(value)
+        elif callable(getattr(value, "model_dump", None)) and isinstance(dumped := value.model_dump(), dict):
+            call = cls._from_dict(dumped)  # a provider SDK's object
         else:
             raise InvalidMessageError(
                 "tool_calls[]", value, "ToolCall objects or dicts in OpenAI or Anthropic shape"

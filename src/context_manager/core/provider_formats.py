@@ -4,7 +4,8 @@
   arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
-  user message, consecutive messages of one role merged into one turn.
+  user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
+  consecutive messages of one role merged into one turn.
 * :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
   assistant message, or of an Anthropic response.
 
@@ -19,9 +20,10 @@ id of its own there (``<id>_<hash>``), quoted by its ``tool_result``.
 Ids and names the providers restrict are made valid on export (the messages keep what was given): the
 OpenAI ``messages[].name`` and ``tool_calls[].function.name``, and the Anthropic ``tool_use`` ``name``, must
 match ``^[a-zA-Z0-9_-]{1,64}$``; the Anthropic ``tool_use`` ``id`` (and so ``tool_result`` ``tool_use_id``)
-must match ``^[a-zA-Z0-9_-]+$``. A value that already matches is exported as it is; any other becomes its
+must match ``^[a-zA-Z0-9_-]+$``; the OpenAI ``tool_calls[].id`` (and so ``tool_call_id``) is any string of
+at most 40 characters. A value that already matches is exported as it is; any other becomes its
 valid characters with ``_`` for each other one, plus ``_`` and the first 10 hex digits of its SHA-256 (cut to
-64 characters where that is the limit, keeping the hash): ``functions.Bash:0`` becomes
+64 or 40 characters where that is the limit, keeping the hash): ``functions.Bash:0`` becomes
 ``functions_Bash_0_<hash>``. The mapping is deterministic and one-to-one within an export (a clash, were one
 ever to happen, takes a number after the hash), and a ``tool_use`` and its ``tool_result`` get the same id.
 
@@ -69,6 +71,8 @@ _PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
 _NAME_MAX_CHARS = 64
 """Longest OpenAI ``name`` / function name and Anthropic tool name (``^[a-zA-Z0-9_-]{1,64}$``)."""
+_OPENAI_CALL_ID_MAX_CHARS = 40
+"""Longest OpenAI Chat Completions ``tool_calls[].id`` (HTTP 400 ``string_above_max_length`` beyond)."""
 _HASH_DIGITS = 10
 
 
@@ -76,19 +80,29 @@ def _is_valid_name(value: str, max_chars: int | None) -> bool:
     return (max_chars is None or len(value) <= max_chars) and _PROVIDER_NAME.fullmatch(value) is not None
 
 
-def _valid_names(values: Iterable[str], max_chars: int | None = None) -> dict[str, str]:
+def _valid_names(
+    values: Iterable[str], max_chars: int | None = None, *, any_characters: bool = False
+) -> dict[str, str]:
     """Map each value of ``values`` that breaks ``^[a-zA-Z0-9_-]+$`` (or ``max_chars``) to a valid one.
 
+    With ``any_characters`` only the length counts (OpenAI call ids: any string of at most 40 characters).
     Values that are valid are not in the mapping (they are exported as they are); in the common case of no
-    invalid value the mapping is empty. An invalid value maps to its characters with ``_`` for each invalid
-    one, then ``_`` and a hash of the original (cut to ``max_chars`` keeping the hash), avoiding every
-    valid value and every earlier mapping: one-to-one within the values given.
+    invalid value the mapping is empty. An invalid value maps to its characters with ``_`` for each one
+    outside ``[a-zA-Z0-9_-]``, then ``_`` and a hash of the original (cut to ``max_chars`` keeping the
+    hash), avoiding every valid value and every earlier mapping: one-to-one within the values given.
     """
     distinct = dict.fromkeys(values)
-    invalid = [value for value in distinct if not _is_valid_name(value, max_chars)]
-    if not invalid:
-        return {}
-    taken = {value for value in distinct if _is_valid_name(value, max_chars)}
+    if any_characters:
+        assert max_chars is not None
+        if all(len(value) <= max_chars for value in distinct):
+            return {}
+        taken = {value for value in distinct if len(value) <= max_chars}
+        invalid = [value for value in distinct if len(value) > max_chars]
+    else:
+        invalid = [value for value in distinct if not _is_valid_name(value, max_chars)]
+        if not invalid:
+            return {}
+        taken = {value for value in distinct if _is_valid_name(value, max_chars)}
     mapping: dict[str, str] = {}
     for value in invalid:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_DIGITS]
@@ -184,16 +198,20 @@ def _pair_repeated_ids(ordered: list[Message], results: dict[int, list[Message]]
 _ROLE_TEXT = {role: role.value for role in Role}  # a dict lookup: Enum.value is a property (slow)
 
 
-def _openai_message(message: Message, names: dict[str, str], functions: dict[str, str]) -> dict[str, Any]:
+def _openai_message(
+    message: Message, names: dict[str, str], functions: dict[str, str], ids: dict[str, str]
+) -> dict[str, Any]:
     role = message.role
     if role is Role.TOOL:
-        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+        call_id = message.tool_call_id
+        assert call_id is not None  # a tool message always answers a call
+        return {"role": "tool", "tool_call_id": ids.get(call_id, call_id), "content": message.content}
     exported: dict[str, Any] = {"role": _ROLE_TEXT[role]}
     if role is Role.ASSISTANT and message.tool_calls:
         exported["content"] = message.content or None
         exported["tool_calls"] = [
             {
-                "id": call.id,
+                "id": ids.get(call.id, call.id),
                 "type": "function",
                 "function": {"name": functions.get(call.name, call.name), "arguments": call.arguments_json()},
             }
@@ -209,13 +227,15 @@ def _openai_message(message: Message, names: dict[str, str], functions: dict[str
 def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
     """Return OpenAI Chat Completions messages (new dicts; safe to mutate), paired as the API requires.
 
-    A ``name`` or a function name the API refuses (``^[a-zA-Z0-9_-]{1,64}$``) is exported made valid
-    (see the module docstring); the messages keep theirs.
+    A ``name`` or a function name the API refuses (``^[a-zA-Z0-9_-]{1,64}$``), or a call id longer than
+    the 40 characters it takes, is exported made valid (see the module docstring); the messages keep theirs.
     """
     paired = paired_for_provider(messages)
     names = _valid_names((m.name for m in paired if m.name and m.role is not Role.TOOL), _NAME_MAX_CHARS)
-    functions = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
-    return [_openai_message(message, names, functions) for message in paired]
+    calls = [call for m in paired for call in m.tool_calls]
+    functions = _valid_names((call.name for call in calls), _NAME_MAX_CHARS)
+    ids = _valid_names((call.id for call in calls), _OPENAI_CALL_ID_MAX_CHARS, any_characters=True)
+    return [_openai_message(message, names, functions, ids) for message in paired]
 
 
 def _is_error_result(message: Message) -> bool:

@@ -1082,7 +1082,7 @@ class ToolManager(ToolRegistry):
             if callable(dump) and not isinstance(raw, ToolCall):  # provider SDK objects (pydantic models)
                 raw = dump()
             try:  # (an OpenAI Responses API item is read under its call_id, as add_message reads it)
-                parsed.append(ParsedToolCall(ToolCall.from_value(raw)))  # type: ignore[arg-type]
+                parsed.append(ParsedToolCall(ToolCall.from_value(raw)))
             except InvalidMessageError as error:
                 # the arguments, or a value inside them (NaN, a NUL character...): that call's failure only
                 if not error.field.startswith(_ARGUMENT_FIELDS) or not isinstance(raw, Mapping):
