@@ -450,8 +450,12 @@ def test_the_exit_cleanup_can_load_the_default_embedder_for_the_first_time(
     writer = _run_script(
         """
         import sys
+        import context_manager.sync
         from context_manager import ContextManagerConfig, SyncContextManager
 
+        # what is tested is that the exit cleanup can load the embedder, not how fast: loading torch and
+        # the model takes longer than the default 10 s on a loaded machine
+        context_manager.sync.EXIT_CLEANUP_TIMEOUT = 240.0
         config = ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False, max_tokens=2000)
         manager = SyncContextManager(config, conversation_id="trip")
         manager.initialize()
@@ -462,6 +466,7 @@ def test_the_exit_cleanup_can_load_the_default_embedder_for_the_first_time(
         # exits without close()
         """,
         cache,
+        timeout=300,
     )
     assert writer.returncode == 0, writer.stderr
     assert int(writer.stdout) > 100
