@@ -441,6 +441,32 @@ async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: 
     assert await manager.search_memory("qzlastxq", limit=5) == []
 
 
+async def test_changing_a_returned_memory_changes_nothing_stored(manager: MemoryManager) -> None:
+    """Nested metadata (a list, an object) of a returned memory was the stored memory's own: appending to it
+    changed what every later read returned, without a write (and a restart brought the old value back)."""
+    metadata = {"history": ["created"], "owner": {"team": "red"}}
+    added = await manager.add_memory("giraffe habitat notes", tags=["zoo"], metadata=metadata)
+    readers = [
+        lambda: manager.get_memory(added.id),
+        lambda: manager.search_memory("giraffe"),
+        lambda: manager.search_by_tags(["zoo"]),
+        lambda: manager.recent_memories(),
+        lambda: manager.update_memory(added.id, importance=0.4),
+    ]
+    returned = [added]
+    for read in readers:
+        result = await read()
+        returned.append(result[0] if isinstance(result, list) else result)
+    for memory in returned:
+        assert memory is not None
+        memory.metadata["history"].append("changed by the caller")
+        memory.metadata["owner"]["team"] = "blue"
+        memory.tags.append("changed")
+    stored = await manager.get_memory(added.id)
+    assert stored is not None
+    assert (stored.metadata, stored.tags) == (metadata, ["zoo"])
+
+
 async def test_search_filters(manager: MemoryManager, clock: FakeClock) -> None:
     old = await manager.add_memory("apple pie recipe", importance=0.2, tags=["food"])
     clock.advance(10 * DAY)
