@@ -160,6 +160,12 @@ class LocalBackend:
         self.short.load(short)
         self.medium.load(medium)
         self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
+        if medium:
+            # a move to long-term commits the long-term copy, then drops the medium-term one: finish a move
+            # a crash or a full disk stopped in between (the long-term copy is the later write)
+            moved = sorted(long_store.existing_ids([memory.id for memory in medium]))
+            if moved:
+                self.medium.delete(moved)
         if short:
             self._long_copies = long_store.existing_ids([memory.id for memory in short])
         # a crash between a delete and its erasure: records of memories in no tier are erased now
