@@ -308,3 +308,112 @@ async def test_an_undo_consolidation_cut_short_never_leaves_the_text_visible_twi
         assert (await manager.check_integrity())["ok"]
     async with MemoryManager(config) as manager:  # nothing left to finish: the same state
         assert len(await manager.search_memory("office wifi password", limit=10)) == len(found)
+
+
+UPDATER = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        # a log far larger than the database's WAL: the next log write fails, the database's does not
+        await manager.add_memories(
+            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+        )
+        memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
+        print(memory.id, flush=True)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
+        try:
+            await manager.update_memory(memory.id, content="the gate code is qznewxq")
+        except StorageError:
+            print("FAILED", flush=True)
+        else:
+            print("UPDATED", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_an_update_cut_short_leaves_one_text_in_every_tier(tmp_path: Path) -> None:
+    """An important memory's long-term copy is written before its short-term one: an update stopped in
+    between (a crash, a full disk) left two texts under one id, for good: found by the words of either, shown
+    with the short-term one, until an overflow dropped that copy and the text changed by itself. The store
+    now makes the short-term copy match the long-term one when it opens."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", UPDATER, str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.split()
+    assert lines[1:] == ["FAILED"], result.stdout + result.stderr  # the short-term copy could not be logged
+    memory_id = lines[0]
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    for _ in range(2):  # the repair is made once, and stays
+        async with MemoryManager(config) as manager:
+            copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
+            assert sorted(copy.tier.value for copy in copies) == ["long", "short"]
+            assert {copy.content for copy in copies} == {"the gate code is qznewxq"}
+            assert await manager.search_memory("qzoldxq") == []
+            assert [m.content for m in await manager.search_memory("qznewxq")] == ["the gate code is qznewxq"]
+
+
+MOVER = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=500)
+    try:  # opening moves the medium-term overflow: committed to the database, then dropped from the log
+        async with MemoryManager(config):
+            print("MOVED", flush=True)
+    except StorageError:
+        print("FAILED", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_move_to_long_term_cut_short_leaves_each_memory_in_one_tier(tmp_path: Path) -> None:
+    """A medium-term memory moved to long-term is committed there before its medium-term copy is dropped:
+    a move stopped in between (a crash, a full disk) left it in both tiers, counted twice by the stats and
+    exported with both tiers. The store now finishes such a move when it opens."""
+    storage = tmp_path / "storage"
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        await manager.add_memories(
+            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(600)]
+        )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", MOVER, str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.stdout.strip() == "FAILED", result.stdout + result.stderr  # the drops could not be logged
+    for _ in range(2):  # the move is finished once, and stays
+        async with MemoryManager(config, rebalance_on_open=False) as manager:  # moves nothing itself
+            stats = await manager.get_memory_stats()
+            assert (stats["total_memories"], stats["stored_copies"], stats["in_two_tiers"]) == (600, 600, 0)
+            assert stats["by_tier"]["long"] > 0  # the test's premise: the move had begun
+            assert len(await manager.search_memory("filler padding", limit=1000)) == 600

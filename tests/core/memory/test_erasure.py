@@ -212,6 +212,22 @@ async def test_a_deleted_turn_is_not_found_through_the_next_turn(manager: Memory
     assert await manager.search_memory("qzlastxq", limit=5) == []
 
 
+async def test_a_turn_updated_then_deleted_is_on_no_byte_of_the_storage_files(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    """The next turn kept the text the turn had before an update_memory, which its delete did not clear."""
+    storage = sqlite_config.resolved_storage_path
+    async with MemoryManager(sqlite_config) as memory:
+        first = await memory.add_memory("my pin is qzoldpinxq", metadata={"session_id": "s", "turn_index": 0})
+        second = await memory.add_memory("noted", metadata={"session_id": "s", "turn_index": 1})
+        await memory.update_memory(first.id, content="my pin is qznewpinxq")
+        await memory.delete_memory(first.id)
+        after = await memory.get_memory(second.id)
+        assert after is not None and after.context == ""
+        assert await memory.search_memory("qzoldpinxq qznewpinxq") == []
+    assert files_holding(storage, "qzoldpinxq", "qznewpinxq") == {}
+
+
 def stored_vector_ids(config: ContextManagerConfig) -> set[str]:
     """The ids in the storage's vector table, read with the database's own client."""
     if config.memory_backend == "sqlite":

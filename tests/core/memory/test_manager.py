@@ -373,11 +373,14 @@ async def test_bad_add_raises_and_changes_nothing(
         (lambda m: m.search_memory("x", tiers=["nowhere"]), "tier"),
         (lambda m: m.search_memory("x", min_importance=2), "min_importance"),
         (lambda m: m.search_memory("x", since="yesterday"), "since"),
+        (lambda m: m.search_memory("x", since=10**400), "since"),  # no float holds it
+        (lambda m: m.search_memory("x", until=-(10**400)), "until"),
         (lambda m: m.search_by_tags([]), "tags"),
         (lambda m: m.search_by_tags(["a"], match="some"), "match"),
         (lambda m: m.search_by_tags(["a"], limit=-3), "limit"),
         (lambda m: m.cleanup_old_memories(-1), "max_age_days"),
         (lambda m: m.cleanup_old_memories(float("inf")), "max_age_days"),
+        (lambda m: m.cleanup_old_memories(10**400), "max_age_days"),
         (lambda m: m.consolidate_memories(1.5), "similarity_threshold"),
         (lambda m: m.update_memory("x", importance=3), "importance"),
         (lambda m: m.get_memory(""), "memory_id"),
@@ -408,6 +411,60 @@ async def test_update_and_delete(manager: MemoryManager) -> None:
         await manager.delete_memory(memory.id)
     with pytest.raises(MemoryNotFoundError):
         await manager.update_memory(memory.id, content="x")
+
+
+async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: MemoryManager) -> None:
+    """The next turn indexes its predecessor's text (``context``): a redaction by update_memory reaches it."""
+    first = await manager.add_memory(
+        "my bank pin is qzpinxq", metadata={"session_id": "s1", "turn_index": 0, "speaker": "user"}
+    )
+    second = await manager.add_memory(
+        "noted, I will remember it", metadata={"session_id": "s1", "turn_index": 1, "speaker": "assistant"}
+    )
+    stored = await manager.get_memory(second.id)
+    assert stored is not None and "qzpinxq" in stored.context  # the test's premise
+    await manager.update_memory(first.id, content="my bank pin is redacted")
+    assert await manager.search_memory("qzpinxq", limit=5) == []
+    after = await manager.get_memory(second.id)
+    assert after is not None and after.context == "my bank pin is redacted"
+    assert after.content == second.content
+    assert [m.id for m in await manager.search_memory("redacted", limit=5)][:1] == [first.id]
+    # the latest turn updated: the turn added after it takes its new text, not the old one
+    third = await manager.add_memory(
+        "the bike lock code is qzlastxq", metadata={"session_id": "s1", "turn_index": 2, "speaker": "user"}
+    )
+    await manager.update_memory(third.id, content="the bike lock code is gone")
+    fourth = await manager.add_memory(
+        "and the garage?", metadata={"session_id": "s1", "turn_index": 3, "speaker": "user"}
+    )
+    assert fourth.context == "the bike lock code is gone"
+    assert await manager.search_memory("qzlastxq", limit=5) == []
+
+
+async def test_changing_a_returned_memory_changes_nothing_stored(manager: MemoryManager) -> None:
+    """Nested metadata (a list, an object) of a returned memory was the stored memory's own: appending to it
+    changed what every later read returned, without a write (and a restart brought the old value back)."""
+    metadata = {"history": ["created"], "owner": {"team": "red"}}
+    added = await manager.add_memory("giraffe habitat notes", tags=["zoo"], metadata=metadata)
+    readers = [
+        lambda: manager.get_memory(added.id),
+        lambda: manager.search_memory("giraffe"),
+        lambda: manager.search_by_tags(["zoo"]),
+        lambda: manager.recent_memories(),
+        lambda: manager.update_memory(added.id, importance=0.4),
+    ]
+    returned = [added]
+    for read in readers:
+        result = await read()
+        returned.append(result[0] if isinstance(result, list) else result)
+    for memory in returned:
+        assert memory is not None
+        memory.metadata["history"].append("changed by the caller")
+        memory.metadata["owner"]["team"] = "blue"
+        memory.tags.append("changed")
+    stored = await manager.get_memory(added.id)
+    assert stored is not None
+    assert (stored.metadata, stored.tags) == (metadata, ["zoo"])
 
 
 async def test_search_filters(manager: MemoryManager, clock: FakeClock) -> None:

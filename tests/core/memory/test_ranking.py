@@ -444,6 +444,8 @@ def test_the_vector_query_without_speakers_is_a_switch_with_an_ablation() -> Non
         ("common_term_ratio", 0.0, "a share in (0, 1]"),
         ("common_term_ratio", 1.5, "a share in (0, 1]"),
         ("recency_half_life_days", 0, "None (the config's) or a number of days > 0"),
+        ("recency_half_life_days", 10**400, "None (the config's) or a number of days > 0"),
+        ("recency", 10**400, "a finite weight >= 0"),
         ("columns", {"content": 1.0}, "a ColumnWeights"),
     ],
 )

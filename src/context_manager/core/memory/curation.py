@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from context_manager.core.memory.tiers import _CONSOLIDATION_LOCKS, _WRITE_ROUND
 from context_manager.core.memory.validation import (
     check_importance,
     check_user,
+    is_finite,
 )
 from context_manager.core.memory.write_health import records_write_outcome
 
@@ -191,7 +191,7 @@ class MemoryCuration(TierMovement):
         if (
             isinstance(max_age_days, bool)
             or not isinstance(max_age_days, int | float)
-            or not (math.isfinite(max_age_days) and max_age_days >= 0)
+            or not (is_finite(max_age_days) and max_age_days >= 0)
         ):
             raise InvalidMemoryError("max_age_days", max_age_days, "a finite number >= 0")
         if keep_importance is not None:

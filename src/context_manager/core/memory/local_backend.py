@@ -81,6 +81,8 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _MOVE_CHUNK = 64  # short-term memories moved down to medium-term per event-loop step
 _DELETE_CHUNK = 128  # volatile copies dropped per event-loop step after a move to long-term
+_EDITABLE = ("content", "tags", "importance", "metadata", "context")
+"""What a change of a memory held in two tiers writes to both (see ``_match_long_copies``)."""
 _LARGE_WRITE_CHARS = 65_536
 """A write of the in-process tiers with more text than this is journaled and indexed on the writer thread:
 tokenizing a 5 MB text held the event loop about 250 ms (its JSON line about 40 ms)."""
@@ -158,6 +160,12 @@ class LocalBackend:
         self.short.load(short)
         self.medium.load(medium)
         self._owners = {memory.user_id for memory in live.values()} | long_store.owners()
+        if medium:
+            # a move to long-term commits the long-term copy, then drops the medium-term one: finish a move
+            # a crash or a full disk stopped in between (the long-term copy is the later write)
+            moved = sorted(long_store.existing_ids([memory.id for memory in medium]))
+            if moved:
+                self.medium.delete(moved)
         if short:
             self._long_copies = long_store.existing_ids([memory.id for memory in short])
         # a crash between a delete and its erasure: records of memories in no tier are erased now
@@ -170,6 +178,27 @@ class LocalBackend:
         undone = long_store.pending_unmerges()
         if undone:
             self._finish_unmerges(undone)
+        if self._long_copies:
+            self._match_long_copies()
+
+    def _match_long_copies(self) -> None:
+        """Give short-term copies what their long-term copy holds (at open, on the storage thread).
+
+        A change of a memory held in both tiers (``update_memory``, a turn's ``context`` rewritten) commits
+        the long-term copy before it journals the short-term one: one stopped in between (a crash, a full
+        disk; never acknowledged) left two texts under one id, found by the words of either. The long-term
+        copy holds the later write: the short-term copy takes its text, tags, importance and metadata.
+        """
+        short, log = self.short, self._log
+        assert short is not None and log is not None
+        stale: list[Memory] = []
+        for memory_id, durable in self._long_store.get_many(sorted(self._long_copies)).items():
+            fast = short.get(memory_id)
+            if fast is not None and any(getattr(fast, name) != getattr(durable, name) for name in _EDITABLE):
+                stale.append(fast.copy(**{name: getattr(durable, name) for name in _EDITABLE}))
+        if stale:
+            log.append([{"op": "put", "m": memory.to_dict()} for memory in stale])
+            short.load(stale)
 
     def _finish_merges(self, merged_ids: Sequence[str]) -> None:
         """Finish consolidations stopped after their merged memory was committed (at open, storage thread).

@@ -181,7 +181,12 @@ class Memory:
         # (a copy is made for each search result)
         base = {name: getattr(self, name) for name in _MEMORY_FIELDS}
         base["tags"] = list(self.tags)
-        base["metadata"] = dict(self.metadata)
+        metadata = dict(self.metadata)
+        for value in metadata.values():  # nested lists and objects too: a caller's change stays its own
+            if type(value) in _CONTAINERS:
+                metadata = _json_copy(metadata)
+                break
+        base["metadata"] = metadata
         base["merged_from"] = list(self.merged_from)
         base.update(changes)
         return Memory(**base)
@@ -232,6 +237,18 @@ class Memory:
 
 
 _MEMORY_FIELDS: Final = tuple(memory_field.name for memory_field in fields(Memory))
+
+
+_CONTAINERS: Final = frozenset({dict, list})
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of a JSON value sharing no list or object with it (strings and numbers are immutable)."""
+    if type(value) is dict:
+        return {key: _json_copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_json_copy(item) for item in value]
+    return value
 
 
 def _finite(value: Any, field: str) -> float:

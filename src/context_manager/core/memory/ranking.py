@@ -192,6 +192,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A number (not a bool) that a float holds finitely (not 10**400, which no float holds)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class RankingWeights:
     """Weights and switches of the memory ranking (pass to ``MemoryManager(ranking=...)``).
@@ -281,7 +289,7 @@ class RankingWeights:
     def __post_init__(self) -> None:
         for name in FEATURES:  # a negative weight would rank a feature's best matches last
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not _is_finite_number(value) or value < 0:
                 raise InvalidArgumentError(name, value, "a finite weight >= 0 (0 switches the feature off)")
         for name in _SWITCHES:
             if not isinstance(getattr(self, name), bool):
@@ -294,7 +302,7 @@ class RankingWeights:
         if not _is_number(ratio) or not 0 < ratio <= 1:
             raise InvalidArgumentError("common_term_ratio", ratio, "a share in (0, 1] (1.0 keeps every word)")
         half_life = self.recency_half_life_days
-        if half_life is not None and (not _is_number(half_life) or not 0 < half_life < math.inf):
+        if half_life is not None and (not _is_finite_number(half_life) or not half_life > 0):
             raise InvalidArgumentError(
                 "recency_half_life_days", half_life, "None (the config's) or a number of days > 0"
             )

@@ -168,6 +168,31 @@ class TierMovement(ManagerState):
                 rewritten = stale
         await backend.forget([memory.id for memory in gone], rewritten)
 
+    async def _echo_new_text(self, old: Memory, content: str | None) -> None:
+        """A conversation turn's text was replaced (call with the write lock): the next turn's copy follows.
+
+        The next turn indexes its predecessor's text as its ``context``: left as it was, the replaced
+        words (a redacted secret, say) would still find that turn, and the manager's last-turn cache would
+        hand them to the turn written next.
+        """
+        session_id, turn_index = old.session_id, old.turn_index
+        if content is None or session_id is None or turn_index is None:
+            return
+        old_echo, new_echo = old.content[:300], content[:300]
+        if old_echo == new_echo:
+            return
+        key = (old.user_id, session_id)
+        if self._last_turn.get(key) == (turn_index, old_echo):
+            self._last_turn[key] = (turn_index, new_echo)
+        backend = self._require("update_memory")
+        stale = [
+            memory.id
+            for memory in await backend.find_turns([(old.user_id, session_id, turn_index + 1)])
+            if memory.id != old.id and memory.context == old_echo
+        ]
+        if stale:
+            await backend.update(stale, {"context": new_echo})
+
     def _value(self, memory: Memory, now: float) -> float:
         """How much a memory deserves a faster tier (see :func:`.backend.tier_value`)."""
         return tier_value(

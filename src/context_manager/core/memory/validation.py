@@ -215,9 +215,17 @@ def check_time(value: Any, field: str) -> float | None:
         return None
     if isinstance(value, datetime):
         return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value):
         raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
     return float(value)
+
+
+def is_finite(value: int | float) -> bool:
+    """Whether a number is finite as a float (an int too large for a float is not: 10**400)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 EARLIEST_TIME = EARLIEST_TIMESTAMP

@@ -564,11 +564,14 @@ class MemoryWriting(TierMovement):
         async with self._write_lock:
             backend = self._require("update_memory")
             self._unreserve([memory_id])
+            before = await self._locate(memory_id) if content is not None else []
             # only the fields given are written, to every copy where it is now (a copy another process moved
             # meanwhile is changed where it went; a change another process made to another field stays);
             # with a tier, the memory ends up there only; a memory another process deleted is not brought back
             if not await backend.update([memory_id], changes, target):
                 raise MemoryNotFoundError(memory_id)
+            if before:
+                await self._echo_new_text(before[0], content)
             if self.embedder is not None and content is not None:
                 copies = await self._locate(memory_id)
                 if copies:
