@@ -156,7 +156,8 @@ class HealthThresholds:
     min_free_disk_mb: float = 100.0
     """Free disk below this on a storage volume is degraded (below a tenth of it, unhealthy)."""
     memory_percent_degraded: float = 90.0
-    """System memory in use (percent, 0 to 100) from which memory pressure is degraded."""
+    """Memory in use (percent, 0 to 100) from which memory pressure is degraded: of the host's memory or,
+    in a container whose cgroup limit is smaller, of that limit (the higher of the two is judged)."""
     memory_percent_unhealthy: float = 97.0
     """System memory in use (percent, 0 to 100, not below the degraded level) from which it is unhealthy."""
     process_memory_limit_mb: float | None = None
