@@ -331,6 +331,19 @@ class ContextManagerConfig(BaseSettings):
         return self.storage_path if self.storage_path is not None else self.cache_path / "storage"
 
     @property
+    def created_directories(self) -> list[Path]:
+        """The directories ``EnhancedContextManager.initialize()`` creates (its health check watches them).
+
+        The storage directory, and ``cache_path`` when it holds it (``storage_path`` unset) or was set
+        explicitly: with only ``storage_path`` set, the default ``./cache`` holds nothing, and creating it
+        put an empty directory in the working directory (or failed where that is read-only).
+        """
+        storage = self.resolved_storage_path
+        if self.storage_path is None or "cache_path" in self.model_fields_set:
+            return [self.cache_path, storage] if self.cache_path != storage else [storage]
+        return [storage]
+
+    @property
     def compression_target_tokens(self) -> int:
         """The token count a compression aims for: ``int(max_tokens * compression_ratio)``."""
         return max(1, int(self.max_tokens * self.compression_ratio))

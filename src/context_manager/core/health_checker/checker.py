@@ -65,6 +65,14 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _manager_directories(config: Any) -> list[Path]:
+    """The directories a context manager with ``config`` creates (and so the ``storage`` check watches)."""
+    created = getattr(config, "created_directories", None)
+    if created is None:  # a configuration of another kind: its cache and storage directories
+        created = [config.cache_path, config.resolved_storage_path]
+    return [Path(directory) for directory in created]
+
+
 def _hangs(name: str) -> str:
     return f"Check {name!r} hangs: look at what it waits for."
 
@@ -690,8 +698,7 @@ class HealthChecker:
         paths: list[Path] = []
         config = getattr(self.context_manager, "config", None)
         if config is not None:
-            paths.append(Path(config.cache_path))
-            paths.append(Path(config.resolved_storage_path))
+            paths.extend(_manager_directories(config))
         if self._storage_path is not None:
             paths.append(self._storage_path)
         unique: list[Path] = []
@@ -738,7 +745,7 @@ class HealthChecker:
         manager_open = getattr(self.context_manager, "is_initialized", True) is not False
         config = getattr(self.context_manager, "config", None)
         absent_allowed = (
-            [Path(config.cache_path), Path(config.resolved_storage_path)]
+            _manager_directories(config)
             if config is not None and not manager_open
             else []
         )
