@@ -601,9 +601,10 @@ class PerformanceMonitor:
         """Return a :class:`PerformanceMetrics` snapshot (takes a sample first if none exists yet)."""
         now = time.time()
         sample = self._latest_sample()
-        with self._lock:
+        with self._lock:  # copied under the lock, computed outside: a scrape never makes records wait
             self._fold_locked()
-            overall = overall_stats(list(self._operations.values()))
+            figures = [reservoir.figures() for reservoir in self._operations.values()]
+        overall = overall_stats(figures)
         return PerformanceMetrics(
             total_operations=overall.count,
             successes=overall.successes,
