@@ -172,7 +172,9 @@ async def test_this_machines_cgroup_is_read_and_the_check_says_which_limit_it_us
         assert found.version in (1, 2) and found.path.is_dir()
         assert found.usage_bytes > 0 and 0 <= found.working_set_bytes <= found.usage_bytes
         assert found.limit_bytes is None or found.limit_bytes > 0
-    result = (await HealthChecker().perform_health_check()).checks["memory_pressure"]
+    report = await HealthChecker().generate_diagnostic_report()
+    result = report.checks["memory_pressure"]
+    assert (report.system.get("cgroup_memory") is None) == (found is None)  # the report's system facts
     limited = found is not None and found.limit_bytes is not None
     if limited and found.limit_bytes < psutil.virtual_memory().total:  # type: ignore[union-attr,operator]
         # the higher of the two percentages is judged (both move between the readings: either may be it)
