@@ -223,6 +223,11 @@ class ContextManagerConfig(BaseSettings):
             super().__init__(**values)
         except ValidationError as error:
             raise _configuration_error(error, given=values) from None
+        if self.storage_path is None and self.cache_path.exists() and not self.cache_path.is_dir():
+            # the default ./cache (not checked by the validator) holds the storage: a file there is an error
+            raise ConfigurationError(
+                "cache_path", str(self.cache_path), "a directory path (this path is an existing file)"
+            )
         self._apply_debug()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -248,6 +253,11 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a path without NUL characters")
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
+            if value is cls.model_fields["cache_path"].default:
+                # the default ./cache, not named by the user: unused with storage_path set elsewhere, so a
+                # file of that name in the working directory is no error here (initialize() reports it
+                # when it would need the directory)
+                return value
             path = Path(value).expanduser()
             if path.exists() and not path.is_dir():
                 raise ValueError("a directory path (this path is an existing file)")
