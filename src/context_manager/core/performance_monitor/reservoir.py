@@ -14,7 +14,14 @@ from itertools import chain
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor.metrics import OperationStats
 
-__all__ = ["LatencyReservoir", "ReservoirFigures", "overall_stats", "percentile", "recent_stats"]
+__all__ = [
+    "LatencyReservoir",
+    "ReservoirFigures",
+    "figures_stats",
+    "overall_stats",
+    "percentile",
+    "recent_stats",
+]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -118,9 +125,14 @@ class LatencyReservoir:
         self.rejected += 1
 
     def figures(self) -> ReservoirFigures:
-        """A copy of the totals and kept values (for :func:`overall_stats`, outside the monitor's lock)."""
+        """A copy of the totals and kept values, to compute from outside the monitor's lock.
+
+        The values are the sorted ones when they are at hand (never changed in place: a new add drops
+        them), else a copy in sample order.
+        """
+        values = self._sorted if self._sorted is not None else list(self.values)
         return ReservoirFigures(
-            self.count, self.failures, self.rejected, self.total, self.min, self.max, list(self.values)
+            self.count, self.failures, self.rejected, self.total, self.min, self.max, values
         )
 
     def recent(self) -> array[float]:
@@ -136,21 +148,7 @@ class LatencyReservoir:
     def stats(self, name: str) -> OperationStats:
         """Return this operation's figures in milliseconds."""
         p50, p95, p99 = self.quantiles(0.5, 0.95, 0.99)
-        count = self.count
-        return OperationStats(
-            name=name,
-            count=count + self.rejected,
-            successes=count - self.failures,
-            failures=self.failures,
-            error_rate=self.failures / count if count else 0.0,
-            avg_ms=self.total / count * 1000.0 if count else 0.0,
-            min_ms=self.min * 1000.0 if count else 0.0,
-            max_ms=self.max * 1000.0,
-            p50_ms=p50 * 1000.0,
-            p95_ms=p95 * 1000.0,
-            p99_ms=p99 * 1000.0,
-            rejected=self.rejected,
-        )
+        return _operation_stats(name, self, (p50, p95, p99))
 
 
 def recent_stats(name: str, ring: array[float], since: float) -> OperationStats:
@@ -190,6 +188,34 @@ class ReservoirFigures:
     min: float
     max: float
     values: list[float]
+
+
+def figures_stats(name: str, figures: ReservoirFigures) -> OperationStats:
+    """:meth:`LatencyReservoir.stats` of a copy (:meth:`LatencyReservoir.figures`)."""
+    ordered = sorted(figures.values)  # linear when they are sorted already
+    quantiles = tuple(percentile(ordered, fraction) for fraction in (0.5, 0.95, 0.99))
+    return _operation_stats(name, figures, quantiles)
+
+
+def _operation_stats(
+    name: str, figures: LatencyReservoir | ReservoirFigures, quantiles: tuple[float, ...]
+) -> OperationStats:
+    p50, p95, p99 = quantiles
+    count = figures.count
+    return OperationStats(
+        name=name,
+        count=count + figures.rejected,
+        successes=count - figures.failures,
+        failures=figures.failures,
+        error_rate=figures.failures / count if count else 0.0,
+        avg_ms=figures.total / count * 1000.0 if count else 0.0,
+        min_ms=figures.min * 1000.0 if count else 0.0,
+        max_ms=figures.max * 1000.0,
+        p50_ms=p50 * 1000.0,
+        p95_ms=p95 * 1000.0,
+        p99_ms=p99 * 1000.0,
+        rejected=figures.rejected,
+    )
 
 
 def overall_stats(reservoirs: Sequence[LatencyReservoir | ReservoirFigures]) -> OperationStats:
