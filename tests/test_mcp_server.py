@@ -413,6 +413,24 @@ async def test_mcp_two_sessions_share_one_open_store(tmp_path: Path) -> None:
         assert len(found.structured_content["results"]) == 1  # type: ignore[index]
 
 
+async def test_mcp_memory_stats_do_not_show_the_servers_storage_location(tmp_path: Path) -> None:
+    """``memory_stats`` and ``memory://stats`` gave the client (and the model) the server's storage path, a
+    file path on the server (with PostgreSQL, the DSN's user, host and database): nothing the model can
+    use, and what the server's file system or network looks like is the server's business (the reference
+    MCP memory server does not show its file either). The figures stay; the location is left out."""
+    storage = tmp_path / "home" / "alice" / "private-memory"
+    async with Client(create_mcp_server(ContextManagerConfig(storage_path=storage), user_id="ivy")) as client:
+        await client.call_tool("memory_add", {"content": "Ivy's train leaves at 7:40"})
+        tool = await client.call_tool("memory_stats", {})
+        resource = (await client.read_resource("memory://stats")).contents[0].text  # type: ignore[union-attr]
+    for name, stats in (("tool", tool.structured_content), ("resource", json.loads(resource))):
+        assert stats is not None and stats["total_memories"] == 1, name
+        assert "storage_path" not in stats, name
+        assert "private-memory" not in json.dumps(stats) and str(tmp_path) not in json.dumps(stats), name
+        assert stats["backend"] == "sqlite" and stats["bytes_on_disk"]["total"] > 0, name
+    assert "private-memory" not in text_of(tool)
+
+
 async def test_mcp_a_memory_given_but_not_initialized_is_named_in_the_error(tmp_path: Path) -> None:
     """Every call answered "the server is starting or stopping" when the MemoryManager passed in was never
     initialized: nothing pointed at the caller's missing ``initialize()``."""

@@ -464,7 +464,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             )
         except ContextManagerError as error:
             raise _tool_error(error) from None
-        return _json_ready(stats)
+        return _client_stats(stats)
 
     remember = memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False))
     # the threshold the store applies (configurable), not the default's 0.7 (the annotation is evaluated
@@ -490,7 +490,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
 def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str | None, limit: int) -> None:
     async def stats() -> str:
         """Memory statistics of this server's user (JSON)."""
-        return json.dumps(_json_ready(await handle.get().get_memory_stats(user_id=user_id)), indent=2)
+        return json.dumps(_client_stats(await handle.get().get_memory_stats(user_id=user_id)), indent=2)
 
     async def recent() -> str:
         """The newest memories of this server's user, newest first (JSON)."""
@@ -503,6 +503,16 @@ def _add_resources(server: MCPServer[Any], handle: _MemoryHandle, user_id: str |
     server.resource(
         RECENT_URI, name="recent_memories", title="Recent memories", mime_type="application/json"
     )(recent)
+
+
+def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The memory statistics a client is given: JSON-ready, without where the server keeps the memory.
+
+    ``storage_path`` (a directory on the server, or the PostgreSQL server's user, host and database) is of
+    no use to a model and shows the server's file system or network to every client: the operator has
+    it from the server's configuration, its start-up line on stderr and ``context-manager memory stats``.
+    """
+    return _json_ready({key: value for key, value in stats.items() if key != "storage_path"})
 
 
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:

@@ -225,3 +225,25 @@ def test_choices_and_switches_say_what_is_allowed_in_plain_words(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ContextManagerConfig(**options)  # type: ignore[arg-type]
+
+
+async def test_a_file_named_cache_in_the_working_directory_is_no_error_with_storage_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config with ``storage_path`` set was refused with "cache_path: got 'cache'; allowed a directory
+    path (this path is an existing file)" when the working directory held a file named ``cache``: an
+    option the user never set, for a directory nothing uses then. It is refused only where the default
+    ``./cache`` holds the storage (``storage_path`` unset), or when named explicitly."""
+    from context_manager.core.enhanced_context_manager import EnhancedContextManager
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").write_text("the application's own file")
+    config = ContextManagerConfig(storage_path=tmp_path / "volume", enable_health_checks=False)
+    async with EnhancedContextManager(config) as manager:
+        await manager.memory_manager.add_memory("kept on the volume", importance=0.9)
+    assert (tmp_path / "volume" / "memories.sqlite3").is_file()
+    assert (tmp_path / "cache").read_text() == "the application's own file"
+    with pytest.raises(ConfigurationError, match=r"^cache_path: got 'cache'; allowed a directory path"):
+        ContextManagerConfig()  # the default layout: the storage would be under ./cache
+    with pytest.raises(ConfigurationError, match=r"^cache_path: .*existing file"):
+        ContextManagerConfig(storage_path=tmp_path / "volume", cache_path="cache")  # named explicitly

@@ -955,3 +955,40 @@ async def test_a_developer_message_of_an_openai_history_is_a_system_message(tmp_
         assert manager.get_context("anthropic")["system"] == "Answer in French.\n\nBe brief."
         with pytest.raises(InvalidRoleError, match="role: got 'robot'; allowed one of 'system', 'user'"):
             await manager.add_messages([{"role": "robot", "content": "beep"}])
+
+
+async def test_storage_path_elsewhere_creates_no_cache_directory_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only ``storage_path`` set, ``initialize()`` created the default ``./cache`` anyway: an empty
+    directory in whatever directory the process ran from, and where that is not writable (a container's
+    read-only root file system) a StorageError ("cannot create directory cache"), though nothing is ever
+    stored there. Only the directories in use are created (and checked by the health check) now."""
+    work = tmp_path / "app"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    storage = tmp_path / "volume" / "memory"
+    config = ContextManagerConfig(storage_path=storage, health_check_interval=3600.0)
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "hello")
+        await manager.memory_manager.add_memory("kept on the volume", importance=0.9)
+        assert manager.health_checker is not None
+        status = await manager.health_checker.perform_health_check()
+        storage_check = status.checks["storage"]
+        assert storage_check.status.value == "healthy", storage_check.message
+        assert list(storage_check.details) == [str(storage)]
+    assert list(work.iterdir()) == []
+    assert (storage / "memories.sqlite3").is_file()
+
+    async with EnhancedContextManager(ContextManagerConfig(storage_path=storage)) as manager:  # reopened
+        assert (await manager.search_memory("kept on the volume", limit=1))[0].content == "kept on the volume"
+    assert list(work.iterdir()) == []
+
+    # named explicitly, or holding the storage (the default), the cache directory is still created
+    for config in (
+        ContextManagerConfig(storage_path=storage, cache_path=tmp_path / "named-cache"),
+        ContextManagerConfig(cache_path=tmp_path / "default-layout"),
+    ):
+        async with EnhancedContextManager(config):
+            assert config.cache_path.is_dir()
+    assert (tmp_path / "default-layout" / "storage" / "memories.sqlite3").is_file()

@@ -223,6 +223,11 @@ class ContextManagerConfig(BaseSettings):
             super().__init__(**values)
         except ValidationError as error:
             raise _configuration_error(error, given=values) from None
+        if self.storage_path is None and self.cache_path.exists() and not self.cache_path.is_dir():
+            # the default ./cache (not checked by the validator) holds the storage: a file there is an error
+            raise ConfigurationError(
+                "cache_path", str(self.cache_path), "a directory path (this path is an existing file)"
+            )
         self._apply_debug()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -248,6 +253,11 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a path without NUL characters")
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
+            if value is cls.model_fields["cache_path"].default:
+                # the default ./cache, not named by the user: unused with storage_path set elsewhere, so a
+                # file of that name in the working directory is no error here (initialize() reports it
+                # when it would need the directory)
+                return value
             path = Path(value).expanduser()
             if path.exists() and not path.is_dir():
                 raise ValueError("a directory path (this path is an existing file)")
@@ -329,6 +339,19 @@ class ContextManagerConfig(BaseSettings):
     def resolved_storage_path(self) -> Path:
         """Where memory is stored: ``storage_path``, or ``<cache_path>/storage`` when unset."""
         return self.storage_path if self.storage_path is not None else self.cache_path / "storage"
+
+    @property
+    def created_directories(self) -> list[Path]:
+        """The directories ``EnhancedContextManager.initialize()`` creates (its health check watches them).
+
+        The storage directory, and ``cache_path`` when it holds it (``storage_path`` unset) or was set
+        explicitly: with only ``storage_path`` set, the default ``./cache`` holds nothing, and creating it
+        put an empty directory in the working directory (or failed where that is read-only).
+        """
+        storage = self.resolved_storage_path
+        if self.storage_path is None or "cache_path" in self.model_fields_set:
+            return [self.cache_path, storage] if self.cache_path != storage else [storage]
+        return [storage]
 
     @property
     def compression_target_tokens(self) -> int:

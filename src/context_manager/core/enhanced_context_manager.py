@@ -211,7 +211,11 @@ class EnhancedContextManager:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def initialize(self) -> None:
-        """Create the cache and storage directories (mode 0o700) and start the subsystems.
+        """Create the directories in use (mode 0o700) and start the subsystems.
+
+        The directories are ``config.created_directories``: the storage directory, and ``cache_path`` when
+        it holds it or was set; with only ``storage_path`` set, the default ``./cache`` (which would hold
+        nothing) is not created in the working directory.
 
         Calling it again on an initialized manager does nothing. Lifecycle calls are serialised: a
         second ``initialize()`` (or a ``cleanup()``) made while one runs waits for it to finish.
@@ -239,7 +243,7 @@ class EnhancedContextManager:
         if self._state == "closed":
             raise LifecycleError("initialize: this manager was cleaned up; create a new one")
         config = self.config
-        for directory in (config.cache_path, config.resolved_storage_path):
+        for directory in config.created_directories:
             make_private_directory(directory)
         counter = self._token_counter
         if counter is None:

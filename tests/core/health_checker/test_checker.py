@@ -1008,3 +1008,93 @@ async def test_an_unreachable_postgres_server_is_reported_as_such_not_as_a_hung_
             await outage.restore()
     finally:
         await outage.close()
+
+
+async def test_concurrent_health_checks_share_the_next_run_instead_of_queueing_one_each() -> None:
+    """Each call waited for the run lock and then ran every check itself: probes calling the checker at
+    once (a readiness and a liveness probe, a load balancer) queued one run each, so with a check taking
+    its whole ``check_timeout`` (a PostgreSQL server down), six callers waited six timeouts and a probe
+    behind them timed out. A call made during a run now shares the next run with every other such call:
+    two runs at most, each result from checks started after the call."""
+    runs: list[float] = []
+
+    async def slow() -> bool:
+        runs.append(time.monotonic())
+        await asyncio.sleep(60)  # hangs: timed out by the checker
+        return True
+
+    checker = HealthChecker(check_timeout=0.3)
+    checker.register_check("slow", slow)
+    started = time.monotonic()
+    statuses = await asyncio.gather(*(checker.perform_health_check() for _ in range(6)))
+    elapsed = time.monotonic() - started
+    assert len(runs) == 2, runs  # one run per call: 6
+    assert elapsed < 1.5, elapsed  # 1.8 s and more, six timeouts one after the other
+    assert all(status.checks["slow"].message == "timed out after 0.3 s" for status in statuses)
+    assert statuses[1] is statuses[5]  # the callers of the second run share it
+
+    # a probe with a deadline, behind callers already waiting, is answered within two runs
+    waiting = [asyncio.create_task(checker.perform_health_check()) for _ in range(4)]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(1.2):
+        await checker.perform_health_check()
+    await asyncio.gather(*waiting)
+
+
+async def test_a_call_made_during_a_run_gets_checks_started_after_it() -> None:
+    state = {"value": "before"}
+    seen: list[str] = []
+    gate, running = asyncio.Event(), asyncio.Event()
+
+    async def reads_state() -> CheckOutcome:
+        value = state["value"]
+        seen.append(value)
+        running.set()
+        if len(seen) == 1:
+            await gate.wait()  # the first run is in progress while the state changes
+        return CheckOutcome(HealthState.HEALTHY if value == "before" else HealthState.DEGRADED, value)
+
+    checker = HealthChecker(check_timeout=5.0)
+    checker.register_check("state", reads_state)
+    first = asyncio.create_task(checker.perform_health_check())
+    await running.wait()
+    state["value"] = "after"  # changed during the first run: later callers must see it
+    later = [asyncio.create_task(checker.perform_health_check()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert (await first).checks["state"].message == "before"
+    for status in await asyncio.gather(*later):
+        assert status.checks["state"].message == "after" and status.status is HealthState.DEGRADED
+    assert seen == ["before", "after"]
+
+
+async def test_callers_sharing_a_run_whose_caller_was_cancelled_still_get_a_result() -> None:
+    gate, running = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def blocks_first() -> bool:
+        nonlocal calls
+        calls += 1
+        running.set()
+        if calls == 1:
+            await gate.wait()
+        return True
+
+    checker = HealthChecker(check_timeout=5.0)
+    checker.register_check("blocks_first", blocks_first)
+    first = asyncio.create_task(checker.perform_health_check())
+    await running.wait()
+    leader = asyncio.create_task(checker.perform_health_check())  # asks for the next run
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(checker.perform_health_check())  # shares it
+    await asyncio.sleep(0.01)
+    leader.cancel()  # a probe's request dropped before the run it asked for started
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert (await first).status is HealthState.HEALTHY
+    assert (await asyncio.wait_for(follower, 5)).status is HealthState.HEALTHY
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert calls == 2
+    assert (await checker.perform_health_check()).status is HealthState.HEALTHY  # and later calls run
+    assert calls == 3

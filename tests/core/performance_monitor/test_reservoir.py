@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -143,3 +144,70 @@ def test_percentile_takes_numpy_fractions() -> None:
 
     assert percentile([1.0, 2.0, 3.0], numpy.float32(0.5)) == 2.0
     assert percentile([1.0, 2.0, 3.0], numpy.int64(1)) == 3.0
+
+
+def test_reading_the_figures_of_many_operations_does_not_make_records_wait() -> None:
+    """``get_current_metrics()`` (every Prometheus scrape, ``get_system_status``) computed the overall
+    percentiles under the monitor's lock, sorting every kept latency as (value, weight) pairs: with 200
+    operation names (500 are kept) a read took 0.5 s, and every ``record_operation`` meanwhile (each
+    failure, every call of the application's own) waited for it. The values are copied under the lock and
+    the percentiles computed outside it, by bisection."""
+    monitor = PerformanceMonitor()
+    for name in range(200):
+        for index in range(1030):  # past the reservoir's 1024: the weighted percentiles
+            monitor.record_operation(f"tool_{name}", ((index * 7919) % 1000) / 1000.0, True)
+    durations: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                monitor.get_current_metrics()
+                monitor.operation_stats()  # what a Prometheus scrape reads
+                durations.append(time.perf_counter() - started)
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    waits: list[float] = []
+    while not done.is_set():
+        started = time.perf_counter()
+        monitor.record_operation("tool_1", 0.001, False, error="TimeoutError")  # takes the lock
+        waits.append(time.perf_counter() - started)
+        time.sleep(0.001)
+    reader.join()
+    assert len(durations) == 3
+    assert max(waits) < 0.5 * sorted(durations)[1], (waits, durations)  # the whole read, before
+
+
+def _reference_weighted_quantile(groups: list[tuple[list[float], int]], fraction: float) -> float:
+    """Each kept value weighs count / kept of its operation: the first value (ascending) whose cumulative
+    weight reaches ``fraction`` of the total."""
+    weighted = sorted((value, count / len(values)) for values, count in groups for value in values)
+    target = fraction * sum(weight for _, weight in weighted)
+    cumulative = 0.0
+    for value, weight in weighted:
+        cumulative += weight
+        if cumulative >= target:
+            return value
+    return weighted[-1][0]
+
+
+def test_weighted_overall_percentiles_are_the_weighted_quantiles() -> None:
+    from context_manager.core.performance_monitor.reservoir import ReservoirFigures, overall_stats
+
+    generator = random.Random(11)
+    for _ in range(30):
+        groups = []
+        for _ in range(generator.randint(1, 12)):
+            values = [generator.uniform(0.0, 5.0) for _ in range(generator.randint(1, 40))]
+            groups.append((values, len(values) * generator.randint(1, 50)))
+        figures = [
+            ReservoirFigures(count, 0, 0, sum(values), min(values), max(values), values)
+            for values, count in groups
+        ]
+        stats = overall_stats(figures)
+        for fraction, found in ((0.5, stats.p50_ms), (0.95, stats.p95_ms), (0.99, stats.p99_ms)):
+            assert found == pytest.approx(_reference_weighted_quantile(groups, fraction) * 1000.0), fraction

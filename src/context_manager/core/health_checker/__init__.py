@@ -19,7 +19,7 @@ name                what it looks at                                            
 ``storage``         cache/storage directories exist, are writable; free disk      recreate a missing dir
 ``storage_writes``  memory writes succeed (critical: 3 failures in a row)         none (recovers by itself)
 ``database``        ``check_integrity(quick=True)``: SQLite pages, FTS index      ``rebuild_index()`` (FTS)
-``memory_pressure`` system memory in use, process RSS                            none
+``memory_pressure`` memory in use (host, or cgroup limit in a container); RSS    none
 ``event_loop``      how late a short timer fires (something blocks the loop)     none
 ``error_rate``      failures of the last 5 min in the manager's/running monitors none
 ``background_tasks`` watched background tasks are alive                          restart them

@@ -65,6 +65,14 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def _manager_directories(config: Any) -> list[Path]:
+    """The directories a context manager with ``config`` creates (and so the ``storage`` check watches)."""
+    created = getattr(config, "created_directories", None)
+    if created is None:  # a configuration of another kind: its cache and storage directories
+        created = [config.cache_path, config.resolved_storage_path]
+    return [Path(directory) for directory in created]
+
+
 def _hangs(name: str) -> str:
     return f"Check {name!r} hangs: look at what it waits for."
 
@@ -207,6 +215,7 @@ class HealthChecker:
         self._last_lag_ms = 0.0
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._waiting_run: asyncio.Future[HealthStatus] | None = None  # the next run, shared by its callers
         self._task: asyncio.Task[None] | None = None
         self._threads = UserThreads("context-manager-health-check", max_threads=16)
         self._hung_lock = threading.Lock()
@@ -367,19 +376,50 @@ class HealthChecker:
     # ------------------------------------------------------------------------------------- running
 
     async def perform_health_check(self) -> HealthStatus:
-        """Run every check (concurrently), repair known faults if enabled, and return the result."""
+        """Run every check (concurrently), repair known faults if enabled, and return the result.
+
+        One run at a time: a call made while a run is in progress waits for the next run, which starts
+        when that one ends and which every call made meanwhile shares (each gets a result of checks
+        started after its call). Concurrent callers (a readiness and a liveness probe, a load balancer)
+        so wait for at most two runs, however many they are, instead of queueing one run each.
+        """
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:  # an asyncio.Lock serves one event loop
             self._lock, self._lock_loop = asyncio.Lock(), loop
+        while (waiting := self._waiting_run) is not None and waiting.get_loop() is loop:
+            try:  # the next run is already asked for: share it
+                return await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                # the caller that was to run it was cancelled before it ran: ask for one again
+                if self._waiting_run is waiting:
+                    self._waiting_run = None
+        mine: asyncio.Future[HealthStatus] = loop.create_future()
+        self._waiting_run = mine
         with self._hung_lock:
             self._active_runs += 1
         try:
             async with self._lock:
-                return await self._perform(started=time.perf_counter())
+                if self._waiting_run is mine:  # started: a caller from now on waits for the run after it
+                    self._waiting_run = None
+                status = await self._perform(started=time.perf_counter())
+        except BaseException as error:
+            if self._waiting_run is mine:
+                self._waiting_run = None
+            if not mine.done():
+                if isinstance(error, Exception):
+                    mine.set_exception(error)
+                    mine.exception()  # retrieved: no "never retrieved" warning without other callers
+                else:
+                    mine.cancel()
+            raise
         finally:
             with self._hung_lock:
                 self._active_runs -= 1
             self._release_idle_threads()
+        mine.set_result(status)
+        return status
 
     def _release_idle_threads(self) -> None:
         """End the idle threads of the sync checks once no run is in progress.
@@ -690,8 +730,7 @@ class HealthChecker:
         paths: list[Path] = []
         config = getattr(self.context_manager, "config", None)
         if config is not None:
-            paths.append(Path(config.cache_path))
-            paths.append(Path(config.resolved_storage_path))
+            paths.extend(_manager_directories(config))
         if self._storage_path is not None:
             paths.append(self._storage_path)
         unique: list[Path] = []
@@ -737,11 +776,7 @@ class HealthChecker:
         # must not count them missing, nor auto-recovery create them
         manager_open = getattr(self.context_manager, "is_initialized", True) is not False
         config = getattr(self.context_manager, "config", None)
-        absent_allowed = (
-            [Path(config.cache_path), Path(config.resolved_storage_path)]
-            if config is not None and not manager_open
-            else []
-        )
+        absent_allowed = _manager_directories(config) if config is not None and not manager_open else []
         if self._storage_path is not None and self._storage_path in absent_allowed:
             absent_allowed.remove(self._storage_path)  # named to the checker: always required
         return self._storage_directories(), conversations, absent_allowed

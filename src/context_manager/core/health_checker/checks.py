@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from context_manager.core.health_checker.cgroup import read_cgroup_memory
 from context_manager.core.health_checker.models import CheckOutcome, HealthState, HealthThresholds
 from context_manager.core.health_checker.recovery import (
     rebuild_full_text_index,
@@ -398,25 +399,49 @@ def _postgres_outcome(memory_manager: Any, details: dict[str, Any]) -> CheckOutc
     )
 
 
-def check_memory_pressure(limits: HealthThresholds) -> CheckOutcome:
-    """System memory in use (psutil) and the process's RSS against the limits."""
+def check_memory_pressure(limits: HealthThresholds, *, root: str | os.PathLike[str] = "/") -> CheckOutcome:
+    """Memory in use (the host's, or of a container's cgroup limit) and the process's RSS against the limits.
+
+    The host's memory (psutil) and, where the process's cgroup has a memory limit smaller than the host's
+    memory (a container's), the cgroup's working set against that limit (see :mod:`.cgroup`): the higher
+    of the two percentages is judged, and ``details["memory_limit"]`` says whose it is (``"host"``,
+    ``"cgroup v1"`` or ``"cgroup v2"``). ``root``: where ``/proc`` and ``/sys/fs/cgroup`` are read.
+    """
     import psutil
 
     memory = psutil.virtual_memory()
     rss_mb = psutil.Process().memory_info().rss / 1048576.0
-    details = {"system_memory_percent": memory.percent, "process_memory_mb": round(rss_mb, 1)}
+    percent, limit_bytes, source = memory.percent, memory.total, "host"
+    used_mb = (memory.total - memory.available) / 1048576.0
+    cgroup = read_cgroup_memory(root)
+    details: dict[str, Any] = {"system_memory_percent": memory.percent, "process_memory_mb": round(rss_mb, 1)}
+    if cgroup is not None:
+        details["cgroup"] = cgroup.to_dict()
+        cgroup_limit, cgroup_percent = cgroup.limit_bytes, cgroup.percent
+        if cgroup_limit is not None and cgroup_limit < memory.total and cgroup_percent is not None:
+            details["cgroup_memory_percent"] = round(cgroup_percent, 1)
+            if cgroup_percent >= percent:
+                percent, used_mb = cgroup_percent, cgroup.working_set_bytes / 1048576.0
+                limit_bytes, source = cgroup_limit, f"cgroup v{cgroup.version}"
+    details["memory_limit"] = source
+    details["memory_limit_mb"] = round(limit_bytes / 1048576.0, 1)
+    details["memory_percent"] = round(percent, 1)
+    if source == "host":
+        described = f"system memory {percent:.0f}% used"
+    else:
+        described = (
+            f"container memory {percent:.0f}% used ({used_mb:.0f} of {limit_bytes / 1048576.0:.0f} MB, "
+            f"the {source} limit)"
+        )
     recommendation = (
         "Memory is short: run optimize_system(), lower short_term_memory_size or max_tokens, "
-        "or give the process more memory."
+        "or give the process more memory"
+        + (" (raise the container's memory limit)." if source != "host" else ".")
     )
-    if memory.percent >= limits.memory_percent_unhealthy:
-        return CheckOutcome(
-            HealthState.UNHEALTHY, f"system memory {memory.percent:.0f}% used", details, recommendation
-        )
-    if memory.percent >= limits.memory_percent_degraded:
-        return CheckOutcome(
-            HealthState.DEGRADED, f"system memory {memory.percent:.0f}% used", details, recommendation
-        )
+    if percent >= limits.memory_percent_unhealthy:
+        return CheckOutcome(HealthState.UNHEALTHY, described, details, recommendation)
+    if percent >= limits.memory_percent_degraded:
+        return CheckOutcome(HealthState.DEGRADED, described, details, recommendation)
     if limits.process_memory_limit_mb is not None and rss_mb > limits.process_memory_limit_mb:
         return CheckOutcome(
             HealthState.DEGRADED,
@@ -424,9 +449,7 @@ def check_memory_pressure(limits: HealthThresholds) -> CheckOutcome:
             details,
             recommendation,
         )
-    return CheckOutcome(
-        HealthState.HEALTHY, f"system memory {memory.percent:.0f}% used, process {rss_mb:.0f} MB", details
-    )
+    return CheckOutcome(HealthState.HEALTHY, f"{described}, process {rss_mb:.0f} MB", details)
 
 
 async def check_event_loop(limit_ms: float) -> CheckOutcome:

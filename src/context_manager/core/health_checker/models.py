@@ -156,9 +156,11 @@ class HealthThresholds:
     min_free_disk_mb: float = 100.0
     """Free disk below this on a storage volume is degraded (below a tenth of it, unhealthy)."""
     memory_percent_degraded: float = 90.0
-    """System memory in use (percent, 0 to 100) from which memory pressure is degraded."""
+    """Memory in use (percent, 0 to 100) from which memory pressure is degraded: of the host's memory or,
+    in a container whose cgroup limit is smaller, of that limit (the higher of the two is judged)."""
     memory_percent_unhealthy: float = 97.0
-    """System memory in use (percent, 0 to 100, not below the degraded level) from which it is unhealthy."""
+    """Memory in use (percent, 0 to 100, not below the degraded level; the host's or the container's, as
+    for ``memory_percent_degraded``) from which it is unhealthy."""
     process_memory_limit_mb: float | None = None
     """Process RSS above this (>= 0) is degraded; ``None`` disables it."""
     event_loop_lag_ms: float = 100.0
@@ -204,7 +206,7 @@ class HealthThresholds:
             value = getattr(self, name)
             if not 0 <= value <= 100:
                 raise InvalidSettingError(
-                    name, value, "a percentage from 0 to 100 (of the system memory in use: 90 is 90 %)"
+                    name, value, "a percentage from 0 to 100 (of the memory in use: 90 is 90 %)"
                 )
         for degraded, unhealthy in (
             ("memory_percent_degraded", "memory_percent_unhealthy"),

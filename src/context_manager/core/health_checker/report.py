@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from context_manager.core.health_checker.cgroup import read_cgroup_memory
+
 __all__ = ["directory_size", "storage_facts", "system_facts"]
 
 
 def system_facts() -> dict[str, Any]:
-    """Python, platform, process (RSS, threads) and machine (memory, CPUs, load) facts."""
+    """Python, platform, process (RSS, threads), machine (memory, CPUs, load) and cgroup memory facts."""
     import psutil
 
     process = psutil.Process()
@@ -36,6 +38,9 @@ def system_facts() -> dict[str, Any]:
         "system_memory_available_mb": memory.available / 1048576.0,
         "system_memory_percent": memory.percent,
     }
+    cgroup = read_cgroup_memory()
+    if cgroup is not None:  # a container's memory limit, which the host's figures above do not show
+        facts["cgroup_memory"] = cgroup.to_dict()
     if hasattr(os, "getloadavg"):
         facts["load_average"] = list(os.getloadavg())
     return facts

@@ -35,7 +35,12 @@ from context_manager.core.performance_monitor.metrics import (
 )
 from context_manager.core.performance_monitor.profiling import HOTTEST_FUNCTIONS_SHOWN, BlockProfiler
 from context_manager.core.performance_monitor.prometheus import PrometheusCollector
-from context_manager.core.performance_monitor.reservoir import LatencyReservoir, overall_stats, recent_stats
+from context_manager.core.performance_monitor.reservoir import (
+    LatencyReservoir,
+    figures_stats,
+    overall_stats,
+    recent_stats,
+)
 from context_manager.core.performance_monitor.timer import OperationTimer
 
 __all__ = ["PerformanceMonitor"]
@@ -524,9 +529,10 @@ class PerformanceMonitor:
 
     def operation_stats(self) -> dict[str, OperationStats]:
         """Return per-operation figures keyed by operation name."""
-        with self._lock:
+        with self._lock:  # copied under the lock, computed outside it (a scrape never makes records wait)
             self._fold_locked()
-            return {name: reservoir.stats(name) for name, reservoir in self._operations.items()}
+            kept = [(name, reservoir.figures()) for name, reservoir in self._operations.items()]
+        return {name: figures_stats(name, figures) for name, figures in kept}
 
     def recent_errors(self) -> list[dict[str, Any]]:
         """Return the latest failures (operation, error_type, message, timestamp), oldest first.
@@ -601,9 +607,10 @@ class PerformanceMonitor:
         """Return a :class:`PerformanceMetrics` snapshot (takes a sample first if none exists yet)."""
         now = time.time()
         sample = self._latest_sample()
-        with self._lock:
+        with self._lock:  # copied under the lock, computed outside: a scrape never makes records wait
             self._fold_locked()
-            overall = overall_stats(list(self._operations.values()))
+            figures = [reservoir.figures() for reservoir in self._operations.values()]
+        overall = overall_stats(figures)
         return PerformanceMetrics(
             total_operations=overall.count,
             successes=overall.successes,

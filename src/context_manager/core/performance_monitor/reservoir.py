@@ -6,11 +6,22 @@ import math
 import numbers
 import random
 from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
 
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.performance_monitor.metrics import OperationStats
 
-__all__ = ["LatencyReservoir", "overall_stats", "percentile", "recent_stats"]
+__all__ = [
+    "LatencyReservoir",
+    "ReservoirFigures",
+    "figures_stats",
+    "overall_stats",
+    "percentile",
+    "recent_stats",
+]
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -113,6 +124,17 @@ class LatencyReservoir:
         """Count one operation refused for bad input (no duration: it did no work)."""
         self.rejected += 1
 
+    def figures(self) -> ReservoirFigures:
+        """A copy of the totals and kept values, to compute from outside the monitor's lock.
+
+        The values are the sorted ones when they are at hand (never changed in place: a new add drops
+        them), else a copy in sample order.
+        """
+        values = self._sorted if self._sorted is not None else list(self.values)
+        return ReservoirFigures(
+            self.count, self.failures, self.rejected, self.total, self.min, self.max, values
+        )
+
     def recent(self) -> array[float]:
         """A copy of the ring of latest values (for :func:`recent_stats`, outside the monitor's lock)."""
         return array("d", self._ring)
@@ -126,21 +148,7 @@ class LatencyReservoir:
     def stats(self, name: str) -> OperationStats:
         """Return this operation's figures in milliseconds."""
         p50, p95, p99 = self.quantiles(0.5, 0.95, 0.99)
-        count = self.count
-        return OperationStats(
-            name=name,
-            count=count + self.rejected,
-            successes=count - self.failures,
-            failures=self.failures,
-            error_rate=self.failures / count if count else 0.0,
-            avg_ms=self.total / count * 1000.0 if count else 0.0,
-            min_ms=self.min * 1000.0 if count else 0.0,
-            max_ms=self.max * 1000.0,
-            p50_ms=p50 * 1000.0,
-            p95_ms=p95 * 1000.0,
-            p99_ms=p99 * 1000.0,
-            rejected=self.rejected,
-        )
+        return _operation_stats(name, self, (p50, p95, p99))
 
 
 def recent_stats(name: str, ring: array[float], since: float) -> OperationStats:
@@ -169,7 +177,48 @@ def recent_stats(name: str, ring: array[float], since: float) -> OperationStats:
     )
 
 
-def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
+@dataclass(frozen=True, slots=True)
+class ReservoirFigures:
+    """What :func:`overall_stats` reads of a reservoir, copied (:meth:`LatencyReservoir.figures`)."""
+
+    count: int
+    failures: int
+    rejected: int
+    total: float
+    min: float
+    max: float
+    values: list[float]
+
+
+def figures_stats(name: str, figures: ReservoirFigures) -> OperationStats:
+    """:meth:`LatencyReservoir.stats` of a copy (:meth:`LatencyReservoir.figures`)."""
+    ordered = sorted(figures.values)  # linear when they are sorted already
+    quantiles = tuple(percentile(ordered, fraction) for fraction in (0.5, 0.95, 0.99))
+    return _operation_stats(name, figures, quantiles)
+
+
+def _operation_stats(
+    name: str, figures: LatencyReservoir | ReservoirFigures, quantiles: tuple[float, ...]
+) -> OperationStats:
+    p50, p95, p99 = quantiles
+    count = figures.count
+    return OperationStats(
+        name=name,
+        count=count + figures.rejected,
+        successes=count - figures.failures,
+        failures=figures.failures,
+        error_rate=figures.failures / count if count else 0.0,
+        avg_ms=figures.total / count * 1000.0 if count else 0.0,
+        min_ms=figures.min * 1000.0 if count else 0.0,
+        max_ms=figures.max * 1000.0,
+        p50_ms=p50 * 1000.0,
+        p95_ms=p95 * 1000.0,
+        p99_ms=p99 * 1000.0,
+        rejected=figures.rejected,
+    )
+
+
+def overall_stats(reservoirs: Sequence[LatencyReservoir | ReservoirFigures]) -> OperationStats:
     """Figures over every operation, from the per-operation reservoirs (no second reservoir to feed).
 
     Totals are exact. Percentiles are exact while every reservoir holds all its values; beyond, each
@@ -200,23 +249,40 @@ def overall_stats(reservoirs: list[LatencyReservoir]) -> OperationStats:
     )
 
 
-def _weighted_quantiles(reservoirs: list[LatencyReservoir], fractions: tuple[float, ...]) -> list[float]:
-    weighted = sorted(
-        (value, reservoir.count / len(reservoir.values))
+def _weighted_quantiles(
+    reservoirs: Sequence[LatencyReservoir | ReservoirFigures], fractions: tuple[float, ...]
+) -> list[float]:
+    """Per fraction, the smallest kept value whose weight up to it reaches that fraction of the total.
+
+    Each kept value weighs ``count / kept`` of its reservoir. A binary search over the sorted values,
+    counting each reservoir's weight up to a value with a bisection: sorting (value, weight) pairs of 500
+    full reservoirs took a second, and every scrape computes this.
+    """
+    kept = [
+        (sorted(reservoir.values), reservoir.count / len(reservoir.values))
         for reservoir in reservoirs
         if reservoir.values
-        for value in reservoir.values
-    )
-    total_weight = sum(weight for _, weight in weighted)
+    ]
+    every = sorted(chain.from_iterable(values for values, _ in kept))
+    if not every:
+        return [0.0 for _ in fractions]
+    total_weight = sum(len(values) * weight for values, weight in kept)
+
+    def weight_up_to(value: float) -> float:
+        return sum(weight * bisect_right(values, value) for values, weight in kept)
+
     results = []
     for fraction in fractions:
         target = fraction * total_weight
-        cumulative = 0.0
-        chosen = weighted[-1][0]
-        for value, weight in weighted:
-            cumulative += weight
-            if cumulative >= target:
-                chosen = value
-                break
-        results.append(chosen)
+        low, high = 0, len(every) - 1
+        if weight_up_to(every[high]) < target:  # rounding: the largest value
+            results.append(every[high])
+            continue
+        while low < high:
+            middle = (low + high) // 2
+            if weight_up_to(every[middle]) >= target:
+                high = middle
+            else:
+                low = middle + 1
+        results.append(every[low])
     return results
