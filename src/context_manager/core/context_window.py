@@ -89,6 +89,7 @@ from context_manager.core.messages import (
     ToolCall,
     check_timestamp,
 )
+from context_manager.core.threads import wait_for_all
 from context_manager.core.tokens import (
     OFF_LOOP_CHARS,
     REPLY_PRIMING_TOKENS,
@@ -546,8 +547,7 @@ class ContextWindow:
 
     async def flush(self) -> None:
         """Wait for the eviction-hook deliveries still running (those of cancelled adds)."""
-        while self._deliveries:
-            await asyncio.gather(*tuple(self._deliveries), return_exceptions=True)
+        await wait_for_all(self._deliveries)
 
     async def drain(self) -> None:
         """Let the operations in progress finish at once, for a shutdown; return when none holds the window.

@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ThreadCall", "UserThreads", "WorkerExit", "is_async_callable", "to_the_end"]
+__all__ = ["ThreadCall", "UserThreads", "WorkerExit", "is_async_callable", "to_the_end", "wait_for_all"]
 
 _T = TypeVar("_T")
 
@@ -337,6 +337,20 @@ def is_async_callable(function: Any) -> bool:
         return True
     call = getattr(function, "__call__", None)  # noqa: B004 - an object with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def wait_for_all(tasks: set[Any]) -> None:
+    """Wait until ``tasks`` is empty: a set its tasks leave when they end (a done callback discards them).
+
+    Tasks added while waiting are waited for too; failures are the tasks' own (retrieved, not raised). A
+    task that ended is taken out here as well: its done callback runs only at a later step of the loop, and
+    on Python 3.12+ ``gather`` of tasks that all ended completes without yielding to the loop, so a loop
+    waiting for the callback to empty the set would never let it run (a close that spun forever).
+    """
+    while tasks:
+        batch = tuple(tasks)
+        await asyncio.gather(*batch, return_exceptions=True)
+        tasks.difference_update(batch)
 
 
 async def to_the_end(task: asyncio.Future[Any]) -> Any:

@@ -46,7 +46,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
 )
 from context_manager.core.messages import Message
-from context_manager.core.threads import to_the_end
+from context_manager.core.threads import to_the_end, wait_for_all
 
 __all__ = ["PersistedConversation"]
 
@@ -582,8 +582,7 @@ class PersistedConversation:
 
     async def _wait_background(self) -> None:
         """Wait for background snapshots and pin writes."""
-        while self._tasks:
-            await asyncio.gather(*tuple(self._tasks), return_exceptions=True)
+        await wait_for_all(self._tasks)
 
     async def close(self) -> None:
         """Wait for background snapshots; stop journaling (pending changes are the caller's to sync)."""

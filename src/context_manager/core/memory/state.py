@@ -29,6 +29,7 @@ from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend
 from context_manager.core.memory.models import ALL_USERS, AllUsers, Memory, MemoryTier
 from context_manager.core.memory.ranking import RankingWeights
 from context_manager.core.memory.write_health import WriteHealth, WriteTracker
+from context_manager.core.threads import wait_for_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.embeddings import Embedder
@@ -186,8 +187,7 @@ class ManagerState:
             logger.error("memory background task failed: %s", error)
 
     async def _drain_background(self) -> None:
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await wait_for_all(self._background)
 
     async def get_memory(self, memory_id: str) -> Memory | None:
         """Return the memory with this id (from its fastest tier), or ``None``.
