@@ -20,6 +20,12 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ACCENTS",
+    "ASCII_SEPARATORS",
+    "COMPATIBILITY",
+    "COMPATIBILITY_PARTS",
+    "COMPATIBILITY_RANGES",
+    "WORD_SEPARATORS",
     "CJK",
     "CJK_RANGES",
     "CJK_RUNS",
@@ -223,3 +229,29 @@ def spell_numbers(text: str) -> str:
     if text.isascii():
         return text
     return _NUMBER.sub(_spell, text)
+
+
+COMPATIBILITY_RANGES = "fb00-fb06,fb13-fb17,ff01-ff5e,ff61-ffdc,ffe0-ffe2,ffe5-ffe6,ffe9-ffec"
+"""The compatibility characters indexed in their NFKC (``index.COMPATIBILITY_RANGES``: ligatures, full-width
+and half-width forms), frozen for migration ``0011``."""
+
+COMPATIBILITY = _bracket_expression(COMPATIBILITY_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`COMPATIBILITY_RANGES`."""
+
+COMPATIBILITY_PARTS = f"({COMPATIBILITY}+)|([^{COMPATIBILITY[1:]}+)"
+"""Text as its parts, in order: a run of :data:`COMPATIBILITY` (group 1) or of other characters (group 2)."""
+
+FOLDED_DIACRITIC_RANGES = "300-304,306-30c,30f,311,31b,323-328,32d-32e,330-331"
+"""The combining diacritics SQLite's FTS5 folds away (``index._FOLDED_DIACRITICS``), frozen for ``0011``."""
+
+ACCENTS = f"([A-Za-z]){_bracket_expression(FOLDED_DIACRITIC_RANGES)}+"
+"""An ASCII letter (group 1) and the diacritics of :data:`FOLDED_DIACRITIC_RANGES` on it, in NFD text: the
+accents migration ``0011`` folds (``index.fold_accents``)."""
+
+ASCII_SEPARATORS = "[\\x01-\\x2f\\x3a-\\x40\\x5b-\\x60\\x7b-\\x7f]"
+"""A PostgreSQL regular expression matching an ASCII character that is no letter or digit: the query (and
+FTS5) split words at each, where the server's parser keeps e-mail addresses, host names, URLs, file paths,
+decimal and version numbers and signed numbers whole (``alice@example.com``, ``3.14``, ``-5``)."""
+
+WORD_SEPARATORS = f"[{ASCII_SEPARATORS[1:-1]}{SEPARATORS[1:-1]}]"
+""":data:`ASCII_SEPARATORS` and :data:`SEPARATORS`: every character the query splits words at (``0011``)."""
