@@ -1086,6 +1086,7 @@ SHIPPED_MIGRATIONS = {
     "0008_search_symbols_as_terms": "da12bc4f6c331725",
     "0009_conversation_owner": "1164cfbe32dec837",
     "0010_search_numbers_in_their_words": "1ffa782eeceffe28",
+    "0011_search_folded_and_split_as_queried": "5bab27ed9673b62d",
 }
 """A digest of each migration's statements, as released."""
 

@@ -205,3 +205,30 @@ async def test_a_store_indexed_before_0011_is_folded_in_batches_on_open(postgres
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn: str) -> None:
+    """Migration 0011's trigger folds text in statements (each step only when it changes something), its
+    re-derivation of existing rows in one expression (``fold_sql``): the same vector for every text."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.schema import rederive_search_sql
+
+    texts = [text for text, _ in FORMS.values()] + ACCENT_TEXTS + ["plain", "Ångström ﬁ", "\u212b"]
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        for number, text in enumerate(texts):
+            await manager.add_memory(text, tags=[text[:20]], tier="long", metadata={"session_date": text[:9]})
+            await manager.add_memory(text, user_id=f"user{number}")
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for number, text in enumerate(texts):  # a previous turn (a conversation memory's context)
+            await connection.execute(
+                "INSERT INTO cm_memories (id, tier, owner, content, context, importance, created_at, "
+                "last_accessed, source) VALUES (%s, 'medium', '', 'turn', %s, 0.5, 1.0, 1.0, 'user')",
+                (f"turn{number}", text),
+            )
+        cursor = await connection.execute("SELECT count(*) FROM cm_memories")
+        assert await cursor.fetchone() == (3 * len(texts),)
+        cursor = await connection.execute(rederive_search_sql(last=True), ("", ""))
+        assert cursor.rowcount == 0  # no stored vector differs from the re-derived one

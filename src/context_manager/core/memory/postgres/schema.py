@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 from context_manager.core.memory.postgres.separators import (
     ACCENTS,
-    ASCII_SEPARATORS,
     CJK,
     CJK_RUNS,
     COMPATIBILITY,
     COMPATIBILITY_PARTS,
+    LATIN_LETTERS,
     NUMBER_PARTS,
     NUMBER_TERM_PREFIX,
     NUMBER_TERM_SUFFIX,
@@ -35,6 +35,7 @@ from context_manager.core.memory.postgres.separators import (
     SEGMENTED,
     SEPARATORS,
     SYMBOLS,
+    TOKEN_JOINERS,
     WORD_SEPARATORS,
 )
 
@@ -173,7 +174,7 @@ def words_sql(
     pieces: tuple[str, str, str] | None = None,
     segmented_chars: int | None = None,
     numbers: tuple[str, str] | None = None,
-    ascii_separators: str | None = None,
+    joiners: str | None = None,
 ) -> str:
     """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
 
@@ -185,8 +186,9 @@ def words_sql(
     first :func:`pieces_sql` (as ``segment_text``): its first ``segmented_chars`` characters if it holds
     Chinese or Japanese (two terms a character), else what ``chars`` says (a symbol is one term). With
     ``numbers`` (see :func:`search_vector_sql`), text holding a number that is no digit then has each
-    spelled in ASCII (:func:`numbers_sql`). With ``ascii_separators`` (an SQL expression whose value is
-    :data:`ASCII_SEPARATORS`), all-ASCII text has each of its characters made a space too (``0011``).
+    spelled in ASCII (:func:`numbers_sql`). With ``joiners`` (an SQL expression whose value is
+    :data:`TOKEN_JOINERS`), all-ASCII text has each of those characters made a space too (``0011``;
+    ``separators`` holds them for other text).
     """
     value = text if chars is None else f"left({text}, {chars})"
     words = value
@@ -208,7 +210,7 @@ def words_sql(
     if numbers is not None:
         digits, parts = numbers
         words = f"CASE WHEN {value} ~ {digits} THEN {numbers_sql(words, parts)} ELSE {words} END"
-    plain = value if ascii_separators is None else f"regexp_replace({value}, {ascii_separators}, ' ', 'g')"
+    plain = value if joiners is None else f"regexp_replace({value}, {joiners}, ' ', 'g')"
     return (
         f"CASE WHEN octet_length({text}) = length({text}) THEN {plain} "
         f"ELSE regexp_replace({words}, {separators}, ' ', 'g') END"
@@ -288,20 +290,31 @@ def fold_sql(text: str, compatibility: str, parts: str, accents: str) -> str:
     All-ASCII text is left as it is. Needs PostgreSQL 13 (``normalize``) and a UTF8 database. Migration
     ``0011`` is made of this: a change here needs a new function and a new migration.
     """
-    compatible = (
-        f"CASE WHEN {text} ~ {compatibility} THEN (SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL "
-        f"THEN normalize(r.part[1], NFKC) ELSE r.part[2] END, '' ORDER BY r.n) "
-        f"FROM regexp_matches({text}, {parts}, 'g') WITH ORDINALITY AS r(part, n)) ELSE {text} END"
-    )
+    compatible = f"CASE WHEN {text} ~ {compatibility} THEN {_compatible_sql(text, parts)} ELSE {text} END"
     return (
         f"CASE WHEN octet_length({text}) = length({text}) THEN {text} "
-        f"ELSE normalize(regexp_replace(normalize({compatible}, NFD), {accents}, '\\1', 'g'), NFC) END"
+        f"ELSE {_unaccented_sql(compatible, accents)} END"
     )
+
+
+def _compatible_sql(text: str, parts: str) -> str:
+    """SQL: ``text`` (holding a character of :data:`COMPATIBILITY`) with each run of them in NFKC."""
+    return (
+        "(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN normalize(r.part[1], NFKC) "
+        f"ELSE r.part[2] END, '' ORDER BY r.n) FROM regexp_matches({text}, {parts}, 'g') "
+        "WITH ORDINALITY AS r(part, n))"
+    )
+
+
+def _unaccented_sql(text: str, accents: str) -> str:
+    """SQL: ``text`` in NFD, the :data:`ACCENTS` on ASCII letters removed, in NFC."""
+    return f"normalize(regexp_replace(normalize({text}, NFD), {accents}, '\\1', 'g'), NFC)"
 
 
 SEARCH_CONSTANTS = {
     "separators": WORD_SEPARATORS,
-    "ascii": ASCII_SEPARATORS,
+    "joiners": TOKEN_JOINERS,
+    "latin": LATIN_LETTERS,
     "cjk": CJK,
     "special": SEGMENTED,
     "pieces": PIECES,
@@ -327,11 +340,16 @@ def _folded_columns(row: str, constant: Callable[[str], str]) -> list[tuple[str,
         parts=constant("compatible"),
         accents=constant("accents"),
     )
+    return [(name, fold(text)) for name, text in _raw_columns(row)]
+
+
+def _raw_columns(row: str) -> list[tuple[str, str]]:
+    """``(name, SQL)`` of the text of the record ``row`` that migration ``0011`` indexes, before folding."""
     return [
-        ("content_words", fold(f"left({row}.content, {SEARCHED_CONTENT_CHARS})")),
-        ("tags_words", fold(f"{row}.tags_text")),
-        ("context_words", fold(f"left({row}.context, 300)")),
-        ("date_words", fold(f"coalesce({row}.session_date, '')")),
+        ("content_words", f"left({row}.content, {SEARCHED_CONTENT_CHARS})"),
+        ("tags_words", f"{row}.tags_text"),
+        ("context_words", f"left({row}.context, 300)"),
+        ("date_words", f"coalesce({row}.session_date, '')"),
     ]
 
 
@@ -340,7 +358,7 @@ def folded_search_vector_sql(words: str, constant: Callable[[str], str]) -> str:
 
     Its names are prefixed by ``words``; ``constant`` turns a name of :data:`SEARCH_CONSTANTS` into SQL.
     As :func:`search_vector_sql` with ``pieces`` and ``numbers``, every column's text first folded
-    (:func:`fold_sql`), its ASCII text split at :data:`ASCII_SEPARATORS` as well.
+    (:func:`fold_sql`), its ASCII text split at :data:`TOKEN_JOINERS` as well.
     """
     columns = (
         (f"{words}content_words", "A", True, SEGMENTED_CONTENT_CHARS),
@@ -357,7 +375,7 @@ def folded_search_vector_sql(words: str, constant: Callable[[str], str]) -> str:
             pieces=pieces if segment else None,
             segmented_chars=segmented,
             numbers=(constant("numbers"), constant("parts")),
-            ascii_separators=constant("ascii"),
+            joiners=constant("joiners"),
         )
         + f"), '{weight}')"
         for text, weight, segment, segmented in columns
@@ -371,7 +389,25 @@ def _folded_trigger() -> str:
         + [f"{name} text;" for name, _ in _folded_columns("NEW", str)]
     )
     prepare = "".join(f"{name} := '{value}';\n                " for name, value in SEARCH_CONSTANTS.items())
-    prepare += "".join(f"{name} := {sql};\n                " for name, sql in _folded_columns("NEW", str))
+    # the text folded in statements of their own, each step only when it changes something (fold_sql's
+    # result): ASCII text takes only simple expressions (an expression holding a subquery, as the
+    # compatibility forms' does, runs as a query: 0.1 ms each), text without an accented Latin letter
+    # no NFD
+    for name, text in _raw_columns("NEW"):
+        prepare += (
+            f"{name} := {text};\n                "
+            f"IF octet_length({name}) <> length({name}) THEN\n                "
+            f"    IF {name} ~ compatibility THEN\n                "
+            f"        {name} := {_compatible_sql(name, 'compatible')};\n                "
+            "    END IF;\n                "
+            f"    IF NOT {name} IS NFC NORMALIZED THEN\n                "
+            f"        {name} := normalize({name}, NFC);\n                "
+            "    END IF;\n                "
+            f"    IF {name} ~ latin THEN\n                "
+            f"        {name} := {_unaccented_sql(name, 'accents')};\n                "
+            "    END IF;\n                "
+            "END IF;\n                "
+        )
     vector = folded_search_vector_sql("", str)
     size = " + ".join(f"octet_length({name})" for name, _ in _folded_columns("NEW", str))
     # A vector holds at most 1 MB, lexemes and positions: text of fewer bytes than FITTING_TEXT_BYTES
