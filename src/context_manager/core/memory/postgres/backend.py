@@ -9,8 +9,9 @@ their characters and pairs, symbols as terms of their code points (as on SQLite)
 (``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term; a
 superscript, subscript or fraction spelled in ASCII inside its word on both sides, ``spell_numbers``)
 become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
-the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
-indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
+the server as query syntax. The index reads text folded (NFC, ligatures and full-width forms in NFKC, the
+accents of Latin letters removed: ``schema.fold_sql``, migration ``0011``) and the query's words are folded
+the same way (``fold_accents``). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
 compares across tiers and feeds the same fusion as the SQLite backend. The vector channel uses pgvector
 (HNSW, cosine). Operations that must not run twice at once across processes (consolidation) hold a PostgreSQL
@@ -1516,8 +1517,9 @@ INDEXED_TAG_BYTES = 256 * 1024
 tag. A ``tsvector`` holds at most 1 MB of words, and 80,000 distinct tags made more: the memory failed to
 store ("string is too long for tsvector"), where SQLite indexes them all. This leaves room for the first
 100,000 characters of the content (``schema.SEARCHED_CONTENT_CHARS``): a few hundred KB of words, but for
-text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which can
-still exceed the limit alone."""
+text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which with
+such tags exceeded the limit: the trigger then indexes less of the content (``schema.FITTING_TEXT_BYTES``,
+migration ``0011``)."""
 
 INDEXED_DATE_CHARS = 1_000
 """The full-text index holds the first this many characters of a memory's ``session_date`` (a date is
