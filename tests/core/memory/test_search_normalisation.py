@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,27 @@ async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn:
         assert await cursor.fetchone() == (3 * len(texts),)
         cursor = await connection.execute(rederive_search_sql(last=True), ("", ""))
         assert cursor.rowcount == 0  # no stored vector differs from the re-derived one
+
+
+async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_path: Path) -> None:
+    """SQLite: a long-term memory indexed before text was normalised (Hangul jamo as typed) is found by its
+    words typed as syllables after ``rebuild_index()``, as the docs tell users to run."""
+    import sqlite3
+
+    from context_manager.core.config import ContextManagerConfig
+
+    config = ContextManagerConfig(storage_path=tmp_path / "storage")
+    text = nfd("한국어 공부를 합니다")
+    async with MemoryManager(config) as memory:
+        stored = await memory.add_memory(text, tier="long")
+    database = config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        connection.execute(
+            "UPDATE memories_fts SET content = (SELECT content FROM memories WHERE memories.rowid = "
+            "memories_fts.rowid)"
+        )
+    async with MemoryManager(config) as memory:
+        assert await memory.search_memory("한국어") == []
+        await memory.rebuild_index()
+        assert [m.id for m in await memory.search_memory("한국어")] == [stored.id]
+        assert (await memory.check_integrity())["ok"]
