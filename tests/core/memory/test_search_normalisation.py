@@ -257,3 +257,37 @@ async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_pa
         await memory.rebuild_index()
         assert [m.id for m in await memory.search_memory("한국어")] == [stored.id]
         assert (await memory.check_integrity())["ok"]
+
+
+async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_dsn: str) -> None:
+    """A process stopped while deriving the vectors again leaves the range it did in ``cm_search_rederive``:
+    the next one to open goes on after it (the rows before are not parsed again), then removes the record."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0011"])
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            for memory_id in ("a-before", "m-after"):  # written by the earlier version's trigger
+                await connection.execute(
+                    "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, "
+                    "last_accessed, source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+                    (memory_id, f"{memory_id} a naïve café"),
+                )
+        await database.migrate(MIGRATIONS)  # the trigger replaced; no row derived again yet
+    finally:
+        await database.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        # as a process stopped after a batch ending with "a-before" left it
+        await connection.execute("UPDATE cm_search_rederive SET after_id = 'a-before', after_tier = 'long'")
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        assert [m.content for m in await manager.search_memory("cafe")] == ["m-after a naïve café"]
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
+            assert await cursor.fetchone() == (0,)
