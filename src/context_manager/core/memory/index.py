@@ -44,7 +44,10 @@ __all__ = [
     "VectorIndex",
     "build_match",
     "create_fts_table",
+    "COMPATIBILITY_RANGES",
+    "fold_accents",
     "fold_case",
+    "normalize_text",
     "fts_row",
     "owner_token",
     "query_tokens",
@@ -191,6 +194,67 @@ as :data:`INDEX_SEPARATOR_RANGES` (letters that NFC leaves as they are). Long-te
 hold such words as written until ``rebuild_index()``."""
 
 
+COMPATIBILITY_RANGES = "fb00-fb06,fb13-fb17,ff01-ff5e,ff61-ffdc,ffe0-ffe2,ffe5-ffe6,ffe9-ffec"
+"""The compatibility characters both indexes and the query read in their usual form (their NFKC, in
+:func:`normalize_text`): the Latin and Armenian ligatures (``"ﬁ"`` as ``"fi"``), the full-width forms
+of ASCII (``"Ｔｏｋｙｏ"`` as ``"Tokyo"``, ``"９"`` as ``"9"``) and the half-width katakana and Hangul
+(``"ｶﾀｶﾅ"`` as ``"カタカナ"``), as typed by East Asian input methods and held by text copied from PDFs.
+Other compatibility characters keep their own terms, where a search engine indexing NFKC would not:
+superscripts, subscripts, fractions and circled numbers stay in their word (``"m²"`` is no ``"m2"``),
+symbols such as ``"™"`` and the half-width ones are terms of their own (:data:`SYMBOL_RANGES`). Frozen:
+PostgreSQL's index holds the same (``postgres/separators.py``, migration ``0011``)."""
+
+_COMPATIBILITY_RUN = re.compile(
+    "["
+    + "".join(
+        chr(int(first, 16)) + ("-" + chr(int(last, 16)) if last else "")
+        for first, _, last in (part.partition("-") for part in COMPATIBILITY_RANGES.split(","))
+    )
+    + "]+"
+)
+_LATIN_ACCENTS = re.compile(f"(?<=[A-Za-z])[{_FOLDED_DIACRITICS}]+")
+"""The diacritics FTS5 folds away (``remove_diacritics 2``) when written on a Latin letter, in NFD text."""
+
+
+def normalize_text(text: str) -> str:
+    """Text in the form both indexes and the query read it: NFC, :data:`COMPATIBILITY_RANGES` in NFKC.
+
+    Text typed decomposed (``"cafe\u0301"``, as macOS file names hold it; Hangul as conjoining jamo) is
+    the same words as composed, a full-width or ligature form the same as the usual one. The memory keeps
+    its text as given: only what is indexed and searched for is normalised.
+
+    Example:
+        >>> normalize_text("Cafe\u0301 ﬁnal Ｔｏｋｙｏ") == "Café final Tokyo"
+        True
+    """
+    if text.isascii():  # most text: nothing to normalise
+        return text
+    if _COMPATIBILITY_RUN.search(text) is not None:
+        text = _COMPATIBILITY_RUN.sub(lambda run: unicodedata.normalize("NFKC", run.group(0)), text)
+    elif unicodedata.is_normalized("NFC", text):
+        return text
+    return unicodedata.normalize("NFC", text)
+
+
+def fold_accents(text: str) -> str:
+    """Text with the accents of Latin letters folded as SQLite's FTS5 folds them (``"café"`` as ``"cafe"``).
+
+    What PostgreSQL's index (migration ``0011``) and a query for it read, without the ``unaccent``
+    extension: the text in NFD, the diacritics FTS5's ``remove_diacritics 2`` drops removed where they
+    follow an ASCII letter, then NFC. Letters of other scripts keep their marks (``"й"``, ``"ά"``), as
+    on SQLite. ``text`` is in NFC (:func:`normalize_text`).
+
+    Example:
+        >>> fold_accents("Mañana in Zürich, naïve café")
+        'Manana in Zurich, naive cafe'
+    """
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFD", text)
+    folded = _LATIN_ACCENTS.sub("", decomposed)
+    return text if folded == decomposed else unicodedata.normalize("NFC", folded)
+
+
 def _code_points(ranges: str) -> list[tuple[int, int]]:
     pairs = []
     for part in ranges.split(","):
@@ -285,7 +349,7 @@ def owner_token(user_id: str | None) -> str:
 
 
 def fold_case(text: str) -> str:
-    """Text as words are compared: NFC, lower case, the Turkish capital dotted I (``İ``) as ``i``.
+    """Text as words are compared: :func:`normalize_text`, lower case, the Turkish capital dotted I as ``i``.
 
     ``str.lower`` turns ``İ`` into ``i`` and a combining dot, which neither index keeps (FTS5 folds it
     away, PostgreSQL lower-cases ``İ`` to ``i``). NFC makes a word typed in NFD (``"nai\u0308ve"``) the same
@@ -295,7 +359,7 @@ def fold_case(text: str) -> str:
         >>> fold_case("İzmir"), fold_case("Nai\u0308ve") == "naïve"
         ('izmir', True)
     """
-    lowered = unicodedata.normalize("NFC", text).replace("\u0130", "I").lower()
+    lowered = normalize_text(text).replace("\u0130", "I").lower()
     return unicodedata.normalize("NFC", lowered)
 
 
@@ -358,8 +422,9 @@ def segment_text(text: str) -> str:
     indexing of these scripts), and each symbol of :data:`SYMBOL_RANGES` (a flag: its two regional
     indicators) the ASCII term of its code point (:data:`SYMBOL_TERM_PREFIX`), each character of
     :data:`INDEX_SEPARATOR_RANGES` a space (FTS5 keeps them inside a word, the query splits words at them),
-    each capital of :data:`FOLDED_RANGES` in lower case (FTS5 does not fold them, the query does); other
-    text is left as it is. :func:`segment_tokens` turns a query's words into the same terms.
+    each capital of :data:`FOLDED_RANGES` in lower case (FTS5 does not fold them, the query does), all of
+    it first in NFC (:func:`normalize_text`, as the query); other text is left as it is.
+    :func:`segment_tokens` turns a query's words into the same terms.
 
     Example:
         >>> segment_text("東京の天気 in May")
@@ -373,7 +438,7 @@ def segment_text(text: str) -> str:
     """
     if text.isascii():  # O(1) in CPython: most text, and megabyte tool outputs, end here
         return text
-    return _segment(text, _SPECIAL_RUN, _spread_special)
+    return _segment(normalize_text(text), _SPECIAL_RUN, _spread_special)
 
 
 def _segment(text: str, runs: re.Pattern[str], spread: Callable[[re.Match[str]], str]) -> str:

@@ -9,8 +9,9 @@ their characters and pairs, symbols as terms of their code points (as on SQLite)
 (``query_tokens`` and ``segment_tokens``: a Chinese or Japanese run as its pairs, an emoji as its term; a
 superscript, subscript or fraction spelled in ASCII inside its word on both sides, ``spell_numbers``)
 become one ``plainto_tsquery`` each, passed as parameters, so user text never reaches
-the server as query syntax. A word with an accent is looked up as written in NFC and in NFD (the server
-indexes each as its text was given). Each word's ``ts_rank`` is weighted by its inverse document frequency,
+the server as query syntax. The index reads text folded (NFC, ligatures and full-width forms in NFKC, the
+accents of Latin letters removed: ``schema.fold_sql``, migration ``0011``) and the query's words are folded
+the same way (``fold_accents``). Each word's ``ts_rank`` is weighted by its inverse document frequency,
 read from the planner's statistics (``pg_stats.most_common_elems``) and cached: a BM25-like score that
 compares across tiers and feeds the same fusion as the SQLite backend. The vector channel uses pgvector
 (HNSW, cosine). Operations that must not run twice at once across processes (consolidation) hold a PostgreSQL
@@ -26,7 +27,6 @@ import json
 import logging
 import math
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,7 +49,13 @@ from context_manager.core.memory.backend import (
     owner_label,
     unchanged_since_read,
 )
-from context_manager.core.memory.index import ColumnWeights, index_terms, segment_text, segment_tokens
+from context_manager.core.memory.index import (
+    ColumnWeights,
+    fold_accents,
+    index_terms,
+    segment_text,
+    segment_tokens,
+)
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import (
@@ -58,6 +64,7 @@ from context_manager.core.memory.postgres.schema import (
     VECTOR_MIGRATIONS,
     hnsw_index_name,
     hnsw_index_statement,
+    rederive_search_sql,
     tier_rank_sql,
 )
 from context_manager.core.memory.postgres.separators import spell_numbers
@@ -119,6 +126,8 @@ _STEP_BYTES = 1 << 20
 loop gets a turn: converting a scan of twelve memories of 5 MB in one ``fetchall`` held it 12-30 ms."""
 _STEP_ROWS = 500
 """At most this many rows are converted per loop step (about a millisecond of small memories)."""
+_REDERIVE_BATCH = 500
+"""Rows whose search vector one transaction of :meth:`PostgresBackend._rederive_search_vectors` derives."""
 _ANALYZE_EVERY = 300.0  # seconds between the ANALYZEs this process may run when statistics are missing
 _RANK_NORMALIZATION = 1  # ts_rank divides by 1 + log(document length)
 _INSERT = (
@@ -324,10 +333,55 @@ class PostgresBackend:
         await self.database.open()
         try:
             await self.database.migrate(MIGRATIONS, optional=[name for name, _ in VECTOR_MIGRATIONS])
+            await self._rederive_search_vectors()
         except BaseException:
             if self._owns_database:
                 await self.database.close()
             raise
+
+    async def _rederive_search_vectors(self) -> None:
+        """Give every row the search vector of migration ``0011``, a batch of rows per transaction.
+
+        The range done so far is recorded in ``cm_search_rederive`` (one row while work is left): a
+        process stopped halfway goes on where it was; of processes starting together, one works while the
+        others skip it (``SKIP LOCKED``) and open, their searches missing some folded words until it is
+        done. A write waits at most for one batch's rows; rows written meanwhile get the vector from the
+        trigger. Nothing is left to do, one indexed read.
+        """
+
+        async def step(connection: psycopg.AsyncConnection[Any]) -> bool:
+            async with connection.transaction():
+                cursor = await connection.execute(
+                    "SELECT after_id, after_tier FROM cm_search_rederive WHERE migration = '0011' "
+                    "FOR UPDATE SKIP LOCKED"
+                )
+                after = await cursor.fetchone()
+                if after is None:  # done, or another process is on it
+                    return True
+                cursor = await connection.execute(
+                    "SELECT id, tier FROM cm_memories WHERE (id, tier) > (%s, %s) ORDER BY id, tier "
+                    "OFFSET %s LIMIT 1",
+                    (*after, _REDERIVE_BATCH - 1),
+                )
+                end = await cursor.fetchone()
+                if end is None:
+                    await connection.execute(rederive_search_sql(last=True), tuple(after))
+                    await connection.execute("DELETE FROM cm_search_rederive WHERE migration = '0011'")
+                    return True
+                await connection.execute(rederive_search_sql(last=False), (*after, *end))
+                await connection.execute(
+                    "UPDATE cm_search_rederive SET after_id = %s, after_tier = %s WHERE migration = '0011'",
+                    tuple(end),
+                )
+                return False
+
+        batches = 0
+        while not await self.database.run(step, "search vector upgrade", unbounded=True):
+            batches += 1
+        if batches:
+            logger.info(
+                "PostgreSQL search vectors of %s derived again (%d batches)", self.database.location, batches
+            )
 
     async def close(self) -> None:
         """Close the pool (when the backend owns it)."""
@@ -984,7 +1038,9 @@ class PostgresBackend:
         """
         if not tokens:
             return {}, 0
-        terms_of = {token: [spell_numbers(term) for term in index_terms(token)] for token in tokens}
+        terms_of = {
+            token: [spell_numbers(fold_accents(term)) for term in index_terms(token)] for token in tokens
+        }
         terms = list(dict.fromkeys(term for token_terms in terms_of.values() for term in token_terms))
         lexemes, rows = await self._term_statistics(terms)
         counts = {term: self._document_frequency(lexemes[term], rows) for term in terms}
@@ -993,8 +1049,11 @@ class PostgresBackend:
 
     async def search(self, query: LexicalQuery) -> list[tuple[Memory, float]]:
         """One query over every tier: IDF-weighted ``ts_rank`` per word, filters in the ``WHERE`` clause."""
-        # the terms Chinese, Japanese, symbols and the words holding a "²" or "½" are indexed as
-        tokens = list(dict.fromkeys(spell_numbers(token) for token in segment_tokens(query.tokens)))
+        # the terms Chinese, Japanese, symbols and the words holding a "²" or "½" are indexed as, accents
+        # folded as the index folds them (fold_accents)
+        tokens = list(
+            dict.fromkeys(spell_numbers(fold_accents(token)) for token in segment_tokens(query.tokens))
+        )
         if not tokens or query.limit <= 0:
             return []
         lexemes, rows = await self._term_statistics(tokens)
@@ -1458,8 +1517,9 @@ INDEXED_TAG_BYTES = 256 * 1024
 tag. A ``tsvector`` holds at most 1 MB of words, and 80,000 distinct tags made more: the memory failed to
 store ("string is too long for tsvector"), where SQLite indexes them all. This leaves room for the first
 100,000 characters of the content (``schema.SEARCHED_CONTENT_CHARS``): a few hundred KB of words, but for
-text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which can
-still exceed the limit alone."""
+text made mostly of distinct words of superscripts or circled numbers (each spelled in ASCII), which with
+such tags exceeded the limit: the trigger then indexes less of the content (``schema.FITTING_TEXT_BYTES``,
+migration ``0011``)."""
 
 INDEXED_DATE_CHARS = 1_000
 """The full-text index holds the first this many characters of a memory's ``session_date`` (a date is
@@ -1647,14 +1707,11 @@ def _vector_text(vector: numpy.ndarray) -> str:
 
 
 def _written_forms(token: str) -> tuple[str, ...]:
-    """The forms a query word may have in stored text: as given, in NFD, with a final sigma as "σ".
+    """The forms a query word may have in stored text: as given, with a final sigma as "σ".
 
-    The query word is in NFC (see ``query_tokens``). The server's index keeps the accents FTS5 folds inside
-    a word (as the query does) but does not normalise it, so text stored in NFD (``"nai\u0308ve"``) has
-    other lexemes than the same word in NFC; and it lower-cases "ΣΟΦΟΣ" to "σοφοσ", where Python (so the
-    query) writes "σοφος".
+    The query word is folded as the index folds text (``normalize_text``, ``fold_accents``: migration
+    ``0011``); the server lower-cases "ΣΟΦΟΣ" to "σοφοσ", where Python (so the query) writes "σοφος".
     """
-    forms = [token, unicodedata.normalize("NFD", token)]
     if "ς" in token:  # a final sigma: the server lower-cases "Σ" to "σ" wherever it stands
-        forms.append(token.replace("ς", "σ"))
-    return tuple(dict.fromkeys(forms))
+        return (token, token.replace("ς", "σ"))
+    return (token,)

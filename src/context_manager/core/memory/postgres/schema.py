@@ -17,9 +17,16 @@ fractions and the other numbers that are no digits spelled in ASCII inside their
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from context_manager.core.memory.postgres.separators import (
+    ACCENTS,
     CJK,
     CJK_RUNS,
+    COMPATIBILITY,
+    COMPATIBILITY_PARTS,
+    LATIN_LETTERS,
     NUMBER_PARTS,
     NUMBER_TERM_PREFIX,
     NUMBER_TERM_SUFFIX,
@@ -28,10 +35,16 @@ from context_manager.core.memory.postgres.separators import (
     SEGMENTED,
     SEPARATORS,
     SYMBOLS,
+    TOKEN_JOINERS,
+    WORD_SEPARATORS,
 )
 
 __all__ = [
     "MIGRATIONS",
+    "SEARCH_CONSTANTS",
+    "fold_sql",
+    "folded_search_vector_sql",
+    "rederive_search_sql",
     "TEXT_SEARCH_CONFIG",
     "VECTOR_MIGRATIONS",
     "hnsw_index_name",
@@ -65,11 +78,14 @@ def _search_vector_of(row: str) -> str:
     )
 
 
-def _search_trigger_function(create: str, vector: str, *, declare: str = "", prepare: str = "") -> str:
+def _search_trigger_function(
+    create: str, vector: str, *, declare: str = "", prepare: str = "", assign: str | None = None
+) -> str:
     """The trigger function that fills ``search`` with ``vector`` (see migration ``0003``).
 
     ``declare``: PL/pgSQL variable declarations; ``prepare``: statements run before ``vector`` is computed
-    (not when the row keeps its vector).
+    (not when the row keeps its vector); ``assign``: the statements that set ``NEW.search`` instead of
+    ``NEW.search := vector;``.
     """
     declarations = f"DECLARE\n                {declare}\n            " if declare else ""
     return f"""
@@ -83,7 +99,7 @@ def _search_trigger_function(create: str, vector: str, *, declare: str = "", pre
                     -- copied with its row (an overflow move), given with the new text, or the text unchanged
                     RETURN NEW;
                 END IF;
-                {prepare}NEW.search := {vector};
+                {prepare}{assign or f"NEW.search := {vector};"}
                 RETURN NEW;
             END
             $$
@@ -158,6 +174,7 @@ def words_sql(
     pieces: tuple[str, str, str] | None = None,
     segmented_chars: int | None = None,
     numbers: tuple[str, str] | None = None,
+    joiners: str | None = None,
 ) -> str:
     """SQL: ``text`` (its first ``chars`` characters) with each character of ``separators`` made a space.
 
@@ -169,7 +186,9 @@ def words_sql(
     first :func:`pieces_sql` (as ``segment_text``): its first ``segmented_chars`` characters if it holds
     Chinese or Japanese (two terms a character), else what ``chars`` says (a symbol is one term). With
     ``numbers`` (see :func:`search_vector_sql`), text holding a number that is no digit then has each
-    spelled in ASCII (:func:`numbers_sql`).
+    spelled in ASCII (:func:`numbers_sql`). With ``joiners`` (an SQL expression whose value is
+    :data:`TOKEN_JOINERS`), all-ASCII text has each of those characters made a space too (``0011``;
+    ``separators`` holds them for other text).
     """
     value = text if chars is None else f"left({text}, {chars})"
     words = value
@@ -191,8 +210,9 @@ def words_sql(
     if numbers is not None:
         digits, parts = numbers
         words = f"CASE WHEN {value} ~ {digits} THEN {numbers_sql(words, parts)} ELSE {words} END"
+    plain = value if joiners is None else f"regexp_replace({value}, {joiners}, ' ', 'g')"
     return (
-        f"CASE WHEN octet_length({text}) = length({text}) THEN {value} "
+        f"CASE WHEN octet_length({text}) = length({text}) THEN {plain} "
         f"ELSE regexp_replace({words}, {separators}, ' ', 'g') END"
     )
 
@@ -258,6 +278,198 @@ def numbers_sql(text: str, parts: str) -> str:
         "ORDER BY r.n) "
         f"FROM regexp_matches({text}, {parts}, 'g') WITH ORDINALITY AS r(part, n)), '')"
     )
+
+
+def fold_sql(text: str, compatibility: str, parts: str, accents: str) -> str:
+    """SQL: ``text`` as ``index.fold_accents(index.normalize_text(text))`` writes it (see migration ``0011``).
+
+    Its :data:`COMPATIBILITY` runs in NFKC (``"ﬁ"`` as ``"fi"``, full-width letters in ASCII), then
+    NFD, the diacritics on an ASCII letter removed (:data:`ACCENTS`), then NFC: the accents SQLite's
+    FTS5 folds, without the ``unaccent`` extension. ``compatibility``, ``parts`` and ``accents`` are SQL
+    expressions whose values are :data:`COMPATIBILITY`, :data:`COMPATIBILITY_PARTS` and :data:`ACCENTS`.
+    All-ASCII text is left as it is. Needs PostgreSQL 13 (``normalize``) and a UTF8 database. Migration
+    ``0011`` is made of this: a change here needs a new function and a new migration.
+    """
+    compatible = f"CASE WHEN {text} ~ {compatibility} THEN {_compatible_sql(text, parts)} ELSE {text} END"
+    return (
+        f"CASE WHEN octet_length({text}) = length({text}) THEN {text} "
+        f"ELSE {_unaccented_sql(compatible, accents)} END"
+    )
+
+
+def _compatible_sql(text: str, parts: str) -> str:
+    """SQL: ``text`` (holding a character of :data:`COMPATIBILITY`) with each run of them in NFKC."""
+    return (
+        "(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN normalize(r.part[1], NFKC) "
+        f"ELSE r.part[2] END, '' ORDER BY r.n) FROM regexp_matches({text}, {parts}, 'g') "
+        "WITH ORDINALITY AS r(part, n))"
+    )
+
+
+def _unaccented_sql(text: str, accents: str) -> str:
+    """SQL: ``text`` in NFD, the :data:`ACCENTS` on ASCII letters removed, in NFC."""
+    return f"normalize(regexp_replace(normalize({text}, NFD), {accents}, '\\1', 'g'), NFC)"
+
+
+SEARCH_CONSTANTS = {
+    "separators": WORD_SEPARATORS,
+    "joiners": TOKEN_JOINERS,
+    "latin": LATIN_LETTERS,
+    "cjk": CJK,
+    "special": SEGMENTED,
+    "pieces": PIECES,
+    "numbers": NUMBERS,
+    "parts": NUMBER_PARTS,
+    "compatibility": COMPATIBILITY,
+    "compatible": COMPATIBILITY_PARTS,
+    "accents": ACCENTS,
+}
+"""The regular expressions the search vector of migration ``0011`` is computed with, by name: PL/pgSQL
+variables of its trigger, columns of a subquery ``s`` in its re-derivation (:func:`rederive_search_sql`)."""
+
+
+def _folded_columns(row: str, constant: Callable[[str], str]) -> list[tuple[str, str]]:
+    """``(name, SQL)`` of the text of the record ``row`` that migration ``0011`` indexes, folded.
+
+    The first :data:`SEARCHED_CONTENT_CHARS` characters of the content, the tags, the first 300 characters
+    of the previous turn, the session date. ``constant`` turns a name of :data:`SEARCH_CONSTANTS` into SQL.
+    """
+    fold = functools.partial(
+        fold_sql,
+        compatibility=constant("compatibility"),
+        parts=constant("compatible"),
+        accents=constant("accents"),
+    )
+    return [(name, fold(text)) for name, text in _raw_columns(row)]
+
+
+def _raw_columns(row: str) -> list[tuple[str, str]]:
+    """``(name, SQL)`` of the text of the record ``row`` that migration ``0011`` indexes, before folding."""
+    return [
+        ("content_words", f"left({row}.content, {SEARCHED_CONTENT_CHARS})"),
+        ("tags_words", f"{row}.tags_text"),
+        ("context_words", f"left({row}.context, 300)"),
+        ("date_words", f"coalesce({row}.session_date, '')"),
+    ]
+
+
+def folded_search_vector_sql(words: str, constant: Callable[[str], str]) -> str:
+    """The search vector of migration ``0011`` over the folded text of :func:`_folded_columns`.
+
+    Its names are prefixed by ``words``; ``constant`` turns a name of :data:`SEARCH_CONSTANTS` into SQL.
+    As :func:`search_vector_sql` with ``pieces`` and ``numbers``, every column's text first folded
+    (:func:`fold_sql`), its ASCII text split at :data:`TOKEN_JOINERS` as well.
+    """
+    columns = (
+        (f"{words}content_words", "A", True, SEGMENTED_CONTENT_CHARS),
+        (f"{words}tags_words", "B", True, None),
+        (f"{words}context_words", "C", True, None),
+        (f"{words}date_words", "D", False, None),
+    )
+    pieces = (constant("cjk"), constant("special"), constant("pieces"))
+    return " || ".join(
+        f"setweight(to_tsvector('{TEXT_SEARCH_CONFIG}'::regconfig, "
+        + words_sql(
+            text,
+            constant("separators"),
+            pieces=pieces if segment else None,
+            segmented_chars=segmented,
+            numbers=(constant("numbers"), constant("parts")),
+            joiners=constant("joiners"),
+        )
+        + f"), '{weight}')"
+        for text, weight, segment, segmented in columns
+    )
+
+
+def _folded_trigger() -> str:
+    """The trigger function of migration ``0011``: the folded text in variables, then the vector of it."""
+    declare = "\n                ".join(
+        [f"{name} text;" for name in SEARCH_CONSTANTS]
+        + [f"{name} text;" for name, _ in _folded_columns("NEW", str)]
+    )
+    prepare = "".join(f"{name} := '{value}';\n                " for name, value in SEARCH_CONSTANTS.items())
+    # the text folded in statements of their own, each step only when it changes something (fold_sql's
+    # result): ASCII text takes only simple expressions (an expression holding a subquery, as the
+    # compatibility forms' does, runs as a query: 0.1 ms each), text without an accented Latin letter
+    # no NFD
+    for name, text in _raw_columns("NEW"):
+        prepare += (
+            f"{name} := {text};\n                "
+            f"IF octet_length({name}) <> length({name}) THEN\n                "
+            f"    IF {name} ~ compatibility THEN\n                "
+            f"        {name} := {_compatible_sql(name, 'compatible')};\n                "
+            "    END IF;\n                "
+            f"    IF NOT {name} IS NFC NORMALIZED THEN\n                "
+            f"        {name} := normalize({name}, NFC);\n                "
+            "    END IF;\n                "
+            f"    IF {name} ~ latin THEN\n                "
+            f"        {name} := {_unaccented_sql(name, 'accents')};\n                "
+            "    END IF;\n                "
+            "END IF;\n                "
+        )
+    vector = folded_search_vector_sql("", str)
+    size = " + ".join(f"octet_length({name})" for name, _ in _folded_columns("NEW", str))
+    # A vector holds at most 1 MB, lexemes and positions: text of fewer bytes than FITTING_TEXT_BYTES
+    # always fits (no word becomes more than six times its bytes). Longer text is indexed in a block
+    # that catches the overflow (a subtransaction: only for them) and indexes less of it: the first
+    # 20,000 characters of the content, then 2,000 and 20,000 of the tags; the row is stored whole.
+    assign = f"""IF {size} <= {FITTING_TEXT_BYTES} THEN
+                    NEW.search := {vector};
+                ELSE
+                    LOOP
+                        BEGIN
+                            NEW.search := {vector};
+                            EXIT;
+                        EXCEPTION WHEN program_limit_exceeded THEN
+                            IF length(content_words) > {FALLBACK_CONTENT_CHARS} THEN
+                                content_words := left(content_words, {FALLBACK_CONTENT_CHARS});
+                            ELSE
+                                content_words := left(content_words, {FALLBACK_CONTENT_CHARS // 10});
+                                tags_words := left(tags_words, {FALLBACK_CONTENT_CHARS});
+                            END IF;
+                        END;
+                    END LOOP;
+                END IF;"""
+    return _search_trigger_function(
+        "CREATE OR REPLACE FUNCTION", vector, declare=declare, prepare=prepare, assign=assign
+    )
+
+
+FITTING_TEXT_BYTES = 150_000
+"""Folded text of at most this many bytes (content, tags, previous turn and date together) always fits a
+search vector; longer text may not (a word of circled numbers is spelled in eight bytes a character, each
+distinct word takes four more for its position): migration ``0011`` indexes it in a block that catches the
+overflow."""
+
+FALLBACK_CONTENT_CHARS = 20_000
+"""The characters of the content indexed when all of it made a vector over PostgreSQL's 1 MB (``0011``)."""
+
+
+def rederive_search_sql(*, last: bool) -> str:
+    """SQL giving the rows of one key range the vector of migration ``0011`` (where it differs).
+
+    Parameters: the key ``(id, tier)`` the range starts after, then (unless ``last``) the key it ends with.
+    Run in batches after the migration (``PostgresBackend.open``), each its own short transaction, so
+    writers wait for no more than a batch's rows.
+    """
+    constants = ", ".join(f"'{value}'::text AS {name}" for name, value in SEARCH_CONSTANTS.items())
+    folded = ", ".join(f"{sql} AS {name}" for name, sql in _folded_columns("c", lambda name: f"s.{name}"))
+    end = "" if last else " AND (c.id, c.tier) <= (%s, %s)"
+    size = " + ".join(f"octet_length(f.{name})" for name, _ in _folded_columns("c", str))
+    vector = folded_search_vector_sql("f.", lambda name: f"s.{name}")
+    # a row whose text may not fit a vector gets NULL: the trigger then computes it, catching an overflow
+    return f"""
+        UPDATE cm_memories AS m SET search = r.search
+        FROM (
+            SELECT c.id, c.tier, CASE WHEN {size} <= {FITTING_TEXT_BYTES} THEN {vector} END AS search
+            FROM cm_memories AS c
+            CROSS JOIN (SELECT {constants}) AS s
+            CROSS JOIN LATERAL (SELECT {folded}) AS f
+            WHERE (c.id, c.tier) > (%s, %s){end}
+        ) AS r
+        WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
+        """
 
 
 _PIECES_VECTOR = search_vector_sql("c", "s.separators", pieces=("s.cjk", "s.special", "s.pieces"))
@@ -509,6 +721,24 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) AS r
             WHERE m.id = r.id AND m.tier = r.tier AND m.search IS DISTINCT FROM r.search
             """,
+        ],
+    ),
+    (
+        # (1) text stored in one Unicode form was not found by a query in another ("cafe" and a combining
+        # accent against "café", full-width "Ｔｏｋｙｏ", the ligature "ﬁ"), and the accents SQLite's index
+        # folds ("cafe" finds "café" there) were kept: the vector now reads the text folded (fold_sql, no
+        # unaccent extension needed) and the query folds its words the same way. (2) The server's parser kept
+        # e-mail addresses, host names, URLs, paths, decimal and signed numbers whole, where the query splits
+        # them ("alice" did not find "alice@example.com", nor "3" "3.14"): ASCII text is now split at every
+        # character that is no letter or digit. Every row's vector is derived again afterwards, in batches of
+        # their own transactions (PostgresBackend.open, from the key range cm_search_rederive records), so
+        # writers never wait for the whole table: new rows get the new vector from the trigger meanwhile
+        "0011_search_folded_and_split_as_queried",
+        [
+            _folded_trigger(),
+            "CREATE TABLE cm_search_rederive (migration text PRIMARY KEY, after_id text NOT NULL, "
+            "after_tier text NOT NULL)",
+            "INSERT INTO cm_search_rederive (migration, after_id, after_tier) VALUES ('0011', '', '')",
         ],
     ),
 ]

@@ -20,6 +20,13 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "ACCENTS",
+    "LATIN_LETTERS",
+    "TOKEN_JOINERS",
+    "COMPATIBILITY",
+    "COMPATIBILITY_PARTS",
+    "COMPATIBILITY_RANGES",
+    "WORD_SEPARATORS",
     "CJK",
     "CJK_RANGES",
     "CJK_RUNS",
@@ -223,3 +230,36 @@ def spell_numbers(text: str) -> str:
     if text.isascii():
         return text
     return _NUMBER.sub(_spell, text)
+
+
+COMPATIBILITY_RANGES = "fb00-fb06,fb13-fb17,ff01-ff5e,ff61-ffdc,ffe0-ffe2,ffe5-ffe6,ffe9-ffec"
+"""The compatibility characters indexed in their NFKC (``index.COMPATIBILITY_RANGES``: ligatures, full-width
+and half-width forms), frozen for migration ``0011``."""
+
+COMPATIBILITY = _bracket_expression(COMPATIBILITY_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`COMPATIBILITY_RANGES`."""
+
+COMPATIBILITY_PARTS = f"({COMPATIBILITY}+)|([^{COMPATIBILITY[1:]}+)"
+"""Text as its parts, in order: a run of :data:`COMPATIBILITY` (group 1) or of other characters (group 2)."""
+
+FOLDED_DIACRITIC_RANGES = "300-304,306-30c,30f,311,31b,323-328,32d-32e,330-331"
+"""The combining diacritics SQLite's FTS5 folds away (``index._FOLDED_DIACRITICS``), frozen for ``0011``."""
+
+ACCENTS = f"([A-Za-z]){_bracket_expression(FOLDED_DIACRITIC_RANGES)}+"
+"""An ASCII letter (group 1) and the diacritics of :data:`FOLDED_DIACRITIC_RANGES` on it, in NFD text: the
+accents migration ``0011`` folds (``index.fold_accents``)."""
+
+TOKEN_JOINERS = "[-&+./:<>@_~]"
+"""A PostgreSQL regular expression matching an ASCII character around which the server's parser makes one
+token of several words (an e-mail address, a host, a URL, a path, a decimal, version or signed number, a
+hyphenated word, an HTML tag or entity), where the query (and FTS5) splits words at every character that
+is no letter or digit: migration ``0011`` makes them spaces (the parser splits at the other ASCII
+characters itself). Found by parsing 20,000 random strings of letters, digits and punctuation both ways."""
+
+LATIN_LETTERS = "[\\u00c0-\\u024f\\u1e00-\\u1eff\\u0300-\\u036f]"
+"""A PostgreSQL regular expression matching the characters whose accents :data:`ACCENTS` may fold: text in
+NFC without one is its own fold (checked over every code point: ``index.fold_accents``)."""
+
+WORD_SEPARATORS = f"[{TOKEN_JOINERS[1:-1]}{SEPARATORS[1:-1]}]"
+""":data:`TOKEN_JOINERS` and :data:`SEPARATORS`: what migration ``0011`` makes spaces in text that is not
+all ASCII."""

@@ -1,0 +1,293 @@
+"""Search answers the same on both backends whatever the Unicode form of the text and of the query.
+
+1. Text stored in one normal form was not found by a query in another: Hangul typed as conjoining jamo (NFD,
+   as macOS file names hold it) was found by no word typed as syllables on either backend, and on PostgreSQL
+   "café" written decomposed ("cafe" and U+0301) was not found by "cafe". Both indexes and the query now
+   read text in NFC, with full-width and half-width forms and ligatures in their usual form (NFKC of those).
+2. SQLite's index folds accents ("cafe" finds "café"), PostgreSQL's did not: the two backends answered the
+   same query differently. PostgreSQL now folds the same accents, without the ``unaccent`` extension.
+3. A memory of number-dense text (circled numbers, superscripts: each spelled in ASCII in PostgreSQL's index)
+   with many tags made a search vector over PostgreSQL's 1 MB and failed to store; it is stored whole and
+   indexed as far as fits.
+4. PostgreSQL's parser kept e-mail addresses, host names, URLs, file paths, decimal, version and signed
+   numbers whole, where the query (and SQLite) splits them into words: "alice" did not find
+   "alice@example.com" there, nor "usr" "/usr/local/bin", nor "3.14" "pi is 3.14".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from context_manager.core.memory.manager import MemoryManager
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+FORMS = {
+    # name: (stored text, queries that must find it)
+    "accent folded": ("We met in a naïve café in Zürich", ["cafe", "naive", "zurich", "café", nfd("café")]),
+    "decomposed text": (nfd("We met in a naïve café in Zürich"), ["cafe", "café", "zürich", "zurich"]),
+    "accented query of plain text": ("We met in a naive cafe in Zurich", ["café", nfd("naïve"), "Zürich"]),
+    "Spanish": ("Mañana vamos a la estación", ["manana", "estacion", "mañana", "ESTACIÓN"]),
+    "Hangul jamo": (nfd("한국어 공부를 합니다"), ["한국어", "공부를"]),
+    "Hangul syllables, jamo query": ("한국어 공부를 합니다", [nfd("한국어")]),
+    "full-width": ("Ｔｏｋｙｏ office opens at ９ am", ["tokyo", "Tokyo", "Ｔｏｋｙｏ"]),
+    "full-width query": ("Tokyo office opens at 9 am", ["Ｔｏｋｙｏ"]),
+    "ligature": ("The ﬁnal ofﬁce ﬂoor plan", ["final", "office", "floor", "ﬁnal"]),
+    "half-width katakana": ("ｶﾀｶﾅ で書いた", ["カタカナ"]),
+    "Cyrillic decomposed": (nfd("Мой район у моря"), ["район", "мой"]),
+    "Greek decomposed": (nfd("Καλημέρα από την Αθήνα"), ["καλημέρα", "αθήνα"]),
+    "e-mail": ("Write to alice@example.com today", ["alice", "example", "alice@example.com"]),
+    "URL": ("Docs at https://docs.example.org/guide/setup", ["docs", "guide", "setup"]),
+    "path": ("The binary is in /usr/local/bin", ["usr", "local", "/usr/local/bin"]),
+    "decimal": ("Pi is about 3.14159 here", ["3.14159", "14159"]),
+    "version": ("Upgrade to release 2.7.1 now", ["2.7.1"]),
+    "signed number": ("The freezer is at -18 degrees", ["-18", "18"]),
+    "accented e-mail": ("Écris à josé@exemple.fr demain", ["jose", "exemple", "josé"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMS))
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_memory_is_found_whatever_the_unicode_form_of_text_and_query(
+    manager: MemoryManager, case: str, tier: str
+) -> None:
+    text, queries = FORMS[case]
+    target = await manager.add_memory(text, tier=tier)
+    await manager.add_memory("An unrelated note about the weather in Paris", tier=tier)
+    for query in queries:
+        found = await manager.search_memory(query, limit=3)
+        assert [memory.id for memory in found] == [target.id], (case, query)
+        assert found[0].content == text  # stored as given
+
+
+async def test_a_csv_of_numbers_is_stored_whole_and_found_by_a_number(manager: MemoryManager) -> None:
+    """A 600 KB CSV of decimal numbers: stored whole, found by its words and by a number of it (PostgreSQL's
+    parser kept "123.4567" whole, where the query asks for "123" and "4567": it found nothing there)."""
+    import random
+
+    draw = random.Random(11)
+    rows = [",".join(f"{draw.random() * 1e6:.4f}" for _ in range(8)) for _ in range(8_000)]
+    content = "sensor export kiwi\n" + "\n".join(rows)
+    assert len(content) > 600_000
+    stored = await manager.add_memory(content, tier="long")
+    other = await manager.add_memory("An unrelated kiwi note", tier="long")
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.content == content
+    assert [m.id for m in await manager.search_memory("sensor export", limit=3)] == [stored.id]
+    assert {m.id for m in await manager.search_memory("kiwi", limit=3)} == {stored.id, other.id}
+    first = rows[0].split(",")[0]
+    assert [m.id for m in await manager.search_memory(first, limit=3)] == [stored.id]
+
+
+async def test_number_dense_text_with_many_tags_is_stored_whole_and_indexed_as_far_as_fits(
+    manager: MemoryManager,
+) -> None:
+    """100,000 characters of words of circled numbers and superscripts (each spelled in eight bytes on
+    PostgreSQL) with 80,000 tags made a vector over 1 MB there: "memory write failed ... string is too long
+    for tsvector". Now stored whole, found by its first words and its tags."""
+    import random
+
+    draw = random.Random(5)
+    numbers = [chr(point) for point in range(0x2460, 0x2474)] + list("⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉")
+    words = ["".join(draw.choice(numbers) for _ in range(12)) for _ in range(9_000)]
+    content = "kiwi harvest " + " ".join(words)
+    tags = [f"customer{number:06d}account" for number in range(80_000)]
+    stored = await manager.add_memory(content, tags=tags, tier="long")
+    other = await manager.add_memory("An unrelated kiwi note", tier="long")
+    copy = await manager.get_memory(stored.id)
+    assert copy is not None and copy.content == content and copy.tags == tags
+    assert [m.id for m in await manager.search_memory("harvest", limit=3)] == [stored.id]
+    assert [m.id for m in await manager.search_memory(words[0], limit=3)] == [stored.id]
+    assert [m.id for m in await manager.search_memory("customer000001account", limit=3)] == [stored.id]
+    assert {m.id for m in await manager.search_memory("kiwi", limit=3)} == {stored.id, other.id}
+    await manager.update_memory(other.id, content=content.replace("kiwi harvest", "lime crop"), tags=tags)
+    assert [m.id for m in await manager.search_memory("lime crop", limit=3)] == [other.id]
+
+
+ACCENT_TEXTS = [
+    "Crème brûlée at the café in Zürich, naïve façade, Ångström, Łódź, Ærø",
+    nfd("Crème brûlée at the café in Zürich"),
+    "Ｔｏｋｙｏ ﬁnal ｶﾀｶﾅ ﬃ Ｎｏ.９",
+    "Мой район, Αθήνα, 한국어, " + nfd("한국어"),
+    "m² ½ CO₂ 🍕 東京 naïve² e\u0301\u0327t",
+    "mail josé@exemple.fr, https://exemple.fr/ça, v2.7.1, -18, 3.14",
+]
+
+
+async def test_the_server_folds_text_as_the_query_does(postgres_dsn: str) -> None:
+    """Migration 0011's vector reads the text folded as the query's words are (``normalize_text``, then
+    ``fold_accents``): the server's fold and Python's give the same text."""
+    import psycopg
+
+    from context_manager.core.memory.index import (
+        COMPATIBILITY_RANGES,
+        fold_accents,
+        normalize_text,
+    )
+    from context_manager.core.memory.postgres import separators
+    from context_manager.core.memory.postgres.schema import fold_sql
+
+    assert separators.COMPATIBILITY_RANGES == COMPATIBILITY_RANGES
+    fold = fold_sql(
+        "t", f"'{separators.COMPATIBILITY}'", f"'{separators.COMPATIBILITY_PARTS}'", f"'{separators.ACCENTS}'"
+    )
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        cursor = await connection.execute(f"SELECT {fold} FROM unnest(%s::text[]) AS t", (ACCENT_TEXTS,))
+        folded = [row[0] for row in await cursor.fetchall()]
+        assert folded == [fold_accents(normalize_text(text)) for text in ACCENT_TEXTS]
+        assert folded[0] == "Creme brulee at the cafe in Zurich, naive facade, Angstrom, Łodz, Ærø"
+        assert folded[2] == "Tokyo final カタカナ ffi No.9"
+        assert folded[3].endswith("한국어, 한국어") and "район" in folded[3] and "Αθήνα" in folded[3]
+
+
+async def test_a_store_indexed_before_0011_is_folded_in_batches_on_open(postgres_dsn: str) -> None:
+    """Migration 0011 installs the folding trigger; every row gets its new vector afterwards, in batches of
+    their own transactions, once, with two processes starting together; a new row gets it from the trigger."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    before = [(name, statements) for name, statements in MIGRATIONS if name < "0011"]
+    assert len(before) == len(MIGRATIONS) - 1
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate(before)
+    finally:
+        await database.close()
+    rows = {  # content, a query that must find it
+        "cafe": ("We met in a naïve café", "cafe"),
+        "decomposed": (nfd("Meeting in Zürich on Monday"), "zurich"),
+        "mail": ("Write to alice@example.com today", "alice"),
+        "full-width": ("Ｔｏｋｙｏ office", "tokyo"),
+        "plain": ("An unrelated note about the weather", "weather"),
+    }
+    filler = [(f"filler{number:05d}", f"Filler note number {number} about kiwi") for number in range(1_100)]
+    async with (
+        await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection,
+        connection.cursor() as cursor,
+    ):
+        await cursor.executemany(
+            # rows written by the earlier version: its trigger computed the vector
+            "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, last_accessed, "
+            "source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+            [(memory_id, content) for memory_id, (content, _) in rows.items()] + filler,
+        )
+
+    def config() -> ContextManagerConfig:
+        return ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+
+    first, second = MemoryManager(config()), MemoryManager(config())
+    try:
+        await asyncio.gather(first.initialize(), second.initialize())
+        for memory_id, (_, query) in rows.items():
+            assert [m.id for m in await first.search_memory(query, limit=3)] == [memory_id], query
+        assert len(await first.search_memory("kiwi", limit=2_000)) == 1_100
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
+            assert await cursor.fetchone() == (0,)  # done: nothing left for the next start
+            cursor = await connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0011%'"
+            )
+            assert await cursor.fetchone() == (1,)
+        new = await second.add_memory("Crème brûlée for dessert", tier="long")
+        assert [m.id for m in await first.search_memory("creme brulee", limit=3)] == [new.id]
+        await second.update_memory(new.id, content="Fondue in Gruyères")
+        assert [m.id for m in await first.search_memory("gruyeres", limit=3)] == [new.id]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn: str) -> None:
+    """Migration 0011's trigger folds text in statements (each step only when it changes something), its
+    re-derivation of existing rows in one expression (``fold_sql``): the same vector for every text."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.schema import rederive_search_sql
+
+    texts = [text for text, _ in FORMS.values()] + ACCENT_TEXTS + ["plain", "Ångström ﬁ", "\u212b"]
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        for number, text in enumerate(texts):
+            await manager.add_memory(text, tags=[text[:20]], tier="long", metadata={"session_date": text[:9]})
+            await manager.add_memory(text, user_id=f"user{number}")
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        for number, text in enumerate(texts):  # a previous turn (a conversation memory's context)
+            await connection.execute(
+                "INSERT INTO cm_memories (id, tier, owner, content, context, importance, created_at, "
+                "last_accessed, source) VALUES (%s, 'medium', '', 'turn', %s, 0.5, 1.0, 1.0, 'user')",
+                (f"turn{number}", text),
+            )
+        cursor = await connection.execute("SELECT count(*) FROM cm_memories")
+        assert await cursor.fetchone() == (3 * len(texts),)
+        cursor = await connection.execute(rederive_search_sql(last=True), ("", ""))
+        assert cursor.rowcount == 0  # no stored vector differs from the re-derived one
+
+
+async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_path: Path) -> None:
+    """SQLite: a long-term memory indexed before text was normalised (Hangul jamo as typed) is found by its
+    words typed as syllables after ``rebuild_index()``, as the docs tell users to run."""
+    import sqlite3
+
+    from context_manager.core.config import ContextManagerConfig
+
+    config = ContextManagerConfig(storage_path=tmp_path / "storage")
+    text = nfd("한국어 공부를 합니다")
+    async with MemoryManager(config) as memory:
+        stored = await memory.add_memory(text, tier="long")
+    database = config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        connection.execute(
+            "UPDATE memories_fts SET content = (SELECT content FROM memories WHERE memories.rowid = "
+            "memories_fts.rowid)"
+        )
+    async with MemoryManager(config) as memory:
+        assert await memory.search_memory("한국어") == []
+        await memory.rebuild_index()
+        assert [m.id for m in await memory.search_memory("한국어")] == [stored.id]
+        assert (await memory.check_integrity())["ok"]
+
+
+async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_dsn: str) -> None:
+    """A process stopped while deriving the vectors again leaves the range it did in ``cm_search_rederive``:
+    the next one to open goes on after it (the rows before are not parsed again), then removes the record."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0011"])
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            for memory_id in ("a-before", "m-after"):  # written by the earlier version's trigger
+                await connection.execute(
+                    "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, "
+                    "last_accessed, source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+                    (memory_id, f"{memory_id} a naïve café"),
+                )
+        await database.migrate(MIGRATIONS)  # the trigger replaced; no row derived again yet
+    finally:
+        await database.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        # as a process stopped after a batch ending with "a-before" left it
+        await connection.execute("UPDATE cm_search_rederive SET after_id = 'a-before', after_tier = 'long'")
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        assert [m.content for m in await manager.search_memory("cafe")] == ["m-after a naïve café"]
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
+            assert await cursor.fetchone() == (0,)
