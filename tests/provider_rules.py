@@ -12,6 +12,11 @@ against them:
   just before; a text block is not whitespace only; the final assistant content of a request does not end
   with whitespace; the top-level ``system`` text is not whitespace only; ``tool_use`` ids are unique
   within a request (``messages.N.content.M: `tool_use` ids must be unique``).
+* Anthropic extended thinking with tool use: an assistant turn with ``tool_use`` blocks that holds
+  thinking must start with a ``thinking`` or ``redacted_thinking`` block (``messages.1.content.0.type:
+  Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final
+  `assistant` message must start with a thinking block``); a ``thinking`` block has a string ``thinking``
+  and a ``signature``, a ``redacted_thinking`` block its ``data``, and neither is in a user turn.
 * Names and ids (HTTP 400 otherwise): OpenAI ``messages[].name`` and ``tool_calls[].function.name`` match
   ``^[a-zA-Z0-9_-]{1,64}$``; an Anthropic ``tool_use`` ``id`` (and the ``tool_use_id`` answering it) matches
   ``^[a-zA-Z0-9_-]+$``, and its ``name``, the name of a tool definition, ``^[a-zA-Z0-9_-]{1,64}$``.
@@ -38,6 +43,7 @@ ANTHROPIC_TOOL_USE_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
 """Anthropic ``tool_use.id`` (so ``tool_result.tool_use_id``)."""
 OPENAI_CALL_ID_MAX_CHARS = 40
 """Longest OpenAI Chat Completions ``tool_calls[].id`` (``string_above_max_length`` beyond)."""
+_THINKING_TYPES = ("thinking", "redacted_thinking")
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -127,12 +133,31 @@ def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:
                     problems.append(
                         f"{position}: tool_result is_error {block['is_error']!r} is not a boolean"
                     )
-            elif kind not in ("text", "tool_use", "tool_result"):
+            elif kind == "thinking" and not (
+                isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+            ):
+                problems.append(f"{position}: thinking block {block!r} without its text and signature")
+            elif kind == "redacted_thinking" and not isinstance(block.get("data"), str):
+                problems.append(f"{position}: redacted_thinking block {block!r} without its data")
+            elif kind not in ("text", "tool_use", "tool_result", "thinking", "redacted_thinking"):
                 problems.append(f"{position}: block type {kind!r} is not one the exporter makes")
             if kind == "tool_use" and turn.get("role") != "assistant":
                 problems.append(f"{position}: tool_use in a {turn.get('role')} turn")
             if kind == "tool_result" and turn.get("role") != "user":
                 problems.append(f"{position}: tool_result in a {turn.get('role')} turn")
+            if kind in _THINKING_TYPES and turn.get("role") != "assistant":
+                problems.append(f"{position}: {kind} in a {turn.get('role')} turn")
+        kinds = [block.get("type") for block in turn["content"]]
+        if (
+            turn.get("role") == "assistant"
+            and "tool_use" in kinds
+            and any(kind in _THINKING_TYPES for kind in kinds)
+            and kinds[0] not in _THINKING_TYPES
+        ):
+            problems.append(
+                f"{position}: Expected `thinking` or `redacted_thinking`, but found `{kinds[0]}` "
+                "(an assistant turn with tool_use and thinking must start with its thinking)"
+            )
     return problems
 
 

@@ -91,7 +91,9 @@ _CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 )
 """The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
-_MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
+_MESSAGE_OPTIONS = frozenset(
+    {"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name", "thinking"}
+)
 _OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
 """Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
 _perf_counter = time.perf_counter
@@ -535,7 +537,10 @@ class EnhancedContextManager:
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
                 OpenAI/Anthropic dicts or SDK objects, ``message.tool_calls`` of an OpenAI response as it is,
                 Responses API ``function_call`` items too), ``tool_call_id``
-                (tool: the call answered), ``name``.
+                (tool: the call answered), ``name``, ``thinking`` (assistant: Anthropic extended thinking,
+                ``response.content`` or the response itself: its ``thinking`` / ``redacted_thinking``
+                blocks are kept, signatures unchanged, and go first in the turn of the Anthropic export, as
+                the API requires with tool use; see :attr:`Message.thinking`).
 
         Returns:
             ``True`` once the message is in the window.
@@ -612,10 +617,11 @@ class EnhancedContextManager:
         Args:
             messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` (optional for an
                 assistant message with ``tool_calls``, as in Chat Completions) and optionally
-                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``; the
-                OpenAI export of :meth:`get_context` is such a list, and the OpenAI SDK's
-                ``message.model_dump()`` of a response message is such a dict (its empty ``refusal``,
-                ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is the text).
+                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``,
+                ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
+                SDK's ``message.model_dump()`` of a response message is such a dict (its empty
+                ``refusal``, ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is
+                the text). The ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
 
         Returns:
             How many messages were added.

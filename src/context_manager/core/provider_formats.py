@@ -67,6 +67,7 @@ ANTHROPIC_CONTINUATION_TEXT = "(continuing the conversation)"
 """Text of the user turn inserted when an Anthropic export would otherwise start with the assistant."""
 
 
+_THINKING_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 _PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
 _NAME_MAX_CHARS = 64
@@ -255,7 +256,8 @@ def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, st
         if _is_error_result(message):
             block["is_error"] = True
         return [block]
-    blocks: list[dict[str, Any]] = []
+    # extended thinking: the turn's thinking blocks come first, as sent (the API checks their signatures)
+    blocks: list[dict[str, Any]] = [dict(block) for block in message.thinking] if message.thinking else []
     if message.content.strip():
         text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
         blocks.append({"type": "text", "text": text})
@@ -314,7 +316,16 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            if message.thinking:  # an assistant turn must start with its thinking: before earlier text
+                content = turns[-1]["content"]
+                at = 0
+                while at < len(content) and content[at]["type"] in _THINKING_BLOCK_TYPES:
+                    at += 1
+                thinking = len(message.thinking)
+                content[at:at] = blocks[:thinking]
+                content.extend(blocks[thinking:])
+            else:
+                turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
