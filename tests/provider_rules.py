@@ -24,6 +24,11 @@ against them:
   'messages[2].tool_calls[0].id': string too long. Expected a string with maximum length 40, but got a
   string with length 44 instead.`` (``code: string_above_max_length``; ids of gateways, other providers'
   ids after a switch of model).
+* OpenAI Responses API ``input``: role messages ``{"role": "system" | "developer" | "user" | "assistant",
+  "content": str}``; ``{"type": "function_call", "call_id", "name", "arguments"}`` items (a JSON string
+  of an object; the name as for functions above); ``{"type": "function_call_output", "call_id", "output"}``
+  answering a ``function_call`` before it (``No tool call found for function call output with call_id
+  ...``), and every ``function_call`` answered (``No tool output found for function call call_...``).
 * Shapes (OpenAI: ``Invalid type for 'messages[N].content'`` / ``Invalid value for 'content': expected a
   string, got null``; ``[] is too short - 'messages.N.tool_calls'``; ``function.arguments`` is a JSON
   *string*. Anthropic: ``messages.N.role`` is ``user`` or ``assistant``; ``tool_use.input: Input should
@@ -34,6 +39,7 @@ against them:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -110,6 +116,64 @@ def _openai_shape_problems(position: int, message: dict[str, Any]) -> list[str]:
     if role == "tool" and openai_call_id_breaks(message.get("tool_call_id")):
         problems.append(f"{position}: tool_call_id {message.get('tool_call_id')!r} (at most 40 characters)")
     return problems
+
+
+RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+
+def openai_responses_violations(items: list[dict[str, Any]]) -> list[str]:
+    """Every broken rule of an OpenAI Responses API ``input`` list (empty when the API would accept it)."""
+    problems: list[str] = []
+    called: set[str] = set()
+    answered: set[str] = set()
+    for position, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message":
+            if item.get("role") not in RESPONSES_ROLES:
+                problems.append(
+                    f"{position}: role {item.get('role')!r} is not one of {sorted(RESPONSES_ROLES)}"
+                )
+            if not isinstance(item.get("content"), str):
+                problems.append(f"{position}: content {item.get('content')!r} is not a string")
+            extra = set(item) - {"role", "content", "type"}
+            if extra:
+                problems.append(f"{position}: keys {sorted(extra)} are not those of an input message")
+        elif kind == "function_call":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                problems.append(f"{position}: call_id {call_id!r}")
+            elif call_id in called:
+                problems.append(f"{position}: call_id {call_id!r} made twice")
+            else:
+                called.add(call_id)
+            if _breaks(NAME_PATTERN, item.get("name")):
+                problems.append(
+                    f"{position}: name {item.get('name')!r} does not match {NAME_PATTERN.pattern}"
+                )
+            arguments = item.get("arguments")
+            if not isinstance(arguments, str) or not isinstance(_json_object(arguments), dict):
+                problems.append(f"{position}: arguments {arguments!r} are not a JSON object string")
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if call_id not in called or call_id in answered:
+                problems.append(
+                    f"{position}: No tool call found for function call output with call_id {call_id}"
+                )
+            answered.add(call_id)  # type: ignore[arg-type]
+            if not isinstance(item.get("output"), str):
+                problems.append(f"{position}: output {item.get('output')!r} is not a string")
+        else:
+            problems.append(f"{position}: item type {kind!r} is not one the exporter makes")
+    for call_id in sorted(called - answered):
+        problems.append(f"end: No tool output found for function call {call_id}")
+    return problems
+
+
+def _json_object(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:

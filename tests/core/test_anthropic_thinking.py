@@ -74,6 +74,8 @@ async def test_the_anthropic_export_sends_the_thinking_blocks_first_and_openai_n
         openai = manager.get_context(format="openai")
         assert openai_violations(openai) == []
         assert "thinking" not in str(openai) and "signature" not in str(openai)
+        responses = manager.get_context(format="openai_responses")
+        assert "thinking" not in str(responses) and "signature" not in str(responses)
 
 
 async def test_thinking_of_an_assistant_message_merged_into_a_turn_goes_before_the_turn_s_text() -> None:
@@ -171,3 +173,38 @@ async def test_a_whole_response_message_can_be_given_as_thinking() -> None:
     assert [block["type"] for block in message.thinking] == ["thinking", "redacted_thinking"]
     assert Message.create("assistant", "Hello").thinking == ()
     assert "thinking" not in Message.create("assistant", "Hello").to_dict()
+
+
+async def test_execute_tool_calls_keeps_the_thinking_of_the_assistant_message_it_adds(tmp_path: Path) -> None:
+    """The documented Anthropic loop: ``execute_tool_calls(tool_use blocks, content=..., thinking=...)``."""
+
+    async def weather(city: str, turn: int) -> str:
+        return f"sunny in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        await manager.add_message("user", "Weather in Paris?")
+        content = response_content("toolu_01A")
+        [result] = await manager.execute_tool_calls(
+            tool_uses(content), content="Let me check the weather.", thinking=content
+        )
+        assert result.success, result
+        turn = manager.get_context(format="anthropic")["messages"][1]
+        kinds = [block["type"] for block in turn["content"]]
+        assert kinds == ["thinking", "redacted_thinking", "text", "tool_use"]
+        assert turn["content"][1] == REDACTED
+        assert anthropic_violations(manager.get_context(format="anthropic")) == []
+
+
+async def test_no_turn_of_thinking_alone_while_the_calls_wait_for_their_results() -> None:
+    window = ContextWindow(max_tokens=4000)
+    await window.add(Message.create("user", "Weather?"))
+    call = ToolCall("toolu_01A", "weather", {"city": "Paris"})
+    await window.add(Message.create("assistant", " ", tool_calls=[call], thinking=[THINKING]))
+    body = to_anthropic_messages(window.messages)
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}]
+    await window.add(Message.create("tool", "sunny", tool_call_id="toolu_01A"))
+    body = to_anthropic_messages(window.messages)
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["thinking", "tool_use"]
+    assert anthropic_violations(body) == []

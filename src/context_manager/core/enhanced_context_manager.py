@@ -58,7 +58,12 @@ from context_manager.core.performance_monitor import (
     record_library_tokens,
     running_monitors,
 )
-from context_manager.core.provider_formats import to_provider_format
+from context_manager.core.provider_formats import (
+    FORMATS,
+    is_openai_responses_item,
+    messages_from_openai_responses,
+    to_provider_format,
+)
 from context_manager.core.shared_store import MemoryLease, lease_memory
 from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport, observed
 from context_manager.core.summarizers.llm import LLMSummarizer
@@ -647,6 +652,8 @@ class EnhancedContextManager:
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        if any(is_openai_responses_item(item) for item in messages):
+            messages = messages_from_openai_responses(messages)
         built = []
         for position, item in enumerate(messages):
             if (
@@ -769,6 +776,11 @@ class EnhancedContextManager:
 
     @overload
     def get_context(
+        self, format: Literal["openai_responses"], budget: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(
         self, format: str, budget: int | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]: ...
 
@@ -778,13 +790,16 @@ class EnhancedContextManager:
         """Return provider-ready messages for the next model call, within ``budget`` tokens if given.
 
         The return type follows ``format`` for type checkers: ``get_context(format="openai")`` is a
-        ``list[dict[str, Any]]`` and ``get_context(format="anthropic")`` a ``dict[str, Any]``, no cast
-        needed; a ``format`` only known at run time gives the union.
+        ``list[dict[str, Any]]`` (as is ``"openai_responses"``) and ``get_context(format="anthropic")`` a
+        ``dict[str, Any]``, no cast needed; a ``format`` only known at run time gives the union.
 
         Args:
             format: ``"openai"``: a list of Chat Completions messages. ``"anthropic"``: a dict with
                 ``"system"`` (when there are system messages) and ``"messages"``, ready to unpack into
-                ``client.messages.create(**request, model=..., max_tokens=...)``.
+                ``client.messages.create(**request, model=..., max_tokens=...)``. ``"openai_responses"``:
+                the Responses API ``input`` list (``client.responses.create(input=items, model=...)``):
+                role messages for text, ``function_call`` and ``function_call_output`` items for calls and
+                results; ``add_messages`` takes it back, and a response's ``output`` items too.
             budget: At most this many tokens; the window is left unchanged (older units are left out of
                 this export, the newest messages cut to head + tail if needed).
 
@@ -794,8 +809,8 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("get_context")
-        if format not in ("openai", "anthropic"):
-            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+        if format not in ("openai", "anthropic", "openai_responses"):
+            raise InvalidArgumentError("format", format, FORMATS)
         return to_provider_format(window.select(budget), format)
 
     def get_context_summary(self) -> dict[str, Any]:
@@ -1031,7 +1046,7 @@ class EnhancedContextManager:
         return result
 
     async def execute_tool_calls(
-        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = ""
+        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = "", thinking: Any = None
     ) -> list[ToolResult]:
         """Run a model's tool calls and append one paired tool result message per call to the window.
 
@@ -1057,6 +1072,9 @@ class EnhancedContextManager:
         Args:
             calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
             content: Text of the assistant message, when it has to be added.
+            thinking: Anthropic extended thinking of the assistant message, when it has to be added:
+                ``response.content`` (or the response); its ``thinking`` / ``redacted_thinking`` blocks
+                go first in that turn of the Anthropic export (see :attr:`Message.thinking`).
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
@@ -1079,6 +1097,7 @@ class EnhancedContextManager:
                 window,
                 calls,
                 content=content,
+                thinking=thinking,
                 on_truncated=self._remember_tool_output,
                 store=store,  # the calls are stored before any tool runs
                 recover=self._recover,  # the results are added again after another writer's change
