@@ -171,6 +171,24 @@ async def test_a_whole_response_message_can_be_given_as_thinking() -> None:
         "assistant", "Let me check the weather.", tool_calls=tool_uses(response["content"]), thinking=response
     )
     assert [block["type"] for block in message.thinking] == ["thinking", "redacted_thinking"]
+    from anthropic.types import Message as AnthropicMessage  # the SDK's response object, as it comes
+
+    sdk_response = AnthropicMessage.model_validate(
+        {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": response_content(),
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+    )
+    calls = [block for block in sdk_response.content if block.type == "tool_use"]
+    for given in (sdk_response, sdk_response.content):
+        from_sdk = Message.create("assistant", "Let me check the weather.", tool_calls=calls, thinking=given)
+        assert from_sdk.thinking == message.thinking
     assert Message.create("assistant", "Hello").thinking == ()
     assert "thinking" not in Message.create("assistant", "Hello").to_dict()
 

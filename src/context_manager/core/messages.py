@@ -355,7 +355,7 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (archives, memory); ``thinking`` only when there is some."""
-        return {
+        data = {
             "id": self.id,
             "role": self.role.value,
             "content": self.content,
@@ -369,8 +369,10 @@ class Message:
             "name": self.name,
             "timestamp": self.timestamp,
             "token_count": self.token_count,
-            **({"thinking": [dict(block) for block in self.thinking]} if self.thinking else {}),
         }
+        if self.thinking:
+            data["thinking"] = [dict(block) for block in self.thinking]
+        return data
 
     @classmethod
     def create(
