@@ -12,6 +12,11 @@ against them:
   just before; a text block is not whitespace only; the final assistant content of a request does not end
   with whitespace; the top-level ``system`` text is not whitespace only; ``tool_use`` ids are unique
   within a request (``messages.N.content.M: `tool_use` ids must be unique``).
+* Anthropic extended thinking with tool use: an assistant turn with ``tool_use`` blocks that holds
+  thinking must start with a ``thinking`` or ``redacted_thinking`` block (``messages.1.content.0.type:
+  Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final
+  `assistant` message must start with a thinking block``); a ``thinking`` block has a string ``thinking``
+  and a ``signature``, a ``redacted_thinking`` block its ``data``, and neither is in a user turn.
 * Names and ids (HTTP 400 otherwise): OpenAI ``messages[].name`` and ``tool_calls[].function.name`` match
   ``^[a-zA-Z0-9_-]{1,64}$``; an Anthropic ``tool_use`` ``id`` (and the ``tool_use_id`` answering it) matches
   ``^[a-zA-Z0-9_-]+$``, and its ``name``, the name of a tool definition, ``^[a-zA-Z0-9_-]{1,64}$``.
@@ -19,6 +24,11 @@ against them:
   'messages[2].tool_calls[0].id': string too long. Expected a string with maximum length 40, but got a
   string with length 44 instead.`` (``code: string_above_max_length``; ids of gateways, other providers'
   ids after a switch of model).
+* OpenAI Responses API ``input``: role messages ``{"role": "system" | "developer" | "user" | "assistant",
+  "content": str}``; ``{"type": "function_call", "call_id", "name", "arguments"}`` items (a JSON string
+  of an object; the name as for functions above); ``{"type": "function_call_output", "call_id", "output"}``
+  answering a ``function_call`` before it (``No tool call found for function call output with call_id
+  ...``), and every ``function_call`` answered (``No tool output found for function call call_...``).
 * Shapes (OpenAI: ``Invalid type for 'messages[N].content'`` / ``Invalid value for 'content': expected a
   string, got null``; ``[] is too short - 'messages.N.tool_calls'``; ``function.arguments`` is a JSON
   *string*. Anthropic: ``messages.N.role`` is ``user`` or ``assistant``; ``tool_use.input: Input should
@@ -29,6 +39,7 @@ against them:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -38,6 +49,7 @@ ANTHROPIC_TOOL_USE_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
 """Anthropic ``tool_use.id`` (so ``tool_result.tool_use_id``)."""
 OPENAI_CALL_ID_MAX_CHARS = 40
 """Longest OpenAI Chat Completions ``tool_calls[].id`` (``string_above_max_length`` beyond)."""
+_THINKING_TYPES = ("thinking", "redacted_thinking")
 OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -106,6 +118,64 @@ def _openai_shape_problems(position: int, message: dict[str, Any]) -> list[str]:
     return problems
 
 
+RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+
+def openai_responses_violations(items: list[dict[str, Any]]) -> list[str]:
+    """Every broken rule of an OpenAI Responses API ``input`` list (empty when the API would accept it)."""
+    problems: list[str] = []
+    called: set[str] = set()
+    answered: set[str] = set()
+    for position, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message":
+            if item.get("role") not in RESPONSES_ROLES:
+                problems.append(
+                    f"{position}: role {item.get('role')!r} is not one of {sorted(RESPONSES_ROLES)}"
+                )
+            if not isinstance(item.get("content"), str):
+                problems.append(f"{position}: content {item.get('content')!r} is not a string")
+            extra = set(item) - {"role", "content", "type"}
+            if extra:
+                problems.append(f"{position}: keys {sorted(extra)} are not those of an input message")
+        elif kind == "function_call":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                problems.append(f"{position}: call_id {call_id!r}")
+            elif call_id in called:
+                problems.append(f"{position}: call_id {call_id!r} made twice")
+            else:
+                called.add(call_id)
+            if _breaks(NAME_PATTERN, item.get("name")):
+                problems.append(
+                    f"{position}: name {item.get('name')!r} does not match {NAME_PATTERN.pattern}"
+                )
+            arguments = item.get("arguments")
+            if not isinstance(arguments, str) or not isinstance(_json_object(arguments), dict):
+                problems.append(f"{position}: arguments {arguments!r} are not a JSON object string")
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if call_id not in called or call_id in answered:
+                problems.append(
+                    f"{position}: No tool call found for function call output with call_id {call_id}"
+                )
+            answered.add(call_id)  # type: ignore[arg-type]
+            if not isinstance(item.get("output"), str):
+                problems.append(f"{position}: output {item.get('output')!r} is not a string")
+        else:
+            problems.append(f"{position}: item type {kind!r} is not one the exporter makes")
+    for call_id in sorted(called - answered):
+        problems.append(f"end: No tool output found for function call {call_id}")
+    return problems
+
+
+def _json_object(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:
     problems: list[str] = []
     for position, turn in enumerate(turns):
@@ -127,12 +197,31 @@ def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:
                     problems.append(
                         f"{position}: tool_result is_error {block['is_error']!r} is not a boolean"
                     )
-            elif kind not in ("text", "tool_use", "tool_result"):
+            elif kind == "thinking" and not (
+                isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
+            ):
+                problems.append(f"{position}: thinking block {block!r} without its text and signature")
+            elif kind == "redacted_thinking" and not isinstance(block.get("data"), str):
+                problems.append(f"{position}: redacted_thinking block {block!r} without its data")
+            elif kind not in ("text", "tool_use", "tool_result", "thinking", "redacted_thinking"):
                 problems.append(f"{position}: block type {kind!r} is not one the exporter makes")
             if kind == "tool_use" and turn.get("role") != "assistant":
                 problems.append(f"{position}: tool_use in a {turn.get('role')} turn")
             if kind == "tool_result" and turn.get("role") != "user":
                 problems.append(f"{position}: tool_result in a {turn.get('role')} turn")
+            if kind in _THINKING_TYPES and turn.get("role") != "assistant":
+                problems.append(f"{position}: {kind} in a {turn.get('role')} turn")
+        kinds = [block.get("type") for block in turn["content"]]
+        if (
+            turn.get("role") == "assistant"
+            and "tool_use" in kinds
+            and any(kind in _THINKING_TYPES for kind in kinds)
+            and kinds[0] not in _THINKING_TYPES
+        ):
+            problems.append(
+                f"{position}: Expected `thinking` or `redacted_thinking`, but found `{kinds[0]}` "
+                "(an assistant turn with tool_use and thinking must start with its thinking)"
+            )
     return problems
 
 

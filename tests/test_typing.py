@@ -43,6 +43,8 @@ async def main() -> None:
         chosen: str = "openai"
         either = manager.get_context(format=chosen)
         assert_type(either, list[dict[str, Any]] | dict[str, Any])
+        items = manager.get_context(format="openai_responses")
+        assert_type(items, list[dict[str, Any]])
         result = await manager.execute_tool("lookup_order", order_id=1042)
         assert_type(result, ToolResult)
         print(first_role, len(turns), either)
@@ -58,6 +60,7 @@ def blocking() -> None:
         assert_type(manager.add_message("user", "Where is order 1042?"), bool)
         assert_type(manager.get_context(), list[dict[str, Any]])
         assert_type(manager.get_context(format="anthropic"), dict[str, Any])
+        assert_type(manager.get_context(format="openai_responses"), list[dict[str, Any]])
         assert_type(manager.execute_tool("lookup_order", order_id="1042"), ToolResult)
         assert_type(manager.call(lookup_order, "1042"), str)
         tools = manager.tool_manager

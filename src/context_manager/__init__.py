@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "SummarizerGuard": "context_manager.core.summarizers.guard",
     "LLMSummarizer": "context_manager.core.summarizers.llm",
     "to_openai_messages": "context_manager.core.provider_formats",
+    "to_openai_responses_input": "context_manager.core.provider_formats",
     "to_anthropic_messages": "context_manager.core.provider_formats",
     "parse_tool_calls": "context_manager.core.provider_formats",
     # memory
@@ -216,6 +217,7 @@ __all__ = [
     "register_memory_tools",
     "to_anthropic_messages",
     "to_openai_messages",
+    "to_openai_responses_input",
     "tool",
 ]
 
@@ -304,6 +306,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         parse_tool_calls,
         to_anthropic_messages,
         to_openai_messages,
+        to_openai_responses_input,
     )
     from context_manager.core.summarizers.anthropic_messages import AnthropicSummarizer
     from context_manager.core.summarizers.guard import SummarizerGuard

@@ -468,6 +468,11 @@ class SyncContextManager:
 
     @overload
     def get_context(
+        self, format: Literal["openai_responses"], budget: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(
         self, format: str, budget: int | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]: ...
 
@@ -545,10 +550,12 @@ class SyncContextManager:
         return self._await("execute_tool", self._manager.execute_tool, tool_name, **kwargs)
 
     def execute_tool_calls(
-        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = ""
+        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = "", thinking: Any = None
     ) -> list[ToolResult]:
         """Blocking form of EnhancedContextManager.execute_tool_calls."""
-        return self._await("execute_tool_calls", self._manager.execute_tool_calls, calls, content=content)
+        return self._await(
+            "execute_tool_calls", self._manager.execute_tool_calls, calls, content=content, thinking=thinking
+        )
 
     def pending_tool_calls(self) -> list[ToolCall]:
         """Blocking form of EnhancedContextManager.pending_tool_calls."""

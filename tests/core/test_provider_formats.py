@@ -336,7 +336,8 @@ def test_exported_ids_and_names_always_match_the_providers_patterns(
 
 
 def test_unknown_format_is_rejected() -> None:
-    with pytest.raises(InvalidArgumentError, match="format: got 'gemini'; allowed 'openai' or 'anthropic'"):
+    allowed = "'openai', 'anthropic' or 'openai_responses'"
+    with pytest.raises(InvalidArgumentError, match=f"format: got 'gemini'; allowed {allowed}"):
         to_provider_format([], "gemini")
 
 

@@ -58,7 +58,12 @@ from context_manager.core.performance_monitor import (
     record_library_tokens,
     running_monitors,
 )
-from context_manager.core.provider_formats import to_provider_format
+from context_manager.core.provider_formats import (
+    FORMATS,
+    is_openai_responses_item,
+    messages_from_openai_responses,
+    to_provider_format,
+)
 from context_manager.core.shared_store import MemoryLease, lease_memory
 from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport, observed
 from context_manager.core.summarizers.llm import LLMSummarizer
@@ -91,7 +96,9 @@ _CHANGE: contextvars.ContextVar[asyncio.Future[None] | None] = contextvars.Conte
 )
 """The tool-call change (:meth:`EnhancedContextManager._change_and_store`) the running code is part of."""
 _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-term (on-disk) tier
-_MESSAGE_OPTIONS = frozenset({"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name"})
+_MESSAGE_OPTIONS = frozenset(
+    {"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name", "thinking"}
+)
 _OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
 """Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
 _perf_counter = time.perf_counter
@@ -539,7 +546,10 @@ class EnhancedContextManager:
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
                 OpenAI/Anthropic dicts or SDK objects, ``message.tool_calls`` of an OpenAI response as it is,
                 Responses API ``function_call`` items too), ``tool_call_id``
-                (tool: the call answered), ``name``.
+                (tool: the call answered), ``name``, ``thinking`` (assistant: Anthropic extended thinking,
+                ``response.content`` or the response itself: its ``thinking`` / ``redacted_thinking``
+                blocks are kept, signatures unchanged, and go first in the turn of the Anthropic export, as
+                the API requires with tool use; see :attr:`Message.thinking`).
 
         Returns:
             ``True`` once the message is in the window.
@@ -616,10 +626,11 @@ class EnhancedContextManager:
         Args:
             messages: Dicts of :meth:`add_message`'s arguments: ``role``, ``content`` (optional for an
                 assistant message with ``tool_calls``, as in Chat Completions) and optionally
-                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``; the
-                OpenAI export of :meth:`get_context` is such a list, and the OpenAI SDK's
-                ``message.model_dump()`` of a response message is such a dict (its empty ``refusal``,
-                ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is the text).
+                ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``,
+                ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
+                SDK's ``message.model_dump()`` of a response message is such a dict (its empty
+                ``refusal``, ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is
+                the text). The ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
 
         Returns:
             How many messages were added.
@@ -645,6 +656,8 @@ class EnhancedContextManager:
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        if any(is_openai_responses_item(item) for item in messages):
+            messages = messages_from_openai_responses(messages)
         built = []
         for position, item in enumerate(messages):
             if (
@@ -767,6 +780,11 @@ class EnhancedContextManager:
 
     @overload
     def get_context(
+        self, format: Literal["openai_responses"], budget: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(
         self, format: str, budget: int | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]: ...
 
@@ -776,13 +794,16 @@ class EnhancedContextManager:
         """Return provider-ready messages for the next model call, within ``budget`` tokens if given.
 
         The return type follows ``format`` for type checkers: ``get_context(format="openai")`` is a
-        ``list[dict[str, Any]]`` and ``get_context(format="anthropic")`` a ``dict[str, Any]``, no cast
-        needed; a ``format`` only known at run time gives the union.
+        ``list[dict[str, Any]]`` (as is ``"openai_responses"``) and ``get_context(format="anthropic")`` a
+        ``dict[str, Any]``, no cast needed; a ``format`` only known at run time gives the union.
 
         Args:
             format: ``"openai"``: a list of Chat Completions messages. ``"anthropic"``: a dict with
                 ``"system"`` (when there are system messages) and ``"messages"``, ready to unpack into
-                ``client.messages.create(**request, model=..., max_tokens=...)``.
+                ``client.messages.create(**request, model=..., max_tokens=...)``. ``"openai_responses"``:
+                the Responses API ``input`` list (``client.responses.create(input=items, model=...)``):
+                role messages for text, ``function_call`` and ``function_call_output`` items for calls and
+                results; ``add_messages`` takes it back, and a response's ``output`` items too.
             budget: At most this many tokens; the window is left unchanged (older units are left out of
                 this export, the newest messages cut to head + tail if needed).
 
@@ -792,8 +813,8 @@ class EnhancedContextManager:
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("get_context")
-        if format not in ("openai", "anthropic"):
-            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+        if format not in ("openai", "anthropic", "openai_responses"):
+            raise InvalidArgumentError("format", format, FORMATS)
         return to_provider_format(window.select(budget), format)
 
     def get_context_summary(self) -> dict[str, Any]:
@@ -1029,7 +1050,7 @@ class EnhancedContextManager:
         return result
 
     async def execute_tool_calls(
-        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = ""
+        self, calls: Sequence[ToolCall | Mapping[str, Any]], *, content: str = "", thinking: Any = None
     ) -> list[ToolResult]:
         """Run a model's tool calls and append one paired tool result message per call to the window.
 
@@ -1055,6 +1076,9 @@ class EnhancedContextManager:
         Args:
             calls: OpenAI ``tool_calls`` items, Anthropic ``tool_use`` blocks or ``ToolCall`` objects.
             content: Text of the assistant message, when it has to be added.
+            thinking: Anthropic extended thinking of the assistant message, when it has to be added:
+                ``response.content`` (or the response); its ``thinking`` / ``redacted_thinking`` blocks
+                go first in that turn of the Anthropic export (see :attr:`Message.thinking`).
 
         Raises:
             InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
@@ -1077,6 +1101,7 @@ class EnhancedContextManager:
                 window,
                 calls,
                 content=content,
+                thinking=thinking,
                 on_truncated=self._remember_tool_output,
                 store=store,  # the calls are stored before any tool runs
                 recover=self._recover,  # the results are added again after another writer's change

@@ -336,6 +336,14 @@ class Message:
     """Creation time, seconds since the epoch."""
     token_count: int = 0
     """Tokens this message costs in the prompt, chat-format overhead included (set by the window)."""
+    thinking: tuple[dict[str, Any], ...] = ()
+    """An assistant message's Anthropic ``thinking`` / ``redacted_thinking`` blocks, as the API sent them.
+
+    Extended thinking with tool use: the API refuses the next request unless the assistant turn that made
+    the calls starts with its thinking blocks, signatures unchanged. The Anthropic export puts them first
+    in the message's turn; the OpenAI exports leave them out. They count against the token budget (the
+    thinking text, or a redacted block's data) although the API drops earlier turns' ones: the safe side.
+    Read-only dicts (``type`` and ``thinking`` + ``signature``, or ``data``)."""
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -346,8 +354,8 @@ class Message:
         return self.role is Role.SYSTEM or self.pinned or self.priority is Priority.CRITICAL
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (used for archives and memory)."""
-        return {
+        """A JSON-ready dict of every field (archives, memory); ``thinking`` only when there is some."""
+        data = {
             "id": self.id,
             "role": self.role.value,
             "content": self.content,
@@ -362,6 +370,9 @@ class Message:
             "timestamp": self.timestamp,
             "token_count": self.token_count,
         }
+        if self.thinking:
+            data["thinking"] = [dict(block) for block in self.thinking]
+        return data
 
     @classmethod
     def create(
@@ -375,8 +386,14 @@ class Message:
         tool_calls: Sequence[ToolCall | dict[str, Any]] | None = None,
         tool_call_id: str | None = None,
         name: str | None = None,
+        thinking: Any = None,
     ) -> Message:
         """Validate every argument and build a message (token count not yet set).
+
+        ``thinking`` (assistant only): Anthropic content blocks of the response, a list of dicts or SDK
+        objects, or the response message itself (``response.content`` or ``response``): its ``thinking``
+        and ``redacted_thinking`` blocks are kept as they are (see :attr:`thinking`); its ``text`` and
+        ``tool_use`` blocks are skipped (the content and ``tool_calls`` carry them).
 
         Raises:
             InvalidRoleError, InvalidPriorityError, InvalidMessageError: an argument is invalid.
@@ -438,7 +455,14 @@ class Message:
             )
         if not content and not calls and parsed_role is not Role.TOOL:
             raise InvalidMessageError("content", content, "non-empty text (or tool_calls on an assistant)")
-        return _build(
+        blocks: tuple[dict[str, Any], ...] = ()
+        if thinking is not None:
+            blocks = thinking_blocks(thinking)
+            if blocks and parsed_role is not Role.ASSISTANT:
+                raise InvalidMessageError(
+                    "thinking", thinking, "only on assistant messages", detail=f"role is {parsed_role}"
+                )
+        message = _build(
             parsed_role,
             content,
             parsed_priority,
@@ -448,6 +472,61 @@ class Message:
             tool_call_id,
             name,
         )
+        if blocks:
+            _set_thinking(message, blocks)
+        return message
+
+
+_THINKING_TYPES = ("thinking", "redacted_thinking")
+_THINKING = (
+    "Anthropic content blocks (dicts or SDK objects) or a response message: thinking blocks with string "
+    "'thinking' and a non-empty string 'signature', redacted_thinking blocks with a non-empty string 'data'"
+)
+
+
+def _is_other_block(kind: Any) -> bool:
+    """A content block the message carries elsewhere: text (its content), tool use (its tool_calls)."""
+    if not isinstance(kind, str):
+        return False
+    return kind in ("text", "tool_use") or kind.endswith(("_tool_use", "_tool_result"))
+
+
+def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
+    """The ``thinking`` / ``redacted_thinking`` blocks of Anthropic content, checked and copied.
+
+    ``value``: a list of content blocks (dicts or SDK objects with ``model_dump()``), or a response
+    message (dict or SDK object) with such a ``content`` list. Text and tool-use blocks are skipped.
+
+    Raises:
+        InvalidMessageError: a block is of another type or lacks its signature / data.
+    """
+    if callable(getattr(value, "model_dump", None)):
+        value = value.model_dump()
+    if isinstance(value, dict) and isinstance(value.get("content"), list):
+        value = value["content"]
+    if not isinstance(value, list | tuple):
+        raise InvalidMessageError("thinking", value, _THINKING)
+    kept: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        block = item.model_dump() if callable(getattr(item, "model_dump", None)) else item
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking":
+            text, signature = block.get("thinking"), block.get("signature")
+            if not isinstance(text, str) or not isinstance(signature, str) or not signature:
+                raise InvalidMessageError(f"thinking[{index}]", item, _THINKING)
+            copied = {"type": "thinking", "thinking": text, "signature": signature}
+        elif kind == "redacted_thinking":
+            data = block.get("data")
+            if not isinstance(data, str) or not data:
+                raise InvalidMessageError(f"thinking[{index}]", item, _THINKING)
+            copied = {"type": "redacted_thinking", "data": data}
+        elif _is_other_block(kind):
+            continue
+        else:
+            raise InvalidMessageError(f"thinking[{index}]", item, _THINKING)
+        _check_json(copied, f"thinking[{index}]")
+        kept.append(copied)
+    return tuple(kept)
 
 
 def create_plain(role: Role | str, content: Any, *, check_unicode: bool) -> Message:
@@ -503,6 +582,7 @@ _new_object = object.__new__
         "token_count",
     )
 )
+_set_thinking = Message.__dict__["thinking"].__set__
 _now = time.time
 
 
@@ -529,4 +609,5 @@ def _build(
     _set_id(message, new_message_id())
     _set_timestamp(message, _now())
     _set_token_count(message, 0)
+    _set_thinking(message, ())
     return message

@@ -2,6 +2,11 @@
 
 * :func:`to_openai_messages`: OpenAI Chat Completions ``messages`` (``tool_calls`` with JSON string
   arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
+* :func:`to_openai_responses_input`: the OpenAI Responses API ``input`` list: ``{"role", "content"}``
+  messages for text (``system``, ``user``, ``assistant``), a ``{"type": "function_call", "call_id", "name",
+  "arguments"}`` item per call after its message's text, a ``{"type": "function_call_output", "call_id",
+  "output"}`` item per result; :func:`messages_from_openai_responses` reads such items (and a response's
+  ``output``) back as ``add_messages`` dicts.
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
   user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
@@ -44,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
@@ -56,17 +61,20 @@ __all__ = [
     "paired_for_provider",
     "parse_tool_calls",
     "to_anthropic_messages",
+    "messages_from_openai_responses",
     "to_openai_messages",
+    "to_openai_responses_input",
     "to_provider_format",
 ]
 
-ProviderFormat = Literal["openai", "anthropic"]
+ProviderFormat = Literal["openai", "anthropic", "openai_responses"]
 """The provider formats :func:`to_provider_format` knows."""
 
 ANTHROPIC_CONTINUATION_TEXT = "(continuing the conversation)"
 """Text of the user turn inserted when an Anthropic export would otherwise start with the assistant."""
 
 
+_THINKING_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 _PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
 _NAME_MAX_CHARS = 64
@@ -238,6 +246,125 @@ def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return [_openai_message(message, names, functions, ids) for message in paired]
 
 
+def to_openai_responses_input(messages: Iterable[Message]) -> list[dict[str, Any]]:
+    """Return the OpenAI Responses API ``input`` items (new dicts), paired as the API requires.
+
+    System, user and assistant text are ``{"role": ..., "content": text}`` messages (system messages keep
+    the ``system`` role, which the API takes as it takes ``developer``; the API has no ``name`` for them:
+    left out). Each tool call is a ``{"type": "function_call", "call_id", "name", "arguments"}`` item (JSON
+    string arguments) after its message's text, and each result a ``{"type": "function_call_output",
+    "call_id", "output"}`` item right after the calls of its message; a call without its result yet is left
+    out, as in the other exports. A function name the API refuses is made valid as for Chat Completions.
+    Items of the ``"openai_responses"`` export go back in through ``add_messages`` (see
+    :func:`messages_from_openai_responses`).
+    """
+    paired = paired_for_provider(messages)
+    functions = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
+    items: list[dict[str, Any]] = []
+    for message in paired:
+        role = message.role
+        if role is Role.TOOL:
+            call_id, output = message.tool_call_id, message.content
+            items.append({"type": "function_call_output", "call_id": call_id, "output": output})
+            continue
+        if message.content or not message.tool_calls:
+            items.append({"role": _ROLE_TEXT[role], "content": message.content})
+        for call in message.tool_calls:
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": call.id,
+                    "name": functions.get(call.name, call.name),
+                    "arguments": call.arguments_json(),
+                }
+            )
+    return items
+
+
+_RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_RESPONSES_ITEMS = (
+    "Responses API input or output items: role messages, 'message', 'function_call', "
+    "'function_call_output' (string output) or 'reasoning' items (dicts or SDK objects)"
+)
+
+
+def is_openai_responses_item(item: Any) -> bool:
+    """Whether ``item`` is a Responses API item (``type`` set) rather than a message dict of ``role`` only."""
+    if isinstance(item, Mapping):
+        return "type" in item
+    return callable(getattr(item, "model_dump", None))
+
+
+def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]:
+    """Read OpenAI Responses API items as ``add_messages`` dicts (``role``, ``content``, ``tool_calls`` ...).
+
+    Takes what :func:`to_openai_responses_input` makes and what a response's ``output`` holds, as dicts or
+    the SDK's objects: role messages (``{"role", "content"}``), ``message`` items (their text parts joined;
+    a refusal is the text), ``function_call`` items (the calls of the assistant message right before them,
+    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``). A
+    ``reasoning`` item is left out (the window does not keep it: pass ``previous_response_id`` or keep it
+    yourself to send it back).
+
+    Raises:
+        InvalidArgumentError: an item of another type, or of another content (images, files).
+    """
+    converted: list[dict[str, Any]] = []
+    calls_to: dict[str, Any] | None = None  # the assistant message the next function_call items join
+    for position, raw in enumerate(items):
+        item = raw
+        if not isinstance(item, Mapping) and callable(getattr(item, "model_dump", None)):
+            item = item.model_dump(exclude_none=True)
+        if not isinstance(item, Mapping):
+            raise InvalidArgumentError(f"messages[{position}]", raw, _RESPONSES_ITEMS)
+        kind = item.get("type")
+        if kind == "function_call":
+            if calls_to is None:
+                calls_to = {"role": "assistant", "content": None, "tool_calls": []}
+                converted.append(calls_to)
+            if not calls_to.get("tool_calls"):
+                calls_to["tool_calls"] = []
+            calls_to["tool_calls"].append(dict(item))
+            continue
+        calls_to = None
+        if kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(output, str):
+                raise InvalidArgumentError(f"messages[{position}].output", output, "a string (a tool's text)")
+            converted.append({"role": "tool", "content": output, "tool_call_id": item.get("call_id")})
+        elif kind == "reasoning":
+            continue
+        elif kind == "message" or kind is None:
+            if kind == "message":  # an item's id, status, phase ...: the API's, not the message's
+                text = _responses_text(item.get("content"), position)
+                message = {"role": item.get("role"), "content": text}
+            else:
+                message = dict(item)
+            converted.append(message)
+            if message.get("role") == "assistant" and not message.get("tool_calls"):
+                calls_to = message
+        else:
+            raise InvalidArgumentError(f"messages[{position}].type", kind, _RESPONSES_ITEMS)
+    return converted
+
+
+def _responses_text(content: Any, position: int) -> Any:
+    """The text of a ``message`` item's content: a string, or its text parts joined (a refusal's text)."""
+    if not isinstance(content, list):
+        return content
+    texts: list[str] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind in _RESPONSES_TEXT_PARTS and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise InvalidArgumentError(
+                f"messages[{position}].content", part, "text parts (input_text, output_text) or a refusal"
+            )
+    return "".join(texts)
+
+
 def _is_error_result(message: Message) -> bool:
     flag = message.metadata.get("is_error")
     return flag is True
@@ -255,10 +382,13 @@ def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, st
         if _is_error_result(message):
             block["is_error"] = True
         return [block]
-    blocks: list[dict[str, Any]] = []
+    # extended thinking: the turn's thinking blocks come first, as sent (the API checks their signatures)
+    blocks: list[dict[str, Any]] = [dict(block) for block in message.thinking] if message.thinking else []
     if message.content.strip():
         text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
         blocks.append({"type": "text", "text": text})
+    elif not message.tool_calls:
+        return []  # nothing but thinking (the text blank, the calls pending): no turn of thinking alone
     for call in message.tool_calls:
         blocks.append(
             {
@@ -314,7 +444,16 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            if message.thinking:  # an assistant turn must start with its thinking: before earlier text
+                content = turns[-1]["content"]
+                at = 0
+                while at < len(content) and content[at]["type"] in _THINKING_BLOCK_TYPES:
+                    at += 1
+                thinking = len(message.thinking)
+                content[at:at] = blocks[:thinking]
+                content.extend(blocks[thinking:])
+            else:
+                turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
@@ -360,11 +499,20 @@ def to_provider_format(messages: Sequence[Message], format: Literal["anthropic"]
 
 
 @overload
+def to_provider_format(
+    messages: Sequence[Message], format: Literal["openai_responses"]
+) -> list[dict[str, Any]]: ...
+
+
+@overload
 def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]: ...
 
 
 def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]:
-    """Export ``messages`` as ``"openai"`` (a list) or ``"anthropic"`` (a dict with system and messages).
+    """Export ``messages`` as ``"openai"``, ``"anthropic"`` or ``"openai_responses"``.
+
+    ``"openai"``: Chat Completions messages (a list); ``"anthropic"``: a dict with system and messages;
+    ``"openai_responses"``: the Responses API ``input`` items (a list).
 
     Raises:
         InvalidArgumentError: ``format`` is not one of the known formats.
@@ -373,7 +521,13 @@ def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[st
         return to_openai_messages(messages)
     if format == "anthropic":
         return to_anthropic_messages(messages)
-    raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+    if format == "openai_responses":
+        return to_openai_responses_input(messages)
+    raise InvalidArgumentError("format", format, FORMATS)
+
+
+FORMATS = "'openai', 'anthropic' or 'openai_responses'"
+"""The formats of :func:`to_provider_format`, as error messages say them."""
 
 
 def parse_tool_calls(response: Any) -> list[ToolCall]:

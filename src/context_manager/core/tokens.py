@@ -358,6 +358,14 @@ class ExactTokenCounter:
         text: str = self._tokenizer.decode(token_ids)
         return text
 
+    def _count_thinking(self, message: Message) -> int:
+        """A message's Anthropic thinking blocks: their text, a redacted block's data (uncached)."""
+        total = 0
+        for block in message.thinking:
+            text = block.get("thinking") or block.get("data") or ""
+            total += self._count_raw(text) if len(text) <= _PIECE_CHARS else self._count_long(text)
+        return total
+
     def count_framing(self, message: Message) -> int:
         """What ``message`` costs without its content: framing, role, name and tool calls."""
         count = self.count
@@ -366,6 +374,8 @@ class ExactTokenCounter:
             total += count(message.name) + TOKENS_PER_NAME
         for call in message.tool_calls:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
+        if message.thinking:
+            total += self._count_thinking(message)
         return total
 
     def count_message(self, message: Message) -> int:
@@ -383,6 +393,8 @@ class ExactTokenCounter:
             total += count(message.name) + TOKENS_PER_NAME
         for call in message.tool_calls:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
+        if message.thinking:
+            total += self._count_thinking(message)
         return total
 
 

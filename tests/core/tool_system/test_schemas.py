@@ -93,7 +93,8 @@ def test_schemas_are_copies_and_selectable() -> None:
     assert manager.get_tool_schemas("openai", names=["b"])[0]["function"]["parameters"]["properties"] == {}
     with pytest.raises(ToolNotFoundError):
         manager.get_tool_schemas(names=["zzz"])
-    with pytest.raises(InvalidArgumentError, match="^format: got 'gemini'; allowed 'openai' or 'anthropic'"):
+    allowed = "'openai', 'anthropic' or 'openai_responses'"
+    with pytest.raises(InvalidArgumentError, match=f"^format: got 'gemini'; allowed {allowed}"):
         manager.get_tool_schemas("gemini")  # type: ignore[arg-type]
 
 

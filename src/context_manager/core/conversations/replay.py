@@ -75,6 +75,7 @@ _set_name = Message.__dict__["name"].__set__
 _set_id = Message.__dict__["id"].__set__
 _set_timestamp = Message.__dict__["timestamp"].__set__
 _set_token_count = Message.__dict__["token_count"].__set__
+_set_thinking = Message.__dict__["thinking"].__set__
 
 
 def message_from_dict(data: Mapping[str, Any]) -> Message:
@@ -116,6 +117,8 @@ def message_from_dict(data: Mapping[str, Any]) -> Message:
         raise TypeError("timestamp and token_count must be numbers")
     _set_timestamp(message, timestamp)
     _set_token_count(message, token_count)
+    thinking = get("thinking")
+    _set_thinking(message, tuple(dict(block) for block in thinking) if thinking else ())
     return message
 
 

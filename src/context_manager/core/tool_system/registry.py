@@ -30,10 +30,10 @@ from context_manager.core.tool_system.definition import (
 
 __all__ = ["SchemaFormat", "ToolRegistry"]
 
-SchemaFormat = Literal["openai", "anthropic"]
+SchemaFormat = Literal["openai", "anthropic", "openai_responses"]
 """Provider formats :meth:`ToolRegistry.get_tool_schemas` can produce."""
 
-_SCHEMA_FORMATS = ("openai", "anthropic")
+_SCHEMA_FORMATS = ("openai", "anthropic", "openai_responses")
 _REGISTRATION_OPTIONS = frozenset(
     {
         "category",
@@ -267,10 +267,13 @@ class ToolRegistry:
 
         ``"openai"`` gives Chat Completions ``tools`` entries
         (``{"type": "function", "function": {"name", "description", "parameters"}}``); ``"anthropic"`` gives
-        Messages API ``tools`` entries (``{"name", "description", "input_schema"}``).
+        Messages API ``tools`` entries (``{"name", "description", "input_schema"}``); ``"openai_responses"``
+        gives Responses API ``tools`` entries (``{"type": "function", "name", "description", "parameters",
+        "strict": false}``: not strict, as in Chat Completions, where strict mode's schema rules do not
+        hold every tool's parameters).
 
         Args:
-            format: ``"openai"`` or ``"anthropic"``.
+            format: ``"openai"``, ``"anthropic"`` or ``"openai_responses"``.
             names: Only these tools, in this order, each once (default: all, in registration order).
 
         Raises:
@@ -278,7 +281,7 @@ class ToolRegistry:
             ToolNotFoundError: a name in ``names`` is not registered.
         """
         if format not in _SCHEMA_FORMATS:
-            raise InvalidArgumentError("format", format, "'openai' or 'anthropic'")
+            raise InvalidArgumentError("format", format, "'openai', 'anthropic' or 'openai_responses'")
         if names is None:
             definitions = list(self._tools.values())
         elif isinstance(names, str) or not isinstance(names, Iterable):
@@ -299,6 +302,16 @@ class ToolRegistry:
                             "description": definition.description,
                             "parameters": parameters,
                         },
+                    }
+                )
+            elif format == "openai_responses":
+                schemas.append(
+                    {
+                        "type": "function",
+                        "name": definition.name,
+                        "description": definition.description,
+                        "parameters": parameters,
+                        "strict": False,
                     }
                 )
             else:

@@ -123,6 +123,7 @@ async def execute_tool_calls_in_window(
     calls: Sequence[ToolCall | Mapping[str, Any]],
     *,
     content: str = "",
+    thinking: Any = None,
     caller_key: str | None = None,
     on_truncated: TruncationCallback | None = None,
     store: Callable[[], Awaitable[None]] | None = None,
@@ -135,6 +136,7 @@ async def execute_tool_calls_in_window(
         window: Receives the assistant message (if absent) and the tool result messages.
         calls: The model's tool calls.
         content: Text of the assistant message when it has to be added (what the model said with the calls).
+        thinking: Anthropic thinking blocks of that assistant message (``Message.create``'s ``thinking``).
         caller_key: Rate-limit key of the caller (see ``ToolManager.call_tool``).
         on_truncated: Receives each result that was cut in the window, with its full text.
         store: Stores the window's changes (a persisted conversation). Awaited once the assistant message
@@ -193,7 +195,7 @@ async def execute_tool_calls_in_window(
             for item in parsed
         ]
         _refuse_rerun(window, shown)
-        assistant = Message.create("assistant", content, tool_calls=list(shown))
+        assistant = Message.create("assistant", content, tool_calls=list(shown), thinking=thinking)
     # Once the tools ran their results must find room: check it before anything runs or is added, with the
     # smallest answer every call can get (a result with no text)
     smallest = [_answer_message(item.call.id, "", {"omitted": True}) for item in parsed]

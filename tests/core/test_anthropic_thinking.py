@@ -1,0 +1,228 @@
+"""Anthropic extended thinking with tool use: an assistant message carries its thinking blocks.
+
+With thinking enabled, the API refuses a request whose assistant turn of ``tool_use`` blocks does not start
+with the ``thinking`` / ``redacted_thinking`` blocks the model sent, signatures unchanged (HTTP 400
+``Expected `thinking` or `redacted_thinking`, but found `tool_use```). The window keeps them with the
+message (persisted conversations too), the Anthropic export puts them first in that turn, the OpenAI
+export never shows them, and they count against the budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.context_window import ContextWindow
+from context_manager.core.errors import InvalidMessageError
+from context_manager.core.messages import Message, ToolCall
+from context_manager.core.provider_formats import to_anthropic_messages
+from context_manager.core.tokens import get_token_counter
+from tests.provider_rules import anthropic_violations, openai_violations
+
+THINKING = {
+    "type": "thinking",
+    "thinking": "The user wants the weather: call the tool.",
+    "signature": "EqQBCkYIAxgCIkD+sig==",
+}
+REDACTED = {
+    "type": "redacted_thinking",
+    "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr",
+}
+
+
+def response_content(call_id: str = "toolu_01A", turn: int = 0) -> list[dict[str, Any]]:
+    """``response.content`` of a Claude response with thinking, text and a tool call."""
+    return [
+        dict(THINKING, thinking=f"{THINKING['thinking']} (turn {turn})"),
+        REDACTED,
+        {"type": "text", "text": "Let me check the weather."},
+        {"type": "tool_use", "id": call_id, "name": "weather", "input": {"city": "Paris", "turn": turn}},
+    ]
+
+
+def tool_uses(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [block for block in content if block["type"] == "tool_use"]
+
+
+async def add_tool_turn(manager: EnhancedContextManager, call_id: str, turn: int = 0) -> None:
+    content = response_content(call_id, turn)
+    await manager.add_message(
+        "assistant", "Let me check the weather.", tool_calls=tool_uses(content), thinking=content
+    )
+    await manager.add_message("tool", f"21 °C, sunny (turn {turn})", tool_call_id=call_id)
+
+
+async def test_the_anthropic_export_sends_the_thinking_blocks_first_and_openai_never(tmp_path: Path) -> None:
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("system", "You are helpful.")
+        await manager.add_message("user", "Weather in Paris?")
+        await add_tool_turn(manager, "toolu_01A")
+        request = manager.get_context(format="anthropic")
+        assert anthropic_violations(request) == []
+        assistant = request["messages"][1]
+        assert assistant["role"] == "assistant"
+        assert assistant["content"] == [
+            dict(THINKING, thinking=f"{THINKING['thinking']} (turn 0)"),
+            REDACTED,
+            {"type": "text", "text": "Let me check the weather."},
+            {"type": "tool_use", "id": "toolu_01A", "name": "weather", "input": {"city": "Paris", "turn": 0}},
+        ]
+        openai = manager.get_context(format="openai")
+        assert openai_violations(openai) == []
+        assert "thinking" not in str(openai) and "signature" not in str(openai)
+        responses = manager.get_context(format="openai_responses")
+        assert "thinking" not in str(responses) and "signature" not in str(responses)
+
+
+async def test_thinking_of_an_assistant_message_merged_into_a_turn_goes_before_the_turn_s_text() -> None:
+    """Two assistant messages in a row make one Anthropic turn; the thinking must still open it."""
+    window = ContextWindow(max_tokens=4000)
+    await window.extend(
+        [
+            Message.create("user", "Weather in Paris?"),
+            Message.create("assistant", "One moment."),
+            Message.create(
+                "assistant",
+                "",
+                tool_calls=[ToolCall("toolu_01A", "weather", {"city": "Paris"})],
+                thinking=[THINKING],
+            ),
+            Message.create("tool", "21 °C", tool_call_id="toolu_01A"),
+        ]
+    )
+    turn = to_anthropic_messages(window.messages)["messages"][1]
+    assert [block["type"] for block in turn["content"]] == ["thinking", "text", "tool_use"]
+    assert turn["content"][0] == THINKING
+    assert anthropic_violations(to_anthropic_messages(window.messages)) == []
+
+
+async def test_thinking_counts_against_the_budget() -> None:
+    counter = get_token_counter()
+    call = ToolCall("toolu_01A", "weather", {"city": "Paris"})
+    plain = Message.create("assistant", "Checking.", tool_calls=[call])
+    thinking = Message.create("assistant", "Checking.", tool_calls=[call], thinking=[THINKING, REDACTED])
+    extra = counter.count(THINKING["thinking"]) + counter.count(REDACTED["data"])
+    assert counter.count_message(thinking) == counter.count_message(plain) + extra
+    window = ContextWindow(max_tokens=4000, counter=counter)
+    await window.add(Message.create("user", "Weather?"))
+    before = window.token_count
+    await window.add(thinking)
+    assert window.token_count - before == counter.count_message(thinking)
+
+
+async def test_a_persisted_conversation_keeps_the_thinking_blocks(tmp_path: Path) -> None:
+    config = ContextManagerConfig(storage_path=tmp_path / "storage", embedder="none")
+    async with EnhancedContextManager(config, conversation_id="thinking") as first:
+        await first.add_message("user", "Weather in Paris?")
+        await add_tool_turn(first, "toolu_01A")
+        exported = first.get_context(format="anthropic")
+        tokens = first.get_context_summary()["token_count"]
+    async with EnhancedContextManager(config, conversation_id="thinking") as again:
+        assert again.get_context(format="anthropic") == exported
+        assert again.get_context_summary()["token_count"] == tokens
+        assert again.messages[1].thinking == (
+            dict(THINKING, thinking=f"{THINKING['thinking']} (turn 0)"),
+            REDACTED,
+        )
+
+
+async def test_compression_never_sends_a_tool_use_without_its_thinking(tmp_path: Path) -> None:
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none", max_tokens=700)
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "Track the weather every hour.")
+        for turn in range(25):  # compresses several times
+            await add_tool_turn(manager, f"toolu_{turn:02d}", turn)
+            request = manager.get_context(format="anthropic")
+            assert anthropic_violations(request) == [], request
+            for message in request["messages"]:
+                if tool_uses(message["content"]):
+                    assert message["content"][0]["type"] == "thinking", message
+            for budget in (200, 400):
+                assert anthropic_violations(manager.get_context(format="anthropic", budget=budget)) == []
+        assert manager.get_context_summary()["compression_count"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("role", "thinking"),
+    [
+        ("user", [THINKING]),
+        ("assistant", [{"type": "thinking", "thinking": "no signature"}]),
+        ("assistant", [{"type": "redacted_thinking"}]),
+        ("assistant", [{"type": "thinkng", "thinking": "typo", "signature": "s"}]),
+        ("assistant", "a string"),
+    ],
+)
+async def test_bad_thinking_is_refused_and_changes_nothing(tmp_path: Path, role: str, thinking: Any) -> None:
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "Hi")
+        with pytest.raises(InvalidMessageError, match="thinking"):
+            await manager.add_message(role, "text", thinking=thinking)
+        assert len(manager.messages) == 1
+
+
+async def test_a_whole_response_message_can_be_given_as_thinking() -> None:
+    response = {"id": "msg_01", "role": "assistant", "content": response_content()}
+    message = Message.create(
+        "assistant", "Let me check the weather.", tool_calls=tool_uses(response["content"]), thinking=response
+    )
+    assert [block["type"] for block in message.thinking] == ["thinking", "redacted_thinking"]
+    from anthropic.types import Message as AnthropicMessage  # the SDK's response object, as it comes
+
+    sdk_response = AnthropicMessage.model_validate(
+        {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": response_content(),
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+    )
+    calls = [block for block in sdk_response.content if block.type == "tool_use"]
+    for given in (sdk_response, sdk_response.content):
+        from_sdk = Message.create("assistant", "Let me check the weather.", tool_calls=calls, thinking=given)
+        assert from_sdk.thinking == message.thinking
+    assert Message.create("assistant", "Hello").thinking == ()
+    assert "thinking" not in Message.create("assistant", "Hello").to_dict()
+
+
+async def test_execute_tool_calls_keeps_the_thinking_of_the_assistant_message_it_adds(tmp_path: Path) -> None:
+    """The documented Anthropic loop: ``execute_tool_calls(tool_use blocks, content=..., thinking=...)``."""
+
+    async def weather(city: str, turn: int) -> str:
+        return f"sunny in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        await manager.add_message("user", "Weather in Paris?")
+        content = response_content("toolu_01A")
+        [result] = await manager.execute_tool_calls(
+            tool_uses(content), content="Let me check the weather.", thinking=content
+        )
+        assert result.success, result
+        turn = manager.get_context(format="anthropic")["messages"][1]
+        kinds = [block["type"] for block in turn["content"]]
+        assert kinds == ["thinking", "redacted_thinking", "text", "tool_use"]
+        assert turn["content"][1] == REDACTED
+        assert anthropic_violations(manager.get_context(format="anthropic")) == []
+
+
+async def test_no_turn_of_thinking_alone_while_the_calls_wait_for_their_results() -> None:
+    window = ContextWindow(max_tokens=4000)
+    await window.add(Message.create("user", "Weather?"))
+    call = ToolCall("toolu_01A", "weather", {"city": "Paris"})
+    await window.add(Message.create("assistant", " ", tool_calls=[call], thinking=[THINKING]))
+    body = to_anthropic_messages(window.messages)
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}]
+    await window.add(Message.create("tool", "sunny", tool_call_id="toolu_01A"))
+    body = to_anthropic_messages(window.messages)
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["thinking", "tool_use"]
+    assert anthropic_violations(body) == []
