@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from context_manager.core import forks
 from context_manager.core.errors import ConfigurationError, MissingDependencyError, StorageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +112,7 @@ class PostgresDatabase:
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
         self._psycopg: Any = None
+        self._pid = forks.pid  # the process whose pool it is (set again by open())
 
     @property
     def location(self) -> str:
@@ -125,6 +127,7 @@ class PostgresDatabase:
     async def open(self) -> None:
         """Open the pool and check that the server answers (StorageError when it does not)."""
         if self._pool is not None:
+            self._check_process("open")
             return
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
@@ -147,7 +150,23 @@ class PostgresDatabase:
                 f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
                 "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
             ) from None
+        self._pid = forks.pid
         self._pool = pool
+
+    def _check_process(self, operation: str) -> None:
+        """Refuse to use, in a forked child, the pool the parent opened (its sockets are the parent's).
+
+        Two processes sending statements on one connection interleave their messages: the server's
+        answers go to either (``server sent data without prior row description``), or a call waits for
+        ever. See :mod:`~context_manager.core.forks`.
+
+        Raises:
+            LifecycleError: this process is not the one that opened the pool.
+        """
+        if self._pid != forks.pid:
+            raise forks.forked_error(
+                f"PostgreSQL {operation}", f"PostgreSQL storage ({self.location})", self._pid
+            )
 
     def _connection_settings(self, psycopg: Any) -> dict[str, Any]:
         """Keyword arguments of every connection: autocommit, the connect timeout, :data:`TCP_SETTINGS`.
@@ -187,9 +206,15 @@ class PostgresDatabase:
             ) from None
 
     async def close(self) -> None:
-        """Close the pool (waits for connections in use to come back)."""
+        """Close the pool (waits for connections in use to come back).
+
+        In a process forked after :meth:`open` it only forgets the pool: closing its connections would
+        end the parent's sessions (the server sees one connection, whichever process closes it).
+        """
         pool, self._pool = self._pool, None
         lock_pool, self._lock_pool = self._lock_pool, None
+        if self._pid != forks.pid:
+            return
         if lock_pool is not None:
             await lock_pool.close()
         if pool is not None:
@@ -199,6 +224,7 @@ class PostgresDatabase:
         """The pool of lock connections (opened on first use; see :meth:`lock_connection`)."""
         if self._pool is None:
             raise StorageError(f"PostgreSQL storage at {self.location} is closed")
+        self._check_process("lock")
         lock_pool = self._lock_pool
         if lock_pool is None:
             async with self._lock_pool_opening:
@@ -348,7 +374,9 @@ class PostgresDatabase:
         Raises:
             StorageError: the server could not be reached (after the retries), refused the statement, or
                 cancelled it after :attr:`statement_timeout` (not retried: it would wait as long again).
+            LifecycleError: the pool was opened by the process that forked this one.
         """
+        self._check_process(what)
         if unbounded and self.statement_timeout is not None:
             operation = _without_timeout(operation, self.statement_timeout)
         psycopg = self._psycopg
