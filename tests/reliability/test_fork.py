@@ -11,6 +11,7 @@ child (or only constructed before the fork) works.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -287,3 +288,31 @@ def test_managers_constructed_before_the_fork_and_opened_in_the_workers_share_on
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["exits: [0, 0]", "stored: True", "in order per worker: True"]
+
+
+def test_a_postgres_pool_whose_event_loop_ended_is_refused_with_what_to_do(
+    postgres_dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an app that initializes its manager at import time (asyncio.run), then serves in the server's loop:
+    # the pool's tasks died with the first loop, so a lost connection was never replaced and every call
+    # then failed after connect_timeout as if the server were down; now the first call says what to do
+    from context_manager import ContextManagerConfig, LifecycleError, MemoryManager
+
+    config = ContextManagerConfig(
+        memory_backend="postgres", postgres_dsn=postgres_dsn, cache_path=tmp_path / "cache"
+    )
+    memory = MemoryManager(config)
+    asyncio.run(memory.initialize())
+
+    async def serve() -> list[str]:
+        with pytest.raises(LifecycleError, match="opened in an event loop that has ended") as refused:
+            await memory.add_memory("Ana prefers window seats", user_id="ana")
+        assert "lifespan" in str(refused.value)
+        await memory.cleanup()  # closes what it can without the ended loop (no RuntimeError)
+        assert not memory.is_initialized
+        async with MemoryManager(config) as fresh:  # opened in this loop: works
+            await fresh.add_memory("Ana prefers window seats", user_id="ana")
+            return [found.content for found in await fresh.search_memory("window seats", user_id="ana")]
+
+    assert asyncio.run(serve()) == ["Ana prefers window seats"]
+    assert "closed after the event loop that opened it ended" in caplog.text
