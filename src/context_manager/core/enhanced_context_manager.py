@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
+from context_manager.core import forks
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook, check_counter
@@ -186,6 +187,7 @@ class EnhancedContextManager:
         self._telemetry: Telemetry | None = None  # OpenTelemetry, resolved at initialize()
         self._memory_sampler: MemorySizeSampler | None = None
         self._state: _State = "new"
+        self._pid = forks.pid  # the process that initialized it (set again by initialize())
         self._lifecycle_lock = asyncio.Lock()  # initialize() and cleanup() run one at a time
         # tool-call changes in flight (each one's end, and the task making it): cleanup() waits for them
         self._changes: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}
@@ -228,7 +230,6 @@ class EnhancedContextManager:
         second ``initialize()`` (or a ``cleanup()``) made while one runs waits for it to finish.
 
         Raises:
-            LifecycleError: the manager was already cleaned up.
             StorageError: a directory cannot be created.
             StorageLockedError: another process has the embedded storage, or a manager of this process
                 that this one cannot share it with (other memory settings, another event loop; the
@@ -240,7 +241,11 @@ class EnhancedContextManager:
             InvalidArgumentError: a persisted conversation's stored window needs more than ``max_tokens``
                 and cannot be compressed to fit (``enable_compression=False``, or its protected messages
                 are too large); otherwise it is compressed as it loads (a warning says so).
+            LifecycleError: the manager was cleaned up, or initialized in the process that forked this
+                one (``gunicorn --preload``): create it in each worker, after the fork.
         """
+        if self._state == "ready" and self._pid != forks.pid:
+            raise forks.forked_error("initialize", "EnhancedContextManager", self._pid)
         async with self._lifecycle_lock:
             await self._initialize_locked()
 
@@ -281,6 +286,7 @@ class EnhancedContextManager:
             if self.memory_manager._state == "closed":  # closed by the release: a new one for a retry
                 self.memory_manager = MemoryManager(self.config, embedder=self._embedder)
             raise
+        self._pid = forks.pid
         self._state = "ready"
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
 
@@ -289,8 +295,13 @@ class EnhancedContextManager:
 
         Safe to call more than once. Made while ``initialize()`` runs, it waits for it, then cleans up.
         Cancelled (``asyncio.wait_for(manager.cleanup(), t)``), it still stops everything, and gives the
-        shared store back, before the cancellation is raised.
+        shared store back, before the cancellation is raised. In a process forked after ``initialize()``
+        it only marks this copy cleaned up: the store, connections and threads are the parent's.
         """
+        if self._state == "ready" and self._pid != forks.pid:
+            self._state = "closed"  # nothing of it is this process's to close (see forks)
+            logger.debug("context manager of process %d left to it (cleanup in a forked child)", self._pid)
+            return
         async with self._lifecycle_lock:
             if self._state == "closed":
                 return
@@ -516,7 +527,9 @@ class EnhancedContextManager:
     def _require_ready(self, operation: str) -> ContextWindow:
         window = self._window
         if self._state == "ready" and window is not None:
-            return window
+            if self._pid == forks.pid:
+                return window
+            raise forks.forked_error(operation, "EnhancedContextManager", self._pid)
         if self._state == "new":
             raise LifecycleError(
                 f"{operation}: the context manager is not initialized; "

@@ -72,6 +72,21 @@ _registry: dict[tuple[str, str], _Share] = {}
 _registry_lock = threading.Lock()  # the registry is read from every thread running an event loop
 
 
+def _forget_parent_stores() -> None:
+    """In a forked child: the parent's open stores are not this process's to share (see ``forks``).
+
+    A manager of the child then opens its own store: on PostgreSQL a pool of its own; on the embedded
+    store the lock file tells it the parent process holds it (not "a manager of this process").
+    """
+    global _registry_lock
+    _registry_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    _registry.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_parent_stores)
+
+
 def _key(memory: MemoryManager) -> tuple[str, str]:
     """The store's identity: the DSN, or the directory with symlinks resolved (a few ``stat`` calls)."""
     config = memory.config

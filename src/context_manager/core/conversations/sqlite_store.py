@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from context_manager.core import forks
 from context_manager.core.conversations.codec import loads_records, loads_snapshot
 from context_manager.core.conversations.store import (
     ConversationDump,
@@ -71,10 +72,12 @@ class SQLiteConversationStore:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._opened_file: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._pid = forks.pid  # the process whose thread and connection these are (see forks)
 
     async def open(self) -> None:
         """Open (creating if needed) the database."""
         if self._executor is None:
+            self._pid = forks.pid
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="context-manager-conversations"
             )
@@ -105,9 +108,9 @@ class SQLiteConversationStore:
         self._opened_file = _file_identity(self.path)
 
     async def close(self) -> None:
-        """Close the database and its thread."""
+        """Close the database and its thread (in a process forked after :meth:`open`: forget them)."""
         executor, self._executor = self._executor, None
-        if executor is None:
+        if executor is None or self._pid != forks.pid:
             return
         await asyncio.get_running_loop().run_in_executor(executor, self._close)
         executor.shutdown(wait=True)
@@ -194,6 +197,8 @@ class SQLiteConversationStore:
         executor = self._executor
         if executor is None:
             raise StorageError(f"conversations database {self.path} is closed", path=self.path)
+        if self._pid != forks.pid:  # its thread is the parent's: the work would wait for ever
+            raise forks.forked_error("conversations database", f"database {self.path}", self._pid)
         return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(function, *args))
 
     @property

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from context_manager.core import forks
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import (
     TIER_ORDER,
@@ -122,6 +123,7 @@ class LocalBackend:
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
         self._indexing: asyncio.Future[Any] | None = None  # large work on the in-process indexes
+        self._pid = forks.pid  # the process whose storage threads, files and lock these are (see forks)
 
     @property
     def location(self) -> str:
@@ -132,6 +134,7 @@ class LocalBackend:
 
     async def open(self) -> None:
         """Create the directory, take the lock, open the database, replay the log."""
+        self._pid = forks.pid
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context-manager-storage-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="context-manager-storage-write")
         try:
@@ -269,7 +272,15 @@ class LocalBackend:
         long_store.finish_unmerges(merged_ids)
 
     async def close(self) -> None:
-        """Close the stores and the log, release the lock and the storage threads."""
+        """Close the stores and the log, release the lock and the storage threads.
+
+        In a process forked after :meth:`open` it only forgets them: they are the parent's (its threads do
+        not run here, and releasing the lock, a ``flock`` the child shares, would release the parent's).
+        """
+        if self._pid != forks.pid:
+            self._executor = self._writer = None
+            self._lock_fd = None
+            return
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 await self._write(self._close_stores)
@@ -279,6 +290,15 @@ class LocalBackend:
         self._executor = self._writer = None
         release_lock(self._lock_fd)
         self._lock_fd = None
+
+    def _check_process(self) -> None:
+        """Refuse to hand work, in a forked child, to the parent's storage threads (it would wait for ever).
+
+        Raises:
+            LifecycleError: this process is not the one that opened the storage.
+        """
+        if self._pid != forks.pid:
+            raise forks.forked_error("memory storage", f"storage at {self.path}", self._pid)
 
     def _close_stores(self) -> None:
         if self._stemmer is not None:
@@ -299,6 +319,7 @@ class LocalBackend:
         """Run a blocking read on the reader threads."""
         if self._executor is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        self._check_process()
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(function, *args)
         )
@@ -307,6 +328,7 @@ class LocalBackend:
         """Run blocking writing work on the writer thread (one at a time, in the order submitted)."""
         if self._writer is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        self._check_process()
         return await asyncio.get_running_loop().run_in_executor(
             self._writer, functools.partial(function, *args)
         )
@@ -530,6 +552,7 @@ class LocalBackend:
         """Start ``work`` on the writer thread at once (settled, no await since) and wait for it."""
         if self._writer is None:
             raise StorageError(f"memory storage at {self.path} is closed", path=self.path)
+        self._check_process()
         running = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(work, *args))
         self._indexing = running
         # shielded: a caller cancelled meanwhile leaves the work running; readers wait for it all the same

@@ -160,12 +160,37 @@ def holder_text() -> str:
 
 
 def release_lock(fd: int | None) -> None:
-    """Release and close a lock taken by :func:`acquire_lock` (``None`` does nothing)."""
+    """Release and close a lock taken by :func:`acquire_lock` (``None`` does nothing).
+
+    A descriptor this process did not take (one inherited across ``os.fork()``, closed in the child as it
+    started) is left alone: ``LOCK_UN`` on it would release the parent's lock.
+    """
     if fd is None:
         return
     with _held_lock:
-        _held_here.pop(fd, None)
+        if _held_here.pop(fd, None) is None:
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _forget_parent_locks() -> None:
+    """In a forked child: close the inherited descriptors of the parent's locks, without unlocking.
+
+    A ``flock`` belongs to the open file, which the child shares: kept open here, the lock would stay
+    held while any child lives, even after the parent died (a gunicorn master killed, its workers still
+    running), and a restarted process would get ``StorageLockedError``. Closing the child's descriptor
+    leaves the parent's lock held by the parent.
+    """
+    global _held_lock
+    _held_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    for fd in list(_held_here):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_here.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_parent_locks)

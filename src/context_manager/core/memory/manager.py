@@ -39,6 +39,7 @@ import asyncio
 import logging
 from types import TracebackType
 
+from context_manager.core import forks
 from context_manager.core.errors import LifecycleError
 from context_manager.core.memory.backend import MemoryBackend
 from context_manager.core.memory.curation import MemoryCuration
@@ -84,8 +85,11 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             StorageError: the directory cannot be created, a file cannot be opened, or the PostgreSQL
                 server cannot be reached.
             MissingDependencyError: ``memory_backend="postgres"`` without the ``postgres`` extra.
-            LifecycleError: the manager was closed.
+            LifecycleError: the manager was closed, or opened in the process that forked this one
+                (``gunicorn --preload``): create and open one in each worker, after the fork.
         """
+        if self._state == "ready" and self._pid != forks.pid:
+            raise forks.forked_error("initialize", "MemoryManager", self._pid)
         async with self._lifecycle_lock:
             await self._initialize_locked()
 
@@ -96,6 +100,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             raise LifecycleError("initialize: this MemoryManager was closed; create a new one")
         backend = self._create_backend()
         self._path = self.config.resolved_storage_path
+        self._pid = forks.pid
         try:
             await backend.open()
             self._backend = backend
@@ -141,8 +146,15 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         The counterpart of :meth:`initialize`, as on ``EnhancedContextManager`` (``async with`` calls both).
         Safe to call more than once; made while ``initialize()`` runs, it waits for it. On the
         ``memory_manager`` that ``EnhancedContextManager``s of this process share, it does nothing (with
-        a warning) while any of them holds it: the last one's ``cleanup()`` closes it.
+        a warning) while any of them holds it: the last one's ``cleanup()`` closes it. In a process forked
+        after ``initialize()`` it only marks this copy closed: the storage (its files, lock, connections and
+        threads) is the parent's, which keeps it open.
         """
+        if self._state == "ready" and self._pid != forks.pid:
+            self._state = "closed"  # closing would release the parent's lock, end its connections
+            self._backend = None
+            logger.debug("memory of process %d left to it (cleanup in a forked child)", self._pid)
+            return
         if self._lease_holders:
             logger.warning(
                 "MemoryManager.cleanup(): %d EnhancedContextManager(s) of this process share this memory "

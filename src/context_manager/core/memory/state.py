@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from context_manager.core import forks
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import (
     InvalidArgumentError,
@@ -94,6 +95,7 @@ class ManagerState:
         """Whether ``initialize()`` moves the overflow of a tier over its capacity (see ``MemoryManager``)."""
         self._clock: Clock = clock if clock is not None else time.time
         self._state: Literal["new", "ready", "closed"] = "new"
+        self._pid = forks.pid  # the process that opened the storage (set again by initialize())
         self._path: Path | None = None
         self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()
@@ -159,7 +161,9 @@ class ManagerState:
     def _require(self, operation: str) -> MemoryBackend:
         backend = self._backend
         if self._state == "ready" and backend is not None:
-            return backend
+            if self._pid == forks.pid:
+                return backend
+            raise forks.forked_error(operation, "MemoryManager", self._pid)
         if self._state == "new" and self._borrowed_instead:
             raise LifecycleError(
                 f"{operation}: this MemoryManager is never opened: its EnhancedContextManager uses the store "

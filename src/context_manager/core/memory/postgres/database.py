@@ -20,7 +20,13 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from context_manager.core.errors import ConfigurationError, MissingDependencyError, StorageError
+from context_manager.core import forks
+from context_manager.core.errors import (
+    ConfigurationError,
+    LifecycleError,
+    MissingDependencyError,
+    StorageError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -111,6 +117,8 @@ class PostgresDatabase:
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
         self._psycopg: Any = None
+        self._pid = forks.pid  # the process whose pool it is (set again by open())
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop the pool's tasks run in
 
     @property
     def location(self) -> str:
@@ -125,6 +133,7 @@ class PostgresDatabase:
     async def open(self) -> None:
         """Open the pool and check that the server answers (StorageError when it does not)."""
         if self._pool is not None:
+            self._check_process("open")
             return
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
@@ -147,7 +156,36 @@ class PostgresDatabase:
                 f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
                 "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
             ) from None
+        self._pid = forks.pid
+        self._loop = asyncio.get_running_loop()
         self._pool = pool
+
+    def _check_process(self, operation: str) -> None:
+        """Refuse to use the pool in a forked child, or after the event loop it was opened in ended.
+
+        Two processes sending statements on one connection interleave their messages: the server's
+        answers go to either (``server sent data without prior row description``), or a call waits for
+        ever (see :mod:`~context_manager.core.forks`). The pool's own tasks (replacing a lost connection,
+        opening more, closing the pool) run in the loop that opened it: once that loop has ended (an
+        ``asyncio.run`` that initialized the manager at import time), a lost connection is never
+        replaced, and every later call would wait ``connect_timeout`` and fail as if the server were down.
+
+        Raises:
+            LifecycleError: this process is not the one that opened the pool, or its loop has ended.
+        """
+        if self._pid != forks.pid:
+            raise forks.forked_error(
+                f"PostgreSQL {operation}", f"PostgreSQL storage ({self.location})", self._pid
+            )
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            raise LifecycleError(
+                f"PostgreSQL {operation}: the connection pool to {self.location} was opened in an event "
+                "loop that has ended (an asyncio.run() that initialized the manager, at import time say); "
+                "the pool's own tasks ran there, so no connection would be replaced or added any more. "
+                "Initialize managers in the event loop that uses them (a FastAPI lifespan handler, "
+                "SyncContextManager in synchronous code) and clean them up before it ends"
+            )
 
     def _connection_settings(self, psycopg: Any) -> dict[str, Any]:
         """Keyword arguments of every connection: autocommit, the connect timeout, :data:`TCP_SETTINGS`.
@@ -187,9 +225,24 @@ class PostgresDatabase:
             ) from None
 
     async def close(self) -> None:
-        """Close the pool (waits for connections in use to come back)."""
+        """Close the pool (waits for connections in use to come back).
+
+        In a process forked after :meth:`open` it only forgets the pool: closing its connections would
+        end the parent's sessions (the server sees one connection, whichever process closes it).
+        """
         pool, self._pool = self._pool, None
         lock_pool, self._lock_pool = self._lock_pool, None
+        if self._pid != forks.pid:
+            return
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.is_closed():
+            # its tasks cannot be stopped in a loop that has ended: the connections close when collected
+            logger.warning(
+                "PostgreSQL pool to %s closed after the event loop that opened it ended: its connections "
+                "close when collected; initialize and clean up managers in the loop that uses them",
+                self.location,
+            )
+            return
         if lock_pool is not None:
             await lock_pool.close()
         if pool is not None:
@@ -199,6 +252,7 @@ class PostgresDatabase:
         """The pool of lock connections (opened on first use; see :meth:`lock_connection`)."""
         if self._pool is None:
             raise StorageError(f"PostgreSQL storage at {self.location} is closed")
+        self._check_process("lock")
         lock_pool = self._lock_pool
         if lock_pool is None:
             async with self._lock_pool_opening:
@@ -348,7 +402,9 @@ class PostgresDatabase:
         Raises:
             StorageError: the server could not be reached (after the retries), refused the statement, or
                 cancelled it after :attr:`statement_timeout` (not retried: it would wait as long again).
+            LifecycleError: the pool was opened by the process that forked this one.
         """
+        self._check_process(what)
         if unbounded and self.statement_timeout is not None:
             operation = _without_timeout(operation, self.statement_timeout)
         psycopg = self._psycopg
