@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -429,6 +430,34 @@ async def test_mcp_memory_stats_do_not_show_the_servers_storage_location(tmp_pat
         assert "private-memory" not in json.dumps(stats) and str(tmp_path) not in json.dumps(stats), name
         assert stats["backend"] == "sqlite" and stats["bytes_on_disk"]["total"] > 0, name
     assert "private-memory" not in text_of(tool)
+
+
+async def test_mcp_memory_stats_after_a_failed_write_do_not_show_the_storage_location(tmp_path: Path) -> None:
+    """After a failed write, ``memory_stats`` still gave the client the server's storage path, in
+    ``writes.last_error`` ("StorageError: long-term memory database /srv/.../memories.sqlite3: database is
+    locked"), which ``storage_path`` was left out of the statistics to hide. The error stays, its
+    location written ``<storage>``."""
+    storage = tmp_path / "home" / "alice" / "private-memory"
+    async with Client(create_mcp_server(ContextManagerConfig(storage_path=storage), user_id="ivy")) as client:
+        await client.call_tool("memory_add", {"content": "Ivy's bus leaves at 7:10"})
+        lock = sqlite3.connect(storage / "memories.sqlite3", timeout=0.1, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # another process holds the database: the next write fails
+            failed = await client.call_tool(
+                "memory_add", {"content": "Ivy's train leaves at 7:40", "importance": 0.95}
+            )
+            assert failed.is_error
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        tool = await client.call_tool("memory_stats", {})
+        resource = (await client.read_resource("memory://stats")).contents[0].text  # type: ignore[union-attr]
+    for name, stats in (("tool", tool.structured_content), ("resource", json.loads(resource))):
+        assert stats is not None, name
+        assert stats["writes"]["failures"] == 1, name
+        last_error = stats["writes"]["last_error"]
+        assert "database is locked" in last_error and "<storage>" in last_error, (name, last_error)
+        assert "private-memory" not in json.dumps(stats) and str(tmp_path) not in json.dumps(stats), name
 
 
 async def test_mcp_a_memory_given_but_not_initialized_is_named_in_the_error(tmp_path: Path) -> None:

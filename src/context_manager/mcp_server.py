@@ -511,8 +511,32 @@ def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
     ``storage_path`` (a directory on the server, or the PostgreSQL server's user, host and database) is of
     no use to a model and shows the server's file system or network to every client: the operator has
     it from the server's configuration, its start-up line on stderr and ``context-manager memory stats``.
+    Where a figure's text quotes it (``writes.last_error``: a failed write names its database file), it
+    reads ``<storage>``.
     """
-    return _json_ready({key: value for key, value in stats.items() if key != "storage_path"})
+    location = stats.get("storage_path")
+    ready = _json_ready({key: value for key, value in stats.items() if key != "storage_path"})
+    if not isinstance(location, str) or not location.strip():
+        return ready
+    # the location as given and made absolute, each where it stands whole (a relative "mem" is not the
+    # start of "memory"), the longer first
+    spelled = sorted({location, os.path.abspath(location)}, key=len, reverse=True)
+    pattern = re.compile(
+        r"(?<![\w.~/\\-])(?:" + "|".join(map(re.escape, spelled)) + r")(?=$|[/\\\s:;,'\")\]])"
+    )
+    hidden: dict[str, Any] = _without_location(ready, pattern)
+    return hidden
+
+
+def _without_location(value: Any, pattern: re.Pattern[str]) -> Any:
+    """``value`` (JSON-ready) with what ``pattern`` finds written ``<storage>`` in every string it holds."""
+    if isinstance(value, str):
+        return pattern.sub("<storage>", value)
+    if isinstance(value, dict):
+        return {key: _without_location(item, pattern) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_location(item, pattern) for item in value]
+    return value
 
 
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:

@@ -687,6 +687,7 @@ class ContextWindow:
         *,
         fit: bool = False,
         earlier_compressions: int = 0,
+        deliveries: list[asyncio.Task[None]] | None = None,
     ) -> CompressionRecord | None:
         """Replace the window's contents with ``messages`` (token counts set) and ``history``.
 
@@ -703,6 +704,9 @@ class ContextWindow:
                 if compression is enabled.
             earlier_compressions: How many compressions came before the first of ``history`` (a
                 resumed conversation keeps its newest entries only): counted by :attr:`compression_count`.
+            deliveries: When given, the handing of what ``fit`` evicted to the eviction hook is appended
+                to it instead of awaited (the caller finishes its own bookkeeping first, then waits for
+                it: a cancellation during that wait leaves the window and the caller's state together).
 
         Returns:
             The compression ``fit`` made, else ``None``.
@@ -741,7 +745,10 @@ class ContextWindow:
             if record is None:
                 raise self._too_small(total)
         if delivery is not None:
-            await asyncio.shield(delivery)
+            if deliveries is not None:
+                deliveries.append(delivery)
+            else:
+                await asyncio.shield(delivery)
         return record
 
     def _too_small(self, total: int) -> InvalidArgumentError:

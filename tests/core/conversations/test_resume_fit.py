@@ -121,6 +121,63 @@ async def test_a_reload_cancelled_while_the_fitting_compression_is_delivered_sti
         await store.close()
 
 
+async def test_a_reload_under_a_timeout_does_not_wait_for_a_slow_eviction_hook(tmp_path: Path) -> None:
+    """reload() under a caller's timeout, loading a window compressed to fit while the eviction hook is
+    slow (an archive to a remote store): the reload ran to its end whatever its caller asked, so the
+    timeout around it waited as long as the hook (and as long as a slow storage read). It stops at the
+    cancellation now, the window and the conversation both at the version loaded; the hook goes on by
+    itself."""
+    store = SQLiteConversationStore(tmp_path / "conversations.sqlite3")
+    await store.open()
+    try:
+        await write_wide(store, "c")
+        entered, release = asyncio.Event(), asyncio.Event()
+        blocking = False
+        delivered: list[str] = []
+
+        async def hook(messages: list[Message]) -> None:
+            if blocking:
+                entered.set()
+                await release.wait()
+            delivered.extend(message.id for message in messages)
+
+        window = ContextWindow(600, eviction_hook=hook)
+        conversation = PersistedConversation(store, "c", window)
+        await conversation.open()
+        await conversation.sync()  # the compression fitting the window, stored
+        other = ContextWindow(4000)
+        writer = PersistedConversation(store, "c", other)
+        await writer.open()
+        for turn in range(30):  # another worker's turns: too large for 600 tokens again
+            await other.add(Message.create("assistant", f"reply {turn}: crate {turn} left dock {turn % 7}"))
+        await writer.sync()
+        await writer.close()
+        blocking = True
+        reloading = asyncio.create_task(conversation.reload())
+        await asyncio.wait_for(entered.wait(), 10)
+        reloading.cancel()
+        done, _ = await asyncio.wait({reloading}, timeout=3)
+        try:
+            assert reloading in done, "the cancelled reload waited for the eviction hook"
+            assert reloading.cancelled()
+            assert window.messages[-1].content == "reply 29: crate 29 left dock 1"
+            assert conversation.version == writer.version
+            since = conversation.check_writable()
+            await window.add(Message.create("user", "after the cancelled reload"))
+            await conversation.sync(since=since)  # no conflict: the window is at the stored version
+        finally:
+            release.set()
+            await asyncio.wait({reloading}, timeout=10)
+        await window.flush()  # the hook went on by itself and took the evicted messages
+        assert any(message_id not in {m.id for m in window.messages} for message_id in delivered)
+        stored = fold(await store.load("c"))
+        assert [m.to_dict() for m in stored.messages] == [m.to_dict() for m in window.messages]
+        assert stored.history == [record.to_dict() for record in window.compression_history]
+        await conversation.close()
+    finally:
+        await store.close()
+
+
 async def test_snapshots_of_a_long_lived_conversation_keep_the_newest_compression_records(
     tmp_path: Path,
 ) -> None:

@@ -204,7 +204,8 @@ class PersistedConversation:
                 return
             self._found_stale = None
             try:
-                await to_the_end(asyncio.ensure_future(self._reload_locked()))  # (see reload())
+                # to its end: cancelled, the conversation would stay stale until an explicit reload()
+                await to_the_end(asyncio.ensure_future(self._reload_locked()))
             except Exception as reload_error:  # stay stale: changes are refused until reload()
                 error._reload_failed(reload_error)
                 logger.warning(
@@ -241,7 +242,12 @@ class PersistedConversation:
         self._window.set_overflow_check(self.check_current)
         return state.version
 
-    async def _load(self) -> WindowState:
+    async def _load(self, deliveries: list[asyncio.Task[None]] | None = None) -> WindowState:
+        """Load the stored conversation into the window (see :meth:`open`).
+
+        ``deliveries``: when given, the eviction hook's handing of what a compression fitting the window
+        evicted is appended to it instead of awaited (see :meth:`_reload_locked`).
+        """
         stored = await self.store.load(self.conversation_id)
         if stored.user_id is not None and stored.user_id != self._user_id:
             raise ConversationAccessError(self.conversation_id, self._user_id)
@@ -261,7 +267,11 @@ class PersistedConversation:
         self._loading_compressions = compressions
         try:
             fitted = await self._window.restore(
-                state.messages, history, fit=True, earlier_compressions=state.earlier_compressions
+                state.messages,
+                history,
+                fit=True,
+                earlier_compressions=state.earlier_compressions,
+                deliveries=deliveries,
             )
         except InvalidArgumentError as error:
             if error.field != "max_tokens":
@@ -283,7 +293,7 @@ class PersistedConversation:
         finally:
             self._loading_compressions = None
         if fitted is not None:
-            # identified by the record its commit journaled, not by position: restoring waits for the
+            # identified by the record its commit journaled, not by position: restoring may wait for the
             # eviction hook out of the window's lock, and another task's change may be journaled after
             # it meanwhile. It stays pending (with the changes after it) when a reload drops the others.
             self._fit_sequence = next((seq for record, seq in compressions if record is fitted), 0)
@@ -348,16 +358,18 @@ class PersistedConversation:
             StorageError: the store cannot be read (the conversation stays as it was).
         """
         async with self._write_lock:
-            # to its end even if the caller is cancelled: once the window holds the version loaded (a
-            # compression fitting it may then wait for the eviction hook), what this process stored or
-            # loaded must say so, or the next write meets a conflict with the version the window holds
-            return int(await to_the_end(asyncio.ensure_future(self._reload_locked())))
+            # A cancellation (a timeout around it) stops it at once: while storage is read, the window's
+            # lock or the summarizer awaited, nothing has changed yet; once the window holds the version
+            # loaded, the bookkeeping follows without an await, and only then is the eviction hook
+            # waited for (it goes on by itself if that wait is cancelled).
+            return await self._reload_locked()
 
     async def _reload_locked(self) -> int:
         # The journal stays on: a change another task makes to the window while the stored conversation
         # loads is journaled, so it counts among the changes this reload drops (its sync() raises the
         # refusal), instead of vanishing acknowledged (restoring the window journals nothing).
-        state = await self._load()
+        deliveries: list[asyncio.Task[None]] = []
+        state = await self._load(deliveries)
         # the compression that fitted the window just loaded is a change to the version loaded, and so
         # are the changes other tasks made to the window after it (while restoring waited for the
         # eviction hook): they stay pending, the changes before it are dropped
@@ -376,6 +388,8 @@ class PersistedConversation:
         self._resolved = self._journaled - keep
         self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
         self._conflict = None
+        for delivery in deliveries:  # the window and this conversation are at the version loaded
+            await asyncio.shield(delivery)
         return state.version
 
     async def _take_back_locked(self, why: ConversationConflictError) -> None:
