@@ -24,6 +24,8 @@ def test_strings_and_enums_are_accepted() -> None:
 def test_unknown_role_and_priority_name_the_allowed_values() -> None:
     with pytest.raises(InvalidRoleError, match=r"role: got 'robot'; allowed one of 'system', 'user'"):
         Message.create("robot", "hi")
+    with pytest.raises(InvalidRoleError, match=r"'tool' \('developer' is 'system'\)"):  # OpenAI's name
+        Message.create("robot", "hi")
     with pytest.raises(InvalidPriorityError, match=r"priority: got 'urgent'; allowed one of 'low'"):
         Message.create("user", "hi", priority="urgent")
     assert issubclass(InvalidRoleError, ValueError)

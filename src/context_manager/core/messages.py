@@ -50,7 +50,9 @@ class Role(StrEnum):
             found = _ROLES_BY_TEXT.get(value) or _ROLES_BY_TEXT.get(value.strip().lower())
             if found is not None:
                 return found
-        raise InvalidRoleError("role", value, "one of " + ", ".join(repr(r.value) for r in cls))
+        raise InvalidRoleError(
+            "role", value, "one of " + ", ".join(repr(r.value) for r in cls) + " ('developer' is 'system')"
+        )
 
 
 class Priority(StrEnum):
