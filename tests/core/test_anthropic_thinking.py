@@ -226,3 +226,35 @@ async def test_no_turn_of_thinking_alone_while_the_calls_wait_for_their_results(
     body = to_anthropic_messages(window.messages)
     assert [block["type"] for block in body["messages"][1]["content"]] == ["thinking", "tool_use"]
     assert anthropic_violations(body) == []
+
+
+async def test_thinking_for_calls_already_in_the_window_is_never_dropped_silently(tmp_path: Path) -> None:
+    """``add_message`` of the calls without thinking, then ``execute_tool_calls(..., thinking=...)``.
+
+    The assistant message is not added again, so the thinking was dropped and the next Anthropic request
+    (thinking enabled) refused with HTTP 400; it is refused now, before any tool runs.
+    """
+    ran: list[str] = []
+
+    async def weather(city: str, turn: int) -> str:
+        ran.append(city)
+        return f"sunny in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        await manager.add_message("user", "Weather in Paris?")
+        content = response_content("toolu_01A")
+        await manager.add_message("assistant", "Let me check the weather.", tool_calls=tool_uses(content))
+        with pytest.raises(InvalidMessageError, match="thinking.*add_message"):
+            await manager.execute_tool_calls(tool_uses(content), thinking=content)
+        assert ran == [] and len(manager.messages) == 2
+        assert manager.pending_tool_calls()[0].id == "toolu_01A"
+        # the same thinking as the message holds (added with it) is fine, as is none
+        await manager.add_message("user", "And in Rome?")
+        rome = response_content("toolu_01B", turn=1)
+        await manager.add_message("assistant", "Checking Rome.", tool_calls=tool_uses(rome), thinking=rome)
+        [result] = await manager.execute_tool_calls(tool_uses(rome), thinking=rome)
+        assert result.success and ran == ["Paris"]
+        [result] = await manager.execute_tool_calls(tool_uses(content))
+        assert result.success

@@ -1078,10 +1078,13 @@ class EnhancedContextManager:
             content: Text of the assistant message, when it has to be added.
             thinking: Anthropic extended thinking of the assistant message, when it has to be added:
                 ``response.content`` (or the response); its ``thinking`` / ``redacted_thinking`` blocks
-                go first in that turn of the Anthropic export (see :attr:`Message.thinking`).
+                go first in that turn of the Anthropic export (see :attr:`Message.thinking`). When the
+                calls are already in the window, it must be the thinking their message holds (or none).
 
         Raises:
-            InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
+            InvalidMessageError: a call has no id or name, or ids repeat, or ``thinking`` is given for
+                calls already in the window whose message holds other thinking (it would be lost: give it
+                to ``add_message``); nothing changes, nothing runs.
             ToolCallPairingError: the calls are those of the newest assistant message and already ran,
                 only part of them is pending, or another ``execute_tool_calls`` is running some of them
                 now (nothing runs twice).
