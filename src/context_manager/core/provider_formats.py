@@ -301,7 +301,8 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     Takes what :func:`to_openai_responses_input` makes and what a response's ``output`` holds, as dicts or
     the SDK's objects: role messages (``{"role", "content"}``), ``message`` items (their text parts joined;
     a refusal is the text), ``function_call`` items (the calls of the assistant message right before them,
-    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``). A
+    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``; an ``output`` of text parts is
+    their text). A
     ``reasoning`` item is left out (the window does not keep it: pass ``previous_response_id`` or keep it
     yourself to send it back).
 
@@ -325,14 +326,18 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
                 calls_to["tool_calls"] = []
             calls_to["tool_calls"].append(dict(item))
             continue
+        if kind == "reasoning":  # anywhere in an output: the text and calls around it stay one message
+            continue
         calls_to = None
         if kind == "function_call_output":
             output = item.get("output")
-            if not isinstance(output, str):
-                raise InvalidArgumentError(f"messages[{position}].output", output, "a string (a tool's text)")
+            if isinstance(output, list):  # content parts: their text (an image or a file is refused)
+                output = _responses_text(output, position, "output")
+            elif not isinstance(output, str):
+                raise InvalidArgumentError(
+                    f"messages[{position}].output", output, "a string or text parts (a tool's text)"
+                )
             converted.append({"role": "tool", "content": output, "tool_call_id": item.get("call_id")})
-        elif kind == "reasoning":
-            continue
         elif kind == "message" or kind is None:
             if kind == "message":  # an item's id, status, phase ...: the API's, not the message's
                 text = _responses_text(item.get("content"), position)
@@ -347,8 +352,9 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     return converted
 
 
-def _responses_text(content: Any, position: int) -> Any:
-    """The text of a ``message`` item's content: a string, or its text parts joined (a refusal's text)."""
+def _responses_text(content: Any, position: int, field: str = "content") -> Any:
+    """The text of a ``message`` item's content (a ``function_call_output``'s ``output``): a string, or
+    its text parts joined (a refusal's text)."""
     if not isinstance(content, list):
         return content
     texts: list[str] = []
@@ -360,7 +366,7 @@ def _responses_text(content: Any, position: int) -> Any:
             texts.append(part["refusal"])
         else:
             raise InvalidArgumentError(
-                f"messages[{position}].content", part, "text parts (input_text, output_text) or a refusal"
+                f"messages[{position}].{field}", part, "text parts (input_text, output_text) or a refusal"
             )
     return "".join(texts)
 
