@@ -301,10 +301,9 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     Takes what :func:`to_openai_responses_input` makes and what a response's ``output`` holds, as dicts or
     the SDK's objects: role messages (``{"role", "content"}``), ``message`` items (their text parts joined;
     a refusal is the text), ``function_call`` items (the calls of the assistant message right before them,
-    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``; an ``output`` of text parts is
-    their text). A
-    ``reasoning`` item is left out (the window does not keep it: pass ``previous_response_id`` or keep it
-    yourself to send it back).
+    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``; an
+    ``output`` of text parts is their text). A ``reasoning`` item is left out, wherever it is (the window
+    does not keep it: pass ``previous_response_id`` or keep it yourself to send it back).
 
     Raises:
         InvalidArgumentError: an item of another type, or of another content (images, files).
