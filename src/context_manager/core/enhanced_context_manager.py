@@ -60,6 +60,7 @@ from context_manager.core.performance_monitor import (
 )
 from context_manager.core.provider_formats import (
     FORMATS,
+    SupportsModelDump,
     is_openai_responses_item,
     messages_from_openai_responses,
     to_provider_format,
@@ -617,7 +618,7 @@ class EnhancedContextManager:
         return True
 
     @monitored_operation("add_messages")
-    async def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
+    async def add_messages(self, messages: Sequence[Mapping[str, Any] | SupportsModelDump]) -> int:
         """Add several messages in order, compressing at most once: a conversation history, say.
 
         Adding a long history one message at a time compresses every few messages; this checks and

@@ -50,7 +50,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import Message, Role, ToolCall, json_copy
@@ -279,6 +279,12 @@ def to_openai_responses_input(messages: Iterable[Message]) -> list[dict[str, Any
                 }
             )
     return items
+
+
+class SupportsModelDump(Protocol):
+    """An SDK object (pydantic model): a Responses API item of ``response.output``, say."""
+
+    def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
 
 
 _RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
