@@ -249,3 +249,21 @@ async def test_a_function_call_output_of_text_parts_is_their_text(tmp_path: Path
             "call_id": "call_1",
             "output": "shipped on Monday",
         }
+
+
+async def test_a_role_message_of_input_text_parts_is_its_text(tmp_path: Path) -> None:
+    """``{"role": "user", "content": [{"type": "input_text", ...}]}`` is a Responses API input message."""
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "Where is "}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "order 1042?"}]},
+    ]
+    sdk_accepts(items)
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(items[:1])
+        await manager.add_messages(items)
+        assert [m.content for m in manager.messages] == ["Where is ", "Where is ", "order 1042?"]
+        with pytest.raises(InvalidArgumentError, match="text parts"):
+            await manager.add_messages(
+                [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_image"}]}]
+            )
+        assert len(manager.messages) == 3

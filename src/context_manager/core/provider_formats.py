@@ -294,10 +294,19 @@ _RESPONSES_ITEMS = (
 )
 
 
+_RESPONSES_INPUT_PARTS = frozenset({"input_text", "output_text"})
+
+
 def is_openai_responses_item(item: Any) -> bool:
-    """Whether ``item`` is a Responses API item (``type`` set) rather than a message dict of ``role`` only."""
+    """Whether ``item`` is a Responses API item (``type`` set, or a role message of ``input_text`` parts)
+    rather than a message dict of ``role`` only."""
     if isinstance(item, Mapping):
-        return "type" in item
+        if "type" in item:
+            return True
+        content = item.get("content")
+        return isinstance(content, list) and any(
+            isinstance(part, Mapping) and part.get("type") in _RESPONSES_INPUT_PARTS for part in content
+        )
     return callable(getattr(item, "model_dump", None))
 
 
@@ -349,6 +358,8 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
                 message = {"role": item.get("role"), "content": text}
             else:
                 message = dict(item)
+                if isinstance(message.get("content"), list):  # {"role", "content": [input_text parts]}
+                    message["content"] = _responses_text(message["content"], position)
             converted.append(message)
             if message.get("role") == "assistant" and not message.get("tool_calls"):
                 calls_to = message
