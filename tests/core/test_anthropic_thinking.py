@@ -269,7 +269,9 @@ class _WordCounter:
         return len(text.split())
 
     def count_message(self, message: Message) -> int:
-        return 3 + self.count(message.content) + sum(self.count(c.arguments_json()) for c in message.tool_calls)
+        return (
+            3 + self.count(message.content) + sum(self.count(c.arguments_json()) for c in message.tool_calls)
+        )
 
 
 async def test_thinking_counts_against_the_budget_with_a_user_s_own_counter(tmp_path: Path) -> None:
@@ -289,7 +291,9 @@ async def test_thinking_counts_against_the_budget_with_a_user_s_own_counter(tmp_
         for turn in range(6):  # 300 words of thinking a turn: compresses, never over the budget
             content = response_content(f"toolu_{turn:02d}", turn)
             content[0] = dict(long_thinking)
-            await manager.add_message("assistant", "Checking.", tool_calls=tool_uses(content), thinking=content)
+            await manager.add_message(
+                "assistant", "Checking.", tool_calls=tool_uses(content), thinking=content
+            )
             await manager.add_message("tool", "sunny", tool_call_id=f"toolu_{turn:02d}")
             assert manager.get_context_summary()["token_count"] <= 600
         assert manager.get_context_summary()["compression_count"] >= 1

@@ -242,7 +242,9 @@ async def test_a_function_call_output_of_text_parts_is_their_text(tmp_path: Path
     async with EnhancedContextManager(config(tmp_path)) as manager:
         await manager.add_message("user", "Where is order 1042?")
         sdk_accepts([call, {"type": "function_call_output", "call_id": "call_1", "output": parts}])
-        await manager.add_messages([call, {"type": "function_call_output", "call_id": "call_1", "output": parts}])
+        await manager.add_messages(
+            [call, {"type": "function_call_output", "call_id": "call_1", "output": parts}]
+        )
         assert manager.messages[-1].content == "shipped on Monday"
         assert manager.get_context(format="openai_responses")[-1] == {
             "type": "function_call_output",

@@ -407,7 +407,9 @@ class ContextWindow:
                 raise InvalidArgumentError("counter", counter, "a TokenCounter (count, count_message)")
             check_counter(counter, "counter")
         # a user's counter gets the thinking blocks of Anthropic messages counted too (see counting_thinking)
-        self._counter: TokenCounter = counting_thinking(counter) if counter is not None else get_token_counter()
+        self._counter: TokenCounter = (
+            counting_thinking(counter) if counter is not None else get_token_counter()
+        )
         self._max_tokens = max_tokens
         self._compression_ratio = float(compression_ratio)
         self._extractive = ExtractiveSummarizer(self._counter)

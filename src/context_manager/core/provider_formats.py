@@ -298,8 +298,10 @@ _RESPONSES_INPUT_PARTS = frozenset({"input_text", "output_text"})
 
 
 def is_openai_responses_item(item: Any) -> bool:
-    """Whether ``item`` is a Responses API item (``type`` set, or a role message of ``input_text`` parts)
-    rather than a message dict of ``role`` only."""
+    """Whether ``item`` is a Responses API item rather than a message dict of ``role`` only.
+
+    A Responses API item has a ``type``, or is a role message of ``input_text`` / ``output_text`` parts.
+    """
     if isinstance(item, Mapping):
         if "type" in item:
             return True
@@ -369,8 +371,10 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
 
 
 def _responses_text(content: Any, position: int, field: str = "content") -> Any:
-    """The text of a ``message`` item's content (a ``function_call_output``'s ``output``): a string, or
-    its text parts joined (a refusal's text)."""
+    """The text of a ``message`` item's content, or of a ``function_call_output``'s ``output``.
+
+    A string as it is, or the text parts joined (a refusal's text).
+    """
     if not isinstance(content, list):
         return content
     texts: list[str] = []

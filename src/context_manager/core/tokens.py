@@ -126,7 +126,8 @@ class TokenCounter(Protocol):
         """Return what ``message`` costs in a prompt, chat-format overhead included.
 
         A window adds ``count()`` of the message's Anthropic thinking blocks (``message.thinking``) to
-        what a counter of your own gives here."""
+        what a counter of your own gives here.
+        """
         ...
 
 
