@@ -19,6 +19,8 @@ TYPED_CALLER = '''\
 import asyncio
 from typing import Any, assert_type
 
+from openai.types.responses import Response
+
 from context_manager import (
     ContextManagerConfig,
     EnhancedContextManager,
@@ -52,6 +54,14 @@ async def main() -> None:
 
 def lookup_order(order_id: str) -> str:
     return f"order {order_id} shipped"
+
+
+async def responses_turn(manager: EnhancedContextManager, response: Response) -> None:
+    assert_type(await manager.add_messages(response.output), int)  # the SDK's items, as documented
+
+
+def blocking_responses_turn(manager: SyncContextManager, response: Response) -> None:
+    assert_type(manager.add_messages(response.output), int)
 
 
 def blocking() -> None:

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from context_manager.core.memory.models import Memory
     from context_manager.core.messages import Message, ToolCall
     from context_manager.core.performance_monitor import PerformanceMonitor
+    from context_manager.core.provider_formats import SupportsModelDump
     from context_manager.core.tokens import TokenCounter
     from context_manager.core.tool_system import ToolManager, ToolResult
 
@@ -434,7 +435,7 @@ class SyncContextManager:
         """Blocking form of EnhancedContextManager.add_message."""
         return self._await("add_message", self._manager.add_message, role, content, **kwargs)
 
-    def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
+    def add_messages(self, messages: Sequence[Mapping[str, Any] | SupportsModelDump]) -> int:
         """Blocking form of EnhancedContextManager.add_messages."""
         return self._await("add_messages", self._manager.add_messages, messages)
 

@@ -226,3 +226,74 @@ async def test_no_turn_of_thinking_alone_while_the_calls_wait_for_their_results(
     body = to_anthropic_messages(window.messages)
     assert [block["type"] for block in body["messages"][1]["content"]] == ["thinking", "tool_use"]
     assert anthropic_violations(body) == []
+
+
+async def test_thinking_for_calls_already_in_the_window_is_never_dropped_silently(tmp_path: Path) -> None:
+    """``add_message`` of the calls without thinking, then ``execute_tool_calls(..., thinking=...)``.
+
+    The assistant message is not added again, so the thinking was dropped and the next Anthropic request
+    (thinking enabled) refused with HTTP 400; it is refused now, before any tool runs.
+    """
+    ran: list[str] = []
+
+    async def weather(city: str, turn: int) -> str:
+        ran.append(city)
+        return f"sunny in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        await manager.add_message("user", "Weather in Paris?")
+        content = response_content("toolu_01A")
+        await manager.add_message("assistant", "Let me check the weather.", tool_calls=tool_uses(content))
+        with pytest.raises(InvalidMessageError, match="thinking.*add_message"):
+            await manager.execute_tool_calls(tool_uses(content), thinking=content)
+        assert ran == [] and len(manager.messages) == 2
+        assert manager.pending_tool_calls()[0].id == "toolu_01A"
+        # the same thinking as the message holds (added with it) is fine, as is none
+        await manager.add_message("user", "And in Rome?")
+        rome = response_content("toolu_01B", turn=1)
+        await manager.add_message("assistant", "Checking Rome.", tool_calls=tool_uses(rome), thinking=rome)
+        [result] = await manager.execute_tool_calls(tool_uses(rome), thinking=rome)
+        assert result.success and ran == ["Paris"]
+        [result] = await manager.execute_tool_calls(tool_uses(content))
+        assert result.success
+
+
+class _WordCounter:
+    """A user's own counter (another provider's tokenizer): words, knowing nothing of thinking."""
+
+    encoding_name = "words"
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def count_message(self, message: Message) -> int:
+        return (
+            3 + self.count(message.content) + sum(self.count(c.arguments_json()) for c in message.tool_calls)
+        )
+
+
+async def test_thinking_counts_against_the_budget_with_a_user_s_own_counter(tmp_path: Path) -> None:
+    """A custom ``TokenCounter`` counts content and calls; the window adds the thinking's ``count()``."""
+    counter = _WordCounter()
+    call = ToolCall("toolu_01A", "weather", {"city": "Paris"})
+    long_thinking = dict(THINKING, thinking="reasoning " * 300)
+    window = ContextWindow(max_tokens=4000, counter=counter)
+    await window.add(Message.create("user", "Weather?"))
+    before = window.token_count
+    await window.add(Message.create("assistant", "Checking.", tool_calls=[call], thinking=[long_thinking]))
+    plain = counter.count_message(Message.create("assistant", "Checking.", tool_calls=[call]))
+    assert window.token_count - before == plain + 300
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none", max_tokens=600)
+    async with EnhancedContextManager(config, token_counter=counter) as manager:
+        await manager.add_message("user", "Track the weather.")
+        for turn in range(6):  # 300 words of thinking a turn: compresses, never over the budget
+            content = response_content(f"toolu_{turn:02d}", turn)
+            content[0] = dict(long_thinking)
+            await manager.add_message(
+                "assistant", "Checking.", tool_calls=tool_uses(content), thinking=content
+            )
+            await manager.add_message("tool", "sunny", tool_call_id=f"toolu_{turn:02d}")
+            assert manager.get_context_summary()["token_count"] <= 600
+        assert manager.get_context_summary()["compression_count"] >= 1

@@ -211,3 +211,61 @@ def test_tool_schemas_in_the_responses_api_shape() -> None:
         "strict": False,
     }
     TypeAdapter(FunctionToolParam).validate_python(schema)  # the SDK's own request type
+
+
+async def test_a_reasoning_item_between_the_text_and_the_calls_keeps_them_one_message(tmp_path: Path) -> None:
+    """Reasoning models put ``reasoning`` items anywhere in ``output``; they are left out, nothing else."""
+    output = [
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Let me look it up.", "annotations": []}],
+        },
+        {"type": "reasoning", "id": "rs_2", "summary": []},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_9", "name": "lookup", "arguments": "{}"},
+    ]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Where is order 1042?")
+        assert await manager.add_messages(output) == 1
+        assistant = manager.messages[-1]
+        assert assistant.content == "Let me look it up."
+        assert [call.id for call in assistant.tool_calls] == ["call_9"]
+
+
+async def test_a_function_call_output_of_text_parts_is_their_text(tmp_path: Path) -> None:
+    """``output`` may be a list of content parts (the SDK's ``ResponseFunctionCallOutputItemListParam``)."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}"}
+    parts = [{"type": "input_text", "text": "shipped "}, {"type": "input_text", "text": "on Monday"}]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Where is order 1042?")
+        sdk_accepts([call, {"type": "function_call_output", "call_id": "call_1", "output": parts}])
+        await manager.add_messages(
+            [call, {"type": "function_call_output", "call_id": "call_1", "output": parts}]
+        )
+        assert manager.messages[-1].content == "shipped on Monday"
+        assert manager.get_context(format="openai_responses")[-1] == {
+            "type": "function_call_output",
+            "call_id": "call_1",
+            "output": "shipped on Monday",
+        }
+
+
+async def test_a_role_message_of_input_text_parts_is_its_text(tmp_path: Path) -> None:
+    """``{"role": "user", "content": [{"type": "input_text", ...}]}`` is a Responses API input message."""
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "Where is "}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "order 1042?"}]},
+    ]
+    sdk_accepts(items)
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(items[:1])
+        await manager.add_messages(items)
+        assert [m.content for m in manager.messages] == ["Where is ", "Where is ", "order 1042?"]
+        with pytest.raises(InvalidArgumentError, match="text parts"):
+            await manager.add_messages(
+                [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_image"}]}]
+            )
+        assert len(manager.messages) == 3

@@ -95,6 +95,7 @@ from context_manager.core.tokens import (
     REPLY_PRIMING_TOKENS,
     ExactTokenCounter,
     TokenCounter,
+    counting_thinking,
     get_token_counter,
     truncate_to_tokens,
 )
@@ -405,7 +406,10 @@ class ContextWindow:
             if not isinstance(counter, TokenCounter):
                 raise InvalidArgumentError("counter", counter, "a TokenCounter (count, count_message)")
             check_counter(counter, "counter")
-        self._counter: TokenCounter = counter if counter is not None else get_token_counter()
+        # a user's counter gets the thinking blocks of Anthropic messages counted too (see counting_thinking)
+        self._counter: TokenCounter = (
+            counting_thinking(counter) if counter is not None else get_token_counter()
+        )
         self._max_tokens = max_tokens
         self._compression_ratio = float(compression_ratio)
         self._extractive = ExtractiveSummarizer(self._counter)

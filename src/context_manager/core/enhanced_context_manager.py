@@ -61,6 +61,7 @@ from context_manager.core.performance_monitor import (
 )
 from context_manager.core.provider_formats import (
     FORMATS,
+    SupportsModelDump,
     is_openai_responses_item,
     messages_from_openai_responses,
     to_provider_format,
@@ -630,7 +631,7 @@ class EnhancedContextManager:
         return True
 
     @monitored_operation("add_messages")
-    async def add_messages(self, messages: Sequence[Mapping[str, Any]]) -> int:
+    async def add_messages(self, messages: Sequence[Mapping[str, Any] | SupportsModelDump]) -> int:
         """Add several messages in order, compressing at most once: a conversation history, say.
 
         Adding a long history one message at a time compresses every few messages; this checks and
@@ -1091,10 +1092,13 @@ class EnhancedContextManager:
             content: Text of the assistant message, when it has to be added.
             thinking: Anthropic extended thinking of the assistant message, when it has to be added:
                 ``response.content`` (or the response); its ``thinking`` / ``redacted_thinking`` blocks
-                go first in that turn of the Anthropic export (see :attr:`Message.thinking`).
+                go first in that turn of the Anthropic export (see :attr:`Message.thinking`). When the
+                calls are already in the window, it must be the thinking their message holds (or none).
 
         Raises:
-            InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
+            InvalidMessageError: a call has no id or name, or ids repeat, or ``thinking`` is given for
+                calls already in the window whose message holds other thinking (it would be lost: give it
+                to ``add_message``); nothing changes, nothing runs.
             ToolCallPairingError: the calls are those of the newest assistant message and already ran,
                 only part of them is pending, or another ``execute_tool_calls`` is running some of them
                 now (nothing runs twice).

@@ -50,7 +50,7 @@ import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import Message, Role, ToolCall, json_copy
@@ -281,6 +281,12 @@ def to_openai_responses_input(messages: Iterable[Message]) -> list[dict[str, Any
     return items
 
 
+class SupportsModelDump(Protocol):
+    """An SDK object (pydantic model): a Responses API item of ``response.output``, say."""
+
+    def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+
 _RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _RESPONSES_ITEMS = (
     "Responses API input or output items: role messages, 'message', 'function_call', "
@@ -288,10 +294,21 @@ _RESPONSES_ITEMS = (
 )
 
 
+_RESPONSES_INPUT_PARTS = frozenset({"input_text", "output_text"})
+
+
 def is_openai_responses_item(item: Any) -> bool:
-    """Whether ``item`` is a Responses API item (``type`` set) rather than a message dict of ``role`` only."""
+    """Whether ``item`` is a Responses API item rather than a message dict of ``role`` only.
+
+    A Responses API item has a ``type``, or is a role message of ``input_text`` / ``output_text`` parts.
+    """
     if isinstance(item, Mapping):
-        return "type" in item
+        if "type" in item:
+            return True
+        content = item.get("content")
+        return isinstance(content, list) and any(
+            isinstance(part, Mapping) and part.get("type") in _RESPONSES_INPUT_PARTS for part in content
+        )
     return callable(getattr(item, "model_dump", None))
 
 
@@ -301,9 +318,9 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     Takes what :func:`to_openai_responses_input` makes and what a response's ``output`` holds, as dicts or
     the SDK's objects: role messages (``{"role", "content"}``), ``message`` items (their text parts joined;
     a refusal is the text), ``function_call`` items (the calls of the assistant message right before them,
-    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``). A
-    ``reasoning`` item is left out (the window does not keep it: pass ``previous_response_id`` or keep it
-    yourself to send it back).
+    or of a new one), ``function_call_output`` items (tool messages answering their ``call_id``; an
+    ``output`` of text parts is their text). A ``reasoning`` item is left out, wherever it is (the window
+    does not keep it: pass ``previous_response_id`` or keep it yourself to send it back).
 
     Raises:
         InvalidArgumentError: an item of another type, or of another content (images, files).
@@ -325,20 +342,26 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
                 calls_to["tool_calls"] = []
             calls_to["tool_calls"].append(dict(item))
             continue
+        if kind == "reasoning":  # anywhere in an output: the text and calls around it stay one message
+            continue
         calls_to = None
         if kind == "function_call_output":
             output = item.get("output")
-            if not isinstance(output, str):
-                raise InvalidArgumentError(f"messages[{position}].output", output, "a string (a tool's text)")
+            if isinstance(output, list):  # content parts: their text (an image or a file is refused)
+                output = _responses_text(output, position, "output")
+            elif not isinstance(output, str):
+                raise InvalidArgumentError(
+                    f"messages[{position}].output", output, "a string or text parts (a tool's text)"
+                )
             converted.append({"role": "tool", "content": output, "tool_call_id": item.get("call_id")})
-        elif kind == "reasoning":
-            continue
         elif kind == "message" or kind is None:
             if kind == "message":  # an item's id, status, phase ...: the API's, not the message's
                 text = _responses_text(item.get("content"), position)
                 message = {"role": item.get("role"), "content": text}
             else:
                 message = dict(item)
+                if isinstance(message.get("content"), list):  # {"role", "content": [input_text parts]}
+                    message["content"] = _responses_text(message["content"], position)
             converted.append(message)
             if message.get("role") == "assistant" and not message.get("tool_calls"):
                 calls_to = message
@@ -347,8 +370,11 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     return converted
 
 
-def _responses_text(content: Any, position: int) -> Any:
-    """The text of a ``message`` item's content: a string, or its text parts joined (a refusal's text)."""
+def _responses_text(content: Any, position: int, field: str = "content") -> Any:
+    """The text of a ``message`` item's content, or of a ``function_call_output``'s ``output``.
+
+    A string as it is, or the text parts joined (a refusal's text).
+    """
     if not isinstance(content, list):
         return content
     texts: list[str] = []
@@ -360,7 +386,7 @@ def _responses_text(content: Any, position: int) -> Any:
             texts.append(part["refusal"])
         else:
             raise InvalidArgumentError(
-                f"messages[{position}].content", part, "text parts (input_text, output_text) or a refusal"
+                f"messages[{position}].{field}", part, "text parts (input_text, output_text) or a refusal"
             )
     return "".join(texts)
 

@@ -123,7 +123,11 @@ class TokenCounter(Protocol):
         ...
 
     def count_message(self, message: Message) -> int:
-        """Return what ``message`` costs in a prompt, chat-format overhead included."""
+        """Return what ``message`` costs in a prompt, chat-format overhead included.
+
+        A window adds ``count()`` of the message's Anthropic thinking blocks (``message.thinking``) to
+        what a counter of your own gives here.
+        """
         ...
 
 
@@ -396,6 +400,48 @@ class ExactTokenCounter:
         if message.thinking:
             total += self._count_thinking(message)
         return total
+
+
+class _ThinkingCounted:
+    """A user's :class:`TokenCounter` that also counts a message's Anthropic thinking blocks.
+
+    ``count_message`` adds ``count()`` of each block's text (a redacted block's data) to the user's
+    ``count_message``, which knows content, role, name and calls; everything else is the user's counter.
+    """
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self._count_message = counter.count_message
+        self.encoding_name = counter.encoding_name
+
+    def count(self, text: str) -> int:
+        return self._counter.count(text)
+
+    def count_message(self, message: Message) -> int:
+        tokens = self._count_message(message)
+        if message.thinking:
+            count = self._counter.count
+            for block in message.thinking:
+                tokens += count(block.get("thinking") or block.get("data") or "")
+        return tokens
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "count_framing" or name.startswith("_"):  # a user's count_framing misses the thinking
+            raise AttributeError(name)
+        return getattr(self._counter, name)
+
+    def __repr__(self) -> str:
+        return repr(self._counter)
+
+
+def counting_thinking(counter: TokenCounter) -> TokenCounter:
+    """``counter`` as the window uses it: a user's own counter gets thinking blocks counted too.
+
+    The built-in :class:`ExactTokenCounter` counts them itself and is returned as it is.
+    """
+    if isinstance(counter, ExactTokenCounter | _ThinkingCounted):
+        return counter
+    return _ThinkingCounted(counter)
 
 
 _counters: dict[str, ExactTokenCounter] = {}

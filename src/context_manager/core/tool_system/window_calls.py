@@ -50,10 +50,11 @@ from context_manager.core.errors import (
     ContextBudgetError,
     ConversationConflictError,
     InvalidArgumentError,
+    InvalidMessageError,
     NotFoundError,
     ToolCallPairingError,
 )
-from context_manager.core.messages import Message, Role, ToolCall, json_copy
+from context_manager.core.messages import Message, Role, ToolCall, json_copy, thinking_blocks
 from context_manager.core.text import storable
 from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens
 from context_manager.core.tool_system.manager import ParsedToolCall, ToolManager
@@ -196,6 +197,8 @@ async def execute_tool_calls_in_window(
         ]
         _refuse_rerun(window, shown)
         assistant = Message.create("assistant", content, tool_calls=list(shown), thinking=thinking)
+    elif thinking is not None and held and held[0] is not None:  # the thinking must not be lost
+        _check_pending_thinking(window, held[0], thinking)
     # Once the tools ran their results must find room: check it before anything runs or is added, with the
     # smallest answer every call can get (a result with no text)
     smallest = [_answer_message(item.call.id, "", {"omitted": True}) for item in parsed]
@@ -208,6 +211,30 @@ async def execute_tool_calls_in_window(
         )
     finally:
         running.difference_update(claimed)
+
+
+def _check_pending_thinking(window: ContextWindow, call_id: str, thinking: Any) -> None:
+    """Refuse ``thinking`` for calls already in the window when their assistant message holds other thinking.
+
+    The message is not added again, so thinking given now would be lost silently, and Anthropic refuses
+    the next request of a tool-use turn without its thinking blocks (HTTP 400).
+
+    Raises:
+        InvalidMessageError: the blocks are invalid, or they are not the thinking of that message.
+    """
+    blocks = thinking_blocks(thinking)
+    for message in reversed(window.messages):
+        if any(call.id == call_id for call in message.tool_calls):
+            if message.thinking != blocks:
+                raise InvalidMessageError(
+                    "thinking",
+                    thinking,
+                    "the thinking of the assistant message that made the calls, or none: that message is "
+                    "in the window already, so give thinking= to add_message when adding it (or leave "
+                    "adding it to execute_tool_calls)",
+                    detail=f"it holds {len(message.thinking)} thinking block(s), {len(blocks)} given",
+                )
+            return
 
 
 def _refuse_rerun(window: ContextWindow, calls: list[ToolCall]) -> None:
