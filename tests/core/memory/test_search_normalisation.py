@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import unicodedata
 from pathlib import Path
 
@@ -291,3 +292,37 @@ async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_ds
         async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
             cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
             assert await cursor.fetchone() == (0,)
+
+
+def test_a_long_text_is_normalised_a_slice_at_a_time_with_the_same_result() -> None:
+    # megabytes are normalised in slices (a worker thread indexing them lets the event loop run between
+    # slices), each cut before a character nothing composes with: the same text as normalising it whole
+    from context_manager.core.memory.index import COMPATIBILITY_RANGES, normalize_text
+
+    def whole(text: str) -> str:  # normalize_text's rule over the whole text at once
+        ranges = [tuple(int(x, 16) for x in part.split("-")) for part in COMPATIBILITY_RANGES.split(",")]
+        out = []
+        run: list[str] = []
+        for character in text:
+            if any(first <= ord(character) <= last for first, last in ranges):
+                run.append(character)
+                continue
+            if run:
+                out.append(unicodedata.normalize("NFKC", "".join(run)))
+                run = []
+            out.append(character)
+        out.append(unicodedata.normalize("NFKC", "".join(run)))
+        return unicodedata.normalize("NFC", "".join(out))
+
+    rng = random.Random(7)
+    alphabet = [
+        chr(code)
+        for block in ((0x20, 0x7F), (0xC0, 0x180), (0x300, 0x370), (0x1100, 0x1200), (0x3040, 0x30FF))
+        + ((0xAC00, 0xAC40), (0xFB00, 0xFB07), (0xFF01, 0xFF60), (0x4E00, 0x4E20))
+        for code in range(*block)
+    ]
+    for size in (70_000, 140_000, 200_000):
+        text = "".join(rng.choice(alphabet) for _ in range(size))
+        assert normalize_text(text) == whole(text)
+    decomposed = "cafe\u0301 " * 30_000  # 180,000 characters, every accent to compose
+    assert normalize_text(decomposed) == "café " * 30_000

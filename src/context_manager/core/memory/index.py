@@ -229,6 +229,35 @@ def normalize_text(text: str) -> str:
     """
     if text.isascii():  # most text: nothing to normalise
         return text
+    if len(text) <= _SEGMENT_CHUNK:
+        return _normalize_piece(text)
+    # A long text a slice at a time (a worker thread indexing megabytes would hold the GIL, and so the
+    # event loop, for all of it in one call), each slice ending before a character nothing before it
+    # composes with or reorders around: the same result as the whole text at once.
+    parts: list[str] = []
+    start = 0
+    changed = False
+    while start < len(text):
+        end = start + _SEGMENT_CHUNK
+        if end < len(text):
+            cut = _STABLE_CUT.search(text, end)
+            end = cut.start() if cut is not None else len(text)
+        part = text[start:end]
+        normalized = _normalize_piece(part)
+        changed = changed or normalized is not part
+        parts.append(normalized)
+        start = end
+    return "".join(parts) if changed else text
+
+
+_STABLE_CUT = re.compile("[\x00-\x7f\u3040-\u3096\u30a0-\u30fa\u4e00-\u9fff\uac00-\ud7a3]")
+"""Characters text can be cut before without changing its NFC or NFKC: ASCII, kana, CJK ideographs and
+Hangul syllables are never the second character of a composition nor a combining mark (a mark or jamo
+after them composes with them, so the cut is before them, not after)."""
+
+
+def _normalize_piece(text: str) -> str:
+    """:func:`normalize_text` of a text of at most :data:`_SEGMENT_CHUNK` characters (or no cut point)."""
     if _COMPATIBILITY_RUN.search(text) is not None:
         text = _COMPATIBILITY_RUN.sub(lambda run: unicodedata.normalize("NFKC", run.group(0)), text)
     elif unicodedata.is_normalized("NFC", text):
