@@ -142,12 +142,14 @@ class ServerOutage:
 
     async def cut(self) -> None:
         """Stop listening and close every relayed connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        # the relayed connections first: on Python 3.12+ wait_closed() waits for every connection to end
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for writer in list(self._writers):
             writer.close()
+        if server is not None:
+            await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)  # noqa: PTH108 - the socket file a Unix server leaves behind
 

@@ -441,6 +441,18 @@ async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: 
     assert await manager.search_memory("qzlastxq", limit=5) == []
 
 
+async def test_deeply_nested_metadata_is_returned_without_a_recursion_error(manager: MemoryManager) -> None:
+    """Metadata as deep as ``json`` takes (300 levels here; deeper on Python 3.13) is copied for every read:
+    a recursive copy raised RecursionError on get_memory and search_memory."""
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"k": [deep]}
+    added = await manager.add_memory("okapi sighting log", metadata={"deep": deep})
+    got = await manager.get_memory(added.id)
+    assert got is not None and got.metadata == {"deep": deep}
+    assert [m.id for m in await manager.search_memory("okapi")] == [added.id]
+
+
 async def test_changing_a_returned_memory_changes_nothing_stored(manager: MemoryManager) -> None:
     """Nested metadata (a list, an object) of a returned memory was the stored memory's own: appending to it
     changed what every later read returned, without a write (and a restart brought the old value back)."""

@@ -243,12 +243,34 @@ _CONTAINERS: Final = frozenset({dict, list})
 
 
 def _json_copy(value: Any) -> Any:
-    """A copy of a JSON value sharing no list or object with it (strings and numbers are immutable)."""
-    if type(value) is dict:
-        return {key: _json_copy(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_json_copy(item) for item in value]
-    return value
+    """A copy of a JSON value sharing no list or object with it (strings and numbers are immutable).
+
+    Without recursion: metadata is as deep as ``json`` accepts it, which on Python 3.13 is deeper than
+    the interpreter's recursion limit (a recursive copy raised ``RecursionError`` there).
+    """
+    if type(value) not in _CONTAINERS:
+        return value
+    root: Any = {} if type(value) is dict else []
+    pending: list[tuple[Any, Any]] = [(value, root)]
+    while pending:
+        source, target = pending.pop()
+        if type(source) is dict:
+            for key, item in source.items():
+                if type(item) in _CONTAINERS:
+                    copied: Any = {} if type(item) is dict else []
+                    target[key] = copied
+                    pending.append((item, copied))
+                else:
+                    target[key] = item
+        else:
+            for item in source:
+                if type(item) in _CONTAINERS:
+                    copied = {} if type(item) is dict else []
+                    target.append(copied)
+                    pending.append((item, copied))
+                else:
+                    target.append(item)
+    return root
 
 
 def _finite(value: Any, field: str) -> float:
