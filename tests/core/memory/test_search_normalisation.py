@@ -291,3 +291,84 @@ async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_ds
         async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
             cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
             assert await cursor.fetchone() == (0,)
+
+
+async def test_rows_written_while_their_batch_is_derived_again_get_the_vector_of_their_text(
+    postgres_dsn: str,
+) -> None:
+    """The upgrade computed a batch's vectors from the rows as its statement began, then wrote them.
+
+    A row whose text another process changed meanwhile (its trigger had given it the new text's vector) got
+    the vector of its old text back, for good: found by the replaced words (a redacted secret), not by the
+    new ones. A row an overflow move copied to another tier meanwhile (its vector copied with it, as the
+    earlier version computed it) was in no batch: "cafe" never found it. The batch now locks its rows
+    (whole memories, in key order, as the moves do) before it reads them."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0011"])
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            for memory_id, tier, content in (
+                ("edited", "long", "the door code is Zürich walrus"),
+                ("moved", "short", "a crème brûlée"),
+                ("touched", "long", "a naïve café"),
+            ):
+                await connection.execute(  # written by the earlier version's trigger
+                    "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, "
+                    "last_accessed, source) VALUES (%s, %s, '', %s, 0.5, 1.0, 1.0, 'user')",
+                    (memory_id, tier, content),
+                )
+        await database.migrate(MIGRATIONS)  # 0011's trigger; no row derived again yet
+    finally:
+        await database.close()
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    manager = MemoryManager(config)
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as writer:
+        # another process's writes, its transaction open while the opening process derives the batch: an
+        # update_memory, an overflow move (the row copied with its vector, as the backend's move does), a
+        # change of another column
+        await writer.execute(
+            "UPDATE cm_memories SET content = 'the door code is [redacted]' WHERE id = 'edited'"
+        )
+        columns = (
+            "owner, user_id, content, importance, tags, tags_text, created_at, last_accessed, "
+            "access_count, metadata, source, superseded_by, merged_from, context, session_id, turn_index, "
+            "session_date, search"
+        )
+        await writer.execute(
+            f"INSERT INTO cm_memories (id, tier, {columns}) SELECT id, 'medium', {columns} "  # noqa: S608
+            "FROM cm_memories WHERE id = 'moved' AND tier = 'short'"
+        )
+        await writer.execute("DELETE FROM cm_memories WHERE id = 'moved' AND tier = 'short'")
+        await writer.execute("UPDATE cm_memories SET importance = 0.9 WHERE id = 'touched'")
+        opening = asyncio.ensure_future(manager.initialize())
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as watcher:
+            for _ in range(500):  # until the upgrade waits for the rows being written
+                cursor = await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%%cm_memories%%' AND pid <> pg_backend_pid()"
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] > 0:
+                    break
+                assert not opening.done(), "the upgrade did not wait for the rows being written"
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the upgrade never reached the rows being written")
+        await writer.commit()
+        await opening
+    try:
+        assert [m.id for m in await manager.search_memory("redacted")] == ["edited"]
+        assert await manager.search_memory("walrus zurich") == []
+        assert [(m.id, m.tier.value) for m in await manager.search_memory("creme brulee")] == [
+            ("moved", "medium")
+        ]
+        assert [m.id for m in await manager.search_memory("cafe")] == ["touched"]
+    finally:
+        await manager.close()
