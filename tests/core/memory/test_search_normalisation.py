@@ -372,3 +372,54 @@ async def test_rows_written_while_their_batch_is_derived_again_get_the_vector_of
         assert [m.id for m in await manager.search_memory("cafe")] == ["touched"]
     finally:
         await manager.close()
+
+
+WORD_ALPHABETS = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßĀāĂăĄąĆćČčĎďĒēĘęĚěĞğĪīİıŁłŃńŇňŐőŒœŘřŚśŞşŠšŢţŤťŮůŰűŸŹźŻżŽž"
+    "ǍǎǏǐǑǒǓǔǕǖạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ",
+    "αβγδεζηθικλμνξοπρστυφχψωάέήίόύώΑΒΓΔΣΩΆΈ",
+    "абвгдеёжзийклмнопрстуфхцчшщъыьэюяЁЙ",
+    "한국어공부를합니다",
+    "東京の天気日本語中文",
+    "ｶﾀｶﾅﾊﾟﾊﾞ",
+    "ＡＢＣａｂｃ０１２３",
+    "ﬀﬁﬂﬃﬄ",
+    "²³¹⁰⁴½¼¾①②③₀₁₂",
+    "مرحبا",
+    "שלום",
+]
+WORD_SEPARATORS = [" ", ", ", ". ", "-", "/", "@", "_", ":", "'", "(", ") ", "\n", "\u3000", "\u00a0"]
+
+
+async def test_every_word_of_random_text_finds_its_memory(manager: MemoryManager) -> None:
+    """Words of many scripts, in upper and lower case, composed or decomposed, full-width, ligatures,
+    between punctuation: every word the query makes of a memory's text finds it, on both backends, in the
+    volatile and the durable tier (the index and the query fold and split text the same way)."""
+    import random
+
+    draw = random.Random(2026)
+    texts: list[str] = []
+    for number in range(80):
+        text = f"memo{number}"
+        for _ in range(draw.randint(1, 6)):
+            alphabet = draw.choice(WORD_ALPHABETS)
+            word = "".join(draw.choice(alphabet) for _ in range(draw.randint(5, 9)))  # no stop word
+            if draw.random() < 0.3:
+                word = word.upper()
+            if draw.random() < 0.2:
+                word = nfd(word)
+            text += draw.choice(WORD_SEPARATORS) + word
+        texts.append(text)
+    stored = [
+        await manager.add_memory(text, tier="long" if number % 2 else "short")
+        for number, text in enumerate(texts)
+    ]
+    from context_manager.core.memory.index import query_tokens
+
+    missed = []
+    for memory, text in zip(stored, texts, strict=True):
+        for word in query_tokens(text, symbols=True):
+            if memory.id not in {m.id for m in await manager.search_memory(word, limit=100)}:
+                missed.append((text, word))
+    assert missed == []
