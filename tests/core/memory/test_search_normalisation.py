@@ -423,3 +423,53 @@ async def test_every_word_of_random_text_finds_its_memory(manager: MemoryManager
             if memory.id not in {m.id for m in await manager.search_memory(word, limit=100)}:
                 missed.append((text, word))
     assert missed == []
+
+
+async def test_an_application_role_granted_the_tables_before_0011_opens_the_upgraded_store(
+    postgres_dsn: str,
+) -> None:
+    """docs/postgres.md: where the application role may not create tables, a release step opens the store
+    once with the owner's role (the migrations, the re-derivation of the vectors). The application role
+    then failed to open it at all: every open ran ``CREATE TABLE IF NOT EXISTS cm_schema_migrations``
+    ("permission denied for schema" without CREATE on it, the table there or not), and, granted the
+    library's tables before this release, locked ``cm_search_rederive`` (migration 0011's, empty by then:
+    "permission denied for table"). It opens now, and works."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from context_manager.core.config import ContextManagerConfig
+
+    def config(dsn: str) -> ContextManagerConfig:
+        return ContextManagerConfig(memory_backend="postgres", postgres_dsn=dsn, embedder="none")
+
+    async with MemoryManager(config(postgres_dsn)) as owner:  # the release step
+        await owner.add_memory("the lighthouse keeper's log")
+    schema = conninfo_to_dict(postgres_dsn)["options"].split("=", 1)[1].split(",")[0]
+    name = f"cm_app_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'app'")
+            connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {name}")
+            tables = connection.execute(  # what the application was granted before this release's table
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'cm_search_rederive'",
+                (schema,),
+            ).fetchall()
+            assert {"cm_memories", "cm_schema_migrations"} <= {table for (table,) in tables}
+            for (table,) in tables:
+                connection.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {name}")
+            connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {name}")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test server does not let this test create a role")
+    try:
+        async with MemoryManager(config(make_conninfo(postgres_dsn, user=name, password="app"))) as app:
+            assert [m.content for m in await app.search_memory("lighthouse")] == [
+                "the lighthouse keeper's log"
+            ]
+            await app.add_memory("a naïve café")
+            assert len(await app.search_memory("cafe")) == 1
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {name}")
+            connection.execute(f"DROP ROLE IF EXISTS {name}")

@@ -128,6 +128,12 @@ _STEP_ROWS = 500
 """At most this many rows are converted per loop step (about a millisecond of small memories)."""
 _REDERIVE_BATCH = 500
 """Rows whose search vector one transaction of :meth:`PostgresBackend._rederive_search_vectors` derives."""
+_REDERIVE_ALLOWED = (
+    "SELECT has_table_privilege('cm_search_rederive', 'SELECT') "
+    "AND has_table_privilege('cm_search_rederive', 'UPDATE') "
+    "AND has_table_privilege('cm_search_rederive', 'DELETE')"
+)
+"""Whether this role may keep the record of the re-derivation of the vectors (``cm_search_rederive``)."""
 _REDERIVE_LOCKS_LAST = (
     "SELECT count(*) FROM (SELECT 1 FROM cm_memories WHERE (id, tier) > (%s, %s) "
     "ORDER BY id, tier FOR UPDATE) AS rows"
@@ -397,6 +403,20 @@ class PostgresBackend:
                 )
                 return False
 
+        async def allowed(connection: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await connection.execute(_REDERIVE_ALLOWED)
+            row = await cursor.fetchone()
+            return bool(row and row[0])
+
+        if not await self.database.run(allowed, "search vector upgrade"):
+            # an application role granted the tables before this release (its owner ran the migrations):
+            # refused, every open failed; the owner's opening derives the vectors
+            logger.info(
+                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migration 0011, "
+                "if any are left to derive, are derived when the tables' owner opens the store",
+                self.database.location,
+            )
+            return
         batches = 0
         while not await self.database.run(step, "search vector upgrade", unbounded=True):
             batches += 1
