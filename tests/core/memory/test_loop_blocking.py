@@ -679,3 +679,57 @@ async def test_loading_many_vectors_from_postgres_never_holds_the_loop_over_20_m
     assert ids == [memory.id for memory in memories]
     assert matrix.dtype == np.float32 and np.array_equal(matrix, rows)
     assert longest < 0.020, f"the loop was held {longest * 1000:.1f} ms"
+
+
+def test_normalising_a_long_text_by_slices_gives_the_one_pass_form() -> None:
+    """``normalize_text`` reads a long text a slice at a time (cut only before a character no normalisation
+    joins to what precedes it): the same text as one pass, whatever stands around the cuts."""
+    import unicodedata
+
+    from context_manager.core.memory.index import _COMPATIBILITY_RUN, normalize_text
+
+    def one_pass(text: str) -> str:
+        text = _COMPATIBILITY_RUN.sub(lambda run: unicodedata.normalize("NFKC", run.group(0)), text)
+        return unicodedata.normalize("NFC", text)
+
+    filler = "log line é " * 6000
+    decomposed = unicodedata.normalize("NFD", "Crème brûlée à Zürich ")
+    texts = [
+        filler[:65_535] + "e\u0301\u0327 ｶﾞ ﬁ Ｔｏｋｙｏ" + filler,  # marks and compatibility forms at the cut
+        decomposed * 12_000,  # decomposed throughout
+        "ｶﾞ" * 70_000 + "x" + "ﾟ" * 70_000,  # compatibility runs longer than a slice
+        unicodedata.normalize("NFD", "한국어") * 60_000,  # conjoining jamo only: no cut before a jamo
+        "東京の天気" * 30_000 + "ﬁ",
+        filler * 3,  # already normal: the very same string
+    ]
+    import random
+
+    draw = random.Random(7)  # every kind of character next to every other, cuts everywhere
+    pool = "ae i\n.ｶﾞﾟﬁＡ９ｱ\u0301\u0308\u0327\u0323\u3099\u094d\u1100\u1161\u11a8가각かカ東ΐΩ\u212b"
+    texts[-1:-1] = ["".join(draw.choice(pool) for _ in range(200_000)) for _ in range(3)]
+    for text in texts:
+        assert normalize_text(text) == one_pass(text)
+    assert normalize_text(texts[-1]) is texts[-1]
+
+
+async def test_normalising_megabytes_of_text_lets_the_loop_run() -> None:
+    """Indexing normalises a memory's text (NFC, compatibility forms in NFKC) first: over 10 MB its
+    compatibility-form scan and its NFC check held the GIL 80 ms and more in one call, stalling the loop
+    while the writer thread indexed; on text in NFD or of full-width forms, normalising took 200 ms."""
+    from context_manager.core.memory.index import normalize_text
+
+    texts = {
+        "nfc": "Überprüfung der Zeile " + " ".join(f"zeile{i} größe{i % 97} ok" for i in range(500_000)),
+        "nfd": "U\u0308berpru\u0308fung "
+        + " ".join(f"zeile{i} gro\u0308ße{i % 97} ok" for i in range(500_000)),
+        "full-width": "Ｔｏｋｙｏ " + " ".join(f"zeile{i} ｇｒöße{i % 97} ok" for i in range(500_000)),
+    }
+    for name, text in texts.items():
+        gaps = []
+        for _ in range(5):  # the shortest of up to five runs (see above): a held GIL delays every run
+            _, longest = await _wall_gap_while(normalize_text, text)
+            gaps.append(longest)
+            if longest < 0.025:
+                break
+        waited = min(gaps) * 1000
+        assert waited < 25, f"{name}: the loop waited {waited:.0f} ms for the normalising thread"

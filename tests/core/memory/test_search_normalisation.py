@@ -326,3 +326,185 @@ def test_a_long_text_is_normalised_a_slice_at_a_time_with_the_same_result() -> N
         assert normalize_text(text) == whole(text)
     decomposed = "cafe\u0301 " * 30_000  # 180,000 characters, every accent to compose
     assert normalize_text(decomposed) == "café " * 30_000
+
+
+async def test_rows_written_while_their_batch_is_derived_again_get_the_vector_of_their_text(
+    postgres_dsn: str,
+) -> None:
+    """The upgrade computed a batch's vectors from the rows as its statement began, then wrote them.
+
+    A row whose text another process changed meanwhile (its trigger had given it the new text's vector) got
+    the vector of its old text back, for good: found by the replaced words (a redacted secret), not by the
+    new ones. A row an overflow move copied to another tier meanwhile (its vector copied with it, as the
+    earlier version computed it) was in no batch: "cafe" never found it. The batch now locks its rows
+    (whole memories, in key order, as the moves do) before it reads them."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0011"])
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            for memory_id, tier, content in (
+                ("edited", "long", "the door code is Zürich walrus"),
+                ("moved", "short", "a crème brûlée"),
+                ("touched", "long", "a naïve café"),
+            ):
+                await connection.execute(  # written by the earlier version's trigger
+                    "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, "
+                    "last_accessed, source) VALUES (%s, %s, '', %s, 0.5, 1.0, 1.0, 'user')",
+                    (memory_id, tier, content),
+                )
+        await database.migrate(MIGRATIONS)  # 0011's trigger; no row derived again yet
+    finally:
+        await database.close()
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    manager = MemoryManager(config)
+    async with await psycopg.AsyncConnection.connect(postgres_dsn) as writer:
+        # another process's writes, its transaction open while the opening process derives the batch: an
+        # update_memory, an overflow move (the row copied with its vector, as the backend's move does), a
+        # change of another column
+        await writer.execute(
+            "UPDATE cm_memories SET content = 'the door code is [redacted]' WHERE id = 'edited'"
+        )
+        columns = (
+            "owner, user_id, content, importance, tags, tags_text, created_at, last_accessed, "
+            "access_count, metadata, source, superseded_by, merged_from, context, session_id, turn_index, "
+            "session_date, search"
+        )
+        await writer.execute(
+            f"INSERT INTO cm_memories (id, tier, {columns}) SELECT id, 'medium', {columns} "  # noqa: S608
+            "FROM cm_memories WHERE id = 'moved' AND tier = 'short'"
+        )
+        await writer.execute("DELETE FROM cm_memories WHERE id = 'moved' AND tier = 'short'")
+        await writer.execute("UPDATE cm_memories SET importance = 0.9 WHERE id = 'touched'")
+        opening = asyncio.ensure_future(manager.initialize())
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as watcher:
+            for _ in range(500):  # until the upgrade waits for the rows being written
+                cursor = await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%%cm_memories%%' AND pid <> pg_backend_pid()"
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] > 0:
+                    break
+                assert not opening.done(), "the upgrade did not wait for the rows being written"
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the upgrade never reached the rows being written")
+        await writer.commit()
+        await opening
+    try:
+        assert [m.id for m in await manager.search_memory("redacted")] == ["edited"]
+        assert await manager.search_memory("walrus zurich") == []
+        assert [(m.id, m.tier.value) for m in await manager.search_memory("creme brulee")] == [
+            ("moved", "medium")
+        ]
+        assert [m.id for m in await manager.search_memory("cafe")] == ["touched"]
+    finally:
+        await manager.close()
+
+
+WORD_ALPHABETS = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßĀāĂăĄąĆćČčĎďĒēĘęĚěĞğĪīİıŁłŃńŇňŐőŒœŘřŚśŞşŠšŢţŤťŮůŰűŸŹźŻżŽž"
+    "ǍǎǏǐǑǒǓǔǕǖạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ",
+    "αβγδεζηθικλμνξοπρστυφχψωάέήίόύώΑΒΓΔΣΩΆΈ",
+    "абвгдеёжзийклмнопрстуфхцчшщъыьэюяЁЙ",
+    "한국어공부를합니다",
+    "東京の天気日本語中文",
+    "ｶﾀｶﾅﾊﾟﾊﾞ",
+    "ＡＢＣａｂｃ０１２３",
+    "ﬀﬁﬂﬃﬄ",
+    "²³¹⁰⁴½¼¾①②③₀₁₂",
+    "مرحبا",
+    "שלום",
+]
+WORD_SEPARATORS = [" ", ", ", ". ", "-", "/", "@", "_", ":", "'", "(", ") ", "\n", "\u3000", "\u00a0"]
+
+
+async def test_every_word_of_random_text_finds_its_memory(manager: MemoryManager) -> None:
+    """Words of many scripts, in upper and lower case, composed or decomposed, full-width, ligatures,
+    between punctuation: every word the query makes of a memory's text finds it, on both backends, in the
+    volatile and the durable tier (the index and the query fold and split text the same way)."""
+    import random
+
+    draw = random.Random(2026)
+    texts: list[str] = []
+    for number in range(80):
+        text = f"memo{number}"
+        for _ in range(draw.randint(1, 6)):
+            alphabet = draw.choice(WORD_ALPHABETS)
+            word = "".join(draw.choice(alphabet) for _ in range(draw.randint(5, 9)))  # no stop word
+            if draw.random() < 0.3:
+                word = word.upper()
+            if draw.random() < 0.2:
+                word = nfd(word)
+            text += draw.choice(WORD_SEPARATORS) + word
+        texts.append(text)
+    stored = [
+        await manager.add_memory(text, tier="long" if number % 2 else "short")
+        for number, text in enumerate(texts)
+    ]
+    from context_manager.core.memory.index import query_tokens
+
+    missed = []
+    for memory, text in zip(stored, texts, strict=True):
+        for word in query_tokens(text, symbols=True):
+            if memory.id not in {m.id for m in await manager.search_memory(word, limit=100)}:
+                missed.append((text, word))
+    assert missed == []
+
+
+async def test_an_application_role_granted_the_tables_before_0011_opens_the_upgraded_store(
+    postgres_dsn: str,
+) -> None:
+    """docs/postgres.md: where the application role may not create tables, a release step opens the store
+    once with the owner's role (the migrations, the re-derivation of the vectors). The application role
+    then failed to open it at all: every open ran ``CREATE TABLE IF NOT EXISTS cm_schema_migrations``
+    ("permission denied for schema" without CREATE on it, the table there or not), and, granted the
+    library's tables before this release, locked ``cm_search_rederive`` (migration 0011's, empty by then:
+    "permission denied for table"). It opens now, and works."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from context_manager.core.config import ContextManagerConfig
+
+    def config(dsn: str) -> ContextManagerConfig:
+        return ContextManagerConfig(memory_backend="postgres", postgres_dsn=dsn, embedder="none")
+
+    async with MemoryManager(config(postgres_dsn)) as owner:  # the release step
+        await owner.add_memory("the lighthouse keeper's log")
+    schema = conninfo_to_dict(postgres_dsn)["options"].split("=", 1)[1].split(",")[0]
+    name = f"cm_app_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'app'")
+            connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {name}")
+            tables = connection.execute(  # what the application was granted before this release's table
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'cm_search_rederive'",
+                (schema,),
+            ).fetchall()
+            assert {"cm_memories", "cm_schema_migrations"} <= {table for (table,) in tables}
+            for (table,) in tables:
+                connection.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {name}")
+            connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {name}")
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test server does not let this test create a role")
+    try:
+        async with MemoryManager(config(make_conninfo(postgres_dsn, user=name, password="app"))) as app:
+            assert [m.content for m in await app.search_memory("lighthouse")] == [
+                "the lighthouse keeper's log"
+            ]
+            await app.add_memory("a naïve café")
+            assert len(await app.search_memory("cafe")) == 1
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {name}")
+            connection.execute(f"DROP ROLE IF EXISTS {name}")

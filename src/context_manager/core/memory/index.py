@@ -103,6 +103,9 @@ _CJK_RUN = re.compile(f"[{_CJK}]+")
 _CJK_SPLIT = re.compile(f"([{_CJK}]+)")
 _SEGMENT_CHUNK = 65_536
 """Characters :func:`segment_text` scans per regex call (about 1 ms each)."""
+_NORMALIZE_CHUNK = 16_384
+"""Characters :func:`normalize_text` reads per call (about 1 ms each: NFC of text in NFD, NFKC of
+full-width forms take 5-10 times a regex scan)."""
 
 SYMBOL_RANGES = (
     "a6,a9,ae,b0,482,58d-58e,60e-60f,6de,6e9,6fd-6fe,7f6,9fa,b70,bf3-bf8,bfa,c7f,d4f,d79,f01-f03,f13,"
@@ -229,40 +232,49 @@ def normalize_text(text: str) -> str:
     """
     if text.isascii():  # most text: nothing to normalise
         return text
-    if len(text) <= _SEGMENT_CHUNK:
-        return _normalize_piece(text)
-    # A long text a slice at a time (a worker thread indexing megabytes would hold the GIL, and so the
-    # event loop, for all of it in one call), each slice ending before a character nothing before it
-    # composes with or reorders around: the same result as the whole text at once.
+    if len(text) <= _NORMALIZE_CHUNK:
+        return _normalize(text)
+    # A long text a slice at a time (as _segment): one regex or normalize call holds the GIL for all of
+    # its text (80-200 ms over 10 MB), stalling the event loop while the writer thread indexes it. A
+    # slice ends before a character of _NORMALIZATION_CUT, so it normalises as it does within the text.
     parts: list[str] = []
-    start = 0
+    start, length = 0, len(text)
     changed = False
-    while start < len(text):
-        end = start + _SEGMENT_CHUNK
-        if end < len(text):
-            cut = _STABLE_CUT.search(text, end)
-            end = cut.start() if cut is not None else len(text)
+    while start < length:
+        end = _normalization_cut(text, start + _NORMALIZE_CHUNK)
         part = text[start:end]
-        normalized = _normalize_piece(part)
-        changed = changed or normalized is not part
-        parts.append(normalized)
+        normal = part if part.isascii() else _normalize(part)
+        changed = changed or normal is not part
+        parts.append(normal)
         start = end
     return "".join(parts) if changed else text
 
 
-_STABLE_CUT = re.compile("[\x00-\x7f\u3040-\u3096\u30a0-\u30fa\u4e00-\u9fff\uac00-\ud7a3]")
-"""Characters text can be cut before without changing its NFC or NFKC: ASCII, kana, CJK ideographs and
-Hangul syllables are never the second character of a composition nor a combining mark (a mark or jamo
-after them composes with them, so the cut is before them, not after)."""
-
-
-def _normalize_piece(text: str) -> str:
-    """:func:`normalize_text` of a text of at most :data:`_SEGMENT_CHUNK` characters (or no cut point)."""
+def _normalize(text: str) -> str:
+    """:func:`normalize_text` of a text in one pass (the text itself when it is normal)."""
     if _COMPATIBILITY_RUN.search(text) is not None:
         text = _COMPATIBILITY_RUN.sub(lambda run: unicodedata.normalize("NFKC", run.group(0)), text)
     elif unicodedata.is_normalized("NFC", text):
         return text
     return unicodedata.normalize("NFC", text)
+
+
+_NORMALIZATION_CUT = re.compile("[\x00-\x7f\u3041-\u3096\u30a1-\u30fa\u4e00-\u9fff\uac00-\ud7a3]")
+"""Characters a text may be cut before for :func:`normalize_text`: ASCII, kana, the common Chinese
+characters, Hangul syllables. Of combining class 0, no part of any compatibility run and the second
+character of no canonical composition (checked over every code point), they join nothing before them
+into one character and are reordered with nothing: NFC and NFKC of the slices are those of the text."""
+
+
+def _normalization_cut(text: str, position: int) -> int:
+    """The first place at or after ``position`` where :func:`normalize_text` may cut ``text`` (or its end)."""
+    length = len(text)
+    while position < length:  # a bounded window per call: a text with no such character is scanned stepwise
+        cut = _NORMALIZATION_CUT.search(text, position, position + _NORMALIZE_CHUNK)
+        if cut is not None:
+            return cut.start()
+        position += _NORMALIZE_CHUNK
+    return length
 
 
 def fold_accents(text: str) -> str:

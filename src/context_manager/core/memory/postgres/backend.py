@@ -128,6 +128,25 @@ _STEP_ROWS = 500
 """At most this many rows are converted per loop step (about a millisecond of small memories)."""
 _REDERIVE_BATCH = 500
 """Rows whose search vector one transaction of :meth:`PostgresBackend._rederive_search_vectors` derives."""
+_REDERIVE_ALLOWED = (
+    "SELECT has_table_privilege('cm_search_rederive', 'SELECT') "
+    "AND has_table_privilege('cm_search_rederive', 'UPDATE') "
+    "AND has_table_privilege('cm_search_rederive', 'DELETE')"
+)
+"""Whether this role may keep the record of the re-derivation of the vectors (``cm_search_rederive``)."""
+_REDERIVE_LOCKS_LAST = (
+    "SELECT count(*) FROM (SELECT 1 FROM cm_memories WHERE (id, tier) > (%s, %s) "
+    "ORDER BY id, tier FOR UPDATE) AS rows"
+)
+"""Locks the rows of the last batch of :meth:`PostgresBackend._rederive_search_vectors`, in key order (the
+order of :data:`_ROW_LOCKS`: no deadlock with a move or an update). Parameters: the key the batch starts
+after."""
+_REDERIVE_LOCKS = (
+    "SELECT max(tier) FILTER (WHERE id = %s) FROM (SELECT id, tier FROM cm_memories "
+    "WHERE (id, tier) > (%s, %s) AND id <= %s ORDER BY id, tier FOR UPDATE) AS rows"
+)
+"""The same for another batch, which holds every tier of the id it ends with; returns that id's greatest
+tier. Parameters: that id, the key the batch starts after, that id again."""
 _ANALYZE_EVERY = 300.0  # seconds between the ANALYZEs this process may run when statistics are missing
 _RANK_NORMALIZATION = 1  # ts_rank divides by 1 + log(document length)
 _INSERT = (
@@ -345,8 +364,10 @@ class PostgresBackend:
         The range done so far is recorded in ``cm_search_rederive`` (one row while work is left): a
         process stopped halfway goes on where it was; of processes starting together, one works while the
         others skip it (``SKIP LOCKED``) and open, their searches missing some folded words until it is
-        done. A write waits at most for one batch's rows; rows written meanwhile get the vector from the
-        trigger. Nothing is left to do, one indexed read.
+        done. A batch holds whole memories (every tier of its last id) and locks their rows, in key order
+        as the moves and updates do, before it reads them (:data:`_REDERIVE_LOCKS`): a write waits at most
+        for one batch's rows; rows written meanwhile get the vector from the trigger, or, copied by an
+        overflow move, the one the batch gave their source row. Nothing is left to do, one indexed read.
         """
 
         async def step(connection: psycopg.AsyncConnection[Any]) -> bool:
@@ -359,22 +380,43 @@ class PostgresBackend:
                 if after is None:  # done, or another process is on it
                     return True
                 cursor = await connection.execute(
-                    "SELECT id, tier FROM cm_memories WHERE (id, tier) > (%s, %s) ORDER BY id, tier "
+                    "SELECT id FROM cm_memories WHERE (id, tier) > (%s, %s) ORDER BY id, tier "
                     "OFFSET %s LIMIT 1",
                     (*after, _REDERIVE_BATCH - 1),
                 )
                 end = await cursor.fetchone()
+                # the rows locked first, the vectors computed in a statement after it: it reads the rows as
+                # the writes committed before the locks left them, and none changes until the commit
                 if end is None:
+                    await connection.execute(_REDERIVE_LOCKS_LAST, tuple(after))
                     await connection.execute(rederive_search_sql(last=True), tuple(after))
                     await connection.execute("DELETE FROM cm_search_rederive WHERE migration = '0011'")
                     return True
-                await connection.execute(rederive_search_sql(last=False), (*after, *end))
+                last_id = end[0]
+                cursor = await connection.execute(_REDERIVE_LOCKS, (last_id, *after, last_id))
+                locked = await cursor.fetchone()
+                await connection.execute(rederive_search_sql(last=False), (*after, last_id))
+                # done: every tier of the last id (a row of it written later needs nothing: see above)
                 await connection.execute(
                     "UPDATE cm_search_rederive SET after_id = %s, after_tier = %s WHERE migration = '0011'",
-                    tuple(end),
+                    (last_id, (locked[0] if locked is not None else None) or ""),
                 )
                 return False
 
+        async def allowed(connection: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await connection.execute(_REDERIVE_ALLOWED)
+            row = await cursor.fetchone()
+            return bool(row and row[0])
+
+        if not await self.database.run(allowed, "search vector upgrade"):
+            # an application role granted the tables before this release (its owner ran the migrations):
+            # refused, every open failed; the owner's opening derives the vectors
+            logger.info(
+                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migration 0011, "
+                "if any are left to derive, are derived when the tables' owner opens the store",
+                self.database.location,
+            )
+            return
         batches = 0
         while not await self.database.run(step, "search vector upgrade", unbounded=True):
             batches += 1

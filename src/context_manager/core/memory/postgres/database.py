@@ -466,10 +466,14 @@ class PostgresDatabase:
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
             await connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
             try:
-                await connection.execute(
-                    "CREATE TABLE IF NOT EXISTS cm_schema_migrations ("
-                    "name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
+                cursor = await connection.execute("SELECT to_regclass('cm_schema_migrations') IS NULL")
+                if (await cursor.fetchone() or (True,))[0]:
+                    # only when missing: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
+                    # table exists, which an application role opening a store migrated by its owner lacks
+                    await connection.execute(
+                        "CREATE TABLE IF NOT EXISTS cm_schema_migrations ("
+                        "name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
                 cursor = await connection.execute("SELECT name FROM cm_schema_migrations")
                 done = {row[0] for row in await cursor.fetchall()}
                 applied = []

@@ -449,13 +449,13 @@ FALLBACK_CONTENT_CHARS = 20_000
 def rederive_search_sql(*, last: bool) -> str:
     """SQL giving the rows of one key range the vector of migration ``0011`` (where it differs).
 
-    Parameters: the key ``(id, tier)`` the range starts after, then (unless ``last``) the key it ends with.
-    Run in batches after the migration (``PostgresBackend.open``), each its own short transaction, so
-    writers wait for no more than a batch's rows.
+    Parameters: the key ``(id, tier)`` the range starts after, then (unless ``last``) the id it ends with
+    (every tier of it). Run in batches after the migration (``PostgresBackend.open``), each its own short
+    transaction that has locked the range's rows first, so writers wait for no more than a batch's rows.
     """
     constants = ", ".join(f"'{value}'::text AS {name}" for name, value in SEARCH_CONSTANTS.items())
     folded = ", ".join(f"{sql} AS {name}" for name, sql in _folded_columns("c", lambda name: f"s.{name}"))
-    end = "" if last else " AND (c.id, c.tier) <= (%s, %s)"
+    end = "" if last else " AND c.id <= %s"
     size = " + ".join(f"octet_length(f.{name})" for name, _ in _folded_columns("c", str))
     vector = folded_search_vector_sql("f.", lambda name: f"s.{name}")
     # a row whose text may not fit a vector gets NULL: the trigger then computes it, catching an overflow
