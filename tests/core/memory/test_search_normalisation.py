@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import context_manager
 from context_manager.core.memory.manager import MemoryManager
 
 
@@ -238,7 +239,8 @@ async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn:
 
 async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_path: Path) -> None:
     """SQLite: a long-term memory indexed before text was normalised (Hangul jamo as typed) is found by its
-    words typed as syllables after ``rebuild_index()``, as the docs tell users to run."""
+    words typed as syllables after ``rebuild_index()`` (an index changed behind the store's back: migration
+    ``0008_normal_forms`` indexes a store written before when it opens)."""
     import sqlite3
 
     from context_manager.core.config import ContextManagerConfig
@@ -258,6 +260,206 @@ async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_pa
         await memory.rebuild_index()
         assert [m.id for m in await memory.search_memory("한국어")] == [stored.id]
         assert (await memory.check_integrity())["ok"]
+
+
+INDEXED_BEFORE = {
+    # name: (stored text, tags, queries that must find it)
+    "ligature": ("The ﬁnal report is due", [], ["final", "ﬁnal"]),
+    "full-width": ("Ｔｏｋｙｏ office opens at ９ am", [], ["tokyo", "9"]),
+    "half-width katakana": ("ｶﾀｶﾅ で書いた", [], ["カタカナ"]),
+    "decomposed": ("We met at a cafe\u0301 downtown", [], ["café", "cafe"]),
+    "Hangul jamo": (nfd("한국어 공부를 합니다"), [], ["한국어"]),
+    "full-width tag": ("a note filed under a tag", ["ｒｏａｄｍａｐ"], ["roadmap"]),
+    "private-use glyph": ("\ue0a0main branch is green", [], ["main"]),
+    "Cherokee capitals": ("ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ", [], ["ᏣᎳᎩ"]),
+    "Japanese": ("東京の天気は晴れです🎉", [], ["天気", "🎉"]),
+    "ASCII": ("The staging cluster runs Kubernetes", [], ["kubernetes"]),
+}
+
+
+async def test_a_long_term_tier_indexed_before_normalisation_is_found_on_open(tmp_path: Path) -> None:
+    """SQLite: long-term memories indexed before text was normalised ("ﬁnal", "Ｔｏｋｙｏ", "ｶﾀｶﾅ", text typed
+    decomposed) or split at the separators and capitals FTS5 does not know were found by no query in the
+    usual form until the user ran ``rebuild_index()``, which nobody does after an upgrade. Migration
+    ``0008_normal_forms`` indexes them again when the store opens."""
+    import json
+    import sqlite3
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.index import segment_cjk
+
+    config = ContextManagerConfig(storage_path=tmp_path / "storage")
+    async with MemoryManager(config) as memory:
+        stored = {
+            name: await memory.add_memory(text, tier="long", tags=tags)
+            for name, (text, tags, _) in INDEXED_BEFORE.items()
+        }
+    database = config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as 0007 wrote it: no symbol in these texts
+        rows = connection.execute("SELECT rowid, content, tags FROM memories").fetchall()
+        for rowid, content, tags in rows:
+            if content != INDEXED_BEFORE["Japanese"][0]:
+                connection.execute(
+                    "UPDATE memories_fts SET content = ?, tags = ? WHERE rowid = ?",
+                    (segment_cjk(content), segment_cjk(" ".join(json.loads(tags))), rowid),
+                )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0008_normal_forms'")
+    async with MemoryManager(config) as memory:
+        for name, (text, _, queries) in INDEXED_BEFORE.items():
+            for query in queries:
+                found = await memory.search_memory(query, limit=3)
+                assert [m.id for m in found] == [stored[name].id], (name, query)
+                assert found[0].content == text  # stored as given
+        assert (await memory.check_integrity())["ok"]
+    with sqlite3.connect(database) as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM schema_migrations WHERE name = '0008_normal_forms'"
+        ).fetchone() == (1,)
+
+
+REPOSITORY = Path(__file__).resolve().parents[3]
+SOURCE = str(Path(context_manager.__file__).resolve().parents[1])
+"""The directory holding the package under test (a subprocess imports it from there)."""
+PREVIOUS_RELEASE = "4eab135"
+"""A commit of the code before text was normalised in the index (it wrote stores at migration 0007)."""
+
+WRITE_WITH_PREVIOUS_RELEASE = """
+import asyncio, json, sys
+from pathlib import Path
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.memory.manager import MemoryManager
+
+async def main():
+    texts = json.loads(sys.argv[2])
+    async with MemoryManager(ContextManagerConfig(storage_path=Path(sys.argv[1]))) as memory:
+        ids = {}
+        for name, (text, tags) in texts.items():
+            ids[name] = (await memory.add_memory(text, tier="long", tags=tags)).id
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_store_written_by_the_code_before_normalisation_finds_its_memories_on_open(
+    tmp_path: Path,
+) -> None:
+    """The same, with a store the code before this change wrote (a checkout of it, from git)."""
+    import json
+    import os
+    import sys
+
+    from context_manager.core.config import ContextManagerConfig
+
+    previous = tmp_path / "previous"
+    extract = await asyncio.create_subprocess_shell(
+        f"mkdir '{previous}' && git -C '{REPOSITORY}' archive {PREVIOUS_RELEASE} src "
+        f"| tar -x -C '{previous}'",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if await extract.wait() != 0 or not (previous / "src" / "context_manager").is_dir():
+        pytest.skip(f"no git checkout holding commit {PREVIOUS_RELEASE}")
+    storage = tmp_path / "storage"
+    texts = {name: (text, tags) for name, (text, tags, _) in INDEXED_BEFORE.items()}
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WRITE_WITH_PREVIOUS_RELEASE,
+        str(storage),
+        json.dumps(texts),
+        env={**os.environ, "PYTHONPATH": str(previous / "src")},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await writer.communicate()
+    assert writer.returncode == 0
+    stored = json.loads(output)
+    config = ContextManagerConfig(storage_path=storage)
+    async with MemoryManager(config) as memory:
+        for name, (text, _, queries) in INDEXED_BEFORE.items():
+            for query in queries:
+                found = await memory.search_memory(query, limit=3)
+                assert [m.id for m in found] == [stored[name]], (name, query)
+                assert found[0].content == text
+
+
+KILLED_WHILE_INDEXING = """
+import os, signal, sys
+from pathlib import Path
+from context_manager.core.memory import index
+from context_manager.core.memory.sqlite_store import SQLiteStore
+
+calls = 0
+
+def kill_in_the_middle(frame, event, arg):
+    global calls
+    if event == "call" and frame.f_code is index.segment_text.__code__:
+        calls += 1
+        if calls == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sys.setprofile(kill_in_the_middle)
+SQLiteStore(Path(sys.argv[1])).open()
+print("not killed")
+"""
+
+
+async def test_a_process_killed_while_0008_indexes_again_leaves_it_to_the_next_open(tmp_path: Path) -> None:
+    """Migration 0008 writes its rows in the transaction that records it: a process killed in the middle
+    (here after more than 2,000 of 3,000 rows) leaves the index as it was, and the next open applies it."""
+    import os
+    import signal
+    import sqlite3
+    import sys
+
+    from context_manager.core.memory.index import build_match, owner_token, segment_cjk, segment_text
+    from context_manager.core.memory.models import Memory
+    from context_manager.core.memory.sqlite_store import SQLiteStore
+
+    path = tmp_path / "memories.sqlite3"
+    store = SQLiteStore(path)
+    store.open()
+    texts = [f"The ﬁnal report number {index} of Ｔｏｋｙｏ" for index in range(3_000)]
+    store.put(
+        [
+            Memory(id=f"m{index}", content=text, created_at=1.0, last_accessed=1.0)
+            for index, text in enumerate(texts)
+        ]
+    )
+    store.close()
+    with sqlite3.connect(path) as connection:  # the index as 0007 wrote it
+        connection.execute(
+            "UPDATE memories_fts SET content = (SELECT content FROM memories WHERE memories.rowid = "
+            "memories_fts.rowid)"
+        )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0008_normal_forms'")
+    opener = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        KILLED_WHILE_INDEXING,
+        str(path),
+        str(3 * 2_200),  # segment_text is called for 3 columns a row: in the row 2,200
+        env={**os.environ, "PYTHONPATH": SOURCE},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await opener.communicate()
+    assert opener.returncode == -signal.SIGKILL, output
+    with sqlite3.connect(path) as connection:  # nothing of the migration is in the store
+        assert connection.execute(
+            "SELECT count(*) FROM schema_migrations WHERE name = '0008_normal_forms'"
+        ).fetchone() == (0,)
+        indexed = [content for (content,) in connection.execute("SELECT content FROM memories_fts")]
+        assert indexed == [segment_cjk(text) for text in texts]
+    store = SQLiteStore(path)
+    assert store.open() == ["0008_normal_forms"]
+    try:
+        assert len(store.search(build_match(["final", "tokyo"], owner_token(None)), 5_000)) == 3_000
+        assert set(store.check_integrity().values()) == {"ok"}
+    finally:
+        store.close()
+    with sqlite3.connect(path) as connection:
+        indexed = [content for (content,) in connection.execute("SELECT content FROM memories_fts")]
+        assert indexed == [segment_text(text) for text in texts]
 
 
 async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_dsn: str) -> None:

@@ -177,7 +177,8 @@ on SQLite 3.40.1 over every assigned code point of Python 3.11's Unicode 14.0 th
 :data:`SYMBOL_RANGES` (those are terms of their own) and that NFC leaves as it is; an SQLite whose tables
 split at some of them already is not affected. Code points unassigned in Unicode 14.0 (FTS5 keeps them in
 a word too, PostgreSQL and the query split at them) are left as they are: text holds them only from a
-later Unicode. Long-term memories indexed before hold such a word whole until ``rebuild_index()``."""
+later Unicode. Long-term memories indexed before are indexed again by the embedded store's migration
+``0008_normal_forms``."""
 
 
 FOLDED_RANGES = (
@@ -194,7 +195,7 @@ case came with Unicode 8.0), Georgian Mtavruli (capitals since Unicode 11.0), Ad
 Medefaidrin, Old Hungarian, Vithkuqi, and the Latin, Greek and Cyrillic capitals added since. Text in them
 was found by nothing on SQLite, its own words included (the query asked for them in lower case). Measured
 as :data:`INDEX_SEPARATOR_RANGES` (letters that NFC leaves as they are). Long-term memories indexed before
-hold such words as written until ``rebuild_index()``."""
+are indexed again by the embedded store's migration ``0008_normal_forms``."""
 
 
 COMPATIBILITY_RANGES = "fb00-fb06,fb13-fb17,ff01-ff5e,ff61-ffdc,ffe0-ffe2,ffe5-ffe6,ffe9-ffec"

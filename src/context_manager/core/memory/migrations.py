@@ -9,14 +9,18 @@ edit or reorder one that has shipped.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable
 
 from context_manager.core.memory.index import (
     CONTEXT_CHARS,
+    FOLDED_RANGES,
+    INDEX_SEPARATOR_RANGES,
     ColumnWeights,
     create_fts_table,
+    normalize_text,
     segment_cjk,
     segment_text,
 )
@@ -146,6 +150,83 @@ def m007_symbol_terms(connection: sqlite3.Connection) -> None:
         last = rows[-1][0]
 
 
+_NON_ASCII = " OR ".join(
+    f"length(CAST({column} AS BLOB)) != length({column})" for column in ("content", "tags", "context")
+)
+"""Whether a row of ``memories`` holds text that is not ASCII: a text's length in bytes (UTF-8) differs from
+its length in characters (or it holds a NUL, where ``length`` stops counting: read, and left as it is)."""
+
+_REWRITTEN = re.compile(
+    "["
+    + "".join(
+        re.escape(chr(first)) + ("" if first == last else "-" + re.escape(chr(last)))
+        for first, last in (
+            (int(start, 16), int(stop or start, 16))
+            for start, _, stop in (
+                part.partition("-") for part in f"{INDEX_SEPARATOR_RANGES},{FOLDED_RANGES}".split(",")
+            )
+        )
+        if last <= 0xFFFF
+    )
+    + "\U00010000-\U0010ffff]"
+)
+"""The characters of :data:`INDEX_SEPARATOR_RANGES` and :data:`FOLDED_RANGES` in the Basic Multilingual
+Plane, and every one above it (one range: Python's regular expressions test a class's ranges above U+FFFF
+one by one); a text holding none was indexed by 0007 as :func:`segment_text` indexes it now, but for
+:func:`normalize_text`."""
+
+
+def _indexed_otherwise(text: str) -> bool:
+    """Whether an index written since 0007 may hold ``text`` otherwise than :func:`segment_text` does now.
+
+    What changed since is :func:`normalize_text` and the rewriting of the characters of
+    :data:`INDEX_SEPARATOR_RANGES` and :data:`FOLDED_RANGES`; text holding neither is indexed as it was.
+    """
+    return not text.isascii() and (_REWRITTEN.search(text) is not None or normalize_text(text) != text)
+
+
+def m008_normal_forms(connection: sqlite3.Connection) -> None:
+    r"""Index text as the query reads it (:func:`normalize_text`) and as :func:`segment_text` writes it now.
+
+    Rows indexed before held text typed decomposed (``"cafe\u0301"``, Hangul as conjoining jamo),
+    ligatures (``"ﬁnal"``) and full-width and half-width forms (``"Ｔｏｋｙｏ"``, ``"ｶﾀｶﾅ"``) as written,
+    found by no query in the usual form until ``rebuild_index()``; rows indexed before
+    :data:`INDEX_SEPARATOR_RANGES` and :data:`FOLDED_RANGES` kept those characters in their words. The FTS5
+    text columns of the rows that may hold such text (:func:`_indexed_otherwise`) are written again where
+    they differ from :func:`segment_text` of the text, in this migration's transaction: a process stopped
+    in it leaves the store as it was, and the next open applies it.
+
+    ASCII text is indexed as written, by this version and every one before: only the rows holding other
+    text are read, picked out by SQLite (:data:`_NON_ASCII`), so a store of ASCII text costs one scan of
+    its table (under 0.1 s at 100,000 memories), and those rows are segmented only when they hold a
+    character whose indexing changed (text in Chinese or Japanese in their usual forms is read, and left
+    as it is).
+    """
+    last = 0
+    while True:  # a chunk at a time, as 0005
+        rows = connection.execute(
+            "SELECT rowid, content, tags, context FROM memories "
+            f"WHERE rowid > ? AND ({_NON_ASCII}) ORDER BY rowid LIMIT 1000",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, content, tags, context in rows:
+            columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
+            if not any(_indexed_otherwise(text) for text in columns):
+                continue
+            segmented = tuple(segment_text(text) for text in columns)
+            indexed = connection.execute(
+                f"SELECT content, tags, context FROM {FTS_TABLE} WHERE rowid = ?", (rowid,)
+            ).fetchone()
+            if indexed is not None and tuple(indexed) != segmented:
+                connection.execute(
+                    f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
+                    (*segmented, rowid),
+                )
+        last = rows[-1][0]
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
@@ -154,6 +235,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0005_cjk_segments", m005_cjk_segments),
     ("0006_pending_merges", m006_pending_merges),
     ("0007_symbol_terms", m007_symbol_terms),
+    ("0008_normal_forms", m008_normal_forms),
 ]
 """Every migration in the order it is applied."""
 
