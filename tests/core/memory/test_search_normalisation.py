@@ -462,6 +462,54 @@ async def test_a_process_killed_while_0008_indexes_again_leaves_it_to_the_next_o
         assert indexed == [segment_text(text) for text in texts]
 
 
+def test_0008_segments_only_the_rows_whose_indexing_changed(tmp_path: Path) -> None:
+    """Most stores hold no text 0008 changes: it picks out the rows holding text that is not ASCII in SQL
+    and segments only those holding a character whose indexing changed (here 1 row of 2,011)."""
+    import sqlite3
+    import sys
+    from types import FrameType
+    from typing import Any
+
+    from context_manager.core.memory import index
+    from context_manager.core.memory.models import Memory
+    from context_manager.core.memory.sqlite_store import SQLiteStore
+
+    path = tmp_path / "memories.sqlite3"
+    texts = [f"Plain note number {number} about the staging cluster" for number in range(2_000)]
+    texts += [f"東京の天気は晴れです {number}" for number in range(10)] + ["The ﬁnal report"]
+    store = SQLiteStore(path)
+    store.open()
+    store.put(
+        [Memory(id=f"m{n}", content=text, created_at=1.0, last_accessed=1.0) for n, text in enumerate(texts)]
+    )
+    store.close()
+    with sqlite3.connect(path) as connection:  # the index as 0007 wrote it (the same but for the ligature)
+        connection.execute(
+            "UPDATE memories_fts SET content = 'The ﬁnal report' WHERE content = 'The final report'"
+        )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0008_normal_forms'")
+    segmented: list[str] = []
+
+    def count(frame: FrameType, event: str, argument: Any) -> None:
+        if event == "call" and frame.f_code is index.segment_text.__code__:
+            segmented.append(frame.f_locals["text"])
+
+    store = SQLiteStore(path)
+    sys.setprofile(count)
+    try:
+        applied = store.open()
+    finally:
+        sys.setprofile(None)
+    try:
+        assert applied == ["0008_normal_forms"]
+        assert segmented == ["The ﬁnal report", "", ""]  # its content, tags and context
+        assert [m.id for m, _ in store.search(index.build_match(["final"], index.owner_token(None)), 5)] == [
+            "m2010"
+        ]
+    finally:
+        store.close()
+
+
 async def test_the_upgrade_of_existing_rows_goes_on_where_it_stopped(postgres_dsn: str) -> None:
     """A process stopped while deriving the vectors again leaves the range it did in ``cm_search_rederive``:
     the next one to open goes on after it (the rows before are not parsed again), then removes the record."""

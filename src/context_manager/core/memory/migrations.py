@@ -203,15 +203,20 @@ def m008_normal_forms(connection: sqlite3.Connection) -> None:
     as it is).
     """
     last = 0
-    while True:  # a chunk at a time, as 0005
-        rows = connection.execute(
-            "SELECT rowid, content, tags, context FROM memories "
-            f"WHERE rowid > ? AND ({_NON_ASCII}) ORDER BY rowid LIMIT 1000",
-            (last,),
-        ).fetchall()
-        if not rows:
+    while True:  # the rowids a chunk at a time, each row's text on its own (a tool output may be megabytes)
+        rowids = [
+            rowid
+            for (rowid,) in connection.execute(
+                f"SELECT rowid FROM memories WHERE rowid > ? AND ({_NON_ASCII}) ORDER BY rowid LIMIT 1000",
+                (last,),
+            )
+        ]
+        if not rowids:
             return
-        for rowid, content, tags, context in rows:
+        for rowid in rowids:
+            content, tags, context = connection.execute(
+                "SELECT content, tags, context FROM memories WHERE rowid = ?", (rowid,)
+            ).fetchone()
             columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
             if not any(_indexed_otherwise(text) for text in columns):
                 continue
@@ -224,7 +229,7 @@ def m008_normal_forms(connection: sqlite3.Connection) -> None:
                     f"UPDATE {FTS_TABLE} SET content = ?, tags = ?, context = ? WHERE rowid = ?",
                     (*segmented, rowid),
                 )
-        last = rows[-1][0]
+        last = rowids[-1]
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
