@@ -27,6 +27,7 @@ from context_manager.core.memory.embeddings import HashingEmbedder
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 from context_manager.core.memory.models import MemoryTier
 from context_manager.core.memory.ranking import RankingWeights
+from context_manager.core.memory.validation import MAX_METADATA_DEPTH, json_depth
 
 from .conftest import FakeClock
 
@@ -441,16 +442,41 @@ async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: 
     assert await manager.search_memory("qzlastxq", limit=5) == []
 
 
-async def test_deeply_nested_metadata_is_returned_without_a_recursion_error(manager: MemoryManager) -> None:
-    """Metadata as deep as ``json`` takes (300 levels here; deeper on Python 3.13) is copied for every read:
-    a recursive copy raised RecursionError on get_memory and search_memory."""
+def nested_metadata(levels: int) -> dict[str, Any]:
+    """Metadata nesting ``levels`` dicts and lists (itself included), built without recursion."""
     deep: dict[str, Any] = {}
-    for _ in range(300):
+    for _ in range((levels - 2) // 2):
         deep = {"k": [deep]}
-    added = await manager.add_memory("okapi sighting log", metadata={"deep": deep})
+    metadata = {"deep": deep if levels % 2 == 0 else [deep]}
+    assert json_depth(metadata) == levels
+    return metadata
+
+
+async def test_deeply_nested_metadata_is_returned_without_a_recursion_error(manager: MemoryManager) -> None:
+    """Metadata as deep as allowed (MAX_METADATA_DEPTH, 500 levels) is copied for every read: a recursive
+    copy raised RecursionError on get_memory and search_memory."""
+    metadata = nested_metadata(MAX_METADATA_DEPTH)
+    added = await manager.add_memory("okapi sighting log", metadata=metadata)
     got = await manager.get_memory(added.id)
-    assert got is not None and got.metadata == {"deep": deep}
+    assert got is not None and got.metadata == metadata
     assert [m.id for m in await manager.search_memory("okapi")] == [added.id]
+
+
+async def test_metadata_nested_deeper_than_the_limit_is_refused_on_every_python(
+    manager: MemoryManager,
+) -> None:
+    """json takes metadata about 990 levels deep on Python 3.11 and 2,500 on 3.13: a store written on 3.13
+    held metadata that 3.11 could not read (every search of it raised RecursionError there). The limit is
+    500 levels on every Python: deeper is refused by add_memory and update_memory, nothing changed."""
+    kept = await manager.add_memory("okapi sighting log", metadata={"a": 1})
+    for levels in (MAX_METADATA_DEPTH + 1, 1_100):
+        with pytest.raises(InvalidMemoryError, match=f"nested at most {MAX_METADATA_DEPTH} levels"):
+            await manager.add_memory("another okapi", metadata=nested_metadata(levels))
+        with pytest.raises(InvalidMemoryError, match=f"nested at most {MAX_METADATA_DEPTH} levels"):
+            await manager.update_memory(kept.id, metadata=nested_metadata(levels))
+    wide = {f"row{index}": [{"a": [index]}] for index in range(2_000)}  # many brackets, 4 levels
+    await manager.update_memory(kept.id, metadata=wide)
+    assert [m.metadata for m in await manager.search_memory("okapi")] == [wide]
 
 
 async def test_changing_a_returned_memory_changes_nothing_stored(manager: MemoryManager) -> None:

@@ -389,6 +389,35 @@ async def test_text_in_capitals_newer_than_fts5s_tables_is_found_by_its_words(
         )
 
 
+NEWER_SEPARATORS = {
+    "kannada": "\u0cf3",  # a sign of Unicode 15.0 (combining: no letter or digit)
+    "lao": "\u0ece",
+    "ideographic": "\u2ffc",  # an ideographic description character of Unicode 15.1
+    "devanagari": "\U00011b00",  # a head mark of Unicode 15.0 (punctuation)
+    "kawi": "\U00011f43",  # Kawi's danda
+    "hieroglyph": "\U00013439",  # a format control of Egyptian hieroglyphs
+    "alchemical": "\U0001f774",  # a symbol of Unicode 15.0 that is no emoji
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_word_next_to_a_sign_newer_than_pythons_unicode_is_found(
+    manager: MemoryManager, tier: str
+) -> None:
+    """The marks, punctuation and symbols of Unicode 15.0 and 15.1 that are no letter or digit: the query
+    splits words at them (on Python 3.11, whose Unicode 14.0 has them unassigned, as on 3.12 and 3.13), FTS5
+    (Unicode 6.1) kept them inside a word: "alpha\U00011f43omega" was one term, found by neither word."""
+    stored = {
+        name: await manager.add_memory(f"alpha{sign}omega {name}", tier=tier)
+        for name, sign in NEWER_SEPARATORS.items()
+    }
+    for name, sign in NEWER_SEPARATORS.items():
+        for query in (name, f"alpha {name}", f"omega {name}", f"alpha{sign}omega {name}"):
+            found = await manager.search_memory(query, limit=20)
+            assert [m.id for m in found][:1] == [stored[name].id], (query, [m.content for m in found])
+        assert len(await manager.search_memory("omega", limit=20)) == len(NEWER_SEPARATORS), name
+
+
 def test_the_embedded_index_holds_the_terms_the_query_asks_for() -> None:
     """Over every assigned code point (Python's Unicode) that NFC leaves as it is: FTS5 makes the same terms
     of what :func:`segment_text` makes of ``"qa<c>qb"`` as of the terms a search of it asks for

@@ -272,6 +272,7 @@ INDEXED_BEFORE = {
     "full-width tag": ("a note filed under a tag", ["ｒｏａｄｍａｐ"], ["roadmap"]),
     "private-use glyph": ("\ue0a0main branch is green", [], ["main"]),
     "Cherokee capitals": ("ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ", [], ["ᏣᎳᎩ"]),
+    "Unicode 15.1 sign": ("alpha\u2ffcomega layout", [], ["alpha", "omega"]),
     "Japanese": ("東京の天気は晴れです🎉", [], ["天気", "🎉"]),
     "ASCII": ("The staging cluster runs Kubernetes", [], ["kubernetes"]),
 }

@@ -467,7 +467,7 @@ async def test_a_sync_tool_exiting_fails_and_the_application_goes_on() -> None:
 
     def run_report(args: list[str]) -> str:
         """Run the report command line."""
-        parser = argparse.ArgumentParser(prog="report", exit_on_error=False)
+        parser = argparse.ArgumentParser(prog="report")  # exits on bad arguments on every Python
         parser.add_argument("--days", type=int, required=True)
         return f"report for {parser.parse_args(args).days} days"
 
@@ -553,7 +553,7 @@ async def test_an_async_tool_exiting_fails_like_a_sync_one_and_the_application_g
 
     async def run_report(args: list[str]) -> str:
         """Run the report command line."""
-        parser = argparse.ArgumentParser(prog="report", exit_on_error=False)
+        parser = argparse.ArgumentParser(prog="report")  # exits on bad arguments on every Python
         parser.add_argument("--days", type=int, required=True)
         return f"report for {parser.parse_args(args).days} days"
 

@@ -145,23 +145,24 @@ and PostgreSQL's parser both keep whole."""
 
 
 INDEX_SEPARATOR_RANGES = (
-    "605,61c-61d,7fd-7ff,888,890-891,898-89f,8ca-8e3,8ff,9fd-9fe,a76,afa-aff,b55,c00,c04,c3c,c77,c81,c84,"
-    "d00-d01,d3b-d3c,d81,eba,1715,180f,1885-1886,1ab0-1ace,1b7d-1b7e,1cf7-1cf9,1de7-1dfb,2066-2069,"
-    "20ba-20c0,2e3c-2e4f,2e52-2e5d,a69e,a82c,a8c5,a8fc,a8ff,a9e5,aa7c-aa7d,ab5b,ab6a-ab6b,e000-f8ff,fbc2,"
-    "fe27-fe2f,102e0,10376-1037a,1056f,10ae5-10ae6,10af0-10af6,10b99-10b9c,10d24-10d27,10eab-10ead,"
-    "10f46-10f50,10f55-10f59,10f82-10f89,11070,11073-11074,1107f,110c2,110cd,11145-11146,11173-11175,"
-    "111c9-111cf,111db,111dd-111df,1122c-1123e,112a9,112df-112ea,11300-11303,1133b-1133c,1133e-11344,"
-    "11347-11348,1134b-1134d,11357,11362-11363,11366-1136c,11370-11374,11435-11446,1144b-1144f,"
-    "1145a-1145b,1145d-1145e,114b0-114c3,114c6,115af-115b5,115b8-115d7,115dc-115dd,11630-11643,"
+    "605,61c-61d,7fd-7ff,888,890-891,898-89f,8ca-8e3,8ff,9fd-9fe,a76,afa-aff,b55,c00,c04,c3c,c77,c81,c84,cf3,"
+    "d00-d01,d3b-d3c,d81,eba,ece,1715,180f,1885-1886,1ab0-1ace,1b7d-1b7e,1cf7-1cf9,1de7-1dfb,2066-2069,"
+    "20ba-20c0,2e3c-2e4f,2e52-2e5d,2ffc-2fff,31ef,a69e,a82c,a8c5,a8fc,a8ff,a9e5,aa7c-aa7d,ab5b,ab6a-ab6b,"
+    "e000-f8ff,fbc2,fe27-fe2f,102e0,10376-1037a,1056f,10ae5-10ae6,10af0-10af6,10b99-10b9c,10d24-10d27,"
+    "10eab-10ead,10efd-10eff,10f46-10f50,10f55-10f59,10f82-10f89,11070,11073-11074,1107f,110c2,110cd,"
+    "11145-11146,11173-11175,111c9-111cf,111db,111dd-111df,1122c-1123e,11241,112a9,112df-112ea,11300-11303,"
+    "1133b-1133c,1133e-11344,11347-11348,1134b-1134d,11357,11362-11363,11366-1136c,11370-11374,11435-11446,"
+    "1144b-1144f,1145a-1145b,1145d-1145e,114b0-114c3,114c6,115af-115b5,115b8-115d7,115dc-115dd,11630-11643,"
     "11660-1166c,116b9,1171d-1172b,1173c-1173e,1182c-1183b,11930-11935,11937-11938,1193b-1193e,11940,"
     "11942-11946,119d1-119d7,119da-119e0,119e2,119e4,11a01-11a0a,11a33-11a39,11a3b-11a47,11a51-11a5b,"
-    "11a8a-11a9c,11a9e-11aa2,11c2f-11c36,11c38-11c3f,11c41-11c45,11c70-11c71,11c92-11ca7,11ca9-11cb6,"
-    "11d31-11d36,11d3a,11d3c-11d3d,11d3f-11d45,11d47,11d8a-11d8e,11d90-11d91,11d93-11d97,11ef3-11ef8,"
-    "11fdd-11fe0,11fff,12474,12ff1-12ff2,13430-13438,16a6e-16a6f,16af0-16af5,16b30-16b3b,16b44,"
-    "16e97-16e9a,16f4f,16f7f-16f87,16fe2,16fe4,16ff0-16ff1,1bc9d-1bca3,1cf00-1cf2d,1cf30-1cf46,"
-    "1da00-1da36,1da3b-1da6c,1da75,1da84,1da87-1da8b,1da9b-1da9f,1daa1-1daaf,1e000-1e006,1e008-1e018,"
-    "1e01b-1e021,1e023-1e024,1e026-1e02a,1e130-1e136,1e2ae,1e2ec-1e2ef,1e2ff,1e8d0-1e8d6,1e944-1e94a,"
-    "1e95e-1e95f,1ecb0,1f3fb-1f3ff,f0000-ffffd,100000-10fffd"
+    "11a8a-11a9c,11a9e-11aa2,11b00-11b09,11c2f-11c36,11c38-11c3f,11c41-11c45,11c70-11c71,11c92-11ca7,"
+    "11ca9-11cb6,11d31-11d36,11d3a,11d3c-11d3d,11d3f-11d45,11d47,11d8a-11d8e,11d90-11d91,11d93-11d97,"
+    "11ef3-11ef8,11f00-11f01,11f03,11f34-11f3a,11f3e-11f4f,11fdd-11fe0,11fff,12474,12ff1-12ff2,13430-13440,"
+    "13447-13455,16a6e-16a6f,16af0-16af5,16b30-16b3b,16b44,16e97-16e9a,16f4f,16f7f-16f87,16fe2,16fe4,"
+    "16ff0-16ff1,1bc9d-1bca3,1cf00-1cf2d,1cf30-1cf46,1da00-1da36,1da3b-1da6c,1da75,1da84,1da87-1da8b,"
+    "1da9b-1da9f,1daa1-1daaf,1e000-1e006,1e008-1e018,1e01b-1e021,1e023-1e024,1e026-1e02a,1e08f,1e130-1e136,"
+    "1e2ae,1e2ec-1e2ef,1e2ff,1e4ec-1e4ef,1e8d0-1e8d6,1e944-1e94a,1e95e-1e95f,1ecb0,1f3fb-1f3ff,1f774-1f776,"
+    "1f77b-1f77f,1f7d9,f0000-ffffd,100000-10fffd"
 )
 """The characters the embedded store's index makes spaces (:func:`segment_text`): inclusive code point
 ranges (hexadecimal, ``first-last`` or one code point), comma-separated.
@@ -175,10 +176,11 @@ several scripts (historic ones above all), the skin tone modifiers. ``"\\ue0a0ma
 one term there, found neither by "main" or "500" nor by itself (the query asked for its pieces). Measured
 on SQLite 3.40.1 over every assigned code point of Python 3.11's Unicode 14.0 that is no symbol of
 :data:`SYMBOL_RANGES` (those are terms of their own) and that NFC leaves as it is; an SQLite whose tables
-split at some of them already is not affected. Code points unassigned in Unicode 14.0 (FTS5 keeps them in
-a word too, PostgreSQL and the query split at them) are left as they are: text holds them only from a
-later Unicode. Long-term memories indexed before are indexed again by the embedded store's migration
-``0008_normal_forms``."""
+split at some of them already is not affected. With them, the marks, punctuation and symbols of Unicode 15.0
+and 15.1 (measured as above on Python 3.13): the query splits at those on every Python (3.11 has them
+unassigned), where FTS5 kept them in a word. Letters and digits unassigned in the running Python's Unicode
+(FTS5 keeps them in a word, the query splits at them) are left as they are. Long-term memories indexed
+before are indexed again by the embedded store's migration ``0008_normal_forms``."""
 
 
 FOLDED_RANGES = (
