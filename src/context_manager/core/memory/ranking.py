@@ -53,6 +53,7 @@ from typing import Any
 from context_manager.core.errors import InvalidArgumentError
 from context_manager.core.memory.embeddings import is_similarity_floor
 from context_manager.core.memory.index import ColumnWeights, fold_case
+from context_manager.core.memory.validation import is_finite
 
 __all__ = [
     "ABLATIONS",
@@ -194,10 +195,7 @@ def _is_number(value: Any) -> bool:
 
 def _is_finite_number(value: Any) -> bool:
     """A number (not a bool) that a float holds finitely (not 10**400, which no float holds)."""
-    try:
-        return _is_number(value) and math.isfinite(value)
-    except OverflowError:
-        return False
+    return _is_number(value) and is_finite(value)
 
 
 @dataclass(frozen=True, slots=True)
