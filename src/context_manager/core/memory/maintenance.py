@@ -161,6 +161,23 @@ def check_unique_id(
         )
 
 
+def _another_users_id(memory_id: str, link: tuple[str | None, str, str]) -> InvalidMemoryError:
+    """The error refusing an imported line whose id holds another user's memory in the store.
+
+    Replacing it would delete that user's memory without a word (ids are unique across users, and
+    ``add_memory(memory_id=...)`` refuses another user's id for the same reason). Whose memory it is is
+    not named: the file may come from someone who may not know.
+    """
+    _, location, line = link
+    return InvalidMemoryError(
+        location,
+        line[:80],
+        "a memory whose id is new to this store or holds a memory of the same user (which it replaces)",
+        detail=f"id {memory_id!r} holds another user's memory here; nothing was imported: give the line "
+        "another id, or delete that memory first",
+    )
+
+
 def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
     """The ``tiers`` of an exported line (``None`` when absent); raises ``ValueError`` when malformed."""
     if value is None:
@@ -361,7 +378,8 @@ class MemoryMaintenance(TierMovement):
         """Load memories written by :meth:`export_memories` (ids kept; existing ids are replaced).
 
         Every line is validated first: one bad line raises and nothing is imported (a line holding the id
-        of an earlier one too). Each memory gets
+        of an earlier one too, or the id of another user's memory in this store: only a memory of the same
+        user, or of the default namespace for a line without ``user_id``, is replaced). Each memory gets
         back the tiers it had (``tiers``: a short-term memory with a long-term copy gets both); a line
         without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
         short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
@@ -373,7 +391,8 @@ class MemoryMaintenance(TierMovement):
             placed per tier: a memory with a long-term copy counts in two).
 
         Raises:
-            InvalidMemoryError: a line is not a valid memory (its line number is in the message).
+            InvalidMemoryError: a line is not a valid memory, or its id holds another user's memory (its
+                line number is in the message).
             StorageError: the file cannot be read.
         """
         source = check_path(path)
@@ -413,6 +432,9 @@ class MemoryMaintenance(TierMovement):
             # placement does not use are deleted. Killed anywhere in between, every memory still has a
             # copy (old or new; at worst one stale extra copy, which importing again removes).
             replaced = await backend.copies(list(memories))
+            for copy in replaced:  # nothing is written yet: a refusal imports nothing
+                if copy.user_id != memories[copy.id].user_id:
+                    raise _another_users_id(copy.id, links[copy.id])
             existing = {copy.id for copy in replaced}
             placement = await self._place_for_import(list(memories.values()), long_copies, replaced)
             # short-term first: the backend notes which short-term memories also have a long-term copy
