@@ -48,3 +48,70 @@ async def test_import_refuses_a_line_whose_id_holds_another_users_memory(
     assert (report["imported"], report["replaced"]) == (1, 1)
     restored = await manager.get_memory("pref-1")
     assert restored is not None and restored.content == "alice likes tea now"
+
+
+async def test_numbers_computed_with_numpy_are_taken_as_python_numbers(manager: MemoryManager) -> None:
+    """A score computed with numpy (``np.float32``, ``np.int64``, ``np.bool_``) was refused in metadata
+    ("Object of type float32 is not JSON serializable") and as an importance, a limit or a time, where the
+    same number as a Python float or int (or ``np.float64``, a float subclass) was taken. They are taken as
+    the Python number they hold (``.item()``), as json-serialising libraries do; a stored memory holds plain
+    Python values. Arrays become lists, as tool results' do."""
+    numpy = pytest.importorskip("numpy")
+    metadata = {
+        "score": numpy.float32(0.25),
+        "rank": numpy.int64(3),
+        "relevant": numpy.bool_(True),
+        "nested": {"counts": [numpy.uint8(7), numpy.int32(-2)], "mean": numpy.float16(0.5)},
+        "histogram": numpy.array([[1, 2], [3, 4]]),
+    }
+    memory = await manager.add_memory(
+        "the quarterly churn model flagged the Lisbon account",
+        importance=numpy.float32(0.75),
+        metadata=metadata,
+        tags=[numpy.str_("churn")],
+    )
+    expected = {
+        "score": 0.25,
+        "rank": 3,
+        "relevant": True,
+        "nested": {"counts": [7, -2], "mean": 0.5},
+        "histogram": [[1, 2], [3, 4]],
+    }
+    stored = await manager.get_memory(memory.id)
+    assert stored is not None
+    for held in (memory, stored):
+        assert held.metadata == expected and held.importance == 0.75 and held.tags == ["churn"]
+        assert type(held.metadata["rank"]) is int and type(held.metadata["relevant"]) is bool
+        assert type(held.importance) is float and type(held.tags[0]) is str
+    found = await manager.search_memory(
+        "churn model", limit=numpy.int64(5), min_importance=numpy.float32(0.5), since=numpy.int64(0)
+    )
+    assert [m.id for m in found] == [memory.id]
+    assert [m.id for m in await manager.search_by_tags(["churn"], limit=numpy.int32(2))] == [memory.id]
+    updated = await manager.update_memory(
+        memory.id, importance=numpy.float64(0.5), metadata={"score": numpy.float32(0.5)}
+    )
+    assert updated.importance == 0.5 and updated.metadata == {"score": 0.5}
+
+
+async def test_what_numpy_cannot_store_is_refused_with_what_to_do(manager: MemoryManager) -> None:
+    """A NaN stays refused however it is typed (in an array too), a numpy type without a JSON value is
+    refused, and a numpy bool is no importance or limit (as a Python bool is not); nothing is stored."""
+    numpy = pytest.importorskip("numpy")
+    with pytest.raises(InvalidMemoryError, match="metadata"):
+        await manager.add_memory("a note", metadata={"score": numpy.float32("nan")})
+    with pytest.raises(InvalidMemoryError, match="metadata"):
+        await manager.add_memory("a note", metadata={"vector": numpy.array([0.5, numpy.nan])})
+    with pytest.raises(InvalidMemoryError, match="metadata"):
+        await manager.add_memory("a note", metadata={"when": numpy.datetime64("2026-01-02")})
+    with pytest.raises(InvalidMemoryError, match="metadata"):
+        await manager.add_memory("a note", metadata={"big": numpy.longdouble(1)})
+    with pytest.raises(InvalidMemoryError, match="importance"):
+        await manager.add_memory("a note", importance=numpy.bool_(True))
+    with pytest.raises(InvalidMemoryError, match="importance"):
+        await manager.add_memory("a note", importance=numpy.float32(1.5))
+    with pytest.raises(InvalidMemoryError, match="limit"):
+        await manager.search_memory("a note", limit=numpy.bool_(True))
+    with pytest.raises(InvalidMemoryError, match="limit"):
+        await manager.search_memory("a note", limit=numpy.int64(-1))
+    assert await manager.stored_copies() == []

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import operator
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -64,10 +67,40 @@ def check_text(value: Any, field: str, *, empty: bool = False) -> str:
 
 
 def check_importance(value: Any, *, field: str = "importance") -> float:
-    """A number from 0 to 1 (not a bool, not NaN); returned as a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value <= 1.0):
+    """A number from 0 to 1 (not a bool, not NaN); returned as a float.
+
+    Any real number type is taken (``numpy.float32``, ``fractions.Fraction``), as its float.
+    """
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else _real(value)
+    if number is None or not (0.0 <= number <= 1.0):
         raise InvalidMemoryError(field, value, "a number from 0 to 1")
-    return float(value)
+    return float(number)
+
+
+def _real(value: Any) -> float | None:
+    """Another real number type's value (``numpy.float32``, ``numpy.int64``) as a float, else ``None``.
+
+    ``None`` for anything else: a bool, ``numpy.bool_``, a string, a complex number.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _integer(value: Any) -> int | None:
+    """Another integer type's value (``numpy.int64``: ``__index__``) as an int, else ``None``.
+
+    ``None`` for anything else: a bool, ``numpy.bool_``, a float.
+    """
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 MAX_TAG_CHARS = 500
@@ -85,6 +118,8 @@ def check_tags(tags: Any) -> list[str]:
         raise InvalidMemoryError("tags", tags, "a list of non-empty strings")
     result: dict[str, None] = {}
     for tag in tags:
+        if type(tag) is not str and isinstance(tag, str):
+            tag = str(tag)  # a subclass (numpy.str_) is stored and returned as a plain string
         if (
             not isinstance(tag, str)
             or not tag.strip()
@@ -119,7 +154,7 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
         raise InvalidMemoryError("metadata", metadata, "a dict with string keys and JSON values")
     try:
-        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
+        text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False, default=_numpy_value)
         text.encode("utf-8")
         copied = dict(json.loads(text))
         if "\\u0000" in text and _has_nul(copied):
@@ -138,6 +173,21 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
                 "metadata", "<nested too deeply>", _TOO_DEEP, detail=f"nested {depth} levels"
             )
     return copied
+
+
+def _numpy_value(value: Any) -> Any:
+    """The JSON value of a numpy scalar or array (``numpy.float32(0.5)``: ``0.5``), for ``json.dumps``.
+
+    Its Python value (``default=``), as tool results convert them (NaN is still refused). numpy is not
+    imported for this: a value of its types exists only once it is. Anything else, and a
+    numpy value without a JSON equivalent (``longdouble``, ``datetime64``), raises ``TypeError``.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic | numpy.ndarray):
+        converted = value.tolist()
+        if not isinstance(converted, numpy.generic):  # longdouble's is itself
+            return converted
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def json_depth(value: Any) -> int:
@@ -233,9 +283,10 @@ MAX_LIMIT = 2**31 - 1
 
 def check_limit(limit: Any) -> int:
     """An integer >= 0 (not a bool); values above :data:`MAX_LIMIT` are capped to it."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    number = limit if isinstance(limit, int) and not isinstance(limit, bool) else _integer(limit)
+    if number is None or number < 0:  # _integer: numpy.int64 and the like
         raise InvalidMemoryError("limit", limit, "an integer >= 0")
-    return min(limit, MAX_LIMIT)
+    return min(number, MAX_LIMIT)
 
 
 def check_time(value: Any, field: str) -> float | None:
@@ -244,9 +295,10 @@ def check_time(value: Any, field: str) -> float | None:
         return None
     if isinstance(value, datetime):
         return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value):
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else _real(value)
+    if number is None or not is_finite(number):  # _real: numpy.int64 and the like
         raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
-    return float(value)
+    return float(number)
 
 
 def is_finite(value: int | float) -> bool:
