@@ -311,7 +311,7 @@ async def test_an_undo_consolidation_cut_short_never_leaves_the_text_visible_twi
 
 
 UPDATER = """
-import asyncio, resource, signal, sys
+import asyncio, json, resource, signal, sys
 from pathlib import Path
 import pytest
 
@@ -319,7 +319,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
 
-async def main(path):
+async def main(path, disk_full):
     config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
     async with MemoryManager(config) as manager:
         # a log far larger than the database's WAL: the next log write fails, the database's does not
@@ -328,7 +328,9 @@ async def main(path):
         )
         memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
         print(memory.id, flush=True)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        # a write past the limit fails (EFBIG: a full disk; Python ignores SIGXFSZ), or with the signal's
+        # default action kills the process (a crash at that very write)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN if disk_full else signal.SIG_DFL)
         _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
         try:
@@ -338,26 +340,32 @@ async def main(path):
         else:
             print("UPDATED", flush=True)
         resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        # what this process sees after the failure: each copy's text, and what each code finds
+        copies = sorted(copy.content for copy in await manager.stored_copies() if copy.id == memory.id)
+        print(json.dumps(copies), flush=True)
+        print(json.dumps([len(await manager.search_memory(code)) for code in ("qzoldxq", "qznewxq")]))
 
-asyncio.run(main(sys.argv[1]))
+asyncio.run(main(sys.argv[1], sys.argv[2] == "full"))
 """
 
 
 async def test_an_update_cut_short_leaves_one_text_in_every_tier(tmp_path: Path) -> None:
     """An important memory's long-term copy is written before its short-term one: an update stopped in
-    between (a crash, a full disk) left two texts under one id, for good: found by the words of either, shown
-    with the short-term one, until an overflow dropped that copy and the text changed by itself. The store
-    now makes the short-term copy match the long-term one when it opens."""
+    between (a crash) left two texts under one id, for good: found by the words of either, shown with the
+    short-term one, until an overflow dropped that copy and the text changed by itself. The store now makes
+    the short-term copy match the long-term one when it opens."""
     storage = tmp_path / "storage"
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", UPDATER, str(storage)],
+        [sys.executable, "-c", UPDATER, str(storage), "crash"],
         capture_output=True,
         text=True,
         timeout=300,
     )
+    # killed at the short-term copy's log write, after the long-term copy was committed
+    assert result.returncode == -signal.SIGXFSZ, result.stdout + result.stderr
     lines = result.stdout.split()
-    assert lines[1:] == ["FAILED"], result.stdout + result.stderr  # the short-term copy could not be logged
+    assert len(lines) == 1, result.stdout + result.stderr
     memory_id = lines[0]
     config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
     for _ in range(2):  # the repair is made once, and stays
@@ -367,6 +375,33 @@ async def test_an_update_cut_short_leaves_one_text_in_every_tier(tmp_path: Path)
             assert {copy.content for copy in copies} == {"the gate code is qznewxq"}
             assert await manager.search_memory("qzoldxq") == []
             assert [m.content for m in await manager.search_memory("qznewxq")] == ["the gate code is qznewxq"]
+
+
+async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(tmp_path: Path) -> None:
+    """The same update failing on a full disk (the log write raises, the process goes on): it raised
+    ``StorageError`` with its long-term copy already changed, so until the store was reopened the memory had
+    two texts, found by the words of either, and once reopened the failed update had taken effect. The
+    long-term copy is now put back: the memory is as it was before the call, in this process and after."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", UPDATER, str(storage), "full"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[1] == "FAILED", result.stdout + result.stderr
+    memory_id = lines[0]
+    old = "the gate code is qzoldxq"
+    assert json.loads(lines[2]) == [old, old]  # both copies: the text before the call
+    assert json.loads(lines[3]) == [1, 0]  # found by its old words only
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
+        assert sorted((copy.tier.value, copy.content) for copy in copies) == [("long", old), ("short", old)]
+        assert await manager.search_memory("qznewxq") == []
+        assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
 
 
 MOVER = """

@@ -606,8 +606,19 @@ class LocalBackend:
             by_tier: dict[MemoryTier, list[Memory]] = {}
             for copy in found:
                 by_tier.setdefault(copy.tier, []).append(copy.copy(**changes))
-            for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
-                await self.put(copy_tier, by_tier.get(copy_tier, []))
+            await self.put(MemoryTier.LONG, by_tier.get(MemoryTier.LONG, []))
+            try:
+                for copy_tier in (MemoryTier.MEDIUM, MemoryTier.SHORT):
+                    await self.put(copy_tier, by_tier.get(copy_tier, []))
+            except StorageError:
+                # the log refused the fast copies (a full disk): the committed long-term copies are put
+                # back, so the failed update leaves every copy as it was (not two texts under one id,
+                # which the next open would settle as the update's); if that fails too, the open does
+                long_before = [copy for copy in found if copy.tier is MemoryTier.LONG]
+                if long_before:
+                    with contextlib.suppress(StorageError):
+                        await self.put(MemoryTier.LONG, long_before)
+                raise
             return list(dict.fromkeys(copy.id for copy in found))
         by_id: dict[str, list[Memory]] = {}
         for copy in found:

@@ -546,6 +546,8 @@ class MemoryWriting(TierMovement):
         Raises:
             MemoryNotFoundError: no memory has this id.
             InvalidMemoryError: a bad argument; nothing is changed.
+            StorageError: the write failed; the memory is as it was (a crash part-way is settled when the
+                store next opens).
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
