@@ -115,3 +115,22 @@ async def test_what_numpy_cannot_store_is_refused_with_what_to_do(manager: Memor
     with pytest.raises(InvalidMemoryError, match="limit"):
         await manager.search_memory("a note", limit=numpy.int64(-1))
     assert await manager.stored_copies() == []
+
+
+async def test_tags_are_compared_exactly_and_their_words_found_normalised(manager: MemoryManager) -> None:
+    """What docs/memory.md says of tags, on both backends: the tag filters compare tags as stored (case,
+    width, Unicode form), an empty filter list matches nothing, and the full-text query finds a tag's words
+    normalised as text is."""
+    full_width = await manager.add_memory("the quarterly plan", tags=["ｒｏａｄｍａｐ"])
+    decomposed = await manager.add_memory("the espresso order", tags=["cafe\u0301"])
+    assert await manager.search_by_tags(["roadmap"]) == []
+    assert await manager.search_by_tags(["Ｒｏａｄｍａｐ"]) == []
+    assert await manager.search_by_tags(["caf\u00e9"]) == []
+    assert await manager.search_memory("plan", tags=["roadmap"]) == []
+    assert [m.id for m in await manager.search_by_tags(["ｒｏａｄｍａｐ"])] == [full_width.id]
+    assert [m.id for m in await manager.search_memory("order", tags=["cafe\u0301"])] == [decomposed.id]
+    assert await manager.search_memory("plan", tags=[]) == []
+    with pytest.raises(InvalidMemoryError, match="non-empty list"):
+        await manager.search_by_tags([])
+    assert [m.id for m in await manager.search_memory("roadmap")] == [full_width.id]
+    assert [m.id for m in await manager.search_memory("caf\u00e9")] == [decomposed.id]

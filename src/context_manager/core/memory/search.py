@@ -94,7 +94,8 @@ class MemorySearch(TierMovement):
         Args:
             query: What to look for.
             limit: At most this many results (0 returns none).
-            tags: Only memories carrying at least one of these tags.
+            tags: Only memories carrying at least one of these tags, compared exactly as stored (case and
+                Unicode form); ``None``: no filter, an empty list: no memory.
             user_id: Whose memories (``None``: the default namespace; :data:`ALL_USERS`: everyone's).
             tiers: Only these tiers.
             min_importance: Only memories at least this important.
@@ -386,6 +387,8 @@ class MemorySearch(TierMovement):
         tiers: Iterable[MemoryTier | str] | None = None,
     ) -> list[Memory]:
         """Return memories carrying ``any`` (or ``all``) of ``tags``, most important and newest first.
+
+        Tags are compared exactly as stored (case and Unicode form: "Roadmap" does not find "roadmap").
 
         Raises:
             InvalidMemoryError: bad tags, match mode, limit, user or tiers.
