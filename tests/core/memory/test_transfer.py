@@ -847,6 +847,42 @@ async def test_another_stores_conversation_under_the_same_id_is_never_overwritte
     assert await _conversation_at(target, None) == await _conversation_at(source, None)
 
 
+async def test_another_users_memory_under_a_source_id_is_never_replaced(tmp_path: Path) -> None:
+    """A target holding bob's memory under an id the source gives alice's: the migration removed bob's as a
+    "stale copy" of alice's (``removed_stale: 1``, ``ok``), without ``--merge`` or ``--prune``. It is
+    refused now, as another conversation under a source's id is, unless ``prune`` makes the target a copy
+    of the source."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    async with MemoryManager(sqlite_config(source, embedder="none")) as memory:
+        await memory.add_memory("alice likes coffee", user_id="alice", memory_id="pref-1")
+        await memory.add_memory("a note of the shared namespace", memory_id="note-1")
+    async with MemoryManager(sqlite_config(target, embedder="none")) as memory:
+        await memory.add_memory("bob likes tea", user_id="bob", memory_id="pref-1", tier="long")
+        await memory.add_memory("a note of the shared namespace", memory_id="note-1")
+        before = sorted((m.id, m.tier.value, m.user_id, m.content) for m in await memory.stored_copies())
+
+    for flags in ((), ("--merge",)):
+        result = await cli("memory", "migrate", "--from", str(source), "--to", str(target), *flags)
+        assert result.exit_code == 1, result.stdout + result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "'pref-1'" in result.stderr
+    with pytest.raises(InvalidArgumentError, match=r"--prune.*1 memories \['pref-1'\].*another user"):
+        await migrate_storage(str(source), str(target))
+    with pytest.raises(InvalidArgumentError, match=r"\['pref-1'\]"):
+        await migrate_storage(str(source), str(target), merge=True)
+    async with MemoryManager(sqlite_config(target, embedder="none")) as memory:
+        after = sorted((m.id, m.tier.value, m.user_id, m.content) for m in await memory.stored_copies())
+    assert after == before
+
+    report = await migrate_storage(str(source), str(target), prune=True)
+    assert report.ok
+    async with MemoryManager(sqlite_config(target, embedder="none")) as memory:
+        copies = sorted((m.id, m.user_id, m.content) for m in await memory.stored_copies())
+    assert copies == [
+        ("note-1", None, "a note of the shared namespace"),
+        ("pref-1", "alice", "alice likes coffee"),
+    ]
+
+
 async def test_a_location_that_is_not_valid_unicode_is_refused_by_name(tmp_path: Path) -> None:
     source = tmp_path / "source"
     await populate(sqlite_config(source))

@@ -16,7 +16,8 @@ tier where the source no longer has one (the source changed between runs) are re
 conversations deleted from the source between runs are not told apart from another store's: the target is
 refused unless ``prune`` (remove everything the source does not have) or ``merge`` (keep it).
 A target conversation under one of the source's ids but created apart from it (its ``created_at``, the
-conversation's generation, differs) is never overwritten: the target is refused unless ``prune``.
+conversation's generation, differs) is never overwritten: the target is refused unless ``prune``. Nor is
+a target memory under one of the source's ids with another owner (another store's memory).
 
 Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
 copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
@@ -443,7 +444,8 @@ async def migrate_storage(
     Raises:
         InvalidArgumentError: a bad location or batch size, source and target the same, ``merge`` and
             ``prune`` together, a target holding other memories without either, or (without ``prune``) a
-            target conversation under one of the source's ids that is another conversation.
+            target conversation under one of the source's ids that is another conversation, or a target
+            memory under one of the source's ids that is another user's.
         StorageLockedError: a storage directory is in use by another process.
         StorageError: a storage cannot be opened or written.
     """
@@ -463,8 +465,33 @@ async def migrate_storage(
     try:
         source_copies = await source_backend.scan(ALL_USERS, every_copy=True)
         target_copies = await target_backend.scan(ALL_USERS, every_copy=True)
-        source_ids = {memory.id for memory in source_copies}
+        source_owners = {memory.id: memory.user_id for memory in source_copies}
+        source_ids = set(source_owners)
         foreign = {memory.id for memory in target_copies if memory.id not in source_ids}
+        # the same id, another owner: another store's memory, not a copy of the source's (an owner never
+        # changes); replacing it would delete that user's memory, so only prune (a copy of the source) does
+        taken = sorted(
+            {
+                memory.id
+                for memory in target_copies
+                if memory.id in source_owners and memory.user_id != source_owners[memory.id]
+            }
+        )
+        if taken and not prune:
+            allowed = (
+                "a storage whose memories under the source's ids are copies of the source's; "
+                "pass prune=True (--prune) to replace them with the source's"
+            )
+            if merge:
+                allowed += " (--merge cannot keep two memories under one id)"
+            shown = taken[:10] + (["..."] if len(taken) > 10 else [])
+            raise InvalidArgumentError(
+                "target",
+                report.target,
+                allowed,
+                detail=f"it holds {len(taken)} memories {shown} under the ids of the source's memories of "
+                "another user (another store's memories)",
+            )
         source_conversations = await _conversation_store(source, source_backend, create=False)
         generations: dict[str, float] = {}  # conversation id -> created_at: which conversation it is
         if source_conversations is not None:
