@@ -319,7 +319,7 @@ from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
 
-async def main(path, disk_full):
+async def main(path, disk_full, tier):
     config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
     async with MemoryManager(config) as manager:
         # a log far larger than the database's WAL: the next log write fails, the database's does not
@@ -334,7 +334,7 @@ async def main(path, disk_full):
         _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
         try:
-            await manager.update_memory(memory.id, content="the gate code is qznewxq")
+            await manager.update_memory(memory.id, content="the gate code is qznewxq", tier=tier)
         except StorageError:
             print("FAILED", flush=True)
         else:
@@ -345,7 +345,7 @@ async def main(path, disk_full):
         print(json.dumps(copies), flush=True)
         print(json.dumps([len(await manager.search_memory(code)) for code in ("qzoldxq", "qznewxq")]))
 
-asyncio.run(main(sys.argv[1], sys.argv[2] == "full"))
+asyncio.run(main(sys.argv[1], sys.argv[2] == "full", sys.argv[3] if len(sys.argv) > 3 else None))
 """
 
 
@@ -377,15 +377,19 @@ async def test_an_update_cut_short_leaves_one_text_in_every_tier(tmp_path: Path)
             assert [m.content for m in await manager.search_memory("qznewxq")] == ["the gate code is qznewxq"]
 
 
-async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tier", [None, "long"])
+async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(
+    tmp_path: Path, tier: str | None
+) -> None:
     """The same update failing on a full disk (the log write raises, the process goes on): it raised
-    ``StorageError`` with its long-term copy already changed, so until the store was reopened the memory had
-    two texts, found by the words of either, and once reopened the failed update had taken effect. The
-    long-term copy is now put back: the memory is as it was before the call, in this process and after."""
+    ``StorageError`` with its long-term copy already changed (with ``tier="long"``: before the short-term
+    copy's removal was logged), so until the store was reopened the memory had two texts, found by the
+    words of either, and once reopened the failed update had taken effect. The long-term copy is now put
+    back: the memory is as it was before the call, in this process and after."""
     storage = tmp_path / "storage"
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", UPDATER, str(storage), "full"],
+        [sys.executable, "-c", UPDATER, str(storage), "full", *([tier] if tier else [])],
         capture_output=True,
         text=True,
         timeout=300,

@@ -600,29 +600,46 @@ class LocalBackend:
     async def update(
         self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
     ) -> list[str]:
-        """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out)."""
+        """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out).
+
+        A write that fails (``StorageError``: the log refusing a fast copy on a full disk, after the
+        long-term copy was committed) puts the long-term tier back as it was before raising, so the
+        memories are as they were (not two texts under one id, which the next open would settle as the
+        update's); if that fails too, the next open settles them.
+        """
         found = await self.copies(list(dict.fromkeys(ids)))
+        try:
+            return await self._update(found, changes, tier)
+        except StorageError:
+            with contextlib.suppress(StorageError):
+                await self._restore_long(found)
+            raise
+
+    async def _restore_long(self, found: Sequence[Memory]) -> None:
+        """Put the long-term copies of ``found``'s memories back as ``found`` holds them (none: none)."""
+        before = {copy.id: copy for copy in found if copy.tier is MemoryTier.LONG}
+        now = {
+            copy.id: copy
+            for copy in await self.copies(list(dict.fromkeys(copy.id for copy in found)))
+            if copy.tier is MemoryTier.LONG
+        }
+        changed = [copy for memory_id, copy in before.items() if now.get(memory_id) != copy]
+        await self.put(MemoryTier.LONG, changed)  # nothing written when nothing changed (a locked database)
+        await self.delete(MemoryTier.LONG, [memory_id for memory_id in now if memory_id not in before])
+
+    async def _update(
+        self, found: Sequence[Memory], changes: Mapping[str, Any], tier: MemoryTier | None
+    ) -> list[str]:
         if tier is None:
             by_tier: dict[MemoryTier, list[Memory]] = {}
             for copy in found:
                 by_tier.setdefault(copy.tier, []).append(copy.copy(**changes))
-            await self.put(MemoryTier.LONG, by_tier.get(MemoryTier.LONG, []))
-            try:
-                for copy_tier in (MemoryTier.MEDIUM, MemoryTier.SHORT):
-                    await self.put(copy_tier, by_tier.get(copy_tier, []))
-            except StorageError:
-                # the log refused the fast copies (a full disk): the committed long-term copies are put
-                # back, so the failed update leaves every copy as it was (not two texts under one id,
-                # which the next open would settle as the update's); if that fails too, the open does
-                long_before = [copy for copy in found if copy.tier is MemoryTier.LONG]
-                if long_before:
-                    with contextlib.suppress(StorageError):
-                        await self.put(MemoryTier.LONG, long_before)
-                raise
+            for copy_tier in (MemoryTier.LONG, MemoryTier.MEDIUM, MemoryTier.SHORT):
+                await self.put(copy_tier, by_tier.get(copy_tier, []))
             return list(dict.fromkeys(copy.id for copy in found))
         by_id: dict[str, list[Memory]] = {}
         for copy in found:
-            by_id.setdefault(copy.id, []).append(copy)
+            by_id.setdefault(copy.id, []).append(copy.copy())  # moves change a copy's tier: not found's
         for memory_id, held in by_id.items():
             held = fastest_first(held)
             kept = next((copy for copy in held if copy.tier is tier), None)
