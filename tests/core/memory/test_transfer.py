@@ -849,9 +849,10 @@ async def test_another_stores_conversation_under_the_same_id_is_never_overwritte
 
 async def test_another_users_memory_under_a_source_id_is_never_replaced(tmp_path: Path) -> None:
     """A target holding bob's memory under an id the source gives alice's: the migration removed bob's as a
-    "stale copy" of alice's (``removed_stale: 1``, ``ok``), without ``--merge`` or ``--prune``. It is
-    refused now, as another conversation under a source's id is, unless ``prune`` makes the target a copy
-    of the source."""
+    "stale copy" of alice's (``removed_stale: 1``, ``ok``), without ``--merge`` or ``--prune``; a memory of
+    the same owner created apart (another store's own note under the same custom id) was overwritten. Both
+    are refused now, as another conversation under a source's id is, unless ``prune`` makes the target a
+    copy of the source."""
     source, target = tmp_path / "source", tmp_path / "target"
     async with MemoryManager(sqlite_config(source, embedder="none")) as memory:
         await memory.add_memory("alice likes coffee", user_id="alice", memory_id="pref-1")
@@ -865,9 +866,11 @@ async def test_another_users_memory_under_a_source_id_is_never_replaced(tmp_path
         result = await cli("memory", "migrate", "--from", str(source), "--to", str(target), *flags)
         assert result.exit_code == 1, result.stdout + result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "'pref-1'" in result.stderr
-    with pytest.raises(InvalidArgumentError, match=r"--prune.*1 memories \['pref-1'\].*another user"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"--prune.*2 memories \['note-1', 'pref-1'\].*another user"
+    ):
         await migrate_storage(str(source), str(target))
-    with pytest.raises(InvalidArgumentError, match=r"\['pref-1'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"\['note-1', 'pref-1'\]"):
         await migrate_storage(str(source), str(target), merge=True)
     async with MemoryManager(sqlite_config(target, embedder="none")) as memory:
         after = sorted((m.id, m.tier.value, m.user_id, m.content) for m in await memory.stored_copies())

@@ -17,7 +17,7 @@ conversations deleted from the source between runs are not told apart from anoth
 refused unless ``prune`` (remove everything the source does not have) or ``merge`` (keep it).
 A target conversation under one of the source's ids but created apart from it (its ``created_at``, the
 conversation's generation, differs) is never overwritten: the target is refused unless ``prune``. Nor is
-a target memory under one of the source's ids with another owner (another store's memory).
+a target memory under one of the source's ids with another owner or ``created_at`` (another store's).
 
 Verification: after copying, both sides are read again and compared per ``(tier, user)``: the number of
 copies and an order-independent checksum (SHA-256 over the canonical JSON of every copy), and per
@@ -445,7 +445,7 @@ async def migrate_storage(
         InvalidArgumentError: a bad location or batch size, source and target the same, ``merge`` and
             ``prune`` together, a target holding other memories without either, or (without ``prune``) a
             target conversation under one of the source's ids that is another conversation, or a target
-            memory under one of the source's ids that is another user's.
+            memory under one of the source's ids with another owner or ``created_at``.
         StorageLockedError: a storage directory is in use by another process.
         StorageError: a storage cannot be opened or written.
     """
@@ -465,16 +465,22 @@ async def migrate_storage(
     try:
         source_copies = await source_backend.scan(ALL_USERS, every_copy=True)
         target_copies = await target_backend.scan(ALL_USERS, every_copy=True)
-        source_owners = {memory.id: memory.user_id for memory in source_copies}
-        source_ids = set(source_owners)
+        generations_of: dict[
+            str, set[tuple[str | None, float]]
+        ] = {}  # id -> (owner, created_at) of its copies
+        for memory in source_copies:
+            generations_of.setdefault(memory.id, set()).add((memory.user_id, memory.created_at))
+        source_ids = set(generations_of)
         foreign = {memory.id for memory in target_copies if memory.id not in source_ids}
-        # the same id, another owner: another store's memory, not a copy of the source's (an owner never
-        # changes); replacing it would delete that user's memory, so only prune (a copy of the source) does
+        # the same id, another owner or creation time: another store's memory (or one deleted and created
+        # again at the source since an interrupted run), not a copy of the source's (an owner and a creation
+        # time never change); replacing it would delete it, so only prune (a copy of the source) does
         taken = sorted(
             {
                 memory.id
                 for memory in target_copies
-                if memory.id in source_owners and memory.user_id != source_owners[memory.id]
+                if memory.id in generations_of
+                and (memory.user_id, memory.created_at) not in generations_of[memory.id]
             }
         )
         if taken and not prune:
@@ -489,8 +495,9 @@ async def migrate_storage(
                 "target",
                 report.target,
                 allowed,
-                detail=f"it holds {len(taken)} memories {shown} under the ids of the source's memories of "
-                "another user (another store's memories)",
+                detail=f"it holds {len(taken)} memories {shown} created apart from the source's memories "
+                "with the same ids (of another user or at another time: another store's, or ones deleted "
+                "and created again at the source since an interrupted run of this migration)",
             )
         source_conversations = await _conversation_store(source, source_backend, create=False)
         generations: dict[str, float] = {}  # conversation id -> created_at: which conversation it is
