@@ -196,7 +196,8 @@ class ManagerState:
     async def get_memory(self, memory_id: str) -> Memory | None:
         """Return the memory with this id (from its fastest tier), or ``None``.
 
-        Ids are unguessable, so lookups by id are not restricted to a user.
+        The ids ``add_memory`` makes are unguessable, so lookups by id are not restricted to a user; with
+        ids of your own (``memory_id=``), check the returned memory's ``user_id``.
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
