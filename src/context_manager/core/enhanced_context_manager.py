@@ -62,6 +62,7 @@ from context_manager.core.performance_monitor import (
 from context_manager.core.provider_formats import (
     FORMATS,
     SupportsModelDump,
+    chat_completions_text,
     is_openai_responses_item,
     messages_from_openai_responses,
     to_provider_format,
@@ -644,7 +645,10 @@ class EnhancedContextManager:
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
                 ``refusal``, ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is
-                the text). The ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
+                the text). A Chat Completions ``content`` of text parts (``[{"type": "text", "text":
+                ...}]``, any role) is their text joined; image, audio and file parts are refused (the
+                window keeps text). The ``"openai_responses"`` export's items go in too (see
+                :meth:`get_context`).
 
         Returns:
             How many messages were added.
@@ -683,7 +687,10 @@ class EnhancedContextManager:
                     f"messages[{position}]", item, "a dict with 'role', 'content' and add_message's options"
                 )
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
-            built.append(_new_message(item["role"], item.get("content"), options))
+            content = item.get("content")
+            if isinstance(content, list | tuple):  # Chat Completions content parts: their text
+                content = chat_completions_text(content, f"messages[{position}].content")
+            built.append(_new_message(item["role"], content, options))
         conversation = self._conversation
         since = 0
         if conversation is not None:

@@ -391,6 +391,34 @@ def _responses_text(content: Any, position: int, field: str = "content") -> Any:
     return "".join(texts)
 
 
+_CHAT_COMPLETIONS_PARTS = (
+    "a string, or text parts ({'type': 'text', 'text': str}; a refusal part on an assistant message): "
+    "the window keeps text, so images, audio and files are refused"
+)
+
+
+def chat_completions_text(content: Sequence[Any], field: str) -> str:
+    """The text of a Chat Completions ``content`` given as content parts: the text parts joined.
+
+    Chat Completions takes ``content`` as a string or a list of parts, text parts for every role (a
+    refusal part on an assistant message): they are joined as the Responses API import joins its parts.
+
+    Raises:
+        InvalidMessageError: a part is not a text or refusal part with its string (an image, audio or a
+            file: the window keeps text only).
+    """
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", part, _CHAT_COMPLETIONS_PARTS)
+    return "".join(texts)
+
+
 def _is_error_result(message: Message) -> bool:
     flag = message.metadata.get("is_error")
     return flag is True

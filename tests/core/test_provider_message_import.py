@@ -1,0 +1,93 @@
+"""Provider messages as the SDKs and APIs shape them go in through ``add_messages`` and back out.
+
+Chat Completions takes a message's ``content`` as a string or as a list of content parts: text parts
+(``{"type": "text", "text": ...}``) for every role, image, audio and file parts for the user. The window
+keeps text: text parts are joined (as the Responses API import joins its parts), anything else is refused
+naming what is taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.errors import InvalidMessageError
+from tests.provider_rules import openai_violations
+
+
+def config(tmp_path: Path) -> ContextManagerConfig:
+    return ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+
+
+def chat_completions_input(messages: list[dict[str, Any]]) -> None:
+    """The OpenAI SDK's own type of ``chat.completions.create(messages=...)`` takes the messages."""
+    from openai.types.chat import ChatCompletionMessageParam
+
+    TypeAdapter(list[ChatCompletionMessageParam]).validate_python(messages)
+
+
+def text_parts(*texts: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": text} for text in texts]
+
+
+async def test_chat_completions_text_parts_are_their_text_for_every_role(tmp_path: Path) -> None:
+    history: list[dict[str, Any]] = [
+        {"role": "developer", "content": text_parts("Answer briefly. ", "Use tools.")},
+        {"role": "system", "content": text_parts("Be kind.")},
+        {"role": "user", "content": text_parts("Weather in ", "Paris?"), "name": "alice"},
+        {
+            "role": "assistant",
+            "content": text_parts("Let me check."),
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": text_parts("21 °C, ", "sunny")},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say more."}]},
+    ]
+    chat_completions_input(history)  # valid Chat Completions input, as the SDK types it
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 6
+        assert [(m.role.value, m.content) for m in manager.messages] == [
+            ("system", "Answer briefly. Use tools."),
+            ("system", "Be kind."),
+            ("user", "Weather in Paris?"),
+            ("assistant", "Let me check."),
+            ("tool", "21 °C, sunny"),
+            ("assistant", "I cannot say more."),
+        ]
+        assert manager.messages[2].name == "alice"
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+        {"type": "text"},
+        {"type": "text", "text": 42},
+        "plain string part",
+    ],
+)
+async def test_parts_other_than_text_are_refused_naming_what_is_taken(tmp_path: Path, part: Any) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidMessageError) as caught:
+            await manager.add_messages(
+                [
+                    {"role": "assistant", "content": "Sure."},
+                    {"role": "user", "content": [*text_parts("What is this?"), part]},
+                ]
+            )
+        message = str(caught.value)
+        assert "messages[1].content[1]" in message
+        assert "text parts" in message and "images, audio and files" in message
+        assert [m.content for m in manager.messages] == ["Before"]  # nothing of the batch added
