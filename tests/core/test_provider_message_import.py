@@ -91,3 +91,60 @@ async def test_parts_other_than_text_are_refused_naming_what_is_taken(tmp_path: 
         assert "messages[1].content[1]" in message
         assert "text parts" in message and "images, audio and files" in message
         assert [m.content for m in manager.messages] == ["Before"]  # nothing of the batch added
+
+
+def long_text(chars: int) -> str:
+    words = [
+        "the",
+        "model",
+        "weighs",
+        "which",
+        "tool",
+        "answers",
+        "the",
+        "question",
+        "and",
+        "what",
+        "it",
+        "returns",
+    ]
+    text = " ".join(f"{words[i % len(words)]}{i % 7}" for i in range(chars // 5))
+    return text[:chars]
+
+
+async def test_long_thinking_and_call_arguments_are_counted_off_the_event_loop(tmp_path: Path) -> None:
+    """A message's content longer than ``OFF_LOOP_CHARS`` is counted in a worker thread; a thinking block of
+    a million characters (or tool call arguments as long) was counted on the loop: about 40 ms of the loop's
+    CPU per add. They are counted in the thread too; the loop is held well under 10 ms (best of 3 runs)."""
+    from tests.loop_support import longest_loop_step
+
+    text = long_text(1_000_000)
+    settings = config(tmp_path)
+    settings.max_tokens = 2_000_000
+    async with EnhancedContextManager(settings) as manager:
+        await manager.add_message("user", "Think hard.")
+        longest: dict[str, float] = {}
+        for attempt in range(3):
+            thinking = [{"type": "thinking", "thinking": f"{attempt} {text}", "signature": "EqQBsig=="}]
+            _, step = await longest_loop_step(
+                lambda thinking=thinking: manager.add_message("assistant", "Done.", thinking=thinking)
+            )
+            longest["add_message thinking"] = min(longest.get("add_message thinking", 1.0), step)
+            redacted = [{"type": "redacted_thinking", "data": f"{attempt} {text}"}]
+            batch = [
+                {"role": "user", "content": "Again."},
+                {"role": "assistant", "content": "Ok.", "thinking": redacted},
+            ]
+            _, step = await longest_loop_step(lambda batch=batch: manager.add_messages(batch))
+            longest["add_messages redacted"] = min(longest.get("add_messages redacted", 1.0), step)
+            call = {"id": f"call_{attempt}", "name": "write_file", "arguments": {"text": f"{attempt} {text}"}}
+            _, step = await longest_loop_step(
+                lambda call=call: manager.add_message("assistant", "", tool_calls=[call])
+            )
+            longest["add_message arguments"] = min(longest.get("add_message arguments", 1.0), step)
+            await manager.add_message("tool", "written", tool_call_id=f"call_{attempt}")
+        assert max(longest.values()) < 0.010, {
+            key: f"{value * 1000:.1f} ms" for key, value in longest.items()
+        }
+        exact = manager.context_window._counter  # the counts are the exact ones, wherever they were made
+        assert all(m.token_count == exact.count_message(m) for m in manager.messages)

@@ -161,6 +161,20 @@ def check_counter(counter: TokenCounter, field: str) -> None:
         )
 
 
+def _counted_chars(message: Message, *, content: bool = True) -> int:
+    """The characters counting ``message`` reads: its content, thinking text and tool call arguments.
+
+    What decides whether it is counted in a worker thread (beyond ``OFF_LOOP_CHARS``): a thinking block or
+    the arguments of a call can be as long as any content.
+    """
+    chars = len(message.content) if content else 0
+    for block in message.thinking:
+        chars += len(block.get("thinking") or block.get("data") or "")
+    for call in message.tool_calls:
+        chars += len(call.arguments_json())
+    return chars
+
+
 def _own(message: Message, tokens: int) -> Message:
     """``message`` with its token count set to ``tokens``: itself, or a copy if it holds another count.
 
@@ -993,7 +1007,9 @@ class ContextWindow:
                 raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
         elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
             return -1
-        if len(message.content) > OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
+        if len(message.content) > OFF_LOOP_CHARS or (  # counted in a thread, under the lock (keeps the order)
+            (message.thinking or message.tool_calls) and _counted_chars(message) > OFF_LOOP_CHARS
+        ):
             return -1
         tokens = self._counter.count_message(message)
         if self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
@@ -1039,7 +1055,10 @@ class ContextWindow:
             self._queued -= 1
         try:
             batch = self._check_batch(batch)
-            if sum(len(message.content) for message in batch) > OFF_LOOP_CHARS:
+            chars = sum(len(message.content) for message in batch)
+            if chars <= OFF_LOOP_CHARS:  # thinking and call arguments are counted too (a loop over few)
+                chars += sum(_counted_chars(m, content=False) for m in batch if m.thinking or m.tool_calls)
+            if chars > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
                 counts = [self._counter.count_message(message) for message in batch]
@@ -1169,7 +1188,7 @@ class ContextWindow:
         return record
 
     async def _count(self, message: Message) -> int:
-        if len(message.content) > OFF_LOOP_CHARS:
+        if _counted_chars(message) > OFF_LOOP_CHARS:
             return await asyncio.to_thread(self._counter.count_message, message)
         return self._counter.count_message(message)
 
