@@ -218,7 +218,7 @@ def _reassign_calls(message: Message, pending: dict[str, str], taken: Callable[[
     """
     own = {call.id for call in message.tool_calls}
     calls: list[ToolCall] = []
-    changed = False
+    renamed_ids: dict[str, str] = {}
     for call in message.tool_calls:
         call_id = call.id
         waiting = call_id if call_id in pending else _renamed_from(call_id, pending)
@@ -235,10 +235,20 @@ def _reassign_calls(message: Message, pending: dict[str, str], taken: Callable[[
                 number += 1
             renamed = f"{call_id}~{number}"
             own.add(renamed)
+            renamed_ids[call_id] = renamed
             call = ToolCall(renamed, call.name, call.arguments)
-            changed = True
         calls.append(call)
-    return dataclasses.replace(message, tool_calls=tuple(calls)) if changed else message
+    if not renamed_ids:
+        return message
+    thinking = message.thinking
+    if any(block["type"] == "tool_use" for block in thinking):  # the places of calls (interleaved thinking)
+        thinking = tuple(
+            {"type": "tool_use", "id": renamed_ids.get(block["id"], block["id"])}
+            if block["type"] == "tool_use"
+            else block
+            for block in thinking
+        )
+    return dataclasses.replace(message, tool_calls=tuple(calls), thinking=thinking)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,9 @@
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
   user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
-  consecutive messages of one role merged into one turn.
+  consecutive messages of one role merged into one turn (but two assistant messages that both hold
+  thinking: a user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` between them), thinking blocks first in
+  their turn or, interleaved with the calls, in the response's order (see :attr:`Message.thinking`).
 * :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
   assistant message, or of an Anthropic response.
 
@@ -437,22 +439,46 @@ def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, st
             block["is_error"] = True
         return [block]
     # extended thinking: the turn's thinking blocks come first, as sent (the API checks their signatures)
-    blocks: list[dict[str, Any]] = [dict(block) for block in message.thinking] if message.thinking else []
+    thinking = message.thinking
+    blocks: list[dict[str, Any]] = []
+    text_block: list[dict[str, Any]] = []
     if message.content.strip():
         text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
-        blocks.append({"type": "text", "text": text})
+        text_block.append({"type": "text", "text": text})
     elif not message.tool_calls:
         return []  # nothing but thinking (the text blank, the calls pending): no turn of thinking alone
-    for call in message.tool_calls:
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": ids.get(call.id, call.id),
-                "name": names.get(call.name, call.name),
-                "input": json_copy(call.arguments),
-            }
-        )
+    calls = message.tool_calls
+    if thinking and any(block["type"] == "tool_use" for block in thinking):
+        # interleaved thinking: the calls made before a thinking block go back to their places (the API
+        # refuses the blocks of a tool-use turn rearranged); the text goes before the first call
+        by_id = {call.id: call for call in calls}
+        placed: set[str] = set()
+        for block in thinking:
+            if block["type"] != "tool_use":
+                blocks.append(dict(block))
+                continue
+            call = by_id.get(block["id"])
+            if call is not None and call.id not in placed:  # a call left out (pending): no place
+                if text_block:
+                    blocks.append(text_block.pop())
+                placed.add(call.id)
+                blocks.append(_tool_use_block(call, ids, names))
+        blocks.extend(text_block)
+        calls = tuple(call for call in calls if call.id not in placed)
+    else:
+        blocks.extend(dict(block) for block in thinking)
+        blocks.extend(text_block)
+    blocks.extend(_tool_use_block(call, ids, names) for call in calls)
     return blocks
+
+
+def _tool_use_block(call: ToolCall, ids: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": ids.get(call.id, call.id),
+        "name": names.get(call.name, call.name),
+        "input": json_copy(call.arguments),
+    }
 
 
 def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
@@ -465,7 +491,10 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
     whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both). A
     ``tool_use`` id or name the API refuses is exported made valid, the same id in its ``tool_result`` (see
-    the module docstring).
+    the module docstring). A message's thinking blocks open its turn (interleaved with its calls: in the
+    response's order); two assistant messages in a row that both hold thinking stay two turns, a user turn
+    of :data:`ANTHROPIC_CONTINUATION_TEXT` between them (one turn would hold a run of thinking no response
+    made, which the API refuses in a tool-use turn).
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -497,15 +526,18 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
             continue
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+        if turns and turns[-1]["role"] == role and message.thinking and _has_thinking(turns[-1]["content"]):
+            # two responses' thinking in one turn would be a run of thinking no response made (the API
+            # takes each response's blocks unmodified): a user turn keeps them two assistant turns
+            turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
         if turns and turns[-1]["role"] == role:
             if message.thinking:  # an assistant turn must start with its thinking: before earlier text
                 content = turns[-1]["content"]
-                at = 0
-                while at < len(content) and content[at]["type"] in _THINKING_BLOCK_TYPES:
-                    at += 1
-                thinking = len(message.thinking)
-                content[at:at] = blocks[:thinking]
-                content.extend(blocks[thinking:])
+                leading = 0
+                while leading < len(blocks) and blocks[leading]["type"] in _THINKING_BLOCK_TYPES:
+                    leading += 1
+                content[0:0] = blocks[:leading]  # the turn holds no thinking yet (see above)
+                content.extend(blocks[leading:])
             else:
                 turns[-1]["content"].extend(blocks)
         else:
@@ -517,6 +549,10 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         body["system"] = "\n\n".join(system_parts)
     body["messages"] = turns
     return body
+
+
+def _has_thinking(blocks: list[dict[str, Any]]) -> bool:
+    return any(block["type"] in _THINKING_BLOCK_TYPES for block in blocks)
 
 
 def _repeated_call_ids(messages: Sequence[Message]) -> set[str]:
