@@ -148,3 +148,58 @@ async def test_long_thinking_and_call_arguments_are_counted_off_the_event_loop(t
         }
         exact = manager.context_window._counter  # the counts are the exact ones, wherever they were made
         assert all(m.token_count == exact.count_message(m) for m in manager.messages)
+
+
+def search_model_response() -> Any:
+    """A Chat Completions response of a search model: its message carries ``url_citation`` annotations."""
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-search-preview",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Paris is 21 °C today (meteo.fr).",
+                        "refusal": None,
+                        "annotations": [
+                            {
+                                "type": "url_citation",
+                                "url_citation": {
+                                    "start_index": 20,
+                                    "end_index": 31,
+                                    "title": "Météo Paris",
+                                    "url": "https://meteo.fr/paris",
+                                },
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    )
+
+
+async def test_a_response_message_with_url_citations_goes_in_as_its_text(tmp_path: Path) -> None:
+    """A search model's message carries ``annotations`` (url citations): output only, the API takes none
+    back (``ChatCompletionAssistantMessageParam`` has no such field; the Responses import already leaves
+    its ``output_text`` annotations out). The message, its SDK object or its dump, was refused whole."""
+    message = search_model_response().choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        assert await manager.add_messages([message.model_dump()]) == 1
+        assert await manager.add_messages([message.model_dump(exclude_none=True)]) == 1
+        texts = [m.content for m in manager.messages[1:]]
+        assert texts == ["Paris is 21 °C today (meteo.fr)."] * 3
+        assert all(not m.metadata for m in manager.messages)
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)

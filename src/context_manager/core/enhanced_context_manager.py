@@ -644,11 +644,11 @@ class EnhancedContextManager:
                 ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``,
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
-                ``refusal``, ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is
-                the text). A Chat Completions ``content`` of text parts (``[{"type": "text", "text":
-                ...}]``, any role) is their text joined; image, audio and file parts are refused (the
-                window keeps text). The ``"openai_responses"`` export's items go in too (see
-                :meth:`get_context`).
+                ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
+                citations no request takes back; a refusal is the text). A Chat Completions
+                ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their text
+                joined; image, audio and file parts are refused (the window keeps text). The
+                ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
 
         Returns:
             How many messages were added.
@@ -1551,7 +1551,9 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
     return {
         key: value
         for key, value in options.items()
-        if key not in _OPENAI_RESPONSE_FIELDS or value  # None, [], "" and {}: not used
+        # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
+        # which no request takes back (the Responses API import leaves its text parts' out too)
+        if key not in _OPENAI_RESPONSE_FIELDS or (value and key != "annotations")
     }
 
 
@@ -1561,7 +1563,8 @@ def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Mes
     An assistant message with tool calls may have ``None`` content, as the Chat Completions format (our
     OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text. The SDK's
     dump of an assistant message also carries ``refusal``, ``annotations``, ``audio`` and
-    ``function_call``: ignored when empty; a refusal with no content is the message's text. Any other
+    ``function_call``: ignored when empty; a refusal with no content is the message's text; annotations
+    (url citations) are ignored whatever they hold: output only, no request takes them back. Any other
     value of them is refused as an unknown keyword (the window has nowhere to keep it).
     """
     if options and not _MESSAGE_OPTIONS.issuperset(options):
