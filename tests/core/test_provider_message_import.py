@@ -203,3 +203,183 @@ async def test_a_response_message_with_url_citations_goes_in_as_its_text(tmp_pat
         exported = manager.get_context("openai")
         assert openai_violations(exported) == []
         chat_completions_input(exported)
+
+
+def anthropic_response(content: list[dict[str, Any]], stop_reason: str = "tool_use") -> Any:
+    """An Anthropic SDK ``Message`` (what ``client.messages.create`` returns), its blocks SDK objects."""
+    from anthropic.types import Message as AnthropicMessage
+
+    return AnthropicMessage.model_validate(
+        {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 20},
+            "content": content,
+        }
+    )
+
+
+THINKING_1 = {"type": "thinking", "thinking": "Two lookups.", "signature": "EqQBsig1=="}
+THINKING_2 = {"type": "thinking", "thinking": "Now the clock.", "signature": "EqQBsig2=="}
+REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
+CALLING = [
+    THINKING_1,
+    {"type": "text", "text": "Let me check both."},
+    {"type": "tool_use", "id": "toolu_01A", "name": "weather", "input": {"city": "Paris"}},
+    THINKING_2,
+    REDACTED,
+    {"type": "tool_use", "id": "toolu_01B", "name": "clock", "input": {"city": "Tokyo"}},
+]
+RESULTS = [
+    {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "21 °C"},
+    {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01B",
+        "content": [{"type": "text", "text": "clock "}, {"type": "text", "text": "offline"}],
+        "is_error": True,
+    },
+]
+
+
+def anthropic_history() -> list[Any]:
+    """An Anthropic agent loop's ``messages`` as its docs build it: ``response.content`` (SDK block objects)
+    appended as the assistant turn, the results as a user turn of ``tool_result`` blocks."""
+    calling = anthropic_response(CALLING)
+    final = anthropic_response([{"type": "text", "text": "Paris: 21 °C; the clock is offline."}], "end_turn")
+    return [
+        {"role": "user", "content": "Weather in Paris and time in Tokyo?"},
+        {"role": "assistant", "content": calling.content},
+        {"role": "user", "content": RESULTS},
+        {"role": "assistant", "content": final.content},
+    ]
+
+
+def anthropic_accepts(body: dict[str, Any]) -> None:
+    """The Anthropic SDK's own type of ``messages.create(messages=...)`` takes the turns."""
+    from anthropic.types import MessageParam
+
+    TypeAdapter(list[MessageParam]).validate_python(body["messages"])
+
+
+async def test_an_anthropic_history_goes_in_and_comes_back_out_as_it_was(tmp_path: Path) -> None:
+    """``add_messages`` took Chat Completions and Responses API history, but refused Anthropic's (``content``
+    a list of blocks: "content: got [ThinkingBlock(...), ...]; allowed a str"). A turn's text blocks are its
+    text, ``tool_use`` blocks its calls, ``thinking`` blocks its thinking (interleaved: in place), and a
+    user turn's ``tool_result`` blocks tool messages (``is_error`` kept); the Anthropic export gives the
+    turns back."""
+    from tests.provider_rules import anthropic_violations
+
+    history = anthropic_history()
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 5
+        messages = manager.messages
+        assert [(m.role.value, m.content) for m in messages] == [
+            ("user", "Weather in Paris and time in Tokyo?"),
+            ("assistant", "Let me check both."),
+            ("tool", "21 °C"),
+            ("tool", "clock offline"),
+            ("assistant", "Paris: 21 °C; the clock is offline."),
+        ]
+        assert [call.id for call in messages[1].tool_calls] == ["toolu_01A", "toolu_01B"]
+        assert messages[3].metadata == {"is_error": True}
+        body = manager.get_context(format="anthropic")
+        assert anthropic_violations(body) == []
+        anthropic_accepts(body)
+        assert body["messages"][1]["content"] == CALLING  # the response's blocks, in its order
+        assert body["messages"][2]["content"] == [
+            RESULTS[0],
+            {"type": "tool_result", "tool_use_id": "toolu_01B", "content": "clock offline", "is_error": True},
+        ]
+        assert openai_violations(manager.get_context("openai")) == []
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:  # the export goes back in
+        assert await again.add_messages(body["messages"]) == 5
+        assert again.get_context(format="anthropic") == body
+
+
+async def test_an_anthropic_response_object_goes_in_as_its_assistant_turn(tmp_path: Path) -> None:
+    response = anthropic_response(CALLING)
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris and time in Tokyo?")
+        assert await manager.add_messages([response]) == 1
+        assert await manager.add_messages([{"role": "user", "content": RESULTS}]) == 2
+        turns = manager.get_context(format="anthropic")["messages"]
+        assert turns[1] == {"role": "assistant", "content": CALLING}
+
+
+@pytest.mark.parametrize(
+    ("turn", "where"),
+    [
+        (
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            },
+            "messages[1].content[0]",
+        ),
+        (
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_01A",
+                        "content": [{"type": "image", "source": {"type": "base64", "data": "iVBO"}}],
+                    }
+                ],
+            },
+            "messages[1].content[0].content[0]",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+                    {"type": "text", "text": "Found it."},
+                ],
+            },
+            "messages[1].content[0]",
+        ),
+    ],
+)
+async def test_anthropic_blocks_the_window_cannot_hold_are_refused_naming_them(
+    tmp_path: Path, turn: dict[str, Any], where: str
+) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidMessageError) as caught:
+            await manager.add_messages([{"role": "assistant", "content": "Sure."}, turn])
+        assert where in str(caught.value)
+        assert [m.content for m in manager.messages] == ["Before"]
+
+
+async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp_path: Path) -> None:
+    """The Anthropic export puts a user turn of ``ANTHROPIC_CONTINUATION_TEXT`` before an assistant turn
+    that would come first, or between two responses with thinking; read back, it is not a user message."""
+    from context_manager.core.provider_formats import ANTHROPIC_CONTINUATION_TEXT
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("assistant", "Hello, how can I help?")
+        await manager.add_message("user", "Weather?")
+        await manager.add_message("assistant", "Probably sunny.", thinking=[THINKING_1])
+        await manager.add_message("assistant", "Checking is better.", thinking=[THINKING_2])
+        body = manager.get_context(format="anthropic")
+        fillers = [
+            turn for turn in body["messages"] if turn["content"][0].get("text") == ANTHROPIC_CONTINUATION_TEXT
+        ]
+        assert len(fillers) == 2
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert await again.add_messages(body["messages"]) == 4
+        assert [m.content for m in again.messages] == [
+            "Hello, how can I help?",
+            "Weather?",
+            "Probably sunny.",
+            "Checking is better.",
+        ]
+        assert again.get_context(format="anthropic") == body

@@ -63,7 +63,9 @@ from context_manager.core.provider_formats import (
     FORMATS,
     SupportsModelDump,
     chat_completions_text,
+    is_anthropic_message,
     is_openai_responses_item,
+    messages_from_anthropic,
     messages_from_openai_responses,
     to_provider_format,
 )
@@ -648,7 +650,10 @@ class EnhancedContextManager:
                 citations no request takes back; a refusal is the text). A Chat Completions
                 ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their text
                 joined; image, audio and file parts are refused (the window keeps text). The
-                ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
+                ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
+                turns: ``{"role", "content": [blocks]}`` (``response.content``, the SDK's objects or
+                dicts; the response itself), the ``"anthropic"`` export's ``messages`` (see
+                :func:`~context_manager.core.provider_formats.messages_from_anthropic`).
 
         Returns:
             How many messages were added.
@@ -674,6 +679,8 @@ class EnhancedContextManager:
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        if any(is_anthropic_message(item) for item in messages):  # Anthropic turns: content blocks
+            messages = messages_from_anthropic(messages)
         if any(is_openai_responses_item(item) for item in messages):
             messages = messages_from_openai_responses(messages)
         built = []

@@ -421,6 +421,164 @@ def chat_completions_text(content: Sequence[Any], field: str) -> str:
     return "".join(texts)
 
 
+_ANTHROPIC_ONLY_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking"})
+_ANTHROPIC_BLOCKS = (
+    "Anthropic content blocks the window holds: text, tool_use, thinking and redacted_thinking on an "
+    "assistant turn, text and tool_result (of text) on a user turn; images, documents and server tool "
+    "blocks are refused"
+)
+
+
+def _as_block(part: Any) -> Any:
+    """A content block as a dict: an SDK object's dump (without its unset fields), a dict as it is."""
+    if not isinstance(part, Mapping) and callable(getattr(part, "model_dump", None)):
+        return part.model_dump(exclude_none=True)
+    return part
+
+
+def is_anthropic_message(item: Any) -> bool:
+    """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
+
+    A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block, or an SDK
+    block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects).
+    """
+    if isinstance(item, Mapping):
+        if "type" in item and item["type"] != "message":
+            return False
+        content = item.get("content")
+    elif getattr(item, "type", None) == "message" and callable(getattr(item, "model_dump", None)):
+        content = getattr(item, "content", None)
+    else:
+        return False
+    if not isinstance(content, list):
+        return False
+    if content == _FILLER_CONTENT:  # the user turn the Anthropic export inserts: left out
+        return True
+    for part in content:
+        if isinstance(part, Mapping):
+            if part.get("type") in _ANTHROPIC_ONLY_BLOCKS:
+                return True
+        elif getattr(part, "type", None) in _ANTHROPIC_BLOCK_TYPES:  # an SDK block object (TextBlock ...)
+            return True
+    return False
+
+
+_ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
+_FILLER_CONTENT = [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]
+_ANTHROPIC_RESPONSE_FIELDS = frozenset(
+    {"id", "type", "model", "stop_reason", "stop_sequence", "usage", "container", "context_management"}
+)
+
+
+def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
+    """Read the Anthropic turns of ``items`` as ``add_messages`` dicts; pass the other items through.
+
+    An assistant turn (a dict ``{"role", "content": [blocks]}``, its blocks dicts or the SDK's objects, or
+    the SDK's response ``Message``) is one assistant message: its text blocks joined are the text, its
+    ``tool_use`` blocks the calls, its thinking blocks the thinking (interleaved with the calls: in place,
+    see :attr:`Message.thinking`). A user turn's ``tool_result`` blocks are tool messages (the text of
+    their content; ``is_error`` as ``metadata={"is_error": True}``, which the export sends back), then
+    its text blocks one user message. A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the
+    export inserts) is left out. Other keys of a dict turn (``priority``, ``metadata`` ...) go to its
+    message as ``add_message``'s options; a response's own fields (``id``, ``usage`` ...) are left out.
+
+    Raises:
+        InvalidMessageError: a block the window cannot hold (an image, a document, a server tool's
+            blocks, thinking on a user turn).
+    """
+    converted: list[Any] = []
+    for position, item in enumerate(items):
+        if not is_anthropic_message(item):
+            converted.append(item)
+            continue
+        if isinstance(item, Mapping):
+            turn = dict(item)
+        else:  # the SDK's response Message: its turn, not the response's fields
+            turn = item.model_dump(exclude_none=True)
+            for key in _ANTHROPIC_RESPONSE_FIELDS:
+                turn.pop(key, None)
+        turn.pop("type", None)
+        blocks = [_as_block(part) for part in turn.pop("content")]
+        role = turn.pop("role", None)
+        field = f"messages[{position}].content"
+        if role == "assistant":
+            converted.append(_anthropic_assistant(blocks, field, turn))
+        elif role == "user":
+            converted.extend(_anthropic_user(blocks, field, turn))
+        else:
+            raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
+    return converted
+
+
+def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any]) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    thinking = False
+    for index, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(
+                {
+                    "type": "tool_use",
+                    "id": block.get("id"),
+                    "name": block.get("name"),
+                    "input": block.get("input"),
+                }
+            )
+        elif kind in _THINKING_BLOCK_TYPES:
+            thinking = True
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
+    message: dict[str, Any] = {**options, "role": "assistant", "content": "".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+    if thinking:
+        message["thinking"] = blocks  # its thinking blocks, and the places of the calls between them
+    return message
+
+
+def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for index, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_result":
+            content = block.get("content", "")
+            if isinstance(content, list):
+                parts = [_as_block(part) for part in content]
+                for at, part in enumerate(parts):
+                    if not (isinstance(part, Mapping) and part.get("type") == "text"):
+                        raise InvalidMessageError(f"{field}[{index}].content[{at}]", part, _ANTHROPIC_BLOCKS)
+                content = chat_completions_text(parts, f"{field}[{index}].content")
+            result: dict[str, Any] = {
+                "role": "tool",
+                "tool_call_id": block.get("tool_use_id"),
+                "content": content,
+            }
+            if block.get("is_error") is True:
+                result["metadata"] = {"is_error": True}
+            messages.append(result)
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
+    text = "".join(texts)
+    if texts and (messages or options or text != ANTHROPIC_CONTINUATION_TEXT):  # not the export's filler
+        messages.append({**options, "role": "user", "content": text})
+    elif options:  # a turn of results alone: its options go to each of them
+        messages = [_with_options(message, options) for message in messages]
+    return messages
+
+
+def _with_options(message: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    merged = {**options, **message}
+    if isinstance(options.get("metadata"), Mapping) and "metadata" in message:
+        merged["metadata"] = {**options["metadata"], **message["metadata"]}
+    return merged
+
+
 def _is_error_result(message: Message) -> bool:
     flag = message.metadata.get("is_error")
     return flag is True
