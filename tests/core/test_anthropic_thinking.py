@@ -392,3 +392,39 @@ async def test_two_responses_with_thinking_in_a_row_stay_two_assistant_turns() -
         "tool_use",
     ]
     assert anthropic_violations(to_anthropic_messages(window.messages)) == []
+
+
+async def test_execute_tool_calls_keeps_interleaved_thinking_in_place(tmp_path: Path) -> None:
+    """The documented loop with interleaved thinking, calls made again by id in a later turn (renamed in
+    the window): each turn goes back as its response sent it; the same thinking given again for calls
+    already in the window is taken (it is their message's)."""
+
+    async def weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    async def clock(city: str) -> str:
+        return f"09:00 in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        manager.tool_manager.register_function_tool("clock", clock, "The time in a city.")
+        content = interleaved_content()
+        for turn in range(2):
+            await manager.add_message("user", f"Weather in Paris and time in Tokyo? ({turn})")
+            if turn:  # the calls added first, then run with the thinking given again
+                await manager.add_message(
+                    "assistant", "Let me check both.", tool_calls=tool_uses(content), thinking=content
+                )
+            results = await manager.execute_tool_calls(
+                tool_uses(content), content="Let me check both.", thinking=content
+            )
+            assert all(result.success for result in results), results
+        body = manager.get_context(format="anthropic")
+        assert anthropic_violations(body) == []
+        for at in (1, 3):
+            blocks = body["messages"][at]["content"]
+            assert [block["type"] for block in blocks] == [block["type"] for block in content]
+            assert [block for block in blocks if block["type"] != "tool_use"] == [
+                block for block in content if block["type"] != "tool_use"
+            ]

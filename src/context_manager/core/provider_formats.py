@@ -465,9 +465,6 @@ def is_anthropic_message(item: Any) -> bool:
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
 _FILLER_CONTENT = [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]
-_ANTHROPIC_RESPONSE_FIELDS = frozenset(
-    {"id", "type", "model", "stop_reason", "stop_sequence", "usage", "container", "context_management"}
-)
 
 
 def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
@@ -493,10 +490,9 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
             continue
         if isinstance(item, Mapping):
             turn = dict(item)
-        else:  # the SDK's response Message: its turn, not the response's fields
-            turn = item.model_dump(exclude_none=True)
-            for key in _ANTHROPIC_RESPONSE_FIELDS:
-                turn.pop(key, None)
+        else:  # the SDK's response Message: its turn, not the response's fields (id, usage ...)
+            dumped = item.model_dump(exclude_none=True)
+            turn = {"role": dumped.get("role"), "content": dumped.get("content")}
         turn.pop("type", None)
         blocks = [_as_block(part) for part in turn.pop("content")]
         role = turn.pop("role", None)
