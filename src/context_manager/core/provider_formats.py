@@ -442,6 +442,8 @@ def is_anthropic_message(item: Any) -> bool:
     A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block, or an SDK
     block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects).
     """
+    if type(item) is dict and type(item.get("content")) is str:  # the common case, quickly: text
+        return False
     if isinstance(item, Mapping):
         if "type" in item and item["type"] != "message":
             return False
