@@ -297,3 +297,134 @@ async def test_thinking_counts_against_the_budget_with_a_user_s_own_counter(tmp_
             await manager.add_message("tool", "sunny", tool_call_id=f"toolu_{turn:02d}")
             assert manager.get_context_summary()["token_count"] <= 600
         assert manager.get_context_summary()["compression_count"] >= 1
+
+
+SECOND_THINKING = {
+    "type": "thinking",
+    "thinking": "Now the time in Tokyo.",
+    "signature": "EqQBCkYIAxgCIkD+two==",
+}
+
+
+def interleaved_content() -> list[dict[str, Any]]:
+    """``response.content`` of a Claude response with interleaved thinking: thinking between two calls."""
+    return [
+        THINKING,
+        {"type": "text", "text": "Let me check both."},
+        {"type": "tool_use", "id": "toolu_01A", "name": "weather", "input": {"city": "Paris"}},
+        SECOND_THINKING,
+        REDACTED,
+        {"type": "tool_use", "id": "toolu_01B", "name": "clock", "input": {"city": "Tokyo"}},
+    ]
+
+
+async def test_interleaved_thinking_keeps_its_order_in_the_anthropic_export(tmp_path: Path) -> None:
+    """Thinking, a call, thinking, a call in one response: the export sent all the thinking first
+    (``[thinking, thinking, redacted, text, tool_use, tool_use]``), rearranging the blocks the API requires
+    back unmodified in the turn of a tool-use loop. The turn is sent in the response's order now, also
+    after the conversation is read back from its store."""
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    content = interleaved_content()
+    async with EnhancedContextManager(config, conversation_id="interleaved") as manager:
+        await manager.add_message("user", "Weather in Paris and time in Tokyo?")
+        await manager.add_message(
+            "assistant", "Let me check both.", tool_calls=tool_uses(content), thinking=content
+        )
+        await manager.add_message("tool", "21 °C", tool_call_id="toolu_01A")
+        await manager.add_message("tool", "09:00", tool_call_id="toolu_01B")
+        body = manager.get_context(format="anthropic")
+        assert body["messages"][1]["content"] == content  # the response's blocks, as sent
+        assert anthropic_violations(body) == []
+        assert openai_violations(manager.get_context()) == []
+        tokens = manager.get_context_summary()["token_count"]
+    async with EnhancedContextManager(config, conversation_id="interleaved") as again:
+        assert again.get_context(format="anthropic") == body
+        assert again.get_context_summary()["token_count"] == tokens
+
+
+async def test_interleaved_thinking_survives_call_ids_made_again() -> None:
+    """A server numbering calls per response (``call_0`` every turn) has the window rename the later
+    calls; their places between the thinking blocks follow them."""
+    window = ContextWindow(max_tokens=8000)
+    for turn in range(2):
+        content = [
+            THINKING,
+            {"type": "tool_use", "id": "call_0", "name": "weather", "input": {"turn": turn}},
+            SECOND_THINKING,
+            {"type": "tool_use", "id": "call_1", "name": "clock", "input": {"turn": turn}},
+        ]
+        await window.add(Message.create("user", f"Question {turn}"))
+        await window.add(Message.create("assistant", "", tool_calls=tool_uses(content), thinking=content))
+        await window.add(Message.create("tool", "sunny", tool_call_id="call_0"))
+        await window.add(Message.create("tool", "09:00", tool_call_id="call_1"))
+    body = to_anthropic_messages(window.messages)
+    assert anthropic_violations(body) == []
+    for turn in (1, 3):
+        blocks = body["messages"][turn]["content"]
+        assert [block["type"] for block in blocks] == ["thinking", "tool_use", "thinking", "tool_use"]
+        assert [block["name"] for block in blocks if block["type"] == "tool_use"] == ["weather", "clock"]
+        assert blocks[0] == THINKING and blocks[2] == SECOND_THINKING
+
+
+async def test_two_responses_with_thinking_in_a_row_stay_two_assistant_turns() -> None:
+    """Two assistant messages in a row merge into one turn; when both hold thinking (two responses), the
+    turn carried two responses' thinking as one run (``[thinking, thinking, text, text, tool_use]``), a
+    sequence no response made. A user turn of ``ANTHROPIC_CONTINUATION_TEXT`` separates them now, each
+    turn as its response sent it."""
+    from context_manager.core.provider_formats import ANTHROPIC_CONTINUATION_TEXT
+
+    window = ContextWindow(max_tokens=8000)
+    await window.add(Message.create("user", "Weather in Paris?"))
+    await window.add(Message.create("assistant", "It is probably sunny.", thinking=[THINKING]))
+    call = ToolCall("toolu_01C", "weather", {"city": "Paris"})
+    await window.add(
+        Message.create("assistant", "Let me check.", tool_calls=[call], thinking=[SECOND_THINKING, REDACTED])
+    )
+    await window.add(Message.create("tool", "21 °C", tool_call_id="toolu_01C"))
+    turns = to_anthropic_messages(window.messages)["messages"]
+    assert [turn["role"] for turn in turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[1]["content"] == [THINKING, {"type": "text", "text": "It is probably sunny."}]
+    assert turns[2]["content"] == [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]
+    assert [block["type"] for block in turns[3]["content"]] == [
+        "thinking",
+        "redacted_thinking",
+        "text",
+        "tool_use",
+    ]
+    assert anthropic_violations(to_anthropic_messages(window.messages)) == []
+
+
+async def test_execute_tool_calls_keeps_interleaved_thinking_in_place(tmp_path: Path) -> None:
+    """The documented loop with interleaved thinking, calls made again by id in a later turn (renamed in
+    the window): each turn goes back as its response sent it; the same thinking given again for calls
+    already in the window is taken (it is their message's)."""
+
+    async def weather(city: str) -> str:
+        return f"sunny in {city}"
+
+    async def clock(city: str) -> str:
+        return f"09:00 in {city}"
+
+    config = ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+    async with EnhancedContextManager(config) as manager:
+        manager.tool_manager.register_function_tool("weather", weather, "The weather of a city.")
+        manager.tool_manager.register_function_tool("clock", clock, "The time in a city.")
+        content = interleaved_content()
+        for turn in range(2):
+            await manager.add_message("user", f"Weather in Paris and time in Tokyo? ({turn})")
+            if turn:  # the calls added first, then run with the thinking given again
+                await manager.add_message(
+                    "assistant", "Let me check both.", tool_calls=tool_uses(content), thinking=content
+                )
+            results = await manager.execute_tool_calls(
+                tool_uses(content), content="Let me check both.", thinking=content
+            )
+            assert all(result.success for result in results), results
+        body = manager.get_context(format="anthropic")
+        assert anthropic_violations(body) == []
+        for at in (1, 3):
+            blocks = body["messages"][at]["content"]
+            assert [block["type"] for block in blocks] == [block["type"] for block in content]
+            assert [block for block in blocks if block["type"] != "tool_use"] == [
+                block for block in content if block["type"] != "tool_use"
+            ]

@@ -841,8 +841,8 @@ async def test_add_messages_takes_the_openai_sdks_dump_of_a_response_message(tmp
         assert manager.messages[1].tool_calls[0].arguments == {"a": 2, "b": 2}
         await manager.add_message(**answered.model_dump())
         before = state(manager)
-        with pytest.raises(InvalidArgumentError, match="annotations: got .*; allowed one of metadata"):
-            await manager.add_message("assistant", "cited", annotations=[{"type": "url_citation"}])
+        with pytest.raises(InvalidArgumentError, match="audio: got .*; allowed one of metadata"):
+            await manager.add_message("assistant", "spoken", audio={"id": "audio_1"})  # nowhere to keep it
         assert state(manager) == before
 
 

@@ -123,7 +123,18 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         if any(call.id in waiting for call in calls):
             return None  # the server would not reuse the id of a call still waiting (refusal: see "again")
         pending.extend(call.id for call in calls)
-        return Message.create("assistant", "", tool_calls=calls, priority=priority, pinned=pinned)
+        thinking = None
+        if seed % 4 == 0:  # interleaved thinking: a thinking block before each call (their ids made again)
+            thinking = []
+            for number, call in enumerate(calls):
+                thinking.append(thinking_block(f"{seed}-{model.numbers}-{number}"))
+                thinking.append(
+                    {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+                )
+            model.numbers += 1
+        return Message.create(
+            "assistant", "", tool_calls=calls, priority=priority, pinned=pinned, thinking=thinking
+        )
     if kind == "calls":
         calls = []
         for _ in range(1 + seed % 3):
@@ -147,7 +158,36 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         return Message.create(
             "tool", content, tool_call_id=call_id, priority=priority, pinned=pinned, metadata=metadata
         )
+    if kind == "assistant" and seed % 3 == 0:  # a response with thinking (two in a row: two turns)
+        model.numbers += 1
+        thinking = [thinking_block(f"{seed}-{model.numbers}")]
+        return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned, thinking=thinking)
     return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned)
+
+
+def thinking_block(name: str) -> dict[str, str]:
+    return {"type": "thinking", "thinking": f"thinking {name}", "signature": f"sig-{name}"}
+
+
+def check_thinking(
+    messages: list[Message] | tuple[Message, ...], anthropic: dict[str, object], pending: frozenset[str]
+) -> None:
+    """Each message's thinking goes out whole, in order, the calls between its blocks where they were made."""
+    turns: list[dict[str, list[dict[str, object]]]] = anthropic["messages"]  # type: ignore[assignment]
+    exported = [block for turn in turns for block in turn["content"]]
+    signatures = [block["signature"] for block in exported if block["type"] == "thinking"]
+    for message in messages:
+        own = [block["signature"] for block in message.thinking if block["type"] == "thinking"]
+        if not own or own[0] not in signatures:
+            continue  # not exported (its calls wait for their results)
+        at = signatures.index(own[0])
+        assert signatures[at : at + len(own)] == own, (own, signatures)
+        if any(block["type"] == "tool_use" for block in message.thinking) and all(
+            call.id not in pending for call in message.tool_calls
+        ):  # (a call still waiting is left out, and its place with it)
+            start = next(i for i, b in enumerate(exported) if b.get("signature") == own[0])
+            kinds = [b["type"] for b in exported[start:] if b["type"] != "text"][: len(message.thinking)]
+            assert kinds == [block["type"] for block in message.thinking], (kinds, message.thinking)
 
 
 async def check_exports(messages: list[Message] | tuple[Message, ...], pending: frozenset[str]) -> None:
@@ -155,6 +195,7 @@ async def check_exports(messages: list[Message] | tuple[Message, ...], pending: 
     anthropic = to_anthropic_messages(messages)
     assert openai_violations(openai) == [], openai
     assert anthropic_violations(anthropic) == [], anthropic
+    check_thinking(messages, anthropic, pending)
     await check_round_trip(openai)
     # Nothing is left out but calls still waiting for their result (and their message if it has no text).
     exported_results = {m["tool_call_id"] for m in openai if m["role"] == "tool"}

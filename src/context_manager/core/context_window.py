@@ -161,6 +161,20 @@ def check_counter(counter: TokenCounter, field: str) -> None:
         )
 
 
+def _counted_chars(message: Message, *, content: bool = True) -> int:
+    """The characters counting ``message`` reads: its content, thinking text and tool call arguments.
+
+    What decides whether it is counted in a worker thread (beyond ``OFF_LOOP_CHARS``): a thinking block or
+    the arguments of a call can be as long as any content.
+    """
+    chars = len(message.content) if content else 0
+    for block in message.thinking:
+        chars += len(block.get("thinking") or block.get("data") or "")
+    for call in message.tool_calls:
+        chars += len(call.arguments_json())
+    return chars
+
+
 def _own(message: Message, tokens: int) -> Message:
     """``message`` with its token count set to ``tokens``: itself, or a copy if it holds another count.
 
@@ -204,7 +218,7 @@ def _reassign_calls(message: Message, pending: dict[str, str], taken: Callable[[
     """
     own = {call.id for call in message.tool_calls}
     calls: list[ToolCall] = []
-    changed = False
+    renamed_ids: dict[str, str] = {}
     for call in message.tool_calls:
         call_id = call.id
         waiting = call_id if call_id in pending else _renamed_from(call_id, pending)
@@ -221,10 +235,20 @@ def _reassign_calls(message: Message, pending: dict[str, str], taken: Callable[[
                 number += 1
             renamed = f"{call_id}~{number}"
             own.add(renamed)
+            renamed_ids[call_id] = renamed
             call = ToolCall(renamed, call.name, call.arguments)
-            changed = True
         calls.append(call)
-    return dataclasses.replace(message, tool_calls=tuple(calls)) if changed else message
+    if not renamed_ids:
+        return message
+    thinking = message.thinking
+    if any(block["type"] == "tool_use" for block in thinking):  # the places of calls (interleaved thinking)
+        thinking = tuple(
+            {"type": "tool_use", "id": renamed_ids.get(block["id"], block["id"])}
+            if block["type"] == "tool_use"
+            else block
+            for block in thinking
+        )
+    return dataclasses.replace(message, tool_calls=tuple(calls), thinking=thinking)
 
 
 @dataclass(slots=True)
@@ -993,7 +1017,9 @@ class ContextWindow:
                 raise InvalidArgumentError("message.id", message.id, "an id not already in the window")
         elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
             return -1
-        if len(message.content) > OFF_LOOP_CHARS:  # counted in a thread, under the lock (keeps the order)
+        if len(message.content) > OFF_LOOP_CHARS or (  # counted in a thread, under the lock (keeps the order)
+            (message.thinking or message.tool_calls) and _counted_chars(message) > OFF_LOOP_CHARS
+        ):
             return -1
         tokens = self._counter.count_message(message)
         if self._index.tokens + self._summary_tokens + tokens + REPLY_PRIMING_TOKENS <= self._max_tokens:
@@ -1039,7 +1065,10 @@ class ContextWindow:
             self._queued -= 1
         try:
             batch = self._check_batch(batch)
-            if sum(len(message.content) for message in batch) > OFF_LOOP_CHARS:
+            chars = sum(len(message.content) for message in batch)
+            if chars <= OFF_LOOP_CHARS:  # thinking and call arguments are counted too (a loop over few)
+                chars += sum(_counted_chars(m, content=False) for m in batch if m.thinking or m.tool_calls)
+            if chars > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
                 counts = [self._counter.count_message(message) for message in batch]
@@ -1169,7 +1198,7 @@ class ContextWindow:
         return record
 
     async def _count(self, message: Message) -> int:
-        if len(message.content) > OFF_LOOP_CHARS:
+        if _counted_chars(message) > OFF_LOOP_CHARS:
             return await asyncio.to_thread(self._counter.count_message, message)
         return self._counter.count_message(message)
 

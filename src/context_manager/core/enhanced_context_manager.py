@@ -62,7 +62,10 @@ from context_manager.core.performance_monitor import (
 from context_manager.core.provider_formats import (
     FORMATS,
     SupportsModelDump,
+    chat_completions_text,
+    is_anthropic_message,
     is_openai_responses_item,
+    messages_from_anthropic,
     messages_from_openai_responses,
     to_provider_format,
 )
@@ -643,8 +646,14 @@ class EnhancedContextManager:
                 ``priority``, ``metadata``, ``pinned``, ``tool_calls``, ``tool_call_id``, ``name``,
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
-                ``refusal``, ``annotations``, ``audio`` and ``function_call`` are ignored; a refusal is
-                the text). The ``"openai_responses"`` export's items go in too (see :meth:`get_context`).
+                ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
+                citations no request takes back; a refusal is the text). A Chat Completions
+                ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their text
+                joined; image, audio and file parts are refused (the window keeps text). The
+                ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
+                turns: ``{"role", "content": [blocks]}`` (``response.content``, the SDK's objects or
+                dicts; the response itself), the ``"anthropic"`` export's ``messages`` (see
+                :func:`~context_manager.core.provider_formats.messages_from_anthropic`).
 
         Returns:
             How many messages were added.
@@ -670,6 +679,8 @@ class EnhancedContextManager:
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        if any(is_anthropic_message(item) for item in messages):  # Anthropic turns: content blocks
+            messages = messages_from_anthropic(messages)
         if any(is_openai_responses_item(item) for item in messages):
             messages = messages_from_openai_responses(messages)
         built = []
@@ -683,7 +694,10 @@ class EnhancedContextManager:
                     f"messages[{position}]", item, "a dict with 'role', 'content' and add_message's options"
                 )
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
-            built.append(_new_message(item["role"], item.get("content"), options))
+            content = item.get("content")
+            if isinstance(content, list | tuple):  # Chat Completions content parts: their text
+                content = chat_completions_text(content, f"messages[{position}].content")
+            built.append(_new_message(item["role"], content, options))
         conversation = self._conversation
         since = 0
         if conversation is not None:
@@ -1544,7 +1558,9 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
     return {
         key: value
         for key, value in options.items()
-        if key not in _OPENAI_RESPONSE_FIELDS or value  # None, [], "" and {}: not used
+        # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
+        # which no request takes back (the Responses API import leaves its text parts' out too)
+        if key not in _OPENAI_RESPONSE_FIELDS or (value and key != "annotations")
     }
 
 
@@ -1554,7 +1570,8 @@ def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Mes
     An assistant message with tool calls may have ``None`` content, as the Chat Completions format (our
     OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text. The SDK's
     dump of an assistant message also carries ``refusal``, ``annotations``, ``audio`` and
-    ``function_call``: ignored when empty; a refusal with no content is the message's text. Any other
+    ``function_call``: ignored when empty; a refusal with no content is the message's text; annotations
+    (url citations) are ignored whatever they hold: output only, no request takes them back. Any other
     value of them is refused as an unknown keyword (the window has nowhere to keep it).
     """
     if options and not _MESSAGE_OPTIONS.issuperset(options):

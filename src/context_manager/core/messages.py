@@ -345,7 +345,10 @@ class Message:
     the calls starts with its thinking blocks, signatures unchanged. The Anthropic export puts them first
     in the message's turn; the OpenAI exports leave them out. They count against the token budget (the
     thinking text, or a redacted block's data) although the API drops earlier turns' ones: the safe side.
-    Read-only dicts (``type`` and ``thinking`` + ``signature``, or ``data``)."""
+    Read-only dicts (``type`` and ``thinking`` + ``signature``, or ``data``). With interleaved thinking
+    (thinking after a call in one response) a ``{"type": "tool_use", "id": <call id>}`` placeholder holds
+    the place of each call made before a thinking block, so the export sends the blocks in the response's
+    order (the API refuses them rearranged); it counts no tokens."""
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -497,7 +500,9 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
     """The ``thinking`` / ``redacted_thinking`` blocks of Anthropic content, checked and copied.
 
     ``value``: a list of content blocks (dicts or SDK objects with ``model_dump()``), or a response
-    message (dict or SDK object) with such a ``content`` list. Text and tool-use blocks are skipped.
+    message (dict or SDK object) with such a ``content`` list. Text and tool-use blocks are skipped, but
+    for the places of the calls that come before a thinking block (interleaved thinking): a ``{"type":
+    "tool_use", "id": ...}`` placeholder each, where the call was (see :attr:`Message.thinking`).
 
     Raises:
         InvalidMessageError: a block is of another type or lacks its signature / data.
@@ -509,9 +514,18 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list | tuple):
         raise InvalidMessageError("thinking", value, _THINKING)
     kept: list[dict[str, Any]] = []
+    uses: list[str] = []  # ids of the tool_use blocks since the last thinking block
     for index, item in enumerate(value):
         block = item.model_dump() if callable(getattr(item, "model_dump", None)) else item
         kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_use":  # its place, should thinking follow it (interleaved thinking)
+            use_id = block.get("id")
+            if isinstance(use_id, str) and use_id:
+                uses.append(use_id)
+            continue
+        if uses and kind in _THINKING_TYPES:
+            kept.extend({"type": "tool_use", "id": use_id} for use_id in uses)
+            uses = []
         if kind == "thinking":
             text, signature = block.get("thinking"), block.get("signature")
             if not isinstance(text, str) or not isinstance(signature, str) or not signature:

@@ -10,7 +10,9 @@
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
   joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
   user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
-  consecutive messages of one role merged into one turn.
+  consecutive messages of one role merged into one turn (but two assistant messages that both hold
+  thinking: a user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` between them), thinking blocks first in
+  their turn or, interleaved with the calls, in the response's order (see :attr:`Message.thinking`).
 * :func:`parse_tool_calls`: the tool calls of an OpenAI response (Chat Completions or Responses API) or
   assistant message, or of an Anthropic response.
 
@@ -391,6 +393,190 @@ def _responses_text(content: Any, position: int, field: str = "content") -> Any:
     return "".join(texts)
 
 
+_CHAT_COMPLETIONS_PARTS = (
+    "a string, or text parts ({'type': 'text', 'text': str}; a refusal part on an assistant message): "
+    "the window keeps text, so images, audio and files are refused"
+)
+
+
+def chat_completions_text(content: Sequence[Any], field: str) -> str:
+    """The text of a Chat Completions ``content`` given as content parts: the text parts joined.
+
+    Chat Completions takes ``content`` as a string or a list of parts, text parts for every role (a
+    refusal part on an assistant message): they are joined as the Responses API import joins its parts.
+
+    Raises:
+        InvalidMessageError: a part is not a text or refusal part with its string (an image, audio or a
+            file: the window keeps text only).
+    """
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", part, _CHAT_COMPLETIONS_PARTS)
+    return "".join(texts)
+
+
+_ANTHROPIC_ONLY_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking"})
+_ANTHROPIC_BLOCKS = (
+    "Anthropic content blocks the window holds: text, tool_use, thinking and redacted_thinking on an "
+    "assistant turn, text and tool_result (of text) on a user turn; images, documents and server tool "
+    "blocks are refused"
+)
+
+
+def _as_block(part: Any) -> Any:
+    """A content block as a dict: an SDK object's dump (without its unset fields), a dict as it is."""
+    if not isinstance(part, Mapping) and callable(getattr(part, "model_dump", None)):
+        return part.model_dump(exclude_none=True)
+    return part
+
+
+def is_anthropic_message(item: Any) -> bool:
+    """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
+
+    A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block, or an SDK
+    block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects).
+    """
+    if type(item) is dict and type(item.get("content")) is str:  # the common case, quickly: text
+        return False
+    if isinstance(item, Mapping):
+        if "type" in item and item["type"] != "message":
+            return False
+        content = item.get("content")
+    elif getattr(item, "type", None) == "message" and callable(getattr(item, "model_dump", None)):
+        content = getattr(item, "content", None)
+    else:
+        return False
+    if not isinstance(content, list):
+        return False
+    if content == _FILLER_CONTENT:  # the user turn the Anthropic export inserts: left out
+        return True
+    for part in content:
+        if isinstance(part, Mapping):
+            if part.get("type") in _ANTHROPIC_ONLY_BLOCKS:
+                return True
+        elif getattr(part, "type", None) in _ANTHROPIC_BLOCK_TYPES:  # an SDK block object (TextBlock ...)
+            return True
+    return False
+
+
+_ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
+_FILLER_CONTENT = [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]
+
+
+def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
+    """Read the Anthropic turns of ``items`` as ``add_messages`` dicts; pass the other items through.
+
+    An assistant turn (a dict ``{"role", "content": [blocks]}``, its blocks dicts or the SDK's objects, or
+    the SDK's response ``Message``) is one assistant message: its text blocks joined are the text, its
+    ``tool_use`` blocks the calls, its thinking blocks the thinking (interleaved with the calls: in place,
+    see :attr:`Message.thinking`). A user turn's ``tool_result`` blocks are tool messages (the text of
+    their content; ``is_error`` as ``metadata={"is_error": True}``, which the export sends back), then
+    its text blocks one user message. A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the
+    export inserts) is left out. Other keys of a dict turn (``priority``, ``metadata`` ...) go to its
+    message as ``add_message``'s options; a response's own fields (``id``, ``usage`` ...) are left out.
+
+    Raises:
+        InvalidMessageError: a block the window cannot hold (an image, a document, a server tool's
+            blocks, thinking on a user turn).
+    """
+    converted: list[Any] = []
+    for position, item in enumerate(items):
+        if not is_anthropic_message(item):
+            converted.append(item)
+            continue
+        if isinstance(item, Mapping):
+            turn = dict(item)
+        else:  # the SDK's response Message: its turn, not the response's fields (id, usage ...)
+            dumped = item.model_dump(exclude_none=True)
+            turn = {"role": dumped.get("role"), "content": dumped.get("content")}
+        turn.pop("type", None)
+        blocks = [_as_block(part) for part in turn.pop("content")]
+        role = turn.pop("role", None)
+        field = f"messages[{position}].content"
+        if role == "assistant":
+            converted.append(_anthropic_assistant(blocks, field, turn))
+        elif role == "user":
+            converted.extend(_anthropic_user(blocks, field, turn))
+        else:
+            raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
+    return converted
+
+
+def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any]) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    thinking = False
+    for index, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(
+                {
+                    "type": "tool_use",
+                    "id": block.get("id"),
+                    "name": block.get("name"),
+                    "input": block.get("input"),
+                }
+            )
+        elif kind in _THINKING_BLOCK_TYPES:
+            thinking = True
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
+    message: dict[str, Any] = {**options, "role": "assistant", "content": "".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+    if thinking:
+        message["thinking"] = blocks  # its thinking blocks, and the places of the calls between them
+    return message
+
+
+def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for index, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_result":
+            content = block.get("content", "")
+            if isinstance(content, list):
+                parts = [_as_block(part) for part in content]
+                for at, part in enumerate(parts):
+                    if not (isinstance(part, Mapping) and part.get("type") == "text"):
+                        raise InvalidMessageError(f"{field}[{index}].content[{at}]", part, _ANTHROPIC_BLOCKS)
+                content = chat_completions_text(parts, f"{field}[{index}].content")
+            result: dict[str, Any] = {
+                "role": "tool",
+                "tool_call_id": block.get("tool_use_id"),
+                "content": content,
+            }
+            if block.get("is_error") is True:
+                result["metadata"] = {"is_error": True}
+            messages.append(result)
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
+    text = "".join(texts)
+    if texts and (messages or options or text != ANTHROPIC_CONTINUATION_TEXT):  # not the export's filler
+        messages.append({**options, "role": "user", "content": text})
+    elif options:  # a turn of results alone: its options go to each of them
+        messages = [_with_options(message, options) for message in messages]
+    return messages
+
+
+def _with_options(message: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    merged = {**options, **message}
+    if isinstance(options.get("metadata"), Mapping) and "metadata" in message:
+        merged["metadata"] = {**options["metadata"], **message["metadata"]}
+    return merged
+
+
 def _is_error_result(message: Message) -> bool:
     flag = message.metadata.get("is_error")
     return flag is True
@@ -409,22 +595,46 @@ def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, st
             block["is_error"] = True
         return [block]
     # extended thinking: the turn's thinking blocks come first, as sent (the API checks their signatures)
-    blocks: list[dict[str, Any]] = [dict(block) for block in message.thinking] if message.thinking else []
+    thinking = message.thinking
+    blocks: list[dict[str, Any]] = []
+    text_block: list[dict[str, Any]] = []
     if message.content.strip():
         text = message.content.rstrip() if message.role is Role.ASSISTANT else message.content
-        blocks.append({"type": "text", "text": text})
+        text_block.append({"type": "text", "text": text})
     elif not message.tool_calls:
         return []  # nothing but thinking (the text blank, the calls pending): no turn of thinking alone
-    for call in message.tool_calls:
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": ids.get(call.id, call.id),
-                "name": names.get(call.name, call.name),
-                "input": json_copy(call.arguments),
-            }
-        )
+    calls = message.tool_calls
+    if thinking and any(block["type"] == "tool_use" for block in thinking):
+        # interleaved thinking: the calls made before a thinking block go back to their places (the API
+        # refuses the blocks of a tool-use turn rearranged); the text goes before the first call
+        by_id = {call.id: call for call in calls}
+        placed: set[str] = set()
+        for block in thinking:
+            if block["type"] != "tool_use":
+                blocks.append(dict(block))
+                continue
+            call = by_id.get(block["id"])
+            if call is not None and call.id not in placed:  # a call left out (pending): no place
+                if text_block:
+                    blocks.append(text_block.pop())
+                placed.add(call.id)
+                blocks.append(_tool_use_block(call, ids, names))
+        blocks.extend(text_block)
+        calls = tuple(call for call in calls if call.id not in placed)
+    else:
+        blocks.extend(dict(block) for block in thinking)
+        blocks.extend(text_block)
+    blocks.extend(_tool_use_block(call, ids, names) for call in calls)
     return blocks
+
+
+def _tool_use_block(call: ToolCall, ids: dict[str, str], names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": ids.get(call.id, call.id),
+        "name": names.get(call.name, call.name),
+        "input": json_copy(call.arguments),
+    }
 
 
 def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
@@ -437,7 +647,10 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
     whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both). A
     ``tool_use`` id or name the API refuses is exported made valid, the same id in its ``tool_result`` (see
-    the module docstring).
+    the module docstring). A message's thinking blocks open its turn (interleaved with its calls: in the
+    response's order); two assistant messages in a row that both hold thinking stay two turns, a user turn
+    of :data:`ANTHROPIC_CONTINUATION_TEXT` between them (one turn would hold a run of thinking no response
+    made, which the API refuses in a tool-use turn).
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -469,15 +682,18 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
             continue
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+        if turns and turns[-1]["role"] == role and message.thinking and _has_thinking(turns[-1]["content"]):
+            # two responses' thinking in one turn would be a run of thinking no response made (the API
+            # takes each response's blocks unmodified): a user turn keeps them two assistant turns
+            turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
         if turns and turns[-1]["role"] == role:
             if message.thinking:  # an assistant turn must start with its thinking: before earlier text
                 content = turns[-1]["content"]
-                at = 0
-                while at < len(content) and content[at]["type"] in _THINKING_BLOCK_TYPES:
-                    at += 1
-                thinking = len(message.thinking)
-                content[at:at] = blocks[:thinking]
-                content.extend(blocks[thinking:])
+                leading = 0
+                while leading < len(blocks) and blocks[leading]["type"] in _THINKING_BLOCK_TYPES:
+                    leading += 1
+                content[0:0] = blocks[:leading]  # the turn holds no thinking yet (see above)
+                content.extend(blocks[leading:])
             else:
                 turns[-1]["content"].extend(blocks)
         else:
@@ -489,6 +705,10 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         body["system"] = "\n\n".join(system_parts)
     body["messages"] = turns
     return body
+
+
+def _has_thinking(blocks: list[dict[str, Any]]) -> bool:
+    return any(block["type"] in _THINKING_BLOCK_TYPES for block in blocks)
 
 
 def _repeated_call_ids(messages: Sequence[Message]) -> set[str]:

@@ -222,17 +222,19 @@ def _check_pending_thinking(window: ContextWindow, call_id: str, thinking: Any) 
     Raises:
         InvalidMessageError: the blocks are invalid, or they are not the thinking of that message.
     """
-    blocks = thinking_blocks(thinking)
+    # the thinking blocks themselves (the places of renamed calls between them may read otherwise)
+    blocks = tuple(block for block in thinking_blocks(thinking) if block["type"] != "tool_use")
     for message in reversed(window.messages):
         if any(call.id == call_id for call in message.tool_calls):
-            if message.thinking != blocks:
+            held = tuple(block for block in message.thinking if block["type"] != "tool_use")
+            if held != blocks:
                 raise InvalidMessageError(
                     "thinking",
                     thinking,
                     "the thinking of the assistant message that made the calls, or none: that message is "
                     "in the window already, so give thinking= to add_message when adding it (or leave "
                     "adding it to execute_tool_calls)",
-                    detail=f"it holds {len(message.thinking)} thinking block(s), {len(blocks)} given",
+                    detail=f"it holds {len(held)} thinking block(s), {len(blocks)} given",
                 )
             return
 

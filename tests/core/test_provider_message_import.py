@@ -1,0 +1,385 @@
+"""Provider messages as the SDKs and APIs shape them go in through ``add_messages`` and back out.
+
+Chat Completions takes a message's ``content`` as a string or as a list of content parts: text parts
+(``{"type": "text", "text": ...}``) for every role, image, audio and file parts for the user. The window
+keeps text: text parts are joined (as the Responses API import joins its parts), anything else is refused
+naming what is taken.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.errors import InvalidMessageError
+from tests.provider_rules import openai_violations
+
+
+def config(tmp_path: Path) -> ContextManagerConfig:
+    return ContextManagerConfig(cache_path=tmp_path / "cache", embedder="none")
+
+
+def chat_completions_input(messages: list[dict[str, Any]]) -> None:
+    """The OpenAI SDK's own type of ``chat.completions.create(messages=...)`` takes the messages."""
+    from openai.types.chat import ChatCompletionMessageParam
+
+    TypeAdapter(list[ChatCompletionMessageParam]).validate_python(messages)
+
+
+def text_parts(*texts: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": text} for text in texts]
+
+
+async def test_chat_completions_text_parts_are_their_text_for_every_role(tmp_path: Path) -> None:
+    history: list[dict[str, Any]] = [
+        {"role": "developer", "content": text_parts("Answer briefly. ", "Use tools.")},
+        {"role": "system", "content": text_parts("Be kind.")},
+        {"role": "user", "content": text_parts("Weather in ", "Paris?"), "name": "alice"},
+        {
+            "role": "assistant",
+            "content": text_parts("Let me check."),
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": text_parts("21 °C, ", "sunny")},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say more."}]},
+    ]
+    chat_completions_input(history)  # valid Chat Completions input, as the SDK types it
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 6
+        assert [(m.role.value, m.content) for m in manager.messages] == [
+            ("system", "Answer briefly. Use tools."),
+            ("system", "Be kind."),
+            ("user", "Weather in Paris?"),
+            ("assistant", "Let me check."),
+            ("tool", "21 °C, sunny"),
+            ("assistant", "I cannot say more."),
+        ]
+        assert manager.messages[2].name == "alice"
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_id": "file-abc"}},
+        {"type": "text"},
+        {"type": "text", "text": 42},
+        "plain string part",
+    ],
+)
+async def test_parts_other_than_text_are_refused_naming_what_is_taken(tmp_path: Path, part: Any) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidMessageError) as caught:
+            await manager.add_messages(
+                [
+                    {"role": "assistant", "content": "Sure."},
+                    {"role": "user", "content": [*text_parts("What is this?"), part]},
+                ]
+            )
+        message = str(caught.value)
+        assert "messages[1].content[1]" in message
+        assert "text parts" in message and "images, audio and files" in message
+        assert [m.content for m in manager.messages] == ["Before"]  # nothing of the batch added
+
+
+def long_text(chars: int) -> str:
+    words = [
+        "the",
+        "model",
+        "weighs",
+        "which",
+        "tool",
+        "answers",
+        "the",
+        "question",
+        "and",
+        "what",
+        "it",
+        "returns",
+    ]
+    text = " ".join(f"{words[i % len(words)]}{i % 7}" for i in range(chars // 5))
+    return text[:chars]
+
+
+async def test_long_thinking_and_call_arguments_are_counted_off_the_event_loop(tmp_path: Path) -> None:
+    """A message's content longer than ``OFF_LOOP_CHARS`` is counted in a worker thread; a thinking block of
+    a million characters (or tool call arguments as long) was counted on the loop: about 40 ms of the loop's
+    CPU per add. They are counted in the thread too; the loop is held well under 10 ms (best of 3 runs)."""
+    from tests.loop_support import longest_loop_step
+
+    text = long_text(1_000_000)
+    settings = config(tmp_path)
+    settings.max_tokens = 2_000_000
+    async with EnhancedContextManager(settings) as manager:
+        await manager.add_message("user", "Think hard.")
+        longest: dict[str, float] = {}
+        for attempt in range(3):
+            thinking = [{"type": "thinking", "thinking": f"{attempt} {text}", "signature": "EqQBsig=="}]
+            _, step = await longest_loop_step(
+                lambda thinking=thinking: manager.add_message("assistant", "Done.", thinking=thinking)
+            )
+            longest["add_message thinking"] = min(longest.get("add_message thinking", 1.0), step)
+            redacted = [{"type": "redacted_thinking", "data": f"{attempt} {text}"}]
+            batch = [
+                {"role": "user", "content": "Again."},
+                {"role": "assistant", "content": "Ok.", "thinking": redacted},
+            ]
+            _, step = await longest_loop_step(lambda batch=batch: manager.add_messages(batch))
+            longest["add_messages redacted"] = min(longest.get("add_messages redacted", 1.0), step)
+            call = {"id": f"call_{attempt}", "name": "write_file", "arguments": {"text": f"{attempt} {text}"}}
+            _, step = await longest_loop_step(
+                lambda call=call: manager.add_message("assistant", "", tool_calls=[call])
+            )
+            longest["add_message arguments"] = min(longest.get("add_message arguments", 1.0), step)
+            await manager.add_message("tool", "written", tool_call_id=f"call_{attempt}")
+        assert max(longest.values()) < 0.010, {
+            key: f"{value * 1000:.1f} ms" for key, value in longest.items()
+        }
+        exact = manager.context_window._counter  # the counts are the exact ones, wherever they were made
+        assert all(m.token_count == exact.count_message(m) for m in manager.messages)
+
+
+def search_model_response() -> Any:
+    """A Chat Completions response of a search model: its message carries ``url_citation`` annotations."""
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-search-preview",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Paris is 21 °C today (meteo.fr).",
+                        "refusal": None,
+                        "annotations": [
+                            {
+                                "type": "url_citation",
+                                "url_citation": {
+                                    "start_index": 20,
+                                    "end_index": 31,
+                                    "title": "Météo Paris",
+                                    "url": "https://meteo.fr/paris",
+                                },
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    )
+
+
+async def test_a_response_message_with_url_citations_goes_in_as_its_text(tmp_path: Path) -> None:
+    """A search model's message carries ``annotations`` (url citations): output only, the API takes none
+    back (``ChatCompletionAssistantMessageParam`` has no such field; the Responses import already leaves
+    its ``output_text`` annotations out). The message, its SDK object or its dump, was refused whole."""
+    message = search_model_response().choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        assert await manager.add_messages([message.model_dump()]) == 1
+        assert await manager.add_messages([message.model_dump(exclude_none=True)]) == 1
+        texts = [m.content for m in manager.messages[1:]]
+        assert texts == ["Paris is 21 °C today (meteo.fr)."] * 3
+        assert all(not m.metadata for m in manager.messages)
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)
+
+
+def anthropic_response(content: list[dict[str, Any]], stop_reason: str = "tool_use") -> Any:
+    """An Anthropic SDK ``Message`` (what ``client.messages.create`` returns), its blocks SDK objects."""
+    from anthropic.types import Message as AnthropicMessage
+
+    return AnthropicMessage.model_validate(
+        {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 20},
+            "content": content,
+        }
+    )
+
+
+THINKING_1 = {"type": "thinking", "thinking": "Two lookups.", "signature": "EqQBsig1=="}
+THINKING_2 = {"type": "thinking", "thinking": "Now the clock.", "signature": "EqQBsig2=="}
+REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
+CALLING = [
+    THINKING_1,
+    {"type": "text", "text": "Let me check both."},
+    {"type": "tool_use", "id": "toolu_01A", "name": "weather", "input": {"city": "Paris"}},
+    THINKING_2,
+    REDACTED,
+    {"type": "tool_use", "id": "toolu_01B", "name": "clock", "input": {"city": "Tokyo"}},
+]
+RESULTS = [
+    {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "21 °C"},
+    {
+        "type": "tool_result",
+        "tool_use_id": "toolu_01B",
+        "content": [{"type": "text", "text": "clock "}, {"type": "text", "text": "offline"}],
+        "is_error": True,
+    },
+]
+
+
+def anthropic_history() -> list[Any]:
+    """An Anthropic agent loop's ``messages`` as its docs build it: ``response.content`` (SDK block objects)
+    appended as the assistant turn, the results as a user turn of ``tool_result`` blocks."""
+    calling = anthropic_response(CALLING)
+    final = anthropic_response([{"type": "text", "text": "Paris: 21 °C; the clock is offline."}], "end_turn")
+    return [
+        {"role": "user", "content": "Weather in Paris and time in Tokyo?"},
+        {"role": "assistant", "content": calling.content},
+        {"role": "user", "content": RESULTS},
+        {"role": "assistant", "content": final.content},
+    ]
+
+
+def anthropic_accepts(body: dict[str, Any]) -> None:
+    """The Anthropic SDK's own type of ``messages.create(messages=...)`` takes the turns."""
+    from anthropic.types import MessageParam
+
+    TypeAdapter(list[MessageParam]).validate_python(body["messages"])
+
+
+async def test_an_anthropic_history_goes_in_and_comes_back_out_as_it_was(tmp_path: Path) -> None:
+    """``add_messages`` took Chat Completions and Responses API history, but refused Anthropic's (``content``
+    a list of blocks: "content: got [ThinkingBlock(...), ...]; allowed a str"). A turn's text blocks are its
+    text, ``tool_use`` blocks its calls, ``thinking`` blocks its thinking (interleaved: in place), and a
+    user turn's ``tool_result`` blocks tool messages (``is_error`` kept); the Anthropic export gives the
+    turns back."""
+    from tests.provider_rules import anthropic_violations
+
+    history = anthropic_history()
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(history) == 5
+        messages = manager.messages
+        assert [(m.role.value, m.content) for m in messages] == [
+            ("user", "Weather in Paris and time in Tokyo?"),
+            ("assistant", "Let me check both."),
+            ("tool", "21 °C"),
+            ("tool", "clock offline"),
+            ("assistant", "Paris: 21 °C; the clock is offline."),
+        ]
+        assert [call.id for call in messages[1].tool_calls] == ["toolu_01A", "toolu_01B"]
+        assert messages[3].metadata == {"is_error": True}
+        body = manager.get_context(format="anthropic")
+        assert anthropic_violations(body) == []
+        anthropic_accepts(body)
+        assert body["messages"][1]["content"] == CALLING  # the response's blocks, in its order
+        assert body["messages"][2]["content"] == [
+            RESULTS[0],
+            {"type": "tool_result", "tool_use_id": "toolu_01B", "content": "clock offline", "is_error": True},
+        ]
+        assert openai_violations(manager.get_context("openai")) == []
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:  # the export goes back in
+        assert await again.add_messages(body["messages"]) == 5
+        assert again.get_context(format="anthropic") == body
+
+
+async def test_an_anthropic_response_object_goes_in_as_its_assistant_turn(tmp_path: Path) -> None:
+    response = anthropic_response(CALLING)
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris and time in Tokyo?")
+        assert await manager.add_messages([response]) == 1
+        assert await manager.add_messages([{"role": "user", "content": RESULTS}]) == 2
+        turns = manager.get_context(format="anthropic")["messages"]
+        assert turns[1] == {"role": "assistant", "content": CALLING}
+
+
+@pytest.mark.parametrize(
+    ("turn", "where"),
+    [
+        (
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            },
+            "messages[1].content[0]",
+        ),
+        (
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_01A",
+                        "content": [{"type": "image", "source": {"type": "base64", "data": "iVBO"}}],
+                    }
+                ],
+            },
+            "messages[1].content[0].content[0]",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}},
+                    {"type": "text", "text": "Found it."},
+                ],
+            },
+            "messages[1].content[0]",
+        ),
+    ],
+)
+async def test_anthropic_blocks_the_window_cannot_hold_are_refused_naming_them(
+    tmp_path: Path, turn: dict[str, Any], where: str
+) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidMessageError) as caught:
+            await manager.add_messages([{"role": "assistant", "content": "Sure."}, turn])
+        assert where in str(caught.value)
+        assert [m.content for m in manager.messages] == ["Before"]
+
+
+async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp_path: Path) -> None:
+    """The Anthropic export puts a user turn of ``ANTHROPIC_CONTINUATION_TEXT`` before an assistant turn
+    that would come first, or between two responses with thinking; read back, it is not a user message."""
+    from context_manager.core.provider_formats import ANTHROPIC_CONTINUATION_TEXT
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("assistant", "Hello, how can I help?")
+        await manager.add_message("user", "Weather?")
+        await manager.add_message("assistant", "Probably sunny.", thinking=[THINKING_1])
+        await manager.add_message("assistant", "Checking is better.", thinking=[THINKING_2])
+        body = manager.get_context(format="anthropic")
+        fillers = [
+            turn for turn in body["messages"] if turn["content"][0].get("text") == ANTHROPIC_CONTINUATION_TEXT
+        ]
+        assert len(fillers) == 2
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert await again.add_messages(body["messages"]) == 4
+        assert [m.content for m in again.messages] == [
+            "Hello, how can I help?",
+            "Weather?",
+            "Probably sunny.",
+            "Checking is better.",
+        ]
+        assert again.get_context(format="anthropic") == body
