@@ -346,8 +346,11 @@ class ContextManagerConfig(BaseSettings):
 
         The storage directory, and ``cache_path`` when it holds it (``storage_path`` unset) or was set
         explicitly: with only ``storage_path`` set, the default ``./cache`` holds nothing, and creating it
-        put an empty directory in the working directory (or failed where that is read-only).
+        put an empty directory in the working directory (or failed where that is read-only). None with
+        ``memory_backend="postgres"``, which stores everything in the database.
         """
+        if self.memory_backend == "postgres":  # an empty ./cache/storage in the working directory was made
+            return []
         storage = self.resolved_storage_path
         if self.storage_path is None or "cache_path" in self.model_fields_set:
             return [self.cache_path, storage] if self.cache_path != storage else [storage]
