@@ -119,6 +119,20 @@ _SHARED_RUNS = "_health_check_runs"
 _shared_lock = threading.Lock()
 
 
+def _renew_shared_lock() -> None:
+    """In a forked child: a new lock.
+
+    A thread of the parent running a health check at the fork held it, and that thread does not exist
+    here: the child's first health check of a store waited for ever.
+    """
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_renew_shared_lock)
+
+
 @dataclass(slots=True)
 class _SharedRun:
     """One run of a check of a store that the checkers of the managers sharing it reuse.
