@@ -50,6 +50,21 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
+def test_a_connection_string_as_storage_is_refused_without_its_password() -> None:
+    """``--storage postgresql://...`` (as ``memory migrate --to`` takes) was a directory: ``memory add``
+    stored the memory in ``./postgresql:/app:pw@db/app`` and ``health`` printed the password."""
+    dsn = "postgresql://app:s3cr3t-pw@db.internal:5432/app"
+    for arguments in (["memory", "add", "a fact"], ["health"], ["memory", "stats"]):
+        result = cli("--storage", dsn, *arguments)
+        assert_one_line_error(result, "--storage", "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN")
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+        assert not any(Path.cwd().iterdir())  # nothing created
+    result = cli("mcp", "serve", "--storage", dsn)
+    assert result.exit_code != 0
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert not any(Path.cwd().iterdir())
+
+
 # --- tokens ----------------------------------------------------------------------------------------
 
 

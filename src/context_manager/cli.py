@@ -479,6 +479,14 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE):  # was a directory ./postgresql:/...
+        from context_manager.core.memory.postgres.database import redact_dsn
+
+        raise CommandError(
+            f"--storage: got {redact_dsn(value)!r}; allowed a directory. For PostgreSQL set "
+            "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND=postgres and PYTHON_CONTEXT_MANAGER_POSTGRES_DSN "
+            "(a DSN on the command line is in the shell history and the process list)"
+        )
     return Path(value)
 
 
