@@ -1631,6 +1631,20 @@ def test_memory_migrate_errors_name_the_options(tmp_path: Path, store: Path) -> 
     assert not (tmp_path / "copy").exists()
 
 
+def test_memory_migrate_refuses_a_key_value_connection_string(store: Path) -> None:
+    """``--to 'host=db password=...'`` (libpq's other DSN form, which postgres_dsn takes) was a storage
+    directory of that name in the working directory: the memories were copied there, and the line that
+    said so printed the password."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    for option in ("--to", "--from"):
+        locations = {"--from": str(store), "--to": str(store.parent / "copy")}
+        locations[option] = "host=db.internal port=5432 password=s3cr3t-pw dbname=app"
+        result = cli("memory", "migrate", "--from", locations["--from"], "--to", locations["--to"])
+        assert_one_line_error(result, f"error: {option}: got 'host=db.internal", "postgresql://")
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+        assert not any(Path.cwd().iterdir()) and not (store.parent / "copy").exists()
+
+
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:
     """``tokens -`` and ``memory import -`` read standard input, but ``echo ... | memory add -`` stored a
     memory whose text was "-". It stores the piped text now (its final newlines dropped, as ``$(...)``

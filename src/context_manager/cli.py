@@ -490,6 +490,27 @@ def _storage_argument(value: str | None) -> Path | None:
     return Path(value)
 
 
+_KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
+"""A libpq ``key=value`` connection string (``host=db password=...``)."""
+
+
+def _refuse_keyword_dsn(option: str, location: str) -> None:
+    """Refuse a ``key=value`` connection string where a directory or a URL is taken.
+
+    It was a storage directory named ``host=db password=...`` in the working directory, the memories
+    copied there and the password printed.
+    """
+    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and _KEYWORD_DSN.search(
+        location
+    ):
+        from context_manager.core.memory.postgres.database import redact_dsn
+
+        raise CommandError(
+            f"{option}: got {redact_dsn(location)!r}, a key=value connection string; allowed a storage "
+            "directory or a postgresql:// URL (postgresql://user:password@host:5432/database)"
+        )
+
+
 def _storage_path(options: _Options) -> Path:
     return _config(options).resolved_storage_path
 
@@ -1360,6 +1381,8 @@ def memory_migrate(
 
         if options.storage is not None:  # the storages are --from and --to
             _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
+        for option, location in (("--from", source), ("--to", target)):
+            _refuse_keyword_dsn(option, location)
         if verify_only:
             report = await verify_storage(source, target, vectors=not no_vectors)
         else:
