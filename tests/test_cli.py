@@ -979,6 +979,27 @@ def run_cli(
     )
 
 
+def test_health_of_a_store_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None:
+    """``health`` on storage on a hung network filesystem never returned: its first look for the store
+    (does the directory exist?) blocked for ever, before any check with a time limit ran. It reports the
+    storage not answering (unhealthy, exit code 3) within about the check timeout."""
+    from tests.hung_filesystem import hung_mount
+
+    with hung_mount(tmp_path) as hung:
+        try:
+            started = time.monotonic()
+            result = run_cli("--json", "--storage", str(hung.path / "memory"), "health")
+            elapsed = time.monotonic() - started
+        finally:
+            hung.release()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert elapsed < 45
+    report = json.loads(result.stdout)
+    store = report["checks"]["memory_store"]
+    assert store["status"] == "unhealthy" and "does not answer" in store["message"], store
+    assert "hung" in (store["recommendation"] or "")
+
+
 def test_installed_script_and_module_agree(store: Path) -> None:
     assert Path(sys.executable).with_name("context-manager").exists(), "pip install -e . installs the script"
     counted = run_cli("--json", "tokens", "-", input="count me exactly", script=True)
