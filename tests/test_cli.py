@@ -50,6 +50,21 @@ def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
+def test_a_connection_string_as_storage_is_refused_without_its_password() -> None:
+    """``--storage postgresql://...`` (as ``memory migrate --to`` takes) was a directory: ``memory add``
+    stored the memory in ``./postgresql:/app:pw@db/app`` and ``health`` printed the password."""
+    dsn = "postgresql://app:s3cr3t-pw@db.internal:5432/app"
+    for arguments in (["memory", "add", "a fact"], ["health"], ["memory", "stats"]):
+        result = cli("--storage", dsn, *arguments)
+        assert_one_line_error(result, "--storage", "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN")
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+        assert not any(Path.cwd().iterdir())  # nothing created
+    result = cli("mcp", "serve", "--storage", dsn)
+    assert result.exit_code != 0
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert not any(Path.cwd().iterdir())
+
+
 # --- tokens ----------------------------------------------------------------------------------------
 
 
@@ -964,6 +979,27 @@ def run_cli(
     )
 
 
+def test_health_of_a_store_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None:
+    """``health`` on storage on a hung network filesystem never returned: its first look for the store
+    (does the directory exist?) blocked for ever, before any check with a time limit ran. It reports the
+    storage not answering (unhealthy, exit code 3) within about the check timeout."""
+    from tests.hung_filesystem import hung_mount
+
+    with hung_mount(tmp_path) as hung:
+        try:
+            started = time.monotonic()
+            result = run_cli("--json", "--storage", str(hung.path / "memory"), "health")
+            elapsed = time.monotonic() - started
+        finally:
+            hung.release()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert elapsed < 45
+    report = json.loads(result.stdout)
+    store = report["checks"]["memory_store"]
+    assert store["status"] == "unhealthy" and "does not answer" in store["message"], store
+    assert "hung" in (store["recommendation"] or "")
+
+
 def test_installed_script_and_module_agree(store: Path) -> None:
     assert Path(sys.executable).with_name("context-manager").exists(), "pip install -e . installs the script"
     counted = run_cli("--json", "tokens", "-", input="count me exactly", script=True)
@@ -1614,6 +1650,20 @@ def test_memory_migrate_errors_name_the_options(tmp_path: Path, store: Path) -> 
     missing = cli("memory", "migrate", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "copy"))
     assert_one_line_error(missing, f"error: --from: got '{tmp_path / 'nowhere'}'; allowed a memory storage")
     assert not (tmp_path / "copy").exists()
+
+
+def test_memory_migrate_refuses_a_key_value_connection_string(store: Path) -> None:
+    """``--to 'host=db password=...'`` (libpq's other DSN form, which postgres_dsn takes) was a storage
+    directory of that name in the working directory: the memories were copied there, and the line that
+    said so printed the password."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    for option in ("--to", "--from"):
+        locations = {"--from": str(store), "--to": str(store.parent / "copy")}
+        locations[option] = "host=db.internal port=5432 password=s3cr3t-pw dbname=app"
+        result = cli("memory", "migrate", "--from", locations["--from"], "--to", locations["--to"])
+        assert_one_line_error(result, f"error: {option}: got 'host=db.internal", "postgresql://")
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+        assert not any(Path.cwd().iterdir()) and not (store.parent / "copy").exists()
 
 
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:

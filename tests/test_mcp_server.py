@@ -460,6 +460,55 @@ async def test_mcp_memory_stats_after_a_failed_write_do_not_show_the_storage_loc
         assert "private-memory" not in json.dumps(stats) and str(tmp_path) not in json.dumps(stats), name
 
 
+async def test_mcp_a_failed_call_does_not_show_the_storage_location(tmp_path: Path) -> None:
+    """A memory tool failing on storage answered the client (and the model) with the server's file path
+    ("long-term memory database /home/alice/private-memory/memories.sqlite3: database is locked"), which
+    ``memory_stats`` hides. The error stays, its location written ``<storage>``; the resources too."""
+    storage = tmp_path / "home" / "alice" / "private-memory"
+    async with Client(create_mcp_server(ContextManagerConfig(storage_path=storage), user_id="ivy")) as client:
+        important = {"content": "Ivy's bus leaves at 7:10", "importance": 0.95}
+        kept = await client.call_tool("memory_add", important)
+        kept_id = kept.structured_content["id"]  # type: ignore[index]
+        lock = sqlite3.connect(storage / "memories.sqlite3", timeout=0.1, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")  # another process holds the database: writes fail
+            failures = [
+                await client.call_tool("memory_add", {**important, "content": "Ivy's train leaves at 7:40"}),
+                await client.call_tool("memory_delete", {"memory_id": kept_id}),
+            ]
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    for failed in failures:
+        text = text_of(failed)
+        assert failed.is_error and "database is locked" in text and "<storage>" in text, text
+        assert "private-memory" not in text and str(tmp_path) not in text, text
+
+
+async def test_mcp_a_failed_call_on_postgresql_does_not_show_the_server(postgres_dsn: str) -> None:
+    """With PostgreSQL, a failed call quoted the server's user, host and database ("PostgreSQL at
+    host=/srv/... dbname=app user=app: insert failed: ..."): written ``<storage>`` too."""
+    from tests.postgres_support import ServerOutage
+
+    outage = ServerOutage(postgres_dsn)
+    await outage.restore()
+    try:
+        config = ContextManagerConfig(
+            memory_backend="postgres", postgres_dsn=outage.dsn, postgres_connect_timeout=1.0
+        )
+        async with Client(create_mcp_server(config, user_id="ivy")) as client:
+            added = await client.call_tool("memory_add", {"content": "Ivy's bus leaves at 7:10"})
+            assert not added.is_error, text_of(added)
+            await outage.cut()
+            failed = await client.call_tool("memory_add", {"content": "Ivy's train leaves at 7:40"})
+            await outage.restore()
+    finally:
+        await outage.close()
+    text = text_of(failed)
+    assert failed.is_error and "PostgreSQL" in text and "<storage>" in text, text
+    assert "cm-relay-" not in text and "search_path" not in text, text
+
+
 async def test_mcp_a_memory_given_but_not_initialized_is_named_in_the_error(tmp_path: Path) -> None:
     """Every call answered "the server is starting or stopping" when the MemoryManager passed in was never
     initialized: nothing pointed at the caller's missing ``initialize()``."""

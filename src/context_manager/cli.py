@@ -479,7 +479,36 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE):  # was a directory ./postgresql:/...
+        from context_manager.core.memory.postgres.database import redact_dsn
+
+        raise CommandError(
+            f"--storage: got {redact_dsn(value)!r}; allowed a directory. For PostgreSQL set "
+            "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND=postgres and PYTHON_CONTEXT_MANAGER_POSTGRES_DSN "
+            "(a DSN on the command line is in the shell history and the process list)"
+        )
     return Path(value)
+
+
+_KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
+"""A libpq ``key=value`` connection string (``host=db password=...``)."""
+
+
+def _refuse_keyword_dsn(option: str, location: str) -> None:
+    """Refuse a ``key=value`` connection string where a directory or a URL is taken.
+
+    It was a storage directory named ``host=db password=...`` in the working directory, the memories
+    copied there and the password printed.
+    """
+    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and _KEYWORD_DSN.search(
+        location
+    ):
+        from context_manager.core.memory.postgres.database import redact_dsn
+
+        raise CommandError(
+            f"{option}: got {redact_dsn(location)!r}, a key=value connection string; allowed a storage "
+            "directory or a postgresql:// URL (postgresql://user:password@host:5432/database)"
+        )
 
 
 def _storage_path(options: _Options) -> Path:
@@ -1352,6 +1381,8 @@ def memory_migrate(
 
         if options.storage is not None:  # the storages are --from and --to
             _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
+        for option, location in (("--from", source), ("--to", target)):
+            _refuse_keyword_dsn(option, location)
         if verify_only:
             report = await verify_storage(source, target, vectors=not no_vectors)
         else:
@@ -1484,6 +1515,33 @@ def _failing_check(message: str, recommendation: str, *, degraded: bool = False)
     return check
 
 
+_PROBE_SECONDS = 10.0
+"""How long ``health`` waits for the storage directory to answer (the health checks' own time limit)."""
+
+
+def _store_under_check(options: _Options) -> tuple[ContextManagerConfig, str | None]:
+    """The configuration ``health`` checks the store with, and why there is no store (``None``: one)."""
+    config = _memory_config(options)
+    path = config.resolved_storage_path
+    # the cache directory is not checked: only the storage the command was pointed at; no embedder:
+    # opening with one embeds every memory that has no vector first (minutes, and writes)
+    config = config.model_copy(update={"cache_path": path, "storage_path": path, "embedder": "none"})
+    return config, _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
+
+
+async def _within(seconds: float, function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a daemon thread of its own, within ``seconds`` (else ``TimeoutError``).
+
+    Not on the event loop's executor: a thread stuck on a hung filesystem would keep the command from
+    exiting (``asyncio.run`` waits for those threads).
+    """
+    from context_manager.core.threads import UserThreads
+
+    threads = UserThreads("context-manager-health-probe", max_threads=1)
+    async with asyncio.timeout(seconds):
+        return await threads.run(function, *args)
+
+
 @app.command(short_help="Check a memory store's health (exit code 3 when unhealthy).")
 def health(ctx: typer.Context) -> None:
     """Run the health checks on a memory store (exit code 3 when unhealthy or when there is none).
@@ -1498,16 +1556,20 @@ def health(ctx: typer.Context) -> None:
         from context_manager.core.health_checker import HealthChecker, HealthState
         from context_manager.core.memory.manager import MemoryManager
 
-        config = _memory_config(options)
-        path = config.resolved_storage_path
-        # the cache directory is not checked: only the storage the command was pointed at; no embedder:
-        # opening with one embeds every memory that has no vector first (minutes, and writes)
-        config = config.model_copy(update={"cache_path": path, "storage_path": path, "embedder": "none"})
-        problem = _missing_store(path) if _uses_directory(config) else None  # postgres: none to look for
         advice = f"Check the path: {_STORE_ADVICE}."
+        where = str(options.storage) if options.storage is not None else "the configured storage_path"
+        config: ContextManagerConfig | None
+        try:  # the configuration checks the path, and the store is looked for: on a hung filesystem both wait
+            config, problem = await _within(_PROBE_SECONDS, _store_under_check, options)
+        except TimeoutError:  # a hung network filesystem: every access to it waits for ever
+            config, problem = None, f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s"
+            advice = (
+                "The storage directory's filesystem does not answer (a hung NFS or SMB mount?): check "
+                "the mount and its server; every access to it waits until they answer."
+            )
         in_use = False
         memory: MemoryManager | None = None
-        if problem is None:
+        if problem is None and config is not None:
             memory = MemoryManager(config, rebalance_on_open=False)  # checking moves no memory
             try:
                 await memory.initialize()
@@ -1523,9 +1585,11 @@ def health(ctx: typer.Context) -> None:
                 advice = "The memory store cannot be opened; follow the advice in the message above."
         try:
             checker = HealthChecker(
-                context_manager=_StoreUnderCheck(config, memory), enable_auto_recovery=False
+                context_manager=None if config is None else _StoreUnderCheck(config, memory),
+                enable_auto_recovery=False,
             )
-            if not path.is_dir():  # nothing to probe; "recreate the directory" would be bad advice
+            # nothing to probe; "recreate the directory" would be bad advice
+            if config is None or not config.resolved_storage_path.is_dir():
                 checker.unregister_check("storage")
             if problem is not None:
                 checker.register_check(
@@ -1543,7 +1607,8 @@ def health(ctx: typer.Context) -> None:
             colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
             table = Table(
                 title=_plain(
-                    f"health of {_storage_location(config)}: {report.status.value} "
+                    f"health of {_storage_location(config) if config is not None else where}: "
+                    f"{report.status.value} "
                     f"(score {report.health_score:.2f})"
                 ),
                 title_justify="left",

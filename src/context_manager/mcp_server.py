@@ -173,6 +173,11 @@ class _MemoryHandle:
         """The memory the caller passed in (its configuration is the one that applies), if any."""
         return self._given
 
+    @property
+    def opened_memory(self) -> MemoryManager | None:
+        """The memory the server opened from the config, while a session uses it."""
+        return self._opened
+
     def get(self) -> MemoryManager:
         memory = self._given or self._opened
         if memory is None or not memory.is_initialized:
@@ -351,11 +356,30 @@ def _check_server_user(user_id: Any) -> None:
 # ------------------------------------------------------------------------------------------ memory tools
 
 
-def _tool_error(error: ContextManagerError) -> Exception:
+def _tool_error(error: ContextManagerError, handle: _MemoryHandle) -> Exception:
+    """The error a memory tool answers with: one line, without where the server keeps the memory.
+
+    A storage failure names its file ("long-term memory database /srv/.../memories.sqlite3: database is
+    locked") or the PostgreSQL server: written ``<storage>``, as in :func:`_client_stats`.
+    """
     from mcp.server.mcpserver.exceptions import ToolError
 
     # one line for the model; spaces inside the quoted value stay (they may be what was wrong with it)
-    return ToolError(re.sub(r"\s*\n\s*", " ", str(error)))
+    return ToolError(_hide_storage(re.sub(r"\s*\n\s*", " ", str(error)), handle))
+
+
+def _hide_storage(text: str, handle: _MemoryHandle) -> str:
+    """``text`` with the memory's storage location written ``<storage>``."""
+    memory = handle.given or handle.opened_memory
+    if memory is None:
+        return text
+    backend = memory.backend
+    if backend is not None and backend.kind != "sqlite":
+        location = str(getattr(backend, "location", "") or "")
+    else:
+        location = str(memory.storage_path)
+    pattern = _location_pattern(location)
+    return text if pattern is None else pattern.sub("<storage>", text)
 
 
 _IMPORTANCE_TEXT = "0 (trivial) to 1 (critical); {threshold:g}+ is kept long-term."
@@ -418,7 +442,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
                 },
             )
         except ContextManagerError as error:
-            raise _tool_error(error) from None
+            raise _tool_error(error, handle) from None
         return _item(stored)
 
     async def memory_search(
@@ -433,7 +457,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             telemetry = handle.telemetry
             found = await (search if telemetry is None else traced_search(telemetry, search, limit))
         except ContextManagerError as error:
-            raise _tool_error(error) from None
+            raise _tool_error(error, handle) from None
         return SearchResults(results=[_item(memory) for memory in found])
 
     async def memory_delete(
@@ -453,7 +477,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             # what the delete took with it: the originals (read before) no longer stored
             gone = [original for original in originals if await memory.get_memory(original) is None]
         except ContextManagerError as error:
-            raise _tool_error(error) from None
+            raise _tool_error(error, handle) from None
         return DeleteResult(deleted=deleted.id, originals_deleted=gone)
 
     async def memory_stats() -> dict[str, Any]:
@@ -463,7 +487,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
                 handle.telemetry, "memory_stats", handle.get().get_memory_stats(user_id=user_id)
             )
         except ContextManagerError as error:
-            raise _tool_error(error) from None
+            raise _tool_error(error, handle) from None
         return _client_stats(stats)
 
     remember = memory_tool(memory_add, ToolAnnotations(title="Remember", read_only_hint=False))
@@ -516,16 +540,24 @@ def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """
     location = stats.get("storage_path")
     ready = _json_ready({key: value for key, value in stats.items() if key != "storage_path"})
-    if not isinstance(location, str) or not location.strip():
+    pattern = _location_pattern(location)
+    if pattern is None:
         return ready
-    # the location as given and made absolute, each where it stands whole (a relative "mem" is not the
-    # start of "memory"), the longer first
-    spelled = sorted({location, os.path.abspath(location)}, key=len, reverse=True)
-    pattern = re.compile(
-        r"(?<![\w.~/\\-])(?:" + "|".join(map(re.escape, spelled)) + r")(?=$|[/\\\s:;,'\")\]])"
-    )
     hidden: dict[str, Any] = _without_location(ready, pattern)
     return hidden
+
+
+def _location_pattern(location: Any) -> re.Pattern[str] | None:
+    """What finds ``location`` (a storage directory or a redacted DSN) in a text; ``None`` if none."""
+    if not isinstance(location, str) or not location.strip():
+        return None
+    # the location as given, made absolute and resolved, each where it stands whole (a relative "mem" is
+    # not the start of "memory"), the longer first
+    spelled = {location}
+    if "://" not in location:
+        spelled |= {os.path.abspath(location), os.path.realpath(location)}
+    ordered = sorted(spelled, key=len, reverse=True)
+    return re.compile(r"(?<![\w.~/\\-])(?:" + "|".join(map(re.escape, ordered)) + r")(?=$|[/\\\s:;,'\")\]])")
 
 
 def _without_location(value: Any, pattern: re.Pattern[str]) -> Any:

@@ -96,6 +96,38 @@ def test_a_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
     assert config.storage_path is None
 
 
+def test_a_rejected_connection_string_is_quoted_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad ``postgres_dsn`` was quoted whole in the error, password included: into logs and CLI output."""
+    with pytest.raises(ConfigurationError, match="without NUL") as caught:
+        ContextManagerConfig(postgres_dsn="postgresql://app:s3cr3t-pw@db.internal/app\x00")
+    assert "s3cr3t-pw" not in str(caught.value) and "s3cr3t-pw" not in repr(caught.value.got)
+    assert "postgresql://app:***@db.internal/app" in str(caught.value)
+    config = ContextManagerConfig()
+    with pytest.raises(ConfigurationError) as caught:  # assigned
+        config.postgres_dsn = "host=db password='s3cr3t-pw' dbname=app\x00"  # type: ignore[assignment]
+    assert "s3cr3t-pw" not in str(caught.value)
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", "postgresql://app:s3cr3t-pw@db/app")
+    with pytest.raises(ConfigurationError, match="PYTHON_CONTEXT_MANAGER_STORAGE_PATH") as caught:
+        ContextManagerConfig()  # still names the variable that held it
+    assert "s3cr3t-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("option", ["storage_path", "cache_path"])
+@pytest.mark.parametrize(
+    "value", ["postgresql://app:s3cr3t-pw@db.internal/app", Path("postgres://app:s3cr3t-pw@db.internal/app")]
+)
+def test_a_connection_string_given_as_a_directory_is_refused(
+    option: str, value: str | Path, tmp_path: Path
+) -> None:
+    """A DSN as ``storage_path`` was a relative directory (``./postgresql:/app:pw@db.internal/app``): the
+    memories went to files there, in plain sight of the password, while the user believed them in
+    PostgreSQL."""
+    with pytest.raises(ConfigurationError, match="postgres_dsn.*memory_backend") as caught:
+        ContextManagerConfig(**{option: value})  # type: ignore[arg-type]
+    assert "s3cr3t-pw" not in str(caught.value)
+    assert not any(Path.cwd().iterdir())
+
+
 def test_environment_overrides_from_the_guide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MAX_TOKENS", "2000")
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(tmp_path / "context_cache"))

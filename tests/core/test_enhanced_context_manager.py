@@ -992,3 +992,21 @@ async def test_storage_path_elsewhere_creates_no_cache_directory_in_the_working_
         async with EnhancedContextManager(config):
             assert config.cache_path.is_dir()
     assert (tmp_path / "default-layout" / "storage" / "memories.sqlite3").is_file()
+
+
+async def test_postgres_backend_creates_no_directory(postgres_dsn: str) -> None:
+    """With memory_backend="postgres" nothing is stored in files: ``initialize()`` creates no directory.
+
+    Before, it created ``./cache/storage`` (empty) in the working directory, or failed where that is
+    read-only, and the health check watched those unused directories.
+    """
+    config = ContextManagerConfig(
+        memory_backend="postgres", postgres_dsn=postgres_dsn, enable_health_checks=False
+    )
+    assert config.created_directories == []
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "hello")
+        assert manager.health_checker is not None
+        status = await manager.health_checker.perform_health_check()
+        assert status.checks["storage"].message == "no storage configured"
+    assert list(Path.cwd().iterdir()) == []  # the test's own empty working directory

@@ -316,3 +316,74 @@ def test_a_postgres_pool_whose_event_loop_ended_is_refused_with_what_to_do(
 
     assert asyncio.run(serve()) == ["Ana prefers window seats"]
     assert "closed after the event loop that opened it ended" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("module", "lock", "first_use"),
+    [
+        (  # a thread of the parent loading a tokenizer (the first count of an encoding) at the fork
+            "context_manager.core.tokens",
+            "_backends_lock",
+            "from context_manager.core.tokens import ExactTokenCounter\n"
+            "print('used', ExactTokenCounter('cl100k_base').count('hello world'), flush=True)",
+        ),
+        (  # a thread of the parent starting or stopping a performance monitor at the fork
+            "context_manager.core.performance_monitor.registry",
+            "_registry_lock",
+            "from context_manager.core.performance_monitor import PerformanceMonitor\n"
+            "monitor = PerformanceMonitor()\n"
+            "asyncio.run(monitor.start_monitoring()); asyncio.run(monitor.stop_monitoring())\n"
+            "print('used', 1, flush=True)",
+        ),
+        (  # a thread of the parent running a health check of a store (its own event loop) at the fork
+            "context_manager.core.health_checker.checker",
+            "_shared_lock",
+            "import tempfile\n"
+            "async def check():\n"
+            "    config = ContextManagerConfig(storage_path=tempfile.mkdtemp(), enable_health_checks=False)\n"
+            "    async with EnhancedContextManager(config) as manager:\n"
+            "        status = await manager.health_checker.perform_health_check()\n"
+            "        return len(status.checks)\n"
+            "print('used', asyncio.run(check()), flush=True)",
+        ),
+    ],
+)
+def test_a_lock_held_by_another_thread_at_the_fork_does_not_hang_the_child(
+    module: str, lock: str, first_use: str
+) -> None:
+    """A module-level threading lock held by another thread of the parent at ``os.fork()`` stays held
+    in the child for ever (that thread does not exist there): the child's first use of it hung.
+
+    The lock is held the way the loading thread holds it, by a thread of the parent; the child uses the
+    module as an application would, within an alarm that kills it if it hangs.
+    """
+    result = _run(
+        f"""
+        import importlib, signal, threading
+        lock = getattr(importlib.import_module({module!r}), {lock!r})
+        held, release = threading.Event(), threading.Event()
+
+        def holding():
+            with lock:
+                held.set()
+                release.wait()
+
+        threading.Thread(target=holding, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hung child is killed by SIGALRM
+            try:
+                exec({first_use!r})
+            finally:
+                os._exit(0)
+        release.set()
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "child exit 0", result.stdout + result.stderr
+    assert lines[0].startswith("used ") and int(lines[0].split()[1]) > 0

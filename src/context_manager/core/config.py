@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -253,6 +254,11 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a path without NUL characters")
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
+            if _LOOKS_LIKE_DSN.match(str(value)):  # was a directory ./postgresql:/user:password@host/db
+                raise ValueError(
+                    "a directory path; a PostgreSQL connection string goes in postgres_dsn "
+                    "(PYTHON_CONTEXT_MANAGER_POSTGRES_DSN), with memory_backend='postgres'"
+                )
             if value is cls.model_fields["cache_path"].default:
                 # the default ./cache, not named by the user: unused with storage_path set elsewhere, so a
                 # file of that name in the working directory is no error here (initialize() reports it
@@ -346,8 +352,11 @@ class ContextManagerConfig(BaseSettings):
 
         The storage directory, and ``cache_path`` when it holds it (``storage_path`` unset) or was set
         explicitly: with only ``storage_path`` set, the default ``./cache`` holds nothing, and creating it
-        put an empty directory in the working directory (or failed where that is read-only).
+        put an empty directory in the working directory (or failed where that is read-only). None with
+        ``memory_backend="postgres"``, which stores everything in the database.
         """
+        if self.memory_backend == "postgres":  # an empty ./cache/storage in the working directory was made
+            return []
         storage = self.resolved_storage_path
         if self.storage_path is None or "cache_path" in self.model_fields_set:
             return [self.cache_path, storage] if self.cache_path != storage else [storage]
@@ -421,10 +430,11 @@ def _configuration_error(
     first = error.errors()[0]
     field = ".".join(str(part) for part in first.get("loc", ())) or "config"
     got = first.get("input")
+    shown = _without_password(got)
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         allowed = ", ".join(sorted(ContextManagerConfig.model_fields))
-        return ConfigurationError(field, got, f"one of the options: {allowed}", detail="unknown option")
+        return ConfigurationError(field, shown, f"one of the options: {allowed}", detail="unknown option")
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     kind = first.get("type")
@@ -437,8 +447,27 @@ def _configuration_error(
     given = given or {}
     name = _name_as_set(field, given)
     return ConfigurationError(
-        name, got, _describe_constraints(field) or message, detail=_environment_source(name, got, given)
+        name, shown, _describe_constraints(field) or message, detail=_environment_source(name, got, given)
     )
+
+
+_LOOKS_LIKE_DSN = re.compile(r"\s*postgres(?:ql)?:/", re.IGNORECASE)
+"""A PostgreSQL URL (``//`` made ``/`` when it went through ``Path``)."""
+
+
+def _without_password(value: Any) -> Any:
+    """A rejected value as an error may quote it: a connection string's password as ``***``.
+
+    Any text, not only ``postgres_dsn``'s: a DSN given as ``storage_path`` or an unknown option.
+    """
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str | Path):
+        return value
+    from context_manager.core.memory.postgres.database import redact_dsn
+
+    hidden = redact_dsn(str(value))
+    return value if hidden == str(value) else hidden
 
 
 def _environment_source(name: str, got: Any, given: Mapping[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ Other providers plug in through the :class:`TokenCounter` protocol::
 
 from __future__ import annotations
 
+import os
 import re
 import string
 import threading
@@ -147,6 +148,20 @@ def encoding_for_model(model: str) -> str:
 
 _backends: dict[str, Any] = {}
 _backends_lock = threading.Lock()
+
+
+def _renew_backends_lock() -> None:
+    """In a forked child: a new lock.
+
+    A thread of the parent loading a tokenizer at the fork held it, and that thread does not exist here:
+    the child's first counter of an encoding not loaded yet waited for ever.
+    """
+    global _backends_lock
+    _backends_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_renew_backends_lock)
 
 
 def _backend(encoding_name: str) -> Any:

@@ -73,6 +73,12 @@ def _manager_directories(config: Any) -> list[Path]:
     return [Path(directory) for directory in created]
 
 
+_STORAGE_SILENT = (
+    "The storage directories do not answer (a hung network filesystem?): check the mount under "
+    "storage_path; the report could not read their sizes and free disk."
+)
+
+
 def _hangs(name: str) -> str:
     return f"Check {name!r} hangs: look at what it waits for."
 
@@ -111,6 +117,20 @@ class _ThreadRun:
 _SHARED_RUNS = "_health_check_runs"
 """The attribute of a memory manager holding the latest run of each store check (see :class:`_SharedRun`)."""
 _shared_lock = threading.Lock()
+
+
+def _renew_shared_lock() -> None:
+    """In a forked child: a new lock.
+
+    A thread of the parent running a health check at the fork held it, and that thread does not exist
+    here: the child's first health check of a store waited for ever.
+    """
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_renew_shared_lock)
 
 
 @dataclass(slots=True)
@@ -223,6 +243,9 @@ class HealthChecker:
         self._active_runs = 0  # health check runs in progress (in any event loop), under _hung_lock
         self._started_at = time.time()
         self._register_builtin_checks()
+        # the report's storage read (its function is passed per read): not a check, but given up and not
+        # started again while hung like one
+        self._storage_read = _Check("report:storage", dict, critical=False)
         own_monitor = getattr(context_manager, "performance_monitor", None)
         if isinstance(own_monitor, PerformanceMonitor):  # its sampler should run while it is monitoring
             self.watch_background_task(
@@ -668,6 +691,12 @@ class HealthChecker:
                 }
                 for error in monitor.recent_errors()
             )
+        storage = await self._read_storage_facts()
+        if "error" in storage:
+            error = {"source": "report:storage", "message": storage["error"], "timestamp": time.time()}
+            recent_errors.append(error)
+            if _STORAGE_SILENT not in recommendations:
+                recommendations.append(_STORAGE_SILENT)
         recent_errors.sort(key=lambda error: error["timestamp"])
         return DiagnosticReport(
             status=status.status,
@@ -679,11 +708,44 @@ class HealthChecker:
                 "event_loop_lag_ms": self._last_lag_ms,
                 "checker_uptime_s": time.time() - self._started_at,
             },
-            storage=await asyncio.to_thread(storage_facts, self._storage_directories()),
+            storage=storage,
             recent_errors=recent_errors[-_MAX_RECENT_ERRORS:],
             recoveries=self.recovery_history,
             generated_at=time.time(),
         )
+
+    async def _read_storage_facts(self) -> dict[str, Any]:
+        """The report's storage facts, read within ``check_timeout`` in one of the checker's threads.
+
+        Storage on a hung network filesystem blocks every stat and listing for ever: the report says so
+        instead of never returning, and while that read still hangs the next report does not start
+        another one (each would hold one more thread).
+        """
+        directories = self._storage_directories()
+        read = self._storage_read
+        if read.hung is not None:
+            started = read.hung.started_at or time.time()
+            problem = (
+                f"storage read still hung: the one started {time.time() - started:.0f} s ago timed out and "
+                "has not returned"
+            )
+        else:
+            scope = asyncio.timeout(self.check_timeout)
+            try:
+                async with scope:
+                    facts: dict[str, Any] = await self._run_in_thread(
+                        read, lambda: storage_facts(directories), "hung"
+                    )
+                return facts
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+            problem = f"storage read: no answer within {self.check_timeout:g} s (a hung filesystem?)"
+        return {
+            "directories": [{"path": str(path)} for path in directories],
+            "timed_out_s": self.check_timeout,
+            "error": problem,
+        }
 
     # ------------------------------------------------------------------------------ built-in checks
 

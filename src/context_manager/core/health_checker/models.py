@@ -132,7 +132,8 @@ class DiagnosticReport:
     system: dict[str, Any]
     """Python, platform, process and machine facts (memory, CPU, load, event-loop lag)."""
     storage: dict[str, Any]
-    """Storage directories (exists, size, free disk) and database facts."""
+    """Storage directories (exists, size, free disk) and database facts; read within ``check_timeout``:
+    past it (a hung filesystem) the directories' paths with ``timed_out_s`` and ``error``."""
     recent_errors: list[dict[str, Any]]
     """Recent problems: failed checks and repairs, and the monitors' recent operation errors."""
     recoveries: list[RecoveryAction]

@@ -8,6 +8,7 @@ hot path reads it without locking.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,20 @@ __all__ = ["join", "leave", "record_library_operation", "record_library_tokens",
 
 _registry_lock = threading.Lock()
 _running: tuple[PerformanceMonitor, ...] = ()
+
+
+def _renew_registry_lock() -> None:
+    """In a forked child: a new lock.
+
+    A thread of the parent starting or stopping a monitor at the fork held it, and that thread does not
+    exist here: the child's first monitor waited for ever.
+    """
+    global _registry_lock
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_renew_registry_lock)
 
 
 def running_monitors() -> tuple[PerformanceMonitor, ...]:

@@ -59,8 +59,11 @@ the numbering of a chunk of conversation turns)."""
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (safe for messages and logs)."""
-    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    """The DSN with any password replaced by ``***`` (safe for messages and logs).
+
+    Also a URL whose ``//`` a path made ``/`` (``Path("postgresql://user:pw@host/db")``).
+    """
+    redacted = re.sub(r"(:/+[^:/@]*:)[^@]*@", r"\1***@", dsn)
     # a key=value value: quoted ('...' with \' and \\ escapes) or up to the next unescaped space
     return re.sub(
         r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+\\?)",
