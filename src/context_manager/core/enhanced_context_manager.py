@@ -867,8 +867,9 @@ class EnhancedContextManager:
         Keys: ``tokens_before``, ``tokens_after``, ``messages_before``, ``messages_after``,
         ``removed_count``, ``truncated_count``, ``summary_tokens``, ``duration_ms``, ``timestamp``,
         ``strategy`` (``"extractive"``, ``"custom"``, ``"custom_failed_fallback_extractive"``),
-        ``target_tokens``, ``error``. A resumed persisted conversation lists its newest 100 compressions
-        (the ones before are in its records); ``get_context_summary()["compression_count"]`` counts all.
+        ``target_tokens``, ``error``. The newest 100 compressions (``COMPRESSION_HISTORY_LIMIT``), the same
+        before and after a persisted conversation resumes (the ones before are in its records);
+        ``get_context_summary()["compression_count"]`` counts all.
         """
         if self._window is None:
             return []

@@ -859,6 +859,41 @@ async def test_a_refused_compression_is_taken_back_when_the_reload_fails(
         assert manager.get_system_status()["conversation"]["pending_changes"] == 0
 
 
+async def test_a_refused_compression_is_taken_back_with_a_full_compression_history(
+    make_config: Any, backend_name: str
+) -> None:
+    """The window keeps its newest COMPRESSION_HISTORY_LIMIT records: a refused compression of a window
+    whose history is full is taken back with the record it pushed out put back, the count unchanged."""
+    from context_manager.core.context_window import COMPRESSION_HISTORY_LIMIT
+
+    other_writes = False
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal other_writes
+        if other_writes:
+            other_writes = False
+            await store_unloadable_record(make_config(), backend_name, "full")
+        return f"earlier: {len(messages)} messages about the payments service build"
+
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="full", summarizer=summarizer) as manager:
+        step = 0
+        while manager.get_context_summary()["compression_count"] <= COMPRESSION_HISTORY_LIMIT:
+            await manager.add_message("user", f"question {step} about the payments service build status")
+            step += 1
+        await manager.flush()
+        acknowledged, history = fingerprint(manager), manager.compression_history
+        count = manager.get_context_summary()["compression_count"]
+        assert len(history) == COMPRESSION_HISTORY_LIMIT
+        other_writes = True
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "A: " + " ".join(f"word{i}" for i in range(60)))
+        assert caught.value.needs_reload is True and not other_writes  # it did compress
+        assert fingerprint(manager) == acknowledged
+        assert manager.compression_history == history
+        assert manager.get_context_summary()["compression_count"] == count
+
+
 async def test_changes_made_while_a_refusal_is_taken_back_are_taken_back_too(
     make_config: Any, backend_name: str
 ) -> None:
