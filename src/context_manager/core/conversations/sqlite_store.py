@@ -52,6 +52,10 @@ _SCHEMA = [
 # one user's conversations without scanning everyone's (list_conversations(user_id=...)); not on
 # updated_at, which every append changes (an index write per append): a user's rows are sorted
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS conversations_owner ON conversations (owner)"
+# everyone's conversations in the listing's order (list_conversations() without a user, a page of recent
+# chats): a page read instead of a scan and sort of every conversation (8-12 ms at 50,000). It costs an
+# index update per append (about 2 us of the append's 20)
+_RECENT_INDEX = "CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (updated_at DESC, id)"
 
 
 class SQLiteConversationStore:
@@ -100,6 +104,7 @@ class SQLiteConversationStore:
                 connection.execute("ALTER TABLE conversations ADD COLUMN owner TEXT")
             # after the owner column (older databases get it on their next open)
             connection.execute(_OWNER_INDEX)
+            connection.execute(_RECENT_INDEX)  # (older databases get it on their next open too)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
