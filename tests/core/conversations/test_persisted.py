@@ -608,6 +608,20 @@ async def test_list_conversations_takes_a_limit_of_the_most_recent(make_config: 
     assert await asyncio.to_thread(listed_blocking) == ["two"]
 
 
+async def test_a_limit_beyond_a_64_bit_integer_lists_every_conversation(make_config: Any) -> None:
+    """list_conversations(limit=2**63) (any positive integer is allowed) raised StorageError, "datatype
+    mismatch" on SQLite and "bigint out of range" on PostgreSQL, as if storage were broken. A limit beyond
+    what storage counts is capped, as memory's limits are: every conversation is listed."""
+    for name in ("one", "two"):
+        async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
+            await manager.add_message("user", f"hello from {name}")
+    async with EnhancedContextManager(make_config(), conversation_id="two") as manager:
+        every = await manager.list_conversations()
+        assert [row["conversation_id"] for row in every] == ["two", "one"]
+        for huge in (2**63 - 1, 2**63, 10**30):
+            assert await manager.list_conversations(limit=huge) == every
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:

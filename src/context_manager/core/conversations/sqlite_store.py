@@ -28,6 +28,7 @@ from context_manager.core.conversations.store import (
     ConversationRecord,
     StoredConversation,
     generation_filter,
+    limit_clause,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
@@ -283,7 +284,7 @@ class SQLiteConversationStore:
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(
                 f"SELECT id, version, created_at, updated_at, owner FROM conversations{where} "
-                "ORDER BY updated_at DESC, id" + ("" if limit is None else f" LIMIT {int(limit)}"),
+                "ORDER BY updated_at DESC, id" + limit_clause(limit),
                 parameters,
             ).fetchall()
             return [
