@@ -640,6 +640,27 @@ async def test_list_and_delete_conversations(make_config: Any) -> None:
         assert manager.messages == ()  # deleted: a new, empty conversation
 
 
+async def test_a_manager_deleting_its_own_conversation_starts_it_again_empty(make_config: Any) -> None:
+    """A "clear this chat" that deletes the manager's own conversation left the deleted messages in its
+    window: get_context() still exported them, and the next add_message raised ConversationConflictError
+    (the change not made) before the window emptied. The window now empties with the delete; the next
+    change starts the conversation again."""
+    async with EnhancedContextManager(make_config(), conversation_id="mine") as manager:
+        await manager.add_message("user", "My card number ends in 4242.")
+        manager.pin_message(manager.messages[0].id)
+        assert await manager.delete_conversation("mine") is True
+        assert manager.messages == () and manager.get_context(format="openai") == []
+        assert manager.conversation_version == 0
+        await manager.add_message("user", "A new question.")  # no conflict
+        assert [m.content for m in manager.messages] == ["A new question."]
+        assert await manager.delete_conversation("mine") is True
+        assert await manager.delete_conversation("mine") is False  # nothing left to empty
+        await manager.add_message("user", "Again.")
+    async with EnhancedContextManager(make_config(), conversation_id="mine") as resumed:
+        assert [m.content for m in resumed.messages] == ["Again."]
+        assert resumed.conversation_version == 1
+
+
 async def test_concurrent_adds_in_one_manager_are_all_stored_in_window_order(make_config: Any) -> None:
     async with EnhancedContextManager(make_config(max_tokens=4000), conversation_id="busy") as manager:
         await asyncio.gather(*(manager.add_message("user", f"parallel message {i}") for i in range(40)))
