@@ -674,10 +674,9 @@ class ContextWindow:
         ``undo(messages, history, earlier)`` is given how many compressions came before the first entry
         of ``history`` and returns that count after its edits. It is called under the window's lock
         (after a compression in flight) with no await until the window is replaced, so the changes it
-        takes back are every change committed so far. Like
-        :meth:`restore`, nothing is journaled and evicted messages still queued stay queued. With
-        ``over``, a window exceeding ``max_tokens`` is accepted (taking back the compression that fitted
-        a restored window).
+        takes back are every change committed so far. Like :meth:`restore`, nothing is journaled and
+        evicted messages still queued stay queued. With ``over``, a window exceeding ``max_tokens`` is
+        accepted (taking back the compression that fitted a restored window).
 
         Raises:
             InvalidArgumentError: what ``undo`` left is not a valid window (the window is unchanged).

@@ -51,7 +51,7 @@ _SCHEMA = [
     "PRIMARY KEY (conversation_id, version)) WITHOUT ROWID",
 ]
 # one user's conversations without scanning everyone's (list_conversations(user_id=...)); not on
-# updated_at, which every append changes (an index write per append): a user's rows are sorted
+# updated_at, which every append changes (a second index write per append): a user's rows are sorted
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS conversations_owner ON conversations (owner)"
 # everyone's conversations in the listing's order (list_conversations() without a user, a page of recent
 # chats): a page read instead of a scan and sort of every conversation (8-12 ms at 50,000). It costs an
