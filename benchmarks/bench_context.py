@@ -212,7 +212,7 @@ async def bench_scaling(quick: bool) -> dict[str, Any]:
                     if await add(message) is not None:
                         take()
                 best = min(best, time.perf_counter() - start)
-                compressions = len(window.compression_history)
+                compressions = window.compression_count
                 del window, messages
             per_window[f"{n}"] = {"us_per_add": best / n * 1e6, "compressions": compressions}
         first = per_window[str(sizes[0])]["us_per_add"]
@@ -388,7 +388,7 @@ async def bench_compression(quick: bool) -> dict[str, Any]:
             await window.add(message)
         adds_ms.append((time.perf_counter() - start) * 1000)
         adds_cpu.append((time.process_time() - start_cpu) * 1000)
-        adds_compressions = len(window.compression_history)
+        adds_compressions = window.compression_count
         assert window.token_count <= budget
         copies = [
             Message(role=m.role, content=m.content, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
@@ -400,7 +400,7 @@ async def bench_compression(quick: bool) -> dict[str, Any]:
         await window.extend(copies)  # the history at once: counted, then one compression
         extend_ms.append((time.perf_counter() - start) * 1000)
         extend_cpu.append((time.process_time() - start_cpu) * 1000)
-        assert window.token_count <= budget and len(window.compression_history) == 1
+        assert window.token_count <= budget and window.compression_count == 1
         gc.collect()
         start, start_cpu = time.perf_counter(), time.process_time()
         trim_messages(
@@ -506,8 +506,8 @@ async def bench_stalls(quick: bool) -> dict[str, Any]:
             recording = True
             compress_ms: list[float] = []
             for _ in range(1 if quick else 3):
-                before = len(manager.compression_history)
-                while len(manager.compression_history) == before:
+                before = manager.get_context_summary()["compression_count"]
+                while manager.get_context_summary()["compression_count"] == before:
                     start = time.perf_counter()
                     await manager.add_message(
                         "user" if number % 2 == 0 else "assistant", make_text(rng, 110, number)

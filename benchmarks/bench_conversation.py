@@ -79,7 +79,7 @@ async def write_conversation(config: ContextManagerConfig, conversation: str, me
                 ]
             )
         await manager.flush()
-        return len(manager.compression_history)
+        return int(manager.get_context_summary()["compression_count"])
 
 
 async def time_resume(manager: EnhancedContextManager, conversation: str, rounds: int) -> list[float]:

@@ -269,7 +269,7 @@ async def run_ours(
                 per_message.append(elapsed)
                 turn_time += elapsed
             per_turn.append(turn_time)
-        compressions = len(manager.compression_history)
+        compressions = manager.get_context_summary()["compression_count"]
     resume: list[float] = []
     context: list[dict[str, Any]] = []
     for _ in range(rounds):

@@ -210,7 +210,7 @@ async def workload_messages(count: int, warmup: int, progress: Callable[[str], N
                 "window_tokens_end": summary["token_count"],
                 "window_messages_end": summary["message_count"],
                 "largest_window_tokens_seen": largest,
-                "compressions": len(manager.compression_history),
+                "compressions": manager.get_context_summary()["compression_count"],
                 "memories_by_tier": stats["by_tier"],
                 "bytes_on_disk": stats["bytes_on_disk"]["total"],
             }
@@ -491,7 +491,7 @@ async def workload_tools(count: int, warmup: int, progress: Callable[[str], None
                 if hasattr(manager.context_window.counter, "cache_chars")
                 else None,
                 "window_tokens_end": manager.get_context_summary()["token_count"],
-                "compressions": len(manager.compression_history),
+                "compressions": manager.get_context_summary()["compression_count"],
             }
             if counted != made:
                 result.problems.append(f"get_tool_stats counts {counted} != calls made {made}")

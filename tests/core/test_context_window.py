@@ -1273,3 +1273,29 @@ async def test_restore_with_fit_compresses_a_window_too_large_or_leaves_the_wind
         with pytest.raises(InvalidArgumentError, match=r"^max_tokens: got 300; allowed at least \d+"):
             await window.restore(messages, [], fit=True)
         assert window.messages == (kept,) and window.compression_history == []
+
+
+async def test_a_long_running_window_keeps_the_newest_compression_records() -> None:
+    """compression_history grew by a record per compression for the life of the window (about 300 bytes
+    each: 6 MB after 20,000 compressions of one small window). It keeps the newest
+    COMPRESSION_HISTORY_LIMIT records; compression_count counts every compression."""
+    from context_manager.core.context_window import COMPRESSION_HISTORY_LIMIT
+
+    seen: list[CompressionRecord] = []
+    window = ContextWindow(max_tokens=120, eviction_hook=lambda messages: None)
+    window.set_compression_observer(seen.append)
+    turn = 0
+    while len(seen) < COMPRESSION_HISTORY_LIMIT + 150:
+        await window.add(Message.create("user", f"Build {turn} of the payments service passed."))
+        turn += 1
+    assert window.compression_count == len(seen)
+    assert window.compression_history == seen[-COMPRESSION_HISTORY_LIMIT:]
+    assert await window.compress(30) is not None
+    assert window.compression_count == len(seen)
+    assert len(window.compression_history) == COMPRESSION_HISTORY_LIMIT
+    assert window.compression_history[-1] is seen[-1]
+    # a history restored longer than the limit keeps its newest records, and counts the others
+    fresh = ContextWindow(max_tokens=120)
+    await fresh.restore(window.messages, seen, earlier_compressions=5)
+    assert fresh.compression_history == seen[-COMPRESSION_HISTORY_LIMIT:]
+    assert fresh.compression_count == len(seen) + 5

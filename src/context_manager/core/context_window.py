@@ -101,6 +101,7 @@ from context_manager.core.tokens import (
 )
 
 __all__ = [
+    "COMPRESSION_HISTORY_LIMIT",
     "RESERVED_METADATA_KEYS",
     "CompressionRecord",
     "CompressionTrace",
@@ -130,6 +131,14 @@ OverflowCheck = Callable[[], Awaitable[None]]
 
 RESERVED_METADATA_KEYS = frozenset({SUMMARY_METADATA_KEY, TRUNCATED_METADATA_KEY})
 """Metadata keys only the window sets (on its summary and on the messages it cuts)."""
+
+COMPRESSION_HISTORY_LIMIT = 100
+"""How many records (the newest) :attr:`ContextWindow.compression_history` keeps.
+
+A window run for days would otherwise hold a record for every compression it ever made (about 300 bytes
+each: 6 MB after 20,000 compressions). :attr:`ContextWindow.compression_count` counts every compression.
+A persisted conversation's snapshots keep the same newest records (its records keep them all).
+"""
 
 STRATEGY_EXTRACTIVE = "extractive"
 STRATEGY_CUSTOM = "custom"
@@ -452,7 +461,8 @@ class ContextWindow:
         self._queued = 0  # adds waiting for the lock
         self._hook: EvictionHook | None = None
         self._journal: Journal | None = None
-        self._replaced: tuple[tuple[Message, ...], int] | None = None  # see compressed_from
+        # see compressed_from
+        self._replaced: tuple[tuple[Message, ...], tuple[CompressionRecord, ...], int] | None = None
         self._overflow_check: OverflowCheck | None = None
         self._on_compression: Callable[[CompressionRecord], None] | None = None
         self._compression_tracer: Callable[[], CompressionTrace] | None = None
@@ -462,8 +472,8 @@ class ContextWindow:
         self._summary_calls: set[asyncio.Future[Any]] = set()  # the summarizer calls in flight
         self._summaries_stopped = False  # drain(): compressions use the extractive summary from now on
         self.compression_history: list[CompressionRecord] = []
-        """One record per compression, oldest first (a restored window's: the ones it was given)."""
-        self._earlier_compressions = 0  # compressions before compression_history's first (see restore)
+        """One record per compression, oldest first: the newest :data:`COMPRESSION_HISTORY_LIMIT`."""
+        self._earlier_compressions = 0  # compressions before compression_history's first
         if eviction_hook is not None:
             self.set_eviction_hook(eviction_hook)
 
@@ -486,10 +496,7 @@ class ContextWindow:
 
     @property
     def compression_count(self) -> int:
-        """Compressions of this window: :attr:`compression_history`'s and, restored, the earlier ones.
-
-        A resumed conversation's history holds its newest entries only (see :meth:`restore`).
-        """
+        """Compressions of this window, every one: :attr:`compression_history` lists the newest only."""
         return self._earlier_compressions + len(self.compression_history)
 
     @property
@@ -674,25 +681,26 @@ class ContextWindow:
         self._compression_tracer = tracer
 
     @property
-    def compressed_from(self) -> tuple[tuple[Message, ...], int] | None:
+    def compressed_from(self) -> tuple[tuple[Message, ...], tuple[CompressionRecord, ...], int] | None:
         """While a journal receives a ``"compress"`` change: the window before it, else ``None``.
 
-        The messages before the compression (the summary included) and how many ``compression_history``
-        entries there were: what :meth:`rewind` needs to take the compression back (a journal that may
-        have to, keeps it).
+        The messages before the compression (the summary included), the ``compression_history`` entries
+        and how many compressions came before them (``compression_count - len(history)``): what
+        :meth:`rewind` needs to take the compression back (a journal that may have to, keeps it).
         """
         return self._replaced
 
     async def rewind(
-        self, undo: Callable[[list[Message], list[CompressionRecord]], None], *, over: bool = False
+        self, undo: Callable[[list[Message], list[CompressionRecord], int], int], *, over: bool = False
     ) -> None:
         """Take back changes: ``undo`` edits copies of the messages and history, which replace the window's.
 
-        ``undo`` is called under the window's lock (after a compression in flight) with no await until
-        the window is replaced, so the changes it takes back are every change committed so far. Like
-        :meth:`restore`, nothing is journaled and evicted messages still queued stay queued. With
-        ``over``, a window exceeding ``max_tokens`` is accepted (taking back the compression that fitted
-        a restored window).
+        ``undo(messages, history, earlier)`` is given how many compressions came before the first entry
+        of ``history`` and returns that count after its edits. It is called under the window's lock
+        (after a compression in flight) with no await until the window is replaced, so the changes it
+        takes back are every change committed so far. Like :meth:`restore`, nothing is journaled and
+        evicted messages still queued stay queued. With ``over``, a window exceeding ``max_tokens`` is
+        accepted (taking back the compression that fitted a restored window).
 
         Raises:
             InvalidArgumentError: what ``undo`` left is not a valid window (the window is unchanged).
@@ -700,8 +708,9 @@ class ContextWindow:
         async with self._lock:
             messages = list(self._messages)
             history = list(self.compression_history)
-            undo(messages, history)
+            earlier = undo(messages, history, self._earlier_compressions)
             self._install(messages, history, over=over)
+            self._earlier_compressions = earlier
 
     async def _check_overflow(self) -> None:
         check = self._overflow_check
@@ -726,7 +735,8 @@ class ContextWindow:
 
         Args:
             messages: The window's messages.
-            history: Its compression history.
+            history: Its compression history (the newest :data:`COMPRESSION_HISTORY_LIMIT` entries are
+                kept, the others counted by :attr:`compression_count`).
             fit: When the messages exceed ``max_tokens``, compress them to :attr:`target_tokens` at once
                 (as an add would: the compression is recorded and journaled) instead of refusing them,
                 if compression is enabled.
@@ -756,8 +766,9 @@ class ContextWindow:
             # (_install replaces both lists: the ones held here stay as they are)
             previous_messages, previous_history = self._messages, self.compression_history
             previous_earlier = self._earlier_compressions
-            total = self._install(messages, history, over=fit and self.enable_compression)
-            self._earlier_compressions = earlier_compressions
+            dropped = max(0, len(history) - COMPRESSION_HISTORY_LIMIT)
+            total = self._install(messages, history[dropped:], over=fit and self.enable_compression)
+            self._earlier_compressions = earlier_compressions + dropped
             if total <= self._max_tokens:
                 return None
             # over budget: installed unchecked; compress it now, or put the previous window back
@@ -1459,9 +1470,14 @@ class ContextWindow:
             error=prepared.outcome.error,
         )
         journal = self._journal
+        history = self.compression_history
         if journal is not None:
-            self._replaced = (tuple(before), len(self.compression_history))
-        self.compression_history.append(record)
+            self._replaced = (tuple(before), tuple(history), self._earlier_compressions)
+        history.append(record)
+        excess = len(history) - COMPRESSION_HISTORY_LIMIT
+        if excess > 0:  # the oldest record leaves (compression_count still counts it)
+            del history[:excess]
+            self._earlier_compressions += excess
         if journal is not None:
             for message in added:  # the order of the window after this record is the "kept" list
                 journal("add", {"message": message.to_dict()})

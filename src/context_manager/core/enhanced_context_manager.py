@@ -881,8 +881,9 @@ class EnhancedContextManager:
         Keys: ``tokens_before``, ``tokens_after``, ``messages_before``, ``messages_after``,
         ``removed_count``, ``truncated_count``, ``summary_tokens``, ``duration_ms``, ``timestamp``,
         ``strategy`` (``"extractive"``, ``"custom"``, ``"custom_failed_fallback_extractive"``),
-        ``target_tokens``, ``error``. A resumed persisted conversation lists its newest 100 compressions
-        (the ones before are in its records); ``get_context_summary()["compression_count"]`` counts all.
+        ``target_tokens``, ``error``. The newest 100 compressions (``COMPRESSION_HISTORY_LIMIT``), the same
+        before and after a persisted conversation resumes (the ones before are in its records);
+        ``get_context_summary()["compression_count"]`` counts all.
         """
         if self._window is None:
             return []
@@ -1036,7 +1037,9 @@ class EnhancedContextManager:
 
         Memories written from its evicted messages stay in memory (erase them with the memory API). A
         manager still writing the conversation gets ``ConversationConflictError`` on its next change. A
-        manager with a ``user_id`` deletes only that user's conversations (and nobody's).
+        manager deleting its own conversation empties its window (changes not stored yet are dropped):
+        its next change starts the conversation again. A manager with a ``user_id`` deletes only that
+        user's conversations (and nobody's).
 
         Raises:
             InvalidArgumentError: ``conversation_id`` is not a valid id.
@@ -1049,7 +1052,22 @@ class EnhancedContextManager:
         if self._conversation_store is None and not self._conversations_exist():
             return False
         store = await self._open_conversation_store()
-        return await store.delete(conversation_id, user_id=self._user_id)
+        deleted = await store.delete(conversation_id, user_id=self._user_id)
+        conversation = self._conversation
+        if deleted and conversation is not None and conversation.conversation_id == conversation_id:
+            # its own: the window empties as storage did (it exported the deleted messages, and its next
+            # change was refused, until a reload)
+            self._unflushed_pins = []
+            try:
+                await conversation.reload()
+            except ContextManagerError as error:  # the next change is refused and reloads, as before
+                logger.warning(
+                    "conversation %r deleted; emptying this manager's window failed (%s: %s)",
+                    conversation_id,
+                    type(error).__name__,
+                    error,
+                )
+        return deleted
 
     def _conversations_exist(self) -> bool:
         """Whether conversations may be stored (on SQLite: whether the file exists; creating none)."""

@@ -608,6 +608,20 @@ async def test_list_conversations_takes_a_limit_of_the_most_recent(make_config: 
     assert await asyncio.to_thread(listed_blocking) == ["two"]
 
 
+async def test_a_limit_beyond_a_64_bit_integer_lists_every_conversation(make_config: Any) -> None:
+    """list_conversations(limit=2**63) (any positive integer is allowed) raised StorageError, "datatype
+    mismatch" on SQLite and "bigint out of range" on PostgreSQL, as if storage were broken. A limit beyond
+    what storage counts is capped, as memory's limits are: every conversation is listed."""
+    for name in ("one", "two"):
+        async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
+            await manager.add_message("user", f"hello from {name}")
+    async with EnhancedContextManager(make_config(), conversation_id="two") as manager:
+        every = await manager.list_conversations()
+        assert [row["conversation_id"] for row in every] == ["two", "one"]
+        for huge in (2**63 - 1, 2**63, 10**30):
+            assert await manager.list_conversations(limit=huge) == every
+
+
 async def test_list_and_delete_conversations(make_config: Any) -> None:
     for name in ("alpha", "beta"):
         async with EnhancedContextManager(make_config(), conversation_id=name) as manager:
@@ -624,6 +638,27 @@ async def test_list_and_delete_conversations(make_config: Any) -> None:
             await manager.delete_conversation("")
     async with EnhancedContextManager(make_config(), conversation_id="alpha") as manager:
         assert manager.messages == ()  # deleted: a new, empty conversation
+
+
+async def test_a_manager_deleting_its_own_conversation_starts_it_again_empty(make_config: Any) -> None:
+    """A "clear this chat" that deletes the manager's own conversation left the deleted messages in its
+    window: get_context() still exported them, and the next add_message raised ConversationConflictError
+    (the change not made) before the window emptied. The window now empties with the delete; the next
+    change starts the conversation again."""
+    async with EnhancedContextManager(make_config(), conversation_id="mine") as manager:
+        await manager.add_message("user", "My card number ends in 4242.")
+        manager.pin_message(manager.messages[0].id)
+        assert await manager.delete_conversation("mine") is True
+        assert manager.messages == () and manager.get_context(format="openai") == []
+        assert manager.conversation_version == 0
+        await manager.add_message("user", "A new question.")  # no conflict
+        assert [m.content for m in manager.messages] == ["A new question."]
+        assert await manager.delete_conversation("mine") is True
+        assert await manager.delete_conversation("mine") is False  # nothing left to empty
+        await manager.add_message("user", "Again.")
+    async with EnhancedContextManager(make_config(), conversation_id="mine") as resumed:
+        assert [m.content for m in resumed.messages] == ["Again."]
+        assert resumed.conversation_version == 1
 
 
 async def test_concurrent_adds_in_one_manager_are_all_stored_in_window_order(make_config: Any) -> None:
@@ -857,6 +892,41 @@ async def test_a_refused_compression_is_taken_back_when_the_reload_fails(
         assert manager.context_window.summary == summary
         assert manager.get_context_summary()["token_count"] == tokens
         assert manager.get_system_status()["conversation"]["pending_changes"] == 0
+
+
+async def test_a_refused_compression_is_taken_back_with_a_full_compression_history(
+    make_config: Any, backend_name: str
+) -> None:
+    """The window keeps its newest COMPRESSION_HISTORY_LIMIT records: a refused compression of a window
+    whose history is full is taken back with the record it pushed out put back, the count unchanged."""
+    from context_manager.core.context_window import COMPRESSION_HISTORY_LIMIT
+
+    other_writes = False
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        nonlocal other_writes
+        if other_writes:
+            other_writes = False
+            await store_unloadable_record(make_config(), backend_name, "full")
+        return f"earlier: {len(messages)} messages about the payments service build"
+
+    config = make_config(max_tokens=300)
+    async with EnhancedContextManager(config, conversation_id="full", summarizer=summarizer) as manager:
+        step = 0
+        while manager.get_context_summary()["compression_count"] <= COMPRESSION_HISTORY_LIMIT:
+            await manager.add_message("user", f"question {step} about the payments service build status")
+            step += 1
+        await manager.flush()
+        acknowledged, history = fingerprint(manager), manager.compression_history
+        count = manager.get_context_summary()["compression_count"]
+        assert len(history) == COMPRESSION_HISTORY_LIMIT
+        other_writes = True
+        with pytest.raises(ConversationConflictError) as caught:
+            await manager.add_message("user", "A: " + " ".join(f"word{i}" for i in range(60)))
+        assert caught.value.needs_reload is True and not other_writes  # it did compress
+        assert fingerprint(manager) == acknowledged
+        assert manager.compression_history == history
+        assert manager.get_context_summary()["compression_count"] == count
 
 
 async def test_changes_made_while_a_refusal_is_taken_back_are_taken_back_too(

@@ -18,7 +18,8 @@ async def test_listing_one_users_conversations_does_not_scan_everyones(tmp_path:
     await store.open()
     await store.close()
     with sqlite3.connect(path) as db:  # a database as the earlier version left it: no index
-        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"):
+        indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        for (name,) in indexes.fetchall():
             db.execute(f"DROP INDEX {name}")
         db.executemany(
             "INSERT INTO conversations (id, version, created_at, updated_at, owner) VALUES (?, 1, ?, ?, ?)",
@@ -50,3 +51,44 @@ async def test_listing_one_users_conversations_does_not_scan_everyones(tmp_path:
             )
         )
     assert "SEARCH conversations USING INDEX" in plan and "(owner=?)" in plan, plan
+
+
+async def test_listing_everyones_recent_conversations_reads_one_page(tmp_path: Path) -> None:
+    """list_conversations() without a user (a single-user app's "recent chats", limit=20) scanned all
+    50,000 conversations and sorted them for each page: 8-12 ms, growing with every conversation. An index
+    in the listing's order makes it read the page (0.06 ms); a database written before gets it on its
+    next open, and the listing (ties on updated_at ordered by id) is the same."""
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:  # a database as the earlier version left it: no index
+        indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        for (name,) in indexes.fetchall():
+            db.execute(f"DROP INDEX {name}")
+        db.executemany(
+            "INSERT INTO conversations (id, version, created_at, updated_at, owner) VALUES (?, 1, ?, ?, ?)",
+            [(f"chat-{i}", 1.0e9 + i, 1.0e9 + (i * 7919) % 997, f"user-{i % 50}") for i in range(5_000)],
+        )
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        expected = sorted(
+            ((f"chat-{i}", 1.0e9 + (i * 7919) % 997) for i in range(5_000)), key=lambda row: (-row[1], row[0])
+        )
+        listed = await store.list_conversations()
+        assert [(info.conversation_id, info.updated_at) for info in listed] == expected
+        page = await store.list_conversations(limit=20)
+        assert [(info.conversation_id, info.updated_at) for info in page] == expected[:20]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        # the listing query the store runs without a user, as SQLite plans it
+        plan = " / ".join(
+            row[3]
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN SELECT id, version, created_at, updated_at, owner FROM conversations "
+                "ORDER BY updated_at DESC, id LIMIT 20"
+            )
+        )
+    assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, plan

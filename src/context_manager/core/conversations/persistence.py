@@ -95,7 +95,7 @@ class PersistedConversation:
         # the task whose operation committed each pending change (its caller's sync raises its refusal)
         self._pending_tasks: list[asyncio.Task[Any] | None] = []
         # the window before each pending compression, by its sequence number (to take it back)
-        self._before: dict[int, tuple[tuple[Message, ...], int]] = {}
+        self._before: dict[int, tuple[tuple[Message, ...], tuple[CompressionRecord, ...], int]] = {}
         self._journaled = 0  # records journaled since the start (a sequence number)
         self._resolved = 0  # of those, how many are stored or were refused (a prefix)
         # (first, last, why, the task of each change first..last)
@@ -402,14 +402,15 @@ class PersistedConversation:
         """
         taken = 0
 
-        def undo(messages: list[Message], history: list[CompressionRecord]) -> None:
+        def undo(messages: list[Message], history: list[CompressionRecord], earlier: int) -> int:
             nonlocal taken
             first = self._resolved + 1
             changes = [
                 (record, self._before.get(sequence)) for sequence, record in enumerate(self._pending, first)
             ]
-            take_back(messages, history, changes)
+            earlier = take_back(messages, history, changes, earlier)
             taken = len(changes)
+            return earlier
 
         try:
             await self._window.rewind(undo, over=True)  # (the loaded window a compression fitted)

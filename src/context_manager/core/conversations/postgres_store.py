@@ -22,6 +22,7 @@ from context_manager.core.conversations.store import (
     ConversationRecord,
     StoredConversation,
     generation_filter,
+    limit_clause,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError
 
@@ -262,7 +263,7 @@ class PostgresConversationStore:
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
             cursor = await connection.execute(
                 f"SELECT id, version, created_at, updated_at, owner FROM cm_conversations{where} "
-                "ORDER BY updated_at DESC, id" + ("" if limit is None else f" LIMIT {int(limit)}"),
+                "ORDER BY updated_at DESC, id" + limit_clause(limit),
                 parameters,
             )
             return [

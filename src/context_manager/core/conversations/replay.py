@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from context_manager.core.compression.truncation import TRUNCATED_METADATA_KEY
+from context_manager.core.context_window import COMPRESSION_HISTORY_LIMIT
 from context_manager.core.conversations.codec import SNAPSHOT_ADVICE
 from context_manager.core.conversations.store import ConversationRecord, StoredConversation
 from context_manager.core.errors import StorageCorruptedError
@@ -51,8 +52,8 @@ __all__ = [
 COUNTER_KEY = "counter"
 """The payload (and snapshot) key naming the token counter whose counts the messages carry."""
 
-SNAPSHOT_HISTORY = 100
-"""How many ``compression_history`` entries (the newest) a snapshot keeps, and a resumed window gets.
+SNAPSHOT_HISTORY = COMPRESSION_HISTORY_LIMIT
+"""How many ``compression_history`` entries (the newest) a snapshot keeps: the ones the live window keeps.
 
 A conversation that compressed thousands of times would otherwise write its whole history in every
 snapshot (about 290 bytes a compression: 575 kB after 2,000, where the window itself is a few kB) and
@@ -289,13 +290,15 @@ def _apply(
 def take_back(
     messages: list[Message],
     history: list[Any],
-    changes: Sequence[tuple[ConversationRecord, tuple[Sequence[Message], int] | None]],
-) -> None:
+    changes: Sequence[tuple[ConversationRecord, tuple[Sequence[Message], Sequence[Any], int] | None]],
+    earlier: int = 0,
+) -> int:
     """Undo ``changes`` (oldest first, the last ones made) on a window's ``messages`` and ``history``.
 
     Each change is a record and, for a compression, the window before it
     (:attr:`ContextWindow.compressed_from`). An add is taken back by removing its message, a pin by
-    flipping it back, a compression by putting back the messages before it and dropping its history entry.
+    flipping it back, a compression by putting back the messages and history before it. ``earlier``:
+    how many compressions came before the first entry of ``history``; returns that count after the undo.
 
     Raises:
         ValueError: a compression without the window before it, or a record of an unknown kind.
@@ -313,6 +316,8 @@ def take_back(
             ]
         elif record.kind == "compress" and before is not None:
             messages[:] = before[0]
-            del history[before[1] :]
+            history[:] = before[1]
+            earlier = before[2]
         else:
             raise ValueError(f"cannot take back a {record.kind!r} record")
+    return earlier

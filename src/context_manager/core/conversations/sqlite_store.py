@@ -28,6 +28,7 @@ from context_manager.core.conversations.store import (
     ConversationRecord,
     StoredConversation,
     generation_filter,
+    limit_clause,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
@@ -50,8 +51,12 @@ _SCHEMA = [
     "PRIMARY KEY (conversation_id, version)) WITHOUT ROWID",
 ]
 # one user's conversations without scanning everyone's (list_conversations(user_id=...)); not on
-# updated_at, which every append changes (an index write per append): a user's rows are sorted
+# updated_at, which every append changes (a second index write per append): a user's rows are sorted
 _OWNER_INDEX = "CREATE INDEX IF NOT EXISTS conversations_owner ON conversations (owner)"
+# everyone's conversations in the listing's order (list_conversations() without a user, a page of recent
+# chats): a page read instead of a scan and sort of every conversation (8-12 ms at 50,000). It costs an
+# index update per append (about 2 us of the append's 20)
+_RECENT_INDEX = "CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (updated_at DESC, id)"
 
 
 class SQLiteConversationStore:
@@ -100,6 +105,7 @@ class SQLiteConversationStore:
                 connection.execute("ALTER TABLE conversations ADD COLUMN owner TEXT")
             # after the owner column (older databases get it on their next open)
             connection.execute(_OWNER_INDEX)
+            connection.execute(_RECENT_INDEX)  # (older databases get it on their next open too)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
@@ -278,7 +284,7 @@ class SQLiteConversationStore:
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(
                 f"SELECT id, version, created_at, updated_at, owner FROM conversations{where} "
-                "ORDER BY updated_at DESC, id" + ("" if limit is None else f" LIMIT {int(limit)}"),
+                "ORDER BY updated_at DESC, id" + limit_clause(limit),
                 parameters,
             ).fetchall()
             return [

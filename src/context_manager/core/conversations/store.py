@@ -25,6 +25,7 @@ __all__ = [
     "StoredConversation",
     "check_conversation_id",
     "generation_filter",
+    "limit_clause",
 ]
 
 
@@ -247,6 +248,15 @@ class ConversationStore(Protocol):
     async def restore(self, dump: ConversationDump) -> None:
         """Store ``dump`` as the conversation, replacing what is stored under its id (one transaction)."""
         ...
+
+
+def limit_clause(limit: int | None) -> str:
+    """`` LIMIT n`` for a listing (``""`` for ``None``), capped to what SQLite and PostgreSQL take.
+
+    A limit beyond a 64-bit integer made SQLite refuse the query ("datatype mismatch") and PostgreSQL
+    too ("bigint out of range"), reported as a storage failure; no store holds that many rows.
+    """
+    return "" if limit is None else f" LIMIT {min(int(limit), 2**63 - 1)}"
 
 
 def generation_filter(created_at: float | None, placeholder: str) -> tuple[str, tuple[float, ...]]:
