@@ -22,6 +22,9 @@
    query and PostgreSQL's index split words at it: on SQLite "main", "500" or "Alice" found nothing.
 9. Text in capitals that FTS5's tables (Unicode 6.1) do not fold (Cherokee, Georgian Mtavruli, Adlam) was
    found by nothing on SQLite, its own words included: the query lower-cases them, as PostgreSQL does.
+10. A Latin letter carrying a mark FTS5 does not fold before a folded accent (Yoruba and IPA "é̩": "e",
+    U+0329, U+0301) was found by its folded word ("ile") on SQLite, not on PostgreSQL: NFC composed the
+    accent across the mark there, where the query ends the word at the mark.
 """
 
 from __future__ import annotations
@@ -509,3 +512,47 @@ async def test_a_merge_whose_tags_add_up_to_tens_of_thousands_is_stored(manager:
     found = await manager.search_memory("kiwi harvest")
     assert len(found) == 1 and len(found[0].tags) == 80_000 and found[0].merged_from
     assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [found[0].id]
+
+
+MARKED_MEMORIES = {
+    "yoruba": "Ọjọ́ ilé\u0329 wa ni abé\u0329de",  # NFC: "é" and U+0329 (a vertical line below)
+    "decomposed": nfd("Ìgbà ẹ̀ṣẹ́ kọ̀ọ̀kan ní abé\u0329de"),  # "e", U+0329, U+0301 (and NFD elsewhere)
+    "reordered": "Mo ri agbe\u0301\u0329re lana",  # the accent typed first: the same text in NFC
+    "ipa": "The vowel in the IPA as q\u0329\u0301wak",  # no composed "q́": the accent stays a mark
+    "plain": "An unrelated note about the weather in Lagos",
+}
+MARKED_QUERIES = {
+    "ile": ["yoruba"],
+    "ilé\u0329": ["yoruba"],
+    "ile\u0301": ["yoruba"],
+    "abe": ["yoruba", "decomposed"],
+    "abé\u0329de": ["yoruba", "decomposed"],
+    "agbe": ["reordered"],
+    "agbé\u0329re": ["reordered"],
+    "ojo": ["yoruba"],
+    "Ọjọ́": ["yoruba"],
+    "ese": ["decomposed"],
+    "q": ["ipa"],
+    "wak": ["ipa"],
+    "lagos": ["plain"],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_latin_letter_with_an_unfolded_mark_before_its_accent_is_found_by_the_folded_word(
+    manager: MemoryManager, tier: str
+) -> None:
+    """The query ends a word at a combining mark FTS5 does not fold (U+0329) and folds the accent of what
+    it ends ("é" as "e"); PostgreSQL's index read the text in NFC, where the accent is composed with the
+    letter across that mark, and kept it: "ile" found "ilé̩" on SQLite, nothing on PostgreSQL."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in MARKED_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["ọmọ ifé\u0329"])
+    for query, names in MARKED_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert {m.id for m in found} == {stored[name].id for name in names}, (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("omo", limit=5)] == [tagged.id]
+    assert [m.id for m in await manager.search_memory("ife", limit=5)] == [tagged.id]
+
