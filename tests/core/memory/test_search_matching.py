@@ -25,6 +25,8 @@
 10. A Latin letter carrying a mark FTS5 does not fold before a folded accent (Yoruba and IPA "é̩": "e",
     U+0329, U+0301) was found by its folded word ("ile") on SQLite, not on PostgreSQL: NFC composed the
     accent across the mark there, where the query ends the word at the mark.
+11. A Greek capital with no composed form with its mark ("Ϊ́", "Ϋ́") was found by nothing on PostgreSQL:
+    the query lower-cases and composes it ("ΐ"), the server's parser only lower-cased it.
 """
 
 from __future__ import annotations
@@ -556,3 +558,62 @@ async def test_a_latin_letter_with_an_unfolded_mark_before_its_accent_is_found_b
     assert [m.id for m in await manager.search_memory("omo", limit=5)] == [tagged.id]
     assert [m.id for m in await manager.search_memory("ife", limit=5)] == [tagged.id]
 
+
+GREEK_CAPITALS = {
+    "dialytika": "ΠΡΩΤΕΥΟΥΣΑ ΚΑΙ ΠΡΟΪ́ΟΝ",  # "Ϊ" and U+0301: no composed capital ("ΐ" in small letters)
+    "upsilon": "ΤΟ ΚΑΫ́ΚΙ ΤΟΥ ΨΑΡΑ",  # "Ϋ" and U+0301 (small: "ΰ")
+    "perispomeni": "ΤΩ͂Ν ΘΕΩ͂Ν",  # polytonic capitals: "Ω" and U+0342 (small: "ῶ")
+    "small": "προΐον καΰκι τῶν θεῶν",
+    "plain": "An unrelated note about Athens",
+}
+GREEK_QUERIES = {
+    "ΠΡΟΪ́ΟΝ": ["dialytika", "small"],
+    "προΐον": ["dialytika", "small"],
+    "ΚΑΫ́ΚΙ": ["upsilon", "small"],
+    "καΰκι": ["upsilon", "small"],
+    "ΘΕΩ͂Ν": ["perispomeni", "small"],
+    "θεῶν": ["perispomeni", "small"],
+    "πρωτευουσα": ["dialytika"],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_greek_capital_without_a_composed_form_is_found_by_its_word(
+    manager: MemoryManager, tier: str
+) -> None:
+    """The query lower-cases "ΠΡΟΪ́ΟΝ" and composes it ("προΐον", "ΐ" one character); both indexes lower-cased
+    it without composing ("ϊ" and U+0301 on PostgreSQL, "ϊ" on SQLite, whose FTS5 drops the accent): the
+    capital's word was no term the query asked for, found by nothing, in capitals or not. Both backends now
+    index such a capital as the query reads it."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in GREEK_CAPITALS.items()}
+    for query, names in GREEK_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert {m.id for m in found} == {stored[name].id for name in names}, (
+            query,
+            [m.content for m in found],
+        )
+
+
+async def test_a_long_term_tier_indexed_before_greek_capitals_were_composed_is_reindexed_on_open(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    import sqlite3
+
+    from context_manager.core.memory.index import normalize_text
+
+    async with MemoryManager(sqlite_config) as memory:
+        greek = await memory.add_memory("ΠΡΩΤΕΥΟΥΣΑ ΚΑΙ ΠΡΟΪ́ΟΝ", tier="long")
+        english = await memory.add_memory("The staging cluster runs Kubernetes", tier="long")
+    database = sqlite_config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        for rowid, content in connection.execute("SELECT rowid, content FROM memories").fetchall():
+            connection.execute(
+                "UPDATE memories_fts SET content = ? WHERE rowid = ?", (normalize_text(content), rowid)
+            )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0009_greek_capitals'")
+    async with MemoryManager(sqlite_config) as memory:
+        assert await memory.search_memory("kubernetes") and await memory.search_memory("πρωτευουσα")
+        assert [m.id for m in await memory.search_memory("προΐον")] == [greek.id]
+        assert [m.id for m in await memory.search_memory("ΠΡΟΪ́ΟΝ")] == [greek.id]
+        assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
+        assert (await memory.check_integrity())["ok"]

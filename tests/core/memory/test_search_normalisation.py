@@ -785,6 +785,7 @@ WORD_ALPHABETS = [
     "ǍǎǏǐǑǒǓǔǕǖạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ",
     "αβγδεζηθικλμνξοπρστυφχψωάέήίόύώΑΒΓΔΣΩΆΈ",
     "egkozEỌ\u0329\u0329\u0301\u0300",  # Yoruba, IPA: a mark FTS5 does not fold, accents after it
+    "ΑΙΥΩΡΪΫΚΛ\u0301\u0342\u0308\u0345",  # Greek capitals with marks (some with no composed form)
     "абвгдеёжзийклмнопрстуфхцчшщъыьэюяЁЙ",
     "한국어공부를합니다",
     "東京の天気日本語中文",
