@@ -12,7 +12,10 @@ column before). An overflow move copies it with the row instead of parsing the t
 with the characters the query splits words at replaced by spaces (``0006``, ``separators.py``), Chinese and
 Japanese runs first spread into their characters and pairs as the embedded store indexes them (``0007``),
 emoji and other symbols each made an ASCII term of its code point (``0008``), superscripts, subscripts,
-fractions and the other numbers that are no digits spelled in ASCII inside their word (``0010``).
+fractions and the other numbers that are no digits spelled in ASCII inside their word (``0010``), the text
+folded as the query folds its words and ASCII text split at every character no letter or digit (``0011``),
+an accent split off with a mark FTS5 does not fold and Greek capitals composed, ASCII text on a short path
+(``0012``).
 """
 
 from __future__ import annotations
