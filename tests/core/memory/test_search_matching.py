@@ -22,6 +22,11 @@
    query and PostgreSQL's index split words at it: on SQLite "main", "500" or "Alice" found nothing.
 9. Text in capitals that FTS5's tables (Unicode 6.1) do not fold (Cherokee, Georgian Mtavruli, Adlam) was
    found by nothing on SQLite, its own words included: the query lower-cases them, as PostgreSQL does.
+10. A Latin letter carrying a mark FTS5 does not fold before a folded accent (Yoruba and IPA "é̩": "e",
+    U+0329, U+0301) was found by its folded word ("ile") on SQLite, not on PostgreSQL: NFC composed the
+    accent across the mark there, where the query ends the word at the mark.
+11. A Greek capital with no composed form with its mark ("Ϊ́", "Ϋ́") was found by nothing on PostgreSQL:
+    the query lower-cases and composes it ("ΐ"), the server's parser only lower-cased it.
 """
 
 from __future__ import annotations
@@ -509,3 +514,106 @@ async def test_a_merge_whose_tags_add_up_to_tens_of_thousands_is_stored(manager:
     found = await manager.search_memory("kiwi harvest")
     assert len(found) == 1 and len(found[0].tags) == 80_000 and found[0].merged_from
     assert [m.id for m in await manager.search_by_tags(["customer079999account"])] == [found[0].id]
+
+
+MARKED_MEMORIES = {
+    "yoruba": "Ọjọ́ ilé\u0329 wa ni abé\u0329de",  # NFC: "é" and U+0329 (a vertical line below)
+    "decomposed": nfd("Ìgbà ẹ̀ṣẹ́ kọ̀ọ̀kan ní abé\u0329de"),  # "e", U+0329, U+0301 (and NFD elsewhere)
+    "reordered": "Mo ri agbe\u0301\u0329re lana",  # the accent typed first: the same text in NFC
+    "ipa": "The vowel in the IPA as q\u0329\u0301wak",  # no composed "q́": the accent stays a mark
+    "plain": "An unrelated note about the weather in Lagos",
+}
+MARKED_QUERIES = {
+    "ile": ["yoruba"],
+    "ilé\u0329": ["yoruba"],
+    "ile\u0301": ["yoruba"],
+    "abe": ["yoruba", "decomposed"],
+    "abé\u0329de": ["yoruba", "decomposed"],
+    "agbe": ["reordered"],
+    "agbé\u0329re": ["reordered"],
+    "ojo": ["yoruba"],
+    "Ọjọ́": ["yoruba"],
+    "ese": ["decomposed"],
+    "q": ["ipa"],
+    "wak": ["ipa"],
+    "lagos": ["plain"],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_latin_letter_with_an_unfolded_mark_before_its_accent_is_found_by_the_folded_word(
+    manager: MemoryManager, tier: str
+) -> None:
+    """The query ends a word at a combining mark FTS5 does not fold (U+0329) and folds the accent of what
+    it ends ("é" as "e"); PostgreSQL's index read the text in NFC, where the accent is composed with the
+    letter across that mark, and kept it: "ile" found "ilé̩" on SQLite, nothing on PostgreSQL."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in MARKED_MEMORIES.items()}
+    tagged = await manager.add_memory("a note filed under a tag", tier=tier, tags=["ọmọ ifé\u0329"])
+    for query, names in MARKED_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert {m.id for m in found} == {stored[name].id for name in names}, (
+            query,
+            [m.content for m in found],
+        )
+    assert [m.id for m in await manager.search_memory("omo", limit=5)] == [tagged.id]
+    assert [m.id for m in await manager.search_memory("ife", limit=5)] == [tagged.id]
+
+
+GREEK_CAPITALS = {
+    "dialytika": "ΠΡΩΤΕΥΟΥΣΑ ΚΑΙ ΠΡΟΪ́ΟΝ",  # "Ϊ" and U+0301: no composed capital ("ΐ" in small letters)
+    "upsilon": "ΤΟ ΚΑΫ́ΚΙ ΤΟΥ ΨΑΡΑ",  # "Ϋ" and U+0301 (small: "ΰ")
+    "perispomeni": "ΤΩ͂Ν ΘΕΩ͂Ν",  # polytonic capitals: "Ω" and U+0342 (small: "ῶ")
+    "small": "προΐον καΰκι τῶν θεῶν",
+    "plain": "An unrelated note about Athens",
+}
+GREEK_QUERIES = {
+    "ΠΡΟΪ́ΟΝ": ["dialytika", "small"],
+    "προΐον": ["dialytika", "small"],
+    "ΚΑΫ́ΚΙ": ["upsilon", "small"],
+    "καΰκι": ["upsilon", "small"],
+    "ΘΕΩ͂Ν": ["perispomeni", "small"],
+    "θεῶν": ["perispomeni", "small"],
+    "πρωτευουσα": ["dialytika"],
+}
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_greek_capital_without_a_composed_form_is_found_by_its_word(
+    manager: MemoryManager, tier: str
+) -> None:
+    """The query lower-cases "ΠΡΟΪ́ΟΝ" and composes it ("προΐον", "ΐ" one character); both indexes lower-cased
+    it without composing ("ϊ" and U+0301 on PostgreSQL, "ϊ" on SQLite, whose FTS5 drops the accent): the
+    capital's word was no term the query asked for, found by nothing, in capitals or not. Both backends now
+    index such a capital as the query reads it."""
+    stored = {name: await manager.add_memory(text, tier=tier) for name, text in GREEK_CAPITALS.items()}
+    for query, names in GREEK_QUERIES.items():
+        found = await manager.search_memory(query, limit=5)
+        assert {m.id for m in found} == {stored[name].id for name in names}, (
+            query,
+            [m.content for m in found],
+        )
+
+
+async def test_a_long_term_tier_indexed_before_greek_capitals_were_composed_is_reindexed_on_open(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    import sqlite3
+
+    from context_manager.core.memory.index import normalize_text
+
+    async with MemoryManager(sqlite_config) as memory:
+        greek = await memory.add_memory("ΠΡΩΤΕΥΟΥΣΑ ΚΑΙ ΠΡΟΪ́ΟΝ", tier="long")
+        english = await memory.add_memory("The staging cluster runs Kubernetes", tier="long")
+    database = sqlite_config.resolved_storage_path / "memories.sqlite3"
+    with sqlite3.connect(database) as connection:  # the index as the previous version wrote it
+        for rowid, content in connection.execute("SELECT rowid, content FROM memories").fetchall():
+            connection.execute(
+                "UPDATE memories_fts SET content = ? WHERE rowid = ?", (normalize_text(content), rowid)
+            )
+        connection.execute("DELETE FROM schema_migrations WHERE name = '0009_greek_capitals'")
+    async with MemoryManager(sqlite_config) as memory:
+        assert await memory.search_memory("kubernetes") and await memory.search_memory("πρωτευουσα")
+        assert [m.id for m in await memory.search_memory("προΐον")] == [greek.id]
+        assert [m.id for m in await memory.search_memory("ΠΡΟΪ́ΟΝ")] == [greek.id]
+        assert [m.id for m in await memory.search_memory("kubernetes")] == [english.id]
+        assert (await memory.check_integrity())["ok"]

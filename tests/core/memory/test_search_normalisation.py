@@ -12,6 +12,9 @@
 4. PostgreSQL's parser kept e-mail addresses, host names, URLs, file paths, decimal, version and signed
    numbers whole, where the query (and SQLite) splits them into words: "alice" did not find
    "alice@example.com" there, nor "usr" "/usr/local/bin", nor "3.14" "pi is 3.14".
+5. PostgreSQL kept the accent of a Latin letter NFC composed across a mark that ends the word ("é̩"), and
+   lower-cased a Greek capital without composing it with its mark ("Ϊ́"): migration 0012 indexes both as
+   the query reads them, and derives the vectors of the rows holding a combining mark again.
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ ACCENT_TEXTS = [
     "Мой район, Αθήνα, 한국어, " + nfd("한국어"),
     "m² ½ CO₂ 🍕 東京 naïve² e\u0301\u0327t",
     "mail josé@exemple.fr, https://exemple.fr/ça, v2.7.1, -18, 3.14",
+    "Ọjọ́ ilé\u0329 abé\u0329de agbe\u0301\u0329re q\u0329\u0301wak e\u031b\u0329\u0301x",
+    "ΠΡΟΪ́ΟΝ ΚΑΫ́ΚΙ ΤΩ͂Ν " + nfd("ΠΡΟΪ́ΟΝ") + " Άͅ ῬἘ",
 ]
 
 
@@ -159,7 +164,7 @@ async def test_a_store_indexed_before_0011_is_folded_in_batches_on_open(postgres
     from context_manager.core.memory.postgres.schema import MIGRATIONS
 
     before = [(name, statements) for name, statements in MIGRATIONS if name < "0011"]
-    assert len(before) == len(MIGRATIONS) - 1
+    assert len(before) == 10
     database = PostgresDatabase(postgres_dsn, pool_size=1)
     await database.open()
     try:
@@ -198,9 +203,9 @@ async def test_a_store_indexed_before_0011_is_folded_in_batches_on_open(postgres
             cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
             assert await cursor.fetchone() == (0,)  # done: nothing left for the next start
             cursor = await connection.execute(
-                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0011%'"
+                "SELECT count(*) FROM cm_schema_migrations WHERE name LIKE '0011%' OR name LIKE '0012%'"
             )
-            assert await cursor.fetchone() == (1,)
+            assert await cursor.fetchone() == (2,)
         new = await second.add_memory("Crème brûlée for dessert", tier="long")
         assert [m.id for m in await first.search_memory("creme brulee", limit=3)] == [new.id]
         await second.update_memory(new.id, content="Fondue in Gruyères")
@@ -218,7 +223,19 @@ async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn:
     from context_manager.core.config import ContextManagerConfig
     from context_manager.core.memory.postgres.schema import rederive_search_sql
 
-    texts = [text for text, _ in FORMS.values()] + ACCENT_TEXTS + ["plain", "Ångström ﬁ", "\u212b"]
+    draw = random.Random(12)
+    punctuated = [  # ASCII: 0012's vector of it at once, 0011's through its regular expression
+        "".join(
+            draw.choice("abc019 -&+./:<>@_~,;'!?#$%*()[]{}|=\\\"`^\n") for _ in range(draw.randint(1, 40))
+        )
+        for _ in range(200)
+    ]
+    texts = (
+        [text for text, _ in FORMS.values()]
+        + ACCENT_TEXTS
+        + ["plain", "Ångström ﬁ", "\u212b", "alice@example.com /usr/local/bin 3.14 -18 v2.7.1 a+b <b>"]
+        + punctuated
+    )
     config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
     async with MemoryManager(config) as manager:
         for number, text in enumerate(texts):
@@ -233,8 +250,110 @@ async def test_the_trigger_and_the_upgrade_derive_the_same_vectors(postgres_dsn:
             )
         cursor = await connection.execute("SELECT count(*) FROM cm_memories")
         assert await cursor.fetchone() == (3 * len(texts),)
-        cursor = await connection.execute(rederive_search_sql(last=True), ("", ""))
-        assert cursor.rowcount == 0  # no stored vector differs from the re-derived one
+        for migration in ("0011", "0012"):
+            cursor = await connection.execute(rederive_search_sql(last=True, migration=migration), ("", ""))
+            assert cursor.rowcount == 0  # no stored vector differs from the re-derived one
+
+
+MARK_LETTERS = ["e", "q", "O", "H", "ж", "Ι", "Ϊ", "Α", "Ω", "Υ", "ά", "Ρ", "ø"]
+MARKS = [
+    "\u0301", "\u0300", "\u0329", "\u0323", "\u0305", "\u0342", "\u0345", "\u0313", "\u0308", "\u0331",
+    "\u0327", "\u031b", "\u034f", "\u1dca", "\u20d7", "\u0e48",
+]  # fmt: skip
+
+
+async def test_the_server_indexes_every_word_the_query_makes_of_a_letter_and_its_marks(
+    postgres_dsn: str,
+) -> None:
+    """Latin, Greek and Cyrillic letters, capital or small, with one or two combining marks (folded accents,
+    marks FTS5 does not fold, marks of other blocks and of class 0), in every order: each word the query
+    makes of the text (``query_tokens``, folded as a search asks for it) is a term of the row's vector.
+    Before 0012: "e", U+0329, U+0301 was indexed "é" (asked for as "e"), "Ϊ", U+0301 as "ϊ" and U+0301
+    (asked for as "ΐ")."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.index import fold_accents, query_tokens, segment_tokens
+    from context_manager.core.memory.postgres.separators import spell_numbers
+
+    sequences = [first + second for first in MARKS for second in ["", *MARKS]]
+    texts = [f"qa{letter}{marks}qb {letter}{marks}" for letter in MARK_LETTERS for marks in sequences]
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config):  # the schema
+        pass
+    pairs = []
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        async with connection.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, last_accessed, "
+                "source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+                [(f"m{number:05d}", text) for number, text in enumerate(texts)],
+            )
+        for number, text in enumerate(texts):
+            words = segment_tokens(query_tokens(text, symbols=True))
+            pairs += [(f"m{number:05d}", spell_numbers(fold_accents(word))) for word in words]
+        cursor = await connection.execute(
+            "SELECT c.content, p.word FROM unnest(%s::text[], %s::text[]) AS p(id, word) "
+            "JOIN cm_memories AS c ON c.id = p.id "
+            "WHERE numnode(plainto_tsquery('english', p.word)) > 0 "
+            "AND NOT c.search @@ plainto_tsquery('english', p.word)",
+            ([memory_id for memory_id, _ in pairs], [word for _, word in pairs]),
+        )
+        missed = await cursor.fetchall()
+    assert len(pairs) > 2 * len(texts)
+    assert missed == [], [
+        (text.encode("unicode_escape"), word.encode("unicode_escape")) for text, word in missed[:10]
+    ]
+
+
+async def test_a_store_indexed_before_0012_derives_the_rows_holding_a_mark_again_on_open(
+    postgres_dsn: str,
+) -> None:
+    """Migration 0012 installs its trigger; the rows holding a combining mark get its vector afterwards, in
+    batches (``cm_search_rederive``), the other rows are not written."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0012"])
+    finally:
+        await database.close()
+    rows = {  # content, a query that must find it
+        "yoruba": ("Ọjọ́ ifé\u0329 wa", "ife"),
+        "decomposed": (nfd("abé\u0329de"), "abe"),
+        "greek": ("ΠΡΟΪ́ΟΝ", "προΐον"),
+        "accented": ("We met in a naïve café", "cafe"),
+        "plain": ("Write to alice@example.com today", "alice"),
+    }
+    filler = [(f"filler{number:05d}", f"Filler ilé\u0329 {number} about kiwi") for number in range(700)]
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        async with connection.cursor() as cursor:
+            await cursor.executemany(  # written by the earlier version: 0011's trigger computed the vector
+                "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, last_accessed, "
+                "source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+                [(memory_id, content) for memory_id, (content, _) in rows.items()] + filler,
+            )
+        await connection.execute("DELETE FROM cm_search_rederive")  # 0011's upgrade done
+        cursor = await connection.execute("SELECT id, xmin::text FROM cm_memories")
+        versions = dict(await cursor.fetchall())
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        for memory_id, (_, query) in rows.items():
+            assert [m.id for m in await manager.search_memory(query, limit=3)] == [memory_id], query
+        assert len(await manager.search_memory("ile kiwi", limit=1_000)) == 700
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
+            assert await cursor.fetchone() == (0,)
+            cursor = await connection.execute("SELECT id, xmin::text FROM cm_memories")
+            rewritten = {
+                memory_id for memory_id, version in await cursor.fetchall() if versions[memory_id] != version
+            }
+        assert rewritten == {"yoruba", "decomposed", "greek"} | {memory_id for memory_id, _ in filler}
 
 
 async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_path: Path) -> None:
@@ -665,6 +784,8 @@ WORD_ALPHABETS = [
     "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßĀāĂăĄąĆćČčĎďĒēĘęĚěĞğĪīİıŁłŃńŇňŐőŒœŘřŚśŞşŠšŢţŤťŮůŰűŸŹźŻżŽž"
     "ǍǎǏǐǑǒǓǔǕǖạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ",
     "αβγδεζηθικλμνξοπρστυφχψωάέήίόύώΑΒΓΔΣΩΆΈ",
+    "egkozEỌ\u0329\u0329\u0301\u0300",  # Yoruba, IPA: a mark FTS5 does not fold, accents after it
+    "ΑΙΥΩΡΪΫΚΛ\u0301\u0342\u0308\u0345",  # Greek capitals with marks (some with no composed form)
     "абвгдеёжзийклмнопрстуфхцчшщъыьэюяЁЙ",
     "한국어공부를합니다",
     "東京の天気日本語中文",

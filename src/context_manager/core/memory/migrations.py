@@ -17,9 +17,11 @@ from collections.abc import Callable
 from context_manager.core.memory.index import (
     CONTEXT_CHARS,
     FOLDED_RANGES,
+    GREEK_CAPITALS,
     INDEX_SEPARATOR_RANGES,
     ColumnWeights,
     create_fts_table,
+    lower_greek_capitals,
     normalize_text,
     segment_cjk,
     segment_text,
@@ -202,6 +204,15 @@ def m008_normal_forms(connection: sqlite3.Connection) -> None:
     character whose indexing changed (text in Chinese or Japanese in their usual forms is read, and left
     as it is).
     """
+    _index_again(connection, _indexed_otherwise)
+
+
+def _index_again(connection: sqlite3.Connection, changed: Callable[[str], bool]) -> None:
+    """Index again the rows holding text that ``changed`` says :func:`segment_text` indexes otherwise now.
+
+    Their FTS5 text columns are written where they differ from it; only rows holding text that is not
+    ASCII are read (:data:`_NON_ASCII`).
+    """
     last = 0
     while True:  # the rowids a chunk at a time, each row's text on its own (a tool output may be megabytes)
         rowids = [
@@ -218,7 +229,7 @@ def m008_normal_forms(connection: sqlite3.Connection) -> None:
                 "SELECT content, tags, context FROM memories WHERE rowid = ?", (rowid,)
             ).fetchone()
             columns = (content, " ".join(json.loads(tags)), context[:CONTEXT_CHARS])
-            if not any(_indexed_otherwise(text) for text in columns):
+            if not any(changed(text) for text in columns):
                 continue
             segmented = tuple(segment_text(text) for text in columns)
             indexed = connection.execute(
@@ -232,6 +243,27 @@ def m008_normal_forms(connection: sqlite3.Connection) -> None:
         last = rowids[-1]
 
 
+_GREEK_CAPITAL = re.compile(f"[{GREEK_CAPITALS}]")
+
+
+def _greek_capital_marked(text: str) -> bool:
+    """Whether ``text`` holds a capital of :data:`GREEK_CAPITALS` with combining marks, in NFC."""
+    if text.isascii() or _GREEK_CAPITAL.search(text) is None:
+        return False
+    normal = normalize_text(text)
+    return lower_greek_capitals(normal) != normal
+
+
+def m009_greek_capitals(connection: sqlite3.Connection) -> None:
+    """Index a Greek capital that has no composed form with its marks as the query reads it (``"Ϊ́"``).
+
+    FTS5 lower-cased it without composing (and dropped the accent: ``"ϊ"``), where the query asks for
+    ``"ΐ"``: such a word was found by nothing. :func:`segment_text` now writes it lower-cased and composed
+    (:func:`lower_greek_capitals`); the rows holding one are indexed again, as in ``0008``.
+    """
+    _index_again(connection, _greek_capital_marked)
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_memories", m001_memories),
     ("0002_vectors", m002_vectors),
@@ -241,6 +273,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0006_pending_merges", m006_pending_merges),
     ("0007_symbol_terms", m007_symbol_terms),
     ("0008_normal_forms", m008_normal_forms),
+    ("0009_greek_capitals", m009_greek_capitals),
 ]
 """Every migration in the order it is applied."""
 

@@ -359,9 +359,10 @@ class PostgresBackend:
             raise
 
     async def _rederive_search_vectors(self) -> None:
-        """Give every row the search vector of migration ``0011``, a batch of rows per transaction.
+        """Give the rows the search vector of migrations ``0011`` and ``0012``, a batch per transaction.
 
-        The range done so far is recorded in ``cm_search_rederive`` (one row while work is left): a
+        The range done so far is recorded in ``cm_search_rederive`` (a row per migration while work is left;
+        ``0011`` derives every row, ``0012`` those holding a combining mark, both the current vector): a
         process stopped halfway goes on where it was; of processes starting together, one works while the
         others skip it (``SKIP LOCKED``) and open, their searches missing some folded words until it is
         done. A batch holds whole memories (every tier of its last id) and locks their rows, in key order
@@ -373,12 +374,13 @@ class PostgresBackend:
         async def step(connection: psycopg.AsyncConnection[Any]) -> bool:
             async with connection.transaction():
                 cursor = await connection.execute(
-                    "SELECT after_id, after_tier FROM cm_search_rederive WHERE migration = '0011' "
-                    "FOR UPDATE SKIP LOCKED"
+                    "SELECT migration, after_id, after_tier FROM cm_search_rederive ORDER BY migration "
+                    "LIMIT 1 FOR UPDATE SKIP LOCKED"
                 )
-                after = await cursor.fetchone()
-                if after is None:  # done, or another process is on it
+                record = await cursor.fetchone()
+                if record is None:  # done, or another process is on it
                     return True
+                migration, after = record[0], record[1:]
                 cursor = await connection.execute(
                     "SELECT id FROM cm_memories WHERE (id, tier) > (%s, %s) ORDER BY id, tier "
                     "OFFSET %s LIMIT 1",
@@ -389,17 +391,23 @@ class PostgresBackend:
                 # the writes committed before the locks left them, and none changes until the commit
                 if end is None:
                     await connection.execute(_REDERIVE_LOCKS_LAST, tuple(after))
-                    await connection.execute(rederive_search_sql(last=True), tuple(after))
-                    await connection.execute("DELETE FROM cm_search_rederive WHERE migration = '0011'")
-                    return True
+                    await connection.execute(
+                        rederive_search_sql(last=True, migration=migration), tuple(after)
+                    )
+                    await connection.execute(
+                        "DELETE FROM cm_search_rederive WHERE migration = %s", (migration,)
+                    )
+                    return False  # the next migration's rows, if any
                 last_id = end[0]
                 cursor = await connection.execute(_REDERIVE_LOCKS, (last_id, *after, last_id))
                 locked = await cursor.fetchone()
-                await connection.execute(rederive_search_sql(last=False), (*after, last_id))
+                await connection.execute(
+                    rederive_search_sql(last=False, migration=migration), (*after, last_id)
+                )
                 # done: every tier of the last id (a row of it written later needs nothing: see above)
                 await connection.execute(
-                    "UPDATE cm_search_rederive SET after_id = %s, after_tier = %s WHERE migration = '0011'",
-                    (last_id, (locked[0] if locked is not None else None) or ""),
+                    "UPDATE cm_search_rederive SET after_id = %s, after_tier = %s WHERE migration = %s",
+                    (last_id, (locked[0] if locked is not None else None) or "", migration),
                 )
                 return False
 
@@ -412,7 +420,8 @@ class PostgresBackend:
             # an application role granted the tables before this release (its owner ran the migrations):
             # refused, every open failed; the owner's opening derives the vectors
             logger.info(
-                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migration 0011, "
+                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migrations 0011 "
+                "and 0012, "
                 "if any are left to derive, are derived when the tables' owner opens the store",
                 self.database.location,
             )
