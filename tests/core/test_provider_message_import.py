@@ -310,6 +310,30 @@ async def test_an_anthropic_response_object_goes_in_as_its_assistant_turn(tmp_pa
         assert turns[1] == {"role": "assistant", "content": CALLING}
 
 
+@pytest.mark.parametrize("dump", [{}, {"exclude_none": True}, {"mode": "json"}])
+async def test_an_anthropic_response_saved_as_a_dict_goes_in_as_its_assistant_turn(
+    tmp_path: Path, dump: dict[str, Any]
+) -> None:
+    """A response kept as ``response.model_dump()`` (a JSON history) was refused for its own fields ("id:
+    got 'msg_01'; allowed one of metadata, ...", or "container: got None"), and a text-only one was read
+    as a Responses API item; it goes in as the response object does: its turn, not its id or usage."""
+    calling = anthropic_response(CALLING).model_dump(**dump)
+    final = anthropic_response([{"type": "text", "text": "Paris: 21 °C."}], "end_turn").model_dump(**dump)
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris and time in Tokyo?")
+        assert await manager.add_messages([calling, {"role": "user", "content": RESULTS}, final]) == 4
+        assert [(m.role.value, m.content) for m in manager.messages[1:]] == [
+            ("assistant", "Let me check both."),
+            ("tool", "21 °C"),
+            ("tool", "clock offline"),
+            ("assistant", "Paris: 21 °C."),
+        ]
+        assert manager.messages[1].metadata == {}
+        turns = manager.get_context(format="anthropic")["messages"]
+        assert turns[1] == {"role": "assistant", "content": CALLING}
+        assert turns[3] == {"role": "assistant", "content": [{"type": "text", "text": "Paris: 21 °C."}]}
+
+
 @pytest.mark.parametrize(
     ("turn", "where"),
     [

@@ -652,8 +652,8 @@ class EnhancedContextManager:
                 joined; image, audio and file parts are refused (the window keeps text). The
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
                 turns: ``{"role", "content": [blocks]}`` (``response.content``, the SDK's objects or
-                dicts; the response itself), the ``"anthropic"`` export's ``messages`` (see
-                :func:`~context_manager.core.provider_formats.messages_from_anthropic`).
+                dicts; the response itself or its ``model_dump()``), the ``"anthropic"`` export's
+                ``messages`` (see :func:`~context_manager.core.provider_formats.messages_from_anthropic`).
 
         Returns:
             How many messages were added.

@@ -440,13 +440,15 @@ def is_anthropic_message(item: Any) -> bool:
     """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
 
     A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block, or an SDK
-    block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects).
+    block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects), or its
+    ``model_dump()`` (a ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item
+    holds ``output_text`` / ``input_text`` parts).
     """
     if type(item) is dict and type(item.get("content")) is str:  # the common case, quickly: text
         return False
     if isinstance(item, Mapping):
-        if "type" in item and item["type"] != "message":
-            return False
+        if "type" in item:
+            return item["type"] == "message" and _is_anthropic_response_dump(item)
         content = item.get("content")
     elif getattr(item, "type", None) == "message" and callable(getattr(item, "model_dump", None)):
         content = getattr(item, "content", None)
@@ -466,6 +468,21 @@ def is_anthropic_message(item: Any) -> bool:
 
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
+
+
+def _is_anthropic_response_dump(item: Mapping[str, Any]) -> bool:
+    """Whether a ``type: "message"`` dict is an Anthropic response's ``model_dump()`` (not a Responses item).
+
+    Its blocks are Anthropic's (``text`` alone, or ``tool_use`` / thinking among others: an image is then
+    refused naming it), never a Responses API ``message`` item's ``output_text`` / ``input_text`` parts.
+    """
+    content = item.get("content")
+    if not isinstance(content, list) or not content:
+        return False
+    kinds = [part.get("type") if isinstance(part, Mapping) else None for part in content]
+    return any(kind in _ANTHROPIC_ONLY_BLOCKS for kind in kinds) or all(kind == "text" for kind in kinds)
+
+
 _FILLER_CONTENT = [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]
 
 
@@ -490,12 +507,11 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
         if not is_anthropic_message(item):
             converted.append(item)
             continue
-        if isinstance(item, Mapping):
+        if isinstance(item, Mapping) and "type" not in item:
             turn = dict(item)
-        else:  # the SDK's response Message: its turn, not the response's fields (id, usage ...)
-            dumped = item.model_dump(exclude_none=True)
+        else:  # the SDK's response Message, or its dump: its turn, not the response's fields (id, usage ...)
+            dumped = item if isinstance(item, Mapping) else item.model_dump(exclude_none=True)
             turn = {"role": dumped.get("role"), "content": dumped.get("content")}
-        turn.pop("type", None)
         blocks = [_as_block(part) for part in turn.pop("content")]
         role = turn.pop("role", None)
         field = f"messages[{position}].content"

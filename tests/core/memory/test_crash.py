@@ -408,6 +408,70 @@ async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(
         assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
 
 
+MOVING_UPDATER = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        await manager.add_memories(
+            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+        )
+        memory = await manager.add_memory("the gate code is qzoldxq", tier="medium")  # medium-term only
+        print(memory.id, flush=True)
+        # room for the log's small records, none for the database's write of the long new text: the move
+        # commits the long-term copy and logs the medium-term one's removal, then the update's write fails
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        limit = (Path(path) / "memories.jsonl").stat().st_size + 4096
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            await manager.update_memory(memory.id, content="qznewxq " + "new words " * 100_000, tier="long")
+        except StorageError:
+            print("FAILED", flush=True)
+        else:
+            print("UPDATED", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        copies = sorted((copy.tier.value, copy.content) for copy in await manager.stored_copies()
+                        if copy.id == memory.id)
+        print(json.dumps(copies), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_failed_update_to_long_term_never_loses_a_memory_moved_there(tmp_path: Path) -> None:
+    """``update_memory(id, ..., tier="long")`` of a medium-term memory moves it first (its long-term copy
+    committed, its medium-term copy's removal logged); when the update's own write then failed (a full
+    disk), putting the long-term tier "back as it was" deleted that copy too: the memory was gone, in the
+    process and once reopened. It is kept now, with the text it had."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", MOVING_UPDATER, str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[1] == "FAILED", result.stdout + result.stderr
+    memory_id = lines[0]
+    old = "the gate code is qzoldxq"
+    assert [text for _, text in json.loads(lines[2])] == [old]  # one copy, the text before the call
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
+        assert [copy.content for copy in copies] == [old]
+        assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
+        assert await manager.search_memory("qznewxq") == []
+
+
 MOVER = """
 import asyncio, resource, signal, sys
 from pathlib import Path

@@ -616,16 +616,29 @@ class LocalBackend:
             raise
 
     async def _restore_long(self, found: Sequence[Memory]) -> None:
-        """Put the long-term copies of ``found``'s memories back as ``found`` holds them (none: none)."""
+        """Put the long-term copies of ``found``'s memories back as ``found`` holds them (none: none).
+
+        A long-term copy made by the call is deleted only while the memory still has another copy: one
+        moved to long-term (``tier=``) whose faster copy's removal was already logged keeps it, with the
+        text ``found`` holds (deleting it would lose the memory).
+        """
         before = {copy.id: copy for copy in found if copy.tier is MemoryTier.LONG}
-        now = {
-            copy.id: copy
-            for copy in await self.copies(list(dict.fromkeys(copy.id for copy in found)))
-            if copy.tier is MemoryTier.LONG
-        }
+        current = await self.copies(list(dict.fromkeys(copy.id for copy in found)))
+        now = {copy.id: copy for copy in current if copy.tier is MemoryTier.LONG}
+        held_elsewhere = {copy.id for copy in current if copy.tier is not MemoryTier.LONG}
         changed = [copy for memory_id, copy in before.items() if now.get(memory_id) != copy]
+        for memory_id, copy in now.items():
+            if memory_id not in before and memory_id not in held_elsewhere:  # its only copy left
+                kept = fastest_first([old for old in found if old.id == memory_id])[0].copy(
+                    tier=MemoryTier.LONG
+                )
+                if copy != kept:
+                    changed.append(kept)
         await self.put(MemoryTier.LONG, changed)  # nothing written when nothing changed (a locked database)
-        await self.delete(MemoryTier.LONG, [memory_id for memory_id in now if memory_id not in before])
+        await self.delete(
+            MemoryTier.LONG,
+            [memory_id for memory_id in now if memory_id not in before and memory_id in held_elsewhere],
+        )
 
     async def _update(
         self, found: Sequence[Memory], changes: Mapping[str, Any], tier: MemoryTier | None
