@@ -11,6 +11,7 @@ import pytest
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from tests.core.memory.conftest import FakeClock
 
 
 async def test_import_refuses_a_line_whose_id_holds_another_users_memory(
@@ -134,3 +135,36 @@ async def test_tags_are_compared_exactly_and_their_words_found_normalised(manage
         await manager.search_by_tags([])
     assert [m.id for m in await manager.search_memory("roadmap")] == [full_width.id]
     assert [m.id for m in await manager.search_memory("caf\u00e9")] == [decomposed.id]
+
+
+async def test_curation_takes_numpy_numbers_as_the_rest_of_the_memory_api_does(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """Thresholds tuned with numpy (``np.float32(0.8)`` from a grid search, ``np.int64`` days) were
+    refused by ``consolidate_memories`` and ``cleanup_old_memories`` ("a number > 0 and <= 1") while an
+    importance, a limit or a time typed alike was taken. They are taken as the number they hold; a numpy
+    bool or NaN stays refused, as a Python one is."""
+    numpy = pytest.importorskip("numpy")
+    for text in (
+        "The office wifi password changes every Monday",
+        "The office wifi password changes every Monday morning",
+    ):
+        await manager.add_memory(text)
+    report = await manager.consolidate_memories(
+        similarity_threshold=numpy.float32(0.8), semantic_threshold=numpy.float64(0.9)
+    )
+    assert report["consolidated_count"] == 2
+    clock.advance(3 * 86400)
+    removed = await manager.cleanup_old_memories(
+        max_age_days=numpy.int64(2), keep_importance=numpy.float32(0.99)
+    )
+    assert removed["removed_count"] == 3 and removed["max_age_days"] == 2.0
+    assert type(removed["max_age_days"]) is float
+    for bad in (numpy.bool_(True), numpy.float32("nan"), numpy.float32(1.5)):
+        with pytest.raises(InvalidMemoryError, match="similarity_threshold"):
+            await manager.consolidate_memories(similarity_threshold=bad)
+        with pytest.raises(InvalidMemoryError, match="semantic_threshold"):
+            await manager.consolidate_memories(semantic_threshold=bad)
+    for bad in (numpy.bool_(True), numpy.float64("inf"), numpy.int64(-1)):
+        with pytest.raises(InvalidMemoryError, match="max_age_days"):
+            await manager.cleanup_old_memories(max_age_days=bad)
