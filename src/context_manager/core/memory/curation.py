@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -200,7 +201,10 @@ class MemoryCuration(TierMovement):
             by_tier = {tier.value: 0 for tier in MemoryTier}
             stale = Staleness(cutoff, keep_importance, remove_superseded)
             seen = {(memory.id, memory.tier) for memory in copies}
-            doomed = [memory for memory in copies if stale.applies(memory)]
+            # a memory is stale when every copy of it is: a search meanwhile updates the in-process copy
+            # it finds (short- or medium-term) before the access is written to the others
+            fresh = {memory.id for memory in copies if not stale.applies(memory)}
+            doomed = [memory for memory in copies if memory.id not in fresh]
             removed = await self._delete_stale(doomed, stale, seen, by_tier)
             # then the originals of merged memories no longer stored (deleted just now, or earlier by a
             # delete that was interrupted or by a version that left them), whatever ``remove_superseded``
@@ -209,6 +213,14 @@ class MemoryCuration(TierMovement):
             orphans = await self._orphaned(copies)
             if orphans:
                 removed.update(await self._delete_stale(orphans, SUPERSEDED_ONLY, seen, by_tier))
+            # a memory in several tiers used while its copies were deleted one tier at a time (a process
+            # sharing the storage wrote the access in between) keeps the copies still to be deleted then:
+            # it stays, and is not reported removed
+            copy_counts = Counter(memory.id for memory in copies)
+            several = [memory_id for memory_id in removed if copy_counts[memory_id] > 1]
+            if several:
+                for memory_id in {copy.id for copy in await backend.copies(several)}:
+                    del removed[memory_id]
             await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
