@@ -507,8 +507,8 @@ class MemoryMaintenance(TierMovement):
                 "a memory as written by export_memories",
                 detail=f"superseded_by: {problem}, so nothing could show or restore it; allowed null or the "
                 "id of the consolidated memory of the same user whose merged_from names it (in the file or "
-                "the store); nothing was imported: set superseded_by to null to import it visible, or "
-                "import it with its consolidated memory",
+                "the store); nothing was imported: set superseded_by to null to import it visible, import it "
+                "with its consolidated memory, or leave the line out (cleanup_old_memories would delete it)",
             )
 
     async def _place_for_import(
