@@ -11,6 +11,7 @@ import pytest
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from tests.core.memory.conftest import FakeClock
 
 
 async def test_import_refuses_a_line_whose_id_holds_another_users_memory(
@@ -134,3 +135,84 @@ async def test_tags_are_compared_exactly_and_their_words_found_normalised(manage
         await manager.search_by_tags([])
     assert [m.id for m in await manager.search_memory("roadmap")] == [full_width.id]
     assert [m.id for m in await manager.search_memory("caf\u00e9")] == [decomposed.id]
+
+
+async def test_curation_takes_numpy_numbers_as_the_rest_of_the_memory_api_does(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """Thresholds tuned with numpy (``np.float32(0.8)`` from a grid search, ``np.int64`` days) were
+    refused by ``consolidate_memories`` and ``cleanup_old_memories`` ("a number > 0 and <= 1") while an
+    importance, a limit or a time typed alike was taken. They are taken as the number they hold; a numpy
+    bool or NaN stays refused, as a Python one is."""
+    numpy = pytest.importorskip("numpy")
+    for text in (
+        "The office wifi password changes every Monday",
+        "The office wifi password changes every Monday morning",
+    ):
+        await manager.add_memory(text)
+    report = await manager.consolidate_memories(
+        similarity_threshold=numpy.float32(0.8), semantic_threshold=numpy.float64(0.9)
+    )
+    assert report["consolidated_count"] == 2
+    clock.advance(3 * 86400)
+    removed = await manager.cleanup_old_memories(
+        max_age_days=numpy.int64(2), keep_importance=numpy.float32(0.99)
+    )
+    assert removed["removed_count"] == 3 and removed["max_age_days"] == 2.0
+    assert type(removed["max_age_days"]) is float
+    for bad in (numpy.bool_(True), numpy.float32("nan"), numpy.float32(1.5)):
+        with pytest.raises(InvalidMemoryError, match="similarity_threshold"):
+            await manager.consolidate_memories(similarity_threshold=bad)
+        with pytest.raises(InvalidMemoryError, match="semantic_threshold"):
+            await manager.consolidate_memories(semantic_threshold=bad)
+    for bad in (numpy.bool_(True), numpy.float64("inf"), numpy.int64(-1)):
+        with pytest.raises(InvalidMemoryError, match="max_age_days"):
+            await manager.cleanup_old_memories(max_age_days=bad)
+
+
+async def test_import_refuses_a_memory_superseded_by_a_memory_it_cannot_restore_it(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    """A line whose ``superseded_by`` named no memory of the file or the store (a hand-picked part of an
+    export, a backup of a delete cut short) was imported hidden from search, with nothing that could show
+    or restore it: no ``undo_consolidation`` (its merged memory does not exist), and the next cleanup
+    deleted it whatever its age or importance. The import now refuses it, naming the line and what to do,
+    and imports nothing; an original whose merged memory is in the file or already stored (of the same
+    user, naming it in ``merged_from``) is imported as before, and its merge can still be undone."""
+    for text in (
+        "The office wifi password changes every Monday",
+        "The office wifi password changes every Monday morning",
+    ):
+        await manager.add_memory(text, user_id="alice")
+    merged_id = (await manager.consolidate_memories(user_id="alice", similarity_threshold=0.8))["merged_ids"][
+        0
+    ]
+    merged = await manager.get_memory(merged_id)
+    assert merged is not None
+    export = tmp_path / "alice.jsonl"
+    await manager.export_memories(export, user_id="alice")
+    lines = {json.loads(line)["id"]: json.loads(line) for line in export.read_text().splitlines()}
+    original = lines[merged.merged_from[0]]
+    before = sorted((m.id, m.tier.value, m.superseded_by) for m in await manager.stored_copies())
+    path = tmp_path / "part.jsonl"
+
+    async def refused(line: dict[str, object], why: str) -> None:
+        path.write_text(json.dumps({"id": "new-1", "content": "a new note"}) + "\n" + json.dumps(line) + "\n")
+        with pytest.raises(InvalidMemoryError, match=rf"part\.jsonl:2.*superseded_by.*{why}"):
+            await manager.import_memories(path)
+        assert sorted((m.id, m.tier.value, m.superseded_by) for m in await manager.stored_copies()) == before
+
+    await refused({**original, "id": "lost-1", "superseded_by": "gone"}, "'gone' is no memory")
+    # a stored memory that does not name it in merged_from, or another user's, cannot restore it either
+    await refused({**original, "id": "lost-2"}, "does not name it in merged_from")
+    await refused({**original, "user_id": "bob", "id": "lost-3"}, "another user's")
+    assert await manager.get_memory("new-1") is None
+
+    # the original alone (its merged memory is stored): imported, still hidden, and the undo restores it
+    path.write_text(json.dumps(original) + "\n")
+    assert (await manager.import_memories(path))["replaced"] == 1
+    # the whole export, the merged memory with its originals: imported as it was written
+    assert (await manager.import_memories(export))["imported"] == 3
+    assert sorted((m.id, m.tier.value, m.superseded_by) for m in await manager.stored_copies()) == before
+    undone = await manager.undo_consolidation(merged_id)
+    assert sorted(undone["restored"]) == sorted(merged.merged_from)

@@ -520,3 +520,97 @@ async def test_a_move_to_long_term_cut_short_leaves_each_memory_in_one_tier(tmp_
             assert (stats["total_memories"], stats["stored_copies"], stats["in_two_tiers"]) == (600, 600, 0)
             assert stats["by_tier"]["long"] > 0  # the test's premise: the move had begun
             assert len(await manager.search_memory("filler padding", limit=1000)) == 600
+
+
+DELETER = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path, full, kind):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        if full == "database":  # a database WAL far larger than the log: the next database write fails
+            await manager.add_memories(
+                [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
+            )
+        else:  # a log far larger than the database's WAL: the next log write fails
+            await manager.add_memories(
+                [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+            )
+        if kind == "important":  # a short-term copy and a long-term one
+            memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)
+        else:  # a consolidated memory (long-term) with its two originals (medium-term)
+            for text in ("the gate code is qzoldxq for the north gate",
+                         "the gate code is qzoldxq for the north gate today"):
+                await manager.add_memory(text, tier="medium")
+            await manager.consolidate_memories(similarity_threshold=0.8)
+            (memory,) = await manager.search_memory("qzoldxq")
+        print(memory.id, flush=True)
+        ids = [memory.id, *memory.merged_from]
+
+        async def state():
+            copies = sorted(
+                [copy.id, copy.tier.value, copy.superseded_by]
+                for copy in await manager.stored_copies() if copy.id in ids
+            )
+            return [copies, [m.id for m in await manager.search_memory("qzoldxq")]]
+
+        print(json.dumps(await state()), flush=True)
+        name = "memories.sqlite3-wal" if full == "database" else "memories.jsonl"
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size, hard))
+        try:
+            await manager.delete_memory(memory.id)
+        except StorageError:
+            print("FAILED", flush=True)
+        else:
+            print("DELETED", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        print(json.dumps(await state()), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["important", "merged"])
+@pytest.mark.parametrize("full", ["database", "log"])
+async def test_a_delete_the_disk_refuses_leaves_the_memory_as_it_was(
+    tmp_path: Path, full: str, kind: str
+) -> None:
+    """``delete_memory`` removes a memory's copies one tier at a time (a consolidated memory's originals
+    before it): a later write refused (a full disk) raised ``StorageError`` with part of it deleted (the
+    short-term copy of an important memory gone, its long-term one kept; a merged memory's originals gone,
+    the merged memory kept), in this process and once reopened. What the failed delete removed is now put
+    back: the memories are as they were before the call."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", DELETER, str(storage), full, kind],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[2:3] == ["FAILED"], result.stdout + result.stderr
+    memory_id, before, after = lines[0], json.loads(lines[1]), json.loads(lines[3])
+    tiers = sorted(copy[1] for copy in before[0])
+    assert tiers == (["long", "short"] if kind == "important" else ["long", "medium", "medium"])
+    assert before[1] == [memory_id]
+    assert after == before  # every copy as it was, the memory found as before
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        ids = {copy[0] for copy in before[0]}
+        copies = sorted(
+            [copy.id, copy.tier.value, copy.superseded_by]
+            for copy in await manager.stored_copies()
+            if copy.id in ids
+        )
+        assert copies == before[0]
+        assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
+        assert (await manager.check_integrity())["ok"]

@@ -7,6 +7,7 @@ runs on both backends.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -183,3 +184,30 @@ async def test_a_cleanup_removes_originals_left_superseded_by_a_memory_that_is_g
         stored = await manager.get_memory(original.id)
         assert stored is not None and stored.superseded_by == kept_merge
     assert [m.id for m in await manager.search_memory("spare key")] == [kept_merge]
+
+
+async def test_a_memory_used_during_a_cleanup_is_kept_whole_or_removed_whole(
+    sqlite_manager: MemoryManager, clock: FakeClock
+) -> None:
+    """A search while a cleanup read the store (the scan of a large long-term tier) found an old important
+    memory and so used it: its short-term copy (in process) was no longer stale and stayed, its long-term
+    copy was deleted, and the cleanup reported the memory removed (``removed_ids``) while it was still
+    found. A memory is now stale only when every copy of it is, and one still stored after the cleanup is
+    not reported removed: it stays with both copies or goes with both."""
+    manager = sqlite_manager
+    memory = await manager.add_memory("the vault code is qzvault", importance=0.9)  # short + long
+    clock.advance(3 * DAY)
+    await manager.add_memories(
+        [{"content": f"archive note {n} " + "ledger " * 20, "tier": "long"} for n in range(3000)]
+    )
+    cleanup = asyncio.create_task(manager.cleanup_old_memories(max_age_days=1))
+    await asyncio.sleep(0)  # the cleanup has the write lock and scans the tiers on a storage thread
+    found = await manager.search_memory("qzvault")
+    report = await cleanup
+    assert [m.id for m in found] == [memory.id]
+    left = sorted(copy.tier.value for copy in await manager.stored_copies() if copy.id == memory.id)
+    if memory.id in report["removed_ids"]:
+        assert left == []
+    else:
+        assert left == ["long", "short"]
+        assert report["by_tier"] == {"short": 0, "medium": 0, "long": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +18,18 @@ from context_manager.core.memory.state import UserScope
 from context_manager.core.memory.tiers import _CONSOLIDATION_LOCKS, _WRITE_ROUNDS, TierMovement
 from context_manager.core.memory.validation import (
     check_importance,
+    check_number,
     check_user,
-    is_finite,
 )
 from context_manager.core.memory.write_health import records_write_outcome
 
 __all__ = ["MemoryCuration"]
+
+_A_FRACTION = "a number > 0 and <= 1"
+
+
+def _is_fraction(value: float) -> bool:
+    return 0 < value <= 1
 
 
 class MemoryCuration(TierMovement):
@@ -54,18 +61,10 @@ class MemoryCuration(TierMovement):
             ``consolidated_count`` (originals merged), ``groups`` (one dict per merge: ``merged_id``,
             ``merged_from``, ``content``), ``merged_ids`` (the new memories), ``examined``.
         """
-        if (
-            isinstance(similarity_threshold, bool)
-            or not isinstance(similarity_threshold, int | float)
-            or not (0 < similarity_threshold <= 1)
-        ):
-            raise InvalidMemoryError("similarity_threshold", similarity_threshold, "a number > 0 and <= 1")
-        if (
-            isinstance(semantic_threshold, bool)
-            or not isinstance(semantic_threshold, int | float)
-            or not (0 < semantic_threshold <= 1)
-        ):
-            raise InvalidMemoryError("semantic_threshold", semantic_threshold, "a number > 0 and <= 1")
+        similarity_threshold = check_number(
+            similarity_threshold, "similarity_threshold", _is_fraction, _A_FRACTION
+        )
+        semantic_threshold = check_number(semantic_threshold, "semantic_threshold", _is_fraction, _A_FRACTION)
         check_user(user_id, allow_all=True)
         backend = self._require("consolidate_memories")
         # one consolidation at a time across every process sharing the storage, reading inside the lock:
@@ -78,9 +77,9 @@ class MemoryCuration(TierMovement):
             groups = await asyncio.to_thread(
                 near_duplicate_groups,
                 memories,
-                float(similarity_threshold),
+                similarity_threshold,
                 cosine,
-                float(semantic_threshold),
+                semantic_threshold,
             )
             now = self._clock()
             report_groups: list[dict[str, Any]] = []
@@ -188,24 +187,24 @@ class MemoryCuration(TierMovement):
             ``removed_count``, ``by_tier`` (``short``/``medium``/``long`` counts), ``superseded_removed``,
             ``removed_ids``, ``max_age_days``.
         """
-        if (
-            isinstance(max_age_days, bool)
-            or not isinstance(max_age_days, int | float)
-            or not (is_finite(max_age_days) and max_age_days >= 0)
-        ):
-            raise InvalidMemoryError("max_age_days", max_age_days, "a finite number >= 0")
+        max_age_days = check_number(
+            max_age_days, "max_age_days", lambda days: days >= 0, "a finite number >= 0"
+        )
         if keep_importance is not None:
             keep_importance = check_importance(keep_importance, field="keep_importance")
         check_user(user_id, allow_all=True)
         backend = self._require("cleanup_old_memories")
-        cutoff = self._clock() - float(max_age_days) * 86400.0
+        cutoff = self._clock() - max_age_days * 86400.0
         async with self._write_lock:
             await self._flush_touches_locked()
             copies = await backend.scan(user_id, every_copy=True)
             by_tier = {tier.value: 0 for tier in MemoryTier}
             stale = Staleness(cutoff, keep_importance, remove_superseded)
             seen = {(memory.id, memory.tier) for memory in copies}
-            doomed = [memory for memory in copies if stale.applies(memory)]
+            # a memory is stale when every copy of it is: a search meanwhile updates the in-process copy
+            # it finds (short- or medium-term) before the access is written to the others
+            fresh = {memory.id for memory in copies if not stale.applies(memory)}
+            doomed = [memory for memory in copies if memory.id not in fresh]
             removed = await self._delete_stale(doomed, stale, seen, by_tier)
             # then the originals of merged memories no longer stored (deleted just now, or earlier by a
             # delete that was interrupted or by a version that left them), whatever ``remove_superseded``
@@ -214,6 +213,14 @@ class MemoryCuration(TierMovement):
             orphans = await self._orphaned(copies)
             if orphans:
                 removed.update(await self._delete_stale(orphans, SUPERSEDED_ONLY, seen, by_tier))
+            # a memory in several tiers used while its copies were deleted one tier at a time (a process
+            # sharing the storage wrote the access in between) keeps the copies still to be deleted then:
+            # it stays, and is not reported removed
+            copy_counts = Counter(memory.id for memory in copies)
+            several = [memory_id for memory_id in removed if copy_counts[memory_id] > 1]
+            if several:
+                for memory_id in {copy.id for copy in await backend.copies(several)}:
+                    del removed[memory_id]
             await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
@@ -223,7 +230,7 @@ class MemoryCuration(TierMovement):
             "by_tier": by_tier,
             "superseded_removed": len(superseded_removed),
             "removed_ids": sorted(removed),
-            "max_age_days": float(max_age_days),
+            "max_age_days": max_age_days,
         }
 
     async def _delete_stale(

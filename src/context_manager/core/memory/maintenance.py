@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +379,9 @@ class MemoryMaintenance(TierMovement):
 
         Every line is validated first: one bad line raises and nothing is imported (a line holding the id
         of an earlier one too, or the id of another user's memory in this store: only a memory of the same
-        user, or of the default namespace for a line without ``user_id``, is replaced). Each memory gets
+        user, or of the default namespace for a line without ``user_id``, is replaced; or a
+        ``superseded_by`` naming no consolidated memory of the same user, in the file or the store, whose
+        ``merged_from`` names it: hidden for good, nothing could restore it). Each memory gets
         back the tiers it had (``tiers``: a short-term memory with a long-term copy gets both); a line
         without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
         short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
@@ -391,8 +393,8 @@ class MemoryMaintenance(TierMovement):
             placed per tier: a memory with a long-term copy counts in two).
 
         Raises:
-            InvalidMemoryError: a line is not a valid memory, or its id holds another user's memory (its
-                line number is in the message).
+            InvalidMemoryError: a line is not a valid memory, its id holds another user's memory, or its
+                ``superseded_by`` names no memory that could restore it (its line number is in the message).
             StorageError: the file cannot be read.
         """
         source = check_path(path)
@@ -435,6 +437,7 @@ class MemoryMaintenance(TierMovement):
             for copy in replaced:  # nothing is written yet: a refusal imports nothing
                 if copy.user_id != memories[copy.id].user_id:
                     raise _another_users_id(copy.id, links[copy.id])
+            await self._check_merged_into(memories, links)
             existing = {copy.id for copy in replaced}
             placement = await self._place_for_import(list(memories.values()), long_copies, replaced)
             # short-term first: the backend notes which short-term memories also have a long-term copy
@@ -462,6 +465,51 @@ class MemoryMaintenance(TierMovement):
                     await self._embed_and_store(values[start : start + 512])
         self._maybe_compact()
         return {"imported": len(memories), "replaced": len(existing), "by_tier": by_tier}
+
+    async def _check_merged_into(
+        self, memories: Mapping[str, Memory], links: Mapping[str, tuple[str | None, str, str]]
+    ) -> None:
+        """Refuse an imported memory superseded by a memory that cannot restore it (call with the lock).
+
+        Its ``superseded_by`` must name a memory of the file, or else of the store, of the same user,
+        whose ``merged_from`` names it: otherwise it would be hidden from search for good, with no
+        ``undo_consolidation`` to restore it, and the next cleanup would delete it as an orphan.
+
+        Raises:
+            InvalidMemoryError: such a line (``field`` is its location); nothing is imported.
+        """
+        wanted = {
+            memory.superseded_by
+            for memory in memories.values()
+            if memory.superseded_by is not None and memory.superseded_by not in memories
+        }
+        stored: dict[str, Memory] = {}
+        if wanted:
+            for copy in await self._require("import_memories").copies(sorted(wanted)):
+                stored.setdefault(copy.id, copy)
+        for memory in memories.values():
+            merged_id = memory.superseded_by
+            if merged_id is None:
+                continue
+            merged = memories.get(merged_id) or stored.get(merged_id)
+            if merged is None:
+                problem = f"{merged_id!r} is no memory of this file or of this store"
+            elif merged.user_id != memory.user_id:
+                problem = f"{merged_id!r} is another user's memory"
+            elif memory.id not in merged.merged_from:
+                problem = f"{merged_id!r} does not name it in merged_from"
+            else:
+                continue
+            _, location, line = links[memory.id]
+            raise InvalidMemoryError(
+                location,
+                line[:80],
+                "a memory as written by export_memories",
+                detail=f"superseded_by: {problem}, so nothing could show or restore it; allowed null or the "
+                "id of the consolidated memory of the same user whose merged_from names it (in the file or "
+                "the store); nothing was imported: set superseded_by to null to import it visible, import it "
+                "with its consolidated memory, or leave the line out (cleanup_old_memories would delete it)",
+            )
 
     async def _place_for_import(
         self, memories: list[Memory], long_copies: set[str], replaced: list[Memory]

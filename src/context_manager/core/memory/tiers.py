@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from context_manager.core.errors import StorageError
-from context_manager.core.memory.backend import tier_value
+from context_manager.core.memory.backend import TIER_ORDER, tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
 
@@ -75,32 +75,55 @@ _CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overf
 class TierMovement(ManagerState):
     """Placement of memories in tiers, moves between tiers, the vector channel's storage, compaction."""
 
-    async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> None:
-        """Delete one copy; a real delete (not ``moving``) is followed by :meth:`_forget`."""
+    async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> bool:
+        """Delete one copy; whether it was there. A real delete (not ``moving``): then :meth:`_forget`."""
         backend = self._require("remove")
         if not moving:
             self._pending_touches.pop(memory_id, None)
-        await backend.delete(tier, [memory_id])
+        return bool(await backend.delete(tier, [memory_id]))
 
-    async def _delete_every_copy(self, memory_id: str, copies: Sequence[Memory]) -> None:
+    async def _delete_every_copy(
+        self, memory_id: str, copies: Sequence[Memory], removed: list[Memory] | None = None
+    ) -> None:
         """Delete every copy of a memory (``copies``, as read); call with the write lock, then ``_forget``.
+
+        The slowest tier's copy goes first: on the embedded store a write the log refuses after the
+        long-term copy was deleted can put that copy back (:meth:`_put_back`) in the tier that remembers
+        which short-term memories have a long-term copy. Each copy deleted is appended to ``removed``.
 
         A process sharing the storage may move a copy to the next tier meanwhile (its move locks the rows:
         it saw the delete, or it finished first and the copy is found here and deleted in the next round).
 
         Raises:
-            StorageError: copies kept coming back in another tier.
+            StorageError: a write failed (``removed`` holds what was deleted before it); or copies kept
+                coming back in another tier (``removed`` is emptied: nothing is to be put back).
         """
         found = list(copies)
         for _ in range(_WRITE_ROUNDS):
-            for copy in found:
-                await self._remove(memory_id, copy.tier)
+            for copy in sorted(found, key=lambda memory: -TIER_ORDER[memory.tier]):
+                if await self._remove(memory_id, copy.tier) and removed is not None:
+                    removed.append(copy)
             found = await self._locate(memory_id)
             if not found:
                 return
+        if removed is not None:
+            removed.clear()  # moved meanwhile, not refused: put back, a copy could be held in two tiers
         raise StorageError(
             f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
         )
+
+    async def _put_back(self, removed: Sequence[Memory]) -> None:
+        """Store again the copies a delete that failed part-way removed (``removed``), each in its tier.
+
+        The fastest tier first: a long-term copy put back beside its short-term one is then known as its
+        durable copy. A copy that cannot be written either stays deleted (the write that failed raises).
+        """
+        backend = self._require("delete_memory")
+        by_tier: dict[MemoryTier, list[Memory]] = {}
+        for copy in removed:
+            by_tier.setdefault(copy.tier, []).append(copy.copy())
+        for tier in sorted(by_tier, key=lambda tier: TIER_ORDER[tier]):
+            await backend.put(tier, by_tier[tier])
 
     async def _absorbed(self, merged: Sequence[Memory]) -> list[Memory]:
         """Every stored copy of the originals that consolidations folded into ``merged``, deepest first.

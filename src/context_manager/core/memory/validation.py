@@ -11,7 +11,7 @@ import numbers
 import operator
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,17 @@ def check_time(value: Any, field: str) -> float | None:
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else _real(value)
     if number is None or not is_finite(number):  # _real: numpy.int64 and the like
         raise InvalidMemoryError(field, value, "seconds since the epoch or a datetime")
+    return float(number)
+
+
+def check_number(value: Any, field: str, accepts: Callable[[float], bool], allowed: str) -> float:
+    """A real number (not a bool) that ``accepts``; returned as a float (``numpy.float32`` too: ``_real``).
+
+    ``accepts`` is given the float; NaN fails every comparison, so ``0 < x <= 1`` refuses it.
+    """
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else _real(value)
+    if number is None or not is_finite(number) or not accepts(float(number)):
+        raise InvalidMemoryError(field, value, allowed)
     return float(number)
 
 

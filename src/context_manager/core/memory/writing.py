@@ -595,6 +595,8 @@ class MemoryWriting(TierMovement):
 
         Raises:
             MemoryNotFoundError: no memory has this id.
+            StorageError: a write failed (a full disk); what was deleted is put back, so the memory (and
+                its originals) are as they were.
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
@@ -616,9 +618,17 @@ class MemoryWriting(TierMovement):
             by_original: dict[str, list[Memory]] = {}
             for copy in absorbed:  # deepest first
                 by_original.setdefault(copy.id, []).append(copy)
-            for original_id, original_copies in by_original.items():
-                await self._delete_every_copy(original_id, original_copies)
-            await self._delete_every_copy(memory_id, copies)
+            removed: list[Memory] = []
+            try:
+                for original_id, original_copies in by_original.items():
+                    await self._delete_every_copy(original_id, original_copies, removed)
+                await self._delete_every_copy(memory_id, copies, removed)
+            except StorageError:
+                # a write refused part-way (a full disk): what was deleted is put back, so the memory and
+                # its originals are as they were (if that fails too, part of them stays deleted)
+                with contextlib.suppress(StorageError):
+                    await self._put_back(removed)
+                raise
             await self._forget([*absorbed, *copies])
         return copies[0].copy()
 
