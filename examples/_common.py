@@ -146,8 +146,30 @@ def make_console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
 
 
+LOCATION_VARIABLES = tuple(
+    f"PYTHON_CONTEXT_MANAGER_{option}"
+    for option in ("STORAGE_PATH", "CACHE_PATH", "MEMORY_BACKEND", "CONVERSATION_ID")
+)
+"""Where the library stores what it writes: set for the reader's application, they would send the
+examples' memories and conversations into its store (or database). The examples ignore them."""
+
+
 @contextlib.contextmanager
 def example_context(verbose: bool = False, console: Console | None = None) -> Iterator[ExampleContext]:
-    """Yield an :class:`ExampleContext` with a temporary work directory removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="context-manager-example-") as directory:
-        yield ExampleContext(console or make_console(), verbose, Path(directory))
+    """Yield an :class:`ExampleContext` with a temporary work directory removed afterwards.
+
+    The examples store everything in that directory: the environment variables that point the library
+    elsewhere (:data:`LOCATION_VARIABLES`) are set aside while they run, and put back afterwards.
+    """
+    console = console or make_console()
+    set_aside = {name: os.environ.pop(name) for name in LOCATION_VARIABLES if name in os.environ}
+    if set_aside:
+        console.print(
+            f"[dim]ignoring {', '.join(sorted(set_aside))}: the examples store everything in a temporary "
+            "directory, never in your application's storage[/dim]"
+        )
+    try:
+        with tempfile.TemporaryDirectory(prefix="context-manager-example-") as directory:
+            yield ExampleContext(console, verbose, Path(directory))
+    finally:
+        os.environ.update(set_aside)

@@ -194,7 +194,8 @@ async def memory_maintenance(ctx: ExampleContext) -> None:
         expect(bool(found) and "noon" in found[0].content, "imported memories are searchable")
         ctx.ok(
             f"import_memories() into a fresh store: {report['imported']} imported, "
-            f"by tier {report['by_tier']}"
+            f"{sum(report['by_tier'].values())} stored copies by tier {report['by_tier']} (each memory "
+            "back in every tier it had: an important one short-term with its long-term copy)"
         )
 
 

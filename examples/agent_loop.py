@@ -6,6 +6,7 @@ set (and the ``openai`` extra installed: ``pip install 'python-context-manager[o
 talks to any OpenAI-compatible Chat Completions endpoint instead (``OPENAI_MODEL``, default gpt-4o-mini)::
 
     python examples/agent_loop.py [--verbose]
+    python examples/agent_loop.py --scripted   # the scripted model, offline, even with OPENAI_* set
     OPENAI_BASE_URL=http://localhost:8000/v1 OPENAI_API_KEY=... python examples/agent_loop.py
 
 Each user turn: (1) the message goes into the context window (which compresses itself when full and
@@ -410,5 +411,8 @@ if __name__ == "__main__":
         "--scripted", action="store_true", help="use the scripted model even if OPENAI_* is set"
     )
     args = parser.parse_args()
-    with example_context(verbose=args.verbose) as context:
-        asyncio.run(main_async(context, force_scripted=args.scripted))
+    try:
+        with example_context(verbose=args.verbose) as context:
+            asyncio.run(main_async(context, force_scripted=args.scripted))
+    except MissingDependencyError as error:  # OPENAI_* set (for another tool, say) without the extra
+        sys.exit(f"error: {error}; or use the scripted model: python examples/agent_loop.py --scripted")

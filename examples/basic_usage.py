@@ -134,8 +134,9 @@ async def memory_survives_restart(ctx: ExampleContext) -> None:
         )
         stats = await reopened.memory_manager.get_memory_stats()
         ctx.ok(
-            f"after the restart: {stats['total_memories']} memories, by tier {stats['by_tier']}; "
-            f"best match: {results[0].content!r}"
+            f"after the restart: {stats['total_memories']} memories, {stats['stored_copies']} stored "
+            f"copies by tier {stats['by_tier']} (an important memory stays short-term with a durable "
+            f"long-term copy: {stats['in_two_tiers']} in two tiers); best match: {results[0].content!r}"
         )
         ctx.detail(stats)
 

@@ -34,7 +34,7 @@ CATEGORIES: dict[str, tuple[str, str]] = {
     "performance": ("performance_demo", "monitor figures, concurrency controller, health report, throughput"),
     "agent": (
         "agent_loop",
-        "a full agent loop driven by the scripted model (or an OpenAI-compatible endpoint)",
+        "a full agent loop driven by the scripted model (run alone, it can call an OpenAI endpoint)",
     ),
     "shared": (
         "shared_state",

@@ -200,3 +200,27 @@ def test_agent_loop_script_uses_openai_when_configured(tmp_path: Path) -> None:
     assert "gpt-4o-mini" in completed.stdout
     assert len(server.requests) == 20
     assert all(request.body["model"] == "gpt-4o-mini" for request in server.requests)
+
+
+def test_agent_loop_script_without_the_openai_extra_says_how_to_run_offline(tmp_path: Path) -> None:
+    # OPENAI_API_KEY exported for other tools, the openai package not installed: one clear line, not a
+    # traceback, naming the extra and --scripted (the offline mode)
+    block_openai = (
+        "import runpy, sys; sys.modules['openai'] = None; "
+        f"sys.argv = [{str(EXAMPLES / 'agent_loop.py')!r}]; "
+        f"runpy.run_path({str(EXAMPLES / 'agent_loop.py')!r}, run_name='__main__')"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(OPENAI_API_KEY="sk-not-used", COLUMNS="200")
+    completed = subprocess.run(
+        [sys.executable, "-c", block_openai],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stderr, completed.stderr
+    assert "python-context-manager[openai]" in completed.stderr
+    assert "--scripted" in completed.stderr

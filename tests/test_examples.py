@@ -138,6 +138,35 @@ def test_shared_runs_two_workers_on_one_conversation_on_postgresql(postgres_dsn:
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
+def test_the_examples_never_write_where_the_environment_points_the_library(tmp_path: Path) -> None:
+    # A reader's shell (or .env) configures their application's store: the examples, which promise a
+    # temporary directory, wrote into it (and failed on the reader's memories); on postgres, into the database
+    real_store = tmp_path / "my-app-memory"
+    environment = dict(
+        os.environ,
+        **{
+            f"{ENV_PREFIX}STORAGE_PATH": str(real_store),
+            f"{ENV_PREFIX}CACHE_PATH": str(tmp_path / "my-app-cache"),
+            f"{ENV_PREFIX}CONVERSATION_ID": "my-app-conversation",
+        },
+    )
+    completed = run_example("basic", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert not real_store.exists() and not (tmp_path / "my-app-cache").exists()
+    assert f"{ENV_PREFIX}STORAGE_PATH" in completed.stdout  # says what it ignored, and why
+    assert "after the restart: 3 memories" in completed.stdout
+    postgres = dict(
+        os.environ,
+        **{
+            f"{ENV_PREFIX}MEMORY_BACKEND": "postgres",
+            f"{ENV_PREFIX}POSTGRES_DSN": "postgresql://u@127.0.0.1:9/db",
+        },
+    )
+    completed = run_example("advanced", env=postgres)  # the embedded store, not the database
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+
+
 def test_help_lists_the_categories() -> None:
     completed = run_example("--help")
     assert completed.returncode == 0

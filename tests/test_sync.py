@@ -211,6 +211,22 @@ def test_errors_come_out_with_their_own_types_and_messages(tmp_path: Path) -> No
     assert "EnhancedContextManager" not in str(reopened.value)  # a blocking user makes a SyncContextManager
 
 
+def test_a_call_before_initialize_says_how_to_initialize_without_await(tmp_path: Path) -> None:
+    # a Flask view that forgot `with`: the hint must be one a synchronous caller can follow
+    manager = SyncContextManager(_config(tmp_path))
+    for call in (lambda: manager.add_message("user", "too early"), lambda: manager.messages):
+        with pytest.raises(LifecycleError, match="not initialized") as early:
+            call()
+        assert "manager.initialize()" in str(early.value) and "with SyncContextManager(" in str(early.value)
+        assert "await" not in str(early.value) and "async with" not in str(early.value)
+    with manager:
+        assert manager.add_message("user", "now it works")
+    # the async manager keeps its own hint
+    async_hint = "call `await manager.initialize\\(\\)` first or use `async with`"
+    with pytest.raises(LifecycleError, match=async_hint):
+        asyncio.run(EnhancedContextManager(_config(tmp_path)).add_message("user", "too early"))
+
+
 def test_a_call_from_a_thread_running_an_event_loop_is_refused_without_deadlock(tmp_path: Path) -> None:
     manager = SyncContextManager(_config(tmp_path))
 

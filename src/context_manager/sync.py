@@ -315,6 +315,10 @@ class SyncContextManager:
                 user_id=user_id,
             ),
         )
+        # its "not initialized" error must give a hint a blocking caller can follow (no await)
+        self._manager._initialize_hint = (
+            "call `manager.initialize()` first or use `with SyncContextManager(...) as manager:`"
+        )
 
     # -- running calls on the loop ---------------------------------------------------------------------
 

@@ -119,6 +119,10 @@ class EnhancedContextManager:
     :class:`~context_manager.core.errors.LifecycleError`. The configuration is read at ``initialize()``.
     """
 
+    _initialize_hint = "call `await manager.initialize()` first or use `async with`"
+    """How the LifecycleError of a call before ``initialize()`` says to start the manager
+    (``SyncContextManager`` gives its own: a blocking caller cannot ``await``)."""
+
     def __init__(
         self,
         config: ContextManagerConfig | None = None,
@@ -535,10 +539,8 @@ class EnhancedContextManager:
                 return window
             raise forks.forked_error(operation, "EnhancedContextManager", self._pid)
         if self._state == "new":
-            raise LifecycleError(
-                f"{operation}: the context manager is not initialized; "
-                "call `await manager.initialize()` first or use `async with`"
-            )
+            hint = self._initialize_hint
+            raise LifecycleError(f"{operation}: the context manager is not initialized; {hint}")
         raise LifecycleError(f"{operation}: the context manager was cleaned up; create a new one")
 
     # -- messages -------------------------------------------------------------------------------------
