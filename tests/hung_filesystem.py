@@ -34,12 +34,12 @@ class HungMount:
 
 @contextlib.contextmanager
 def hung_mount(directory: Path) -> Iterator[HungMount]:
-    """Mount a hung filesystem at ``directory / "hung"`` (skips the test where that cannot be done)."""
+    """Mount a hung filesystem at ``directory / "hung"``, new or existing (skips where it cannot be)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("mounting a FUSE filesystem needs root and /dev/fuse")
     libc = ctypes.CDLL(None, use_errno=True)
     mount_point = directory / "hung"
-    mount_point.mkdir()
+    mount_point.mkdir(exist_ok=True)  # existing: hung from now on, as when its server goes down
     device = os.open("/dev/fuse", os.O_RDWR)
     options = f"fd={device},rootmode=40000,user_id=0,group_id=0".encode()
     if libc.mount(b"hung", str(mount_point).encode(), b"fuse", 0, options) != 0:

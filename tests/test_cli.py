@@ -65,6 +65,24 @@ def test_a_connection_string_as_storage_is_refused_without_its_password() -> Non
     assert not any(Path.cwd().iterdir())
 
 
+def test_a_key_value_connection_string_as_storage_is_refused_without_its_password() -> None:
+    """``--storage 'host=db user=app password=...'`` (libpq's other DSN form, which postgres_dsn takes and
+    ``memory migrate --to`` refuses) was a directory: ``memory add`` stored the memory in
+    ``./host=db user=app password=...``, the password in its name. It is refused as the URL form is."""
+    dsn = "host=db.internal user=app password=s3cr3t-pw dbname=app"
+    for arguments in (["memory", "add", "a fact"], ["health"], ["memory", "stats"]):
+        result = cli("--storage", dsn, *arguments)
+        assert_one_line_error(result, "--storage", "key=value")
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+        assert not any(Path.cwd().iterdir())  # nothing created
+    result = cli("mcp", "serve", "--storage", dsn)
+    assert result.exit_code != 0
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert not any(Path.cwd().iterdir())
+    added = cli("--storage", "backup/host=laptop", "memory", "add", "a fact")  # a path with "=" in it
+    assert added.exit_code == 0, added.output
+
+
 # --- tokens ----------------------------------------------------------------------------------------
 
 

@@ -485,6 +485,33 @@ async def test_mcp_a_failed_call_does_not_show_the_storage_location(tmp_path: Pa
         assert "private-memory" not in text and str(tmp_path) not in text, text
 
 
+async def test_mcp_a_refused_call_answers_while_the_storage_filesystem_hangs(tmp_path: Path) -> None:
+    """Hiding the storage location in a tool's error resolved the storage path (``realpath``) on the event
+    loop at every error: with the storage's network filesystem hung after the server started, a call
+    refused for its arguments alone (no storage touched) blocked the whole server, every session, until
+    the filesystem answered. The path is resolved once, when the server is made."""
+    from tests.hung_filesystem import hung_mount
+
+    storage = tmp_path / "hung"
+    server = create_mcp_server(ContextManagerConfig(storage_path=storage), user_id="ivy")
+    async with Client(server) as client:
+        kept = await client.call_tool("memory_add", {"content": "Ivy's bus leaves at 7:10"})
+        assert not kept.is_error, text_of(kept)
+        with hung_mount(tmp_path) as hung:  # over the storage directory: its server went down
+            unblock = threading.Timer(10, hung.release)  # a blocked event loop: the test ends all the same
+            unblock.start()
+            try:
+                started = time.monotonic()
+                refused = await client.call_tool("memory_delete", {"memory_id": "x" * 10_000})
+                elapsed = time.monotonic() - started
+            finally:
+                unblock.cancel()
+                hung.release()
+    text = text_of(refused)
+    assert refused.is_error and "memory_id" in text, text
+    assert elapsed < 5, f"the refusal took {elapsed:.1f} s"
+
+
 async def test_mcp_a_failed_call_on_postgresql_does_not_show_the_server(postgres_dsn: str) -> None:
     """With PostgreSQL, a failed call quoted the server's user, host and database ("PostgreSQL at
     host=/srv/... dbname=app user=app: insert failed: ..."): written ``<storage>`` too."""

@@ -479,11 +479,13 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
-    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE):  # was a directory ./postgresql:/...
+    # a connection string, as a URL or key=value, was a directory (./postgresql:/..., ./host=db password=...)
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or _KEYWORD_DSN.search(value):
         from context_manager.core.memory.postgres.database import redact_dsn
 
+        kind = "" if "://" in value else ", a key=value connection string"
         raise CommandError(
-            f"--storage: got {redact_dsn(value)!r}; allowed a directory. For PostgreSQL set "
+            f"--storage: got {redact_dsn(value)!r}{kind}; allowed a directory. For PostgreSQL set "
             "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND=postgres and PYTHON_CONTEXT_MANAGER_POSTGRES_DSN "
             "(a DSN on the command line is in the shell history and the process list)"
         )

@@ -162,6 +162,7 @@ class _MemoryHandle:
     def __init__(self, config: ContextManagerConfig, memory: MemoryManager | None) -> None:
         self.config = config
         self._given = memory
+        _resolve_storage(memory.storage_path if memory is not None else config.resolved_storage_path)
         self._opened: MemoryManager | None = None
         self._users = 0
         self._lock = asyncio.Lock()
@@ -547,15 +548,28 @@ def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return hidden
 
 
+_RESOLVED_STORAGE: dict[str, str] = {}
+"""The storage directories of the servers made, resolved (``realpath``) when each was made."""
+
+
+def _resolve_storage(path: os.PathLike[str] | str) -> None:
+    """Resolve a server's storage directory once, when it is made (see :func:`_location_pattern`)."""
+    location = str(path)
+    if location not in _RESOLVED_STORAGE:
+        _RESOLVED_STORAGE[location] = os.path.realpath(location)
+
+
 def _location_pattern(location: Any) -> re.Pattern[str] | None:
     """What finds ``location`` (a storage directory or a redacted DSN) in a text; ``None`` if none."""
     if not isinstance(location, str) or not location.strip():
         return None
     # the location as given, made absolute and resolved, each where it stands whole (a relative "mem" is
-    # not the start of "memory"), the longer first
+    # not the start of "memory"), the longer first. Resolved when the server was made, not here: realpath
+    # stats the directory, which on a hung network filesystem blocked the event loop (every session) at
+    # every tool error, even one refusing the arguments alone
     spelled = {location}
     if "://" not in location:
-        spelled |= {os.path.abspath(location), os.path.realpath(location)}
+        spelled |= {os.path.abspath(location), _RESOLVED_STORAGE.get(location, location)}
     ordered = sorted(spelled, key=len, reverse=True)
     return re.compile(r"(?<![\w.~/\\-])(?:" + "|".join(map(re.escape, ordered)) + r")(?=$|[/\\\s:;,'\")\]])")
 
