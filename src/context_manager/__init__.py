@@ -118,6 +118,7 @@ _EXPORTS: dict[str, str] = {
     "register_memory_tools": "context_manager.core.tool_system",
     # the MCP server (the SDK itself loads only when a server is created; the 'mcp' extra)
     "create_mcp_server": "context_manager.mcp_server",
+    "run_mcp_server": "context_manager.mcp_server",
 }
 
 # Written out (not computed from _EXPORTS) so type checkers see the re-exports; a test keeps the two equal.
@@ -215,6 +216,7 @@ __all__ = [
     "monitored_operation",
     "parse_tool_calls",
     "register_memory_tools",
+    "run_mcp_server",
     "to_anthropic_messages",
     "to_openai_messages",
     "to_openai_responses_input",
@@ -326,5 +328,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         register_memory_tools,
         tool,
     )
-    from context_manager.mcp_server import create_mcp_server
+    from context_manager.mcp_server import create_mcp_server, run_mcp_server
     from context_manager.sync import SyncContextManager
