@@ -1365,13 +1365,15 @@ async def test_a_full_cache_of_query_words_never_loses_a_word_of_the_search(post
         "host=db password=x\\ TOPSECRET dbname=app",  # an unquoted value with an escaped space
         "host=db password='two TOPSECRET words' dbname=app",
         "postgresql://app:TOPSECRET@db/app",
+        "postgresql://app:TOP@SECRET@db/app",  # an '@' left unencoded: hidden whole
+        "postgresql://app:TOPSECRET@db?options=-csearch_path%3Dapp",  # no path, then a query
     ],
 )
 def test_every_spelling_of_a_password_is_redacted(dsn: str) -> None:
     from context_manager.core.memory.postgres.database import redact_dsn
 
     redacted = redact_dsn(dsn)
-    assert "TOPSECRET" not in redacted and "***" in redacted
+    assert "TOP" not in redacted and "SECRET" not in redacted and "***" in redacted
     assert redacted.endswith("app")
 
 

@@ -63,7 +63,9 @@ def redact_dsn(dsn: str) -> str:
 
     Also a URL whose ``//`` a path made ``/`` (``Path("postgresql://user:pw@host/db")``).
     """
-    redacted = re.sub(r"(:/+[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    # up to the last '@' before the path: a password written with an unencoded '@' (which libpq would
+    # misread as the host's start) is hidden whole, not only up to its first '@'
+    redacted = re.sub(r"(:/+[^:/@]*:)[^/?#]*@", r"\1***@", dsn)
     # a key=value value: quoted ('...' with \' and \\ escapes) or up to the next unescaped space
     return re.sub(
         r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+\\?)",
