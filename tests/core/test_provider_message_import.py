@@ -407,3 +407,105 @@ async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp
             "Checking is better.",
         ]
         assert again.get_context(format="anthropic") == body
+
+
+def reasoning_server_response(**reasoning: Any) -> Any:
+    """A Chat Completions response of an OpenAI-compatible reasoning server (DeepSeek, vLLM, OpenRouter):
+    its message carries the model's reasoning beside ``content`` (a field the OpenAI SDK keeps as extra)."""
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "deepseek-reasoner",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Let me check.",
+                        "refusal": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                            }
+                        ],
+                        **reasoning,
+                    },
+                }
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "reasoning",
+    [
+        {"reasoning_content": "The user wants the weather: call the tool."},  # DeepSeek, vLLM
+        {"reasoning": "The user wants the weather: call the tool."},  # vLLM >= 0.10, OpenRouter
+        {
+            "reasoning": "The user wants the weather.",
+            "reasoning_details": [{"type": "reasoning.text", "text": "The user wants the weather."}],
+        },  # OpenRouter
+        {"reasoning_content": None},
+    ],
+)
+async def test_a_reasoning_server_s_message_goes_in_without_its_reasoning(
+    tmp_path: Path, reasoning: dict[str, Any]
+) -> None:
+    """``add_messages([response.choices[0].message])`` of DeepSeek, vLLM or OpenRouter refused the message
+    ("reasoning_content: got '...'; allowed one of metadata, name, ..."). The window keeps no reasoning (as
+    it leaves a Responses API reasoning item out; the Chat Completions API has no such input field): the
+    message goes in as its text and calls, and the export is a valid Chat Completions request."""
+    message = reasoning_server_response(**reasoning).choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        await manager.add_message("tool", "21 °C", tool_call_id="call_1")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        await manager.add_message("tool", "22 °C", tool_call_id="call_1")
+        assistants = [m for m in manager.messages if m.role.value == "assistant"]
+        assert [(m.content, [c.name for c in m.tool_calls], m.metadata) for m in assistants] == [
+            ("Let me check.", ["weather"], {})
+        ] * 2
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        assert not any("reasoning" in key for message in exported for key in message)
+        chat_completions_input(exported)
+
+
+CUSTOM_CALL = {"id": "call_1", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}
+
+
+async def test_a_custom_tool_call_is_refused_naming_what_is_taken(tmp_path: Path) -> None:
+    """An OpenAI custom tool's call (free-form text input) was refused as ``tool_calls[].name: got ''``,
+    as if the name were missing; the error names the call's type and the calls the window takes."""
+    from openai.types.chat import ChatCompletionMessage
+
+    from context_manager import parse_tool_calls
+
+    message = ChatCompletionMessage.model_validate(
+        {"role": "assistant", "content": None, "tool_calls": [CUSTOM_CALL]}
+    )
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "How many rows?")
+        for item in (message, message.model_dump(), {"role": "assistant", "tool_calls": [CUSTOM_CALL]}):
+            with pytest.raises(InvalidMessageError) as caught:
+                await manager.add_messages([item])
+            text = str(caught.value)
+            assert "tool_calls[].type: got 'custom'" in text
+            assert "'function'" in text and "'tool_use'" in text and "free-form" in text
+        with pytest.raises(InvalidMessageError, match="custom"):
+            await manager.add_message("assistant", "", tool_calls=[CUSTOM_CALL])
+        assert [m.content for m in manager.messages] == ["How many rows?"]
+    with pytest.raises(InvalidMessageError, match="tool_calls\\[\\].type: got 'custom'"):
+        parse_tool_calls(message)
+    responses_call = {"type": "custom_tool_call", "call_id": "call_1", "name": "run_sql", "input": "SELECT 1"}
+    with pytest.raises(InvalidMessageError, match="custom_tool_call"):  # not read as "no tool calls"
+        parse_tool_calls({"output": [responses_call]})

@@ -104,8 +104,15 @@ _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-ter
 _MESSAGE_OPTIONS = frozenset(
     {"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name", "thinking"}
 )
-_OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
-"""Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
+_OPENAI_RESPONSE_FIELDS = frozenset(
+    {"refusal", "annotations", "audio", "function_call"}
+    | {"reasoning_content", "reasoning", "reasoning_details"}
+)
+"""Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used; the
+reasoning of OpenAI-compatible servers (DeepSeek, vLLM: ``reasoning_content`` or ``reasoning``;
+OpenRouter: ``reasoning`` and ``reasoning_details``) too."""
+_IGNORED_RESPONSE_FIELDS = frozenset({"annotations", "reasoning_content", "reasoning", "reasoning_details"})
+"""Output-only fields of an assistant message, ignored whatever they hold (see :func:`_new_message`)."""
 _perf_counter = time.perf_counter
 
 _State = Literal["new", "ready", "closed"]
@@ -647,7 +654,8 @@ class EnhancedContextManager:
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
                 ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
-                citations no request takes back; a refusal is the text). A Chat Completions
+                citations no request takes back, and the reasoning of an OpenAI-compatible server,
+                ``reasoning_content`` or ``reasoning``; a refusal is the text). A Chat Completions
                 ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their text
                 joined; image, audio and file parts are refused (the window keeps text). The
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
@@ -1577,8 +1585,9 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
         key: value
         for key, value in options.items()
         # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
-        # which no request takes back (the Responses API import leaves its text parts' out too)
-        if key not in _OPENAI_RESPONSE_FIELDS or (value and key != "annotations")
+        # which no request takes back (the Responses API import leaves its text parts' out too), and a
+        # reasoning server's reasoning is not kept (as a Responses API reasoning item)
+        if key not in _OPENAI_RESPONSE_FIELDS or (value and key not in _IGNORED_RESPONSE_FIELDS)
     }
 
 
@@ -1589,8 +1598,12 @@ def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Mes
     OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text. The SDK's
     dump of an assistant message also carries ``refusal``, ``annotations``, ``audio`` and
     ``function_call``: ignored when empty; a refusal with no content is the message's text; annotations
-    (url citations) are ignored whatever they hold: output only, no request takes them back. Any other
-    value of them is refused as an unknown keyword (the window has nowhere to keep it).
+    (url citations) are ignored whatever they hold: output only, no request takes them back. The
+    reasoning an OpenAI-compatible server adds to an assistant message (``reasoning_content`` of DeepSeek
+    and vLLM, ``reasoning`` of vLLM and OpenRouter, OpenRouter's ``reasoning_details``) is ignored too:
+    the window keeps no reasoning (as it leaves out a Responses API ``reasoning`` item), and the
+    Chat Completions API has no such input field. Any other value of them is refused as an unknown
+    keyword (the window has nowhere to keep it).
     """
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         options = _without_empty_response_fields(role, options)

@@ -272,13 +272,16 @@ class ToolCall:
 
     @classmethod
     def _from_dict(cls, value: dict[str, Any]) -> ToolCall:
-        if value.get("type") == "tool_use":  # Anthropic content block
+        kind = value.get("type")
+        if kind == "tool_use":  # Anthropic content block
             return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=value.get("input") or {})
         function = value.get("function")
         if isinstance(function, dict):  # OpenAI Chat Completions tool call
             arguments = _json_arguments(function.get("arguments", "{}"), "tool_calls[].function.arguments")
             return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
-        if value.get("type") == "function_call":  # an OpenAI Responses API output item
+        if kind in _FREE_FORM_CALL_TYPES:  # OpenAI custom tools: a free-form string input, no JSON object
+            raise InvalidMessageError("tool_calls[].type", kind, _CALL_TYPES)
+        if kind == "function_call":  # an OpenAI Responses API output item
             # answered under its call_id (the function_call_output's); its id ("fc_...") names the item
             call_id = value.get("call_id") or value.get("id", "")
             arguments = _json_arguments(value.get("arguments", "{}"), "tool_calls[].arguments")
@@ -286,6 +289,14 @@ class ToolCall:
         # a ToolCall-shaped dict; LangChain's ``AIMessage.tool_calls`` items carry theirs as ``args``
         arguments = value.get("arguments", value.get("input", value.get("args")))
         return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=arguments or {})
+
+
+_FREE_FORM_CALL_TYPES = frozenset({"custom", "custom_tool_call"})
+_CALL_TYPES = (
+    "function tool calls (OpenAI 'function' and Responses 'function_call', Anthropic 'tool_use'): a "
+    "custom tool's call (free-form text input, no JSON arguments) has no place in the window, whose calls "
+    "hold JSON arguments and export as function calls"
+)
 
 
 def _json_arguments(raw: Any, field: str) -> Any:

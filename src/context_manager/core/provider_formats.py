@@ -835,6 +835,8 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
             elif kind == "function_call":  # Responses API: results answer call_id (id is the item's)
                 function = {"name": block.get("name", ""), "arguments": block.get("arguments", "{}")}
                 calls.append(ToolCall.from_value({"id": block.get("call_id", ""), "function": function}))
+            elif kind == "custom_tool_call":  # a call the model made: refused, not read as "no calls"
+                ToolCall.from_value(block)
         return calls
     raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
 
