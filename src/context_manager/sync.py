@@ -435,7 +435,9 @@ class SyncContextManager:
 
     # -- messages --------------------------------------------------------------------------------------
 
-    def add_message(self, role: str, content: str | None, **kwargs: Any) -> bool:
+    def add_message(
+        self, role: str, content: str | Sequence[Mapping[str, Any]] | None, **kwargs: Any
+    ) -> bool:
         """Blocking form of EnhancedContextManager.add_message."""
         return self._await("add_message", self._manager.add_message, role, content, **kwargs)
 

@@ -238,18 +238,18 @@ async def test_a_reasoning_item_between_the_text_and_the_calls_keeps_them_one_me
 async def test_a_function_call_output_of_text_parts_is_their_text(tmp_path: Path) -> None:
     """``output`` may be a list of content parts (the SDK's ``ResponseFunctionCallOutputItemListParam``)."""
     call = {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}"}
-    parts = [{"type": "input_text", "text": "shipped "}, {"type": "input_text", "text": "on Monday"}]
+    parts = [{"type": "input_text", "text": "Order 1042:"}, {"type": "input_text", "text": "shipped Monday"}]
     async with EnhancedContextManager(config(tmp_path)) as manager:
         await manager.add_message("user", "Where is order 1042?")
         sdk_accepts([call, {"type": "function_call_output", "call_id": "call_1", "output": parts}])
         await manager.add_messages(
             [call, {"type": "function_call_output", "call_id": "call_1", "output": parts}]
         )
-        assert manager.messages[-1].content == "shipped on Monday"
+        assert manager.messages[-1].content == "Order 1042:\nshipped Monday"  # a line break between parts
         assert manager.get_context(format="openai_responses")[-1] == {
             "type": "function_call_output",
             "call_id": "call_1",
-            "output": "shipped on Monday",
+            "output": "Order 1042:\nshipped Monday",
         }
 
 

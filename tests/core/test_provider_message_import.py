@@ -15,7 +15,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
-from context_manager.core.errors import InvalidMessageError
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from tests.provider_rules import openai_violations
 
 
@@ -36,9 +36,9 @@ def text_parts(*texts: str) -> list[dict[str, str]]:
 
 async def test_chat_completions_text_parts_are_their_text_for_every_role(tmp_path: Path) -> None:
     history: list[dict[str, Any]] = [
-        {"role": "developer", "content": text_parts("Answer briefly. ", "Use tools.")},
+        {"role": "developer", "content": text_parts("Answer briefly.", "Use tools.")},
         {"role": "system", "content": text_parts("Be kind.")},
-        {"role": "user", "content": text_parts("Weather in ", "Paris?"), "name": "alice"},
+        {"role": "user", "content": text_parts("Weather in Paris?", "And in Rome?"), "name": "alice"},
         {
             "role": "assistant",
             "content": text_parts("Let me check."),
@@ -46,18 +46,18 @@ async def test_chat_completions_text_parts_are_their_text_for_every_role(tmp_pat
                 {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
             ],
         },
-        {"role": "tool", "tool_call_id": "call_1", "content": text_parts("21 °C, ", "sunny")},
+        {"role": "tool", "tool_call_id": "call_1", "content": text_parts("Paris: 21 °C", "Rome: 25 °C")},
         {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say more."}]},
     ]
     chat_completions_input(history)  # valid Chat Completions input, as the SDK types it
     async with EnhancedContextManager(config(tmp_path)) as manager:
         assert await manager.add_messages(history) == 6
         assert [(m.role.value, m.content) for m in manager.messages] == [
-            ("system", "Answer briefly. Use tools."),
+            ("system", "Answer briefly.\nUse tools."),  # parts: a line break between
             ("system", "Be kind."),
-            ("user", "Weather in Paris?"),
+            ("user", "Weather in Paris?\nAnd in Rome?"),
             ("assistant", "Let me check."),
-            ("tool", "21 °C, sunny"),
+            ("tool", "Paris: 21 °C\nRome: 25 °C"),
             ("assistant", "I cannot say more."),
         ]
         assert manager.messages[2].name == "alice"
@@ -239,7 +239,7 @@ RESULTS = [
     {
         "type": "tool_result",
         "tool_use_id": "toolu_01B",
-        "content": [{"type": "text", "text": "clock "}, {"type": "text", "text": "offline"}],
+        "content": [{"type": "text", "text": "clock"}, {"type": "text", "text": "offline"}],
         "is_error": True,
     },
 ]
@@ -281,7 +281,7 @@ async def test_an_anthropic_history_goes_in_and_comes_back_out_as_it_was(tmp_pat
             ("user", "Weather in Paris and time in Tokyo?"),
             ("assistant", "Let me check both."),
             ("tool", "21 °C"),
-            ("tool", "clock offline"),
+            ("tool", "clock\noffline"),
             ("assistant", "Paris: 21 °C; the clock is offline."),
         ]
         assert [call.id for call in messages[1].tool_calls] == ["toolu_01A", "toolu_01B"]
@@ -292,7 +292,12 @@ async def test_an_anthropic_history_goes_in_and_comes_back_out_as_it_was(tmp_pat
         assert body["messages"][1]["content"] == CALLING  # the response's blocks, in its order
         assert body["messages"][2]["content"] == [
             RESULTS[0],
-            {"type": "tool_result", "tool_use_id": "toolu_01B", "content": "clock offline", "is_error": True},
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_01B",
+                "content": "clock\noffline",
+                "is_error": True,
+            },
         ]
         assert openai_violations(manager.get_context("openai")) == []
     async with EnhancedContextManager(config(tmp_path / "again")) as again:  # the export goes back in
@@ -325,7 +330,7 @@ async def test_an_anthropic_response_saved_as_a_dict_goes_in_as_its_assistant_tu
         assert [(m.role.value, m.content) for m in manager.messages[1:]] == [
             ("assistant", "Let me check both."),
             ("tool", "21 °C"),
-            ("tool", "clock offline"),
+            ("tool", "clock\noffline"),
             ("assistant", "Paris: 21 °C."),
         ]
         assert manager.messages[1].metadata == {}
@@ -407,3 +412,251 @@ async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp
             "Checking is better.",
         ]
         assert again.get_context(format="anthropic") == body
+
+
+def reasoning_server_response(**reasoning: Any) -> Any:
+    """A Chat Completions response of an OpenAI-compatible reasoning server (DeepSeek, vLLM, OpenRouter):
+    its message carries the model's reasoning beside ``content`` (a field the OpenAI SDK keeps as extra)."""
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "deepseek-reasoner",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Let me check.",
+                        "refusal": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                            }
+                        ],
+                        **reasoning,
+                    },
+                }
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "reasoning",
+    [
+        {"reasoning_content": "The user wants the weather: call the tool."},  # DeepSeek, vLLM
+        {"reasoning": "The user wants the weather: call the tool."},  # vLLM >= 0.10, OpenRouter
+        {
+            "reasoning": "The user wants the weather.",
+            "reasoning_details": [{"type": "reasoning.text", "text": "The user wants the weather."}],
+        },  # OpenRouter
+        {"reasoning_content": None},
+    ],
+)
+async def test_a_reasoning_server_s_message_goes_in_without_its_reasoning(
+    tmp_path: Path, reasoning: dict[str, Any]
+) -> None:
+    """``add_messages([response.choices[0].message])`` of DeepSeek, vLLM or OpenRouter refused the message
+    ("reasoning_content: got '...'; allowed one of metadata, name, ..."). The window keeps no reasoning (as
+    it leaves a Responses API reasoning item out; the Chat Completions API has no such input field): the
+    message goes in as its text and calls, and the export is a valid Chat Completions request."""
+    message = reasoning_server_response(**reasoning).choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        await manager.add_message("tool", "21 °C", tool_call_id="call_1")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        await manager.add_message("tool", "22 °C", tool_call_id="call_1")
+        assistants = [m for m in manager.messages if m.role.value == "assistant"]
+        assert [(m.content, [c.name for c in m.tool_calls], m.metadata) for m in assistants] == [
+            ("Let me check.", ["weather"], {})
+        ] * 2
+        exported = manager.get_context("openai")
+        assert openai_violations(exported) == []
+        assert not any("reasoning" in key for message in exported for key in message)
+        chat_completions_input(exported)
+
+
+CUSTOM_CALL = {"id": "call_1", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}
+
+
+async def test_a_custom_tool_call_is_refused_naming_what_is_taken(tmp_path: Path) -> None:
+    """An OpenAI custom tool's call (free-form text input) was refused as ``tool_calls[].name: got ''``,
+    as if the name were missing; the error names the call's type and the calls the window takes."""
+    from openai.types.chat import ChatCompletionMessage
+
+    from context_manager import parse_tool_calls
+
+    message = ChatCompletionMessage.model_validate(
+        {"role": "assistant", "content": None, "tool_calls": [CUSTOM_CALL]}
+    )
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "How many rows?")
+        for item in (message, message.model_dump(), {"role": "assistant", "tool_calls": [CUSTOM_CALL]}):
+            with pytest.raises(InvalidMessageError) as caught:
+                await manager.add_messages([item])
+            text = str(caught.value)
+            assert "tool_calls[].type: got 'custom'" in text
+            assert "'function'" in text and "'tool_use'" in text and "free-form" in text
+        with pytest.raises(InvalidMessageError, match="custom"):
+            await manager.add_message("assistant", "", tool_calls=[CUSTOM_CALL])
+        assert [m.content for m in manager.messages] == ["How many rows?"]
+    with pytest.raises(InvalidMessageError, match="tool_calls\\[\\].type: got 'custom'"):
+        parse_tool_calls(message)
+    responses_call = {"type": "custom_tool_call", "call_id": "call_1", "name": "run_sql", "input": "SELECT 1"}
+    with pytest.raises(InvalidMessageError, match="custom_tool_call"):  # not read as "no tool calls"
+        parse_tool_calls({"output": [responses_call]})
+
+
+TWO_RESULTS = {"role": "user", "content": RESULTS}  # one item: two tool messages
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "error"),
+    [
+        ({"role": "user"}, "messages[4]", "InvalidArgumentError"),
+        ({"role": "bogus", "content": "Hi"}, "messages[4].role", "InvalidRoleError"),
+        (
+            {"role": "user", "content": "Hi", "priority": "urgent"},
+            "messages[4].priority",
+            "InvalidPriorityError",
+        ),
+        (
+            {"role": "user", "content": [{"type": "image_url"}]},
+            "messages[4].content[0]",
+            "InvalidMessageError",
+        ),
+        (
+            {"role": "tool", "tool_call_id": "toolu_09", "content": "?"},
+            "messages[4].tool_call_id",
+            "ToolCallPairingError",
+        ),
+    ],
+)
+async def test_errors_name_the_item_the_caller_passed(
+    tmp_path: Path, bad: dict[str, Any], field: str, error: str
+) -> None:
+    """A user turn of two ``tool_result`` blocks is two messages: an error about the item after it named
+    ``messages[5]`` for the caller's ``messages[4]``; the option errors (role, priority ...) and the window's
+    pairing errors named no item at all ("role: got 'bogus'")."""
+    history = [*anthropic_history()[:3], {"role": "assistant", "content": "Done."}, bad]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await manager.add_messages(history)
+        assert type(caught.value).__name__ == error
+        assert caught.value.field == field
+        assert str(caught.value).startswith(f"{field}: got ")
+        assert manager.messages == ()
+
+
+async def test_responses_errors_name_the_item_the_caller_passed(tmp_path: Path) -> None:
+    """A reasoning item is left out, and ``function_call`` items join the message before them: an error
+    named the converted message (or no item at all)."""
+    output: list[dict[str, Any]] = [
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "21 °C"},
+        {"role": "user", "content": [{"type": "input_text", "text": "Thanks"}], "priority": "urgent"},
+    ]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await manager.add_messages(output)
+        assert str(caught.value).startswith("messages[4].priority: got 'urgent'")
+        output[2]["arguments"] = "{"
+        with pytest.raises(InvalidMessageError) as bad_call:
+            await manager.add_messages(output)
+        assert str(bad_call.value).startswith("messages[1].tool_calls[].arguments: got '{'")
+        assert manager.messages == ()
+
+
+async def test_several_text_blocks_of_a_turn_read_with_a_line_break_between(tmp_path: Path) -> None:
+    """Two user messages in a row are one Anthropic turn of two text blocks; read back they were glued
+    ("Revenue grew 4%.Summarise it."), as were a Chat Completions message's text parts. Separate texts
+    are joined by a line break (as vLLM reads such a message, and LangChain's and LlamaIndex's conversions
+    join them); an answer's blocks cut around its citations are one text, joined as they are."""
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(
+            [
+                {"role": "user", "content": "Revenue grew 4%."},
+                {"role": "user", "content": "Summarise it."},
+                {"role": "assistant", "content": "Let me check.", "tool_calls": [RESULT_CALL]},
+                {"role": "tool", "tool_call_id": "toolu_01A", "content": "Q3 report"},
+                {"role": "user", "content": "Be brief."},
+                {"role": "user", "content": "Use bullet points."},
+            ]
+        )
+        body = manager.get_context(format="anthropic")
+        assert [len(turn["content"]) for turn in body["messages"]] == [2, 2, 3]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        await again.add_messages(body["messages"])
+        await again.add_messages(
+            [{"role": "assistant", "content": text_parts("Growth was 4%.", "Costs fell.")}]
+        )
+        assert [m.content for m in again.messages] == [
+            "Revenue grew 4%.\nSummarise it.",
+            "Let me check.",
+            "Q3 report",
+            "Be brief.\nUse bullet points.",
+            "Growth was 4%.\nCosts fell.",
+        ]
+    cited = anthropic_response(
+        [
+            {"type": "text", "text": "According to the report, "},
+            {
+                "type": "text",
+                "text": "revenue grew 4%",
+                "citations": [
+                    {
+                        "type": "char_location",
+                        "cited_text": "Revenue grew 4% in Q3.",
+                        "document_index": 0,
+                        "document_title": "Q3 report",
+                        "start_char_index": 0,
+                        "end_char_index": 22,
+                    }
+                ],
+            },
+            {"type": "text", "text": " in Q3."},
+        ],
+        "end_turn",
+    )
+    async with EnhancedContextManager(config(tmp_path / "cited")) as manager:
+        await manager.add_message("user", "How did revenue do?")
+        for answer in (cited, cited.model_dump(), {"role": "assistant", "content": cited.content}):
+            await manager.add_messages([answer])
+        assert [m.content for m in manager.messages[1:]] == [
+            "According to the report, revenue grew 4% in Q3."
+        ] * 3
+
+
+RESULT_CALL = {"type": "tool_use", "id": "toolu_01A", "name": "read_report", "input": {}}
+
+
+async def test_add_message_takes_text_parts_as_add_messages_does(tmp_path: Path) -> None:
+    """``add_messages`` took a message of Chat Completions text parts; ``add_message`` with the same content
+    refused it ("content: got [...]; allowed a str")."""
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", text_parts("Revenue grew 4%.", "Summarise it."))
+        await manager.add_message("assistant", text_parts("Growth: 4%."), priority="high")
+        await manager.add_messages(
+            [{"role": "user", "content": text_parts("Revenue grew 4%.", "Summarise it.")}]
+        )
+        assert [(m.role.value, m.content, m.priority.value) for m in manager.messages] == [
+            ("user", "Revenue grew 4%.\nSummarise it.", "normal"),
+            ("assistant", "Growth: 4%.", "high"),
+            ("user", "Revenue grew 4%.\nSummarise it.", "normal"),
+        ]
+        image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+        for options in ({}, {"priority": "high"}):
+            with pytest.raises(InvalidMessageError, match=r"^content\[1\]: got .*images, audio and files"):
+                await manager.add_message("user", [*text_parts("What is this?"), image], **options)
+        assert len(manager.messages) == 3

@@ -79,6 +79,7 @@ from context_manager.core.errors import (
     NotFoundError,
     SummarizerUnavailableError,
     ToolCallPairingError,
+    in_item,
 )
 from context_manager.core.eviction import EvictedQueue
 from context_manager.core.messages import (
@@ -1168,27 +1169,30 @@ class ContextWindow:
         for position, message in enumerate(batch):
             if not isinstance(message, Message):
                 raise InvalidArgumentError(f"messages[{position}]", message, "a Message (use Message.create)")
-            if message.id in ids:
-                raise InvalidArgumentError("message.id", message.id, "ids that differ within the batch")
-            ids.add(message.id)
-            if message.role is Role.TOOL:
-                call_id = message.tool_call_id
-                if call_id not in pending:
-                    held = None if call_id is None else _renamed_from(call_id, pending)
-                    if held is None:
-                        raise _no_call_error(call_id, pending, "in the window or earlier in the batch")
-                    call_id = held
-                self._check_identity(message)
-                if call_id != message.tool_call_id:
-                    message = dataclasses.replace(message, tool_call_id=call_id)
-                del pending[call_id]
-            else:
-                self._check_identity(message)
-                if message.tool_calls:
-                    message = _reassign_calls(message, pending, taken)
-                    for call in message.tool_calls:
-                        calls.add(call.id)
-                        pending[call.id] = message.id
+            try:  # an error names the message of the batch it is about
+                if message.id in ids:
+                    raise InvalidArgumentError("message.id", message.id, "ids that differ within the batch")
+                ids.add(message.id)
+                if message.role is Role.TOOL:
+                    call_id = message.tool_call_id
+                    if call_id not in pending:
+                        held = None if call_id is None else _renamed_from(call_id, pending)
+                        if held is None:
+                            raise _no_call_error(call_id, pending, "in the window or earlier in the batch")
+                        call_id = held
+                    self._check_identity(message)
+                    if call_id != message.tool_call_id:
+                        message = dataclasses.replace(message, tool_call_id=call_id)
+                    del pending[call_id]
+                else:
+                    self._check_identity(message)
+                    if message.tool_calls:
+                        message = _reassign_calls(message, pending, taken)
+                        for call in message.tool_calls:
+                            calls.add(call.id)
+                            pending[call.id] = message.id
+            except InvalidArgumentError as error:
+                raise in_item(error, f"messages[{position}]") from None
             checked.append(message)
         return checked
 

@@ -41,6 +41,7 @@ from context_manager.core.errors import (
     InvalidArgumentError,
     InvalidMessageError,
     LifecycleError,
+    in_item,
 )
 from context_manager.core.eviction import EvictionWriter
 from context_manager.core.health_checker import HealthChecker
@@ -51,7 +52,7 @@ from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
 from context_manager.core.memory.validation import check_user
-from context_manager.core.messages import Message, Role, ToolCall, create_plain
+from context_manager.core.messages import Message, Role, ToolCall, chat_completions_text, create_plain
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
     monitored_operation,
@@ -62,11 +63,10 @@ from context_manager.core.performance_monitor import (
 from context_manager.core.provider_formats import (
     FORMATS,
     SupportsModelDump,
-    chat_completions_text,
+    anthropic_items_read,
     is_anthropic_message,
     is_openai_responses_item,
-    messages_from_anthropic,
-    messages_from_openai_responses,
+    responses_items_read,
     to_provider_format,
 )
 from context_manager.core.shared_store import MemoryLease, lease_memory
@@ -104,8 +104,15 @@ _LARGE_OUTPUT_CHARS = 65_536  # tool outputs above this are kept in the long-ter
 _MESSAGE_OPTIONS = frozenset(
     {"priority", "metadata", "pinned", "tool_calls", "tool_call_id", "name", "thinking"}
 )
-_OPENAI_RESPONSE_FIELDS = frozenset({"refusal", "annotations", "audio", "function_call"})
-"""Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used."""
+_OPENAI_RESPONSE_FIELDS = frozenset(
+    {"refusal", "annotations", "audio", "function_call"}
+    | {"reasoning_content", "reasoning", "reasoning_details"}
+)
+"""Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used; the
+reasoning of OpenAI-compatible servers (DeepSeek, vLLM: ``reasoning_content`` or ``reasoning``;
+OpenRouter: ``reasoning`` and ``reasoning_details``) too."""
+_IGNORED_RESPONSE_FIELDS = frozenset({"annotations", "reasoning_content", "reasoning", "reasoning_details"})
+"""Output-only fields of an assistant message, ignored whatever they hold (see :func:`_new_message`)."""
 _perf_counter = time.perf_counter
 
 _State = Literal["new", "ready", "closed"]
@@ -554,13 +561,16 @@ class EnhancedContextManager:
         """
         return self._require_ready("context_window")
 
-    async def add_message(self, role: str, content: str | None, **kwargs: Any) -> bool:
+    async def add_message(
+        self, role: str, content: str | Sequence[Mapping[str, Any]] | None, **kwargs: Any
+    ) -> bool:
         """Add a message to the context, compressing the window first if it would overflow.
 
         Args:
             role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"`` (or a :class:`Role`).
             content: The text; ``None`` only for an assistant message with ``tool_calls`` (as the OpenAI
-                API sends it), stored as empty text.
+                API sends it), stored as empty text. Chat Completions text parts (``[{"type": "text",
+                "text": ...}]``) are their texts joined by a line break, as in :meth:`add_messages`.
             **kwargs: ``priority`` (``"low"``, ``"normal"``, ``"high"``, ``"critical"``), ``metadata``
                 (dict of JSON values), ``pinned`` (bool), ``tool_calls`` (assistant: ``ToolCall`` objects or
                 OpenAI/Anthropic dicts or SDK objects, ``message.tool_calls`` of an OpenAI response as it is,
@@ -649,9 +659,10 @@ class EnhancedContextManager:
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
                 ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
-                citations no request takes back; a refusal is the text). A Chat Completions
-                ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their text
-                joined; image, audio and file parts are refused (the window keeps text). The
+                citations no request takes back, and the reasoning of an OpenAI-compatible server,
+                ``reasoning_content`` or ``reasoning``; a refusal is the text). A Chat Completions
+                ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their texts
+                joined by a line break; image, audio and file parts are refused (the window keeps text). The
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
                 turns: ``{"role", "content": [blocks]}`` (``response.content``, the SDK's objects or
                 dicts; the response itself or its ``model_dump()``), the ``"anthropic"`` export's
@@ -662,7 +673,8 @@ class EnhancedContextManager:
 
         Raises:
             InvalidArgumentError: ``messages`` is not a list of such dicts, or one is invalid (or a
-                subclass, as for :meth:`add_message`). Nothing is added.
+                subclass, as for :meth:`add_message`; its ``field`` names the item as given,
+                ``messages[3].role``, whatever it was converted to). Nothing is added.
             ContextBudgetError: the batch cannot fit (see :meth:`add_message`). Nothing is added.
             ConversationConflictError: the conversation is persisted and another manager changed it first;
                 nothing of the batch was added and the window now holds the stored conversation (add it
@@ -681,12 +693,16 @@ class EnhancedContextManager:
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+        # converted items (a user turn of results is several messages): errors name the caller's item
+        origins: list[int] | None = None
         if any(is_anthropic_message(item) for item in messages):  # Anthropic turns: content blocks
-            messages = messages_from_anthropic(messages)
+            messages, origins = anthropic_items_read(messages)
         if any(is_openai_responses_item(item) for item in messages):
-            messages = messages_from_openai_responses(messages)
+            messages, origins = responses_items_read(messages, origins)
         built = []
         for position, item in enumerate(messages):
+            if origins is not None:
+                position = origins[position]
             if (
                 not isinstance(item, Mapping)
                 or "role" not in item
@@ -697,9 +713,10 @@ class EnhancedContextManager:
                 )
             options = {key: value for key, value in item.items() if key not in ("role", "content")}
             content = item.get("content")
-            if isinstance(content, list | tuple):  # Chat Completions content parts: their text
-                content = chat_completions_text(content, f"messages[{position}].content")
-            built.append(_new_message(item["role"], content, options))
+            try:
+                built.append(_new_message(item["role"], content, options))
+            except InvalidArgumentError as error:
+                raise in_item(error, f"messages[{position}]") from None
         conversation = self._conversation
         since = 0
         if conversation is not None:
@@ -708,6 +725,11 @@ class EnhancedContextManager:
             await window.extend(built)
         except ConversationConflictError as error:
             await self._recover(error)
+            raise
+        except InvalidArgumentError as error:  # names the message of the batch: the caller's item
+            if origins is not None and error.field.startswith("messages["):
+                converted = int(error.field[len("messages[") : error.field.index("]")])
+                raise in_item(error, f"messages[{origins[converted]}]") from None
             raise
         if conversation is not None:
             await conversation.sync(since=since)
@@ -1579,20 +1601,25 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
         key: value
         for key, value in options.items()
         # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
-        # which no request takes back (the Responses API import leaves its text parts' out too)
-        if key not in _OPENAI_RESPONSE_FIELDS or (value and key != "annotations")
+        # which no request takes back (the Responses API import leaves its text parts' out too), and a
+        # reasoning server's reasoning is not kept (as a Responses API reasoning item)
+        if key not in _OPENAI_RESPONSE_FIELDS or (value and key not in _IGNORED_RESPONSE_FIELDS)
     }
 
 
-def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Message:
+def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
     """Validate ``add_message``'s keywords and build the message (nothing is changed on error).
 
     An assistant message with tool calls may have ``None`` content, as the Chat Completions format (our
     OpenAI export, the SDK's ``message.model_dump()``) gives it: it is stored as empty text. The SDK's
     dump of an assistant message also carries ``refusal``, ``annotations``, ``audio`` and
     ``function_call``: ignored when empty; a refusal with no content is the message's text; annotations
-    (url citations) are ignored whatever they hold: output only, no request takes them back. Any other
-    value of them is refused as an unknown keyword (the window has nowhere to keep it).
+    (url citations) are ignored whatever they hold: output only, no request takes them back. The
+    reasoning an OpenAI-compatible server adds to an assistant message (``reasoning_content`` of DeepSeek
+    and vLLM, ``reasoning`` of vLLM and OpenRouter, OpenRouter's ``reasoning_details``) is ignored too:
+    the window keeps no reasoning (as it leaves out a Responses API ``reasoning`` item), and the
+    Chat Completions API has no such input field. Any other value of them is refused as an unknown
+    keyword (the window has nowhere to keep it).
     """
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         options = _without_empty_response_fields(role, options)
@@ -1605,4 +1632,6 @@ def _new_message(role: str, content: str | None, options: dict[str, Any]) -> Mes
         )
     if content is None and role == Role.ASSISTANT and options.get("tool_calls"):
         content = ""
+    elif type(content) is not str and isinstance(content, list | tuple):  # Chat Completions content parts
+        content = chat_completions_text(content, "content")
     return Message.create(role, content, **options)

@@ -50,7 +50,7 @@ which always says what was wrong and what is allowed: ``"priority: got 'urgent';
 from __future__ import annotations
 
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ConcurrencyError",
@@ -128,6 +128,23 @@ class _FieldError(ContextManagerError):
         if detail:
             message = f"{message} ({detail})"
         super().__init__(message)
+
+
+_Field = TypeVar("_Field", bound="_FieldError")
+
+
+def in_item(error: _Field, item: str) -> _Field:
+    """``error`` naming its field within ``item`` (``messages[3]``): ``messages[3].role: got ...``.
+
+    The error is changed in place (its class and traceback kept) and returned, to be raised again. A field
+    already naming an item of a list (``messages[5]...``, a position in a converted batch) is renamed.
+    """
+    old = error.field
+    new = item + old[old.index("]") + 1 :] if old.startswith("messages[") else f"{item}.{old}"
+    text = str(error)
+    error.field = new
+    error.args = (new + text[len(old) :] if text.startswith(old) else f"{new}: {text}",)
+    return error
 
 
 class ConfigurationError(_FieldError, ValueError):

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -272,13 +272,16 @@ class ToolCall:
 
     @classmethod
     def _from_dict(cls, value: dict[str, Any]) -> ToolCall:
-        if value.get("type") == "tool_use":  # Anthropic content block
+        kind = value.get("type")
+        if kind == "tool_use":  # Anthropic content block
             return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=value.get("input") or {})
         function = value.get("function")
         if isinstance(function, dict):  # OpenAI Chat Completions tool call
             arguments = _json_arguments(function.get("arguments", "{}"), "tool_calls[].function.arguments")
             return cls(id=value.get("id", ""), name=function.get("name", ""), arguments=arguments)
-        if value.get("type") == "function_call":  # an OpenAI Responses API output item
+        if kind in _FREE_FORM_CALL_TYPES:  # OpenAI custom tools: a free-form string input, no JSON object
+            raise InvalidMessageError("tool_calls[].type", kind, _CALL_TYPES)
+        if kind == "function_call":  # an OpenAI Responses API output item
             # answered under its call_id (the function_call_output's); its id ("fc_...") names the item
             call_id = value.get("call_id") or value.get("id", "")
             arguments = _json_arguments(value.get("arguments", "{}"), "tool_calls[].arguments")
@@ -286,6 +289,14 @@ class ToolCall:
         # a ToolCall-shaped dict; LangChain's ``AIMessage.tool_calls`` items carry theirs as ``args``
         arguments = value.get("arguments", value.get("input", value.get("args")))
         return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=arguments or {})
+
+
+_FREE_FORM_CALL_TYPES = frozenset({"custom", "custom_tool_call"})
+_CALL_TYPES = (
+    "function tool calls (OpenAI 'function' and Responses 'function_call', Anthropic 'tool_use'): a "
+    "custom tool's call (free-form text input, no JSON arguments) has no place in the window, whose calls "
+    "hold JSON arguments and export as function calls"
+)
 
 
 def _json_arguments(raw: Any, field: str) -> Any:
@@ -545,12 +556,54 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(kept)
 
 
+_CHAT_COMPLETIONS_PARTS = (
+    "a string, or text parts ({'type': 'text', 'text': str}; a refusal part on an assistant message): "
+    "the window keeps text, so images, audio and files are refused"
+)
+
+
+def chat_completions_text(content: Sequence[Any], field: str) -> str:
+    """The text of a Chat Completions ``content`` given as content parts: the text parts joined.
+
+    Chat Completions takes ``content`` as a string or a list of parts, text parts for every role (a
+    refusal part on an assistant message): they are joined by a line break (:func:`joined_text`), as the
+    Responses API import joins its parts.
+
+    Raises:
+        InvalidMessageError: a part is not a text or refusal part with its string (an image, audio or a
+            file: the window keeps text only).
+    """
+    texts: list[str] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise InvalidMessageError(f"{field}[{index}]", part, _CHAT_COMPLETIONS_PARTS)
+    return joined_text(texts, any(isinstance(part, Mapping) and part.get("citations") for part in content))
+
+
+def joined_text(texts: list[str], pieces: bool = False) -> str:
+    """The text of one message given as several text parts or blocks: joined by a line break.
+
+    Parts are separate texts (a document and its question, or two messages an Anthropic export merged
+    into one turn): a line break between them, as OpenAI-compatible servers (vLLM) read such a message
+    and LangChain's and LlamaIndex's conversions join them ("Revenue grew 4%." and "Summarise it." read
+    "Revenue grew 4%.Summarise it." joined as they were). ``pieces``: the blocks of an Anthropic answer
+    with citations, one text cut around its cited passages: joined as they are.
+    """
+    return ("" if pieces else "\n").join(texts)
+
+
 def create_plain(role: Role | str, content: Any, *, check_unicode: bool) -> Message:
     """``Message.create(role, content)`` with no other argument: the fast path of ``add_message``.
 
     With no options there is nothing to check but the role and the content, so this skips the option
-    checks. ``check_unicode=False`` also leaves the lone-surrogate check of a non-ASCII text to the caller:
-    ``add_message`` with the built-in counter, whose count of the text fails on one
+    checks. A ``content`` of Chat Completions text parts is their text (:func:`chat_completions_text`), as
+    with options. ``check_unicode=False`` also leaves the lone-surrogate check of a non-ASCII text to the
+    caller: ``add_message`` with the built-in counter, whose count of the text fails on one
     (``UnicodeEncodeError``) before the window changes, so the text is not converted to UTF-8 twice.
 
     Raises:
@@ -558,6 +611,8 @@ def create_plain(role: Role | str, content: Any, *, check_unicode: bool) -> Mess
     """
     parsed_role = _ROLES_BY_TEXT.get(role) if type(role) is str or type(role) is Role else None
     if parsed_role is None or parsed_role is Role.TOOL or type(content) is not str or not content:
+        if isinstance(content, list | tuple):  # Chat Completions content parts: their text
+            content = chat_completions_text(content, "content")
         return Message.create(role, content)  # the errors (a tool message needs its call's id), as usual
     if "\x00" in content:
         raise InvalidMessageError("content", content, "text without NUL characters")

@@ -55,7 +55,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
-from context_manager.core.messages import Message, Role, ToolCall, json_copy
+from context_manager.core.messages import (
+    Message,
+    Role,
+    ToolCall,
+    chat_completions_text,
+    joined_text,
+    json_copy,
+)
 
 __all__ = [
     "ANTHROPIC_CONTINUATION_TEXT",
@@ -327,9 +334,22 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
     Raises:
         InvalidArgumentError: an item of another type, or of another content (images, files).
     """
+    return responses_items_read(items)[0]
+
+
+def responses_items_read(
+    items: Iterable[Any], origins: Sequence[int] | None = None
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """:func:`messages_from_openai_responses`, and for each message the position of its item in ``items``.
+
+    ``origins``: the position each item of ``items`` had in the caller's list (an earlier conversion
+    changed it): errors and the positions returned name those.
+    """
     converted: list[dict[str, Any]] = []
+    sources: list[int] = []
     calls_to: dict[str, Any] | None = None  # the assistant message the next function_call items join
-    for position, raw in enumerate(items):
+    for at, raw in enumerate(items):
+        position = at if origins is None else origins[at]
         item = raw
         if not isinstance(item, Mapping) and callable(getattr(item, "model_dump", None)):
             item = item.model_dump(exclude_none=True)
@@ -340,6 +360,7 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
             if calls_to is None:
                 calls_to = {"role": "assistant", "content": None, "tool_calls": []}
                 converted.append(calls_to)
+                sources.append(position)
             if not calls_to.get("tool_calls"):
                 calls_to["tool_calls"] = []
             calls_to["tool_calls"].append(dict(item))
@@ -356,6 +377,7 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
                     f"messages[{position}].output", output, "a string or text parts (a tool's text)"
                 )
             converted.append({"role": "tool", "content": output, "tool_call_id": item.get("call_id")})
+            sources.append(position)
         elif kind == "message" or kind is None:
             if kind == "message":  # an item's id, status, phase ...: the API's, not the message's
                 text = _responses_text(item.get("content"), position)
@@ -365,11 +387,12 @@ def messages_from_openai_responses(items: Iterable[Any]) -> list[dict[str, Any]]
                 if isinstance(message.get("content"), list):  # {"role", "content": [input_text parts]}
                     message["content"] = _responses_text(message["content"], position)
             converted.append(message)
+            sources.append(position)
             if message.get("role") == "assistant" and not message.get("tool_calls"):
                 calls_to = message
         else:
             raise InvalidArgumentError(f"messages[{position}].type", kind, _RESPONSES_ITEMS)
-    return converted
+    return converted, sources
 
 
 def _responses_text(content: Any, position: int, field: str = "content") -> Any:
@@ -390,35 +413,7 @@ def _responses_text(content: Any, position: int, field: str = "content") -> Any:
             raise InvalidArgumentError(
                 f"messages[{position}].{field}", part, "text parts (input_text, output_text) or a refusal"
             )
-    return "".join(texts)
-
-
-_CHAT_COMPLETIONS_PARTS = (
-    "a string, or text parts ({'type': 'text', 'text': str}; a refusal part on an assistant message): "
-    "the window keeps text, so images, audio and files are refused"
-)
-
-
-def chat_completions_text(content: Sequence[Any], field: str) -> str:
-    """The text of a Chat Completions ``content`` given as content parts: the text parts joined.
-
-    Chat Completions takes ``content`` as a string or a list of parts, text parts for every role (a
-    refusal part on an assistant message): they are joined as the Responses API import joins its parts.
-
-    Raises:
-        InvalidMessageError: a part is not a text or refusal part with its string (an image, audio or a
-            file: the window keeps text only).
-    """
-    texts: list[str] = []
-    for index, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        else:
-            raise InvalidMessageError(f"{field}[{index}]", part, _CHAT_COMPLETIONS_PARTS)
-    return "".join(texts)
+    return joined_text(texts)
 
 
 _ANTHROPIC_ONLY_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking"})
@@ -490,11 +485,13 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     """Read the Anthropic turns of ``items`` as ``add_messages`` dicts; pass the other items through.
 
     An assistant turn (a dict ``{"role", "content": [blocks]}``, its blocks dicts or the SDK's objects, or
-    the SDK's response ``Message``) is one assistant message: its text blocks joined are the text, its
+    the SDK's response ``Message``) is one assistant message: its text blocks are the text (joined by
+    :func:`joined_text`: a line break between them, none between the pieces of a cited answer), its
     ``tool_use`` blocks the calls, its thinking blocks the thinking (interleaved with the calls: in place,
     see :attr:`Message.thinking`). A user turn's ``tool_result`` blocks are tool messages (the text of
     their content; ``is_error`` as ``metadata={"is_error": True}``, which the export sends back), then
-    its text blocks one user message. A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the
+    its text blocks one user message (joined so too: the export merges user messages in a row into one
+    turn, which comes back as one message). A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the
     export inserts) is left out. Other keys of a dict turn (``priority``, ``metadata`` ...) go to its
     message as ``add_message``'s options; a response's own fields (``id``, ``usage`` ...) are left out.
 
@@ -502,10 +499,17 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
         InvalidMessageError: a block the window cannot hold (an image, a document, a server tool's
             blocks, thinking on a user turn).
     """
+    return anthropic_items_read(items)[0]
+
+
+def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """:func:`messages_from_anthropic`, and for each message the position of its item in ``items``."""
     converted: list[Any] = []
+    sources: list[int] = []
     for position, item in enumerate(items):
         if not is_anthropic_message(item):
             converted.append(item)
+            sources.append(position)
             continue
         if isinstance(item, Mapping) and "type" not in item:
             turn = dict(item)
@@ -521,17 +525,19 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
             converted.extend(_anthropic_user(blocks, field, turn))
         else:
             raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
-    return converted
+        sources.extend([position] * (len(converted) - len(sources)))
+    return converted, sources
 
 
 def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any]) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    thinking = False
+    thinking = cited = False
     for index, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+            cited = cited or bool(block.get("citations"))
         elif kind == "tool_use":
             calls.append(
                 {
@@ -545,7 +551,7 @@ def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any])
             thinking = True
         else:
             raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
-    message: dict[str, Any] = {**options, "role": "assistant", "content": "".join(texts)}
+    message: dict[str, Any] = {**options, "role": "assistant", "content": joined_text(texts, cited)}
     if calls:
         message["tool_calls"] = calls
     if thinking:
@@ -556,10 +562,12 @@ def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any])
 def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     texts: list[str] = []
+    cited = False
     for index, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+            cited = cited or bool(block.get("citations"))
         elif kind == "tool_result":
             content = block.get("content", "")
             if isinstance(content, list):
@@ -578,7 +586,7 @@ def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> l
             messages.append(result)
         else:
             raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
-    text = "".join(texts)
+    text = joined_text(texts, cited)
     if texts and (messages or options or text != ANTHROPIC_CONTINUATION_TEXT):  # not the export's filler
         messages.append({**options, "role": "user", "content": text})
     elif options:  # a turn of results alone: its options go to each of them
@@ -835,6 +843,8 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
             elif kind == "function_call":  # Responses API: results answer call_id (id is the item's)
                 function = {"name": block.get("name", ""), "arguments": block.get("arguments", "{}")}
                 calls.append(ToolCall.from_value({"id": block.get("call_id", ""), "function": function}))
+            elif kind == "custom_tool_call":  # a call the model made: refused, not read as "no calls"
+                ToolCall.from_value(block)
         return calls
     raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
 
