@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -1664,6 +1665,73 @@ def test_memory_migrate_refuses_a_key_value_connection_string(store: Path) -> No
         assert_one_line_error(result, f"error: {option}: got 'host=db.internal", "postgresql://")
         assert "s3cr3t-pw" not in result.stdout + result.stderr
         assert not any(Path.cwd().iterdir()) and not (store.parent / "copy").exists()
+
+
+def test_memory_migrate_errors_never_quote_a_dsn_password(tmp_path: Path, store: Path) -> None:
+    """A location refused whole (not valid Unicode: a byte of another encoding on the command line; the
+    same database as source and target) was quoted as given, its password with it."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    dsn = "postgresql://app:s3cr3t-pw@db.internal:5432/app"
+    undecodable = cli("memory", "migrate", "--from", dsn + "\udcff", "--to", str(tmp_path / "copy"))
+    assert_one_line_error(
+        undecodable, "error: --from: got 'postgresql://app:***@db.internal", "valid Unicode"
+    )
+    same = cli("memory", "migrate", "--from", dsn, "--to", dsn.replace("postgresql:", "postgres:"))
+    assert_one_line_error(same, "error: --to: got 'postgres://app:***@db.internal", "other than the source")
+    one_slash = cli("memory", "migrate", "--from", str(store), "--to", "postgresql:/app:s3cr3t-pw@db/app")
+    assert_one_line_error(one_slash, "error: --to: got 'postgresql:/app:***@db/app'")
+    for result in (undecodable, same, one_slash):
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert not (tmp_path / "copy").exists()
+
+
+def test_memory_migrate_waits_the_configured_connect_timeout(tmp_path: Path) -> None:
+    """``memory migrate`` waited 10 s for a server that does not answer (a firewall dropping packets, a
+    hung host), whatever PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT said; a monitoring or deploy
+    script's own timeout fired first. It waits what the configuration says, as a manager does."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts connections and never answers
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "context_manager.cli",
+                "memory",
+                "migrate",
+                "--from",
+                f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app",
+                "--to",
+                str(tmp_path / "copy"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, COLUMNS="200", PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT="1"),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1" in result.stderr, result.stderr
+    assert "after 1.0 sec" in result.stderr and "s3cr3t-pw" not in result.stderr
+    assert held  # the command did reach the silent server
+    assert elapsed < 7, elapsed  # the interpreter's start and 1 s, not 10 s
+    assert not (tmp_path / "copy").exists()
 
 
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:

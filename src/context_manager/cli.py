@@ -1383,8 +1383,15 @@ def memory_migrate(
             _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
         for option, location in (("--from", source), ("--to", target)):
             _refuse_keyword_dsn(option, location)
+        # PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT, as a manager waits for a server (10 s by default)
+        from context_manager.core.config import ContextManagerConfig
+
+        # not _config(): --storage is not used here
+        connect_timeout = ContextManagerConfig().postgres_connect_timeout
         if verify_only:
-            report = await verify_storage(source, target, vectors=not no_vectors)
+            report = await verify_storage(
+                source, target, vectors=not no_vectors, connect_timeout=connect_timeout
+            )
         else:
             lines = _ProgressLines(options, "copied")
             with _progress(options) as progress:
@@ -1403,6 +1410,7 @@ def memory_migrate(
                     merge=merge,
                     prune=prune,
                     progress=advance,
+                    connect_timeout=connect_timeout,
                 )
         if options.json_output:
             _print_json(options, report.to_dict())
