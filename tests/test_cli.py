@@ -980,6 +980,58 @@ def run_cli(
     )
 
 
+def test_memory_commands_on_a_hung_filesystem_end_and_say_so(tmp_path: Path) -> None:
+    """``memory stats`` (what a monitoring script runs every minute) on storage on a hung network
+    filesystem never returned, nor did ``memory cleanup`` from cron or ``memory add``: the configuration's
+    look at the path blocked for ever, and every run left one more stuck process. As ``health``, they
+    end within about 10 s with an error saying the storage does not answer (exit code 1)."""
+    from tests.hung_filesystem import hung_mount
+
+    commands = {
+        "stats": ["memory", "stats"],
+        "cleanup": ["memory", "cleanup", "--max-age-days", "30"],
+        "add": ["memory", "add", "a memory"],  # a command that creates the store looks at it too
+    }
+    processes: dict[str, subprocess.Popen[str]] = {}
+    results: dict[str, tuple[str, str, int | None]] = {}
+    with hung_mount(tmp_path) as hung:
+        try:
+            started = time.monotonic()
+            for name, args in commands.items():
+                processes[name] = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "context_manager.cli",
+                        "--storage",
+                        str(hung.path / "memory"),
+                        *args,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(os.environ, COLUMNS="200"),
+                )
+            for name, process in processes.items():
+                remaining = max(1.0, 45 - (time.monotonic() - started))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    results[name] = (*process.communicate(timeout=remaining), process.returncode)
+            elapsed = time.monotonic() - started
+        finally:
+            hung.release()  # a process blocked on the mount cannot even be killed before
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
+    assert set(results) == set(commands), f"never returned: {set(commands) - set(results)}"
+    said = f"error: the storage at {hung.path / 'memory'} does not answer within 10 s"
+    for name, (stdout, stderr, code) in results.items():
+        assert code == 1, (name, stdout, stderr)
+        assert stderr.startswith(said) and "hung NFS or SMB mount" in stderr, (name, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    assert elapsed < 45
+
+
 def test_health_of_a_store_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None:
     """``health`` on storage on a hung network filesystem never returned: its first look for the store
     (does the directory exist?) blocked for ever, before any check with a time limit ran. It reports the
