@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -997,6 +998,58 @@ def run_cli(
     )
 
 
+def test_memory_commands_on_a_hung_filesystem_end_and_say_so(tmp_path: Path) -> None:
+    """``memory stats`` (what a monitoring script runs every minute) on storage on a hung network
+    filesystem never returned, nor did ``memory cleanup`` from cron or ``memory add``: the configuration's
+    look at the path blocked for ever, and every run left one more stuck process. As ``health``, they
+    end within about 10 s with an error saying the storage does not answer (exit code 1)."""
+    from tests.hung_filesystem import hung_mount
+
+    commands = {
+        "stats": ["memory", "stats"],
+        "cleanup": ["memory", "cleanup", "--max-age-days", "30"],
+        "add": ["memory", "add", "a memory"],  # a command that creates the store looks at it too
+    }
+    processes: dict[str, subprocess.Popen[str]] = {}
+    results: dict[str, tuple[str, str, int | None]] = {}
+    with hung_mount(tmp_path) as hung:
+        try:
+            started = time.monotonic()
+            for name, args in commands.items():
+                processes[name] = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "context_manager.cli",
+                        "--storage",
+                        str(hung.path / "memory"),
+                        *args,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(os.environ, COLUMNS="200"),
+                )
+            for name, process in processes.items():
+                remaining = max(1.0, 45 - (time.monotonic() - started))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    results[name] = (*process.communicate(timeout=remaining), process.returncode)
+            elapsed = time.monotonic() - started
+        finally:
+            hung.release()  # a process blocked on the mount cannot even be killed before
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
+    assert set(results) == set(commands), f"never returned: {set(commands) - set(results)}"
+    said = f"error: the storage at {hung.path / 'memory'} does not answer within 10 s"
+    for name, (stdout, stderr, code) in results.items():
+        assert code == 1, (name, stdout, stderr)
+        assert stderr.startswith(said) and "hung NFS or SMB mount" in stderr, (name, stderr)
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    assert elapsed < 45
+
+
 def test_health_of_a_store_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None:
     """``health`` on storage on a hung network filesystem never returned: its first look for the store
     (does the directory exist?) blocked for ever, before any check with a time limit ran. It reports the
@@ -1682,6 +1735,73 @@ def test_memory_migrate_refuses_a_key_value_connection_string(store: Path) -> No
         assert_one_line_error(result, f"error: {option}: got 'host=db.internal", "postgresql://")
         assert "s3cr3t-pw" not in result.stdout + result.stderr
         assert not any(Path.cwd().iterdir()) and not (store.parent / "copy").exists()
+
+
+def test_memory_migrate_errors_never_quote_a_dsn_password(tmp_path: Path, store: Path) -> None:
+    """A location refused whole (not valid Unicode: a byte of another encoding on the command line; the
+    same database as source and target) was quoted as given, its password with it."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    dsn = "postgresql://app:s3cr3t-pw@db.internal:5432/app"
+    undecodable = cli("memory", "migrate", "--from", dsn + "\udcff", "--to", str(tmp_path / "copy"))
+    assert_one_line_error(
+        undecodable, "error: --from: got 'postgresql://app:***@db.internal", "valid Unicode"
+    )
+    same = cli("memory", "migrate", "--from", dsn, "--to", dsn.replace("postgresql:", "postgres:"))
+    assert_one_line_error(same, "error: --to: got 'postgres://app:***@db.internal", "other than the source")
+    one_slash = cli("memory", "migrate", "--from", str(store), "--to", "postgresql:/app:s3cr3t-pw@db/app")
+    assert_one_line_error(one_slash, "error: --to: got 'postgresql:/app:***@db/app'")
+    for result in (undecodable, same, one_slash):
+        assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert not (tmp_path / "copy").exists()
+
+
+def test_memory_migrate_waits_the_configured_connect_timeout(tmp_path: Path) -> None:
+    """``memory migrate`` waited 10 s for a server that does not answer (a firewall dropping packets, a
+    hung host), whatever PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT said; a monitoring or deploy
+    script's own timeout fired first. It waits what the configuration says, as a manager does."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts connections and never answers
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "context_manager.cli",
+                "memory",
+                "migrate",
+                "--from",
+                f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app",
+                "--to",
+                str(tmp_path / "copy"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, COLUMNS="200", PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT="1"),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1" in result.stderr, result.stderr
+    assert "after 1.0 sec" in result.stderr and "s3cr3t-pw" not in result.stderr
+    assert held  # the command did reach the silent server
+    assert elapsed < 7, elapsed  # the interpreter's start and 1 s, not 10 s
+    assert not (tmp_path / "copy").exists()
 
 
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:

@@ -578,17 +578,36 @@ async def _open_memory(
     """
     from context_manager.core.memory.manager import MemoryManager
 
-    config = _memory_config(options)
+    try:  # the configuration checks the path and the store is looked for: on a hung filesystem both wait
+        config = await _within(_PROBE_SECONDS, _store_to_open, options, create)
+    except TimeoutError:  # a hung network filesystem: a monitoring script's memory stats never returned
+        where = str(options.storage) if options.storage is not None else "the configured storage_path"
+        raise CommandError(
+            f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s: its filesystem hangs "
+            "(a hung NFS or SMB mount?); check the mount and its server"
+        ) from None
     if not embedder:
         config = config.model_copy(update={"embedder": "none"})
-    if not create and _uses_directory(config):
-        _require_existing_store(config.resolved_storage_path)
     manager: MemoryManager = MemoryManager(config, rebalance_on_open=not inspect)
     await manager.initialize()
     try:
         yield manager
     finally:
         await manager.close()
+
+
+def _store_to_open(options: _Options, create: bool) -> ContextManagerConfig:
+    """The configuration :func:`_open_memory` opens, after a look at its storage directory.
+
+    ``create=False``: the directory must hold a store (:func:`_require_existing_store`).
+    """
+    config = _memory_config(options)
+    if _uses_directory(config):
+        if create:
+            config.resolved_storage_path.exists()  # only to see that its filesystem answers
+        else:
+            _require_existing_store(config.resolved_storage_path)
+    return config
 
 
 _ALL_USERS_HELP = "Every user's memories and the default namespace's (not with --user)."
@@ -1385,8 +1404,15 @@ def memory_migrate(
             _warn_ignored(options, f"--storage {options.storage}", "memory migrate uses --from and --to")
         for option, location in (("--from", source), ("--to", target)):
             _refuse_keyword_dsn(option, location)
+        # PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT, as a manager waits for a server (10 s by default)
+        from context_manager.core.config import ContextManagerConfig
+
+        # not _config(): --storage is not used here
+        connect_timeout = ContextManagerConfig().postgres_connect_timeout
         if verify_only:
-            report = await verify_storage(source, target, vectors=not no_vectors)
+            report = await verify_storage(
+                source, target, vectors=not no_vectors, connect_timeout=connect_timeout
+            )
         else:
             lines = _ProgressLines(options, "copied")
             with _progress(options) as progress:
@@ -1405,6 +1431,7 @@ def memory_migrate(
                     merge=merge,
                     prune=prune,
                     progress=advance,
+                    connect_timeout=connect_timeout,
                 )
         if options.json_output:
             _print_json(options, report.to_dict())
@@ -1518,7 +1545,8 @@ def _failing_check(message: str, recommendation: str, *, degraded: bool = False)
 
 
 _PROBE_SECONDS = 10.0
-"""How long ``health`` waits for the storage directory to answer (the health checks' own time limit)."""
+"""How long ``health`` and the commands opening a store wait for the storage directory to answer (the
+health checks' own time limit)."""
 
 
 def _store_under_check(options: _Options) -> tuple[ContextManagerConfig, str | None]:
@@ -1539,7 +1567,7 @@ async def _within(seconds: float, function: Callable[..., _T], *args: Any) -> _T
     """
     from context_manager.core.threads import UserThreads
 
-    threads = UserThreads("context-manager-health-probe", max_threads=1)
+    threads = UserThreads("context-manager-storage-probe", max_threads=1)
     async with asyncio.timeout(seconds):
         return await threads.run(function, *args)
 

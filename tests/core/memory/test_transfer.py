@@ -229,6 +229,15 @@ async def test_refusals_leave_both_sides_as_they_were(tmp_path: Path, postgres_d
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "elsewhere").exists()
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         await migrate_storage(str(source), postgres_dsn, batch_size=0)
+    for timeout in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(InvalidArgumentError, match="connect_timeout: .*a finite number of seconds > 0"):
+            await migrate_storage(str(source), str(tmp_path / "elsewhere"), connect_timeout=timeout)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="connect_timeout"):
+            await verify_storage(str(source), postgres_dsn, connect_timeout=timeout)  # type: ignore[arg-type]
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(InvalidArgumentError, match="target: got 'postgresql:/cm:\\*\\*\\*@db/x'"):
+        await migrate_storage(str(source), "postgresql:/cm:s3cret-word@db/x")
+    assert not any(Path.cwd().glob("postgresql*"))
 
     other = tmp_path / "other"
     async with MemoryManager(sqlite_config(other)) as memory:

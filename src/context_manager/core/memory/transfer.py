@@ -36,6 +36,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -71,6 +73,9 @@ logger = logging.getLogger(__name__)
 DSN_PREFIXES = ("postgresql://", "postgres://")
 """A location starting with one of these is a PostgreSQL DSN; anything else is a storage directory."""
 
+_ONE_SLASH_URL = re.compile(r"\s*postgres(?:ql)?:/(?!/)", re.IGNORECASE)
+"""A PostgreSQL URL whose ``//`` is ``/`` (a typo, or a ``Path`` made of it): no directory is meant."""
+
 Progress = Callable[[int, int], None]
 """Called with ``(copies written or found in place so far, copies in all)`` after each batch."""
 
@@ -85,6 +90,15 @@ def _dsn(location: str) -> str:
     text = location.strip()
     scheme, separator, rest = text.partition("://")
     return f"{scheme.lower()}{separator}{rest}"
+
+
+def _quoted(location: Any) -> Any:
+    """``location`` as an error quotes it: a password in it (a DSN, even a malformed one) as ``***``."""
+    if not isinstance(location, str):
+        return location
+    from context_manager.core.memory.postgres.database import redact_dsn
+
+    return redact_dsn(location)
 
 
 def _describe_location(location: str) -> str:
@@ -102,7 +116,14 @@ def _storage_exists(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (LOG_FILE_NAME, DATABASE_FILE_NAME))
 
 
-def open_storage(location: str, *, create: bool, fsync: bool = True, name: str = "location") -> MemoryBackend:
+def open_storage(
+    location: str,
+    *,
+    create: bool,
+    fsync: bool = True,
+    name: str = "location",
+    connect_timeout: float = 10.0,
+) -> MemoryBackend:
     """A backend (not yet opened) for a storage directory or a PostgreSQL DSN.
 
     Args:
@@ -110,6 +131,8 @@ def open_storage(location: str, *, create: bool, fsync: bool = True, name: str =
         create: Allow a storage directory that holds no memory store yet (the target of a migration).
         fsync: fsync the files of a storage directory on every write (survives power loss).
         name: What to call the location in error messages (``"source"``, ``"target"``).
+        connect_timeout: Seconds to wait for a PostgreSQL connection before StorageError (as
+            ``postgres_connect_timeout``).
 
     Raises:
         InvalidArgumentError: an empty location, a file, or (``create=False``) a directory with no store.
@@ -118,30 +141,38 @@ def open_storage(location: str, *, create: bool, fsync: bool = True, name: str =
 
     if not isinstance(location, str) or not location.strip() or "\x00" in location:
         raise InvalidArgumentError(
-            name, location, "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
+            name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
         )
     if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
         raise InvalidArgumentError(
             name,
-            location,
+            _quoted(location),
             "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
         )
     weights = RankingWeights().effective_columns  # what a default MemoryManager indexes with
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
 
-        return PostgresBackend(PostgresDatabase(_dsn(location), pool_size=2), weights=weights)
+        database = PostgresDatabase(_dsn(location), pool_size=2, connect_timeout=connect_timeout)
+        return PostgresBackend(database, weights=weights)
+    if _ONE_SLASH_URL.match(location):  # was a directory ./postgresql:/user:password@host/db, printed
+        raise InvalidArgumentError(
+            name,
+            _quoted(location),
+            "a storage directory or a postgresql:// DSN (postgresql://user:password@host:5432/database)",
+            detail="a PostgreSQL URL with one slash after the scheme",
+        )
     from context_manager.core.memory.local_backend import LocalBackend
 
     path = Path(location).expanduser()
     if path.exists() and not path.is_dir():
         raise InvalidArgumentError(
-            name, location, "a storage directory or a postgresql:// DSN (this is a file)"
+            name, _quoted(location), "a storage directory or a postgresql:// DSN (this is a file)"
         )
     if not create and not _storage_exists(path):
         raise InvalidArgumentError(
             name,
-            location,
+            _quoted(location),
             "a memory storage directory (it holds memories.jsonl or memories.sqlite3) or a postgresql:// DSN",
         )
     return LocalBackend(path, fsync=fsync, weights=weights)
@@ -361,15 +392,15 @@ def _check_locations(source: str, target: str) -> None:
         same = _same_database(source, target)
     if same:
         raise InvalidArgumentError(
-            "target", target, "a storage other than the source (a different directory or database)"
+            "target", _quoted(target), "a storage other than the source (a different directory or database)"
         )
 
 
-async def _check_postgres_store(location: str, name: str) -> None:
+async def _check_postgres_store(location: str, name: str, connect_timeout: float) -> None:
     """Refuse a DSN whose schema holds no memory store, before opening it creates the tables there."""
     from context_manager.core.memory.postgres import PostgresDatabase
 
-    database = PostgresDatabase(_dsn(location), pool_size=1)
+    database = PostgresDatabase(_dsn(location), pool_size=1, connect_timeout=connect_timeout)
     await database.open()
     try:
 
@@ -394,14 +425,25 @@ async def _check_postgres_store(location: str, name: str) -> None:
         )
 
 
-async def _open_pair(source: str, target: str, *, create_target: bool) -> tuple[MemoryBackend, MemoryBackend]:
+async def _open_pair(
+    source: str, target: str, *, create_target: bool, connect_timeout: float
+) -> tuple[MemoryBackend, MemoryBackend]:
+    if (
+        isinstance(connect_timeout, bool)
+        or not isinstance(connect_timeout, int | float)
+        or not math.isfinite(connect_timeout)
+        or connect_timeout <= 0
+    ):
+        raise InvalidArgumentError("connect_timeout", connect_timeout, "a finite number of seconds > 0")
     _check_locations(source, target)
-    source_backend = open_storage(source, create=False, name="source")
-    target_backend = open_storage(target, create=create_target, name="target")
+    source_backend = open_storage(source, create=False, name="source", connect_timeout=connect_timeout)
+    target_backend = open_storage(
+        target, create=create_target, name="target", connect_timeout=connect_timeout
+    )
     if is_dsn(source):
-        await _check_postgres_store(source, "source")
+        await _check_postgres_store(source, "source", connect_timeout)
     if is_dsn(target) and not create_target:
-        await _check_postgres_store(target, "target")
+        await _check_postgres_store(target, "target", connect_timeout)
     await source_backend.open()
     try:
         await target_backend.open()
@@ -420,6 +462,7 @@ async def migrate_storage(
     merge: bool = False,
     prune: bool = False,
     progress: Progress | None = None,
+    connect_timeout: float = 10.0,
 ) -> MigrationReport:
     """Copy every memory (every tier, every copy) and its vectors from ``source`` to ``target``, then verify.
 
@@ -436,6 +479,8 @@ async def migrate_storage(
             memories were deleted from the source. It also removes another store's memories: only for a
             target that is this source's copy.
         progress: Called after each batch with ``(done, total)``.
+        connect_timeout: Seconds to wait for a PostgreSQL connection before StorageError (the CLI passes
+            ``postgres_connect_timeout``).
 
     Returns:
         The report: counts, and the verification per ``(tier, user)`` and per embedding model.
@@ -458,7 +503,9 @@ async def migrate_storage(
             "False when merge is True (merge keeps the target's other memories, prune removes them)",
         )
     started = time.perf_counter()
-    source_backend, target_backend = await _open_pair(source, target, create_target=True)
+    source_backend, target_backend = await _open_pair(
+        source, target, create_target=True, connect_timeout=connect_timeout
+    )
     report = MigrationReport(_describe_location(source), _describe_location(target))
     source_conversations: ConversationStore | None = None
     target_conversations: ConversationStore | None = None
@@ -646,17 +693,22 @@ async def _verify_conversations(
     )
 
 
-async def verify_storage(source: str, target: str, *, vectors: bool = True) -> MigrationReport:
+async def verify_storage(
+    source: str, target: str, *, vectors: bool = True, connect_timeout: float = 10.0
+) -> MigrationReport:
     """Compare ``target`` with ``source`` (counts and checksums per tier and user); write nothing.
 
     The target's memories that the source does not have are left out of the comparison.
+    ``connect_timeout``: seconds to wait for a PostgreSQL connection before StorageError.
 
     Raises:
         InvalidArgumentError: a bad location, or source and target the same.
         StorageError: a storage cannot be opened.
     """
     started = time.perf_counter()
-    source_backend, target_backend = await _open_pair(source, target, create_target=False)
+    source_backend, target_backend = await _open_pair(
+        source, target, create_target=False, connect_timeout=connect_timeout
+    )
     report = MigrationReport(_describe_location(source), _describe_location(target))
     stores: list[ConversationStore] = []
     try:
