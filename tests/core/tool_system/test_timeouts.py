@@ -253,11 +253,14 @@ async def test_a_sync_call_that_never_got_a_thread_says_so() -> None:
         return "quick"
 
     manager = ToolManager(max_threads=1)
-    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.05)
+    # a second for the hung call to get its thread and time out: 0.05 s was too short for the thread to
+    # start in a loaded full run (the call then never ran: nothing held the thread)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=1.0)
     manager.register_function_tool("quick", quick, "Quick", timeout=0.1)
     try:
-        assert (await manager.execute_tool("hangs")).error_type == "timeout"
+        hung = asyncio.ensure_future(manager.execute_tool("hangs"))
         assert await asyncio.to_thread(entered.wait, 5.0)
+        assert (await hung).error_type == "timeout"
         result = await manager.execute_tool("quick")
         assert result.error_type == "timeout"
         assert result.error == (
