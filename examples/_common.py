@@ -162,13 +162,16 @@ def example_context(verbose: bool = False, console: Console | None = None) -> It
     elsewhere (:data:`LOCATION_VARIABLES`) are set aside while they run, and put back afterwards.
     """
     console = console or make_console()
-    set_aside = {name: os.environ.pop(name) for name in LOCATION_VARIABLES if name in os.environ}
-    if set_aside:
-        console.print(
-            f"[dim]ignoring {', '.join(sorted(set_aside))}: the examples store everything in a temporary "
-            "directory, never in your application's storage[/dim]"
-        )
+    # the configuration reads its variables whatever their case (python_context_manager_storage_path too)
+    set_aside = {
+        name: os.environ.pop(name) for name in list(os.environ) if name.upper() in LOCATION_VARIABLES
+    }
     try:
+        if set_aside:
+            console.print(
+                f"[dim]ignoring {', '.join(sorted(set_aside))}: the examples store everything in a temporary "
+                "directory, never in your application's storage[/dim]"
+            )
         with tempfile.TemporaryDirectory(prefix="context-manager-example-") as directory:
             yield ExampleContext(console, verbose, Path(directory))
     finally:

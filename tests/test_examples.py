@@ -167,6 +167,44 @@ def test_the_examples_never_write_where_the_environment_points_the_library(tmp_p
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
+def test_the_examples_set_aside_a_location_variable_written_in_lower_case(tmp_path: Path) -> None:
+    # the configuration reads its variables whatever their case (``python_context_manager_storage_path``
+    # too): the examples set aside only the upper-case names and wrote into the reader's store
+    real_store = tmp_path / "my-app-memory"
+    environment = dict(
+        os.environ,
+        **{
+            f"{ENV_PREFIX}STORAGE_PATH".lower(): str(real_store),
+            f"{ENV_PREFIX}Cache_Path": str(tmp_path / "my-app-cache"),
+        },
+    )
+    completed = run_example("basic", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert not real_store.exists() and not (tmp_path / "my-app-cache").exists()
+    assert f"{ENV_PREFIX}STORAGE_PATH".lower() in completed.stdout  # named as it was set
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+
+
+def test_example_context_puts_the_variables_back_even_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables are set aside while an example runs and put back afterwards, also when the example
+    fails or the console cannot print the notice (a closed pipe)."""
+    monkeypatch.syspath_prepend(str(MAIN.parent))
+    from _common import example_context
+
+    class ClosedConsole:
+        def print(self, *args: object, **kwargs: object) -> None:
+            raise BrokenPipeError("stdout closed")
+
+    monkeypatch.setenv(f"{ENV_PREFIX}STORAGE_PATH", "/srv/app-memory")
+    with pytest.raises(RuntimeError, match="the example failed"), example_context():
+        assert f"{ENV_PREFIX}STORAGE_PATH" not in os.environ
+        raise RuntimeError("the example failed")
+    assert os.environ[f"{ENV_PREFIX}STORAGE_PATH"] == "/srv/app-memory"
+    with pytest.raises(BrokenPipeError), example_context(console=ClosedConsole()):  # type: ignore[arg-type]
+        pass
+    assert os.environ[f"{ENV_PREFIX}STORAGE_PATH"] == "/srv/app-memory"
+
+
 def test_help_lists_the_categories() -> None:
     completed = run_example("--help")
     assert completed.returncode == 0

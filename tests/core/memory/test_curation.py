@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from context_manager.core.errors import InvalidMemoryError, MemoryNotFoundError
-from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.manager import ALL_USERS, MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
 
 from .conftest import FakeClock
@@ -211,3 +211,67 @@ async def test_a_memory_used_during_a_cleanup_is_kept_whole_or_removed_whole(
     else:
         assert left == ["long", "short"]
         assert report["by_tier"] == {"short": 0, "medium": 0, "long": 0}
+
+
+async def test_an_export_of_merged_memories_imports_back_into_a_new_store_and_the_same_one(
+    manager: MemoryManager,
+    config: Any,
+    clock: FakeClock,
+    tmp_path: Any,
+    other_storage: Any,
+) -> None:
+    """Import refuses a ``superseded_by`` naming no memory that merged it: an export of nested merges
+    (two users, an undone merge) must still go back in as it was, on both backends."""
+    _, _, _, first, second = await nested_merge(manager)
+    await manager.add_memory("ana prefers tea in the morning", user_id="ana")
+    await manager.add_memory("ana prefers tea in the morning!", user_id="ana")
+    ana_merged = await merge_one_of(manager, "ana")
+    undone = await manager.add_memory("the printer is on floor two", importance=0.5)
+    await manager.add_memory("the printer is on floor two.", importance=0.5)
+    undo_id = await merge_one(manager)
+    await manager.undo_consolidation(undo_id)
+    path = tmp_path / "backup.jsonl"
+    written = await manager.export_memories(path, user_id=ALL_USERS)
+    before = await every_copy(manager)
+    assert written == len({copy["id"] for copy in before})
+    # into a new store
+    fresh = MemoryManager(other_storage(config), clock=clock)
+    await fresh.initialize()
+    try:
+        report = await fresh.import_memories(path)
+        assert report["imported"] == written
+        assert await every_copy(fresh) == before
+        assert [m.id for m in await fresh.search_memory("lives in Berlin")] == [second]
+        assert await fresh.get_memory(undone.id) is not None
+        restored = await fresh.undo_consolidation(second)
+        assert first in restored["restored"]
+    finally:
+        await fresh.close()
+    # ana's part alone
+    ana_path = tmp_path / "ana.jsonl"
+    await manager.export_memories(ana_path, user_id="ana")
+    ana_store = MemoryManager(other_storage(config), clock=clock)
+    await ana_store.initialize()
+    try:
+        assert (await ana_store.import_memories(ana_path))["imported"] == 3
+        assert [m.id for m in await ana_store.search_memory("tea", user_id="ana")] == [ana_merged]
+    finally:
+        await ana_store.close()
+    # back into the same store: every memory replaced by itself
+    report = await manager.import_memories(path)
+    assert report["replaced"] == written
+    assert await every_copy(manager) == before
+
+
+async def merge_one_of(manager: MemoryManager, user_id: str) -> str:
+    report = await manager.consolidate_memories(similarity_threshold=0.9, user_id=user_id)
+    assert len(report["merged_ids"]) == 1, report
+    return str(report["merged_ids"][0])
+
+
+async def every_copy(manager: MemoryManager) -> list[dict[str, Any]]:
+    await manager.flush()
+    return sorted(
+        (copy.to_dict() for copy in await manager.stored_copies()),
+        key=lambda stored: (stored["id"], stored["tier"]),
+    )
