@@ -96,8 +96,10 @@ class TierMovement(ManagerState):
 
         Raises:
             StorageError: a write failed (``removed`` holds what was deleted before it); or copies kept
-                coming back in another tier (``removed`` is emptied: nothing is to be put back).
+                coming back in another tier (this memory's entries leave ``removed``: they are not to be
+                put back; the ones of memories deleted before it, its originals, stay to be put back).
         """
+        start = len(removed) if removed is not None else 0
         found = list(copies)
         for _ in range(_WRITE_ROUNDS):
             for copy in sorted(found, key=lambda memory: -TIER_ORDER[memory.tier]):
@@ -107,7 +109,7 @@ class TierMovement(ManagerState):
             if not found:
                 return
         if removed is not None:
-            removed.clear()  # moved meanwhile, not refused: put back, a copy could be held in two tiers
+            del removed[start:]  # moved meanwhile, not refused: put back, a copy could be held in two tiers
         raise StorageError(
             f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
         )
