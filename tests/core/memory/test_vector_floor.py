@@ -60,6 +60,36 @@ async def test_an_unrelated_query_finds_nothing_and_a_paraphrase_still_finds_its
 
 
 @pytest.mark.embeddings
+async def test_a_one_word_query_does_not_find_short_memories_that_say_nothing(
+    config: ContextManagerConfig, minilm: SentenceTransformerEmbedder
+) -> None:
+    """Under MiniLM a one-word query has a cosine of 0.2-0.35 with any short text, over the floor of 0.2:
+    "seats" returned "qwerty", "placeholder", "TBD" ... after the one memory about seats, and "budget"
+    returned them alone. Such a memory is closer still to text that says nothing ("ok", ``CONTENTLESS_TEXTS``,
+    none of these), and a memory found by meaning alone must now be closer to the query than to that."""
+    seats = "Alice prefers aisle seats"
+    junk = ["x7", "asdf", "TBD", "qwerty", "placeholder", "Thanks, bye!"]
+    async with MemoryManager(config, embedder=minilm) as memory:
+        await memory.add_memories([{"content": text} for text in [seats, *junk, *COOKING, PUPPY]])
+        assert [result.content for result in await memory.search_memory("seats")] == [seats]
+        assert await memory.search_memory("budget") == []
+        assert await memory.search_memory("password") == []
+        # a one-word query still finds a memory by meaning alone, first, and none of the short ones
+        for query, expected in (("chairs", seats), ("dog", PUPPY), ("cats", PUPPY)):
+            found = [result.content for result in await memory.search_memory(query)]
+            assert found[:1] == [expected], query
+            assert not set(found) & set(junk), (query, found)
+        # and a question, the memory it is about (an unrelated one-word memory would not come before it)
+        found = await memory.search_memory("Did we get a new dog?")
+        assert [result.content for result in found] == [PUPPY]
+    # a floor of 0 keeps every nearest neighbour, contentless or not
+    ranking = RankingWeights.learned(embedder=True, vector_min_similarity=0)
+    async with MemoryManager(config, embedder=minilm, ranking=ranking) as memory:
+        found = await memory.search_memory("budget", limit=20)
+        assert set(junk) <= {result.content for result in found}
+
+
+@pytest.mark.embeddings
 async def test_a_memory_matching_a_word_is_kept_whatever_its_similarity(
     config: ContextManagerConfig, minilm: SentenceTransformerEmbedder
 ) -> None:

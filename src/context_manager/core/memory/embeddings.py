@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from numpy.typing import NDArray
 
 __all__ = [
+    "CONTENTLESS_TEXTS",
     "DEFAULT_MODEL_PACKAGE",
     "Embedder",
     "HashingEmbedder",
@@ -46,6 +47,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "blob_to_matrix",
     "blob_to_vector",
+    "contentless_direction",
     "cosine_top_k",
     "create_embedder",
     "default_model_path",
@@ -66,6 +68,19 @@ similarity with the query of a memory that matches none of its words. Chosen on 
 conversations (LoCoMo): it left R@5 and MRR unchanged (0.25 lowered R@5), while queries about unrelated
 topics (physics, Kubernetes, SQL, tax law) had their best cosine between 0.10 and 0.23 there, and three in
 four of the turns holding an answer that only the vector channel found had more than 0.26."""
+
+CONTENTLESS_TEXTS = (
+    "ok", "okay", "yes", "yeah", "no", "sure", "thanks", "hello", "hi", "hmm", "lol", "test", "todo",
+    "n/a", "...", "?", "1", "a", "the", "x1", "abc", "foo",
+)  # fmt: skip
+"""Texts that say nothing, whose mean vector (:func:`contentless_direction`) stands for "no meaning".
+
+Under MiniLM a one-word query has a cosine of 0.2-0.35 with any short text, over the vector channel's floor
+("seats": 0.52 with "Alice prefers aisle seats", 0.31 with "qwerty", 0.26 with "TBD"), and such a memory is
+closer still to text that says nothing ("qwerty" 0.40 and "TBD" 0.49 with the mean of these, the sentence
+0.16). So
+a memory found by meaning alone joins a search only if it is closer to the query than to that mean (with a
+floor above 0: see ``RankingWeights.vector_min_similarity``)."""
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -583,3 +598,18 @@ def create_embedder(name: str) -> Embedder | None:
     if name == "minilm":
         return SentenceTransformerEmbedder()
     raise ConfigurationError("embedder", name, " | ".join(repr(value) for value in EMBEDDER_NAMES))
+
+
+def contentless_direction(vectors: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    """The unit mean of the vectors of :data:`CONTENTLESS_TEXTS` (``None`` when they cancel out or are zero).
+
+    A memory's cosine similarity with it is how close the memory is to text that says nothing: the least its
+    similarity with a query must exceed for the vector channel alone to find it.
+    """
+    import numpy as np
+
+    mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if not norm > 1e-6 or norm == float("inf"):  # zero rows, or a model's NaN
+        return None
+    return np.ascontiguousarray(mean / norm, dtype=np.float32)

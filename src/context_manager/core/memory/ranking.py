@@ -282,7 +282,11 @@ class RankingWeights:
     of the query are never left out for a low similarity. ``0`` keeps every nearest neighbour; ``None``
     (the default) takes the embedder's own ``min_similarity`` (0.2 for the packaged MiniLM, chosen on the
     development conversations), or no floor for an embedder that has none: similarity scales differ from
-    one model to another. A number in [0, 1]."""
+    one model to another. A number in [0, 1]. With a floor above 0, such a memory must also be closer to the
+    query than to text that says nothing (the mean of
+    :data:`~context_manager.core.memory.embeddings.CONTENTLESS_TEXTS`): a one-word query is as similar
+    to any short memory ("seats" to "qwerty": 0.31) as the floor allows, and such a memory is closer still to
+    contentless text."""
 
     def __post_init__(self) -> None:
         for name in FEATURES:  # a negative weight would rank a feature's best matches last

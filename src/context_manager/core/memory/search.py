@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.backend import LexicalQuery
-from context_manager.core.memory.embeddings import similarity_floor
+from context_manager.core.memory.embeddings import (
+    CONTENTLESS_TEXTS,
+    contentless_direction,
+    similarity_floor,
+)
 from context_manager.core.memory.index import content_tokens, query_tokens, segment_tokens
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import (
@@ -194,29 +198,46 @@ class MemorySearch(TierMovement):
 
         cosines: dict[str, float] = {}
         query_vector: numpy.ndarray | None = None
+        floor = 0.0
+        contentless: numpy.ndarray | None = None
         if use_vectors:
             vector_query = query
             if weights.vector_query_without_speakers:
                 # the speakers among the lexical candidates: a query naming a speaker matches their turns
                 turn_speakers = {memory.speaker for memory, _ in found.values()}
                 vector_query = without_speaker_names(query, (name for name in turn_speakers if name))
+            chosen = weights.vector_min_similarity
+            floor = similarity_floor(self.embedder) if chosen is None else chosen
+            texts = [vector_query]
+            known = self._contentless
+            # with a floor, the embedder's vector of contentless text is made once, with the first query
+            learn = floor > 0.0 and (known is None or known[0] is not self.embedder)
+            if learn:
+                texts.extend(CONTENTLESS_TEXTS)
             try:
-                query_vector = (await self._embed([vector_query]))[0]
+                vectors = await self._embed(texts)
+                query_vector = vectors[0]
+                if learn:
+                    known = self._contentless = (self.embedder, contentless_direction(vectors[1:]))
             except Exception as error:  # the words still answer
                 embedder_failed(error, "this search ranks by words only")
+            if floor > 0.0 and known is not None:
+                contentless = known[1]
         if query_vector is not None:
-            extra: list[str] = []
-            floor = weights.vector_min_similarity
-            if floor is None:
-                floor = similarity_floor(self.embedder)
+            extra: dict[str, float] = {}
             for memory_id, cosine in await backend.nearest(query_vector, user_id, pool):
                 cosines[memory_id] = cosine
                 # a nearest neighbour that matched no word joins only if it is similar enough (0: always)
                 if memory_id not in found and (floor <= 0.0 or cosine >= floor):
-                    extra.append(memory_id)
+                    extra[memory_id] = cosine
             cosines.update(await backend.similarities(query_vector, [i for i in found if i not in cosines]))
+            if extra and contentless is not None:
+                # and closer to the query than to text that says nothing: under MiniLM a short query is as
+                # close to any short memory ("seats" to "qwerty": 0.31), closer still to contentless text
+                noise = await backend.similarities(contentless, list(extra))
+                extra = {i: cosine for i, cosine in extra.items() if cosine > noise.get(i, -1.0)}
             if extra:
-                for memory in (await self._get_many(extra)).values():
+                for memory in (await self._get_many(list(extra))).values():
                     if keep(memory):
                         found[memory.id] = (memory, 0.0)
 

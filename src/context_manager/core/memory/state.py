@@ -129,6 +129,8 @@ class ManagerState:
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed
         # vectors made ahead of their writes (TierMovement._embed_ahead): the embedder, text -> vector
         self._embedded_ahead: tuple[Any, dict[str, Any]] | None = None
+        # the embedder and its unit mean vector of CONTENTLESS_TEXTS (MemorySearch._gather_candidates)
+        self._contentless: tuple[Any, Any] | None = None
         # an EnhancedContextManager's own, never opened: it borrowed the store another one had open
         self._borrowed_instead = False
         # EnhancedContextManagers holding this one (shared_store): while any does, cleanup() leaves it open
