@@ -122,17 +122,33 @@ async def test_stats_from_sql_aggregates_equal_the_figures_of_every_copy(
     manager: MemoryManager, tmp_path: Path
 ) -> None:
     lines = []
+    merged_from: dict[str | None, list[str]] = {}  # each user's superseded memories, by their merged one
     for number in range(90):
+        user_id = (None, "alice", "bob")[number % 4 % 3]
+        superseded = number % 7 == 0
         memory = Memory(
             id=f"imported-{number}",
             content=f"imported fact {number}",
             importance=(number % 10) / 10,
             tier=(MemoryTier.SHORT, MemoryTier.MEDIUM, MemoryTier.LONG)[number % 3],
             created_at=1_600_000_000.0 + 977 * number,
-            user_id=(None, "alice", "bob")[number % 4 % 3],
-            superseded_by="someone-else" if number % 7 == 0 else None,
+            user_id=user_id,
+            superseded_by=f"merged-{user_id}" if superseded else None,
         )
+        if superseded:
+            merged_from.setdefault(user_id, []).append(memory.id)
         lines.append(json.dumps(memory.to_dict()))
+    for user_id, originals in merged_from.items():  # an import refuses originals no memory merged
+        merged = Memory(
+            id=f"merged-{user_id}",
+            content=f"merged facts of {user_id}",
+            importance=0.5,
+            tier=MemoryTier.LONG,
+            created_at=1_600_100_000.0,
+            user_id=user_id,
+            merged_from=originals,
+        )
+        lines.append(json.dumps(merged.to_dict()))
     source = tmp_path / "import.jsonl"
     source.write_text("\n".join(lines) + "\n")
     await manager.import_memories(source)
