@@ -1755,6 +1755,33 @@ def test_memory_migrate_errors_never_quote_a_dsn_password(tmp_path: Path, store:
     assert not (tmp_path / "copy").exists()
 
 
+def test_memory_migrate_reads_no_option_but_the_connect_timeout(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory migrate`` uses ``--from`` and ``--to``, and of the configuration only the connect timeout;
+    it read the whole configuration for that timeout, so an option it never uses stopped the copy: a
+    ``storage_path`` variable naming a file (the application's, set in the shell), or a file ``./cache``
+    in the working directory, failed it with a configuration error about that option."""
+    cli_json("--storage", str(store), "memory", "add", "keep me")
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", str(a_file))
+    Path("cache").write_text("")  # the working directory's ./cache, the default cache_path
+    copied = cli("--json", "memory", "migrate", "--from", str(store), "--to", str(tmp_path / "copy"))
+    assert copied.exit_code == 0, copied.stdout + copied.stderr
+    assert json.loads(copied.stdout)["ok"] is True
+    assert (tmp_path / "copy" / "memories.sqlite3").exists()
+    # the timeout itself is still checked, and its variable named
+    monkeypatch.setenv("python_context_manager_postgres_connect_timeout", "soon")
+    refused = cli("memory", "migrate", "--from", str(store), "--to", str(tmp_path / "other"))
+    assert_one_line_error(
+        refused,
+        "error: postgres_connect_timeout: got 'soon'; allowed a number > 0",
+        "set by the environment variable python_context_manager_postgres_connect_timeout",
+    )
+    assert not (tmp_path / "other").exists()
+
+
 def test_memory_migrate_waits_the_configured_connect_timeout(tmp_path: Path) -> None:
     """``memory migrate`` waited 10 s for a server that does not answer (a firewall dropping packets, a
     hung host), whatever PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT said; a monitoring or deploy

@@ -1405,10 +1405,7 @@ def memory_migrate(
         for option, location in (("--from", source), ("--to", target)):
             _refuse_keyword_dsn(option, location)
         # PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT, as a manager waits for a server (10 s by default)
-        from context_manager.core.config import ContextManagerConfig
-
-        # not _config(): --storage is not used here
-        connect_timeout = ContextManagerConfig().postgres_connect_timeout
+        connect_timeout = _connect_timeout_setting()
         if verify_only:
             report = await verify_storage(
                 source, target, vectors=not no_vectors, connect_timeout=connect_timeout
@@ -1455,6 +1452,31 @@ def memory_migrate(
     code = _run_interruptible(ctx, body, interrupted, {"source": "--from", "target": "--to"})
     if code:
         raise typer.Exit(code)
+
+
+def _connect_timeout_setting() -> float:
+    """``postgres_connect_timeout`` as the environment sets it (10 s by default), for ``memory migrate``.
+
+    Only that option is read: the command uses no other (its storages are ``--from`` and ``--to``), and the
+    whole configuration would check options it never uses: a ``storage_path`` or ``./cache`` that is a file
+    failed the migration, and a ``storage_path`` on a hung mount made it wait.
+    """
+    from context_manager.core.config import ENV_PREFIX, ContextManagerConfig
+    from context_manager.core.errors import ConfigurationError
+
+    name = "postgres_connect_timeout"
+    variable = f"{ENV_PREFIX}{name}".upper()
+    config = ContextManagerConfig.model_construct()  # the defaults, no variable read, nothing checked
+    set_as = next((key for key in os.environ if key.upper() == variable), None)
+    if set_as is None:
+        return float(config.postgres_connect_timeout)
+    try:
+        config.postgres_connect_timeout = os.environ[set_as]  # type: ignore[assignment]  # validated as read
+    except ConfigurationError as error:
+        raise ConfigurationError(
+            name, error.got, error.allowed, detail=f"set by the environment variable {set_as}"
+        ) from None
+    return float(config.postgres_connect_timeout)
 
 
 def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import psycopg
+import pytest
 
 from context_manager.core.conversations.postgres_store import PostgresConversationStore
 from context_manager.core.memory.postgres.database import PostgresDatabase
@@ -86,3 +90,69 @@ async def test_an_invalid_index_left_by_a_failed_concurrent_build_is_built_again
     assert row is not None
     valid, definition = row
     assert valid and "(updated_at DESC, id)" in definition, definition
+
+
+async def test_a_concurrent_build_still_running_is_left_to_finish(postgres_dsn: str) -> None:
+    """An operator building the index beforehand (CREATE INDEX CONCURRENTLY, as docs/postgres.md suggests)
+    while a process of this version starts: the build's index is invalid until it ends, and the migration
+    dropped it, waiting for the build, which waited for the migration's transaction. PostgreSQL cancelled
+    the build as a deadlock, and the migration then built the index locking the table, what the operator
+    meant to avoid. The migration now fails saying the build is running; run again after it, it records
+    itself."""
+    from context_manager.core.errors import StorageError
+
+    database = await _migrated(postgres_dsn, before="0013")
+    await database.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO cm_conversations (id, version, created_at, updated_at, owner) "
+            "SELECT 'chat-' || i, 1, 1e9, 1e9 + i, 'o' FROM generate_series(0, 999) AS i"
+        )
+    writer = psycopg.connect(postgres_dsn)  # an append in flight: the build waits for it
+    writer.execute("UPDATE cm_conversations SET version = 2 WHERE id = 'chat-1'")
+    built: list[str] = []
+
+    def build() -> None:
+        try:
+            with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+                connection.execute(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS cm_conversations_recent "
+                    "ON cm_conversations (updated_at DESC, id)"
+                )
+            built.append("ok")
+        except psycopg.Error as error:
+            built.append(repr(error))
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    try:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            for _ in range(200):
+                if connection.execute("SELECT to_regclass('cm_conversations_recent')").fetchone() != (None,):
+                    break
+                await asyncio.sleep(0.05)
+        database = PostgresDatabase(postgres_dsn, pool_size=2)
+        await database.open()
+        # the append ends meanwhile: the build goes on to wait for the transactions older than it
+        committing = asyncio.get_running_loop().call_later(1.5, writer.commit)
+        try:
+            with pytest.raises(StorageError, match="being built"):
+                await asyncio.wait_for(database.migrate(MIGRATIONS), 30)
+        finally:
+            committing.cancel()
+            await database.close()
+    finally:
+        writer.commit()
+        writer.close()
+        await asyncio.to_thread(thread.join, 60)
+    assert built == ["ok"]
+    database = await _migrated(postgres_dsn)
+    await database.close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('cm_conversations_recent')"
+        ).fetchone()
+        recorded = connection.execute(
+            "SELECT count(*) FROM cm_schema_migrations WHERE name = '0013_conversations_recent'"
+        ).fetchone()
+    assert row == (True,) and recorded == (1,)

@@ -921,7 +921,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # in the listing's order reads the page (0.1 ms). The build holds a SHARE lock on cm_conversations
         # (appends wait; memories do not), about 1.5 s at 1,000,000 conversations. IF NOT EXISTS: an operator
         # may build it beforehand with CREATE INDEX CONCURRENTLY under this name (docs/postgres.md); one such
-        # build that failed left an invalid index, which the planner never uses: it is built again
+        # build that failed left an invalid index, which the planner never uses: it is built again. One
+        # still running is invalid too: dropping it waited for the build, which waited for this transaction
+        # (a deadlock: the build was cancelled, then the table locked for a build here); the migration fails
+        # saying so instead, to be run again once the build is over
         "0013_conversations_recent",
         [
             """
@@ -929,6 +932,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             BEGIN
                 IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('cm_conversations_recent')
                            AND NOT indisvalid) THEN
+                    IF EXISTS (SELECT 1 FROM pg_stat_progress_create_index
+                               WHERE index_relid = to_regclass('cm_conversations_recent')) THEN
+                        RAISE EXCEPTION 'index cm_conversations_recent is being built (CREATE INDEX '
+                            'CONCURRENTLY in progress): start again once the build has finished';
+                    END IF;
                     DROP INDEX cm_conversations_recent;
                 END IF;
             END
