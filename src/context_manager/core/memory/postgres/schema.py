@@ -309,8 +309,17 @@ def fold_sql(text: str, compatibility: str, parts: str, accents: str) -> str:
 
 def _compatible_sql(text: str, parts: str) -> str:
     """SQL: ``text`` (holding a character of :data:`COMPATIBILITY`) with each run of them in NFKC."""
+    return _each_run_sql(text, parts, "normalize(r.part[1], NFKC)")
+
+
+def _each_run_sql(text: str, parts: str, changed: str) -> str:
+    """SQL: ``text`` with each run ``parts`` matches changed by ``changed``, joined again.
+
+    ``parts``: group 1 a run to change, group 2 the text between; ``changed``: an SQL expression of
+    ``r.part[1]``.
+    """
     return (
-        "(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN normalize(r.part[1], NFKC) "
+        f"(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN {changed} "
         f"ELSE r.part[2] END, '' ORDER BY r.n) FROM regexp_matches({text}, {parts}, 'g') "
         "WITH ORDINALITY AS r(part, n))"
     )
@@ -458,11 +467,7 @@ def _greek_lowered_sql(text: str, parts: str) -> str:
     ``"Ϊ"`` and U+0301 as ``"ΐ"``, the word the query asks for (``fold_case``); ``parts`` is an SQL
     expression whose value is :data:`GREEK_PARTS`.
     """
-    return (
-        "(SELECT string_agg(CASE WHEN r.part[1] IS NOT NULL THEN normalize(lower(r.part[1]), NFC) "
-        f"ELSE r.part[2] END, '' ORDER BY r.n) FROM regexp_matches({text}, {parts}, 'g') "
-        "WITH ORDINALITY AS r(part, n))"
-    )
+    return _each_run_sql(text, parts, "normalize(lower(r.part[1]), NFC)")
 
 
 def _split_unaccented_sql(text: str, split: str) -> str:
