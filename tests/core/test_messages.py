@@ -99,6 +99,27 @@ def test_tool_calls_from_provider_shapes() -> None:
         Message.create("assistant", "", tool_calls=[ToolCall("c", "f"), ToolCall("c", "g")])
 
 
+def test_a_calls_json_text_is_kept_and_stays_out_of_copies_and_comparisons() -> None:
+    """The arguments' JSON text is encoded once (the window's size check, its count and every export read
+    it); the kept text is no dataclass field, so equality, ``asdict``, pickling and ``replace`` ignore it."""
+    import dataclasses
+    import json
+    import pickle
+
+    call = ToolCall("c1", "lookup", {"city": "Zürich", "days": [1, 2]})
+    text = call.arguments_json()
+    assert text == json.dumps(call.arguments, ensure_ascii=False, separators=(",", ":"))
+    assert call.arguments_json() is text  # kept, not encoded again
+    assert dataclasses.asdict(call) == {"id": "c1", "name": "lookup", "arguments": call.arguments}
+    assert call == ToolCall("c1", "lookup", {"city": "Zürich", "days": [1, 2]})
+    copy = pickle.loads(pickle.dumps(call))
+    assert copy == call and copy.arguments_json() == text
+    changed = dataclasses.replace(call, arguments={"city": "Bern"})
+    assert changed.arguments_json() == '{"city":"Bern"}'
+    with pytest.raises((AttributeError, TypeError)):
+        call._json = "{}"  # type: ignore[misc]
+
+
 async def test_a_responses_api_function_call_item_is_a_call_under_its_call_id(tmp_path: Path) -> None:
     """An OpenAI Responses API ``function_call`` output item (arguments a JSON string, ``id`` the item's
     own "fc_..." id) was refused as "arguments: not a JSON object", or read under the item id, which the

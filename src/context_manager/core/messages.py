@@ -221,8 +221,19 @@ def _is_label(value: object) -> bool:
     return isinstance(value, str) and value != "" and "\x00" not in value and encodable(value)
 
 
+class _JsonSlot:
+    """The slot of a call's arguments as JSON text, encoded once.
+
+    The window's size check, its count and every export read it. Not a dataclass field: ``asdict``,
+    ``fields``, ``repr``, ``==``, pickling and ``replace`` leave it out.
+    """
+
+    __slots__ = ("_json",)
+    _json: str
+
+
 @dataclass(slots=True, frozen=True)
-class ToolCall:
+class ToolCall(_JsonSlot):
     """A model's request to run a tool, as carried by an assistant message (immutable)."""
 
     id: str
@@ -236,8 +247,17 @@ class ToolCall:
         return hash(self.id)
 
     def arguments_json(self) -> str:
-        """The arguments as the compact JSON string providers put on the wire."""
-        return json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+        """The arguments as the compact JSON string providers put on the wire.
+
+        Encoded on first use and kept: the arguments are read-only once the call exists (the window
+        counts a message once, too).
+        """
+        try:
+            return self._json
+        except AttributeError:
+            text = json.dumps(self.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+            _set_json(self, text)
+            return text
 
     @classmethod
     def from_value(cls, value: ToolCall | dict[str, Any] | Any) -> ToolCall:
@@ -290,6 +310,8 @@ class ToolCall:
         arguments = value.get("arguments", value.get("input", value.get("args")))
         return cls(id=value.get("id", ""), name=value.get("name", ""), arguments=arguments or {})
 
+
+_set_json = _JsonSlot.__dict__["_json"].__set__  # the frozen dataclass refuses setattr; the slot takes it
 
 _FREE_FORM_CALL_TYPES = frozenset({"custom", "custom_tool_call"})
 _CALL_TYPES = (
