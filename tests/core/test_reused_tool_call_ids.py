@@ -236,6 +236,36 @@ async def test_execute_tool_calls_runs_each_response_of_a_numbering_server(
     assert cancelled.call_id == "call_0~5" and manager.pending_tool_calls() == []
 
 
+async def test_execute_tool_calls_naming_one_pending_call_twice_is_refused_naming_the_calls(
+    manager: EnhancedContextManager,
+) -> None:
+    """The model's id (``call_0``) and the window's (``call_0~2``) name the same pending call: refused before
+    anything runs, naming the calls given; the error named ``messages[1].tool_call_id`` of a list the
+    caller never gave (the window's check of the results to come) and said ``none pending``."""
+    runs: list[int] = []
+
+    async def lookup(order: int) -> str:
+        runs.append(order)
+        return f"order {order}: shipped"
+
+    manager.tool_manager.register_function_tool("lookup", lookup, "Look up an order")
+    await manager.add_message("user", "where are orders 1 and 2?")
+    await manager.add_message("assistant", "", tool_calls=[ToolCall("call_0", "lookup", {"order": 1})])
+    await manager.add_message("tool", "order 1: shipped", tool_call_id="call_0")
+    await manager.add_message("assistant", "", tool_calls=[ToolCall("call_0", "lookup", {"order": 2})])
+    before = manager.messages
+    for ids in (["call_0", "call_0~2"], ["call_0~2", "call_0"]):
+        calls = [ToolCall(call_id, "lookup", {"order": 2}) for call_id in ids]
+        with pytest.raises(ToolCallPairingError) as caught:
+            await manager.execute_tool_calls(calls)
+        assert caught.value.field == "calls"
+        assert "messages[" not in str(caught.value) and "'call_0~2'" in str(caught.value)
+        assert runs == [] and manager.messages == before
+    assert not _RUNNING.get(manager.context_window)
+    [result] = await manager.execute_tool_calls([ToolCall("call_0", "lookup", {"order": 2})])
+    assert result.result == "order 2: shipped" and runs == [2]
+
+
 RESUME = """
 import asyncio, hashlib, json, sys
 from context_manager import ContextManagerConfig, EnhancedContextManager

@@ -1156,8 +1156,9 @@ class EnhancedContextManager:
                 calls already in the window whose message holds other thinking (it would be lost: give it
                 to ``add_message``); nothing changes, nothing runs.
             ToolCallPairingError: the calls are those of the newest assistant message and already ran,
-                only part of them is pending, or another ``execute_tool_calls`` is running some of them
-                now (nothing runs twice).
+                only part of them is pending, two of them name one pending call (``call_0`` and the
+                window's ``call_0~2``), or another ``execute_tool_calls`` is running some of them now
+                (nothing runs twice).
             ContextBudgetError: the assistant message and the smallest answer of every call (a result
                 with no text) cannot fit: nothing runs, nothing changes.
             ConversationConflictError: the conversation is persisted and another manager changed it

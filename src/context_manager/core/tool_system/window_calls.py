@@ -159,8 +159,9 @@ async def execute_tool_calls_in_window(
         InvalidMessageError: a call has no id or name, or ids repeat (nothing changes).
         ToolCallPairingError: the calls are those of the newest assistant message (ids, names,
             arguments) and already answered, only part of them is pending, a call reuses the id of a
-            call still waiting for its result, or another call of this function is running some of them
-            now (nothing changes, nothing runs).
+            call still waiting for its result, two of them name one pending call (``call_0`` and the
+            window's ``call_0~2``), or another call of this function is running some of them now (nothing
+            changes, nothing runs).
         ContextBudgetError: the assistant message and the smallest answer of every call (a result with no
             text) cannot fit in the window (nothing runs, nothing changes). Once the tools ran, results
             are always returned (see the module docstring).
@@ -169,6 +170,7 @@ async def execute_tool_calls_in_window(
     ids = [item.call.id for item in parsed]
     # the unanswered calls they are in the window (a call reusing an answered call's id is held as id~n)
     held = [window.resolve_tool_call_id(call_id) for call_id in ids]
+    _refuse_one_call_twice(ids, held)
     running = _RUNNING.setdefault(window, set())
     already = [
         call_id
@@ -211,6 +213,28 @@ async def execute_tool_calls_in_window(
         )
     finally:
         running.difference_update(claimed)
+
+
+def _refuse_one_call_twice(ids: list[str], held: list[str | None]) -> None:
+    """Refuse two ids given that name one pending call: the model's ``call_0`` and the window's ``call_0~2``.
+
+    Raises:
+        ToolCallPairingError: two of them do (nothing changes, nothing runs).
+    """
+    if len(held) < 2:
+        return
+    first: dict[str, str] = {}
+    for call_id, window_id in zip(ids, held, strict=True):
+        if window_id is None:
+            continue
+        if window_id in first:
+            raise ToolCallPairingError(
+                "calls",
+                [first[window_id], call_id],
+                f"ids of distinct calls: both name the pending call {window_id!r} (an id made again is "
+                "held as id~n, and the id the model made names the newest pending call of that id)",
+            )
+        first[window_id] = call_id
 
 
 def _check_pending_thinking(window: ContextWindow, call_id: str, thinking: Any) -> None:
