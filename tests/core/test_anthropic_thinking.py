@@ -428,3 +428,79 @@ async def test_execute_tool_calls_keeps_interleaved_thinking_in_place(tmp_path: 
             assert [block for block in blocks if block["type"] != "tool_use"] == [
                 block for block in content if block["type"] != "tool_use"
             ]
+
+
+SEARCH_USE = {
+    "type": "server_tool_use",
+    "id": "srvtoolu_01S",
+    "name": "web_search",
+    "input": {"query": "Paris weather"},
+}
+SEARCH_RESULT = {
+    "type": "web_search_tool_result",
+    "tool_use_id": "srvtoolu_01S",
+    "content": [
+        {
+            "type": "web_search_result",
+            "url": "https://example.com",
+            "title": "Paris",
+            "encrypted_content": "EqgfCioIARgBIiQ3",
+        }
+    ],
+}
+CALL = {"type": "tool_use", "id": "toolu_01A", "name": "weather", "input": {"city": "Paris"}}
+SECOND_THINKING = dict(
+    THINKING, thinking="The search found it; now the forecast.", signature="EqQBCkYIAxgCIkD+two=="
+)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # a web search between two thinking blocks: dropped, the two would read as one run of thinking
+        [THINKING, SEARCH_USE, SEARCH_RESULT, SECOND_THINKING, {"type": "text", "text": "Sunny."}],
+        # a web search in a tool-use turn, whose blocks the API needs back as they came
+        [THINKING, SEARCH_USE, SEARCH_RESULT, {"type": "text", "text": "Checking."}, CALL],
+        # a server call made with a client call (or paused: pause_turn) runs on the next request
+        [{"type": "text", "text": "Checking."}, SEARCH_USE, CALL],
+        [THINKING, SEARCH_USE],
+    ],
+    ids=["between-thinking", "tool-use-turn", "server-call-to-run", "paused"],
+)
+async def test_server_tool_blocks_the_next_request_needs_are_refused_not_dropped(content: list[Any]) -> None:
+    """``thinking=response.content`` skipped server tool blocks (``server_tool_use``,
+    ``web_search_tool_result`` ...) silently: the export then sent two runs of thinking as one, a tool-use
+    turn rebuilt without its search, or lost a server call still to run. Refused now, naming the block."""
+    window = ContextWindow(max_tokens=10_000, counter=get_token_counter())
+    await window.add(Message.create("user", "Weather in Paris?"))
+    calls = tool_uses(content)
+    with pytest.raises(InvalidMessageError, match="server tool") as caught:
+        Message.create("assistant", "Checking.", tool_calls=calls, thinking=content)
+    assert caught.value.field == f"thinking[{content.index(SEARCH_USE)}]"
+    from anthropic.types import Message as AnthropicMessage  # the SDK's objects, as they come
+
+    sdk = AnthropicMessage.model_validate(
+        {
+            "id": "msg_01",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": content,
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+    )
+    with pytest.raises(InvalidMessageError, match="server tool"):
+        Message.create("assistant", "Checking.", tool_calls=calls, thinking=sdk)
+    assert len(window.messages) == 1
+
+
+async def test_a_finished_web_search_answer_keeps_its_thinking_and_skips_the_search() -> None:
+    """A response that searched and then answered (no call, no thinking after the search): nothing of it
+    goes back in a tool-use loop, so its search blocks are skipped as its text blocks are."""
+    content = [THINKING, SEARCH_USE, SEARCH_RESULT, {"type": "text", "text": "Sunny, 21 °C."}]
+    message = Message.create("assistant", "Sunny, 21 °C.", thinking=content)
+    assert message.thinking == (THINKING,)
+    body = to_anthropic_messages([Message.create("user", "Weather in Paris?"), message])
+    assert anthropic_violations(body) == []

@@ -431,7 +431,9 @@ class Message:
         ``thinking`` (assistant only): Anthropic content blocks of the response, a list of dicts or SDK
         objects, or the response message itself (``response.content`` or ``response``): its ``thinking``
         and ``redacted_thinking`` blocks are kept as they are (see :attr:`thinking`); its ``text`` and
-        ``tool_use`` blocks are skipped (the content and ``tool_calls`` carry them).
+        ``tool_use`` blocks are skipped (the content and ``tool_calls`` carry them). Server tool blocks
+        (``server_tool_use``, ``web_search_tool_result`` ...) are skipped only in a response that searched
+        and answered: among thinking or tool calls, or with a server call still to run, they are refused.
 
         Raises:
             InvalidRoleError, InvalidPriorityError, InvalidMessageError: an argument is invalid.
@@ -522,11 +524,18 @@ _THINKING = (
 )
 
 
-def _is_other_block(kind: Any) -> bool:
-    """A content block the message carries elsewhere: text (its content), tool use (its tool_calls)."""
-    if not isinstance(kind, str):
-        return False
-    return kind in ("text", "tool_use") or kind.endswith(("_tool_use", "_tool_result"))
+def _is_server_block(kind: str) -> bool:
+    """A server tool's block (``server_tool_use``, ``web_search_tool_result`` ...): the window holds none."""
+    return kind.endswith(("_tool_use", "_tool_result"))
+
+
+_SERVER_BLOCKS = (
+    "no server tool block (server_tool_use, web_search_tool_result ...) the next request needs: the window "
+    "does not hold them, and a response whose thinking or tool calls they sit among, or one with a server "
+    "call still to run (a client call made with it, pause_turn), must go back as it came; keep that turn "
+    "outside the window, or use server tools without extended thinking (a response that searched and "
+    "answered, no thinking after the search, is taken: its search blocks are skipped)"
+)
 
 
 def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
@@ -537,8 +546,14 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
     for the places of the calls that come before a thinking block (interleaved thinking): a ``{"type":
     "tool_use", "id": ...}`` placeholder each, where the call was (see :attr:`Message.thinking`).
 
+    Server tool blocks (``server_tool_use``, ``web_search_tool_result`` ...) are skipped too, unless the
+    next request needs them: a thinking block after them (two runs of thinking would read as one), a
+    ``tool_use`` block with thinking (a tool-use turn goes back as it came), or a server call without its
+    result (it runs on the next request).
+
     Raises:
-        InvalidMessageError: a block is of another type or lacks its signature / data.
+        InvalidMessageError: a block is of another type or lacks its signature / data, or server tool
+            blocks the next request needs would be dropped.
     """
     if callable(getattr(value, "model_dump", None)):
         value = value.model_dump()
@@ -548,6 +563,9 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
         raise InvalidMessageError("thinking", value, _THINKING)
     kept: list[dict[str, Any]] = []
     uses: list[str] = []  # ids of the tool_use blocks since the last thinking block
+    server: int | None = None  # the position of the first server tool block
+    server_calls: set[Any] = set()  # server calls without their result yet
+    needed = False  # a block the next request checks is among the server blocks: they cannot be skipped
     for index, item in enumerate(value):
         block = item.model_dump() if callable(getattr(item, "model_dump", None)) else item
         kind = block.get("type") if isinstance(block, dict) else None
@@ -555,7 +573,18 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
             use_id = block.get("id")
             if isinstance(use_id, str) and use_id:
                 uses.append(use_id)
+            needed = True  # a tool-use turn: the API takes its blocks back as they came
             continue
+        if isinstance(kind, str) and _is_server_block(kind):  # skipped unless the next request needs it
+            if server is None:
+                server = index
+            if kind.endswith("_tool_use"):
+                server_calls.add(block.get("id"))
+            else:
+                server_calls.discard(block.get("tool_use_id"))
+            continue
+        if server is not None and kind in _THINKING_TYPES:
+            needed = True  # thinking after a search: without it, two runs of thinking would read as one
         if uses and kind in _THINKING_TYPES:
             kept.extend({"type": "tool_use", "id": use_id} for use_id in uses)
             uses = []
@@ -569,12 +598,14 @@ def thinking_blocks(value: Any) -> tuple[dict[str, Any], ...]:
             if not isinstance(data, str) or not data:
                 raise InvalidMessageError(f"thinking[{index}]", item, _THINKING)
             copied = {"type": "redacted_thinking", "data": data}
-        elif _is_other_block(kind):
+        elif kind == "text":
             continue
         else:
             raise InvalidMessageError(f"thinking[{index}]", item, _THINKING)
         _check_json(copied, f"thinking[{index}]")
         kept.append(copied)
+    if server is not None and (server_calls or (needed and kept)):
+        raise InvalidMessageError(f"thinking[{server}]", value[server], _SERVER_BLOCKS)
     return tuple(kept)
 
 
