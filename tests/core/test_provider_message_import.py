@@ -660,3 +660,36 @@ async def test_add_message_takes_text_parts_as_add_messages_does(tmp_path: Path)
             with pytest.raises(InvalidMessageError, match=r"^content\[1\]: got .*images, audio and files"):
                 await manager.add_message("user", [*text_parts("What is this?"), image], **options)
         assert len(manager.messages) == 3
+
+
+async def test_two_assistant_messages_merged_by_the_anthropic_export_come_back_as_one(tmp_path: Path) -> None:
+    """What docs/concepts.md says of a saved Anthropic export: two assistant messages in a row are one
+    turn, read back as one message of both texts and the calls; exported again, one text block. The
+    Responses API export of a text message then a message of calls alone reads back as one message too,
+    and exports the same items."""
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": "Read the report."},
+        {"role": "assistant", "content": "On it.", "metadata": {"step": 1}},
+        {"role": "assistant", "content": "Opening it.", "tool_calls": [RESULT_CALL]},
+        {"role": "tool", "tool_call_id": "toolu_01A", "content": "Q3 report"},
+    ]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(history)
+        body = manager.get_context(format="anthropic")
+        items = manager.get_context(format="openai_responses")
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["text", "text", "tool_use"]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        await again.add_messages(body["messages"])
+        [_, merged, _] = again.messages
+        assert merged.content == "On it.\nOpening it." and [c.id for c in merged.tool_calls] == ["toolu_01A"]
+        assert merged.metadata == {}
+        turn = again.get_context(format="anthropic")["messages"][1]["content"]
+        assert turn[0] == {"type": "text", "text": "On it.\nOpening it."} and turn[1]["type"] == "tool_use"
+    calls_alone = [dict(history[2], content="")]
+    async with EnhancedContextManager(config(tmp_path / "responses")) as manager:
+        await manager.add_messages([*history[:2], *calls_alone, history[3]])
+        items = manager.get_context(format="openai_responses")
+    async with EnhancedContextManager(config(tmp_path / "responses-again")) as again:
+        await again.add_messages(items)
+        assert [m.role.value for m in again.messages] == ["user", "assistant", "tool"]
+        assert again.get_context(format="openai_responses") == items

@@ -490,10 +490,11 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     ``tool_use`` blocks the calls, its thinking blocks the thinking (interleaved with the calls: in place,
     see :attr:`Message.thinking`). A user turn's ``tool_result`` blocks are tool messages (the text of
     their content; ``is_error`` as ``metadata={"is_error": True}``, which the export sends back), then
-    its text blocks one user message (joined so too: the export merges user messages in a row into one
-    turn, which comes back as one message). A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the
-    export inserts) is left out. Other keys of a dict turn (``priority``, ``metadata`` ...) go to its
-    message as ``add_message``'s options; a response's own fields (``id``, ``usage`` ...) are left out.
+    its text blocks one user message (joined so too: the export merges messages of one role in a row into
+    one turn, which comes back as one message; exported again, it holds their texts as one text block).
+    A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the export inserts) is left out. Other
+    keys of a dict turn (``priority``, ``metadata`` ...) go to its message as ``add_message``'s options; a
+    response's own fields (``id``, ``usage`` ...) are left out.
 
     Raises:
         InvalidMessageError: a block the window cannot hold (an image, a document, a server tool's
