@@ -469,6 +469,32 @@ def test_parse_tool_calls_reads_a_whole_completion_and_a_responses_api_response(
         parse_tool_calls({"result": "ok"})
 
 
+def test_parse_tool_calls_reads_a_list_of_tool_calls_as_given() -> None:
+    """``parse_tool_calls(message.tool_calls)`` (the OpenAI SDK's list of calls, or LangChain's
+    ``AIMessage.tool_calls``) returned ``[]``: only content blocks were read from a list, so an agent loop
+    saw no call and stopped with the model waiting for its tools' results."""
+    from langchain_core.messages import AIMessage
+    from openai.types.chat import ChatCompletionMessage
+
+    message = ChatCompletionMessage.model_validate(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x":1}'}},
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+            ],
+        }
+    )
+    expected = [ToolCall(id="c1", name="f", arguments={"x": 1}), ToolCall(id="c2", name="g", arguments={})]
+    assert message.tool_calls is not None
+    assert parse_tool_calls(message.tool_calls) == expected
+    assert parse_tool_calls([call.model_dump() for call in message.tool_calls]) == expected
+    ai = AIMessage(content="", tool_calls=[{"name": "f", "args": {"x": 1}, "id": "c1"}])
+    assert parse_tool_calls(ai) == parse_tool_calls(ai.tool_calls) == expected[:1]
+    assert parse_tool_calls([{"id": "c1", "function": {"name": "f", "arguments": '{"x":1}'}}]) == expected[:1]
+
+
 def test_parse_tool_calls_rejects_bad_arguments() -> None:
     bad = {
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]

@@ -805,9 +805,10 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
     """Return the tool calls of a provider response.
 
     Accepts an OpenAI Chat Completions response (its first choice) or assistant message (dict with
-    ``tool_calls``, or the SDK object), an OpenAI Responses API response or its ``output`` items
-    (``function_call`` items; the id is their ``call_id``, which results quote), an Anthropic response or
-    message (dict or SDK object with ``content`` blocks), or a list of content blocks.
+    ``tool_calls``, or the SDK object) or its ``tool_calls`` list, an OpenAI Responses API response or its
+    ``output`` items (``function_call`` items; the id is their ``call_id``, which results quote), an
+    Anthropic response or message (dict or SDK object with ``content`` blocks), or a list of content
+    blocks; LangChain's ``AIMessage`` and its ``tool_calls`` too.
 
     Raises:
         InvalidMessageError: a call has no id or name, or its arguments are not a JSON object; or the
@@ -844,12 +845,18 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
             elif kind == "function_call":  # Responses API: results answer call_id (id is the item's)
                 function = {"name": block.get("name", ""), "arguments": block.get("arguments", "{}")}
                 calls.append(ToolCall.from_value({"id": block.get("call_id", ""), "function": function}))
+            elif kind in _LISTED_CALL_TYPES or (kind is None and ("function" in block or "args" in block)):
+                # a list of calls as given: a Chat Completions message's tool_calls, LangChain's
+                calls.append(ToolCall.from_value(block))
             elif kind == "custom_tool_call":  # a call the model made: refused, not read as "no calls"
                 ToolCall.from_value(block)
         return calls
     raise InvalidMessageError("response", response, _RESPONSE_SHAPES)
 
 
+_LISTED_CALL_TYPES = frozenset({"function", "tool_call", "custom"})
+"""Types of the items of a list of calls: Chat Completions ``tool_calls`` (a custom tool's call refused),
+LangChain's ``AIMessage.tool_calls``."""
 _KNOWN_RESPONSE_KEYS = frozenset({"role", "content", "tool_calls", "choices", "output", "type"})
 _RESPONSE_SHAPES = (
     "an OpenAI response or assistant message, a Responses API response, or Anthropic content "
