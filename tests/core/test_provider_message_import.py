@@ -693,3 +693,81 @@ async def test_two_assistant_messages_merged_by_the_anthropic_export_come_back_a
         await again.add_messages(items)
         assert [m.role.value for m in again.messages] == ["user", "assistant", "tool"]
         assert again.get_context(format="openai_responses") == items
+
+
+async def test_langchain_messages_go_in_as_the_messages_they_are(tmp_path: Path) -> None:
+    """LangChain's message objects (and their ``model_dump()``) were taken for Responses API items and
+    refused: ``messages[0].type: got 'system'; allowed Responses API input or output items``. They go in
+    now as Chat Completions messages would (``convert_to_openai_messages``), a failed ``ToolMessage``
+    (``status="error"``) marked ``is_error`` as ``execute_tool_calls`` marks its failures."""
+    from langchain_core.messages import (
+        AIMessage,
+        ChatMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        convert_to_openai_messages,
+    )
+
+    history = [
+        SystemMessage("Answer briefly."),
+        HumanMessage("Weather in Paris?", name="alice"),
+        AIMessage(
+            [{"type": "text", "text": "Let me check."}, "Both cities."],
+            tool_calls=[
+                {"name": "weather", "args": {"city": "Paris"}, "id": "call_1"},
+                {"name": "weather", "args": {"city": "Rome"}, "id": "call_2"},
+            ],
+        ),
+        ToolMessage([{"type": "text", "text": "Paris: 21 °C"}], tool_call_id="call_1"),
+        ToolMessage("Rome: service down", tool_call_id="call_2", status="error"),
+        ChatMessage("Thanks, Zoë 🎉", role="user"),
+        AIMessage("Paris is sunny; Rome I could not check."),
+    ]
+    for n, given in enumerate([history, [message.model_dump() for message in history]]):
+        async with EnhancedContextManager(config(tmp_path / str(n))) as manager:
+            assert await manager.add_messages(given) == len(history)
+            exported = manager.get_context(format="openai")
+            # as LangChain's own conversion to Chat Completions reads them (its text parts joined)
+            expected = convert_to_openai_messages(history)
+            assert [m["role"] for m in exported] == [m["role"] for m in expected]
+            assert [m.get("tool_calls") for m in exported] == [
+                [
+                    dict(
+                        call,
+                        function=dict(
+                            call["function"], arguments=call["function"]["arguments"].replace(" ", "")
+                        ),
+                    )
+                    for call in m["tool_calls"]
+                ]
+                if m.get("tool_calls")
+                else None
+                for m in expected
+            ]
+            assert [m.role.value for m in manager.messages] == [
+                "system",
+                "user",
+                "assistant",
+                "tool",
+                "tool",
+                "user",
+                "assistant",
+            ]
+            said = manager.messages[2]
+            assert said.content == "Let me check.\nBoth cities."
+            assert [(c.id, c.arguments) for c in said.tool_calls] == [
+                ("call_1", {"city": "Paris"}),
+                ("call_2", {"city": "Rome"}),
+            ]
+            assert manager.messages[1].name == "alice"
+            assert manager.messages[3].content == "Paris: 21 °C"
+            assert manager.messages[4].metadata == {"is_error": True}
+            assert manager.messages[5].content == "Thanks, Zoë 🎉"
+            body = manager.get_context(format="anthropic")
+            assert body["messages"][2]["content"][1]["is_error"] is True
+            assert openai_violations(exported) == []  # type: ignore[arg-type]
+    with pytest.raises(InvalidMessageError, match=r"messages\[1\]\.content\[0\]"):
+        async with EnhancedContextManager(config(tmp_path / "image")) as manager:
+            image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+            await manager.add_messages([HumanMessage("Hi"), HumanMessage([image])])

@@ -65,7 +65,9 @@ from context_manager.core.provider_formats import (
     SupportsModelDump,
     anthropic_items_read,
     is_anthropic_message,
+    is_langchain_message,
     is_openai_responses_item,
+    messages_from_langchain,
     responses_items_read,
     to_provider_format,
 )
@@ -666,7 +668,9 @@ class EnhancedContextManager:
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
                 turns: ``{"role", "content": [blocks]}`` (``response.content``, the SDK's objects or
                 dicts; the response itself or its ``model_dump()``), the ``"anthropic"`` export's
-                ``messages`` (see :func:`~context_manager.core.provider_formats.messages_from_anthropic`).
+                ``messages`` (see :func:`~context_manager.core.provider_formats.messages_from_anthropic`),
+                and LangChain's messages or their dumps (see
+                :func:`~context_manager.core.provider_formats.messages_from_langchain`).
 
         Returns:
             How many messages were added.
@@ -695,6 +699,8 @@ class EnhancedContextManager:
             raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
         # converted items (a user turn of results is several messages): errors name the caller's item
         origins: list[int] | None = None
+        if any(is_langchain_message(item) for item in messages):  # one dict each: positions kept
+            messages = messages_from_langchain(messages)
         if any(is_anthropic_message(item) for item in messages):  # Anthropic turns: content blocks
             messages, origins = anthropic_items_read(messages)
         if any(is_openai_responses_item(item) for item in messages):

@@ -296,6 +296,99 @@ class SupportsModelDump(Protocol):
     def model_dump(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
 
 
+_LANGCHAIN_ROLES = {
+    "human": "user",
+    "ai": "assistant",
+    "AIMessageChunk": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
+"""LangChain message types (``message.type``) and their roles; a ``ChatMessage`` (``chat``) has its own."""
+_LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call"})
+"""Content blocks of a LangChain ``AIMessage`` its ``tool_calls`` carry (langchain-anthropic keeps them)."""
+
+
+def is_langchain_message(item: Any) -> bool:
+    """Whether ``item`` is a LangChain message (``HumanMessage``, ``AIMessage`` ...) or its dump."""
+    if type(item) is dict and "type" not in item:  # the common case, quickly: a role message
+        return False
+    if isinstance(item, Mapping):
+        fields = item
+    elif callable(getattr(item, "model_dump", None)) and hasattr(item, "additional_kwargs"):
+        fields = {"type": getattr(item, "type", None), "role": getattr(item, "role", None)}
+        fields.update(content=getattr(item, "content", None), additional_kwargs=item.additional_kwargs)
+    else:
+        return False
+    kind = fields.get("type")
+    known = kind in _LANGCHAIN_ROLES or (kind in _LANGCHAIN_CHAT and isinstance(fields.get("role"), str))
+    return known and "content" in fields and "additional_kwargs" in fields
+
+
+_LANGCHAIN_CHAT = frozenset({"chat", "ChatMessageChunk"})
+"""LangChain types of a message with its own ``role``."""
+
+
+def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
+    """Read the LangChain messages of ``items`` as ``add_messages`` dicts; pass the other items through.
+
+    One dict per message, as ``convert_to_openai_messages`` reads it: the role of its type (``human`` is
+    ``user``, ``ai`` ``assistant``; a ``ChatMessage`` its role), its text (a content list's text parts and
+    strings joined by a line break; an ``AIMessage``'s ``tool_use`` blocks are its ``tool_calls``, its
+    thinking blocks its thinking), its ``name``, an ``AIMessage``'s ``tool_calls`` and a ``ToolMessage``'s
+    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``). Its ``id``, metadata and
+    usage are LangChain's, not the message's: left out.
+
+    Raises:
+        InvalidMessageError: a content part the window cannot hold (an image, a file), or an
+            ``AIMessage`` with ``invalid_tool_calls`` (a call whose arguments are no JSON object).
+    """
+    converted: list[Any] = []
+    for position, item in enumerate(items):
+        if not is_langchain_message(item):
+            converted.append(item)
+            continue
+        fields = item if isinstance(item, Mapping) else item.model_dump()
+        kind = str(fields.get("type"))
+        role = fields["role"] if kind in _LANGCHAIN_CHAT else _LANGCHAIN_ROLES[kind]
+        message: dict[str, Any] = {"role": role}
+        content = fields.get("content")
+        if isinstance(content, list):
+            field = f"messages[{position}].content"
+            blocks = [_as_block(part) for part in content]
+            kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
+            if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
+                message["thinking"] = blocks
+            parts = [
+                {"type": "text", "text": part} if isinstance(part, str) else part
+                for part, kind in zip(blocks, kinds, strict=True)
+                if not (
+                    role == "assistant"
+                    and (kind in _LANGCHAIN_SKIPPED_PARTS or kind in _THINKING_BLOCK_TYPES)
+                )
+            ]
+            content = chat_completions_text(parts, field)
+        message["content"] = content
+        if fields.get("name") is not None:
+            message["name"] = fields["name"]
+        if role == "assistant":
+            invalid = fields.get("invalid_tool_calls")
+            if invalid:
+                raise InvalidMessageError(
+                    f"messages[{position}].invalid_tool_calls",
+                    invalid,
+                    "none: a call whose arguments are no JSON object cannot be held (answer the model "
+                    "without it, or drop the message)",
+                )
+            if fields.get("tool_calls"):
+                message["tool_calls"] = list(fields["tool_calls"])
+        elif role == "tool":
+            message["tool_call_id"] = fields.get("tool_call_id")
+            if fields.get("status") == "error":
+                message["metadata"] = {"is_error": True}
+        converted.append(message)
+    return converted
+
+
 _RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _RESPONSES_ITEMS = (
     "Responses API input or output items: role messages, 'message', 'function_call', "
