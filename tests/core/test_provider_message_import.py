@@ -771,3 +771,16 @@ async def test_langchain_messages_go_in_as_the_messages_they_are(tmp_path: Path)
         async with EnhancedContextManager(config(tmp_path / "image")) as manager:
             image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
             await manager.add_messages([HumanMessage("Hi"), HumanMessage([image])])
+    # langchain-openai's Responses API output: reasoning and function_call blocks beside the text
+    responses_style = AIMessage(
+        [
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "text", "text": "Checking.", "annotations": []},
+            {"type": "function_call", "call_id": "call_9", "name": "weather", "arguments": "{}"},
+        ],
+        tool_calls=[{"name": "weather", "args": {}, "id": "call_9"}],
+    )
+    async with EnhancedContextManager(config(tmp_path / "responses-style")) as manager:
+        await manager.add_messages([HumanMessage("Weather?"), responses_style])
+        [_, said] = manager.messages
+        assert said.content == "Checking." and [c.id for c in said.tool_calls] == ["call_9"]

@@ -304,8 +304,9 @@ _LANGCHAIN_ROLES = {
     "tool": "tool",
 }
 """LangChain message types (``message.type``) and their roles; a ``ChatMessage`` (``chat``) has its own."""
-_LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call"})
-"""Content blocks of a LangChain ``AIMessage`` its ``tool_calls`` carry (langchain-anthropic keeps them)."""
+_LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call", "function_call", "reasoning"})
+"""Content blocks of a LangChain ``AIMessage`` its ``tool_calls`` carry (langchain-anthropic and the
+Responses API output keep them), and its reasoning (the window keeps none, as of a Responses API output)."""
 
 
 def is_langchain_message(item: Any) -> bool:
