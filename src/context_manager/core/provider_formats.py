@@ -766,7 +766,8 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
     whitespace only is left out and an assistant's trailing whitespace dropped (the API refuses both). A
     ``tool_use`` id or name the API refuses is exported made valid, the same id in its ``tool_result`` (see
-    the module docstring). A message's thinking blocks open its turn (interleaved with its calls: in the
+    the module docstring). A message's ``name`` is left out: the API has none. A message's thinking
+    blocks open its turn (interleaved with its calls: in the
     response's order); two assistant messages in a row that both hold thinking stay two turns, a user turn
     of :data:`ANTHROPIC_CONTINUATION_TEXT` between them (one turn would hold a run of thinking no response
     made, which the API refuses in a tool-use turn).
