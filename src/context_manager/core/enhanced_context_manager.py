@@ -786,11 +786,16 @@ class EnhancedContextManager:
         """:meth:`pin_message` / :meth:`unpin_message`: refused on a stale conversation, else journaled."""
         window = self._require_ready(operation)
         conversation = self._conversation
-        if conversation is not None:
-            conversation.check_writable()  # stale: refused before the window changes
+        if conversation is None:
+            (window.pin if pin else window.unpin)(message_id)
+            return
+        journaled = conversation.check_writable()  # stale: refused before the window changes
         (window.pin if pin else window.unpin)(message_id)
-        if conversation is not None:
-            self._note_pin(conversation)
+        if conversation.journaled == journaled:
+            # pinned already (or not pinned): nothing to store, and no change whose refusal is its own
+            # (the last one journaled is another call's, perhaps refused and raised to it already)
+            return
+        self._note_pin(conversation)
         self._sync_soon()
 
     def set_eviction_hook(self, hook: EvictionHook | None) -> None:

@@ -820,6 +820,38 @@ async def test_flush_raises_the_refusal_of_a_pin_it_writes_itself(
         await manager.flush()
 
 
+async def test_a_pin_that_changes_nothing_raises_no_earlier_refusal(
+    make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pinning a message already pinned (or unpinning one that is not) changes nothing, but it took the
+    manager's last change for its own: when that change had been refused (another worker wrote first),
+    the pin's background write logged "a pin was not stored" and flush() raised that old conflict again,
+    at every such pin, though nothing was refused and the window had reloaded. An application retrying
+    the pin on the conflict looped for ever."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-noop") as manager:
+        await manager.add_message("user", "keep me")
+        manager.pin_message(manager.messages[0].id)
+        await manager.flush()
+        await write_elsewhere(make_config(), backend_name, "pin-noop", "written elsewhere")
+        with pytest.raises(ConversationConflictError):
+            await manager.add_message("user", "refused")  # the manager reloaded: version 3
+        caplog.clear()
+        for _ in range(3):
+            manager.pin_message(manager.messages[0].id)  # pinned already
+            manager.unpin_message(manager.messages[1].id)  # not pinned
+            await asyncio.sleep(0.05)  # what a pin writes in the background has run
+            await manager.flush()
+        assert "a pin was not stored" not in caplog.text
+        assert manager.conversation_version == 3
+        assert [(m.content, m.pinned) for m in manager.messages] == [
+            ("keep me", True),
+            ("written elsewhere", False),
+        ]
+        manager.unpin_message(manager.messages[0].id)  # a real change is still stored
+        await manager.flush()
+        assert manager.conversation_version == 4
+
+
 async def store_unloadable_record(config: ContextManagerConfig, backend_name: str, conversation: str) -> None:
     """Another writer stores a record the manager's automatic reload cannot apply: that reload fails."""
     other = await open_other_store(config, backend_name)
