@@ -295,7 +295,9 @@ class StorageLockedError(StorageError):
             )
         else:
             message = (
-                f"storage at {path} is locked by {holder}; stop that process or use another storage_path"
+                f"storage at {path} is locked by {holder}; stop that process or use another storage_path "
+                "(the embedded store serves one process: for several workers or hosts sharing memory and "
+                'conversations use memory_backend="postgres", see docs/postgres.md)'
             )
         super().__init__(message, path=path)
 

@@ -220,15 +220,18 @@ async def _holder_seen_from_another_process(storage: Path) -> str:
         "    try:\n"
         f"        await MemoryManager(ContextManagerConfig(storage_path={str(storage)!r})).initialize()\n"
         "    except StorageLockedError as error:\n"
-        "        print('LOCKED', repr(error.holder))\n"
+        "        print('LOCKED', repr((error.holder, str(error))))\n"
         "asyncio.run(main())\n"
     )
     result = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.startswith("LOCKED "), result.stderr
-    holder = ast.literal_eval(result.stdout.strip().removeprefix("LOCKED "))
+    holder, message = ast.literal_eval(result.stdout.strip().removeprefix("LOCKED "))
     assert isinstance(holder, str)
+    # the message says what to do: stop the holder, another path, or the server store for several workers
+    assert f"is locked by {holder}; stop that process" in message
+    assert 'memory_backend="postgres"' in message
     return holder
 
 
