@@ -75,11 +75,12 @@ _CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overf
 class TierMovement(ManagerState):
     """Placement of memories in tiers, moves between tiers, the vector channel's storage, compaction."""
 
-    async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> bool:
-        """Delete one copy; whether it was there. A real delete (not ``moving``): then :meth:`_forget`."""
+    async def _remove(self, memory_id: str, tier: MemoryTier) -> bool:
+        """Delete one copy; whether it was there. A real delete: then :meth:`_forget`.
+
+        Its pending accesses stay: a delete that fails part-way puts the copies back, history included.
+        """
         backend = self._require("remove")
-        if not moving:
-            self._pending_touches.pop(memory_id, None)
         return bool(await backend.delete(tier, [memory_id]))
 
     async def _delete_every_copy(

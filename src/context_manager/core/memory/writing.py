@@ -629,6 +629,8 @@ class MemoryWriting(TierMovement):
                 with contextlib.suppress(StorageError):
                     await self._put_back(removed)
                 raise
+            for deleted_id in (*by_original, memory_id):  # deleted: their pending accesses have no row
+                self._pending_touches.pop(deleted_id, None)
             await self._forget([*absorbed, *copies])
         return copies[0].copy()
 
