@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.errors import InvalidArgumentError, describe_value
 from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend, owner_label
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.text import encodable
@@ -101,6 +102,29 @@ def _quoted(location: Any) -> Any:
     return redact_dsn(location)
 
 
+def _location(location: Any, name: str) -> str:
+    """``location`` as text: a str, or a path (``pathlib.Path``, any ``os.PathLike`` of str) made one.
+
+    Raises:
+        InvalidArgumentError: anything else (bytes, a number ...), quoted with any password as ``***``.
+    """
+    if isinstance(location, os.PathLike):
+        location = os.fspath(location)
+    if isinstance(location, str):
+        return location
+    shown = (
+        bytes(location).decode("utf-8", "replace")
+        if isinstance(location, bytes | bytearray)
+        else describe_value(location)
+    )
+    raise InvalidArgumentError(
+        name,
+        _quoted(shown),
+        "a storage directory (a str or a path) or a postgresql:// DSN (a str)",
+        detail=f"{type(location).__name__} given",
+    )
+
+
 def _describe_location(location: str) -> str:
     if is_dsn(location):
         from context_manager.core.memory.postgres.database import redact_dsn
@@ -117,7 +141,7 @@ def _storage_exists(path: Path) -> bool:
 
 
 def open_storage(
-    location: str,
+    location: str | os.PathLike[str],
     *,
     create: bool,
     fsync: bool = True,
@@ -127,7 +151,7 @@ def open_storage(
     """A backend (not yet opened) for a storage directory or a PostgreSQL DSN.
 
     Args:
-        location: A directory, or a ``postgresql://``/``postgres://`` DSN.
+        location: A directory (a str or a path), or a ``postgresql://``/``postgres://`` DSN.
         create: Allow a storage directory that holds no memory store yet (the target of a migration).
         fsync: fsync the files of a storage directory on every write (survives power loss).
         name: What to call the location in error messages (``"source"``, ``"target"``).
@@ -135,11 +159,13 @@ def open_storage(
             ``postgres_connect_timeout``).
 
     Raises:
-        InvalidArgumentError: an empty location, a file, or (``create=False``) a directory with no store.
+        InvalidArgumentError: an empty location, one neither text nor a path, a file, or (``create=False``)
+            a directory with no store.
     """
     from context_manager.core.memory.ranking import RankingWeights
 
-    if not isinstance(location, str) or not location.strip() or "\x00" in location:
+    location = _location(location, name)
+    if not location.strip() or "\x00" in location:
         raise InvalidArgumentError(
             name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
         )
@@ -454,8 +480,8 @@ async def _open_pair(
 
 
 async def migrate_storage(
-    source: str,
-    target: str,
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
     *,
     batch_size: int = 500,
     vectors: bool = True,
@@ -467,7 +493,7 @@ async def migrate_storage(
     """Copy every memory (every tier, every copy) and its vectors from ``source`` to ``target``, then verify.
 
     Args:
-        source: A storage directory or a PostgreSQL DSN holding memories.
+        source: A storage directory (a str or a path) or a PostgreSQL DSN holding memories.
         target: A storage directory (created if needed) or a PostgreSQL DSN (tables created if needed).
         batch_size: Copies written per transaction (each batch is committed before the next).
         vectors: Copy the stored vectors of every embedding model.
@@ -503,6 +529,7 @@ async def migrate_storage(
             "False when merge is True (merge keeps the target's other memories, prune removes them)",
         )
     started = time.perf_counter()
+    source, target = _location(source, "source"), _location(target, "target")
     source_backend, target_backend = await _open_pair(
         source, target, create_target=True, connect_timeout=connect_timeout
     )
@@ -694,7 +721,11 @@ async def _verify_conversations(
 
 
 async def verify_storage(
-    source: str, target: str, *, vectors: bool = True, connect_timeout: float = 10.0
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    vectors: bool = True,
+    connect_timeout: float = 10.0,
 ) -> MigrationReport:
     """Compare ``target`` with ``source`` (counts and checksums per tier and user); write nothing.
 
@@ -706,6 +737,7 @@ async def verify_storage(
         StorageError: a storage cannot be opened.
     """
     started = time.perf_counter()
+    source, target = _location(source, "source"), _location(target, "target")
     source_backend, target_backend = await _open_pair(
         source, target, create_target=False, connect_timeout=connect_timeout
     )
