@@ -945,4 +945,21 @@ async def test_a_path_location_is_taken_and_a_non_text_one_is_refused_without_it
         with pytest.raises(InvalidArgumentError, match="^source: ") as refused:
             await migrate_storage(location, str(target))  # type: ignore[arg-type]
         assert "s3cretpw" not in str(refused.value)
-    assert not [path for path in Path.cwd().iterdir() if path.name.startswith("postgres")]  # no directory
+    made = await asyncio.to_thread(os.listdir, Path.cwd())
+    assert not [name for name in made if name.startswith("postgres")]  # no directory made of the DSN
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+async def test_a_location_holding_a_nul_is_refused_by_name(tmp_path: Path, side: str) -> None:
+    """A NUL in ``migrate_storage``'s or ``verify_storage``'s source or target escaped as a bare
+    ``ValueError: embedded null byte`` (the check that source and target differ resolved it as a path
+    before it was validated)."""
+    store = tmp_path / "store"
+    await populate(sqlite_config(store))
+    locations = {"source": str(store), "target": str(tmp_path / "copy")}
+    locations[side] = str(tmp_path / "bad\x00name")
+    with pytest.raises(InvalidArgumentError, match=f"^{side}: .*no NUL"):
+        await migrate_storage(locations["source"], locations["target"])
+    with pytest.raises(InvalidArgumentError, match=f"^{side}: .*no NUL"):
+        await verify_storage(locations["source"], locations["target"])
+    assert sorted(set(await asyncio.to_thread(os.listdir, tmp_path)) - {"cwd"}) == ["store"]

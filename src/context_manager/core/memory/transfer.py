@@ -106,11 +106,22 @@ def _location(location: Any, name: str) -> str:
     """``location`` as text: a str, or a path (``pathlib.Path``, any ``os.PathLike`` of str) made one.
 
     Raises:
-        InvalidArgumentError: anything else (bytes, a number ...), quoted with any password as ``***``.
+        InvalidArgumentError: anything else (bytes, a number ...), an empty text, one holding a NUL or a
+            lone surrogate; quoted with any password as ``***``.
     """
     if isinstance(location, os.PathLike):
         location = os.fspath(location)
     if isinstance(location, str):
+        if not location.strip() or "\x00" in location:
+            raise InvalidArgumentError(
+                name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
+            )
+        if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
+            raise InvalidArgumentError(
+                name,
+                _quoted(location),
+                "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
+            )
         return location
     shown = (
         bytes(location).decode("utf-8", "replace")
@@ -165,16 +176,6 @@ def open_storage(
     from context_manager.core.memory.ranking import RankingWeights
 
     location = _location(location, name)
-    if not location.strip() or "\x00" in location:
-        raise InvalidArgumentError(
-            name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
-        )
-    if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
-        raise InvalidArgumentError(
-            name,
-            _quoted(location),
-            "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
-        )
     weights = RankingWeights().effective_columns  # what a default MemoryManager indexes with
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
