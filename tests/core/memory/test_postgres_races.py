@@ -733,7 +733,32 @@ async def test_processes_with_an_embedder_starting_together_all_open(postgres_ds
                 await manager.cleanup()
 
 
-# -- 10. a delete failing part-way puts back only what no other process deleted -------------------------
+# -- 11. a delete failing part-way puts back what it removed, and only that -------------------------------
+
+
+async def _refuse_deletes(dsn: str, refuse: bool) -> None:
+    """Make every ``DELETE`` of memories fail on the server (a real refusal), or succeed again.
+
+    A statement-level trigger (it fires for a statement deleting no row too) raises while a flag is set;
+    :func:`_install_delete_refusal` creates it, once the manager has created the tables.
+    """
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        flag = "INSERT INTO cm_test_refuse_deletes VALUES (1)"
+        await connection.execute(flag if refuse else "DELETE FROM cm_test_refuse_deletes")
+
+
+async def _install_delete_refusal(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        await connection.execute("CREATE TABLE cm_test_refuse_deletes (flag int)")
+        await connection.execute(
+            "CREATE FUNCTION cm_test_refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM cm_test_refuse_deletes) THEN RAISE EXCEPTION 'deletes refused'; "
+            "END IF; RETURN NULL; END $$"
+        )
+        await connection.execute(
+            "CREATE TRIGGER cm_test_refuse_deletes BEFORE DELETE ON cm_memories "
+            "FOR EACH STATEMENT EXECUTE FUNCTION cm_test_refuse_deletes()"
+        )
 
 
 async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_process_deleted(
@@ -744,28 +769,10 @@ async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_pr
     reported it deleted, yet the failed delete put the long-term copy back: the memory was found again.
     A memory whose other copies another process deleted meanwhile is left deleted now."""
     config = postgres_config(postgres_dsn)
-
-    async def refuse_deletes(refuse: bool) -> None:
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            flag = "INSERT INTO cm_test_refuse_deletes VALUES (1)"
-            await connection.execute(flag if refuse else "DELETE FROM cm_test_refuse_deletes")
-
-    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-        # a real refusal by the server: a statement-level trigger failing every DELETE while a flag is set
-        await connection.execute("CREATE TABLE cm_test_refuse_deletes (flag int)")
-        await connection.execute(
-            "CREATE FUNCTION cm_test_refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF EXISTS (SELECT 1 FROM cm_test_refuse_deletes) THEN RAISE EXCEPTION 'deletes refused'; "
-            "END IF; RETURN NULL; END $$"
-        )
     async with MemoryManager(config) as first, MemoryManager(config) as second:
         memory = await first.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
         other = await first.add_memory("the side door code is qzsidexq", importance=0.9)
-        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
-            await connection.execute(
-                "CREATE TRIGGER cm_test_refuse_deletes BEFORE DELETE ON cm_memories "
-                "FOR EACH STATEMENT EXECUTE FUNCTION cm_test_refuse_deletes()"
-            )
+        await _install_delete_refusal(postgres_dsn)
         backend = _backend(first)
         delete = backend.delete
 
@@ -774,7 +781,7 @@ async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_pr
             if tier is MemoryTier.LONG and present:
                 if present == [memory.id]:  # the short-term copy left: deleted, and reported so
                     await second.delete_memory(memory.id)
-                await refuse_deletes(True)  # the next statement of this delete fails
+                await _refuse_deletes(postgres_dsn, True)  # the next statement of this delete fails
             return present
 
         backend.delete = delete_then_other_process  # type: ignore[method-assign]
@@ -788,7 +795,7 @@ async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_pr
         assert await second.search_memory("qzoldxq") == []
 
         # a delete failing part-way with no other process involved still puts back what it removed
-        await refuse_deletes(False)
+        await _refuse_deletes(postgres_dsn, False)
         backend.delete = delete_then_other_process  # type: ignore[method-assign]
         try:
             with pytest.raises(StorageError, match="deletes refused"):
@@ -797,3 +804,19 @@ async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_pr
             backend.delete = delete  # type: ignore[method-assign]
         assert await _tiers(postgres_dsn, other.id) == ["short", "long"]
         assert [m.id for m in await second.search_memory("qzsidexq")] == [other.id]
+
+
+async def test_a_delete_the_server_refuses_keeps_the_memorys_access_history(postgres_dsn: str) -> None:
+    """The accesses searches recorded (written in batches) were dropped when a delete began: a delete the
+    server refused left the memory as it was, but used 0 times instead of 3, in every tier."""
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
+        await _install_delete_refusal(postgres_dsn)
+        for _ in range(3):
+            assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory.id]
+        await _refuse_deletes(postgres_dsn, True)
+        with pytest.raises(StorageError, match="deletes refused"):
+            await manager.delete_memory(memory.id)
+        await _refuse_deletes(postgres_dsn, False)
+        await manager.flush()
+        assert [row["access_count"] for row in await _rows(postgres_dsn, memory.id)] == [3, 3]
