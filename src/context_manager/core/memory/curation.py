@@ -52,8 +52,9 @@ class MemoryCuration(TierMovement):
         its members are near-duplicates (no chains: A like B and B like C does not merge A with C).
         See :mod:`~context_manager.core.memory.consolidation`.
 
-        The merged memory keeps the most important text, the highest importance, the union of tags,
-        the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
+        The merged memory keeps the most important text (with that original's metadata: the others'
+        metadata is not merged in), the highest importance, the union of tags, the summed access counts
+        and ``merged_from``; the originals are marked ``superseded_by`` (hidden
         from search, kept until cleanup or until the merged memory is deleted) so
         :meth:`undo_consolidation` can reverse a wrong merge.
 
