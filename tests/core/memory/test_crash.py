@@ -614,3 +614,126 @@ async def test_a_delete_the_disk_refuses_leaves_the_memory_as_it_was(
         assert copies == before[0]
         assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
         assert (await manager.check_integrity())["ok"]
+
+
+USED_DELETER = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path, full):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        if full == "database":
+            await manager.add_memories(
+                [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
+            )
+        else:
+            await manager.add_memories(
+                [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+            )
+        memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
+        for _ in range(3):  # three uses, recorded in a batch not yet written
+            await manager.search_memory("qzoldxq")
+        name = "memories.sqlite3-wal" if full == "database" else "memories.jsonl"
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size, hard))
+        try:
+            await manager.delete_memory(memory.id)
+        except StorageError:
+            print("FAILED", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        await manager.flush()
+        print(memory.id, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("full", ["database", "log"])
+async def test_a_delete_the_disk_refuses_keeps_the_memorys_access_history(tmp_path: Path, full: str) -> None:
+    """A delete dropped the memory's accesses not yet written (the batch of "last used" and access-count
+    updates searches record) before deleting it; when the disk refused the delete and the memory was put
+    back, those accesses were lost: once reopened the memory had been used 0 times, not 3. They are
+    dropped only once the memory is deleted now."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", USED_DELETER, str(storage), full],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[:1] == ["FAILED"], result.stdout + result.stderr
+    memory_id = lines[1]
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
+        assert sorted((copy.tier.value, copy.access_count) for copy in copies) == [("long", 3), ("short", 3)]
+
+
+RAISING_UPDATER = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
+from context_manager.core.memory.manager import MemoryManager
+
+async def main(path):
+    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        # a database WAL far larger than the log: the log's writes pass, the next database write fails
+        await manager.add_memories(
+            [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
+        )
+        memory = await manager.add_memory("the gate code is qzoldxq", tier="long")  # long-term only
+        print(memory.id, flush=True)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        limit = (Path(path) / "memories.sqlite3-wal").stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            await manager.update_memory(memory.id, importance=0.7, tier="short")
+        except StorageError:
+            print("FAILED", flush=True)
+        else:
+            print("UPDATED", flush=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        copies = sorted((copy.tier.value, copy.importance) for copy in await manager.stored_copies()
+                        if copy.id == memory.id)
+        stats = await manager.get_memory_stats()
+        print(json.dumps([copies, stats["in_two_tiers"]]), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_failed_move_of_a_long_term_memory_to_short_term_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """``update_memory(id, tier="short")`` of a long-term-only memory logs its short-term copy, then deletes
+    the long-term one: when the database refused that delete (a full disk) the call raised ``StorageError``
+    and left the memory in two tiers it was never placed in (counted in ``in_two_tiers``, in this process
+    and once reopened). The copy the failed call made is removed now: the memory is as it was before the
+    call."""
+    storage = tmp_path / "storage"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", RAISING_UPDATER, str(storage)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines[1:2] == ["FAILED"], result.stdout + result.stderr
+    memory_id = lines[0]
+    assert json.loads(lines[2]) == [[["long", 0.5]], 0]  # one copy, as before the call
+    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    async with MemoryManager(config) as manager:
+        copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
+        assert [(copy.tier.value, copy.importance) for copy in copies] == [("long", 0.5)]
+        assert (await manager.get_memory_stats())["in_two_tiers"] == 0

@@ -213,6 +213,45 @@ async def test_a_memory_used_during_a_cleanup_is_kept_whole_or_removed_whole(
         assert report["by_tier"] == {"short": 0, "medium": 0, "long": 0}
 
 
+async def test_a_memory_used_between_a_cleanups_tier_deletes_is_not_counted_in_by_tier(
+    manager: MemoryManager, clock: FakeClock
+) -> None:
+    """A cleanup deletes a stale memory's copies one tier at a time, each only if still stale. One used in
+    between (a process sharing the storage wrote its access after the short-term copy was deleted) keeps
+    its long-term copy and is not in ``removed_ids``, but ``by_tier`` still counted its short-term copy
+    (short 2 for one memory removed); and the access a search of this process recorded meanwhile was
+    dropped (the long-term copy kept the older count). Now ``by_tier`` counts the copies of the memories
+    removed only, and the kept memory keeps every access."""
+    kept = await manager.add_memory("the vault code is qzvault", importance=0.9)  # short + long
+    gone = await manager.add_memory("an old note about the ferry timetable", importance=0.3)
+    clock.advance(40 * DAY)
+    backend = manager.backend
+    assert backend is not None
+    delete = backend.delete
+    used: list[int] = []
+
+    async def delete_then_use(tier: MemoryTier, ids: Any, **kwargs: Any) -> list[str]:
+        present = await delete(tier, ids, **kwargs)
+        if tier is MemoryTier.SHORT and kept.id in present and not used:
+            # what a process sharing the storage does when it flushes its accesses (its backend's step:
+            # this manager's write lock is held by the cleanup), then a search of this process
+            await backend.touch({kept.id: (clock(), 3)})
+            used.extend(m.access_count for m in await manager.search_memory("qzvault"))
+        return list(present)
+
+    backend.delete = delete_then_use  # type: ignore[method-assign]
+    try:
+        report = await manager.cleanup_old_memories(max_age_days=30)
+    finally:
+        backend.delete = delete  # type: ignore[method-assign]
+    assert used == [4]
+    assert report["removed_ids"] == [gone.id] and report["removed_count"] == 1
+    assert report["by_tier"] == {"short": 1, "medium": 0, "long": 0}
+    await manager.flush()
+    left = [copy for copy in await manager.stored_copies() if copy.id == kept.id]
+    assert [(copy.tier, copy.access_count) for copy in left] == [(MemoryTier.LONG, 4)]
+
+
 async def test_an_export_of_merged_memories_imports_back_into_a_new_store_and_the_same_one(
     manager: MemoryManager,
     config: Any,

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import InvalidMemoryError
+from context_manager.core.errors import InvalidMemoryError, StorageError
 from context_manager.core.memory.backend import Staleness
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
@@ -731,3 +731,92 @@ async def test_processes_with_an_embedder_starting_together_all_open(postgres_ds
         finally:
             for manager in managers:
                 await manager.cleanup()
+
+
+# -- 11. a delete failing part-way puts back what it removed, and only that -------------------------------
+
+
+async def _refuse_deletes(dsn: str, refuse: bool) -> None:
+    """Make every ``DELETE`` of memories fail on the server (a real refusal), or succeed again.
+
+    A statement-level trigger (it fires for a statement deleting no row too) raises while a flag is set;
+    :func:`_install_delete_refusal` creates it, once the manager has created the tables.
+    """
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        flag = "INSERT INTO cm_test_refuse_deletes VALUES (1)"
+        await connection.execute(flag if refuse else "DELETE FROM cm_test_refuse_deletes")
+
+
+async def _install_delete_refusal(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        await connection.execute("CREATE TABLE cm_test_refuse_deletes (flag int)")
+        await connection.execute(
+            "CREATE FUNCTION cm_test_refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM cm_test_refuse_deletes) THEN RAISE EXCEPTION 'deletes refused'; "
+            "END IF; RETURN NULL; END $$"
+        )
+        await connection.execute(
+            "CREATE TRIGGER cm_test_refuse_deletes BEFORE DELETE ON cm_memories "
+            "FOR EACH STATEMENT EXECUTE FUNCTION cm_test_refuse_deletes()"
+        )
+
+
+async def test_a_delete_failing_part_way_does_not_bring_back_a_memory_another_process_deleted(
+    postgres_dsn: str,
+) -> None:
+    """A delete removes a memory's copies one tier at a time, and puts back what it removed when a later
+    statement fails. Another process deleting the same memory in between (its remaining short-term copy)
+    reported it deleted, yet the failed delete put the long-term copy back: the memory was found again.
+    A memory whose other copies another process deleted meanwhile is left deleted now."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        memory = await first.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
+        other = await first.add_memory("the side door code is qzsidexq", importance=0.9)
+        await _install_delete_refusal(postgres_dsn)
+        backend = _backend(first)
+        delete = backend.delete
+
+        async def delete_then_other_process(tier: MemoryTier, ids: Any, **options: Any) -> list[str]:
+            present = await delete(tier, ids, **options)
+            if tier is MemoryTier.LONG and present:
+                if present == [memory.id]:  # the short-term copy left: deleted, and reported so
+                    await second.delete_memory(memory.id)
+                await _refuse_deletes(postgres_dsn, True)  # the next statement of this delete fails
+            return present
+
+        backend.delete = delete_then_other_process  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StorageError, match="deletes refused"):
+                await first.delete_memory(memory.id)
+        finally:
+            backend.delete = delete  # type: ignore[method-assign]
+        assert await _rows(postgres_dsn, memory.id) == []
+        assert await first.get_memory(memory.id) is None and await second.get_memory(memory.id) is None
+        assert await second.search_memory("qzoldxq") == []
+
+        # a delete failing part-way with no other process involved still puts back what it removed
+        await _refuse_deletes(postgres_dsn, False)
+        backend.delete = delete_then_other_process  # type: ignore[method-assign]
+        try:
+            with pytest.raises(StorageError, match="deletes refused"):
+                await first.delete_memory(other.id)
+        finally:
+            backend.delete = delete  # type: ignore[method-assign]
+        assert await _tiers(postgres_dsn, other.id) == ["short", "long"]
+        assert [m.id for m in await second.search_memory("qzsidexq")] == [other.id]
+
+
+async def test_a_delete_the_server_refuses_keeps_the_memorys_access_history(postgres_dsn: str) -> None:
+    """The accesses searches recorded (written in batches) were dropped when a delete began: a delete the
+    server refused left the memory as it was, but used 0 times instead of 3, in every tier."""
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
+        await _install_delete_refusal(postgres_dsn)
+        for _ in range(3):
+            assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory.id]
+        await _refuse_deletes(postgres_dsn, True)
+        with pytest.raises(StorageError, match="deletes refused"):
+            await manager.delete_memory(memory.id)
+        await _refuse_deletes(postgres_dsn, False)
+        await manager.flush()
+        assert [row["access_count"] for row in await _rows(postgres_dsn, memory.id)] == [3, 3]

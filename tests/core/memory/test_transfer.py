@@ -916,3 +916,50 @@ async def test_a_dsn_is_recognised_and_opened_whatever_the_case_of_its_scheme(
     report = await migrate_storage(str(source), shouted)
     assert report.ok and report.copied == report.total_copies > 0
     assert (await verify_storage(shouted, str(source))).ok
+
+
+async def test_a_path_location_is_taken_and_a_non_text_one_is_refused_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """``migrate_storage``/``verify_storage`` given a ``pathlib.Path`` (as a storage directory often is)
+    crashed with ``AttributeError: 'PosixPath' object has no attribute 'strip'``; ``open_storage`` refused
+    it as "got '/the/dir'; allowed a storage directory". Bytes holding a DSN, or a ``Path`` made of one,
+    were quoted with their password. A path is taken now; bytes or an int are refused with the password
+    as ``***``, saying a str or a path is allowed."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    await populate(sqlite_config(source))
+    report = await migrate_storage(source, target)
+    assert report.ok and report.copied == report.total_copies > 0
+    assert (await verify_storage(source, target)).ok
+    backend = open_storage(source, create=False)
+    assert Path(backend.location) == source
+
+    secret = "postgresql://ana:s3cretpw@db.example:5432/memories"
+    for location in (secret.encode(), Path(secret), bytearray(secret.encode()), 42, [secret]):
+        with pytest.raises(InvalidArgumentError) as refused:
+            open_storage(location, create=True)  # type: ignore[arg-type]
+        message = str(refused.value)
+        assert "s3cretpw" not in message and "s3cretpw" not in repr(refused.value.got), message
+        assert message.startswith("location: got "), message
+        assert isinstance(location, Path) or "a str or a path" in message, message
+        with pytest.raises(InvalidArgumentError, match="^source: ") as refused:
+            await migrate_storage(location, str(target))  # type: ignore[arg-type]
+        assert "s3cretpw" not in str(refused.value)
+    made = await asyncio.to_thread(os.listdir, Path.cwd())
+    assert not [name for name in made if name.startswith("postgres")]  # no directory made of the DSN
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+async def test_a_location_holding_a_nul_is_refused_by_name(tmp_path: Path, side: str) -> None:
+    """A NUL in ``migrate_storage``'s or ``verify_storage``'s source or target escaped as a bare
+    ``ValueError: embedded null byte`` (the check that source and target differ resolved it as a path
+    before it was validated)."""
+    store = tmp_path / "store"
+    await populate(sqlite_config(store))
+    locations = {"source": str(store), "target": str(tmp_path / "copy")}
+    locations[side] = str(tmp_path / "bad\x00name")
+    with pytest.raises(InvalidArgumentError, match=f"^{side}: .*no NUL"):
+        await migrate_storage(locations["source"], locations["target"])
+    with pytest.raises(InvalidArgumentError, match=f"^{side}: .*no NUL"):
+        await verify_storage(locations["source"], locations["target"])
+    assert sorted(set(await asyncio.to_thread(os.listdir, tmp_path)) - {"cwd"}) == ["store"]

@@ -52,8 +52,9 @@ class MemoryCuration(TierMovement):
         its members are near-duplicates (no chains: A like B and B like C does not merge A with C).
         See :mod:`~context_manager.core.memory.consolidation`.
 
-        The merged memory keeps the most important text, the highest importance, the union of tags,
-        the summed access counts and ``merged_from``; the originals are marked ``superseded_by`` (hidden
+        The merged memory keeps the most important text (with that original's metadata: the others'
+        metadata is not merged in), the highest importance, the union of tags, the summed access counts
+        and ``merged_from``; the originals are marked ``superseded_by`` (hidden
         from search, kept until cleanup or until the merged memory is deleted) so
         :meth:`undo_consolidation` can reverse a wrong merge.
 
@@ -184,7 +185,8 @@ class MemoryCuration(TierMovement):
                 ``undo_consolidation`` then cannot restore).
 
         Returns:
-            ``removed_count``, ``by_tier`` (``short``/``medium``/``long`` counts), ``superseded_removed``,
+            ``removed_count``, ``by_tier`` (``short``/``medium``/``long``: the copies of the memories
+            removed, per tier; one with a long-term copy counts twice), ``superseded_removed``,
             ``removed_ids``, ``max_age_days``.
         """
         max_age_days = check_number(
@@ -198,29 +200,35 @@ class MemoryCuration(TierMovement):
         async with self._write_lock:
             await self._flush_touches_locked()
             copies = await backend.scan(user_id, every_copy=True)
-            by_tier = {tier.value: 0 for tier in MemoryTier}
+            deleted: list[tuple[str, MemoryTier]] = []  # every copy this call deleted
             stale = Staleness(cutoff, keep_importance, remove_superseded)
             seen = {(memory.id, memory.tier) for memory in copies}
             # a memory is stale when every copy of it is: a search meanwhile updates the in-process copy
             # it finds (short- or medium-term) before the access is written to the others
             fresh = {memory.id for memory in copies if not stale.applies(memory)}
             doomed = [memory for memory in copies if memory.id not in fresh]
-            removed = await self._delete_stale(doomed, stale, seen, by_tier)
+            removed = await self._delete_stale(doomed, stale, seen, deleted)
             # then the originals of merged memories no longer stored (deleted just now, or earlier by a
             # delete that was interrupted or by a version that left them), whatever ``remove_superseded``
             # and ``keep_importance``: superseded by a memory that does not exist, nothing could ever show
             # or restore them
             orphans = await self._orphaned(copies)
             if orphans:
-                removed.update(await self._delete_stale(orphans, SUPERSEDED_ONLY, seen, by_tier))
+                removed.update(await self._delete_stale(orphans, SUPERSEDED_ONLY, seen, deleted))
             # a memory in several tiers used while its copies were deleted one tier at a time (a process
             # sharing the storage wrote the access in between) keeps the copies still to be deleted then:
-            # it stays, and is not reported removed
+            # it stays, is not reported removed nor counted in by_tier, and keeps its pending accesses
             copy_counts = Counter(memory.id for memory in copies)
             several = [memory_id for memory_id in removed if copy_counts[memory_id] > 1]
             if several:
                 for memory_id in {copy.id for copy in await backend.copies(several)}:
                     del removed[memory_id]
+            by_tier = {tier.value: 0 for tier in MemoryTier}
+            for memory_id, tier in deleted:
+                if memory_id in removed:
+                    by_tier[tier.value] += 1
+            for memory_id in removed:
+                self._pending_touches.pop(memory_id, None)
             await self._forget(list(removed.values()))
             superseded_removed = {
                 memory_id for memory_id, memory in removed.items() if memory.superseded_by is not None
@@ -238,13 +246,13 @@ class MemoryCuration(TierMovement):
         victims: Sequence[Memory],
         only: Staleness,
         seen: set[tuple[str, MemoryTier]],
-        by_tier: dict[str, int],
+        deleted: list[tuple[str, MemoryTier]],
     ) -> dict[str, Memory]:
         """Delete the copies ``victims`` (from a scan) that are still ``only``-stale; return what was removed.
 
         Call with the write lock held. ``seen`` holds every ``(id, tier)`` the scan saw (a copy found in
         another tier since was moved there meanwhile and is deleted there; one the scan saw and kept
-        stays); ``by_tier`` counts the copies deleted per tier.
+        stays); each copy deleted is appended to ``deleted``.
         """
         backend = self._require("cleanup_old_memories")
         doomed: dict[MemoryTier, list[str]] = {tier: [] for tier in MemoryTier}
@@ -260,12 +268,11 @@ class MemoryCuration(TierMovement):
                 # deleted only if still stale: a process sharing the storage may have used it, or an
                 # undone consolidation restored it, since the scan
                 present = await backend.delete(tier, ids, only=only)
-                by_tier[tier.value] += len(present)
                 for memory_id in present:
                     removed[memory_id] = memories[memory_id]
-                    self._pending_touches.pop(memory_id, None)
-                deleted = set(present)
-                absent.extend(memory_id for memory_id in ids if memory_id not in deleted)
+                    deleted.append((memory_id, tier))
+                gone = set(present)
+                absent.extend(memory_id for memory_id in ids if memory_id not in gone)
             if not absent:
                 break
             # a process sharing the storage may have moved a doomed copy to the next tier since the scan

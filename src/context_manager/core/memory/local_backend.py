@@ -603,9 +603,10 @@ class LocalBackend:
         """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out).
 
         A write that fails (``StorageError``: the log refusing a fast copy on a full disk, after the
-        long-term copy was committed) puts the long-term tier back as it was before raising, so the
-        memories are as they were (not two texts under one id, which the next open would settle as the
-        update's); if that fails too, the next open settles them.
+        long-term copy was committed) puts the long-term tier back as it was, and removes a fast copy a
+        failed move made, before raising, so the memories are as they were (not two texts under one id,
+        which the next open would settle as the update's, nor in two tiers); if that fails too, the next
+        open settles them.
         """
         found = await self.copies(list(dict.fromkeys(ids)))
         try:
@@ -613,7 +614,22 @@ class LocalBackend:
         except StorageError:
             with contextlib.suppress(StorageError):
                 await self._restore_long(found)
+            with contextlib.suppress(StorageError):
+                await self._drop_new_copies(found)
             raise
+
+    async def _drop_new_copies(self, found: Sequence[Memory]) -> None:
+        """Delete the volatile copies a failed move made of memories still held in a tier ``found`` holds.
+
+        A long-term memory moved to a volatile tier gets its new copy logged before its long-term one is
+        deleted: when that delete fails, the memory is left where it was, not in two tiers.
+        """
+        before = {(copy.id, copy.tier) for copy in found}
+        current = await self.copies(list(dict.fromkeys(copy.id for copy in found)))
+        kept = {copy.id for copy in current if (copy.id, copy.tier) in before}
+        for copy in current:
+            if copy.tier is not MemoryTier.LONG and (copy.id, copy.tier) not in before and copy.id in kept:
+                await self.delete(copy.tier, [copy.id])
 
     async def _restore_long(self, found: Sequence[Memory]) -> None:
         """Put the long-term copies of ``found``'s memories back as ``found`` holds them (none: none).

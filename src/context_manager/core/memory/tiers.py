@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from context_manager.core.errors import StorageError
@@ -75,21 +75,27 @@ _CONSOLIDATION_LOCKS = ("consolidate", "short-term overflow", "medium-term overf
 class TierMovement(ManagerState):
     """Placement of memories in tiers, moves between tiers, the vector channel's storage, compaction."""
 
-    async def _remove(self, memory_id: str, tier: MemoryTier, *, moving: bool = False) -> bool:
-        """Delete one copy; whether it was there. A real delete (not ``moving``): then :meth:`_forget`."""
+    async def _remove(self, memory_id: str, tier: MemoryTier) -> bool:
+        """Delete one copy; whether it was there. A real delete: then :meth:`_forget`.
+
+        Its pending accesses stay: a delete that fails part-way puts the copies back, history included.
+        """
         backend = self._require("remove")
-        if not moving:
-            self._pending_touches.pop(memory_id, None)
         return bool(await backend.delete(tier, [memory_id]))
 
     async def _delete_every_copy(
-        self, memory_id: str, copies: Sequence[Memory], removed: list[Memory] | None = None
+        self,
+        memory_id: str,
+        copies: Sequence[Memory],
+        removed: list[Memory] | None = None,
+        located: dict[str, list[Memory]] | None = None,
     ) -> None:
         """Delete every copy of a memory (``copies``, as read); call with the write lock, then ``_forget``.
 
         The slowest tier's copy goes first: on the embedded store a write the log refuses after the
         long-term copy was deleted can put that copy back (:meth:`_put_back`) in the tier that remembers
-        which short-term memories have a long-term copy. Each copy deleted is appended to ``removed``.
+        which short-term memories have a long-term copy. Each copy deleted is appended to ``removed``;
+        ``located[memory_id]`` holds the copies the latest round set out to delete.
 
         A process sharing the storage may move a copy to the next tier meanwhile (its move locks the rows:
         it saw the delete, or it finished first and the copy is found here and deleted in the next round).
@@ -102,6 +108,8 @@ class TierMovement(ManagerState):
         start = len(removed) if removed is not None else 0
         found = list(copies)
         for _ in range(_WRITE_ROUNDS):
+            if located is not None:
+                located[memory_id] = list(found)
             for copy in sorted(found, key=lambda memory: -TIER_ORDER[memory.tier]):
                 if await self._remove(memory_id, copy.tier) and removed is not None:
                     removed.append(copy)
@@ -114,13 +122,25 @@ class TierMovement(ManagerState):
             f"memory {memory_id} kept coming back in another tier after {_WRITE_ROUNDS} deletes"
         )
 
-    async def _put_back(self, removed: Sequence[Memory]) -> None:
+    async def _put_back(self, removed: Sequence[Memory], located: Mapping[str, Sequence[Memory]]) -> None:
         """Store again the copies a delete that failed part-way removed (``removed``), each in its tier.
 
-        The fastest tier first: a long-term copy put back beside its short-term one is then known as its
-        durable copy. A copy that cannot be written either stays deleted (the write that failed raises).
+        ``located``: the copies the delete last set out to delete, per memory. A memory the delete had not
+        removed all of those of, and that has no copy left now, was deleted by a process sharing the
+        storage meanwhile (which reported it deleted): it stays deleted. The fastest tier first: a
+        long-term copy put back beside its short-term one is then known as its durable copy. A copy that
+        cannot be written either stays deleted (the write that failed raises).
         """
         backend = self._require("delete_memory")
+        taken = {(copy.id, copy.tier) for copy in removed}
+        partly = {
+            memory_id
+            for memory_id, copies in located.items()
+            if any((copy.id, copy.tier) not in taken for copy in copies)
+        }
+        if partly:
+            held = {copy.id for copy in await backend.copies(sorted(partly))}
+            removed = [copy for copy in removed if copy.id not in partly or copy.id in held]
         by_tier: dict[MemoryTier, list[Memory]] = {}
         for copy in removed:
             by_tier.setdefault(copy.tier, []).append(copy.copy())

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.errors import InvalidArgumentError, describe_value
 from context_manager.core.memory.backend import TIER_ORDER, MemoryBackend, owner_label
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.text import encodable
@@ -101,6 +102,40 @@ def _quoted(location: Any) -> Any:
     return redact_dsn(location)
 
 
+def _location(location: Any, name: str) -> str:
+    """``location`` as text: a str, or a path (``pathlib.Path``, any ``os.PathLike`` of str) made one.
+
+    Raises:
+        InvalidArgumentError: anything else (bytes, a number ...), an empty text, one holding a NUL or a
+            lone surrogate; quoted with any password as ``***``.
+    """
+    if isinstance(location, os.PathLike):
+        location = os.fspath(location)
+    if isinstance(location, str):
+        if not location.strip() or "\x00" in location:
+            raise InvalidArgumentError(
+                name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
+            )
+        if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
+            raise InvalidArgumentError(
+                name,
+                _quoted(location),
+                "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
+            )
+        return location
+    shown = (
+        bytes(location).decode("utf-8", "replace")
+        if isinstance(location, bytes | bytearray)
+        else describe_value(location)
+    )
+    raise InvalidArgumentError(
+        name,
+        _quoted(shown),
+        "a storage directory (a str or a path) or a postgresql:// DSN (a str)",
+        detail=f"{type(location).__name__} given",
+    )
+
+
 def _describe_location(location: str) -> str:
     if is_dsn(location):
         from context_manager.core.memory.postgres.database import redact_dsn
@@ -117,7 +152,7 @@ def _storage_exists(path: Path) -> bool:
 
 
 def open_storage(
-    location: str,
+    location: str | os.PathLike[str],
     *,
     create: bool,
     fsync: bool = True,
@@ -127,7 +162,7 @@ def open_storage(
     """A backend (not yet opened) for a storage directory or a PostgreSQL DSN.
 
     Args:
-        location: A directory, or a ``postgresql://``/``postgres://`` DSN.
+        location: A directory (a str or a path), or a ``postgresql://``/``postgres://`` DSN.
         create: Allow a storage directory that holds no memory store yet (the target of a migration).
         fsync: fsync the files of a storage directory on every write (survives power loss).
         name: What to call the location in error messages (``"source"``, ``"target"``).
@@ -135,20 +170,12 @@ def open_storage(
             ``postgres_connect_timeout``).
 
     Raises:
-        InvalidArgumentError: an empty location, a file, or (``create=False``) a directory with no store.
+        InvalidArgumentError: an empty location, one neither text nor a path, a file, or (``create=False``)
+            a directory with no store.
     """
     from context_manager.core.memory.ranking import RankingWeights
 
-    if not isinstance(location, str) or not location.strip() or "\x00" in location:
-        raise InvalidArgumentError(
-            name, _quoted(location), "a storage directory or a postgresql:// DSN (non-empty, no NUL)"
-        )
-    if not encodable(location):  # a non-UTF-8 byte of a command line: no file name or DSN holds it
-        raise InvalidArgumentError(
-            name,
-            _quoted(location),
-            "a storage directory or a postgresql:// DSN of valid Unicode text (no lone surrogates)",
-        )
+    location = _location(location, name)
     weights = RankingWeights().effective_columns  # what a default MemoryManager indexes with
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
@@ -454,8 +481,8 @@ async def _open_pair(
 
 
 async def migrate_storage(
-    source: str,
-    target: str,
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
     *,
     batch_size: int = 500,
     vectors: bool = True,
@@ -467,7 +494,7 @@ async def migrate_storage(
     """Copy every memory (every tier, every copy) and its vectors from ``source`` to ``target``, then verify.
 
     Args:
-        source: A storage directory or a PostgreSQL DSN holding memories.
+        source: A storage directory (a str or a path) or a PostgreSQL DSN holding memories.
         target: A storage directory (created if needed) or a PostgreSQL DSN (tables created if needed).
         batch_size: Copies written per transaction (each batch is committed before the next).
         vectors: Copy the stored vectors of every embedding model.
@@ -503,6 +530,7 @@ async def migrate_storage(
             "False when merge is True (merge keeps the target's other memories, prune removes them)",
         )
     started = time.perf_counter()
+    source, target = _location(source, "source"), _location(target, "target")
     source_backend, target_backend = await _open_pair(
         source, target, create_target=True, connect_timeout=connect_timeout
     )
@@ -694,7 +722,11 @@ async def _verify_conversations(
 
 
 async def verify_storage(
-    source: str, target: str, *, vectors: bool = True, connect_timeout: float = 10.0
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    vectors: bool = True,
+    connect_timeout: float = 10.0,
 ) -> MigrationReport:
     """Compare ``target`` with ``source`` (counts and checksums per tier and user); write nothing.
 
@@ -706,6 +738,7 @@ async def verify_storage(
         StorageError: a storage cannot be opened.
     """
     started = time.perf_counter()
+    source, target = _location(source, "source"), _location(target, "target")
     source_backend, target_backend = await _open_pair(
         source, target, create_target=False, connect_timeout=connect_timeout
     )

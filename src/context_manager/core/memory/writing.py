@@ -596,7 +596,8 @@ class MemoryWriting(TierMovement):
         Raises:
             MemoryNotFoundError: no memory has this id.
             StorageError: a write failed (a full disk); what was deleted is put back, so the memory (and
-                its originals) are as they were.
+                its originals) are as they were (one a process sharing the storage deleted meanwhile stays
+                deleted).
         """
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidMemoryError("memory_id", memory_id, "a non-empty string")
@@ -619,16 +620,19 @@ class MemoryWriting(TierMovement):
             for copy in absorbed:  # deepest first
                 by_original.setdefault(copy.id, []).append(copy)
             removed: list[Memory] = []
+            located: dict[str, list[Memory]] = {}
             try:
                 for original_id, original_copies in by_original.items():
-                    await self._delete_every_copy(original_id, original_copies, removed)
-                await self._delete_every_copy(memory_id, copies, removed)
+                    await self._delete_every_copy(original_id, original_copies, removed, located)
+                await self._delete_every_copy(memory_id, copies, removed, located)
             except StorageError:
                 # a write refused part-way (a full disk): what was deleted is put back, so the memory and
                 # its originals are as they were (if that fails too, part of them stays deleted)
                 with contextlib.suppress(StorageError):
-                    await self._put_back(removed)
+                    await self._put_back(removed, located)
                 raise
+            for deleted_id in (*by_original, memory_id):  # deleted: their pending accesses have no row
+                self._pending_touches.pop(deleted_id, None)
             await self._forget([*absorbed, *copies])
         return copies[0].copy()
 
