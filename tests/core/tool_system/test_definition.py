@@ -422,6 +422,65 @@ def test_parse_docstring_google_style() -> None:
     assert parse_docstring(None) == ("", {})
 
 
+def test_numpy_and_sphinx_docstrings_describe_the_parameters_not_the_tool() -> None:
+    """A NumPy-style ``Parameters`` section (underlined with dashes) or Sphinx ``:param:`` fields were not
+    read: the whole section became the tool's description and the parameters had none."""
+
+    def forecast_numpy(city: str, days: int = 3, *, units: str = "metric") -> str:
+        """Get the weather forecast.
+
+        Parameters
+        ----------
+        city : str
+            The city name,
+            as written locally.
+        days, units : optional
+            How many days, and in which units.
+
+        Returns
+        -------
+        str
+            The forecast.
+        """
+        return city
+
+    def forecast_sphinx(city: str, days: int = 3, *, units: str = "metric") -> str:
+        """Get the weather forecast.
+
+        :param city: The city name,
+            as written locally.
+        :type city: str
+        :param int days: How many days.
+        :keyword units: Metric or imperial.
+        :returns: The forecast.
+        """
+        return city
+
+    manager = ToolManager()
+    described = {
+        "forecast_numpy": {
+            "city": "The city name, as written locally.",
+            "days": "How many days, and in which units.",
+            "units": "How many days, and in which units.",
+        },
+        "forecast_sphinx": {
+            "city": "The city name, as written locally.",
+            "days": "How many days.",
+            "units": "Metric or imperial.",
+        },
+    }
+    for function in (forecast_numpy, forecast_sphinx):
+        definition = manager.register_function_tool(function.__name__, function)
+        assert definition.description == "Get the weather forecast."
+        properties = definition.parameters_schema["properties"]
+        expected = described[function.__name__]
+        assert {name: item["description"] for name, item in properties.items()} == expected
+        assert properties["days"] == {"default": 3, "description": expected["days"], "type": "integer"}
+    # Google style's keyword section is read as its Args: section is
+    google = "Search.\n\nArgs:\n    query: What to find.\n\nKeyword Args:\n    limit: At most this many.\n"
+    assert parse_docstring(google) == ("Search.", {"query": "What to find.", "limit": "At most this many."})
+
+
 def test_explicit_parameters_schema_wins() -> None:
     schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
 

@@ -64,10 +64,25 @@ CallingConvention = Literal["parameters", "typed"]
 _OPEN_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": True}
 _MAPPING_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping, typing.Dict)  # noqa: UP006
 _SECTION_RE = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns|Return|Yields|Raises|Example|Examples"
-    r"|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
+    r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns|Return"
+    r"|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
 )
 _ARG_LINE_RE = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
+_ARGUMENT_SECTIONS = frozenset(
+    {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments", "Other Parameters"}
+)
+_NUMPY_SECTIONS = frozenset(
+    {
+        "Parameters", "Other Parameters", "Returns", "Yields", "Receives", "Raises", "Warns", "Warnings",
+        "See Also", "Notes", "References", "Examples", "Attributes", "Methods",
+    }
+)  # fmt: skip
+_NUMPY_UNDERLINE_RE = re.compile(r"^-{3,}\s*$")
+_NUMPY_ARG_LINE_RE = re.compile(
+    r"^(?P<names>\*{0,2}[A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*\*{0,2}[A-Za-z_][A-Za-z0-9_]*)*)\s*(?::.*)?$"
+)
+_SPHINX_FIELD_RE = re.compile(r"^:(?P<field>[A-Za-z]+)(?P<middle>[^:]*):(?P<text>.*)$")
+_SPHINX_PARAMETER_FIELDS = frozenset({"param", "parameter", "arg", "argument", "key", "keyword"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +110,11 @@ _RESERVED_FIELD_NAMES = frozenset({"model_config"})
 
 
 def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into its description and its ``Args:`` descriptions.
+    """Split a docstring into its description and its parameter descriptions.
+
+    Google style (an ``Args:`` section), NumPy style (a ``Parameters`` section underlined with dashes)
+    and Sphinx style (``:param name: text`` fields) are read; the description is the text before the first
+    section or field.
 
     Example:
         >>> parse_docstring('''Count words.
@@ -113,30 +132,62 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
     summary_lines: list[str] = []
     arguments: dict[str, str] = {}
     section: str | None = None
+    numpy = False  # the section is NumPy style: "name : type" lines, their descriptions indented below
     section_indent: int | None = None
-    current: str | None = None
-    for line in lines:
+    current: list[str] = []  # the arguments the lines being read describe
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
         stripped = line.strip()
-        header = _SECTION_RE.match(stripped) if line == line.lstrip() else None
-        if header:
-            section = header.group(1)
-            section_indent = None
-            current = None
-            continue
+        indent = len(line) - len(line.lstrip())
+        if not indent:
+            if (
+                stripped in _NUMPY_SECTIONS
+                and index < len(lines)
+                and _NUMPY_UNDERLINE_RE.match(lines[index].strip())
+            ):
+                section, numpy, section_indent, current = stripped, True, None, []
+                index += 1  # the dashes
+                continue
+            header = _SECTION_RE.match(stripped)
+            if header:
+                section, numpy, section_indent, current = header.group(1), False, None, []
+                continue
+            field = _SPHINX_FIELD_RE.match(stripped)
+            if field and (section is None or section == ":"):
+                section, current = ":", []
+                name = field.group("middle").split()
+                if field.group("field") in _SPHINX_PARAMETER_FIELDS and name:
+                    current = [name[-1].lstrip("*")]  # ":param str city:" names its type first
+                    arguments[current[0]] = field.group("text").strip()
+                continue
         if section is None:
             summary_lines.append(line)
             continue
-        if section not in ("Args", "Arguments", "Parameters", "Params") or not stripped:
+        if section == ":":  # a Sphinx field's continued text
+            if indent and current:
+                arguments[current[0]] = f"{arguments[current[0]]} {stripped}".strip()
+            elif stripped:
+                current = []
             continue
-        indent = len(line) - len(line.lstrip())
+        if section not in _ARGUMENT_SECTIONS or not stripped:
+            continue
         if section_indent is None:
             section_indent = indent
-        match = _ARG_LINE_RE.match(stripped) if indent <= section_indent else None
-        if match:
-            current = match.group("name")
-            arguments[current] = match.group("text").strip()
-        elif current is not None:
-            arguments[current] = f"{arguments[current]} {stripped}".strip()
+        if indent <= section_indent:
+            match = (_NUMPY_ARG_LINE_RE if numpy else _ARG_LINE_RE).match(stripped)
+            if match and numpy:
+                current = [name.strip().lstrip("*") for name in match.group("names").split(",")]
+                for name in current:
+                    arguments[name] = ""
+                continue
+            if match:
+                current = [match.group("name")]
+                arguments[current[0]] = match.group("text").strip()
+                continue
+        for name in current:
+            arguments[name] = f"{arguments[name]} {stripped}".strip()
     summary = "\n".join(summary_lines).strip()
     return summary, arguments
 
