@@ -756,6 +756,7 @@ class ToolManager(ToolRegistry):
                 return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
 
         cache_key: str | None = None
+        generation = 0
         if definition.cacheable and self.config.enable_tool_caching:
             cache_key = canonical_arguments(call_arguments)
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
@@ -770,6 +771,7 @@ class ToolManager(ToolRegistry):
                 found = self._cache.entry(name, cache_key)
                 if found is not None:
                     return await self._cached_result(definition, found, started, call_id)
+                generation = self._cache.generation(name)  # an invalidation while it runs: not cached
 
         if definition.rate_limit is not None:
             retry_after = self._limiter.try_acquire(
@@ -898,7 +900,7 @@ class ToolManager(ToolRegistry):
             )
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
-            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces)
+            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces, generation=generation)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
