@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -214,6 +215,54 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
     assert (await manager.execute_tool("lookup", city="Porto", near="coast")).result == "found"
     assert ran == [{"days": 3}, {"city": "Porto", "near": "coast"}]
     assert (await manager.execute_tool("locate", city="Porto", near="coast")).result == "located"
+
+
+class Shade(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Canvas(typing_extensions.TypedDict):
+    width: int
+
+
+class PaintQuery(typing_extensions.TypedDict):
+    shade: Shade
+    canvas: NotRequired[Canvas]
+    layers: NotRequired[int | None]
+    finish: NotRequired[Literal["matte", "gloss"] | None]
+
+
+async def test_a_typed_dict_key_behind_a_ref_or_a_union_is_checked() -> None:
+    """The check of a ``TypedDict`` parameters dict read only a key's own ``type`` and ``enum``: a key whose
+    schema is a ``$ref`` (an ``Enum``, a nested ``TypedDict``) or an ``anyOf`` (``int | None``, the usual
+    optional key) took anything, so ``{"shade": "purple", "layers": "two"}`` reached the tool. Those keys
+    are checked now, with what is expected said once."""
+    ran: list[dict[str, Any]] = []
+
+    async def paint(parameters: PaintQuery) -> str:
+        ran.append(dict(parameters))
+        return "painted"
+
+    manager = ToolManager()
+    manager.register_function_tool("paint", paint, "Paint")
+    refused = await manager.call_tool(
+        "paint", {"shade": "purple", "canvas": 5, "layers": "two", "finish": "satin"}
+    )
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == (
+        "invalid arguments for tool 'paint': shade: got 'purple'; expected one of 'red', 'green'; "
+        "canvas: got 5; expected object; layers: got 'two'; expected integer or null; "
+        "finish: got 'satin'; expected one of 'matte', 'gloss' or null"
+    )
+    assert ran == []
+    for arguments in (
+        {"shade": "red"},
+        {"shade": "green", "canvas": {"width": 3}, "layers": None, "finish": "gloss"},
+        {"shade": "red", "layers": 2, "finish": None},
+    ):
+        assert (await manager.call_tool("paint", arguments)).success, arguments
+    assert len(ran) == 3
 
 
 class WeatherQuery(TypedDict):

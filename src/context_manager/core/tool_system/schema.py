@@ -947,8 +947,10 @@ def check_arguments_against_schema(
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
     of each declared property (and of the others, when ``additionalProperties`` is a schema), ``enum``
     values and ``additionalProperties: false``, with JSON Schema's rules (``3.0`` is an integer; ``true``
-    is not ``1``, so it does not pass an enum of numbers). Nested schemas are not checked; validate inside
-    the tool if you need more.
+    is not ``1``, so it does not pass an enum of numbers). A property's local ``$ref`` is followed (an
+    ``Enum``, a nested ``TypedDict``: its type), and ``anyOf``/``oneOf`` pass when one member does
+    (``int | None``). What is inside objects and arrays is not checked; validate inside the tool if you need
+    more.
 
     The values of ``sensitive_arguments`` are never quoted (``[REDACTED]`` stands in for them).
 
@@ -967,18 +969,47 @@ def check_arguments_against_schema(
             if name not in properties:
                 allowed = ", ".join(properties) or "no arguments"
                 problems.append(f"{name}: unexpected argument; allowed {allowed}")
+    definitions = schema.get("$defs")
     for name, value in arguments.items():
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
-        given = REDACTED if name in sensitive else describe_argument(value)
-        expected = declared.get("type")
+        expected = _expected_of(value, declared, definitions)
         if expected is not None:
-            options = expected if isinstance(expected, list) else [expected]
-            if not any(_matches_type(value, option) for option in options):
-                problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
-                continue
-        if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
-            allowed = ", ".join(describe_argument(option) for option in declared["enum"])
-            problems.append(f"{name}: got {given}; expected one of {allowed}")
+            given = REDACTED if name in sensitive else describe_argument(value)
+            problems.append(f"{name}: got {given}; expected {expected}")
     return problems
+
+
+def _expected_of(value: Any, declared: Any, definitions: Any, depth: int = 0) -> str | None:
+    """None when ``value`` passes ``declared``'s ``type`` and ``enum``, else what is expected.
+
+    A local ``$ref`` (``#/$defs/Name``: an ``Enum``, a nested ``TypedDict``) is followed, and a value
+    passes an ``anyOf`` or ``oneOf`` when it passes one of its members (``int | None``).
+    """
+    while isinstance(declared, dict) and isinstance(declared.get("$ref"), str) and depth < 16:
+        reference = declared["$ref"]
+        if not (reference.startswith("#/$defs/") and isinstance(definitions, dict)):
+            return None  # a reference this light check does not follow: accept
+        declared = definitions.get(reference.removeprefix("#/$defs/"))
+        depth += 1
+    if not isinstance(declared, dict):
+        return None
+    kind = declared.get("type")
+    if kind is not None:
+        options = kind if isinstance(kind, list) else [kind]
+        if not any(_matches_type(value, option) for option in options):
+            return " or ".join(options)
+    allowed = declared.get("enum")
+    if isinstance(allowed, list) and not any(_json_equal(value, option) for option in allowed):
+        return "one of " + ", ".join(describe_argument(option) for option in allowed)
+    members = declared.get("anyOf") or declared.get("oneOf")
+    if isinstance(members, list) and members and depth < 16:
+        expected: list[str] = []
+        for member in members:
+            found = _expected_of(value, member, definitions, depth + 1)
+            if found is None:
+                return None
+            expected.append(found)
+        return " or ".join(dict.fromkeys(expected))
+    return None
