@@ -525,6 +525,9 @@ def test_numpy_and_sphinx_docstrings_describe_the_parameters_not_the_tool() -> N
         expected = described[function.__name__]
         assert {name: item["description"] for name, item in properties.items()} == expected
         assert properties["days"] == {"default": 3, "description": expected["days"], "type": "integer"}
+    # a role starting a line of the description is text, not a field
+    summary, _ = parse_docstring("Find items.\n:class:`Item` objects, sorted.\n\n:param city: The city.")
+    assert summary == "Find items.\n:class:`Item` objects, sorted."
     # Google style's keyword section is read as its Args: section is
     google = "Search.\n\nArgs:\n    query: What to find.\n\nKeyword Args:\n    limit: At most this many.\n"
     assert parse_docstring(google) == ("Search.", {"query": "What to find.", "limit": "At most this many."})

@@ -81,7 +81,11 @@ _NUMPY_UNDERLINE_RE = re.compile(r"^-{3,}\s*$")
 _NUMPY_ARG_LINE_RE = re.compile(
     r"^(?P<names>\*{0,2}[A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*\*{0,2}[A-Za-z_][A-Za-z0-9_]*)*)\s*(?::.*)?$"
 )
-_SPHINX_FIELD_RE = re.compile(r"^:(?P<field>[A-Za-z]+)(?P<middle>[^:]*):(?P<text>.*)$")
+_SPHINX_FIELD_RE = re.compile(
+    r"^:(?P<field>param|parameter|arg|argument|key|keyword|type|raises|raise|except|exception|var|ivar"
+    r"|cvar|vartype|returns|return|rtype|yields|yield|ytype|meta)"
+    r"(?P<middle>(?:\s[^:]*)?):(?:\s+(?P<text>.*))?$"
+)  # (a role starting a line, ":class:`Item` objects", is text: a field's body follows a space)
 _SPHINX_PARAMETER_FIELDS = frozenset({"param", "parameter", "arg", "argument", "key", "keyword"})
 
 
@@ -160,7 +164,7 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
                 name = field.group("middle").split()
                 if field.group("field") in _SPHINX_PARAMETER_FIELDS and name:
                     current = [name[-1].lstrip("*")]  # ":param str city:" names its type first
-                    arguments[current[0]] = field.group("text").strip()
+                    arguments[current[0]] = (field.group("text") or "").strip()
                 continue
         if section is None:
             summary_lines.append(line)
