@@ -299,6 +299,8 @@ _SCHEMA_MAP_KEYWORDS = frozenset(
 def _clean_schema(schema: Any) -> Any:
     """Drop pydantic's ``title`` keywords (model tokens spent for nothing), and keywords JSON cannot write.
 
+    A tuple's ``prefixItems`` get an ``items`` beside them: OpenAI refuses an array schema without it.
+
     Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
     values) are kept as they are, ``title`` keys included. A keyword whose value holds NaN or an infinity
     (``radius: float = math.inf``'s default, ``Field(le=math.inf)``) is dropped too: providers get strict
@@ -321,6 +323,12 @@ def _clean_schema(schema: Any) -> Any:
             cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
         else:
             cleaned[key] = _clean_schema(value)
+    prefix = cleaned.get("prefixItems")
+    if isinstance(prefix, list) and prefix and "items" not in cleaned:
+        # a tuple: OpenAI refuses an array schema without ``items`` ("array schema missing items"); with
+        # ``maxItems`` the length of the prefix (as pydantic writes a tuple) it changes nothing in 2020-12
+        members = list({json.dumps(item, sort_keys=True, default=repr): item for item in prefix}.values())
+        cleaned["items"] = members[0] if len(members) == 1 else {"anyOf": members}
     return cleaned
 
 
