@@ -1059,3 +1059,39 @@ async def test_the_keywords_a_partial_binds_are_not_arguments_of_the_model() -> 
     exporter = manager.register_function_tool("export", functools.partial(export, destination="s3"), "Export")
     assert exporter.convention == "parameters"
     assert (await manager.execute_tool("export", b="1", a="2")).result == "['a', 'b'] to s3"
+
+
+async def test_a_partial_is_described_by_its_function_s_docstring() -> None:
+    """A ``functools.partial`` registered without a description was described to the model by the docstring
+    of ``functools.partial`` itself ("partial(func, *args, **keywords) - new function with partial
+    application of the given arguments and keywords."), and its parameters had no descriptions; a callable
+    object documented on its ``__call__`` (its class has no docstring) lost its parameter descriptions
+    too. Both are read from the function that does the work now."""
+
+    async def list_orders(user_id: str, status: str = "open") -> str:
+        """List the user's orders.
+
+        Args:
+            user_id: Whose orders.
+            status: Which orders: open or shipped.
+        """
+        return f"{status} orders of {user_id}"
+
+    class Catalogue:
+        async def __call__(self, query: str) -> str:
+            """Search the catalogue.
+
+            Args:
+                query: What to find, in plain words.
+            """
+            return query
+
+    manager = ToolManager()
+    orders = manager.register_function_tool("list_orders", functools.partial(list_orders, user_id="alice"))
+    assert orders.description == "List the user's orders."
+    assert orders.parameters_schema["properties"] == {
+        "status": {"default": "open", "description": "Which orders: open or shipped.", "type": "string"}
+    }
+    search = manager.register_function_tool("search", Catalogue())
+    assert search.description == "Search the catalogue."
+    assert search.parameters_schema["properties"]["query"]["description"] == "What to find, in plain words."

@@ -374,6 +374,25 @@ def _refuse_generator(function: Any, tool_name: str) -> None:
         )
 
 
+def _documentation(function: Any) -> tuple[str, dict[str, str]]:
+    """The description and parameter descriptions of the docstring of the function doing the work.
+
+    A ``functools.partial``'s own docstring is ``functools.partial``'s: its function's is read. A callable
+    object's class docstring is completed by its ``__call__``'s (parameters are often documented there).
+    """
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    summary, arguments = parse_docstring(inspect.getdoc(target))
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(type(target), "__call__", None)  # noqa: B004
+        if inspect.isfunction(call):
+            call_summary, call_arguments = parse_docstring(inspect.getdoc(call))
+            summary = summary or call_summary
+            arguments = {**call_arguments, **arguments}
+    return summary, arguments
+
+
 def _partial_keywords(function: Any) -> set[str]:
     """The keyword arguments ``function`` binds, when it is a ``functools.partial`` (of partials)."""
     names: set[str] = set()
@@ -398,7 +417,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         ) from None
     _refuse_generator(function, tool_name)
     is_async = is_async_callable(function)
-    summary, argument_docs = parse_docstring(inspect.getdoc(function))
+    summary, argument_docs = _documentation(function)
     # the keywords a functools.partial binds are the application's (a user id, a connection), not the
     # model's: as ``self`` of a bound method, they are neither in the schema nor accepted in a call
     bound = _partial_keywords(function)
