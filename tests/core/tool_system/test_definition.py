@@ -525,6 +525,11 @@ def test_numpy_and_sphinx_docstrings_describe_the_parameters_not_the_tool() -> N
         expected = described[function.__name__]
         assert {name: item["description"] for name, item in properties.items()} == expected
         assert properties["days"] == {"default": 3, "description": expected["days"], "type": "integer"}
+    # a parameter listed with its type alone has no description (not an empty one)
+    assert parse_docstring("Go.\n\nParameters\n----------\ncity : str\ndays : int\n    How many.\n") == (
+        "Go.",
+        {"days": "How many."},
+    )
     # a role starting a line of the description is text, not a field
     summary, _ = parse_docstring("Find items.\n:class:`Item` objects, sorted.\n\n:param city: The city.")
     assert summary == "Find items.\n:class:`Item` objects, sorted."

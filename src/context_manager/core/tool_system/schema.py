@@ -193,7 +193,8 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
         for name in current:
             arguments[name] = f"{arguments[name]} {stripped}".strip()
     summary = "\n".join(summary_lines).strip()
-    return summary, arguments
+    # a parameter listed without a description ("city : str" alone) has none: not an empty one
+    return summary, {name: text for name, text in arguments.items() if text}
 
 
 def _is_typed_dict(annotation: Any) -> bool:
