@@ -277,3 +277,34 @@ async def test_a_result_of_megabytes_of_text_in_few_values_does_not_hold_the_eve
         if steps[-1] < 0.030:
             break
     assert min(steps) < 0.030, f"the loop was held {min(steps) * 1000:.0f} ms"
+
+
+async def test_a_call_running_when_the_cache_is_invalidated_does_not_cache_its_stale_result() -> None:
+    """``invalidate_cache`` after the data changed (a price updated) while a call was running: the call,
+    which read the old price, stored its result when it ended, and every later call was answered the
+    stale price from the cache for the whole TTL. A result of a call that started before an invalidation
+    of its tool (or of all tools) is returned to its caller but no longer cached."""
+    import asyncio
+
+    prices = {"tea": 1}
+    gate = asyncio.Event()
+
+    async def price(item: str) -> int:
+        value = prices[item]
+        await gate.wait()
+        return value
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    manager.register_function_tool("price", price, "Price of an item", cacheable=True)
+    for invalidate in (lambda: manager.invalidate_cache("price"), manager.invalidate_cache):
+        gate.clear()
+        running = asyncio.create_task(manager.execute_tool("price", item="tea"))
+        await asyncio.sleep(0.01)
+        prices["tea"] += 1
+        invalidate()
+        gate.set()
+        assert (await running).result == prices["tea"] - 1  # what it read, for its own caller
+        fresh = await manager.execute_tool("price", item="tea")
+        assert (fresh.result, fresh.cached) == (prices["tea"], False)
+        again = await manager.execute_tool("price", item="tea")
+        assert (again.result, again.cached) == (prices["tea"], True)  # results cache as before

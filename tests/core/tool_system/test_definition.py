@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -216,6 +217,54 @@ async def test_a_typed_dict_parameters_tool_refuses_keys_its_typed_dict_does_not
     assert (await manager.execute_tool("locate", city="Porto", near="coast")).result == "located"
 
 
+class Shade(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Canvas(typing_extensions.TypedDict):
+    width: int
+
+
+class PaintQuery(typing_extensions.TypedDict):
+    shade: Shade
+    canvas: NotRequired[Canvas]
+    layers: NotRequired[int | None]
+    finish: NotRequired[Literal["matte", "gloss"] | None]
+
+
+async def test_a_typed_dict_key_behind_a_ref_or_a_union_is_checked() -> None:
+    """The check of a ``TypedDict`` parameters dict read only a key's own ``type`` and ``enum``: a key whose
+    schema is a ``$ref`` (an ``Enum``, a nested ``TypedDict``) or an ``anyOf`` (``int | None``, the usual
+    optional key) took anything, so ``{"shade": "purple", "layers": "two"}`` reached the tool. Those keys
+    are checked now, with what is expected said once."""
+    ran: list[dict[str, Any]] = []
+
+    async def paint(parameters: PaintQuery) -> str:
+        ran.append(dict(parameters))
+        return "painted"
+
+    manager = ToolManager()
+    manager.register_function_tool("paint", paint, "Paint")
+    refused = await manager.call_tool(
+        "paint", {"shade": "purple", "canvas": 5, "layers": "two", "finish": "satin"}
+    )
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == (
+        "invalid arguments for tool 'paint': shade: got 'purple'; expected one of 'red', 'green'; "
+        "canvas: got 5; expected object; layers: got 'two'; expected integer or null; "
+        "finish: got 'satin'; expected one of 'matte', 'gloss' or null"
+    )
+    assert ran == []
+    for arguments in (
+        {"shade": "red"},
+        {"shade": "green", "canvas": {"width": 3}, "layers": None, "finish": "gloss"},
+        {"shade": "red", "layers": 2, "finish": None},
+    ):
+        assert (await manager.call_tool("paint", arguments)).success, arguments
+    assert len(ran) == 3
+
+
 class WeatherQuery(TypedDict):
     city: Annotated[str, Field(description="The city, in English", min_length=2)]
     days: NotRequired[Annotated[int, Field(ge=1, le=7)]]
@@ -420,6 +469,73 @@ def test_parse_docstring_google_style() -> None:
     assert summary == "Search the web.\n\nLonger explanation."
     assert arguments == {"query": "What to look for.", "limit": "How many results to return."}
     assert parse_docstring(None) == ("", {})
+
+
+def test_numpy_and_sphinx_docstrings_describe_the_parameters_not_the_tool() -> None:
+    """A NumPy-style ``Parameters`` section (underlined with dashes) or Sphinx ``:param:`` fields were not
+    read: the whole section became the tool's description and the parameters had none."""
+
+    def forecast_numpy(city: str, days: int = 3, *, units: str = "metric") -> str:
+        """Get the weather forecast.
+
+        Parameters
+        ----------
+        city : str
+            The city name,
+            as written locally.
+        days, units : optional
+            How many days, and in which units.
+
+        Returns
+        -------
+        str
+            The forecast.
+        """
+        return city
+
+    def forecast_sphinx(city: str, days: int = 3, *, units: str = "metric") -> str:
+        """Get the weather forecast.
+
+        :param city: The city name,
+            as written locally.
+        :type city: str
+        :param int days: How many days.
+        :keyword units: Metric or imperial.
+        :returns: The forecast.
+        """
+        return city
+
+    manager = ToolManager()
+    described = {
+        "forecast_numpy": {
+            "city": "The city name, as written locally.",
+            "days": "How many days, and in which units.",
+            "units": "How many days, and in which units.",
+        },
+        "forecast_sphinx": {
+            "city": "The city name, as written locally.",
+            "days": "How many days.",
+            "units": "Metric or imperial.",
+        },
+    }
+    for function in (forecast_numpy, forecast_sphinx):
+        definition = manager.register_function_tool(function.__name__, function)
+        assert definition.description == "Get the weather forecast."
+        properties = definition.parameters_schema["properties"]
+        expected = described[function.__name__]
+        assert {name: item["description"] for name, item in properties.items()} == expected
+        assert properties["days"] == {"default": 3, "description": expected["days"], "type": "integer"}
+    # a parameter listed with its type alone has no description (not an empty one)
+    assert parse_docstring("Go.\n\nParameters\n----------\ncity : str\ndays : int\n    How many.\n") == (
+        "Go.",
+        {"days": "How many."},
+    )
+    # a role starting a line of the description is text, not a field
+    summary, _ = parse_docstring("Find items.\n:class:`Item` objects, sorted.\n\n:param city: The city.")
+    assert summary == "Find items.\n:class:`Item` objects, sorted."
+    # Google style's keyword section is read as its Args: section is
+    google = "Search.\n\nArgs:\n    query: What to find.\n\nKeyword Args:\n    limit: At most this many.\n"
+    assert parse_docstring(google) == ("Search.", {"query": "What to find.", "limit": "At most this many."})
 
 
 def test_explicit_parameters_schema_wins() -> None:
@@ -948,3 +1064,39 @@ async def test_the_keywords_a_partial_binds_are_not_arguments_of_the_model() -> 
     exporter = manager.register_function_tool("export", functools.partial(export, destination="s3"), "Export")
     assert exporter.convention == "parameters"
     assert (await manager.execute_tool("export", b="1", a="2")).result == "['a', 'b'] to s3"
+
+
+async def test_a_partial_is_described_by_its_function_s_docstring() -> None:
+    """A ``functools.partial`` registered without a description was described to the model by the docstring
+    of ``functools.partial`` itself ("partial(func, *args, **keywords) - new function with partial
+    application of the given arguments and keywords."), and its parameters had no descriptions; a callable
+    object documented on its ``__call__`` (its class has no docstring) lost its parameter descriptions
+    too. Both are read from the function that does the work now."""
+
+    async def list_orders(user_id: str, status: str = "open") -> str:
+        """List the user's orders.
+
+        Args:
+            user_id: Whose orders.
+            status: Which orders: open or shipped.
+        """
+        return f"{status} orders of {user_id}"
+
+    class Catalogue:
+        async def __call__(self, query: str) -> str:
+            """Search the catalogue.
+
+            Args:
+                query: What to find, in plain words.
+            """
+            return query
+
+    manager = ToolManager()
+    orders = manager.register_function_tool("list_orders", functools.partial(list_orders, user_id="alice"))
+    assert orders.description == "List the user's orders."
+    assert orders.parameters_schema["properties"] == {
+        "status": {"default": "open", "description": "Which orders: open or shipped.", "type": "string"}
+    }
+    search = manager.register_function_tool("search", Catalogue())
+    assert search.description == "Search the catalogue."
+    assert search.parameters_schema["properties"]["query"]["description"] == "What to find, in plain words."

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import threading
 from typing import Any
@@ -745,3 +746,34 @@ async def test_a_json_boolean_is_not_a_number_for_a_typed_tool() -> None:
     for arguments in ({"limit": "5", "threshold": 0.5, "exact": True}, {"limit": 2.0, "threshold": None}):
         assert (await manager.call_tool("search", {"query": "q", **arguments})).success
     assert ran == [(5, 0.5, True), (2, None, False)]
+
+
+class _Priority(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+async def test_a_json_boolean_is_no_number_for_an_int_enum_or_a_union_with_a_number() -> None:
+    """``true`` was still read as 1 where the schema's integer sits behind a ``$ref`` (an ``IntEnum``
+    parameter, ``Optional[IntEnum]``) or in a union with another type (``float | str``): a model's
+    ``{"priority": true}`` ran with ``Priority.LOW``, ``{"amount": true}`` with ``1.0``, though the schema
+    it was given says integer (one of 1, 2) or number or string. Both are ``invalid_arguments`` now."""
+    ran: list[tuple[Any, ...]] = []
+
+    async def ticket(priority: _Priority, amount: float | str = 0, fallback: _Priority | None = None) -> str:
+        ran.append((priority, amount, fallback))
+        return "filed"
+
+    manager = ToolManager()
+    manager.register_function_tool("ticket", ticket, "File a ticket")
+    refused = await manager.call_tool("ticket", {"priority": True})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == "invalid arguments for tool 'ticket': priority: got true; expected 1 or 2"
+    union = await manager.call_tool("ticket", {"priority": 2, "amount": True, "fallback": False})
+    assert union.error == (
+        "invalid arguments for tool 'ticket': fallback: got false; expected 1 or 2; "
+        "amount: got true; expected a valid number or a valid string"
+    )
+    assert ran == []
+    assert (await manager.call_tool("ticket", {"priority": 2, "amount": "12.5", "fallback": 1})).success
+    assert ran == [(_Priority.HIGH, "12.5", _Priority.LOW)]

@@ -218,3 +218,59 @@ def test_a_plain_string_in_annotated_describes_the_parameter() -> None:
     assert properties["keep_ratio"]["description"] == "Keep the aspect ratio"
     assert properties["unit"]["description"] == "From the Field"
     assert properties["mode"]["description"] == "From the docstring."
+
+
+def _arrays_without_items(schema: Any, path: str = "") -> list[str]:
+    """Where ``schema`` has an array schema with no ``items`` (OpenAI refuses such a tool)."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        if schema.get("type") == "array" and "items" not in schema:
+            found.append(path or "/")
+        for key, value in schema.items():
+            if key not in ("default", "examples", "enum", "const"):
+                found.extend(_arrays_without_items(value, f"{path}/{key}"))
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            found.extend(_arrays_without_items(value, f"{path}/{index}"))
+    return found
+
+
+async def test_a_tuple_parameter_has_an_items_schema_openai_accepts() -> None:
+    """``lat_lng: tuple[float, float]`` became ``prefixItems`` alone (pydantic's JSON Schema 2020-12), and
+    OpenAI refuses the whole request ("Invalid schema for function 'elevation': In context=('properties',
+    'lat_lng'), array schema missing items"). Such arrays now also say ``items`` (which, with ``maxItems``
+    the length of the prefix, changes nothing for a 2020-12 validator); calls validate as before."""
+    import typing
+
+    class Span(typing.NamedTuple):
+        start: int
+        end: int
+
+    class Route(BaseModel):
+        stops: list[tuple[str, float]]
+
+    async def elevation(
+        lat_lng: tuple[float, float], label: tuple[int, str] | None = None, span: Span | None = None
+    ) -> str:
+        return f"{lat_lng} {label} {span}"
+
+    async def plan(route: Route) -> int:
+        return len(route.stops)
+
+    manager = ToolManager()
+    manager.register_function_tool("elevation", elevation, "Elevation")
+    manager.register_function_tool("plan", plan, "Plan")
+    for schema in [item["function"]["parameters"] for item in manager.get_tool_schemas("openai")]:
+        assert _arrays_without_items(schema) == []
+    properties = manager.get_tool("elevation").parameters_schema["properties"]
+    assert properties["lat_lng"]["items"] == {"type": "number"}
+    assert properties["lat_lng"]["prefixItems"] == [{"type": "number"}, {"type": "number"}]
+    assert properties["lat_lng"]["maxItems"] == properties["lat_lng"]["minItems"] == 2
+    label = properties["label"]["anyOf"][0]
+    assert label["items"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    assert (await manager.execute_tool("elevation", lat_lng=[1, 2.5], label=[3, "x"])).result == (
+        "(1.0, 2.5) (3, 'x') None"
+    )
+    too_long = await manager.execute_tool("elevation", lat_lng=[1, 2, 3])
+    assert too_long.error_type == "invalid_arguments"
+    assert (await manager.execute_tool("plan", route={"stops": [["Porto", 1.5]]})).result == 1

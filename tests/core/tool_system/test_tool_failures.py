@@ -726,3 +726,37 @@ async def test_a_sensitive_argument_with_an_alias_is_redacted_under_either_name(
             assert manager.tool_manager.redact_arguments("fetch_report", {"api-key": valid}) == {
                 "api-key": "[REDACTED]"
             }
+
+
+class _DetachedSession:
+    """An argument object whose ``str`` and ``repr`` raise (as SQLAlchemy's detached instances do)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("instance is not bound to a session")
+
+    __str__ = __repr__
+
+
+async def test_a_sensitive_argument_that_cannot_be_printed_gives_a_failed_result_not_a_crash() -> None:
+    """The scrubbing of a failed call's message printed each sensitive argument (``str``, ``repr``) to find
+    it in the text: an object whose ``repr`` raises, passed by a Python caller, made ``call_tool`` raise
+    that error instead of returning the failed result. Such a value cannot be in the message: it is
+    skipped."""
+
+    async def open_account(owner: str, session: str) -> str:
+        return "opened"
+
+    async def close_account(owner: str, session: Any) -> str:
+        raise LookupError(f"no account for {owner}")
+
+    manager = ToolManager()
+    manager.register_function_tool("open_account", open_account, sensitive_arguments=["session"])
+    manager.register_function_tool("close_account", close_account, sensitive_arguments=["session"])
+    refused = await manager.call_tool("open_account", {"owner": "ada", "session": _DetachedSession()})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == (
+        "invalid arguments for tool 'open_account': session: got [REDACTED]; expected a valid string"
+    )
+    failed = await manager.call_tool("close_account", {"owner": "ada", "session": _DetachedSession()})
+    assert failed.error_type is ToolErrorType.TOOL_ERROR
+    assert failed.error == "tool 'close_account' raised LookupError: no account for ada"

@@ -11,6 +11,10 @@ it is decoded in a worker thread, in pieces, and the text is reused for the tool
 The cache is bounded by entries (``max_entries``) and by the size of the texts it holds (``max_bytes``,
 32 MiB by default, counted in characters): the least recently used entries go first, and a result larger
 than ``max_bytes`` is not cached.
+
+A result is stored only if its tool's entries were not invalidated since the call looked the cache up
+(:meth:`ToolResultCache.generation`): a call that read data before an ``invalidate`` (the data changed
+meanwhile) must not put its stale result back.
 """
 
 from __future__ import annotations
@@ -52,7 +56,18 @@ class ToolResultCache:
             first); a result longer than this is not cached.
     """
 
-    __slots__ = ("_bytes", "_clock", "_entries", "_lock", "hits", "max_bytes", "max_entries", "misses")
+    __slots__ = (
+        "_bytes",
+        "_clock",
+        "_entries",
+        "_epoch",
+        "_generations",
+        "_lock",
+        "hits",
+        "max_bytes",
+        "max_entries",
+        "misses",
+    )
 
     def __init__(
         self,
@@ -73,6 +88,8 @@ class ToolResultCache:
         self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._epoch = 0  # invalidations of every tool
+        self._generations: dict[str, int] = {}  # invalidations of one tool, by its name
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,16 +140,31 @@ class ToolResultCache:
         text, form = found
         return True, (text if form is TEXT_RESULT else json.loads(text))
 
+    def generation(self, tool_name: str) -> int:
+        """A number that grows whenever the entries of ``tool_name`` are invalidated (alone or with all)."""
+        return self._epoch + self._generations.get(tool_name, 0)
+
     def put(
-        self, tool_name: str, arguments_key: str, result_json: str, ttl: float, *, pieces: Any = None
+        self,
+        tool_name: str,
+        arguments_key: str,
+        result_json: str,
+        ttl: float,
+        *,
+        pieces: Any = None,
+        generation: int | None = None,
     ) -> None:
         """Store a successful result (as its JSON text) for ``ttl`` seconds (not when it is too large).
 
         ``pieces`` is kept with the text and given back by :meth:`entry` (the manager's piece tree of a
-        large result); :data:`TEXT_RESULT` stores a string result itself as the text.
+        large result); :data:`TEXT_RESULT` stores a string result itself as the text. Given the
+        :meth:`generation` read when the call began, a result is not stored when the tool's entries were
+        invalidated since (it may have been computed from data that changed).
         """
         key = self._key(tool_name, arguments_key)
         with self._lock:
+            if generation is not None and generation != self.generation(tool_name):
+                return
             if key in self._entries:
                 self._remove(key)
             if len(result_json) > self.max_bytes:
@@ -146,10 +178,12 @@ class ToolResultCache:
         """Drop every entry (or every entry of ``tool_name``); return how many were dropped."""
         with self._lock:
             if tool_name is None:
+                self._epoch += 1
                 count = len(self._entries)
                 self._entries.clear()
                 self._bytes = 0
                 return count
+            self._generations[tool_name] = self._generations.get(tool_name, 0) + 1
             doomed = [key for key in self._entries if key[0] == tool_name]
             for key in doomed:
                 self._remove(key)

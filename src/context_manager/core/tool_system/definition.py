@@ -369,9 +369,11 @@ class ToolDefinition:
             if name not in arguments:
                 continue
             value = arguments[name]
-            with contextlib.suppress(ValueError, RecursionError):  # too big to print: cannot be in the text
+            # too big to print, or an object whose ``repr`` raises (a Python caller's): not in the text
+            with contextlib.suppress(Exception):
                 forms |= {str(value), repr(value)}
-            forms.add(describe_value(value))  # as an error message shows it: a long one cut short
+            with contextlib.suppress(Exception):
+                forms.add(describe_value(value))  # as an error message shows it: a long one cut short
             for leaf in _string_leaves(value):
                 forms |= {leaf, repr(leaf), describe_value(leaf)}
                 # as a JSON result quotes it (a quote or backslash escaped)

@@ -83,7 +83,11 @@ from context_manager.core.tool_system.permissions import (
 from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
 from context_manager.core.tool_system.registry import SchemaFormat, ToolRegistry
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
-from context_manager.core.tool_system.schema import check_arguments_against_schema, describe_validation_error
+from context_manager.core.tool_system.schema import (
+    check_arguments_against_schema,
+    describe_argument,
+    describe_validation_error,
+)
 
 __all__ = ["SchemaFormat", "ToolManager"]
 
@@ -699,11 +703,11 @@ class ToolManager(ToolRegistry):
             # a JSON boolean is no number (pydantic's lax mode takes true as 1): checked only when one came
             numeric = self._numeric_arguments.get(name)
             booleans = (
-                [
-                    f"{field}: got {'true' if value else 'false'}; expected {expected}"
+                {
+                    field: f"{field}: got {'true' if value else 'false'}; expected {expected}"
                     for field, expected in numeric.items()
                     if type(value := arguments.get(field)) is bool
-                ]
+                }
                 if numeric is not None and bool in map(type, arguments.values())
                 else None
             )
@@ -718,13 +722,16 @@ class ToolManager(ToolRegistry):
                     arguments_model=model,
                     arguments=arguments,
                 )
-                if booleans:
-                    message = "; ".join([message, *booleans])
+                if booleans:  # but for those pydantic refused itself (an Optional[IntEnum] refuses true)
+                    refused = {item["loc"][0] for item in error.errors(include_url=False) if item["loc"]}
+                    message = "; ".join(
+                        [message, *(text for field, text in booleans.items() if field not in refused)]
+                    )
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
             if booleans:
-                message = f"invalid arguments for tool {name!r}: " + "; ".join(booleans)
+                message = f"invalid arguments for tool {name!r}: " + "; ".join(booleans.values())
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
@@ -749,6 +756,7 @@ class ToolManager(ToolRegistry):
                 return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
 
         cache_key: str | None = None
+        generation = 0
         if definition.cacheable and self.config.enable_tool_caching:
             cache_key = canonical_arguments(call_arguments)
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
@@ -763,6 +771,7 @@ class ToolManager(ToolRegistry):
                 found = self._cache.entry(name, cache_key)
                 if found is not None:
                     return await self._cached_result(definition, found, started, call_id)
+                generation = self._cache.generation(name)  # an invalidation while it runs: not cached
 
         if definition.rate_limit is not None:
             retry_after = self._limiter.try_acquire(
@@ -891,7 +900,7 @@ class ToolManager(ToolRegistry):
             )
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
-            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces)
+            self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces, generation=generation)
         elapsed = _perf_counter() - started
         stats = self._stats.get(name)  # None when the tool was unregistered while it ran
         if stats is not None:
@@ -1187,23 +1196,54 @@ class ToolManager(ToolRegistry):
 
 _NUMBER_TYPES = frozenset({"integer", "number"})
 _NUMBER_OR_NULL = _NUMBER_TYPES | {"null"}
+_TYPE_WORDS = {
+    "integer": "a valid integer",
+    "number": "a valid number",
+    "string": "a valid string",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
+_PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
 
 
 def _numeric_arguments(definition: ToolDefinition) -> dict[str, str]:
-    """A typed tool's numeric arguments (name -> what is expected): their schema takes numbers, or null."""
+    """A typed tool's arguments pydantic's lax mode would read ``true`` into as 1 (name -> what is expected).
+
+    Their schema takes an integer or a number (an ``IntEnum``'s values behind a ``$ref``, a union's
+    member), and no boolean.
+    """
     if definition.arguments_model is None:
         return {}
     properties = definition.parameters_schema.get("properties") or {}
+    definitions = definition.parameters_schema.get("$defs") or {}
     numeric: dict[str, str] = {}
     for name, schema in properties.items():
-        types = _schema_types(schema)
-        if types and types & _NUMBER_TYPES and types <= _NUMBER_OR_NULL:
+        types = _schema_types(schema, definitions)
+        if not types or not types & _NUMBER_TYPES or "boolean" in types:
+            continue
+        expected = _expected_values(schema, definitions)
+        if set(expected) <= _PLAIN_NUMBER_WORDS:  # (null left unsaid, as pydantic leaves it)
             numeric[name] = "a valid number" if "number" in types else "a valid integer"
+        else:  # an enum's values, or a union's members, as pydantic's own messages say them
+            numeric[name] = " or ".join(dict.fromkeys(expected))
     return numeric
 
 
-def _schema_types(schema: Any) -> set[str] | None:
+def _resolve(schema: Any, definitions: Mapping[str, Any], depth: int = 0) -> Any:
+    """A property schema with its local ``$ref`` (``#/$defs/Name``) followed."""
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and depth < 8:
+        reference = schema["$ref"]
+        if not reference.startswith("#/$defs/"):
+            return schema
+        schema = definitions.get(reference.removeprefix("#/$defs/"))
+        depth += 1
+    return schema
+
+
+def _schema_types(schema: Any, definitions: Mapping[str, Any] | None = None) -> set[str] | None:
     """The JSON types a property schema takes (``type``, or its ``anyOf``/``oneOf`` members'), else None."""
+    schema = _resolve(schema, definitions or {})
     if not isinstance(schema, dict):
         return None
     kind = schema.get("type")
@@ -1216,11 +1256,26 @@ def _schema_types(schema: Any) -> set[str] | None:
         return None
     types: set[str] = set()
     for option in options:
-        found = _schema_types(option)
+        found = _schema_types(option, definitions)
         if found is None:
             return None
         types |= found
     return types
+
+
+def _expected_values(schema: Any, definitions: Mapping[str, Any]) -> list[str]:
+    """What a property schema takes, in the words of pydantic's messages (``1 or 2``, ``a valid number``)."""
+    schema = _resolve(schema, definitions)
+    if not isinstance(schema, dict):
+        return []
+    if isinstance(schema.get("enum"), list):
+        return [" or ".join(describe_argument(value) for value in schema["enum"])]
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(options, list):
+        return [text for option in options for text in _expected_values(option, definitions)]
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return [_TYPE_WORDS[item] for item in kinds if item in _TYPE_WORDS]
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:

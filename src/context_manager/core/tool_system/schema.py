@@ -64,10 +64,29 @@ CallingConvention = Literal["parameters", "typed"]
 _OPEN_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": True}
 _MAPPING_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping, typing.Dict)  # noqa: UP006
 _SECTION_RE = re.compile(
-    r"^(Args|Arguments|Parameters|Params|Returns|Return|Yields|Raises|Example|Examples"
-    r"|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
+    r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns|Return"
+    r"|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
 )
 _ARG_LINE_RE = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
+_ARGUMENT_SECTIONS = frozenset(
+    {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments", "Other Parameters"}
+)
+_NUMPY_SECTIONS = frozenset(
+    {
+        "Parameters", "Other Parameters", "Returns", "Yields", "Receives", "Raises", "Warns", "Warnings",
+        "See Also", "Notes", "References", "Examples", "Attributes", "Methods",
+    }
+)  # fmt: skip
+_NUMPY_UNDERLINE_RE = re.compile(r"^-{3,}\s*$")
+_NUMPY_ARG_LINE_RE = re.compile(
+    r"^(?P<names>\*{0,2}[A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*\*{0,2}[A-Za-z_][A-Za-z0-9_]*)*)\s*(?::.*)?$"
+)
+_SPHINX_FIELD_RE = re.compile(
+    r"^:(?P<field>param|parameter|arg|argument|key|keyword|type|raises|raise|except|exception|var|ivar"
+    r"|cvar|vartype|returns|return|rtype|yields|yield|ytype|meta)"
+    r"(?P<middle>(?:\s[^:]*)?):(?:\s+(?P<text>.*))?$"
+)  # (a role starting a line, ":class:`Item` objects", is text: a field's body follows a space)
+_SPHINX_PARAMETER_FIELDS = frozenset({"param", "parameter", "arg", "argument", "key", "keyword"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +114,11 @@ _RESERVED_FIELD_NAMES = frozenset({"model_config"})
 
 
 def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into its description and its ``Args:`` descriptions.
+    """Split a docstring into its description and its parameter descriptions.
+
+    Google style (an ``Args:`` section), NumPy style (a ``Parameters`` section underlined with dashes)
+    and Sphinx style (``:param name: text`` fields) are read; the description is the text before the first
+    section or field.
 
     Example:
         >>> parse_docstring('''Count words.
@@ -113,32 +136,65 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
     summary_lines: list[str] = []
     arguments: dict[str, str] = {}
     section: str | None = None
+    numpy = False  # the section is NumPy style: "name : type" lines, their descriptions indented below
     section_indent: int | None = None
-    current: str | None = None
-    for line in lines:
+    current: list[str] = []  # the arguments the lines being read describe
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        index += 1
         stripped = line.strip()
-        header = _SECTION_RE.match(stripped) if line == line.lstrip() else None
-        if header:
-            section = header.group(1)
-            section_indent = None
-            current = None
-            continue
+        indent = len(line) - len(line.lstrip())
+        if not indent:
+            if (
+                stripped in _NUMPY_SECTIONS
+                and index < len(lines)
+                and _NUMPY_UNDERLINE_RE.match(lines[index].strip())
+            ):
+                section, numpy, section_indent, current = stripped, True, None, []
+                index += 1  # the dashes
+                continue
+            header = _SECTION_RE.match(stripped)
+            if header:
+                section, numpy, section_indent, current = header.group(1), False, None, []
+                continue
+            field = _SPHINX_FIELD_RE.match(stripped)
+            if field and (section is None or section == ":"):
+                section, current = ":", []
+                name = field.group("middle").split()
+                if field.group("field") in _SPHINX_PARAMETER_FIELDS and name:
+                    current = [name[-1].lstrip("*")]  # ":param str city:" names its type first
+                    arguments[current[0]] = (field.group("text") or "").strip()
+                continue
         if section is None:
             summary_lines.append(line)
             continue
-        if section not in ("Args", "Arguments", "Parameters", "Params") or not stripped:
+        if section == ":":  # a Sphinx field's continued text
+            if indent and current:
+                arguments[current[0]] = f"{arguments[current[0]]} {stripped}".strip()
+            elif stripped:
+                current = []
             continue
-        indent = len(line) - len(line.lstrip())
+        if section not in _ARGUMENT_SECTIONS or not stripped:
+            continue
         if section_indent is None:
             section_indent = indent
-        match = _ARG_LINE_RE.match(stripped) if indent <= section_indent else None
-        if match:
-            current = match.group("name")
-            arguments[current] = match.group("text").strip()
-        elif current is not None:
-            arguments[current] = f"{arguments[current]} {stripped}".strip()
+        if indent <= section_indent:
+            match = (_NUMPY_ARG_LINE_RE if numpy else _ARG_LINE_RE).match(stripped)
+            if match and numpy:
+                current = [name.strip().lstrip("*") for name in match.group("names").split(",")]
+                for name in current:
+                    arguments[name] = ""
+                continue
+            if match:
+                current = [match.group("name")]
+                arguments[current[0]] = match.group("text").strip()
+                continue
+        for name in current:
+            arguments[name] = f"{arguments[name]} {stripped}".strip()
     summary = "\n".join(summary_lines).strip()
-    return summary, arguments
+    # a parameter listed without a description ("city : str" alone) has none: not an empty one
+    return summary, {name: text for name, text in arguments.items() if text}
 
 
 def _is_typed_dict(annotation: Any) -> bool:
@@ -244,6 +300,8 @@ _SCHEMA_MAP_KEYWORDS = frozenset(
 def _clean_schema(schema: Any) -> Any:
     """Drop pydantic's ``title`` keywords (model tokens spent for nothing), and keywords JSON cannot write.
 
+    A tuple's ``prefixItems`` get an ``items`` beside them: OpenAI refuses an array schema without it.
+
     Only the keyword is dropped: property names and data (``default``, ``examples``, ``const``, ``enum``
     values) are kept as they are, ``title`` keys included. A keyword whose value holds NaN or an infinity
     (``radius: float = math.inf``'s default, ``Field(le=math.inf)``) is dropped too: providers get strict
@@ -266,6 +324,12 @@ def _clean_schema(schema: Any) -> Any:
             cleaned[key] = {name: _clean_schema(item) for name, item in value.items()}
         else:
             cleaned[key] = _clean_schema(value)
+    prefix = cleaned.get("prefixItems")
+    if isinstance(prefix, list) and prefix and "items" not in cleaned:
+        # a tuple: OpenAI refuses an array schema without ``items`` ("array schema missing items"); with
+        # ``maxItems`` the length of the prefix (as pydantic writes a tuple) it changes nothing in 2020-12
+        members = list({json.dumps(item, sort_keys=True, default=repr): item for item in prefix}.values())
+        cleaned["items"] = members[0] if len(members) == 1 else {"anyOf": members}
     return cleaned
 
 
@@ -311,6 +375,25 @@ def _refuse_generator(function: Any, tool_name: str) -> None:
         )
 
 
+def _documentation(function: Any) -> tuple[str, dict[str, str]]:
+    """The description and parameter descriptions of the docstring of the function doing the work.
+
+    A ``functools.partial``'s own docstring is ``functools.partial``'s: its function's is read. A callable
+    object's class docstring is completed by its ``__call__``'s (parameters are often documented there).
+    """
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    summary, arguments = parse_docstring(inspect.getdoc(target))
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        call = getattr(type(target), "__call__", None)  # noqa: B004
+        if inspect.isfunction(call):
+            call_summary, call_arguments = parse_docstring(inspect.getdoc(call))
+            summary = summary or call_summary
+            arguments = {**call_arguments, **arguments}
+    return summary, arguments
+
+
 def _partial_keywords(function: Any) -> set[str]:
     """The keyword arguments ``function`` binds, when it is a ``functools.partial`` (of partials)."""
     names: set[str] = set()
@@ -335,7 +418,7 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
         ) from None
     _refuse_generator(function, tool_name)
     is_async = is_async_callable(function)
-    summary, argument_docs = parse_docstring(inspect.getdoc(function))
+    summary, argument_docs = _documentation(function)
     # the keywords a functools.partial binds are the application's (a user id, a connection), not the
     # model's: as ``self`` of a bound method, they are neither in the schema nor accepted in a call
     bound = _partial_keywords(function)
@@ -896,8 +979,10 @@ def check_arguments_against_schema(
     This light check covers what models most often get wrong: ``required`` properties, the JSON ``type``
     of each declared property (and of the others, when ``additionalProperties`` is a schema), ``enum``
     values and ``additionalProperties: false``, with JSON Schema's rules (``3.0`` is an integer; ``true``
-    is not ``1``, so it does not pass an enum of numbers). Nested schemas are not checked; validate inside
-    the tool if you need more.
+    is not ``1``, so it does not pass an enum of numbers). A property's local ``$ref`` is followed (an
+    ``Enum``, a nested ``TypedDict``: its type), and ``anyOf``/``oneOf`` pass when one member does
+    (``int | None``). What is inside objects and arrays is not checked; validate inside the tool if you need
+    more.
 
     The values of ``sensitive_arguments`` are never quoted (``[REDACTED]`` stands in for them).
 
@@ -916,18 +1001,47 @@ def check_arguments_against_schema(
             if name not in properties:
                 allowed = ", ".join(properties) or "no arguments"
                 problems.append(f"{name}: unexpected argument; allowed {allowed}")
+    definitions = schema.get("$defs")
     for name, value in arguments.items():
         declared = properties.get(name, extra if name not in properties else None)
         if not isinstance(declared, dict):
             continue
-        given = REDACTED if name in sensitive else describe_argument(value)
-        expected = declared.get("type")
+        expected = _expected_of(value, declared, definitions)
         if expected is not None:
-            options = expected if isinstance(expected, list) else [expected]
-            if not any(_matches_type(value, option) for option in options):
-                problems.append(f"{name}: got {given}; expected {' or '.join(options)}")
-                continue
-        if "enum" in declared and not any(_json_equal(value, option) for option in declared["enum"]):
-            allowed = ", ".join(describe_argument(option) for option in declared["enum"])
-            problems.append(f"{name}: got {given}; expected one of {allowed}")
+            given = REDACTED if name in sensitive else describe_argument(value)
+            problems.append(f"{name}: got {given}; expected {expected}")
     return problems
+
+
+def _expected_of(value: Any, declared: Any, definitions: Any, depth: int = 0) -> str | None:
+    """None when ``value`` passes ``declared``'s ``type`` and ``enum``, else what is expected.
+
+    A local ``$ref`` (``#/$defs/Name``: an ``Enum``, a nested ``TypedDict``) is followed, and a value
+    passes an ``anyOf`` or ``oneOf`` when it passes one of its members (``int | None``).
+    """
+    while isinstance(declared, dict) and isinstance(declared.get("$ref"), str) and depth < 16:
+        reference = declared["$ref"]
+        if not (reference.startswith("#/$defs/") and isinstance(definitions, dict)):
+            return None  # a reference this light check does not follow: accept
+        declared = definitions.get(reference.removeprefix("#/$defs/"))
+        depth += 1
+    if not isinstance(declared, dict):
+        return None
+    kind = declared.get("type")
+    if kind is not None:
+        options = kind if isinstance(kind, list) else [kind]
+        if not any(_matches_type(value, option) for option in options):
+            return " or ".join(options)
+    allowed = declared.get("enum")
+    if isinstance(allowed, list) and not any(_json_equal(value, option) for option in allowed):
+        return "one of " + ", ".join(describe_argument(option) for option in allowed)
+    members = declared.get("anyOf") or declared.get("oneOf")
+    if isinstance(members, list) and members and depth < 16:
+        expected: list[str] = []
+        for member in members:
+            found = _expected_of(value, member, definitions, depth + 1)
+            if found is None:
+                return None
+            expected.append(found)
+        return " or ".join(dict.fromkeys(expected))
+    return None
