@@ -581,11 +581,7 @@ async def _open_memory(
     try:  # the configuration checks the path and the store is looked for: on a hung filesystem both wait
         config = await _within(_PROBE_SECONDS, _store_to_open, options, create)
     except TimeoutError:  # a hung network filesystem: a monitoring script's memory stats never returned
-        where = str(options.storage) if options.storage is not None else "the configured storage_path"
-        raise CommandError(
-            f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s: its filesystem hangs "
-            "(a hung NFS or SMB mount?); check the mount and its server"
-        ) from None
+        raise _not_answering(options.storage) from None
     if not embedder:
         config = config.model_copy(update={"embedder": "none"})
     manager: MemoryManager = MemoryManager(config, rebalance_on_open=not inspect)
@@ -594,6 +590,15 @@ async def _open_memory(
         yield manager
     finally:
         await manager.close()
+
+
+def _not_answering(storage: Path | None) -> CommandError:
+    """The error of a command whose storage directory did not answer within :data:`_PROBE_SECONDS`."""
+    where = str(storage) if storage is not None else "the configured storage_path"
+    return CommandError(
+        f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s: its filesystem hangs "
+        "(a hung NFS or SMB mount?); check the mount and its server"
+    )
 
 
 def _store_to_open(options: _Options, create: bool) -> ContextManagerConfig:
@@ -1750,14 +1755,11 @@ def mcp_serve(
         reason = "is a file, not a directory" if app_dir.exists() else "does not exist"
         raise typer.BadParameter(f"directory {str(app_dir)!r} {reason}", ctx, param_hint="'--app-dir'")
 
-    async def body(options: _Options) -> None:
+    def configured(options: _Options, path: Path | None, overrides: dict[str, str]) -> ContextManagerConfig:
+        """The server's configuration, after a look at its storage directory (as :func:`_store_to_open`)."""
         from context_manager.core.config import ContextManagerConfig
-        from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
-        if options.json_output:  # as with examples: said, not silently dropped
-            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
-        path = _storage_argument(storage) if storage is not None else options.storage
-        values: dict[str, Any] = dict(_config_overrides(settings or []))
+        values: dict[str, Any] = dict(overrides)
         if path is not None:
             values["storage_path"] = path.expanduser().resolve()
         config = ContextManagerConfig(**values)
@@ -1771,6 +1773,23 @@ def mcp_serve(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
                 "so the memory location must be explicit), or --set memory_backend=postgres"
             )
+        if _uses_directory(config):
+            config.resolved_storage_path.exists()  # only to see that its filesystem answers
+        return config
+
+    async def body(options: _Options) -> None:
+        from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
+
+        if options.json_output:  # as with examples: said, not silently dropped
+            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
+        path = _storage_argument(storage) if storage is not None else options.storage
+        overrides = _config_overrides(settings or [])
+        # the path is resolved and checked, and the store looked for: on a hung filesystem each waited for
+        # ever, and an MCP client's start of the server with it (each retry one more stuck process)
+        try:
+            config = await _within(_PROBE_SECONDS, configured, options, path, overrides)
+        except TimeoutError:
+            raise _not_answering(path) from None
         if http is None:  # before the store is opened (or created): stdio is the protocol's channel
             closed = [
                 name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if stream is None
