@@ -479,8 +479,10 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    from context_manager.core.config import KEYWORD_DSN
+
     # a connection string, as a URL or key=value, was a directory (./postgresql:/..., ./host=db password=...)
-    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or _KEYWORD_DSN.search(value):
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or KEYWORD_DSN.search(value):
         from context_manager.core.memory.postgres.database import redact_dsn
 
         kind = "" if "://" in value else ", a key=value connection string"
@@ -492,17 +494,15 @@ def _storage_argument(value: str | None) -> Path | None:
     return Path(value)
 
 
-_KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
-"""A libpq ``key=value`` connection string (``host=db password=...``)."""
-
-
 def _refuse_keyword_dsn(option: str, location: str) -> None:
     """Refuse a ``key=value`` connection string where a directory or a URL is taken.
 
     It was a storage directory named ``host=db password=...`` in the working directory, the memories
     copied there and the password printed.
     """
-    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and _KEYWORD_DSN.search(
+    from context_manager.core.config import KEYWORD_DSN
+
+    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and KEYWORD_DSN.search(
         location
     ):
         from context_manager.core.memory.postgres.database import redact_dsn

@@ -114,7 +114,13 @@ def test_a_rejected_connection_string_is_quoted_without_its_password(monkeypatch
 
 @pytest.mark.parametrize("option", ["storage_path", "cache_path"])
 @pytest.mark.parametrize(
-    "value", ["postgresql://app:s3cr3t-pw@db.internal/app", Path("postgres://app:s3cr3t-pw@db.internal/app")]
+    "value",
+    [
+        "postgresql://app:s3cr3t-pw@db.internal/app",
+        Path("postgres://app:s3cr3t-pw@db.internal/app"),
+        "host=db.internal user=app password=s3cr3t-pw dbname=app",  # libpq's key=value form
+        Path("dbname=app password='s3cr3t-pw' host=db.internal"),
+    ],
 )
 def test_a_connection_string_given_as_a_directory_is_refused(
     option: str, value: str | Path, tmp_path: Path
@@ -124,7 +130,29 @@ def test_a_connection_string_given_as_a_directory_is_refused(
     PostgreSQL."""
     with pytest.raises(ConfigurationError, match="postgres_dsn.*memory_backend") as caught:
         ContextManagerConfig(**{option: value})  # type: ignore[arg-type]
-    assert "s3cr3t-pw" not in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value) and "s3cr3t-pw" not in repr(caught.value.got)
+    assert not any(Path.cwd().iterdir())
+
+
+def test_a_key_value_connection_string_as_a_directory_is_refused_wherever_it_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """libpq's ``host=db password=... dbname=app`` as ``storage_path`` (the CLI's ``--storage`` refuses it)
+    was a directory of that name in the working directory, the password in its name and in every message
+    quoting the path. Refused as the URL form is, assigned or from the environment, the password hidden; a
+    path that merely holds an ``=`` is still a path."""
+    dsn = "host=db.internal password=s3cr3t-pw dbname=app"
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    with pytest.raises(ConfigurationError, match="postgres_dsn") as caught:
+        config.storage_path = dsn  # type: ignore[assignment]
+    assert "s3cr3t-pw" not in str(caught.value) and config.storage_path == tmp_path / "memory"
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", dsn)
+    with pytest.raises(ConfigurationError, match="PYTHON_CONTEXT_MANAGER_STORAGE_PATH") as caught:
+        ContextManagerConfig()
+    assert "s3cr3t-pw" not in str(caught.value) and "password=***" in str(caught.value)
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH")
+    for path in ("backup/host=laptop", tmp_path / "user=alice", "runs/port=8080/memory"):
+        assert ContextManagerConfig(storage_path=path).storage_path == Path(path)
     assert not any(Path.cwd().iterdir())
 
 

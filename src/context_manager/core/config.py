@@ -254,7 +254,8 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a path without NUL characters")
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
-            if _LOOKS_LIKE_DSN.match(str(value)):  # was a directory ./postgresql:/user:password@host/db
+            # was a directory ./postgresql:/user:password@host/db (or ./host=db password=... dbname=app)
+            if _LOOKS_LIKE_DSN.match(str(value)) or KEYWORD_DSN.search(str(value)):
                 raise ValueError(
                     "a directory path; a PostgreSQL connection string goes in postgres_dsn "
                     "(PYTHON_CONTEXT_MANAGER_POSTGRES_DSN), with memory_backend='postgres'"
@@ -453,6 +454,10 @@ def _configuration_error(
 
 _LOOKS_LIKE_DSN = re.compile(r"\s*postgres(?:ql)?:/", re.IGNORECASE)
 """A PostgreSQL URL (``//`` made ``/`` when it went through ``Path``)."""
+
+KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
+"""A libpq ``key=value`` connection string (``host=db password=...``), not a directory: a key at the start
+or after a blank (``backup/host=laptop`` is a path)."""
 
 
 def _without_password(value: Any) -> Any:
