@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -1824,6 +1825,37 @@ def test_memory_migrate_waits_the_configured_connect_timeout(tmp_path: Path) -> 
     assert held  # the command did reach the silent server
     assert elapsed < 7, elapsed  # the interpreter's start and 1 s, not 10 s
     assert not (tmp_path / "copy").exists()
+
+
+def test_memory_migrate_to_an_unreachable_server_names_the_option_given(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory migrate --to postgresql://...`` to a server that is down said to check that "the DSN
+    (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right": an option and a variable the user never
+    set, the DSN being on the command line. The hint names the location and the option that gave it."""
+    assert cli("--storage", str(store), "memory", "add", "a fact").exit_code == 0
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT", "1")
+    with socket.socket() as probe:  # a port nobody listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app"
+    for arguments, named in (
+        (["--from", str(store), "--to", down], "the target DSN (--to)"),
+        (["--from", down, "--to", str(tmp_path / "copy")], "the source DSN (--from)"),
+        (["--verify-only", "--from", str(store), "--to", down], "the target DSN (--to)"),
+    ):
+        result = cli("memory", "migrate", *arguments)
+        assert_one_line_error(result, "cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1")
+        assert f"{named} is right" in result.stderr and "postgres_dsn" not in result.stderr, result.stderr
+        assert "s3cr3t-pw" not in result.stderr
+    assert not (tmp_path / "copy").exists()
+
+    from context_manager.core.errors import StorageError
+    from context_manager.core.memory.transfer import migrate_storage
+
+    with pytest.raises(StorageError, match="the target DSN") as raised:
+        asyncio.run(migrate_storage(str(store), down, connect_timeout=1))
+    assert "postgres_dsn" not in str(raised.value)
 
 
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:

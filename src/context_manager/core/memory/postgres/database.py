@@ -95,6 +95,8 @@ class PostgresDatabase:
         statement_timeout: Seconds a statement of the pool may run (or wait for a lock) before the server
             cancels it (its ``statement_timeout``, set on each new connection); ``None`` leaves the server's
             own. :meth:`migrate`, :meth:`create_if_missing` and ``run(..., unbounded=True)`` run without it.
+        named: What the hint of a failed connection calls the DSN: where the user gave it (by default the
+            ``postgres_dsn`` option).
 
     Connections also get TCP keepalives and a TCP user timeout (:data:`TCP_SETTINGS`) unless the DSN sets
     them: a server that vanished without closing the connection (a failover, a network cut) is found
@@ -109,6 +111,7 @@ class PostgresDatabase:
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float | None = None,
+        named: str = "the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN)",
     ) -> None:
         self.dsn = dsn
         """The connection string (with its password: never log it; see :attr:`location`)."""
@@ -118,6 +121,8 @@ class PostgresDatabase:
         """Seconds to wait for a connection."""
         self.statement_timeout = statement_timeout
         """Seconds a pooled statement may run, or ``None`` (the server's setting)."""
+        self.named = named
+        """What a connection failure's hint calls the DSN (where it was given), to be checked."""
         self._pool: AsyncConnectionPool | None = None
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
@@ -159,7 +164,7 @@ class PostgresDatabase:
             await pool.close()
             raise StorageError(
                 f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
-                "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
+                f"runs and {self.named} is right"
             ) from None
         self._pid = forks.pid
         self._loop = asyncio.get_running_loop()
