@@ -307,3 +307,24 @@ async def test_a_file_named_cache_in_the_working_directory_is_no_error_with_stor
         ContextManagerConfig()  # the default layout: the storage would be under ./cache
     with pytest.raises(ConfigurationError, match=r"^cache_path: .*existing file"):
         ContextManagerConfig(storage_path=tmp_path / "volume", cache_path="cache")  # named explicitly
+
+
+def test_no_statement_timeout_can_be_set_from_the_environment_or_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``postgres_statement_timeout=None`` leaves the server's (or the role's) own statement_timeout, but
+    only a keyword could say it: ``PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT=none`` (and ``mcp
+    serve --set postgres_statement_timeout=none``) was refused as "a number > 0", so a service configured
+    by its environment always had the 60 s limit. ``none`` (any case) is None now, and a refused value
+    says it is allowed."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "None")
+    assert ContextManagerConfig().postgres_statement_timeout is None
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "30")
+    assert ContextManagerConfig().postgres_statement_timeout == 30.0
+    assert ContextManagerConfig(postgres_statement_timeout="none").postgres_statement_timeout is None
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "off")
+    with pytest.raises(
+        ConfigurationError, match="PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT"
+    ) as caught:
+        ContextManagerConfig()
+    assert caught.value.allowed == "a number > 0, or none (the server's own statement_timeout)"
