@@ -121,6 +121,34 @@ def test_tokens_counts_with_the_configured_token_model(monkeypatch: pytest.Monke
     assert_one_line_error(cli("tokens", "-", input=text), "token_model", "gpt-9000")
 
 
+def test_tokens_reads_only_the_token_options_of_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tokens`` reads no memory store, yet it read the whole configuration for its encoding: a
+    PYTHON_CONTEXT_MANAGER_STORAGE_PATH (or CACHE_PATH) naming a file failed the count, and one on a hung
+    network filesystem made it wait for ever. It reads token_model and token_encoding only, still checked
+    and named as set."""
+    source = tmp_path / "notes.txt"
+    text = "Привет, мир! 你好世界"
+    source.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", str(source))  # a file: no storage directory
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(source))
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-4")
+    result = cli("--json", "tokens", str(source))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["encoding"] == "cl100k_base" and data["tokens"] == count_tokens(text, "cl100k_base")
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL")
+    monkeypatch.setenv("python_context_manager_token_encoding", "cl100k_base")  # any case, as the config
+    assert json.loads(cli("--json", "tokens", str(source)).stdout)["encoding"] == "cl100k_base"
+    monkeypatch.setenv("python_context_manager_token_encoding", "gpt2")
+    assert_one_line_error(
+        cli("tokens", str(source)),
+        "token_encoding: got 'gpt2'",
+        "set by the environment variable python_context_manager_token_encoding",
+    )
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200))
 def test_tokens_matches_the_library_for_any_text(text: str) -> None:

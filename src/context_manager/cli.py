@@ -745,7 +745,6 @@ def tokens(
     """Count the tokens of a text file (or standard input) exactly, offline."""
 
     def body(options: _Options) -> None:
-        from context_manager.core.config import ContextManagerConfig
         from context_manager.core.tokens import get_token_counter
 
         if options.storage is not None:
@@ -753,7 +752,8 @@ def tokens(
         if encoding is not None:
             counter = get_token_counter(encoding.value)
         else:  # as the library counts: token_model's encoding when it is set, else token_encoding
-            config = ContextManagerConfig()  # not _config(): no storage is used (a file there is no error)
+            # only those two options: no storage is used (a file or a hung mount there is no matter)
+            config = _environment_settings("token_encoding", "token_model")
             counter = get_token_counter(config.token_encoding, model=config.token_model)
         name = counter.encoding_name
         if source == "-":
@@ -1462,26 +1462,38 @@ def memory_migrate(
 def _connect_timeout_setting() -> float:
     """``postgres_connect_timeout`` as the environment sets it (10 s by default), for ``memory migrate``.
 
-    Only that option is read: the command uses no other (its storages are ``--from`` and ``--to``), and the
-    whole configuration would check options it never uses: a ``storage_path`` or ``./cache`` that is a file
-    failed the migration, and a ``storage_path`` on a hung mount made it wait.
+    Only that option is read (:func:`_environment_settings`): the command's storages are ``--from`` and
+    ``--to``.
     """
-    from context_manager.core.config import ENV_PREFIX, ContextManagerConfig
+    config = _environment_settings("postgres_connect_timeout")
+    return float(config.postgres_connect_timeout)
+
+
+def _environment_settings(*names: str) -> ContextManagerConfig:
+    """A configuration of the defaults with only options ``names`` read from the environment (checked).
+
+    For a command that uses a few options and no storage: the whole configuration checks options it never
+    uses, so a ``storage_path`` or ``./cache`` that is a file failed it, and a ``storage_path`` on a hung
+    mount made it wait for ever. A ``PYTHON_CONTEXT_MANAGER_*`` variable that names no option is warned
+    about, as the configuration does.
+    """
+    from context_manager.core import config as configuration
     from context_manager.core.errors import ConfigurationError
 
-    name = "postgres_connect_timeout"
-    variable = f"{ENV_PREFIX}{name}".upper()
-    config = ContextManagerConfig.model_construct()  # the defaults, no variable read, nothing checked
-    set_as = next((key for key in os.environ if key.upper() == variable), None)
-    if set_as is None:
-        return float(config.postgres_connect_timeout)
-    try:
-        config.postgres_connect_timeout = os.environ[set_as]  # type: ignore[assignment]  # validated as read
-    except ConfigurationError as error:
-        raise ConfigurationError(
-            name, error.got, error.allowed, detail=f"set by the environment variable {set_as}"
-        ) from None
-    return float(config.postgres_connect_timeout)
+    configuration._warn_unknown_variables()
+    config = configuration.ContextManagerConfig.model_construct()  # the defaults, nothing read or checked
+    for name in names:
+        variable = f"{configuration.ENV_PREFIX}{name}".upper()
+        set_as = next((key for key in os.environ if key.upper() == variable), None)
+        if set_as is None:
+            continue
+        try:
+            setattr(config, name, os.environ[set_as])  # validated as assigned
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                name, error.got, error.allowed, detail=f"set by the environment variable {set_as}"
+            ) from None
+    return config
 
 
 def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> None:
