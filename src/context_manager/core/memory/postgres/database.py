@@ -162,13 +162,38 @@ class PostgresDatabase:
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as error:
             await pool.close()
+            reason = _describe(error)
+            if isinstance(error, psycopg_pool.PoolTimeout):  # the pool keeps why its connections failed
+                reason = await self._why_no_connection(psycopg) or reason
             raise StorageError(
-                f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
+                f"cannot connect to PostgreSQL at {self.location}: {reason}; check that the server "
                 f"runs and {self.named} is right"
             ) from None
         self._pid = forks.pid
         self._loop = asyncio.get_running_loop()
         self._pool = pool
+
+    async def _why_no_connection(self, psycopg: Any) -> str | None:
+        """Why a connection fails, in libpq's words, after the pool's open timed out; ``None`` if unknown.
+
+        The pool retries a failing connection until its timeout and then says only "pool initialization
+        incomplete": a database or role that does not exist, or a wrong password, read as a server that is
+        down. One connection attempt (of at most 2 s) tells. It connecting now, or not answering, leaves
+        the timeout as the reason.
+        """
+        try:
+            connection = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.dsn, **self._connection_settings(psycopg)),
+                min(2.0, self.connect_timeout),
+            )
+        except psycopg.Error as error:
+            text = " ".join(str(error).split())
+            return redact_dsn(f"{type(error).__name__}: {text}") if text else None
+        except Exception:  # a timeout, or anything else: the pool's reason stands
+            return None
+        with contextlib.suppress(Exception):
+            await connection.close()
+        return None
 
     def _check_process(self, operation: str) -> None:
         """Refuse to use the pool in a forked child, or after the event loop it was opened in ended.
