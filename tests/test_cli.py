@@ -859,6 +859,34 @@ def test_health_and_export_embed_nothing_and_write_no_vectors(
     assert asyncio.run(vector_models()) == []
 
 
+def test_health_of_an_unreachable_database_does_not_call_the_database_healthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``health`` with memory_backend=postgres and the server down reported the store unhealthy, and beside
+    it a ``database`` check "healthy: no database to check" (the store was never opened): a dashboard
+    reading checks.database showed the database up. The checks with no open store to look at (``database``,
+    ``storage_writes``) are left out, as the ``storage`` check of a missing directory is; so for a missing
+    store."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND", "postgres")
+    monkeypatch.setenv(
+        "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN", f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app"
+    )
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT", "1")
+    result = cli("--json", "health")
+    assert result.exit_code == 3, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["checks"]["memory_store"]["status"] == "unhealthy"
+    assert "cannot connect to PostgreSQL" in report["checks"]["memory_store"]["message"]
+    assert "database" not in report["checks"] and "storage_writes" not in report["checks"], report["checks"]
+    assert "s3cr3t-pw" not in result.stdout
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND")
+    missing = json.loads(cli("--json", "--storage", str(tmp_path / "missing"), "health").stdout)
+    assert missing["checks"]["memory_store"]["status"] == "unhealthy" and "database" not in missing["checks"]
+
+
 def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Path) -> None:
     cli_json("--storage", str(store), "memory", "add", "healthy data")
     report = cli_json("--storage", str(store), "health")

@@ -1660,6 +1660,10 @@ def health(ctx: typer.Context) -> None:
             # nothing to probe; "recreate the directory" would be bad advice
             if config is None or not config.resolved_storage_path.is_dir():
                 checker.unregister_check("storage")
+            if memory is None:  # no store open: "healthy, no database to check" beside a database down
+                for name in ("database", "storage_writes"):
+                    if name in checker.check_names:
+                        checker.unregister_check(name)
             if problem is not None:
                 checker.register_check(
                     "memory_store", _failing_check(problem, advice, degraded=in_use), critical=True
