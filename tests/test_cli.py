@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,34 @@ def test_tokens_counts_with_the_configured_token_model(monkeypatch: pytest.Monke
     assert explicit["encoding"] == "o200k_base" and explicit["tokens"] == count_tokens(text, "o200k_base")
     monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-9000")
     assert_one_line_error(cli("tokens", "-", input=text), "token_model", "gpt-9000")
+
+
+def test_tokens_reads_only_the_token_options_of_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tokens`` reads no memory store, yet it read the whole configuration for its encoding: a
+    PYTHON_CONTEXT_MANAGER_STORAGE_PATH (or CACHE_PATH) naming a file failed the count, and one on a hung
+    network filesystem made it wait for ever. It reads token_model and token_encoding only, still checked
+    and named as set."""
+    source = tmp_path / "notes.txt"
+    text = "Привет, мир! 你好世界"
+    source.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", str(source))  # a file: no storage directory
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_CACHE_PATH", str(source))
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-4")
+    result = cli("--json", "tokens", str(source))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["encoding"] == "cl100k_base" and data["tokens"] == count_tokens(text, "cl100k_base")
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL")
+    monkeypatch.setenv("python_context_manager_token_encoding", "cl100k_base")  # any case, as the config
+    assert json.loads(cli("--json", "tokens", str(source)).stdout)["encoding"] == "cl100k_base"
+    monkeypatch.setenv("python_context_manager_token_encoding", "gpt2")
+    assert_one_line_error(
+        cli("tokens", str(source)),
+        "token_encoding: got 'gpt2'",
+        "set by the environment variable python_context_manager_token_encoding",
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -828,6 +857,34 @@ def test_health_and_export_embed_nothing_and_write_no_vectors(
     else:
         assert len(Path("backup.jsonl").read_text().splitlines()) == 20
     assert asyncio.run(vector_models()) == []
+
+
+def test_health_of_an_unreachable_database_does_not_call_the_database_healthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``health`` with memory_backend=postgres and the server down reported the store unhealthy, and beside
+    it a ``database`` check "healthy: no database to check" (the store was never opened): a dashboard
+    reading checks.database showed the database up. The checks with no open store to look at (``database``,
+    ``storage_writes``) are left out, as the ``storage`` check of a missing directory is; so for a missing
+    store."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND", "postgres")
+    monkeypatch.setenv(
+        "PYTHON_CONTEXT_MANAGER_POSTGRES_DSN", f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app"
+    )
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT", "1")
+    result = cli("--json", "health")
+    assert result.exit_code == 3, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["checks"]["memory_store"]["status"] == "unhealthy"
+    assert "cannot connect to PostgreSQL" in report["checks"]["memory_store"]["message"]
+    assert "database" not in report["checks"] and "storage_writes" not in report["checks"], report["checks"]
+    assert "s3cr3t-pw" not in result.stdout
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND")
+    missing = json.loads(cli("--json", "--storage", str(tmp_path / "missing"), "health").stdout)
+    assert missing["checks"]["memory_store"]["status"] == "unhealthy" and "database" not in missing["checks"]
 
 
 def test_health_reports_healthy_missing_and_corrupted(tmp_path: Path, store: Path) -> None:
@@ -1824,6 +1881,37 @@ def test_memory_migrate_waits_the_configured_connect_timeout(tmp_path: Path) -> 
     assert held  # the command did reach the silent server
     assert elapsed < 7, elapsed  # the interpreter's start and 1 s, not 10 s
     assert not (tmp_path / "copy").exists()
+
+
+def test_memory_migrate_to_an_unreachable_server_names_the_option_given(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``memory migrate --to postgresql://...`` to a server that is down said to check that "the DSN
+    (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right": an option and a variable the user never
+    set, the DSN being on the command line. The hint names the location and the option that gave it."""
+    assert cli("--storage", str(store), "memory", "add", "a fact").exit_code == 0
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_CONNECT_TIMEOUT", "1")
+    with socket.socket() as probe:  # a port nobody listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = f"postgresql://app:s3cr3t-pw@127.0.0.1:{port}/app"
+    for arguments, named in (
+        (["--from", str(store), "--to", down], "the target DSN (--to)"),
+        (["--from", down, "--to", str(tmp_path / "copy")], "the source DSN (--from)"),
+        (["--verify-only", "--from", str(store), "--to", down], "the target DSN (--to)"),
+    ):
+        result = cli("memory", "migrate", *arguments)
+        assert_one_line_error(result, "cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1")
+        assert f"{named} is right" in result.stderr and "postgres_dsn" not in result.stderr, result.stderr
+        assert "s3cr3t-pw" not in result.stderr
+    assert not (tmp_path / "copy").exists()
+
+    from context_manager.core.errors import StorageError
+    from context_manager.core.memory.transfer import migrate_storage
+
+    with pytest.raises(StorageError, match="the target DSN") as raised:
+        asyncio.run(migrate_storage(str(store), down, connect_timeout=1))
+    assert "postgres_dsn" not in str(raised.value)
 
 
 def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None:

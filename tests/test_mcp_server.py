@@ -8,6 +8,7 @@ in-process client, and one test the streamable HTTP transport on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -717,6 +718,54 @@ def test_mcp_serve_on_a_locked_store_exits_with_the_reason(tmp_path: Path) -> No
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=30)
+
+
+def test_mcp_serve_on_a_hung_filesystem_ends_and_says_so(tmp_path: Path) -> None:
+    """``mcp serve`` with its storage on a hung network filesystem never started and never ended: an MCP
+    client's start waited for ever, and every retry left one more stuck process (the path's first look, in
+    the configuration, blocked). As the memory commands, it ends within about 10 s saying the storage does
+    not answer (exit code 1, nothing on the protocol channel), whether the path is --storage or set by the
+    environment."""
+    from tests.hung_filesystem import hung_mount
+
+    processes: dict[str, subprocess.Popen[str]] = {}
+    results: dict[str, tuple[str, str, int]] = {}
+    with hung_mount(tmp_path) as hung:
+        storage = str(hung.path / "memory")
+        started = time.monotonic()
+        try:
+            for name, extra, env in (
+                ("option", ["--storage", storage], {}),
+                ("environment", [], {"PYTHON_CONTEXT_MANAGER_STORAGE_PATH": storage}),
+            ):
+                processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "context_manager.cli", "mcp", "serve", *extra],
+                    stdin=subprocess.PIPE,  # open, as an MCP client keeps it
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={"PYTHONPATH": SOURCE_ROOT, **env},
+                )
+            for name, process in processes.items():
+                remaining = max(1.0, 45 - (time.monotonic() - started))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stdout, stderr = process.communicate(timeout=remaining)
+                    results[name] = (stdout, stderr, process.returncode)
+            elapsed = time.monotonic() - started
+        finally:
+            hung.release()  # a process blocked on the mount cannot even be killed before
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()
+    assert set(results) == set(processes), f"never returned: {set(processes) - set(results)}"
+    for name, (stdout, stderr, code) in results.items():
+        assert code == 1, (name, stdout, stderr)
+        assert stdout == "", name  # nothing on the protocol channel
+        where = storage if name == "option" else "the configured storage_path"
+        assert stderr.startswith(f"error: the storage at {where} does not answer within 10 s"), (name, stderr)
+        assert "hung NFS or SMB mount" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert elapsed < 45
 
 
 def test_mcp_serve_http_on_a_port_in_use_exits_with_the_reason(tmp_path: Path) -> None:

@@ -479,8 +479,10 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
+    from context_manager.core.config import KEYWORD_DSN
+
     # a connection string, as a URL or key=value, was a directory (./postgresql:/..., ./host=db password=...)
-    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or _KEYWORD_DSN.search(value):
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or KEYWORD_DSN.search(value):
         from context_manager.core.memory.postgres.database import redact_dsn
 
         kind = "" if "://" in value else ", a key=value connection string"
@@ -492,17 +494,15 @@ def _storage_argument(value: str | None) -> Path | None:
     return Path(value)
 
 
-_KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
-"""A libpq ``key=value`` connection string (``host=db password=...``)."""
-
-
 def _refuse_keyword_dsn(option: str, location: str) -> None:
     """Refuse a ``key=value`` connection string where a directory or a URL is taken.
 
     It was a storage directory named ``host=db password=...`` in the working directory, the memories
     copied there and the password printed.
     """
-    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and _KEYWORD_DSN.search(
+    from context_manager.core.config import KEYWORD_DSN
+
+    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and KEYWORD_DSN.search(
         location
     ):
         from context_manager.core.memory.postgres.database import redact_dsn
@@ -581,11 +581,7 @@ async def _open_memory(
     try:  # the configuration checks the path and the store is looked for: on a hung filesystem both wait
         config = await _within(_PROBE_SECONDS, _store_to_open, options, create)
     except TimeoutError:  # a hung network filesystem: a monitoring script's memory stats never returned
-        where = str(options.storage) if options.storage is not None else "the configured storage_path"
-        raise CommandError(
-            f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s: its filesystem hangs "
-            "(a hung NFS or SMB mount?); check the mount and its server"
-        ) from None
+        raise _not_answering(options.storage) from None
     if not embedder:
         config = config.model_copy(update={"embedder": "none"})
     manager: MemoryManager = MemoryManager(config, rebalance_on_open=not inspect)
@@ -594,6 +590,15 @@ async def _open_memory(
         yield manager
     finally:
         await manager.close()
+
+
+def _not_answering(storage: Path | None) -> CommandError:
+    """The error of a command whose storage directory did not answer within :data:`_PROBE_SECONDS`."""
+    where = str(storage) if storage is not None else "the configured storage_path"
+    return CommandError(
+        f"the storage at {where} does not answer within {_PROBE_SECONDS:g} s: its filesystem hangs "
+        "(a hung NFS or SMB mount?); check the mount and its server"
+    )
 
 
 def _store_to_open(options: _Options, create: bool) -> ContextManagerConfig:
@@ -740,7 +745,6 @@ def tokens(
     """Count the tokens of a text file (or standard input) exactly, offline."""
 
     def body(options: _Options) -> None:
-        from context_manager.core.config import ContextManagerConfig
         from context_manager.core.tokens import get_token_counter
 
         if options.storage is not None:
@@ -748,7 +752,8 @@ def tokens(
         if encoding is not None:
             counter = get_token_counter(encoding.value)
         else:  # as the library counts: token_model's encoding when it is set, else token_encoding
-            config = ContextManagerConfig()  # not _config(): no storage is used (a file there is no error)
+            # only those two options: no storage is used (a file or a hung mount there is no matter)
+            config = _environment_settings("token_encoding", "token_model")
             counter = get_token_counter(config.token_encoding, model=config.token_model)
         name = counter.encoding_name
         if source == "-":
@@ -1457,26 +1462,38 @@ def memory_migrate(
 def _connect_timeout_setting() -> float:
     """``postgres_connect_timeout`` as the environment sets it (10 s by default), for ``memory migrate``.
 
-    Only that option is read: the command uses no other (its storages are ``--from`` and ``--to``), and the
-    whole configuration would check options it never uses: a ``storage_path`` or ``./cache`` that is a file
-    failed the migration, and a ``storage_path`` on a hung mount made it wait.
+    Only that option is read (:func:`_environment_settings`): the command's storages are ``--from`` and
+    ``--to``.
     """
-    from context_manager.core.config import ENV_PREFIX, ContextManagerConfig
+    config = _environment_settings("postgres_connect_timeout")
+    return float(config.postgres_connect_timeout)
+
+
+def _environment_settings(*names: str) -> ContextManagerConfig:
+    """A configuration of the defaults with only options ``names`` read from the environment (checked).
+
+    For a command that uses a few options and no storage: the whole configuration checks options it never
+    uses, so a ``storage_path`` or ``./cache`` that is a file failed it, and a ``storage_path`` on a hung
+    mount made it wait for ever. A ``PYTHON_CONTEXT_MANAGER_*`` variable that names no option is warned
+    about, as the configuration does.
+    """
+    from context_manager.core import config as configuration
     from context_manager.core.errors import ConfigurationError
 
-    name = "postgres_connect_timeout"
-    variable = f"{ENV_PREFIX}{name}".upper()
-    config = ContextManagerConfig.model_construct()  # the defaults, no variable read, nothing checked
-    set_as = next((key for key in os.environ if key.upper() == variable), None)
-    if set_as is None:
-        return float(config.postgres_connect_timeout)
-    try:
-        config.postgres_connect_timeout = os.environ[set_as]  # type: ignore[assignment]  # validated as read
-    except ConfigurationError as error:
-        raise ConfigurationError(
-            name, error.got, error.allowed, detail=f"set by the environment variable {set_as}"
-        ) from None
-    return float(config.postgres_connect_timeout)
+    configuration._warn_unknown_variables()
+    config = configuration.ContextManagerConfig.model_construct()  # the defaults, nothing read or checked
+    for name in names:
+        variable = f"{configuration.ENV_PREFIX}{name}".upper()
+        set_as = next((key for key in os.environ if key.upper() == variable), None)
+        if set_as is None:
+            continue
+        try:
+            setattr(config, name, os.environ[set_as])  # validated as assigned
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                name, error.got, error.allowed, detail=f"set by the environment variable {set_as}"
+            ) from None
+    return config
 
 
 def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> None:
@@ -1643,6 +1660,10 @@ def health(ctx: typer.Context) -> None:
             # nothing to probe; "recreate the directory" would be bad advice
             if config is None or not config.resolved_storage_path.is_dir():
                 checker.unregister_check("storage")
+            if memory is None:  # no store open: "healthy, no database to check" beside a database down
+                for name in ("database", "storage_writes"):
+                    if name in checker.check_names:
+                        checker.unregister_check(name)
             if problem is not None:
                 checker.register_check(
                     "memory_store", _failing_check(problem, advice, degraded=in_use), critical=True
@@ -1750,14 +1771,11 @@ def mcp_serve(
         reason = "is a file, not a directory" if app_dir.exists() else "does not exist"
         raise typer.BadParameter(f"directory {str(app_dir)!r} {reason}", ctx, param_hint="'--app-dir'")
 
-    async def body(options: _Options) -> None:
+    def configured(options: _Options, path: Path | None, overrides: dict[str, str]) -> ContextManagerConfig:
+        """The server's configuration, after a look at its storage directory (as :func:`_store_to_open`)."""
         from context_manager.core.config import ContextManagerConfig
-        from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
 
-        if options.json_output:  # as with examples: said, not silently dropped
-            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
-        path = _storage_argument(storage) if storage is not None else options.storage
-        values: dict[str, Any] = dict(_config_overrides(settings or []))
+        values: dict[str, Any] = dict(overrides)
         if path is not None:
             values["storage_path"] = path.expanduser().resolve()
         config = ContextManagerConfig(**values)
@@ -1771,6 +1789,23 @@ def mcp_serve(
                 "mcp serve needs --storage PATH (MCP clients start the server in an unknown directory, "
                 "so the memory location must be explicit), or --set memory_backend=postgres"
             )
+        if _uses_directory(config):
+            config.resolved_storage_path.exists()  # only to see that its filesystem answers
+        return config
+
+    async def body(options: _Options) -> None:
+        from context_manager.mcp_server import load_tool_registry, resolve_app_dir, run_mcp_server
+
+        if options.json_output:  # as with examples: said, not silently dropped
+            _warn_ignored(options, "--json", "mcp serve answers in the MCP protocol (JSON-RPC), not a report")
+        path = _storage_argument(storage) if storage is not None else options.storage
+        overrides = _config_overrides(settings or [])
+        # the path is resolved and checked, and the store looked for: on a hung filesystem each waited for
+        # ever, and an MCP client's start of the server with it (each retry one more stuck process)
+        try:
+            config = await _within(_PROBE_SECONDS, configured, options, path, overrides)
+        except TimeoutError:
+            raise _not_answering(path) from None
         if http is None:  # before the store is opened (or created): stdio is the protocol's channel
             closed = [
                 name for name, stream in (("input", sys.stdin), ("output", sys.stdout)) if stream is None

@@ -114,7 +114,13 @@ def test_a_rejected_connection_string_is_quoted_without_its_password(monkeypatch
 
 @pytest.mark.parametrize("option", ["storage_path", "cache_path"])
 @pytest.mark.parametrize(
-    "value", ["postgresql://app:s3cr3t-pw@db.internal/app", Path("postgres://app:s3cr3t-pw@db.internal/app")]
+    "value",
+    [
+        "postgresql://app:s3cr3t-pw@db.internal/app",
+        Path("postgres://app:s3cr3t-pw@db.internal/app"),
+        "host=db.internal user=app password=s3cr3t-pw dbname=app",  # libpq's key=value form
+        Path("dbname=app password='s3cr3t-pw' host=db.internal"),
+    ],
 )
 def test_a_connection_string_given_as_a_directory_is_refused(
     option: str, value: str | Path, tmp_path: Path
@@ -124,7 +130,29 @@ def test_a_connection_string_given_as_a_directory_is_refused(
     PostgreSQL."""
     with pytest.raises(ConfigurationError, match="postgres_dsn.*memory_backend") as caught:
         ContextManagerConfig(**{option: value})  # type: ignore[arg-type]
-    assert "s3cr3t-pw" not in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value) and "s3cr3t-pw" not in repr(caught.value.got)
+    assert not any(Path.cwd().iterdir())
+
+
+def test_a_key_value_connection_string_as_a_directory_is_refused_wherever_it_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """libpq's ``host=db password=... dbname=app`` as ``storage_path`` (the CLI's ``--storage`` refuses it)
+    was a directory of that name in the working directory, the password in its name and in every message
+    quoting the path. Refused as the URL form is, assigned or from the environment, the password hidden; a
+    path that merely holds an ``=`` is still a path."""
+    dsn = "host=db.internal password=s3cr3t-pw dbname=app"
+    config = ContextManagerConfig(storage_path=tmp_path / "memory")
+    with pytest.raises(ConfigurationError, match="postgres_dsn") as caught:
+        config.storage_path = dsn  # type: ignore[assignment]
+    assert "s3cr3t-pw" not in str(caught.value) and config.storage_path == tmp_path / "memory"
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH", dsn)
+    with pytest.raises(ConfigurationError, match="PYTHON_CONTEXT_MANAGER_STORAGE_PATH") as caught:
+        ContextManagerConfig()
+    assert "s3cr3t-pw" not in str(caught.value) and "password=***" in str(caught.value)
+    monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH")
+    for path in ("backup/host=laptop", tmp_path / "user=alice", "runs/port=8080/memory"):
+        assert ContextManagerConfig(storage_path=path).storage_path == Path(path)
     assert not any(Path.cwd().iterdir())
 
 
@@ -279,3 +307,24 @@ async def test_a_file_named_cache_in_the_working_directory_is_no_error_with_stor
         ContextManagerConfig()  # the default layout: the storage would be under ./cache
     with pytest.raises(ConfigurationError, match=r"^cache_path: .*existing file"):
         ContextManagerConfig(storage_path=tmp_path / "volume", cache_path="cache")  # named explicitly
+
+
+def test_no_statement_timeout_can_be_set_from_the_environment_or_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``postgres_statement_timeout=None`` leaves the server's (or the role's) own statement_timeout, but
+    only a keyword could say it: ``PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT=none`` (and ``mcp
+    serve --set postgres_statement_timeout=none``) was refused as "a number > 0", so a service configured
+    by its environment always had the 60 s limit. ``none`` (any case) is None now, and a refused value
+    says it is allowed."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "None")
+    assert ContextManagerConfig().postgres_statement_timeout is None
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "30")
+    assert ContextManagerConfig().postgres_statement_timeout == 30.0
+    assert ContextManagerConfig(postgres_statement_timeout="none").postgres_statement_timeout is None
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT", "off")
+    with pytest.raises(
+        ConfigurationError, match="PYTHON_CONTEXT_MANAGER_POSTGRES_STATEMENT_TIMEOUT"
+    ) as caught:
+        ContextManagerConfig()
+    assert caught.value.allowed == "a number > 0, or none (the server's own statement_timeout)"

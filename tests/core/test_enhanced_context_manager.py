@@ -1010,3 +1010,26 @@ async def test_postgres_backend_creates_no_directory(postgres_dsn: str) -> None:
         status = await manager.health_checker.perform_health_check()
         assert status.checks["storage"].message == "no storage configured"
     assert list(Path.cwd().iterdir()) == []  # the test's own empty working directory
+
+
+async def test_system_status_on_postgres_names_the_database_not_a_directory(postgres_dsn: str) -> None:
+    """On PostgreSQL ``get_system_status()["memory"]["storage_path"]`` was ``cache/storage``, a directory
+    nothing is stored in, and ``bytes_on_disk`` the sizes of the files there: an application moved from the
+    embedded backend reported its old, stale store's size as the live one. It names the database (the DSN,
+    its password hidden, as ``get_memory_stats()`` does) and counts no file."""
+    from psycopg.conninfo import make_conninfo
+
+    from context_manager.core.memory.manager import MemoryManager
+
+    async with MemoryManager(ContextManagerConfig()) as old:  # the embedded store used before: cache/storage
+        await old.add_memory("a memory of the embedded store")
+    dsn = make_conninfo(postgres_dsn, password="s3cr3t-pw")  # the test server trusts: any password works
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=dsn, enable_health_checks=False)
+    async with EnhancedContextManager(config) as manager:
+        status = manager.get_system_status()["memory"]
+        stats = await manager.memory_manager.get_memory_stats()
+    assert status["backend"] == "postgres"
+    assert status["storage_path"] == status["location"] == stats["storage_path"]
+    assert "cache" not in status["storage_path"] and "***" in status["storage_path"]
+    assert status["bytes_on_disk"] == {"log": 0, "database": 0, "total": 0}
+    assert "s3cr3t-pw" not in repr(status)

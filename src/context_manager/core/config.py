@@ -163,8 +163,8 @@ class ContextManagerConfig(BaseSettings):
         60.0,
         gt=0.0,
         description="Seconds a PostgreSQL statement may run (or wait for a lock) before the server cancels it"
-        " and the call raises StorageError; None leaves the server's own statement_timeout. Migrations, "
-        "index builds and rebuild_index() run without it.",
+        " and the call raises StorageError; None ('none' in the environment) leaves the server's own "
+        "statement_timeout. Migrations, index builds and rebuild_index() run without it.",
     )
 
     # Persisted conversations
@@ -254,7 +254,8 @@ class ContextManagerConfig(BaseSettings):
                 raise ValueError("a path without NUL characters")
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
-            if _LOOKS_LIKE_DSN.match(str(value)):  # was a directory ./postgresql:/user:password@host/db
+            # was a directory ./postgresql:/user:password@host/db (or ./host=db password=... dbname=app)
+            if _LOOKS_LIKE_DSN.match(str(value)) or KEYWORD_DSN.search(str(value)):
                 raise ValueError(
                     "a directory path; a PostgreSQL connection string goes in postgres_dsn "
                     "(PYTHON_CONTEXT_MANAGER_POSTGRES_DSN), with memory_backend='postgres'"
@@ -318,6 +319,14 @@ class ContextManagerConfig(BaseSettings):
         if "\x00" in text:
             raise ValueError("a connection string without NUL characters")
         return text
+
+    @field_validator("postgres_statement_timeout", mode="before")
+    @classmethod
+    def _none_as_text(cls, value: Any) -> Any:
+        """``"none"`` (any case) is None: an environment variable or ``--set`` can only give text."""
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        return value
 
     @field_validator("*", mode="before")
     @classmethod
@@ -454,6 +463,10 @@ def _configuration_error(
 _LOOKS_LIKE_DSN = re.compile(r"\s*postgres(?:ql)?:/", re.IGNORECASE)
 """A PostgreSQL URL (``//`` made ``/`` when it went through ``Path``)."""
 
+KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
+"""A libpq ``key=value`` connection string (``host=db password=...``), not a directory: a key at the start
+or after a blank (``backup/host=laptop`` is a path)."""
+
 
 def _without_password(value: Any) -> Any:
     """A rejected value as an error may quote it: a connection string's password as ``***``.
@@ -522,4 +535,8 @@ def _describe_constraints(field: str) -> str | None:
     if not bounds:
         return None
     kind = "an integer" if info.annotation is int else "a number"
-    return f"{kind} " + " and ".join(bounds)
+    return f"{kind} " + " and ".join(bounds) + _NONE_MEANS.get(field, "")
+
+
+_NONE_MEANS = {"postgres_statement_timeout": ", or none (the server's own statement_timeout)"}
+"""What ``none`` (None) means for an option with bounds whose default is not None (see ``_none_as_text``)."""

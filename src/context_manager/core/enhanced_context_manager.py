@@ -1460,7 +1460,7 @@ class EnhancedContextManager:
 
         Keys: ``state`` (``"new"``, ``"ready"``, ``"closed"``), ``timestamp``, and ``context`` (the context
         summary), ``memory`` (``initialized``, ``user_id`` (the manager's, ``None`` without one),
-        ``storage_path``, ``bytes_on_disk``), ``tools``
+        ``storage_path`` (on PostgreSQL the DSN without its password), ``bytes_on_disk``), ``tools``
         (``tool_manager.get_tool_stats()``), ``conversation`` (with a conversation id:
         ``conversation_id``, ``version``, ``pending_changes`` not yet stored, ``stale``, ``backend``),
         ``monitor`` (the monitor's current metrics, ``rejected`` the calls refused for bad input, and
@@ -1485,23 +1485,33 @@ class EnhancedContextManager:
             }
         memory = getattr(self, "memory_manager", None)
         if memory is not None:
-            sizes = {}
-            for name, file_name in (("log", LOG_FILE_NAME), ("database", DATABASE_FILE_NAME)):
-                try:
-                    sizes[name] = (memory.storage_path / file_name).stat().st_size
-                except OSError:
-                    sizes[name] = 0
-            sizes["total"] = sum(sizes.values())
             backend = memory.backend
+            on_postgres = memory.config.memory_backend == "postgres"
+            sizes = {"log": 0, "database": 0}
+            # on PostgreSQL no file holds the memories: the files under storage_path (an embedded store used
+            # before, say) are not its size, and the path is not where they are
+            files = () if on_postgres else (("log", LOG_FILE_NAME), ("database", DATABASE_FILE_NAME))
+            for name, file_name in files:
+                with contextlib.suppress(OSError):
+                    sizes[name] = (memory.storage_path / file_name).stat().st_size
+            sizes["total"] = sum(sizes.values())
+            location = str(memory.storage_path)
+            if backend is not None and backend.kind == "postgres":
+                location = backend.location
+            elif on_postgres:  # not opened yet: the DSN it will open, without its password
+                from context_manager.core.memory.postgres.database import redact_dsn
+
+                dsn = memory.config.postgres_dsn
+                location = "" if dsn is None else redact_dsn(dsn.get_secret_value())
             status["memory"] = {
                 "initialized": memory.is_initialized,
                 "user_id": getattr(self, "_user_id", None),
                 "backend": self.config.memory_backend,
-                "storage_path": str(memory.storage_path),
+                "storage_path": location,  # the DSN without its password with memory_backend="postgres"
                 "bytes_on_disk": sizes,  # the embedded files (0 with memory_backend="postgres")
             }
-            if backend is not None and backend.kind == "postgres":
-                status["memory"]["location"] = backend.location
+            if on_postgres:
+                status["memory"]["location"] = location
         tools = getattr(self, "tool_manager", None)
         if tools is not None:
             status["tools"] = tools.get_tool_stats()

@@ -156,3 +156,50 @@ async def test_a_concurrent_build_still_running_is_left_to_finish(postgres_dsn: 
             "SELECT count(*) FROM cm_schema_migrations WHERE name = '0013_conversations_recent'"
         ).fetchone()
     assert row == (True,) and recorded == (1,)
+
+
+async def test_a_role_not_owning_the_table_records_the_index_built_beforehand(postgres_dsn: str) -> None:
+    """docs/postgres.md: build the index beforehand, then upgrade, "the migration finds it and only records
+    itself". Not for an application role that does not own ``cm_conversations`` (the docs' set-up where the
+    owner migrates from a release step): ``CREATE INDEX IF NOT EXISTS`` checks ownership before existence,
+    so its start failed with ``must be owner of table cm_conversations`` though the index was there. It finds
+    the index and records the migration; without the index it still fails naming the cause."""
+    import uuid
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from context_manager.core.errors import StorageError
+
+    database = await _migrated(postgres_dsn, before="0013")
+    await database.close()
+    schema = conninfo_to_dict(postgres_dsn)["options"].split("=", 1)[1].split(",")[0]
+    name = f"cm_app_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'app'")
+            connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {name}")
+            connection.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {name}"
+            )
+    except psycopg.errors.InsufficientPrivilege:
+        pytest.skip("the test server does not let this test create a role")
+    application = make_conninfo(postgres_dsn, user=name, password="app")
+    try:
+        with pytest.raises(StorageError, match="must be owner of table cm_conversations"):
+            await _migrated(application)  # no index yet: only the owner can build it
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:  # the operator, beforehand
+            connection.execute(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS cm_conversations_recent "
+                "ON cm_conversations (updated_at DESC, id)"
+            )
+        database = await _migrated(application)
+        await database.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            recorded = connection.execute(
+                "SELECT count(*) FROM cm_schema_migrations WHERE name = '0013_conversations_recent'"
+            ).fetchone()
+        assert recorded == (1,)
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {name}")
+            connection.execute(f"DROP ROLE IF EXISTS {name}")

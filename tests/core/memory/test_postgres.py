@@ -186,6 +186,26 @@ async def test_health_checker_reports_the_server(postgres_dsn: str, tmp_path: Pa
         assert database.recommendation is not None and "postgres_dsn" in database.recommendation
 
 
+async def test_a_connection_the_server_refuses_says_why(postgres_dsn: str) -> None:
+    """A database or role that does not exist (a typo in the DSN; a wrong password alike) said only
+    "PoolTimeout: pool initialization incomplete", as for a server that is down: the pool retries until its
+    timeout and keeps libpq's reason to itself. The error now quotes the server's reason."""
+    import time
+
+    from psycopg.conninfo import make_conninfo
+
+    for dsn, reason in (
+        (make_conninfo(postgres_dsn, dbname="cm_no_such_db"), 'database "cm_no_such_db" does not exist'),
+        (make_conninfo(postgres_dsn, user="cm_no_such_role"), 'role "cm_no_such_role" does not exist'),
+    ):
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="cannot connect to PostgreSQL") as raised:
+            async with MemoryManager(postgres_config(dsn, postgres_connect_timeout=2)):
+                pass
+        assert reason in str(raised.value) and "PoolTimeout" not in str(raised.value), str(raised.value)
+        assert time.monotonic() - started < 5  # the pool's 2 s, then one attempt the server answers
+
+
 async def test_tier_counts_follow_own_writes_at_once_and_other_processes_soon(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import Memory, MemoryTier
     from context_manager.core.memory.postgres import PostgresBackend
@@ -1088,7 +1108,7 @@ SHIPPED_MIGRATIONS = {
     "0010_search_numbers_in_their_words": "1ffa782eeceffe28",
     "0011_search_folded_and_split_as_queried": "5bab27ed9673b62d",
     "0012_search_split_at_unfolded_marks": "553795088b51078b",
-    "0013_conversations_recent": "0800f8ab37466e23",  # unreleased: edited before its release
+    "0013_conversations_recent": "efd462ce64254e87",  # unreleased: edited before its release
 }
 """A digest of each migration's statements, as released."""
 

@@ -144,6 +144,19 @@ def _describe_location(location: str) -> str:
     return str(Path(location).expanduser())
 
 
+_OPTIONS = {"source": "--from", "target": "--to"}
+"""The options of ``context-manager memory migrate`` that give the source and the target."""
+
+
+def _dsn_named(name: str) -> str:
+    """What a failed connection's hint calls the DSN given as ``name``: ``the target DSN (--to)``.
+
+    It said ``postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN``, which a migration never reads.
+    """
+    option = _OPTIONS.get(name)
+    return f"the {name} DSN" + (f" ({option})" if option is not None else "")
+
+
 def _storage_exists(path: Path) -> bool:
     from context_manager.core.memory.file_store import LOG_FILE_NAME
     from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
@@ -180,7 +193,9 @@ def open_storage(
     if is_dsn(location):
         from context_manager.core.memory.postgres import PostgresBackend, PostgresDatabase
 
-        database = PostgresDatabase(_dsn(location), pool_size=2, connect_timeout=connect_timeout)
+        database = PostgresDatabase(
+            _dsn(location), pool_size=2, connect_timeout=connect_timeout, named=_dsn_named(name)
+        )
         return PostgresBackend(database, weights=weights)
     if _ONE_SLASH_URL.match(location):  # was a directory ./postgresql:/user:password@host/db, printed
         raise InvalidArgumentError(
@@ -427,7 +442,9 @@ async def _check_postgres_store(location: str, name: str, connect_timeout: float
     """Refuse a DSN whose schema holds no memory store, before opening it creates the tables there."""
     from context_manager.core.memory.postgres import PostgresDatabase
 
-    database = PostgresDatabase(_dsn(location), pool_size=1, connect_timeout=connect_timeout)
+    database = PostgresDatabase(
+        _dsn(location), pool_size=1, connect_timeout=connect_timeout, named=_dsn_named(name)
+    )
     await database.open()
     try:
 

@@ -95,6 +95,8 @@ class PostgresDatabase:
         statement_timeout: Seconds a statement of the pool may run (or wait for a lock) before the server
             cancels it (its ``statement_timeout``, set on each new connection); ``None`` leaves the server's
             own. :meth:`migrate`, :meth:`create_if_missing` and ``run(..., unbounded=True)`` run without it.
+        named: What the hint of a failed connection calls the DSN: where the user gave it (by default the
+            ``postgres_dsn`` option).
 
     Connections also get TCP keepalives and a TCP user timeout (:data:`TCP_SETTINGS`) unless the DSN sets
     them: a server that vanished without closing the connection (a failover, a network cut) is found
@@ -109,6 +111,7 @@ class PostgresDatabase:
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         statement_timeout: float | None = None,
+        named: str = "the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN)",
     ) -> None:
         self.dsn = dsn
         """The connection string (with its password: never log it; see :attr:`location`)."""
@@ -118,6 +121,8 @@ class PostgresDatabase:
         """Seconds to wait for a connection."""
         self.statement_timeout = statement_timeout
         """Seconds a pooled statement may run, or ``None`` (the server's setting)."""
+        self.named = named
+        """What a connection failure's hint calls the DSN (where it was given), to be checked."""
         self._pool: AsyncConnectionPool | None = None
         self._lock_pool: AsyncConnectionPool | None = None  # opened on first use (see lock_connection)
         self._lock_pool_opening = asyncio.Lock()  # two first uses at once open one pool
@@ -157,13 +162,38 @@ class PostgresDatabase:
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as error:
             await pool.close()
+            reason = _describe(error)
+            if isinstance(error, psycopg_pool.PoolTimeout):  # the pool keeps why its connections failed
+                reason = await self._why_no_connection(psycopg) or reason
             raise StorageError(
-                f"cannot connect to PostgreSQL at {self.location}: {_describe(error)}; check that the server "
-                "runs and the DSN (postgres_dsn / PYTHON_CONTEXT_MANAGER_POSTGRES_DSN) is right"
+                f"cannot connect to PostgreSQL at {self.location}: {reason}; check that the server "
+                f"runs and {self.named} is right"
             ) from None
         self._pid = forks.pid
         self._loop = asyncio.get_running_loop()
         self._pool = pool
+
+    async def _why_no_connection(self, psycopg: Any) -> str | None:
+        """Why a connection fails, in libpq's words, after the pool's open timed out; ``None`` if unknown.
+
+        The pool retries a failing connection until its timeout and then says only "pool initialization
+        incomplete": a database or role that does not exist, or a wrong password, read as a server that is
+        down. One connection attempt (of at most 2 s) tells. It connecting now, or not answering, leaves
+        the timeout as the reason.
+        """
+        try:
+            connection = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.dsn, **self._connection_settings(psycopg)),
+                min(2.0, self.connect_timeout),
+            )
+        except psycopg.Error as error:
+            text = " ".join(str(error).split())
+            return redact_dsn(f"{type(error).__name__}: {text}") if text else None
+        except Exception:  # a timeout, or anything else: the pool's reason stands
+            return None
+        with contextlib.suppress(Exception):
+            await connection.close()
+        return None
 
     def _check_process(self, operation: str) -> None:
         """Refuse to use the pool in a forked child, or after the event loop it was opened in ended.

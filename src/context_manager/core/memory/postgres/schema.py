@@ -924,12 +924,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # list_conversations() without a user (a single-user app's "recent chats", limit=20) scanned every
         # conversation and sorted them for each page: 15-20 ms at 50,000, growing with the table; an index
         # in the listing's order reads the page (0.1 ms). The build holds a SHARE lock on cm_conversations
-        # (appends wait; memories do not), about 1.5 s at 1,000,000 conversations. IF NOT EXISTS: an operator
-        # may build it beforehand with CREATE INDEX CONCURRENTLY under this name (docs/postgres.md); one such
-        # build that failed left an invalid index, which the planner never uses: it is built again. One
-        # still running is invalid too: dropping it waited for the build, which waited for this transaction
-        # (a deadlock: the build was cancelled, then the table locked for a build here); the migration fails
-        # saying so instead, to be run again once the build is over
+        # (appends wait; memories do not), about 1.5 s at 1,000,000 conversations. Only if missing: an
+        # operator may build it beforehand with CREATE INDEX CONCURRENTLY under this name (docs/postgres.md);
+        # one such build that failed left an invalid index, which the planner never uses: it is built again.
+        # One still running is invalid too: dropping it waited for the build, which waited for this
+        # transaction (a deadlock: the build was cancelled, then the table locked for a build here); the
+        # migration fails saying so instead, to be run again once the build is over
         "0013_conversations_recent",
         [
             """
@@ -947,7 +947,18 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             END
             $$
             """,
-            "CREATE INDEX IF NOT EXISTS cm_conversations_recent ON cm_conversations (updated_at DESC, id)",
+            # not CREATE INDEX IF NOT EXISTS: it checks that the role owns the table before it looks for the
+            # index, so an application role that does not (the owner migrating from a release step) failed
+            # with "must be owner of table cm_conversations" though the operator had built the index
+            """
+            DO $$
+            BEGIN
+                IF to_regclass('cm_conversations_recent') IS NULL THEN
+                    CREATE INDEX cm_conversations_recent ON cm_conversations (updated_at DESC, id);
+                END IF;
+            END
+            $$
+            """,
         ],
     ),
 ]
