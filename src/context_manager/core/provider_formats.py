@@ -906,14 +906,22 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
     blocks; LangChain's ``AIMessage`` and its ``tool_calls`` too.
 
     Raises:
-        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object; or the
-            response is none of these shapes.
+        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object (a
+            LangChain ``AIMessage`` with ``invalid_tool_calls`` too); or the response is none of these
+            shapes.
     """
     if response is None:
         return []
     if hasattr(response, "model_dump") and callable(response.model_dump):
         response = response.model_dump()
     if isinstance(response, dict):
+        if response.get("invalid_tool_calls"):  # LangChain's calls whose arguments are no JSON
+            raise InvalidMessageError(
+                "response.invalid_tool_calls",
+                response["invalid_tool_calls"],
+                "none: a call whose arguments are no JSON object cannot be run (answer the model without "
+                "it, or ask it again)",
+            )
         if response.get("tool_calls"):
             return [ToolCall.from_value(_as_dict(item)) for item in response["tool_calls"]]
         choices = response.get("choices")
