@@ -299,11 +299,15 @@ class SupportsModelDump(Protocol):
 _LANGCHAIN_ROLES = {
     "human": "user",
     "ai": "assistant",
-    "AIMessageChunk": "assistant",
     "system": "system",
     "tool": "tool",
+    "HumanMessageChunk": "user",
+    "AIMessageChunk": "assistant",
+    "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool",
 }
-"""LangChain message types (``message.type``) and their roles; a ``ChatMessage`` (``chat``) has its own."""
+"""LangChain message types (``message.type``, a chunk's its class name) and their roles; a ``ChatMessage``
+(``chat``) has its own."""
 _LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call", "function_call", "reasoning"})
 """Content blocks of a LangChain ``AIMessage`` its ``tool_calls`` carry (langchain-anthropic and the
 Responses API output keep them), and its reasoning (the window keeps none, as of a Responses API output)."""
