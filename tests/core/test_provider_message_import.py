@@ -816,3 +816,18 @@ async def test_langchain_message_chunks_go_in_as_their_messages(tmp_path: Path) 
             ]
             assert [c.id for c in manager.messages[2].tool_calls] == ["c1"]
             assert manager.messages[3].metadata == {"is_error": True}
+
+
+async def test_a_langchain_ai_message_of_thinking_and_plain_strings_goes_in(tmp_path: Path) -> None:
+    """An ``AIMessage`` content list may hold plain strings beside its blocks (LangChain's content is
+    ``str | list[str | dict]``): with a thinking block among them, the message was refused naming
+    ``messages[1].thinking[1]``, a field the caller never gave. The strings are its text, as without
+    thinking."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    thinking = {"type": "thinking", "thinking": "Easy.", "signature": "EqQBCkYIAxgCIkD=="}
+    said = AIMessage([thinking, "Four.", {"type": "text", "text": "Sure."}])
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages([HumanMessage("2+2?"), said])
+        [_, answer] = manager.messages
+        assert answer.content == "Four.\nSure." and answer.thinking == (thinking,)

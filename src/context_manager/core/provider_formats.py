@@ -359,12 +359,16 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
         content = fields.get("content")
         if isinstance(content, list):
             field = f"messages[{position}].content"
-            blocks = [_as_block(part) for part in content]
+            # a plain string is a text part (content is str | list[str | dict]), thinking's too
+            blocks = [
+                {"type": "text", "text": part} if isinstance(part, str) else _as_block(part)
+                for part in content
+            ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
             if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
                 message["thinking"] = blocks
             parts = [
-                {"type": "text", "text": part} if isinstance(part, str) else part
+                part
                 for part, kind in zip(blocks, kinds, strict=True)
                 if not (
                     role == "assistant"
