@@ -120,6 +120,51 @@ def test_a_calls_json_text_is_kept_and_stays_out_of_copies_and_comparisons() -> 
         call._json = "{}"  # type: ignore[misc]
 
 
+async def test_arguments_edited_before_the_call_enters_a_message_are_what_the_window_holds(
+    tmp_path: Path,
+) -> None:
+    """The arguments' JSON text is kept from its first encoding: a call shown for review
+    (``arguments_json()``) and edited before ``add_message``, or edited after an add refused as too large,
+    was held, counted and exported with its old arguments (the tool ran with the new ones). The text is
+    encoded again when the call enters a message."""
+    from context_manager.core.errors import ContextBudgetError
+    from context_manager.core.provider_formats import parse_tool_calls
+
+    completion = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "send", "arguments": '{"to":"bob@a.x"}'}}
+        ],
+    }
+    [call] = parse_tool_calls(completion)
+    assert call.arguments_json() == '{"to":"bob@a.x"}'  # shown to a reviewer
+    call.arguments["to"] = "bob@b.x"  # who edits it before it runs
+    big = ToolCall("c2", "write", {"text": "word " * 3000})
+    config = ContextManagerConfig(
+        cache_path=tmp_path, enable_health_checks=False, embedder="none", max_tokens=2000
+    )
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "mail bob, then write the file")
+        await manager.add_message("assistant", "", tool_calls=[call])
+        await manager.add_message("tool", "sent", tool_call_id="c1")
+        with pytest.raises(ContextBudgetError):
+            await manager.add_message("assistant", "", tool_calls=[big])
+        big.arguments["text"] = "word"  # made small: the add goes in now
+        await manager.add_message("assistant", "", tool_calls=[big])
+        await manager.add_message("tool", "written", tool_call_id="c2")
+        exported = manager.get_context(format="openai")
+        assert [m["tool_calls"][0]["function"]["arguments"] for m in exported if m.get("tool_calls")] == [
+            '{"to":"bob@b.x"}',
+            '{"text":"word"}',
+        ]
+        counter = manager.context_window.counter
+        for message in manager.messages[1::2]:  # counted with the arguments they hold
+            fresh = [ToolCall(c.id, c.name, dict(c.arguments)) for c in message.tool_calls]
+            expected = counter.count_message(Message.create("assistant", "", tool_calls=fresh))
+            assert message.token_count == expected
+
+
 async def test_a_responses_api_function_call_item_is_a_call_under_its_call_id(tmp_path: Path) -> None:
     """An OpenAI Responses API ``function_call`` output item (arguments a JSON string, ``id`` the item's
     own "fc_..." id) was refused as "arguments: not a JSON object", or read under the item id, which the

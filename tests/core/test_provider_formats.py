@@ -495,6 +495,24 @@ def test_parse_tool_calls_reads_a_list_of_tool_calls_as_given() -> None:
     assert parse_tool_calls([{"id": "c1", "function": {"name": "f", "arguments": '{"x":1}'}}]) == expected[:1]
 
 
+def test_parse_tool_calls_refuses_a_langchain_message_with_invalid_tool_calls() -> None:
+    """LangChain puts a call whose arguments are no JSON in ``AIMessage.invalid_tool_calls``:
+    ``parse_tool_calls`` returned ``[]`` (or the valid calls alone), so an agent loop stopped with the
+    model's call unanswered, where the same call in an OpenAI message raises. Refused now, as
+    ``add_messages`` refuses that message."""
+    from langchain_core.messages import AIMessage
+
+    broken = {"name": "f", "args": '{"x": ', "id": "c2", "error": "no JSON"}
+    for message in (
+        AIMessage(content="", invalid_tool_calls=[broken]),
+        AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "c1"}], invalid_tool_calls=[broken]),
+    ):
+        for shape in (message, message.model_dump()):
+            with pytest.raises(InvalidMessageError, match=r"^response\.invalid_tool_calls: .*JSON object"):
+                parse_tool_calls(shape)
+    assert parse_tool_calls(AIMessage(content="no call")) == []
+
+
 def test_parse_tool_calls_rejects_bad_arguments() -> None:
     bad = {
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]

@@ -784,3 +784,50 @@ async def test_langchain_messages_go_in_as_the_messages_they_are(tmp_path: Path)
         await manager.add_messages([HumanMessage("Weather?"), responses_style])
         [_, said] = manager.messages
         assert said.content == "Checking." and [c.id for c in said.tool_calls] == ["call_9"]
+
+
+async def test_langchain_message_chunks_go_in_as_their_messages(tmp_path: Path) -> None:
+    """LangChain's chunk classes (what streaming gives, and what adding chunks makes) are its messages
+    too: ``AIMessageChunk`` went in, but ``HumanMessageChunk``, ``SystemMessageChunk`` and
+    ``ToolMessageChunk`` were taken for Responses API items and refused (``messages[0].type: got
+    'SystemMessageChunk'; allowed Responses API input or output items``)."""
+    from langchain_core.messages import (
+        AIMessageChunk,
+        HumanMessageChunk,
+        SystemMessageChunk,
+        ToolMessageChunk,
+    )
+
+    call = AIMessageChunk(content="", tool_call_chunks=[{"name": "f", "args": "{}", "id": "c1", "index": 0}])
+    history = [
+        SystemMessageChunk(content="Be brief."),
+        HumanMessageChunk(content="Run ") + HumanMessageChunk(content="f."),
+        call,
+        ToolMessageChunk(content="done", tool_call_id="c1", status="error"),
+    ]
+    for n, given in enumerate([history, [message.model_dump() for message in history]]):
+        async with EnhancedContextManager(config(tmp_path / str(n))) as manager:
+            assert await manager.add_messages(given) == 4
+            assert [(m.role.value, m.content) for m in manager.messages] == [
+                ("system", "Be brief."),
+                ("user", "Run f."),
+                ("assistant", ""),
+                ("tool", "done"),
+            ]
+            assert [c.id for c in manager.messages[2].tool_calls] == ["c1"]
+            assert manager.messages[3].metadata == {"is_error": True}
+
+
+async def test_a_langchain_ai_message_of_thinking_and_plain_strings_goes_in(tmp_path: Path) -> None:
+    """An ``AIMessage`` content list may hold plain strings beside its blocks (LangChain's content is
+    ``str | list[str | dict]``): with a thinking block among them, the message was refused naming
+    ``messages[1].thinking[1]``, a field the caller never gave. The strings are its text, as without
+    thinking."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    thinking = {"type": "thinking", "thinking": "Easy.", "signature": "EqQBCkYIAxgCIkD=="}
+    said = AIMessage([thinking, "Four.", {"type": "text", "text": "Sure."}])
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages([HumanMessage("2+2?"), said])
+        [_, answer] = manager.messages
+        assert answer.content == "Four.\nSure." and answer.thinking == (thinking,)

@@ -249,8 +249,8 @@ class ToolCall(_JsonSlot):
     def arguments_json(self) -> str:
         """The arguments as the compact JSON string providers put on the wire.
 
-        Encoded on first use and kept: the arguments are read-only once the call exists (the window
-        counts a message once, too).
+        Encoded on first use and kept: the arguments are read-only once the call is in a message (the
+        window counts a message once, too); a call given to a message is encoded again.
         """
         try:
             return self._json
@@ -273,6 +273,8 @@ class ToolCall(_JsonSlot):
         """
         if isinstance(value, ToolCall):
             call = value
+            if hasattr(call, "_json"):  # kept from before it enters this message: maybe of edited arguments
+                _forget_json(call)
         elif isinstance(value, dict):
             call = cls._from_dict(value)
         elif callable(getattr(value, "model_dump", None)) and isinstance(dumped := value.model_dump(), dict):
@@ -312,6 +314,7 @@ class ToolCall(_JsonSlot):
 
 
 _set_json = _JsonSlot.__dict__["_json"].__set__  # the frozen dataclass refuses setattr; the slot takes it
+_forget_json = _JsonSlot.__dict__["_json"].__delete__
 
 _FREE_FORM_CALL_TYPES = frozenset({"custom", "custom_tool_call"})
 _CALL_TYPES = (

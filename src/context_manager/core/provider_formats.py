@@ -299,11 +299,15 @@ class SupportsModelDump(Protocol):
 _LANGCHAIN_ROLES = {
     "human": "user",
     "ai": "assistant",
-    "AIMessageChunk": "assistant",
     "system": "system",
     "tool": "tool",
+    "HumanMessageChunk": "user",
+    "AIMessageChunk": "assistant",
+    "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool",
 }
-"""LangChain message types (``message.type``) and their roles; a ``ChatMessage`` (``chat``) has its own."""
+"""LangChain message types (``message.type``, a chunk's its class name) and their roles; a ``ChatMessage``
+(``chat``) has its own."""
 _LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call", "function_call", "reasoning"})
 """Content blocks of a LangChain ``AIMessage`` its ``tool_calls`` carry (langchain-anthropic and the
 Responses API output keep them), and its reasoning (the window keeps none, as of a Responses API output)."""
@@ -355,12 +359,16 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
         content = fields.get("content")
         if isinstance(content, list):
             field = f"messages[{position}].content"
-            blocks = [_as_block(part) for part in content]
+            # a plain string is a text part (content is str | list[str | dict]), thinking's too
+            blocks = [
+                {"type": "text", "text": part} if isinstance(part, str) else _as_block(part)
+                for part in content
+            ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
             if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
                 message["thinking"] = blocks
             parts = [
-                {"type": "text", "text": part} if isinstance(part, str) else part
+                part
                 for part, kind in zip(blocks, kinds, strict=True)
                 if not (
                     role == "assistant"
@@ -906,14 +914,22 @@ def parse_tool_calls(response: Any) -> list[ToolCall]:
     blocks; LangChain's ``AIMessage`` and its ``tool_calls`` too.
 
     Raises:
-        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object; or the
-            response is none of these shapes.
+        InvalidMessageError: a call has no id or name, or its arguments are not a JSON object (a
+            LangChain ``AIMessage`` with ``invalid_tool_calls`` too); or the response is none of these
+            shapes.
     """
     if response is None:
         return []
     if hasattr(response, "model_dump") and callable(response.model_dump):
         response = response.model_dump()
     if isinstance(response, dict):
+        if response.get("invalid_tool_calls"):  # LangChain's calls whose arguments are no JSON
+            raise InvalidMessageError(
+                "response.invalid_tool_calls",
+                response["invalid_tool_calls"],
+                "none: a call whose arguments are no JSON object cannot be run (answer the model without "
+                "it, or ask it again)",
+            )
         if response.get("tool_calls"):
             return [ToolCall.from_value(_as_dict(item)) for item in response["tool_calls"]]
         choices = response.get("choices")
