@@ -125,6 +125,36 @@ async def test_sampler_records_memory_cpu_and_lag_and_stops_cleanly() -> None:
         await monitor.wait_for_sample()
 
 
+def _spin(seconds: float) -> None:
+    """Keep this thread's CPU busy for ``seconds``."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def test_samples_taken_close_together_report_a_possible_cpu_figure() -> None:
+    """Two reads of psutil's CPU counter a millisecond apart read one 10 ms tick as 1,000 % and more.
+
+    The first sample (read right after priming the counter) and a sample_now() soon after another one
+    reported up to 50,000 % of one core: a false "high CPU" in the advice, the score and Prometheus.
+    """
+    ceiling = 100.0 * (os.cpu_count() or 1)
+    first = [PerformanceMonitor().sample_now() for _ in range(50)]
+    assert all(sample is not None and 0.0 <= sample.cpu_percent <= ceiling for sample in first)
+    monitor = PerformanceMonitor()
+    monitor.sample_now()
+    figures = []
+    for _ in range(200):  # a read 1 ms after the previous one crosses a tick about one time in ten
+        _spin(0.001)
+        sample = monitor.sample_now()
+        assert sample is not None
+        figures.append(sample.cpu_percent)
+    assert max(figures) <= ceiling, sorted(figures)[-5:]
+    _spin(0.3)  # a read over a longer span still measures (a share of a core on a loaded machine)
+    busy = monitor.sample_now()
+    assert busy is not None and 0.0 < busy.cpu_percent <= ceiling
+
+
 async def test_a_wait_for_the_next_sample_ends_when_the_monitor_stops() -> None:
     """wait_for_sample() waited for ever when the monitor was stopped meanwhile (no sample would come)."""
     from context_manager.core.errors import LifecycleError
