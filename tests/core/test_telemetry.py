@@ -35,7 +35,7 @@ from context_manager.core.telemetry import (
     configure_opentelemetry,
     telemetry_for_current_providers,
 )
-from context_manager.core.tool_system import ToolManager, tool
+from context_manager.core.tool_system import ToolErrorType, ToolManager, tool
 from tests.chat_completions_server import USAGE, running_server
 
 
@@ -163,7 +163,8 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
     assert tool_span.attributes["gen_ai.operation.name"] == "execute_tool"
     assert tool_span.attributes["gen_ai.tool.name"] == "word_count"
     assert tool_span.attributes["context_manager.tool.outcome"] == "success"
-    [unknown_span] = otel.finished("execute_tool no_such_tool")
+    [unknown_span] = otel.finished("execute_tool")  # a name the model made up is not a span name
+    assert unknown_span.attributes["gen_ai.tool.name"] == "no_such_tool"
     assert unknown_span.attributes["context_manager.tool.outcome"] == "unknown_tool"
     assert unknown_span.status.status_code is StatusCode.ERROR
     for span in otel.finished():  # no payload in any attribute
@@ -204,7 +205,7 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
     assert failure.attributes["context_manager.operation"] == "execute_tool"
     assert failure.attributes["error.type"] == "tool_error"
     assert failure.attributes["gen_ai.tool.name"] == "flaky_lookup"
-    unknown = otel.point(durations, **{"gen_ai.tool.name": "no_such_tool"})
+    unknown = otel.point(durations, **{"gen_ai.tool.name": "_OTHER"})
     assert unknown.attributes["context_manager.outcome"] == "rejected"
     assert unknown.attributes["error.type"] == "unknown_tool"
     evicted = otel.point("context_manager.compression.evicted_messages")
@@ -309,6 +310,28 @@ async def test_opentelemetry_tool_manager_spans_without_a_context_manager(otel: 
         span.attributes["context_manager.tool.outcome"] for span in otel.finished("execute_tool word_count")
     ]
     assert outcomes == ["success", "invalid_arguments"]
+
+
+async def test_opentelemetry_unknown_tool_names_make_no_series_of_their_own(otel: Otel) -> None:
+    """Each tool name a model made up was a metric series and a span name of its own.
+
+    Past the SDK's 2,000 series of an instrument, every new series (a real tool used for the first
+    time) was folded into one ``otel.metric.overflow`` series: its durations were lost.
+    """
+    tools = ToolManager()
+    made_up = [f"lookup_order_{index}" for index in range(5)]
+    for name in made_up:
+        assert (await tools.execute(name, text="a")).error_type is ToolErrorType.UNKNOWN_TOOL
+    tools.register_tool(word_count)
+    assert (await tools.execute("word_count", text="a b")).success
+    durations = otel.points("context_manager.operation.duration")
+    assert sorted(point.attributes["gen_ai.tool.name"] for point in durations) == ["_OTHER", "word_count"]
+    unknown = otel.point("context_manager.operation.duration", **{"gen_ai.tool.name": "_OTHER"})
+    assert unknown.count == 5 and unknown.attributes["error.type"] == "unknown_tool"
+    spans = otel.finished()
+    assert sorted(span.name for span in spans) == ["execute_tool"] * 5 + ["execute_tool word_count"]
+    # the span still says which name the model asked for
+    assert [span.attributes["gen_ai.tool.name"] for span in spans[:5]] == made_up
 
 
 async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:

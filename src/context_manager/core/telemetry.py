@@ -23,7 +23,8 @@ recorded by its type only, its message may quote the rejected input):
 * from the MCP server's memory tools: ``context_manager.search_memory`` as above (``memory_search``),
   ``context_manager.add_memory`` (``context_manager.memory.importance``, ``context_manager.memory.tags``:
   the tag count), ``context_manager.delete_memory`` and ``context_manager.memory_stats``;
-* ``execute_tool {name}`` (the GenAI semantic conventions' tool span): ``gen_ai.operation.name``,
+* ``execute_tool {name}`` (the GenAI semantic conventions' tool span; ``execute_tool`` for a tool that is
+  not registered: a name a model made up is no span name): ``gen_ai.operation.name``,
   ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
   error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
 
@@ -32,7 +33,8 @@ Metrics (meter ``context_manager``):
 * ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s; its count is the number
   of operations), by ``context_manager.operation`` (``add_message``, ``compression``, ``search_memory``,
   ``execute_tool``, ``summarize``; from the MCP server also ``add_memory``, ``delete_memory``,
-  ``memory_stats``) and ``context_manager.outcome`` (``success``, ``error``);
+  ``memory_stats``), ``context_manager.outcome`` (``success``, ``error``) and, for ``execute_tool``,
+  ``gen_ai.tool.name`` (``_OTHER`` for a tool that is not registered);
   ``context_manager.errors`` (counter) by operation and ``error.type``;
 * ``context_manager.window.utilization`` (gauge, 0..1) and ``context_manager.window.tokens`` (gauge);
 * ``context_manager.compression.evicted_messages`` (counter);
@@ -101,6 +103,9 @@ DURATION_BUCKETS = (
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 """Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
 DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
+OTHER_VALUE = "_OTHER"
+"""The semantic conventions' value for one outside the known set: ``gen_ai.tool.name`` of a tool that is
+not registered (a name the model made up) in the metrics."""
 
 _providers: tuple[Any, Any] | None = None  # set by configure_opentelemetry
 _memory_sample_interval = DEFAULT_MEMORY_SAMPLE_INTERVAL
@@ -345,9 +350,13 @@ class Telemetry:
 
     def record_tool_result(self, span: Any, result: ToolResult) -> None:
         """Outcome of a tool call: span attributes and status, duration and counts."""
-        from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS  # (the package imports us)
+        # (the package imports us)
+        from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS, ToolErrorType
 
         error_type = None if result.error_type is None else result.error_type.value
+        # a name the model made up is no series of its own: each one was, until the SDK's limit folded every
+        # later series (a real tool's) into an overflow one
+        tool_name = OTHER_VALUE if result.error_type is ToolErrorType.UNKNOWN_TOOL else result.tool_name
         if span is not None:
             span.set_attributes(
                 {
@@ -364,7 +373,7 @@ class Telemetry:
             "execute_tool",
             result.execution_time,
             error_type,
-            {"gen_ai.tool.name": result.tool_name},
+            {"gen_ai.tool.name": tool_name},
             rejected=result.error_type in REFUSED_TOOL_CALLS,
         )
 
