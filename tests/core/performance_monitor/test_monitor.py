@@ -155,6 +155,24 @@ def test_samples_taken_close_together_report_a_possible_cpu_figure() -> None:
     assert busy is not None and 0.0 < busy.cpu_percent <= ceiling
 
 
+def test_the_figures_of_a_monitor_not_sampling_are_not_frozen_at_its_first_read() -> None:
+    """A monitor never started (its Prometheus collector registered, as the docs show) sampled once.
+
+    Every later scrape exported the RSS and CPU of that first read, however the process changed.
+    """
+    monitor = PerformanceMonitor(sample_interval=0.05)
+    before = monitor.get_current_metrics().memory_usage_mb
+    ballast = b"\x01" * (64 << 20)  # 64 MB the process really holds
+    time.sleep(0.06)
+    after = monitor.get_current_metrics()
+    assert after.memory_usage_mb >= before + 48.0, (before, after.memory_usage_mb)
+    assert after.memory_usage_mb == pytest.approx(psutil.Process().memory_info().rss / 1048576.0, abs=8.0)
+    assert len(ballast) == 64 << 20
+    samples = len(monitor.samples())
+    monitor.get_current_metrics()  # read again at once: the latest sample is recent enough
+    assert len(monitor.samples()) == samples
+
+
 async def test_a_wait_for_the_next_sample_ends_when_the_monitor_stops() -> None:
     """wait_for_sample() waited for ever when the monitor was stopped meanwhile (no sample would come)."""
     from context_manager.core.errors import LifecycleError

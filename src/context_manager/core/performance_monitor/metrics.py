@@ -168,7 +168,8 @@ class PerformanceMetrics:
     p99_latency_ms: float
     """99th percentile duration in milliseconds."""
     memory_usage_mb: float
-    """Resident memory (RSS) of the process at the latest sample, in MiB."""
+    """Resident memory (RSS) of the process at the latest sample, in MiB (a monitor whose sampler is not
+    running samples when the latest is ``sample_interval`` old)."""
     cpu_percent: float
     """CPU use of the process at the latest sample, in percent of one core."""
     event_loop_lag_ms: float

@@ -603,9 +603,17 @@ class PerformanceMonitor:
         return list(self._samples)
 
     def _latest_sample(self) -> SystemSample | None:
-        if not self._samples:
+        """The latest sample; a new one when there is none or, without a running sampler, it is stale.
+
+        Stale: ``sample_interval`` old. A monitor never started (a Prometheus collector of it registered)
+        exported the figures of its first read for ever.
+        """
+        samples = self._samples
+        if not samples or (
+            time.time() - samples[-1].timestamp >= self.sample_interval and not self.sampler_alive
+        ):
             self._take_sample(lag_s=0.0)
-        return self._samples[-1] if self._samples else None
+        return samples[-1] if samples else None
 
     def _operations_per_second(self, now: float) -> float:
         window_start = now - _RATE_WINDOW_S
@@ -622,7 +630,11 @@ class PerformanceMonitor:
         return len(recent) / elapsed if elapsed > 0 else 0.0
 
     def get_current_metrics(self) -> PerformanceMetrics:
-        """Return a :class:`PerformanceMetrics` snapshot (takes a sample first if none exists yet)."""
+        """Return a :class:`PerformanceMetrics` snapshot.
+
+        It takes a sample first if none exists yet or, while the background sampler is not running (the
+        monitor was never started, or stopped), if the latest is ``sample_interval`` old.
+        """
         now = time.time()
         sample = self._latest_sample()
         with self._lock:  # copied under the lock, computed outside: a scrape never makes records wait
