@@ -334,6 +334,37 @@ async def test_opentelemetry_unknown_tool_names_make_no_series_of_their_own(otel
     assert [span.attributes["gen_ai.tool.name"] for span in spans[:5]] == made_up
 
 
+async def test_managers_sharing_a_store_share_one_memory_size_sampler(otel: Otel, tmp_path: Path) -> None:
+    """Each manager on a shared store (one per request) read the whole store's statistics as it opened and
+    as it closed, and sampled them every interval: 2 statistics reads per request (100 ms with 3,000
+    memories, against 9 ms for the request without OpenTelemetry)."""
+
+    def samplers() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if task.get_name() == "context_manager.telemetry"]
+
+    config = config_for(tmp_path, storage_path=tmp_path / "memory")
+    first = EnhancedContextManager(config, conversation_id="chat-a", user_id="a")
+    await first.initialize()
+    others = [EnhancedContextManager(config, conversation_id=f"chat-{i}", user_id=f"u{i}") for i in range(3)]
+    for manager in others:
+        await manager.initialize()
+    assert all(manager.memory_manager is first.memory_manager for manager in others)
+    assert len(samplers()) == 1
+    await first.memory_manager.add_memory("the deploy window is Tuesday", importance=0.9, user_id="a")
+    await first.cleanup()  # the manager that started sampling closes first: the others go on sampling it
+    assert len(samplers()) == 1
+    memory = others[0].memory_manager
+    stats = await memory.get_memory_stats(user_id=ALL_USERS)
+    for manager in others:
+        await manager.cleanup()
+    assert samplers() == []
+    assert not memory.is_initialized
+    assert sum(stats["by_tier"].values()) >= 1
+    for tier, count in stats["by_tier"].items():
+        point = otel.point("context_manager.memory.count", **{"context_manager.memory.tier": tier})
+        assert point.value == count
+
+
 async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:
     async with EnhancedContextManager(config_for(tmp_path, enable_opentelemetry=False)) as manager:
         await manager.add_message("user", "hello")

@@ -73,6 +73,7 @@ __all__ = [
     "MemorySizeSampler",
     "Telemetry",
     "configure_opentelemetry",
+    "shared_memory_sampler",
     "telemetry_for_current_providers",
     "traced_add",
     "traced_call",
@@ -560,11 +561,28 @@ async def traced_call(
     return result
 
 
+_samplers: weakref.WeakKeyDictionary[Any, MemorySizeSampler] = weakref.WeakKeyDictionary()
+
+
+def shared_memory_sampler(telemetry: Telemetry, memory: MemoryManager, backend: str) -> MemorySizeSampler:
+    """The sampler of ``memory`` for ``telemetry``, one for all the managers sharing that memory manager.
+
+    The managers of one store (one per request or conversation, ``core/shared_store.py``) hold one memory
+    manager: each with a sampler of its own read the whole store's statistics as it opened and as it
+    closed (two reads per request) and every interval.
+    """
+    sampler = _samplers.get(memory)
+    if sampler is None or sampler.telemetry is not telemetry:
+        sampler = _samplers[memory] = MemorySizeSampler(telemetry, memory, backend)
+    return sampler
+
+
 class MemorySizeSampler:
     """Samples the memory statistics into the memory gauges: at start, every interval and at stop.
 
-    Owned by an ``EnhancedContextManager`` (started and stopped with it); a failed sample is logged at
-    DEBUG and skipped.
+    Started and stopped by each ``EnhancedContextManager`` using it (see :func:`shared_memory_sampler`):
+    the first start samples and starts the periodic sample, the last stop ends it and samples a last
+    time; the others only count. A failed sample is logged at DEBUG and skipped.
     """
 
     def __init__(self, telemetry: Telemetry, memory: MemoryManager, backend: str) -> None:
@@ -572,17 +590,24 @@ class MemorySizeSampler:
         self.memory = memory
         self.backend = backend
         self._task: asyncio.Task[None] | None = None
+        self._users = 0  # the starts not stopped yet
 
     async def start(self) -> None:
-        """Take a first sample and start the periodic one."""
+        """Take a first sample and start the periodic one (a second start only counts)."""
+        self._users += 1
+        if self._users > 1:  # sampling already: the gauges are the store's, not a manager's
+            return
         await self.sample()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
 
     async def stop(self) -> None:
-        """Cancel the periodic sample and take a last one (while the memory is still open).
+        """At the last stop, cancel the periodic sample and take a last one (while the memory is open).
 
         A cancellation of the caller while it waits for the periodic task propagates (no last sample).
         """
+        self._users = max(0, self._users - 1)
+        if self._users:
+            return
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="memory telemetry sampler")  # re-raises the caller's cancellation
         await self.sample()
