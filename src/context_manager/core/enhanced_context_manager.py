@@ -77,6 +77,7 @@ from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.telemetry import (
     MemorySizeSampler,
     Telemetry,
+    shared_memory_sampler,
     telemetry_for_current_providers,
     traced_add,
     traced_search,
@@ -507,7 +508,8 @@ class EnhancedContextManager:
             await checker.start()
             checker.watch_background_task("health_checks", lambda: checker.is_running, checker.start)
         if self._telemetry is not None and self._telemetry.metering:
-            sampler = MemorySizeSampler(self._telemetry, self.memory_manager, self.config.memory_backend)
+            # one for the managers sharing the store: each one's sampler read the whole store as it opened
+            sampler = shared_memory_sampler(self._telemetry, self.memory_manager, self.config.memory_backend)
             self._memory_sampler = sampler
             await sampler.start()
 

@@ -23,7 +23,8 @@ recorded by its type only, its message may quote the rejected input):
 * from the MCP server's memory tools: ``context_manager.search_memory`` as above (``memory_search``),
   ``context_manager.add_memory`` (``context_manager.memory.importance``, ``context_manager.memory.tags``:
   the tag count), ``context_manager.delete_memory`` and ``context_manager.memory_stats``;
-* ``execute_tool {name}`` (the GenAI semantic conventions' tool span): ``gen_ai.operation.name``,
+* ``execute_tool {name}`` (the GenAI semantic conventions' tool span; ``execute_tool`` for a tool that is
+  not registered: a name a model made up is no span name): ``gen_ai.operation.name``,
   ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
   error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
 
@@ -32,7 +33,8 @@ Metrics (meter ``context_manager``):
 * ``context_manager.operation.duration`` (histogram, s, buckets 0.5 ms ... 30 s; its count is the number
   of operations), by ``context_manager.operation`` (``add_message``, ``compression``, ``search_memory``,
   ``execute_tool``, ``summarize``; from the MCP server also ``add_memory``, ``delete_memory``,
-  ``memory_stats``) and ``context_manager.outcome`` (``success``, ``error``);
+  ``memory_stats``), ``context_manager.outcome`` (``success``, ``error``) and, for ``execute_tool``,
+  ``gen_ai.tool.name`` (``_OTHER`` for a tool that is not registered);
   ``context_manager.errors`` (counter) by operation and ``error.type``;
 * ``context_manager.window.utilization`` (gauge, 0..1) and ``context_manager.window.tokens`` (gauge);
 * ``context_manager.compression.evicted_messages`` (counter);
@@ -71,6 +73,7 @@ __all__ = [
     "MemorySizeSampler",
     "Telemetry",
     "configure_opentelemetry",
+    "shared_memory_sampler",
     "telemetry_for_current_providers",
     "traced_add",
     "traced_call",
@@ -101,6 +104,9 @@ DURATION_BUCKETS = (
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 """Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
 DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
+OTHER_VALUE = "_OTHER"
+"""The semantic conventions' value for one outside the known set: ``gen_ai.tool.name`` of a tool that is
+not registered (a name the model made up) in the metrics."""
 
 _providers: tuple[Any, Any] | None = None  # set by configure_opentelemetry
 _memory_sample_interval = DEFAULT_MEMORY_SAMPLE_INTERVAL
@@ -345,9 +351,13 @@ class Telemetry:
 
     def record_tool_result(self, span: Any, result: ToolResult) -> None:
         """Outcome of a tool call: span attributes and status, duration and counts."""
-        from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS  # (the package imports us)
+        # (the package imports us)
+        from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS, ToolErrorType
 
         error_type = None if result.error_type is None else result.error_type.value
+        # a name the model made up is no series of its own: each one was, until the SDK's limit folded every
+        # later series (a real tool's) into an overflow one
+        tool_name = OTHER_VALUE if result.error_type is ToolErrorType.UNKNOWN_TOOL else result.tool_name
         if span is not None:
             span.set_attributes(
                 {
@@ -364,7 +374,7 @@ class Telemetry:
             "execute_tool",
             result.execution_time,
             error_type,
-            {"gen_ai.tool.name": result.tool_name},
+            {"gen_ai.tool.name": tool_name},
             rejected=result.error_type in REFUSED_TOOL_CALLS,
         )
 
@@ -551,11 +561,28 @@ async def traced_call(
     return result
 
 
+_samplers: weakref.WeakKeyDictionary[Any, MemorySizeSampler] = weakref.WeakKeyDictionary()
+
+
+def shared_memory_sampler(telemetry: Telemetry, memory: MemoryManager, backend: str) -> MemorySizeSampler:
+    """The sampler of ``memory`` for ``telemetry``, one for all the managers sharing that memory manager.
+
+    The managers of one store (one per request or conversation, ``core/shared_store.py``) hold one memory
+    manager: each with a sampler of its own read the whole store's statistics as it opened and as it
+    closed (two reads per request) and every interval.
+    """
+    sampler = _samplers.get(memory)
+    if sampler is None or sampler.telemetry is not telemetry:
+        sampler = _samplers[memory] = MemorySizeSampler(telemetry, memory, backend)
+    return sampler
+
+
 class MemorySizeSampler:
     """Samples the memory statistics into the memory gauges: at start, every interval and at stop.
 
-    Owned by an ``EnhancedContextManager`` (started and stopped with it); a failed sample is logged at
-    DEBUG and skipped.
+    Started and stopped by each ``EnhancedContextManager`` using it (see :func:`shared_memory_sampler`):
+    the first start samples and starts the periodic sample, the last stop ends it and samples a last
+    time; the others only count. A failed sample is logged at DEBUG and skipped.
     """
 
     def __init__(self, telemetry: Telemetry, memory: MemoryManager, backend: str) -> None:
@@ -563,17 +590,24 @@ class MemorySizeSampler:
         self.memory = memory
         self.backend = backend
         self._task: asyncio.Task[None] | None = None
+        self._users = 0  # the starts not stopped yet
 
     async def start(self) -> None:
-        """Take a first sample and start the periodic one."""
+        """Take a first sample and start the periodic one (a second start only counts)."""
+        self._users += 1
+        if self._users > 1:  # sampling already: the gauges are the store's, not a manager's
+            return
         await self.sample()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
 
     async def stop(self) -> None:
-        """Cancel the periodic sample and take a last one (while the memory is still open).
+        """At the last stop, cancel the periodic sample and take a last one (while the memory is open).
 
         A cancellation of the caller while it waits for the periodic task propagates (no last sample).
         """
+        self._users = max(0, self._users - 1)
+        if self._users:
+            return
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="memory telemetry sampler")  # re-raises the caller's cancellation
         await self.sample()

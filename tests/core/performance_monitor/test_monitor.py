@@ -125,6 +125,54 @@ async def test_sampler_records_memory_cpu_and_lag_and_stops_cleanly() -> None:
         await monitor.wait_for_sample()
 
 
+def _spin(seconds: float) -> None:
+    """Keep this thread's CPU busy for ``seconds``."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def test_samples_taken_close_together_report_a_possible_cpu_figure() -> None:
+    """Two reads of psutil's CPU counter a millisecond apart read one 10 ms tick as 1,000 % and more.
+
+    The first sample (read right after priming the counter) and a sample_now() soon after another one
+    reported up to 50,000 % of one core: a false "high CPU" in the advice, the score and Prometheus.
+    """
+    ceiling = 100.0 * (os.cpu_count() or 1)
+    first = [PerformanceMonitor().sample_now() for _ in range(50)]
+    assert all(sample is not None and 0.0 <= sample.cpu_percent <= ceiling for sample in first)
+    monitor = PerformanceMonitor()
+    monitor.sample_now()
+    figures = []
+    for _ in range(200):  # a read 1 ms after the previous one crosses a tick about one time in ten
+        _spin(0.001)
+        sample = monitor.sample_now()
+        assert sample is not None
+        figures.append(sample.cpu_percent)
+    assert max(figures) <= ceiling, sorted(figures)[-5:]
+    _spin(0.3)  # a read over a longer span still measures (a share of a core on a loaded machine)
+    busy = monitor.sample_now()
+    assert busy is not None and 0.0 < busy.cpu_percent <= ceiling
+
+
+def test_the_figures_of_a_monitor_not_sampling_are_not_frozen_at_its_first_read() -> None:
+    """A monitor never started (its Prometheus collector registered, as the docs show) sampled once.
+
+    Every later scrape exported the RSS and CPU of that first read, however the process changed.
+    """
+    monitor = PerformanceMonitor(sample_interval=0.05)
+    before = monitor.get_current_metrics().memory_usage_mb
+    ballast = b"\x01" * (64 << 20)  # 64 MB the process really holds
+    time.sleep(0.06)
+    after = monitor.get_current_metrics()
+    assert after.memory_usage_mb >= before + 48.0, (before, after.memory_usage_mb)
+    assert after.memory_usage_mb == pytest.approx(psutil.Process().memory_info().rss / 1048576.0, abs=8.0)
+    assert len(ballast) == 64 << 20
+    samples = len(monitor.samples())
+    monitor.get_current_metrics()  # read again at once: the latest sample is recent enough
+    assert len(monitor.samples()) == samples
+
+
 async def test_a_wait_for_the_next_sample_ends_when_the_monitor_stops() -> None:
     """wait_for_sample() waited for ever when the monitor was stopped meanwhile (no sample would come)."""
     from context_manager.core.errors import LifecycleError

@@ -168,7 +168,8 @@ class PerformanceMetrics:
     p99_latency_ms: float
     """99th percentile duration in milliseconds."""
     memory_usage_mb: float
-    """Resident memory (RSS) of the process at the latest sample, in MiB."""
+    """Resident memory (RSS) of the process at the latest sample, in MiB (a monitor whose sampler is not
+    running samples when the latest is ``sample_interval`` old)."""
     cpu_percent: float
     """CPU use of the process at the latest sample, in percent of one core."""
     event_loop_lag_ms: float
@@ -221,6 +222,9 @@ class SystemSample:
     rss_mb: float
     """Resident memory of the process in MiB."""
     cpu_percent: float
-    """CPU use of the process since the previous sample, in percent of one core."""
+    """CPU use of the process since the previous sample, in percent of one core (at most 100 x the
+    logical CPUs). The monitor's first sample: since the process started; a sample taken less than 50 ms
+    after the previous read repeats its figure (the counter moves in 10 ms ticks: over a shorter span
+    one tick read as hundreds of percent)."""
     event_loop_lag_ms: float
     """How late the sampler's timer fired, in milliseconds."""

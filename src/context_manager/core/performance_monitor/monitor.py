@@ -54,6 +54,9 @@ _MAX_ERROR_TEXT = 1000  # characters of an error's text kept in the recent error
 _MAX_TOKENS = 2**63 - 1  # what metric exporters carry (a 64-bit integer)
 _FOLD_AT = 64  # successes queued by _record_success before they are counted (and at every read)
 _DEFAULT_MAX_OPERATION_NAMES = 500
+# psutil's process CPU times move in clock ticks (10 ms on Linux): over a span of a millisecond one tick
+# reads as 1,000 %. A sample taken sooner than this after the previous read keeps the previous figure.
+_MIN_CPU_SPAN_S = 0.05
 
 CLIENT_ERRORS: tuple[type[Exception], ...] = (
     InvalidArgumentError,
@@ -165,6 +168,8 @@ class PerformanceMonitor:
         self._task: asyncio.Task[None] | None = None
         self._process: Any = None
         self._process_pid = 0  # the process _process was made in (a forked child makes its own)
+        self._cpu_read_at = 0.0  # time.monotonic() of the latest read of the CPU counter
+        self._cpu_percent = 0.0  # the figure of that read
         self.profiler = BlockProfiler()
         """Profiles the timed blocks when ``enable_profiling`` is set."""
 
@@ -275,14 +280,27 @@ class PerformanceMonitor:
         try:
             process = self._process
             # a forked worker (gunicorn --preload, multiprocessing) samples itself, not its parent
+            now = time.monotonic()
             if process is None or self._process_pid != os.getpid():
                 import psutil  # lazily: keeps `import context_manager` light
 
-                process = self._process = psutil.Process()
-                self._process_pid = os.getpid()
-                process.cpu_percent(None)  # the first call only primes the counter
+                process = psutil.Process()
+                # the first figure: the CPU use since the process started (a read right after priming
+                # the counter measures a few microseconds)
+                times = process.cpu_times()
+                lifetime = max(time.time() - process.create_time(), _MIN_CPU_SPAN_S)
+                cpu = (times.user + times.system) / lifetime * 100.0
+                process.cpu_percent(None)  # primes the counter for the next sample
+                self._process, self._process_pid = process, os.getpid()
+            elif now - self._cpu_read_at < _MIN_CPU_SPAN_S:  # too soon for a figure that means anything
+                cpu = self._cpu_percent
+                now = self._cpu_read_at  # the next read measures from the previous one
+            else:
+                cpu = process.cpu_percent(None)
             rss = process.memory_info().rss  # two reads: cheaper than process.oneshot() for two figures
-            cpu = process.cpu_percent(None)
+            # what is left of the ticks' rounding: no process uses more than every logical CPU
+            cpu = min(cpu, 100.0 * (os.cpu_count() or 1))
+            self._cpu_read_at, self._cpu_percent = now, cpu
         except Exception as error:  # psutil can fail (permissions, exotic platforms): keep sampling
             self._sampling_errors += 1
             self._sampling_error = error
@@ -585,9 +603,17 @@ class PerformanceMonitor:
         return list(self._samples)
 
     def _latest_sample(self) -> SystemSample | None:
-        if not self._samples:
+        """The latest sample; a new one when there is none or, without a running sampler, it is stale.
+
+        Stale: ``sample_interval`` old. A monitor never started (a Prometheus collector of it registered)
+        exported the figures of its first read for ever.
+        """
+        samples = self._samples
+        if not samples or (
+            time.time() - samples[-1].timestamp >= self.sample_interval and not self.sampler_alive
+        ):
             self._take_sample(lag_s=0.0)
-        return self._samples[-1] if self._samples else None
+        return samples[-1] if samples else None
 
     def _operations_per_second(self, now: float) -> float:
         window_start = now - _RATE_WINDOW_S
@@ -604,7 +630,11 @@ class PerformanceMonitor:
         return len(recent) / elapsed if elapsed > 0 else 0.0
 
     def get_current_metrics(self) -> PerformanceMetrics:
-        """Return a :class:`PerformanceMetrics` snapshot (takes a sample first if none exists yet)."""
+        """Return a :class:`PerformanceMetrics` snapshot.
+
+        It takes a sample first if none exists yet or, while the background sampler is not running (the
+        monitor was never started, or stopped), if the latest is ``sample_interval`` old.
+        """
         now = time.time()
         sample = self._latest_sample()
         with self._lock:  # copied under the lock, computed outside: a scrape never makes records wait

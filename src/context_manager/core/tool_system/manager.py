@@ -653,7 +653,8 @@ class ToolManager(ToolRegistry):
         attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": str(name)}
         if call_id is not None:
             attributes["gen_ai.tool.call.id"] = call_id
-        with telemetry.span(f"execute_tool {name}", attributes) as span:
+        known = isinstance(name, str) and name in self._tools  # a made-up name is no span name
+        with telemetry.span(f"execute_tool {name}" if known else "execute_tool", attributes) as span:
             result = await self._call_tool(name, arguments, call_id, caller_key)
             telemetry.record_tool_result(span, result)
         return result
