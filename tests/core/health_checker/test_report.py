@@ -51,3 +51,19 @@ async def test_report_on_a_hung_filesystem_ends_and_says_the_storage_read_timed_
         assert threading.active_count() == threads
     finally:  # before the event loop ends: its executor waits for its threads
         hung.release()
+
+
+async def test_report_on_a_dead_mount_says_what_failed_instead_of_raising(hung: HungMount) -> None:
+    """A mount whose server went away for good (aborted: every call fails at once with ENOTCONN, as on a
+    dead sshfs or a stale NFS handle): the storage facts step caught only its timeout, so the OSError
+    escaped and ``generate_diagnostic_report()`` (and ``context-manager health``) raised instead of
+    reporting."""
+    hung.release()  # aborted: "Transport endpoint is not connected" from now on
+    checker = HealthChecker(storage_path=hung.path, check_timeout=2.0)
+    report = await asyncio.wait_for(checker.generate_diagnostic_report(), 10.0)
+    assert report.status is not HealthState.HEALTHY
+    storage = report.storage
+    assert storage["directories"] == [{"path": str(hung.path)}]
+    assert "not connected" in storage["error"] and "timed_out_s" not in storage
+    assert any(error["source"] == "report:storage" for error in report.recent_errors)
+    report.to_dict()

@@ -719,7 +719,8 @@ class HealthChecker:
 
         Storage on a hung network filesystem blocks every stat and listing for ever: the report says so
         instead of never returning, and while that read still hangs the next report does not start
-        another one (each would hold one more thread).
+        another one (each would hold one more thread). A read that fails (a dead mount, a stale NFS
+        handle) is reported with its error too.
         """
         directories = self._storage_directories()
         read = self._storage_read
@@ -740,6 +741,11 @@ class HealthChecker:
             except TimeoutError:
                 if not scope.expired():
                     raise
+            except OSError as error:  # a dead mount (ENOTCONN), a stale NFS handle, an I/O error: reported
+                return {
+                    "directories": [{"path": str(path)} for path in directories],
+                    "error": f"storage read failed: {error}",
+                }
             problem = f"storage read: no answer within {self.check_timeout:g} s (a hung filesystem?)"
         return {
             "directories": [{"path": str(path)} for path in directories],
