@@ -1100,3 +1100,58 @@ async def test_a_partial_is_described_by_its_function_s_docstring() -> None:
     search = manager.register_function_tool("search", Catalogue())
     assert search.description == "Search the catalogue."
     assert search.parameters_schema["properties"]["query"]["description"] == "What to find, in plain words."
+
+
+async def test_a_callable_object_s_parameters_are_those_its_call_documents() -> None:
+    """A callable object's class docstring describes it and often documents its constructor's arguments
+    (``Args:`` of ``__init__``); its ``__call__`` documents the call's. The class's ``Args:`` won over
+    ``__call__``'s: a call argument named like a constructor one was described as the constructor's, and a
+    parameters-dict tool listed the constructor's arguments as keys the model should send. When ``__call__``
+    documents its parameters, those are the tool's; the class docstring still gives the description."""
+
+    class WebSearch:
+        """Search the web.
+
+        Args:
+            max_results: The cap on results of every call, set once.
+        """
+
+        def __init__(self, max_results: int = 10) -> None:
+            self.cap = max_results
+
+        async def __call__(self, query: str, max_results: int = 5) -> str:
+            """Run one search.
+
+            Args:
+                query: What to look for.
+                max_results: How many results this call returns, at most the cap.
+            """
+            return query
+
+    class OrderLookup:
+        """Look up an order.
+
+        Args:
+            database: The connection orders are read from.
+        """
+
+        def __init__(self, database: str) -> None:
+            self.database = database
+
+        async def __call__(self, parameters: dict[str, Any]) -> str:
+            """Look up one order.
+
+            Args:
+                order_id: The order's id.
+            """
+            return str(parameters)
+
+    manager = ToolManager()
+    search = manager.register_function_tool("web_search", WebSearch())
+    assert search.description == "Search the web."
+    properties = search.parameters_schema["properties"]
+    assert properties["max_results"]["description"] == "How many results this call returns, at most the cap."
+    assert properties["query"]["description"] == "What to look for."
+    lookup = manager.register_function_tool("lookup", OrderLookup("orders.db"))
+    assert lookup.description == "Look up an order."
+    assert lookup.parameters_schema["properties"] == {"order_id": {"description": "The order's id."}}

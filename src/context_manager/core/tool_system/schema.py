@@ -379,7 +379,8 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
     """The description and parameter descriptions of the docstring of the function doing the work.
 
     A ``functools.partial``'s own docstring is ``functools.partial``'s: its function's is read. A callable
-    object's class docstring is completed by its ``__call__``'s (parameters are often documented there).
+    object's class docstring is completed by its ``__call__``'s: the parameters ``__call__`` documents are
+    the tool's (the class's ``Args:`` often document the constructor's), else the class's.
     """
     target = function
     while isinstance(target, functools.partial):
@@ -390,7 +391,7 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
         if inspect.isfunction(call):
             call_summary, call_arguments = parse_docstring(inspect.getdoc(call))
             summary = summary or call_summary
-            arguments = {**call_arguments, **arguments}
+            arguments = call_arguments or arguments
     return summary, arguments
 
 
