@@ -1155,3 +1155,32 @@ async def test_a_callable_object_s_parameters_are_those_its_call_documents() -> 
     lookup = manager.register_function_tool("lookup", OrderLookup("orders.db"))
     assert lookup.description == "Look up an order."
     assert lookup.parameters_schema["properties"] == {"order_id": {"description": "The order's id."}}
+
+
+async def test_a_one_line_returns_or_raises_after_args_is_not_a_parameter() -> None:
+    """A Google-style docstring often writes its sections on one line (``Returns: the status.``). After an
+    ``Args:`` section such a line was read as one more argument: a parameters-dict tool documented by its
+    ``Args:`` told the model to send a ``Returns`` key, and ``Raises:``/``Note:`` lines did the same. A
+    section named on one line (unindented) ends the ``Args:`` section now; the same words in the
+    description stay there."""
+
+    async def lookup(parameters: dict[str, Any]) -> str:
+        """Look up an order.
+
+        Note: orders older than a year are archived.
+
+        Args:
+            order_id: The order's id.
+            carrier: The carrier,
+                if known.
+        Returns: the order's status.
+        Raises: LookupError when no order has this id.
+        Note: a cancelled order is found too.
+        """
+        return str(parameters)
+
+    summary, arguments = parse_docstring(lookup.__doc__)
+    assert summary == "Look up an order.\n\nNote: orders older than a year are archived."
+    assert arguments == {"order_id": "The order's id.", "carrier": "The carrier, if known."}
+    definition = ToolManager().register_function_tool("lookup", lookup)
+    assert list(definition.parameters_schema["properties"]) == ["order_id", "carrier"]

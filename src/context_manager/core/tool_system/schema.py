@@ -67,6 +67,12 @@ _SECTION_RE = re.compile(
     r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns|Return"
     r"|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
 )
+# a section named on its line with its text ("Returns: the status."): after an argument section, not one
+# more argument
+_INLINE_SECTION_RE = re.compile(
+    r"^(Returns|Return|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)"
+    r"\s*:\s*\S"
+)
 _ARG_LINE_RE = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
 _ARGUMENT_SECTIONS = frozenset(
     {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments", "Other Parameters"}
@@ -155,6 +161,8 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
                 index += 1  # the dashes
                 continue
             header = _SECTION_RE.match(stripped)
+            if header is None and section in _ARGUMENT_SECTIONS:
+                header = _INLINE_SECTION_RE.match(stripped)
             if header:
                 section, numpy, section_indent, current = header.group(1), False, None, []
                 continue
