@@ -1184,3 +1184,48 @@ async def test_a_one_line_returns_or_raises_after_args_is_not_a_parameter() -> N
     assert arguments == {"order_id": "The order's id.", "carrier": "The carrier, if known."}
     definition = ToolManager().register_function_tool("lookup", lookup)
     assert list(definition.parameters_schema["properties"]) == ["order_id", "carrier"]
+
+
+async def test_a_callable_object_wrapping_a_function_is_documented_by_that_function() -> None:
+    """A decorator written as a class (``functools.update_wrapper(self, function)``, a ``__call__`` passing
+    ``*args, **kwargs`` through) takes the signature of the function it wraps: so must its documentation.
+    Its ``__call__``'s docstring, which documents the pass-through, was read as the tool's: an undocumented
+    function was described to the model as "Call the traced function and log the call."."""
+
+    class traced:  # noqa: N801 (a decorator)
+        def __init__(self, function: Any) -> None:
+            functools.update_wrapper(self, function)
+            self.function = function
+
+        async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """Call the traced function and log the call.
+
+            Args:
+                *args: Positional arguments passed through.
+                **kwargs: Keyword arguments passed through.
+            """
+            return await self.function(*args, **kwargs)
+
+    @traced
+    async def forecast(city: str, days: int = 3) -> str:
+        """Get the weather forecast.
+
+        Args:
+            city: The city.
+            days: How many days.
+        """
+        return city
+
+    @traced
+    async def undocumented(city: str) -> str:
+        return city
+
+    manager = ToolManager()
+    described = manager.register_function_tool("forecast", forecast)
+    assert described.description == "Get the weather forecast."
+    properties = described.parameters_schema["properties"]
+    assert {name: item.get("description") for name, item in properties.items()} == {
+        "city": "The city.",
+        "days": "How many days.",
+    }
+    assert manager.register_function_tool("undocumented", undocumented).description == ""

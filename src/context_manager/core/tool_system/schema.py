@@ -388,11 +388,17 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
 
     A ``functools.partial``'s own docstring is ``functools.partial``'s: its function's is read. A callable
     object's class docstring is completed by its ``__call__``'s: the parameters ``__call__`` documents are
-    the tool's (the class's ``Args:`` often document the constructor's), else the class's.
+    the tool's (the class's ``Args:`` often document the constructor's), else the class's. An object
+    wrapping a function (``functools.update_wrapper``: a decorator written as a class) is that function's.
     """
     target = function
-    while isinstance(target, functools.partial):
-        target = target.func
+    for _ in range(64):  # (a bound: a ``__wrapped__`` cycle)
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif not (inspect.isfunction(target) or inspect.ismethod(target)) and hasattr(target, "__wrapped__"):
+            target = target.__wrapped__
+        else:
+            break
     summary, arguments = parse_docstring(inspect.getdoc(target))
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         call = getattr(type(target), "__call__", None)  # noqa: B004
