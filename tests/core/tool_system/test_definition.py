@@ -1229,3 +1229,30 @@ async def test_a_callable_object_wrapping_a_function_is_documented_by_that_funct
         "days": "How many days.",
     }
     assert manager.register_function_tool("undocumented", undocumented).description == ""
+
+
+async def test_a_callable_object_wrapping_a_function_takes_that_function_s_types() -> None:
+    """A decorator written as a class takes the signature of the function it wraps, but the type hints were
+    read from its ``__call__(*args, **kwargs)``: the tool's parameters had no types in its schema and its
+    calls were not validated (``days="many"`` reached the function). They are the wrapped function's now."""
+
+    class traced:  # noqa: N801 (a decorator)
+        def __init__(self, function: Any) -> None:
+            functools.update_wrapper(self, function)
+            self.function = function
+
+        async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return await self.function(*args, **kwargs)
+
+    @traced
+    async def forecast(city: str, days: int = 3) -> str:
+        """Get the weather forecast."""
+        return f"{city} {days!r}"
+
+    manager = ToolManager()
+    definition = manager.register_function_tool("forecast", forecast)
+    properties = definition.parameters_schema["properties"]
+    assert properties == {"city": {"type": "string"}, "days": {"default": 3, "type": "integer"}}
+    refused = await manager.call_tool("forecast", {"city": "Porto", "days": "many"})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert (await manager.call_tool("forecast", {"city": "Porto", "days": "2"})).result == "Porto 2"

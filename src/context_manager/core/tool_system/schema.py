@@ -247,10 +247,25 @@ def _caller_namespace(max_frames: int = 12) -> dict[str, Any]:
     return namespace
 
 
-def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
+def _working_function(function: Any) -> Any:
+    """The callable doing ``function``'s work: a partial's function, the function an object wraps.
+
+    An object made by ``functools.update_wrapper`` (a decorator written as a class) has the signature of
+    the function it wraps: its hints and documentation are that function's too.
+    """
     target = function
-    while isinstance(target, functools.partial):  # hints live on the wrapped function
-        target = target.func
+    for _ in range(64):  # (a bound: a ``__wrapped__`` cycle)
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif not (inspect.isfunction(target) or inspect.ismethod(target)) and hasattr(target, "__wrapped__"):
+            target = target.__wrapped__
+        else:
+            break
+    return target
+
+
+def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
+    target = _working_function(function)  # hints live on the wrapped function
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = getattr(target, "__call__", target)  # noqa: B004
     try:
@@ -391,14 +406,7 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
     the tool's (the class's ``Args:`` often document the constructor's), else the class's. An object
     wrapping a function (``functools.update_wrapper``: a decorator written as a class) is that function's.
     """
-    target = function
-    for _ in range(64):  # (a bound: a ``__wrapped__`` cycle)
-        if isinstance(target, functools.partial):
-            target = target.func
-        elif not (inspect.isfunction(target) or inspect.ismethod(target)) and hasattr(target, "__wrapped__"):
-            target = target.__wrapped__
-        else:
-            break
+    target = _working_function(function)
     summary, arguments = parse_docstring(inspect.getdoc(target))
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         call = getattr(type(target), "__call__", None)  # noqa: B004
