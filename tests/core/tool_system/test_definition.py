@@ -1100,3 +1100,159 @@ async def test_a_partial_is_described_by_its_function_s_docstring() -> None:
     search = manager.register_function_tool("search", Catalogue())
     assert search.description == "Search the catalogue."
     assert search.parameters_schema["properties"]["query"]["description"] == "What to find, in plain words."
+
+
+async def test_a_callable_object_s_parameters_are_those_its_call_documents() -> None:
+    """A callable object's class docstring describes it and often documents its constructor's arguments
+    (``Args:`` of ``__init__``); its ``__call__`` documents the call's. The class's ``Args:`` won over
+    ``__call__``'s: a call argument named like a constructor one was described as the constructor's, and a
+    parameters-dict tool listed the constructor's arguments as keys the model should send. When ``__call__``
+    documents its parameters, those are the tool's; the class docstring still gives the description."""
+
+    class WebSearch:
+        """Search the web.
+
+        Args:
+            max_results: The cap on results of every call, set once.
+        """
+
+        def __init__(self, max_results: int = 10) -> None:
+            self.cap = max_results
+
+        async def __call__(self, query: str, max_results: int = 5) -> str:
+            """Run one search.
+
+            Args:
+                query: What to look for.
+                max_results: How many results this call returns, at most the cap.
+            """
+            return query
+
+    class OrderLookup:
+        """Look up an order.
+
+        Args:
+            database: The connection orders are read from.
+        """
+
+        def __init__(self, database: str) -> None:
+            self.database = database
+
+        async def __call__(self, parameters: dict[str, Any]) -> str:
+            """Look up one order.
+
+            Args:
+                order_id: The order's id.
+            """
+            return str(parameters)
+
+    manager = ToolManager()
+    search = manager.register_function_tool("web_search", WebSearch())
+    assert search.description == "Search the web."
+    properties = search.parameters_schema["properties"]
+    assert properties["max_results"]["description"] == "How many results this call returns, at most the cap."
+    assert properties["query"]["description"] == "What to look for."
+    lookup = manager.register_function_tool("lookup", OrderLookup("orders.db"))
+    assert lookup.description == "Look up an order."
+    assert lookup.parameters_schema["properties"] == {"order_id": {"description": "The order's id."}}
+
+
+async def test_a_one_line_returns_or_raises_after_args_is_not_a_parameter() -> None:
+    """A Google-style docstring often writes its sections on one line (``Returns: the status.``). After an
+    ``Args:`` section such a line was read as one more argument: a parameters-dict tool documented by its
+    ``Args:`` told the model to send a ``Returns`` key, and ``Raises:``/``Note:`` lines did the same. A
+    section named on one line (unindented) ends the ``Args:`` section now; the same words in the
+    description stay there."""
+
+    async def lookup(parameters: dict[str, Any]) -> str:
+        """Look up an order.
+
+        Note: orders older than a year are archived.
+
+        Args:
+            order_id: The order's id.
+            carrier: The carrier,
+                if known.
+        Returns: the order's status.
+        Raises: LookupError when no order has this id.
+        Note: a cancelled order is found too.
+        """
+        return str(parameters)
+
+    summary, arguments = parse_docstring(lookup.__doc__)
+    assert summary == "Look up an order.\n\nNote: orders older than a year are archived."
+    assert arguments == {"order_id": "The order's id.", "carrier": "The carrier, if known."}
+    definition = ToolManager().register_function_tool("lookup", lookup)
+    assert list(definition.parameters_schema["properties"]) == ["order_id", "carrier"]
+
+
+async def test_a_callable_object_wrapping_a_function_is_documented_by_that_function() -> None:
+    """A decorator written as a class (``functools.update_wrapper(self, function)``, a ``__call__`` passing
+    ``*args, **kwargs`` through) takes the signature of the function it wraps: so must its documentation.
+    Its ``__call__``'s docstring, which documents the pass-through, was read as the tool's: an undocumented
+    function was described to the model as "Call the traced function and log the call."."""
+
+    class traced:  # noqa: N801 (a decorator)
+        def __init__(self, function: Any) -> None:
+            functools.update_wrapper(self, function)
+            self.function = function
+
+        async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """Call the traced function and log the call.
+
+            Args:
+                *args: Positional arguments passed through.
+                **kwargs: Keyword arguments passed through.
+            """
+            return await self.function(*args, **kwargs)
+
+    @traced
+    async def forecast(city: str, days: int = 3) -> str:
+        """Get the weather forecast.
+
+        Args:
+            city: The city.
+            days: How many days.
+        """
+        return city
+
+    @traced
+    async def undocumented(city: str) -> str:
+        return city
+
+    manager = ToolManager()
+    described = manager.register_function_tool("forecast", forecast)
+    assert described.description == "Get the weather forecast."
+    properties = described.parameters_schema["properties"]
+    assert {name: item.get("description") for name, item in properties.items()} == {
+        "city": "The city.",
+        "days": "How many days.",
+    }
+    assert manager.register_function_tool("undocumented", undocumented).description == ""
+
+
+async def test_a_callable_object_wrapping_a_function_takes_that_function_s_types() -> None:
+    """A decorator written as a class takes the signature of the function it wraps, but the type hints were
+    read from its ``__call__(*args, **kwargs)``: the tool's parameters had no types in its schema and its
+    calls were not validated (``days="many"`` reached the function). They are the wrapped function's now."""
+
+    class traced:  # noqa: N801 (a decorator)
+        def __init__(self, function: Any) -> None:
+            functools.update_wrapper(self, function)
+            self.function = function
+
+        async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return await self.function(*args, **kwargs)
+
+    @traced
+    async def forecast(city: str, days: int = 3) -> str:
+        """Get the weather forecast."""
+        return f"{city} {days!r}"
+
+    manager = ToolManager()
+    definition = manager.register_function_tool("forecast", forecast)
+    properties = definition.parameters_schema["properties"]
+    assert properties == {"city": {"type": "string"}, "days": {"default": 3, "type": "integer"}}
+    refused = await manager.call_tool("forecast", {"city": "Porto", "days": "many"})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert (await manager.call_tool("forecast", {"city": "Porto", "days": "2"})).result == "Porto 2"

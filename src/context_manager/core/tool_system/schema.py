@@ -67,6 +67,12 @@ _SECTION_RE = re.compile(
     r"^(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters|Returns|Return"
     r"|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)\s*:\s*$"
 )
+# a section named on its line with its text ("Returns: the status."): after an argument section, not one
+# more argument
+_INLINE_SECTION_RE = re.compile(
+    r"^(Returns|Return|Yields|Raises|Example|Examples|Note|Notes|Attributes|Warning|Warnings|See Also)"
+    r"\s*:\s*\S"
+)
 _ARG_LINE_RE = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(\([^)]*\))?\s*:\s*(?P<text>.*)$")
 _ARGUMENT_SECTIONS = frozenset(
     {"Args", "Arguments", "Parameters", "Params", "Keyword Args", "Keyword Arguments", "Other Parameters"}
@@ -155,6 +161,8 @@ def parse_docstring(docstring: str | None) -> tuple[str, dict[str, str]]:
                 index += 1  # the dashes
                 continue
             header = _SECTION_RE.match(stripped)
+            if header is None and section in _ARGUMENT_SECTIONS:
+                header = _INLINE_SECTION_RE.match(stripped)
             if header:
                 section, numpy, section_indent, current = header.group(1), False, None, []
                 continue
@@ -239,10 +247,25 @@ def _caller_namespace(max_frames: int = 12) -> dict[str, Any]:
     return namespace
 
 
-def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
+def _working_function(function: Any) -> Any:
+    """The callable doing ``function``'s work: a partial's function, the function an object wraps.
+
+    An object made by ``functools.update_wrapper`` (a decorator written as a class) has the signature of
+    the function it wraps: its hints and documentation are that function's too.
+    """
     target = function
-    while isinstance(target, functools.partial):  # hints live on the wrapped function
-        target = target.func
+    for _ in range(64):  # (a bound: a ``__wrapped__`` cycle)
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif not (inspect.isfunction(target) or inspect.ismethod(target)) and hasattr(target, "__wrapped__"):
+            target = target.__wrapped__
+        else:
+            break
+    return target
+
+
+def _resolve_hints(function: Any, tool_name: str) -> dict[str, Any]:
+    target = _working_function(function)  # hints live on the wrapped function
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = getattr(target, "__call__", target)  # noqa: B004
     try:
@@ -379,18 +402,18 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
     """The description and parameter descriptions of the docstring of the function doing the work.
 
     A ``functools.partial``'s own docstring is ``functools.partial``'s: its function's is read. A callable
-    object's class docstring is completed by its ``__call__``'s (parameters are often documented there).
+    object's class docstring is completed by its ``__call__``'s: the parameters ``__call__`` documents are
+    the tool's (the class's ``Args:`` often document the constructor's), else the class's. An object
+    wrapping a function (``functools.update_wrapper``: a decorator written as a class) is that function's.
     """
-    target = function
-    while isinstance(target, functools.partial):
-        target = target.func
+    target = _working_function(function)
     summary, arguments = parse_docstring(inspect.getdoc(target))
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         call = getattr(type(target), "__call__", None)  # noqa: B004
         if inspect.isfunction(call):
             call_summary, call_arguments = parse_docstring(inspect.getdoc(call))
             summary = summary or call_summary
-            arguments = {**call_arguments, **arguments}
+            arguments = call_arguments or arguments
     return summary, arguments
 
 
