@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,23 @@ async def test_managers_sharing_a_store_share_one_memory_size_sampler(otel: Otel
     for tier, count in stats["by_tier"].items():
         point = otel.point("context_manager.memory.count", **{"context_manager.memory.tier": tier})
         assert point.value == count
+
+
+async def test_a_closed_managers_memory_manager_is_freed(otel: Otel, tmp_path: Path) -> None:
+    """The shared memory-size samplers were held by their memory manager, weakly, but each sampler held
+    its memory manager: every manager made with OpenTelemetry metering kept its memory manager (its
+    caches, its index) and a sampler alive for the life of the process after cleanup()."""
+    freed = []
+    for index in range(2):
+        manager = EnhancedContextManager(config_for(tmp_path / str(index)))
+        await manager.initialize()
+        await manager.add_message("user", "hello")
+        memory = weakref.ref(manager.memory_manager)
+        await manager.cleanup()
+        del manager
+        gc.collect()
+        freed.append(memory() is None)
+    assert freed == [True, True]
 
 
 async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:

@@ -608,6 +608,8 @@ class MemorySizeSampler:
         self._users = max(0, self._users - 1)
         if self._users:
             return
+        if _samplers.get(self.memory) is self:  # the value holds its key: left in, the key is never freed
+            del _samplers[self.memory]
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="memory telemetry sampler")  # re-raises the caller's cancellation
         await self.sample()
