@@ -384,6 +384,34 @@ async def test_a_closed_managers_memory_manager_is_freed(otel: Otel, tmp_path: P
     assert freed == [True, True]
 
 
+async def test_a_shared_memory_sampler_samples_for_a_manager_started_while_another_was_cancelled(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """The first start took its sample before it started the periodic one: a second manager starting
+    meanwhile only counted, and when the first one's initialize() was cancelled during that sample (a
+    request's deadline) the second went on with no periodic sample at all: its gauges froze."""
+
+    def periodic_samples() -> int:
+        return sum(1 for task in asyncio.all_tasks() if task.get_name() == "context_manager.telemetry")
+
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        telemetry = telemetry_for_current_providers()
+        assert telemetry is not None and telemetry.metering
+        sampler = MemorySizeSampler(telemetry, manager.memory_manager, "sqlite")
+        before = periodic_samples()  # the manager's own sampler
+        first = asyncio.create_task(sampler.start())
+        await asyncio.sleep(0)  # the first start reads the statistics in a worker thread
+        await sampler.start()  # a second manager starts meanwhile
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await sampler.stop()  # the first manager's initialize() stops what it started
+        await asyncio.sleep(0)
+        assert periodic_samples() == before + 1  # the second manager still has its periodic sample
+        await sampler.stop()
+        assert periodic_samples() == before
+
+
 async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:
     async with EnhancedContextManager(config_for(tmp_path, enable_opentelemetry=False)) as manager:
         await manager.add_message("user", "hello")

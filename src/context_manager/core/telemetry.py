@@ -597,8 +597,9 @@ class MemorySizeSampler:
         self._users += 1
         if self._users > 1:  # sampling already: the gauges are the store's, not a manager's
             return
-        await self.sample()
+        # started before the first sample: a start made meanwhile counts on it, this one may be cancelled
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
+        await self.sample()
 
     async def stop(self) -> None:
         """At the last stop, cancel the periodic sample and take a last one (while the memory is open).
