@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,51 @@ async def test_managers_sharing_a_store_share_one_memory_size_sampler(otel: Otel
     for tier, count in stats["by_tier"].items():
         point = otel.point("context_manager.memory.count", **{"context_manager.memory.tier": tier})
         assert point.value == count
+
+
+async def test_a_closed_managers_memory_manager_is_freed(otel: Otel, tmp_path: Path) -> None:
+    """The shared memory-size samplers were held by their memory manager, weakly, but each sampler held
+    its memory manager: every manager made with OpenTelemetry metering kept its memory manager (its
+    caches, its index) and a sampler alive for the life of the process after cleanup()."""
+    freed = []
+    for index in range(2):
+        manager = EnhancedContextManager(config_for(tmp_path / str(index)))
+        await manager.initialize()
+        await manager.add_message("user", "hello")
+        memory = weakref.ref(manager.memory_manager)
+        await manager.cleanup()
+        del manager
+        gc.collect()
+        freed.append(memory() is None)
+    assert freed == [True, True]
+
+
+async def test_a_shared_memory_sampler_samples_for_a_manager_started_while_another_was_cancelled(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """The first start took its sample before it started the periodic one: a second manager starting
+    meanwhile only counted, and when the first one's initialize() was cancelled during that sample (a
+    request's deadline) the second went on with no periodic sample at all: its gauges froze."""
+
+    def periodic_samples() -> int:
+        return sum(1 for task in asyncio.all_tasks() if task.get_name() == "context_manager.telemetry")
+
+    async with EnhancedContextManager(config_for(tmp_path)) as manager:
+        telemetry = telemetry_for_current_providers()
+        assert telemetry is not None and telemetry.metering
+        sampler = MemorySizeSampler(telemetry, manager.memory_manager, "sqlite")
+        before = periodic_samples()  # the manager's own sampler
+        first = asyncio.create_task(sampler.start())
+        await asyncio.sleep(0)  # the first start reads the statistics in a worker thread
+        await sampler.start()  # a second manager starts meanwhile
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await sampler.stop()  # the first manager's initialize() stops what it started
+        await asyncio.sleep(0)
+        assert periodic_samples() == before + 1  # the second manager still has its periodic sample
+        await sampler.stop()
+        assert periodic_samples() == before
 
 
 async def test_opentelemetry_disabled_by_config_records_nothing(otel: Otel, tmp_path: Path) -> None:

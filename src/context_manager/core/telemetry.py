@@ -597,8 +597,9 @@ class MemorySizeSampler:
         self._users += 1
         if self._users > 1:  # sampling already: the gauges are the store's, not a manager's
             return
-        await self.sample()
+        # started before the first sample: a start made meanwhile counts on it, this one may be cancelled
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="context_manager.telemetry")
+        await self.sample()
 
     async def stop(self) -> None:
         """At the last stop, cancel the periodic sample and take a last one (while the memory is open).
@@ -608,6 +609,8 @@ class MemorySizeSampler:
         self._users = max(0, self._users - 1)
         if self._users:
             return
+        if _samplers.get(self.memory) is self:  # the value holds its key: left in, the key is never freed
+            del _samplers[self.memory]
         task, self._task = self._task, None
         await cancel_and_wait(task, owner="memory telemetry sampler")  # re-raises the caller's cancellation
         await self.sample()
