@@ -273,8 +273,10 @@ class ToolCall(_JsonSlot):
         """
         if isinstance(value, ToolCall):
             call = value
-            if hasattr(call, "_json"):  # kept from before it enters this message: maybe of edited arguments
+            try:  # noqa: SIM105 (cheaper than contextlib.suppress) kept from before this message: maybe edited
                 _forget_json(call)
+            except AttributeError:  # none kept (or another thread forgot it at the same moment)
+                pass
         elif isinstance(value, dict):
             call = cls._from_dict(value)
         elif callable(getattr(value, "model_dump", None)) and isinstance(dumped := value.model_dump(), dict):
