@@ -76,8 +76,10 @@ def test_a_connection_string_as_storage_is_refused_without_its_password(dsn: str
 
 def test_a_storage_path_holding_an_equals_sign_is_a_directory() -> None:
     """Only a whole key=value connection string is refused: a path with "=" in it is taken."""
-    added = cli("--storage", "backup/host=laptop", "memory", "add", "a fact")  # a path with "=" in it
-    assert added.exit_code == 0, added.output
+    for path in ("backup/host=laptop", "user=alice/memory"):  # paths with "=" in them
+        added = cli("--storage", path, "memory", "add", "a fact")
+        assert added.exit_code == 0, added.output
+        assert Path(path).is_dir()
 
 
 # --- tokens ----------------------------------------------------------------------------------------

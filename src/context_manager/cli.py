@@ -479,10 +479,10 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
-    from context_manager.core.config import KEYWORD_DSN
+    from context_manager.core.config import is_keyword_dsn
 
     # a connection string, as a URL or key=value, was a directory (./postgresql:/..., ./host=db password=...)
-    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or KEYWORD_DSN.search(value):
+    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or is_keyword_dsn(value):
         from context_manager.core.memory.postgres.database import redact_dsn
 
         kind = "" if "://" in value else ", a key=value connection string"
@@ -500,9 +500,9 @@ def _refuse_keyword_dsn(option: str, location: str) -> None:
     It was a storage directory named ``host=db password=...`` in the working directory, the memories
     copied there and the password printed.
     """
-    from context_manager.core.config import KEYWORD_DSN
+    from context_manager.core.config import is_keyword_dsn
 
-    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and KEYWORD_DSN.search(
+    if not location.lower().lstrip().startswith(("postgresql://", "postgres://")) and is_keyword_dsn(
         location
     ):
         from context_manager.core.memory.postgres.database import redact_dsn

@@ -153,6 +153,22 @@ def test_a_key_value_connection_string_as_a_directory_is_refused_wherever_it_is_
     monkeypatch.delenv("PYTHON_CONTEXT_MANAGER_STORAGE_PATH")
     for path in ("backup/host=laptop", tmp_path / "user=alice", "runs/port=8080/memory"):
         assert ContextManagerConfig(storage_path=path).storage_path == Path(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["user=alice/memory", "port=8080/memory", "runs/exp user=bob/memory", "service=chat\\memory"]
+)
+def test_a_relative_path_starting_with_a_libpq_key_is_a_directory(path: str) -> None:
+    """Refusing libpq's ``host=db password=...`` as ``storage_path`` also refused a directory path whose
+    first part (or a part after a blank) reads ``user=...``: ``user=alice/memory`` (the ``key=value``
+    layout of partitioned data), ``runs/exp user=bob/memory``. A connection string of one setting holds
+    no path separator; one with a separator is a path unless it holds another setting."""
+    assert ContextManagerConfig(storage_path=path).storage_path == Path(path)
+    assert ContextManagerConfig(cache_path=path).cache_path == Path(path)
+    for dsn in ("port=5432", "host=/var/run/postgresql dbname=app", "user=app password=s3/cr3t"):
+        with pytest.raises(ConfigurationError, match="postgres_dsn") as caught:
+            ContextManagerConfig(storage_path=dsn)
+        assert "s3/cr3t" not in str(caught.value)
     assert not any(Path.cwd().iterdir())
 
 

@@ -255,7 +255,7 @@ class ContextManagerConfig(BaseSettings):
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
             # was a directory ./postgresql:/user:password@host/db (or ./host=db password=... dbname=app)
-            if _LOOKS_LIKE_DSN.match(str(value)) or KEYWORD_DSN.search(str(value)):
+            if _LOOKS_LIKE_DSN.match(str(value)) or is_keyword_dsn(str(value)):
                 raise ValueError(
                     "a directory path; a PostgreSQL connection string goes in postgres_dsn "
                     "(PYTHON_CONTEXT_MANAGER_POSTGRES_DSN), with memory_backend='postgres'"
@@ -464,8 +464,20 @@ _LOOKS_LIKE_DSN = re.compile(r"\s*postgres(?:ql)?:/", re.IGNORECASE)
 """A PostgreSQL URL (``//`` made ``/`` when it went through ``Path``)."""
 
 KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.IGNORECASE)
-"""A libpq ``key=value`` connection string (``host=db password=...``), not a directory: a key at the start
-or after a blank (``backup/host=laptop`` is a path)."""
+"""A libpq key at the start or after a blank (``backup/host=laptop`` is a path): :func:`is_keyword_dsn`."""
+
+_SETTINGS = re.compile(r"(?:^|\s)\w+\s*=")
+
+
+def is_keyword_dsn(text: str) -> bool:
+    """Whether ``text`` is a libpq ``key=value`` connection string (``host=db password=...``), not a path.
+
+    A libpq key at the start or after a blank, and another setting after a blank, or no path separator:
+    ``user=alice/memory`` and ``runs/exp user=bob`` are directories, ``port=5432`` is not.
+    """
+    return KEYWORD_DSN.search(text) is not None and (
+        len(_SETTINGS.findall(text)) > 1 or not re.search(r"[/\\]", text)
+    )
 
 
 def _without_password(value: Any) -> Any:

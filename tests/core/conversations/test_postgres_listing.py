@@ -203,3 +203,36 @@ async def test_a_role_not_owning_the_table_records_the_index_built_beforehand(po
         with psycopg.connect(postgres_dsn, autocommit=True) as connection:
             connection.execute(f"DROP OWNED BY {name}")
             connection.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+async def test_the_index_of_a_schema_later_on_the_search_path_is_not_taken_for_this_one(
+    postgres_dsn: str,
+) -> None:
+    """The tables are created in the first schema of the DSN's ``search_path`` (docs/postgres.md), and a
+    path often names more (``app,public``: pgvector lives in ``public``). Migration 0013 looked for the
+    index by its name along the whole path: a store in a schema further on (an earlier install in
+    ``public``, another tenant) having it, this schema's conversations got none, and every listing scanned
+    and sorted them all. It looks in the schema of this ``cm_conversations``, as ``CREATE INDEX IF NOT
+    EXISTS`` did."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.postgres_support import create_schema, drop_schema, server_dsn, with_search_path
+
+    database = await _migrated(postgres_dsn)  # a complete store, its index built, later on the path
+    await database.close()
+    later = conninfo_to_dict(postgres_dsn)["options"].split("=", 1)[1].split(",")[0]
+    first, alone = create_schema()
+    try:
+        database = await _migrated(alone, before="0013")  # this store, of the earlier version
+        await database.close()
+        database = await _migrated(with_search_path(server_dsn(), f"{first},{later}"))  # its upgrade
+        await database.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            indexes = connection.execute(
+                "SELECT schemaname FROM pg_indexes WHERE indexname = 'cm_conversations_recent' "
+                "AND schemaname IN (%s, %s) ORDER BY schemaname = %s",
+                (first, later, later),
+            ).fetchall()
+        assert indexes == [(first,), (later,)]
+    finally:
+        drop_schema(first)

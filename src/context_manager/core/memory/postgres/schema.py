@@ -644,6 +644,14 @@ _NUMBERS_VECTOR = search_vector_sql(
 )
 """The search vector of the row ``c`` in migration ``0010``'s update (see there for ``s``)."""
 
+_RECENT_INDEX = (
+    "to_regclass(format('%I.cm_conversations_recent', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+    " ON n.oid = c.relnamespace WHERE c.oid = 'cm_conversations'::regclass)))"
+)
+"""Migration 0013's index in the schema of ``cm_conversations`` (where it is built), not the first of that
+name along the ``search_path`` (``app,public``: an earlier store in ``public`` has one)."""
+
+
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "0001_memories",
@@ -932,17 +940,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # migration fails saying so instead, to be run again once the build is over
         "0013_conversations_recent",
         [
-            """
+            f"""
             DO $$
+            DECLARE
+                recent regclass := {_RECENT_INDEX};
             BEGIN
-                IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('cm_conversations_recent')
-                           AND NOT indisvalid) THEN
-                    IF EXISTS (SELECT 1 FROM pg_stat_progress_create_index
-                               WHERE index_relid = to_regclass('cm_conversations_recent')) THEN
+                IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = recent AND NOT indisvalid) THEN
+                    IF EXISTS (SELECT 1 FROM pg_stat_progress_create_index WHERE index_relid = recent) THEN
                         RAISE EXCEPTION 'index cm_conversations_recent is being built (CREATE INDEX '
                             'CONCURRENTLY in progress): start again once the build has finished';
                     END IF;
-                    DROP INDEX cm_conversations_recent;
+                    EXECUTE format('DROP INDEX %s', recent);
                 END IF;
             END
             $$
@@ -950,10 +958,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             # not CREATE INDEX IF NOT EXISTS: it checks that the role owns the table before it looks for the
             # index, so an application role that does not (the owner migrating from a release step) failed
             # with "must be owner of table cm_conversations" though the operator had built the index
-            """
+            f"""
             DO $$
             BEGIN
-                IF to_regclass('cm_conversations_recent') IS NULL THEN
+                IF {_RECENT_INDEX} IS NULL THEN
                     CREATE INDEX cm_conversations_recent ON cm_conversations (updated_at DESC, id);
                 END IF;
             END
