@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,3 +41,95 @@ async def longest_loop_step(operation: Callable[[], Awaitable[Any]]) -> tuple[An
         gc.unfreeze()
         ticking.cancel()
     return result, max(steps)
+
+
+class _Worker:
+    """``function(*args)`` run in a thread of its own, whose CPU-time clock is read at each turn of another.
+
+    The thread starts the call on the first ``turn()`` (so that reading comes before any of the call's work)
+    and outlives it until ``close()`` (the clock of a thread that has ended must not be read). ``longest`` is
+    the most CPU time the thread ran between two turns.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self.finished = threading.Event()
+        self.longest = 0.0
+        self._go = threading.Event()
+        self._leave = threading.Event()
+        self._outcome: list[tuple[bool, Any]] = []
+        self._thread = threading.Thread(target=self._run, args=(function, args), daemon=True)
+        self._thread.start()
+        assert self._thread.ident is not None
+        self._clock = time.pthread_getcpuclockid(self._thread.ident)
+        self._last = 0.0
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._go.wait()
+        try:
+            self._outcome.append((True, function(*args)))
+        except BaseException as error:  # handed to the test by close()
+            self._outcome.append((False, error))
+        finally:
+            self.finished.set()
+            self._leave.wait()
+
+    def turn(self) -> None:
+        """Record the CPU time the thread ran since the last turn (the first turn starts the call)."""
+        now = time.clock_gettime(self._clock)
+        if self._go.is_set():
+            self.longest = max(self.longest, now - self._last)
+        self._last = now
+        self._go.set()
+
+    def close(self) -> Any:
+        """Let the thread end; return what the call returned (or raise what it raised)."""
+        self._go.set()
+        self._leave.set()
+        self._thread.join()
+        succeeded, value = self._outcome[0]
+        if not succeeded:
+            raise value
+        return value
+
+
+async def longest_thread_hold(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """Run ``function(*args)`` in a thread beside a ticker task; return its result and the most CPU time the
+    thread ran between two turns of the ticker.
+
+    A thread holding the interpreter lock in one long call (a regex or ``json.dumps`` over megabytes) runs
+    all of that call while the event loop waits for the lock: the thread's CPU time between two turns of the
+    loop is how long it held the loop. Otherwise the thread hands the lock back every switch interval
+    (5 ms). Unlike the wall-clock gap between two turns, other processes on a busy machine do not stretch it:
+    a thread the machine does not run uses no CPU time. The test process's objects are frozen out of the
+    garbage collector, as in :func:`longest_loop_step`.
+    """
+    gc.collect()
+    gc.freeze()
+    worker = _Worker(function, *args)
+    try:
+        worker.turn()
+        while not worker.finished.is_set():
+            await asyncio.sleep(0)
+            worker.turn()
+        worker.turn()  # the stretch that ends the call
+    finally:
+        gc.unfreeze()
+        result = worker.close()
+    return result, worker.longest
+
+
+def longest_thread_hold_beside_sleeper(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """:func:`longest_thread_hold` beside a plain thread that wakes every millisecond (no event loop)."""
+    gc.collect()
+    gc.freeze()
+    worker = _Worker(function, *args)
+    try:
+        worker.turn()
+        while not worker.finished.is_set():
+            time.sleep(0.001)
+            worker.turn()
+        worker.turn()
+    finally:
+        gc.unfreeze()
+        result = worker.close()
+    return result, worker.longest
