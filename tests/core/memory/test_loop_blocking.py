@@ -25,8 +25,9 @@ async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], A
     """Run ``operation`` while another thread holds the long-term store's write lock (as a long commit does).
 
     Reads have connections of their own (WAL): the operation must finish while the lock is still held,
-    and the loop must keep running meanwhile. The holder gives up after a few seconds (then the loop
-    was blocked: it could not tell it to release). Returns the operation's result.
+    and the loop must keep running meanwhile. The holder gives up after 30 s (then the loop was blocked: it
+    could not tell it to release); the operation gets 20 s (a read that waits for the lock never finishes
+    while it is held; one on a busy machine can take over a second). Returns the operation's result.
     """
     assert manager.backend is not None
     store = manager.backend.long  # type: ignore[attr-defined]
@@ -38,16 +39,13 @@ async def _while_store_is_held(manager: MemoryManager, operation: Callable[[], A
     def writer() -> None:
         with store._lock:
             held.set()
-            outcome["released_by_loop"] = release.wait(timeout=3.0)
+            outcome["released_by_loop"] = release.wait(timeout=30.0)
 
     thread = threading.Thread(target=writer)
     thread.start()
     await asyncio.to_thread(held.wait)
     task = asyncio.ensure_future(operation())
-    for _ in range(200):  # the loop keeps running other coroutines while the operation runs
-        if task.done():
-            break
-        await asyncio.sleep(0.005)
+    await asyncio.wait([task], timeout=20.0)  # the loop runs other coroutines while the operation runs
     finished_while_held = task.done()
     release.set()
     result = await task
