@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 
@@ -60,6 +61,7 @@ class _Worker:
     def __init__(self, function: Callable[..., Any], *args: Any) -> None:
         self.finished = threading.Event()
         self.longest = 0.0
+        self.result: Any = None
         self._go = threading.Event()
         self._leave = threading.Event()
         self._outcome: list[tuple[bool, Any]] = []
@@ -98,6 +100,21 @@ class _Worker:
         return value
 
 
+@contextlib.contextmanager
+def _thread_beside(function: Callable[..., Any], args: tuple[Any, ...]) -> Iterator[_Worker]:
+    """A :class:`_Worker` for ``function(*args)``, started; its last stretch recorded, its result kept."""
+    gc.collect()
+    gc.freeze()
+    worker = _Worker(function, *args)
+    try:
+        worker.turn()
+        yield worker
+        worker.turn()  # the stretch that ends the call
+    finally:
+        gc.unfreeze()
+        worker.result = worker.close()
+
+
 async def longest_thread_hold(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """Run ``function(*args)`` in a thread beside a ticker task; return its result and the most CPU time the
     thread ran between two turns of the ticker.
@@ -109,33 +126,17 @@ async def longest_thread_hold(function: Callable[..., Any], *args: Any) -> tuple
     a thread the machine does not run uses no CPU time. The test process's objects are frozen out of the
     garbage collector, as in :func:`longest_loop_step`.
     """
-    gc.collect()
-    gc.freeze()
-    worker = _Worker(function, *args)
-    try:
-        worker.turn()
+    with _thread_beside(function, args) as worker:
         while not worker.finished.is_set():
             await asyncio.sleep(0)
             worker.turn()
-        worker.turn()  # the stretch that ends the call
-    finally:
-        gc.unfreeze()
-        result = worker.close()
-    return result, worker.longest
+    return worker.result, worker.longest
 
 
 def longest_thread_hold_beside_sleeper(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     """:func:`longest_thread_hold` beside a plain thread that wakes every millisecond (no event loop)."""
-    gc.collect()
-    gc.freeze()
-    worker = _Worker(function, *args)
-    try:
-        worker.turn()
+    with _thread_beside(function, args) as worker:
         while not worker.finished.is_set():
             time.sleep(0.001)
             worker.turn()
-        worker.turn()
-    finally:
-        gc.unfreeze()
-        result = worker.close()
-    return result, worker.longest
+    return worker.result, worker.longest
