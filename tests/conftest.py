@@ -90,11 +90,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(skip)
 
 
+# What the machine's environment may hold for the providers' SDKs: a proxy (a corporate network, some CI
+# runners) gets the requests the tests send to their local servers, the server seems down; OPENAI_BASE_URL
+# (a developer's local model server) makes a hosted endpoint a local one; keys, OPENAI_LOG. Tests of these
+# set their own.
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+_SDK_PREFIXES = ("OPENAI_", "ANTHROPIC_")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Drop our env overrides and run each test in its own working directory."""
+    """Drop our env overrides and the SDKs' settings; run each test in its own working directory."""
     for name in list(os.environ):
-        if name.upper().startswith(ENV_PREFIX):
+        upper = name.upper()
+        if upper.startswith((ENV_PREFIX, *_SDK_PREFIXES)) or upper in _PROXY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
     # memory search is lexical unless a test opts in (config.embedder="auto" would load MiniLM in every
     # test that adds a memory); tests of the default delete this variable

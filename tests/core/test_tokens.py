@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from context_manager.core.tokens import (
     get_token_counter,
     truncate_to_tokens,
 )
+from tests.loop_support import longest_thread_hold_beside_sleeper
 from tests.tiktoken_reference import tiktoken_encoding
 
 ENCODINGS = ["o200k_base", "cl100k_base"]
@@ -237,23 +237,18 @@ def test_a_long_text_counted_in_pieces_counts_as_a_whole(
 
 
 def _count_in_a_thread(counter: ExactTokenCounter, text: str) -> int:
-    """Count ``text`` in a worker thread while this one wakes every millisecond; this thread must never
-    wait 50 ms for the interpreter (the tokenizer holds it for one piece at a time)."""
-    import threading
-
-    results: list[int] = []
-    worker = threading.Thread(target=lambda: results.append(counter.count(text)))
-    gaps: list[float] = []
-    last = time.perf_counter()
-    worker.start()
-    while worker.is_alive():
-        time.sleep(0.001)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-    worker.join()
-    assert max(gaps) < 0.05, f"this thread waited {max(gaps) * 1000:.0f} ms for the interpreter"
-    return results[0]
+    """Count ``text`` in a worker thread while this one wakes every millisecond; the worker must never run
+    50 ms of CPU time between two wakes of this thread (the tokenizer holds the interpreter for one piece at
+    a time). CPU time, not the wall-clock gap: other processes on a busy machine stretch that, not this.
+    The shortest of up to three counts: the tokenizer holding the interpreter shows in every one."""
+    holds: list[float] = []
+    for _ in range(3):
+        counted, longest = longest_thread_hold_beside_sleeper(counter.count, text)
+        holds.append(longest)
+        if longest < 0.05:
+            break
+    assert min(holds) < 0.05, f"the counting thread held the interpreter {min(holds) * 1000:.0f} ms"
+    return counted
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

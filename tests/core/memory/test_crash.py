@@ -21,13 +21,68 @@ from context_manager.core.memory.manager import MemoryManager
 
 ROUNDS = 100 if os.environ.get("CM_FULL_RUN") == "1" else 24
 
-WRITER = """
-import asyncio, random, sys
-import pytest
+# What every script below starts with: its imports, and for the full-disk tests the store's settings, the
+# memories that make one file of the store the next to be refused, and the full disk itself.
+PREAMBLE = """
+import asyncio, contextlib, json, os, random, resource, signal, sys
+from pathlib import Path
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
 
+def settings(path, medium=5000):
+    return ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=medium)
+
+async def fill(manager, full="log"):
+    if full == "database":  # a database WAL far larger than the log: the next database write fails
+        await manager.add_memories(
+            [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
+        )
+    else:  # a log far larger than the database's WAL: the next log write fails
+        await manager.add_memories(
+            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
+        )
+
+@contextlib.contextmanager
+def disk_full(path, name, room=0, crash=False):
+    # writes past the size of the store's file `name` (plus `room` bytes) fail (EFBIG: a full disk; Python
+    # ignores SIGXFSZ), or with crash=True the signal's default action kills the process at that very write
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL if crash else signal.SIG_IGN)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size + room, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+async def report(operation, done):
+    # FAILED when the storage refused the operation, else `done`
+    try:
+        await operation
+    except StorageError:
+        print("FAILED", flush=True)
+    else:
+        print(done, flush=True)
+"""
+
+
+def run_script(script: str, *args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` after :data:`PREAMBLE` in a fresh interpreter (call it in a thread: it blocks)."""
+    return subprocess.run(
+        [sys.executable, "-c", PREAMBLE + script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def settings(storage: Path) -> ContextManagerConfig:
+    """The full-disk tests' store, as the preamble's ``settings(path)`` opens it."""
+    return ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+
+
+WRITER = """
 async def main(path, seed):
     rng = random.Random(seed)
     config = ContextManagerConfig(storage_path=path, short_term_memory_size=10, medium_term_memory_size=20)
@@ -53,7 +108,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 def run_and_kill(storage: Path, seed: int, rng: random.Random) -> list[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(storage), str(seed)],
+        [sys.executable, "-c", PREAMBLE + WRITER, str(storage), str(seed)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -99,12 +154,6 @@ async def test_acknowledged_memories_survive_sigkill(tmp_path: Path) -> None:
 
 
 IMPORTER = """
-import asyncio, os, sys
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.memory.manager import MemoryManager
-
 async def main(path, source):
     config = ContextManagerConfig(storage_path=path, embedder="none", short_term_memory_size=300,
                                   medium_term_memory_size=600)
@@ -147,7 +196,7 @@ async def test_an_import_killed_midway_loses_none_of_the_memories_it_replaces(tm
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            IMPORTER,
+            PREAMBLE + IMPORTER,
             str(storage),
             str(export),
             stdout=asyncio.subprocess.PIPE,
@@ -172,34 +221,14 @@ async def test_an_import_killed_midway_loses_none_of_the_memories_it_replaces(tm
 
 
 CONSOLIDATOR = """
-import asyncio, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
-
 async def main(path):
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
-    async with MemoryManager(config) as manager:
-        # a log far larger than what the merge commits to the database (its WAL stays under the limit)
-        await manager.add_memories(
-            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
-        )
+    async with MemoryManager(settings(path)) as manager:
+        await fill(manager)  # a log far larger than what the merge commits to the database (its WAL)
         for text in ("The office wifi password changes every Monday",
                      "The office wifi password changes every Monday morning"):
             await manager.add_memory(text, tier="medium")
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
-        try:
-            await manager.consolidate_memories(similarity_threshold=0.8)
-        except StorageError:
-            print("FAILED", flush=True)
-        else:
-            print("MERGED", flush=True)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with disk_full(path, "memories.jsonl"):
+            await report(manager.consolidate_memories(similarity_threshold=0.8), "MERGED")
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -210,15 +239,9 @@ async def test_a_consolidation_cut_short_after_its_merged_memory_is_finished_on_
     consolidation stopped in between (a crash, a full disk) left the text visible twice, as the merged
     memory and as its originals, for good. The store now finishes such a merge when it opens."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", CONSOLIDATOR, str(storage)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, CONSOLIDATOR, storage)
     assert result.stdout.strip() == "FAILED", result.stdout + result.stderr  # the marks could not be logged
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         found = await manager.search_memory("office wifi password", limit=10)
         assert len(found) == 1 and found[0].source == "consolidation", [m.content for m in found]
@@ -235,42 +258,17 @@ async def test_a_consolidation_cut_short_after_its_merged_memory_is_finished_on_
 
 
 UNDOER = """
-import asyncio, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
-
 async def main(path, full):
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
-    async with MemoryManager(config) as manager:
-        if full == "database":  # a database WAL far larger than the log: the next database write fails
-            await manager.add_memories(
-                [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
-            )
-        else:  # a log far larger than the database's WAL: the next log write fails
-            await manager.add_memories(
-                [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
-            )
+    async with MemoryManager(settings(path)) as manager:
+        await fill(manager, full)
         for text in ("The office wifi password changes every Monday",
                      "The office wifi password changes every Monday morning"):
             await manager.add_memory(text, tier="medium")
         await manager.consolidate_memories(similarity_threshold=0.8)
         (merged,) = await manager.search_memory("office wifi password", limit=10)
         print(merged.id, flush=True)
-        name = "memories.sqlite3-wal" if full == "database" else "memories.jsonl"
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size, hard))
-        try:
-            await manager.undo_consolidation(merged.id)
-        except StorageError:
-            print("FAILED", flush=True)
-        else:
-            print("UNDONE", flush=True)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with disk_full(path, "memories.sqlite3-wal" if full == "database" else "memories.jsonl"):
+            await report(manager.undo_consolidation(merged.id), "UNDONE")
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
@@ -285,17 +283,11 @@ async def test_an_undo_consolidation_cut_short_never_leaves_the_text_visible_twi
     now recorded with its first write and finished when the store opens; a write refused before that
     record leaves the merge as it was."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", UNDOER, str(storage), full],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, UNDOER, storage, full)
     lines = result.stdout.split()
     assert lines[-1:] == ["FAILED"], result.stdout + result.stderr
     merged_id = lines[0]
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         found = await manager.search_memory("office wifi password", limit=10)
         merged = await manager.get_memory(merged_id)
@@ -311,41 +303,20 @@ async def test_an_undo_consolidation_cut_short_never_leaves_the_text_visible_twi
 
 
 UPDATER = """
-import asyncio, json, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
-
-async def main(path, disk_full, tier):
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
-    async with MemoryManager(config) as manager:
-        # a log far larger than the database's WAL: the next log write fails, the database's does not
-        await manager.add_memories(
-            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
-        )
+async def main(path, crash, tier):
+    async with MemoryManager(settings(path)) as manager:
+        await fill(manager)  # the next log write fails, the database's does not
         memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)  # short + long
         print(memory.id, flush=True)
-        # a write past the limit fails (EFBIG: a full disk; Python ignores SIGXFSZ), or with the signal's
-        # default action kills the process (a crash at that very write)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN if disk_full else signal.SIG_DFL)
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
-        try:
-            await manager.update_memory(memory.id, content="the gate code is qznewxq", tier=tier)
-        except StorageError:
-            print("FAILED", flush=True)
-        else:
-            print("UPDATED", flush=True)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with disk_full(path, "memories.jsonl", crash=crash):  # crash: killed at that very write
+            new = "the gate code is qznewxq"
+            await report(manager.update_memory(memory.id, content=new, tier=tier), "UPDATED")
         # what this process sees after the failure: each copy's text, and what each code finds
         copies = sorted(copy.content for copy in await manager.stored_copies() if copy.id == memory.id)
         print(json.dumps(copies), flush=True)
         print(json.dumps([len(await manager.search_memory(code)) for code in ("qzoldxq", "qznewxq")]))
 
-asyncio.run(main(sys.argv[1], sys.argv[2] == "full", sys.argv[3] if len(sys.argv) > 3 else None))
+asyncio.run(main(sys.argv[1], sys.argv[2] == "crash", sys.argv[3] if len(sys.argv) > 3 else None))
 """
 
 
@@ -355,19 +326,13 @@ async def test_an_update_cut_short_leaves_one_text_in_every_tier(tmp_path: Path)
     short-term one, until an overflow dropped that copy and the text changed by itself. The store now makes
     the short-term copy match the long-term one when it opens."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", UPDATER, str(storage), "crash"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, UPDATER, storage, "crash")
     # killed at the short-term copy's log write, after the long-term copy was committed
     assert result.returncode == -signal.SIGXFSZ, result.stdout + result.stderr
     lines = result.stdout.split()
     assert len(lines) == 1, result.stdout + result.stderr
     memory_id = lines[0]
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     for _ in range(2):  # the repair is made once, and stays
         async with MemoryManager(config) as manager:
             copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
@@ -387,20 +352,14 @@ async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(
     words of either, and once reopened the failed update had taken effect. The long-term copy is now put
     back: the memory is as it was before the call, in this process and after."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", UPDATER, str(storage), "full", *([tier] if tier else [])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, UPDATER, storage, "full", *([tier] if tier else []))
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and lines[1] == "FAILED", result.stdout + result.stderr
     memory_id = lines[0]
     old = "the gate code is qzoldxq"
     assert json.loads(lines[2]) == [old, old]  # both copies: the text before the call
     assert json.loads(lines[3]) == [1, 0]  # found by its old words only
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
         assert sorted((copy.tier.value, copy.content) for copy in copies) == [("long", old), ("short", old)]
@@ -409,35 +368,16 @@ async def test_an_update_the_disk_refuses_leaves_the_memory_as_it_was(
 
 
 MOVING_UPDATER = """
-import asyncio, json, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
-
 async def main(path):
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
-    async with MemoryManager(config) as manager:
-        await manager.add_memories(
-            [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
-        )
+    async with MemoryManager(settings(path)) as manager:
+        await fill(manager)
         memory = await manager.add_memory("the gate code is qzoldxq", tier="medium")  # medium-term only
         print(memory.id, flush=True)
         # room for the log's small records, none for the database's write of the long new text: the move
         # commits the long-term copy and logs the medium-term one's removal, then the update's write fails
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        limit = (Path(path) / "memories.jsonl").stat().st_size + 4096
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-        try:
-            await manager.update_memory(memory.id, content="qznewxq " + "new words " * 100_000, tier="long")
-        except StorageError:
-            print("FAILED", flush=True)
-        else:
-            print("UPDATED", flush=True)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with disk_full(path, "memories.jsonl", room=4096):
+            new = "qznewxq " + "new words " * 100_000
+            await report(manager.update_memory(memory.id, content=new, tier="long"), "UPDATED")
         copies = sorted((copy.tier.value, copy.content) for copy in await manager.stored_copies()
                         if copy.id == memory.id)
         print(json.dumps(copies), flush=True)
@@ -452,19 +392,13 @@ async def test_a_failed_update_to_long_term_never_loses_a_memory_moved_there(tmp
     disk), putting the long-term tier "back as it was" deleted that copy too: the memory was gone, in the
     process and once reopened. It is kept now, with the text it had."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", MOVING_UPDATER, str(storage)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, MOVING_UPDATER, storage)
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and lines[1] == "FAILED", result.stdout + result.stderr
     memory_id = lines[0]
     old = "the gate code is qzoldxq"
     assert [text for _, text in json.loads(lines[2])] == [old]  # one copy, the text before the call
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
         assert [copy.content for copy in copies] == [old]
@@ -473,24 +407,14 @@ async def test_a_failed_update_to_long_term_never_loses_a_memory_moved_there(tmp
 
 
 MOVER = """
-import asyncio, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
+async def opened(path):
+    async with MemoryManager(settings(path, medium=500)):
+        pass
 
 async def main(path):
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / "memories.jsonl").stat().st_size, hard))
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=500)
-    try:  # opening moves the medium-term overflow: committed to the database, then dropped from the log
-        async with MemoryManager(config):
-            print("MOVED", flush=True)
-    except StorageError:
-        print("FAILED", flush=True)
+    # opening moves the medium-term overflow: committed to the database, then dropped from the log
+    with disk_full(path, "memories.jsonl"):
+        await report(opened(path), "MOVED")
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -501,18 +425,12 @@ async def test_a_move_to_long_term_cut_short_leaves_each_memory_in_one_tier(tmp_
     a move stopped in between (a crash, a full disk) left it in both tiers, counted twice by the stats and
     exported with both tiers. The store now finishes such a move when it opens."""
     storage = tmp_path / "storage"
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         await manager.add_memories(
             [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(600)]
         )
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", MOVER, str(storage)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, MOVER, storage)
     assert result.stdout.strip() == "FAILED", result.stdout + result.stderr  # the drops could not be logged
     for _ in range(2):  # the move is finished once, and stays
         async with MemoryManager(config, rebalance_on_open=False) as manager:  # moves nothing itself
@@ -523,25 +441,9 @@ async def test_a_move_to_long_term_cut_short_leaves_each_memory_in_one_tier(tmp_
 
 
 DELETER = """
-import asyncio, json, resource, signal, sys
-from pathlib import Path
-import pytest
-
-from context_manager.core.config import ContextManagerConfig
-from context_manager.core.errors import StorageError
-from context_manager.core.memory.manager import MemoryManager
-
 async def main(path, full, kind):
-    config = ContextManagerConfig(storage_path=path, embedder="none", medium_term_memory_size=5000)
-    async with MemoryManager(config) as manager:
-        if full == "database":  # a database WAL far larger than the log: the next database write fails
-            await manager.add_memories(
-                [{"content": f"archive {n} " + "ledger entry " * 150, "tier": "long"} for n in range(200)]
-            )
-        else:  # a log far larger than the database's WAL: the next log write fails
-            await manager.add_memories(
-                [{"content": f"filler {n} " + "padding " * 60, "tier": "medium"} for n in range(400)]
-            )
+    async with MemoryManager(settings(path)) as manager:
+        await fill(manager, full)
         if kind == "important":  # a short-term copy and a long-term one
             memory = await manager.add_memory("the gate code is qzoldxq", importance=0.9)
         else:  # a consolidated memory (long-term) with its two originals (medium-term)
@@ -561,17 +463,8 @@ async def main(path, full, kind):
             return [copies, [m.id for m in await manager.search_memory("qzoldxq")]]
 
         print(json.dumps(await state()), flush=True)
-        name = "memories.sqlite3-wal" if full == "database" else "memories.jsonl"
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG): a full disk
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, ((Path(path) / name).stat().st_size, hard))
-        try:
-            await manager.delete_memory(memory.id)
-        except StorageError:
-            print("FAILED", flush=True)
-        else:
-            print("DELETED", flush=True)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        with disk_full(path, "memories.sqlite3-wal" if full == "database" else "memories.jsonl"):
+            await report(manager.delete_memory(memory.id), "DELETED")
         print(json.dumps(await state()), flush=True)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
@@ -589,13 +482,7 @@ async def test_a_delete_the_disk_refuses_leaves_the_memory_as_it_was(
     the merged memory kept), in this process and once reopened. What the failed delete removed is now put
     back: the memories are as they were before the call."""
     storage = tmp_path / "storage"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", DELETER, str(storage), full, kind],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = await asyncio.to_thread(run_script, DELETER, storage, full, kind)
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and lines[2:3] == ["FAILED"], result.stdout + result.stderr
     memory_id, before, after = lines[0], json.loads(lines[1]), json.loads(lines[3])
@@ -603,7 +490,7 @@ async def test_a_delete_the_disk_refuses_leaves_the_memory_as_it_was(
     assert tiers == (["long", "short"] if kind == "important" else ["long", "medium", "medium"])
     assert before[1] == [memory_id]
     assert after == before  # every copy as it was, the memory found as before
-    config = ContextManagerConfig(storage_path=storage, embedder="none", medium_term_memory_size=5000)
+    config = settings(storage)
     async with MemoryManager(config) as manager:
         ids = {copy[0] for copy in before[0]}
         copies = sorted(

@@ -252,36 +252,30 @@ async def test_a_sync_approval_callback_does_not_hold_the_event_loop() -> None:
     called on the event loop: while it waited, every other task of the application stood still, the calls
     of tools that need no approval included. It now runs in one of the manager's threads."""
     asked: list[tuple[str, dict[str, Any]]] = []
+    answer = threading.Event()  # the service answers when the test tells it to (from the event loop)
+    answered: list[bool] = []
 
     def slow_policy_service(definition: ToolDefinition, arguments: dict[str, Any]) -> bool:
-        time.sleep(0.6)  # a blocking round trip to the service
         asked.append((definition.name, arguments))
+        answered.append(answer.wait(timeout=5.0))  # a blocking round trip to the service
         return arguments["path"].startswith("/tmp/")
 
     manager = make_manager(approval_callback=slow_policy_service)
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.01)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
     approving = asyncio.create_task(manager.execute("delete_file", path="/tmp/x"))
-    await asyncio.sleep(0.05)
-    started = time.perf_counter()
+    for _ in range(500):  # until the approval is pending (on the loop, it ends only when the wait times out)
+        await asyncio.sleep(0.01)
+        if asked:
+            break
     free = await manager.execute("read_file", path="a")  # a PUBLIC tool, while the approval is pending
-    waited = time.perf_counter() - started
+    pending = not approving.done()
+    answer.set()  # the loop runs: it can tell the service to answer
     approved = await approving
     denied = await manager.execute("delete_file", path="/etc/passwd")
-    done.set()
-    await ticking
-    assert max(gaps) < 0.3, f"the loop stood still {max(gaps):.2f} s"
-    assert free.success and waited < 0.3, f"a call needing no approval waited {waited:.2f} s"
+    # On the loop, the callback would have held it until its wait timed out: the loop could not answer it,
+    # nor run the call needing no approval before it. Events, not wall-clock thresholds (which a busy
+    # machine stretches): the callback's 5 s are far from any scheduling delay.
+    assert answered[0], "the loop stood still while the approval callback waited"
+    assert free.success and pending, "a call needing no approval waited for a pending approval"
     assert approved.success and ran == ["/tmp/x"]
     assert denied.error_type == "permission_denied" and "was not approved" in (denied.error or "")
     assert asked == [("delete_file", {"path": "/tmp/x"}), ("delete_file", {"path": "/etc/passwd"})]
