@@ -1422,6 +1422,14 @@ class EnhancedContextManager:
         writer, window = self._eviction_writer, self._window
         if writer is None or window is None or not len(window.evicted_queue):
             return
+        conversation = self._conversation
+        if conversation is not None and window.evicted_queue.held and not conversation.is_stale:
+            # a compression not stored yet (the one fitting a resumed window is stored with the next
+            # write): what it evicted reaches memory once its record is stored, so store it now
+            try:
+                await conversation.sync(since=conversation.journaled)
+            except ContextManagerError as error:  # refused: those messages are back in the window
+                logger.info("searching before a compression is stored (%s)", type(error).__name__)
         try:
             await writer.flush()
         except Exception as error:  # search what is stored; the writer retries the rest
