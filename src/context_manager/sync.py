@@ -542,9 +542,11 @@ class SyncContextManager:
         """Blocking form of EnhancedContextManager.reload."""
         return self._await("reload", self._manager.reload)
 
-    def list_conversations(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+    def list_conversations(
+        self, *, limit: int | None = None, before: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """Blocking form of EnhancedContextManager.list_conversations."""
-        return self._await("list_conversations", self._manager.list_conversations, limit=limit)
+        return self._await("list_conversations", self._manager.list_conversations, limit=limit, before=before)
 
     def delete_conversation(self, conversation_id: str) -> bool:
         """Blocking form of EnhancedContextManager.delete_conversation."""

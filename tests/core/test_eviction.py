@@ -41,6 +41,34 @@ def test_take_all_leaves_claimed_messages_with_their_consumer() -> None:
     assert list(queue) == batch[:2] and queue.unclaimed == 0
 
 
+def test_held_messages_wait_for_their_compression_to_be_stored_or_refused() -> None:
+    """A persisted conversation holds what a compression evicts until its record is stored: no consumer
+    claims it before; a refused one is dropped, unless a reload found it evicted in storage too."""
+    queue = EvictedQueue()
+    woken: list[int] = []
+    queue.add_listener(lambda: woken.append(1))
+    batch = messages(6)
+    queue.hold_next(1)
+    queue.put(batch[:2])
+    queue.hold_next(2)
+    queue.put(batch[2:4])
+    assert woken == [] and len(queue) == 4 and queue.unclaimed == 0
+    assert queue.claim(10) == ([], []) and queue.take_all() == []
+    queue.settle_held(1, stored=True)  # compression 1 stored: its messages go to the consumers
+    assert woken == [1] and queue.unclaimed == 2
+    assert queue.claim(10)[1] == batch[:2]
+    queue.put([batch[2]])  # a reload found batch[2] evicted in storage: it is queued for good
+    assert woken == [1, 1]
+    queue.hold_next(3)
+    queue.put([batch[3], batch[4]])  # evicted again by a later compression (the reload's fit)
+    queue.settle_held(2, stored=False)  # compression 2 refused
+    assert list(queue) == batch[:5] and queue.unclaimed == 1
+    queue.settle_held(3, stored=False)
+    assert list(queue) == batch[:3]
+    queue.put([batch[3]])  # dropped ids can be queued again
+    assert list(queue) == batch[:4] and queue.unclaimed == 2
+
+
 def test_the_queue_holds_one_entry_per_message_id() -> None:
     """A compression refused by a persisted conversation and made again hands the same messages over
     twice: the second hand-over adds only what is new (memory refuses a batch with repeated ids)."""

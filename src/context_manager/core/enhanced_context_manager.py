@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import gc
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -119,6 +120,29 @@ _IGNORED_RESPONSE_FIELDS = frozenset({"annotations", "reasoning_content", "reaso
 _perf_counter = time.perf_counter
 
 _State = Literal["new", "ready", "closed"]
+
+
+def _page_cursor(before: Any) -> tuple[float, str]:
+    """The ``(updated_at, id)`` of ``before``, a conversation of ``list_conversations()``'s previous page.
+
+    Raises:
+        InvalidArgumentError: ``before`` is not a mapping with a finite number ``updated_at`` and a string
+            ``conversation_id``.
+    """
+    allowed = (
+        "the last conversation of the previous page: a dict list_conversations() returned (a mapping with "
+        "its 'updated_at', a number, and 'conversation_id', a string), or None for the first page"
+    )
+    if not isinstance(before, Mapping):
+        raise InvalidArgumentError("before", before, allowed)
+    updated_at, conversation_id = before.get("updated_at"), before.get("conversation_id")
+    moment = math.nan
+    if isinstance(updated_at, int | float) and not isinstance(updated_at, bool):
+        with contextlib.suppress(OverflowError):  # an int beyond a float
+            moment = float(updated_at)
+    if not math.isfinite(moment) or not isinstance(conversation_id, str):
+        raise InvalidArgumentError("before", dict(before), allowed)
+    return moment, conversation_id
 
 
 class EnhancedContextManager:
@@ -1044,7 +1068,9 @@ class EnhancedContextManager:
                 await conversation.sync()
         return await conversation.reload()
 
-    async def list_conversations(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+    async def list_conversations(
+        self, *, limit: int | None = None, before: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """The persisted conversations in the storage backend, most recently changed first.
 
         A manager with a ``user_id`` lists that user's conversations (the ones its managers created); one
@@ -1052,22 +1078,36 @@ class EnhancedContextManager:
         stored), ``created_at`` and ``updated_at`` (seconds since the epoch) and ``user_id`` (whose it
         is; ``None``: nobody's).
 
+        Example (pages of a chat list)::
+
+            page = await manager.list_conversations(limit=20)
+            while page:
+                ...
+                page = await manager.list_conversations(limit=20, before=page[-1])
+
         Args:
             limit: At most this many (the most recently changed), e.g. for a list of recent chats;
                 ``None`` (default): all of them.
+            before: The last conversation of the previous page (a dict this returned, or any mapping with
+                its ``updated_at`` and ``conversation_id``): only the ones after it in this order, i.e.
+                changed earlier (or at the same time, with a greater id). Paging this way lists each
+                conversation once; one changed meanwhile moves to the first page. ``None``: from the start.
 
         Raises:
-            InvalidArgumentError: ``limit`` is not a positive integer or ``None``.
+            InvalidArgumentError: ``limit`` is not a positive integer or ``None``; ``before`` is not such a
+                mapping (or ``None``).
             StorageError: storage cannot be read.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("list_conversations")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise InvalidArgumentError("limit", limit, "a positive integer, or None for every conversation")
+        after = None if before is None else _page_cursor(before)
         if self._conversation_store is None and not self._conversations_exist():
             return []
         store = await self._open_conversation_store()
-        return [info.to_dict() for info in await store.list_conversations(self._user_id, limit=limit)]
+        listed = await store.list_conversations(self._user_id, limit=limit, before=after)
+        return [info.to_dict() for info in listed]
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         """Delete a persisted conversation and all its records; return whether it existed.
@@ -1424,6 +1464,14 @@ class EnhancedContextManager:
         writer, window = self._eviction_writer, self._window
         if writer is None or window is None or not len(window.evicted_queue):
             return
+        conversation = self._conversation
+        if conversation is not None and window.evicted_queue.held and not conversation.is_stale:
+            # a compression not stored yet (the one fitting a resumed window is stored with the next
+            # write): what it evicted reaches memory once its record is stored, so store it now
+            try:
+                await conversation.sync(since=conversation.journaled)
+            except ContextManagerError as error:  # refused: those messages are back in the window
+                logger.info("searching before a compression is stored (%s)", type(error).__name__)
         try:
             await writer.flush()
         except Exception as error:  # search what is stored; the writer retries the rest

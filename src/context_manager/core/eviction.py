@@ -15,6 +15,10 @@ they are held in process until a consumer acknowledges them. Consumers:
 A consumer *claims* a batch (others skip it), then *acknowledges* it once stored or *releases* it when the
 write failed, so it goes back to the queue and is tried again. Delivery is at least once: a write cut
 short by a cancellation is retried in full.
+
+A persisted conversation *holds* what a compression evicts (:meth:`EvictedQueue.hold_next`) until the
+compression's record is stored: no consumer claims a held message, and when storage refuses the record
+(another writer got there first) the held messages are dropped (the reload put them back in the window).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class EvictedQueue:
         self._queued_ids: dict[str, int] = {}  # message id -> its ticket
         self._next_ticket = 0
         self._listeners: list[Callable[[], None]] = []
+        self._hold_key: int | None = None  # the next put is held under this key
+        self._held: dict[int, list[int]] = {}  # key -> its tickets (not claimable until released)
+        self._held_tickets: dict[int, int] = {}  # ticket -> its key
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,7 +58,47 @@ class EvictedQueue:
     @property
     def unclaimed(self) -> int:
         """Messages waiting for a consumer."""
-        return len(self._entries) - len(self._claimed)
+        return len(self._entries) - len(self._claimed) - len(self._held_tickets)
+
+    @property
+    def held(self) -> int:
+        """Messages held until the compression that evicted them is stored (see :meth:`hold_next`)."""
+        return len(self._held_tickets)
+
+    def hold_next(self, key: int) -> None:
+        """Hold the messages of the next :meth:`put` under ``key`` (until :meth:`settle_held`).
+
+        A persisted conversation calls it as its journal receives a compression (the put of what that
+        compression evicted follows in the same synchronous step): a held message is claimed by no
+        consumer, so nothing reaches memory before the compression is stored.
+        """
+        self._hold_key = key
+
+    def settle_held(self, up_to: int, *, stored: bool) -> None:
+        """The holds with a key up to ``up_to`` are settled: released (``stored``) or dropped.
+
+        A dropped message stays queued when a put without hold queued it again meanwhile (storage holds
+        its eviction: a reload found it evicted).
+        """
+        keys = [key for key in self._held if key <= up_to]
+        if not keys:
+            return
+        released = False
+        for key in keys:
+            for ticket in self._held.pop(key):
+                if self._held_tickets.get(ticket) != key:
+                    continue  # confirmed, or held again under a later key
+                del self._held_tickets[ticket]
+                if stored:
+                    released = True
+                    continue
+                message = self._entries.pop(ticket, None)
+                if message is not None and self._queued_ids.get(message.id) == ticket:
+                    del self._queued_ids[message.id]
+                self._claimed.discard(ticket)
+        if released:
+            for listener in tuple(self._listeners):
+                listener()
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (synchronously; keep it cheap) whenever messages are put."""
@@ -70,10 +117,23 @@ class EvictedQueue:
         they are claimed at once by the caller (who will deliver them itself).
         """
         queued = self._queued_ids
+        hold, self._hold_key = self._hold_key, None
+        if claim:
+            hold = None  # an eviction hook gets them at once (the add waits for it)
+        held = self._held_tickets
+        confirmed = False
         fresh: dict[str, Message] = {}
         for message in messages:
-            if message.id not in queued:
+            ticket = queued.get(message.id)
+            if ticket is None:
                 fresh.setdefault(message.id, message)
+            elif ticket in held:
+                if hold is None:  # queued again unheld: storage holds its eviction
+                    del held[ticket]
+                    confirmed = True
+                else:  # evicted again by a later compression (a reload's fit): its hold now
+                    held[ticket] = hold
+                    self._held.setdefault(hold, []).append(ticket)
         messages = list(fresh.values())
         first = self._next_ticket
         tickets = range(first, first + len(messages))
@@ -82,7 +142,10 @@ class EvictedQueue:
         queued.update(zip((message.id for message in messages), tickets, strict=True))
         if claim:
             self._claimed.update(tickets)
-        if tickets:
+        elif hold is not None:
+            self._held.setdefault(hold, []).extend(tickets)
+            held.update(dict.fromkeys(tickets, hold))
+        if (tickets and hold is None) or confirmed:
             for listener in tuple(self._listeners):
                 listener()
         return tickets
@@ -92,8 +155,9 @@ class EvictedQueue:
         tickets: list[int] = []
         messages: list[Message] = []
         claimed = self._claimed
+        held = self._held_tickets
         for ticket, message in self._entries.items():
-            if ticket in claimed:
+            if ticket in claimed or ticket in held:
                 continue
             tickets.append(ticket)
             messages.append(message)
@@ -122,9 +186,10 @@ class EvictedQueue:
                 listener()
 
     def take_all(self) -> list[Message]:
-        """Remove and return every unclaimed message (claimed ones stay with their consumer)."""
-        taken = [message for ticket, message in self._entries.items() if ticket not in self._claimed]
-        self._entries = {ticket: self._entries[ticket] for ticket in self._claimed if ticket in self._entries}
+        """Remove and return every unclaimed message (claimed and held ones stay queued)."""
+        kept = self._claimed | self._held_tickets.keys()
+        taken = [message for ticket, message in self._entries.items() if ticket not in kept]
+        self._entries = {ticket: message for ticket, message in self._entries.items() if ticket in kept}
         self._queued_ids = {message.id: ticket for ticket, message in self._entries.items()}
         return taken
 

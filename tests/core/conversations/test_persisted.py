@@ -1484,7 +1484,8 @@ async def test_a_refused_compression_made_again_queues_each_message_once(
         try:
             with pytest.raises(ConversationConflictError):
                 await manager.add_message("user", big)  # compresses, then the write is refused
-            assert manager.context_window.evicted_messages, "the refused compression queued nothing"
+            # what the refused compression evicted is back in the window: it is not queued for memory
+            assert manager.context_window.evicted_messages == ()
             await manager.add_message("user", big)  # compresses again
             queued = [m.id for m in manager.context_window.evicted_messages]
             assert len(queued) == len(set(queued)), f"queued twice: {sorted(queued)}"
@@ -1950,3 +1951,50 @@ async def test_an_add_cancelled_while_it_reloads_after_the_overflow_check_leaves
         final = fingerprint(manager)
     async with EnhancedContextManager(config, conversation_id="full") as resumed:
         assert fingerprint(resumed) == final
+
+
+async def test_a_refused_compression_writes_nothing_it_evicted_to_memory(make_config: Any) -> None:
+    """Two managers on one conversation; the first one's compression waits on a slow summarizer while the
+    second one adds a message. The compression is refused (a conflict), but the eviction writer had already
+    written what it evicted to memory: after the reload, search_memory returned messages still in the
+    window. Now a compression's evictions reach memory only once its record is stored."""
+    in_summarizer = asyncio.Event()
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        in_summarizer.set()
+        await asyncio.sleep(0.5)  # a slow LLM call
+        return "earlier: questions about the payments service build"
+
+    config = make_config(max_tokens=300, summarizer_timeout=30)
+    async with (
+        EnhancedContextManager(config, conversation_id="slow", summarizer=summarizer) as first,
+        EnhancedContextManager(make_config(max_tokens=300), conversation_id="slow") as second,
+    ):
+        for step in range(8):
+            await first.add_message("user", f"question {step} about the quartz build of team {step}")
+            await first.add_message("assistant", f"answer {step}: the quartz build {step} passed in eu-west")
+        await first.flush()
+        await second.reload()
+        big = "A: " + " ".join(f"word{i}" for i in range(50))
+        adding = asyncio.ensure_future(first.add_message("user", big))  # compresses, slowly
+        await asyncio.wait_for(in_summarizer.wait(), 10)
+        await second.add_message("user", "the other worker's short note")  # stored first
+        with pytest.raises(ConversationConflictError):
+            await adding
+        window = {m.id for m in first.messages}
+        assert any("quartz" in m.content for m in first.messages), "the reload kept nothing to check"
+        found = await first.search_memory("quartz build", limit=50)
+        in_memory = await first.memory_manager.stored_copies()
+        assert not [m.content for m in found if m.metadata.get("message_id") in window]
+        assert not [m.content for m in in_memory if m.metadata.get("message_id") in window]
+        # nothing acknowledged is lost: the other worker's note and every message are in the window
+        contents = [m.content for m in first.messages]
+        assert "the other worker's short note" in contents
+        assert sum("quartz" in c for c in contents) == 16
+        # the add made again compresses, stores its record, and then what it evicted reaches memory
+        await first.add_message("user", big)
+        await first.flush()
+        window = {m.id for m in first.messages}
+        stored = {m.metadata.get("message_id") for m in await first.memory_manager.stored_copies()}
+        assert stored, "the accepted compression wrote nothing to memory"
+        assert not stored & window

@@ -14,7 +14,10 @@ nothing unacknowledged is exported) and the conversation is *stale*: changes are
 :meth:`PersistedConversation.reload` succeeds.
 
 Evicted messages are written to memory in the background with ids derived from the conversation and the
-message, so writing one twice (after a crash, by two workers) stores it once; the store keeps a
+message, so writing one twice (after a crash, by two workers) stores it once. What a compression evicts
+is held in the window's evicted queue until the compression's record is stored, and dropped when storage
+refuses it (the reload puts those messages back in the window): memory never holds a message the stored
+conversation still has in its window. The store keeps a
 watermark of the compressions whose evicted messages are in memory, and resuming re-queues those after it.
 A snapshot of the window is stored every ``snapshot_every`` records, so resuming replays a bounded tail.
 """
@@ -387,6 +390,9 @@ class PersistedConversation:
         del self._pending_tasks[:dropped]
         self._resolved = self._journaled - keep
         self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
+        # what the dropped compressions evicted is back in the window (or evicted in storage too: the load
+        # queued it again), so none of it goes to memory
+        self._window.evicted_queue.settle_held(self._resolved, stored=False)
         self._conflict = None
         for delivery in deliveries:  # the window and this conversation are at the version loaded
             await asyncio.shield(delivery)
@@ -430,6 +436,7 @@ class PersistedConversation:
             del self._pending_tasks[:taken]
             self._resolved += taken
             self._before = {seq: b for seq, b in self._before.items() if seq > self._resolved}
+            self._window.evicted_queue.settle_held(self._resolved, stored=False)
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -443,6 +450,8 @@ class PersistedConversation:
         self._pending_tasks.append(task)
         self._journaled += 1
         if kind == "compress":
+            # what it evicts (queued right after this, in the same step) reaches memory once it is stored
+            self._window.evicted_queue.hold_next(self._journaled)
             before = self._window.compressed_from
             if before is not None:
                 self._before[self._journaled] = before
@@ -540,18 +549,16 @@ class PersistedConversation:
         self._created_at = created_at
         if any(record.kind == "compress" for record in batch):
             self._last_compress_version = version
+            self._window.evicted_queue.settle_held(self._resolved, stored=True)
 
     async def mark_indexed_if_drained(self) -> None:
         """Move the indexing watermark once the memory writer has stored every evicted message.
 
         The queue holds every message evicted after the watermark up to this process's version (its own
-        evictions, and the others' it loaded), so an empty queue means they are all in memory.
+        evictions, and the others' it loaded; those of a compression not stored yet are held in it too),
+        so an empty queue means they are all in memory.
         """
-        if (
-            self._last_compress_version > self._indexed_version
-            and not self._pending
-            and not len(self._window.evicted_queue)
-        ):
+        if self._last_compress_version > self._indexed_version and not len(self._window.evicted_queue):
             version = self._version
             await self.store.mark_indexed(self.conversation_id, version, created_at=self._created_at)
             self._indexed_version = version

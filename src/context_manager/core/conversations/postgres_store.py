@@ -23,6 +23,7 @@ from context_manager.core.conversations.store import (
     StoredConversation,
     generation_filter,
     limit_clause,
+    page_clause,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError
 
@@ -255,10 +256,26 @@ class PostgresConversationStore:
         await self.database.run(write, "conversation watermark")
 
     async def list_conversations(
-        self, user_id: str | None = None, *, limit: int | None = None
+        self,
+        user_id: str | None = None,
+        *,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ConversationInfo]:
-        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only."""
-        where, parameters = ("", ()) if user_id is None else (" WHERE owner = %s", (user_id,))
+        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only.
+
+        With ``before`` (the last one's ``(updated_at, id)``), the ones after it (the next page).
+        """
+        conditions: list[str] = []
+        parameters: tuple[Any, ...] = ()
+        if user_id is not None:
+            conditions.append("owner = %s")
+            parameters = (user_id,)
+        page, bounds = page_clause(before, "%s")
+        if page:
+            conditions.append(page)
+            parameters += bounds
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
             cursor = await connection.execute(

@@ -29,6 +29,7 @@ from context_manager.core.conversations.store import (
     StoredConversation,
     generation_filter,
     limit_clause,
+    page_clause,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
@@ -276,10 +277,26 @@ class SQLiteConversationStore:
         return await self._run(self._guarded, read)
 
     async def list_conversations(
-        self, user_id: str | None = None, *, limit: int | None = None
+        self,
+        user_id: str | None = None,
+        *,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ConversationInfo]:
-        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only."""
-        where, parameters = ("", ()) if user_id is None else (" WHERE owner = ?", (user_id,))
+        """Every conversation (or ``user_id``'s), most recently changed first; the first ``limit`` only.
+
+        With ``before`` (the last one's ``(updated_at, id)``), the ones after it (the next page).
+        """
+        conditions: list[str] = []
+        parameters: tuple[Any, ...] = ()
+        if user_id is not None:
+            conditions.append("owner = ?")
+            parameters = (user_id,)
+        page, bounds = page_clause(before, "?")
+        if page:
+            conditions.append(page)
+            parameters += bounds
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
 
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(

@@ -222,11 +222,16 @@ class ConversationStore(Protocol):
         ...
 
     async def list_conversations(
-        self, user_id: str | None = None, *, limit: int | None = None
+        self,
+        user_id: str | None = None,
+        *,
+        limit: int | None = None,
+        before: tuple[float, str] | None = None,
     ) -> list[ConversationInfo]:
         """The stored conversations, most recently changed first: every one, or ``user_id``'s only.
 
-        With ``limit``, the first ``limit`` of them.
+        With ``limit``, the first ``limit`` of them; with ``before``, the ``(updated_at, id)`` of the last
+        one of the previous page, only those after it in this order (see :func:`page_clause`).
         """
         ...
 
@@ -257,6 +262,24 @@ def limit_clause(limit: int | None) -> str:
     too ("bigint out of range"), reported as a storage failure; no store holds that many rows.
     """
     return "" if limit is None else f" LIMIT {min(int(limit), 2**63 - 1)}"
+
+
+def page_clause(before: tuple[float, str] | None, placeholder: str) -> tuple[str, tuple[Any, ...]]:
+    """The condition keeping the conversations listed after ``before`` (``(updated_at, id)``).
+
+    The listing is ordered by ``updated_at DESC, id``: the next page holds the conversations changed
+    earlier, and those changed at the same time with a greater id (ties neither skipped nor repeated).
+    ``updated_at <= x`` bounds the scan of the ``(updated_at DESC, id)`` index; the rest filters ties.
+    Returns the condition (without ``WHERE``/``AND``; ``""`` for ``None``) and its parameters.
+    """
+    if before is None:
+        return "", ()
+    updated_at, conversation_id = before
+    p = placeholder
+    return (
+        f"updated_at <= {p} AND (updated_at < {p} OR id > {p})",
+        (updated_at, updated_at, conversation_id),
+    )
 
 
 def generation_filter(created_at: float | None, placeholder: str) -> tuple[str, tuple[float, ...]]:
