@@ -126,12 +126,12 @@ def _page_cursor(before: Any) -> tuple[float, str]:
     """The ``(updated_at, id)`` of ``before``, a conversation of ``list_conversations()``'s previous page.
 
     Raises:
-        InvalidArgumentError: ``before`` is not a mapping with a finite number ``updated_at`` and a string
-            ``conversation_id``.
+        InvalidArgumentError: ``before`` is not a mapping with a finite number ``updated_at`` and a
+            ``conversation_id`` (a valid id: a NUL or a lone surrogate would fail in storage).
     """
     allowed = (
         "the last conversation of the previous page: a dict list_conversations() returned (a mapping with "
-        "its 'updated_at', a number, and 'conversation_id', a string), or None for the first page"
+        "its 'updated_at', a number, and 'conversation_id', a conversation id), or None for the first page"
     )
     if not isinstance(before, Mapping):
         raise InvalidArgumentError("before", before, allowed)
@@ -140,7 +140,12 @@ def _page_cursor(before: Any) -> tuple[float, str]:
     if isinstance(updated_at, int | float) and not isinstance(updated_at, bool):
         with contextlib.suppress(OverflowError):  # an int beyond a float
             moment = float(updated_at)
-    if not math.isfinite(moment) or not isinstance(conversation_id, str):
+    valid_id = True
+    try:
+        check_conversation_id(conversation_id)
+    except InvalidArgumentError:
+        valid_id = False
+    if not math.isfinite(moment) or not valid_id:
         raise InvalidArgumentError("before", dict(before), allowed)
     return moment, conversation_id
 

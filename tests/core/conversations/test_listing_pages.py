@@ -214,6 +214,9 @@ async def test_a_chat_list_pages_through_a_users_conversations(config: Any) -> N
         {"updated_at": True, "conversation_id": "ana-3"},
         {"updated_at": 10**400, "conversation_id": "ana-3"},
         {"updated_at": 1.7e9, "conversation_id": 3},
+        # what no conversation id holds (a web client's JSON can carry them): refused, not a codec error
+        {"updated_at": 1.7e9, "conversation_id": "\ud800"},
+        {"updated_at": 1.7e9, "conversation_id": "ana\x003"},
     ],
 )
 async def test_a_bad_cursor_is_refused_saying_what_is_allowed(config: Any, before: Any) -> None:
