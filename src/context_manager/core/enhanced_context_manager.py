@@ -140,14 +140,13 @@ def _page_cursor(before: Any) -> tuple[float, str]:
     if isinstance(updated_at, int | float) and not isinstance(updated_at, bool):
         with contextlib.suppress(OverflowError):  # an int beyond a float
             moment = float(updated_at)
-    valid_id = True
     try:
-        check_conversation_id(conversation_id)
+        identifier = check_conversation_id(conversation_id)
     except InvalidArgumentError:
-        valid_id = False
-    if not math.isfinite(moment) or not valid_id:
+        identifier = None
+    if not math.isfinite(moment) or identifier is None:
         raise InvalidArgumentError("before", dict(before), allowed)
-    return moment, conversation_id
+    return moment, identifier
 
 
 class EnhancedContextManager:
