@@ -7,14 +7,16 @@ later schema of the path (``tenant_b,public``: pgvector's type lives in ``public
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
+from context_manager.core.errors import StorageError
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.postgres import PostgresDatabase
 from context_manager.core.memory.postgres.backend import PostgresBackend
@@ -169,3 +171,54 @@ async def test_a_store_in_public_with_the_default_path_keeps_working(postgres_ds
         await manager.add_memory("a note in the first schema")
     async with MemoryManager(_config(postgres_dsn)) as manager:
         assert [m.content for m in await manager.search_memory("note")] == ["a note in the first schema"]
+
+
+# -- opening a pool on a server that never answers -------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server, a black-holing proxy)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+
+
+@pytest.mark.parametrize("connect_timeout", [2.5, 3.0])
+async def test_opening_on_a_server_that_never_answers_fails_within_the_connect_timeout(
+    connect_timeout: float,
+) -> None:
+    """The open waited ``connect_timeout`` and then one more direct attempt of up to 2 s (for the
+    server's reason), which a server that never answers let run out. (libpq waits at least 2 s for a
+    connection, whatever its ``connect_timeout``: shorter timeouts are not tested.)"""
+    async with _silent_server() as port:
+        database = PostgresDatabase(
+            f"postgresql://app@127.0.0.1:{port}/app?sslmode=disable", connect_timeout=connect_timeout
+        )
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="cannot connect to PostgreSQL"):
+            await database.open()
+        elapsed = time.monotonic() - started
+    assert connect_timeout - 0.1 < elapsed < connect_timeout + 0.4, elapsed
+
+
+async def test_a_refused_login_still_says_why_within_the_connect_timeout(postgres_dsn: str) -> None:
+    """The direct attempt that reports the server's reason (a role that does not exist) is kept."""
+    import psycopg
+
+    wrong = psycopg.conninfo.make_conninfo(postgres_dsn, user="no_such_role_here")
+    database = PostgresDatabase(wrong, connect_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match='role "no_such_role_here" does not exist'):
+        await database.open()
+    assert time.monotonic() - started < 1.4

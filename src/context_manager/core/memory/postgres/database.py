@@ -54,6 +54,7 @@ _UNLOCK_MIGRATIONS = "SELECT pg_advisory_unlock_shared(%s), pg_advisory_unlock("
 _LOCK_MIGRATIONS_IN_TRANSACTION = (
     "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(" + _LOCK_KEY + ")"
 )
+_OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
 TCP_SETTINGS = {
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -180,32 +181,61 @@ class PostgresDatabase:
             name="context-manager",
         )
         try:
-            await pool.open(wait=True, timeout=self.connect_timeout)
-        except Exception as error:
+            reason = await self._open_pool(pool, psycopg, psycopg_pool)
+        except BaseException:
             await pool.close()
-            reason = _describe(error)
-            if isinstance(error, psycopg_pool.PoolTimeout):  # the pool keeps why its connections failed
-                reason = await self._why_no_connection(psycopg) or reason
+            raise
+        if reason is not None:
+            await pool.close()
             raise StorageError(
                 f"cannot connect to PostgreSQL at {self.location}: {reason}; check that the server "
                 f"runs and {self.named} is right"
-            ) from None
+            )
         self._pid = forks.pid
         self._loop = asyncio.get_running_loop()
         self._pool = pool
 
-    async def _why_no_connection(self, psycopg: Any) -> str | None:
-        """Why a connection fails, in libpq's words, after the pool's open timed out; ``None`` if unknown.
+    async def _open_pool(self, pool: AsyncConnectionPool, psycopg: Any, psycopg_pool: Any) -> str | None:
+        """Open ``pool``, waiting at most :attr:`connect_timeout`; ``None`` once connected, else why not.
 
         The pool retries a failing connection until its timeout and then says only "pool initialization
         incomplete": a database or role that does not exist, or a wrong password, read as a server that is
-        down. One connection attempt (of at most 2 s) tells. It connecting now, or not answering, leaves
-        the timeout as the reason.
+        down. Once one of its attempts has failed, one direct attempt, given what is left of the timeout,
+        gets libpq's reason, which the error quotes; a server that never answers fails no attempt before
+        the timeout (or the direct one too), and the timeout is the reason. The whole open so stays within
+        :attr:`connect_timeout` (a direct attempt after the pool's timeout, of up to 2 s, came on top).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        await pool.open(wait=False)
+        waiting = asyncio.ensure_future(pool.wait(self.connect_timeout))
+        probe: asyncio.Future[str | None] | None = None
+        try:
+            while not (await asyncio.wait({waiting}, timeout=_OPEN_POLL))[0]:
+                if probe is None and pool.get_stats().get("connections_errors", 0):
+                    probe = asyncio.ensure_future(self._why_no_connection(psycopg, deadline - loop.time()))
+            try:
+                waiting.result()
+            except Exception as error:
+                reason = _describe(error)
+                if isinstance(error, psycopg_pool.PoolTimeout) and probe is not None:
+                    reason = await probe or reason  # it ends by the deadline
+                return reason
+            return None
+        finally:
+            for task in (waiting, probe):
+                if task is not None:
+                    task.cancel()  # a no-op once done
+
+    async def _why_no_connection(self, psycopg: Any, budget: float) -> str | None:
+        """Why a connection fails, in libpq's words, from one attempt of at most ``budget`` seconds.
+
+        ``None`` if unknown (it connects, or does not answer in time).
         """
         try:
             connection = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(self.dsn, **self._connection_settings(psycopg)),
-                min(2.0, self.connect_timeout),
+                max(0.0, budget),
             )
         except psycopg.Error as error:
             text = " ".join(str(error).split())
