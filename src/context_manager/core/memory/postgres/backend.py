@@ -57,7 +57,7 @@ from context_manager.core.memory.index import (
     segment_tokens,
 )
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
-from context_manager.core.memory.postgres.database import PostgresDatabase
+from context_manager.core.memory.postgres.database import PostgresDatabase, own_table
 from context_manager.core.memory.postgres.schema import (
     MIGRATIONS,
     TEXT_SEARCH_CONFIG,
@@ -192,6 +192,14 @@ _DELETE_STALE = (
     f"AND {_STALE} ORDER BY id FOR UPDATE) "
     "DELETE FROM cm_memories AS m USING locked WHERE m.tier = %(tier)s AND m.id = locked.id "
     f"AND {_STALE} RETURNING m.id"
+)
+# the store's own tables: in the first schema of the search_path, not the first of the name along it
+_VECTORS_EXIST = f"SELECT {own_table('cm_memory_vectors')} IS NOT NULL"
+_MEMORIES_EXIST = f"SELECT {own_table('cm_memories')} IS NOT NULL"
+_SIZES = (
+    f"SELECT coalesce(pg_total_relation_size({own_table('cm_memories')}), 0), "
+    f"coalesce(pg_total_relation_size({own_table('cm_memory_vectors')}), 0), "
+    f"coalesce(pg_total_relation_size({own_table('cm_conversation_records')}), 0)"
 )
 _TOUCH = (
     "WITH u AS MATERIALIZED (SELECT * FROM unnest(%(ids)s::text[], %(at)s::double precision[], "
@@ -828,9 +836,7 @@ class PostgresBackend:
         if not erased:
             return
         if self._vector_model is None:  # vectors written by an earlier session with an embedder
-            exists = await self._fetch(
-                "SELECT to_regclass('cm_memory_vectors') IS NOT NULL", (), "vector table"
-            )
+            exists = await self._fetch(_VECTORS_EXIST, (), "vector table")
             if not exists[0][0]:
                 return
         rows = await self._fetch(
@@ -1357,7 +1363,7 @@ class PostgresBackend:
 
     async def vector_models(self) -> list[tuple[str, int]]:
         """Every ``(model, dimension)`` with stored vectors (none before the vector table exists)."""
-        rows = await self._fetch("SELECT to_regclass('cm_memory_vectors') IS NOT NULL", (), "vector models")
+        rows = await self._fetch(_VECTORS_EXIST, (), "vector models")
         if not rows[0][0]:
             return []
         rows = await self._fetch(
@@ -1464,9 +1470,7 @@ class PostgresBackend:
     async def size(self) -> dict[str, int]:
         """Bytes the tables and their indexes use on the server."""
         rows = await self._fetch(
-            "SELECT coalesce(pg_total_relation_size(to_regclass('cm_memories')), 0), "
-            "coalesce(pg_total_relation_size(to_regclass('cm_memory_vectors')), 0), "
-            "coalesce(pg_total_relation_size(to_regclass('cm_conversation_records')), 0)",
+            _SIZES,
             (),
             "size",
         )
@@ -1492,7 +1496,7 @@ class PostgresBackend:
     async def check_integrity(self, *, quick: bool = False) -> dict[str, Any]:
         """The server answers and the schema is in place; ``"ok"`` or the problem."""
         try:
-            rows = await self._fetch("SELECT to_regclass('cm_memories') IS NOT NULL", (), "check")
+            rows = await self._fetch(_MEMORIES_EXIST, (), "check")
         except Exception as error:  # StorageError: the server is unreachable
             return {"postgres": str(error)}
         return {"postgres": "ok" if rows[0][0] else "the cm_memories table is missing"}

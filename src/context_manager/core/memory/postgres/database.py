@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import psycopg
     from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["PostgresDatabase", "redact_dsn"]
+__all__ = ["PostgresDatabase", "own_table", "redact_dsn"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,18 @@ RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
 # A named advisory lock's key: the name within the schema the memory lives in (an advisory lock is
 # database-wide: two memories in two schemas of one database must not take each other's turns)
 _LOCK_KEY = "hashtext(%s || '@' || current_schema())"
-_MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the advisory lock key that serialises migrations
+_MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the database-wide migration lock of earlier releases
+# Migrations take their schema's lock (two workers on one schema take turns, two schemas' do not wait for
+# each other), and the earlier releases' lock shared: a process of an earlier release, which takes it
+# alone, still takes turns with them during a rolling upgrade
+_MIGRATION_KEY = "context_manager:migrations"
+_MIGRATION_LOCKED = (_MIGRATION_LOCK, _MIGRATION_KEY)  # the parameters of the statements below
+_LOCK_MIGRATIONS = "SELECT pg_advisory_lock_shared(%s), pg_advisory_lock(" + _LOCK_KEY + ")"
+_UNLOCK_MIGRATIONS = "SELECT pg_advisory_unlock_shared(%s), pg_advisory_unlock(" + _LOCK_KEY + ")"
+_LOCK_MIGRATIONS_IN_TRANSACTION = (
+    "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(" + _LOCK_KEY + ")"
+)
+_OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
 TCP_SETTINGS = {
     "keepalives": 1,
     "keepalives_idle": 10,
@@ -73,6 +84,17 @@ def redact_dsn(dsn: str) -> str:
         redacted,
         flags=re.IGNORECASE,
     )
+
+
+def own_table(name: str) -> str:
+    """SQL for the ``regclass`` of the store's table ``name``, or NULL when it has none.
+
+    Looked up in ``current_schema()`` (the first schema of the ``search_path`` that exists, where the
+    migrations create the tables), not along the whole path as ``to_regclass('name')`` is: with
+    ``search_path=tenant_b,public`` that found ``public``'s table while ``tenant_b`` had none yet.
+    ``name`` is one of the library's own table names (no quoting needed).
+    """
+    return f"to_regclass(quote_ident(current_schema()) || '.{name}')"
 
 
 def _import_psycopg() -> tuple[Any, Any]:
@@ -159,32 +181,61 @@ class PostgresDatabase:
             name="context-manager",
         )
         try:
-            await pool.open(wait=True, timeout=self.connect_timeout)
-        except Exception as error:
+            reason = await self._open_pool(pool, psycopg, psycopg_pool)
+        except BaseException:
             await pool.close()
-            reason = _describe(error)
-            if isinstance(error, psycopg_pool.PoolTimeout):  # the pool keeps why its connections failed
-                reason = await self._why_no_connection(psycopg) or reason
+            raise
+        if reason is not None:
+            await pool.close()
             raise StorageError(
                 f"cannot connect to PostgreSQL at {self.location}: {reason}; check that the server "
                 f"runs and {self.named} is right"
-            ) from None
+            )
         self._pid = forks.pid
         self._loop = asyncio.get_running_loop()
         self._pool = pool
 
-    async def _why_no_connection(self, psycopg: Any) -> str | None:
-        """Why a connection fails, in libpq's words, after the pool's open timed out; ``None`` if unknown.
+    async def _open_pool(self, pool: AsyncConnectionPool, psycopg: Any, psycopg_pool: Any) -> str | None:
+        """Open ``pool``, waiting at most :attr:`connect_timeout`; ``None`` once connected, else why not.
 
         The pool retries a failing connection until its timeout and then says only "pool initialization
         incomplete": a database or role that does not exist, or a wrong password, read as a server that is
-        down. One connection attempt (of at most 2 s) tells. It connecting now, or not answering, leaves
-        the timeout as the reason.
+        down. Once one of its attempts has failed, one direct attempt, given what is left of the timeout,
+        gets libpq's reason, which the error quotes; a server that never answers fails no attempt before
+        the timeout (or the direct one too), and the timeout is the reason. The whole open so stays within
+        :attr:`connect_timeout` (a direct attempt after the pool's timeout, of up to 2 s, came on top).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        await pool.open(wait=False)
+        waiting = asyncio.ensure_future(pool.wait(self.connect_timeout))
+        probe: asyncio.Future[str | None] | None = None
+        try:
+            while not (await asyncio.wait({waiting}, timeout=_OPEN_POLL))[0]:
+                if probe is None and pool.get_stats().get("connections_errors", 0):
+                    probe = asyncio.ensure_future(self._why_no_connection(psycopg, deadline - loop.time()))
+            try:
+                waiting.result()
+            except Exception as error:
+                reason = _describe(error)
+                if isinstance(error, psycopg_pool.PoolTimeout) and probe is not None:
+                    reason = await probe or reason  # it ends by the deadline
+                return reason
+            return None
+        finally:
+            for task in (waiting, probe):
+                if task is not None:
+                    task.cancel()  # a no-op once done
+
+    async def _why_no_connection(self, psycopg: Any, budget: float) -> str | None:
+        """Why a connection fails, in libpq's words, from one attempt of at most ``budget`` seconds.
+
+        ``None`` if unknown (it connects, or does not answer in time).
         """
         try:
             connection = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(self.dsn, **self._connection_settings(psycopg)),
-                min(2.0, self.connect_timeout),
+                max(0.0, budget),
             )
         except psycopg.Error as error:
             text = " ".join(str(error).split())
@@ -499,9 +550,11 @@ class PostgresDatabase:
         known = {name for name, _ in migrations} | set(optional)
 
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
-            await connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+            await connection.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCKED)
             try:
-                cursor = await connection.execute("SELECT to_regclass('cm_schema_migrations') IS NULL")
+                # in the first schema of the path, where the tables are created, not the first of that name
+                # along it (tenant_b,public: public's store would be taken for tenant_b's)
+                cursor = await connection.execute(f"SELECT {own_table('cm_schema_migrations')} IS NULL")
                 if (await cursor.fetchone() or (True,))[0]:
                     # only when missing: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
                     # table exists, which an application role opening a store migrated by its owner lacks
@@ -531,7 +584,7 @@ class PostgresDatabase:
                     )
                 return applied
             finally:
-                await connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+                await connection.execute(_UNLOCK_MIGRATIONS, _MIGRATION_LOCKED)
 
         applied = await self.run(apply, "migration", unbounded=True)
         if applied:
@@ -548,7 +601,7 @@ class PostgresDatabase:
 
         async def create(connection: psycopg.AsyncConnection[Any]) -> None:
             async with connection.transaction():
-                await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await connection.execute(_LOCK_MIGRATIONS_IN_TRANSACTION, _MIGRATION_LOCKED)
                 await connection.execute(statement)
 
         await self.run(create, what, unbounded=True)
