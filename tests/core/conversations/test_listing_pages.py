@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from context_manager import ContextManagerConfig, EnhancedContextManager, SyncContextManager
 from context_manager.core.conversations.postgres_store import PostgresConversationStore
 from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME, SQLiteConversationStore
-from context_manager.core.conversations.store import ConversationInfo, page_clause
+from context_manager.core.conversations.store import ConversationInfo, listing_query
 from context_manager.core.errors import ContextManagerError, InvalidArgumentError
 from context_manager.core.memory.postgres.database import PostgresDatabase
 from context_manager.core.memory.postgres.schema import MIGRATIONS
@@ -111,12 +111,8 @@ def test_paging_through_postgres_lists_each_conversation_once_in_order(
 
 
 def _page_query(placeholder: str, table: str) -> tuple[str, tuple[Any, ...]]:
-    condition, parameters = page_clause((1.0e9 + 500.0, "chat-77"), placeholder)
-    return (
-        f"SELECT id, version, created_at, updated_at, owner FROM {table} WHERE {condition} "
-        "ORDER BY updated_at DESC, id LIMIT 20",
-        parameters,
-    )
+    """The statement the store runs for a next page of 20 (all users)."""
+    return listing_query(table, None, (1.0e9 + 500.0, "chat-77"), 20, placeholder)
 
 
 def test_a_next_page_on_sqlite_reads_the_recent_index_without_sorting(tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from context_manager.core.conversations.store import (
     ConversationRecord,
     StoredConversation,
     generation_filter,
-    limit_clause,
-    page_clause,
+    listing_query,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError
 
@@ -266,21 +265,11 @@ class PostgresConversationStore:
 
         With ``before`` (the last one's ``(updated_at, id)``), the ones after it (the next page).
         """
-        conditions: list[str] = []
-        parameters: tuple[Any, ...] = ()
-        if user_id is not None:
-            conditions.append("owner = %s")
-            parameters = (user_id,)
-        page, bounds = page_clause(before, "%s")
-        if page:
-            conditions.append(page)
-            parameters += bounds
-        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query, parameters = listing_query("cm_conversations", user_id, before, limit, "%s")
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[ConversationInfo]:
             cursor = await connection.execute(
-                f"SELECT id, version, created_at, updated_at, owner FROM cm_conversations{where} "
-                "ORDER BY updated_at DESC, id" + limit_clause(limit),
+                query,
                 parameters,
             )
             return [

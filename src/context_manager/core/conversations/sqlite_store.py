@@ -28,8 +28,7 @@ from context_manager.core.conversations.store import (
     ConversationRecord,
     StoredConversation,
     generation_filter,
-    limit_clause,
-    page_clause,
+    listing_query,
 )
 from context_manager.core.errors import ConversationAccessError, ConversationConflictError, StorageError
 from context_manager.core.memory.sqlite_store import move_database_aside
@@ -287,21 +286,11 @@ class SQLiteConversationStore:
 
         With ``before`` (the last one's ``(updated_at, id)``), the ones after it (the next page).
         """
-        conditions: list[str] = []
-        parameters: tuple[Any, ...] = ()
-        if user_id is not None:
-            conditions.append("owner = ?")
-            parameters = (user_id,)
-        page, bounds = page_clause(before, "?")
-        if page:
-            conditions.append(page)
-            parameters += bounds
-        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query, parameters = listing_query("conversations", user_id, before, limit, "?")
 
         def read() -> list[ConversationInfo]:
             rows = self._db.execute(
-                f"SELECT id, version, created_at, updated_at, owner FROM conversations{where} "
-                "ORDER BY updated_at DESC, id" + limit_clause(limit),
+                query,
                 parameters,
             ).fetchall()
             return [

@@ -26,6 +26,7 @@ __all__ = [
     "check_conversation_id",
     "generation_filter",
     "limit_clause",
+    "listing_query",
 ]
 
 
@@ -279,6 +280,36 @@ def page_clause(before: tuple[float, str] | None, placeholder: str) -> tuple[str
     return (
         f"updated_at <= {p} AND (updated_at < {p} OR id > {p})",
         (updated_at, updated_at, conversation_id),
+    )
+
+
+def listing_query(
+    table: str,
+    user_id: str | None,
+    before: tuple[float, str] | None,
+    limit: int | None,
+    placeholder: str,
+) -> tuple[str, tuple[Any, ...]]:
+    """The query listing ``table``'s conversations (``user_id``'s, after ``before``, the first ``limit``).
+
+    Most recently changed first (``updated_at DESC, id``: the order of the listing's index), with the
+    paging condition of :func:`page_clause`. ``placeholder`` is the driver's (``?`` for sqlite3, ``%s`` for
+    psycopg). Returns the statement and its parameters.
+    """
+    conditions: list[str] = []
+    parameters: tuple[Any, ...] = ()
+    if user_id is not None:
+        conditions.append(f"owner = {placeholder}")
+        parameters = (user_id,)
+    page, bounds = page_clause(before, placeholder)
+    if page:
+        conditions.append(page)
+        parameters += bounds
+    where = " WHERE " + " AND ".join(conditions) if conditions else ""
+    return (
+        f"SELECT id, version, created_at, updated_at, owner FROM {table}{where} "
+        "ORDER BY updated_at DESC, id" + limit_clause(limit),
+        parameters,
     )
 
 
