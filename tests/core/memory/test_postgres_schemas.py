@@ -223,3 +223,35 @@ async def test_a_refused_login_still_says_why_within_the_connect_timeout(postgre
     with pytest.raises(StorageError, match='role "no_such_role_here" does not exist'):
         await database.open()
     assert time.monotonic() - started < 1.4
+
+
+async def test_a_migration_cancelled_while_its_schema_is_locked_keeps_no_lock(
+    two_schemas: tuple[str, str],
+) -> None:
+    """The earlier releases' lock (taken shared) and the schema's were taken by one statement: a worker
+    cancelled while waiting for the schema's (an ``asyncio.wait_for`` around the start, another worker
+    migrating) kept the shared one on its pooled connection, and a process of an earlier release, which
+    takes that lock alone, then waited for it as long as that connection lived."""
+    import psycopg
+
+    from tests.postgres_support import server_dsn
+
+    tenant_a, _ = two_schemas
+    first = PostgresDatabase(_path_dsn(tenant_a, "public"), pool_size=1)
+    second = PostgresDatabase(_path_dsn(tenant_a, "public"), pool_size=1)
+    for database in (first, second):
+        await database.open()
+    try:
+        slow_migration = asyncio.ensure_future(first.migrate([("9001_slow", ["SELECT pg_sleep(1.5)"])]))
+        await asyncio.sleep(0.5)  # it holds tenant A's lock now
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(second.migrate([("9002_quick", ["SELECT 1"])]), 0.3)
+        assert await slow_migration == ["9001_slow"]
+        async with await psycopg.AsyncConnection.connect(server_dsn(), autocommit=True) as earlier_release:
+            cursor = await earlier_release.execute("SELECT pg_try_advisory_lock(%s)", (0x636D5F6D6967,))
+            assert (await cursor.fetchone() or (False,))[0]  # nobody holds the earlier releases' lock
+            await earlier_release.execute("SELECT pg_advisory_unlock(%s)", (0x636D5F6D6967,))
+        assert await second.migrate([("9002_quick", ["SELECT 1"])]) == ["9002_quick"]
+    finally:
+        for database in (first, second):
+            await database.close()

@@ -48,8 +48,13 @@ _MIGRATION_LOCK = 0x636D5F6D6967  # "cm_mig": the database-wide migration lock o
 # each other), and the earlier releases' lock shared: a process of an earlier release, which takes it
 # alone, still takes turns with them during a rolling upgrade
 _MIGRATION_KEY = "context_manager:migrations"
+# two statements: one that failed (a cancellation, lock_timeout) while waiting for the schema's lock kept the
+# shared one it had taken (a session lock outlives an error) on a pooled connection, for an earlier release
+# to wait for
+_LOCK_EARLIER_SHARED = "SELECT pg_advisory_lock_shared(%s)"
+_UNLOCK_EARLIER_SHARED = "SELECT pg_advisory_unlock_shared(%s)"
+_LOCK_SCHEMA_MIGRATIONS = "SELECT pg_advisory_lock(" + _LOCK_KEY + ")"
 _MIGRATION_LOCKED = (_MIGRATION_LOCK, _MIGRATION_KEY)  # the parameters of the statements below
-_LOCK_MIGRATIONS = "SELECT pg_advisory_lock_shared(%s), pg_advisory_lock(" + _LOCK_KEY + ")"
 _UNLOCK_MIGRATIONS = "SELECT pg_advisory_unlock_shared(%s), pg_advisory_unlock(" + _LOCK_KEY + ")"
 _LOCK_MIGRATIONS_IN_TRANSACTION = (
     "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(" + _LOCK_KEY + ")"
@@ -550,7 +555,13 @@ class PostgresDatabase:
         known = {name for name, _ in migrations} | set(optional)
 
         async def apply(connection: psycopg.AsyncConnection[Any]) -> list[str]:
-            await connection.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCKED)
+            await connection.execute(_LOCK_EARLIER_SHARED, (_MIGRATION_LOCK,))
+            try:
+                await connection.execute(_LOCK_SCHEMA_MIGRATIONS, (_MIGRATION_KEY,))
+            except BaseException:
+                with contextlib.suppress(Exception):  # a lost connection released it already
+                    await connection.execute(_UNLOCK_EARLIER_SHARED, (_MIGRATION_LOCK,))
+                raise
             try:
                 # in the first schema of the path, where the tables are created, not the first of that name
                 # along it (tenant_b,public: public's store would be taken for tenant_b's)
