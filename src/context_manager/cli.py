@@ -479,13 +479,13 @@ def _storage_argument(value: str | None) -> Path | None:
         return None
     if not value.strip():
         raise CommandError(f"--storage: got {value!r}; allowed a non-empty path (the memory directory)")
-    from context_manager.core.config import is_keyword_dsn
+    from context_manager.core.config import is_connection_string, is_keyword_dsn
 
     # a connection string, as a URL or key=value, was a directory (./postgresql:/..., ./host=db password=...)
-    if re.match(r"\s*postgres(?:ql)?://", value, re.IGNORECASE) or is_keyword_dsn(value):
+    if is_connection_string(value):
         from context_manager.core.memory.postgres.database import redact_dsn
 
-        kind = "" if "://" in value else ", a key=value connection string"
+        kind = ", a key=value connection string" if is_keyword_dsn(value) else ""
         raise CommandError(
             f"--storage: got {redact_dsn(value)!r}{kind}; allowed a directory. For PostgreSQL set "
             "PYTHON_CONTEXT_MANAGER_MEMORY_BACKEND=postgres and PYTHON_CONTEXT_MANAGER_POSTGRES_DSN "

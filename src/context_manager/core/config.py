@@ -255,7 +255,7 @@ class ContextManagerConfig(BaseSettings):
             if not encodable(str(value)):
                 raise ValueError("a path of valid Unicode text (no lone surrogates)")
             # was a directory ./postgresql:/user:password@host/db (or ./host=db password=... dbname=app)
-            if _LOOKS_LIKE_DSN.match(str(value)) or is_keyword_dsn(str(value)):
+            if is_connection_string(str(value)):
                 raise ValueError(
                     "a directory path; a PostgreSQL connection string goes in postgres_dsn "
                     "(PYTHON_CONTEXT_MANAGER_POSTGRES_DSN), with memory_backend='postgres'"
@@ -467,6 +467,11 @@ KEYWORD_DSN = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|se
 """A libpq key at the start or after a blank (``backup/host=laptop`` is a path): :func:`is_keyword_dsn`."""
 
 _SETTINGS = re.compile(r"(?:^|\s)\w+\s*=")
+
+
+def is_connection_string(text: str) -> bool:
+    """Whether ``text`` is a PostgreSQL connection string (a URL, or ``key=value``), not a directory path."""
+    return _LOOKS_LIKE_DSN.match(text) is not None or is_keyword_dsn(text)
 
 
 def is_keyword_dsn(text: str) -> bool:
