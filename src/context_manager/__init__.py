@@ -94,6 +94,7 @@ _EXPORTS: dict[str, str] = {
     "PerformanceThresholds": "context_manager.core.performance_monitor",
     "PrometheusCollector": "context_manager.core.performance_monitor",
     "monitored_operation": "context_manager.core.performance_monitor",
+    "warming_up": "context_manager.core.warmup",
     "configure_opentelemetry": "context_manager.core.telemetry",
     "ConcurrencyController": "context_manager.core.async_operations",
     "TaskStatus": "context_manager.core.async_operations",
@@ -221,6 +222,7 @@ __all__ = [
     "to_openai_messages",
     "to_openai_responses_input",
     "tool",
+    "warming_up",
 ]
 
 
@@ -328,5 +330,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         register_memory_tools,
         tool,
     )
+    from context_manager.core.warmup import warming_up
     from context_manager.mcp_server import create_mcp_server, run_mcp_server
     from context_manager.sync import SyncContextManager

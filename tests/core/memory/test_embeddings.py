@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from context_manager.core.memory.embeddings import (
     normalize_rows,
     vector_to_blob,
 )
+from context_manager.core.warmup import WarmUp, warm_ups
 from tests.conftest import missing_embeddings_extra
 
 # ---------------------------------------------------------------- HashingEmbedder
@@ -456,3 +458,19 @@ def test_minilm_tokenizes_only_the_start_of_a_long_text_it_reads(
     np.testing.assert_array_equal(minilm.embed([text]), expected[:1])
     assert max(tokenized) < 20_000, tokenized
     np.testing.assert_array_equal(minilm.embed([text, unknown_word, "short"]), expected)
+
+
+@pytest.mark.embeddings
+def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge() -> None:
+    started = time.time()
+    embedder = SentenceTransformerEmbedder()
+    embedder.load()
+
+    def loads() -> list[WarmUp]:
+        return [span for span in warm_ups() if span.what == "embedding model" and span.started >= started]
+
+    spans = loads()
+    assert len(spans) == 1
+    assert spans[0].ended is not None and spans[0].started <= spans[0].ended <= time.time()
+    embedder.load()  # loaded: no second warm-up
+    assert loads() == spans

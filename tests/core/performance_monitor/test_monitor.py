@@ -21,6 +21,7 @@ from context_manager.core.performance_monitor import (
     PerformanceThresholds,
     running_monitors,
 )
+from context_manager.core.warmup import warming_up
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -689,3 +690,42 @@ def test_a_forked_worker_samples_its_own_process_not_the_parent() -> None:
     assert sampled_rss_mb is not None
     assert own_rss_mb > parent_rss_mb + 150  # the two processes' sizes are far apart ...
     assert abs(sampled_rss_mb - own_rss_mb) < 50  # ... and the child's monitor gives the child's own
+
+
+async def test_a_warm_up_blocking_the_loop_is_not_judged_but_a_block_after_it_is() -> None:
+    # The embedding model's load holds the interpreter for a second or so, once: the monitor read it as a
+    # blocked loop and scored 0.5 for the next five minutes.
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    async with monitor:
+        await monitor.wait_for_sample()
+        with warming_up("test warm-up"):
+            time.sleep(0.15)  # noqa: ASYNC251 - a real block of the loop, inside a warm-up
+            await asyncio.sleep(0)
+        sample = await monitor.wait_for_sample()
+        await monitor.wait_for_sample()
+        assert max(s.event_loop_lag_ms for s in monitor.samples()) >= 100.0  # the figures stay as measured
+        assert sample.event_loop_lag_ms >= 100.0
+        assert monitor.health_score() == 1.0
+        assert not [line for line in monitor.recommendations() if "Event loop lag" in line]
+        time.sleep(0.15)  # noqa: ASYNC251 - the same block, outside a warm-up
+        await monitor.wait_for_sample()
+        assert monitor.health_score() < 1.0
+        assert any("Event loop lag" in line for line in monitor.recommendations())
+
+
+async def test_memory_a_warm_up_loads_is_not_growth_but_memory_grown_after_it_is() -> None:
+    monitor = PerformanceMonitor(sample_interval=0.01, thresholds=PerformanceThresholds(memory_growth_mb=40))
+    async with monitor:
+        await monitor.wait_for_sample()
+        with warming_up("test model"):
+            loaded = bytearray(os.urandom(1024)) * (80 * 1024)  # 80 MiB resident, kept (like a model)
+            await monitor.wait_for_sample()
+            # while it runs, what it loads is not judged either
+            assert not [line for line in monitor.recommendations() if "Memory grew" in line]
+        await monitor.wait_for_sample()
+        await monitor.wait_for_sample()
+        assert not [line for line in monitor.recommendations() if "Memory grew" in line]
+        grown = bytearray(os.urandom(1024)) * (80 * 1024)  # 80 MiB more, after the warm-up
+        await monitor.wait_for_sample()
+        assert any("Memory grew by" in line for line in monitor.recommendations())
+        assert len(loaded) == len(grown)

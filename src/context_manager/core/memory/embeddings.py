@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError, MissingDependencyError
+from context_manager.core.warmup import warming_up
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -233,32 +234,37 @@ class SentenceTransformerEmbedder:
     def _load(self) -> Any:
         with self._lock:
             if self._model is None:
-                # Everything is on disk: make sure nothing tries the Hugging Face Hub.
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                # no progress bars on stderr (a CLI's banner, an application's logs)
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-                from sentence_transformers import SentenceTransformer
-
-                with contextlib.suppress(Exception):  # transformers' own "Loading weights" bar
-                    from transformers.utils import logging as transformers_logging
-
-                    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-                logger.debug("loading sentence-transformers model from %s", self.model_path)
-                model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
-                # sentence-transformers 5.x renamed the getter; keep working with both.
-                get_dimension = getattr(model, "get_embedding_dimension", None) or (
-                    model.get_sentence_embedding_dimension
-                )
-                dimension = get_dimension()
-                if not isinstance(dimension, int) or dimension < 1:  # pragma: no cover - broken model files
-                    raise ConfigurationError(
-                        "model_name_or_path", str(self.model_path), "a model with a fixed embedding size"
-                    )
-                self._dimension = dimension
-                self._model = model
+                with warming_up("embedding model"):  # the monitor does not judge it (a one-time load)
+                    self._load_locked()
             return self._model
+
+    def _load_locked(self) -> None:
+        """Load the model (the caller holds ``_lock`` and found none)."""
+        # Everything is on disk: make sure nothing tries the Hugging Face Hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # no progress bars on stderr (a CLI's banner, an application's logs)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from sentence_transformers import SentenceTransformer
+
+        with contextlib.suppress(Exception):  # transformers' own "Loading weights" bar
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+        logger.debug("loading sentence-transformers model from %s", self.model_path)
+        model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+        # sentence-transformers 5.x renamed the getter; keep working with both.
+        get_dimension = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension
+        )
+        dimension = get_dimension()
+        if not isinstance(dimension, int) or dimension < 1:  # pragma: no cover - broken model files
+            raise ConfigurationError(
+                "model_name_or_path", str(self.model_path), "a model with a fixed embedding size"
+            )
+        self._dimension = dimension
+        self._model = model
 
     def load(self) -> None:
         """Load the model now, if it is not yet (blocking: a few seconds; call it on a thread).

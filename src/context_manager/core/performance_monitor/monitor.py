@@ -42,6 +42,7 @@ from context_manager.core.performance_monitor.reservoir import (
     recent_stats,
 )
 from context_manager.core.performance_monitor.timer import OperationTimer
+from context_manager.core.warmup import warm_ups
 
 __all__ = ["PerformanceMonitor"]
 
@@ -671,6 +672,7 @@ class PerformanceMonitor:
         failure = self._sampling_error
         window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
         samples = list(self._samples)
+        judged_samples, growth_samples = self._outside_warm_ups(samples)
         with self._lock:  # the slow-operation rule judges the latencies of the window too: copied here,
             self._fold_locked()  # judged outside the lock
             rings = [(name, reservoir.recent()) for name, reservoir in self._operations.items()]
@@ -681,12 +683,42 @@ class PerformanceMonitor:
             recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
             operation_stats=[stats for stats in judged if stats.count],
             samples=samples,
-            recent_samples=[sample for sample in samples if sample.timestamp >= window_start],
+            recent_samples=[sample for sample in judged_samples if sample.timestamp >= window_start],
+            growth_samples=growth_samples,
             hottest_function=hottest[0] if hottest else None,
             sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
             sampling_errors=self._sampling_errors,
             recent_window_s=self.thresholds.recent_window_s,
         )
+
+    def _outside_warm_ups(self, samples: list[SystemSample]) -> tuple[list[SystemSample], list[SystemSample]]:
+        """The samples the rules judge, leaving out the process's one-time warm-ups (:mod:`.warmup`).
+
+        Returns the samples none of whose span (from the sample before it, or from when its timer was due)
+        overlaps a warm-up, for the lag and CPU rules; and those taken after the latest warm-up ended, for
+        the memory-growth rule (none while one runs: the memory it loads is not growth).
+        """
+        if not samples:
+            return samples, samples
+        oldest = samples[0].timestamp - self.sample_interval - samples[0].event_loop_lag_ms / 1000.0
+        spans = [span for span in warm_ups() if span.ended is None or span.ended >= oldest]
+        if not spans:  # none, or all over before the history
+            return samples, samples
+        judged = []
+        previous: float | None = None
+        for sample in samples:
+            start = (
+                previous
+                if previous is not None
+                else sample.timestamp - self.sample_interval - sample.event_loop_lag_ms / 1000.0
+            )
+            if not any(span.overlaps(start, sample.timestamp) for span in spans):
+                judged.append(sample)
+            previous = sample.timestamp
+        if any(span.ended is None for span in spans):
+            return judged, []
+        settled = max(span.ended for span in spans if span.ended is not None)
+        return judged, [sample for sample in samples if sample.timestamp > settled]
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).

@@ -44,6 +44,9 @@ class Evidence:
     """The seconds the recent operations span at most (``PerformanceThresholds.recent_window_s``)."""
     recent_samples: Sequence[SystemSample] | None = None
     """The samples of that window, oldest first (the lag and CPU rules'); ``None``: all ``samples``."""
+    growth_samples: Sequence[SystemSample] | None = None
+    """The samples the memory-growth rule compares, oldest first; ``None``: all ``samples``. (The
+    monitor passes those taken since the latest one-time warm-up, :mod:`context_manager.core.warmup`.)"""
 
     @property
     def judged_samples(self) -> Sequence[SystemSample]:
@@ -98,7 +101,8 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
        p95 over ``slow_operation_ms`` (one line each).
     3. *Blocked event loop*: a recent sample's lag exceeds ``event_loop_lag_ms``.
     4. *High CPU*: the mean CPU of at least ``min_cpu_samples`` recent samples exceeds ``cpu_percent``.
-    5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history.
+    5. *Memory growth*: RSS grew by more than ``memory_growth_mb`` over the sampled history (the
+       monitor's evidence: since the latest one-time warm-up, such as the embedding model's load).
     6. *Memory limit*: the latest RSS exceeds ``memory_limit_mb``.
     7. *Hot function* (profiling): one function takes more than ``hot_function_share`` of the
        profiled own time (waiting, such as the event loop's selector during an awaited block, is not
@@ -141,18 +145,19 @@ def recommendations(limits: PerformanceThresholds, evidence: Evidence) -> list[s
                 f"CPU use averages {mean_cpu:.0f}% of one core{window} (> {limits.cpu_percent:.0f}%): "
                 "lower max_concurrent_tasks or batch work."
             )
-    if samples:
-        growth = samples[-1].rss_mb - min(sample.rss_mb for sample in samples)
+    compared = samples if evidence.growth_samples is None else evidence.growth_samples
+    if compared:
+        growth = compared[-1].rss_mb - min(sample.rss_mb for sample in compared)
         if growth > limits.memory_growth_mb:
             advice.append(
                 f"Memory grew by {growth:.0f} MB over the sampled history (> "
                 f"{limits.memory_growth_mb:.0f} MB): run optimize_system() and cleanup_old_memories()."
             )
-        if limits.memory_limit_mb is not None and samples[-1].rss_mb > limits.memory_limit_mb:
-            advice.append(
-                f"Memory use {samples[-1].rss_mb:.0f} MB exceeds the limit of "
-                f"{limits.memory_limit_mb:.0f} MB: reduce short_term_memory_size or max_tokens."
-            )
+    if samples and limits.memory_limit_mb is not None and samples[-1].rss_mb > limits.memory_limit_mb:
+        advice.append(
+            f"Memory use {samples[-1].rss_mb:.0f} MB exceeds the limit of "
+            f"{limits.memory_limit_mb:.0f} MB: reduce short_term_memory_size or max_tokens."
+        )
     hottest = evidence.hottest_function
     if hottest is not None and hottest["share"] > limits.hot_function_share:
         advice.append(

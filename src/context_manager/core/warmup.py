@@ -1,0 +1,69 @@
+"""One-time warm-ups of the process, which the performance monitor's rules do not judge.
+
+Loading the embedding model is the one warm-up the library has: it happens once, on the first embed (or a
+server's preload), on a worker thread, and for a few seconds its imports hold the interpreter, so the
+event loop falls behind, and the process grows by a few hundred megabytes it keeps. Judged like any other
+moment, that load read as a blocked loop (the monitor's health score at 0.5 for the next
+``recent_window_s`` seconds) and as a memory leak ("Memory grew by 490 MB ... run cleanup_old_memories()").
+Work of that kind runs inside :func:`warming_up`; the monitor leaves the samples taken during it out of its
+lag and CPU rules, and measures memory growth from the first sample after it (see
+:meth:`PerformanceMonitor._evidence <context_manager.core.performance_monitor.PerformanceMonitor>`).
+The figures themselves (``samples()``, ``max_event_loop_lag_ms``, ``peak_memory_mb``) stay as measured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+__all__ = ["WarmUp", "warm_ups", "warming_up"]
+
+_MAX_KEPT = 64
+"""Warm-ups remembered (the oldest is forgotten first): a process has one or two."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmUp:
+    """A warm-up's span in ``time.time()`` seconds."""
+
+    what: str
+    """What warmed up (``"embedding model"``)."""
+    started: float
+    """When it started."""
+    ended: float | None
+    """When it ended; ``None`` while it runs."""
+
+    def overlaps(self, start: float, end: float) -> bool:
+        """Whether it ran at some moment of ``[start, end]`` (one still running: up to now)."""
+        return self.started <= end and (self.ended is None or self.ended >= start)
+
+
+_lock = threading.Lock()
+_spans: deque[WarmUp] = deque(maxlen=_MAX_KEPT)
+
+
+@contextmanager
+def warming_up(what: str) -> Iterator[None]:
+    """Mark the block as a one-time warm-up of the process (thread-safe; the block may raise)."""
+    span = WarmUp(what, time.time(), None)
+    with _lock:
+        _spans.append(span)
+    try:
+        yield
+    finally:
+        with _lock:
+            # replaced by its finished form (a forgotten one, 64 warm-ups later, stays forgotten)
+            for index, kept in enumerate(_spans):
+                if kept is span:
+                    _spans[index] = WarmUp(what, span.started, time.time())
+                    break
+
+
+def warm_ups() -> list[WarmUp]:
+    """The warm-ups of this process so far (the latest 64), oldest first."""
+    with _lock:
+        return list(_spans)
