@@ -414,6 +414,35 @@ async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp
         assert again.get_context(format="anthropic") == body
 
 
+async def test_a_user_message_of_the_filler_s_text_comes_back_where_the_export_inserts_none(
+    tmp_path: Path,
+) -> None:
+    """A user message whose text is ``ANTHROPIC_CONTINUATION_TEXT`` was dropped when the export was read
+    back (its turn looks like the filler), and the two assistant turns around it then merged on export.
+    Only where the export inserts its filler (first before an assistant turn, alone, or between two
+    assistant turns with thinking) is such a turn taken for it; elsewhere it is the user's message."""
+    from context_manager.core.provider_formats import ANTHROPIC_CONTINUATION_TEXT
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("system", "Be brief.")
+        await manager.add_message("assistant", "Hello, how can I help?")  # the export inserts a filler first
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)
+        await manager.add_message("assistant", "Go on.")
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)
+        await manager.add_message("assistant", "Probably sunny.", thinking=[THINKING_1])
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)  # between thinking and a plain answer
+        await manager.add_message("assistant", "Sunny.")
+        body = manager.get_context(format="anthropic")
+        contents = [(m.role.value, m.content) for m in manager.messages]
+    assert [turn["role"] for turn in body["messages"]] == ["user", "assistant"] * 4
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        # the export's system text goes back as a system message, before the turns
+        system = {"role": "system", "content": body["system"]}
+        assert await again.add_messages([system, *body["messages"]]) == 8
+        assert [(m.role.value, m.content) for m in again.messages] == contents
+        assert again.get_context(format="anthropic") == body
+
+
 def reasoning_server_response(**reasoning: Any) -> Any:
     """A Chat Completions response of an OpenAI-compatible reasoning server (DeepSeek, vLLM, OpenRouter):
     its message carries the model's reasoning beside ``content`` (a field the OpenAI SDK keeps as extra)."""
@@ -784,6 +813,63 @@ async def test_langchain_messages_go_in_as_the_messages_they_are(tmp_path: Path)
         await manager.add_messages([HumanMessage("Weather?"), responses_style])
         [_, said] = manager.messages
         assert said.content == "Checking." and [c.id for c in said.tool_calls] == ["call_9"]
+
+
+async def test_langchain_messages_to_dict_items_go_in_as_their_messages(tmp_path: Path) -> None:
+    """LangChain's ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, what its chat
+    histories store) were refused as Responses API items (``messages[0].type: got 'human'``); they go in
+    as the messages ``messages_from_dict`` makes of them."""
+    from langchain_core.messages import (
+        AIMessage,
+        ChatMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        messages_from_dict,
+        messages_to_dict,
+    )
+
+    history = [
+        SystemMessage("Answer briefly."),
+        HumanMessage("Weather in Paris?", name="alice"),
+        AIMessage("Let me check.", tool_calls=[{"name": "weather", "args": {}, "id": "call_1"}]),
+        ToolMessage("Paris: 21 °C", tool_call_id="call_1", status="error"),
+        ChatMessage("Thanks", role="user"),
+    ]
+    stored = messages_to_dict(history)
+    assert messages_from_dict(stored) == history  # the shape LangChain reads back
+    async with EnhancedContextManager(config(tmp_path / "objects")) as manager:
+        await manager.add_messages(history)
+        expected = manager.get_context(format="openai")
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(stored) == len(history)
+        assert manager.get_context(format="openai") == expected
+        assert manager.messages[1].name == "alice"
+        assert manager.messages[3].metadata == {"is_error": True}
+
+
+async def test_langchain_function_and_remove_messages_are_refused_naming_them(tmp_path: Path) -> None:
+    """A ``FunctionMessage`` and a ``RemoveMessage`` were refused as Responses API items (``messages[1].type:
+    got 'function'; allowed Responses API input or output items``), an error about another API. A
+    ``FunctionMessage`` answers a legacy ``function_call`` (``convert_to_openai_messages`` makes a
+    ``role: "function"`` message of it, no call id: no tool result); a ``RemoveMessage`` is LangGraph's
+    deletion of a message. The error names them and what to give instead; nothing is added."""
+    from langchain_core.messages import FunctionMessage, HumanMessage, RemoveMessage, message_to_dict
+
+    refused = {
+        "FunctionMessage": FunctionMessage("21 °C", name="weather"),
+        "RemoveMessage": RemoveMessage(id="msg_1"),
+    }
+    for n, (name, message) in enumerate(refused.items()):
+        for form in (message, message.model_dump(), message_to_dict(message)):
+            async with EnhancedContextManager(config(tmp_path / f"{n}-{type(form).__name__}")) as manager:
+                await manager.add_message("user", "Before")
+                with pytest.raises(InvalidMessageError) as caught:
+                    await manager.add_messages([HumanMessage("Weather?"), form])
+                text = str(caught.value)
+                assert "messages[1]" in text and name in text and "Responses API" not in text
+                assert ("ToolMessage" in text) is (name == "FunctionMessage")
+                assert [m.content for m in manager.messages] == ["Before"]
 
 
 async def test_langchain_message_chunks_go_in_as_their_messages(tmp_path: Path) -> None:
