@@ -8,6 +8,7 @@ naming what is taken.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
+from context_manager.core.messages import REASONING_METADATA_KEY
 from tests.provider_rules import openai_violations
 
 
@@ -487,31 +489,129 @@ def reasoning_server_response(**reasoning: Any) -> Any:
             "reasoning": "The user wants the weather.",
             "reasoning_details": [{"type": "reasoning.text", "text": "The user wants the weather."}],
         },  # OpenRouter
-        {"reasoning_content": None},
     ],
 )
-async def test_a_reasoning_server_s_message_goes_in_without_its_reasoning(
+async def test_a_reasoning_server_s_reasoning_is_kept_and_sent_back_by_the_openai_export(
     tmp_path: Path, reasoning: dict[str, Any]
 ) -> None:
-    """``add_messages([response.choices[0].message])`` of DeepSeek, vLLM or OpenRouter refused the message
-    ("reasoning_content: got '...'; allowed one of metadata, name, ..."). The window keeps no reasoning (as
-    it leaves a Responses API reasoning item out; the Chat Completions API has no such input field): the
-    message goes in as its text and calls, and the export is a valid Chat Completions request."""
+    """DeepSeek's thinking mode refuses the next request (HTTP 400) unless an assistant message that called
+    tools is sent back with its ``reasoning_content``; the window dropped it, so no export had it. The
+    reasoning fields of the message (DeepSeek's, vLLM's, OpenRouter's) are kept in its metadata and the
+    OpenAI export writes them back as they came, on that message only; persisted, they come back too."""
     message = reasoning_server_response(**reasoning).choices[0].message
-    async with EnhancedContextManager(config(tmp_path)) as manager:
+    settings = config(tmp_path)
+    async with EnhancedContextManager(settings, conversation_id="deepseek") as manager:
         await manager.add_message("user", "Weather in Paris?")
         assert await manager.add_messages([message]) == 1
         await manager.add_message("tool", "21 °C", tool_call_id="call_1")
-        assert await manager.add_messages([message.model_dump()]) == 1
+        assert await manager.add_messages([message.model_dump()]) == 1  # the SDK object's dump too
         await manager.add_message("tool", "22 °C", tool_call_id="call_1")
-        assistants = [m for m in manager.messages if m.role.value == "assistant"]
-        assert [(m.content, [c.name for c in m.tool_calls], m.metadata) for m in assistants] == [
-            ("Let me check.", ["weather"], {})
-        ] * 2
+        await manager.add_message("assistant", "Sunny, 22 °C.")  # no reasoning given: none invented
         exported = manager.get_context("openai")
+        assert [{key: m[key] for key in reasoning if key in m} for m in exported] == [
+            {},
+            reasoning,
+            {},
+            reasoning,
+            {},
+            {},
+        ]
+        assert exported[1] == {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+            **reasoning,
+        }
+        assert manager.messages[1].metadata == {REASONING_METADATA_KEY: reasoning}
         assert openai_violations(exported) == []
-        assert not any("reasoning" in key for message in exported for key in message)
         chat_completions_input(exported)
+    async with EnhancedContextManager(settings, conversation_id="deepseek") as again:
+        assert again.get_context("openai") == exported
+    async with EnhancedContextManager(config(tmp_path / "round-trip")) as copy:
+        assert await copy.add_messages(exported) == len(exported)  # the export goes back in as it came out
+        assert json.dumps(copy.get_context("openai")) == json.dumps(exported)
+
+
+@pytest.mark.parametrize("empty", [{"reasoning_content": None}, {"reasoning": ""}, {"reasoning_details": []}])
+async def test_an_empty_reasoning_field_is_not_kept(tmp_path: Path, empty: dict[str, Any]) -> None:
+    message = reasoning_server_response(**empty).choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        assert manager.messages[1].metadata == {}
+        assert not any("reasoning" in key for m in manager.get_context("openai") for key in m)
+
+
+async def test_kept_reasoning_counts_against_the_token_budget(tmp_path: Path) -> None:
+    """The reasoning sent back is input the model reads: counted, as thinking blocks are (the safe side)."""
+    from context_manager.core.tokens import get_token_counter
+
+    reasoning = "The user wants the weather in Paris, so I should call the weather tool first. " * 20
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(
+            [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "Let me check.", "reasoning_content": reasoning},
+                {"role": "assistant", "content": "Let me check."},
+            ]
+        )
+        with_reasoning, without = manager.messages[1], manager.messages[2]
+        assert with_reasoning.token_count == without.token_count + get_token_counter().count(reasoning)
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"role": "assistant", "content": "Hi", "reasoning_content": 5}, "messages[1].reasoning_content"),
+        ({"role": "assistant", "content": "Hi", "reasoning_details": "x"}, "messages[1].reasoning_details"),
+        (
+            {"role": "assistant", "content": "Hi", "metadata": {REASONING_METADATA_KEY: "thought"}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}",
+        ),
+        (
+            {"role": "assistant", "content": "Hi", "metadata": {REASONING_METADATA_KEY: {"role": "system"}}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}.role",
+        ),
+        (
+            {"role": "user", "content": "Hi", "metadata": {REASONING_METADATA_KEY: {"reasoning": "x"}}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}",
+        ),
+        ({"role": "user", "content": "Hi", "reasoning_content": "x"}, "messages[1].reasoning_content"),
+    ],
+)
+async def test_reasoning_the_export_could_not_send_is_refused_naming_it(
+    tmp_path: Path, item: dict[str, Any], field: str
+) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidArgumentError) as caught:
+            await manager.add_messages([{"role": "user", "content": "Weather?"}, item])
+        assert str(caught.value).startswith(field + ":")
+        assert [m.content for m in manager.messages] == ["Before"]
+
+
+async def test_a_langchain_deepseek_ai_message_keeps_its_reasoning(tmp_path: Path) -> None:
+    """langchain-deepseek puts the reasoning in ``additional_kwargs["reasoning_content"]``."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    history = [
+        HumanMessage("Weather?"),
+        AIMessage(
+            "",
+            additional_kwargs={"reasoning_content": "Call the tool."},
+            tool_calls=[{"name": "weather", "args": {}, "id": "call_1"}],
+        ),
+        ToolMessage("21 °C", tool_call_id="call_1"),
+    ]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(history)
+        assert manager.get_context("openai")[1]["reasoning_content"] == "Call the tool."
 
 
 CUSTOM_CALL = {"id": "call_1", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}

@@ -1,7 +1,9 @@
 """Export messages to provider formats and import the tool calls of a provider's response.
 
 * :func:`to_openai_messages`: OpenAI Chat Completions ``messages`` (``tool_calls`` with JSON string
-  arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
+  arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results; the reasoning an
+  OpenAI-compatible server sent with an assistant message, ``reasoning_content`` ..., written back as it
+  came when the message keeps it: see :data:`~context_manager.core.messages.REASONING_METADATA_KEY`).
 * :func:`to_openai_responses_input`: the OpenAI Responses API ``input`` list: ``{"role", "content"}``
   messages for text (``system``, ``user``, ``assistant``), a ``{"type": "function_call", "call_id", "name",
   "arguments"}`` item per call after its message's text, a ``{"type": "function_call_output", "call_id",
@@ -56,6 +58,8 @@ from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import (
+    REASONING_FIELDS,
+    REASONING_METADATA_KEY,
     Message,
     Role,
     ToolCall,
@@ -238,6 +242,12 @@ def _openai_message(
         exported["content"] = message.content
     if message.name:
         exported["name"] = names.get(message.name, message.name)
+    if message.metadata and role is Role.ASSISTANT:
+        reasoning = message.metadata.get(REASONING_METADATA_KEY)
+        if type(reasoning) is dict:  # a reasoning server's fields, as it sent them (reasoning_content ...)
+            for key, value in reasoning.items():
+                if key in REASONING_FIELDS:
+                    exported[key] = json_copy(value)
     return exported
 
 
@@ -246,6 +256,10 @@ def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
 
     A ``name`` or a function name the API refuses (``^[a-zA-Z0-9_-]{1,64}$``), or a call id longer than
     the 40 characters it takes, is exported made valid (see the module docstring); the messages keep theirs.
+    An assistant message that keeps a reasoning server's reasoning (``reasoning_content`` of DeepSeek and
+    vLLM, ``reasoning`` / ``reasoning_details`` of OpenRouter, under
+    :data:`~context_manager.core.messages.REASONING_METADATA_KEY`) has those fields, as they were given:
+    DeepSeek's thinking mode refuses a request without the reasoning of a turn that called tools.
     """
     paired = paired_for_provider(messages)
     names = _valid_names((m.name for m in paired if m.name and m.role is not Role.TOOL), _NAME_MAX_CHARS)
@@ -382,10 +396,11 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     ``user``, ``ai`` ``assistant``; a ``ChatMessage`` its role), its text (a content list's text parts and
     strings joined by a line break; an ``AIMessage``'s ``tool_use`` blocks are its ``tool_calls``, its
     thinking blocks its thinking), its ``name``, an ``AIMessage``'s ``tool_calls`` and a ``ToolMessage``'s
-    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``). Its ``id``, metadata and
-    usage are LangChain's, not the message's: left out. The messages, their ``model_dump()`` or their
-    ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as ``messages_from_dict`` reads
-    them) are taken.
+    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``), an ``AIMessage``'s
+    ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
+    ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
+    ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
+    ``messages_from_dict`` reads them) are taken.
 
     Raises:
         InvalidMessageError: a content part the window cannot hold (an image, a file), an ``AIMessage``
@@ -446,6 +461,9 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 )
             if fields.get("tool_calls"):
                 message["tool_calls"] = list(fields["tool_calls"])
+            extra = fields.get("additional_kwargs")
+            if isinstance(extra, Mapping) and extra.get("reasoning_content"):  # langchain-deepseek's
+                message["reasoning_content"] = extra["reasoning_content"]
         elif role == "tool":
             message["tool_call_id"] = fields.get("tool_call_id")
             if fields.get("status") == "error":
