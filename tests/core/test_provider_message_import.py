@@ -1017,3 +1017,26 @@ async def test_a_langchain_ai_message_of_thinking_and_plain_strings_goes_in(tmp_
         await manager.add_messages([HumanMessage("2+2?"), said])
         [_, answer] = manager.messages
         assert answer.content == "Four.\nSure." and answer.thinking == (thinking,)
+
+
+async def test_deepseek_s_tool_loop_sends_the_reasoning_back_with_the_calls_it_ran(tmp_path: Path) -> None:
+    """The loop ``docs/tools.md`` shows for DeepSeek: the response's message added, then its calls run by
+    ``execute_tool_calls``; the next request holds the message's ``reasoning_content`` and the result."""
+    from context_manager import tool
+
+    @tool
+    def weather(city: str) -> str:
+        """Current weather of a city."""
+        return f"{city}: 21 °C"
+
+    message = reasoning_server_response(reasoning_content="Call the tool.").choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        manager.tool_manager.register_tool(weather)
+        await manager.add_message("user", "Weather in Paris?")
+        await manager.add_messages([message])
+        await manager.execute_tool_calls(message.model_dump()["tool_calls"])
+        request = manager.get_context("openai")
+        assert [m["role"] for m in request] == ["user", "assistant", "tool"]
+        assert request[1]["reasoning_content"] == "Call the tool."
+        assert request[2]["content"] == "Paris: 21 °C"
+        chat_completions_input(request)
