@@ -1040,3 +1040,27 @@ async def test_deepseek_s_tool_loop_sends_the_reasoning_back_with_the_calls_it_r
         assert request[1]["reasoning_content"] == "Call the tool."
         assert request[2]["content"] == "Paris: 21 °C"
         chat_completions_input(request)
+
+
+async def test_add_message_keeps_reasoning_given_as_a_field_beside_the_metadata(tmp_path: Path) -> None:
+    """``add_message(**message.model_dump())`` and ``add_message(..., reasoning_content=...)`` keep it too,
+    beside the caller's own metadata (and reasoning already in it)."""
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "assistant",
+            "Sunny.",
+            reasoning_content="Answer.",
+            metadata={"turn": 3, REASONING_METADATA_KEY: {"reasoning": "Earlier."}},
+        )
+        [message] = manager.messages
+        assert message.metadata == {
+            "turn": 3,
+            REASONING_METADATA_KEY: {"reasoning": "Earlier.", "reasoning_content": "Answer."},
+        }
+        [exported] = manager.get_context("openai")
+        assert exported == {
+            "role": "assistant",
+            "content": "Sunny.",
+            "reasoning": "Earlier.",
+            "reasoning_content": "Answer.",
+        }

@@ -1704,6 +1704,9 @@ def _with_reasoning_kept(options: dict[str, Any]) -> dict[str, Any]:
     moved = {key: value for key, value in options.items() if key not in kept}
     metadata = moved.get("metadata")
     if metadata is None or isinstance(metadata, dict):  # anything else: refused as it is
+        earlier = (metadata or {}).get(REASONING_METADATA_KEY)
+        if isinstance(earlier, dict):  # given in the metadata too: the fields given as such win
+            kept = {**earlier, **kept}
         moved["metadata"] = {**(metadata or {}), REASONING_METADATA_KEY: kept}
     return moved
 
