@@ -619,7 +619,10 @@ class EnhancedContextManager:
                 (tool: the call answered), ``name``, ``thinking`` (assistant: Anthropic extended thinking,
                 ``response.content`` or the response itself: its ``thinking`` / ``redacted_thinking``
                 blocks are kept, signatures unchanged, and go first in the turn of the Anthropic export, as
-                the API requires with tool use; see :attr:`Message.thinking`).
+                the API requires with tool use; see :attr:`Message.thinking`), ``reasoning_content``,
+                ``reasoning``, ``reasoning_details`` (assistant: the reasoning of an OpenAI-compatible
+                server, kept in the metadata and sent back by the OpenAI export; see
+                :data:`~context_manager.core.messages.REASONING_METADATA_KEY`).
 
         Returns:
             ``True`` once the message is in the window.
@@ -700,8 +703,10 @@ class EnhancedContextManager:
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
                 ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
-                citations no request takes back, and the reasoning of an OpenAI-compatible server,
-                ``reasoning_content`` or ``reasoning``; a refusal is the text). A Chat Completions
+                citations no request takes back; a refusal is the text; the reasoning of an
+                OpenAI-compatible server, ``reasoning_content``, ``reasoning`` or ``reasoning_details``, is
+                kept and sent back by the OpenAI export, see
+                :data:`~context_manager.core.messages.REASONING_METADATA_KEY`). A Chat Completions
                 ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their texts
                 joined by a line break; image, audio and file parts are refused (the window keeps text). The
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
