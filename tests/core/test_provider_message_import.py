@@ -8,6 +8,7 @@ naming what is taken.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
+from context_manager.core.messages import REASONING_METADATA_KEY
 from tests.provider_rules import openai_violations
 
 
@@ -414,6 +416,35 @@ async def test_the_export_s_filler_user_turn_does_not_come_back_as_a_message(tmp
         assert again.get_context(format="anthropic") == body
 
 
+async def test_a_user_message_of_the_filler_s_text_comes_back_where_the_export_inserts_none(
+    tmp_path: Path,
+) -> None:
+    """A user message whose text is ``ANTHROPIC_CONTINUATION_TEXT`` was dropped when the export was read
+    back (its turn looks like the filler), and the two assistant turns around it then merged on export.
+    Only where the export inserts its filler (first before an assistant turn, alone, or between two
+    assistant turns with thinking) is such a turn taken for it; elsewhere it is the user's message."""
+    from context_manager.core.provider_formats import ANTHROPIC_CONTINUATION_TEXT
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("system", "Be brief.")
+        await manager.add_message("assistant", "Hello, how can I help?")  # the export inserts a filler first
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)
+        await manager.add_message("assistant", "Go on.")
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)
+        await manager.add_message("assistant", "Probably sunny.", thinking=[THINKING_1])
+        await manager.add_message("user", ANTHROPIC_CONTINUATION_TEXT)  # between thinking and a plain answer
+        await manager.add_message("assistant", "Sunny.")
+        body = manager.get_context(format="anthropic")
+        contents = [(m.role.value, m.content) for m in manager.messages]
+    assert [turn["role"] for turn in body["messages"]] == ["user", "assistant"] * 4
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        # the export's system text goes back as a system message, before the turns
+        system = {"role": "system", "content": body["system"]}
+        assert await again.add_messages([system, *body["messages"]]) == 8
+        assert [(m.role.value, m.content) for m in again.messages] == contents
+        assert again.get_context(format="anthropic") == body
+
+
 def reasoning_server_response(**reasoning: Any) -> Any:
     """A Chat Completions response of an OpenAI-compatible reasoning server (DeepSeek, vLLM, OpenRouter):
     its message carries the model's reasoning beside ``content`` (a field the OpenAI SDK keeps as extra)."""
@@ -458,31 +489,129 @@ def reasoning_server_response(**reasoning: Any) -> Any:
             "reasoning": "The user wants the weather.",
             "reasoning_details": [{"type": "reasoning.text", "text": "The user wants the weather."}],
         },  # OpenRouter
-        {"reasoning_content": None},
     ],
 )
-async def test_a_reasoning_server_s_message_goes_in_without_its_reasoning(
+async def test_a_reasoning_server_s_reasoning_is_kept_and_sent_back_by_the_openai_export(
     tmp_path: Path, reasoning: dict[str, Any]
 ) -> None:
-    """``add_messages([response.choices[0].message])`` of DeepSeek, vLLM or OpenRouter refused the message
-    ("reasoning_content: got '...'; allowed one of metadata, name, ..."). The window keeps no reasoning (as
-    it leaves a Responses API reasoning item out; the Chat Completions API has no such input field): the
-    message goes in as its text and calls, and the export is a valid Chat Completions request."""
+    """DeepSeek's thinking mode refuses the next request (HTTP 400) unless an assistant message that called
+    tools is sent back with its ``reasoning_content``; the window dropped it, so no export had it. The
+    reasoning fields of the message (DeepSeek's, vLLM's, OpenRouter's) are kept in its metadata and the
+    OpenAI export writes them back as they came, on that message only; persisted, they come back too."""
     message = reasoning_server_response(**reasoning).choices[0].message
-    async with EnhancedContextManager(config(tmp_path)) as manager:
+    settings = config(tmp_path)
+    async with EnhancedContextManager(settings, conversation_id="deepseek") as manager:
         await manager.add_message("user", "Weather in Paris?")
         assert await manager.add_messages([message]) == 1
         await manager.add_message("tool", "21 °C", tool_call_id="call_1")
-        assert await manager.add_messages([message.model_dump()]) == 1
+        assert await manager.add_messages([message.model_dump()]) == 1  # the SDK object's dump too
         await manager.add_message("tool", "22 °C", tool_call_id="call_1")
-        assistants = [m for m in manager.messages if m.role.value == "assistant"]
-        assert [(m.content, [c.name for c in m.tool_calls], m.metadata) for m in assistants] == [
-            ("Let me check.", ["weather"], {})
-        ] * 2
+        await manager.add_message("assistant", "Sunny, 22 °C.")  # no reasoning given: none invented
         exported = manager.get_context("openai")
+        assert [{key: m[key] for key in reasoning if key in m} for m in exported] == [
+            {},
+            reasoning,
+            {},
+            reasoning,
+            {},
+            {},
+        ]
+        assert exported[1] == {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+            **reasoning,
+        }
+        assert manager.messages[1].metadata == {REASONING_METADATA_KEY: reasoning}
         assert openai_violations(exported) == []
-        assert not any("reasoning" in key for message in exported for key in message)
         chat_completions_input(exported)
+    async with EnhancedContextManager(settings, conversation_id="deepseek") as again:
+        assert again.get_context("openai") == exported
+    async with EnhancedContextManager(config(tmp_path / "round-trip")) as copy:
+        assert await copy.add_messages(exported) == len(exported)  # the export goes back in as it came out
+        assert json.dumps(copy.get_context("openai")) == json.dumps(exported)
+
+
+@pytest.mark.parametrize("empty", [{"reasoning_content": None}, {"reasoning": ""}, {"reasoning_details": []}])
+async def test_an_empty_reasoning_field_is_not_kept(tmp_path: Path, empty: dict[str, Any]) -> None:
+    message = reasoning_server_response(**empty).choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        assert manager.messages[1].metadata == {}
+        assert not any("reasoning" in key for m in manager.get_context("openai") for key in m)
+
+
+async def test_kept_reasoning_counts_against_the_token_budget(tmp_path: Path) -> None:
+    """The reasoning sent back is input the model reads: counted, as thinking blocks are (the safe side)."""
+    from context_manager.core.tokens import get_token_counter
+
+    reasoning = "The user wants the weather in Paris, so I should call the weather tool first. " * 20
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(
+            [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "Let me check.", "reasoning_content": reasoning},
+                {"role": "assistant", "content": "Let me check."},
+            ]
+        )
+        with_reasoning, without = manager.messages[1], manager.messages[2]
+        assert with_reasoning.token_count == without.token_count + get_token_counter().count(reasoning)
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"role": "assistant", "content": "Hi", "reasoning_content": 5}, "messages[1].reasoning_content"),
+        ({"role": "assistant", "content": "Hi", "reasoning_details": "x"}, "messages[1].reasoning_details"),
+        (
+            {"role": "assistant", "content": "Hi", "metadata": {REASONING_METADATA_KEY: "thought"}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}",
+        ),
+        (
+            {"role": "assistant", "content": "Hi", "metadata": {REASONING_METADATA_KEY: {"role": "system"}}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}.role",
+        ),
+        (
+            {"role": "user", "content": "Hi", "metadata": {REASONING_METADATA_KEY: {"reasoning": "x"}}},
+            f"messages[1].metadata.{REASONING_METADATA_KEY}",
+        ),
+        ({"role": "user", "content": "Hi", "reasoning_content": "x"}, "messages[1].reasoning_content"),
+    ],
+)
+async def test_reasoning_the_export_could_not_send_is_refused_naming_it(
+    tmp_path: Path, item: dict[str, Any], field: str
+) -> None:
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Before")
+        with pytest.raises(InvalidArgumentError) as caught:
+            await manager.add_messages([{"role": "user", "content": "Weather?"}, item])
+        assert str(caught.value).startswith(field + ":")
+        assert [m.content for m in manager.messages] == ["Before"]
+
+
+async def test_a_langchain_deepseek_ai_message_keeps_its_reasoning(tmp_path: Path) -> None:
+    """langchain-deepseek puts the reasoning in ``additional_kwargs["reasoning_content"]``."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    history = [
+        HumanMessage("Weather?"),
+        AIMessage(
+            "",
+            additional_kwargs={"reasoning_content": "Call the tool."},
+            tool_calls=[{"name": "weather", "args": {}, "id": "call_1"}],
+        ),
+        ToolMessage("21 °C", tool_call_id="call_1"),
+    ]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_messages(history)
+        assert manager.get_context("openai")[1]["reasoning_content"] == "Call the tool."
 
 
 CUSTOM_CALL = {"id": "call_1", "type": "custom", "custom": {"name": "run_sql", "input": "SELECT 1"}}
@@ -786,6 +915,63 @@ async def test_langchain_messages_go_in_as_the_messages_they_are(tmp_path: Path)
         assert said.content == "Checking." and [c.id for c in said.tool_calls] == ["call_9"]
 
 
+async def test_langchain_messages_to_dict_items_go_in_as_their_messages(tmp_path: Path) -> None:
+    """LangChain's ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, what its chat
+    histories store) were refused as Responses API items (``messages[0].type: got 'human'``); they go in
+    as the messages ``messages_from_dict`` makes of them."""
+    from langchain_core.messages import (
+        AIMessage,
+        ChatMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        messages_from_dict,
+        messages_to_dict,
+    )
+
+    history = [
+        SystemMessage("Answer briefly."),
+        HumanMessage("Weather in Paris?", name="alice"),
+        AIMessage("Let me check.", tool_calls=[{"name": "weather", "args": {}, "id": "call_1"}]),
+        ToolMessage("Paris: 21 °C", tool_call_id="call_1", status="error"),
+        ChatMessage("Thanks", role="user"),
+    ]
+    stored = messages_to_dict(history)
+    assert messages_from_dict(stored) == history  # the shape LangChain reads back
+    async with EnhancedContextManager(config(tmp_path / "objects")) as manager:
+        await manager.add_messages(history)
+        expected = manager.get_context(format="openai")
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages(stored) == len(history)
+        assert manager.get_context(format="openai") == expected
+        assert manager.messages[1].name == "alice"
+        assert manager.messages[3].metadata == {"is_error": True}
+
+
+async def test_langchain_function_and_remove_messages_are_refused_naming_them(tmp_path: Path) -> None:
+    """A ``FunctionMessage`` and a ``RemoveMessage`` were refused as Responses API items (``messages[1].type:
+    got 'function'; allowed Responses API input or output items``), an error about another API. A
+    ``FunctionMessage`` answers a legacy ``function_call`` (``convert_to_openai_messages`` makes a
+    ``role: "function"`` message of it, no call id: no tool result); a ``RemoveMessage`` is LangGraph's
+    deletion of a message. The error names them and what to give instead; nothing is added."""
+    from langchain_core.messages import FunctionMessage, HumanMessage, RemoveMessage, message_to_dict
+
+    refused = {
+        "FunctionMessage": FunctionMessage("21 °C", name="weather"),
+        "RemoveMessage": RemoveMessage(id="msg_1"),
+    }
+    for n, (name, message) in enumerate(refused.items()):
+        for form in (message, message.model_dump(), message_to_dict(message)):
+            async with EnhancedContextManager(config(tmp_path / f"{n}-{type(form).__name__}")) as manager:
+                await manager.add_message("user", "Before")
+                with pytest.raises(InvalidMessageError) as caught:
+                    await manager.add_messages([HumanMessage("Weather?"), form])
+                text = str(caught.value)
+                assert "messages[1]" in text and name in text and "Responses API" not in text
+                assert ("ToolMessage" in text) is (name == "FunctionMessage")
+                assert [m.content for m in manager.messages] == ["Before"]
+
+
 async def test_langchain_message_chunks_go_in_as_their_messages(tmp_path: Path) -> None:
     """LangChain's chunk classes (what streaming gives, and what adding chunks makes) are its messages
     too: ``AIMessageChunk`` went in, but ``HumanMessageChunk``, ``SystemMessageChunk`` and
@@ -831,3 +1017,50 @@ async def test_a_langchain_ai_message_of_thinking_and_plain_strings_goes_in(tmp_
         await manager.add_messages([HumanMessage("2+2?"), said])
         [_, answer] = manager.messages
         assert answer.content == "Four.\nSure." and answer.thinking == (thinking,)
+
+
+async def test_deepseek_s_tool_loop_sends_the_reasoning_back_with_the_calls_it_ran(tmp_path: Path) -> None:
+    """The loop ``docs/tools.md`` shows for DeepSeek: the response's message added, then its calls run by
+    ``execute_tool_calls``; the next request holds the message's ``reasoning_content`` and the result."""
+    from context_manager import tool
+
+    @tool
+    def weather(city: str) -> str:
+        """Current weather of a city."""
+        return f"{city}: 21 °C"
+
+    message = reasoning_server_response(reasoning_content="Call the tool.").choices[0].message
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        manager.tool_manager.register_tool(weather)
+        await manager.add_message("user", "Weather in Paris?")
+        await manager.add_messages([message])
+        await manager.execute_tool_calls(message.model_dump()["tool_calls"])
+        request = manager.get_context("openai")
+        assert [m["role"] for m in request] == ["user", "assistant", "tool"]
+        assert request[1]["reasoning_content"] == "Call the tool."
+        assert request[2]["content"] == "Paris: 21 °C"
+        chat_completions_input(request)
+
+
+async def test_add_message_keeps_reasoning_given_as_a_field_beside_the_metadata(tmp_path: Path) -> None:
+    """``add_message(**message.model_dump())`` and ``add_message(..., reasoning_content=...)`` keep it too,
+    beside the caller's own metadata (and reasoning already in it)."""
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "assistant",
+            "Sunny.",
+            reasoning_content="Answer.",
+            metadata={"turn": 3, REASONING_METADATA_KEY: {"reasoning": "Earlier."}},
+        )
+        [message] = manager.messages
+        assert message.metadata == {
+            "turn": 3,
+            REASONING_METADATA_KEY: {"reasoning": "Earlier.", "reasoning_content": "Answer."},
+        }
+        [exported] = manager.get_context("openai")
+        assert exported == {
+            "role": "assistant",
+            "content": "Sunny.",
+            "reasoning": "Earlier.",
+            "reasoning_content": "Answer.",
+        }

@@ -89,6 +89,7 @@ from context_manager.core.messages import (
     Role,
     ToolCall,
     check_timestamp,
+    reasoning_texts,
 )
 from context_manager.core.threads import wait_for_all
 from context_manager.core.tokens import (
@@ -182,6 +183,8 @@ def _counted_chars(message: Message, *, content: bool = True) -> int:
         chars += len(block.get("thinking") or block.get("data") or "")
     for call in message.tool_calls:
         chars += len(call.arguments_json())
+    if message.metadata:  # a reasoning server's reasoning, kept (REASONING_METADATA_KEY)
+        chars += sum(len(text) for text in reasoning_texts(message))
     return chars
 
 
@@ -1030,7 +1033,8 @@ class ContextWindow:
         elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
             return -1
         if len(message.content) > OFF_LOOP_CHARS or (  # counted in a thread, under the lock (keeps the order)
-            (message.thinking or message.tool_calls) and _counted_chars(message) > OFF_LOOP_CHARS
+            (message.thinking or message.tool_calls or message.metadata)
+            and _counted_chars(message) > OFF_LOOP_CHARS
         ):
             return -1
         tokens = self._counter.count_message(message)
@@ -1079,7 +1083,11 @@ class ContextWindow:
             batch = self._check_batch(batch)
             chars = sum(len(message.content) for message in batch)
             if chars <= OFF_LOOP_CHARS:  # thinking and call arguments are counted too (a loop over few)
-                chars += sum(_counted_chars(m, content=False) for m in batch if m.thinking or m.tool_calls)
+                chars += sum(
+                    _counted_chars(m, content=False)
+                    for m in batch
+                    if m.thinking or m.tool_calls or m.metadata
+                )
             if chars > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:

@@ -53,7 +53,16 @@ from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME
 from context_manager.core.memory.validation import check_user
-from context_manager.core.messages import Message, Role, ToolCall, chat_completions_text, create_plain
+from context_manager.core.messages import (
+    REASONING_FIELDS,
+    REASONING_METADATA_KEY,
+    Message,
+    Role,
+    ToolCall,
+    chat_completions_text,
+    check_reasoning,
+    create_plain,
+)
 from context_manager.core.performance_monitor import (
     PerformanceMonitor,
     monitored_operation,
@@ -115,7 +124,7 @@ _OPENAI_RESPONSE_FIELDS = frozenset(
 """Fields of an OpenAI SDK response message's dump (``message.model_dump()``), empty unless used; the
 reasoning of OpenAI-compatible servers (DeepSeek, vLLM: ``reasoning_content`` or ``reasoning``;
 OpenRouter: ``reasoning`` and ``reasoning_details``) too."""
-_IGNORED_RESPONSE_FIELDS = frozenset({"annotations", "reasoning_content", "reasoning", "reasoning_details"})
+_IGNORED_RESPONSE_FIELDS = frozenset({"annotations"})
 """Output-only fields of an assistant message, ignored whatever they hold (see :func:`_new_message`)."""
 _perf_counter = time.perf_counter
 
@@ -610,7 +619,10 @@ class EnhancedContextManager:
                 (tool: the call answered), ``name``, ``thinking`` (assistant: Anthropic extended thinking,
                 ``response.content`` or the response itself: its ``thinking`` / ``redacted_thinking``
                 blocks are kept, signatures unchanged, and go first in the turn of the Anthropic export, as
-                the API requires with tool use; see :attr:`Message.thinking`).
+                the API requires with tool use; see :attr:`Message.thinking`), ``reasoning_content``,
+                ``reasoning``, ``reasoning_details`` (assistant: the reasoning of an OpenAI-compatible
+                server, kept in the metadata and sent back by the OpenAI export; see
+                :data:`~context_manager.core.messages.REASONING_METADATA_KEY`).
 
         Returns:
             ``True`` once the message is in the window.
@@ -691,8 +703,10 @@ class EnhancedContextManager:
                 ``thinking``; the OpenAI export of :meth:`get_context` is such a list, and the OpenAI
                 SDK's ``message.model_dump()`` of a response message is such a dict (its empty
                 ``refusal``, ``audio`` and ``function_call`` are ignored, and its ``annotations``, url
-                citations no request takes back, and the reasoning of an OpenAI-compatible server,
-                ``reasoning_content`` or ``reasoning``; a refusal is the text). A Chat Completions
+                citations no request takes back; a refusal is the text; the reasoning of an
+                OpenAI-compatible server, ``reasoning_content``, ``reasoning`` or ``reasoning_details``, is
+                kept and sent back by the OpenAI export, see
+                :data:`~context_manager.core.messages.REASONING_METADATA_KEY`). A Chat Completions
                 ``content`` of text parts (``[{"type": "text", "text": ...}]``, any role) is their texts
                 joined by a line break; image, audio and file parts are refused (the window keeps text). The
                 ``"openai_responses"`` export's items go in too (see :meth:`get_context`), and Anthropic
@@ -1677,10 +1691,29 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
         key: value
         for key, value in options.items()
         # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
-        # which no request takes back (the Responses API import leaves its text parts' out too), and a
-        # reasoning server's reasoning is not kept (as a Responses API reasoning item)
+        # which no request takes back (the Responses API import leaves its text parts' out too)
         if key not in _OPENAI_RESPONSE_FIELDS or (value and key not in _IGNORED_RESPONSE_FIELDS)
     }
+
+
+def _with_reasoning_kept(options: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's options with its reasoning fields moved into its ``metadata``.
+
+    Under :data:`~context_manager.core.messages.REASONING_METADATA_KEY`, as given (the empty ones are gone
+    already); the message checks them (a bad one is refused naming its field).
+    """
+    kept = {key: options[key] for key in REASONING_FIELDS if key in options}
+    if not kept:
+        return options
+    check_reasoning(kept, Role.ASSISTANT, given_as_fields=True)
+    moved = {key: value for key, value in options.items() if key not in kept}
+    metadata = moved.get("metadata")
+    if metadata is None or isinstance(metadata, dict):  # anything else: refused as it is
+        earlier = (metadata or {}).get(REASONING_METADATA_KEY)
+        if isinstance(earlier, dict):  # given in the metadata too: the fields given as such win
+            kept = {**earlier, **kept}
+        moved["metadata"] = {**(metadata or {}), REASONING_METADATA_KEY: kept}
+    return moved
 
 
 def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
@@ -1692,15 +1725,17 @@ def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
     ``function_call``: ignored when empty; a refusal with no content is the message's text; annotations
     (url citations) are ignored whatever they hold: output only, no request takes them back. The
     reasoning an OpenAI-compatible server adds to an assistant message (``reasoning_content`` of DeepSeek
-    and vLLM, ``reasoning`` of vLLM and OpenRouter, OpenRouter's ``reasoning_details``) is ignored too:
-    the window keeps no reasoning (as it leaves out a Responses API ``reasoning`` item), and the
-    Chat Completions API has no such input field. Any other value of them is refused as an unknown
-    keyword (the window has nowhere to keep it).
+    and vLLM, ``reasoning`` of vLLM and OpenRouter, OpenRouter's ``reasoning_details``) is kept, when not
+    empty, in the message's metadata under ``REASONING_METADATA_KEY``: the OpenAI export writes it back
+    (DeepSeek's thinking mode refuses a request without the reasoning of a turn that called tools). Any
+    other value of them is refused as an unknown keyword (the window has nowhere to keep it).
     """
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         options = _without_empty_response_fields(role, options)
         if content is None and role == Role.ASSISTANT and isinstance(options.get("refusal"), str):
             content = options.pop("refusal")  # a refusal is what the assistant said
+        if role == Role.ASSISTANT:
+            options = _with_reasoning_kept(options)
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         unknown = sorted(set(options) - _MESSAGE_OPTIONS)
         raise InvalidArgumentError(

@@ -24,7 +24,15 @@ from typing import Any
 from context_manager.core.errors import InvalidMessageError, InvalidPriorityError, InvalidRoleError
 from context_manager.core.text import encodable
 
-__all__ = ["Message", "Priority", "Role", "ToolCall", "json_copy", "new_message_id"]
+__all__ = [
+    "REASONING_METADATA_KEY",
+    "Message",
+    "Priority",
+    "Role",
+    "ToolCall",
+    "json_copy",
+    "new_message_id",
+]
 
 
 class Role(StrEnum):
@@ -345,6 +353,74 @@ def _json_arguments(raw: Any, field: str) -> Any:
     return {} if raw is None else raw  # some servers send null (or "null") for a call without arguments
 
 
+REASONING_METADATA_KEY = "openai_reasoning"
+"""The ``metadata`` key of the reasoning an OpenAI-compatible server sent with an assistant message.
+
+A dict of the message's reasoning fields as the server sent them: ``reasoning_content`` (DeepSeek, vLLM),
+``reasoning`` (vLLM, OpenRouter), ``reasoning_details`` (OpenRouter). ``add_message`` / ``add_messages``
+keep them there (an assistant message's fields of that name, when not empty); the OpenAI export writes
+them back on the message, as DeepSeek's thinking mode requires after a tool call. Counted against the token
+budget (the strings, ``reasoning_details`` as JSON)."""
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+"""The reasoning fields of an OpenAI-compatible server's assistant message, in the order they are kept."""
+_REASONING = (
+    "on an assistant message, a dict of the reasoning an OpenAI-compatible server sent: 'reasoning_content' "
+    "and 'reasoning' non-empty strings, 'reasoning_details' a non-empty list of JSON objects"
+)
+
+
+_REASONING_KEY_FIELD = f"metadata.{REASONING_METADATA_KEY}"
+_REASONING_FIELD = {
+    "reasoning_content": "a non-empty string: the reasoning an OpenAI-compatible server sent",
+    "reasoning": "a non-empty string: the reasoning an OpenAI-compatible server sent",
+    "reasoning_details": "a non-empty list of JSON objects: the reasoning details OpenRouter sent",
+}
+
+
+def check_reasoning(value: Any, role: Role, *, given_as_fields: bool = False) -> None:
+    """Check the reasoning kept under :data:`REASONING_METADATA_KEY` (the export writes it as it is).
+
+    ``given_as_fields``: the reasoning came as the message's own fields (``reasoning_content`` ...): an
+    error names the field, not the metadata key.
+
+    Raises:
+        InvalidMessageError: not a non-empty dict of the reasoning fields with their types, or not on an
+            assistant message.
+    """
+    if role is not Role.ASSISTANT:
+        raise InvalidMessageError(_REASONING_KEY_FIELD, value, _REASONING, detail=f"role is {role}")
+    if not isinstance(value, dict) or not value:
+        raise InvalidMessageError(_REASONING_KEY_FIELD, value, _REASONING)
+    for key, item in value.items():
+        if key in ("reasoning_content", "reasoning"):
+            valid = isinstance(item, str) and item != ""
+        elif key == "reasoning_details":
+            valid = isinstance(item, list) and bool(item) and all(isinstance(entry, dict) for entry in item)
+        else:
+            valid = False
+        if not valid:
+            field_name = key if given_as_fields else f"{_REASONING_KEY_FIELD}.{key}"
+            raise InvalidMessageError(field_name, item, _REASONING_FIELD.get(key, _REASONING))
+
+
+def reasoning_texts(message: Message) -> list[str]:
+    """The texts of ``message``'s kept reasoning (:data:`REASONING_METADATA_KEY`), as they are counted.
+
+    Its strings, and ``reasoning_details`` as compact JSON; none for a message without reasoning.
+    """
+    metadata = message.metadata
+    reasoning = metadata.get(REASONING_METADATA_KEY) if metadata else None
+    if type(reasoning) is not dict:
+        return []
+    texts: list[str] = []
+    for item in reasoning.values():
+        if isinstance(item, str):
+            texts.append(item)
+        elif item:
+            texts.append(json.dumps(item, ensure_ascii=False, separators=(",", ":")))
+    return texts
+
+
 @dataclass(slots=True, frozen=True)
 class Message:
     """One message of the conversation, with its exact token count cached (immutable).
@@ -363,7 +439,11 @@ class Message:
     pinned: bool = False
     """A pinned message is never evicted."""
     metadata: dict[str, Any] = field(default_factory=dict)
-    """Free-form JSON metadata; kept with the message and with its memory after eviction."""
+    """Free-form JSON metadata; kept with the message and with its memory after eviction.
+
+    Some keys are the library's, among them ``is_error`` on a tool message (a failed tool, sent as such in the
+    Anthropic export) and :data:`REASONING_METADATA_KEY` on an assistant message (a reasoning server's
+    reasoning, written back by the OpenAI export)."""
     tool_calls: tuple[ToolCall, ...] = ()
     """Tool calls made by an assistant message, in the model's order."""
     tool_call_id: str | None = None
@@ -473,6 +553,8 @@ class Message:
             raise InvalidMessageError("metadata", metadata, "a dict of JSON values")
         elif metadata:
             _check_json(metadata, "metadata")
+            if REASONING_METADATA_KEY in metadata:
+                check_reasoning(metadata[REASONING_METADATA_KEY], parsed_role)
         if name is not None and not _is_label(name):
             raise InvalidMessageError("name", name, "None or " + _LABEL)
         calls: tuple[ToolCall, ...] = ()

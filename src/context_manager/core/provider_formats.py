@@ -1,7 +1,9 @@
 """Export messages to provider formats and import the tool calls of a provider's response.
 
 * :func:`to_openai_messages`: OpenAI Chat Completions ``messages`` (``tool_calls`` with JSON string
-  arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results).
+  arguments on assistant messages, ``role: "tool"`` with ``tool_call_id`` for results; the reasoning an
+  OpenAI-compatible server sent with an assistant message, ``reasoning_content`` ..., written back as it
+  came when the message keeps it: see :data:`~context_manager.core.messages.REASONING_METADATA_KEY`).
 * :func:`to_openai_responses_input`: the OpenAI Responses API ``input`` list: ``{"role", "content"}``
   messages for text (``system``, ``user``, ``assistant``), a ``{"type": "function_call", "call_id", "name",
   "arguments"}`` item per call after its message's text, a ``{"type": "function_call_output", "call_id",
@@ -56,6 +58,8 @@ from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import (
+    REASONING_FIELDS,
+    REASONING_METADATA_KEY,
     Message,
     Role,
     ToolCall,
@@ -238,6 +242,12 @@ def _openai_message(
         exported["content"] = message.content
     if message.name:
         exported["name"] = names.get(message.name, message.name)
+    if message.metadata and role is Role.ASSISTANT:
+        reasoning = message.metadata.get(REASONING_METADATA_KEY)
+        if type(reasoning) is dict:  # a reasoning server's fields, as it sent them (reasoning_content ...)
+            for key, value in reasoning.items():
+                if key in REASONING_FIELDS:
+                    exported[key] = json_copy(value)
     return exported
 
 
@@ -246,6 +256,10 @@ def to_openai_messages(messages: Iterable[Message]) -> list[dict[str, Any]]:
 
     A ``name`` or a function name the API refuses (``^[a-zA-Z0-9_-]{1,64}$``), or a call id longer than
     the 40 characters it takes, is exported made valid (see the module docstring); the messages keep theirs.
+    An assistant message that keeps a reasoning server's reasoning (``reasoning_content`` of DeepSeek and
+    vLLM, ``reasoning`` / ``reasoning_details`` of OpenRouter, under
+    :data:`~context_manager.core.messages.REASONING_METADATA_KEY`) has those fields, as they were given:
+    DeepSeek's thinking mode refuses a request without the reasoning of a turn that called tools.
     """
     paired = paired_for_provider(messages)
     names = _valid_names((m.name for m in paired if m.name and m.role is not Role.TOOL), _NAME_MAX_CHARS)
@@ -313,19 +327,61 @@ _LANGCHAIN_SKIPPED_PARTS = frozenset({"tool_use", "tool_call", "function_call", 
 Responses API output keep them), and its reasoning (the window keeps none, as of a Responses API output)."""
 
 
+_LANGCHAIN_REFUSED = {
+    "function": "FunctionMessage",
+    "FunctionMessageChunk": "FunctionMessageChunk",
+    "remove": "RemoveMessage",
+}
+"""LangChain message types the window cannot hold, and their classes (errors name them)."""
+_LANGCHAIN_REFUSED_WHY = {
+    "FunctionMessage": (
+        "a ToolMessage (answering its AIMessage's tool call by tool_call_id): a FunctionMessage answers a "
+        "legacy function_call, which has no call id to pair it with its call"
+    ),
+    "RemoveMessage": (
+        "messages of the conversation: a RemoveMessage is LangGraph's instruction to delete the message of "
+        "its id from a state, not a message (apply it to your list, or drop it, before add_messages)"
+    ),
+}
+
+
+def _langchain_dict_fields(item: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """The type and the fields of LangChain's ``messages_to_dict()`` shape, ``{"type", "data": {...}}``."""
+    data = item.get("data")
+    kind = item.get("type")
+    if (
+        len(item) == 2
+        and isinstance(data, Mapping)
+        and isinstance(kind, str)
+        and (kind in _LANGCHAIN_ROLES or kind in _LANGCHAIN_REFUSED or kind in _LANGCHAIN_CHAT)
+    ):
+        return kind, data
+    return None
+
+
 def is_langchain_message(item: Any) -> bool:
-    """Whether ``item`` is a LangChain message (``HumanMessage``, ``AIMessage`` ...) or its dump."""
+    """Whether ``item`` is a LangChain message (``HumanMessage``, ``AIMessage`` ...) or its dump.
+
+    Its ``model_dump()``, or its ``messages_to_dict()`` item (``{"type": "human", "data": {...}}``).
+    """
     if type(item) is dict and "type" not in item:  # the common case, quickly: a role message
         return False
     if isinstance(item, Mapping):
         fields = item
+        as_dict = _langchain_dict_fields(item)
+        if as_dict is not None:
+            fields = {**as_dict[1], "type": as_dict[0]}
     elif callable(getattr(item, "model_dump", None)) and hasattr(item, "additional_kwargs"):
         fields = {"type": getattr(item, "type", None), "role": getattr(item, "role", None)}
         fields.update(content=getattr(item, "content", None), additional_kwargs=item.additional_kwargs)
     else:
         return False
     kind = fields.get("type")
-    known = kind in _LANGCHAIN_ROLES or (kind in _LANGCHAIN_CHAT and isinstance(fields.get("role"), str))
+    known = (
+        kind in _LANGCHAIN_ROLES
+        or kind in _LANGCHAIN_REFUSED
+        or (kind in _LANGCHAIN_CHAT and isinstance(fields.get("role"), str))
+    )
     return known and "content" in fields and "additional_kwargs" in fields
 
 
@@ -340,12 +396,17 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     ``user``, ``ai`` ``assistant``; a ``ChatMessage`` its role), its text (a content list's text parts and
     strings joined by a line break; an ``AIMessage``'s ``tool_use`` blocks are its ``tool_calls``, its
     thinking blocks its thinking), its ``name``, an ``AIMessage``'s ``tool_calls`` and a ``ToolMessage``'s
-    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``). Its ``id``, metadata and
-    usage are LangChain's, not the message's: left out.
+    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``), an ``AIMessage``'s
+    ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
+    ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
+    ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
+    ``messages_from_dict`` reads them) are taken.
 
     Raises:
-        InvalidMessageError: a content part the window cannot hold (an image, a file), or an
-            ``AIMessage`` with ``invalid_tool_calls`` (a call whose arguments are no JSON object).
+        InvalidMessageError: a content part the window cannot hold (an image, a file), an ``AIMessage``
+            with ``invalid_tool_calls`` (a call whose arguments are no JSON object), a ``FunctionMessage``
+            (a legacy function call's result, without the call id a tool result answers) or a
+            ``RemoveMessage`` (LangGraph's deletion of a message, not a message).
     """
     converted: list[Any] = []
     for position, item in enumerate(items):
@@ -353,7 +414,17 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             converted.append(item)
             continue
         fields = item if isinstance(item, Mapping) else item.model_dump()
+        as_dict = _langchain_dict_fields(fields)
+        if as_dict is not None:
+            fields = {**as_dict[1], "type": as_dict[0]}
         kind = str(fields.get("type"))
+        refused = _LANGCHAIN_REFUSED.get(kind)
+        if refused is not None:
+            raise InvalidMessageError(
+                f"messages[{position}]",
+                f"a LangChain {refused}",
+                _LANGCHAIN_REFUSED_WHY[refused.removesuffix("Chunk")],
+            )
         role = fields["role"] if kind in _LANGCHAIN_CHAT else _LANGCHAIN_ROLES[kind]
         message: dict[str, Any] = {"role": role}
         content = fields.get("content")
@@ -390,6 +461,9 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 )
             if fields.get("tool_calls"):
                 message["tool_calls"] = list(fields["tool_calls"])
+            extra = fields.get("additional_kwargs")
+            if isinstance(extra, Mapping) and extra.get("reasoning_content"):  # langchain-deepseek's
+                message["reasoning_content"] = extra["reasoning_content"]
         elif role == "tool":
             message["tool_call_id"] = fields.get("tool_call_id")
             if fields.get("status") == "error":
@@ -594,7 +668,9 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     their content; ``is_error`` as ``metadata={"is_error": True}``, which the export sends back), then
     its text blocks one user message (joined so too: the export merges messages of one role in a row into
     one turn, which comes back as one message; exported again, it holds their texts as one text block).
-    A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone (what the export inserts) is left out. Other
+    A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone is left out where the export inserts one (the
+    first turn, before an assistant turn or alone; between two assistant turns that both hold thinking):
+    elsewhere it is a user message, as it was before its export. Other
     keys of a dict turn (``priority``, ``metadata`` ...) go to its message as ``add_message``'s options; a
     response's own fields (``id``, ``usage`` ...) are left out.
 
@@ -622,6 +698,8 @@ def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
         blocks = [_as_block(part) for part in turn.pop("content")]
         role = turn.pop("role", None)
         field = f"messages[{position}].content"
+        if role == "user" and not turn and blocks == _FILLER_CONTENT and _filler_place(items, position):
+            continue  # the export's filler, where the export inserts one: no message of the conversation
         if role == "assistant":
             converted.append(_anthropic_assistant(blocks, field, turn))
         elif role == "user":
@@ -630,6 +708,46 @@ def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
             raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
         sources.extend([position] * (len(converted) - len(sources)))
     return converted, sources
+
+
+def _filler_place(items: Sequence[Any], position: int) -> bool:
+    """Whether the Anthropic export inserts its user turn of filler where ``items[position]`` is.
+
+    It inserts one as the first turn before an assistant turn (or as the only turn), and between two
+    assistant turns that both hold thinking; elsewhere a user turn of that text is a message of the
+    conversation. System messages before it (the export's ``system``, added back as messages) do not count.
+    """
+    after = _turn_role(items[position + 1]) if position + 1 < len(items) else None
+    if all(_turn_role(item) in _SYSTEM_ROLES for item in items[:position]):
+        return after is None or after == "assistant"
+    before = items[position - 1]
+    return (
+        after == "assistant"
+        and _turn_role(before) == "assistant"
+        and _holds_thinking(before)
+        and _holds_thinking(items[position + 1])
+    )
+
+
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def _turn_role(item: Any) -> Any:
+    """The ``role`` of an item of ``add_messages`` (a dict or an SDK object), else ``None``."""
+    return item.get("role") if isinstance(item, Mapping) else getattr(item, "role", None)
+
+
+def _holds_thinking(item: Any) -> bool:
+    """Whether an Anthropic turn (a dict or an SDK object) holds a thinking block."""
+    content = item.get("content") if isinstance(item, Mapping) else getattr(item, "content", None)
+    if not isinstance(content, list):
+        return False
+    return any(_block_type(part) in _THINKING_BLOCK_TYPES for part in content)
+
+
+def _block_type(part: Any) -> Any:
+    """The ``type`` of a content block, a dict or an SDK object."""
+    return part.get("type") if isinstance(part, Mapping) else getattr(part, "type", None)
 
 
 def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -689,9 +807,8 @@ def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> l
             messages.append(result)
         else:
             raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
-    text = joined_text(texts, cited)
-    if texts and (messages or options or text != ANTHROPIC_CONTINUATION_TEXT):  # not the export's filler
-        messages.append({**options, "role": "user", "content": text})
+    if texts:
+        messages.append({**options, "role": "user", "content": joined_text(texts, cited)})
     elif options:  # a turn of results alone: its options go to each of them
         messages = [_with_options(message, options) for message in messages]
     return messages

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError
+from context_manager.core.messages import reasoning_texts
 
 if TYPE_CHECKING:
     from context_manager.core.messages import Message
@@ -385,8 +386,15 @@ class ExactTokenCounter:
             total += self._count_raw(text) if len(text) <= _PIECE_CHARS else self._count_long(text)
         return total
 
+    def _count_reasoning(self, message: Message) -> int:
+        """A message's kept reasoning of an OpenAI-compatible server (``reasoning_content`` ...)."""
+        total = 0
+        for text in reasoning_texts(message):
+            total += self._count_raw(text) if len(text) <= _PIECE_CHARS else self._count_long(text)
+        return total
+
     def count_framing(self, message: Message) -> int:
-        """What ``message`` costs without its content: framing, role, name and tool calls."""
+        """What ``message`` costs without its content: framing, role, name, tool calls and reasoning."""
         count = self.count
         total = self._role_tokens[message.role]
         if message.name:
@@ -395,6 +403,8 @@ class ExactTokenCounter:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
         if message.thinking:
             total += self._count_thinking(message)
+        if message.metadata:
+            total += self._count_reasoning(message)
         return total
 
     def count_message(self, message: Message) -> int:
@@ -414,6 +424,8 @@ class ExactTokenCounter:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
         if message.thinking:
             total += self._count_thinking(message)
+        if message.metadata:
+            total += self._count_reasoning(message)
         return total
 
 
@@ -438,6 +450,9 @@ class _ThinkingCounted:
             count = self._counter.count
             for block in message.thinking:
                 tokens += count(block.get("thinking") or block.get("data") or "")
+        if message.metadata:
+            for text in reasoning_texts(message):
+                tokens += self._counter.count(text)
         return tokens
 
     def __getattr__(self, name: str) -> Any:
