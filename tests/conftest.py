@@ -124,3 +124,17 @@ def postgres_dsn() -> Iterator[str]:
         yield dsn
     finally:
         drop_schema(schema)
+
+
+@pytest.fixture
+def cold_models() -> Iterator[None]:
+    """The embedding models this process loaded, forgotten for one test (and kept again after it): a test
+    of the first load sees one, whatever tests loaded the model before it."""
+    from context_manager.core.memory import embeddings
+
+    with embeddings._loaded_models_lock:
+        kept = dict(embeddings._loaded_models)
+        embeddings._loaded_models.clear()
+    yield
+    with embeddings._loaded_models_lock:
+        embeddings._loaded_models.update(kept)

@@ -1046,7 +1046,9 @@ def test_mcp_serve_says_storage_is_ignored_with_postgresql(postgres_dsn: str, tm
 
 
 @pytest.mark.embeddings
-async def test_mcp_the_embedding_model_loads_from_the_start_without_a_tool_call(tmp_path: Path) -> None:
+async def test_mcp_the_embedding_model_loads_from_the_start_without_a_tool_call(
+    tmp_path: Path, cold_models: None
+) -> None:
     """The packaged MiniLM loaded on first use: a server's first ``memory_add`` took ~7 s. The server now
     loads it on a thread from its start: it is loaded a few seconds after the session opened, with no tool
     call; a tool that embeds nothing answers meanwhile; a call that embeds waits for that load."""
@@ -1078,7 +1080,9 @@ async def test_mcp_the_embedding_model_loads_from_the_start_without_a_tool_call(
 
 
 @pytest.mark.embeddings
-async def test_mcp_a_call_that_embeds_before_the_model_loaded_waits_for_that_load(tmp_path: Path) -> None:
+async def test_mcp_a_call_that_embeds_before_the_model_loaded_waits_for_that_load(
+    tmp_path: Path, cold_models: None
+) -> None:
     """A ``memory_add`` sent as the session opens embeds with the model the server's start is loading (one
     load, the event loop free meanwhile: a ``memory_stats`` sent with it answers first)."""
     from context_manager.core.memory.embeddings import SentenceTransformerEmbedder

@@ -461,7 +461,7 @@ def test_minilm_tokenizes_only_the_start_of_a_long_text_it_reads(
 
 
 @pytest.mark.embeddings
-def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge() -> None:
+def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge(cold_models: None) -> None:
     started = time.time()
     embedder = SentenceTransformerEmbedder()
     embedder.load()
@@ -474,3 +474,32 @@ def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge() -> None:
     assert spans[0].ended is not None and spans[0].started <= spans[0].ended <= time.time()
     embedder.load()  # loaded: no second warm-up
     assert loads() == spans
+
+
+@pytest.mark.embeddings
+def test_embedders_of_one_model_share_one_load(cold_models: None) -> None:
+    """A manager opened per conversation loaded MiniLM again each time (3-5 s and 65 MB a manager)."""
+    started = time.time()
+    first, second = SentenceTransformerEmbedder(), SentenceTransformerEmbedder()
+    vectors = first.embed(["the ferry to Porto leaves at nine"])
+    assert not second.loaded  # nothing loads before its first use
+    assert np.array_equal(second.embed(["the ferry to Porto leaves at nine"]), vectors)
+    assert second._model is first._model
+    assert len([span for span in warm_ups() if span.started >= started]) == 1
+
+
+@pytest.mark.embeddings
+async def test_memory_managers_in_one_process_embed_with_one_model(tmp_path: Path, cold_models: None) -> None:
+    from context_manager import ContextManagerConfig, MemoryManager
+
+    managers = [
+        MemoryManager(ContextManagerConfig(storage_path=tmp_path / f"memory-{index}", embedder="minilm"))
+        for index in range(2)
+    ]
+    for index, manager in enumerate(managers):
+        async with manager:
+            await manager.add_memory(f"Ines moved to Porto in spring {2020 + index}", user_id="ines")
+            found = await manager.search_memory("which city does Ines live in", user_id="ines")
+            assert [memory.content for memory in found] == [f"Ines moved to Porto in spring {2020 + index}"]
+    models = [manager.embedder._model for manager in managers]  # type: ignore[union-attr]
+    assert models[0] is not None and models[0] is models[1]

