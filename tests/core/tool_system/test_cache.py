@@ -308,3 +308,45 @@ async def test_a_call_running_when_the_cache_is_invalidated_does_not_cache_its_s
         assert (fresh.result, fresh.cached) == (prices["tea"], False)
         again = await manager.execute_tool("price", item="tea")
         assert (again.result, again.cached) == (prices["tea"], True)  # results cache as before
+
+
+async def test_invalidating_many_tool_names_holds_bounded_memory_and_keeps_stale_results_out() -> None:
+    """The cache kept one invalidation counter per tool name it was ever asked to invalidate, forever:
+    tools registered and removed by the thousand (one per session: unregistering invalidates), or
+    ``invalidate_cache(name)`` over many names, grew it without end. It now remembers the most recent
+    1,024 names; a call that began before an invalidation it has forgotten still does not store its result
+    (the stale-result rule holds), and calls begun later cache as before."""
+    import asyncio
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(50_000):
+            manager.invalidate_cache(f"session-{index:06d}-search-tool")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held / 1e6:.1f} MB held for invalidated tool names"
+
+    prices = {"tea": 1}
+    gate = asyncio.Event()
+
+    async def price(item: str) -> int:
+        value = prices[item]
+        await gate.wait()
+        return value
+
+    manager.register_function_tool("price", price, "Price of an item", cacheable=True)
+    running = asyncio.create_task(manager.execute_tool("price", item="tea"))
+    await asyncio.sleep(0.01)
+    prices["tea"] += 1
+    manager.invalidate_cache("price")
+    for index in range(2_000):  # enough names for the cache to forget the one of "price"
+        manager.invalidate_cache(f"other-{index}")
+    gate.set()
+    assert (await running).result == prices["tea"] - 1
+    fresh = await manager.execute_tool("price", item="tea")
+    assert (fresh.result, fresh.cached) == (prices["tea"], False)
+    again = await manager.execute_tool("price", item="tea")
+    assert (again.result, again.cached) == (prices["tea"], True)
