@@ -482,7 +482,7 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
 def _check_dict_keys(item: dict[Any, Any]) -> None:
     for key in item:  # (str subclasses, StrEnum members say, are strings)
         if not isinstance(key, str):
-            raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
+            raise TypeError(f"a dict key is {type(key).__name__} {describe_value(key)}, not a string")
 
 
 class ToolManager(ToolRegistry):
@@ -931,6 +931,19 @@ class ToolManager(ToolRegistry):
                 "datetimes, enums, pydantic models or dataclasses",
                 started,
                 call_id,
+            )
+        except Exception as error:
+            # the value's own code failed while it was read (a list subclass's __len__, a numpy-like
+            # object's tolist, a float subclass's __repr__): the tool's failure, not the caller's crash
+            return self._fail(
+                definition,
+                ToolErrorType.TOOL_ERROR,
+                f"tool {name!r} returned a value that could not be read as JSON ({_describe_error(error)}); "
+                "return str, int, float, bool, None, lists, dicts with str keys, "
+                "datetimes, enums, pydantic models or dataclasses",
+                started,
+                call_id,
+                call_arguments,
             )
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
