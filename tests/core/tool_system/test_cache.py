@@ -350,3 +350,20 @@ async def test_invalidating_many_tool_names_holds_bounded_memory_and_keeps_stale
     assert (fresh.result, fresh.cached) == (prices["tea"], False)
     again = await manager.execute_tool("price", item="tea")
     assert (again.result, again.cached) == (prices["tea"], True)
+
+
+async def test_a_clock_set_back_does_not_keep_cached_results_past_their_ttl(clock: ManualClock) -> None:
+    """With a clock that went back (a wall clock set back by an hour), an entry stored before the jump
+    expired at its old time: a result cached for 30 s was served, stale, for an hour and 30 s. An entry
+    stored "after now" is expired now: the tool runs again, and its new result caches as before."""
+    manager, calls = make_manager(clock)
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert (await manager.execute("lookup", key="a")).cached
+    clock.now -= 3600.0
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert (await manager.execute("lookup", key="a")).cached
+    clock.advance(30.0)
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert len(calls) == 3
+    clock.now -= 100.0
+    assert manager.purge_expired_cache() == 1

@@ -10,7 +10,8 @@ it is decoded in a worker thread, in pieces, and the text is reused for the tool
 
 The cache is bounded by entries (``max_entries``) and by the size of the texts it holds (``max_bytes``,
 32 MiB by default, counted in characters): the least recently used entries go first, and a result larger
-than ``max_bytes`` is not cached.
+than ``max_bytes`` is not cached. Should the clock go back (a wall clock passed as ``clock``, set back),
+the entries stored after the new time are expired: none outlives its TTL by the jump.
 
 A result is stored only if its tool's entries were not invalidated since the call looked the cache up
 (:meth:`ToolResultCache.generation`): a call that read data before an ``invalidate`` (the data changed
@@ -91,7 +92,8 @@ class ToolResultCache:
         self.misses = 0
         """Lookups not answered (absent or expired)."""
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any]] = OrderedDict()
+        # key -> (expires at, text, form, stored at)
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any, float]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._stamp = 0  # invalidations so far (of one tool or of all): a call's generation is this count
@@ -118,7 +120,7 @@ class ToolResultCache:
 
     def _remove(self, key: tuple[str, str]) -> None:
         """Drop one entry (under the lock)."""
-        _, text, _ = self._entries.pop(key)
+        text = self._entries.pop(key)[1]
         self._bytes -= len(text)
 
     def entry(self, tool_name: str, arguments_key: str) -> tuple[str, Any] | None:
@@ -133,8 +135,9 @@ class ToolResultCache:
             if entry is None:
                 self.misses += 1
                 return None
-            expires_at, text, form = entry
-            if expires_at <= self._clock():
+            expires_at, text, form, stored_at = entry
+            now = self._clock()
+            if expires_at <= now or now < stored_at:  # expired, or stored "after now": the clock went back
                 self._remove(key)
                 self.misses += 1
                 return None
@@ -188,7 +191,8 @@ class ToolResultCache:
                 self._remove(key)
             if len(result_json) > self.max_bytes:
                 return
-            self._entries[key] = (self._clock() + ttl, result_json, pieces)
+            now = self._clock()
+            self._entries[key] = (now + ttl, result_json, pieces, now)
             self._bytes += len(result_json)
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 self._remove(next(iter(self._entries)))
@@ -217,7 +221,11 @@ class ToolResultCache:
         """Drop the entries whose TTL has passed; return how many were dropped."""
         now = self._clock()
         with self._lock:
-            doomed = [key for key, (expires_at, _, _) in self._entries.items() if expires_at <= now]
+            doomed = [
+                key
+                for key, (expires_at, _, _, stored_at) in self._entries.items()
+                if expires_at <= now or now < stored_at
+            ]
             for key in doomed:
                 self._remove(key)
             return len(doomed)
