@@ -4,6 +4,8 @@ import json
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.tool_system import ToolManager, ToolResult, ToolResultCache
 from tests.loop_support import longest_loop_step as _longest_loop_step
@@ -367,3 +369,18 @@ async def test_a_clock_set_back_does_not_keep_cached_results_past_their_ttl(cloc
     assert len(calls) == 3
     clock.now -= 100.0
     assert manager.purge_expired_cache() == 1
+
+
+async def test_invalidating_the_cache_of_a_name_that_is_not_a_string_is_refused(clock: ManualClock) -> None:
+    """``invalidate_cache(["lookup"])`` raised a bare ``TypeError`` (unhashable list) and
+    ``invalidate_cache(7)`` dropped nothing and said nothing; both are ``InvalidArgumentError`` now, and the
+    cache is left as it was."""
+    from context_manager.core.errors import InvalidArgumentError
+
+    manager, calls = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    for name in (["lookup"], 7, b"lookup"):
+        with pytest.raises(InvalidArgumentError, match=r"name: got .*; allowed a tool name \(a string\)"):
+            manager.invalidate_cache(name)  # type: ignore[arg-type]
+    assert (await manager.execute("lookup", key="a")).cached
+    assert manager.invalidate_cache("lookup") == 1

@@ -1198,7 +1198,13 @@ class ToolManager(ToolRegistry):
     # ------------------------------------------------------------------ cache and statistics
 
     def invalidate_cache(self, name: str | None = None) -> int:
-        """Drop cached results of every tool (or of ``name``); return how many were dropped."""
+        """Drop cached results of every tool (or of ``name``); return how many were dropped.
+
+        Raises:
+            InvalidArgumentError: ``name`` is neither a string nor None (nothing is dropped).
+        """
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError("name", name, "a tool name (a string), or None for every tool")
         return self._cache.invalidate(name)
 
     def purge_expired_cache(self) -> int:
