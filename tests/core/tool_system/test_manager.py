@@ -871,3 +871,24 @@ async def test_a_json_boolean_is_no_number_inside_nested_objects_and_arrays() ->
     assert (await manager.call_tool("query", passing)).success
     assert ran[0]["filter"] == _Filter(min_age=30, weight=2.0, active=False)
     assert ran[0]["ids"] == [1, 2, 3]
+
+
+class _Card(BaseModel):
+    number: str
+    pin: int
+
+
+async def test_a_nested_boolean_inside_a_sensitive_argument_is_refused_without_quoting_it() -> None:
+    """The nested boolean check names the place, not the value, inside a ``sensitive_arguments`` argument
+    (as pydantic's own errors there are redacted)."""
+
+    async def pay(card: _Card, amount: float) -> str:
+        return "paid"
+
+    manager = ToolManager()
+    manager.register_function_tool("pay", pay, "Pay", sensitive_arguments=["card"])
+    refused = await manager.call_tool("pay", {"card": {"number": "4111", "pin": True}, "amount": 3})
+    assert (
+        refused.error
+        == "invalid arguments for tool 'pay': card.pin: got [REDACTED]; expected a valid integer"
+    )
