@@ -112,11 +112,12 @@ class ThreadCall:
         failed = False
         try:
             outcome: Any = self._context.run(self._function, *self._args, **self._kwargs)
-        except StopIteration as error:
+        except (StopIteration, GeneratorExit) as error:
             # a future cannot carry StopIteration: asyncio would never resolve the call (PEP 479's
-            # conversion, as for a coroutine)
+            # conversion, as for a coroutine); GeneratorExit it would throw into the waiting task's
+            # outermost coroutine, closing every one in between (their handlers never see it)
             failed = True
-            outcome = RuntimeError(f"{_name_of(self._function)} raised StopIteration")
+            outcome = RuntimeError(f"{_name_of(self._function)} raised {type(error).__name__}")
             outcome.__cause__ = error
         except (SystemExit, KeyboardInterrupt) as error:  # the callable's own exit: not the process's
             failed = True

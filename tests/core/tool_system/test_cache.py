@@ -4,6 +4,8 @@ import json
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.tool_system import ToolManager, ToolResult, ToolResultCache
 from tests.loop_support import longest_loop_step as _longest_loop_step
@@ -308,3 +310,77 @@ async def test_a_call_running_when_the_cache_is_invalidated_does_not_cache_its_s
         assert (fresh.result, fresh.cached) == (prices["tea"], False)
         again = await manager.execute_tool("price", item="tea")
         assert (again.result, again.cached) == (prices["tea"], True)  # results cache as before
+
+
+async def test_invalidating_many_tool_names_holds_bounded_memory_and_keeps_stale_results_out() -> None:
+    """The cache kept one invalidation counter per tool name it was ever asked to invalidate, forever:
+    tools registered and removed by the thousand (one per session: unregistering invalidates), or
+    ``invalidate_cache(name)`` over many names, grew it without end. It now remembers the most recent
+    1,024 names; a call that began before an invalidation it has forgotten still does not store its result
+    (the stale-result rule holds), and calls begun later cache as before."""
+    import asyncio
+
+    manager = ToolManager(ContextManagerConfig(enable_tool_caching=True))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(50_000):
+            manager.invalidate_cache(f"session-{index:06d}-search-tool")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held / 1e6:.1f} MB held for invalidated tool names"
+
+    prices = {"tea": 1}
+    gate = asyncio.Event()
+
+    async def price(item: str) -> int:
+        value = prices[item]
+        await gate.wait()
+        return value
+
+    manager.register_function_tool("price", price, "Price of an item", cacheable=True)
+    running = asyncio.create_task(manager.execute_tool("price", item="tea"))
+    await asyncio.sleep(0.01)
+    prices["tea"] += 1
+    manager.invalidate_cache("price")
+    for index in range(2_000):  # enough names for the cache to forget the one of "price"
+        manager.invalidate_cache(f"other-{index}")
+    gate.set()
+    assert (await running).result == prices["tea"] - 1
+    fresh = await manager.execute_tool("price", item="tea")
+    assert (fresh.result, fresh.cached) == (prices["tea"], False)
+    again = await manager.execute_tool("price", item="tea")
+    assert (again.result, again.cached) == (prices["tea"], True)
+
+
+async def test_a_clock_set_back_does_not_keep_cached_results_past_their_ttl(clock: ManualClock) -> None:
+    """With a clock that went back (a wall clock set back by an hour), an entry stored before the jump
+    expired at its old time: a result cached for 30 s was served, stale, for an hour and 30 s. An entry
+    stored "after now" is expired now: the tool runs again, and its new result caches as before."""
+    manager, calls = make_manager(clock)
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert (await manager.execute("lookup", key="a")).cached
+    clock.now -= 3600.0
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert (await manager.execute("lookup", key="a")).cached
+    clock.advance(30.0)
+    assert not (await manager.execute("lookup", key="a")).cached
+    assert len(calls) == 3
+    clock.now -= 100.0
+    assert manager.purge_expired_cache() == 1
+
+
+async def test_invalidating_the_cache_of_a_name_that_is_not_a_string_is_refused(clock: ManualClock) -> None:
+    """``invalidate_cache(["lookup"])`` raised a bare ``TypeError`` (unhashable list) and
+    ``invalidate_cache(7)`` dropped nothing and said nothing; both are ``InvalidArgumentError`` now, and the
+    cache is left as it was."""
+    from context_manager.core.errors import InvalidArgumentError
+
+    manager, calls = make_manager(clock)
+    await manager.execute("lookup", key="a")
+    for name in (["lookup"], 7, b"lookup"):
+        with pytest.raises(InvalidArgumentError, match=r"name: got .*; allowed a tool name \(a string\)"):
+            manager.invalidate_cache(name)  # type: ignore[arg-type]
+    assert (await manager.execute("lookup", key="a")).cached
+    assert manager.invalidate_cache("lookup") == 1

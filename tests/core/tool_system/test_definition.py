@@ -765,6 +765,53 @@ async def test_a_field_default_is_the_field_as_in_pydantic_validate_call() -> No
     assert "language: got 'e'" in refused.error
 
 
+async def test_a_none_default_on_a_plain_hint_makes_the_parameter_nullable() -> None:
+    """``x: int = None`` was described as ``{"type": "integer", "default": null}`` and a model's ``null``
+    (what a strict-mode model sends for an argument it leaves out, and the default the schema itself
+    shows) was refused, though the function's own default is None. The None default makes the parameter
+    nullable, as PEP 484's implicit Optional reads it: the schema says integer or null, and null runs the
+    tool with None; constraints still apply to the value, and other values are refused as before."""
+    ran: list[tuple[Any, ...]] = []
+
+    async def find(
+        query: str = None,  # type: ignore[assignment]
+        limit: Annotated[int, Field(ge=1, description="At most this many")] = None,  # type: ignore[assignment]
+        offset: int = Field(None, ge=0),
+        kind: Literal["a", "b"] = None,  # type: ignore[assignment]
+        exact: bool | None = None,
+        anything: Any = None,
+    ) -> str:
+        ran.append((query, limit, offset, kind, exact, anything))
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("find", find, "Find")
+    properties = manager.get_tool("find").parameters_schema["properties"]
+    assert properties["query"] == {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
+    assert properties["limit"] == {
+        "anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+        "default": None,
+        "description": "At most this many",
+    }
+    null = {"type": "null"}
+    assert properties["offset"] == {"anyOf": [{"type": "integer", "minimum": 0}, null], "default": None}
+    assert properties["kind"] == {"anyOf": [{"type": "string", "enum": ["a", "b"]}, null], "default": None}
+    assert properties["exact"] == {"anyOf": [{"type": "boolean"}, {"type": "null"}], "default": None}
+    assert properties["anything"] == {"default": None}  # Any takes null already: unchanged
+    nulls = {"query": None, "limit": None, "offset": None, "kind": None, "exact": None, "anything": None}
+    assert (await manager.call_tool("find", nulls)).success
+    assert (await manager.call_tool("find", {})).success
+    assert (await manager.call_tool("find", {"query": "q", "limit": 2, "offset": 0, "kind": "b"})).success
+    assert ran == [(None,) * 6, (None,) * 6, ("q", 2, 0, "b", None, None)]
+    refused = await manager.call_tool("find", {"limit": 0, "offset": -1, "kind": "c", "query": True})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS and refused.error is not None
+    assert "limit: got 0; expected greater than or equal to 1" in refused.error
+    assert "offset: got -1; expected greater than or equal to 0" in refused.error
+    assert "kind: got 'c'; expected 'a' or 'b'" in refused.error
+    assert "query: got true; expected a valid string" in refused.error
+    assert len(ran) == 3
+
+
 class SearchArguments(typing_extensions.TypedDict):
     query: str
     limit: typing_extensions.NotRequired[int]

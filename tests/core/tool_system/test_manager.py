@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+import typing_extensions
 from pydantic import BaseModel
 
 from context_manager.core.config import ContextManagerConfig
@@ -777,3 +778,117 @@ async def test_a_json_boolean_is_no_number_for_an_int_enum_or_a_union_with_a_num
     assert ran == []
     assert (await manager.call_tool("ticket", {"priority": 2, "amount": "12.5", "fallback": 1})).success
     assert ran == [(_Priority.HIGH, "12.5", _Priority.LOW)]
+
+
+class _Filter(BaseModel):
+    min_age: int
+    weight: float = 1.0
+    active: bool = True
+
+
+class _Window(typing_extensions.TypedDict):
+    start: int
+    label: str
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    y: int
+
+
+class _Tree(BaseModel):
+    value: int
+    children: list[_Tree] = []
+
+
+class _Cat(BaseModel):
+    name: str
+    lives: int
+
+
+class _Robot(BaseModel):
+    name: str
+    lives: bool
+
+
+async def test_a_json_boolean_is_no_number_inside_nested_objects_and_arrays() -> None:
+    """The top level refused ``true`` for an ``int``, but inside a nested model, ``TypedDict``, dataclass,
+    list, dict or tuple pydantic's lax mode still read it as 1 (``false`` as 0): ``{"filter": {"min_age":
+    true}}`` ran with ``min_age=1`` though the schema the model was given says integer there. Such booleans
+    are ``invalid_arguments`` now, at any depth, with their path; booleans where the schema takes one (a
+    ``bool`` field, ``list[int | bool]``, a union member's boolean, ``Any``) still pass."""
+    ran: list[dict[str, Any]] = []
+
+    async def query(
+        filter: _Filter | None = None,
+        window: _Window | None = None,
+        point: _Point | None = None,
+        ids: list[int] | None = None,
+        weights: dict[str, float] | None = None,
+        pair: tuple[int, str] | None = None,
+        tree: _Tree | None = None,
+        mixed: list[int | bool] | None = None,
+        pet: _Cat | _Robot | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        ran.append({"filter": filter, "window": window, "point": point, "ids": ids, "weights": weights})
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("query", query, "Query")
+    refused = {
+        "filter": ({"min_age": True}, "filter.min_age: got true; expected a valid integer"),
+        "window": ({"start": False, "label": "a"}, "window.start: got false; expected a valid integer"),
+        "point": ({"x": 1, "y": True}, "point.y: got true; expected a valid integer"),
+        "ids": ([1, 2, True], "ids.2: got true; expected a valid integer"),
+        "weights": ({"a": 0.5, "b": False}, "weights.b: got false; expected a valid number"),
+        "pair": ([True, "a"], "pair.0: got true; expected a valid integer"),
+        "tree": (
+            {"value": 1, "children": [{"value": 2, "children": [{"value": True}]}]},
+            "tree.children.0.children.0.value: got true; expected a valid integer",
+        ),
+    }
+    for argument, (value, problem) in refused.items():
+        result = await manager.call_tool("query", {argument: value})
+        assert result.error_type is ToolErrorType.INVALID_ARGUMENTS, argument
+        assert result.error == f"invalid arguments for tool 'query': {problem}"
+    both = await manager.call_tool("query", {"filter": {"min_age": True, "weight": "heavy"}, "ids": [False]})
+    assert both.error == (
+        "invalid arguments for tool 'query': filter.weight: got 'heavy'; expected a valid number, unable to "
+        "parse string as a number; "
+        "filter.min_age: got true; expected a valid integer; ids.0: got false; expected a valid integer"
+    )
+    assert ran == []
+    passing = {
+        "filter": {"min_age": "30", "weight": 2, "active": False},
+        "window": {"start": 3, "label": "a"},
+        "ids": [1, 2.0, "3"],
+        "mixed": [True, 2],
+        "pet": {"name": "R2", "lives": True},
+        "extra": {"deep": [True, {"x": False}]},
+    }
+    assert (await manager.call_tool("query", passing)).success
+    assert ran[0]["filter"] == _Filter(min_age=30, weight=2.0, active=False)
+    assert ran[0]["ids"] == [1, 2, 3]
+
+
+class _Card(BaseModel):
+    number: str
+    pin: int
+
+
+async def test_a_nested_boolean_inside_a_sensitive_argument_is_refused_without_quoting_it() -> None:
+    """The nested boolean check names the place, not the value, inside a ``sensitive_arguments`` argument
+    (as pydantic's own errors there are redacted)."""
+
+    async def pay(card: _Card, amount: float) -> str:
+        return "paid"
+
+    manager = ToolManager()
+    manager.register_function_tool("pay", pay, "Pay", sensitive_arguments=["card"])
+    refused = await manager.call_tool("pay", {"card": {"number": "4111", "pin": True}, "amount": 3})
+    assert (
+        refused.error
+        == "invalid arguments for tool 'pay': card.pin: got [REDACTED]; expected a valid integer"
+    )

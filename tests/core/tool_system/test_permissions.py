@@ -429,3 +429,24 @@ async def test_a_sync_approval_that_never_got_a_thread_does_not_block_later_appr
     hung_tool_may_end.set()
     result = await asyncio.wait_for(manager.execute_tool("delete_file", path="/tmp/later"), 5)
     assert result.success and asked == ["/tmp/later"] and ran == ["/tmp/later"]
+
+
+async def test_tool_lists_given_as_generators_are_kept_whole() -> None:
+    """``always_deny`` (or ``always_allow``) given as a generator was read once to check its names and
+    then again to store them: the second read was empty, so ``PermissionPolicy(always_deny=(name for name in
+    blocked))`` denied nothing and the tool it named ran. The names are read once now."""
+    blocked = ["delete_file"]
+    policy = PermissionPolicy(
+        allow_up_to=ToolPermission.DANGEROUS,
+        always_deny=(name for name in blocked),
+        always_allow=map(str.strip, [" read_file "]),
+    )
+    assert policy.always_deny == frozenset({"delete_file"})
+    assert policy.always_allow == frozenset({"read_file"})
+    manager = make_manager(permission_policy=policy)
+    denied = await manager.execute("delete_file", path="/etc/passwd")
+    assert denied.error_type == "permission_denied"
+    assert denied.error == "tool 'delete_file' is denied by the permission policy"
+    assert ran == []
+    with pytest.raises(InvalidArgumentError, match="always_deny: got .*allowed a set of tool names"):
+        PermissionPolicy(always_deny=(item for item in ["rm", 3]))

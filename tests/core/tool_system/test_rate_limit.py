@@ -201,3 +201,27 @@ async def test_a_caller_key_that_is_not_a_string_is_refused_before_anything_runs
         await manager.call_tool("ping", {}, call_id=7)  # type: ignore[arg-type]
     assert ran == []
     assert (await manager.call_tool("ping", {}, caller_key="alice")).success  # its one call was not used
+
+
+async def test_a_clock_set_back_never_holds_the_window_shut_longer_than_a_window(clock: ManualClock) -> None:
+    """With a clock that went back (a wall clock, ``time.time``, set back by an hour), the calls stamped
+    before the jump were "in the future": a tool limited to 2 calls a minute refused every call for the
+    hour and the minute, and told the model to retry after 3660 s. Such calls now count as made at the new
+    time: the retry is at most a window away, and the limit holds as before."""
+
+    async def ping() -> str:
+        return "pong"
+
+    manager = ToolManager(clock=clock)
+    manager.register_function_tool("ping", ping, "Ping", rate_limit=2, rate_window=60.0)
+    assert (await manager.execute("ping")).success
+    assert (await manager.execute("ping")).success
+    clock.now -= 3600.0  # set back an hour
+    refused = await manager.execute("ping")
+    assert refused.error_type == "rate_limited"
+    assert refused.retry_after == pytest.approx(60.0)
+    clock.advance(60.0)
+    assert (await manager.execute("ping")).success
+    assert (await manager.execute("ping")).success
+    again = await manager.execute("ping")
+    assert again.error_type == "rate_limited" and again.retry_after == pytest.approx(60.0)

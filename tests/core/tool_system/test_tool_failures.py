@@ -760,3 +760,72 @@ async def test_a_sensitive_argument_that_cannot_be_printed_gives_a_failed_result
     failed = await manager.call_tool("close_account", {"owner": "ada", "session": _DetachedSession()})
     assert failed.error_type is ToolErrorType.TOOL_ERROR
     assert failed.error == "tool 'close_account' raised LookupError: no account for ada"
+
+
+async def test_a_sync_tool_raising_generator_exit_is_a_failed_result_not_a_crash() -> None:
+    """A sync tool (or a sync approval callback) raising ``GeneratorExit`` in its thread: asyncio threw it
+    into the waiting task's outermost coroutine, closing every coroutine in between, so the manager's
+    handlers never saw it and ``execute_tool`` raised ``GeneratorExit`` to its caller. It is the tool's
+    failure now, as ``StopIteration`` is."""
+
+    def closes(text: str) -> str:
+        raise GeneratorExit("closed")
+
+    manager = ToolManager()
+    manager.register_function_tool("closes", closes, "Raise GeneratorExit")
+    result = await manager.execute_tool("closes", text="a")
+    assert result.error_type is ToolErrorType.TOOL_ERROR
+    assert result.error is not None and result.error.startswith("tool 'closes' raised RuntimeError: ")
+    assert result.error.endswith("closes raised GeneratorExit")
+    stats = manager.get_tool_stats()["tools"]["closes"]
+    assert (stats["calls"], stats["failures"]) == (1, 1)
+    assert manager.get_tool_stats()["threads"]["busy"] == 0
+
+
+class _LyingList(list[int]):
+    def __len__(self) -> int:
+        raise RuntimeError("length unknown")
+
+
+class _Unreadable(dict[str, Any]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("not iterable today")
+
+
+class _FakeArray:
+    """Looks like a numpy value to the encoder, whose ``tolist`` fails."""
+
+    def tolist(self) -> Any:
+        raise AttributeError("buffer released")
+
+
+_FakeArray.__module__ = "numpy"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (_LyingList([1, 2]), "RuntimeError: length unknown"),
+        ({"rows": _LyingList([1])}, "RuntimeError: length unknown"),
+        (_Unreadable(a=1), "RuntimeError: not iterable today"),
+        (_FakeArray(), "AttributeError: buffer released"),
+    ],
+)
+async def test_a_result_whose_own_code_fails_while_it_is_encoded_is_a_failed_result(
+    value: Any, problem: str
+) -> None:
+    """A result whose own methods raise while it is read (a list subclass's ``__len__``, a dict subclass's
+    ``__iter__``, a numpy-like value's ``tolist``) made ``execute_tool`` raise that error: only
+    ``TypeError``, ``ValueError`` and ``RecursionError`` of the encoding were turned into failed results."""
+
+    def produce(name: str) -> Any:
+        return value
+
+    manager = ToolManager()
+    manager.register_function_tool("produce", produce, "Return a value")
+    result = await manager.execute_tool("produce", name="a")
+    assert result.error_type is ToolErrorType.TOOL_ERROR and result.error is not None
+    assert result.error.startswith(
+        f"tool 'produce' returned a value that could not be read as JSON ({problem})"
+    )
+    assert manager.get_tool_stats()["tools"]["produce"]["failures"] == 1

@@ -10,11 +10,15 @@ it is decoded in a worker thread, in pieces, and the text is reused for the tool
 
 The cache is bounded by entries (``max_entries``) and by the size of the texts it holds (``max_bytes``,
 32 MiB by default, counted in characters): the least recently used entries go first, and a result larger
-than ``max_bytes`` is not cached.
+than ``max_bytes`` is not cached. Should the clock go back (a wall clock passed as ``clock``, set back),
+the entries stored after the new time are expired: none outlives its TTL by the jump.
 
 A result is stored only if its tool's entries were not invalidated since the call looked the cache up
 (:meth:`ToolResultCache.generation`): a call that read data before an ``invalidate`` (the data changed
-meanwhile) must not put its stale result back.
+meanwhile) must not put its stale result back. For that the cache remembers when each tool was last
+invalidated, for the most recent 1,024 tool names invalidated (not every name ever invalidated: tools
+registered and removed by the thousand, one per session say, are forgotten in turn); a call that began
+before the last invalidation forgotten does not store its result either.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = ["DEFAULT_MAX_BYTES", "TEXT_RESULT", "ToolResultCache", "canonical_arg
 TEXT_RESULT: Any = object()
 """The form of an entry whose text is the result itself (a string result), not its JSON."""
 _LONG_KEY = 256  # longer argument keys are kept as their digest
+_TRACKED_INVALIDATIONS = 1024  # tool names whose last invalidation is remembered
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 """The most characters of result texts the cache holds by default."""
 
@@ -60,9 +65,11 @@ class ToolResultCache:
         "_bytes",
         "_clock",
         "_entries",
-        "_epoch",
-        "_generations",
+        "_cleared_at",
+        "_floor",
+        "_invalidated_at",
         "_lock",
+        "_stamp",
         "hits",
         "max_bytes",
         "max_entries",
@@ -85,11 +92,16 @@ class ToolResultCache:
         self.misses = 0
         """Lookups not answered (absent or expired)."""
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any]] = OrderedDict()
+        # key -> (expires at, text, form, stored at)
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str, Any, float]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._epoch = 0  # invalidations of every tool
-        self._generations: dict[str, int] = {}  # invalidations of one tool, by its name
+        self._stamp = 0  # invalidations so far (of one tool or of all): a call's generation is this count
+        self._cleared_at = 0  # the stamp of the last invalidation of every tool
+        # the stamp of the last invalidation of one tool, by its name, oldest first; bounded: the stamp of
+        # the last one forgotten is the floor, and a call begun before it stores nothing
+        self._invalidated_at: OrderedDict[str, int] = OrderedDict()
+        self._floor = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -108,7 +120,7 @@ class ToolResultCache:
 
     def _remove(self, key: tuple[str, str]) -> None:
         """Drop one entry (under the lock)."""
-        _, text, _ = self._entries.pop(key)
+        text = self._entries.pop(key)[1]
         self._bytes -= len(text)
 
     def entry(self, tool_name: str, arguments_key: str) -> tuple[str, Any] | None:
@@ -123,8 +135,9 @@ class ToolResultCache:
             if entry is None:
                 self.misses += 1
                 return None
-            expires_at, text, form = entry
-            if expires_at <= self._clock():
+            expires_at, text, form, stored_at = entry
+            now = self._clock()
+            if expires_at <= now or now < stored_at:  # expired, or stored "after now": the clock went back
                 self._remove(key)
                 self.misses += 1
                 return None
@@ -141,8 +154,17 @@ class ToolResultCache:
         return True, (text if form is TEXT_RESULT else json.loads(text))
 
     def generation(self, tool_name: str) -> int:
-        """A number that grows whenever the entries of ``tool_name`` are invalidated (alone or with all)."""
-        return self._epoch + self._generations.get(tool_name, 0)
+        """What a call reads before it runs, for :meth:`put` (the count of invalidations so far).
+
+        Given it, :meth:`put` does not store a result when ``tool_name``'s entries were invalidated (alone or
+        with all) since.
+        """
+        return self._stamp
+
+    def _invalidated_since(self, tool_name: str, generation: int) -> bool:
+        """Whether ``tool_name``'s entries were invalidated since :meth:`generation` gave ``generation``."""
+        last = max(self._cleared_at, self._floor, self._invalidated_at.get(tool_name, 0))
+        return last > generation
 
     def put(
         self,
@@ -163,13 +185,14 @@ class ToolResultCache:
         """
         key = self._key(tool_name, arguments_key)
         with self._lock:
-            if generation is not None and generation != self.generation(tool_name):
+            if generation is not None and self._invalidated_since(tool_name, generation):
                 return
             if key in self._entries:
                 self._remove(key)
             if len(result_json) > self.max_bytes:
                 return
-            self._entries[key] = (self._clock() + ttl, result_json, pieces)
+            now = self._clock()
+            self._entries[key] = (now + ttl, result_json, pieces, now)
             self._bytes += len(result_json)
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 self._remove(next(iter(self._entries)))
@@ -177,13 +200,18 @@ class ToolResultCache:
     def invalidate(self, tool_name: str | None = None) -> int:
         """Drop every entry (or every entry of ``tool_name``); return how many were dropped."""
         with self._lock:
+            self._stamp += 1
             if tool_name is None:
-                self._epoch += 1
+                self._cleared_at = self._stamp
+                self._invalidated_at.clear()  # older than this one: it speaks for them all
                 count = len(self._entries)
                 self._entries.clear()
                 self._bytes = 0
                 return count
-            self._generations[tool_name] = self._generations.get(tool_name, 0) + 1
+            self._invalidated_at.pop(tool_name, None)
+            self._invalidated_at[tool_name] = self._stamp  # the newest last
+            if len(self._invalidated_at) > _TRACKED_INVALIDATIONS:
+                _, self._floor = self._invalidated_at.popitem(last=False)
             doomed = [key for key in self._entries if key[0] == tool_name]
             for key in doomed:
                 self._remove(key)
@@ -193,7 +221,11 @@ class ToolResultCache:
         """Drop the entries whose TTL has passed; return how many were dropped."""
         now = self._clock()
         with self._lock:
-            doomed = [key for key, (expires_at, _, _) in self._entries.items() if expires_at <= now]
+            doomed = [
+                key
+                for key, (expires_at, _, _, stored_at) in self._entries.items()
+                if expires_at <= now or now < stored_at
+            ]
             for key in doomed:
                 self._remove(key)
             return len(doomed)

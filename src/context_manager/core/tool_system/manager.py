@@ -73,6 +73,11 @@ from context_manager.core.errors import InvalidArgumentError, InvalidMessageErro
 from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
 from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit, is_async_callable
+from context_manager.core.tool_system.booleans import (
+    nested_booleans,
+    nested_numeric_arguments,
+    numeric_arguments,
+)
 from context_manager.core.tool_system.cache import TEXT_RESULT, ToolResultCache, canonical_arguments
 from context_manager.core.tool_system.definition import ToolDefinition, ToolPermission
 from context_manager.core.tool_system.permissions import (
@@ -84,8 +89,8 @@ from context_manager.core.tool_system.rate_limit import SlidingWindowRateLimiter
 from context_manager.core.tool_system.registry import SchemaFormat, ToolRegistry
 from context_manager.core.tool_system.results import ToolErrorType, ToolResult
 from context_manager.core.tool_system.schema import (
+    _json_path,
     check_arguments_against_schema,
-    describe_argument,
     describe_validation_error,
 )
 
@@ -477,7 +482,7 @@ def _check_keys(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
 def _check_dict_keys(item: dict[Any, Any]) -> None:
     for key in item:  # (str subclasses, StrEnum members say, are strings)
         if not isinstance(key, str):
-            raise TypeError(f"a dict key is {type(key).__name__} {key!r}, not a string")
+            raise TypeError(f"a dict key is {type(key).__name__} {describe_value(key)}, not a string")
 
 
 class ToolManager(ToolRegistry):
@@ -541,6 +546,8 @@ class ToolManager(ToolRegistry):
         self.approval_callback = approval_callback
         # per typed tool, its integer and number arguments (name -> what is expected): true is refused there
         self._numeric_arguments: dict[str, dict[str, str]] = {}
+        # ... and the arguments inside whose values (nested objects, arrays) a number is expected somewhere
+        self._nested_numeric_arguments: dict[str, tuple[str, ...]] = {}
         super().__init__()
         self._clock = clock if clock is not None else time.monotonic
         self._stats: dict[str, _ToolStats] = {}
@@ -582,13 +589,19 @@ class ToolManager(ToolRegistry):
 
     def _tool_added(self, definition: ToolDefinition) -> None:
         self._stats[definition.name] = _ToolStats()
-        numeric = _numeric_arguments(definition)
+        if definition.arguments_model is None:
+            return
+        numeric = numeric_arguments(definition.parameters_schema)
         if numeric:
             self._numeric_arguments[definition.name] = numeric
+        nested = nested_numeric_arguments(definition.parameters_schema)
+        if nested:
+            self._nested_numeric_arguments[definition.name] = nested
 
     def _tool_removed(self, name: str) -> None:
         self._stats.pop(name, None)
         self._numeric_arguments.pop(name, None)
+        self._nested_numeric_arguments.pop(name, None)
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
 
@@ -712,6 +725,17 @@ class ToolManager(ToolRegistry):
                 if numeric is not None and bool in map(type, arguments.values())
                 else None
             )
+            nested = self._nested_numeric_arguments.get(name)
+            nested_found = (
+                nested_booleans(
+                    arguments,
+                    nested,
+                    definition.parameters_schema,
+                    sensitive_arguments=definition.sensitive_keys,
+                )
+                if nested is not None
+                else None
+            )
             try:
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
@@ -723,16 +747,25 @@ class ToolManager(ToolRegistry):
                     arguments_model=model,
                     arguments=arguments,
                 )
-                if booleans:  # but for those pydantic refused itself (an Optional[IntEnum] refuses true)
-                    refused = {item["loc"][0] for item in error.errors(include_url=False) if item["loc"]}
+                if booleans or nested_found:  # but those pydantic refused itself (Optional[IntEnum] does)
+                    errors = error.errors(include_url=False)
+                    refused = {item["loc"][0] for item in errors if item["loc"]}
+                    refused_paths = {
+                        tuple(_json_path(item["loc"], arguments, item["type"])) for item in errors
+                    }
                     message = "; ".join(
-                        [message, *(text for field, text in booleans.items() if field not in refused)]
+                        [
+                            message,
+                            *(text for field, text in (booleans or {}).items() if field not in refused),
+                            *(text for at, text in (nested_found or {}).items() if at not in refused_paths),
+                        ]
                     )
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
-            if booleans:
-                message = f"invalid arguments for tool {name!r}: " + "; ".join(booleans.values())
+            if booleans or nested_found:
+                problems = [*(booleans or {}).values(), *(nested_found or {}).values()]
+                message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
@@ -898,6 +931,19 @@ class ToolManager(ToolRegistry):
                 "datetimes, enums, pydantic models or dataclasses",
                 started,
                 call_id,
+            )
+        except Exception as error:
+            # the value's own code failed while it was read (a list subclass's __len__, a numpy-like
+            # object's tolist, a float subclass's __repr__): the tool's failure, not the caller's crash
+            return self._fail(
+                definition,
+                ToolErrorType.TOOL_ERROR,
+                f"tool {name!r} returned a value that could not be read as JSON ({_describe_error(error)}); "
+                "return str, int, float, bool, None, lists, dicts with str keys, "
+                "datetimes, enums, pydantic models or dataclasses",
+                started,
+                call_id,
+                call_arguments,
             )
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
@@ -1152,7 +1198,13 @@ class ToolManager(ToolRegistry):
     # ------------------------------------------------------------------ cache and statistics
 
     def invalidate_cache(self, name: str | None = None) -> int:
-        """Drop cached results of every tool (or of ``name``); return how many were dropped."""
+        """Drop cached results of every tool (or of ``name``); return how many were dropped.
+
+        Raises:
+            InvalidArgumentError: ``name`` is neither a string nor None (nothing is dropped).
+        """
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError("name", name, "a tool name (a string), or None for every tool")
         return self._cache.invalidate(name)
 
     def purge_expired_cache(self) -> int:
@@ -1193,90 +1245,6 @@ class ToolManager(ToolRegistry):
             },
             "tools": tools,
         }
-
-
-_NUMBER_TYPES = frozenset({"integer", "number"})
-_NUMBER_OR_NULL = _NUMBER_TYPES | {"null"}
-_TYPE_WORDS = {
-    "integer": "a valid integer",
-    "number": "a valid number",
-    "string": "a valid string",
-    "array": "an array",
-    "object": "an object",
-    "null": "null",
-}
-_PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
-
-
-def _numeric_arguments(definition: ToolDefinition) -> dict[str, str]:
-    """A typed tool's arguments pydantic's lax mode would read ``true`` into as 1 (name -> what is expected).
-
-    Their schema takes an integer or a number (an ``IntEnum``'s values behind a ``$ref``, a union's
-    member), and no boolean.
-    """
-    if definition.arguments_model is None:
-        return {}
-    properties = definition.parameters_schema.get("properties") or {}
-    definitions = definition.parameters_schema.get("$defs") or {}
-    numeric: dict[str, str] = {}
-    for name, schema in properties.items():
-        types = _schema_types(schema, definitions)
-        if not types or not types & _NUMBER_TYPES or "boolean" in types:
-            continue
-        expected = _expected_values(schema, definitions)
-        if set(expected) <= _PLAIN_NUMBER_WORDS:  # (null left unsaid, as pydantic leaves it)
-            numeric[name] = "a valid number" if "number" in types else "a valid integer"
-        else:  # an enum's values, or a union's members, as pydantic's own messages say them
-            numeric[name] = " or ".join(dict.fromkeys(expected))
-    return numeric
-
-
-def _resolve(schema: Any, definitions: Mapping[str, Any], depth: int = 0) -> Any:
-    """A property schema with its local ``$ref`` (``#/$defs/Name``) followed."""
-    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and depth < 8:
-        reference = schema["$ref"]
-        if not reference.startswith("#/$defs/"):
-            return schema
-        schema = definitions.get(reference.removeprefix("#/$defs/"))
-        depth += 1
-    return schema
-
-
-def _schema_types(schema: Any, definitions: Mapping[str, Any] | None = None) -> set[str] | None:
-    """The JSON types a property schema takes (``type``, or its ``anyOf``/``oneOf`` members'), else None."""
-    schema = _resolve(schema, definitions or {})
-    if not isinstance(schema, dict):
-        return None
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        return {kind}
-    if isinstance(kind, list):
-        return {str(item) for item in kind}
-    options = schema.get("anyOf") or schema.get("oneOf")
-    if not isinstance(options, list) or not options:
-        return None
-    types: set[str] = set()
-    for option in options:
-        found = _schema_types(option, definitions)
-        if found is None:
-            return None
-        types |= found
-    return types
-
-
-def _expected_values(schema: Any, definitions: Mapping[str, Any]) -> list[str]:
-    """What a property schema takes, in the words of pydantic's messages (``1 or 2``, ``a valid number``)."""
-    schema = _resolve(schema, definitions)
-    if not isinstance(schema, dict):
-        return []
-    if isinstance(schema.get("enum"), list):
-        return [" or ".join(describe_argument(value) for value in schema["enum"])]
-    options = schema.get("anyOf") or schema.get("oneOf")
-    if isinstance(options, list):
-        return [text for option in options for text in _expected_values(option, definitions)]
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind]
-    return [_TYPE_WORDS[item] for item in kinds if item in _TYPE_WORDS]
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:

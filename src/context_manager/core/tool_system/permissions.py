@@ -77,13 +77,13 @@ class PermissionPolicy:
             object.__setattr__(self, "allow_up_to", level)
         for name in ("always_allow", "always_deny"):
             value = getattr(self, name)
-            if (
-                isinstance(value, str)
-                or not isinstance(value, Iterable)
-                or not all(isinstance(item, str) for item in value)
-            ):
+            if isinstance(value, str) or not isinstance(value, Iterable):
                 raise InvalidArgumentError(name, value, "a set of tool names")
-            object.__setattr__(self, name, frozenset(value))
+            # read once: a generator checked and then read again would be empty (a deny list lost)
+            names = frozenset(value) if isinstance(value, frozenset) else tuple(value)
+            if not all(isinstance(item, str) for item in names):
+                raise InvalidArgumentError(name, value, "a set of tool names")
+            object.__setattr__(self, name, frozenset(names))
 
     @classmethod
     def coerce(cls, value: PermissionPolicy | ToolPermission | str) -> PermissionPolicy:

@@ -3,7 +3,9 @@
 A call is admitted when fewer than ``limit`` calls were admitted for its key during the last ``window``
 seconds. The check and the recording of a call are one synchronous step (no ``await`` in between) under a
 lock, so the limit is exact however many calls arrive at once: of 100 simultaneous calls to a tool
-limited to 10 per window, exactly 10 are admitted.
+limited to 10 per window, exactly 10 are admitted. Should the clock go back (a wall clock passed as
+``clock``, set back), calls stamped after the new time count as made at it: a retry is never told to wait
+longer than ``window``.
 
 State is kept per key only while it counts: each key remembers its window, and once the number of keys
 doubles since the last sweep (at least 1,024), keys none of whose calls is still inside its window are
@@ -62,6 +64,11 @@ class SlidingWindowRateLimiter:
                     self._sweep(now)
                 calls = self._calls[key] = deque()
             self._windows[key] = window
+            if calls and calls[-1] > now:
+                # the clock went back (a wall clock set back; ``time.monotonic`` never does): calls stamped
+                # in its "future" would hold the window shut for as long as it jumped; count them as made
+                # now, so they leave the window ``window`` seconds from now at the latest
+                calls = self._calls[key] = deque(min(stamp, now) for stamp in calls)
             horizon = now - window
             while calls and calls[0] <= horizon:
                 calls.popleft()

@@ -16,6 +16,8 @@ Two calling conventions are recognised (see :func:`analyse_function`):
   built once, at registration, from the type hints; it validates every call (lax mode: ``"5"`` is accepted
   for an ``int``; unknown arguments are refused) and gives the JSON schema, with parameter descriptions
   taken from a Google-style ``Args:`` section of the docstring or from ``Annotated[..., Field(...)]``.
+  A parameter whose default is None takes null (``limit: int = None`` is ``int | None``, PEP 484's
+  implicit Optional): the schema and the validation agree on it.
 """
 
 from __future__ import annotations
@@ -481,6 +483,13 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
                 "parameter would vanish from the schema",
             )
         annotation = hints.get(parameter.name, Any)
+        default_value = (
+            parameter.default.default if isinstance(parameter.default, FieldInfo) else parameter.default
+        )
+        if default_value is None and not _admits_none(annotation):
+            # ``x: int = None``: None is the function's own default, so null is one of its values (PEP 484's
+            # implicit Optional); the schema says so (integer or null) and a model's null validates
+            annotation = _nullable(annotation)
         description = argument_docs.get(parameter.name)
         if description is None:
             description = _annotated_description(annotation)
@@ -514,6 +523,37 @@ def analyse_function(function: Any, tool_name: str) -> FunctionAnalysis:
     schema.setdefault("type", "object")
     typed_model: type[BaseModel] = model
     return FunctionAnalysis("typed", is_async, typed_model, schema, False, summary)
+
+
+def _admits_none(annotation: Any, depth: int = 0) -> bool:
+    """Whether ``annotation`` takes None: ``Any``, ``object``, ``None``, ``X | None``, ``Literal[..., None]``.
+
+    Also through ``Annotated`` and type aliases (``type MaybeInt = int | None``); a type variable is
+    taken as pydantic takes an unbound one (anything, None included).
+    """
+    if depth > 16:  # (a bound: an alias naming itself)
+        return True
+    if annotation in (Any, object, None, type(None)) or isinstance(annotation, typing.TypeVar):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _admits_none(typing.get_args(annotation)[0], depth + 1)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_none(member, depth + 1) for member in typing.get_args(annotation))
+    if origin is Literal:
+        return None in typing.get_args(annotation)
+    value = getattr(annotation, "__value__", None)  # a ``type X = ...`` alias (Python 3.12)
+    if value is not None and type(annotation).__name__ == "TypeAliasType":
+        return _admits_none(value, depth + 1)
+    return False
+
+
+def _nullable(annotation: Any) -> Any:
+    """``annotation | None``, an ``Annotated``'s metadata kept outside (``Field(ge=1)`` bounds the value)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        return typing.Annotated[(typing.Optional[inner], *metadata)]  # noqa: UP045
+    return typing.Optional[annotation]  # noqa: UP045
 
 
 def _annotated_description(annotation: Any) -> str | None:

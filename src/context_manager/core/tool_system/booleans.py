@@ -1,0 +1,349 @@
+"""A JSON boolean is no number: where a typed tool's schema takes an integer or a number, ``true`` is refused.
+
+Pydantic's lax mode reads ``true`` as 1 and ``false`` as 0 for an ``int`` or ``float`` (a bool is an int
+in Python), though the schema the model was given says integer or number, and JSON Schema (the library's
+own check of a parameters dict) refuses a boolean there. The manager therefore looks, before pydantic
+validates a typed tool's call, for booleans where the tool's schema takes a number and no boolean:
+
+* :func:`numeric_arguments` - the tool's own arguments (``limit: int``, an ``IntEnum``, ``float | str``);
+* :func:`nested_numeric_arguments` and :func:`nested_booleans` - inside them, at any depth: a nested
+  model's, dataclass's or ``TypedDict``'s fields, a list's items, a dict's values, a tuple's members
+  (``{"filter": {"min_age": true}}``, ``{"ids": [1, true]}``).
+
+Both read the JSON schema the tool was registered with (the one the model sees), so they say what that
+schema says. Where a value may be checked against several schemas (a union), a boolean is refused only when
+none of them takes it and one of them takes a number; a position whose schema is unknown (``Any``, an open
+object's other keys) takes it.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from context_manager.core.tool_system.schema import REDACTED, describe_argument
+
+__all__ = ["nested_booleans", "nested_numeric_arguments", "numeric_arguments"]
+
+_NUMBER_TYPES = frozenset({"integer", "number"})
+_TYPE_WORDS = {
+    "integer": "a valid integer",
+    "number": "a valid number",
+    "string": "a valid string",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
+_PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
+_MAX_DEPTH = 64  # deeper values are left to pydantic (the walk is recursive)
+_UNKNOWN: dict[str, Any] = {}  # the schema of a position nothing is known about: it takes anything
+_SCALARS = frozenset({str, int, float, type(None)})  # (bool left out: a container of these holds none)
+
+
+def numeric_arguments(schema: Mapping[str, Any]) -> dict[str, str]:
+    """A typed tool's arguments pydantic's lax mode would read ``true`` into as 1 (name -> what is expected).
+
+    Their schema takes an integer or a number (an ``IntEnum``'s values behind a ``$ref``, a union's
+    member), and no boolean.
+    """
+    properties = schema.get("properties") or {}
+    definitions = schema.get("$defs") or {}
+    numeric: dict[str, str] = {}
+    for name, property_schema in properties.items():
+        types = _schema_types(property_schema, definitions)
+        if not types or not types & _NUMBER_TYPES or "boolean" in types:
+            continue
+        numeric[name] = _expected([property_schema], definitions)
+    return numeric
+
+
+def nested_numeric_arguments(schema: Mapping[str, Any]) -> tuple[str, ...]:
+    """The arguments of a typed tool inside whose values (objects, arrays) a schema takes a number (in order).
+
+    Only these are walked by :func:`nested_booleans`: a call of a tool without such arguments costs nothing.
+    """
+    properties = schema.get("properties") or {}
+    definitions = schema.get("$defs") or {}
+    return tuple(
+        name
+        for name, property_schema in properties.items()
+        if _holds_numbers(property_schema, definitions, nested=False, seen=set())
+    )
+
+
+def nested_booleans(
+    arguments: Mapping[str, Any],
+    names: collections.abc.Iterable[str],
+    schema: Mapping[str, Any],
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
+) -> dict[tuple[int | str, ...], str]:
+    """The booleans inside the ``names`` arguments where ``schema`` takes a number: path -> problem text.
+
+    A problem reads as pydantic's do in the tool's error (``filter.min_age: got true; expected a valid
+    integer``); under one of ``sensitive_arguments`` the value is ``[REDACTED]``.
+    """
+    properties = schema.get("properties") or {}
+    definitions = schema.get("$defs") or {}
+    sensitive = frozenset(sensitive_arguments)
+    walker = _Walker(definitions)
+    for name in names:
+        value = arguments.get(name)
+        if isinstance(value, dict | list | tuple) and name in properties:
+            walker.walk(value, _spread(properties[name], definitions), (name,), 0)
+    problems: dict[tuple[int | str, ...], str] = {}
+    for path, expected in walker.found.items():
+        given = REDACTED if path[0] in sensitive else describe_argument(_value_at(arguments, path))
+        problems[path] = f"{'.'.join(str(part) for part in path)}: got {given}; expected {expected}"
+    return problems
+
+
+def _value_at(arguments: Mapping[str, Any], path: tuple[int | str, ...]) -> Any:
+    value: Any = arguments
+    for part in path:
+        value = value[part]
+    return value
+
+
+def _plain(values: collections.abc.Collection[Any]) -> bool:
+    """Whether no boolean and nothing to walk into is among ``values`` or, for a list of flat rows, theirs.
+
+    At C speed: the common large argument (a list of numbers, of flat objects, of flat arrays) is checked
+    without a Python step per item.
+    """
+    kinds = set(map(type, values))
+    if kinds <= _SCALARS:
+        return True
+    if kinds == {dict}:
+        return _SCALARS.issuperset(map(type, itertools.chain.from_iterable(map(dict.values, values))))
+    if kinds <= {list, tuple}:
+        return _SCALARS.issuperset(map(type, itertools.chain.from_iterable(values)))
+    return False
+
+
+class _Walker:
+    """Finds the booleans of one call's arguments that their schemas refuse (``found``: path -> expected).
+
+    What a position's schemas say of their members is worked out once per call (``_inner``): the rows of a
+    list share their schemas, so a key's is looked up once, not once per row.
+    """
+
+    def __init__(self, definitions: Mapping[str, Any]) -> None:
+        self.definitions = definitions
+        self.found: dict[tuple[int | str, ...], str] = {}
+        # (id of a candidates list, object or array, key or index) -> (that list, kept alive so that its id
+        # is not reused; the spread schemas of the member)
+        self._inner: dict[tuple[int, str, Any], tuple[list[Any], list[Any]]] = {}
+
+    def _member_schemas(self, candidates: list[Any], key: Any, kind: str) -> list[Any]:
+        memo = (id(candidates), kind, key)
+        known = self._inner.get(memo)
+        if known is not None:
+            return known[1]
+        containers = [schema for schema in candidates if _may_be(schema, kind)]
+        if kind == "object":
+            inner = _spread_all([_member(schema, key) for schema in containers], self.definitions)
+        else:
+            inner = _spread_all([_item(schema, key) for schema in containers], self.definitions)
+        self._inner[memo] = (candidates, inner)
+        return inner
+
+    def walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
+        """Record the booleans in ``value`` (an object or array) its ``candidates`` schemas refuse."""
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(value, dict):
+            if not any(_may_be(schema, "object") for schema in candidates) or _plain(value.values()):
+                return  # not an object here (pydantic says so), or nothing in it to look at
+            for key, item in value.items():
+                if type(item) is bool or isinstance(item, dict | list | tuple):
+                    self._check(item, self._member_schemas(candidates, key, "object"), (*path, key), depth)
+            return
+        if not any(_may_be(schema, "array") for schema in candidates) or _plain(value):
+            return
+        # a list's items share one schema (a tuple's prefix gives each of its first items its own)
+        prefixed = any(isinstance(schema, dict) and schema.get("prefixItems") for schema in candidates)
+        for index, item in enumerate(value):
+            if type(item) is bool or isinstance(item, dict | list | tuple):
+                inner = self._member_schemas(candidates, index if prefixed else 0, "array")
+                self._check(item, inner, (*path, index), depth)
+
+    def _check(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
+        if not candidates:
+            return  # no schema takes a value here (an unexpected key: pydantic says so)
+        if type(value) is not bool:
+            self.walk(value, candidates, path, depth + 1)
+            return
+        types: set[str] = set()
+        for schema in candidates:
+            kinds = _own_types(schema)
+            if kinds is None or "boolean" in kinds:
+                return  # a schema that takes anything, or a boolean
+            types |= kinds
+        if types & _NUMBER_TYPES:
+            self.found[path] = _expected(candidates, self.definitions)
+
+
+def _may_be(schema: Any, kind: str) -> bool:
+    """Whether ``schema`` (spread) may take a value of JSON type ``kind``: its type says so, or says none."""
+    kinds = _own_types(schema)
+    return kinds is None or kind in kinds
+
+
+def _member(schema: Any, key: str) -> Any:
+    """The schema of ``key``'s value in an object ``schema`` takes; None when it refuses the key."""
+    if not isinstance(schema, dict):
+        return _UNKNOWN
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and key in properties:
+        return properties[key]
+    if schema.get("patternProperties"):
+        return _UNKNOWN  # (patterns are not matched here: anything may be taken)
+    other = schema.get("additionalProperties", True)
+    if other is False:
+        return None
+    return other if isinstance(other, dict) else _UNKNOWN
+
+
+def _item(schema: Any, index: int) -> Any:
+    """The schema of the item at ``index`` of an array ``schema`` takes; None when it refuses it."""
+    if not isinstance(schema, dict):
+        return _UNKNOWN
+    prefix = schema.get("prefixItems")
+    if isinstance(prefix, list) and index < len(prefix):
+        return prefix[index]
+    items = schema.get("items", True)
+    if items is False:
+        return None
+    return items if isinstance(items, dict) else _UNKNOWN
+
+
+def _spread_all(schemas: list[Any], definitions: Mapping[str, Any]) -> list[Any]:
+    return [member for schema in schemas if schema is not None for member in _spread(schema, definitions)]
+
+
+def _spread(schema: Any, definitions: Mapping[str, Any], depth: int = 0) -> list[Any]:
+    """The schemas a value is checked against at a position of ``schema``, one by one.
+
+    ``$ref`` is followed, union members (``anyOf``, ``oneOf``) are listed one by one; a schema that is not
+    an object is unknown (it takes anything).
+    """
+    schema = _resolve(schema, definitions)
+    if not isinstance(schema, dict) or depth > 16:
+        return [_UNKNOWN]
+    members = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(members, list) and members and "type" not in schema:
+        return [item for member in members for item in _spread(member, definitions, depth + 1)]
+    together = schema.get("allOf")
+    if isinstance(together, list) and "type" not in schema:
+        if len(together) == 1:
+            return _spread(together[0], definitions, depth + 1)
+        return [_UNKNOWN] if together else [schema]
+    return [schema]
+
+
+def _own_types(schema: Any) -> set[str] | None:
+    """The JSON types a spread schema names (``type``), or None when it names none (it takes anything)."""
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {str(item) for item in kind}
+    return None
+
+
+def _holds_numbers(
+    schema: Any, definitions: Mapping[str, Any], *, nested: bool, seen: set[tuple[str, bool]]
+) -> bool:
+    """Whether a schema takes a number anywhere inside an object or array (or at its level, if ``nested``)."""
+    if isinstance(schema, dict) and isinstance(schema.get("$ref"), str):
+        reference = (schema["$ref"], nested)
+        if reference in seen:
+            return False  # a recursive model: its numbers were found (or not) where it was first met
+        seen.add(reference)
+        schema = _resolve(schema, definitions)
+    if not isinstance(schema, dict):
+        return False
+    if nested and _NUMBER_TYPES & (_own_types(schema) or set()):
+        return True
+    inner: list[Any] = []
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        members = schema.get(keyword)
+        if isinstance(members, list) and any(
+            _holds_numbers(member, definitions, nested=nested, seen=seen) for member in members
+        ):
+            return True
+    for keyword in ("properties", "patternProperties"):
+        members = schema.get(keyword)
+        if isinstance(members, dict):
+            inner.extend(members.values())
+    for keyword in ("additionalProperties", "items"):
+        inner.append(schema.get(keyword))
+    prefix = schema.get("prefixItems")
+    if isinstance(prefix, list):
+        inner.extend(prefix)
+    return any(_holds_numbers(member, definitions, nested=True, seen=seen) for member in inner)
+
+
+def _resolve(schema: Any, definitions: Mapping[str, Any], depth: int = 0) -> Any:
+    """A schema with its local ``$ref`` (``#/$defs/Name``) followed."""
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and depth < 8:
+        reference = schema["$ref"]
+        if not reference.startswith("#/$defs/"):
+            return schema
+        schema = definitions.get(reference.removeprefix("#/$defs/"))
+        depth += 1
+    return schema
+
+
+def _schema_types(schema: Any, definitions: Mapping[str, Any] | None = None) -> set[str] | None:
+    """The JSON types a property schema takes (``type``, or its ``anyOf``/``oneOf`` members'), else None."""
+    schema = _resolve(schema, definitions or {})
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {str(item) for item in kind}
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if not isinstance(options, list) or not options:
+        return None
+    types: set[str] = set()
+    for option in options:
+        found = _schema_types(option, definitions)
+        if found is None:
+            return None
+        types |= found
+    return types
+
+
+def _expected(schemas: list[Any], definitions: Mapping[str, Any]) -> str:
+    """What the schemas of one position take, as pydantic's messages say it (``1 or 2``, ``a valid number``).
+
+    Plain numbers are said once (``a valid number`` for a float, else ``a valid integer``; null left unsaid,
+    as pydantic leaves it); an enum's values and a union's other members are listed.
+    """
+    words = [text for schema in schemas for text in _expected_values(schema, definitions)]
+    if set(words) <= _PLAIN_NUMBER_WORDS:
+        return "a valid number" if "a valid number" in words else "a valid integer"
+    return " or ".join(dict.fromkeys(words))
+
+
+def _expected_values(schema: Any, definitions: Mapping[str, Any]) -> list[str]:
+    """What a schema takes, in the words of pydantic's messages (``1 or 2``, ``a valid number``)."""
+    schema = _resolve(schema, definitions)
+    if not isinstance(schema, dict):
+        return []
+    if isinstance(schema.get("enum"), list):
+        return [" or ".join(describe_argument(value) for value in schema["enum"])]
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(options, list):
+        return [text for option in options for text in _expected_values(option, definitions)]
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return [_TYPE_WORDS[item] for item in kinds if item in _TYPE_WORDS]
