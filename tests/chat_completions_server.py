@@ -79,6 +79,10 @@ class ChatCompletionsServer:
     """The ``model`` of answers (both protocols) when set; else the model the request named."""
     reply_content: Any = None
     """The ``content`` of plain Chat Completions answers when set, as given (a list of content parts ...)."""
+    reply_stop: str | None = None
+    """The ``finish_reason`` (Chat Completions) or ``stop_reason`` (Messages) of plain answers when set."""
+    reply_refusal: str | None = None
+    """The ``refusal`` of plain Chat Completions answers' message when set."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +117,9 @@ class ChatCompletionsServer:
                 "role": "assistant",
                 "content": text if self.reply_content is None else self.reply_content,
             }
-            finish = "stop"
+            if self.reply_refusal is not None:
+                message["refusal"] = self.reply_refusal
+            finish = self.reply_stop or "stop"
         reply = {
             "id": f"chatcmpl-stub-{number}",
             "object": "chat.completion",
@@ -133,7 +139,7 @@ class ChatCompletionsServer:
             "role": "assistant",
             "model": self.reply_model or body.get("model", "stub-model"),
             "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
-            "stop_reason": "end_turn",
+            "stop_reason": self.reply_stop or "end_turn",
             "stop_sequence": None,
             "usage": dict(ANTHROPIC_USAGE) if self.reply_usage is None else self.reply_usage,
         }

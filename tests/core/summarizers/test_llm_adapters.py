@@ -256,6 +256,29 @@ async def test_summarizer_adapter_empty_choice_falls_back(
     assert usage is not None and usage["input_tokens"] == billed
 
 
+@pytest.mark.parametrize(("provider", "stop"), [("openai", "content_filter"), ("anthropic", "refusal")])
+async def test_summarizer_adapter_an_answer_stopped_by_a_refusal_falls_back(
+    provider: str, stop: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """An answer the provider stopped part-way for safety (OpenAI's and Azure's ``finish_reason
+    "content_filter"``, Claude's ``stop_reason "refusal"``) comes with the text written before it stopped:
+    it became the rolling summary, cut short or a refusal, in place of the evicted turns. It is now a
+    failure (not retried: the same transcript is refused again), and the window falls back to the
+    extractive summary, recording why; the tokens it cost are counted."""
+    cut = "Ada lives in Lisbon; she asked how to"
+    server.reply_text, server.reply_stop = cut, stop
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive", record
+        assert record["error"] is not None and repr(stop) in record["error"], record["error"]
+        assert cut not in summary_text(manager)  # the extractive summary
+        usage = manager.performance_monitor.token_usage()["summarize"]  # type: ignore[union-attr]
+    assert len(server.requests) == 1
+    billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
+    assert summarizer.input_tokens == billed and usage["input_tokens"] == billed
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_names_the_error_a_server_sent_with_status_200(
     provider: str, server: ChatCompletionsServer, tmp_path: Path

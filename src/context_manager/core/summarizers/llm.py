@@ -13,7 +13,8 @@
    ``total_timeout`` deadline gives up at once rather than sleep into the window's timeout;
 4. returns the text and the token usage the provider reported, or raises
    :class:`~context_manager.core.errors.SummarizerRequestError` (status, attempts) - other statuses, a
-   malformed body, an empty answer are not retried.
+   malformed body, an empty answer and an answer the provider stopped for safety (a content filter, a
+   refusal: its text is cut short) are not retried.
 
 The window falls back to the extractive summary on any exception, and records why.
 """

@@ -164,8 +164,12 @@ class OpenAISummarizer(LLMSummarizer):
         content = getattr(message, "content", None) if message is not None else None
         if isinstance(content, list):  # content parts (Mistral's reasoning models, some gateways)
             content = "".join(_part_text(part) for part in content)
+        reason = getattr(choices[0], "finish_reason", None)
+        if reason == "content_filter":
+            # the text before the filter stopped it: a summary cut short, not one of the evicted turns
+            stopped = "the answer was stopped by a content filter (finish_reason 'content_filter')"
+            raise EmptyAnswer(stopped, summary_usage)
         if not isinstance(content, str) or not content.strip():
-            reason = getattr(choices[0], "finish_reason", None)
             refusal = getattr(message, "refusal", None) if message is not None else None
             why = f"; refusal: {refusal[:200]!r}" if isinstance(refusal, str) and refusal else ""
             raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage)
