@@ -967,6 +967,69 @@ async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_p
         assert "blue pot" in found.content
 
 
+async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answer(tmp_path: Path) -> None:
+    """A client that closes stdin right after its last requests (the MCP shutdown: close stdin, wait for the
+    exit) got "Connection closed" for every call still running: the SDK cancelled them at the end of input.
+    A cancelled ``memory_add`` had stored part of its memory all the same (the client, told it failed,
+    would add it again), here without the long-term copy an important memory has. The calls now finish and
+    are answered before the server exits; a call the client cancelled stays unanswered."""
+    (tmp_path / "report_tools.py").write_text(
+        textwrap.dedent(
+            '''
+            import asyncio
+
+            from context_manager import tool
+
+            @tool
+            async def slow_report(name: str) -> str:
+                """Write a report (takes a second)."""
+                await asyncio.sleep(1.0)
+                return f"report {name}: done"
+
+            TOOLS = [slow_report]
+            '''
+        ),
+        encoding="utf-8",
+    )
+    storage = tmp_path / "memory"
+    server = await RawStdioServer.start(
+        storage, "--user", "uma", "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)
+    )
+    process = server.process
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        calls = {
+            2: ("slow_report", {"name": "q3"}),
+            3: ("memory_add", {"content": "Uma's passport expires in March 2031", "importance": 0.9}),
+            4: ("slow_report", {"name": "cancelled"}),
+        }
+        for request_id, (name, arguments) in calls.items():
+            call = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call"}
+            await server.send(json.dumps({**call, "params": {"name": name, "arguments": arguments}}))
+        await server.request({"method": "notifications/cancelled", "params": {"requestId": 4}})
+        process.stdin.close()  # at once: the calls are still running
+        lines = (await asyncio.wait_for(process.stdout.read(), 60)).decode().splitlines()
+        returncode = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0, stderr
+    answers = {answer["id"]: answer for answer in map(json.loads, lines)}
+    assert set(answers) == {2, 3}, (answers, stderr)  # the cancelled call is not answered
+    assert "error" not in answers[2] and answers[2]["result"]["content"][0]["text"] == "report q3: done"
+    assert "error" not in answers[3] and answers[3]["result"]["isError"] is False, answers[3]
+    added = answers[3]["result"]["structuredContent"]
+    async with MemoryManager(ContextManagerConfig(storage_path=str(storage))) as memory:
+        stored = await memory.get_memory(added["id"])
+        assert stored is not None and stored.content == "Uma's passport expires in March 2031"
+        stats = await memory.get_memory_stats(user_id="uma")
+        assert stats["total_memories"] == 1 and stats["in_two_tiers"] == 1  # with its long-term copy
+
+
 async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_path: Path) -> None:
     """JSON-RPC 2.0: invalid JSON gets a parse error (-32700), a JSON value that is no message an invalid
     request error (-32600, with the request's id when it has one); blank lines are skipped; the session goes
