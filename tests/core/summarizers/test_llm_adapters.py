@@ -279,6 +279,45 @@ async def test_summarizer_adapter_an_answer_stopped_by_a_refusal_falls_back(
     assert summarizer.input_tokens == billed and usage["input_tokens"] == billed
 
 
+THINKING = "Okay, the user wants a summary. Ada mentioned Lisbon, tram 28 and deliveries; keep those."
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [f"<think>\n{THINKING}\n</think>\n\n{SUMMARY}", f"{THINKING}\n</think>\n\n{SUMMARY}"],
+    ids=["think-block", "closing-tag-only"],
+)
+async def test_summarizer_adapter_leaves_the_reasoning_of_a_local_model_out_of_the_summary(
+    answer: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A reasoning model on a local server without a reasoning parser (vLLM, llama.cpp, Ollama's older
+    releases) answers with its thinking in the content, in ``<think>...</think>`` (or after a ``<think>``
+    the chat template opened: only the closing tag is in the answer): the thinking became part of the
+    window's summary, filling its budget with the model's notes to itself. Only the answer is kept."""
+    server.reply_text = answer
+    summarizer = make_summarizer("openai", server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None, record
+        assert model_text(summary_text(manager)) == SUMMARY
+
+
+async def test_summarizer_adapter_an_answer_cut_inside_its_reasoning_falls_back(
+    server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A reasoning model that spends the output limit thinking (``finish_reason "length"`` inside its
+    ``<think>`` block) wrote no summary: its unfinished thoughts were taken for one. It is a failure now
+    (not retried), and the window falls back to the extractive summary, saying why."""
+    server.reply_text, server.reply_stop = f"<think>\n{THINKING} Now, Ada also said", "length"
+    summarizer = make_summarizer("openai", server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive", record
+        assert "reasoning" in record["error"] and "'length'" in record["error"], record["error"]
+        assert THINKING not in summary_text(manager)
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_names_the_error_a_server_sent_with_status_200(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
