@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
@@ -967,30 +968,38 @@ async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_p
         assert "blue pot" in found.content
 
 
-async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answer(tmp_path: Path) -> None:
-    """A client that closes stdin right after its last requests (the MCP shutdown: close stdin, wait for the
-    exit) got "Connection closed" for every call still running: the SDK cancelled them at the end of input.
-    A cancelled ``memory_add`` had stored part of its memory all the same (the client, told it failed,
-    would add it again), here without the long-term copy an important memory has. The calls now finish and
-    are answered before the server exits; a call the client cancelled stays unanswered."""
-    (tmp_path / "report_tools.py").write_text(
+def write_report_tools(directory: Path) -> None:
+    """A tools module (``report_tools:TOOLS``) in ``directory`` whose ``slow_report`` takes a second; each
+    call creates ``started-NAME`` there when it starts."""
+    (directory / "report_tools.py").write_text(
         textwrap.dedent(
-            '''
+            f'''
             import asyncio
+            from pathlib import Path
 
             from context_manager import tool
 
             @tool
             async def slow_report(name: str) -> str:
                 """Write a report (takes a second)."""
+                Path({str(directory)!r}, "started-" + name).touch()
                 await asyncio.sleep(1.0)
-                return f"report {name}: done"
+                return f"report {{name}}: done"
 
             TOOLS = [slow_report]
             '''
         ),
         encoding="utf-8",
     )
+
+
+async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answer(tmp_path: Path) -> None:
+    """A client that closes stdin right after its last requests (the MCP shutdown: close stdin, wait for the
+    exit) got "Connection closed" for every call still running: the SDK cancelled them at the end of input.
+    A cancelled ``memory_add`` had stored part of its memory all the same (the client, told it failed,
+    would add it again), here without the long-term copy an important memory has. The calls now finish and
+    are answered before the server exits; a call the client cancelled stays unanswered."""
+    write_report_tools(tmp_path)
     storage = tmp_path / "memory"
     server = await RawStdioServer.start(
         storage, "--user", "uma", "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)
@@ -1295,6 +1304,68 @@ async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access
             process.kill()
             await process.wait()
     assert _access_counts(storage) == {"the printer is on floor 2": 1}
+
+
+async def test_mcp_http_sigterm_answers_the_calls_in_flight_before_stopping(tmp_path: Path) -> None:
+    """SIGTERM (how containers and service managers stop an HTTP server) while a call ran: the server cut
+    the call's event stream at once (sse-starlette ends every stream on shutdown), so the call, finished or
+    not, was never answered. Its answer now comes as a JSON response, which uvicorn's graceful shutdown
+    waits for, and the server stops after it."""
+    write_report_tools(tmp_path)
+    storage, port = tmp_path / "memory", free_port()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
+        *["--http", str(port), "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)],
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=60) as http:
+            opened = await http.post(
+                url,
+                headers=headers,
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            )
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
+            await http.post(
+                url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+            )
+            params = {"name": "slow_report", "arguments": {"name": "q3"}}
+            call = asyncio.ensure_future(
+                http.post(
+                    url,
+                    headers=headers,
+                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params},
+                )
+            )
+            for _ in range(3000):  # until the call runs
+                if (tmp_path / "started-q3").exists():
+                    break
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            answered = await asyncio.wait_for(call, 30)
+        returncode = await asyncio.wait_for(process.wait(), 30)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0 and "stopped (SIGTERM)" in stderr, stderr
+    answer = answered.json() if answered.headers["content-type"].startswith("application/json") else None
+    assert answer is not None, (answered.headers["content-type"], answered.text)  # the stream was cut empty
+    assert answer["id"] == 2 and answer["result"]["content"][0]["text"] == "report q3: done", answer
 
 
 async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path: Path) -> None:

@@ -729,7 +729,8 @@ async def run_mcp_server(
     """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
-    error instead of a dropped session. Returns when the client disconnects (stdio); raises
+    error instead of a dropped session. Over HTTP each call is answered with a JSON response (a shutdown
+    waits for the calls in flight). Returns when the client disconnects (stdio); raises
     ``CancelledError`` or ``KeyboardInterrupt`` on interruption, after closing the memory too (cancel the
     task running it, e.g. from ``loop.add_signal_handler(signal.SIGTERM, task.cancel)``, to stop it).
 
@@ -761,10 +762,12 @@ async def run_mcp_server(
             file=sys.stderr,
             flush=True,
         )
+        # JSON responses, not event streams: on SIGTERM uvicorn waits for a response in progress, while
+        # sse-starlette ends every event stream at once (the call in flight was never answered)
         serving = (
             _serve_stdio(server)
             if http_port is None
-            else server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+            else server.run_streamable_http_async(host="127.0.0.1", port=http_port, json_response=True)
         )
         if not stop_on_sigterm:
             await serving
