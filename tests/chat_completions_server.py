@@ -45,6 +45,8 @@ class Fault:
     """For ``kind="status"``: the HTTP status."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (``retry-after`` ...)."""
+    body: dict[str, Any] | None = None
+    """For ``kind="status"``: the error body to send instead of the provider's usual one."""
     seconds: float = 5.0
     """For ``kind="hang"``: how long to wait before answering normally; for ``kind="trickle"``: how long
     the normal answer takes, sent a few bytes at a time after its headers (as a gateway sending keep-alive
@@ -184,7 +186,7 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                     error = {"type": "error", "error": {"type": "api_error", "message": "scripted failure"}}
                 else:
                     error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
-                self._send(fault.status, error, fault.headers)
+                self._send(fault.status, error if fault.body is None else fault.body, fault.headers)
             elif fault.kind == "malformed":
                 self._send_bytes(200, b'{"id": "broken", "choices": [', fault.headers)
             elif fault.kind == "error_body":  # an error sent with status 200 (as some gateways do)

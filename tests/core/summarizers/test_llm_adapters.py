@@ -732,6 +732,61 @@ async def test_summarizer_adapter_says_what_to_check_on_a_client_error(
             await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
 
 
+QUOTED = "Ada's passport number is X1234567"  # what a server's error message may quote of the request
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "expected"),
+    [
+        (  # OpenAI
+            "openai",
+            {
+                "error": {
+                    "message": f"This model's maximum context length is 4096 tokens ({QUOTED})",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+            "HTTP 400 (BadRequestError: context_length_exceeded); the prompt does not fit the model's "
+            "context window: lower max_input_tokens",
+        ),
+        (  # llama.cpp's server
+            "openai",
+            {
+                "error": {
+                    "code": 400,
+                    "message": f"exceeds the context ({QUOTED})",
+                    "type": "exceed_context_size_error",
+                }
+            },
+            "HTTP 400 (BadRequestError: exceed_context_size_error); the prompt does not fit the model's "
+            "context window: lower max_input_tokens",
+        ),
+        (
+            "anthropic",
+            {"type": "error", "error": {"type": "invalid_request_error", "message": f"too long: {QUOTED}"}},
+            "HTTP 400 (BadRequestError); check extra_parameters, and that max_input_tokens fits the model's "
+            "context window",
+        ),
+    ],
+    ids=["openai", "llama.cpp", "anthropic"],
+)
+async def test_summarizer_adapter_says_what_to_check_on_a_bad_request(
+    provider: str, body: dict[str, Any], expected: str, server: ChatCompletionsServer
+) -> None:
+    """A prompt larger than the model's context (a local model of 4,096 tokens, ``max_input_tokens`` 8,000 by
+    default) failed every compression with "HTTP 400 (BadRequestError)", and nothing said what to change.
+    The error's code is named when the body has a specific one, and the hint says what to check; the
+    server's message (which may quote the request) is still left out."""
+    server.faults.append(Fault(status=400, body=body))
+    async with make_summarizer(provider, server) as summarizer:
+        with pytest.raises(SummarizerRequestError) as raised:
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+    assert str(raised.value) == f"{provider}:stub-model: {expected}"
+    assert QUOTED not in str(raised.value) and raised.value.attempts == 1
+
+
 async def test_summarizer_adapter_on_a_base_url_without_v1_says_to_check_it(
     server: ChatCompletionsServer,
 ) -> None:
