@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -1037,6 +1038,50 @@ async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answe
         assert stored is not None and stored.content == "Uma's passport expires in March 2031"
         stats = await memory.get_memory_stats(user_id="uma")
         assert stats["total_memories"] == 1 and stats["in_two_tiers"] == 1  # with its long-term copy
+
+
+async def test_mcp_stdio_a_client_gone_with_calls_in_flight_ends_the_server_cleanly(tmp_path: Path) -> None:
+    """A client that died (both its pipes closed) while a call ran: the server lets the call finish, as for
+    a closed stdin, then its answer finds no reader. That broken pipe ended the server with "error:
+    internal error ... (a bug ...)" and exit code 1; a client gone is the end of the session (exit 0)."""
+    write_report_tools(tmp_path)
+    read_end, write_end = os.pipe()  # the server's stdout, whose reading end this test closes
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "memory")],
+        *["--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    os.close(write_end)
+    answers = os.fdopen(read_end, "rb")
+    assert process.stdin is not None and process.stderr is not None
+    call = {"name": "slow_report", "arguments": {"name": "orphan"}}
+    try:
+        for message in (
+            {"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            {"method": "notifications/initialized"},
+            {"id": 2, "method": "tools/call", "params": call},
+        ):
+            process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+            await process.stdin.drain()
+            if message.get("id") == 1:
+                assert json.loads(await asyncio.wait_for(asyncio.to_thread(answers.readline), 60))["id"] == 1
+        for _ in range(3000):  # until the call runs
+            if (tmp_path / "started-orphan").exists():
+                break
+            await asyncio.sleep(0.02)
+        process.stdin.close()
+        answers.close()  # nobody reads the answer any more
+        returncode = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        answers.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0 and "error" not in stderr, stderr
 
 
 async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_path: Path) -> None:

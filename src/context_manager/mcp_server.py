@@ -1078,6 +1078,9 @@ async def _serve_stdio(server: Any) -> None:
             lines.answer_errors(write_stream)
             answers = _AnswerWatch(write_stream, lines)
             await lowlevel.run(read_stream, cast(Any, answers), lowlevel.create_initialization_options())
+    except* BrokenPipeError:
+        # the client is gone (nobody reads stdout): the end of the session, as a closed stdin is
+        logger.info("stdout closed by the client: stopping")
     finally:
         lines.restore()
 
