@@ -45,6 +45,8 @@ class Fault:
     """For ``kind="status"``: the HTTP status."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (``retry-after`` ...)."""
+    body: dict[str, Any] | None = None
+    """For ``kind="status"``: the error body to send instead of the provider's usual one."""
     seconds: float = 5.0
     """For ``kind="hang"``: how long to wait before answering normally; for ``kind="trickle"``: how long
     the normal answer takes, sent a few bytes at a time after its headers (as a gateway sending keep-alive
@@ -79,6 +81,10 @@ class ChatCompletionsServer:
     """The ``model`` of answers (both protocols) when set; else the model the request named."""
     reply_content: Any = None
     """The ``content`` of plain Chat Completions answers when set, as given (a list of content parts ...)."""
+    reply_stop: str | None = None
+    """The ``finish_reason`` (Chat Completions) or ``stop_reason`` (Messages) of plain answers when set."""
+    reply_refusal: str | None = None
+    """The ``refusal`` of plain Chat Completions answers' message when set."""
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +119,9 @@ class ChatCompletionsServer:
                 "role": "assistant",
                 "content": text if self.reply_content is None else self.reply_content,
             }
-            finish = "stop"
+            if self.reply_refusal is not None:
+                message["refusal"] = self.reply_refusal
+            finish = self.reply_stop or "stop"
         reply = {
             "id": f"chatcmpl-stub-{number}",
             "object": "chat.completion",
@@ -133,7 +141,7 @@ class ChatCompletionsServer:
             "role": "assistant",
             "model": self.reply_model or body.get("model", "stub-model"),
             "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
-            "stop_reason": "end_turn",
+            "stop_reason": self.reply_stop or "end_turn",
             "stop_sequence": None,
             "usage": dict(ANTHROPIC_USAGE) if self.reply_usage is None else self.reply_usage,
         }
@@ -178,7 +186,7 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                     error = {"type": "error", "error": {"type": "api_error", "message": "scripted failure"}}
                 else:
                     error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
-                self._send(fault.status, error, fault.headers)
+                self._send(fault.status, error if fault.body is None else fault.body, fault.headers)
             elif fault.kind == "malformed":
                 self._send_bytes(200, b'{"id": "broken", "choices": [', fault.headers)
             elif fault.kind == "error_body":  # an error sent with status 200 (as some gateways do)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
@@ -967,6 +969,121 @@ async def test_mcp_stdio_stops_on_ctrl_c_while_the_client_keeps_stdin_open(tmp_p
         assert "blue pot" in found.content
 
 
+def write_report_tools(directory: Path) -> None:
+    """A tools module (``report_tools:TOOLS``) in ``directory`` whose ``slow_report`` takes a second; each
+    call creates ``started-NAME`` there when it starts."""
+    (directory / "report_tools.py").write_text(
+        textwrap.dedent(
+            f'''
+            import asyncio
+            from pathlib import Path
+
+            from context_manager import tool
+
+            @tool
+            async def slow_report(name: str) -> str:
+                """Write a report (takes a second)."""
+                Path({str(directory)!r}, "started-" + name).touch()
+                await asyncio.sleep(1.0)
+                return f"report {{name}}: done"
+
+            TOOLS = [slow_report]
+            '''
+        ),
+        encoding="utf-8",
+    )
+
+
+async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answer(tmp_path: Path) -> None:
+    """A client that closes stdin right after its last requests (the MCP shutdown: close stdin, wait for the
+    exit) got "Connection closed" for every call still running: the SDK cancelled them at the end of input.
+    A cancelled ``memory_add`` had stored part of its memory all the same (the client, told it failed,
+    would add it again), here without the long-term copy an important memory has. The calls now finish and
+    are answered before the server exits; a call the client cancelled stays unanswered."""
+    write_report_tools(tmp_path)
+    storage = tmp_path / "memory"
+    server = await RawStdioServer.start(
+        storage, "--user", "uma", "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)
+    )
+    process = server.process
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        calls = {
+            2: ("slow_report", {"name": "q3"}),
+            3: ("memory_add", {"content": "Uma's passport expires in March 2031", "importance": 0.9}),
+            4: ("slow_report", {"name": "cancelled"}),
+        }
+        for request_id, (name, arguments) in calls.items():
+            call = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call"}
+            await server.send(json.dumps({**call, "params": {"name": name, "arguments": arguments}}))
+        await server.request({"method": "notifications/cancelled", "params": {"requestId": 4}})
+        process.stdin.close()  # at once: the calls are still running
+        lines = (await asyncio.wait_for(process.stdout.read(), 60)).decode().splitlines()
+        returncode = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0, stderr
+    answers = {answer["id"]: answer for answer in map(json.loads, lines)}
+    assert set(answers) == {2, 3}, (answers, stderr)  # the cancelled call is not answered
+    assert "error" not in answers[2] and answers[2]["result"]["content"][0]["text"] == "report q3: done"
+    assert "error" not in answers[3] and answers[3]["result"]["isError"] is False, answers[3]
+    added = answers[3]["result"]["structuredContent"]
+    async with MemoryManager(ContextManagerConfig(storage_path=str(storage))) as memory:
+        stored = await memory.get_memory(added["id"])
+        assert stored is not None and stored.content == "Uma's passport expires in March 2031"
+        stats = await memory.get_memory_stats(user_id="uma")
+        assert stats["total_memories"] == 1 and stats["in_two_tiers"] == 1  # with its long-term copy
+
+
+async def test_mcp_stdio_a_client_gone_with_calls_in_flight_ends_the_server_cleanly(tmp_path: Path) -> None:
+    """A client that died (both its pipes closed) while a call ran: the server lets the call finish, as for
+    a closed stdin, then its answer finds no reader. That broken pipe ended the server with "error:
+    internal error ... (a bug ...)" and exit code 1; a client gone is the end of the session (exit 0)."""
+    write_report_tools(tmp_path)
+    read_end, write_end = os.pipe()  # the server's stdout, whose reading end this test closes
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(tmp_path / "memory")],
+        *["--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)],
+        stdin=asyncio.subprocess.PIPE,
+        stdout=write_end,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    os.close(write_end)
+    answers = os.fdopen(read_end, "rb")
+    assert process.stdin is not None and process.stderr is not None
+    call = {"name": "slow_report", "arguments": {"name": "orphan"}}
+    try:
+        for message in (
+            {"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            {"method": "notifications/initialized"},
+            {"id": 2, "method": "tools/call", "params": call},
+        ):
+            process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+            await process.stdin.drain()
+            if message.get("id") == 1:
+                assert json.loads(await asyncio.wait_for(asyncio.to_thread(answers.readline), 60))["id"] == 1
+        for _ in range(3000):  # until the call runs
+            if (tmp_path / "started-orphan").exists():
+                break
+            await asyncio.sleep(0.02)
+        process.stdin.close()
+        answers.close()  # nobody reads the answer any more
+        returncode = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        answers.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0 and "error" not in stderr, stderr
+
+
 async def test_mcp_stdio_answers_a_line_that_is_not_json_rpc_with_an_error(tmp_path: Path) -> None:
     """JSON-RPC 2.0: invalid JSON gets a parse error (-32700), a JSON value that is no message an invalid
     request error (-32600, with the request's id when it has one); blank lines are skipped; the session goes
@@ -1236,6 +1353,68 @@ async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access
             process.kill()
             await process.wait()
     assert _access_counts(storage) == {"the printer is on floor 2": 1}
+
+
+async def test_mcp_http_sigterm_answers_the_calls_in_flight_before_stopping(tmp_path: Path) -> None:
+    """SIGTERM (how containers and service managers stop an HTTP server) while a call ran: the server cut
+    the call's event stream at once (sse-starlette ends every stream on shutdown), so the call, finished or
+    not, was never answered. Its answer now comes as a JSON response, which uvicorn's graceful shutdown
+    waits for, and the server stops after it."""
+    write_report_tools(tmp_path)
+    storage, port = tmp_path / "memory", free_port()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "context_manager.cli", "mcp", "serve", "--storage", str(storage)],
+        *["--http", str(port), "--tools", "report_tools:TOOLS", "--app-dir", str(tmp_path)],
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=60) as http:
+            opened = await http.post(
+                url,
+                headers=headers,
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            )
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
+            await http.post(
+                url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+            )
+            params = {"name": "slow_report", "arguments": {"name": "q3"}}
+            call = asyncio.ensure_future(
+                http.post(
+                    url,
+                    headers=headers,
+                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params},
+                )
+            )
+            for _ in range(3000):  # until the call runs
+                if (tmp_path / "started-q3").exists():
+                    break
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            answered = await asyncio.wait_for(call, 30)
+        returncode = await asyncio.wait_for(process.wait(), 30)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0 and "stopped (SIGTERM)" in stderr, stderr
+    answer = answered.json() if answered.headers["content-type"].startswith("application/json") else None
+    assert answer is not None, (answered.headers["content-type"], answered.text)  # the stream was cut empty
+    assert answer["id"] == 2 and answer["result"]["content"][0]["text"] == "report q3: done", answer
 
 
 async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path: Path) -> None:

@@ -77,6 +77,7 @@ from context_manager.core.tool_system.schema import check_arguments_against_sche
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+    from mcp_types import JSONRPCError, JSONRPCMessage
 
 __all__ = [
     "MEMORY_TOOL_NAMES",
@@ -728,7 +729,8 @@ async def run_mcp_server(
     """Open the memory, then serve MCP over stdio (default) or streamable HTTP on 127.0.0.1:``http_port``.
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
-    error instead of a dropped session. Returns when the client disconnects (stdio); raises
+    error instead of a dropped session. Over HTTP each call is answered with a JSON response (a shutdown
+    waits for the calls in flight). Returns when the client disconnects (stdio); raises
     ``CancelledError`` or ``KeyboardInterrupt`` on interruption, after closing the memory too (cancel the
     task running it, e.g. from ``loop.add_signal_handler(signal.SIGTERM, task.cancel)``, to stop it).
 
@@ -760,10 +762,12 @@ async def run_mcp_server(
             file=sys.stderr,
             flush=True,
         )
+        # JSON responses, not event streams: on SIGTERM uvicorn waits for a response in progress, while
+        # sse-starlette ends every event stream at once (the call in flight was never answered)
         serving = (
             _serve_stdio(server)
             if http_port is None
-            else server.run_streamable_http_async(host="127.0.0.1", port=http_port)
+            else server.run_streamable_http_async(host="127.0.0.1", port=http_port, json_response=True)
         )
         if not stop_on_sigterm:
             await serving
@@ -845,11 +849,20 @@ class _StdinLines:
     As the SDK does, fd 0 then points at the null device (handlers and their children read EOF instead of
     protocol bytes) and is restored afterwards; the private descriptor the thread reads is never closed,
     since the thread may still be blocked on it.
+
+    Closing stdin is how a client ends the session (the MCP shutdown), also right after its last request:
+    the SDK cancelled the calls still running at the end of input and answered them "Connection closed",
+    though a ``memory_add`` cancelled so may have stored part of its memory. The end of input waits
+    instead until every request read has been answered (or cancelled by the client), at most
+    :data:`STDIN_CLOSED_GRACE` seconds, which :class:`_AnswerWatch` tells from the answers written.
     """
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._unanswered: set[int | str | None] = set()  # ids of the requests read, not answered yet
+        self._all_answered = asyncio.Event()
+        self._all_answered.set()
         self._fd = os.dup(0)  # not inheritable: children never get the protocol channel
         self._restore: int | None = None
         self._write_stream: Any = None
@@ -891,6 +904,36 @@ class _StdinLines:
         """Answer lines that are no JSON-RPC message through ``write_stream`` (the SDK drops them)."""
         self._write_stream = write_stream
 
+    def answered(self, request_id: Any) -> None:
+        """A request's answer was written (:class:`_AnswerWatch`), or the client cancelled it."""
+        self._unanswered.discard(_request_key(request_id))
+        if not self._unanswered:
+            self._all_answered.set()
+
+    def _read_message(self, message: Any) -> None:
+        """Note a request read (its answer is waited for at the end of input), or a cancellation."""
+        import mcp_types
+
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            self._unanswered.add(_request_key(message.id))
+            self._all_answered.clear()
+        elif isinstance(message, mcp_types.JSONRPCNotification) and message.method == _CANCELLED:
+            self.answered((message.params or {}).get("requestId"))  # never answered (a MUST NOT)
+
+    async def _drain(self) -> None:
+        """At the end of input: wait (bounded) until the requests in flight have been answered."""
+        if self._all_answered.is_set():
+            return
+        try:
+            async with asyncio.timeout(STDIN_CLOSED_GRACE):
+                await self._all_answered.wait()
+        except TimeoutError:
+            logger.warning(
+                "stdin closed: %d calls still running after %g s are cancelled",
+                len(self._unanswered),
+                STDIN_CLOSED_GRACE,
+            )
+
     def __aiter__(self) -> _StdinLines:
         return self
 
@@ -898,6 +941,7 @@ class _StdinLines:
         while True:
             line = await self._queue.get()
             if line is None:
+                await self._drain()
                 self._queue.put_nowait(None)  # the end stays the end
                 raise StopAsyncIteration
             text = line.decode("utf-8", errors="replace")
@@ -907,18 +951,70 @@ class _StdinLines:
             if not text.strip():
                 continue  # a blank line: nothing to parse, nothing to answer
             checked = _checked_line(text)
-            if isinstance(checked, str):
-                return checked
+            if isinstance(checked, tuple):
+                checked_text, message = checked
+                self._read_message(message)
+                return checked_text
             from mcp.shared.message import SessionMessage
 
             await write_stream.send(SessionMessage(checked))
 
 
+STDIN_CLOSED_GRACE = 30.0
+_CANCELLED = "notifications/cancelled"
+"""Seconds a stdio server whose client closed stdin waits for the calls still running to answer."""
+
+
+def _request_key(request_id: Any) -> int | str | None:
+    """A request id as the SDK correlates them (``"7"`` and ``7`` are one id)."""
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        return None
+    if isinstance(request_id, str):
+        with contextlib.suppress(ValueError):
+            return int(request_id)
+    return request_id
+
+
+class _AnswerWatch:
+    """The server's write stream, telling ``lines`` which requests have been answered.
+
+    An answer counts once the transport's writer has taken it (the stream has no buffer): it is written
+    even when the input ends right after.
+    """
+
+    def __init__(self, inner: Any, lines: _StdinLines) -> None:
+        self._inner = inner
+        self._lines = lines
+
+    async def send(self, item: Any) -> None:
+        import mcp_types
+
+        await self._inner.send(item)
+        message = getattr(item, "message", None)
+        if isinstance(message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            self._lines.answered(message.id)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def clone(self) -> _AnswerWatch:
+        return _AnswerWatch(self._inner.clone(), self._lines)
+
+    async def __aenter__(self) -> _AnswerWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _checked_line(text: str) -> Any:
-    r"""``text`` if it is a JSON-RPC message (repaired, see below), else the JSON-RPC 2.0 error answering it.
+def _checked_line(text: str) -> tuple[str, JSONRPCMessage] | JSONRPCError:
+    r"""``(text, message)`` for a JSON-RPC message (repaired, see below), else the JSON-RPC error answer.
 
     Invalid JSON is a parse error (-32700, id null); JSON that is no request, notification or response an
     invalid request (-32600, with its id when it has a usable one). MCP has no batches: an array is invalid.
@@ -929,8 +1025,7 @@ def _checked_line(text: str) -> Any:
     import mcp_types
 
     try:
-        mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
-        return text
+        return text, mcp_types.jsonrpc_message_adapter.validate_json(text, by_name=False)
     except ValueError:  # pydantic's ValidationError is a ValueError
         pass
     try:
@@ -943,8 +1038,7 @@ def _checked_line(text: str) -> Any:
         if repaired != value:
             line = json.dumps(repaired, ensure_ascii=False)
             try:
-                mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-                return line
+                return line, mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
             except ValueError:
                 pass
     request_id = value.get("id") if isinstance(value, dict) else None
@@ -982,7 +1076,11 @@ async def _serve_stdio(server: Any) -> None:
     try:
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
             lines.answer_errors(write_stream)
-            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            answers = _AnswerWatch(write_stream, lines)
+            await lowlevel.run(read_stream, cast(Any, answers), lowlevel.create_initialization_options())
+    except* BrokenPipeError:
+        # the client is gone (nobody reads stdout): the end of the session, as a closed stdin is
+        logger.info("stdout closed by the client: stopping")
     finally:
         lines.restore()
 

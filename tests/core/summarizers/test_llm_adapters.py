@@ -256,6 +256,68 @@ async def test_summarizer_adapter_empty_choice_falls_back(
     assert usage is not None and usage["input_tokens"] == billed
 
 
+@pytest.mark.parametrize(("provider", "stop"), [("openai", "content_filter"), ("anthropic", "refusal")])
+async def test_summarizer_adapter_an_answer_stopped_by_a_refusal_falls_back(
+    provider: str, stop: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """An answer the provider stopped part-way for safety (OpenAI's and Azure's ``finish_reason
+    "content_filter"``, Claude's ``stop_reason "refusal"``) comes with the text written before it stopped:
+    it became the rolling summary, cut short or a refusal, in place of the evicted turns. It is now a
+    failure (not retried: the same transcript is refused again), and the window falls back to the
+    extractive summary, recording why; the tokens it cost are counted."""
+    cut = "Ada lives in Lisbon; she asked how to"
+    server.reply_text, server.reply_stop = cut, stop
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive", record
+        assert record["error"] is not None and repr(stop) in record["error"], record["error"]
+        assert cut not in summary_text(manager)  # the extractive summary
+        usage = manager.performance_monitor.token_usage()["summarize"]  # type: ignore[union-attr]
+    assert len(server.requests) == 1
+    billed = USAGE["prompt_tokens"] if provider == "openai" else ANTHROPIC_USAGE["input_tokens"]
+    assert summarizer.input_tokens == billed and usage["input_tokens"] == billed
+
+
+THINKING = "Okay, the user wants a summary. Ada mentioned Lisbon, tram 28 and deliveries; keep those."
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [f"<think>\n{THINKING}\n</think>\n\n{SUMMARY}", f"{THINKING}\n</think>\n\n{SUMMARY}"],
+    ids=["think-block", "closing-tag-only"],
+)
+async def test_summarizer_adapter_leaves_the_reasoning_of_a_local_model_out_of_the_summary(
+    answer: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A reasoning model on a local server without a reasoning parser (vLLM, llama.cpp, Ollama's older
+    releases) answers with its thinking in the content, in ``<think>...</think>`` (or after a ``<think>``
+    the chat template opened: only the closing tag is in the answer): the thinking became part of the
+    window's summary, filling its budget with the model's notes to itself. Only the answer is kept."""
+    server.reply_text = answer
+    summarizer = make_summarizer("openai", server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None, record
+        assert model_text(summary_text(manager)) == SUMMARY
+
+
+async def test_summarizer_adapter_an_answer_cut_inside_its_reasoning_falls_back(
+    server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A reasoning model that spends the output limit thinking (``finish_reason "length"`` inside its
+    ``<think>`` block) wrote no summary: its unfinished thoughts were taken for one. It is a failure now
+    (not retried), and the window falls back to the extractive summary, saying why."""
+    server.reply_text, server.reply_stop = f"<think>\n{THINKING} Now, Ada also said", "length"
+    summarizer = make_summarizer("openai", server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom_failed_fallback_extractive", record
+        assert "reasoning" in record["error"] and "'length'" in record["error"], record["error"]
+        assert THINKING not in summary_text(manager)
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_names_the_error_a_server_sent_with_status_200(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
@@ -668,6 +730,61 @@ async def test_summarizer_adapter_says_what_to_check_on_a_client_error(
     async with make_summarizer(provider, server) as summarizer:
         with pytest.raises(SummarizerRequestError, match=f"HTTP {status} .*{hint}"):
             await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+
+
+QUOTED = "Ada's passport number is X1234567"  # what a server's error message may quote of the request
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "expected"),
+    [
+        (  # OpenAI
+            "openai",
+            {
+                "error": {
+                    "message": f"This model's maximum context length is 4096 tokens ({QUOTED})",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+            "HTTP 400 (BadRequestError: context_length_exceeded); the prompt does not fit the model's "
+            "context window: lower max_input_tokens",
+        ),
+        (  # llama.cpp's server
+            "openai",
+            {
+                "error": {
+                    "code": 400,
+                    "message": f"exceeds the context ({QUOTED})",
+                    "type": "exceed_context_size_error",
+                }
+            },
+            "HTTP 400 (BadRequestError: exceed_context_size_error); the prompt does not fit the model's "
+            "context window: lower max_input_tokens",
+        ),
+        (
+            "anthropic",
+            {"type": "error", "error": {"type": "invalid_request_error", "message": f"too long: {QUOTED}"}},
+            "HTTP 400 (BadRequestError); check extra_parameters, and that max_input_tokens fits the model's "
+            "context window",
+        ),
+    ],
+    ids=["openai", "llama.cpp", "anthropic"],
+)
+async def test_summarizer_adapter_says_what_to_check_on_a_bad_request(
+    provider: str, body: dict[str, Any], expected: str, server: ChatCompletionsServer
+) -> None:
+    """A prompt larger than the model's context (a local model of 4,096 tokens, ``max_input_tokens`` 8,000 by
+    default) failed every compression with "HTTP 400 (BadRequestError)", and nothing said what to change.
+    The error's code is named when the body has a specific one, and the hint says what to check; the
+    server's message (which may quote the request) is still left out."""
+    server.faults.append(Fault(status=400, body=body))
+    async with make_summarizer(provider, server) as summarizer:
+        with pytest.raises(SummarizerRequestError) as raised:
+            await summarizer.complete([Message.create("user", "hello there, my name is Ada")], 50)
+    assert str(raised.value) == f"{provider}:stub-model: {expected}"
+    assert QUOTED not in str(raised.value) and raised.value.attempts == 1
 
 
 async def test_summarizer_adapter_on_a_base_url_without_v1_says_to_check_it(

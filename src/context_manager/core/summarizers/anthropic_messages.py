@@ -144,8 +144,11 @@ class AnthropicSummarizer(LLMSummarizer):
             for block in blocks
             if getattr(block, "type", None) == "text" and isinstance(block.text, str)
         )
+        reason = getattr(response, "stop_reason", None)
+        if reason == "refusal":
+            # the text written before Claude's safety check stopped it: cut short, or a refusal
+            raise EmptyAnswer("the model refused to answer (stop_reason 'refusal')", summary_usage)
         if not text.strip():
-            reason = getattr(response, "stop_reason", None)
             raise EmptyAnswer(
                 f"the response has no text (stop_reason {reason!r}){server_error_note(response)}",
                 summary_usage,

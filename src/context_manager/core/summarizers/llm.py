@@ -13,7 +13,8 @@
    ``total_timeout`` deadline gives up at once rather than sleep into the window's timeout;
 4. returns the text and the token usage the provider reported, or raises
    :class:`~context_manager.core.errors.SummarizerRequestError` (status, attempts) - other statuses, a
-   malformed body, an empty answer are not retried.
+   malformed body, an empty answer and an answer the provider stopped for safety (a content filter, a
+   refusal: its text is cut short) are not retried.
 
 The window falls back to the extractive summary on any exception, and records why.
 """
@@ -27,6 +28,7 @@ import functools
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -402,6 +404,7 @@ class LLMSummarizer(abc.ABC):
 
 
 _STATUS_HINTS = {
+    400: "check extra_parameters, and that max_input_tokens fits the model's context window",
     401: "check the API key",
     403: "check the API key and its access to the model",
     404: "check the model name and the base_url",
@@ -417,8 +420,12 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         headers = getattr(error.response, "headers", None) or {}
         retry_after = parse_retry_after(headers) if retryable else None
         hint = _STATUS_HINTS.get(status)
+        code = _error_code(error) if status == 400 else None
+        if code is not None and "context" in code.lower():
+            hint = "the prompt does not fit the model's context window: lower max_input_tokens"
         return RequestFailure(
-            f"HTTP {status} ({type(error).__name__})" + (f"; {hint}" if hint else ""),
+            f"HTTP {status} ({type(error).__name__}{f': {code}' if code else ''})"
+            + (f"; {hint}" if hint else ""),
             retryable,
             status_code=status,
             retry_after=retry_after,
@@ -434,6 +441,29 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
         # a body that is not JSON or not the expected shape (JSONDecodeError is a ValueError)
         return RequestFailure(f"malformed response ({type(error).__name__})", retryable=False)
     return RequestFailure(f"{type(error).__name__}", retryable=False)
+
+
+_ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{2,63}")
+_GENERIC_CODES = frozenset({"error", "invalid_request_error", "BadRequestError", "bad_request"})
+
+
+def _error_code(error: Exception) -> str | None:
+    """The specific machine-readable code of an error answer (``context_length_exceeded``), if it has one.
+
+    Read from the body's ``code``, else its ``type`` (llama.cpp's ``exceed_context_size_error``), in the
+    body or its ``error`` object: an identifier quotes nothing of the request, unlike the message, which is
+    left out. Generic values (``invalid_request_error``) say no more than the status.
+    """
+    body = getattr(error, "body", None)
+    places = [body.get("error"), body] if isinstance(body, Mapping) else []
+    for place in places:
+        if not isinstance(place, Mapping):
+            continue
+        for key in ("code", "type"):
+            value = place.get(key)
+            if isinstance(value, str) and _ERROR_CODE.fullmatch(value) and value not in _GENERIC_CODES:
+                return value
+    return None
 
 
 def _proxy_note(error: Exception) -> str:

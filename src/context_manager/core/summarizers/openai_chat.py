@@ -164,8 +164,17 @@ class OpenAISummarizer(LLMSummarizer):
         content = getattr(message, "content", None) if message is not None else None
         if isinstance(content, list):  # content parts (Mistral's reasoning models, some gateways)
             content = "".join(_part_text(part) for part in content)
+        reason = getattr(choices[0], "finish_reason", None)
+        if reason == "content_filter":
+            # the text before the filter stopped it: a summary cut short, not one of the evicted turns
+            stopped = "the answer was stopped by a content filter (finish_reason 'content_filter')"
+            raise EmptyAnswer(stopped, summary_usage)
+        if isinstance(content, str):
+            content = _without_reasoning(content)
+            if content is None:
+                cut = f"the answer holds only the model's reasoning, unfinished (finish_reason {reason!r})"
+                raise EmptyAnswer(cut, summary_usage)
         if not isinstance(content, str) or not content.strip():
-            reason = getattr(choices[0], "finish_reason", None)
             refusal = getattr(message, "refusal", None) if message is not None else None
             why = f"; refusal: {refusal[:200]!r}" if isinstance(refusal, str) and refusal else ""
             raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage)
@@ -194,6 +203,28 @@ def _serves_openai_models(host: str) -> bool:
     """
     host = host.lower()
     return host == _OPENAI_HOST or host.endswith(_AZURE_OPENAI_HOSTS)
+
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def _without_reasoning(content: str) -> str | None:
+    """``content`` without the reasoning a local server left in it; ``None`` if it holds nothing else.
+
+    A reasoning model served without a reasoning parser (vLLM, llama.cpp's server, Ollama's older releases)
+    answers ``<think>...</think>`` then its answer, or, when the chat template opened the ``<think>``
+    itself (DeepSeek-R1 and its distillations), its thinking then ``</think>`` and its answer. An opening
+    tag without its end is an answer cut inside its thinking (the output limit): no summary at all.
+    """
+    stripped = content.lstrip()
+    if stripped.startswith(_THINK_OPEN):
+        _, closed, answer = stripped[len(_THINK_OPEN) :].partition(_THINK_CLOSE)
+        return answer if closed else None
+    thinking, closed, answer = content.partition(_THINK_CLOSE)
+    if closed and _THINK_OPEN not in thinking:
+        return answer
+    return content
 
 
 def _part_text(part: Any) -> str:
