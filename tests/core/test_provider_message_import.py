@@ -565,6 +565,24 @@ async def test_kept_reasoning_counts_against_the_token_budget(tmp_path: Path) ->
         assert with_reasoning.token_count == without.token_count + get_token_counter().count(reasoning)
 
 
+async def test_a_user_s_own_openai_reasoning_metadata_stays_free_form(tmp_path: Path) -> None:
+    """The kept reasoning's key is the library's, named as its others are (``context_manager.summary``
+    ...): metadata a user keeps under ``"openai_reasoning"`` (free-form JSON in 0.1.0) was refused on a
+    user message and, shaped as reasoning on an assistant message, sent to the provider and counted."""
+    assert REASONING_METADATA_KEY.startswith("context_manager.")
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Weather?", metadata={"openai_reasoning": "routed by rule 4"})
+        await manager.add_message("assistant", "Sunny.", metadata={"openai_reasoning": {"reasoning": "mine"}})
+        await manager.add_message("assistant", "Sunny.")
+        assert manager.get_context("openai") == [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Sunny."},
+            {"role": "assistant", "content": "Sunny."},
+        ]
+        assert manager.messages[1].token_count == manager.messages[2].token_count
+        assert manager.messages[0].metadata == {"openai_reasoning": "routed by rule 4"}
+
+
 @pytest.mark.parametrize(
     ("item", "field"),
     [

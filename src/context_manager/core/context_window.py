@@ -85,6 +85,7 @@ from context_manager.core.eviction import EvictedQueue
 from context_manager.core.messages import (
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
+    REASONING_METADATA_KEY,
     Message,
     Role,
     ToolCall,
@@ -183,7 +184,7 @@ def _counted_chars(message: Message, *, content: bool = True) -> int:
         chars += len(block.get("thinking") or block.get("data") or "")
     for call in message.tool_calls:
         chars += len(call.arguments_json())
-    if message.metadata:  # a reasoning server's reasoning, kept (REASONING_METADATA_KEY)
+    if message.metadata and REASONING_METADATA_KEY in message.metadata:  # a reasoning server's, kept
         chars += sum(len(text) for text in reasoning_texts(message))
     return chars
 
@@ -1033,7 +1034,8 @@ class ContextWindow:
         elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
             return -1
         if len(message.content) > OFF_LOOP_CHARS or (  # counted in a thread, under the lock (keeps the order)
-            (message.thinking or message.tool_calls or message.metadata)
+            # what else it counts: thinking, call arguments, kept reasoning
+            (message.thinking or message.tool_calls or REASONING_METADATA_KEY in (message.metadata or ()))
             and _counted_chars(message) > OFF_LOOP_CHARS
         ):
             return -1
@@ -1086,7 +1088,7 @@ class ContextWindow:
                 chars += sum(
                     _counted_chars(m, content=False)
                     for m in batch
-                    if m.thinking or m.tool_calls or m.metadata
+                    if m.thinking or m.tool_calls or REASONING_METADATA_KEY in (m.metadata or ())
                 )
             if chars > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])

@@ -353,14 +353,15 @@ def _json_arguments(raw: Any, field: str) -> Any:
     return {} if raw is None else raw  # some servers send null (or "null") for a call without arguments
 
 
-REASONING_METADATA_KEY = "openai_reasoning"
+REASONING_METADATA_KEY = "context_manager.openai_reasoning"
 """The ``metadata`` key of the reasoning an OpenAI-compatible server sent with an assistant message.
 
 A dict of the message's reasoning fields as the server sent them: ``reasoning_content`` (DeepSeek, vLLM),
 ``reasoning`` (vLLM, OpenRouter), ``reasoning_details`` (OpenRouter). ``add_message`` / ``add_messages``
 keep them there (an assistant message's fields of that name, when not empty); the OpenAI export writes
 them back on the message, as DeepSeek's thinking mode requires after a tool call. Counted against the token
-budget (the strings, ``reasoning_details`` as JSON)."""
+budget (the strings, ``reasoning_details`` as JSON). Named as the window's own keys are
+(``context_manager.summary`` ...): a user's metadata keeps every other key free-form."""
 REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 """The reasoning fields of an OpenAI-compatible server's assistant message, in the order they are kept."""
 _REASONING = (

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError
-from context_manager.core.messages import reasoning_texts
+from context_manager.core.messages import REASONING_METADATA_KEY, reasoning_texts
 
 if TYPE_CHECKING:
     from context_manager.core.messages import Message
@@ -403,7 +403,7 @@ class ExactTokenCounter:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
         if message.thinking:
             total += self._count_thinking(message)
-        if message.metadata:
+        if message.metadata and REASONING_METADATA_KEY in message.metadata:  # most hold none
             total += self._count_reasoning(message)
         return total
 
@@ -424,7 +424,7 @@ class ExactTokenCounter:
             total += TOKENS_PER_TOOL_CALL + count(call.name) + count(call.arguments_json())
         if message.thinking:
             total += self._count_thinking(message)
-        if message.metadata:
+        if message.metadata and REASONING_METADATA_KEY in message.metadata:  # most hold none
             total += self._count_reasoning(message)
         return total
 
@@ -450,7 +450,7 @@ class _ThinkingCounted:
             count = self._counter.count
             for block in message.thinking:
                 tokens += count(block.get("thinking") or block.get("data") or "")
-        if message.metadata:
+        if message.metadata and REASONING_METADATA_KEY in message.metadata:
             for text in reasoning_texts(message):
                 tokens += self._counter.count(text)
         return tokens
