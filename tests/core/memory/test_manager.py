@@ -417,6 +417,59 @@ async def test_update_and_delete(manager: MemoryManager) -> None:
         await manager.update_memory(memory.id, content="x")
 
 
+async def refuse_long_term_deletes(config: ContextManagerConfig) -> None:
+    """Make the storage refuse every delete of a long-term row (a real trigger raising, on either backend)."""
+    if config.memory_backend == "postgres":
+        import psycopg
+
+        assert config.postgres_dsn is not None
+        dsn = config.postgres_dsn.get_secret_value()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+            await connection.execute(
+                "CREATE FUNCTION cm_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF OLD.tier = 'long' THEN RAISE EXCEPTION 'deletes refused'; END IF; RETURN OLD; END $$"
+            )
+            await connection.execute(
+                "CREATE TRIGGER cm_test_refuse BEFORE DELETE ON cm_memories "
+                "FOR EACH ROW EXECUTE FUNCTION cm_test_refuse()"
+            )
+        return
+    with sqlite3.connect(config.resolved_storage_path / "memories.sqlite3") as connection:
+        connection.execute(
+            "CREATE TRIGGER cm_test_refuse BEFORE DELETE ON memories "
+            "BEGIN SELECT RAISE(ABORT, 'deletes refused'); END"
+        )
+    connection.close()
+
+
+async def test_a_move_failing_part_way_leaves_the_memory_in_the_tiers_it_was_in(
+    manager: MemoryManager, config: ContextManagerConfig
+) -> None:
+    """``update_memory(id, tier="medium")`` of a memory in short- and long-term moved its short-term copy
+    to medium-term, then met a refused delete of its long-term copy: the medium-term copy was removed again
+    and the memory was left in long-term only, a tier nobody asked for. It is left where it was, unchanged,
+    and the error is a StorageError (SQLite's refusal came out as a bare sqlite3.IntegrityError)."""
+    memory = await manager.add_memory("the vault code is qzvaultxq", importance=0.9, tags=["vault"])
+    other = await manager.add_memory("the shed code is qzshedxq", importance=0.9)
+    before = await snapshot(manager)
+    assert [c["tier"] for c in before if c["id"] == memory.id] == ["long", "short"]
+    await refuse_long_term_deletes(config)
+    with pytest.raises(StorageError, match="deletes refused"):
+        await manager.update_memory(memory.id, tier="medium", importance=0.5, tags=["moved"])
+    assert await snapshot(manager) == before
+    assert (await manager.get_memory_stats())["in_two_tiers"] == 2
+    found = await manager.search_memory("qzvaultxq")
+    assert [(m.id, m.tier, m.importance) for m in found] == [(memory.id, MemoryTier.SHORT, 0.9)]
+    await manager.close()
+    async with MemoryManager(config) as reopened:  # the journal replays to the same tiers
+        stored = await reopened.stored_copies()
+        copies = sorted((m.id, m.tier.value, m.importance, tuple(m.tags)) for m in stored)
+        assert copies == sorted(
+            [(memory.id, tier, 0.9, ("vault",)) for tier in ("long", "short")]
+            + [(other.id, tier, 0.9, ()) for tier in ("long", "short")]
+        )
+
+
 async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: MemoryManager) -> None:
     """The next turn indexes its predecessor's text (``context``): a redaction by update_memory reaches it."""
     first = await manager.add_memory(
