@@ -597,6 +597,28 @@ async def test_access_counts_are_batched_and_persisted(config: ContextManagerCon
         assert stored is not None and stored.access_count == 3
 
 
+async def test_pending_access_updates_are_counted_per_user(manager: MemoryManager) -> None:
+    """``get_memory_stats(user_id=...)["pending_access_updates"]`` counted every user's search hits not
+    written yet; it counts that user's (everyone's for ALL_USERS), and the flush writes them all."""
+    for owner in ("alice", "alice", "bob", None):
+        await manager.add_memory(f"a ripe apple for {owner}", user_id=owner, tier="long")
+    assert len(await manager.search_memory("apple", user_id="alice")) == 2
+    assert len(await manager.search_memory("apple", user_id="bob")) == 1
+
+    async def pending(user_id: Any = None) -> int:
+        return int((await manager.get_memory_stats(user_id=user_id))["pending_access_updates"])
+
+    counts = [await pending("alice"), await pending("bob"), await pending(), await pending("carol")]
+    assert counts == [2, 1, 0, 0]
+    assert await pending(ALL_USERS) == 3
+    await manager.search_memory("apple")
+    assert [await pending(), await pending(ALL_USERS)] == [1, 4]
+    await manager.flush()
+    assert await pending(ALL_USERS) == 0
+    hits = [m.access_count for m in await manager.search_memory("apple", user_id=ALL_USERS, limit=10)]
+    assert sorted(hits) == [2, 2, 2, 2]
+
+
 async def test_consolidation_merges_hides_and_can_be_undone(manager: MemoryManager) -> None:
     a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4, tags=["home"])
     b = await manager.add_memory(
