@@ -619,6 +619,33 @@ async def test_pending_access_updates_are_counted_per_user(manager: MemoryManage
     assert sorted(hits) == [2, 2, 2, 2]
 
 
+async def test_turns_imported_over_a_session_are_what_its_next_turn_reads(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    """An import replacing a conversation turn's text (a redacted export) left the manager's memory of that
+    session's last turn as it was: the next turn indexed the old text as its context, so the redacted words
+    still found it (SQLite). An import adding turns to a session left its turn counter as it was: the next
+    evicted message took a number an imported turn held."""
+    from context_manager.core.messages import Message, Role
+
+    [first] = await manager.remember_messages([Message(role=Role.USER, content="my pin is qzpinxq")])
+    exported = tmp_path / "turns.jsonl"
+    await manager.export_memories(exported)
+    record = json.loads(exported.read_text(encoding="utf-8"))
+    redacted = {**record, "content": "my pin is redacted"}
+    added = {**record, "id": "imported-turn", "content": "an imported turn", "tiers": ["medium"]}
+    added["metadata"] = {**record["metadata"], "turn_index": 1}
+    exported.write_text(json.dumps(redacted) + "\n" + json.dumps(added) + "\n", encoding="utf-8")
+    assert (await manager.import_memories(exported))["imported"] == 2
+    [after] = await manager.remember_messages([Message(role=Role.ASSISTANT, content="noted")])
+    assert after.turn_index == 2  # after the imported turn 1
+    assert after.context == "an imported turn"
+    [next_turn] = await manager.remember_messages([Message(role=Role.USER, content="thanks")])
+    assert next_turn.turn_index == 3 and next_turn.context == "noted"
+    assert await manager.search_memory("qzpinxq") == []
+    assert first.turn_index == 0
+
+
 async def test_consolidation_merges_hides_and_can_be_undone(manager: MemoryManager) -> None:
     a = await manager.add_memory("The user lives in Berlin, Germany", importance=0.4, tags=["home"])
     b = await manager.add_memory(

@@ -436,6 +436,12 @@ class MemoryMaintenance(TierMovement):
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
+            # conversation turns imported may replace a session's last turn (its text, which the next turn
+            # indexes as its context) or continue its numbering: read both from the storage again
+            for memory in memories.values():
+                if memory.session_id is not None:
+                    self._last_turn.pop((memory.user_id, memory.session_id), None)
+                    self._turn_counters.pop((memory.user_id, memory.session_id), None)
             # The replaced memories' copies stay until the new ones are written: the new copies are
             # written first (a put replaces a copy in its tier), then the old copies in tiers the new
             # placement does not use are deleted. Killed anywhere in between, every memory still has a
