@@ -390,18 +390,19 @@ async def test_a_failed_update_to_long_term_never_loses_a_memory_moved_there(tmp
     """``update_memory(id, ..., tier="long")`` of a medium-term memory moves it first (its long-term copy
     committed, its medium-term copy's removal logged); when the update's own write then failed (a full
     disk), putting the long-term tier "back as it was" deleted that copy too: the memory was gone, in the
-    process and once reopened. It is kept now, with the text it had."""
+    process and once reopened. It is kept now, with the text it had, back in medium-term."""
     storage = tmp_path / "storage"
     result = await asyncio.to_thread(run_script, MOVING_UPDATER, storage)
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and lines[1] == "FAILED", result.stdout + result.stderr
     memory_id = lines[0]
     old = "the gate code is qzoldxq"
-    assert [text for _, text in json.loads(lines[2])] == [old]  # one copy, the text before the call
+    # one copy, where it was and with the text it had before the call
+    assert json.loads(lines[2]) == [["medium", old]]
     config = settings(storage)
     async with MemoryManager(config) as manager:
         copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
-        assert [copy.content for copy in copies] == [old]
+        assert [(copy.tier.value, copy.content) for copy in copies] == [("medium", old)]
         assert [m.id for m in await manager.search_memory("qzoldxq")] == [memory_id]
         assert await manager.search_memory("qznewxq") == []
 

@@ -228,6 +228,34 @@ async def test_a_turn_updated_then_deleted_is_on_no_byte_of_the_storage_files(
     assert files_holding(storage, "qzoldpinxq", "qznewpinxq") == {}
 
 
+async def test_a_turn_another_process_redacted_is_not_copied_into_the_next_turn(postgres_dsn: str) -> None:
+    """PostgreSQL, two processes: one writes a turn, the other redacts it (update_memory) or deletes it; the
+    next turn the first one wrote took the previous turn's text from its own memory of it, the secret,
+    which a search then found (in the next turn's context, and the redacted turn through it). The previous
+    turn is read from the storage now, where another process may have changed it."""
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as writer, MemoryManager(config) as other:
+        turn = {"session_id": "s"}
+        first = await writer.add_memory("my pin is qzpinxq", metadata={**turn, "turn_index": 0})
+        await other.update_memory(first.id, content="my pin is redacted")
+        second = await writer.add_memory("noted", metadata={**turn, "turn_index": 1})
+        assert second.context == "my pin is redacted"
+        assert await other.search_memory("qzpinxq") == []
+        await other.update_memory(second.id, content="noted the code qzcodexq")
+        await other.delete_memory(second.id)
+        third = await writer.add_memory("anything else?", metadata={**turn, "turn_index": 2})
+        assert third.context == ""
+        assert await writer.search_memory("qzcodexq") == []
+        # within one write the turn before is the one just written
+        fourth, fifth = await writer.add_memories(
+            [
+                {"content": "the boat is blue", "metadata": {**turn, "turn_index": 3}},
+                {"content": "and the sail?", "metadata": {**turn, "turn_index": 4}},
+            ]
+        )
+        assert fourth.context == "anything else?" and fifth.context == "the boat is blue"
+
+
 def stored_vector_ids(config: ContextManagerConfig) -> set[str]:
     """The ids in the storage's vector table, read with the database's own client."""
     if config.memory_backend == "sqlite":

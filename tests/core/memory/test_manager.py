@@ -417,6 +417,59 @@ async def test_update_and_delete(manager: MemoryManager) -> None:
         await manager.update_memory(memory.id, content="x")
 
 
+async def refuse_long_term_deletes(config: ContextManagerConfig) -> None:
+    """Make the storage refuse every delete of a long-term row (a real trigger raising, on either backend)."""
+    if config.memory_backend == "postgres":
+        import psycopg
+
+        assert config.postgres_dsn is not None
+        dsn = config.postgres_dsn.get_secret_value()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+            await connection.execute(
+                "CREATE FUNCTION cm_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF OLD.tier = 'long' THEN RAISE EXCEPTION 'deletes refused'; END IF; RETURN OLD; END $$"
+            )
+            await connection.execute(
+                "CREATE TRIGGER cm_test_refuse BEFORE DELETE ON cm_memories "
+                "FOR EACH ROW EXECUTE FUNCTION cm_test_refuse()"
+            )
+        return
+    with sqlite3.connect(config.resolved_storage_path / "memories.sqlite3") as connection:
+        connection.execute(
+            "CREATE TRIGGER cm_test_refuse BEFORE DELETE ON memories "
+            "BEGIN SELECT RAISE(ABORT, 'deletes refused'); END"
+        )
+    connection.close()
+
+
+async def test_a_move_failing_part_way_leaves_the_memory_in_the_tiers_it_was_in(
+    manager: MemoryManager, config: ContextManagerConfig
+) -> None:
+    """``update_memory(id, tier="medium")`` of a memory in short- and long-term moved its short-term copy
+    to medium-term, then met a refused delete of its long-term copy: the medium-term copy was removed again
+    and the memory was left in long-term only, a tier nobody asked for. It is left where it was, unchanged,
+    and the error is a StorageError (SQLite's refusal came out as a bare sqlite3.IntegrityError)."""
+    memory = await manager.add_memory("the vault code is qzvaultxq", importance=0.9, tags=["vault"])
+    other = await manager.add_memory("the shed code is qzshedxq", importance=0.9)
+    before = await snapshot(manager)
+    assert [c["tier"] for c in before if c["id"] == memory.id] == ["long", "short"]
+    await refuse_long_term_deletes(config)
+    with pytest.raises(StorageError, match="deletes refused"):
+        await manager.update_memory(memory.id, tier="medium", importance=0.5, tags=["moved"])
+    assert await snapshot(manager) == before
+    assert (await manager.get_memory_stats())["in_two_tiers"] == 2
+    found = await manager.search_memory("qzvaultxq")
+    assert [(m.id, m.tier, m.importance) for m in found] == [(memory.id, MemoryTier.SHORT, 0.9)]
+    await manager.close()
+    async with MemoryManager(config) as reopened:  # the journal replays to the same tiers
+        stored = await reopened.stored_copies()
+        copies = sorted((m.id, m.tier.value, m.importance, tuple(m.tags)) for m in stored)
+        assert copies == sorted(
+            [(memory.id, tier, 0.9, ("vault",)) for tier in ("long", "short")]
+            + [(other.id, tier, 0.9, ()) for tier in ("long", "short")]
+        )
+
+
 async def test_updating_a_turns_text_updates_the_next_turns_copy_of_it(manager: MemoryManager) -> None:
     """The next turn indexes its predecessor's text (``context``): a redaction by update_memory reaches it."""
     first = await manager.add_memory(
@@ -542,6 +595,55 @@ async def test_access_counts_are_batched_and_persisted(config: ContextManagerCon
     async with MemoryManager(config) as reopened:
         stored = await reopened.get_memory(memory.id)
         assert stored is not None and stored.access_count == 3
+
+
+async def test_pending_access_updates_are_counted_per_user(manager: MemoryManager) -> None:
+    """``get_memory_stats(user_id=...)["pending_access_updates"]`` counted every user's search hits not
+    written yet; it counts that user's (everyone's for ALL_USERS), and the flush writes them all."""
+    for owner in ("alice", "alice", "bob", None):
+        await manager.add_memory(f"a ripe apple for {owner}", user_id=owner, tier="long")
+    assert len(await manager.search_memory("apple", user_id="alice")) == 2
+    assert len(await manager.search_memory("apple", user_id="bob")) == 1
+
+    async def pending(user_id: Any = None) -> int:
+        return int((await manager.get_memory_stats(user_id=user_id))["pending_access_updates"])
+
+    counts = [await pending("alice"), await pending("bob"), await pending(), await pending("carol")]
+    assert counts == [2, 1, 0, 0]
+    assert await pending(ALL_USERS) == 3
+    await manager.search_memory("apple")
+    assert [await pending(), await pending(ALL_USERS)] == [1, 4]
+    await manager.flush()
+    assert await pending(ALL_USERS) == 0
+    hits = [m.access_count for m in await manager.search_memory("apple", user_id=ALL_USERS, limit=10)]
+    assert sorted(hits) == [2, 2, 2, 2]
+
+
+async def test_turns_imported_over_a_session_are_what_its_next_turn_reads(
+    manager: MemoryManager, tmp_path: Path
+) -> None:
+    """An import replacing a conversation turn's text (a redacted export) left the manager's memory of that
+    session's last turn as it was: the next turn indexed the old text as its context, so the redacted words
+    still found it (SQLite). An import adding turns to a session left its turn counter as it was: the next
+    evicted message took a number an imported turn held."""
+    from context_manager.core.messages import Message, Role
+
+    [first] = await manager.remember_messages([Message(role=Role.USER, content="my pin is qzpinxq")])
+    exported = tmp_path / "turns.jsonl"
+    await manager.export_memories(exported)
+    record = json.loads(exported.read_text(encoding="utf-8"))
+    redacted = {**record, "content": "my pin is redacted"}
+    added = {**record, "id": "imported-turn", "content": "an imported turn", "tiers": ["medium"]}
+    added["metadata"] = {**record["metadata"], "turn_index": 1}
+    exported.write_text(json.dumps(redacted) + "\n" + json.dumps(added) + "\n", encoding="utf-8")
+    assert (await manager.import_memories(exported))["imported"] == 2
+    [after] = await manager.remember_messages([Message(role=Role.ASSISTANT, content="noted")])
+    assert after.turn_index == 2  # after the imported turn 1
+    assert after.context == "an imported turn"
+    [next_turn] = await manager.remember_messages([Message(role=Role.USER, content="thanks")])
+    assert next_turn.turn_index == 3 and next_turn.context == "noted"
+    assert await manager.search_memory("qzpinxq") == []
+    assert first.turn_index == 0
 
 
 async def test_consolidation_merges_hides_and_can_be_undone(manager: MemoryManager) -> None:

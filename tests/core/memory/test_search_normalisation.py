@@ -46,6 +46,9 @@ FORMS = {
     "full-width query": ("Tokyo office opens at 9 am", ["Ｔｏｋｙｏ"]),
     "ligature": ("The ﬁnal ofﬁce ﬂoor plan", ["final", "office", "floor", "ﬁnal"]),
     "half-width katakana": ("ｶﾀｶﾅ で書いた", ["カタカナ"]),
+    "half-width sound marks": ("ｶﾞｲﾄﾞﾌﾞｯｸ と ﾊﾟﾝ", ["ガイドブック", "ｶﾞｲﾄﾞﾌﾞｯｸ", "パン", "ﾊﾟﾝ"]),
+    "half-width query of full-width kana": ("ガイドブック と パン", ["ｶﾞｲﾄﾞﾌﾞｯｸ", "ﾊﾟﾝ", "ガイドブック"]),
+    "half-width sound mark after an accent": ("un caféﾞ crème", ["cafe", "café", "creme"]),
     "Cyrillic decomposed": (nfd("Мой район у моря"), ["район", "мой"]),
     "Greek decomposed": (nfd("Καλημέρα από την Αθήνα"), ["καλημέρα", "αθήνα"]),
     "e-mail": ("Write to alice@example.com today", ["alice", "example", "alice@example.com"]),
@@ -354,6 +357,56 @@ async def test_a_store_indexed_before_0012_derives_the_rows_holding_a_mark_again
                 memory_id for memory_id, version in await cursor.fetchall() if versions[memory_id] != version
             }
         assert rewritten == {"yoruba", "decomposed", "greek"} | {memory_id for memory_id, _ in filler}
+
+
+async def test_a_store_indexed_before_0012_gives_the_rows_holding_a_half_width_sound_mark_its_vector(
+    postgres_dsn: str,
+) -> None:
+    """A half-width voiced or semi-voiced sound mark ("ﾞ", "ﾟ") is a combining mark once folded (NFKC), so
+    0012's trigger indexes "caféﾞ" as the query reads it ("cafe": the word ends at the mark); but 0012
+    derived again only the rows holding a combining mark as stored, and such a row kept 0011's vector
+    ("café"): "cafe" found it on SQLite, not on PostgreSQL. Migration 0014 gives those rows the vector."""
+    import psycopg
+
+    from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    database = PostgresDatabase(postgres_dsn, pool_size=1)
+    await database.open()
+    try:
+        await database.migrate([(name, statements) for name, statements in MIGRATIONS if name < "0012"])
+    finally:
+        await database.close()
+    rows = {  # content, queries that must find it
+        "voiced": ("un caféﾞ crème", ["cafe", "café"]),
+        "semi-voiced": ("the résuméﾟ file", ["resume", "résumé"]),
+        "kana": ("ｶﾞｲﾄﾞﾌﾞｯｸ と ﾊﾟﾝ", ["ガイドブック", "ｶﾞｲﾄﾞﾌﾞｯｸ", "パン", "ﾊﾟﾝ"]),
+        "full-width": ("カフェの メニュー", ["ｶﾌｪ", "ﾒﾆｭｰ", "メニュー"]),
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+        async with connection.cursor() as cursor:
+            await cursor.executemany(  # written by the earlier version: 0011's trigger computed the vector
+                "INSERT INTO cm_memories (id, tier, owner, content, importance, created_at, last_accessed, "
+                "source) VALUES (%s, 'long', '', %s, 0.5, 1.0, 1.0, 'user')",
+                [(memory_id, content) for memory_id, (content, _) in rows.items()],
+            )
+        await connection.execute("DELETE FROM cm_search_rederive")  # 0011's upgrade done
+        cursor = await connection.execute("SELECT id, xmin::text FROM cm_memories")
+        versions = dict(await cursor.fetchall())
+    config = ContextManagerConfig(memory_backend="postgres", postgres_dsn=postgres_dsn, embedder="none")
+    async with MemoryManager(config) as manager:
+        for memory_id, (_, queries) in rows.items():
+            for query in queries:
+                assert [m.id for m in await manager.search_memory(query, limit=5)] == [memory_id], query
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM cm_search_rederive")
+            assert await cursor.fetchone() == (0,)
+            cursor = await connection.execute("SELECT id, xmin::text FROM cm_memories")
+            rewritten = {
+                memory_id for memory_id, version in await cursor.fetchall() if versions[memory_id] != version
+            }
+        assert rewritten == {"voiced", "semi-voiced"}  # kana alone: the same vector under 0011 and 0012
 
 
 async def test_rebuild_index_normalises_long_term_memories_indexed_before(tmp_path: Path) -> None:

@@ -602,34 +602,50 @@ class LocalBackend:
     ) -> list[str]:
         """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out).
 
-        A write that fails (``StorageError``: the log refusing a fast copy on a full disk, after the
-        long-term copy was committed) puts the long-term tier back as it was, and removes a fast copy a
-        failed move made, before raising, so the memories are as they were (not two texts under one id,
-        which the next open would settle as the update's, nor in two tiers); if that fails too, the next
-        open settles them.
+        A write that fails (``StorageError``: the log refusing a fast copy on a full disk, the database
+        refusing the delete of a long-term copy) puts the memories back as they were before raising: the
+        fast copy a move took away put back (a short- and long-term memory moved to medium-term whose
+        long-term copy could not be deleted stays in short- and long-term, not in long-term alone), a fast
+        copy a failed move made removed, the long-term tier as it was (not two texts under one id, which
+        the next open would settle as the update's, nor in two tiers); if that fails too, the memory keeps
+        at least one copy, and the next open settles them.
         """
         found = await self.copies(list(dict.fromkeys(ids)))
         try:
             return await self._update(found, changes, tier)
         except StorageError:
+            # the fast copies first: a long-term copy the call made goes with them only once the memory is
+            # held in its tier again (_restore_long keeps the only copy left)
+            with contextlib.suppress(StorageError):
+                await self._restore_volatile(found)
             with contextlib.suppress(StorageError):
                 await self._restore_long(found)
-            with contextlib.suppress(StorageError):
-                await self._drop_new_copies(found)
             raise
 
-    async def _drop_new_copies(self, found: Sequence[Memory]) -> None:
-        """Delete the volatile copies a failed move made of memories still held in a tier ``found`` holds.
+    async def _restore_volatile(self, found: Sequence[Memory]) -> None:
+        """Put the volatile copies of ``found``'s memories back as ``found`` holds them.
 
-        A long-term memory moved to a volatile tier gets its new copy logged before its long-term one is
-        deleted: when that delete fails, the memory is left where it was, not in two tiers.
+        A volatile copy the call changed or moved to the other volatile tier is put back (a put in a
+        volatile tier replaces the id's copy in the other one, as the journal's replay does); a volatile
+        copy the call made of a memory that had none (a long-term memory moved to a volatile tier whose
+        long-term copy could not be deleted) is deleted while the memory still has its long-term copy.
         """
-        before = {(copy.id, copy.tier) for copy in found}
+        before = {copy.id: copy for copy in found if copy.tier is not MemoryTier.LONG}
         current = await self.copies(list(dict.fromkeys(copy.id for copy in found)))
-        kept = {copy.id for copy in current if (copy.id, copy.tier) in before}
-        for copy in current:
-            if copy.tier is not MemoryTier.LONG and (copy.id, copy.tier) not in before and copy.id in kept:
-                await self.delete(copy.tier, [copy.id])
+        now = {copy.id: copy for copy in current if copy.tier is not MemoryTier.LONG}
+        with_long = {copy.id for copy in current if copy.tier is MemoryTier.LONG}
+        for volatile_tier in (MemoryTier.MEDIUM, MemoryTier.SHORT):
+            restored = [
+                copy.copy()
+                for memory_id, copy in before.items()
+                if copy.tier is volatile_tier and now.get(memory_id) != copy
+            ]
+            await self.put(volatile_tier, restored)
+            if volatile_tier is MemoryTier.SHORT:  # a short-term copy beside a long-term one: both written
+                self._long_copies.update(copy.id for copy in restored if copy.id in with_long)
+        for memory_id, copy in now.items():
+            if memory_id not in before and memory_id in with_long:
+                await self.delete(copy.tier, [memory_id])
 
     async def _restore_long(self, found: Sequence[Memory]) -> None:
         """Put the long-term copies of ``found``'s memories back as ``found`` holds them (none: none).

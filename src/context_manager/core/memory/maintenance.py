@@ -243,7 +243,8 @@ class MemoryMaintenance(TierMovement):
             ``in_two_tiers`` (memories counted in two tiers), ``capacity``, ``over_capacity`` (tiers),
             ``superseded``,
             ``oldest``/``newest`` (epoch seconds or ``None``), ``mean_importance``, ``bytes_on_disk``
-            (``log``, ``database``, ``total``), ``pending_access_updates``, ``index`` (``status``:
+            (``log``, ``database``, ``total``), ``pending_access_updates`` (of these memories: search hits
+            not written yet), ``index`` (``status``:
             ``"ok"``, ``"damaged"`` or ``"unchecked"``, from the latest :meth:`check_integrity` (the
             periodic health check runs one) or :meth:`rebuild_index`; ``checked_at``, ``check``
             (``"quick"``, ``"full"`` or ``"rebuilt"``), ``problems``, ``engine``, ``vectors``),
@@ -275,7 +276,7 @@ class MemoryMaintenance(TierMovement):
             "newest": counted.newest,
             "mean_importance": counted.importance_total / total if total else None,
             "bytes_on_disk": sizes,
-            "pending_access_updates": len(self._pending_touches),
+            "pending_access_updates": self._pending_access_updates(user_id),
             "index": {
                 **self._index_status(),
                 "engine": "sqlite-fts5 bm25" if backend.kind == "sqlite" else "postgresql tsvector",
@@ -288,6 +289,12 @@ class MemoryMaintenance(TierMovement):
         if user_id is ALL_USERS:
             stats["by_user"] = counted.by_user
         return stats
+
+    def _pending_access_updates(self, user_id: UserScope) -> int:
+        """How many of ``user_id``'s memories have search hits not yet written (everyone's: all of them)."""
+        if user_id is ALL_USERS:
+            return len(self._pending_touches)
+        return sum(1 for *_, owner in self._pending_touches.values() if owner == user_id)
 
     async def export_memories(self, path: str | Path, *, user_id: UserScope = None) -> int:
         """Write memories (one JSON object per line, every field, superseded ones too) to ``path``.
@@ -429,6 +436,12 @@ class MemoryMaintenance(TierMovement):
         by_tier = {tier.value: 0 for tier in MemoryTier}
         async with self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
+            # conversation turns imported may replace a session's last turn (its text, which the next turn
+            # indexes as its context) or continue its numbering: read both from the storage again
+            for memory in memories.values():
+                if memory.session_id is not None:
+                    self._last_turn.pop((memory.user_id, memory.session_id), None)
+                    self._turn_counters.pop((memory.user_id, memory.session_id), None)
             # The replaced memories' copies stay until the new ones are written: the new copies are
             # written first (a put replaces a copy in its tier), then the old copies in tiers the new
             # placement does not use are deleted. Killed anywhere in between, every memory still has a

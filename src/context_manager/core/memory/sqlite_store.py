@@ -180,6 +180,12 @@ class SQLiteStore:
             yield
         except sqlite3.OperationalError as error:
             raise StorageError(f"long-term memory database {self.path}: {error}", path=self.path) from error
+        except sqlite3.IntegrityError as error:
+            # the database refused the write (a constraint, a trigger of the user's raising): a failed write,
+            # which the callers undo as they undo a full disk, not an error of the caller's
+            raise StorageError(
+                f"long-term memory database {self.path} refused the write: {error}", path=self.path
+            ) from error
         except sqlite3.DatabaseError as error:
             if type(error) is sqlite3.DatabaseError or "malformed" in str(error):
                 raise self._corrupted(str(error)) from error

@@ -405,7 +405,7 @@ class TierMovement(ManagerState):
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
-        await backend.touch(pending)
+        await backend.touch({memory_id: (at, count) for memory_id, (at, count, _) in pending.items()})
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
         # the copies of those found in short- or medium-term are read back (at 100k memories, reading every
         # touched long-term row held the loop about 9 ms per flush)

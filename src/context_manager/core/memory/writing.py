@@ -261,8 +261,9 @@ class MemoryWriting(TierMovement):
             The short- and medium-term counts after the write, and the ids left out as already stored.
         """
         threshold = self.config.long_term_importance_threshold
+        written_turns: dict[tuple[str | None, str], tuple[int, str]] = {}
         for memory, _ in items:
-            await self._attach_context(memory)
+            await self._attach_context(memory, written_turns)
         to_short = [m for m, tier in items if tier in (None, MemoryTier.SHORT)]
         to_medium = [m for m, tier in items if tier is MemoryTier.MEDIUM]
         to_long = [m for m, tier in items if tier is MemoryTier.LONG]
@@ -364,25 +365,35 @@ class MemoryWriting(TierMovement):
                 )
         return fresh, existing
 
-    async def _attach_context(self, memory: Memory) -> None:
-        """Index the previous turn of the same session with a conversation turn (low-weight column)."""
+    async def _attach_context(
+        self, memory: Memory, written_turns: dict[tuple[str | None, str], tuple[int, str]]
+    ) -> None:
+        """Index the previous turn of the same session with a conversation turn (low-weight column).
+
+        ``written_turns``: the last turn per session of the write this memory is part of (the previous turn
+        may be one of them, not stored yet). On a storage of this process only, the last turn this process
+        wrote is remembered across writes (``_last_turn``: an edit or delete here updates it); on a shared
+        one (PostgreSQL) another process may have edited or deleted that turn since (``update_memory``
+        redacting a secret), so a turn not of this write is read from the storage.
+        """
         session_id, turn_index = memory.session_id, memory.turn_index
         if session_id is None or turn_index is None:
             return
         key = (memory.user_id, session_id)
-        previous = self._last_turn.get(key)
+        backend = self._require("add_memory")
+        turns = written_turns if backend.shared else self._last_turn
+        previous = turns.get(key)
         if not memory.context:
             if previous is not None and previous[0] == turn_index - 1:
                 memory.context = previous[1]
             elif turn_index > 0:  # written by another process, or before a restart: ask the storage
-                backend = self._require("add_memory")
                 found = await backend.find_turns([(memory.user_id, session_id, turn_index - 1)])
                 if found:
                     memory.context = found[0].content[:300]
         if previous is None or turn_index >= previous[0]:
-            self._last_turn[key] = (turn_index, memory.content[:300])
-            if len(self._last_turn) > 10_000:
-                self._last_turn.pop(next(iter(self._last_turn)))
+            turns[key] = (turn_index, memory.content[:300])
+            if len(turns) > 10_000:
+                turns.pop(next(iter(turns)))
 
     async def remember_messages(
         self,

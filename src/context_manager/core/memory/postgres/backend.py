@@ -367,10 +367,11 @@ class PostgresBackend:
             raise
 
     async def _rederive_search_vectors(self) -> None:
-        """Give the rows the search vector of migrations ``0011`` and ``0012``, a batch per transaction.
+        """Give the rows the search vector of migrations ``0011``, ``0012``, ``0014``: a batch a transaction.
 
         The range done so far is recorded in ``cm_search_rederive`` (a row per migration while work is left;
-        ``0011`` derives every row, ``0012`` those holding a combining mark, both the current vector): a
+        ``0011`` derives every row, ``0012`` those holding a combining mark, ``0014`` those holding a
+        half-width sound mark, all the current vector): a
         process stopped halfway goes on where it was; of processes starting together, one works while the
         others skip it (``SKIP LOCKED``) and open, their searches missing some folded words until it is
         done. A batch holds whole memories (every tier of its last id) and locks their rows, in key order
@@ -428,8 +429,8 @@ class PostgresBackend:
             # an application role granted the tables before this release (its owner ran the migrations):
             # refused, every open failed; the owner's opening derives the vectors
             logger.info(
-                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migrations 0011 "
-                "and 0012, "
+                "PostgreSQL %s: this role may not change cm_search_rederive; the vectors of migrations 0011, "
+                "0012 and 0014, "
                 "if any are left to derive, are derived when the tables' owner opens the store",
                 self.database.location,
             )

@@ -15,7 +15,7 @@ emoji and other symbols each made an ASCII term of its code point (``0008``), su
 fractions and the other numbers that are no digits spelled in ASCII inside their word (``0010``), the text
 folded as the query folds its words and ASCII text split at every character no letter or digit (``0011``),
 an accent split off with a mark FTS5 does not fold and Greek capitals composed, ASCII text on a short path
-(``0012``).
+(``0012``), the rows holding a half-width voiced or semi-voiced sound mark given ``0012``'s vector (``0014``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from context_manager.core.memory.postgres.separators import (
     COMPATIBILITY_PARTS,
     GREEK_MARKED,
     GREEK_PARTS,
+    HALF_WIDTH_MARKS,
     LATIN_LETTERS,
     MARKED_LATIN,
     NUMBER_PARTS,
@@ -613,13 +614,18 @@ def rederive_search_sql(*, last: bool, migration: str = "0011") -> str:
     (every tier of it). Run in batches after the migration (``PostgresBackend.open``), each its own short
     transaction that has locked the range's rows first, so writers wait for no more than a batch's rows.
     ``migration`` is the one whose rows these are: ``"0011"`` every row, ``"0012"`` those holding a
-    combining mark (:data:`COMBINING`; the vector of other text is the same under both).
+    combining mark (:data:`COMBINING`; the vector of other text is the same under both), ``"0014"`` those
+    holding a half-width sound mark (:data:`HALF_WIDTH_MARKS`: a combining mark once folded, which ``0012``
+    did not look for).
     """
     constants = ", ".join(f"'{value}'::text AS {name}" for name, value in SPLIT_SEARCH_CONSTANTS.items())
     folded = split_fold_sql(_raw_columns("c"), lambda name: f"s.{name}")
     end = "" if last else " AND c.id <= %s"
+    text = "concat_ws(' ', c.content, c.tags_text, c.context, c.session_date)"
     if migration == "0012":
-        end += " AND concat_ws(' ', c.content, c.tags_text, c.context, c.session_date) ~ s.combining"
+        end += f" AND {text} ~ s.combining"
+    elif migration == "0014":
+        end += f" AND {text} ~ '{HALF_WIDTH_MARKS}'"
     size = " + ".join(f"octet_length(f.{name})" for name, _ in _raw_columns("c"))
     vector = folded_search_vector_sql("f.", lambda name: f"s.{name}")
     # a row whose text may not fit a vector gets NULL: the trigger then computes it, catching an overflow
@@ -968,6 +974,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             $$
             """,
         ],
+    ),
+    (
+        # The half-width katakana voiced and semi-voiced sound marks ("ﾞ", "ﾟ") are combining marks once
+        # folded (NFKC: U+3099, U+309A), which 0012's trigger indexes as the query reads them, but 0012
+        # derived again only the rows holding a combining mark as stored: a row holding one after an accented
+        # Latin letter ("caféﾞ") kept 0011's vector ("café"), where the query asks for "cafe". Those rows
+        # get the current vector, as 0012's did (cm_search_rederive); the trigger is unchanged
+        "0014_search_half_width_sound_marks",
+        ["INSERT INTO cm_search_rederive (migration, after_id, after_tier) VALUES ('0014', '', '')"],
     ),
 ]
 """The schema every PostgreSQL store needs, in the order it is applied."""

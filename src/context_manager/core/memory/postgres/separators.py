@@ -26,6 +26,8 @@ __all__ = [
     "GREEK_CAPITALS_RANGES",
     "GREEK_MARKED",
     "GREEK_PARTS",
+    "HALF_WIDTH_MARKS",
+    "HALF_WIDTH_MARK_RANGES",
     "MARKED_LATIN",
     "SPLIT_ACCENTS",
     "LATIN_LETTERS",
@@ -346,3 +348,18 @@ GREEK_MARKED = f"{_GREEK_CAPITALS}{COMBINING}+"
 GREEK_PARTS = f"({GREEK_MARKED})|([^{_GREEK_CAPITALS[1:]}+|{_GREEK_CAPITALS})"
 """Text as its parts, in order: a :data:`GREEK_MARKED` run (group 1) or other text (group 2). A match is the
 longest one: a capital with its marks rather than the capital alone."""
+
+
+HALF_WIDTH_MARK_RANGES = "ff9e-ff9f"
+"""The characters of :data:`COMPATIBILITY_RANGES` whose NFKC is a combining mark: the half-width katakana
+voiced and semi-voiced sound marks (``"ﾞ"`` U+FF9E, ``"ﾟ"`` U+FF9F, in NFKC U+3099 and U+309A; checked over
+every character of those ranges), frozen for migration ``0014``.
+
+Migration ``0012`` derived again the vectors of the rows holding a :data:`COMBINING` mark in their stored
+text; its trigger looks for the marks in the text folded (after NFKC), where these two have become marks.
+A row holding one after an accented Latin letter (``"caféﾞ"``: the folded text ``"café"`` and U+3099)
+kept ``0011``'s vector, the term ``"café"``, where the query asks for ``"cafe"`` (the word ends at the mark)
+and the trigger of ``0012`` indexes it so: found on SQLite and in new rows, not in those rows."""
+
+HALF_WIDTH_MARKS = _bracket_expression(HALF_WIDTH_MARK_RANGES)
+"""A PostgreSQL regular expression matching one character of :data:`HALF_WIDTH_MARK_RANGES`."""
