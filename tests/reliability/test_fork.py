@@ -346,6 +346,28 @@ def test_a_postgres_pool_whose_event_loop_ended_is_refused_with_what_to_do(
             "        return len(status.checks)\n"
             "print('used', asyncio.run(check()), flush=True)",
         ),
+        (  # a thread of the parent in a warm-up (an application's own start-up work) at the fork
+            "context_manager.core.warmup",
+            "_lock",
+            "from context_manager import warming_up\n"
+            "with warming_up('search index'):\n"
+            "    pass\n"
+            "print('used', 1, flush=True)",
+        ),
+        pytest.param(  # a thread of the parent loading an embedding model (an MCP server's preload)
+            "context_manager.core.memory.embeddings",
+            "_loaded_models_lock",
+            "import pathlib, tempfile\n"
+            "from context_manager.core.memory.embeddings import SentenceTransformerEmbedder\n"
+            "class Small(SentenceTransformerEmbedder):\n"
+            "    def _read_model(self): return object(), 3\n"
+            "directory = pathlib.Path(tempfile.mkdtemp())\n"
+            "(directory / 'modules.json').write_text('[]')\n"
+            "embedder = Small(directory)\n"
+            "embedder.load()\n"
+            "print('used', embedder.dimension, flush=True)",
+            marks=pytest.mark.embeddings,
+        ),
     ],
 )
 def test_a_lock_held_by_another_thread_at_the_fork_does_not_hang_the_child(
@@ -387,3 +409,48 @@ def test_a_lock_held_by_another_thread_at_the_fork_does_not_hang_the_child(
     lines = result.stdout.splitlines()
     assert lines[-1] == "child exit 0", result.stdout + result.stderr
     assert lines[0].startswith("used ") and int(lines[0].split()[1]) > 0
+
+
+def test_a_warm_up_a_thread_of_the_parent_ran_at_the_fork_is_over_in_the_child() -> None:
+    """That thread does not exist in the child: its warm-up never ended there, and the child's monitor
+    judged no event-loop lag, CPU or memory growth for as long as the child ran."""
+    result = _run(
+        """
+        import threading, time
+        from context_manager import PerformanceMonitor, warming_up
+        from context_manager.core.warmup import warm_ups
+
+        started, release = threading.Event(), threading.Event()
+
+        def warm():
+            with warming_up("search index"):
+                started.set()
+                release.wait()
+
+        threading.Thread(target=warm, daemon=True).start()
+        started.wait()
+
+        async def blocked_loop():
+            print("running", [span.what for span in warm_ups() if span.ended is None], flush=True)
+            monitor = PerformanceMonitor(sample_interval=0.05)
+            async with monitor:
+                await monitor.wait_for_sample()
+                time.sleep(0.3)  # the child's own block of its loop
+                await monitor.wait_for_sample()
+                advice = monitor.recommendations()
+                print("judged", any("Event loop lag" in line for line in advice), flush=True)
+
+        code = child_process(blocked_loop)
+        print("parent running", [span.what for span in warm_ups() if span.ended is None], flush=True)
+        release.set()
+        print("child exit", code, flush=True)
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "running []",
+        "judged True",
+        "parent running ['search index']",
+        "child exit 0",
+    ], result.stdout + result.stderr

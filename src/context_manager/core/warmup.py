@@ -13,6 +13,7 @@ The figures themselves (``samples()``, ``max_event_loop_lag_ms``, ``peak_memory_
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -44,6 +45,28 @@ class WarmUp:
 
 _lock = threading.Lock()
 _spans: deque[WarmUp] = deque(maxlen=_MAX_KEPT)
+_running: dict[int, int] = {}
+"""The thread running each warm-up that runs, by ``id()`` of its span."""
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: a new lock, and the warm-ups of the parent's other threads over.
+
+    Those threads do not exist here: a warm-up one of them ran at the fork never ended in the child, whose
+    monitor judged no lag, CPU or memory growth for ever (and whose first warm-up waited for the lock).
+    """
+    global _lock
+    _lock = threading.Lock()
+    now, forking = time.time(), threading.get_ident()
+    for index, span in enumerate(_spans):
+        if span.ended is None and _running.get(id(span)) != forking:
+            _spans[index] = WarmUp(span.what, span.started, now)
+    for key in [key for key, thread in _running.items() if thread != forking]:
+        del _running[key]
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
@@ -52,10 +75,12 @@ def warming_up(what: str) -> Iterator[None]:
     span = WarmUp(what, time.time(), None)
     with _lock:
         _spans.append(span)
+        _running[id(span)] = threading.get_ident()
     try:
         yield
     finally:
         with _lock:
+            _running.pop(id(span), None)
             # replaced by its finished form (a forgotten one, 64 warm-ups later, stays forgotten)
             for index, kept in enumerate(_spans):
                 if kept is span:

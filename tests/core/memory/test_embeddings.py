@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -503,3 +504,50 @@ async def test_memory_managers_in_one_process_embed_with_one_model(tmp_path: Pat
             assert [memory.content for memory in found] == [f"Ines moved to Porto in spring {2020 + index}"]
     models = [manager.embedder._model for manager in managers]  # type: ignore[union-attr]
     assert models[0] is not None and models[0] is models[1]
+
+
+class _GatedEmbedder(SentenceTransformerEmbedder):
+    """A model whose load waits for ``gate`` (a large model, a network disk): it counts its loads."""
+
+    loads = 0
+
+    def __init__(self, path: Path, gate: threading.Event, loading: threading.Event) -> None:
+        super().__init__(path)
+        self.gate, self.loading = gate, loading
+
+    def _read_model(self) -> tuple[object, int]:
+        type(self).loads += 1
+        self.loading.set()
+        assert self.gate.wait(30)
+        return object(), 3
+
+
+@pytest.mark.embeddings
+def test_a_slow_load_of_one_model_does_not_hold_up_the_embedders_of_another(tmp_path: Path) -> None:
+    """The load lock was process-wide: a new embedder of the loaded MiniLM (a manager opened per
+    conversation) waited for another model's load, for as long as that load took."""
+    _GatedEmbedder.loads = 0
+    SentenceTransformerEmbedder().load()  # MiniLM loaded in this process
+    (tmp_path / "modules.json").write_text("[]")
+    gate, loading = threading.Event(), threading.Event()
+    slow = [_GatedEmbedder(tmp_path, gate, loading) for _ in range(2)]
+    threads = [threading.Thread(target=embedder.load) for embedder in slow]
+    threads[0].start()
+    try:
+        assert loading.wait(30)
+        threads[1].start()  # the same slow model: waits for that one load
+        embedded = threading.Event()
+
+        def embed() -> None:
+            SentenceTransformerEmbedder().embed(["a new conversation's first memory"])
+            embedded.set()
+
+        threading.Thread(target=embed, daemon=True).start()
+        assert embedded.wait(30)
+        assert not slow[1].loaded
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+    assert [embedder.dimension for embedder in slow] == [3, 3]
+    assert _GatedEmbedder.loads == 1

@@ -729,3 +729,19 @@ async def test_memory_a_warm_up_loads_is_not_growth_but_memory_grown_after_it_is
         await monitor.wait_for_sample()
         assert any("Memory grew by" in line for line in monitor.recommendations())
         assert len(loaded) == len(grown)
+
+
+async def test_a_sample_now_between_a_warm_up_and_the_late_sample_leaves_the_lag_unjudged() -> None:
+    # A sample_now() (optimize_system's reading after its work, a sync health check on a worker thread)
+    # after a warm-up that held the loop, before the sampler's late sample: that sample's span was counted
+    # from it, missed the warm-up, and its lag read as a blocked loop (score 0.5)
+    monitor = PerformanceMonitor(sample_interval=0.05)
+    async with monitor:
+        await monitor.wait_for_sample()
+        with warming_up("test warm-up"):
+            time.sleep(0.3)  # noqa: ASYNC251 - a real block of the loop, inside a warm-up
+        monitor.sample_now()
+        late = await monitor.wait_for_sample()
+        assert late.event_loop_lag_ms >= 100.0
+        assert monitor.health_score() == 1.0
+        assert not [line for line in monitor.recommendations() if "Event loop lag" in line]

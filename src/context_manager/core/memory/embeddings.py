@@ -169,7 +169,26 @@ _loaded_models: dict[tuple[str, str], tuple[Any, int]] = {}
 """The models loaded in this process, by (model directory, device), with their vectors' length: every
 embedder of one model uses one copy (a web app opening a manager per conversation loaded it again for
 each, 3-5 s and 65 MB a time). Kept for the life of the process, like the tokenizer's encodings."""
+_model_loads: dict[tuple[str, str], threading.Lock] = {}
+"""A lock per model: the embedders of one model wait for its one load, those of another model do not
+(one process-wide lock made a new embedder of a loaded model wait for another model's slow load)."""
 _loaded_models_lock = threading.Lock()
+"""Guards the two dicts: held for a look-up, never during a load."""
+
+
+def _renew_loaded_models_lock() -> None:
+    """In a forked child: new locks.
+
+    A thread of the parent loading a model at the fork (an MCP server's preload) held them, and that
+    thread does not exist here: the child's first embedder waited for ever.
+    """
+    global _loaded_models_lock
+    _loaded_models_lock = threading.Lock()
+    _model_loads.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_renew_loaded_models_lock)
 
 
 class SentenceTransformerEmbedder:
@@ -242,16 +261,23 @@ class SentenceTransformerEmbedder:
         model = self._model
         if model is not None:
             return model
-        with _loaded_models_lock:  # one load at a time in the process: two embedders wait for one load
-            if self._model is None:
-                key = (str(self.model_path.resolve()), self.device)
-                loaded = _loaded_models.get(key)
+        key = (str(self.model_path.resolve()), self.device)
+        with _loaded_models_lock:
+            loaded = _loaded_models.get(key)
+            model_load = _model_loads.setdefault(key, threading.Lock()) if loaded is None else None
+        if model_load is not None:
+            with model_load:  # the embedders of this model wait for its one load
+                with _loaded_models_lock:
+                    loaded = _loaded_models.get(key)
                 if loaded is None:
                     with warming_up("embedding model"):  # the monitor does not judge it (a one-time load)
                         loaded = self._read_model()
-                    _loaded_models[key] = loaded
-                self._model, self._dimension = loaded
-            return self._model
+                    with _loaded_models_lock:
+                        _loaded_models[key] = loaded
+        assert loaded is not None
+        model, self._dimension = loaded
+        self._model = model  # after the dimension: an embed on another thread that finds it reads that next
+        return model
 
     def _read_model(self) -> tuple[Any, int]:
         """Load the model from its files: the model and its vectors' length."""

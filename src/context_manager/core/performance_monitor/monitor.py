@@ -694,9 +694,10 @@ class PerformanceMonitor:
     def _outside_warm_ups(self, samples: list[SystemSample]) -> tuple[list[SystemSample], list[SystemSample]]:
         """The samples the rules judge, leaving out the process's one-time warm-ups (:mod:`.warmup`).
 
-        Returns the samples none of whose span (from the sample before it, or from when its timer was due)
-        overlaps a warm-up, for the lag and CPU rules; and those taken after the latest warm-up ended, for
-        the memory-growth rule (none while one runs: the memory it loads is not growth).
+        Returns the samples none of whose span (from the sample before it or from when the sampler's sleep
+        before it began, whichever is earlier) overlaps a warm-up, for the lag and CPU rules; and those
+        taken after the latest warm-up ended, for the memory-growth rule (none while one runs: the memory
+        it loads is not growth).
         """
         if not samples:
             return samples, samples
@@ -707,11 +708,12 @@ class PerformanceMonitor:
         judged = []
         previous: float | None = None
         for sample in samples:
-            start = (
-                previous
-                if previous is not None
-                else sample.timestamp - self.sample_interval - sample.event_loop_lag_ms / 1000.0
-            )
+            # its lag: since the sampler's sleep began; its CPU: since the sample before. A sample_now()
+            # between a warm-up and the sampler's late sample shortens the second only (that late
+            # sample's lag was judged)
+            start = sample.timestamp - self.sample_interval - sample.event_loop_lag_ms / 1000.0
+            if previous is not None:
+                start = min(start, previous)
             if not any(span.overlaps(start, sample.timestamp) for span in spans):
                 judged.append(sample)
             previous = sample.timestamp
