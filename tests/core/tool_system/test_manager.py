@@ -873,6 +873,58 @@ async def test_a_json_boolean_is_no_number_inside_nested_objects_and_arrays() ->
     assert ran[0]["ids"] == [1, 2, 3]
 
 
+class _Job(BaseModel):
+    retries: int
+    payload: Any = None
+
+
+def _call_in_a_thread(manager: ToolManager, name: str, arguments: dict[str, Any]) -> ToolResult:
+    """``call_tool`` on its own event loop in a thread: a call that never ends fails the test."""
+    results: list[ToolResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(asyncio.run(manager.call_tool(name, arguments))), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert results, f"call_tool({name!r}) did not return within 20 s"
+    return results[0]
+
+
+def test_the_nested_boolean_check_does_not_walk_values_no_number_is_expected_in() -> None:
+    """The nested boolean check walked every value inside an argument that held a number somewhere, also
+    inside an ``Any`` field (which pydantic takes as it is, unwalked): a large JSON payload cost seconds of
+    blocked event loop per call, and a payload holding itself twice (a cycle a Python caller may pass to an
+    ``Any``) never returned (2**64 paths). A cyclic value where a recursive model is expected was walked as
+    long; it is pydantic's ``invalid_arguments`` again."""
+    ran: list[Any] = []
+
+    async def submit(job: _Job) -> str:
+        ran.append(job.payload)
+        return "ok"
+
+    async def grow(tree: _Tree) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("submit", submit, "Submit")
+    manager.register_function_tool("grow", grow, "Grow")
+    payload: list[Any] = [True]
+    payload += [payload, payload]
+    result = _call_in_a_thread(manager, "submit", {"job": {"retries": 1, "payload": payload}})
+    assert result.success, result.error
+    assert ran[0] is payload
+    tree: dict[str, Any] = {"value": 1, "children": []}
+    tree["children"] += [tree, tree]
+    result = _call_in_a_thread(manager, "grow", {"tree": tree})
+    assert result.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert "Recursion error" in (result.error or "")
+    # the check itself still runs where numbers are expected
+    refused = _call_in_a_thread(manager, "submit", {"job": {"retries": True, "payload": payload}})
+    assert refused.error == (
+        "invalid arguments for tool 'submit': job.retries: got true; expected a valid integer"
+    )
+
+
 class _Card(BaseModel):
     number: str
     pin: int
