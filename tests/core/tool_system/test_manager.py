@@ -7,6 +7,7 @@ import json
 import threading
 from typing import Any
 
+import pydantic
 import pytest
 import typing_extensions
 from pydantic import BaseModel
@@ -923,6 +924,46 @@ def test_the_nested_boolean_check_does_not_walk_values_no_number_is_expected_in(
     assert refused.error == (
         "invalid arguments for tool 'submit': job.retries: got true; expected a valid integer"
     )
+
+
+class _Lion(BaseModel):
+    kind: typing_extensions.Literal["lion"]
+    lives: int
+
+
+class _Toy(BaseModel):
+    kind: typing_extensions.Literal["toy"] = "toy"
+    lives: bool
+    squeaks: bool = False
+
+
+async def test_a_nested_boolean_is_checked_against_the_union_member_its_tag_names() -> None:
+    """In a union of models told apart by a ``Literal`` tag (a discriminated union, or a plain one), the
+    check merged every member's schema: ``{"kind": "lion", "lives": true}`` passed (a ``_Toy`` takes a
+    boolean ``lives``, another member no such key at all) and pydantic read it as ``lives=1``. The object's
+    tag now picks the members it is checked against; without the tag, every member still counts."""
+    ran: list[Any] = []
+
+    async def adopt(
+        pet: typing_extensions.Annotated[_Lion | _Toy, pydantic.Field(discriminator="kind")],
+        pets: list[_Lion | _Toy] | None = None,
+    ) -> str:
+        ran.append((pet, pets))
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("adopt", adopt, "Adopt")
+    lion = await manager.call_tool("adopt", {"pet": {"kind": "lion", "lives": True}})
+    assert lion.error == "invalid arguments for tool 'adopt': pet.lives: got true; expected a valid integer"
+    rows = [{"lives": True}, {"kind": "lion", "lives": 9}, {"kind": "lion", "lives": False}]
+    refused = await manager.call_tool("adopt", {"pet": {"kind": "toy", "lives": True}, "pets": rows})
+    assert refused.error == (
+        "invalid arguments for tool 'adopt': pets.2.lives: got false; expected a valid integer"
+    )
+    assert ran == []
+    passing = await manager.call_tool("adopt", {"pet": {"kind": "toy", "lives": True}, "pets": rows[:2]})
+    assert passing.success, passing.error
+    assert ran == [(_Toy(lives=True), [_Toy(lives=True), _Lion(kind="lion", lives=9)])]
 
 
 class _Card(BaseModel):

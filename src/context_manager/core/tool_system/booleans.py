@@ -12,8 +12,9 @@ validates a typed tool's call, for booleans where the tool's schema takes a numb
 
 Both read the JSON schema the tool was registered with (the one the model sees), so they say what that
 schema says. Where a value may be checked against several schemas (a union), a boolean is refused only when
-none of them takes it and one of them takes a number; a position whose schema is unknown (``Any``, an open
-object's other keys) takes it.
+none of them takes it and one of them takes a number (an object's ``Literal`` tag, a discriminator, leaves
+out the members that do not have it); a position whose schema is unknown (``Any``, an open object's other
+keys) takes it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _UNKNOWN: dict[str, Any] = {}  # the schema of a position nothing is known about
 _SCALARS = frozenset({str, int, float, type(None)})  # (bool left out: a container of these holds none)
 _CONTAINERS = frozenset({dict, list, tuple})
 _DICT = itertools.repeat(dict)
+_ABSENT: Any = object()  # (an object's value at a key it does not have)
 _SCANNED = 16  # an object or array of this many members is scanned for booleans before it is walked
 
 
@@ -190,6 +192,13 @@ class _Walker:
         # id of a schema (of the tool's, alive throughout) -> whether it takes a number anywhere inside
         self._numeric: dict[int, bool] = {}
         self._open: set[int] = set()  # ids of the objects and arrays being walked (the current path)
+        # id of a candidates list -> (that list, kept alive; the keys some member tags with a Literal)
+        self._tags: dict[int, tuple[list[Any], tuple[str, ...]]] = {}
+        # (id of a candidates list, an object's values at those keys) -> the members it may match
+        self._matching: dict[tuple[int, tuple[Any, ...], tuple[type, ...]], list[Any]] = {}
+        self._kept: list[
+            list[Any]
+        ] = []  # (the lists ``_matching`` gives, kept alive: their ids are memo keys)
 
     def _holds_numbers(self, candidates: list[Any]) -> bool:
         for schema in candidates:
@@ -234,8 +243,44 @@ class _Walker:
         finally:
             self._open.discard(id(value))
 
+    def _tagged(self, candidates: list[Any], value: dict[Any, Any]) -> list[Any]:
+        """The ``candidates`` an object may match by its tags (``kind: Literal["cat"]``, a discriminator).
+
+        A union member whose ``Literal`` property the object gives another value is left out.
+
+        Memoised per set of tag values, so the rows of a list share their lists.
+        """
+        tags = self._tags.get(id(candidates))
+        if tags is None:
+            tags = self._tags[id(candidates)] = (candidates, _tag_properties(candidates, self.definitions))
+        keys = tags[1]
+        if not keys:
+            return candidates
+        given = tuple(value.get(key, _ABSENT) for key in keys)
+        try:
+            memo = (id(candidates), given, tuple(map(type, given)))  # (true and 1 apart)
+            known = self._matching.get(memo)
+        except TypeError:  # an unhashable tag value: no member's, pydantic says so
+            return candidates
+        if known is not None:
+            return known
+        matching = [
+            schema
+            for schema in candidates
+            if not any(
+                given[index] is not _ABSENT
+                and key in (tagged := _tags_of(schema, self.definitions))
+                and not _same(given[index], tagged[key])
+                for index, key in enumerate(keys)
+            )
+        ]
+        self._matching[memo] = matching = matching or candidates  # (none: pydantic says what is wrong)
+        self._kept.append(matching)
+        return matching
+
     def _walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
         if isinstance(value, dict):
+            candidates = self._tagged(candidates, value)
             for key, item in value.items():
                 if type(item) is bool or isinstance(item, dict | list | tuple):
                     self._check(item, self._member_schemas(candidates, key, "object"), (*path, key), depth)
@@ -261,6 +306,36 @@ class _Walker:
             types |= kinds
         if types & _NUMBER_TYPES:
             self.found[path] = _expected(candidates, self.definitions)
+
+
+def _tags_of(schema: Any, definitions: Mapping[str, Any]) -> dict[str, Any]:
+    """The properties of an object ``schema`` that take one value only (a ``Literal``): name -> value."""
+    if not isinstance(schema, dict) or not isinstance(properties := schema.get("properties"), dict):
+        return {}
+    tags: dict[str, Any] = {}
+    for name, property_schema in properties.items():
+        resolved = _resolve(property_schema, definitions)
+        if not isinstance(resolved, dict):
+            continue
+        if "const" in resolved:
+            tags[name] = resolved["const"]
+        elif isinstance(resolved.get("enum"), list) and len(resolved["enum"]) == 1:
+            tags[name] = resolved["enum"][0]
+    return tags
+
+
+def _tag_properties(candidates: list[Any], definitions: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys by which an object tells which of several ``candidates`` it is (none for one candidate)."""
+    if len(candidates) < 2:
+        return ()
+    return tuple(dict.fromkeys(key for schema in candidates for key in _tags_of(schema, definitions)))
+
+
+def _same(given: Any, tag: Any) -> bool:
+    """Whether an object's value is a member's tag (``true`` is no 1 here, as in JSON)."""
+    if isinstance(given, bool) or isinstance(tag, bool):
+        return given is tag
+    return bool(given == tag)
 
 
 def _may_be(schema: Any, kind: str) -> bool:
