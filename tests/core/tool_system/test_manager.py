@@ -7,6 +7,7 @@ import json
 import threading
 from typing import Any
 
+import pydantic
 import pytest
 import typing_extensions
 from pydantic import BaseModel
@@ -871,6 +872,98 @@ async def test_a_json_boolean_is_no_number_inside_nested_objects_and_arrays() ->
     assert (await manager.call_tool("query", passing)).success
     assert ran[0]["filter"] == _Filter(min_age=30, weight=2.0, active=False)
     assert ran[0]["ids"] == [1, 2, 3]
+
+
+class _Job(BaseModel):
+    retries: int
+    payload: Any = None
+
+
+def _call_in_a_thread(manager: ToolManager, name: str, arguments: dict[str, Any]) -> ToolResult:
+    """``call_tool`` on its own event loop in a thread: a call that never ends fails the test."""
+    results: list[ToolResult] = []
+    worker = threading.Thread(
+        target=lambda: results.append(asyncio.run(manager.call_tool(name, arguments))), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=20)
+    assert results, f"call_tool({name!r}) did not return within 20 s"
+    return results[0]
+
+
+def test_the_nested_boolean_check_does_not_walk_values_no_number_is_expected_in() -> None:
+    """The nested boolean check walked every value inside an argument that held a number somewhere, also
+    inside an ``Any`` field (which pydantic takes as it is, unwalked): a large JSON payload cost seconds of
+    blocked event loop per call, and a payload holding itself twice (a cycle a Python caller may pass to an
+    ``Any``) never returned (2**64 paths). A cyclic value where a recursive model is expected was walked as
+    long; it is pydantic's ``invalid_arguments`` again."""
+    ran: list[Any] = []
+
+    async def submit(job: _Job) -> str:
+        ran.append(job.payload)
+        return "ok"
+
+    async def grow(tree: _Tree) -> str:
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("submit", submit, "Submit")
+    manager.register_function_tool("grow", grow, "Grow")
+    payload: list[Any] = [True]
+    payload += [payload, payload]
+    result = _call_in_a_thread(manager, "submit", {"job": {"retries": 1, "payload": payload}})
+    assert result.success, result.error
+    assert ran[0] is payload
+    tree: dict[str, Any] = {"value": 1, "children": []}
+    tree["children"] += [tree, tree]
+    result = _call_in_a_thread(manager, "grow", {"tree": tree})
+    assert result.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert "Recursion error" in (result.error or "")
+    # the check itself still runs where numbers are expected
+    refused = _call_in_a_thread(manager, "submit", {"job": {"retries": True, "payload": payload}})
+    assert refused.error == (
+        "invalid arguments for tool 'submit': job.retries: got true; expected a valid integer"
+    )
+
+
+class _Lion(BaseModel):
+    kind: typing_extensions.Literal["lion"]
+    lives: int
+
+
+class _Toy(BaseModel):
+    kind: typing_extensions.Literal["toy"] = "toy"
+    lives: bool
+    squeaks: bool = False
+
+
+async def test_a_nested_boolean_is_checked_against_the_union_member_its_tag_names() -> None:
+    """In a union of models told apart by a ``Literal`` tag (a discriminated union, or a plain one), the
+    check merged every member's schema: ``{"kind": "lion", "lives": true}`` passed (a ``_Toy`` takes a
+    boolean ``lives``, another member no such key at all) and pydantic read it as ``lives=1``. The object's
+    tag now picks the members it is checked against; without the tag, every member still counts."""
+    ran: list[Any] = []
+
+    async def adopt(
+        pet: typing_extensions.Annotated[_Lion | _Toy, pydantic.Field(discriminator="kind")],
+        pets: list[_Lion | _Toy] | None = None,
+    ) -> str:
+        ran.append((pet, pets))
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("adopt", adopt, "Adopt")
+    lion = await manager.call_tool("adopt", {"pet": {"kind": "lion", "lives": True}})
+    assert lion.error == "invalid arguments for tool 'adopt': pet.lives: got true; expected a valid integer"
+    rows = [{"lives": True}, {"kind": "lion", "lives": 9}, {"kind": "lion", "lives": False}]
+    refused = await manager.call_tool("adopt", {"pet": {"kind": "toy", "lives": True}, "pets": rows})
+    assert refused.error == (
+        "invalid arguments for tool 'adopt': pets.2.lives: got false; expected a valid integer"
+    )
+    assert ran == []
+    passing = await manager.call_tool("adopt", {"pet": {"kind": "toy", "lives": True}, "pets": rows[:2]})
+    assert passing.success, passing.error
+    assert ran == [(_Toy(lives=True), [_Toy(lives=True), _Lion(kind="lion", lives=9)])]
 
 
 class _Card(BaseModel):

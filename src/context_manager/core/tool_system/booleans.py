@@ -12,14 +12,16 @@ validates a typed tool's call, for booleans where the tool's schema takes a numb
 
 Both read the JSON schema the tool was registered with (the one the model sees), so they say what that
 schema says. Where a value may be checked against several schemas (a union), a boolean is refused only when
-none of them takes it and one of them takes a number; a position whose schema is unknown (``Any``, an open
-object's other keys) takes it.
+none of them takes it and one of them takes a number (an object's ``Literal`` tag, a discriminator, leaves
+out the members that do not have it); a position whose schema is unknown (``Any``, an open object's other
+keys) takes it.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import itertools
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +42,10 @@ _PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
 _MAX_DEPTH = 64  # deeper values are left to pydantic (the walk is recursive)
 _UNKNOWN: dict[str, Any] = {}  # the schema of a position nothing is known about: it takes anything
 _SCALARS = frozenset({str, int, float, type(None)})  # (bool left out: a container of these holds none)
+_CONTAINERS = frozenset({dict, list, tuple})
+_DICT = itertools.repeat(dict)
+_ABSENT: Any = object()  # (an object's value at a key it does not have)
+_SCANNED = 16  # an object or array of this many members is scanned for booleans before it is walked
 
 
 def numeric_arguments(schema: Mapping[str, Any]) -> dict[str, str]:
@@ -87,12 +93,19 @@ def nested_booleans(
     """
     properties = schema.get("properties") or {}
     definitions = schema.get("$defs") or {}
-    sensitive = frozenset(sensitive_arguments)
-    walker = _Walker(definitions)
+    walker: _Walker | None = None
     for name in names:
         value = arguments.get(name)
-        if isinstance(value, dict | list | tuple) and name in properties:
+        if (
+            isinstance(value, dict | list | tuple)
+            and name in properties
+            and not _plain(value.values() if isinstance(value, dict) else value)  # (most calls: no walk)
+        ):
+            walker = walker or _Walker(definitions)
             walker.walk(value, _spread(properties[name], definitions), (name,), 0)
+    if walker is None or not walker.found:
+        return {}
+    sensitive = frozenset(sensitive_arguments)
     problems: dict[tuple[int | str, ...], str] = {}
     for path, expected in walker.found.items():
         given = REDACTED if path[0] in sensitive else describe_argument(_value_at(arguments, path))
@@ -105,6 +118,42 @@ def _value_at(arguments: Mapping[str, Any], path: tuple[int | str, ...]) -> Any:
     for part in path:
         value = value[part]
     return value
+
+
+def _holds_booleans(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a boolean may be inside ``value``: False when none is in its objects and arrays at any depth.
+
+    Level by level, at C speed: a large value without a boolean inside (most) is not walked schema by
+    schema, item by item. True (the walk decides) also for what this does not follow: a subclass of dict,
+    list or tuple, a value shared or holding itself, more levels than the walk goes down.
+    """
+    if type(value) not in _CONTAINERS:
+        return True
+    level: list[Any] = [value]
+    for _ in range(_MAX_DEPTH + 1):
+        items = list(
+            itertools.chain(
+                itertools.chain.from_iterable(
+                    map(dict.values, itertools.compress(level, map(operator.is_, map(type, level), _DICT)))
+                ),
+                itertools.chain.from_iterable(
+                    itertools.compress(level, map(operator.is_not, map(type, level), _DICT))
+                ),
+            )
+        )
+        kinds = set(map(type, items))
+        if bool in kinds:
+            return True
+        if kinds <= _SCALARS:
+            return False
+        if any(issubclass(kind, dict | list | tuple) for kind in kinds - _SCALARS - _CONTAINERS):
+            return True
+        level = list(itertools.compress(items, map(_CONTAINERS.__contains__, map(type, items))))
+        if not level:
+            return False
+        if len(set(map(id, level))) < len(level):
+            return True
+    return True
 
 
 def _plain(values: collections.abc.Collection[Any]) -> bool:
@@ -127,7 +176,11 @@ class _Walker:
     """Finds the booleans of one call's arguments that their schemas refuse (``found``: path -> expected).
 
     What a position's schemas say of their members is worked out once per call (``_inner``): the rows of a
-    list share their schemas, so a key's is looked up once, not once per row.
+    list share their schemas, so a key's is looked up once, not once per row. A value is not walked into
+    where no schema takes a number inside it (an ``Any`` field's payload, a ``list[str]``: pydantic does
+    not walk an ``Any`` value either), nor where it holds itself (a cycle pydantic reports, or an ``Any``
+    value the tool takes as it is); a large one is first scanned for booleans at C speed
+    (:func:`_holds_booleans`).
     """
 
     def __init__(self, definitions: Mapping[str, Any]) -> None:
@@ -136,6 +189,27 @@ class _Walker:
         # (id of a candidates list, object or array, key or index) -> (that list, kept alive so that its id
         # is not reused; the spread schemas of the member)
         self._inner: dict[tuple[int, str, Any], tuple[list[Any], list[Any]]] = {}
+        # id of a schema (of the tool's, alive throughout) -> whether it takes a number anywhere inside
+        self._numeric: dict[int, bool] = {}
+        self._open: set[int] = set()  # ids of the objects and arrays being walked (the current path)
+        # id of a candidates list -> (that list, kept alive; the keys some member tags with a Literal)
+        self._tags: dict[int, tuple[list[Any], tuple[str, ...]]] = {}
+        # (id of a candidates list, an object's values at those keys) -> the members it may match
+        self._matching: dict[tuple[int, tuple[Any, ...], tuple[type, ...]], list[Any]] = {}
+        self._kept: list[
+            list[Any]
+        ] = []  # (the lists ``_matching`` gives, kept alive: their ids are memo keys)
+
+    def _holds_numbers(self, candidates: list[Any]) -> bool:
+        for schema in candidates:
+            holds = self._numeric.get(id(schema))
+            if holds is None:
+                holds = self._numeric[id(schema)] = _holds_numbers(
+                    schema, self.definitions, nested=False, seen=set()
+                )
+            if holds:
+                return True
+        return False
 
     def _member_schemas(self, candidates: list[Any], key: Any, kind: str) -> list[Any]:
         memo = (id(candidates), kind, key)
@@ -152,16 +226,64 @@ class _Walker:
 
     def walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
         """Record the booleans in ``value`` (an object or array) its ``candidates`` schemas refuse."""
-        if depth > _MAX_DEPTH:
-            return
+        if depth > _MAX_DEPTH or id(value) in self._open:
+            return  # too deep, or a cycle
         if isinstance(value, dict):
             if not any(_may_be(schema, "object") for schema in candidates) or _plain(value.values()):
                 return  # not an object here (pydantic says so), or nothing in it to look at
+        elif not any(_may_be(schema, "array") for schema in candidates) or _plain(value):
+            return
+        if not self._holds_numbers(candidates):
+            return  # no number is taken anywhere inside (an ``Any`` payload, a ``list[str]``)
+        if len(value) >= _SCANNED and not _holds_booleans(value):
+            return  # a large value (rows, say) without a boolean inside, seen at C speed
+        self._open.add(id(value))
+        try:
+            self._walk(value, candidates, path, depth)
+        finally:
+            self._open.discard(id(value))
+
+    def _tagged(self, candidates: list[Any], value: dict[Any, Any]) -> list[Any]:
+        """The ``candidates`` an object may match by its tags (``kind: Literal["cat"]``, a discriminator).
+
+        A union member whose ``Literal`` property the object gives another value is left out.
+
+        Memoised per set of tag values, so the rows of a list share their lists.
+        """
+        tags = self._tags.get(id(candidates))
+        if tags is None:
+            tags = self._tags[id(candidates)] = (candidates, _tag_properties(candidates, self.definitions))
+        keys = tags[1]
+        if not keys:
+            return candidates
+        given = tuple(value.get(key, _ABSENT) for key in keys)
+        try:
+            memo = (id(candidates), given, tuple(map(type, given)))  # (true and 1 apart)
+            known = self._matching.get(memo)
+        except TypeError:  # an unhashable tag value: no member's, pydantic says so
+            return candidates
+        if known is not None:
+            return known
+        matching = [
+            schema
+            for schema in candidates
+            if not any(
+                given[index] is not _ABSENT
+                and key in (tagged := _tags_of(schema, self.definitions))
+                and not _same(given[index], tagged[key])
+                for index, key in enumerate(keys)
+            )
+        ]
+        self._matching[memo] = matching = matching or candidates  # (none: pydantic says what is wrong)
+        self._kept.append(matching)
+        return matching
+
+    def _walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
+        if isinstance(value, dict):
+            candidates = self._tagged(candidates, value)
             for key, item in value.items():
                 if type(item) is bool or isinstance(item, dict | list | tuple):
                     self._check(item, self._member_schemas(candidates, key, "object"), (*path, key), depth)
-            return
-        if not any(_may_be(schema, "array") for schema in candidates) or _plain(value):
             return
         # a list's items share one schema (a tuple's prefix gives each of its first items its own)
         prefixed = any(isinstance(schema, dict) and schema.get("prefixItems") for schema in candidates)
@@ -184,6 +306,36 @@ class _Walker:
             types |= kinds
         if types & _NUMBER_TYPES:
             self.found[path] = _expected(candidates, self.definitions)
+
+
+def _tags_of(schema: Any, definitions: Mapping[str, Any]) -> dict[str, Any]:
+    """The properties of an object ``schema`` that take one value only (a ``Literal``): name -> value."""
+    if not isinstance(schema, dict) or not isinstance(properties := schema.get("properties"), dict):
+        return {}
+    tags: dict[str, Any] = {}
+    for name, property_schema in properties.items():
+        resolved = _resolve(property_schema, definitions)
+        if not isinstance(resolved, dict):
+            continue
+        if "const" in resolved:
+            tags[name] = resolved["const"]
+        elif isinstance(resolved.get("enum"), list) and len(resolved["enum"]) == 1:
+            tags[name] = resolved["enum"][0]
+    return tags
+
+
+def _tag_properties(candidates: list[Any], definitions: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys by which an object tells which of several ``candidates`` it is (none for one candidate)."""
+    if len(candidates) < 2:
+        return ()
+    return tuple(dict.fromkeys(key for schema in candidates for key in _tags_of(schema, definitions)))
+
+
+def _same(given: Any, tag: Any) -> bool:
+    """Whether an object's value is a member's tag (``true`` is no 1 here, as in JSON)."""
+    if isinstance(given, bool) or isinstance(tag, bool):
+        return given is tag
+    return bool(given == tag)
 
 
 def _may_be(schema: Any, kind: str) -> bool:
