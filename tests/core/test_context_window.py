@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -472,6 +473,73 @@ async def test_a_counter_giving_counts_that_are_not_integers_is_refused_when_the
     TypeError from deep in the summary ("slice indices must be integers"), at every add from then on."""
     with pytest.raises(InvalidArgumentError, match=r"counter: got .*; allowed a TokenCounter whose count"):
         ContextWindow(max_tokens=200, counter=_QuarterCharacters())  # type: ignore[arg-type]
+
+
+class _RequestBodyCounter:
+    """Counts a message as the JSON of the request body it goes out in, with the real o200k tokenizer.
+
+    Framing and content are counted together (not additive): JSON escapes every non-ASCII character
+    (``\\u65e5``), so a Japanese text costs about four times its own count, and ``include_metadata``
+    counts the metadata a cut copy carries too.
+    """
+
+    encoding_name = "o200k_base (request JSON)"
+
+    def __init__(self, *, include_metadata: bool = False) -> None:
+        self._exact = get_token_counter()
+        self._include_metadata = include_metadata
+
+    def count(self, text: str) -> int:
+        return self._exact.count(text)
+
+    def count_message(self, message: Message) -> int:
+        body: dict[str, object] = {"role": message.role.value, "content": message.content}
+        if self._include_metadata:
+            body["metadata"] = message.metadata
+        return self._exact.count(json.dumps(body))
+
+
+async def test_a_counter_counting_framing_and_text_together_keeps_the_window_and_views_in_budget() -> None:
+    """A cut copy that such a counter counted above the room planned for it was silently not cut: the add
+    returned with a 300-token window holding 714 tokens, and views of 150, 250 and 400 tokens returned all
+    698 tokens of a window. The cut now shrinks until the counter says the copy fits."""
+    counter = _RequestBodyCounter()
+    request = "この文章を英語に翻訳してください。" * 12
+    window = ContextWindow(max_tokens=300, counter=counter)
+    await window.add(Message.create("system", "You are a translator."))
+    await window.add(Message.create("user", "Translate: good morning"))
+    await window.add(Message.create("assistant", "おはようございます"))
+    record = await window.add(Message.create("user", request))
+    assert record is not None and record.truncated_count == 1
+    held = window.messages
+    assert window.token_count == sum(counter.count_message(m) for m in held) + REPLY_PRIMING_TOKENS <= 300
+    head, _, rest = held[-1].content.partition("\n[... ")
+    assert head and request.startswith(head) and request.endswith(rest.partition(" ...]\n")[2])
+
+    alone = ContextWindow(max_tokens=2000, counter=counter)
+    await alone.add(Message.create("user", request))
+    assert alone.token_count > 400
+    for budget in (150, 250, 400):
+        view = alone.select(budget)
+        assert sum(counter.count_message(m) for m in view) + REPLY_PRIMING_TOKENS <= budget
+        assert view[0].content != request
+
+
+async def test_cuts_the_counter_finds_too_large_are_refused_and_leave_the_window_as_it_was() -> None:
+    """A counter that also counts the metadata of a cut copy (its truncation record) gives every cut more
+    than the plan allowed; with no cut fitting, the add returned all the same with a 52-token window holding
+    219 tokens. It is now refused (ContextBudgetError) before anything changes, and so is a view."""
+    counter = _RequestBodyCounter(include_metadata=True)
+    window = ContextWindow(max_tokens=52, counter=counter)
+    await window.add(Message.create("user", "hello"))
+    before = snapshot(window)
+    with pytest.raises(ContextBudgetError, match=r"max_tokens: got 52; allowed more: .* as far as the token"):
+        await window.add(Message.create("user", "word " * 200))
+    assert snapshot(window) == before
+    big = ContextWindow(max_tokens=1000, counter=counter)
+    await big.add(Message.create("user", "word " * 200))
+    with pytest.raises(ContextBudgetError, match=r"budget: got 47; allowed more"):
+        big.select(47)
 
 
 async def test_a_budgeted_view_leaves_out_older_messages_before_the_summary_of_the_oldest() -> None:

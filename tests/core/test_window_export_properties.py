@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
 from context_manager.core.messages import Message, Role, ToolCall
 from context_manager.core.provider_formats import to_anthropic_messages, to_openai_messages
-from context_manager.core.tokens import REPLY_PRIMING_TOKENS, get_token_counter
+from context_manager.core.tokens import REPLY_PRIMING_TOKENS, TokenCounter, get_token_counter
 from tests.provider_rules import anthropic_violations, openai_violations
 
 COUNTER = get_token_counter()
@@ -246,8 +247,10 @@ def check_newest_request(message: Message, full_text: str) -> None:
     assert full_text.startswith(head) and full_text.endswith(tail)
 
 
-async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> None:
-    window = ContextWindow(max_tokens=max_tokens, compression_ratio=ratio)
+async def run(
+    max_tokens: int, ratio: float, ops: list[tuple[str, object]], counter: TokenCounter | None = None
+) -> None:
+    window = ContextWindow(max_tokens=max_tokens, compression_ratio=ratio, counter=counter)
     model = Model()
     for kind, argument in ops:
         before = snapshot(window)
@@ -330,7 +333,8 @@ async def run(max_tokens: int, ratio: float, ops: list[tuple[str, object]]) -> N
             assert snapshot(window) == before
 
         messages = window.messages
-        total = sum(COUNTER.count_message(m) for m in messages) + (REPLY_PRIMING_TOKENS if messages else 0)
+        counted = sum(window.counter.count_message(m) for m in messages)
+        total = counted + (REPLY_PRIMING_TOKENS if messages else 0)
         assert window.token_count == total <= max_tokens
         calls_seen: set[str] = set()
         for message in messages:
@@ -391,3 +395,35 @@ def test_call_ids_made_again_every_response_keep_every_rule(
     again as ``tool_0~2`` once the earlier one has its result, results quoting ``tool_0`` answer the newest
     call of that id, and compressions, budgeted views and both exports keep every call with its result."""
     asyncio.run(run(max_tokens, ratio, ops))
+
+
+class RequestBodyCounter:
+    """Counts a message as the JSON of its request body with the real o200k tokenizer: framing and text
+    together, not additive (JSON escapes non-ASCII text and control characters, ``\\ud83d``...)."""
+
+    encoding_name = "o200k_base (request JSON)"
+
+    def count(self, text: str) -> int:
+        return COUNTER.count(text)
+
+    def count_message(self, message: Message) -> int:
+        body: dict[str, object] = {"role": message.role.value, "content": message.content}
+        if message.tool_calls:
+            body["tool_calls"] = [[call.id, call.name, call.arguments] for call in message.tool_calls]
+        if message.tool_call_id is not None:
+            body["tool_call_id"] = message.tool_call_id
+        return COUNTER.count(json.dumps(body))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_tokens=st.integers(min_value=20, max_value=600),
+    ratio=st.floats(min_value=0.3, max_value=0.95),
+    ops=st.lists(operation, min_size=3, max_size=30),
+)
+def test_every_rule_holds_with_a_counter_that_counts_framing_and_text_together(
+    max_tokens: int, ratio: float, ops: list[tuple[str, object]]
+) -> None:
+    """A user's counter need not be additive: a cut copy it counts above the room planned for it is cut
+    shorter, or the change is refused; the window and its views never exceed their budgets."""
+    asyncio.run(run(max_tokens, ratio, ops, RequestBodyCounter()))

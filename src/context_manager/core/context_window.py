@@ -213,6 +213,22 @@ def _renamed_from(call_id: str, pending: dict[str, str]) -> str | None:
     return None
 
 
+def _cuts_too_large(tokens: int, limit: int, field: str) -> ContextBudgetError:
+    """The error for cuts whose copies the counter gives more tokens than the plan allowed them.
+
+    A counter that counts a message as a whole (the JSON of a request body, a chat template) can count a
+    cut copy above its framing plus its content counted alone; when no shorter cut fits either, the
+    messages that must stay do not fit ``limit``.
+    """
+    return ContextBudgetError(
+        f"{field}: got {limit}; allowed more: system, pinned and critical messages plus the newest messages "
+        f"still hold {tokens} tokens cut as far as the token counter allows (it counts the cut messages "
+        "above the room planned for them), so nothing was changed",
+        required_tokens=tokens,
+        max_tokens=limit,
+    )
+
+
 def _no_call_error(call_id: str | None, pending: dict[str, str], where: str) -> ToolCallPairingError:
     listed = ", ".join(sorted(pending)) or "none pending"
     return ToolCallPairingError(
@@ -997,7 +1013,7 @@ class ContextWindow:
             ToolCallPairingError: a tool message answers no unanswered call, or a call reuses the id of a
                 call still waiting for its result.
             ContextBudgetError: the message does not fit and compression is disabled, or protected
-                messages cannot fit in ``max_tokens``.
+                messages cannot fit in ``max_tokens`` (with the newest cut as far as the counter allows).
         """
         tokens = self._append_if_fits(message)
         if tokens is None:
@@ -1069,7 +1085,8 @@ class ContextWindow:
             InvalidArgumentError, InvalidMessageError, ToolCallPairingError: a message of the batch is
                 invalid (as for :meth:`add`); nothing is added.
             ContextBudgetError: the batch does not fit and compression is disabled, or protected messages
-                cannot fit in ``max_tokens``; nothing is added.
+                cannot fit in ``max_tokens`` (with the newest cut as far as the counter allows); nothing
+                is added.
         """
         if isinstance(messages, Message | str) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of Message objects")
@@ -1259,7 +1276,8 @@ class ContextWindow:
 
         Raises:
             InvalidArgumentError: ``target_tokens`` is not a positive integer.
-            ContextBudgetError: protected messages cannot fit in ``max_tokens``.
+            ContextBudgetError: protected messages cannot fit in ``max_tokens`` (with the newest cut as far
+                as the counter allows).
         """
         if target_tokens is None:
             target_tokens = self.target_tokens
@@ -1380,6 +1398,8 @@ class ContextWindow:
         kept_tokens = decision.total - sum(
             original.token_count - copy.token_count for original, copy in pairs
         )
+        if kept_tokens > self._max_tokens:  # the cuts came out larger than planned: refuse, nothing changed
+            raise _cuts_too_large(kept_tokens, self._max_tokens, "max_tokens")
         previous = self._summary
         budget = 0
         if evicted or previous is not None:
@@ -1664,7 +1684,8 @@ class ContextWindow:
 
         Raises:
             InvalidArgumentError: ``budget`` is not a positive integer.
-            ContextBudgetError: protected messages alone exceed ``budget``.
+            ContextBudgetError: protected messages alone exceed ``budget``, or with the newest messages
+                cut as far as the counter allows.
         """
         if budget is None:
             return list(self._messages)
@@ -1696,6 +1717,8 @@ class ContextWindow:
         saved = sum(
             o.token_count - replacements[o.id].token_count for o, _ in decision.cuts if o.id in replacements
         )
+        if decision.total - saved > budget:  # the cuts came out larger than planned
+            raise _cuts_too_large(decision.total - saved, budget, "budget")
         gone = {message.id for unit in decision.evicted_units for message in unit.messages}
         if summary is not None:
             gone.add(summary.id)

@@ -154,6 +154,10 @@ def truncate_message(message: Message, max_tokens: int, counter: TokenCounter) -
     counts and where the marker is under :data:`TRUNCATED_METADATA_KEY`. A message cut before is cut
     again from its head and tail. Returns ``message`` itself if it already fits and ``None`` if even the
     framing and the marker cannot fit.
+
+    The content gets what ``max_tokens`` leaves beside the framing. A counter that counts a message as a
+    whole (the JSON of a request body, a chat template) may give the copy more than its framing plus its
+    content counted alone: the content's room then shrinks until the copy fits.
     """
     if message.token_count <= max_tokens:
         return message
@@ -161,6 +165,27 @@ def truncate_message(message: Message, max_tokens: int, counter: TokenCounter) -
     content_budget = max_tokens - base
     if content_budget < 1 or not message.content:
         return None
+    copy = _cut_copy(message, content_budget, base, counter)
+    if copy is None or copy.token_count <= max_tokens:
+        return copy
+    # The largest content room whose copy fits (the copy grows with its room; below the marker's size
+    # there is no copy at all). Rarely needed: a few cuts of the kept size each.
+    fitted: Message | None = None
+    low, high = 1, content_budget - 1
+    while low <= high:
+        room = (low + high) // 2
+        attempt = _cut_copy(message, room, base, counter)
+        if attempt is None or attempt.token_count <= max_tokens:  # too small for a marker, or it fits
+            if attempt is not None:
+                fitted = attempt
+            low = room + 1
+        else:
+            high = room - 1
+    return fitted
+
+
+def _cut_copy(message: Message, content_budget: int, base: int, counter: TokenCounter) -> Message | None:
+    """``message`` with its content cut to ``content_budget`` tokens (counted); None if no marker fits."""
     parts = _parts(message)
     info: Any = message.metadata.get(TRUNCATED_METADATA_KEY)
     if parts is None:
@@ -182,8 +207,6 @@ def truncate_message(message: Message, max_tokens: int, counter: TokenCounter) -
     }
     copy = dataclasses.replace(message, content=content, metadata=metadata)
     object.__setattr__(copy, "token_count", counter.count_message(copy))
-    if copy.token_count > max_tokens:  # pragma: no cover - _cut guarantees the content budget
-        return None
     return copy
 
 
