@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 
 class ExampleFailure(RuntimeError):
@@ -67,8 +68,8 @@ class ExampleContext:
         table = Table(title=title, title_justify="left", show_lines=False)
         for column in columns:  # a narrow terminal folds the cells, never cuts a header to "strate…"
             table.add_column(column, min_width=max(len(word) for word in column.split() or [""]))
-        for row in rows:
-            table.add_row(*(format_value(value) for value in row))
+        for row in rows:  # values, not markup: a "[tool call x]" in a memory's text prints as it is
+            table.add_row(*(Text(format_value(value)) for value in row))
         return table
 
     def panel(self, text: str, title: str) -> None:

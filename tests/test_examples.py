@@ -228,6 +228,30 @@ def test_a_failing_example_exits_non_zero() -> None:
     assert "All examples passed" not in completed.stdout
 
 
+def test_a_failure_message_with_brackets_is_printed_as_it_is() -> None:
+    """The failure line printed the error's text as rich markup: a value such as ``[/x]`` in it raised
+    MarkupError from the handler, and the reader got that traceback instead of the error."""
+    env = dict(os.environ, PYTHON_CONTEXT_MANAGER_MAX_TOKENS="[/x]")
+    completed = run_example("basic", env=env)
+    assert completed.returncode == 1
+    assert "example crashed: ConfigurationError: max_tokens: got '[/x]'" in completed.stdout
+    assert "MarkupError" not in completed.stdout + completed.stderr
+
+
+def test_table_cells_are_values_not_markup(tmp_path: Path) -> None:
+    """A cell holding ``[tool call lookup] {...}`` (a remembered tool call) lost its brackets' text."""
+    sys.path.insert(0, str(MAIN.parent))
+    try:
+        from _common import ExampleContext
+        from rich.console import Console
+    finally:
+        sys.path.remove(str(MAIN.parent))
+    ctx = ExampleContext(Console(width=200, record=True), False, tmp_path)
+    ctx.console.print(ctx.table("t", ["content"], [["[tool call lookup] {}"], ["[/etc/hosts]"]]))
+    printed = ctx.console.export_text()
+    assert "[tool call lookup] {}" in printed and "[/etc/hosts]" in printed
+
+
 def test_piped_output_reads_right() -> None:
     """Issue 15.8, ``make examples | cat`` read by a newcomer: not on a terminal (and COLUMNS unset)
     tables wrapped at 80 columns and cut headers ("strate…"); the deliberate summarizer failure printed
