@@ -1393,6 +1393,58 @@ def test_help_lists_each_command_with_a_whole_summary_and_plain_metavars(group: 
     assert "``" not in cli("health", "--help").stdout  # help is plain text, not reStructuredText
 
 
+def _option_lines(path: list[str]) -> dict[str, str]:
+    """``{"--user": "--user NAME", ...}``: each option's first line in ``context-manager PATH --help``."""
+    result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.stderr
+    options = result.stdout.split("Options:\n", 1)[1].split("\n\n", 1)[0]
+    found = {}
+    for line in options.splitlines():
+        words = line.split("  ")[1:] if line.startswith("  -") else []
+        usage = next((word.strip() for word in words if word.strip()), "")
+        if usage:
+            found[usage.split(", ")[-1].split(" ")[0]] = usage.split(", ")[-1]
+    return found
+
+
+def test_options_show_the_value_they_take_in_words_the_docs_use() -> None:
+    """``--help`` showed typer's type labels: ``--user <str>``, ``--http <int range>``, ``--limit <int
+    range>``, ``--max-age-days <float>``, where the docs write ``--user NAME`` and ``--http PORT``."""
+    import re
+
+    import typer
+
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    docs = "\n".join(path.read_text(encoding="utf-8") for path in pages)
+    written = set(re.findall(r"(--[a-z][a-z-]+) ([A-Z][A-Z_]*(?:[|:=][A-Z_]+)?)\b", docs))
+    command: Any = typer.main.get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(group: Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, child in getattr(group, "commands", {}).items():
+            walk(child, [*path, name])
+
+    walk(command, [])
+    shown: dict[str, set[str]] = {}
+    for path in paths:
+        for option, usage in _option_lines(path).items():
+            assert not re.search(r"<[a-z]", usage) or option == "--encoding", f"{path} {usage}"
+            shown.setdefault(option, set()).add(usage)
+    assert shown["--user"] == {"--user NAME"} and shown["--http"] == {"--http PORT"}
+    wrong = sorted(
+        f"{option} {metavar} (--help: {sorted(shown[option])})"
+        for option, metavar in written
+        if option in shown and f"{option} {metavar}" not in shown[option]
+    )
+    assert wrong == [], "\n".join(wrong)
+    # and what a command says it does holds with its options: export wrote "every memory of every user"
+    # above its own --user option
+    export = runner.invoke(app, ["memory", "export", "--help"], terminal_width=200).stdout
+    assert "--user NAME" in export and "every memory of every user" not in export
+
+
 def test_health_of_a_store_a_running_process_holds_is_degraded_not_unhealthy(store: Path) -> None:
     """A service holds its store (one process at a time): `health` pointed at it said unhealthy (exit 3),
     so a probe wired to the command failed for as long as the service ran. The store is reported in use,

@@ -792,12 +792,20 @@ def memory_add(
             metavar="TEXT|-",
         ),
     ],
-    importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
+    importance: Annotated[float, typer.Option(metavar="0..1", help="0 (trivial) to 1 (critical).")] = 0.5,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
-    tier: Annotated[str | None, typer.Option(help="Put it in this tier only: short, medium or long.")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            metavar="short|medium|long",
+            help="Put it in this tier only (default: the placement rules, by importance).",
+        ),
+    ] = None,
 ) -> None:
     """Store a memory durably and print its id."""
 
@@ -836,14 +844,18 @@ def memory_add(
 def memory_search(
     ctx: typer.Context,
     query: Annotated[str, typer.Argument(help="What to look for (plain text).")],
-    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many results.")] = 10,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=0, metavar="N", help="At most this many results.")
+    ] = 10,
     tag: Annotated[
         list[str] | None,
         typer.Option(
             "--tag", "-t", metavar="TAG", help="Only memories with this tag (repeatable: any of them)."
         ),
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Search the memory store, best match first.
@@ -902,7 +914,10 @@ def memory_delete(
     ],
     user: Annotated[
         str | None,
-        typer.Option(help="Owner namespace (default: the shared one); another owner's memory is not found."),
+        typer.Option(
+            metavar="NAME",
+            help="Owner namespace (default: the shared one); another owner's memory is not found.",
+        ),
     ] = None,
     all_users: Annotated[
         bool,
@@ -1010,7 +1025,10 @@ def memory_delete(
 def memory_stats(
     ctx: typer.Context,
     user: Annotated[
-        str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Only this user's memories (default: every user's, counted per user)."
+        ),
     ] = None,
     all_users: Annotated[
         bool, typer.Option("--all-users", help="Every user's memories, counted per user (the default).")
@@ -1102,13 +1120,13 @@ def memory_export(
         ),
     ],
     user: Annotated[
-        str | None, typer.Option(help="Only this user's memories (default: every user's).")
+        str | None, typer.Option(metavar="NAME", help="Only this user's memories (default: every user's).")
     ] = None,
     all_users: Annotated[
         bool, typer.Option("--all-users", help="Every user's memories (the default).")
     ] = False,
 ) -> None:
-    """Write every memory of every user (superseded ones too) to a JSON Lines file (read-only).
+    """Write the memories of every user, or of --user, to a JSON Lines file (superseded ones too; read-only).
 
     With - the memories go to standard output, and the summary line to stderr.
     """
@@ -1256,11 +1274,14 @@ def memory_consolidate(
     threshold: Annotated[
         float,
         typer.Option(
+            metavar="SIMILARITY",
             help="Word-set (Jaccard) similarity from which two memories merge, in (0, 1] "
             "(with an embedder, a cosine similarity of 0.95 merges them too).",
         ),
     ] = 0.85,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Merge near-duplicate memories (originals are kept as superseded until cleanup).
@@ -1297,12 +1318,15 @@ def memory_consolidate(
 def memory_cleanup(
     ctx: typer.Context,
     max_age_days: Annotated[
-        float, typer.Option(help="Remove memories not created or used for this many days.")
+        float, typer.Option(metavar="DAYS", help="Remove memories not created or used for this many days.")
     ] = 30.0,
     keep_importance: Annotated[
-        float | None, typer.Option(help="Keep memories at least this important, whatever their age.")
+        float | None,
+        typer.Option(metavar="0..1", help="Keep memories at least this important, whatever their age."),
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Delete old memories and superseded originals; print what was removed."""
@@ -1378,7 +1402,9 @@ def memory_migrate(
             help="Where to copy them: a storage directory (created if needed) or a PostgreSQL DSN.",
         ),
     ],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Copies per committed batch.")] = 500,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, metavar="N", help="Copies per committed batch.")
+    ] = 500,
     no_vectors: Annotated[bool, typer.Option("--no-vectors", help="Do not copy embedding vectors.")] = False,
     merge: Annotated[
         bool, typer.Option("--merge", help="Allow a target that already holds other memories (kept).")
@@ -1729,12 +1755,18 @@ def mcp_serve(
     ] = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", help="The user every call is scoped to (default namespace if omitted)."),
+        typer.Option(
+            "--user", metavar="NAME", help="The user every call is scoped to (default namespace if omitted)."
+        ),
     ] = None,
     http: Annotated[
         int | None,
         typer.Option(
-            "--http", min=1, max=65535, help="Serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio."
+            "--http",
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio.",
         ),
     ] = None,
     tools: Annotated[
@@ -1750,6 +1782,7 @@ def mcp_serve(
         Path | None,
         typer.Option(
             "--app-dir",
+            metavar="DIR",
             help="Directory to import the --tools module from (default: the working one).",
         ),
     ] = None,
