@@ -149,10 +149,11 @@ def make_console(*, stderr: bool = False) -> Console:
 
 LOCATION_VARIABLES = tuple(
     f"PYTHON_CONTEXT_MANAGER_{option}"
-    for option in ("STORAGE_PATH", "CACHE_PATH", "MEMORY_BACKEND", "CONVERSATION_ID")
+    for option in ("STORAGE_PATH", "CACHE_PATH", "MEMORY_BACKEND", "POSTGRES_DSN", "CONVERSATION_ID")
 )
 """Where the library stores what it writes: set for the reader's application, they would send the
-examples' memories and conversations into its store (or database). The examples ignore them."""
+examples' memories and conversations into its store (or database). The examples ignore them (the shared
+example runs on a PostgreSQL server only when ``CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN`` names one)."""
 
 
 @contextlib.contextmanager

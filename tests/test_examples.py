@@ -129,7 +129,7 @@ def test_all_runs_with_the_default_embedder_where_the_embeddings_extra_is_instal
 
 
 def test_shared_runs_two_workers_on_one_conversation_on_postgresql(postgres_dsn: str) -> None:
-    environment = dict(os.environ, **{f"{ENV_PREFIX}POSTGRES_DSN": postgres_dsn})
+    environment = dict(os.environ, CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN=postgres_dsn)
     completed = run_example("shared", env=environment)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "worker B wrote on a stale version: ConversationConflictError" in completed.stdout
@@ -164,6 +164,28 @@ def test_the_examples_never_write_where_the_environment_points_the_library(tmp_p
     )
     completed = run_example("advanced", env=postgres)  # the embedded store, not the database
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+
+
+def test_the_shared_example_never_uses_the_database_of_the_readers_application() -> None:
+    """docs/postgres.md has the reader ``export PYTHON_CONTEXT_MANAGER_POSTGRES_DSN=...`` for their
+    application: the shared example then ran its two workers in that database (its tables created there,
+    a conversation written), and without the ``postgres`` extra (``make examples`` installs none) crashed
+    with MissingDependencyError. It runs them on the embedded storage unless its own variable names a
+    server."""
+    environment = dict(
+        os.environ,
+        **{
+            f"{ENV_PREFIX}MEMORY_BACKEND": "postgres",
+            f"{ENV_PREFIX}POSTGRES_DSN": "postgresql://app@127.0.0.1:9/app",  # nothing listens there
+        },
+    )
+    environment.pop("CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN", None)
+    completed = run_example("shared", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "(two managers of this process, embedded storage)" in completed.stdout
+    notice = next(line for line in completed.stdout.splitlines() if line.startswith("ignoring "))
+    assert f"{ENV_PREFIX}POSTGRES_DSN" in notice and f"{ENV_PREFIX}MEMORY_BACKEND" in notice
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
