@@ -59,9 +59,9 @@ class ExampleContext:
         self.console.print(f"  {text}")
 
     def detail(self, renderable: Any) -> None:
-        """Print only with ``--verbose``."""
+        """Print only with ``--verbose`` (a text as it is: a summary or an error quotes the conversation)."""
         if self.verbose:
-            self.console.print(renderable)
+            self.console.print(renderable, markup=False)
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         """Build a rich table from rows of values."""

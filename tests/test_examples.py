@@ -260,18 +260,21 @@ def test_a_failure_message_with_brackets_is_printed_as_it_is() -> None:
     assert "MarkupError" not in completed.stdout + completed.stderr
 
 
-def test_table_cells_are_values_not_markup(tmp_path: Path) -> None:
-    """A cell holding ``[tool call lookup] {...}`` (a remembered tool call) lost its brackets' text."""
+def test_table_cells_and_details_are_values_not_markup(tmp_path: Path) -> None:
+    """A cell holding ``[tool call lookup] {...}`` (a remembered tool call) lost its brackets' text, and so
+    did a ``--verbose`` detail such as the rolling summary, which quotes the conversation."""
     sys.path.insert(0, str(MAIN.parent))
     try:
         from _common import ExampleContext
         from rich.console import Console
     finally:
         sys.path.remove(str(MAIN.parent))
-    ctx = ExampleContext(Console(width=200, record=True), False, tmp_path)
+    ctx = ExampleContext(Console(width=200, record=True), True, tmp_path)
     ctx.console.print(ctx.table("t", ["content"], [["[tool call lookup] {}"], ["[/etc/hosts]"]]))
+    ctx.detail("rolling summary: - assistant: [tool call lookup] {} and [/etc/hosts]")
     printed = ctx.console.export_text()
     assert "[tool call lookup] {}" in printed and "[/etc/hosts]" in printed
+    assert "rolling summary: - assistant: [tool call lookup] {} and [/etc/hosts]" in printed
 
 
 def test_piped_output_reads_right() -> None:
