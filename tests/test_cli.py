@@ -1439,6 +1439,10 @@ def test_options_show_the_value_they_take_in_words_the_docs_use() -> None:
         if option in shown and f"{option} {metavar}" not in shown[option]
     )
     assert wrong == [], "\n".join(wrong)
+    # arguments are named in capitals too, as FILE|- and ID are: memory search showed {query}, examples [name]
+    for path in paths:
+        usage = runner.invoke(app, [*path, "--help"], terminal_width=200).stdout.splitlines()[0]
+        assert not re.search(r"[{\[][a-z]", usage.replace("[OPTIONS]", "").replace("[ARGS]", "")), usage
     # and what a command says it does holds with its options: export wrote "every memory of every user"
     # above its own --user option
     export = runner.invoke(app, ["memory", "export", "--help"], terminal_width=200).stdout

@@ -843,7 +843,7 @@ def memory_add(
 @memory_app.command("search")
 def memory_search(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="What to look for (plain text).")],
+    query: Annotated[str, typer.Argument(help="What to look for (plain text).", metavar="QUERY")],
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=0, metavar="N", help="At most this many results.")
     ] = 10,
@@ -1879,7 +1879,9 @@ def _examples_script() -> Path | None:
 @app.command(short_help="Run the examples (offline, in a temporary directory).")
 def examples(
     ctx: typer.Context,
-    name: Annotated[ExampleName, typer.Argument(help="Which examples to run.")] = ExampleName.ALL,
+    name: Annotated[
+        ExampleName, typer.Argument(help="Which examples to run (a category).", metavar="CATEGORY")
+    ] = ExampleName.ALL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print details and INFO logs.")] = False,
 ) -> None:
     """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""
