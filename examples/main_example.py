@@ -1,4 +1,5 @@
-"""Run the examples: ``python examples/main_example.py CATEGORY [--verbose]``; ``--help`` lists them.
+"""Run the examples: ``python examples/main_example.py [CATEGORY] [--verbose]`` (all of them by default);
+``--help`` lists the categories.
 
 Every example runs offline on the embedded defaults (SQLite and JSONL files in a temporary directory, no
 server, no API key) and checks what it demonstrates: the exit status is non-zero when something fails.
@@ -56,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("category", choices=["all", *CATEGORIES], help="which examples to run")
+    parser.add_argument(  # as `context-manager examples`: none given runs them all
+        "category",
+        nargs="?",
+        default="all",
+        choices=["all", *CATEGORIES],
+        help="which examples to run (default: all)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="print details and INFO logs")
     return parser
 

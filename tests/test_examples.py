@@ -235,6 +235,17 @@ def test_help_lists_the_categories() -> None:
     assert "basic_usage.py" in completed.stdout and "--verbose" in completed.stdout
 
 
+def test_no_category_runs_them_all_as_the_command_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``context-manager examples`` runs every category; ``python examples/main_example.py`` alone was a
+    usage error ("the following arguments are required: category")."""
+    monkeypatch.syspath_prepend(str(MAIN.parent))
+    from main_example import build_parser
+
+    assert build_parser().parse_args([]).category == "all"
+    assert build_parser().parse_args(["--verbose"]).category == "all"
+    assert build_parser().parse_args(["tools"]).category == "tools"
+
+
 def test_unknown_category_is_a_usage_error() -> None:
     completed = run_example("everything")
     assert completed.returncode == 2
