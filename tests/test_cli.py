@@ -391,6 +391,11 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
     target = tmp_path / "target"
     assert_one_line_error(cli("--storage", str(target), "memory", "import", str(broken)), "broken.jsonl:2")
     assert not target.exists(), "nothing is imported (the store is not even created)"
+    # a missing field is named as missing: the line ended in a bare "('id')"
+    for missing, line in (("id", '{"content": "no id"}'), ("content", '{"id": "m-1"}')):
+        broken.write_text(line + "\n")
+        result = cli("--storage", str(target), "memory", "import", str(broken))
+        assert_one_line_error(result, "broken.jsonl:1", f"({missing}: missing)")
     not_json = tmp_path / "notes.txt"
     not_json.write_text("just some notes\n")
     assert_one_line_error(cli("--storage", str(target), "memory", "import", str(not_json)), "notes.txt:1")
