@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -720,6 +721,49 @@ def test_migrate_table_prints_user_names_as_written(tmp_path: Path, monkeypatch:
     assert "verified: identical" in result.stdout
 
 
+def test_migrate_table_reads_whole_on_an_80_column_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 80 columns (a terminal's default, and rich's width when piped) the verification table folded its
+    headers and owners mid-word: "sourc" / "e", "targe" / "t", "defau" / "lt" / "names" / "pace"."""
+    monkeypatch.setenv("COLUMNS", "80")
+    source = tmp_path / "source"
+    cli_json("--storage", str(source), "memory", "add", "a shared fact", "--importance", "0.9")
+    cli_json("--storage", str(source), "memory", "add", "ana's fact", "--user", "ana")
+
+    async def converse() -> None:  # a persisted conversation: the table's longest tier, "conversations"
+        from context_manager import EnhancedContextManager
+
+        config = ContextManagerConfig(storage_path=source, embedder="none")
+        async with EnhancedContextManager(config, conversation_id="ticket-1") as manager:
+            await manager.add_message("user", "Where is my order?")
+
+    asyncio.run(converse())
+    result = cli("memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    table = result.stdout[result.stdout.index("verification") : result.stdout.index("verified: identical")]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    words = set(re.findall(r"[\w-]+", table))
+    assert {
+        "tier",
+        "owner",
+        "source",
+        "target",
+        "copies",
+        "checksums",
+        "status",
+        "default",
+        "namespace",
+        "conversations",
+    } <= words
+    assert "1 / 1" in table, table
+    report = cli_json(
+        "memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"), "--verify-only"
+    )
+    for group in report["groups"]:  # each checksum is shown (its first 8 hex digits; --json has them whole)
+        assert group["source_checksum"][:8] in words, (group, table)
+
+
 def test_migrate_table_never_merges_a_user_named_default_with_the_default_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -734,8 +778,8 @@ def test_migrate_table_never_merges_a_user_named_default_with_the_default_namesp
     result = cli("memory", "migrate", "--from", str(source), "--to", target, "--verify-only")
     assert result.exit_code == 0, result.stdout + result.stderr
     rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
-    assert ["short", "default", "namespace", "1", "1"] in [row[:5] for row in rows]
-    assert ["short", "user", "default", "1", "1"] in [row[:5] for row in rows]
+    assert ["short", "default", "namespace", "1", "/", "1"] in [row[:6] for row in rows]
+    assert ["short", "user", "default", "1", "/", "1"] in [row[:6] for row in rows]
 
 
 class _BrokenStream(io.RawIOBase):
@@ -1415,8 +1459,6 @@ def _option_lines(path: list[str]) -> dict[str, str]:
 def test_options_show_the_value_they_take_in_words_the_docs_use() -> None:
     """``--help`` showed typer's type labels: ``--user <str>``, ``--http <int range>``, ``--limit <int
     range>``, ``--max-age-days <float>``, where the docs write ``--user NAME`` and ``--http PORT``."""
-    import re
-
     import typer
 
     root = Path(__file__).resolve().parents[1]

@@ -1086,6 +1086,10 @@ def memory_stats(
     _run(ctx, body, _USER_OPTION)
 
 
+_SHOWN_CHECKSUM_DIGITS = 8
+"""Hex digits of a checksum ``memory migrate``'s text table shows (``--json`` gives all 16)."""
+
+
 def _owner(label: str) -> str:
     """An owner label of the memory API as shown: ``user NAME``, or ``default namespace`` for ``""``."""
     from context_manager.core.memory.backend import DEFAULT_NAMESPACE_LABEL
@@ -1541,36 +1545,28 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             markup=False,
             soft_wrap=True,
         )
-    table = Table(title="verification (copies per tier and owner)", title_justify="left")
-    for column in ("tier", "owner", "source", "target"):
-        table.add_column(column, overflow="fold")
-    for column in ("source checksum", "target checksum", "status"):
-        table.add_column(column, no_wrap=True)
+    # 80 columns (a terminal's default, and rich's width when piped) hold it with words whole: source and
+    # target share a cell, and a checksum shows its first 8 hex digits (--json gives them whole)
+    table = Table(title="verification (copies per tier and owner: source / target)", title_justify="left")
+    tiers = ["tier", "vectors" if report.vectors else "", "conversations" if report.conversations else ""]
+    table.add_column("tier", min_width=max(map(len, tiers)), overflow="fold")
+    table.add_column("owner", overflow="fold")
+    table.add_column("copies", overflow="fold")
+    table.add_column("checksums", min_width=2 * _SHOWN_CHECKSUM_DIGITS + 3, overflow="fold")
+    table.add_column("status", no_wrap=True)
 
-    def row(*cells: object, match: bool) -> None:
+    def row(tier: str, owner: str, source: int, target: int, checksums: tuple[str, str], match: bool) -> None:
         status = Text("ok") if match else Text("DIFFERENT", style="red")
-        table.add_row(*map(_plain, cells), status)
+        shown = " / ".join(checksum[:_SHOWN_CHECKSUM_DIGITS] for checksum in checksums)
+        table.add_row(*map(_plain, (tier, owner, f"{source} / {target}", shown)), status)
 
     for group in report.groups:
-        row(
-            group.tier,
-            _owner(group.user),
-            group.source_count,
-            group.target_count,
-            group.source_checksum,
-            group.target_checksum,
-            match=group.match,
-        )
+        checksums = (group.source_checksum, group.target_checksum)
+        row(group.tier, _owner(group.user), group.source_count, group.target_count, checksums, group.match)
     for check in report.vectors:
-        row(
-            "vectors",
-            f"{check.model} ({check.dimension})",
-            check.source_count,
-            check.target_count,
-            check.source_checksum,
-            check.target_checksum,
-            match=check.match,
-        )
+        owner = f"{check.model} ({check.dimension})"
+        checksums = (check.source_checksum, check.target_checksum)
+        row("vectors", owner, check.source_count, check.target_count, checksums, check.match)
     conversations = report.conversations
     if conversations is not None:
         row(
@@ -1578,9 +1574,8 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             f"records {conversations.source_records} / {conversations.target_records}",
             conversations.source_count,
             conversations.target_count,
-            conversations.source_checksum,
-            conversations.target_checksum,
-            match=conversations.match,
+            (conversations.source_checksum, conversations.target_checksum),
+            conversations.match,
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
