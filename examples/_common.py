@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 
 class ExampleFailure(RuntimeError):
@@ -58,17 +59,17 @@ class ExampleContext:
         self.console.print(f"  {text}")
 
     def detail(self, renderable: Any) -> None:
-        """Print only with ``--verbose``."""
+        """Print only with ``--verbose`` (a text as it is: a summary or an error quotes the conversation)."""
         if self.verbose:
-            self.console.print(renderable)
+            self.console.print(renderable, markup=False)
 
     def table(self, title: str, columns: list[str], rows: list[list[Any]]) -> Table:
         """Build a rich table from rows of values."""
         table = Table(title=title, title_justify="left", show_lines=False)
         for column in columns:  # a narrow terminal folds the cells, never cuts a header to "strate…"
             table.add_column(column, min_width=max(len(word) for word in column.split() or [""]))
-        for row in rows:
-            table.add_row(*(format_value(value) for value in row))
+        for row in rows:  # values, not markup: a "[tool call x]" in a memory's text prints as it is
+            table.add_row(*(Text(format_value(value)) for value in row))
         return table
 
     def panel(self, text: str, title: str) -> None:
@@ -148,10 +149,11 @@ def make_console(*, stderr: bool = False) -> Console:
 
 LOCATION_VARIABLES = tuple(
     f"PYTHON_CONTEXT_MANAGER_{option}"
-    for option in ("STORAGE_PATH", "CACHE_PATH", "MEMORY_BACKEND", "CONVERSATION_ID")
+    for option in ("STORAGE_PATH", "CACHE_PATH", "MEMORY_BACKEND", "POSTGRES_DSN", "CONVERSATION_ID")
 )
 """Where the library stores what it writes: set for the reader's application, they would send the
-examples' memories and conversations into its store (or database). The examples ignore them."""
+examples' memories and conversations into its store (or database). The examples ignore them (the shared
+example runs on a PostgreSQL server only when ``CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN`` names one)."""
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ExampleContext, example_context, expect  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from context_manager import (  # noqa: E402
     ContextManagerConfig,
@@ -374,13 +375,14 @@ async def run_agent(
 
 
 def print_turn(ctx: ExampleContext, report: TurnReport) -> None:
-    ctx.console.print(f"[bold]user[/bold]: {report.user}")
+    # the texts are the user's, the model's and memory's: escaped, so brackets print as written
+    ctx.console.print(f"[bold]user[/bold]: {escape(report.user)}")
     for memory in report.recalled if ctx.verbose else report.recalled[:1]:
-        ctx.console.print(f"  [dim]recalled: {memory}[/dim]")
+        ctx.console.print(f"  [dim]recalled: {escape(memory)}[/dim]")
     for name, arguments, result in report.tool_calls:
         shown = result if ctx.verbose or len(result) < 90 else result[:87] + "..."
-        ctx.console.print(f"  [yellow]tool[/yellow] {name}({json.dumps(arguments)}) -> {shown}")
-    ctx.console.print(f"[bold]assistant[/bold]: {report.answer}")
+        ctx.console.print(f"  [yellow]tool[/yellow] {escape(f'{name}({json.dumps(arguments)}) -> {shown}')}")
+    ctx.console.print(f"[bold]assistant[/bold]: {escape(report.answer)}")
     ctx.detail(f"  request tokens per step: {report.request_tokens}")
 
 

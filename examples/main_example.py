@@ -1,4 +1,5 @@
-"""Run the examples: ``python examples/main_example.py CATEGORY [--verbose]``; ``--help`` lists them.
+"""Run the examples: ``python examples/main_example.py [CATEGORY] [--verbose]`` (all of them by default);
+``--help`` lists the categories.
 
 Every example runs offline on the embedded defaults (SQLite and JSONL files in a temporary directory, no
 server, no API key) and checks what it demonstrates: the exit status is non-zero when something fails.
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example modules 
 
 from _common import ExampleContext, ExampleFailure, example_context, make_console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 CATEGORIES: dict[str, tuple[str, str]] = {
     "basic": ("basic_usage", "messages, token counts, provider formats, memory surviving a restart"),
@@ -55,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("category", choices=["all", *CATEGORIES], help="which examples to run")
+    parser.add_argument(  # as `context-manager examples`: none given runs them all
+        "category",
+        nargs="?",
+        default="all",
+        choices=["all", *CATEGORIES],
+        help="which examples to run (default: all)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="print details and INFO logs")
     return parser
 
@@ -89,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         with example_context(verbose=args.verbose, console=console) as ctx:
             timings = asyncio.run(run_categories(names, ctx))
     except ExampleFailure as failure:
-        console.print(f"[bold red]example failed:[/bold red] {failure}")
+        console.print(f"[bold red]example failed:[/bold red] {escape(str(failure))}")
         if args.verbose:
             traceback.print_exc()
         return 1
     except Exception as error:  # an example crashed: say where, non-zero exit
-        console.print(f"[bold red]example crashed:[/bold red] {type(error).__name__}: {error}")
+        console.print(f"[bold red]example crashed:[/bold red] {type(error).__name__}: {escape(str(error))}")
         traceback.print_exc()
         return 1
     console.print()

@@ -4,8 +4,11 @@ Give the manager a ``conversation_id`` and every change to its window is stored 
 opened later with the same id, in any process, resumes it. The first example kills a worker process with
 ``kill -9`` in the middle of a conversation and resumes it here (embedded SQLite storage, no server). The
 second runs two workers on one conversation: by default two managers of this process on the embedded
-storage (as two concurrent requests of one web worker would), and when ``PYTHON_CONTEXT_MANAGER_POSTGRES_DSN``
-names a server, two managers with their own pools on PostgreSQL (as workers in several processes would).
+storage (as two concurrent requests of one web worker would), and when
+``CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN`` names a server, two managers with their own pools on PostgreSQL
+(as workers in several processes would).
+That variable is the example's own: ``PYTHON_CONTEXT_MANAGER_POSTGRES_DSN`` names your application's
+database, which the examples never write to.
 
 Run alone with ``python examples/shared_state.py [--verbose]`` or through ``main_example.py shared``.
 """
@@ -24,6 +27,8 @@ from _common import ExampleContext, ExampleFailure, example_context, expect
 from context_manager import ContextManagerConfig, ConversationConflictError, EnhancedContextManager
 
 WINDOW_TOKENS = 400
+EXAMPLES_POSTGRES_DSN = "CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN"
+"""A PostgreSQL server for the two workers, given to this example only (the library never reads it)."""
 
 WORKER = f"""
 import asyncio, json, os, signal, sys
@@ -110,14 +115,14 @@ async def add_with_retry(manager: EnhancedContextManager, role: str, content: st
 
 
 async def two_workers(ctx: ExampleContext) -> None:
-    dsn = os.environ.get("PYTHON_CONTEXT_MANAGER_POSTGRES_DSN")
+    dsn = os.environ.get(EXAMPLES_POSTGRES_DSN)
     conversation = f"chat-{uuid.uuid4().hex[:8]}"
     if dsn:
         ctx.section("Two workers on one conversation (PostgreSQL)")
     else:
         # A storage directory belongs to one process; the managers of that process (one event loop, the
         # same memory settings) share it, as the requests of one web worker would. Across processes or
-        # hosts, PostgreSQL: set PYTHON_CONTEXT_MANAGER_POSTGRES_DSN (see docs/postgres.md).
+        # hosts, PostgreSQL: set CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN (see docs/postgres.md).
         ctx.section("Two workers on one conversation (two managers of this process, embedded storage)")
     shared = ctx.storage("two-workers")
 

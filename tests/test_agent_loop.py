@@ -157,6 +157,44 @@ def test_agent_loop_script_runs_offline_by_default(tmp_path: Path) -> None:
     assert "tool lookup_order" in completed.stdout
 
 
+def test_the_scripted_run_shows_a_recalled_tool_call_as_memory_holds_it(tmp_path: Path) -> None:
+    """A tool call evicted to memory is remembered as ``[tool call NAME] {...}``: rich read the
+    brackets as markup and printed ``recalled:  {"city":"Porto",...}``, the call's name gone (lexical
+    search recalls that call; MiniLM ranks other turns first)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(COLUMNS="250", PYTHON_CONTEXT_MANAGER_EMBEDDER="none")
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent_loop.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    recalled = [line for line in completed.stdout.splitlines() if "recalled:" in line]
+    assert any("recalled: [tool call shipping_quote] {" in line for line in recalled), recalled
+    assert not [line for line in recalled if "recalled:  " in line], recalled
+
+
+def test_a_turn_prints_brackets_of_the_model_and_the_user_as_written(
+    agent_loop: ModuleType, example_ctx: Any
+) -> None:
+    """Against a real model the texts are the model's: a Markdown link lost its words, and a path such as
+    ``[/etc/hosts]`` crashed the example with rich's MarkupError."""
+    report = agent_loop.TurnReport(
+        user="Is [/etc/hosts] the file?",
+        answer="Yes: see [the hosts manual](https://example.org) and [/etc/hosts].",
+        tool_calls=[("read_file", {"path": "[/etc/hosts]"}, '{"lines": ["[bold]127.0.0.1[/bold]"]}')],
+        recalled=['[tool call read_file] {"path": "/etc"}'],
+    )
+    agent_loop.print_turn(example_ctx, report)
+    printed = example_ctx.console.export_text()
+    assert "user: Is [/etc/hosts] the file?" in printed
+    assert "recalled: [tool call read_file] {" in printed
+    assert 'tool read_file({"path": "[/etc/hosts]"}) -> {"lines": ["[bold]127.0.0.1[/bold]"]}' in printed
+    assert "assistant: Yes: see [the hosts manual](https://example.org) and [/etc/hosts]." in printed
+
+
 # --- the loop with the real openai client against a local Chat Completions server ------------------
 
 

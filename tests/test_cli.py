@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -391,6 +392,11 @@ def test_memory_import_rejects_bad_files_whole(tmp_path: Path, store: Path) -> N
     target = tmp_path / "target"
     assert_one_line_error(cli("--storage", str(target), "memory", "import", str(broken)), "broken.jsonl:2")
     assert not target.exists(), "nothing is imported (the store is not even created)"
+    # a missing field is named as missing: the line ended in a bare "('id')"
+    for missing, line in (("id", '{"content": "no id"}'), ("content", '{"id": "m-1"}')):
+        broken.write_text(line + "\n")
+        result = cli("--storage", str(target), "memory", "import", str(broken))
+        assert_one_line_error(result, "broken.jsonl:1", f"({missing}: missing)")
     not_json = tmp_path / "notes.txt"
     not_json.write_text("just some notes\n")
     assert_one_line_error(cli("--storage", str(target), "memory", "import", str(not_json)), "notes.txt:1")
@@ -715,6 +721,49 @@ def test_migrate_table_prints_user_names_as_written(tmp_path: Path, monkeypatch:
     assert "verified: identical" in result.stdout
 
 
+def test_migrate_table_reads_whole_on_an_80_column_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On 80 columns (a terminal's default, and rich's width when piped) the verification table folded its
+    headers and owners mid-word: "sourc" / "e", "targe" / "t", "defau" / "lt" / "names" / "pace"."""
+    monkeypatch.setenv("COLUMNS", "80")
+    source = tmp_path / "source"
+    cli_json("--storage", str(source), "memory", "add", "a shared fact", "--importance", "0.9")
+    cli_json("--storage", str(source), "memory", "add", "ana's fact", "--user", "ana")
+
+    async def converse() -> None:  # a persisted conversation: the table's longest tier, "conversations"
+        from context_manager import EnhancedContextManager
+
+        config = ContextManagerConfig(storage_path=source, embedder="none")
+        async with EnhancedContextManager(config, conversation_id="ticket-1") as manager:
+            await manager.add_message("user", "Where is my order?")
+
+    asyncio.run(converse())
+    result = cli("memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    table = result.stdout[result.stdout.index("verification") : result.stdout.index("verified: identical")]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    words = set(re.findall(r"[\w-]+", table))
+    assert {
+        "tier",
+        "owner",
+        "source",
+        "target",
+        "copies",
+        "checksums",
+        "status",
+        "default",
+        "namespace",
+        "conversations",
+    } <= words
+    assert "1 / 1" in table, table
+    report = cli_json(
+        "memory", "migrate", "--from", str(source), "--to", str(tmp_path / "target"), "--verify-only"
+    )
+    for group in report["groups"]:  # each checksum is shown (its first 8 hex digits; --json has them whole)
+        assert group["source_checksum"][:8] in words, (group, table)
+
+
 def test_migrate_table_never_merges_a_user_named_default_with_the_default_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -729,8 +778,8 @@ def test_migrate_table_never_merges_a_user_named_default_with_the_default_namesp
     result = cli("memory", "migrate", "--from", str(source), "--to", target, "--verify-only")
     assert result.exit_code == 0, result.stdout + result.stderr
     rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
-    assert ["short", "default", "namespace", "1", "1"] in [row[:5] for row in rows]
-    assert ["short", "user", "default", "1", "1"] in [row[:5] for row in rows]
+    assert ["short", "default", "namespace", "1", "/", "1"] in [row[:6] for row in rows]
+    assert ["short", "user", "default", "1", "/", "1"] in [row[:6] for row in rows]
 
 
 class _BrokenStream(io.RawIOBase):
@@ -1391,6 +1440,60 @@ def test_help_lists_each_command_with_a_whole_summary_and_plain_metavars(group: 
     assert commands.strip() and "..." not in commands, commands
     assert "list[str]" not in cli("memory", "add", "--help").stdout  # --tag TAG, repeatable
     assert "``" not in cli("health", "--help").stdout  # help is plain text, not reStructuredText
+
+
+def _option_lines(path: list[str]) -> dict[str, str]:
+    """``{"--user": "--user NAME", ...}``: each option's first line in ``context-manager PATH --help``."""
+    result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.stderr
+    options = result.stdout.split("Options:\n", 1)[1].split("\n\n", 1)[0]
+    found = {}
+    for line in options.splitlines():
+        words = line.split("  ")[1:] if line.startswith("  -") else []
+        usage = next((word.strip() for word in words if word.strip()), "")
+        if usage:
+            found[usage.split(", ")[-1].split(" ")[0]] = usage.split(", ")[-1]
+    return found
+
+
+def test_options_show_the_value_they_take_in_words_the_docs_use() -> None:
+    """``--help`` showed typer's type labels: ``--user <str>``, ``--http <int range>``, ``--limit <int
+    range>``, ``--max-age-days <float>``, where the docs write ``--user NAME`` and ``--http PORT``."""
+    import typer
+
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    docs = "\n".join(path.read_text(encoding="utf-8") for path in pages)
+    written = set(re.findall(r"(--[a-z][a-z-]+) ([A-Z][A-Z_]*(?:[|:=][A-Z_]+)?)\b", docs))
+    command: Any = typer.main.get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(group: Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, child in getattr(group, "commands", {}).items():
+            walk(child, [*path, name])
+
+    walk(command, [])
+    shown: dict[str, set[str]] = {}
+    for path in paths:
+        for option, usage in _option_lines(path).items():
+            assert not re.search(r"<[a-z]", usage) or option == "--encoding", f"{path} {usage}"
+            shown.setdefault(option, set()).add(usage)
+    assert shown["--user"] == {"--user NAME"} and shown["--http"] == {"--http PORT"}
+    wrong = sorted(
+        f"{option} {metavar} (--help: {sorted(shown[option])})"
+        for option, metavar in written
+        if option in shown and f"{option} {metavar}" not in shown[option]
+    )
+    assert wrong == [], "\n".join(wrong)
+    # arguments are named in capitals too, as FILE|- and ID are: memory search showed {query}, examples [name]
+    for path in paths:
+        usage = runner.invoke(app, [*path, "--help"], terminal_width=200).stdout.splitlines()[0]
+        assert not re.search(r"[{\[][a-z]", usage.replace("[OPTIONS]", "").replace("[ARGS]", "")), usage
+    # and what a command says it does holds with its options: export wrote "every memory of every user"
+    # above its own --user option
+    export = runner.invoke(app, ["memory", "export", "--help"], terminal_width=200).stdout
+    assert "--user NAME" in export and "every memory of every user" not in export
 
 
 def test_health_of_a_store_a_running_process_holds_is_degraded_not_unhealthy(store: Path) -> None:

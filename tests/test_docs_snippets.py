@@ -30,6 +30,7 @@ import asyncio
 import code
 import inspect
 import io
+import json
 import logging
 import os
 import re
@@ -570,21 +571,45 @@ def test_the_tests_the_docs_cite_exist() -> None:
 COMMAND_LINE = re.compile(r"^(?:[A-Z_]+=\S+\s+)*context-manager\s")
 
 
+SHELL_COMMAND = re.compile(r"^(?:[^#]*?\s--\s+)?((?:[A-Z_]+=\S+\s+)*)(?:/\S*/)?(context-manager\s.*)$")
+"""A ``context-manager`` command of a shell line (a pipe's part), also where another program starts it
+after ``--`` (``claude mcp add memory -- /venv/bin/context-manager ...``)."""
+
+
 def documented_command_lines() -> list[tuple[str, str, bool]]:
     """``(page, command line, complete)`` for every ``context-manager ...`` of the README and docs:
-    lines of shell blocks (complete commands) and inline code spans (which may leave out arguments)."""
+    commands of shell blocks (complete commands, continuation lines joined), the ``command`` and
+    ``args`` of an MCP client's JSON configuration (complete too) and inline code spans (which may
+    leave out arguments)."""
     found = []
     for path in DOCUMENTS:
         text = path.read_text(encoding="utf-8")
-        language = None
-        for line in text.splitlines():
-            if line.startswith("```"):
-                language = line[3:].strip() if language is None else None
-            elif language in ("bash", "sh", "") and COMMAND_LINE.match(line.strip()):
-                found.append((path.name, re.split(r" \| | > ", line.strip())[0], True))
+        for language, body in re.findall(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S):
+            if language in ("bash", "sh", ""):
+                for line in body.replace("\\\n", " ").splitlines():
+                    for segment in re.split(r" \| ", line.strip()):
+                        command = SHELL_COMMAND.search(segment.strip())
+                        if command:
+                            found.append((path.name, re.split(r" > ", "".join(command.groups()))[0], True))
+            elif language == "json":
+                found.extend((path.name, line, True) for line in json_command_lines(json.loads(body)))
         for span in re.findall(r"`((?:[A-Z_]+=\S+ )*context-manager [^`]*)`", without_code(text)):
             found.append((path.name, span, False))
     return found
+
+
+def json_command_lines(value: object) -> list[str]:
+    """``context-manager ARGS`` for each ``{"command": ".../context-manager", "args": [...]}`` of ``value``
+    (an MCP client's configuration)."""
+    if isinstance(value, list):
+        return [line for item in value for line in json_command_lines(item)]
+    if not isinstance(value, dict):
+        return []
+    lines = [line for item in value.values() for line in json_command_lines(item)]
+    command = value.get("command")
+    if isinstance(command, str) and command.rsplit("/", 1)[-1] == "context-manager":
+        lines.append(shlex.join(["context-manager", *value.get("args", [])]))
+    return lines
 
 
 def parse_command_line(line: str, *, complete: bool) -> None:
@@ -619,6 +644,13 @@ def parse_command_line(line: str, *, complete: bool) -> None:
 def test_command_lines_in_the_docs_parse() -> None:
     lines = documented_command_lines()
     assert len(lines) >= 30
+    # also the commands an MCP client's JSON configuration, another program or a pipe starts
+    commands = {line for _, line, _ in lines}
+    assert "context-manager mcp serve --set memory_backend=postgres --user alice" in commands
+    assert any(line.startswith("context-manager memory import -") for _, line, _ in lines)
+    assert json_command_lines({"a": [{"command": "/v/bin/context-manager", "args": ["health"]}]}) == [
+        "context-manager health"
+    ]
     wrong = []
     for page, line, complete in lines:
         try:

@@ -129,7 +129,7 @@ def test_all_runs_with_the_default_embedder_where_the_embeddings_extra_is_instal
 
 
 def test_shared_runs_two_workers_on_one_conversation_on_postgresql(postgres_dsn: str) -> None:
-    environment = dict(os.environ, **{f"{ENV_PREFIX}POSTGRES_DSN": postgres_dsn})
+    environment = dict(os.environ, CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN=postgres_dsn)
     completed = run_example("shared", env=environment)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "worker B wrote on a stale version: ConversationConflictError" in completed.stdout
@@ -164,6 +164,28 @@ def test_the_examples_never_write_where_the_environment_points_the_library(tmp_p
     )
     completed = run_example("advanced", env=postgres)  # the embedded store, not the database
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
+
+
+def test_the_shared_example_never_uses_the_database_of_the_readers_application() -> None:
+    """docs/postgres.md has the reader ``export PYTHON_CONTEXT_MANAGER_POSTGRES_DSN=...`` for their
+    application: the shared example then ran its two workers in that database (its tables created there,
+    a conversation written), and without the ``postgres`` extra (``make examples`` installs none) crashed
+    with MissingDependencyError. It runs them on the embedded storage unless its own variable names a
+    server."""
+    environment = dict(
+        os.environ,
+        **{
+            f"{ENV_PREFIX}MEMORY_BACKEND": "postgres",
+            f"{ENV_PREFIX}POSTGRES_DSN": "postgresql://app@127.0.0.1:9/app",  # nothing listens there
+        },
+    )
+    environment.pop("CONTEXT_MANAGER_EXAMPLES_POSTGRES_DSN", None)
+    completed = run_example("shared", env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "(two managers of this process, embedded storage)" in completed.stdout
+    notice = next(line for line in completed.stdout.splitlines() if line.startswith("ignoring "))
+    assert f"{ENV_PREFIX}POSTGRES_DSN" in notice and f"{ENV_PREFIX}MEMORY_BACKEND" in notice
     assert list(Path.cwd().iterdir()) == [], "examples must not write to the working directory"
 
 
@@ -213,6 +235,17 @@ def test_help_lists_the_categories() -> None:
     assert "basic_usage.py" in completed.stdout and "--verbose" in completed.stdout
 
 
+def test_no_category_runs_them_all_as_the_command_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``context-manager examples`` runs every category; ``python examples/main_example.py`` alone was a
+    usage error ("the following arguments are required: category")."""
+    monkeypatch.syspath_prepend(str(MAIN.parent))
+    from main_example import build_parser
+
+    assert build_parser().parse_args([]).category == "all"
+    assert build_parser().parse_args(["--verbose"]).category == "all"
+    assert build_parser().parse_args(["tools"]).category == "tools"
+
+
 def test_unknown_category_is_a_usage_error() -> None:
     completed = run_example("everything")
     assert completed.returncode == 2
@@ -226,6 +259,33 @@ def test_a_failing_example_exits_non_zero() -> None:
     assert completed.returncode == 1
     assert "example crashed: ConfigurationError: compression_ratio: got '1.5'" in completed.stdout
     assert "All examples passed" not in completed.stdout
+
+
+def test_a_failure_message_with_brackets_is_printed_as_it_is() -> None:
+    """The failure line printed the error's text as rich markup: a value such as ``[/x]`` in it raised
+    MarkupError from the handler, and the reader got that traceback instead of the error."""
+    env = dict(os.environ, PYTHON_CONTEXT_MANAGER_MAX_TOKENS="[/x]")
+    completed = run_example("basic", env=env)
+    assert completed.returncode == 1
+    assert "example crashed: ConfigurationError: max_tokens: got '[/x]'" in completed.stdout
+    assert "MarkupError" not in completed.stdout + completed.stderr
+
+
+def test_table_cells_and_details_are_values_not_markup(tmp_path: Path) -> None:
+    """A cell holding ``[tool call lookup] {...}`` (a remembered tool call) lost its brackets' text, and so
+    did a ``--verbose`` detail such as the rolling summary, which quotes the conversation."""
+    sys.path.insert(0, str(MAIN.parent))
+    try:
+        from _common import ExampleContext
+        from rich.console import Console
+    finally:
+        sys.path.remove(str(MAIN.parent))
+    ctx = ExampleContext(Console(width=200, record=True), True, tmp_path)
+    ctx.console.print(ctx.table("t", ["content"], [["[tool call lookup] {}"], ["[/etc/hosts]"]]))
+    ctx.detail("rolling summary: - assistant: [tool call lookup] {} and [/etc/hosts]")
+    printed = ctx.console.export_text()
+    assert "[tool call lookup] {}" in printed and "[/etc/hosts]" in printed
+    assert "rolling summary: - assistant: [tool call lookup] {} and [/etc/hosts]" in printed
 
 
 def test_piped_output_reads_right() -> None:

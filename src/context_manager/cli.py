@@ -792,12 +792,20 @@ def memory_add(
             metavar="TEXT|-",
         ),
     ],
-    importance: Annotated[float, typer.Option(help="0 (trivial) to 1 (critical).")] = 0.5,
+    importance: Annotated[float, typer.Option(metavar="0..1", help="0 (trivial) to 1 (critical).")] = 0.5,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", metavar="TAG", help="A tag (repeatable).")
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
-    tier: Annotated[str | None, typer.Option(help="Put it in this tier only: short, medium or long.")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            metavar="short|medium|long",
+            help="Put it in this tier only (default: the placement rules, by importance).",
+        ),
+    ] = None,
 ) -> None:
     """Store a memory durably and print its id."""
 
@@ -835,15 +843,19 @@ def memory_add(
 @memory_app.command("search")
 def memory_search(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="What to look for (plain text).")],
-    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many results.")] = 10,
+    query: Annotated[str, typer.Argument(help="What to look for (plain text).", metavar="QUERY")],
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=0, metavar="N", help="At most this many results.")
+    ] = 10,
     tag: Annotated[
         list[str] | None,
         typer.Option(
             "--tag", "-t", metavar="TAG", help="Only memories with this tag (repeatable: any of them)."
         ),
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Search the memory store, best match first.
@@ -902,7 +914,10 @@ def memory_delete(
     ],
     user: Annotated[
         str | None,
-        typer.Option(help="Owner namespace (default: the shared one); another owner's memory is not found."),
+        typer.Option(
+            metavar="NAME",
+            help="Owner namespace (default: the shared one); another owner's memory is not found.",
+        ),
     ] = None,
     all_users: Annotated[
         bool,
@@ -1010,7 +1025,10 @@ def memory_delete(
 def memory_stats(
     ctx: typer.Context,
     user: Annotated[
-        str | None, typer.Option(help="Only this user's memories (default: every user's, counted per user).")
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Only this user's memories (default: every user's, counted per user)."
+        ),
     ] = None,
     all_users: Annotated[
         bool, typer.Option("--all-users", help="Every user's memories, counted per user (the default).")
@@ -1068,6 +1086,10 @@ def memory_stats(
     _run(ctx, body, _USER_OPTION)
 
 
+_SHOWN_CHECKSUM_DIGITS = 8
+"""Hex digits of a checksum ``memory migrate``'s text table shows (``--json`` gives all 16)."""
+
+
 def _owner(label: str) -> str:
     """An owner label of the memory API as shown: ``user NAME``, or ``default namespace`` for ``""``."""
     from context_manager.core.memory.backend import DEFAULT_NAMESPACE_LABEL
@@ -1102,13 +1124,13 @@ def memory_export(
         ),
     ],
     user: Annotated[
-        str | None, typer.Option(help="Only this user's memories (default: every user's).")
+        str | None, typer.Option(metavar="NAME", help="Only this user's memories (default: every user's).")
     ] = None,
     all_users: Annotated[
         bool, typer.Option("--all-users", help="Every user's memories (the default).")
     ] = False,
 ) -> None:
-    """Write every memory of every user (superseded ones too) to a JSON Lines file (read-only).
+    """Write the memories of every user, or of --user, to a JSON Lines file (superseded ones too; read-only).
 
     With - the memories go to standard output, and the summary line to stderr.
     """
@@ -1256,11 +1278,14 @@ def memory_consolidate(
     threshold: Annotated[
         float,
         typer.Option(
+            metavar="SIMILARITY",
             help="Word-set (Jaccard) similarity from which two memories merge, in (0, 1] "
             "(with an embedder, a cosine similarity of 0.95 merges them too).",
         ),
     ] = 0.85,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Merge near-duplicate memories (originals are kept as superseded until cleanup).
@@ -1297,12 +1322,15 @@ def memory_consolidate(
 def memory_cleanup(
     ctx: typer.Context,
     max_age_days: Annotated[
-        float, typer.Option(help="Remove memories not created or used for this many days.")
+        float, typer.Option(metavar="DAYS", help="Remove memories not created or used for this many days.")
     ] = 30.0,
     keep_importance: Annotated[
-        float | None, typer.Option(help="Keep memories at least this important, whatever their age.")
+        float | None,
+        typer.Option(metavar="0..1", help="Keep memories at least this important, whatever their age."),
     ] = None,
-    user: Annotated[str | None, typer.Option(help="Owner namespace (default: the shared one).")] = None,
+    user: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Owner namespace (default: the shared one).")
+    ] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help=_ALL_USERS_HELP)] = False,
 ) -> None:
     """Delete old memories and superseded originals; print what was removed."""
@@ -1378,7 +1406,9 @@ def memory_migrate(
             help="Where to copy them: a storage directory (created if needed) or a PostgreSQL DSN.",
         ),
     ],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Copies per committed batch.")] = 500,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, metavar="N", help="Copies per committed batch.")
+    ] = 500,
     no_vectors: Annotated[bool, typer.Option("--no-vectors", help="Do not copy embedding vectors.")] = False,
     merge: Annotated[
         bool, typer.Option("--merge", help="Allow a target that already holds other memories (kept).")
@@ -1515,36 +1545,28 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             markup=False,
             soft_wrap=True,
         )
-    table = Table(title="verification (copies per tier and owner)", title_justify="left")
-    for column in ("tier", "owner", "source", "target"):
-        table.add_column(column, overflow="fold")
-    for column in ("source checksum", "target checksum", "status"):
-        table.add_column(column, no_wrap=True)
+    # 80 columns (a terminal's default, and rich's width when piped) hold it with words whole: source and
+    # target share a cell, and a checksum shows its first 8 hex digits (--json gives them whole)
+    table = Table(title="verification (copies per tier and owner: source / target)", title_justify="left")
+    tiers = ["tier", "vectors" if report.vectors else "", "conversations" if report.conversations else ""]
+    table.add_column("tier", min_width=max(map(len, tiers)), overflow="fold")
+    table.add_column("owner", overflow="fold")
+    table.add_column("copies", overflow="fold")
+    table.add_column("checksums", min_width=2 * _SHOWN_CHECKSUM_DIGITS + 3, overflow="fold")
+    table.add_column("status", no_wrap=True)
 
-    def row(*cells: object, match: bool) -> None:
+    def row(tier: str, owner: str, source: int, target: int, checksums: tuple[str, str], match: bool) -> None:
         status = Text("ok") if match else Text("DIFFERENT", style="red")
-        table.add_row(*map(_plain, cells), status)
+        shown = " / ".join(checksum[:_SHOWN_CHECKSUM_DIGITS] for checksum in checksums)
+        table.add_row(*map(_plain, (tier, owner, f"{source} / {target}", shown)), status)
 
     for group in report.groups:
-        row(
-            group.tier,
-            _owner(group.user),
-            group.source_count,
-            group.target_count,
-            group.source_checksum,
-            group.target_checksum,
-            match=group.match,
-        )
+        checksums = (group.source_checksum, group.target_checksum)
+        row(group.tier, _owner(group.user), group.source_count, group.target_count, checksums, group.match)
     for check in report.vectors:
-        row(
-            "vectors",
-            f"{check.model} ({check.dimension})",
-            check.source_count,
-            check.target_count,
-            check.source_checksum,
-            check.target_checksum,
-            match=check.match,
-        )
+        owner = f"{check.model} ({check.dimension})"
+        checksums = (check.source_checksum, check.target_checksum)
+        row("vectors", owner, check.source_count, check.target_count, checksums, check.match)
     conversations = report.conversations
     if conversations is not None:
         row(
@@ -1552,9 +1574,8 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
             f"records {conversations.source_records} / {conversations.target_records}",
             conversations.source_count,
             conversations.target_count,
-            conversations.source_checksum,
-            conversations.target_checksum,
-            match=conversations.match,
+            (conversations.source_checksum, conversations.target_checksum),
+            conversations.match,
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
@@ -1729,12 +1750,18 @@ def mcp_serve(
     ] = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", help="The user every call is scoped to (default namespace if omitted)."),
+        typer.Option(
+            "--user", metavar="NAME", help="The user every call is scoped to (default namespace if omitted)."
+        ),
     ] = None,
     http: Annotated[
         int | None,
         typer.Option(
-            "--http", min=1, max=65535, help="Serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio."
+            "--http",
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio.",
         ),
     ] = None,
     tools: Annotated[
@@ -1750,6 +1777,7 @@ def mcp_serve(
         Path | None,
         typer.Option(
             "--app-dir",
+            metavar="DIR",
             help="Directory to import the --tools module from (default: the working one).",
         ),
     ] = None,
@@ -1846,7 +1874,9 @@ def _examples_script() -> Path | None:
 @app.command(short_help="Run the examples (offline, in a temporary directory).")
 def examples(
     ctx: typer.Context,
-    name: Annotated[ExampleName, typer.Argument(help="Which examples to run.")] = ExampleName.ALL,
+    name: Annotated[
+        ExampleName, typer.Argument(help="Which examples to run (a category).", metavar="CATEGORY")
+    ] = ExampleName.ALL,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print details and INFO logs.")] = False,
 ) -> None:
     """Run the examples (offline, temporary storage; shipped in the wheel, or a clone's examples/)."""

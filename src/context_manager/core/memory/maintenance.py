@@ -221,8 +221,10 @@ def parse_exported_line(
         memory.metadata = check_metadata(memory.metadata)
         recorded = _recorded_tiers(data.get("tiers"))
     except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as error:
-        # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse
-        raise InvalidMemoryError(location, line[:80], expected, detail=str(error)) from error
+        # InvalidMemoryError is a ValueError; RecursionError: a JSON bomb too deep to parse. A KeyError is a
+        # field the line lacks: its str() is only the quoted name ("'id'")
+        detail = f"{error.args[0]}: missing" if isinstance(error, KeyError) and error.args else str(error)
+        raise InvalidMemoryError(location, line[:80], expected, detail=detail) from error
     return memory, recorded
 
 
