@@ -353,10 +353,11 @@ class SQLiteConversationStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             # the version check and the move are one statement: it changes a row only if nobody else did
-            # (and the same generation: deleted and created again, it may be at this version once more)
+            # (and the same generation: deleted and created again, it may be at this version once more).
+            # updated_at never goes back (the clock stepped back): the listing would page it twice
             generation, extra = generation_filter(created_at, "?")
             moved = db.execute(
-                "UPDATE conversations SET version = ?, updated_at = ? "
+                "UPDATE conversations SET version = ?, updated_at = max(updated_at, ?) "
                 f"WHERE id = ? AND version = ?{generation}",
                 (new_version, now, conversation_id, expected, *extra),
             ).rowcount
