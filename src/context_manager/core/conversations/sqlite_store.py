@@ -397,10 +397,10 @@ class SQLiteConversationStore:
         self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if it is newer than the stored snapshot)."""
-        text = json.dumps(state, ensure_ascii=False)
         generation, extra = generation_filter(created_at, "?")
 
         def write() -> None:
+            text = json.dumps(state, ensure_ascii=False)  # in the store's thread: large windows take a while
             self._db.execute(
                 "UPDATE conversations SET snapshot_version = ?, snapshot = ? "
                 f"WHERE id = ? AND snapshot_version < ? AND version >= ?{generation}",
