@@ -228,7 +228,7 @@ class PostgresConversationStore:
         self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
-        # in a thread: a large window takes a while (0.2 s at 30,000 messages), which the loop would wait
+        # in a thread: a large window takes a while (0.3 s at 30,000 messages), which the loop would wait
         payload = await asyncio.to_thread(json.dumps, state)
         generation, extra = generation_filter(created_at, "%s")
 
