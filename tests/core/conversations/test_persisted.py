@@ -1292,6 +1292,29 @@ async def test_snapshots_keep_resuming_short_and_exact(make_config: Any) -> None
         assert fingerprint(resumed) == expected
 
 
+async def test_a_history_added_in_a_loop_keeps_snapshots_within_snapshot_every(make_config: Any) -> None:
+    """A loop adding one message after another (an import of an earlier chat) stored no snapshot while
+    it ran: the snapshot was taken in a background task, which ran while the next add's write was under
+    way and, finding that change not stored yet, gave up, every time. A worker killed after such a loop
+    (no cleanup's snapshot) left every record to replay on resume. The window is now captured when the
+    write that reaches snapshot_every returns (the state stored), and stored in the background."""
+    every = 20
+    config = make_config(max_tokens=100_000, conversation_snapshot_every=every)
+    async with EnhancedContextManager(config, conversation_id="imported") as manager:
+        for step in range(10 * every):
+            await manager.add_message("user", f"turn {step}: notes about crate {step}")
+        store = manager._conversation_store
+        assert store is not None
+        stored = await store.load("imported")  # what a process resuming now would replay
+        assert stored.version == 10 * every
+        # snapshots were stored as the loop went (each in the background while the next adds are stored,
+        # the latest ones may still be on their way: how far they got depends on the machine's load)
+        assert stored.snapshot_version > 0
+        expected = manager.get_context(format="openai")
+    async with EnhancedContextManager(config, conversation_id="imported") as resumed:
+        assert resumed.get_context(format="openai") == expected
+
+
 CUT_THEN_CRASH = """
 import asyncio, json, os, signal, sys
 from tests.core.conversations.conversation_worker import config_for

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from context_manager.core.conversations.sqlite_store import SQLiteConversationStore
+from context_manager.core.conversations.store import listing_query
 
 
 async def test_listing_one_users_conversations_does_not_scan_everyones(tmp_path: Path) -> None:
@@ -92,3 +93,56 @@ async def test_listing_everyones_recent_conversations_reads_one_page(tmp_path: P
             )
         )
     assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, plan
+
+
+async def test_a_page_of_one_users_conversations_is_read_in_order_without_sorting(tmp_path: Path) -> None:
+    """list_conversations(user_id, limit=20) found the user's rows by the owner index, then sorted all of
+    them in a temporary b-tree for every page (EXPLAIN QUERY PLAN: "USE TEMP B-TREE FOR ORDER BY"): a
+    "my chats" page cost a sort of every conversation the user has. An index in the listing's order per
+    owner reads the page; a database of the earlier version (its owner index) gets it on its next open,
+    and the pages (the first, and the next after a cursor) are the same."""
+    path = tmp_path / "conversations.sqlite3"
+    with sqlite3.connect(path) as db:  # the schema as the earlier version created it, and its indexes
+        db.execute(
+            "CREATE TABLE conversations (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+            "snapshot_version INTEGER NOT NULL DEFAULT 0, snapshot TEXT, indexed_version INTEGER NOT NULL "
+            "DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL, owner TEXT)"
+        )
+        db.execute("CREATE INDEX conversations_owner ON conversations (owner)")
+        db.execute("CREATE INDEX conversations_recent ON conversations (updated_at DESC, id)")
+        rows = [
+            (f"chat-{i}", 1.0e9 + i, 1.0e9 + (i * 7919) % 997, None if i % 7 == 0 else f"user-{i % 50}")
+            for i in range(20_000)
+        ]
+        db.executemany(
+            "INSERT INTO conversations (id, version, created_at, updated_at, owner) VALUES (?, 1, ?, ?, ?)",
+            rows,
+        )
+    db.close()
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        expected = sorted(
+            ((row[0], row[2]) for row in rows if row[3] == "user-3"), key=lambda row: (-row[1], row[0])
+        )
+        first = await store.list_conversations("user-3", limit=20)
+        assert [(info.conversation_id, info.updated_at) for info in first] == expected[:20]
+        cursor = (first[-1].updated_at, first[-1].conversation_id)
+        second = await store.list_conversations("user-3", limit=20, before=cursor)
+        assert [(info.conversation_id, info.updated_at) for info in second] == expected[20:40]
+        everyone = await store.list_conversations(limit=5)
+        assert [info.conversation_id for info in everyone] == [
+            row[0] for row in sorted(rows, key=lambda row: (-row[2], row[0]))[:5]
+        ]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plans = []
+        for before in (None, cursor):  # the statements the store runs for these pages, as SQLite plans them
+            query, parameters = listing_query("conversations", "user-3", before, 20, "?")
+            plans.append(" / ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + query, parameters)))
+    db.close()
+    for plan in plans:
+        assert "USING INDEX conversations_owner_recent (owner=?" in plan and "TEMP B-TREE" not in plan, plan
+    assert "conversations_owner" not in indexes, indexes  # the new index's prefix does its work

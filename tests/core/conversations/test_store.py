@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -141,6 +144,68 @@ async def test_list_and_delete(open_store: StoreFactory) -> None:
     assert await store.delete("older") is False
     assert [info.conversation_id for info in await store.list_conversations()] == ["newer"]
     assert (await store.load("older")).version == 0
+
+
+@contextlib.contextmanager
+def clock_behind(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Iterator[None]:
+    """This process's clock ``seconds`` behind (a host whose clock is wrong, or stepped back by NTP)."""
+    real = time.time
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "time", lambda: real() - seconds)
+        yield
+
+
+async def test_a_writer_whose_clock_is_behind_does_not_move_a_conversation_back(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """updated_at was each writer's own clock: a writer an hour behind (another host, or this one after
+    its clock stepped back) moved the conversation it changed an hour back in the listing, so a client
+    paging by (updated_at, id) that had listed it on an earlier page listed it again."""
+    first, second = await open_store(), await open_store()
+    await first.append("c1", 0, records("a"), writer="first")
+    await first.append("c2", 0, records("a"), writer="first")
+    listed = {info.conversation_id: info for info in await first.list_conversations()}
+    earlier = listed["c1"].updated_at
+    with clock_behind(monkeypatch, 3600):
+        assert await second.append("c1", 1, records("b"), writer="second") == 2
+    listed = {info.conversation_id: info for info in await first.list_conversations()}
+    assert listed["c1"].version == 2
+    assert listed["c1"].updated_at >= earlier
+
+
+async def test_postgres_orders_changes_by_the_servers_clock_not_the_writers(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts sharing one database disagree on the time: a conversation changed last by a host an hour
+    behind was listed an hour down, below conversations changed before it (the first page of recent chats
+    missed it). The server's clock dates every change."""
+    from context_manager.core.conversations.postgres_store import PostgresConversationStore
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+    from context_manager.core.memory.postgres.schema import MIGRATIONS
+
+    databases = [PostgresDatabase(postgres_dsn, pool_size=1) for _ in range(2)]
+    for database in databases:
+        await database.open()
+    try:
+        await databases[0].migrate(MIGRATIONS)
+        right, behind = (PostgresConversationStore(database) for database in databases)
+        await right.append("older", 0, records("a"), writer="right host", created_at=1000.0)
+        await right.append("changed", 0, records("a"), writer="right host", created_at=1000.0)
+        await right.append("newer", 0, records("a"), writer="right host", created_at=1000.0)
+        with clock_behind(monkeypatch, 3600):
+            await behind.append("created", 0, records("a"), writer="host behind")
+            await behind.append("changed", 1, records("b"), writer="host behind", created_at=1000.0)
+        started = time.time()
+        listed = await right.list_conversations()
+        assert [info.conversation_id for info in listed] == ["changed", "created", "newer", "older"]
+        assert all(started - 60 < info.updated_at <= started + 60 for info in listed), listed
+        assert [info.conversation_id for info in await right.list_conversations(limit=1)] == ["changed"]
+        dump = await right.dump("changed")
+        assert dump is not None and dump.created_at == 1000.0  # the generation stays the creating writer's
+        assert dump.records[-1][4] == dump.updated_at  # the records' times are the server's too
+    finally:
+        for database in databases:
+            await database.close()
 
 
 @pytest.mark.parametrize("decoder", ["stdlib", "default"])

@@ -6,10 +6,18 @@ moves the conversation's version forward with a conditional ``UPDATE ... WHERE v
 same transaction as its records: of two writers based on one version exactly one commits, the other gets
 :class:`~context_manager.core.errors.ConversationConflictError`. A retried append (the connection dropped
 after the commit) recognises its own records by writer and version and does not store them twice.
+
+Times of changes (a conversation's ``updated_at``, its records' ``created_at``) are the server's clock, not
+the writer's: the hosts writing one database may disagree on the time, and the listing orders and pages by
+``updated_at``. A writer's clock an hour behind listed the conversations it changed an hour down, below
+ones changed before them, and moved a conversation's ``updated_at`` back (listed twice when paging). An
+append never moves it back (``greatest``: not even when the server's clock steps back). ``created_at`` of a
+conversation stays the creating writer's: it is its generation, which the writer keeps to check its writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.postgres.database import PostgresDatabase
 
 __all__ = ["PostgresConversationStore"]
+
+_SERVER_NOW = "extract(epoch FROM now())::double precision"
+"""The server's time (seconds since the epoch) at the start of the statement's transaction."""
 
 
 class _Conflict(Exception):
@@ -126,16 +137,8 @@ class PostgresConversationStore:
         from psycopg.types.json import Json
 
         new_version = expected_version + len(records)
-        now = time.time()
         rows = [
-            (
-                conversation_id,
-                expected_version + offset,
-                record.kind,
-                writer,
-                Json(dict(record.payload)),
-                now,
-            )
+            (conversation_id, expected_version + offset, record.kind, writer, Json(dict(record.payload)))
             for offset, record in enumerate(records, start=1)
         ]
         versions = [row[1] for row in rows]
@@ -147,29 +150,29 @@ class PostgresConversationStore:
         if expected_version == 0:
             move = (
                 "INSERT INTO cm_conversations (id, version, created_at, updated_at, owner) "
-                "VALUES (%(id)s, %(new)s, %(created)s, %(now)s, %(owner)s) ON CONFLICT (id) DO NOTHING "
-                "RETURNING id"
+                f"VALUES (%(id)s, %(new)s, %(created)s, {_SERVER_NOW}, %(owner)s) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id"
             )
         else:
             # the same generation: deleted and created again, it may be at our version once more
             generation = "" if created_at is None else " AND created_at = %(created)s"
             move = (
-                "UPDATE cm_conversations SET version = %(new)s, updated_at = %(now)s "
+                "UPDATE cm_conversations SET version = %(new)s, "
+                f"updated_at = greatest(updated_at, {_SERVER_NOW}) "
                 f"WHERE id = %(id)s AND version = %(expected)s{generation} RETURNING id"
             )
         statement = (
             f"WITH moved AS ({move}) "
             "INSERT INTO cm_conversation_records "
             "(conversation_id, version, kind, writer, payload, created_at) "
-            "SELECT moved.id, r.version, r.kind, %(writer)s, r.payload, %(now)s FROM moved, "
+            f"SELECT moved.id, r.version, r.kind, %(writer)s, r.payload, {_SERVER_NOW} FROM moved, "
             "unnest(%(versions)s::bigint[], %(kinds)s::text[], %(payloads)s::json[]) "
             "AS r(version, kind, payload) RETURNING version"
         )
         parameters = {
             "id": conversation_id,
             "new": new_version,
-            "now": now,
-            "created": now if created_at is None else created_at,
+            "created": time.time() if created_at is None else created_at,
             "expected": expected_version,
             "owner": user_id,
             "writer": writer,
@@ -225,14 +228,13 @@ class PostgresConversationStore:
         self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
-        from psycopg.types.json import Json
-
-        payload = Json(json.loads(json.dumps(state)))
+        # in a thread: a large window takes a while (0.3 s at 30,000 messages), which the loop would wait
+        payload = await asyncio.to_thread(json.dumps, state)
         generation, extra = generation_filter(created_at, "%s")
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
             await connection.execute(
-                "UPDATE cm_conversations SET snapshot_version = %s, snapshot = %s "
+                "UPDATE cm_conversations SET snapshot_version = %s, snapshot = %s::json "
                 f"WHERE id = %s AND snapshot_version < %s AND version >= %s{generation}",
                 (version, payload, conversation_id, version, version, *extra),
             )

@@ -75,7 +75,7 @@ class ConversationInfo:
     created_at: float
     """When it was created (seconds since the epoch)."""
     updated_at: float
-    """When it last changed."""
+    """When it last changed (PostgreSQL: by the server's clock; SQLite: by the writer's). Never goes back."""
     user_id: str | None = None
     """The end user it belongs to, or ``None``: nobody's."""
 
