@@ -64,6 +64,7 @@ from context_manager.core.memory.postgres.schema import (
     VECTOR_MIGRATIONS,
     hnsw_index_name,
     hnsw_index_statement,
+    rederive_candidates_sql,
     rederive_search_sql,
     tier_rank_sql,
 )
@@ -377,7 +378,9 @@ class PostgresBackend:
         done. A batch holds whole memories (every tier of its last id) and locks their rows, in key order
         as the moves and updates do, before it reads them (:data:`_REDERIVE_LOCKS`): a write waits at most
         for one batch's rows; rows written meanwhile get the vector from the trigger, or, copied by an
-        overflow move, the one the batch gave their source row. Nothing is left to do, one indexed read.
+        overflow move, the one the batch gave their source row. A batch of ``0012`` or ``0014`` holding
+        none of their rows is passed over after one read, without locks. Nothing is left to do, one indexed
+        read.
         """
 
         async def step(connection: psycopg.AsyncConnection[Any]) -> bool:
@@ -396,6 +399,15 @@ class PostgresBackend:
                     (*after, _REDERIVE_BATCH - 1),
                 )
                 end = await cursor.fetchone()
+                # a range without a row of this migration (0012, 0014: rare rows) is passed over after a
+                # cheap read: no lock, no statement computing vectors (its planning alone takes 0.3 s or more)
+                candidates = rederive_candidates_sql(last=end is None, migration=migration)
+                if candidates is not None:
+                    parameters = tuple(after) if end is None else (*after, end[0])
+                    cursor = await connection.execute(candidates, parameters)
+                    found = await cursor.fetchone()
+                    if not (found and found[0]):
+                        return await passed_over(connection, migration, None if end is None else end[0])
                 # the rows locked first, the vectors computed in a statement after it: it reads the rows as
                 # the writes committed before the locks left them, and none changes until the commit
                 if end is None:
@@ -419,6 +431,22 @@ class PostgresBackend:
                     (last_id, (locked[0] if locked is not None else None) or "", migration),
                 )
                 return False
+
+        async def passed_over(
+            connection: psycopg.AsyncConnection[Any], migration: str, last_id: str | None
+        ) -> bool:
+            """Record a range holding no row of ``migration`` as done (``None``: the last one); ``False``."""
+            if last_id is None:
+                await connection.execute("DELETE FROM cm_search_rederive WHERE migration = %s", (migration,))
+                return False
+            # after every tier of the id: a row of it written later has the trigger's vector
+            cursor = await connection.execute("SELECT max(tier) FROM cm_memories WHERE id = %s", (last_id,))
+            tier = await cursor.fetchone()
+            await connection.execute(
+                "UPDATE cm_search_rederive SET after_id = %s, after_tier = %s WHERE migration = %s",
+                (last_id, (tier[0] if tier is not None else None) or "", migration),
+            )
+            return False
 
         async def allowed(connection: psycopg.AsyncConnection[Any]) -> bool:
             cursor = await connection.execute(_REDERIVE_ALLOWED)
