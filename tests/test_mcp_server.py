@@ -1417,6 +1417,92 @@ async def test_mcp_http_sigterm_answers_the_calls_in_flight_before_stopping(tmp_
     assert answer["id"] == 2 and answer["result"]["content"][0]["text"] == "report q3: done", answer
 
 
+async def test_mcp_http_sigterm_stops_the_server_when_a_call_outlasts_the_grace(tmp_path: Path) -> None:
+    """JSON responses let uvicorn's graceful shutdown wait for a call in flight, but uvicorn waits for as
+    long as the call runs: a call that never ends (a lock, a tool with a timeout of ten minutes) kept the
+    server from stopping on SIGTERM, until a service manager killed it without closing the memory. The
+    wait is bounded (``HTTP_SHUTDOWN_GRACE``, 1 s here): the call is cut and the server stops cleanly."""
+    (tmp_path / "endless_tools.py").write_text(
+        textwrap.dedent(
+            f'''
+            import asyncio
+            from pathlib import Path
+
+            from context_manager import ContextManagerConfig, ToolManager, tool
+
+            @tool(timeout=600)
+            async def endless_job(name: str) -> str:
+                """A job of up to ten minutes."""
+                Path({str(tmp_path)!r}, "started-" + name).touch()
+                await asyncio.sleep(600)
+                return "done"
+
+            def make_tools():
+                manager = ToolManager(ContextManagerConfig(max_tool_timeout=900))
+                manager.register_tool(endless_job)
+                return manager
+            '''
+        ),
+        encoding="utf-8",
+    )
+    storage, port = tmp_path / "memory", free_port()
+    with_short_grace = (
+        "import context_manager.mcp_server as served; served.HTTP_SHUTDOWN_GRACE = 1; "
+        "from context_manager.cli import main; main()"
+    )
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", with_short_grace, "mcp", "serve", "--storage", str(storage)],
+        *["--http", str(port), "--tools", "endless_tools:make_tools", "--app-dir", str(tmp_path)],
+        env={"PYTHONPATH": SOURCE_ROOT},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
+        for _ in range(600):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=60) as http:
+            opened = await http.post(
+                url,
+                headers=headers,
+                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            )
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
+            await http.post(
+                url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+            )
+            params = {"name": "endless_job", "arguments": {"name": "q3"}}
+            call = asyncio.ensure_future(
+                http.post(
+                    url,
+                    headers=headers,
+                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params},
+                )
+            )
+            for _ in range(3000):  # until the call runs
+                if (tmp_path / "started-q3").exists():
+                    break
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            returncode = await asyncio.wait_for(process.wait(), 30)  # not the call's ten minutes
+            with contextlib.suppress(httpx.HTTPError):
+                await asyncio.wait_for(call, 10)  # cut: no answer
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0 and "stopped (SIGTERM)" in stderr, stderr
+
+
 async def test_mcp_delete_of_an_id_no_memory_can_have_says_what_ids_are(tmp_path: Path) -> None:
     """``memory_delete`` with a 100,000-character id (a model that pasted a content) echoed it whole in
     "no memory with id '...'", the whole text again in the model's context; an id no memory can have is

@@ -730,9 +730,10 @@ async def run_mcp_server(
 
     The memory is opened before the transport starts, so a locked or damaged store fails here with a clear
     error instead of a dropped session. Over HTTP each call is answered with a JSON response (a shutdown
-    waits for the calls in flight). Returns when the client disconnects (stdio); raises
-    ``CancelledError`` or ``KeyboardInterrupt`` on interruption, after closing the memory too (cancel the
-    task running it, e.g. from ``loop.add_signal_handler(signal.SIGTERM, task.cancel)``, to stop it).
+    waits for the calls in flight, at most :data:`HTTP_SHUTDOWN_GRACE` seconds). Returns when the client
+    disconnects (stdio); raises ``CancelledError`` or ``KeyboardInterrupt`` on interruption, after closing
+    the memory too (cancel the task running it, e.g. from
+    ``loop.add_signal_handler(signal.SIGTERM, task.cancel)``, to stop it).
 
     The process's signals stay the application's: with ``stop_on_sigterm=True`` (what ``context-manager
     mcp serve`` passes) SIGTERM stops the server as a closed stdin does and it returns, the memory closed,
@@ -762,13 +763,7 @@ async def run_mcp_server(
             file=sys.stderr,
             flush=True,
         )
-        # JSON responses, not event streams: on SIGTERM uvicorn waits for a response in progress, while
-        # sse-starlette ends every event stream at once (the call in flight was never answered)
-        serving = (
-            _serve_stdio(server)
-            if http_port is None
-            else server.run_streamable_http_async(host="127.0.0.1", port=http_port, json_response=True)
-        )
+        serving = _serve_stdio(server) if http_port is None else _serve_http(server, http_port)
         if not stop_on_sigterm:
             await serving
         elif await _served_until_sigterm(serving):
@@ -961,8 +956,8 @@ class _StdinLines:
 
 
 STDIN_CLOSED_GRACE = 30.0
-_CANCELLED = "notifications/cancelled"
 """Seconds a stdio server whose client closed stdin waits for the calls still running to answer."""
+_CANCELLED = "notifications/cancelled"
 
 
 def _request_key(request_id: Any) -> int | str | None:
@@ -1083,6 +1078,31 @@ async def _serve_stdio(server: Any) -> None:
         logger.info("stdout closed by the client: stopping")
     finally:
         lines.restore()
+
+
+HTTP_SHUTDOWN_GRACE = 30
+"""Seconds an HTTP server stopping (SIGTERM) waits for the calls in flight to answer; then they are cut."""
+
+
+async def _serve_http(server: Any, port: int) -> None:
+    """Serve ``server`` over streamable HTTP on 127.0.0.1:``port`` until uvicorn stops (SIGTERM, Ctrl-C).
+
+    Calls are answered with JSON responses, not event streams: on SIGTERM uvicorn waits for a response in
+    progress, while sse-starlette ends every event stream at once (the call in flight was never answered).
+    That wait is bounded by :data:`HTTP_SHUTDOWN_GRACE`: uvicorn's own default waits for as long as a call
+    runs, so a call that never ends (a lock, a tool with a long timeout) kept the server from stopping.
+    """
+    import uvicorn
+
+    app = server.streamable_http_app(json_response=True, host="127.0.0.1")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level=server.settings.log_level.lower(),
+        timeout_graceful_shutdown=HTTP_SHUTDOWN_GRACE,
+    )
+    await uvicorn.Server(config).serve()
 
 
 def _version() -> str:

@@ -302,6 +302,32 @@ async def test_summarizer_adapter_leaves_the_reasoning_of_a_local_model_out_of_t
         assert model_text(summary_text(manager)) == SUMMARY
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Ada is writing a parser that splits a reasoning model's output at </think>; she kept str.partition.",
+        "Ada asked how DeepSeek-R1 ends its reasoning: with a `</think>` tag, where vLLM's parser splits.",
+        "<think> tags wrap Qwen3's reasoning; Ada wants them hidden in her chat UI.",
+        "<think> and </think> wrap the reasoning; Ada strips them before showing the answer.",
+    ],
+    ids=["closing-tag-inline", "closing-tag-quoted", "opening-tag-first", "both-tags-first"],
+)
+async def test_summarizer_adapter_keeps_a_summary_that_names_the_reasoning_tags(
+    answer: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A summary of a conversation about reasoning models or markup may name ``<think>`` and ``</think>``
+    in its text: everything before the first ``</think>`` was taken for the model's thinking and left out
+    (the summary kept "; she kept str.partition."), and a summary starting with ``<think>`` without its
+    end was a failure. The tags count as reasoning only where a model writes them (``<think>`` first on
+    its line, ``</think>`` ending a line): such a summary is kept whole."""
+    server.reply_text = answer
+    summarizer = make_summarizer("openai", server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom" and record["error"] is None, record
+        assert model_text(summary_text(manager)) == answer
+
+
 async def test_summarizer_adapter_an_answer_cut_inside_its_reasoning_falls_back(
     server: ChatCompletionsServer, tmp_path: Path
 ) -> None:

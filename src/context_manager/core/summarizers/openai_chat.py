@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -205,8 +206,11 @@ def _serves_openai_models(host: str) -> bool:
     return host == _OPENAI_HOST or host.endswith(_AZURE_OPENAI_HOSTS)
 
 
-_THINK_OPEN = "<think>"
+_THINK_OPEN = re.compile(r"\s*<think>")
 _THINK_CLOSE = "</think>"
+_OWN_LINE_END = re.compile(r"[ \t]*(?:\r?\n|$)")
+_THINK_CLOSE_AT_LINE_END = re.compile(r"</think>[ \t]*(?:\r?\n|$)")
+_THINK_CLOSE_ON_OWN_LINE = re.compile(r"(?:^|\n)[ \t]*</think>[ \t]*(?:\r?\n|$)")
 
 
 def _without_reasoning(content: str) -> str | None:
@@ -216,14 +220,25 @@ def _without_reasoning(content: str) -> str | None:
     answers ``<think>...</think>`` then its answer, or, when the chat template opened the ``<think>``
     itself (DeepSeek-R1 and its distillations), its thinking then ``</think>`` and its answer. An opening
     tag without its end is an answer cut inside its thinking (the output limit): no summary at all.
+
+    The tags are taken for reasoning only where a model writes them: ``<think>`` first, ``</think>``
+    ending its line (on a line of its own when no ``<think>`` opened it). A summary of a conversation about
+    reasoning models or markup that names them (``splits the output at </think>``, ``<think> tags wrap
+    the reasoning``) is kept whole: cutting at the first ``</think>`` lost everything before it.
     """
-    stripped = content.lstrip()
-    if stripped.startswith(_THINK_OPEN):
-        _, closed, answer = stripped[len(_THINK_OPEN) :].partition(_THINK_CLOSE)
+    opening = _THINK_OPEN.match(content)
+    if opening is not None:
+        thinking = content[opening.end() :]
+        closing = _THINK_CLOSE_AT_LINE_END.search(thinking)
+        if closing is not None:
+            return thinking[closing.end() :]
+        if _OWN_LINE_END.match(thinking) is None:  # "<think> tags ...": words about the tag
+            return content
+        _, closed, answer = thinking.partition(_THINK_CLOSE)
         return answer if closed else None
-    thinking, closed, answer = content.partition(_THINK_CLOSE)
-    if closed and _THINK_OPEN not in thinking:
-        return answer
+    closing = _THINK_CLOSE_ON_OWN_LINE.search(content)
+    if closing is not None and "<think>" not in content[: closing.start()]:
+        return content[closing.end() :]
     return content
 
 
