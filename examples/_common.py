@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -103,8 +102,8 @@ class ExampleContext:
         self.info(f"[dim]the library logged {total} line(s), expected here ({why}):[/dim]")
         shown = counts.most_common() if self.verbose else counts.most_common(2)
         for (level, message), count in shown:
-            repeat = f" [dim](x{count})[/dim]" if count > 1 else ""
-            self.info(f"  [dim]{level.lower()}: {escape(message)}[/dim]{repeat}")
+            repeat = f" (x{count})" if count > 1 else ""  # a Text: the message prints as written
+            self.console.print(Text(f"    {level.lower()}: {message}{repeat}", style="dim"))
 
     def storage(self, name: str) -> Path:
         """A fresh directory under the run's work directory."""

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ExampleContext, example_context, expect  # noqa: E402
-from rich.markup import escape  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from context_manager import (  # noqa: E402
     ContextManagerConfig,
@@ -375,14 +375,16 @@ async def run_agent(
 
 
 def print_turn(ctx: ExampleContext, report: TurnReport) -> None:
-    # the texts are the user's, the model's and memory's: escaped, so brackets print as written
-    ctx.console.print(f"[bold]user[/bold]: {escape(report.user)}")
+    # the texts are the user's, the model's and memory's: Text, not markup, so brackets and backslashes
+    # print as written (rich's escape() doubles a text's final backslash at the end of a line)
+    ctx.console.print(Text.assemble(("user", "bold"), ": ", report.user))
     for memory in report.recalled if ctx.verbose else report.recalled[:1]:
-        ctx.console.print(f"  [dim]recalled: {escape(memory)}[/dim]")
+        ctx.console.print(Text.assemble("  ", (f"recalled: {memory}", "dim")))
     for name, arguments, result in report.tool_calls:
         shown = result if ctx.verbose or len(result) < 90 else result[:87] + "..."
-        ctx.console.print(f"  [yellow]tool[/yellow] {escape(f'{name}({json.dumps(arguments)}) -> {shown}')}")
-    ctx.console.print(f"[bold]assistant[/bold]: {escape(report.answer)}")
+        call = f" {name}({json.dumps(arguments)}) -> {shown}"
+        ctx.console.print(Text.assemble("  ", ("tool", "yellow"), call))
+    ctx.console.print(Text.assemble(("assistant", "bold"), ": ", report.answer))
     ctx.detail(f"  request tokens per step: {report.request_tokens}")
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the example modules 
 
 from _common import ExampleContext, ExampleFailure, example_context, make_console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
-from rich.markup import escape  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 CATEGORIES: dict[str, tuple[str, str]] = {
     "basic": ("basic_usage", "messages, token counts, provider formats, memory surviving a restart"),
@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         with example_context(verbose=args.verbose, console=console) as ctx:
             timings = asyncio.run(run_categories(names, ctx))
     except ExampleFailure as failure:
-        console.print(f"[bold red]example failed:[/bold red] {escape(str(failure))}")
+        console.print(Text.assemble(("example failed:", "bold red"), f" {failure}"))
         if args.verbose:
             traceback.print_exc()
         return 1
     except Exception as error:  # an example crashed: say where, non-zero exit
-        console.print(f"[bold red]example crashed:[/bold red] {type(error).__name__}: {escape(str(error))}")
+        console.print(Text.assemble(("example crashed:", "bold red"), f" {type(error).__name__}: {error}"))
         traceback.print_exc()
         return 1
     console.print()

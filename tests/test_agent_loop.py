@@ -195,6 +195,27 @@ def test_a_turn_prints_brackets_of_the_model_and_the_user_as_written(
     assert "assistant: Yes: see [the hosts manual](https://example.org) and [/etc/hosts]." in printed
 
 
+def test_a_turn_prints_backslashes_of_the_model_and_the_user_as_written(
+    agent_loop: ModuleType, example_ctx: Any
+) -> None:
+    """rich's ``escape()`` doubles a text's final backslash (so that a tag after it stays a tag): at the end
+    of a line a Windows path ``C:\\temp\\`` printed as ``C:\\temp\\\\``, and two final backslashes of a
+    recalled memory, before its closing ``[/dim]``, printed as one."""
+    example_ctx.verbose = True
+    report = agent_loop.TurnReport(
+        user="Is it in C:\\temp\\",
+        answer="Yes: C:\\temp\\",
+        tool_calls=[("list_dir", {"path": "C:\\temp\\"}, "C:\\temp\\")],
+        recalled=["a share \\\\", "C:\\temp\\"],
+    )
+    agent_loop.print_turn(example_ctx, report)
+    printed = example_ctx.console.export_text().splitlines()
+    assert "user: Is it in C:\\temp\\" in printed
+    assert "  recalled: a share \\\\" in printed and "  recalled: C:\\temp\\" in printed
+    assert '  tool list_dir({"path": "C:\\\\temp\\\\"}) -> C:\\temp\\' in printed
+    assert "assistant: Yes: C:\\temp\\" in printed
+
+
 # --- the loop with the real openai client against a local Chat Completions server ------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -269,6 +270,40 @@ def test_a_failure_message_with_brackets_is_printed_as_it_is() -> None:
     assert completed.returncode == 1
     assert "example crashed: ConfigurationError: max_tokens: got '[/x]'" in completed.stdout
     assert "MarkupError" not in completed.stdout + completed.stderr
+
+
+def test_a_failure_message_ending_in_a_backslash_is_printed_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich's ``escape()`` doubles a text's final backslash: a failure naming ``C:\\data\\`` printed
+    ``C:\\data\\\\``."""
+    monkeypatch.syspath_prepend(str(MAIN.parent))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    import main_example
+
+    async def fail(names: list[str], ctx: object) -> list[tuple[str, float]]:
+        raise main_example.ExampleFailure("nothing stored in C:\\data\\")
+
+    monkeypatch.setattr(main_example, "run_categories", fail)
+    monkeypatch.setattr(main_example.logging, "basicConfig", lambda **_: None)  # the root logger as it is
+    assert main_example.main(["basic"]) == 1
+    assert "example failed: nothing stored in C:\\data\\\n" in capsys.readouterr().out
+
+
+def test_expected_log_lines_print_as_written(tmp_path: Path) -> None:
+    """The held-back log lines were escaped markup before ``[/dim]``: a message's two final backslashes
+    printed as one."""
+    sys.path.insert(0, str(MAIN.parent))
+    try:
+        from _common import ExampleContext
+        from rich.console import Console
+    finally:
+        sys.path.remove(str(MAIN.parent))
+    ctx = ExampleContext(Console(width=200, record=True), False, tmp_path)
+    with ctx.expected_logs("a test"):
+        for _ in range(2):
+            logging.getLogger("context_manager").warning("cannot write [/share] \\\\")
+    assert "    warning: cannot write [/share] \\\\ (x2)" in ctx.console.export_text().splitlines()
 
 
 def test_table_cells_and_details_are_values_not_markup(tmp_path: Path) -> None:
