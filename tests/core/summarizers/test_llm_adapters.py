@@ -28,6 +28,7 @@ from context_manager.core.summarizers import (
     SummarizerGuard,
     SummaryReport,
 )
+from context_manager.core.summarizers.llm import last_whole_sentences
 from context_manager.core.tokens import ExactTokenCounter
 from tests.chat_completions_server import ANTHROPIC_USAGE, USAGE, ChatCompletionsServer, Fault, running_server
 
@@ -927,3 +928,44 @@ async def test_summarizer_in_a_guard_of_ones_own_still_reports_to_each_manager(
             assert (stats.successes if stats is not None else 0) == expected
         assert len(reports) == calls
         assert first.get_system_status()["summarizer"]["calls"] == calls
+
+
+@pytest.mark.parametrize(("provider", "stop"), [("openai", "length"), ("anthropic", "max_tokens")])
+async def test_summarizer_adapter_a_summary_cut_at_its_output_limit_ends_at_its_last_whole_sentence(
+    provider: str, stop: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    """A model writing past the summary's output limit is stopped mid-sentence (the prompt asks for 0.7
+    words a token of budget: English prose takes about 1.3 tokens a word). The cut answer became the
+    summary as it was, its last words ("she asked how to") reading as something said. It now ends at its
+    last whole sentence, and the response says it was cut."""
+    server.reply_text, server.reply_stop = f"{SUMMARY} Later she asked how to", stop
+    summarizer = make_summarizer(provider, server)
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+        assert record["strategy"] == "custom", record
+        assert summary_text(manager).endswith(SUMMARY)
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 120)
+    assert response.cut_at_limit and response.usage.cut_at_limit
+    assert response.text.endswith(SUMMARY)
+    server.reply_stop = None  # a finished answer is kept whole
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 120)
+    assert not response.cut_at_limit and response.text.endswith("Later she asked how to")
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Ada lives in Lisbon. She likes trams. She asked how to", "Ada lives in Lisbon. She likes trams."),
+        ('He said "take tram 28." Then she', 'He said "take tram 28."'),
+        (
+            "- Lisbon, tram 28\n- deliveries in the morning\n- she asked",
+            "- Lisbon, tram 28\n- deliveries in the morning",
+        ),
+        ("アダはリスボンに住んでいる。トラムが好き。彼女は", "アダはリスボンに住んでいる。トラムが好き。"),
+        ("Ada lives in Lisbon. She likes trams.", "Ada lives in Lisbon. She likes trams."),  # ends on one
+        ("Version 3.5 of the app crashes when", "Version 3.5 of the app crashes when"),  # no sentence end
+        ("Short. A very long sentence that goes on and on about trams and the city", None),  # under half
+    ],
+)
+def test_last_whole_sentences(text: str, kept: str | None) -> None:
+    assert last_whole_sentences(text) == (text if kept is None else kept)

@@ -153,6 +153,8 @@ class AnthropicSummarizer(LLMSummarizer):
                 f"the response has no text (stop_reason {reason!r}){server_error_note(response)}",
                 summary_usage,
             )
+        if reason == "max_tokens":
+            summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return text, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:

@@ -82,6 +82,9 @@ class SummaryUsage:
     """The model that answered (as the response named it, else as requested)."""
     provider: str
     """``"openai"`` or ``"anthropic"``."""
+    cut_at_limit: bool = False
+    """Whether the answer stopped at the output limit (OpenAI ``finish_reason "length"``, Anthropic
+    ``stop_reason "max_tokens"``): the model wrote more than the summary's budget."""
 
     @property
     def total_tokens(self) -> int:
@@ -107,6 +110,9 @@ class SummaryResponse:
     """Requests sent (1 without retries)."""
     prompt: SummaryPrompt
     """What was sent."""
+    cut_at_limit: bool = False
+    """Whether the model's answer stopped at the output limit (``SummaryUsage.cut_at_limit``): the text
+    then ends at the answer's last whole sentence (when that keeps at least half of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,25 @@ _MIN_FRAMED_TOKENS = 16
 """Below this many tokens of summary besides its header line, the summary goes without the header."""
 
 _TIMED_OUT = RequestFailure("the request timed out", retryable=True)
+
+_SENTENCE_END = re.compile(r"(?:[.!?。！？]+[\"'”’)\]»]*(?=\s|$)|[。！？])|\n")
+"""Where a sentence ends: terminal punctuation (and closing quotes or brackets) before a space or the end,
+CJK full stops anywhere, or a line break (a list item, a paragraph)."""
+
+
+def last_whole_sentences(text: str) -> str:
+    """``text`` up to the end of its last whole sentence, if that keeps at least half of it; else ``text``.
+
+    For an answer cut at the output limit: ``"Ada lives in Lisbon. She asked how to"`` is
+    ``"Ada lives in Lisbon."``. Without a sentence end in its second half the text is kept as it is (one
+    long sentence cut is still most of the summary).
+    """
+    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    if not ends or ends[-1] >= len(text.rstrip()):  # no sentence end, or it ends on one: nothing to cut
+        return text
+    if ends[-1] < len(text) / 2:
+        return text
+    return text[: ends[-1]].rstrip()
 
 
 class EmptyAnswer(Exception):
@@ -347,9 +372,24 @@ class LLMSummarizer(abc.ABC):
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
+            if usage.cut_at_limit:
+                # a summary stopped mid-sentence at the output limit ("... she asked how to"): read as a
+                # finished one, its last words said something else. It ends at its last whole sentence.
+                whole = last_whole_sentences(text)
+                logger.info(
+                    "%s: the summary reached its output limit (%d tokens); %s",
+                    self.name,
+                    prompt.max_output_tokens,
+                    "kept up to its last whole sentence"
+                    if whole != text
+                    else "no sentence end to cut back to",
+                )
+                text = whole
             if header:
                 text = f"{header}\n{text}"
-            return SummaryResponse(text=text, usage=usage, attempts=attempt, prompt=prompt)
+            return SummaryResponse(
+                text=text, usage=usage, attempts=attempt, prompt=prompt, cut_at_limit=usage.cut_at_limit
+            )
 
     def _wait_before_retry(
         self, failure: RequestFailure, attempt: int, deadline: float | None

@@ -179,6 +179,8 @@ class OpenAISummarizer(LLMSummarizer):
             refusal = getattr(message, "refusal", None) if message is not None else None
             why = f"; refusal: {refusal[:200]!r}" if isinstance(refusal, str) and refusal else ""
             raise EmptyAnswer(f"the first choice has no text (finish_reason {reason!r}{why})", summary_usage)
+        if reason == "length":
+            summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return content, summary_usage
 
     def _classify(self, error: Exception) -> RequestFailure:
