@@ -542,6 +542,39 @@ async def test_cuts_the_counter_finds_too_large_are_refused_and_leave_the_window
         big.select(47)
 
 
+async def test_check_fits_refuses_what_extend_refuses_when_the_counter_finds_the_cuts_too_large() -> None:
+    """check_fits (what execute_tool_calls asks before any tool runs) made the plan but not the cuts: with a
+    counter that counts a cut copy's truncation record, it let a tool call and its answer through that
+    extend() then refused (a 100-token window holding a 30-word request), so the tools would have run with
+    no room for their results. It now refuses exactly the batches extend() refuses."""
+    counter = _RequestBodyCounter(include_metadata=True)
+    compared = 0
+    for max_tokens in range(60, 160, 4):
+        for words in (10, 30, 60, 120):
+            window = ContextWindow(max_tokens=max_tokens, counter=counter)
+            with contextlib.suppress(ContextBudgetError):
+                await window.add(Message.create("user", "word " * words))
+            call = Message.create("assistant", "", tool_calls=[ToolCall("c1", "search", {"q": "x"})])
+            answer = Message.create("tool", "", tool_call_id="c1")
+            try:
+                window.check_fits([call, answer])
+            except ContextBudgetError:
+                checked = False
+            else:
+                checked = True
+            before = snapshot(window)
+            try:
+                await window.extend([call, answer])
+            except ContextBudgetError:
+                added = False
+                assert snapshot(window) == before
+            else:
+                added = True
+            assert checked == added, (max_tokens, words)
+            compared += 1
+    assert compared == 100
+
+
 async def test_a_budgeted_view_leaves_out_older_messages_before_the_summary_of_the_oldest() -> None:
     """select(budget) (get_context(budget=...)) evicted just enough messages for the budget, then left the
     rolling summary out because it no longer fitted: a budget one token below the window dropped the

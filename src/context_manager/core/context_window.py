@@ -1132,12 +1132,13 @@ class ContextWindow:
         caller about to do something it cannot undo (run tools) checks first that what it will have to add
         has room. The messages are checked as :meth:`extend` checks them and are not changed (they are
         counted on copies). It reads the window as it is now: messages added later can take the room.
-        Costs a count of ``messages``, and when they do not fit as they are, one plan over the window.
+        Costs a count of ``messages``, and when they do not fit as they are, one plan over the window (and
+        with a counter of your own, the cuts the plan makes).
 
         Raises:
             InvalidArgumentError, InvalidMessageError, ToolCallPairingError: as for :meth:`extend`.
             ContextBudgetError: the messages do not fit and compression is disabled, or protected messages
-                plus these cannot fit in ``max_tokens``.
+                plus these cannot fit in ``max_tokens`` (with the newest cut as far as the counter allows).
         """
         if isinstance(messages, Message | str) or not isinstance(messages, Sequence):
             raise InvalidArgumentError("messages", messages, "a list of Message objects")
@@ -1152,7 +1153,7 @@ class ContextWindow:
         # planned as extend() plans it: one message as the extra on the window's own index (a tool result
         # keeps the unit it joins), a batch staged on a new index
         index, extra = (self._index, copies[0]) if len(copies) == 1 else (self._stage(copies)[0], None)
-        decide_eviction(  # raises ContextBudgetError as the compression of extend() would
+        decision = decide_eviction(  # raises ContextBudgetError as the compression of extend() would
             index,
             extra,
             target_tokens=self.target_tokens,
@@ -1160,6 +1161,17 @@ class ContextWindow:
             counter=self._counter,
             summary_max_tokens=self._summary_max_tokens,
         )
+        if decision.cuts and type(self._counter) is not ExactTokenCounter:
+            # a counter of your own may count a cut copy above its room: cut as the compression would (the
+            # built-in counter counts framing and text apart, so its cuts always fit)
+            replacements = cut_messages(decision.cuts, self._counter)
+            kept = decision.total - sum(
+                original.token_count - replacements[original.id].token_count
+                for original, _ in decision.cuts
+                if original.id in replacements
+            )
+            if kept > self._max_tokens:
+                raise _cuts_too_large(kept, self._max_tokens, "max_tokens")
 
     def _batch_fits(self, counts: list[int], *, refuse: bool = True) -> bool:
         """Whether messages of ``counts`` tokens fit as they are; if not and compression is off, raise.

@@ -916,7 +916,8 @@ class EnhancedContextManager:
 
         Raises:
             InvalidArgumentError: unknown format or a non-positive budget.
-            ContextBudgetError: protected messages alone exceed ``budget``.
+            ContextBudgetError: protected messages alone exceed ``budget``, or with the newest messages
+                cut as far as the counter allows.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("get_context")
