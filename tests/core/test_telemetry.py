@@ -713,3 +713,26 @@ def test_a_summarizer_subclass_names_its_provider_from_its_endpoint() -> None:
         "server.address": "api.mistral.ai",
         "server.port": 443,
     }
+
+
+async def test_opentelemetry_a_made_up_tool_name_is_cut_in_its_span(otel: Otel) -> None:
+    """A name a model made up went whole into ``gen_ai.tool.name`` (a paragraph, or a pasted document, on
+    every such call); an object whose ``str()`` raises made ``execute_tool`` raise with telemetry on."""
+
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+        def __repr__(self) -> str:
+            return "<Hostile>"
+
+    tools = ToolManager()
+    long_name = "lookup " * 1000
+    assert (await tools.execute(long_name, text="a")).error_type is ToolErrorType.UNKNOWN_TOOL
+    hostile = await tools.execute_tool(Hostile())  # type: ignore[arg-type]
+    assert hostile.error_type is ToolErrorType.UNKNOWN_TOOL
+    first, second = otel.finished("execute_tool")
+    name = first.attributes["gen_ai.tool.name"]
+    assert len(name) <= 128 and name.startswith("lookup lookup")
+    assert name.endswith(f"<{len(long_name)} chars>")
+    assert second.attributes["gen_ai.tool.name"] == "<Hostile>"

@@ -663,10 +663,13 @@ class ToolManager(ToolRegistry):
             )
         if telemetry is None:
             return await self._call_tool(name, arguments, call_id, caller_key)
-        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": str(name)}
-        if call_id is not None:
-            attributes["gen_ai.tool.call.id"] = call_id
         known = isinstance(name, str) and name in self._tools  # a made-up name is no span name
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name if known else _attribute_text(name),
+        }
+        if call_id is not None:
+            attributes["gen_ai.tool.call.id"] = _attribute_text(call_id)
         with telemetry.span(f"execute_tool {name}" if known else "execute_tool", attributes) as span:
             result = await self._call_tool(name, arguments, call_id, caller_key)
             telemetry.record_tool_result(span, result)
@@ -1251,6 +1254,22 @@ def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | N
     if callback is not None and not callable(callback):
         raise InvalidArgumentError("approval_callback", callback, "an async callable or None")
     return callback
+
+
+_ATTRIBUTE_CHARS = 128
+"""The most of a made-up tool name or a call id a span attribute carries."""
+
+
+def _attribute_text(value: Any) -> str:
+    """A span attribute for a name or id the caller gave: cut to :data:`_ATTRIBUTE_CHARS` characters.
+
+    A name a model made up can be a paragraph (or a pasted document), and an object's ``str()`` can raise:
+    the span carried all of it (or ``execute_tool`` raised), for every such call.
+    """
+    text = value if isinstance(value, str) else describe_value(value)
+    if len(text) <= _ATTRIBUTE_CHARS:
+        return text
+    return f"{text[: _ATTRIBUTE_CHARS - 20]}...<{len(text)} chars>"
 
 
 def _check_caller_key(caller_key: object) -> None:
