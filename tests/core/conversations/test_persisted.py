@@ -475,7 +475,10 @@ async def damage(make_config: Any, backend_name: str, conversation: str, column:
         path = make_config().resolved_storage_path / CONVERSATIONS_FILE_NAME
         with sqlite3.connect(path) as db:
             if column == "snapshot":
-                db.execute("UPDATE conversations SET snapshot = ? WHERE id = ?", (text, conversation))
+                db.execute(
+                    "UPDATE conversation_snapshots SET snapshot = ? WHERE conversation_id = ?",
+                    (text, conversation),
+                )
             else:
                 db.execute(
                     "UPDATE conversation_records SET payload = ? WHERE conversation_id = ? AND version = "

@@ -255,12 +255,18 @@ async def test_a_snapshot_whose_count_of_earlier_compressions_is_damaged_is_refu
         for bad in ("x", -1, True, 1.5):
             with sqlite3.connect(path) as db:
                 snapshot = {**stored.snapshot, "earlier_compressions": bad}
-                db.execute("UPDATE conversations SET snapshot = ? WHERE id = 'c'", (json.dumps(snapshot),))
+                db.execute(
+                    "UPDATE conversation_snapshots SET snapshot = ? WHERE conversation_id = 'c'",
+                    (json.dumps(snapshot),),
+                )
             with pytest.raises(StorageCorruptedError, match="earlier_compressions"):
                 await PersistedConversation(store, "c", ContextWindow(4000)).open()
         with sqlite3.connect(path) as db:
             snapshot = {**stored.snapshot, "earlier_compressions": 7}
-            db.execute("UPDATE conversations SET snapshot = ? WHERE id = 'c'", (json.dumps(snapshot),))
+            db.execute(
+                "UPDATE conversation_snapshots SET snapshot = ? WHERE conversation_id = 'c'",
+                (json.dumps(snapshot),),
+            )
         resumed = ContextWindow(4000)
         await PersistedConversation(store, "c", resumed).open()
         assert resumed.compression_count == 7 and resumed.compression_history == []

@@ -146,3 +146,66 @@ async def test_a_page_of_one_users_conversations_is_read_in_order_without_sortin
     for plan in plans:
         assert "USING INDEX conversations_owner_recent (owner=?" in plan and "TEMP B-TREE" not in plan, plan
     assert "conversations_owner" not in indexes, indexes  # the new index's prefix does its work
+
+
+async def test_the_snapshot_lives_apart_from_the_row_every_append_updates(tmp_path: Path) -> None:
+    """The window's snapshot was a column of the conversations row, which every append updates (version,
+    updated_at): SQLite read and wrote the whole snapshot again each time (an append 14 us without one, 114 us
+    with an 800 KB one; a loop of adds to a long conversation slowed as its snapshot grew). It is kept in a
+    table of its own; a database where an earlier version kept it in the row is moved on open, and resumes
+    the same."""
+    from context_manager.core.context_window import ContextWindow
+    from context_manager.core.conversations.persistence import PersistedConversation
+    from context_manager.core.messages import Message
+
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    window = ContextWindow(4000)
+    persisted = PersistedConversation(store, "c", window, snapshot_every=1)
+    await persisted.open()
+    for number in range(6):
+        await window.add(Message.create("user", f"message {number} about the ferry to Porto"))
+        await persisted.sync()
+    await persisted.close()
+    stored = await store.load("c")
+    assert stored.snapshot is not None and stored.snapshot_version > 0
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT snapshot FROM conversations WHERE id = 'c'").fetchone() == (None,)
+        [(kept,)] = db.execute("SELECT snapshot FROM conversation_snapshots WHERE conversation_id = 'c'")
+        # as an earlier version left it: the snapshot in the row, no snapshot table
+        db.execute("UPDATE conversations SET snapshot = ? WHERE id = 'c'", (kept,))
+        db.execute("DROP TABLE conversation_snapshots")
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        moved = await store.load("c")
+        assert (moved.snapshot, moved.snapshot_version, moved.records) == (
+            stored.snapshot,
+            stored.snapshot_version,
+            stored.records,
+        )
+        resumed = ContextWindow(4000)
+        await PersistedConversation(store, "c", resumed).open()
+        assert [message.content for message in resumed.messages] == [
+            message.content for message in window.messages
+        ]
+        dump = await store.dump("c")
+        assert dump is not None and dump.snapshot == stored.snapshot
+        assert await store.delete("c")
+        await store.restore(dump)  # a copy between stores keeps it apart too
+        assert (await store.load("c")).snapshot == stored.snapshot
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM conversations WHERE snapshot IS NOT NULL").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM conversation_snapshots").fetchone() == (1,)
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        assert await store.delete("c")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM conversation_snapshots").fetchone() == (0,)

@@ -49,7 +49,23 @@ _SCHEMA = [
     "version INTEGER NOT NULL, "
     "kind TEXT NOT NULL, writer TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL, "
     "PRIMARY KEY (conversation_id, version)) WITHOUT ROWID",
+    # the window's snapshot, in a table of its own: in the conversations row, every append's update of
+    # version and updated_at read and wrote it all again (14 us an append without one, 114 us with an
+    # 800 KB snapshot). conversations.snapshot is then NULL (the column stays for earlier databases)
+    "CREATE TABLE IF NOT EXISTS conversation_snapshots (conversation_id TEXT PRIMARY KEY, "
+    "snapshot TEXT NOT NULL)",
 ]
+# snapshots an earlier version kept in the conversations row, moved to their table (on open, once)
+_MOVE_SNAPSHOTS = [
+    "INSERT OR REPLACE INTO conversation_snapshots (conversation_id, snapshot) "
+    "SELECT id, snapshot FROM conversations WHERE snapshot IS NOT NULL",
+    "UPDATE conversations SET snapshot = NULL WHERE snapshot IS NOT NULL",
+]
+# a snapshot in the row (written by an earlier version since this one last moved them) is the newer one
+_SNAPSHOT = (
+    "coalesce(conversations.snapshot, (SELECT snapshot FROM conversation_snapshots "
+    "WHERE conversation_snapshots.conversation_id = conversations.id))"
+)
 # one user's conversations in the listing's order (list_conversations(user_id=...), a "my chats" page):
 # a read of the page instead of a sort of all that user's rows. Partial: a single-user app's conversations
 # (nobody's) are not in it, so their appends do not update it; an owned conversation's append does (one more
@@ -114,6 +130,18 @@ class SQLiteConversationStore:
             connection.execute(_OWNER_INDEX)
             connection.execute(_OLD_OWNER_INDEX)
             connection.execute(_RECENT_INDEX)  # (older databases get it on their next open too)
+            if connection.execute(
+                "SELECT 1 FROM conversations WHERE snapshot IS NOT NULL LIMIT 1"
+            ).fetchone():
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _MOVE_SNAPSHOTS:
+                        connection.execute(statement)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
@@ -242,7 +270,7 @@ class SQLiteConversationStore:
     def _load(self, conversation_id: str) -> StoredConversation:
         db = self._db
         row = db.execute(
-            "SELECT version, snapshot_version, snapshot, indexed_version, created_at, owner "
+            f"SELECT version, snapshot_version, {_SNAPSHOT}, indexed_version, created_at, owner "
             "FROM conversations WHERE id = ?",
             (conversation_id,),
         ).fetchone()
@@ -403,11 +431,25 @@ class SQLiteConversationStore:
         text = await asyncio.to_thread(functools.partial(json.dumps, state, ensure_ascii=False))
 
         def write() -> None:
-            self._db.execute(
-                "UPDATE conversations SET snapshot_version = ?, snapshot = ? "
-                f"WHERE id = ? AND snapshot_version < ? AND version >= ?{generation}",
-                (version, text, conversation_id, version, version, *extra),
-            )
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                newer = db.execute(
+                    "UPDATE conversations SET snapshot_version = ?, snapshot = NULL "
+                    f"WHERE id = ? AND snapshot_version < ? AND version >= ?{generation}",
+                    (version, conversation_id, version, version, *extra),
+                ).rowcount
+                if newer:
+                    db.execute(
+                        "INSERT OR REPLACE INTO conversation_snapshots (conversation_id, snapshot) "
+                        "VALUES (?, ?)",
+                        (conversation_id, text),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
         await self._run(self._guarded, write)
 
@@ -441,6 +483,7 @@ class SQLiteConversationStore:
                         db.execute("ROLLBACK")
                         raise ConversationAccessError(conversation_id, user_id)
                 db.execute("DELETE FROM conversation_records WHERE conversation_id = ?", (conversation_id,))
+                db.execute("DELETE FROM conversation_snapshots WHERE conversation_id = ?", (conversation_id,))
                 deleted = db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount
                 db.execute("COMMIT")
             except BaseException:
@@ -459,8 +502,8 @@ class SQLiteConversationStore:
         def read() -> ConversationDump | None:
             db = self._db
             row = db.execute(
-                "SELECT version, snapshot_version, snapshot, indexed_version, created_at, updated_at, owner "
-                "FROM conversations WHERE id = ?",
+                f"SELECT version, snapshot_version, {_SNAPSHOT}, indexed_version, created_at, updated_at, "
+                "owner FROM conversations WHERE id = ?",
                 (conversation_id,),
             ).fetchone()
             if row is None:
@@ -503,13 +546,20 @@ class SQLiteConversationStore:
                     "DELETE FROM conversation_records WHERE conversation_id = ?", (dump.conversation_id,)
                 )
                 db.execute(
+                    "DELETE FROM conversation_snapshots WHERE conversation_id = ?", (dump.conversation_id,)
+                )
+                if snapshot is not None:
+                    db.execute(
+                        "INSERT INTO conversation_snapshots (conversation_id, snapshot) VALUES (?, ?)",
+                        (dump.conversation_id, snapshot),
+                    )
+                db.execute(
                     "INSERT OR REPLACE INTO conversations (id, version, snapshot_version, snapshot, "
-                    "indexed_version, created_at, updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "indexed_version, created_at, updated_at, owner) VALUES (?, ?, ?, NULL, ?, ?, ?, ?)",
                     (
                         dump.conversation_id,
                         dump.version,
                         dump.snapshot_version,
-                        snapshot,
                         dump.indexed_version,
                         dump.created_at,
                         dump.updated_at,
