@@ -457,11 +457,9 @@ def _schema_types(schema: Any, definitions: Mapping[str, Any] | None = None) -> 
     schema = _resolve(schema, definitions or {})
     if not isinstance(schema, dict):
         return None
-    kind = schema.get("type")
-    if isinstance(kind, str):
-        return {kind}
-    if isinstance(kind, list):
-        return {str(item) for item in kind}
+    own = _own_types(schema)
+    if own is not None:
+        return own
     options = schema.get("anyOf") or schema.get("oneOf")
     if not isinstance(options, list) or not options:
         return None
