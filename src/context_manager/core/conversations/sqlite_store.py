@@ -55,16 +55,25 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS conversation_snapshots (conversation_id TEXT PRIMARY KEY, "
     "snapshot TEXT NOT NULL)",
 ]
-# snapshots an earlier version kept in the conversations row, moved to their table (on open, once)
-_MOVE_SNAPSHOTS = [
+# snapshots an earlier version kept in the conversations row, moved to their table (on open), one
+# conversation a transaction: all in one held the write lock for as long as it took (28 s for 900 MB of
+# snapshots), and every other process's append or open failed after its busy_timeout (5 s)
+_MOVE_SNAPSHOT = [
     "INSERT OR REPLACE INTO conversation_snapshots (conversation_id, snapshot) "
-    "SELECT id, snapshot FROM conversations WHERE snapshot IS NOT NULL",
-    "UPDATE conversations SET snapshot = NULL WHERE snapshot IS NOT NULL",
+    "SELECT id, snapshot FROM conversations WHERE id = ? AND snapshot IS NOT NULL",
+    "UPDATE conversations SET snapshot = NULL WHERE id = ? AND snapshot IS NOT NULL",
 ]
-# a snapshot in the row (written by an earlier version since this one last moved them) is the newer one
+# snapshots of conversations an earlier version deleted (its delete leaves them): removed with the move
+_ORPHAN_SNAPSHOTS = (
+    "DELETE FROM conversation_snapshots WHERE conversation_id NOT IN (SELECT id FROM conversations)"
+)
+# a snapshot in the row (written by an earlier version since this one last moved them) is the newer one.
+# None before the first snapshot (snapshot_version 0): a conversation an earlier version deleted and
+# created again would have resumed the deleted one's window from the snapshot its delete left behind
 _SNAPSHOT = (
-    "coalesce(conversations.snapshot, (SELECT snapshot FROM conversation_snapshots "
-    "WHERE conversation_snapshots.conversation_id = conversations.id))"
+    "CASE WHEN conversations.snapshot_version > 0 THEN coalesce(conversations.snapshot, "
+    "(SELECT snapshot FROM conversation_snapshots "
+    "WHERE conversation_snapshots.conversation_id = conversations.id)) END"
 )
 # one user's conversations in the listing's order (list_conversations(user_id=...), a "my chats" page):
 # a read of the page instead of a sort of all that user's rows. Partial: a single-user app's conversations
@@ -130,18 +139,22 @@ class SQLiteConversationStore:
             connection.execute(_OWNER_INDEX)
             connection.execute(_OLD_OWNER_INDEX)
             connection.execute(_RECENT_INDEX)  # (older databases get it on their next open too)
-            if connection.execute(
-                "SELECT 1 FROM conversations WHERE snapshot IS NOT NULL LIMIT 1"
-            ).fetchone():
+            moving = [
+                row[0]
+                for row in connection.execute("SELECT id FROM conversations WHERE snapshot IS NOT NULL")
+            ]
+            for conversation_id in moving:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _MOVE_SNAPSHOTS:
-                        connection.execute(statement)
+                    for statement in _MOVE_SNAPSHOT:
+                        connection.execute(statement, (conversation_id,))
                     connection.execute("COMMIT")
                 except BaseException:
                     if connection.in_transaction:
                         connection.execute("ROLLBACK")
                     raise
+            if moving:
+                connection.execute(_ORPHAN_SNAPSHOTS)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
