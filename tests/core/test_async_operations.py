@@ -11,12 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_manager.core.async_operations import (
-    ConcurrencyController,
-    TaskStatus,
-    cancel_and_wait,
-    finish_before_cancelling,
-)
+from context_manager.core.async_operations import ConcurrencyController, TaskStatus, cancel_and_wait
 from context_manager.core.errors import (
     ControllerStoppedError,
     DuplicateTaskError,
@@ -816,51 +811,3 @@ async def test_a_wait_that_times_out_says_the_task_still_runs() -> None:
         with pytest.raises(TaskTimeoutError, match=r"^task 'own' timed out after 0.05 s") as own:
             await controller.wait_for_task("own")
         assert own.value.task_finished is True
-
-
-async def test_finish_before_cancelling_runs_the_work_to_its_end_then_cancels_the_caller() -> None:
-    steps: list[int] = []
-
-    async def work() -> str:
-        for step in range(5):
-            steps.append(step)
-            await asyncio.sleep(0.01)
-        return "done"
-
-    caller = asyncio.ensure_future(finish_before_cancelling(work()))
-    await asyncio.sleep(0.015)
-    caller.cancel()
-    caller_cancelled_again = asyncio.get_running_loop().call_later(0.01, caller.cancel)
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    caller_cancelled_again.cancel()
-    assert steps == [0, 1, 2, 3, 4]  # the work was not stopped between two steps
-    assert await finish_before_cancelling(work()) == "done"  # not cancelled: its result
-
-
-async def test_finish_before_cancelling_under_a_timeout_is_a_timeout_after_the_work() -> None:
-    finished = asyncio.Event()
-
-    async def work() -> None:
-        await asyncio.sleep(0.05)
-        finished.set()
-
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.01):
-            await finish_before_cancelling(work())
-    assert finished.is_set()
-
-
-async def test_finish_before_cancelling_the_failure_of_a_cancelled_callers_work_is_the_cause() -> None:
-    async def work() -> None:
-        await asyncio.sleep(0.02)
-        raise ValueError("the write failed")
-
-    caller = asyncio.ensure_future(finish_before_cancelling(work()))
-    await asyncio.sleep(0.005)
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError) as raised:
-        await caller
-    assert isinstance(raised.value.__cause__, ValueError)
-    with pytest.raises(ValueError, match="the write failed"):  # not cancelled: the work's own error
-        await finish_before_cancelling(work())

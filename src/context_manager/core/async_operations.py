@@ -41,10 +41,10 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from context_manager.core.errors import (
     ControllerStoppedError,
@@ -64,13 +64,10 @@ __all__ = [
     "TaskInfo",
     "TaskStatus",
     "cancel_and_wait",
-    "finish_before_cancelling",
     "task_alive",
 ]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 _PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2, "critical": 3}
 _ALLOWED_PRIORITIES = "one of 'low', 'normal', 'high', 'critical'"
@@ -99,34 +96,6 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None, *, owner: str = "backg
             raise
     except Exception:
         logger.debug("%s had failed before it was stopped", owner, exc_info=True)
-
-
-async def finish_before_cancelling(work: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``work`` to its end even when the caller is cancelled meanwhile, then let the cancellation go on.
-
-    For work of several steps that must not stop between two of them (a memory's short-term row written
-    and its long-term copy not yet). A cancelled caller waits for the work to finish and then gets its
-    ``CancelledError`` (with the work's own exception, if it failed, as its context); the work is never
-    left running behind a caller that has returned. A work task cancelled itself (its loop shutting down)
-    ends the wait with that cancellation.
-    """
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True  # the caller's: wait for the work, then go on with it
-            continue
-        except BaseException as error:
-            if cancelled:
-                raise asyncio.CancelledError() from error
-            raise
-        if cancelled:
-            raise asyncio.CancelledError()
-        return result
 
 
 def task_alive(task: asyncio.Task[Any] | None) -> bool:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from context_manager.core import forks
-from context_manager.core.async_operations import finish_before_cancelling
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import (
     TIER_ORDER,
@@ -387,19 +386,9 @@ class LocalBackend:
             log.append(records)
 
     async def put_tiers(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> None:
-        """See :meth:`MemoryBackend.put_tiers` (one process: the manager's write lock keeps others out).
-
-        Once begun it runs to its end: a caller cancelled meanwhile waits for it, then gets its
-        cancellation. (Cancelled between two groups, an important memory stayed in short-term without
-        its long-term copy, for good; cancelled during the long-term write, which its thread commits all
-        the same, the copy was not noted.)
-        """
-
-        async def put_all() -> None:
-            for tier, memories in groups:
-                await self.put(tier, memories)
-
-        await finish_before_cancelling(put_all())
+        """See :meth:`MemoryBackend.put_tiers` (one process: the manager's write lock keeps others out)."""
+        for tier, memories in groups:
+            await self.put(tier, memories)
 
     async def put(
         self,
