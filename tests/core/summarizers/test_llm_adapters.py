@@ -952,6 +952,9 @@ async def test_summarizer_adapter_a_summary_cut_at_its_output_limit_ends_at_its_
     assert not response.cut_at_limit and response.text.endswith("Later she asked how to")
 
 
+LONG = "Ada lives in Lisbon and takes tram 28 to work every single morning."
+
+
 @pytest.mark.parametrize(
     ("text", "kept"),
     [
@@ -965,6 +968,12 @@ async def test_summarizer_adapter_a_summary_cut_at_its_output_limit_ends_at_its_
         ("Ada lives in Lisbon. She likes trams.", "Ada lives in Lisbon. She likes trams."),  # ends on one
         ("Version 3.5 of the app crashes when", "Version 3.5 of the app crashes when"),  # no sentence end
         ("Short. A very long sentence that goes on and on about trams and the city", None),  # under half
+        (LONG + " Ask Mr. Jones and", LONG),
+        (LONG + " Take e.g. tram 15", LONG),
+        (LONG + " Tickets etc. and", LONG),
+        (LONG + " She likes U.S. trams", LONG),
+        ("1. First step.\n2. Second step.\n3. Third", "1. First step.\n2. Second step.\n"[:-1]),
+        (LONG + " Ada met J. Smith", LONG),
     ],
 )
 def test_last_whole_sentences(text: str, kept: str | None) -> None:

@@ -146,12 +146,39 @@ def last_whole_sentences(text: str) -> str:
     ``"Ada lives in Lisbon."``. Without a sentence end in its second half the text is kept as it is (one
     long sentence cut is still most of the summary).
     """
-    ends = [match.end() for match in _SENTENCE_END.finditer(text)]
+    ends = [match.end() for match in _SENTENCE_END.finditer(text) if _ends_sentence(text, match)]
     if not ends or ends[-1] >= len(text.rstrip()):  # no sentence end, or it ends on one: nothing to cut
         return text
     if ends[-1] < len(text) / 2:
         return text
     return text[: ends[-1]].rstrip()
+
+
+_ABBREVIATIONS = frozenset(
+    ("mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "cf", "fig")
+    + ("approx", "inc", "ltd", "dept", "al")
+)
+"""Words whose full stop ends no sentence (``Mr. Jones``, ``e.g. trams``), without their final dot."""
+
+
+def _ends_sentence(text: str, match: re.Match[str]) -> bool:
+    """Whether a full stop :data:`_SENTENCE_END` found ends a sentence (other marks always do).
+
+    Not after an abbreviation (``Mr.``, ``e.g.``, ``etc.``), an initial (``U.S.``, ``J. Smith``) or a list
+    number at the start of a line (``3.``), nor before a lower-case word (``etc. and``).
+    """
+    if not match.group().startswith(".") or match.group().startswith(".."):
+        return True
+    word = text[: match.start()].rsplit(None, 1)[-1] if text[: match.start()].strip() else ""
+    before = text[: match.start() - len(word)]
+    if word.lower().rstrip(".") in _ABBREVIATIONS or (len(word.replace(".", "")) <= 1 and word.isalpha()):
+        return False
+    if word.replace(".", "").isalpha() and "." in word and len(word.replace(".", "")) <= 3:
+        return False  # U.S., e.g, i.e
+    if word.isdigit() and (not before or before.endswith("\n")):
+        return False  # a list number
+    following = text[match.end() :].lstrip()
+    return not (following[:1].isalpha() and following[:1].islower())
 
 
 class EmptyAnswer(Exception):
