@@ -55,7 +55,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -211,6 +211,16 @@ def _renamed_from(call_id: str, pending: dict[str, str]) -> str | None:
         if held.startswith(prefix) and held[len(prefix) :].isdigit():
             return held
     return None
+
+
+def _saved_by_cuts(cuts: Sequence[tuple[Message, int]], replacements: Mapping[str, Message]) -> int:
+    """The tokens the cut copies (``replacements``, by the id of the message cut) save on the originals."""
+    return sum(o.token_count - replacements[o.id].token_count for o, _ in cuts if o.id in replacements)
+
+
+def _counts_beyond_content(message: Message) -> bool:
+    """Whether a message's count holds more than its content: thinking, call arguments, kept reasoning."""
+    return bool(message.thinking or message.tool_calls or REASONING_METADATA_KEY in (message.metadata or ()))
 
 
 def _cuts_too_large(tokens: int, limit: int, field: str) -> ContextBudgetError:
@@ -1050,9 +1060,7 @@ class ContextWindow:
         elif self._check(message) is not message:  # call ids reassigned: added from a copy, under the lock
             return -1
         if len(message.content) > OFF_LOOP_CHARS or (  # counted in a thread, under the lock (keeps the order)
-            # what else it counts: thinking, call arguments, kept reasoning
-            (message.thinking or message.tool_calls or REASONING_METADATA_KEY in (message.metadata or ()))
-            and _counted_chars(message) > OFF_LOOP_CHARS
+            _counts_beyond_content(message) and _counted_chars(message) > OFF_LOOP_CHARS
         ):
             return -1
         tokens = self._counter.count_message(message)
@@ -1102,11 +1110,7 @@ class ContextWindow:
             batch = self._check_batch(batch)
             chars = sum(len(message.content) for message in batch)
             if chars <= OFF_LOOP_CHARS:  # thinking and call arguments are counted too (a loop over few)
-                chars += sum(
-                    _counted_chars(m, content=False)
-                    for m in batch
-                    if m.thinking or m.tool_calls or REASONING_METADATA_KEY in (m.metadata or ())
-                )
+                chars += sum(_counted_chars(m, content=False) for m in batch if _counts_beyond_content(m))
             if chars > OFF_LOOP_CHARS:
                 counts = await asyncio.to_thread(lambda: [self._counter.count_message(m) for m in batch])
             else:
@@ -1165,11 +1169,7 @@ class ContextWindow:
             # a counter of your own may count a cut copy above its room: cut as the compression would (the
             # built-in counter counts framing and text apart, so its cuts always fit)
             replacements = cut_messages(decision.cuts, self._counter)
-            kept = decision.total - sum(
-                original.token_count - replacements[original.id].token_count
-                for original, _ in decision.cuts
-                if original.id in replacements
-            )
+            kept = decision.total - _saved_by_cuts(decision.cuts, replacements)
             if kept > self._max_tokens:
                 raise _cuts_too_large(kept, self._max_tokens, "max_tokens")
 
@@ -1726,9 +1726,7 @@ class ContextWindow:
                 max_tokens=budget,
             ) from None
         replacements = cut_messages(decision.cuts, self._counter)
-        saved = sum(
-            o.token_count - replacements[o.id].token_count for o, _ in decision.cuts if o.id in replacements
-        )
+        saved = _saved_by_cuts(decision.cuts, replacements)
         if decision.total - saved > budget:  # the cuts came out larger than planned
             raise _cuts_too_large(decision.total - saved, budget, "budget")
         gone = {message.id for unit in decision.evicted_units for message in unit.messages}

@@ -23,7 +23,7 @@ import os
 import re
 import string
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError
@@ -378,20 +378,21 @@ class ExactTokenCounter:
         text: str = self._tokenizer.decode(token_ids)
         return text
 
-    def _count_thinking(self, message: Message) -> int:
-        """A message's Anthropic thinking blocks: their text, a redacted block's data (uncached)."""
+    def _count_uncached(self, texts: Iterable[str]) -> int:
+        """Texts counted without the cache (a message's thinking, its kept reasoning)."""
         total = 0
-        for block in message.thinking:
-            text = block.get("thinking") or block.get("data") or ""
+        for text in texts:
             total += self._count_raw(text) if len(text) <= _PIECE_CHARS else self._count_long(text)
         return total
 
+    def _count_thinking(self, message: Message) -> int:
+        """A message's Anthropic thinking blocks: their text, a redacted block's data (uncached)."""
+        texts = (block.get("thinking") or block.get("data") or "" for block in message.thinking)
+        return self._count_uncached(texts)
+
     def _count_reasoning(self, message: Message) -> int:
         """A message's kept reasoning of an OpenAI-compatible server (``reasoning_content`` ...)."""
-        total = 0
-        for text in reasoning_texts(message):
-            total += self._count_raw(text) if len(text) <= _PIECE_CHARS else self._count_long(text)
-        return total
+        return self._count_uncached(reasoning_texts(message))
 
     def count_framing(self, message: Message) -> int:
         """What ``message`` costs without its content: framing, role, name, tool calls and reasoning."""
