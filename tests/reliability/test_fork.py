@@ -454,3 +454,40 @@ def test_a_warm_up_a_thread_of_the_parent_ran_at_the_fork_is_over_in_the_child()
         "parent running ['search index']",
         "child exit 0",
     ], result.stdout + result.stderr
+
+
+@pytest.mark.embeddings
+def test_a_worker_forked_after_the_parent_embedded_embeds(tmp_path: Path) -> None:
+    """torch's thread pool does not survive a fork: a worker forked from a master that had embedded
+    (``gunicorn --preload`` warming the model, a ``multiprocessing`` pool) hung for ever in its first
+    embed. The worker's own manager finds its memory by meaning, with the model the parent loaded."""
+    result = _run(
+        """
+        import signal
+        from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
+
+        parent_vector = SentenceTransformerEmbedder().embed(["the parent warms the model up"])[0]
+
+        async def worker():
+            signal.alarm(60)  # a hung child is killed by SIGALRM
+            config = ContextManagerConfig(
+                storage_path=sys.argv[1], embedder="minilm", enable_health_checks=False
+            )
+            async with MemoryManager(config) as memory:
+                await memory.add_memory("I moved to Lisbon last spring", user_id="worker")
+                hits = await memory.search_memory("which city do I live in?", user_id="worker")
+                print("found", [hit.content for hit in hits][:1], flush=True)
+            again = SentenceTransformerEmbedder().embed(["the parent warms the model up"])[0]
+            print("same vector", float(again @ parent_vector) > 0.9999, flush=True)
+
+        print("child exit", child_process(worker), flush=True)
+        """,
+        str(tmp_path / "store"),
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "found ['I moved to Lisbon last spring']",
+        "same vector True",
+        "child exit 0",
+    ], result.stdout + result.stderr

@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
@@ -182,9 +183,33 @@ def _renew_loaded_models_lock() -> None:
     A thread of the parent loading a model at the fork (an MCP server's preload) held them, and that
     thread does not exist here: the child's first embedder waited for ever.
     """
-    global _loaded_models_lock
+    global _loaded_models_lock, _forked_thread
     _loaded_models_lock = threading.Lock()
     _model_loads.clear()
+    _forked_thread = threading.get_ident() if "torch" in sys.modules else None
+
+
+_forked_thread: int | None = None
+"""In a process forked from one that had imported torch: the thread that forked it (see
+:func:`_one_thread_after_fork`)."""
+
+
+def _one_thread_after_fork() -> None:
+    """On the thread that forked this process, after torch ran in the parent: one torch thread.
+
+    torch's OpenMP thread pool belongs to the thread that ran it and does not survive a fork: in a child
+    (a ``gunicorn --preload`` worker, a ``multiprocessing`` pool's process) of a parent that had embedded,
+    the first embed on the thread that forked waited for ever. A pool of one thread is never used. The
+    child's other threads (``asyncio.to_thread``, where managers embed) start pools of their own.
+    """
+    global _forked_thread
+    if threading.get_ident() != _forked_thread:
+        return
+    _forked_thread = None
+    import torch
+
+    torch.set_num_threads(1)
+    logger.info("process %d forked after torch ran: embedding on its first thread uses one core", os.getpid())
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
@@ -258,6 +283,8 @@ class SentenceTransformerEmbedder:
         self._dimension: int | None = None
 
     def _load(self) -> Any:
+        if _forked_thread is not None:
+            _one_thread_after_fork()
         model = self._model
         if model is not None:
             return model
