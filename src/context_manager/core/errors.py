@@ -366,6 +366,15 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
     def _reload_failed(self, cause: BaseException) -> None:
         """Say that the automatic reload after this conflict failed (before the error is raised)."""
         self.needs_reload = True
+        if isinstance(cause, ConversationAccessError):  # another user's manager created the id first
+            self.args = (
+                f"{self._refusal('stored')}: another end user's manager created this conversation id first, "
+                "so it belongs to another end user and this manager cannot reload it. The window was put "
+                f"back to the last stored version this manager had ({self.expected_version}; the change and "
+                "any other not stored were taken back) and every change is refused: open a manager with "
+                "another conversation_id for this user",
+            )
+            return
         self.args = (
             f"{self._refusal('stored')}, and reloading the conversation failed "
             f"({type(cause).__name__}: {cause}): the window was put back to the last stored version "

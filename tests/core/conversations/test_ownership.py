@@ -12,6 +12,7 @@ from context_manager import (
     ContextManagerConfig,
     ContextManagerError,
     ConversationAccessError,
+    ConversationConflictError,
     EnhancedContextManager,
 )
 from context_manager.core.shared_store import _registry
@@ -99,3 +100,23 @@ async def test_a_conversations_file_from_before_owners_opens(tmp_path: Path) -> 
     async with EnhancedContextManager(config) as everyone:
         owners = {row["conversation_id"]: row["user_id"] for row in await everyone.list_conversations()}
         assert owners == {"new": "ana", "old": None}
+
+
+async def test_losing_the_race_to_create_an_id_says_it_is_another_users(config: ContextManagerConfig) -> None:
+    """Two users' managers open one new id; the first add creates it for its user. The other's add is
+    refused, and its automatic reload is refused too (the id is another user's): the error said "call
+    reload()", which can never succeed there."""
+    ana = EnhancedContextManager(config, conversation_id="new-chat", user_id="ana")
+    bo = EnhancedContextManager(config, conversation_id="new-chat", user_id="bo")
+    async with ana, bo:
+        await ana.add_message("user", "ana's first message")
+        with pytest.raises(ConversationConflictError) as caught:
+            await bo.add_message("user", "bo's first message")
+        text = str(caught.value)
+        assert caught.value.needs_reload
+        assert "belongs to another end user" in text and "another conversation_id" in text, text
+        assert "call it, then make the change again" not in text, text
+        assert "'ana'" not in text  # whose it is stays private
+        assert bo.get_context() == []  # bo's change was taken back
+    async with EnhancedContextManager(config, conversation_id="new-chat", user_id="ana") as again:
+        assert [message["content"] for message in again.get_context()] == ["ana's first message"]

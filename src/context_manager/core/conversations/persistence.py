@@ -212,7 +212,7 @@ class PersistedConversation:
             except Exception as reload_error:  # stay stale: changes are refused until reload()
                 error._reload_failed(reload_error)
                 logger.warning(
-                    "conversation %r: reload after a conflict failed (%s); call reload()",
+                    "conversation %r: reload after a conflict failed (%s); its changes are refused",
                     self.conversation_id,
                     type(reload_error).__name__,
                 )
@@ -534,7 +534,7 @@ class PersistedConversation:
                 self._conflict = error
                 error._reload_failed(reload_error)
                 logger.warning(
-                    "conversation %r: reload after a conflict failed (%s); call reload()",
+                    "conversation %r: reload after a conflict failed (%s); its changes are refused",
                     self.conversation_id,
                     type(reload_error).__name__,
                 )
