@@ -548,6 +548,51 @@ async def test_an_empty_reasoning_field_is_not_kept(tmp_path: Path, empty: dict[
         assert not any("reasoning" in key for m in manager.get_context("openai") for key in m)
 
 
+async def test_an_empty_reasoning_content_is_kept_as_present_and_sent_back(tmp_path: Path) -> None:
+    """DeepSeek's thinking mode wants ``reasoning_content`` back on a turn that called tools, even when
+    the model's reasoning was empty (``""``); the window dropped an empty one as absent, so the export
+    sent the turn without the field. ``""`` is kept now (``None`` still means none), and sent back."""
+    from langchain_core.messages import AIMessage
+
+    message = reasoning_server_response(reasoning_content="").choices[0].message
+    settings = config(tmp_path)
+    async with EnhancedContextManager(settings, conversation_id="deepseek-empty") as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        await manager.add_message("tool", "21 °C", tool_call_id="call_1")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        await manager.add_message("tool", "22 °C", tool_call_id="call_1")
+        langchain = AIMessage(
+            "",
+            additional_kwargs={"reasoning_content": ""},
+            tool_calls=[{"name": "weather", "args": {}, "id": "call_2"}],
+        )
+        assert await manager.add_messages([langchain]) == 1
+        await manager.add_message("tool", "23 °C", tool_call_id="call_2")
+        await manager.add_message("assistant", "Sunny, 22 °C.")  # none given: none invented
+        for index in (1, 3, 5):
+            assert manager.messages[index].metadata == {REASONING_METADATA_KEY: {"reasoning_content": ""}}
+        exported = manager.get_context("openai")
+        assert [m.get("reasoning_content") for m in exported] == [None, "", None, "", None, "", None, None]
+        assert ["reasoning_content" in m for m in exported] == [
+            False,
+            True,
+            False,
+            True,
+            False,
+            True,
+            False,
+            False,
+        ]
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)
+    async with EnhancedContextManager(settings, conversation_id="deepseek-empty") as again:
+        assert again.get_context("openai") == exported  # persisted as it was
+    async with EnhancedContextManager(config(tmp_path / "round-trip")) as copy:
+        assert await copy.add_messages(exported) == len(exported)
+        assert copy.get_context("openai") == exported
+
+
 async def test_kept_reasoning_counts_against_the_token_budget(tmp_path: Path) -> None:
     """The reasoning sent back is input the model reads: counted, as thinking blocks are (the safe side)."""
     from context_manager.core.tokens import get_token_counter

@@ -358,7 +358,9 @@ REASONING_METADATA_KEY = "context_manager.openai_reasoning"
 
 A dict of the message's reasoning fields as the server sent them: ``reasoning_content`` (DeepSeek, vLLM),
 ``reasoning`` (vLLM, OpenRouter), ``reasoning_details`` (OpenRouter). ``add_message`` / ``add_messages``
-keep them there (an assistant message's fields of that name, when not empty); the OpenAI export writes
+keep them there (an assistant message's fields of that name, when not empty; ``reasoning_content`` also
+when it is ``""``: DeepSeek's thinking mode wants the field back on a turn that called tools, even empty, and
+an empty one is not an absent one); the OpenAI export writes
 them back on the message, as DeepSeek's thinking mode requires after a tool call. Counted against the token
 budget (the strings, ``reasoning_details`` as JSON). Named as the window's own keys are
 (``context_manager.summary`` ...): a user's metadata keeps every other key free-form."""
@@ -366,13 +368,13 @@ REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 """The reasoning fields of an OpenAI-compatible server's assistant message, in the order they are kept."""
 _REASONING = (
     "on an assistant message, a dict of the reasoning an OpenAI-compatible server sent: 'reasoning_content' "
-    "and 'reasoning' non-empty strings, 'reasoning_details' a non-empty list of JSON objects"
+    "a string, 'reasoning' a non-empty string, 'reasoning_details' a non-empty list of JSON objects"
 )
 
 
 _REASONING_KEY_FIELD = f"metadata.{REASONING_METADATA_KEY}"
 _REASONING_FIELD = {
-    "reasoning_content": "a non-empty string: the reasoning an OpenAI-compatible server sent",
+    "reasoning_content": "a string (empty too): the reasoning an OpenAI-compatible server sent",
     "reasoning": "a non-empty string: the reasoning an OpenAI-compatible server sent",
     "reasoning_details": "a non-empty list of JSON objects: the reasoning details OpenRouter sent",
 }
@@ -393,7 +395,9 @@ def check_reasoning(value: Any, role: Role, *, given_as_fields: bool = False) ->
     if not isinstance(value, dict) or not value:
         raise InvalidMessageError(_REASONING_KEY_FIELD, value, _REASONING)
     for key, item in value.items():
-        if key in ("reasoning_content", "reasoning"):
+        if key == "reasoning_content":  # "" too: DeepSeek wants the field back as it came, even empty
+            valid = isinstance(item, str)
+        elif key == "reasoning":
             valid = isinstance(item, str) and item != ""
         elif key == "reasoning_details":
             valid = isinstance(item, list) and bool(item) and all(isinstance(entry, dict) for entry in item)

@@ -462,7 +462,8 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             if fields.get("tool_calls"):
                 message["tool_calls"] = list(fields["tool_calls"])
             extra = fields.get("additional_kwargs")
-            if isinstance(extra, Mapping) and extra.get("reasoning_content"):  # langchain-deepseek's
+            # langchain-deepseek's; an empty one too (DeepSeek wants the field back as it came)
+            if isinstance(extra, Mapping) and isinstance(extra.get("reasoning_content"), str):
                 message["reasoning_content"] = extra["reasoning_content"]
         elif role == "tool":
             message["tool_call_id"] = fields.get("tool_call_id")
