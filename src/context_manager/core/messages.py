@@ -25,6 +25,7 @@ from context_manager.core.errors import InvalidMessageError, InvalidPriorityErro
 from context_manager.core.text import encodable
 
 __all__ = [
+    "ANTHROPIC_CACHE_CONTROL_METADATA_KEY",
     "REASONING_METADATA_KEY",
     "Message",
     "Priority",
@@ -372,6 +373,27 @@ _REASONING = (
 )
 
 
+ANTHROPIC_CACHE_CONTROL_METADATA_KEY = "context_manager.anthropic_cache_control"
+"""The ``metadata`` key of the ``cache_control`` an imported Anthropic content block carried.
+
+Set by the Anthropic import (``add_messages`` of Anthropic turns) on the message whose last block carried
+it: a user message's last text block, a ``tool_result`` block, an assistant turn's last block (its text,
+or its last ``tool_use``). The Anthropic export puts it back on that message's last block, unless the
+window cut the message (its copy's text is not the block that was marked); the other exports leave it out.
+The value is the ``cache_control`` object as given (``{"type": "ephemeral"}``, maybe with a ``ttl``)."""
+_CACHE_CONTROL = "a JSON object with a string 'type' (Anthropic's cache_control, e.g. {'type': 'ephemeral'})"
+
+
+def check_cache_control(value: Any) -> None:
+    """Check a ``cache_control`` kept under :data:`ANTHROPIC_CACHE_CONTROL_METADATA_KEY`.
+
+    Raises:
+        InvalidMessageError: not a dict with a string ``type``.
+    """
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise InvalidMessageError(f"metadata.{ANTHROPIC_CACHE_CONTROL_METADATA_KEY}", value, _CACHE_CONTROL)
+
+
 _REASONING_KEY_FIELD = f"metadata.{REASONING_METADATA_KEY}"
 _REASONING_FIELD = {
     "reasoning_content": "a string (empty too): the reasoning an OpenAI-compatible server sent",
@@ -560,6 +582,8 @@ class Message:
             _check_json(metadata, "metadata")
             if REASONING_METADATA_KEY in metadata:
                 check_reasoning(metadata[REASONING_METADATA_KEY], parsed_role)
+            if ANTHROPIC_CACHE_CONTROL_METADATA_KEY in metadata:
+                check_cache_control(metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY])
         if name is not None and not _is_label(name):
             raise InvalidMessageError("name", name, "None or " + _LABEL)
         calls: tuple[ToolCall, ...] = ()
