@@ -820,6 +820,59 @@ async def test_mcp_memory_tools_refuse_unknown_arguments_naming_the_allowed_ones
         assert nothing.structured_content["total_memories"] == 0  # type: ignore[index]  # the refused add stored nothing
 
 
+async def test_mcp_memory_add_answers_the_id_and_a_preview_not_the_whole_text(tmp_path: Path) -> None:
+    """memory_add answered the whole memory, its text twice (the structured result and its JSON as text):
+    a 200 kB add sent 400 kB back into the model's context. It answers the id and the text's start now."""
+    long_text = "Kim's lab notes: " + "the sample was stable at 4 C; " * 7000
+    async with in_process(tmp_path, user_id="kim") as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        schema = listed["memory_add"].output_schema
+        assert schema is not None and "content" not in schema["properties"]
+        added = await client.call_tool("memory_add", {"content": long_text, "tags": ["lab"]})
+        assert not added.is_error, text_of(added)
+        answered = added.structured_content
+        assert answered is not None and set(answered) == {
+            "id", "preview", "characters", "importance", "tags", "tier", "created_at",
+        }  # fmt: skip
+        assert answered["characters"] == len(long_text) > 200_000
+        assert answered["preview"].endswith("…") and len(answered["preview"]) <= 200
+        assert long_text.startswith(answered["preview"][:-1])
+        assert len(text_of(added)) < 1_000  # the text block is the same small result, as JSON
+        assert json.loads(text_of(added)) == answered
+        assert answered["tags"] == ["lab"] and answered["tier"] == "short"
+        found = await client.call_tool("memory_search", {"query": "sample stable lab notes", "limit": 1})
+        [item] = found.structured_content["results"]  # type: ignore[index]
+        assert item["id"] == answered["id"] and item["content"] == long_text  # stored whole
+        short = await client.call_tool("memory_add", {"content": "Kim's desk is 4.12"})
+        assert short.structured_content is not None
+        assert short.structured_content["preview"] == "Kim's desk is 4.12"
+        assert short.structured_content["characters"] == len("Kim's desk is 4.12")
+
+
+async def test_mcp_out_of_range_numbers_are_refused_naming_the_allowed_range(tmp_path: Path) -> None:
+    """A huge limit (1e300) was refused with pydantic's parser's words ("expected Unable to parse input
+    string as an integer, exceeded maximum size"), and others named one bound only."""
+    async with in_process(tmp_path, user_id="lia") as client:
+        search = "an integer from 1 to 50"
+        refused = [
+            ("memory_search", {"query": "tea", "limit": 1e300}, f"limit: got 1e+300; expected {search}"),
+            ("memory_search", {"query": "tea", "limit": 10**30}, f"limit: got {10**30}; expected {search}"),
+            ("memory_search", {"query": "tea", "limit": 500}, f"limit: got 500; expected {search}"),
+            ("memory_search", {"query": "tea", "limit": 0}, f"limit: got 0; expected {search}"),
+            (
+                "memory_add",
+                {"content": "tea", "importance": 3},
+                "importance: got 3; expected a number from 0 to 1",
+            ),
+        ]
+        for name, arguments, problem in refused:
+            result = await client.call_tool(name, arguments)
+            assert result.is_error, (name, arguments)
+            assert text_of(result) == f"invalid arguments for tool {name!r}: {problem}"
+        stats = await client.call_tool("memory_stats", {})
+        assert stats.structured_content["total_memories"] == 0  # type: ignore[index]
+
+
 async def test_mcp_memory_tools_refuse_values_of_another_json_type(tmp_path: Path) -> None:
     """limit "3", importance "0.5" and true were coerced (pydantic's lax mode) and the call ran, though the
     schema the client was given says integer and number. JSON Schema's rules now hold, as for the
@@ -1040,6 +1093,62 @@ async def test_mcp_stdio_closing_stdin_lets_the_calls_in_flight_finish_and_answe
         assert stats["total_memories"] == 1 and stats["in_two_tiers"] == 1  # with its long-term copy
 
 
+async def test_mcp_run_stdio_async_lets_the_calls_in_flight_finish_when_stdin_closes(tmp_path: Path) -> None:
+    """``await create_mcp_server(...).run_stdio_async()`` (the documented way to run the server from Python)
+    was the SDK's own stdio transport, which cancelled the calls still running when the client closed stdin
+    (answered "Connection closed"). It is the transport the command uses now: they finish and answer."""
+    write_report_tools(tmp_path)
+    script = tmp_path / "serve.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, sys
+            sys.path.insert(0, {str(tmp_path)!r})
+            from report_tools import TOOLS
+            from context_manager import ContextManagerConfig, ToolManager, create_mcp_server
+
+            tools = ToolManager()
+            for function in TOOLS:
+                tools.register_tool(function)
+            config = ContextManagerConfig(storage_path={str(tmp_path / "memory")!r})
+            asyncio.run(create_mcp_server(config, user_id="vic", tools=tools).run_stdio_async())
+            """
+        ),
+        encoding="utf-8",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PYTHONPATH": SOURCE_ROOT},
+    )
+    server = RawStdioServer(process)
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        await server.request({"id": 1, "method": "initialize", "params": INITIALIZE_PARAMS})
+        await server.request({"method": "notifications/initialized"})
+        call = {"name": "slow_report", "arguments": {"name": "q4"}}
+        await server.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}))
+        for _ in range(3000):  # until the call runs
+            if (tmp_path / "started-q4").exists():
+                break
+            await asyncio.sleep(0.02)
+        process.stdin.close()  # the call is still running
+        lines = (await asyncio.wait_for(process.stdout.read(), 60)).decode().splitlines()
+        returncode = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 0, stderr
+    [answer] = map(json.loads, lines)
+    assert answer["id"] == 2 and "error" not in answer, answer
+    assert answer["result"]["content"][0]["text"] == "report q4: done"
+
+
 async def test_mcp_stdio_a_client_gone_with_calls_in_flight_ends_the_server_cleanly(tmp_path: Path) -> None:
     """A client that died (both its pipes closed) while a call ran: the server lets the call finish, as for
     a closed stdin, then its answer finds no reader. That broken pipe ended the server with "error:
@@ -1128,7 +1237,7 @@ async def test_mcp_stdio_a_lone_surrogate_escape_becomes_a_replacement_character
         await server.send('{"jsonrpc": "2.0", "id": 2, ' + call + '"Ada loves caf\\u00e9 \\ud83d"}}}')
         added = await server.answer()
         assert added["id"] == 2 and not added["result"].get("isError"), added
-        assert added["result"]["structuredContent"]["content"] == "Ada loves café \ufffd"
+        assert added["result"]["structuredContent"]["preview"] == "Ada loves café \ufffd"
         search = '"method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": '
         await server.send('{"jsonrpc": "2.0", "id": 3, ' + search + '"caf\\u00e9 \\udc00"}}}')
         found = await server.answer()
@@ -1263,7 +1372,7 @@ async def test_mcp_stdio_an_unknown_tool_is_an_error_result_naming_the_tools_the
         added = await server.request({"id": 3, "method": "tools/call", "params": call})
         assert (
             added["result"]["isError"] is False
-            and added["result"]["structuredContent"]["content"] == "Ana likes tea"
+            and added["result"]["structuredContent"]["preview"] == "Ana likes tea"
         )
     finally:
         assert server.process.stdin is not None

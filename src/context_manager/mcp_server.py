@@ -123,6 +123,36 @@ class MemoryItem(BaseModel):
     score: float | None = Field(None, description="Relevance of a search result (higher is better).")
 
 
+PREVIEW_CHARS = 200
+"""How much of a stored memory's text ``memory_add`` answers with (its start)."""
+
+
+class AddedMemory(BaseModel):
+    """What ``memory_add`` returns: the stored memory without its whole text (the caller has it)."""
+
+    id: str = Field(description="The memory's id (pass it to memory_delete).")
+    preview: str = Field(
+        description=f"The start of the remembered text (at most {PREVIEW_CHARS} characters, '…' when cut)."
+    )
+    characters: int = Field(description="How long the remembered text is, in characters.")
+    importance: float = Field(description="0 (trivial) to 1 (critical).")
+    tags: list[str] = Field(description="Labels.")
+    tier: str = Field(
+        description=(
+            "The tier of this copy: short, medium or long. A memory stored with an importance at or above "
+            "the long-term threshold comes back as short but also has a long-term copy."
+        )
+    )
+    created_at: float = Field(description="When it was stored, seconds since the epoch.")
+
+
+def _preview(text: str) -> str:
+    """The start of ``text``: whole up to :data:`PREVIEW_CHARS` characters, else cut with '…'."""
+    if len(text) <= PREVIEW_CHARS:
+        return text
+    return text[: PREVIEW_CHARS - 1].rstrip() + "…"
+
+
 class SearchResults(BaseModel):
     """What ``memory_search`` returns."""
 
@@ -260,7 +290,7 @@ def _require_mcp() -> type[MCPServer[Any]]:
 
 @functools.cache
 def _server_class(base: type[MCPServer[Any]]) -> type[MCPServer[Any]]:
-    """``base`` whose answer to an unknown tool names the tools there are.
+    """``base`` whose answer to an unknown tool names the tools there are, served over our stdio transport.
 
     As the SDK answers it (and as ours is documented): a ``CallToolResult`` with ``isError`` saying
     "Unknown tool: NAME", which the model reads (the specification's example is the JSON-RPC error
@@ -280,6 +310,18 @@ def _server_class(base: type[MCPServer[Any]]) -> type[MCPServer[Any]]:
                 if name in names:
                     raise
                 raise ToolError(f"Unknown tool: {name}; available tools: {', '.join(names)}") from None
+
+        async def run_stdio_async(self) -> None:
+            """Serve over stdio with the transport ``context-manager mcp serve`` uses (:func:`_serve_stdio`).
+
+            The SDK's own cancelled the calls in flight when the client closed stdin (answering them
+            "Connection closed", a ``memory_add`` maybe half stored), ignored Ctrl-C until stdin closed
+            and dropped a line that is no JSON-RPC message unanswered.
+            """
+            if getattr(self, "_lowlevel_server", None) is None:  # pragma: no cover - an SDK without it
+                await super().run_stdio_async()
+                return
+            await _serve_stdio(self)
 
     return cast("type[MCPServer[Any]]", ContextManagerMCPServer)
 
@@ -387,6 +429,34 @@ def _hide_storage(text: str, handle: _MemoryHandle) -> str:
 _IMPORTANCE_TEXT = "0 (trivial) to 1 (critical); {threshold:g}+ is kept long-term."
 
 
+def _out_of_range(arguments: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Problems of the numbers in ``arguments`` outside their schema's ``minimum`` / ``maximum``.
+
+    Said with the whole range (``limit: got 500; expected an integer from 1 to 50``): pydantic named one
+    bound, and a huge number (``1e300``) got its parser's words ("Unable to parse input string as an
+    integer, exceeded maximum size") instead of the range.
+    """
+    problems: list[str] = []
+    for name, value in arguments.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # the type check answers for other values
+        spec = schema.get("properties", {}).get(name) or {}
+        low, high = spec.get("minimum"), spec.get("maximum")
+        if low is None and high is None:
+            continue
+        if value == value and (low is None or value >= low) and (high is None or value <= high):
+            continue  # in range (NaN is not: it compares false)
+        kind = "an integer" if spec.get("type") == "integer" else "a number"
+        if low is not None and high is not None:
+            allowed = f"{kind} from {low:g} to {high:g}"
+        elif low is not None:
+            allowed = f"{kind} of at least {low:g}"
+        else:
+            allowed = f"{kind} of at most {high:g}"
+        problems.append(f"{name}: got {describe_value(value)}; expected {allowed}")
+    return problems
+
+
 def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
     """The memory tools, whose arguments are checked strictly (an unknown one is an error, not ignored)."""
     from mcp.server.mcpserver.exceptions import ToolError
@@ -401,8 +471,9 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             # checks a declared schema): pydantic's lax mode would turn "3" or true into a limit. The
             # SDK's parsing of a list sent as a JSON string (Claude Desktop does) comes before, as it
             # intends.
-            problems = check_arguments_against_schema(
-                self.fn_metadata.pre_parse_json(arguments), self.parameters
+            parsed = self.fn_metadata.pre_parse_json(arguments)
+            problems = check_arguments_against_schema(parsed, self.parameters) or _out_of_range(
+                parsed, self.parameters
             )
             if problems:
                 raise ToolError(f"invalid arguments for tool {self.name!r}: " + "; ".join(problems))
@@ -431,8 +502,12 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             Field(ge=0.0, le=1.0, description=_IMPORTANCE_TEXT.format(threshold=0.7)),
         ] = 0.5,
         tags: Annotated[list[str] | None, Field(description="Labels to find it by.")] = None,
-    ) -> MemoryItem:
-        """Store a fact about the user or the work, durably (important ones also in long-term memory)."""
+    ) -> AddedMemory:
+        """Store a fact about the user or the work, durably (important ones also in long-term memory).
+
+        Answers with the new memory's id and the start of its text, not the whole text: the caller sent
+        it, and a long memory would come back twice (structured and as text) into the model's context.
+        """
         try:
             stored = await traced_call(
                 handle.telemetry,
@@ -445,7 +520,15 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
             )
         except ContextManagerError as error:
             raise _tool_error(error, handle) from None
-        return _item(stored)
+        return AddedMemory(
+            id=stored.id,
+            preview=_preview(stored.content),
+            characters=len(stored.content),
+            importance=stored.importance,
+            tags=list(stored.tags),
+            tier=stored.tier.value,
+            created_at=stored.created_at,
+        )
 
     async def memory_search(
         query: Annotated[str, Field(min_length=1, description="What to look for, in plain words.")],
@@ -1065,7 +1148,7 @@ async def _serve_stdio(server: Any) -> None:
 
     lowlevel = getattr(server, "_lowlevel_server", None)
     if lowlevel is None:  # pragma: no cover - an SDK without it: its own transport
-        await server.run_stdio_async()
+        await server.run_stdio_async()  # ours falls back to the SDK's own then
         return
     lines = _StdinLines()
     try:

@@ -307,6 +307,112 @@ async def test_an_anthropic_history_goes_in_and_comes_back_out_as_it_was(tmp_pat
         assert again.get_context(format="anthropic") == body
 
 
+async def test_anthropic_cache_control_is_kept_and_sent_back_where_its_block_is_unchanged(
+    tmp_path: Path,
+) -> None:
+    """``cache_control`` on imported Anthropic blocks (the prompt-cache breakpoints a client set) was
+    dropped: the export of the same history cached nothing. A breakpoint on the block that ends a message
+    (a user turn's last text, a ``tool_result``, an assistant turn's last call or text) is kept in the
+    message's metadata and put back on that message's block by the Anthropic export, through the real
+    Anthropic client; the OpenAI export leaves it out, a message the window cut loses it."""
+    from anthropic import AsyncAnthropic
+
+    from context_manager.core.compression.truncation import TRUNCATED_METADATA_KEY
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY, Message
+    from context_manager.core.provider_formats import to_anthropic_messages
+    from tests.chat_completions_server import running_server
+    from tests.provider_rules import anthropic_violations
+
+    ephemeral = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}
+    history: list[dict[str, Any]] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Long instructions.", "cache_control": ephemeral},  # not its last
+                {"type": "text", "text": "Weather in Paris?", "cache_control": hour},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Checking."}, {**call, "cache_control": hour}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": "21 °C",
+                    "cache_control": ephemeral,
+                }
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "21 °C in Paris.", "cache_control": ephemeral}],
+        },
+        {"role": "user", "content": [{"type": "text", "text": "Thanks!"}]},
+    ]
+    anthropic_accepts({"messages": history})
+    settings = config(tmp_path)
+    async with EnhancedContextManager(settings, conversation_id="cached") as manager:
+        assert await manager.add_messages(history) == 5
+        kept = [m.metadata.get(ANTHROPIC_CACHE_CONTROL_METADATA_KEY) for m in manager.messages]
+        assert kept == [hour, hour, ephemeral, ephemeral, None]
+        body = manager.get_context(format="anthropic")
+        assert anthropic_violations(body) == []
+        turns = body["messages"]
+        assert turns[0]["content"] == [
+            {"type": "text", "text": "Long instructions.\nWeather in Paris?", "cache_control": hour}
+        ]
+        assert turns[1]["content"] == [{"type": "text", "text": "Checking."}, {**call, "cache_control": hour}]
+        assert turns[2]["content"][0]["cache_control"] == ephemeral
+        assert turns[3]["content"] == [
+            {"type": "text", "text": "21 °C in Paris.", "cache_control": ephemeral}
+        ]
+        assert "cache_control" not in turns[4]["content"][0]
+        assert "cache_control" not in json.dumps(manager.get_context("openai"))
+        with running_server() as server:
+            client = AsyncAnthropic(base_url=server.anthropic_base_url, api_key="test-key", max_retries=0)
+            await client.messages.create(model="claude-test", max_tokens=50, messages=turns)
+            await client.close()
+            assert server.requests[-1].body["messages"] == turns  # sent as exported
+    async with EnhancedContextManager(settings, conversation_id="cached") as again:
+        assert again.get_context(format="anthropic") == body  # persisted with the messages
+    async with EnhancedContextManager(config(tmp_path / "round-trip")) as copy:
+        assert await copy.add_messages(body["messages"]) == 5  # the export goes back in as it came out
+        assert copy.get_context(format="anthropic") == body
+    # a message the window cut: its copy's text is not the block that was marked
+    cut = Message.create(
+        "user",
+        "Weather in [... 40 tokens omitted ...] Paris?",
+        metadata={
+            ANTHROPIC_CACHE_CONTROL_METADATA_KEY: ephemeral,
+            TRUNCATED_METADATA_KEY: {
+                "original_tokens": 50,
+                "omitted_tokens": 40,
+                "head_chars": 10,
+                "tail_chars": 7,
+            },
+        },
+    )
+    assert "cache_control" not in to_anthropic_messages([cut])["messages"][0]["content"][0]
+    # the API takes at most 4 breakpoints in a request: the latest 4 are sent
+    many = [
+        Message.create("user", f"Question {n}", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: ephemeral})
+        for n in range(6)
+    ]
+    [turn] = to_anthropic_messages(many)["messages"]
+    assert ["cache_control" in block for block in turn["content"]] == [False, False, True, True, True, True]
+    with pytest.raises(InvalidMessageError, match=r"^messages\[0\]\.content\[0\]\.cache_control: got 'yes'"):
+        async with EnhancedContextManager(config(tmp_path / "bad")) as manager:
+            await manager.add_messages(
+                [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": "yes"}]}]
+            )
+
+
 async def test_an_anthropic_response_object_goes_in_as_its_assistant_turn(tmp_path: Path) -> None:
     response = anthropic_response(CALLING)
     async with EnhancedContextManager(config(tmp_path)) as manager:
@@ -546,6 +652,51 @@ async def test_an_empty_reasoning_field_is_not_kept(tmp_path: Path, empty: dict[
         assert await manager.add_messages([message.model_dump()]) == 1
         assert manager.messages[1].metadata == {}
         assert not any("reasoning" in key for m in manager.get_context("openai") for key in m)
+
+
+async def test_an_empty_reasoning_content_is_kept_as_present_and_sent_back(tmp_path: Path) -> None:
+    """DeepSeek's thinking mode wants ``reasoning_content`` back on a turn that called tools, even when
+    the model's reasoning was empty (``""``); the window dropped an empty one as absent, so the export
+    sent the turn without the field. ``""`` is kept now (``None`` still means none), and sent back."""
+    from langchain_core.messages import AIMessage
+
+    message = reasoning_server_response(reasoning_content="").choices[0].message
+    settings = config(tmp_path)
+    async with EnhancedContextManager(settings, conversation_id="deepseek-empty") as manager:
+        await manager.add_message("user", "Weather in Paris?")
+        assert await manager.add_messages([message]) == 1
+        await manager.add_message("tool", "21 °C", tool_call_id="call_1")
+        assert await manager.add_messages([message.model_dump()]) == 1
+        await manager.add_message("tool", "22 °C", tool_call_id="call_1")
+        langchain = AIMessage(
+            "",
+            additional_kwargs={"reasoning_content": ""},
+            tool_calls=[{"name": "weather", "args": {}, "id": "call_2"}],
+        )
+        assert await manager.add_messages([langchain]) == 1
+        await manager.add_message("tool", "23 °C", tool_call_id="call_2")
+        await manager.add_message("assistant", "Sunny, 22 °C.")  # none given: none invented
+        for index in (1, 3, 5):
+            assert manager.messages[index].metadata == {REASONING_METADATA_KEY: {"reasoning_content": ""}}
+        exported = manager.get_context("openai")
+        assert [m.get("reasoning_content") for m in exported] == [None, "", None, "", None, "", None, None]
+        assert ["reasoning_content" in m for m in exported] == [
+            False,
+            True,
+            False,
+            True,
+            False,
+            True,
+            False,
+            False,
+        ]
+        assert openai_violations(exported) == []
+        chat_completions_input(exported)
+    async with EnhancedContextManager(settings, conversation_id="deepseek-empty") as again:
+        assert again.get_context("openai") == exported  # persisted as it was
+    async with EnhancedContextManager(config(tmp_path / "round-trip")) as copy:
+        assert await copy.add_messages(exported) == len(exported)
+        assert copy.get_context("openai") == exported
 
 
 async def test_kept_reasoning_counts_against_the_token_budget(tmp_path: Path) -> None:

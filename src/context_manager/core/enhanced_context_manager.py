@@ -1692,8 +1692,12 @@ def _without_empty_response_fields(role: str, options: dict[str, Any]) -> dict[s
         key: value
         for key, value in options.items()
         # None, [], "" and {}: not used; annotations (a search model's url citations) are output only,
-        # which no request takes back (the Responses API import leaves its text parts' out too)
-        if key not in _OPENAI_RESPONSE_FIELDS or (value and key not in _IGNORED_RESPONSE_FIELDS)
+        # which no request takes back (the Responses API import leaves its text parts' out too). But an
+        # empty reasoning_content is kept: DeepSeek's thinking mode wants the field back on a turn that
+        # called tools even when its reasoning was empty, and "" is not "absent"
+        if key not in _OPENAI_RESPONSE_FIELDS
+        or (value and key not in _IGNORED_RESPONSE_FIELDS)
+        or (key == "reasoning_content" and value == "" and type(value) is str)
     }
 
 
@@ -1727,7 +1731,8 @@ def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
     (url citations) are ignored whatever they hold: output only, no request takes them back. The
     reasoning an OpenAI-compatible server adds to an assistant message (``reasoning_content`` of DeepSeek
     and vLLM, ``reasoning`` of vLLM and OpenRouter, OpenRouter's ``reasoning_details``) is kept, when not
-    empty, in the message's metadata under ``REASONING_METADATA_KEY``: the OpenAI export writes it back
+    empty (``reasoning_content`` also when ``""``, which DeepSeek wants back as it came), in the message's
+    metadata under ``REASONING_METADATA_KEY``: the OpenAI export writes it back
     (DeepSeek's thinking mode refuses a request without the reasoning of a turn that called tools). Any
     other value of them is refused as an unknown keyword (the window has nowhere to keep it).
     """

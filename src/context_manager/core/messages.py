@@ -25,6 +25,7 @@ from context_manager.core.errors import InvalidMessageError, InvalidPriorityErro
 from context_manager.core.text import encodable
 
 __all__ = [
+    "ANTHROPIC_CACHE_CONTROL_METADATA_KEY",
     "REASONING_METADATA_KEY",
     "Message",
     "Priority",
@@ -358,7 +359,9 @@ REASONING_METADATA_KEY = "context_manager.openai_reasoning"
 
 A dict of the message's reasoning fields as the server sent them: ``reasoning_content`` (DeepSeek, vLLM),
 ``reasoning`` (vLLM, OpenRouter), ``reasoning_details`` (OpenRouter). ``add_message`` / ``add_messages``
-keep them there (an assistant message's fields of that name, when not empty); the OpenAI export writes
+keep them there (an assistant message's fields of that name, when not empty; ``reasoning_content`` also
+when it is ``""``: DeepSeek's thinking mode wants the field back on a turn that called tools, even empty, and
+an empty one is not an absent one); the OpenAI export writes
 them back on the message, as DeepSeek's thinking mode requires after a tool call. Counted against the token
 budget (the strings, ``reasoning_details`` as JSON). Named as the window's own keys are
 (``context_manager.summary`` ...): a user's metadata keeps every other key free-form."""
@@ -366,13 +369,34 @@ REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 """The reasoning fields of an OpenAI-compatible server's assistant message, in the order they are kept."""
 _REASONING = (
     "on an assistant message, a dict of the reasoning an OpenAI-compatible server sent: 'reasoning_content' "
-    "and 'reasoning' non-empty strings, 'reasoning_details' a non-empty list of JSON objects"
+    "a string, 'reasoning' a non-empty string, 'reasoning_details' a non-empty list of JSON objects"
 )
+
+
+ANTHROPIC_CACHE_CONTROL_METADATA_KEY = "context_manager.anthropic_cache_control"
+"""The ``metadata`` key of the ``cache_control`` an imported Anthropic content block carried.
+
+Set by the Anthropic import (``add_messages`` of Anthropic turns) on the message whose last block carried
+it: a user message's last text block, a ``tool_result`` block, an assistant turn's last block (its text,
+or its last ``tool_use``). The Anthropic export puts it back on that message's last block, unless the
+window cut the message (its copy's text is not the block that was marked); the other exports leave it out.
+The value is the ``cache_control`` object as given (``{"type": "ephemeral"}``, maybe with a ``ttl``)."""
+_CACHE_CONTROL = "a JSON object with a string 'type' (Anthropic's cache_control, e.g. {'type': 'ephemeral'})"
+
+
+def check_cache_control(value: Any) -> None:
+    """Check a ``cache_control`` kept under :data:`ANTHROPIC_CACHE_CONTROL_METADATA_KEY`.
+
+    Raises:
+        InvalidMessageError: not a dict with a string ``type``.
+    """
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise InvalidMessageError(f"metadata.{ANTHROPIC_CACHE_CONTROL_METADATA_KEY}", value, _CACHE_CONTROL)
 
 
 _REASONING_KEY_FIELD = f"metadata.{REASONING_METADATA_KEY}"
 _REASONING_FIELD = {
-    "reasoning_content": "a non-empty string: the reasoning an OpenAI-compatible server sent",
+    "reasoning_content": "a string (empty too): the reasoning an OpenAI-compatible server sent",
     "reasoning": "a non-empty string: the reasoning an OpenAI-compatible server sent",
     "reasoning_details": "a non-empty list of JSON objects: the reasoning details OpenRouter sent",
 }
@@ -393,7 +417,9 @@ def check_reasoning(value: Any, role: Role, *, given_as_fields: bool = False) ->
     if not isinstance(value, dict) or not value:
         raise InvalidMessageError(_REASONING_KEY_FIELD, value, _REASONING)
     for key, item in value.items():
-        if key in ("reasoning_content", "reasoning"):
+        if key == "reasoning_content":  # "" too: DeepSeek wants the field back as it came, even empty
+            valid = isinstance(item, str)
+        elif key == "reasoning":
             valid = isinstance(item, str) and item != ""
         elif key == "reasoning_details":
             valid = isinstance(item, list) and bool(item) and all(isinstance(entry, dict) for entry in item)
@@ -556,6 +582,8 @@ class Message:
             _check_json(metadata, "metadata")
             if REASONING_METADATA_KEY in metadata:
                 check_reasoning(metadata[REASONING_METADATA_KEY], parsed_role)
+            if ANTHROPIC_CACHE_CONTROL_METADATA_KEY in metadata:
+                check_cache_control(metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY])
         if name is not None and not _is_label(name):
             raise InvalidMessageError("name", name, "None or " + _LABEL)
         calls: tuple[ToolCall, ...] = ()

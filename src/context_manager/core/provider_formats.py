@@ -40,7 +40,8 @@ Exports are deterministic and depend only on the messages before them, so append
 appends to the export: an OpenAI export is a list prefix of the next one, and an Anthropic export
 differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
 the placeholder user turn of a request with nothing but system messages is replaced by the first message;
-a system message added joins the top-level ``system``, which changes then).
+a system message added joins the top-level ``system``, which changes then; past 4 imported
+``cache_control`` breakpoints, the earliest loses its ``cache_control``).
 Provider prompt caches keep hitting until the next compression.
 
 Example:
@@ -58,6 +59,7 @@ from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import (
+    ANTHROPIC_CACHE_CONTROL_METADATA_KEY,
     REASONING_FIELDS,
     REASONING_METADATA_KEY,
     Message,
@@ -462,7 +464,8 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             if fields.get("tool_calls"):
                 message["tool_calls"] = list(fields["tool_calls"])
             extra = fields.get("additional_kwargs")
-            if isinstance(extra, Mapping) and extra.get("reasoning_content"):  # langchain-deepseek's
+            # langchain-deepseek's; an empty one too (DeepSeek wants the field back as it came)
+            if isinstance(extra, Mapping) and isinstance(extra.get("reasoning_content"), str):
                 message["reasoning_content"] = extra["reasoning_content"]
         elif role == "tool":
             message["tool_call_id"] = fields.get("tool_call_id")
@@ -610,10 +613,11 @@ def _as_block(part: Any) -> Any:
 def is_anthropic_message(item: Any) -> bool:
     """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
 
-    A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block, or an SDK
-    block object; or the SDK's response ``Message`` (``type == "message"``, its blocks objects), or its
-    ``model_dump()`` (a ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item
-    holds ``output_text`` / ``input_text`` parts).
+    A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block (or, on a
+    user or assistant turn, a text block with a ``cache_control``), or an SDK block object; or the SDK's
+    response ``Message`` (``type == "message"``, its blocks objects), or its ``model_dump()`` (a
+    ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item holds ``output_text``
+    / ``input_text`` parts).
     """
     if type(item) is dict and type(item.get("content")) is str:  # the common case, quickly: text
         return False
@@ -631,7 +635,12 @@ def is_anthropic_message(item: Any) -> bool:
         return True
     for part in content:
         if isinstance(part, Mapping):
-            if part.get("type") in _ANTHROPIC_ONLY_BLOCKS:
+            kind = part.get("type")
+            if kind in _ANTHROPIC_ONLY_BLOCKS:
+                return True
+            # a text block with a cache breakpoint: read as Anthropic's, which keeps it (a user or
+            # assistant turn; a system message's parts stay Chat Completions text)
+            if kind == "text" and part.get("cache_control") is not None and _turn_role(item) in _TURN_ROLES:
                 return True
         elif getattr(part, "type", None) in _ANTHROPIC_BLOCK_TYPES:  # an SDK block object (TextBlock ...)
             return True
@@ -639,6 +648,7 @@ def is_anthropic_message(item: Any) -> bool:
 
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
+_TURN_ROLES = frozenset({"user", "assistant"})
 
 
 def _is_anthropic_response_dump(item: Mapping[str, Any]) -> bool:
@@ -670,7 +680,11 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     one turn, which comes back as one message; exported again, it holds their texts as one text block).
     A user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` alone is left out where the export inserts one (the
     first turn, before an assistant turn or alone; between two assistant turns that both hold thinking):
-    elsewhere it is a user message, as it was before its export. Other
+    elsewhere it is a user message, as it was before its export. A ``cache_control`` on the block that ends
+    a message (a user turn's last text block, a ``tool_result``, an assistant turn's last ``tool_use``, or
+    its last text when it made no call) is kept under
+    :data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY` in that message's metadata
+    (the Anthropic export puts it back); one on another block is dropped. Other
     keys of a dict turn (``priority``, ``metadata`` ...) go to its message as ``add_message``'s options; a
     response's own fields (``id``, ``usage`` ...) are left out.
 
@@ -777,6 +791,39 @@ def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any])
         message["tool_calls"] = calls
     if thinking:
         message["thinking"] = blocks  # its thinking blocks, and the places of the calls between them
+    # a cache breakpoint on the turn's last block: the export's last block of this message is the same
+    # one (its last call; its text when it made none)
+    last = blocks[-1] if blocks else None
+    if isinstance(last, Mapping) and (
+        last.get("type") == "tool_use" or (last.get("type") == "text" and not calls)
+    ):
+        cache_control = _cache_control(last, f"{field}[{len(blocks) - 1}]")
+        if cache_control is not None:
+            message = _with_cache_control(message, cache_control)
+    return message
+
+
+def _cache_control(block: Mapping[str, Any], field: str) -> dict[str, Any] | None:
+    """The ``cache_control`` of an imported block (``None`` when it has none), checked."""
+    value = block.get("cache_control")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+        raise InvalidMessageError(
+            f"{field}.cache_control", value, "a JSON object with a string 'type' ({'type': 'ephemeral'})"
+        )
+    copied: dict[str, Any] = json_copy(dict(value))
+    return copied
+
+
+def _with_cache_control(message: dict[str, Any], cache_control: dict[str, Any]) -> dict[str, Any]:
+    """``message`` (an ``add_messages`` dict) keeping ``cache_control`` in its metadata."""
+    metadata = message.get("metadata")
+    if metadata is None or isinstance(metadata, Mapping):  # anything else: refused as it is
+        message = {
+            **message,
+            "metadata": {**(metadata or {}), ANTHROPIC_CACHE_CONTROL_METADATA_KEY: cache_control},
+        }
     return message
 
 
@@ -784,11 +831,13 @@ def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> l
     messages: list[dict[str, Any]] = []
     texts: list[str] = []
     cited = False
+    text_cache: dict[str, Any] | None = None  # the last text block's cache_control: the message's block
     for index, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
             cited = cited or bool(block.get("citations"))
+            text_cache = _cache_control(block, f"{field}[{index}]")
         elif kind == "tool_result":
             content = block.get("content", "")
             if isinstance(content, list):
@@ -804,11 +853,15 @@ def _anthropic_user(blocks: list[Any], field: str, options: dict[str, Any]) -> l
             }
             if block.get("is_error") is True:
                 result["metadata"] = {"is_error": True}
+            cache_control = _cache_control(block, f"{field}[{index}]")
+            if cache_control is not None:
+                result = _with_cache_control(result, cache_control)
             messages.append(result)
         else:
             raise InvalidMessageError(f"{field}[{index}]", block, _ANTHROPIC_BLOCKS)
     if texts:
-        messages.append({**options, "role": "user", "content": joined_text(texts, cited)})
+        said = {**options, "role": "user", "content": joined_text(texts, cited)}
+        messages.append(said if text_cache is None else _with_cache_control(said, text_cache))
     elif options:  # a turn of results alone: its options go to each of them
         messages = [_with_options(message, options) for message in messages]
     return messages
@@ -824,6 +877,26 @@ def _with_options(message: dict[str, Any], options: dict[str, Any]) -> dict[str,
 def _is_error_result(message: Message) -> bool:
     flag = message.metadata.get("is_error")
     return flag is True
+
+
+def _put_cache_control(
+    blocks: list[dict[str, Any]], metadata: dict[str, Any], marked: list[dict[str, Any]]
+) -> None:
+    """Put a message's imported cache breakpoint back on its last block (and note it in ``marked``).
+
+    Not on a message the window cut (its copy's text is not the block that was marked), nor on a thinking
+    block (which takes none).
+    """
+    if blocks[-1]["type"] in _CACHEABLE_BLOCK_TYPES and _TRUNCATED_METADATA_KEY not in metadata:
+        blocks[-1]["cache_control"] = json_copy(metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY])
+        marked.append(blocks[-1])
+
+
+_CACHEABLE_BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result"})
+_TRUNCATED_METADATA_KEY = "context_manager.truncated"
+""":data:`context_manager.core.compression.truncation.TRUNCATED_METADATA_KEY` (a cut copy's mark)."""
+ANTHROPIC_MAX_CACHE_BREAKPOINTS = 4
+"""The most ``cache_control`` blocks an Anthropic request takes; an export keeps the latest this many."""
 
 
 def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, str]) -> list[dict[str, Any]]:
@@ -895,10 +968,14 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     blocks open its turn (interleaved with its calls: in the
     response's order); two assistant messages in a row that both hold thinking stay two turns, a user turn
     of :data:`ANTHROPIC_CONTINUATION_TEXT` between them (one turn would hold a run of thinking no response
-    made, which the API refuses in a tool-use turn).
+    made, which the API refuses in a tool-use turn). A ``cache_control`` the import kept
+    (:data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY`) goes back on its
+    message's last block, except on a message the window cut; at most the latest
+    :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` (the API's limit), so an append may take an earlier one away.
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
+    marked: list[dict[str, Any]] = []  # the blocks given back an imported cache_control
     paired = paired_for_provider(messages)
     ids = _valid_names(call.id for message in paired for call in message.tool_calls)
     names = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
@@ -925,6 +1002,8 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
         blocks = _anthropic_blocks(message, ids, names)
         if not blocks:
             continue
+        if message.metadata and ANTHROPIC_CACHE_CONTROL_METADATA_KEY in message.metadata:
+            _put_cache_control(blocks, message.metadata, marked)
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
         if turns and turns[-1]["role"] == role and message.thinking and _has_thinking(turns[-1]["content"]):
@@ -943,6 +1022,8 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
                 turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    for block in marked[:-ANTHROPIC_MAX_CACHE_BREAKPOINTS]:  # the API refuses more: the latest stay
+        del block["cache_control"]
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
     body: dict[str, Any] = {}
