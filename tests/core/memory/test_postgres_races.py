@@ -820,3 +820,62 @@ async def test_a_delete_the_server_refuses_keeps_the_memorys_access_history(post
         await _refuse_deletes(postgres_dsn, False)
         await manager.flush()
         assert [row["access_count"] for row in await _rows(postgres_dsn, memory.id)] == [3, 3]
+
+
+async def test_accesses_recorded_by_several_processes_all_count(postgres_dsn: str) -> None:
+    """Each process's searches add to a memory's access count: the other processes' are not overwritten.
+
+    Two processes searched a memory three times each before writing their batches: its count was 3 (the
+    higher of the two absolute counts), not 6, so a memory used through four workers counted about a
+    quarter of its uses (promotion to long-term and the ranking's access signal lagged accordingly).
+    """
+    async with (
+        MemoryManager(postgres_config(postgres_dsn)) as first,
+        MemoryManager(postgres_config(postgres_dsn)) as second,
+    ):
+        stored = await first.add_memory("the walrus sings at dawn", user_id="ana")
+        for manager in (first, second):
+            for _ in range(3):
+                assert [m.id for m in await manager.search_memory("walrus", user_id="ana")] == [stored.id]
+        await first.flush()
+        await second.flush()
+        # every stored copy (a memory used this often also gets a long-term copy)
+        assert {row["access_count"] for row in await _rows(postgres_dsn, stored.id)} == {6}
+        for _ in range(2):
+            await second.search_memory("walrus", user_id="ana")
+        await second.flush()
+        assert {row["access_count"] for row in await _rows(postgres_dsn, stored.id)} == {8}
+
+
+async def test_an_access_batch_retried_after_its_commit_is_not_counted_twice(postgres_dsn: str) -> None:
+    """A batch whose commit went through but whose acknowledgement was lost is not added again.
+
+    The first attempt's commit is made to look failed (the connection is closed just after it, as a
+    server restart or a network cut does), so the bounded retry runs the batch again.
+    """
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        stored = await manager.add_memory("the walrus sings at dawn", user_id="ana")
+        backend = _backend(manager)
+        database = backend.database
+        original_run = database.run
+        lost: list[bool] = []
+
+        async def run_losing_the_first_acknowledgement(operation: Any, what: str, **options: Any) -> Any:
+            async def once(connection: psycopg.AsyncConnection[Any]) -> Any:
+                result = await operation(connection)
+                if what == "access update" and not lost:
+                    lost.append(True)
+                    await connection.close()  # committed, then the connection is gone: no acknowledgement
+                    raise psycopg.OperationalError("the connection was lost")
+                return result
+
+            return await original_run(once, what, **options)
+
+        database.run = run_losing_the_first_acknowledgement  # type: ignore[method-assign]
+        try:
+            await manager.search_memory("walrus", user_id="ana")
+            await manager.flush()
+        finally:
+            database.run = original_run  # type: ignore[method-assign]
+        assert lost == [True]
+        assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]

@@ -247,6 +247,23 @@ class BackendStats:
 
 
 @runtime_checkable
+class AccessCounter(Protocol):
+    """A storage several processes write at once: accesses are added to the stored count, not set.
+
+    Each process batches its searches' accesses; writing its own absolute count (the one it read plus its
+    accesses) would overwrite what the other processes added meanwhile.
+    """
+
+    async def add_accesses(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Record ``id -> (last_accessed, accesses since the last batch)`` in every tier holding the id.
+
+        The time never goes back; the accesses are added to the stored count, once even when the batch is
+        retried after a commit whose acknowledgement was lost.
+        """
+        ...
+
+
+@runtime_checkable
 class MemoryBackend(Protocol):
     """Storage of the three memory tiers (see the module docstring)."""
 

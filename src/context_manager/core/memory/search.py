@@ -391,7 +391,8 @@ class MemorySearch(TierMovement):
     def _record_access(self, memory: Memory, now: float, score: float) -> Memory:
         pending = self._pending_touches.get(memory.id)
         count = max(memory.access_count, pending[1] if pending else 0) + 1
-        self._pending_touches[memory.id] = (now, count, memory.user_id)
+        added = (pending[2] if pending else 0) + 1  # this process's accesses since the last batch
+        self._pending_touches[memory.id] = (now, count, added, memory.user_id)
         if memory.tier is not MemoryTier.LONG:
             self._touched_volatile.add(memory.id)
             memory.access_count = count  # the in-process object; persisted with the next batch

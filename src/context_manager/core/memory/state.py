@@ -112,7 +112,7 @@ class ManagerState:
         self._write_tracker = WriteTracker(self._clock)  # outcomes of writes, for health checks
         self._index_report: dict[str, Any] | None = None  # the last integrity check or index rebuild
         # search hits not yet written: id -> (last accessed, access count, the memory's user id)
-        self._pending_touches: dict[str, tuple[float, int, str | None]] = {}
+        self._pending_touches: dict[str, tuple[float, int, int, str | None]] = {}
         # the ids of _pending_touches whose copy found was short- or medium-term: only they can be promoted,
         # so a flush reads back only their copies (reading every touched long-term row cost 9 ms at 100k)
         self._touched_volatile: set[str] = set()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from context_manager.core.errors import StorageError
-from context_manager.core.memory.backend import TIER_ORDER, tier_value
+from context_manager.core.memory.backend import TIER_ORDER, AccessCounter, tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
 
@@ -405,7 +405,12 @@ class TierMovement(ManagerState):
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
-        await backend.touch({memory_id: (at, count) for memory_id, (at, count, _) in pending.items()})
+        if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
+            await backend.add_accesses(
+                {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
+            )
+        else:
+            await backend.touch({memory_id: (at, count) for memory_id, (at, count, _, _) in pending.items()})
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
         # the copies of those found in short- or medium-term are read back (at 100k memories, reading every
         # touched long-term row held the loop about 9 ms per flush)

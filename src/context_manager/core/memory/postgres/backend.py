@@ -211,6 +211,21 @@ _TOUCH = (
     "access_count = greatest(m.access_count, u.access_count) "
     "FROM locked JOIN u ON u.id = locked.id WHERE m.id = locked.id AND m.tier = locked.tier RETURNING 1"
 )
+# accesses added to the stored count (several processes count one memory's uses): the rows are locked first,
+# in the order every statement changing several memories locks them, then the attempts before this one
+# (a commit whose acknowledgement was lost) are looked up, so a batch is counted once
+_LOCK_TOUCHED = "SELECT 1 FROM cm_memories WHERE id = ANY(%s) ORDER BY id, tier FOR UPDATE"
+_ATTEMPT_COMMITTED = (
+    "SELECT coalesce(bool_or(pg_xact_status(x) = 'committed'), false) FROM unnest(%s::text[]::xid8[]) AS x"
+)
+_ATTEMPT_ID = "SELECT pg_current_xact_id()::text"
+_ADD_ACCESSES = (
+    "WITH u AS MATERIALIZED (SELECT * FROM unnest(%(ids)s::text[], %(at)s::double precision[], "
+    "%(added)s::bigint[]) AS u(id, last_accessed, added)) "
+    "UPDATE cm_memories AS m SET last_accessed = greatest(m.last_accessed, u.last_accessed), "
+    f"access_count = least(m.access_count::bigint + u.added, {2**31 - 1})::integer "
+    "FROM u WHERE m.id = u.id"
+)
 _INSERT_COUNTED = _INSERT + " RETURNING (xmax = 0)"  # true for a new row, false for a replaced one
 _MOVE = (
     "INSERT INTO cm_memories (id, tier, owner, user_id, content, importance, tags, tags_text, created_at, "
@@ -881,6 +896,38 @@ class PostgresBackend:
         ids = list(updates)
         parameters = {"ids": ids, "at": [updates[i][0] for i in ids], "counts": [updates[i][1] for i in ids]}
         await self._fetch(_TOUCH, parameters, "access update")
+
+    async def add_accesses(self, updates: Mapping[str, tuple[float, int]]) -> None:
+        """Add ``id -> (last_accessed, accesses)`` to every stored copy (see :class:`AccessCounter`).
+
+        Each attempt records its transaction id before it writes; a retry (the connection was lost, maybe
+        after the commit) first asks the server whether an earlier attempt committed, and then writes nothing.
+        """
+        if not updates:
+            return
+        ids = sorted(updates)
+        parameters = {
+            "ids": ids,
+            "at": [updates[i][0] for i in ids],
+            "added": [updates[i][1] for i in ids],
+        }
+        attempts: list[str] = []
+
+        async def run(connection: psycopg.AsyncConnection[Any]) -> None:
+            async with connection.transaction():
+                await connection.execute(_LOCK_TOUCHED, (ids,))
+                if attempts:  # the rows are locked: an earlier attempt has committed or never will
+                    cursor = await connection.execute(_ATTEMPT_COMMITTED, (attempts,))
+                    row = await cursor.fetchone()
+                    if row is not None and row[0]:
+                        return
+                cursor = await connection.execute(_ATTEMPT_ID)
+                row = await cursor.fetchone()
+                assert row is not None
+                attempts.append(str(row[0]))
+                await connection.execute(_ADD_ACCESSES, parameters)
+
+        await self.database.run(run, "access update")
 
     async def copies(self, ids: Sequence[str]) -> list[Memory]:
         """Every stored copy of the memories among ``ids``, fastest tier first per id."""
