@@ -200,3 +200,27 @@ async def test_a_cancelled_consolidation_is_done_whole_or_not_at_all(tmp_path: P
         tmp_path, "consolidate", prepare, consolidate, "quarterly report friday", separate, merged
     )
     assert done > 0
+
+
+async def test_a_cancelled_undo_of_a_consolidation_is_done_whole_or_not_at_all(tmp_path: Path) -> None:
+    texts = ["the boiler is serviced every march", "the boiler is serviced every march too"]
+
+    async def prepare(memory: MemoryManager) -> list[str]:
+        originals = [(await memory.add_memory(text, importance=0.9)).id for text in texts]
+        report = await memory.consolidate_memories(similarity_threshold=0.7)
+        return [*originals, *report["merged_ids"]]
+
+    async def undo(memory: MemoryManager, ids: list[str]) -> object:
+        return await memory.undo_consolidation(ids[2])
+
+    def merged(copies: Copies) -> bool:  # the merged memory and its two originals, superseded by it
+        superseded = {memory_id for memory_id, _, _, by in copies if by is not None}
+        return len({copy[0] for copy in copies}) == 3 and len(superseded) == 2
+
+    def undone(copies: Copies) -> bool:  # the two originals alone, neither superseded
+        return len({copy[0] for copy in copies}) == 2 and all(by is None for *_, by in copies)
+
+    not_done, done = await _check_whole_or_nothing(
+        tmp_path, "undo", prepare, undo, "boiler serviced march", merged, undone
+    )
+    assert done > 0
