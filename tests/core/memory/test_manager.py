@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -1410,3 +1411,26 @@ async def test_remember_messages_refuses_a_message_no_date_can_be_given(
     with pytest.raises(InvalidMemoryError, match="timestamp"):
         await manager.remember_messages([*good, bad])
     assert await manager.search_memory("fine message number") == []  # nothing written
+
+
+async def test_an_important_add_cancelled_part_way_keeps_its_long_term_copy(
+    config: ContextManagerConfig, backend_name: str
+) -> None:
+    """Cancelled between its short-term row and its long-term copy (an MCP client's cancel, a timeout), an
+    important memory stayed in short-term only, for good. A cancelled add is stored whole or not at all."""
+    async with MemoryManager(config) as memory:
+        for attempt in range(16):
+            add = asyncio.ensure_future(
+                memory.add_memory(f"ferry fact {attempt}: it leaves at nine", importance=0.9)
+            )
+            for _ in range(attempt % 8):
+                await asyncio.sleep(0)
+            add.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await add
+    async with MemoryManager(config) as memory:
+        assert memory.backend is not None
+        fast = await memory.backend.count(MemoryTier.SHORT) + await memory.backend.count(MemoryTier.MEDIUM)
+        assert fast == await memory.backend.count(MemoryTier.LONG)
+        if backend_name == "sqlite":  # most adds got to their first write before the cancel
+            assert fast > 0

@@ -27,6 +27,9 @@ async def test_every_tier_is_found_by_a_new_context_manager(tmp_path: Path) -> N
         }
         # overflow: the oldest, least important short-term memories move down to medium-term
         overflow = [await memory.add_memory(f"overflow filler {n} tapir", importance=0.1) for n in range(8)]
+        # the overflow moves in the background: read the tiers once it is over (a close waits for it too,
+        # so tiers read while it ran were not those the second manager finds)
+        await memory.flush()
         stats = await memory.get_memory_stats()
         assert stats["by_tier"]["medium"] > 1 and stats["by_tier"]["long"] == 2
         placed = {name: await memory.get_memory(m.id) for name, m in added.items()}

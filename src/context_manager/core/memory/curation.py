@@ -22,6 +22,7 @@ from context_manager.core.memory.validation import (
     check_user,
 )
 from context_manager.core.memory.write_health import records_write_outcome
+from context_manager.core.threads import to_the_end
 
 __all__ = ["MemoryCuration"]
 
@@ -108,7 +109,11 @@ class MemoryCuration(TierMovement):
             # each group at once, only if none of its originals was deleted, changed or merged by another
             # process since the scan (the originals themselves are not written back, only marked)
             self._unreserve(member.id for _, group in candidates for member in group)
-            done = await backend.merge(candidates) if candidates else []
+            # once begun, to its end (with the merged memories' vectors): cancelled part-way, the originals
+            # showed unmerged until the next open finished the merge; a cancelled caller waits for it
+            done = (
+                await to_the_end(asyncio.ensure_future(self._merge_locked(candidates))) if candidates else []
+            )
             for (merged, group), was_merged in zip(candidates, done, strict=True):
                 if not was_merged:
                     continue
@@ -121,14 +126,28 @@ class MemoryCuration(TierMovement):
                         "content": merged.content,
                     }
                 )
-            if merged_memories and self.embedder is not None:
-                await self._embed_and_store(merged_memories)
         return {
             "consolidated_count": len(superseded),
             "groups": report_groups,
             "merged_ids": [memory.id for memory in merged_memories],
             "examined": len(memories),
         }
+
+    async def _merge_locked(self, candidates: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
+        """Store the merges (:meth:`MemoryBackend.merge`) and the vectors of those made (with the locks)."""
+        done = await self._require("consolidate_memories").merge(candidates)
+        if self.embedder is not None:
+            made = [merged for (merged, _), was_merged in zip(candidates, done, strict=True) if was_merged]
+            if made:
+                await self._embed_and_store(made)
+        return done
+
+    async def _unmerge_locked(self, merged_id: str, original_ids: Sequence[str]) -> list[str]:
+        """Undo a merge and erase the merged memory (:meth:`undo_consolidation`); call with the locks."""
+        restored, merged_copies = await self._require("undo_consolidation").unmerge(merged_id, original_ids)
+        self._pending_touches.pop(merged_id, None)
+        await self._forget(merged_copies)
+        return restored
 
     @records_write_outcome
     async def undo_consolidation(self, merged_id: str) -> dict[str, Any]:
@@ -155,9 +174,11 @@ class MemoryCuration(TierMovement):
         backend = self._require("undo_consolidation")
         async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
             self._unreserve([merged_id, *merged.merged_from])
-            restored, merged_copies = await backend.unmerge(merged_id, merged.merged_from)
-            self._pending_touches.pop(merged_id, None)
-            await self._forget(merged_copies)
+            # once begun, to its end (a cancelled caller waits for it): never originals shown beside the
+            # merged memory until the next open
+            restored = await to_the_end(
+                asyncio.ensure_future(self._unmerge_locked(merged_id, merged.merged_from))
+            )
         return {"restored": restored, "deleted": merged_id}
 
     @records_write_outcome

@@ -71,6 +71,7 @@ from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.ranking import idf_corrections, prune_common_terms, uniform_correction
 from context_manager.core.memory.sqlite_store import DATABASE_FILE_NAME, SQLiteStore
 from context_manager.core.memory.store import MemoryStore, TurnKey
+from context_manager.core.threads import to_the_end
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -386,9 +387,44 @@ class LocalBackend:
             log.append(records)
 
     async def put_tiers(self, groups: Sequence[tuple[MemoryTier, Sequence[Memory]]]) -> None:
-        """See :meth:`MemoryBackend.put_tiers` (one process: the manager's write lock keeps others out)."""
-        for tier, memories in groups:
-            await self.put(tier, memories)
+        """See :meth:`MemoryBackend.put_tiers` (one process: the manager's write lock keeps others out).
+
+        Once begun it runs to its end: a caller cancelled meanwhile waits for it, then gets its
+        cancellation. (Cancelled between two groups, an important memory stayed in short-term without
+        its long-term copy, for good; cancelled during the long-term write, which its thread commits all
+        the same, the copy was not noted.) The common add, a few memories to one volatile tier with
+        nothing to wait for, never gives the loop a turn: it is written inline, without a task more.
+        """
+        written = [(tier, memories) for tier, memories in groups if memories]
+        if not written:
+            return
+        if len(written) == 1 and self._puts_inline(*written[0]):
+            await self.put(*written[0])
+            return
+
+        async def put_all() -> None:
+            for tier, memories in written:
+                await self.put(tier, memories)
+
+        await to_the_end(asyncio.ensure_future(put_all()))
+
+    def _puts_inline(self, tier: MemoryTier, memories: Sequence[Memory]) -> bool:
+        """Whether :meth:`put` of ``memories`` in ``tier`` runs without an await that yields to the loop.
+
+        A volatile tier, no fsync, no index work on the writer thread, small texts, none held in the
+        other volatile tier: the journal line and the index change are then written in one loop step.
+        """
+        if tier is MemoryTier.LONG or self._fsync or self._indexing is not None:
+            return False
+        store = self._volatile(tier)
+        other = self._volatile(MemoryTier.MEDIUM if tier is MemoryTier.SHORT else MemoryTier.SHORT)
+        chars = 0  # as the index change counts them: the new texts and those they replace
+        for memory in memories:
+            if memory.id in other:
+                return False
+            replaced = store.get(memory.id)
+            chars += len(memory.content) + (0 if replaced is None else len(replaced.content))
+        return chars <= _LARGE_WRITE_CHARS
 
     async def put(
         self,

@@ -30,6 +30,7 @@ from context_manager.core.memory.validation import (
     json_safe,
 )
 from context_manager.core.memory.write_health import records_write_outcome
+from context_manager.core.threads import to_the_end
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.backend import MemoryBackend
@@ -575,24 +576,32 @@ class MemoryWriting(TierMovement):
         target = None if tier is None else check_tier(tier)
         self._require("update_memory")
         async with self._write_lock:
-            backend = self._require("update_memory")
-            self._unreserve([memory_id])
-            before = await self._locate(memory_id) if content is not None else []
-            # only the fields given are written, to every copy where it is now (a copy another process moved
-            # meanwhile is changed where it went; a change another process made to another field stays);
-            # with a tier, the memory ends up there only; a memory another process deleted is not brought back
-            if not await backend.update([memory_id], changes, target):
-                raise MemoryNotFoundError(memory_id)
-            if before:
-                await self._echo_new_text(before[0], content)
-            if self.embedder is not None and content is not None:
-                copies = await self._locate(memory_id)
-                if copies:
-                    await self._embed_and_store(copies[:1])
+            # once begun, to its end: cancelled part-way, the memory's old long-term copy stayed beside the
+            # new one in another tier (the next open undid the update); a cancelled caller waits for it
+            await to_the_end(asyncio.ensure_future(self._update_locked(memory_id, changes, target, content)))
         result = await self.get_memory(memory_id)
         if result is None:  # another process sharing the storage deleted it since
             raise MemoryNotFoundError(memory_id)
         return result
+
+    async def _update_locked(
+        self, memory_id: str, changes: dict[str, Any], target: MemoryTier | None, content: str | None
+    ) -> None:
+        """The writes of :meth:`update_memory` (call with the write lock)."""
+        backend = self._require("update_memory")
+        self._unreserve([memory_id])
+        before = await self._locate(memory_id) if content is not None else []
+        # only the fields given are written, to every copy where it is now (a copy another process moved
+        # meanwhile is changed where it went; a change another process made to another field stays);
+        # with a tier, the memory ends up there only; a memory another process deleted is not brought back
+        if not await backend.update([memory_id], changes, target):
+            raise MemoryNotFoundError(memory_id)
+        if before:
+            await self._echo_new_text(before[0], content)
+        if self.embedder is not None and content is not None:
+            copies = await self._locate(memory_id)
+            if copies:
+                await self._embed_and_store(copies[:1])
 
     @records_write_outcome
     async def delete_memory(self, memory_id: str) -> Memory:
@@ -626,26 +635,32 @@ class MemoryWriting(TierMovement):
             copies = await self._locate(memory_id)
             if not copies:
                 raise MemoryNotFoundError(memory_id)
-            absorbed = await self._absorbed(copies[:1])
-            by_original: dict[str, list[Memory]] = {}
-            for copy in absorbed:  # deepest first
-                by_original.setdefault(copy.id, []).append(copy)
-            removed: list[Memory] = []
-            located: dict[str, list[Memory]] = {}
-            try:
-                for original_id, original_copies in by_original.items():
-                    await self._delete_every_copy(original_id, original_copies, removed, located)
-                await self._delete_every_copy(memory_id, copies, removed, located)
-            except StorageError:
-                # a write refused part-way (a full disk): what was deleted is put back, so the memory and
-                # its originals are as they were (if that fails too, part of them stays deleted)
-                with contextlib.suppress(StorageError):
-                    await self._put_back(removed, located)
-                raise
-            for deleted_id in (*by_original, memory_id):  # deleted: their pending accesses have no row
-                self._pending_touches.pop(deleted_id, None)
-            await self._forget([*absorbed, *copies])
+            # once begun, to its end: cancelled part-way, a memory stayed in short-term without its long-term
+            # copy (or its originals were deleted and it was not); a cancelled caller waits for it
+            await to_the_end(asyncio.ensure_future(self._delete_locked(memory_id, copies)))
         return copies[0].copy()
+
+    async def _delete_locked(self, memory_id: str, copies: Sequence[Memory]) -> None:
+        """The writes of :meth:`delete_memory` (call with its locks): the memory's originals, then itself."""
+        absorbed = await self._absorbed(copies[:1])
+        by_original: dict[str, list[Memory]] = {}
+        for copy in absorbed:  # deepest first
+            by_original.setdefault(copy.id, []).append(copy)
+        removed: list[Memory] = []
+        located: dict[str, list[Memory]] = {}
+        try:
+            for original_id, original_copies in by_original.items():
+                await self._delete_every_copy(original_id, original_copies, removed, located)
+            await self._delete_every_copy(memory_id, copies, removed, located)
+        except StorageError:
+            # a write refused part-way (a full disk): what was deleted is put back, so the memory and
+            # its originals are as they were (if that fails too, part of them stays deleted)
+            with contextlib.suppress(StorageError):
+                await self._put_back(removed, located)
+            raise
+        for deleted_id in (*by_original, memory_id):  # deleted: their pending accesses have no row
+            self._pending_touches.pop(deleted_id, None)
+        await self._forget([*absorbed, *copies])
 
 
 async def merged_originals(memory: MemoryWriting, merged: Memory) -> list[str]:
