@@ -13,7 +13,7 @@ from typing import Any
 
 from context_manager.core.messages import Message
 from context_manager.core.text import grapheme_end, grapheme_start
-from context_manager.core.tokens import TokenCounter, cut_to_tokens
+from context_manager.core.tokens import TokenCounter, cut_to_tokens, largest_within
 
 __all__ = [
     "MIN_EDGE_TOKENS",
@@ -251,19 +251,17 @@ def truncate_message(
     if copy is None or copy.token_count <= max_tokens:
         return copy
     # The largest content room whose copy fits (the copy grows with its room; below the marker's size
-    # there is no copy at all). Rarely needed: a few cuts of the kept size each.
-    fitted: Message | None = None
-    low, high = 1, content_budget - 1
-    while low <= high:
-        room = (low + high) // 2
-        attempt = _cut_copy(message, room, base, counter, readable)
-        if attempt is None or attempt.token_count <= max_tokens:  # too small for a marker, or it fits
-            if attempt is not None:
-                fitted = attempt
-            low = room + 1
-        else:
-            high = room - 1
-    return fitted
+    # there is no copy at all). Rarely needed. The copy grows about in proportion to its room, so the
+    # search guesses in proportion from the first copy's excess: a few cuts of the kept size.
+    attempts: dict[int, Message | None] = {}
+
+    def measure(room: int) -> int | None:
+        attempt = attempts[room] = _cut_copy(message, room, base, counter, readable)
+        return None if attempt is None else attempt.token_count
+
+    largest_within(measure, 0, base, content_budget, copy.token_count, max_tokens)
+    fitting = [room for room, attempt in attempts.items() if attempt and attempt.token_count <= max_tokens]
+    return attempts[max(fitting)] if fitting else None
 
 
 def _cut_copy(
