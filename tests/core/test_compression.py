@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -24,7 +27,12 @@ from context_manager.core.compression import (
 from context_manager.core.compression.summarizer import _split_sentences
 from context_manager.core.errors import ContextBudgetError
 from context_manager.core.messages import Message, ToolCall
-from context_manager.core.tokens import REPLY_PRIMING_TOKENS, ExactTokenCounter, get_token_counter
+from context_manager.core.tokens import (
+    REPLY_PRIMING_TOKENS,
+    ExactTokenCounter,
+    TokenCounter,
+    get_token_counter,
+)
 
 COUNTER = get_token_counter()
 
@@ -235,6 +243,84 @@ def test_a_cut_uses_its_budget(text: str, unused: int) -> None:
 
 def test_truncate_message_returns_none_when_framing_cannot_fit() -> None:
     assert truncate_message(counted("user", "word " * 100), 3, COUNTER) is None
+
+
+# Characters as a reader sees them (grapheme clusters), several code points and several tokens each.
+CLUSTERS = [
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466",  # family: ZWJ sequence
+    "\U0001f44d\U0001f3fd",  # thumbs up, skin tone
+    "e\u0301\u0302",  # combining marks
+    "\U0001f1eb\U0001f1f7",  # a flag: two regional indicators
+    "\u2764\ufe0f",  # variation selector
+    "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # tag sequence
+    "\u0915\u094d\u0937",  # Devanagari conjunct
+    "\r\n",
+    "\ud55c",
+    " ",
+    "x",
+]
+
+
+class _JsonBodyCounter:
+    """Counts a message as the JSON of its request body (framing and text together, non-ASCII escaped)."""
+
+    encoding_name = "o200k_base (request JSON)"
+
+    def count(self, text: str) -> int:
+        return COUNTER.count(text)
+
+    def count_message(self, message: Message) -> int:
+        return COUNTER.count(json.dumps({"role": message.role.value, "content": message.content}))
+
+
+@pytest.mark.parametrize("counter", [COUNTER, _JsonBodyCounter()], ids=["default", "request JSON"])
+def test_a_cut_never_splits_a_grapheme_cluster(counter: TokenCounter) -> None:
+    """A cut kept the head '\U0001f468\u200d' of a family emoji (the rest of the ZWJ sequence gone), a
+    letter without its accent, half a flag. Head and tail now end and start between grapheme clusters,
+    for a first cut and a cut of a cut, with the default counter and a counter of one's own."""
+    rng = random.Random(5)
+    for _ in range(6):
+        pieces = [rng.choice(CLUSTERS) for _ in range(rng.randint(40, 160))]
+        text = "".join(pieces)
+        bounds = set(itertools.accumulate(map(len, pieces), initial=0))
+        message = Message.create("user", text)
+        object.__setattr__(message, "token_count", counter.count_message(message))
+        for budget in range(12, min(message.token_count, 160), 3):
+            copy = truncate_message(message, budget, counter)
+            again = truncate_message(copy, budget - 8, counter) if copy is not None else None
+            for cut in (copy, again):
+                if cut is None or cut is message or TRUNCATED_METADATA_KEY not in cut.metadata:
+                    continue
+                info = cut.metadata[TRUNCATED_METADATA_KEY]
+                assert info["head_chars"] in bounds, (budget, cut.content)
+                assert len(text) - info["tail_chars"] in bounds, (budget, cut.content)
+                assert cut.token_count <= budget
+            cut_text, omitted = truncate_middle(counter, text, budget)
+            if omitted:
+                head, _, tail = cut_text.partition(f"\n[... {omitted} tokens omitted ...]\n")
+                assert len(head) in bounds and len(text) - len(tail) in bounds, (budget, cut_text)
+
+
+def test_the_newest_request_is_cut_to_whole_characters_at_both_ends_or_not_at_all() -> None:
+    """``readable``: a cut of the newest user request keeps a head and a tail, each at least one whole
+    grapheme cluster; a room too small for that gives no copy (the window then refuses the change)."""
+    family = CLUSTERS[0]
+    message = counted("user", family * 40)
+    first = COUNTER.count(family)
+    for budget in range(8, 3 * first + 20):
+        copy = truncate_message(message, budget, COUNTER, readable=True)
+        if copy is None:
+            continue
+        head, tail = split_cut(copy.content)
+        assert head and tail and not head.replace(family, "") and not tail.replace(family, ""), copy.content
+        assert copy.token_count <= budget
+    assert truncate_message(message, first + 8, COUNTER, readable=True) is None  # no room for two families
+    assert truncate_message(message, 3 * first + 20, COUNTER, readable=True) is not None
+
+
+def split_cut(content: str) -> tuple[str, str]:
+    head, _, rest = content.partition("\n[... ")
+    return head, rest.partition(" tokens omitted ...]\n")[2]
 
 
 # -- extractive summarizer ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from context_manager.core.tokens import (
     cut_to_tokens,
     encoding_for_model,
     get_token_counter,
+    largest_within,
     truncate_to_tokens,
 )
 from tests.loop_support import longest_thread_hold_beside_sleeper
@@ -307,3 +308,70 @@ def test_json_is_counted_in_pieces_while_another_thread_runs(encoding: str) -> N
     text = json.dumps(rows)
     expected = counter.count_uncached(text)
     assert _count_in_a_thread(counter, text) == expected
+
+
+class _CountingCounter:
+    """A counter of one's own (cut_to_tokens searches on character offsets with it) that tallies its work."""
+
+    encoding_name = "o200k_base (counted)"
+
+    def __init__(self) -> None:
+        self._exact = get_token_counter()
+        self.calls = 0
+        self.chars = 0
+
+    def count(self, text: str) -> int:
+        self.calls += 1
+        self.chars += len(text)
+        return self._exact.count(text)
+
+    def count_message(self, message: Message) -> int:
+        self.calls += 1
+        self.chars += len(message.content)
+        return self._exact.count_message(message)
+
+
+@pytest.mark.parametrize("from_end", [False, True])
+def test_a_counter_of_ones_own_finds_the_longest_piece_in_a_few_counts(from_end: bool) -> None:
+    """With a counter of one's own the search halved the text (or a window of 24 characters a token asked)
+    from its whole length: about 20 counts of the text, each as long as a good part of it. The first guess
+    is now in proportion to what was counted (characters x limit / tokens), so a few counts of about the
+    piece kept find a piece of the limit's tokens that one more character would overflow."""
+    counter = _CountingCounter()
+    exact = get_token_counter()
+    text = " ".join(f"the café served résumé {i} while the queue drained" for i in range(4_000))
+    for limit in (1_000, 7_000):
+        counter.calls = counter.chars = 0
+        longest = truncate_to_tokens(counter, text, limit, from_end=from_end)
+        assert counter.calls <= 11, counter.calls  # (19 before)
+        counter.calls = counter.chars = 0
+        piece = cut_to_tokens(counter, text, limit, from_end=from_end)
+        # (16 to 19 counts of 25 to 29 times the piece before)
+        assert counter.calls <= 11 and counter.chars <= 12 * len(piece), (counter.calls, counter.chars)
+        for found in (piece, longest):  # as long as a piece can be: within the limit, one more character not
+            assert exact.count(found) == limit
+            assert text.endswith(found) if from_end else text.startswith(found)
+            one_more = text[len(text) - len(found) - 1 :] if from_end else text[: len(found) + 1]
+            assert exact.count(one_more) > limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.integers(min_value=0, max_value=9), min_size=2, max_size=400),
+    limit=st.integers(min_value=0, max_value=2_000),
+)
+def test_largest_within_finds_what_a_bisection_finds(steps: list[int], limit: int) -> None:
+    """On any nondecreasing count (a piece's tokens as it grows, in steps of uneven size) the search in
+    proportion ends where a bisection ends, in no more than about three times its steps."""
+    counts = [sum(steps[: i + 1]) for i in range(len(steps))]
+    if counts[0] > limit or counts[-1] <= limit:
+        return
+    measured: list[int] = []
+
+    def measure(size: int) -> int:
+        measured.append(size)
+        return counts[size]
+
+    found = largest_within(measure, 0, counts[0], len(counts) - 1, counts[-1], limit)
+    assert found == max(i for i, count in enumerate(counts) if count <= limit)
+    assert len(measured) <= 3 * (len(counts).bit_length() + 1)

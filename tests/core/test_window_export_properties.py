@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from context_manager.core.compression import TRUNCATED_METADATA_KEY, is_summary
@@ -415,15 +415,70 @@ class RequestBodyCounter:
         return COUNTER.count(json.dumps(body))
 
 
+FAMILY_REQUEST = (
+    "user",
+    3,
+    1,
+    "normal",
+    False,
+)  # '\U0001f468\u200d\U0001f469\u200d\U0001f467\u202e\U0001d518'
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     max_tokens=st.integers(min_value=20, max_value=600),
     ratio=st.floats(min_value=0.3, max_value=0.95),
     ops=st.lists(operation, min_size=3, max_size=30),
 )
+@example(max_tokens=41, ratio=0.5, ops=[("add", FAMILY_REQUEST), ("add", FAMILY_REQUEST)])
 def test_every_rule_holds_with_a_counter_that_counts_framing_and_text_together(
     max_tokens: int, ratio: float, ops: list[tuple[str, object]]
 ) -> None:
     """A user's counter need not be additive: a cut copy it counts above the room planned for it is cut
     shorter, or the change is refused; the window and its views never exceed their budgets."""
     asyncio.run(run(max_tokens, ratio, ops, RequestBodyCounter()))
+
+
+async def test_an_emoji_family_request_added_twice_at_41_tokens_keeps_whole_characters_at_both_ends() -> None:
+    """Found by the property above: max_tokens 41, ratio 0.5, a counter of the request JSON; the second
+    request of an emoji family was cut to the head '\U0001f468\u200d' (half a ZWJ sequence) and no tail.
+    A cut of the newest request now keeps whole grapheme clusters at both ends, or the add is refused with
+    the window as it was."""
+    text = text_of(3, 1)
+    assert text.startswith("\U0001f468\u200d\U0001f469\u200d\U0001f467")
+    for counter in (RequestBodyCounter(), None):
+        window = ContextWindow(max_tokens=41, compression_ratio=0.5, counter=counter)
+        for _ in range(2):
+            before = snapshot(window)
+            request = Message.create("user", text)
+            try:
+                await window.add(request)
+            except ContextBudgetError as error:
+                assert "max_tokens: got 41; allowed" in str(error)
+                assert snapshot(window) == before
+                continue
+            held = window.get(request.id)
+            assert window.token_count <= 41
+            if TRUNCATED_METADATA_KEY in held.metadata:
+                head, tail = split_cut(held.content)
+                assert head and tail, held.content
+                assert head in ("\U0001f468\u200d\U0001f469\u200d\U0001f467", text[:-1], text[:-2])
+                assert text.endswith(tail) and tail[0] in "\u202e\U0001d518\U0001f468", held.content
+            else:
+                assert held.content == text
+
+
+async def test_the_default_counter_cuts_the_newest_request_between_whole_characters() -> None:
+    """The default counter cuts at a token: a request of emoji families was cut inside a ZWJ sequence
+    ('\U0001f468\u200d\U0001f469\u200d' kept). It now keeps whole families at both ends, with its
+    marker counting what it left out."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    for max_tokens in range(60, 200, 7):
+        window = ContextWindow(max_tokens=max_tokens, compression_ratio=0.5)
+        request = Message.create("user", family * 40)
+        await window.add(request)
+        held = window.get(request.id)
+        assert TRUNCATED_METADATA_KEY in held.metadata
+        head, tail = split_cut(held.content)
+        assert head and tail and not head.replace(family, "") and not tail.replace(family, ""), held.content
+        assert window.token_count <= max_tokens

@@ -227,13 +227,15 @@ def _cuts_too_large(tokens: int, limit: int, field: str) -> ContextBudgetError:
     """The error for cuts whose copies the counter gives more tokens than the plan allowed them.
 
     A counter that counts a message as a whole (the JSON of a request body, a chat template) can count a
-    cut copy above its framing plus its content counted alone; when no shorter cut fits either, the
-    messages that must stay do not fit ``limit``.
+    cut copy above its framing plus its content counted alone; when no shorter cut fits either (the newest
+    user message keeps at least a whole character of its start and of its end), the messages that must
+    stay do not fit ``limit``.
     """
     return ContextBudgetError(
         f"{field}: got {limit}; allowed more: system, pinned and critical messages plus the newest messages "
         f"still hold {tokens} tokens cut as far as the token counter allows (it counts the cut messages "
-        "above the room planned for them), so nothing was changed",
+        "above the room planned for them; the newest user message keeps whole characters of its start and "
+        "its end), so nothing was changed",
         required_tokens=tokens,
         max_tokens=limit,
     )
@@ -1168,7 +1170,7 @@ class ContextWindow:
         if decision.cuts and type(self._counter) is not ExactTokenCounter:
             # a counter of your own may count a cut copy above its room: cut as the compression would (the
             # built-in counter counts framing and text apart, so its cuts always fit)
-            replacements = cut_messages(decision.cuts, self._counter)
+            replacements = cut_messages(decision.cuts, self._counter, decision.latest_request)
             kept = decision.total - _saved_by_cuts(decision.cuts, replacements)
             if kept > self._max_tokens:
                 raise _cuts_too_large(kept, self._max_tokens, "max_tokens")
@@ -1403,9 +1405,9 @@ class ContextWindow:
         evicted = [message for unit in units for message in unit.messages]
         cuts = decision.cuts
         if any(len(message.content) > OFF_LOOP_CHARS for message, _ in cuts):
-            replacements = await asyncio.to_thread(cut_messages, cuts, self._counter)
+            replacements = await asyncio.to_thread(cut_messages, cuts, self._counter, decision.latest_request)
         else:
-            replacements = cut_messages(cuts, self._counter)
+            replacements = cut_messages(cuts, self._counter, decision.latest_request)
         pairs = [(original, replacements[original.id]) for original, _ in cuts if original.id in replacements]
         kept_tokens = decision.total - sum(
             original.token_count - copy.token_count for original, copy in pairs
@@ -1725,7 +1727,7 @@ class ContextWindow:
                 required_tokens=error.required_tokens,
                 max_tokens=budget,
             ) from None
-        replacements = cut_messages(decision.cuts, self._counter)
+        replacements = cut_messages(decision.cuts, self._counter, decision.latest_request)
         saved = _saved_by_cuts(decision.cuts, replacements)
         if decision.total - saved > budget:  # the cuts came out larger than planned
             raise _cuts_too_large(decision.total - saved, budget, "budget")

@@ -19,11 +19,12 @@ Other providers plug in through the :class:`TokenCounter` protocol::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from context_manager.core.errors import ConfigurationError, InvalidArgumentError
@@ -533,12 +534,13 @@ def cut_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, from_end
     if cut is not None:
         piece: str = cut(text, max_tokens, from_end=from_end)
         return piece
-    span = max_tokens * 24 + 64  # a token rarely spans more than a few characters
+    span = max_tokens * 4 + 64  # about the piece in prose; grown in proportion to what a window held
     while span < len(text):
         window = text[len(text) - span :] if from_end else text[:span]
-        if counter.count(window) > max_tokens:
-            return truncate_to_tokens(counter, window, max_tokens, from_end=from_end)
-        span *= 4
+        tokens = counter.count(window)
+        if tokens > max_tokens:
+            return _longest_piece(counter, window, max_tokens, tokens, from_end=from_end)
+        span = max(span * 2, span * max_tokens * 5 // (4 * max(tokens, 1))) + 64
     return truncate_to_tokens(counter, text, max_tokens, from_end=from_end)
 
 
@@ -550,14 +552,57 @@ def truncate_to_tokens(counter: TokenCounter, text: str, max_tokens: int, *, fro
     """
     if max_tokens <= 0 or not text:
         return ""
-    if counter.count(text) <= max_tokens:
+    total = counter.count(text)
+    if total <= max_tokens:
         return text
-    low, high = 0, len(text)  # invariant: a piece of length `low` fits
-    while low < high:
-        middle = (low + high + 1) // 2
-        piece = text[len(text) - middle :] if from_end else text[:middle]
-        if counter.count(piece) <= max_tokens:
-            low = middle
+    return _longest_piece(counter, text, max_tokens, total, from_end=from_end)
+
+
+def _longest_piece(counter: TokenCounter, text: str, max_tokens: int, total: int, *, from_end: bool) -> str:
+    """The longest prefix (suffix) of ``text`` within ``max_tokens``, given ``total`` > ``max_tokens``."""
+
+    def measure(length: int) -> int:
+        return counter.count(text[len(text) - length :] if from_end else text[:length])
+
+    length = largest_within(measure, 0, 0, len(text), total, max_tokens)
+    return text[len(text) - length :] if from_end else text[:length]
+
+
+def largest_within(
+    measure: Callable[[int], int | None], low: int, low_tokens: int, high: int, high_tokens: int, limit: int
+) -> int:
+    """The largest size in ``[low, high)`` whose piece costs at most ``limit`` tokens (a search on sizes).
+
+    ``measure(low)`` (``low_tokens``) is within ``limit`` and ``measure(high)`` (``high_tokens``) is not;
+    ``measure`` may return ``None`` for a size that gives no piece (taken as within the limit). Tokens grow
+    about in proportion to a piece's size, so the first guess is in proportion (size x limit / tokens) and
+    each next one steps from the end just moved across the limit by what is missing (or over) and a margin
+    of a tenth and one token, closing the bracket from both sides: a few steps instead of one a halving. A
+    bracket that two steps did not halve is halved, so the search takes at most about three times a
+    bisection's steps.
+    """
+    last: bool | None = None
+    reference, since = high - low, 0
+    while high - low > 1:
+        per_token = (high - low) / max(high_tokens - low_tokens, 1)
+        if since >= 2:
+            guess = (low + high) // 2
+        elif last is None:
+            guess = low + int((limit - low_tokens) * per_token)
+        elif last:  # the low end just moved: past the limit by a margin
+            guess = low + math.ceil((limit + 1 - low_tokens) * per_token * 1.1) + 1
+        else:  # the high end just moved: below the limit by a margin
+            guess = high - math.ceil((high_tokens - limit) * per_token * 1.1) - 1
+        guess = min(max(guess, low + 1), high - 1)
+        tokens = measure(guess)
+        last = tokens is None or tokens <= limit
+        if last:
+            low, low_tokens = guess, low_tokens if tokens is None else tokens
         else:
-            high = middle - 1
-    return text[len(text) - low :] if from_end else text[:low]
+            assert tokens is not None
+            high, high_tokens = guess, tokens
+        if (high - low) * 2 <= reference:
+            reference, since = high - low, 0
+        else:
+            since += 1
+    return low

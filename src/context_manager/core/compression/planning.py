@@ -306,7 +306,7 @@ def plan_compression(
         summary_max_tokens=summary_max_tokens,
         allow_summary=allow_summary,
     )
-    replacements = cut_messages(decision.cuts, counter)
+    replacements = cut_messages(decision.cuts, counter, decision.latest_request)
     saved = sum(
         original.token_count - replacements[original.id].token_count
         for original, _ in decision.cuts
@@ -328,11 +328,17 @@ def plan_compression(
     )
 
 
-def cut_messages(cuts: Sequence[tuple[Message, int]], counter: TokenCounter) -> dict[str, Message]:
-    """Cut each message to its allowance; return message id -> cut copy (only the ones that changed)."""
+def cut_messages(
+    cuts: Sequence[tuple[Message, int]], counter: TokenCounter, latest_request: Message | None = None
+) -> dict[str, Message]:
+    """Cut each message to its allowance; return message id -> cut copy (only the ones that changed).
+
+    ``latest_request`` (the newest user message) is cut only to a copy keeping a head and a tail: when
+    none fits its allowance it stays whole (and the caller, finding the cuts too large, refuses).
+    """
     replacements: dict[str, Message] = {}
     for message, allowance in cuts:
-        copy = truncate_message(message, allowance, counter)
+        copy = truncate_message(message, allowance, counter, readable=message is latest_request)
         if copy is not None and copy is not message:
             replacements[message.id] = copy
     return replacements
