@@ -36,9 +36,9 @@ from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import (
     COUNTER_KEY,
     SNAPSHOT_HISTORY,
+    PendingSnapshot,
     WindowState,
     fold,
-    snapshot_of,
     take_back,
 )
 from context_manager.core.conversations.store import ConversationRecord, ConversationStore
@@ -588,8 +588,8 @@ class PersistedConversation:
         """Store ``state`` as the snapshot (of generation ``created_at``, as captured)."""
         version = state.version
         try:
-            # a large window's copy as JSON values takes a while (0.3 s at 30,000 messages): not on the loop
-            snapshot = await asyncio.to_thread(snapshot_of, state, counter)
+            # the store turns it into JSON off the loop (0.3 s at 30,000 messages), a chunk at a time
+            snapshot = PendingSnapshot(state, counter)
             await self.store.save_snapshot(self.conversation_id, version, snapshot, created_at=created_at)
         except Exception as error:  # a snapshot only makes resuming faster: the records are there
             logger.warning(

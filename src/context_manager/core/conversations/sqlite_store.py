@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from context_manager.core import forks
 from context_manager.core.conversations.codec import loads_records, loads_snapshot
+from context_manager.core.conversations.replay import PendingSnapshot, encode_snapshot
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -436,13 +437,18 @@ class SQLiteConversationStore:
         return new_version
 
     async def save_snapshot(
-        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
+        self,
+        conversation_id: str,
+        version: int,
+        state: Mapping[str, Any] | PendingSnapshot,
+        *,
+        created_at: float | None = None,
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if it is newer than the stored snapshot)."""
         generation, extra = generation_filter(created_at, "?")
         # in a thread of its own: a large window takes a while (0.3 s at 30,000 messages), which neither
         # the loop nor the appends waiting for the connection should wait for
-        text = await asyncio.to_thread(functools.partial(json.dumps, state, ensure_ascii=False))
+        text = await asyncio.to_thread(functools.partial(encode_snapshot, state, ensure_ascii=False))
 
         def write() -> None:
             db = self._db
