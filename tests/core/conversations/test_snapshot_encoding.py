@@ -108,3 +108,39 @@ async def test_a_large_windows_snapshot_does_not_stop_the_event_loop(tmp_path: P
         assert min(pauses) < 0.1, pauses
     finally:
         await store.close()
+
+
+async def test_a_store_of_ones_own_still_gets_the_snapshot_as_json_values(tmp_path: Path) -> None:
+    """A ``ConversationStore`` written against the protocol (``state``: JSON values) gets a dict, not the
+    built-in stores' ``PendingSnapshot``."""
+    inner = SQLiteConversationStore(tmp_path / "conversations.sqlite3")
+    received: list[object] = []
+
+    class OwnStore:
+        def __getattr__(self, name: str) -> object:
+            if name == "encodes_pending_snapshots":
+                raise AttributeError(name)
+            return getattr(inner, name)
+
+        async def save_snapshot(
+            self, conversation_id: str, version: int, state: object, **options: object
+        ) -> None:
+            received.append(state)
+            await inner.save_snapshot(conversation_id, version, json.loads(json.dumps(state)), **options)  # type: ignore[arg-type]
+
+    await inner.open()
+    try:
+        window = ContextWindow(100_000)
+        persisted = PersistedConversation(OwnStore(), "own", window, snapshot_every=2)  # type: ignore[arg-type]
+        await persisted.open()
+        for message in conversation(4):
+            await window.add(message)
+            await persisted.sync()
+            await persisted._wait_background()  # (one snapshot at a time: the next is not skipped)
+        await persisted.close()
+        assert received and all(type(state) is dict for state in received)
+        stored = await inner.load("own")
+        assert stored.snapshot_version == 4 and stored.snapshot is not None
+        assert [m["content"] for m in stored.snapshot["messages"]] == [m.content for m in window.messages]
+    finally:
+        await inner.close()

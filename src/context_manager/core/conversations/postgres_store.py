@@ -59,6 +59,8 @@ class PostgresConversationStore:
     """
 
     kind = "postgres"
+    encodes_pending_snapshots = True
+    """:meth:`save_snapshot` also takes a ``PendingSnapshot`` (see ``conversations.replay``)."""
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database

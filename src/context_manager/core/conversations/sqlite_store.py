@@ -110,6 +110,8 @@ class SQLiteConversationStore:
     """
 
     kind = "sqlite"
+    encodes_pending_snapshots = True
+    """:meth:`save_snapshot` also takes a ``PendingSnapshot`` (see ``conversations.replay``)."""
 
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         self.path = path

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from context_manager.core.conversations.replay import PendingSnapshot
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "ConversationDump",
@@ -208,17 +205,9 @@ class ConversationStore(Protocol):
         ...
 
     async def save_snapshot(
-        self,
-        conversation_id: str,
-        version: int,
-        state: Mapping[str, Any] | PendingSnapshot,
-        *,
-        created_at: float | None = None,
+        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
     ) -> None:
         """Keep ``state`` as the window at ``version`` (resuming starts there); drop older snapshots.
-
-        ``state``: JSON values, or a :class:`~context_manager.core.conversations.replay.PendingSnapshot`
-        (the window, turned into JSON by the store off the event loop: see ``replay.encode_snapshot``).
 
         With ``created_at``, only in that generation of the conversation.
         """
