@@ -510,12 +510,19 @@ class EnhancedContextManager:
             # so what it evicts is queued before the writer stops; then the deliveries of cancelled adds
             await self._window.drain()
         conversation = self._conversation
-        if conversation is not None and conversation.pending and not conversation.is_stale:
-            try:  # changes made without an awaited add (a pin) are written before closing
-                await conversation.sync()
-            except ContextManagerError as error:
+        pins, self._unflushed_pins = self._unflushed_pins, []
+        if conversation is not None:
+            unstored: ContextManagerError | None = None
+            if conversation.pending and not conversation.is_stale:
+                try:  # changes made without an awaited add (a pin) are written before closing
+                    await conversation.sync()
+                except ContextManagerError as error:
+                    unstored = error
+            # a pin refused since the last flush(): nobody else will ever hear of it
+            unstored = unstored or conversation.refusal_of(pins)
+            if unstored is not None:
                 logger.warning(
-                    "conversation %r: last changes not stored (%s)", conversation.conversation_id, error
+                    "conversation %r: last changes not stored (%s)", conversation.conversation_id, unstored
                 )
         writer, self._eviction_writer = self._eviction_writer, None
         if writer is not None:
@@ -1034,8 +1041,12 @@ class EnhancedContextManager:
             try:
                 await conversation.sync()
             except ContextManagerError as error:
-                logger.warning(
-                    "conversation %r: a pin was not stored (%s)", conversation.conversation_id, error
+                # reported once, to a caller: a refusal by flush() (or, never flushed, logged by cleanup());
+                # a storage failure leaves the pin pending, and the next write, flush() or cleanup() meets it
+                logger.debug(
+                    "conversation %r: a pin's background write failed (%s)",
+                    conversation.conversation_id,
+                    type(error).__name__,
                 )
 
         conversation._start(sync())

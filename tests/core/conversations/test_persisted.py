@@ -823,6 +823,56 @@ async def test_flush_raises_the_refusal_of_a_pin_it_writes_itself(
         await manager.flush()
 
 
+async def test_a_refused_background_pin_is_reported_once_by_flush(
+    make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pin whose background write met another writer's change was reported twice: its background task
+    logged a warning ("a pin was not stored") and flush() raised the refusal. The caller who flushes hears
+    of it once, from flush(); nothing is logged at WARNING for it."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-once") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-once", "written elsewhere")
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="context_manager"):
+            manager.pin_message(manager.messages[0].id)
+            for _ in range(500):  # the background write meets the conflict before flush() runs
+                if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(ConversationConflictError):
+                await manager.flush()
+            await manager.flush()  # raised once
+        assert not [r for r in caplog.records if r.levelname == "WARNING" and "pin-once" in r.getMessage()]
+    caplog.clear()
+    async with EnhancedContextManager(make_config(), conversation_id="pin-once") as resumed:
+        assert [m.pinned for m in resumed.messages] == [False, False]
+
+
+async def test_a_refused_pin_never_flushed_is_logged_once_by_cleanup(
+    make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody flushes after the pin: the refusal can reach no caller, so cleanup logs it (once)."""
+    manager = EnhancedContextManager(make_config(), conversation_id="pin-log")
+    await manager.initialize()
+    try:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-log", "written elsewhere")
+        caplog.clear()
+        manager.pin_message(manager.messages[0].id)
+        for _ in range(500):
+            if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await manager.cleanup()
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "pin-log" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "last changes not stored" in warnings[0]
+    assert "reloaded the conversation from storage" in warnings[0]  # the refusal, named
+
+
 async def test_a_pin_that_changes_nothing_raises_no_earlier_refusal(
     make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -295,3 +295,62 @@ async def test_snapshots_are_moved_one_conversation_a_transaction(
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM conversations WHERE snapshot IS NOT NULL").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM conversation_snapshots").fetchone() == (3,)
+
+
+async def test_snapshots_left_by_an_earlier_delete_are_removed_on_every_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots an earlier version's delete left behind were removed only together with a move of in-row
+    snapshots: a database with none to move kept them for ever (its size, and a conversation created again
+    under that id found a snapshot that was not its own). Every open now finds them with a read of the two
+    id indexes (no write lock when there are none) and removes each; a delete removes its conversation's
+    snapshot in its own transaction."""
+    from context_manager.core.conversations import sqlite_store
+    from context_manager.core.conversations.store import ConversationRecord
+
+    path = tmp_path / "conversations.sqlite3"
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        for name in ("kept", "gone", "deleted-here"):
+            version = await store.append(name, 0, [ConversationRecord("noop", {})], writer="w")
+            await store.save_snapshot(name, version, {"messages": [], "history": [], "of": name})
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        assert await store.delete("deleted-here")
+        store._db.set_trace_callback(None)
+        begin, commit = statements.index("BEGIN IMMEDIATE"), statements.index("COMMIT")
+        assert any("DELETE FROM conversation_snapshots" in s for s in statements[begin:commit]), statements
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:  # an earlier version's delete: the snapshot stays, nothing in a row
+        db.execute("DELETE FROM conversation_records WHERE conversation_id = 'gone'")
+        db.execute("DELETE FROM conversations WHERE id = 'gone'")
+        assert db.execute("SELECT count(*) FROM conversations WHERE snapshot IS NOT NULL").fetchone() == (0,)
+        assert sorted(db.execute("SELECT conversation_id FROM conversation_snapshots")) == [
+            ("gone",),
+            ("kept",),
+        ]
+
+    opened: list[list[str]] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)
+        opened.append([])
+        connection.set_trace_callback(opened[-1].append)
+        return connection
+
+    monkeypatch.setattr(sqlite_store.sqlite3, "connect", traced)
+    for _ in range(2):
+        store = SQLiteConversationStore(path)
+        await store.open()
+        try:
+            assert (await store.load("kept")).snapshot == {"messages": [], "history": [], "of": "kept"}
+        finally:
+            await store.close()
+    monkeypatch.undo()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT conversation_id FROM conversation_snapshots").fetchall() == [("kept",)]
+    assert opened[0].count("BEGIN IMMEDIATE") == 1  # the one left-over, removed
+    assert opened[1].count("BEGIN IMMEDIATE") == 0  # none left: the open only read

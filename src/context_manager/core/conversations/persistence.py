@@ -30,12 +30,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from context_manager.core.context_window import CompressionRecord, ContextWindow
 from context_manager.core.conversations.replay import (
     COUNTER_KEY,
     SNAPSHOT_HISTORY,
+    PendingSnapshot,
     WindowState,
     fold,
     snapshot_of,
@@ -588,9 +590,15 @@ class PersistedConversation:
         """Store ``state`` as the snapshot (of generation ``created_at``, as captured)."""
         version = state.version
         try:
-            # a large window's copy as JSON values takes a while (0.3 s at 30,000 messages): not on the loop
-            snapshot = await asyncio.to_thread(snapshot_of, state, counter)
-            await self.store.save_snapshot(self.conversation_id, version, snapshot, created_at=created_at)
+            # off the loop (0.3 s at 30,000 messages): the built-in stores build and encode it a chunk at
+            # a time in their thread (see PendingSnapshot); another store gets JSON values (its protocol)
+            store: Any = self.store
+            snapshot: Mapping[str, Any] | PendingSnapshot
+            if getattr(store, "encodes_pending_snapshots", False):
+                snapshot = PendingSnapshot(state, counter)
+            else:
+                snapshot = await asyncio.to_thread(snapshot_of, state, counter)
+            await store.save_snapshot(self.conversation_id, version, snapshot, created_at=created_at)
         except Exception as error:  # a snapshot only makes resuming faster: the records are there
             logger.warning(
                 "conversation %r: snapshot failed (%s)", self.conversation_id, type(error).__name__

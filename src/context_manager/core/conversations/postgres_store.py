@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.conversations.codec import loads_records, loads_snapshot
+from context_manager.core.conversations.replay import PendingSnapshot, encode_snapshot
 from context_manager.core.conversations.store import (
     ConversationDump,
     ConversationInfo,
@@ -58,6 +59,8 @@ class PostgresConversationStore:
     """
 
     kind = "postgres"
+    encodes_pending_snapshots = True
+    """:meth:`save_snapshot` also takes a ``PendingSnapshot`` (see ``conversations.replay``)."""
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
@@ -225,11 +228,16 @@ class PostgresConversationStore:
         return 0 if current is None else int(current[0])  # deleted: version 0, as on SQLite
 
     async def save_snapshot(
-        self, conversation_id: str, version: int, state: Mapping[str, Any], *, created_at: float | None = None
+        self,
+        conversation_id: str,
+        version: int,
+        state: Mapping[str, Any] | PendingSnapshot,
+        *,
+        created_at: float | None = None,
     ) -> None:
         """Keep ``state`` as the window at ``version`` (only if newer than the stored snapshot)."""
         # in a thread: a large window takes a while (0.3 s at 30,000 messages), which the loop would wait
-        payload = await asyncio.to_thread(json.dumps, state)
+        payload = await asyncio.to_thread(encode_snapshot, state)
         generation, extra = generation_filter(created_at, "%s")
 
         async def write(connection: psycopg.AsyncConnection[Any]) -> None:
