@@ -59,6 +59,7 @@ _UNLOCK_MIGRATIONS = "SELECT pg_advisory_unlock_shared(%s), pg_advisory_unlock("
 _LOCK_MIGRATIONS_IN_TRANSACTION = (
     "SELECT pg_advisory_xact_lock_shared(%s), pg_advisory_xact_lock(" + _LOCK_KEY + ")"
 )
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open, no statement running
 _OPEN_POLL = 0.1  # seconds between two looks at the pool's failed connection attempts while it opens
 TCP_SETTINGS = {
     "keepalives": 1,
@@ -436,16 +437,26 @@ class PostgresDatabase:
                 except psycopg.OperationalError as error:
                     last = error  # the server closed it (and released its locks): a fresh one next
                     await lock_pool.putconn(connection)  # a broken connection is discarded by the pool
-                except BaseException:
-                    await _release(connection, held)
+                except BaseException as error:
+                    # a cancellation can come after the server granted a lock the list does not name yet
+                    # (psycopg finishes the statement, then raises): closing the session releases all
+                    if isinstance(error, Exception):
+                        await _release(connection, held)
+                    else:
+                        await connection.close()
                     await lock_pool.putconn(connection)
                     raise
                 else:
                     try:
                         yield acquired
                     finally:
-                        await _release(connection, held)
-                        await lock_pool.putconn(connection)
+                        try:
+                            await _release(connection, held)
+                        except BaseException:  # cancelled while releasing: the session must not keep one
+                            await connection.close()
+                            raise
+                        finally:
+                            await lock_pool.putconn(connection)
                     return
             if attempt < len(RETRY_DELAYS):
                 logger.warning(
@@ -506,7 +517,11 @@ class PostgresDatabase:
                 raise StorageError(f"PostgreSQL storage at {self.location} is closed")
             try:
                 async with pool.connection() as connection:
-                    return await operation(connection)
+                    try:
+                        return await operation(connection)
+                    except BaseException as error:
+                        await _discard_if_unsettled(connection, error)
+                        raise
             except psycopg.errors.ProgramLimitExceeded as error:  # too large for the server: so it stays
                 raise StorageError(
                     f"PostgreSQL at {self.location}: {what} failed: {_describe(error)}"
@@ -629,6 +644,25 @@ async def _release(connection: psycopg.AsyncConnection[Any], held: Sequence[str]
     for key in reversed(held):
         with contextlib.suppress(Exception):
             await connection.execute("SELECT pg_advisory_unlock(" + _LOCK_KEY + ")", (key,))
+
+
+async def _discard_if_unsettled(connection: psycopg.AsyncConnection[Any], error: BaseException) -> None:
+    """Close ``connection`` (the pool then replaces it) when ``error`` left it unfit to be reused.
+
+    psycopg, cancelled while it synced the pipeline a transaction opens in, finished the sync and raised
+    with the pipeline's level still counted: the connection stayed in pipeline mode for good, and the pool,
+    which looks only at the transaction status, handed it out again (a later read found no result,
+    ``IndexError`` from ``cursor.scroll``, and its statements ran in one implicit transaction). So a
+    connection still in pipeline mode after any error is closed, and one a cancellation (``CancelledError``,
+    ``KeyboardInterrupt``: not an ``Exception``) left anywhere but idle, outside a transaction. Closing it
+    rolls back what it had not committed: a cancelled write is all done (its commit reached the server) or
+    not done at all.
+    """
+    pgconn = connection.pgconn
+    if not pgconn.pipeline_status and (isinstance(error, Exception) or pgconn.transaction_status == _IDLE):
+        return
+    with contextlib.suppress(Exception):
+        await connection.close()
 
 
 def _milliseconds(seconds: float) -> str:

@@ -1,0 +1,276 @@
+"""Calls to a PostgreSQL memory cancelled part-way: the pool hands out only healthy connections afterwards.
+
+Each operation is cancelled at its k-th suspension (:class:`_CancelAt`, a wrapper that cancels the task from
+inside the step that suspends it for the k-th time), for every k until it completes uncancelled. After each
+cancellation no exception but ``CancelledError`` came out, the next calls work on the same pool (of one
+connection, so it is the connection the cancelled call used), and the rows, read by a connection of their
+own, are those of before the call or those of the call done: nothing half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.postgres import PostgresBackend
+from context_manager.core.messages import Message, Role
+
+_MAX_SUSPENSIONS = 200  # more than any call here suspends: the sweeps always end with a completed call
+
+Rows = frozenset[tuple[Any, ...]]
+
+
+class _CancelAt:
+    """Await ``awaitable``, cancelling the running task when it suspends for the ``at``-th time."""
+
+    def __init__(self, awaitable: Awaitable[Any], at: int) -> None:
+        self._awaitable = awaitable
+        self._at = at
+        self._count = 0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        inner = self._awaitable.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = inner.send(value) if error is None else inner.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            self._count += 1
+            if self._count == self._at:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()  # delivered at this suspension (the future it waits for is cancelled)
+            try:
+                value, error = (yield yielded), None
+            except BaseException as raised:  # noqa: BLE001 - handed to the awaitable, as a task would
+                value, error = None, raised
+
+
+async def _run_cancelled_at(call: Callable[[], Awaitable[Any]], at: int) -> bool:
+    """Run ``call()`` in a task cancelled at its ``at``-th suspension; whether it completed anyway."""
+
+    async def wrapped() -> Any:
+        return await _CancelAt(call(), at)
+
+    try:
+        await asyncio.ensure_future(wrapped())
+    except asyncio.CancelledError:
+        return False
+    return True
+
+
+def _config(dsn: str, storage: Path) -> ContextManagerConfig:
+    return ContextManagerConfig(
+        storage_path=storage,
+        memory_backend="postgres",
+        postgres_dsn=dsn,
+        postgres_pool_size=1,
+        short_term_memory_size=20,
+        medium_term_memory_size=30,
+        long_term_memory_size=500,
+    )
+
+
+async def _rows(dsn: str) -> Rows:
+    """Every stored row, read by a connection of its own."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT id, tier, content, importance, superseded_by, source FROM cm_memories"
+        )
+        return frozenset(tuple(row) for row in await cursor.fetchall())
+
+
+def _idle_connections_in_pipeline_mode(manager: MemoryManager) -> int:
+    backend = manager.backend
+    assert isinstance(backend, PostgresBackend)
+    pool = backend.database._pool
+    assert pool is not None
+    return sum(1 for connection in list(pool._pool) if connection.pgconn.pipeline_status)
+
+
+async def test_a_cancelled_update_leaves_no_connection_in_pipeline_mode(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    """The reported failure: ``get_memory`` after a cancelled ``update_memory`` raised ``IndexError``.
+
+    psycopg, cancelled while syncing the pipeline of the update's transaction, left the connection in pipeline
+    mode; the pool handed it out again, and a read finding no row failed in ``cursor.scroll``.
+    """
+    manager = MemoryManager(_config(postgres_dsn, tmp_path / "storage"))
+    await manager.initialize()
+    try:
+        memory = await manager.add_memory("the deploy key rotates on mondays")
+        for at in range(1, _MAX_SUSPENSIONS):
+            change = functools.partial(manager.update_memory, memory.id, content=f"on day {at}", tier="long")
+            done = await _run_cancelled_at(change, at)
+            assert await manager.get_memory("no-such-memory") is None, at
+            stored = await manager.get_memory(memory.id)
+            assert stored is not None
+            assert stored.content in (
+                "the deploy key rotates on mondays",
+                *(f"on day {k}" for k in range(at + 1)),
+            )
+            assert _idle_connections_in_pipeline_mode(manager) == 0, at
+            if done:
+                break
+        else:
+            pytest.fail("the update never completed")
+    finally:
+        await manager.close()
+
+
+_Setup = Callable[[MemoryManager, Path], Awaitable[dict[str, Any]]]
+_Call = Callable[[MemoryManager, dict[str, Any]], Awaitable[Any]]
+
+
+async def _one_memory(manager: MemoryManager, _: Path) -> dict[str, Any]:
+    memory = await manager.add_memory("the staging database lives in frankfurt", importance=0.4)
+    return {"id": memory.id}
+
+
+async def _two_near_duplicates(manager: MemoryManager, _: Path) -> dict[str, Any]:
+    await manager.add_memory("the office wifi password is changed every friday", importance=0.4)
+    await manager.add_memory("the office wifi password is changed every friday evening", importance=0.4)
+    return {}
+
+
+async def _nothing(manager: MemoryManager, _: Path) -> dict[str, Any]:
+    return {}
+
+
+async def _export_file(manager: MemoryManager, directory: Path) -> dict[str, Any]:
+    path = directory / "import.jsonl"
+    lines = [
+        {"id": f"imported-{n}", "content": f"imported fact number {n}", "tier": "medium", "importance": 0.5}
+        for n in range(3)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {"path": path}
+
+
+_OPERATIONS: dict[str, tuple[_Setup, _Call]] = {
+    "add_memory": (
+        _nothing,
+        lambda m, c: m.add_memory("the cafeteria closes at three", memory_id="fixed-id"),
+    ),
+    "add_memory important (two tiers)": (
+        _nothing,
+        lambda m, c: m.add_memory("the root password is in the vault", importance=0.95, memory_id="fixed-id"),
+    ),
+    "update_memory": (_one_memory, lambda m, c: m.update_memory(c["id"], content="it moved to dublin")),
+    "update_memory with a tier": (
+        _one_memory,
+        lambda m, c: m.update_memory(c["id"], content="it moved to dublin", importance=0.7, tier="long"),
+    ),
+    "update_memory tier only": (_one_memory, lambda m, c: m.update_memory(c["id"], tier="medium")),
+    "delete_memory": (_one_memory, lambda m, c: m.delete_memory(c["id"])),
+    "consolidate_memories": (_two_near_duplicates, lambda m, c: m.consolidate_memories(0.5)),
+    "search_memory": (_one_memory, lambda m, c: m.search_memory("staging database frankfurt")),
+    "remember_messages": (
+        _nothing,
+        lambda m, c: m.remember_messages(
+            [
+                Message(role=Role.USER, content="my flight leaves at nine"),
+                Message(role=Role.ASSISTANT, content="noted: nine o'clock"),
+                Message(role=Role.USER, content="and returns on sunday"),
+            ],
+            session_id="trip",
+        ),
+    ),
+    "import_memories": (_export_file, lambda m, c: m.import_memories(c["path"])),
+}
+
+
+@pytest.mark.parametrize("name", list(_OPERATIONS))
+async def test_every_memory_operation_cancelled_anywhere_is_all_or_nothing(
+    name: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    setup, call = _OPERATIONS[name]
+    # the outcome of the call done, uncancelled, on a storage of its own (ids and times aside)
+    completed: Rows | None = None
+    for at in range(1, _MAX_SUSPENSIONS):
+        await _clear(postgres_dsn)
+        storage = tmp_path / f"storage{at}"
+        manager = MemoryManager(_config(postgres_dsn, storage))
+        await manager.initialize()
+        try:
+            context = await setup(manager, tmp_path)
+            before = await _rows(postgres_dsn)
+            done = await _run_cancelled_at(functools.partial(call, manager, context), at)
+            # the next calls work, on the pool's one connection
+            assert await manager.get_memory("no-such-memory") is None, at
+            await manager.search_memory("anything at all")
+            await manager.add_memory(f"a later write {at}", memory_id="later-write")
+            await manager.delete_memory("later-write")
+            # no session of the manager's still holds a cross-process lock of the cancelled call
+            assert await _advisory_locks_held(postgres_dsn) == 0, at
+        finally:
+            await manager.close()
+        after = await _rows(postgres_dsn)
+        if done:
+            completed = after
+            break
+        if after != before:
+            # a cancelled call that went through: it must be the whole call (compared once known)
+            _assert_same_shape(after, await _completed_rows(name, postgres_dsn, tmp_path), at)
+    assert completed is not None, f"{name} never completed"
+
+
+async def _completed_rows(name: str, dsn: str, tmp_path: Path) -> Rows:
+    """The rows after ``name`` done uncancelled on a cleared storage (for the all-or-nothing check)."""
+    setup, call = _OPERATIONS[name]
+    await _clear(dsn)
+    manager = MemoryManager(_config(dsn, tmp_path / "reference"))
+    await manager.initialize()
+    try:
+        context = await setup(manager, tmp_path)
+        await call(manager, context)
+    finally:
+        await manager.close()
+    return await _rows(dsn)
+
+
+def _shape(rows: Rows) -> list[tuple[Any, ...]]:
+    """The rows without their random ids (an id kept only when it is one of the test's own)."""
+    return sorted(
+        (row[1], row[2], row[3], row[4] is not None, row[5], row[0] if not _is_random(row[0]) else "")
+        for row in rows
+    )
+
+
+def _is_random(memory_id: str) -> bool:
+    return not (memory_id == "fixed-id" or memory_id.startswith("imported-"))
+
+
+def _assert_same_shape(after: Rows, completed: Rows, at: int) -> None:
+    assert _shape(after) == _shape(completed), f"cancelled at suspension {at}: half done"
+
+
+async def _advisory_locks_held(dsn: str) -> int:
+    """How many advisory locks the sessions of the test's database hold (none once every call ended)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+
+async def _clear(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        table = await connection.execute("SELECT to_regclass('cm_memories') IS NOT NULL")
+        row = await table.fetchone()
+        if row is not None and row[0]:
+            await connection.execute("DELETE FROM cm_memories")
