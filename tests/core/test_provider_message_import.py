@@ -413,6 +413,47 @@ async def test_anthropic_cache_control_is_kept_and_sent_back_where_its_block_is_
             )
 
 
+async def test_anthropic_cache_control_breakpoints_kept_from_several_requests_keep_the_ttl_order(
+    tmp_path: Path,
+) -> None:
+    """The API refuses a 1-hour ``cache_control`` after a 5-minute one. Breakpoints imported by several
+    ``add_messages`` calls (each request valid alone: a 5-minute one first, a 1-hour one later) were all
+    sent back, in that refused order; a 5-minute breakpoint before a later 1-hour one is left out now."""
+    five = {"type": "ephemeral"}
+    five_named = {"type": "ephemeral", "ttl": "5m"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+
+    def said(text: str, cache_control: dict[str, Any]) -> dict[str, Any]:
+        return {"role": "user", "content": [{"type": "text", "text": text, "cache_control": cache_control}]}
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        for text, cache_control in [("Hi", five), ("Doc", hour), ("More", five_named), ("Then", five)]:
+            await manager.add_messages([said(text, cache_control)])
+            await manager.add_message("assistant", f"Read {text}.")
+        turns = manager.get_context(format="anthropic")["messages"]
+        marks = [block.get("cache_control") for turn in turns for block in turn["content"]]
+        assert [mark for mark in marks if mark] == [hour, five_named, five]  # the first 5-minute one went
+        assert turns[0]["content"] == [{"type": "text", "text": "Hi"}]
+
+
+async def test_an_openai_message_of_text_parts_with_cache_control_is_still_read_as_openai(
+    tmp_path: Path,
+) -> None:
+    """A text part with ``cache_control`` made a Chat Completions message (OpenRouter and LiteLLM take
+    that shape) read as an Anthropic turn: its image part was refused naming Anthropic blocks, an empty
+    ``cache_control`` ({}) refused where it had been ignored."""
+    cc = {"type": "ephemeral"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        with pytest.raises(InvalidMessageError, match=r"images, audio and files are refused"):
+            await manager.add_messages(
+                [{"role": "user", "content": [{"type": "text", "text": "Look", "cache_control": cc}, image]}]
+            )
+        empty = {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {}}]}
+        assert await manager.add_messages([empty]) == 1
+        assert manager.messages[-1].content == "Hi" and manager.messages[-1].metadata == {}
+
+
 async def test_an_anthropic_response_object_goes_in_as_its_assistant_turn(tmp_path: Path) -> None:
     response = anthropic_response(CALLING)
     async with EnhancedContextManager(config(tmp_path)) as manager:

@@ -614,7 +614,8 @@ def is_anthropic_message(item: Any) -> bool:
     """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
 
     A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block (or, on a
-    user or assistant turn, a text block with a ``cache_control``), or an SDK block object; or the SDK's
+    user or assistant turn, a text block with a ``cache_control`` and no part only Chat Completions has,
+    ``image_url`` ...), or an SDK block object; or the SDK's
     response ``Message`` (``type == "message"``, its blocks objects), or its ``model_dump()`` (a
     ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item holds ``output_text``
     / ``input_text`` parts).
@@ -633,22 +634,27 @@ def is_anthropic_message(item: Any) -> bool:
         return False
     if content == _FILLER_CONTENT:  # the user turn the Anthropic export inserts: left out
         return True
+    cache_marked = chat_completions = False
     for part in content:
         if isinstance(part, Mapping):
             kind = part.get("type")
             if kind in _ANTHROPIC_ONLY_BLOCKS:
                 return True
             # a text block with a cache breakpoint: read as Anthropic's, which keeps it (a user or
-            # assistant turn; a system message's parts stay Chat Completions text)
-            if kind == "text" and part.get("cache_control") is not None and _turn_role(item) in _TURN_ROLES:
-                return True
+            # assistant turn; a system message's parts stay Chat Completions text), unless a part only
+            # Chat Completions has (image_url ...) says it is one of those (OpenRouter and LiteLLM take
+            # cache_control on their text parts): refused or read as such, as before
+            if kind == "text" and part.get("cache_control") and _turn_role(item) in _TURN_ROLES:
+                cache_marked = True
+            chat_completions = chat_completions or kind in _CHAT_COMPLETIONS_ONLY_PARTS
         elif getattr(part, "type", None) in _ANTHROPIC_BLOCK_TYPES:  # an SDK block object (TextBlock ...)
             return True
-    return False
+    return cache_marked and not chat_completions
 
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
 _TURN_ROLES = frozenset({"user", "assistant"})
+_CHAT_COMPLETIONS_ONLY_PARTS = frozenset({"image_url", "input_audio", "file", "refusal"})
 
 
 def _is_anthropic_response_dump(item: Mapping[str, Any]) -> bool:
@@ -892,6 +898,26 @@ def _put_cache_control(
         marked.append(blocks[-1])
 
 
+def _drop_refused_breakpoints(marked: list[dict[str, Any]]) -> None:
+    """Take ``cache_control`` off the ``marked`` blocks (in request order) the API would refuse.
+
+    It takes at most :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS`, and no breakpoint of a shorter ``ttl``
+    before one of a longer (a 5-minute one before a 1-hour one): breakpoints imported by several
+    requests, each valid alone, can break both. The latest stay (the longest cached prefix).
+    """
+    kept = 0
+    longest = 0  # the longest ttl (seconds) of the breakpoints kept after this one
+    for block in reversed(marked):
+        ttl = _CACHE_TTL_SECONDS.get(block["cache_control"].get("ttl", "5m"))
+        if kept == ANTHROPIC_MAX_CACHE_BREAKPOINTS or (ttl is not None and ttl < longest):
+            del block["cache_control"]
+            continue
+        kept += 1
+        longest = max(longest, ttl or 0)
+
+
+_CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
+"""The ``ttl`` values of ``cache_control`` the API takes (absent: ``"5m"``); another is left as it is."""
 _CACHEABLE_BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result"})
 _TRUNCATED_METADATA_KEY = "context_manager.truncated"
 """:data:`context_manager.core.compression.truncation.TRUNCATED_METADATA_KEY` (a cut copy's mark)."""
@@ -971,7 +997,8 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     made, which the API refuses in a tool-use turn). A ``cache_control`` the import kept
     (:data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY`) goes back on its
     message's last block, except on a message the window cut; at most the latest
-    :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` (the API's limit), so an append may take an earlier one away.
+    :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` (the API's limit), so an append may take an earlier one away,
+    and none of a 5-minute ``ttl`` before a 1-hour one (the API refuses that order).
     """
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -1022,8 +1049,7 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
                 turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    for block in marked[:-ANTHROPIC_MAX_CACHE_BREAKPOINTS]:  # the API refuses more: the latest stay
-        del block["cache_control"]
+    _drop_refused_breakpoints(marked)
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
     body: dict[str, Any] = {}
