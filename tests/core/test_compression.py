@@ -8,6 +8,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -20,6 +21,7 @@ from context_manager.core.compression import (
     ExtractiveSummarizer,
     Summarizer,
     group_into_units,
+    min_readable_tokens,
     plan_compression,
     truncate_message,
     truncate_middle,
@@ -27,6 +29,7 @@ from context_manager.core.compression import (
 from context_manager.core.compression.summarizer import _split_sentences
 from context_manager.core.errors import ContextBudgetError
 from context_manager.core.messages import Message, ToolCall
+from context_manager.core.text import MAX_CLUSTER_CHARS, grapheme_end, grapheme_start
 from context_manager.core.tokens import (
     REPLY_PRIMING_TOKENS,
     ExactTokenCounter,
@@ -316,6 +319,49 @@ def test_the_newest_request_is_cut_to_whole_characters_at_both_ends_or_not_at_al
         assert copy.token_count <= budget
     assert truncate_message(message, first + 8, COUNTER, readable=True) is None  # no room for two families
     assert truncate_message(message, 3 * first + 20, COUNTER, readable=True) is not None
+
+
+def test_the_newest_request_cut_to_its_readable_floor_keeps_a_large_first_and_last_character() -> None:
+    """The floor the plan gives the newest request counts its first and last clusters whole, but the cut
+    gave the head half the room (a family and a thumbs up), found no room left for the 26-token flag at
+    the end, took it all the same and gave up: no copy at the floor (nor a few tokens above it), so the
+    window refused an add ``check_fits`` let through. The head now gives the last cluster its room."""
+    family, flag = CLUSTERS[0], CLUSTERS[5]
+    message = counted("user", family + CLUSTERS[1] + family * 3 + flag)
+    floor = min_readable_tokens(message, COUNTER)
+    for budget in range(floor, message.token_count):
+        copy = truncate_message(message, budget, COUNTER, readable=True)
+        assert copy is not None and copy.token_count <= budget, budget
+        head, tail = split_cut(copy.content)
+        assert head.startswith(family) and tail.endswith(flag), copy.content
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\U0001f1eb" * 400_000,  # regional indicators: a flag is a pair, counted back to the run's start
+        "a" + "\u0301" * 400_000,  # one letter and its "zalgo" marks
+        "\U0001f468\u200d" * 200_000,  # a chain of joiners
+        ("\u0915" + "\u0301" * 4_000 + "\u094d") * 100,  # marks and viramas before a letter
+    ],
+    ids=["flags", "marks", "joiners", "viramas"],
+)
+def test_cutting_a_megabyte_of_one_long_cluster_takes_milliseconds(text: str) -> None:
+    """Each look for a cluster boundary walked the whole run in Python (a flag's parity was counted from
+    the run's start at each look), several looks a cut: 0.3 to 3 s a cut of 400k such characters, which
+    took a millisecond before cuts kept whole clusters. A look now stops after MAX_CLUSTER_CHARS code
+    points and cuts where it was asked to."""
+    message = counted("user", text)
+    elapsed = 0.0  # (about 0.02 s the three cuts, 2.5 to 9 s before)
+    for budget, readable in ((50, False), (2_000, False), (2_000, True)):
+        started = time.perf_counter()
+        copy = truncate_message(message, budget, COUNTER, readable=readable)
+        elapsed += time.perf_counter() - started
+        assert copy is not None and copy.token_count <= budget
+    assert elapsed < 0.5, elapsed
+    start = grapheme_start(text, 200_000)
+    assert start == 200_000 or 200_000 - start <= MAX_CLUSTER_CHARS
+    assert 0 <= grapheme_end(text, 200_000) - 200_000 <= MAX_CLUSTER_CHARS
 
 
 def split_cut(content: str) -> tuple[str, str]:

@@ -564,6 +564,21 @@ async def test_a_view_cut_with_a_counter_of_ones_own_counts_a_few_times_the_piec
     assert head and text.startswith(head) and text.endswith(rest.partition(" ...]\n")[2])
 
 
+async def test_check_fits_and_add_agree_on_a_request_with_large_first_and_last_characters() -> None:
+    """Default counter, a fresh 71-token window, a request of emoji families ending in a 26-token flag:
+    check_fits let it through and the add refused it (its readable cut found no copy at the room the plan
+    gave it, 'the token counter counts the cut messages above the room planned'). Both now accept it."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    flag = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    window = ContextWindow(max_tokens=71, compression_ratio=0.5)
+    request = Message.create("user", family + "\U0001f44d\U0001f3fd" + family * 3 + flag)
+    window.check_fits([request])
+    await window.add(request)
+    held = window.get(request.id)
+    assert window.token_count <= 71
+    assert held.content.startswith(family) and held.content.endswith(flag)
+
+
 async def test_cuts_the_counter_finds_too_large_are_refused_and_leave_the_window_as_it_was() -> None:
     """A counter that also counts the metadata of a cut copy (its truncation record) gives every cut more
     than the plan allowed; with no cut fitting, the add returned all the same with a 52-token window holding

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["encodable", "grapheme_end", "grapheme_start", "storable"]
+__all__ = ["MAX_CLUSTER_CHARS", "encodable", "grapheme_end", "grapheme_start", "storable"]
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -54,6 +54,15 @@ def _regional(char: str) -> bool:
     return "\U0001f1e6" <= char <= "\U0001f1ff"
 
 
+_REGIONAL = "".join(map(chr, range(0x1F1E6, 0x1F200)))
+
+# A cluster is looked for this many code points away at most: past it (a "zalgo" run of thousands of
+# combining marks, a chain of joiners) a cut is made where it was asked for, as Unicode's stream-safe
+# text format bounds a character's marks. An unbounded look made every cut of a megabyte of such text
+# walk all of it, several times a cut, in Python (seconds where the cut took milliseconds).
+MAX_CLUSTER_CHARS = 128
+
+
 def _hangul(char: str) -> str:
     """The Hangul syllable type of ``char`` (L, V, T, LV, LVT) or ``""``."""
     point = ord(char)
@@ -90,15 +99,16 @@ def _boundary(text: str, index: int) -> bool:
         return False
     if _attaches(before) and unicodedata.category(after) == "Lo":
         at = index - 1  # a virama among the marks before a letter joins it (Indic conjuncts)
-        while at >= 0 and _attaches(text[at]):
+        while at >= max(0, index - MAX_CLUSTER_CHARS) and _attaches(text[at]):
             if unicodedata.combining(text[at]) == 9:
                 return False
             at -= 1
     if _regional(before) and _regional(after):
-        run = 0  # a flag is a pair: the cut splits one when an odd number of indicators precede it
-        while index - 1 - run >= 0 and _regional(text[index - 1 - run]):
-            run += 1
-        return run % 2 == 0
+        # a flag is a pair: the cut splits one when an odd number of indicators precede it (a run longer
+        # than MAX_CLUSTER_CHARS is cut anywhere: counting a million indicators took a second a cut)
+        near = text[max(0, index - MAX_CLUSTER_CHARS) : index]
+        run = len(near) - len(near.rstrip(_REGIONAL))
+        return run % 2 == 0 or run == len(near) < index
     if "\u1100" <= before <= "\ud7fb" and "\u1100" <= after <= "\ud7fb":
         return (_hangul(before), _hangul(after)) not in _HANGUL_JOINS
     return True
@@ -108,20 +118,28 @@ def grapheme_start(text: str, index: int) -> int:
     """The largest grapheme cluster boundary of ``text`` at or before ``index`` (a cut that splits none).
 
     ``text[:grapheme_start(text, i)]`` is the longest prefix of ``text[:i]`` ending with a whole character
-    as a reader sees it: an emoji ZWJ sequence, a letter with its combining marks, a flag.
+    as a reader sees it: an emoji ZWJ sequence, a letter with its combining marks, a flag. ``index`` itself
+    when no boundary is within :data:`MAX_CLUSTER_CHARS` code points.
     """
     index = max(0, min(index, len(text)))
-    while not _boundary(text, index):
-        index -= 1
-    return index
+    at = index
+    while not _boundary(text, at):
+        at -= 1
+        if index - at > MAX_CLUSTER_CHARS:
+            return index
+    return at
 
 
 def grapheme_end(text: str, index: int) -> int:
     """The smallest grapheme cluster boundary of ``text`` at or after ``index``.
 
     ``text[grapheme_end(text, i):]`` is the longest suffix of ``text[i:]`` starting with a whole character.
+    ``index`` itself when no boundary is within :data:`MAX_CLUSTER_CHARS` code points.
     """
     index = max(0, min(index, len(text)))
-    while not _boundary(text, index):
-        index += 1
-    return index
+    at = index
+    while not _boundary(text, at):
+        at += 1
+        if at - index > MAX_CLUSTER_CHARS:
+            return index
+    return at

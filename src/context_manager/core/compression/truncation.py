@@ -90,6 +90,14 @@ def _pieces(
         head = head_source[: grapheme_end(head_source, 1)]
     head_tokens = counter.count(head)
     tail, tail_tokens = fill_tail(head, head_tokens)
+    if readable and head_tokens + tail_tokens > keep:  # the last cluster, kept whole, needs the head's room
+        shorter, shorter_tokens = fill_head(tail, tail_tokens)
+        if not shorter:
+            source = before(tail)
+            shorter = source[: grapheme_end(source, 1)]
+            shorter_tokens = counter.count(shorter)
+        if shorter_tokens < head_tokens:
+            head, head_tokens = shorter, shorter_tokens
     if head_tokens + tail_tokens < keep:  # the tail's edge split a character: the head takes the rest
         longer, longer_tokens = fill_head(tail, tail_tokens)
         if len(longer) > len(head):
