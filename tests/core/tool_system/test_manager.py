@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 import typing_extensions
-from pydantic import BaseModel
+from pydantic import AliasChoices, AliasPath, BaseModel
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
@@ -1049,6 +1049,32 @@ async def test_a_nested_boolean_given_by_a_fields_name_is_refused() -> None:
     ignored = await manager.call_tool("search", {"where": {"min_age": 3}, "also": {"min_age": True}})
     assert ignored.success, ignored.error
     assert ran == [(_AgeFilter(minAge=3), _AliasOnly())]
+
+
+class _AgeChoices(BaseModel):
+    min_age: int = pydantic.Field(0, validation_alias=AliasChoices("min_age", "minAge", AliasPath("age", 0)))
+
+
+async def test_a_nested_boolean_given_by_one_of_a_fields_alias_choices_is_refused() -> None:
+    """A field with ``validation_alias=AliasChoices(...)`` is taken by each of its choices, but the schema
+    lists only the first: ``{"minAge": true}`` came to the tool as ``min_age=1``."""
+    ran: list[Any] = []
+
+    async def search(where: _AgeChoices) -> str:
+        ran.append(where)
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("search", search, "Search")
+    for key in ("min_age", "minAge"):
+        refused = await manager.call_tool("search", {"where": {key: True}})
+        assert refused.error == (
+            f"invalid arguments for tool 'search': where.{key}: got true; expected a valid integer"
+        )
+    assert ran == []
+    accepted = await manager.call_tool("search", {"where": {"minAge": 4}})
+    assert accepted.success, accepted.error
+    assert ran == [_AgeChoices(min_age=4)]
 
 
 class _Node(BaseModel):

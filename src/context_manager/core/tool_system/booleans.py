@@ -31,7 +31,7 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 
 from context_manager.core.tool_system.schema import REDACTED, describe_argument
 
@@ -166,6 +166,10 @@ def _validated_member(value: Any, key: int | str) -> Any:
             if key in (info.alias, info.validation_alias) or (
                 key == name and (by_name or info.alias is None)
             ):
+                return getattr(value, name, _ABSENT)
+            if isinstance(info.validation_alias, AliasChoices) and key in info.validation_alias.choices:
+                # one of the names the field is taken by (the schema lists the first); an ``AliasPath``
+                # choice is no ``str``, so never equal
                 return getattr(value, name, _ABSENT)
         extra = value.__pydantic_extra__
         return extra.get(key, _ABSENT) if isinstance(extra, dict) and isinstance(key, str) else _ABSENT
