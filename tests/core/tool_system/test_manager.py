@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 import typing_extensions
-from pydantic import BaseModel
+from pydantic import AliasChoices, AliasPath, BaseModel
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
@@ -985,3 +985,121 @@ async def test_a_nested_boolean_inside_a_sensitive_argument_is_refused_without_q
         refused.error
         == "invalid arguments for tool 'pay': card.pin: got [REDACTED]; expected a valid integer"
     )
+
+
+class _Count(BaseModel):
+    v: int
+
+
+class _Flag(BaseModel):
+    v: bool
+    reason: str
+
+
+async def test_a_nested_boolean_in_an_untagged_union_is_refused_where_pydantic_reads_it_as_a_number() -> None:
+    """In a union without a tag, the check let a boolean pass when any member took one: ``{"v": true}``
+    for ``_Count | _Flag`` (``_Flag`` needs a ``reason`` too) came to the tool as ``_Count(v=1)``. Which
+    member pydantic picked now decides: a boolean read as a number is refused."""
+    ran: list[Any] = []
+
+    async def record(entry: _Count | _Flag) -> str:
+        ran.append(entry)
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("record", record, "Record")
+    refused = await manager.call_tool("record", {"entry": {"v": True}})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == "invalid arguments for tool 'record': entry.v: got true; expected a valid integer"
+    assert ran == []
+    for arguments in ({"v": True, "reason": "set"}, {"v": 1}, {"v": False, "reason": "unset"}):
+        result = await manager.call_tool("record", {"entry": arguments})
+        assert result.success, result.error
+    assert ran == [_Flag(v=True, reason="set"), _Count(v=1), _Flag(v=False, reason="unset")]
+    assert [type(entry.v) for entry in ran] == [bool, int, bool]
+
+
+class _AgeFilter(BaseModel):
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+    min_age: int = pydantic.Field(alias="minAge")
+
+
+class _AliasOnly(BaseModel):
+    min_age: int = pydantic.Field(0, alias="minAge")
+
+
+async def test_a_nested_boolean_given_by_a_fields_name_is_refused() -> None:
+    """A model with ``populate_by_name`` takes a field by its name as well as its alias; the check looked
+    up only the alias (the schema's key), so ``{"min_age": true}`` came to the tool as ``min_age=1``. A key
+    pydantic ignores (no ``populate_by_name``) is still no problem."""
+    ran: list[Any] = []
+
+    async def search(where: _AgeFilter, also: _AliasOnly | None = None) -> str:
+        ran.append((where, also))
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("search", search, "Search")
+    for key in ("minAge", "min_age"):
+        refused = await manager.call_tool("search", {"where": {key: True}})
+        assert refused.error == (
+            f"invalid arguments for tool 'search': where.{key}: got true; expected a valid integer"
+        )
+    assert ran == []
+    ignored = await manager.call_tool("search", {"where": {"min_age": 3}, "also": {"min_age": True}})
+    assert ignored.success, ignored.error
+    assert ran == [(_AgeFilter(minAge=3), _AliasOnly())]
+
+
+class _AgeChoices(BaseModel):
+    min_age: int = pydantic.Field(0, validation_alias=AliasChoices("min_age", "minAge", AliasPath("age", 0)))
+
+
+async def test_a_nested_boolean_given_by_one_of_a_fields_alias_choices_is_refused() -> None:
+    """A field with ``validation_alias=AliasChoices(...)`` is taken by each of its choices, but the schema
+    lists only the first: ``{"minAge": true}`` came to the tool as ``min_age=1``."""
+    ran: list[Any] = []
+
+    async def search(where: _AgeChoices) -> str:
+        ran.append(where)
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("search", search, "Search")
+    for key in ("min_age", "minAge"):
+        refused = await manager.call_tool("search", {"where": {key: True}})
+        assert refused.error == (
+            f"invalid arguments for tool 'search': where.{key}: got true; expected a valid integer"
+        )
+    assert ran == []
+    accepted = await manager.call_tool("search", {"where": {"minAge": 4}})
+    assert accepted.success, accepted.error
+    assert ran == [_AgeChoices(min_age=4)]
+
+
+class _Node(BaseModel):
+    value: int = 0
+    child: _Node | None = None
+
+
+async def test_a_boolean_nested_deeper_than_64_levels_is_refused() -> None:
+    """The walk stopped 64 levels down: a ``true`` deeper came to the tool as 1."""
+    ran: list[Any] = []
+
+    async def plant(root: _Node) -> str:
+        ran.append(root)
+        return "ok"
+
+    manager = ToolManager()
+    manager.register_function_tool("plant", plant, "Plant")
+    tree: dict[str, Any] = {"value": True}
+    for _ in range(80):
+        tree = {"value": 1, "child": tree}
+    refused = await manager.call_tool("plant", {"root": tree})
+    assert refused.error_type is ToolErrorType.INVALID_ARGUMENTS
+    assert refused.error == (
+        "invalid arguments for tool 'plant': root"
+        + ".child" * 80
+        + ".value: got true; expected a valid integer"
+    )
+    assert ran == []

@@ -14,20 +14,28 @@ Both read the JSON schema the tool was registered with (the one the model sees),
 schema says. Where a value may be checked against several schemas (a union), a boolean is refused only when
 none of them takes it and one of them takes a number (an object's ``Literal`` tag, a discriminator, leaves
 out the members that do not have it); a position whose schema is unknown (``Any``, an open object's other
-keys) takes it.
+keys) takes it. Where the members differ (one takes a number, another a boolean or anything: ``A | B``
+without a tag), or the key is none the object lists (a field given by its name under ``populate_by_name``),
+the boolean is *unsure*: once pydantic has validated the call, :func:`booleans_read_as_numbers` looks at
+what it made of it, and a number there is refused. The walk is iterative (no depth limit), walks a value
+once per set of schemas (shared values, cycles), and never where no schema takes a number.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
+import enum
 import itertools
 import operator
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import AliasChoices, BaseModel
+
 from context_manager.core.tool_system.schema import REDACTED, describe_argument
 
-__all__ = ["nested_booleans", "nested_numeric_arguments", "numeric_arguments"]
+__all__ = ["booleans_read_as_numbers", "nested_booleans", "nested_numeric_arguments", "numeric_arguments"]
 
 _NUMBER_TYPES = frozenset({"integer", "number"})
 _TYPE_WORDS = {
@@ -39,8 +47,9 @@ _TYPE_WORDS = {
     "null": "null",
 }
 _PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
-_MAX_DEPTH = 64  # deeper values are left to pydantic (the walk is recursive)
+_MAX_DEPTH = 64  # levels :func:`_holds_booleans` scans (deeper: the walk, which has no limit, decides)
 _UNKNOWN: dict[str, Any] = {}  # the schema of a position nothing is known about: it takes anything
+_UNLISTED: dict[str, Any] = {}  # ... of an object's key its properties do not list (a field by its name?)
 _SCALARS = frozenset({str, int, float, type(None)})  # (bool left out: a container of these holds none)
 _CONTAINERS = frozenset({dict, list, tuple})
 _DICT = itertools.repeat(dict)
@@ -85,11 +94,13 @@ def nested_booleans(
     schema: Mapping[str, Any],
     *,
     sensitive_arguments: collections.abc.Iterable[str] = (),
-) -> dict[tuple[int | str, ...], str]:
+) -> tuple[dict[tuple[int | str, ...], str], dict[tuple[int | str, ...], str]]:
     """The booleans inside the ``names`` arguments where ``schema`` takes a number: path -> problem text.
 
     A problem reads as pydantic's do in the tool's error (``filter.min_age: got true; expected a valid
-    integer``); under one of ``sensitive_arguments`` the value is ``[REDACTED]``.
+    integer``); under one of ``sensitive_arguments`` the value is ``[REDACTED]``. Second: the booleans
+    that are problems only if pydantic reads them as numbers (path -> what is expected, "" when unknown),
+    for :func:`booleans_read_as_numbers` once the call is validated.
     """
     properties = schema.get("properties") or {}
     definitions = schema.get("$defs") or {}
@@ -102,15 +113,83 @@ def nested_booleans(
             and not _plain(value.values() if isinstance(value, dict) else value)  # (most calls: no walk)
         ):
             walker = walker or _Walker(definitions)
-            walker.walk(value, _spread(properties[name], definitions), (name,), 0)
-    if walker is None or not walker.found:
-        return {}
+            walker.walk(value, _spread(properties[name], definitions), (name,))
+    if walker is None or not (walker.found or walker.unsure):
+        return {}, {}
     sensitive = frozenset(sensitive_arguments)
     problems: dict[tuple[int | str, ...], str] = {}
     for path, expected in walker.found.items():
-        given = REDACTED if path[0] in sensitive else describe_argument(_value_at(arguments, path))
-        problems[path] = f"{'.'.join(str(part) for part in path)}: got {given}; expected {expected}"
+        problems[path] = _problem(arguments, path, expected, sensitive)
+    return problems, walker.unsure
+
+
+def booleans_read_as_numbers(
+    validated: Any,
+    unsure: Mapping[tuple[int | str, ...], str],
+    arguments: Mapping[str, Any],
+    *,
+    sensitive_arguments: collections.abc.Iterable[str] = (),
+) -> dict[tuple[int | str, ...], str]:
+    """The ``unsure`` booleans pydantic read as numbers (``validated``: the arguments model): path -> problem.
+
+    At each path, the validated value is followed (a model's field by alias or name, a dataclass's field,
+    a dict's key, a list's index); a number there (not a bool) is a ``true`` read as 1. A path not followed
+    (a field pydantic ignored, a set) is no problem.
+    """
+    sensitive = frozenset(sensitive_arguments)
+    problems: dict[tuple[int | str, ...], str] = {}
+    for path, expected in unsure.items():
+        value = validated
+        for part in path:
+            value = _validated_member(value, part)
+            if value is _ABSENT:
+                break
+        if type(value) is bool or not isinstance(value, int | float):
+            continue
+        if not expected:
+            if isinstance(value, enum.Enum):
+                expected = " or ".join(describe_argument(member.value) for member in type(value))
+            else:
+                expected = "a valid number" if isinstance(value, float) else "a valid integer"
+        problems[path] = _problem(arguments, path, expected, sensitive)
     return problems
+
+
+def _validated_member(value: Any, key: int | str) -> Any:
+    """The member ``key`` (as the model sent it) of a validated value, or ``_ABSENT``."""
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        by_name = bool(
+            value.model_config.get("populate_by_name") or value.model_config.get("validate_by_name")
+        )
+        for name, info in fields.items():
+            if key in (info.alias, info.validation_alias) or (
+                key == name and (by_name or info.alias is None)
+            ):
+                return getattr(value, name, _ABSENT)
+            if isinstance(info.validation_alias, AliasChoices) and key in info.validation_alias.choices:
+                # one of the names the field is taken by (the schema lists the first); an ``AliasPath``
+                # choice is no ``str``, so never equal
+                return getattr(value, name, _ABSENT)
+        extra = value.__pydantic_extra__
+        return extra.get(key, _ABSENT) if isinstance(extra, dict) and isinstance(key, str) else _ABSENT
+    if isinstance(value, Mapping):
+        try:
+            return value.get(key, _ABSENT)
+        except TypeError:
+            return _ABSENT
+    if isinstance(value, list | tuple):
+        return value[key] if isinstance(key, int) and 0 <= key < len(value) else _ABSENT
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and isinstance(key, str):
+        return getattr(value, key, _ABSENT)
+    return _ABSENT
+
+
+def _problem(
+    arguments: Mapping[str, Any], path: tuple[int | str, ...], expected: str, sensitive: frozenset[str]
+) -> str:
+    given = REDACTED if path[0] in sensitive else describe_argument(_value_at(arguments, path))
+    return f"{'.'.join(str(part) for part in path)}: got {given}; expected {expected}"
 
 
 def _value_at(arguments: Mapping[str, Any], path: tuple[int | str, ...]) -> Any:
@@ -186,12 +265,18 @@ class _Walker:
     def __init__(self, definitions: Mapping[str, Any]) -> None:
         self.definitions = definitions
         self.found: dict[tuple[int | str, ...], str] = {}
+        # booleans that are refused if pydantic read them as numbers: path -> expected ("": unknown)
+        self.unsure: dict[tuple[int | str, ...], str] = {}
+        self._seen: set[tuple[int, int]] = set()  # (id of a value, id of its candidates list) walked
+        # ids of the schemas in a candidates list -> the one list used for them (kept alive: ids are keys)
+        self._interned: dict[tuple[int, ...], list[Any]] = {}
+        # id of a candidates list (interned) -> (may be an object, may be an array, takes a number inside)
+        self._about: dict[int, tuple[bool, bool, bool]] = {}
         # (id of a candidates list, object or array, key or index) -> (that list, kept alive so that its id
         # is not reused; the spread schemas of the member)
         self._inner: dict[tuple[int, str, Any], tuple[list[Any], list[Any]]] = {}
         # id of a schema (of the tool's, alive throughout) -> whether it takes a number anywhere inside
         self._numeric: dict[int, bool] = {}
-        self._open: set[int] = set()  # ids of the objects and arrays being walked (the current path)
         # id of a candidates list -> (that list, kept alive; the keys some member tags with a Literal)
         self._tags: dict[int, tuple[list[Any], tuple[str, ...]]] = {}
         # (id of a candidates list, an object's values at those keys) -> the members it may match
@@ -221,27 +306,50 @@ class _Walker:
             inner = _spread_all([_member(schema, key) for schema in containers], self.definitions)
         else:
             inner = _spread_all([_item(schema, key) for schema in containers], self.definitions)
+        inner = self._intern(inner)
         self._inner[memo] = (candidates, inner)
         return inner
 
-    def walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
-        """Record the booleans in ``value`` (an object or array) its ``candidates`` schemas refuse."""
-        if depth > _MAX_DEPTH or id(value) in self._open:
-            return  # too deep, or a cycle
-        if isinstance(value, dict):
-            if not any(_may_be(schema, "object") for schema in candidates) or _plain(value.values()):
-                return  # not an object here (pydantic says so), or nothing in it to look at
-        elif not any(_may_be(schema, "array") for schema in candidates) or _plain(value):
-            return
-        if not self._holds_numbers(candidates):
-            return  # no number is taken anywhere inside (an ``Any`` payload, a ``list[str]``)
-        if len(value) >= _SCANNED and not _holds_booleans(value):
-            return  # a large value (rows, say) without a boolean inside, seen at C speed
-        self._open.add(id(value))
-        try:
-            self._walk(value, candidates, path, depth)
-        finally:
-            self._open.discard(id(value))
+    def _intern(self, candidates: list[Any]) -> list[Any]:
+        """One list for the same schemas: a value met again (a cycle) is known by its list's id."""
+        return self._interned.setdefault(tuple(map(id, candidates)), candidates)
+
+    def walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...]) -> None:
+        """Record the booleans in ``value`` (an object or array) its ``candidates`` schemas refuse.
+
+        Iterative, at any depth; a value is walked once per set of schemas (a value shared, or holding
+        itself, is not walked again).
+        """
+        candidates = self._intern(candidates)
+        stack: list[tuple[Any, list[Any], tuple[int | str, ...]]] = [(value, candidates, path)]
+        seen = self._seen
+        about = self._about
+        while stack:
+            value, candidates, path = stack.pop()
+            if type(value) is bool:
+                self._check(candidates, path)
+                continue
+            if not candidates:
+                continue  # no schema takes a value here (an unexpected key: pydantic says so)
+            key = (id(value), id(candidates))
+            if key in seen:
+                continue  # shared, or a cycle
+            seen.add(key)
+            # (objects and arrays come here with something in them to look at: ``_members`` saw to it)
+            known = about.get(id(candidates))
+            if known is None:
+                known = about[id(candidates)] = (
+                    any(_may_be(schema, "object") for schema in candidates),
+                    any(_may_be(schema, "array") for schema in candidates),
+                    self._holds_numbers(candidates),  # (not: an ``Any`` payload, a ``list[str]``)
+                )
+            if not known[0 if isinstance(value, dict) else 1] or not known[2]:
+                continue  # not an object (an array) here: pydantic says so; or no number is taken inside
+            if len(value) >= _SCANNED and not _holds_booleans(value):
+                continue  # a large value (rows, say) without a boolean inside, seen at C speed
+            members = self._members(value, candidates, path)
+            members.reverse()  # (popped in order: problems are listed as pydantic lists them)
+            stack.extend(members)
 
     def _tagged(self, candidates: list[Any], value: dict[Any, Any]) -> list[Any]:
         """The ``candidates`` an object may match by its tags (``kind: Literal["cat"]``, a discriminator).
@@ -274,38 +382,77 @@ class _Walker:
                 for index, key in enumerate(keys)
             )
         ]
-        self._matching[memo] = matching = matching or candidates  # (none: pydantic says what is wrong)
+        self._matching[memo] = matching = self._intern(matching) if matching else candidates
         self._kept.append(matching)
         return matching
 
-    def _walk(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
+    def _members(
+        self, value: Any, candidates: list[Any], path: tuple[int | str, ...]
+    ) -> list[tuple[Any, list[Any], tuple[int | str, ...]]]:
+        """The objects and arrays inside ``value`` to walk, each with its schemas and path.
+
+        Its booleans are checked here, those after an object or array to walk are returned too (problems
+        are listed in order); flat objects and arrays without a boolean are left out.
+        """
+        members: list[tuple[Any, list[Any], tuple[int | str, ...]]] = []
         if isinstance(value, dict):
             candidates = self._tagged(candidates, value)
             for key, item in value.items():
-                if type(item) is bool or isinstance(item, dict | list | tuple):
-                    self._check(item, self._member_schemas(candidates, key, "object"), (*path, key), depth)
-            return
+                if type(item) is bool:
+                    inner = self._member_schemas(candidates, key, "object")
+                    if members:
+                        members.append((item, inner, (*path, key)))
+                    else:
+                        self._check(inner, (*path, key))
+                elif isinstance(item, dict | list | tuple) and not _plain(
+                    item.values() if isinstance(item, dict) else item
+                ):
+                    members.append((item, self._member_schemas(candidates, key, "object"), (*path, key)))
+            return members
         # a list's items share one schema (a tuple's prefix gives each of its first items its own)
         prefixed = any(isinstance(schema, dict) and schema.get("prefixItems") for schema in candidates)
         for index, item in enumerate(value):
-            if type(item) is bool or isinstance(item, dict | list | tuple):
+            if type(item) is bool:
                 inner = self._member_schemas(candidates, index if prefixed else 0, "array")
-                self._check(item, inner, (*path, index), depth)
+                if members:
+                    members.append((item, inner, (*path, index)))
+                else:
+                    self._check(inner, (*path, index))
+            elif isinstance(item, dict | list | tuple) and not _plain(
+                item.values() if isinstance(item, dict) else item
+            ):
+                inner = self._member_schemas(candidates, index if prefixed else 0, "array")
+                members.append((item, inner, (*path, index)))
+        return members
 
-    def _check(self, value: Any, candidates: list[Any], path: tuple[int | str, ...], depth: int) -> None:
+    def _check(self, candidates: list[Any], path: tuple[int | str, ...]) -> None:
+        """Record a boolean at ``path`` if its schemas refuse it, or if which of them takes it is unsure.
+
+        Unsure (``unsure``, decided once pydantic has validated the call: :func:`read_as_number`): some
+        schemas take a number and others a boolean or anything (a union whose members differ inside, a
+        ``Literal`` tag not telling them apart), or the key is not one the object lists (a field given by
+        its name, not its alias).
+        """
         if not candidates:
-            return  # no schema takes a value here (an unexpected key: pydantic says so)
-        if type(value) is not bool:
-            self.walk(value, candidates, path, depth + 1)
             return
         types: set[str] = set()
+        numeric: list[Any] = []
+        unsure = False
         for schema in candidates:
             kinds = _own_types(schema)
             if kinds is None or "boolean" in kinds:
-                return  # a schema that takes anything, or a boolean
+                unsure = True  # a schema that takes anything, or a boolean
+                continue
             types |= kinds
-        if types & _NUMBER_TYPES:
-            self.found[path] = _expected(candidates, self.definitions)
+            if kinds & _NUMBER_TYPES:
+                numeric.append(schema)
+        if not unsure:
+            if types & _NUMBER_TYPES:
+                self.found[path] = _expected(candidates, self.definitions)
+        elif numeric:
+            self.unsure[path] = _expected(numeric, self.definitions)
+        elif all(schema is _UNLISTED for schema in candidates):
+            self.unsure[path] = ""
 
 
 def _tags_of(schema: Any, definitions: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,7 +503,10 @@ def _member(schema: Any, key: str) -> Any:
     other = schema.get("additionalProperties", True)
     if other is False:
         return None
-    return other if isinstance(other, dict) else _UNKNOWN
+    if isinstance(other, dict):
+        return other
+    # a key the schema does not list: a model's field by its name (populate_by_name), or an extra
+    return _UNLISTED if isinstance(properties, dict) and properties else _UNKNOWN
 
 
 def _item(schema: Any, index: int) -> Any:

@@ -74,6 +74,7 @@ from context_manager.core.messages import ToolCall
 from context_manager.core.telemetry import Telemetry, telemetry_for_current_providers
 from context_manager.core.threads import ThreadCall, UserThreads, WorkerExit, is_async_callable
 from context_manager.core.tool_system.booleans import (
+    booleans_read_as_numbers,
     nested_booleans,
     nested_numeric_arguments,
     numeric_arguments,
@@ -728,17 +729,26 @@ class ToolManager(ToolRegistry):
                 if numeric is not None and bool in map(type, arguments.values())
                 else None
             )
+            unsure: dict[tuple[int | str, ...], str] | None = None
+            if booleans is not None:
+                # a field given by its name, not its alias (populate_by_name): pydantic says how it read it
+                listed = definition.parameters_schema["properties"]
+                unsure = {
+                    (field,): ""
+                    for field, value in arguments.items()
+                    if type(value) is bool and field not in listed
+                }
             nested = self._nested_numeric_arguments.get(name)
-            nested_found = (
-                nested_booleans(
+            nested_found = None
+            if nested is not None:
+                nested_found, nested_unsure = nested_booleans(
                     arguments,
                     nested,
                     definition.parameters_schema,
                     sensitive_arguments=definition.sensitive_keys,
                 )
-                if nested is not None
-                else None
-            )
+                if nested_unsure:
+                    unsure = {**(unsure or {}), **nested_unsure}
             try:
                 validated = model.__pydantic_validator__.validate_python(arguments)
             except ValidationError as error:
@@ -766,6 +776,12 @@ class ToolManager(ToolRegistry):
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
+            if unsure:  # booleans a union's members (or a field's name) left open: read as numbers?
+                read = booleans_read_as_numbers(
+                    validated, unsure, arguments, sensitive_arguments=definition.sensitive_keys
+                )
+                if read:
+                    nested_found = {**(nested_found or {}), **read}
             if booleans or nested_found:
                 problems = [*(booleans or {}).values(), *(nested_found or {}).values()]
                 message = f"invalid arguments for tool {name!r}: " + "; ".join(problems)
