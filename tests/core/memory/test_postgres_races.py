@@ -879,3 +879,52 @@ async def test_an_access_batch_retried_after_its_commit_is_not_counted_twice(pos
             database.run = original_run  # type: ignore[method-assign]
         assert lost == [True]
         assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]
+
+
+async def test_an_access_batch_retried_on_a_server_that_never_saw_the_first_attempt_is_written(
+    postgres_dsn: str,
+) -> None:
+    """A retry after a failover asks about a transaction id the new primary has not assigned yet.
+
+    The first attempt ran on a primary that failed before its commit reached the replica promoted in its
+    place, whose transaction ids are behind (here: the first attempt's id is made to look 10^6 ahead).
+    ``pg_xact_status`` refuses such an id ("transaction ID ... is in the future"): the batch was lost
+    and the flush raised StorageError, where the retry was to write it.
+    """
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        stored = await manager.add_memory("the walrus sings at dawn", user_id="ana")
+        database = _backend(manager).database
+        original_run = database.run
+        failed: list[bool] = []
+
+        async def run_on_a_primary_that_fails(operation: Any, what: str, **options: Any) -> Any:
+            async def once(connection: psycopg.AsyncConnection[Any]) -> Any:
+                if what != "access update" or failed:
+                    return await operation(connection)
+                failed.append(True)
+                execute = connection.execute
+
+                async def ahead(sql: Any, *arguments: Any, **keywords: Any) -> Any:
+                    if "UPDATE cm_memories" in str(sql):  # the primary is gone before the commit
+                        raise psycopg.OperationalError("the server closed the connection")
+                    sql = str(sql).replace(
+                        "pg_current_xact_id()", "(pg_current_xact_id()::text::bigint + 1000000)::text::xid8"
+                    )
+                    return await execute(sql, *arguments, **keywords)
+
+                connection.execute = ahead  # type: ignore[method-assign]
+                try:
+                    return await operation(connection)
+                finally:
+                    del connection.execute
+
+            return await original_run(once, what, **options)
+
+        database.run = run_on_a_primary_that_fails  # type: ignore[method-assign]
+        try:
+            await manager.search_memory("walrus", user_id="ana")
+            await manager.flush()
+        finally:
+            database.run = original_run  # type: ignore[method-assign]
+        assert failed == [True]
+        assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]

@@ -215,10 +215,13 @@ _TOUCH = (
 # in the order every statement changing several memories locks them, then the attempts before this one
 # (a commit whose acknowledgement was lost) are looked up, so a batch is counted once
 _LOCK_TOUCHED = "SELECT 1 FROM cm_memories WHERE id = ANY(%s) ORDER BY id, tier FOR UPDATE"
-_ATTEMPT_COMMITTED = (
-    "SELECT coalesce(bool_or(pg_xact_status(x) = 'committed'), false) FROM unnest(%s::text[]::xid8[]) AS x"
+# this attempt's transaction id, and whether an earlier attempt committed. An id this server has not
+# assigned yet (the earlier attempt ran on a primary that failed over before its commit reached this one)
+# did not commit here: pg_xact_status() would refuse it ("transaction ID ... is in the future")
+_ATTEMPT = (
+    "SELECT pg_current_xact_id()::text, coalesce((SELECT bool_or(CASE WHEN x < pg_current_xact_id() "
+    "THEN pg_xact_status(x) = 'committed' ELSE false END) FROM unnest(%s::text[]::xid8[]) AS x), false)"
 )
-_ATTEMPT_ID = "SELECT pg_current_xact_id()::text"
 _ADD_ACCESSES = (
     "WITH u AS MATERIALIZED (SELECT * FROM unnest(%(ids)s::text[], %(at)s::double precision[], "
     "%(added)s::bigint[]) AS u(id, last_accessed, added)) "
@@ -901,7 +904,8 @@ class PostgresBackend:
         """Add ``id -> (last_accessed, accesses)`` to every stored copy (see :class:`AccessCounter`).
 
         Each attempt records its transaction id before it writes; a retry (the connection was lost, maybe
-        after the commit) first asks the server whether an earlier attempt committed, and then writes nothing.
+        after the commit) first asks the server whether an earlier attempt committed, and then writes nothing
+        (an id the server has not assigned, from a primary that failed over, did not commit there).
         """
         if not updates:
             return
@@ -916,16 +920,13 @@ class PostgresBackend:
         async def run(connection: psycopg.AsyncConnection[Any]) -> None:
             async with connection.transaction():
                 await connection.execute(_LOCK_TOUCHED, (ids,))
-                if attempts:  # the rows are locked: an earlier attempt has committed or never will
-                    cursor = await connection.execute(_ATTEMPT_COMMITTED, (attempts,))
-                    row = await cursor.fetchone()
-                    if row is not None and row[0]:
-                        return
-                cursor = await connection.execute(_ATTEMPT_ID)
+                # the rows are locked: an earlier attempt has committed or never will
+                cursor = await connection.execute(_ATTEMPT, (attempts,))
                 row = await cursor.fetchone()
                 assert row is not None
                 attempts.append(str(row[0]))
-                await connection.execute(_ADD_ACCESSES, parameters)
+                if not row[1]:
+                    await connection.execute(_ADD_ACCESSES, parameters)
 
         await self.database.run(run, "access update")
 
