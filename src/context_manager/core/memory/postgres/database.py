@@ -7,8 +7,9 @@ has committed; a multi-statement change runs in ``connection.transaction()``).
 A statement that fails because the connection was lost (server restarted, network cut, a failover) or
 because of a serialisation conflict is retried a bounded number of times with a growing pause, on a
 fresh connection; then :class:`~context_manager.core.errors.StorageError` is raised. Every write the
-library retries is idempotent (upserts by key, deletes, absolute updates, appends checked by version),
-so a retry after a commit whose acknowledgement was lost changes nothing twice.
+library retries is idempotent (upserts by key, deletes, absolute updates, appends checked by version)
+or asks the server whether its earlier attempt committed (the access counts' additions, by transaction
+id), so a retry after a commit whose acknowledgement was lost changes nothing twice.
 """
 
 from __future__ import annotations
