@@ -31,7 +31,15 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ThreadCall", "UserThreads", "WorkerExit", "is_async_callable", "to_the_end", "wait_for_all"]
+__all__ = [
+    "ThreadCall",
+    "UserThreads",
+    "WorkerExit",
+    "is_async_callable",
+    "to_the_end",
+    "to_the_end_once_begun",
+    "wait_for_all",
+]
 
 _T = TypeVar("_T")
 
@@ -380,3 +388,21 @@ async def to_the_end(task: asyncio.Future[Any]) -> Any:
         if cancelled:
             raise asyncio.CancelledError
         return result
+
+
+async def to_the_end_once_begun(task: asyncio.Future[Any], begun: Callable[[], bool]) -> Any:
+    """:func:`to_the_end` of work whose first write is one transaction that a cancellation rolls back.
+
+    A caller cancelled before ``begun()`` is true cancels ``task`` too (nothing of it is written yet: a
+    transaction cut short, while it waits for another process's lock say, is rolled back), waits for it to
+    unwind and gets its cancellation at once; once ``begun()`` is true the task runs to its end, as with
+    :func:`to_the_end`. A caller's timeout then still bounds a write that waits on a database's locks.
+    """
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done() and not begun():
+            task.cancel()
+        with contextlib.suppress(Exception):  # the caller asked to stop: the task's error is retrieved
+            await to_the_end(task)
+        raise

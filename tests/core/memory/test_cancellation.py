@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
+from context_manager.testing import HashingEmbedder
 
 _STEPS = [*range(0, 40, 2), 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.2]
 """Cancel after this many event-loop iterations, or (a float) this many seconds: the operations that wait
@@ -224,3 +228,48 @@ async def test_a_cancelled_undo_of_a_consolidation_is_done_whole_or_not_at_all(t
         tmp_path, "undo", prepare, undo, "boiler serviced march", merged, undone
     )
     assert done > 0
+
+
+class _GatedEmbedder(HashingEmbedder):
+    """Embeds only once let through while armed (a slow model); at the latest after 5 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> Any:
+        if self.armed:
+            self.gate.wait(timeout=5)
+        return super().embed(texts)
+
+
+async def test_a_consolidation_cancelled_while_embedding_its_merge_does_not_wait_for_the_embedder(
+    tmp_path: Path,
+) -> None:
+    """The merge is stored whole; its vector is not part of it (a merged memory without one is found by its
+    words, and embedded at the next open, as an add's): a caller's timeout during a slow embedding ended
+    only when the embedding did (3 s for a 0.5 s timeout with a 3 s model)."""
+    config = _config(tmp_path)
+    embedder = _GatedEmbedder()
+    async with MemoryManager(config, embedder=embedder) as memory:
+        for text in ["the quarterly report is due on friday", "the quarterly report is due on friday too"]:
+            await memory.add_memory(text, importance=0.9)
+        embedder.armed = True
+        started = time.perf_counter()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(memory.consolidate_memories(similarity_threshold=0.7), 0.5)
+            waited = time.perf_counter() - started
+        finally:
+            embedder.gate.set()
+        embedder.armed = False
+        assert memory.backend is not None
+        merged_ids = {copy.superseded_by for copy in await memory.backend.scan(None, every_copy=True)} - {
+            None
+        }
+        assert waited < 2.5, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
+    assert len(merged_ids) == 1  # the merge was made whole
+    async with MemoryManager(config, embedder=embedder) as reopened:
+        assert reopened.backend is not None
+        assert set(await reopened.backend.vectors_of(list(merged_ids))) == merged_ids  # embedded at the open

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -928,3 +929,44 @@ async def test_an_access_batch_retried_on_a_server_that_never_saw_the_first_atte
             database.run = original_run  # type: ignore[method-assign]
         assert failed == [True]
         assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]
+
+
+@pytest.mark.parametrize("operation", ["update", "delete"])
+async def test_a_timeout_while_another_process_holds_the_row_cuts_the_wait_short(
+    postgres_dsn: str, operation: str
+) -> None:
+    """An update or delete waiting for a row another process holds locked is one transaction not yet made:
+    a caller's timeout (an MCP client's cancel) ends the wait at once and leaves the memory as it was. Run to
+    its end whatever the cancellation, it kept the caller waiting as long as the other process held the row
+    (5 s for a 1 s timeout), then did the change the caller was told had timed out."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as manager:
+        memory = await manager.add_memory("the ferry leaves at nine", importance=0.9)
+        locked, release = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def hold_the_row() -> None:
+            with psycopg.connect(postgres_dsn) as connection, connection.transaction():
+                connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (memory.id,))
+                loop.call_soon_threadsafe(locked.set)
+                release.wait(timeout=5)  # released once the caller gave up, at the latest after 5 s
+
+        holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
+        await locked.wait()
+        change = (
+            manager.update_memory(memory.id, content="the ferry leaves at ten")
+            if operation == "update"
+            else manager.delete_memory(memory.id)
+        )
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(change, 0.5)
+        waited = time.perf_counter() - started
+        release.set()
+        await holder
+        assert waited < 3, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
+        kept = await manager.get_memory(memory.id)
+        assert kept is not None and kept.content == "the ferry leaves at nine"
+    async with MemoryManager(config) as reopened:
+        kept = await reopened.get_memory(memory.id)
+        assert kept is not None and kept.content == "the ferry leaves at nine"

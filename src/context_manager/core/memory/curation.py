@@ -109,11 +109,11 @@ class MemoryCuration(TierMovement):
             # each group at once, only if none of its originals was deleted, changed or merged by another
             # process since the scan (the originals themselves are not written back, only marked)
             self._unreserve(member.id for _, group in candidates for member in group)
-            # once begun, to its end (with the merged memories' vectors): cancelled part-way, the originals
-            # showed unmerged until the next open finished the merge; a cancelled caller waits for it
-            done = (
-                await to_the_end(asyncio.ensure_future(self._merge_locked(candidates))) if candidates else []
-            )
+            # once begun, to its end: cancelled part-way, the originals showed unmerged until the next open
+            # finished the merge; a cancelled caller waits for it (not for the vectors below: a merged
+            # memory without one is found by its words, and embedded when the store is next opened)
+            merge = self._require("consolidate_memories").merge
+            done = await to_the_end(asyncio.ensure_future(merge(candidates))) if candidates else []
             for (merged, group), was_merged in zip(candidates, done, strict=True):
                 if not was_merged:
                     continue
@@ -126,21 +126,14 @@ class MemoryCuration(TierMovement):
                         "content": merged.content,
                     }
                 )
+            if merged_memories and self.embedder is not None:
+                await self._embed_and_store(merged_memories)
         return {
             "consolidated_count": len(superseded),
             "groups": report_groups,
             "merged_ids": [memory.id for memory in merged_memories],
             "examined": len(memories),
         }
-
-    async def _merge_locked(self, candidates: Sequence[tuple[Memory, Sequence[Memory]]]) -> list[bool]:
-        """Store the merges (:meth:`MemoryBackend.merge`) and the vectors of those made (with the locks)."""
-        done = await self._require("consolidate_memories").merge(candidates)
-        if self.embedder is not None:
-            made = [merged for (merged, _), was_merged in zip(candidates, done, strict=True) if was_merged]
-            if made:
-                await self._embed_and_store(made)
-        return done
 
     async def _unmerge_locked(self, merged_id: str, original_ids: Sequence[str]) -> list[str]:
         """Undo a merge and erase the merged memory (:meth:`undo_consolidation`); call with the locks."""

@@ -30,7 +30,7 @@ from context_manager.core.memory.validation import (
     json_safe,
 )
 from context_manager.core.memory.write_health import records_write_outcome
-from context_manager.core.threads import to_the_end
+from context_manager.core.threads import to_the_end, to_the_end_once_begun
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.backend import MemoryBackend
@@ -577,17 +577,29 @@ class MemoryWriting(TierMovement):
         self._require("update_memory")
         async with self._write_lock:
             # once begun, to its end: cancelled part-way, the memory's old long-term copy stayed beside the
-            # new one in another tier (the next open undid the update); a cancelled caller waits for it
-            await to_the_end(asyncio.ensure_future(self._update_locked(memory_id, changes, target, content)))
+            # new one in another tier (the next open undid the update); a cancelled caller waits for it.
+            # On a shared storage the update is one transaction: cancelled before it committed (waiting
+            # for another process's row lock), it is rolled back and the caller is not kept waiting
+            began = asyncio.Event()
+            update = asyncio.ensure_future(self._update_locked(memory_id, changes, target, content, began))
+            if self._require("update_memory").shared:
+                await to_the_end_once_begun(update, began.is_set)
+            else:
+                await to_the_end(update)
         result = await self.get_memory(memory_id)
         if result is None:  # another process sharing the storage deleted it since
             raise MemoryNotFoundError(memory_id)
         return result
 
     async def _update_locked(
-        self, memory_id: str, changes: dict[str, Any], target: MemoryTier | None, content: str | None
+        self,
+        memory_id: str,
+        changes: dict[str, Any],
+        target: MemoryTier | None,
+        content: str | None,
+        began: asyncio.Event,
     ) -> None:
-        """The writes of :meth:`update_memory` (call with the write lock)."""
+        """The writes of :meth:`update_memory` (call with the write lock); ``began`` set once one is made."""
         backend = self._require("update_memory")
         self._unreserve([memory_id])
         before = await self._locate(memory_id) if content is not None else []
@@ -596,6 +608,7 @@ class MemoryWriting(TierMovement):
         # with a tier, the memory ends up there only; a memory another process deleted is not brought back
         if not await backend.update([memory_id], changes, target):
             raise MemoryNotFoundError(memory_id)
+        began.set()
         if before:
             await self._echo_new_text(before[0], content)
         if self.embedder is not None and content is not None:
@@ -636,17 +649,26 @@ class MemoryWriting(TierMovement):
             if not copies:
                 raise MemoryNotFoundError(memory_id)
             # once begun, to its end: cancelled part-way, a memory stayed in short-term without its long-term
-            # copy (or its originals were deleted and it was not); a cancelled caller waits for it
-            await to_the_end(asyncio.ensure_future(self._delete_locked(memory_id, copies)))
+            # copy (or its originals were deleted and it was not); a cancelled caller waits for it. On a
+            # shared storage each copy's delete is a transaction: cancelled before the first committed
+            # (waiting for another process's row lock), nothing is deleted and the caller is not kept waiting
+            removed: list[Memory] = []
+            delete = asyncio.ensure_future(self._delete_locked(memory_id, copies, removed))
+            if self._require("delete_memory").shared:
+                await to_the_end_once_begun(delete, lambda: bool(removed))
+            else:
+                await to_the_end(delete)
         return copies[0].copy()
 
-    async def _delete_locked(self, memory_id: str, copies: Sequence[Memory]) -> None:
-        """The writes of :meth:`delete_memory` (call with its locks): the memory's originals, then itself."""
+    async def _delete_locked(self, memory_id: str, copies: Sequence[Memory], removed: list[Memory]) -> None:
+        """The writes of :meth:`delete_memory` (call with its locks): the memory's originals, then itself.
+
+        Each copy deleted is appended to ``removed`` (empty when called).
+        """
         absorbed = await self._absorbed(copies[:1])
         by_original: dict[str, list[Memory]] = {}
         for copy in absorbed:  # deepest first
             by_original.setdefault(copy.id, []).append(copy)
-        removed: list[Memory] = []
         located: dict[str, list[Memory]] = {}
         try:
             for original_id, original_copies in by_original.items():
