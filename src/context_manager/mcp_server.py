@@ -106,11 +106,10 @@ _INSTRUCTIONS = (
 )
 
 
-class MemoryItem(BaseModel):
-    """One memory as the MCP tools return it."""
+class _StoredMemory(BaseModel):
+    """What the MCP tools say of every memory they return."""
 
     id: str = Field(description="The memory's id (pass it to memory_delete).")
-    content: str = Field(description="The remembered text.")
     importance: float = Field(description="0 (trivial) to 1 (critical).")
     tags: list[str] = Field(description="Labels.")
     tier: str = Field(
@@ -120,6 +119,12 @@ class MemoryItem(BaseModel):
         )
     )
     created_at: float = Field(description="When it was stored, seconds since the epoch.")
+
+
+class MemoryItem(_StoredMemory):
+    """One memory as the MCP tools return it."""
+
+    content: str = Field(description="The remembered text.")
     score: float | None = Field(None, description="Relevance of a search result (higher is better).")
 
 
@@ -127,23 +132,13 @@ PREVIEW_CHARS = 200
 """How much of a stored memory's text ``memory_add`` answers with (its start)."""
 
 
-class AddedMemory(BaseModel):
+class AddedMemory(_StoredMemory):
     """What ``memory_add`` returns: the stored memory without its whole text (the caller has it)."""
 
-    id: str = Field(description="The memory's id (pass it to memory_delete).")
     preview: str = Field(
         description=f"The start of the remembered text (at most {PREVIEW_CHARS} characters, '…' when cut)."
     )
     characters: int = Field(description="How long the remembered text is, in characters.")
-    importance: float = Field(description="0 (trivial) to 1 (critical).")
-    tags: list[str] = Field(description="Labels.")
-    tier: str = Field(
-        description=(
-            "The tier of this copy: short, medium or long. A memory stored with an importance at or above "
-            "the long-term threshold comes back as short but also has a long-term copy."
-        )
-    )
-    created_at: float = Field(description="When it was stored, seconds since the epoch.")
 
 
 def _preview(text: str) -> str:
