@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,24 @@ from context_manager.core.messages import Message, Role
 _MAX_SUSPENSIONS = 200  # more than any call here suspends: the sweeps always end with a completed call
 
 Rows = frozenset[tuple[Any, ...]]
+
+
+@pytest.fixture(scope="module")
+def shared_dsn() -> Iterator[str]:
+    """One schema for the module's tests, each of which clears its rows first: migrating a fresh schema
+    (three seconds) took most of each sweep's time."""
+    from tests.postgres_support import create_schema, drop_schema
+
+    schema, dsn = create_schema()  # skips (or fails on CI) without a server, as postgres_dsn does
+    try:
+        yield _named(dsn, schema)
+    finally:
+        drop_schema(schema)
+
+
+def _named(dsn: str, name: str) -> str:
+    """``dsn`` with an ``application_name`` of its own: the locks of its sessions are told from others'."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}application_name={name}"
 
 
 class _CancelAt:
@@ -100,14 +118,15 @@ def _idle_connections_in_pipeline_mode(manager: MemoryManager) -> int:
 
 
 async def test_a_cancelled_update_leaves_no_connection_in_pipeline_mode(
-    postgres_dsn: str, tmp_path: Path
+    shared_dsn: str, tmp_path: Path
 ) -> None:
     """The reported failure: ``get_memory`` after a cancelled ``update_memory`` raised ``IndexError``.
 
     psycopg, cancelled while syncing the pipeline of the update's transaction, left the connection in pipeline
     mode; the pool handed it out again, and a read finding no row failed in ``cursor.scroll``.
     """
-    manager = MemoryManager(_config(postgres_dsn, tmp_path / "storage"))
+    await _clear(shared_dsn)
+    manager = MemoryManager(_config(shared_dsn, tmp_path / "storage"))
     await manager.initialize()
     try:
         memory = await manager.add_memory("the deploy key rotates on mondays")
@@ -194,19 +213,23 @@ _OPERATIONS: dict[str, tuple[_Setup, _Call]] = {
 
 @pytest.mark.parametrize("name", list(_OPERATIONS))
 async def test_every_memory_operation_cancelled_anywhere_is_all_or_nothing(
-    name: str, postgres_dsn: str, tmp_path: Path
+    name: str, shared_dsn: str, tmp_path: Path
 ) -> None:
     setup, call = _OPERATIONS[name]
-    # the outcome of the call done, uncancelled, on a storage of its own (ids and times aside)
-    completed: Rows | None = None
-    for at in range(1, _MAX_SUSPENSIONS):
-        await _clear(postgres_dsn)
-        storage = tmp_path / f"storage{at}"
-        manager = MemoryManager(_config(postgres_dsn, storage))
-        await manager.initialize()
-        try:
+    # one manager for the whole sweep, as an application keeps its manager after a cancelled call, and one
+    # schema for the module: each k starts from cleared rows (a schema migrated per case and a manager
+    # opened per k made the module take 80 s)
+    manager = MemoryManager(_config(shared_dsn, tmp_path / "storage"))
+    await manager.initialize()
+    try:
+        # the outcome of the call done, uncancelled, on the same storage (ids and times aside)
+        await _clear(shared_dsn)
+        await call(manager, await setup(manager, tmp_path))
+        completed = await _rows(shared_dsn)
+        for at in range(1, _MAX_SUSPENSIONS):
+            await _clear(shared_dsn)
             context = await setup(manager, tmp_path)
-            before = await _rows(postgres_dsn)
+            before = await _rows(shared_dsn)
             done = await _run_cancelled_at(functools.partial(call, manager, context), at)
             # the next calls work, on the pool's one connection
             assert await manager.get_memory("no-such-memory") is None, at
@@ -214,31 +237,17 @@ async def test_every_memory_operation_cancelled_anywhere_is_all_or_nothing(
             await manager.add_memory(f"a later write {at}", memory_id="later-write")
             await manager.delete_memory("later-write")
             # no session of the manager's still holds a cross-process lock of the cancelled call
-            assert await _advisory_locks_held(postgres_dsn) == 0, at
-        finally:
-            await manager.close()
-        after = await _rows(postgres_dsn)
-        if done:
-            completed = after
-            break
-        if after != before:
-            # a cancelled call that went through: it must be the whole call (compared once known)
-            _assert_same_shape(after, await _completed_rows(name, postgres_dsn, tmp_path), at)
-    assert completed is not None, f"{name} never completed"
-
-
-async def _completed_rows(name: str, dsn: str, tmp_path: Path) -> Rows:
-    """The rows after ``name`` done uncancelled on a cleared storage (for the all-or-nothing check)."""
-    setup, call = _OPERATIONS[name]
-    await _clear(dsn)
-    manager = MemoryManager(_config(dsn, tmp_path / "reference"))
-    await manager.initialize()
-    try:
-        context = await setup(manager, tmp_path)
-        await call(manager, context)
+            assert await _advisory_locks_held(shared_dsn) == 0, at
+            after = await _rows(shared_dsn)
+            if done:
+                _assert_same_shape(after, completed, at)
+                return
+            if after != before:
+                # a cancelled call that went through: it must be the whole call
+                _assert_same_shape(after, completed, at)
+        pytest.fail(f"{name} never completed")
     finally:
         await manager.close()
-    return await _rows(dsn)
 
 
 def _shape(rows: Rows) -> list[tuple[Any, ...]]:
@@ -258,11 +267,15 @@ def _assert_same_shape(after: Rows, completed: Rows, at: int) -> None:
 
 
 async def _advisory_locks_held(dsn: str) -> int:
-    """How many advisory locks the sessions of the test's database hold (none once every call ended)."""
+    """How many advisory locks the sessions of ``dsn`` hold (none once every call ended).
+
+    Only the sessions of its ``application_name`` (:func:`_named`): on a server shared with another test
+    run, that run's locks (a migration's) are not the manager's.
+    """
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) WHERE locktype = 'advisory' "
+            "AND granted AND application_name = current_setting('application_name')"
         )
         row = await cursor.fetchone()
         return int(row[0]) if row is not None else 0
