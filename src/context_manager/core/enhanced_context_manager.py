@@ -235,6 +235,9 @@ class EnhancedContextManager:
         self._conversation_store: ConversationStore | None = None
         # the journal's sequence numbers of the pins made since the last flush() (it reports their refusal)
         self._unflushed_pins: list[int] = []
+        # the refusal of one of them met by its background write, kept until flush() or cleanup() reports
+        # it (the conversation remembers only its 64 latest refusals)
+        self._pin_refusal: ConversationConflictError | None = None
         self._token_counter = token_counter
         self._summarizer = summarizer
         self._summarizer_guard: SummarizerGuard | None = None
@@ -511,6 +514,7 @@ class EnhancedContextManager:
             await self._window.drain()
         conversation = self._conversation
         pins, self._unflushed_pins = self._unflushed_pins, []
+        held, self._pin_refusal = self._pin_refusal, None
         if conversation is not None:
             unstored: ContextManagerError | None = None
             if conversation.pending and not conversation.is_stale:
@@ -519,7 +523,7 @@ class EnhancedContextManager:
                 except ContextManagerError as error:
                     unstored = error
             # a pin refused since the last flush(): nobody else will ever hear of it
-            unstored = unstored or conversation.refusal_of(pins)
+            unstored = unstored or conversation.refusal_of(pins) or held
             if unstored is not None:
                 logger.warning(
                     "conversation %r: last changes not stored (%s)", conversation.conversation_id, unstored
@@ -1037,6 +1041,8 @@ class EnhancedContextManager:
         except RuntimeError:
             return
 
+        pin = conversation.journaled
+
         async def sync() -> None:
             try:
                 await conversation.sync()
@@ -1048,6 +1054,9 @@ class EnhancedContextManager:
                     conversation.conversation_id,
                     type(error).__name__,
                 )
+            refused = conversation.refusal_of([pin])  # dropped, by this write or another task's
+            if refused is not None and self._pin_refusal is None and pin in self._unflushed_pins:
+                self._pin_refusal = refused  # flush() raises it (or cleanup() logs it), however late
 
         conversation._start(sync())
 
@@ -1091,6 +1100,7 @@ class EnhancedContextManager:
                 "a conversation id (EnhancedContextManager(config, conversation_id=...))",
             )
         self._unflushed_pins = []  # their outcome is this reload's (it drops them if they are refused)
+        self._pin_refusal = None
         if conversation.pending and not conversation.is_stale:
             # a pin made just before: its background write may not have run yet, and the reload would
             # drop it as if another manager had written first
@@ -1165,6 +1175,7 @@ class EnhancedContextManager:
             # its own: the window empties as storage did (it exported the deleted messages, and its next
             # change was refused, until a reload)
             self._unflushed_pins = []
+            self._pin_refusal = None
             try:
                 await conversation.reload()
             except ContextManagerError as error:  # the next change is refused and reloads, as before
@@ -1478,10 +1489,11 @@ class EnhancedContextManager:
         conversation = self._conversation
         if conversation is not None:  # what this process changed is written; an old refusal is not raised
             pins, self._unflushed_pins = self._unflushed_pins, []
+            held, self._pin_refusal = self._pin_refusal, None
             await conversation.sync(since=conversation.journaled)
             # a pin's background write may have met another writer's change before this flush ran: the
             # reload dropped the pin, and only this call can say so
-            refused = conversation.refusal_of(pins)
+            refused = conversation.refusal_of(pins) or held
             if refused is not None:
                 raise refused
         await window.flush()

@@ -873,6 +873,50 @@ async def test_a_refused_pin_never_flushed_is_logged_once_by_cleanup(
     assert "reloaded the conversation from storage" in warnings[0]  # the refusal, named
 
 
+async def test_a_refused_pin_is_reported_after_many_later_refusals(
+    make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal of a pin's background write was looked up, by flush() or cleanup(), among the
+    conversation's 64 latest refusals only: after more refused adds (each raised to its own caller) the
+    pin's was reported by neither, though its warning was no longer logged when it happened."""
+    async with EnhancedContextManager(make_config(), conversation_id="pin-old") as manager:
+        await manager.add_message("user", "keep me")
+        await write_elsewhere(make_config(), backend_name, "pin-old", "written elsewhere")
+        manager.pin_message(manager.messages[0].id)
+        for _ in range(500):  # the background write meets the conflict
+            if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        for turn in range(66):
+            await write_elsewhere(make_config(), backend_name, "pin-old", f"elsewhere {turn}")
+            with pytest.raises(ConversationConflictError):
+                await manager.add_message("user", f"turn {turn}")
+        with pytest.raises(ConversationConflictError):
+            await manager.flush()
+        await manager.flush()  # raised once
+    manager = EnhancedContextManager(make_config(), conversation_id="pin-old")
+    await manager.initialize()
+    try:
+        await manager.add_message("user", "keep me too")
+        await write_elsewhere(make_config(), backend_name, "pin-old", "written elsewhere")
+        manager.pin_message(manager.messages[-1].id)
+        for _ in range(500):
+            if manager.get_system_status()["conversation"]["pending_changes"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        for turn in range(66):
+            await write_elsewhere(make_config(), backend_name, "pin-old", f"later {turn}")
+            with pytest.raises(ConversationConflictError):
+                await manager.add_message("user", f"later turn {turn}")
+        caplog.clear()
+    finally:
+        await manager.cleanup()
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "pin-old" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "last changes not stored" in warnings[0], warnings
+
+
 async def test_a_pin_that_changes_nothing_raises_no_earlier_refusal(
     make_config: Any, backend_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -144,3 +144,21 @@ async def test_a_store_of_ones_own_still_gets_the_snapshot_as_json_values(tmp_pa
         assert [m["content"] for m in stored.snapshot["messages"]] == [m.content for m in window.messages]
     finally:
         await inner.close()
+
+
+async def test_a_snapshot_with_keys_json_turns_into_strings_is_stored_as_json(tmp_path: Path) -> None:
+    """``json.dumps`` writes a key that is not a string as one (``{"7": ...}``); the chunked encoder wrote it
+    bare (``{7: ...}``): not JSON, and the conversation's load then failed on its "damaged" snapshot."""
+    from context_manager.core.conversations.codec import dumps_snapshot
+    from context_manager.core.conversations.store import ConversationRecord
+
+    odd = {"messages": [0] * 300, 7: "x", None: 1, True: 2, 1.5: 3}
+    assert dumps_snapshot(odd) == json.dumps(odd)
+    store = SQLiteConversationStore(tmp_path / "conversations.sqlite3")
+    await store.open()
+    try:
+        version = await store.append("c", 0, [ConversationRecord("noop", {})], writer="w")
+        await store.save_snapshot("c", version, {"messages": [], "history": [], 7: "x"})  # type: ignore[dict-item]
+        assert (await store.load("c")).snapshot == {"messages": [], "history": [], "7": "x"}
+    finally:
+        await store.close()

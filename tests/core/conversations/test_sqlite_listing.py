@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +356,68 @@ async def test_snapshots_left_by_an_earlier_delete_are_removed_on_every_open(
         assert db.execute("SELECT conversation_id FROM conversation_snapshots").fetchall() == [("kept",)]
     assert opened[0].count("BEGIN IMMEDIATE") == 1  # the one left-over, removed
     assert opened[1].count("BEGIN IMMEDIATE") == 0  # none left: the open only read
+
+
+async def _database_with_an_orphan_snapshot(path: Path) -> None:
+    """A conversation and the snapshot of one an earlier version's delete left behind."""
+    store = SQLiteConversationStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO conversations (id, version, snapshot_version, created_at, updated_at) "
+            "VALUES ('kept', 1, 1, 1, 1)"
+        )
+        empty = json.dumps({"messages": [], "history": []})
+        for name in ("kept", "gone"):
+            db.execute("INSERT INTO conversation_snapshots VALUES (?, ?)", (name, empty))
+
+
+async def test_a_read_only_database_with_an_orphan_snapshot_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing an earlier version's left-over snapshot is housekeeping: on a database this process may
+    only read, the open failed ("attempt to write a readonly database") where it opened before."""
+    from context_manager.core.conversations import sqlite_store
+
+    path = tmp_path / "conversations.sqlite3"
+    await _database_with_an_orphan_snapshot(path)
+    connect = sqlite3.connect
+
+    def read_only(database: Any, **kwargs: Any) -> sqlite3.Connection:
+        return connect(f"file:{database}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite_store.sqlite3, "connect", read_only)
+    store = SQLiteConversationStore(path)
+    await store.open()
+    try:
+        assert (await store.load("kept")).snapshot == {"messages": [], "history": []}
+    finally:
+        await store.close()
+
+
+async def test_an_orphan_snapshot_waits_for_no_other_writer_on_open(tmp_path: Path) -> None:
+    """Another process holding the write lock (a long write) made an open that found a left-over snapshot
+    wait its busy_timeout (5 s) and then fail ("database is locked"); it opens at once and leaves the
+    left-over to a later open."""
+    path = tmp_path / "conversations.sqlite3"
+    await _database_with_an_orphan_snapshot(path)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        store = SQLiteConversationStore(path)
+        started = time.perf_counter()
+        await store.open()
+        try:
+            assert time.perf_counter() - started < 2.5
+            assert (await store.load("kept")).snapshot == {"messages": [], "history": []}
+        finally:
+            await store.close()
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    store = SQLiteConversationStore(path)
+    await store.open()  # the lock is free: this open removes it
+    await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT conversation_id FROM conversation_snapshots").fetchall() == [("kept",)]

@@ -133,6 +133,8 @@ def dumps_snapshot(snapshot: Mapping[str, Any], *, ensure_ascii: bool = True) ->
     :data:`SNAPSHOT_CHUNK` items lets the loop run between them (its thread gets the GIL back within
     the interpreter's switch interval).
     """
+    if not all(type(key) is str for key in snapshot):  # json.dumps writes other keys as strings
+        return json.dumps(dict(snapshot), ensure_ascii=ensure_ascii)
     encode = json.JSONEncoder(ensure_ascii=ensure_ascii).encode
     parts = []
     for key, value in snapshot.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -40,6 +41,7 @@ CONVERSATIONS_FILE_NAME = "conversations.sqlite3"
 """Name of the conversations database under ``storage_path``."""
 
 _T = TypeVar("_T")
+logger = logging.getLogger(__name__)
 _INLINE_BYTES = 64 * 1024  # appends up to this size run on the event loop when the connection is free
 
 _SCHEMA = [
@@ -73,6 +75,8 @@ _ORPHAN_SNAPSHOTS = (
     "SELECT conversation_id FROM conversation_snapshots "
     "WHERE conversation_id NOT IN (SELECT id FROM conversations)"
 )
+_BUSY_MS = 5000  # how long a statement waits for another process's write lock
+_ORPHAN_BUSY_MS = 250  # how long removing them waits for another process's write (then: a later open)
 _REMOVE_ORPHAN = (
     "DELETE FROM conversation_snapshots WHERE conversation_id = ? "
     "AND NOT EXISTS (SELECT 1 FROM conversations WHERE id = ?)"
@@ -141,7 +145,7 @@ class SQLiteConversationStore:
             connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
-            connection.execute("PRAGMA busy_timeout=5000")
+            connection.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             for statement in _SCHEMA:
                 connection.execute(statement)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(conversations)")}
@@ -157,8 +161,7 @@ class SQLiteConversationStore:
             ]
             for conversation_id in moving:
                 _in_transaction(connection, _MOVE_SNAPSHOT, (conversation_id,))
-            for (orphan,) in connection.execute(_ORPHAN_SNAPSHOTS).fetchall():
-                _in_transaction(connection, [_REMOVE_ORPHAN], (orphan, orphan))
+            _remove_orphans(connection)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open conversations database {self.path}: {error}", path=self.path
@@ -600,6 +603,25 @@ class SQLiteConversationStore:
                 raise
 
         await self._run(self._guarded, write)
+
+
+def _remove_orphans(connection: sqlite3.Connection) -> None:
+    """Remove the snapshots an earlier version's delete left behind, if this process can write now.
+
+    Housekeeping: on a database this process may only read, or while another process holds the write lock
+    (a long write), the open goes on and a later open removes them (it neither fails nor waits 5 s).
+    """
+    orphans = connection.execute(_ORPHAN_SNAPSHOTS).fetchall()
+    if not orphans:
+        return
+    connection.execute(f"PRAGMA busy_timeout={_ORPHAN_BUSY_MS}")
+    try:
+        for (orphan,) in orphans:
+            _in_transaction(connection, [_REMOVE_ORPHAN], (orphan, orphan))
+    except sqlite3.OperationalError as error:  # read-only, or locked: left to a later open
+        logger.info("conversations database: %d left-over snapshots not removed (%s)", len(orphans), error)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
 
 def _in_transaction(
