@@ -1103,3 +1103,23 @@ async def test_a_boolean_nested_deeper_than_64_levels_is_refused() -> None:
         + ".value: got true; expected a valid integer"
     )
     assert ran == []
+
+
+async def test_a_number_too_large_for_an_integer_parameter_is_described_plainly() -> None:
+    """A model sending ``1e300`` (or a 5,000-digit string) for an integer was told the tool "expected
+    Unable to parse input string as an integer, exceeded maximum size": pydantic's words, which name a
+    string the model never sent."""
+    manager = ToolManager()
+
+    async def page(number: int) -> int:
+        return number
+
+    manager.register_function_tool("page", page, "A page")
+    for given, shown in ((1e300, "1e+300"), ("9" * 5000, None)):
+        result = await manager.call_tool("page", {"number": given})
+        assert result.error_type is ToolErrorType.INVALID_ARGUMENTS
+        assert result.error is not None and "Unable to parse" not in result.error, result.error
+        assert result.error.endswith("; expected an integer small enough to read"), result.error
+        if shown is not None:
+            assert f"number: got {shown};" in result.error
+    assert (await manager.call_tool("page", {"number": 10**30})).result == 10**30  # big, but an integer

@@ -840,9 +840,12 @@ _JSON_EXPECTED = {
     "deque_type": "an array",
     "named_tuple_type": "an array",
     "none_required": "null",
+    "int_parsing_size": "an integer small enough to read",
 }
 """What pydantic's errors of these types expect, in JSON terms (it says "a valid dictionary", "a valid
-list", "None", "a dictionary or an instance of Point": Python's words, and a class the model never saw)."""
+list", "None", "a dictionary or an instance of Point": Python's words, and a class the model never saw;
+for ``1e300`` where an integer is expected, "Unable to parse input string as an integer, exceeded maximum
+size", though the input was no string)."""
 
 
 _UNEXPECTED_KEY_ERRORS = frozenset({"extra_forbidden", "unexpected_keyword_argument"})
