@@ -334,6 +334,9 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         ``None`` if unknown)."""
         self.needs_reload = False
         """True when the manager's automatic reload after the conflict failed: call ``reload()``."""
+        self.owned_by_another_user = False
+        """True when that reload failed because another end user's manager created this conversation id
+        first: no ``reload()`` succeeds; use another conversation id."""
         if reloaded:  # this manager's own reload() dropped the change
             super().__init__(
                 f"conversation {conversation_id!r} was reloaded from storage (`reload()`) while this "
@@ -367,6 +370,7 @@ class ConversationConflictError(ContextManagerError, RuntimeError):
         """Say that the automatic reload after this conflict failed (before the error is raised)."""
         self.needs_reload = True
         if isinstance(cause, ConversationAccessError):  # another user's manager created the id first
+            self.owned_by_another_user = True
             self.args = (
                 f"{self._refusal('stored')}: another end user's manager created this conversation id first, "
                 "so it belongs to another end user and this manager cannot reload it. The window was put "

@@ -14,6 +14,8 @@ from context_manager import (
     ConversationAccessError,
     ConversationConflictError,
     EnhancedContextManager,
+    HealthChecker,
+    HealthState,
 )
 from context_manager.core.shared_store import _registry
 
@@ -117,6 +119,14 @@ async def test_losing_the_race_to_create_an_id_says_it_is_another_users(config: 
         assert "belongs to another end user" in text and "another conversation_id" in text, text
         assert "call it, then make the change again" not in text, text
         assert "'ana'" not in text  # whose it is stays private
+        assert caught.value.owned_by_another_user
         assert bo.get_context() == []  # bo's change was taken back
+        # the health check says what to do, and offers no repair (a reload can never succeed)
+        status = await HealthChecker(context_manager=bo, enable_auto_recovery=True).perform_health_check()
+        writes = status.checks["storage_writes"]
+        assert writes.status is HealthState.DEGRADED and writes.details["conversation_stale"] is True
+        assert "another end user's manager created this id first" in writes.message
+        assert writes.recommendation is not None and "another conversation_id" in writes.recommendation
+        assert "reload()" not in writes.recommendation and status.recoveries == []
     async with EnhancedContextManager(config, conversation_id="new-chat", user_id="ana") as again:
         assert [message["content"] for message in again.get_context()] == ["ana's first message"]

@@ -250,12 +250,25 @@ def with_stale_conversation(outcome: CheckOutcome, manager: Any) -> CheckOutcome
     if conversation is None or not getattr(conversation, "is_stale", False):
         return outcome
     name = conversation.conversation_id
+    state = outcome.status if outcome.status is HealthState.UNHEALTHY else HealthState.DEGRADED
+    healthy = outcome.status is HealthState.HEALTHY
+    if getattr(getattr(conversation, "_conflict", None), "owned_by_another_user", False):
+        # another end user's manager created the id first: no reload can succeed, so no repair
+        taken = (
+            f"conversation {name!r} is stale: another end user's manager created this id first, so every "
+            "change is refused"
+        )
+        advice = "Open a manager with another conversation_id for this user."
+        return CheckOutcome(
+            state,
+            taken if healthy else f"{outcome.message}; {taken}",
+            {**outcome.details, "conversation_stale": True},
+            recommendation=advice if healthy else f"{outcome.recommendation} {advice}",
+        )
     stale = (
         f"conversation {name!r} is stale (its reload after a conflict failed): every change is refused "
         "until it is reloaded"
     )
-    state = outcome.status if outcome.status is HealthState.UNHEALTHY else HealthState.DEGRADED
-    healthy = outcome.status is HealthState.HEALTHY
 
     async def reload() -> str:
         version = await manager.reload()
