@@ -491,3 +491,45 @@ def test_a_worker_forked_after_the_parent_embedded_embeds(tmp_path: Path) -> Non
         "same vector True",
         "child exit 0",
     ], result.stdout + result.stderr
+
+
+@pytest.mark.embeddings
+def test_only_the_forking_thread_of_a_worker_embeds_on_one_core() -> None:
+    """The forking thread's first embed sets torch to one thread there; torch gives every thread that
+    first runs it afterwards the count last set, so the worker's other threads (``asyncio.to_thread``,
+    where managers embed) embedded on one core too."""
+    result = _run(
+        """
+        import signal, threading
+        import torch
+        from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
+
+        torch.set_num_threads(2)
+        SentenceTransformerEmbedder().embed(["the parent warms the model up"])
+
+        async def worker():
+            signal.alarm(60)  # a hung child is killed by SIGALRM
+            SentenceTransformerEmbedder().embed(["the forking thread embeds"])
+            print("forking thread", torch.get_num_threads(), flush=True)
+            counts = []
+            def other():
+                SentenceTransformerEmbedder().embed(["another thread embeds"])
+                counts.append(torch.get_num_threads())
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+            print("other thread", counts, flush=True)
+            SentenceTransformerEmbedder().embed(["the forking thread embeds again"])
+            print("forking thread again", torch.get_num_threads(), flush=True)
+
+        print("child exit", child_process(worker), flush=True)
+        """,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "forking thread 1",
+        "other thread [2]",
+        "forking thread again 1",
+        "child exit 0",
+    ], result.stdout + result.stderr

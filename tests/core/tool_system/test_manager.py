@@ -1119,7 +1119,25 @@ async def test_a_number_too_large_for_an_integer_parameter_is_described_plainly(
         result = await manager.call_tool("page", {"number": given})
         assert result.error_type is ToolErrorType.INVALID_ARGUMENTS
         assert result.error is not None and "Unable to parse" not in result.error, result.error
-        assert result.error.endswith("; expected an integer small enough to read"), result.error
+        assert result.error.endswith("; expected an integer written out in digits (at most 4300)"), (
+            result.error
+        )
         if shown is not None:
             assert f"number: got {shown};" in result.error
     assert (await manager.call_tool("page", {"number": 10**30})).result == 10**30  # big, but an integer
+
+
+async def test_a_whole_number_in_exponent_form_is_told_to_write_its_digits() -> None:
+    """``1e20`` for an integer is refused (a float beyond 64 bits), while ``10**300`` in digits is taken:
+    "expected an integer small enough to read" sent the model looking for a smaller number."""
+    manager = ToolManager()
+
+    async def page(number: int) -> int:
+        return number
+
+    manager.register_function_tool("page", page, "A page")
+    refused = await manager.call_tool("page", {"number": 1e20})
+    assert refused.error is not None and "small enough" not in refused.error, refused.error
+    assert "written out in digits" in refused.error, refused.error
+    assert (await manager.call_tool("page", {"number": 10**20})).result == 10**20  # the advice works
+    assert (await manager.call_tool("page", {"number": 10**300})).result == 10**300

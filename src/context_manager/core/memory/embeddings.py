@@ -200,7 +200,9 @@ def _one_thread_after_fork() -> None:
     torch's OpenMP thread pool belongs to the thread that ran it and does not survive a fork: in a child
     (a ``gunicorn --preload`` worker, a ``multiprocessing`` pool's process) of a parent that had embedded,
     the first embed on the thread that forked waited for ever. A pool of one thread is never used. The
-    child's other threads (``asyncio.to_thread``, where managers embed) start pools of their own.
+    child's other threads (``asyncio.to_thread``, where managers embed) start pools of their own, of the
+    usual size: torch gives a thread that first runs it the count last set on any thread, so the count
+    is set back on a thread of its own (else every thread of the child embedded on one core).
     """
     global _forked_thread
     if threading.get_ident() != _forked_thread:
@@ -208,7 +210,12 @@ def _one_thread_after_fork() -> None:
     _forked_thread = None
     import torch
 
+    threads = torch.get_num_threads()  # also makes torch read its count on this thread now, not later
     torch.set_num_threads(1)
+    if threads > 1:
+        restore = threading.Thread(target=torch.set_num_threads, args=(threads,), name="torch-threads")
+        restore.start()
+        restore.join()
     logger.info("process %d forked after torch ran: embedding on its first thread uses one core", os.getpid())
 
 

@@ -840,7 +840,8 @@ _JSON_EXPECTED = {
     "deque_type": "an array",
     "named_tuple_type": "an array",
     "none_required": "null",
-    "int_parsing_size": "an integer small enough to read",
+    # 1e300 (a float past 64 bits, though 10**300 in digits is taken) or a string of over 4300 digits
+    "int_parsing_size": "an integer written out in digits (at most 4300)",
 }
 """What pydantic's errors of these types expect, in JSON terms (it says "a valid dictionary", "a valid
 list", "None", "a dictionary or an instance of Point": Python's words, and a class the model never saw;
