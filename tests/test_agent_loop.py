@@ -142,16 +142,21 @@ async def test_scripted_loop_with_a_server_numbering_calls_per_response(
         assert len(ids) == len(set(ids)), ids
 
 
-def test_agent_loop_script_runs_offline_by_default(tmp_path: Path) -> None:
+def run_offline(**variables: str) -> subprocess.CompletedProcess[str]:
+    """Run examples/agent_loop.py with no OPENAI_* variables (its scripted model) and ``variables``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env["COLUMNS"] = "200"
-    completed = subprocess.run(
+    env.update(variables)
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / "agent_loop.py")],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
+
+
+def test_agent_loop_script_runs_offline_by_default(tmp_path: Path) -> None:
+    completed = run_offline(COLUMNS="200")
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "recall worked" in completed.stdout
     assert "tool lookup_order" in completed.stdout
@@ -161,15 +166,7 @@ def test_the_scripted_run_shows_a_recalled_tool_call_as_memory_holds_it(tmp_path
     """A tool call evicted to memory is remembered as ``[tool call NAME] {...}``: rich read the
     brackets as markup and printed ``recalled:  {"city":"Porto",...}``, the call's name gone (lexical
     search recalls that call; MiniLM ranks other turns first)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env.update(COLUMNS="250", PYTHON_CONTEXT_MANAGER_EMBEDDER="none")
-    completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / "agent_loop.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    completed = run_offline(COLUMNS="250", PYTHON_CONTEXT_MANAGER_EMBEDDER="none")
     assert completed.returncode == 0, completed.stdout + completed.stderr
     recalled = [line for line in completed.stdout.splitlines() if "recalled:" in line]
     assert any("recalled: [tool call shipping_quote] {" in line for line in recalled), recalled

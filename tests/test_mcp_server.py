@@ -228,6 +228,46 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def wait_for_port(port: int) -> None:
+    """Until the server's port takes connections (its banner comes just before uvicorn binds it)."""
+    for _ in range(600):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            await asyncio.sleep(0.05)
+
+
+async def open_raw_session(http: Any, url: str) -> dict[str, str]:
+    """Initialize an MCP session over raw HTTP; the headers its later requests carry."""
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    opened = await http.post(
+        url,
+        headers=headers,
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+    )
+    headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+    headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
+    await http.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return headers
+
+
+async def call_until_started(http: Any, url: str, tool: str, started: Path) -> asyncio.Future[Any]:
+    """Call ``tool`` (argument name "q3") in a new session; the pending call, once ``started`` exists."""
+    headers = await open_raw_session(http, url)
+    params = {"name": tool, "arguments": {"name": "q3"}}
+    call = asyncio.ensure_future(
+        http.post(
+            url, headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+        )
+    )
+    for _ in range(3000):  # until the call runs
+        if await asyncio.to_thread(started.exists):
+            break
+        await asyncio.sleep(0.02)
+    return call
+
+
 async def test_mcp_http_serves_the_same_tools_on_loopback(tmp_path: Path) -> None:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -249,12 +289,7 @@ async def test_mcp_http_serves_the_same_tools_on_loopback(tmp_path: Path) -> Non
         assert process.stderr is not None
         banner = await asyncio.wait_for(process.stderr.readline(), timeout=60)
         assert f"serving on http://127.0.0.1:{port}/mcp" in banner.decode()
-        for _ in range(100):  # the banner comes just before uvicorn binds the port
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_for_port(port)
         import httpx
 
         async with httpx.AsyncClient() as raw:  # DNS rebinding: a page on another host reaching the port
@@ -1442,12 +1477,7 @@ async def test_mcp_http_sigterm_closes_the_memory_and_keeps_the_session_s_access
     try:
         assert process.stderr is not None
         await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_for_port(port)
         async with Client(f"http://127.0.0.1:{port}/mcp") as client:
             await client.call_tool("memory_add", {"content": "the printer is on floor 2"})
             found = await client.call_tool("memory_search", {"query": "printer"})
@@ -1479,39 +1509,12 @@ async def test_mcp_http_sigterm_answers_the_calls_in_flight_before_stopping(tmp_
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
     try:
         assert process.stderr is not None
         await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_for_port(port)
         async with httpx.AsyncClient(timeout=60) as http:
-            opened = await http.post(
-                url,
-                headers=headers,
-                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
-            )
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-            headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
-            await http.post(
-                url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
-            )
-            params = {"name": "slow_report", "arguments": {"name": "q3"}}
-            call = asyncio.ensure_future(
-                http.post(
-                    url,
-                    headers=headers,
-                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params},
-                )
-            )
-            for _ in range(3000):  # until the call runs
-                if (tmp_path / "started-q3").exists():
-                    break
-                await asyncio.sleep(0.02)
+            call = await call_until_started(http, url, "slow_report", tmp_path / "started-q3")
             process.send_signal(signal.SIGTERM)
             answered = await asyncio.wait_for(call, 30)
         returncode = await asyncio.wait_for(process.wait(), 30)
@@ -1567,39 +1570,12 @@ async def test_mcp_http_sigterm_stops_the_server_when_a_call_outlasts_the_grace(
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}/mcp"
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
     try:
         assert process.stderr is not None
         await asyncio.wait_for(process.stderr.readline(), timeout=60)  # the banner, just before the bind
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_for_port(port)
         async with httpx.AsyncClient(timeout=60) as http:
-            opened = await http.post(
-                url,
-                headers=headers,
-                json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
-            )
-            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-            headers["mcp-protocol-version"] = INITIALIZE_PARAMS["protocolVersion"]
-            await http.post(
-                url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
-            )
-            params = {"name": "endless_job", "arguments": {"name": "q3"}}
-            call = asyncio.ensure_future(
-                http.post(
-                    url,
-                    headers=headers,
-                    json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params},
-                )
-            )
-            for _ in range(3000):  # until the call runs
-                if (tmp_path / "started-q3").exists():
-                    break
-                await asyncio.sleep(0.02)
+            call = await call_until_started(http, url, "endless_job", tmp_path / "started-q3")
             process.send_signal(signal.SIGTERM)
             returncode = await asyncio.wait_for(process.wait(), 30)  # not the call's ten minutes
             with contextlib.suppress(httpx.HTTPError):

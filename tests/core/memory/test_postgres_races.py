@@ -848,6 +848,18 @@ async def test_accesses_recorded_by_several_processes_all_count(postgres_dsn: st
         assert {row["access_count"] for row in await _rows(postgres_dsn, stored.id)} == {8}
 
 
+async def _search_and_flush_through(manager: MemoryManager, run: Any) -> None:
+    """Search ana's "walrus" and flush its access counts with ``run`` in place of the database's."""
+    database = _backend(manager).database
+    original_run = database.run
+    database.run = run  # type: ignore[method-assign]
+    try:
+        await manager.search_memory("walrus", user_id="ana")
+        await manager.flush()
+    finally:
+        database.run = original_run  # type: ignore[method-assign]
+
+
 async def test_an_access_batch_retried_after_its_commit_is_not_counted_twice(postgres_dsn: str) -> None:
     """A batch whose commit went through but whose acknowledgement was lost is not added again.
 
@@ -872,12 +884,7 @@ async def test_an_access_batch_retried_after_its_commit_is_not_counted_twice(pos
 
             return await original_run(once, what, **options)
 
-        database.run = run_losing_the_first_acknowledgement  # type: ignore[method-assign]
-        try:
-            await manager.search_memory("walrus", user_id="ana")
-            await manager.flush()
-        finally:
-            database.run = original_run  # type: ignore[method-assign]
+        await _search_and_flush_through(manager, run_losing_the_first_acknowledgement)
         assert lost == [True]
         assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]
 
@@ -921,12 +928,7 @@ async def test_an_access_batch_retried_on_a_server_that_never_saw_the_first_atte
 
             return await original_run(once, what, **options)
 
-        database.run = run_on_a_primary_that_fails  # type: ignore[method-assign]
-        try:
-            await manager.search_memory("walrus", user_id="ana")
-            await manager.flush()
-        finally:
-            database.run = original_run  # type: ignore[method-assign]
+        await _search_and_flush_through(manager, run_on_a_primary_that_fails)
         assert failed == [True]
         assert [row["access_count"] for row in await _rows(postgres_dsn, stored.id)] == [1]
 
