@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -582,14 +582,22 @@ class MemoryWriting(TierMovement):
             # for another process's row lock), it is rolled back and the caller is not kept waiting
             began = asyncio.Event()
             update = asyncio.ensure_future(self._update_locked(memory_id, changes, target, content, began))
-            if self._require("update_memory").shared:
-                await to_the_end_once_begun(update, began.is_set)
-            else:
-                await to_the_end(update)
+            await self._to_its_end("update_memory", update, began.is_set)
         result = await self.get_memory(memory_id)
         if result is None:  # another process sharing the storage deleted it since
             raise MemoryNotFoundError(memory_id)
         return result
+
+    async def _to_its_end(self, what: str, work: asyncio.Future[Any], begun: Callable[[], bool]) -> None:
+        """Await ``work`` to its end even if cancelled (on a shared storage, once ``begun()``).
+
+        Before ``begun()`` a cancellation rolls a shared storage's transaction back: see
+        :func:`to_the_end_once_begun`.
+        """
+        if self._require(what).shared:
+            await to_the_end_once_begun(work, begun)
+        else:
+            await to_the_end(work)
 
     async def _update_locked(
         self,
@@ -654,10 +662,7 @@ class MemoryWriting(TierMovement):
             # (waiting for another process's row lock), nothing is deleted and the caller is not kept waiting
             removed: list[Memory] = []
             delete = asyncio.ensure_future(self._delete_locked(memory_id, copies, removed))
-            if self._require("delete_memory").shared:
-                await to_the_end_once_begun(delete, lambda: bool(removed))
-            else:
-                await to_the_end(delete)
+            await self._to_its_end("delete_memory", delete, lambda: bool(removed))
         return copies[0].copy()
 
     async def _delete_locked(self, memory_id: str, copies: Sequence[Memory], removed: list[Memory]) -> None:
