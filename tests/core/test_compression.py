@@ -257,6 +257,7 @@ CLUSTERS = [
     "\u2764\ufe0f",  # variation selector
     "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",  # tag sequence
     "\u0915\u094d\u0937",  # Devanagari conjunct
+    "\u0600\u0661",  # a prepended mark: the Arabic number sign and its digit
     "\r\n",
     "\ud55c",
     " ",

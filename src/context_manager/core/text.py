@@ -50,6 +50,14 @@ def _attaches(char: str) -> bool:
     )
 
 
+# UAX #29 Prepend characters (Arabic and Syriac number signs, Brahmi-derived prefixed vowels and repha
+# forms): each joins the character after it, so a cut must not fall right after one.
+_PREPEND = frozenset(
+    [*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x0D4E, 0x110BD, 0x110CD, 0x111C2]
+    + [0x111C3, 0x1193F, 0x11941, 0x11A3A, *range(0x11A84, 0x11A8A), 0x11D46, 0x11F02]
+)
+
+
 def _regional(char: str) -> bool:
     return "\U0001f1e6" <= char <= "\U0001f1ff"
 
@@ -86,7 +94,8 @@ def _boundary(text: str, index: int) -> bool:
 
     Follows the extended grapheme cluster rules of UAX #29 that matter for cutting: CR LF, combining marks
     and other extenders, anything after a zero-width joiner (emoji ZWJ sequences), regional indicator
-    pairs (flags), Indic conjuncts and Hangul syllable sequences. It errs towards keeping characters together.
+    pairs (flags), prepended marks (an Arabic number sign and its digits), Indic conjuncts and Hangul
+    syllable sequences. It errs towards keeping characters together (a virama joins any letter after it).
     """
     if index <= 0 or index >= len(text):
         return True
@@ -95,7 +104,7 @@ def _boundary(text: str, index: int) -> bool:
         return False
     if before in "\r\n" or after in "\r\n":
         return True
-    if _attaches(after) or before == _ZWJ:
+    if _attaches(after) or before == _ZWJ or ord(before) in _PREPEND:
         return False
     if _attaches(before) and unicodedata.category(after) == "Lo":
         at = index - 1  # a virama among the marks before a letter joins it (Indic conjuncts)
