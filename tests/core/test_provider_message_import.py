@@ -564,6 +564,35 @@ async def test_langchain_messages_keep_the_cache_control_langchain_anthropic_sen
         assert manager.messages == ()
 
 
+async def test_an_anthropic_export_converted_to_langchain_messages_goes_back_in_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A langchain-anthropic user sends the Anthropic export through LangChain (``convert_to_messages``,
+    the cache breakpoints kept in the blocks). Added back, its ``AIMessage`` of ``tool_use`` blocks (its
+    ``tool_calls`` empty) lost its calls, and its ``HumanMessage`` of ``tool_result`` blocks was refused
+    ("got {'type': 'tool_result' ...}; allowed a string, or text parts"). They are read as the Anthropic
+    turns they hold, as ``convert_to_openai_messages`` reads them: the same export comes out."""
+    from langchain_core.messages import SystemMessage, convert_to_messages
+
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "system", "Be brief.", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour}
+        )
+        await manager.add_messages(anthropic_history())
+        await manager.add_message("user", "Thanks", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour})
+        body = manager.get_context(format="anthropic")
+        held = [(m.role, m.content, m.tool_calls, m.tool_call_id, m.metadata) for m in manager.messages]
+    langchain = [SystemMessage(content=body["system"]), *convert_to_messages(body["messages"])]
+    assert [type(m).__name__ for m in langchain][2:4] == ["AIMessage", "HumanMessage"]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert await again.add_messages(langchain) == len(held)
+        assert [(m.role, m.content, m.tool_calls, m.tool_call_id, m.metadata) for m in again.messages] == held
+        assert again.get_context(format="anthropic") == body
+
+
 async def test_an_openai_message_of_text_parts_with_cache_control_is_still_read_as_openai(
     tmp_path: Path,
 ) -> None:

@@ -1,11 +1,11 @@
-"""Property-based: the window driven as an agent loop drives it, both exports checked after every call.
+"""Property-based: the window driven as an agent loop drives it, its exports checked after every call.
 
 ``test_context_window.py`` answers every tool call at once and checks the window; this mixes what a real
 loop does: results arriving late (after the user spoke), in any order or never, a second result for a call
 (refused, nothing changed), call ids made again by a server numbering the calls of each response (held
 renamed ``id~n`` once the earlier call has its result; refused while it waits), pins and unpins, explicit
 compressions, batches, budgeted views, text in many scripts with emoji, combining marks and invisible
-characters. After every call the window and both exports of it (and of a budgeted view) must hold:
+characters. After every call the window and the exports of it (and of a budgeted view) must hold:
 
 * the window within ``max_tokens``, a view within its budget;
 * prompt-cache breakpoints (Anthropic ``cache_control`` kept from an import, some of 1 hour) on system
@@ -32,9 +32,13 @@ from context_manager.core.compression import TRUNCATED_METADATA_KEY, is_summary
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
 from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY, Message, Role, ToolCall
-from context_manager.core.provider_formats import to_anthropic_messages, to_openai_messages
+from context_manager.core.provider_formats import (
+    to_anthropic_messages,
+    to_openai_messages,
+    to_openai_responses_input,
+)
 from context_manager.core.tokens import REPLY_PRIMING_TOKENS, TokenCounter, get_token_counter
-from tests.provider_rules import anthropic_violations, openai_violations
+from tests.provider_rules import anthropic_violations, openai_responses_violations, openai_violations
 
 COUNTER = get_token_counter()
 
@@ -229,6 +233,8 @@ async def check_exports(messages: list[Message] | tuple[Message, ...], pending: 
     anthropic = to_anthropic_messages(messages)
     assert openai_violations(openai) == [], openai
     assert anthropic_violations(anthropic) == [], anthropic
+    responses = to_openai_responses_input(messages)
+    assert openai_responses_violations(responses) == [], responses
     check_thinking(messages, anthropic, pending)
     await check_round_trip(openai)
     # Nothing is left out but calls still waiting for their result (and their message if it has no text).

@@ -401,7 +401,10 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     thinking blocks its thinking), its ``name``, an ``AIMessage``'s ``tool_calls`` and a ``ToolMessage``'s
     ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``), a prompt-cache breakpoint as
     langchain-anthropic sends it (a ``cache_control`` on the last content block, or in
-    ``additional_kwargs``) kept as the Anthropic import keeps one, an ``AIMessage``'s
+    ``additional_kwargs``) kept as the Anthropic import keeps one; a message holding an Anthropic turn's
+    blocks (LangChain's ``convert_to_messages`` of an Anthropic export: a ``HumanMessage`` of ``tool_result``
+    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``) read as that turn
+    (:func:`messages_from_anthropic`); an ``AIMessage``'s
     ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
     ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
     ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
@@ -442,6 +445,14 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 for part in content
             ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
+            if (role == "user" and "tool_result" in kinds) or (
+                role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls")
+            ):
+                # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
+                # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
+                # calls, its tool_result blocks tool messages), cache_control and thinking kept
+                converted.append({"role": role, "content": blocks})
+                continue
             if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
                 message["thinking"] = blocks
             parts = [
