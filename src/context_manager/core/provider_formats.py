@@ -653,8 +653,8 @@ def is_anthropic_message(item: Any) -> bool:
     """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
 
     A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block (or, on a
-    user or assistant turn, a text block with a ``cache_control`` and no part only Chat Completions has,
-    ``image_url`` ...), or an SDK block object; or the SDK's
+    user or assistant turn or a system message, a text block with a ``cache_control`` and no part only
+    Chat Completions has, ``image_url`` ...), or an SDK block object; or the SDK's
     response ``Message`` (``type == "message"``, its blocks objects), or its ``model_dump()`` (a
     ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item holds ``output_text``
     / ``input_text`` parts).
@@ -680,7 +680,7 @@ def is_anthropic_message(item: Any) -> bool:
             if kind in _ANTHROPIC_ONLY_BLOCKS:
                 return True
             # a text block with a cache breakpoint: read as Anthropic's, which keeps it (a user or
-            # assistant turn; a system message's parts stay Chat Completions text), unless a part only
+            # assistant turn, or a request's system blocks given as a system message), unless a part only
             # Chat Completions has (image_url ...) says it is one of those (OpenRouter and LiteLLM take
             # cache_control on their text parts): refused or read as such, as before
             if kind == "text" and part.get("cache_control") and _turn_role(item) in _CACHED_ROLES:
