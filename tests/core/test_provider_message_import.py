@@ -505,16 +505,67 @@ async def test_a_cached_system_prompt_keeps_its_breakpoint_within_the_four_a_req
     assert ["cache_control" in block for block in body["system"]] == [False, True, True, True, True]
     assert "cache_control" not in body["messages"][0]["content"][0]
     assert anthropic_violations(body) == []
-    # a system message of blocks with no breakpoint on its last one: read as before, system a string
+    # a system message of blocks with a breakpoint before its last one: it ends a system message, the
+    # block after it another; a block other than text is refused, nothing added
     plain = [{"type": "text", "text": "A", "cache_control": five}, {"type": "text", "text": "B"}]
     async with EnhancedContextManager(config(tmp_path / "plain")) as manager:
         await manager.add_messages([{"role": "system", "content": plain}, {"role": "user", "content": "Hi"}])
-        assert manager.get_context(format="anthropic")["system"] == "A\nB"
+        assert manager.get_context(format="anthropic")["system"] == plain
         with pytest.raises(InvalidMessageError, match=r"^messages\[0\]\.content\[1\]: got .*text blocks"):
             await manager.add_messages(
                 [{"role": "system", "content": [plain[0], {"type": "image", "source": {}}]}]
             )
-        assert len(manager.messages) == 2
+        assert len(manager.messages) == 3
+
+
+async def test_a_system_prompt_with_its_breakpoint_before_its_last_block_keeps_it(tmp_path: Path) -> None:
+    """The export's ``system`` is a text block per system message: a cached manual then today's date is
+    ``[{"text": manual, "cache_control": ...}, {"text": date}]``. Added back as a system message, as the
+    docs say, its texts were joined and the last block's breakpoint alone kept: the manual's was dropped,
+    and the export sent ``system`` as a string, nothing cached (so too a request's own system prompt cached
+    up to a block before its last, or at two blocks: the earlier breakpoint dropped). A block with a
+    ``cache_control`` ends a system message now: each breakpoint stays on the block that ends its text."""
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+    from tests.provider_rules import anthropic_violations
+
+    five = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "system", "Manual: ...", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour}
+        )
+        await manager.add_message("system", "Today is Monday.")
+        await manager.add_message("user", "Hi")
+        body = manager.get_context(format="anthropic")
+    assert body["system"] == [
+        {"type": "text", "text": "Manual: ...", "cache_control": hour},
+        {"type": "text", "text": "Today is Monday."},
+    ]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert (
+            await again.add_messages([{"role": "system", "content": body["system"]}, *body["messages"]]) == 3
+        )
+        assert again.get_context(format="anthropic") == body
+    system = [
+        {"type": "text", "text": "Tools guide."},
+        {"type": "text", "text": "Manual: ...", "cache_control": hour},
+        {"type": "text", "text": "Answer briefly.", "cache_control": five},
+    ]
+    async with EnhancedContextManager(config(tmp_path / "two")) as manager:
+        assert (
+            await manager.add_messages(
+                [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+            )
+            == 3
+        )
+        kept = [(m.content, m.metadata.get(ANTHROPIC_CACHE_CONTROL_METADATA_KEY)) for m in manager.messages]
+        assert kept == [("Tools guide.\nManual: ...", hour), ("Answer briefly.", five), ("Hi", None)]
+        body = manager.get_context(format="anthropic")
+        assert body["system"] == [
+            {"type": "text", "text": "Tools guide.\nManual: ...", "cache_control": hour},
+            {"type": "text", "text": "Answer briefly.", "cache_control": five},
+        ]
+        assert anthropic_violations(body) == []
 
 
 async def test_langchain_messages_keep_the_cache_control_langchain_anthropic_sends(tmp_path: Path) -> None:
@@ -591,6 +642,38 @@ async def test_an_anthropic_export_converted_to_langchain_messages_goes_back_in_
         assert await again.add_messages(langchain) == len(held)
         assert [(m.role, m.content, m.tool_calls, m.tool_call_id, m.metadata) for m in again.messages] == held
         assert again.get_context(format="anthropic") == body
+
+
+async def test_a_langchain_message_read_as_an_anthropic_turn_keeps_what_langchain_messages_keep(
+    tmp_path: Path,
+) -> None:
+    """An ``AIMessage`` of ``tool_use`` blocks without ``tool_calls`` (or a ``HumanMessage`` of
+    ``tool_result`` blocks) is read as the Anthropic turn it holds; that turn was built of its blocks
+    alone, so such an ``AIMessage`` with ``invalid_tool_calls`` was taken (its broken call held with the
+    block's ``input``) where every other ``AIMessage`` with them is refused, and its ``name`` and
+    langchain-deepseek's ``reasoning_content`` were dropped where every other message keeps them."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    use = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
+    broken = {"name": "weather", "args": '{"city": ', "id": "toolu_1", "error": "no JSON"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        with pytest.raises(InvalidMessageError, match=r"^messages\[1\]\.invalid_tool_calls: .*JSON object"):
+            await manager.add_messages(
+                [HumanMessage("Hi"), AIMessage(content=[use], invalid_tool_calls=[broken])]
+            )
+        assert manager.messages == ()
+        ai = AIMessage(content=[use], name="forecaster", additional_kwargs={"reasoning_content": "A lookup."})
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21 °C"}
+        assert (
+            await manager.add_messages([HumanMessage("Hi"), ai, HumanMessage([result], name="weather")]) == 3
+        )
+        _, call, answer = manager.messages
+        assert (call.name, call.metadata[REASONING_METADATA_KEY], [c.id for c in call.tool_calls]) == (
+            "forecaster",
+            {"reasoning_content": "A lookup."},
+            ["toolu_1"],
+        )
+        assert (answer.role.value, answer.tool_call_id, answer.name) == ("tool", "toolu_1", "weather")
 
 
 async def test_an_openai_message_of_text_parts_with_cache_control_is_still_read_as_openai(

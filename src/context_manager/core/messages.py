@@ -378,7 +378,7 @@ ANTHROPIC_CACHE_CONTROL_METADATA_KEY = "context_manager.anthropic_cache_control"
 
 Set by the Anthropic import (``add_messages`` of Anthropic turns) on the message whose last block carried
 it: a user message's last text block, a ``tool_result`` block, an assistant turn's last block (its text,
-or its last ``tool_use``), a system message's last block (an Anthropic request's ``system`` blocks); and by
+or its last ``tool_use``), a block of an Anthropic request's ``system`` (the system message it ends); and by
 the LangChain import (langchain-anthropic's ``cache_control``). The Anthropic export puts it back on that
 message's last block, unless the window cut the message (its copy's text is not the block that was
 marked); the other exports leave it out.

@@ -437,6 +437,7 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
         message: dict[str, Any] = {"role": role}
         content = fields.get("content")
         cache_control = _langchain_cache_control(fields, position)
+        anthropic_turn = False
         if isinstance(content, list):
             field = f"messages[{position}].content"
             # a plain string is a text part (content is str | list[str | dict]), thinking's too
@@ -450,20 +451,22 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             ):
                 # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
                 # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
-                # calls, its tool_result blocks tool messages), cache_control and thinking kept
-                converted.append({"role": role, "content": blocks})
-                continue
-            if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
-                message["thinking"] = blocks
-            parts = [
-                part
-                for part, kind in zip(blocks, kinds, strict=True)
-                if not (
-                    role == "assistant"
-                    and (kind in _LANGCHAIN_SKIPPED_PARTS or kind in _THINKING_BLOCK_TYPES)
-                )
-            ]
-            content = chat_completions_text(parts, field)
+                # calls, its tool_result blocks tool messages), cache_control and thinking kept; its
+                # name and reasoning as below, its invalid_tool_calls refused
+                anthropic_turn = True
+                content = blocks
+            else:
+                if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
+                    message["thinking"] = blocks
+                parts = [
+                    part
+                    for part, kind in zip(blocks, kinds, strict=True)
+                    if not (
+                        role == "assistant"
+                        and (kind in _LANGCHAIN_SKIPPED_PARTS or kind in _THINKING_BLOCK_TYPES)
+                    )
+                ]
+                content = chat_completions_text(parts, field)
         message["content"] = content
         if fields.get("name") is not None:
             message["name"] = fields["name"]
@@ -486,7 +489,7 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             message["tool_call_id"] = fields.get("tool_call_id")
             if fields.get("status") == "error":
                 message["metadata"] = {"is_error": True}
-        if cache_control is not None:
+        if cache_control is not None and not anthropic_turn:  # an Anthropic turn's is on its block
             message = _with_cache_control(message, cache_control)
         converted.append(message)
     return converted
@@ -734,7 +737,8 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     :data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY` in that message's metadata
     (the Anthropic export puts it back); one on another block is dropped. A system message whose content
     is an Anthropic request's ``system`` blocks (``{"role": "system", "content": body["system"]}``) with a
-    ``cache_control`` on a block is read so too: their texts joined, the last block's breakpoint kept. Other
+    ``cache_control`` on a block is read so too: a block with one ends a system message (the texts up to it
+    joined, its breakpoint kept), the blocks after the last such block make one more. Other
     keys of a dict turn (``priority``, ``metadata`` ...) go to its message as ``add_message``'s options; a
     response's own fields (``id``, ``usage`` ...) are left out.
 
@@ -769,7 +773,7 @@ def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
         elif role == "user":
             converted.extend(_anthropic_user(blocks, field, turn))
         elif role == "system":  # an Anthropic request's system blocks, given as a system message
-            converted.append(_anthropic_system(blocks, field, turn))
+            converted.extend(_anthropic_system(blocks, field, turn))
         else:
             raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
         sources.extend([position] * (len(converted) - len(sources)))
@@ -855,12 +859,15 @@ def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any])
     return message
 
 
-def _anthropic_system(blocks: list[Any], field: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A system message of an Anthropic request's ``system`` text blocks (their texts joined).
+def _anthropic_system(blocks: list[Any], field: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system messages of an Anthropic request's ``system`` text blocks.
 
-    The last block's ``cache_control`` (the breakpoint that caches the whole system prompt) is kept in the
-    message's metadata; one on an earlier block has no block of its own in the window: dropped.
+    A block with a ``cache_control`` ends a system message (the texts up to it joined, its breakpoint kept
+    in the message's metadata), and the blocks after the last such block make one more: the export sends
+    a text block per system message, so each breakpoint goes back on the block that ends the same text
+    (one message, as given, when only the last block has one).
     """
+    messages: list[dict[str, Any]] = []
     texts: list[str] = []
     for index, block in enumerate(blocks):
         if not (
@@ -868,9 +875,12 @@ def _anthropic_system(blocks: list[Any], field: str, options: dict[str, Any]) ->
         ):
             raise InvalidMessageError(f"{field}[{index}]", block, "text blocks (a system prompt's)")
         texts.append(block["text"])
-    message: dict[str, Any] = {**options, "role": "system", "content": joined_text(texts)}
-    cache_control = _cache_control(blocks[-1], f"{field}[{len(blocks) - 1}]") if blocks else None
-    return message if cache_control is None else _with_cache_control(message, cache_control)
+        cache_control = _cache_control(block, f"{field}[{index}]")
+        if cache_control is not None or index == len(blocks) - 1:
+            message: dict[str, Any] = {**options, "role": "system", "content": joined_text(texts)}
+            messages.append(message if cache_control is None else _with_cache_control(message, cache_control))
+            texts = []
+    return messages
 
 
 def _cache_control(block: Mapping[str, Any], field: str) -> dict[str, Any] | None:
