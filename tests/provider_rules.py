@@ -11,7 +11,13 @@ against them:
   ``tool_result`` blocks come first in that turn; a ``tool_result`` must answer a ``tool_use`` of the turn
   just before; a text block is not whitespace only; the final assistant content of a request does not end
   with whitespace; the top-level ``system`` text is not whitespace only; ``tool_use`` ids are unique
-  within a request (``messages.N.content.M: `tool_use` ids must be unique``).
+  within a request (``messages.N.content.M: `tool_use` ids must be unique``); ``system`` is a string or a
+  list of text blocks (none of whitespace only).
+* Anthropic prompt caching: at most 4 blocks with ``cache_control`` in a request, tools, system and
+  messages together (``A maximum of 4 blocks with cache_control may be provided. Found 5.``); a breakpoint
+  of a longer ``ttl`` never after one of a shorter, in the order tools, system, messages (a ``"1h"`` one
+  after a ``"5m"`` one is refused; no ``ttl`` is ``"5m"``); none on a thinking block, nor on a text block of
+  whitespace only (``cache_control cannot be set for empty text blocks``).
 * Anthropic extended thinking with tool use: an assistant turn with ``tool_use`` blocks that holds
   thinking must start with a ``thinking`` or ``redacted_thinking`` block (``messages.1.content.0.type:
   Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final
@@ -225,15 +231,60 @@ def _anthropic_shape_problems(turns: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+_CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
+
+
+def anthropic_cache_problems(body: dict[str, Any]) -> list[str]:
+    """The broken prompt-caching rules of an Anthropic request body (tools, system, messages in order)."""
+    problems: list[str] = []
+    blocks: list[tuple[str, dict[str, Any]]] = [
+        (f"tools[{n}]", tool) for n, tool in enumerate(body.get("tools", []))
+    ]
+    if isinstance(body.get("system"), list):
+        blocks.extend((f"system[{n}]", block) for n, block in enumerate(body["system"]))
+    for position, turn in enumerate(body.get("messages", [])):
+        if isinstance(turn.get("content"), list):
+            blocks.extend((f"messages[{position}].content[{n}]", b) for n, b in enumerate(turn["content"]))
+    marked = [(where, block) for where, block in blocks if "cache_control" in block]
+    if len(marked) > 4:
+        problems.append(f"A maximum of 4 blocks with cache_control may be provided. Found {len(marked)}.")
+    shortest = None
+    for where, block in marked:
+        cache_control = block["cache_control"]
+        if not isinstance(cache_control, dict) or cache_control.get("type") != "ephemeral":
+            problems.append(f"{where}: cache_control {cache_control!r} is not {{'type': 'ephemeral', ...}}")
+            continue
+        ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
+        if ttl is None:
+            problems.append(f"{where}: cache_control ttl {cache_control.get('ttl')!r} is not '5m' or '1h'")
+        elif shortest is not None and ttl > shortest:
+            problems.append(f"{where}: a cache_control ttl of {ttl} s after one of {shortest} s")
+        else:
+            shortest = ttl if shortest is None else min(shortest, ttl)
+        if block.get("type") in _THINKING_TYPES:
+            problems.append(f"{where}: cache_control on a {block['type']} block")
+        if block.get("type") == "text" and not block.get("text", "").strip():
+            problems.append(f"{where}: cache_control cannot be set for empty text blocks")
+    return problems
+
+
 def anthropic_violations(body: dict[str, Any]) -> list[str]:
     """Every broken rule of an Anthropic request body (empty when the API would accept it)."""
     problems: list[str] = []
     turns = body["messages"]
     problems.extend(_anthropic_shape_problems(turns))
-    if "system" in body and not isinstance(body["system"], str):
-        problems.append(f"system {body['system']!r} is not a string")
-    elif "system" in body and not body["system"].strip():
+    system = body.get("system")
+    if "system" in body and isinstance(system, list):
+        for block in system:
+            if block.get("type") != "text" or not isinstance(block.get("text"), str):
+                problems.append(f"system block {block!r} is not a text block")
+            elif not block["text"].strip():
+                problems.append("a system text block of whitespace only")
+    elif "system" in body and not isinstance(system, str):
+        problems.append(f"system {system!r} is not a string or a list of text blocks")
+    elif "system" in body and not system.strip():
         problems.append("a system text of whitespace only")
+    problems.extend(anthropic_cache_problems(body))
     if not turns:
         problems.append("no messages (at least one is required)")
     if turns and turns[0]["role"] != "user":

@@ -17,7 +17,8 @@ from pydantic import TypeAdapter
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
-from context_manager.core.messages import REASONING_METADATA_KEY
+from context_manager.core.messages import REASONING_METADATA_KEY, Message
+from context_manager.core.provider_formats import to_anthropic_messages
 from tests.provider_rules import openai_violations
 
 
@@ -434,6 +435,245 @@ async def test_anthropic_cache_control_breakpoints_kept_from_several_requests_ke
         marks = [block.get("cache_control") for turn in turns for block in turn["content"]]
         assert [mark for mark in marks if mark] == [hour, five_named, five]  # the first 5-minute one went
         assert turns[0]["content"] == [{"type": "text", "text": "Hi"}]
+
+
+async def test_a_cached_system_prompt_keeps_its_breakpoint_within_the_four_a_request_takes(
+    tmp_path: Path,
+) -> None:
+    """An Anthropic request's ``system`` blocks added as a system message lost their ``cache_control`` (read
+    as Chat Completions text parts), and the export sent the latest 4 breakpoints of the turns, leaving no
+    room for one on ``system``: the cached system prompt, the prefix every request shares, was no longer
+    cached. The system message keeps its breakpoint and the export puts it back (``system`` then a list of
+    text blocks), first among the 4 the API takes; the turns keep their latest 3, none of a longer ``ttl``
+    than the system's (the API refuses a 1-hour breakpoint after a 5-minute one)."""
+    from anthropic import AsyncAnthropic
+
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+    from tests.chat_completions_server import running_server
+    from tests.provider_rules import anthropic_violations
+
+    five = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    system = [
+        {"type": "text", "text": "You answer questions about the attached manual."},
+        {"type": "text", "text": "Manual: ...", "cache_control": hour},
+    ]
+    turns = [
+        {"role": role, "content": [{"type": "text", "text": f"{role} {n}", "cache_control": five}]}
+        for n in range(3)
+        for role in ("user", "assistant")
+    ] + [{"role": "user", "content": [{"type": "text", "text": "And chapter 4?"}]}]
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        assert await manager.add_messages([{"role": "system", "content": system}, *turns]) == 8
+        [prompt] = [m for m in manager.messages if m.role.value == "system"]
+        assert prompt.content == "You answer questions about the attached manual.\nManual: ..."
+        assert prompt.metadata == {ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour}
+        body = manager.get_context(format="anthropic")
+        assert body["system"] == [{"type": "text", "text": prompt.content, "cache_control": hour}]
+        marks = [block.get("cache_control") for turn in body["messages"] for block in turn["content"]]
+        assert marks == [None, None, None, five, five, five, None]  # the latest 3 with the system's: 4
+        assert anthropic_violations(body) == []
+        assert manager.get_context("openai")[0] == {"role": "system", "content": prompt.content}
+        with running_server() as server:
+            client = AsyncAnthropic(base_url=server.anthropic_base_url, api_key="test-key", max_retries=0)
+            await client.messages.create(model="claude-test", max_tokens=50, **body)
+            await client.close()
+            assert server.requests[-1].body["system"] == body["system"]  # sent as exported
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:  # the export goes back in
+        await again.add_messages([{"role": "system", "content": body["system"]}, *body["messages"]])
+        assert again.get_context(format="anthropic") == body
+    # a 5-minute system breakpoint: the turns' 1-hour ones after it would be refused, so they go
+    async with EnhancedContextManager(config(tmp_path / "short")) as short:
+        await short.add_messages(
+            [
+                {"role": "system", "content": [{"type": "text", "text": "Rules.", "cache_control": five}]},
+                {"role": "user", "content": [{"type": "text", "text": "Doc", "cache_control": hour}]},
+                {"role": "assistant", "content": "Read."},
+                {"role": "user", "content": [{"type": "text", "text": "Q", "cache_control": five}]},
+            ]
+        )
+        body = short.get_context(format="anthropic")
+        marks = [block.get("cache_control") for turn in body["messages"] for block in turn["content"]]
+        assert body["system"][0]["cache_control"] == five and marks == [None, None, five]
+        assert anthropic_violations(body) == []
+    # five system messages marked (added one by one): the latest 4 of them, none of the turns'
+    messages = [
+        Message.create("system", f"Part {n}.", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: five})
+        for n in range(5)
+    ] + [Message.create("user", "Q", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: five})]
+    body = to_anthropic_messages(messages)
+    assert ["cache_control" in block for block in body["system"]] == [False, True, True, True, True]
+    assert "cache_control" not in body["messages"][0]["content"][0]
+    assert anthropic_violations(body) == []
+    # a system message of blocks with a breakpoint before its last one: it ends a system message, the
+    # block after it another; a block other than text is refused, nothing added
+    plain = [{"type": "text", "text": "A", "cache_control": five}, {"type": "text", "text": "B"}]
+    async with EnhancedContextManager(config(tmp_path / "plain")) as manager:
+        await manager.add_messages([{"role": "system", "content": plain}, {"role": "user", "content": "Hi"}])
+        assert manager.get_context(format="anthropic")["system"] == plain
+        with pytest.raises(InvalidMessageError, match=r"^messages\[0\]\.content\[1\]: got .*text blocks"):
+            await manager.add_messages(
+                [{"role": "system", "content": [plain[0], {"type": "image", "source": {}}]}]
+            )
+        assert len(manager.messages) == 3
+
+
+async def test_a_system_prompt_with_its_breakpoint_before_its_last_block_keeps_it(tmp_path: Path) -> None:
+    """The export's ``system`` is a text block per system message: a cached manual then today's date is
+    ``[{"text": manual, "cache_control": ...}, {"text": date}]``. Added back as a system message, as the
+    docs say, its texts were joined and the last block's breakpoint alone kept: the manual's was dropped,
+    and the export sent ``system`` as a string, nothing cached (so too a request's own system prompt cached
+    up to a block before its last, or at two blocks: the earlier breakpoint dropped). A block with a
+    ``cache_control`` ends a system message now: each breakpoint stays on the block that ends its text."""
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+    from tests.provider_rules import anthropic_violations
+
+    five = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "system", "Manual: ...", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour}
+        )
+        await manager.add_message("system", "Today is Monday.")
+        await manager.add_message("user", "Hi")
+        body = manager.get_context(format="anthropic")
+    assert body["system"] == [
+        {"type": "text", "text": "Manual: ...", "cache_control": hour},
+        {"type": "text", "text": "Today is Monday."},
+    ]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert (
+            await again.add_messages([{"role": "system", "content": body["system"]}, *body["messages"]]) == 3
+        )
+        assert again.get_context(format="anthropic") == body
+    system = [
+        {"type": "text", "text": "Tools guide."},
+        {"type": "text", "text": "Manual: ...", "cache_control": hour},
+        {"type": "text", "text": "Answer briefly.", "cache_control": five},
+    ]
+    async with EnhancedContextManager(config(tmp_path / "two")) as manager:
+        assert (
+            await manager.add_messages(
+                [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]
+            )
+            == 3
+        )
+        kept = [(m.content, m.metadata.get(ANTHROPIC_CACHE_CONTROL_METADATA_KEY)) for m in manager.messages]
+        assert kept == [("Tools guide.\nManual: ...", hour), ("Answer briefly.", five), ("Hi", None)]
+        body = manager.get_context(format="anthropic")
+        assert body["system"] == [
+            {"type": "text", "text": "Tools guide.\nManual: ...", "cache_control": hour},
+            {"type": "text", "text": "Answer briefly.", "cache_control": five},
+        ]
+        assert anthropic_violations(body) == []
+
+
+async def test_langchain_messages_keep_the_cache_control_langchain_anthropic_sends(tmp_path: Path) -> None:
+    """langchain-anthropic users mark prompt-cache breakpoints on content blocks (``HumanMessage(content=
+    [{"type": "text", "text": ..., "cache_control": {"type": "ephemeral"}}])``, on a ``SystemMessage`` too)
+    or in ``additional_kwargs["cache_control"]`` (a ``ToolMessage``); ``add_messages`` dropped them, so the
+    Anthropic export of the same conversation cached nothing. They are kept as an Anthropic import keeps
+    them and the export puts them back."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage, messages_to_dict
+
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+    from tests.provider_rules import anthropic_violations
+
+    five = {"type": "ephemeral"}
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    history = [
+        SystemMessage(content=[{"type": "text", "text": "Be brief.", "cache_control": hour}]),
+        HumanMessage(content=[{"type": "text", "text": "Weather in Paris?", "cache_control": five}]),
+        AIMessage(
+            content=[
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}, "cache_control": five},
+            ],
+            tool_calls=[{"id": "toolu_1", "name": "weather", "args": {}}],
+        ),
+        ToolMessage(content="21 °C", tool_call_id="toolu_1", additional_kwargs={"cache_control": five}),
+        AIMessage(content=[{"type": "text", "text": "21 °C.", "cache_control": five}]),
+        HumanMessage(content=[{"type": "text", "text": "Thanks", "cache_control": {}}]),  # empty: none
+    ]
+    for given in (history, messages_to_dict(history)):
+        async with EnhancedContextManager(config(tmp_path / str(len(str(given))))) as manager:
+            assert await manager.add_messages(given) == 6
+            kept = [m.metadata.get(ANTHROPIC_CACHE_CONTROL_METADATA_KEY) for m in manager.messages]
+            assert kept == [hour, five, five, five, five, None]
+            body = manager.get_context(format="anthropic")
+            assert body["system"] == [{"type": "text", "text": "Be brief.", "cache_control": hour}]
+            turns = body["messages"]
+            assert turns[0]["content"] == [{"type": "text", "text": "Weather in Paris?"}]  # 5th of 5: out
+            assert turns[1]["content"][-1]["cache_control"] == five
+            assert turns[2]["content"][0]["cache_control"] == five
+            assert turns[3]["content"] == [{"type": "text", "text": "21 °C.", "cache_control": five}]
+            assert anthropic_violations(body) == []
+    async with EnhancedContextManager(config(tmp_path / "bad")) as manager:
+        bad = HumanMessage(content="Hi", additional_kwargs={"cache_control": "yes"})
+        with pytest.raises(InvalidMessageError, match=r"^messages\[0\]\.additional_kwargs\.cache_control"):
+            await manager.add_messages([bad])
+        assert manager.messages == ()
+
+
+async def test_an_anthropic_export_converted_to_langchain_messages_goes_back_in_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """A langchain-anthropic user sends the Anthropic export through LangChain (``convert_to_messages``,
+    the cache breakpoints kept in the blocks). Added back, its ``AIMessage`` of ``tool_use`` blocks (its
+    ``tool_calls`` empty) lost its calls, and its ``HumanMessage`` of ``tool_result`` blocks was refused
+    ("got {'type': 'tool_result' ...}; allowed a string, or text parts"). They are read as the Anthropic
+    turns they hold, as ``convert_to_openai_messages`` reads them: the same export comes out."""
+    from langchain_core.messages import SystemMessage, convert_to_messages
+
+    from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY
+
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message(
+            "system", "Be brief.", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour}
+        )
+        await manager.add_messages(anthropic_history())
+        await manager.add_message("user", "Thanks", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: hour})
+        body = manager.get_context(format="anthropic")
+        held = [(m.role, m.content, m.tool_calls, m.tool_call_id, m.metadata) for m in manager.messages]
+    langchain = [SystemMessage(content=body["system"]), *convert_to_messages(body["messages"])]
+    assert [type(m).__name__ for m in langchain][2:4] == ["AIMessage", "HumanMessage"]
+    async with EnhancedContextManager(config(tmp_path / "again")) as again:
+        assert await again.add_messages(langchain) == len(held)
+        assert [(m.role, m.content, m.tool_calls, m.tool_call_id, m.metadata) for m in again.messages] == held
+        assert again.get_context(format="anthropic") == body
+
+
+async def test_a_langchain_message_read_as_an_anthropic_turn_keeps_what_langchain_messages_keep(
+    tmp_path: Path,
+) -> None:
+    """An ``AIMessage`` of ``tool_use`` blocks without ``tool_calls`` (or a ``HumanMessage`` of
+    ``tool_result`` blocks) is read as the Anthropic turn it holds; that turn was built of its blocks
+    alone, so such an ``AIMessage`` with ``invalid_tool_calls`` was taken (its broken call held with the
+    block's ``input``) where every other ``AIMessage`` with them is refused, and its ``name`` and
+    langchain-deepseek's ``reasoning_content`` were dropped where every other message keeps them."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    use = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}
+    broken = {"name": "weather", "args": '{"city": ', "id": "toolu_1", "error": "no JSON"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        with pytest.raises(InvalidMessageError, match=r"^messages\[1\]\.invalid_tool_calls: .*JSON object"):
+            await manager.add_messages(
+                [HumanMessage("Hi"), AIMessage(content=[use], invalid_tool_calls=[broken])]
+            )
+        assert manager.messages == ()
+        ai = AIMessage(content=[use], name="forecaster", additional_kwargs={"reasoning_content": "A lookup."})
+        result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "21 °C"}
+        assert (
+            await manager.add_messages([HumanMessage("Hi"), ai, HumanMessage([result], name="weather")]) == 3
+        )
+        _, call, answer = manager.messages
+        assert (call.name, call.metadata[REASONING_METADATA_KEY], [c.id for c in call.tool_calls]) == (
+            "forecaster",
+            {"reasoning_content": "A lookup."},
+            ["toolu_1"],
+        )
+        assert (answer.role.value, answer.tool_call_id, answer.name) == ("tool", "toolu_1", "weather")
 
 
 async def test_an_openai_message_of_text_parts_with_cache_control_is_still_read_as_openai(

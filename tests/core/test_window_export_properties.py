@@ -1,13 +1,15 @@
-"""Property-based: the window driven as an agent loop drives it, both exports checked after every call.
+"""Property-based: the window driven as an agent loop drives it, its exports checked after every call.
 
 ``test_context_window.py`` answers every tool call at once and checks the window; this mixes what a real
 loop does: results arriving late (after the user spoke), in any order or never, a second result for a call
 (refused, nothing changed), call ids made again by a server numbering the calls of each response (held
 renamed ``id~n`` once the earlier call has its result; refused while it waits), pins and unpins, explicit
 compressions, batches, budgeted views, text in many scripts with emoji, combining marks and invisible
-characters. After every call the window and both exports of it (and of a budgeted view) must hold:
+characters. After every call the window and the exports of it (and of a budgeted view) must hold:
 
 * the window within ``max_tokens``, a view within its budget;
+* prompt-cache breakpoints (Anthropic ``cache_control`` kept from an import, some of 1 hour) on system
+  messages, requests, answers, calls and results: the Anthropic export within the API's 4 and its ttl order;
 * every tool result after its call; each export accepted by its provider (``tests/provider_rules.py``);
 * system, pinned and critical messages kept; the newest user request present with its head and tail;
 * the OpenAI export, added to a new window as a history, exports again the same (ids, order, pairing);
@@ -29,10 +31,14 @@ from hypothesis import strategies as st
 from context_manager.core.compression import TRUNCATED_METADATA_KEY, is_summary
 from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import ContextBudgetError, ToolCallPairingError
-from context_manager.core.messages import Message, Role, ToolCall
-from context_manager.core.provider_formats import to_anthropic_messages, to_openai_messages
+from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY, Message, Role, ToolCall
+from context_manager.core.provider_formats import (
+    to_anthropic_messages,
+    to_openai_messages,
+    to_openai_responses_input,
+)
 from context_manager.core.tokens import REPLY_PRIMING_TOKENS, TokenCounter, get_token_counter
-from tests.provider_rules import anthropic_violations, openai_violations
+from tests.provider_rules import anthropic_violations, openai_responses_violations, openai_violations
 
 COUNTER = get_token_counter()
 
@@ -116,6 +122,21 @@ def made_as(call_id: str) -> str:
     return made if made and number.isdigit() else call_id
 
 
+CACHE_CONTROLS = [
+    {"type": "ephemeral"},
+    {"type": "ephemeral", "ttl": "1h"},
+    {"type": "ephemeral", "ttl": "5m"},
+]
+
+
+def cached(size: int, seed: int, metadata: dict[str, object] | None = None) -> dict[str, object]:
+    """``metadata`` with, for one message in three, the ``cache_control`` an Anthropic import keeps."""
+    metadata = dict(metadata or {})
+    if (size + seed) % 3 == 0:
+        metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY] = CACHE_CONTROLS[(size // 3 + seed) % 3]
+    return metadata
+
+
 def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Model) -> Message | None:
     kind, size, seed, priority, pinned = spec
     if kind == "numbered":  # a server numbering the calls of each response: tool_0, tool_1 ... every time
@@ -147,7 +168,14 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
             calls.append(ToolCall(made, "lookup", {}))
         pending.extend(call.id for call in calls)
         content = text_of(size, seed) if seed % 2 else ""
-        return Message.create("assistant", content, tool_calls=calls, priority=priority, pinned=pinned)
+        return Message.create(
+            "assistant",
+            content,
+            tool_calls=calls,
+            priority=priority,
+            pinned=pinned,
+            metadata=cached(size, seed),
+        )
     if kind in ("result", "late_result"):
         if not pending:
             return None
@@ -155,15 +183,24 @@ def build(spec: tuple[str, int, int, str, bool], pending: list[str], model: Mode
         if seed % 2:  # quoted as the model made it (the window answers the newest call of that id)
             call_id = made_as(call_id)
         content = text_of(size, seed) if size % 5 else ""  # some results are empty
-        metadata = {"is_error": True} if seed % 7 == 0 else {}
+        metadata = cached(size, seed, {"is_error": True} if seed % 7 == 0 else {})
         return Message.create(
             "tool", content, tool_call_id=call_id, priority=priority, pinned=pinned, metadata=metadata
         )
     if kind == "assistant" and seed % 3 == 0:  # a response with thinking (two in a row: two turns)
         model.numbers += 1
         thinking = [thinking_block(f"{seed}-{model.numbers}")]
-        return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned, thinking=thinking)
-    return Message.create(kind, text_of(size, seed), priority=priority, pinned=pinned)
+        return Message.create(
+            kind,
+            text_of(size, seed),
+            priority=priority,
+            pinned=pinned,
+            thinking=thinking,
+            metadata=cached(size, seed),
+        )
+    return Message.create(
+        kind, text_of(size, seed), priority=priority, pinned=pinned, metadata=cached(size, seed)
+    )
 
 
 def thinking_block(name: str) -> dict[str, str]:
@@ -196,6 +233,8 @@ async def check_exports(messages: list[Message] | tuple[Message, ...], pending: 
     anthropic = to_anthropic_messages(messages)
     assert openai_violations(openai) == [], openai
     assert anthropic_violations(anthropic) == [], anthropic
+    responses = to_openai_responses_input(messages)
+    assert openai_responses_violations(responses) == [], responses
     check_thinking(messages, anthropic, pending)
     await check_round_trip(openai)
     # Nothing is left out but calls still waiting for their result (and their message if it has no text).

@@ -378,8 +378,10 @@ ANTHROPIC_CACHE_CONTROL_METADATA_KEY = "context_manager.anthropic_cache_control"
 
 Set by the Anthropic import (``add_messages`` of Anthropic turns) on the message whose last block carried
 it: a user message's last text block, a ``tool_result`` block, an assistant turn's last block (its text,
-or its last ``tool_use``). The Anthropic export puts it back on that message's last block, unless the
-window cut the message (its copy's text is not the block that was marked); the other exports leave it out.
+or its last ``tool_use``), a block of an Anthropic request's ``system`` (the system message it ends); and by
+the LangChain import (langchain-anthropic's ``cache_control``). The Anthropic export puts it back on that
+message's last block, unless the window cut the message (its copy's text is not the block that was
+marked); the other exports leave it out.
 The value is the ``cache_control`` object as given (``{"type": "ephemeral"}``, maybe with a ``ttl``)."""
 _CACHE_CONTROL = "a JSON object with a string 'type' (Anthropic's cache_control, e.g. {'type': 'ephemeral'})"
 

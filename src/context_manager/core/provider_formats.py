@@ -10,8 +10,9 @@
   "output"}`` item per result; :func:`messages_from_openai_responses` reads such items (and a response's
   ``output``) back as ``add_messages`` dicts.
 * :func:`to_anthropic_messages`: Anthropic Messages ``{"system": ..., "messages": [...]}``: system messages
-  joined into the top-level ``system``, ``tool_use`` / ``tool_result`` content blocks, tool results in a
-  user message (``"is_error": true`` for a tool message whose metadata holds ``"is_error": True``),
+  joined into the top-level ``system`` (a text block each when one keeps a prompt-cache breakpoint),
+  ``tool_use`` / ``tool_result`` content blocks, tool results in a user message (``"is_error": true``
+  for a tool message whose metadata holds ``"is_error": True``),
   consecutive messages of one role merged into one turn (but two assistant messages that both hold
   thinking: a user turn of :data:`ANTHROPIC_CONTINUATION_TEXT` between them), thinking blocks first in
   their turn or, interleaved with the calls, in the response's order (see :attr:`Message.thinking`).
@@ -41,7 +42,7 @@ appends to the export: an OpenAI export is a list prefix of the next one, and an
 differs at most by blocks added to its last turn (a pending tool call shows up once its result is in;
 the placeholder user turn of a request with nothing but system messages is replaced by the first message;
 a system message added joins the top-level ``system``, which changes then; past 4 imported
-``cache_control`` breakpoints, the earliest loses its ``cache_control``).
+``cache_control`` breakpoints, the earliest of the turns loses its ``cache_control``).
 Provider prompt caches keep hitting until the next compression.
 
 Example:
@@ -398,7 +399,12 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     ``user``, ``ai`` ``assistant``; a ``ChatMessage`` its role), its text (a content list's text parts and
     strings joined by a line break; an ``AIMessage``'s ``tool_use`` blocks are its ``tool_calls``, its
     thinking blocks its thinking), its ``name``, an ``AIMessage``'s ``tool_calls`` and a ``ToolMessage``'s
-    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``), an ``AIMessage``'s
+    ``tool_call_id`` (``status="error"`` as ``metadata={"is_error": True}``), a prompt-cache breakpoint as
+    langchain-anthropic sends it (a ``cache_control`` on the last content block, or in
+    ``additional_kwargs``) kept as the Anthropic import keeps one; a message holding an Anthropic turn's
+    blocks (LangChain's ``convert_to_messages`` of an Anthropic export: a ``HumanMessage`` of ``tool_result``
+    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``) read as that turn
+    (:func:`messages_from_anthropic`); an ``AIMessage``'s
     ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
     ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
     ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
@@ -430,6 +436,8 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
         role = fields["role"] if kind in _LANGCHAIN_CHAT else _LANGCHAIN_ROLES[kind]
         message: dict[str, Any] = {"role": role}
         content = fields.get("content")
+        cache_control = _langchain_cache_control(fields, position)
+        anthropic_turn = False
         if isinstance(content, list):
             field = f"messages[{position}].content"
             # a plain string is a text part (content is str | list[str | dict]), thinking's too
@@ -438,17 +446,27 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 for part in content
             ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
-            if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
-                message["thinking"] = blocks
-            parts = [
-                part
-                for part, kind in zip(blocks, kinds, strict=True)
-                if not (
-                    role == "assistant"
-                    and (kind in _LANGCHAIN_SKIPPED_PARTS or kind in _THINKING_BLOCK_TYPES)
-                )
-            ]
-            content = chat_completions_text(parts, field)
+            if (role == "user" and "tool_result" in kinds) or (
+                role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls")
+            ):
+                # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
+                # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
+                # calls, its tool_result blocks tool messages), cache_control and thinking kept; its
+                # name and reasoning as below, its invalid_tool_calls refused
+                anthropic_turn = True
+                content = blocks
+            else:
+                if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
+                    message["thinking"] = blocks
+                parts = [
+                    part
+                    for part, kind in zip(blocks, kinds, strict=True)
+                    if not (
+                        role == "assistant"
+                        and (kind in _LANGCHAIN_SKIPPED_PARTS or kind in _THINKING_BLOCK_TYPES)
+                    )
+                ]
+                content = chat_completions_text(parts, field)
         message["content"] = content
         if fields.get("name") is not None:
             message["name"] = fields["name"]
@@ -471,8 +489,32 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             message["tool_call_id"] = fields.get("tool_call_id")
             if fields.get("status") == "error":
                 message["metadata"] = {"is_error": True}
+        if cache_control is not None and not anthropic_turn:  # an Anthropic turn's is on its block
+            message = _with_cache_control(message, cache_control)
         converted.append(message)
     return converted
+
+
+def _langchain_cache_control(fields: Mapping[str, Any], position: int) -> dict[str, Any] | None:
+    """The prompt-cache breakpoint of a LangChain message, as langchain-anthropic sends it (or ``None``).
+
+    A ``cache_control`` on the content block that ends the message in the Anthropic export (its last
+    block: a text block, or an ``AIMessage``'s ``tool_use`` when it made calls), else one in its
+    ``additional_kwargs`` (langchain-anthropic puts that on the message's last block). An empty one is none.
+    """
+    content = fields.get("content")
+    if isinstance(content, list) and content:
+        last = _as_block(content[-1])
+        if isinstance(last, Mapping) and last.get("cache_control"):
+            calls = bool(fields.get("tool_calls"))
+            kind = last.get("type")
+            if (kind == "text" and not calls) or (kind == "tool_use" and calls):
+                return _cache_control(last, f"messages[{position}].content[{len(content) - 1}]")
+            return None  # on a block the window does not keep as such (a text before the calls): dropped
+    extra = fields.get("additional_kwargs")
+    if isinstance(extra, Mapping) and extra.get("cache_control"):
+        return _cache_control(extra, f"messages[{position}].additional_kwargs")
+    return None
 
 
 _RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -614,8 +656,8 @@ def is_anthropic_message(item: Any) -> bool:
     """Whether ``item`` is an Anthropic Messages turn (or response) whose ``content`` needs reading.
 
     A dict with a ``content`` list holding a ``tool_use``, ``tool_result`` or thinking block (or, on a
-    user or assistant turn, a text block with a ``cache_control`` and no part only Chat Completions has,
-    ``image_url`` ...), or an SDK block object; or the SDK's
+    user or assistant turn or a system message, a text block with a ``cache_control`` and no part only
+    Chat Completions has, ``image_url`` ...), or an SDK block object; or the SDK's
     response ``Message`` (``type == "message"``, its blocks objects), or its ``model_dump()`` (a
     ``message`` dict of Anthropic blocks, text too: a Responses API ``message`` item holds ``output_text``
     / ``input_text`` parts).
@@ -641,10 +683,10 @@ def is_anthropic_message(item: Any) -> bool:
             if kind in _ANTHROPIC_ONLY_BLOCKS:
                 return True
             # a text block with a cache breakpoint: read as Anthropic's, which keeps it (a user or
-            # assistant turn; a system message's parts stay Chat Completions text), unless a part only
+            # assistant turn, or a request's system blocks given as a system message), unless a part only
             # Chat Completions has (image_url ...) says it is one of those (OpenRouter and LiteLLM take
             # cache_control on their text parts): refused or read as such, as before
-            if kind == "text" and part.get("cache_control") and _turn_role(item) in _TURN_ROLES:
+            if kind == "text" and part.get("cache_control") and _turn_role(item) in _CACHED_ROLES:
                 cache_marked = True
             chat_completions = chat_completions or kind in _CHAT_COMPLETIONS_ONLY_PARTS
         elif getattr(part, "type", None) in _ANTHROPIC_BLOCK_TYPES:  # an SDK block object (TextBlock ...)
@@ -654,6 +696,9 @@ def is_anthropic_message(item: Any) -> bool:
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
 _TURN_ROLES = frozenset({"user", "assistant"})
+_CACHED_ROLES = frozenset({"system", *_TURN_ROLES})
+"""Roles whose text blocks with a ``cache_control`` make a message Anthropic's: a turn's, or the
+``system`` blocks of an Anthropic request given as a system message."""
 _CHAT_COMPLETIONS_ONLY_PARTS = frozenset({"image_url", "input_audio", "file", "refusal"})
 
 
@@ -690,7 +735,10 @@ def messages_from_anthropic(items: Sequence[Any]) -> list[Any]:
     a message (a user turn's last text block, a ``tool_result``, an assistant turn's last ``tool_use``, or
     its last text when it made no call) is kept under
     :data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY` in that message's metadata
-    (the Anthropic export puts it back); one on another block is dropped. Other
+    (the Anthropic export puts it back); one on another block is dropped. A system message whose content
+    is an Anthropic request's ``system`` blocks (``{"role": "system", "content": body["system"]}``) with a
+    ``cache_control`` on a block is read so too: a block with one ends a system message (the texts up to it
+    joined, its breakpoint kept), the blocks after the last such block make one more. Other
     keys of a dict turn (``priority``, ``metadata`` ...) go to its message as ``add_message``'s options; a
     response's own fields (``id``, ``usage`` ...) are left out.
 
@@ -724,6 +772,8 @@ def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
             converted.append(_anthropic_assistant(blocks, field, turn))
         elif role == "user":
             converted.extend(_anthropic_user(blocks, field, turn))
+        elif role == "system":  # an Anthropic request's system blocks, given as a system message
+            converted.extend(_anthropic_system(blocks, field, turn))
         else:
             raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
         sources.extend([position] * (len(converted) - len(sources)))
@@ -807,6 +857,30 @@ def _anthropic_assistant(blocks: list[Any], field: str, options: dict[str, Any])
         if cache_control is not None:
             message = _with_cache_control(message, cache_control)
     return message
+
+
+def _anthropic_system(blocks: list[Any], field: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The system messages of an Anthropic request's ``system`` text blocks.
+
+    A block with a ``cache_control`` ends a system message (the texts up to it joined, its breakpoint kept
+    in the message's metadata), and the blocks after the last such block make one more: the export sends
+    a text block per system message, so each breakpoint goes back on the block that ends the same text
+    (one message, as given, when only the last block has one).
+    """
+    messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for index, block in enumerate(blocks):
+        if not (
+            isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str)
+        ):
+            raise InvalidMessageError(f"{field}[{index}]", block, "text blocks (a system prompt's)")
+        texts.append(block["text"])
+        cache_control = _cache_control(block, f"{field}[{index}]")
+        if cache_control is not None or index == len(blocks) - 1:
+            message: dict[str, Any] = {**options, "role": "system", "content": joined_text(texts)}
+            messages.append(message if cache_control is None else _with_cache_control(message, cache_control))
+            texts = []
+    return messages
 
 
 def _cache_control(block: Mapping[str, Any], field: str) -> dict[str, Any] | None:
@@ -898,22 +972,39 @@ def _put_cache_control(
         marked.append(blocks[-1])
 
 
-def _drop_refused_breakpoints(marked: list[dict[str, Any]]) -> None:
-    """Take ``cache_control`` off the ``marked`` blocks (in request order) the API would refuse.
+def _drop_refused_breakpoints(system_marked: list[dict[str, Any]], marked: list[dict[str, Any]]) -> None:
+    """Take ``cache_control`` off the marked blocks (in request order) the API would refuse.
 
-    It takes at most :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS`, and no breakpoint of a shorter ``ttl``
-    before one of a longer (a 5-minute one before a 1-hour one): breakpoints imported by several
-    requests, each valid alone, can break both. The latest stay (the longest cached prefix).
+    It takes at most :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` in a request (system and messages together),
+    and no breakpoint of a shorter ``ttl`` before one of a longer (a 5-minute one before a 1-hour one):
+    breakpoints imported by several requests, each valid alone, can break both. The system prompt's come
+    first (the prefix every request shares, the one a client caches first); then the turns' latest (the
+    longest cached prefix) that fit: none of a ``ttl`` longer than a system breakpoint kept.
+    """
+    kept, shortest = _keep_latest_breakpoints(system_marked, ANTHROPIC_MAX_CACHE_BREAKPOINTS, None)
+    _keep_latest_breakpoints(marked, ANTHROPIC_MAX_CACHE_BREAKPOINTS - kept, shortest)
+
+
+def _keep_latest_breakpoints(
+    marked: list[dict[str, Any]], room: int, ceiling: int | None
+) -> tuple[int, int | None]:
+    """Keep the latest ``room`` breakpoints of ``marked`` in ``ttl`` order, none longer than ``ceiling``.
+
+    Returns how many were kept and the shortest known ``ttl`` (seconds) among them (``ceiling`` when none).
     """
     kept = 0
     longest = 0  # the longest ttl (seconds) of the breakpoints kept after this one
+    shortest = ceiling
     for block in reversed(marked):
         ttl = _CACHE_TTL_SECONDS.get(block["cache_control"].get("ttl", "5m"))
-        if kept == ANTHROPIC_MAX_CACHE_BREAKPOINTS or (ttl is not None and ttl < longest):
+        if kept == room or (ttl is not None and (ttl < longest or (ceiling is not None and ttl > ceiling))):
             del block["cache_control"]
             continue
         kept += 1
-        longest = max(longest, ttl or 0)
+        if ttl is not None:
+            longest = max(longest, ttl)
+            shortest = ttl if shortest is None else min(shortest, ttl)
+    return kept, shortest
 
 
 _CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
@@ -922,7 +1013,8 @@ _CACHEABLE_BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result"})
 _TRUNCATED_METADATA_KEY = "context_manager.truncated"
 """:data:`context_manager.core.compression.truncation.TRUNCATED_METADATA_KEY` (a cut copy's mark)."""
 ANTHROPIC_MAX_CACHE_BREAKPOINTS = 4
-"""The most ``cache_control`` blocks an Anthropic request takes; an export keeps the latest this many."""
+"""The most ``cache_control`` blocks an Anthropic request takes (tools, system and messages together); an
+export keeps this many: the system prompt's first, then the turns' latest."""
 
 
 def _anthropic_blocks(message: Message, ids: dict[str, str], names: dict[str, str]) -> list[dict[str, Any]]:
@@ -984,7 +1076,9 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     """Return an Anthropic Messages request body part: ``{"system": str, "messages": [...]}``.
 
     ``"system"`` is present only when there are system messages with text (joined by a blank line, in order;
-    one of whitespace only is left out, the API refuses it).
+    one of whitespace only is left out, the API refuses it); when one of them keeps an imported
+    ``cache_control`` it is a list of text blocks instead, one per system message, the breakpoint on its
+    message's block.
     Content is always a list of blocks, so merging a later message into the last turn only appends blocks.
     ``"messages"`` is never empty (the API needs one): with no other message it holds one user turn of
     :data:`ANTHROPIC_CONTINUATION_TEXT`, as it does before an assistant message that comes first. Text of
@@ -996,13 +1090,16 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     of :data:`ANTHROPIC_CONTINUATION_TEXT` between them (one turn would hold a run of thinking no response
     made, which the API refuses in a tool-use turn). A ``cache_control`` the import kept
     (:data:`~context_manager.core.messages.ANTHROPIC_CACHE_CONTROL_METADATA_KEY`) goes back on its
-    message's last block, except on a message the window cut; at most the latest
-    :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` (the API's limit), so an append may take an earlier one away,
-    and none of a 5-minute ``ttl`` before a 1-hour one (the API refuses that order).
+    message's last block, except on a message the window cut; at most
+    :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` (the API's limit, system and turns together): the system
+    messages' first (the latest of them), then the turns' latest, so an append may take an earlier one
+    away; and none of a 5-minute ``ttl`` before a 1-hour one (the API refuses that order: a turn's 1-hour
+    breakpoint after a 5-minute one on the system prompt is left out).
     """
-    system_parts: list[str] = []
+    system_blocks: list[dict[str, Any]] = []  # a text block per system message
+    system_marked: list[dict[str, Any]] = []  # those given back an imported cache_control
     turns: list[dict[str, Any]] = []
-    marked: list[dict[str, Any]] = []  # the blocks given back an imported cache_control
+    marked: list[dict[str, Any]] = []  # the blocks of the turns given back an imported cache_control
     paired = paired_for_provider(messages)
     ids = _valid_names(call.id for message in paired for call in message.tool_calls)
     names = _valid_names((call.name for m in paired for call in m.tool_calls), _NAME_MAX_CHARS)
@@ -1014,7 +1111,9 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     for message in paired:
         if message.role is Role.SYSTEM:
             if message.content.strip():
-                system_parts.append(message.content)
+                system_blocks.append({"type": "text", "text": message.content})
+                if message.metadata and ANTHROPIC_CACHE_CONTROL_METADATA_KEY in message.metadata:
+                    _put_cache_control(system_blocks[-1:], message.metadata, system_marked)
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
         if repeated and message.tool_calls:
@@ -1049,12 +1148,14 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
                 turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    _drop_refused_breakpoints(marked)
+    _drop_refused_breakpoints(system_marked, marked)
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
     body: dict[str, Any] = {}
-    if system_parts:
-        body["system"] = "\n\n".join(system_parts)
+    if system_marked:  # a breakpoint goes on a block: the system prompt as its messages' text blocks
+        body["system"] = system_blocks
+    elif system_blocks:
+        body["system"] = "\n\n".join(block["text"] for block in system_blocks)
     body["messages"] = turns
     return body
 
