@@ -97,7 +97,9 @@ def test_an_unknown_option_names_the_closest_one() -> None:
     with pytest.raises(ConfigurationError, match=r"did you mean token_encoding\?\)$"):
         config.encoding = "cl100k_base"
     assert config.max_tokens == 1000 and config.compression_ratio == 0.8 and "encoding" not in vars(config)
-    with pytest.raises(ConfigurationError, match=r"zzz: got 1; allowed one of the options: .*\(unknown option\)$"):
+    with pytest.raises(
+        ConfigurationError, match=r"zzz: got 1; allowed one of the options: .*\(unknown option\)$"
+    ):
         ContextManagerConfig(zzz=1)  # type: ignore[call-arg]
 
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 from context_manager.core import forks
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook, check_counter
@@ -158,7 +159,7 @@ def _page_cursor(before: Any) -> tuple[float, str]:
     return moment, identifier
 
 
-class EnhancedContextManager:
+class EnhancedContextManager(AsyncContextManagerOnly):
     """Manages a conversation's context window, and the memory, tools and monitoring around it.
 
     Create it, ``await initialize()`` (or use ``async with``), use it, then ``await cleanup()``. Methods
@@ -169,6 +170,8 @@ class EnhancedContextManager:
     _initialize_hint = "call `await manager.initialize()` first or use `async with`"
     """How the LifecycleError of a call before ``initialize()`` says to start the manager
     (``SyncContextManager`` gives its own: a blocking caller cannot ``await``)."""
+
+    _synchronous_alternative = "; in synchronous code, `with SyncContextManager(...) as manager:`"
 
     def __init__(
         self,
