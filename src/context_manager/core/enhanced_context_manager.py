@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import difflib
 import gc
 import logging
 import math
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Never, TypeVar, overload
 
 from context_manager.core import forks
 from context_manager.core.async_only import AsyncContextManagerOnly
@@ -182,6 +183,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         conversation_id: str | None = None,
         embedder: Embedder | None = None,
         user_id: str | None = None,
+        **options: Never,
     ) -> None:
         """Create a manager (touches no file; ``initialize()`` does).
 
@@ -210,13 +212,16 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 ``user_id`` (or ``ALL_USERS``). A persisted conversation this manager creates belongs to
                 this user: only a manager with the same ``user_id`` opens it, lists it or deletes it.
 
+            **options: None are taken: a setting such as ``max_tokens`` goes in the ``config``
+                (``EnhancedContextManager(ContextManagerConfig(max_tokens=4000))``), and the error says so.
+
         Raises:
-            InvalidArgumentError: an argument has the wrong type.
+            InvalidArgumentError: an argument has the wrong type, or an unknown keyword (a configuration
+                option is named as such).
             InvalidMemoryError: ``user_id`` is not a valid user id (empty, only whitespace, control
                 characters, over 256 characters); nothing is created.
         """
-        if config is not None and not isinstance(config, ContextManagerConfig):
-            raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+        check_constructor_arguments(type(self).__name__, config, options)
         if summarizer is not None and not callable(summarizer):
             raise InvalidArgumentError(
                 "summarizer", summarizer, "an async callable (messages, budget) -> str"
@@ -1745,6 +1750,38 @@ def _with_reasoning_kept(options: dict[str, Any]) -> dict[str, Any]:
             kept = {**earlier, **kept}
         moved["metadata"] = {**(metadata or {}), REASONING_METADATA_KEY: kept}
     return moved
+
+
+_CONSTRUCTOR_KEYWORDS = ("config", "token_counter", "summarizer", "conversation_id", "embedder", "user_id")
+"""The keyword arguments of :class:`EnhancedContextManager` (and :class:`SyncContextManager`)."""
+
+
+def check_constructor_arguments(name: str, config: object, options: Mapping[str, object]) -> None:
+    """Refuse a ``config`` that is not a :class:`ContextManagerConfig`, and any unknown keyword.
+
+    ``EnhancedContextManager(max_tokens=4000)`` raised Python's ``TypeError: ... got an unexpected keyword
+    argument 'max_tokens'`` and ``EnhancedContextManager({"max_tokens": 4000})`` said only what type was
+    allowed: both now say that settings go in a ``ContextManagerConfig``. ``name`` is the class created.
+    """
+    if config is not None and not isinstance(config, ContextManagerConfig):
+        hint = None
+        if isinstance(config, Mapping):
+            hint = f"settings go in a ContextManagerConfig: {name}(ContextManagerConfig(**settings))"
+        raise InvalidArgumentError("config", config, "a ContextManagerConfig or None", detail=hint)
+    if not options:
+        return
+    keyword, value = next(iter(options.items()))
+    allowed = "one of " + ", ".join(_CONSTRUCTOR_KEYWORDS)
+    if keyword in ContextManagerConfig.model_fields:
+        hint = (
+            f"{keyword} is a ContextManagerConfig option: {name}(ContextManagerConfig({keyword}={value!r}))"
+        )
+    else:
+        close = difflib.get_close_matches(
+            keyword, [*_CONSTRUCTOR_KEYWORDS, *ContextManagerConfig.model_fields], 1
+        )
+        hint = f"unknown keyword; did you mean {close[0]}?" if close else "unknown keyword"
+    raise InvalidArgumentError(keyword, value, allowed, detail=hint)
 
 
 def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
