@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import difflib
 import gc
+import inspect
 import logging
 import math
 import time
@@ -211,7 +212,6 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 default namespace). For work across users use ``memory_manager`` with an explicit
                 ``user_id`` (or ``ALL_USERS``). A persisted conversation this manager creates belongs to
                 this user: only a manager with the same ``user_id`` opens it, lists it or deletes it.
-
             **options: None are taken: a setting such as ``max_tokens`` goes in the ``config``
                 (``EnhancedContextManager(ContextManagerConfig(max_tokens=4000))``), and the error says so.
 
@@ -1752,10 +1752,6 @@ def _with_reasoning_kept(options: dict[str, Any]) -> dict[str, Any]:
     return moved
 
 
-_CONSTRUCTOR_KEYWORDS = ("config", "token_counter", "summarizer", "conversation_id", "embedder", "user_id")
-"""The keyword arguments of :class:`EnhancedContextManager` (and :class:`SyncContextManager`)."""
-
-
 def check_constructor_arguments(name: str, config: object, options: Mapping[str, object]) -> None:
     """Refuse a ``config`` that is not a :class:`ContextManagerConfig`, and any unknown keyword.
 
@@ -1771,15 +1767,16 @@ def check_constructor_arguments(name: str, config: object, options: Mapping[str,
     if not options:
         return
     keyword, value = next(iter(options.items()))
-    allowed = "one of " + ", ".join(_CONSTRUCTOR_KEYWORDS)
+    parameters = inspect.signature(EnhancedContextManager.__init__).parameters.values()
+    keywords = [parameter.name for parameter in parameters if parameter.kind is parameter.KEYWORD_ONLY]
+    keywords.insert(0, "config")
+    allowed = "one of " + ", ".join(keywords)
     if keyword in ContextManagerConfig.model_fields:
         hint = (
             f"{keyword} is a ContextManagerConfig option: {name}(ContextManagerConfig({keyword}={value!r}))"
         )
     else:
-        close = difflib.get_close_matches(
-            keyword, [*_CONSTRUCTOR_KEYWORDS, *ContextManagerConfig.model_fields], 1
-        )
+        close = difflib.get_close_matches(keyword, [*keywords, *ContextManagerConfig.model_fields], 1)
         hint = f"unknown keyword; did you mean {close[0]}?" if close else "unknown keyword"
     raise InvalidArgumentError(keyword, value, allowed, detail=hint)
 
