@@ -18,7 +18,8 @@ comment on the line before a block:
 
 A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
 claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
-left-out text.
+left-out text. A ``print(...)`` line ending in a comment that is a Python literal
+(``print(config.compression_target_tokens)  # 800``) claims exactly that output.
 
 There is no marker to skip a block.
 """
@@ -32,6 +33,7 @@ import inspect
 import io
 import json
 import logging
+import operator
 import os
 import re
 import shlex
@@ -41,6 +43,7 @@ import types
 from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +185,8 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
                     f"await in 'async def main()' + 'asyncio.run(main())', or start the block with "
                     f"{ASYNCIO_REPL!r}"
                 ) from error
-            claims = printed_error_claims(block.code)
+            values = printed_value_claims(block.code)
+            claims = {**printed_error_claims(block.code), **values}
             if claims:
                 tree = ast.fix_missing_locations(ClaimedPrints(claims).visit(ast.parse(block.code)))
                 compiled = compile(tree, name, "exec")
@@ -190,7 +194,8 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
             namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
             for line, texts in printed.items():
-                assert all(shows(claims[line], text) for text in texts), (
+                matches = partial(operator.eq if line in values else shows, claims[line])
+                assert all(matches(text) for text in texts), (
                     f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
                 )
     return output.getvalue()
@@ -224,6 +229,33 @@ def printed_error_claims(source: str) -> dict[int, str]:
             and any(isinstance(name, ast.Name) and name.id in caught for name in ast.walk(node))
         ):
             claims[node.end_lineno] = comments[node.end_lineno]
+    return claims
+
+
+def printed_value_claims(source: str) -> dict[int, str]:
+    """Lines of a script block whose ``print(...)`` ends in a comment that is a Python literal: what the
+    line prints, exactly (``print(config.compression_target_tokens)  # 800`` claims ``800``).
+
+    Only error messages were checked: a value a page said a line prints went unchecked (a comment that
+    is no literal, ``# an integer`` or ``# /tmp/context_cache/storage``, claims nothing).
+    """
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    claims = {}
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+            and node.end_lineno in comments
+        ):
+            try:
+                claims[node.end_lineno] = str(ast.literal_eval(comments[node.end_lineno]))
+            except (SyntaxError, ValueError):
+                continue
     return claims
 
 
@@ -392,6 +424,19 @@ def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> 
     with pytest.raises(AssertionError, match="claims it prints"):
         _run_alone(looped.replace("base 10: ...", "base 10: 'x'"))
     assert _run_alone(looped).count("invalid literal") == 2
+
+
+def test_a_printed_value_is_checked_against_the_literal_comment_claiming_it() -> None:
+    """docs/configuration.md's ``print(config.compression_target_tokens)  # 800`` was never checked: only
+    printed error messages were."""
+    assert _run_alone("print(4 * 200)  # 800\nprint(sorted([2, 1, 1]))  # [1, 1, 2]\n") == "800\n[1, 1, 2]\n"
+    with pytest.raises(AssertionError, match="line 1 claims it prints '800'; it printed \\['1800'\\]"):
+        _run_alone("print(9 * 200)  # 800\n")  # exactly: not found inside a longer output
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone("print(sorted([2, 1]))  # [2, 1]\n")
+    assert (
+        _run_alone("print(2)  # an integer\nprint('/tmp')  # /tmp/x\n") == "2\n/tmp\n"
+    )  # no literal: no claim
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)
