@@ -19,7 +19,8 @@ comment on the line before a block:
 A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
 claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
 left-out text. A ``print(...)`` line ending in a comment that is a Python literal
-(``print(config.compression_target_tokens)  # 800``) claims exactly that output.
+(``print(config.compression_target_tokens)  # 800``) claims the whole output: the literal as written or
+as ``print`` shows it, ``...`` again standing for left-out text.
 
 There is no marker to skip a block.
 """
@@ -33,7 +34,6 @@ import inspect
 import io
 import json
 import logging
-import operator
 import os
 import re
 import shlex
@@ -194,7 +194,7 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
             namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
             for line, texts in printed.items():
-                matches = partial(operator.eq if line in values else shows, claims[line])
+                matches = partial(prints_value if line in values else shows, claims[line])
                 assert all(matches(text) for text in texts), (
                     f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
                 )
@@ -233,8 +233,9 @@ def printed_error_claims(source: str) -> dict[int, str]:
 
 
 def printed_value_claims(source: str) -> dict[int, str]:
-    """Lines of a script block whose ``print(...)`` ends in a comment that is a Python literal: what the
-    line prints, exactly (``print(config.compression_target_tokens)  # 800`` claims ``800``).
+    """Lines of a script block whose ``print(...)`` ends in a comment that is a Python literal, and that
+    comment: what the line prints (``print(config.compression_target_tokens)  # 800``; see
+    :func:`prints_value`).
 
     Only error messages were checked: a value a page said a line prints went unchecked (a comment that
     is no literal, ``# an integer`` or ``# /tmp/context_cache/storage``, claims nothing).
@@ -253,10 +254,22 @@ def printed_value_claims(source: str) -> dict[int, str]:
             and node.end_lineno in comments
         ):
             try:
-                claims[node.end_lineno] = str(ast.literal_eval(comments[node.end_lineno]))
-            except (SyntaxError, ValueError):
-                continue
+                ast.literal_eval(comments[node.end_lineno])
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+                continue  # no literal (``{[]}`` parses but does not evaluate)
+            claims[node.end_lineno] = comments[node.end_lineno]
     return claims
+
+
+def prints_value(claim: str, text: str) -> bool:
+    """Whether ``text`` is what a literal comment says a print shows: the comment as written (``0.80``,
+    ``'ana'`` after ``repr``) or the literal's ``str`` (``# 'user'`` for ``user``), the whole text, not a
+    part of it; ``...`` stands for left-out text (``['a', ...]``, or ``...`` alone) as in printed errors.
+    """
+    if text in (claim, str(ast.literal_eval(claim))):
+        return True
+    pattern = ".*".join(re.escape(part) for part in claim.split("..."))
+    return "..." in claim and re.fullmatch(pattern, text, re.DOTALL) is not None
 
 
 class ClaimedPrints(ast.NodeTransformer):
@@ -437,6 +450,22 @@ def test_a_printed_value_is_checked_against_the_literal_comment_claiming_it() ->
     assert (
         _run_alone("print(2)  # an integer\nprint('/tmp')  # /tmp/x\n") == "2\n/tmp\n"
     )  # no literal: no claim
+
+
+def test_a_literal_comment_written_as_the_output_shows_it_is_not_refused() -> None:
+    """The claim was only the literal's ``str``: ``# 0.80`` after ``f"{x:.2f}"`` claimed ``0.8``, ``# 'ana'``
+    after ``repr`` claimed ``ana``, and ``...`` (left-out text, as in a printed error) became ``Ellipsis``."""
+    source = (
+        'print(f"{0.8:.2f}")  # 0.80\n'
+        "print(repr('ana'))  # 'ana'\n"
+        "print(['a', 'b', 'c'])  # ['a', ...]\n"
+        "print({'state': 'ready'})  # ...\n"
+        "try:\n    int('x')\nexcept ValueError as error:\n    print(error)  # ...\n"
+        "print('{}')  # {[]}\n"  # a literal that does not evaluate: no claim
+    )
+    assert _run_alone(source).splitlines()[:2] == ["0.80", "'ana'"]
+    with pytest.raises(AssertionError, match=r"claims it prints \"\['b', ...\]\""):
+        _run_alone("print(['a', 'b'])  # ['b', ...]\n")  # the text around ``...`` still counts
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)
