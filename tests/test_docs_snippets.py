@@ -18,7 +18,9 @@ comment on the line before a block:
 
 A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
 claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
-left-out text.
+left-out text. A ``print(...)`` line ending in a comment that is a Python literal
+(``print(config.compression_target_tokens)  # 800``) claims the whole output: the literal as written or
+as ``print`` shows it, ``...`` again standing for left-out text.
 
 There is no marker to skip a block.
 """
@@ -41,6 +43,7 @@ import types
 from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +185,8 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
                     f"await in 'async def main()' + 'asyncio.run(main())', or start the block with "
                     f"{ASYNCIO_REPL!r}"
                 ) from error
-            claims = printed_error_claims(block.code)
+            values = printed_value_claims(block.code)
+            claims = {**printed_error_claims(block.code), **values}
             if claims:
                 tree = ast.fix_missing_locations(ClaimedPrints(claims).visit(ast.parse(block.code)))
                 compiled = compile(tree, name, "exec")
@@ -190,7 +194,8 @@ def run_block(block: Block, namespace: dict[str, object], loop: asyncio.Abstract
             namespace[CLAIMED_PRINT] = recording_print(printed)
             exec(compiled, namespace)  # noqa: S102 - our own documentation
             for line, texts in printed.items():
-                assert all(shows(claims[line], text) for text in texts), (
+                matches = partial(prints_value if line in values else shows, claims[line])
+                assert all(matches(text) for text in texts), (
                     f"{name}, line {line} claims it prints {claims[line]!r}; it printed {texts}"
                 )
     return output.getvalue()
@@ -225,6 +230,46 @@ def printed_error_claims(source: str) -> dict[int, str]:
         ):
             claims[node.end_lineno] = comments[node.end_lineno]
     return claims
+
+
+def printed_value_claims(source: str) -> dict[int, str]:
+    """Lines of a script block whose ``print(...)`` ends in a comment that is a Python literal, and that
+    comment: what the line prints (``print(config.compression_target_tokens)  # 800``; see
+    :func:`prints_value`).
+
+    Only error messages were checked: a value a page said a line prints went unchecked (a comment that
+    is no literal, ``# an integer`` or ``# /tmp/context_cache/storage``, claims nothing).
+    """
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    claims = {}
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+            and node.end_lineno in comments
+        ):
+            try:
+                ast.literal_eval(comments[node.end_lineno])
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+                continue  # no literal (``{[]}`` parses but does not evaluate)
+            claims[node.end_lineno] = comments[node.end_lineno]
+    return claims
+
+
+def prints_value(claim: str, text: str) -> bool:
+    """Whether ``text`` is what a literal comment says a print shows: the comment as written (``0.80``,
+    ``'ana'`` after ``repr``) or the literal's ``str`` (``# 'user'`` for ``user``), the whole text, not a
+    part of it; ``...`` stands for left-out text (``['a', ...]``, or ``...`` alone) as in printed errors.
+    """
+    if text in (claim, str(ast.literal_eval(claim))):
+        return True
+    pattern = ".*".join(re.escape(part) for part in claim.split("..."))
+    return "..." in claim and re.fullmatch(pattern, text, re.DOTALL) is not None
 
 
 class ClaimedPrints(ast.NodeTransformer):
@@ -392,6 +437,35 @@ def test_a_printed_error_message_is_checked_against_the_comment_quoting_it() -> 
     with pytest.raises(AssertionError, match="claims it prints"):
         _run_alone(looped.replace("base 10: ...", "base 10: 'x'"))
     assert _run_alone(looped).count("invalid literal") == 2
+
+
+def test_a_printed_value_is_checked_against_the_literal_comment_claiming_it() -> None:
+    """docs/configuration.md's ``print(config.compression_target_tokens)  # 800`` was never checked: only
+    printed error messages were."""
+    assert _run_alone("print(4 * 200)  # 800\nprint(sorted([2, 1, 1]))  # [1, 1, 2]\n") == "800\n[1, 1, 2]\n"
+    with pytest.raises(AssertionError, match="line 1 claims it prints '800'; it printed \\['1800'\\]"):
+        _run_alone("print(9 * 200)  # 800\n")  # exactly: not found inside a longer output
+    with pytest.raises(AssertionError, match="claims it prints"):
+        _run_alone("print(sorted([2, 1]))  # [2, 1]\n")
+    assert (
+        _run_alone("print(2)  # an integer\nprint('/tmp')  # /tmp/x\n") == "2\n/tmp\n"
+    )  # no literal: no claim
+
+
+def test_a_literal_comment_written_as_the_output_shows_it_is_not_refused() -> None:
+    """The claim was only the literal's ``str``: ``# 0.80`` after ``f"{x:.2f}"`` claimed ``0.8``, ``# 'ana'``
+    after ``repr`` claimed ``ana``, and ``...`` (left-out text, as in a printed error) became ``Ellipsis``."""
+    source = (
+        'print(f"{0.8:.2f}")  # 0.80\n'
+        "print(repr('ana'))  # 'ana'\n"
+        "print(['a', 'b', 'c'])  # ['a', ...]\n"
+        "print({'state': 'ready'})  # ...\n"
+        "try:\n    int('x')\nexcept ValueError as error:\n    print(error)  # ...\n"
+        "print('{}')  # {[]}\n"  # a literal that does not evaluate: no claim
+    )
+    assert _run_alone(source).splitlines()[:2] == ["0.80", "'ana'"]
+    with pytest.raises(AssertionError, match=r"claims it prints \"\['b', ...\]\""):
+        _run_alone("print(['a', 'b'])  # ['b', ...]\n")  # the text around ``...`` still counts
 
 
 # ------------------------------------------------------------------ one way to import (issue 17.2)

@@ -227,6 +227,20 @@ def test_a_call_before_initialize_says_how_to_initialize_without_await(tmp_path:
         asyncio.run(EnhancedContextManager(_config(tmp_path)).add_message("user", "too early"))
 
 
+def test_settings_given_to_the_facade_are_pointed_at_the_config(tmp_path: Path) -> None:
+    """``SyncContextManager(max_tokens=4000)`` raised Python's bare ``TypeError``; now the error names the
+    config, with the facade's own name, before any thread or loop is touched."""
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^max_tokens: got 4000; .*SyncContextManager\(ContextManagerConfig\(max_tokens=4000\)\)\)$",
+    ):
+        SyncContextManager(max_tokens=4000)  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidArgumentError, match=r"settings go in a ContextManagerConfig: SyncContextManager"
+    ):
+        SyncContextManager({"max_tokens": 4000})  # type: ignore[arg-type]
+
+
 def test_a_call_from_a_thread_running_an_event_loop_is_refused_without_deadlock(tmp_path: Path) -> None:
     manager = SyncContextManager(_config(tmp_path))
 

@@ -100,6 +100,15 @@ def lookup_order(order_id: str) -> str:
 
 def blocking(manager: "SyncContextManager") -> None:
     manager.call(lookup_order, 1042)  # the arguments are checked against the function's
+
+
+def plain_with() -> None:
+    with EnhancedContextManager(ContextManagerConfig()) as manager:  # `async with` is needed
+        print(manager)
+
+
+def settings_as_keywords() -> None:
+    EnhancedContextManager(max_tokens=4000)  # settings go in the ContextManagerConfig
 '''
 
 
@@ -137,3 +146,9 @@ def test_get_context_is_typed_by_format_without_casts(tmp_path: Path) -> None:
     assert any(line.startswith("mistyped_caller.py:6:") and "append" in line for line in mistakes), output
     assert any(line.startswith("mistyped_caller.py:8:") for line in mistakes), output
     assert any(line.startswith("mistyped_caller.py:16:") and "call" in line for line in mistakes), output
+    # the helpful LifecycleError of a plain ``with`` is raised at run time; a type checker still reports it
+    assert any(line.startswith("mistyped_caller.py:20:") and "__enter__" in line for line in mistakes), output
+    # an unknown keyword of the constructor (``**options: Never``) is reported too, not only at run time
+    assert any(line.startswith("mistyped_caller.py:25:") and "max_tokens" in line for line in mistakes), (
+        output
+    )

@@ -45,9 +45,9 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, Never, ParamSpec, TypeVar, cast, overload
 
-from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.enhanced_context_manager import EnhancedContextManager, check_constructor_arguments
 from context_manager.core.errors import LifecycleError
 from context_manager.core.tool_system.window_calls import CANCELLED_REASON
 
@@ -297,11 +297,13 @@ class SyncContextManager:
         conversation_id: str | None = None,
         embedder: Embedder | None = None,
         user_id: str | None = None,
+        **options: Never,
     ) -> None:
         """Create the wrapped manager on the loop's thread (touches no file; ``initialize()`` does).
 
         Args and errors: as :class:`~context_manager.EnhancedContextManager`.
         """
+        check_constructor_arguments(type(self).__name__, config, options)
         self._loop_thread = _current_loop_thread()
         self._collected: weakref.finalize[Any, Any] | None = None  # cleans up after a collection, not closed
         self._manager: EnhancedContextManager = self._plain(

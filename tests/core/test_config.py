@@ -85,6 +85,24 @@ def test_invalid_values_raise_configuration_error(options: dict[str, object], pa
     assert isinstance(caught.value, ContextManagerError)
 
 
+def test_an_unknown_option_names_the_closest_one() -> None:
+    """``ContextManagerConfig(max_token=500)`` listed all 37 options without pointing at ``max_tokens``
+    (the environment variable with the same typo already said "did you mean"); the config is unchanged."""
+    with pytest.raises(ConfigurationError, match=r"\(unknown option; did you mean max_tokens\?\)$") as caught:
+        ContextManagerConfig(max_token=500)  # type: ignore[call-arg]
+    assert caught.value.field == "max_token" and "token_encoding" in caught.value.allowed
+    config = ContextManagerConfig(max_tokens=1000)
+    with pytest.raises(ConfigurationError, match=r"did you mean compression_ratio\?\)$"):
+        config.compresion_ratio = 0.5
+    with pytest.raises(ConfigurationError, match=r"did you mean token_encoding\?\)$"):
+        config.encoding = "cl100k_base"
+    assert config.max_tokens == 1000 and config.compression_ratio == 0.8 and "encoding" not in vars(config)
+    with pytest.raises(
+        ConfigurationError, match=r"zzz: got 1; allowed one of the options: .*\(unknown option\)$"
+    ):
+        ContextManagerConfig(zzz=1)  # type: ignore[call-arg]
+
+
 def test_a_path_that_is_a_file_is_rejected(tmp_path: Path) -> None:
     file = tmp_path / "file.txt"
     file.write_text("x")

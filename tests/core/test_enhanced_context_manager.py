@@ -104,6 +104,44 @@ async def test_methods_before_initialize_and_after_cleanup_raise(tmp_path: Path)
     assert status["state"] == "closed" and "context" not in status
 
 
+@pytest.mark.parametrize(
+    ("arguments", "options", "message"),
+    [
+        (
+            (),
+            {"max_tokens": 4000},
+            "max_tokens: got 4000; allowed one of config, token_counter, summarizer, conversation_id, "
+            "embedder, user_id (max_tokens is a ContextManagerConfig option: "
+            "EnhancedContextManager(ContextManagerConfig(max_tokens=4000)))",
+        ),
+        (
+            (),
+            {"userid": "ana"},
+            "userid: got 'ana'; allowed one of config, ... (unknown keyword; did you mean user_id?)",
+        ),
+        (
+            ({"max_tokens": 4000},),
+            {},
+            "config: got {'max_tokens': 4000}; allowed a ContextManagerConfig or None (settings go in a "
+            "ContextManagerConfig: EnhancedContextManager(ContextManagerConfig(**settings)))",
+        ),
+    ],
+)
+def test_settings_given_to_the_manager_are_pointed_at_the_config(
+    arguments: tuple[object, ...],
+    options: dict[str, object],
+    message: str,
+) -> None:
+    """``EnhancedContextManager(max_tokens=4000)`` raised Python's bare ``TypeError: ... unexpected keyword
+    argument 'max_tokens'``, and a dict of settings as ``config`` did not say where settings go."""
+    before = sorted(Path.cwd().rglob("*"))  # the test's own working directory
+    with pytest.raises(InvalidArgumentError) as caught:
+        EnhancedContextManager(*arguments, **options)  # type: ignore[arg-type]
+    head, _, tail = message.partition("...")
+    assert str(caught.value).startswith(head) and str(caught.value).endswith(tail), str(caught.value)
+    assert sorted(Path.cwd().rglob("*")) == before  # nothing created
+
+
 async def test_concurrent_initialize_calls_are_serialised(tmp_path: Path) -> None:
     """Issue 18.3: two initialize() at once used to leave ``window: None`` and blame our own pid."""
     manager = EnhancedContextManager(make_config(tmp_path))

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.errors import (
     ControllerStoppedError,
     DuplicateTaskError,
@@ -221,7 +222,7 @@ def _check_timeout(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-class ConcurrencyController:
+class ConcurrencyController(AsyncContextManagerOnly):
     """Runs submitted callables with a concurrency limit, priorities, timeouts and cancellation.
 
     Args:

@@ -233,8 +233,7 @@ class ContextManagerConfig(BaseSettings):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in type(self).model_fields:
-            allowed = ", ".join(sorted(type(self).model_fields))
-            raise ConfigurationError(name, value, f"one of the options: {allowed}", detail="unknown option")
+            raise _unknown_option_error(name, value)
         try:
             super().__setattr__(name, value)
         except ValidationError as error:
@@ -429,6 +428,18 @@ def _warn_unknown_variables() -> None:
         )
 
 
+def _unknown_option_error(name: str, value: Any) -> ConfigurationError:
+    """The error for an option no field has: every option listed, and the closest one named.
+
+    ``ContextManagerConfig(max_token=500)`` listed the 37 options and left the reader to find the one meant;
+    the environment variable of the same typo already said "did you mean".
+    """
+    options = sorted(ContextManagerConfig.model_fields)
+    close = difflib.get_close_matches(name.lower(), options, n=1)
+    detail = f"unknown option; did you mean {close[0]}?" if close else "unknown option"
+    return ConfigurationError(name, value, "one of the options: " + ", ".join(options), detail=detail)
+
+
 def _configuration_error(
     error: ValidationError, *, given: Mapping[str, Any] | None = None
 ) -> ConfigurationError:
@@ -442,8 +453,7 @@ def _configuration_error(
     shown = _without_password(got)
     message = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
-        allowed = ", ".join(sorted(ContextManagerConfig.model_fields))
-        return ConfigurationError(field, shown, f"one of the options: {allowed}", detail="unknown option")
+        return _unknown_option_error(field, shown)
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     kind = first.get("type")

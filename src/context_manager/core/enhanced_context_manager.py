@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import difflib
 import gc
+import inspect
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Never, TypeVar, overload
 
 from context_manager.core import forks
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.compression import Summarizer
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.context_window import ContextWindow, EvictionHook, check_counter
@@ -158,7 +161,7 @@ def _page_cursor(before: Any) -> tuple[float, str]:
     return moment, identifier
 
 
-class EnhancedContextManager:
+class EnhancedContextManager(AsyncContextManagerOnly):
     """Manages a conversation's context window, and the memory, tools and monitoring around it.
 
     Create it, ``await initialize()`` (or use ``async with``), use it, then ``await cleanup()``. Methods
@@ -170,6 +173,8 @@ class EnhancedContextManager:
     """How the LifecycleError of a call before ``initialize()`` says to start the manager
     (``SyncContextManager`` gives its own: a blocking caller cannot ``await``)."""
 
+    _synchronous_alternative = "; in synchronous code, `with SyncContextManager(...) as manager:`"
+
     def __init__(
         self,
         config: ContextManagerConfig | None = None,
@@ -179,6 +184,7 @@ class EnhancedContextManager:
         conversation_id: str | None = None,
         embedder: Embedder | None = None,
         user_id: str | None = None,
+        **options: Never,
     ) -> None:
         """Create a manager (touches no file; ``initialize()`` does).
 
@@ -206,14 +212,16 @@ class EnhancedContextManager:
                 default namespace). For work across users use ``memory_manager`` with an explicit
                 ``user_id`` (or ``ALL_USERS``). A persisted conversation this manager creates belongs to
                 this user: only a manager with the same ``user_id`` opens it, lists it or deletes it.
+            **options: None are taken: a setting such as ``max_tokens`` goes in the ``config``
+                (``EnhancedContextManager(ContextManagerConfig(max_tokens=4000))``), and the error says so.
 
         Raises:
-            InvalidArgumentError: an argument has the wrong type.
+            InvalidArgumentError: an argument has the wrong type, or an unknown keyword (a configuration
+                option is named as such).
             InvalidMemoryError: ``user_id`` is not a valid user id (empty, only whitespace, control
                 characters, over 256 characters); nothing is created.
         """
-        if config is not None and not isinstance(config, ContextManagerConfig):
-            raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
+        check_constructor_arguments(type(self).__name__, config, options)
         if summarizer is not None and not callable(summarizer):
             raise InvalidArgumentError(
                 "summarizer", summarizer, "an async callable (messages, budget) -> str"
@@ -1742,6 +1750,35 @@ def _with_reasoning_kept(options: dict[str, Any]) -> dict[str, Any]:
             kept = {**earlier, **kept}
         moved["metadata"] = {**(metadata or {}), REASONING_METADATA_KEY: kept}
     return moved
+
+
+def check_constructor_arguments(name: str, config: object, options: Mapping[str, object]) -> None:
+    """Refuse a ``config`` that is not a :class:`ContextManagerConfig`, and any unknown keyword.
+
+    ``EnhancedContextManager(max_tokens=4000)`` raised Python's ``TypeError: ... got an unexpected keyword
+    argument 'max_tokens'`` and ``EnhancedContextManager({"max_tokens": 4000})`` said only what type was
+    allowed: both now say that settings go in a ``ContextManagerConfig``. ``name`` is the class created.
+    """
+    if config is not None and not isinstance(config, ContextManagerConfig):
+        hint = None
+        if isinstance(config, Mapping):
+            hint = f"settings go in a ContextManagerConfig: {name}(ContextManagerConfig(**settings))"
+        raise InvalidArgumentError("config", config, "a ContextManagerConfig or None", detail=hint)
+    if not options:
+        return
+    keyword, value = next(iter(options.items()))
+    parameters = inspect.signature(EnhancedContextManager.__init__).parameters.values()
+    keywords = [parameter.name for parameter in parameters if parameter.kind is parameter.KEYWORD_ONLY]
+    keywords.insert(0, "config")
+    allowed = "one of " + ", ".join(keywords)
+    if keyword in ContextManagerConfig.model_fields:
+        hint = (
+            f"{keyword} is a ContextManagerConfig option: {name}(ContextManagerConfig({keyword}={value!r}))"
+        )
+    else:
+        close = difflib.get_close_matches(keyword, [*keywords, *ContextManagerConfig.model_fields], 1)
+        hint = f"unknown keyword; did you mean {close[0]}?" if close else "unknown keyword"
+    raise InvalidArgumentError(keyword, value, allowed, detail=hint)
 
 
 def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:

@@ -218,7 +218,10 @@ class ContextBudgetError(ContextManagerError, ValueError):
 
 
 class LifecycleError(ContextManagerError, RuntimeError):
-    """A component was used before ``initialize()``/``start()`` or after ``cleanup()``/``stop()``."""
+    """A component was used before ``initialize()``/``start()`` or after ``cleanup()``/``stop()``.
+
+    Also raised by a plain ``with`` on a component that opens with ``async with``.
+    """
 
 
 class MonitoringError(ContextManagerError, RuntimeError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import InvalidHealthCheckError, InvalidSettingError
 from context_manager.core.health_checker.checks import (
@@ -166,7 +167,7 @@ class _Check:
     """The same for the check's sync repair, given up after ``repair_timeout``."""
 
 
-class HealthChecker:
+class HealthChecker(AsyncContextManagerOnly):
     """Runs health checks on demand and periodically; repairs known faults when enabled.
 
     Args:

@@ -40,6 +40,7 @@ import logging
 from types import TracebackType
 
 from context_manager.core import forks
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.errors import LifecycleError
 from context_manager.core.memory.backend import MemoryBackend
 from context_manager.core.memory.curation import MemoryCuration
@@ -54,7 +55,7 @@ __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
 logger = logging.getLogger(__name__)
 
 
-class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenance):
+class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenance, AsyncContextManagerOnly):
     """Three memory tiers (short, medium, long) with ranked search, consolidation and cleanup.
 
     Args:

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any, ClassVar
 
+from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.async_operations import cancel_and_wait, task_alive
 from context_manager.core.errors import (
     ConversationAccessError,
@@ -71,7 +72,7 @@ user's conversation, a duplicate id): an operation failing with one is counted a
 failure of the service, so a client sending bad input does not make the service look unhealthy."""
 
 
-class PerformanceMonitor:
+class PerformanceMonitor(AsyncContextManagerOnly):
     """Records operation timings and samples process resources; computes health and advice.
 
     Args:
