@@ -60,6 +60,11 @@ _DEFAULT_MAX_OPERATION_NAMES = 500
 # reads as 1,000 %. A sample taken sooner than this after the previous read keeps the previous figure.
 _MIN_CPU_SPAN_S = 0.05
 
+# The longest duration record_operation takes, in seconds (about 31,700 years): its figures in ms, and the
+# totals of any number of such operations, stay finite (1e308 s was inf ms, which strict JSON cannot write).
+_MAX_DURATION_S = 1e12
+_DURATION = "a finite number of seconds from 0 to 1e12"
+
 _OPERATION_NAME = "a non-empty string of valid Unicode text (no lone surrogates)"
 
 
@@ -364,7 +369,7 @@ class PerformanceMonitor:
             name: The operation's name (a non-empty string of valid Unicode text): a kind of work such as
                 ``"fetch_user"``, not one carrying an id (past ``max_operation_names`` names, see
                 :attr:`OVERFLOW_OPERATION`).
-            duration_s: How long it took, in seconds (finite, >= 0).
+            duration_s: How long it took, in seconds (from 0 to 1e12, about 31,700 years).
             success: Whether it succeeded: ``True`` or ``False`` (a numpy bool too).
             error: For a failure, the exception or a description, kept in the recent errors (or the
                 recent rejections).
@@ -385,15 +390,11 @@ class PerformanceMonitor:
         valid = (
             isinstance(duration_s, numbers.Real)  # numpy's floats too; not Decimal, str or bool
             and not isinstance(duration_s, bool)
-            and 0.0 <= duration_s < math.inf  # False for NaN and infinities
+            and 0.0 <= duration_s <= _MAX_DURATION_S  # False for NaN; 10**400 is compared exactly
         )
-        if valid:
-            try:
-                duration_s = float(duration_s)  # an int beyond a float's range fails here, not half-recorded
-            except OverflowError:
-                valid = False
         if not valid:
-            raise InvalidMetricError("duration_s", duration_s, "a finite number of seconds >= 0")
+            raise InvalidMetricError("duration_s", duration_s, _DURATION)
+        duration_s = float(duration_s)
         if rejected is None:
             rejected = not success and isinstance(error, CLIENT_ERRORS)
         elif rejected is not True and rejected is not False:
