@@ -873,6 +873,42 @@ async def test_a_report_with_an_unbounded_error_window_is_strict_json() -> None:
     assert report.checks["error_rate"].details["window_s"] is None
 
 
+async def test_a_report_with_custom_details_that_are_not_json_is_still_strict_json() -> None:
+    """A custom check's details with NaN, an infinity, a set, a tuple or another object (a queue's
+    ``ratio`` of 0/0, a set of stuck worker names) went into ``report.to_dict()`` as they were:
+    ``json.dumps`` then failed (``set is not JSON serializable``) or wrote ``NaN``, which is not JSON,
+    although the report is documented as JSON-ready. The check itself stays healthy."""
+    import decimal
+    import math
+
+    details = {
+        "ratio": math.nan,
+        "peak": math.inf,
+        "workers": {"w2", "w1"},
+        "pair": (1, 2.5),
+        "nested": {"low": [-math.inf, 3]},
+        "amount": decimal.Decimal("1.5"),
+        ("a", "b"): "a tuple key",
+        7: "an int key",
+    }
+    checker = HealthChecker()
+    checker.register_check("queue", lambda: CheckOutcome(HealthState.HEALTHY, "ok", details))
+    report = await checker.generate_diagnostic_report()
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["checks"]["queue"]["status"] == "healthy"
+    assert data["checks"]["queue"]["details"] == {
+        "ratio": None,
+        "peak": None,
+        "workers": ["w1", "w2"],
+        "pair": [1, 2.5],
+        "nested": {"low": [None, 3]},
+        "amount": "1.5",
+        "('a', 'b')": "a tuple key",
+        "7": "an int key",
+    }
+    assert report.checks["queue"].details["workers"] == {"w1", "w2"}  # the report itself is unchanged
+
+
 async def test_health_thresholds_assigned_later_are_checked_and_used() -> None:
     """``manager.health_checker.thresholds = {...}`` was taken silently; then every built-in check using a
     limit failed with "check raised AttributeError" at each run."""
