@@ -811,3 +811,57 @@ async def test_a_wait_that_times_out_says_the_task_still_runs() -> None:
         with pytest.raises(TaskTimeoutError, match=r"^task 'own' timed out after 0.05 s") as own:
             await controller.wait_for_task("own")
         assert own.value.task_finished is True
+
+
+async def test_a_call_from_another_threads_event_loop_is_refused_while_its_own_loop_runs() -> None:
+    """Documented as "call it from the loop it was started in" but not checked: a task submitted from a
+    second thread's ``asyncio.run`` while the slot was busy was started by the first loop when the slot
+    freed, and its end woke the second loop's waiter from the first loop's thread, which the second loop
+    never noticed: ``wait_for_task`` there hung for good (until some timer of that loop fired)."""
+    from context_manager.core.errors import ConcurrencyError, ControllerLoopError
+
+    gate = asyncio.Event()
+    seen: dict[str, object] = {}
+
+    async def from_another_loop() -> None:
+        for name, call in (
+            ("submit_task", lambda: controller.submit_task("other", asyncio.sleep, 0)),
+            ("wait_for_task", lambda: controller.wait_for_task("busy")),
+            ("cancel_task", lambda: controller.cancel_task("busy")),
+            ("stop", lambda: controller.stop()),
+            ("start", lambda: controller.start()),
+        ):
+            try:
+                await asyncio.wait_for(call(), timeout=5)
+            except Exception as error:
+                seen[name] = error
+            else:
+                seen[name] = "accepted"
+
+    async with ConcurrencyController(max_concurrent_tasks=1) as controller:
+        await controller.submit_task("busy", gate.wait)
+        thread = threading.Thread(target=asyncio.run, args=(from_another_loop(),), daemon=True)
+        thread.start()
+        await asyncio.to_thread(thread.join, 30)
+        assert set(seen) == {"submit_task", "wait_for_task", "cancel_task", "stop", "start"}
+        for name, outcome in seen.items():
+            assert isinstance(outcome, ControllerLoopError), (name, outcome)
+            assert isinstance(outcome, ConcurrencyError | RuntimeError)
+            assert "another event loop" in str(outcome) and "allowed calls from that loop only" in str(
+                outcome
+            )
+        stats = controller.get_stats()
+        assert (stats.submitted, stats.running, stats.queued, controller.is_running) == (1, 1, 0, True)
+        gate.set()
+        assert await controller.wait_for_task("busy") is True
+
+    async def restart_on_a_new_loop() -> None:  # nothing in flight: a stopped controller may move
+        await controller.start()
+        await controller.submit_task("later", asyncio.sleep, 0, "done")
+        seen["later"] = await controller.wait_for_task("later")
+        await controller.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(restart_on_a_new_loop(),), daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, 30)
+    assert seen["later"] == "done"

@@ -24,7 +24,9 @@ Semantics:
 * Every task the controller creates is stored and, on ``stop()``, finished (``drain=True``) or
   cancelled and awaited (``drain=False``): nothing is left pending.
 
-All methods must be called from the event loop the controller was started in. If that loop is closed
+All methods must be called from the event loop the controller was started in: a call from another one
+(another thread's ``asyncio.run``) while that loop is open raises ``ControllerLoopError`` (its task would run
+on one loop and wake its waiter on the other, which never notices). If that loop is closed
 with tasks unfinished, the next call (from a new loop) ends them as cancelled and stops the controller
 instead of leaving their waiters hanging. A running task cancelled from outside the controller (the end
 of ``asyncio.run`` cancels every task) starts no queued task in its place: queued work does not begin
@@ -48,6 +50,7 @@ from typing import Any
 
 from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.errors import (
+    ControllerLoopError,
     ControllerStoppedError,
     DuplicateTaskError,
     InvalidSettingError,
@@ -303,9 +306,16 @@ class ConcurrencyController(AsyncContextManagerOnly):
         return self._accepting
 
     async def start(self) -> None:
-        """Start accepting tasks. Calling it again while running does nothing."""
+        """Start accepting tasks. Calling it again while running does nothing.
+
+        Raises:
+            ControllerLoopError: Tasks are queued or running on another event loop that is still open.
+        """
         self._abandon_if_loop_closed()
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop and (self._running or self._queued):
+            self._refuse_other_loop()
+        self._loop = loop
         self._was_started = True
         self._accepting = True
         self._starting_new = True
@@ -317,8 +327,17 @@ class ConcurrencyController(AsyncContextManagerOnly):
         Runners cancelled from outside (see :meth:`_finish`) start no queued task; the queue resumes here.
         """
         self._abandon_if_loop_closed()
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._refuse_other_loop()
         if self._queue and self._starting_new and self._running < self.max_concurrent_tasks:
             self._start_next()
+
+    def _refuse_other_loop(self) -> None:
+        raise ControllerLoopError(
+            "ConcurrencyController: called from another event loop than the one it was started in (a "
+            "thread's asyncio.run?), which is still open; allowed calls from that loop only (hand work "
+            "to it with asyncio.run_coroutine_threadsafe, or give each loop its own controller)"
+        )
 
     def _abandon_if_loop_closed(self) -> None:
         """End every unfinished task if the loop they ran on was closed under the controller.
@@ -361,6 +380,7 @@ class ConcurrencyController(AsyncContextManagerOnly):
         Raises:
             InvalidSettingError: ``drain`` is not True or False, or ``drain_timeout`` is not ``None`` or
                 a finite number >= 0 (nothing is stopped).
+            ControllerLoopError: Called from another event loop than the controller's, which is open.
         """
         if drain is not True and drain is not False:  # "no" is truthy: it drained
             raise InvalidSettingError("drain", drain, "True or False")
@@ -434,6 +454,7 @@ class ConcurrencyController(AsyncContextManagerOnly):
                 ``priority`` or ``timeout``).
 
         Raises:
+            ControllerLoopError: Called from another event loop than the controller's, which is open.
             ControllerStoppedError: The controller is not started or was stopped.
             InvalidTaskError: Bad id, priority, timeout, or ``fn`` is not callable.
             DuplicateTaskError: ``task_id`` is in use.
@@ -635,6 +656,7 @@ class ConcurrencyController(AsyncContextManagerOnly):
                 ``get_task_status`` still shows the task queued or running).
             TaskCancelledError: The task was cancelled (or the event loop it ran on was closed).
             InvalidTaskError: ``timeout`` is not ``None`` or a positive number.
+            ControllerLoopError: Called from another event loop than the controller's, which is open.
             Exception: Whatever the task raised.
         """
         wait_timeout = _check_timeout("timeout", timeout)
@@ -672,6 +694,7 @@ class ConcurrencyController(AsyncContextManagerOnly):
 
         Raises:
             TaskNotFoundError: No such task.
+            ControllerLoopError: Called from another event loop than the controller's, which is open.
         """
         self._check_loop()
         record = self._record(task_id)

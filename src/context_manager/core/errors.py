@@ -36,6 +36,7 @@ and each subclass also derives from the builtin a caller would naturally catch, 
     │   ├── SummarizerRequestError                    an LLM request failed (status, attempts)
     │   └── SummarizerUnavailableError                the circuit breaker is open: not called
     └── ConcurrencyError                              the concurrency controller refused a request
+        ├── ControllerLoopError       (RuntimeError) called from another event loop than its own
         ├── ControllerStoppedError    (RuntimeError) submit to a stopped controller
         ├── DuplicateTaskError        (ValueError)   a task id already in use
         ├── QueueFullError                            the bounded queue is full
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigurationError",
     "ContextBudgetError",
     "ContextManagerError",
+    "ControllerLoopError",
     "ControllerStoppedError",
     "ConversationAccessError",
     "ConversationConflictError",
@@ -469,6 +471,10 @@ class SummarizerUnavailableError(SummarizerError):
 
 class ConcurrencyError(ContextManagerError):
     """The concurrency controller refused a request."""
+
+
+class ControllerLoopError(ConcurrencyError, RuntimeError):
+    """The controller was called from another event loop than the one its tasks run on (another thread's)."""
 
 
 class ControllerStoppedError(ConcurrencyError, RuntimeError):

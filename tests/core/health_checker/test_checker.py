@@ -873,6 +873,42 @@ async def test_a_report_with_an_unbounded_error_window_is_strict_json() -> None:
     assert report.checks["error_rate"].details["window_s"] is None
 
 
+async def test_a_report_with_custom_details_that_are_not_json_is_still_strict_json() -> None:
+    """A custom check's details with NaN, an infinity, a set, a tuple or another object (a queue's
+    ``ratio`` of 0/0, a set of stuck worker names) went into ``report.to_dict()`` as they were:
+    ``json.dumps`` then failed (``set is not JSON serializable``) or wrote ``NaN``, which is not JSON,
+    although the report is documented as JSON-ready. The check itself stays healthy."""
+    import decimal
+    import math
+
+    details = {
+        "ratio": math.nan,
+        "peak": math.inf,
+        "workers": {"w2", "w1"},
+        "pair": (1, 2.5),
+        "nested": {"low": [-math.inf, 3]},
+        "amount": decimal.Decimal("1.5"),
+        ("a", "b"): "a tuple key",
+        7: "an int key",
+    }
+    checker = HealthChecker()
+    checker.register_check("queue", lambda: CheckOutcome(HealthState.HEALTHY, "ok", details))
+    report = await checker.generate_diagnostic_report()
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["checks"]["queue"]["status"] == "healthy"
+    assert data["checks"]["queue"]["details"] == {
+        "ratio": None,
+        "peak": None,
+        "workers": ["w1", "w2"],
+        "pair": [1, 2.5],
+        "nested": {"low": [None, 3]},
+        "amount": "1.5",
+        "('a', 'b')": "a tuple key",
+        "7": "an int key",
+    }
+    assert report.checks["queue"].details["workers"] == {"w1", "w2"}  # the report itself is unchanged
+
+
 async def test_health_thresholds_assigned_later_are_checked_and_used() -> None:
     """``manager.health_checker.thresholds = {...}`` was taken silently; then every built-in check using a
     limit failed with "check raised AttributeError" at each run."""
@@ -1098,3 +1134,45 @@ async def test_callers_sharing_a_run_whose_caller_was_cancelled_still_get_a_resu
     assert calls == 2
     assert (await checker.perform_health_check()).status is HealthState.HEALTHY  # and later calls run
     assert calls == 3
+
+
+async def test_a_check_or_repair_that_swallows_its_timeout_and_returns_late_is_timed_out(
+    tmp_path: Path,
+) -> None:
+    """An async check that caught the cancellation of ``check_timeout`` and returned later (a probe library
+    cleaning up under ``except BaseException``, a ``try/except CancelledError: return True``) was reported
+    with what it returned, healthy, although it ran past ``check_timeout``; a repair doing so past
+    ``repair_timeout`` was reported as done."""
+    late = asyncio.Event()
+
+    async def swallows_its_timeout() -> bool:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await late.wait()  # the timeout fired; it goes on anyway
+        return True
+
+    async def repair_swallows_its_timeout() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+        return "fixed"
+
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=0.05, enable_auto_recovery=True)
+    checker.register_check("swallows", swallows_its_timeout)
+    checker.register_check(
+        "broken", lambda: CheckOutcome(HealthState.UNHEALTHY, "stuck", repair=repair_swallows_its_timeout)
+    )
+    checker.repair_timeout = 0.05
+    running = asyncio.ensure_future(checker.perform_health_check())
+    await asyncio.sleep(0.2)  # well past check_timeout
+    late.set()
+    status = await asyncio.wait_for(running, timeout=10)
+    swallows = status.checks["swallows"]
+    assert swallows.status is HealthState.UNHEALTHY
+    assert swallows.message.startswith("timed out after 0.05 s")
+    assert swallows.recommendation == "Check 'swallows' hangs: look at what it waits for."
+    [recovery] = status.recoveries
+    assert recovery.action == "repair failed: timed out after 0.05 s"
+    assert not recovery.success

@@ -69,6 +69,23 @@ def test_invalid_record_leaves_the_monitor_unchanged(name: Any, duration: Any, f
         monitor.operation_timer("")
 
 
+def test_a_duration_too_large_for_a_finite_figure_in_ms_is_refused() -> None:
+    """``record_operation("op", 1e308, True)`` was taken: its figures in ms were ``inf``, and
+    ``get_performance_summary()`` then failed ``json.dumps(..., allow_nan=False)`` (a metrics endpoint)."""
+    import json
+
+    monitor = PerformanceMonitor()
+    monitor.record_operation("op", 0.5, True)
+    for huge in (1e308, 1e200, 10**20, 1e12 * 1.0000001):
+        with pytest.raises(InvalidMetricError, match=r"^duration_s: got .*; allowed .* from 0 to 1e12"):
+            monitor.record_operation("op", huge, True)
+    assert monitor.operation_stats()["op"].count == 1
+    for _ in range(3):
+        monitor.record_operation("longest", 1e12, True)
+    assert monitor.operation_stats()["longest"].max_ms == 1e15
+    json.dumps(monitor.get_performance_summary(), allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------------- the timer
 
 

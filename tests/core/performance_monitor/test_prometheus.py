@@ -271,3 +271,38 @@ def test_rejected_calls_are_exported_as_their_own_outcome() -> None:
     assert value("context_manager_operations_total", {**labels, "outcome": "rejected"}) == 1
     assert value("context_manager_operations_total", {**labels, "outcome": "failure"}) == 0
     assert value("context_manager_error_rate") == 0.0
+
+
+def test_a_name_with_a_lone_surrogate_is_refused_and_cannot_break_the_scrape() -> None:
+    """An operation name with a lone surrogate (a file name decoded with surrogateescape, say) was
+    recorded, and from then on every scrape of the registry failed with UnicodeEncodeError: one bad name
+    took down every metric of the process. Now it is refused where it comes in, recording nothing."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from context_manager.core.errors import InvalidArgumentError, InvalidMetricError
+    from context_manager.core.performance_monitor import PrometheusCollector, monitored_operation
+
+    monitor = PerformanceMonitor()
+    registry = CollectorRegistry()
+    registry.register(monitor.prometheus_collector())
+    monitor.record_operation('quote " backslash \\ newline \n', 0.001, True)  # escaped by the exposition
+    bad = "report-\udcff.txt"
+    refused = "^name: got 'report-\\\\udcff.txt'; allowed a non-empty string of valid Unicode text"
+    with pytest.raises(InvalidMetricError, match=refused):
+        monitor.record_operation(bad, 0.001, True)
+    with pytest.raises(InvalidMetricError, match=refused):
+        monitor.record_token_usage(bad, 1, 1)
+    with pytest.raises(InvalidMetricError, match=refused):
+        monitor.operation_timer(bad)
+    with pytest.raises(InvalidMetricError, match=refused):
+        monitored_operation(bad)
+    with pytest.raises(InvalidArgumentError, match="^monitor key: got .*; allowed a non-empty string"):
+        PrometheusCollector({bad: PerformanceMonitor()})
+    families = {
+        family.name: family for family in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    samples = families["context_manager_operations"].samples
+    assert {sample.labels["operation"] for sample in samples} == {'quote " backslash \\ newline \n'}
+    assert monitor.operation_stats().keys() == {'quote " backslash \\ newline \n'}
+    assert monitor.token_usage() == {}

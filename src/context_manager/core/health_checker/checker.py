@@ -573,7 +573,15 @@ class HealthChecker(AsyncContextManagerOnly):
                     value = await self._run_in_thread(check, check.function, "hung")
                     if inspect.isawaitable(value):
                         value = await value
-            outcome = as_outcome(value)
+            if scope.expired():  # the timeout cancelled it; it caught that and returned late anyway
+                outcome = CheckOutcome(
+                    HealthState.UNHEALTHY,
+                    f"timed out after {self.check_timeout:g} s (it caught the cancellation and returned "
+                    f"after {time.perf_counter() - started:.1f} s)",
+                    recommendation=_hangs(check.name),
+                )
+            else:
+                outcome = as_outcome(value)
         except TimeoutError as error:
             if scope.expired():
                 outcome = CheckOutcome(

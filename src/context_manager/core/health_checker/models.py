@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -142,12 +144,39 @@ class DiagnosticReport:
     """When the report was made (``time.time()``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the report as JSON-friendly dicts and lists."""
+        """Return the report as dicts and lists that ``json.dumps(..., allow_nan=False)`` writes.
+
+        What a custom check put in its details that JSON has no form for is written as JSON can: NaN and
+        infinities as ``None``, sets (sorted) and tuples as lists, other keys and objects as ``str()``.
+        """
         data = asdict(self)
         data["status"] = self.status.value
         for result in data["checks"].values():
             result["status"] = result["status"].value
-        return data
+        ready: dict[str, Any] = _json_ready(data)
+        return ready
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with what strict JSON cannot write made writable (see :meth:`DiagnosticReport.to_dict`)."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, Mapping):
+        return {key if isinstance(key, str) else str(key): _json_ready(item) for key, item in value.items()}
+    if not isinstance(value, list | tuple | set | frozenset):
+        return str(value)
+    items = [_json_ready(item) for item in value]
+    if isinstance(value, set | frozenset):
+        try:
+            items.sort()
+        except TypeError:  # mixed types: an order all the same
+            items.sort(key=repr)
+    return items
 
 
 @dataclass(frozen=True, slots=True)

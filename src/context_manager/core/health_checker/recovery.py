@@ -105,6 +105,13 @@ async def run_repair(
                 value = repair()
             if inspect.isawaitable(value):
                 value = await value
+        if scope.expired():  # the time limit cancelled it; it caught that and returned late anyway
+            logger.warning(
+                "auto-recovery for %s timed out after %g s (it caught the cancellation and returned late)",
+                check_name,
+                time_limit,
+            )
+            return f"repair failed: timed out after {time_limit:g} s"
         logger.info("auto-recovery for %s: %s", check_name, value)
         return str(value)
     except TimeoutError as error:

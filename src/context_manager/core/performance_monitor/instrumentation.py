@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from context_manager.core.errors import InvalidArgumentError, InvalidMetricError
-from context_manager.core.performance_monitor.monitor import PerformanceMonitor
+from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.performance_monitor.monitor import PerformanceMonitor, check_operation_name
 from context_manager.core.performance_monitor.registry import record_library_operation, running_monitors
 from context_manager.core.threads import is_async_callable
 
@@ -39,7 +39,7 @@ def monitored_operation(
             recorded as a failure, a warning is logged, and the result is still returned.
 
     Raises:
-        InvalidMetricError: ``name`` is not a non-empty string.
+        InvalidMetricError: ``name`` is not a non-empty string of valid Unicode text.
         InvalidArgumentError: ``succeeded`` is not callable, or the decorated function is not an async
             function (checked when decorating, before anything runs).
 
@@ -49,8 +49,7 @@ def monitored_operation(
             @monitored_operation("lookup")
             async def lookup(self, key: str) -> str: ...
     """
-    if type(name) is not str or not name:
-        raise InvalidMetricError("name", name, "a non-empty string")
+    check_operation_name(name)
     if succeeded is not None and not callable(succeeded):
         raise InvalidArgumentError("succeeded", succeeded, "a callable taking the result, or None")
 

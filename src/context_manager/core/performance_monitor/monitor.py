@@ -43,9 +43,10 @@ from context_manager.core.performance_monitor.reservoir import (
     recent_stats,
 )
 from context_manager.core.performance_monitor.timer import OperationTimer
+from context_manager.core.text import encodable
 from context_manager.core.warmup import warm_ups
 
-__all__ = ["PerformanceMonitor"]
+__all__ = ["PerformanceMonitor", "check_operation_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,25 @@ _DEFAULT_MAX_OPERATION_NAMES = 500
 # psutil's process CPU times move in clock ticks (10 ms on Linux): over a span of a millisecond one tick
 # reads as 1,000 %. A sample taken sooner than this after the previous read keeps the previous figure.
 _MIN_CPU_SPAN_S = 0.05
+
+# The longest duration record_operation takes, in seconds (about 31,700 years): its figures in ms, and the
+# totals of any number of such operations, stay finite (1e308 s was inf ms, which strict JSON cannot write).
+_MAX_DURATION_S = 1e12
+_DURATION = "a finite number of seconds from 0 to 1e12"
+
+_OPERATION_NAME = "a non-empty string of valid Unicode text (no lone surrogates)"
+
+
+def check_operation_name(name: object) -> str:
+    """Return ``name`` if it can name an operation, else raise :class:`InvalidMetricError`.
+
+    A lone surrogate (a file name decoded with ``surrogateescape``, say) cannot be encoded as UTF-8: kept,
+    it made every Prometheus scrape of the monitor fail with ``UnicodeEncodeError``.
+    """
+    if type(name) is not str or not name or not (name.isascii() or encodable(name)):
+        raise InvalidMetricError("name", name, _OPERATION_NAME)
+    return name
+
 
 CLIENT_ERRORS: tuple[type[Exception], ...] = (
     InvalidArgumentError,
@@ -347,9 +367,10 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         """Record one operation.
 
         Args:
-            name: The operation's name (a non-empty string): a kind of work such as ``"fetch_user"``,
-                not one carrying an id (past ``max_operation_names`` names, see :attr:`OVERFLOW_OPERATION`).
-            duration_s: How long it took, in seconds (finite, >= 0).
+            name: The operation's name (a non-empty string of valid Unicode text): a kind of work such as
+                ``"fetch_user"``, not one carrying an id (past ``max_operation_names`` names, see
+                :attr:`OVERFLOW_OPERATION`).
+            duration_s: How long it took, in seconds (from 0 to 1e12, about 31,700 years).
             success: Whether it succeeded: ``True`` or ``False`` (a numpy bool too).
             error: For a failure, the exception or a description, kept in the recent errors (or the
                 recent rejections).
@@ -362,8 +383,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             InvalidMetricError: ``name``, ``duration_s``, ``success`` or ``rejected`` is invalid, or
                 ``rejected`` is True for a success (nothing is recorded).
         """
-        if type(name) is not str or not name:
-            raise InvalidMetricError("name", name, "a non-empty string")
+        check_operation_name(name)
         if success is not True and success is not False:
             if type(success).__module__ != "numpy" or type(success).__name__ not in ("bool", "bool_"):
                 raise InvalidMetricError("success", success, "True or False")  # "no" is truthy
@@ -371,15 +391,11 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         valid = (
             isinstance(duration_s, numbers.Real)  # numpy's floats too; not Decimal, str or bool
             and not isinstance(duration_s, bool)
-            and 0.0 <= duration_s < math.inf  # False for NaN and infinities
+            and 0.0 <= duration_s <= _MAX_DURATION_S  # False for NaN; 10**400 is compared exactly
         )
-        if valid:
-            try:
-                duration_s = float(duration_s)  # an int beyond a float's range fails here, not half-recorded
-            except OverflowError:
-                valid = False
         if not valid:
-            raise InvalidMetricError("duration_s", duration_s, "a finite number of seconds >= 0")
+            raise InvalidMetricError("duration_s", duration_s, _DURATION)
+        duration_s = float(duration_s)
         if rejected is None:
             rejected = not success and isinstance(error, CLIENT_ERRORS)
         elif rejected is not True and rejected is not False:
@@ -470,15 +486,14 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         """Record the tokens one model call cost (e.g. an LLM summary: operation ``"summarize"``).
 
         Args:
-            name: The operation's name (a non-empty string).
+            name: The operation's name (a non-empty string of valid Unicode text).
             input_tokens: Prompt tokens billed (an integer from 0 to 2**63 - 1).
             output_tokens: Completion tokens billed (an integer from 0 to 2**63 - 1).
 
         Raises:
             InvalidMetricError: a bad name or count (nothing is recorded).
         """
-        if type(name) is not str or not name:
-            raise InvalidMetricError("name", name, "a non-empty string")
+        check_operation_name(name)
         for field, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
                 raise InvalidMetricError(field, value, f"an integer from 0 to {_MAX_TOKENS}")
@@ -508,10 +523,9 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         """Return a timer for a block: ``with monitor.operation_timer("x"):`` or ``async with``.
 
         Raises:
-            InvalidMetricError: ``name`` is not a non-empty string.
+            InvalidMetricError: ``name`` is not a non-empty string of valid Unicode text.
         """
-        if type(name) is not str or not name:
-            raise InvalidMetricError("name", name, "a non-empty string")
+        check_operation_name(name)
         return OperationTimer(self, name)
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import InvalidArgumentError, InvalidSettingError, MissingDependencyError
+from context_manager.core.text import encodable
 
 if TYPE_CHECKING:
     from context_manager.core.performance_monitor.monitor import PerformanceMonitor
@@ -46,8 +47,8 @@ class PrometheusCollector:
 
     Args:
         monitor: The monitor whose figures are exported, or a non-empty mapping of label values
-            (non-empty strings) to distinct monitors. The mapping is copied: to change the set, register
-            a new collector (``registry.unregister(old)``).
+            (non-empty strings of valid Unicode text) to distinct monitors. The mapping is copied: to
+            change the set, register a new collector (``registry.unregister(old)``).
         namespace: Prefix of every metric name.
         label: With a mapping, the name of the label that tells the monitors apart (a Prometheus label
             name, not one of the collector's own: operation, outcome, quantile, direction). Not used
@@ -95,8 +96,13 @@ class PrometheusCollector:
                 )
             seen: dict[int, str] = {}
             for value, member in monitor.items():
-                if not isinstance(value, str) or not value:  # an empty label value is no label at all
-                    raise InvalidArgumentError("monitor key", value, "a non-empty string (the label value)")
+                # an empty label value is no label at all; a lone surrogate fails every scrape (not UTF-8)
+                if not isinstance(value, str) or not value or not encodable(value):
+                    raise InvalidArgumentError(
+                        "monitor key",
+                        value,
+                        "a non-empty string (the label value) of valid Unicode text (no lone surrogates)",
+                    )
                 if not isinstance(member, PerformanceMonitor):
                     raise InvalidArgumentError(f"monitor[{value!r}]", member, "a PerformanceMonitor")
                 if id(member) in seen:  # every sum() over the label would count it twice
