@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
+    LifecycleError,
     MissingDependencyError,
     SummarizerError,
     SummarizerRequestError,
@@ -620,6 +622,51 @@ async def test_summarizer_adapter_cleanup_closes_the_client_it_created(
     async with make_summarizer(provider, server) as scoped:
         client = scoped.client
     assert client.is_closed()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_used_after_cleanup_says_so_and_sends_nothing(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # the closed client's refusal came back as "connection failed (RuntimeError) (after 3 attempts)"
+    # (Anthropic: retried with backoff) or a bare "RuntimeError" (OpenAI)
+    summarizer = make_summarizer(provider, server, backoff=0.2)
+    await summarizer.cleanup()
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    with pytest.raises(LifecycleError, match=r"used after its HTTP client was closed .*a new summarizer"):
+        await summarizer.complete(messages, 100)
+    assert summarizer.requests == 0
+    # in a window: the extractive summary, and the history says why
+    window = ContextWindow(120, summarizer=summarizer)
+    for number in range(12):
+        await window.add(Message.create("user", f"turn {number}: the tram 28 leaves every twelve minutes."))
+    record = window.compression_history[0]
+    assert record.strategy == "custom_failed_fallback_extractive"
+    assert record.error is not None and record.error.startswith("LifecycleError: ")
+    assert server.requests == [] and summarizer.requests == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_with_a_client_of_ones_own_still_works_after_cleanup(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    import anthropic
+    import openai
+
+    client: Any
+    if provider == "openai":
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused")
+        summarizer: LLMSummarizer = OpenAISummarizer("stub-model", client=client)
+    else:
+        client = anthropic.AsyncAnthropic(base_url=server.anthropic_base_url, api_key="test-key")
+        summarizer = AnthropicSummarizer("stub-model", client=client)
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    await summarizer.cleanup()  # not its client to close
+    assert model_text((await summarizer.complete(messages, 100)).text) == SUMMARY
+    await client.close()  # its owner closes it
+    with pytest.raises(LifecycleError, match="used after its HTTP client was closed"):
+        await summarizer.complete(messages, 100)
+    assert len(server.requests) == 1
 
 
 class ThreadRecordingCounter(ExactTokenCounter):

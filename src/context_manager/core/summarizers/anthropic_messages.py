@@ -157,6 +157,9 @@ class AnthropicSummarizer(LLMSummarizer):
             summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return text, summary_usage
 
+    def _client_closed(self) -> bool:
+        return bool(self.client.is_closed())
+
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)
         path = urlsplit(str(self.client.base_url)).path.rstrip("/")

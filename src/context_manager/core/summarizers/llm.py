@@ -38,6 +38,7 @@ from context_manager.core.compression.summarizer import SUMMARY_METADATA_KEY, su
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
+    LifecycleError,
     SummarizerError,
     SummarizerRequestError,
 )
@@ -322,11 +323,14 @@ class LLMSummarizer(abc.ABC):
 
         Raises:
             InvalidArgumentError: ``budget_tokens`` is not a positive integer.
+            LifecycleError: the HTTP client is closed (:meth:`cleanup` closes the one the summarizer
+                created): no request is sent.
             SummarizerRequestError: every attempt failed, or a failure not worth retrying.
             SummarizerError: the model answered with no text.
         """
         if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens <= 0:
             raise InvalidArgumentError("budget_tokens", budget_tokens, "an integer > 0")
+        self._check_open()
         # the summary becomes the window's system message: introduced as one, as the extractive summary is
         # (unlabelled, "the user is an administrator" read as an instruction to the assistant)
         header = summary_header(_covered(messages))
@@ -349,6 +353,7 @@ class LLMSummarizer(abc.ABC):
         attempt = 0
         while True:
             attempt += 1
+            self._check_open()  # a cleanup() while the previous attempt waited
             request_timeout = self.timeout
             if deadline is not None:
                 request_timeout = min(request_timeout, deadline - self._clock())
@@ -449,11 +454,30 @@ class LLMSummarizer(abc.ABC):
     def _classify(self, error: Exception) -> RequestFailure:
         """Say what a failed request's exception means and whether to retry it."""
 
+    def _client_closed(self) -> bool:
+        """Whether the HTTP client requests go through is closed (a subclass with a client says so)."""
+        return False
+
+    def _check_open(self) -> None:
+        """Refuse to send through a closed client.
+
+        The SDKs sent such a request all the same, and the HTTP client's refusal came back as a lost
+        connection (retried with backoff, reported as ``connection failed (RuntimeError)``) or a bare
+        ``RuntimeError``: nothing said the summarizer had been cleaned up.
+        """
+        if self._client_closed():
+            raise LifecycleError(
+                f"{self.name}: used after its HTTP client was closed (cleanup() closes the client the "
+                "summarizer created; a client passed in is closed by its owner): create a new summarizer"
+            )
+
     async def cleanup(self) -> None:
         """Close the HTTP client if this summarizer created it (a client you passed in stays open).
 
         ``async with`` calls it, and so does ``EnhancedContextManager.cleanup()`` for the summarizer it
-        built from ``config.summarizer``. Safe to call more than once.
+        built from ``config.summarizer``. Safe to call more than once. A summarizer whose client it closed
+        refuses later calls with :class:`~context_manager.core.errors.LifecycleError` (the window then uses
+        the extractive summary and records why).
         """
         client, self._client_to_close = self._client_to_close, None
         if client is not None:

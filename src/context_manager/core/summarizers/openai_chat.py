@@ -183,6 +183,9 @@ class OpenAISummarizer(LLMSummarizer):
             summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return content, summary_usage
 
+    def _client_closed(self) -> bool:
+        return bool(self.client.is_closed())
+
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)
         url = urlsplit(str(self.client.base_url))
