@@ -241,6 +241,30 @@ async def test_summarizer_adapter_malformed_body_falls_back_without_retrying(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("sse", r"streamed its answer \(server-sent events\) although no stream was asked for"),
+        ("html", r"the response is not JSON \(an HTML page\): check that base_url is the API's"),
+    ],
+    ids=["sse", "html"],
+)
+async def test_summarizer_adapter_an_answer_that_is_not_json_says_what_came_instead(
+    provider: str, kind: Any, says: str, server: ChatCompletionsServer
+) -> None:
+    # the SDKs hand a body that is not JSON back as text: it failed as "malformed response (AttributeError)"
+    summarizer = make_summarizer(provider, server)
+    server.faults.append(Fault(kind=kind))
+    with pytest.raises(SummarizerRequestError, match=says) as raised:
+        await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100)
+    assert raised.value.attempts == 1 and len(server.requests) == 1  # the same again: not retried
+    assert "Sign in" not in str(raised.value) and SUMMARY not in str(raised.value)  # the body is not quoted
+    assert "stream" not in server.requests[0].body  # the request asked for no stream
+    assert model_text((await summarizer.complete([Message.create("user", "Hi.")], 100)).text) == SUMMARY
+    await summarizer.cleanup()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_empty_choice_falls_back(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:

@@ -49,11 +49,13 @@ from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_
 __all__ = [
     "EmptyAnswer",
     "LLMSummarizer",
+    "NotJSONAnswer",
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
     "check_client",
     "check_extra_parameters",
+    "check_json_answer",
     "classify_sdk_error",
     "parse_retry_after",
     "resolve_base_url",
@@ -189,6 +191,34 @@ class EmptyAnswer(Exception):
         super().__init__(description)
         self.usage = usage
         """What the answer cost (billed although unusable)."""
+
+
+class NotJSONAnswer(Exception):
+    """Raised by a provider subclass when the server answered with a body that is not JSON (not retried)."""
+
+
+def check_json_answer(response: Any) -> None:
+    """Refuse an answer the SDK handed back as text: the server sent no JSON.
+
+    The SDKs return a body whose ``Content-Type`` is not JSON as a ``str`` rather than fail: a stream of
+    server-sent events from a server or gateway that streams every answer, a proxy's login or error
+    page. Read as a response, it failed as a "malformed response (AttributeError)".
+
+    Raises:
+        NotJSONAnswer: ``response`` is a ``str``; its message says which kind, without quoting it.
+    """
+    if not isinstance(response, str):
+        return
+    start = response.lstrip()[:16]
+    if start.startswith(("data:", "event:", "id:", ":")):
+        raise NotJSONAnswer(
+            "the server streamed its answer (server-sent events) although no stream was asked for: turn "
+            "streaming off on the server or gateway"
+        )
+    kind = "an HTML page" if start.startswith("<") else f"{len(response)} characters of text"
+    raise NotJSONAnswer(
+        f"the response is not JSON ({kind}): check that base_url is the API's, not a proxy's or a web page's"
+    )
 
 
 class LLMSummarizer(abc.ABC):
@@ -521,6 +551,8 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
             status_code=status,
             retry_after=retry_after,
         )
+    if isinstance(error, NotJSONAnswer):
+        return RequestFailure(str(error), retryable=False)
     if isinstance(error, sdk.APITimeoutError):
         return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
