@@ -181,6 +181,26 @@ async def test_summarizer_adapter_429_then_success_honours_retry_after(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_does_not_wait_past_the_windows_summarizer_timeout(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    # an adapter passed in has no total_timeout: it slept the server's retry-after into the window's timeout,
+    # which cancelled it; the add waited summarizer_timeout and the history said "timeout after 1.5 s"
+    server.faults.append(Fault(status=429, headers={"retry-after": "4"}))
+    summarizer = make_summarizer(provider, server)
+    assert summarizer.total_timeout is None and summarizer.max_retry_wait > 4
+    config = config_for(tmp_path, summarizer_timeout=1.5)
+    async with EnhancedContextManager(config, summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+    assert record["strategy"] == "custom_failed_fallback_extractive"
+    assert record["error"].startswith(
+        f"SummarizerRequestError: {provider}:stub-model: HTTP 429 (RateLimitError)"
+    )
+    assert "not retried: the wait (4 s) would end past the window's summarizer_timeout" in record["error"]
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_500s_then_success_retries_with_backoff(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:

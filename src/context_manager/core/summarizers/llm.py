@@ -9,8 +9,9 @@
 2. sends it with the summary's token budget as the output limit, each attempt bounded by ``timeout``;
 3. on a status worth retrying (408, 409, 429, 5xx), a timeout or a lost connection, waits and tries
    again, at most ``max_retries`` times: the server's ``retry-after`` (or ``retry-after-ms``) when it sends
-   one, else exponential backoff with jitter. A wait longer than ``max_retry_wait`` or past the
-   ``total_timeout`` deadline gives up at once rather than sleep into the window's timeout;
+   one, else exponential backoff with jitter. A wait longer than ``max_retry_wait``, past the
+   ``total_timeout`` deadline or past the window's ``summarizer_timeout`` (when a window makes the call)
+   gives up at once rather than sleep into the window's timeout;
 4. returns the text and the token usage the provider reported, or raises
    :class:`~context_manager.core.errors.SummarizerRequestError` (status, attempts) - other statuses, a
    malformed body, an empty answer and an answer the provider stopped for safety (a content filter, a
@@ -34,7 +35,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from context_manager.core.compression.summarizer import SUMMARY_METADATA_KEY, summary_header
+from context_manager.core.compression.summarizer import (
+    SUMMARY_METADATA_KEY,
+    summary_call_deadline,
+    summary_header,
+)
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
@@ -471,6 +476,11 @@ class LLMSummarizer(abc.ABC):
             wait = self._random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
         if deadline is not None and self._clock() + wait >= deadline:
             return f"the next would end past total_timeout ({self.total_timeout:g} s)"
+        left = _window_time_left()
+        if left is not None and wait >= left:
+            # the window cancels the call at its summarizer_timeout: sleeping into it only delayed the add,
+            # and the history said "timeout after 10 s" instead of the server's answer
+            return f"the wait ({wait:g} s) would end past the window's summarizer_timeout ({left:.1f} s left)"
         return wait
 
     @abc.abstractmethod
@@ -797,6 +807,15 @@ def _telemetry_attributes(endpoint: str | None, provider: str) -> dict[str, str 
         attributes["server.address"] = host
         attributes["server.port"] = port if port is not None else 443 if url.scheme == "https" else 80
     return attributes
+
+
+def _window_time_left() -> float | None:
+    """Seconds until the window's ``summarizer_timeout`` cancels the call being made; ``None`` outside one."""
+    scope = summary_call_deadline.get()
+    when = None if scope is None else scope.when()
+    if when is None:
+        return None
+    return when - asyncio.get_running_loop().time()
 
 
 def _covered(messages: Sequence[Message]) -> int:
