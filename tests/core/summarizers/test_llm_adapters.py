@@ -1069,3 +1069,25 @@ LONG = "Ada lives in Lisbon and takes tram 28 to work every single morning."
 )
 def test_last_whole_sentences(text: str, kept: str | None) -> None:
     assert last_whole_sentences(text) == (text if kept is None else kept)
+
+
+class SliceCountingText(str):
+    """A text that counts the characters its slices and indexing copy."""
+
+    copied = 0
+
+    def __getitem__(self, key: Any) -> str:
+        piece = str.__getitem__(self, key)
+        SliceCountingText.copied += len(piece)
+        return piece
+
+
+@pytest.mark.parametrize("sentences", [1_000, 16_000])
+def test_last_whole_sentences_reads_a_long_answer_in_linear_time(sentences: int) -> None:
+    # a server ignoring the output limit answered 688 KB with finish_reason "length": each full stop sliced
+    # the text up to it and from it, 5.4 s on the event loop (quadratic), past any summarizer_timeout
+    text = SliceCountingText("Ada lives in Lisbon and likes trams a lot. " * sentences + "She asked how to")
+    SliceCountingText.copied = 0
+    kept = last_whole_sentences(text)
+    assert kept == text[: -len(" She asked how to")]
+    assert SliceCountingText.copied <= 4 * len(text)  # was about sentences / 2 times the text
