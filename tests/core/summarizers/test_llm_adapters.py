@@ -1071,6 +1071,26 @@ def test_last_whole_sentences(text: str, kept: str | None) -> None:
     assert last_whole_sentences(text) == (text if kept is None else kept)
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_reads_no_more_of_an_answer_than_its_budget_can_hold(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # a server ignoring the output limit answered 22 MB: the window counted and cut all of it after the call,
+    # outside summarizer_timeout (an add under summarizer_timeout=1 took 5.5 s)
+    server.reply_text = "Ada lives in Lisbon and likes trams a lot. " * 20_000
+    summarizer = make_summarizer(provider, server)
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100)
+    text = model_text(response.text)
+    assert server.reply_text.startswith(text) and 100 * 4 < len(text) <= 100 * 64
+    window = ContextWindow(150, summarizer=summarizer, summarizer_timeout=5)
+    for number in range(12):
+        await window.add(Message.create("user", f"turn {number}: the tram 28 leaves every twelve minutes."))
+    record = window.compression_history[0]
+    assert record.strategy == "custom" and window.token_count <= 150
+    assert window.summary is not None and "Ada lives in Lisbon and likes trams" in window.summary.content
+    await summarizer.cleanup()
+
+
 class SliceCountingText(str):
     """A text that counts the characters its slices and indexing copy."""
 

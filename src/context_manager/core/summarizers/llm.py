@@ -137,6 +137,10 @@ class RequestFailure:
     """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
 
 
+_MAX_CHARS_PER_TOKEN = 64
+"""Characters an answer may have per token of its output limit before the rest is left unread (English
+prose takes about 4 a token; the window keeps the limit's worth of tokens, never more)."""
+
 _MIN_FRAMED_TOKENS = 16
 """Below this many tokens of summary besides its header line, the summary goes without the header."""
 
@@ -457,6 +461,18 @@ class LLMSummarizer(abc.ABC):
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
+            longest = prompt.max_output_tokens * _MAX_CHARS_PER_TOKEN
+            if len(text) > longest:
+                # a server that ignores the output limit: the window keeps max_output_tokens of it at most,
+                # and counting and cutting megabytes of the rest took seconds past its summarizer_timeout
+                logger.info(
+                    "%s: the answer has %d characters for a %d-token summary; its first %d are read",
+                    self.name,
+                    len(text),
+                    prompt.max_output_tokens,
+                    longest,
+                )
+                text = text[:longest]
             if usage.cut_at_limit:
                 # a summary stopped mid-sentence at the output limit ("... she asked how to"): read as a
                 # finished one, its last words said something else. It ends at its last whole sentence.
