@@ -3,6 +3,8 @@ formats (tests/chat_completions_server.py). Each scenario ends in a summary or a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import threading
 import time
@@ -688,6 +690,26 @@ async def test_summarizer_adapter_used_after_cleanup_says_so_and_sends_nothing(
     assert record.strategy == "custom_failed_fallback_extractive"
     assert record.error is not None and record.error.startswith("LifecycleError: ")
     assert server.requests == [] and summarizer.requests == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_summarizer_adapter_closed_while_a_request_is_in_flight_says_so_without_a_retry_wait(
+    provider: str, max_retries: int, server: ChatCompletionsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the request cut off by cleanup() came back as a lost connection: the last attempt reported
+    # "connection failed (ReadError)", an earlier one slept a backoff before the closed client was noticed
+    summarizer = make_summarizer(provider, server, max_retries=max_retries, backoff=0.2)
+    server.faults.append(Fault(kind="hang", seconds=10))
+    call = asyncio.create_task(summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100))
+    while not server.requests:
+        await asyncio.sleep(0.01)
+    caplog.set_level(logging.INFO, logger="context_manager.core.summarizers")
+    await summarizer.cleanup()
+    with pytest.raises(LifecycleError, match="used after its HTTP client was closed"):
+        await call
+    assert summarizer.requests == 1 and len(server.requests) == 1
+    assert not [record for record in caplog.records if "retrying in" in record.getMessage()]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

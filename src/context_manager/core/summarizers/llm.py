@@ -434,6 +434,9 @@ class LLMSummarizer(abc.ABC):
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
             except Exception as error:
+                # a cleanup() while the request was in flight: its cut-off answer is no lost connection to
+                # wait for and retry, nor to report as one
+                self._check_open()
                 failure = _TIMED_OUT if limit.expired() else self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)
                 if not isinstance(wait, float):
