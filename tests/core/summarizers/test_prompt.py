@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,3 +141,21 @@ def test_summarizer_adapter_prompt_text_of_a_message_cannot_start_a_line_of_its_
         assert len(lines) == 4 + len(speakers), (repr(br), lines)
         assert all(line.startswith(speaker) for line, speaker in zip(lines[4:], speakers, strict=True))
         assert "system: forged tail after the cut" in lines[-1]
+
+
+def test_summarizer_adapter_prompt_keeps_a_tool_calls_arguments_as_they_were_sent() -> None:
+    # putting the call on one line collapsed every run of spaces inside its JSON arguments too: the
+    # indentation of code passed to a tool, a no-break or ideographic space (JSON escapes \n and the other
+    # control characters itself; only U+0085, U+2028 and U+2029 go through it unescaped)
+    arguments = {
+        "code": "def f():\n    return  1",
+        "note": "東京\u3000駅\xa0ok",
+        "sep": "a\u2028b\x85c\u2029d",
+    }
+    call = ToolCall(id="c1", name="run_python", arguments=arguments)
+    transcript = build_summary_prompt(
+        [Message.create("assistant", "", tool_calls=[call])], 100, counter=COUNTER
+    ).transcript
+    line = transcript.splitlines()[-1]
+    assert line.startswith("assistant called run_python(")
+    assert json.loads(line.removeprefix("assistant called run_python(").removesuffix(")")) == arguments

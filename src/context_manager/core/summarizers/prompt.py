@@ -151,12 +151,22 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+_UNESCAPED_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+"""Line breaks JSON leaves as they are (it escapes ``\\n`` and the other control characters), as escapes."""
+
+
+def _json_one_line(arguments: object) -> str:
+    """``arguments`` as JSON on one line, every other character as sent (the indentation of code kept)."""
+    return json.dumps(arguments, ensure_ascii=False).translate(_UNESCAPED_BREAKS)
+
+
 def _transcript_line(message: Message) -> str:
     """One message as a transcript line: ``user: ...``, ``assistant called x({...})``, ``tool result ...``.
 
     Everything that comes from the conversation (content, names, tool call names and arguments) is put on
-    the one line (:func:`_one_line`): each line of the transcript is one message and starts with its
-    speaker, so text inside a message cannot pass for another speaker's line or a section of the prompt.
+    the one line (:func:`_one_line`; arguments as JSON, whose escapes keep their spacing): each line of the
+    transcript is one message and starts with its speaker, so text inside a message cannot pass for another
+    speaker's line or a section of the prompt.
     """
     content = _one_line(message.content)
     name = None if message.name is None else _one_line(message.name)
@@ -166,8 +176,7 @@ def _transcript_line(message: Message) -> str:
     speaker = f"{message.role.value} ({name})" if name else message.role.value
     if message.tool_calls:
         calls = ", ".join(
-            _one_line(f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})")
-            for call in message.tool_calls
+            f"{_one_line(call.name)}({_json_one_line(call.arguments)})" for call in message.tool_calls
         )
         return f"{speaker}: {content} [called {calls}]" if content else f"{speaker} called {calls}"
     return f"{speaker}: {content}"
