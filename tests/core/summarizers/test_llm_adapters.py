@@ -702,7 +702,9 @@ async def test_summarizer_adapter_closed_while_a_request_is_in_flight_says_so_wi
     summarizer = make_summarizer(provider, server, max_retries=max_retries, backoff=0.2)
     server.faults.append(Fault(kind="hang", seconds=10))
     call = asyncio.create_task(summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100))
-    while not server.requests:
+    for _ in range(1000):  # until the request is in flight (the server holds its answer)
+        if server.requests:
+            break
         await asyncio.sleep(0.01)
     caplog.set_level(logging.INFO, logger="context_manager.core.summarizers")
     await summarizer.cleanup()
@@ -817,6 +819,25 @@ def test_summarizer_adapter_refuses_a_base_url_that_is_no_http_url(
     adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
     with pytest.raises(InvalidArgumentError, match=r"base_url: got .*; allowed an http:// or https:// URL"):
         adapter("m", base_url=base_url)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("source", ["argument", "variable"])
+def test_summarizer_adapter_refusing_a_base_url_does_not_quote_its_credentials(
+    provider: str, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal quoted ``base_url`` whole: ``user:token@`` in it went to the error (and the logs)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    for url in ("htps://alice:s3cr3t-pw@proxy.internal/v1", "proxy.internal:s3cr3t-pw@x/v1"):
+        if source == "variable":
+            monkeypatch.setenv(f"{provider.upper()}_BASE_URL", url)
+        with pytest.raises(
+            (InvalidArgumentError, ConfigurationError), match="an http:// or https:// URL"
+        ) as caught:
+            adapter("m", base_url=url if source == "argument" else None)
+        assert "s3cr3t-pw" not in str(caught.value) and "s3cr3t-pw" not in repr(caught.value.got)
+        assert "***@" in str(caught.value)
 
 
 async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletionsServer) -> None:

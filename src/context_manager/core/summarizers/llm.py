@@ -65,6 +65,7 @@ __all__ = [
     "parse_retry_after",
     "resolve_base_url",
     "server_error_note",
+    "url_without_credentials",
     "usage_count",
 ]
 
@@ -790,8 +791,21 @@ def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
         name = variable
     if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
         error = InvalidArgumentError if name == "base_url" else ConfigurationError
-        raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        shown = url_without_credentials(base_url) if isinstance(base_url, str) else base_url
+        raise error(name, shown, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
     return base_url.strip()
+
+
+_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` with the ``user:token@`` before its host (if any) as ``***@``: safe for messages and logs.
+
+    The whole user part goes, up to the last ``@`` before the path: a token is often passed as the user name
+    alone (``https://sk-...@gateway/v1``), and a password may hold an unencoded ``@``.
+    """
+    return _USERINFO.sub(lambda match: (match.group(1) or "") + "***@", url, count=1)
 
 
 _GENAI_PROVIDER_HOSTS = {
