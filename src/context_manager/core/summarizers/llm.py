@@ -139,7 +139,7 @@ class RequestFailure:
 
 
 _MAX_CHARS_PER_TOKEN = 64
-"""Characters an answer may have per token of its output limit before the rest is left unread (English
+"""Characters an answer may have per token of its output limit before the rest is dropped (English
 prose takes about 4 a token; the window keeps the limit's worth of tokens, never more)."""
 
 _MIN_FRAMED_TOKENS = 16
