@@ -9,8 +9,9 @@ It speaks enough of both protocols for the real ``openai`` and ``anthropic`` cli
 
 Faults are scripted per request: ``server.faults.append(Fault(status=429, headers={"retry-after": "1"}))``
 makes the next request fail that way; kinds are an HTTP status with the provider's error body, a malformed
-body, an empty answer (no choices / no content), a hang (the reply comes after ``seconds``) and a trickle (the
-reply's bytes spread over ``seconds``). Every
+body, an empty answer (no choices / no content), a hang (the reply comes after ``seconds``), a trickle (the
+reply's bytes spread over ``seconds``), the normal answer streamed as server-sent events though the request
+did not ask for a stream (``sse``) and an HTML page with status 200 (``html``, a proxy's login page). Every
 request is recorded (path, headers, JSON body, whether a fault answered it) so tests can check what the
 client sent.
 """
@@ -40,7 +41,7 @@ ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
 class Fault:
     """How the server answers one request instead of normally."""
 
-    kind: Literal["status", "malformed", "empty", "hang", "trickle", "error_body"] = "status"
+    kind: Literal["status", "malformed", "empty", "hang", "trickle", "error_body", "sse", "html"] = "status"
     status: int = 500
     """For ``kind="status"``: the HTTP status."""
     headers: dict[str, str] = field(default_factory=dict)
@@ -154,6 +155,49 @@ class ChatCompletionsServer:
         return [request for request in self.requests if request.path.endswith("/chat/completions")]
 
 
+def _chat_completion_chunks(reply: dict[str, Any]) -> bytes:
+    """A Chat Completions answer as the stream of ``chat.completion.chunk`` events that carries it."""
+    choice = reply["choices"][0]
+    base = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"]}
+    chunks = [
+        {
+            **base,
+            "model": reply["model"],
+            "choices": [{"index": 0, "delta": choice["message"], "finish_reason": None}],
+        },
+        {
+            **base,
+            "model": reply["model"],
+            "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}],
+        },
+    ]
+    return "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks).encode() + b"data: [DONE]\n\n"
+
+
+def _anthropic_events(reply: dict[str, Any]) -> bytes:
+    """A Messages answer as the stream of events that carries it."""
+    start = {**reply, "content": [], "stop_reason": None}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for index, block in enumerate(reply["content"]):
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}},
+            )
+        )
+        delta = {"type": "text_delta", "text": block["text"]}
+        events.append(
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    stop = {"stop_reason": reply["stop_reason"], "stop_sequence": None}
+    events.append(("message_delta", {"type": "message_delta", "delta": stop, "usage": {"output_tokens": 6}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+
+
 @contextmanager
 def running_server() -> Iterator[ChatCompletionsServer]:
     """Serve on 127.0.0.1 (a free port) for the duration of the block."""
@@ -187,6 +231,13 @@ def running_server() -> Iterator[ChatCompletionsServer]:
                 else:
                     error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
                 self._send(fault.status, error if fault.body is None else fault.body, fault.headers)
+            elif fault.kind == "sse":
+                reply = state.anthropic_reply_to(body) if anthropic else state.reply_to(body)
+                events = _anthropic_events(reply) if anthropic else _chat_completion_chunks(reply)
+                self._send_bytes(200, events, {"Content-Type": "text/event-stream", **fault.headers})
+            elif fault.kind == "html":
+                page = b"<!doctype html><html><body>Sign in to continue</body></html>"
+                self._send_bytes(200, page, {"Content-Type": "text/html; charset=utf-8", **fault.headers})
             elif fault.kind == "malformed":
                 self._send_bytes(200, b'{"id": "broken", "choices": [', fault.headers)
             elif fault.kind == "error_body":  # an error sent with status 200 (as some gateways do)
@@ -207,11 +258,12 @@ def running_server() -> Iterator[ChatCompletionsServer]:
             self._send_bytes(status, json.dumps(payload).encode(), headers)
 
         def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+            headers = dict(headers or {})
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
                 self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)

@@ -362,3 +362,19 @@ def test_no_statement_timeout_can_be_set_from_the_environment_or_the_command_lin
     ) as caught:
         ContextManagerConfig()
     assert caught.value.allowed == "a number > 0, or none (the server's own statement_timeout)"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://alice:s3cr3t-pw@proxy.internal/v1", "https://***@proxy.internal/v1"),
+        ("https://s3cr3t-pw@proxy.internal/v1", "https://***@proxy.internal/v1"),  # a token as the user
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ],
+)
+def test_the_summarizers_endpoint_is_shown_without_its_credentials(url: str, shown: str) -> None:
+    """A ``summarizer_base_url`` with ``user:token@`` showed the token in the configuration's repr (logs)."""
+    config = ContextManagerConfig(summarizer="openai:gpt-4o-mini", summarizer_base_url=url)
+    for text in (repr(config), str(config)):
+        assert f"summarizer_base_url='{shown}'" in text and "s3cr3t-pw" not in text
+    assert config.summarizer_base_url == url  # the value itself is the one given

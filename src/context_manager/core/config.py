@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -284,6 +284,15 @@ class ContextManagerConfig(BaseSettings):
         except ConfigurationError as error:
             raise ValueError(error.allowed) from None
         return f"{provider}:{model}"
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # summarizer_base_url's user:token@ would go wherever the configuration is logged or printed
+        for name, value in super().__repr_args__():
+            if name == "summarizer_base_url" and isinstance(value, str):
+                from context_manager.core.summarizers.llm import url_without_credentials
+
+                value = url_without_credentials(value)
+            yield name, value
 
     @field_validator("summarizer_base_url", mode="before")
     @classmethod

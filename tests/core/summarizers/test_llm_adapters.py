@@ -3,6 +3,8 @@ formats (tests/chat_completions_server.py). Each scenario ends in a summary or a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import threading
 import time
@@ -13,9 +15,11 @@ from typing import Any
 import pytest
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
+from context_manager.core.context_window import ContextWindow
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
+    LifecycleError,
     MissingDependencyError,
     SummarizerError,
     SummarizerRequestError,
@@ -179,6 +183,26 @@ async def test_summarizer_adapter_429_then_success_honours_retry_after(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_does_not_wait_past_the_windows_summarizer_timeout(
+    provider: str, server: ChatCompletionsServer, tmp_path: Path
+) -> None:
+    # an adapter passed in has no total_timeout: it slept the server's retry-after into the window's timeout,
+    # which cancelled it; the add waited summarizer_timeout and the history said "timeout after 1.5 s"
+    server.faults.append(Fault(status=429, headers={"retry-after": "4"}))
+    summarizer = make_summarizer(provider, server)
+    assert summarizer.total_timeout is None and summarizer.max_retry_wait > 4
+    config = config_for(tmp_path, summarizer_timeout=1.5)
+    async with EnhancedContextManager(config, summarizer=summarizer) as manager:
+        record = (await fill_until_compressed(manager))[-1]
+    assert record["strategy"] == "custom_failed_fallback_extractive"
+    assert record["error"].startswith(
+        f"SummarizerRequestError: {provider}:stub-model: HTTP 429 (RateLimitError)"
+    )
+    assert "not retried: the wait (4 s) would end past the window's summarizer_timeout" in record["error"]
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_summarizer_adapter_500s_then_success_retries_with_backoff(
     provider: str, server: ChatCompletionsServer, tmp_path: Path
 ) -> None:
@@ -236,6 +260,30 @@ async def test_summarizer_adapter_malformed_body_falls_back_without_retrying(
         assert "malformed response" in record["error"]
         assert manager.context_window.summary is not None
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("sse", r"streamed its answer \(server-sent events\) although no stream was asked for"),
+        ("html", r"the response is not JSON \(an HTML page\): check that base_url is the API's"),
+    ],
+    ids=["sse", "html"],
+)
+async def test_summarizer_adapter_an_answer_that_is_not_json_says_what_came_instead(
+    provider: str, kind: Any, says: str, server: ChatCompletionsServer
+) -> None:
+    # the SDKs hand a body that is not JSON back as text: it failed as "malformed response (AttributeError)"
+    summarizer = make_summarizer(provider, server)
+    server.faults.append(Fault(kind=kind))
+    with pytest.raises(SummarizerRequestError, match=says) as raised:
+        await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100)
+    assert raised.value.attempts == 1 and len(server.requests) == 1  # the same again: not retried
+    assert "Sign in" not in str(raised.value) and SUMMARY not in str(raised.value)  # the body is not quoted
+    assert "stream" not in server.requests[0].body  # the request asked for no stream
+    assert model_text((await summarizer.complete([Message.create("user", "Hi.")], 100)).text) == SUMMARY
+    await summarizer.cleanup()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -622,6 +670,73 @@ async def test_summarizer_adapter_cleanup_closes_the_client_it_created(
     assert client.is_closed()
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_used_after_cleanup_says_so_and_sends_nothing(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # the closed client's refusal came back as "connection failed (RuntimeError) (after 3 attempts)"
+    # (Anthropic: retried with backoff) or a bare "RuntimeError" (OpenAI)
+    summarizer = make_summarizer(provider, server, backoff=0.2)
+    await summarizer.cleanup()
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    with pytest.raises(LifecycleError, match=r"used after its HTTP client was closed .*a new summarizer"):
+        await summarizer.complete(messages, 100)
+    assert summarizer.requests == 0
+    # in a window: the extractive summary, and the history says why
+    window = ContextWindow(120, summarizer=summarizer)
+    for number in range(12):
+        await window.add(Message.create("user", f"turn {number}: the tram 28 leaves every twelve minutes."))
+    record = window.compression_history[0]
+    assert record.strategy == "custom_failed_fallback_extractive"
+    assert record.error is not None and record.error.startswith("LifecycleError: ")
+    assert server.requests == [] and summarizer.requests == 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_summarizer_adapter_closed_while_a_request_is_in_flight_says_so_without_a_retry_wait(
+    provider: str, max_retries: int, server: ChatCompletionsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the request cut off by cleanup() came back as a lost connection: the last attempt reported
+    # "connection failed (ReadError)", an earlier one slept a backoff before the closed client was noticed
+    summarizer = make_summarizer(provider, server, max_retries=max_retries, backoff=0.2)
+    server.faults.append(Fault(kind="hang", seconds=10))
+    call = asyncio.create_task(summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100))
+    for _ in range(1000):  # until the request is in flight (the server holds its answer)
+        if server.requests:
+            break
+        await asyncio.sleep(0.01)
+    caplog.set_level(logging.INFO, logger="context_manager.core.summarizers")
+    await summarizer.cleanup()
+    with pytest.raises(LifecycleError, match="used after its HTTP client was closed"):
+        await call
+    assert summarizer.requests == 1 and len(server.requests) == 1
+    assert not [record for record in caplog.records if "retrying in" in record.getMessage()]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_with_a_client_of_ones_own_still_works_after_cleanup(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    import anthropic
+    import openai
+
+    client: Any
+    if provider == "openai":
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused")
+        summarizer: LLMSummarizer = OpenAISummarizer("stub-model", client=client)
+    else:
+        client = anthropic.AsyncAnthropic(base_url=server.anthropic_base_url, api_key="test-key")
+        summarizer = AnthropicSummarizer("stub-model", client=client)
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    await summarizer.cleanup()  # not its client to close
+    assert model_text((await summarizer.complete(messages, 100)).text) == SUMMARY
+    await client.close()  # its owner closes it
+    with pytest.raises(LifecycleError, match="used after its HTTP client was closed"):
+        await summarizer.complete(messages, 100)
+    assert len(server.requests) == 1
+
+
 class ThreadRecordingCounter(ExactTokenCounter):
     """The real counter, noting which thread counts each long text."""
 
@@ -704,6 +819,25 @@ def test_summarizer_adapter_refuses_a_base_url_that_is_no_http_url(
     adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
     with pytest.raises(InvalidArgumentError, match=r"base_url: got .*; allowed an http:// or https:// URL"):
         adapter("m", base_url=base_url)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("source", ["argument", "variable"])
+def test_summarizer_adapter_refusing_a_base_url_does_not_quote_its_credentials(
+    provider: str, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal quoted ``base_url`` whole: ``user:token@`` in it went to the error (and the logs)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    for url in ("htps://alice:s3cr3t-pw@proxy.internal/v1", "proxy.internal:s3cr3t-pw@x/v1"):
+        if source == "variable":
+            monkeypatch.setenv(f"{provider.upper()}_BASE_URL", url)
+        with pytest.raises(
+            (InvalidArgumentError, ConfigurationError), match="an http:// or https:// URL"
+        ) as caught:
+            adapter("m", base_url=url if source == "argument" else None)
+        assert "s3cr3t-pw" not in str(caught.value) and "s3cr3t-pw" not in repr(caught.value.got)
+        assert "***@" in str(caught.value)
 
 
 async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletionsServer) -> None:
@@ -978,3 +1112,45 @@ LONG = "Ada lives in Lisbon and takes tram 28 to work every single morning."
 )
 def test_last_whole_sentences(text: str, kept: str | None) -> None:
     assert last_whole_sentences(text) == (text if kept is None else kept)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_reads_no_more_of_an_answer_than_its_budget_can_hold(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # a server ignoring the output limit answered 22 MB: the window counted and cut all of it after the call,
+    # outside summarizer_timeout (an add under summarizer_timeout=1 took 5.5 s)
+    server.reply_text = "Ada lives in Lisbon and likes trams a lot. " * 20_000
+    summarizer = make_summarizer(provider, server)
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 100)
+    text = model_text(response.text)
+    assert server.reply_text.startswith(text) and 100 * 4 < len(text) <= 100 * 64
+    window = ContextWindow(150, summarizer=summarizer, summarizer_timeout=5)
+    for number in range(12):
+        await window.add(Message.create("user", f"turn {number}: the tram 28 leaves every twelve minutes."))
+    record = window.compression_history[0]
+    assert record.strategy == "custom" and window.token_count <= 150
+    assert window.summary is not None and "Ada lives in Lisbon and likes trams" in window.summary.content
+    await summarizer.cleanup()
+
+
+class SliceCountingText(str):
+    """A text that counts the characters its slices and indexing copy."""
+
+    copied = 0
+
+    def __getitem__(self, key: Any) -> str:
+        piece = str.__getitem__(self, key)
+        SliceCountingText.copied += len(piece)
+        return piece
+
+
+@pytest.mark.parametrize("sentences", [1_000, 16_000])
+def test_last_whole_sentences_reads_a_long_answer_in_linear_time(sentences: int) -> None:
+    # a server ignoring the output limit answered 688 KB with finish_reason "length": each full stop sliced
+    # the text up to it and from it, 5.4 s on the event loop (quadratic), past any summarizer_timeout
+    text = SliceCountingText("Ada lives in Lisbon and likes trams a lot. " * sentences + "She asked how to")
+    SliceCountingText.copied = 0
+    kept = last_whole_sentences(text)
+    assert kept == text[: -len(" She asked how to")]
+    assert SliceCountingText.copied <= 4 * len(text)  # was about sentences / 2 times the text

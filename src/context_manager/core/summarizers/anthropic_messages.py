@@ -22,6 +22,7 @@ from context_manager.core.summarizers.llm import (
     SummaryUsage,
     check_client,
     check_extra_parameters,
+    check_json_answer,
     classify_sdk_error,
     resolve_base_url,
     server_error_note,
@@ -125,6 +126,7 @@ class AnthropicSummarizer(LLMSummarizer):
             "timeout": request_timeout,
         }
         response = await self.client.messages.create(**parameters)
+        check_json_answer(response)
         usage = getattr(response, "usage", None)  # a compatible server may leave it out
         # input_tokens leaves out what the prompt cache read or wrote: input (and billed) all the same
         inputs = [
@@ -156,6 +158,9 @@ class AnthropicSummarizer(LLMSummarizer):
         if reason == "max_tokens":
             summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return text, summary_usage
+
+    def _client_closed(self) -> bool:
+        return bool(self.client.is_closed())
 
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)

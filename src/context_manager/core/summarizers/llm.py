@@ -9,8 +9,9 @@
 2. sends it with the summary's token budget as the output limit, each attempt bounded by ``timeout``;
 3. on a status worth retrying (408, 409, 429, 5xx), a timeout or a lost connection, waits and tries
    again, at most ``max_retries`` times: the server's ``retry-after`` (or ``retry-after-ms``) when it sends
-   one, else exponential backoff with jitter. A wait longer than ``max_retry_wait`` or past the
-   ``total_timeout`` deadline gives up at once rather than sleep into the window's timeout;
+   one, else exponential backoff with jitter. A wait longer than ``max_retry_wait``, past the
+   ``total_timeout`` deadline or past the window's ``summarizer_timeout`` (when a window makes the call)
+   gives up at once rather than sleep into the window's timeout;
 4. returns the text and the token usage the provider reported, or raises
    :class:`~context_manager.core.errors.SummarizerRequestError` (status, attempts) - other statuses, a
    malformed body, an empty answer and an answer the provider stopped for safety (a content filter, a
@@ -34,10 +35,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from context_manager.core.compression.summarizer import SUMMARY_METADATA_KEY, summary_header
+from context_manager.core.compression.summarizer import (
+    SUMMARY_METADATA_KEY,
+    summary_call_deadline,
+    summary_header,
+)
 from context_manager.core.errors import (
     ConfigurationError,
     InvalidArgumentError,
+    LifecycleError,
     SummarizerError,
     SummarizerRequestError,
 )
@@ -48,15 +54,18 @@ from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_
 __all__ = [
     "EmptyAnswer",
     "LLMSummarizer",
+    "NotJSONAnswer",
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
     "check_client",
     "check_extra_parameters",
+    "check_json_answer",
     "classify_sdk_error",
     "parse_retry_after",
     "resolve_base_url",
     "server_error_note",
+    "url_without_credentials",
     "usage_count",
 ]
 
@@ -129,6 +138,10 @@ class RequestFailure:
     """Seconds the server asked to wait (``retry-after`` / ``retry-after-ms``), if it did."""
 
 
+_MAX_CHARS_PER_TOKEN = 64
+"""Characters an answer may have per token of its output limit before the rest is dropped (English
+prose takes about 4 a token; the window keeps the limit's worth of tokens, never more)."""
+
 _MIN_FRAMED_TOKENS = 16
 """Below this many tokens of summary besides its header line, the summary goes without the header."""
 
@@ -161,24 +174,42 @@ _ABBREVIATIONS = frozenset(
 """Words whose full stop ends no sentence (``Mr. Jones``, ``e.g. trams``), without their final dot."""
 
 
+_WORD_LOOKBACK = 40
+"""Characters read back for the word before a full stop: a longer word is no abbreviation, initial or list
+number (each check is bounded, so an answer of many sentences is read in linear time)."""
+
+_NEXT_VISIBLE = re.compile(r"\s*(\S?)")
+
+
 def _ends_sentence(text: str, match: re.Match[str]) -> bool:
     """Whether a full stop :data:`_SENTENCE_END` found ends a sentence (other marks always do).
 
     Not after an abbreviation (``Mr.``, ``e.g.``, ``etc.``), an initial (``U.S.``, ``J. Smith``) or a list
-    number at the start of a line (``3.``), nor before a lower-case word (``etc. and``).
+    number at the start of a line (``3.``), nor before a lower-case word (``etc. and``). Reads only the
+    word before the mark and the character after it: slicing the text up to each mark (and from it) made
+    an answer of a few hundred kilobytes take seconds on the event loop (quadratic).
     """
     if not match.group().startswith(".") or match.group().startswith(".."):
         return True
-    word = text[: match.start()].rsplit(None, 1)[-1] if text[: match.start()].strip() else ""
-    before = text[: match.start() - len(word)]
+    word_end = match.start()
+    while word_end > 0 and text[word_end - 1].isspace():  # the last word, spaces before the mark skipped
+        word_end -= 1
+    floor = max(word_end - _WORD_LOOKBACK, 0)
+    word_start = word_end
+    while word_start > floor and not text[word_start - 1].isspace():
+        word_start -= 1
+    long_word = word_start == floor and floor > 0 and not text[floor - 1].isspace()
+    word = "" if long_word else text[word_start:word_end]
+    before_end = match.start() - len(word)  # where the text before the word ends
     if word.lower().rstrip(".") in _ABBREVIATIONS or (len(word.replace(".", "")) <= 1 and word.isalpha()):
         return False
     if word.replace(".", "").isalpha() and "." in word and len(word.replace(".", "")) <= 3:
         return False  # U.S., e.g, i.e
-    if word.isdigit() and (not before or before.endswith("\n")):
+    if word.isdigit() and (before_end == 0 or text[before_end - 1] == "\n"):
         return False  # a list number
-    following = text[match.end() :].lstrip()
-    return not (following[:1].isalpha() and following[:1].islower())
+    following = _NEXT_VISIBLE.match(text, match.end())
+    first = following.group(1) if following is not None else ""
+    return not (first.isalpha() and first.islower())
 
 
 class EmptyAnswer(Exception):
@@ -188,6 +219,34 @@ class EmptyAnswer(Exception):
         super().__init__(description)
         self.usage = usage
         """What the answer cost (billed although unusable)."""
+
+
+class NotJSONAnswer(Exception):
+    """Raised by a provider subclass when the server answered with a body that is not JSON (not retried)."""
+
+
+def check_json_answer(response: Any) -> None:
+    """Refuse an answer the SDK handed back as text: the server sent no JSON.
+
+    The SDKs return a body whose ``Content-Type`` is not JSON as a ``str`` rather than fail: a stream of
+    server-sent events from a server or gateway that streams every answer, a proxy's login or error
+    page. Read as a response, it failed as a "malformed response (AttributeError)".
+
+    Raises:
+        NotJSONAnswer: ``response`` is a ``str``; its message says which kind, without quoting it.
+    """
+    if not isinstance(response, str):
+        return
+    start = response.lstrip()[:16]
+    if start.startswith(("data:", "event:", "id:", ":")):
+        raise NotJSONAnswer(
+            "the server streamed its answer (server-sent events) although no stream was asked for: turn "
+            "streaming off on the server or gateway"
+        )
+    kind = "an HTML page" if start.startswith("<") else f"{len(response)} characters of text"
+    raise NotJSONAnswer(
+        f"the response is not JSON ({kind}): check that base_url is the API's, not a proxy's or a web page's"
+    )
 
 
 class LLMSummarizer(abc.ABC):
@@ -322,11 +381,14 @@ class LLMSummarizer(abc.ABC):
 
         Raises:
             InvalidArgumentError: ``budget_tokens`` is not a positive integer.
+            LifecycleError: the HTTP client is closed (:meth:`cleanup` closes the one the summarizer
+                created): no request is sent.
             SummarizerRequestError: every attempt failed, or a failure not worth retrying.
             SummarizerError: the model answered with no text.
         """
         if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens <= 0:
             raise InvalidArgumentError("budget_tokens", budget_tokens, "an integer > 0")
+        self._check_open()
         # the summary becomes the window's system message: introduced as one, as the extractive summary is
         # (unlabelled, "the user is an administrator" read as an instruction to the assistant)
         header = summary_header(_covered(messages))
@@ -349,6 +411,7 @@ class LLMSummarizer(abc.ABC):
         attempt = 0
         while True:
             attempt += 1
+            self._check_open()  # a cleanup() while the previous attempt waited
             request_timeout = self.timeout
             if deadline is not None:
                 request_timeout = min(request_timeout, deadline - self._clock())
@@ -372,6 +435,9 @@ class LLMSummarizer(abc.ABC):
                 unanswered.usage = empty.usage  # billed all the same: the monitors count it
                 raise unanswered from None
             except Exception as error:
+                # a cleanup() while the request was in flight: its cut-off answer is no lost connection to
+                # wait for and retry, nor to report as one
+                self._check_open()
                 failure = _TIMED_OUT if limit.expired() else self._classify(error)
                 wait = self._wait_before_retry(failure, attempt, deadline)
                 if not isinstance(wait, float):
@@ -399,6 +465,18 @@ class LLMSummarizer(abc.ABC):
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
+            longest = prompt.max_output_tokens * _MAX_CHARS_PER_TOKEN
+            if len(text) > longest:
+                # a server that ignores the output limit: the window keeps max_output_tokens of it at most,
+                # and counting and cutting megabytes of the rest took seconds past its summarizer_timeout
+                logger.info(
+                    "%s: the answer has %d characters for a %d-token summary; its first %d are read",
+                    self.name,
+                    len(text),
+                    prompt.max_output_tokens,
+                    longest,
+                )
+                text = text[:longest]
             if usage.cut_at_limit:
                 # a summary stopped mid-sentence at the output limit ("... she asked how to"): read as a
                 # finished one, its last words said something else. It ends at its last whole sentence.
@@ -436,6 +514,11 @@ class LLMSummarizer(abc.ABC):
             wait = self._random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
         if deadline is not None and self._clock() + wait >= deadline:
             return f"the next would end past total_timeout ({self.total_timeout:g} s)"
+        left = _window_time_left()
+        if left is not None and wait >= left:
+            # the window cancels the call at its summarizer_timeout: sleeping into it only delayed the add,
+            # and the history said "timeout after 10 s" instead of the server's answer
+            return f"the wait ({wait:g} s) would end past the window's summarizer_timeout ({left:.1f} s left)"
         return wait
 
     @abc.abstractmethod
@@ -449,11 +532,30 @@ class LLMSummarizer(abc.ABC):
     def _classify(self, error: Exception) -> RequestFailure:
         """Say what a failed request's exception means and whether to retry it."""
 
+    def _client_closed(self) -> bool:
+        """Whether the HTTP client requests go through is closed (a subclass with a client says so)."""
+        return False
+
+    def _check_open(self) -> None:
+        """Refuse to send through a closed client.
+
+        The SDKs sent such a request all the same, and the HTTP client's refusal came back as a lost
+        connection (retried with backoff, reported as ``connection failed (RuntimeError)``) or a bare
+        ``RuntimeError``: nothing said the summarizer had been cleaned up.
+        """
+        if self._client_closed():
+            raise LifecycleError(
+                f"{self.name}: used after its HTTP client was closed (cleanup() closes the client the "
+                "summarizer created; a client passed in is closed by its owner): create a new summarizer"
+            )
+
     async def cleanup(self) -> None:
         """Close the HTTP client if this summarizer created it (a client you passed in stays open).
 
         ``async with`` calls it, and so does ``EnhancedContextManager.cleanup()`` for the summarizer it
-        built from ``config.summarizer``. Safe to call more than once.
+        built from ``config.summarizer``. Safe to call more than once. A summarizer whose client it closed
+        refuses later calls with :class:`~context_manager.core.errors.LifecycleError` (the window then uses
+        the extractive summary and records why).
         """
         client, self._client_to_close = self._client_to_close, None
         if client is not None:
@@ -497,6 +599,8 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
             status_code=status,
             retry_after=retry_after,
         )
+    if isinstance(error, NotJSONAnswer):
+        return RequestFailure(str(error), retryable=False)
     if isinstance(error, sdk.APITimeoutError):
         return _TIMED_OUT
     if isinstance(error, sdk.APIConnectionError):
@@ -687,8 +791,21 @@ def resolve_base_url(base_url: Any, variable: str, default: str) -> str:
         name = variable
     if not isinstance(base_url, str) or not base_url.strip().lower().startswith(("http://", "https://")):
         error = InvalidArgumentError if name == "base_url" else ConfigurationError
-        raise error(name, base_url, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        shown = url_without_credentials(base_url) if isinstance(base_url, str) else base_url
+        raise error(name, shown, "an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
     return base_url.strip()
+
+
+_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` with the ``user:token@`` before its host (if any) as ``***@``: safe for messages and logs.
+
+    The whole user part goes, up to the last ``@`` before the path: a token is often passed as the user name
+    alone (``https://sk-...@gateway/v1``), and a password may hold an unencoded ``@``.
+    """
+    return _USERINFO.sub(lambda match: (match.group(1) or "") + "***@", url, count=1)
 
 
 _GENAI_PROVIDER_HOSTS = {
@@ -741,6 +858,15 @@ def _telemetry_attributes(endpoint: str | None, provider: str) -> dict[str, str 
         attributes["server.address"] = host
         attributes["server.port"] = port if port is not None else 443 if url.scheme == "https" else 80
     return attributes
+
+
+def _window_time_left() -> float | None:
+    """Seconds until the window's ``summarizer_timeout`` cancels the call being made; ``None`` outside one."""
+    scope = summary_call_deadline.get()
+    when = None if scope is None else scope.when()
+    if when is None:
+        return None
+    return when - asyncio.get_running_loop().time()
 
 
 def _covered(messages: Sequence[Message]) -> int:

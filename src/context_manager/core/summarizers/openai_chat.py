@@ -26,6 +26,7 @@ from context_manager.core.summarizers.llm import (
     SummaryUsage,
     check_client,
     check_extra_parameters,
+    check_json_answer,
     classify_sdk_error,
     resolve_base_url,
     server_error_note,
@@ -151,6 +152,7 @@ class OpenAISummarizer(LLMSummarizer):
             "timeout": request_timeout,
         }
         response = await self.client.chat.completions.create(**parameters)
+        check_json_answer(response)
         usage = response.usage
         summary_usage = SummaryUsage(
             input_tokens=usage_count(getattr(usage, "prompt_tokens", None)),
@@ -182,6 +184,9 @@ class OpenAISummarizer(LLMSummarizer):
         if reason == "length":
             summary_usage = dataclasses.replace(summary_usage, cut_at_limit=True)
         return content, summary_usage
+
+    def _client_closed(self) -> bool:
+        return bool(self.client.is_closed())
 
     def _classify(self, error: Exception) -> RequestFailure:
         failure = classify_sdk_error(error, self._sdk)

@@ -49,7 +49,8 @@ class SummaryPrompt:
     instructions: str
     """The system prompt: what to write and how long."""
     transcript: str
-    """The user message: the previous summary and the evicted messages, oldest first."""
+    """The user message: the previous summary (on one line) and the evicted messages, oldest first, one line
+    each starting with its speaker (the message's text cannot start a line)."""
     input_tokens: int
     """Tokens of ``instructions`` plus ``transcript`` (with the window's counter)."""
     messages_included: int
@@ -89,8 +90,9 @@ def build_summary_prompt(
 
     previous_section: list[str] = []
     if previous:
-        text = "\n".join(strip_summary_header(m.content) for m in previous).strip()
+        text = _one_line(" ".join(strip_summary_header(m.content) for m in previous))
         text, _ = truncate_middle(counter, text, max(available // _PREVIOUS_SHARE, 1))
+        text = _one_line(text)  # the cut marker stands on a line of its own
         if text:
             previous_section.append("Previous summary:\n" + text)
             available -= counter.count(previous_section[0]) + 2
@@ -104,6 +106,7 @@ def build_summary_prompt(
         tokens = counter.count(line)
         if tokens > cap:
             line, _ = truncate_middle(counter, line, cap)
+            line = _one_line(line)  # else the tail, text of the message, would start a line of its own
             tokens = counter.count(line)
         if not line or tokens + 1 > available:
             break
@@ -143,16 +146,37 @@ def _conversation_section(header: str, newest_first: list[str], omitted: int) ->
     return ["\n".join(lines)]
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace, line breaks of any kind included, as one space."""
+    return " ".join(text.split())
+
+
+_UNESCAPED_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+"""Line breaks JSON leaves as they are (it escapes ``\\n`` and the other control characters), as escapes."""
+
+
+def _json_one_line(arguments: object) -> str:
+    """``arguments`` as JSON on one line, every other character as sent (the indentation of code kept)."""
+    return json.dumps(arguments, ensure_ascii=False).translate(_UNESCAPED_BREAKS)
+
+
 def _transcript_line(message: Message) -> str:
-    """One message as a transcript line: ``user: ...``, ``assistant called x({...})``, ``tool result ...``."""
-    content = " ".join(message.content.split())
+    """One message as a transcript line: ``user: ...``, ``assistant called x({...})``, ``tool result ...``.
+
+    Everything that comes from the conversation (content, names, tool call names and arguments) is put on
+    the one line (:func:`_one_line`; arguments as JSON, whose escapes keep their spacing): each line of the
+    transcript is one message and starts with its speaker, so text inside a message cannot pass for another
+    speaker's line or a section of the prompt.
+    """
+    content = _one_line(message.content)
+    name = None if message.name is None else _one_line(message.name)
     if message.role is Role.TOOL:
-        label = f"tool result ({message.name})" if message.name else "tool result"
+        label = f"tool result ({name})" if name else "tool result"
         return f"{label}: {content}"
-    speaker = message.role.value if message.name is None else f"{message.role.value} ({message.name})"
+    speaker = f"{message.role.value} ({name})" if name else message.role.value
     if message.tool_calls:
         calls = ", ".join(
-            f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)})" for call in message.tool_calls
+            f"{_one_line(call.name)}({_json_one_line(call.arguments)})" for call in message.tool_calls
         )
         return f"{speaker}: {content} [called {calls}]" if content else f"{speaker} called {calls}"
     return f"{speaker}: {content}"
