@@ -1051,6 +1051,42 @@ async def test_a_nested_boolean_given_by_a_fields_name_is_refused() -> None:
     assert ran == [(_AgeFilter(minAge=3), _AliasOnly())]
 
 
+class _Inner(BaseModel):
+    count: int
+
+
+class _Outer(BaseModel):
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+    items: list[_Inner] = pydantic.Field(default_factory=list, alias="Items")
+    inner: _Inner | None = pydantic.Field(None, validation_alias=AliasChoices("Inner", "theInner"))
+
+
+async def test_a_boolean_inside_a_container_given_by_a_fields_other_key_is_refused() -> None:
+    """A nested object or array given under a key the schema does not list (a field's name under
+    ``populate_by_name``, a later ``AliasChoices`` choice) was not walked: ``{"items": [{"count": true}]}``
+    came to the tool as ``count=1``. A boolean left as a boolean there (an ``Any`` extra) is still taken."""
+    ran: list[Any] = []
+
+    async def tally(outer: _Outer) -> int:
+        ran.append(outer)
+        return sum(item.count for item in outer.items)
+
+    manager = ToolManager()
+    manager.register_function_tool("tally", tally, "Tally")
+    for arguments, problem in (
+        ({"Items": [{"count": 2}, {"count": True}]}, "outer.Items.1.count: got true"),
+        ({"items": [{"count": 2}, {"count": True}]}, "outer.items.1.count: got true"),
+        ({"Inner": {"count": False}}, "outer.Inner.count: got false"),
+        ({"theInner": {"count": True}}, "outer.theInner.count: got true"),
+    ):
+        refused = await manager.call_tool("tally", {"outer": arguments})
+        assert refused.error == f"invalid arguments for tool 'tally': {problem}; expected a valid integer"
+    assert ran == []
+    given = {"items": [{"count": 2}], "theInner": {"count": 3}}
+    accepted = await manager.call_tool("tally", {"outer": given})
+    assert (accepted.success, accepted.result) == (True, 2), accepted.error
+
+
 class _AgeChoices(BaseModel):
     min_age: int = pydantic.Field(0, validation_alias=AliasChoices("min_age", "minAge", AliasPath("age", 0)))
 

@@ -15,9 +15,10 @@ schema says. Where a value may be checked against several schemas (a union), a b
 none of them takes it and one of them takes a number (an object's ``Literal`` tag, a discriminator, leaves
 out the members that do not have it); a position whose schema is unknown (``Any``, an open object's other
 keys) takes it. Where the members differ (one takes a number, another a boolean or anything: ``A | B``
-without a tag), or the key is none the object lists (a field given by its name under ``populate_by_name``),
-the boolean is *unsure*: once pydantic has validated the call, :func:`booleans_read_as_numbers` looks at
-what it made of it, and a number there is refused. The walk is iterative (no depth limit), walks a value
+without a tag), or the key is none the object lists (a field given by its name under ``populate_by_name``,
+or by a later ``AliasChoices`` choice; and anywhere inside a value given under such a key), the boolean is
+*unsure*: once pydantic has validated the call, :func:`booleans_read_as_numbers` looks at what it made of
+it, and a number there is refused. The walk is iterative (no depth limit), walks a value
 once per set of schemas (shared values, cycles), and never where no schema takes a number.
 """
 
@@ -341,7 +342,9 @@ class _Walker:
                 known = about[id(candidates)] = (
                     any(_may_be(schema, "object") for schema in candidates),
                     any(_may_be(schema, "array") for schema in candidates),
-                    self._holds_numbers(candidates),  # (not: an ``Any`` payload, a ``list[str]``)
+                    # (not: an ``Any`` payload, a ``list[str]``); under a key the object does not list (a
+                    # field's name, another of its alias choices), any boolean inside may be a field's
+                    self._holds_numbers(candidates) or all(schema is _UNLISTED for schema in candidates),
                 )
             if not known[0 if isinstance(value, dict) else 1] or not known[2]:
                 continue  # not an object (an array) here: pydantic says so; or no number is taken inside
@@ -495,6 +498,8 @@ def _member(schema: Any, key: str) -> Any:
     """The schema of ``key``'s value in an object ``schema`` takes; None when it refuses the key."""
     if not isinstance(schema, dict):
         return _UNKNOWN
+    if schema is _UNLISTED:  # inside a value given under an unlisted key: unlisted too (decided later)
+        return _UNLISTED
     properties = schema.get("properties")
     if isinstance(properties, dict) and key in properties:
         return properties[key]
@@ -513,6 +518,8 @@ def _item(schema: Any, index: int) -> Any:
     """The schema of the item at ``index`` of an array ``schema`` takes; None when it refuses it."""
     if not isinstance(schema, dict):
         return _UNKNOWN
+    if schema is _UNLISTED:
+        return _UNLISTED
     prefix = schema.get("prefixItems")
     if isinstance(prefix, list) and index < len(prefix):
         return prefix[index]
