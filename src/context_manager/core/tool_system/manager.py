@@ -520,6 +520,8 @@ class ToolManager(ToolRegistry):
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
+        cancel_grace: Seconds a cancelled async tool (its timeout, or its caller cancelled) is given to
+            unwind before the call returns without it (see :attr:`cancel_grace`); from 0 to 60.
 
     Example:
         >>> manager = ToolManager()
@@ -1455,7 +1457,8 @@ class ToolManager(ToolRegistry):
         (``asyncio.wait_for``, ``task.cancel()``) is a failure of type ``cancelled``.
         ``rate_limit_keys``: (tool, caller_key) pairs the rate limiter tracks (bounded: expired ones
         are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
-        ``abandoned`` (timed-out calls still running in their thread) and ``max``.
+        ``abandoned`` (timed-out calls still running in their thread) and ``max``. ``tasks``:
+        ``abandoned``, the async tools that ignored their cancellation and still run in their task.
         """
         tools = {name: stats.as_dict() for name, stats in self._stats.items()}
         return {
