@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import gc
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -353,3 +354,22 @@ def test_cancel_grace_is_checked() -> None:
     with pytest.raises(InvalidArgumentError, match=f"cancel_grace: got True; {allowed}"):
         manager.cancel_grace = True  # type: ignore[assignment]
     assert manager.cancel_grace == 0.5
+
+
+async def test_a_caller_cancelled_during_the_grace_logs_the_time_the_tool_was_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller's own timeout cut the grace short (0.2 s of 5): the warning said the tool "ignored its
+    cancellation for 5 s"; it says how long it was waited for."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=5)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.1)
+    caplog.set_level(logging.WARNING, logger="context_manager.core.tool_system.manager")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await manager.execute_tool("stubborn")
+    (warning,) = [record.getMessage() for record in caplog.records if "ignored its" in record.getMessage()]
+    assert re.search(r"'stubborn' ignored its cancellation for 0\.\d+ s;", warning), warning
+    release.set()
+    await wait_until_no_abandoned_task(manager)

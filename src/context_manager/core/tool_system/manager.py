@@ -1034,15 +1034,16 @@ class ToolManager(ToolRegistry):
             return self._async_outcome(definition, outcome, started, call_id, call_arguments)
         # the timeout: the tool is cancelled, and waited for a little (its clean-up: closing a connection)
         task.cancel()
+        cancelled_at = loop.time()
         timed_out = f"tool {definition.name!r} timed out after {seconds:g} s"
         try:
             unwound = await _wait_for_task(task, self._cancel_grace, loop)
-        except asyncio.CancelledError:
-            self._leave_running(definition, task)
+        except asyncio.CancelledError:  # the caller's own cancellation cut the grace short
+            self._leave_running(definition, task, loop.time() - cancelled_at)
             self._count_cancelled(definition, started)
             raise
         if not unwound:
-            self._leave_running(definition, task)
+            self._leave_running(definition, task, loop.time() - cancelled_at)
             return self._fail(
                 definition,
                 ToolErrorType.TIMEOUT,
@@ -1103,23 +1104,27 @@ class ToolManager(ToolRegistry):
         A further cancellation of the caller stops the wait (the caller's own cancellation is raised by
         the caller afterwards).
         """
+        cancelled_at = loop.time()
         with contextlib.suppress(asyncio.CancelledError):
             await _wait_for_task(task, self._cancel_grace, loop)
         if task.done():
             if not task.cancelled():
                 task.exception()  # retrieved (a process-stopping exit propagated from the loop already)
         else:
-            self._leave_running(definition, task)
+            self._leave_running(definition, task, loop.time() - cancelled_at)
 
-    def _leave_running(self, definition: ToolDefinition, task: asyncio.Task[Any]) -> None:
-        """Track a tool that ignored its cancellation: kept referenced, its end logged, counted in stats."""
+    def _leave_running(self, definition: ToolDefinition, task: asyncio.Task[Any], waited: float) -> None:
+        """Track a tool that ignored its cancellation: kept referenced, its end logged, counted in stats.
+
+        ``waited``: the seconds it was given (the grace, or less when the caller's cancellation cut it short).
+        """
         self._abandoned_tasks[task] = definition.name
         task.add_done_callback(self._abandoned_task_ended)
         logger.warning(
             "tool %r ignored its cancellation for %.3g s; it is left running in its task "
             "(cleanup() cancels it again)",
             definition.name,
-            self._cancel_grace,
+            waited,
         )
 
     def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
