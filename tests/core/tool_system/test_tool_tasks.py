@@ -13,6 +13,7 @@ import gc
 import logging
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,47 @@ async def test_a_caller_cancelled_during_the_grace_logs_the_time_the_tool_was_gi
     assert re.search(r"'stubborn' ignored its cancellation for 0\.\d+ s;", warning), warning
     release.set()
     await wait_until_no_abandoned_task(manager)
+
+
+class _Payload:
+    """An argument a failing tool is given (weakly referenced by the test)."""
+
+
+async def test_a_failed_calls_arguments_are_freed_when_it_returns() -> None:
+    """The failure was kept in a local of the tool's finished task, whose traceback holds that frame: a
+    cycle, so the exception, its frames and the call's arguments (a large payload) stayed in memory until
+    the garbage collector ran; they are freed when the call returns, as before tools had their own task."""
+
+    async def fails(payload: Any) -> str:
+        """Fails.
+
+        Args:
+            payload: Anything.
+        """
+        raise ValueError("refused")
+
+    async def own_cancellation(payload: Any) -> str:
+        """Awaits something cancelled.
+
+        Args:
+            payload: Anything.
+        """
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return str(await future)
+
+    manager = ToolManager()
+    manager.register_function_tool("fails", fails, "Fails")
+    manager.register_function_tool("own_cancellation", own_cancellation, "Own cancellation")
+    gc.collect()
+    gc.disable()
+    try:
+        for name in ("fails", "own_cancellation"):
+            payload = _Payload()
+            freed = weakref.ref(payload)
+            result = await manager.execute_tool(name, payload=payload)
+            assert result.error_type is ToolErrorType.TOOL_ERROR
+            del payload, result
+            assert freed() is None, name
+    finally:
+        gc.enable()

@@ -1548,22 +1548,30 @@ async def _run_tool(
     itself propagates; an exit a signal handler raised (the process stopping) is raised in the caller (or,
     with nobody waiting, out of the loop).
     """
+    # (the failure is returned from its ``except``, never kept in a local: its traceback holds this frame,
+    # and the cycle would keep the call's arguments until the garbage collector ran)
     try:
-        outcome: tuple[bool, Any] = (True, await function(*args, **kwargs))
+        value = await function(*args, **kwargs)
     except asyncio.CancelledError as error:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():  # cancelled by its caller or its timeout
-            _wake(waiter)
+        _wake(waiter)
+        if _cancelling():  # cancelled by its caller or its timeout
             raise
-        outcome = (False, error)  # a CancelledError of its own (it awaited something cancelled)
+        return False, error  # a CancelledError of its own (it awaited something cancelled)
     except BaseException as error:
         if isinstance(error, KeyboardInterrupt | SystemExit) and _stops_the_process(error, None):
             if waiter.done():  # nobody waits for it (left running): out of the loop, as from any task
                 raise
             waiter.set_exception(error)  # raised in the caller, as when the tool ran in the caller's task
-        outcome = (False, error)
+        _wake(waiter)
+        return False, error
     _wake(waiter)
-    return outcome
+    return True, value
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (a request not yet taken back)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
