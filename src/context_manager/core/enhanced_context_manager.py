@@ -516,6 +516,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         Evicted messages still queued are written to memory before memory closes.
         """
         await self._stop_operations()
+        await self.tool_manager.cleanup()  # async tools left running after ignoring their cancellation
         if self._window is not None:
             # an add still compressing (its summarizer may hang) commits now, with the extractive summary,
             # so what it evicts is queued before the writer stops; then the deliveries of cancelled adds

@@ -15,10 +15,12 @@ schema says. Where a value may be checked against several schemas (a union), a b
 none of them takes it and one of them takes a number (an object's ``Literal`` tag, a discriminator, leaves
 out the members that do not have it); a position whose schema is unknown (``Any``, an open object's other
 keys) takes it. Where the members differ (one takes a number, another a boolean or anything: ``A | B``
-without a tag), or the key is none the object lists (a field given by its name under ``populate_by_name``),
-the boolean is *unsure*: once pydantic has validated the call, :func:`booleans_read_as_numbers` looks at
-what it made of it, and a number there is refused. The walk is iterative (no depth limit), walks a value
-once per set of schemas (shared values, cycles), and never where no schema takes a number.
+without a tag), or the key is none the object lists (a field given by its name under ``populate_by_name``,
+or by a later ``AliasChoices`` choice; and anywhere inside a value given under such a key), the boolean is
+*unsure*: once pydantic has validated the call, :func:`booleans_read_as_numbers` looks at what it made of
+it, and a number there is refused (a value under such a key is one entry, followed only if pydantic took
+it: an extra key it ignores costs nothing however large). The walk is iterative (no depth limit), walks a
+value once per set of schemas (shared values, cycles), and never where no schema takes a number.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ _PLAIN_NUMBER_WORDS = frozenset({"a valid integer", "a valid number", "null"})
 _MAX_DEPTH = 64  # levels :func:`_holds_booleans` scans (deeper: the walk, which has no limit, decides)
 _UNKNOWN: dict[str, Any] = {}  # the schema of a position nothing is known about: it takes anything
 _UNLISTED: dict[str, Any] = {}  # ... of an object's key its properties do not list (a field by its name?)
+_INSIDE = "\x00inside"  # an ``unsure`` entry: the booleans inside this value, if pydantic took it (by name)
 _SCALARS = frozenset({str, int, float, type(None)})  # (bool left out: a container of these holds none)
 _CONTAINERS = frozenset({dict, list, tuple})
 _DICT = itertools.repeat(dict)
@@ -144,15 +147,59 @@ def booleans_read_as_numbers(
             value = _validated_member(value, part)
             if value is _ABSENT:
                 break
-        if type(value) is bool or not isinstance(value, int | float):
+        if expected == _INSIDE:
+            # a value under a key the schema does not list: an extra pydantic ignored is not followed
+            # (nothing more to do, however large); a field given by its name is looked at boolean by boolean
+            given = _value_at(arguments, path)
+            if value is _ABSENT or value is given:  # (an open model's extra, kept as it was given)
+                continue
+            for inner_path in _boolean_paths(given):
+                inner = value
+                for part in inner_path:
+                    inner = _validated_member(inner, part)
+                    if inner is _ABSENT:
+                        break
+                read = _read_as_number(inner, "")
+                if read is not None:
+                    at = (*path, *inner_path)
+                    problems[at] = _problem(arguments, at, read, sensitive)
             continue
-        if not expected:
-            if isinstance(value, enum.Enum):
-                expected = " or ".join(describe_argument(member.value) for member in type(value))
-            else:
-                expected = "a valid number" if isinstance(value, float) else "a valid integer"
-        problems[path] = _problem(arguments, path, expected, sensitive)
+        read = _read_as_number(value, expected)
+        if read is not None:
+            problems[path] = _problem(arguments, path, read, sensitive)
     return problems
+
+
+def _read_as_number(value: Any, expected: str) -> str | None:
+    """What was expected where a boolean was given and pydantic made ``value`` of it; None if no number."""
+    if type(value) is bool or not isinstance(value, int | float):
+        return None
+    if expected:
+        return expected
+    if isinstance(value, enum.Enum):
+        return " or ".join(describe_argument(member.value) for member in type(value))
+    return "a valid number" if isinstance(value, float) else "a valid integer"
+
+
+def _boolean_paths(value: Any) -> list[tuple[int | str, ...]]:
+    """The paths of the booleans inside ``value`` (its objects and arrays), in order.
+
+    A value shared, or holding itself, is followed once.
+    """
+    paths: list[tuple[int | str, ...]] = []
+    seen: set[int] = set()
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(value, ())]
+    while stack:
+        value, path = stack.pop()
+        if type(value) is bool:
+            paths.append(path)
+            continue
+        if not isinstance(value, dict | list | tuple) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        members = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend(reversed([(item, (*path, key)) for key, item in members]))
+    return paths
 
 
 def _validated_member(value: Any, key: int | str) -> Any:
@@ -271,7 +318,8 @@ class _Walker:
         # ids of the schemas in a candidates list -> the one list used for them (kept alive: ids are keys)
         self._interned: dict[tuple[int, ...], list[Any]] = {}
         # id of a candidates list (interned) -> (may be an object, may be an array, takes a number inside)
-        self._about: dict[int, tuple[bool, bool, bool]] = {}
+        # (and all of them ``_UNLISTED``: under a key the object does not list)
+        self._about: dict[int, tuple[bool, bool, bool, bool]] = {}
         # (id of a candidates list, object or array, key or index) -> (that list, kept alive so that its id
         # is not reused; the spread schemas of the member)
         self._inner: dict[tuple[int, str, Any], tuple[list[Any], list[Any]]] = {}
@@ -342,7 +390,13 @@ class _Walker:
                     any(_may_be(schema, "object") for schema in candidates),
                     any(_may_be(schema, "array") for schema in candidates),
                     self._holds_numbers(candidates),  # (not: an ``Any`` payload, a ``list[str]``)
+                    all(schema is _UNLISTED for schema in candidates),
                 )
+            if known[3]:
+                # under a key the object does not list (a field's name, another of its alias choices; or
+                # an extra key pydantic ignores): what pydantic made of it is looked at once validated
+                self.unsure[path] = _INSIDE
+                continue
             if not known[0 if isinstance(value, dict) else 1] or not known[2]:
                 continue  # not an object (an array) here: pydantic says so; or no number is taken inside
             if len(value) >= _SCANNED and not _holds_booleans(value):

@@ -15,13 +15,18 @@ problems:
    copy of the result (a large one decoded in a worker thread, in pieces), a text result the text itself;
 6. **rate limit** - at most ``rate_limit`` calls per sliding ``rate_window`` per tool (and per
    ``caller_key`` when one is given) - ``rate_limited`` with ``retry_after``;
-7. **run** - async tools are awaited on the loop, sync tools run in a worker thread of the manager's
-   own pool, under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` - ``timeout``.
-   An async tool is cancelled. A thread cannot be killed: a sync tool that times out keeps running in
-   its thread and its late result is discarded. An exception in the tool gives ``tool_error``, and so
-   does its own exit (``sys.exit``, argparse: ``SystemExit``), async or sync; an exit a signal handler
-   raises while it runs (the process stopping) propagates, as does the caller's cancellation (counted in
-   the statistics as a ``cancelled`` failure);
+7. **run** - async tools run on the loop in a task of their own (with a copy of the caller's context
+   variables, as sync tools have in their thread), sync tools in a worker thread of the manager's own
+   pool, under the effective timeout ``min(tool.timeout, config.max_tool_timeout)`` - ``timeout``.
+   An async tool is cancelled and given :attr:`ToolManager.cancel_grace` (0.5 s) to unwind; one that
+   ignores its cancellation is left running in its task (tracked, its end logged, counted in
+   ``get_tool_stats()["tasks"]["abandoned"]``, cancelled again by :meth:`ToolManager.cleanup`) and the
+   caller gets its ``timeout`` result all the same. A thread cannot be killed: a sync tool that times out
+   keeps running in its thread and its late result is discarded. An exception in the tool gives
+   ``tool_error`` (any ``BaseException`` it raises or awaits: ``GeneratorExit`` too), and so does its own
+   exit (``sys.exit``, argparse: ``SystemExit``), async or sync; an exit a signal handler raises while it
+   runs (the process stopping) propagates, as does the caller's cancellation (which cancels the tool,
+   waits the same grace for it, and is counted in the statistics as a ``cancelled`` failure);
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
@@ -38,7 +43,9 @@ tools never make storage I/O wait. A tool that timed out keeps its thread until 
 call waits for a thread inside its own timeout (timing out there, it did not run, and its error says so).
 The threads are daemon threads: a tool that never returns does not keep the process from exiting.
 
-The manager is meant for one event loop; it keeps no background task.
+The manager is meant for one event loop. Its only background tasks are async tools that ignored their
+cancellation: :meth:`ToolManager.cleanup` (or ``async with ToolManager() as tools``) cancels them again and
+waits a bounded time; ``EnhancedContextManager.cleanup()`` calls it.
 """
 
 from __future__ import annotations
@@ -513,6 +520,8 @@ class ToolManager(ToolRegistry):
         clock: Monotonic seconds for rate limits and cache expiry (tests pass a controllable clock).
         cache_size: How many tool results the LRU cache keeps.
         max_threads: The most threads sync tools run in at once (the manager's own pool).
+        cancel_grace: Seconds a cancelled async tool (its timeout, or its caller cancelled) is given to
+            unwind before the call returns without it (see :attr:`cancel_grace`); from 0 to 60.
 
     Example:
         >>> manager = ToolManager()
@@ -532,6 +541,7 @@ class ToolManager(ToolRegistry):
         clock: Callable[[], float] | None = None,
         cache_size: int = 1024,
         max_threads: int = 64,
+        cancel_grace: float = 0.5,
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
@@ -556,6 +566,10 @@ class ToolManager(ToolRegistry):
         self._limiter = SlidingWindowRateLimiter(self._clock)
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
+        self.cancel_grace = cancel_grace
+        # async tools that ignored their cancellation and still run (task -> tool name): referenced here so
+        # they are not collected mid-flight, and cancelled again by cleanup()
+        self._abandoned_tasks: dict[asyncio.Task[Any], str] = {}
         # per event loop (an asyncio.Lock is bound to the loop it first waits on: a second asyncio.run
         # would fail on it): the lock that asks a sync approval callback about one call at a time
         self._sync_approvals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -847,16 +861,23 @@ class ToolManager(ToolRegistry):
         if definition.timeout is not None and definition.timeout < timeout:
             timeout = definition.timeout
         function = definition.function
-        scope = asyncio.timeout(timeout)
-        thread_call: ThreadCall | None = None
-        try:
-            async with scope:
-                if definition.is_async:
-                    if model is None:
-                        value = await function(call_arguments)
-                    else:
-                        value = await function(**call_arguments)
-                else:
+        if definition.is_async:
+            outcome = await self._run_async_tool(
+                definition,
+                ((call_arguments,), {}) if model is None else ((), call_arguments),
+                timeout,
+                started,
+                call_id,
+                call_arguments,
+            )
+            if isinstance(outcome, ToolResult):
+                return outcome
+            value = outcome[0]
+        else:
+            scope = asyncio.timeout(timeout)
+            thread_call: ThreadCall | None = None
+            try:
+                async with scope:
                     if model is None:
                         thread_call = self._threads.start(function, (call_arguments,), {})
                     else:
@@ -864,69 +885,64 @@ class ToolManager(ToolRegistry):
                     value = await self._threads.wait(thread_call)
                     if inspect.isawaitable(value):  # a sync callable that returned a coroutine
                         value = await value
-        except TimeoutError as error:
-            if scope.expired():
-                if thread_call is None or thread_call.finished:  # async, or the coroutine a sync one returned
-                    late = ""
-                elif not thread_call.started:  # every thread is held (by hung calls, most likely)
-                    self._refund_rate_limit(definition, caller_key)  # it did not run
-                    threads = self._threads
-                    late = (
-                        f" waiting for a worker thread (all {threads.max_threads} are busy, "
-                        f"{threads.abandoned} with timed-out calls still running); it did not run"
+            except TimeoutError as error:
+                if scope.expired():
+                    if thread_call is None or thread_call.finished:  # the coroutine a sync one returned
+                        late = ""
+                    elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                        self._refund_rate_limit(definition, caller_key)  # it did not run
+                        threads = self._threads
+                        late = (
+                            f" waiting for a worker thread (all {threads.max_threads} are busy, "
+                            f"{threads.abandoned} with timed-out calls still running); it did not run"
+                        )
+                    else:
+                        late = " (its thread keeps running; a late result is discarded)"
+                    return self._fail(
+                        definition,
+                        ToolErrorType.TIMEOUT,
+                        f"tool {name!r} timed out after {timeout:g} s{late}",
+                        started,
+                        call_id,
                     )
-                else:
-                    late = " (its thread keeps running; a late result is discarded)"
-                return self._fail(
-                    definition,
-                    ToolErrorType.TIMEOUT,
-                    f"tool {name!r} timed out after {timeout:g} s{late}",
-                    started,
-                    call_id,
-                )
-            return self._tool_error(definition, error, started, call_id, call_arguments)
-        except Exception as error:
-            if scope.expired():
-                # the timeout cancelled the tool, whose clean-up raised an error of its own (a ``finally``
-                # closing a connection): it ran out of time, and that is what the model must read
-                return self._fail(
-                    definition,
-                    ToolErrorType.TIMEOUT,
-                    f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
-                    f"{_describe_error(error)})",
-                    started,
-                    call_id,
-                    call_arguments,
-                )
-            return self._tool_error(definition, error, started, call_id, call_arguments)
-        except BaseException as error:
-            # a CancelledError the tool raised itself (it awaited something cancelled), or a BaseException
-            # of its own, is the tool's failure; the call being cancelled, or the process stopping, is not
-            current = asyncio.current_task()
-            if isinstance(error, KeyboardInterrupt | SystemExit):
-                if _stops_the_process(error, current):
+                return self._tool_error(definition, error, started, call_id, call_arguments)
+            except Exception as error:
+                if scope.expired():
+                    # the timeout cancelled the coroutine a sync callable returned, whose clean-up raised
+                    return self._fail(
+                        definition,
+                        ToolErrorType.TIMEOUT,
+                        f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
+                        f"{_describe_error(error)})",
+                        started,
+                        call_id,
+                        call_arguments,
+                    )
+                return self._tool_error(definition, error, started, call_id, call_arguments)
+            except BaseException as error:
+                current = asyncio.current_task()
+                if isinstance(error, KeyboardInterrupt | SystemExit):
+                    if _stops_the_process(error, current):
+                        raise
+                    # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a thread
+                    exit_error = WorkerExit(error)
+                    exit_error.__cause__ = error
+                    return self._tool_error(definition, exit_error, started, call_id, call_arguments)
+                if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
+                    if thread_call is not None and not thread_call.started:  # it never runs
+                        self._refund_rate_limit(definition, caller_key)
+                    self._count_cancelled(definition, started)
                     raise
-                # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a sync tool
-                exit_error = WorkerExit(error)
-                exit_error.__cause__ = error
-                return self._tool_error(definition, exit_error, started, call_id, call_arguments)
-            if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
-                if thread_call is not None and not thread_call.started:  # it never runs
-                    self._refund_rate_limit(definition, caller_key)
-                self._count_cancelled(definition, started)
-                raise
-            return self._tool_error(definition, error, started, call_id, call_arguments)
-        if scope.expired():
-            # the timeout cancelled the tool, which caught the cancellation and returned anyway: it ran past
-            # its time all the same, and what it returned after being cancelled is not its answer
-            return self._fail(
-                definition,
-                ToolErrorType.TIMEOUT,
-                f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the value it "
-                "returned late is discarded)",
-                started,
-                call_id,
-            )
+                return self._tool_error(definition, error, started, call_id, call_arguments)
+            if scope.expired():
+                return self._fail(
+                    definition,
+                    ToolErrorType.TIMEOUT,
+                    f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the value it "
+                    "returned late is discarded)",
+                    started,
+                    call_id,
+                )
 
         text: str
         pieces: Any = None
@@ -977,6 +993,204 @@ class ToolManager(ToolRegistry):
         if pieces is not TEXT_RESULT:
             result._keep_text(value, text)  # to_content() gives this text: the result is not encoded again
         return result
+
+    async def _run_async_tool(
+        self,
+        definition: ToolDefinition,
+        arguments: tuple[tuple[Any, ...], dict[str, Any]],
+        seconds: float,
+        started: float,
+        call_id: str | None,
+        call_arguments: Mapping[str, Any],
+    ) -> ToolResult | tuple[Any]:
+        """Run an async tool in a task of its own for at most ``seconds``: ``(value,)`` or a failure.
+
+        The caller waits on a future the tool's task resolves, never on the tool itself: a tool that swallows
+        its cancellation cannot hold the caller. At the timeout the task is cancelled and given
+        :attr:`cancel_grace` seconds to unwind; one still running then is left to run, tracked (see
+        :meth:`cleanup`). The caller cancelled, the tool is cancelled too (and given the same grace) before
+        the caller's cancellation propagates.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        args, kwargs = arguments
+        task = loop.create_task(_run_tool(definition.function, args, kwargs, waiter))
+        timer = loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # the caller is cancelled (wait_for, a TaskGroup): so is the tool, which may clean up meanwhile
+            task.cancel()
+            await self._unwind(definition, task, loop)
+            self._count_cancelled(definition, started)
+            raise
+        finally:
+            timer.cancel()
+        if task.done():
+            if task.cancelled():  # it cancelled its own task (asyncio.current_task().cancel())
+                error = asyncio.CancelledError()
+                return self._tool_error(definition, error, started, call_id, call_arguments)
+            outcome: tuple[bool, Any] = task.result()
+            return self._async_outcome(definition, outcome, started, call_id, call_arguments)
+        # the timeout: the tool is cancelled, and waited for a little (its clean-up: closing a connection)
+        task.cancel()
+        cancelled_at = loop.time()
+        timed_out = f"tool {definition.name!r} timed out after {seconds:g} s"
+        try:
+            unwound = await _wait_for_task(task, self._cancel_grace, loop)
+        except asyncio.CancelledError:  # the caller's own cancellation cut the grace short
+            self._leave_running(definition, task, loop.time() - cancelled_at)
+            self._count_cancelled(definition, started)
+            raise
+        if not unwound:
+            self._leave_running(definition, task, loop.time() - cancelled_at)
+            return self._fail(
+                definition,
+                ToolErrorType.TIMEOUT,
+                f"{timed_out} (it ignored its cancellation and is left running; a late result is discarded)",
+                started,
+                call_id,
+            )
+        if task.cancelled():
+            return self._fail(definition, ToolErrorType.TIMEOUT, timed_out, started, call_id)
+        succeeded, value = task.result()
+        if succeeded:
+            # it caught the cancellation and returned anyway: it ran past its time all the same, and what it
+            # returned after being cancelled is not its answer
+            message = f"{timed_out} (it ignored its cancellation; the value it returned late is discarded)"
+            return self._fail(definition, ToolErrorType.TIMEOUT, message, started, call_id)
+        if isinstance(value, asyncio.CancelledError):  # cancelled, it raised a CancelledError of its own
+            return self._fail(definition, ToolErrorType.TIMEOUT, timed_out, started, call_id)
+        # the timeout cancelled the tool, whose clean-up raised an error of its own (a ``finally`` closing a
+        # connection): it ran out of time, and that is what the model must read
+        return self._fail(
+            definition,
+            ToolErrorType.TIMEOUT,
+            f"{timed_out} (cancelled, it raised {_describe_error(value)})",
+            started,
+            call_id,
+            call_arguments,
+        )
+
+    def _async_outcome(
+        self,
+        definition: ToolDefinition,
+        outcome: tuple[bool, Any],
+        started: float,
+        call_id: str | None,
+        call_arguments: Mapping[str, Any],
+    ) -> ToolResult | tuple[Any]:
+        """``(value,)`` of a tool that returned in time, or the failed result of one that raised."""
+        succeeded, value = outcome
+        if succeeded:
+            return (value,)
+        error: BaseException = value
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            if _stops_the_process(error, asyncio.current_task()):
+                raise error
+            # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a sync tool
+            exit_error = WorkerExit(error)
+            exit_error.__cause__ = error
+            error = exit_error
+        # any other exception, a CancelledError the tool raised itself (it awaited something cancelled), a
+        # GeneratorExit it awaited: the tool's failure
+        return self._tool_error(definition, error, started, call_id, call_arguments)
+
+    async def _unwind(
+        self, definition: ToolDefinition, task: asyncio.Task[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Give a cancelled tool :attr:`cancel_grace` seconds to unwind; leave it running after that.
+
+        A further cancellation of the caller stops the wait (the caller's own cancellation is raised by
+        the caller afterwards).
+        """
+        cancelled_at = loop.time()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _wait_for_task(task, self._cancel_grace, loop)
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # retrieved (a process-stopping exit propagated from the loop already)
+        else:
+            self._leave_running(definition, task, loop.time() - cancelled_at)
+
+    def _leave_running(self, definition: ToolDefinition, task: asyncio.Task[Any], waited: float) -> None:
+        """Track a tool that ignored its cancellation: kept referenced, its end logged, counted in stats.
+
+        ``waited``: the seconds it was given (the grace, or less when the caller's cancellation cut it short).
+        """
+        self._abandoned_tasks[task] = definition.name
+        task.add_done_callback(self._abandoned_task_ended)
+        logger.warning(
+            "tool %r ignored its cancellation for %.3g s; it is left running in its task "
+            "(cleanup() cancels it again)",
+            definition.name,
+            waited,
+        )
+
+    def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
+        name = self._abandoned_tasks.pop(task, "?")
+        if task.cancelled():
+            logger.debug("abandoned tool %r ended, cancelled", name)
+            return
+        error = task.exception()
+        if error is None:
+            succeeded, value = task.result()
+            if succeeded:
+                logger.debug("abandoned tool %r ended; its late result is discarded", name)
+                return
+            error = value
+        definition = self._tools.get(name)
+        traceback = None if definition is None or definition.sensitive_arguments else error
+        logger.warning("abandoned tool %r ended raising %s", name, type(error).__name__, exc_info=traceback)
+
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a cancelled async tool is given to unwind before its caller is answered without it.
+
+        At its timeout (or its caller's cancellation) a tool is cancelled and waited for this long, so its
+        clean-up (closing a connection, its subtasks) is done before the result comes back; a tool still
+        running then (one that swallows cancellations) is left running in its task, counted in
+        ``get_tool_stats()["tasks"]["abandoned"]``, and cancelled again by :meth:`cleanup`.
+        """
+        return self._cancel_grace
+
+    @cancel_grace.setter
+    def cancel_grace(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 60:
+            raise InvalidArgumentError("cancel_grace", value, "seconds, a number from 0 to 60")
+        self._cancel_grace = float(value)
+
+    async def cleanup(self, *, wait: float = 1.0) -> None:
+        """Cancel again the tools left running after ignoring a cancellation; wait up to ``wait`` seconds.
+
+        A tool still running after that is logged (a warning naming it) and stays tracked. Safe to call
+        more than once; the manager stays usable.
+
+        Raises:
+            InvalidArgumentError: ``wait`` is not a number >= 0.
+        """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise InvalidArgumentError("wait", wait, "seconds, a number >= 0")
+        loop = asyncio.get_running_loop()
+        tasks = [task for task in self._abandoned_tasks if task.get_loop() is loop]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=wait)
+        if pending:
+            names = sorted({self._abandoned_tasks.get(task, "?") for task in pending})
+            logger.warning(
+                "%d tool task(s) still running after cleanup (they ignore cancellation): %s",
+                len(pending),
+                ", ".join(map(repr, names)),
+            )
+
+    async def __aenter__(self) -> ToolManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cleanup()
 
     def _refund_rate_limit(self, definition: ToolDefinition, caller_key: str | None) -> None:
         """Give back the rate-limit slot of a call that was admitted but never ran (no thread took it)."""
@@ -1248,7 +1462,8 @@ class ToolManager(ToolRegistry):
         (``asyncio.wait_for``, ``task.cancel()``) is a failure of type ``cancelled``.
         ``rate_limit_keys``: (tool, caller_key) pairs the rate limiter tracks (bounded: expired ones
         are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
-        ``abandoned`` (timed-out calls still running in their thread) and ``max``.
+        ``abandoned`` (timed-out calls still running in their thread) and ``max``. ``tasks``:
+        ``abandoned``, the async tools that ignored their cancellation and still run in their task.
         """
         tools = {name: stats.as_dict() for name, stats in self._stats.items()}
         return {
@@ -1262,6 +1477,7 @@ class ToolManager(ToolRegistry):
                 "abandoned": self._threads.abandoned,
                 "max": self._threads.max_threads,
             },
+            "tasks": {"abandoned": len(self._abandoned_tasks)},
             "tools": tools,
         }
 
@@ -1320,6 +1536,66 @@ def _stops_the_process(error: BaseException, current: asyncio.Task[Any] | None) 
             return True
         frames = frames.tb_next
     return False
+
+
+async def _run_tool(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], waiter: asyncio.Future[None]
+) -> tuple[bool, Any]:
+    """The body of an async tool's task: ``(True, value)`` or ``(False, exception)``; resolves ``waiter``.
+
+    Whatever the tool raises is its outcome, not the task's exception: a ``GeneratorExit`` it awaited (which
+    the loop would throw into the outermost coroutine), its own ``sys.exit``. A cancellation of the task
+    itself propagates; an exit a signal handler raised (the process stopping) is raised in the caller (or,
+    with nobody waiting, out of the loop).
+    """
+    # (the failure is returned from its ``except``, never kept in a local: its traceback holds this frame,
+    # and the cycle would keep the call's arguments until the garbage collector ran)
+    try:
+        value = await function(*args, **kwargs)
+    except asyncio.CancelledError as error:
+        _wake(waiter)
+        if _cancelling():  # cancelled by its caller or its timeout
+            raise
+        return False, error  # a CancelledError of its own (it awaited something cancelled)
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt | SystemExit) and _stops_the_process(error, None):
+            if waiter.done():  # nobody waits for it (left running): out of the loop, as from any task
+                raise
+            waiter.set_exception(error)  # raised in the caller, as when the tool ran in the caller's task
+        _wake(waiter)
+        return False, error
+    _wake(waiter)
+    return True, value
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (a request not yet taken back)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait_for_task(task: asyncio.Task[Any], seconds: float, loop: asyncio.AbstractEventLoop) -> bool:
+    """Wait at most ``seconds`` for ``task`` to end, without cancelling it; whether it ended."""
+    if task.done():
+        return True
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def ended(_: object = None) -> None:
+        _wake(waiter)
+
+    task.add_done_callback(ended)
+    timer = loop.call_later(seconds, ended)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(ended)
+    return task.done()
 
 
 def _seconds(value: float) -> str:

@@ -1,0 +1,420 @@
+"""Async tools run in a task of their own: a tool that swallows its cancellation cannot hold its caller.
+
+Each tool here that ignores cancellation is released by the test after a few seconds at most (a
+``call_later``), so on code that waited for such a tool the test fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import gc
+import logging
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from context_manager.core.config import ContextManagerConfig
+from context_manager.core.enhanced_context_manager import EnhancedContextManager
+from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.tool_system import ToolErrorType, ToolManager
+
+RELEASE_AFTER = 3.0  # seconds after which a stubborn tool is let go (the old code's callers waited for it)
+
+
+def stubborn_tool(release: asyncio.Event, swallowed: list[int]) -> Any:
+    """An async tool that swallows every cancellation until ``release`` is set, then returns."""
+
+    async def stubborn() -> str:
+        while True:
+            try:
+                await release.wait()
+                return "late answer"
+            except BaseException:  # noqa: BLE001 - the misbehaviour under test
+                swallowed.append(1)
+
+    return stubborn
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reaches the loop's exception handler ("Task exception was never retrieved", ...)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    yield seen
+    loop.set_exception_handler(previous)
+
+
+async def wait_until_no_abandoned_task(manager: ToolManager) -> None:
+    for _ in range(300):
+        if not manager.get_tool_stats()["tasks"]["abandoned"]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the abandoned tool task did not end")
+
+
+async def test_a_tool_that_swallows_every_cancellation_times_out_within_its_grace(
+    caplog: pytest.LogCaptureFixture, loop_errors: list[dict[str, Any]]
+) -> None:
+    release = asyncio.Event()
+    swallowed: list[int] = []
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager()  # the default grace: 0.5 s
+    manager.register_function_tool("stubborn", stubborn_tool(release, swallowed), "Stubborn", timeout=0.1)
+    caplog.set_level(logging.WARNING, logger="context_manager.core.tool_system.manager")
+    started = time.perf_counter()
+    result = await manager.execute_tool("stubborn")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.5  # 0.1 s timeout + 0.5 s grace (the old code: until the tool chose to end, 3 s)
+    assert result.error_type is ToolErrorType.TIMEOUT
+    assert result.error == (
+        "tool 'stubborn' timed out after 0.1 s (it ignored its cancellation and is left running; "
+        "a late result is discarded)"
+    )
+    assert swallowed == [1]
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 1}
+    assert manager.get_tool_stats()["tools"]["stubborn"]["errors"] == {"timeout": 1}
+    assert any("'stubborn' ignored its cancellation" in record.getMessage() for record in caplog.records)
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert loop_errors == []
+
+
+async def test_cleanup_cancels_left_running_tools_again_within_its_bound(
+    caplog: pytest.LogCaptureFixture, loop_errors: list[dict[str, Any]]
+) -> None:
+    cleaned_up = asyncio.Event()
+
+    async def ignores_once() -> str:
+        with contextlib.suppress(asyncio.CancelledError):  # ignores the first cancellation, not the second
+            await asyncio.sleep(30)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned_up.set()
+        return "never"
+
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.05)
+    manager.register_function_tool("ignores_once", ignores_once, "Ignores once", timeout=0.05)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.05)
+    first = await manager.execute_tool("ignores_once")
+    second = await manager.execute_tool("stubborn")
+    assert (first.error_type, second.error_type) == (ToolErrorType.TIMEOUT, ToolErrorType.TIMEOUT)
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 2}
+    caplog.set_level(logging.WARNING, logger="context_manager.core.tool_system.manager")
+    started = time.perf_counter()
+    await manager.cleanup(wait=0.2)
+    assert time.perf_counter() - started < 1.5  # bounded although one tool never honours a cancellation
+    assert cleaned_up.is_set()
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 1}  # the stubborn one, still tracked
+    assert any(
+        "still running after cleanup" in record.getMessage() and "'stubborn'" in record.getMessage()
+        for record in caplog.records
+    )
+    release.set()
+    async with manager:  # cleanup() again: nothing left, returns at once
+        pass
+    await wait_until_no_abandoned_task(manager)
+    assert loop_errors == []
+
+
+async def test_a_cancelled_caller_cancels_the_tool_and_gets_its_cancellation() -> None:
+    tool_cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hangs() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # clean-up is awaited before the caller's cancellation propagates
+            tool_cancelled.set()
+            raise
+        return "never"
+
+    manager = ToolManager()
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=10)
+    caller = asyncio.create_task(manager.execute_tool("hangs"))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert tool_cancelled.is_set()
+    assert manager.get_tool_stats()["tools"]["hangs"]["errors"] == {"cancelled": 1}
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 0}
+
+
+async def test_a_cancelled_caller_is_not_held_by_a_tool_that_swallows_it() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager()
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=10)
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(manager.execute_tool("stubborn"), 0.1)
+    assert time.perf_counter() - started < 1.5  # the old code: until the tool ended, 3 s
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 1}
+    assert manager.get_tool_stats()["tools"]["stubborn"]["errors"] == {"cancelled": 1}
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+async def test_a_task_group_cancelling_its_children_cancels_their_tools() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hangs() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return "never"
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("sibling failed")
+
+    manager = ToolManager()
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=10)
+    with pytest.raises(ExceptionGroup) as raised:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(manager.execute_tool("hangs"))
+            group.create_task(fails())
+    assert [type(error) for error in raised.value.exceptions] == [ValueError]
+    assert cancelled.is_set()
+    assert manager.get_tool_stats()["tools"]["hangs"]["errors"] == {"cancelled": 1}
+
+
+@pytest.mark.parametrize("raised", [GeneratorExit(), type("Custom", (BaseException,), {})("odd")])
+async def test_a_base_exception_a_tool_awaits_is_a_failed_result(raised: BaseException) -> None:
+    async def awaits_it() -> str:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        loop.call_soon(future.set_exception, raised)  # set while the tool waits: thrown into its task
+        return await future
+
+    manager = ToolManager()
+    manager.register_function_tool("awaits_it", awaits_it, "Awaits a failed future")
+    result = await manager.execute_tool("awaits_it")
+    assert result.error_type is ToolErrorType.TOOL_ERROR
+    assert result.error == f"tool 'awaits_it' raised {type(raised).__name__}" + (
+        f": {raised}" if str(raised) else ""
+    )
+    assert manager.get_tool_stats()["tools"]["awaits_it"]["errors"] == {"tool_error": 1}
+
+
+async def test_a_left_running_tool_never_cancels_its_former_caller() -> None:
+    """The tool's own ``asyncio.timeout`` fires after its caller moved on: only the tool is cancelled."""
+
+    async def own_timeout() -> str:
+        with contextlib.suppress(asyncio.CancelledError):  # ignores the timeout's cancellation
+            await asyncio.sleep(30)
+        try:
+            async with asyncio.timeout(0.2):
+                await asyncio.sleep(30)
+        except TimeoutError:
+            return "gave up"
+        return "never"
+
+    manager = ToolManager(cancel_grace=0.05)
+    manager.register_function_tool("own_timeout", own_timeout, "Own timeout", timeout=0.05)
+    result = await manager.execute_tool("own_timeout")
+    assert result.error_type is ToolErrorType.TIMEOUT
+    await asyncio.sleep(0.4)  # the tool's timeout fires meanwhile: this caller is not cancelled
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 0}
+
+
+async def test_a_tool_with_its_own_timeout_and_subtasks_finishes_its_clean_up_first() -> None:
+    subtask_cleaned = asyncio.Event()
+
+    async def child() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.01)
+            subtask_cleaned.set()
+
+    async def spawns() -> str:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(30)
+        except TimeoutError:
+            pass  # its own timeout, handled
+        async with asyncio.TaskGroup() as group:
+            group.create_task(child())
+        return "never"
+
+    manager = ToolManager()
+    manager.register_function_tool("spawns", spawns, "Spawns", timeout=0.2)
+    result = await manager.execute_tool("spawns")
+    assert result.error == "tool 'spawns' timed out after 0.2 s"
+    assert subtask_cleaned.is_set()  # awaited by the tool's TaskGroup before the result came back
+
+
+async def test_a_tool_sees_the_callers_context_variables_and_its_changes_stay_its_own() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+    async def reads_and_sets() -> str:
+        seen = request_id.get()
+        request_id.set("set by the tool")
+        return seen
+
+    manager = ToolManager()
+    manager.register_function_tool("reads_and_sets", reads_and_sets, "Context")
+    request_id.set("caller's")
+    result = await manager.execute_tool("reads_and_sets")
+    assert result.result == "caller's"
+    assert request_id.get() == "caller's"  # as with a sync tool in its thread, or asyncio.create_task
+
+
+async def test_an_httpx_request_cut_by_the_timeout_cleans_up_in_its_task(
+    loop_errors: list[dict[str, Any]],
+) -> None:
+    httpx = pytest.importorskip("httpx")
+
+    finished = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            if request.startswith(b"GET /slow"):
+                await finished.wait()  # never answers in time
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the client gave up (httpx closing the connection it cut)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def fetch(path: str) -> str:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get(path)
+            return str(response.text)
+
+    manager = ToolManager()
+    manager.register_function_tool("fetch", fetch, "Fetch", timeout=0.2)
+    try:
+        slow = await manager.execute_tool("fetch", path="/slow")
+        fast = await manager.execute_tool("fetch", path="/fast")
+    finally:
+        finished.set()
+        server.close()
+    # anyio's clean-up ran in the task that entered its cancel scopes: no "different task" error
+    assert slow.error == "tool 'fetch' timed out after 0.2 s"
+    assert (fast.success, fast.result) == (True, "ok")
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 0}
+    assert loop_errors == []
+
+
+async def test_the_context_managers_cleanup_cancels_left_running_tools(tmp_path: Path) -> None:
+    ended = asyncio.Event()
+
+    async def ignores_once() -> str:
+        with contextlib.suppress(asyncio.CancelledError):  # ignores the timeout's cancellation
+            await asyncio.sleep(30)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.set()
+        return "never"
+
+    config = ContextManagerConfig(cache_path=tmp_path, max_tool_timeout=0.05)
+    async with EnhancedContextManager(config) as manager:
+        tools = manager.tool_manager
+        tools.cancel_grace = 0.05
+        tools.register_function_tool("ignores_once", ignores_once, "Ignores once")
+        result = await manager.execute_tool("ignores_once")
+        assert result.error_type is ToolErrorType.TIMEOUT
+        assert tools.get_tool_stats()["tasks"] == {"abandoned": 1}
+    assert ended.is_set()
+    assert tools.get_tool_stats()["tasks"] == {"abandoned": 0}
+
+
+def test_cancel_grace_is_checked() -> None:
+    allowed = "allowed seconds, a number from 0 to 60"
+    with pytest.raises(InvalidArgumentError, match=f"cancel_grace: got -1; {allowed}"):
+        ToolManager(cancel_grace=-1)
+    manager = ToolManager()
+    with pytest.raises(InvalidArgumentError, match=f"cancel_grace: got True; {allowed}"):
+        manager.cancel_grace = True  # type: ignore[assignment]
+    assert manager.cancel_grace == 0.5
+
+
+async def test_a_caller_cancelled_during_the_grace_logs_the_time_the_tool_was_given(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller's own timeout cut the grace short (0.2 s of 5): the warning said the tool "ignored its
+    cancellation for 5 s"; it says how long it was waited for."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=5)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.1)
+    caplog.set_level(logging.WARNING, logger="context_manager.core.tool_system.manager")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await manager.execute_tool("stubborn")
+    (warning,) = [record.getMessage() for record in caplog.records if "ignored its" in record.getMessage()]
+    assert re.search(r"'stubborn' ignored its cancellation for 0\.\d+ s;", warning), warning
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+class _Payload:
+    """An argument a failing tool is given (weakly referenced by the test)."""
+
+
+async def test_a_failed_calls_arguments_are_freed_when_it_returns() -> None:
+    """The failure was kept in a local of the tool's finished task, whose traceback holds that frame: a
+    cycle, so the exception, its frames and the call's arguments (a large payload) stayed in memory until
+    the garbage collector ran; they are freed when the call returns, as before tools had their own task."""
+
+    async def fails(payload: Any) -> str:
+        """Fails.
+
+        Args:
+            payload: Anything.
+        """
+        raise ValueError("refused")
+
+    async def own_cancellation(payload: Any) -> str:
+        """Awaits something cancelled.
+
+        Args:
+            payload: Anything.
+        """
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return str(await future)
+
+    manager = ToolManager()
+    manager.register_function_tool("fails", fails, "Fails")
+    manager.register_function_tool("own_cancellation", own_cancellation, "Own cancellation")
+    gc.collect()
+    gc.disable()
+    try:
+        for name in ("fails", "own_cancellation"):
+            payload = _Payload()
+            freed = weakref.ref(payload)
+            result = await manager.execute_tool(name, payload=payload)
+            assert result.error_type is ToolErrorType.TOOL_ERROR
+            del payload, result
+            assert freed() is None, name
+    finally:
+        gc.enable()
