@@ -287,3 +287,36 @@ async def _clear(dsn: str) -> None:
         row = await table.fetchone()
         if row is not None and row[0]:
             await connection.execute("DELETE FROM cm_memories")
+
+
+async def _access_count(dsn: str, memory_id: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT access_count FROM cm_memories WHERE id = %s", (memory_id,))
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_a_cancelled_access_count_flush_is_counted_once_by_a_later_flush(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A flush of search accesses cancelled anywhere (before, during or after its commit) loses no access and
+    counts none twice: the next flush adds the batch unless the cancelled attempt committed it. Each round
+    searches once, flushes cancelled at its k-th suspension, then flushes again; the stored count is then the
+    number of rounds. The batch was dropped when the flush was cancelled (the count stayed behind)."""
+    await _clear(shared_dsn)
+    manager = MemoryManager(_config(shared_dsn, tmp_path / "storage"))
+    await manager.initialize()
+    try:
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.9, tier="long")
+        for at in range(1, _MAX_SUSPENSIONS):
+            assert [found.id for found in await manager.search_memory("walrus")] == [memory.id]
+            done = await _run_cancelled_at(manager.flush, at)
+            await manager.flush()
+            assert await _access_count(shared_dsn, memory.id) == at, f"cancelled at suspension {at}"
+            assert await manager.get_memory("no-such-memory") is None, at
+            if done:
+                return
+        pytest.fail("the flush never completed")
+    finally:
+        await manager.close()

@@ -14,12 +14,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import TIER_ORDER, AccessCounter, tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
+from context_manager.core.threads import to_the_end, to_the_end_once_begun
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -171,6 +172,16 @@ class TierMovement(ManagerState):
             levels.append(level)
             parents = {copy.id: copy for copy in level if copy.merged_from}
         return [copy for level in reversed(levels) for copy in level]
+
+    async def _to_its_end(self, what: str, work: asyncio.Future[Any], begun: Callable[[], bool]) -> Any:
+        """Await ``work`` to its end even if cancelled (on a shared storage, once ``begun()``); its result.
+
+        Before ``begun()`` a cancellation rolls a shared storage's transaction back: see
+        :func:`to_the_end_once_begun`.
+        """
+        if self._require(what).shared:
+            return await to_the_end_once_begun(work, begun)
+        return await to_the_end(work)
 
     async def _forget(self, deleted: Sequence[Memory]) -> None:
         """Erase what remains of deleted memories now in no tier (call with the write lock, after deleting).
@@ -399,16 +410,26 @@ class TierMovement(ManagerState):
             await self._flush_touches_locked()
 
     async def _flush_touches_locked(self) -> None:
+        backend = self._require("flush")
+        if isinstance(backend, AccessCounter):
+            await self._add_unsettled_accesses(backend)
         if not self._pending_touches:
             return
-        backend = self._require("flush")
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
         if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
-            await backend.add_accesses(
-                {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
-            )
+            batch = {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
+            attempts: list[str] = []
+            try:
+                await backend.add_accesses(batch, attempts)
+            except (asyncio.CancelledError, StorageError):
+                # cancelled (a caller's timeout, a close) or failed: maybe committed, maybe not. Kept with
+                # the ids of the transactions that tried, for the next flush, which asks the server whether
+                # one of them committed: added once, never lost, never twice
+                self._unsettled_accesses.append((batch, attempts))
+                self._touched_volatile.update(volatile)
+                raise
         else:
             await backend.touch({memory_id: (at, count) for memory_id, (at, count, _, _) in pending.items()})
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
@@ -427,6 +448,17 @@ class TierMovement(ManagerState):
         ]
         if hot:
             await self._move_to_long(hot)
+
+    async def _add_unsettled_accesses(self, backend: AccessCounter) -> None:
+        """Add the batches of accesses earlier flushes left unsettled (:meth:`_flush_touches_locked`).
+
+        Each is retried with the ids of its earlier attempts (written once even if one of them committed),
+        oldest first; one that fails again stays for the next flush.
+        """
+        while self._unsettled_accesses:
+            batch, attempts = self._unsettled_accesses[0]
+            await backend.add_accesses(batch, attempts)
+            self._unsettled_accesses.pop(0)
 
     def _maybe_compact(self) -> None:
         backend = self._backend
