@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
@@ -273,3 +275,35 @@ async def test_a_consolidation_cancelled_while_embedding_its_merge_does_not_wait
     async with MemoryManager(config, embedder=embedder) as reopened:
         assert reopened.backend is not None
         assert set(await reopened.backend.vectors_of(list(merged_ids))) == merged_ids  # embedded at the open
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_add_cancelled_while_embedding_gets_its_vector_soon_after(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """An add cancelled while its memory was embedded (a caller's timeout during a slow model call) stored
+    the memory without its vector until the store was next opened: found by its words only meanwhile. Its
+    vector is now made in the background once the embedder is free, while the manager stays open."""
+    config = _config(tmp_path)
+    if backend == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        config = ContextManagerConfig(storage_path=tmp_path, memory_backend="postgres", postgres_dsn=dsn)
+    embedder = _GatedEmbedder()
+    async with MemoryManager(config, embedder=embedder) as memory:
+        assert memory.backend is not None
+        embedder.armed = True
+        started = time.perf_counter()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(memory.add_memory("the night ferry leaves at nine"), 0.3)
+            waited = time.perf_counter() - started
+        finally:
+            embedder.armed = False
+            embedder.gate.set()
+        assert waited < 2.5, f"the caller waited {waited:.1f} s for its 0.3 s timeout"
+        stored = [copy.id for copy in await memory.backend.scan(None, every_copy=False)]
+        assert len(stored) == 1  # the add was stored (its vector is not part of the write)
+        deadline = time.perf_counter() + 10
+        while not await memory.backend.vectors_of(stored):
+            assert time.perf_counter() < deadline, "the memory was never embedded while the manager was open"
+            await asyncio.sleep(0.05)

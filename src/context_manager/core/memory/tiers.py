@@ -410,8 +410,10 @@ class TierMovement(ManagerState):
             await self._flush_touches_locked()
 
     async def _flush_touches_locked(self) -> None:
+        if not self._pending_touches and not self._unsettled_accesses:
+            return
         backend = self._require("flush")
-        if isinstance(backend, AccessCounter):
+        if self._unsettled_accesses and isinstance(backend, AccessCounter):
             await self._add_unsettled_accesses(backend)
         if not self._pending_touches:
             return
@@ -524,8 +526,45 @@ class TierMovement(ManagerState):
         self._embedded_ahead = (embedder, known)
 
     async def _embed_and_store(self, memories: Sequence[Memory]) -> None:
+        """Embed stored memories and save their vectors; cancelled, a background task does it soon after."""
         if not memories or self.embedder is None:
             return
+        try:
+            await self._embed_and_save(memories)
+        except asyncio.CancelledError:
+            # the memories are stored: found by their words meanwhile, by their meaning once embedded (they
+            # waited for the next open of the store)
+            self._embed_later(memories)
+            raise
+
+    def _embed_later(self, memories: Sequence[Memory]) -> None:
+        """Have :meth:`_embed_unembedded` embed ``memories`` in the background (once the writer is done)."""
+        if self._state != "ready" or self._closing:
+            return  # the next open of the store embeds them
+        self._unembedded.update(dict.fromkeys(memory.id for memory in memories))
+        task = self._embed_task
+        if task is None or task.done():
+            self._embed_task = self._spawn(self._embed_unembedded())
+
+    async def _embed_unembedded(self) -> None:
+        """Embed the memories a cancelled write left without their vector, as they are stored now.
+
+        Under the write lock, a batch at a time: a memory deleted meanwhile is skipped, one changed since is
+        embedded with its new text.
+        """
+        while self._unembedded:
+            async with self._write_lock:
+                if self._state != "ready" or self.embedder is None:
+                    return
+                ids = list(itertools.islice(self._unembedded, _EMBED_BATCH))
+                for memory_id in ids:
+                    del self._unembedded[memory_id]
+                stored = await self._get_many(ids)
+                if stored:
+                    await self._embed_and_save([stored[i] for i in ids if i in stored])
+
+    async def _embed_and_save(self, memories: Sequence[Memory]) -> None:
+        assert self.embedder is not None
         texts = [memory.content for memory in memories]
         ahead = self._embedded_ahead
         try:
@@ -554,7 +593,7 @@ class TierMovement(ManagerState):
         backend = self._require("vectors")
         missing = await backend.open_vectors(self._embedding_model(), int(self.embedder.dimension))
         for start in range(0, len(missing), _EMBED_BATCH):
-            await self._embed_and_store(missing[start : start + _EMBED_BATCH])
+            await self._embed_and_save(missing[start : start + _EMBED_BATCH])
 
     async def _cosine_function(self, memories: Sequence[Memory]) -> Callable[[str, str], float | None]:
         vectors = await self._require("vectors").vectors_of([memory.id for memory in memories])
