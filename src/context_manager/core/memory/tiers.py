@@ -549,23 +549,54 @@ class TierMovement(ManagerState):
     async def _embed_unembedded(self) -> None:
         """Embed the memories a cancelled write left without their vector, as they are stored now.
 
-        Under the write lock, a batch at a time: a memory deleted meanwhile is skipped, one changed since is
-        embedded with its new text.
+        A batch at a time, embedded without the write lock (a slow model call holds up no write, and
+        ``close()`` cancels it: the next open embeds what is left); the vectors are saved under the lock,
+        only for the memories still stored with the text embedded (one updated meanwhile has the vector
+        its update made, one deleted meanwhile gets none).
         """
-        while self._unembedded:
-            async with self._write_lock:
-                if self._state != "ready" or self.embedder is None:
-                    return
-                ids = list(itertools.islice(self._unembedded, _EMBED_BATCH))
-                for memory_id in ids:
-                    del self._unembedded[memory_id]
-                stored = await self._get_many(ids)
-                if stored:
-                    await self._embed_and_save([stored[i] for i in ids if i in stored])
+        while self._unembedded and self._state == "ready" and not self._closing and self.embedder is not None:
+            ids = list(itertools.islice(self._unembedded, _EMBED_BATCH))
+            for memory_id in ids:
+                del self._unembedded[memory_id]
+            memories = list((await self._get_many(ids)).values())
+            texts = [memory.content for memory in memories]  # the stored objects may change meanwhile
+            vectors = await self._vectors_of_texts(texts, len(memories)) if memories else None
+            if vectors is None:
+                continue
+            # saved in a task of its own: a close() cancelling this one waits for the save to end
+            await to_the_end(asyncio.ensure_future(self._save_unchanged(memories, texts, vectors)))
+
+    async def _save_unchanged(self, memories: Sequence[Memory], texts: Sequence[str], vectors: Any) -> None:
+        """Save the vectors of the memories still stored with the text they were made of."""
+        async with self._write_lock:
+            if self._state != "ready" or self.embedder is None:
+                return
+            now = await self._get_many([memory.id for memory in memories])
+            kept = [
+                position
+                for position, memory in enumerate(memories)
+                if memory.id in now and now[memory.id].content == texts[position]
+            ]
+            if kept:
+                await self._require("embed").save_vectors(
+                    self._embedding_model(), [memories[i] for i in kept], vectors[kept]
+                )
+
+    def _stop_embedding_later(self) -> None:
+        """Cancel the background embedding (``close()``): the next open embeds what it left."""
+        task = self._embed_task
+        if task is not None and not task.done():
+            task.cancel()
+        self._unembedded.clear()
 
     async def _embed_and_save(self, memories: Sequence[Memory]) -> None:
+        vectors = await self._vectors_of_texts([memory.content for memory in memories], len(memories))
+        if vectors is not None:
+            await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
+
+    async def _vectors_of_texts(self, texts: Sequence[str], count: int) -> Any:
+        """The vectors of ``texts`` (those of ``count`` stored memories); ``None`` if the embedder failed."""
         assert self.embedder is not None
-        texts = [memory.content for memory in memories]
         ahead = self._embedded_ahead
         try:
             if ahead is not None and ahead[0] is self.embedder:
@@ -574,19 +605,17 @@ class TierMovement(ManagerState):
                 known = ahead[1]
                 missing = list(dict.fromkeys(text for text in texts if text not in known))
                 made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
-                vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
-            else:
-                vectors = await self._embed(texts)
+                return numpy.stack([known[text] if text in known else made[text] for text in texts])
+            return await self._embed(list(texts))
         except Exception as error:
             # the memories are stored already: the write succeeded; their vectors are made when a manager
             # next opens this store with this embedder (the vector channel catches up then)
             embedder_failed(
                 error,
-                f"{len(memories)} memories stored without their vectors (found by their words; embedded "
+                f"{count} memories stored without their vectors (found by their words; embedded "
                 "when the store is next opened with this embedder)",
             )
-            return
-        await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
+            return None
 
     async def _load_vectors(self) -> None:
         assert self.embedder is not None
