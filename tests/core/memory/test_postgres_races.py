@@ -944,28 +944,15 @@ async def test_a_timeout_while_another_process_holds_the_row_cuts_the_wait_short
     config = postgres_config(postgres_dsn)
     async with MemoryManager(config) as manager:
         memory = await manager.add_memory("the ferry leaves at nine", importance=0.9)
-        locked, release = asyncio.Event(), threading.Event()
-        loop = asyncio.get_running_loop()
-
-        def hold_the_row() -> None:
-            with psycopg.connect(postgres_dsn) as connection, connection.transaction():
-                connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (memory.id,))
-                loop.call_soon_threadsafe(locked.set)
-                release.wait(timeout=5)  # released once the caller gave up, at the latest after 5 s
-
-        holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
-        await locked.wait()
-        change = (
-            manager.update_memory(memory.id, content="the ferry leaves at ten")
-            if operation == "update"
-            else manager.delete_memory(memory.id)
+        waited = await _timed_out_while_another_holds(
+            postgres_dsn,
+            memory.id,
+            lambda: (
+                manager.update_memory(memory.id, content="the ferry leaves at ten")
+                if operation == "update"
+                else manager.delete_memory(memory.id)
+            ),
         )
-        started = time.perf_counter()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(change, 0.5)
-        waited = time.perf_counter() - started
-        release.set()
-        await holder
         assert waited < 3, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
         kept = await manager.get_memory(memory.id)
         assert kept is not None and kept.content == "the ferry leaves at nine"
@@ -990,27 +977,15 @@ async def test_a_timeout_while_another_process_holds_a_row_cuts_a_merge_or_undo_
         if operation == "undo":
             merged_id = (await manager.consolidate_memories(0.5))["merged_ids"][0]
         before = await _all_rows(postgres_dsn)
-        held = first.id if merged_id is None else merged_id
-        locked, release = asyncio.Event(), threading.Event()
-        loop = asyncio.get_running_loop()
-
-        def hold_the_row() -> None:
-            with psycopg.connect(postgres_dsn) as connection, connection.transaction():
-                connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (held,))
-                loop.call_soon_threadsafe(locked.set)
-                release.wait(timeout=5)  # released once the caller gave up, at the latest after 5 s
-
-        holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
-        await locked.wait()
-        change = (
-            manager.consolidate_memories(0.5) if merged_id is None else manager.undo_consolidation(merged_id)
+        waited = await _timed_out_while_another_holds(
+            postgres_dsn,
+            first.id if merged_id is None else merged_id,
+            lambda: (
+                manager.consolidate_memories(0.5)
+                if merged_id is None
+                else manager.undo_consolidation(merged_id)
+            ),
         )
-        started = time.perf_counter()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(change, 0.5)
-        waited = time.perf_counter() - started
-        release.set()
-        await holder
         assert waited < 3, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
         assert await _all_rows(postgres_dsn) == before  # nothing merged (or undone), nothing half done
         # the call works once the row is free (no lock of the cancelled one is left)
@@ -1027,3 +1002,29 @@ async def _all_rows(dsn: str) -> set[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
         cursor = await connection.execute("SELECT id, tier, content, superseded_by FROM cm_memories")
         return {tuple(row) for row in await cursor.fetchall()}
+
+
+async def _timed_out_while_another_holds(
+    dsn: str, row_id: str, change: Callable[[], Awaitable[Any]]
+) -> float:
+    """Run ``change()`` under a 0.5 s timeout while another process holds the row ``row_id`` locked (at
+    most 5 s, released once the caller gave up); how long the caller waited for its ``TimeoutError``."""
+    locked, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(dsn) as connection, connection.transaction():
+            connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (row_id,))
+            loop.call_soon_threadsafe(locked.set)
+            release.wait(timeout=5)
+
+    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
+    try:
+        await locked.wait()
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(change(), 0.5)
+        return time.perf_counter() - started
+    finally:
+        release.set()
+        await holder
