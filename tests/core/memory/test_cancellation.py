@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy
+import pytest
+
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory, MemoryTier
@@ -273,3 +276,111 @@ async def test_a_consolidation_cancelled_while_embedding_its_merge_does_not_wait
     async with MemoryManager(config, embedder=embedder) as reopened:
         assert reopened.backend is not None
         assert set(await reopened.backend.vectors_of(list(merged_ids))) == merged_ids  # embedded at the open
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_add_cancelled_while_embedding_gets_its_vector_soon_after(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """An add cancelled while its memory was embedded (a caller's timeout during a slow model call) stored
+    the memory without its vector until the store was next opened: found by its words only meanwhile. Its
+    vector is now made in the background once the embedder is free, while the manager stays open."""
+    config = _config(tmp_path)
+    if backend == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        config = ContextManagerConfig(storage_path=tmp_path, memory_backend="postgres", postgres_dsn=dsn)
+    embedder = _GatedEmbedder()
+    async with MemoryManager(config, embedder=embedder) as memory:
+        assert memory.backend is not None
+        embedder.armed = True
+        started = time.perf_counter()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(memory.add_memory("the night ferry leaves at nine"), 0.3)
+            waited = time.perf_counter() - started
+        finally:
+            embedder.armed = False
+            embedder.gate.set()
+        assert waited < 2.5, f"the caller waited {waited:.1f} s for its 0.3 s timeout"
+        stored = [copy.id for copy in await memory.backend.scan(None, every_copy=False)]
+        assert len(stored) == 1  # the add was stored (its vector is not part of the write)
+        deadline = time.perf_counter() + 10
+        while not await memory.backend.vectors_of(stored):
+            assert time.perf_counter() < deadline, "the memory was never embedded while the manager was open"
+            await asyncio.sleep(0.05)
+
+
+class _TextGatedEmbedder(HashingEmbedder):
+    """Embeds a text holding ``gated`` only once let through (a slow model call); at the latest after 5 s."""
+
+    def __init__(self, gated: str) -> None:
+        super().__init__()
+        self.gated = gated
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> Any:
+        if any(self.gated in text for text in texts):
+            self.gate.wait(timeout=5)
+        return super().embed(texts)
+
+
+async def _add_timed_out(memory: MemoryManager, text: str) -> str:
+    """Add ``text`` under a 0.3 s timeout its embedding outlasts; the id of the memory it stored."""
+    assert memory.backend is not None
+    before = {copy.id for copy in await memory.backend.scan(None, every_copy=False)}
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(memory.add_memory(text), 0.3)
+    [added] = {copy.id for copy in await memory.backend.scan(None, every_copy=False)} - before
+    return added
+
+
+async def test_the_background_embedding_of_a_cancelled_add_holds_up_no_write_nor_the_close(
+    tmp_path: Path,
+) -> None:
+    """The vector of an add cancelled while it was embedded is made in the background; that slow model call
+    holds up neither the writes that follow nor ``close()``. It held the write lock while it embedded: a
+    delete waited for it (3 s with a 3 s model, where it took no time before), and so did close(). The
+    close leaves the vector to the next open, as before."""
+    config = _config(tmp_path)
+    embedder = _TextGatedEmbedder("ferry")
+    try:
+        async with MemoryManager(config, embedder=embedder) as memory:
+            other = await memory.add_memory("the bus leaves at ten")
+            added = await _add_timed_out(memory, "the night ferry leaves at nine")
+            await asyncio.sleep(0.05)  # the background embedding has begun, and waits for the model
+            await asyncio.wait_for(memory.delete_memory(other.id), 2)
+            await asyncio.wait_for(memory.add_memory("the tram leaves at eight"), 2)
+            await asyncio.wait_for(memory.close(), 2)
+    finally:
+        embedder.gate.set()
+    async with MemoryManager(config, embedder=_TextGatedEmbedder("never")) as reopened:
+        assert reopened.backend is not None
+        assert list(await reopened.backend.vectors_of([added])) == [added]  # embedded at the open
+
+
+async def test_the_background_embedding_keeps_no_vector_of_a_text_changed_or_deleted_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The background embedding of a cancelled add runs beside the writes: a memory updated while it embeds
+    keeps the vector of its new text (the update's), one deleted meanwhile gets none back."""
+    config = _config(tmp_path)
+    embedder = _TextGatedEmbedder("ferry")
+    async with MemoryManager(config, embedder=embedder) as memory:
+        assert memory.backend is not None
+        try:
+            changed = await _add_timed_out(memory, "the night ferry leaves at nine")
+            deleted = await _add_timed_out(memory, "the morning ferry leaves at six")
+            await asyncio.sleep(0.05)
+            await memory.update_memory(changed, content="the night bus leaves at nine")
+            await memory.delete_memory(deleted)
+        finally:
+            embedder.gate.set()
+        new_vector = (await memory.backend.vectors_of([changed]))[changed]
+        deadline = time.perf_counter() + 10
+        while memory._unembedded or (memory._embed_task is not None and not memory._embed_task.done()):
+            assert time.perf_counter() < deadline, "the background embedding never ended"
+            await asyncio.sleep(0.05)
+        vectors = await memory.backend.vectors_of([changed, deleted])
+        assert set(vectors) == {changed}
+        assert (vectors[changed] == new_vector).all()
+        assert numpy.allclose(vectors[changed], embedder.embed(["the night bus leaves at nine"])[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,95 @@ async def _clear(dsn: str) -> None:
         row = await table.fetchone()
         if row is not None and row[0]:
             await connection.execute("DELETE FROM cm_memories")
+
+
+async def _access_count(dsn: str, memory_id: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT access_count FROM cm_memories WHERE id = %s", (memory_id,))
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_a_cancelled_access_count_flush_is_counted_once_by_a_later_flush(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A flush of search accesses cancelled anywhere (before, during or after its commit) loses no access and
+    counts none twice: the next flush adds the batch unless the cancelled attempt committed it. Each round
+    searches once, flushes cancelled at its k-th suspension, then flushes again; the stored count is then the
+    number of rounds. The batch was dropped when the flush was cancelled (the count stayed behind)."""
+    await _clear(shared_dsn)
+    manager = MemoryManager(_config(shared_dsn, tmp_path / "storage"))
+    await manager.initialize()
+    try:
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.9, tier="long")
+        for at in range(1, _MAX_SUSPENSIONS):
+            assert [found.id for found in await manager.search_memory("walrus")] == [memory.id]
+            done = await _run_cancelled_at(manager.flush, at)
+            await manager.flush()
+            assert await _access_count(shared_dsn, memory.id) == at, f"cancelled at suspension {at}"
+            assert await manager.get_memory("no-such-memory") is None, at
+            if done:
+                return
+        pytest.fail("the flush never completed")
+    finally:
+        await manager.close()
+
+
+async def test_a_connection_a_cancellation_left_in_a_transaction_is_closed_quietly(
+    shared_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``PostgresDatabase.run`` closes a connection a cancellation left inside a transaction (not in pipeline
+    mode): its write is rolled back, the next call gets a fresh session, and the pool logs no warning.
+
+    The operation opens its transaction itself and is cancelled inside it. Handed back open, the connection
+    was rolled back by the pool with a warning ("rolling back returned connection") and served again; closed
+    by ``run``, the pool warned "discarding closed connection" for it: a warning for every caller's timeout,
+    where nothing was wrong with the server. A connection the server closed is still reported by the pool.
+    """
+    from context_manager.core.memory.postgres.database import PostgresDatabase
+
+    async with await psycopg.AsyncConnection.connect(shared_dsn, autocommit=True) as connection:
+        await connection.execute("DROP TABLE IF EXISTS left_open; CREATE TABLE left_open (id text)")
+    caplog.set_level(logging.WARNING, logger="psycopg")
+    database = PostgresDatabase(shared_dsn, pool_size=1, connect_timeout=10.0, statement_timeout=None)
+    await database.open()
+    try:
+        in_transaction = asyncio.Event()
+
+        async def write_then_wait(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute("BEGIN")
+            await connection.execute("INSERT INTO left_open VALUES ('written')")
+            in_transaction.set()
+            await asyncio.Event().wait()  # cancelled here, the transaction open
+
+        async def backend_pid(connection: psycopg.AsyncConnection[Any]) -> int:
+            cursor = await connection.execute("SELECT pg_backend_pid()")
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        first = await database.run(backend_pid, "pid")
+        call = asyncio.ensure_future(database.run(write_then_wait, "open transaction"))
+        await in_transaction.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await database.run(backend_pid, "pid") != first  # a fresh session, not the one left open
+        async with await psycopg.AsyncConnection.connect(shared_dsn, autocommit=True) as connection:
+            cursor = await connection.execute("SELECT count(*) FROM left_open")
+            assert await cursor.fetchone() == (0,)  # the insert was rolled back
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+        # a connection the server closed is no deliberate close: the pool's warning stays
+        second = await database.run(backend_pid, "pid")
+        async with await psycopg.AsyncConnection.connect(shared_dsn, autocommit=True) as killer:
+            await killer.execute("SELECT pg_terminate_backend(%s)", (second,))
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.execute("SELECT 1")
+
+        await database.run(read, "read after a restart")  # retried on a fresh connection
+        assert any("discarding closed connection" in r.getMessage() for r in caplog.records)
+    finally:
+        await database.close()

@@ -944,31 +944,87 @@ async def test_a_timeout_while_another_process_holds_the_row_cuts_the_wait_short
     config = postgres_config(postgres_dsn)
     async with MemoryManager(config) as manager:
         memory = await manager.add_memory("the ferry leaves at nine", importance=0.9)
-        locked, release = asyncio.Event(), threading.Event()
-        loop = asyncio.get_running_loop()
-
-        def hold_the_row() -> None:
-            with psycopg.connect(postgres_dsn) as connection, connection.transaction():
-                connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (memory.id,))
-                loop.call_soon_threadsafe(locked.set)
-                release.wait(timeout=5)  # released once the caller gave up, at the latest after 5 s
-
-        holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
-        await locked.wait()
-        change = (
-            manager.update_memory(memory.id, content="the ferry leaves at ten")
-            if operation == "update"
-            else manager.delete_memory(memory.id)
+        waited = await _timed_out_while_another_holds(
+            postgres_dsn,
+            memory.id,
+            lambda: (
+                manager.update_memory(memory.id, content="the ferry leaves at ten")
+                if operation == "update"
+                else manager.delete_memory(memory.id)
+            ),
         )
-        started = time.perf_counter()
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(change, 0.5)
-        waited = time.perf_counter() - started
-        release.set()
-        await holder
         assert waited < 3, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
         kept = await manager.get_memory(memory.id)
         assert kept is not None and kept.content == "the ferry leaves at nine"
     async with MemoryManager(config) as reopened:
         kept = await reopened.get_memory(memory.id)
         assert kept is not None and kept.content == "the ferry leaves at nine"
+
+
+@pytest.mark.parametrize("operation", ["consolidate", "undo"])
+async def test_a_timeout_while_another_process_holds_a_row_cuts_a_merge_or_undo_short(
+    postgres_dsn: str, operation: str
+) -> None:
+    """A consolidation's merge (or its undo) waiting for a row another process holds locked is one
+    transaction not yet made: a caller's timeout ends the wait at once and nothing is merged (or undone).
+    Run to its end whatever the cancellation, the caller waited as long as the other process held the row
+    (5 s for a 0.5 s timeout), then got the merge it was told had timed out."""
+    config = postgres_config(postgres_dsn)
+    async with MemoryManager(config) as manager:
+        first = await manager.add_memory("the office wifi password is changed every friday", importance=0.4)
+        await manager.add_memory("the office wifi password is changed every friday evening", importance=0.4)
+        merged_id = None
+        if operation == "undo":
+            merged_id = (await manager.consolidate_memories(0.5))["merged_ids"][0]
+        before = await _all_rows(postgres_dsn)
+        waited = await _timed_out_while_another_holds(
+            postgres_dsn,
+            first.id if merged_id is None else merged_id,
+            lambda: (
+                manager.consolidate_memories(0.5)
+                if merged_id is None
+                else manager.undo_consolidation(merged_id)
+            ),
+        )
+        assert waited < 3, f"the caller waited {waited:.1f} s for its 0.5 s timeout"
+        assert await _all_rows(postgres_dsn) == before  # nothing merged (or undone), nothing half done
+        # the call works once the row is free (no lock of the cancelled one is left)
+        if merged_id is None:
+            report = await asyncio.wait_for(manager.consolidate_memories(0.5), 10)
+            assert report["consolidated_count"] == 2
+        else:
+            report = await asyncio.wait_for(manager.undo_consolidation(merged_id), 10)
+            assert sorted(report["restored"]) == sorted({row[0] for row in before if row[3] == merged_id})
+
+
+async def _all_rows(dsn: str) -> set[tuple[Any, ...]]:
+    """Every stored row (id, tier, content, superseded_by), read by a connection of its own."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT id, tier, content, superseded_by FROM cm_memories")
+        return {tuple(row) for row in await cursor.fetchall()}
+
+
+async def _timed_out_while_another_holds(
+    dsn: str, row_id: str, change: Callable[[], Awaitable[Any]]
+) -> float:
+    """Run ``change()`` under a 0.5 s timeout while another process holds the row ``row_id`` locked (at
+    most 5 s, released once the caller gave up); how long the caller waited for its ``TimeoutError``."""
+    locked, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(dsn) as connection, connection.transaction():
+            connection.execute("SELECT id FROM cm_memories WHERE id = %s FOR UPDATE", (row_id,))
+            loop.call_soon_threadsafe(locked.set)
+            release.wait(timeout=5)
+
+    holder = asyncio.ensure_future(asyncio.to_thread(hold_the_row))
+    try:
+        await locked.wait()
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(change(), 0.5)
+        return time.perf_counter() - started
+    finally:
+        release.set()
+        await holder

@@ -254,11 +254,13 @@ class AccessCounter(Protocol):
     accesses) would overwrite what the other processes added meanwhile.
     """
 
-    async def add_accesses(self, updates: Mapping[str, tuple[float, int]]) -> None:
+    async def add_accesses(self, updates: Mapping[str, tuple[float, int]], attempts: list[str]) -> None:
         """Record ``id -> (last_accessed, accesses since the last batch)`` in every tier holding the id.
 
         The time never goes back; the accesses are added to the stored count, once even when the batch is
-        retried after a commit whose acknowledgement was lost.
+        retried after a commit whose acknowledgement was lost. ``attempts`` holds an id per transaction that
+        tried to write this batch (empty for a new batch); each attempt appends its own before it writes, so
+        a batch whose call was cancelled or failed can be passed again, with the same list, by a later call.
         """
         ...
 

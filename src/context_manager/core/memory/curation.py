@@ -22,7 +22,6 @@ from context_manager.core.memory.validation import (
     check_user,
 )
 from context_manager.core.memory.write_health import records_write_outcome
-from context_manager.core.threads import to_the_end
 
 __all__ = ["MemoryCuration"]
 
@@ -111,9 +110,15 @@ class MemoryCuration(TierMovement):
             self._unreserve(member.id for _, group in candidates for member in group)
             # once begun, to its end: cancelled part-way, the originals showed unmerged until the next open
             # finished the merge; a cancelled caller waits for it (not for the vectors below: a merged
-            # memory without one is found by its words, and embedded when the store is next opened)
+            # memory without one is found by its words, and embedded in the background soon after). On a
+            # shared storage the merge is one transaction: cancelled before it committed (waiting for
+            # another process's row lock), it is rolled back and the caller is not kept waiting
             merge = self._require("consolidate_memories").merge
-            done = await to_the_end(asyncio.ensure_future(merge(candidates))) if candidates else []
+            done: list[bool] = []
+            if candidates:
+                merging = asyncio.ensure_future(merge(candidates))
+                # begun only once done: the one transaction commits (or not) as a whole
+                done = await self._to_its_end("consolidate_memories", merging, merging.done)
             for (merged, group), was_merged in zip(candidates, done, strict=True):
                 if not was_merged:
                     continue
@@ -135,10 +140,22 @@ class MemoryCuration(TierMovement):
             "examined": len(memories),
         }
 
-    async def _unmerge_locked(self, merged_id: str, original_ids: Sequence[str]) -> list[str]:
-        """Undo a merge and erase the merged memory (:meth:`undo_consolidation`); call with the locks."""
-        restored, merged_copies = await self._require("undo_consolidation").unmerge(merged_id, original_ids)
-        self._pending_touches.pop(merged_id, None)
+    async def _unmerge_locked(self, merged: Memory, began: asyncio.Event) -> list[str]:
+        """Undo a merge and erase the merged memory (:meth:`undo_consolidation`); call with the locks.
+
+        ``began`` is set once the undo is written (the merged memory's vector is erased after it).
+        """
+        backend = self._require("undo_consolidation")
+        try:
+            restored, merged_copies = await backend.unmerge(merged.id, merged.merged_from)
+        except asyncio.CancelledError:
+            # cancelled before it was written (a shared storage's transaction, rolled back) or as its commit
+            # went through: then the merged memory is gone, and its vector goes too (_forget erases only
+            # what is in no tier)
+            await self._forget([merged])
+            raise
+        began.set()
+        self._pending_touches.pop(merged.id, None)
         await self._forget(merged_copies)
         return restored
 
@@ -168,10 +185,12 @@ class MemoryCuration(TierMovement):
         async with self._consolidation_lock, backend.exclusive(*_CONSOLIDATION_LOCKS), self._write_lock:
             self._unreserve([merged_id, *merged.merged_from])
             # once begun, to its end (a cancelled caller waits for it): never originals shown beside the
-            # merged memory until the next open
-            restored = await to_the_end(
-                asyncio.ensure_future(self._unmerge_locked(merged_id, merged.merged_from))
-            )
+            # merged memory until the next open. On a shared storage the undo is one transaction: cancelled
+            # before it committed (waiting for another process's row lock), it is rolled back and the
+            # caller is not kept waiting
+            began = asyncio.Event()
+            unmerge = asyncio.ensure_future(self._unmerge_locked(merged, began))
+            restored = await self._to_its_end("undo_consolidation", unmerge, began.is_set)
         return {"restored": restored, "deleted": merged_id}
 
     @records_write_outcome

@@ -175,6 +175,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             self._state = "closed"
             return
         self._closing = True  # from here every add takes the write lock, which the close takes last
+        self._stop_embedding_later()  # a slow model call does not hold the close up
         await self._drain_background()
         while self._open_adds:  # adds made without the write lock (a shared storage) finish first
             await self._no_open_adds.wait()

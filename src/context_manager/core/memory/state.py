@@ -116,6 +116,13 @@ class ManagerState:
         # the ids of _pending_touches whose copy found was short- or medium-term: only they can be promoted,
         # so a flush reads back only their copies (reading every touched long-term row cost 9 ms at 100k)
         self._touched_volatile: set[str] = set()
+        # batches of accesses whose flush to a shared storage was cancelled or failed, each with the ids of
+        # the transactions that tried to write it: the next flush adds each unless one of those committed
+        self._unsettled_accesses: list[tuple[dict[str, tuple[float, int]], list[str]]] = []
+        # memories stored without their vector (the write was cancelled while it embedded them), embedded
+        # by a background task soon after (tiers.py, _embed_later)
+        self._unembedded: dict[str, None] = {}
+        self._embed_task: asyncio.Task[None] | None = None
         self._last_turn: dict[tuple[str | None, str], tuple[int, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._over_capacity_warned = False

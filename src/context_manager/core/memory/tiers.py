@@ -14,12 +14,13 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import StorageError
 from context_manager.core.memory.backend import TIER_ORDER, AccessCounter, tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
+from context_manager.core.threads import to_the_end, to_the_end_once_begun
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -171,6 +172,16 @@ class TierMovement(ManagerState):
             levels.append(level)
             parents = {copy.id: copy for copy in level if copy.merged_from}
         return [copy for level in reversed(levels) for copy in level]
+
+    async def _to_its_end(self, what: str, work: asyncio.Future[Any], begun: Callable[[], bool]) -> Any:
+        """Await ``work`` to its end even if cancelled (on a shared storage, once ``begun()``); its result.
+
+        Before ``begun()`` a cancellation rolls a shared storage's transaction back: see
+        :func:`to_the_end_once_begun`.
+        """
+        if self._require(what).shared:
+            return await to_the_end_once_begun(work, begun)
+        return await to_the_end(work)
 
     async def _forget(self, deleted: Sequence[Memory]) -> None:
         """Erase what remains of deleted memories now in no tier (call with the write lock, after deleting).
@@ -399,16 +410,28 @@ class TierMovement(ManagerState):
             await self._flush_touches_locked()
 
     async def _flush_touches_locked(self) -> None:
-        if not self._pending_touches:
+        if not self._pending_touches and not self._unsettled_accesses:
             return
         backend = self._require("flush")
+        if self._unsettled_accesses and isinstance(backend, AccessCounter):
+            await self._add_unsettled_accesses(backend)
+        if not self._pending_touches:
+            return
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
         if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
-            await backend.add_accesses(
-                {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
-            )
+            batch = {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
+            attempts: list[str] = []
+            try:
+                await backend.add_accesses(batch, attempts)
+            except (asyncio.CancelledError, StorageError):
+                # cancelled (a caller's timeout, a close) or failed: maybe committed, maybe not. Kept with
+                # the ids of the transactions that tried, for the next flush, which asks the server whether
+                # one of them committed: added once, never lost, never twice
+                self._unsettled_accesses.append((batch, attempts))
+                self._touched_volatile.update(volatile)
+                raise
         else:
             await backend.touch({memory_id: (at, count) for memory_id, (at, count, _, _) in pending.items()})
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
@@ -427,6 +450,17 @@ class TierMovement(ManagerState):
         ]
         if hot:
             await self._move_to_long(hot)
+
+    async def _add_unsettled_accesses(self, backend: AccessCounter) -> None:
+        """Add the batches of accesses earlier flushes left unsettled (:meth:`_flush_touches_locked`).
+
+        Each is retried with the ids of its earlier attempts (written once even if one of them committed),
+        oldest first; one that fails again stays for the next flush.
+        """
+        while self._unsettled_accesses:
+            batch, attempts = self._unsettled_accesses[0]
+            await backend.add_accesses(batch, attempts)
+            self._unsettled_accesses.pop(0)
 
     def _maybe_compact(self) -> None:
         backend = self._backend
@@ -492,9 +526,77 @@ class TierMovement(ManagerState):
         self._embedded_ahead = (embedder, known)
 
     async def _embed_and_store(self, memories: Sequence[Memory]) -> None:
+        """Embed stored memories and save their vectors; cancelled, a background task does it soon after."""
         if not memories or self.embedder is None:
             return
-        texts = [memory.content for memory in memories]
+        try:
+            await self._embed_and_save(memories)
+        except asyncio.CancelledError:
+            # the memories are stored: found by their words meanwhile, by their meaning once embedded (they
+            # waited for the next open of the store)
+            self._embed_later(memories)
+            raise
+
+    def _embed_later(self, memories: Sequence[Memory]) -> None:
+        """Have :meth:`_embed_unembedded` embed ``memories`` in the background (once the writer is done)."""
+        if self._state != "ready" or self._closing:
+            return  # the next open of the store embeds them
+        self._unembedded.update(dict.fromkeys(memory.id for memory in memories))
+        task = self._embed_task
+        if task is None or task.done():
+            self._embed_task = self._spawn(self._embed_unembedded())
+
+    async def _embed_unembedded(self) -> None:
+        """Embed the memories a cancelled write left without their vector, as they are stored now.
+
+        A batch at a time, embedded without the write lock (a slow model call holds up no write, and
+        ``close()`` cancels it: the next open embeds what is left); the vectors are saved under the lock,
+        only for the memories still stored with the text embedded (one updated meanwhile has the vector
+        its update made, one deleted meanwhile gets none).
+        """
+        while self._unembedded and self._state == "ready" and not self._closing and self.embedder is not None:
+            ids = list(itertools.islice(self._unembedded, _EMBED_BATCH))
+            for memory_id in ids:
+                del self._unembedded[memory_id]
+            memories = list((await self._get_many(ids)).values())
+            texts = [memory.content for memory in memories]  # the stored objects may change meanwhile
+            vectors = await self._vectors_of_texts(texts, len(memories)) if memories else None
+            if vectors is None:
+                continue
+            # saved in a task of its own: a close() cancelling this one waits for the save to end
+            await to_the_end(asyncio.ensure_future(self._save_unchanged(memories, texts, vectors)))
+
+    async def _save_unchanged(self, memories: Sequence[Memory], texts: Sequence[str], vectors: Any) -> None:
+        """Save the vectors of the memories still stored with the text they were made of."""
+        async with self._write_lock:
+            if self._state != "ready" or self.embedder is None:
+                return
+            now = await self._get_many([memory.id for memory in memories])
+            kept = [
+                position
+                for position, memory in enumerate(memories)
+                if memory.id in now and now[memory.id].content == texts[position]
+            ]
+            if kept:
+                await self._require("embed").save_vectors(
+                    self._embedding_model(), [memories[i] for i in kept], vectors[kept]
+                )
+
+    def _stop_embedding_later(self) -> None:
+        """Cancel the background embedding (``close()``): the next open embeds what it left."""
+        task = self._embed_task
+        if task is not None and not task.done():
+            task.cancel()
+        self._unembedded.clear()
+
+    async def _embed_and_save(self, memories: Sequence[Memory]) -> None:
+        vectors = await self._vectors_of_texts([memory.content for memory in memories], len(memories))
+        if vectors is not None:
+            await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
+
+    async def _vectors_of_texts(self, texts: Sequence[str], count: int) -> Any:
+        """The vectors of ``texts`` (those of ``count`` stored memories); ``None`` if the embedder failed."""
+        assert self.embedder is not None
         ahead = self._embedded_ahead
         try:
             if ahead is not None and ahead[0] is self.embedder:
@@ -503,26 +605,24 @@ class TierMovement(ManagerState):
                 known = ahead[1]
                 missing = list(dict.fromkeys(text for text in texts if text not in known))
                 made = dict(zip(missing, await self._embed(missing), strict=True)) if missing else {}
-                vectors = numpy.stack([known[text] if text in known else made[text] for text in texts])
-            else:
-                vectors = await self._embed(texts)
+                return numpy.stack([known[text] if text in known else made[text] for text in texts])
+            return await self._embed(list(texts))
         except Exception as error:
             # the memories are stored already: the write succeeded; their vectors are made when a manager
             # next opens this store with this embedder (the vector channel catches up then)
             embedder_failed(
                 error,
-                f"{len(memories)} memories stored without their vectors (found by their words; embedded "
+                f"{count} memories stored without their vectors (found by their words; embedded "
                 "when the store is next opened with this embedder)",
             )
-            return
-        await self._require("embed").save_vectors(self._embedding_model(), memories, vectors)
+            return None
 
     async def _load_vectors(self) -> None:
         assert self.embedder is not None
         backend = self._require("vectors")
         missing = await backend.open_vectors(self._embedding_model(), int(self.embedder.dimension))
         for start in range(0, len(missing), _EMBED_BATCH):
-            await self._embed_and_store(missing[start : start + _EMBED_BATCH])
+            await self._embed_and_save(missing[start : start + _EMBED_BATCH])
 
     async def _cosine_function(self, memories: Sequence[Memory]) -> Callable[[str, str], float | None]:
         vectors = await self._require("vectors").vectors_of([memory.id for memory in memories])

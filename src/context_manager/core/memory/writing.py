@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,6 @@ from context_manager.core.memory.validation import (
     json_safe,
 )
 from context_manager.core.memory.write_health import records_write_outcome
-from context_manager.core.threads import to_the_end, to_the_end_once_begun
 
 if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.memory.backend import MemoryBackend
@@ -587,17 +586,6 @@ class MemoryWriting(TierMovement):
         if result is None:  # another process sharing the storage deleted it since
             raise MemoryNotFoundError(memory_id)
         return result
-
-    async def _to_its_end(self, what: str, work: asyncio.Future[Any], begun: Callable[[], bool]) -> None:
-        """Await ``work`` to its end even if cancelled (on a shared storage, once ``begun()``).
-
-        Before ``begun()`` a cancellation rolls a shared storage's transaction back: see
-        :func:`to_the_end_once_begun`.
-        """
-        if self._require(what).shared:
-            await to_the_end_once_begun(work, begun)
-        else:
-            await to_the_end(work)
 
     async def _update_locked(
         self,

@@ -900,12 +900,13 @@ class PostgresBackend:
         parameters = {"ids": ids, "at": [updates[i][0] for i in ids], "counts": [updates[i][1] for i in ids]}
         await self._fetch(_TOUCH, parameters, "access update")
 
-    async def add_accesses(self, updates: Mapping[str, tuple[float, int]]) -> None:
+    async def add_accesses(self, updates: Mapping[str, tuple[float, int]], attempts: list[str]) -> None:
         """Add ``id -> (last_accessed, accesses)`` to every stored copy (see :class:`AccessCounter`).
 
-        Each attempt records its transaction id before it writes; a retry (the connection was lost, maybe
-        after the commit) first asks the server whether an earlier attempt committed, and then writes nothing
-        (an id the server has not assigned, from a primary that failed over, did not commit there).
+        Each attempt records its transaction id in ``attempts`` before it writes; a retry (the connection
+        was lost, maybe after the commit; or a later call with the same list, after this one was cancelled)
+        first asks the server whether an earlier attempt committed, and then writes nothing (an id the
+        server has not assigned, from a primary that failed over, did not commit there).
         """
         if not updates:
             return
@@ -915,7 +916,6 @@ class PostgresBackend:
             "at": [updates[i][0] for i in ids],
             "added": [updates[i][1] for i in ids],
         }
-        attempts: list[str] = []
 
         async def run(connection: psycopg.AsyncConnection[Any]) -> None:
             async with connection.transaction():

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -110,7 +111,47 @@ def _import_psycopg() -> tuple[Any, Any]:
         import psycopg_pool
     except ImportError as error:  # pragma: no cover - exercised only without the extra
         raise MissingDependencyError("memory_backend='postgres'", "psycopg", "postgres") from error
+    _quiet_own_closes()
     return psycopg, psycopg_pool
+
+
+_closed_on_purpose: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Connections this module closed on purpose before handing them back to their pool."""
+_DISCARDING_CLOSED = "discarding closed connection: %s"
+"""What psycopg_pool logs (WARNING) for a connection handed back closed."""
+
+
+class _OwnClosesFilter(logging.Filter):
+    """Drops psycopg_pool's "discarding closed connection" warning for a connection closed on purpose.
+
+    A connection a cancellation left unsettled is closed, then handed back (:func:`_close_on_purpose`): the
+    pool warned about it as it does about one the server closed, a warning for every caller's timeout
+    (an MCP client's cancel) where nothing was wrong. Any other record, the same warning about a connection
+    the server or the network closed included, passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != _DISCARDING_CLOSED or not isinstance(record.args, tuple) or not record.args:
+            return True
+        return record.args[0] not in _closed_on_purpose
+
+
+_own_closes_filter = _OwnClosesFilter()
+
+
+def _quiet_own_closes() -> None:
+    """Put :class:`_OwnClosesFilter` on psycopg_pool's logger (once; when psycopg is first used)."""
+    pool_logger = logging.getLogger("psycopg.pool")
+    if _own_closes_filter not in pool_logger.filters:
+        pool_logger.addFilter(_own_closes_filter)
+
+
+async def _close_on_purpose(connection: psycopg.AsyncConnection[Any], why: str) -> None:
+    """Close ``connection`` (its pool then replaces it) without the pool warning about it."""
+    _closed_on_purpose.add(connection)
+    logger.debug("PostgreSQL connection closed: %s", why)
+    with contextlib.suppress(Exception):
+        await connection.close()
 
 
 class PostgresDatabase:
@@ -444,7 +485,7 @@ class PostgresDatabase:
                     if isinstance(error, Exception):
                         await _release(connection, held)
                     else:
-                        await connection.close()
+                        await _close_on_purpose(connection, "a cancellation came while it took locks")
                     await lock_pool.putconn(connection)
                     raise
                 else:
@@ -454,7 +495,7 @@ class PostgresDatabase:
                         try:
                             await _release(connection, held)
                         except BaseException:  # cancelled while releasing: the session must not keep one
-                            await connection.close()
+                            await _close_on_purpose(connection, "a cancellation came while it released locks")
                             raise
                         finally:
                             await lock_pool.putconn(connection)
@@ -662,8 +703,7 @@ async def _discard_if_unsettled(connection: psycopg.AsyncConnection[Any], error:
     pgconn = connection.pgconn
     if not pgconn.pipeline_status and (isinstance(error, Exception) or pgconn.transaction_status == _IDLE):
         return
-    with contextlib.suppress(Exception):
-        await connection.close()
+    await _close_on_purpose(connection, f"{type(error).__name__} left it unsettled")
 
 
 def _milliseconds(seconds: float) -> str:
