@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -16,6 +18,7 @@ from context_manager import (
     ContextManagerConfig,
     ConversationConflictError,
     EnhancedContextManager,
+    LifecycleError,
     MemoryManager,
     StorageError,
     StorageLockedError,
@@ -453,3 +456,70 @@ async def test_closing_a_finished_managers_memory_leaves_the_others_theirs(tmp_p
         found = await bo.search_memory("bo milestone review", limit=50)
         assert found and all(memory.content.startswith("bo ") for memory in found)
     assert not _registry and not bo.memory_manager.is_initialized  # the last holder closed it
+
+
+def open_files_under(directory: Path) -> list[str]:
+    """The files under ``directory`` this process has open (Linux: ``/proc/self/fd``)."""
+    found = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+            if target.startswith(str(directory)):
+                found.append(os.path.basename(target))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_a_conversations_store_opened_while_the_last_manager_cleans_up_is_closed(
+    tmp_path: Path,
+) -> None:
+    """The last manager's cleanup() closed the conversations store the share held: one a call of that
+    manager was opening at that moment (its first use of the store) was handed over afterwards and stayed
+    open for the manager's life, used after cleanup(). Such a call now gets LifecycleError, the store closed.
+    """
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+    manager = EnhancedContextManager(config, user_id="ana")  # no conversation of its own: no store yet
+    await manager.initialize()
+    # another process's long write to the conversations: the store's open waits for it (busy timeout)
+    writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+    try:
+        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("COMMIT")  # the lock stays until the connection closes
+        listing = asyncio.ensure_future(manager.list_conversations())
+        await asyncio.sleep(0)  # the listing opens the conversations store, and waits
+        await manager.cleanup()
+    finally:
+        writer.close()
+    with pytest.raises(LifecycleError, match="cleaned up"):
+        await listing
+    assert manager.conversation_store is None
+    assert not _registry
+    assert open_files_under(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_an_initialize_cancelled_while_it_opens_the_conversations_store_leaves_no_connection(
+    tmp_path: Path,
+) -> None:
+    """A cancelled open of the conversations store went on in its thread and left the connection (three
+    open files) and the thread to the garbage collector; it is now closed when the open ends."""
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+    async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations store
+        for steps in range(12):  # cancelled a step later each time: the opens are cut in their thread
+            manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+            task = asyncio.ensure_future(manager.initialize())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await manager.cleanup()
+            # the store of a manager that got it stays open for the next one; a cut open's store does not
+            conversation_files = [name for name in open_files_under(tmp_path) if name.startswith("conv")]
+            assert len(conversation_files) <= 3, (steps, conversation_files)
+    assert open_files_under(tmp_path) == []
