@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -469,6 +471,23 @@ def open_files_under(directory: Path) -> list[str]:
     return sorted(found)
 
 
+def conversation_files(directory: Path) -> list[str]:
+    """The conversations store's files under ``directory`` this process has open."""
+    return [name for name in open_files_under(directory) if name.startswith("conversations.")]
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (a few seconds at most) for ``condition`` to hold: a cut open's store closes in the background.
+
+    With the garbage collector off: a store it would close (a leak) must not pass for one closed.
+    """
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    assert condition()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
 async def test_a_conversations_store_opened_while_the_last_manager_cleans_up_is_closed(
     tmp_path: Path,
@@ -509,17 +528,59 @@ async def test_an_initialize_cancelled_while_it_opens_the_conversations_store_le
     config = make_config(tmp_path)
     async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
         await ana.add_message("user", "a stored conversation")
+    gc.disable()
+    try:
+        async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations
+            for steps in range(12):  # cancelled a step later each time: the opens are cut in their thread
+                manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+                task = asyncio.ensure_future(manager.initialize())
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await manager.cleanup()
+                # the store of a manager that got it stays open for the next one; a cut open's store is
+                # closed once its open ends
+                await eventually(lambda: len(conversation_files(tmp_path)) <= 3)
+        await eventually(lambda: open_files_under(tmp_path) == [])
+    finally:
+        gc.enable()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a_lock_is_not_held(
+    tmp_path: Path,
+) -> None:
+    """An initialize cancelled (its timeout run out) while the conversations store's open waited for another
+    process's lock got its cancellation only when the open gave up, the store's busy timeout (5 s) later.
+    It gets it at once; the open goes on in its thread, and the store is closed after it."""
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+
+    def store_threads() -> int:
+        threads = threading.enumerate()
+        return sum(thread.name.startswith("context-manager-conversations") for thread in threads)
+
     async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations store
-        for steps in range(12):  # cancelled a step later each time: the opens are cut in their thread
+        writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+        try:
+            writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+            writer.execute("BEGIN EXCLUSIVE")
+            writer.execute("COMMIT")  # the lock stays until the connection closes
+            held = conversation_files(tmp_path)  # the writer's
             manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
             task = asyncio.ensure_future(manager.initialize())
-            for _ in range(steps):
-                await asyncio.sleep(0)
+            # the store's open waits for the lock in its thread (its file open)
+            await eventually(lambda: len(conversation_files(tmp_path)) > len(held) or task.done())
+            assert store_threads() == 1 and not task.done()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with pytest.raises(asyncio.CancelledError):
                 await task
             await manager.cleanup()
-            # the store of a manager that got it stays open for the next one; a cut open's store does not
-            conversation_files = [name for name in open_files_under(tmp_path) if name.startswith("conv")]
-            assert len(conversation_files) <= 3, (steps, conversation_files)
+            assert store_threads() == 1  # the caller was not kept waiting: the open still waits for the lock
+        finally:
+            writer.close()
+        await eventually(lambda: store_threads() == 0 and conversation_files(tmp_path) == [])
     assert open_files_under(tmp_path) == []
