@@ -19,6 +19,7 @@ opened directly is never shared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from typing import Any
@@ -30,6 +31,8 @@ from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.threads import to_the_end
 
 __all__ = ["MEMORY_SETTINGS", "MemoryLease", "lease_memory"]
+
+logger = logging.getLogger(__name__)
 
 MEMORY_SETTINGS = (
     "memory_backend",
@@ -148,9 +151,16 @@ class MemoryLease:
                 store = _new_conversation_store(share.memory)
                 try:
                     await store.open()
+                except asyncio.CancelledError:
+                    # the open goes on in the store's thread (for up to the store's busy timeout, 5 s, while
+                    # another process holds the file's lock): closed after it in the background, not left
+                    # to the garbage collector, nor keeping the cancelled caller (a timeout) waiting
+                    closing = asyncio.ensure_future(store.close())
+                    _closing.add(closing)
+                    closing.add_done_callback(_closed)
+                    raise
                 except BaseException:
-                    # a cancelled open goes on in the store's thread: closed after it, not left to the GC
-                    await to_the_end(asyncio.ensure_future(store.close()))
+                    await to_the_end(asyncio.ensure_future(store.close()))  # the open is over: a quick close
                     raise
                 if share.closed is not None:
                     # the last holder's release began meanwhile (it found no store to close): this one
@@ -185,6 +195,15 @@ class MemoryLease:
                 if share.key is not None and _registry.get(share.key) is share:
                     del _registry[share.key]
             share.closed.set_result(None)
+
+
+_closing: set[asyncio.Future[None]] = set()  # the closes of stores whose open was cancelled, running
+
+
+def _closed(closing: asyncio.Future[None]) -> None:
+    _closing.discard(closing)
+    if not closing.cancelled() and closing.exception() is not None:
+        logger.debug("closing a conversations store whose open was cancelled failed: %s", closing.exception())
 
 
 def _released() -> LifecycleError:
