@@ -476,6 +476,12 @@ def conversation_files(directory: Path) -> list[str]:
     return [name for name in open_files_under(directory) if name.startswith("conversations.")]
 
 
+def store_threads() -> int:
+    """The conversations stores' threads running (one per store open, or opening)."""
+    threads = threading.enumerate()
+    return sum(thread.name.startswith("context-manager-conversations") for thread in threads)
+
+
 async def eventually(condition: Callable[[], bool]) -> None:
     """Wait (a few seconds at most) for ``condition`` to hold: a cut open's store closes in the background.
 
@@ -541,8 +547,14 @@ async def test_an_initialize_cancelled_while_it_opens_the_conversations_store_le
                     await task
                 await manager.cleanup()
                 # the store of a manager that got it stays open for the next one; a cut open's store is
-                # closed once its open ends
-                await eventually(lambda: len(conversation_files(tmp_path)) <= 3)
+                # closed once its open ends (its thread with it). Waited for here: closed after the next
+                # manager opened the shared store, SQLite keeps its file descriptor until that one closes
+                # (POSIX locks are the process's), which the file listing alone would take for a leak
+                (share,) = _registry.values()
+                stores = 0 if share.conversations is None else 1
+                await eventually(
+                    lambda stores=stores: store_threads() == stores and len(conversation_files(tmp_path)) <= 3
+                )
         await eventually(lambda: open_files_under(tmp_path) == [])
     finally:
         gc.enable()
@@ -558,10 +570,6 @@ async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a
     config = make_config(tmp_path)
     async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
         await ana.add_message("user", "a stored conversation")
-
-    def store_threads() -> int:
-        threads = threading.enumerate()
-        return sum(thread.name.startswith("context-manager-conversations") for thread in threads)
 
     async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations store
         writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
