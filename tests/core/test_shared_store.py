@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
+import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ from context_manager import (
     ContextManagerConfig,
     ConversationConflictError,
     EnhancedContextManager,
+    LifecycleError,
     MemoryManager,
     StorageError,
     StorageLockedError,
@@ -453,3 +458,137 @@ async def test_closing_a_finished_managers_memory_leaves_the_others_theirs(tmp_p
         found = await bo.search_memory("bo milestone review", limit=50)
         assert found and all(memory.content.startswith("bo ") for memory in found)
     assert not _registry and not bo.memory_manager.is_initialized  # the last holder closed it
+
+
+def open_files_under(directory: Path) -> list[str]:
+    """The files under ``directory`` this process has open (Linux: ``/proc/self/fd``)."""
+    found = []
+    for descriptor in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            target = os.readlink(f"/proc/self/fd/{descriptor}")
+            if target.startswith(str(directory)):
+                found.append(os.path.basename(target))
+    return sorted(found)
+
+
+def conversation_files(directory: Path) -> list[str]:
+    """The conversations store's files under ``directory`` this process has open."""
+    return [name for name in open_files_under(directory) if name.startswith("conversations.")]
+
+
+def store_threads() -> int:
+    """The conversations stores' threads running (one per store open, or opening)."""
+    threads = threading.enumerate()
+    return sum(thread.name.startswith("context-manager-conversations") for thread in threads)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (a few seconds at most) for ``condition`` to hold: a cut open's store closes in the background.
+
+    With the garbage collector off: a store it would close (a leak) must not pass for one closed.
+    """
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    assert condition()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_a_conversations_store_opened_while_the_last_manager_cleans_up_is_closed(
+    tmp_path: Path,
+) -> None:
+    """The last manager's cleanup() closed the conversations store the share held: one a call of that
+    manager was opening at that moment (its first use of the store) was handed over afterwards and stayed
+    open for the manager's life, used after cleanup(). Such a call now gets LifecycleError, the store closed.
+    """
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+    manager = EnhancedContextManager(config, user_id="ana")  # no conversation of its own: no store yet
+    await manager.initialize()
+    # another process's long write to the conversations: the store's open waits for it (busy timeout)
+    writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+    try:
+        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("COMMIT")  # the lock stays until the connection closes
+        listing = asyncio.ensure_future(manager.list_conversations())
+        await asyncio.sleep(0)  # the listing opens the conversations store, and waits
+        await manager.cleanup()
+    finally:
+        writer.close()
+    with pytest.raises(LifecycleError, match="cleaned up"):
+        await listing
+    assert manager.conversation_store is None
+    assert not _registry
+    assert open_files_under(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_an_initialize_cancelled_while_it_opens_the_conversations_store_leaves_no_connection(
+    tmp_path: Path,
+) -> None:
+    """A cancelled open of the conversations store went on in its thread and left the connection (three
+    open files) and the thread to the garbage collector; it is now closed when the open ends."""
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+    gc.disable()
+    try:
+        async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations
+            for steps in range(12):  # cancelled a step later each time: the opens are cut in their thread
+                manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+                task = asyncio.ensure_future(manager.initialize())
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await manager.cleanup()
+                # the store of a manager that got it stays open for the next one; a cut open's store is
+                # closed once its open ends (its thread with it). Waited for here: closed after the next
+                # manager opened the shared store, SQLite keeps its file descriptor until that one closes
+                # (POSIX locks are the process's), which the file listing alone would take for a leak
+                (share,) = _registry.values()
+                stores = 0 if share.conversations is None else 1
+                await eventually(
+                    lambda stores=stores: store_threads() == stores and len(conversation_files(tmp_path)) <= 3
+                )
+        await eventually(lambda: open_files_under(tmp_path) == [])
+    finally:
+        gc.enable()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a_lock_is_not_held(
+    tmp_path: Path,
+) -> None:
+    """An initialize cancelled (its timeout run out) while the conversations store's open waited for another
+    process's lock got its cancellation only when the open gave up, the store's busy timeout (5 s) later.
+    It gets it at once; the open goes on in its thread, and the store is closed after it."""
+    config = make_config(tmp_path)
+    async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+        await ana.add_message("user", "a stored conversation")
+
+    async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations store
+        writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+        try:
+            writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+            writer.execute("BEGIN EXCLUSIVE")
+            writer.execute("COMMIT")  # the lock stays until the connection closes
+            held = conversation_files(tmp_path)  # the writer's
+            manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+            task = asyncio.ensure_future(manager.initialize())
+            # the store's open waits for the lock in its thread (its file open)
+            await eventually(lambda: len(conversation_files(tmp_path)) > len(held) or task.done())
+            assert store_threads() == 1 and not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await manager.cleanup()
+            assert store_threads() == 1  # the caller was not kept waiting: the open still waits for the lock
+        finally:
+            writer.close()
+        await eventually(lambda: store_threads() == 0 and conversation_files(tmp_path) == [])
+    assert open_files_under(tmp_path) == []

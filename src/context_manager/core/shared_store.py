@@ -19,16 +19,20 @@ opened directly is never shared.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from typing import Any
 
 from context_manager.core.conversations.store import ConversationStore
-from context_manager.core.errors import StorageLockedError
+from context_manager.core.errors import LifecycleError, StorageLockedError
 from context_manager.core.memory.locking import holder_text
 from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.threads import to_the_end
 
 __all__ = ["MEMORY_SETTINGS", "MemoryLease", "lease_memory"]
+
+logger = logging.getLogger(__name__)
 
 MEMORY_SETTINGS = (
     "memory_backend",
@@ -138,13 +142,34 @@ class MemoryLease:
         """The conversations store next to the memory (opened by the first manager that needs it)."""
         share = self._share
         if share is None:
-            raise RuntimeError("the memory lease was released")
+            raise _released()
         async with share.conversations_lock:
+            if self._share is None:  # released while this call waited for another one's open
+                raise _released()
             store = share.conversations
             if store is None:
                 store = _new_conversation_store(share.memory)
-                await store.open()
-                share.conversations = store
+                try:
+                    await store.open()
+                except asyncio.CancelledError:
+                    # the open goes on in the store's thread (for up to the store's busy timeout, 5 s, while
+                    # another process holds the file's lock): closed after it in the background, not left
+                    # to the garbage collector, nor keeping the cancelled caller (a timeout) waiting
+                    closing = asyncio.ensure_future(store.close())
+                    _closing.add(closing)
+                    closing.add_done_callback(_closed)
+                    raise
+                except BaseException:
+                    await to_the_end(asyncio.ensure_future(store.close()))  # the open is over: a quick close
+                    raise
+                if share.closed is not None:
+                    # the last holder's release began meanwhile (it found no store to close): this one
+                    # would stay open, unowned, for as long as its caller lived
+                    await to_the_end(asyncio.ensure_future(store.close()))
+                    raise _released()
+                share.conversations = store  # closed by the last holder
+                if self._share is None:  # released meanwhile, the store still held by other managers
+                    raise _released()
         return store
 
     async def release(self) -> None:
@@ -170,6 +195,19 @@ class MemoryLease:
                 if share.key is not None and _registry.get(share.key) is share:
                     del _registry[share.key]
             share.closed.set_result(None)
+
+
+_closing: set[asyncio.Future[None]] = set()  # the closes of stores whose open was cancelled, running
+
+
+def _closed(closing: asyncio.Future[None]) -> None:
+    _closing.discard(closing)
+    if not closing.cancelled() and closing.exception() is not None:
+        logger.debug("closing a conversations store whose open was cancelled failed: %s", closing.exception())
+
+
+def _released() -> LifecycleError:
+    return LifecycleError("the conversations store: the manager was cleaned up while this call ran")
 
 
 def _new_conversation_store(memory: MemoryManager) -> ConversationStore:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,15 @@ def turns(memories: list[Memory]) -> dict[tuple[str | None, str], list[tuple[int
         if memory.session_id is not None and memory.turn_index is not None:
             found[(memory.user_id, memory.session_id)].add((memory.turn_index, memory.content))
     return {key: sorted(values) for key, values in found.items()}
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (a few seconds at most) for ``condition`` to hold."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the condition never held")
 
 
 def said(*texts: str) -> list[Message]:
@@ -242,3 +253,51 @@ async def test_a_conversation_chunk_that_failed_part_way_takes_new_numbers_after
         again = await memory.remember_messages(messages, session_id="c", id_namespace="c")
         assert [m.turn_index for m in again] == [1, 2, 3]
         assert [m.tier for m in again] == [MemoryTier.MEDIUM, MemoryTier.MEDIUM, MemoryTier.LONG]
+
+
+@pytest.mark.parametrize("counted_before", [False, True], ids=["read-from-storage", "counted-here"])
+async def test_turns_written_while_an_import_adds_turns_to_the_session_never_take_an_imported_number(
+    sqlite_config: ContextManagerConfig, tmp_path: Path, clock: FakeClock, counted_before: bool
+) -> None:
+    """A chunk numbered from the storage (or from this manager's count) while an import was writing turns
+    of the same session, then written after it, took numbers the import had just stored, and left the
+    manager counting on from there: the next turns claimed imported numbers too (the import had cleared the
+    count before the chunk stored it again). An import and the numbering of a chunk now run one at a time.
+    """
+    source_config = sqlite_config.model_copy(update={"storage_path": tmp_path / "source"})
+    source = MemoryManager(source_config, clock=clock)
+    await source.initialize()
+    try:
+        await source.remember_messages(said(*(f"turn {n} about parcels" for n in range(8))), session_id="s")
+        export = tmp_path / "export.jsonl"
+        await source.export_memories(export)
+    finally:
+        await source.close()
+    lines = [line for line in export.read_text(encoding="utf-8").split("\n") if line.strip()]
+    later = [line for line in lines if json.loads(line)["metadata"]["turn_index"] >= 3]  # turns 3 to 7
+    export.write_text("\n".join(later) + "\n", encoding="utf-8")
+
+    first = MemoryManager(sqlite_config, clock=clock)
+    await first.initialize()
+    await first.remember_messages(said("hello", "hi", "my parcel is late"), session_id="s")  # turns 0 to 2
+    if not counted_before:
+        await first.close()
+        first = MemoryManager(sqlite_config, clock=clock)
+        await first.initialize()
+    try:
+        waiting = lambda lock: len(lock._waiters or ())  # noqa: E731
+        async with first._write_lock:  # a write in progress (a flush, an overflow move)
+            import_task = asyncio.create_task(first.import_memories(export))
+            await until(lambda: waiting(first._write_lock) == 1)  # the import waits to write
+            remember = asyncio.create_task(first.remember_messages(said("while importing"), session_id="s"))
+            # the turn waits too: numbered already and waiting to write (or waiting to be numbered)
+            await until(lambda: waiting(first._write_lock) == 2 or waiting(first._turn_lock) == 1)
+        await import_task
+        during = await remember
+        after = await first.remember_messages(said("after the import"), session_id="s")
+        numbers = sorted(copy.turn_index for copy in await first.stored_copies() if copy.session_id == "s")
+        # the import ran first: the turns after it continue after its numbers, each its own
+        assert [during[0].turn_index, after[0].turn_index] == [8, 9], numbers
+        assert numbers == list(range(10))
+    finally:
+        await first.close()

@@ -436,7 +436,9 @@ class MemoryMaintenance(TierMovement):
                 long_copies.discard(memory.id)
         check_supersession_rings(links)
         by_tier = {tier.value: 0 for tier in MemoryTier}
-        async with self._write_lock:
+        # the turn lock first, as remember_messages takes it: a chunk of turns numbered before the import
+        # and written after it would take numbers of imported turns (and count on from there)
+        async with self._turn_lock, self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
             # conversation turns imported may replace a session's last turn (its text, which the next turn
             # indexes as its context) or continue its numbering: read both from the storage again
