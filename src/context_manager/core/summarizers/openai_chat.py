@@ -29,6 +29,7 @@ from context_manager.core.summarizers.llm import (
     check_json_answer,
     classify_sdk_error,
     resolve_base_url,
+    url_without_credentials,
     server_error_note,
     usage_count,
 )
@@ -137,8 +138,8 @@ class OpenAISummarizer(LLMSummarizer):
 
     @property
     def endpoint(self) -> str:
-        """The client's base URL."""
-        return str(self.client.base_url)
+        """The client's base URL, with any ``user:token@`` in it shown as ``***@`` (requests use it whole)."""
+        return url_without_credentials(str(self.client.base_url))
 
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
         parameters: dict[str, Any] = {
