@@ -620,7 +620,7 @@ def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
     reads ``<storage>``.
     """
     location = stats.get("storage_path")
-    # strict JSON: json.dumps(default=str) wrote a NaN or an infinity as NaN/Infinity, which no JSON parser reads
+    # strict JSON: json.dumps(default=str) wrote a NaN or an infinity as NaN/Infinity, which parsers refuse
     ready: dict[str, Any] = json_ready({key: value for key, value in stats.items() if key != "storage_path"})
     pattern = _location_pattern(location)
     if pattern is None:

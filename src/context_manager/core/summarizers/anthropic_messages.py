@@ -25,8 +25,8 @@ from context_manager.core.summarizers.llm import (
     check_json_answer,
     classify_sdk_error,
     resolve_base_url,
-    url_without_credentials,
     server_error_note,
+    url_without_credentials,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
