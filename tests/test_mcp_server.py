@@ -470,6 +470,30 @@ async def test_mcp_memory_stats_do_not_show_the_servers_storage_location(tmp_pat
     assert "private-memory" not in text_of(tool)
 
 
+def test_mcp_memory_stats_are_strict_json_even_with_a_nan_figure() -> None:
+    """The statistics went through ``json.dumps(default=str)``: a NaN or an infinity in a figure came out
+    as ``NaN``/``Infinity``, which is no JSON (a client's strict parser refuses the whole answer). No
+    figure of the built-in stores is NaN today (importance and dates are checked on the way in); a
+    backend's figure that is one now reads ``null``, as in :meth:`DiagnosticReport.to_dict`."""
+    from context_manager.mcp_server import _client_stats
+
+    stats = {
+        "total_memories": 0,
+        "mean_importance": float("nan"),
+        "oldest": float("inf"),
+        "index": {"problems": ("a", "b"), "vectors": float("-inf")},
+        "storage_path": "/srv/memory",
+    }
+    ready = _client_stats(stats)
+    text = json.dumps(ready, allow_nan=False)  # raised ValueError: out of range float values
+    assert json.loads(text) == {
+        "total_memories": 0,
+        "mean_importance": None,
+        "oldest": None,
+        "index": {"problems": ["a", "b"], "vectors": None},
+    }
+
+
 async def test_mcp_memory_stats_after_a_failed_write_do_not_show_the_storage_location(tmp_path: Path) -> None:
     """After a failed write, ``memory_stats`` still gave the client the server's storage path, in
     ``writes.last_error`` ("StorageError: long-term memory database /srv/.../memories.sqlite3: database is

@@ -58,6 +58,7 @@ from context_manager.core.errors import (
     ToolRegistrationError,
     describe_value,
 )
+from context_manager.core.health_checker.models import json_ready
 from context_manager.core.memory.embeddings import SentenceTransformerEmbedder
 from context_manager.core.memory.manager import MemoryManager
 from context_manager.core.memory.models import Memory
@@ -619,7 +620,8 @@ def _client_stats(stats: dict[str, Any]) -> dict[str, Any]:
     reads ``<storage>``.
     """
     location = stats.get("storage_path")
-    ready = _json_ready({key: value for key, value in stats.items() if key != "storage_path"})
+    # strict JSON: json.dumps(default=str) wrote a NaN or an infinity as NaN/Infinity, which parsers refuse
+    ready: dict[str, Any] = json_ready({key: value for key, value in stats.items() if key != "storage_path"})
     pattern = _location_pattern(location)
     if pattern is None:
         return ready
@@ -662,11 +664,6 @@ def _without_location(value: Any, pattern: re.Pattern[str]) -> Any:
     if isinstance(value, list):
         return [_without_location(item, pattern) for item in value]
     return value
-
-
-def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(value, default=str))
-    return result
 
 
 # ------------------------------------------------------------------------------------ application tools

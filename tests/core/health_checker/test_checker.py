@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import re
 import shutil
 import sqlite3
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -1176,3 +1178,30 @@ async def test_a_check_or_repair_that_swallows_its_timeout_and_returns_late_is_t
     [recovery] = status.recoveries
     assert recovery.action == "repair failed: timed out after 0.05 s"
     assert not recovery.success
+
+
+async def test_hung_durations_and_uptime_follow_the_monotonic_clock_not_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How long a hung check has run and ``checker_uptime_s`` were ``time.time()`` differences: after the
+    wall clock stepped back an hour (NTP, a resumed VM) the check "started -3600 s ago" and the uptime read
+    -3600. They are measured on the monotonic clock now; ``hung_since`` stays a wall-clock date."""
+    checker_module = importlib.import_module("context_manager.core.health_checker.checker")
+    gate = threading.Event()
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=1.0)
+    checker.register_check("upstream", lambda: gate.wait(30))
+    try:
+        started = time.time()
+        first = await checker.perform_health_check()
+        assert first.checks["upstream"].status is HealthState.UNHEALTHY  # timed out, its thread still runs
+        clocks = {name: getattr(time, name) for name in ("monotonic", "perf_counter", "sleep")}
+        stepped_back = types.SimpleNamespace(time=lambda: time.time() - 3600.0, **clocks)
+        monkeypatch.setattr(checker_module, "time", stepped_back)
+        again = (await checker.perform_health_check()).checks["upstream"]
+        ago = re.match(r"still hung: the run started (-?\d+) s ago", again.message)
+        assert ago is not None and 0 <= int(ago.group(1)) < 60, again.message
+        assert abs(again.details["hung_since"] - started) < 60  # the date it started, as the wall clock read
+        report = await checker.generate_diagnostic_report()
+        assert 0.0 <= report.system["checker_uptime_s"] < 60.0
+    finally:
+        gate.set()

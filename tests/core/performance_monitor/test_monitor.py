@@ -762,3 +762,51 @@ async def test_a_sample_now_between_a_warm_up_and_the_late_sample_leaves_the_lag
         assert late.event_loop_lag_ms >= 100.0
         assert monitor.health_score() == 1.0
         assert not [line for line in monitor.recommendations() if "Event loop lag" in line]
+
+
+class SteppedClock:
+    """A monotonic clock the test moves by hand (the monitor's ``clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_monitor_windows_and_uptime_follow_its_monotonic_clock_not_the_wall_clock() -> None:
+    """The recent windows, the throughput and the uptime were measured with ``time.time()``: after the wall
+    clock stepped back an hour (NTP, a resumed VM), failures from before the step counted as recent for
+    another hour (error rate 0.5) and ``uptime_s`` read -3600. They follow the monitor's monotonic clock
+    now; the times shown (an error's ``timestamp``) stay wall-clock dates."""
+    clock = SteppedClock()
+    monitor = PerformanceMonitor(clock=clock)
+    window_s = monitor.thresholds.recent_window_s
+    for index in range(10):
+        monitor.record_operation("fetch", 0.01, success=index % 2 == 0, error="upstream down")
+    monitor._record_success("fetch", 0.01)  # the library's hot path, queued
+    assert monitor.recent_error_rate() == (5 / 11, 11)
+    errors = monitor.recent_errors()
+    assert len(errors) == 5 and all(abs(error["timestamp"] - time.time()) < 60 for error in errors)
+
+    clock.now += 30.0
+    assert monitor.get_performance_summary()["system"]["uptime_s"] == 30.0
+    assert monitor.get_current_metrics().operations_per_second == 11 / 30.0
+    assert monitor.recent_error_rate() == (5 / 11, 11)  # still inside the window
+
+    clock.now += window_s  # the window has passed on the monotonic clock, whatever the wall clock says
+    assert monitor.recent_error_rate() == (0.0, 0)
+    assert monitor.health_score() == 1.0
+    assert not any("error" in advice.lower() for advice in monitor.recommendations())
+    assert monitor.get_current_metrics().operations_per_second == 0.0
+    assert monitor.get_performance_summary()["system"]["uptime_s"] == 30.0 + window_s
+    assert len(monitor.recent_errors()) == 5  # still listed, with their dates: only the window moved on
+    sample = monitor.sample_now()
+    assert sample is not None and sample.monotonic == clock.now and abs(sample.timestamp - time.time()) < 60
+    monitor.reset()
+    assert monitor.get_performance_summary()["system"]["uptime_s"] == 0.0
+
+
+def test_monitor_clock_must_be_callable() -> None:
+    with pytest.raises(InvalidSettingError, match="clock: got 12.5; allowed a function returning monotonic"):
+        PerformanceMonitor(clock=12.5)  # type: ignore[arg-type]

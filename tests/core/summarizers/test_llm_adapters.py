@@ -840,6 +840,25 @@ def test_summarizer_adapter_refusing_a_base_url_does_not_quote_its_credentials(
         assert "***@" in str(caught.value)
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_endpoint_does_not_show_the_credentials_in_its_url(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    """``endpoint`` returned the base URL whole: ``user:token@`` in it went wherever the endpoint was shown
+    (a log line, a health page). It shows ``***@`` now; requests still go to the URL as given."""
+    base_url = server.base_url if provider == "openai" else server.anthropic_base_url
+    with_credentials = base_url.replace("http://", "http://alice:s3cr3t-pw@")
+    adapter = OpenAISummarizer if provider == "openai" else AnthropicSummarizer
+    summarizer = adapter("stub-model", base_url=with_credentials, api_key="test-key", timeout=2.0)
+    async with summarizer:
+        assert "s3cr3t-pw" not in summarizer.endpoint and "alice" not in summarizer.endpoint
+        assert summarizer.endpoint.startswith("http://***@127.0.0.1:")
+        assert "s3cr3t-pw" not in repr(summarizer) and "s3cr3t-pw" not in str(summarizer.telemetry_attributes)
+        assert summarizer.telemetry_attributes["server.address"] == "127.0.0.1"
+        assert SUMMARY in await summarizer([Message.create("user", "I am Ada, from Lisbon.")], 40)
+    assert len(server.requests) == 1  # the request went to the real URL
+
+
 async def test_anthropic_usage_counts_cached_input_tokens(server: ChatCompletionsServer) -> None:
     """Anthropic's ``input_tokens`` leaves out the tokens read from or written to the prompt cache (a gateway
     or ``extra_parameters`` may enable it): they are input all the same, billed, and the GenAI semantic

@@ -85,12 +85,11 @@ def _hangs(name: str) -> str:
 
 
 def _still_hung(name: str, run: _ThreadRun) -> CheckOutcome:
-    started = run.started_at or time.time()
     return CheckOutcome(
         HealthState.UNHEALTHY,
-        f"still hung: the run started {time.time() - started:.0f} s ago timed out and has not returned "
+        f"still hung: the run started {run.running_s():.0f} s ago timed out and has not returned "
         "(a thread cannot be interrupted); not started again until it returns",
-        {"hung_since": started},
+        {"hung_since": run.started_at or time.time()},
         recommendation=_hangs(name),
     )
 
@@ -107,12 +106,21 @@ def _raised(name: str, error: Exception) -> CheckOutcome:
 class _ThreadRun:
     """One run of a sync check in a thread: whether it started, ended, or was given up before it started."""
 
-    __slots__ = ("ended", "given_up", "started_at")
+    __slots__ = ("ended", "given_up", "started_at", "started_monotonic")
 
     def __init__(self) -> None:
-        self.started_at: float | None = None  # time.time() when its thread began the call
+        self.started_at: float | None = None  # time.time() when its thread began the call (a date shown)
+        self.started_monotonic: float | None = None  # time.monotonic() then (how long it has run)
         self.ended = False
         self.given_up = False
+
+    def start(self) -> None:
+        """Note that its thread begins the call now."""
+        self.started_at, self.started_monotonic = time.time(), time.monotonic()
+
+    def running_s(self) -> float:
+        """Seconds since its thread began the call (monotonic: a wall-clock step does not move it)."""
+        return 0.0 if self.started_monotonic is None else time.monotonic() - self.started_monotonic
 
 
 _SHARED_RUNS = "_health_check_runs"
@@ -242,7 +250,7 @@ class HealthChecker(AsyncContextManagerOnly):
         self._hung_lock = threading.Lock()
         self._token = object()  # tells this checker's shared runs from another's
         self._active_runs = 0  # health check runs in progress (in any event loop), under _hung_lock
-        self._started_at = time.time()
+        self._started_at = time.monotonic()  # checker_uptime_s: a duration
         self._register_builtin_checks()
         # the report's storage read (its function is passed per read): not a check, but given up and not
         # started again while hung like one
@@ -640,7 +648,7 @@ class HealthChecker(AsyncContextManagerOnly):
             with lock:
                 if run.given_up:  # given up before a thread took it: nothing to run
                     return None
-                run.started_at = time.time()
+                run.start()
             try:
                 return function()
             finally:
@@ -662,9 +670,8 @@ class HealthChecker(AsyncContextManagerOnly):
         """Run ``repair`` for ``check`` (within ``repair_timeout``); return what it did or why it failed."""
         hung = check.repair_hung
         if hung is not None:
-            started = hung.started_at or time.time()
             return (
-                f"repair not started: the one started {time.time() - started:.0f} s ago timed out and has "
+                f"repair not started: the one started {hung.running_s():.0f} s ago timed out and has "
                 "not returned (a thread cannot be interrupted)"
             )
         if not is_async_callable(repair):
@@ -715,7 +722,7 @@ class HealthChecker(AsyncContextManagerOnly):
             system={
                 **await asyncio.to_thread(system_facts),
                 "event_loop_lag_ms": self._last_lag_ms,
-                "checker_uptime_s": time.time() - self._started_at,
+                "checker_uptime_s": time.monotonic() - self._started_at,
             },
             storage=storage,
             recent_errors=recent_errors[-_MAX_RECENT_ERRORS:],
@@ -734,9 +741,8 @@ class HealthChecker(AsyncContextManagerOnly):
         directories = self._storage_directories()
         read = self._storage_read
         if read.hung is not None:
-            started = read.hung.started_at or time.time()
             problem = (
-                f"storage read still hung: the one started {time.time() - started:.0f} s ago timed out and "
+                f"storage read still hung: the one started {read.hung.running_s():.0f} s ago timed out and "
                 "has not returned"
             )
         else:

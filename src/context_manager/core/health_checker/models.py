@@ -153,12 +153,16 @@ class DiagnosticReport:
         data["status"] = self.status.value
         for result in data["checks"].values():
             result["status"] = result["status"].value
-        ready: dict[str, Any] = _json_ready(data)
+        ready: dict[str, Any] = json_ready(data)
         return ready
 
 
-def _json_ready(value: Any) -> Any:
-    """``value`` with what strict JSON cannot write made writable (see :meth:`DiagnosticReport.to_dict`)."""
+def json_ready(value: Any) -> Any:
+    """``value`` with what strict JSON cannot write made writable (see :meth:`DiagnosticReport.to_dict`).
+
+    Shared by every output that must be strict JSON (the MCP server's statistics too): NaN and infinities
+    become ``None``, sets (sorted) and tuples lists, other keys and objects ``str()``.
+    """
     if value is None or isinstance(value, str | bool):
         return value
     if isinstance(value, numbers.Integral):
@@ -167,10 +171,10 @@ def _json_ready(value: Any) -> Any:
         number = float(value)
         return number if math.isfinite(number) else None
     if isinstance(value, Mapping):
-        return {key if isinstance(key, str) else str(key): _json_ready(item) for key, item in value.items()}
+        return {key if isinstance(key, str) else str(key): json_ready(item) for key, item in value.items()}
     if not isinstance(value, list | tuple | set | frozenset):
         return str(value)
-    items = [_json_ready(item) for item in value]
+    items = [json_ready(item) for item in value]
     if isinstance(value, set | frozenset):
         try:
             items.sort()

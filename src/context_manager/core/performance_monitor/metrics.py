@@ -228,3 +228,6 @@ class SystemSample:
     one tick read as hundreds of percent)."""
     event_loop_lag_ms: float
     """How late the sampler's timer fired, in milliseconds."""
+    monotonic: float = 0.0
+    """When it was taken on the monitor's monotonic clock (what its recent window is judged by: a step of
+    the wall clock does not move it)."""

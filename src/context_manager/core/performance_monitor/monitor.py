@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -108,6 +109,10 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             and token totals. Records of further names are counted under :attr:`OVERFLOW_OPERATION`
             (a warning is logged once), as OpenTelemetry's SDK folds series past its cardinality limit:
             memory stays bounded when a name carries an id or a URL. Name kinds of work, not instances.
+        clock: The monotonic clock (seconds) the recent windows, the throughput and the uptime are
+            measured with (default ``time.monotonic``): a step of the wall clock (NTP, a suspended VM)
+            does not move them. The times shown (the recent errors', samples' and metrics' ``timestamp``)
+            stay wall-clock ``time.time()``. Pass a clock of your own to test window logic.
 
     Raises:
         InvalidSettingError: A setting is out of range.
@@ -132,6 +137,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         thresholds: PerformanceThresholds | None = None,
         collect_library_operations: bool = True,
         max_operation_names: int = _DEFAULT_MAX_OPERATION_NAMES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (
             isinstance(sample_interval, bool)
@@ -155,6 +161,8 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         ):
             if not isinstance(switch, bool):  # "no" is truthy: it switched the feature on
                 raise InvalidSettingError(setting, switch, "True or False")
+        if not callable(clock):
+            raise InvalidSettingError("clock", clock, "a function returning monotonic seconds")
         if thresholds is not None and not isinstance(thresholds, PerformanceThresholds):
             raise InvalidSettingError("thresholds", thresholds, "a PerformanceThresholds or None")
         self._thresholds = thresholds or PerformanceThresholds()
@@ -172,14 +180,16 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         """Distinct operation names kept; further ones are counted under :attr:`OVERFLOW_OPERATION`."""
 
         self._lock = threading.Lock()
-        self._created = time.time()
+        self._clock = clock
+        self._created = clock()  # on the monotonic clock: uptime and throughput are durations
         self._operations: dict[str, LatencyReservoir] = {}
-        # (time, whether it succeeded) of the accepted operations: a flood of rejected calls (bad input)
-        # must not push the failures out of the error rate's evidence
+        # (monotonic time, whether it succeeded) of the accepted operations: a flood of rejected calls
+        # (bad input) must not push the failures out of the error rate's evidence
         self._recent: deque[tuple[float, bool]] = deque(maxlen=history_size)
         # successes of the library's hot path (_record_success), counted at the next read, record or _FOLD_AT
         self._queued: deque[tuple[str, float, float]] = deque()
-        self._recent_errors: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
+        # (monotonic time, the error as shown): the window judges the first, the user reads the second's date
+        self._recent_errors: deque[tuple[float, dict[str, Any]]] = deque(maxlen=_MAX_RECENT_ERRORS)
         self._recent_rejections: deque[dict[str, Any]] = deque(maxlen=_MAX_RECENT_ERRORS)
         self._samples: deque[SystemSample] = deque(maxlen=history_size)
         self._tokens: dict[str, list[int]] = {}  # operation -> [calls, input tokens, output tokens]
@@ -330,7 +340,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             self._signal_sample()  # a waiter learns that no sample came
             return False
         self._sampling_error = None
-        self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0))
+        self._samples.append(SystemSample(time.time(), rss / 1048576.0, cpu, lag_s * 1000.0, self._clock()))
         self._signal_sample()
         return True
 
@@ -402,7 +412,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             raise InvalidMetricError("rejected", rejected, "True, False or None")
         elif rejected and success:
             raise InvalidMetricError("rejected", rejected, "False or None for a success (success=True)")
-        now = time.time()
+        now, wall = self._clock(), time.time()
         with self._lock:
             self._fold_locked()  # the queued successes first: the recent-operation buffer is a time line
             if rejected:
@@ -412,7 +422,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
                         "operation": name,
                         "error_type": type(error).__name__ if isinstance(error, BaseException) else None,
                         "message": _describe_error(error),
-                        "timestamp": now,
+                        "timestamp": wall,
                     }
                 )
                 return
@@ -420,12 +430,15 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             self._recent.append((now, success))
             if not success:
                 self._recent_errors.append(
-                    {
-                        "operation": name,
-                        "error_type": type(error).__name__ if isinstance(error, BaseException) else None,
-                        "message": _describe_error(error),
-                        "timestamp": now,
-                    }
+                    (
+                        now,
+                        {
+                            "operation": name,
+                            "error_type": type(error).__name__ if isinstance(error, BaseException) else None,
+                            "message": _describe_error(error),
+                            "timestamp": wall,
+                        },
+                    )
                 )
 
     def _record_success(self, name: str, duration_s: float) -> None:
@@ -436,7 +449,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         the next :meth:`record_operation`, or once :data:`_FOLD_AT` are queued. About a fifth of the cost.
         """
         queued = self._queued
-        queued.append((name, duration_s, time.time()))
+        queued.append((name, duration_s, self._clock()))
         if len(queued) >= _FOLD_AT:
             with self._lock:
                 self._fold_locked()
@@ -541,7 +554,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             self._overflow_warned = False
             self._sampling_errors = 0
             self._sampling_error = None
-            self._created = time.time()
+            self._created = self._clock()
         self.profiler.reset()
 
     # ------------------------------------------------------------------------------------- profiling
@@ -574,7 +587,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         At most 50; a message longer than 1000 characters is kept shortened (``...<N chars>``).
         """
         with self._lock:
-            return list(self._recent_errors)
+            return [error for _, error in self._recent_errors]
 
     def recent_rejections(self) -> list[dict[str, Any]]:
         """Return the latest calls rejected for bad input (as :meth:`recent_errors`), oldest first.
@@ -604,7 +617,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             or window_s <= 0
         ):
             raise InvalidSettingError("window_s", window_s, "a number of seconds > 0 (or None)")
-        start = time.time() - window_s
+        start = self._clock() - window_s
         count = failures = 0
         with self._lock:
             self._fold_locked()
@@ -626,7 +639,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         """
         samples = self._samples
         if not samples or (
-            time.time() - samples[-1].timestamp >= self.sample_interval and not self.sampler_alive
+            self._clock() - samples[-1].monotonic >= self.sample_interval and not self.sampler_alive
         ):
             self._take_sample(lag_s=0.0)
         return samples[-1] if samples else None
@@ -651,7 +664,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         It takes a sample first if none exists yet or, while the background sampler is not running (the
         monitor was never started, or stopped), if the latest is ``sample_interval`` old.
         """
-        now = time.time()
+        now = self._clock()
         sample = self._latest_sample()
         with self._lock:  # copied under the lock, computed outside: a scrape never makes records wait
             self._fold_locked()
@@ -672,7 +685,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             cpu_percent=sample.cpu_percent if sample else 0.0,
             event_loop_lag_ms=sample.event_loop_lag_ms if sample else 0.0,
             health_score=self.health_score(),
-            timestamp=now,
+            timestamp=time.time(),
         )
 
     def _evidence(self) -> rules.Evidence:
@@ -685,20 +698,21 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             else []
         )
         failure = self._sampling_error
-        window_start = time.time() - self.thresholds.recent_window_s  # what the rate and the rules count
+        window_start = self._clock() - self.thresholds.recent_window_s  # what the rate and the rules count
         samples = list(self._samples)
         judged_samples, growth_samples = self._outside_warm_ups(samples)
         with self._lock:  # the slow-operation rule judges the latencies of the window too: copied here,
             self._fold_locked()  # judged outside the lock
             rings = [(name, reservoir.recent()) for name, reservoir in self._operations.items()]
+            errors = [error for at, error in self._recent_errors if at >= window_start]
         judged = (recent_stats(name, ring, window_start) for name, ring in rings)
         return rules.Evidence(
             recent_error_rate=error_rate,
             recent_count=recent_count,
-            recent_errors=[error for error in self.recent_errors() if error["timestamp"] >= window_start],
+            recent_errors=errors,
             operation_stats=[stats for stats in judged if stats.count],
             samples=samples,
-            recent_samples=[sample for sample in judged_samples if sample.timestamp >= window_start],
+            recent_samples=[sample for sample in judged_samples if sample.monotonic >= window_start],
             growth_samples=growth_samples,
             hottest_function=hottest[0] if hottest else None,
             sampling_failure=None if failure is None else f"{type(failure).__name__}: {failure}",
@@ -786,7 +800,7 @@ class PerformanceMonitor(AsyncContextManagerOnly):
                 "sampling_errors": self._sampling_errors,
                 "sample_interval": self.sample_interval,
                 "monitoring": self.is_monitoring,
-                "uptime_s": time.time() - self._created,
+                "uptime_s": self._clock() - self._created,
             },
             "recent_errors": self.recent_errors(),
             "recent_rejections": self.recent_rejections(),

@@ -30,6 +30,7 @@ from context_manager.core.summarizers.llm import (
     classify_sdk_error,
     resolve_base_url,
     server_error_note,
+    url_without_credentials,
     usage_count,
 )
 from context_manager.core.summarizers.prompt import SummaryPrompt
@@ -137,8 +138,8 @@ class OpenAISummarizer(LLMSummarizer):
 
     @property
     def endpoint(self) -> str:
-        """The client's base URL."""
-        return str(self.client.base_url)
+        """The client's base URL, with any ``user:token@`` in it shown as ``***@`` (requests use it whole)."""
+        return url_without_credentials(str(self.client.base_url))
 
     async def _request(self, prompt: SummaryPrompt, request_timeout: float) -> tuple[str, SummaryUsage]:
         parameters: dict[str, Any] = {
