@@ -1176,14 +1176,15 @@ class ToolManager(ToolRegistry):
         running = self._abandoned_calls.get(definition.name, 0)
         if limit is None or running < limit:
             return None
-        calls = f"{running} calls" if running != 1 else "1 call"
-        their = "their" if running != 1 else "its"
+        plural = running != 1
+        calls, they, their = (f"{running} calls", "they", "their") if plural else ("1 call", "it", "its")
         return self._fail(
             definition,
             ToolErrorType.OVERLOADED,
-            f"tool {definition.name!r} has {calls} still running after {their} timeout (they ignored their "
-            f"cancellation; ToolManager(max_abandoned_calls={limit}) allows no more), so this call did not "
-            "run: retry when they end, or make the tool stop when it is cancelled",
+            f"tool {definition.name!r} has {calls} still running after {their} timeout ({they} ignored "
+            f"{their} cancellation; ToolManager(max_abandoned_calls={limit}) allows no more), so this call "
+            f"did not run: retry when {they} end{'' if plural else 's'}, or make the tool stop when it is "
+            "cancelled",
             started,
             call_id,
         )
