@@ -114,7 +114,9 @@ class ThreadCall:
     def on_late_end(self, callback: Callable[[], None]) -> bool:
         """Have ``callback`` called on the loop when this call, abandoned while it ran, ends in its thread.
 
-        Returns False (and never calls it) when the call is not running: it ended already, or never began.
+        When the loop was closed by then, it is called in the call's thread instead (so it must be thread
+        safe and must not raise). Returns False (and never calls it) when the call is not running: it
+        ended already, or never began.
         """
         with self._counters.lock:
             if self.finished or not self.started:
@@ -154,10 +156,15 @@ class ThreadCall:
                 if self.abandoned:
                     counters.abandoned -= 1
                 late_end, self._late_end = self._late_end, None
-        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: nobody waits for it
+        try:
             self._loop.call_soon_threadsafe(_deliver, self._future, failed, outcome)
             if late_end is not None:
                 self._loop.call_soon_threadsafe(late_end)
+                late_end = None
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits for the outcome
+            pass
+        if late_end is not None:  # no loop to run it on: here (its owner counts on hearing of the end)
+            late_end()
 
     def _drop(self) -> None:
         """Cancel the call's wait: the pool was shut down before a thread took it (it never runs)."""

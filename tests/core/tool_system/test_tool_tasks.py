@@ -24,7 +24,7 @@ import pytest
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError
-from context_manager.core.tool_system import ToolErrorType, ToolManager
+from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult
 
 RELEASE_AFTER = 3.0  # seconds after which a stubborn tool is let go (the old code's callers waited for it)
 
@@ -499,9 +499,11 @@ async def test_a_sync_tool_left_running_in_its_thread_counts_against_the_same_bo
         assert manager.get_tool_stats()["tools"]["hangs"]["abandoned"] == 1
         refused = await manager.execute_tool("hangs")
         assert refused.error_type is ToolErrorType.OVERLOADED
-        assert refused.error is not None and refused.error.startswith(
-            "tool 'hangs' has 1 call still running after its timeout ("
-        )
+        assert refused.error == (
+            "tool 'hangs' has 1 call still running after its timeout (its thread cannot be stopped; "
+            "ToolManager(max_abandoned_calls=1) allows no more), so this call did not run: retry when it "
+            "ends, or give its blocking work an async version"
+        )  # not "it ignored its cancellation": a sync tool is never cancelled
         assert entered == [1]
         assert (await manager.execute_tool("quick")).result == "quick"  # other tools are not limited
     finally:
@@ -559,3 +561,49 @@ async def test_without_a_bound_calls_left_running_are_not_refused() -> None:
     assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 3
     release.set()
     await wait_until_no_abandoned_task(manager)
+
+
+def test_a_sync_call_ending_after_its_loop_closed_is_no_longer_counted() -> None:
+    """A timed-out sync call whose thread ends after its event loop was closed (``asyncio.run`` per request)
+    could not report its end on that loop: it stayed counted for ever, and with ``max_abandoned_calls`` of
+    them the tool was refused (``overloaded``) on every later loop although nothing of it ran any more."""
+    gate = threading.Event()
+
+    def hangs() -> str:
+        gate.wait(timeout=10.0)
+        return "late"
+
+    manager = ToolManager(max_abandoned_calls=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.2)
+
+    async def call() -> ToolResult:
+        return await manager.execute_tool("hangs")
+
+    try:
+        assert asyncio.run(call()).error_type is ToolErrorType.TIMEOUT  # its loop closes, the thread runs on
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5.0
+    while manager.get_tool_stats()["threads"]["abandoned"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.get_tool_stats()["threads"]["abandoned"] == 0  # the thread ended
+    assert manager.get_tool_stats()["tools"]["hangs"]["abandoned"] == 0
+    again = asyncio.run(call())
+    assert (again.error_type, again.result) == (None, "late")
+
+
+async def test_several_calls_of_a_tool_at_its_bound_in_one_batch_are_all_refused() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.02)
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    calls = [{"id": f"call_{index}", "name": "stubborn", "arguments": {}} for index in range(3)]
+    results = await manager.execute_tool_calls(calls)
+    assert [(result.call_id, result.error_type) for result in results] == [
+        (f"call_{index}", ToolErrorType.OVERLOADED) for index in range(3)
+    ]
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 1  # none of them ran
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 0

@@ -73,6 +73,7 @@ import math
 import operator
 import pathlib
 import signal
+import threading
 import time
 import uuid
 import weakref
@@ -584,6 +585,8 @@ class ToolManager(ToolRegistry):
         # sync calls in their thread); a tool without any has no entry, so the check on each call is one
         # test of an empty dict
         self._abandoned_calls: dict[str, int] = {}
+        # a sync call ending after its event loop closed reports its end from its own thread
+        self._abandoned_calls_lock = threading.Lock()
         # async tools that ignored their cancellation and still run (task -> tool name): referenced here so
         # they are not collected mid-flight, and cancelled again by cleanup()
         self._abandoned_tasks: dict[asyncio.Task[Any], str] = {}
@@ -1159,14 +1162,17 @@ class ToolManager(ToolRegistry):
             self._abandoned_call_began(name)
 
     def _abandoned_call_began(self, name: str) -> None:
-        self._abandoned_calls[name] = self._abandoned_calls.get(name, 0) + 1
+        with self._abandoned_calls_lock:
+            self._abandoned_calls[name] = self._abandoned_calls.get(name, 0) + 1
 
     def _abandoned_call_ended(self, name: str) -> None:
-        left = self._abandoned_calls.get(name, 0) - 1
-        if left > 0:
-            self._abandoned_calls[name] = left
-        else:
-            self._abandoned_calls.pop(name, None)  # no entry: the check on each call stays one dict test
+        """Count down a call left running that ended (on the loop; in its thread if the loop was closed)."""
+        with self._abandoned_calls_lock:
+            left = self._abandoned_calls.get(name, 0) - 1
+            if left > 0:
+                self._abandoned_calls[name] = left
+            else:
+                self._abandoned_calls.pop(name, None)  # no entry: the check on each call stays one dict test
 
     def _overloaded(
         self, definition: ToolDefinition, started: float, call_id: str | None
@@ -1178,13 +1184,17 @@ class ToolManager(ToolRegistry):
             return None
         plural = running != 1
         calls, they, their = (f"{running} calls", "they", "their") if plural else ("1 call", "it", "its")
+        if definition.is_async:
+            why, remedy = f"{they} ignored {their} cancellation", "make the tool stop when it is cancelled"
+        else:  # a sync call: its thread cannot be cancelled
+            threads = "their threads" if plural else "its thread"
+            why, remedy = f"{threads} cannot be stopped", "give its blocking work an async version"
         return self._fail(
             definition,
             ToolErrorType.OVERLOADED,
-            f"tool {definition.name!r} has {calls} still running after {their} timeout ({they} ignored "
-            f"{their} cancellation; ToolManager(max_abandoned_calls={limit}) allows no more), so this call "
-            f"did not run: retry when {they} end{'' if plural else 's'}, or make the tool stop when it is "
-            "cancelled",
+            f"tool {definition.name!r} has {calls} still running after {their} timeout ({why}; "
+            f"ToolManager(max_abandoned_calls={limit}) allows no more), so this call did not run: retry "
+            f"when {they} end{'' if plural else 's'}, or {remedy}",
             started,
             call_id,
         )
