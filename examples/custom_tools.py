@@ -161,7 +161,7 @@ async def failure_kinds(ctx: ExampleContext, manager: EnhancedContextManager) ->
     )
     ctx.console.print(ctx.table("failed ToolResults", ["kind", "tool", "error_type", "error"], rows))
     ctx.ok(
-        "all six failure kinds: unknown_tool, invalid_arguments, permission_denied, rate_limited, "
+        "six failure kinds: unknown_tool, invalid_arguments, permission_denied, rate_limited, "
         "timeout, tool_error"
     )
     ctx.info(f"what a model sees in the window: {limited.to_content()!r}")

@@ -32,7 +32,7 @@ KEY_LINES = {
         "import_memories() into a fresh store: 4 imported",
     ],
     "tools": [
-        "all six failure kinds: unknown_tool, invalid_arguments, permission_denied, rate_limited, "
+        "six failure kinds: unknown_tool, invalid_arguments, permission_denied, rate_limited, "
         "timeout, tool_error",
         "second call cached=True; the tool ran 1 time",
         "staging_orders -> ran; orders -> permission_denied",

@@ -81,6 +81,7 @@ class ThreadCall:
         "_function",
         "_future",
         "_kwargs",
+        "_late_end",
         "_loop",
         "abandoned",
         "finished",
@@ -108,6 +109,20 @@ class ThreadCall:
         self._args = args
         self._kwargs = kwargs
         self._context = contextvars.copy_context()
+        self._late_end: Callable[[], None] | None = None
+
+    def on_late_end(self, callback: Callable[[], None]) -> bool:
+        """Have ``callback`` called on the loop when this call, abandoned while it ran, ends in its thread.
+
+        When the loop was closed by then, it is called in the call's thread instead (so it must be thread
+        safe and must not raise). Returns False (and never calls it) when the call is not running: it
+        ended already, or never began.
+        """
+        with self._counters.lock:
+            if self.finished or not self.started:
+                return False
+            self._late_end = callback
+            return True
 
     def _run(self) -> None:
         """Run the call in the current thread and hand its outcome to the waiting loop (never raises)."""
@@ -140,8 +155,16 @@ class ThreadCall:
                 counters.busy -= 1
                 if self.abandoned:
                     counters.abandoned -= 1
-        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: nobody waits for it
+                late_end, self._late_end = self._late_end, None
+        try:
             self._loop.call_soon_threadsafe(_deliver, self._future, failed, outcome)
+            if late_end is not None:
+                self._loop.call_soon_threadsafe(late_end)
+                late_end = None
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits for the outcome
+            pass
+        if late_end is not None:  # no loop to run it on: here (its owner counts on hearing of the end)
+            late_end()
 
     def _drop(self) -> None:
         """Cancel the call's wait: the pool was shut down before a thread took it (it never runs)."""

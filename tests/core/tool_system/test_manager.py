@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
@@ -586,7 +587,17 @@ async def test_every_error_type_comes_back_as_a_failed_result(clock: ManualClock
     async def ping() -> str:
         return "pong"
 
-    manager = ToolManager(clock=clock)
+    release = asyncio.Event()
+
+    async def stubborn() -> str:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallows its cancellation
+                await release.wait()
+        return "late"
+
+    manager = ToolManager(clock=clock, cancel_grace=0.01, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn, "Stubborn", timeout=0.01)
+    assert (await manager.execute("stubborn")).error_type == "timeout"  # left running: the bound is reached
     manager.register_function_tool("summarise", summarise, "Shorten a text")
     manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.01)
     manager.register_function_tool("broken", broken, "Broken")
@@ -602,6 +613,7 @@ async def test_every_error_type_comes_back_as_a_failed_result(clock: ManualClock
         ToolErrorType.RATE_LIMITED: ("ping", {}, "allows 1 call per 60 s; retry after 45 s"),
         ToolErrorType.TIMEOUT: ("hangs", {}, "tool 'hangs' timed out after 0.01 s"),
         ToolErrorType.TOOL_ERROR: ("broken", {}, "tool 'broken' raised RuntimeError: disk on fire"),
+        ToolErrorType.OVERLOADED: ("stubborn", {}, "'stubborn' has 1 call still running after its timeout"),
     }
     # CANCELLED is never a call's outcome: only cancel_tool_calls gives it (test_window_calls.py)
     assert set(scenarios) == set(ToolErrorType) - {ToolErrorType.CANCELLED}
@@ -624,7 +636,10 @@ async def test_every_error_type_comes_back_as_a_failed_result(clock: ManualClock
         "broken": {"tool_error": 1},
         "wipe": {"permission_denied": 1},
         "ping": {"rate_limited": 1},
+        "stubborn": {"timeout": 1, "overloaded": 1},
     }
+    release.set()
+    await manager.cleanup()
 
 
 async def test_rejected_replacement_keeps_the_tool_and_its_state(clock: ManualClock) -> None:

@@ -12,6 +12,7 @@ import contextvars
 import gc
 import logging
 import re
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ import pytest
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import InvalidArgumentError
-from context_manager.core.tool_system import ToolErrorType, ToolManager
+from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult
 
 RELEASE_AFTER = 3.0  # seconds after which a stubborn tool is let go (the old code's callers waited for it)
 
@@ -418,3 +419,191 @@ async def test_a_failed_calls_arguments_are_freed_when_it_returns() -> None:
             assert freed() is None, name
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------- a bound on calls left running
+
+
+async def wait_until_tool_has_no_abandoned_call(manager: ToolManager, name: str) -> None:
+    for _ in range(500):
+        if not manager.get_tool_stats()["tools"][name]["abandoned"]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the abandoned calls of {name!r} did not end")
+
+
+async def test_a_tool_with_too_many_calls_left_running_is_refused_at_once_without_running() -> None:
+    """Each call to a tool that swallows its cancellation left one more task running after its timeout,
+    without bound (500 calls: 500 tasks); the callers, no longer held, did not limit it either. Past
+    ``max_abandoned_calls`` such calls of one tool, a new call is refused at once (``overloaded``) without
+    starting the tool and without using its rate limit; the count drops as the tasks end."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    started_calls: list[int] = []
+    stubborn = stubborn_tool(release, [])
+
+    async def counted() -> str:
+        started_calls.append(1)
+        return str(await stubborn())
+
+    manager = ToolManager(cancel_grace=0.02, max_abandoned_calls=2)
+    manager.register_function_tool(
+        "stubborn", counted, "Stubborn", timeout=0.3, rate_limit=3, rate_window=3600
+    )
+    first = await manager.execute_tool("stubborn")
+    second = await manager.execute_tool("stubborn")
+    assert (first.error_type, second.error_type) == (ToolErrorType.TIMEOUT, ToolErrorType.TIMEOUT)
+    stats = manager.get_tool_stats()
+    assert (stats["tasks"], stats["tools"]["stubborn"]["abandoned"]) == ({"abandoned": 2}, 2)
+    assert stats["max_abandoned_calls"] == 2
+    began = time.perf_counter()
+    refused = await manager.call_tool("stubborn", {}, call_id="call_3")
+    assert time.perf_counter() - began < 0.3  # at once: not after the tool's timeout
+    assert not refused.success and refused.error_type is ToolErrorType.OVERLOADED
+    assert refused.error == (
+        "tool 'stubborn' has 2 calls still running after their timeout (they ignored their cancellation; "
+        "ToolManager(max_abandoned_calls=2) allows no more), so this call did not run: retry when they "
+        "end, or make the tool stop when it is cancelled"
+    )
+    assert (refused.tool_name, refused.call_id, refused.retry_after) == ("stubborn", "call_3", None)
+    assert len(started_calls) == 2  # the tool was not started
+    assert manager.get_tool_stats()["tools"]["stubborn"]["errors"] == {"timeout": 2, "overloaded": 1}
+    release.set()
+    await wait_until_tool_has_no_abandoned_call(manager, "stubborn")
+    assert manager.get_tool_stats()["tasks"] == {"abandoned": 0}
+    again = await manager.execute_tool("stubborn")  # the refused call used no rate-limit slot: the 3rd
+    assert again.success and again.result == "late answer"
+    assert len(started_calls) == 3
+
+
+async def test_a_sync_tool_left_running_in_its_thread_counts_against_the_same_bound() -> None:
+    """A timed-out sync tool keeps its thread: such calls of one tool count as left-running calls too, so one
+    hung sync tool cannot take every thread of the pool (``max_threads``) from the other sync tools."""
+    gate = threading.Event()
+    entered: list[int] = []
+
+    def hangs() -> str:
+        entered.append(1)
+        gate.wait(timeout=10.0)
+        return "late"
+
+    def quick() -> str:
+        return "quick"
+
+    manager = ToolManager(max_abandoned_calls=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.5)
+    manager.register_function_tool("quick", quick, "Quick", timeout=1.0)
+    try:
+        assert (await manager.execute_tool("hangs")).error_type is ToolErrorType.TIMEOUT
+        assert entered == [1]  # it ran (and runs on in its thread)
+        assert manager.get_tool_stats()["tools"]["hangs"]["abandoned"] == 1
+        refused = await manager.execute_tool("hangs")
+        assert refused.error_type is ToolErrorType.OVERLOADED
+        assert refused.error == (
+            "tool 'hangs' has 1 call still running after its timeout (its thread cannot be stopped; "
+            "ToolManager(max_abandoned_calls=1) allows no more), so this call did not run: retry when it "
+            "ends, or give its blocking work an async version"
+        )  # not "it ignored its cancellation": a sync tool is never cancelled
+        assert entered == [1]
+        assert (await manager.execute_tool("quick")).result == "quick"  # other tools are not limited
+    finally:
+        gate.set()
+    await wait_until_tool_has_no_abandoned_call(manager, "hangs")
+    assert (await manager.execute_tool("hangs")).result == "late"
+    assert manager.get_tool_stats()["tools"]["hangs"]["errors"] == {"timeout": 1, "overloaded": 1}
+
+
+async def test_a_cancelled_sync_call_left_running_counts_too() -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def hangs() -> str:
+        entered.set()
+        gate.wait(timeout=10.0)
+        return "late"
+
+    manager = ToolManager(max_abandoned_calls=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=10.0)
+    try:
+        caller = asyncio.create_task(manager.execute_tool("hangs"))
+        assert await asyncio.to_thread(entered.wait, 5.0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert manager.get_tool_stats()["tools"]["hangs"]["abandoned"] == 1
+        assert (await manager.execute_tool("hangs")).error_type is ToolErrorType.OVERLOADED
+    finally:
+        gate.set()
+    await wait_until_tool_has_no_abandoned_call(manager, "hangs")
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "3"])
+async def test_max_abandoned_calls_must_be_a_positive_integer_or_none(value: Any) -> None:
+    allowed = r"allowed an integer >= 1 \(calls of one tool left running after their timeout\), or None"
+    with pytest.raises(InvalidArgumentError, match=rf"^max_abandoned_calls: got .*; {allowed}$"):
+        ToolManager(max_abandoned_calls=value)
+    manager = ToolManager()
+    assert manager.max_abandoned_calls == 16  # the default
+    with pytest.raises(InvalidArgumentError, match=allowed):
+        manager.max_abandoned_calls = value
+    assert manager.max_abandoned_calls == 16  # unchanged
+    manager.max_abandoned_calls = None  # no bound (as before it existed)
+    assert manager.get_tool_stats()["max_abandoned_calls"] is None
+
+
+async def test_without_a_bound_calls_left_running_are_not_refused() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=None)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.02)
+    results = [await manager.execute_tool("stubborn") for _ in range(3)]
+    assert [result.error_type for result in results] == [ToolErrorType.TIMEOUT] * 3
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 3
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+def test_a_sync_call_ending_after_its_loop_closed_is_no_longer_counted() -> None:
+    """A timed-out sync call whose thread ends after its event loop was closed (``asyncio.run`` per request)
+    could not report its end on that loop: it stayed counted for ever, and with ``max_abandoned_calls`` of
+    them the tool was refused (``overloaded``) on every later loop although nothing of it ran any more."""
+    gate = threading.Event()
+
+    def hangs() -> str:
+        gate.wait(timeout=10.0)
+        return "late"
+
+    manager = ToolManager(max_abandoned_calls=1)
+    manager.register_function_tool("hangs", hangs, "Hangs", timeout=0.2)
+
+    async def call() -> ToolResult:
+        return await manager.execute_tool("hangs")
+
+    try:
+        assert asyncio.run(call()).error_type is ToolErrorType.TIMEOUT  # its loop closes, the thread runs on
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 5.0
+    while manager.get_tool_stats()["threads"]["abandoned"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.get_tool_stats()["threads"]["abandoned"] == 0  # the thread ended
+    assert manager.get_tool_stats()["tools"]["hangs"]["abandoned"] == 0
+    again = asyncio.run(call())
+    assert (again.error_type, again.result) == (None, "late")
+
+
+async def test_several_calls_of_a_tool_at_its_bound_in_one_batch_are_all_refused() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.02)
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    calls = [{"id": f"call_{index}", "name": "stubborn", "arguments": {}} for index in range(3)]
+    results = await manager.execute_tool_calls(calls)
+    assert [(result.call_id, result.error_type) for result in results] == [
+        (f"call_{index}", ToolErrorType.OVERLOADED) for index in range(3)
+    ]
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 1  # none of them ran
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 0

@@ -43,6 +43,13 @@ tools never make storage I/O wait. A tool that timed out keeps its thread until 
 call waits for a thread inside its own timeout (timing out there, it did not run, and its error says so).
 The threads are daemon threads: a tool that never returns does not keep the process from exiting.
 
+Calls still running after their caller stopped waiting (an async tool that ignored its cancellation, a
+sync tool in its thread; timed out or cancelled) are counted per tool (``get_tool_stats()["tools"][name]
+["abandoned"]``). Once a tool has ``max_abandoned_calls`` (16) of them, a new call to it comes back at once
+as an ``overloaded`` failure, without running and without using its rate limit (a cache hit is still
+answered); the count drops as those calls end. Calls already running when the bound is reached are not
+stopped (nothing can stop them): a burst of concurrent calls may leave more than the bound running.
+
 The manager is meant for one event loop. Its only background tasks are async tools that ignored their
 cancellation: :meth:`ToolManager.cleanup` (or ``async with ToolManager() as tools``) cancels them again and
 waits a bounded time; ``EnhancedContextManager.cleanup()`` calls it.
@@ -66,6 +73,7 @@ import math
 import operator
 import pathlib
 import signal
+import threading
 import time
 import uuid
 import weakref
@@ -139,7 +147,7 @@ class _ToolStats:
             self.failures += 1
             self.errors[error_type.value] = self.errors.get(error_type.value, 0) + 1
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, abandoned: int) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "successes": self.successes,
@@ -150,6 +158,7 @@ class _ToolStats:
             "average_time": self.total_time / self.calls if self.calls else None,
             "last_called": self.last_called,
             "errors": dict(self.errors),
+            "abandoned": abandoned,
         }
 
 
@@ -522,6 +531,9 @@ class ToolManager(ToolRegistry):
         max_threads: The most threads sync tools run in at once (the manager's own pool).
         cancel_grace: Seconds a cancelled async tool (its timeout, or its caller cancelled) is given to
             unwind before the call returns without it (see :attr:`cancel_grace`); from 0 to 60.
+        max_abandoned_calls: The most calls of one tool left running after their caller stopped waiting
+            before new calls to it are refused (``overloaded``, not run); None for no bound (see
+            :attr:`max_abandoned_calls`).
 
     Example:
         >>> manager = ToolManager()
@@ -542,6 +554,7 @@ class ToolManager(ToolRegistry):
         cache_size: int = 1024,
         max_threads: int = 64,
         cancel_grace: float = 0.5,
+        max_abandoned_calls: int | None = 16,
     ) -> None:
         if config is not None and not isinstance(config, ContextManagerConfig):
             raise InvalidArgumentError("config", config, "a ContextManagerConfig or None")
@@ -567,6 +580,13 @@ class ToolManager(ToolRegistry):
         self._cache = ToolResultCache(cache_size, clock=self._clock)
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
         self.cancel_grace = cancel_grace
+        self.max_abandoned_calls = max_abandoned_calls
+        # per tool name, its calls still running after their caller stopped waiting (async tasks left running,
+        # sync calls in their thread); a tool without any has no entry, so the check on each call is one
+        # test of an empty dict
+        self._abandoned_calls: dict[str, int] = {}
+        # a sync call ending after its event loop closed reports its end from its own thread
+        self._abandoned_calls_lock = threading.Lock()
         # async tools that ignored their cancellation and still run (task -> tool name): referenced here so
         # they are not collected mid-flight, and cancelled again by cleanup()
         self._abandoned_tasks: dict[asyncio.Task[Any], str] = {}
@@ -818,6 +838,8 @@ class ToolManager(ToolRegistry):
                     )
 
         if decision is PermissionDecision.ASK:
+            if self._abandoned_calls and (overloaded := self._overloaded(definition, started, call_id)):
+                return overloaded  # (not a question for a person about a call that would not run)
             refusal = await self._ask_approval(definition, call_arguments, started)
             if refusal is not None:
                 return self._fail(definition, ToolErrorType.PERMISSION_DENIED, refusal, started, call_id)
@@ -840,6 +862,8 @@ class ToolManager(ToolRegistry):
                     return await self._cached_result(definition, found, started, call_id)
                 generation = self._cache.generation(name)  # an invalidation while it runs: not cached
 
+        if self._abandoned_calls and (overloaded := self._overloaded(definition, started, call_id)):
+            return overloaded
         if definition.rate_limit is not None:
             retry_after = self._limiter.try_acquire(
                 (name, caller_key), limit=definition.rate_limit, window=definition.rate_window
@@ -898,6 +922,7 @@ class ToolManager(ToolRegistry):
                         )
                     else:
                         late = " (its thread keeps running; a late result is discarded)"
+                        self._abandon_thread_call(definition, thread_call)
                     return self._fail(
                         definition,
                         ToolErrorType.TIMEOUT,
@@ -931,6 +956,8 @@ class ToolManager(ToolRegistry):
                 if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
                     if thread_call is not None and not thread_call.started:  # it never runs
                         self._refund_rate_limit(definition, caller_key)
+                    elif thread_call is not None:  # it runs on in its thread
+                        self._abandon_thread_call(definition, thread_call)
                     self._count_cancelled(definition, started)
                     raise
                 return self._tool_error(definition, error, started, call_id, call_arguments)
@@ -1119,6 +1146,7 @@ class ToolManager(ToolRegistry):
         ``waited``: the seconds it was given (the grace, or less when the caller's cancellation cut it short).
         """
         self._abandoned_tasks[task] = definition.name
+        self._abandoned_call_began(definition.name)
         task.add_done_callback(self._abandoned_task_ended)
         logger.warning(
             "tool %r ignored its cancellation for %.3g s; it is left running in its task "
@@ -1127,8 +1155,53 @@ class ToolManager(ToolRegistry):
             waited,
         )
 
+    def _abandon_thread_call(self, definition: ToolDefinition, call: ThreadCall) -> None:
+        """Count a sync call whose caller stopped waiting while it runs on in its thread, until it ends."""
+        name = definition.name
+        if call.on_late_end(functools.partial(self._abandoned_call_ended, name)):
+            self._abandoned_call_began(name)
+
+    def _abandoned_call_began(self, name: str) -> None:
+        with self._abandoned_calls_lock:
+            self._abandoned_calls[name] = self._abandoned_calls.get(name, 0) + 1
+
+    def _abandoned_call_ended(self, name: str) -> None:
+        """Count down a call left running that ended (on the loop; in its thread if the loop was closed)."""
+        with self._abandoned_calls_lock:
+            left = self._abandoned_calls.get(name, 0) - 1
+            if left > 0:
+                self._abandoned_calls[name] = left
+            else:
+                self._abandoned_calls.pop(name, None)  # no entry: the check on each call stays one dict test
+
+    def _overloaded(
+        self, definition: ToolDefinition, started: float, call_id: str | None
+    ) -> ToolResult | None:
+        """The ``overloaded`` failure of a call to a tool with ``max_abandoned_calls`` calls left running."""
+        limit = self._max_abandoned_calls
+        running = self._abandoned_calls.get(definition.name, 0)
+        if limit is None or running < limit:
+            return None
+        plural = running != 1
+        calls, they, their = (f"{running} calls", "they", "their") if plural else ("1 call", "it", "its")
+        if definition.is_async:
+            why, remedy = f"{they} ignored {their} cancellation", "make the tool stop when it is cancelled"
+        else:  # a sync call: its thread cannot be cancelled
+            threads = "their threads" if plural else "its thread"
+            why, remedy = f"{threads} cannot be stopped", "give its blocking work an async version"
+        return self._fail(
+            definition,
+            ToolErrorType.OVERLOADED,
+            f"tool {definition.name!r} has {calls} still running after {their} timeout ({why}; "
+            f"ToolManager(max_abandoned_calls={limit}) allows no more), so this call did not run: retry "
+            f"when {they} end{'' if plural else 's'}, or {remedy}",
+            started,
+            call_id,
+        )
+
     def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
         name = self._abandoned_tasks.pop(task, "?")
+        self._abandoned_call_ended(name)
         if task.cancelled():
             logger.debug("abandoned tool %r ended, cancelled", name)
             return
@@ -1159,6 +1232,28 @@ class ToolManager(ToolRegistry):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 60:
             raise InvalidArgumentError("cancel_grace", value, "seconds, a number from 0 to 60")
         self._cancel_grace = float(value)
+
+    @property
+    def max_abandoned_calls(self) -> int | None:
+        """The most calls of one tool left running after their caller stopped waiting; None: no bound.
+
+        Such calls are async tools that ignored their cancellation (after :attr:`cancel_grace`) and sync
+        tools whose thread runs on (a thread cannot be stopped), after their timeout or their caller's
+        cancellation: ``get_tool_stats()["tools"][name]["abandoned"]`` counts them. While a tool has this
+        many, a new call to it fails at once with ``error_type="overloaded"`` without running (nor using
+        its rate limit); the count drops as they end. Assignable; an integer >= 1 or None (default 16).
+        """
+        return self._max_abandoned_calls
+
+    @max_abandoned_calls.setter
+    def max_abandoned_calls(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidArgumentError(
+                "max_abandoned_calls",
+                value,
+                "an integer >= 1 (calls of one tool left running after their timeout), or None",
+            )
+        self._max_abandoned_calls = value
 
     async def cleanup(self, *, wait: float = 1.0) -> None:
         """Cancel again the tools left running after ignoring a cancellation; wait up to ``wait`` seconds.
@@ -1464,8 +1559,12 @@ class ToolManager(ToolRegistry):
         are forgotten as new ones come). ``threads``: the sync tools' pool: ``busy`` (running a call),
         ``abandoned`` (timed-out calls still running in their thread) and ``max``. ``tasks``:
         ``abandoned``, the async tools that ignored their cancellation and still run in their task.
+        Per tool, ``abandoned`` counts its calls of either kind still running after their caller stopped
+        waiting; ``max_abandoned_calls`` is the bound past which new calls to a tool are refused
+        (``overloaded``).
         """
-        tools = {name: stats.as_dict() for name, stats in self._stats.items()}
+        abandoned = self._abandoned_calls
+        tools = {name: stats.as_dict(abandoned.get(name, 0)) for name, stats in self._stats.items()}
         return {
             "registered_tools": len(self._tools),
             "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
@@ -1478,6 +1577,7 @@ class ToolManager(ToolRegistry):
                 "max": self._threads.max_threads,
             },
             "tasks": {"abandoned": len(self._abandoned_tasks)},
+            "max_abandoned_calls": self._max_abandoned_calls,
             "tools": tools,
         }
 
