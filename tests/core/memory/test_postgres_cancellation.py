@@ -464,6 +464,30 @@ async def test_a_delete_cancelled_as_it_commits_leaves_no_vector(shared_dsn: str
         assert await _vector_ids(shared_dsn, [memory.id, kept.id]) == {kept.id}
 
 
+async def test_a_delete_of_two_copies_cancelled_as_the_first_commits_deletes_the_other(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """An important memory has a short-term row and a long-term copy, deleted one after the other (the long
+    one first). Cancelled while the first delete's commit was in flight, the delete had begun but stopped
+    there: the memory stayed, in short-term only. The delete is now finished in the background."""
+    await _clear(shared_dsn)
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        backend = manager.backend
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.95)
+        tiers = {copy.tier for copy in await backend.copies([memory.id])}
+        assert tiers == {MemoryTier.SHORT, MemoryTier.LONG}
+
+        async def begun() -> bool:
+            return len(await backend.copies([memory.id])) < 2
+
+        await _cancelled_as_it_commits(functools.partial(manager.delete_memory, memory.id), begun)
+        await _background_settled(manager)
+        assert await backend.copies([memory.id]) == []
+        assert await _vector_ids(shared_dsn, [memory.id]) == set()
+
+
 async def test_an_orphaned_vector_is_removed_when_the_store_opens(shared_dsn: str, tmp_path: Path) -> None:
     """A vector whose memory is in no tier (a process killed between a delete and the delete of its vector,
     an older version's cancelled delete) was kept for good: counted in the vector statistics and searched.

@@ -123,7 +123,8 @@ class MemoryCuration(TierMovement):
                 except asyncio.CancelledError:
                     # rolled back, or committed while its commit was in flight: the merged memories
                     # stored then are embedded in the background (the others are not stored: skipped)
-                    self._embed_later([merged for merged, _ in candidates])
+                    if self.embedder is not None:
+                        self._embed_later([merged for merged, _ in candidates])
                     raise
             for (merged, group), was_merged in zip(candidates, done, strict=True):
                 if not was_merged:

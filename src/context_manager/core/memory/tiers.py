@@ -644,21 +644,30 @@ class TierMovement(ManagerState):
         if self.embedder is not None:
             self._embed_later(copies[:1])
 
-    def _forget_later(self, memories: Sequence[Memory]) -> None:
+    def _forget_later(self, memories: Sequence[Memory], copies: Sequence[Memory] = ()) -> None:
         """Erase in the background what remains of those of ``memories`` now in no tier (:meth:`_forget`).
 
         For a delete cancelled as it wrote: on a shared storage, one cancelled while its commit was in flight
-        may have committed, and its caller got the cancellation before the vectors were erased. A store's
-        next open erases the vectors of memories in no tier too (PostgreSQL).
+        may have committed, and its caller got the cancellation before the rest. ``copies``: the copies of the
+        memory it deleted (its own, not its originals'), slowest tier first; one of them gone means its first
+        delete committed: the others are deleted too (once begun, to its end). A store's next open erases
+        the vectors of memories in no tier too (PostgreSQL).
         """
         if self._state != "ready" or self._closing or not memories:
             return
-        self._spawn(self._forget_settled(list(memories)))
+        self._spawn(self._forget_settled(list(memories), list(copies)))
 
-    async def _forget_settled(self, memories: Sequence[Memory]) -> None:
+    async def _forget_settled(self, memories: Sequence[Memory], copies: Sequence[Memory]) -> None:
         async with self._write_lock:  # the cancelled delete has settled once the lock is free
-            if self._state == "ready":
-                await self._forget(memories)
+            if self._state != "ready":
+                return
+            if copies:
+                memory_id = copies[0].id
+                left = await self._locate(memory_id)
+                if left and {copy.tier for copy in copies} - {copy.tier for copy in left}:
+                    await self._delete_every_copy(memory_id, left)
+                    self._pending_touches.pop(memory_id, None)
+            await self._forget(memories)
 
     def _stop_embedding_later(self) -> None:
         """Cancel the background embedding (``close()``): the next open embeds what it left."""

@@ -677,8 +677,9 @@ class MemoryWriting(TierMovement):
             await self._delete_every_copy(memory_id, copies, removed, located)
         except asyncio.CancelledError:
             # cancelled before a delete returned: rolled back, or (on a shared storage) committed while its
-            # commit was in flight; what is gone by then is erased in the background (its vector)
-            self._forget_later([*absorbed, *copies])
+            # commit was in flight; then the delete had begun: finished in the background, and what is gone
+            # erased (its vector)
+            self._forget_later([*absorbed, *copies], copies)
             raise
         except StorageError:
             # a write refused part-way (a full disk): what was deleted is put back, so the memory and
