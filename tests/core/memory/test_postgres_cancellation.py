@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import json
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterator
@@ -554,3 +555,47 @@ async def test_a_retried_access_batch_moves_its_memories_up_to_long_term(
         pytest.fail("the flush never completed")
     finally:
         await manager.close()
+
+
+async def test_a_delete_rolled_back_while_another_process_moved_the_memory_leaves_it_stored(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A delete waiting for a row another process holds locked, cut short by the caller's timeout, is rolled
+    back: the memory stays (docs/postgres.md). When that other process was moving the memory to another tier
+    (an overflow of two memories, one of which this process updates meanwhile), the background follow-up of
+    the cancelled delete took the missing short-term copy for the sign of a committed delete and deleted the
+    memory the caller was told had not been deleted."""
+    await _clear(shared_dsn)
+    config = _config(shared_dsn, tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.2)
+        other = await manager.add_memory("the heron fishes at dusk", importance=0.2)
+        assert [copy.tier for copy in await manager.backend.copies([memory.id])] == [MemoryTier.SHORT]
+        locked, release = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def move_to_medium() -> None:  # another process's overflow move, holding the rows while it runs
+            with psycopg.connect(shared_dsn) as connection, connection.transaction():
+                connection.execute(
+                    "UPDATE cm_memories SET tier = 'medium' WHERE id = ANY(%s) AND tier = 'short'",
+                    ([memory.id, other.id],),
+                )
+                loop.call_soon_threadsafe(locked.set)
+                release.wait(timeout=5)
+
+        mover = asyncio.ensure_future(asyncio.to_thread(move_to_medium))
+        try:
+            await locked.wait()
+            deleting = asyncio.ensure_future(asyncio.wait_for(manager.delete_memory(memory.id), 0.5))
+            await asyncio.sleep(0.1)
+            updating = asyncio.ensure_future(manager.update_memory(other.id, content="the heron naps at noon"))
+            with pytest.raises(TimeoutError):
+                await deleting
+        finally:
+            release.set()
+            await mover
+        await updating
+        await _background_settled(manager)
+        assert [copy.tier for copy in await manager.backend.copies([memory.id])] == [MemoryTier.MEDIUM]
+        assert await _vector_ids(shared_dsn, [memory.id]) == {memory.id}
