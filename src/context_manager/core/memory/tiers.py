@@ -649,9 +649,11 @@ class TierMovement(ManagerState):
 
         For a delete cancelled as it wrote: on a shared storage, one cancelled while its commit was in flight
         may have committed, and its caller got the cancellation before the rest. ``copies``: the copies of the
-        memory it deleted (its own, not its originals'), slowest tier first; one of them gone means its first
-        delete committed: the others are deleted too (once begun, to its end). A store's next open erases
-        the vectors of memories in no tier too (PostgreSQL).
+        memory it deleted (its own, not its originals'); the copy of the slowest tier, deleted first, gone
+        while the others stay where they were means its first delete committed: the others are deleted too
+        (once begun, to its end). A copy found in a tier it was not in means another process moved it (a
+        delete rolled back while that move held the row): the memory stays. A store's next open erases the
+        vectors of memories in no tier too (PostgreSQL).
         """
         if self._state != "ready" or self._closing or not memories:
             return
@@ -664,7 +666,9 @@ class TierMovement(ManagerState):
             if copies:
                 memory_id = copies[0].id
                 left = await self._locate(memory_id)
-                if left and {copy.tier for copy in copies} - {copy.tier for copy in left}:
+                tiers, left_tiers = {copy.tier for copy in copies}, {copy.tier for copy in left}
+                first = max(tiers, key=TIER_ORDER.__getitem__)  # deleted first (_delete_every_copy)
+                if left and first not in left_tiers and left_tiers <= tiers:
                     await self._delete_every_copy(memory_id, left)
                     self._pending_touches.pop(memory_id, None)
             await self._forget(memories)
