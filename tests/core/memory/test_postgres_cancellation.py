@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -589,7 +589,7 @@ async def test_a_delete_rolled_back_while_another_process_moved_the_memory_leave
             await locked.wait()
             deleting = asyncio.ensure_future(asyncio.wait_for(manager.delete_memory(memory.id), 0.5))
             await asyncio.sleep(0.1)
-            updating = asyncio.ensure_future(manager.update_memory(other.id, content="the heron naps at noon"))
+            updating = asyncio.ensure_future(manager.update_memory(other.id, content="herons nap at noon"))
             with pytest.raises(TimeoutError):
                 await deleting
         finally:
