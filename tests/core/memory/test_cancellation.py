@@ -384,3 +384,28 @@ async def test_the_background_embedding_keeps_no_vector_of_a_text_changed_or_del
         assert set(vectors) == {changed}
         assert (vectors[changed] == new_vector).all()
         assert numpy.allclose(vectors[changed], embedder.embed(["the night bus leaves at nine"])[0])
+
+
+@pytest.mark.parametrize("tier", ["short", "long"])
+async def test_a_cancelled_access_count_flush_is_written_by_the_next_one(tmp_path: Path, tier: str) -> None:
+    """A flush of search accesses cancelled anywhere (before, during or after its write) loses no access and
+    counts none twice: the next flush writes the batch, merged with the accesses made since. The batch was
+    dropped when the flush was cancelled: the stored count fell behind the searches. Each round searches,
+    flushes cancelled after some steps, searches again and flushes; the stored count is then twice the rounds
+    (re-read by a new manager too)."""
+    config = _config(tmp_path)
+    rounds = 0
+    async with MemoryManager(config, promotion_access_count=1000) as memory:
+        added = await memory.add_memory("the walrus sings at dawn", importance=0.9, tier=tier)
+        for steps in _STEPS:
+            rounds += 1
+            assert [found.id for found in await memory.search_memory("walrus")] == [added.id]
+            await _cancel_after(steps, memory.flush())
+            assert [found.id for found in await memory.search_memory("walrus")] == [added.id]
+            await memory.flush()
+            assert memory.backend is not None
+            counts = {copy.access_count for copy in await memory.backend.copies([added.id])}
+            assert counts == {2 * rounds}, f"cancelled after {steps} steps"
+    async with MemoryManager(config) as reopened:
+        assert reopened.backend is not None
+        assert {copy.access_count for copy in await reopened.backend.copies([added.id])} == {2 * rounds}

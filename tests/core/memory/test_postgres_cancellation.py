@@ -13,17 +13,21 @@ import asyncio
 import functools
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy
 import psycopg
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import MemoryTier
 from context_manager.core.memory.postgres import PostgresBackend
 from context_manager.core.messages import Message, Role
+from context_manager.testing import HashingEmbedder
 
 _MAX_SUSPENSIONS = 200  # more than any call here suspends: the sweeps always end with a completed call
 
@@ -380,3 +384,220 @@ async def test_a_connection_a_cancellation_left_in_a_transaction_is_closed_quiet
         assert any("discarding closed connection" in r.getMessage() for r in caplog.records)
     finally:
         await database.close()
+
+
+async def _background_settled(manager: MemoryManager) -> None:
+    """Wait (at most 10 s) until the background work a cancelled write left (its follow-up, the embedding of
+    its memories) has ended."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while manager._unembedded or any(not task.done() for task in manager._background):
+        assert asyncio.get_running_loop().time() < deadline, "the background embedding never ended"
+        await asyncio.sleep(0.01)
+
+
+def _slow_commits(dsn: str) -> str:
+    """``dsn`` whose sessions take 0.1 s to commit (``commit_delay``, slept with interrupts held off, once
+    the commit is under way): a caller's timeout during it cancels a write that commits all the same."""
+    return dsn.replace("options=", "options=-ccommit_delay%3D100000%20-ccommit_siblings%3D0%20", 1)
+
+
+async def _cancelled_as_it_commits(
+    write: Callable[[], Awaitable[Any]], committed: Callable[[], Awaitable[bool]]
+) -> None:
+    """Run ``write()`` under ever longer timeouts until one cuts it short after it committed (``committed()``
+    tells); each attempt starts from what the previous left (a write that was rolled back is tried again).
+    The steps are 20 ms apart, a fifth of the 100 ms commit: under load, the time a write takes to reach its
+    commit varies from one attempt to the next, and wider steps (200 ms) could jump over the commit."""
+    for timeout in [step / 50 for step in range(1, 76)]:
+        try:
+            await asyncio.wait_for(write(), timeout)
+        except TimeoutError:
+            if await committed():
+                return
+        else:
+            pytest.fail(f"the write ended within {timeout} s: no timeout cut it short after its commit")
+    pytest.fail("no timeout cut the write short after its commit")
+
+
+async def test_an_update_cancelled_as_it_commits_gets_the_vector_of_its_text(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """An update cancelled while its commit was in flight (a caller's timeout) was committed without its
+    follow-up: the memory kept the vector of its old text, found by the meaning of words it no longer holds.
+    Its new text is now embedded in the background right after."""
+    await _clear(shared_dsn)
+    embedder = HashingEmbedder()
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=embedder) as manager:
+        assert manager.backend is not None
+        memory = await manager.add_memory("the walrus sings at dawn")
+
+        async def updated() -> bool:
+            stored = await manager.get_memory(memory.id)
+            return stored is not None and stored.content == "herons fish at dusk"
+
+        await _cancelled_as_it_commits(
+            functools.partial(manager.update_memory, memory.id, content="herons fish at dusk"), updated
+        )
+        await _background_settled(manager)
+        vectors = await manager.backend.vectors_of([memory.id])
+        assert numpy.allclose(vectors[memory.id], embedder.embed(["herons fish at dusk"])[0])
+
+
+async def _vector_ids(dsn: str, ids: list[str]) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as connection:
+        cursor = await connection.execute("SELECT id FROM cm_memory_vectors WHERE id = ANY(%s)", (ids,))
+        return {row[0] for row in await cursor.fetchall()}
+
+
+async def test_a_delete_cancelled_as_it_commits_leaves_no_vector(shared_dsn: str, tmp_path: Path) -> None:
+    """A delete cancelled while its commit was in flight was committed without its follow-up: the deleted
+    memory's vector stayed (and the store's opening did not remove it either). It is now erased."""
+    await _clear(shared_dsn)
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        memory = await manager.add_memory("the walrus sings at dawn")
+        kept = await manager.add_memory("the heron fishes at dusk")
+
+        async def deleted() -> bool:
+            return await manager.get_memory(memory.id) is None
+
+        await _cancelled_as_it_commits(functools.partial(manager.delete_memory, memory.id), deleted)
+        await _background_settled(manager)
+        assert await _vector_ids(shared_dsn, [memory.id, kept.id]) == {kept.id}
+
+
+async def test_a_delete_of_two_copies_cancelled_as_the_first_commits_deletes_the_other(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """An important memory has a short-term row and a long-term copy, deleted one after the other (the long
+    one first). Cancelled while the first delete's commit was in flight, the delete had begun but stopped
+    there: the memory stayed, in short-term only. The delete is now finished in the background."""
+    await _clear(shared_dsn)
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        backend = manager.backend
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.95)
+        tiers = {copy.tier for copy in await backend.copies([memory.id])}
+        assert tiers == {MemoryTier.SHORT, MemoryTier.LONG}
+
+        async def begun() -> bool:
+            return len(await backend.copies([memory.id])) < 2
+
+        await _cancelled_as_it_commits(functools.partial(manager.delete_memory, memory.id), begun)
+        await _background_settled(manager)
+        assert await backend.copies([memory.id]) == []
+        assert await _vector_ids(shared_dsn, [memory.id]) == set()
+
+
+async def test_an_orphaned_vector_is_removed_when_the_store_opens(shared_dsn: str, tmp_path: Path) -> None:
+    """A vector whose memory is in no tier (a process killed between a delete and the delete of its vector,
+    an older version's cancelled delete) was kept for good: counted in the vector statistics and searched.
+    The store's opening removes it; the vectors of stored memories stay."""
+    await _clear(shared_dsn)
+    config = _config(shared_dsn, tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        kept = await manager.add_memory("the walrus sings at dawn")
+        gone = await manager.add_memory("the heron fishes at dusk")
+    async with await psycopg.AsyncConnection.connect(shared_dsn, autocommit=True) as connection:
+        await connection.execute("DELETE FROM cm_memories WHERE id = %s", (gone.id,))
+    assert await _vector_ids(shared_dsn, [kept.id, gone.id]) == {kept.id, gone.id}
+    async with MemoryManager(config, embedder=HashingEmbedder()):
+        assert await _vector_ids(shared_dsn, [kept.id, gone.id]) == {kept.id}
+
+
+async def test_a_merge_cancelled_as_it_commits_gets_its_vector_while_the_manager_is_open(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A consolidation cancelled while its merge's commit was in flight left the merged memory without a
+    vector until the store was next opened (found by its words only). It is now embedded right after."""
+    await _clear(shared_dsn)
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        for text in ["the quarterly report is due on friday", "the quarterly report is due on friday too"]:
+            await manager.add_memory(text, importance=0.9)
+
+        backend = manager.backend
+
+        async def merged() -> bool:
+            return any(copy.merged_from for copy in await backend.scan(None, every_copy=True))
+
+        consolidate = functools.partial(manager.consolidate_memories, similarity_threshold=0.7)
+        await _cancelled_as_it_commits(consolidate, merged)
+        await _background_settled(manager)
+        stored = {copy.id for copy in await manager.backend.scan(None, every_copy=True)}
+        assert len(stored) == 3
+        assert await _vector_ids(shared_dsn, sorted(stored)) == stored
+
+
+async def test_a_retried_access_batch_moves_its_memories_up_to_long_term(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A flush of accesses cancelled anywhere is added by the next one (unless it committed); the memories it
+    made worth long-term are moved there by that flush. The retried batch skipped that check: a memory
+    searched past the promotion threshold stayed in short-term until searched again."""
+    await _clear(shared_dsn)
+    manager = MemoryManager(_config(shared_dsn, tmp_path / "storage"))
+    await manager.initialize()
+    try:
+        for at in range(1, _MAX_SUSPENSIONS):
+            await _clear(shared_dsn)
+            memory = await manager.add_memory(f"the walrus sings at dawn {at}", importance=0.1)
+            for _ in range(manager.promotion_access_count):
+                assert [found.id for found in await manager.search_memory("walrus")] == [memory.id]
+            done = await _run_cancelled_at(manager.flush, at)
+            await manager.flush()
+            assert manager.backend is not None
+            tiers = {copy.tier for copy in await manager.backend.copies([memory.id])}
+            assert MemoryTier.LONG in tiers, f"cancelled at suspension {at}: tiers {sorted(tiers)}"
+            if done:
+                return
+        pytest.fail("the flush never completed")
+    finally:
+        await manager.close()
+
+
+async def test_a_delete_rolled_back_while_another_process_moved_the_memory_leaves_it_stored(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A delete waiting for a row another process holds locked, cut short by the caller's timeout, is rolled
+    back: the memory stays (docs/postgres.md). When that other process was moving the memory to another tier
+    (an overflow of two memories, one of which this process updates meanwhile), the background follow-up of
+    the cancelled delete took the missing short-term copy for the sign of a committed delete and deleted the
+    memory the caller was told had not been deleted."""
+    await _clear(shared_dsn)
+    config = _config(shared_dsn, tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        memory = await manager.add_memory("the walrus sings at dawn", importance=0.2)
+        other = await manager.add_memory("the heron fishes at dusk", importance=0.2)
+        assert [copy.tier for copy in await manager.backend.copies([memory.id])] == [MemoryTier.SHORT]
+        locked, release = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
+
+        def move_to_medium() -> None:  # another process's overflow move, holding the rows while it runs
+            with psycopg.connect(shared_dsn) as connection, connection.transaction():
+                connection.execute(
+                    "UPDATE cm_memories SET tier = 'medium' WHERE id = ANY(%s) AND tier = 'short'",
+                    ([memory.id, other.id],),
+                )
+                loop.call_soon_threadsafe(locked.set)
+                release.wait(timeout=5)
+
+        mover = asyncio.ensure_future(asyncio.to_thread(move_to_medium))
+        try:
+            await locked.wait()
+            deleting = asyncio.ensure_future(asyncio.wait_for(manager.delete_memory(memory.id), 0.5))
+            await asyncio.sleep(0.1)
+            updating = asyncio.ensure_future(manager.update_memory(other.id, content="herons nap at noon"))
+            with pytest.raises(TimeoutError):
+                await deleting
+        finally:
+            release.set()
+            await mover
+        await updating
+        await _background_settled(manager)
+        assert [copy.tier for copy in await manager.backend.copies([memory.id])] == [MemoryTier.MEDIUM]
+        assert await _vector_ids(shared_dsn, [memory.id]) == {memory.id}

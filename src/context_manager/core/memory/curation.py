@@ -118,7 +118,14 @@ class MemoryCuration(TierMovement):
             if candidates:
                 merging = asyncio.ensure_future(merge(candidates))
                 # begun only once done: the one transaction commits (or not) as a whole
-                done = await self._to_its_end("consolidate_memories", merging, merging.done)
+                try:
+                    done = await self._to_its_end("consolidate_memories", merging, merging.done)
+                except asyncio.CancelledError:
+                    # rolled back, or committed while its commit was in flight: the merged memories
+                    # stored then are embedded in the background (the others are not stored: skipped)
+                    if self.embedder is not None:
+                        self._embed_later([merged for merged, _ in candidates])
+                    raise
             for (merged, group), was_merged in zip(candidates, done, strict=True):
                 if not was_merged:
                     continue

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from context_manager.core.errors import StorageError
-from context_manager.core.memory.backend import TIER_ORDER, AccessCounter, tier_value
+from context_manager.core.memory.backend import TIER_ORDER, AccessCounter, MemoryBackend, tier_value
 from context_manager.core.memory.models import Memory, MemoryTier
 from context_manager.core.memory.state import ManagerState
 from context_manager.core.threads import to_the_end, to_the_end_once_begun
@@ -410,34 +410,53 @@ class TierMovement(ManagerState):
             await self._flush_touches_locked()
 
     async def _flush_touches_locked(self) -> None:
-        if not self._pending_touches and not self._unsettled_accesses:
+        if not self._pending_touches and not self._unsettled_accesses and not self._touched_volatile:
             return
         backend = self._require("flush")
         if self._unsettled_accesses and isinstance(backend, AccessCounter):
             await self._add_unsettled_accesses(backend)
-        if not self._pending_touches:
-            return
         pending, self._pending_touches = self._pending_touches, {}
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
-        if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
-            batch = {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
-            attempts: list[str] = []
-            try:
-                await backend.add_accesses(batch, attempts)
-            except (asyncio.CancelledError, StorageError):
-                # cancelled (a caller's timeout, a close) or failed: maybe committed, maybe not. Kept with
-                # the ids of the transactions that tried, for the next flush, which asks the server whether
-                # one of them committed: added once, never lost, never twice
-                self._unsettled_accesses.append((batch, attempts))
-                self._touched_volatile.update(volatile)
-                raise
-        else:
-            await backend.touch({memory_id: (at, count) for memory_id, (at, count, _, _) in pending.items()})
+        try:
+            if not pending:
+                pass  # only the batches earlier flushes left unsettled, added above
+            elif isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
+                batch = {memory_id: (at, added) for memory_id, (at, _, added, _) in pending.items()}
+                attempts: list[str] = []
+                try:
+                    await backend.add_accesses(batch, attempts)
+                except (asyncio.CancelledError, StorageError):
+                    # cancelled (a caller's timeout, a close) or failed: maybe committed, maybe not. Kept with
+                    # the ids of the transactions that tried, for the next flush, which asks the server
+                    # whether one of them committed: added once, never lost, never twice
+                    self._unsettled_accesses.append((batch, attempts))
+                    raise
+            else:
+                try:
+                    await backend.touch({i: (at, count) for i, (at, count, _, _) in pending.items()})
+                except (asyncio.CancelledError, StorageError):
+                    # the counts are absolute: written again by the next flush, merged with the accesses
+                    # recorded meanwhile (written already or not, each is counted once)
+                    self._keep_touches(pending)
+                    raise
+        except BaseException:
+            self._touched_volatile.update(volatile)  # looked at by the flush that writes them
+            raise
         # a memory found in long-term (search returns the fastest tier's copy) has nothing to move up: only
         # the copies of those found in short- or medium-term are read back (at 100k memories, reading every
-        # touched long-term row held the loop about 9 ms per flush)
-        copies = await backend.copies([memory_id for memory_id in pending if memory_id in volatile])
+        # touched long-term row held the loop about 9 ms per flush); those of this flush and those of the
+        # batches an earlier flush left unsettled, added above
+        if volatile:
+            try:
+                await self._promote_accessed(backend, volatile)
+            except BaseException:
+                self._touched_volatile.update(volatile)  # cut short: the next flush looks at them again
+                raise
+
+    async def _promote_accessed(self, backend: MemoryBackend, ids: Iterable[str]) -> None:
+        """Move to long-term those of ``ids`` (short- or medium-term when searched) accessed often enough."""
+        copies = await backend.copies(list(ids))
         with_copy = await backend.long_copies([m.id for m in copies if m.tier is MemoryTier.SHORT])
         hot = [
             memory
@@ -450,6 +469,24 @@ class TierMovement(ManagerState):
         ]
         if hot:
             await self._move_to_long(hot)
+
+    def _keep_touches(self, pending: Mapping[str, tuple[float, int, int, str | None]]) -> None:
+        """Put back a batch of absolute access counts a flush did not write, merged with the newer ones.
+
+        An access recorded since was counted from what was stored (the batch or not) or from the batch
+        itself: its count is at least the batch's plus the accesses recorded since.
+        """
+        for memory_id, (at, count, added, owner) in pending.items():
+            newer = self._pending_touches.get(memory_id)
+            if newer is None:
+                self._pending_touches[memory_id] = (at, count, added, owner)
+            else:
+                self._pending_touches[memory_id] = (
+                    max(at, newer[0]),
+                    max(newer[1], count + newer[2]),
+                    added + newer[2],
+                    newer[3],
+                )
 
     async def _add_unsettled_accesses(self, backend: AccessCounter) -> None:
         """Add the batches of accesses earlier flushes left unsettled (:meth:`_flush_touches_locked`).
@@ -581,6 +618,60 @@ class TierMovement(ManagerState):
                 await self._require("embed").save_vectors(
                     self._embedding_model(), [memories[i] for i in kept], vectors[kept]
                 )
+
+    def _follow_up_later(self, memory_id: str, before: Memory | None, content: str) -> None:
+        """Finish in the background an update of a text cancelled as it wrote (see :meth:`_follow_up`)."""
+        if self._state != "ready" or self._closing:
+            return
+        self._spawn(self._follow_up(memory_id, before, content))
+
+    async def _follow_up(self, memory_id: str, before: Memory | None, content: str) -> None:
+        """The follow-up of an update to ``content`` cancelled as it committed, if it committed.
+
+        On a shared storage an update cancelled while its commit was in flight may have committed; its
+        caller got the cancellation before the follow-up. Once the write lock is free (the cancelled update
+        has settled), the memory found stored with ``content`` gets it: the next turn's copy of its text
+        (``before``: the memory as it was), and its vector, embedded without the lock.
+        """
+        async with self._write_lock:
+            if self._state != "ready":
+                return
+            copies = await self._locate(memory_id)
+            if not copies or copies[0].content != content:
+                return  # rolled back (or deleted, or changed again by a write that did its own follow-up)
+            if before is not None:
+                await self._echo_new_text(before, content)
+        if self.embedder is not None:
+            self._embed_later(copies[:1])
+
+    def _forget_later(self, memories: Sequence[Memory], copies: Sequence[Memory] = ()) -> None:
+        """Erase in the background what remains of those of ``memories`` now in no tier (:meth:`_forget`).
+
+        For a delete cancelled as it wrote: on a shared storage, one cancelled while its commit was in flight
+        may have committed, and its caller got the cancellation before the rest. ``copies``: the copies of the
+        memory it deleted (its own, not its originals'); the copy of the slowest tier, deleted first, gone
+        while the others stay where they were means its first delete committed: the others are deleted too
+        (once begun, to its end). A copy found in a tier it was not in means another process moved it (a
+        delete rolled back while that move held the row): the memory stays. A store's next open erases the
+        vectors of memories in no tier too (PostgreSQL).
+        """
+        if self._state != "ready" or self._closing or not memories:
+            return
+        self._spawn(self._forget_settled(list(memories), list(copies)))
+
+    async def _forget_settled(self, memories: Sequence[Memory], copies: Sequence[Memory]) -> None:
+        async with self._write_lock:  # the cancelled delete has settled once the lock is free
+            if self._state != "ready":
+                return
+            if copies:
+                memory_id = copies[0].id
+                left = await self._locate(memory_id)
+                tiers, left_tiers = {copy.tier for copy in copies}, {copy.tier for copy in left}
+                first = max(tiers, key=TIER_ORDER.__getitem__)  # deleted first (_delete_every_copy)
+                if left and first not in left_tiers and left_tiers <= tiers:
+                    await self._delete_every_copy(memory_id, left)
+                    self._pending_touches.pop(memory_id, None)
+            await self._forget(memories)
 
     def _stop_embedding_later(self) -> None:
         """Cancel the background embedding (``close()``): the next open embeds what it left."""

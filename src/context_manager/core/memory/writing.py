@@ -602,7 +602,15 @@ class MemoryWriting(TierMovement):
         # only the fields given are written, to every copy where it is now (a copy another process moved
         # meanwhile is changed where it went; a change another process made to another field stays);
         # with a tier, the memory ends up there only; a memory another process deleted is not brought back
-        if not await backend.update([memory_id], changes, target):
+        try:
+            updated = await backend.update([memory_id], changes, target)
+        except asyncio.CancelledError:
+            # rolled back, or (on a shared storage) committed while its commit was in flight: then the
+            # follow-up below is owed, done in the background once it is known (the caller is not held)
+            if content is not None:
+                self._follow_up_later(memory_id, before[0] if before else None, content)
+            raise
+        if not updated:
             raise MemoryNotFoundError(memory_id)
         began.set()
         if before:
@@ -667,6 +675,12 @@ class MemoryWriting(TierMovement):
             for original_id, original_copies in by_original.items():
                 await self._delete_every_copy(original_id, original_copies, removed, located)
             await self._delete_every_copy(memory_id, copies, removed, located)
+        except asyncio.CancelledError:
+            # cancelled before a delete returned: rolled back, or (on a shared storage) committed while its
+            # commit was in flight; then the delete had begun: finished in the background, and what is gone
+            # erased (its vector)
+            self._forget_later([*absorbed, *copies], copies)
+            raise
         except StorageError:
             # a write refused part-way (a full disk): what was deleted is put back, so the memory and
             # its originals are as they were (if that fails too, part of them stays deleted)

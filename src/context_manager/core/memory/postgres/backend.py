@@ -1264,7 +1264,10 @@ class PostgresBackend:
     # -- vectors -----------------------------------------------------------------------------------
 
     async def open_vectors(self, model: str, dimension: int) -> list[Memory]:
-        """Create the vector table and its HNSW index (pgvector); return the memories without a vector."""
+        """Create the vector table and its HNSW index (pgvector); return the memories without a vector.
+
+        The vectors of memories no longer stored (in no tier) are deleted.
+        """
         try:
             await self.database.migrate(MIGRATIONS + VECTOR_MIGRATIONS)
         except StorageError as error:
@@ -1283,6 +1286,14 @@ class PostgresBackend:
         # workers starting together: each would create the index; they take turns under the lock
         await self.database.create_if_missing(hnsw_index_statement(dimension), "vector index")
         self._vector_model, self._vector_dimension = model, dimension
+        # the vectors of memories in no tier: a delete whose vector was to be erased after its commit (a
+        # process killed in between, a cancellation as the commit went through before this version)
+        await self._fetch(
+            "DELETE FROM cm_memory_vectors AS v WHERE NOT EXISTS "
+            "(SELECT 1 FROM cm_memories AS m WHERE m.id = v.id) RETURNING 1",
+            (),
+            "orphaned vector delete",
+        )
         missing = await self._memories(
             f"SELECT DISTINCT ON (m.id) {_columns('m')} "
             "FROM cm_memories AS m WHERE NOT EXISTS (SELECT 1 FROM cm_memory_vectors AS v "
