@@ -580,8 +580,12 @@ def test_memory_delete_with_all_users_deletes_any_owner_s_memory(store: Path) ->
     command once per user. ``--all-users`` deletes the ids whoever owns them (each printed with its owner);
     with ``--user`` too it is bad usage, as elsewhere, and nothing is deleted."""
     shared = cli_json("--storage", str(store), "memory", "add", "the door code is 4417-zebra")
-    alice = cli_json("--storage", str(store), "memory", "add", "alice's card pin is 0000-ocelot", "--user", "alice")
-    bob = cli_json("--storage", str(store), "memory", "add", "bob's card pin is 1111-narwhal", "--user", "bob")
+    alice = cli_json(
+        "--storage", str(store), "memory", "add", "alice's card pin is 0000-ocelot", "--user", "alice"
+    )
+    bob = cli_json(
+        "--storage", str(store), "memory", "add", "bob's card pin is 1111-narwhal", "--user", "bob"
+    )
     kept = cli_json("--storage", str(store), "memory", "add", "carol likes tea", "--user", "carol")
 
     both = cli("--storage", str(store), "memory", "delete", alice["id"], "--user", "alice", "--all-users")
