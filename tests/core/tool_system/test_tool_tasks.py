@@ -597,6 +597,38 @@ def test_a_sync_call_ending_after_its_loop_closed_is_no_longer_counted() -> None
     assert (again.error_type, again.result) == (None, "late")
 
 
+def test_an_async_call_left_running_in_a_loop_closed_under_it_is_no_longer_counted() -> None:
+    """An async tool left running (it ignored its cancellation) in an event loop closed without ending its
+    tasks (``run_until_complete`` then ``close()``) never runs again and never ends: it stayed counted for
+    ever, so with ``max_abandoned_calls`` of them the tool was refused (``overloaded``) on every later loop,
+    and ``cleanup()`` there did not look at it."""
+
+    async def stubborn() -> str:
+        for _ in range(3):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+        return "answer"
+
+    manager = ToolManager(cancel_grace=0, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn, "Stubborn", timeout=0.01)
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+        assert manager.get_tool_stats()["tasks"]["abandoned"] == 1
+    finally:
+        loop.close()  # its task left running goes with it, pending
+
+    async def later() -> ToolResult:
+        await manager.cleanup(wait=0.1)
+        return await manager.execute_tool("stubborn")
+
+    again = asyncio.run(later())
+    assert (again.error_type, again.result) == (ToolErrorType.TIMEOUT, None)  # it ran (and timed out)
+    stats = manager.get_tool_stats()
+    assert stats["tools"]["stubborn"]["errors"] == {"timeout": 2}
+    assert stats["tasks"]["abandoned"] == 0  # asyncio.run ended its own at shutdown; the first is forgotten
+
+
 async def test_several_calls_of_a_tool_at_its_bound_in_one_batch_are_all_refused() -> None:
     release = asyncio.Event()
     asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)

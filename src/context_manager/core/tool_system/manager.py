@@ -1182,6 +1182,10 @@ class ToolManager(ToolRegistry):
         running = self._abandoned_calls.get(definition.name, 0)
         if limit is None or running < limit:
             return None
+        if self._forget_dead_tasks():
+            running = self._abandoned_calls.get(definition.name, 0)
+            if running < limit:
+                return None
         plural = running != 1
         calls, they, their = (f"{running} calls", "they", "their") if plural else ("1 call", "it", "its")
         if definition.is_async:
@@ -1198,6 +1202,18 @@ class ToolManager(ToolRegistry):
             started,
             call_id,
         )
+
+    def _forget_dead_tasks(self) -> bool:
+        """Stop tracking tasks left running whose event loop was closed; whether there were any.
+
+        Such a task never runs again and never ends (``run_until_complete`` then ``close()`` leaves it
+        pending): counted for ever, it would have its tool refused as overloaded on every later loop.
+        """
+        dead = [task for task in self._abandoned_tasks if task.get_loop().is_closed()]
+        for task in dead:
+            task.remove_done_callback(self._abandoned_task_ended)
+            self._abandoned_call_ended(self._abandoned_tasks.pop(task))
+        return bool(dead)
 
     def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
         name = self._abandoned_tasks.pop(task, "?")
@@ -1267,6 +1283,7 @@ class ToolManager(ToolRegistry):
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
             raise InvalidArgumentError("wait", wait, "seconds, a number >= 0")
         loop = asyncio.get_running_loop()
+        self._forget_dead_tasks()
         tasks = [task for task in self._abandoned_tasks if task.get_loop() is loop]
         if not tasks:
             return
@@ -1563,6 +1580,8 @@ class ToolManager(ToolRegistry):
         waiting; ``max_abandoned_calls`` is the bound past which new calls to a tool are refused
         (``overloaded``).
         """
+        if self._abandoned_tasks:
+            self._forget_dead_tasks()
         abandoned = self._abandoned_calls
         tools = {name: stats.as_dict(abandoned.get(name, 0)) for name, stats in self._stats.items()}
         return {
