@@ -592,3 +592,47 @@ async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a
             writer.close()
         await eventually(lambda: store_threads() == 0 and conversation_files(tmp_path) == [])
     assert open_files_under(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc/self/fd")
+def test_a_cut_open_of_the_conversations_store_is_closed_after_its_event_loop_ended(tmp_path: Path) -> None:
+    """A cut open's store is closed in the background once the open ends; when the request's event loop
+    ended first (``asyncio.run`` per request), its shutdown cancelled that close, which cancelled the close
+    queued behind the open in the store's thread: the connection (three open files) was left to the
+    garbage collector. The close now runs in the store's thread after the open all the same."""
+    config = make_config(tmp_path)
+
+    async def store_a_conversation() -> None:
+        async with EnhancedContextManager(config, conversation_id="c-ana", user_id="ana") as ana:
+            await ana.add_message("user", "a stored conversation")
+
+    async def request() -> None:
+        manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
+        task = asyncio.ensure_future(manager.initialize())
+        # the store's open waits for the lock in its thread (its file open)
+        await eventually(lambda: len(conversation_files(tmp_path)) > len(held) or task.done())
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await manager.cleanup()
+
+    asyncio.run(store_a_conversation())
+    gc.disable()  # a connection the garbage collector would close must not pass for one closed
+    try:
+        writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+        try:
+            writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+            writer.execute("BEGIN EXCLUSIVE")
+            writer.execute("COMMIT")  # the lock stays until the connection closes
+            held = conversation_files(tmp_path)  # the writer's
+            asyncio.run(request())  # its loop ends while the open still waits for the lock
+        finally:
+            writer.close()  # the open goes on now
+        deadline = time.monotonic() + 8.0
+        while (store_threads() or conversation_files(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert store_threads() == 0
+        assert conversation_files(tmp_path) == []
+    finally:
+        gc.enable()

@@ -174,7 +174,14 @@ class SQLiteConversationStore:
         executor, self._executor = self._executor, None
         if executor is None or self._pid != forks.pid:
             return
-        await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        except asyncio.CancelledError:
+            # a cancelled wait cancels the close still queued (behind an open waiting for a lock, say; the
+            # loop ending under a close in the background): queued again, to run in the thread regardless
+            executor.submit(self._close)
+            executor.shutdown(wait=False)
+            raise
         executor.shutdown(wait=True)
 
     def _close(self) -> None:
