@@ -702,7 +702,7 @@ async def test_a_sync_check_still_hung_from_an_earlier_run_is_not_started_again(
         calls.append(time.monotonic())
         return gate.wait(30)
 
-    checker = HealthChecker(storage_path=tmp_path, check_timeout=1.0)  # fsync is slow under load
+    checker = HealthChecker(storage_path=tmp_path, check_timeout=3.0)  # fsync is slow under load
     checker.register_check("upstream", hangs)
     try:
         for run in range(20):
