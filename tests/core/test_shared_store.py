@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -482,6 +482,20 @@ def store_threads() -> int:
     return sum(thread.name.startswith("context-manager-conversations") for thread in threads)
 
 
+@contextlib.contextmanager
+def conversations_locked(config: ContextManagerConfig) -> Iterator[None]:
+    """Another process's long write to the conversations database: its lock is held until the block ends
+    (a store's open waits for it, the busy timeout)."""
+    writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
+    try:
+        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("COMMIT")  # the lock stays until the connection closes
+        yield
+    finally:
+        writer.close()
+
+
 async def eventually(condition: Callable[[], bool]) -> None:
     """Wait (a few seconds at most) for ``condition`` to hold: a cut open's store closes in the background.
 
@@ -507,17 +521,10 @@ async def test_a_conversations_store_opened_while_the_last_manager_cleans_up_is_
         await ana.add_message("user", "a stored conversation")
     manager = EnhancedContextManager(config, user_id="ana")  # no conversation of its own: no store yet
     await manager.initialize()
-    # another process's long write to the conversations: the store's open waits for it (busy timeout)
-    writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
-    try:
-        writer.execute("PRAGMA locking_mode=EXCLUSIVE")
-        writer.execute("BEGIN EXCLUSIVE")
-        writer.execute("COMMIT")  # the lock stays until the connection closes
+    with conversations_locked(config):  # the store's open waits for another process's write
         listing = asyncio.ensure_future(manager.list_conversations())
         await asyncio.sleep(0)  # the listing opens the conversations store, and waits
         await manager.cleanup()
-    finally:
-        writer.close()
     with pytest.raises(LifecycleError, match="cleaned up"):
         await listing
     assert manager.conversation_store is None
@@ -572,11 +579,7 @@ async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a
         await ana.add_message("user", "a stored conversation")
 
     async with EnhancedContextManager(config, user_id="bo"):  # holds the memory, not the conversations store
-        writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
-        try:
-            writer.execute("PRAGMA locking_mode=EXCLUSIVE")
-            writer.execute("BEGIN EXCLUSIVE")
-            writer.execute("COMMIT")  # the lock stays until the connection closes
+        with conversations_locked(config):
             held = conversation_files(tmp_path)  # the writer's
             manager = EnhancedContextManager(config, conversation_id="c-ana", user_id="ana")
             task = asyncio.ensure_future(manager.initialize())
@@ -588,8 +591,6 @@ async def test_an_initialize_cancelled_while_the_conversations_store_waits_for_a
                 await task
             await manager.cleanup()
             assert store_threads() == 1  # the caller was not kept waiting: the open still waits for the lock
-        finally:
-            writer.close()
         await eventually(lambda: store_threads() == 0 and conversation_files(tmp_path) == [])
     assert open_files_under(tmp_path) == []
 
@@ -620,15 +621,9 @@ def test_a_cut_open_of_the_conversations_store_is_closed_after_its_event_loop_en
     asyncio.run(store_a_conversation())
     gc.disable()  # a connection the garbage collector would close must not pass for one closed
     try:
-        writer = sqlite3.connect(config.resolved_storage_path / "conversations.sqlite3", isolation_level=None)
-        try:
-            writer.execute("PRAGMA locking_mode=EXCLUSIVE")
-            writer.execute("BEGIN EXCLUSIVE")
-            writer.execute("COMMIT")  # the lock stays until the connection closes
+        with conversations_locked(config):  # the open goes on when it ends
             held = conversation_files(tmp_path)  # the writer's
             asyncio.run(request())  # its loop ends while the open still waits for the lock
-        finally:
-            writer.close()  # the open goes on now
         deadline = time.monotonic() + 8.0
         while (store_threads() or conversation_files(tmp_path)) and time.monotonic() < deadline:
             time.sleep(0.01)
