@@ -611,6 +611,28 @@ async def test_opentelemetry_summarizer_spans_are_children_of_their_compression(
         assert compression.start_time <= http.start_time <= http.end_time <= compression.end_time
 
 
+async def test_opentelemetry_a_wall_clock_step_leaves_the_compression_span_its_length(
+    otel: Otel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compression span ended at the wall clock's time: stepped back an hour while the summarizer ran
+    (NTP, a resumed VM), the span ended an hour before it started. Its length is measured monotonically."""
+    wall_ns = time.time_ns
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        monkeypatch.setattr(time, "time_ns", lambda: wall_ns() - 3600 * 10**9)  # the clock steps back
+        await asyncio.sleep(0.01)
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        turn = 0
+        while not manager.compression_history:
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            turn += 1
+    [compression] = otel.finished("context_manager.compression")
+    assert compression.start_time is not None and compression.end_time is not None
+    assert 0.01 <= (compression.end_time - compression.start_time) / 1e9 < 60.0
+
+
 async def test_opentelemetry_a_compression_given_up_ends_its_span(otel: Otel, tmp_path: Path) -> None:
     """An add given up by its caller while the summarizer ran leaves no record: its compression span ends
     all the same, with an error status, and the next compression has a span of its own."""

@@ -275,17 +275,28 @@ class Telemetry:
         return _CompressionTrace(self)
 
     def compression_span(
-        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+        self,
+        record: CompressionRecord,
+        span: Any = None,
+        start_ns: int | None = None,
+        start_monotonic_ns: int | None = None,
     ) -> None:
         """Record a finished compression as a span (child of the current one) timed from its record.
 
         ``span``: the compression's span, started already (see :meth:`compression_trace`), to end with the
-        record's attributes; ``start_ns``: when the compression started (else taken from the record).
+        record's attributes; ``start_ns``: when the compression started (``time.time_ns()``; else taken from
+        the record), and ``start_monotonic_ns`` the same moment on ``time.monotonic_ns()``: the span ends
+        that long after ``start_ns`` as the monotonic clock measured (a step of the wall clock during the
+        compression made its span end before it started, or last an hour).
         """
         if self._tracer is None:
             return
-        end = time.time_ns()
-        start = end - int(record.duration_ms * 1e6) if start_ns is None else start_ns
+        if start_ns is None:
+            end = time.time_ns()
+            start = end - int(record.duration_ms * 1e6)
+        else:
+            start = start_ns
+            end = _end_ns(start_ns, start_monotonic_ns)
         attributes: dict[str, Any] = {
             "context_manager.compression.tokens_before": record.tokens_before,
             "context_manager.compression.tokens_after": record.tokens_after,
@@ -341,10 +352,14 @@ class Telemetry:
             self._utilization.set(tokens / max_tokens if max_tokens else 0.0)
 
     def record_compression(
-        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+        self,
+        record: CompressionRecord,
+        span: Any = None,
+        start_ns: int | None = None,
+        start_monotonic_ns: int | None = None,
     ) -> None:
         """A compression's span (see :meth:`compression_span`), duration and evicted messages."""
-        self.compression_span(record, span, start_ns)
+        self.compression_span(record, span, start_ns, start_monotonic_ns)
         if self.metering:
             self.record_operation("compression", record.duration_ms / 1000.0)
             self._evicted.add(record.removed_count)
@@ -431,11 +446,12 @@ class _CompressionTrace:
     Started by the compression's first summarizer call, else made at its end from its record.
     """
 
-    __slots__ = ("_span", "_start_ns", "_telemetry")
+    __slots__ = ("_span", "_start_monotonic_ns", "_start_ns", "_telemetry")
 
     def __init__(self, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
-        self._start_ns = time.time_ns()
+        self._start_ns = time.time_ns()  # the span's start as a date; its length is measured monotonically
+        self._start_monotonic_ns = time.monotonic_ns()
         self._span: Any = None
 
     @contextlib.contextmanager
@@ -456,7 +472,7 @@ class _CompressionTrace:
     def end(self, record: CompressionRecord | None, error: BaseException | None) -> None:
         span, self._span = self._span, None
         if record is not None:
-            self._telemetry.record_compression(record, span, self._start_ns)
+            self._telemetry.record_compression(record, span, self._start_ns, self._start_monotonic_ns)
             return
         if span is None:
             return
@@ -466,7 +482,17 @@ class _CompressionTrace:
             kind = type(error).__name__
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, kind))
-        span.end()
+        span.end(end_time=_end_ns(self._start_ns, self._start_monotonic_ns))
+
+
+def _end_ns(start_ns: int, start_monotonic_ns: int | None) -> int:
+    """The end of a span that started at ``start_ns`` (wall clock) and ``start_monotonic_ns`` (monotonic).
+
+    Its start plus the monotonic time since; without ``start_monotonic_ns``, now on the wall clock.
+    """
+    if start_monotonic_ns is None:
+        return time.time_ns()
+    return start_ns + max(time.monotonic_ns() - start_monotonic_ns, 0)
 
 
 # ------------------------------------------------------------------------------------- instrumented calls
