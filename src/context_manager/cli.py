@@ -20,12 +20,13 @@
 
 Global options come before the command: ``--storage PATH`` (the memory directory; by default the
 configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (machine-readable output on
-stdout, strict JSON: a NaN or an infinity is ``null``) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
-variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option
-gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
-a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
-``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
-to ``examples`` or ``mcp serve``.
+stdout, strict JSON: a NaN or an infinity is ``null``) and ``--debug`` (tracebacks and DEBUG logs). The
+``PYTHON_CONTEXT_MANAGER_*`` environment variables of
+:class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option gives a
+``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and a
+``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to ``memory
+migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given to
+``examples`` or ``mcp serve``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it

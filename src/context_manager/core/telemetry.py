@@ -25,7 +25,8 @@ recorded by its type only, its message may quote the rejected input):
   the tag count), ``context_manager.delete_memory`` and ``context_manager.memory_stats``;
 * ``execute_tool {name}`` (the GenAI semantic conventions' tool span; ``execute_tool`` for a tool that is
   not registered: a name a model made up is no span name): ``gen_ai.operation.name``,
-  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
+  ``gen_ai.tool.name``, ``gen_ai.tool.type`` (``function``, for a registered tool), ``gen_ai.tool.call.id``,
+  ``context_manager.tool.outcome`` (``success`` or the
   error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
 
 Metrics (meter ``context_manager``):
@@ -43,7 +44,10 @@ Metrics (meter ``context_manager``):
 * ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``: the
   GenAI conventions' name of the endpoint's provider, ``_OTHER`` for a self-hosted server or a gateway,
   ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered,
-  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point.
+  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point;
+* ``gen_ai.client.operation.duration`` (histogram, s, the GenAI conventions' buckets) of each LLM summary
+  call (``LLMSummarizer``), by the same attributes as the token usage but ``gen_ai.token.type``, and
+  ``error.type`` for a failed call.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ DURATION_BUCKETS = (
 """Bucket boundaries of ``context_manager.operation.duration``, in seconds."""
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 """Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
+GENAI_DURATION_BUCKETS = tuple(0.01 * 2**power for power in range(14))  # 0.01, 0.02, 0.04 ... 81.92
+"""Bucket boundaries of ``gen_ai.client.operation.duration``, in seconds (the GenAI conventions' advice)."""
 DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
 OTHER_VALUE = "_OTHER"
 """The semantic conventions' value for one outside the known set: ``gen_ai.tool.name`` of a tool that is
@@ -145,8 +151,14 @@ def telemetry_for_current_providers() -> Telemetry | None:
     """A :class:`Telemetry` on the configured providers, or ``None`` when nothing would record.
 
     ``None`` when ``opentelemetry-api`` is not installed, or when neither a tracer provider nor a meter
-    provider is configured (globally or through :func:`configure_opentelemetry`).
+    provider is configured (globally or through :func:`configure_opentelemetry`). When the process has not
+    imported ``opentelemetry.trace`` nor ``opentelemetry.metrics`` (nothing can have set a global provider)
+    and no ``OTEL_PYTHON_TRACER_PROVIDER`` / ``OTEL_PYTHON_METER_PROVIDER`` names one, OpenTelemetry is not
+    imported at all: importing it to find no provider cost every manager's ``initialize()`` about 0.25 s in
+    an application that does not use it.
     """
+    if _providers is None and not _may_have_providers():
+        return None
     try:
         from opentelemetry import metrics, trace
         from opentelemetry.metrics import NoOpMeterProvider
@@ -171,6 +183,25 @@ def telemetry_for_current_providers() -> Telemetry | None:
     telemetry = Telemetry(tracer_provider if tracing else None, meter_provider if metering else None)
     _cache[key] = telemetry
     return telemetry
+
+
+_PROVIDER_MODULES = ("opentelemetry.trace", "opentelemetry.metrics")
+_PROVIDER_VARIABLES = ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
+
+
+def _may_have_providers() -> bool:
+    """Whether a global provider may be set: the API's modules are loaded, or a variable names a provider.
+
+    Setting one (``trace.set_tracer_provider``, the SDK's auto-configuration, ``opentelemetry-instrument``)
+    imports the API's module first; the API also makes the provider an ``OTEL_PYTHON_*_PROVIDER`` variable
+    names on first use.
+    """
+    import os
+    import sys
+
+    return any(name in sys.modules for name in _PROVIDER_MODULES) or any(
+        os.environ.get(name) for name in _PROVIDER_VARIABLES
+    )
 
 
 def memory_sample_interval() -> float:
@@ -234,6 +265,12 @@ class Telemetry:
             unit="{token}",
             description="Tokens used by LLM calls (context-manager's summaries).",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self._genai_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of LLM calls (context-manager's summaries).",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
         )
 
     # -- spans ----------------------------------------------------------------------------------------
@@ -405,6 +442,36 @@ class Telemetry:
             )
         if bytes_on_disk is not None:
             self._memory_bytes.set(bytes_on_disk, {"context_manager.memory.backend": backend})
+
+    def record_llm_call(
+        self,
+        provider: str,
+        model: str,
+        duration_s: float,
+        error_type: str | None = None,
+        response_model: str | None = None,
+        server: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """One LLM summary call (``gen_ai.client.operation.duration``), as the GenAI conventions record it.
+
+        Attributes: ``gen_ai.operation.name`` (``chat``), ``gen_ai.provider.name``, ``gen_ai.request.model``,
+        ``gen_ai.response.model`` when known, ``server.address``/``server.port`` (``server``) and, for a
+        failed call, ``error.type``.
+        """
+        if not self.metering:
+            return
+        labels: dict[str, str | int] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+        }
+        if response_model:
+            labels["gen_ai.response.model"] = response_model
+        if server:
+            labels.update(server)
+        if error_type is not None:
+            labels["error.type"] = error_type
+        self._genai_duration.record(duration_s, labels)
 
     def record_token_usage(
         self,
