@@ -1202,6 +1202,24 @@ async def test_summarizer_adapter_keeps_a_long_answer_within_its_output_limit_wh
     await summarizer.cleanup()
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_cuts_a_dense_answer_off_the_event_loop(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # an answer of more than 64 characters a token but under OFF_LOOP_CHARS (99,000 '=', 1,547 tokens) was
+    # encoded on the event loop to cut it in tokens: '=' runs encode about 20 times slower than prose,
+    # so the loop's longest step was about 80 ms
+    summarizer = make_summarizer(provider, server)
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    assert model_text((await summarizer.complete(messages, 100)).text) == SUMMARY  # tokenizer loaded
+    server.reply_text = "=" * 99_000
+    response, longest_step = await longest_loop_step(lambda: summarizer.complete(messages, 1000))
+    assert len(server.reply_text) > 64 * response.prompt.max_output_tokens
+    assert model_text(response.text) == server.reply_text  # within twice its limit in tokens: kept whole
+    assert longest_step < 0.02, longest_step
+    await summarizer.cleanup()
+
+
 class SliceCountingText(str):
     """A text that counts the characters its slices and indexing copy."""
 
