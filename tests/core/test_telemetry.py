@@ -831,7 +831,7 @@ def run_manager(tmp_path: Path, setup: str = "", after: str = "") -> list[str]:
 
 
 def test_opentelemetry_is_not_imported_when_nothing_set_a_provider(tmp_path: Path) -> None:
-    """Each manager's initialize() imported opentelemetry's trace and metrics APIs (about 0.25 s cold) to find
+    """A process's first initialize() imported opentelemetry's trace and metrics APIs (40-190 ms cold) to find
     that no provider was set, in applications that never use OpenTelemetry. Nothing is imported now; an
     application that sets a global provider (importing the API to do so) gets its spans as before."""
     assert run_manager(tmp_path / "plain") == ["[]"]

@@ -732,7 +732,8 @@ async def test_a_warm_up_blocking_the_loop_is_not_judged_but_a_block_after_it_is
 
 async def test_a_wall_clock_step_during_a_warm_up_leaves_it_unjudged(monkeypatch: pytest.MonkeyPatch) -> None:
     # The warm-up's span was on the wall clock: stepped back an hour during it (NTP, a resumed VM), the span
-    # ended before it started, and the loop it held was judged blocked (score 0.5). Spans are monotonic now.
+    # ended before it started, and the loop it held was judged blocked (score 0.64-0.70). Spans are monotonic
+    # now.
     monitor = PerformanceMonitor(sample_interval=0.01)
     wall = time.time
     async with monitor:
