@@ -271,7 +271,8 @@ _ANSWER_BASE_BYTES = 1 << 20
 _ANSWER_BYTES_PER_TOKEN = 1024
 """Bytes of response body an answer may have per token of its output limit: a token of text takes a few
 bytes (6 a character written as a JSON escape); the rest leaves room for what ``extra_parameters`` may add
-per token (``logprobs`` with ``top_logprobs``: about 1 KB)."""
+per token (``logprobs``: about 75 bytes per alternative of ``top_logprobs`` in compact JSON, so up to about
+12 alternatives fit; 20 take 1.6 KB a token, and an answer that long past the 1 MiB base is refused)."""
 
 _PARSE_ON_LOOP_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones in a thread.
