@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -1801,6 +1802,36 @@ def test_subprocess_json_output_escapes_del_and_c1_controls(tmp_path: Path, stor
     for control in ("\x9b", "\x7f", "\x85"):
         assert control not in found.stdout, repr(found.stdout)
     assert [row["content"] for row in json.loads(found.stdout)] == [evil]
+
+
+def test_subprocess_json_output_is_strict_json(tmp_path: Path, store: Path) -> None:
+    """A memory whose metadata another program wrote into the store with a NaN or an infinity (SQLite's and
+    Python's JSON readers take them) made ``--json memory search`` write ``NaN`` and ``-Infinity``: not JSON
+    to jq or JavaScript. Every ``--json`` output is strict JSON now, such a number written as ``null``."""
+    backup = tmp_path / "one.jsonl"
+    line = {"id": "m1", "content": "the ferry to Porto", "importance": 0.9, "metadata": {"score": 1.5}}
+    backup.write_text(json.dumps({**line, "created_at": 1.0e9}) + "\n", encoding="utf-8")
+    assert run_cli("--storage", str(store), "memory", "import", str(backup)).returncode == 0
+    with contextlib.closing(sqlite3.connect(store / "memories.sqlite3")) as database:
+        database.execute("UPDATE memories SET metadata = ?", ('{"score": NaN, "weight": -Infinity}',))
+        database.commit()
+    for log in store.glob("*.jsonl"):
+        log.write_text(log.read_text().replace('"score": 1.5', '"score": NaN'))
+
+    def strict(text: str) -> Any:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"{constant} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    found = run_cli("--storage", str(store), "--json", "memory", "search", "ferry")
+    assert found.returncode == 0, found.stderr
+    [row] = strict(found.stdout)
+    assert row["id"] == "m1" and row["metadata"] == {"score": None, "weight": None}
+    for command in (["memory", "stats"], ["health"]):
+        completed = run_cli("--storage", str(store), "--json", *command)
+        assert completed.returncode in (0, 3), completed.stderr
+        assert isinstance(strict(completed.stdout), dict)
 
 
 def test_subprocess_output_on_a_stdout_that_cannot_encode_the_text(tmp_path: Path, store: Path) -> None:

@@ -20,12 +20,13 @@
 
 Global options come before the command: ``--storage PATH`` (the memory directory; by default the
 configuration's ``storage_path``, i.e. ``<cache_path>/storage``), ``--json`` (machine-readable output on
-stdout) and ``--debug`` (tracebacks and DEBUG logs). The ``PYTHON_CONTEXT_MANAGER_*`` environment
-variables of :class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option
-gives a ``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and
-a ``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to
-``memory migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given
-to ``examples`` or ``mcp serve``.
+stdout, strict JSON: a NaN or an infinity is ``null``) and ``--debug`` (tracebacks and DEBUG logs). The
+``PYTHON_CONTEXT_MANAGER_*`` environment variables of
+:class:`~context_manager.core.config.ContextManagerConfig` apply (one that names no option gives a
+``warning:`` line on stderr). With ``memory_backend=postgres`` the memories are in the database and a
+``--storage`` given is ignored, with a ``warning:`` line on stderr; so is a ``--storage`` given to ``memory
+migrate`` (which uses ``--from`` and ``--to``), ``tokens`` and ``examples``, and ``--json`` given to
+``examples`` or ``mcp serve``.
 
 ``memory stats``, ``memory export``, ``memory search`` and ``health`` move no memory between tiers (the
 store is opened with ``rebalance_on_open=False``: the configuration's capacities need not be the ones it
@@ -418,12 +419,21 @@ _DEL_AND_C1 = re.compile("[\x7f-\x9f]")
 
 
 def _print_json(options: _Options, value: Any) -> None:
-    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    """Print ``value`` as strict JSON (RFC 8259): what a JSON parser other than Python's accepts.
+
+    NaN and infinities are written as ``null`` (:func:`json_ready`): ``json.dumps`` wrote them as ``NaN``
+    and ``Infinity``, which ``jq``, JavaScript's ``JSON.parse`` and most parsers refuse (a memory whose
+    metadata another program wrote into the store holding one made ``memory search --json`` unreadable).
+    """
+    from context_manager.core.health_checker.models import json_ready
+
+    value = json_ready(value)
+    text = json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
     try:
         text.encode(options.stdout.encoding)
     except (UnicodeError, LookupError):  # stdout cannot take the text (PYTHONIOENCODING=ascii, a cp1252
         # console; a lone surrogate anywhere): JSON written in ASCII, with \u escapes, is the same JSON
-        text = json.dumps(value, indent=2, ensure_ascii=True, default=str)
+        text = json.dumps(value, indent=2, ensure_ascii=True, allow_nan=False)
     # DEL and C1 (U+009B is a CSI) can only be inside strings: their \u escapes are the same JSON
     text = _DEL_AND_C1.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
     options.stdout.out(text, highlight=False)

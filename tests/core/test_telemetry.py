@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 import time
 import weakref
 from collections.abc import Iterator
@@ -38,7 +42,7 @@ from context_manager.core.telemetry import (
     telemetry_for_current_providers,
 )
 from context_manager.core.tool_system import ToolErrorType, ToolManager, tool
-from tests.chat_completions_server import USAGE, running_server
+from tests.chat_completions_server import USAGE, Fault, running_server
 
 
 class Otel:
@@ -164,9 +168,11 @@ async def test_opentelemetry_spans_and_metrics_after_a_workload(otel: Otel, tmp_
     [tool_span] = otel.finished("execute_tool word_count")
     assert tool_span.attributes["gen_ai.operation.name"] == "execute_tool"
     assert tool_span.attributes["gen_ai.tool.name"] == "word_count"
+    assert tool_span.attributes["gen_ai.tool.type"] == "function"  # the GenAI conventions' tool type
     assert tool_span.attributes["context_manager.tool.outcome"] == "success"
     [unknown_span] = otel.finished("execute_tool")  # a name the model made up is not a span name
     assert unknown_span.attributes["gen_ai.tool.name"] == "no_such_tool"
+    assert "gen_ai.tool.type" not in unknown_span.attributes  # no tool: no type
     assert unknown_span.attributes["context_manager.tool.outcome"] == "unknown_tool"
     assert unknown_span.status.status_code is StatusCode.ERROR
     for span in otel.finished():  # no payload in any attribute
@@ -253,6 +259,41 @@ async def test_opentelemetry_records_summary_token_usage(otel: Otel, tmp_path: P
     assert summarize.count == summaries
     for span in otel.finished("context_manager.compression"):
         assert span.attributes["context_manager.compression.strategy"] == "custom"
+
+
+async def test_opentelemetry_records_the_genai_duration_of_each_summary_call(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """An LLM summary had no ``gen_ai.client.operation.duration`` point (the GenAI conventions' metric of a
+    client's model call, which dashboards built on those conventions read): only the library's own
+    ``context_manager.operation.duration``. Each call has one now, a failed one with ``error.type``."""
+    with running_server() as server:
+        server.faults.append(Fault(status=500))
+        summarizer = OpenAISummarizer("stub-model", base_url=server.base_url, max_retries=0)
+        async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+            turn = 0
+            while len(manager.compression_history) < 2:
+                await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+                turn += 1
+            strategies = [record["strategy"] for record in manager.compression_history]
+        await summarizer.aclose()
+    assert strategies[0] != "custom" and strategies[1] == "custom"
+    host, port = urlsplit(server.base_url).hostname, urlsplit(server.base_url).port
+    labels = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "_OTHER",
+        "gen_ai.request.model": "stub-model",
+        "server.address": host,
+        "server.port": port,
+    }
+    points = otel.points("gen_ai.client.operation.duration")
+    failed = [point for point in points if "error.type" in point.attributes]
+    succeeded = [point for point in points if "error.type" not in point.attributes]
+    assert len(failed) == len(succeeded) == 1
+    assert dict(failed[0].attributes) == {**labels, "error.type": "SummarizerRequestError"}
+    assert dict(succeeded[0].attributes) == {**labels, "gen_ai.response.model": "stub-model"}
+    assert failed[0].count == 1 and succeeded[0].count == len(strategies) - 1 and succeeded[0].sum > 0
+    assert tuple(succeeded[0].explicit_bounds) == tuple(0.01 * 2**power for power in range(14))
 
 
 async def test_opentelemetry_token_usage_names_the_requested_and_the_answering_model(
@@ -611,6 +652,28 @@ async def test_opentelemetry_summarizer_spans_are_children_of_their_compression(
         assert compression.start_time <= http.start_time <= http.end_time <= compression.end_time
 
 
+async def test_opentelemetry_a_wall_clock_step_leaves_the_compression_span_its_length(
+    otel: Otel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compression span ended at the wall clock's time: stepped back an hour while the summarizer ran
+    (NTP, a resumed VM), the span ended an hour before it started. Its length is measured monotonically."""
+    wall_ns = time.time_ns
+
+    async def summarizer(messages: list[Any], budget: int) -> str:
+        monkeypatch.setattr(time, "time_ns", lambda: wall_ns() - 3600 * 10**9)  # the clock steps back
+        await asyncio.sleep(0.01)
+        return "The harbour lanterns were lit."
+
+    async with EnhancedContextManager(config_for(tmp_path), summarizer=summarizer) as manager:
+        turn = 0
+        while not manager.compression_history:
+            await manager.add_message("user", f"turn {turn}: the harbour lanterns were lit at {turn} pm")
+            turn += 1
+    [compression] = otel.finished("context_manager.compression")
+    assert compression.start_time is not None and compression.end_time is not None
+    assert 0.01 <= (compression.end_time - compression.start_time) / 1e9 < 60.0
+
+
 async def test_opentelemetry_a_compression_given_up_ends_its_span(otel: Otel, tmp_path: Path) -> None:
     """An add given up by its caller while the summarizer ran leaves no record: its compression span ends
     all the same, with an error status, and the next compression has a span of its own."""
@@ -736,3 +799,62 @@ async def test_opentelemetry_a_made_up_tool_name_is_cut_in_its_span(otel: Otel) 
     assert len(name) <= 128 and name.startswith("lookup lookup")
     assert name.endswith(f"<{len(long_name)} chars>")
     assert second.attributes["gen_ai.tool.name"] == "<Hostile>"
+
+
+_MANAGER_RUN = """
+import asyncio, sys
+from context_manager import ContextManagerConfig, EnhancedContextManager
+{setup}
+async def main():
+    config = ContextManagerConfig(cache_path=sys.argv[1], enable_health_checks=False, max_tokens=300)
+    async with EnhancedContextManager(config) as manager:
+        await manager.add_message("user", "the harbour lanterns were lit")
+        await manager.search_memory("lanterns")
+asyncio.run(main())
+print(sorted(name for name in sys.modules if name in ("opentelemetry.trace", "opentelemetry.metrics")))
+{after}
+"""
+
+
+def run_manager(tmp_path: Path, setup: str = "", after: str = "") -> list[str]:
+    script = _MANAGER_RUN.format(setup=textwrap.dedent(setup), after=textwrap.dedent(after))
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.splitlines()
+
+
+def test_opentelemetry_is_not_imported_when_nothing_set_a_provider(tmp_path: Path) -> None:
+    """A process's first initialize() imported opentelemetry's trace and metrics APIs (40-190 ms cold) to find
+    that no provider was set, in applications that never use OpenTelemetry. Nothing is imported now; an
+    application that sets a global provider (importing the API to do so) gets its spans as before."""
+    assert run_manager(tmp_path / "plain") == ["[]"]
+    setup = """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+    """
+    # not installed (as without the otel extra), though a variable or configure_opentelemetry names a provider
+    absent = """
+        import os
+        from context_manager import configure_opentelemetry
+        sys.modules["opentelemetry"] = None
+        os.environ["OTEL_PYTHON_TRACER_PROVIDER"] = "sdk_tracer_provider"
+        configure_opentelemetry(tracer_provider=object())
+    """
+    assert run_manager(tmp_path / "absent", absent) == ["[]"]
+    after = "print(sorted(span.name for span in exporter.get_finished_spans()))"
+    loaded, spans = run_manager(tmp_path / "traced", setup, after)
+    assert "'opentelemetry.trace'" in loaded
+    assert spans == "['context_manager.add_message', 'context_manager.search_memory']"

@@ -453,9 +453,19 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         telemetry = self._telemetry
         if telemetry is not None:
             telemetry.record_operation("summarize", report.duration_s, report.error)
+            guard = self._summarizer_guard
+            asked = guard.summarizer if guard is not None else None
+            if isinstance(asked, LLMSummarizer):  # an LLM call: the GenAI conventions' duration metric
+                server = dict(asked.telemetry_attributes)
+                telemetry.record_llm_call(
+                    str(server.pop("gen_ai.provider.name")),
+                    asked.model,
+                    report.duration_s,
+                    report.error,
+                    None if report.usage is None else report.usage.model,
+                    server,
+                )
             if usage is not None:
-                guard = self._summarizer_guard
-                asked = guard.summarizer if guard is not None else None
                 if isinstance(asked, LLMSummarizer):
                     # the conventions' provider name (not "openai" for any compatible server), the server
                     attributes = dict(asked.telemetry_attributes)

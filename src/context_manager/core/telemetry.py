@@ -25,7 +25,8 @@ recorded by its type only, its message may quote the rejected input):
   the tag count), ``context_manager.delete_memory`` and ``context_manager.memory_stats``;
 * ``execute_tool {name}`` (the GenAI semantic conventions' tool span; ``execute_tool`` for a tool that is
   not registered: a name a model made up is no span name): ``gen_ai.operation.name``,
-  ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``context_manager.tool.outcome`` (``success`` or the
+  ``gen_ai.tool.name``, ``gen_ai.tool.type`` (``function``, for a registered tool), ``gen_ai.tool.call.id``,
+  ``context_manager.tool.outcome`` (``success`` or the
   error type), ``context_manager.tool.cached``; failures set the span status to error with ``error.type``.
 
 Metrics (meter ``context_manager``):
@@ -43,7 +44,10 @@ Metrics (meter ``context_manager``):
 * ``gen_ai.client.token.usage`` (histogram, by ``gen_ai.token.type``, ``gen_ai.provider.name``: the
   GenAI conventions' name of the endpoint's provider, ``_OTHER`` for a self-hosted server or a gateway,
   ``gen_ai.request.model``: the model asked for, ``gen_ai.response.model``: the one that answered,
-  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point.
+  ``server.address``, ``server.port``) for LLM summaries; a count the server did not report has no point;
+* ``gen_ai.client.operation.duration`` (histogram, s, the GenAI conventions' buckets) of each LLM summary
+  call (``LLMSummarizer``), by the same attributes as the token usage but ``gen_ai.token.type``, and
+  ``error.type`` for a failed call.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ DURATION_BUCKETS = (
 """Bucket boundaries of ``context_manager.operation.duration``, in seconds."""
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 """Bucket boundaries of ``gen_ai.client.token.usage`` (the GenAI semantic conventions' advice)."""
+GENAI_DURATION_BUCKETS = tuple(0.01 * 2**power for power in range(14))  # 0.01, 0.02, 0.04 ... 81.92
+"""Bucket boundaries of ``gen_ai.client.operation.duration``, in seconds (the GenAI conventions' advice)."""
 DEFAULT_MEMORY_SAMPLE_INTERVAL = 30.0
 OTHER_VALUE = "_OTHER"
 """The semantic conventions' value for one outside the known set: ``gen_ai.tool.name`` of a tool that is
@@ -145,8 +151,14 @@ def telemetry_for_current_providers() -> Telemetry | None:
     """A :class:`Telemetry` on the configured providers, or ``None`` when nothing would record.
 
     ``None`` when ``opentelemetry-api`` is not installed, or when neither a tracer provider nor a meter
-    provider is configured (globally or through :func:`configure_opentelemetry`).
+    provider is configured (globally or through :func:`configure_opentelemetry`). When the process has not
+    imported ``opentelemetry.trace`` nor ``opentelemetry.metrics`` (nothing can have set a global provider)
+    and no ``OTEL_PYTHON_TRACER_PROVIDER`` / ``OTEL_PYTHON_METER_PROVIDER`` names one, OpenTelemetry is not
+    imported at all: importing it to find no provider cost a process's first ``initialize()`` 40-190 ms in
+    an application that does not use it.
     """
+    if _providers is None and not _may_have_providers():
+        return None
     try:
         from opentelemetry import metrics, trace
         from opentelemetry.metrics import NoOpMeterProvider
@@ -171,6 +183,25 @@ def telemetry_for_current_providers() -> Telemetry | None:
     telemetry = Telemetry(tracer_provider if tracing else None, meter_provider if metering else None)
     _cache[key] = telemetry
     return telemetry
+
+
+_PROVIDER_MODULES = ("opentelemetry.trace", "opentelemetry.metrics")
+_PROVIDER_VARIABLES = ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
+
+
+def _may_have_providers() -> bool:
+    """Whether a global provider may be set: the API's modules are loaded, or a variable names a provider.
+
+    Setting one (``trace.set_tracer_provider``, the SDK's auto-configuration, ``opentelemetry-instrument``)
+    imports the API's module first; the API also makes the provider an ``OTEL_PYTHON_*_PROVIDER`` variable
+    names on first use.
+    """
+    import os
+    import sys
+
+    return any(name in sys.modules for name in _PROVIDER_MODULES) or any(
+        os.environ.get(name) for name in _PROVIDER_VARIABLES
+    )
 
 
 def memory_sample_interval() -> float:
@@ -235,6 +266,12 @@ class Telemetry:
             description="Tokens used by LLM calls (context-manager's summaries).",
             explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
+        self._genai_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of LLM calls (context-manager's summaries).",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS,
+        )
 
     # -- spans ----------------------------------------------------------------------------------------
 
@@ -275,17 +312,28 @@ class Telemetry:
         return _CompressionTrace(self)
 
     def compression_span(
-        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+        self,
+        record: CompressionRecord,
+        span: Any = None,
+        start_ns: int | None = None,
+        start_monotonic_ns: int | None = None,
     ) -> None:
         """Record a finished compression as a span (child of the current one) timed from its record.
 
         ``span``: the compression's span, started already (see :meth:`compression_trace`), to end with the
-        record's attributes; ``start_ns``: when the compression started (else taken from the record).
+        record's attributes; ``start_ns``: when the compression started (``time.time_ns()``; else taken from
+        the record), and ``start_monotonic_ns`` the same moment on ``time.monotonic_ns()``: the span ends
+        that long after ``start_ns`` as the monotonic clock measured (a step of the wall clock during the
+        compression made its span end before it started, or last an hour).
         """
         if self._tracer is None:
             return
-        end = time.time_ns()
-        start = end - int(record.duration_ms * 1e6) if start_ns is None else start_ns
+        if start_ns is None:
+            end = time.time_ns()
+            start = end - int(record.duration_ms * 1e6)
+        else:
+            start = start_ns
+            end = _end_ns(start_ns, start_monotonic_ns)
         attributes: dict[str, Any] = {
             "context_manager.compression.tokens_before": record.tokens_before,
             "context_manager.compression.tokens_after": record.tokens_after,
@@ -341,10 +389,14 @@ class Telemetry:
             self._utilization.set(tokens / max_tokens if max_tokens else 0.0)
 
     def record_compression(
-        self, record: CompressionRecord, span: Any = None, start_ns: int | None = None
+        self,
+        record: CompressionRecord,
+        span: Any = None,
+        start_ns: int | None = None,
+        start_monotonic_ns: int | None = None,
     ) -> None:
         """A compression's span (see :meth:`compression_span`), duration and evicted messages."""
-        self.compression_span(record, span, start_ns)
+        self.compression_span(record, span, start_ns, start_monotonic_ns)
         if self.metering:
             self.record_operation("compression", record.duration_ms / 1000.0)
             self._evicted.add(record.removed_count)
@@ -391,6 +443,36 @@ class Telemetry:
         if bytes_on_disk is not None:
             self._memory_bytes.set(bytes_on_disk, {"context_manager.memory.backend": backend})
 
+    def record_llm_call(
+        self,
+        provider: str,
+        model: str,
+        duration_s: float,
+        error_type: str | None = None,
+        response_model: str | None = None,
+        server: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """One LLM summary call (``gen_ai.client.operation.duration``), as the GenAI conventions record it.
+
+        Attributes: ``gen_ai.operation.name`` (``chat``), ``gen_ai.provider.name``, ``gen_ai.request.model``,
+        ``gen_ai.response.model`` when known, ``server.address``/``server.port`` (``server``) and, for a
+        failed call, ``error.type``.
+        """
+        if not self.metering:
+            return
+        labels: dict[str, str | int] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+        }
+        if response_model:
+            labels["gen_ai.response.model"] = response_model
+        if server:
+            labels.update(server)
+        if error_type is not None:
+            labels["error.type"] = error_type
+        self._genai_duration.record(duration_s, labels)
+
     def record_token_usage(
         self,
         provider: str,
@@ -431,11 +513,12 @@ class _CompressionTrace:
     Started by the compression's first summarizer call, else made at its end from its record.
     """
 
-    __slots__ = ("_span", "_start_ns", "_telemetry")
+    __slots__ = ("_span", "_start_monotonic_ns", "_start_ns", "_telemetry")
 
     def __init__(self, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
-        self._start_ns = time.time_ns()
+        self._start_ns = time.time_ns()  # the span's start as a date; its length is measured monotonically
+        self._start_monotonic_ns = time.monotonic_ns()
         self._span: Any = None
 
     @contextlib.contextmanager
@@ -456,7 +539,7 @@ class _CompressionTrace:
     def end(self, record: CompressionRecord | None, error: BaseException | None) -> None:
         span, self._span = self._span, None
         if record is not None:
-            self._telemetry.record_compression(record, span, self._start_ns)
+            self._telemetry.record_compression(record, span, self._start_ns, self._start_monotonic_ns)
             return
         if span is None:
             return
@@ -466,7 +549,17 @@ class _CompressionTrace:
             kind = type(error).__name__
             span.set_attribute("error.type", kind)
             span.set_status(Status(StatusCode.ERROR, kind))
-        span.end()
+        span.end(end_time=_end_ns(self._start_ns, self._start_monotonic_ns))
+
+
+def _end_ns(start_ns: int, start_monotonic_ns: int | None) -> int:
+    """The end of a span that started at ``start_ns`` (wall clock) and ``start_monotonic_ns`` (monotonic).
+
+    Its start plus the monotonic time since; without ``start_monotonic_ns``, now on the wall clock.
+    """
+    if start_monotonic_ns is None:
+        return time.time_ns()
+    return start_ns + max(time.monotonic_ns() - start_monotonic_ns, 0)
 
 
 # ------------------------------------------------------------------------------------- instrumented calls

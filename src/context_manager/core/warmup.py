@@ -29,17 +29,31 @@ _MAX_KEPT = 64
 
 @dataclass(frozen=True, slots=True)
 class WarmUp:
-    """A warm-up's span in ``time.time()`` seconds."""
+    """A warm-up's span in ``time.monotonic()`` seconds (the performance monitor's default clock).
+
+    Monotonic, not the wall clock: a step of the wall clock during a warm-up (NTP, a resumed VM) made its
+    span end before it started, or last an hour, and the monitor judged the loop it held as blocked.
+    """
 
     what: str
     """What warmed up (``"embedding model"``)."""
     started: float
-    """When it started."""
+    """When it started (``time.monotonic()``)."""
     ended: float | None
-    """When it ended; ``None`` while it runs."""
+    """When it ended (``time.monotonic()``); ``None`` while it runs."""
+    started_at: float = 0.0
+    """When it started as a date (``time.time()``), to show or log."""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it took (monotonic); ``None`` while it runs."""
+        return None if self.ended is None else self.ended - self.started
 
     def overlaps(self, start: float, end: float) -> bool:
-        """Whether it ran at some moment of ``[start, end]`` (one still running: up to now)."""
+        """Whether it ran at some moment of ``[start, end]``, in ``time.monotonic()`` seconds.
+
+        One still running: up to now.
+        """
         return self.started <= end and (self.ended is None or self.ended >= start)
 
 
@@ -57,10 +71,10 @@ def _after_fork_in_child() -> None:
     """
     global _lock
     _lock = threading.Lock()
-    now, forking = time.time(), threading.get_ident()
+    now, forking = time.monotonic(), threading.get_ident()
     for index, span in enumerate(_spans):
         if span.ended is None and _running.get(id(span)) != forking:
-            _spans[index] = WarmUp(span.what, span.started, now)
+            _spans[index] = WarmUp(span.what, span.started, now, span.started_at)
     for key in [key for key, thread in _running.items() if thread != forking]:
         del _running[key]
 
@@ -72,7 +86,7 @@ if hasattr(os, "register_at_fork"):  # POSIX
 @contextmanager
 def warming_up(what: str) -> Iterator[None]:
     """Mark the block as a one-time warm-up of the process (thread-safe; the block may raise)."""
-    span = WarmUp(what, time.time(), None)
+    span = WarmUp(what, time.monotonic(), None, time.time())
     with _lock:
         _spans.append(span)
         _running[id(span)] = threading.get_ident()
@@ -84,7 +98,7 @@ def warming_up(what: str) -> Iterator[None]:
             # replaced by its finished form (a forgotten one, 64 warm-ups later, stays forgotten)
             for index, kept in enumerate(_spans):
                 if kept is span:
-                    _spans[index] = WarmUp(what, span.started, time.time())
+                    _spans[index] = WarmUp(what, span.started, time.monotonic(), span.started_at)
                     break
 
 

@@ -463,7 +463,7 @@ def test_minilm_tokenizes_only_the_start_of_a_long_text_it_reads(
 
 @pytest.mark.embeddings
 def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge(cold_models: None) -> None:
-    started = time.time()
+    started = time.monotonic()
     embedder = SentenceTransformerEmbedder()
     embedder.load()
 
@@ -472,7 +472,7 @@ def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge(cold_models: Non
 
     spans = loads()
     assert len(spans) == 1
-    assert spans[0].ended is not None and spans[0].started <= spans[0].ended <= time.time()
+    assert spans[0].ended is not None and spans[0].started <= spans[0].ended <= time.monotonic()
     embedder.load()  # loaded: no second warm-up
     assert loads() == spans
 
@@ -480,7 +480,7 @@ def test_loading_minilm_is_a_warm_up_the_monitor_does_not_judge(cold_models: Non
 @pytest.mark.embeddings
 def test_embedders_of_one_model_share_one_load(cold_models: None) -> None:
     """A manager opened per conversation loaded MiniLM again each time (3-5 s and 65 MB a manager)."""
-    started = time.time()
+    started = time.monotonic()
     first, second = SentenceTransformerEmbedder(), SentenceTransformerEmbedder()
     vectors = first.embed(["the ferry to Porto leaves at nine"])
     assert not second.loaded  # nothing loads before its first use

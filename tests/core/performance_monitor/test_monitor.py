@@ -21,7 +21,7 @@ from context_manager.core.performance_monitor import (
     PerformanceThresholds,
     running_monitors,
 )
-from context_manager.core.warmup import warming_up
+from context_manager.core.warmup import warm_ups, warming_up
 from tests.pending_tasks import DESTROYED_PENDING, run_leaving_leftovers
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -728,6 +728,26 @@ async def test_a_warm_up_blocking_the_loop_is_not_judged_but_a_block_after_it_is
         await monitor.wait_for_sample()
         assert monitor.health_score() < 1.0
         assert any("Event loop lag" in line for line in monitor.recommendations())
+
+
+async def test_a_wall_clock_step_during_a_warm_up_leaves_it_unjudged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The warm-up's span was on the wall clock: stepped back an hour during it (NTP, a resumed VM), the span
+    # ended before it started, and the loop it held was judged blocked (score 0.64-0.70). Spans are monotonic
+    # now.
+    monitor = PerformanceMonitor(sample_interval=0.01)
+    wall = time.time
+    async with monitor:
+        await monitor.wait_for_sample()
+        with warming_up("test warm-up"):
+            time.sleep(0.15)  # noqa: ASYNC251 - a real block of the loop, inside a warm-up
+            monkeypatch.setattr(time, "time", lambda: wall() - 3600.0)
+        sample = await monitor.wait_for_sample()
+        await monitor.wait_for_sample()
+        assert sample.event_loop_lag_ms >= 100.0
+        assert monitor.health_score() == 1.0
+        assert not [line for line in monitor.recommendations() if "Event loop lag" in line]
+    [span] = [span for span in warm_ups() if span.what == "test warm-up"][-1:]
+    assert span.duration is not None and 0.15 <= span.duration < 60.0
 
 
 async def test_memory_a_warm_up_loads_is_not_growth_but_memory_grown_after_it_is() -> None:

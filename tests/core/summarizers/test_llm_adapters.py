@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from context_manager.core.summarizers import (
 from context_manager.core.summarizers.llm import last_whole_sentences
 from context_manager.core.tokens import ExactTokenCounter
 from tests.chat_completions_server import ANTHROPIC_USAGE, USAGE, ChatCompletionsServer, Fault, running_server
+from tests.loop_support import longest_loop_step
 
 PROVIDERS = ["openai", "anthropic"]
 SUMMARY = "Ada lives in Lisbon; she asked about tram 28 and prefers morning deliveries."
@@ -1150,6 +1152,71 @@ async def test_summarizer_adapter_reads_no_more_of_an_answer_than_its_budget_can
     record = window.compression_history[0]
     assert record.strategy == "custom" and window.token_count <= 150
     assert window.summary is not None and "Ada lives in Lisbon and likes trams" in window.summary.content
+    await summarizer.cleanup()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_stops_reading_an_answer_far_past_its_output_limit(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # a server ignoring max_tokens answered 22 MB: the SDK read all of it and parsed it on the event loop
+    # (the loop's longest step 330 ms with openai, 46 ms with anthropic) to keep a few kilobytes of it
+    summarizer = make_summarizer(provider, server, timeout=30.0)
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    assert model_text((await summarizer.complete(messages, 100)).text) == SUMMARY  # the SDK modules loaded
+    server.reply_text = "Ada lives in Lisbon and likes trams a lot. " * 512_000
+
+    async def summarize() -> BaseException | None:
+        try:
+            await summarizer.complete(messages, 100)
+        except SummarizerRequestError as error:
+            return error
+        return None
+
+    error, longest_step = await longest_loop_step(summarize)
+    assert isinstance(error, SummarizerRequestError) and error.attempts == 1 and len(server.requests) == 2
+    assert re.search(r"the response passed 1,1\d\d,\d\d\d bytes.*ignores the output limit", str(error))
+    assert longest_step < 0.025, longest_step  # about 2 ms: read a chunk at a time, never parsed
+    await summarizer.cleanup()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_keeps_a_long_answer_within_its_output_limit_whole(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # runs of '=' and spaces take 64 and 128 characters a token: an answer within its output limit was cut
+    # at 64 characters a token of the limit, losing its end
+    summarizer = make_summarizer(provider, server)
+    counter = ExactTokenCounter()
+    answer = "Ada lives in Lisbon.\n" + "=" * 4000 + "\n" + " " * 9000 + "She likes trams."
+    server.reply_text = answer
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 200)
+    limit = response.prompt.max_output_tokens
+    assert len(answer) > 64 * limit and counter.count(answer) <= limit
+    assert model_text(response.text) == answer
+    # an answer far past the limit in tokens is still cut, in tokens
+    server.reply_text = (" " * 128 + "x") * 5000
+    response = await summarizer.complete([Message.create("user", "Ada lives in Lisbon.")], 200)
+    kept = model_text(response.text)
+    assert server.reply_text.strip().startswith(kept) and limit < counter.count(kept) <= 2 * limit
+    await summarizer.cleanup()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_summarizer_adapter_cuts_a_dense_answer_off_the_event_loop(
+    provider: str, server: ChatCompletionsServer
+) -> None:
+    # an answer of more than 64 characters a token but under OFF_LOOP_CHARS (99,000 '=', 1,547 tokens) was
+    # encoded on the event loop to cut it in tokens: '=' runs encode about 20 times slower than prose,
+    # so the loop's longest step was about 80 ms
+    summarizer = make_summarizer(provider, server)
+    messages = [Message.create("user", "Ada lives in Lisbon.")]
+    assert model_text((await summarizer.complete(messages, 100)).text) == SUMMARY  # tokenizer loaded
+    server.reply_text = "=" * 99_000
+    response, longest_step = await longest_loop_step(lambda: summarizer.complete(messages, 1000))
+    assert len(server.reply_text) > 64 * response.prompt.max_output_tokens
+    assert model_text(response.text) == server.reply_text  # within twice its limit in tokens: kept whole
+    assert longest_step < 0.02, longest_step
     await summarizer.cleanup()
 
 

@@ -726,12 +726,19 @@ class PerformanceMonitor(AsyncContextManagerOnly):
         Returns the samples none of whose span (from the sample before it or from when the sampler's sleep
         before it began, whichever is earlier) overlaps a warm-up, for the lag and CPU rules; and those
         taken after the latest warm-up ended, for the memory-growth rule (none while one runs: the memory
-        it loads is not growth).
+        it loads is not growth). Compared on the monotonic clock (the samples' ``monotonic``; the spans'
+        ``time.monotonic()`` moved onto a ``clock`` of the monitor's own by its offset now): a step of the
+        wall clock moves neither.
         """
         if not samples:
             return samples, samples
-        oldest = samples[0].timestamp - self.sample_interval - samples[0].event_loop_lag_ms / 1000.0
-        spans = [span for span in warm_ups() if span.ended is None or span.ended >= oldest]
+        offset = 0.0 if self._clock is time.monotonic else self._clock() - time.monotonic()
+        oldest = samples[0].monotonic - self.sample_interval - samples[0].event_loop_lag_ms / 1000.0
+        spans = [
+            (span.started + offset, None if span.ended is None else span.ended + offset)
+            for span in warm_ups()
+            if span.ended is None or span.ended + offset >= oldest
+        ]
         if not spans:  # none, or all over before the history
             return samples, samples
         judged = []
@@ -740,16 +747,19 @@ class PerformanceMonitor(AsyncContextManagerOnly):
             # its lag: since the sampler's sleep began; its CPU: since the sample before. A sample_now()
             # between a warm-up and the sampler's late sample shortens the second only (that late
             # sample's lag was judged)
-            start = sample.timestamp - self.sample_interval - sample.event_loop_lag_ms / 1000.0
+            start = sample.monotonic - self.sample_interval - sample.event_loop_lag_ms / 1000.0
             if previous is not None:
                 start = min(start, previous)
-            if not any(span.overlaps(start, sample.timestamp) for span in spans):
+            if not any(
+                started <= sample.monotonic and (ended is None or ended >= start) for started, ended in spans
+            ):
                 judged.append(sample)
-            previous = sample.timestamp
-        if any(span.ended is None for span in spans):
+            previous = sample.monotonic
+        endings = [ended for _, ended in spans]
+        if None in endings:
             return judged, []
-        settled = max(span.ended for span in spans if span.ended is not None)
-        return judged, [sample for sample in samples if sample.timestamp > settled]
+        settled = max(ended for ended in endings if ended is not None)
+        return judged, [sample for sample in samples if sample.monotonic > settled]
 
     def health_score(self) -> float:
         """Return health in [0, 1] from the recorded data (see :func:`rules.health_score`).

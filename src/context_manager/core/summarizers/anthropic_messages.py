@@ -20,10 +20,11 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    answer_byte_limit,
     check_client,
     check_extra_parameters,
-    check_json_answer,
     classify_sdk_error,
+    read_answer,
     resolve_base_url,
     server_error_note,
     url_without_credentials,
@@ -85,6 +86,9 @@ class AnthropicSummarizer(LLMSummarizer):
         check_client(client, anthropic, "anthropic.AsyncAnthropic")
         extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = anthropic
+        from anthropic.types import Message as AnswerMessage
+
+        self._answer_type: Any = AnswerMessage
         owns_client = client is None
         if client is None:
             import os
@@ -126,8 +130,9 @@ class AnthropicSummarizer(LLMSummarizer):
             "max_tokens": prompt.max_output_tokens,
             "timeout": request_timeout,
         }
-        response = await self.client.messages.create(**parameters)
-        check_json_answer(response)
+        # streamed: a server ignoring the output limit sent 22 MB, which the SDK parsed on the event loop
+        async with self.client.messages.with_streaming_response.create(**parameters) as raw:
+            response = await read_answer(raw, self._answer_type, answer_byte_limit(prompt.max_output_tokens))
         usage = getattr(response, "usage", None)  # a compatible server may leave it out
         # input_tokens leaves out what the prompt cache read or wrote: input (and billed) all the same
         inputs = [

@@ -26,6 +26,7 @@ import abc
 import asyncio
 import email.utils
 import functools
+import json
 import logging
 import math
 import random
@@ -49,20 +50,23 @@ from context_manager.core.errors import (
 )
 from context_manager.core.messages import Message
 from context_manager.core.summarizers.prompt import DEFAULT_INSTRUCTIONS, SummaryPrompt, build_summary_prompt
-from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, get_token_counter
+from context_manager.core.tokens import OFF_LOOP_CHARS, TokenCounter, cut_to_tokens, get_token_counter
 
 __all__ = [
     "EmptyAnswer",
     "LLMSummarizer",
     "NotJSONAnswer",
+    "OversizedAnswer",
     "RequestFailure",
     "SummaryResponse",
     "SummaryUsage",
     "check_client",
     "check_extra_parameters",
+    "answer_byte_limit",
     "check_json_answer",
     "classify_sdk_error",
     "parse_retry_after",
+    "read_answer",
     "resolve_base_url",
     "server_error_note",
     "url_without_credentials",
@@ -139,8 +143,13 @@ class RequestFailure:
 
 
 _MAX_CHARS_PER_TOKEN = 64
-"""Characters an answer may have per token of its output limit before the rest is dropped (English
-prose takes about 4 a token; the window keeps the limit's worth of tokens, never more)."""
+"""Characters an answer may have per token of its output limit before it is measured in tokens (English
+prose takes about 4 a token, but one token of ``o200k_base`` holds 128 spaces or 64 ``=``)."""
+
+_ANSWER_TOKENS_PER_LIMIT_TOKEN = 2
+"""A longer answer is cut to this many tokens (counted with the summarizer's counter) per token of its output
+limit: room for a model whose tokenizer is denser than the counter; the window keeps the limit's worth of
+tokens of it, never more."""
 
 _MIN_FRAMED_TOKENS = 16
 """Below this many tokens of summary besides its header line, the summary goes without the header."""
@@ -247,6 +256,85 @@ def check_json_answer(response: Any) -> None:
     raise NotJSONAnswer(
         f"the response is not JSON ({kind}): check that base_url is the API's, not a proxy's or a web page's"
     )
+
+
+class OversizedAnswer(Exception):
+    """Raised when a response body passes :func:`answer_byte_limit` (not retried).
+
+    A server ignoring the output limit answers as much again.
+    """
+
+
+_ANSWER_BASE_BYTES = 1 << 20
+"""Bytes any answer may have besides :data:`_ANSWER_BYTES_PER_TOKEN` per token of its output limit."""
+
+_ANSWER_BYTES_PER_TOKEN = 1024
+"""Bytes of response body an answer may have per token of its output limit: a token of text takes a few
+bytes (6 a character written as a JSON escape); the rest leaves room for what ``extra_parameters`` may add
+per token (``logprobs``: about 75 bytes per alternative of ``top_logprobs`` in compact JSON, so up to about
+12 alternatives fit; 20 take 1.6 KB a token, and an answer that long past the 1 MiB base is refused)."""
+
+_PARSE_ON_LOOP_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop (well under a millisecond); larger ones in a thread.
+
+``json.loads`` holds the interpreter lock while it runs (about 10 ms a megabyte), so the thread spares the
+loop the building of the model, not the parse itself: :func:`answer_byte_limit` is what bounds that."""
+
+
+def answer_byte_limit(max_output_tokens: int) -> int:
+    """Bytes of response body :func:`read_answer` reads for an answer limited to ``max_output_tokens``.
+
+    1 MiB plus 1 KiB a token (1.1 MB for a 100-token summary): far more than any answer within the limit
+    takes, far less than a server ignoring it may send (22 MB of text was parsed on the event loop, holding
+    it about 0.3 s, to keep the first few kilobytes).
+    """
+    return _ANSWER_BASE_BYTES + max_output_tokens * _ANSWER_BYTES_PER_TOKEN
+
+
+async def read_answer(response: Any, model_type: Any, max_bytes: int) -> Any:
+    """Read a streamed SDK response (``with_streaming_response``) into ``model_type``, at most ``max_bytes``.
+
+    The SDKs read the whole body and parse it on the event loop; here the body is read a chunk at a time
+    and given up once it passes ``max_bytes``, and a large one is parsed in a worker thread. The model is
+    built as the SDKs build it (``construct``: nested objects as their types, unknown fields kept, no
+    validation). A body whose ``Content-Type`` is not JSON is parsed all the same when it is JSON, as the
+    SDKs do.
+
+    Raises:
+        OversizedAnswer: the body passed ``max_bytes`` (reading stops there; the connection is dropped).
+        NotJSONAnswer: the body is no JSON and its ``Content-Type`` says so (:func:`check_json_answer`).
+        ValueError: the body is not valid JSON although it says it is (``JSONDecodeError``).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise OversizedAnswer(
+                f"the response passed {max_bytes:,} bytes, more than any answer within the output limit "
+                "takes: the server ignores the output limit (max_tokens); reading stopped there"
+            )
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    content_type = str(response.headers.get("content-type", "*")).split(";")[0].strip()
+    parse = functools.partial(_parse_answer, body, model_type, content_type.endswith("json"))
+    if size > _PARSE_ON_LOOP_BYTES:
+        return await asyncio.to_thread(parse)
+    return parse()
+
+
+def _parse_answer(body: bytes, model_type: Any, declared_json: bool) -> Any:
+    """The model ``body`` holds (see :func:`read_answer`)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        if declared_json:
+            raise
+        check_json_answer(body.decode("utf-8", errors="replace"))
+        raise
+    if not isinstance(data, dict):
+        raise TypeError(f"the response is a JSON {type(data).__name__}, not an object")
+    return model_type.construct(**data)
 
 
 class LLMSummarizer(abc.ABC):
@@ -465,18 +553,8 @@ class LLMSummarizer(abc.ABC):
             text = text.strip()
             if not text:
                 raise SummarizerError(f"{self.name}: the model returned no text")
-            longest = prompt.max_output_tokens * _MAX_CHARS_PER_TOKEN
-            if len(text) > longest:
-                # a server that ignores the output limit: the window keeps max_output_tokens of it at most,
-                # and counting and cutting megabytes of the rest took seconds past its summarizer_timeout
-                logger.info(
-                    "%s: the answer has %d characters for a %d-token summary; its first %d are read",
-                    self.name,
-                    len(text),
-                    prompt.max_output_tokens,
-                    longest,
-                )
-                text = text[:longest]
+            if len(text) > prompt.max_output_tokens * _MAX_CHARS_PER_TOKEN:
+                text = await self._cut_long_answer(text, prompt.max_output_tokens)
             if usage.cut_at_limit:
                 # a summary stopped mid-sentence at the output limit ("... she asked how to"): read as a
                 # finished one, its last words said something else. It ends at its last whole sentence.
@@ -495,6 +573,28 @@ class LLMSummarizer(abc.ABC):
             return SummaryResponse(
                 text=text, usage=usage, attempts=attempt, prompt=prompt, cut_at_limit=usage.cut_at_limit
             )
+
+    async def _cut_long_answer(self, text: str, max_output_tokens: int) -> str:
+        """``text`` within :data:`_ANSWER_TOKENS_PER_LIMIT_TOKEN` tokens per token of ``max_output_tokens``.
+
+        Measured in tokens, not characters: a summary holding long runs of spaces or ``=`` (an indented
+        code block, a table's rule) is well within its limit at more than 64 characters a token, and cutting
+        at that many characters lost its end. The cut costs time in proportion to the limit, not to the
+        answer (a server that ignores the limit sends megabytes the window would count and cut past its
+        ``summarizer_timeout``). Always in a worker thread, whatever its length: an answer this dense (runs
+        of ``=`` encode about 20 times slower than prose) held the event loop 80 ms under ``OFF_LOOP_CHARS``.
+        """
+        kept_tokens = max_output_tokens * _ANSWER_TOKENS_PER_LIMIT_TOKEN
+        kept = await asyncio.to_thread(cut_to_tokens, self.counter, text, kept_tokens)
+        if len(kept) < len(text):
+            logger.info(
+                "%s: the answer passes %d tokens for a %d-token summary; its first %d characters are kept",
+                self.name,
+                kept_tokens,
+                max_output_tokens,
+                len(kept),
+            )
+        return kept
 
     def _wait_before_retry(
         self, failure: RequestFailure, attempt: int, deadline: float | None
@@ -599,7 +699,7 @@ def classify_sdk_error(error: Exception, sdk: Any) -> RequestFailure:
             status_code=status,
             retry_after=retry_after,
         )
-    if isinstance(error, NotJSONAnswer):
+    if isinstance(error, NotJSONAnswer | OversizedAnswer):
         return RequestFailure(str(error), retryable=False)
     if isinstance(error, sdk.APITimeoutError):
         return _TIMED_OUT

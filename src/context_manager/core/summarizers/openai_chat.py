@@ -24,10 +24,11 @@ from context_manager.core.summarizers.llm import (
     LLMSummarizer,
     RequestFailure,
     SummaryUsage,
+    answer_byte_limit,
     check_client,
     check_extra_parameters,
-    check_json_answer,
     classify_sdk_error,
+    read_answer,
     resolve_base_url,
     server_error_note,
     url_without_credentials,
@@ -103,6 +104,9 @@ class OpenAISummarizer(LLMSummarizer):
         check_client(client, openai, "openai.AsyncOpenAI")
         extra = check_extra_parameters(extra_parameters, _RESERVED)
         self._sdk: Any = openai
+        from openai.types.chat import ChatCompletion
+
+        self._answer_type: Any = ChatCompletion
         owns_client = client is None
         if client is None:
             import os
@@ -152,8 +156,9 @@ class OpenAISummarizer(LLMSummarizer):
             self.limit_field: prompt.max_output_tokens,
             "timeout": request_timeout,
         }
-        response = await self.client.chat.completions.create(**parameters)
-        check_json_answer(response)
+        # streamed: a server ignoring the output limit sent 22 MB, which the SDK parsed on the event loop
+        async with self.client.chat.completions.with_streaming_response.create(**parameters) as raw:
+            response = await read_answer(raw, self._answer_type, answer_byte_limit(prompt.max_output_tokens))
         usage = response.usage
         summary_usage = SummaryUsage(
             input_tokens=usage_count(getattr(usage, "prompt_tokens", None)),

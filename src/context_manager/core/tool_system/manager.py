@@ -703,6 +703,8 @@ class ToolManager(ToolRegistry):
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": name if known else _attribute_text(name),
         }
+        if known:
+            attributes["gen_ai.tool.type"] = "function"  # the conventions' value for a function the app runs
         if call_id is not None:
             attributes["gen_ai.tool.call.id"] = _attribute_text(call_id)
         with telemetry.span(f"execute_tool {name}" if known else "execute_tool", attributes) as span:
