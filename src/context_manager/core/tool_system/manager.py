@@ -1412,7 +1412,8 @@ class ToolManager(ToolRegistry):
                 {definition.name for task in pending if (definition := self._abandoned_tasks.get(task))}
             )
             logger.warning(
-                "%d tool task(s) still running after cleanup (they ignore cancellation): %s",
+                "%d tool task(s) still running after cleanup (they ignore cancellation; asyncio.run() "
+                "waits for them at its end): %s",
                 len(pending),
                 ", ".join(map(repr, names)),
             )
