@@ -808,7 +808,7 @@ async def test_a_sync_callable_returning_a_coroutine_runs_it_as_an_async_tool() 
     asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
     swallowed: list[int] = []
     stubborn = stubborn_tool(release, swallowed)
-    manager = ToolManager(cancel_grace=0.05)
+    manager = ToolManager(cancel_grace=0.05, max_abandoned_calls=1)
     manager.register_function_tool("wrapped", lambda: stubborn(), "Wrapped", timeout=0.2)
     began = time.perf_counter()
     result = await manager.execute_tool("wrapped")
@@ -820,6 +820,11 @@ async def test_a_sync_callable_returning_a_coroutine_runs_it_as_an_async_tool() 
     )
     assert swallowed  # it was cancelled (in its own task)
     assert manager.get_tool_stats()["tasks"]["abandoned"] == 1
+    refused = await manager.execute_tool("wrapped")  # counted against the bound as an async tool's call
+    assert refused.error_type is ToolErrorType.OVERLOADED
+    assert "(it ignored its cancellation; ToolManager(max_abandoned_calls=1) allows no more)" in str(
+        refused.error
+    )
     release.set()
     await wait_until_no_abandoned_task(manager)
 

@@ -1301,7 +1301,7 @@ class ToolManager(ToolRegistry):
                 "the tool stop when it is cancelled"
             )
         else:
-            if definition.is_async:
+            if definition.is_async or calls.stubborn:  # (a sync callable's coroutine runs in a task)
                 why, remedy = (
                     f"{they} ignored {their} cancellation",
                     "make the tool stop when it is cancelled",
