@@ -844,3 +844,76 @@ async def test_a_sync_callable_returning_a_coroutine_gives_its_value() -> None:
     variable.set("caller")
     result = await manager.execute_tool("shout", text="hi")
     assert (result.error_type, result.result) == (None, "HI caller")
+
+
+async def test_a_burst_of_calls_to_a_sync_callable_whose_coroutine_ignored_its_cancellation_is_bounded() -> (
+    None
+):
+    """A sync callable returning a coroutine had its calls in flight counted only once its thread had
+    returned the coroutine, and the bound was checked before the thread started: a burst of 20 calls after
+    one was left running all passed the check and left 21 tasks running (bound 4). Its calls in flight now
+    count from the start of the call, as an async tool's do: the burst starts 3, and 17 are refused at once
+    without running."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    started_calls: list[int] = []
+    stubborn = counted_stubborn_tool(release, started_calls)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=4)
+    manager.register_function_tool("wrapped", lambda: stubborn(), "Wrapped", timeout=0.5)
+    assert (await manager.execute_tool("wrapped")).error_type is ToolErrorType.TIMEOUT
+    manager.config.max_concurrent_tool_calls = 20
+    calls = [{"id": f"call_{index}", "name": "wrapped", "arguments": {}} for index in range(20)]
+    results = await manager.execute_tool_calls(calls)
+    kinds = [result.error_type for result in results]
+    assert kinds.count(ToolErrorType.OVERLOADED) == 17
+    assert len(started_calls) == 4  # 1 + the 3 the bound left room for
+    assert manager.get_tool_stats()["tasks"]["abandoned"] == 4
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+async def test_the_overloaded_error_of_calls_in_flight_alone_counts_them_right() -> None:
+    """With none of its calls left running any more, a tool known to ignore its cancellation refused a
+    second concurrent call with "has 1 calls running (0 still running after their timeout, ...)"."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.05)
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    first, second = await asyncio.gather(manager.execute_tool("stubborn"), manager.execute_tool("stubborn"))
+    assert first.result == "late answer"
+    assert second.error == (
+        "tool 'stubborn' has ignored its cancellation before and has 1 call running (not timed out yet; "
+        "ToolManager(max_abandoned_calls=1) allows no more at once), so this call did not run: retry when "
+        "it ends, or make the tool stop when it is cancelled"
+    )
+
+
+async def test_the_same_tool_registered_again_starts_with_no_calls_left_running() -> None:
+    """Calls left running were counted per definition object: unregistering a ``@tool`` function and
+    registering it again (the same definition) kept the old count, and its next call was refused as
+    ``overloaded`` although none of the new registration's calls ran (the docs: a tool registered again
+    starts with none)."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+
+    @tool(name="lookup", timeout=0.05)
+    async def lookup(finish: bool = False) -> str:
+        if finish:
+            return "done"
+        return str(await stubborn_tool(release, [])())
+
+    manager.register_tool(lookup)
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.TIMEOUT
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.OVERLOADED
+    manager.unregister_tool("lookup")
+    manager.register_tool(lookup)
+    stats = manager.get_tool_stats()
+    assert (stats["tools"]["lookup"]["abandoned"], stats["tasks"]["abandoned"]) == (0, 1)
+    assert (await manager.execute_tool("lookup", finish=True)).result == "done"
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["tools"]["lookup"]["abandoned"] == 0

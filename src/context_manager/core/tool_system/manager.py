@@ -616,7 +616,7 @@ class ToolManager(ToolRegistry):
         self._abandoned_calls_lock = threading.Lock()
         # async tools that ignored their cancellation and still run (task -> its tool): referenced here so
         # they are not collected mid-flight, and cancelled again by cleanup()
-        self._abandoned_tasks: dict[asyncio.Task[Any], ToolDefinition] = {}
+        self._abandoned_tasks: dict[asyncio.Task[Any], tuple[ToolDefinition, _CallsLeftRunning]] = {}
         # per event loop (an asyncio.Lock is bound to the loop it first waits on: a second asyncio.run
         # would fail on it): the lock that asks a sync approval callback about one call at a time
         self._sync_approvals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -667,14 +667,14 @@ class ToolManager(ToolRegistry):
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
         if self._abandoned_calls:
-            # its calls left running stay tracked (until they end; cleanup() cancels them), but a new
-            # registration under this name starts with none, and without the old one's record
+            # its calls left running stay tracked (until they end; cleanup() cancels them) through the record
+            # each of them holds, but a new registration under this name (even of the same definition)
+            # starts with none, and without the old one's record
             with self._abandoned_calls_lock:
                 for definition, calls in list(self._abandoned_calls.items()):
                     if definition.name == name:
                         calls.stubborn = False
-                        if calls.idle():
-                            del self._abandoned_calls[definition]
+                        del self._abandoned_calls[definition]
 
     # ------------------------------------------------------------------ execution
 
@@ -921,9 +921,11 @@ class ToolManager(ToolRegistry):
         if definition.timeout is not None and definition.timeout < timeout:
             timeout = definition.timeout
         function = definition.function
-        if definition.is_async:
-            counted = self._count_in_flight(definition) if self._abandoned_calls else None
-            try:
+        # once the tool has ignored a cancellation, its calls in flight count toward its bound: from here
+        # (a sync callable's too, whose coroutine runs in a task once its thread returned it)
+        counted = self._count_in_flight(definition) if self._abandoned_calls else None
+        try:
+            if definition.is_async:
                 outcome = await self._run_async_tool(
                     definition,
                     function,
@@ -934,90 +936,89 @@ class ToolManager(ToolRegistry):
                     call_id,
                     call_arguments,
                 )
-            finally:
-                if counted is not None:
-                    self._in_flight_ended(definition, counted)
-            if isinstance(outcome, ToolResult):
-                return outcome
-            value = outcome[0]
-        else:
-            scope = asyncio.timeout(timeout)
-            thread_call: ThreadCall | None = None
-            returned_awaitable = False
-            try:
-                async with scope:
-                    if model is None:
-                        thread_call = self._threads.start(function, (call_arguments,), {})
-                    else:
-                        thread_call = self._threads.start(function, (), call_arguments)
-                    value = await self._threads.wait(thread_call)
-                    returned_awaitable = inspect.isawaitable(value)
-            except TimeoutError as error:
-                if scope.expired():
-                    if thread_call is None or thread_call.finished:  # the coroutine a sync one returned
-                        late = ""
-                    elif not thread_call.started:  # every thread is held (by hung calls, most likely)
-                        self._refund_rate_limit(definition, caller_key)  # it did not run
-                        threads = self._threads
-                        late = (
-                            f" waiting for a worker thread (all {threads.max_threads} are busy, "
-                            f"{threads.abandoned} with timed-out calls still running); it did not run"
-                        )
-                    else:
-                        late = " (its thread keeps running; a late result is discarded)"
-                        self._abandon_thread_call(definition, thread_call)
-                    return self._fail(
-                        definition,
-                        ToolErrorType.TIMEOUT,
-                        f"tool {name!r} timed out after {timeout:g} s{late}",
-                        started,
-                        call_id,
-                    )
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            except Exception as error:
-                if scope.expired():
-                    # the timeout cancelled the coroutine a sync callable returned, whose clean-up raised
-                    return self._fail(
-                        definition,
-                        ToolErrorType.TIMEOUT,
-                        f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
-                        f"{_describe_error(error)})",
-                        started,
-                        call_id,
-                        call_arguments,
-                    )
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            except BaseException as error:
-                current = asyncio.current_task()
-                if isinstance(error, KeyboardInterrupt | SystemExit):
-                    if _stops_the_process(error, current):
-                        raise
-                    # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a thread
-                    exit_error = WorkerExit(error)
-                    exit_error.__cause__ = error
-                    return self._tool_error(definition, exit_error, started, call_id, call_arguments)
-                if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
-                    if thread_call is not None and not thread_call.started:  # it never runs
-                        self._refund_rate_limit(definition, caller_key)
-                    elif thread_call is not None:  # it runs on in its thread
-                        self._abandon_thread_call(definition, thread_call)
-                    self._count_cancelled(definition, started)
-                    raise
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            if scope.expired():
-                return self._fail(
-                    definition,
-                    ToolErrorType.TIMEOUT,
-                    f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the value it "
-                    "returned late is discarded)",
-                    started,
-                    call_id,
-                )
-            if returned_awaitable:
-                # a sync callable that returned a coroutine (a lambda, a wrapper): run as an async tool is, in
-                # a task of its own for the rest of the time, with the same grace when it is cancelled
-                counted = self._count_in_flight(definition) if self._abandoned_calls else None
+                if isinstance(outcome, ToolResult):
+                    return outcome
+                value = outcome[0]
+            else:
+                scope = asyncio.timeout(timeout)
+                thread_call: ThreadCall | None = None
+                returned_awaitable = False
                 try:
+                    async with scope:
+                        if model is None:
+                            thread_call = self._threads.start(function, (call_arguments,), {})
+                        else:
+                            thread_call = self._threads.start(function, (), call_arguments)
+                        value = await self._threads.wait(thread_call)
+                        returned_awaitable = inspect.isawaitable(value)
+                except TimeoutError as error:
+                    if scope.expired():
+                        if thread_call is None or thread_call.finished:  # the coroutine a sync one returned
+                            late = ""
+                        elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                            self._refund_rate_limit(definition, caller_key)  # it did not run
+                            threads = self._threads
+                            late = (
+                                f" waiting for a worker thread (all {threads.max_threads} are busy, "
+                                f"{threads.abandoned} with timed-out calls still running); it did not run"
+                            )
+                        else:
+                            late = " (its thread keeps running; a late result is discarded)"
+                            self._abandon_thread_call(definition, thread_call)
+                        return self._fail(
+                            definition,
+                            ToolErrorType.TIMEOUT,
+                            f"tool {name!r} timed out after {timeout:g} s{late}",
+                            started,
+                            call_id,
+                        )
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                except Exception as error:
+                    if scope.expired():
+                        # the timeout cancelled the coroutine a sync callable returned, whose clean-up raised
+                        return self._fail(
+                            definition,
+                            ToolErrorType.TIMEOUT,
+                            f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
+                            f"{_describe_error(error)})",
+                            started,
+                            call_id,
+                            call_arguments,
+                        )
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                except BaseException as error:
+                    current = asyncio.current_task()
+                    if isinstance(error, KeyboardInterrupt | SystemExit):
+                        if _stops_the_process(error, current):
+                            raise
+                        # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a thread
+                        exit_error = WorkerExit(error)
+                        exit_error.__cause__ = error
+                        return self._tool_error(definition, exit_error, started, call_id, call_arguments)
+                    if (
+                        isinstance(error, asyncio.CancelledError)
+                        and current is not None
+                        and current.cancelling()
+                    ):
+                        if thread_call is not None and not thread_call.started:  # it never runs
+                            self._refund_rate_limit(definition, caller_key)
+                        elif thread_call is not None:  # it runs on in its thread
+                            self._abandon_thread_call(definition, thread_call)
+                        self._count_cancelled(definition, started)
+                        raise
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                if scope.expired():
+                    return self._fail(
+                        definition,
+                        ToolErrorType.TIMEOUT,
+                        f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the "
+                        "value it returned late is discarded)",
+                        started,
+                        call_id,
+                    )
+                if returned_awaitable:
+                    # a sync callable that returned a coroutine (a lambda, a wrapper): run as an async tool
+                    # is, in a task of its own for the rest of the time, with the same grace when cancelled
                     outcome = await self._run_async_tool(
                         definition,
                         _awaited,
@@ -1028,13 +1029,13 @@ class ToolManager(ToolRegistry):
                         call_id,
                         call_arguments,
                     )
-                finally:
-                    if counted is not None:
-                        self._in_flight_ended(definition, counted)
-                if isinstance(outcome, ToolResult):
-                    return outcome
-                value = outcome[0]
+                    if isinstance(outcome, ToolResult):
+                        return outcome
+                    value = outcome[0]
 
+        finally:
+            if counted is not None:
+                self._in_flight_ended(definition, counted)
         text: str
         pieces: Any = None
         try:
@@ -1217,8 +1218,8 @@ class ToolManager(ToolRegistry):
 
         ``waited``: the seconds it was given (the grace, or less when the caller's cancellation cut it short).
         """
-        self._abandoned_tasks[task] = definition
         calls = self._abandoned_call_began(definition)
+        self._abandoned_tasks[task] = (definition, calls)
         if self._tools.get(definition.name) is definition:  # (not a registration replaced meanwhile)
             calls.stubborn = True  # from now on its calls in flight count toward its bound too
         task.add_done_callback(self._abandoned_task_ended)
@@ -1231,10 +1232,12 @@ class ToolManager(ToolRegistry):
 
     def _abandon_thread_call(self, definition: ToolDefinition, call: ThreadCall) -> None:
         """Count a sync call whose caller stopped waiting while it runs on in its thread, until it ends."""
-        if call.on_late_end(functools.partial(self._abandoned_call_ended, definition)):
-            self._abandoned_call_began(definition)
+        calls = self._abandoned_call_began(definition)
+        if not call.on_late_end(functools.partial(self._abandoned_call_ended, definition, calls)):
+            self._abandoned_call_ended(definition, calls)  # it ended meanwhile
 
     def _abandoned_call_began(self, definition: ToolDefinition) -> _CallsLeftRunning:
+        """Count a call of ``definition`` left running; the record it counts down when it ends."""
         with self._abandoned_calls_lock:
             calls = self._abandoned_calls.get(definition)
             if calls is None:
@@ -1242,14 +1245,16 @@ class ToolManager(ToolRegistry):
             calls.abandoned += 1
             return calls
 
-    def _abandoned_call_ended(self, definition: ToolDefinition) -> None:
-        """Count down a call left running that ended (on the loop; in its thread if the loop was closed)."""
+    def _abandoned_call_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
+        """Count down a call left running that ended (on the loop; in its thread if the loop was closed).
+
+        ``calls`` is the record that counted it: that of a registration since removed is no longer looked up
+        (a tool registered again, even the same definition, starts with a record of its own).
+        """
         with self._abandoned_calls_lock:
-            calls = self._abandoned_calls.get(definition)
-            if calls is not None:
-                calls.abandoned -= 1
-                if calls.idle():  # no entry: the check on each call stays one dict test
-                    del self._abandoned_calls[definition]
+            calls.abandoned -= 1
+            if calls.idle() and self._abandoned_calls.get(definition) is calls:
+                del self._abandoned_calls[definition]  # no entry: the check on each call stays one dict test
 
     def _count_in_flight(self, definition: ToolDefinition) -> _CallsLeftRunning | None:
         """Count a call about to run of a tool that ignored a cancellation before; its record, else None."""
@@ -1294,11 +1299,13 @@ class ToolManager(ToolRegistry):
         counted, they, their = (f"{left} calls", "they", "their") if plural else ("1 call", "it", "its")
         if in_flight:  # a tool known to ignore its cancellation: its calls running at all are bounded
             total = left + in_flight
+            running = f"{total} calls" if total != 1 else "1 call"
+            after = f"{left} still running after {their} timeout, {in_flight} " if left else ""
             message = (
-                f"tool {definition.name!r} has ignored its cancellation before and has {total} calls "
-                f"running ({left} still running after {their} timeout, {in_flight} not timed out yet; "
-                f"{bound} allows no more at once), so this call did not run: retry when they end, or make "
-                "the tool stop when it is cancelled"
+                f"tool {definition.name!r} has ignored its cancellation before and has {running} running "
+                f"({after}not timed out yet; {bound} allows no more at once), so this call did not run: "
+                f"retry when {'they end' if total != 1 else 'it ends'}, or make the tool stop when it is "
+                "cancelled"
             )
         else:
             if definition.is_async or calls.stubborn:  # (a sync callable's coroutine runs in a task)
@@ -1325,15 +1332,16 @@ class ToolManager(ToolRegistry):
         dead = [task for task in self._abandoned_tasks if task.get_loop().is_closed()]
         for task in dead:
             task.remove_done_callback(self._abandoned_task_ended)
-            self._abandoned_call_ended(self._abandoned_tasks.pop(task))
+            self._abandoned_call_ended(*self._abandoned_tasks.pop(task))
         return bool(dead)
 
     def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
-        definition = self._abandoned_tasks.pop(task, None)
-        if definition is None:  # no longer tracked (its loop was closed)
+        tracked = self._abandoned_tasks.pop(task, None)
+        if tracked is None:  # no longer tracked (its loop was closed)
             return
+        definition = tracked[0]
         name = definition.name
-        self._abandoned_call_ended(definition)
+        self._abandoned_call_ended(*tracked)
         if task.cancelled():
             logger.debug("abandoned tool %r ended, cancelled", name)
             return
@@ -1409,7 +1417,7 @@ class ToolManager(ToolRegistry):
         _, pending = await asyncio.wait(tasks, timeout=wait)
         if pending:
             names = sorted(
-                {definition.name for task in pending if (definition := self._abandoned_tasks.get(task))}
+                {tracked[0].name for task in pending if (tracked := self._abandoned_tasks.get(task))}
             )
             logger.warning(
                 "%d tool task(s) still running after cleanup (they ignore cancellation; asyncio.run() "
