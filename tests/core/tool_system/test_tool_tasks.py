@@ -23,8 +23,8 @@ import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.enhanced_context_manager import EnhancedContextManager
-from context_manager.core.errors import InvalidArgumentError
-from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult
+from context_manager.core.errors import InvalidArgumentError, ToolRegistrationError
+from context_manager.core.tool_system import ToolErrorType, ToolManager, ToolResult, tool
 
 RELEASE_AFTER = 3.0  # seconds after which a stubborn tool is let go (the old code's callers waited for it)
 
@@ -311,9 +311,12 @@ async def test_an_httpx_request_cut_by_the_timeout_cleans_up_in_its_task(
 
     manager = ToolManager()
     manager.register_function_tool("fetch", fetch, "Fetch", timeout=0.2)
+    # the request that answers gets time to spare: a new client's set-up (its SSL context) can take longer
+    # than 0.2 s on a loaded machine
+    manager.register_function_tool("fetch_in_time", fetch, "Fetch", timeout=30.0)
     try:
         slow = await manager.execute_tool("fetch", path="/slow")
-        fast = await manager.execute_tool("fetch", path="/fast")
+        fast = await manager.execute_tool("fetch_in_time", path="/fast")
     finally:
         finished.set()
         server.close()
@@ -644,3 +647,273 @@ async def test_several_calls_of_a_tool_at_its_bound_in_one_batch_are_all_refused
     release.set()
     await wait_until_no_abandoned_task(manager)
     assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 0
+
+
+def counted_stubborn_tool(release: asyncio.Event, started_calls: list[int]) -> Any:
+    """:func:`stubborn_tool` that also counts the calls that started."""
+    stubborn = stubborn_tool(release, [])
+
+    async def counted() -> str:
+        started_calls.append(1)
+        return str(await stubborn())
+
+    return counted
+
+
+async def test_a_burst_of_calls_to_a_tool_that_ignored_its_cancellation_is_bounded() -> None:
+    """Calls in flight were not counted: a burst of concurrent calls all started before any of them had
+    timed out, so 20 calls to a tool already known to swallow its cancellation left 20 more tasks running
+    (the bound, 4, was only checked against calls already left running). Once a tool has ignored its
+    cancellation, its calls in flight count too: a burst starts only as many as the bound leaves room for,
+    and the others are refused at once (``overloaded``)."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    started_calls: list[int] = []
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=4)
+    manager.register_function_tool(
+        "stubborn", counted_stubborn_tool(release, started_calls), "Stubborn", timeout=0.05
+    )
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 1
+    calls = [{"id": f"call_{index}", "name": "stubborn", "arguments": {}} for index in range(20)]
+    manager.config.max_concurrent_tool_calls = 20
+    results = await manager.execute_tool_calls(calls)
+    kinds = [result.error_type for result in results]
+    assert kinds.count(ToolErrorType.TIMEOUT) == 3  # 1 left running + 3 in flight = the bound
+    assert kinds.count(ToolErrorType.OVERLOADED) == 17
+    assert len(started_calls) == 4  # the refused calls did not start
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 4
+    refused = next(result for result in results if result.error_type is ToolErrorType.OVERLOADED)
+    assert refused.error == (
+        "tool 'stubborn' has ignored its cancellation before and has 4 calls running (1 still running after "
+        "its timeout, 3 not timed out yet; ToolManager(max_abandoned_calls=4) allows no more at once), so "
+        "this call did not run: retry when they end, or make the tool stop when it is cancelled"
+    )
+    release.set()
+    await wait_until_tool_has_no_abandoned_call(manager, "stubborn")
+    # the tool has shown it ignores cancellation: its concurrent calls stay bounded after those ended
+    quick = await asyncio.gather(*(manager.execute_tool("stubborn") for _ in range(6)))
+    assert [result.error_type for result in quick] == [None] * 4 + [ToolErrorType.OVERLOADED] * 2
+    assert manager.get_tool_stats()["tools"]["stubborn"]["abandoned"] == 0
+    assert (await manager.execute_tool("stubborn")).result == "late answer"  # one at a time: admitted
+
+
+async def test_a_tool_that_honours_cancellation_is_not_bounded_in_flight() -> None:
+    """Only a tool that ignored a cancellation has its calls in flight counted: a tool that times out but
+    stops when cancelled leaves nothing running, and its concurrent calls are never refused."""
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+
+    async def slow(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "done"
+
+    manager.register_function_tool("slow", slow, "Slow", timeout=0.05)
+    assert (await manager.execute_tool("slow", seconds=5.0)).error_type is ToolErrorType.TIMEOUT
+    results = await asyncio.gather(*(manager.execute_tool("slow", seconds=0.0) for _ in range(5)))
+    assert [result.result for result in results] == ["done"] * 5
+
+
+async def test_a_tools_own_max_abandoned_calls_overrides_the_managers() -> None:
+    """``max_abandoned_calls`` could only be set on the manager, for every tool alike: one tool known to
+    hang could not get a tighter bound (nor one a looser bound). It is now a tool option as well, in the
+    style of ``timeout`` and ``rate_limit``; None (the default) takes the manager's."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01)  # the manager's bound: 16
+    manager.register_function_tool(
+        "stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.05, max_abandoned_calls=1
+    )
+    assert manager.get_tool("stubborn").options()["max_abandoned_calls"] == 1
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    refused = await manager.execute_tool("stubborn")
+    assert refused.error_type is ToolErrorType.OVERLOADED
+    assert refused.error == (
+        "tool 'stubborn' has 1 call still running after its timeout (it ignored its cancellation; "
+        "its max_abandoned_calls=1 allows no more), so this call did not run: retry when it ends, or make "
+        "the tool stop when it is cancelled"
+    )
+    manager.max_abandoned_calls = None  # no bound on the manager: the tool's own still applies
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.OVERLOADED
+
+    @tool(timeout=0.05, max_abandoned_calls=3)
+    async def loose() -> str:
+        return await stubborn_tool(release, [])()
+
+    manager.max_abandoned_calls = 1
+    manager.register_tool(loose)
+    kinds = [(await manager.execute_tool("loose")).error_type for _ in range(4)]
+    assert kinds == [ToolErrorType.TIMEOUT] * 3 + [ToolErrorType.OVERLOADED]  # 3, not the manager's 1
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "4"])
+def test_a_tools_max_abandoned_calls_is_checked(value: Any) -> None:
+    manager = ToolManager()
+
+    async def noop() -> str:
+        return "ok"
+
+    message = r"^max_abandoned_calls: got .*; allowed an integer > 0 or None$"
+    with pytest.raises(ToolRegistrationError, match=message):
+        manager.register_function_tool("noop", noop, "No-op", max_abandoned_calls=value)
+    assert manager.list_tools() == []  # nothing registered
+    with pytest.raises(ToolRegistrationError, match=message):
+        tool(max_abandoned_calls=value)(noop)
+
+
+async def test_a_tool_registered_again_starts_with_no_calls_left_running() -> None:
+    """The count of calls left running was kept per tool name: a tool registered again under the same name
+    (a fixed function, ``replace=True``) inherited the old one's calls, and was refused as ``overloaded``
+    although none of its own calls ran. Each registration now has its own count; the old one's calls stay
+    tracked (in ``tasks``) and ``cleanup()`` still cancels them."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+    old_ended = asyncio.Event()
+
+    async def swallows_one_cancellation() -> str:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            try:
+                await release.wait()  # the second cancellation (cleanup()) ends it
+            finally:
+                old_ended.set()
+        return "old"
+
+    manager.register_function_tool("lookup", swallows_one_cancellation, "Lookup", timeout=0.05)
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.TIMEOUT
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.OVERLOADED
+
+    async def fixed() -> str:
+        return "new"
+
+    manager.register_function_tool("lookup", fixed, "Lookup", timeout=0.05, replace=True)
+    stats = manager.get_tool_stats()
+    assert (stats["tools"]["lookup"]["abandoned"], stats["tasks"]["abandoned"]) == (0, 1)
+    again = await manager.execute_tool("lookup")
+    assert (again.error_type, again.result) == (None, "new")
+    await manager.cleanup(wait=2.0)
+    assert old_ended.is_set()
+    assert manager.get_tool_stats()["tasks"]["abandoned"] == 0
+
+
+async def test_a_sync_callable_returning_a_coroutine_runs_it_as_an_async_tool() -> None:
+    """A sync callable that returns a coroutine (a lambda, a wrapper) had its coroutine awaited in the
+    caller's own task: a coroutine that swallowed its cancellation held the caller until it ended (here the
+    test's release after 3 s), past its timeout. It now runs as an async tool does: in a task of its own,
+    cancelled at the timeout, given ``cancel_grace``, and left running (tracked) if it ignores that."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    swallowed: list[int] = []
+    stubborn = stubborn_tool(release, swallowed)
+    manager = ToolManager(cancel_grace=0.05, max_abandoned_calls=1)
+    manager.register_function_tool("wrapped", lambda: stubborn(), "Wrapped", timeout=0.2)
+    began = time.perf_counter()
+    result = await manager.execute_tool("wrapped")
+    assert time.perf_counter() - began < 2.0  # not held until the release
+    assert result.error_type is ToolErrorType.TIMEOUT
+    assert result.error == (
+        "tool 'wrapped' timed out after 0.2 s (it ignored its cancellation and is left running; "
+        "a late result is discarded)"
+    )
+    assert swallowed  # it was cancelled (in its own task)
+    assert manager.get_tool_stats()["tasks"]["abandoned"] == 1
+    refused = await manager.execute_tool("wrapped")  # counted against the bound as an async tool's call
+    assert refused.error_type is ToolErrorType.OVERLOADED
+    assert "(it ignored its cancellation; ToolManager(max_abandoned_calls=1) allows no more)" in str(
+        refused.error
+    )
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+async def test_a_sync_callable_returning_a_coroutine_gives_its_value() -> None:
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
+
+    async def shout(text: str) -> str:
+        await asyncio.sleep(0)
+        return f"{text.upper()} {variable.get()}"
+
+    def wrapper(text: str) -> Any:
+        return shout(text)
+
+    manager = ToolManager()
+    manager.register_function_tool("shout", wrapper, "Shout", timeout=5.0)
+    variable.set("caller")
+    result = await manager.execute_tool("shout", text="hi")
+    assert (result.error_type, result.result) == (None, "HI caller")
+
+
+async def test_a_burst_of_calls_to_a_sync_callable_whose_coroutine_ignored_its_cancellation_is_bounded() -> (
+    None
+):
+    """A sync callable returning a coroutine had its calls in flight counted only once its thread had
+    returned the coroutine, and the bound was checked before the thread started: a burst of 20 calls after
+    one was left running all passed the check and left 21 tasks running (bound 4). Its calls in flight now
+    count from the start of the call, as an async tool's do: the burst starts 3, and 17 are refused at once
+    without running."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    started_calls: list[int] = []
+    stubborn = counted_stubborn_tool(release, started_calls)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=4)
+    manager.register_function_tool("wrapped", lambda: stubborn(), "Wrapped", timeout=0.5)
+    assert (await manager.execute_tool("wrapped")).error_type is ToolErrorType.TIMEOUT
+    manager.config.max_concurrent_tool_calls = 20
+    calls = [{"id": f"call_{index}", "name": "wrapped", "arguments": {}} for index in range(20)]
+    results = await manager.execute_tool_calls(calls)
+    kinds = [result.error_type for result in results]
+    assert kinds.count(ToolErrorType.OVERLOADED) == 17
+    assert len(started_calls) == 4  # 1 + the 3 the bound left room for
+    assert manager.get_tool_stats()["tasks"]["abandoned"] == 4
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+
+
+async def test_the_overloaded_error_of_calls_in_flight_alone_counts_them_right() -> None:
+    """With none of its calls left running any more, a tool known to ignore its cancellation refused a
+    second concurrent call with "has 1 calls running (0 still running after their timeout, ...)"."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+    manager.register_function_tool("stubborn", stubborn_tool(release, []), "Stubborn", timeout=0.05)
+    assert (await manager.execute_tool("stubborn")).error_type is ToolErrorType.TIMEOUT
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    first, second = await asyncio.gather(manager.execute_tool("stubborn"), manager.execute_tool("stubborn"))
+    assert first.result == "late answer"
+    assert second.error == (
+        "tool 'stubborn' has ignored its cancellation before and has 1 call running (not timed out yet; "
+        "ToolManager(max_abandoned_calls=1) allows no more at once), so this call did not run: retry when "
+        "it ends, or make the tool stop when it is cancelled"
+    )
+
+
+async def test_the_same_tool_registered_again_starts_with_no_calls_left_running() -> None:
+    """Calls left running were counted per definition object: unregistering a ``@tool`` function and
+    registering it again (the same definition) kept the old count, and its next call was refused as
+    ``overloaded`` although none of the new registration's calls ran (the docs: a tool registered again
+    starts with none)."""
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(cancel_grace=0.01, max_abandoned_calls=1)
+
+    @tool(name="lookup", timeout=0.05)
+    async def lookup(finish: bool = False) -> str:
+        if finish:
+            return "done"
+        return str(await stubborn_tool(release, [])())
+
+    manager.register_tool(lookup)
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.TIMEOUT
+    assert (await manager.execute_tool("lookup")).error_type is ToolErrorType.OVERLOADED
+    manager.unregister_tool("lookup")
+    manager.register_tool(lookup)
+    stats = manager.get_tool_stats()
+    assert (stats["tools"]["lookup"]["abandoned"], stats["tasks"]["abandoned"]) == (0, 1)
+    assert (await manager.execute_tool("lookup", finish=True)).result == "done"
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["tools"]["lookup"]["abandoned"] == 0

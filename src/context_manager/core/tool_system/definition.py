@@ -209,6 +209,10 @@ class ToolDefinition:
     """Arguments holding secrets (API keys, passwords): the tool gets their values, but the context window
     (hence memory and exports) shows ``[REDACTED]`` instead, and their values are cut out of error messages
     and of the result text put in the window. The ``ToolResult`` returned to the caller keeps the result."""
+    max_abandoned_calls: int | None = None
+    """The most calls of this tool left running after their caller stopped waiting (and, once it has ignored
+    a cancellation, the most of its calls running at all) before new calls are refused as ``overloaded``;
+    None means the manager's ``ToolManager(max_abandoned_calls=...)``."""
     convention: CallingConvention = field(default="typed", init=False)
     """How the function receives its arguments (derived from its signature)."""
     is_async: bool = field(default=True, init=False)
@@ -247,6 +251,7 @@ class ToolDefinition:
             raise ToolRegistrationError("cacheable", self.cacheable, "True or False")
         set_field(self, "cache_ttl", _positive_number(self.cache_ttl, "cache_ttl", optional=False))
         set_field(self, "max_output_tokens", _positive_int(self.max_output_tokens, "max_output_tokens"))
+        set_field(self, "max_abandoned_calls", _positive_int(self.max_abandoned_calls, "max_abandoned_calls"))
         sensitive = self.sensitive_arguments
         if isinstance(sensitive, str) or not isinstance(sensitive, Iterable):
             raise ToolRegistrationError("sensitive_arguments", sensitive, "a list of argument names")
@@ -347,6 +352,7 @@ class ToolDefinition:
             "max_output_tokens": self.max_output_tokens,
             "parameters_schema": self.parameters_schema,
             "sensitive_arguments": list(self.sensitive_arguments),
+            "max_abandoned_calls": self.max_abandoned_calls,
         }
 
     def redact(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -493,6 +499,7 @@ def tool(
     max_output_tokens: int | None = None,
     parameters_schema: dict[str, Any] | None = None,
     sensitive_arguments: Iterable[str] = (),
+    max_abandoned_calls: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -513,6 +520,7 @@ def tool(
     max_output_tokens: int | None = None,
     parameters_schema: dict[str, Any] | None = None,
     sensitive_arguments: Iterable[str] = (),
+    max_abandoned_calls: int | None = None,
 ) -> Any:
     """Mark a function as a tool: attach a validated :class:`ToolDefinition`, return the function unchanged.
 
@@ -534,6 +542,9 @@ def tool(
         parameters_schema: An explicit JSON schema for the arguments (otherwise generated).
         sensitive_arguments: Names of arguments holding secrets, redacted from the context window, memory
             and error messages (see :attr:`ToolDefinition.sensitive_arguments`).
+        max_abandoned_calls: The most calls of this tool left running after their timeout before new calls
+            are refused (``overloaded``); None: the manager's bound (see
+            :attr:`ToolDefinition.max_abandoned_calls`).
 
     Raises:
         ToolRegistrationError: an option is invalid or the function cannot be a tool.
@@ -562,6 +573,7 @@ def tool(
             max_output_tokens=max_output_tokens,
             parameters_schema=parameters_schema or {},
             sensitive_arguments=sensitive_arguments,  # type: ignore[arg-type]  # made a tuple in __post_init__
+            max_abandoned_calls=max_abandoned_calls,
         )
         try:
             setattr(target, TOOL_DEFINITION_ATTRIBUTE, definition)

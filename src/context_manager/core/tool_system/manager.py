@@ -45,10 +45,15 @@ The threads are daemon threads: a tool that never returns does not keep the proc
 
 Calls still running after their caller stopped waiting (an async tool that ignored its cancellation, a
 sync tool in its thread; timed out or cancelled) are counted per tool (``get_tool_stats()["tools"][name]
-["abandoned"]``). Once a tool has ``max_abandoned_calls`` (16) of them, a new call to it comes back at once
-as an ``overloaded`` failure, without running and without using its rate limit (a cache hit is still
-answered); the count drops as those calls end. Calls already running when the bound is reached are not
-stopped (nothing can stop them): a burst of concurrent calls may leave more than the bound running.
+["abandoned"]``). Once a tool has ``max_abandoned_calls`` (16; the tool's own option, else the manager's) of
+them, a new call to it comes back at once as an ``overloaded`` failure, without running and without using
+its rate limit (a cache hit is still answered); the count drops as those calls end. Calls already running
+are not stopped (nothing can stop them), and a first burst of concurrent calls, all started before any
+timed out, runs whole; but once an async tool has ignored a cancellation (for the life of its
+registration) its calls in flight count toward the bound too, so later bursts cannot leave more than the
+bound running. The count belongs to the registration: a tool registered again starts at 0. A sync
+callable that returns a coroutine has it run as an async tool's (its own task, the rest of the timeout,
+the same grace and tracking).
 
 The manager is meant for one event loop. Its only background tasks are async tools that ignored their
 cancellation: :meth:`ToolManager.cleanup` (or ``async with ToolManager() as tools``) cancels them again and
@@ -160,6 +165,28 @@ class _ToolStats:
             "errors": dict(self.errors),
             "abandoned": abandoned,
         }
+
+
+class _CallsLeftRunning:
+    """One registration's calls still running after their caller stopped waiting, and what bounds them.
+
+    Kept per :class:`ToolDefinition`, not per name: a tool registered again under the same name (a new
+    function) starts with none, while the old registration's calls stay tracked until they end.
+    """
+
+    __slots__ = ("abandoned", "in_flight", "stubborn")
+
+    def __init__(self) -> None:
+        self.abandoned = 0
+        """Calls still running after their caller stopped waiting (async tasks left running, sync threads)."""
+        self.in_flight = 0
+        """Calls whose caller still waits, counted once the tool is :attr:`stubborn`."""
+        self.stubborn = False
+        """Whether one of its async calls ignored its cancellation (for the registration's life): from then
+        on its calls in flight count toward its bound too, so a burst cannot leave more than the bound."""
+
+    def idle(self) -> bool:
+        return not (self.abandoned or self.in_flight or self.stubborn)
 
 
 @dataclasses.dataclass(slots=True)
@@ -533,7 +560,7 @@ class ToolManager(ToolRegistry):
             unwind before the call returns without it (see :attr:`cancel_grace`); from 0 to 60.
         max_abandoned_calls: The most calls of one tool left running after their caller stopped waiting
             before new calls to it are refused (``overloaded``, not run); None for no bound (see
-            :attr:`max_abandoned_calls`).
+            :attr:`max_abandoned_calls`). A tool's own ``max_abandoned_calls`` option overrides it.
 
     Example:
         >>> manager = ToolManager()
@@ -581,15 +608,15 @@ class ToolManager(ToolRegistry):
         self._threads = UserThreads("context-manager-tool", max_threads=max_threads)
         self.cancel_grace = cancel_grace
         self.max_abandoned_calls = max_abandoned_calls
-        # per tool name, its calls still running after their caller stopped waiting (async tasks left running,
-        # sync calls in their thread); a tool without any has no entry, so the check on each call is one
-        # test of an empty dict
-        self._abandoned_calls: dict[str, int] = {}
+        # per registration, its calls still running after their caller stopped waiting (async tasks left
+        # running, sync calls in their thread), and, once it ignored a cancellation, its calls in flight; a
+        # tool without any has no entry, so the check on each call is one test of an empty dict
+        self._abandoned_calls: dict[ToolDefinition, _CallsLeftRunning] = {}
         # a sync call ending after its event loop closed reports its end from its own thread
         self._abandoned_calls_lock = threading.Lock()
-        # async tools that ignored their cancellation and still run (task -> tool name): referenced here so
+        # async tools that ignored their cancellation and still run (task -> its tool): referenced here so
         # they are not collected mid-flight, and cancelled again by cleanup()
-        self._abandoned_tasks: dict[asyncio.Task[Any], str] = {}
+        self._abandoned_tasks: dict[asyncio.Task[Any], tuple[ToolDefinition, _CallsLeftRunning]] = {}
         # per event loop (an asyncio.Lock is bound to the loop it first waits on: a second asyncio.run
         # would fail on it): the lock that asks a sync approval callback about one call at a time
         self._sync_approvals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -639,6 +666,15 @@ class ToolManager(ToolRegistry):
         self._nested_numeric_arguments.pop(name, None)
         self._cache.invalidate(name)
         self._limiter.reset(lambda key: isinstance(key, tuple) and key[0] == name)
+        if self._abandoned_calls:
+            # its calls left running stay tracked (until they end; cleanup() cancels them) through the record
+            # each of them holds, but a new registration under this name (even of the same definition)
+            # starts with none, and without the old one's record
+            with self._abandoned_calls_lock:
+                for definition, calls in list(self._abandoned_calls.items()):
+                    if definition.name == name:
+                        calls.stubborn = False
+                        del self._abandoned_calls[definition]
 
     # ------------------------------------------------------------------ execution
 
@@ -887,92 +923,121 @@ class ToolManager(ToolRegistry):
         if definition.timeout is not None and definition.timeout < timeout:
             timeout = definition.timeout
         function = definition.function
-        if definition.is_async:
-            outcome = await self._run_async_tool(
-                definition,
-                ((call_arguments,), {}) if model is None else ((), call_arguments),
-                timeout,
-                started,
-                call_id,
-                call_arguments,
-            )
-            if isinstance(outcome, ToolResult):
-                return outcome
-            value = outcome[0]
-        else:
-            scope = asyncio.timeout(timeout)
-            thread_call: ThreadCall | None = None
-            try:
-                async with scope:
-                    if model is None:
-                        thread_call = self._threads.start(function, (call_arguments,), {})
-                    else:
-                        thread_call = self._threads.start(function, (), call_arguments)
-                    value = await self._threads.wait(thread_call)
-                    if inspect.isawaitable(value):  # a sync callable that returned a coroutine
-                        value = await value
-            except TimeoutError as error:
-                if scope.expired():
-                    if thread_call is None or thread_call.finished:  # the coroutine a sync one returned
-                        late = ""
-                    elif not thread_call.started:  # every thread is held (by hung calls, most likely)
-                        self._refund_rate_limit(definition, caller_key)  # it did not run
-                        threads = self._threads
-                        late = (
-                            f" waiting for a worker thread (all {threads.max_threads} are busy, "
-                            f"{threads.abandoned} with timed-out calls still running); it did not run"
+        # once the tool has ignored a cancellation, its calls in flight count toward its bound: from here
+        # (a sync callable's too, whose coroutine runs in a task once its thread returned it)
+        counted = self._count_in_flight(definition) if self._abandoned_calls else None
+        try:
+            if definition.is_async:
+                outcome = await self._run_async_tool(
+                    definition,
+                    function,
+                    ((call_arguments,), {}) if model is None else ((), call_arguments),
+                    timeout,
+                    None,
+                    started,
+                    call_id,
+                    call_arguments,
+                )
+                if isinstance(outcome, ToolResult):
+                    return outcome
+                value = outcome[0]
+            else:
+                scope = asyncio.timeout(timeout)
+                thread_call: ThreadCall | None = None
+                returned_awaitable = False
+                try:
+                    async with scope:
+                        if model is None:
+                            thread_call = self._threads.start(function, (call_arguments,), {})
+                        else:
+                            thread_call = self._threads.start(function, (), call_arguments)
+                        value = await self._threads.wait(thread_call)
+                        returned_awaitable = inspect.isawaitable(value)
+                except TimeoutError as error:
+                    if scope.expired():
+                        if thread_call is None or thread_call.finished:  # the coroutine a sync one returned
+                            late = ""
+                        elif not thread_call.started:  # every thread is held (by hung calls, most likely)
+                            self._refund_rate_limit(definition, caller_key)  # it did not run
+                            threads = self._threads
+                            late = (
+                                f" waiting for a worker thread (all {threads.max_threads} are busy, "
+                                f"{threads.abandoned} with timed-out calls still running); it did not run"
+                            )
+                        else:
+                            late = " (its thread keeps running; a late result is discarded)"
+                            self._abandon_thread_call(definition, thread_call)
+                        return self._fail(
+                            definition,
+                            ToolErrorType.TIMEOUT,
+                            f"tool {name!r} timed out after {timeout:g} s{late}",
+                            started,
+                            call_id,
                         )
-                    else:
-                        late = " (its thread keeps running; a late result is discarded)"
-                        self._abandon_thread_call(definition, thread_call)
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                except Exception as error:
+                    if scope.expired():
+                        # the timeout cancelled the coroutine a sync callable returned, whose clean-up raised
+                        return self._fail(
+                            definition,
+                            ToolErrorType.TIMEOUT,
+                            f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
+                            f"{_describe_error(error)})",
+                            started,
+                            call_id,
+                            call_arguments,
+                        )
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                except BaseException as error:
+                    current = asyncio.current_task()
+                    if isinstance(error, KeyboardInterrupt | SystemExit):
+                        if _stops_the_process(error, current):
+                            raise
+                        # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a thread
+                        exit_error = WorkerExit(error)
+                        exit_error.__cause__ = error
+                        return self._tool_error(definition, exit_error, started, call_id, call_arguments)
+                    if (
+                        isinstance(error, asyncio.CancelledError)
+                        and current is not None
+                        and current.cancelling()
+                    ):
+                        if thread_call is not None and not thread_call.started:  # it never runs
+                            self._refund_rate_limit(definition, caller_key)
+                        elif thread_call is not None:  # it runs on in its thread
+                            self._abandon_thread_call(definition, thread_call)
+                        self._count_cancelled(definition, started)
+                        raise
+                    return self._tool_error(definition, error, started, call_id, call_arguments)
+                if scope.expired():
                     return self._fail(
                         definition,
                         ToolErrorType.TIMEOUT,
-                        f"tool {name!r} timed out after {timeout:g} s{late}",
+                        f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the "
+                        "value it returned late is discarded)",
                         started,
                         call_id,
                     )
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            except Exception as error:
-                if scope.expired():
-                    # the timeout cancelled the coroutine a sync callable returned, whose clean-up raised
-                    return self._fail(
+                if returned_awaitable:
+                    # a sync callable that returned a coroutine (a lambda, a wrapper): run as an async tool
+                    # is, in a task of its own for the rest of the time, with the same grace when cancelled
+                    outcome = await self._run_async_tool(
                         definition,
-                        ToolErrorType.TIMEOUT,
-                        f"tool {name!r} timed out after {timeout:g} s (cancelled, it raised "
-                        f"{_describe_error(error)})",
+                        _awaited,
+                        ((value,), {}),
+                        timeout,
+                        scope.when(),
                         started,
                         call_id,
                         call_arguments,
                     )
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            except BaseException as error:
-                current = asyncio.current_task()
-                if isinstance(error, KeyboardInterrupt | SystemExit):
-                    if _stops_the_process(error, current):
-                        raise
-                    # the tool's own exit (sys.exit, argparse on bad arguments): failed, as in a thread
-                    exit_error = WorkerExit(error)
-                    exit_error.__cause__ = error
-                    return self._tool_error(definition, exit_error, started, call_id, call_arguments)
-                if isinstance(error, asyncio.CancelledError) and current is not None and current.cancelling():
-                    if thread_call is not None and not thread_call.started:  # it never runs
-                        self._refund_rate_limit(definition, caller_key)
-                    elif thread_call is not None:  # it runs on in its thread
-                        self._abandon_thread_call(definition, thread_call)
-                    self._count_cancelled(definition, started)
-                    raise
-                return self._tool_error(definition, error, started, call_id, call_arguments)
-            if scope.expired():
-                return self._fail(
-                    definition,
-                    ToolErrorType.TIMEOUT,
-                    f"tool {name!r} timed out after {timeout:g} s (it ignored its cancellation; the value it "
-                    "returned late is discarded)",
-                    started,
-                    call_id,
-                )
+                    if isinstance(outcome, ToolResult):
+                        return outcome
+                    value = outcome[0]
 
+        finally:
+            if counted is not None:
+                self._in_flight_ended(definition, counted)
         text: str
         pieces: Any = None
         try:
@@ -1026,13 +1091,18 @@ class ToolManager(ToolRegistry):
     async def _run_async_tool(
         self,
         definition: ToolDefinition,
+        function: Callable[..., Any],
         arguments: tuple[tuple[Any, ...], dict[str, Any]],
         seconds: float,
+        deadline: float | None,
         started: float,
         call_id: str | None,
         call_arguments: Mapping[str, Any],
     ) -> ToolResult | tuple[Any]:
         """Run an async tool in a task of its own for at most ``seconds``: ``(value,)`` or a failure.
+
+        ``deadline`` (loop time), when given, is when those seconds end (they began before: a sync callable
+        ran first in its thread and returned the coroutine ``function`` awaits); else they begin now.
 
         The caller waits on a future the tool's task resolves, never on the tool itself: a tool that swallows
         its cancellation cannot hold the caller. At the timeout the task is cancelled and given
@@ -1043,8 +1113,11 @@ class ToolManager(ToolRegistry):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         args, kwargs = arguments
-        task = loop.create_task(_run_tool(definition.function, args, kwargs, waiter))
-        timer = loop.call_later(seconds, _wake, waiter)
+        task = loop.create_task(_run_tool(function, args, kwargs, waiter))
+        if deadline is None:
+            timer = loop.call_later(seconds, _wake, waiter)
+        else:
+            timer = loop.call_at(deadline, _wake, waiter)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -1147,8 +1220,10 @@ class ToolManager(ToolRegistry):
 
         ``waited``: the seconds it was given (the grace, or less when the caller's cancellation cut it short).
         """
-        self._abandoned_tasks[task] = definition.name
-        self._abandoned_call_began(definition.name)
+        calls = self._abandoned_call_began(definition)
+        self._abandoned_tasks[task] = (definition, calls)
+        if self._tools.get(definition.name) is definition:  # (not a registration replaced meanwhile)
+            calls.stubborn = True  # from now on its calls in flight count toward its bound too
         task.add_done_callback(self._abandoned_task_ended)
         logger.warning(
             "tool %r ignored its cancellation for %.3g s; it is left running in its task "
@@ -1159,51 +1234,96 @@ class ToolManager(ToolRegistry):
 
     def _abandon_thread_call(self, definition: ToolDefinition, call: ThreadCall) -> None:
         """Count a sync call whose caller stopped waiting while it runs on in its thread, until it ends."""
-        name = definition.name
-        if call.on_late_end(functools.partial(self._abandoned_call_ended, name)):
-            self._abandoned_call_began(name)
+        calls = self._abandoned_call_began(definition)
+        if not call.on_late_end(functools.partial(self._abandoned_call_ended, definition, calls)):
+            self._abandoned_call_ended(definition, calls)  # it ended meanwhile
 
-    def _abandoned_call_began(self, name: str) -> None:
+    def _abandoned_call_began(self, definition: ToolDefinition) -> _CallsLeftRunning:
+        """Count a call of ``definition`` left running; the record it counts down when it ends."""
         with self._abandoned_calls_lock:
-            self._abandoned_calls[name] = self._abandoned_calls.get(name, 0) + 1
+            calls = self._abandoned_calls.get(definition)
+            if calls is None:
+                calls = self._abandoned_calls[definition] = _CallsLeftRunning()
+            calls.abandoned += 1
+            return calls
 
-    def _abandoned_call_ended(self, name: str) -> None:
-        """Count down a call left running that ended (on the loop; in its thread if the loop was closed)."""
+    def _abandoned_call_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
+        """Count down a call left running that ended (on the loop; in its thread if the loop was closed).
+
+        ``calls`` is the record that counted it: that of a registration since removed is no longer looked up
+        (a tool registered again, even the same definition, starts with a record of its own).
+        """
         with self._abandoned_calls_lock:
-            left = self._abandoned_calls.get(name, 0) - 1
-            if left > 0:
-                self._abandoned_calls[name] = left
-            else:
-                self._abandoned_calls.pop(name, None)  # no entry: the check on each call stays one dict test
+            calls.abandoned -= 1
+            if calls.idle() and self._abandoned_calls.get(definition) is calls:
+                del self._abandoned_calls[definition]  # no entry: the check on each call stays one dict test
+
+    def _count_in_flight(self, definition: ToolDefinition) -> _CallsLeftRunning | None:
+        """Count a call about to run of a tool that ignored a cancellation before; its record, else None."""
+        calls = self._abandoned_calls.get(definition)
+        if calls is None or not calls.stubborn:
+            return None
+        calls.in_flight += 1
+        return calls
+
+    def _in_flight_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
+        """Count down a call :meth:`_count_in_flight` counted, its caller answered (or cancelled)."""
+        with self._abandoned_calls_lock:
+            calls.in_flight -= 1
+            if calls.idle() and self._abandoned_calls.get(definition) is calls:
+                del self._abandoned_calls[definition]
 
     def _overloaded(
         self, definition: ToolDefinition, started: float, call_id: str | None
     ) -> ToolResult | None:
-        """The ``overloaded`` failure of a call to a tool with ``max_abandoned_calls`` calls left running."""
-        limit = self._max_abandoned_calls
-        running = self._abandoned_calls.get(definition.name, 0)
-        if limit is None or running < limit:
+        """The ``overloaded`` failure of a call to a tool at its bound of calls left running, else None.
+
+        The bound is the tool's ``max_abandoned_calls``, else the manager's. Once one of the tool's calls
+        has ignored its cancellation, its calls in flight count as well as those left running.
+        """
+        calls = self._abandoned_calls.get(definition)
+        if calls is None:
             return None
-        if self._forget_dead_tasks():
-            running = self._abandoned_calls.get(definition.name, 0)
-            if running < limit:
+        limit = definition.max_abandoned_calls
+        if limit is None:
+            limit = self._max_abandoned_calls
+            if limit is None:
                 return None
-        plural = running != 1
-        calls, they, their = (f"{running} calls", "they", "their") if plural else ("1 call", "it", "its")
-        if definition.is_async:
-            why, remedy = f"{they} ignored {their} cancellation", "make the tool stop when it is cancelled"
-        else:  # a sync call: its thread cannot be cancelled
-            threads = "their threads" if plural else "its thread"
-            why, remedy = f"{threads} cannot be stopped", "give its blocking work an async version"
-        return self._fail(
-            definition,
-            ToolErrorType.OVERLOADED,
-            f"tool {definition.name!r} has {calls} still running after {their} timeout ({why}; "
-            f"ToolManager(max_abandoned_calls={limit}) allows no more), so this call did not run: retry "
-            f"when {they} end{'' if plural else 's'}, or {remedy}",
-            started,
-            call_id,
-        )
+            bound = f"ToolManager(max_abandoned_calls={limit})"
+        else:
+            bound = f"its max_abandoned_calls={limit}"
+        if calls.abandoned + calls.in_flight < limit:
+            return None
+        if self._forget_dead_tasks() and calls.abandoned + calls.in_flight < limit:
+            return None
+        left, in_flight = calls.abandoned, calls.in_flight
+        plural = left != 1
+        counted, they, their = (f"{left} calls", "they", "their") if plural else ("1 call", "it", "its")
+        if in_flight:  # a tool known to ignore its cancellation: its calls running at all are bounded
+            total = left + in_flight
+            running = f"{total} calls" if total != 1 else "1 call"
+            after = f"{left} still running after {their} timeout, {in_flight} " if left else ""
+            message = (
+                f"tool {definition.name!r} has ignored its cancellation before and has {running} running "
+                f"({after}not timed out yet; {bound} allows no more at once), so this call did not run: "
+                f"retry when {'they end' if total != 1 else 'it ends'}, or make the tool stop when it is "
+                "cancelled"
+            )
+        else:
+            if definition.is_async or calls.stubborn:  # (a sync callable's coroutine runs in a task)
+                why, remedy = (
+                    f"{they} ignored {their} cancellation",
+                    "make the tool stop when it is cancelled",
+                )
+            else:  # a sync call: its thread cannot be cancelled
+                threads = "their threads" if plural else "its thread"
+                why, remedy = f"{threads} cannot be stopped", "give its blocking work an async version"
+            message = (
+                f"tool {definition.name!r} has {counted} still running after {their} timeout ({why}; "
+                f"{bound} allows no more), so this call did not run: retry "
+                f"when {they} end{'' if plural else 's'}, or {remedy}"
+            )
+        return self._fail(definition, ToolErrorType.OVERLOADED, message, started, call_id)
 
     def _forget_dead_tasks(self) -> bool:
         """Stop tracking tasks left running whose event loop was closed; whether there were any.
@@ -1214,12 +1334,16 @@ class ToolManager(ToolRegistry):
         dead = [task for task in self._abandoned_tasks if task.get_loop().is_closed()]
         for task in dead:
             task.remove_done_callback(self._abandoned_task_ended)
-            self._abandoned_call_ended(self._abandoned_tasks.pop(task))
+            self._abandoned_call_ended(*self._abandoned_tasks.pop(task))
         return bool(dead)
 
     def _abandoned_task_ended(self, task: asyncio.Task[Any]) -> None:
-        name = self._abandoned_tasks.pop(task, "?")
-        self._abandoned_call_ended(name)
+        tracked = self._abandoned_tasks.pop(task, None)
+        if tracked is None:  # no longer tracked (its loop was closed)
+            return
+        definition = tracked[0]
+        name = definition.name
+        self._abandoned_call_ended(*tracked)
         if task.cancelled():
             logger.debug("abandoned tool %r ended, cancelled", name)
             return
@@ -1230,8 +1354,7 @@ class ToolManager(ToolRegistry):
                 logger.debug("abandoned tool %r ended; its late result is discarded", name)
                 return
             error = value
-        definition = self._tools.get(name)
-        traceback = None if definition is None or definition.sensitive_arguments else error
+        traceback = None if definition.sensitive_arguments else error
         logger.warning("abandoned tool %r ended raising %s", name, type(error).__name__, exc_info=traceback)
 
     @property
@@ -1259,7 +1382,9 @@ class ToolManager(ToolRegistry):
         tools whose thread runs on (a thread cannot be stopped), after their timeout or their caller's
         cancellation: ``get_tool_stats()["tools"][name]["abandoned"]`` counts them. While a tool has this
         many, a new call to it fails at once with ``error_type="overloaded"`` without running (nor using
-        its rate limit); the count drops as they end. Assignable; an integer >= 1 or None (default 16).
+        its rate limit); the count drops as they end. Once an async tool has ignored a cancellation, its
+        calls in flight count too (a burst of concurrent calls to it is bounded). A tool's own
+        ``max_abandoned_calls`` option takes precedence. Assignable; an integer >= 1 or None (default 16).
         """
         return self._max_abandoned_calls
 
@@ -1293,9 +1418,12 @@ class ToolManager(ToolRegistry):
             task.cancel()
         _, pending = await asyncio.wait(tasks, timeout=wait)
         if pending:
-            names = sorted({self._abandoned_tasks.get(task, "?") for task in pending})
+            names = sorted(
+                {tracked[0].name for task in pending if (tracked := self._abandoned_tasks.get(task))}
+            )
             logger.warning(
-                "%d tool task(s) still running after cleanup (they ignore cancellation): %s",
+                "%d tool task(s) still running after cleanup (they ignore cancellation; asyncio.run() "
+                "waits for them at its end): %s",
                 len(pending),
                 ", ".join(map(repr, names)),
             )
@@ -1584,7 +1712,12 @@ class ToolManager(ToolRegistry):
         """
         if self._abandoned_tasks:
             self._forget_dead_tasks()
-        abandoned = self._abandoned_calls
+        registered = self._tools
+        abandoned = {  # the current registrations' (one replaced keeps its own until its calls end)
+            definition.name: calls.abandoned
+            for definition, calls in list(self._abandoned_calls.items())
+            if registered.get(definition.name) is definition
+        }
         tools = {name: stats.as_dict(abandoned.get(name, 0)) for name, stats in self._stats.items()}
         return {
             "registered_tools": len(self._tools),
@@ -1687,6 +1820,11 @@ async def _run_tool(
         return False, error
     _wake(waiter)
     return True, value
+
+
+async def _awaited(awaitable: Any) -> Any:
+    """Await what a sync callable returned (a coroutine, any awaitable): a task runs only a coroutine."""
+    return await awaitable
 
 
 def _cancelling() -> bool:

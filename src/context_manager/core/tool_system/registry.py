@@ -47,6 +47,7 @@ _REGISTRATION_OPTIONS = frozenset(
         "max_output_tokens",
         "parameters_schema",
         "sensitive_arguments",
+        "max_abandoned_calls",
     }
 )
 
@@ -96,7 +97,7 @@ class ToolRegistry:
             replace: Replace a different tool registered under ``name`` instead of raising.
             **options: Any ``@tool`` option: ``category``, ``tags``, ``timeout``, ``permission``,
                 ``rate_limit``, ``rate_window``, ``cacheable``, ``cache_ttl``, ``max_output_tokens``,
-                ``parameters_schema``, ``sensitive_arguments``.
+                ``parameters_schema``, ``sensitive_arguments``, ``max_abandoned_calls``.
 
         Returns:
             The registered definition.

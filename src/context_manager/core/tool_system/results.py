@@ -34,8 +34,9 @@ class ToolErrorType(StrEnum):
     TOOL_ERROR = "tool_error"
     """The tool raised an exception, or returned a value that is not JSON-serialisable."""
     OVERLOADED = "overloaded"
-    """Not run: the tool has ``ToolManager.max_abandoned_calls`` calls still running after their timeout
-    (they ignored their cancellation, or are sync calls a thread cannot stop); retry when they end."""
+    """Not run: the tool has ``max_abandoned_calls`` (its own, else ``ToolManager.max_abandoned_calls``)
+    calls still running after their timeout (they ignored their cancellation, or are sync calls a thread
+    cannot stop), its calls in flight counted too once it has ignored a cancellation; retry when they end."""
     CANCELLED = "cancelled"
     """The call was abandoned without a result (``EnhancedContextManager.cancel_tool_calls``): its worker
     was killed or its task cancelled before the result was added. ``ToolManager.get_tool_stats()`` also
