@@ -418,6 +418,16 @@ class MemoryBackend(Protocol):
         """How many memories ``tier`` holds (every user)."""
         ...
 
+    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
+        """:meth:`count` as known in this process without asking the storage, and whether it is due a re-read.
+
+        ``None``: not known (ask :meth:`count`). A storage that counts in process knows it exactly
+        (never due); one shared with other processes (PostgreSQL) keeps the count it read last with this
+        process's own changes applied, due a re-read once it is older than the time it is kept
+        (:meth:`count` re-reads it).
+        """
+        ...
+
     async def members(self, tier: MemoryTier) -> list[Memory]:
         """Every memory of ``tier`` (the bounded tiers: short and medium)."""
         ...
