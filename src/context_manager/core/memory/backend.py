@@ -424,7 +424,8 @@ class MemoryBackend(Protocol):
         ``None``: not known (ask :meth:`count`). A storage that counts in process knows it exactly
         (never due); one shared with other processes (PostgreSQL) keeps the count it read last with this
         process's own changes applied, due a re-read once it is older than the time it is kept
-        (:meth:`count` re-reads it).
+        (:meth:`count` re-reads it). Optional: the manager asks :meth:`count` after every write of a
+        backend without it.
         """
         ...
 

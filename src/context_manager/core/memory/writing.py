@@ -265,8 +265,9 @@ class MemoryWriting(TierMovement):
         own overflows show at once) and a count due a re-read is re-read in the background
         (:meth:`_recount`), which starts the overflow move itself when another process filled a tier.
         """
-        short = backend.known_count(MemoryTier.SHORT)
-        medium = backend.known_count(MemoryTier.MEDIUM)
+        known_count = getattr(backend, "known_count", None)  # optional for a backend of your own
+        short = None if known_count is None else known_count(MemoryTier.SHORT)
+        medium = None if known_count is None else known_count(MemoryTier.MEDIUM)
         if short is None or medium is None:
             return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM)
         recounting = self._recount_task is not None and not self._recount_task.done()
