@@ -306,6 +306,37 @@ async def test_a_re_read_count_that_finds_another_process_s_overflow_moves_it(po
         assert await first.backend.count(MemoryTier.MEDIUM) > 0
 
 
+async def test_a_failed_tier_count_re_read_does_not_fail_the_committed_add(postgres_dsn: str) -> None:
+    """The tier counts an add checks for an overflow are re-read after its memory is committed: a re-read
+    that failed there failed an add whose memory was stored (a retry stored it twice). The add returns; the
+    counts are re-read by a later add, and the overflow they show moves then."""
+    config = postgres_config(postgres_dsn, short_term_memory_size=3)
+    async with MemoryManager(config) as manager:
+        backend = manager.backend
+        assert backend is not None
+        await asyncio.sleep(0.6)  # the counts read by initialize() are due a re-read (kept 0.5 s)
+        fetch = backend._fetch  # type: ignore[attr-defined]
+
+        async def failing_count(statement: str, parameters: object, what: str) -> object:
+            if what == "count":
+                raise StorageError("the count failed (the server went away)")
+            return await fetch(statement, parameters, what)
+
+        backend._fetch = failing_count  # type: ignore[attr-defined]
+        try:
+            added = [await manager.add_memory(f"added while counts fail {n}") for n in range(4)]
+            await manager.flush()
+        finally:
+            del backend._fetch  # type: ignore[attr-defined]
+        for memory in added:
+            assert await manager.get_memory(memory.id) is not None
+        await asyncio.sleep(0.6)  # the counts are due again: the next add reads them, and the overflow moves
+        await manager.add_memory("added once the counts read again")
+        await manager.flush()
+        assert await backend.count(MemoryTier.SHORT) <= 3
+        assert await backend.count(MemoryTier.MEDIUM) > 0
+
+
 async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import MemoryTier
 
