@@ -36,6 +36,7 @@ __all__ = [
     "SUPERSEDED_ONLY",
     "TIER_ORDER",
     "BackendStats",
+    "KnownCounts",
     "LexicalQuery",
     "MemoryBackend",
     "Staleness",
@@ -265,6 +266,24 @@ class AccessCounter(Protocol):
         ...
 
 
+class KnownCounts(Protocol):
+    """Optional for a :class:`MemoryBackend`: its tier counts as known without asking the storage.
+
+    Not part of :class:`MemoryBackend` (a backend of your own need not have it, and is one without it): the
+    manager asks :meth:`MemoryBackend.count` after every write of a backend without ``known_count``.
+    """
+
+    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
+        """:meth:`MemoryBackend.count` as known without asking the storage, and whether it is due a re-read.
+
+        ``None``: not known (ask ``count``). A storage that counts in process knows it exactly (never
+        due); one shared with other processes (PostgreSQL) keeps the count it read last with this process's
+        own changes applied, due a re-read once it is older than the time it is kept (``count`` re-reads
+        it).
+        """
+        ...
+
+
 @runtime_checkable
 class MemoryBackend(Protocol):
     """Storage of the three memory tiers (see the module docstring)."""
@@ -416,17 +435,6 @@ class MemoryBackend(Protocol):
 
     async def count(self, tier: MemoryTier) -> int:
         """How many memories ``tier`` holds (every user)."""
-        ...
-
-    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
-        """:meth:`count` as known in this process without asking the storage, and whether it is due a re-read.
-
-        ``None``: not known (ask :meth:`count`). A storage that counts in process knows it exactly
-        (never due); one shared with other processes (PostgreSQL) keeps the count it read last with this
-        process's own changes applied, due a re-read once it is older than the time it is kept
-        (:meth:`count` re-reads it). Optional: the manager asks :meth:`count` after every write of a
-        backend without it.
-        """
         ...
 
     async def members(self, tier: MemoryTier) -> list[Memory]:

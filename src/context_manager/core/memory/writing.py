@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -265,7 +265,10 @@ class MemoryWriting(TierMovement):
         own overflows show at once) and a count due a re-read is re-read in the background
         (:meth:`_recount`), which starts the overflow move itself when another process filled a tier.
         """
-        known_count = getattr(backend, "known_count", None)  # optional for a backend of your own
+        # KnownCounts is optional for a backend of your own (getattr: an isinstance() of a runtime protocol
+        # costs tens of microseconds a write)
+        known_count: Callable[[MemoryTier], tuple[int, bool] | None] | None
+        known_count = getattr(backend, "known_count", None)
         short = None if known_count is None else known_count(MemoryTier.SHORT)
         medium = None if known_count is None else known_count(MemoryTier.MEDIUM)
         if short is None or medium is None:
