@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from context_manager.core.config import ContextManagerConfig
 from context_manager.core.errors import InvalidMemoryError
+from context_manager.core.memory.backend import MemoryBackend
+from context_manager.core.memory.local_backend import LocalBackend
 from context_manager.core.memory.manager import ALL_USERS, MemoryManager
+from context_manager.core.memory.models import MemoryTier
 from tests.core.memory.conftest import FakeClock
 
 
@@ -216,3 +221,39 @@ async def test_import_refuses_a_memory_superseded_by_a_memory_it_cannot_restore_
     assert sorted((m.id, m.tier.value, m.superseded_by) for m in await manager.stored_copies()) == before
     undone = await manager.undo_consolidation(merged_id)
     assert sorted(undone["restored"]) == sorted(merged.merged_from)
+
+
+class _OwnBackend:
+    """A backend of one's own, here built on the embedded one, without the optional ``known_count``."""
+
+    def __init__(self, inner: LocalBackend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "known_count":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_a_backend_without_the_optional_known_count_is_a_memory_backend(
+    sqlite_config: ContextManagerConfig,
+) -> None:
+    """``known_count`` is documented as optional (docs/memory.md), but it was declared in the
+    ``MemoryBackend`` protocol itself: a backend without it was no ``MemoryBackend`` any more (nor to a type
+    checker). Without it, the manager asks ``count()`` after each write, and still moves an overflow."""
+
+    class OwnManager(MemoryManager):
+        def _create_backend(self) -> MemoryBackend:
+            inner = LocalBackend(self.config.resolved_storage_path, weights=self.ranking.effective_columns)
+            return cast(MemoryBackend, _OwnBackend(inner))
+
+    config = sqlite_config.model_copy(update={"short_term_memory_size": 3})
+    async with OwnManager(config) as manager:
+        backend = manager.backend
+        assert isinstance(backend, _OwnBackend)
+        assert isinstance(backend, MemoryBackend)
+        for n in range(6):
+            await manager.add_memory(f"kept by a backend of one's own {n}")
+        await manager.flush()
+        assert await backend.count(MemoryTier.SHORT) <= 3
+        assert await backend.count(MemoryTier.MEDIUM) > 0

@@ -257,6 +257,86 @@ async def test_a_count_read_while_this_process_adds_is_never_too_low(postgres_ds
         assert await backend.count(MemoryTier.SHORT) == 4  # and kept so
 
 
+async def test_an_add_does_not_wait_for_a_tier_count_due_a_re_read(postgres_dsn: str) -> None:
+    """Issue 12 (add p99): the tier counts kept by the backend are re-read every half second, and the add
+    that found them due waited for the re-read (a second round trip). It takes the kept counts (its own
+    add applied) and the re-read runs behind it."""
+    async with MemoryManager(postgres_config(postgres_dsn)) as manager:
+        backend = manager.backend
+        assert backend is not None
+        await manager.add_memory("the counts are read and kept")
+        fetch = backend._fetch  # type: ignore[attr-defined]
+        release = asyncio.Event()
+        counts_read: list[str] = []
+
+        async def held_count(statement: str, parameters: object, what: str) -> object:
+            if what == "count":
+                counts_read.append(statement)
+                await release.wait()  # a count read held up on the server
+            return await fetch(statement, parameters, what)
+
+        backend._fetch = held_count  # type: ignore[attr-defined]
+        try:
+            await asyncio.sleep(0.6)  # the kept counts are due a re-read (kept 0.5 s)
+            added = await asyncio.wait_for(manager.add_memory("added while the count is held"), timeout=10)
+            assert added.tier is MemoryTier.SHORT
+        finally:
+            release.set()
+            await manager.flush()  # the re-read, in the background, ends
+            del backend._fetch  # type: ignore[attr-defined]
+        assert counts_read, "the counts due a re-read were re-read"
+        assert await backend.count(MemoryTier.SHORT) == 2
+
+
+async def test_a_re_read_count_that_finds_another_process_s_overflow_moves_it(postgres_dsn: str) -> None:
+    """The add takes the kept counts; the re-read behind it sees what another process added (here written
+    below the manager, so that process moved nothing) and starts the move, as the add did itself before."""
+    from context_manager.core.memory.models import Memory
+
+    config = postgres_config(postgres_dsn, short_term_memory_size=20, medium_term_memory_size=1000)
+    async with MemoryManager(config) as first, MemoryManager(config) as second:
+        assert first.backend is not None and second.backend is not None
+        await first.add_memory("counted by the first process")
+        await asyncio.sleep(0.6)  # its kept counts are due a re-read
+        others = [Memory(id=f"other-{n}", content=f"written by another process {n}") for n in range(30)]
+        await second.backend.put(MemoryTier.SHORT, others)
+        await first.add_memory("the add that finds the counts due")  # 2 of 20 as this process knows them
+        await first.flush()  # the re-read and the move it started
+        assert await first.backend.count(MemoryTier.SHORT) <= 20
+        assert await first.backend.count(MemoryTier.MEDIUM) > 0
+
+
+async def test_a_failed_tier_count_re_read_does_not_fail_the_committed_add(postgres_dsn: str) -> None:
+    """The tier counts an add checks for an overflow are re-read after its memory is committed: a re-read
+    that failed there failed an add whose memory was stored (a retry stored it twice). The add returns; the
+    counts are re-read by a later add, and the overflow they show moves then."""
+    config = postgres_config(postgres_dsn, short_term_memory_size=3)
+    async with MemoryManager(config) as manager:
+        backend = manager.backend
+        assert backend is not None
+        await asyncio.sleep(0.6)  # the counts read by initialize() are due a re-read (kept 0.5 s)
+        fetch = backend._fetch  # type: ignore[attr-defined]
+
+        async def failing_count(statement: str, parameters: object, what: str) -> object:
+            if what == "count":
+                raise StorageError("the count failed (the server went away)")
+            return await fetch(statement, parameters, what)
+
+        backend._fetch = failing_count  # type: ignore[attr-defined]
+        try:
+            added = [await manager.add_memory(f"added while counts fail {n}") for n in range(4)]
+            await manager.flush()
+        finally:
+            del backend._fetch  # type: ignore[attr-defined]
+        for memory in added:
+            assert await manager.get_memory(memory.id) is not None
+        await asyncio.sleep(0.6)  # the counts are due again: the next add reads them, and the overflow moves
+        await manager.add_memory("added once the counts read again")
+        await manager.flush()
+        assert await backend.count(MemoryTier.SHORT) <= 3
+        assert await backend.count(MemoryTier.MEDIUM) > 0
+
+
 async def test_overflow_moves_take_turns_across_processes(postgres_dsn: str) -> None:
     from context_manager.core.memory.models import MemoryTier
 

@@ -36,6 +36,7 @@ __all__ = [
     "SUPERSEDED_ONLY",
     "TIER_ORDER",
     "BackendStats",
+    "KnownCounts",
     "LexicalQuery",
     "MemoryBackend",
     "Staleness",
@@ -261,6 +262,24 @@ class AccessCounter(Protocol):
         retried after a commit whose acknowledgement was lost. ``attempts`` holds an id per transaction that
         tried to write this batch (empty for a new batch); each attempt appends its own before it writes, so
         a batch whose call was cancelled or failed can be passed again, with the same list, by a later call.
+        """
+        ...
+
+
+class KnownCounts(Protocol):
+    """Optional for a :class:`MemoryBackend`: its tier counts as known without asking the storage.
+
+    Not part of :class:`MemoryBackend` (a backend of your own need not have it, and is one without it): the
+    manager asks :meth:`MemoryBackend.count` after every write of a backend without ``known_count``.
+    """
+
+    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
+        """:meth:`MemoryBackend.count` as known without asking the storage, and whether it is due a re-read.
+
+        ``None``: not known (ask ``count``). A storage that counts in process knows it exactly (never
+        due); one shared with other processes (PostgreSQL) keeps the count it read last with this process's
+        own changes applied, due a re-read once it is older than the time it is kept (``count`` re-reads
+        it).
         """
         ...
 

@@ -858,6 +858,13 @@ class LocalBackend:
             return long_store.count()
         return (short if tier is MemoryTier.SHORT else medium).count()
 
+    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
+        """The short- and medium-term tiers are counted in process (exactly); long-term: ask :meth:`count`."""
+        if tier is MemoryTier.LONG:
+            return None
+        short, medium, _ = self._stores
+        return (short if tier is MemoryTier.SHORT else medium).count(), False
+
     async def members(self, tier: MemoryTier) -> list[Memory]:
         """Every memory of ``tier``."""
         if tier is MemoryTier.LONG:

@@ -128,6 +128,7 @@ class ManagerState:
         self._over_capacity_warned = False
         self._rebalance_task: asyncio.Task[None] | None = None  # the pending or running rebalance (_add_many)
         self._rebalance_again = False  # a write found an overflow while the rebalance was finishing
+        self._recount_task: asyncio.Task[None] | None = None  # a tier count re-read (_counts_after_write)
         # per tier: the next overflow victims of the last ranking, and when it was made (tiers.py)
         self._victim_reserve: dict[MemoryTier, tuple[list[str], float]] = {}
         self._compacting = False

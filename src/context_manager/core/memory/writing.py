@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from context_manager.core.messages import Message
 
 __all__ = ["MemoryWriting", "merged_originals", "message_memory_id"]
+
+logger = logging.getLogger(__name__)
 
 _REMEMBER_CHUNK = 64  # messages written per event-loop step by remember_messages (~5-10 ms of work)
 _LARGE_MESSAGE_CHARS = 65_536
@@ -222,14 +225,7 @@ class MemoryWriting(TierMovement):
         medium_capacity = self.config.medium_term_memory_size
         written: dict[str, Memory] | None = None
         if short_count > short_capacity or medium_count > medium_capacity:
-            # the overflow moves in the background (it needs the write lock, a chunk at a time), never in
-            # this write: one rebalance at a time is enough, it keeps moving until both tiers are within
-            # their capacity
-            task = self._rebalance_task
-            if task is None or task.done():
-                task = self._rebalance_task = self._spawn(self._rebalance())
-            else:  # it may be past its last capacity check: it goes round again before it ends
-                self._rebalance_again = True
+            task = self._start_rebalance()
             if (
                 short_count > short_capacity * _OVERFLOW_LIMIT
                 or medium_count > medium_capacity * _OVERFLOW_LIMIT
@@ -245,6 +241,60 @@ class MemoryWriting(TierMovement):
         if written is None:
             written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
+
+    def _start_rebalance(self) -> asyncio.Task[None]:
+        """Start the background move of the overflow (or have the running one go round again); its task.
+
+        The overflow moves in the background (it needs the write lock, a chunk at a time), never in the
+        write that finds it: one rebalance at a time is enough, it keeps moving until both tiers are within
+        their capacity.
+        """
+        task = self._rebalance_task
+        if task is None or task.done():
+            task = self._rebalance_task = self._spawn(self._rebalance())
+        else:  # it may be past its last capacity check: it goes round again before it ends
+            self._rebalance_again = True
+        return task
+
+    async def _counts_after_write(self, backend: MemoryBackend) -> tuple[int, int]:
+        """The short- and medium-term counts a write checks for an overflow, without a round trip if known.
+
+        A shared storage (PostgreSQL) keeps the counts it read last with this process's changes applied,
+        and re-reads them every half second: that re-read used to be one add's second round trip (issue
+        12: the add p99). Now a write takes the kept counts (this process's own adds are in them, so its
+        own overflows show at once) and a count due a re-read is re-read in the background
+        (:meth:`_recount`), which starts the overflow move itself when another process filled a tier.
+        """
+        # KnownCounts is optional for a backend of your own (getattr: an isinstance() of a runtime protocol
+        # costs tens of microseconds a write)
+        known_count: Callable[[MemoryTier], tuple[int, bool] | None] | None
+        known_count = getattr(backend, "known_count", None)
+        short = None if known_count is None else known_count(MemoryTier.SHORT)
+        medium = None if known_count is None else known_count(MemoryTier.MEDIUM)
+        if short is None or medium is None:
+            return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM)
+        recounting = self._recount_task is not None and not self._recount_task.done()
+        if (short[1] or medium[1]) and not recounting and not self._closing:  # close() drained the tasks
+            self._recount_task = self._spawn(self._recount())
+        return short[0], medium[0]
+
+    async def _recount(self) -> None:
+        """Re-read the short- and medium-term counts (see :meth:`_counts_after_write`); move an overflow."""
+        if self._state != "ready":
+            return
+        backend = self._require("count")
+        try:
+            short_count = await backend.count(MemoryTier.SHORT)
+            medium_count = await backend.count(MemoryTier.MEDIUM)
+        except StorageError as error:  # a read: the next write that finds the count due tries again
+            logger.warning("memory tier count failed: %s", error)
+            return
+        over = (
+            short_count > self.config.short_term_memory_size
+            or medium_count > self.config.medium_term_memory_size
+        )
+        if over and self._state == "ready":
+            self._start_rebalance()
 
     async def _store_new(
         self,
@@ -280,7 +330,8 @@ class MemoryWriting(TierMovement):
         if self.embedder is not None:
             skipped = set(taken)
             await self._embed_and_store([m for m, _ in items if m.id not in skipped])
-        return await backend.count(MemoryTier.SHORT), await backend.count(MemoryTier.MEDIUM), taken
+        short_count, medium_count = await self._counts_after_write(backend)
+        return short_count, medium_count, taken
 
     async def _store_new_ids(
         self,

@@ -969,6 +969,14 @@ class PostgresBackend:
             self._keep_count(counted_tier, count, now, added[counted_tier])
         return self._tier_counts[tier][0]
 
+    def known_count(self, tier: MemoryTier) -> tuple[int, bool] | None:
+        """The count :meth:`count` keeps (this process's changes applied), and whether it is due a re-read."""
+        known = self._tier_counts.get(tier)
+        if known is None:
+            return None
+        lifetime = _LONG_COUNT_TTL if tier is MemoryTier.LONG else _COUNT_TTL
+        return known[0], time.monotonic() - known[1] >= lifetime
+
     def _keep_count(self, tier: MemoryTier, count: int, read_at: float, added_before: int) -> None:
         """Keep a count read from the server, plus what this process added to the tier while it was read."""
         self._tier_counts[tier] = (count + self._count_added[tier] - added_before, read_at)
