@@ -1110,3 +1110,24 @@ async def test_add_memory_writes_the_managers_user_and_search_memory_filters_by_
         assert await ana.memory_manager.get_memory_stats(user_id="ana") == stats
     with pytest.raises(LifecycleError, match="add_memory: the context manager was cleaned up"):
         await ana.add_memory("too late")
+
+
+async def test_an_empty_assistant_reply_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """The README's loop added ``reply.content or ""`` when a model answered without tool calls; an empty
+    answer (cut by max_tokens, a content filter) was refused as "non-empty text (or tool_calls on an
+    assistant)", which says nothing about the reply that caused it. The message now says to skip it; the
+    window is unchanged, and the docs' loops add a reply only when it has text."""
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "Summarise the report.")
+        before = state(manager)
+        with pytest.raises(
+            InvalidMessageError, match=r"content: got ''; allowed non-empty text or tool_calls .*skip it"
+        ):
+            await manager.add_message("assistant", "")
+        with pytest.raises(InvalidMessageError, match=r"messages\[0\]\.content: got ''; .*skip it"):
+            await manager.add_messages([{"role": "assistant", "content": ""}])
+        with pytest.raises(
+            InvalidMessageError, match=r"content: got ''; allowed non-empty text \(or tool_calls"
+        ):
+            await manager.add_message("user", "")
+        assert state(manager) == before
