@@ -93,6 +93,7 @@ from context_manager.core.telemetry import (
     shared_memory_sampler,
     telemetry_for_current_providers,
     traced_add,
+    traced_call,
     traced_search,
 )
 from context_manager.core.threads import to_the_end
@@ -1570,9 +1571,17 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("add_memory")
-        return await self.memory_manager.add_memory(
+        add = self.memory_manager.add_memory(
             content, importance, tags, metadata, user_id=self._user_id, memory_id=memory_id
         )
+        if self._telemetry is None:
+            return await add
+        attributes: dict[str, Any] = {}  # what the MCP tool memory_add records; a bad value is left out
+        if isinstance(importance, (int, float)) and not isinstance(importance, bool):
+            attributes["context_manager.memory.importance"] = importance
+        if isinstance(tags, (list, tuple)):
+            attributes["context_manager.memory.tags"] = len(tags)
+        return await traced_call(self._telemetry, "add_memory", add, attributes)
 
     @monitored_operation("search_memory")
     async def search_memory(
