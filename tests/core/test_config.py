@@ -109,6 +109,17 @@ def test_a_token_model_without_a_known_encoding_is_refused_by_the_config(
     assert ContextManagerConfig().token_model == "gpt-4"
 
 
+def test_an_empty_token_model_still_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTHON_CONTEXT_MANAGER_TOKEN_MODEL=`` (a deployment template's empty value) and ``token_model=""``
+    counted with ``token_encoding``, as unset; refusing unknown names at creation made them a
+    ``ConfigurationError``. Empty is unset again; a blank name that is not empty is still refused."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "")
+    assert ContextManagerConfig().token_model is None
+    assert ContextManagerConfig(token_model="").token_model is None
+    with pytest.raises(ConfigurationError, match=r"token_model: got ' '"):
+        ContextManagerConfig(token_model=" ")
+
+
 def test_an_unknown_option_names_the_closest_one() -> None:
     """``ContextManagerConfig(max_token=500)`` listed all 37 options without pointing at ``max_tokens``
     (the environment variable with the same typo already said "did you mean"); the config is unchanged."""

@@ -273,8 +273,11 @@ class ContextManagerConfig(BaseSettings):
     @field_validator("token_model", mode="before")
     @classmethod
     def _check_token_model(cls, value: Any) -> Any:
-        """A model without a known encoding is refused here, not first by ``initialize()``."""
-        if value is None:
+        """A model without a known encoding is refused here, not first by ``initialize()``.
+
+        An empty name (``PYTHON_CONTEXT_MANAGER_TOKEN_MODEL=``) is unset, as it always counted.
+        """
+        if value is None or value == "":
             return None
         if not isinstance(value, str):
             raise ValueError("an OpenAI model name such as 'gpt-4o', or None")
