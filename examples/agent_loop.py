@@ -215,7 +215,8 @@ class Agent:
             calls = reply.get("tool_calls") or []
             if not calls:
                 report.answer = reply.get("content") or ""
-                await self.manager.add_message("assistant", report.answer)
+                if report.answer:  # an empty answer (cut by max_tokens, a filter) has nothing to keep
+                    await self.manager.add_message("assistant", report.answer)
                 return report
             results = await self.manager.execute_tool_calls(calls, content=reply.get("content") or "")
             for call, result in zip(calls, results, strict=True):

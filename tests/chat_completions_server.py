@@ -5,7 +5,10 @@ It speaks enough of both protocols for the real ``openai`` and ``anthropic`` cli
 * ``POST /v1/chat/completions`` answers a request whose last message is from the user with a tool call
   (the first offered tool whose name is in ``tool_arguments``), and any other request with a final text
   answer quoting the last tool result (or ``reply_text`` when set);
-* ``POST /v1/messages`` answers with one text block (``reply_text``, or a fixed text).
+* ``POST /v1/messages`` answers a request offering tools whose last turn is the user's text with a
+  ``tool_use`` block (the first offered tool whose name is in ``tool_arguments``), one whose last turn holds
+  ``tool_result`` blocks with a text quoting the last result (or ``reply_text`` when set), and any other
+  request with one text block (``reply_text``, or a fixed text).
 
 Faults are scripted per request: ``server.faults.append(Fault(status=429, headers={"retry-after": "1"}))``
 makes the next request fail that way; kinds are an HTTP status with the provider's error body, a malformed
@@ -136,13 +139,35 @@ class ChatCompletionsServer:
         return reply
 
     def anthropic_reply_to(self, body: dict[str, Any]) -> dict[str, Any]:
+        number = len(self.requests) - 1  # this request is already recorded
+        content: list[dict[str, Any]] = [
+            {"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}
+        ]
+        stop = self.reply_stop or "end_turn"
+        offered = [tool.get("name") for tool in body.get("tools") or []]
+        callable_tools = [name for name in offered if name in self.tool_arguments]
+        turns = body.get("messages") or []
+        last = turns[-1] if turns else {}
+        blocks = last.get("content") if isinstance(last.get("content"), list) else []
+        results = [
+            block for block in blocks if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+        if callable_tools and last.get("role") == "user" and not results:
+            name = callable_tools[0]
+            arguments = self.tool_arguments[name]
+            content = [{"type": "tool_use", "id": f"toolu_stub_{number}", "name": name, "input": arguments}]
+            stop = "tool_use"
+        elif callable_tools and results and self.reply_text is None:
+            quoted = results[-1].get("content")
+            text = quoted if isinstance(quoted, str) else json.dumps(quoted)
+            content = [{"type": "text", "text": f"Final answer based on: {text[:80]}"}]
         reply = {
-            "id": f"msg_stub_{len(self.requests) - 1}",
+            "id": f"msg_stub_{number}",
             "type": "message",
             "role": "assistant",
             "model": self.reply_model or body.get("model", "stub-model"),
-            "content": [{"type": "text", "text": self.reply_text or "Hello from the Anthropic stub."}],
-            "stop_reason": self.reply_stop or "end_turn",
+            "content": content,
+            "stop_reason": stop,
             "stop_sequence": None,
             "usage": dict(ANTHROPIC_USAGE) if self.reply_usage is None else self.reply_usage,
         }

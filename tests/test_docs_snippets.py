@@ -13,8 +13,9 @@ Each block runs in a fresh namespace, in the test's temporary working directory.
 comment on the line before a block:
 
 * ``<!-- fragment -->``: the block continues the previous one (same namespace and event loop);
-* ``<!-- needs-server -->``: the block talks to an OpenAI-compatible endpoint; it runs with
-  ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` pointing at a local stand-in server on 127.0.0.1.
+* ``<!-- needs-server -->``: the block talks to an OpenAI-compatible endpoint or to the Anthropic Messages
+  API; it runs with ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` and ``ANTHROPIC_BASE_URL``/``ANTHROPIC_API_KEY``
+  pointing at a local stand-in server on 127.0.0.1.
 
 A script line that prints a caught exception with a comment (``print(error)  # priority: got ...``)
 claims the message: each time the line runs, what it prints must match the comment, ``...`` standing for
@@ -339,6 +340,8 @@ def test_block_runs(group: Group, embedder: str, restore_process_state: object) 
                     server = stack.enter_context(running_server())
                     os.environ["OPENAI_BASE_URL"] = server.base_url
                     os.environ["OPENAI_API_KEY"] = "test-key"
+                    os.environ["ANTHROPIC_BASE_URL"] = server.anthropic_base_url
+                    os.environ["ANTHROPIC_API_KEY"] = "test-key"
                 try:
                     run_block(block, namespace, loop)
                 except BaseException as error:

@@ -177,6 +177,10 @@ def test_the_blocking_methods_work_end_to_end(tmp_path: Path) -> None:
 
         manager.call(manager.memory_manager.add_memory, "Ana prefers the window seat", user_id="ana")
         assert [m.content for m in manager.search_memory("window seat")] == ["Ana prefers the window seat"]
+        assert manager.add_memory("Ana's desk is seat 4B", tags=["office"]).user_id == "ana"
+        assert [m.content for m in manager.search_memory("seat", tags=["office"])] == [
+            "Ana's desk is seat 4B"
+        ]
         assert manager.get_system_status()["state"] == "ready"
         assert "memory" in manager.optimize_system(consolidate=False)
         assert manager.compress_context() is not None or manager.compression_history == []

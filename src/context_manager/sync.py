@@ -584,9 +584,25 @@ class SyncContextManager:
         """Blocking form of EnhancedContextManager.flush."""
         self._await("flush", self._manager.flush)
 
-    def search_memory(self, query: str, limit: int = 10) -> list[Memory]:
+    def add_memory(
+        self,
+        content: str,
+        importance: float = 0.5,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        memory_id: str | None = None,
+    ) -> Memory:
+        """Blocking form of EnhancedContextManager.add_memory."""
+        return self._await(
+            "add_memory", self._manager.add_memory, content, importance, tags, metadata, memory_id=memory_id
+        )
+
+    def search_memory(
+        self, query: str, limit: int = 10, *, tags: Sequence[str] | None = None
+    ) -> list[Memory]:
         """Blocking form of EnhancedContextManager.search_memory."""
-        return self._await("search_memory", self._manager.search_memory, query, limit)
+        return self._await("search_memory", self._manager.search_memory, query, limit, tags=tags)
 
     def get_system_status(self) -> dict[str, Any]:
         """Blocking form of EnhancedContextManager.get_system_status."""

@@ -85,6 +85,41 @@ def test_invalid_values_raise_configuration_error(options: dict[str, object], pa
     assert isinstance(caught.value, ContextManagerError)
 
 
+def test_a_token_model_without_a_known_encoding_is_refused_by_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ContextManagerConfig(token_model="claude-3-5-sonnet")`` was accepted; the error came from the
+    manager's ``initialize()``, though the docs say unknown names are refused when the config is created.
+    Now the config refuses it (keyword, assignment, environment), pointing at ``token_counter=``."""
+    with pytest.raises(
+        ConfigurationError, match=r"token_model: got 'claude-3-5-sonnet'; .*token_counter="
+    ) as caught:
+        ContextManagerConfig(token_model="claude-3-5-sonnet")
+    assert caught.value.field == "token_model" and "gpt-4o*" in caught.value.allowed
+    config = ContextManagerConfig(token_model="gpt-4o-mini")
+    with pytest.raises(ConfigurationError, match=r"token_model: got 'llama-3-70b'"):
+        config.token_model = "llama-3-70b"
+    assert config.token_model == "gpt-4o-mini"
+    with pytest.raises(ConfigurationError, match=r"token_model: got 5; allowed an OpenAI model name"):
+        ContextManagerConfig(token_model=5)  # type: ignore[arg-type]
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gemini-2.5-pro")
+    with pytest.raises(ConfigurationError, match=r"PYTHON_CONTEXT_MANAGER_TOKEN_MODEL"):
+        ContextManagerConfig()
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "gpt-4")
+    assert ContextManagerConfig().token_model == "gpt-4"
+
+
+def test_an_empty_token_model_still_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTHON_CONTEXT_MANAGER_TOKEN_MODEL=`` (a deployment template's empty value) and ``token_model=""``
+    counted with ``token_encoding``, as unset; refusing unknown names at creation made them a
+    ``ConfigurationError``. Empty is unset again; a blank name that is not empty is still refused."""
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_TOKEN_MODEL", "")
+    assert ContextManagerConfig().token_model is None
+    assert ContextManagerConfig(token_model="").token_model is None
+    with pytest.raises(ConfigurationError, match=r"token_model: got ' '"):
+        ContextManagerConfig(token_model=" ")
+
+
 def test_an_unknown_option_names_the_closest_one() -> None:
     """``ContextManagerConfig(max_token=500)`` listed all 37 options without pointing at ``max_tokens``
     (the environment variable with the same typo already said "did you mean"); the config is unchanged."""

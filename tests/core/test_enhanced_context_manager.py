@@ -15,6 +15,7 @@ from context_manager.core.enhanced_context_manager import EnhancedContextManager
 from context_manager.core.errors import (
     ContextBudgetError,
     InvalidArgumentError,
+    InvalidMemoryError,
     InvalidMessageError,
     InvalidPriorityError,
     InvalidRoleError,
@@ -1071,3 +1072,62 @@ async def test_system_status_on_postgres_names_the_database_not_a_directory(post
     assert "cache" not in status["storage_path"] and "***" in status["storage_path"]
     assert status["bytes_on_disk"] == {"log": 0, "database": 0, "total": 0}
     assert "s3cr3t-pw" not in repr(status)
+
+
+# -- memory of the manager's user -------------------------------------------------------------------
+
+
+async def test_add_memory_writes_the_managers_user_and_search_memory_filters_by_tags(tmp_path: Path) -> None:
+    """A manager had ``search_memory`` (its user's memories) but no ``add_memory``: the documented way,
+    ``manager.memory_manager.add_memory(text)``, wrote the default namespace, which a manager with a
+    ``user_id`` never searches, and ``search_memory`` took no ``tags``. Now ``add_memory`` writes the
+    manager's user and ``search_memory(..., tags=...)`` filters; bad input stores nothing."""
+    config = make_config(tmp_path)
+    async with (
+        EnhancedContextManager(config, user_id="ana") as ana,
+        EnhancedContextManager(config, user_id="bo") as bo,
+    ):
+        window = await ana.add_memory("Ana prefers the window seat", importance=0.8, tags=["travel"])
+        assert window.user_id == "ana" and window.tags == ["travel"] and window.importance == 0.8
+        await ana.add_memory("Ana's desk at the office is seat 4B", tags=["office"], memory_id="ana-desk")
+        await bo.add_memory("Bo prefers the aisle seat", tags=["travel"], metadata={"source": "chat"})
+
+        assert {m.content for m in await ana.search_memory("seat")} == {
+            "Ana prefers the window seat",
+            "Ana's desk at the office is seat 4B",
+        }
+        assert [m.content for m in await ana.search_memory("seat", tags=["travel"])] == [
+            "Ana prefers the window seat"
+        ]
+        assert [m.content for m in await bo.search_memory("seat")] == ["Bo prefers the aisle seat"]
+        assert await ana.search_memory("seat", tags=[]) == []
+
+        stats = await ana.memory_manager.get_memory_stats(user_id="ana")
+        with pytest.raises(InvalidMemoryError, match="content"):
+            await ana.add_memory("")
+        with pytest.raises(InvalidMemoryError, match="tags: got 'travel'"):
+            await ana.search_memory("seat", tags="travel")  # type: ignore[arg-type]
+        assert await ana.memory_manager.get_memory_stats(user_id="ana") == stats
+    with pytest.raises(LifecycleError, match="add_memory: the context manager was cleaned up"):
+        await ana.add_memory("too late")
+
+
+async def test_an_empty_assistant_reply_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    """The README's loop added ``reply.content or ""`` when a model answered without tool calls; an empty
+    answer (cut by max_tokens, a content filter) was refused as "non-empty text (or tool_calls on an
+    assistant)", which says nothing about the reply that caused it. The message now says to skip it; the
+    window is unchanged, and the docs' loops add a reply only when it has text."""
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "Summarise the report.")
+        before = state(manager)
+        with pytest.raises(
+            InvalidMessageError, match=r"content: got ''; allowed non-empty text or tool_calls .*skip it"
+        ):
+            await manager.add_message("assistant", "")
+        with pytest.raises(InvalidMessageError, match=r"messages\[0\]\.content: got ''; .*skip it"):
+            await manager.add_messages([{"role": "assistant", "content": ""}])
+        with pytest.raises(
+            InvalidMessageError, match=r"content: got ''; allowed non-empty text \(or tool_calls"
+        ):
+            await manager.add_message("user", "")
+        assert state(manager) == before

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
-from context_manager.core.errors import InvalidArgumentError, InvalidRoleError
+from context_manager.core.errors import InvalidArgumentError, InvalidMemoryError, InvalidRoleError
 from context_manager.core.memory.manager import ALL_USERS
 from context_manager.core.messages import ToolCall
 from context_manager.core.summarizers import (
@@ -858,3 +858,28 @@ def test_opentelemetry_is_not_imported_when_nothing_set_a_provider(tmp_path: Pat
     loaded, spans = run_manager(tmp_path / "traced", setup, after)
     assert "'opentelemetry.trace'" in loaded
     assert spans == "['context_manager.add_message', 'context_manager.search_memory']"
+
+
+async def test_opentelemetry_the_managers_add_memory_records_a_span_as_its_search_does(
+    otel: Otel, tmp_path: Path
+) -> None:
+    """``manager.add_memory`` (added with the manager's ``search_memory(tags=...)``) recorded no span and no
+    ``operation.duration`` point, while the ``search_memory`` next to it, and the MCP tool ``memory_add``,
+    record both: an application tracing its manager saw its searches but not its writes."""
+    async with EnhancedContextManager(config_for(tmp_path), user_id="ana") as manager:
+        await manager.add_memory("Ana prefers the window seat", importance=0.8, tags=["travel", "seat"])
+        with pytest.raises(InvalidMemoryError):
+            await manager.add_memory("a bad tag", tags=[""])
+        assert len(await manager.search_memory("seat", tags=["travel"])) == 1
+
+    adds = otel.finished("context_manager.add_memory")
+    assert [span.status.status_code is StatusCode.ERROR for span in adds] == [False, True]
+    assert adds[0].attributes["context_manager.memory.importance"] == 0.8
+    assert adds[0].attributes["context_manager.memory.tags"] == 2
+    assert adds[1].attributes["error.type"] == "InvalidMemoryError"
+    assert len(otel.finished("context_manager.search_memory")) == 1
+    durations = "context_manager.operation.duration"
+    success = {"context_manager.operation": "add_memory", "context_manager.outcome": "success"}
+    rejected = {"context_manager.operation": "add_memory", "context_manager.outcome": "rejected"}
+    assert otel.point(durations, **success).count == 1
+    assert otel.point(durations, **rejected).count == 1

@@ -270,6 +270,25 @@ class ContextManagerConfig(BaseSettings):
             return path
         raise ValueError("a str or pathlib.Path")
 
+    @field_validator("token_model", mode="before")
+    @classmethod
+    def _check_token_model(cls, value: Any) -> Any:
+        """A model without a known encoding is refused here, not first by ``initialize()``.
+
+        An empty name (``PYTHON_CONTEXT_MANAGER_TOKEN_MODEL=``) is unset, as it always counted.
+        """
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("an OpenAI model name such as 'gpt-4o', or None")
+        from context_manager.core.tokens import encoding_for_model
+
+        try:
+            encoding_for_model(value)
+        except ConfigurationError as error:
+            raise ValueError(error.allowed) from None
+        return value
+
     @field_validator("summarizer", mode="before")
     @classmethod
     def _check_summarizer(cls, value: Any) -> Any:

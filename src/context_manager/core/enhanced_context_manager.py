@@ -93,6 +93,7 @@ from context_manager.core.telemetry import (
     shared_memory_sampler,
     telemetry_for_current_providers,
     traced_add,
+    traced_call,
     traced_search,
 )
 from context_manager.core.threads import to_the_end
@@ -1542,8 +1543,60 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 type(error).__name__,
             )
 
+    @monitored_operation("add_memory")
+    async def add_memory(
+        self,
+        content: str,
+        importance: float = 0.5,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        memory_id: str | None = None,
+    ) -> Memory:
+        """Store a memory for this manager's :attr:`user_id` (durably) and return it.
+
+        The memory :meth:`search_memory` of this manager (and of any manager of the same user) finds:
+        ``memory_manager.add_memory(content)`` without ``user_id`` writes the default namespace instead,
+        which a manager with a ``user_id`` never searches.
+
+        Example::
+
+            async with EnhancedContextManager(config, user_id="ana") as manager:
+                await manager.add_memory("Ana prefers the window seat", tags=["travel"])
+                [found] = await manager.search_memory("seat preference", tags=["travel"])
+
+        Args:
+            content: The text to remember (non-empty).
+            importance: 0 (trivial) to 1 (critical); see :meth:`MemoryManager.add_memory`.
+            tags: Labels, for ``search_memory(..., tags=...)``.
+            metadata: JSON-serialisable data kept with the memory.
+            memory_id: Your own id, which makes the add idempotent (by default a fresh random id).
+
+        Returns:
+            A copy of the stored memory.
+
+        Raises:
+            InvalidMemoryError: a bad argument; nothing is stored.
+            StorageError: the write failed.
+            LifecycleError: before ``initialize()`` or after ``cleanup()``.
+        """
+        self._require_ready("add_memory")
+        add = self.memory_manager.add_memory(
+            content, importance, tags, metadata, user_id=self._user_id, memory_id=memory_id
+        )
+        if self._telemetry is None:
+            return await add
+        attributes: dict[str, Any] = {}  # what the MCP tool memory_add records; a bad value is left out
+        if isinstance(importance, (int, float)) and not isinstance(importance, bool):
+            attributes["context_manager.memory.importance"] = importance
+        if isinstance(tags, (list, tuple)):
+            attributes["context_manager.memory.tags"] = len(tags)
+        return await traced_call(self._telemetry, "add_memory", add, attributes)
+
     @monitored_operation("search_memory")
-    async def search_memory(self, query: str, limit: int = 10) -> list[Memory]:
+    async def search_memory(
+        self, query: str, limit: int = 10, *, tags: Sequence[str] | None = None
+    ) -> list[Memory]:
         """Search every memory tier (including evicted context) for ``query``; best first.
 
         Messages evicted from the window are written to memory in the background; the search first waits
@@ -1551,18 +1604,23 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         the manager's :attr:`user_id` only (the default namespace without one); to search another user's,
         or everyone's, call ``memory_manager.search_memory(query, user_id=...)``.
 
+        Args:
+            query: What to look for (plain text).
+            limit: At most this many results.
+            tags: Only memories carrying at least one of these tags (``None``: no filter).
+
         Raises:
-            InvalidMemoryError: ``query`` is not a string or ``limit`` is negative.
+            InvalidMemoryError: ``query`` is not a string, ``limit`` is negative or ``tags`` is not a list
+                of tags.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         self._require_ready("search_memory")
         await self._await_evictions()
         user_id = self._user_id
+        search = self.memory_manager.search_memory(query, limit, tags=tags, user_id=user_id)
         if self._telemetry is None:
-            return await self.memory_manager.search_memory(query, limit, user_id=user_id)
-        return await traced_search(
-            self._telemetry, self.memory_manager.search_memory(query, limit, user_id=user_id), limit
-        )
+            return await search
+        return await traced_search(self._telemetry, search, limit)
 
     # -- operations -----------------------------------------------------------------------------------
 

@@ -612,6 +612,13 @@ class Message:
                 "tool_call_id", tool_call_id, "None unless role is 'tool'", detail=f"role is {parsed_role}"
             )
         if not content and not calls and parsed_role is not Role.TOOL:
+            if parsed_role is Role.ASSISTANT:
+                raise InvalidMessageError(
+                    "content",
+                    content,
+                    "non-empty text or tool_calls (a model reply with neither, cut by max_tokens or a "
+                    "content filter, has nothing to keep: skip it, or ask again)",
+                )
             raise InvalidMessageError("content", content, "non-empty text (or tool_calls on an assistant)")
         blocks: tuple[dict[str, Any], ...] = ()
         if thinking is not None:

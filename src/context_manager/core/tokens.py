@@ -145,7 +145,13 @@ def encoding_for_model(model: str) -> str:
         if lowered.startswith(prefix):
             return encoding
     known = ", ".join(sorted({prefix + "*" for prefix, _ in _MODEL_PREFIX_ENCODINGS}))
-    raise ConfigurationError("token_model", model, f"a model name starting with one of: {known}")
+    raise ConfigurationError(
+        "token_model",
+        model,
+        f"a model name starting with one of: {known} (OpenAI models; another provider's model, such as a "
+        "Claude or Llama model, counts with its own tokenizer: leave token_model unset and pass "
+        "EnhancedContextManager(config, token_counter=...), see docs/concepts.md#tokens)",
+    )
 
 
 _backends: dict[str, Any] = {}
