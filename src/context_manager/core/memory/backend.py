@@ -358,6 +358,16 @@ class MemoryBackend(Protocol):
         """
         ...
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """Delete every copy of ``ids`` in every tier; return ``(id, tier)`` of each copy this call deleted.
+
+        On a shared storage one transaction under the ids' locks (the serialisation of :meth:`update`): a
+        call cut short (a caller's timeout, a lost connection) deleted all of them or none, and a copy
+        another process moved meanwhile is deleted where it went. The embedded store deletes them a tier
+        at a time, the slowest first (its manager runs such a call to its end).
+        """
+        ...
+
     async def update(
         self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
     ) -> list[str]:

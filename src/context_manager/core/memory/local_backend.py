@@ -633,6 +633,16 @@ class LocalBackend:
             self._long_copies.difference_update(ids)
         return present
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """See :meth:`MemoryBackend.delete_together`: a tier at a time, long-term first."""
+        by_tier: dict[MemoryTier, list[str]] = {}
+        for copy in await self.copies(list(dict.fromkeys(ids))):
+            by_tier.setdefault(copy.tier, []).append(copy.id)
+        deleted: list[tuple[str, MemoryTier]] = []
+        for tier in sorted(by_tier, key=lambda tier: -TIER_ORDER[tier]):
+            deleted += [(memory_id, tier) for memory_id in await self.delete(tier, by_tier[tier])]
+        return deleted
+
     async def update(
         self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
     ) -> list[str]:

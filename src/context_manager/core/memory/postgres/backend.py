@@ -706,6 +706,23 @@ class PostgresBackend:
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """See :meth:`MemoryBackend.delete_together`: one ``DELETE`` under the ids' locks."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> list[tuple[str, MemoryTier]]:
+            cursor = await connection.execute(
+                "DELETE FROM cm_memories WHERE id = ANY(%s) RETURNING id, tier", (wanted,)
+            )
+            return [(row[0], MemoryTier(row[1])) for row in await cursor.fetchall()]
+
+        deleted = await self._under_id_locks(wanted, work, "memory delete")
+        for _, tier in deleted:
+            self._count_changed(tier, -1)
+        return deleted
+
     async def _under_id_locks(
         self,
         ids: Sequence[str],
