@@ -610,6 +610,13 @@ class MemoryWriting(TierMovement):
             if content is not None:
                 self._follow_up_later(memory_id, before[0] if before else None, content)
             raise
+        except StorageError:
+            # the embedded store deleted the old text's vector before the write it refused (the memory put
+            # back as it was); on a shared storage a failure may come after the commit (a lost connection):
+            # the memory, as it is stored now, is embedded again in the background (or by the next open)
+            if content is not None and self.embedder is not None and before:
+                self._embed_later(before[:1])
+            raise
         if not updated:
             raise MemoryNotFoundError(memory_id)
         began.set()
