@@ -378,7 +378,10 @@ class MemoryBackend(Protocol):
         another field (or an access recorded meanwhile) stays. With ``tier`` each memory ends up in that
         tier only (its fastest copy, changed, moves there). On a shared storage every change to one
         memory's copies (this one, a move, a merge) is serialised with the others: a memory is never
-        left in no tier, and a change is written where the memory is when it is applied.
+        left in no tier, and a change is written where the memory is when it is applied. A new
+        ``content`` deletes the memories' stored vectors (made of the old text) no later than it is
+        written: the caller embeds the new text, and a memory left without a vector (its process killed
+        first) is embedded when the store next opens with an embedder.
         """
         ...
 
