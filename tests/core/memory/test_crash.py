@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy
 import pytest
 
 from context_manager.core.config import ContextManagerConfig
 from context_manager.core.memory.manager import MemoryManager
+from context_manager.testing import HashingEmbedder
 
 ROUNDS = 100 if os.environ.get("CM_FULL_RUN") == "1" else 24
 
@@ -625,3 +628,106 @@ async def test_a_failed_move_of_a_long_term_memory_to_short_term_leaves_it_as_it
         copies = [copy for copy in await manager.stored_copies() if copy.id == memory_id]
         assert [(copy.tier.value, copy.importance) for copy in copies] == [("long", 0.5)]
         assert (await manager.get_memory_stats())["in_two_tiers"] == 0
+
+
+RE_EMBEDDER = """
+import time
+from context_manager.testing import HashingEmbedder as PlainHashingEmbedder
+
+class HashingEmbedder(PlainHashingEmbedder):
+    # the plain embedder's vectors, stored under its key (its class name and settings), except that the
+    # updated text never gets one: the process is killed while this "model" embeds it
+    def embed(self, texts):
+        if any("herons" in text for text in texts):
+            os.write(1, b"EMBEDDING\\n")
+            time.sleep(300)
+        return super().embed(texts)
+
+async def main(path, dsn):
+    backend = {"memory_backend": "postgres", "postgres_dsn": dsn} if dsn else {}
+    config = ContextManagerConfig(storage_path=path, **backend)
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        memory = await manager.add_memory("the walrus sings at dawn")
+        os.write(1, f"{memory.id}\\n".encode())
+        await manager.update_memory(memory.id, content="herons fish at dusk")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def run_until_embedding(storage: Path, dsn: str) -> str:
+    """Run :data:`RE_EMBEDDER` and SIGKILL it once its update committed and the new text is being embedded;
+    the id of the memory it updated."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREAMBLE + RE_EMBEDDER, str(storage), dsn],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        memory_id = process.stdout.readline().strip()
+        marker = process.stdout.readline().strip()
+        failed = process.stderr.read() if process.poll() is not None else ""
+        assert memory_id and marker == "EMBEDDING", failed
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return memory_id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_an_update_killed_before_its_new_text_is_embedded_is_embedded_on_open(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """An update's new text is embedded after the update is stored: a process killed in between left the
+    memory with the vector of its old text for good (the store's opening embeds only memories without a
+    vector), found by the meaning of words it no longer holds and not by those it holds. The update now
+    removes the old vector with it, and the next opening embeds the new text."""
+    dsn = request.getfixturevalue("postgres_dsn") if backend == "postgres" else ""
+    storage = tmp_path / "storage"
+    memory_id = await asyncio.to_thread(run_until_embedding, storage, dsn)
+    options: dict[str, Any] = {"memory_backend": "postgres", "postgres_dsn": dsn} if dsn else {}
+    embedder = HashingEmbedder()
+    config = ContextManagerConfig(storage_path=storage, **options)
+    async with MemoryManager(config, embedder=embedder) as manager:
+        stored = await manager.get_memory(memory_id)
+        assert stored is not None and stored.content == "herons fish at dusk"
+        assert manager.backend is not None
+        vectors = await manager.backend.vectors_of([memory_id])
+        assert numpy.allclose(vectors[memory_id], embedder.embed(["herons fish at dusk"])[0])
+        found = await manager.search_memory("herons fishing", limit=1)
+        assert [memory.id for memory in found] == [memory_id]
+
+
+EMBEDDED_UPDATER = """
+import numpy
+from context_manager.testing import HashingEmbedder
+
+async def main(path):
+    embedder = HashingEmbedder()
+    async with MemoryManager(settings(path), embedder=embedder) as manager:
+        await fill(manager)  # the next log write fails, the database's does not
+        old = "the gate code is qzoldxq"
+        memory = await manager.add_memory(old, importance=0.9)  # short + long
+        with disk_full(path, "memories.jsonl"):
+            await report(manager.update_memory(memory.id, content="the gate code is qznewxq"), "UPDATED")
+        for _ in range(1000):  # the background embedding, 10 s at most
+            if not manager._unembedded and (manager._embed_task is None or manager._embed_task.done()):
+                break
+            await asyncio.sleep(0.01)
+        vector = (await manager.backend.vectors_of([memory.id])).get(memory.id)
+        print(json.dumps(vector is not None and bool(numpy.allclose(vector, embedder.embed([old])[0]))))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_an_update_the_disk_refuses_keeps_the_vector_of_the_text_kept(tmp_path: Path) -> None:
+    """An update of the text deletes the old text's vector before it writes (a process killed before the
+    new text is embedded must not keep it): when the disk then refuses the write, the memory, put back as it
+    was, gets its old text's vector again (in the background), not none until the store is next opened."""
+    result = await asyncio.to_thread(run_script, EMBEDDED_UPDATER, tmp_path / "storage")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["FAILED", "true"], result.stdout + result.stderr

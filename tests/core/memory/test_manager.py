@@ -418,6 +418,26 @@ async def test_update_and_delete(manager: MemoryManager) -> None:
         await manager.update_memory(memory.id, content="x")
 
 
+async def test_delete_together_deletes_every_copy_of_the_ids_and_nothing_else(manager: MemoryManager) -> None:
+    """``MemoryBackend.delete_together`` (the delete of a merged memory with its originals on a shared
+    storage) deletes every copy of the ids in every tier and returns each; the other memories stay."""
+    backend = manager.backend
+    assert backend is not None
+    both = await manager.add_memory("an important fact", importance=0.9)  # short-term and long-term
+    medium = await manager.add_memory("a medium fact", tier="medium")
+    long = await manager.add_memory("a long fact", tier="long")
+    kept = await manager.add_memory("a fact that stays", importance=0.9)
+    ids = [both.id, medium.id, long.id]
+    deleted = await backend.delete_together([*ids, both.id, "no-such-id"])
+    assert sorted((memory_id, tier.value) for memory_id, tier in deleted) == sorted(
+        [(both.id, "short"), (both.id, "long"), (medium.id, "medium"), (long.id, "long")]
+    )
+    assert await backend.copies(ids) == []
+    assert sorted(copy.tier.value for copy in await backend.copies([kept.id])) == ["long", "short"]
+    assert await backend.delete_together(ids) == []
+    assert await backend.delete_together([]) == []
+
+
 async def refuse_long_term_deletes(config: ContextManagerConfig) -> None:
     """Make the storage refuse every delete of a long-term row (a real trigger raising, on either backend)."""
     if config.memory_backend == "postgres":

@@ -601,3 +601,34 @@ async def test_a_delete_rolled_back_while_another_process_moved_the_memory_leave
         await _background_settled(manager)
         assert [copy.tier for copy in await manager.backend.copies([memory.id])] == [MemoryTier.MEDIUM]
         assert await _vector_ids(shared_dsn, [memory.id]) == {memory.id}
+
+
+async def test_a_delete_of_a_merged_memory_cancelled_as_it_commits_deletes_all_of_it_or_nothing(
+    shared_dsn: str, tmp_path: Path
+) -> None:
+    """A merged memory is deleted with the originals it holds for an undo. They were deleted one copy per
+    transaction, originals first: cancelled while the first original's delete was committing, the delete
+    stopped there (nothing of the merged memory itself was gone, so the background follow-up did nothing):
+    one original gone, the other and the merged memory left, and an undo then restored one original of two.
+    The whole delete is now one transaction: whatever cut it short, every row of it is gone or none is."""
+    await _clear(shared_dsn)
+    config = _config(_slow_commits(shared_dsn), tmp_path / "storage")
+    async with MemoryManager(config, embedder=HashingEmbedder()) as manager:
+        assert manager.backend is not None
+        backend = manager.backend
+        for text in ["the quarterly report is due on friday", "the quarterly report is due on friday too"]:
+            await manager.add_memory(text, importance=0.9)
+        await manager.consolidate_memories(similarity_threshold=0.7)
+        merged = [copy for copy in await backend.scan(None, every_copy=True) if copy.merged_from]
+        assert len(merged) == 1
+        ids = [merged[0].id, *merged[0].merged_from]
+        rows_before = len(await backend.copies(ids))
+        assert rows_before == 5  # the merged memory in long-term; each original in short- and long-term
+
+        async def begun() -> bool:
+            return len(await backend.copies(ids)) < rows_before
+
+        await _cancelled_as_it_commits(functools.partial(manager.delete_memory, merged[0].id), begun)
+        await _background_settled(manager)
+        assert await backend.copies(ids) == []
+        assert await _vector_ids(shared_dsn, ids) == set()

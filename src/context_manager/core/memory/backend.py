@@ -377,6 +377,16 @@ class MemoryBackend(Protocol):
         """
         ...
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """Delete every copy of ``ids`` in every tier; return ``(id, tier)`` of each copy this call deleted.
+
+        On a shared storage one transaction under the ids' locks (the serialisation of :meth:`update`): a
+        call cut short (a caller's timeout, a lost connection) deleted all of them or none, and a copy
+        another process moved meanwhile is deleted where it went. The embedded store deletes them a tier
+        at a time, the slowest first (its manager runs such a call to its end).
+        """
+        ...
+
     async def update(
         self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
     ) -> list[str]:
@@ -387,7 +397,10 @@ class MemoryBackend(Protocol):
         another field (or an access recorded meanwhile) stays. With ``tier`` each memory ends up in that
         tier only (its fastest copy, changed, moves there). On a shared storage every change to one
         memory's copies (this one, a move, a merge) is serialised with the others: a memory is never
-        left in no tier, and a change is written where the memory is when it is applied.
+        left in no tier, and a change is written where the memory is when it is applied. A new
+        ``content`` deletes the memories' stored vectors (made of the old text) no later than it is
+        written: the caller embeds the new text, and a memory left without a vector (its process killed
+        first) is embedded when the store next opens with an embedder.
         """
         ...
 

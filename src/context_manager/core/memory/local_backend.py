@@ -123,6 +123,9 @@ class LocalBackend:
         self._long_copies: set[str] = set()  # short-term ids that also have a long-term copy
         self._vectors: dict[str, VectorIndex] = {}
         self._vector_model: str | None = None
+        # whether the database may hold vectors (None: not read yet): an update of a text deletes its vector
+        # only then (a store that never had an embedder pays no write for it); only this process writes them
+        self._vectors_stored: bool | None = None
         self._indexing: asyncio.Future[Any] | None = None  # large work on the in-process indexes
         self._pid = forks.pid  # the process whose storage threads, files and lock these are (see forks)
 
@@ -136,6 +139,7 @@ class LocalBackend:
     async def open(self) -> None:
         """Create the directory, take the lock, open the database, replay the log."""
         self._pid = forks.pid
+        self._vectors_stored = None
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="context-manager-storage-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="context-manager-storage-write")
         try:
@@ -633,10 +637,31 @@ class LocalBackend:
             self._long_copies.difference_update(ids)
         return present
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """See :meth:`MemoryBackend.delete_together`: a tier at a time, long-term first."""
+        by_tier: dict[MemoryTier, list[str]] = {}
+        for copy in await self.copies(list(dict.fromkeys(ids))):
+            by_tier.setdefault(copy.tier, []).append(copy.id)
+        deleted: list[tuple[str, MemoryTier]] = []
+        for tier in sorted(by_tier, key=lambda tier: -TIER_ORDER[tier]):
+            deleted += [(memory_id, tier) for memory_id in await self.delete(tier, by_tier[tier])]
+        return deleted
+
+    async def _may_hold_vectors(self) -> bool:
+        """Whether the database may hold vectors (read once per open; then this process writes them)."""
+        if self._vectors_stored is None:
+            stored = await self._run(self._long_store.has_vectors)
+            if self._vectors_stored is None:  # not a vector saved meanwhile
+                self._vectors_stored = stored
+        return bool(self._vectors_stored)
+
     async def update(
         self, ids: Sequence[str], changes: Mapping[str, Any], tier: MemoryTier | None = None
     ) -> list[str]:
         """See :meth:`MemoryBackend.update` (one process: the manager's write lock keeps others out).
+
+        A new ``content`` deletes the memories' vectors first (the manager embeds the new text; a process
+        killed before that leaves them without one, embedded when the store next opens).
 
         A write that fails (``StorageError``: the log refusing a fast copy on a full disk, the database
         refusing the delete of a long-term copy) puts the memories back as they were before raising: the
@@ -647,6 +672,12 @@ class LocalBackend:
         at least one copy, and the next open settles them.
         """
         found = await self.copies(list(dict.fromkeys(ids)))
+        if "content" in changes and found and await self._may_hold_vectors():
+            # the vectors of the old text go first, committed before the new text is written (the fast
+            # tiers are a log, the vectors in the database: no transaction holds both): a process killed
+            # before the manager embeds the new text leaves the memory without a vector, which the next
+            # open embeds, not with its old text's vector for good
+            await self.delete_vectors(list(dict.fromkeys(copy.id for copy in found)))
         try:
             return await self._update(found, changes, tier)
         except StorageError:
@@ -1122,6 +1153,7 @@ class LocalBackend:
             if index is None:
                 index = self._vectors[owner] = VectorIndex(int(vectors.shape[1]))
             index.add([memory.id], vector[None, :])
+        self._vectors_stored = True
         await self._write(self._long_store.save_vectors, model, [m.id for m in memories], vectors)
 
     async def delete_vectors(self, ids: Sequence[str]) -> None:
@@ -1258,6 +1290,7 @@ class LocalBackend:
         log = self._log
         assert log is not None
         live = [memory.copy() for memory in list(medium.all()) + list(short.all())]
+        self._vectors_stored = None  # read again from the database as restored
 
         def restore() -> dict[str, Any]:
             faults = self.file_faults()

@@ -852,6 +852,12 @@ class SQLiteStore:
             ).fetchall()
         return [(str(model), int(dimension)) for model, dimension in rows]
 
+    def has_vectors(self) -> bool:
+        """Whether any vector is stored (of any model)."""
+        with self._read() as db:
+            row = db.execute("SELECT EXISTS (SELECT 1 FROM memory_vectors)").fetchone()
+        return bool(row[0])
+
     def delete_vectors(self, ids: Sequence[str]) -> None:
         """Forget the vectors of ``ids`` (their blobs are zeroed: ``secure_delete``)."""
         if not ids:

@@ -661,6 +661,13 @@ class MemoryWriting(TierMovement):
             if content is not None:
                 self._follow_up_later(memory_id, before[0] if before else None, content)
             raise
+        except StorageError:
+            # the embedded store deleted the old text's vector before the write it refused (the memory put
+            # back as it was); on a shared storage a failure may come after the commit (a lost connection):
+            # the memory, as it is stored now, is embedded again in the background (or by the next open)
+            if content is not None and self.embedder is not None and before:
+                self._embed_later(before[:1])
+            raise
         if not updated:
             raise MemoryNotFoundError(memory_id)
         began.set()
@@ -722,10 +729,19 @@ class MemoryWriting(TierMovement):
         for copy in absorbed:  # deepest first
             by_original.setdefault(copy.id, []).append(copy)
         located: dict[str, list[Memory]] = {}
+        backend = self._require("delete_memory")
         try:
-            for original_id, original_copies in by_original.items():
-                await self._delete_every_copy(original_id, original_copies, removed, located)
-            await self._delete_every_copy(memory_id, copies, removed, located)
+            if absorbed and backend.shared:
+                # the originals and the memory in one transaction: one transaction per copy, cut short as
+                # the first original's delete committed, left that original deleted and the others and
+                # the memory stored (nothing of the memory gone: the follow-up below saw no delete begun),
+                # and an undo then brought back part of the originals
+                deleted = set(await backend.delete_together([*by_original, memory_id]))
+                removed += [copy for copy in [*absorbed, *copies] if (copy.id, copy.tier) in deleted]
+            else:
+                for original_id, original_copies in by_original.items():
+                    await self._delete_every_copy(original_id, original_copies, removed, located)
+                await self._delete_every_copy(memory_id, copies, removed, located)
         except asyncio.CancelledError:
             # cancelled before a delete returned: rolled back, or (on a shared storage) committed while its
             # commit was in flight; then the delete had begun: finished in the background, and what is gone

@@ -333,6 +333,7 @@ class PostgresBackend:
         self._statistics_read_at = -math.inf
         self._analyzed_at = -math.inf
         self._vector_model: str | None = None
+        self._vector_table_seen = False  # the vector table found to exist (it is never dropped once made)
         self._vector_dimension = 0
         self._vector_count = 0
         # tier -> (count, monotonic time it was read): the overflow checks run on every add, so a count
@@ -706,6 +707,23 @@ class PostgresBackend:
         self._count_changed(tier, -len(rows))
         return [row[0] for row in rows]
 
+    async def delete_together(self, ids: Sequence[str]) -> list[tuple[str, MemoryTier]]:
+        """See :meth:`MemoryBackend.delete_together`: one ``DELETE`` under the ids' locks."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+
+        async def work(connection: psycopg.AsyncConnection[Any]) -> list[tuple[str, MemoryTier]]:
+            cursor = await connection.execute(
+                "DELETE FROM cm_memories WHERE id = ANY(%s) RETURNING id, tier", (wanted,)
+            )
+            return [(row[0], MemoryTier(row[1])) for row in await cursor.fetchall()]
+
+        deleted = await self._under_id_locks(wanted, work, "memory delete")
+        for _, tier in deleted:
+            self._count_changed(tier, -1)
+        return deleted
+
     async def _under_id_locks(
         self,
         ids: Sequence[str],
@@ -761,29 +779,46 @@ class PostgresBackend:
         if not wanted:
             return []
         assignments = _assignments(changes)
+        # a new text's vector is made after the commit: the old one goes in the same transaction, so a
+        # process killed before it embeds the new text leaves the memory without a vector (embedded by the
+        # next open_vectors), never with its old text's vector for good
+        drop_vectors = "content" in changes and await self._vector_table_exists()
 
-        async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], int, list[str]]:
+        async def work(connection: psycopg.AsyncConnection[Any]) -> tuple[list[str], int, list[str], int]:
             if assignments:
                 columns = ", ".join(f"{column} = %s" for column, _ in assignments)
-                cursor = await connection.execute(
-                    f"UPDATE cm_memories SET {columns} WHERE id = ANY(%s) RETURNING id",  # noqa: S608
-                    [*(value for _, value in assignments), wanted],
-                )
+                values = [*(value for _, value in assignments), wanted]
+                if drop_vectors:  # in the same statement: no round trip of its own
+                    cursor = await connection.execute(
+                        "WITH dropped AS (DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1) "
+                        f"UPDATE cm_memories SET {columns} WHERE id = ANY(%s) "  # noqa: S608
+                        "RETURNING id, (SELECT count(*) FROM dropped)",
+                        [wanted, *values],
+                    )
+                else:
+                    cursor = await connection.execute(
+                        f"UPDATE cm_memories SET {columns} WHERE id = ANY(%s) RETURNING id",  # noqa: S608
+                        values,
+                    )
             else:
                 cursor = await connection.execute("SELECT id FROM cm_memories WHERE id = ANY(%s)", (wanted,))
-            found = {row[0] for row in await cursor.fetchall()}
+            rows = await cursor.fetchall()
+            found = {row[0] for row in rows}
+            dropped = int(rows[0][1]) if drop_vectors and rows else 0
             present = [memory_id for memory_id in wanted if memory_id in found]
             if tier is None or not present:
-                return present, 0, []
+                return present, 0, [], dropped
             cursor = await connection.execute(_TO_TIER, {"target": tier.value, "ids": present})
             inserted = len(await cursor.fetchall())
             cursor = await connection.execute(
                 "DELETE FROM cm_memories WHERE id = ANY(%s) AND tier <> %s RETURNING tier",
                 (present, tier.value),
             )
-            return present, inserted, [row[0] for row in await cursor.fetchall()]
+            return present, inserted, [row[0] for row in await cursor.fetchall()], dropped
 
-        present, inserted, deleted = await self._under_id_locks(wanted, work, "memory update")
+        present, inserted, deleted, dropped = await self._under_id_locks(wanted, work, "memory update")
+        if self._vector_model is not None:
+            self._vector_count = max(0, self._vector_count - dropped)
         if tier is not None:
             self._count_changed(tier, inserted)
             for name in deleted:
@@ -872,6 +907,13 @@ class PostgresBackend:
         for copy in deleted:
             self._count_changed(copy.tier, -1)
         return restored, deleted
+
+    async def _vector_table_exists(self) -> bool:
+        """Whether this store's vector table exists (made by the first session with an embedder; kept)."""
+        if self._vector_model is None and not self._vector_table_seen:
+            exists = await self._fetch(_VECTORS_EXIST, (), "vector table")
+            self._vector_table_seen = bool(exists[0][0])
+        return self._vector_model is not None or self._vector_table_seen
 
     async def forget(self, erased: Sequence[str], rewritten: Sequence[str] = ()) -> None:
         """Delete the vectors of memories now in no tier (with or without an embedder this session).
