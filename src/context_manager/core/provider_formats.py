@@ -403,8 +403,9 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     langchain-anthropic sends it (a ``cache_control`` on the last content block, or in
     ``additional_kwargs``) kept as the Anthropic import keeps one; a message holding an Anthropic turn's
     blocks (LangChain's ``convert_to_messages`` of an Anthropic export: a ``HumanMessage`` of ``tool_result``
-    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``) read as that turn
-    (:func:`messages_from_anthropic`); an ``AIMessage``'s
+    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``, a ``HumanMessage`` of the
+    export's :data:`ANTHROPIC_CONTINUATION_TEXT` block, left out where the export inserts one) read as that
+    turn (:func:`messages_from_anthropic`); an ``AIMessage``'s
     ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
     ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
     ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
@@ -446,13 +447,14 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 for part in content
             ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
-            if (role == "user" and "tool_result" in kinds) or (
+            if (role == "user" and ("tool_result" in kinds or blocks == _FILLER_CONTENT)) or (
                 role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls")
             ):
                 # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
                 # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
                 # calls, its tool_result blocks tool messages), cache_control and thinking kept; its
-                # name and reasoning as below, its invalid_tool_calls refused
+                # name and reasoning as below, its invalid_tool_calls refused; the export's filler turn
+                # too, left out where the export inserts one
                 anthropic_turn = True
                 content = _with_langchain_cache_control(blocks, fields, position)
             else:
@@ -827,7 +829,13 @@ def _turn_role(item: Any) -> Any:
 
 
 def _holds_thinking(item: Any) -> bool:
-    """Whether an Anthropic turn (a dict or an SDK object) holds a thinking block."""
+    """Whether an Anthropic turn (a dict or an SDK object) holds a thinking block.
+
+    Or an ``add_messages`` dict its ``thinking`` (a LangChain ``AIMessage`` read before: its thinking
+    blocks are there, its content its text).
+    """
+    if isinstance(item, Mapping) and item.get("thinking"):
+        return True
     content = item.get("content") if isinstance(item, Mapping) else getattr(item, "content", None)
     if not isinstance(content, list):
         return False
