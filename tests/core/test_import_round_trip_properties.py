@@ -251,13 +251,14 @@ def test_messages_exported_and_added_back_are_the_same_messages(
         asyncio.run(round_trips(history(steps), Path(cache)))
 
 
-async def test_the_anthropic_filler_sent_through_langchain_is_left_out_as_it_is_sent_directly(
-    tmp_path: Path,
-) -> None:
-    """Found by the property above: the user turn of ``ANTHROPIC_CONTINUATION_TEXT`` the Anthropic export
+async def test_an_anthropic_export_through_langchain_comes_back_as_it_does_directly(tmp_path: Path) -> None:
+    """Found by the property above. The user turn of ``ANTHROPIC_CONTINUATION_TEXT`` the Anthropic export
     inserts (alone, before a first assistant turn, between two assistant turns that both hold thinking)
     is left out when the export goes back in, but through LangChain's ``convert_to_messages`` (a
-    ``HumanMessage`` of that text block) it came back as a user message of the conversation."""
+    ``HumanMessage`` of that text block) it came back as a user message of the conversation. And a
+    ``system`` of several blocks, a breakpoint on one before the last (a ``SystemMessage`` of those
+    blocks), came back as one system message without the breakpoint, where sent directly each breakpoint
+    ends a system message."""
     from langchain_core.messages import convert_to_messages
 
     thinking = [THINKING[0]]
@@ -270,6 +271,14 @@ async def test_the_anthropic_filler_sent_through_langchain_is_left_out_as_it_is_
             {"role": "assistant", "content": "Two.", "thinking": [THINKING[1]]},
         ],
     ]
+    hour = {ANTHROPIC_CACHE_CONTROL_METADATA_KEY: {"type": "ephemeral", "ttl": "1h"}}
+    cases.append(  # a breakpoint on a system block before the last: joined, and the breakpoint lost
+        [
+            {"role": "system", "content": "Tools guide.", "metadata": hour},
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+        ]
+    )
     for number, messages in enumerate(cases):
         config = ContextManagerConfig(cache_path=tmp_path / str(number), embedder="none")
         async with EnhancedContextManager(config) as manager:

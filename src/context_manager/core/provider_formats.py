@@ -447,14 +447,17 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 for part in content
             ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
-            if (role == "user" and ("tool_result" in kinds or blocks == _FILLER_CONTENT)) or (
-                role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls")
+            if (
+                (role == "user" and ("tool_result" in kinds or blocks == _FILLER_CONTENT))
+                or (role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls"))
+                or (role == "system" and _marks_a_system_block(blocks))
             ):
                 # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
                 # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
                 # calls, its tool_result blocks tool messages), cache_control and thinking kept; its
                 # name and reasoning as below, its invalid_tool_calls refused; the export's filler turn
-                # too, left out where the export inserts one
+                # too, left out where the export inserts one, and its system blocks (a breakpoint before
+                # the last block ends a system message)
                 anthropic_turn = True
                 content = _with_langchain_cache_control(blocks, fields, position)
             else:
@@ -495,6 +498,17 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             message = _with_cache_control(message, cache_control)
         converted.append(message)
     return converted
+
+
+def _marks_a_system_block(blocks: list[Any]) -> bool:
+    """Whether system text blocks hold a ``cache_control`` before their last one.
+
+    The Anthropic export's ``system`` of several messages: read as Anthropic's, where each breakpoint ends
+    a system message.
+    """
+    return all(isinstance(block, Mapping) and block.get("type") == "text" for block in blocks) and any(
+        block.get("cache_control") for block in blocks[:-1]
+    )
 
 
 def _with_langchain_cache_control(blocks: list[Any], fields: Mapping[str, Any], position: int) -> list[Any]:
