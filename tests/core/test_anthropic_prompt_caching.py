@@ -231,3 +231,20 @@ async def test_a_langchain_anthropic_turn_keeps_the_cache_control_of_its_additio
     async with EnhancedContextManager(config(tmp_path / "own")) as manager:
         await manager.add_messages([HumanMessage("Hi"), own])
         assert manager.messages[1].metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY] == HOUR
+
+
+def test_a_cache_control_that_is_no_json_object_is_refused_as_a_bad_argument() -> None:
+    """Review: ``get_tool_schemas(cache_control=...)`` with a value JSON cannot hold raised a bare
+    ``TypeError`` from ``json.dumps``, and a malformed ``cache_control`` on a tool given to the export raised
+    ``InvalidMessageError`` (a message's error: the tools are an argument)."""
+    tools = weather_tools()
+    for bad in ({"type": "ephemeral", "ttl": object()}, {"type": "ephemeral", "ttl": float("nan")}):
+        with pytest.raises(InvalidArgumentError, match=r"^cache_control: .*allowed a JSON object") as caught:
+            tools.get_tool_schemas("anthropic", cache_control=bad)
+        assert type(caught.value) is InvalidArgumentError
+    assert "cache_control" not in tools.get_tool_schemas("anthropic")[-1]
+    tool = {"name": "weather", "input_schema": {"type": "object"}}
+    for bad_tool in ({**tool, "cache_control": "yes"}, {**tool, "cache_control": {"ttl": "1h"}}):
+        with pytest.raises(InvalidArgumentError, match=r"^tools\[0\]\.cache_control: ") as caught:
+            to_anthropic_messages([Message.create("user", "Hi")], tools=[bad_tool])
+        assert type(caught.value) is InvalidArgumentError

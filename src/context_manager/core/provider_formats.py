@@ -1249,10 +1249,15 @@ def _anthropic_tools(
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str) or "function" in tool:
             raise InvalidArgumentError(field, tool, _ANTHROPIC_TOOLS)
         copies.append(json_copy(dict(tool)))
-        if tool.get("cache_control") is None:
+        cache_control = tool.get("cache_control")
+        if cache_control is None:
             continue
-        cache_control = _cache_control(tool, field)
-        assert cache_control is not None
+        if not isinstance(cache_control, Mapping) or not isinstance(cache_control.get("type"), str):
+            raise InvalidArgumentError(  # an argument's: not the InvalidMessageError of an imported block
+                f"{field}.cache_control",
+                cache_control,
+                "a JSON object with a string 'type' ({'type': 'ephemeral'})",
+            )
         count += 1
         ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
         if ttl is not None and shortest is not None and ttl > shortest:

@@ -286,7 +286,7 @@ class ToolRegistry:
 
         Raises:
             InvalidArgumentError: unknown format, ``names`` is not a list of names (a single string), or
-                ``cache_control`` is not a dict with a string ``type`` or is given with another format.
+                ``cache_control`` is not a JSON object with a string ``type`` or is given with another format.
             ToolNotFoundError: a name in ``names`` is not registered.
 
         Example:
@@ -296,8 +296,14 @@ class ToolRegistry:
         """
         if format not in _SCHEMA_FORMATS:
             raise InvalidArgumentError("format", format, "'openai', 'anthropic' or 'openai_responses'")
+        breakpoint_copy: dict[str, Any] | None = None
         if cache_control is not None:
-            if not isinstance(cache_control, Mapping) or not isinstance(cache_control.get("type"), str):
+            if isinstance(cache_control, Mapping) and isinstance(cache_control.get("type"), str):
+                try:  # a copy the caller cannot change, of JSON values alone (no object, no NaN)
+                    breakpoint_copy = json.loads(json.dumps(dict(cache_control), allow_nan=False))
+                except (TypeError, ValueError):
+                    breakpoint_copy = None
+            if breakpoint_copy is None:
                 raise InvalidArgumentError(
                     "cache_control",
                     cache_control,
@@ -350,8 +356,8 @@ class ToolRegistry:
                         "input_schema": parameters,
                     }
                 )
-        if cache_control is not None and schemas:  # the last tool's breakpoint caches every definition
-            schemas[-1]["cache_control"] = json.loads(json.dumps(dict(cache_control)))
+        if breakpoint_copy is not None and schemas:  # the last tool's breakpoint caches every definition
+            schemas[-1]["cache_control"] = breakpoint_copy
         return schemas
 
 
