@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
@@ -205,6 +205,28 @@ def anthropic_expected(views: list[View]) -> list[View]:
     return expected
 
 
+def breakpoints_read_back(body: dict[str, Any]) -> int:
+    """How many of the Anthropic export's breakpoints are on a block that ends a message read back.
+
+    Each system block's, each ``tool_result``'s, a user turn's last text block's, and an assistant turn's
+    last block's (its last call, or its text when it made none); one on another block of a turn that holds
+    several messages (a text before the calls of the same turn) has no message to go back to.
+    """
+    system = body.get("system")
+    count = sum("cache_control" in block for block in system) if isinstance(system, list) else 0
+    for turn in body["messages"]:
+        blocks = turn["content"]
+        if turn["role"] == "user":
+            texts = [block for block in blocks if block["type"] == "text"]
+            count += sum("cache_control" in block for block in blocks if block["type"] == "tool_result")
+            count += bool(texts) and "cache_control" in texts[-1]
+        else:
+            calls = any(block["type"] == "tool_use" for block in blocks)
+            last = blocks[-1]
+            count += "cache_control" in last and (last["type"] == "tool_use" or not calls)
+    return count
+
+
 def without_cache(views: list[View]) -> list[View]:
     """The Anthropic export keeps at most 4 breakpoints (the latest): compared apart."""
     return [{**v, "cache_control": None} for v in views]
@@ -236,14 +258,29 @@ async def round_trips(messages: list[dict[str, Any]], cache: Path) -> None:
             back = [view(message) for message in again.messages]
         if name.endswith("anthropic"):
             assert without_cache(back) == without_cache(expected), name
+            # the export keeps the latest 4 (the system's first): each back on a message that had one
             kept = [v["cache_control"] for v in back if v["cache_control"]]
-            assert len(kept) == min(4, len([v for v in expected if v["cache_control"]])), name
+            assert all(e["cache_control"] for v, e in zip(back, expected, strict=True) if v["cache_control"])
+            assert len(kept) == breakpoints_read_back(body) <= 4, name
+            if len([v for v in views if v["cache_control"]]) <= 4:  # none left out: each one back
+                assert back == expected, name
         else:
             assert back == expected, name
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, max_size=10))
+# found with more examples: the export kept the latest 4 breakpoints, one of them on a block inside a merged
+# assistant turn (a text before calls), which no message ends when read back: 3 came back
+@example(
+    [
+        ("system", 0, 0, 7),
+        ("assistant", 0, 0, 7),
+        ("user", 0, 0, 0),
+        ("assistant", 0, 0, 7),
+        ("calls", 0, 0, 7),
+    ]
+)
 def test_messages_exported_and_added_back_are_the_same_messages(
     steps: list[tuple[str, int, int, int]],
 ) -> None:
