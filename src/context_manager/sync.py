@@ -469,27 +469,37 @@ class SyncContextManager:
 
     @overload
     def get_context(
-        self, format: Literal["openai"] = "openai", budget: int | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    @overload
-    def get_context(self, format: Literal["anthropic"], budget: int | None = None) -> dict[str, Any]: ...
-
-    @overload
-    def get_context(
-        self, format: Literal["openai_responses"], budget: int | None = None
+        self, format: Literal["openai"] = "openai", budget: int | None = None, *, tools: None = None
     ) -> list[dict[str, Any]]: ...
 
     @overload
     def get_context(
-        self, format: str, budget: int | None = None
+        self,
+        format: Literal["anthropic"],
+        budget: int | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def get_context(
+        self, format: Literal["openai_responses"], budget: int | None = None, *, tools: None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(
+        self, format: str, budget: int | None = None, *, tools: Sequence[Mapping[str, Any]] | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]: ...
 
     def get_context(
-        self, format: str = "openai", budget: int | None = None
+        self,
+        format: str = "openai",
+        budget: int | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Blocking form of EnhancedContextManager.get_context."""
-        return self._plain("get_context", lambda: self._manager.get_context(format, budget))
+        return self._plain("get_context", lambda: self._manager.get_context(format, budget, tools=tools))
 
     def get_context_summary(self) -> dict[str, Any]:
         """Blocking form of EnhancedContextManager.get_context_summary."""

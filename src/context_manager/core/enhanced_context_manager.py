@@ -910,24 +910,34 @@ class EnhancedContextManager(AsyncContextManagerOnly):
 
     @overload
     def get_context(
-        self, format: Literal["openai"] = "openai", budget: int | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    @overload
-    def get_context(self, format: Literal["anthropic"], budget: int | None = None) -> dict[str, Any]: ...
-
-    @overload
-    def get_context(
-        self, format: Literal["openai_responses"], budget: int | None = None
+        self, format: Literal["openai"] = "openai", budget: int | None = None, *, tools: None = None
     ) -> list[dict[str, Any]]: ...
 
     @overload
     def get_context(
-        self, format: str, budget: int | None = None
+        self,
+        format: Literal["anthropic"],
+        budget: int | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def get_context(
+        self, format: Literal["openai_responses"], budget: int | None = None, *, tools: None = None
+    ) -> list[dict[str, Any]]: ...
+
+    @overload
+    def get_context(
+        self, format: str, budget: int | None = None, *, tools: Sequence[Mapping[str, Any]] | None = None
     ) -> list[dict[str, Any]] | dict[str, Any]: ...
 
     def get_context(
-        self, format: str = "openai", budget: int | None = None
+        self,
+        format: str = "openai",
+        budget: int | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Return provider-ready messages for the next model call, within ``budget`` tokens if given.
 
@@ -944,9 +954,16 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 results; ``add_messages`` takes it back, and a response's ``output`` items too.
             budget: At most this many tokens; the window is left unchanged (older units are left out of
                 this export, the newest messages cut to head + tail if needed).
+            tools: With ``"anthropic"``, the request's tool definitions
+                (``tool_manager.get_tool_schemas("anthropic", cache_control=...)``): the dict holds them as
+                ``"tools"``, and their prompt-cache breakpoints count in the 4 a request takes (kept first:
+                the API caches tools, then system, then messages; see
+                :func:`~context_manager.core.provider_formats.to_anthropic_messages`). Not counted in
+                ``budget``.
 
         Raises:
-            InvalidArgumentError: unknown format or a non-positive budget.
+            InvalidArgumentError: unknown format or a non-positive budget; ``tools`` with another format,
+                or not Anthropic tool definitions the API takes (more than 4 breakpoints of their own ...).
             ContextBudgetError: protected messages alone exceed ``budget``, or with the newest messages
                 cut as far as the counter allows.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
@@ -954,7 +971,9 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         window = self._require_ready("get_context")
         if format not in ("openai", "anthropic", "openai_responses"):
             raise InvalidArgumentError("format", format, FORMATS)
-        return to_provider_format(window.select(budget), format)
+        if tools is not None:  # checked before the selection, which may raise ContextBudgetError
+            to_provider_format((), format, tools=tools)
+        return to_provider_format(window.select(budget), format, tools=tools)
 
     def get_context_summary(self) -> dict[str, Any]:
         """Return figures about the context window.

@@ -403,8 +403,9 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
     langchain-anthropic sends it (a ``cache_control`` on the last content block, or in
     ``additional_kwargs``) kept as the Anthropic import keeps one; a message holding an Anthropic turn's
     blocks (LangChain's ``convert_to_messages`` of an Anthropic export: a ``HumanMessage`` of ``tool_result``
-    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``) read as that turn
-    (:func:`messages_from_anthropic`); an ``AIMessage``'s
+    blocks, an ``AIMessage`` of ``tool_use`` blocks without ``tool_calls``, a ``HumanMessage`` of the
+    export's :data:`ANTHROPIC_CONTINUATION_TEXT` block, left out where the export inserts one) read as that
+    turn (:func:`messages_from_anthropic`); an ``AIMessage``'s
     ``additional_kwargs["reasoning_content"]`` (langchain-deepseek's) as its ``reasoning_content``. Its
     ``id``, metadata and usage are LangChain's, not the message's: left out. The messages, their
     ``model_dump()`` or their ``messages_to_dict()`` items (``{"type": "human", "data": {...}}``, as
@@ -446,15 +447,19 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
                 for part in content
             ]
             kinds = [part.get("type") if isinstance(part, Mapping) else None for part in blocks]
-            if (role == "user" and "tool_result" in kinds) or (
-                role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls")
+            if (
+                (role == "user" and ("tool_result" in kinds or blocks == _FILLER_CONTENT))
+                or (role == "assistant" and "tool_use" in kinds and not fields.get("tool_calls"))
+                or (role == "system" and _marks_a_system_block(blocks))
             ):
                 # an Anthropic turn as LangChain holds it (convert_to_messages of an Anthropic export):
                 # read as Anthropic's, as convert_to_openai_messages reads it (its tool_use blocks are its
                 # calls, its tool_result blocks tool messages), cache_control and thinking kept; its
-                # name and reasoning as below, its invalid_tool_calls refused
+                # name and reasoning as below, its invalid_tool_calls refused; the export's filler turn
+                # too, left out where the export inserts one, and its system blocks (a breakpoint before
+                # the last block ends a system message)
                 anthropic_turn = True
-                content = blocks
+                content = _with_langchain_cache_control(blocks, fields, position)
             else:
                 if role == "assistant" and any(kind in _THINKING_BLOCK_TYPES for kind in kinds):
                     message["thinking"] = blocks
@@ -493,6 +498,33 @@ def messages_from_langchain(items: Sequence[Any]) -> list[Any]:
             message = _with_cache_control(message, cache_control)
         converted.append(message)
     return converted
+
+
+def _marks_a_system_block(blocks: list[Any]) -> bool:
+    """Whether system text blocks hold a ``cache_control`` before their last one.
+
+    The Anthropic export's ``system`` of several messages: read as Anthropic's, where each breakpoint ends
+    a system message.
+    """
+    return all(isinstance(block, Mapping) and block.get("type") == "text" for block in blocks) and any(
+        block.get("cache_control") for block in blocks[:-1]
+    )
+
+
+def _with_langchain_cache_control(blocks: list[Any], fields: Mapping[str, Any], position: int) -> list[Any]:
+    """The blocks of a LangChain message read as an Anthropic turn, with its breakpoint.
+
+    Its ``additional_kwargs["cache_control"]`` goes on its last block (where langchain-anthropic sends it)
+    unless that block holds one of its own.
+    """
+    extra = fields.get("additional_kwargs")
+    last = blocks[-1] if blocks else None
+    if not (isinstance(extra, Mapping) and extra.get("cache_control") and isinstance(last, Mapping)):
+        return blocks
+    if last.get("cache_control"):
+        return blocks
+    cache_control = _cache_control(extra, f"messages[{position}].additional_kwargs")
+    return [*blocks[:-1], {**last, "cache_control": cache_control}]
 
 
 def _langchain_cache_control(fields: Mapping[str, Any], position: int) -> dict[str, Any] | None:
@@ -696,9 +728,9 @@ def is_anthropic_message(item: Any) -> bool:
 
 _ANTHROPIC_BLOCK_TYPES = frozenset({"text", *_ANTHROPIC_ONLY_BLOCKS})
 _TURN_ROLES = frozenset({"user", "assistant"})
-_CACHED_ROLES = frozenset({"system", *_TURN_ROLES})
+_CACHED_ROLES = frozenset({"system", "developer", *_TURN_ROLES})
 """Roles whose text blocks with a ``cache_control`` make a message Anthropic's: a turn's, or the
-``system`` blocks of an Anthropic request given as a system message."""
+``system`` blocks of an Anthropic request given as a system message (or OpenAI's ``developer`` one)."""
 _CHAT_COMPLETIONS_ONLY_PARTS = frozenset({"image_url", "input_audio", "file", "refusal"})
 
 
@@ -772,10 +804,13 @@ def anthropic_items_read(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
             converted.append(_anthropic_assistant(blocks, field, turn))
         elif role == "user":
             converted.extend(_anthropic_user(blocks, field, turn))
-        elif role == "system":  # an Anthropic request's system blocks, given as a system message
+        elif role in _SYSTEM_ROLES:  # an Anthropic request's system blocks, given as a system message
+            # (OpenAI's developer role is a system message: its marked text parts are read so too)
             converted.extend(_anthropic_system(blocks, field, turn))
         else:
-            raise InvalidMessageError(f"messages[{position}].role", role, "'user' or 'assistant'")
+            raise InvalidMessageError(
+                f"messages[{position}].role", role, "'user' or 'assistant' (or 'system' of text blocks)"
+            )
         sources.extend([position] * (len(converted) - len(sources)))
     return converted, sources
 
@@ -808,7 +843,13 @@ def _turn_role(item: Any) -> Any:
 
 
 def _holds_thinking(item: Any) -> bool:
-    """Whether an Anthropic turn (a dict or an SDK object) holds a thinking block."""
+    """Whether an Anthropic turn (a dict or an SDK object) holds a thinking block.
+
+    Or an ``add_messages`` dict its ``thinking`` (a LangChain ``AIMessage`` read before: its thinking
+    blocks are there, its content its text).
+    """
+    if isinstance(item, Mapping) and item.get("thinking"):
+        return True
     content = item.get("content") if isinstance(item, Mapping) else getattr(item, "content", None)
     if not isinstance(content, list):
         return False
@@ -972,17 +1013,25 @@ def _put_cache_control(
         marked.append(blocks[-1])
 
 
-def _drop_refused_breakpoints(system_marked: list[dict[str, Any]], marked: list[dict[str, Any]]) -> None:
+def _drop_refused_breakpoints(
+    system_marked: list[dict[str, Any]],
+    marked: list[dict[str, Any]],
+    tool_breakpoints: int = 0,
+    tool_ttl: int | None = None,
+) -> None:
     """Take ``cache_control`` off the marked blocks (in request order) the API would refuse.
 
-    It takes at most :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` in a request (system and messages together),
-    and no breakpoint of a shorter ``ttl`` before one of a longer (a 5-minute one before a 1-hour one):
-    breakpoints imported by several requests, each valid alone, can break both. The system prompt's come
-    first (the prefix every request shares, the one a client caches first); then the turns' latest (the
-    longest cached prefix) that fit: none of a ``ttl`` longer than a system breakpoint kept.
+    It takes at most :data:`ANTHROPIC_MAX_CACHE_BREAKPOINTS` in a request (tools, system and messages
+    together), and no breakpoint of a shorter ``ttl`` before one of a longer (a 5-minute one before a
+    1-hour one): breakpoints imported by several requests, each valid alone, can break both. The tools'
+    (``tool_breakpoints`` of them, the shortest ``ttl`` ``tool_ttl`` seconds: the caller's, first in the
+    request) are kept; then the system prompt's (the prefix every request shares, the one a client caches
+    first); then the turns' latest (the longest cached prefix) that fit: none of a ``ttl`` longer than a
+    breakpoint kept before it.
     """
-    kept, shortest = _keep_latest_breakpoints(system_marked, ANTHROPIC_MAX_CACHE_BREAKPOINTS, None)
-    _keep_latest_breakpoints(marked, ANTHROPIC_MAX_CACHE_BREAKPOINTS - kept, shortest)
+    room = ANTHROPIC_MAX_CACHE_BREAKPOINTS - tool_breakpoints
+    kept, shortest = _keep_latest_breakpoints(system_marked, room, tool_ttl)
+    _keep_latest_breakpoints(marked, room - kept, shortest)
 
 
 def _keep_latest_breakpoints(
@@ -1072,7 +1121,9 @@ def _tool_use_block(call: ToolCall, ids: dict[str, str], names: dict[str, str]) 
     }
 
 
-def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
+def to_anthropic_messages(
+    messages: Iterable[Message], *, tools: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """Return an Anthropic Messages request body part: ``{"system": str, "messages": [...]}``.
 
     ``"system"`` is present only when there are system messages with text (joined by a blank line, in order;
@@ -1095,7 +1146,19 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
     messages' first (the latest of them), then the turns' latest, so an append may take an earlier one
     away; and none of a 5-minute ``ttl`` before a 1-hour one (the API refuses that order: a turn's 1-hour
     breakpoint after a 5-minute one on the system prompt is left out).
+
+    ``tools``: the request's tool definitions (:meth:`ToolRegistry.get_tool_schemas` ``("anthropic")``,
+    maybe with a ``cache_control``), sent first as ``"tools"`` (copies): the API renders tools, then
+    system, then messages, and counts the tools' breakpoints in the 4. They are kept as given; the system's
+    and the turns' come after them in the room left, none of a longer ``ttl`` than the tools' shortest.
+
+    Raises:
+        InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a string
+            ``name``; an OpenAI ``{"type": "function", "function": ...}`` entry is refused), or their own
+            breakpoints break the API's rules (more than 4, a malformed ``cache_control``, a ``"1h"`` one
+            after a ``"5m"`` one).
     """
+    tool_definitions, tool_breakpoints, tool_ttl = _anthropic_tools(tools)
     system_blocks: list[dict[str, Any]] = []  # a text block per system message
     system_marked: list[dict[str, Any]] = []  # those given back an imported cache_control
     turns: list[dict[str, Any]] = []
@@ -1148,16 +1211,72 @@ def to_anthropic_messages(messages: Iterable[Message]) -> dict[str, Any]:
                 turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
-    _drop_refused_breakpoints(system_marked, marked)
+    _drop_refused_breakpoints(system_marked, marked, tool_breakpoints, tool_ttl)
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
     body: dict[str, Any] = {}
+    if tool_definitions:
+        body["tools"] = tool_definitions
     if system_marked:  # a breakpoint goes on a block: the system prompt as its messages' text blocks
         body["system"] = system_blocks
     elif system_blocks:
         body["system"] = "\n\n".join(block["text"] for block in system_blocks)
     body["messages"] = turns
     return body
+
+
+_ANTHROPIC_TOOLS = (
+    "a list of Anthropic tool definitions (dicts with a string 'name': get_tool_schemas('anthropic'))"
+)
+
+
+def _anthropic_tools(
+    tools: Sequence[Mapping[str, Any]] | None,
+) -> tuple[list[dict[str, Any]], int, int | None]:
+    """Copies of the ``tools`` of an Anthropic request, checked, and their breakpoints.
+
+    Returns the copies, how many hold a ``cache_control``, and their shortest known ``ttl`` in seconds
+    (``None`` when none holds one).
+    """
+    if tools is None:
+        return [], 0, None
+    if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
+        raise InvalidArgumentError("tools", tools, _ANTHROPIC_TOOLS)
+    copies: list[dict[str, Any]] = []
+    count, shortest = 0, None
+    for index, tool in enumerate(tools):
+        field = f"tools[{index}]"
+        if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str) or "function" in tool:
+            raise InvalidArgumentError(field, tool, _ANTHROPIC_TOOLS)
+        copies.append(json_copy(dict(tool)))
+        cache_control = tool.get("cache_control")
+        if cache_control is None:
+            continue
+        if not isinstance(cache_control, Mapping) or not isinstance(cache_control.get("type"), str):
+            raise InvalidArgumentError(  # an argument's: not the InvalidMessageError of an imported block
+                f"{field}.cache_control",
+                cache_control,
+                "a JSON object with a string 'type' ({'type': 'ephemeral'})",
+            )
+        count += 1
+        ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
+        if ttl is not None and shortest is not None and ttl > shortest:
+            raise InvalidArgumentError(
+                f"{field}.cache_control",
+                cache_control,
+                "no 'ttl' longer than an earlier tool's (the API refuses a breakpoint of a longer ttl after "
+                "one of a shorter: a '1h' after a '5m' one)",
+            )
+        if ttl is not None:
+            shortest = ttl
+    if count > ANTHROPIC_MAX_CACHE_BREAKPOINTS:
+        raise InvalidArgumentError(
+            "tools",
+            f"{count} with a cache_control",
+            f"at most {ANTHROPIC_MAX_CACHE_BREAKPOINTS} (the API's limit for a request, tools, system and "
+            "messages together; one on the last tool caches them all)",
+        )
+    return copies, count, shortest
 
 
 def _has_thinking(blocks: list[dict[str, Any]]) -> bool:
@@ -1190,36 +1309,51 @@ def _unused_id(base: str, used: set[str], taken: set[str]) -> str:
 
 
 @overload
-def to_provider_format(messages: Sequence[Message], format: Literal["openai"]) -> list[dict[str, Any]]: ...
-
-
-@overload
-def to_provider_format(messages: Sequence[Message], format: Literal["anthropic"]) -> dict[str, Any]: ...
-
-
-@overload
 def to_provider_format(
-    messages: Sequence[Message], format: Literal["openai_responses"]
+    messages: Sequence[Message], format: Literal["openai"], *, tools: None = None
 ) -> list[dict[str, Any]]: ...
 
 
 @overload
-def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]: ...
+def to_provider_format(
+    messages: Sequence[Message],
+    format: Literal["anthropic"],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]: ...
 
 
-def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[str, Any]] | dict[str, Any]:
+@overload
+def to_provider_format(
+    messages: Sequence[Message], format: Literal["openai_responses"], *, tools: None = None
+) -> list[dict[str, Any]]: ...
+
+
+@overload
+def to_provider_format(
+    messages: Sequence[Message], format: str, *, tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]] | dict[str, Any]: ...
+
+
+def to_provider_format(
+    messages: Sequence[Message], format: str, *, tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]] | dict[str, Any]:
     """Export ``messages`` as ``"openai"``, ``"anthropic"`` or ``"openai_responses"``.
 
-    ``"openai"``: Chat Completions messages (a list); ``"anthropic"``: a dict with system and messages;
-    ``"openai_responses"``: the Responses API ``input`` items (a list).
+    ``"openai"``: Chat Completions messages (a list); ``"anthropic"``: a dict with system and messages
+    (and ``tools``, given: see :func:`to_anthropic_messages`); ``"openai_responses"``: the Responses API
+    ``input`` items (a list).
 
     Raises:
-        InvalidArgumentError: ``format`` is not one of the known formats.
+        InvalidArgumentError: ``format`` is not one of the known formats, ``tools`` given with another
+            format than ``"anthropic"``, or tools :func:`to_anthropic_messages` refuses.
     """
+    if tools is not None and format != "anthropic":
+        raise InvalidArgumentError("tools", tools, _TOOLS_FORMAT)
     if format == "openai":
         return to_openai_messages(messages)
     if format == "anthropic":
-        return to_anthropic_messages(messages)
+        return to_anthropic_messages(messages, tools=tools)
     if format == "openai_responses":
         return to_openai_responses_input(messages)
     raise InvalidArgumentError("format", format, FORMATS)
@@ -1227,6 +1361,10 @@ def to_provider_format(messages: Sequence[Message], format: str) -> list[dict[st
 
 FORMATS = "'openai', 'anthropic' or 'openai_responses'"
 """The formats of :func:`to_provider_format`, as error messages say them."""
+_TOOLS_FORMAT = (
+    "None: tools only with format='anthropic', whose request counts their cache_control breakpoints (pass "
+    "the OpenAI formats' tools to the API yourself)"
+)
 
 
 def parse_tool_calls(response: Any) -> list[ToolCall]:

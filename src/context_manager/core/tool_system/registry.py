@@ -262,7 +262,11 @@ class ToolRegistry:
         ]
 
     def get_tool_schemas(
-        self, format: SchemaFormat = "openai", *, names: Iterable[str] | None = None
+        self,
+        format: SchemaFormat = "openai",
+        *,
+        names: Iterable[str] | None = None,
+        cache_control: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Describe the tools in a provider's request format.
 
@@ -276,13 +280,43 @@ class ToolRegistry:
         Args:
             format: ``"openai"``, ``"anthropic"`` or ``"openai_responses"``.
             names: Only these tools, in this order, each once (default: all, in registration order).
+            cache_control: An Anthropic prompt-cache breakpoint (``{"type": "ephemeral"}``, maybe with a
+                ``"ttl"`` of ``"5m"`` or ``"1h"``) put on the last tool, which caches the definitions of
+                them all (``"anthropic"`` only). Pass the schemas to ``get_context(format="anthropic",
+                tools=...)``, which counts it in the 4 breakpoints a request takes.
 
         Raises:
-            InvalidArgumentError: unknown format, or ``names`` is not a list of names (a single string).
+            InvalidArgumentError: unknown format, ``names`` is not a list of names (a single string), or
+                ``cache_control`` is not a JSON object with a string ``type`` or is given with another format.
             ToolNotFoundError: a name in ``names`` is not registered.
+
+        Example:
+            >>> schemas = registry.get_tool_schemas("anthropic", cache_control={"type": "ephemeral"})
+            >>> schemas[-1]["cache_control"]
+            {'type': 'ephemeral'}
         """
         if format not in _SCHEMA_FORMATS:
             raise InvalidArgumentError("format", format, "'openai', 'anthropic' or 'openai_responses'")
+        breakpoint_copy: dict[str, Any] | None = None
+        if cache_control is not None:
+            if isinstance(cache_control, Mapping) and isinstance(cache_control.get("type"), str):
+                try:  # a copy the caller cannot change, of JSON values alone (no object, no NaN)
+                    breakpoint_copy = json.loads(json.dumps(dict(cache_control), allow_nan=False))
+                except (TypeError, ValueError):
+                    breakpoint_copy = None
+            if breakpoint_copy is None:
+                raise InvalidArgumentError(
+                    "cache_control",
+                    cache_control,
+                    "a JSON object with a string 'type' (Anthropic's cache_control: {'type': 'ephemeral'})",
+                )
+            if format != "anthropic":
+                raise InvalidArgumentError(
+                    "cache_control",
+                    cache_control,
+                    "None: a prompt-cache breakpoint only with format='anthropic' (OpenAI caches prompts "
+                    "without one)",
+                )
         if names is None:
             definitions = list(self._tools.values())
         elif isinstance(names, str) or not isinstance(names, Iterable):
@@ -323,6 +357,8 @@ class ToolRegistry:
                         "input_schema": parameters,
                     }
                 )
+        if breakpoint_copy is not None and schemas:  # the last tool's breakpoint caches every definition
+            schemas[-1]["cache_control"] = breakpoint_copy
         return schemas
 
 
