@@ -190,3 +190,86 @@ async def test_an_import_failing_midway_says_how_many_memories_it_wrote(
         assert stats["total_memories"] == CHUNK  # the first chunk stays; bob's memory is bob's
         bobs = await manager.get_memory(f"imported-{CHUNK + 50:05d}")
         assert bobs is not None and bobs.user_id == "bob" and bobs.content == "bob's"
+
+
+async def vectors_made_in_the_background(manager: MemoryManager, count: int) -> None:
+    """Wait for the background embedder, then check the ``count`` memories of the export have their vector."""
+    task = manager._embed_task
+    if task is not None:
+        await asyncio.wait_for(asyncio.shield(task), 60)
+    ids = [f"imported-{number:05d}" for number in range(count)]
+    vectors = await manager._require("test").vectors_of(ids)
+    assert sorted(vectors) == sorted(ids)
+
+
+class CountingEmbedder:
+    """A hashing embedder that counts the texts it embeds."""
+
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder(dimension=64)
+        self.dimension = self.inner.dimension
+        self.name = "counting-hashing"
+        self.texts = 0
+        self.returned = 0  # texts whose vectors were returned
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        self.texts += len(texts)
+        vectors = self.inner.embed(texts)
+        self.returned += len(texts)
+        return vectors
+
+
+async def test_an_import_failing_as_it_embeds_says_so_and_leaves_the_rest_to_the_background(
+    config: ContextManagerConfig, tmp_path: Path
+) -> None:
+    """Before: an error after the writes (here the caller's progress callback) had no note, and the memories
+    of the batches after it stayed without vectors until the store was next opened."""
+    source = write_export(tmp_path / "export.jsonl", CHUNK + 100)
+    async with MemoryManager(config, embedder=CountingEmbedder()) as manager:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "embedding":
+                raise RuntimeError("the progress display broke")
+
+        with pytest.raises(RuntimeError, match="progress display broke") as raised:
+            await manager.import_memories(source, progress=progress)
+        note = f"all {CHUNK + 100} memories were written"
+        assert any(note in text for text in getattr(raised.value, "__notes__", [])), raised.value
+        # the batch not embedded yet gets its vector in the background
+        await vectors_made_in_the_background(manager, CHUNK + 100)
+
+
+async def test_an_import_cancelled_as_it_saves_vectors_does_not_embed_that_batch_again(
+    config: ContextManagerConfig, tmp_path: Path
+) -> None:
+    """Before: cancelled while a batch's vectors were being saved (the save ends first), the import handed
+    that batch to the background embedder too: the model ran again on up to 512 texts already saved."""
+    source = write_export(tmp_path / "export.jsonl", CHUNK + 100)
+    embedder = CountingEmbedder()
+    async with MemoryManager(config, embedder=embedder) as manager:
+        importing: asyncio.Task[dict[str, object]] | None = None
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold_the_write_lock() -> None:
+            async with manager._write_lock:  # the save of the first batch waits for it
+                held.set()
+                await release.wait()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "writing" and done == total:
+                holder.append(asyncio.create_task(hold_the_write_lock()))
+
+        holder: list[asyncio.Task[None]] = []
+        importing = asyncio.create_task(manager.import_memories(source, progress=progress))
+        await held.wait()
+        # the import's first batch is embedded and its save waits for the lock (no event to await: polled)
+        while embedder.returned < 512 or not manager._write_lock._waiters:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        importing.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await importing
+        await asyncio.gather(*holder)
+        await vectors_made_in_the_background(manager, CHUNK + 100)
+        assert embedder.texts == CHUNK + 100  # each text once: 512 by the import, the rest in the background
