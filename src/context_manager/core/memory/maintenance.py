@@ -568,23 +568,38 @@ class MemoryMaintenance(TierMovement):
 
         The model runs without the locks (it is nearly all of an import's time with the default
         embedder): only saving a batch's vectors takes the write lock, for the memories still stored with
-        the text embedded. Cancelled, what is left is embedded in the background.
+        the text embedded. Stopped (a cancellation, an error: the memories are all written), what is
+        left is embedded in the background; a batch whose vectors were saved is not embedded again, and
+        an error gets a note saying the memories were written.
         """
         if self.embedder is None:
             return
-        for start in range(0, len(memories), _EMBED_BATCH):
-            batch = memories[start : start + _EMBED_BATCH]
-            texts = [memory.content for memory in batch]
-            try:
+        done = 0  # memories whose batch is embedded and saved
+        try:
+            for start in range(0, len(memories), _EMBED_BATCH):
+                batch = memories[start : start + _EMBED_BATCH]
+                texts = [memory.content for memory in batch]
                 vectors = await self._vectors_of_texts(texts, len(batch))
                 if vectors is not None:
                     # saved in a task of its own: a cancellation of the import waits for the save to end
-                    await to_the_end(asyncio.ensure_future(self._save_unchanged(batch, texts, vectors)))
-            except asyncio.CancelledError:
-                self._embed_later(memories[start:])
-                raise
-            if progress is not None:
-                progress("embedding", start + len(batch), len(memories))
+                    save = asyncio.ensure_future(self._save_unchanged(batch, texts, vectors))
+                    try:
+                        await to_the_end(save)
+                    except asyncio.CancelledError:
+                        if save.done() and not save.cancelled() and save.exception() is None:
+                            done = start + len(batch)  # saved before the cancellation was raised
+                        raise
+                done = start + len(batch)
+                if progress is not None:
+                    progress("embedding", done, len(memories))
+        except BaseException as error:
+            if isinstance(error, Exception):
+                error.add_note(
+                    f"import_memories: all {len(memories)} memories were written before this error; "
+                    f"{len(memories) - done} get their vectors in the background"
+                )
+            self._embed_later(memories[done:])
+            raise
 
     def _forget_turn_state(self, floors: Mapping[tuple[str | None, str], int]) -> None:
         """Drop what is cached of the sessions of an import: their last turn and its number are read again.
