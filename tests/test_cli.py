@@ -2081,3 +2081,30 @@ def test_memory_add_dash_reads_the_text_from_standard_input(store: Path) -> None
     blank = cli("--storage", str(store.parent / "other"), "memory", "add", "-", input="\n")
     assert_one_line_error(blank, "content: got ''")
     assert not (store.parent / "other").exists()
+
+
+@pytest.mark.embeddings
+def test_memory_import_with_the_embedder_says_so_and_shows_its_progress_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long import with the default embedder printed nothing until it ended (~108 s for 1,000 memories).
+
+    It now says on stderr that it embeds, with the model, and how to import without vectors, and prints
+    a line per batch embedded when stderr is no terminal (a log); with --json stdout stays the JSON only.
+    """
+    backup = tmp_path / "backup.jsonl"
+    lines = [
+        json.dumps({"id": f"note-{number}", "content": f"note {number} about kites"}) for number in range(3)
+    ]
+    backup.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHON_CONTEXT_MANAGER_EMBEDDER", "minilm")
+    result = cli("--storage", str(tmp_path / "a"), "memory", "import", str(backup))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "embedding 3 memories with sentence-transformers:all-MiniLM-L6-v2" in result.stderr
+    assert "PYTHON_CONTEXT_MANAGER_EMBEDDER=none" in result.stderr
+    assert "embedded 3/3 memories" in result.stderr
+    assert result.stdout.startswith("imported 3 memories")
+    quiet = cli("--json", "--storage", str(tmp_path / "b"), "memory", "import", str(backup))
+    assert quiet.exit_code == 0, quiet.stdout + quiet.stderr
+    assert json.loads(quiet.stdout)["imported"] == 3
+    assert "embedd" not in quiet.stderr

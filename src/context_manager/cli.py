@@ -1263,8 +1263,28 @@ def memory_import(
             check_supersession_rings(links, expected=expected)
             async with _open_memory(options, create=True) as manager:
                 importing = progress.add_task("importing", total=len(lines))
-                report = await manager.import_memories(source)
-                progress.update(importing, completed=len(lines))
+                embedding = progress.add_task("embedding", total=len(links), visible=False)
+                if manager.embedder is not None and links and not options.json_output:
+                    model = getattr(manager.embedder, "name", None) or type(manager.embedder).__name__
+                    options.stderr.print(
+                        f"embedding {_memories(len(links))} with {model} (a model on the CPU: from a few to "
+                        "about 100 ms each); PYTHON_CONTEXT_MANAGER_EMBEDDER=none imports without vectors "
+                        "(made when the store is next opened with an embedder)",
+                        markup=False,
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+
+                def advance(stage: str, done: int, total: int) -> None:
+                    if stage == "writing":
+                        progress.update(importing, completed=done, total=total)
+                        return
+                    progress.update(embedding, completed=done, total=total, visible=True)
+                    if progress.disable and not options.json_output:  # no bar (a log, a pipe): a line
+                        line = f"embedded {done}/{_memories(total)}"
+                        options.stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+
+                report = await manager.import_memories(source, progress=advance)
         if options.json_output:
             _print_json(options, report)
         else:

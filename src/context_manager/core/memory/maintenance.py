@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from context_manager.core.errors import (
 from context_manager.core.memory.backend import TIER_ORDER
 from context_manager.core.memory.models import ALL_USERS, Memory, MemoryTier
 from context_manager.core.memory.state import UserScope
-from context_manager.core.memory.tiers import TierMovement
+from context_manager.core.memory.tiers import _EMBED_BATCH, TierMovement
 from context_manager.core.memory.validation import (
     check_content,
     check_importance,
@@ -32,10 +32,15 @@ from context_manager.core.memory.validation import (
     check_user,
 )
 from context_manager.core.memory.write_health import records_write_outcome
+from context_manager.core.threads import to_the_end
 
 __all__ = ["MemoryMaintenance", "check_supersession_rings", "check_unique_id", "parse_exported_line"]
 
-_IMPORT_BATCH = 2000
+_IMPORT_CHUNK = 500
+"""Copies an import writes per hold of the locks (other writers go on between chunks)."""
+
+ImportProgress = Callable[[str, int, int], None]
+"""What ``import_memories(progress=...)`` calls: the stage (``"writing"``, ``"embedding"``), done, total."""
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +388,9 @@ class MemoryMaintenance(TierMovement):
             )
 
     @records_write_outcome
-    async def import_memories(self, path: str | Path) -> dict[str, Any]:
+    async def import_memories(
+        self, path: str | Path, *, progress: ImportProgress | None = None
+    ) -> dict[str, Any]:
         """Load memories written by :meth:`export_memories` (ids kept; existing ids are replaced).
 
         Every line is validated first: one bad line raises and nothing is imported (a line holding the id
@@ -395,7 +402,21 @@ class MemoryMaintenance(TierMovement):
         without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
         short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
         places it. What does not fit a tier's capacity flows to the next one (a short-term copy whose
-        memory has a long-term copy is just not made).
+        memory has a long-term copy is just not made; the capacities are read once, before the first write).
+
+        The memories are written :data:`_IMPORT_CHUNK` copies at a time, then embedded (with an
+        embedder) a batch at a time: the manager's locks are held only while a chunk is written or a
+        batch's vectors saved, so other writes (the indexing of evicted messages among them) go on during
+        a long import; new turns that ``remember_messages`` writes meanwhile to a session the file holds
+        are numbered after the file's turns of it. Stopped midway by an error or a cancellation, the
+        chunks written stay (and get their vectors in the background): the error has a note saying how
+        many memories were written, and importing the file again finishes the import.
+
+        Args:
+            path: A file written by :meth:`export_memories`.
+            progress: Called on the event loop (keep it quick) after each chunk with the stage
+                (``"writing"``: copies written; ``"embedding"``: memories embedded), the count done and
+                the total: a command line shows it while a large import runs.
 
         Returns:
             ``imported`` (memories), ``replaced`` (ids that already existed) and ``by_tier`` (copies
@@ -435,21 +456,18 @@ class MemoryMaintenance(TierMovement):
             else:
                 long_copies.discard(memory.id)
         check_supersession_rings(links)
-        by_tier = {tier.value: 0 for tier in MemoryTier}
+        # the turn numbers the import holds per (user, session): remember_messages numbers new turns of
+        # these sessions after them while the import runs (its turns are written a chunk at a time)
+        floors: dict[tuple[str | None, str], int] = {}
+        for memory in memories.values():
+            if memory.session_id is not None:
+                key = (memory.user_id, memory.session_id)
+                turn = memory.turn_index
+                floors[key] = max(floors.get(key, 0), 0 if turn is None else turn + 1)
         # the turn lock first, as remember_messages takes it: a chunk of turns numbered before the import
         # and written after it would take numbers of imported turns (and count on from there)
         async with self._turn_lock, self._write_lock:
             self._victim_reserve.clear()  # the imported memories replace some: rank the tiers again
-            # conversation turns imported may replace a session's last turn (its text, which the next turn
-            # indexes as its context) or continue its numbering: read both from the storage again
-            for memory in memories.values():
-                if memory.session_id is not None:
-                    self._last_turn.pop((memory.user_id, memory.session_id), None)
-                    self._turn_counters.pop((memory.user_id, memory.session_id), None)
-            # The replaced memories' copies stay until the new ones are written: the new copies are
-            # written first (a put replaces a copy in its tier), then the old copies in tiers the new
-            # placement does not use are deleted. Killed anywhere in between, every memory still has a
-            # copy (old or new; at worst one stale extra copy, which importing again removes).
             replaced = await backend.copies(list(memories))
             for copy in replaced:  # nothing is written yet: a refusal imports nothing
                 if copy.user_id != memories[copy.id].user_id:
@@ -457,31 +475,141 @@ class MemoryMaintenance(TierMovement):
             await self._check_merged_into(memories, links)
             existing = {copy.id for copy in replaced}
             placement = await self._place_for_import(list(memories.values()), long_copies, replaced)
-            # short-term first: the backend notes which short-term memories also have a long-term copy
-            for tier, batch in (
-                (MemoryTier.SHORT, _IMPORT_BATCH),
-                (MemoryTier.MEDIUM, _IMPORT_BATCH),
-                (MemoryTier.LONG, _IMPORT_BATCH * 5),
-            ):
-                items = placement[tier]
-                for start in range(0, len(items), batch):
-                    await backend.put(tier, items[start : start + batch])
-            placed = {(memory.id, tier) for tier, items in placement.items() for memory in items}
-            stale: dict[MemoryTier, list[str]] = {}
-            for copy in replaced:
-                if (copy.id, copy.tier) not in placed:
-                    stale.setdefault(copy.tier, []).append(copy.id)
-            for tier, ids in stale.items():
-                for start in range(0, len(ids), _IMPORT_BATCH):
-                    await backend.delete(tier, ids[start : start + _IMPORT_BATCH])
-            for tier, items in placement.items():
-                by_tier[tier.value] = len(items)
-            if self.embedder is not None:
-                values = list(memories.values())
-                for start in range(0, len(values), 512):
-                    await self._embed_and_store(values[start : start + 512])
+            self._import_turn_floors.append(floors)
+            self._forget_turn_state(floors)
+        try:
+            await self._write_imported(memories, placement, floors, links, progress)
+        finally:
+            self._import_turn_floors[:] = [held for held in self._import_turn_floors if held is not floors]
+        by_tier = {tier.value: len(placement[tier]) for tier in MemoryTier}
+        await self._embed_imported(list(memories.values()), progress)
         self._maybe_compact()
         return {"imported": len(memories), "replaced": len(existing), "by_tier": by_tier}
+
+    async def _write_imported(
+        self,
+        memories: Mapping[str, Memory],
+        placement: Mapping[MemoryTier, list[Memory]],
+        floors: Mapping[tuple[str | None, str], int],
+        links: Mapping[str, tuple[str | None, str, str]],
+        progress: ImportProgress | None,
+    ) -> int:
+        """Write the placed copies of an import, :data:`_IMPORT_CHUNK` at a time; return the memories written.
+
+        Each chunk holds the turn and write locks only while it is written (other writers, the indexing
+        of evicted messages among them, go on between chunks): in the order one long hold wrote them
+        (short-term first: the backend notes which short-term memories also have a long-term copy). A
+        memory's copies it replaces, in the tiers its placement does not use, are deleted with the chunk
+        writing its new copy (never before: killed anywhere, every memory has a copy, old or new; the
+        copies in tiers it does use are replaced by the puts).
+
+        Stopped midway (an error or a cancellation), the chunks written stay: the error gets a note of
+        how many memories were written (``progress`` says it too), those written get their vectors in
+        the background; importing the file again finishes the import (its ids are replaced).
+        """
+        backend = self._require("import_memories")
+        tiers_of: dict[str, set[MemoryTier]] = {}
+        for tier, items in placement.items():
+            for memory in items:
+                tiers_of.setdefault(memory.id, set()).add(tier)
+        chunks = [
+            (tier, placement[tier][start : start + _IMPORT_CHUNK])
+            for tier in (MemoryTier.SHORT, MemoryTier.MEDIUM, MemoryTier.LONG)
+            for start in range(0, len(placement[tier]), _IMPORT_CHUNK)
+        ]
+        total = sum(len(items) for _, items in chunks)
+        done = 0
+        written: dict[str, None] = {}
+        try:
+            for tier, items in chunks:
+                async with self._turn_lock, self._write_lock:
+                    backend = self._require("import_memories")
+                    ids = [memory.id for memory in items]
+                    stored = await backend.copies(ids)
+                    for copy in stored:  # written meanwhile by another user (an id given to add_memory)
+                        if copy.user_id != memories[copy.id].user_id:
+                            raise _another_users_id(copy.id, links[copy.id])
+                    try:
+                        await backend.put(tier, items)
+                        written.update(dict.fromkeys(ids))
+                        stale: dict[MemoryTier, list[str]] = {}
+                        for copy in stored:
+                            if copy.tier not in tiers_of[copy.id]:
+                                stale.setdefault(copy.tier, []).append(copy.id)
+                        for stale_tier, stale_ids in stale.items():
+                            await backend.delete(stale_tier, stale_ids)
+                    finally:  # the tiers and sessions changed: ranked and read again from the storage
+                        self._victim_reserve.clear()
+                        self._forget_turn_state(floors)
+                done += len(items)
+                if progress is not None:
+                    progress("writing", done, total)
+                await asyncio.sleep(0)  # a write started meanwhile takes the free locks before the next chunk
+        except BaseException as error:
+            count = len(written)
+            if isinstance(error, Exception):
+                error.add_note(
+                    f"import_memories: {count} of {len(memories)} memories were written before this error "
+                    "and stay; import the file again to finish (the ids it holds are replaced)"
+                )
+            logger.warning(
+                "import_memories stopped (%s) after writing %d of %d memories; they stay",
+                type(error).__name__,
+                count,
+                len(memories),
+            )
+            if self.embedder is not None and written:
+                self._embed_later([memories[memory_id] for memory_id in written])
+            raise
+        return len(written)
+
+    async def _embed_imported(self, memories: list[Memory], progress: ImportProgress | None) -> None:
+        """Embed imported memories (stored already) and save their vectors, a batch at a time.
+
+        The model runs without the locks (it is nearly all of an import's time with the default
+        embedder): only saving a batch's vectors takes the write lock, for the memories still stored with
+        the text embedded. Stopped (a cancellation, an error: the memories are all written), what is
+        left is embedded in the background; a batch whose vectors were saved is not embedded again, and
+        an error gets a note saying the memories were written.
+        """
+        if self.embedder is None:
+            return
+        done = 0  # memories whose batch is embedded and saved
+        try:
+            for start in range(0, len(memories), _EMBED_BATCH):
+                batch = memories[start : start + _EMBED_BATCH]
+                texts = [memory.content for memory in batch]
+                vectors = await self._vectors_of_texts(texts, len(batch))
+                if vectors is not None:
+                    # saved in a task of its own: a cancellation of the import waits for the save to end
+                    save = asyncio.ensure_future(self._save_unchanged(batch, texts, vectors))
+                    try:
+                        await to_the_end(save)
+                    except asyncio.CancelledError:
+                        if save.done() and not save.cancelled() and save.exception() is None:
+                            done = start + len(batch)  # saved before the cancellation was raised
+                        raise
+                done = start + len(batch)
+                if progress is not None:
+                    progress("embedding", done, len(memories))
+        except BaseException as error:
+            if isinstance(error, Exception):
+                error.add_note(
+                    f"import_memories: all {len(memories)} memories were written before this error; "
+                    f"{len(memories) - done} get their vectors in the background"
+                )
+            self._embed_later(memories[done:])
+            raise
+
+    def _forget_turn_state(self, floors: Mapping[tuple[str | None, str], int]) -> None:
+        """Drop what is cached of the sessions of an import: their last turn and its number are read again.
+
+        Conversation turns imported may replace a session's last turn (its text, which the next turn
+        indexes as its context) or continue its numbering.
+        """
+        for key in floors:
+            self._last_turn.pop(key, None)
+            self._turn_counters.pop(key, None)
 
     async def _check_merged_into(
         self, memories: Mapping[str, Memory], links: Mapping[str, tuple[str | None, str, str]]

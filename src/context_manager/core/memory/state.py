@@ -133,6 +133,9 @@ class ManagerState:
         self._victim_reserve: dict[MemoryTier, tuple[list[str], float]] = {}
         self._compacting = False
         self._turn_counters: dict[tuple[str | None, str], int] = {}
+        # per import running: the turn number after its last turn of each (user, session) it holds; new
+        # turns of these sessions are numbered from there while it writes (maintenance.py, import_memories)
+        self._import_turn_floors: list[dict[tuple[str | None, str], int]] = []
         # remember_messages numbers and writes a chunk of turns at a time (MemoryWriting._remember_chunk)
         self._turn_lock = asyncio.Lock()
         self._restorations: list[dict[str, Any]] = []  # restore_storage() runs: when, what, what failed

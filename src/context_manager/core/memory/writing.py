@@ -564,6 +564,8 @@ class MemoryWriting(TierMovement):
                 if turn_index is None:  # continue the session's numbering across restarts and processes
                     last = await backend.last_turn_index(*key)
                     turn_index = 0 if last is None else last + 1
+                for floors in self._import_turn_floors:  # an import writing this session's turns by chunks
+                    turn_index = max(turn_index, floors.get(key, 0))
                 counters[key] = turn_index + 1
                 memory.metadata.setdefault("turn_index", turn_index)
             new: list[Memory] = []
