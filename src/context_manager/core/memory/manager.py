@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from types import TracebackType
+from typing import Any
 
 from context_manager.core import forks
 from context_manager.core.async_only import AsyncContextManagerOnly
@@ -49,6 +51,7 @@ from context_manager.core.memory.models import ALL_USERS, AllUsers
 from context_manager.core.memory.search import MemorySearch
 from context_manager.core.memory.writing import MemoryWriting
 from context_manager.core.threads import to_the_end
+from context_manager.core.unclosed import close_in_background, warn_unclosed
 
 __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
 
@@ -114,6 +117,12 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             await backend.close()
             raise
         self._state = "ready"
+        # collected while open (no cleanup()): warn, and close the storage in the background. It holds
+        # the backend, never this manager, so the manager stays collectable
+        self._unclosed = weakref.finalize(
+            self, _close_collected, asyncio.get_running_loop(), backend, forks.pid
+        )
+        self._unclosed.atexit = False  # at exit the process's end releases the lock and files
         if self.rebalance_on_open:
             try:
                 await self._rebalance()
@@ -154,6 +163,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         if self._state == "ready" and self._pid != forks.pid:
             self._state = "closed"  # closing would release the parent's lock, end its connections
             self._backend = None
+            self._forget_unclosed()
             logger.debug("memory of process %d left to it (cleanup in a forked child)", self._pid)
             return
         if self._lease_holders:
@@ -170,10 +180,16 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         """Alias of :meth:`cleanup`."""
         await self.cleanup()
 
+    def _forget_unclosed(self) -> None:
+        """Being closed (or not this process's to close): nothing to close if it is collected later."""
+        if self._unclosed is not None:
+            self._unclosed.detach()
+
     async def _close_locked(self) -> None:
         if self._state != "ready":
             self._state = "closed"
             return
+        self._forget_unclosed()
         self._closing = True  # from here every add takes the write lock, which the close takes last
         self._stop_embedding_later()  # a slow model call does not hold the close up
         await self._drain_background()
@@ -201,3 +217,17 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         traceback: TracebackType | None,
     ) -> None:
         await self.cleanup()
+
+
+def _close_collected(loop: asyncio.AbstractEventLoop, backend: MemoryBackend, pid: int) -> None:
+    """A MemoryManager was garbage-collected while open: close its storage in the background.
+
+    Every acknowledged write is already durable; what is lost is only what a crash would lose too (search
+    hits whose access counts were not yet written). Its loop ended: the lock file is released at once.
+    """
+    warn_unclosed("MemoryManager", f" ({backend.kind} at {backend.location})")
+    if close_in_background(loop, "MemoryManager", backend.close, pid):
+        return
+    abandon: Any = getattr(backend, "abandon", None)
+    if abandon is not None and pid == forks.pid:
+        abandon()
