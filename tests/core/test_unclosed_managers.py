@@ -203,3 +203,30 @@ async def test_dropped_postgresql_managers_close_their_pools(postgres_dsn: str) 
     async with EnhancedContextManager(config, conversation_id="harbour-pg", user_id="ana") as resumed:
         found = await resumed.search_memory("harbour crane number 0 cable", limit=50)
         assert any(found_memory.content == words(0) for found_memory in found)
+
+
+def test_a_memory_manager_whose_close_was_cut_short_releases_the_lock_once_collected(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+
+    async def closed_as_the_loop_ends() -> MemoryManager:
+        memory = MemoryManager(config)
+        await memory.initialize()
+        await memory.add_memory("a note about the harbour crane", tier="long")
+        # not awaited: asyncio.run's shutdown cancels it while the storage closes in its thread
+        asyncio.ensure_future(memory.cleanup())  # noqa: RUF006
+        return memory
+
+    memory = asyncio.run(closed_as_the_loop_ends())
+    assert held_locks(config.resolved_storage_path) == 1  # the close was cut short
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del memory
+        gc.collect()
+    assert held_locks(config.resolved_storage_path) == 0
+    assert any("unclosed MemoryManager" in str(w.message) for w in caught)
+
+    async def later() -> int:
+        async with MemoryManager(config) as again:
+            return len(await again.search_memory("harbour crane"))
+
+    assert asyncio.run(later()) == 1

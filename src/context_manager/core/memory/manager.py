@@ -189,7 +189,6 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         if self._state != "ready":
             self._state = "closed"
             return
-        self._forget_unclosed()
         self._closing = True  # from here every add takes the write lock, which the close takes last
         self._stop_embedding_later()  # a slow model call does not hold the close up
         await self._drain_background()
@@ -204,6 +203,9 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             backend, self._backend = self._backend, None
             if backend is not None:
                 await backend.close()
+            # only now: a close cut short (the loop's shutdown cancelling it) leaves the finalizer to
+            # release the storage once this manager is collected
+            self._forget_unclosed()
             logger.debug("memory closed")
 
     async def __aenter__(self) -> MemoryManager:
