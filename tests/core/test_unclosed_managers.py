@@ -145,7 +145,7 @@ def test_a_manager_dropped_after_its_loop_ended_releases_the_lock(tmp_path: Path
     assert held_locks(config.resolved_storage_path) == 0
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == [
         f"unclosed MemoryManager (sqlite at {config.resolved_storage_path}): garbage-collected without "
-        "cleanup(), closed in the background; use `async with` or await cleanup()"
+        "cleanup(), its event loop has ended: its storage lock released; use `async with` or await cleanup()"
     ]
 
     async def later() -> int:
@@ -190,7 +190,8 @@ async def test_dropped_postgresql_managers_close_their_pools(postgres_dsn: str) 
     assert len(warned) == 1
     own = MemoryManager(config)  # opened directly: a pool of its own, closed once it is collected
     await own.initialize()
-    await own.add_memory("a note about the harbour crane", user_id="ana")
+    note = await own.add_memory("a note about the harbour crane", tier="long", user_id="ana")
+    assert note.id in [found.id for found in await own.search_memory("note harbour crane", user_id="ana")]
     database = own._backend.database  # type: ignore[union-attr]
     assert database.is_open
     dropped = weakref.ref(own)
@@ -203,6 +204,8 @@ async def test_dropped_postgresql_managers_close_their_pools(postgres_dsn: str) 
     async with EnhancedContextManager(config, conversation_id="harbour-pg", user_id="ana") as resumed:
         found = await resumed.search_memory("harbour crane number 0 cable", limit=50)
         assert any(found_memory.content == words(0) for found_memory in found)
+        stored = await resumed.memory_manager.get_memory(note.id)
+        assert stored is not None and stored.access_count == 1  # the collected manager's search hit
 
 
 def test_a_memory_manager_whose_close_was_cut_short_releases_the_lock_once_collected(tmp_path: Path) -> None:
@@ -230,3 +233,18 @@ def test_a_memory_manager_whose_close_was_cut_short_releases_the_lock_once_colle
             return len(await again.search_memory("harbour crane"))
 
     assert asyncio.run(later()) == 1
+
+
+async def test_a_dropped_memory_managers_search_hits_are_counted(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    memory = MemoryManager(config)
+    await memory.initialize()
+    added = await memory.add_memory("a note about the harbour crane", tier="long")
+    assert [found.id for found in await memory.search_memory("harbour crane")] == [added.id]
+    assert memory._pending_touches  # counted in batches: not written yet
+    held: list[object] = [memory]
+    del memory
+    assert await drop(held, "unclosed MemoryManager")
+    async with MemoryManager(config) as again:
+        stored = await again.get_memory(added.id)
+        assert stored is not None and stored.access_count == 1

@@ -1789,8 +1789,12 @@ class _Started:
 def _collected(loop: asyncio.AbstractEventLoop, started: _Started, pid: int) -> None:
     """The finalizer of a manager collected while open: warn, and hand its close to its loop."""
     conversation = "" if started.conversation_id is None else f" (conversation {started.conversation_id!r})"
-    warn_unclosed("EnhancedContextManager", conversation)
-    close_in_background(loop, "EnhancedContextManager", functools.partial(_close_collected, started), pid)
+    if close_in_background(loop, "EnhancedContextManager", functools.partial(_close_collected, started), pid):
+        warn_unclosed("EnhancedContextManager", conversation)
+    else:  # its tasks ended with the loop; the store it held stays open (see shared_store._refusal)
+        warn_unclosed(
+            "EnhancedContextManager", conversation, "its event loop has ended: nothing could be closed"
+        )
 
 
 async def _close_collected(started: _Started) -> None:

@@ -30,11 +30,17 @@ logger = logging.getLogger(__name__)
 _closing: set[asyncio.Future[Any]] = set()  # the background closes of collected managers, running
 
 
-def warn_unclosed(name: str, detail: str) -> None:
-    """Emit the ``ResourceWarning`` for a ``name`` collected while open (``detail``: which one)."""
+def warn_unclosed(name: str, detail: str, outcome: str = "closed in the background") -> None:
+    """Emit the ``ResourceWarning`` for a ``name`` collected while open.
+
+    Args:
+        name: The class.
+        detail: Which one (a conversation, a storage location), in parentheses with a leading space.
+        outcome: What happens to what it held.
+    """
     warnings.warn(
-        f"unclosed {name}{detail}: garbage-collected without cleanup(), closed in the background; use "
-        "`async with` or await cleanup()",
+        f"unclosed {name}{detail}: garbage-collected without cleanup(), {outcome}; use `async with` or "
+        "await cleanup()",
         ResourceWarning,
         stacklevel=2,
     )

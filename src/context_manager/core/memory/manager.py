@@ -44,7 +44,7 @@ from typing import Any
 from context_manager.core import forks
 from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.errors import LifecycleError
-from context_manager.core.memory.backend import MemoryBackend
+from context_manager.core.memory.backend import AccessCounter, MemoryBackend
 from context_manager.core.memory.curation import MemoryCuration
 from context_manager.core.memory.maintenance import MemoryMaintenance
 from context_manager.core.memory.models import ALL_USERS, AllUsers
@@ -120,7 +120,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         # collected while open (no cleanup()): warn, and close the storage in the background. It holds
         # the backend, never this manager, so the manager stays collectable
         self._unclosed = weakref.finalize(
-            self, _close_collected, asyncio.get_running_loop(), backend, forks.pid
+            self, _close_collected, asyncio.get_running_loop(), backend, self._pending_touches, forks.pid
         )
         self._unclosed.atexit = False  # at exit the process's end releases the lock and files
         if self.rebalance_on_open:
@@ -221,15 +221,47 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         await self.cleanup()
 
 
-def _close_collected(loop: asyncio.AbstractEventLoop, backend: MemoryBackend, pid: int) -> None:
+def _close_collected(
+    loop: asyncio.AbstractEventLoop,
+    backend: MemoryBackend,
+    touches: dict[str, tuple[float, int, int, str | None]],
+    pid: int,
+) -> None:
     """A MemoryManager was garbage-collected while open: close its storage in the background.
 
-    Every acknowledged write is already durable; what is lost is only what a crash would lose too (search
-    hits whose access counts were not yet written). Its loop ended: the lock file is released at once.
+    Every acknowledged write is already durable; the access counts of its latest search hits (``touches``,
+    written in batches) are written before the storage closes. Its loop ended: the lock file is released
+    at once (those counts are lost, as in a crash).
     """
-    warn_unclosed("MemoryManager", f" ({backend.kind} at {backend.location})")
-    if close_in_background(loop, "MemoryManager", backend.close, pid):
+    detail = f" ({backend.kind} at {backend.location})"
+
+    async def close() -> None:
+        try:
+            await _write_touches(backend, touches)
+        except Exception as error:  # counts only: the storage closes all the same
+            logger.warning(
+                "access counts of a collected MemoryManager not written (%s)", type(error).__name__
+            )
+        await backend.close()
+
+    if close_in_background(loop, "MemoryManager", close, pid):
+        warn_unclosed("MemoryManager", detail)
         return
     abandon: Any = getattr(backend, "abandon", None)
     if abandon is not None and pid == forks.pid:
         abandon()
+        warn_unclosed("MemoryManager", detail, "its event loop has ended: its storage lock released")
+    else:
+        warn_unclosed("MemoryManager", detail, "its event loop has ended: nothing could be closed")
+
+
+async def _write_touches(
+    backend: MemoryBackend, touches: dict[str, tuple[float, int, int, str | None]]
+) -> None:
+    """Write search hits not yet written (the simple form of ``_flush_touches_locked``, without promotion)."""
+    if not touches:
+        return
+    if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
+        await backend.add_accesses({i: (at, added) for i, (at, _, added, _) in touches.items()}, [])
+    else:
+        await backend.touch({i: (at, count) for i, (at, count, _, _) in touches.items()})
