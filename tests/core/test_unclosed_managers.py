@@ -248,3 +248,43 @@ async def test_a_dropped_memory_managers_search_hits_are_counted(tmp_path: Path)
     async with MemoryManager(config) as again:
         stored = await again.get_memory(added.id)
         assert stored is not None and stored.access_count == 1
+
+
+async def test_waiting_for_background_closes_waits_for_this_loops_closes_only(tmp_path: Path) -> None:
+    """Another thread's loop closing a manager of its own: waiting here does not touch its task."""
+    import threading
+
+    from context_manager.core import unclosed
+
+    started, release = threading.Event(), threading.Event()
+
+    def other_loop() -> None:
+        async def forget() -> None:
+            memory = MemoryManager(make_config(tmp_path / "other"))
+            await memory.initialize()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                del memory
+                gc.collect()
+            await asyncio.sleep(0)  # its close task has started on this loop
+            started.set()
+            release.wait(30)  # this loop is busy while the other one waits
+            await unclosed.wait_for_background_closes()
+
+        asyncio.run(forget())
+
+    thread = threading.Thread(target=other_loop)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        config = make_config(tmp_path / "here")
+        memory = MemoryManager(config)
+        await memory.initialize()
+        held: list[object] = [memory]
+        del memory
+        assert await drop(held, "unclosed MemoryManager")  # waits for this loop's close: no RuntimeError
+        assert held_locks(config.resolved_storage_path) == 0
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join, 30)
+    assert held_locks(tmp_path / "other" / "storage") == 0

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from context_manager.core import forks
-from context_manager.core.threads import wait_for_all
 
 __all__ = ["close_in_background", "wait_for_background_closes", "warn_unclosed"]
 
@@ -81,8 +80,17 @@ def close_in_background(
 
 
 async def wait_for_background_closes() -> None:
-    """Wait until the background closes of collected managers, started so far and meanwhile, have ended.
+    """Wait until the background closes of collected managers on this event loop have ended.
 
-    For a test or a shutdown that must see them done (their failures are logged, not raised).
+    Those started so far and meanwhile; for a test or a shutdown that must see them done (their failures
+    are logged, not raised). Only this loop's: a close running on another thread's loop is that loop's to
+    run (awaiting its task here would raise, the task being tied to its own loop).
     """
-    await wait_for_all(_closing)
+    loop = asyncio.get_running_loop()
+    while True:
+        # tuple() copies the set at once (other threads' loops add to it and discard from it)
+        mine = [task for task in tuple(_closing) if task.get_loop() is loop]
+        if not mine:
+            return
+        await asyncio.gather(*mine, return_exceptions=True)
+        _closing.difference_update(mine)  # their done callbacks run only at a later step of the loop
