@@ -288,3 +288,50 @@ async def test_waiting_for_background_closes_waits_for_this_loops_closes_only(tm
         release.set()
         await asyncio.to_thread(thread.join, 30)
     assert held_locks(tmp_path / "other" / "storage") == 0
+
+
+def test_a_forked_childs_copy_of_a_manager_is_dropped_without_a_warning(tmp_path: Path) -> None:
+    """The copy is not the child's to close (cleanup() there only marks it closed): nothing to warn about."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import context_manager
+
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, os, sys, warnings
+        from pathlib import Path
+        from context_manager import ContextManagerConfig, EnhancedContextManager, MemoryManager
+
+        async def main():
+            memory = MemoryManager(ContextManagerConfig(cache_path=Path(sys.argv[1]) / "memory"))
+            await memory.initialize()
+            manager = EnhancedContextManager(ContextManagerConfig(cache_path=Path(sys.argv[1]) / "manager"))
+            await manager.initialize()
+            pid = os.fork()
+            if pid == 0:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    del memory, manager
+                    gc.collect()
+                print("child:", [str(w.message) for w in caught if w.category is ResourceWarning], flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            await manager.cleanup()
+            await memory.cleanup()
+            print("parent closed", flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    source = str(Path(context_manager.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": source},
+        check=False,
+    )
+    assert done.stdout.splitlines() == ["child: []", "parent closed"], done.stdout + done.stderr

@@ -1788,6 +1788,8 @@ class _Started:
 
 def _collected(loop: asyncio.AbstractEventLoop, started: _Started, pid: int) -> None:
     """The finalizer of a manager collected while open: warn, and hand its close to its loop."""
+    if pid != forks.pid:  # a forked child's copy: the parent's to close (as cleanup() there does)
+        return
     conversation = "" if started.conversation_id is None else f" (conversation {started.conversation_id!r})"
     if close_in_background(loop, "EnhancedContextManager", functools.partial(_close_collected, started), pid):
         warn_unclosed("EnhancedContextManager", conversation)

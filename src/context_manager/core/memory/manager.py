@@ -233,6 +233,8 @@ def _close_collected(
     written in batches) are written before the storage closes. Its loop ended: the lock file is released
     at once (those counts are lost, as in a crash).
     """
+    if pid != forks.pid:  # a forked child's copy: the parent's storage (as cleanup() there leaves it)
+        return
     detail = f" ({backend.kind} at {backend.location})"
 
     async def close() -> None:
@@ -248,7 +250,7 @@ def _close_collected(
         warn_unclosed("MemoryManager", detail)
         return
     abandon: Any = getattr(backend, "abandon", None)
-    if abandon is not None and pid == forks.pid:
+    if abandon is not None:
         abandon()
         warn_unclosed("MemoryManager", detail, "its event loop has ended: its storage lock released")
     else:
