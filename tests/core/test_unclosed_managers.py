@@ -335,3 +335,28 @@ def test_a_forked_childs_copy_of_a_manager_is_dropped_without_a_warning(tmp_path
         check=False,
     )
     assert done.stdout.splitlines() == ["child: []", "parent closed"], done.stdout + done.stderr
+
+
+async def test_a_manager_whose_tool_and_eviction_hook_refer_to_it_is_collected(tmp_path: Path) -> None:
+    """A tool searching the manager's own memory (a closure over it): the cycle is garbage, not kept."""
+    config = make_config(tmp_path)
+
+    async def handler() -> weakref.ref[EnhancedContextManager]:
+        manager = EnhancedContextManager(config)
+        await manager.initialize()
+
+        async def recall(query: str) -> str:
+            """Search this conversation's memory."""
+            return str(await manager.search_memory(query))
+
+        manager.tool_manager.register_function_tool("recall", recall)
+        manager.set_eviction_hook(lambda messages: None if manager.conversation_id else None)
+        assert (await manager.execute_tool("recall", query="crane")).success
+        return weakref.ref(manager)
+
+    dropped = await handler()
+    warned = await drop([], "unclosed EnhancedContextManager")
+    assert dropped() is None
+    assert not _registry  # its hold given back: the store closed
+    assert held_locks(config.resolved_storage_path) == 0
+    assert len(warned) == 1

@@ -366,8 +366,8 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             asyncio.get_running_loop(),
             _Started(
                 conversation_id=self.conversation_id,
-                window=self._window,
-                tool_manager=self.tool_manager,
+                window=None if self._window is None else weakref.ref(self._window),
+                tool_manager=weakref.ref(self.tool_manager),
                 writer=self._eviction_writer,
                 conversation=self._conversation,
                 lease=self._memory_lease,
@@ -1775,8 +1775,10 @@ class _Started:
     """
 
     conversation_id: str | None
-    window: ContextWindow | None
-    tool_manager: ToolManager
+    # weakly: they hold the user's tools and eviction hook, which may refer to the manager (a tool searching
+    # its memory); held here they kept it alive for ever. Freed with it, they have nothing running
+    window: weakref.ref[ContextWindow] | None
+    tool_manager: weakref.ref[ToolManager]
     writer: EvictionWriter | None
     conversation: PersistedConversation | None
     lease: MemoryLease | None
@@ -1802,9 +1804,12 @@ def _collected(loop: asyncio.AbstractEventLoop, started: _Started, pid: int) -> 
 async def _close_collected(started: _Started) -> None:
     """What ``cleanup()`` does, for a manager already freed: store what it evicted and changed, release."""
     await _stop_operations(started.sampler, started.checker, started.monitor)
-    await started.tool_manager.cleanup()
-    if started.window is not None:
-        await started.window.drain()
+    tool_manager = started.tool_manager()
+    if tool_manager is not None:  # a tool left running after ignoring its cancellation holds it
+        await tool_manager.cleanup()
+    window = None if started.window is None else started.window()
+    if window is not None:  # an eviction-hook delivery still running holds it
+        await window.drain()
     conversation = started.conversation
     if conversation is not None and conversation.pending and not conversation.is_stale:
         try:  # a pin made just before the manager was dropped
