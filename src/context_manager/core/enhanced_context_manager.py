@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import difflib
+import functools
 import gc
 import inspect
 import logging
 import math
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Never, TypeVar, overload
@@ -106,6 +109,7 @@ from context_manager.core.tool_system.window_calls import (
     execute_tool_calls_in_window,
     pending_calls_in_window,
 )
+from context_manager.core.unclosed import close_in_background, warn_unclosed
 
 __all__ = ["EnhancedContextManager"]
 
@@ -272,6 +276,8 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         self._memory_lease: MemoryLease | None = None
         self._memory_session_id = uuid.uuid4().hex
         self._eviction_writer: EvictionWriter | None = None
+        # warns and closes what it started if it is garbage-collected open (see core.unclosed)
+        self._unclosed: weakref.finalize[Any, Any] | None = None
         self.performance_monitor: PerformanceMonitor | None = (
             PerformanceMonitor(collect_library_operations=False)
             if self.config.enable_performance_monitor
@@ -355,6 +361,25 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             raise
         self._pid = forks.pid
         self._state = "ready"
+        self._unclosed = weakref.finalize(
+            self,
+            _collected,
+            asyncio.get_running_loop(),
+            _Started(
+                conversation_id=self.conversation_id,
+                window=None if self._window is None else weakref.ref(self._window),
+                tool_manager=weakref.ref(self.tool_manager),
+                writer=self._eviction_writer,
+                conversation=self._conversation,
+                lease=self._memory_lease,
+                checker=self.health_checker,
+                monitor=self.performance_monitor,
+                sampler=self._memory_sampler,
+                owned_summarizer=self._owned_summarizer,
+            ),
+            forks.pid,
+        )
+        self._unclosed.atexit = False  # still open at exit: the interpreter's end closes what is left
         logger.debug("context manager initialized (max_tokens=%d)", config.max_tokens)
 
     async def cleanup(self) -> None:
@@ -366,12 +391,14 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         it only marks this copy cleaned up: the store, connections and threads are the parent's.
         """
         if self._state == "ready" and self._pid != forks.pid:
+            self._forget_unclosed()
             self._state = "closed"  # nothing of it is this process's to close (see forks)
             logger.debug("context manager of process %d left to it (cleanup in a forked child)", self._pid)
             return
         async with self._lifecycle_lock:
             if self._state == "closed":
                 return
+            self._forget_unclosed()
             was_ready = self._state == "ready"
             self._state = "closed"
             if was_ready:
@@ -387,6 +414,11 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 # holder), the conversation's last changes written; the cancellation is raised after
                 await to_the_end(asyncio.ensure_future(self._release()))
             logger.debug("context manager cleaned up")
+
+    def _forget_unclosed(self) -> None:
+        """Being cleaned up (or not this process's to close): nothing to close if it is collected later."""
+        if self._unclosed is not None:
+            self._unclosed.detach()
 
     async def _release(self) -> None:
         """Stop the subsystems and close the summarizer this manager made."""
@@ -414,14 +446,17 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             self._owned_summarizer = summarizer
         if summarizer is None:
             return None
+        # the window (which a background write's task may refer to) reports to this manager weakly: a
+        # manager dropped without cleanup() is still freed (see core.unclosed)
+        record = _weak_callback(self._record_summary)
         if isinstance(summarizer, SummarizerGuard):
             self._summarizer_guard = summarizer
-            return observed(summarizer, self._record_summary)
+            return observed(summarizer, record)
         guard = SummarizerGuard(
             summarizer,
             failure_threshold=config.summarizer_failure_threshold,
             cooldown=config.summarizer_cooldown,
-            on_report=self._record_summary,
+            on_report=record,
         )
         self._summarizer_guard = guard
         return guard
@@ -510,12 +545,25 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         if self._window is not None:
             # with an embedder, the writer embeds a group of 256 messages in one worker-thread call before
             # it writes them 8 per loop step (the model costs about twice as much in calls of 8)
-            embedding = self.memory_manager.embedder is not None
+            # its callbacks refer to what they write, not to this manager (a task refers to them): a
+            # manager dropped without cleanup() is still freed, and its writer stopped (see core.unclosed)
+            memory = self.memory_manager
+            embedding = memory.embedder is not None
             writer = EvictionWriter(
                 self._window.evicted_queue,
-                self._remember_evicted,
-                prepare=self._embed_evicted_ahead if embedding else None,
-                on_drained=self._mark_indexed if self._conversation is not None else None,
+                functools.partial(
+                    _remember_evicted,
+                    memory,
+                    user_id=self._user_id,
+                    session_id=self._memory_session_id,
+                    id_namespace=self._memory_id_namespace(),
+                ),
+                prepare=memory._embed_messages_ahead if embedding else None,
+                on_drained=(
+                    functools.partial(_mark_indexed, self._conversation)
+                    if self._conversation is not None
+                    else None
+                ),
             )
             self._eviction_writer = writer
             writer.start()
@@ -549,26 +597,16 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                     "conversation %r: last changes not stored (%s)", conversation.conversation_id, unstored
                 )
         writer, self._eviction_writer = self._eviction_writer, None
-        if writer is not None:
-            await writer.stop()
         self._conversation = None
-        if conversation is not None:
-            try:
-                await conversation.mark_indexed_if_drained()
-            except ContextManagerError as error:
-                logger.warning(
-                    "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
-                )
-            await conversation.close()
         self._conversation_store = None  # the lease's: closed with the memory by the last manager holding it
         lease, self._memory_lease = self._memory_lease, None
-        if lease is not None:
-            await lease.release()
+        await _stop_storage(writer, conversation, lease)
 
     async def _start_operations(self) -> None:
         """Start the monitor's sampler and the health checker (periodic only when enabled)."""
         monitor = self.performance_monitor
         checker = HealthChecker(check_interval=self.config.health_check_interval, context_manager=self)
+        checker._hold_manager_weakly()  # its periodic task refers to it: the manager stays collectable
         self.health_checker = checker
         if monitor is not None:
             await monitor.start_monitoring()  # the checker watches its sampler (and restarts it)
@@ -584,15 +622,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
     async def _stop_operations(self) -> None:
         """Stop the background tasks :meth:`_start_operations` started (each cancelled and awaited)."""
         sampler, self._memory_sampler = self._memory_sampler, None
-        if sampler is not None:
-            await sampler.stop()
-        if self.health_checker is not None:
-            # stopped on purpose: a later health check must not see a dead task to restart
-            self.health_checker.unwatch_background_task("health_checks")
-            await self.health_checker.stop()
-            self.health_checker._hold_manager_weakly()  # no cycle left: a dropped manager is freed at once
-        if self.performance_monitor is not None:
-            await self.performance_monitor.stop_monitoring()
+        await _stop_operations(sampler, self.health_checker, self.performance_monitor)
 
     async def __aenter__(self) -> EnhancedContextManager:
         await self.initialize()
@@ -1081,6 +1111,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             return
 
         pin = conversation.journaled
+        owner = weakref.ref(self)  # a manager dropped meanwhile is freed (see core.unclosed)
 
         async def sync() -> None:
             try:
@@ -1094,8 +1125,11 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                     type(error).__name__,
                 )
             refused = conversation.refusal_of([pin])  # dropped, by this write or another task's
-            if refused is not None and self._pin_refusal is None and pin in self._unflushed_pins:
-                self._pin_refusal = refused  # flush() raises it (or cleanup() logs it), however late
+            manager = owner()
+            if refused is None or manager is None:
+                return
+            if manager._pin_refusal is None and pin in manager._unflushed_pins:
+                manager._pin_refusal = refused  # flush() raises it (or cleanup() logs it), however late
 
         conversation._start(sync())
 
@@ -1474,40 +1508,18 @@ class EnhancedContextManager(AsyncContextManagerOnly):
 
     # -- memory ---------------------------------------------------------------------------------------
 
-    async def _remember_evicted(self, messages: list[Message]) -> None:
-        """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches.
+    def _memory_id_namespace(self) -> str | None:
+        """What the memory ids of this manager's evicted messages derive from (see :func:`_remember_evicted`).
 
-        Under the manager's user. On a persisted conversation a message's memory id is derived from the
-        conversation (and the user, when there is one: a conversation resumed by another user's manager
-        writes that user's own copy rather than colliding with the first user's).
+        On a persisted conversation, the conversation (and the user, when there is one: a conversation
+        resumed by another user's manager writes that user's own copy rather than colliding with the first
+        user's); else none (random ids).
         """
         namespace = self.conversation_id
         user_id = self._user_id
         if namespace is not None and user_id is not None:
             namespace = f"{user_id}\x00{namespace}"  # neither id may hold a NUL: unambiguous
-        await self.memory_manager.remember_messages(
-            messages, user_id=user_id, session_id=self._memory_session_id, id_namespace=namespace
-        )
-
-    async def _mark_indexed(self) -> None:
-        """The eviction writer drained its queue: move the conversation's indexing watermark up.
-
-        Else it moved only at :meth:`cleanup`, and every reload (after another worker's change) queued
-        every message evicted since the manager opened, to write them all to memory again.
-        """
-        conversation = self._conversation
-        if conversation is None:
-            return
-        try:
-            await conversation.mark_indexed_if_drained()
-        except ContextManagerError as error:  # moved by the next drain, or by cleanup()
-            logger.debug(
-                "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
-            )
-
-    async def _embed_evicted_ahead(self, messages: list[Message]) -> None:
-        """The eviction writer's ``prepare``: embed a group of evicted messages in one call."""
-        await self.memory_manager._embed_messages_ahead(messages)
+        return namespace
 
     async def flush(self) -> None:
         """Write every evicted message still queued to memory, then flush memory (``memory_manager.flush()``).
@@ -1795,6 +1807,138 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         }
         result["duration_ms"] = (time.perf_counter() - started) * 1000.0
         return result
+
+
+def _weak_callback(method: Callable[[SummaryReport], None]) -> Callable[[SummaryReport], None]:
+    """``method`` (bound) called through a weak reference to its object: nothing once that is freed."""
+    reference = weakref.WeakMethod(method)
+
+    def call(report: SummaryReport) -> None:
+        bound = reference()
+        if bound is not None:
+            bound(report)
+
+    return call
+
+
+async def _stop_operations(
+    sampler: MemorySizeSampler | None, checker: HealthChecker | None, monitor: PerformanceMonitor | None
+) -> None:
+    """Stop a manager's memory sampler, health checker and monitor (each task cancelled and awaited)."""
+    if sampler is not None:
+        await sampler.stop()
+    if checker is not None:
+        # stopped on purpose: a later health check must not see a dead task to restart
+        checker.unwatch_background_task("health_checks")
+        await checker.stop()
+    if monitor is not None:
+        await monitor.stop_monitoring()
+
+
+async def _stop_storage(
+    writer: EvictionWriter | None, conversation: PersistedConversation | None, lease: MemoryLease | None
+) -> None:
+    """Write what is queued to memory, close the conversation, give the shared store back (in this order)."""
+    if writer is not None:
+        await writer.stop()
+    if conversation is not None:
+        try:
+            await conversation.mark_indexed_if_drained()
+        except ContextManagerError as error:
+            logger.warning(
+                "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
+            )
+        await conversation.close()
+    if lease is not None:
+        await lease.release()
+
+
+@dataclasses.dataclass(slots=True)
+class _Started:
+    """What an initialized manager started, held apart from it (none of it refers to the manager).
+
+    A manager garbage-collected without ``cleanup()`` is freed; its finalizer holds this, and the close it
+    schedules on the loop (:func:`_close_collected`) stops and stores what cleanup() would have.
+    """
+
+    conversation_id: str | None
+    # weakly: they hold the user's tools and eviction hook, which may refer to the manager (a tool searching
+    # its memory); held here they kept it alive for ever. Freed with it, they have nothing running
+    window: weakref.ref[ContextWindow] | None
+    tool_manager: weakref.ref[ToolManager]
+    writer: EvictionWriter | None
+    conversation: PersistedConversation | None
+    lease: MemoryLease | None
+    checker: HealthChecker | None
+    monitor: PerformanceMonitor | None
+    sampler: MemorySizeSampler | None
+    owned_summarizer: LLMSummarizer | None
+
+
+def _collected(loop: asyncio.AbstractEventLoop, started: _Started, pid: int) -> None:
+    """The finalizer of a manager collected while open: warn, and hand its close to its loop."""
+    if pid != forks.pid:  # a forked child's copy: the parent's to close (as cleanup() there does)
+        return
+    conversation = "" if started.conversation_id is None else f" (conversation {started.conversation_id!r})"
+    if close_in_background(loop, "EnhancedContextManager", functools.partial(_close_collected, started), pid):
+        warn_unclosed("EnhancedContextManager", conversation)
+    else:  # its tasks ended with the loop; the store it held stays open (see shared_store._refusal)
+        warn_unclosed(
+            "EnhancedContextManager", conversation, "its event loop has ended: nothing could be closed"
+        )
+
+
+async def _close_collected(started: _Started) -> None:
+    """What ``cleanup()`` does, for a manager already freed: store what it evicted and changed, release."""
+    await _stop_operations(started.sampler, started.checker, started.monitor)
+    tool_manager = started.tool_manager()
+    if tool_manager is not None:  # a tool left running after ignoring its cancellation holds it
+        await tool_manager.cleanup()
+    window = None if started.window is None else started.window()
+    if window is not None:  # an eviction-hook delivery still running holds it
+        await window.drain()
+    conversation = started.conversation
+    if conversation is not None and conversation.pending and not conversation.is_stale:
+        try:  # a pin made just before the manager was dropped
+            await conversation.sync()
+        except ContextManagerError as error:
+            logger.warning(
+                "conversation %r: last changes not stored (%s)", conversation.conversation_id, error
+            )
+    await _stop_storage(started.writer, conversation, started.lease)
+    if started.owned_summarizer is not None:
+        try:
+            await started.owned_summarizer.cleanup()
+        except Exception as error:  # closing an HTTP client must not fail the close
+            logger.warning("closing the summarizer's client failed (%s)", type(error).__name__)
+
+
+async def _remember_evicted(
+    memory: MemoryManager,
+    messages: list[Message],
+    *,
+    user_id: str | None,
+    session_id: str,
+    id_namespace: str | None,
+) -> None:
+    """Write evicted messages to medium-term memory (invariant 4): the eviction writer's batches."""
+    await memory.remember_messages(
+        messages, user_id=user_id, session_id=session_id, id_namespace=id_namespace
+    )
+
+
+async def _mark_indexed(conversation: PersistedConversation) -> None:
+    """The eviction writer drained its queue: move the conversation's indexing watermark up.
+
+    Else it moved only at ``cleanup()``, and every reload (after another worker's change) queued every
+    message evicted since the manager opened, to write them all to memory again.
+    """
+    try:
+        await conversation.mark_indexed_if_drained()
+    except ContextManagerError as error:  # moved by the next drain, or by cleanup()
+        logger.debug(
+            "conversation %r: indexing watermark not moved (%s)", conversation.conversation_id, error
+        )
 
 
 def _calls_without_content(item: Mapping[str, Any]) -> bool:

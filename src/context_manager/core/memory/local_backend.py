@@ -296,6 +296,19 @@ class LocalBackend:
         release_lock(self._lock_fd)
         self._lock_fd = None
 
+    def abandon(self) -> None:
+        """Release the lock now, without closing anything: the loop that opened the storage has ended.
+
+        For a manager garbage-collected after its event loop ended (see ``core.unclosed``): nothing can
+        run on that loop any more, and without this the storage stayed locked for the process's life. The
+        stores and threads, unreachable, are closed as the garbage collector frees them (every acknowledged
+        write is already in the files).
+        """
+        if self._pid != forks.pid:
+            return
+        release_lock(self._lock_fd)
+        self._lock_fd = None
+
     def _check_process(self) -> None:
         """Refuse to hand work, in a forked child, to the parent's storage threads (it would wait for ever).
 

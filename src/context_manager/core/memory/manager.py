@@ -37,18 +37,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from types import TracebackType
+from typing import Any
 
 from context_manager.core import forks
 from context_manager.core.async_only import AsyncContextManagerOnly
 from context_manager.core.errors import LifecycleError
-from context_manager.core.memory.backend import MemoryBackend
+from context_manager.core.memory.backend import AccessCounter, MemoryBackend
 from context_manager.core.memory.curation import MemoryCuration
 from context_manager.core.memory.maintenance import MemoryMaintenance
 from context_manager.core.memory.models import ALL_USERS, AllUsers
 from context_manager.core.memory.search import MemorySearch
 from context_manager.core.memory.writing import MemoryWriting
 from context_manager.core.threads import to_the_end
+from context_manager.core.unclosed import close_in_background, warn_unclosed
 
 __all__ = ["ALL_USERS", "AllUsers", "MemoryManager"]
 
@@ -114,6 +117,12 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             await backend.close()
             raise
         self._state = "ready"
+        # collected while open (no cleanup()): warn, and close the storage in the background. It holds
+        # the backend, never this manager, so the manager stays collectable
+        self._unclosed = weakref.finalize(
+            self, _close_collected, asyncio.get_running_loop(), backend, self._pending_touches, forks.pid
+        )
+        self._unclosed.atexit = False  # at exit the process's end releases the lock and files
         if self.rebalance_on_open:
             try:
                 await self._rebalance()
@@ -154,6 +163,7 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         if self._state == "ready" and self._pid != forks.pid:
             self._state = "closed"  # closing would release the parent's lock, end its connections
             self._backend = None
+            self._forget_unclosed()
             logger.debug("memory of process %d left to it (cleanup in a forked child)", self._pid)
             return
         if self._lease_holders:
@@ -169,6 +179,11 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
     async def close(self) -> None:
         """Alias of :meth:`cleanup`."""
         await self.cleanup()
+
+    def _forget_unclosed(self) -> None:
+        """Being closed (or not this process's to close): nothing to close if it is collected later."""
+        if self._unclosed is not None:
+            self._unclosed.detach()
 
     async def _close_locked(self) -> None:
         if self._state != "ready":
@@ -188,6 +203,9 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
             backend, self._backend = self._backend, None
             if backend is not None:
                 await backend.close()
+            # only now: a close cut short (the loop's shutdown cancelling it) leaves the finalizer to
+            # release the storage once this manager is collected
+            self._forget_unclosed()
             logger.debug("memory closed")
 
     async def __aenter__(self) -> MemoryManager:
@@ -201,3 +219,51 @@ class MemoryManager(MemoryWriting, MemorySearch, MemoryCuration, MemoryMaintenan
         traceback: TracebackType | None,
     ) -> None:
         await self.cleanup()
+
+
+def _close_collected(
+    loop: asyncio.AbstractEventLoop,
+    backend: MemoryBackend,
+    touches: dict[str, tuple[float, int, int, str | None]],
+    pid: int,
+) -> None:
+    """A MemoryManager was garbage-collected while open: close its storage in the background.
+
+    Every acknowledged write is already durable; the access counts of its latest search hits (``touches``,
+    written in batches) are written before the storage closes. Its loop ended: the lock file is released
+    at once (those counts are lost, as in a crash).
+    """
+    if pid != forks.pid:  # a forked child's copy: the parent's storage (as cleanup() there leaves it)
+        return
+    detail = f" ({backend.kind} at {backend.location})"
+
+    async def close() -> None:
+        try:
+            await _write_touches(backend, touches)
+        except Exception as error:  # counts only: the storage closes all the same
+            logger.warning(
+                "access counts of a collected MemoryManager not written (%s)", type(error).__name__
+            )
+        await backend.close()
+
+    if close_in_background(loop, "MemoryManager", close, pid):
+        warn_unclosed("MemoryManager", detail)
+        return
+    abandon: Any = getattr(backend, "abandon", None)
+    if abandon is not None:
+        abandon()
+        warn_unclosed("MemoryManager", detail, "its event loop has ended: its storage lock released")
+    else:
+        warn_unclosed("MemoryManager", detail, "its event loop has ended: nothing could be closed")
+
+
+async def _write_touches(
+    backend: MemoryBackend, touches: dict[str, tuple[float, int, int, str | None]]
+) -> None:
+    """Write search hits not yet written (the simple form of ``_flush_touches_locked``, without promotion)."""
+    if not touches:
+        return
+    if isinstance(backend, AccessCounter):  # other processes count too: add this one's accesses
+        await backend.add_accesses({i: (at, added) for i, (at, _, added, _) in touches.items()}, [])
+    else:
+        await backend.touch({i: (at, count) for i, (at, count, _, _) in touches.items()})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -96,6 +97,8 @@ class ManagerState:
         self._clock: Clock = clock if clock is not None else time.time
         self._state: Literal["new", "ready", "closed"] = "new"
         self._pid = forks.pid  # the process that opened the storage (set again by initialize())
+        # warns and closes the storage if this manager is garbage-collected open (see core.unclosed)
+        self._unclosed: weakref.finalize[Any, Any] | None = None
         self._path: Path | None = None
         self._backend: MemoryBackend | None = None
         self._write_lock = asyncio.Lock()

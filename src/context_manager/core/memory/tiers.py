@@ -415,7 +415,9 @@ class TierMovement(ManagerState):
         backend = self._require("flush")
         if self._unsettled_accesses and isinstance(backend, AccessCounter):
             await self._add_unsettled_accesses(backend)
-        pending, self._pending_touches = self._pending_touches, {}
+        # emptied in place: a finalizer holds this dict (see manager._close_collected)
+        pending = dict(self._pending_touches)
+        self._pending_touches.clear()
         volatile, self._touched_volatile = self._touched_volatile, set()
         self._unreserve(volatile)  # used since the ranking: worth more now (long-term copies never move)
         try:
