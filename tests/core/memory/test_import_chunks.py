@@ -22,6 +22,7 @@ from context_manager import ContextManagerConfig
 from context_manager.core.errors import InvalidMemoryError
 from context_manager.core.memory.embeddings import HashingEmbedder
 from context_manager.core.memory.manager import MemoryManager
+from context_manager.core.memory.models import MemoryTier
 from context_manager.core.messages import Message
 
 CHUNK = 500  # maintenance._IMPORT_CHUNK
@@ -273,3 +274,79 @@ async def test_an_import_cancelled_as_it_saves_vectors_does_not_embed_that_batch
         await asyncio.gather(*holder)
         await vectors_made_in_the_background(manager, CHUNK + 100)
         assert embedder.texts == CHUNK + 100  # each text once: 512 by the import, the rest in the background
+
+
+class BrokenImportEmbedder(CountingEmbedder):
+    """The counting embedder (same model name) whose call for many texts (an import's batch) fails."""
+
+    def embed(self, texts: list[str]) -> NDArray[np.float32]:
+        if len(texts) > 1:
+            raise RuntimeError("the model ran out of memory")
+        return super().embed(texts)
+
+
+async def test_an_import_replacing_a_text_drops_the_old_texts_vector(
+    config: ContextManagerConfig, tmp_path: Path
+) -> None:
+    """Before: an imported memory replacing a stored one with another text kept the old text's vector until
+    the import embedded the new one (after every chunk is written); the import stopped first (here its model
+    failed: a killed process does the same), the memory kept the old text's vector for good (the next open
+    embeds only memories without one), as an update of a text did before it dropped the vector with it."""
+    memory_id = "imported-00000"
+    source = write_export(tmp_path / "export.jsonl", 3)  # "imported note 0 about the harbour crane", ...
+    earlier = tmp_path / "earlier.jsonl"  # the same long-term memories, the first with another text
+    lines = source.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["content"] = "an old note about bicycles and tyres"
+    earlier.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n", encoding="utf-8")
+    async with MemoryManager(config, embedder=CountingEmbedder()) as manager:
+        await manager.import_memories(earlier)
+        old = (await manager._require("vectors").vectors_of([memory_id]))[memory_id]
+    async with MemoryManager(config, embedder=BrokenImportEmbedder()) as manager:
+        result = await manager.import_memories(source)
+        assert result["replaced"] == 3
+    async with MemoryManager(config, embedder=CountingEmbedder()) as manager:  # embeds what has no vector
+        stored = await manager.get_memory(memory_id)
+        assert stored is not None and stored.content == "imported note 0 about the harbour crane"
+        vector = (await manager._require("vectors").vectors_of([memory_id]))[memory_id]
+        assert not np.allclose(vector, old)
+        assert np.allclose(vector, HashingEmbedder(dimension=64).embed([stored.content])[0], atol=1e-5)
+
+
+async def test_an_import_moves_the_overflow_a_write_between_its_chunks_made(
+    config: ContextManagerConfig, tmp_path: Path
+) -> None:
+    """Before: the import places its copies by the tier counts read before its first chunk; a write between
+    two chunks found the tier within its capacity, the import's next chunk filled it, and the tier stayed
+    over its capacity after the import (nothing moved it until the next write)."""
+    capacity = CHUNK + 100
+    config = config.model_copy(update={"short_term_memory_size": capacity, "medium_term_memory_size": 2000})
+    source = tmp_path / "export.jsonl"
+    with source.open("w", encoding="utf-8") as handle:
+        for number in range(capacity):  # exactly the short-term tier's capacity
+            record = {
+                "id": f"short-{number:05d}",
+                "content": f"short note {number} about the harbour crane",
+                "tier": "short",
+                "tiers": ["short"],
+                "importance": 0.3,
+                "created_at": 1_700_000_000.0 + number,
+                "last_accessed": 1_700_000_000.0 + number,
+                "metadata": {},
+            }
+            handle.write(json.dumps(record) + "\n")
+    async with MemoryManager(config) as manager:
+        pending: list[asyncio.Task[object]] = []
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if done == CHUNK:  # an id of its own: the add takes the write lock on PostgreSQL too
+                pending.append(asyncio.create_task(manager.add_memory("between", memory_id="between")))
+
+        report = await manager.import_memories(source, progress=progress)
+        await asyncio.gather(*pending)
+        assert report["by_tier"]["short"] == capacity
+        backend = manager._require("count")
+        task = manager._rebalance_task
+        assert task is not None, f"short-term tier left at {await backend.count(MemoryTier.SHORT)}"
+        await task
+        assert await backend.count(MemoryTier.SHORT) <= capacity

@@ -386,7 +386,10 @@ async def test_a_memory_in_another_schema_never_takes_this_ones_turn(postgres_ds
                 for n in range(10):
                     await here.add_memory(f"note {n} about the harbour")
                 await here.flush()
-                assert (await here.get_memory_stats())["by_tier"] == {"short": 7, "medium": 3, "long": 0}
+                # moved, not skipped (10 short-term before); 7/3 or 8/2: the 10th add may come before the
+                # background move ranks its victims (an add reads no count since issue 12's p99 fix)
+                by_tier = (await here.get_memory_stats())["by_tier"]
+                assert by_tier["short"] <= 8 and by_tier["short"] + by_tier["medium"] == 10, by_tier
                 async with asyncio.timeout(10):  # and consolidation does not wait for the other one
                     await here.consolidate_memories()
     finally:

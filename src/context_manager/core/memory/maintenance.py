@@ -402,7 +402,8 @@ class MemoryMaintenance(TierMovement):
         without ``tiers`` (an older export) goes to its ``tier``, plus a long-term copy when it is
         short-term and at least ``long_term_importance_threshold`` important, as :meth:`add_memory`
         places it. What does not fit a tier's capacity flows to the next one (a short-term copy whose
-        memory has a long-term copy is just not made; the capacities are read once, before the first write).
+        memory has a long-term copy is just not made; the counts are read once, before the first write: an
+        overflow that writes between the chunks add is moved in the background once they are written).
 
         The memories are written :data:`_IMPORT_CHUNK` copies at a time, then embedded (with an
         embedder) a batch at a time: the manager's locks are held only while a chunk is written or a
@@ -410,7 +411,8 @@ class MemoryMaintenance(TierMovement):
         a long import; new turns that ``remember_messages`` writes meanwhile to a session the file holds
         are numbered after the file's turns of it. Stopped midway by an error or a cancellation, the
         chunks written stay (and get their vectors in the background): the error has a note saying how
-        many memories were written, and importing the file again finishes the import.
+        many memories were written, and importing the file again finishes the import. A memory whose text
+        the file changes loses its old text's vector as its chunk is written (embedded again after).
 
         Args:
             path: A file written by :meth:`export_memories`.
@@ -481,6 +483,7 @@ class MemoryMaintenance(TierMovement):
             await self._write_imported(memories, placement, floors, links, progress)
         finally:
             self._import_turn_floors[:] = [held for held in self._import_turn_floors if held is not floors]
+        await self._move_overflow_of_import()
         by_tier = {tier.value: len(placement[tier]) for tier in MemoryTier}
         await self._embed_imported(list(memories.values()), progress)
         self._maybe_compact()
@@ -529,6 +532,13 @@ class MemoryMaintenance(TierMovement):
                     for copy in stored:  # written meanwhile by another user (an id given to add_memory)
                         if copy.user_id != memories[copy.id].user_id:
                             raise _another_users_id(copy.id, links[copy.id])
+                    # a memory whose text the import replaces loses the old text's vector first (as an
+                    # update of a text does): embedded after every chunk is written, an import stopped
+                    # before that (killed, its model failing) left the old vector for good (the next open
+                    # embeds memories without one only)
+                    retexted = [copy.id for copy in stored if copy.content != memories[copy.id].content]
+                    if retexted:
+                        await backend.delete_vectors(list(dict.fromkeys(retexted)))
                     try:
                         await backend.put(tier, items)
                         written.update(dict.fromkeys(ids))
@@ -600,6 +610,22 @@ class MemoryMaintenance(TierMovement):
                 )
             self._embed_later(memories[done:])
             raise
+
+    async def _move_overflow_of_import(self) -> None:
+        """Start the overflow move if the import left a tier over its capacity.
+
+        The copies are placed by the counts read before the first chunk: a write between two chunks (which
+        found the tier within its capacity) and the chunks after it can fill a tier past its capacity.
+        """
+        backend = self._require("import_memories")
+        short_count = await backend.count(MemoryTier.SHORT)
+        medium_count = await backend.count(MemoryTier.MEDIUM)
+        over = (
+            short_count > self.config.short_term_memory_size
+            or medium_count > self.config.medium_term_memory_size
+        )
+        if over and self._state == "ready" and not self._closing:
+            self._start_rebalance()
 
     def _forget_turn_state(self, floors: Mapping[tuple[str | None, str], int]) -> None:
         """Drop what is cached of the sessions of an import: their last turn and its number are read again.

@@ -344,6 +344,20 @@ class TierMovement(ManagerState):
         self._victim_reserve[source] = (ids[needed:], ranked_at)
         return ids[:needed]
 
+    def _start_rebalance(self) -> asyncio.Task[None]:
+        """Start the background move of the overflow (or have the running one go round again); its task.
+
+        The overflow moves in the background (it needs the write lock, a chunk at a time), never in the
+        write that finds it: one rebalance at a time is enough, it keeps moving until both tiers are within
+        their capacity.
+        """
+        task = self._rebalance_task
+        if task is None or task.done():
+            task = self._rebalance_task = self._spawn(self._rebalance())
+        else:  # it may be past its last capacity check: it goes round again before it ends
+            self._rebalance_again = True
+        return task
+
     async def _rebalance(self) -> None:
         """Bring every tier back within its capacity (short -> medium -> long), in the background.
 

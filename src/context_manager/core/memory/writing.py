@@ -242,20 +242,6 @@ class MemoryWriting(TierMovement):
             written = {memory.id: memory for memory, _ in items}
         return [written.get(memory_id) or existing[memory_id] for memory_id in order]
 
-    def _start_rebalance(self) -> asyncio.Task[None]:
-        """Start the background move of the overflow (or have the running one go round again); its task.
-
-        The overflow moves in the background (it needs the write lock, a chunk at a time), never in the
-        write that finds it: one rebalance at a time is enough, it keeps moving until both tiers are within
-        their capacity.
-        """
-        task = self._rebalance_task
-        if task is None or task.done():
-            task = self._rebalance_task = self._spawn(self._rebalance())
-        else:  # it may be past its last capacity check: it goes round again before it ends
-            self._rebalance_again = True
-        return task
-
     async def _counts_after_write(self, backend: MemoryBackend) -> tuple[int, int]:
         """The short- and medium-term counts a write checks for an overflow, without a round trip if known.
 

@@ -1434,8 +1434,8 @@ class PostgresBackend:
         await self._execute(hnsw_index_statement(dimension), unbounded=True)
 
     async def delete_vectors(self, ids: Sequence[str]) -> None:
-        """Forget the vectors of ``ids``."""
-        if not ids or self._vector_model is None:
+        """Forget the vectors of ``ids`` (in a session without an embedder too: if the table exists)."""
+        if not ids or not await self._vector_table_exists():
             return
         rows = await self._fetch(
             "DELETE FROM cm_memory_vectors WHERE id = ANY(%s) RETURNING 1", (list(ids),), "vector delete"
