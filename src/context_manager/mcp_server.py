@@ -66,6 +66,7 @@ from context_manager.core.memory.validation import check_memory_id, check_user
 from context_manager.core.memory.writing import merged_originals
 from context_manager.core.telemetry import (
     Telemetry,
+    memory_add_attributes,
     telemetry_for_current_providers,
     traced_call,
     traced_search,
@@ -509,10 +510,7 @@ def _memory_tools(handle: _MemoryHandle, user_id: str | None) -> list[Any]:
                 handle.telemetry,
                 "add_memory",
                 handle.get().add_memory(content, importance, tags, user_id=user_id, source="mcp"),
-                {
-                    "context_manager.memory.importance": importance,
-                    "context_manager.memory.tags": len(tags or ()),
-                },
+                memory_add_attributes(importance, tags),
             )
         except ContextManagerError as error:
             raise _tool_error(error, handle) from None

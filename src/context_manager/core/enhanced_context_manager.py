@@ -93,6 +93,7 @@ from context_manager.core.summarizers.llm import LLMSummarizer
 from context_manager.core.telemetry import (
     MemorySizeSampler,
     Telemetry,
+    memory_add_attributes,
     shared_memory_sampler,
     telemetry_for_current_providers,
     traced_add,
@@ -1617,11 +1618,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         )
         if self._telemetry is None:
             return await add
-        attributes: dict[str, Any] = {}  # what the MCP tool memory_add records; a bad value is left out
-        if isinstance(importance, (int, float)) and not isinstance(importance, bool):
-            attributes["context_manager.memory.importance"] = importance
-        if isinstance(tags, (list, tuple)):
-            attributes["context_manager.memory.tags"] = len(tags)
+        attributes = memory_add_attributes(importance, tags)  # as the MCP tool memory_add records them
         return await traced_call(self._telemetry, "add_memory", add, attributes)
 
     @monitored_operation("search_memory")

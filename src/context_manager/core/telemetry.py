@@ -77,6 +77,7 @@ __all__ = [
     "MemorySizeSampler",
     "Telemetry",
     "configure_opentelemetry",
+    "memory_add_attributes",
     "shared_memory_sampler",
     "telemetry_for_current_providers",
     "traced_add",
@@ -460,15 +461,7 @@ class Telemetry:
         """
         if not self.metering:
             return
-        labels: dict[str, str | int] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": model,
-        }
-        if response_model:
-            labels["gen_ai.response.model"] = response_model
-        if server:
-            labels.update(server)
+        labels = _genai_chat_labels(provider, model, response_model, server)
         if error_type is not None:
             labels["error.type"] = error_type
         self._genai_duration.record(duration_s, labels)
@@ -491,20 +484,43 @@ class Telemetry:
         """
         if not self.metering:
             return
-        labels: dict[str, str | int] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": provider,
-            "gen_ai.request.model": model,
-            "context_manager.operation": "summarize",
-        }
-        if response_model:
-            labels["gen_ai.response.model"] = response_model
-        if server:
-            labels.update(server)
+        labels = _genai_chat_labels(provider, model, response_model, server)
+        labels["context_manager.operation"] = "summarize"
         if input_tokens is not None:
             self._token_usage.record(input_tokens, {**labels, "gen_ai.token.type": "input"})
         if output_tokens is not None:
             self._token_usage.record(output_tokens, {**labels, "gen_ai.token.type": "output"})
+
+
+def _genai_chat_labels(
+    provider: str, model: str, response_model: str | None, server: Mapping[str, str | int] | None
+) -> dict[str, str | int]:
+    """The GenAI conventions' attributes of one LLM summary call (its duration and token usage points)."""
+    labels: dict[str, str | int] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+    }
+    if response_model:
+        labels["gen_ai.response.model"] = response_model
+    if server:
+        labels.update(server)
+    return labels
+
+
+def memory_add_attributes(importance: object, tags: object) -> dict[str, Any]:
+    """The attributes of an ``add_memory`` span: importance and the tag count.
+
+    A value of a wrong type (which the store then refuses) is left out.
+    """
+    attributes: dict[str, Any] = {}
+    if isinstance(importance, (int, float)) and not isinstance(importance, bool):
+        attributes["context_manager.memory.importance"] = importance
+    if tags is None:
+        attributes["context_manager.memory.tags"] = 0
+    elif isinstance(tags, (list, tuple)):
+        attributes["context_manager.memory.tags"] = len(tags)
+    return attributes
 
 
 class _CompressionTrace:
