@@ -14,6 +14,9 @@
     context-manager memory consolidate --threshold 0.85
     context-manager memory cleanup --max-age-days 30 --all-users   # every user's, not only the default's
     context-manager memory migrate --from ./cache/storage --to postgresql://app@db/app
+    context-manager conversations list --user alice --limit 20   # persisted conversations, newest first
+    context-manager conversations show chat-7 --format openai     # the window, as get_context gives it
+    context-manager conversations delete chat-7 chat-8
     context-manager health
     context-manager examples basic
     context-manager mcp serve --storage ./memory --user alice     # an MCP server over stdio (mcp extra)
@@ -45,6 +48,11 @@ the ``--user`` namespace (the shared one by default, as ``memory search``), or o
 deleted, on one ``error:`` line, with exit code 1 (as ``rm`` does); ``--json`` prints ``{"user",
 "all_users", "deleted", "originals_deleted", "not_found"}`` either way.
 
+``conversations list`` and ``show`` replay the stored records as a resuming manager does and write
+nothing (no fitting compression, whatever ``max_tokens`` is configured); ``conversations delete ID...``
+deletes as ``delete_conversation`` does (any conversation, or with ``--user`` that user's and nobody's),
+reporting the ids it did not delete as ``memory delete`` does (exit code 1).
+
 Exit codes: 0 success; 1 an error (one line on stderr, ``error: ...``; ``error: internal error: ...``
 for a bug, whose traceback ``--debug`` shows); 2 bad usage (unknown option,
 bad argument); 3 ``health`` found the storage unhealthy, or no memory store at the path; 4 ``memory
@@ -68,7 +76,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -79,6 +87,8 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from context_manager.core.config import ContextManagerConfig
+    from context_manager.core.context_window import ContextWindow
+    from context_manager.core.conversations.store import ConversationStore, StoredConversation
     from context_manager.core.memory.manager import MemoryManager
     from context_manager.core.memory.models import Memory
 
@@ -113,6 +123,12 @@ mcp_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(mcp_app, name="mcp")
+conversations_app = typer.Typer(
+    help="List, show and delete persisted conversations (the ones managers with a conversation_id write).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(conversations_app, name="conversations")
 
 
 class Encoding(StrEnum):
@@ -120,6 +136,14 @@ class Encoding(StrEnum):
 
     O200K_BASE = "o200k_base"
     CL100K_BASE = "cl100k_base"
+
+
+class ExportFormat(StrEnum):
+    """The provider formats ``conversations show --format`` exports, as ``get_context`` gives them."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OPENAI_RESPONSES = "openai_responses"
 
 
 class ExampleName(StrEnum):
@@ -1609,6 +1633,329 @@ def _print_migration(options: _Options, report: Any, *, verify_only: bool) -> No
         )
     out.print(table)
     out.print("verified: identical" if report.ok else "verified: DIFFERENT", markup=False)
+
+
+# ----------------------------------------------------------------------------------- conversations
+
+
+@contextlib.asynccontextmanager
+async def _open_conversations(options: _Options) -> AsyncIterator[ConversationStore | None]:
+    """The store of persisted conversations next to the configured memory (``None``: none stored yet).
+
+    Opened as a manager opens it (the memory store's database on PostgreSQL, ``conversations.sqlite3``
+    in the storage directory), after the memory store, which is opened as the read-only memory commands
+    open it (no embedder, no memory moved): on SQLite a running application holding the storage gives
+    ``StorageLockedError``, as for ``memory stats``. A storage directory without the conversations file
+    has none, and none is created.
+    """
+    from context_manager.core.conversations.sqlite_store import CONVERSATIONS_FILE_NAME
+    from context_manager.core.shared_store import _new_conversation_store
+
+    async with _open_memory(options, create=False, embedder=False, inspect=True) as manager:
+        backend = manager.backend
+        on_postgres = backend is not None and backend.kind == "postgres"
+        if not on_postgres and not (manager.config.resolved_storage_path / CONVERSATIONS_FILE_NAME).exists():
+            yield None
+            return
+        store = _new_conversation_store(manager)
+        await store.open()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@dataclasses.dataclass(slots=True)
+class _ConversationView:
+    """A stored conversation's window as a manager resuming it holds it (read-only: nothing is written)."""
+
+    stored: StoredConversation
+    """What the store holds."""
+    window: ContextWindow
+    """The window its records replay to."""
+    updated_at: float | None = None
+    """When it last changed (from the listing; ``None`` when not listed)."""
+
+    def summary_row(self) -> dict[str, Any]:
+        """The figures of ``conversations list``."""
+        window = self.window
+        return {
+            "conversation_id": self.stored.conversation_id,
+            "user_id": self.stored.user_id,
+            "version": self.stored.version,
+            "message_count": len(window),
+            "token_count": window.token_count,
+            "compression_count": window.compression_count,
+            "created_at": self.stored.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    def details(self) -> dict[str, Any]:
+        """What ``conversations show --json`` prints: the figures, the summary and every message."""
+        window = self.window
+        summary = window.summary
+        return {
+            **self.summary_row(),
+            "pinned": window.pinned_count,
+            "pending_tool_calls": sorted(window.pending_tool_calls),
+            "summary": None if summary is None else summary.content,
+            "compression_history": [record.to_dict() for record in window.compression_history],
+            "messages": [message.to_dict() for message in window.messages],
+        }
+
+
+async def _conversation_view(store: ConversationStore, conversation_id: str) -> _ConversationView | None:
+    """Replay a stored conversation into a window of its own (``None``: no such conversation).
+
+    The records are folded as a resuming manager folds them, into a window large enough to hold them as
+    stored: nothing is compressed, counted again, re-indexed or written (a manager opened to read a
+    conversation would store the compression fitting it to its ``max_tokens``: see docs/conversations.md).
+    """
+    from context_manager.core.context_window import CompressionRecord, ContextWindow
+    from context_manager.core.conversations.replay import fold
+    from context_manager.core.tokens import REPLY_PRIMING_TOKENS
+
+    stored = await store.load(conversation_id)
+    if stored.version == 0:
+        return None
+    state = fold(stored)
+    room = sum(message.token_count for message in state.messages) + REPLY_PRIMING_TOKENS + 1
+    window = ContextWindow(max(room, 2000), enable_compression=False)
+    await window.restore(
+        state.messages,
+        [CompressionRecord(**entry) for entry in state.history],
+        earlier_compressions=state.earlier_compressions,
+    )
+    return _ConversationView(stored, window)
+
+
+def _when(seconds: float | None) -> str:
+    """A time of the conversations API (seconds since the epoch) as UTC, to the second."""
+    import datetime
+
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _whose(user_id: str | None) -> str:
+    return "nobody's" if user_id is None else f"user {user_id}"
+
+
+def _check_conversation_options(conversation_ids: list[str], user: str | None) -> None:
+    """The ids and ``--user`` as the API checks them, before anything is opened."""
+    from context_manager.core.conversations.store import check_conversation_id
+    from context_manager.core.memory.validation import check_user
+
+    check_user(user, allow_all=False)
+    for conversation_id in conversation_ids:
+        check_conversation_id(conversation_id)
+
+
+def _owner_hint(conversation_id: str, owner: str | None) -> str:
+    if owner is None:  # a nobody's conversation is every manager's: only the listing leaves it out
+        return f"{conversation_id!r} is nobody's: omit --user"
+    return f"{conversation_id!r} belongs to user {owner!r}: pass --user {shlex.quote(owner)}"
+
+
+_CONVERSATION_USER_HELP = (
+    "Only this end user's conversations (the user_id of the managers that wrote them); "
+    "default: every conversation, as a manager without a user_id sees them."
+)
+
+
+@conversations_app.command("list", short_help="The stored conversations, most recently changed first.")
+def conversations_list(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option(metavar="NAME", help=_CONVERSATION_USER_HELP)] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="At most this many (the newest).")
+    ] = 20,
+) -> None:
+    """List the stored conversations, most recently changed first: id, user, messages, tokens, updated.
+
+    Read-only (each conversation is replayed to count its window; nothing is written). With --user, that
+    end user's conversations only (as a manager with that user_id lists them: nobody's are left out).
+    """
+
+    async def body(options: _Options) -> None:
+        _check_conversation_options([], user)
+        rows: list[dict[str, Any]] = []
+        async with _open_conversations(options) as store:
+            listed = [] if store is None else await store.list_conversations(user, limit=limit)
+            for info in listed:
+                assert store is not None  # (listed is empty otherwise)
+                view = await _conversation_view(store, info.conversation_id)
+                if view is None:  # deleted by another process since it was listed
+                    continue
+                view.updated_at = info.updated_at
+                rows.append(view.summary_row())
+        if options.json_output:
+            _print_json(options, rows)
+            return
+        if not rows:
+            whose = "" if user is None else f" of user {user!r}"
+            options.stdout.print(f"no conversations{whose}", markup=False, soft_wrap=True)
+            return
+        from rich.table import Table
+
+        table = Table(title=_plain(f"{len(rows)} conversation(s), newest first"), title_justify="left")
+        table.add_column("id", overflow="fold")
+        table.add_column("user", overflow="fold")
+        table.add_column("messages", justify="right", no_wrap=True)
+        table.add_column("tokens", justify="right", no_wrap=True)
+        table.add_column("updated (UTC)", no_wrap=True)
+        for row in rows:
+            table.add_row(
+                _plain(row["conversation_id"]),
+                _plain("-" if row["user_id"] is None else row["user_id"]),
+                str(row["message_count"]),
+                str(row["token_count"]),
+                _when(row["updated_at"]).removesuffix(" UTC"),
+            )
+        options.stdout.print(table)
+
+    _run(ctx, body, {**_USER_OPTION, "limit": "--limit"})
+
+
+@conversations_app.command("show", short_help="A conversation's window: messages, summary, compressions.")
+def conversations_show(
+    ctx: typer.Context,
+    conversation_id: Annotated[str, typer.Argument(help="The id, as `conversations list` prints it.")],
+    user: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The end user it must belong to (or nobody); default: any owner, as for list and delete.",
+        ),
+    ] = None,
+    export_format: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="Print the messages as get_context(format=...) gives them to the model (JSON).",
+        ),
+    ] = None,
+) -> None:
+    """Show a stored conversation's window as the model sees it (read-only: nothing is written).
+
+    The messages with their roles, the rolling summary and the count of compressions; with --format,
+    the JSON request get_context() exports (openai, anthropic or openai_responses). With --user, a
+    conversation of another end user is refused (exit code 1; the error names its owner).
+    """
+
+    async def body(options: _Options) -> None:
+        _check_conversation_options([conversation_id], user)
+        async with _open_conversations(options) as store:
+            view = None if store is None else await _conversation_view(store, conversation_id)
+        if view is None:
+            raise CommandError(
+                f"no conversation with id {conversation_id!r} (`conversations list` lists them)"
+            )
+        owner = view.stored.user_id
+        if user is not None and owner != user and owner is not None:
+            raise CommandError(
+                f"no conversation of user {user!r} (or nobody's) with id {conversation_id!r} "
+                f"({_owner_hint(conversation_id, owner)})"
+            )
+        if export_format is not None:
+            from context_manager.core.provider_formats import to_provider_format
+
+            _print_json(options, to_provider_format(view.window.select(None), export_format.value))
+            return
+        if options.json_output:
+            _print_json(options, view.details())
+            return
+        details = view.details()
+        out = options.stdout
+        out.print(
+            f"conversation {_shown(conversation_id)} ({_shown(_whose(owner))}): "
+            f"{details['message_count']} messages, {details['token_count']} tokens (as get_context_summary "
+            f"counts them), version {details['version']}, {details['compression_count']} compression(s), "
+            f"created {_when(details['created_at'])}",
+            markup=False,
+            soft_wrap=True,
+        )
+        for message in view.window.messages:
+            flags = []
+            if message is view.window.summary:
+                flags.append("summary")
+            if message.pinned:
+                flags.append("pinned")
+            label = f"[{message.role.value}{', ' + ', '.join(flags) if flags else ''}]"
+            line = f"{label} {message.content}"
+            for call in message.tool_calls:
+                line += f"\n  call {call.id}: {call.name}({json.dumps(call.arguments, ensure_ascii=False)})"
+            out.print(_shown(line), markup=False, highlight=False, soft_wrap=True)
+
+    _run(ctx, body, {**_USER_OPTION, "conversation_id": "ID"})
+
+
+@conversations_app.command("delete", short_help="Delete conversations by id, with all their records.")
+def conversations_delete(
+    ctx: typer.Context,
+    conversation_ids: Annotated[
+        list[str], typer.Argument(help="Ids as `conversations list` prints them.", metavar="ID")
+    ],
+    user: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Delete only this end user's (and nobody's) conversations, as a manager with that user_id "
+            "does; default: any, as a manager without a user_id does.",
+        ),
+    ] = None,
+) -> None:
+    """Delete stored conversations and all their records (delete_conversation of the API).
+
+    Memories written from their evicted messages stay (memory delete erases them). A manager still
+    writing one gets ConversationConflictError on its next change. An id with no conversation (or, with
+    --user, another user's: the error line names its owner) is reported after the others are deleted,
+    on one error line, with exit code 1 (as rm and memory delete do).
+    """
+
+    async def body(options: _Options) -> int:
+        from context_manager.core.errors import ConversationAccessError
+
+        _check_conversation_options(conversation_ids, user)
+        wanted = list(dict.fromkeys(conversation_ids))  # each once, in the order given
+        deleted: list[str] = []
+        missing: list[str] = []
+        owners: dict[str, str | None] = {}  # refused: another user's
+        async with _open_conversations(options) as store:
+            for conversation_id in wanted:
+                if store is None:
+                    missing.append(conversation_id)
+                    continue
+                try:
+                    existed = await store.delete(conversation_id, user_id=user)
+                except ConversationAccessError:
+                    missing.append(conversation_id)
+                    owners[conversation_id] = (await store.load(conversation_id)).user_id
+                    continue
+                (deleted if existed else missing).append(conversation_id)
+        if options.json_output:
+            _print_json(options, {"user": user, "deleted": deleted, "not_found": missing})
+        else:
+            for conversation_id in deleted:
+                options.stdout.print(f"deleted {_shown(conversation_id)}", markup=False, soft_wrap=True)
+        if not missing:
+            return 0
+        where = "" if user is None else f" of user {user!r} (or nobody's)"
+        message = f"no conversation{where} with id{'s' if len(missing) > 1 else ''} " + ", ".join(
+            map(repr, missing)
+        )
+        hints = [_owner_hint(conversation_id, owner) for conversation_id, owner in owners.items()]
+        if hints:
+            message += f" ({'; '.join(hints)})"
+        if deleted:
+            message += f"; the other {len(deleted)} deleted"
+        options.stderr.print(f"error: {_shown(message)}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_ERROR
+
+    code = _run(ctx, body, {**_USER_OPTION, "conversation_id": "ID"})
+    if code:
+        raise typer.Exit(code)
 
 
 # ------------------------------------------------------------------------------------------ health
