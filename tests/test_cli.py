@@ -1436,7 +1436,9 @@ def test_subprocess_memory_export_to_a_reader_that_stops(store: Path) -> None:
     assert error == "error: standard output was closed before the whole export (400 memories) was written\n"
 
 
-@pytest.mark.parametrize("group", [[], ["memory"], ["mcp"]], ids=["top", "memory", "mcp"])
+@pytest.mark.parametrize(
+    "group", [[], ["memory"], ["mcp"], ["conversations"]], ids=["top", "memory", "mcp", "conversations"]
+)
 def test_help_lists_each_command_with_a_whole_summary_and_plain_metavars(group: list[str]) -> None:
     """On an 80-column terminal the command lists read as sentences, not cut off with "..."."""
     result = runner.invoke(app, [*group, "--help"], terminal_width=80)

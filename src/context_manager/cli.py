@@ -124,7 +124,7 @@ mcp_app = typer.Typer(
 )
 app.add_typer(mcp_app, name="mcp")
 conversations_app = typer.Typer(
-    help="List, show and delete persisted conversations (the ones managers with a conversation_id write).",
+    help="List, show and delete persisted conversations.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -1821,7 +1821,9 @@ def conversations_list(
 @conversations_app.command("show", short_help="A conversation's window: messages, summary, compressions.")
 def conversations_show(
     ctx: typer.Context,
-    conversation_id: Annotated[str, typer.Argument(help="The id, as `conversations list` prints it.")],
+    conversation_id: Annotated[
+        str, typer.Argument(help="The id, as `conversations list` prints it.", metavar="ID")
+    ],
     user: Annotated[
         str | None,
         typer.Option(
@@ -1833,7 +1835,9 @@ def conversations_show(
         ExportFormat | None,
         typer.Option(
             "--format",
-            help="Print the messages as get_context(format=...) gives them to the model (JSON).",
+            metavar="FORMAT",
+            help="openai, anthropic or openai_responses: print the messages as get_context(format=...) "
+            "gives them to the model (JSON).",
         ),
     ] = None,
 ) -> None:
