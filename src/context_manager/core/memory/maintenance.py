@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -13,6 +14,7 @@ from typing import Any
 
 from context_manager.core.errors import (
     InvalidMemoryError,
+    StorageCorruptedError,
     StorageError,
 )
 from context_manager.core.memory.backend import TIER_ORDER
@@ -34,7 +36,13 @@ from context_manager.core.memory.validation import (
 from context_manager.core.memory.write_health import records_write_outcome
 from context_manager.core.threads import to_the_end
 
-__all__ = ["MemoryMaintenance", "check_supersession_rings", "check_unique_id", "parse_exported_line"]
+__all__ = [
+    "MemoryMaintenance",
+    "check_supersession_rings",
+    "check_unique_id",
+    "exported_line",
+    "parse_exported_line",
+]
 
 _IMPORT_CHUNK = 500
 """Copies an import writes per hold of the locks (other writers go on between chunks)."""
@@ -196,6 +204,61 @@ def _recorded_tiers(value: Any) -> set[MemoryTier] | None:
         raise ValueError(f"tiers: got {value!r}; allowed {allowed}") from None
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """Where in ``value`` (JSON values of a memory) a NaN or an infinity is: ``path.key[0]``, or ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found = _non_finite(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def exported_line(record: Mapping[str, Any]) -> str:
+    """A memory's line of an export: strict JSON (RFC 8259), which any JSON parser reads.
+
+    Raises:
+        StorageCorruptedError: a value is NaN or an infinity (no memory the library writes holds one:
+            another program wrote it into the store). ``json.dumps`` wrote it as ``NaN`` or ``Infinity``,
+            which ``jq``, JavaScript and most parsers refuse, and which the import refused only when it
+            read the file back: a backup found unusable when it was needed.
+    """
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        where = next(
+            (found for key, value in record.items() if (found := _non_finite(value, key)) is not None),
+            "a value",
+        )
+        raise StorageCorruptedError(
+            f"cannot export memory {record.get('id')!r}: its {where} is not a finite number (NaN or an "
+            "infinity, which JSON cannot hold; another program wrote it into the store, since adding a "
+            "memory refuses one); nothing was exported (an earlier export file is kept): correct the value "
+            f"in the store, or delete the memory (context-manager memory delete {record.get('id')} "
+            "--all-users), and export again"
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads``'s ``parse_constant``: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON."""
+    raise ValueError(f"{name} is not a JSON number; allowed finite numbers (an export holds no other)")
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads``'s ``parse_float``: a number too large for a float (``1e999``) was an infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range; allowed finite numbers (an export holds no other)")
+    return value
+
+
 def parse_exported_line(
     line: str, location: str, *, expected: str = "a memory as written by export_memories"
 ) -> tuple[Memory, set[MemoryTier] | None]:
@@ -213,7 +276,8 @@ def parse_exported_line(
         InvalidMemoryError: the line is not a valid memory (``field`` is ``location``).
     """
     try:
-        data = json.loads(line)
+        # strict JSON: NaN and infinities are refused here, each named (not as a field's odd value later)
+        data = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         importance = check_importance(data.get("importance", 0.5))  # as written: not true, not "0.7"
@@ -312,7 +376,12 @@ class MemoryMaintenance(TierMovement):
         renamed; through a symbolic link, the file it leads to, and the link stays); a path that is no
         regular file (a named pipe, a shell's ``>(...)``) or leads into ``/dev``
         or ``/proc`` (``/dev/stdout``, redirected to a file too) is written through. Returns how many
-        memories were written.
+        memories were written. The file is strict JSON Lines, which any JSON parser reads.
+
+        Raises:
+            StorageCorruptedError: a memory holds a NaN or an infinity (only another program can have
+                written one into the store): the message names the memory and the field; a file is
+                left as it was (nothing is renamed over it).
         """
         check_user(user_id, allow_all=True)
         target = check_path(path)
@@ -335,7 +404,7 @@ class MemoryMaintenance(TierMovement):
                 record["tiers"] = [
                     tier.value for tier in sorted(tiers[memory_id], key=TIER_ORDER.__getitem__)
                 ]
-                yield json.dumps(record, ensure_ascii=False) + "\n"
+                yield exported_line(record)
 
         def write_through() -> int:
             """Into a pipe or device (``mkfifo``, ``>(gzip > b.gz)``, ``/dev/stdout``): it is not replaced."""
@@ -373,6 +442,8 @@ class MemoryMaintenance(TierMovement):
 
         try:
             return await asyncio.to_thread(write)
+        except StorageError:  # a memory that cannot be written (it says which), not the file
+            raise
         except OSError as error:
             raise StorageError(f"cannot export memories to {target}: {error}", path=target) from error
 
