@@ -171,3 +171,91 @@ def test_deleting_on_postgresql_refuses_the_next_change_of_a_running_writer(
 
     result = asyncio.run(scenario())
     assert result.returncode == 0 and result.stdout.strip() == "deleted live-1", result.stderr
+
+
+async def _write_a_long_conversation() -> dict[str, Any]:
+    """A writer with another token encoding, tool calls, a pin, snapshots and over 100 compressions."""
+    config = ContextManagerConfig(max_tokens=300, token_encoding="cl100k_base", conversation_snapshot_every=7)
+    async with EnhancedContextManager(config, conversation_id="long-1", user_id="ana") as manager:
+        await manager.add_message("system", "You are a support assistant.")
+        await manager.add_message("user", "My order number is 1042.", pinned=True)
+        turn = 0
+        while manager.get_context_summary()["compression_count"] <= 105:
+            await manager.add_message("user", f"Question {turn}: where is parcel {turn * 13} now?")
+            if turn % 5 == 0:
+                call = {
+                    "id": f"call_{turn}",
+                    "type": "function",
+                    "function": {"name": "track", "arguments": json.dumps({"parcel": turn * 13})},
+                }
+                await manager.add_message("assistant", None, tool_calls=[call])
+                await manager.add_message(
+                    "tool", f"parcel {turn * 13}: in transit", tool_call_id=f"call_{turn}"
+                )
+            await manager.add_message("assistant", f"Answer {turn}: it left the depot on day {turn}.")
+            turn += 1
+        seen = {
+            "summary": manager.get_context_summary(),
+            "messages": [message.to_dict() for message in manager.messages],
+            "history": manager.compression_history,
+            "formats": {
+                name: manager.get_context(format=name) for name in ("openai", "anthropic", "openai_responses")
+            },
+        }
+    async with EnhancedContextManager(config, conversation_id="long-1", user_id="ana") as resumed:
+        seen["resumed"] = [message.to_dict() for message in resumed.messages]
+        seen["resumed_summary"] = resumed.get_context_summary()
+    return seen
+
+
+def test_show_and_list_give_what_the_writer_and_a_resuming_manager_hold(backend: str) -> None:
+    """After snapshots and more compressions than the history keeps, with the writer's token encoding
+    other than the command's configuration: the same window, counts and exports, on both backends."""
+    seen = asyncio.run(_write_a_long_conversation())
+    assert seen["resumed"] == seen["messages"]
+    shown = run_json("conversations", "show", "long-1")
+    assert shown["messages"] == seen["messages"]
+    assert shown["compression_history"] == seen["history"] and len(seen["history"]) == 100
+    for key in ("message_count", "token_count", "compression_count"):
+        assert shown[key] == seen["summary"][key] == seen["resumed_summary"][key], key
+    assert shown["pinned"] == seen["summary"]["pinned_count"] >= 1
+    for name, exported in seen["formats"].items():
+        assert run_json("conversations", "show", "long-1", "--format", name) == exported, name
+    (row,) = run_json("conversations", "list")
+    assert (row["message_count"], row["token_count"], row["compression_count"]) == (
+        shown["message_count"],
+        shown["token_count"],
+        shown["compression_count"],
+    )
+
+
+def test_list_shows_the_others_when_one_conversation_does_not_replay(tmp_path: Path) -> None:
+    """A record of a kind a newer version writes (or a damaged one) in one conversation: list_conversations()
+    lists it, and so does the command, without its figures, the others whole; exit code 1, one error line."""
+    import sqlite3
+
+    store = tmp_path / "store"
+
+    async def write() -> None:
+        config = ContextManagerConfig(storage_path=str(store))
+        for conversation_id in ("a-1", "b-2"):
+            async with EnhancedContextManager(config, conversation_id=conversation_id) as manager:
+                await manager.add_message("user", f"hello from {conversation_id}")
+
+    asyncio.run(write())
+    with sqlite3.connect(store / "conversations.sqlite3") as db:
+        db.execute("INSERT INTO conversation_records VALUES ('b-2', 2, 'rename', 'w', '{}', 0)")
+        db.execute("UPDATE conversations SET version = 2, updated_at = updated_at + 1 WHERE id = 'b-2'")
+    db.close()
+    result = run_cli("--json", "--storage", str(store), "conversations", "list")
+    assert_one_line_error(result, "cannot replay conversation 'b-2'", "unknown record kind 'rename'")
+    rows = {row["conversation_id"]: row for row in json.loads(result.stdout)}
+    assert rows["a-1"]["message_count"] == 1 and rows["a-1"]["error"] is None
+    assert rows["b-2"]["message_count"] is None and rows["b-2"]["version"] == 2
+    assert "unknown record kind 'rename'" in rows["b-2"]["error"]
+    table = run_cli("--storage", str(store), "conversations", "list")
+    assert table.returncode == 1 and "a-1" in table.stdout and "b-2" in table.stdout, table.stderr
+    assert run_cli("--storage", str(store), "conversations", "delete", "b-2").returncode == 0
+    assert [row["conversation_id"] for row in run_json("--storage", str(store), "conversations", "list")] == [
+        "a-1"
+    ]

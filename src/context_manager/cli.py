@@ -1778,25 +1778,51 @@ def conversations_list(
     end user's conversations only (as a manager with that user_id lists them: nobody's are left out).
     """
 
-    async def body(options: _Options) -> None:
+    async def body(options: _Options) -> int:
+        from context_manager.core.errors import ContextManagerError
+
         _check_conversation_options([], user)
         rows: list[dict[str, Any]] = []
+        unreadable: list[str] = []  # "'id': why", for the error line after the listing
         async with _open_conversations(options) as store:
             listed = [] if store is None else await store.list_conversations(user, limit=limit)
             for info in listed:
                 assert store is not None  # (listed is empty otherwise)
-                view = await _conversation_view(store, info.conversation_id)
+                try:
+                    view = await _conversation_view(store, info.conversation_id)
+                except ContextManagerError as error:
+                    # one conversation whose records do not replay (damaged, or a kind of record a newer
+                    # version writes) is listed without its figures: the others, and its id to show or
+                    # delete it, are still there, as list_conversations() lists it
+                    unreadable.append(f"{info.conversation_id!r} ({type(error).__name__}: {error})")
+                    row = {**info.to_dict(), "message_count": None, "token_count": None}
+                    row["compression_count"] = None
+                    row["error"] = f"{type(error).__name__}: {error}"
+                    rows.append(row)
+                    continue
                 if view is None:  # deleted by another process since it was listed
                     continue
                 view.updated_at = info.updated_at
-                rows.append(view.summary_row())
+                rows.append({**view.summary_row(), "error": None})
+        code = 0
+        if unreadable:
+            code = EXIT_ERROR
+            options.stderr.print(
+                _shown(
+                    f"error: cannot replay conversation{'s' if len(unreadable) > 1 else ''} "
+                    f"{'; '.join(unreadable)}; listed without figures (`conversations delete ID` removes one)"
+                ),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if options.json_output:
             _print_json(options, rows)
-            return
+            return code
         if not rows:
             whose = "" if user is None else f" of user {user!r}"
             options.stdout.print(f"no conversations{whose}", markup=False, soft_wrap=True)
-            return
+            return code
         from rich.table import Table
 
         table = Table(title=_plain(f"{len(rows)} conversation(s), newest first"), title_justify="left")
@@ -1809,13 +1835,16 @@ def conversations_list(
             table.add_row(
                 _plain(row["conversation_id"]),
                 _plain("-" if row["user_id"] is None else row["user_id"]),
-                str(row["message_count"]),
-                str(row["token_count"]),
+                "?" if row["message_count"] is None else str(row["message_count"]),
+                "?" if row["token_count"] is None else str(row["token_count"]),
                 _when(row["updated_at"]).removesuffix(" UTC"),
             )
         options.stdout.print(table)
+        return code
 
-    _run(ctx, body, {**_USER_OPTION, "limit": "--limit"})
+    code = _run(ctx, body, {**_USER_OPTION, "limit": "--limit"})
+    if code:
+        raise typer.Exit(code)
 
 
 @conversations_app.command("show", short_help="A conversation's window: messages, summary, compressions.")
