@@ -85,6 +85,27 @@ def test_export_refuses_a_nan_another_program_wrote_into_sqlite(tmp_path: Path) 
     assert [strict_json(line)["id"] for line in lines] == [kept]
 
 
+def test_migrate_refuses_a_nan_another_program_wrote_with_the_memory_named(tmp_path: Path) -> None:
+    """``memory migrate`` of a store holding a NaN ended with "internal error: ValueError: Out of range
+    float values are not JSON compliant (a bug...)": the copy's checksum could not be computed. Now it
+    names the memory and the field, as the export does, and writes no memory to the target."""
+    store = tmp_path / "store"
+    storage = ["--storage", str(store)]
+    _add(*storage, content="a memory with clean values")
+    damaged = _add(*storage, content="a memory whose metadata another program changed")
+    with sqlite3.connect(store / "memories.sqlite3") as database:
+        database.execute("UPDATE memories SET metadata = ? WHERE id = ?", ('{"score": NaN}', damaged))
+    target = tmp_path / "target"
+    refused = run_cli("memory", "migrate", "--from", str(store), "--to", str(target))
+    assert_one_line_error(
+        refused, f"cannot copy memory '{damaged}'", "its metadata.score is not a finite number"
+    )
+    assert "internal error" not in refused.stderr
+    if (target / "memories.sqlite3").exists():
+        with sqlite3.connect(target / "memories.sqlite3") as database:
+            assert database.execute("SELECT count(*) FROM memories").fetchone() == (0,)
+
+
 def test_export_refuses_a_nan_importance_on_postgresql(
     tmp_path: Path, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

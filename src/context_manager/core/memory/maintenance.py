@@ -221,6 +221,26 @@ def _non_finite(value: Any, path: str) -> str | None:
     return None
 
 
+def non_finite_memory_error(record: Mapping[str, Any], doing: str, kept: str) -> StorageCorruptedError:
+    """The error for a stored memory holding a NaN or an infinity (JSON holds neither).
+
+    Args:
+        record: The memory's JSON fields (``Memory.to_dict()``).
+        doing: What could not be done, e.g. ``"export memory"``.
+        kept: What was left as it was, e.g. ``"nothing was exported (an earlier export file is kept)"``.
+    """
+    where = next(
+        (found for key, value in record.items() if (found := _non_finite(value, key)) is not None),
+        "a value",
+    )
+    return StorageCorruptedError(
+        f"cannot {doing} {record.get('id')!r}: its {where} is not a finite number (NaN or an "
+        "infinity, which JSON cannot hold; another program wrote it into the store, since adding a "
+        f"memory refuses one); {kept}: correct the value in the store, or delete the memory "
+        f"(context-manager memory delete {record.get('id')} --all-users), and try again"
+    )
+
+
 def exported_line(record: Mapping[str, Any]) -> str:
     """A memory's line of an export: strict JSON (RFC 8259), which any JSON parser reads.
 
@@ -233,16 +253,8 @@ def exported_line(record: Mapping[str, Any]) -> str:
     try:
         return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError:
-        where = next(
-            (found for key, value in record.items() if (found := _non_finite(value, key)) is not None),
-            "a value",
-        )
-        raise StorageCorruptedError(
-            f"cannot export memory {record.get('id')!r}: its {where} is not a finite number (NaN or an "
-            "infinity, which JSON cannot hold; another program wrote it into the store, since adding a "
-            "memory refuses one); nothing was exported (an earlier export file is kept): correct the value "
-            f"in the store, or delete the memory (context-manager memory delete {record.get('id')} "
-            "--all-users), and export again"
+        raise non_finite_memory_error(
+            record, "export memory", "nothing was exported (an earlier export file is kept)"
         ) from None
 
 

@@ -221,10 +221,21 @@ def open_storage(
 
 
 def copy_digest(memory: Memory) -> str:
-    """SHA-256 of one stored copy (every field, its tier included; canonical JSON)."""
-    text = json.dumps(
-        memory.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    )
+    """SHA-256 of one stored copy (every field, its tier included; canonical JSON).
+
+    Raises:
+        StorageCorruptedError: a field is NaN or an infinity (written into the store by another program:
+            adding a memory refuses one), which canonical JSON cannot hold.
+    """
+    record = memory.to_dict()
+    try:
+        text = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        from context_manager.core.memory.maintenance import non_finite_memory_error
+
+        raise non_finite_memory_error(
+            record, "copy memory", "the migration stops before it writes a memory (the source is unchanged)"
+        ) from None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
