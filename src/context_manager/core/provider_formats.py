@@ -61,12 +61,14 @@ from typing import Any, Literal, Protocol, overload
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import (
     ANTHROPIC_CACHE_CONTROL_METADATA_KEY,
+    CACHE_CONTROL_ALLOWED,
     REASONING_FIELDS,
     REASONING_METADATA_KEY,
     Message,
     Role,
     ToolCall,
     chat_completions_text,
+    is_cache_control,
     joined_text,
     json_copy,
 )
@@ -929,10 +931,8 @@ def _cache_control(block: Mapping[str, Any], field: str) -> dict[str, Any] | Non
     value = block.get("cache_control")
     if value is None:
         return None
-    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
-        raise InvalidMessageError(
-            f"{field}.cache_control", value, "a JSON object with a string 'type' ({'type': 'ephemeral'})"
-        )
+    if not is_cache_control(value):
+        raise InvalidMessageError(f"{field}.cache_control", value, CACHE_CONTROL_ALLOWED)
     copied: dict[str, Any] = json_copy(dict(value))
     return copied
 
@@ -1006,10 +1006,13 @@ def _put_cache_control(
     """Put a message's imported cache breakpoint back on its last block (and note it in ``marked``).
 
     Not on a message the window cut (its copy's text is not the block that was marked), nor on a thinking
-    block (which takes none).
+    block (which takes none), nor one the API refuses (a conversation stored before they were refused).
     """
+    kept = metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY]
+    if not is_cache_control(kept):  # stored before such ones were refused: the API would refuse the request
+        return
     if blocks[-1]["type"] in _CACHEABLE_BLOCK_TYPES and _TRUNCATED_METADATA_KEY not in metadata:
-        blocks[-1]["cache_control"] = json_copy(metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY])
+        blocks[-1]["cache_control"] = json_copy(kept)
         marked.append(blocks[-1])
 
 
@@ -1057,7 +1060,7 @@ def _keep_latest_breakpoints(
 
 
 _CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
-"""The ``ttl`` values of ``cache_control`` the API takes (absent: ``"5m"``); another is left as it is."""
+"""The ``ttl`` values of ``cache_control`` the API takes (absent: ``"5m"``), the only ones it holds."""
 _CACHEABLE_BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result"})
 _TRUNCATED_METADATA_KEY = "context_manager.truncated"
 """:data:`context_manager.core.compression.truncation.TRUNCATED_METADATA_KEY` (a cut copy's mark)."""
@@ -1252,12 +1255,9 @@ def _anthropic_tools(
         cache_control = tool.get("cache_control")
         if cache_control is None:
             continue
-        if not isinstance(cache_control, Mapping) or not isinstance(cache_control.get("type"), str):
-            raise InvalidArgumentError(  # an argument's: not the InvalidMessageError of an imported block
-                f"{field}.cache_control",
-                cache_control,
-                "a JSON object with a string 'type' ({'type': 'ephemeral'})",
-            )
+        if not is_cache_control(cache_control):
+            # an argument's: not the InvalidMessageError of an imported block
+            raise InvalidArgumentError(f"{field}.cache_control", cache_control, CACHE_CONTROL_ALLOWED)
         count += 1
         ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
         if ttl is not None and shortest is not None and ttl > shortest:
