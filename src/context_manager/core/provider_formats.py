@@ -54,8 +54,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
@@ -1161,6 +1162,17 @@ def to_anthropic_messages(
             breakpoints break the API's rules (more than 4, a malformed ``cache_control``, a ``"1h"`` one
             after a ``"5m"`` one).
     """
+    return anthropic_request(messages, tools=tools)[0]
+
+
+def anthropic_request(
+    messages: Iterable[Message], *, tools: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[dict[str, Any], int]:
+    """:func:`to_anthropic_messages`, and how many user turns of :data:`ANTHROPIC_CONTINUATION_TEXT` it added.
+
+    (The budget of :meth:`get_context` counts them: they are in the request the provider counts.)
+    """
+    fillers = 0
     tool_definitions, tool_breakpoints, tool_ttl = _anthropic_tools(tools)
     system_blocks: list[dict[str, Any]] = []  # a text block per system message
     system_marked: list[dict[str, Any]] = []  # those given back an imported cache_control
@@ -1198,10 +1210,12 @@ def to_anthropic_messages(
             _put_cache_control(blocks, message.metadata, marked)
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+            fillers += 1
         if turns and turns[-1]["role"] == role and message.thinking and _has_thinking(turns[-1]["content"]):
             # two responses' thinking in one turn would be a run of thinking no response made (the API
             # takes each response's blocks unmodified): a user turn keeps them two assistant turns
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+            fillers += 1
         if turns and turns[-1]["role"] == role:
             if message.thinking:  # an assistant turn must start with its thinking: before earlier text
                 content = turns[-1]["content"]
@@ -1217,6 +1231,7 @@ def to_anthropic_messages(
     _drop_refused_breakpoints(system_marked, marked, tool_breakpoints, tool_ttl)
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+        fillers += 1
     body: dict[str, Any] = {}
     if tool_definitions:
         body["tools"] = tool_definitions
@@ -1225,7 +1240,7 @@ def to_anthropic_messages(
     elif system_blocks:
         body["system"] = "\n\n".join(block["text"] for block in system_blocks)
     body["messages"] = turns
-    return body
+    return body, fillers
 
 
 _ANTHROPIC_TOOLS = (
@@ -1277,6 +1292,17 @@ def _anthropic_tools(
             "messages together; one on the last tool caches them all)",
         )
     return copies, count, shortest
+
+
+def tool_definitions_tokens(tools: Sequence[Mapping[str, Any]], count: Callable[[str], int]) -> int:
+    """Tokens a request's tool definitions take, as the budget of :meth:`get_context` counts them.
+
+    Each definition's compact JSON (``ensure_ascii=False``: the text a provider renders into the prompt,
+    its ``cache_control`` included, a few tokens over rather than under) counted with ``count`` (the
+    window's tokenizer). The provider's own framing of tools (Anthropic's tool-use system prompt, a few
+    hundred tokens) is not in it.
+    """
+    return sum(count(json.dumps(tool, ensure_ascii=False, separators=(",", ":"))) for tool in tools)
 
 
 def _has_thinking(blocks: list[dict[str, Any]]) -> bool:
