@@ -320,3 +320,23 @@ def test_a_stored_cache_control_the_api_refuses_is_left_out_of_the_export() -> N
     assert breakpoints(body) == ["messages[2]"]
     assert body["messages"][2]["content"][0] == {"type": "text", "text": "b", "cache_control": FIVE}
     assert anthropic_violations(body) == []
+
+
+async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path: Path) -> None:
+    """A definition named ``functions.Bash:0`` went into the request as given (HTTP 400: ``tools.0.name``
+    must match ``^[a-zA-Z0-9_-]{1,64}$``), while the export made its calls' ``tool_use`` name valid
+    (``functions_Bash_0_<hash>``): the definition and its calls no longer matched."""
+    schema = {"type": "object"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Hi")
+        for name in ("functions.Bash:0", "", "x" * 65, "météo"):
+            tools = [{"name": "weather", "input_schema": schema}, {"name": name, "input_schema": schema}]
+            with pytest.raises(
+                InvalidArgumentError, match=r"^tools\[1\]\.name: got .*; allowed 1 to 64 letters"
+            ):
+                manager.get_context(format="anthropic", tools=tools)
+        tools = [
+            {"name": "x" * 64, "input_schema": schema},
+            {"name": "get-weather_2", "input_schema": schema},
+        ]
+        assert manager.get_context(format="anthropic", tools=tools)["tools"] == tools

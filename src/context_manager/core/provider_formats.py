@@ -1157,8 +1157,9 @@ def to_anthropic_messages(
     and the turns' come after them in the room left, none of a longer ``ttl`` than the tools' shortest.
 
     Raises:
-        InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a string
-            ``name``; an OpenAI ``{"type": "function", "function": ...}`` entry is refused), or their own
+        InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a ``name`` of
+            1 to 64 letters, digits, ``_`` or ``-``; an OpenAI ``{"type": "function", "function": ...}`` entry
+            is refused), or their own
             breakpoints break the API's rules (more than 4, a malformed ``cache_control``, a ``"1h"`` one
             after a ``"5m"`` one).
     """
@@ -1266,6 +1267,13 @@ def _anthropic_tools(
         field = f"tools[{index}]"
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str) or "function" in tool:
             raise InvalidArgumentError(field, tool, _ANTHROPIC_TOOLS)
+        if not _is_valid_name(tool["name"], _NAME_MAX_CHARS):  # the API refuses the request (HTTP 400)
+            raise InvalidArgumentError(
+                f"{field}.name",
+                tool["name"],
+                f"1 to {_NAME_MAX_CHARS} letters, digits, '_' or '-' (the API's tools.N.name pattern "
+                "^[a-zA-Z0-9_-]{1,64}$)",
+            )
         copies.append(json_copy(dict(tool)))
         cache_control = tool.get("cache_control")
         if cache_control is None:
