@@ -325,7 +325,8 @@ def test_a_stored_cache_control_the_api_refuses_is_left_out_of_the_export() -> N
 async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path: Path) -> None:
     """A definition named ``functions.Bash:0`` went into the request as given (HTTP 400: ``tools.0.name``
     must match ``^[a-zA-Z0-9_-]{1,64}$``), while the export made its calls' ``tool_use`` name valid
-    (``functions_Bash_0_<hash>``): the definition and its calls no longer matched."""
+    (``functions_Bash_0_<hash>``): the definition and its calls no longer matched. Two definitions of one
+    name went too (HTTP 400: ``tools: Tool names must be unique.``)."""
     schema = {"type": "object"}
     async with EnhancedContextManager(config(tmp_path)) as manager:
         await manager.add_message("user", "Hi")
@@ -335,6 +336,11 @@ async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path:
                 InvalidArgumentError, match=r"^tools\[1\]\.name: got .*; allowed 1 to 64 letters"
             ):
                 manager.get_context(format="anthropic", tools=tools)
+        twice = [{"name": "weather", "input_schema": schema}] * 2  # HTTP 400: "Tool names must be unique."
+        with pytest.raises(
+            InvalidArgumentError, match=r"^tools\[1\]\.name: got 'weather'; allowed a name no"
+        ):
+            manager.get_context(format="anthropic", tools=twice)
         tools = [
             {"name": "x" * 64, "input_schema": schema},
             {"name": "get-weather_2", "input_schema": schema},

@@ -1158,10 +1158,9 @@ def to_anthropic_messages(
 
     Raises:
         InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a ``name`` of
-            1 to 64 letters, digits, ``_`` or ``-``; an OpenAI ``{"type": "function", "function": ...}`` entry
-            is refused), or their own
-            breakpoints break the API's rules (more than 4, a malformed ``cache_control``, a ``"1h"`` one
-            after a ``"5m"`` one).
+            1 to 64 letters, digits, ``_`` or ``-``, each its own; an OpenAI ``{"type": "function",
+            "function": ...}`` entry is refused), or their own breakpoints break the API's rules (more than
+            4, a malformed ``cache_control``, a ``"1h"`` one after a ``"5m"`` one).
     """
     return anthropic_request(messages, tools=tools)[0]
 
@@ -1262,6 +1261,7 @@ def _anthropic_tools(
     if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
         raise InvalidArgumentError("tools", tools, _ANTHROPIC_TOOLS)
     copies: list[dict[str, Any]] = []
+    names: dict[str, int] = {}  # a name: the position of its tool
     count, shortest = 0, None
     for index, tool in enumerate(tools):
         field = f"tools[{index}]"
@@ -1274,6 +1274,13 @@ def _anthropic_tools(
                 f"1 to {_NAME_MAX_CHARS} letters, digits, '_' or '-' (the API's tools.N.name pattern "
                 "^[a-zA-Z0-9_-]{1,64}$)",
             )
+        if tool["name"] in names:  # HTTP 400 "tools: Tool names must be unique."
+            raise InvalidArgumentError(
+                f"{field}.name",
+                tool["name"],
+                f"a name no other tool has (tools[{names[tool['name']]}] has it)",
+            )
+        names[tool["name"]] = index
         copies.append(json_copy(dict(tool)))
         cache_control = tool.get("cache_control")
         if cache_control is None:
