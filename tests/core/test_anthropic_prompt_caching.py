@@ -324,16 +324,16 @@ def test_a_stored_cache_control_the_api_refuses_is_left_out_of_the_export() -> N
 
 async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path: Path) -> None:
     """A definition named ``functions.Bash:0`` went into the request as given (HTTP 400: ``tools.0.name``
-    must match ``^[a-zA-Z0-9_-]{1,64}$``), while the export made its calls' ``tool_use`` name valid
-    (``functions_Bash_0_<hash>``): the definition and its calls no longer matched. Two definitions of one
-    name went too (HTTP 400: ``tools: Tool names must be unique.``)."""
+    must match ``^[a-zA-Z0-9_-]{1,128}$``, ``{1,64}`` until mid-2025), while the export made its calls'
+    ``tool_use`` name valid (``functions_Bash_0_<hash>``): the definition and its calls no longer matched.
+    Two definitions of one name went too (HTTP 400: ``tools: Tool names must be unique.``)."""
     schema = {"type": "object"}
     async with EnhancedContextManager(config(tmp_path)) as manager:
         await manager.add_message("user", "Hi")
-        for name in ("functions.Bash:0", "", "x" * 65, "météo"):
+        for name in ("functions.Bash:0", "", "x" * 129, "météo", "mcp.server.tool"):
             tools = [{"name": "weather", "input_schema": schema}, {"name": name, "input_schema": schema}]
             with pytest.raises(
-                InvalidArgumentError, match=r"^tools\[1\]\.name: got .*; allowed 1 to 64 letters"
+                InvalidArgumentError, match=r"^tools\[1\]\.name: got .*; allowed 1 to 128 letters"
             ):
                 manager.get_context(format="anthropic", tools=tools)
         twice = [{"name": "weather", "input_schema": schema}] * 2  # HTTP 400: "Tool names must be unique."
@@ -341,8 +341,9 @@ async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path:
             InvalidArgumentError, match=r"^tools\[1\]\.name: got 'weather'; allowed a name no"
         ):
             manager.get_context(format="anthropic", tools=twice)
-        tools = [
-            {"name": "x" * 64, "input_schema": schema},
+        tools = [  # the API takes names of 65 to 128 characters (an MCP server's namespaced tools ...)
+            {"name": "x" * 128, "input_schema": schema},
+            {"name": "mcp__server__" + "y" * 80, "input_schema": schema},
             {"name": "get-weather_2", "input_schema": schema},
         ]
         assert manager.get_context(format="anthropic", tools=tools)["tools"] == tools

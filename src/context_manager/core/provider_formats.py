@@ -97,7 +97,10 @@ _THINKING_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 _PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
 _NAME_MAX_CHARS = 64
-"""Longest OpenAI ``name`` / function name and Anthropic tool name (``^[a-zA-Z0-9_-]{1,64}$``)."""
+"""Longest OpenAI ``name`` / function name (``^[a-zA-Z0-9_-]{1,64}$``): the exports cut names to it."""
+_ANTHROPIC_TOOL_NAME_MAX_CHARS = 128
+"""Longest Anthropic tool definition name the API takes: its HTTP 400 says ``tools.N.custom.name: String
+should match pattern '^[a-zA-Z0-9_-]{1,128}$'`` (it said ``{1,64}`` until mid-2025)."""
 _OPENAI_CALL_ID_MAX_CHARS = 40
 """Longest OpenAI Chat Completions ``tool_calls[].id`` (HTTP 400 ``string_above_max_length`` beyond)."""
 _HASH_DIGITS = 10
@@ -1158,7 +1161,7 @@ def to_anthropic_messages(
 
     Raises:
         InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a ``name`` of
-            1 to 64 letters, digits, ``_`` or ``-``, each its own; an OpenAI ``{"type": "function",
+            1 to 128 letters, digits, ``_`` or ``-``, each its own; an OpenAI ``{"type": "function",
             "function": ...}`` entry is refused), or their own breakpoints break the API's rules (more than
             4, a malformed ``cache_control``, a ``"1h"`` one after a ``"5m"`` one).
     """
@@ -1267,12 +1270,12 @@ def _anthropic_tools(
         field = f"tools[{index}]"
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str) or "function" in tool:
             raise InvalidArgumentError(field, tool, _ANTHROPIC_TOOLS)
-        if not _is_valid_name(tool["name"], _NAME_MAX_CHARS):  # the API refuses the request (HTTP 400)
+        if not _is_valid_name(tool["name"], _ANTHROPIC_TOOL_NAME_MAX_CHARS):  # the API refuses it (HTTP 400)
             raise InvalidArgumentError(
                 f"{field}.name",
                 tool["name"],
-                f"1 to {_NAME_MAX_CHARS} letters, digits, '_' or '-' (the API's tools.N.name pattern "
-                "^[a-zA-Z0-9_-]{1,64}$)",
+                f"1 to {_ANTHROPIC_TOOL_NAME_MAX_CHARS} letters, digits, '_' or '-' (the API's tools.N.name "
+                "pattern ^[a-zA-Z0-9_-]{1,128}$)",
             )
         if tool["name"] in names:  # HTTP 400 "tools: Tool names must be unique."
             raise InvalidArgumentError(
