@@ -254,6 +254,8 @@ def anthropic_cache_problems(body: dict[str, Any]) -> list[str]:
         if not isinstance(cache_control, dict) or cache_control.get("type") != "ephemeral":
             problems.append(f"{where}: cache_control {cache_control!r} is not {{'type': 'ephemeral', ...}}")
             continue
+        if set(cache_control) - {"type", "ttl"}:
+            problems.append(f"{where}: cache_control {cache_control!r}: Extra inputs are not permitted")
         ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
         if ttl is None:
             problems.append(f"{where}: cache_control ttl {cache_control.get('ttl')!r} is not '5m' or '1h'")

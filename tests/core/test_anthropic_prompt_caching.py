@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from context_manager import ContextManagerConfig, EnhancedContextManager
-from context_manager.core.errors import InvalidArgumentError
+from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import ANTHROPIC_CACHE_CONTROL_METADATA_KEY, Message
 from context_manager.core.provider_formats import to_anthropic_messages, to_provider_format
 from context_manager.core.tool_system import ToolManager
@@ -248,3 +248,102 @@ def test_a_cache_control_that_is_no_json_object_is_refused_as_a_bad_argument() -
         with pytest.raises(InvalidArgumentError, match=r"^tools\[0\]\.cache_control: ") as caught:
             to_anthropic_messages([Message.create("user", "Hi")], tools=[bad_tool])
         assert type(caught.value) is InvalidArgumentError
+
+
+REFUSED_BY_THE_API = [
+    {"type": "persistent"},
+    {"type": "Ephemeral"},
+    {"type": "ephemeral", "ttl": "10m"},
+    {"type": "ephemeral", "ttl": "2h"},
+    {"type": "ephemeral", "ttl": 300},
+    {"type": "ephemeral", "ttl": None},
+    {"type": "ephemeral", "scope": "global"},
+]
+ALLOWED = r"allowed a JSON object \{'type': 'ephemeral'\} with an optional 'ttl' of '5m' or '1h'"
+
+
+@pytest.mark.parametrize("bad", REFUSED_BY_THE_API)
+async def test_a_cache_control_the_api_refuses_is_refused_where_it_comes_in(
+    tmp_path: Path, bad: dict[str, Any]
+) -> None:
+    """An unknown ``type`` or ``ttl`` (or another key) in a ``cache_control`` was taken silently: on the tools
+    (``get_tool_schemas``, the export's ``tools=``), on an imported block, in a message's metadata; the API
+    refuses such a request (HTTP 400) at every call until the message leaves the window."""
+    tools = weather_tools()
+    with pytest.raises(InvalidArgumentError, match=rf"^cache_control: got .*; {ALLOWED}"):
+        tools.get_tool_schemas("anthropic", cache_control=bad)
+    tool = {"name": "weather", "input_schema": {"type": "object"}, "cache_control": bad}
+    with pytest.raises(InvalidArgumentError, match=rf"^tools\[0\]\.cache_control: got .*; {ALLOWED}"):
+        to_anthropic_messages([Message.create("user", "Hi")], tools=[tool])
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Hello")
+        before = manager.get_context(format="anthropic")
+        block = {"type": "text", "text": "Weather in Paris?", "cache_control": bad}
+        with pytest.raises(
+            InvalidMessageError, match=rf"^messages\[0\]\.content\[0\]\.cache_control: .*{ALLOWED}"
+        ):
+            await manager.add_messages([{"role": "user", "content": [block]}])
+        with pytest.raises(InvalidMessageError, match=ALLOWED):
+            await manager.add_message("user", "Hi", metadata={ANTHROPIC_CACHE_CONTROL_METADATA_KEY: bad})
+        with pytest.raises(InvalidArgumentError, match=r"^tools\[0\]\.cache_control: "):
+            manager.get_context(format="anthropic", tools=[tool])
+        assert manager.get_context(format="anthropic") == before  # nothing added
+
+
+async def test_a_langchain_cache_control_the_api_refuses_is_refused(tmp_path: Path) -> None:
+    from langchain_core.messages import HumanMessage
+
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        for bad in ({"type": "ephemeral", "ttl": "1d"}, {"type": "auto"}):
+            message = HumanMessage("Hi", additional_kwargs={"cache_control": bad})
+            with pytest.raises(InvalidMessageError, match=ALLOWED):
+                await manager.add_messages([message])
+        assert len(manager.messages) == 0
+
+
+def test_a_stored_cache_control_the_api_refuses_is_left_out_of_the_export() -> None:
+    """A conversation saved before such breakpoints were refused holds them: the export leaves them out
+    (the request would be refused) and keeps the others."""
+    from context_manager.core.conversations.replay import message_from_dict
+
+    stored = [
+        message_from_dict(
+            {**marked(text).to_dict(), "metadata": {ANTHROPIC_CACHE_CONTROL_METADATA_KEY: cache}}
+        )
+        for text, cache in (
+            ("a", {"type": "persistent"}),
+            ("b", FIVE),
+            ("c", {"type": "ephemeral", "ttl": "9m"}),
+        )
+    ]
+    body = to_anthropic_messages([stored[0], Message.create("assistant", "x"), *stored[1:]])
+    assert breakpoints(body) == ["messages[2]"]
+    assert body["messages"][2]["content"][0] == {"type": "text", "text": "b", "cache_control": FIVE}
+    assert anthropic_violations(body) == []
+
+
+async def test_a_tool_definition_whose_name_the_api_refuses_is_refused(tmp_path: Path) -> None:
+    """A definition named ``functions.Bash:0`` went into the request as given (HTTP 400: ``tools.0.name``
+    must match ``^[a-zA-Z0-9_-]{1,128}$``, ``{1,64}`` until mid-2025), while the export made its calls'
+    ``tool_use`` name valid (``functions_Bash_0_<hash>``): the definition and its calls no longer matched.
+    Two definitions of one name went too (HTTP 400: ``tools: Tool names must be unique.``)."""
+    schema = {"type": "object"}
+    async with EnhancedContextManager(config(tmp_path)) as manager:
+        await manager.add_message("user", "Hi")
+        for name in ("functions.Bash:0", "", "x" * 129, "météo", "mcp.server.tool"):
+            tools = [{"name": "weather", "input_schema": schema}, {"name": name, "input_schema": schema}]
+            with pytest.raises(
+                InvalidArgumentError, match=r"^tools\[1\]\.name: got .*; allowed 1 to 128 letters"
+            ):
+                manager.get_context(format="anthropic", tools=tools)
+        twice = [{"name": "weather", "input_schema": schema}] * 2  # HTTP 400: "Tool names must be unique."
+        with pytest.raises(
+            InvalidArgumentError, match=r"^tools\[1\]\.name: got 'weather'; allowed a name no"
+        ):
+            manager.get_context(format="anthropic", tools=twice)
+        tools = [  # the API takes names of 65 to 128 characters (an MCP server's namespaced tools ...)
+            {"name": "x" * 128, "input_schema": schema},
+            {"name": "mcp__server__" + "y" * 80, "input_schema": schema},
+            {"name": "get-weather_2", "input_schema": schema},
+        ]
+        assert manager.get_context(format="anthropic", tools=tools)["tools"] == tools

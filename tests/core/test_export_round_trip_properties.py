@@ -104,10 +104,15 @@ async def round_trip(messages: list[dict[str, Any]], cache: Path) -> None:
         assert await manager.add_messages(messages) == len(messages)
         openai = manager.get_context(format="openai")
         anthropic = manager.get_context(format="anthropic")
+        responses = manager.get_context(format="openai_responses")
     config = ContextManagerConfig(cache_path=cache / "openai", embedder="none", max_tokens=1_000_000)
     async with EnhancedContextManager(config) as again:
         await again.add_messages(openai)
         assert json.dumps(again.get_context(format="openai")) == json.dumps(openai)
+    config = ContextManagerConfig(cache_path=cache / "responses", embedder="none", max_tokens=1_000_000)
+    async with EnhancedContextManager(config) as again:
+        await again.add_messages(responses)
+        assert json.dumps(again.get_context(format="openai_responses")) == json.dumps(responses)
     config = ContextManagerConfig(cache_path=cache / "anthropic", embedder="none", max_tokens=1_000_000)
     async with EnhancedContextManager(config) as again:
         system = [{"role": "system", "content": anthropic["system"]}] if "system" in anthropic else []

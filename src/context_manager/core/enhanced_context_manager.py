@@ -77,15 +77,18 @@ from context_manager.core.performance_monitor import (
     running_monitors,
 )
 from context_manager.core.provider_formats import (
+    ANTHROPIC_CONTINUATION_TEXT,
     FORMATS,
     SupportsModelDump,
     anthropic_items_read,
+    anthropic_request,
     is_anthropic_message,
     is_langchain_message,
     is_openai_responses_item,
     messages_from_langchain,
     responses_items_read,
     to_provider_format,
+    tool_definitions_tokens,
 )
 from context_manager.core.shared_store import MemoryLease, lease_memory
 from context_manager.core.summarizers.guard import SummarizerGuard, SummaryReport, observed
@@ -101,7 +104,12 @@ from context_manager.core.telemetry import (
     traced_search,
 )
 from context_manager.core.threads import to_the_end
-from context_manager.core.tokens import ExactTokenCounter, TokenCounter, get_token_counter
+from context_manager.core.tokens import (
+    REPLY_PRIMING_TOKENS,
+    ExactTokenCounter,
+    TokenCounter,
+    get_token_counter,
+)
 from context_manager.core.tool_system import ToolManager, ToolResult
 from context_manager.core.tool_system.results import REFUSED_TOOL_CALLS
 from context_manager.core.tool_system.window_calls import (
@@ -984,19 +992,23 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 role messages for text, ``function_call`` and ``function_call_output`` items for calls and
                 results; ``add_messages`` takes it back, and a response's ``output`` items too.
             budget: At most this many tokens; the window is left unchanged (older units are left out of
-                this export, the newest messages cut to head + tail if needed).
+                this export, the newest messages cut to head + tail if needed). With ``"anthropic"`` it
+                holds the user turns of ``"(continuing the conversation)"`` the export inserts too.
             tools: With ``"anthropic"``, the request's tool definitions
                 (``tool_manager.get_tool_schemas("anthropic", cache_control=...)``): the dict holds them as
                 ``"tools"``, and their prompt-cache breakpoints count in the 4 a request takes (kept first:
                 the API caches tools, then system, then messages; see
-                :func:`~context_manager.core.provider_formats.to_anthropic_messages`). Not counted in
-                ``budget``.
+                :func:`~context_manager.core.provider_formats.to_anthropic_messages`). Their tokens (each
+                definition's JSON, counted with the window's tokenizer) count in the budget: ``budget``, or
+                the window's ``max_tokens`` when it is ``None``. When messages and tools together exceed
+                it, the export leaves out older messages as ``budget`` does (the window keeps them all).
 
         Raises:
             InvalidArgumentError: unknown format or a non-positive budget; ``tools`` with another format,
                 or not Anthropic tool definitions the API takes (more than 4 breakpoints of their own ...).
             ContextBudgetError: protected messages alone exceed ``budget``, or with the newest messages
-                cut as far as the counter allows.
+                cut as far as the counter allows (with ``tools``: their tokens and the messages' together
+                exceed ``budget`` or ``max_tokens``).
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
         window = self._require_ready("get_context")
@@ -1004,7 +1016,11 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             raise InvalidArgumentError("format", format, FORMATS)
         if tools is not None:  # checked before the selection, which may raise ContextBudgetError
             to_provider_format((), format, tools=tools)
-        return to_provider_format(window.select(budget), format, tools=tools)
+        if format != "anthropic" or (tools is None and budget is None):
+            return to_provider_format(window.select(budget), format)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+            raise InvalidArgumentError("budget", budget, "a positive integer or None")
+        return _anthropic_within(window, budget, tools)
 
     def get_context_summary(self) -> dict[str, Any]:
         """Return figures about the context window.
@@ -2041,3 +2057,51 @@ def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
     elif type(content) is not str and isinstance(content, list | tuple):  # Chat Completions content parts
         content = chat_completions_text(content, "content")
     return Message.create(role, content, **options)
+
+
+def _anthropic_within(
+    window: ContextWindow, budget: int | None, tools: Sequence[Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    """The Anthropic request of the window within ``budget`` (its ``max_tokens`` if ``None``), ``tools`` in.
+
+    The request's cost: its messages as the window counts them, the user turns the export inserts
+    (:data:`ANTHROPIC_CONTINUATION_TEXT`) and each tool definition's JSON. When it exceeds the budget,
+    the selection aims lower by the excess (a smaller one may need an inserted turn the first did not).
+    """
+    field, limit = ("budget", budget) if budget is not None else ("max_tokens", window.max_tokens)
+    counter = window.counter
+    definitions = anthropic_request((), tools=tools)[0].get("tools", [])
+    tool_tokens = tool_definitions_tokens(definitions, counter.count)
+    filler_tokens = counter.count_message(Message.create("user", ANTHROPIC_CONTINUATION_TEXT))
+    room = limit - tool_tokens
+    required = tool_tokens + 1  # tools alone leaving no room
+    for _ in range(_BUDGET_ATTEMPTS):
+        if room <= 0:
+            break
+        try:
+            if room >= window.token_count:
+                selected, tokens = list(window.messages), window.token_count
+            else:
+                selected = window.select(room)
+                tokens = sum(m.token_count or counter.count_message(m) for m in selected)
+                tokens += REPLY_PRIMING_TOKENS if selected else 0
+        except ContextBudgetError as error:
+            required = error.required_tokens + limit - room
+            break
+        body, fillers = anthropic_request(selected, tools=tools)
+        cost = tokens + tool_tokens + fillers * filler_tokens
+        if cost <= limit:
+            return body
+        room -= cost - limit
+        required = cost
+    what = f"the {len(definitions)} tools' definitions take {tool_tokens} tokens, and " if definitions else ""
+    raise ContextBudgetError(
+        f"{field}: got {limit}; allowed at least {required}: {what}system, pinned and critical messages "
+        "plus the newest messages cut as far as allowed do not fit",
+        required_tokens=max(required, limit + 1),
+        max_tokens=limit,
+    )
+
+
+_BUDGET_ATTEMPTS = 4
+"""Selections :func:`_anthropic_within` tries, each aiming lower by what the last one exceeded."""

@@ -383,17 +383,37 @@ the LangChain import (langchain-anthropic's ``cache_control``). The Anthropic ex
 message's last block, unless the window cut the message (its copy's text is not the block that was
 marked); the other exports leave it out.
 The value is the ``cache_control`` object as given (``{"type": "ephemeral"}``, maybe with a ``ttl``)."""
-_CACHE_CONTROL = "a JSON object with a string 'type' (Anthropic's cache_control, e.g. {'type': 'ephemeral'})"
+CACHE_CONTROL_ALLOWED = (
+    "a JSON object {'type': 'ephemeral'} with an optional 'ttl' of '5m' or '1h' (Anthropic's cache_control: "
+    "the API refuses another type, ttl or key)"
+)
+"""What a ``cache_control`` may be, as error messages say it."""
+_CACHE_CONTROL_TTLS = frozenset({"5m", "1h"})
+
+
+def is_cache_control(value: Any) -> bool:
+    """Whether ``value`` is a ``cache_control`` the Anthropic API takes.
+
+    That is ``{"type": "ephemeral"}``, maybe with a ``"ttl"`` of ``"5m"`` or ``"1h"``, nothing else.
+    """
+    return (
+        isinstance(value, Mapping)
+        and value.get("type") == "ephemeral"
+        and all(key in ("type", "ttl") for key in value)
+        and ("ttl" not in value or (isinstance(value["ttl"], str) and value["ttl"] in _CACHE_CONTROL_TTLS))
+    )
 
 
 def check_cache_control(value: Any) -> None:
     """Check a ``cache_control`` kept under :data:`ANTHROPIC_CACHE_CONTROL_METADATA_KEY`.
 
     Raises:
-        InvalidMessageError: not a dict with a string ``type``.
+        InvalidMessageError: not one the API takes (:func:`is_cache_control`).
     """
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise InvalidMessageError(f"metadata.{ANTHROPIC_CACHE_CONTROL_METADATA_KEY}", value, _CACHE_CONTROL)
+    if not isinstance(value, dict) or not is_cache_control(value):
+        raise InvalidMessageError(
+            f"metadata.{ANTHROPIC_CACHE_CONTROL_METADATA_KEY}", value, CACHE_CONTROL_ALLOWED
+        )
 
 
 _REASONING_KEY_FIELD = f"metadata.{REASONING_METADATA_KEY}"

@@ -54,19 +54,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, overload
 
 from context_manager.core.errors import InvalidArgumentError, InvalidMessageError
 from context_manager.core.messages import (
     ANTHROPIC_CACHE_CONTROL_METADATA_KEY,
+    CACHE_CONTROL_ALLOWED,
     REASONING_FIELDS,
     REASONING_METADATA_KEY,
     Message,
     Role,
     ToolCall,
     chat_completions_text,
+    is_cache_control,
     joined_text,
     json_copy,
 )
@@ -94,7 +97,10 @@ _THINKING_BLOCK_TYPES = frozenset({"thinking", "redacted_thinking"})
 _PROVIDER_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_-]")
 _NAME_MAX_CHARS = 64
-"""Longest OpenAI ``name`` / function name and Anthropic tool name (``^[a-zA-Z0-9_-]{1,64}$``)."""
+"""Longest OpenAI ``name`` / function name (``^[a-zA-Z0-9_-]{1,64}$``): the exports cut names to it."""
+_ANTHROPIC_TOOL_NAME_MAX_CHARS = 128
+"""Longest Anthropic tool definition name the API takes: its HTTP 400 says ``tools.N.custom.name: String
+should match pattern '^[a-zA-Z0-9_-]{1,128}$'`` (it said ``{1,64}`` until mid-2025)."""
 _OPENAI_CALL_ID_MAX_CHARS = 40
 """Longest OpenAI Chat Completions ``tool_calls[].id`` (HTTP 400 ``string_above_max_length`` beyond)."""
 _HASH_DIGITS = 10
@@ -929,10 +935,8 @@ def _cache_control(block: Mapping[str, Any], field: str) -> dict[str, Any] | Non
     value = block.get("cache_control")
     if value is None:
         return None
-    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
-        raise InvalidMessageError(
-            f"{field}.cache_control", value, "a JSON object with a string 'type' ({'type': 'ephemeral'})"
-        )
+    if not is_cache_control(value):
+        raise InvalidMessageError(f"{field}.cache_control", value, CACHE_CONTROL_ALLOWED)
     copied: dict[str, Any] = json_copy(dict(value))
     return copied
 
@@ -1006,10 +1010,13 @@ def _put_cache_control(
     """Put a message's imported cache breakpoint back on its last block (and note it in ``marked``).
 
     Not on a message the window cut (its copy's text is not the block that was marked), nor on a thinking
-    block (which takes none).
+    block (which takes none), nor one the API refuses (a conversation stored before they were refused).
     """
+    kept = metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY]
+    if not is_cache_control(kept):  # stored before such ones were refused: the API would refuse the request
+        return
     if blocks[-1]["type"] in _CACHEABLE_BLOCK_TYPES and _TRUNCATED_METADATA_KEY not in metadata:
-        blocks[-1]["cache_control"] = json_copy(metadata[ANTHROPIC_CACHE_CONTROL_METADATA_KEY])
+        blocks[-1]["cache_control"] = json_copy(kept)
         marked.append(blocks[-1])
 
 
@@ -1057,7 +1064,7 @@ def _keep_latest_breakpoints(
 
 
 _CACHE_TTL_SECONDS = {"5m": 300, "1h": 3600}
-"""The ``ttl`` values of ``cache_control`` the API takes (absent: ``"5m"``); another is left as it is."""
+"""The ``ttl`` values of ``cache_control`` the API takes (absent: ``"5m"``), the only ones it holds."""
 _CACHEABLE_BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result"})
 _TRUNCATED_METADATA_KEY = "context_manager.truncated"
 """:data:`context_manager.core.compression.truncation.TRUNCATED_METADATA_KEY` (a cut copy's mark)."""
@@ -1153,11 +1160,22 @@ def to_anthropic_messages(
     and the turns' come after them in the room left, none of a longer ``ttl`` than the tools' shortest.
 
     Raises:
-        InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a string
-            ``name``; an OpenAI ``{"type": "function", "function": ...}`` entry is refused), or their own
-            breakpoints break the API's rules (more than 4, a malformed ``cache_control``, a ``"1h"`` one
-            after a ``"5m"`` one).
+        InvalidArgumentError: ``tools`` is not a list of Anthropic tool definitions (dicts with a ``name`` of
+            1 to 128 letters, digits, ``_`` or ``-``, each its own; an OpenAI ``{"type": "function",
+            "function": ...}`` entry is refused), or their own breakpoints break the API's rules (more than
+            4, a malformed ``cache_control``, a ``"1h"`` one after a ``"5m"`` one).
     """
+    return anthropic_request(messages, tools=tools)[0]
+
+
+def anthropic_request(
+    messages: Iterable[Message], *, tools: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[dict[str, Any], int]:
+    """:func:`to_anthropic_messages`, and how many user turns of :data:`ANTHROPIC_CONTINUATION_TEXT` it added.
+
+    (The budget of :meth:`get_context` counts them: they are in the request the provider counts.)
+    """
+    fillers = 0
     tool_definitions, tool_breakpoints, tool_ttl = _anthropic_tools(tools)
     system_blocks: list[dict[str, Any]] = []  # a text block per system message
     system_marked: list[dict[str, Any]] = []  # those given back an imported cache_control
@@ -1195,10 +1213,12 @@ def to_anthropic_messages(
             _put_cache_control(blocks, message.metadata, marked)
         if not turns and role == "assistant":
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+            fillers += 1
         if turns and turns[-1]["role"] == role and message.thinking and _has_thinking(turns[-1]["content"]):
             # two responses' thinking in one turn would be a run of thinking no response made (the API
             # takes each response's blocks unmodified): a user turn keeps them two assistant turns
             turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+            fillers += 1
         if turns and turns[-1]["role"] == role:
             if message.thinking:  # an assistant turn must start with its thinking: before earlier text
                 content = turns[-1]["content"]
@@ -1214,6 +1234,7 @@ def to_anthropic_messages(
     _drop_refused_breakpoints(system_marked, marked, tool_breakpoints, tool_ttl)
     if not turns:  # the API needs one message: system messages alone (a new conversation) get a user turn
         turns.append({"role": "user", "content": [{"type": "text", "text": ANTHROPIC_CONTINUATION_TEXT}]})
+        fillers += 1
     body: dict[str, Any] = {}
     if tool_definitions:
         body["tools"] = tool_definitions
@@ -1222,7 +1243,7 @@ def to_anthropic_messages(
     elif system_blocks:
         body["system"] = "\n\n".join(block["text"] for block in system_blocks)
     body["messages"] = turns
-    return body
+    return body, fillers
 
 
 _ANTHROPIC_TOOLS = (
@@ -1243,21 +1264,33 @@ def _anthropic_tools(
     if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
         raise InvalidArgumentError("tools", tools, _ANTHROPIC_TOOLS)
     copies: list[dict[str, Any]] = []
+    names: dict[str, int] = {}  # a name: the position of its tool
     count, shortest = 0, None
     for index, tool in enumerate(tools):
         field = f"tools[{index}]"
         if not isinstance(tool, Mapping) or not isinstance(tool.get("name"), str) or "function" in tool:
             raise InvalidArgumentError(field, tool, _ANTHROPIC_TOOLS)
+        if not _is_valid_name(tool["name"], _ANTHROPIC_TOOL_NAME_MAX_CHARS):  # the API refuses it (HTTP 400)
+            raise InvalidArgumentError(
+                f"{field}.name",
+                tool["name"],
+                f"1 to {_ANTHROPIC_TOOL_NAME_MAX_CHARS} letters, digits, '_' or '-' (the API's tools.N.name "
+                "pattern ^[a-zA-Z0-9_-]{1,128}$)",
+            )
+        if tool["name"] in names:  # HTTP 400 "tools: Tool names must be unique."
+            raise InvalidArgumentError(
+                f"{field}.name",
+                tool["name"],
+                f"a name no other tool has (tools[{names[tool['name']]}] has it)",
+            )
+        names[tool["name"]] = index
         copies.append(json_copy(dict(tool)))
         cache_control = tool.get("cache_control")
         if cache_control is None:
             continue
-        if not isinstance(cache_control, Mapping) or not isinstance(cache_control.get("type"), str):
-            raise InvalidArgumentError(  # an argument's: not the InvalidMessageError of an imported block
-                f"{field}.cache_control",
-                cache_control,
-                "a JSON object with a string 'type' ({'type': 'ephemeral'})",
-            )
+        if not is_cache_control(cache_control):
+            # an argument's: not the InvalidMessageError of an imported block
+            raise InvalidArgumentError(f"{field}.cache_control", cache_control, CACHE_CONTROL_ALLOWED)
         count += 1
         ttl = _CACHE_TTL_SECONDS.get(cache_control.get("ttl", "5m"))
         if ttl is not None and shortest is not None and ttl > shortest:
@@ -1277,6 +1310,17 @@ def _anthropic_tools(
             "messages together; one on the last tool caches them all)",
         )
     return copies, count, shortest
+
+
+def tool_definitions_tokens(tools: Sequence[Mapping[str, Any]], count: Callable[[str], int]) -> int:
+    """Tokens a request's tool definitions take, as the budget of :meth:`get_context` counts them.
+
+    Each definition's compact JSON (``ensure_ascii=False``: the text a provider renders into the prompt,
+    its ``cache_control`` included, a few tokens over rather than under) counted with ``count`` (the
+    window's tokenizer). The provider's own framing of tools (Anthropic's tool-use system prompt, a few
+    hundred tokens) is not in it.
+    """
+    return sum(count(json.dumps(tool, ensure_ascii=False, separators=(",", ":"))) for tool in tools)
 
 
 def _has_thinking(blocks: list[dict[str, Any]]) -> bool:

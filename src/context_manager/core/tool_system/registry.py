@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from context_manager.core.errors import InvalidArgumentError, ToolNotFoundError, ToolRegistrationError
+from context_manager.core.messages import CACHE_CONTROL_ALLOWED, is_cache_control
 from context_manager.core.tool_system.definition import (
     ToolCategory,
     ToolDefinition,
@@ -287,7 +288,8 @@ class ToolRegistry:
 
         Raises:
             InvalidArgumentError: unknown format, ``names`` is not a list of names (a single string), or
-                ``cache_control`` is not a JSON object with a string ``type`` or is given with another format.
+                ``cache_control`` is not one the API takes (``{"type": "ephemeral"}``, an optional ``"ttl"``
+                of ``"5m"`` or ``"1h"``, no other key) or is given with another format.
             ToolNotFoundError: a name in ``names`` is not registered.
 
         Example:
@@ -299,17 +301,9 @@ class ToolRegistry:
             raise InvalidArgumentError("format", format, "'openai', 'anthropic' or 'openai_responses'")
         breakpoint_copy: dict[str, Any] | None = None
         if cache_control is not None:
-            if isinstance(cache_control, Mapping) and isinstance(cache_control.get("type"), str):
-                try:  # a copy the caller cannot change, of JSON values alone (no object, no NaN)
-                    breakpoint_copy = json.loads(json.dumps(dict(cache_control), allow_nan=False))
-                except (TypeError, ValueError):
-                    breakpoint_copy = None
-            if breakpoint_copy is None:
-                raise InvalidArgumentError(
-                    "cache_control",
-                    cache_control,
-                    "a JSON object with a string 'type' (Anthropic's cache_control: {'type': 'ephemeral'})",
-                )
+            if not is_cache_control(cache_control):
+                raise InvalidArgumentError("cache_control", cache_control, CACHE_CONTROL_ALLOWED)
+            breakpoint_copy = dict(cache_control)  # a copy the caller cannot change (of strings alone)
             if format != "anthropic":
                 raise InvalidArgumentError(
                     "cache_control",
