@@ -551,3 +551,16 @@ def test_a_forked_child_refuses_the_parents_managers_and_runs_new_ones(tmp_path:
         "child exit: 0",
         "parent messages: 2",
     ]
+
+
+def test_add_message_takes_one_message_dict_as_the_async_manager_does(tmp_path: Path) -> None:
+    """The blocking form matches ``EnhancedContextManager.add_message(message)``."""
+    with SyncContextManager(_config(tmp_path)) as manager:
+        assert manager.add_message({"role": "user", "content": "hi"}) is True
+        manager.add_message({"role": "assistant", "content": "hello"}, pinned=True)
+        with pytest.raises(InvalidArgumentError, match=r"^content: got <not given>"):
+            manager.add_message("user")  # type: ignore[call-overload]
+        assert [(m.role, m.content, m.pinned) for m in manager.messages] == [
+            ("user", "hi", False),
+            ("assistant", "hello", True),
+        ]

@@ -47,7 +47,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Never, ParamSpec, TypeVar, cast, overload
 
-from context_manager.core.enhanced_context_manager import EnhancedContextManager, check_constructor_arguments
+from context_manager.core.enhanced_context_manager import (
+    NOT_GIVEN,
+    EnhancedContextManager,
+    check_constructor_arguments,
+)
 from context_manager.core.errors import LifecycleError
 from context_manager.core.tool_system.window_calls import CANCELLED_REASON
 
@@ -437,11 +441,20 @@ class SyncContextManager:
 
     # -- messages --------------------------------------------------------------------------------------
 
+    @overload
     def add_message(
         self, role: str, content: str | Sequence[Mapping[str, Any]] | None, **kwargs: Any
+    ) -> bool: ...
+
+    @overload
+    def add_message(self, role: Mapping[str, Any] | SupportsModelDump, /) -> bool: ...
+
+    def add_message(
+        self, role: Any, content: str | Sequence[Mapping[str, Any]] | None = NOT_GIVEN, **kwargs: Any
     ) -> bool:
-        """Blocking form of EnhancedContextManager.add_message."""
-        return self._await("add_message", self._manager.add_message, role, content, **kwargs)
+        """Blocking form of EnhancedContextManager.add_message (``add_message(message)`` too)."""
+        add: Callable[..., Awaitable[bool]] = self._manager.add_message
+        return self._await("add_message", add, role, content, **kwargs)
 
     def add_messages(self, messages: Sequence[Mapping[str, Any] | SupportsModelDump]) -> int:
         """Blocking form of EnhancedContextManager.add_messages."""
