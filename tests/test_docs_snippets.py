@@ -369,6 +369,15 @@ def test_every_documentation_page_exists_and_is_linked_from_the_readme() -> None
     assert sum(len(read_blocks(path)) for path in DOCUMENTS) >= 25
 
 
+def test_the_docs_index_lists_every_page_once() -> None:
+    """docs/ had no index: a newcomer opening the folder saw eleven files in alphabetical order."""
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    pages = sorted(path.name for path in (ROOT / "docs").glob("*.md") if path.name != "README.md")
+    listed = re.findall(r"^\d+\. \[([a-z_]+\.md)\]\(\1\): ", index, flags=re.MULTILINE)
+    assert sorted(listed) == pages
+    assert listed[0] == "concepts.md"  # reading order: the concepts first
+
+
 def test_readme_keeps_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "make examples" in readme and "make test" in readme and "pytest" in readme
