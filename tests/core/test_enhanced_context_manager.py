@@ -1232,3 +1232,18 @@ async def test_add_message_of_a_message_object_refuses_keyword_options(tmp_path:
         ):
             await manager.add_message(langchain_messages.HumanMessage("hi"), pinned=True)  # type: ignore[call-overload]
         assert manager.messages == ()
+
+
+async def test_a_misspelt_add_message_keyword_names_the_option_meant(tmp_path: Path) -> None:
+    """``add_message("user", "hi", pin=True)`` listed the seven options with no hint (the config's and the
+    constructor's unknown keywords already said "did you mean")."""
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        with pytest.raises(
+            InvalidArgumentError, match=r"^pin: got True; .* \(unknown keyword; did you mean pinned\?\)$"
+        ):
+            await manager.add_message("user", "hi", pin=True)
+        with pytest.raises(
+            InvalidArgumentError, match=r"^messages\[0\]\.priorty: .*did you mean priority\?\)$"
+        ):
+            await manager.add_messages([{"role": "user", "content": "hi", "priorty": "high"}])
+        assert manager.messages == ()

@@ -2105,8 +2105,12 @@ def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
             options = _with_reasoning_kept(options)
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         unknown = sorted(set(options) - _MESSAGE_OPTIONS)
+        close = difflib.get_close_matches(unknown[0], sorted(_MESSAGE_OPTIONS), 1)  # pin= for pinned=
         raise InvalidArgumentError(
-            unknown[0], options[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
+            unknown[0],
+            options[unknown[0]],
+            "one of " + ", ".join(sorted(_MESSAGE_OPTIONS)),
+            detail=f"unknown keyword; did you mean {close[0]}?" if close else None,
         )
     if content is None and role == Role.ASSISTANT and options.get("tool_calls"):
         content = ""
