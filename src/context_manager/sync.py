@@ -405,9 +405,11 @@ class SyncContextManager:
     @staticmethod
     def _warn_and_clean_up(loop_thread: _LoopThread, manager: EnhancedContextManager) -> None:
         if manager.is_initialized:  # read only: a stale answer at worst warns about a manager closing now
+            conversation = manager.conversation_id
+            which = f" (conversation {conversation!r})" if conversation is not None else ""
             warnings.warn(
-                f"SyncContextManager (conversation {manager.conversation_id!r}) was garbage-collected "
-                "without close(): cleaned up in the background; use `with` or call close()",
+                f"unclosed SyncContextManager{which}: garbage-collected without close(), cleaned up in the "
+                "background; use `with SyncContextManager(...) as manager:` or call close()",
                 ResourceWarning,
                 stacklevel=1,
             )
