@@ -1247,3 +1247,16 @@ async def test_a_misspelt_add_message_keyword_names_the_option_meant(tmp_path: P
         ):
             await manager.add_messages([{"role": "user", "content": "hi", "priorty": "high"}])
         assert manager.messages == ()
+
+
+async def test_add_messages_of_one_message_points_at_add_message(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        with pytest.raises(
+            InvalidArgumentError,
+            match=r"^messages: got \{'role': 'user', 'content': 'hi'\}; allowed a list of dicts with 'role' "
+            r"and 'content' \(one message goes in with add_message\(message\)\)$",
+        ):
+            await manager.add_messages({"role": "user", "content": "hi"})  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=r"^messages: got 'hi'; allowed a list of dicts[^(]*$"):
+            await manager.add_messages("hi")  # type: ignore[arg-type]
+        assert manager.messages == ()

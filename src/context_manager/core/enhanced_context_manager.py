@@ -874,7 +874,13 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         """
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
-            raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+            one = isinstance(messages, Mapping) or callable(getattr(messages, "model_dump", None))
+            raise InvalidArgumentError(
+                "messages",
+                messages,
+                "a list of dicts with 'role' and 'content'",
+                detail="one message goes in with add_message(message)" if one else None,
+            )
         # converted items (a user turn of results is several messages): errors name the caller's item
         origins: list[int] | None = None
         if any(is_langchain_message(item) for item in messages):  # one dict each: positions kept
