@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TYPED_CALLER = """\
+TYPED_CALLER = '''\
 import asyncio
 from typing import Any, assert_type
 
@@ -80,10 +80,10 @@ def blocking() -> None:
 
 asyncio.run(main())
 blocking()
-"""
+'''
 
 # The same calls used the wrong way round: mypy must report each of these lines.
-MISTYPED_CALLER = """\
+MISTYPED_CALLER = '''\
 from context_manager import ContextManagerConfig, EnhancedContextManager, SyncContextManager
 
 
@@ -109,7 +109,7 @@ def plain_with() -> None:
 
 def settings_as_keywords() -> None:
     EnhancedContextManager(max_tokens=4000)  # settings go in the ContextManagerConfig
-"""
+'''
 
 
 def run_mypy(tmp_path: Path, **files: str) -> str:
