@@ -41,6 +41,7 @@ import shlex
 import sys
 import tokenize
 import types
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
@@ -336,6 +337,9 @@ def test_block_runs(group: Group, embedder: str, restore_process_state: object) 
     try:
         for block in group.blocks:
             with ExitStack() as stack:
+                # pyproject.toml ignores it for the tests' throwaway tools; a reader running a block sees it
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("error", r"tool '.*' has no description", UserWarning)
                 if "needs-server" in block.markers:
                     server = stack.enter_context(running_server())
                     os.environ["OPENAI_BASE_URL"] = server.base_url
