@@ -1259,6 +1259,33 @@ def test_registering_a_tool_without_a_description_warns_naming_it() -> None:
     }
 
 
+def test_an_undocumented_callable_object_warns_and_is_not_described_as_calling_itself() -> None:
+    """A callable object documented nowhere (class, ``__call__``) was described to the model as "Call self
+    as a function." (``inspect.getdoc`` finds the type's ``__call__`` on ``object``), so it did not warn."""
+
+    class Lookup:
+        def __call__(self, order_id: int) -> int:
+            return order_id
+
+    class Base:
+        def __call__(self, order_id: int) -> int:
+            """Look up an order."""
+            return order_id
+
+    class Derived(Base):
+        def __call__(self, order_id: int) -> int:
+            return order_id + 1
+
+    manager = ToolManager()
+    with pytest.warns(UserWarning, match=r"^tool 'lookup' has no description"):
+        definition = manager.register_function_tool("lookup", Lookup())
+    assert definition.description == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inherited = manager.register_function_tool("derived", Derived())
+    assert inherited.description == "Look up an order."  # a documented base class's __call__ still counts
+
+
 def test_a_tool_with_a_docstring_or_a_description_registers_without_a_warning() -> None:
     manager = ToolManager()
     with warnings.catch_warnings():
