@@ -449,9 +449,12 @@ class SyncContextManager:
     ) -> bool: ...
 
     @overload
-    def add_message(self, role: Mapping[str, Any] | SupportsModelDump, /) -> bool: ...
+    def add_message(self, role: Mapping[str, Any], /, **kwargs: Any) -> bool: ...  # options as keywords
 
-    def add_message(
+    @overload
+    def add_message(self, role: SupportsModelDump, /) -> bool: ...
+
+    def add_message(  # type: ignore[misc]  # a keyword content= with a dict is the (role, content) form
         self, role: Any, content: str | Sequence[Mapping[str, Any]] | None = NOT_GIVEN, **kwargs: Any
     ) -> bool:
         """Blocking form of EnhancedContextManager.add_message (``add_message(message)`` too)."""

@@ -1224,6 +1224,14 @@ async def test_add_message_of_a_wrong_message_says_what_is_allowed_and_changes_n
         assert state(manager) == before
 
 
+async def test_add_message_of_a_message_before_initialize_names_add_message(tmp_path: Path) -> None:
+    """It said ``add_messages: the context manager is not initialized``: a method the caller never called."""
+    manager = EnhancedContextManager(make_config(tmp_path))
+    for arguments in [({"role": "user", "content": "hi"},), ("user", "hi")]:
+        with pytest.raises(LifecycleError, match=r"^add_message: the context manager is not initialized"):
+            await manager.add_message(*arguments)  # type: ignore[call-overload]
+
+
 async def test_add_message_of_a_message_object_refuses_keyword_options(tmp_path: Path) -> None:
     langchain_messages = pytest.importorskip("langchain_core.messages")
     async with EnhancedContextManager(make_config(tmp_path)) as manager:

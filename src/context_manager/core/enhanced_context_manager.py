@@ -683,9 +683,12 @@ class EnhancedContextManager(AsyncContextManagerOnly):
     ) -> bool: ...
 
     @overload
-    async def add_message(self, role: Mapping[str, Any] | SupportsModelDump, /) -> bool: ...
+    async def add_message(self, role: Mapping[str, Any], /, **kwargs: Any) -> bool: ...  # options as keywords
 
-    async def add_message(
+    @overload
+    async def add_message(self, role: SupportsModelDump, /) -> bool: ...
+
+    async def add_message(  # type: ignore[misc]  # a keyword content= with a dict is the (role, content) form
         self, role: Any, content: str | Sequence[Mapping[str, Any]] | None = NOT_GIVEN, **kwargs: Any
     ) -> bool:
         """Add a message to the context, compressing the window first if it would overflow.
@@ -786,6 +789,7 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         A dict's options may also come as keywords (a key given both ways is refused); errors name the
         argument ``message`` (``message.role: got ...``).
         """
+        self._require_ready("add_message")  # not add_messages': the caller called add_message
         if isinstance(message, str | Role):
             raise InvalidArgumentError(
                 "content",
