@@ -41,6 +41,7 @@ import shlex
 import sys
 import tokenize
 import types
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
@@ -336,6 +337,9 @@ def test_block_runs(group: Group, embedder: str, restore_process_state: object) 
     try:
         for block in group.blocks:
             with ExitStack() as stack:
+                # pyproject.toml ignores it for the tests' throwaway tools; a reader running a block sees it
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("error", r"tool '.*' has no description", UserWarning)
                 if "needs-server" in block.markers:
                     server = stack.enter_context(running_server())
                     os.environ["OPENAI_BASE_URL"] = server.base_url
@@ -367,6 +371,15 @@ def test_every_documentation_page_exists_and_is_linked_from_the_readme() -> None
     for path in sorted((ROOT / "docs").glob("*.md")):  # every page, including ones added later
         assert f"(docs/{path.name})" in readme, f"README does not link docs/{path.name}"
     assert sum(len(read_blocks(path)) for path in DOCUMENTS) >= 25
+
+
+def test_the_docs_index_lists_every_page_once() -> None:
+    """docs/ had no index: a newcomer opening the folder saw eleven files in alphabetical order."""
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    pages = sorted(path.name for path in (ROOT / "docs").glob("*.md") if path.name != "README.md")
+    listed = re.findall(r"^\d+\. \[([a-z_]+\.md)\]\(\1\): ", index, flags=re.MULTILINE)
+    assert sorted(listed) == pages
+    assert listed[0] == "concepts.md"  # reading order: the concepts first
 
 
 def test_readme_keeps_the_two_commands() -> None:

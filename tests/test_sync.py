@@ -551,3 +551,38 @@ def test_a_forked_child_refuses_the_parents_managers_and_runs_new_ones(tmp_path:
         "child exit: 0",
         "parent messages: 2",
     ]
+
+
+def test_add_message_takes_one_message_dict_as_the_async_manager_does(tmp_path: Path) -> None:
+    """The blocking form matches ``EnhancedContextManager.add_message(message)``."""
+    with SyncContextManager(_config(tmp_path)) as manager:
+        assert manager.add_message({"role": "user", "content": "hi"}) is True
+        manager.add_message({"role": "assistant", "content": "hello"}, pinned=True)
+        with pytest.raises(InvalidArgumentError, match=r"^content: got <not given>"):
+            manager.add_message("user")  # type: ignore[call-overload]
+        assert [(m.role, m.content, m.pinned) for m in manager.messages] == [
+            ("user", "hi", False),
+            ("assistant", "hello", True),
+        ]
+
+
+def test_the_warning_for_a_manager_left_open_reads_as_the_async_managers(tmp_path: Path) -> None:
+    """It said "SyncContextManager (conversation None) was garbage-collected ..." for a manager with no
+    conversation; the async manager's says "unclosed EnhancedContextManager: ..." and names none."""
+
+    def forgetful(conversation_id: str | None) -> None:
+        manager = SyncContextManager(_config(tmp_path), conversation_id=conversation_id)
+        manager.initialize()
+        manager.add_message("user", "hi")
+
+    with pytest.warns(ResourceWarning) as caught:
+        forgetful(None)
+        forgetful("chat-1")
+        gc.collect()
+    texts = sorted(str(warning.message) for warning in caught if "SyncContextManager" in str(warning.message))
+    assert texts == [
+        "unclosed SyncContextManager (conversation 'chat-1'): garbage-collected without close(), cleaned up "
+        "in the background; use `with SyncContextManager(...) as manager:` or call close()",
+        "unclosed SyncContextManager: garbage-collected without close(), cleaned up in the background; use "
+        "`with SyncContextManager(...) as manager:` or call close()",
+    ]

@@ -47,7 +47,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Never, ParamSpec, TypeVar, cast, overload
 
-from context_manager.core.enhanced_context_manager import EnhancedContextManager, check_constructor_arguments
+from context_manager.core.enhanced_context_manager import (
+    NOT_GIVEN,
+    EnhancedContextManager,
+    check_constructor_arguments,
+)
 from context_manager.core.errors import LifecycleError
 from context_manager.core.tool_system.window_calls import CANCELLED_REASON
 
@@ -401,9 +405,11 @@ class SyncContextManager:
     @staticmethod
     def _warn_and_clean_up(loop_thread: _LoopThread, manager: EnhancedContextManager) -> None:
         if manager.is_initialized:  # read only: a stale answer at worst warns about a manager closing now
+            conversation = manager.conversation_id
+            which = f" (conversation {conversation!r})" if conversation is not None else ""
             warnings.warn(
-                f"SyncContextManager (conversation {manager.conversation_id!r}) was garbage-collected "
-                "without close(): cleaned up in the background; use `with` or call close()",
+                f"unclosed SyncContextManager{which}: garbage-collected without close(), cleaned up in the "
+                "background; use `with SyncContextManager(...) as manager:` or call close()",
                 ResourceWarning,
                 stacklevel=1,
             )
@@ -437,11 +443,23 @@ class SyncContextManager:
 
     # -- messages --------------------------------------------------------------------------------------
 
+    @overload
     def add_message(
         self, role: str, content: str | Sequence[Mapping[str, Any]] | None, **kwargs: Any
+    ) -> bool: ...
+
+    @overload
+    def add_message(self, role: Mapping[str, Any], /, **kwargs: Any) -> bool: ...  # options as keywords
+
+    @overload
+    def add_message(self, role: SupportsModelDump, /) -> bool: ...
+
+    def add_message(  # type: ignore[misc]  # a keyword content= with a dict is the (role, content) form
+        self, role: Any, content: str | Sequence[Mapping[str, Any]] | None = NOT_GIVEN, **kwargs: Any
     ) -> bool:
-        """Blocking form of EnhancedContextManager.add_message."""
-        return self._await("add_message", self._manager.add_message, role, content, **kwargs)
+        """Blocking form of EnhancedContextManager.add_message (``add_message(message)`` too)."""
+        add: Callable[..., Awaitable[bool]] = self._manager.add_message
+        return self._await("add_message", add, role, content, **kwargs)
 
     def add_messages(self, messages: Sequence[Mapping[str, Any] | SupportsModelDump]) -> int:
         """Blocking form of EnhancedContextManager.add_messages."""

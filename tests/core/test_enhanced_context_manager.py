@@ -1131,3 +1131,140 @@ async def test_an_empty_assistant_reply_is_refused_saying_what_to_do(tmp_path: P
         ):
             await manager.add_message("user", "")
         assert state(manager) == before
+
+
+# -- add_message(message): one message-like object ------------------------------------------------------
+
+
+async def test_add_message_takes_one_message_dict_as_add_messages_does(tmp_path: Path) -> None:
+    """``add_message({"role": "user", "content": "hi"})`` (an OpenAI SDK or LangChain user's first call)
+    failed with a bare ``TypeError: missing 1 required positional argument: 'content'``."""
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        assert await manager.add_message({"role": "user", "content": "hi"}) is True
+        assert await manager.add_message({"role": "assistant", "content": "hello"}, pinned=True) is True
+        await manager.add_message({"role": "user", "content": "again", "priority": "high"})
+        assert [(m.role, m.content, m.pinned, m.priority) for m in manager.messages] == [
+            ("user", "hi", False, "normal"),
+            ("assistant", "hello", True, "normal"),
+            ("user", "again", False, "high"),
+        ]
+        assert manager.get_context(format="openai")[0] == {"role": "user", "content": "hi"}
+
+
+async def test_add_message_takes_an_sdk_or_langchain_message(tmp_path: Path) -> None:
+    langchain_messages = pytest.importorskip("langchain_core.messages")
+    chat = pytest.importorskip("openai.types.chat")
+    reply = chat.ChatCompletionMessage(role="assistant", content="It shipped on Monday.")
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message(langchain_messages.HumanMessage("Where is order 1042?"))
+        await manager.add_message(reply)  # response.choices[0].message, as it is
+        await manager.add_message(langchain_messages.AIMessage("Anything else?"))
+        assert [(m.role, m.content) for m in manager.messages] == [
+            ("user", "Where is order 1042?"),
+            ("assistant", "It shipped on Monday."),
+            ("assistant", "Anything else?"),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "options", "error", "match"),
+    [
+        (
+            ("user",),
+            {},
+            InvalidArgumentError,
+            r"^content: got <not given>; allowed the message's text: "
+            r"add_message\('user', content\), or one message dict",
+        ),
+        (
+            ([{"role": "user", "content": "hi"}],),
+            {},
+            InvalidArgumentError,
+            r"^message: got \[.*; allowed one message .*\(add_messages\(messages\) takes a list\)",
+        ),
+        (
+            ({"role": "human", "content": "hi"},),
+            {},
+            InvalidRoleError,
+            r"^message\.role: got 'human'; allowed",
+        ),
+        (
+            ({"content": "hi"},),
+            {},
+            InvalidArgumentError,
+            r"^message: got \{'content': 'hi'\}; allowed a dict",
+        ),
+        (
+            ({"role": "user", "content": "hi", "pinned": True},),
+            {"pinned": False},
+            InvalidArgumentError,
+            r"^pinned: got False; allowed each option given once",
+        ),
+        (
+            ({"role": "user", "content": "hi"},),
+            {"pinnned": True},
+            InvalidArgumentError,
+            r"^message\.pinnned: got",
+        ),
+        (({"role": "user", "content": ""},), {}, InvalidMessageError, r"^message\.content: got ''"),
+    ],
+)
+async def test_add_message_of_a_wrong_message_says_what_is_allowed_and_changes_nothing(
+    tmp_path: Path,
+    arguments: tuple[object, ...],
+    options: dict[str, object],
+    error: type[Exception],
+    match: str,
+) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        await manager.add_message("user", "before")
+        before = state(manager)
+        with pytest.raises(error, match=match):
+            await manager.add_message(*arguments, **options)  # type: ignore[call-overload]
+        assert state(manager) == before
+
+
+async def test_add_message_of_a_message_before_initialize_names_add_message(tmp_path: Path) -> None:
+    """It said ``add_messages: the context manager is not initialized``: a method the caller never called."""
+    manager = EnhancedContextManager(make_config(tmp_path))
+    for arguments in [({"role": "user", "content": "hi"},), ("user", "hi")]:
+        with pytest.raises(LifecycleError, match=r"^add_message: the context manager is not initialized"):
+            await manager.add_message(*arguments)  # type: ignore[call-overload]
+
+
+async def test_add_message_of_a_message_object_refuses_keyword_options(tmp_path: Path) -> None:
+    langchain_messages = pytest.importorskip("langchain_core.messages")
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        with pytest.raises(
+            InvalidArgumentError, match=r"^pinned: got True; allowed no options with a message"
+        ):
+            await manager.add_message(langchain_messages.HumanMessage("hi"), pinned=True)  # type: ignore[call-overload]
+        assert manager.messages == ()
+
+
+async def test_a_misspelt_add_message_keyword_names_the_option_meant(tmp_path: Path) -> None:
+    """``add_message("user", "hi", pin=True)`` listed the seven options with no hint (the config's and the
+    constructor's unknown keywords already said "did you mean")."""
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        with pytest.raises(
+            InvalidArgumentError, match=r"^pin: got True; .* \(unknown keyword; did you mean pinned\?\)$"
+        ):
+            await manager.add_message("user", "hi", pin=True)
+        with pytest.raises(
+            InvalidArgumentError, match=r"^messages\[0\]\.priorty: .*did you mean priority\?\)$"
+        ):
+            await manager.add_messages([{"role": "user", "content": "hi", "priorty": "high"}])
+        assert manager.messages == ()
+
+
+async def test_add_messages_of_one_message_points_at_add_message(tmp_path: Path) -> None:
+    async with EnhancedContextManager(make_config(tmp_path)) as manager:
+        with pytest.raises(
+            InvalidArgumentError,
+            match=r"^messages: got \{'role': 'user', 'content': 'hi'\}; allowed a list of dicts with 'role' "
+            r"and 'content' \(one message goes in with add_message\(message\)\)$",
+        ):
+            await manager.add_messages({"role": "user", "content": "hi"})  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=r"^messages: got 'hi'; allowed a list of dicts[^(]*$"):
+            await manager.add_messages("hi")  # type: ignore[arg-type]
+        assert manager.messages == ()

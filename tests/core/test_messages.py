@@ -269,3 +269,15 @@ def test_create_plain_is_message_create_without_options(role: object, content: o
         assert "lone surrogates" in str(expected[2]) or unchecked == expected
     else:
         assert unchecked == expected
+
+
+@pytest.mark.parametrize(
+    ("other", "meant"), [("human", "user"), ("AI", "assistant"), ("model", "assistant"), ("function", "tool")]
+)
+def test_another_librarys_role_name_is_refused_with_ours(other: str, meant: str) -> None:
+    """LangChain's ``human`` / ``ai``, Gemini's ``model``: the error listed our roles and left the reader to
+    map theirs; it now says which one is meant (still refused: the window keeps four roles)."""
+    with pytest.raises(InvalidRoleError, match=rf"\('developer' is 'system'; '{other}' is '{meant}' here\)$"):
+        Message.create(other, "hi")
+    with pytest.raises(InvalidRoleError, match=r"\('developer' is 'system'\)$"):
+        Message.create("bogus", "hi")

@@ -145,6 +145,19 @@ _IGNORED_RESPONSE_FIELDS = frozenset({"annotations"})
 """Output-only fields of an assistant message, ignored whatever they hold (see :func:`_new_message`)."""
 _perf_counter = time.perf_counter
 
+
+class _NotGiven:
+    """The type of :data:`NOT_GIVEN`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+NOT_GIVEN: Any = _NotGiven()
+"""``add_message``'s ``content`` when left out: ``add_message(message)`` of one message-like object."""
+
 _State = Literal["new", "ready", "closed"]
 
 
@@ -672,13 +685,30 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         """
         return self._require_ready("context_window")
 
+    @overload
     async def add_message(
         self, role: str, content: str | Sequence[Mapping[str, Any]] | None, **kwargs: Any
+    ) -> bool: ...
+
+    @overload
+    async def add_message(self, role: Mapping[str, Any], /, **kwargs: Any) -> bool: ...  # options as keywords
+
+    @overload
+    async def add_message(self, role: SupportsModelDump, /) -> bool: ...
+
+    async def add_message(  # type: ignore[misc]  # a keyword content= with a dict is the (role, content) form
+        self, role: Any, content: str | Sequence[Mapping[str, Any]] | None = NOT_GIVEN, **kwargs: Any
     ) -> bool:
         """Add a message to the context, compressing the window first if it would overflow.
 
+        ``add_message(role, content, **options)``, or ``add_message(message)`` of one message as
+        :meth:`add_messages` takes it: a dict (``{"role": "user", "content": "hi"}``, options as its keys),
+        an OpenAI SDK message (``response.choices[0].message``), a LangChain message (``HumanMessage``) or
+        an Anthropic turn; ``add_message(message)`` is ``add_messages([message])``.
+
         Args:
-            role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"`` (or a :class:`Role`).
+            role: ``"system"``, ``"user"``, ``"assistant"`` or ``"tool"`` (or a :class:`Role`); or the
+                whole message, with no ``content`` (see above).
             content: The text; ``None`` only for an assistant message with ``tool_calls`` (as the OpenAI
                 API sends it), stored as empty text. Chat Completions text parts (``[{"type": "text",
                 "text": ...}]``) are their texts joined by a line break, as in :meth:`add_messages`.
@@ -709,6 +739,8 @@ class EnhancedContextManager(AsyncContextManagerOnly):
                 window and is written with the next change (or :meth:`flush`): do not add it again.
             LifecycleError: before ``initialize()`` or after ``cleanup()``.
         """
+        if content is NOT_GIVEN:  # add_message(message): the one message as add_messages takes it
+            return await self._add_message_like(role, kwargs)
         # Recorded as ``monitored_operation("add_message")`` would (failures with their error, a
         # cancellation not at all), inline: the decorator's extra coroutine is a fifth of a short add.
         start = _perf_counter()
@@ -757,6 +789,50 @@ class EnhancedContextManager(AsyncContextManagerOnly):
             record_library_operation("add_message", _perf_counter() - start, True, own_monitor=own)
         elif own is not None:  # the usual case: only the manager's own monitor
             own._record_success("add_message", _perf_counter() - start)
+        return True
+
+    async def _add_message_like(self, message: Any, options: dict[str, Any]) -> bool:
+        """``add_message(message)``: one message-like object added as ``add_messages([message])`` does.
+
+        A dict's options may also come as keywords (a key given both ways is refused); errors name the
+        argument ``message`` (``message.role: got ...``).
+        """
+        self._require_ready("add_message")  # not add_messages': the caller called add_message
+        if isinstance(message, str | Role):
+            raise InvalidArgumentError(
+                "content",
+                NOT_GIVEN,
+                f"the message's text: add_message({str(message)!r}, content), or one message dict: "
+                "add_message({'role': ..., 'content': ...})",
+            )
+        if isinstance(message, Sequence) and not isinstance(message, bytes):
+            raise InvalidArgumentError(
+                "message",
+                message,
+                "one message (a dict with 'role' and 'content', an SDK or LangChain message)",
+                detail="add_messages(messages) takes a list",
+            )
+        if options:
+            if not isinstance(message, Mapping):
+                keyword = next(iter(options))
+                raise InvalidArgumentError(
+                    keyword,
+                    options[keyword],
+                    "no options with a message object: add_message(role, content, **options), or a dict "
+                    "with the options as keys",
+                )
+            both = sorted(set(options) & set(message))
+            if both:
+                raise InvalidArgumentError(
+                    both[0], options[both[0]], "each option given once: in the message dict or as a keyword"
+                )
+            message = {**message, **options}
+        try:
+            await self.add_messages([message])
+        except InvalidArgumentError as error:
+            if error.field.startswith("messages[0]"):
+                raise in_item(error, "message") from None
+            raise
         return True
 
     @monitored_operation("add_messages")
@@ -810,7 +886,13 @@ class EnhancedContextManager(AsyncContextManagerOnly):
         """
         window = self._require_ready("add_messages")
         if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
-            raise InvalidArgumentError("messages", messages, "a list of dicts with 'role' and 'content'")
+            one = isinstance(messages, Mapping) or callable(getattr(messages, "model_dump", None))
+            raise InvalidArgumentError(
+                "messages",
+                messages,
+                "a list of dicts with 'role' and 'content'",
+                detail="one message goes in with add_message(message)" if one else None,
+            )
         # converted items (a user turn of results is several messages): errors name the caller's item
         origins: list[int] | None = None
         if any(is_langchain_message(item) for item in messages):  # one dict each: positions kept
@@ -2049,8 +2131,12 @@ def _new_message(role: str, content: Any, options: dict[str, Any]) -> Message:
             options = _with_reasoning_kept(options)
     if options and not _MESSAGE_OPTIONS.issuperset(options):
         unknown = sorted(set(options) - _MESSAGE_OPTIONS)
+        close = difflib.get_close_matches(unknown[0], sorted(_MESSAGE_OPTIONS), 1)  # pin= for pinned=
         raise InvalidArgumentError(
-            unknown[0], options[unknown[0]], "one of " + ", ".join(sorted(_MESSAGE_OPTIONS))
+            unknown[0],
+            options[unknown[0]],
+            "one of " + ", ".join(sorted(_MESSAGE_OPTIONS)),
+            detail=f"unknown keyword; did you mean {close[0]}?" if close else None,
         )
     if content is None and role == Role.ASSISTANT and options.get("tool_calls"):
         content = ""

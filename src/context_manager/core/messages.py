@@ -59,8 +59,10 @@ class Role(StrEnum):
             found = _ROLES_BY_TEXT.get(value) or _ROLES_BY_TEXT.get(value.strip().lower())
             if found is not None:
                 return found
+        meant = _OTHER_ROLE_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
+        aliases = "'developer' is 'system'" + (f"; {value!r} is {meant!r} here" if meant else "")
         raise InvalidRoleError(
-            "role", value, "one of " + ", ".join(repr(r.value) for r in cls) + " ('developer' is 'system')"
+            "role", value, "one of " + ", ".join(repr(r.value) for r in cls) + f" ({aliases})"
         )
 
 
@@ -100,6 +102,9 @@ _PRIORITY_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priorit
 # Plain dict lookups: Enum(value) costs about a microsecond on the add_message hot path.
 _ROLES_BY_TEXT: dict[str, Role] = {role.value: role for role in Role}
 _ROLES_BY_TEXT["developer"] = Role.SYSTEM  # OpenAI's name of system instructions for its reasoning models
+_OTHER_ROLE_NAMES = {"human": "user", "ai": "assistant", "model": "assistant", "function": "tool"}
+"""Roles of other libraries (LangChain's message types, Gemini's ``model``, OpenAI's legacy ``function``):
+the error that refuses one says which role to use."""
 _PRIORITIES_BY_TEXT: dict[str, Priority] = {priority.value: priority for priority in Priority}
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import json
 import threading
+import warnings
 from typing import Any
 
 import pydantic
@@ -1232,3 +1233,65 @@ async def test_a_whole_number_in_exponent_form_is_told_to_write_its_digits() -> 
     assert "written out in digits" in refused.error, refused.error
     assert (await manager.call_tool("page", {"number": 10**20})).result == 10**20  # the advice works
     assert (await manager.call_tool("page", {"number": 10**300})).result == 10**300
+
+
+# -- a tool without a description ------------------------------------------------------------------------
+
+
+async def _undocumented(order_id: int) -> int:
+    return order_id
+
+
+def test_registering_a_tool_without_a_description_warns_naming_it() -> None:
+    """A tool with no docstring and no ``description=`` was registered silently with ``"description": ""``
+    in its schema (a model then guesses what it does from its name); LangChain's ``@tool`` refuses it."""
+    manager = ToolManager()
+    with pytest.warns(UserWarning, match=r"^tool 'lookup' has no description: models choose .* docstring"):
+        manager.register_function_tool("lookup", _undocumented)
+    with pytest.warns(UserWarning, match=r"^tool '_undocumented' has no description"):
+        manager.register_tool(_undocumented)
+    blank = tool(name="blank", description="   ")(lambda order_id: order_id)
+    with pytest.warns(UserWarning, match=r"^tool 'blank' has no description"):
+        manager.register_tool(blank)
+    # still registered (a warning, not a refusal): existing code keeps working
+    assert {"lookup", "_undocumented", "blank"} <= {
+        schema["function"]["name"] for schema in manager.get_tool_schemas()
+    }
+
+
+def test_an_undocumented_callable_object_warns_and_is_not_described_as_calling_itself() -> None:
+    """A callable object documented nowhere (class, ``__call__``) was described to the model as "Call self
+    as a function." (``inspect.getdoc`` finds the type's ``__call__`` on ``object``), so it did not warn."""
+
+    class Lookup:
+        def __call__(self, order_id: int) -> int:
+            return order_id
+
+    class Base:
+        def __call__(self, order_id: int) -> int:
+            """Look up an order."""
+            return order_id
+
+    class Derived(Base):
+        def __call__(self, order_id: int) -> int:
+            return order_id + 1
+
+    manager = ToolManager()
+    with pytest.warns(UserWarning, match=r"^tool 'lookup' has no description"):
+        definition = manager.register_function_tool("lookup", Lookup())
+    assert definition.description == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inherited = manager.register_function_tool("derived", Derived())
+    assert inherited.description == "Look up an order."  # a documented base class's __call__ still counts
+
+
+def test_a_tool_with_a_docstring_or_a_description_registers_without_a_warning() -> None:
+    manager = ToolManager()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manager.register_tool(summarise)  # its docstring
+        manager.register_function_tool("lookup", _undocumented, "Look up an order.")
+        manager.register_tool(tool(name="find", description="Look up an order.")(lambda order_id: order_id))
+        manager.register_function_tool("lookup", _undocumented, "Look up an order.")  # the same again: no-op
+    assert len(manager.list_tools()) == 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -103,6 +104,10 @@ class ToolRegistry:
         Returns:
             The registered definition.
 
+        Warns:
+            UserWarning: the tool has no description (none given, no docstring): models choose and call
+                tools by their descriptions.
+
         Raises:
             ToolRegistrationError: invalid name or option, not callable, or the name is taken; the registry
                 is unchanged.
@@ -142,6 +147,10 @@ class ToolRegistry:
         function is registered under its ``__name__`` with its docstring as description;
         :meth:`register_function_tool` (the user guide's form) names and configures one at the call.
 
+        Warns:
+            UserWarning: the tool has no description (no docstring, no ``description=``): models choose
+                and call tools by their descriptions.
+
         Raises:
             ToolRegistrationError: invalid definition, or the name is taken (without ``replace=True``).
         """
@@ -176,6 +185,16 @@ class ToolRegistry:
             self._tool_removed(definition.name)
         self._tools[definition.name] = definition
         self._tool_added(definition)
+        if not definition.description.strip():
+            # a model picks a tool, and fills its arguments, by the description: without one it guesses
+            # from the name (LangChain's @tool refuses such a function; a warning keeps it registrable)
+            warnings.warn(
+                f"tool {definition.name!r} has no description: models choose and call a tool by its "
+                "description; give the function a docstring, or pass description= (@tool(description=...), "
+                "register_function_tool(name, function, description))",
+                UserWarning,
+                stacklevel=3,
+            )
         return definition
 
     def _tool_added(self, definition: ToolDefinition) -> None:

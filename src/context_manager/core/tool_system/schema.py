@@ -413,10 +413,25 @@ def _documentation(function: Any) -> tuple[str, dict[str, str]]:
     if not (inspect.isfunction(target) or inspect.ismethod(target)):
         call = getattr(type(target), "__call__", None)  # noqa: B004
         if inspect.isfunction(call):
-            call_summary, call_arguments = parse_docstring(inspect.getdoc(call))
+            call_summary, call_arguments = parse_docstring(_class_call_doc(type(target)))
             summary = summary or call_summary
             arguments = call_arguments or arguments
     return summary, arguments
+
+
+def _class_call_doc(cls: type) -> str | None:
+    """The docstring of ``cls``'s ``__call__``, or of the one it overrides in a base class.
+
+    ``inspect.getdoc`` looks the method up on ``object`` too, where ``__call__`` is the type's ("Call self
+    as a function."): an undocumented callable object was described to the model by that text.
+    """
+    for klass in cls.__mro__:
+        if klass is object:
+            break
+        doc = getattr(vars(klass).get("__call__"), "__doc__", None)
+        if isinstance(doc, str) and doc.strip():
+            return inspect.cleandoc(doc)
+    return None
 
 
 def _partial_keywords(function: Any) -> set[str]:
