@@ -201,6 +201,14 @@ class ContextManagerConfig(BaseSettings):
     max_concurrent_tool_calls: int = Field(
         8, gt=0, description="How many tool calls of one model response run at once."
     )
+    max_abandoned_tool_calls: int | None = Field(
+        64,
+        gt=0,
+        description="Most tool calls, of all tools together, left running after their caller stopped "
+        "waiting (async tools that ignored their cancellation, sync tools in their thread) before new calls "
+        "to the tools that left them are refused ('overloaded', not run); tools that never did run freely. "
+        "None ('none' in the environment): no bound but each tool's own max_abandoned_calls.",
+    )
 
     # Health check settings
     health_check_interval: float = Field(
@@ -347,7 +355,7 @@ class ContextManagerConfig(BaseSettings):
             raise ValueError("a connection string without NUL characters")
         return text
 
-    @field_validator("postgres_statement_timeout", mode="before")
+    @field_validator("postgres_statement_timeout", "max_abandoned_tool_calls", mode="before")
     @classmethod
     def _none_as_text(cls, value: Any) -> Any:
         """``"none"`` (any case) is None: an environment variable or ``--set`` can only give text."""

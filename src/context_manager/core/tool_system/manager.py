@@ -51,9 +51,11 @@ its rate limit (a cache hit is still answered); the count drops as those calls e
 are not stopped (nothing can stop them), and a first burst of concurrent calls, all started before any
 timed out, runs whole; but once an async tool has ignored a cancellation (for the life of its
 registration) its calls in flight count toward the bound too, so later bursts cannot leave more than the
-bound running. The count belongs to the registration: a tool registered again starts at 0. A sync
-callable that returns a coroutine has it run as an async tool's (its own task, the rest of the timeout,
-the same grace and tracking).
+bound running. The count belongs to the registration: a tool registered again starts at 0. Together, the
+calls left running of every tool (and the calls in flight of tools that ignored a cancellation) are bounded
+by ``config.max_abandoned_tool_calls`` (64): past it, a call to a tool that left calls running is refused
+as ``overloaded`` too, while tools that never did run freely. A sync callable that returns a coroutine has
+it run as an async tool's (its own task, the rest of the timeout, the same grace and tracking).
 
 The manager is meant for one event loop. Its only background tasks are async tools that ignored their
 cancellation: :meth:`ToolManager.cleanup` (or ``async with ToolManager() as tools``) cancels them again and
@@ -152,7 +154,7 @@ class _ToolStats:
             self.failures += 1
             self.errors[error_type.value] = self.errors.get(error_type.value, 0) + 1
 
-    def as_dict(self, abandoned: int) -> dict[str, Any]:
+    def as_dict(self, abandoned: int, ignored_cancellation: bool) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "successes": self.successes,
@@ -164,6 +166,7 @@ class _ToolStats:
             "last_called": self.last_called,
             "errors": dict(self.errors),
             "abandoned": abandoned,
+            "ignored_cancellation": ignored_cancellation,
         }
 
 
@@ -612,6 +615,10 @@ class ToolManager(ToolRegistry):
         # running, sync calls in their thread), and, once it ignored a cancellation, its calls in flight; a
         # tool without any has no entry, so the check on each call is one test of an empty dict
         self._abandoned_calls: dict[ToolDefinition, _CallsLeftRunning] = {}
+        # of every registration together (a replaced one's too, until its calls end): the calls left running,
+        # and the calls in flight of tools that ignored a cancellation (config.max_abandoned_tool_calls)
+        self._total_abandoned = 0
+        self._total_in_flight = 0
         # a sync call ending after its event loop closed reports its end from its own thread
         self._abandoned_calls_lock = threading.Lock()
         # async tools that ignored their cancellation and still run (task -> its tool): referenced here so
@@ -1245,6 +1252,7 @@ class ToolManager(ToolRegistry):
             if calls is None:
                 calls = self._abandoned_calls[definition] = _CallsLeftRunning()
             calls.abandoned += 1
+            self._total_abandoned += 1
             return calls
 
     def _abandoned_call_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
@@ -1255,6 +1263,7 @@ class ToolManager(ToolRegistry):
         """
         with self._abandoned_calls_lock:
             calls.abandoned -= 1
+            self._total_abandoned -= 1
             if calls.idle() and self._abandoned_calls.get(definition) is calls:
                 del self._abandoned_calls[definition]  # no entry: the check on each call stays one dict test
 
@@ -1263,13 +1272,16 @@ class ToolManager(ToolRegistry):
         calls = self._abandoned_calls.get(definition)
         if calls is None or not calls.stubborn:
             return None
-        calls.in_flight += 1
+        with self._abandoned_calls_lock:
+            calls.in_flight += 1
+            self._total_in_flight += 1
         return calls
 
     def _in_flight_ended(self, definition: ToolDefinition, calls: _CallsLeftRunning) -> None:
         """Count down a call :meth:`_count_in_flight` counted, its caller answered (or cancelled)."""
         with self._abandoned_calls_lock:
             calls.in_flight -= 1
+            self._total_in_flight -= 1
             if calls.idle() and self._abandoned_calls.get(definition) is calls:
                 del self._abandoned_calls[definition]
 
@@ -1287,15 +1299,13 @@ class ToolManager(ToolRegistry):
         limit = definition.max_abandoned_calls
         if limit is None:
             limit = self._max_abandoned_calls
-            if limit is None:
-                return None
             bound = f"ToolManager(max_abandoned_calls={limit})"
         else:
             bound = f"its max_abandoned_calls={limit}"
-        if calls.abandoned + calls.in_flight < limit:
-            return None
+        if limit is None or calls.abandoned + calls.in_flight < limit:
+            return self._overloaded_in_all(definition, calls, started, call_id)
         if self._forget_dead_tasks() and calls.abandoned + calls.in_flight < limit:
-            return None
+            return self._overloaded_in_all(definition, calls, started, call_id)
         left, in_flight = calls.abandoned, calls.in_flight
         plural = left != 1
         counted, they, their = (f"{left} calls", "they", "their") if plural else ("1 call", "it", "its")
@@ -1323,6 +1333,42 @@ class ToolManager(ToolRegistry):
                 f"{bound} allows no more), so this call did not run: retry "
                 f"when {they} end{'' if plural else 's'}, or {remedy}"
             )
+        return self._fail(definition, ToolErrorType.OVERLOADED, message, started, call_id)
+
+    def _overloaded_in_all(
+        self, definition: ToolDefinition, calls: _CallsLeftRunning, started: float, call_id: str | None
+    ) -> ToolResult | None:
+        """The ``overloaded`` failure of a call to a tool that left calls running, at the bound in all.
+
+        That is when the manager's tools together have ``config.max_abandoned_tool_calls`` such calls (the
+        calls in flight of tools that ignored a cancellation included); else None.
+
+        Without it, each tool's own bound held, but 50 tools each leaving 16 calls running left 800 tasks or
+        threads. Tools that never left a call running are not refused: they are not what fills the count.
+        """
+        cap = self.config.max_abandoned_tool_calls
+        if cap is None or self._total_abandoned + self._total_in_flight < cap:
+            return None
+        if self._forget_dead_tasks() and self._total_abandoned + self._total_in_flight < cap:
+            return None
+        left, in_flight = self._total_abandoned, self._total_in_flight
+        if definition.is_async or calls.stubborn:
+            why = "has ignored its cancellation before"
+        else:
+            mine = calls.abandoned
+            why = (
+                f"has {mine} calls still running in their threads after their timeout"
+                if mine != 1
+                else "has 1 call still running in its thread after its timeout"
+            )
+        running = f"{left} call{'s' if left != 1 else ''} still running after their caller stopped waiting"
+        if in_flight:
+            running += f" and {in_flight} in flight of tools that ignored their cancellation"
+        message = (
+            f"tool {definition.name!r} {why}, and the tools of this manager have {running} "
+            f"(config.max_abandoned_tool_calls={cap} allows no more in all), so this call did not run: retry "
+            'when some of them end; get_tool_stats()["tools"] shows which tools have calls "abandoned"'
+        )
         return self._fail(definition, ToolErrorType.OVERLOADED, message, started, call_id)
 
     def _forget_dead_tasks(self) -> bool:
@@ -1707,18 +1753,27 @@ class ToolManager(ToolRegistry):
         ``abandoned`` (timed-out calls still running in their thread) and ``max``. ``tasks``:
         ``abandoned``, the async tools that ignored their cancellation and still run in their task.
         Per tool, ``abandoned`` counts its calls of either kind still running after their caller stopped
-        waiting; ``max_abandoned_calls`` is the bound past which new calls to a tool are refused
-        (``overloaded``).
+        waiting, and ``ignored_cancellation`` says whether one of its async calls ignored its cancellation
+        (for the life of its registration: its calls in flight count toward the bounds too);
+        ``max_abandoned_calls`` is the bound past which new calls to a tool are refused (``overloaded``).
+        ``abandoned_calls`` counts such calls of every tool together (a replaced registration's too), and
+        ``max_abandoned_tool_calls`` (``config.max_abandoned_tool_calls``) is the bound on them together
+        past which new calls to tools that left calls running are refused.
         """
         if self._abandoned_tasks:
             self._forget_dead_tasks()
         registered = self._tools
         abandoned = {  # the current registrations' (one replaced keeps its own until its calls end)
-            definition.name: calls.abandoned
+            definition.name: calls
             for definition, calls in list(self._abandoned_calls.items())
             if registered.get(definition.name) is definition
         }
-        tools = {name: stats.as_dict(abandoned.get(name, 0)) for name, stats in self._stats.items()}
+        tools = {
+            name: stats.as_dict(calls.abandoned, calls.stubborn)
+            if (calls := abandoned.get(name)) is not None
+            else stats.as_dict(0, False)
+            for name, stats in self._stats.items()
+        }
         return {
             "registered_tools": len(self._tools),
             "total_calls": sum(stats.calls for stats in self._stats.values()) + self._unknown_calls,
@@ -1732,6 +1787,8 @@ class ToolManager(ToolRegistry):
             },
             "tasks": {"abandoned": len(self._abandoned_tasks)},
             "max_abandoned_calls": self._max_abandoned_calls,
+            "abandoned_calls": self._total_abandoned,
+            "max_abandoned_tool_calls": self.config.max_abandoned_tool_calls,
             "tools": tools,
         }
 
