@@ -30,11 +30,11 @@ problems:
 8. **result** - the value must be JSON-serialisable because it goes into the context window. Plain JSON
    values are returned as they are (tuples as lists, as a cache hit reads them back); pydantic models
    (``model_dump(mode="json")``), dataclasses (their fields as a model's: datetimes, enums, sets),
-   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, and numpy scalars and arrays are
-   converted; anything else (sets, arbitrary objects, NaN, cycles) gives a
-   failed result with ``error_type="tool_error"``. The result is encoded once (``to_content()`` reuses
-   the text); one holding more than about 10,000 values (or megabytes of text) is checked and encoded in a
-   worker thread, in pieces, so the event loop goes on meanwhile.
+   datetimes, dates, times, durations, decimals, UUIDs, enums, paths, numpy scalars and arrays, and bytes
+   holding UTF-8 text (as a model's bytes field is) are converted; anything else (sets, binary bytes,
+   arbitrary objects, NaN, cycles) gives a failed result with ``error_type="tool_error"``. The result is
+   encoded once (``to_content()`` reuses the text); one holding more than about 10,000 values (or megabytes
+   of text) is checked and encoded in a worker thread, in pieces, so the event loop goes on meanwhile.
 
 Sync tools run in the manager's own threads (:class:`~context_manager.core.threads.UserThreads`, up to
 ``max_threads``, created on demand), not in the event loop's default pool that memory storage uses: hung
@@ -229,6 +229,17 @@ class _ResultEncoder(json.JSONEncoder):
             # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
             self.converted = True
             return o.tolist()
+        if isinstance(o, bytes | bytearray | memoryview):
+            # as a pydantic model's bytes field is (UTF-8 text); other bytes have no text to show a model
+            try:
+                text = bytes(o).decode()
+            except UnicodeDecodeError:
+                raise TypeError(
+                    f"a {type(o).__name__} value of {len(o)} bytes that are not UTF-8 text (decode them, or "
+                    "base64-encode them: base64.b64encode(data).decode())"
+                ) from None
+            self.converted = True
+            return text
         if (dataclasses.is_dataclass(o) and not isinstance(o, type)) or isinstance(o, _CONVERTED_VALUES):
             self.converted = True
             if isinstance(o, pathlib.PurePath):  # pydantic writes a Path, not a PurePosixPath
@@ -705,7 +716,7 @@ class ToolManager(ToolRegistry):
     async def call_tool(
         self,
         name: str,
-        arguments: Mapping[str, Any] | None = None,
+        arguments: Mapping[str, Any] | str | None = None,
         /,
         *,
         call_id: str | None = None,
@@ -718,7 +729,9 @@ class ToolManager(ToolRegistry):
 
         Args:
             name: The tool to run.
-            arguments: Its arguments (None means none).
+            arguments: Its arguments (None means none), or their JSON object text as OpenAI sends it
+                (``tool_call.function.arguments``; an empty text or ``null`` means none); text that is no
+                JSON object gives an ``invalid_arguments`` result.
             call_id: A provider tool call id, copied to the result.
             caller_key: Rate-limit this caller separately (e.g. a user or session id), and cache its
                 results apart from other callers'; None shares the tool's limit and cache among all.
@@ -756,7 +769,11 @@ class ToolManager(ToolRegistry):
         return result
 
     async def _call_tool(
-        self, name: str, arguments: Mapping[str, Any] | None, call_id: str | None, caller_key: str | None
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str | None,
+        call_id: str | None,
+        caller_key: str | None,
     ) -> ToolResult:
         started = _perf_counter()
         definition = self._tools.get(name) if isinstance(name, str) else None
@@ -776,7 +793,13 @@ class ToolManager(ToolRegistry):
             )
         if arguments is None:
             arguments = {}
-        elif not isinstance(arguments, Mapping):
+        elif isinstance(arguments, str):  # OpenAI's function.arguments, the JSON text of an object
+            parsed = _arguments_from_text(arguments)
+            if isinstance(parsed, str):  # (the text is not quoted: it may hold a sensitive argument)
+                message = f"invalid arguments for tool {name!r}: {parsed}"
+                return self._fail(definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id)
+            arguments = parsed
+        if not isinstance(arguments, Mapping):
             return self._fail(
                 definition,
                 ToolErrorType.INVALID_ARGUMENTS,
@@ -855,6 +878,15 @@ class ToolManager(ToolRegistry):
                 return self._fail(
                     definition, ToolErrorType.INVALID_ARGUMENTS, message, started, call_id, arguments
                 )
+            except Exception as error:
+                # the tool's own code (a validator raising KeyError or TypeError, which pydantic does not
+                # turn into a ValidationError; a default that cannot be copied): its failure, not a crash
+                logger.debug("validating the arguments of tool %r raised %s", name, type(error).__name__)
+                message = (
+                    f"tool {name!r} raised {_describe_error(error)} while its arguments were validated "
+                    "(in the tool's own validators or defaults)"
+                )
+                return self._fail(definition, ToolErrorType.TOOL_ERROR, message, started, call_id, arguments)
             if unsure:  # booleans a union's members (or a field's name) left open: read as numbers?
                 read = booleans_read_as_numbers(
                     validated, unsure, arguments, sensitive_arguments=definition.sensitive_keys
@@ -896,7 +928,7 @@ class ToolManager(ToolRegistry):
             if cache_key is None and model is not None:  # e.g. a nested model or a datetime argument
                 try:
                     cache_key = canonical_arguments(validated.model_dump(mode="json"))
-                except (ValueError, RecursionError):  # not JSON (an object sentinel, a cycle): run uncached
+                except Exception:  # not JSON (an object sentinel, a cycle, a serializer raising): uncached
                     cache_key = None
             if cache_key is not None and caller_key is not None:
                 # one cache per caller: callers are kept apart (an MCP server's users), so is what they got
@@ -1791,6 +1823,28 @@ class ToolManager(ToolRegistry):
             "max_abandoned_tool_calls": self.config.max_abandoned_tool_calls,
             "tools": tools,
         }
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _arguments_from_text(text: str) -> dict[str, Any] | str:
+    """Arguments given as JSON text (OpenAI's ``function.arguments``): the object, else what is wrong.
+
+    An empty text or ``null`` is no arguments, as in a provider's tool call.
+    """
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:  # bad JSON, a number too large, nesting too deep
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        return f"arguments: got {len(text)} characters that are no JSON ({detail}); expected a JSON object"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return f"arguments: got a JSON {_JSON_KINDS.get(type(value), 'value')}; expected a JSON object"
+    return value
 
 
 def _checked_callback(callback: ApprovalCallback | None) -> ApprovalCallback | None:
