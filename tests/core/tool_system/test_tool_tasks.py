@@ -1024,3 +1024,26 @@ async def test_tool_stats_show_which_tool_ignored_its_cancellation() -> None:
     assert (stats["tools"]["stubborn"]["abandoned"], stats["abandoned_calls"]) == (0, 0)
     manager.register_function_tool("stubborn", lambda: "fixed", "Fixed", replace=True)
     assert manager.get_tool_stats()["tools"]["stubborn"]["ignored_cancellation"] is False
+
+
+async def test_a_replaced_tools_calls_left_running_count_in_all_until_they_end() -> None:
+    release = asyncio.Event()
+    asyncio.get_running_loop().call_later(RELEASE_AFTER, release.set)
+    manager = ToolManager(ContextManagerConfig(max_abandoned_tool_calls=1), cancel_grace=0.01)
+    manager.register_function_tool("old", stubborn_tool(release, []), "Old", timeout=0.1)
+    manager.register_function_tool("other", stubborn_tool(release, []), "Other", timeout=0.1)
+    assert (await manager.execute_tool("other")).error_type is ToolErrorType.TIMEOUT
+    manager.register_function_tool("other", lambda: "fixed", "Fixed", replace=True)
+    stats = manager.get_tool_stats()
+    assert stats["abandoned_calls"] == 1  # the old registration's call still runs
+    assert stats["tools"]["other"]["abandoned"] == 0 and not stats["tools"]["other"]["ignored_cancellation"]
+    assert (await manager.execute_tool("other")).result == "fixed"  # not known to leave calls running
+    assert (await manager.execute_tool("old")).error_type is ToolErrorType.TIMEOUT  # first: not known yet
+    refused = await manager.execute_tool("old")
+    assert refused.error_type is ToolErrorType.OVERLOADED and "have 2 calls still running" in (
+        refused.error or ""
+    )
+    release.set()
+    await wait_until_no_abandoned_task(manager)
+    assert manager.get_tool_stats()["abandoned_calls"] == 0
+    assert (await manager.execute_tool("old")).result == "late answer"
