@@ -597,9 +597,12 @@ def _describe_constraints(field: str) -> str | None:
     ]
     if not bounds:
         return None
-    kind = "an integer" if info.annotation is int else "a number"
+    kind = "an integer" if info.annotation in (int, int | None) else "a number"
     return f"{kind} " + " and ".join(bounds) + _NONE_MEANS.get(field, "")
 
 
-_NONE_MEANS = {"postgres_statement_timeout": ", or none (the server's own statement_timeout)"}
+_NONE_MEANS = {
+    "postgres_statement_timeout": ", or none (the server's own statement_timeout)",
+    "max_abandoned_tool_calls": ", or none (no bound on the tools together)",
+}
 """What ``none`` (None) means for an option with bounds whose default is not None (see ``_none_as_text``)."""

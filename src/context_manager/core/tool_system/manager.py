@@ -229,7 +229,7 @@ class _ResultEncoder(json.JSONEncoder):
             # numpy scalars and arrays (a data tool's ``sum()``): their Python values; NaN is still refused
             self.converted = True
             return o.tolist()
-        if isinstance(o, bytes | bytearray | memoryview):
+        if isinstance(o, _BYTES):
             # as a pydantic model's bytes field is (UTF-8 text); other bytes have no text to show a model
             try:
                 text = bytes(o).decode()
@@ -280,6 +280,8 @@ length, so a result of megabytes of text in a few values goes to the thread too.
 _CHUNK_CHARS = _CHUNK_ITEMS * _CHARS_PER_VALUE
 """A longer text is encoded (and decoded) in slices of this many characters."""
 _CONTAINERS = (dict, list, tuple)
+_BYTES = (bytes, bytearray, memoryview)
+_TEXTS = (str, *_BYTES)  # weighed by their length (bytes are converted to their UTF-8 text)
 _length = operator.length_hint  # a text's length, 0 for a number, True or None (at C speed over a map)
 
 
@@ -291,7 +293,7 @@ def _weight(value: Any, limit: int) -> int:
     Stops as soon as the count passes ``limit``: the cost is bounded by it, whatever the size.
     """
     if not isinstance(value, _CONTAINERS):
-        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
+        return 1 + len(value) // _CHARS_PER_VALUE if isinstance(value, _TEXTS) else 1
     total = 0
     pending: list[Any] = [value]
     scalar = _SCALAR_TYPES.issuperset
@@ -314,7 +316,10 @@ def _weight(value: Any, limit: int) -> int:
 
 def _is_large(value: Any) -> bool:
     """Whether a result is large enough to be checked and encoded off the event loop (an estimate)."""
-    return isinstance(value, _CONTAINERS) and _estimate(value, 0) > _OFF_LOOP_ITEMS
+    if isinstance(value, _CONTAINERS):
+        return _estimate(value, 0) > _OFF_LOOP_ITEMS
+    # bytes are decoded to their text: 20 MB of it held the event loop for 0.65 s
+    return isinstance(value, _BYTES) and len(value) // _CHARS_PER_VALUE > _OFF_LOOP_ITEMS
 
 
 _SAMPLED = 3  # a list's size is estimated from this many of its items (rows are alike)
@@ -325,7 +330,7 @@ _ESTIMATE_DEPTH = 4
 def _estimate(value: Any, depth: int) -> int:
     """About how many values ``value`` holds at every level, from a few samples (cost bounded, small)."""
     if not isinstance(value, _CONTAINERS):
-        return 1 + len(value) // _CHARS_PER_VALUE if type(value) is str else 1
+        return 1 + len(value) // _CHARS_PER_VALUE if isinstance(value, _TEXTS) else 1
     size = len(value)
     if not size or depth >= _ESTIMATE_DEPTH:
         return size
@@ -355,12 +360,16 @@ class _ChunkedEncoding:
 
     def __init__(self, encoder: json.JSONEncoder) -> None:
         self._encode = encoder.encode
+        # bytes holding text: the converting encoder's text of them, encoded in slices as a long text is
+        self._bytes_text = encoder.default if isinstance(encoder, _ResultEncoder) else None
         self._path: set[int] = set()  # the containers being encoded: a cycle through them is refused
 
     def encode(self, value: Any) -> tuple[str, Any]:
         """Return the text and its piece tree."""
         if type(value) is str and len(value) > _CHUNK_CHARS:
             return self._encode_text(value)
+        if self._bytes_text is not None and isinstance(value, _BYTES) and len(value) > _CHUNK_CHARS:
+            return self._encode_text(self._bytes_text(value))  # (refused, TypeError, unless UTF-8 text)
         if not isinstance(value, _CONTAINERS) or _weight(value, _CHUNK_ITEMS) <= _CHUNK_ITEMS:
             text = self._encode(value)
             return text, len(text)
@@ -477,7 +486,7 @@ class _Batch:
 
 def _encode_large_result(value: Any) -> tuple[Any, str, Any]:
     """:func:`_encode_result` for a large value, in pieces (run in a worker thread); also the piece tree."""
-    tuples = _check_keys(value)
+    tuples = isinstance(value, _CONTAINERS) and _check_keys(value)
     encoder: json.JSONEncoder = _PLAIN_ENCODER
     try:
         text, tree = _ChunkedEncoding(encoder).encode(value)
