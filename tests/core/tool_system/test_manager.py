@@ -354,6 +354,30 @@ async def test_arguments_as_openai_json_text_are_parsed() -> None:
     assert manager.get_tool_stats()["tools"]["lookup"]["errors"] == {"invalid_arguments": 5}
 
 
+async def test_arguments_as_json_text_holding_nan_are_refused_as_a_providers_call_is() -> None:
+    """``call_tool`` read JSON text with Python's extensions (``NaN``, ``Infinity``), which is no JSON: the
+    tool ran with ``nan``, while the same call through ``execute_tool_calls`` was refused."""
+    ran: list[float] = []
+
+    def scale(factor: float) -> float:
+        ran.append(factor)
+        return factor
+
+    manager = ToolManager()
+    manager.register_function_tool("scale", scale, "Scale")
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        text = '{"factor": ' + constant + "}"
+        refused = await manager.call_tool("scale", text)
+        assert refused.error == (
+            f"invalid arguments for tool 'scale': arguments: got {len(text)} characters that are no JSON "
+            f"({constant} is not JSON); expected a JSON object"
+        )
+        call = {"id": "1", "type": "function", "function": {"name": "scale", "arguments": text}}
+        assert (await manager.execute_tool_calls([call]))[0].error_type == "invalid_arguments"
+    assert ran == []
+    assert (await manager.call_tool("scale", '{"factor": 1e3}')).result == 1000.0
+
+
 async def test_bytes_holding_text_are_converted_binary_bytes_are_a_clear_failure() -> None:
     """A tool returning bytes was refused ("bytes is not JSON-serialisable") although a pydantic model's or a
     dataclass's bytes field was converted to its UTF-8 text; binary bytes now say what to do instead."""

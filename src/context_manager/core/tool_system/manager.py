@@ -1837,6 +1837,14 @@ class ToolManager(ToolRegistry):
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""JSON as a provider's tool call is read (``execute_tool_calls`` refuses NaN and Infinity too)."""
+
+
 def _arguments_from_text(text: str) -> dict[str, Any] | str:
     """Arguments given as JSON text (OpenAI's ``function.arguments``): the object, else what is wrong.
 
@@ -1845,8 +1853,8 @@ def _arguments_from_text(text: str) -> dict[str, Any] | str:
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as error:  # bad JSON, a number too large, nesting too deep
+        value = _ARGUMENTS_DECODER.decode(text)
+    except (ValueError, RecursionError) as error:  # bad JSON, NaN, a number too large, nesting too deep
         detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
         return f"arguments: got {len(text)} characters that are no JSON ({detail}); expected a JSON object"
     if value is None:
