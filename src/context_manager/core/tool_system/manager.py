@@ -1122,6 +1122,10 @@ class ToolManager(ToolRegistry):
                 call_id,
                 call_arguments,
             )
+        if pieces is not TEXT_RESULT and type(value) is str:
+            # a value converted to a text (bytes, a datetime): its own content, as a text returned is (the
+            # window carried it JSON-quoted, '"hello"', where to_content() gave 'hello')
+            text, pieces = value, TEXT_RESULT
         if cache_key is not None and self._tools.get(name) is definition:
             # (unless replaced meanwhile)
             self._cache.put(name, cache_key, text, definition.cache_ttl, pieces=pieces, generation=generation)
